@@ -1,0 +1,11 @@
+//! The `admin_api` Lambda: API Gateway (HTTP API) → the shared `admin_api_router`.
+//! Business rules live in the `kirim` crate; this file only wires.
+
+use kirim::http::{admin_api_router, lambda::for_lambda};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    kirim::telemetry::init_json();
+    let deps = kirim::runtime::lambda_deps().await?;
+    lambda_http::run(for_lambda(admin_api_router(deps))).await
+}

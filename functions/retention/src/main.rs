@@ -1,0 +1,18 @@
+//! The `retention` Lambda: the daily EventBridge schedule → the retention run.
+//! Business rules live in the `kirim` crate; this file only wires.
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    kirim::telemetry::init_json();
+    let deps = kirim::runtime::lambda_deps().await?;
+    let deps = &deps;
+    lambda_runtime::run(service_fn(
+        move |_: LambdaEvent<serde_json::Value>| async move {
+            let report = kirim::handlers::scheduled_retention(deps).await?;
+            Ok::<_, Error>(serde_json::to_value(report)?)
+        },
+    ))
+    .await
+}

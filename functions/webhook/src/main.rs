@@ -1,0 +1,11 @@
+//! The `webhook` Lambda: API Gateway (HTTP API) → the shared `webhook_router`.
+//! Business rules live in the `kirim` crate; this file only wires.
+
+use kirim::http::{lambda::for_lambda, webhook_router};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    kirim::telemetry::init_json();
+    let deps = kirim::runtime::lambda_deps().await?;
+    lambda_http::run(for_lambda(webhook_router(deps))).await
+}

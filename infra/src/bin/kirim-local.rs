@@ -1,0 +1,43 @@
+//! `kirim-local`: the whole platform on one port (see README "Run it locally").
+
+use kirim_infra::local::{start, LocalConfig};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    kirim::telemetry::init_pretty();
+    let cfg = match LocalConfig::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kirim-local: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let backend = cfg.backend;
+    let app = match start(cfg).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("kirim-local: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    println!(
+        "Kirim local mode ({backend:?} backend) listening on {}",
+        app.base_url
+    );
+    println!(
+        "  Meta sandbox:   {}/_sandbox/graph  (outbox: {}/_sandbox/messages)",
+        app.base_url, app.base_url
+    );
+    // Generated secrets are printed once so the developer can use them; configured ones
+    // are never echoed.
+    for name in &app.secrets.generated {
+        let value = match *name {
+            "KIRIM_OPERATOR_TOKEN" => app.secrets.operator_token.expose(),
+            "KIRIM_META_APP_SECRET" => app.secrets.meta_app_secret.expose(),
+            _ => app.secrets.meta_verify_token.expose(),
+        };
+        println!("  {name}={value}  (generated; set it to keep it stable)");
+    }
+    app.wait().await;
+    std::process::ExitCode::SUCCESS
+}

@@ -1,0 +1,267 @@
+//! Creates the stack's DynamoDB table, SQS queues and secrets in an emulator (moto) when
+//! they are missing — read from `template.yaml` itself, so local mode and tests run on
+//! exactly the definitions that are deployed.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde_yaml::Value;
+
+const TEMPLATE: &str = include_str!("../../template.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("template.yaml: {0}")]
+    Template(String),
+    #[error("emulator: {0}")]
+    Aws(String),
+}
+
+fn aws<E: std::fmt::Debug>(what: &str) -> impl Fn(E) -> BootstrapError + '_ {
+    move |e| BootstrapError::Aws(format!("{what}: {e:?}"))
+}
+
+fn tmpl(msg: &str) -> BootstrapError {
+    BootstrapError::Template(msg.to_owned())
+}
+
+#[derive(Clone, Debug)]
+pub struct Queue {
+    pub url: String,
+    pub arn: String,
+}
+
+/// What exists in the emulator after `ensure_stack`.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub table: String,
+    /// By logical id (`DispatchQueue`, `DispatchDeadLetterQueue`, ...).
+    pub queues: HashMap<String, Queue>,
+    /// Secret names by logical id (`OperatorTokenSecret`, ...).
+    pub secrets: HashMap<String, String>,
+}
+
+impl Stack {
+    pub fn queue_url(&self, logical: &str) -> Option<String> {
+        self.queues.get(logical).map(|q| q.url.clone())
+    }
+}
+
+/// The resources of one CloudFormation type, by logical id.
+fn resources(doc: &Value, kind: &str) -> Vec<(String, Value)> {
+    doc.get("Resources")
+        .and_then(Value::as_mapping)
+        .map(|m| {
+            m.iter()
+                .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some(kind))
+                .filter_map(|(k, r)| Some((k.as_str()?.to_owned(), r.get("Properties")?.clone())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn text(v: &Value, key: &str) -> Result<String, BootstrapError> {
+    match v.get(key) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::Bool(b)) => Ok(b.to_string()),
+        _ => Err(tmpl(&format!("missing {key}"))),
+    }
+}
+
+fn key_schema(v: &Value) -> Result<Vec<KeySchemaElement>, BootstrapError> {
+    v.as_sequence()
+        .ok_or_else(|| tmpl("KeySchema"))?
+        .iter()
+        .map(|k| {
+            KeySchemaElement::builder()
+                .attribute_name(text(k, "AttributeName")?)
+                .key_type(KeyType::from(text(k, "KeyType")?.as_str()))
+                .build()
+                .map_err(aws("key schema"))
+        })
+        .collect()
+}
+
+/// Resolves `!Sub "${AWS::StackName}/..."` for a secret's name.
+fn secret_name(props: &Value, stack: &str, logical: &str) -> String {
+    let raw = match props.get("Name") {
+        Some(Value::Tagged(t)) => t.value.as_str().map(str::to_owned),
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    raw.map(|s| s.replace("${AWS::StackName}", stack))
+        .unwrap_or_else(|| format!("{stack}/{logical}"))
+}
+
+pub async fn ensure_stack(
+    sdk: &aws_config::SdkConfig,
+    stack: &str,
+) -> Result<Stack, BootstrapError> {
+    let doc: Value = serde_yaml::from_str(TEMPLATE).map_err(|e| tmpl(&e.to_string()))?;
+    let ddb = aws_sdk_dynamodb::Client::new(sdk);
+    let sqs = aws_sdk_sqs::Client::new(sdk);
+
+    // The table.
+    let tables = resources(&doc, "AWS::DynamoDB::Table");
+    let (logical, props) = tables.first().ok_or_else(|| tmpl("no table"))?;
+    let table = format!("{stack}-{logical}");
+    let existing = ddb.list_tables().send().await.map_err(aws("list tables"))?;
+    if !existing.table_names().contains(&table) {
+        let attrs = props
+            .get("AttributeDefinitions")
+            .and_then(Value::as_sequence)
+            .ok_or_else(|| tmpl("AttributeDefinitions"))?
+            .iter()
+            .map(|a| {
+                AttributeDefinition::builder()
+                    .attribute_name(text(a, "AttributeName")?)
+                    .attribute_type(ScalarAttributeType::from(
+                        text(a, "AttributeType")?.as_str(),
+                    ))
+                    .build()
+                    .map_err(aws("attribute"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut req = ddb
+            .create_table()
+            .table_name(&table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .set_attribute_definitions(Some(attrs))
+            .set_key_schema(Some(key_schema(
+                props.get("KeySchema").ok_or_else(|| tmpl("KeySchema"))?,
+            )?));
+        for g in props
+            .get("GlobalSecondaryIndexes")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            let gsi = GlobalSecondaryIndex::builder()
+                .index_name(text(g, "IndexName")?)
+                .set_key_schema(Some(key_schema(
+                    g.get("KeySchema").ok_or_else(|| tmpl("GSI KeySchema"))?,
+                )?))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::All)
+                        .build(),
+                )
+                .build()
+                .map_err(aws("gsi"))?;
+            req = req.global_secondary_indexes(gsi);
+        }
+        req.send().await.map_err(aws("create table"))?;
+        if let Some(ttl) = props.get("TimeToLiveSpecification") {
+            ddb.update_time_to_live()
+                .table_name(&table)
+                .time_to_live_specification(
+                    TimeToLiveSpecification::builder()
+                        .attribute_name(text(ttl, "AttributeName")?)
+                        .enabled(true)
+                        .build()
+                        .map_err(aws("ttl"))?,
+                )
+                .send()
+                .await
+                .map_err(aws("update ttl"))?;
+        }
+    }
+
+    // Queues: create all, then apply attributes (a redrive policy names another queue).
+    let mut queues = HashMap::new();
+    let defs = resources(&doc, "AWS::SQS::Queue");
+    for (logical, _) in &defs {
+        let name = format!("{stack}-{logical}");
+        let url = sqs
+            .create_queue()
+            .queue_name(&name)
+            .send()
+            .await
+            .map_err(aws("create queue"))?
+            .queue_url
+            .ok_or_else(|| BootstrapError::Aws("no queue url".into()))?;
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(aws("queue attributes"))?;
+        let arn = attrs
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .unwrap_or_default();
+        queues.insert(logical.clone(), Queue { url, arn });
+    }
+    for (logical, props) in &defs {
+        let Some(q) = queues.get(logical) else {
+            continue;
+        };
+        let mut req = sqs.set_queue_attributes().queue_url(&q.url);
+        for key in ["VisibilityTimeout", "MessageRetentionPeriod"] {
+            if let Ok(v) = text(props, key) {
+                req = req.attributes(QueueAttributeName::from(key), v);
+            }
+        }
+        if let Some(rp) = props.get("RedrivePolicy") {
+            let target = match rp.get("deadLetterTargetArn") {
+                Some(Value::Tagged(t)) => t
+                    .value
+                    .as_str()
+                    .and_then(|s| s.strip_suffix(".Arn"))
+                    .and_then(|l| queues.get(l))
+                    .map(|q| q.arn.clone()),
+                _ => None,
+            }
+            .ok_or_else(|| tmpl("RedrivePolicy target"))?;
+            let policy = serde_json::json!({
+                "deadLetterTargetArn": target,
+                "maxReceiveCount": text(rp, "maxReceiveCount")?,
+            });
+            req = req.attributes(QueueAttributeName::RedrivePolicy, policy.to_string());
+        }
+        req.send().await.map_err(aws("set queue attributes"))?;
+    }
+
+    let secrets = resources(&doc, "AWS::SecretsManager::Secret")
+        .into_iter()
+        .map(|(logical, props)| {
+            let name = secret_name(&props, stack, &logical);
+            (logical, name)
+        })
+        .collect();
+    Ok(Stack {
+        table,
+        queues,
+        secrets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_declares_the_table_queues_and_secrets_local_mode_needs() {
+        let doc: Value = serde_yaml::from_str(TEMPLATE).unwrap();
+        assert_eq!(resources(&doc, "AWS::DynamoDB::Table").len(), 1);
+        let queues: Vec<String> = resources(&doc, "AWS::SQS::Queue")
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert!(queues.contains(&"DispatchQueue".to_owned()));
+        assert!(queues.contains(&"DispatchDeadLetterQueue".to_owned()));
+        let secrets = resources(&doc, "AWS::SecretsManager::Secret");
+        let names: Vec<String> = secrets
+            .iter()
+            .map(|(l, p)| secret_name(p, "st", l))
+            .collect();
+        assert!(names.contains(&"st/operator-token".to_owned()));
+    }
+}

@@ -1,0 +1,302 @@
+//! Local mode: the whole platform in one process. Every router on one port, a queue
+//! poller feeding the dispatcher, the retention schedule, and the Meta sandbox — on the
+//! memory backend or on AWS APIs (moto) through the real SDK.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use kirim::config::{Backend, ConfigError, EnvReader, Settings};
+use kirim::http::extract::ClientIp;
+use kirim::ports::{Clock, SystemClock};
+use kirim::runtime::{aws_deps, memory_deps, AwsResources};
+use kirim::secret::Secret;
+use kirim::service::Deps;
+use tokio::task::JoinHandle;
+
+use crate::bootstrap::ensure_stack;
+use crate::sandbox::{Sandbox, SandboxConfig};
+
+#[derive(Clone, Debug)]
+pub struct LocalConfig {
+    pub listen: String,
+    pub backend: Backend,
+    /// For the aws backend: the emulator's endpoint (else the SDK's own resolution).
+    pub aws_endpoint: Option<String>,
+    /// Names the emulator's resources: `{stack}-Table`, `{stack}-DispatchQueue`, ...
+    pub stack_name: String,
+    pub operator_token: Option<String>,
+    pub meta_app_secret: Option<String>,
+    pub meta_verify_token: Option<String>,
+    /// `None`: the embedded sandbox at `http://{listen}/_sandbox/graph`.
+    pub meta_base_url: Option<String>,
+    pub settings: Settings,
+    pub sandbox_status_delay: Duration,
+    pub sandbox_slow_delay: Duration,
+    pub sandbox_rate_limit: u32,
+    pub retention_interval: Duration,
+    pub pollers: usize,
+}
+
+impl LocalConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut env = EnvReader::new(|k| std::env::var(k).ok());
+        let mut settings = env.settings();
+        // Local default: the embedded sandbox, unless KIRIM_META_BASE_URL says otherwise.
+        let meta_base_url = env.optional("KIRIM_META_BASE_URL");
+        if meta_base_url.is_none() {
+            settings.meta_base_url = String::new();
+        }
+        let cfg = LocalConfig {
+            listen: env.or("KIRIM_LISTEN", "127.0.0.1:3000"),
+            backend: env.backend(),
+            aws_endpoint: env.optional("AWS_ENDPOINT_URL"),
+            stack_name: env.or("KIRIM_STACK_NAME", "kirim-local"),
+            operator_token: env.optional("KIRIM_OPERATOR_TOKEN"),
+            meta_app_secret: env.optional("KIRIM_META_APP_SECRET"),
+            meta_verify_token: env.optional("KIRIM_META_VERIFY_TOKEN"),
+            meta_base_url,
+            sandbox_status_delay: env
+                .duration("KIRIM_SANDBOX_STATUS_DELAY", Duration::from_millis(500)),
+            sandbox_slow_delay: env.duration(
+                "KIRIM_SANDBOX_SLOW_DELAY",
+                SandboxConfig::DEFAULT_SLOW_DELAY,
+            ),
+            sandbox_rate_limit: env.number(
+                "KIRIM_SANDBOX_RATE_LIMIT",
+                SandboxConfig::DEFAULT_RATE_LIMIT_PER_SEC,
+            ),
+            retention_interval: env
+                .duration("KIRIM_RETENTION_INTERVAL", Duration::from_secs(86_400)),
+            pollers: env.number("KIRIM_LOCAL_POLLERS", 2usize).max(1),
+            settings,
+        };
+        env.finish()?;
+        Ok(cfg)
+    }
+}
+
+/// The secrets local mode runs with (generated when not configured).
+#[derive(Clone, Debug)]
+pub struct LocalSecrets {
+    pub operator_token: Secret,
+    pub meta_app_secret: Secret,
+    pub meta_verify_token: Secret,
+    /// Which of them were generated (and so must be shown to the user).
+    pub generated: Vec<&'static str>,
+}
+
+pub struct LocalApp {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub deps: Deps,
+    pub sandbox: Sandbox,
+    pub secrets: LocalSecrets,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl LocalApp {
+    /// Waits until the server stops (it runs until the process is stopped).
+    pub async fn wait(mut self) {
+        if let Some(server) = self.tasks.pop() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for LocalApp {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error(transparent)]
+    Bootstrap(#[from] crate::bootstrap::BootstrapError),
+    #[error("secret store: {0}")]
+    Secrets(String),
+}
+
+/// The SDK configuration for an emulator: its endpoint, and dummy credentials and a region
+/// when none are configured (moto accepts any).
+pub async fn emulator_sdk_config(endpoint: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::from_env();
+    if let Some(ep) = endpoint {
+        loader = loader.endpoint_url(ep);
+        if std::env::var("AWS_ACCESS_KEY_ID").is_err() {
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                "testing",
+                "testing",
+                None,
+                None,
+                "kirim-local",
+            ));
+        }
+        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            loader = loader.region(aws_config::Region::new("us-east-1"));
+        }
+    }
+    loader.load().await
+}
+
+fn secret_or_generate(
+    given: &Option<String>,
+    label: &'static str,
+    prefix: &str,
+    generated: &mut Vec<&'static str>,
+) -> Secret {
+    match given {
+        Some(v) => Secret::new(v.clone()),
+        None => {
+            generated.push(label);
+            Secret::generate(prefix)
+        }
+    }
+}
+
+async fn client_ip_from_peer(mut req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    req.extensions_mut().insert(ClientIp(ip));
+    next.run(req).await
+}
+
+/// Starts local mode and answers once it is serving.
+pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| LocalError::Bind(cfg.listen.clone(), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| LocalError::Bind(cfg.listen.clone(), e))?;
+    let base_url = format!("http://{addr}");
+
+    let mut generated = Vec::new();
+    let secrets = LocalSecrets {
+        operator_token: secret_or_generate(
+            &cfg.operator_token,
+            "KIRIM_OPERATOR_TOKEN",
+            "op_",
+            &mut generated,
+        ),
+        meta_app_secret: secret_or_generate(
+            &cfg.meta_app_secret,
+            "KIRIM_META_APP_SECRET",
+            "",
+            &mut generated,
+        ),
+        meta_verify_token: secret_or_generate(
+            &cfg.meta_verify_token,
+            "KIRIM_META_VERIFY_TOKEN",
+            "",
+            &mut generated,
+        ),
+        generated,
+    };
+
+    let mut settings = cfg.settings.clone();
+    settings.meta_base_url = cfg
+        .meta_base_url
+        .clone()
+        .unwrap_or_else(|| format!("{base_url}/_sandbox/graph"));
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let deps = match cfg.backend {
+        Backend::Memory => memory_deps(settings, clock)?,
+        Backend::Aws => {
+            let sdk = emulator_sdk_config(cfg.aws_endpoint.as_deref()).await;
+            let stack = ensure_stack(&sdk, &cfg.stack_name).await?;
+            let res = AwsResources {
+                table: stack.table.clone(),
+                dispatch_queue_url: stack.queue_url("DispatchQueue").unwrap_or_default(),
+                dispatch_dlq_url: stack.queue_url("DispatchDeadLetterQueue"),
+            };
+            // Secret names as the template declares them.
+            let name = |logical: &str, fallback: &str| {
+                stack
+                    .secrets
+                    .get(logical)
+                    .cloned()
+                    .unwrap_or_else(|| fallback.to_owned())
+            };
+            settings.operator_token_secret =
+                name("OperatorTokenSecret", &settings.operator_token_secret);
+            settings.meta_app_secret = name("MetaAppSecret", &settings.meta_app_secret);
+            settings.meta_verify_token_secret =
+                name("MetaVerifyTokenSecret", &settings.meta_verify_token_secret);
+            settings.secret_prefix = format!("{}/", cfg.stack_name);
+            aws_deps(&sdk, &res, settings, clock, Duration::from_secs(5))?
+        }
+    };
+    let s = &deps.settings;
+    for (name, value) in [
+        (&s.operator_token_secret, &secrets.operator_token),
+        (&s.meta_app_secret, &secrets.meta_app_secret),
+        (&s.meta_verify_token_secret, &secrets.meta_verify_token),
+    ] {
+        deps.secrets
+            .put(name, value)
+            .await
+            .map_err(|e| LocalError::Secrets(e.to_string()))?;
+    }
+
+    let mut sb_cfg = SandboxConfig::new(secrets.meta_app_secret.expose(), "100000000000001");
+    sb_cfg.webhook_url = Some(format!("{base_url}/webhooks/meta"));
+    sb_cfg.status_delay = cfg.sandbox_status_delay;
+    sb_cfg.slow_delay = cfg.sandbox_slow_delay;
+    sb_cfg.rate_limit_per_sec = cfg.sandbox_rate_limit;
+    let sandbox = Sandbox::new(sb_cfg);
+
+    let router: Router = kirim::http::app(deps.clone())
+        .nest("/_sandbox/graph", sandbox.graph_router())
+        .merge(sandbox.inspect_router())
+        .layer(axum::middleware::from_fn(client_ip_from_peer));
+
+    let mut tasks = Vec::new();
+    for _ in 0..cfg.pollers {
+        let d = deps.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                kirim::handlers::poll_once(&d, Duration::from_secs(1)).await;
+            }
+        }));
+    }
+    let d = deps.clone();
+    let every = cfg.retention_interval;
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await; // the first tick is immediate: skip it
+        loop {
+            tick.tick().await;
+            if let Err(e) = kirim::handlers::scheduled_retention(&d).await {
+                tracing::error!(error = %e, "scheduled retention failed");
+            }
+        }
+    }));
+    tasks.push(tokio::spawn(async move {
+        let svc = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, svc).await {
+            tracing::error!(error = %e, "server stopped");
+        }
+    }));
+    Ok(LocalApp {
+        addr,
+        base_url,
+        deps,
+        sandbox,
+        secrets,
+        tasks,
+    })
+}

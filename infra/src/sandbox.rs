@@ -1,0 +1,1351 @@
+//! The Meta Cloud API sandbox: answers `POST /{version}/{phone_number_id}/messages` the way Meta
+//! does (request bodies checked against Meta's own spec, see [`crate::meta_schema`]), then sends
+//! signed status webhooks to the platform. The recipient's last four digits choose the behaviour
+//! (see `API.md`, "Local mode and the sandbox"):
+//!
+//! | ends in | behaviour |
+//! |---|---|
+//! | 0001 | accepted, then a `failed` status with error 131026 |
+//! | 0002 | accepted, then `failed` with 131050 |
+//! | 0003 | error 130429 (HTTP 429) the first two times per (phone number id, recipient), then accepted |
+//! | 0004 | error 131000 (HTTP 500) on every try |
+//! | 0005 | answers after `slow_delay`, then as "other" |
+//! | 0006 | error 190, access token expired (HTTP 401) |
+//! | 0007 | error 132001, template does not exist (HTTP 404) |
+//! | 0008 | accepted, statuses out of order: read, read, delivered, delivered, sent, sent |
+//! | other | accepted, then sent, delivered, read |
+//!
+//! Before the recipient is looked at: no `Authorization: Bearer` token → 401 with code 190; more
+//! than `rate_limit_per_sec` attempts for one phone number id within a rolling second → 429 with
+//! code 130429; a body that is not JSON or fails the spec → 400 with code 100.
+//!
+//! Every request is handled in its own task, so a client that gives up (the point of 0005) does
+//! not cancel it: the request is still recorded and its statuses still sent, as at Meta.
+//! `GET /_sandbox/messages` lists what was received, oldest first, with the answer given.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::meta_schema::MetaSchema;
+
+/// How many requests `GET /_sandbox/messages` keeps; the oldest are dropped beyond this.
+pub const OUTBOX_CAPACITY: usize = 50_000;
+/// Attempts per status webhook (the first delivery and its retries).
+const WEBHOOK_ATTEMPTS: u32 = 4;
+/// Delay before the first retry of a webhook; doubles on each further retry.
+const WEBHOOK_BACKOFF: Duration = Duration::from_millis(100);
+/// Per-attempt timeout of a webhook delivery.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Rate-limit windows kept before idle ones are pruned.
+const MAX_TRACKED_PHONE_NUMBERS: usize = 1024;
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// How many answers of 130429 a 0003 recipient gets before it is accepted.
+const THROTTLED_ATTEMPTS: u32 = 2;
+
+/// Settings of a [`Sandbox`].
+#[derive(Clone)]
+pub struct SandboxConfig {
+    /// Where status webhooks go; `None` sends none. Settable later with
+    /// [`Sandbox::set_webhook_url`].
+    pub webhook_url: Option<String>,
+    /// The Meta app secret: webhooks carry `X-Hub-Signature-256: sha256=HMAC(app_secret, body)`.
+    pub app_secret: String,
+    /// The WhatsApp Business Account id put in `entry[].id` of webhooks.
+    pub waba_id: String,
+    /// The wait before each status webhook of a message.
+    pub status_delay: Duration,
+    /// How long a recipient ending in 0005 makes the sandbox wait before answering.
+    pub slow_delay: Duration,
+    /// Attempts allowed per phone number id within any rolling second; 0 means no limit.
+    pub rate_limit_per_sec: u32,
+}
+
+impl SandboxConfig {
+    pub const DEFAULT_STATUS_DELAY: Duration = Duration::from_millis(200);
+    pub const DEFAULT_SLOW_DELAY: Duration = Duration::from_secs(30);
+    pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 80;
+
+    /// The defaults (no webhook URL yet, 200 ms between statuses, 30 s for 0005, 80 per second)
+    /// with the given app secret and WABA id.
+    pub fn new(app_secret: impl Into<String>, waba_id: impl Into<String>) -> SandboxConfig {
+        SandboxConfig {
+            webhook_url: None,
+            app_secret: app_secret.into(),
+            waba_id: waba_id.into(),
+            status_delay: Self::DEFAULT_STATUS_DELAY,
+            slow_delay: Self::DEFAULT_SLOW_DELAY,
+            rate_limit_per_sec: Self::DEFAULT_RATE_LIMIT_PER_SEC,
+        }
+    }
+}
+
+impl Default for SandboxConfig {
+    /// [`SandboxConfig::new`] with placeholder credentials: app secret `sandbox-app-secret`,
+    /// WABA id `100000000000001`.
+    fn default() -> SandboxConfig {
+        SandboxConfig::new("sandbox-app-secret", "100000000000001")
+    }
+}
+
+impl std::fmt::Debug for SandboxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxConfig")
+            .field("webhook_url", &self.webhook_url)
+            .field("app_secret", &"<redacted>")
+            .field("waba_id", &self.waba_id)
+            .field("status_delay", &self.status_delay)
+            .field("slow_delay", &self.slow_delay)
+            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
+            .finish()
+    }
+}
+
+/// One request the sandbox received, with the answer it gave.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReceivedRequest {
+    pub received_at: DateTime<Utc>,
+    pub phone_number_id: String,
+    pub version: String,
+    /// The body as JSON; a body that is not JSON is kept as a JSON string of its text.
+    pub request: Value,
+    pub response: RecordedResponse,
+}
+
+/// The answer the sandbox gave to a [`ReceivedRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordedResponse {
+    pub status: u16,
+    pub body: Value,
+}
+
+/// The sandbox. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("waba_id", &self.inner.waba_id)
+            .field("webhook_url", &self.inner.webhook_url())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    app_secret: String,
+    waba_id: String,
+    status_delay: Duration,
+    slow_delay: Duration,
+    rate_limit_per_sec: u32,
+    webhook_url: Mutex<Option<String>>,
+    state: Mutex<SandboxState>,
+    next_seq: AtomicU64,
+    http: reqwest::Client,
+    schema: &'static MetaSchema,
+}
+
+#[derive(Default)]
+struct SandboxState {
+    /// Bumped by reset: work started before it is neither recorded nor continued.
+    epoch: u64,
+    /// Sorted by arrival sequence number.
+    outbox: VecDeque<(u64, ReceivedRequest)>,
+    /// Attempts so far per (phone number id, recipient digits), for 0003.
+    throttled: HashMap<(String, String), u32>,
+    /// The most recent attempts per phone number id (at most the limit + 1).
+    windows: HashMap<String, VecDeque<Instant>>,
+}
+
+impl Sandbox {
+    pub fn new(cfg: SandboxConfig) -> Sandbox {
+        let http = reqwest::Client::builder()
+            .timeout(WEBHOOK_TIMEOUT)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Sandbox {
+            inner: Arc::new(Inner {
+                app_secret: cfg.app_secret,
+                waba_id: cfg.waba_id,
+                status_delay: cfg.status_delay,
+                slow_delay: cfg.slow_delay,
+                rate_limit_per_sec: cfg.rate_limit_per_sec,
+                webhook_url: Mutex::new(cfg.webhook_url),
+                state: Mutex::new(SandboxState::default()),
+                next_seq: AtomicU64::new(0),
+                http,
+                // Compiled here, not on the first request.
+                schema: MetaSchema::shared(),
+            }),
+        }
+    }
+
+    /// Sets where status webhooks go (the platform's URL is known only once it is bound).
+    /// Statuses not yet sent go to the new URL.
+    pub fn set_webhook_url(&self, url: String) {
+        *lock(&self.inner.webhook_url) = Some(url);
+    }
+
+    /// The Graph API: `POST /{version}/{phone_number_id}/messages`.
+    pub fn graph_router(&self) -> Router {
+        Router::new()
+            .route("/{version}/{phone_number_id}/messages", post(send_message))
+            .with_state(self.clone())
+    }
+
+    /// `GET /_sandbox/messages` (the outbox, oldest first) and `POST /_sandbox/reset`.
+    pub fn inspect_router(&self) -> Router {
+        Router::new()
+            .route("/_sandbox/messages", get(list_messages))
+            .route("/_sandbox/reset", post(reset))
+            .with_state(self.clone())
+    }
+
+    /// Every request received so far (up to [`OUTBOX_CAPACITY`]), oldest first, each with the
+    /// answer given. A request still being answered (0005) appears once answered.
+    pub fn received(&self) -> Vec<ReceivedRequest> {
+        lock(&self.inner.state)
+            .outbox
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// Forgets the outbox, the 0003 counters and the rate-limit windows; statuses of earlier
+    /// messages not yet sent are dropped.
+    pub fn reset(&self) {
+        let mut state = lock(&self.inner.state);
+        let epoch = state.epoch.wrapping_add(1);
+        *state = SandboxState {
+            epoch,
+            ..SandboxState::default()
+        };
+    }
+}
+
+/// Locks a mutex, carrying on after a panic elsewhere (the state stays usable).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn send_message(
+    State(sandbox): State<Sandbox>,
+    Path((version, phone_number_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let received_at = Utc::now();
+    let seq = sandbox.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+    let inner = sandbox.inner.clone();
+    // Detached: a client that hangs up does not cancel the send.
+    let task = tokio::spawn(async move {
+        let request = Incoming {
+            seq,
+            received_at,
+            version,
+            phone_number_id,
+            headers,
+            body,
+        };
+        inner.handle(request).await
+    });
+    let (status, body) = match task.await {
+        Ok(answer) => answer,
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            meta_error(
+                131000,
+                "(#131000) Something went wrong",
+                "Something went wrong",
+            ),
+        ),
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn list_messages(State(sandbox): State<Sandbox>) -> Json<Value> {
+    Json(json!({ "messages": sandbox.received() }))
+}
+
+async fn reset(State(sandbox): State<Sandbox>) -> Json<Value> {
+    sandbox.reset();
+    Json(json!({ "status": "ok" }))
+}
+
+struct Incoming {
+    seq: u64,
+    received_at: DateTime<Utc>,
+    version: String,
+    phone_number_id: String,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// What a recipient's last four digits make the sandbox do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behaviour {
+    FailUndeliverable,
+    FailMarketingStopped,
+    ThrottleTwice,
+    AlwaysTransientError,
+    Slow,
+    TokenExpired,
+    TemplateMissing,
+    OutOfOrder,
+    Normal,
+}
+
+impl Behaviour {
+    fn of(recipient_digits: &str) -> Behaviour {
+        let start = recipient_digits.len().saturating_sub(4);
+        match recipient_digits.get(start..).unwrap_or_default() {
+            "0001" => Behaviour::FailUndeliverable,
+            "0002" => Behaviour::FailMarketingStopped,
+            "0003" => Behaviour::ThrottleTwice,
+            "0004" => Behaviour::AlwaysTransientError,
+            "0005" => Behaviour::Slow,
+            "0006" => Behaviour::TokenExpired,
+            "0007" => Behaviour::TemplateMissing,
+            "0008" => Behaviour::OutOfOrder,
+            _ => Behaviour::Normal,
+        }
+    }
+
+    /// The status webhooks an accepted message produces, in sending order.
+    fn statuses(self) -> Vec<StatusEvent> {
+        use StatusEvent::{Delivered, Failed, Read, Sent};
+        match self {
+            Behaviour::FailUndeliverable => vec![Failed(StatusFailure {
+                code: 131026,
+                title: "Message undeliverable",
+                details: "Message Undeliverable.",
+            })],
+            Behaviour::FailMarketingStopped => vec![Failed(StatusFailure {
+                code: 131050,
+                title: "Unable to deliver the message. This recipient has chosen to stop \
+                        receiving marketing messages on WhatsApp from your business.",
+                details: "The user has stopped receiving marketing messages from this business.",
+            })],
+            Behaviour::OutOfOrder => vec![Read, Read, Delivered, Delivered, Sent, Sent],
+            _ => vec![Sent, Delivered, Read],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum StatusEvent {
+    Sent,
+    Delivered,
+    Read,
+    Failed(StatusFailure),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct StatusFailure {
+    code: u32,
+    title: &'static str,
+    details: &'static str,
+}
+
+impl StatusEvent {
+    fn name(self) -> &'static str {
+        match self {
+            StatusEvent::Sent => "sent",
+            StatusEvent::Delivered => "delivered",
+            StatusEvent::Read => "read",
+            StatusEvent::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The statuses still to send for one accepted message.
+struct StatusPlan {
+    epoch: u64,
+    wamid: String,
+    phone_number_id: String,
+    recipient_id: String,
+    biz_opaque_callback_data: Option<String>,
+    events: Vec<StatusEvent>,
+}
+
+impl Inner {
+    fn webhook_url(&self) -> Option<String> {
+        lock(&self.webhook_url).clone()
+    }
+
+    async fn handle(self: Arc<Self>, incoming: Incoming) -> (StatusCode, Value) {
+        let epoch = lock(&self.state).epoch;
+        let request: Result<Value, _> = serde_json::from_slice(&incoming.body);
+        let (status, body, plan) = self.answer(epoch, &incoming, request.as_ref().ok()).await;
+        let recorded = ReceivedRequest {
+            received_at: incoming.received_at,
+            phone_number_id: incoming.phone_number_id,
+            version: incoming.version,
+            request: request
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&incoming.body).into())),
+            response: RecordedResponse {
+                status: status.as_u16(),
+                body: body.clone(),
+            },
+        };
+        if self.record(epoch, incoming.seq, recorded) {
+            if let Some(plan) = plan {
+                tokio::spawn(self.clone().send_statuses(plan));
+            }
+        }
+        (status, body)
+    }
+
+    /// Decides the answer (and, when accepted, the statuses to send).
+    async fn answer(
+        &self,
+        epoch: u64,
+        incoming: &Incoming,
+        request: Option<&Value>,
+    ) -> (StatusCode, Value, Option<StatusPlan>) {
+        let phone_number_id = incoming.phone_number_id.as_str();
+        if !has_bearer_token(&incoming.headers) {
+            tracing::info!(
+                phone_number_id,
+                outcome = "missing_token",
+                "sandbox answered"
+            );
+            let body = meta_error(
+                190,
+                "Invalid OAuth access token - Cannot parse access token",
+                "The request has no Authorization: Bearer access token",
+            );
+            return (StatusCode::UNAUTHORIZED, body, None);
+        }
+        if self.over_rate_limit(phone_number_id) {
+            tracing::info!(
+                phone_number_id,
+                outcome = "rate_limited",
+                "sandbox answered"
+            );
+            return (StatusCode::TOO_MANY_REQUESTS, rate_limit_error(), None);
+        }
+        let Some(request) = request else {
+            tracing::info!(phone_number_id, outcome = "not_json", "sandbox answered");
+            let body = invalid_parameter("The request body is not valid JSON");
+            return (StatusCode::BAD_REQUEST, body, None);
+        };
+        if let Err(errors) = self.schema.validate_message(request) {
+            tracing::info!(phone_number_id, outcome = "invalid", "sandbox answered");
+            return (
+                StatusCode::BAD_REQUEST,
+                invalid_parameter(&errors.join("; ")),
+                None,
+            );
+        }
+        let to = request
+            .get("to")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let digits: String = to.chars().filter(char::is_ascii_digit).collect();
+        let recipient = mask(&digits);
+        if digits.is_empty() {
+            tracing::info!(
+                phone_number_id,
+                outcome = "invalid_recipient",
+                "sandbox answered"
+            );
+            let body = invalid_parameter("Parameter 'to' is not a valid WhatsApp phone number");
+            return (StatusCode::BAD_REQUEST, body, None);
+        }
+
+        let behaviour = Behaviour::of(&digits);
+        let rejection = match behaviour {
+            Behaviour::ThrottleTwice if self.throttle_again(phone_number_id, &digits) => {
+                Some((StatusCode::TOO_MANY_REQUESTS, rate_limit_error()))
+            }
+            Behaviour::AlwaysTransientError => Some((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                meta_error(
+                    131000,
+                    "(#131000) Something went wrong",
+                    "Something went wrong",
+                ),
+            )),
+            Behaviour::TokenExpired => Some((StatusCode::UNAUTHORIZED, token_expired_error())),
+            Behaviour::TemplateMissing => {
+                Some((StatusCode::NOT_FOUND, template_missing_error(request)))
+            }
+            _ => None,
+        };
+        if let Some((status, body)) = rejection {
+            let code = body.pointer("/error/code").and_then(Value::as_u64);
+            tracing::info!(
+                phone_number_id,
+                recipient,
+                outcome = "error",
+                code,
+                "sandbox answered"
+            );
+            return (status, body, None);
+        }
+        if behaviour == Behaviour::Slow {
+            tokio::time::sleep(self.slow_delay).await;
+        }
+
+        let wamid = format!("wamid.{}", ulid::Ulid::new());
+        tracing::info!(
+            phone_number_id,
+            recipient,
+            outcome = "accepted",
+            "sandbox answered"
+        );
+        let body = json!({
+            "messaging_product": "whatsapp",
+            "contacts": [{ "input": to, "wa_id": digits }],
+            "messages": [{ "id": wamid, "message_status": "accepted" }],
+        });
+        let plan = StatusPlan {
+            epoch,
+            wamid,
+            phone_number_id: phone_number_id.to_string(),
+            recipient_id: digits,
+            biz_opaque_callback_data: request
+                .get("biz_opaque_callback_data")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            events: behaviour.statuses(),
+        };
+        (StatusCode::OK, body, Some(plan))
+    }
+
+    /// Counts an attempt for `phone_number_id`; true when it is over the limit.
+    fn over_rate_limit(&self, phone_number_id: &str) -> bool {
+        let Ok(limit) = usize::try_from(self.rate_limit_per_sec) else {
+            return false;
+        };
+        if limit == 0 {
+            return false;
+        }
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        if state.windows.len() >= MAX_TRACKED_PHONE_NUMBERS
+            && !state.windows.contains_key(phone_number_id)
+        {
+            state.windows.retain(|_, window| {
+                window
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < RATE_WINDOW)
+            });
+        }
+        let window = state
+            .windows
+            .entry(phone_number_id.to_string())
+            .or_default();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= RATE_WINDOW)
+        {
+            window.pop_front();
+        }
+        window.push_back(now);
+        // Only whether there are more than `limit` matters: keep the latest limit + 1.
+        while window.len() > limit.saturating_add(1) {
+            window.pop_front();
+        }
+        window.len() > limit
+    }
+
+    /// Counts an attempt to a 0003 recipient; true while it should still be refused.
+    fn throttle_again(&self, phone_number_id: &str, digits: &str) -> bool {
+        let mut state = lock(&self.state);
+        let attempts = state
+            .throttled
+            .entry((phone_number_id.to_string(), digits.to_string()))
+            .or_insert(0);
+        *attempts = attempts.saturating_add(1);
+        *attempts <= THROTTLED_ATTEMPTS
+    }
+
+    /// Adds a request to the outbox in arrival order; false if a reset happened meanwhile.
+    fn record(&self, epoch: u64, seq: u64, request: ReceivedRequest) -> bool {
+        let mut state = lock(&self.state);
+        if state.epoch != epoch {
+            return false;
+        }
+        let at = state.outbox.partition_point(|(s, _)| *s < seq);
+        state.outbox.insert(at, (seq, request));
+        while state.outbox.len() > OUTBOX_CAPACITY {
+            state.outbox.pop_front();
+        }
+        true
+    }
+
+    async fn send_statuses(self: Arc<Self>, plan: StatusPlan) {
+        let display_phone_number = display_phone_number(&plan.phone_number_id);
+        for event in &plan.events {
+            tokio::time::sleep(self.status_delay).await;
+            if lock(&self.state).epoch != plan.epoch {
+                return;
+            }
+            let Some(url) = self.webhook_url() else {
+                continue;
+            };
+            let mut status = json!({
+                "id": plan.wamid,
+                "status": event.name(),
+                "timestamp": Utc::now().timestamp().to_string(),
+                "recipient_id": plan.recipient_id,
+            });
+            if let Some(data) = &plan.biz_opaque_callback_data {
+                status["biz_opaque_callback_data"] = Value::from(data.as_str());
+            }
+            if let StatusEvent::Failed(failure) = event {
+                status["errors"] = json!([{
+                    "code": failure.code,
+                    "title": failure.title,
+                    "message": failure.title,
+                    "error_data": { "details": failure.details },
+                    "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/",
+                }]);
+            }
+            let payload = json!({
+                "object": "whatsapp_business_account",
+                "entry": [{
+                    "id": self.waba_id,
+                    "changes": [{
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": display_phone_number,
+                                "phone_number_id": plan.phone_number_id,
+                            },
+                            "statuses": [status],
+                        },
+                    }],
+                }],
+            });
+            let delivered = self.deliver(&url, &payload).await;
+            tracing::info!(
+                phone_number_id = plan.phone_number_id,
+                recipient = mask(&plan.recipient_id),
+                status = event.name(),
+                delivered,
+                "sandbox status webhook"
+            );
+        }
+    }
+
+    /// POSTs a signed webhook, retrying with backoff; true once the receiver answered 2xx.
+    async fn deliver(&self, url: &str, payload: &Value) -> bool {
+        let Ok(body) = serde_json::to_vec(payload) else {
+            return false;
+        };
+        let Some(signature) = sign(&self.app_secret, &body) else {
+            return false;
+        };
+        let mut backoff = WEBHOOK_BACKOFF;
+        for attempt in 1..=WEBHOOK_ATTEMPTS {
+            let result = self
+                .http
+                .post(url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("X-Hub-Signature-256", &signature)
+                .body(body.clone())
+                .send()
+                .await;
+            match result {
+                Ok(response) if response.status().is_success() => return true,
+                Ok(response) => tracing::warn!(
+                    attempt,
+                    http_status = response.status().as_u16(),
+                    "sandbox webhook refused"
+                ),
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e.without_url(), "sandbox webhook failed")
+                }
+            }
+            if attempt < WEBHOOK_ATTEMPTS {
+                tokio::time::sleep(backoff).await;
+                backoff = backoff.saturating_mul(2);
+            }
+        }
+        false
+    }
+}
+
+/// `sha256=<hex HMAC-SHA256(secret, body)>`, Meta's `X-Hub-Signature-256`.
+fn sign(secret: &str, body: &[u8]) -> Option<String> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).ok()?;
+    mac.update(body);
+    Some(format!(
+        "sha256={}",
+        hex::encode(mac.finalize().into_bytes())
+    ))
+}
+
+fn has_bearer_token(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, token)| {
+            scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty()
+        })
+}
+
+/// A recipient for logs: every digit but the last four hidden.
+fn mask(digits: &str) -> String {
+    let count = digits.chars().count();
+    digits
+        .chars()
+        .enumerate()
+        .map(|(i, c)| if i + 4 < count { '*' } else { c })
+        .collect()
+}
+
+/// The sandbox knows no display numbers: it makes a stable US test number (1555…) from the
+/// phone number id's last seven digits.
+fn display_phone_number(phone_number_id: &str) -> String {
+    let digits: Vec<char> = phone_number_id
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let tail: String = digits[digits.len().saturating_sub(7)..].iter().collect();
+    format!("1555{tail:0>7}")
+}
+
+/// Meta's Graph API error body.
+fn meta_error(code: u32, message: &str, details: &str) -> Value {
+    json!({
+        "error": {
+            "message": message,
+            "type": "OAuthException",
+            "code": code,
+            "error_data": { "messaging_product": "whatsapp", "details": details },
+            "fbtrace_id": fbtrace_id(),
+        }
+    })
+}
+
+fn invalid_parameter(details: &str) -> Value {
+    meta_error(100, "(#100) Invalid parameter", details)
+}
+
+fn rate_limit_error() -> Value {
+    meta_error(
+        130429,
+        "(#130429) Rate limit hit",
+        "Cloud API message throughput has been reached.",
+    )
+}
+
+fn token_expired_error() -> Value {
+    let mut body = meta_error(
+        190,
+        "Error validating access token: Session has expired.",
+        "The access token has expired; get a new one.",
+    );
+    body["error"]["error_subcode"] = Value::from(463);
+    body
+}
+
+fn template_missing_error(request: &Value) -> Value {
+    let name = request
+        .pointer("/template/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let language = request
+        .pointer("/template/language/code")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    meta_error(
+        132001,
+        "(#132001) Template name does not exist in the translation",
+        &format!("template name ({name}) does not exist in {language}"),
+    )
+}
+
+/// A trace id shaped like Meta's (23 letters and digits).
+fn fbtrace_id() -> String {
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(23)
+        .map(char::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    const SECRET: &str = "test-app-secret";
+    const WABA: &str = "420000000000001";
+    const PHONE_NUMBER_ID: &str = "106540352242922";
+
+    /// Collects webhooks whose signature verifies; counts the others.
+    #[derive(Default)]
+    struct Receiver {
+        bodies: Mutex<Vec<Value>>,
+        bad_signatures: AtomicUsize,
+        /// Answer 503 to this many deliveries first.
+        refuse_next: AtomicUsize,
+    }
+
+    async fn receive(
+        State(receiver): State<Arc<Receiver>>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> StatusCode {
+        let refuse = receiver
+            .refuse_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refuse {
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+        let signature = headers
+            .get("x-hub-signature-256")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("sha256="))
+            .and_then(|v| hex::decode(v).ok())
+            .unwrap_or_default();
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
+        mac.update(&body);
+        let json_content = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            == Some("application/json");
+        if mac.verify_slice(&signature).is_err() || !json_content {
+            receiver.bad_signatures.fetch_add(1, Ordering::SeqCst);
+            return StatusCode::UNAUTHORIZED;
+        }
+        let body = serde_json::from_slice(&body).expect("webhook body is JSON");
+        lock(&receiver.bodies).push(body);
+        StatusCode::OK
+    }
+
+    async fn serve(router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{addr}")
+    }
+
+    struct Harness {
+        sandbox: Sandbox,
+        base: String,
+        receiver: Arc<Receiver>,
+        http: reqwest::Client,
+    }
+
+    async fn harness() -> Harness {
+        harness_with(|_| {}).await
+    }
+
+    async fn harness_with(tweak: impl FnOnce(&mut SandboxConfig)) -> Harness {
+        let mut cfg = SandboxConfig {
+            status_delay: Duration::from_millis(10),
+            slow_delay: Duration::from_millis(300),
+            ..SandboxConfig::new(SECRET, WABA)
+        };
+        tweak(&mut cfg);
+        let sandbox = Sandbox::new(cfg);
+        let base = serve(sandbox.graph_router().merge(sandbox.inspect_router())).await;
+        let receiver = Arc::new(Receiver::default());
+        let hooks = serve(
+            Router::new()
+                .route("/webhook", post(receive))
+                .with_state(receiver.clone()),
+        )
+        .await;
+        sandbox.set_webhook_url(format!("{hooks}/webhook"));
+        Harness {
+            sandbox,
+            base,
+            receiver,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn template_to(to: &str) -> Value {
+        json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+            "type": "template",
+            "template": {
+                "name": "order_confirmation",
+                "language": {"code": "en_US"},
+                "components": [
+                    {"type": "body", "parameters": [{"type": "text", "text": "Ada"}]}
+                ]
+            }
+        })
+    }
+
+    impl Harness {
+        fn messages_url(&self) -> String {
+            format!("{}/v23.0/{PHONE_NUMBER_ID}/messages", self.base)
+        }
+
+        async fn post(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
+            let response = request.send().await.expect("sandbox answers");
+            let status = response.status().as_u16();
+            let body = response.json().await.expect("sandbox answers JSON");
+            (status, body)
+        }
+
+        async fn send_json(&self, body: &Value) -> (u16, Value) {
+            let request = self
+                .http
+                .post(self.messages_url())
+                .bearer_auth("test-token")
+                .json(body);
+            self.post(request).await
+        }
+
+        async fn send_to(&self, to: &str) -> (u16, Value) {
+            self.send_json(&template_to(to)).await
+        }
+
+        /// The statuses received so far, in arrival order.
+        fn statuses(&self) -> Vec<Value> {
+            lock(&self.receiver.bodies)
+                .iter()
+                .flat_map(|body| {
+                    body.pointer("/entry/0/changes/0/value/statuses")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect()
+        }
+
+        /// Waits for `count` statuses, then a little longer to catch any extra one.
+        async fn wait_for_statuses(&self, count: usize) -> Vec<Value> {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while self.statuses().len() < count && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(self.receiver.bad_signatures.load(Ordering::SeqCst), 0);
+            self.statuses()
+        }
+
+        async fn outbox(&self) -> Vec<Value> {
+            let url = format!("{}/_sandbox/messages", self.base);
+            let (status, body) = self.post(self.http.get(url)).await;
+            assert_eq!(status, 200);
+            body["messages"]
+                .as_array()
+                .cloned()
+                .expect("messages array")
+        }
+    }
+
+    fn wamid_of(body: &Value) -> String {
+        body.pointer("/messages/0/id")
+            .and_then(Value::as_str)
+            .expect("accepted message id")
+            .to_string()
+    }
+
+    fn status_names(statuses: &[Value]) -> Vec<&str> {
+        statuses
+            .iter()
+            .map(|s| s["status"].as_str().unwrap_or_default())
+            .collect()
+    }
+
+    fn assert_meta_error(body: &Value, code: u64) {
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert_eq!(body["error"]["type"], "OAuthException", "{body}");
+        assert!(body["error"]["message"].is_string(), "{body}");
+        assert_eq!(body["error"]["error_data"]["messaging_product"], "whatsapp");
+        assert!(body["error"]["error_data"]["details"].is_string(), "{body}");
+        assert!(body["error"]["fbtrace_id"].is_string(), "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_ordinary_number_is_accepted_then_sent_delivered_read_with_signed_webhooks() {
+        let h = harness().await;
+        let (status, body) = h.send_to("+1 555 123 4567").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["messaging_product"], "whatsapp");
+        assert_eq!(body["contacts"][0]["input"], "+1 555 123 4567");
+        assert_eq!(body["contacts"][0]["wa_id"], "15551234567");
+        assert_eq!(body["messages"][0]["message_status"], "accepted");
+        let wamid = wamid_of(&body);
+        assert!(wamid.starts_with("wamid."));
+
+        let statuses = h.wait_for_statuses(3).await;
+        assert_eq!(status_names(&statuses), ["sent", "delivered", "read"]);
+        for status in &statuses {
+            assert_eq!(status["id"], wamid.as_str());
+            assert_eq!(status["recipient_id"], "15551234567");
+            let timestamp = status["timestamp"].as_str().expect("timestamp string");
+            assert!(timestamp.parse::<i64>().is_ok_and(|t| t > 1_700_000_000));
+            assert!(status.get("errors").is_none());
+            assert!(status.get("biz_opaque_callback_data").is_none());
+        }
+        let hook = lock(&h.receiver.bodies)[0].clone();
+        assert_eq!(hook["object"], "whatsapp_business_account");
+        assert_eq!(hook["entry"][0]["id"], WABA);
+        let change = &hook["entry"][0]["changes"][0];
+        assert_eq!(change["field"], "messages");
+        assert_eq!(change["value"]["messaging_product"], "whatsapp");
+        assert_eq!(
+            change["value"]["metadata"]["phone_number_id"],
+            PHONE_NUMBER_ID
+        );
+        assert!(change["value"]["metadata"]["display_phone_number"].is_string());
+    }
+
+    #[tokio::test]
+    async fn biz_opaque_callback_data_is_echoed_in_every_status() {
+        let h = harness().await;
+        let mut message = template_to("15551234567");
+        message["biz_opaque_callback_data"] = json!("tenant-7/msg-42");
+        let (status, body) = h.send_json(&message).await;
+        assert_eq!(status, 200, "{body}");
+        let statuses = h.wait_for_statuses(3).await;
+        assert_eq!(statuses.len(), 3);
+        for status in &statuses {
+            assert_eq!(status["biz_opaque_callback_data"], "tenant-7/msg-42");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_number_ending_0001_is_accepted_then_fails_with_131026() {
+        let h = harness().await;
+        let (status, body) = h.send_to("15550000001").await;
+        assert_eq!(status, 200, "{body}");
+        let statuses = h.wait_for_statuses(1).await;
+        assert_eq!(status_names(&statuses), ["failed"]);
+        assert_eq!(statuses[0]["id"], wamid_of(&body).as_str());
+        let error = &statuses[0]["errors"][0];
+        assert_eq!(error["code"], 131026);
+        assert!(error["title"].is_string() && error["message"].is_string());
+        assert!(error["error_data"]["details"].is_string());
+    }
+
+    #[tokio::test]
+    async fn a_number_ending_0002_is_accepted_then_fails_with_131050() {
+        let h = harness().await;
+        let (status, _) = h.send_to("15550000002").await;
+        assert_eq!(status, 200);
+        let statuses = h.wait_for_statuses(1).await;
+        assert_eq!(status_names(&statuses), ["failed"]);
+        assert_eq!(statuses[0]["errors"][0]["code"], 131050);
+    }
+
+    #[tokio::test]
+    async fn a_number_ending_0003_is_throttled_twice_then_accepted() {
+        let h = harness().await;
+        for _ in 0..2 {
+            let (status, body) = h.send_to("15550000003").await;
+            assert_eq!(status, 429);
+            assert_meta_error(&body, 130429);
+        }
+        // Another sender's counter is separate.
+        let other = format!("{}/v23.0/999/messages", h.base);
+        let request = h
+            .http
+            .post(other)
+            .bearer_auth("t")
+            .json(&template_to("15550000003"));
+        assert_eq!(h.post(request).await.0, 429);
+
+        let (status, body) = h.send_to("15550000003").await;
+        assert_eq!(status, 200, "{body}");
+        let statuses = h.wait_for_statuses(3).await;
+        assert_eq!(status_names(&statuses), ["sent", "delivered", "read"]);
+        assert_eq!(h.send_to("15550000003").await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn a_number_ending_0004_always_answers_131000() {
+        let h = harness().await;
+        for _ in 0..4 {
+            let (status, body) = h.send_to("15550000004").await;
+            assert_eq!(status, 500);
+            assert_meta_error(&body, 131000);
+        }
+        assert!(h.wait_for_statuses(0).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_number_ending_0005_answers_only_after_the_slow_delay() {
+        let h = harness().await;
+        let started = Instant::now();
+        let (status, body) = h.send_to("15550000005").await;
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(status, 200, "{body}");
+        let statuses = h.wait_for_statuses(3).await;
+        assert_eq!(status_names(&statuses), ["sent", "delivered", "read"]);
+    }
+
+    #[tokio::test]
+    async fn a_number_ending_0005_is_still_sent_when_the_client_gives_up() {
+        let h = harness().await;
+        let impatient = h
+            .http
+            .post(h.messages_url())
+            .bearer_auth("test-token")
+            .timeout(Duration::from_millis(50))
+            .json(&template_to("15550000005"));
+        assert!(impatient.send().await.is_err_and(|e| e.is_timeout()));
+        let statuses = h.wait_for_statuses(3).await;
+        assert_eq!(status_names(&statuses), ["sent", "delivered", "read"]);
+        let outbox = h.outbox().await;
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0]["response"]["status"], 200);
+    }
+
+    #[tokio::test]
+    async fn a_number_ending_0006_answers_an_expired_token_error_190() {
+        let h = harness().await;
+        let (status, body) = h.send_to("15550000006").await;
+        assert_eq!(status, 401);
+        assert_meta_error(&body, 190);
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("access token") && message.contains("expired"));
+        assert!(h.wait_for_statuses(0).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_number_ending_0007_answers_template_does_not_exist_132001() {
+        let h = harness().await;
+        let (status, body) = h.send_to("15550000007").await;
+        assert_eq!(status, 404);
+        assert_meta_error(&body, 132001);
+        assert!(h.wait_for_statuses(0).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_number_ending_0008_sends_read_delivered_sent_each_twice() {
+        let h = harness().await;
+        let (status, body) = h.send_to("15550000008").await;
+        assert_eq!(status, 200);
+        let statuses = h.wait_for_statuses(6).await;
+        assert_eq!(
+            status_names(&statuses),
+            ["read", "read", "delivered", "delivered", "sent", "sent"]
+        );
+        let wamid = wamid_of(&body);
+        assert!(statuses.iter().all(|s| s["id"] == wamid.as_str()));
+    }
+
+    #[tokio::test]
+    async fn a_body_failing_the_schema_is_rejected_with_code_100() {
+        let h = harness().await;
+        let mut message = template_to("15551234567");
+        message.as_object_mut().expect("object").remove("to");
+        let (status, body) = h.send_json(&message).await;
+        assert_eq!(status, 400);
+        assert_meta_error(&body, 100);
+        let details = body["error"]["error_data"]["details"]
+            .as_str()
+            .unwrap_or("");
+        assert!(details.contains("\"to\""), "{details}");
+
+        let mut message = template_to("15551234567");
+        message["surprise"] = json!(true);
+        let (status, body) = h.send_json(&message).await;
+        assert_eq!(status, 400);
+        assert_meta_error(&body, 100);
+        assert!(h.wait_for_statuses(0).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_json_is_rejected_with_code_100_and_recorded_as_text() {
+        let h = harness().await;
+        let request = h
+            .http
+            .post(h.messages_url())
+            .bearer_auth("test-token")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body("{not json");
+        let (status, body) = h.post(request).await;
+        assert_eq!(status, 400);
+        assert_meta_error(&body, 100);
+        let outbox = h.outbox().await;
+        assert_eq!(outbox[0]["request"], "{not json");
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_bearer_token_is_rejected_with_code_190() {
+        let h = harness().await;
+        let without = h
+            .http
+            .post(h.messages_url())
+            .json(&template_to("15551234567"));
+        let (status, body) = h.post(without).await;
+        assert_eq!(status, 401);
+        assert_meta_error(&body, 190);
+
+        let basic = h
+            .http
+            .post(h.messages_url())
+            .basic_auth("user", Some("pass"))
+            .json(&template_to("15551234567"));
+        assert_eq!(h.post(basic).await.0, 401);
+
+        let empty = h
+            .http
+            .post(h.messages_url())
+            .header(header::AUTHORIZATION, "Bearer ")
+            .json(&template_to("15551234567"));
+        assert_eq!(h.post(empty).await.0, 401);
+        assert!(h.wait_for_statuses(0).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn more_than_the_rate_limit_per_second_answers_130429() {
+        let h = harness_with(|cfg| cfg.rate_limit_per_sec = 5).await;
+        let mut answers = Vec::new();
+        for _ in 0..6 {
+            answers.push(h.send_to("15551234567").await);
+        }
+        let limited: Vec<&Value> = answers
+            .iter()
+            .filter(|(status, _)| *status == 429)
+            .map(|(_, body)| body)
+            .collect();
+        assert!(!limited.is_empty(), "{answers:?}");
+        assert_meta_error(limited[0], 130429);
+
+        // The limit is per phone number id.
+        let other = format!("{}/v23.0/999/messages", h.base);
+        let request = h
+            .http
+            .post(other)
+            .bearer_auth("t")
+            .json(&template_to("15551234567"));
+        assert_eq!(h.post(request).await.0, 200);
+
+        // And the window rolls.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(h.send_to("15551234567").await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn the_outbox_lists_requests_oldest_first_with_their_answers() {
+        let h = harness().await;
+        // The slow one arrives first and is answered last.
+        let slow = {
+            let request = h
+                .http
+                .post(h.messages_url())
+                .bearer_auth("test-token")
+                .json(&template_to("15550000005"));
+            tokio::spawn(request.send())
+        };
+        // Wait until it has arrived (it is recorded only once answered).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.sandbox.inner.next_seq.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(h.send_to("15550000004").await.0, 500);
+        assert_eq!(h.send_to("15551234567").await.0, 200);
+        let slow = slow.await.expect("task").expect("slow answer");
+        assert_eq!(slow.status().as_u16(), 200);
+
+        let outbox = h.outbox().await;
+        let recipients: Vec<&str> = outbox
+            .iter()
+            .map(|m| m["request"]["to"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(recipients, ["15550000005", "15550000004", "15551234567"]);
+        let statuses: Vec<u64> = outbox
+            .iter()
+            .map(|m| m["response"]["status"].as_u64().unwrap_or_default())
+            .collect();
+        assert_eq!(statuses, [200, 500, 200]);
+        assert_eq!(outbox[1]["response"]["body"]["error"]["code"], 131000);
+        assert_eq!(outbox[0]["phone_number_id"], PHONE_NUMBER_ID);
+        assert_eq!(outbox[0]["version"], "v23.0");
+        assert!(outbox[0]["received_at"].is_string());
+
+        // The typed view holds the same data.
+        let typed = h.sandbox.received();
+        let as_json = serde_json::to_value(&typed).expect("serialize");
+        assert_eq!(as_json, Value::Array(outbox));
+        let round_trip: Vec<ReceivedRequest> =
+            serde_json::from_value(as_json).expect("deserialize");
+        assert_eq!(round_trip, typed);
+    }
+
+    #[tokio::test]
+    async fn reset_clears_the_outbox_and_the_counters() {
+        let h = harness().await;
+        assert_eq!(h.send_to("15550000003").await.0, 429);
+        assert_eq!(h.send_to("15550000003").await.0, 429);
+        let url = format!("{}/_sandbox/reset", h.base);
+        let (status, _) = h.post(h.http.post(url)).await;
+        assert_eq!(status, 200);
+        assert!(h.outbox().await.is_empty());
+        assert_eq!(h.send_to("15550000003").await.0, 429);
+        assert_eq!(h.outbox().await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_webhook_delivery_is_retried() {
+        let h = harness().await;
+        h.receiver.refuse_next.store(2, Ordering::SeqCst);
+        assert_eq!(h.send_to("15550000001").await.0, 200);
+        let statuses = h.wait_for_statuses(1).await;
+        assert_eq!(status_names(&statuses), ["failed"]);
+    }
+
+    #[tokio::test]
+    async fn without_a_webhook_url_messages_are_still_answered() {
+        let sandbox = Sandbox::new(SandboxConfig {
+            status_delay: Duration::from_millis(1),
+            ..SandboxConfig::default()
+        });
+        let base = serve(sandbox.graph_router()).await;
+        let response = reqwest::Client::new()
+            .post(format!("{base}/v23.0/1/messages"))
+            .bearer_auth("t")
+            .json(&template_to("15551234567"))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(response.status().as_u16(), 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(sandbox.received().len(), 1);
+    }
+
+    #[test]
+    fn recipients_are_masked_in_logs_and_display_numbers_are_stable() {
+        assert_eq!(mask("15551230001"), "*******0001");
+        assert_eq!(mask("12"), "12");
+        assert_eq!(display_phone_number("106540352242922"), "15552242922");
+        assert_eq!(display_phone_number("42"), "15550000042");
+    }
+
+    #[test]
+    fn the_config_debug_output_hides_the_app_secret() {
+        let cfg = SandboxConfig::new("very-secret", "1");
+        assert!(!format!("{cfg:?}").contains("very-secret"));
+    }
+}

@@ -1,0 +1,684 @@
+//! Every store port on one DynamoDB table. Key schema and access patterns:
+//! docs/data-model.md. Invariants are conditional writes or transactions.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, Put, ReturnValue, TransactWriteItem, Update, WriteRequest,
+};
+use aws_sdk_dynamodb::Client;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::unavailable;
+use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
+use crate::error::StoreError;
+use crate::ports::{
+    ApiKeyRecord, Clock, ExpiredItems, Ledger, LedgerEntry, MessagePage, MessageQuery,
+    MessageStore, StatusChange, Tenant, TenantStore, Transition,
+};
+
+type Item = HashMap<String, AttributeValue>;
+
+pub const TTL_ATTR: &str = "ttl";
+pub const GSI1: &str = "gsi1";
+
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    clock: Arc<dyn Clock>,
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+fn n(v: i64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn tenant_pk(t: &TenantId) -> String {
+    format!("TENANT#{t}")
+}
+fn msg_sk(id: &MessageId) -> String {
+    format!("MSG#{id}")
+}
+fn status_gsi(t: &TenantId, st: MessageStatus) -> String {
+    format!("TENANT#{t}#STATUS#{}", st.as_str())
+}
+
+/// Serialises a record and adds its keys and TTL.
+fn to_item<T: Serialize>(
+    value: &T,
+    keys: &[(&str, String)],
+    ttl: Option<i64>,
+) -> Result<Item, StoreError> {
+    let mut item: Item =
+        serde_dynamo::to_item(value).map_err(|e| StoreError::Corrupt(format!("serialise: {e}")))?;
+    for (k, v) in keys {
+        item.insert((*k).to_owned(), s(v.clone()));
+    }
+    if let Some(t) = ttl {
+        item.insert(TTL_ATTR.to_owned(), n(t));
+    }
+    Ok(item)
+}
+
+fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(format!("deserialise: {e}")))
+}
+
+fn ttl_of(item: &Item) -> Option<i64> {
+    match item.get(TTL_ATTR) {
+        Some(AttributeValue::N(v)) => v.parse().ok(),
+        _ => None,
+    }
+}
+
+fn encode_cursor(key: &Item) -> Option<String> {
+    let flat: HashMap<&str, &str> = key
+        .iter()
+        .filter_map(|(k, v)| v.as_s().ok().map(|s| (k.as_str(), s.as_str())))
+        .collect();
+    let json = serde_json::to_vec(&flat).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json))
+}
+
+fn decode_cursor(cursor: &str, tenant: &TenantId) -> Result<Item, StoreError> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| StoreError::InvalidCursor)?;
+    let flat: HashMap<String, String> =
+        serde_json::from_slice(&bytes).map_err(|_| StoreError::InvalidCursor)?;
+    // A cursor may only continue inside the caller's own partition.
+    let prefix = tenant_pk(tenant);
+    let ok = flat
+        .iter()
+        .all(|(k, v)| !(k == "pk" || k == "gsi1pk") || v.starts_with(&prefix));
+    if !ok || flat.len() > 4 {
+        return Err(StoreError::InvalidCursor);
+    }
+    Ok(flat.into_iter().map(|(k, v)| (k, s(v))).collect())
+}
+
+fn ulid_bound(t: DateTime<Utc>, high: bool) -> String {
+    let ms = t.timestamp_millis().max(0) as u64;
+    let u = if high {
+        ulid::Ulid::from_parts(ms.saturating_sub(1), (1u128 << 80) - 1)
+    } else {
+        ulid::Ulid::from_parts(ms, 0)
+    };
+    format!("MSG#{u}")
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            clock,
+        }
+    }
+
+    fn now_secs(&self) -> i64 {
+        self.clock.now().timestamp()
+    }
+
+    fn live(&self, item: &Item) -> bool {
+        ttl_of(item).is_none_or(|t| t > self.now_secs())
+    }
+
+    async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("dynamodb get", e))?;
+        Ok(out.item.filter(|i| self.live(i)))
+    }
+
+    fn put(&self, item: Item, condition: Option<&str>) -> Result<TransactWriteItem, StoreError> {
+        let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
+        if let Some(c) = condition {
+            put = put.condition_expression(c);
+        }
+        let put = put
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("put: {e}")))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), Vec<String>> {
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) => match e.err() {
+                TransactWriteItemsError::TransactionCanceledException(c) => Err(c
+                    .cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code().unwrap_or("None").to_owned())
+                    .collect()),
+                other => Err(vec![format!(
+                    "error:{}",
+                    unavailable("dynamodb transact", other)
+                )]),
+            },
+            Err(e) => Err(vec![format!(
+                "error:{}",
+                unavailable("dynamodb transact", e)
+            )]),
+        }
+    }
+
+    async fn balance(&self, tenant: &TenantId) -> Result<i64, StoreError> {
+        let t: Tenant = from_item(
+            self.get(tenant_pk(tenant), "TENANT")
+                .await?
+                .ok_or(StoreError::NotFound)?,
+        )?;
+        Ok(t.credits)
+    }
+
+    fn ledger_put(&self, entry: &LedgerEntry) -> Result<TransactWriteItem, StoreError> {
+        let item = to_item(
+            entry,
+            &[
+                ("pk", tenant_pk(&entry.tenant_id)),
+                ("sk", format!("LEDGER#{}", entry.id)),
+            ],
+            entry.expires_at,
+        )?;
+        self.put(item, Some("attribute_not_exists(pk)"))
+    }
+
+    fn credit_update(
+        &self,
+        entry: &LedgerEntry,
+        guard: bool,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let mut u = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(&entry.tenant_id)))
+            .key("sk", s("TENANT"))
+            .update_expression("ADD credits :amt")
+            .expression_attribute_values(":amt", n(entry.amount));
+        u = if guard {
+            // Never below zero: the debit applies only if the balance covers it.
+            u.condition_expression("attribute_exists(pk) AND credits >= :need")
+                .expression_attribute_values(":need", n(-entry.amount))
+        } else {
+            u.condition_expression("attribute_exists(pk)")
+        };
+        let u = u
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+        Ok(TransactWriteItem::builder().update(u).build())
+    }
+
+    async fn add_credits(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
+        let items = vec![self.credit_update(entry, false)?, self.ledger_put(entry)?];
+        match self.transact(items).await {
+            Ok(()) => self.balance(&entry.tenant_id).await,
+            Err(reasons)
+                if reasons.first().map(String::as_str) == Some("ConditionalCheckFailed") =>
+            {
+                Err(StoreError::NotFound)
+            }
+            Err(reasons) => Err(StoreError::Unavailable(reasons.join(","))),
+        }
+    }
+}
+
+#[async_trait]
+impl TenantStore for DynamoStore {
+    async fn create_tenant(
+        &self,
+        tenant: &Tenant,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+    ) -> Result<(), StoreError> {
+        let t = to_item(
+            tenant,
+            &[("pk", tenant_pk(&tenant.id)), ("sk", "TENANT".into())],
+            None,
+        )?;
+        let mut route: Item = HashMap::new();
+        route.insert("pk".into(), s(format!("PHONE#{}", tenant.phone_number_id)));
+        route.insert("sk".into(), s("PHONE"));
+        route.insert("tenant_id".into(), s(tenant.id.to_string()));
+        let k = to_item(
+            key,
+            &[
+                ("pk", format!("APIKEY#{}", key.key_hash)),
+                ("sk", "APIKEY".into()),
+                ("gsi1pk", format!("TENANT#{}#APIKEYS", key.tenant_id)),
+                ("gsi1sk", key.id.clone()),
+            ],
+            None,
+        )?;
+        let mut items = vec![
+            self.put(t, Some("attribute_not_exists(pk)"))?,
+            self.put(route, Some("attribute_not_exists(pk)"))?,
+            self.put(k, Some("attribute_not_exists(pk)"))?,
+        ];
+        if let Some(entry) = initial {
+            items.push(self.ledger_put(entry)?);
+        }
+        match self.transact(items).await {
+            Ok(()) => Ok(()),
+            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => Err(StoreError::Conflict(
+                "phone_number_id already belongs to a tenant".into(),
+            )),
+            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+        }
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        self.get(tenant_pk(id), "TENANT")
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    async fn tenant_by_phone_number_id(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<TenantId>, StoreError> {
+        let item = self
+            .get(format!("PHONE#{phone_number_id}"), "PHONE")
+            .await?;
+        Ok(item
+            .as_ref()
+            .and_then(|i| i.get("tenant_id"))
+            .and_then(|v| v.as_s().ok())
+            .map(|v| TenantId::from_trusted(v.clone())))
+    }
+
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.get(format!("APIKEY#{key_hash}"), "APIKEY")
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl Ledger for DynamoStore {
+    async fn top_up(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
+        self.add_credits(entry).await
+    }
+
+    async fn refund(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
+        self.add_credits(entry).await
+    }
+
+    async fn entries(&self, tenant: &TenantId) -> Result<Vec<LedgerEntry>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
+            .expression_attribute_values(":p", s("LEDGER#"))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            if self.live(&item) {
+                out.push(from_item(item)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl MessageStore for DynamoStore {
+    async fn insert_with_debit(
+        &self,
+        record: &MessageRecord,
+        debit: &LedgerEntry,
+    ) -> Result<(), StoreError> {
+        let m = to_item(
+            record,
+            &[
+                ("pk", tenant_pk(&record.tenant_id)),
+                ("sk", msg_sk(&record.id)),
+                ("gsi1pk", status_gsi(&record.tenant_id, record.status)),
+                ("gsi1sk", msg_sk(&record.id)),
+            ],
+            record.expires_at,
+        )?;
+        let items = vec![
+            self.credit_update(debit, true)?,
+            self.ledger_put(debit)?,
+            self.put(m, Some("attribute_not_exists(pk)"))?,
+        ];
+        match self.transact(items).await {
+            Ok(()) => Ok(()),
+            Err(r) if r.first().map(String::as_str) == Some("ConditionalCheckFailed") => {
+                Err(StoreError::InsufficientCredits)
+            }
+            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => {
+                Err(StoreError::Conflict("message exists".into()))
+            }
+            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+        }
+    }
+
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.get(tenant_pk(tenant), &msg_sk(id))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        q: &MessageQuery,
+    ) -> Result<MessagePage, StoreError> {
+        let lo = q
+            .since
+            .map(|t| ulid_bound(t, false))
+            .unwrap_or_else(|| "MSG#".into());
+        let hi = q
+            .until
+            .map(|t| ulid_bound(t, true))
+            .unwrap_or_else(|| "MSG#~".into());
+        let mut req = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .scan_index_forward(false)
+            .limit(q.limit.clamp(1, 100) as i32)
+            .filter_expression("attribute_not_exists(#ttl) OR #ttl > :now")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":now", n(self.now_secs()))
+            .expression_attribute_values(":lo", s(lo))
+            .expression_attribute_values(":hi", s(hi));
+        req = match q.status {
+            Some(st) => req
+                .index_name(GSI1)
+                .key_condition_expression("gsi1pk = :pk AND gsi1sk BETWEEN :lo AND :hi")
+                .expression_attribute_values(":pk", s(status_gsi(tenant, st))),
+            None => req
+                .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+                .expression_attribute_values(":pk", s(tenant_pk(tenant))),
+        };
+        if let Some(c) = &q.cursor {
+            req = req.set_exclusive_start_key(Some(decode_cursor(c, tenant)?));
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| unavailable("dynamodb query", e))?;
+        let messages = out
+            .items()
+            .iter()
+            .cloned()
+            .map(from_item)
+            .collect::<Result<Vec<MessageRecord>, _>>()?;
+        Ok(MessagePage {
+            messages,
+            next_cursor: out.last_evaluated_key().and_then(encode_cursor),
+        })
+    }
+
+    async fn transition(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        to: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let event = serde_dynamo::to_attribute_value(StatusEvent { status: to, at })
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let preds = to.allowed_predecessors();
+        if preds.is_empty() {
+            return Ok(Transition::Refused);
+        }
+        let placeholders: Vec<String> = (0..preds.len()).map(|i| format!(":p{i}")).collect();
+        let mut set = vec![
+            "#status = :to",
+            "updated_at = :at",
+            "events = list_append(events, :ev)",
+            "gsi1pk = :g",
+        ];
+        if change.wamid.is_some() {
+            set.push("wamid = :w");
+        }
+        if change.error.is_some() {
+            set.push("#error = :e");
+        }
+        let mut expr = format!("SET {}", set.join(", "));
+        if change.count_attempt {
+            expr.push_str(" ADD attempts :one");
+        }
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s(msg_sk(id)))
+            .update_expression(expr)
+            .condition_expression(format!(
+                "#status IN ({}) AND (attribute_not_exists(#ttl) OR #ttl > :now)",
+                placeholders.join(", ")
+            ))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":to", s(to.as_str()))
+            .expression_attribute_values(
+                ":at",
+                s(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            )
+            .expression_attribute_values(":ev", AttributeValue::L(vec![event]))
+            .expression_attribute_values(":g", s(status_gsi(tenant, to)))
+            .expression_attribute_values(":now", n(self.now_secs()))
+            .return_values(ReturnValue::AllNew);
+        for (p, st) in placeholders.iter().zip(preds) {
+            req = req.expression_attribute_values(p, s(st.as_str()));
+        }
+        if let Some(w) = &change.wamid {
+            req = req.expression_attribute_values(":w", s(w.clone()));
+        }
+        if let Some(e) = &change.error {
+            let v = serde_dynamo::to_attribute_value(e)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            req = req
+                .expression_attribute_names("#error", "error")
+                .expression_attribute_values(":e", v);
+        }
+        if change.count_attempt {
+            req = req.expression_attribute_values(":one", n(1));
+        }
+        match req.send().await {
+            Ok(out) => Ok(Transition::Applied(Box::new(from_item(
+                out.attributes.unwrap_or_default(),
+            )?))),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(Transition::Refused)
+            }
+            Err(e) => Err(unavailable("dynamodb update", e)),
+        }
+    }
+
+    async fn release_for_retry(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        error: &MessageError,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let e = serde_dynamo::to_attribute_value(error)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s(msg_sk(id)))
+            .update_expression("SET #status = :acc, gsi1pk = :g, #error = :e, updated_at = :at")
+            .condition_expression("#status = :sending")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#error", "error")
+            .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
+            .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))
+            .expression_attribute_values(":g", s(status_gsi(tenant, MessageStatus::Accepted)))
+            .expression_attribute_values(":e", e)
+            .expression_attribute_values(
+                ":at",
+                s(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            )
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Transition::Applied(Box::new(from_item(
+                out.attributes.unwrap_or_default(),
+            )?))),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(Transition::Refused)
+            }
+            Err(e) => Err(unavailable("dynamodb update", e)),
+        }
+    }
+
+    async fn set_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut idx: Item = HashMap::new();
+        idx.insert("pk".into(), s(format!("WAMID#{wamid}")));
+        idx.insert("sk".into(), s("WAMID"));
+        idx.insert("tenant_id".into(), s(tenant.to_string()));
+        idx.insert("message_id".into(), s(id.to_string()));
+        if let Some(t) = expires_at {
+            idx.insert(TTL_ATTR.into(), n(t));
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(idx))
+            .send()
+            .await
+            .map_err(|e| unavailable("dynamodb put", e))?;
+        // The wamid on the message itself; a no-op if the message is gone.
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s(msg_sk(id)))
+            .update_expression("SET wamid = :w")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":w", s(wamid))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(())
+            }
+            Err(e) => Err(unavailable("dynamodb update", e)),
+        }
+    }
+
+    async fn message_by_wamid(
+        &self,
+        wamid: &str,
+    ) -> Result<Option<(TenantId, MessageId)>, StoreError> {
+        let Some(item) = self.get(format!("WAMID#{wamid}"), "WAMID").await? else {
+            return Ok(None);
+        };
+        let field = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+        match (field("tenant_id"), field("message_id")) {
+            (Some(t), Some(m)) => Ok(Some((
+                TenantId::from_trusted(t),
+                MessageId::from_trusted(m),
+            ))),
+            _ => Err(StoreError::Corrupt("wamid index item".into())),
+        }
+    }
+}
+
+#[async_trait]
+impl ExpiredItems for DynamoStore {
+    /// Deletes up to `budget` items whose TTL has passed (DynamoDB's TTL sweeper lags;
+    /// moto never sweeps). Batches of 25, as DynamoDB requires.
+    async fn delete_expired(&self, now: DateTime<Utc>, budget: usize) -> Result<usize, StoreError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .filter_expression("#ttl <= :now")
+            .projection_expression("pk, sk")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":now", n(now.timestamp()))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| unavailable("dynamodb scan", e))?;
+            keys.push(item);
+            if keys.len() >= budget {
+                break;
+            }
+        }
+        let total = keys.len();
+        for chunk in keys.chunks(25) {
+            let reqs = chunk
+                .iter()
+                .map(|k| {
+                    DeleteRequest::builder()
+                        .set_key(Some(k.clone()))
+                        .build()
+                        .map(|d| WriteRequest::builder().delete_request(d).build())
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut pending = Some(HashMap::from([(self.table.clone(), reqs)]));
+            for _ in 0..5 {
+                let Some(p) = pending.take().filter(|p| !p.is_empty()) else {
+                    break;
+                };
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .set_request_items(Some(p))
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("dynamodb batch write", e))?;
+                pending = out.unprocessed_items;
+            }
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,84 @@
+use async_trait::async_trait;
+use aws_sdk_secretsmanager::error::SdkError;
+use aws_sdk_secretsmanager::Client;
+
+use super::unavailable;
+use crate::error::StoreError;
+use crate::ports::SecretStore;
+use crate::secret::Secret;
+
+/// Secrets Manager. Reads always name the version stage: after a rotation moto (and
+/// eventually-consistent caches) may otherwise answer the old value.
+pub struct SecretsManagerStore {
+    client: Client,
+}
+
+impl SecretsManagerStore {
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    async fn get_stage(&self, name: &str, stage: &str) -> Result<Option<Secret>, StoreError> {
+        match self
+            .client
+            .get_secret_value()
+            .secret_id(name)
+            .version_stage(stage)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.secret_string().map(Secret::new)),
+            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => Ok(None),
+            Err(e) => Err(unavailable("secretsmanager get", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl SecretStore for SecretsManagerStore {
+    async fn put_secret(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
+        match self
+            .client
+            .put_secret_value()
+            .secret_id(name)
+            .secret_string(value.expose())
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => self
+                .client
+                .create_secret()
+                .name(name)
+                .secret_string(value.expose())
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| unavailable("secretsmanager create", e)),
+            Err(e) => Err(unavailable("secretsmanager put", e)),
+        }
+    }
+
+    async fn get_secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+        self.get_stage(name, "AWSCURRENT").await
+    }
+
+    async fn get_previous_secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+        self.get_stage(name, "AWSPREVIOUS").await
+    }
+
+    async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
+        match self
+            .client
+            .delete_secret()
+            .secret_id(name)
+            .recovery_window_in_days(7)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => Ok(()),
+            Err(e) => Err(unavailable("secretsmanager delete", e)),
+        }
+    }
+}

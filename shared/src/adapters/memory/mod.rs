@@ -1,0 +1,10 @@
+//! In-memory adapters: one process, no persistence. They honour the same contract as the
+//! AWS adapters (conditional writes become checks under one lock).
+
+mod queue;
+mod secrets;
+mod store;
+
+pub use queue::MemoryQueue;
+pub use secrets::MemorySecrets;
+pub use store::MemoryStore;

@@ -1,0 +1,292 @@
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
+use crate::error::StoreError;
+use crate::ports::{
+    ApiKeyRecord, Clock, ExpiredItems, Ledger, LedgerEntry, MessagePage, MessageQuery,
+    MessageStore, StatusChange, Tenant, TenantStore, Transition,
+};
+
+#[derive(Default)]
+struct State {
+    tenants: HashMap<TenantId, Tenant>,
+    phones: HashMap<String, TenantId>,
+    keys: HashMap<String, ApiKeyRecord>,
+    messages: BTreeMap<(TenantId, MessageId), MessageRecord>,
+    ledger: Vec<LedgerEntry>,
+    wamids: HashMap<String, (TenantId, MessageId, Option<i64>)>,
+}
+
+/// Every store port over one lock: each method is atomic, as the DynamoDB conditional
+/// writes and transactions are.
+pub struct MemoryStore {
+    state: Mutex<State>,
+    clock: Arc<dyn Clock>,
+}
+
+impl MemoryStore {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            clock,
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        self.state
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))
+    }
+
+    fn live(&self, expires_at: Option<i64>) -> bool {
+        expires_at.is_none_or(|t| t > self.clock.now().timestamp())
+    }
+}
+
+#[async_trait]
+impl TenantStore for MemoryStore {
+    async fn create_tenant(
+        &self,
+        tenant: &Tenant,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        if s.phones.contains_key(&tenant.phone_number_id) {
+            return Err(StoreError::Conflict(
+                "phone_number_id already belongs to a tenant".into(),
+            ));
+        }
+        s.phones
+            .insert(tenant.phone_number_id.clone(), tenant.id.clone());
+        s.tenants.insert(tenant.id.clone(), tenant.clone());
+        s.keys.insert(key.key_hash.clone(), key.clone());
+        s.ledger.extend(initial.cloned());
+        Ok(())
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        Ok(self.lock()?.tenants.get(id).cloned())
+    }
+
+    async fn tenant_by_phone_number_id(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<TenantId>, StoreError> {
+        Ok(self.lock()?.phones.get(phone_number_id).cloned())
+    }
+
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self.lock()?.keys.get(key_hash).cloned())
+    }
+}
+
+#[async_trait]
+impl Ledger for MemoryStore {
+    async fn top_up(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
+        let mut s = self.lock()?;
+        let tenant = s
+            .tenants
+            .get_mut(&entry.tenant_id)
+            .ok_or(StoreError::NotFound)?;
+        tenant.credits = tenant.credits.saturating_add(entry.amount);
+        let balance = tenant.credits;
+        s.ledger.push(entry.clone());
+        Ok(balance)
+    }
+
+    async fn refund(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
+        self.top_up(entry).await
+    }
+
+    async fn entries(&self, tenant: &TenantId) -> Result<Vec<LedgerEntry>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.ledger
+            .iter()
+            .filter(|e| &e.tenant_id == tenant && self.live(e.expires_at))
+            .cloned()
+            .collect())
+    }
+}
+
+#[async_trait]
+impl MessageStore for MemoryStore {
+    async fn insert_with_debit(
+        &self,
+        record: &MessageRecord,
+        debit: &LedgerEntry,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let key = (record.tenant_id.clone(), record.id.clone());
+        if s.messages.contains_key(&key) {
+            return Err(StoreError::Conflict("message id exists".into()));
+        }
+        let tenant = s
+            .tenants
+            .get_mut(&record.tenant_id)
+            .ok_or(StoreError::NotFound)?;
+        if tenant.credits < record.price {
+            return Err(StoreError::InsufficientCredits);
+        }
+        tenant.credits -= record.price;
+        s.ledger.push(debit.clone());
+        s.messages.insert(key, record.clone());
+        Ok(())
+    }
+
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.messages
+            .get(&(tenant.clone(), id.clone()))
+            .filter(|m| self.live(m.expires_at))
+            .cloned())
+    }
+
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        q: &MessageQuery,
+    ) -> Result<MessagePage, StoreError> {
+        let after = match &q.cursor {
+            Some(c) => Some(MessageId::parse(c).ok_or(StoreError::InvalidCursor)?),
+            None => None,
+        };
+        let s = self.lock()?;
+        let limit = q.limit.max(1);
+        let mut matching = s
+            .messages
+            .iter()
+            .rev()
+            .filter(|((t, _), _)| t == tenant)
+            .map(|(_, m)| m)
+            .filter(|m| after.as_ref().is_none_or(|a| &m.id < a))
+            .filter(|m| self.live(m.expires_at))
+            .filter(|m| q.status.is_none_or(|st| m.status == st))
+            .filter(|m| q.since.is_none_or(|t| m.created_at >= t))
+            .filter(|m| q.until.is_none_or(|t| m.created_at < t));
+        let messages: Vec<MessageRecord> = matching.by_ref().take(limit).cloned().collect();
+        let more = matching.next().is_some();
+        let next_cursor = if more {
+            messages.last().map(|m| m.id.to_string())
+        } else {
+            None
+        };
+        Ok(MessagePage {
+            messages,
+            next_cursor,
+        })
+    }
+
+    async fn transition(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        to: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let mut s = self.lock()?;
+        let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
+            return Ok(Transition::Refused);
+        };
+        if !to.may_follow(m.status) {
+            return Ok(Transition::Refused);
+        }
+        m.status = to;
+        m.updated_at = at;
+        m.events.push(StatusEvent { status: to, at });
+        if let Some(w) = &change.wamid {
+            m.wamid = Some(w.clone());
+        }
+        if change.error.is_some() {
+            m.error = change.error.clone();
+        }
+        if change.count_attempt {
+            m.attempts += 1;
+        }
+        Ok(Transition::Applied(Box::new(m.clone())))
+    }
+
+    async fn release_for_retry(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        error: &MessageError,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let mut s = self.lock()?;
+        let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
+            return Ok(Transition::Refused);
+        };
+        if m.status != MessageStatus::Sending {
+            return Ok(Transition::Refused);
+        }
+        m.status = MessageStatus::Accepted;
+        m.error = Some(error.clone());
+        m.updated_at = at;
+        Ok(Transition::Applied(Box::new(m.clone())))
+    }
+
+    async fn set_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        if let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) {
+            m.wamid = Some(wamid.to_owned());
+        }
+        s.wamids
+            .insert(wamid.to_owned(), (tenant.clone(), id.clone(), expires_at));
+        Ok(())
+    }
+
+    async fn message_by_wamid(
+        &self,
+        wamid: &str,
+    ) -> Result<Option<(TenantId, MessageId)>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.wamids
+            .get(wamid)
+            .filter(|(_, _, exp)| self.live(*exp))
+            .map(|(t, m, _)| (t.clone(), m.clone())))
+    }
+}
+
+#[async_trait]
+impl ExpiredItems for MemoryStore {
+    async fn delete_expired(&self, now: DateTime<Utc>, budget: usize) -> Result<usize, StoreError> {
+        let now = now.timestamp();
+        let expired = |e: Option<i64>| e.is_some_and(|t| t <= now);
+        let mut s = self.lock()?;
+        let mut removed = 0;
+        let keys: Vec<_> = s
+            .messages
+            .iter()
+            .filter(|(_, m)| expired(m.expires_at))
+            .map(|(k, _)| k.clone())
+            .take(budget)
+            .collect();
+        for k in keys {
+            s.messages.remove(&k);
+            removed += 1;
+        }
+        let before = s.ledger.len();
+        s.ledger.retain(|e| !expired(e.expires_at));
+        removed += before - s.ledger.len();
+        let before = s.wamids.len();
+        s.wamids.retain(|_, (_, _, e)| !expired(*e));
+        removed += before - s.wamids.len();
+        Ok(removed)
+    }
+}

@@ -1,0 +1,106 @@
+//! Meta's Graph API over reqwest (rustls). The one place that knows Meta's wire shapes
+//! for a send; the request body itself comes from `Content::to_meta_request`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use crate::ports::{MetaAccepted, MetaClient, MetaSendError};
+use crate::secret::Secret;
+
+pub struct MetaGraphClient {
+    http: reqwest::Client,
+    base_url: String,
+    version: String,
+}
+
+impl MetaGraphClient {
+    pub fn new(base_url: &str, version: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()?;
+        Ok(Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            version: version.to_owned(),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct Accepted {
+    messages: Vec<AcceptedMessage>,
+}
+
+#[derive(Deserialize)]
+struct AcceptedMessage {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: MetaErrorBody,
+}
+
+#[derive(Deserialize)]
+struct MetaErrorBody {
+    code: i64,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    error_user_title: Option<String>,
+}
+
+#[async_trait]
+impl MetaClient for MetaGraphClient {
+    async fn send_message(
+        &self,
+        phone_number_id: &str,
+        token: &Secret,
+        body: &serde_json::Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        let url = format!(
+            "{}/{}/{}/messages",
+            self.base_url, self.version, phone_number_id
+        );
+        let res = self
+            .http
+            .post(url)
+            .bearer_auth(token.expose())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    MetaSendError::Connection("connect failed".into())
+                } else {
+                    // The request may have left: ambiguous, never blindly retried.
+                    MetaSendError::Timeout
+                }
+            })?;
+        let status = res.status().as_u16();
+        let bytes = res.bytes().await.map_err(|_| MetaSendError::Timeout)?;
+        if (200..300).contains(&status) {
+            let ok: Accepted =
+                serde_json::from_slice(&bytes).map_err(|_| MetaSendError::Protocol(status))?;
+            let wamid = ok
+                .messages
+                .into_iter()
+                .next()
+                .map(|m| m.id)
+                .ok_or(MetaSendError::Protocol(status))?;
+            return Ok(MetaAccepted { wamid });
+        }
+        match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
+            Ok(env) => Err(MetaSendError::Api {
+                http_status: status,
+                code: env.error.code,
+                title: env.error.error_user_title.unwrap_or(env.error.message),
+            }),
+            Err(_) => Err(MetaSendError::Protocol(status)),
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Port implementations: `memory` (local mode and unit tests) and `aws` (DynamoDB, SQS,
+//! Secrets Manager), plus the reqwest client for Meta's Graph API.
+
+pub mod aws;
+pub mod memory;
+pub mod meta_graph;

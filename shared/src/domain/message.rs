@@ -1,0 +1,171 @@
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{MessageId, MessageStatus, PhoneNumber, TenantId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateCategory {
+    Marketing,
+    Utility,
+    Authentication,
+}
+
+impl TemplateCategory {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TemplateCategory::Marketing => "marketing",
+            TemplateCategory::Utility => "utility",
+            TemplateCategory::Authentication => "authentication",
+        }
+    }
+}
+
+/// What we keep about a template: its name, language and category. Never its parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateRef {
+    pub name: String,
+    pub language: String,
+    pub category: TemplateCategory,
+}
+
+/// A message's content. It travels only inside the dispatch queue message and the
+/// request to Meta; it is never stored in a table nor logged (Debug is redacted).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Content {
+    Template {
+        template: TemplateRef,
+        components: Vec<serde_json::Value>,
+    },
+    Text {
+        body: String,
+    },
+}
+
+impl std::fmt::Debug for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Content::Template { template, .. } => {
+                write!(f, "Template({}, <components redacted>)", template.name)
+            }
+            Content::Text { .. } => f.write_str("Text(<redacted>)"),
+        }
+    }
+}
+
+impl Content {
+    pub fn template_ref(&self) -> Option<&TemplateRef> {
+        match self {
+            Content::Template { template, .. } => Some(template),
+            Content::Text { .. } => None,
+        }
+    }
+
+    /// The body of Meta's `POST /{phone_number_id}/messages`.
+    pub fn to_meta_request(&self, to: &PhoneNumber, callback: &str) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to.digits(),
+            "biz_opaque_callback_data": callback,
+        });
+        match self {
+            Content::Template {
+                template,
+                components,
+            } => {
+                body["type"] = "template".into();
+                let mut t = serde_json::json!({
+                    "name": template.name,
+                    "language": {"code": template.language, "policy": "deterministic"},
+                });
+                if !components.is_empty() {
+                    t["components"] = serde_json::Value::Array(components.clone());
+                }
+                body["template"] = t;
+            }
+            Content::Text { body: text } => {
+                body["type"] = "text".into();
+                body["text"] = serde_json::json!({ "body": text });
+            }
+        }
+        body
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    pub status: MessageStatus,
+    pub at: DateTime<Utc>,
+}
+
+/// Meta's (or our own) reason for a failure: a numeric Meta code or a string of ours.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MessageError {
+    pub code: serde_json::Value,
+    pub title: String,
+}
+
+/// Delivery metadata of one message: what the table holds. No content.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub id: MessageId,
+    pub tenant_id: TenantId,
+    pub to: PhoneNumber,
+    pub template: Option<TemplateRef>,
+    pub status: MessageStatus,
+    pub error: Option<MessageError>,
+    pub events: Vec<StatusEvent>,
+    pub wamid: Option<String>,
+    pub attempts: u32,
+    pub price: i64,
+    pub client_reference: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Epoch seconds after which the record is gone (DynamoDB TTL).
+    pub expires_at: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_debug_output_never_shows_the_text_or_parameters() {
+        let c = Content::Text {
+            body: "secret-body-123".into(),
+        };
+        assert!(!format!("{c:?}").contains("secret-body-123"));
+        let t = Content::Template {
+            template: TemplateRef {
+                name: "otp".into(),
+                language: "en".into(),
+                category: TemplateCategory::Authentication,
+            },
+            components: vec![
+                serde_json::json!({"type":"body","parameters":[{"type":"text","text":"P-42"}]}),
+            ],
+        };
+        assert!(!format!("{t:?}").contains("P-42"));
+    }
+
+    #[test]
+    fn a_template_becomes_metas_template_message_with_our_id_as_callback_data() {
+        let to = PhoneNumber::parse("+60123456789").unwrap();
+        let t = Content::Template {
+            template: TemplateRef {
+                name: "order_update".into(),
+                language: "en_US".into(),
+                category: TemplateCategory::Utility,
+            },
+            components: vec![],
+        };
+        let body = t.to_meta_request(&to, "01HXYZ");
+        assert_eq!(body["type"], "template");
+        assert_eq!(body["to"], "60123456789");
+        assert_eq!(body["template"]["language"]["code"], "en_US");
+        assert_eq!(body["biz_opaque_callback_data"], "01HXYZ");
+        assert!(body["template"].get("components").is_none());
+    }
+}

@@ -1,0 +1,17 @@
+//! Parsed domain types: once a value has one of these types it is valid.
+
+mod ids;
+mod message;
+mod phone;
+mod retention;
+mod role;
+mod status;
+
+pub use ids::{new_id, MessageId, TenantId};
+pub use message::{
+    Content, MessageError, MessageRecord, StatusEvent, TemplateCategory, TemplateRef,
+};
+pub use phone::{mask_phone, PhoneNumber, PhoneNumberError};
+pub use retention::{parse_duration, RetentionClass, RetentionConfig};
+pub use role::Role;
+pub use status::{MessageStatus, StatusError};

@@ -1,0 +1,111 @@
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// Every stored item belongs to one retention class; the class decides its TTL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RetentionClass {
+    /// Tenants, API keys, opt-outs, phone-number routes: kept while the tenant exists.
+    ActiveConfig,
+    /// Message delivery metadata (recipient, times, status, template name).
+    Messages,
+    /// Audit events.
+    Audit,
+    /// Credit top-ups and debits.
+    Billing,
+    /// Idempotency keys.
+    Idempotency,
+    /// Statuses that arrived before their message's wamid was known.
+    PendingStatus,
+    /// Console session tokens.
+    Session,
+}
+
+#[derive(Clone, Debug)]
+pub struct RetentionConfig {
+    pub messages: Duration,
+    pub audit: Duration,
+    pub billing: Duration,
+    pub idempotency: Duration,
+    pub pending_status: Duration,
+    pub session: Duration,
+}
+
+const DAY: u64 = 86_400;
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            messages: Duration::from_secs(730 * DAY),
+            audit: Duration::from_secs(730 * DAY),
+            billing: Duration::from_secs(2557 * DAY),
+            idempotency: Duration::from_secs(DAY),
+            pending_status: Duration::from_secs(7 * DAY),
+            session: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+impl RetentionConfig {
+    pub fn duration(&self, class: RetentionClass) -> Option<Duration> {
+        match class {
+            RetentionClass::ActiveConfig => None,
+            RetentionClass::Messages => Some(self.messages),
+            RetentionClass::Audit => Some(self.audit),
+            RetentionClass::Billing => Some(self.billing),
+            RetentionClass::Idempotency => Some(self.idempotency),
+            RetentionClass::PendingStatus => Some(self.pending_status),
+            RetentionClass::Session => Some(self.session),
+        }
+    }
+
+    /// The TTL (epoch seconds) an item of `class` created at `at` carries.
+    pub fn expiry(&self, class: RetentionClass, at: DateTime<Utc>) -> Option<i64> {
+        self.duration(class)
+            .map(|d| at.timestamp().saturating_add(d.as_secs() as i64))
+    }
+}
+
+/// Parses `730d`, `12h`, `30m`, `45s`, `250ms`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(n.checked_mul(3600)?)),
+        "d" => Some(Duration::from_secs(n.checked_mul(DAY)?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_the_units_the_configuration_uses() {
+        assert_eq!(parse_duration("730d"), Some(Duration::from_secs(730 * DAY)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("12"), Some(Duration::from_secs(12)));
+        assert_eq!(parse_duration("5y"), None);
+        assert_eq!(parse_duration("d"), None);
+    }
+
+    #[test]
+    fn active_configuration_never_expires_and_billing_outlives_messages() {
+        let c = RetentionConfig::default();
+        let now = Utc::now();
+        assert_eq!(c.expiry(RetentionClass::ActiveConfig, now), None);
+        assert!(
+            c.expiry(RetentionClass::Billing, now).unwrap()
+                > c.expiry(RetentionClass::Messages, now).unwrap()
+        );
+    }
+}

@@ -1,0 +1,141 @@
+use serde::{Deserialize, Serialize};
+
+/// A message's delivery status. It only ever moves forward:
+/// `accepted → sending → sent → delivered → read`, and `failed` is terminal
+/// unless Meta later reports `delivered` or `read`, which prove it arrived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    Accepted,
+    Sending,
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown message status")]
+pub struct StatusError;
+
+impl MessageStatus {
+    pub const ALL: [MessageStatus; 6] = [
+        MessageStatus::Accepted,
+        MessageStatus::Sending,
+        MessageStatus::Sent,
+        MessageStatus::Delivered,
+        MessageStatus::Read,
+        MessageStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Accepted => "accepted",
+            MessageStatus::Sending => "sending",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Read => "read",
+            MessageStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, StatusError> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or(StatusError)
+    }
+
+    /// The statuses from which `self` may be entered. Storage adapters turn this
+    /// list into a conditional write (`#status IN (...)`), so the rule is enforced
+    /// atomically, never by read-then-write.
+    pub fn allowed_predecessors(self) -> &'static [MessageStatus] {
+        use MessageStatus::*;
+        match self {
+            Accepted => &[],
+            Sending => &[Accepted],
+            Sent => &[Accepted, Sending],
+            Delivered => &[Accepted, Sending, Sent, Failed],
+            Read => &[Accepted, Sending, Sent, Delivered, Failed],
+            Failed => &[Accepted, Sending, Sent],
+        }
+    }
+
+    pub fn may_follow(self, current: MessageStatus) -> bool {
+        self.allowed_predecessors().contains(&current)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, MessageStatus::Read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MessageStatus::{self, *};
+    use proptest::prelude::*;
+
+    #[test]
+    fn statuses_never_move_backwards() {
+        assert!(!Sent.may_follow(Delivered));
+        assert!(!Delivered.may_follow(Read));
+        assert!(!Sent.may_follow(Read));
+        assert!(!Failed.may_follow(Delivered));
+        assert!(!Sent.may_follow(Sent), "duplicates change nothing");
+    }
+
+    #[test]
+    fn a_failed_message_moves_only_on_a_later_delivered_or_read() {
+        assert!(Delivered.may_follow(Failed));
+        assert!(Read.may_follow(Failed));
+        assert!(!Sent.may_follow(Failed));
+        assert!(!Sending.may_follow(Failed));
+    }
+
+    #[test]
+    fn every_status_name_round_trips() {
+        for s in MessageStatus::ALL {
+            assert_eq!(MessageStatus::parse(s.as_str()), Ok(s));
+        }
+        assert!(MessageStatus::parse("queued").is_err());
+    }
+
+    fn apply(mut current: MessageStatus, events: &[MessageStatus]) -> MessageStatus {
+        for e in events {
+            if e.may_follow(current) {
+                current = *e;
+            }
+        }
+        current
+    }
+
+    fn meta_status() -> impl Strategy<Value = MessageStatus> {
+        prop_oneof![Just(Sent), Just(Delivered), Just(Read), Just(Failed)]
+    }
+
+    proptest! {
+        #[test]
+        fn any_order_of_webhook_statuses_ends_in_the_furthest_one(
+            events in proptest::collection::vec(meta_status(), 1..12)
+        ) {
+            let end = apply(Sent, &events);
+            if events.contains(&Read) {
+                prop_assert_eq!(end, Read);
+            } else if events.contains(&Delivered) {
+                prop_assert_eq!(end, Delivered);
+            } else if events.contains(&Failed) {
+                prop_assert_eq!(end, Failed);
+            } else {
+                prop_assert_eq!(end, Sent);
+            }
+        }
+
+        #[test]
+        fn duplicated_events_change_nothing_after_the_first(
+            events in proptest::collection::vec(meta_status(), 1..8)
+        ) {
+            let doubled: Vec<_> = events.iter().flat_map(|e| [*e, *e]).collect();
+            prop_assert_eq!(apply(Sending, &events), apply(Sending, &doubled));
+        }
+    }
+}

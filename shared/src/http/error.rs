@@ -1,0 +1,172 @@
+//! The one mapping from errors to HTTP, and the middleware that gives every response an
+//! `x-request-id` and every error the contract's body.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::service::errors::ServiceError;
+
+/// Error code and message, attached to a response; the middleware renders the body
+/// (it knows the request id).
+#[derive(Clone, Debug)]
+pub struct ErrorInfo {
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        use ServiceError::*;
+        match e {
+            InvalidRequest(m) => ApiError::invalid(m),
+            InvalidPhoneNumber => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_phone_number",
+                "phone numbers must be E.164 with a leading + (e.g. +60123456789)",
+            ),
+            Unauthenticated => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "missing or invalid credentials",
+            ),
+            Forbidden => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "your role does not allow this",
+            ),
+            TenantSuspended => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "tenant_suspended",
+                "this account is suspended; contact your provider",
+            ),
+            InsufficientCredits => ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "insufficient_credits",
+                "not enough credits; ask your provider for a top-up",
+            ),
+            NotFound => ApiError::not_found(),
+            Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            Unavailable(inner) => {
+                tracing::error!(error = %inner, "backend unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "temporarily unavailable; retry with the same Idempotency-Key",
+                )
+            }
+            Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = self.status.into_response();
+        res.extensions_mut().insert(ErrorInfo {
+            code: self.code,
+            message: self.message,
+        });
+        res
+    }
+}
+
+/// The request id of the current request (an extension set by the middleware).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+fn fallback_info(status: StatusCode) -> ErrorInfo {
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such route"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", "method not allowed on this route")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("payload_too_large", "request bodies are limited to 256 KiB")
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("invalid_request", "send application/json"),
+        s if s.is_server_error() => ("internal", "internal error"),
+        _ => ("invalid_request", "invalid request"),
+    };
+    ErrorInfo {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Gives each request an id (the Lambda's request id when present), echoes it in
+/// `x-request-id`, and renders every error in the contract's one shape — including
+/// errors from routing and extractors that never reached a handler.
+pub async fn request_id_layer(mut req: Request, next: Next) -> Response {
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(crate::domain::new_id);
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut res = next.run(req).await;
+    let status = res.status();
+    if status.is_client_error() || status.is_server_error() {
+        let info = res
+            .extensions()
+            .get::<ErrorInfo>()
+            .cloned()
+            .unwrap_or_else(|| fallback_info(status));
+        let body = json!({
+            "error": {"code": info.code, "message": info.message},
+            "request_id": id,
+        });
+        let headers = std::mem::take(res.headers_mut());
+        let mut new = (status, axum::Json(body)).into_response();
+        for (k, v) in headers.iter() {
+            if k != axum::http::header::CONTENT_TYPE && k != axum::http::header::CONTENT_LENGTH {
+                new.headers_mut().insert(k.clone(), v.clone());
+            }
+        }
+        res = new;
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+pub fn empty(status: StatusCode) -> Response {
+    Response::builder()
+        .status(status)
+        .body(Body::empty())
+        .unwrap_or_default()
+}

@@ -1,0 +1,110 @@
+//! Extractors that turn raw requests into parsed inputs, with the contract's errors.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::service::auth::{authenticate, Caller};
+
+/// The largest request body accepted (API.md): larger is `413 payload_too_large`.
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// JSON body: too large → 413, malformed / wrong types / unknown fields → 400 with the
+/// path of the problem, never the offending value (it may be message content).
+pub struct JsonBody<T>(pub T);
+
+fn describe(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    let inner = e.inner();
+    let what = match inner.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            return format!(
+                "malformed JSON at line {} column {}",
+                inner.line(),
+                inner.column()
+            )
+        }
+        _ => {
+            let text = inner.to_string();
+            if text.starts_with("unknown field") || text.starts_with("missing field") {
+                text.split(" at line")
+                    .next()
+                    .unwrap_or("invalid field")
+                    .to_owned()
+            } else if text.starts_with("unknown variant") {
+                text.split(", expected")
+                    .nth(1)
+                    .map(|exp| {
+                        format!(
+                            "unknown value, expected {}",
+                            exp.split(" at line").next().unwrap_or("")
+                        )
+                    })
+                    .unwrap_or_else(|| "unknown value".into())
+            } else {
+                "wrong type or invalid value".to_owned()
+            }
+        }
+    };
+    if path == "." || path.is_empty() {
+        what
+    } else {
+        format!("{what} (at `{path}`)")
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| ApiError::invalid(describe(&e)))
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request bodies are limited to 256 KiB",
+                )
+            } else {
+                ApiError::invalid("could not read the request body")
+            }
+        })?;
+        if bytes.is_empty() {
+            return Err(ApiError::invalid("a JSON body is required"));
+        }
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(authenticate(&state.deps, bearer(parts)).await?)
+    }
+}
+
+/// The client's address, as the host saw it: the TCP peer locally, API Gateway's
+/// `requestContext.http.sourceIp` on Lambda. Never a forwarded header.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientIp(pub Option<std::net::IpAddr>);

@@ -1,0 +1,249 @@
+//! axum routers. Each Lambda serves one of them; local mode serves them all on one port.
+//! Handlers are thin: parse, call a service, shape the answer.
+
+pub mod error;
+pub mod extract;
+pub mod lambda;
+mod views;
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::domain::{MessageId, MessageStatus, Role, TenantId};
+use crate::ports::MessageQuery;
+use crate::service::auth::{load_tenant, Caller};
+use crate::service::{accounts, retention, send, webhook, Deps};
+use error::ApiError;
+use extract::{JsonBody, MAX_BODY};
+pub use views::MessageView;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub deps: Deps,
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Common layers: body limit, request ids and the one error shape.
+fn finish(router: Router<AppState>, deps: Deps) -> Router {
+    router
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(AppState { deps })
+        .layer(axum::middleware::from_fn(error::request_id_layer))
+}
+
+/// Tenant sending and reading routes (the send_api Lambda).
+pub fn send_api_router(deps: Deps) -> Router {
+    finish(send_api_routes(), deps)
+}
+
+/// Platform operator and administration routes (the admin_api Lambda).
+pub fn admin_api_router(deps: Deps) -> Router {
+    finish(admin_api_routes(), deps)
+}
+
+/// Meta's webhook (the webhook Lambda).
+pub fn webhook_router(deps: Deps) -> Router {
+    finish(webhook_routes(), deps)
+}
+
+/// Every route on one router (local mode).
+pub fn app(deps: Deps) -> Router {
+    finish(
+        send_api_routes()
+            .merge(admin_api_routes())
+            .merge(webhook_routes()),
+        deps,
+    )
+}
+
+fn send_api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/account", get(get_account))
+        .route("/v1/messages", post(post_message).get(list_messages))
+        .route("/v1/messages/{id}", get(get_message))
+}
+
+fn admin_api_routes() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/platform/tenants", post(create_tenant))
+        .route("/v1/platform/tenants/{id}/credits", post(top_up))
+        .route("/v1/platform/retention/run", post(run_retention))
+}
+
+fn webhook_routes() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks/meta", get(meta_verify).post(meta_notify))
+        // Meta batches many statuses in one POST; allow it more room than API bodies.
+        .layer(DefaultBodyLimit::max(4 * MAX_BODY))
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn create_tenant(
+    State(s): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<accounts::NewTenant>,
+) -> ApiResult {
+    caller.require_operator()?;
+    let (tenant, key) = accounts::create_tenant(&s.deps, req).await?;
+    let body = json!({
+        "tenant": views::TenantView::from(&tenant),
+        "admin_api_key": key.expose(),
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn tenant_path(id: &str) -> Result<TenantId, ApiError> {
+    TenantId::parse(id).ok_or_else(ApiError::not_found)
+}
+
+async fn top_up(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<accounts::TopUp>,
+) -> ApiResult {
+    caller.require_operator()?;
+    let tenant = tenant_path(&id)?;
+    let balance = accounts::top_up(&s.deps, &tenant, req).await?;
+    let body = json!({"tenant_id": tenant, "balance": balance});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn run_retention(State(s): State<AppState>, caller: Caller) -> ApiResult {
+    caller.require_operator()?;
+    let report = retention::run(&s.deps).await?;
+    Ok(Json(report).into_response())
+}
+
+async fn get_account(State(s): State<AppState>, caller: Caller) -> ApiResult {
+    let tenant_id = caller.tenant(Role::ReadOnly)?;
+    let tenant = load_tenant(&s.deps, tenant_id).await?;
+    Ok(Json(views::AccountView::from(&tenant)).into_response())
+}
+
+async fn post_message(
+    State(s): State<AppState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<send::SendRequest>,
+) -> ApiResult {
+    let tenant_id = caller.tenant(Role::Operator)?;
+    let record = send::send(&s.deps, tenant_id, req).await?;
+    let body = json!({"id": record.id, "status": record.status});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+async fn get_message(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let tenant_id = caller.tenant(Role::ReadOnly)?;
+    let id = MessageId::parse(&id).ok_or_else(ApiError::not_found)?;
+    let m = s
+        .deps
+        .messages
+        .get_message(tenant_id, &id)
+        .await
+        .map_err(crate::service::errors::ServiceError::from)?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(Json(MessageView::from(&m)).into_response())
+}
+
+fn parse_time(name: &str, v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|_| ApiError::invalid(format!("{name} must be an RFC 3339 time")))
+}
+
+async fn list_messages(
+    State(s): State<AppState>,
+    caller: Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let tenant_id = caller.tenant(Role::ReadOnly)?;
+    let mut q = MessageQuery {
+        limit: 50,
+        ..Default::default()
+    };
+    for (k, v) in &params {
+        match k.as_str() {
+            "status" => {
+                q.status = Some(MessageStatus::parse(v).map_err(|_| {
+                    ApiError::invalid(
+                        "status must be accepted, sending, sent, delivered, read or failed",
+                    )
+                })?)
+            }
+            "since" => q.since = Some(parse_time("since", v)?),
+            "until" => q.until = Some(parse_time("until", v)?),
+            "limit" => {
+                q.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=100).contains(l))
+                    .ok_or_else(|| ApiError::invalid("limit must be 1 to 100"))?
+            }
+            "cursor" => q.cursor = Some(v.clone()),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter `{other}`"
+                )))
+            }
+        }
+    }
+    let page = s
+        .deps
+        .messages
+        .list_messages(tenant_id, &q)
+        .await
+        .map_err(crate::service::errors::ServiceError::from)?;
+    let messages: Vec<MessageView> = page.messages.iter().map(MessageView::from).collect();
+    Ok(Json(json!({"messages": messages, "next_cursor": page.next_cursor})).into_response())
+}
+
+async fn meta_verify(
+    State(s): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let ok = webhook::verify_subscription(
+        &s.deps,
+        params.get("hub.mode").map(String::as_str),
+        params.get("hub.verify_token").map(String::as_str),
+    )
+    .await?;
+    match (ok, params.get("hub.challenge")) {
+        (true, Some(challenge)) => Ok(challenge.clone().into_response()),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "verify token does not match",
+        )),
+    }
+}
+
+async fn meta_notify(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let sig = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if !webhook::verify_signature(&s.deps, &body, sig).await? {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_signature",
+            "X-Hub-Signature-256 does not match the body",
+        ));
+    }
+    let summary = webhook::apply(&s.deps, &body).await?;
+    Ok(Json(json!({"received": true, "summary": summary})).into_response())
+}

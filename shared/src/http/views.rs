@@ -1,0 +1,73 @@
+//! Response shapes. They decide exactly what leaves the system (never content, secrets
+//! or internal ids such as secret names).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::domain::{MessageError, MessageRecord, MessageStatus, StatusEvent, TemplateRef};
+use crate::ports::{Tenant, TenantStatus};
+
+pub use crate::service::accounts::TenantView;
+
+#[derive(Serialize)]
+pub struct Quality {
+    pub opt_out_rate: f64,
+    pub flagged: bool,
+}
+
+#[derive(Serialize)]
+pub struct AccountView {
+    pub id: String,
+    pub name: String,
+    pub status: TenantStatus,
+    pub credits: i64,
+    pub phone_number_id: String,
+    pub quality: Quality,
+}
+
+impl From<&Tenant> for AccountView {
+    fn from(t: &Tenant) -> Self {
+        Self {
+            id: t.id.to_string(),
+            name: t.name.clone(),
+            status: t.status.clone(),
+            credits: t.credits,
+            phone_number_id: t.phone_number_id.clone(),
+            quality: Quality {
+                opt_out_rate: 0.0,
+                flagged: false,
+            },
+        }
+    }
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct MessageView {
+    pub id: String,
+    pub to: String,
+    pub template: Option<TemplateRef>,
+    pub status: MessageStatus,
+    pub error: Option<MessageError>,
+    pub events: Vec<StatusEvent>,
+    pub wamid: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub client_reference: Option<String>,
+}
+
+impl From<&MessageRecord> for MessageView {
+    fn from(m: &MessageRecord) -> Self {
+        Self {
+            id: m.id.to_string(),
+            to: m.to.to_string(),
+            template: m.template.clone(),
+            status: m.status,
+            error: m.error.clone(),
+            events: m.events.clone(),
+            wamid: m.wamid.clone(),
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+            client_reference: m.client_reference.clone(),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Kirim: a multi-tenant WhatsApp Business API platform. This crate holds everything that
+//! is not a Lambda entry point: domain types, ports, adapters, services and HTTP routers.
+
+pub mod adapters;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod ports;
+pub mod runtime;
+pub mod secret;
+pub mod service;
+pub mod telemetry;

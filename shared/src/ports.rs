@@ -1,0 +1,282 @@
+//! Small traits between the services and the world. Each has a memory adapter and an
+//! AWS adapter, and both pass the one contract suite in `tests/`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, Role, TenantId};
+use crate::error::StoreError;
+use crate::secret::Secret;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+    Closed,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub waba_id: String,
+    pub phone_number_id: String,
+    pub status: TenantStatus,
+    pub credits: i64,
+    /// Where the tenant's Meta access token lives in the secret store (a name, not the token).
+    pub meta_token_secret: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What is stored of an API key: a SHA-256 of the key, never the key.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub role: Role,
+    pub key_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LedgerEntry {
+    pub id: String,
+    pub tenant_id: TenantId,
+    /// Positive for top-ups, negative for debits.
+    pub amount: i64,
+    pub kind: LedgerKind,
+    pub reference: Option<String>,
+    pub message_id: Option<MessageId>,
+    pub at: DateTime<Utc>,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerKind {
+    TopUp,
+    Debit,
+    Refund,
+}
+
+impl LedgerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LedgerKind::TopUp => "top_up",
+            LedgerKind::Debit => "debit",
+            LedgerKind::Refund => "refund",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "top_up" => Some(LedgerKind::TopUp),
+            "debit" => Some(LedgerKind::Debit),
+            "refund" => Some(LedgerKind::Refund),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+pub trait TenantStore: Send + Sync {
+    /// Creates the tenant (with its opening balance), its phone-number route, its first API
+    /// key and the opening top-up record in one atomic write. Fails with `Conflict` if the
+    /// phone number id already belongs to a tenant.
+    async fn create_tenant(
+        &self,
+        tenant: &Tenant,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+    ) -> Result<(), StoreError>;
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError>;
+    async fn tenant_by_phone_number_id(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<TenantId>, StoreError>;
+    /// Looks a key up by its hash: one key-value read, no scan.
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+}
+
+#[async_trait]
+pub trait Ledger: Send + Sync {
+    /// Adds credits and records the top-up; answers the new balance.
+    async fn top_up(&self, entry: &LedgerEntry) -> Result<i64, StoreError>;
+    /// Undoes a debit (a message that never reached Meta); answers the new balance.
+    async fn refund(&self, entry: &LedgerEntry) -> Result<i64, StoreError>;
+    async fn entries(&self, tenant: &TenantId) -> Result<Vec<LedgerEntry>, StoreError>;
+}
+
+/// A page of messages and the cursor for the next one.
+#[derive(Clone, Debug, Default)]
+pub struct MessagePage {
+    pub messages: Vec<MessageRecord>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct MessageQuery {
+    pub status: Option<MessageStatus>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+/// The outcome of a conditional status change.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Transition {
+    Applied(Box<MessageRecord>),
+    /// The message's current status does not allow the change (or it does not exist).
+    Refused,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct StatusChange {
+    pub wamid: Option<String>,
+    pub error: Option<MessageError>,
+    /// Adds one to `attempts` (a dispatch claim).
+    pub count_attempt: bool,
+}
+
+#[async_trait]
+pub trait MessageStore: Send + Sync {
+    /// Atomically: debits `record.price` from the tenant's credits only if the balance
+    /// stays ≥ 0, records the debit in the ledger, and stores the message.
+    /// `InsufficientCredits` when the balance is short; nothing is written then.
+    async fn insert_with_debit(
+        &self,
+        record: &MessageRecord,
+        debit: &LedgerEntry,
+    ) -> Result<(), StoreError>;
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError>;
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        query: &MessageQuery,
+    ) -> Result<MessagePage, StoreError>;
+    /// Moves the message to `to` only if its current status is one of
+    /// `to.allowed_predecessors()`: a conditional write, so concurrent webhooks and
+    /// dispatchers can never move it backwards.
+    async fn transition(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        to: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError>;
+    /// Puts a message back to `accepted` from `sending` for a retry (conditional).
+    async fn release_for_retry(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        error: &MessageError,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError>;
+    /// Records the wamid Meta assigned (and the index from wamid to message).
+    async fn set_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError>;
+    async fn message_by_wamid(
+        &self,
+        wamid: &str,
+    ) -> Result<Option<(TenantId, MessageId)>, StoreError>;
+}
+
+/// Removes items whose TTL has passed (DynamoDB's own TTL may lag by days).
+#[async_trait]
+pub trait ExpiredItems: Send + Sync {
+    async fn delete_expired(&self, now: DateTime<Utc>, budget: usize) -> Result<usize, StoreError>;
+}
+
+/// One received queue message.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub receipt: String,
+    pub body: String,
+    pub receive_count: u32,
+}
+
+#[async_trait]
+pub trait DispatchQueue: Send + Sync {
+    async fn send(&self, body: &str) -> Result<(), StoreError>;
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, StoreError>;
+    async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
+    /// Makes the message visible again after `delay` (a retry with backoff).
+    async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError>;
+    /// Messages parked on the dead-letter queue (for operators and tests).
+    async fn dead_letters(&self) -> Result<Vec<String>, StoreError>;
+}
+
+#[async_trait]
+pub trait SecretStore: Send + Sync {
+    /// Creates the secret, or stores a new current version if it exists.
+    async fn put_secret(&self, name: &str, value: &Secret) -> Result<(), StoreError>;
+    async fn get_secret(&self, name: &str) -> Result<Option<Secret>, StoreError>;
+    /// The previous version (during rotation), if any.
+    async fn get_previous_secret(&self, name: &str) -> Result<Option<Secret>, StoreError>;
+    async fn delete_secret(&self, name: &str) -> Result<(), StoreError>;
+}
+
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Meta accepted the message and gave it this id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetaAccepted {
+    pub wamid: String,
+}
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum MetaSendError {
+    /// Meta answered with its error shape.
+    #[error("meta error {code} (http {http_status}): {title}")]
+    Api {
+        http_status: u16,
+        code: i64,
+        title: String,
+    },
+    /// The request may have reached Meta but no answer came in time: ambiguous.
+    #[error("meta did not answer in time")]
+    Timeout,
+    /// The request never left (DNS, connect, TLS): safe to retry.
+    #[error("could not reach meta: {0}")]
+    Connection(String),
+    /// An answer we could not understand.
+    #[error("unexpected answer from meta (http {0})")]
+    Protocol(u16),
+}
+
+#[async_trait]
+pub trait MetaClient: Send + Sync {
+    async fn send_message(
+        &self,
+        phone_number_id: &str,
+        token: &Secret,
+        body: &serde_json::Value,
+    ) -> Result<MetaAccepted, MetaSendError>;
+}

@@ -1,0 +1,157 @@
+//! Onboarding tenants and their credits (platform operator), and the account view.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{new_id, RetentionClass, Role, TenantId};
+use crate::ports::{ApiKeyRecord, LedgerEntry, LedgerKind, Tenant, TenantStatus};
+use crate::secret::{token_hash, Secret};
+
+use super::errors::ServiceError;
+use super::Deps;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    pub name: String,
+    pub waba_id: String,
+    pub phone_number_id: String,
+    pub meta_access_token: String,
+    #[serde(default)]
+    pub credits: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopUp {
+    pub amount: i64,
+    pub reference: String,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct TenantView {
+    pub id: String,
+    pub name: String,
+    pub waba_id: String,
+    pub phone_number_id: String,
+    pub status: TenantStatus,
+    pub credits: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<&Tenant> for TenantView {
+    fn from(t: &Tenant) -> Self {
+        Self {
+            id: t.id.to_string(),
+            name: t.name.clone(),
+            waba_id: t.waba_id.clone(),
+            phone_number_id: t.phone_number_id.clone(),
+            status: t.status.clone(),
+            credits: t.credits,
+            created_at: t.created_at,
+        }
+    }
+}
+
+fn check_text(field: &str, v: &str, max: usize) -> Result<(), ServiceError> {
+    if v.trim().is_empty() || v.chars().count() > max {
+        return Err(ServiceError::InvalidRequest(format!(
+            "{field} must be 1 to {max} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_numeric_id(field: &str, v: &str) -> Result<(), ServiceError> {
+    if v.is_empty() || v.len() > 32 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ServiceError::InvalidRequest(format!(
+            "{field} must be Meta's numeric id"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates a tenant with an admin API key (returned once) and stores its Meta token in
+/// the secret store. The token is never returned or logged.
+pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secret), ServiceError> {
+    check_text("name", &req.name, 200)?;
+    check_numeric_id("waba_id", &req.waba_id)?;
+    check_numeric_id("phone_number_id", &req.phone_number_id)?;
+    check_text("meta_access_token", &req.meta_access_token, 4096)?;
+    let credits = req.credits.unwrap_or(0);
+    if credits < 0 {
+        return Err(ServiceError::InvalidRequest(
+            "credits must be zero or more".into(),
+        ));
+    }
+    let now = deps.clock.now();
+    let id = TenantId::generate();
+    let secret_name = format!("{}tenants/{}/meta-token", deps.settings.secret_prefix, id);
+    let tenant = Tenant {
+        id: id.clone(),
+        name: req.name.trim().to_owned(),
+        waba_id: req.waba_id,
+        phone_number_id: req.phone_number_id,
+        status: TenantStatus::Active,
+        credits,
+        meta_token_secret: secret_name.clone(),
+        created_at: now,
+    };
+    let key = Secret::generate("kirim_");
+    let record = ApiKeyRecord {
+        id: new_id(),
+        tenant_id: id.clone(),
+        name: "initial admin key".into(),
+        role: Role::Admin,
+        key_hash: token_hash(key.expose()),
+        created_at: now,
+        expires_at: None,
+        revoked: false,
+    };
+    let initial = (credits > 0).then(|| LedgerEntry {
+        id: new_id(),
+        tenant_id: id.clone(),
+        amount: credits,
+        kind: LedgerKind::TopUp,
+        reference: Some("initial credits".into()),
+        message_id: None,
+        at: now,
+        expires_at: deps.settings.retention.expiry(RetentionClass::Billing, now),
+    });
+    deps.secrets
+        .put(&secret_name, &Secret::new(req.meta_access_token))
+        .await?;
+    if let Err(e) = deps
+        .tenants
+        .create_tenant(&tenant, &record, initial.as_ref())
+        .await
+    {
+        // Leave no orphan secret behind a refused onboarding.
+        let _ = deps.secrets.store().delete_secret(&secret_name).await;
+        return Err(e.into());
+    }
+    tracing::info!(tenant_id = %id, "tenant onboarded");
+    Ok((tenant, key))
+}
+
+pub async fn top_up(deps: &Deps, tenant: &TenantId, req: TopUp) -> Result<i64, ServiceError> {
+    if req.amount <= 0 || req.amount > 1_000_000_000 {
+        return Err(ServiceError::InvalidRequest(
+            "amount must be a whole number from 1 to 1000000000".into(),
+        ));
+    }
+    check_text("reference", &req.reference, 200)?;
+    let now = deps.clock.now();
+    let entry = LedgerEntry {
+        id: new_id(),
+        tenant_id: tenant.clone(),
+        amount: req.amount,
+        kind: LedgerKind::TopUp,
+        reference: Some(req.reference),
+        message_id: None,
+        at: now,
+        expires_at: deps.settings.retention.expiry(RetentionClass::Billing, now),
+    };
+    let balance = deps.ledger.top_up(&entry).await?;
+    tracing::info!(tenant_id = %tenant, amount = req.amount, "credits topped up");
+    Ok(balance)
+}

@@ -1,0 +1,340 @@
+//! Sending one queued message to Meta: claim, send, record the outcome. Never twice.
+
+use std::time::Duration;
+
+use crate::domain::{new_id, MessageError, MessageId, MessageStatus, RetentionClass, TenantId};
+use crate::ports::{
+    LedgerEntry, LedgerKind, MetaSendError, StatusChange, TenantStatus, Transition,
+};
+
+use super::send::DispatchJob;
+use super::Deps;
+
+/// What the queue should do with the message after one dispatch attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Finished (sent, failed for good, or a duplicate): delete it from the queue.
+    Done,
+    /// Make it visible again after this delay.
+    RetryAfter(Duration),
+    /// Unreadable or hit an unexpected error: leave it, so the queue's redrive parks it
+    /// on the dead-letter queue after its receive limit.
+    Poison,
+}
+
+/// How a Meta error code is handled. One table, tested row by row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Retry with exponential backoff.
+    Transient,
+    /// Pair rate limit (131056): retry, later.
+    Delayed,
+    /// Never retry: the request itself is wrong or the recipient cannot receive it.
+    Permanent,
+    /// The user stopped marketing messages (131050).
+    Suppress,
+    /// The tenant's Meta account cannot send (token, lock, payment): stop the tenant.
+    TenantStop,
+}
+
+pub fn classify(code: i64, http_status: u16) -> ErrorClass {
+    use ErrorClass::*;
+    match code {
+        1 | 2 | 4 | 80007 | 130429 | 131000 | 131016 | 131057 => Transient,
+        131056 => Delayed,
+        131050 => Suppress,
+        0 | 190 | 131031 | 368 | 131048 => TenantStop,
+        100 | 131008 | 131009 | 131021 | 131026 | 131047 | 131051 | 131052 | 131053 | 132000
+        | 132001 | 132005 | 132007 | 132012 | 132015 | 132016 | 133010 | 135000 => Permanent,
+        // Unknown codes: a 5xx is worth another try; anything else is not, so an unknown
+        // rejection can never cause a burst of repeated sends.
+        _ if http_status >= 500 => Transient,
+        _ => Permanent,
+    }
+}
+
+/// Exponential backoff from `base`, doubling per attempt, ±20% jitter, capped at SQS's
+/// 12-hour visibility limit.
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+    let raw = base.saturating_mul(factor).min(Duration::from_secs(43_200));
+    let jitter: f64 = 0.8 + rand::random::<f64>() * 0.4;
+    raw.mul_f64(jitter).min(Duration::from_secs(43_200))
+}
+
+/// Returns a message's debit (a message Meta never accepted costs nothing).
+pub async fn refund(deps: &Deps, tenant: &TenantId, id: &MessageId, price: i64) {
+    if price <= 0 {
+        return;
+    }
+    let now = deps.clock.now();
+    let entry = LedgerEntry {
+        id: new_id(),
+        tenant_id: tenant.clone(),
+        amount: price,
+        kind: LedgerKind::Refund,
+        reference: Some("message not accepted by meta".into()),
+        message_id: Some(id.clone()),
+        at: now,
+        expires_at: deps.settings.retention.expiry(RetentionClass::Billing, now),
+    };
+    if let Err(e) = deps.ledger.refund(&entry).await {
+        tracing::error!(tenant_id = %tenant, message_id = %id, error = %e, "refund failed");
+    }
+}
+
+async fn fail(deps: &Deps, job: &DispatchJob, price: i64, error: MessageError, refund_it: bool) {
+    let change = StatusChange {
+        error: Some(error),
+        ..Default::default()
+    };
+    let now = deps.clock.now();
+    match deps
+        .messages
+        .transition(
+            &job.tenant_id,
+            &job.message_id,
+            MessageStatus::Failed,
+            &change,
+            now,
+        )
+        .await
+    {
+        Ok(Transition::Applied(_)) if refund_it => {
+            refund(deps, &job.tenant_id, &job.message_id, price).await
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(message_id = %job.message_id, error = %e, "could not mark failed")
+        }
+    }
+}
+
+/// Handles one queue message. `Done` deletes it; the caller maps the others onto SQS.
+pub async fn handle(deps: &Deps, body: &str) -> Outcome {
+    let job: DispatchJob = match serde_json::from_str(body) {
+        Ok(j) => j,
+        Err(_) => {
+            tracing::error!("unreadable dispatch job; leaving it for the dead-letter queue");
+            return Outcome::Poison;
+        }
+    };
+    match dispatch(deps, &job).await {
+        Ok(o) => o,
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(message_id = %job.message_id, error = %e, "storage unavailable; retrying");
+            Outcome::RetryAfter(deps.settings.dispatch_backoff)
+        }
+        Err(e) => {
+            tracing::error!(message_id = %job.message_id, error = %e, "dispatch error");
+            Outcome::Poison
+        }
+    }
+}
+
+async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::error::StoreError> {
+    let Some(tenant) = deps.tenants.get_tenant(&job.tenant_id).await? else {
+        tracing::warn!(message_id = %job.message_id, "tenant gone; dropping");
+        return Ok(Outcome::Done);
+    };
+    if tenant.status == TenantStatus::Suspended {
+        // Queued messages wait while a tenant is suspended (up to the queue's retention).
+        return Ok(Outcome::RetryAfter(Duration::from_secs(300)));
+    }
+    let now = deps.clock.now();
+    let claim = StatusChange {
+        count_attempt: true,
+        ..Default::default()
+    };
+    // The claim: only an `accepted` message moves to `sending`. A redelivered queue
+    // message for one already sending, sent or failed is dropped here: no double send.
+    let record = match deps
+        .messages
+        .transition(
+            &job.tenant_id,
+            &job.message_id,
+            MessageStatus::Sending,
+            &claim,
+            now,
+        )
+        .await?
+    {
+        Transition::Applied(r) => r,
+        Transition::Refused => {
+            tracing::info!(message_id = %job.message_id, "already claimed or finished; dropping duplicate");
+            return Ok(Outcome::Done);
+        }
+    };
+    if tenant.status == TenantStatus::Closed {
+        let error = MessageError {
+            code: "tenant_closed".into(),
+            title: "the account was closed before the message was sent".into(),
+        };
+        fail(deps, job, record.price, error, true).await;
+        return Ok(Outcome::Done);
+    }
+    let Some(token) = deps.secrets.current(&tenant.meta_token_secret).await? else {
+        let error = MessageError {
+            code: "meta_token_missing".into(),
+            title: "the tenant has no Meta access token".into(),
+        };
+        fail(deps, job, record.price, error, true).await;
+        return Ok(Outcome::Done);
+    };
+    let body = job
+        .content
+        .to_meta_request(&record.to, job.message_id.as_str());
+    let result = deps
+        .meta
+        .send_message(&tenant.phone_number_id, &token, &body)
+        .await;
+    let log_to = record.to.masked();
+    match result {
+        Ok(accepted) => {
+            let expires = deps
+                .settings
+                .retention
+                .expiry(RetentionClass::Messages, record.created_at);
+            deps.messages
+                .set_wamid(&job.tenant_id, &job.message_id, &accepted.wamid, expires)
+                .await?;
+            let change = StatusChange {
+                wamid: Some(accepted.wamid.clone()),
+                ..Default::default()
+            };
+            // Refused means a webhook already moved it further: fine.
+            deps.messages
+                .transition(
+                    &job.tenant_id,
+                    &job.message_id,
+                    MessageStatus::Sent,
+                    &change,
+                    deps.clock.now(),
+                )
+                .await?;
+            tracing::info!(tenant_id = %job.tenant_id, message_id = %job.message_id, wamid = %accepted.wamid, to = %log_to, "sent to meta");
+            Ok(Outcome::Done)
+        }
+        Err(MetaSendError::Timeout) => {
+            // Ambiguous: Meta may have it. Never blindly resent; the status webhook
+            // (matched by biz_opaque_callback_data) settles it.
+            tracing::warn!(tenant_id = %job.tenant_id, message_id = %job.message_id, to = %log_to, "meta timeout; left sending for the webhook to settle");
+            Ok(Outcome::Done)
+        }
+        Err(err) => {
+            let (class, error) = match &err {
+                MetaSendError::Api {
+                    http_status,
+                    code,
+                    title,
+                } => (
+                    classify(*code, *http_status),
+                    MessageError {
+                        code: (*code).into(),
+                        title: title.clone(),
+                    },
+                ),
+                MetaSendError::Protocol(status) if *status >= 500 => (
+                    ErrorClass::Transient,
+                    MessageError {
+                        code: "meta_unavailable".into(),
+                        title: format!("meta answered http {status}"),
+                    },
+                ),
+                MetaSendError::Connection(_) => (
+                    ErrorClass::Transient,
+                    MessageError {
+                        code: "meta_unreachable".into(),
+                        title: "could not connect to meta".into(),
+                    },
+                ),
+                _ => {
+                    tracing::warn!(message_id = %job.message_id, error = %err, "unreadable meta answer; left sending");
+                    return Ok(Outcome::Done);
+                }
+            };
+            tracing::warn!(tenant_id = %job.tenant_id, message_id = %job.message_id, to = %log_to, code = %error.code, class = ?class, attempt = record.attempts, "meta refused");
+            match class {
+                ErrorClass::Transient | ErrorClass::Delayed
+                    if record.attempts < deps.settings.dispatch_max_attempts =>
+                {
+                    deps.messages
+                        .release_for_retry(
+                            &job.tenant_id,
+                            &job.message_id,
+                            &error,
+                            deps.clock.now(),
+                        )
+                        .await?;
+                    let base = if class == ErrorClass::Delayed {
+                        deps.settings.dispatch_backoff.saturating_mul(2)
+                    } else {
+                        deps.settings.dispatch_backoff
+                    };
+                    Ok(Outcome::RetryAfter(backoff(base, record.attempts)))
+                }
+                _ => {
+                    fail(deps, job, record.price, error, true).await;
+                    Ok(Outcome::Done)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ErrorClass::*;
+
+    #[test]
+    fn every_meta_code_in_the_table_has_its_class() {
+        let table: &[(i64, ErrorClass)] = &[
+            (1, Transient),
+            (2, Transient),
+            (4, Transient),
+            (80007, Transient),
+            (130429, Transient),
+            (131000, Transient),
+            (131016, Transient),
+            (131057, Transient),
+            (131056, Delayed),
+            (100, Permanent),
+            (131008, Permanent),
+            (131026, Permanent),
+            (131047, Permanent),
+            (131051, Permanent),
+            (132000, Permanent),
+            (132001, Permanent),
+            (131050, Suppress),
+            (0, TenantStop),
+            (190, TenantStop),
+            (131031, TenantStop),
+            (368, TenantStop),
+            (131048, TenantStop),
+        ];
+        for (code, class) in table {
+            assert_eq!(classify(*code, 400), *class, "code {code}");
+        }
+    }
+
+    #[test]
+    fn unknown_codes_retry_only_on_server_errors() {
+        assert_eq!(classify(999_999, 503), Transient);
+        assert_eq!(classify(999_999, 400), Permanent);
+    }
+
+    #[test]
+    fn backoff_doubles_with_bounded_jitter_and_a_cap() {
+        let base = Duration::from_secs(30);
+        for attempt in 1..=5u32 {
+            let d = backoff(base, attempt).as_secs_f64();
+            let nominal = 30.0 * 2f64.powi(attempt as i32 - 1);
+            assert!(
+                d >= nominal * 0.8 - 1e-6 && d <= nominal * 1.2 + 1e-6,
+                "{attempt}: {d}"
+            );
+        }
+        assert!(backoff(base, 40) <= Duration::from_secs(43_200));
+    }
+}

@@ -1,0 +1,47 @@
+//! Service-level errors. Each knows its HTTP meaning (mapped once in `http::error`) and
+//! whether a retry could help.
+
+use crate::error::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("phone numbers must be E.164 with a leading +")]
+    InvalidPhoneNumber,
+    #[error("missing or invalid credentials")]
+    Unauthenticated,
+    #[error("your role does not allow this")]
+    Forbidden,
+    #[error("this tenant is suspended")]
+    TenantSuspended,
+    #[error("not enough credits")]
+    InsufficientCredits,
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("service temporarily unavailable")]
+    Unavailable(#[source] StoreError),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ServiceError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ServiceError::Unavailable(_))
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InsufficientCredits => ServiceError::InsufficientCredits,
+            StoreError::NotFound => ServiceError::NotFound,
+            StoreError::Conflict(m) => ServiceError::Conflict(m),
+            StoreError::InvalidCursor => ServiceError::InvalidRequest("invalid cursor".into()),
+            StoreError::Unavailable(_) => ServiceError::Unavailable(e),
+            StoreError::Corrupt(m) => ServiceError::Internal(m),
+        }
+    }
+}

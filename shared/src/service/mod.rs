@@ -1,0 +1,95 @@
+//! Use cases, written against the ports only. Handlers (HTTP, SQS, schedule) call these.
+
+pub mod accounts;
+pub mod auth;
+pub mod dispatch;
+pub mod errors;
+pub mod retention;
+pub mod send;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::Settings;
+use crate::error::StoreError;
+use crate::ports::{
+    Clock, DispatchQueue, ExpiredItems, Ledger, MessageStore, MetaClient, SecretStore, TenantStore,
+};
+use crate::secret::Secret;
+
+/// Everything a handler needs, built once per process (Lambda init or local mode).
+#[derive(Clone)]
+pub struct Deps {
+    pub tenants: Arc<dyn TenantStore>,
+    pub ledger: Arc<dyn Ledger>,
+    pub messages: Arc<dyn MessageStore>,
+    pub expired: Arc<dyn ExpiredItems>,
+    pub queue: Arc<dyn DispatchQueue>,
+    pub secrets: Arc<SecretCache>,
+    pub meta: Arc<dyn MetaClient>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Arc<Settings>,
+}
+
+/// (secret name, previous version?)
+type CacheKey = (String, bool);
+
+/// Secrets read through a short-lived cache, so a warm Lambda does not call Secrets
+/// Manager on every request, yet picks up a rotation within `ttl`.
+pub struct SecretCache {
+    store: Arc<dyn SecretStore>,
+    ttl: Duration,
+    cache: Mutex<HashMap<CacheKey, (Instant, Option<Secret>)>>,
+}
+
+impl SecretCache {
+    pub fn new(store: Arc<dyn SecretStore>, ttl: Duration) -> Self {
+        Self {
+            store,
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn SecretStore> {
+        &self.store
+    }
+
+    async fn read(&self, name: &str, previous: bool) -> Result<Option<Secret>, StoreError> {
+        let key = (name.to_owned(), previous);
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((at, v)) = cache.get(&key) {
+                if at.elapsed() < self.ttl {
+                    return Ok(v.clone());
+                }
+            }
+        }
+        let v = if previous {
+            self.store.get_previous_secret(name).await?
+        } else {
+            self.store.get_secret(name).await?
+        };
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(key, (Instant::now(), v.clone()));
+        }
+        Ok(v)
+    }
+
+    pub async fn current(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+        self.read(name, false).await
+    }
+
+    pub async fn previous(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+        self.read(name, true).await
+    }
+
+    pub async fn put(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
+        self.store.put_secret(name, value).await?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|(n, _), _| n != name);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,229 @@
+//! Accepting a message: validate, debit, record, enqueue.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    new_id, Content, MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber,
+    RetentionClass, StatusEvent, TemplateCategory, TemplateRef, TenantId,
+};
+use crate::ports::{LedgerEntry, LedgerKind, StatusChange, TenantStatus};
+
+use super::errors::ServiceError;
+use super::Deps;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendRequest {
+    pub to: String,
+    #[serde(default)]
+    pub template: Option<TemplateIn>,
+    #[serde(default)]
+    pub text: Option<TextIn>,
+    #[serde(default)]
+    pub client_reference: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateIn {
+    pub name: String,
+    pub language: String,
+    pub category: TemplateCategory,
+    #[serde(default)]
+    pub components: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextIn {
+    pub body: String,
+}
+
+/// The dispatch queue's message: the only place content lives, until it is sent.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct DispatchJob {
+    pub tenant_id: TenantId,
+    pub message_id: MessageId,
+    pub content: Content,
+}
+
+fn invalid(msg: &str) -> ServiceError {
+    ServiceError::InvalidRequest(msg.to_owned())
+}
+
+/// Parses and bounds-checks a request into (recipient, content). Limits follow Meta's.
+pub fn parse(req: SendRequest) -> Result<(PhoneNumber, Content, Option<String>), ServiceError> {
+    let to = PhoneNumber::parse(&req.to).map_err(|_| ServiceError::InvalidPhoneNumber)?;
+    if let Some(r) = &req.client_reference {
+        if r.chars().count() > 256 {
+            return Err(invalid("client_reference must be at most 256 characters"));
+        }
+    }
+    let content = match (req.template, req.text) {
+        (Some(t), None) => {
+            let name_ok = !t.name.is_empty()
+                && t.name.len() <= 512
+                && t.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !name_ok {
+                return Err(invalid(
+                    "template.name must be 1 to 512 lowercase letters, digits or underscores",
+                ));
+            }
+            let lang_ok = (2..=15).contains(&t.language.len())
+                && t.language
+                    .bytes()
+                    .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-');
+            if !lang_ok {
+                return Err(invalid(
+                    "template.language must be a language code such as en or en_US",
+                ));
+            }
+            if t.components.len() > 20 || t.components.iter().any(|c| !c.is_object()) {
+                return Err(invalid("template.components must be at most 20 objects"));
+            }
+            Content::Template {
+                template: TemplateRef {
+                    name: t.name,
+                    language: t.language,
+                    category: t.category,
+                },
+                components: t.components,
+            }
+        }
+        (None, Some(t)) => {
+            let len = t.body.chars().count();
+            if len == 0 || len > 4096 {
+                return Err(invalid("text.body must be 1 to 4096 characters"));
+            }
+            Content::Text { body: t.body }
+        }
+        _ => return Err(invalid("give exactly one of template or text")),
+    };
+    Ok((to, content, req.client_reference))
+}
+
+/// Accepts a message for `tenant`: debits its price and records it atomically (no
+/// message without a debit, no debit without a message), then enqueues it.
+pub async fn send(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    req: SendRequest,
+) -> Result<MessageRecord, ServiceError> {
+    let (to, content, client_reference) = parse(req)?;
+    let tenant = super::auth::load_tenant(deps, tenant_id).await?;
+    if tenant.status != TenantStatus::Active {
+        return Err(ServiceError::TenantSuspended);
+    }
+    let now = deps.clock.now();
+    let id = MessageId::from_trusted(ulid::Ulid::from_datetime(now.into()).to_string());
+    let price = deps.settings.price_per_message;
+    let retention = &deps.settings.retention;
+    let record = MessageRecord {
+        id: id.clone(),
+        tenant_id: tenant_id.clone(),
+        to,
+        template: content.template_ref().cloned(),
+        status: MessageStatus::Accepted,
+        error: None,
+        events: vec![StatusEvent {
+            status: MessageStatus::Accepted,
+            at: now,
+        }],
+        wamid: None,
+        attempts: 0,
+        price,
+        client_reference,
+        created_at: now,
+        updated_at: now,
+        expires_at: retention.expiry(RetentionClass::Messages, now),
+    };
+    let debit = LedgerEntry {
+        id: new_id(),
+        tenant_id: tenant_id.clone(),
+        amount: -price,
+        kind: LedgerKind::Debit,
+        reference: None,
+        message_id: Some(id.clone()),
+        at: now,
+        expires_at: retention.expiry(RetentionClass::Billing, now),
+    };
+    deps.messages.insert_with_debit(&record, &debit).await?;
+    let job = DispatchJob {
+        tenant_id: tenant_id.clone(),
+        message_id: id.clone(),
+        content,
+    };
+    let body = serde_json::to_string(&job).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    if let Err(e) = deps.queue.send(&body).await {
+        // Nothing lost: the message ends `failed` with a reason and its credit returns.
+        tracing::error!(tenant_id = %tenant_id, message_id = %id, error = %e, "enqueue failed");
+        let error = MessageError {
+            code: "enqueue_failed".into(),
+            title: "the message could not be queued; it was not sent".into(),
+        };
+        let change = StatusChange {
+            error: Some(error),
+            ..Default::default()
+        };
+        let _ = deps
+            .messages
+            .transition(tenant_id, &id, MessageStatus::Failed, &change, now)
+            .await;
+        super::dispatch::refund(deps, tenant_id, &id, price).await;
+        return Err(ServiceError::Unavailable(e));
+    }
+    tracing::info!(
+        tenant_id = %tenant_id,
+        message_id = %id,
+        to = %record.to.masked(),
+        "message accepted"
+    );
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(v: serde_json::Value) -> Result<SendRequest, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn a_request_with_both_template_and_text_is_refused() {
+        let r = req(serde_json::json!({"to":"+60123456789","text":{"body":"hi"},
+            "template":{"name":"a","language":"en","category":"utility"}}))
+        .unwrap();
+        assert!(matches!(parse(r), Err(ServiceError::InvalidRequest(_))));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_at_every_level() {
+        assert!(req(serde_json::json!({"to":"+60123456789","text":{"body":"hi"},"x":1})).is_err());
+        assert!(req(serde_json::json!({"to":"+60123456789","text":{"body":"hi","x":1}})).is_err());
+    }
+
+    #[test]
+    fn a_number_without_plus_is_an_invalid_phone_number() {
+        let r = req(serde_json::json!({"to":"60123456789","text":{"body":"hi"}})).unwrap();
+        assert!(matches!(parse(r), Err(ServiceError::InvalidPhoneNumber)));
+    }
+
+    #[test]
+    fn template_names_and_languages_are_bounded() {
+        let r = req(serde_json::json!({"to":"+60123456789",
+            "template":{"name":"Bad Name","language":"en","category":"utility"}}))
+        .unwrap();
+        assert!(parse(r).is_err());
+        let r = req(serde_json::json!({"to":"+60123456789",
+            "template":{"name":"ok","language":"x","category":"utility"}}))
+        .unwrap();
+        assert!(parse(r).is_err());
+        let r = req(serde_json::json!({"to":"+60123456789",
+            "template":{"name":"order_update","language":"en_US","category":"utility"}}))
+        .unwrap();
+        assert!(parse(r).is_ok());
+    }
+}
