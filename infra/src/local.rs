@@ -259,9 +259,10 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
     sb_cfg.rate_limit_per_sec = cfg.sandbox_rate_limit;
     let sandbox = Sandbox::new(sb_cfg);
 
-    let router: Router = kirim::http::app(deps.clone())
+    let sandbox_routes = Router::new()
         .nest("/_sandbox/graph", sandbox.graph_router())
-        .merge(sandbox.inspect_router())
+        .merge(sandbox.inspect_router());
+    let router: Router = kirim::http::app(deps.clone(), sandbox_routes)
         .layer(axum::middleware::from_fn(client_ip_from_peer));
 
     let mut tasks = Vec::new();

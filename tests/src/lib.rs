@@ -1,1 +1,272 @@
+//! Test support: the moto emulator, a manual clock, and a local-mode app per test.
 
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kirim::config::{Backend, Settings};
+use kirim::ports::Clock;
+use kirim_infra::local::{start, LocalApp, LocalConfig};
+use tokio::sync::OnceCell;
+
+pub const OPERATOR_TOKEN: &str = "op_test_operator_token";
+
+/// A clock tests move by hand.
+pub struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self(Mutex::new(Utc::now())))
+    }
+    pub fn advance(&self, by: chrono::Duration) {
+        if let Ok(mut t) = self.0.lock() {
+            *t += by;
+        }
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0.lock().map(|t| *t).unwrap_or_else(|_| Utc::now())
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+static MOTO: OnceCell<String> = OnceCell::const_new();
+
+/// The moto endpoint: `KIRIM_TEST_MOTO_URL` (the test command starts moto and sets it),
+/// or a moto server started from the project's `.venv` for this test process.
+pub async fn moto_endpoint() -> String {
+    MOTO.get_or_init(|| async {
+        if let Ok(url) = std::env::var("KIRIM_TEST_MOTO_URL") {
+            return url;
+        }
+        let bin = workspace_root().join(".venv/bin/moto_server");
+        assert!(
+            bin.exists(),
+            "moto is not installed: run ./scripts/test (it installs moto into .venv), \
+             or set KIRIM_TEST_MOTO_URL to a running moto server"
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        // The wrapper stops moto when this test process ends.
+        let script = format!(
+            "{} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
+             while kill -0 {} 2>/dev/null; do sleep 1; done; kill $m",
+            bin.display(),
+            std::process::id()
+        );
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start moto");
+        // Reap the wrapper when it ends, so it never lingers as a zombie.
+        std::thread::spawn(move || child.wait());
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if reqwest::get(format!("{url}/moto-api/")).await.is_ok() {
+                return url;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("moto did not start on {url}");
+    })
+    .await
+    .clone()
+}
+
+/// SDK configuration pointing at moto.
+pub async fn moto_sdk() -> aws_config::SdkConfig {
+    let ep = moto_endpoint().await;
+    kirim_infra::local::emulator_sdk_config(Some(&ep)).await
+}
+
+/// A unique stack name, so parallel tests never share a table or queue.
+pub fn unique_stack() -> String {
+    format!("t{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+/// Fast settings for tests: short backoff, few attempts, a short Meta timeout.
+pub fn test_settings() -> Settings {
+    Settings {
+        dispatch_max_attempts: 3,
+        dispatch_backoff: Duration::from_millis(50),
+        meta_timeout: Duration::from_millis(700),
+        ..Settings::default()
+    }
+}
+
+pub async fn local_config(backend: Backend) -> LocalConfig {
+    let aws_endpoint = match backend {
+        Backend::Aws => Some(moto_endpoint().await),
+        Backend::Memory => None,
+    };
+    LocalConfig {
+        listen: "127.0.0.1:0".into(),
+        backend,
+        aws_endpoint,
+        stack_name: unique_stack(),
+        operator_token: Some(OPERATOR_TOKEN.into()),
+        meta_app_secret: Some("test-app-secret".into()),
+        meta_verify_token: Some("test-verify-token".into()),
+        meta_base_url: None,
+        settings: test_settings(),
+        sandbox_status_delay: Duration::from_millis(20),
+        sandbox_slow_delay: Duration::from_millis(1500),
+        sandbox_rate_limit: 80,
+        retention_interval: Duration::from_secs(3600),
+        pollers: 2,
+    }
+}
+
+/// Local mode on `backend`, serving on a free port.
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let app = start(local_config(backend).await)
+        .await
+        .expect("local mode starts");
+    TestApp {
+        http: reqwest::Client::new(),
+        app,
+    }
+}
+
+pub struct TestApp {
+    pub http: reqwest::Client,
+    pub app: LocalApp,
+}
+
+pub struct Onboarded {
+    pub tenant_id: String,
+    pub key: String,
+    pub phone_number_id: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.app.base_url)
+    }
+
+    pub async fn onboard(&self, credits: i64) -> Onboarded {
+        let pnid = format!("{}", 100_000 + rand_u32() % 900_000);
+        let res = self
+            .http
+            .post(self.url("/v1/platform/tenants"))
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&serde_json::json!({
+                "name": "Kedai Runcit Sdn Bhd",
+                "waba_id": "1000001",
+                "phone_number_id": pnid,
+                "meta_access_token": "EAAG-test-meta-token",
+                "credits": credits,
+            }))
+            .send()
+            .await
+            .expect("onboard request");
+        assert_eq!(res.status(), 201, "onboarding answers 201");
+        let body: serde_json::Value = res.json().await.expect("json");
+        Onboarded {
+            tenant_id: body["tenant"]["id"].as_str().unwrap_or_default().to_owned(),
+            key: body["admin_api_key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            phone_number_id: pnid,
+        }
+    }
+
+    pub async fn send_template(&self, key: &str, to: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/messages"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({
+                "to": to,
+                "template": {
+                    "name": "order_update",
+                    "language": "en_US",
+                    "category": "utility",
+                    "components": [{"type": "body", "parameters": [{"type": "text", "text": "ORDER-42"}]}],
+                },
+                "client_reference": "order-42",
+            }))
+            .send()
+            .await
+            .expect("send request")
+    }
+
+    /// Sends and answers the new message's id (asserting 202).
+    pub async fn send_ok(&self, key: &str, to: &str) -> String {
+        let res = self.send_template(key, to).await;
+        assert_eq!(res.status(), 202);
+        let body: serde_json::Value = res.json().await.expect("json");
+        assert_eq!(body["status"], "accepted");
+        body["id"].as_str().unwrap_or_default().to_owned()
+    }
+
+    pub async fn message(&self, key: &str, id: &str) -> serde_json::Value {
+        self.http
+            .get(self.url(&format!("/v1/messages/{id}")))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("get message")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn credits(&self, key: &str) -> i64 {
+        let body: serde_json::Value = self
+            .http
+            .get(self.url("/v1/account"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("account")
+            .json()
+            .await
+            .expect("json");
+        body["credits"].as_i64().unwrap_or(-1)
+    }
+
+    /// Polls until the message's status is `want` (or the deadline passes) and answers
+    /// the last view. A deadline, not a speed assertion: the check that follows decides.
+    pub async fn wait_status(&self, key: &str, id: &str, want: &str) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        for _ in 0..150 {
+            last = self.message(key, id).await;
+            if last["status"] == want {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        last
+    }
+
+    /// Requests the sandbox received for one recipient (digits without `+`).
+    pub fn sandbox_requests_to(&self, digits: &str) -> Vec<kirim_infra::sandbox::ReceivedRequest> {
+        self.app
+            .sandbox
+            .received()
+            .into_iter()
+            .filter(|r| r.request["to"] == digits)
+            .collect()
+    }
+}
+
+pub fn rand_u32() -> u32 {
+    let u = ulid::Ulid::new().random();
+    (u & 0xffff_ffff) as u32
+}

@@ -31,12 +31,20 @@ pub struct AppState {
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Common layers: body limit, request ids and the one error shape.
+/// Common layers: body limit, request ids and the one error shape (also for routes
+/// that do not exist).
 fn finish(router: Router<AppState>, deps: Deps) -> Router {
+    finish_with(router, deps, Router::new())
+}
+
+fn finish_with(router: Router<AppState>, deps: Deps, extra: Router) -> Router {
     router
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(AppState { deps })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn(error::request_id_layer))
+        // Extra routes keep their own answers (the sandbox speaks Meta's error shape).
+        .merge(extra)
 }
 
 /// Tenant sending and reading routes (the send_api Lambda).
@@ -54,13 +62,15 @@ pub fn webhook_router(deps: Deps) -> Router {
     finish(webhook_routes(), deps)
 }
 
-/// Every route on one router (local mode).
-pub fn app(deps: Deps) -> Router {
-    finish(
+/// Every route on one router (local mode), plus `extra` routes (the sandbox), which
+/// keep their own response shapes.
+pub fn app(deps: Deps, extra: Router) -> Router {
+    finish_with(
         send_api_routes()
             .merge(admin_api_routes())
             .merge(webhook_routes()),
         deps,
+        extra,
     )
 }
 

@@ -1,1 +1,6 @@
+//! One integration test binary (one link, one moto): the port contract suite on both
+//! adapters, and end-to-end flows through local mode on both backends.
 
+mod contract;
+mod e2e;
+mod http_edges;

@@ -371,7 +371,23 @@ impl MessageStore for DynamoStore {
             self.ledger_put(debit)?,
             self.put(m, Some("attribute_not_exists(pk)"))?,
         ];
-        match self.transact(items).await {
+        // Concurrent transactions on one tenant item may cancel each other
+        // (TransactionConflict): nothing was written, so try again shortly.
+        let mut result = self.transact(items.clone()).await;
+        for attempt in 0..6u64 {
+            match &result {
+                Err(r) if r.iter().any(|c| c == "TransactionConflict") => {
+                    let jitter = rand::random::<u64>() % 20;
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        10 * (attempt + 1) + jitter,
+                    ))
+                    .await;
+                    result = self.transact(items.clone()).await;
+                }
+                _ => break,
+            }
+        }
+        match result {
             Ok(()) => Ok(()),
             Err(r) if r.first().map(String::as_str) == Some("ConditionalCheckFailed") => {
                 Err(StoreError::InsufficientCredits)

@@ -29,6 +29,16 @@ impl SecretsManagerStore {
         {
             Ok(out) => Ok(out.secret_string().map(Secret::new)),
             Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => Ok(None),
+            // A secret scheduled for deletion reads as gone.
+            Err(SdkError::ServiceError(e))
+                if e.err().is_invalid_request_exception()
+                    && e.err()
+                        .meta()
+                        .message()
+                        .is_some_and(|m| m.contains("delet")) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(unavailable("secretsmanager get", e)),
         }
     }

@@ -194,7 +194,12 @@ impl MessageStore for MemoryStore {
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
         let mut s = self.lock()?;
-        let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
+        let now = self.clock.now().timestamp();
+        let Some(m) = s
+            .messages
+            .get_mut(&(tenant.clone(), id.clone()))
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+        else {
             return Ok(Transition::Refused);
         };
         if !to.may_follow(m.status) {
@@ -223,7 +228,12 @@ impl MessageStore for MemoryStore {
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
         let mut s = self.lock()?;
-        let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
+        let now = self.clock.now().timestamp();
+        let Some(m) = s
+            .messages
+            .get_mut(&(tenant.clone(), id.clone()))
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+        else {
             return Ok(Transition::Refused);
         };
         if m.status != MessageStatus::Sending {

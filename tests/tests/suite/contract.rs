@@ -1,0 +1,696 @@
+//! The contract every adapter pair passes: memory and AWS (moto), same assertions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use kirim::adapters::aws::{DynamoStore, SecretsManagerStore, SqsQueue};
+use kirim::adapters::memory::{MemoryQueue, MemorySecrets, MemoryStore};
+use kirim::domain::{
+    MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber, Role, StatusEvent, TenantId,
+};
+use kirim::error::StoreError;
+use kirim::ports::*;
+use kirim::secret::Secret;
+use kirim_tests::{moto_sdk, unique_stack, ManualClock};
+
+struct Ports {
+    tenants: Arc<dyn TenantStore>,
+    ledger: Arc<dyn Ledger>,
+    messages: Arc<dyn MessageStore>,
+    expired: Arc<dyn ExpiredItems>,
+    queue: Arc<dyn DispatchQueue>,
+    secrets: Arc<dyn SecretStore>,
+    clock: Arc<ManualClock>,
+}
+
+fn memory() -> Ports {
+    let clock = ManualClock::new();
+    let store = Arc::new(MemoryStore::new(clock.clone()));
+    Ports {
+        tenants: store.clone(),
+        ledger: store.clone(),
+        messages: store.clone(),
+        expired: store,
+        queue: Arc::new(MemoryQueue::new(Duration::from_secs(360), 10)),
+        secrets: Arc::new(MemorySecrets::default()),
+        clock,
+    }
+}
+
+async fn aws() -> Ports {
+    let sdk = moto_sdk().await;
+    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
+        .await
+        .expect("stack in moto");
+    let clock = ManualClock::new();
+    let store = Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        stack.table.clone(),
+        clock.clone(),
+    ));
+    Ports {
+        tenants: store.clone(),
+        ledger: store.clone(),
+        messages: store.clone(),
+        expired: store,
+        queue: Arc::new(SqsQueue::new(
+            aws_sdk_sqs::Client::new(&sdk),
+            stack.queue_url("DispatchQueue").unwrap_or_default(),
+            stack.queue_url("DispatchDeadLetterQueue"),
+        )),
+        secrets: Arc::new(SecretsManagerStore::new(
+            aws_sdk_secretsmanager::Client::new(&sdk),
+        )),
+        clock,
+    }
+}
+
+fn tenant(credits: i64) -> Tenant {
+    let id = TenantId::generate();
+    Tenant {
+        phone_number_id: format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000),
+        id,
+        name: "Kedai".into(),
+        waba_id: "1".into(),
+        status: TenantStatus::Active,
+        credits,
+        meta_token_secret: "s".into(),
+        created_at: Utc::now(),
+    }
+}
+
+fn key_for(t: &Tenant) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: kirim::domain::new_id(),
+        tenant_id: t.id.clone(),
+        name: "k".into(),
+        role: Role::Admin,
+        key_hash: kirim::secret::token_hash(&kirim::domain::new_id()),
+        created_at: Utc::now(),
+        expires_at: None,
+        revoked: false,
+    }
+}
+
+fn message(p: &Ports, t: &TenantId, expires_in_secs: i64) -> (MessageRecord, LedgerEntry) {
+    let now = p.clock.now();
+    let id = MessageId::from_trusted(ulid::Ulid::from_datetime(now.into()).to_string());
+    let rec = MessageRecord {
+        id: id.clone(),
+        tenant_id: t.clone(),
+        to: PhoneNumber::parse("+60123456789").unwrap(),
+        template: None,
+        status: MessageStatus::Accepted,
+        error: None,
+        events: vec![StatusEvent {
+            status: MessageStatus::Accepted,
+            at: now,
+        }],
+        wamid: None,
+        attempts: 0,
+        price: 1,
+        client_reference: None,
+        created_at: now,
+        updated_at: now,
+        expires_at: Some(now.timestamp() + expires_in_secs),
+    };
+    let debit = LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: t.clone(),
+        amount: -1,
+        kind: LedgerKind::Debit,
+        reference: None,
+        message_id: Some(id),
+        at: now,
+        expires_at: Some(now.timestamp() + 3600),
+    };
+    (rec, debit)
+}
+
+async fn onboarded(p: &Ports, credits: i64) -> Tenant {
+    let t = tenant(credits);
+    p.tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    t
+}
+
+async fn a_tenant_is_found_by_id_phone_number_and_key_hash(p: Ports) {
+    let t = tenant(0);
+    let key = key_for(&t);
+    p.tenants.create_tenant(&t, &key, None).await.unwrap();
+    assert_eq!(
+        p.tenants.get_tenant(&t.id).await.unwrap().as_ref(),
+        Some(&t)
+    );
+    assert_eq!(
+        p.tenants
+            .tenant_by_phone_number_id(&t.phone_number_id)
+            .await
+            .unwrap(),
+        Some(t.id.clone())
+    );
+    assert_eq!(
+        p.tenants.api_key_by_hash(&key.key_hash).await.unwrap(),
+        Some(key)
+    );
+    assert_eq!(p.tenants.api_key_by_hash("nope").await.unwrap(), None);
+}
+
+async fn a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing(p: Ports) {
+    let first = onboarded(&p, 0).await;
+    let mut second = tenant(5);
+    second.phone_number_id = first.phone_number_id.clone();
+    let key = key_for(&second);
+    let err = p
+        .tenants
+        .create_tenant(&second, &key, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(p.tenants.get_tenant(&second.id).await.unwrap(), None);
+    assert_eq!(
+        p.tenants.api_key_by_hash(&key.key_hash).await.unwrap(),
+        None
+    );
+}
+
+async fn a_debit_records_the_message_and_the_ledger_entry_together(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let (m, d) = message(&p, &t.id, 3600);
+    assert_eq!(
+        p.messages.insert_with_debit(&m, &d).await.unwrap_err(),
+        StoreError::InsufficientCredits
+    );
+    assert_eq!(p.messages.get_message(&t.id, &m.id).await.unwrap(), None);
+    assert!(p.ledger.entries(&t.id).await.unwrap().is_empty());
+    let top = LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: t.id.clone(),
+        amount: 2,
+        kind: LedgerKind::TopUp,
+        reference: Some("inv-1".into()),
+        message_id: None,
+        at: Utc::now(),
+        expires_at: None,
+    };
+    assert_eq!(p.ledger.top_up(&top).await.unwrap(), 2);
+    p.messages.insert_with_debit(&m, &d).await.unwrap();
+    assert_eq!(p.messages.get_message(&t.id, &m.id).await.unwrap(), Some(m));
+    assert_eq!(
+        p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits,
+        1
+    );
+    let kinds: Vec<LedgerKind> = p
+        .ledger
+        .entries(&t.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds.len(), 2);
+    assert!(kinds.contains(&LedgerKind::TopUp) && kinds.contains(&LedgerKind::Debit));
+}
+
+async fn a_top_up_for_an_unknown_tenant_is_not_found(p: Ports) {
+    let top = LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: TenantId::generate(),
+        amount: 2,
+        kind: LedgerKind::TopUp,
+        reference: None,
+        message_id: None,
+        at: Utc::now(),
+        expires_at: None,
+    };
+    assert_eq!(
+        p.ledger.top_up(&top).await.unwrap_err(),
+        StoreError::NotFound
+    );
+}
+
+async fn concurrent_debits_never_take_the_balance_below_zero(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let top = LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: t.id.clone(),
+        amount: 7,
+        kind: LedgerKind::TopUp,
+        reference: None,
+        message_id: None,
+        at: Utc::now(),
+        expires_at: None,
+    };
+    p.ledger.top_up(&top).await.unwrap();
+    let attempts: Vec<_> = (0..25)
+        .map(|_| {
+            let (m, d) = message(&p, &t.id, 3600);
+            let store = p.messages.clone();
+            tokio::spawn(async move { store.insert_with_debit(&m, &d).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for a in attempts {
+        match a.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(StoreError::InsufficientCredits) => {}
+            // DynamoDB may cancel a transaction that conflicts with another in flight:
+            // nothing was written, exactly like a refusal.
+            Err(StoreError::Unavailable(_)) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    let credits = p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits;
+    assert!(credits >= 0);
+    assert_eq!(credits, 7 - ok);
+    let page = p
+        .messages
+        .list_messages(
+            &t.id,
+            &MessageQuery {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len() as i64, ok, "one message per debit");
+    assert!(ok >= 1);
+}
+
+async fn statuses_move_only_forward_and_failed_yields_only_to_delivered_or_read(p: Ports) {
+    let t = onboarded(&p, 10).await;
+    let (m, d) = message(&p, &t.id, 3600);
+    p.messages.insert_with_debit(&m, &d).await.unwrap();
+    let at = Utc::now();
+    let none = StatusChange::default();
+    let claim = StatusChange {
+        count_attempt: true,
+        ..Default::default()
+    };
+    let go = |to, c: &StatusChange| {
+        let (messages, t, id, c) = (p.messages.clone(), t.id.clone(), m.id.clone(), c.clone());
+        async move { messages.transition(&t, &id, to, &c, at).await.unwrap() }
+    };
+    let Transition::Applied(r) = go(MessageStatus::Sending, &claim).await else {
+        panic!("claim refused")
+    };
+    assert_eq!(r.attempts, 1);
+    assert_eq!(
+        go(MessageStatus::Sending, &claim).await,
+        Transition::Refused,
+        "claimed once only"
+    );
+    let with_wamid = StatusChange {
+        wamid: Some("wamid.X".into()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        go(MessageStatus::Sent, &with_wamid).await,
+        Transition::Applied(_)
+    ));
+    let failed = StatusChange {
+        error: Some(MessageError {
+            code: 131026.into(),
+            title: "undeliverable".into(),
+        }),
+        ..Default::default()
+    };
+    assert!(matches!(
+        go(MessageStatus::Failed, &failed).await,
+        Transition::Applied(_)
+    ));
+    assert_eq!(go(MessageStatus::Sent, &none).await, Transition::Refused);
+    assert!(matches!(
+        go(MessageStatus::Read, &none).await,
+        Transition::Applied(_)
+    ));
+    assert_eq!(
+        go(MessageStatus::Delivered, &none).await,
+        Transition::Refused
+    );
+    let got = p.messages.get_message(&t.id, &m.id).await.unwrap().unwrap();
+    assert_eq!(got.status, MessageStatus::Read);
+    assert_eq!(got.wamid.as_deref(), Some("wamid.X"));
+    assert_eq!(
+        got.error.as_ref().map(|e| e.code.clone()),
+        Some(131026.into())
+    );
+    let trail: Vec<MessageStatus> = got.events.iter().map(|e| e.status).collect();
+    assert_eq!(
+        trail,
+        vec![
+            MessageStatus::Accepted,
+            MessageStatus::Sending,
+            MessageStatus::Sent,
+            MessageStatus::Failed,
+            MessageStatus::Read
+        ]
+    );
+    // The status index follows the status.
+    let q = MessageQuery {
+        status: Some(MessageStatus::Read),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        p.messages
+            .list_messages(&t.id, &q)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    let q = MessageQuery {
+        status: Some(MessageStatus::Accepted),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(p
+        .messages
+        .list_messages(&t.id, &q)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+}
+
+async fn a_message_released_for_retry_can_be_claimed_again_but_only_from_sending(p: Ports) {
+    let t = onboarded(&p, 10).await;
+    let (m, d) = message(&p, &t.id, 3600);
+    p.messages.insert_with_debit(&m, &d).await.unwrap();
+    let err = MessageError {
+        code: 131000.into(),
+        title: "try again".into(),
+    };
+    let now = Utc::now();
+    assert_eq!(
+        p.messages
+            .release_for_retry(&t.id, &m.id, &err, now)
+            .await
+            .unwrap(),
+        Transition::Refused
+    );
+    let claim = StatusChange {
+        count_attempt: true,
+        ..Default::default()
+    };
+    p.messages
+        .transition(&t.id, &m.id, MessageStatus::Sending, &claim, now)
+        .await
+        .unwrap();
+    assert!(matches!(
+        p.messages
+            .release_for_retry(&t.id, &m.id, &err, now)
+            .await
+            .unwrap(),
+        Transition::Applied(_)
+    ));
+    let Transition::Applied(r) = p
+        .messages
+        .transition(&t.id, &m.id, MessageStatus::Sending, &claim, now)
+        .await
+        .unwrap()
+    else {
+        panic!("second claim refused")
+    };
+    assert_eq!(r.attempts, 2);
+}
+
+async fn messages_page_newest_first_with_cursors_and_time_bounds(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (m, d) = message(&p, &t.id, 3600);
+        p.messages.insert_with_debit(&m, &d).await.unwrap();
+        ids.push(m.id.clone());
+        p.clock.advance(chrono::Duration::seconds(1));
+    }
+    let other = onboarded(&p, 10).await;
+    let (m, d) = message(&p, &other.id, 3600);
+    p.messages.insert_with_debit(&m, &d).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    for _ in 0..10 {
+        let q = MessageQuery {
+            limit: 2,
+            cursor: cursor.clone(),
+            ..Default::default()
+        };
+        let page = p.messages.list_messages(&t.id, &q).await.unwrap();
+        seen.extend(page.messages.iter().map(|m| m.id.clone()));
+        cursor = page.next_cursor;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(
+        seen, newest_first,
+        "every message once, newest first, none of the other tenant's"
+    );
+
+    let first = p
+        .messages
+        .get_message(&t.id, &ids[1])
+        .await
+        .unwrap()
+        .unwrap();
+    let last = p
+        .messages
+        .get_message(&t.id, &ids[3])
+        .await
+        .unwrap()
+        .unwrap();
+    let q = MessageQuery {
+        since: Some(first.created_at),
+        until: Some(last.created_at),
+        limit: 10,
+        ..Default::default()
+    };
+    let got: Vec<MessageId> = p
+        .messages
+        .list_messages(&t.id, &q)
+        .await
+        .unwrap()
+        .messages
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(
+        got,
+        vec![ids[2].clone(), ids[1].clone()],
+        "since inclusive, until exclusive"
+    );
+
+    let bad = MessageQuery {
+        cursor: Some("not-a-cursor".into()),
+        limit: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        p.messages.list_messages(&t.id, &bad).await.unwrap_err(),
+        StoreError::InvalidCursor
+    );
+}
+
+async fn expired_items_are_invisible_then_removed_by_the_sweep(p: Ports) {
+    let t = onboarded(&p, 10).await;
+    let (m, d) = message(&p, &t.id, 60);
+    p.messages.insert_with_debit(&m, &d).await.unwrap();
+    p.messages
+        .set_wamid(&t.id, &m.id, "wamid.EXP", m.expires_at)
+        .await
+        .unwrap();
+    assert!(p
+        .messages
+        .message_by_wamid("wamid.EXP")
+        .await
+        .unwrap()
+        .is_some());
+    p.clock.advance(chrono::Duration::seconds(120));
+    assert_eq!(p.messages.get_message(&t.id, &m.id).await.unwrap(), None);
+    assert_eq!(
+        p.messages.message_by_wamid("wamid.EXP").await.unwrap(),
+        None
+    );
+    let q = MessageQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(p
+        .messages
+        .list_messages(&t.id, &q)
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    let now = p.clock.now();
+    assert_eq!(
+        p.messages
+            .transition(
+                &t.id,
+                &m.id,
+                MessageStatus::Sending,
+                &StatusChange::default(),
+                now
+            )
+            .await
+            .unwrap(),
+        Transition::Refused,
+        "an expired message cannot be revived"
+    );
+    let removed = p.expired.delete_expired(now, 1000).await.unwrap();
+    assert!(
+        removed >= 2,
+        "message and wamid index removed, got {removed}"
+    );
+    // The tenant (active configuration) has no expiry and stays.
+    assert!(p.tenants.get_tenant(&t.id).await.unwrap().is_some());
+    assert_eq!(
+        p.expired.delete_expired(now, 1000).await.unwrap(),
+        0,
+        "idempotent"
+    );
+}
+
+async fn a_wamid_leads_back_to_its_message(p: Ports) {
+    let t = onboarded(&p, 10).await;
+    let (m, d) = message(&p, &t.id, 3600);
+    p.messages.insert_with_debit(&m, &d).await.unwrap();
+    assert_eq!(p.messages.message_by_wamid("wamid.A").await.unwrap(), None);
+    p.messages
+        .set_wamid(&t.id, &m.id, "wamid.A", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.messages.message_by_wamid("wamid.A").await.unwrap(),
+        Some((t.id.clone(), m.id.clone()))
+    );
+    assert_eq!(
+        p.messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .wamid
+            .as_deref(),
+        Some("wamid.A")
+    );
+}
+
+async fn queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queue(p: Ports) {
+    p.queue.send("one").await.unwrap();
+    let got = p.queue.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, "one");
+    assert_eq!(got[0].receive_count, 1);
+    assert!(
+        p.queue
+            .receive(10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "hidden while in flight"
+    );
+    p.queue
+        .retry_after(&got[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    let again = p.queue.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].receive_count, 2);
+    p.queue.delete(&again[0].receipt).await.unwrap();
+    p.queue
+        .retry_after(&again[0].receipt, Duration::ZERO)
+        .await
+        .ok();
+    assert!(
+        p.queue
+            .receive(10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "deleted for good"
+    );
+
+    p.queue.send("poison").await.unwrap();
+    let mut receives = 0;
+    for _ in 0..15 {
+        let got = p
+            .queue
+            .receive(1, Duration::from_millis(200))
+            .await
+            .unwrap();
+        let Some(m) = got.first() else { break };
+        receives += 1;
+        p.queue
+            .retry_after(&m.receipt, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    assert_eq!(receives, 10, "the template's maxReceiveCount");
+    assert_eq!(
+        p.queue.dead_letters().await.unwrap(),
+        vec!["poison".to_owned()]
+    );
+}
+
+async fn secrets_keep_the_previous_version_during_rotation(p: Ports) {
+    let name = format!("kirim-test/{}/token", ulid::Ulid::new());
+    assert_eq!(p.secrets.get_secret(&name).await.unwrap(), None);
+    p.secrets
+        .put_secret(&name, &Secret::new("v1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.secrets.get_secret(&name).await.unwrap(),
+        Some(Secret::new("v1"))
+    );
+    p.secrets
+        .put_secret(&name, &Secret::new("v2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.secrets.get_secret(&name).await.unwrap(),
+        Some(Secret::new("v2"))
+    );
+    assert_eq!(
+        p.secrets.get_previous_secret(&name).await.unwrap(),
+        Some(Secret::new("v1"))
+    );
+    p.secrets.delete_secret(&name).await.unwrap();
+    assert_eq!(p.secrets.get_secret(&name).await.unwrap(), None);
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory_adapters {
+            $( #[tokio::test] async fn $name() { super::$name(super::memory()).await } )*
+        }
+        mod aws_adapters_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(super::aws().await).await } )*
+        }
+    };
+}
+
+contract!(
+    a_tenant_is_found_by_id_phone_number_and_key_hash,
+    a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing,
+    a_debit_records_the_message_and_the_ledger_entry_together,
+    a_top_up_for_an_unknown_tenant_is_not_found,
+    concurrent_debits_never_take_the_balance_below_zero,
+    statuses_move_only_forward_and_failed_yields_only_to_delivered_or_read,
+    a_message_released_for_retry_can_be_claimed_again_but_only_from_sending,
+    messages_page_newest_first_with_cursors_and_time_bounds,
+    expired_items_are_invisible_then_removed_by_the_sweep,
+    a_wamid_leads_back_to_its_message,
+    queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queue,
+    secrets_keep_the_previous_version_during_rotation,
+);

@@ -1,0 +1,414 @@
+//! The contract's edges over HTTP: errors in one shape, bad input changes nothing,
+//! tenants cannot see each other, webhooks must be signed.
+
+use hmac::{Hmac, Mac};
+use kirim::config::Backend;
+use kirim_tests::{spawn_app, TestApp, OPERATOR_TOKEN};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+async fn error_of(res: reqwest::Response) -> (u16, String, Value) {
+    let status = res.status().as_u16();
+    let rid = res
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        body["request_id"],
+        rid.as_str(),
+        "error body carries the x-request-id: {body}"
+    );
+    assert!(body["error"]["message"].is_string());
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+        body,
+    )
+}
+
+async fn post_raw(app: &TestApp, key: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    app.http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn bad_send_requests_answer_precise_errors_and_change_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (b"{not json".to_vec(), 400, "invalid_request"),
+        (b"".to_vec(), 400, "invalid_request"),
+        (
+            br#"{"to":"+60123456789","text":{"body":"x"},"admin":true}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            br#"{"to":12345,"text":{"body":"x"}}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            br#"{"to":"0123456789","text":{"body":"x"}}"#.to_vec(),
+            400,
+            "invalid_phone_number",
+        ),
+        (
+            br#"{"to":"+60 12345","text":{"body":"x"}}"#.to_vec(),
+            400,
+            "invalid_phone_number",
+        ),
+        (br#"{"to":"+60123456789"}"#.to_vec(), 400, "invalid_request"),
+        (
+            br#"{"to":"+60123456789","template":{"name":"x","language":"en","category":"spam"}}"#
+                .to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            format!(
+                r#"{{"to":"+60123456789","text":{{"body":"{}"}}}}"#,
+                "a".repeat(300 * 1024)
+            )
+            .into_bytes(),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let res = post_raw(&app, &t.key, body).await;
+        let (s, c, full) = error_of(res).await;
+        assert_eq!((s, c.as_str()), (status, code), "{full}");
+    }
+    // A wrong-typed value is named by its path, never echoed (it may be content).
+    let res = post_raw(
+        &app,
+        &t.key,
+        r#"{"to":"+60123456789","text":{"body":["SECRET-CONTENT"]}}"#,
+    )
+    .await;
+    let (_, _, full) = error_of(res).await;
+    assert!(!full.to_string().contains("SECRET-CONTENT"));
+    assert!(
+        full["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("text.body"),
+        "{full}"
+    );
+
+    assert_eq!(app.credits(&t.key).await, 5, "nothing debited");
+    let list: Value = app
+        .http
+        .get(app.url("/v1/messages"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["messages"].as_array().map(Vec::len),
+        Some(0),
+        "nothing recorded"
+    );
+    assert!(app.app.sandbox.received().is_empty(), "nothing sent");
+}
+
+async fn a_send_without_credits_answers_402_and_records_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(1).await;
+    app.send_ok(&t.key, "+60123451234").await;
+    let (s, c, _) = error_of(app.send_template(&t.key, "+60123451235").await).await;
+    assert_eq!((s, c.as_str()), (402, "insufficient_credits"));
+    assert_eq!(app.credits(&t.key).await, 0);
+    let list: Value = app
+        .http
+        .get(app.url("/v1/messages"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["messages"].as_array().map(Vec::len), Some(1));
+    // A top-up by the operator makes sending possible again.
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/platform/tenants/{}/credits", t.tenant_id)))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"amount": 10, "reference": "INV-2026-001"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(res.json::<Value>().await.unwrap()["balance"], 10);
+    app.send_ok(&t.key, "+60123451235").await;
+}
+
+async fn credentials_are_checked_and_roles_separated(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(1).await;
+    let get = |token: Option<&str>, path: &str| {
+        let mut r = app.http.get(app.url(path));
+        if let Some(tok) = token {
+            r = r.bearer_auth(tok);
+        }
+        r.send()
+    };
+    let (s, c, _) = error_of(get(None, "/v1/account").await.unwrap()).await;
+    assert_eq!((s, c.as_str()), (401, "unauthenticated"));
+    let (s, c, _) = error_of(get(Some("kirim_wrong"), "/v1/account").await.unwrap()).await;
+    assert_eq!((s, c.as_str()), (401, "unauthenticated"));
+    // The operator manages tenants but cannot act as one.
+    let (s, c, _) = error_of(get(Some(OPERATOR_TOKEN), "/v1/account").await.unwrap()).await;
+    assert_eq!((s, c.as_str()), (403, "forbidden"));
+    // A tenant key cannot use the platform API.
+    let res = app
+        .http
+        .post(app.url("/v1/platform/tenants"))
+        .bearer_auth(&t.key)
+        .json(&json!({"name":"x","waba_id":"1","phone_number_id":"2","meta_access_token":"t"}))
+        .send()
+        .await
+        .unwrap();
+    let (s, c, _) = error_of(res).await;
+    assert_eq!((s, c.as_str()), (403, "forbidden"));
+    let account: Value = get(Some(&t.key), "/v1/account")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(account["id"], t.tenant_id.as_str());
+    assert_eq!(account["status"], "active");
+    assert!(account.get("meta_token_secret").is_none());
+    assert!(!account.to_string().contains("EAAG-test-meta-token"));
+}
+
+async fn another_tenants_message_answers_404(b: Backend) {
+    let app = spawn_app(b).await;
+    let a = app.onboard(2).await;
+    let other = app.onboard(2).await;
+    let id = app.send_ok(&a.key, "+60123453333").await;
+    let res = app
+        .http
+        .get(app.url(&format!("/v1/messages/{id}")))
+        .bearer_auth(&other.key)
+        .send()
+        .await
+        .unwrap();
+    let (s, c, _) = error_of(res).await;
+    assert_eq!((s, c.as_str()), (404, "not_found"));
+    let res = app
+        .http
+        .get(app.url("/v1/messages/not-an-id"))
+        .bearer_auth(&a.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let list: Value = app
+        .http
+        .get(app.url("/v1/messages"))
+        .bearer_auth(&other.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["messages"].as_array().map(Vec::len), Some(0));
+}
+
+async fn onboarding_the_same_phone_number_twice_is_a_conflict(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let res = app.http.post(app.url("/v1/platform/tenants")).bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"name":"Copy","waba_id":"1","phone_number_id":t.phone_number_id,"meta_access_token":"t"}))
+        .send().await.unwrap();
+    let (s, c, _) = error_of(res).await;
+    assert_eq!((s, c.as_str()), (409, "conflict"));
+    for bad in [
+        json!({"name":"x","waba_id":"abc","phone_number_id":"1","meta_access_token":"t"}),
+        json!({"name":"","waba_id":"1","phone_number_id":"1","meta_access_token":"t"}),
+        json!({"name":"x","waba_id":"1","phone_number_id":"1","meta_access_token":"t","credits":-1}),
+    ] {
+        let res = app
+            .http
+            .post(app.url("/v1/platform/tenants"))
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/platform/tenants/{}/credits", t.tenant_id)))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"amount": 0, "reference": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = app
+        .http
+        .post(app.url(&format!(
+            "/v1/platform/tenants/{}/credits",
+            ulid::Ulid::new()
+        )))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"amount": 5, "reference": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn forged_or_unsigned_webhooks_are_refused_and_change_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(2).await;
+    let id = app.send_ok(&t.key, "+60123450007").await; // fails at once: a stable state
+    let view = app.wait_status(&t.key, &id, "failed").await;
+    assert_eq!(view["status"], "failed");
+    let body = json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp","metadata":{"display_phone_number":"1","phone_number_id":t.phone_number_id},
+        "statuses":[{"id":"wamid.forged","status":"read","timestamp":"1700000000","recipient_id":"60123450007","biz_opaque_callback_data":id}]}}]}]})
+        .to_string();
+    for sig in [
+        None,
+        Some("sha256=00".to_owned()),
+        Some(sign("wrong-secret", body.as_bytes())),
+        Some(sign("test-app-secret", b"other body")),
+    ] {
+        let mut req = app
+            .http
+            .post(app.url("/webhooks/meta"))
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(s) = sig {
+            req = req.header("x-hub-signature-256", s);
+        }
+        let (s, _, _) = error_of(req.send().await.unwrap()).await;
+        assert_eq!(s, 401);
+    }
+    assert_eq!(
+        app.message(&t.key, &id).await["status"],
+        "failed",
+        "nothing changed"
+    );
+    // Correctly signed: a later read proves delivery and moves a failed message on.
+    let res = app
+        .http
+        .post(app.url("/webhooks/meta"))
+        .header(
+            "x-hub-signature-256",
+            sign("test-app-secret", body.as_bytes()),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.message(&t.key, &id).await["status"], "read");
+    // Unknown ids and shapes are acknowledged (Meta would otherwise retry for days).
+    let odd = json!({"object":"whatsapp_business_account","entry":[{"changes":[{"value":{"statuses":[{"id":"wamid.unknown","status":"delivered"},{"weird":true}]}}]}]}).to_string();
+    let res = app
+        .http
+        .post(app.url("/webhooks/meta"))
+        .header(
+            "x-hub-signature-256",
+            sign("test-app-secret", odd.as_bytes()),
+        )
+        .body(odd)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+async fn the_subscription_handshake_echoes_the_challenge_only_for_the_right_token(b: Backend) {
+    let app = spawn_app(b).await;
+    let ok = app.http.get(app.url("/webhooks/meta?hub.mode=subscribe&hub.verify_token=test-verify-token&hub.challenge=12345"))
+        .send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), "12345");
+    let bad = app
+        .http
+        .get(app.url("/webhooks/meta?hub.mode=subscribe&hub.verify_token=nope&hub.challenge=12345"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 403);
+}
+
+async fn every_response_has_a_request_id_and_unknown_routes_answer_the_error_shape(b: Backend) {
+    let app = spawn_app(b).await;
+    let health = app.http.get(app.url("/health")).send().await.unwrap();
+    assert!(health.headers().contains_key("x-request-id"));
+    assert_eq!(
+        health.json::<Value>().await.unwrap(),
+        json!({"status":"ok"})
+    );
+    let (s, c, _) = error_of(
+        app.http
+            .get(app.url("/v1/nothing-here"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (404, "not_found"));
+    let (s, _, _) = error_of(app.http.delete(app.url("/health")).send().await.unwrap()).await;
+    assert_eq!(s, 405);
+    let (s, c, _) = error_of(
+        app.http
+            .get(app.url("/v1/messages?limit=500"))
+            .bearer_auth("x")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (401, "unauthenticated"));
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
+        }
+        mod aws_backend_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
+        }
+    };
+}
+
+on_both_backends!(
+    bad_send_requests_answer_precise_errors_and_change_nothing,
+    a_send_without_credits_answers_402_and_records_nothing,
+    credentials_are_checked_and_roles_separated,
+    another_tenants_message_answers_404,
+    onboarding_the_same_phone_number_twice_is_a_conflict,
+    forged_or_unsigned_webhooks_are_refused_and_change_nothing,
+    the_subscription_handshake_echoes_the_challenge_only_for_the_right_token,
+    every_response_has_a_request_id_and_unknown_routes_answer_the_error_shape,
+);
