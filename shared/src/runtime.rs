@@ -46,6 +46,7 @@ pub fn aws_deps(
     let meta = meta_client(&settings)?;
     Ok(Deps {
         tenants: store.clone(),
+        api_keys: store.clone(),
         ledger: store.clone(),
         messages: store.clone(),
         expired: store,
@@ -68,6 +69,7 @@ pub fn memory_deps(settings: Settings, clock: Arc<dyn Clock>) -> Result<Deps, Co
     let meta = meta_client(&settings)?;
     Ok(Deps {
         tenants: store.clone(),
+        api_keys: store.clone(),
         ledger: store.clone(),
         messages: store.clone(),
         expired: store,

@@ -1,5 +1,6 @@
 //! Parsed domain types: once a value has one of these types it is valid.
 
+mod allowlist;
 mod ids;
 mod message;
 mod phone;
@@ -7,6 +8,7 @@ mod retention;
 mod role;
 mod status;
 
+pub use allowlist::{AllowListError, IpAllowList, MAX_CIDRS};
 pub use ids::{new_id, MessageId, TenantId};
 pub use message::{
     Content, MessageError, MessageRecord, StatusEvent, TemplateCategory, TemplateRef,
