@@ -346,3 +346,67 @@ pub trait MetaClient: Send + Sync {
         body: &serde_json::Value,
     ) -> Result<MetaAccepted, MetaSendError>;
 }
+
+/// One audit event, a link of its chain (one chain per tenant, and `platform` for calls
+/// that name no tenant). `hash` = SHA-256 over `prev_hash` and every other field, so an
+/// edit or a deletion inside the retained window breaks the chain.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEvent {
+    pub chain: String,
+    pub seq: u64,
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub actor_type: String,
+    pub actor_id: String,
+    pub action: String,
+    pub ip: Option<String>,
+    /// `success`, `denied` or `error`.
+    pub outcome: String,
+    /// Non-sensitive details as canonical JSON text (hashed exactly as stored).
+    pub details: String,
+    pub prev_hash: String,
+    pub hash: String,
+    pub expires_at: Option<i64>,
+}
+
+/// The newest link of a chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuditQuery {
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub action: Option<String>,
+    pub limit: usize,
+    /// Continue with events older than this sequence number (the cursor).
+    pub before_seq: Option<u64>,
+}
+
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError>;
+    /// Appends `event` only if the chain's head is still `expected` (`None`: an empty
+    /// chain), moving the head to it, atomically. `Conflict` if another append won.
+    async fn append(
+        &self,
+        event: &AuditEvent,
+        expected: Option<&AuditHead>,
+    ) -> Result<(), StoreError>;
+    /// Newest first, matching the query; the next cursor if there may be more.
+    async fn list(
+        &self,
+        chain: &str,
+        q: &AuditQuery,
+    ) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError>;
+    /// Oldest first, after `after_seq`, at most `limit` live events (for verification).
+    async fn ascending(
+        &self,
+        chain: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError>;
+}

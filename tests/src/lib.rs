@@ -136,18 +136,21 @@ pub async fn local_config(backend: Backend) -> LocalConfig {
 
 /// Local mode on `backend`, serving on a free port.
 pub async fn spawn_app(backend: Backend) -> TestApp {
-    let app = start(local_config(backend).await)
-        .await
-        .expect("local mode starts");
+    let cfg = local_config(backend).await;
+    let stack = cfg.stack_name.clone();
+    let app = start(cfg).await.expect("local mode starts");
     TestApp {
         http: reqwest::Client::new(),
         app,
+        stack,
     }
 }
 
 pub struct TestApp {
     pub http: reqwest::Client,
     pub app: LocalApp,
+    /// The emulator stack's name (aws backend): its table is `{stack}-Table`.
+    pub stack: String,
 }
 
 pub struct Onboarded {

@@ -13,6 +13,7 @@ use super::extract::{bearer, ClientIp};
 use super::AppState;
 use crate::domain::{IpAllowList, Role, TenantId};
 use crate::ports::{Tenant as TenantRecord, TenantStatus};
+use crate::service::audit;
 use crate::service::auth::{authenticate, Caller};
 use crate::service::errors::ServiceError;
 
@@ -68,6 +69,8 @@ pub const ROUTES: &[RouteRule] = &[
     rule("DELETE", "/v1/api-keys/{id}", Tenant(Admin)),
     rule("GET", "/v1/settings/ip-allowlist", Tenant(Admin)),
     rule("PUT", "/v1/settings/ip-allowlist", Tenant(Admin)),
+    rule("GET", "/v1/audit", Tenant(Admin)),
+    rule("GET", "/v1/audit/verify", Tenant(Admin)),
 ];
 
 pub fn rule_for(method: &Method, path: &str) -> Option<&'static RouteRule> {
@@ -100,17 +103,39 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
     }
 }
 
+/// A refusal, with whatever is known of the caller (for the audit trail).
+struct Denial {
+    error: ServiceError,
+    caller: Option<Caller>,
+}
+
+impl From<ServiceError> for Denial {
+    fn from(error: ServiceError) -> Self {
+        Denial {
+            error,
+            caller: None,
+        }
+    }
+}
+
+fn deny(error: ServiceError, caller: &Caller) -> Denial {
+    Denial {
+        error,
+        caller: Some(caller.clone()),
+    }
+}
+
 async fn check(
     state: &AppState,
     parts: &Parts,
     access: Access,
-) -> Result<Option<TenantCtx>, ServiceError> {
+) -> Result<Option<TenantCtx>, Denial> {
     let deps = &state.deps;
     match access {
         Access::Public | Access::Meta => Ok(None),
         Access::Platform => match authenticate(deps, bearer(parts)).await? {
             Caller::Operator => Ok(None),
-            Caller::ApiKey { .. } => Err(ServiceError::Forbidden),
+            c @ Caller::ApiKey { .. } => Err(deny(ServiceError::Forbidden, &c)),
         },
         Access::Tenant(required) => {
             let caller = authenticate(deps, bearer(parts)).await?;
@@ -119,11 +144,16 @@ async fn check(
             } = &caller
             else {
                 // The operator token is not a tenant credential.
-                return Err(ServiceError::Forbidden);
+                return Err(deny(ServiceError::Forbidden, &caller));
             };
-            let tenant = match deps.tenants.get_tenant(tenant_id).await? {
+            let tenant = match deps
+                .tenants
+                .get_tenant(tenant_id)
+                .await
+                .map_err(ServiceError::from)?
+            {
                 Some(t) if t.status != TenantStatus::Closed => t,
-                _ => return Err(ServiceError::Unauthenticated),
+                _ => return Err(deny(ServiceError::Unauthenticated, &caller)),
             };
             // The allow-list comes before the role: a caller from a foreign address
             // learns nothing about what its key could do.
@@ -131,17 +161,37 @@ async fn check(
             let allowed = IpAllowList::parse(&tenant.ip_allowlist)
                 .map_err(|e| ServiceError::Internal(format!("stored allow-list: {e}")))?;
             if !allowed.allows(ip) {
-                return Err(ServiceError::IpNotAllowed);
+                return Err(deny(ServiceError::IpNotAllowed, &caller));
             }
             if !role.includes(required) {
-                return Err(ServiceError::Forbidden);
+                return Err(deny(ServiceError::Forbidden, &caller));
             }
             Ok(Some(TenantCtx { tenant, caller }))
         }
     }
 }
 
-/// The one gate: looks the matched route up in [`ROUTES`] and checks the caller.
+/// What a handler adds to its call's audit event: the tenant it acted on (platform
+/// routes) and non-sensitive details. Set as a response extension.
+#[derive(Clone, Debug, Default)]
+pub struct AuditNote {
+    pub tenant: Option<TenantId>,
+    pub details: serde_json::Value,
+}
+
+fn actor(caller: Option<&Caller>) -> (&'static str, String) {
+    caller.map_or(("anonymous", "-".to_owned()), Caller::actor)
+}
+
+fn caller_tenant(caller: Option<&Caller>) -> Option<TenantId> {
+    match caller {
+        Some(Caller::ApiKey { tenant_id, .. }) => Some(tenant_id.clone()),
+        _ => None,
+    }
+}
+
+/// The one gate: looks the matched route up in [`ROUTES`] and checks the caller. Every
+/// refusal and every mutating call is written to the audit trail.
 pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req
         .extensions()
@@ -157,20 +207,87 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this route is not open")
             .into_response();
     };
+    let action = format!("{} {}", rule.method, rule.path);
+    let ip = req
+        .extensions()
+        .get::<ClientIp>()
+        .and_then(|c| c.0)
+        .map(|ip| ip.to_string());
     let (mut parts, body) = req.into_parts();
     match check(&state, &parts, rule.access).await {
         Ok(ctx) => {
-            if let Some(ctx) = ctx {
-                parts.extensions.insert(ctx.caller.clone());
-                parts.extensions.insert(ctx);
-            } else if rule.access == Access::Platform {
-                parts.extensions.insert(Caller::Operator);
+            let caller = match &ctx {
+                Some(ctx) => Some(ctx.caller.clone()),
+                None if rule.access == Access::Platform => Some(Caller::Operator),
+                None => None,
+            };
+            if let Some(c) = &caller {
+                parts.extensions.insert(c.clone());
             }
-            next.run(Request::from_parts(parts, body)).await
+            let tenant = ctx.as_ref().map(|c| c.tenant.id.clone());
+            if let Some(ctx) = ctx {
+                parts.extensions.insert(ctx);
+            }
+            let mutating = parts.method != Method::GET && parts.method != Method::HEAD;
+            let res = next.run(Request::from_parts(parts, body)).await;
+            if mutating && rule.access != Access::Meta {
+                let note = res
+                    .extensions()
+                    .get::<AuditNote>()
+                    .cloned()
+                    .unwrap_or_default();
+                let status = res.status();
+                let outcome = if status.is_success() {
+                    "success"
+                } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                    "denied"
+                } else {
+                    "error"
+                };
+                let mut details = match note.details {
+                    serde_json::Value::Object(m) => m,
+                    _ => serde_json::Map::new(),
+                };
+                details.insert("status".into(), status.as_u16().into());
+                let (actor_type, actor_id) = actor(caller.as_ref());
+                audit::record_or_log(
+                    &state.deps,
+                    audit::Draft {
+                        tenant: tenant.or(note.tenant),
+                        actor_type,
+                        actor_id,
+                        action,
+                        ip,
+                        outcome,
+                        details: details.into(),
+                    },
+                )
+                .await;
+            }
+            res
         }
-        Err(e) => {
-            tracing::info!(route = %path, method = %parts.method, outcome = "denied", reason = %e, "request refused");
-            ApiError::from(e).into_response()
+        Err(denial) => {
+            let res = ApiError::from(denial.error).into_response();
+            let code = res
+                .extensions()
+                .get::<super::error::ErrorInfo>()
+                .map_or("denied", |i| i.code);
+            tracing::info!(route = %path, method = %parts.method, outcome = "denied", reason = code, "request refused");
+            let (actor_type, actor_id) = actor(denial.caller.as_ref());
+            audit::record_or_log(
+                &state.deps,
+                audit::Draft {
+                    tenant: caller_tenant(denial.caller.as_ref()),
+                    actor_type,
+                    actor_id,
+                    action,
+                    ip,
+                    outcome: "denied",
+                    details: serde_json::json!({"reason": code, "status": res.status().as_u16()}),
+                },
+            )
+            .await;
+            res
         }
     }
 }

@@ -1,19 +1,22 @@
 //! Administration handlers: the platform operator's tenant management, and a tenant
 //! admin's API keys and settings. Access is checked by `access::authorize` beforehand.
 
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use super::access::TenantCtx;
+use super::access::{AuditNote, TenantCtx};
 use super::error::{empty, ApiError};
 use super::extract::{JsonBody, OptionalJsonBody};
-use super::{tenant_path, views, ApiResult, AppState};
-use crate::ports::TenantStatus;
+use super::{parse_time, tenant_path, views, ApiResult, AppState};
+use crate::ports::{AuditQuery, TenantStatus};
 use crate::service::accounts::{self, AllowListBody, OptionalReason, StatusChangeRequest};
 use crate::service::apikeys::{self, KeyView, NewKey, Rotate};
+use crate::service::audit;
 
 fn tenant_json(t: &crate::ports::Tenant) -> serde_json::Value {
     json!({"tenant": views::TenantView::from(t), "status_reason": t.status_reason})
@@ -25,8 +28,10 @@ pub(super) async fn suspend_tenant(
     JsonBody(req): JsonBody<StatusChangeRequest>,
 ) -> ApiResult {
     let id = tenant_path(&id)?;
+    let reason = req.reason.clone();
     let t = accounts::set_status(&s.deps, &id, TenantStatus::Suspended, Some(req.reason)).await?;
-    Ok(Json(tenant_json(&t)).into_response())
+    let res = Json(tenant_json(&t)).into_response();
+    Ok(noted(res, Some(&id), json!({"reason": reason})))
 }
 
 pub(super) async fn resume_tenant(
@@ -36,8 +41,9 @@ pub(super) async fn resume_tenant(
 ) -> ApiResult {
     let id = tenant_path(&id)?;
     let reason = body.reason;
-    let t = accounts::set_status(&s.deps, &id, TenantStatus::Active, reason).await?;
-    Ok(Json(tenant_json(&t)).into_response())
+    let t = accounts::set_status(&s.deps, &id, TenantStatus::Active, reason.clone()).await?;
+    let res = Json(tenant_json(&t)).into_response();
+    Ok(noted(res, Some(&id), json!({"reason": reason})))
 }
 
 pub(super) async fn close_tenant(
@@ -47,8 +53,9 @@ pub(super) async fn close_tenant(
 ) -> ApiResult {
     let id = tenant_path(&id)?;
     let reason = body.reason;
-    let t = accounts::close(&s.deps, &id, reason).await?;
-    Ok(Json(tenant_json(&t)).into_response())
+    let t = accounts::close(&s.deps, &id, reason.clone()).await?;
+    let res = Json(tenant_json(&t)).into_response();
+    Ok(noted(res, Some(&id), json!({"reason": reason})))
 }
 
 pub(super) async fn put_tenant_allowlist(
@@ -58,7 +65,8 @@ pub(super) async fn put_tenant_allowlist(
 ) -> ApiResult {
     let id = tenant_path(&id)?;
     let cidrs = accounts::set_ip_allowlist(&s.deps, &id, body).await?;
-    Ok(Json(json!({"tenant_id": id, "cidrs": cidrs})).into_response())
+    let res = Json(json!({"tenant_id": id, "cidrs": cidrs})).into_response();
+    Ok(noted(res, Some(&id), json!({"cidrs": cidrs})))
 }
 
 pub(super) async fn get_allowlist(ctx: TenantCtx) -> ApiResult {
@@ -71,7 +79,8 @@ pub(super) async fn put_allowlist(
     JsonBody(body): JsonBody<AllowListBody>,
 ) -> ApiResult {
     let cidrs = accounts::set_ip_allowlist(&s.deps, ctx.tenant_id(), body).await?;
-    Ok(Json(json!({"cidrs": cidrs})).into_response())
+    let res = Json(json!({"cidrs": cidrs})).into_response();
+    Ok(noted(res, None, json!({"cidrs": cidrs})))
 }
 
 pub(super) async fn list_keys(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
@@ -96,7 +105,9 @@ pub(super) async fn create_key(
     JsonBody(req): JsonBody<NewKey>,
 ) -> ApiResult {
     let minted = apikeys::create(&s.deps, ctx.tenant_id(), req).await?;
-    Ok((StatusCode::CREATED, Json(minted_json(&minted))).into_response())
+    let res = (StatusCode::CREATED, Json(minted_json(&minted))).into_response();
+    let details = json!({"key_id": minted.record.id, "role": minted.record.role});
+    Ok(noted(res, None, details))
 }
 
 pub(super) async fn rotate_key(
@@ -108,8 +119,13 @@ pub(super) async fn rotate_key(
     let (minted, old): (apikeys::Minted, KeyView) =
         apikeys::rotate(&s.deps, ctx.tenant_id(), &id, req).await?;
     let mut body = minted_json(&minted);
+    let details = json!({"key_id": id, "new_key_id": minted.record.id});
     body["previous"] = json!(old);
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    Ok(noted(
+        (StatusCode::CREATED, Json(body)).into_response(),
+        None,
+        details,
+    ))
 }
 
 pub(super) async fn revoke_key(
@@ -118,5 +134,66 @@ pub(super) async fn revoke_key(
     Path(id): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
     apikeys::revoke(&s.deps, ctx.tenant_id(), &id).await?;
-    Ok(empty(StatusCode::NO_CONTENT))
+    Ok(noted(
+        empty(StatusCode::NO_CONTENT),
+        None,
+        json!({"key_id": id}),
+    ))
+}
+
+pub(super) async fn list_audit(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let mut q = AuditQuery {
+        limit: 50,
+        ..Default::default()
+    };
+    for (k, v) in &params {
+        match k.as_str() {
+            "since" => q.since = Some(parse_time("since", v)?),
+            "until" => q.until = Some(parse_time("until", v)?),
+            "action" if !v.is_empty() && v.len() <= 200 => q.action = Some(v.clone()),
+            "limit" => {
+                q.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=100).contains(l))
+                    .ok_or_else(|| ApiError::invalid("limit must be 1 to 100"))?
+            }
+            "cursor" => {
+                q.before_seq = Some(
+                    v.parse::<u64>()
+                        .map_err(|_| ApiError::invalid("invalid cursor"))?,
+                )
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "invalid query parameter `{other}`"
+                )))
+            }
+        }
+    }
+    let (events, next) = audit::list(&s.deps, ctx.tenant_id(), &q).await?;
+    let next_cursor = next.map(|n| n.to_string());
+    Ok(Json(json!({"events": events, "next_cursor": next_cursor})).into_response())
+}
+
+pub(super) async fn verify_audit(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
+    let report = audit::verify(&s.deps, ctx.tenant_id()).await?;
+    Ok(Json(report).into_response())
+}
+
+/// Attaches what the audit trail should know about this call to its response.
+pub(super) fn noted(
+    mut res: axum::response::Response,
+    tenant: Option<&crate::domain::TenantId>,
+    details: serde_json::Value,
+) -> axum::response::Response {
+    res.extensions_mut().insert(AuditNote {
+        tenant: tenant.cloned(),
+        details,
+    });
+    res
 }

@@ -118,6 +118,8 @@ fn admin_api_routes() -> Router<AppState> {
             "/v1/settings/ip-allowlist",
             get(admin::get_allowlist).put(admin::put_allowlist),
         )
+        .route("/v1/audit", get(admin::list_audit))
+        .route("/v1/audit/verify", get(admin::verify_audit))
 }
 
 fn webhook_routes() -> Router<AppState> {
@@ -140,7 +142,12 @@ async fn create_tenant(
         "tenant": views::TenantView::from(&tenant),
         "admin_api_key": key.expose(),
     });
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    let res = (StatusCode::CREATED, Json(body)).into_response();
+    Ok(admin::noted(
+        res,
+        Some(&tenant.id),
+        json!({"tenant_id": tenant.id}),
+    ))
 }
 
 pub(crate) fn tenant_path(id: &str) -> Result<TenantId, ApiError> {
@@ -153,9 +160,11 @@ async fn top_up(
     JsonBody(req): JsonBody<accounts::TopUp>,
 ) -> ApiResult {
     let tenant = tenant_path(&id)?;
+    let details = json!({"amount": req.amount, "reference": req.reference});
     let balance = accounts::top_up(&s.deps, &tenant, req).await?;
     let body = json!({"tenant_id": tenant, "balance": balance});
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    let res = (StatusCode::CREATED, Json(body)).into_response();
+    Ok(admin::noted(res, Some(&tenant), details))
 }
 
 async fn run_retention(State(s): State<AppState>) -> ApiResult {
@@ -174,7 +183,16 @@ async fn post_message(
 ) -> ApiResult {
     let record = send::send(&s.deps, ctx.tenant_id(), req).await?;
     let body = json!({"id": record.id, "status": record.status});
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    let details = json!({
+        "message_id": record.id,
+        "to": record.to.masked(),
+        "template": record.template.as_ref().map(|t| t.name.clone()),
+    });
+    Ok(admin::noted(
+        (StatusCode::ACCEPTED, Json(body)).into_response(),
+        None,
+        details,
+    ))
 }
 
 async fn get_message(
@@ -194,7 +212,7 @@ async fn get_message(
     Ok(Json(MessageView::from(&m)).into_response())
 }
 
-fn parse_time(name: &str, v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+pub(crate) fn parse_time(name: &str, v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
     chrono::DateTime::parse_from_rfc3339(v)
         .map(|t| t.with_timezone(&chrono::Utc))
         .map_err(|_| ApiError::invalid(format!("{name} must be an RFC 3339 time")))

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod apikeys;
+pub mod audit;
 pub mod auth;
 pub mod dispatch;
 pub mod errors;
@@ -16,8 +17,8 @@ use std::time::{Duration, Instant};
 use crate::config::Settings;
 use crate::error::StoreError;
 use crate::ports::{
-    ApiKeyStore, Clock, DispatchQueue, ExpiredItems, Ledger, MessageStore, MetaClient, SecretStore,
-    TenantStore,
+    ApiKeyStore, AuditLog, Clock, DispatchQueue, ExpiredItems, Ledger, MessageStore, MetaClient,
+    SecretStore, TenantStore,
 };
 use crate::secret::Secret;
 
@@ -26,6 +27,7 @@ use crate::secret::Secret;
 pub struct Deps {
     pub tenants: Arc<dyn TenantStore>,
     pub api_keys: Arc<dyn ApiKeyStore>,
+    pub audit: Arc<dyn AuditLog>,
     pub ledger: Arc<dyn Ledger>,
     pub messages: Arc<dyn MessageStore>,
     pub expired: Arc<dyn ExpiredItems>,

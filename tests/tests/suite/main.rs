@@ -2,6 +2,7 @@
 //! adapters, and end-to-end flows through local mode on both backends.
 
 mod access;
+mod audit;
 mod contract;
 mod contract_access;
 mod e2e;

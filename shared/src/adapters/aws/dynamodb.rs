@@ -20,8 +20,9 @@ use super::unavailable;
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::error::StoreError;
 use crate::ports::{
-    ApiKeyRecord, ApiKeyStore, Clock, ExpiredItems, Ledger, LedgerEntry, MessagePage, MessageQuery,
-    MessageStore, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
+    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, ExpiredItems,
+    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, StatusChange, Tenant,
+    TenantStatus, TenantStore, Transition,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -920,5 +921,170 @@ impl ExpiredItems for DynamoStore {
             }
         }
         Ok(total)
+    }
+}
+
+fn audit_pk(chain: &str) -> String {
+    format!("AUDIT#{chain}")
+}
+fn audit_sk(seq: u64) -> String {
+    format!("EVENT#{seq:016}")
+}
+
+#[async_trait]
+impl AuditLog for DynamoStore {
+    async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
+        let Some(item) = self.get(audit_pk(chain), "HEAD").await? else {
+            return Ok(None);
+        };
+        let seq = match item.get("seq") {
+            Some(AttributeValue::N(v)) => v.parse().ok(),
+            _ => None,
+        };
+        let hash = item.get("hash").and_then(|v| v.as_s().ok()).cloned();
+        match (seq, hash) {
+            (Some(seq), Some(hash)) => Ok(Some(AuditHead { seq, hash })),
+            _ => Err(StoreError::Corrupt("audit head".into())),
+        }
+    }
+
+    async fn append(
+        &self,
+        event: &AuditEvent,
+        expected: Option<&AuditHead>,
+    ) -> Result<(), StoreError> {
+        let mut item = to_item(
+            event,
+            &[("pk", audit_pk(&event.chain)), ("sk", audit_sk(event.seq))],
+            event.expires_at,
+        )?;
+        // A number to filter times by (RFC 3339 text does not compare reliably).
+        item.insert("at_ms".into(), n(event.at.timestamp_millis()));
+        let mut head = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(audit_pk(&event.chain)))
+            .key("sk", s("HEAD"))
+            .update_expression("SET seq = :seq, #hash = :hash")
+            .expression_attribute_names("#hash", "hash")
+            .expression_attribute_values(":seq", n(event.seq as i64))
+            .expression_attribute_values(":hash", s(event.hash.clone()));
+        // The head moves only from the link this event was computed against.
+        head = match expected {
+            None => head.condition_expression("attribute_not_exists(pk)"),
+            Some(h) => head
+                .condition_expression("seq = :old")
+                .expression_attribute_values(":old", n(h.seq as i64)),
+        };
+        let head = head
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+        let items = vec![
+            self.put(item, Some("attribute_not_exists(pk)"))?,
+            TransactWriteItem::builder().update(head).build(),
+        ];
+        match self.transact(items).await {
+            Ok(()) => Ok(()),
+            Err(r)
+                if r.iter()
+                    .any(|c| c == "ConditionalCheckFailed" || c == "TransactionConflict") =>
+            {
+                Err(StoreError::Conflict("audit chain moved".into()))
+            }
+            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+        }
+    }
+
+    async fn list(
+        &self,
+        chain: &str,
+        q: &AuditQuery,
+    ) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError> {
+        let hi = q
+            .before_seq
+            .map(|b| audit_sk(b.saturating_sub(1)))
+            .unwrap_or_else(|| "EVENT#~".into());
+        let mut filters = vec!["(attribute_not_exists(#ttl) OR #ttl > :now)".to_owned()];
+        let mut req = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .scan_index_forward(false)
+            .limit(q.limit.clamp(1, 100) as i32)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .expression_attribute_values(":pk", s(audit_pk(chain)))
+            .expression_attribute_values(":lo", s("EVENT#"))
+            .expression_attribute_values(":hi", s(hi))
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":now", n(self.now_secs()));
+        if q.before_seq == Some(0) {
+            return Ok((Vec::new(), None));
+        }
+        if let Some(t) = q.since {
+            filters.push("at_ms >= :since".into());
+            req = req.expression_attribute_values(":since", n(t.timestamp_millis()));
+        }
+        if let Some(t) = q.until {
+            filters.push("at_ms < :until".into());
+            req = req.expression_attribute_values(":until", n(t.timestamp_millis()));
+        }
+        if let Some(a) = &q.action {
+            filters.push("#action = :action".into());
+            req = req
+                .expression_attribute_names("#action", "action")
+                .expression_attribute_values(":action", s(a.clone()));
+        }
+        let out = req
+            .filter_expression(filters.join(" AND "))
+            .send()
+            .await
+            .map_err(|e| unavailable("dynamodb query", e))?;
+        let events = out
+            .items()
+            .iter()
+            .cloned()
+            .map(from_item)
+            .collect::<Result<Vec<AuditEvent>, _>>()?;
+        // The cursor is the last key read, even if the filter dropped its event.
+        let next = out
+            .last_evaluated_key()
+            .and_then(|k| k.get("sk"))
+            .and_then(|v| v.as_s().ok())
+            .and_then(|sk| sk.strip_prefix("EVENT#"))
+            .and_then(|seq| seq.parse().ok());
+        Ok((events, next))
+    }
+
+    async fn ascending(
+        &self,
+        chain: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let lo = after_seq
+            .map(|a| audit_sk(a.saturating_add(1)))
+            .unwrap_or_else(|| "EVENT#".into());
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .expression_attribute_values(":pk", s(audit_pk(chain)))
+            .expression_attribute_values(":lo", s(lo))
+            .expression_attribute_values(":hi", s("EVENT#~"))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            if self.live(&item) {
+                out.push(from_item(item)?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 }

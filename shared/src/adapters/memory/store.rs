@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::error::StoreError;
 use crate::ports::{
-    ApiKeyRecord, ApiKeyStore, Clock, ExpiredItems, Ledger, LedgerEntry, MessagePage, MessageQuery,
-    MessageStore, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
+    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, ExpiredItems,
+    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, StatusChange, Tenant,
+    TenantStatus, TenantStore, Transition,
 };
 
 #[derive(Default)]
@@ -19,6 +20,7 @@ struct State {
     messages: BTreeMap<(TenantId, MessageId), MessageRecord>,
     ledger: Vec<LedgerEntry>,
     wamids: HashMap<String, (TenantId, MessageId, Option<i64>)>,
+    audit: HashMap<String, (AuditHead, BTreeMap<u64, AuditEvent>)>,
 }
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional
@@ -411,6 +413,88 @@ impl ExpiredItems for MemoryStore {
         let before = s.wamids.len();
         s.wamids.retain(|_, (_, _, e)| !expired(*e));
         removed += before - s.wamids.len();
+        for (_, events) in s.audit.values_mut() {
+            let before = events.len();
+            events.retain(|_, e| !expired(e.expires_at));
+            removed += before - events.len();
+        }
         Ok(removed)
+    }
+}
+
+#[async_trait]
+impl AuditLog for MemoryStore {
+    async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
+        Ok(self.lock()?.audit.get(chain).map(|(h, _)| h.clone()))
+    }
+
+    async fn append(
+        &self,
+        event: &AuditEvent,
+        expected: Option<&AuditHead>,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let current = s.audit.get(&event.chain).map(|(h, _)| h);
+        if current != expected {
+            return Err(StoreError::Conflict("audit chain moved".into()));
+        }
+        let head = AuditHead {
+            seq: event.seq,
+            hash: event.hash.clone(),
+        };
+        let entry = s
+            .audit
+            .entry(event.chain.clone())
+            .or_insert_with(|| (head.clone(), BTreeMap::new()));
+        entry.0 = head;
+        entry.1.insert(event.seq, event.clone());
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        chain: &str,
+        q: &AuditQuery,
+    ) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError> {
+        let s = self.lock()?;
+        let Some((_, events)) = s.audit.get(chain) else {
+            return Ok((Vec::new(), None));
+        };
+        let limit = q.limit.max(1);
+        let mut matching = events
+            .values()
+            .rev()
+            .filter(|e| q.before_seq.is_none_or(|b| e.seq < b))
+            .filter(|e| self.live(e.expires_at))
+            .filter(|e| q.since.is_none_or(|t| e.at >= t))
+            .filter(|e| q.until.is_none_or(|t| e.at < t))
+            .filter(|e| q.action.as_ref().is_none_or(|a| &e.action == a));
+        let page: Vec<AuditEvent> = matching.by_ref().take(limit).cloned().collect();
+        let more = matching.next().is_some();
+        let next = if more {
+            page.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+
+    async fn ascending(
+        &self,
+        chain: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        let s = self.lock()?;
+        let Some((_, events)) = s.audit.get(chain) else {
+            return Ok(Vec::new());
+        };
+        Ok(events
+            .values()
+            .filter(|e| after_seq.is_none_or(|a| e.seq > a))
+            .filter(|e| self.live(e.expires_at))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }

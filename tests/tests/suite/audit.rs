@@ -1,0 +1,247 @@
+//! The audit trail: what is recorded, the hash chain, its verification, tampering and
+//! expiry, on both backends.
+
+use kirim::config::Backend;
+use kirim::domain::TenantId;
+use kirim::ports::{AuditQuery, Clock};
+use kirim::service::audit;
+use kirim_tests::{spawn_app, ManualClock, TestApp, OPERATOR_TOKEN};
+use serde_json::{json, Value};
+
+async fn get(app: &TestApp, key: &str, path: &str) -> Value {
+    app.http
+        .get(app.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn actions(page: &Value) -> Vec<String> {
+    page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn sends_mutations_and_denials_are_audited_in_a_verifiable_chain(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let id = app.send_ok(&t.key, "+60123458888").await;
+    let created: Value = app
+        .http
+        .post(app.url("/v1/api-keys"))
+        .bearer_auth(&t.key)
+        .json(&json!({"name": "reports", "role": "read_only"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ro = created["key"].as_str().unwrap().to_owned();
+    // A denied call (role too low) and an operator action on the tenant.
+    assert_eq!(app.send_template(&ro, "+60123458889").await.status(), 403);
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/platform/tenants/{}/credits", t.tenant_id)))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"amount": 7, "reference": "INV-7"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+
+    let page = get(&app, &t.key, "/v1/audit").await;
+    let acts = actions(&page);
+    assert_eq!(
+        acts,
+        vec![
+            "POST /v1/platform/tenants/{id}/credits",
+            "POST /v1/messages",
+            "POST /v1/api-keys",
+            "POST /v1/messages",
+            "POST /v1/platform/tenants",
+        ],
+        "newest first: {page}"
+    );
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(
+        events[0]["actor"],
+        json!({"type": "operator", "id": "platform"})
+    );
+    assert_eq!(events[0]["details"]["reference"], "INV-7");
+    assert_eq!(events[1]["outcome"], "denied");
+    assert_eq!(events[1]["details"]["reason"], "forbidden");
+    assert_eq!(events[1]["actor"]["id"], created["id"]);
+    assert_eq!(events[3]["outcome"], "success");
+    assert_eq!(events[3]["details"]["message_id"], id.as_str());
+    assert_eq!(
+        events[3]["details"]["to"], "+6012****8888",
+        "phone numbers masked"
+    );
+    assert_eq!(events[3]["ip"], "127.0.0.1");
+    assert!(!page.to_string().contains("ORDER-42"), "no message content");
+    assert!(!page.to_string().contains(&ro), "no secrets");
+    for pair in events.windows(2) {
+        assert_eq!(
+            pair[0]["prev_hash"], pair[1]["hash"],
+            "each event links to the one before"
+        );
+    }
+    let v = get(&app, &t.key, "/v1/audit/verify").await;
+    assert_eq!(v, json!({"valid": true, "checked": 5}));
+
+    // Filters and cursor pagination.
+    let sends = get(&app, &t.key, "/v1/audit?action=POST%20/v1/messages").await;
+    assert_eq!(
+        actions(&sends),
+        vec!["POST /v1/messages", "POST /v1/messages"]
+    );
+    let p1 = get(&app, &t.key, "/v1/audit?limit=2").await;
+    assert_eq!(p1["events"].as_array().unwrap().len(), 2);
+    let cursor = p1["next_cursor"].as_str().unwrap().to_owned();
+    let p2 = get(&app, &t.key, &format!("/v1/audit?limit=10&cursor={cursor}")).await;
+    assert_eq!(actions(&p2).len(), 3);
+    let future = get(&app, &t.key, "/v1/audit?since=2999-01-01T00:00:00Z").await;
+    assert_eq!(future["events"], json!([]));
+    // Another tenant sees none of it.
+    let other = app.onboard(0).await;
+    assert_eq!(
+        actions(&get(&app, &other.key, "/v1/audit").await),
+        vec!["POST /v1/platform/tenants"]
+    );
+}
+
+async fn an_unknown_key_is_audited_on_the_platform_chain(b: Backend) {
+    let app = spawn_app(b).await;
+    let res = app
+        .http
+        .get(app.url("/v1/account"))
+        .bearer_auth("kirim_guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let (events, _) = app
+        .app
+        .deps
+        .audit
+        .list(
+            audit::PLATFORM_CHAIN,
+            &AuditQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let e = events
+        .iter()
+        .find(|e| e.action == "GET /v1/account")
+        .expect("denial recorded");
+    assert_eq!(
+        (e.outcome.as_str(), e.actor_type.as_str()),
+        ("denied", "anonymous")
+    );
+    assert!(
+        !format!("{e:?}").contains("kirim_guess"),
+        "the presented token is not recorded"
+    );
+}
+
+async fn concurrent_calls_produce_one_gapless_chain(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(50).await;
+    let numbers: Vec<String> = (0..20)
+        .map(|i| format!("+6012345{:04}", 2000 + i))
+        .collect();
+    let sends = numbers.iter().map(|n| app.send_template(&t.key, n));
+    for r in futures::future::join_all(sends).await {
+        assert_eq!(r.status(), 202);
+    }
+    let v = get(&app, &t.key, "/v1/audit/verify").await;
+    assert_eq!(v, json!({"valid": true, "checked": 21}));
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
+        }
+        mod aws_backend_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
+        }
+    };
+}
+
+on_both_backends!(
+    sends_mutations_and_denials_are_audited_in_a_verifiable_chain,
+    an_unknown_key_is_audited_on_the_platform_chain,
+    concurrent_calls_produce_one_gapless_chain,
+);
+
+/// Someone with table access edits an event in DynamoDB: verification notices.
+#[tokio::test]
+async fn an_event_edited_in_dynamodb_fails_verification() {
+    let app = spawn_app(Backend::Aws).await;
+    let t = app.onboard(5).await;
+    app.send_ok(&t.key, "+60123450100").await;
+    assert_eq!(get(&app, &t.key, "/v1/audit/verify").await["valid"], true);
+    let sdk = kirim_tests::moto_sdk().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    ddb.update_item()
+        .table_name(format!("{}-Table", app.stack))
+        .key("pk", Av::S(format!("AUDIT#{}", t.tenant_id)))
+        .key("sk", Av::S(format!("EVENT#{:016}", 2)))
+        .update_expression("SET outcome = :o")
+        .expression_attribute_values(":o", Av::S("error".into()))
+        .send()
+        .await
+        .unwrap();
+    let v = get(&app, &t.key, "/v1/audit/verify").await;
+    assert_eq!(v["valid"], false, "{v}");
+    assert_eq!(v["broken_at"], 2);
+}
+
+/// The oldest events expire (2-year TTL, here shortened); the rest still verifies.
+#[tokio::test]
+async fn the_chain_still_verifies_after_its_oldest_events_expire() {
+    let clock = ManualClock::new();
+    let mut settings = kirim_tests::test_settings();
+    settings.retention.audit = std::time::Duration::from_secs(3600);
+    let deps = kirim::runtime::memory_deps(settings, clock.clone()).unwrap();
+    let tenant = TenantId::generate();
+    let draft = |n: u32| audit::Draft {
+        tenant: Some(tenant.clone()),
+        actor_type: "api_key",
+        actor_id: "k".into(),
+        action: format!("POST /v1/messages#{n}"),
+        ip: None,
+        outcome: "success",
+        details: json!({}),
+    };
+    for n in 0..3 {
+        audit::record(&deps, draft(n)).await.unwrap();
+    }
+    clock.advance(chrono::Duration::minutes(40));
+    for n in 3..5 {
+        audit::record(&deps, draft(n)).await.unwrap();
+    }
+    assert_eq!(audit::verify(&deps, &tenant).await.unwrap().checked, 5);
+    clock.advance(chrono::Duration::minutes(30));
+    let r = audit::verify(&deps, &tenant).await.unwrap();
+    assert!(r.valid);
+    assert_eq!(r.checked, 2, "the three oldest expired");
+    deps.expired.delete_expired(clock.now(), 100).await.unwrap();
+    assert!(
+        audit::verify(&deps, &tenant).await.unwrap().valid,
+        "also once they are deleted"
+    );
+}
