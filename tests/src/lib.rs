@@ -136,6 +136,7 @@ pub async fn local_config(backend: Backend) -> LocalConfig {
 
 /// Local mode on `backend`, serving on a free port.
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    capture_logs();
     let cfg = local_config(backend).await;
     let stack = cfg.stack_name.clone();
     let app = start(cfg).await.expect("local mode starts");
@@ -274,4 +275,49 @@ impl TestApp {
 pub fn rand_u32() -> u32 {
     let u = ulid::Ulid::new().random();
     (u & 0xffff_ffff) as u32
+}
+
+/// Every log line this test process writes (all tests share it), as JSON lines, so
+/// tests can prove what never reaches a log.
+static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs the capturing subscriber (debug for Kirim's crates) once per process.
+pub fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "info,kirim=debug,kirim_infra=debug",
+            ))
+            .with_writer(move || LogSink(sink.clone()))
+            .try_init();
+        buf
+    });
+}
+
+/// Everything logged so far by this process.
+pub fn captured_logs() -> String {
+    LOGS.get()
+        .and_then(|b| {
+            b.lock()
+                .ok()
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        })
+        .unwrap_or_default()
 }

@@ -7,3 +7,4 @@ mod contract;
 mod contract_access;
 mod e2e;
 mod http_edges;
+mod privacy;
