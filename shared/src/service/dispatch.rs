@@ -110,6 +110,40 @@ async fn fail(deps: &Deps, job: &DispatchJob, price: i64, error: MessageError, r
     }
 }
 
+/// Meta says the tenant's account cannot send (token expired, account locked or
+/// blocked): suspend the tenant, so its next sends answer `tenant_suspended` instead of
+/// failing one by one, until the operator fixes it and resumes. Audited.
+pub async fn pause_tenant(deps: &Deps, tenant: &TenantId, error: &MessageError) {
+    let reason = format!("meta error {}: {}", error.code, error.title);
+    let reason: String = reason.chars().take(300).collect();
+    let now = deps.clock.now();
+    match deps
+        .tenants
+        .set_status(tenant, TenantStatus::Suspended, Some(&reason), now)
+        .await
+    {
+        Ok(_) => {
+            tracing::warn!(tenant_id = %tenant, code = %error.code, "tenant suspended on meta's signal");
+            super::audit::record_or_log(
+                deps,
+                super::audit::Draft {
+                    tenant: Some(tenant.clone()),
+                    actor_type: "system",
+                    actor_id: "dispatcher".into(),
+                    action: "tenant.suspend".into(),
+                    ip: None,
+                    outcome: "success",
+                    details: serde_json::json!({"reason": reason}),
+                },
+            )
+            .await;
+        }
+        // Closed already: nothing to pause.
+        Err(crate::error::StoreError::Conflict(_)) => {}
+        Err(e) => tracing::error!(tenant_id = %tenant, error = %e, "could not suspend tenant"),
+    }
+}
+
 /// Handles one queue message. `Done` deletes it; the caller maps the others onto SQS.
 pub async fn handle(deps: &Deps, body: &str) -> Outcome {
     let job: DispatchJob = match serde_json::from_str(body) {
@@ -137,10 +171,6 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
         tracing::warn!(message_id = %job.message_id, "tenant gone; dropping");
         return Ok(Outcome::Done);
     };
-    if tenant.status == TenantStatus::Suspended {
-        // Queued messages wait while a tenant is suspended (up to the queue's retention).
-        return Ok(Outcome::RetryAfter(Duration::from_secs(300)));
-    }
     let now = deps.clock.now();
     let claim = StatusChange {
         count_attempt: true,
@@ -165,10 +195,20 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
             return Ok(Outcome::Done);
         }
     };
-    if tenant.status == TenantStatus::Closed {
-        let error = MessageError {
-            code: "tenant_closed".into(),
-            title: "the account was closed before the message was sent".into(),
+    // A suspended or closed tenant's queued messages are not sent: they fail at once,
+    // refunded, rather than wait on the queue (where they would reach the dead-letter
+    // queue with their content). The client may send again after a resume.
+    if tenant.status != TenantStatus::Active {
+        let error = if tenant.status == TenantStatus::Closed {
+            MessageError {
+                code: "tenant_closed".into(),
+                title: "the account was closed before the message was sent".into(),
+            }
+        } else {
+            MessageError {
+                code: "tenant_suspended".into(),
+                title: "the account was suspended before the message was sent".into(),
+            }
         };
         fail(deps, job, record.price, error, true).await;
         return Ok(Outcome::Done);
@@ -272,6 +312,11 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
                         deps.settings.dispatch_backoff
                     };
                     Ok(Outcome::RetryAfter(backoff(base, record.attempts)))
+                }
+                ErrorClass::TenantStop => {
+                    pause_tenant(deps, &job.tenant_id, &error).await;
+                    fail(deps, job, record.price, error, true).await;
+                    Ok(Outcome::Done)
                 }
                 _ => {
                     fail(deps, job, record.price, error, true).await;

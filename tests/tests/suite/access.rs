@@ -508,3 +508,56 @@ async fn a_key_with_an_expiry_stops_authenticating_when_it_passes() {
         .await
         .is_err());
 }
+
+/// A message queued before its tenant was suspended is not sent: it fails, refunded.
+#[tokio::test]
+async fn a_message_queued_before_a_suspension_fails_refunded_without_reaching_meta() {
+    use kirim::ports::TenantStatus;
+    use kirim::service::{accounts, dispatch, send};
+    let clock = ManualClock::new();
+    let deps = kirim::runtime::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
+        "phone_number_id": "123", "meta_access_token": "EAAG", "credits": 2}))
+    .unwrap();
+    let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
+    let msg: send::SendRequest =
+        serde_json::from_value(json!({"to": "+60123456789", "text": {"body": "hi"}})).unwrap();
+    let record = send::send(&deps, &tenant.id, msg).await.unwrap();
+    accounts::set_status(
+        &deps,
+        &tenant.id,
+        TenantStatus::Suspended,
+        Some("audit".into()),
+    )
+    .await
+    .unwrap();
+    let queued = deps
+        .queue
+        .receive(10, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1);
+    // The Meta base URL of these settings is unreachable: a call would not be `Done` + failed.
+    assert_eq!(
+        dispatch::handle(&deps, &queued[0].body).await,
+        dispatch::Outcome::Done
+    );
+    let m = deps
+        .messages
+        .get_message(&tenant.id, &record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.status, kirim::domain::MessageStatus::Failed);
+    assert_eq!(m.error.unwrap().code, "tenant_suspended");
+    assert_eq!(
+        deps.tenants
+            .get_tenant(&tenant.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .credits,
+        2,
+        "refunded"
+    );
+}

@@ -149,7 +149,7 @@ async fn number_0005_times_out_is_never_sent_twice_and_is_settled_by_the_webhook
     assert_eq!(app.sandbox_requests_to("60123450005").len(), 1, "never two");
 }
 
-async fn number_0006_fails_at_once_with_190_and_is_refunded(b: Backend) {
+async fn number_0006_fails_at_once_with_190_is_refunded_and_suspends_the_tenant(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
     let id = app.send_ok(&t.key, "+60123450006").await;
@@ -157,6 +157,40 @@ async fn number_0006_fails_at_once_with_190_and_is_refunded(b: Backend) {
     assert_eq!(view["error"]["code"], 190, "{view}");
     assert_eq!(app.sandbox_requests_to("60123450006").len(), 1);
     assert_eq!(app.credits(&t.key).await, 5);
+    // Meta says the account cannot send: the tenant is paused until the operator resumes.
+    let account: Value = app
+        .http
+        .get(app.url("/v1/account"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(account["status"], "suspended", "{account}");
+    let res = app.send_template(&t.key, "+60123451234").await;
+    assert_eq!(res.status(), 403);
+    let audit: Value = app
+        .http
+        .get(app.url("/v1/audit?action=tenant.suspend"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["events"][0]["actor"]["id"], "dispatcher", "{audit}");
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/platform/tenants/{}/resume", t.tenant_id)))
+        .bearer_auth(kirim_tests::OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    app.send_ok(&t.key, "+60123451234").await;
 }
 
 async fn number_0007_fails_at_once_with_132001_template_missing(b: Backend) {
@@ -287,7 +321,7 @@ on_both_backends!(
     number_0003_is_throttled_twice_then_delivered_on_the_third_request,
     number_0004_is_retried_a_bounded_number_of_times_then_failed_and_refunded,
     number_0005_times_out_is_never_sent_twice_and_is_settled_by_the_webhook,
-    number_0006_fails_at_once_with_190_and_is_refunded,
+    number_0006_fails_at_once_with_190_is_refunded_and_suspends_the_tenant,
     number_0007_fails_at_once_with_132001_template_missing,
     number_0008_out_of_order_duplicated_statuses_still_end_read,
     listing_filters_by_status_and_pages_with_a_cursor,
