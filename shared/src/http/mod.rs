@@ -3,7 +3,9 @@
 
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod lambda;
+mod optouts;
 mod views;
 
 use std::collections::HashMap;
@@ -79,6 +81,7 @@ fn send_api_routes() -> Router<AppState> {
         .route("/v1/account", get(get_account))
         .route("/v1/messages", post(post_message).get(list_messages))
         .route("/v1/messages/{id}", get(get_message))
+        .merge(optouts::routes())
 }
 
 fn admin_api_routes() -> Router<AppState> {
@@ -146,12 +149,11 @@ async fn get_account(State(s): State<AppState>, caller: Caller) -> ApiResult {
 async fn post_message(
     State(s): State<AppState>,
     caller: Caller,
-    JsonBody(req): JsonBody<send::SendRequest>,
+    body: idempotency::SendBody,
 ) -> ApiResult {
     let tenant_id = caller.tenant(Role::Operator)?;
-    let record = send::send(&s.deps, tenant_id, req).await?;
-    let body = json!({"id": record.id, "status": record.status});
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    let accepted = send::send_once(&s.deps, tenant_id, body.req, body.idem.as_ref()).await?;
+    Ok(idempotency::accepted_response(accepted))
 }
 
 async fn get_message(

@@ -4,6 +4,8 @@ pub mod accounts;
 pub mod auth;
 pub mod dispatch;
 pub mod errors;
+pub mod idempotency;
+pub mod optouts;
 pub mod retention;
 pub mod send;
 pub mod webhook;
@@ -15,7 +17,8 @@ use std::time::{Duration, Instant};
 use crate::config::Settings;
 use crate::error::StoreError;
 use crate::ports::{
-    Clock, DispatchQueue, ExpiredItems, Ledger, MessageStore, MetaClient, SecretStore, TenantStore,
+    Clock, DispatchQueue, ExpiredItems, IdempotencyStore, Ledger, MessageStore, MetaClient,
+    OptOutStore, SecretStore, TenantStore,
 };
 use crate::secret::Secret;
 
@@ -26,6 +29,8 @@ pub struct Deps {
     pub ledger: Arc<dyn Ledger>,
     pub messages: Arc<dyn MessageStore>,
     pub expired: Arc<dyn ExpiredItems>,
+    pub opt_outs: Arc<dyn OptOutStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
     pub queue: Arc<dyn DispatchQueue>,
     pub secrets: Arc<SecretCache>,
     pub meta: Arc<dyn MetaClient>,

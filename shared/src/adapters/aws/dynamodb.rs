@@ -24,6 +24,9 @@ use crate::ports::{
     MessageStore, StatusChange, Tenant, TenantStore, Transition,
 };
 
+mod idempotency;
+mod optouts;
+
 type Item = HashMap<String, AttributeValue>;
 
 pub const TTL_ATTR: &str = "ttl";

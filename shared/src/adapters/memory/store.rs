@@ -6,6 +6,9 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::error::StoreError;
+mod idempotency;
+mod optouts;
+
 use crate::ports::{
     ApiKeyRecord, Clock, ExpiredItems, Ledger, LedgerEntry, MessagePage, MessageQuery,
     MessageStore, StatusChange, Tenant, TenantStore, Transition,
@@ -19,6 +22,10 @@ struct State {
     messages: BTreeMap<(TenantId, MessageId), MessageRecord>,
     ledger: Vec<LedgerEntry>,
     wamids: HashMap<String, (TenantId, MessageId, Option<i64>)>,
+    /// (tenant, E.164) → opt-out, ordered for paging.
+    opt_outs: BTreeMap<(TenantId, String), crate::domain::OptOut>,
+    /// (tenant, key hash) → idempotency record.
+    idempotency: HashMap<(TenantId, String), crate::ports::IdempotencyRecord>,
 }
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional
@@ -297,6 +304,9 @@ impl ExpiredItems for MemoryStore {
         let before = s.wamids.len();
         s.wamids.retain(|_, (_, _, e)| !expired(*e));
         removed += before - s.wamids.len();
+        let before = s.idempotency.len();
+        s.idempotency.retain(|_, r| !expired(r.expires_at));
+        removed += before - s.idempotency.len();
         Ok(removed)
     }
 }
