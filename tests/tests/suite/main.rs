@@ -2,5 +2,6 @@
 //! adapters, and end-to-end flows through local mode on both backends.
 
 mod contract;
+mod contract_optouts;
 mod e2e;
 mod http_edges;
