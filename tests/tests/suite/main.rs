@@ -5,3 +5,4 @@ mod contract;
 mod contract_optouts;
 mod e2e;
 mod http_edges;
+mod optouts;
