@@ -5,4 +5,5 @@ mod contract;
 mod contract_optouts;
 mod e2e;
 mod http_edges;
+mod idempotency;
 mod optouts;
