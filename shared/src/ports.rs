@@ -31,6 +31,14 @@ pub struct Tenant {
     /// Where the tenant's Meta access token lives in the secret store (a name, not the token).
     pub meta_token_secret: String,
     pub created_at: DateTime<Utc>,
+    /// CIDRs API-key requests must come from (canonical strings; empty = any).
+    #[serde(default)]
+    pub ip_allowlist: Vec<String>,
+    /// Why the tenant was last suspended, resumed or closed (operator's words).
+    #[serde(default)]
+    pub status_reason: Option<String>,
+    #[serde(default)]
+    pub status_changed_at: Option<DateTime<Utc>>,
 }
 
 /// What is stored of an API key: a SHA-256 of the key, never the key.
@@ -44,6 +52,18 @@ pub struct ApiKeyRecord {
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked: bool,
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// The key that replaced this one by rotation (this one works until `expires_at`).
+    #[serde(default)]
+    pub replaced_by: Option<String>,
+}
+
+impl ApiKeyRecord {
+    /// Whether the key authenticates at `now`.
+    pub fn usable_at(&self, now: DateTime<Utc>) -> bool {
+        !self.revoked && self.expires_at.is_none_or(|e| e > now)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -103,6 +123,52 @@ pub trait TenantStore: Send + Sync {
     ) -> Result<Option<TenantId>, StoreError>;
     /// Looks a key up by its hash: one key-value read, no scan.
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Replaces the tenant's IP allow-list (canonical CIDRs). `NotFound` if no tenant.
+    async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError>;
+    /// Moves the tenant to `to` (with the operator's reason) and answers the new record.
+    /// Closed is terminal: any change of a closed tenant is a `Conflict`. `NotFound` if
+    /// no tenant.
+    async fn set_status(
+        &self,
+        id: &TenantId,
+        to: TenantStatus,
+        reason: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<Tenant, StoreError>;
+}
+
+/// A tenant's API keys. Each key is stored twice, atomically: under its hash (for
+/// authentication without a scan) and in its tenant's partition (for listing and
+/// management by id, which never crosses tenants).
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync {
+    /// `Conflict` if the hash or id exists.
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// Oldest first.
+    async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    async fn get_api_key(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Revokes at once; answers the revoked record, `None` if the tenant has no such key.
+    /// Revoking a revoked key changes nothing.
+    async fn revoke_api_key(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// Atomically stores `new` and ends `old_id` at `old_expires_at` (marking it replaced).
+    /// `NotFound` if the tenant has no such key; `Conflict` if it is revoked or was already
+    /// rotated (so two concurrent rotations cannot both succeed).
+    async fn rotate_api_key(
+        &self,
+        tenant: &TenantId,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        old_expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 }
 
 #[async_trait]

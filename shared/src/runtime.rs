@@ -46,6 +46,7 @@ pub fn aws_deps(
     let meta = meta_client(&settings)?;
     Ok(Deps {
         tenants: store.clone(),
+        api_keys: store.clone(),
         ledger: store.clone(),
         messages: store.clone(),
         opt_outs: store.clone(),
@@ -70,6 +71,7 @@ pub fn memory_deps(settings: Settings, clock: Arc<dyn Clock>) -> Result<Deps, Co
     let meta = meta_client(&settings)?;
     Ok(Deps {
         tenants: store.clone(),
+        api_keys: store.clone(),
         ledger: store.clone(),
         messages: store.clone(),
         opt_outs: store.clone(),

@@ -50,9 +50,10 @@ pub async fn moto_endpoint() -> String {
         if let Ok(url) = std::env::var("KIRIM_TEST_MOTO_URL") {
             return url;
         }
-        let bin = workspace_root().join(".venv/bin/moto_server");
+        let python = workspace_root().join(".venv/bin/python");
+        let launcher = workspace_root().join("scripts/moto_server.py");
         assert!(
-            bin.exists(),
+            python.exists(),
             "moto is not installed: run ./scripts/test (it installs moto into .venv), \
              or set KIRIM_TEST_MOTO_URL to a running moto server"
         );
@@ -62,9 +63,10 @@ pub async fn moto_endpoint() -> String {
             .expect("a free port");
         // The wrapper stops moto when this test process ends.
         let script = format!(
-            "{} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
+            "{} {} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
              while kill -0 {} 2>/dev/null; do sleep 1; done; kill $m",
-            bin.display(),
+            python.display(),
+            launcher.display(),
             std::process::id()
         );
         let mut child = Command::new("sh")

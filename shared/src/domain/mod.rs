@@ -1,5 +1,6 @@
 //! Parsed domain types: once a value has one of these types it is valid.
 
+mod allowlist;
 mod idempotency;
 mod ids;
 mod message;
@@ -9,6 +10,7 @@ mod retention;
 mod role;
 mod status;
 
+pub use allowlist::{AllowListError, IpAllowList, MAX_CIDRS};
 pub use idempotency::{request_fingerprint, IdempotencyKey, IdempotencyKeyError};
 pub use ids::{new_id, MessageId, TenantId};
 pub use message::{

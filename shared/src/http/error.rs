@@ -61,6 +61,11 @@ impl From<ServiceError> for ApiError {
                 "forbidden",
                 "your role does not allow this",
             ),
+            IpNotAllowed => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "ip_not_allowed",
+                "requests with this key are not allowed from this address",
+            ),
             TenantSuspended => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "tenant_suspended",

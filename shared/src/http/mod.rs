@@ -1,6 +1,8 @@
 //! axum routers. Each Lambda serves one of them; local mode serves them all on one port.
 //! Handlers are thin: parse, call a service, shape the answer.
 
+pub mod access;
+mod admin;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
@@ -14,14 +16,14 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::domain::{MessageId, MessageStatus, Role, TenantId};
+use crate::domain::{MessageId, MessageStatus, TenantId};
 use crate::ports::MessageQuery;
-use crate::service::auth::{load_tenant, Caller};
 use crate::service::{accounts, retention, send, webhook, Deps};
+use access::TenantCtx;
 use error::ApiError;
 use extract::{JsonBody, MAX_BODY};
 pub use views::MessageView;
@@ -40,9 +42,15 @@ fn finish(router: Router<AppState>, deps: Deps) -> Router {
 }
 
 fn finish_with(router: Router<AppState>, deps: Deps, extra: Router) -> Router {
+    let state = AppState { deps };
     router
+        // Access is checked for the matched route before any handler or body parsing.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::authorize,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(AppState { deps })
+        .with_state(state)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::middleware::from_fn(error::request_id_layer))
         // Extra routes keep their own answers (the sandbox speaks Meta's error shape).
@@ -88,8 +96,31 @@ fn admin_api_routes() -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
         .route("/v1/platform/tenants", post(create_tenant))
+        .route("/v1/platform/tenants/{id}", delete(admin::close_tenant))
         .route("/v1/platform/tenants/{id}/credits", post(top_up))
+        .route(
+            "/v1/platform/tenants/{id}/suspend",
+            post(admin::suspend_tenant),
+        )
+        .route(
+            "/v1/platform/tenants/{id}/resume",
+            post(admin::resume_tenant),
+        )
+        .route(
+            "/v1/platform/tenants/{id}/ip-allowlist",
+            put(admin::put_tenant_allowlist),
+        )
         .route("/v1/platform/retention/run", post(run_retention))
+        .route(
+            "/v1/api-keys",
+            get(admin::list_keys).post(admin::create_key),
+        )
+        .route("/v1/api-keys/{id}", delete(admin::revoke_key))
+        .route("/v1/api-keys/{id}/rotate", post(admin::rotate_key))
+        .route(
+            "/v1/settings/ip-allowlist",
+            get(admin::get_allowlist).put(admin::put_allowlist),
+        )
 }
 
 fn webhook_routes() -> Router<AppState> {
@@ -105,10 +136,8 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn create_tenant(
     State(s): State<AppState>,
-    caller: Caller,
     JsonBody(req): JsonBody<accounts::NewTenant>,
 ) -> ApiResult {
-    caller.require_operator()?;
     let (tenant, key) = accounts::create_tenant(&s.deps, req).await?;
     let body = json!({
         "tenant": views::TenantView::from(&tenant),
@@ -117,51 +146,45 @@ async fn create_tenant(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-fn tenant_path(id: &str) -> Result<TenantId, ApiError> {
+pub(crate) fn tenant_path(id: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(id).ok_or_else(ApiError::not_found)
 }
 
 async fn top_up(
     State(s): State<AppState>,
-    caller: Caller,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<accounts::TopUp>,
 ) -> ApiResult {
-    caller.require_operator()?;
     let tenant = tenant_path(&id)?;
     let balance = accounts::top_up(&s.deps, &tenant, req).await?;
     let body = json!({"tenant_id": tenant, "balance": balance});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn run_retention(State(s): State<AppState>, caller: Caller) -> ApiResult {
-    caller.require_operator()?;
+async fn run_retention(State(s): State<AppState>) -> ApiResult {
     let report = retention::run(&s.deps).await?;
     Ok(Json(report).into_response())
 }
 
-async fn get_account(State(s): State<AppState>, caller: Caller) -> ApiResult {
-    let tenant_id = caller.tenant(Role::ReadOnly)?;
-    let tenant = load_tenant(&s.deps, tenant_id).await?;
-    Ok(Json(views::AccountView::from(&tenant)).into_response())
+async fn get_account(ctx: TenantCtx) -> ApiResult {
+    Ok(Json(views::AccountView::from(&ctx.tenant)).into_response())
 }
 
 async fn post_message(
     State(s): State<AppState>,
-    caller: Caller,
+    ctx: TenantCtx,
     body: idempotency::SendBody,
 ) -> ApiResult {
-    let tenant_id = caller.tenant(Role::Operator)?;
-    let accepted = send::send_once(&s.deps, tenant_id, body.req, body.idem.as_ref()).await?;
+    let accepted = send::send_once(&s.deps, ctx.tenant_id(), body.req, body.idem.as_ref()).await?;
     Ok(idempotency::accepted_response(accepted))
 }
 
 async fn get_message(
     State(s): State<AppState>,
-    caller: Caller,
+    ctx: TenantCtx,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let tenant_id = caller.tenant(Role::ReadOnly)?;
+    let tenant_id = ctx.tenant_id();
     let id = MessageId::parse(&id).ok_or_else(ApiError::not_found)?;
     let m = s
         .deps
@@ -181,10 +204,10 @@ fn parse_time(name: &str, v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiE
 
 async fn list_messages(
     State(s): State<AppState>,
-    caller: Caller,
+    ctx: TenantCtx,
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    let tenant_id = caller.tenant(Role::ReadOnly)?;
+    let tenant_id = ctx.tenant_id();
     let mut q = MessageQuery {
         limit: 50,
         ..Default::default()

@@ -95,6 +95,9 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
         credits,
         meta_token_secret: secret_name.clone(),
         created_at: now,
+        ip_allowlist: Vec::new(),
+        status_reason: None,
+        status_changed_at: None,
     };
     let key = Secret::generate("kirim_");
     let record = ApiKeyRecord {
@@ -106,6 +109,8 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
         created_at: now,
         expires_at: None,
         revoked: false,
+        revoked_at: None,
+        replaced_by: None,
     };
     let initial = (credits > 0).then(|| LedgerEntry {
         id: new_id(),
@@ -154,4 +159,74 @@ pub async fn top_up(deps: &Deps, tenant: &TenantId, req: TopUp) -> Result<i64, S
     let balance = deps.ledger.top_up(&entry).await?;
     tracing::info!(tenant_id = %tenant, amount = req.amount, "credits topped up");
     Ok(balance)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChangeRequest {
+    pub reason: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OptionalReason {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowListBody {
+    pub cidrs: Vec<String>,
+}
+
+/// Suspends (sending refused, queued messages held) or resumes a tenant. Closed tenants
+/// cannot change: `409 conflict`.
+pub async fn set_status(
+    deps: &Deps,
+    id: &TenantId,
+    to: TenantStatus,
+    reason: Option<String>,
+) -> Result<Tenant, ServiceError> {
+    if let Some(r) = &reason {
+        check_text("reason", r, 500)?;
+    }
+    let tenant = deps
+        .tenants
+        .set_status(id, to.clone(), reason.as_deref(), deps.clock.now())
+        .await?;
+    tracing::info!(tenant_id = %id, status = ?to, "tenant status changed");
+    Ok(tenant)
+}
+
+/// Closes the account: its keys stop authenticating at once and sending is refused.
+/// Closing a closed tenant answers it again (idempotent). Its data then follows the
+/// retention rules.
+pub async fn close(
+    deps: &Deps,
+    id: &TenantId,
+    reason: Option<String>,
+) -> Result<Tenant, ServiceError> {
+    match set_status(deps, id, TenantStatus::Closed, reason).await {
+        Err(ServiceError::Conflict(_)) => deps
+            .tenants
+            .get_tenant(id)
+            .await?
+            .ok_or(ServiceError::NotFound),
+        other => other,
+    }
+}
+
+/// Replaces the tenant's IP allow-list; answers the stored (canonical) list.
+pub async fn set_ip_allowlist(
+    deps: &Deps,
+    id: &TenantId,
+    body: AllowListBody,
+) -> Result<Vec<String>, ServiceError> {
+    let list = crate::domain::IpAllowList::parse(&body.cidrs)
+        .map_err(|e| ServiceError::InvalidRequest(e.to_string()))?;
+    let cidrs = list.to_strings();
+    deps.tenants.set_ip_allowlist(id, &cidrs).await?;
+    tracing::info!(tenant_id = %id, entries = cidrs.len(), "ip allow-list replaced");
+    Ok(cidrs)
 }

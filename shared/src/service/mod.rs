@@ -1,6 +1,7 @@
 //! Use cases, written against the ports only. Handlers (HTTP, SQS, schedule) call these.
 
 pub mod accounts;
+pub mod apikeys;
 pub mod auth;
 pub mod dispatch;
 pub mod errors;
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 use crate::config::Settings;
 use crate::error::StoreError;
 use crate::ports::{
-    Clock, DispatchQueue, ExpiredItems, IdempotencyStore, Ledger, MessageStore, MetaClient,
-    OptOutStore, SecretStore, TenantStore,
+    ApiKeyStore, Clock, DispatchQueue, ExpiredItems, IdempotencyStore, Ledger, MessageStore,
+    MetaClient, OptOutStore, SecretStore, TenantStore,
 };
 use crate::secret::Secret;
 
@@ -26,6 +27,7 @@ use crate::secret::Secret;
 #[derive(Clone)]
 pub struct Deps {
     pub tenants: Arc<dyn TenantStore>,
+    pub api_keys: Arc<dyn ApiKeyStore>,
     pub ledger: Arc<dyn Ledger>,
     pub messages: Arc<dyn MessageStore>,
     pub expired: Arc<dyn ExpiredItems>,

@@ -14,21 +14,23 @@ use kirim::ports::*;
 use kirim::secret::Secret;
 use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
-struct Ports {
-    tenants: Arc<dyn TenantStore>,
-    ledger: Arc<dyn Ledger>,
-    messages: Arc<dyn MessageStore>,
-    expired: Arc<dyn ExpiredItems>,
-    queue: Arc<dyn DispatchQueue>,
-    secrets: Arc<dyn SecretStore>,
-    clock: Arc<ManualClock>,
+pub(crate) struct Ports {
+    pub(crate) tenants: Arc<dyn TenantStore>,
+    pub(crate) api_keys: Arc<dyn ApiKeyStore>,
+    pub(crate) ledger: Arc<dyn Ledger>,
+    pub(crate) messages: Arc<dyn MessageStore>,
+    pub(crate) expired: Arc<dyn ExpiredItems>,
+    pub(crate) queue: Arc<dyn DispatchQueue>,
+    pub(crate) secrets: Arc<dyn SecretStore>,
+    pub(crate) clock: Arc<ManualClock>,
 }
 
-fn memory() -> Ports {
+pub(crate) fn memory() -> Ports {
     let clock = ManualClock::new();
     let store = Arc::new(MemoryStore::new(clock.clone()));
     Ports {
         tenants: store.clone(),
+        api_keys: store.clone(),
         ledger: store.clone(),
         messages: store.clone(),
         expired: store,
@@ -38,7 +40,7 @@ fn memory() -> Ports {
     }
 }
 
-async fn aws() -> Ports {
+pub(crate) async fn aws() -> Ports {
     let sdk = moto_sdk().await;
     let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
         .await
@@ -51,6 +53,7 @@ async fn aws() -> Ports {
     ));
     Ports {
         tenants: store.clone(),
+        api_keys: store.clone(),
         ledger: store.clone(),
         messages: store.clone(),
         expired: store,
@@ -66,7 +69,7 @@ async fn aws() -> Ports {
     }
 }
 
-fn tenant(credits: i64) -> Tenant {
+pub(crate) fn tenant(credits: i64) -> Tenant {
     let id = TenantId::generate();
     Tenant {
         phone_number_id: format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000),
@@ -77,10 +80,13 @@ fn tenant(credits: i64) -> Tenant {
         credits,
         meta_token_secret: "s".into(),
         created_at: Utc::now(),
+        ip_allowlist: Vec::new(),
+        status_reason: None,
+        status_changed_at: None,
     }
 }
 
-fn key_for(t: &Tenant) -> ApiKeyRecord {
+pub(crate) fn key_for(t: &Tenant) -> ApiKeyRecord {
     ApiKeyRecord {
         id: kirim::domain::new_id(),
         tenant_id: t.id.clone(),
@@ -90,6 +96,8 @@ fn key_for(t: &Tenant) -> ApiKeyRecord {
         created_at: Utc::now(),
         expires_at: None,
         revoked: false,
+        revoked_at: None,
+        replaced_by: None,
     }
 }
 
@@ -128,7 +136,7 @@ fn message(p: &Ports, t: &TenantId, expires_in_secs: i64) -> (MessageRecord, Led
     (rec, debit)
 }
 
-async fn onboarded(p: &Ports, credits: i64) -> Tenant {
+pub(crate) async fn onboarded(p: &Ports, credits: i64) -> Tenant {
     let t = tenant(credits);
     p.tenants
         .create_tenant(&t, &key_for(&t), None)
@@ -679,6 +687,7 @@ macro_rules! contract {
         }
     };
 }
+pub(crate) use contract;
 
 contract!(
     a_tenant_is_found_by_id_phone_number_and_key_hash,

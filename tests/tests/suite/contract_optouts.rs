@@ -7,7 +7,7 @@ use chrono::{Duration, Utc};
 use kirim::adapters::aws::DynamoStore;
 use kirim::adapters::memory::MemoryStore;
 use kirim::domain::{
-    MessageId, MessageRecord, MessageStatus, OptOut, OptOutScope, OptOutSource, PhoneNumber, Role,
+    MessageId, MessageRecord, MessageStatus, OptOut, OptOutScope, OptOutSource, PhoneNumber,
     StatusEvent, TenantId,
 };
 use kirim::error::StoreError;
@@ -58,29 +58,12 @@ async fn aws() -> Stores {
 }
 
 async fn onboarded(p: &Stores, credits: i64) -> TenantId {
-    let id = TenantId::generate();
-    let t = Tenant {
-        phone_number_id: format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000),
-        id: id.clone(),
-        name: "Kedai".into(),
-        waba_id: "1".into(),
-        status: TenantStatus::Active,
-        credits,
-        meta_token_secret: "s".into(),
-        created_at: Utc::now(),
-    };
-    let key = ApiKeyRecord {
-        id: kirim::domain::new_id(),
-        tenant_id: id.clone(),
-        name: "k".into(),
-        role: Role::Admin,
-        key_hash: kirim::secret::token_hash(&kirim::domain::new_id()),
-        created_at: Utc::now(),
-        expires_at: None,
-        revoked: false,
-    };
-    p.tenants.create_tenant(&t, &key, None).await.unwrap();
-    id
+    let t = crate::contract::tenant(credits);
+    p.tenants
+        .create_tenant(&t, &crate::contract::key_for(&t), None)
+        .await
+        .unwrap();
+    t.id
 }
 
 fn phone(s: &str) -> PhoneNumber {

@@ -1,7 +1,9 @@
 //! One integration test binary (one link, one moto): the port contract suite on both
 //! adapters, and end-to-end flows through local mode on both backends.
 
+mod access;
 mod contract;
+mod contract_access;
 mod contract_optouts;
 mod e2e;
 mod http_edges;

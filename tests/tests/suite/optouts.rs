@@ -4,11 +4,8 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use hmac::{Hmac, Mac};
 use kirim::config::Backend;
-use kirim::domain::{Role, TenantId};
-use kirim::ports::{ApiKeyRecord, Tenant, TenantStatus};
 use kirim_tests::{local_config, spawn_app, TestApp};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -253,37 +250,22 @@ async fn a_stop_that_arrives_while_the_message_is_queued_is_honoured_before_meta
     );
 }
 
-/// A tenant whose only key has `role` (API-key management is another route's job).
-async fn tenant_with_role(app: &TestApp, role: Role) -> (String, String) {
-    let id = TenantId::generate();
-    let tenant = Tenant {
-        id: id.clone(),
-        name: "Kedai".into(),
-        waba_id: "1".into(),
-        phone_number_id: format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000),
-        status: TenantStatus::Active,
-        credits: 0,
-        meta_token_secret: "unused".into(),
-        created_at: Utc::now(),
-    };
-    let token = format!("kirim_test_{}", ulid::Ulid::new());
-    let key = ApiKeyRecord {
-        id: kirim::domain::new_id(),
-        tenant_id: id,
-        name: role.as_str().into(),
-        role,
-        key_hash: kirim::secret::token_hash(&token),
-        created_at: Utc::now(),
-        expires_at: None,
-        revoked: false,
-    };
-    app.app
-        .deps
-        .tenants
-        .create_tenant(&tenant, &key, None)
+/// A new key of the tenant with `role`: (token, key id).
+async fn key_with_role(app: &TestApp, admin_key: &str, role: &str) -> (String, String) {
+    let res = app
+        .http
+        .post(app.url("/v1/api-keys"))
+        .bearer_auth(admin_key)
+        .json(&json!({"name": role, "role": role}))
+        .send()
         .await
         .unwrap();
-    (token, key.id)
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    (
+        body["key"].as_str().unwrap().to_owned(),
+        body["id"].as_str().unwrap().to_owned(),
+    )
 }
 
 async fn the_opt_out_routes_add_read_list_and_remove_within_each_role(b: Backend) {
@@ -464,7 +446,7 @@ async fn the_opt_out_routes_add_read_list_and_remove_within_each_role(b: Backend
     assert_eq!(opt_out_of(&app, &admin.key, "+60123457102").await.0, 404);
 
     // read_only reads but cannot add; operator adds but cannot remove.
-    let (ro, _) = tenant_with_role(&app, Role::ReadOnly).await;
+    let (ro, _) = key_with_role(&app, &admin.key, "read_only").await;
     let res = app
         .http
         .get(app.url("/v1/opt-outs"))
@@ -485,7 +467,7 @@ async fn the_opt_out_routes_add_read_list_and_remove_within_each_role(b: Backend
         res.json::<Value>().await.unwrap()["error"]["code"],
         "forbidden"
     );
-    let (op, op_key_id) = tenant_with_role(&app, Role::Operator).await;
+    let (op, op_key_id) = key_with_role(&app, &admin.key, "operator").await;
     let res = app
         .http
         .put(url("+60123457105"))

@@ -20,8 +20,8 @@ use super::unavailable;
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::error::StoreError;
 use crate::ports::{
-    ApiKeyRecord, Clock, ExpiredItems, Ledger, LedgerEntry, MessagePage, MessageQuery,
-    MessageStore, StatusChange, Tenant, TenantStore, Transition,
+    ApiKeyRecord, ApiKeyStore, Clock, ExpiredItems, Ledger, LedgerEntry, MessagePage, MessageQuery,
+    MessageStore, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 
 mod idempotency;
@@ -264,21 +264,11 @@ impl TenantStore for DynamoStore {
         route.insert("pk".into(), s(format!("PHONE#{}", tenant.phone_number_id)));
         route.insert("sk".into(), s("PHONE"));
         route.insert("tenant_id".into(), s(tenant.id.to_string()));
-        let k = to_item(
-            key,
-            &[
-                ("pk", format!("APIKEY#{}", key.key_hash)),
-                ("sk", "APIKEY".into()),
-                ("gsi1pk", format!("TENANT#{}#APIKEYS", key.tenant_id)),
-                ("gsi1sk", key.id.clone()),
-            ],
-            None,
-        )?;
         let mut items = vec![
             self.put(t, Some("attribute_not_exists(pk)"))?,
             self.put(route, Some("attribute_not_exists(pk)"))?,
-            self.put(k, Some("attribute_not_exists(pk)"))?,
         ];
+        items.extend(self.api_key_puts(key)?);
         if let Some(entry) = initial {
             items.push(self.ledger_put(entry)?);
         }
@@ -313,10 +303,244 @@ impl TenantStore for DynamoStore {
     }
 
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.get(format!("APIKEY#{key_hash}"), "APIKEY")
+        self.get(key_auth_pk(key_hash), "APIKEY")
             .await?
             .map(from_item)
             .transpose()
+    }
+
+    async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError> {
+        let list = AttributeValue::L(cidrs.iter().map(|c| s(c.clone())).collect());
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(id)))
+            .key("sk", s("TENANT"))
+            .update_expression("SET ip_allowlist = :l")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":l", list)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Err(StoreError::NotFound)
+            }
+            Err(e) => Err(unavailable("dynamodb update", e)),
+        }
+    }
+
+    async fn set_status(
+        &self,
+        id: &TenantId,
+        to: TenantStatus,
+        reason: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<Tenant, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(id)))
+            .key("sk", s("TENANT"))
+            .update_expression("SET #status = :to, status_reason = :r, status_changed_at = :at")
+            // Closed is terminal.
+            .condition_expression("attribute_exists(pk) AND #status <> :closed")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":to", dyn_value(&to)?)
+            .expression_attribute_values(":r", dyn_value(&reason)?)
+            .expression_attribute_values(":at", dyn_value(&at)?)
+            .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match res {
+            Ok(out) => from_item(out.attributes.unwrap_or_default()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                // Which condition failed only shapes the error; nothing was written.
+                match self.get_tenant(id).await? {
+                    None => Err(StoreError::NotFound),
+                    Some(_) => Err(StoreError::Conflict("the tenant is closed".into())),
+                }
+            }
+            Err(e) => Err(unavailable("dynamodb update", e)),
+        }
+    }
+}
+
+fn key_auth_pk(hash: &str) -> String {
+    format!("APIKEY#{hash}")
+}
+fn key_sk(id: &str) -> String {
+    format!("APIKEY#{id}")
+}
+
+fn dyn_value<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
+    serde_dynamo::to_attribute_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl DynamoStore {
+    /// The two copies of a key: under its hash (authentication) and in its tenant's
+    /// partition (listing, management by id).
+    fn api_key_puts(&self, key: &ApiKeyRecord) -> Result<Vec<TransactWriteItem>, StoreError> {
+        let auth = to_item(
+            key,
+            &[("pk", key_auth_pk(&key.key_hash)), ("sk", "APIKEY".into())],
+            None,
+        )?;
+        let owned = to_item(
+            key,
+            &[("pk", tenant_pk(&key.tenant_id)), ("sk", key_sk(&key.id))],
+            None,
+        )?;
+        Ok(vec![
+            self.put(auth, Some("attribute_not_exists(pk)"))?,
+            self.put(owned, Some("attribute_not_exists(pk)"))?,
+        ])
+    }
+
+    /// The same update on both copies of a key, under `condition`.
+    fn api_key_updates(
+        &self,
+        key: &ApiKeyRecord,
+        expr: &str,
+        condition: &str,
+        values: &[(&str, AttributeValue)],
+    ) -> Result<Vec<TransactWriteItem>, StoreError> {
+        [
+            (key_auth_pk(&key.key_hash), "APIKEY".to_owned()),
+            (tenant_pk(&key.tenant_id), key_sk(&key.id)),
+        ]
+        .into_iter()
+        .map(|(pk, sk)| {
+            let mut u = Update::builder()
+                .table_name(&self.table)
+                .key("pk", s(pk))
+                .key("sk", s(sk))
+                .update_expression(expr)
+                .condition_expression(condition);
+            for (k, v) in values {
+                u = u.expression_attribute_values(*k, v.clone());
+            }
+            let u = u
+                .build()
+                .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+            Ok(TransactWriteItem::builder().update(u).build())
+        })
+        .collect()
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for DynamoStore {
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        match self.transact(self.api_key_puts(key)?).await {
+            Ok(()) => Ok(()),
+            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => {
+                Err(StoreError::Conflict("api key exists".into()))
+            }
+            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+        }
+    }
+
+    async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
+            .expression_attribute_values(":p", s("APIKEY#"))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            out.push(from_item(
+                item.map_err(|e| unavailable("dynamodb query", e))?,
+            )?);
+        }
+        Ok(out)
+    }
+
+    async fn get_api_key(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.get(tenant_pk(tenant), &key_sk(id))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    async fn revoke_api_key(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let Some(mut key) = self.get_api_key(tenant, id).await? else {
+            return Ok(None);
+        };
+        if key.revoked {
+            return Ok(Some(key));
+        }
+        let items = self.api_key_updates(
+            &key,
+            "SET revoked = :t, revoked_at = :at",
+            "attribute_exists(pk)",
+            &[
+                (":t", AttributeValue::Bool(true)),
+                (":at", dyn_value(&Some(at))?),
+            ],
+        )?;
+        match self.transact(items).await {
+            Ok(()) => {
+                key.revoked = true;
+                key.revoked_at = Some(at);
+                Ok(Some(key))
+            }
+            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => Ok(None),
+            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+        }
+    }
+
+    async fn rotate_api_key(
+        &self,
+        tenant: &TenantId,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        old_expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let old = self
+            .get_api_key(tenant, old_id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let mut items = self.api_key_puts(new)?;
+        // Only a live, never-rotated key may be rotated: two concurrent rotations
+        // cannot both succeed.
+        items.extend(self.api_key_updates(
+            &old,
+            "SET expires_at = :e, replaced_by = :n",
+            "attribute_exists(pk) AND revoked = :f AND (attribute_not_exists(replaced_by) \
+             OR attribute_type(replaced_by, :null))",
+            &[
+                (":e", dyn_value(&Some(old_expires_at))?),
+                (":n", s(new.id.clone())),
+                (":f", AttributeValue::Bool(false)),
+                (":null", s("NULL")),
+            ],
+        )?);
+        match self.transact(items).await {
+            Ok(()) => Ok(()),
+            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => Err(StoreError::Conflict(
+                "the key is revoked or was already rotated".into(),
+            )),
+            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+        }
     }
 }
 

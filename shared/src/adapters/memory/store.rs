@@ -10,8 +10,8 @@ mod idempotency;
 mod optouts;
 
 use crate::ports::{
-    ApiKeyRecord, Clock, ExpiredItems, Ledger, LedgerEntry, MessagePage, MessageQuery,
-    MessageStore, StatusChange, Tenant, TenantStore, Transition,
+    ApiKeyRecord, ApiKeyStore, Clock, ExpiredItems, Ledger, LedgerEntry, MessagePage, MessageQuery,
+    MessageStore, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 
 #[derive(Default)]
@@ -89,6 +89,120 @@ impl TenantStore for MemoryStore {
 
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
         Ok(self.lock()?.keys.get(key_hash).cloned())
+    }
+
+    async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let t = s.tenants.get_mut(id).ok_or(StoreError::NotFound)?;
+        t.ip_allowlist = cidrs.to_vec();
+        Ok(())
+    }
+
+    async fn set_status(
+        &self,
+        id: &TenantId,
+        to: TenantStatus,
+        reason: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<Tenant, StoreError> {
+        let mut s = self.lock()?;
+        let t = s.tenants.get_mut(id).ok_or(StoreError::NotFound)?;
+        if t.status == TenantStatus::Closed {
+            return Err(StoreError::Conflict("the tenant is closed".into()));
+        }
+        t.status = to;
+        t.status_reason = reason.map(str::to_owned);
+        t.status_changed_at = Some(at);
+        Ok(t.clone())
+    }
+}
+
+impl State {
+    fn key_of_tenant(&self, tenant: &TenantId, id: &str) -> Option<&ApiKeyRecord> {
+        self.keys
+            .values()
+            .find(|k| &k.tenant_id == tenant && k.id == id)
+    }
+}
+
+#[async_trait]
+impl ApiKeyStore for MemoryStore {
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        if s.keys.contains_key(&key.key_hash) || s.key_of_tenant(&key.tenant_id, &key.id).is_some()
+        {
+            return Err(StoreError::Conflict("api key exists".into()));
+        }
+        s.keys.insert(key.key_hash.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let s = self.lock()?;
+        let mut keys: Vec<ApiKeyRecord> = s
+            .keys
+            .values()
+            .filter(|k| &k.tenant_id == tenant)
+            .cloned()
+            .collect();
+        keys.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(keys)
+    }
+
+    async fn get_api_key(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        Ok(self.lock()?.key_of_tenant(tenant, id).cloned())
+    }
+
+    async fn revoke_api_key(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let mut s = self.lock()?;
+        let Some(hash) = s.key_of_tenant(tenant, id).map(|k| k.key_hash.clone()) else {
+            return Ok(None);
+        };
+        let Some(k) = s.keys.get_mut(&hash) else {
+            return Ok(None);
+        };
+        if !k.revoked {
+            k.revoked = true;
+            k.revoked_at = Some(at);
+        }
+        Ok(Some(k.clone()))
+    }
+
+    async fn rotate_api_key(
+        &self,
+        tenant: &TenantId,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        old_expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let Some(hash) = s.key_of_tenant(tenant, old_id).map(|k| k.key_hash.clone()) else {
+            return Err(StoreError::NotFound);
+        };
+        if s.keys.contains_key(&new.key_hash) || s.key_of_tenant(tenant, &new.id).is_some() {
+            return Err(StoreError::Conflict("api key exists".into()));
+        }
+        let Some(old) = s.keys.get_mut(&hash) else {
+            return Err(StoreError::NotFound);
+        };
+        if old.revoked || old.replaced_by.is_some() {
+            return Err(StoreError::Conflict(
+                "the key is revoked or was already rotated".into(),
+            ));
+        }
+        old.replaced_by = Some(new.id.clone());
+        old.expires_at = Some(old_expires_at);
+        s.keys.insert(new.key_hash.clone(), new.clone());
+        Ok(())
     }
 }
 

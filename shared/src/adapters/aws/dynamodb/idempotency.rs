@@ -3,9 +3,6 @@
 //! transaction as the debit, its ledger entry and the message, on the condition that no
 //! live record exists: concurrent requests with one key write exactly one message.
 
-use std::hash::{Hash, Hasher};
-use std::sync::LazyLock;
-
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
@@ -18,21 +15,6 @@ use crate::error::StoreError;
 use crate::ports::{IdempotencyRecord, IdempotencyStore, IdempotentInsert, LedgerEntry};
 
 const CCF: &str = "ConditionalCheckFailed";
-
-/// Concurrent requests with one key in this process take turns (striped by key), so the
-/// later ones meet the first one's record instead of racing it: fewer cancelled
-/// transactions. Correctness never rests on this: across processes (Lambda instances)
-/// the transaction's condition alone decides. (It also keeps moto honest: moto's
-/// transactions are not isolated from each other, and a cancelled one can restore a
-/// stale copy of the table over a concurrent write; see docs/data-model.md.)
-static STRIPES: LazyLock<Vec<tokio::sync::Mutex<()>>> =
-    LazyLock::new(|| (0..64).map(|_| tokio::sync::Mutex::new(())).collect());
-
-fn stripe(key: &IdempotencyRecord) -> &'static tokio::sync::Mutex<()> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (key.tenant_id.as_str(), key.key_hash.as_str()).hash(&mut h);
-    &STRIPES[(h.finish() % STRIPES.len() as u64) as usize]
-}
 
 fn idem_sk(key_hash: &str) -> String {
     format!("IDEM#{key_hash}")
@@ -79,7 +61,6 @@ impl IdempotencyStore for DynamoStore {
             ],
             record.expires_at,
         )?;
-        let _turn = stripe(key).lock().await;
         // Order matters: the reasons of a cancelled transaction come back in this order.
         let mut attempt = 0u64;
         loop {

@@ -1,0 +1,180 @@
+//! Who may call what: ONE table of every route and the access it needs, enforced by one
+//! middleware before any handler (or body parsing) runs. A route missing from the table
+//! is refused (fail closed), and a test walks the whole table.
+
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::extract::{bearer, ClientIp};
+use super::AppState;
+use crate::domain::{IpAllowList, Role, TenantId};
+use crate::ports::{Tenant as TenantRecord, TenantStatus};
+use crate::service::auth::{authenticate, Caller};
+use crate::service::errors::ServiceError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (health).
+    Public,
+    /// Meta: the handler checks the webhook signature or verify token itself.
+    Meta,
+    /// The platform operator token only.
+    Platform,
+    /// A tenant credential with at least this role, from an allowed IP.
+    Tenant(Role),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct RouteRule {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+const fn rule(method: &'static str, path: &'static str, access: Access) -> RouteRule {
+    RouteRule {
+        method,
+        path,
+        access,
+    }
+}
+
+use Access::{Meta, Platform, Public, Tenant};
+use Role::{Admin, Operator, ReadOnly};
+
+/// Every route the routers serve, with the access it needs (API.md "Roles").
+pub const ROUTES: &[RouteRule] = &[
+    rule("GET", "/health", Public),
+    rule("GET", "/webhooks/meta", Meta),
+    rule("POST", "/webhooks/meta", Meta),
+    rule("POST", "/v1/platform/tenants", Platform),
+    rule("DELETE", "/v1/platform/tenants/{id}", Platform),
+    rule("POST", "/v1/platform/tenants/{id}/credits", Platform),
+    rule("POST", "/v1/platform/tenants/{id}/suspend", Platform),
+    rule("POST", "/v1/platform/tenants/{id}/resume", Platform),
+    rule("PUT", "/v1/platform/tenants/{id}/ip-allowlist", Platform),
+    rule("POST", "/v1/platform/retention/run", Platform),
+    rule("GET", "/v1/account", Tenant(ReadOnly)),
+    rule("GET", "/v1/messages", Tenant(ReadOnly)),
+    rule("POST", "/v1/messages", Tenant(Operator)),
+    rule("GET", "/v1/messages/{id}", Tenant(ReadOnly)),
+    rule("GET", "/v1/opt-outs", Tenant(ReadOnly)),
+    rule("GET", "/v1/opt-outs/{phone}", Tenant(ReadOnly)),
+    rule("PUT", "/v1/opt-outs/{phone}", Tenant(Operator)),
+    rule("DELETE", "/v1/opt-outs/{phone}", Tenant(Admin)),
+    rule("GET", "/v1/api-keys", Tenant(Admin)),
+    rule("POST", "/v1/api-keys", Tenant(Admin)),
+    rule("POST", "/v1/api-keys/{id}/rotate", Tenant(Admin)),
+    rule("DELETE", "/v1/api-keys/{id}", Tenant(Admin)),
+    rule("GET", "/v1/settings/ip-allowlist", Tenant(Admin)),
+    rule("PUT", "/v1/settings/ip-allowlist", Tenant(Admin)),
+];
+
+pub fn rule_for(method: &Method, path: &str) -> Option<&'static RouteRule> {
+    ROUTES
+        .iter()
+        .find(|r| r.path == path && r.method == method.as_str())
+}
+
+/// The authenticated tenant caller of a tenant route, set by [`authorize`].
+#[derive(Clone, Debug)]
+pub struct TenantCtx {
+    pub tenant: TenantRecord,
+    pub caller: Caller,
+}
+
+impl TenantCtx {
+    pub fn tenant_id(&self) -> &TenantId {
+        &self.tenant.id
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<TenantCtx>().cloned().ok_or_else(|| {
+            tracing::error!("tenant route without a tenant rule in the access table");
+            ApiError::from(ServiceError::Internal("no tenant context".into()))
+        })
+    }
+}
+
+async fn check(
+    state: &AppState,
+    parts: &Parts,
+    access: Access,
+) -> Result<Option<TenantCtx>, ServiceError> {
+    let deps = &state.deps;
+    match access {
+        Access::Public | Access::Meta => Ok(None),
+        Access::Platform => match authenticate(deps, bearer(parts)).await? {
+            Caller::Operator => Ok(None),
+            Caller::ApiKey { .. } => Err(ServiceError::Forbidden),
+        },
+        Access::Tenant(required) => {
+            let caller = authenticate(deps, bearer(parts)).await?;
+            let Caller::ApiKey {
+                tenant_id, role, ..
+            } = &caller
+            else {
+                // The operator token is not a tenant credential.
+                return Err(ServiceError::Forbidden);
+            };
+            let tenant = match deps.tenants.get_tenant(tenant_id).await? {
+                Some(t) if t.status != TenantStatus::Closed => t,
+                _ => return Err(ServiceError::Unauthenticated),
+            };
+            // The allow-list comes before the role: a caller from a foreign address
+            // learns nothing about what its key could do.
+            let ip = parts.extensions.get::<ClientIp>().and_then(|c| c.0);
+            let allowed = IpAllowList::parse(&tenant.ip_allowlist)
+                .map_err(|e| ServiceError::Internal(format!("stored allow-list: {e}")))?;
+            if !allowed.allows(ip) {
+                return Err(ServiceError::IpNotAllowed);
+            }
+            if !role.includes(required) {
+                return Err(ServiceError::Forbidden);
+            }
+            Ok(Some(TenantCtx { tenant, caller }))
+        }
+    }
+}
+
+/// The one gate: looks the matched route up in [`ROUTES`] and checks the caller.
+pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let Some(rule) = rule_for(req.method(), &path) else {
+        // A known path with a method the table does not open: 405, as the router would.
+        if ROUTES.iter().any(|r| r.path == path) {
+            return StatusCode::METHOD_NOT_ALLOWED.into_response();
+        }
+        tracing::error!(route = %path, method = %req.method(), "route missing from the access table; refused");
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this route is not open")
+            .into_response();
+    };
+    let (mut parts, body) = req.into_parts();
+    match check(&state, &parts, rule.access).await {
+        Ok(ctx) => {
+            if let Some(ctx) = ctx {
+                parts.extensions.insert(ctx.caller.clone());
+                parts.extensions.insert(ctx);
+            } else if rule.access == Access::Platform {
+                parts.extensions.insert(Caller::Operator);
+            }
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(e) => {
+            tracing::info!(route = %path, method = %parts.method, outcome = "denied", reason = %e, "request refused");
+            ApiError::from(e).into_response()
+        }
+    }
+}

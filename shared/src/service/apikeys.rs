@@ -1,0 +1,196 @@
+//! A tenant's API keys: created (the secret shown once), listed (never the secret),
+//! rotated with a grace period during which both keys work, revoked at once.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{new_id, Role, TenantId};
+use crate::ports::ApiKeyRecord;
+use crate::secret::{token_hash, Secret};
+
+use super::errors::ServiceError;
+use super::Deps;
+
+/// Prefix of every API key, so leaked keys are recognisable by secret scanners.
+pub const KEY_PREFIX: &str = "kirim_";
+/// Rotation grace: 24 hours unless asked otherwise; at most a week.
+pub const DEFAULT_GRACE_HOURS: i64 = 24;
+pub const MAX_GRACE_HOURS: i64 = 168;
+pub const MAX_EXPIRY_DAYS: i64 = 3650;
+/// A tenant's live keys at most (revoked and expired ones do not count).
+pub const MAX_LIVE_KEYS: usize = 50;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub name: String,
+    pub role: Role,
+    #[serde(default)]
+    pub expires_in_days: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Rotate {
+    #[serde(default)]
+    pub grace_period_hours: Option<i64>,
+}
+
+/// What is shown of a key: never the secret or its hash.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct KeyView {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// `active`, `expiring` (rotated, working until `expires_at`), `expired` or `revoked`.
+    pub status: &'static str,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub replaced_by: Option<String>,
+}
+
+impl KeyView {
+    pub fn of(k: &ApiKeyRecord, now: DateTime<Utc>) -> Self {
+        let status = if k.revoked {
+            "revoked"
+        } else if !k.usable_at(now) {
+            "expired"
+        } else if k.replaced_by.is_some() {
+            "expiring"
+        } else {
+            "active"
+        };
+        Self {
+            id: k.id.clone(),
+            name: k.name.clone(),
+            role: k.role,
+            status,
+            created_at: k.created_at,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            replaced_by: k.replaced_by.clone(),
+        }
+    }
+}
+
+/// A key just made: the record and the secret, which is shown this once.
+pub struct Minted {
+    pub record: ApiKeyRecord,
+    pub key: Secret,
+}
+
+fn mint(
+    tenant: &TenantId,
+    name: String,
+    role: Role,
+    expires_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Minted {
+    let key = Secret::generate(KEY_PREFIX);
+    let record = ApiKeyRecord {
+        id: new_id(),
+        tenant_id: tenant.clone(),
+        name,
+        role,
+        key_hash: token_hash(key.expose()),
+        created_at: now,
+        expires_at,
+        revoked: false,
+        revoked_at: None,
+        replaced_by: None,
+    };
+    Minted { record, key }
+}
+
+fn invalid(msg: impl Into<String>) -> ServiceError {
+    ServiceError::InvalidRequest(msg.into())
+}
+
+pub async fn create(deps: &Deps, tenant: &TenantId, req: NewKey) -> Result<Minted, ServiceError> {
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(invalid("name must be 1 to 100 characters"));
+    }
+    let now = deps.clock.now();
+    let expires_at = match req.expires_in_days {
+        None => None,
+        Some(d) if (1..=MAX_EXPIRY_DAYS).contains(&d) => Some(now + Duration::days(d)),
+        Some(_) => {
+            return Err(invalid(format!(
+                "expires_in_days must be 1 to {MAX_EXPIRY_DAYS}"
+            )))
+        }
+    };
+    let live = deps
+        .api_keys
+        .list_api_keys(tenant)
+        .await?
+        .iter()
+        .filter(|k| k.usable_at(now))
+        .count();
+    if live >= MAX_LIVE_KEYS {
+        return Err(invalid(format!(
+            "a tenant may hold at most {MAX_LIVE_KEYS} live keys; revoke one first"
+        )));
+    }
+    let minted = mint(tenant, name.to_owned(), req.role, expires_at, now);
+    deps.api_keys.put_api_key(&minted.record).await?;
+    tracing::info!(tenant_id = %tenant, key_id = %minted.record.id, role = minted.record.role.as_str(), "api key created");
+    Ok(minted)
+}
+
+pub async fn list(deps: &Deps, tenant: &TenantId) -> Result<Vec<KeyView>, ServiceError> {
+    let now = deps.clock.now();
+    Ok(deps
+        .api_keys
+        .list_api_keys(tenant)
+        .await?
+        .iter()
+        .map(|k| KeyView::of(k, now))
+        .collect())
+}
+
+/// A new key with the old one's name and role; the old one keeps working until the
+/// grace period ends (or its own earlier expiry). Answers the new key and the old view.
+pub async fn rotate(
+    deps: &Deps,
+    tenant: &TenantId,
+    id: &str,
+    req: Rotate,
+) -> Result<(Minted, KeyView), ServiceError> {
+    let grace = req.grace_period_hours.unwrap_or(DEFAULT_GRACE_HOURS);
+    if !(0..=MAX_GRACE_HOURS).contains(&grace) {
+        return Err(invalid(format!(
+            "grace_period_hours must be 0 to {MAX_GRACE_HOURS}"
+        )));
+    }
+    let now = deps.clock.now();
+    let old = deps
+        .api_keys
+        .get_api_key(tenant, id)
+        .await?
+        .filter(|k| k.usable_at(now))
+        .ok_or(ServiceError::NotFound)?;
+    let grace_end = now + Duration::hours(grace);
+    let old_expires_at = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
+    let minted = mint(tenant, old.name.clone(), old.role, old.expires_at, now);
+    deps.api_keys
+        .rotate_api_key(tenant, id, &minted.record, old_expires_at)
+        .await?;
+    let mut ended = old;
+    ended.expires_at = Some(old_expires_at);
+    ended.replaced_by = Some(minted.record.id.clone());
+    tracing::info!(tenant_id = %tenant, key_id = %id, new_key_id = %minted.record.id, grace_hours = grace, "api key rotated");
+    Ok((minted, KeyView::of(&ended, now)))
+}
+
+pub async fn revoke(deps: &Deps, tenant: &TenantId, id: &str) -> Result<(), ServiceError> {
+    let now = deps.clock.now();
+    deps.api_keys
+        .revoke_api_key(tenant, id, now)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    tracing::info!(tenant_id = %tenant, key_id = %id, "api key revoked");
+    Ok(())
+}

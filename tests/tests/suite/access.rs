@@ -1,0 +1,510 @@
+//! Access control over HTTP on both backends: API keys, the route × role table, tenant
+//! isolation, IP allow-lists, suspension and closing.
+
+use kirim::config::Backend;
+use kirim::http::access::{Access, ROUTES};
+use kirim::service::{apikeys, auth};
+use kirim_tests::{spawn_app, ManualClock, TestApp, OPERATOR_TOKEN};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn call(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = app.http.request(method, app.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+async fn new_key(app: &TestApp, admin: &str, role: &str) -> (String, String) {
+    let (s, b) = call(
+        app,
+        "POST",
+        "/v1/api-keys",
+        Some(admin),
+        Some(json!({"name": format!("{role} key"), "role": role})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    (
+        b["id"].as_str().unwrap().to_owned(),
+        b["key"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn api_keys_are_shown_once_rotated_with_a_grace_period_and_revoked_at_once(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (s, created) = call(
+        &app,
+        "POST",
+        "/v1/api-keys",
+        Some(&t.key),
+        Some(json!({"name": "billing system", "role": "read_only", "expires_in_days": 30})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("kirim_"));
+    assert_eq!(created["role"], "read_only");
+    assert!(created["expires_at"].is_string());
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&key), None).await.0,
+        200
+    );
+
+    let (_, list) = call(&app, "GET", "/v1/api-keys", Some(&t.key), None).await;
+    let text = list.to_string();
+    assert!(
+        !text.contains(&key) && !text.contains(&kirim::secret::token_hash(&key)),
+        "no secret or hash in lists"
+    );
+    assert!(!text.contains("key_hash"));
+    let listed = list["api_keys"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().any(|k| k["id"] == id.as_str()
+        && k["status"] == "active"
+        && k["name"] == "billing system"));
+
+    // Rotation with a grace period: both keys work until it ends.
+    let (s, rotated) = call(
+        &app,
+        "POST",
+        &format!("/v1/api-keys/{id}/rotate"),
+        Some(&t.key),
+        Some(json!({"grace_period_hours": 2})),
+    )
+    .await;
+    assert_eq!(s, 201, "{rotated}");
+    let new_key = rotated["key"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, key);
+    assert_eq!(rotated["role"], "read_only");
+    assert_eq!(rotated["previous"]["status"], "expiring");
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&key), None).await.0,
+        200,
+        "old key in its grace period"
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&new_key), None)
+            .await
+            .0,
+        200
+    );
+    // A rotated key cannot be rotated again.
+    let (s, b) = call(
+        &app,
+        "POST",
+        &format!("/v1/api-keys/{id}/rotate"),
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&b)), (409, "conflict"));
+
+    // Rotation without grace ends the old key at once.
+    let new_id = rotated["id"].as_str().unwrap().to_owned();
+    let (_, again) = call(
+        &app,
+        "POST",
+        &format!("/v1/api-keys/{new_id}/rotate"),
+        Some(&t.key),
+        Some(json!({"grace_period_hours": 0})),
+    )
+    .await;
+    let (s, b) = call(&app, "GET", "/v1/account", Some(&new_key), None).await;
+    assert_eq!((s, code(&b)), (401, "unauthenticated"));
+    let newest = again["key"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&newest), None)
+            .await
+            .0,
+        200
+    );
+
+    // Revocation is refused from the next request on.
+    let newest_id = again["id"].as_str().unwrap().to_owned();
+    let (s, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/api-keys/{newest_id}"),
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, b) = call(&app, "GET", "/v1/account", Some(&newest), None).await;
+    assert_eq!((s, code(&b)), (401, "unauthenticated"));
+    let (_, list) = call(&app, "GET", "/v1/api-keys", Some(&t.key), None).await;
+    assert!(list["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["id"] == newest_id.as_str() && k["status"] == "revoked"));
+
+    for bad in [
+        json!({"name": "", "role": "admin"}),
+        json!({"name": "x", "role": "root"}),
+        json!({"name": "x", "role": "admin", "expires_in_days": 0}),
+        json!({"name": "x", "role": "admin", "extra": 1}),
+    ] {
+        let (s, b) = call(
+            &app,
+            "POST",
+            "/v1/api-keys",
+            Some(&t.key),
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!((s, code(&b)), (400, "invalid_request"), "{bad}");
+    }
+    let (s, _) = call(
+        &app,
+        "POST",
+        &format!("/v1/api-keys/{newest_id}/rotate"),
+        Some(&t.key),
+        Some(json!({"grace_period_hours": 1000})),
+    )
+    .await;
+    assert_eq!(s, 400);
+}
+
+async fn another_tenants_keys_answer_404_on_every_route_that_takes_an_id(b: Backend) {
+    let app = spawn_app(b).await;
+    let a = app.onboard(1).await;
+    let other = app.onboard(1).await;
+    let (id, key) = new_key(&app, &a.key, "operator").await;
+    for (method, path) in [
+        ("POST", format!("/v1/api-keys/{id}/rotate")),
+        ("DELETE", format!("/v1/api-keys/{id}")),
+    ] {
+        let (s, body) = call(&app, method, &path, Some(&other.key), None).await;
+        assert_eq!((s, code(&body)), (404, "not_found"), "{method} {path}");
+    }
+    let msg = app.send_ok(&key, "+60123455555").await;
+    let (s, _) = call(
+        &app,
+        "GET",
+        &format!("/v1/messages/{msg}"),
+        Some(&other.key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&key), None).await.0,
+        200,
+        "the key still works"
+    );
+}
+
+/// Fills a route template with ids nobody owns, so allowed calls change nothing.
+fn concrete(path: &str) -> String {
+    path.replace("{id}", &ulid::Ulid::new().to_string())
+        .replace("{phone}", "+60123450999")
+}
+
+async fn every_route_answers_every_kind_of_credential_as_the_access_table_says(b: Backend) {
+    let app = spawn_app(b).await;
+    let a = app.onboard(0).await;
+    let other = app.onboard(0).await;
+    let (_, operator_key) = new_key(&app, &a.key, "operator").await;
+    let (_, read_only_key) = new_key(&app, &a.key, "read_only").await;
+    let keys = [
+        ("admin", a.key.as_str()),
+        ("operator", operator_key.as_str()),
+        ("read_only", read_only_key.as_str()),
+    ];
+    let denied = |s: u16| s == 401 || s == 403;
+    for rule in ROUTES {
+        let path = concrete(rule.path);
+        let at = format!("{} {}", rule.method, rule.path);
+        let (none, none_body) = call(&app, rule.method, &path, None, None).await;
+        assert_ne!(
+            none_body["error"]["message"], "no such route",
+            "{at} is served"
+        );
+        let (wrong, _) = call(&app, rule.method, &path, Some("kirim_not_a_key"), None).await;
+        let (op, _) = call(&app, rule.method, &path, Some(OPERATOR_TOKEN), None).await;
+        let (foreign, _) = call(&app, rule.method, &path, Some(&other.key), None).await;
+        match rule.access {
+            Access::Public => {
+                for s in [none, wrong, op, foreign] {
+                    assert!(!denied(s), "{at}: {s}");
+                }
+            }
+            Access::Meta => {
+                // Meta authenticates by signature or verify token; bearer tokens are ignored.
+                assert!([wrong, op, foreign].iter().all(|s| *s == none), "{at}");
+            }
+            Access::Platform => {
+                assert_eq!((none, wrong), (401, 401), "{at}");
+                assert!(!denied(op), "{at}: the operator is let through, got {op}");
+                assert_eq!(foreign, 403, "{at}");
+                for (role, key) in keys {
+                    assert_eq!(
+                        call(&app, rule.method, &path, Some(key), None).await.0,
+                        403,
+                        "{at} as {role}"
+                    );
+                }
+            }
+            Access::Tenant(required) => {
+                assert_eq!((none, wrong), (401, 401), "{at}");
+                assert_eq!(
+                    op, 403,
+                    "{at}: the operator token is not a tenant credential"
+                );
+                assert!(
+                    !denied(foreign),
+                    "{at}: another tenant's admin acts on its own tenant"
+                );
+                for (role, key) in keys {
+                    let (s, body) = call(&app, rule.method, &path, Some(key), None).await;
+                    let allowed = kirim::domain::Role::parse(role).unwrap().includes(required);
+                    if allowed {
+                        assert!(!denied(s), "{at} as {role}: {s} {body}");
+                    } else {
+                        assert_eq!((s, code(&body)), (403, "forbidden"), "{at} as {role}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn an_ip_allow_list_refuses_other_addresses_until_the_operator_rescues_the_tenant(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(2).await;
+    let (s, body) = call(
+        &app,
+        "PUT",
+        "/v1/settings/ip-allowlist",
+        Some(&t.key),
+        Some(json!({"cidrs": ["127.0.0.0/8", "2001:db8::/32"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["cidrs"], json!(["127.0.0.0/8", "2001:db8::/32"]));
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&t.key), None).await.0,
+        200,
+        "local mode's peer is 127.0.0.1"
+    );
+    for bad in [
+        json!({"cidrs": ["203.0.113.0/33"]}),
+        json!({"cidrs": ["not-an-ip"]}),
+        json!({"cidrs": "10.0.0.0/8"}),
+        json!({"cidrs": [], "x": 1}),
+    ] {
+        let (s, body) = call(
+            &app,
+            "PUT",
+            "/v1/settings/ip-allowlist",
+            Some(&t.key),
+            Some(bad.clone()),
+        )
+        .await;
+        assert_eq!((s, code(&body)), (400, "invalid_request"), "{bad}");
+    }
+    let (_, got) = call(&app, "GET", "/v1/settings/ip-allowlist", Some(&t.key), None).await;
+    assert_eq!(
+        got["cidrs"],
+        json!(["127.0.0.0/8", "2001:db8::/32"]),
+        "invalid lists changed nothing"
+    );
+
+    // Locking itself out: every API-key request is now refused, even fixing the list...
+    let (s, _) = call(
+        &app,
+        "PUT",
+        "/v1/settings/ip-allowlist",
+        Some(&t.key),
+        Some(json!({"cidrs": ["203.0.113.0/24"]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    for (m, p) in [("GET", "/v1/account"), ("PUT", "/v1/settings/ip-allowlist")] {
+        let (s, body) = call(&app, m, p, Some(&t.key), Some(json!({"cidrs": []}))).await;
+        assert_eq!((s, code(&body)), (403, "ip_not_allowed"), "{m} {p}");
+    }
+    assert_eq!(
+        app.send_template(&t.key, "+60123456666").await.status(),
+        403
+    );
+    let tid = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    let stored = app
+        .app
+        .deps
+        .tenants
+        .get_tenant(&tid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.credits, 2, "a refused send debits nothing");
+    // ...until the platform operator replaces it.
+    let (s, body) = call(
+        &app,
+        "PUT",
+        &format!("/v1/platform/tenants/{}/ip-allowlist", t.tenant_id),
+        Some(OPERATOR_TOKEN),
+        Some(json!({"cidrs": ["127.0.0.1"]})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["cidrs"], json!(["127.0.0.1/32"]));
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&t.key), None).await.0,
+        200
+    );
+    let (s, _) = call(
+        &app,
+        "PUT",
+        &format!("/v1/platform/tenants/{}/ip-allowlist", ulid::Ulid::new()),
+        Some(OPERATOR_TOKEN),
+        Some(json!({"cidrs": []})),
+    )
+    .await;
+    assert_eq!(s, 404);
+}
+
+async fn a_suspended_tenant_cannot_send_until_resumed_and_a_closed_one_cannot_authenticate(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(3).await;
+    let tenant = |suffix: &str| format!("/v1/platform/tenants/{}{suffix}", t.tenant_id);
+    let (s, body) = call(
+        &app,
+        "POST",
+        &tenant("/suspend"),
+        Some(OPERATOR_TOKEN),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&body)),
+        (400, "invalid_request"),
+        "a reason is required"
+    );
+    let (s, body) = call(
+        &app,
+        "POST",
+        &tenant("/suspend"),
+        Some(OPERATOR_TOKEN),
+        Some(json!({"reason": "invoice 2026-11 unpaid"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["tenant"]["status"], "suspended");
+    let (_, account) = call(&app, "GET", "/v1/account", Some(&t.key), None).await;
+    assert_eq!(
+        account["status"], "suspended",
+        "a suspended tenant can still read"
+    );
+    let res = app.send_template(&t.key, "+60123457777").await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "tenant_suspended"
+    );
+    assert_eq!(app.credits(&t.key).await, 3, "nothing debited");
+
+    let (s, _) = call(&app, "POST", &tenant("/resume"), Some(OPERATOR_TOKEN), None).await;
+    assert_eq!(s, 200);
+    app.send_ok(&t.key, "+60123457777").await;
+
+    let (s, body) = call(
+        &app,
+        "DELETE",
+        &tenant(""),
+        Some(OPERATOR_TOKEN),
+        Some(json!({"reason": "contract ended"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["tenant"]["status"], "closed");
+    let (s, body) = call(&app, "GET", "/v1/account", Some(&t.key), None).await;
+    assert_eq!(
+        (s, code(&body)),
+        (401, "unauthenticated"),
+        "a closed tenant's keys are refused"
+    );
+    assert_eq!(
+        call(&app, "DELETE", &tenant(""), Some(OPERATOR_TOKEN), None)
+            .await
+            .0,
+        200,
+        "closing again is harmless"
+    );
+    let (s, body) = call(&app, "POST", &tenant("/resume"), Some(OPERATOR_TOKEN), None).await;
+    assert_eq!((s, code(&body)), (409, "conflict"), "closing is final");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
+        }
+        mod aws_backend_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
+        }
+    };
+}
+
+on_both_backends!(
+    api_keys_are_shown_once_rotated_with_a_grace_period_and_revoked_at_once,
+    another_tenants_keys_answer_404_on_every_route_that_takes_an_id,
+    every_route_answers_every_kind_of_credential_as_the_access_table_says,
+    an_ip_allow_list_refuses_other_addresses_until_the_operator_rescues_the_tenant,
+    a_suspended_tenant_cannot_send_until_resumed_and_a_closed_one_cannot_authenticate,
+);
+
+#[tokio::test]
+async fn a_key_with_an_expiry_stops_authenticating_when_it_passes() {
+    let clock = ManualClock::new();
+    let deps = kirim::runtime::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let tenant = kirim::domain::TenantId::generate();
+    let req: apikeys::NewKey =
+        serde_json::from_value(json!({"name": "temp", "role": "operator", "expires_in_days": 1}))
+            .unwrap();
+    let minted = apikeys::create(&deps, &tenant, req).await.unwrap();
+    let caller = auth::authenticate(&deps, Some(minted.key.expose()))
+        .await
+        .unwrap();
+    assert_eq!(
+        caller,
+        auth::Caller::ApiKey {
+            tenant_id: tenant.clone(),
+            key_id: minted.record.id.clone(),
+            role: kirim::domain::Role::Operator
+        }
+    );
+    clock.advance(chrono::Duration::hours(25));
+    assert!(auth::authenticate(&deps, Some(minted.key.expose()))
+        .await
+        .is_err());
+}
