@@ -6,7 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, Role, TenantId};
+use crate::domain::{
+    MessageError, MessageId, MessageRecord, MessageStatus, OptOut, PhoneNumber, Role, TenantId,
+};
 use crate::error::StoreError;
 use crate::secret::Secret;
 
@@ -261,6 +263,88 @@ pub trait MessageStore: Send + Sync {
         &self,
         wamid: &str,
     ) -> Result<Option<(TenantId, MessageId)>, StoreError>;
+}
+
+/// A page of opt-outs (ordered by phone number) and the cursor for the next one.
+#[derive(Clone, Debug, Default)]
+pub struct OptOutPage {
+    pub opt_outs: Vec<OptOut>,
+    pub next_cursor: Option<String>,
+}
+
+/// A tenant's opt-outs: active configuration, kept (no TTL) while the tenant exists.
+#[async_trait]
+pub trait OptOutStore: Send + Sync {
+    /// Records the opt-out and answers what is stored. Never narrows: a `marketing`
+    /// opt-out leaves an existing `all` one in place (and answers that one); an `all`
+    /// one replaces whatever was there. A conditional write, no read first.
+    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<OptOut, StoreError>;
+    async fn get_opt_out(
+        &self,
+        tenant: &TenantId,
+        phone: &PhoneNumber,
+    ) -> Result<Option<OptOut>, StoreError>;
+    /// Removes the opt-out; `false` if there was none.
+    async fn delete_opt_out(
+        &self,
+        tenant: &TenantId,
+        phone: &PhoneNumber,
+    ) -> Result<bool, StoreError>;
+    async fn list_opt_outs(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<OptOutPage, StoreError>;
+}
+
+/// What is remembered of an `Idempotency-Key`: its hash, the request's fingerprint and
+/// the message it created. Never the request itself.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IdempotencyRecord {
+    pub tenant_id: TenantId,
+    pub key_hash: String,
+    /// SHA-256 of the canonical request JSON.
+    pub fingerprint: String,
+    pub message_id: MessageId,
+    pub created_at: DateTime<Utc>,
+    /// Epoch seconds (DynamoDB TTL); after it the key may be used afresh.
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum IdempotentInsert {
+    /// The message, its debit and the key's record were written together.
+    Inserted,
+    /// A live record for the key already existed: nothing was written.
+    Existing(IdempotencyRecord),
+}
+
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// `MessageStore::insert_with_debit` plus the key's record, all in one atomic write
+    /// whose condition is that no live record for the key exists. Concurrent requests
+    /// with one key: exactly one is `Inserted`, the others get `Existing`.
+    async fn insert_with_debit_once(
+        &self,
+        record: &MessageRecord,
+        debit: &LedgerEntry,
+        key: &IdempotencyRecord,
+    ) -> Result<IdempotentInsert, StoreError>;
+    /// Forgets the key's record if it still names `message_id` (the message could not be
+    /// queued and was refunded: a retry with the key must be able to go through).
+    async fn release_idempotency(
+        &self,
+        tenant: &TenantId,
+        key_hash: &str,
+        message_id: &MessageId,
+    ) -> Result<(), StoreError>;
+    /// The live record for a key, if any.
+    async fn get_idempotency(
+        &self,
+        tenant: &TenantId,
+        key_hash: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
 }
 
 /// Removes items whose TTL has passed (DynamoDB's own TTL may lag by days).

@@ -78,6 +78,16 @@ impl From<ServiceError> for ApiError {
             ),
             NotFound => ApiError::not_found(),
             Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            RecipientOptedOut => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "recipient_opted_out",
+                "the recipient has opted out of these messages; nothing was sent or debited",
+            ),
+            IdempotencyKeyReused => ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used with a different request body",
+            ),
             Unavailable(inner) => {
                 tracing::error!(error = %inner, "backend unavailable");
                 ApiError::new(

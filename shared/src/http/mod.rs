@@ -5,7 +5,9 @@ pub mod access;
 mod admin;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod lambda;
+mod optouts;
 mod views;
 
 use std::collections::HashMap;
@@ -87,6 +89,7 @@ fn send_api_routes() -> Router<AppState> {
         .route("/v1/account", get(get_account))
         .route("/v1/messages", post(post_message).get(list_messages))
         .route("/v1/messages/{id}", get(get_message))
+        .merge(optouts::routes())
 }
 
 fn admin_api_routes() -> Router<AppState> {
@@ -179,17 +182,19 @@ async fn get_account(ctx: TenantCtx) -> ApiResult {
 async fn post_message(
     State(s): State<AppState>,
     ctx: TenantCtx,
-    JsonBody(req): JsonBody<send::SendRequest>,
+    body: idempotency::SendBody,
 ) -> ApiResult {
-    let record = send::send(&s.deps, ctx.tenant_id(), req).await?;
-    let body = json!({"id": record.id, "status": record.status});
-    let details = json!({
-        "message_id": record.id,
-        "to": record.to.masked(),
-        "template": record.template.as_ref().map(|t| t.name.clone()),
-    });
+    let accepted = send::send_once(&s.deps, ctx.tenant_id(), body.req, body.idem.as_ref()).await?;
+    let details = match &accepted {
+        send::Accepted::New(record) => json!({
+            "message_id": record.id,
+            "to": record.to.masked(),
+            "template": record.template.as_ref().map(|t| t.name.clone()),
+        }),
+        send::Accepted::Replayed(id) => json!({"message_id": id, "replayed": true}),
+    };
     Ok(admin::noted(
-        (StatusCode::ACCEPTED, Json(body)).into_response(),
+        idempotency::accepted_response(accepted),
         None,
         details,
     ))

@@ -213,6 +213,32 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
         fail(deps, job, record.price, error, true).await;
         return Ok(Outcome::Done);
     }
+    // A STOP may have arrived while the message waited in the queue: honour it.
+    let category = job.content.template_ref().map(|t| t.category);
+    match super::optouts::check(deps, &job.tenant_id, &record.to, category).await {
+        Ok(()) => {}
+        Err(super::errors::ServiceError::RecipientOptedOut) => {
+            tracing::info!(tenant_id = %job.tenant_id, message_id = %job.message_id, to = %record.to.masked(), "recipient opted out while queued; not sent");
+            let error = MessageError {
+                code: "recipient_opted_out".into(),
+                title: "the recipient opted out before the message was sent".into(),
+            };
+            fail(deps, job, record.price, error, true).await;
+            return Ok(Outcome::Done);
+        }
+        Err(e) => {
+            // Unclaim it, so the retry can claim it again.
+            let error = MessageError {
+                code: "opt_out_check_failed".into(),
+                title: "could not check opt-outs; will retry".into(),
+            };
+            let _ = deps
+                .messages
+                .release_for_retry(&job.tenant_id, &job.message_id, &error, deps.clock.now())
+                .await;
+            return Err(crate::error::StoreError::Unavailable(e.to_string()));
+        }
+    }
     let Some(token) = deps.secrets.current(&tenant.meta_token_secret).await? else {
         let error = MessageError {
             code: "meta_token_missing".into(),

@@ -23,6 +23,10 @@ pub enum ServiceError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    #[error("the recipient has opted out")]
+    RecipientOptedOut,
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
     #[error("service temporarily unavailable")]
     Unavailable(#[source] StoreError),
     #[error("internal error")]

@@ -6,6 +6,8 @@ pub mod audit;
 pub mod auth;
 pub mod dispatch;
 pub mod errors;
+pub mod idempotency;
+pub mod optouts;
 pub mod retention;
 pub mod send;
 pub mod webhook;
@@ -17,8 +19,8 @@ use std::time::{Duration, Instant};
 use crate::config::Settings;
 use crate::error::StoreError;
 use crate::ports::{
-    ApiKeyStore, AuditLog, Clock, DispatchQueue, ExpiredItems, Ledger, MessageStore, MetaClient,
-    SecretStore, TenantStore,
+    ApiKeyStore, AuditLog, Clock, DispatchQueue, ExpiredItems, IdempotencyStore, Ledger,
+    MessageStore, MetaClient, OptOutStore, SecretStore, TenantStore,
 };
 use crate::secret::Secret;
 
@@ -31,6 +33,8 @@ pub struct Deps {
     pub ledger: Arc<dyn Ledger>,
     pub messages: Arc<dyn MessageStore>,
     pub expired: Arc<dyn ExpiredItems>,
+    pub opt_outs: Arc<dyn OptOutStore>,
+    pub idempotency: Arc<dyn IdempotencyStore>,
     pub queue: Arc<dyn DispatchQueue>,
     pub secrets: Arc<SecretCache>,
     pub meta: Arc<dyn MetaClient>,

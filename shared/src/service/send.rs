@@ -6,9 +6,11 @@ use crate::domain::{
     new_id, Content, MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber,
     RetentionClass, StatusEvent, TemplateCategory, TemplateRef, TenantId,
 };
-use crate::ports::{LedgerEntry, LedgerKind, StatusChange, TenantStatus};
+use crate::ports::{IdempotentInsert, LedgerEntry, LedgerKind, StatusChange, TenantStatus};
 
 use super::errors::ServiceError;
+use super::idempotency::{self, Idempotent};
+use super::optouts;
 use super::Deps;
 
 #[derive(Deserialize)]
@@ -111,11 +113,39 @@ pub async fn send(
     tenant_id: &TenantId,
     req: SendRequest,
 ) -> Result<MessageRecord, ServiceError> {
+    match send_once(deps, tenant_id, req, None).await? {
+        Accepted::New(record) => Ok(*record),
+        Accepted::Replayed(_) => Err(ServiceError::Internal("replay without a key".into())),
+    }
+}
+
+/// What `POST /v1/messages` answers: a new message, or the first response to an
+/// earlier request with the same `Idempotency-Key` and body.
+#[derive(Debug)]
+pub enum Accepted {
+    New(Box<MessageRecord>),
+    Replayed(MessageId),
+}
+
+/// `send`, with an optional idempotency key (see `service::idempotency`).
+pub async fn send_once(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    req: SendRequest,
+    idem: Option<&Idempotent>,
+) -> Result<Accepted, ServiceError> {
     let (to, content, client_reference) = parse(req)?;
     let tenant = super::auth::load_tenant(deps, tenant_id).await?;
     if tenant.status != TenantStatus::Active {
         return Err(ServiceError::TenantSuspended);
     }
+    if let Some(k) = idem {
+        if let Some(id) = idempotency::earlier(deps, tenant_id, k).await? {
+            return Ok(Accepted::Replayed(id));
+        }
+    }
+    let category = content.template_ref().map(|t| t.category);
+    optouts::check(deps, tenant_id, &to, category).await?;
     let now = deps.clock.now();
     let id = MessageId::from_trusted(ulid::Ulid::from_datetime(now.into()).to_string());
     let price = deps.settings.price_per_message;
@@ -149,7 +179,23 @@ pub async fn send(
         at: now,
         expires_at: retention.expiry(RetentionClass::Billing, now),
     };
-    deps.messages.insert_with_debit(&record, &debit).await?;
+    match idem {
+        None => deps.messages.insert_with_debit(&record, &debit).await?,
+        Some(k) => {
+            let key = idempotency::record(deps, tenant_id, k, &id, now);
+            match deps
+                .idempotency
+                .insert_with_debit_once(&record, &debit, &key)
+                .await?
+            {
+                IdempotentInsert::Inserted => {}
+                // A concurrent request with the same key won the write.
+                IdempotentInsert::Existing(existing) => {
+                    return idempotency::answer(&existing, k).map(Accepted::Replayed)
+                }
+            }
+        }
+    }
     let job = DispatchJob {
         tenant_id: tenant_id.clone(),
         message_id: id.clone(),
@@ -172,6 +218,13 @@ pub async fn send(
             .transition(tenant_id, &id, MessageStatus::Failed, &change, now)
             .await;
         super::dispatch::refund(deps, tenant_id, &id, price).await;
+        if let Some(k) = idem {
+            // The key must not replay a message that was never queued.
+            let _ = deps
+                .idempotency
+                .release_idempotency(tenant_id, &k.key.hash(), &id)
+                .await;
+        }
         return Err(ServiceError::Unavailable(e));
     }
     tracing::info!(
@@ -180,7 +233,7 @@ pub async fn send(
         to = %record.to.masked(),
         "message accepted"
     );
-    Ok(record)
+    Ok(Accepted::New(Box::new(record)))
 }
 
 #[cfg(test)]

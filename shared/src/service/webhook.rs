@@ -83,6 +83,9 @@ struct ChangeValue {
     metadata: Option<Metadata>,
     #[serde(default)]
     statuses: Vec<serde_json::Value>,
+    /// Inbound messages: only STOP/START replies matter (service::optouts).
+    #[serde(default)]
+    messages: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -139,7 +142,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 Ok(t) => t,
                 Err(e) => {
                     tracing::error!(error = %e, "tenant lookup failed");
-                    summary.errors += change.value.statuses.len();
+                    summary.errors += change.value.statuses.len() + change.value.messages.len();
                     continue;
                 }
             }
@@ -151,6 +154,16 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 Ok(Applied::UnknownMessage) => summary.unknown += 1,
                 Err(e) => {
                     tracing::error!(error = %e, "status not applied");
+                    summary.errors += 1;
+                }
+            }
+        }
+        for inbound in &change.value.messages {
+            match super::optouts::apply_inbound(deps, tenant.as_ref(), inbound).await {
+                Ok(super::optouts::Inbound::Nothing) => summary.ignored += 1,
+                Ok(_) => summary.applied += 1,
+                Err(e) => {
+                    tracing::error!(error = %e, "inbound message not applied");
                     summary.errors += 1;
                 }
             }
@@ -221,6 +234,10 @@ async fn apply_status(
                 .unwrap_or_else(|| "failed".into()),
         }
     });
+    if to == MessageStatus::Failed && status.errors.iter().any(|e| e.code == 131050) {
+        // The recipient stopped marketing messages: no more marketing to them.
+        super::optouts::marketing_stopped_for(deps, &tenant_id, &message_id, raw).await?;
+    }
     let change = StatusChange {
         wamid: Some(status.id.clone()),
         error,

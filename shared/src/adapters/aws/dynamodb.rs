@@ -25,6 +25,9 @@ use crate::ports::{
     TenantStatus, TenantStore, Transition,
 };
 
+mod idempotency;
+mod optouts;
+
 type Item = HashMap<String, AttributeValue>;
 
 pub const TTL_ATTR: &str = "ttl";

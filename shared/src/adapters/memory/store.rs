@@ -6,6 +6,9 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::error::StoreError;
+mod idempotency;
+mod optouts;
+
 use crate::ports::{
     ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, ExpiredItems,
     Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, StatusChange, Tenant,
@@ -21,6 +24,10 @@ struct State {
     ledger: Vec<LedgerEntry>,
     wamids: HashMap<String, (TenantId, MessageId, Option<i64>)>,
     audit: HashMap<String, (AuditHead, BTreeMap<u64, AuditEvent>)>,
+    /// (tenant, E.164) → opt-out, ordered for paging.
+    opt_outs: BTreeMap<(TenantId, String), crate::domain::OptOut>,
+    /// (tenant, key hash) → idempotency record.
+    idempotency: HashMap<(TenantId, String), crate::ports::IdempotencyRecord>,
 }
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional
@@ -418,6 +425,9 @@ impl ExpiredItems for MemoryStore {
             events.retain(|_, e| !expired(e.expires_at));
             removed += before - events.len();
         }
+        let before = s.idempotency.len();
+        s.idempotency.retain(|_, r| !expired(r.expires_at));
+        removed += before - s.idempotency.len();
         Ok(removed)
     }
 }

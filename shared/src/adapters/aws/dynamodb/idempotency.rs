@@ -1,0 +1,136 @@
+//! `IdempotencyStore` on the one table: `pk = TENANT#{tenant}`, `sk = IDEM#{sha256 of the
+//! key}`, TTL per the idempotency retention (24 h). The record is written in the same
+//! transaction as the debit, its ledger entry and the message, on the condition that no
+//! live record exists: concurrent requests with one key write exactly one message.
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+
+use super::{
+    from_item, msg_sk, n, s, status_gsi, tenant_pk, to_item, unavailable, DynamoStore, TTL_ATTR,
+};
+use crate::domain::{MessageId, MessageRecord, TenantId};
+use crate::error::StoreError;
+use crate::ports::{IdempotencyRecord, IdempotencyStore, IdempotentInsert, LedgerEntry};
+
+const CCF: &str = "ConditionalCheckFailed";
+
+fn idem_sk(key_hash: &str) -> String {
+    format!("IDEM#{key_hash}")
+}
+
+impl DynamoStore {
+    fn idempotency_put(&self, key: &IdempotencyRecord) -> Result<TransactWriteItem, StoreError> {
+        let item = to_item(
+            key,
+            &[
+                ("pk", tenant_pk(&key.tenant_id)),
+                ("sk", idem_sk(&key.key_hash)),
+            ],
+            key.expires_at,
+        )?;
+        // An expired record (TTL passed, not yet swept) counts as absent.
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR #ttl <= :now")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":now", n(self.now_secs()))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("put: {e}")))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for DynamoStore {
+    async fn insert_with_debit_once(
+        &self,
+        record: &MessageRecord,
+        debit: &LedgerEntry,
+        key: &IdempotencyRecord,
+    ) -> Result<IdempotentInsert, StoreError> {
+        let m = to_item(
+            record,
+            &[
+                ("pk", tenant_pk(&record.tenant_id)),
+                ("sk", msg_sk(&record.id)),
+                ("gsi1pk", status_gsi(&record.tenant_id, record.status)),
+                ("gsi1sk", msg_sk(&record.id)),
+            ],
+            record.expires_at,
+        )?;
+        // Order matters: the reasons of a cancelled transaction come back in this order.
+        let mut attempt = 0u64;
+        loop {
+            let items = vec![
+                self.credit_update(debit, true)?,
+                self.ledger_put(debit)?,
+                self.put(m.clone(), Some("attribute_not_exists(pk)"))?,
+                self.idempotency_put(key)?,
+            ];
+            let reasons = match self.transact(items).await {
+                Ok(()) => return Ok(IdempotentInsert::Inserted),
+                Err(r) => r,
+            };
+            let reason = |i: usize| reasons.get(i).map(String::as_str);
+            if reason(3) == Some(CCF) {
+                // The key is taken: answer its record (read after the refused write).
+                if let Some(existing) = self.get_idempotency(&key.tenant_id, &key.key_hash).await? {
+                    return Ok(IdempotentInsert::Existing(existing));
+                }
+            } else if reason(0) == Some(CCF) {
+                return Err(StoreError::InsufficientCredits);
+            } else if reason(2) == Some(CCF) {
+                return Err(StoreError::Conflict("message exists".into()));
+            } else if !reasons.iter().any(|c| c == "TransactionConflict") {
+                return Err(StoreError::Unavailable(reasons.join(",")));
+            }
+            // Concurrent transactions on the tenant item (or the key) cancel each other
+            // without writing anything: try again shortly, with jitter.
+            attempt += 1;
+            if attempt > 10 {
+                return Err(StoreError::Unavailable(reasons.join(",")));
+            }
+            let jitter = rand::random::<u64>() % 25;
+            tokio::time::sleep(std::time::Duration::from_millis(10 * attempt + jitter)).await;
+        }
+    }
+
+    async fn release_idempotency(
+        &self,
+        tenant: &TenantId,
+        key_hash: &str,
+        message_id: &MessageId,
+    ) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s(idem_sk(key_hash)))
+            .condition_expression("message_id = :m")
+            .expression_attribute_values(":m", s(message_id.to_string()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(())
+            }
+            Err(e) => Err(unavailable("dynamodb delete", e)),
+        }
+    }
+
+    async fn get_idempotency(
+        &self,
+        tenant: &TenantId,
+        key_hash: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.get(tenant_pk(tenant), &idem_sk(key_hash))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+}

@@ -1,0 +1,147 @@
+//! `OptOutStore` on the one table: `pk = TENANT#{tenant}`, `sk = OPTOUT#{e164}`, no TTL
+//! (active configuration, kept while the tenant exists). Listing is a Query on the
+//! tenant's partition with `begins_with(sk, "OPTOUT#")`, in phone-number order.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::{
+    decode_cursor, encode_cursor, from_item, s, tenant_pk, to_item, unavailable, DynamoStore, Item,
+};
+use crate::domain::{OptOut, OptOutScope, PhoneNumber, TenantId};
+use crate::error::StoreError;
+use crate::ports::{OptOutPage, OptOutStore};
+
+const PREFIX: &str = "OPTOUT#";
+
+fn optout_sk(phone: &PhoneNumber) -> String {
+    format!("{PREFIX}{phone}")
+}
+
+#[async_trait]
+impl OptOutStore for DynamoStore {
+    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<OptOut, StoreError> {
+        let item = to_item(
+            opt_out,
+            &[
+                ("pk", tenant_pk(&opt_out.tenant_id)),
+                ("sk", optout_sk(&opt_out.phone)),
+            ],
+            None,
+        )?;
+        // `all` replaces anything; `marketing` never narrows an existing `all`.
+        for _ in 0..3 {
+            let mut req = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item.clone()));
+            if opt_out.scope == OptOutScope::Marketing {
+                req = req
+                    .condition_expression("attribute_not_exists(pk) OR #scope = :marketing")
+                    .expression_attribute_names("#scope", "scope")
+                    .expression_attribute_values(":marketing", s(OptOutScope::Marketing.as_str()));
+            }
+            match req.send().await {
+                Ok(_) => return Ok(opt_out.clone()),
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() =>
+                {
+                    // A wider opt-out is in place: answer it (unless it was just removed).
+                    if let Some(existing) =
+                        self.get_opt_out(&opt_out.tenant_id, &opt_out.phone).await?
+                    {
+                        return Ok(existing);
+                    }
+                }
+                Err(e) => return Err(unavailable("dynamodb put", e)),
+            }
+        }
+        Err(StoreError::Unavailable(
+            "opt-out changed concurrently".into(),
+        ))
+    }
+
+    async fn get_opt_out(
+        &self,
+        tenant: &TenantId,
+        phone: &PhoneNumber,
+    ) -> Result<Option<OptOut>, StoreError> {
+        self.get(tenant_pk(tenant), &optout_sk(phone))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    async fn delete_opt_out(
+        &self,
+        tenant: &TenantId,
+        phone: &PhoneNumber,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s(optout_sk(phone)))
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable("dynamodb delete", e)),
+        }
+    }
+
+    async fn list_opt_outs(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<OptOutPage, StoreError> {
+        let limit = limit.clamp(1, 100);
+        let start = cursor.map(|c| decode_cursor(c, tenant)).transpose()?;
+        // One more than asked: a next cursor only when there is a next page.
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
+            .expression_attribute_values(":p", s(PREFIX))
+            .set_exclusive_start_key(start)
+            .limit(limit as i32 + 1)
+            .send()
+            .await
+            .map_err(|e| unavailable("dynamodb query", e))?;
+        let mut opt_outs = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(from_item::<OptOut>)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if opt_outs.len() > limit {
+            opt_outs.truncate(limit);
+            opt_outs.last().and_then(|last| {
+                let key: Item = HashMap::from([
+                    ("pk".to_owned(), AttributeValue::S(tenant_pk(tenant))),
+                    ("sk".to_owned(), AttributeValue::S(optout_sk(&last.phone))),
+                ]);
+                encode_cursor(&key)
+            })
+        } else {
+            None
+        };
+        Ok(OptOutPage {
+            opt_outs,
+            next_cursor,
+        })
+    }
+}

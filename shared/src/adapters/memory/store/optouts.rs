@@ -1,0 +1,78 @@
+//! `OptOutStore` on the memory store: the same rules as DynamoDB, under the one lock.
+
+use async_trait::async_trait;
+
+use super::MemoryStore;
+use crate::domain::{OptOut, OptOutScope, PhoneNumber, TenantId};
+use crate::error::StoreError;
+use crate::ports::{OptOutPage, OptOutStore};
+
+#[async_trait]
+impl OptOutStore for MemoryStore {
+    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<OptOut, StoreError> {
+        let mut s = self.lock()?;
+        let key = (opt_out.tenant_id.clone(), opt_out.phone.to_string());
+        if let Some(existing) = s.opt_outs.get(&key) {
+            if opt_out.scope == OptOutScope::Marketing && existing.scope == OptOutScope::All {
+                return Ok(existing.clone());
+            }
+        }
+        s.opt_outs.insert(key, opt_out.clone());
+        Ok(opt_out.clone())
+    }
+
+    async fn get_opt_out(
+        &self,
+        tenant: &TenantId,
+        phone: &PhoneNumber,
+    ) -> Result<Option<OptOut>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.opt_outs
+            .get(&(tenant.clone(), phone.to_string()))
+            .cloned())
+    }
+
+    async fn delete_opt_out(
+        &self,
+        tenant: &TenantId,
+        phone: &PhoneNumber,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        Ok(s.opt_outs
+            .remove(&(tenant.clone(), phone.to_string()))
+            .is_some())
+    }
+
+    async fn list_opt_outs(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<OptOutPage, StoreError> {
+        // The cursor is the last phone number of the previous page.
+        let after = match cursor {
+            Some(c) => Some(
+                PhoneNumber::parse(c)
+                    .map_err(|_| StoreError::InvalidCursor)?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let s = self.lock()?;
+        let mut matching = s
+            .opt_outs
+            .iter()
+            .filter(|((t, phone), _)| t == tenant && after.as_ref().is_none_or(|a| phone > a))
+            .map(|(_, o)| o);
+        let opt_outs: Vec<OptOut> = matching.by_ref().take(limit.max(1)).cloned().collect();
+        let next_cursor = if matching.next().is_some() {
+            opt_outs.last().map(|o| o.phone.to_string())
+        } else {
+            None
+        };
+        Ok(OptOutPage {
+            opt_outs,
+            next_cursor,
+        })
+    }
+}

@@ -1,0 +1,89 @@
+//! `POST /v1/messages` with an optional `Idempotency-Key`: the extractor that reads the
+//! key and fingerprints the body, and the one shape of the 202 answer (a replay answers
+//! the first response again, marked `Idempotent-Replayed: true` as Stripe does).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::extract::parse_json;
+use crate::domain::{request_fingerprint, IdempotencyKey};
+use crate::service::idempotency::Idempotent;
+use crate::service::send::{Accepted, SendRequest};
+
+pub const HEADER: &str = "idempotency-key";
+
+/// A parsed send request and, when the header is present, its key and fingerprint.
+pub struct SendBody {
+    pub req: SendRequest,
+    pub idem: Option<Idempotent>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for SendBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let key = match req.headers().get(HEADER) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|k| IdempotencyKey::parse(k).ok())
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "Idempotency-Key must be 1 to 255 printable ASCII characters",
+                        )
+                    })?,
+            ),
+        };
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request bodies are limited to 256 KiB",
+                )
+            } else {
+                ApiError::invalid("could not read the request body")
+            }
+        })?;
+        if bytes.is_empty() {
+            return Err(ApiError::invalid("a JSON body is required"));
+        }
+        let req: SendRequest = parse_json(&bytes)?;
+        let idem = match key {
+            None => None,
+            Some(key) => {
+                let value: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|_| ApiError::invalid("malformed JSON"))?;
+                Some(Idempotent {
+                    key,
+                    fingerprint: request_fingerprint(&value),
+                })
+            }
+        };
+        Ok(SendBody { req, idem })
+    }
+}
+
+/// `202 {"id","status":"accepted"}`, for a new message and for a replay alike.
+pub fn accepted_response(accepted: Accepted) -> Response {
+    let (id, replayed) = match accepted {
+        Accepted::New(record) => (record.id, false),
+        Accepted::Replayed(id) => (id, true),
+    };
+    let mut res = (
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "status": "accepted"})),
+    )
+        .into_response();
+    if replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    res
+}

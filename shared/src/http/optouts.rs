@@ -1,0 +1,131 @@
+//! `/v1/opt-outs`: list and read (read_only), add (operator), remove (admin); the roles
+//! are enforced by the access table (`http::access::ROUTES`).
+//! `{phone}` is E.164 with `+`, also accepted percent-encoded (`%2B60123456789`).
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::access::TenantCtx;
+use super::error::{empty, ApiError};
+use super::extract::parse_json;
+use super::{ApiResult, AppState};
+use crate::domain::{OptOut, OptOutScope, OptOutSource};
+use crate::service::optouts;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/v1/opt-outs", get(list)).route(
+        "/v1/opt-outs/{phone}",
+        get(get_one).put(put_one).delete(delete_one),
+    )
+}
+
+/// What leaves the system about an opt-out. Never inbound text (none is kept).
+#[derive(Serialize, Debug)]
+pub struct OptOutView {
+    pub phone: String,
+    pub scope: OptOutScope,
+    pub source: OptOutSource,
+    /// The API key id that added it, or `meta`.
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&OptOut> for OptOutView {
+    fn from(o: &OptOut) -> Self {
+        Self {
+            phone: o.phone.to_string(),
+            scope: o.scope,
+            source: o.source,
+            created_by: o.created_by.clone(),
+            created_at: o.created_at,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    #[serde(default)]
+    scope: Option<OptOutScope>,
+}
+
+async fn list(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let tenant = ctx.tenant_id();
+    let mut limit = 50;
+    let mut cursor = None;
+    for (k, v) in &params {
+        match k.as_str() {
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=100).contains(l))
+                    .ok_or_else(|| ApiError::invalid("limit must be 1 to 100"))?
+            }
+            "cursor" => cursor = Some(v.as_str()),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter `{other}`"
+                )))
+            }
+        }
+    }
+    let page = optouts::list(&s.deps, tenant, limit, cursor).await?;
+    let items: Vec<OptOutView> = page.opt_outs.iter().map(OptOutView::from).collect();
+    Ok(Json(json!({"opt_outs": items, "next_cursor": page.next_cursor})).into_response())
+}
+
+async fn get_one(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(phone): Path<String>,
+) -> ApiResult {
+    let tenant = ctx.tenant_id();
+    let phone = optouts::parse_phone(&phone)?;
+    let o = optouts::get(&s.deps, tenant, &phone).await?;
+    Ok(Json(OptOutView::from(&o)).into_response())
+}
+
+async fn put_one(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(phone): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let tenant = ctx.tenant_id();
+    let phone = optouts::parse_phone(&phone)?;
+    let scope = if body.iter().all(u8::is_ascii_whitespace) {
+        OptOutScope::All
+    } else {
+        parse_json::<PutBody>(&body)?
+            .scope
+            .unwrap_or(OptOutScope::All)
+    };
+    let (_, by) = ctx.caller.actor();
+    let o = optouts::add(&s.deps, tenant, phone, scope, OptOutSource::Api, &by).await?;
+    Ok(Json(OptOutView::from(&o)).into_response())
+}
+
+async fn delete_one(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(phone): Path<String>,
+) -> ApiResult {
+    let tenant = ctx.tenant_id();
+    let phone = optouts::parse_phone(&phone)?;
+    optouts::remove(&s.deps, tenant, &phone).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}

@@ -1,0 +1,450 @@
+//! The contract of `OptOutStore` and `IdempotencyStore`, on the memory adapter and on
+//! DynamoDB (moto): the same assertions for both.
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use kirim::adapters::aws::DynamoStore;
+use kirim::adapters::memory::MemoryStore;
+use kirim::domain::{
+    MessageId, MessageRecord, MessageStatus, OptOut, OptOutScope, OptOutSource, PhoneNumber,
+    StatusEvent, TenantId,
+};
+use kirim::error::StoreError;
+use kirim::ports::*;
+use kirim_tests::{moto_sdk, unique_stack, ManualClock};
+
+struct Stores {
+    tenants: Arc<dyn TenantStore>,
+    messages: Arc<dyn MessageStore>,
+    ledger: Arc<dyn Ledger>,
+    opt_outs: Arc<dyn OptOutStore>,
+    idempotency: Arc<dyn IdempotencyStore>,
+    clock: Arc<ManualClock>,
+}
+
+fn memory() -> Stores {
+    let clock = ManualClock::new();
+    let store = Arc::new(MemoryStore::new(clock.clone()));
+    Stores {
+        tenants: store.clone(),
+        messages: store.clone(),
+        ledger: store.clone(),
+        opt_outs: store.clone(),
+        idempotency: store,
+        clock,
+    }
+}
+
+async fn aws() -> Stores {
+    let sdk = moto_sdk().await;
+    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
+        .await
+        .expect("stack in moto");
+    let clock = ManualClock::new();
+    let store = Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        stack.table.clone(),
+        clock.clone(),
+    ));
+    Stores {
+        tenants: store.clone(),
+        messages: store.clone(),
+        ledger: store.clone(),
+        opt_outs: store.clone(),
+        idempotency: store,
+        clock,
+    }
+}
+
+async fn onboarded(p: &Stores, credits: i64) -> TenantId {
+    let t = crate::contract::tenant(credits);
+    p.tenants
+        .create_tenant(&t, &crate::contract::key_for(&t), None)
+        .await
+        .unwrap();
+    t.id
+}
+
+fn phone(s: &str) -> PhoneNumber {
+    PhoneNumber::parse(s).unwrap()
+}
+
+fn opt_out(p: &Stores, t: &TenantId, to: &str, scope: OptOutScope) -> OptOut {
+    OptOut {
+        tenant_id: t.clone(),
+        phone: phone(to),
+        scope,
+        source: OptOutSource::Api,
+        created_by: "key_1".into(),
+        created_at: p.clock.now(),
+    }
+}
+
+fn message(p: &Stores, t: &TenantId) -> (MessageRecord, LedgerEntry) {
+    let now = p.clock.now();
+    let id = MessageId::generate();
+    let rec = MessageRecord {
+        id: id.clone(),
+        tenant_id: t.clone(),
+        to: phone("+60123456789"),
+        template: None,
+        status: MessageStatus::Accepted,
+        error: None,
+        events: vec![StatusEvent {
+            status: MessageStatus::Accepted,
+            at: now,
+        }],
+        wamid: None,
+        attempts: 0,
+        price: 1,
+        client_reference: None,
+        created_at: now,
+        updated_at: now,
+        expires_at: Some(now.timestamp() + 3600),
+    };
+    let debit = LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: t.clone(),
+        amount: -1,
+        kind: LedgerKind::Debit,
+        reference: None,
+        message_id: Some(id),
+        at: now,
+        expires_at: Some(now.timestamp() + 3600),
+    };
+    (rec, debit)
+}
+
+fn key_record(
+    p: &Stores,
+    t: &TenantId,
+    key: &str,
+    fingerprint: &str,
+    id: &MessageId,
+) -> IdempotencyRecord {
+    let now = p.clock.now();
+    IdempotencyRecord {
+        tenant_id: t.clone(),
+        key_hash: kirim::domain::IdempotencyKey::parse(key).unwrap().hash(),
+        fingerprint: fingerprint.into(),
+        message_id: id.clone(),
+        created_at: now,
+        expires_at: Some(now.timestamp() + 86_400),
+    }
+}
+
+async fn message_count(p: &Stores, t: &TenantId) -> usize {
+    let q = MessageQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    p.messages
+        .list_messages(t, &q)
+        .await
+        .unwrap()
+        .messages
+        .len()
+}
+
+async fn credits(p: &Stores, t: &TenantId) -> i64 {
+    p.tenants.get_tenant(t).await.unwrap().unwrap().credits
+}
+
+async fn an_opt_out_is_stored_read_back_and_removed_once(p: Stores) {
+    let t = onboarded(&p, 0).await;
+    let o = opt_out(&p, &t, "+60123450100", OptOutScope::All);
+    assert_eq!(p.opt_outs.put_opt_out(&o).await.unwrap(), o);
+    assert_eq!(
+        p.opt_outs.get_opt_out(&t, &o.phone).await.unwrap(),
+        Some(o.clone())
+    );
+    assert_eq!(
+        p.opt_outs
+            .get_opt_out(&t, &phone("+60123450101"))
+            .await
+            .unwrap(),
+        None
+    );
+    // Another tenant sees nothing of it.
+    let other = onboarded(&p, 0).await;
+    assert_eq!(
+        p.opt_outs.get_opt_out(&other, &o.phone).await.unwrap(),
+        None
+    );
+    assert!(!p.opt_outs.delete_opt_out(&other, &o.phone).await.unwrap());
+    assert!(p.opt_outs.delete_opt_out(&t, &o.phone).await.unwrap());
+    assert!(!p.opt_outs.delete_opt_out(&t, &o.phone).await.unwrap());
+    assert_eq!(p.opt_outs.get_opt_out(&t, &o.phone).await.unwrap(), None);
+}
+
+async fn a_marketing_opt_out_never_narrows_an_all_one_but_all_widens_marketing(p: Stores) {
+    let t = onboarded(&p, 0).await;
+    let all = opt_out(&p, &t, "+60123450200", OptOutScope::All);
+    p.opt_outs.put_opt_out(&all).await.unwrap();
+    let mut narrower = opt_out(&p, &t, "+60123450200", OptOutScope::Marketing);
+    narrower.source = OptOutSource::Meta131050;
+    narrower.created_by = "meta".into();
+    assert_eq!(
+        p.opt_outs.put_opt_out(&narrower).await.unwrap(),
+        all,
+        "the stored, wider opt-out is answered"
+    );
+    assert_eq!(
+        p.opt_outs.get_opt_out(&t, &all.phone).await.unwrap(),
+        Some(all)
+    );
+
+    let marketing = opt_out(&p, &t, "+60123450201", OptOutScope::Marketing);
+    assert_eq!(p.opt_outs.put_opt_out(&marketing).await.unwrap(), marketing);
+    // Marketing again (e.g. a second 131050) simply records it again.
+    assert_eq!(p.opt_outs.put_opt_out(&marketing).await.unwrap(), marketing);
+    let wider = opt_out(&p, &t, "+60123450201", OptOutScope::All);
+    assert_eq!(p.opt_outs.put_opt_out(&wider).await.unwrap(), wider);
+    assert_eq!(
+        p.opt_outs.get_opt_out(&t, &wider.phone).await.unwrap(),
+        Some(wider)
+    );
+}
+
+async fn opt_outs_list_in_pages_with_a_cursor_and_only_the_tenants_own(p: Stores) {
+    let t = onboarded(&p, 0).await;
+    let other = onboarded(&p, 0).await;
+    p.opt_outs
+        .put_opt_out(&opt_out(&p, &other, "+60123450300", OptOutScope::All))
+        .await
+        .unwrap();
+    let phones = ["+60123450303", "+60123450301", "+60123450302"];
+    for ph in phones {
+        p.opt_outs
+            .put_opt_out(&opt_out(&p, &t, ph, OptOutScope::All))
+            .await
+            .unwrap();
+    }
+    let first = p.opt_outs.list_opt_outs(&t, 2, None).await.unwrap();
+    assert_eq!(first.opt_outs.len(), 2);
+    let cursor = first.next_cursor.clone().expect("a second page");
+    let second = p
+        .opt_outs
+        .list_opt_outs(&t, 2, Some(&cursor))
+        .await
+        .unwrap();
+    assert_eq!(second.next_cursor, None, "no third page");
+    let got: Vec<String> = first
+        .opt_outs
+        .iter()
+        .chain(&second.opt_outs)
+        .map(|o| o.phone.to_string())
+        .collect();
+    assert_eq!(
+        got,
+        vec!["+60123450301", "+60123450302", "+60123450303"],
+        "each once, in phone-number order"
+    );
+    let exact = p.opt_outs.list_opt_outs(&t, 3, None).await.unwrap();
+    assert_eq!(exact.opt_outs.len(), 3);
+    assert_eq!(exact.next_cursor, None);
+    assert_eq!(
+        p.opt_outs
+            .list_opt_outs(&t, 2, Some("not-a-cursor"))
+            .await
+            .unwrap_err(),
+        StoreError::InvalidCursor
+    );
+}
+
+async fn an_idempotent_insert_writes_once_and_then_answers_the_existing_record(p: Stores) {
+    let t = onboarded(&p, 5).await;
+    let (m, d) = message(&p, &t);
+    let k = key_record(&p, &t, "order-42", "fp-1", &m.id);
+    assert_eq!(
+        p.idempotency
+            .insert_with_debit_once(&m, &d, &k)
+            .await
+            .unwrap(),
+        IdempotentInsert::Inserted
+    );
+    assert_eq!(
+        p.idempotency
+            .get_idempotency(&t, &k.key_hash)
+            .await
+            .unwrap(),
+        Some(k.clone())
+    );
+    // A second request with the key (another message id, another body): nothing written.
+    let (m2, d2) = message(&p, &t);
+    let k2 = key_record(&p, &t, "order-42", "fp-2", &m2.id);
+    assert_eq!(
+        p.idempotency
+            .insert_with_debit_once(&m2, &d2, &k2)
+            .await
+            .unwrap(),
+        IdempotentInsert::Existing(k.clone())
+    );
+    assert_eq!(p.messages.get_message(&t, &m2.id).await.unwrap(), None);
+    assert_eq!(credits(&p, &t).await, 4, "one debit");
+    assert_eq!(message_count(&p, &t).await, 1);
+    // The same key in another tenant is another key.
+    let other = onboarded(&p, 1).await;
+    let (m3, d3) = message(&p, &other);
+    let k3 = key_record(&p, &other, "order-42", "fp-1", &m3.id);
+    assert_eq!(
+        p.idempotency
+            .insert_with_debit_once(&m3, &d3, &k3)
+            .await
+            .unwrap(),
+        IdempotentInsert::Inserted
+    );
+}
+
+async fn an_idempotent_insert_without_credits_writes_nothing_not_even_the_key(p: Stores) {
+    let t = onboarded(&p, 0).await;
+    let (m, d) = message(&p, &t);
+    let k = key_record(&p, &t, "retry-after-top-up", "fp", &m.id);
+    assert_eq!(
+        p.idempotency
+            .insert_with_debit_once(&m, &d, &k)
+            .await
+            .unwrap_err(),
+        StoreError::InsufficientCredits
+    );
+    assert_eq!(
+        p.idempotency
+            .get_idempotency(&t, &k.key_hash)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(p.messages.get_message(&t, &m.id).await.unwrap(), None);
+    let top = LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: t.clone(),
+        amount: 1,
+        kind: LedgerKind::TopUp,
+        reference: None,
+        message_id: None,
+        at: Utc::now(),
+        expires_at: None,
+    };
+    p.ledger.top_up(&top).await.unwrap();
+    assert_eq!(
+        p.idempotency
+            .insert_with_debit_once(&m, &d, &k)
+            .await
+            .unwrap(),
+        IdempotentInsert::Inserted,
+        "the retry after a top-up goes through"
+    );
+}
+
+async fn an_expired_or_released_key_can_be_used_afresh(p: Stores) {
+    let t = onboarded(&p, 5).await;
+    let (m, d) = message(&p, &t);
+    let k = key_record(&p, &t, "daily-report", "fp", &m.id);
+    p.idempotency
+        .insert_with_debit_once(&m, &d, &k)
+        .await
+        .unwrap();
+    // 24 hours and a little later the key is forgotten.
+    p.clock.advance(Duration::hours(24) + Duration::seconds(5));
+    assert_eq!(
+        p.idempotency
+            .get_idempotency(&t, &k.key_hash)
+            .await
+            .unwrap(),
+        None
+    );
+    let (m2, d2) = message(&p, &t);
+    let k2 = key_record(&p, &t, "daily-report", "fp", &m2.id);
+    assert_eq!(
+        p.idempotency
+            .insert_with_debit_once(&m2, &d2, &k2)
+            .await
+            .unwrap(),
+        IdempotentInsert::Inserted
+    );
+    // Release only forgets the record of the message it names.
+    p.idempotency
+        .release_idempotency(&t, &k2.key_hash, &m.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.idempotency
+            .get_idempotency(&t, &k2.key_hash)
+            .await
+            .unwrap(),
+        Some(k2.clone())
+    );
+    p.idempotency
+        .release_idempotency(&t, &k2.key_hash, &m2.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.idempotency
+            .get_idempotency(&t, &k2.key_hash)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn twenty_five_concurrent_inserts_with_one_key_make_one_message_and_one_debit(p: Stores) {
+    let t = onboarded(&p, 100).await;
+    let attempts: Vec<_> = (0..25)
+        .map(|_| {
+            let (m, d) = message(&p, &t);
+            let k = key_record(&p, &t, "burst", "fp", &m.id);
+            let store = p.idempotency.clone();
+            tokio::spawn(
+                async move { (m.id.clone(), store.insert_with_debit_once(&m, &d, &k).await) },
+            )
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut answered = Vec::new();
+    for a in attempts {
+        match a.await.unwrap() {
+            (id, Ok(IdempotentInsert::Inserted)) => winners.push(id),
+            (_, Ok(IdempotentInsert::Existing(r))) => answered.push(r.message_id),
+            (_, Err(e)) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one insert wins");
+    assert_eq!(answered.len(), 24);
+    assert!(
+        answered.iter().all(|id| id == &winners[0]),
+        "all answered the winner"
+    );
+    assert_eq!(credits(&p, &t).await, 99, "one debit");
+    assert_eq!(message_count(&p, &t).await, 1, "one message");
+    let debits = p
+        .ledger
+        .entries(&t)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == LedgerKind::Debit)
+        .count();
+    assert_eq!(debits, 1);
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory_adapters {
+            $( #[tokio::test] async fn $name() { super::$name(super::memory()).await } )*
+        }
+        mod aws_adapters_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(super::aws().await).await } )*
+        }
+    };
+}
+
+contract!(
+    an_opt_out_is_stored_read_back_and_removed_once,
+    a_marketing_opt_out_never_narrows_an_all_one_but_all_widens_marketing,
+    opt_outs_list_in_pages_with_a_cursor_and_only_the_tenants_own,
+    an_idempotent_insert_writes_once_and_then_answers_the_existing_record,
+    an_idempotent_insert_without_credits_writes_nothing_not_even_the_key,
+    an_expired_or_released_key_can_be_used_afresh,
+    twenty_five_concurrent_inserts_with_one_key_make_one_message_and_one_debit,
+);

@@ -1,0 +1,183 @@
+//! `Idempotency-Key` on `POST /v1/messages`, end to end on both backends.
+
+use kirim::config::Backend;
+use kirim_tests::{spawn_app, TestApp, OPERATOR_TOKEN};
+use serde_json::{json, Value};
+
+async fn post(app: &TestApp, key: &str, idem: Option<&str>, body: &str) -> reqwest::Response {
+    let mut req = app
+        .http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    if let Some(k) = idem {
+        req = req.header("Idempotency-Key", k);
+    }
+    req.send().await.unwrap()
+}
+
+async fn messages(app: &TestApp, key: &str) -> Vec<Value> {
+    let list: Value = app
+        .http
+        .get(app.url("/v1/messages"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["messages"].as_array().cloned().unwrap_or_default()
+}
+
+const BODY: &str = r#"{"to":"+60123458001","client_reference":"order-42","template":{"name":"order_update","language":"en_US","category":"utility"}}"#;
+
+async fn an_idempotent_retry_answers_the_same_id_and_debits_once(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let first = post(&app, &t.key, Some("order-42-attempt"), BODY).await;
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    let id = first["id"].as_str().unwrap().to_owned();
+    app.wait_status(&t.key, &id, "read").await;
+    // The same body again, and the same body with its keys reordered and spaced.
+    let reordered = r#"{ "template": {"category":"utility","language":"en_US","name":"order_update"},
+        "client_reference":"order-42", "to":"+60123458001" }"#;
+    for body in [BODY, reordered] {
+        let again = post(&app, &t.key, Some("order-42-attempt"), body).await;
+        assert_eq!(again.status(), 202);
+        assert_eq!(
+            again
+                .headers()
+                .get("idempotent-replayed")
+                .map(|v| v.as_bytes()),
+            Some(&b"true"[..])
+        );
+        let again: Value = again.json().await.unwrap();
+        assert_eq!(again, first, "the first response again");
+    }
+    assert_eq!(app.credits(&t.key).await, 4, "one debit");
+    assert_eq!(messages(&app, &t.key).await.len(), 1, "one message");
+    assert_eq!(app.sandbox_requests_to("60123458001").len(), 1, "sent once");
+    // Without a key, the same body is a new message.
+    assert_eq!(post(&app, &t.key, None, BODY).await.status(), 202);
+    assert_eq!(app.credits(&t.key).await, 3);
+}
+
+async fn the_same_key_with_another_body_is_409_idempotency_key_reused(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    assert_eq!(post(&app, &t.key, Some("k-1"), BODY).await.status(), 202);
+    let other = BODY.replace("order-42", "order-43");
+    let res = post(&app, &t.key, Some("k-1"), &other).await;
+    assert_eq!(res.status(), 409);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "idempotency_key_reused");
+    assert_eq!(app.credits(&t.key).await, 4);
+    assert_eq!(messages(&app, &t.key).await.len(), 1);
+    // Keys belong to their tenant: another tenant may use the same one.
+    let other_tenant = app.onboard(1).await;
+    assert_eq!(
+        post(&app, &other_tenant.key, Some("k-1"), &other)
+            .await
+            .status(),
+        202
+    );
+}
+
+async fn bad_idempotency_keys_are_400_and_change_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let long = "k".repeat(256);
+    for bad in ["", long.as_str(), "tab\there"] {
+        let res = post(&app, &t.key, Some(bad), BODY).await;
+        assert_eq!(res.status(), 400, "{bad:?}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_request");
+    }
+    let res = app
+        .http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&t.key)
+        .header("content-type", "application/json")
+        .header(
+            "Idempotency-Key",
+            reqwest::header::HeaderValue::from_bytes("kunci-é".as_bytes()).unwrap(),
+        )
+        .body(BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        post(&app, &t.key, Some(&"k".repeat(255)), BODY)
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(app.credits(&t.key).await, 4);
+}
+
+async fn a_refused_request_stores_nothing_so_the_retry_after_a_top_up_goes_through(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let res = post(&app, &t.key, Some("after-top-up"), BODY).await;
+    assert_eq!(res.status(), 402);
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/platform/tenants/{}/credits", t.tenant_id)))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"amount": 2, "reference": "INV-7"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let first = post(&app, &t.key, Some("after-top-up"), BODY).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let again: Value = post(&app, &t.key, Some("after-top-up"), BODY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(app.credits(&t.key).await, 1);
+}
+
+async fn twenty_concurrent_posts_with_one_key_make_one_message_and_one_debit(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(50).await;
+    let posts = (0..20).map(|_| post(&app, &t.key, Some("burst-1"), BODY));
+    let responses = futures::future::join_all(posts).await;
+    let mut ids = Vec::new();
+    for res in responses {
+        assert_eq!(res.status(), 202);
+        let body: Value = res.json().await.unwrap();
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every answer names the one message: {ids:?}");
+    assert_eq!(app.credits(&t.key).await, 49, "one debit");
+    assert_eq!(messages(&app, &t.key).await.len(), 1, "one message");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
+        }
+        mod aws_backend_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
+        }
+    };
+}
+
+on_both_backends!(
+    an_idempotent_retry_answers_the_same_id_and_debits_once,
+    the_same_key_with_another_body_is_409_idempotency_key_reused,
+    bad_idempotency_keys_are_400_and_change_nothing,
+    a_refused_request_stores_nothing_so_the_retry_after_a_top_up_goes_through,
+    twenty_concurrent_posts_with_one_key_make_one_message_and_one_debit,
+);

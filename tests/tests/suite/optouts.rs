@@ -1,0 +1,520 @@
+//! Opt-outs end to end, on both backends: STOP/START replies and 131050 through signed
+//! webhooks, the check at send and again before dispatch, and the `/v1/opt-outs` routes
+//! with their roles.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use kirim::config::Backend;
+use kirim_tests::{local_config, spawn_app, TestApp};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"test-app-secret").unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Posts a correctly signed notification carrying these inbound `messages`.
+async fn inbound(app: &TestApp, phone_number_id: &str, messages: Vec<Value>) -> Value {
+    let body = json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp",
+        "metadata":{"display_phone_number":"60300000000","phone_number_id":phone_number_id},
+        "contacts":[{"profile":{"name":"Aminah"},"wa_id":"60123457000"}],
+        "messages":messages}}]}]})
+    .to_string();
+    let res = app
+        .http
+        .post(app.url("/webhooks/meta"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", sign(body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+fn text_from(from: &str, body: &str) -> Value {
+    json!({"from":from,"id":format!("wamid.in.{}", ulid::Ulid::new()),"timestamp":"1700000000",
+        "type":"text","text":{"body":body}})
+}
+
+async fn opt_out_of(app: &TestApp, key: &str, phone: &str) -> (u16, Value) {
+    let res = app
+        .http
+        .get(app.url(&format!("/v1/opt-outs/{}", phone.replace('+', "%2B"))))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn send(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
+    let res = app
+        .http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+fn template(to: &str, category: &str) -> Value {
+    json!({"to":to,"template":{"name":"weekly_promo","language":"en","category":category}})
+}
+
+async fn an_inbound_stop_blocks_the_next_send_with_422_and_no_debit_until_start(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    inbound(
+        &app,
+        &t.phone_number_id,
+        vec![text_from("60123457001", "  Stop\n")],
+    )
+    .await;
+    let (s, body) = send(&app, &t.key, template("+60123457001", "utility")).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("recipient_opted_out")),
+        "{body}"
+    );
+    let (s, body) = send(
+        &app,
+        &t.key,
+        json!({"to":"+60123457001","text":{"body":"hi"}}),
+    )
+    .await;
+    assert_eq!(s, 422, "{body}");
+    assert_eq!(app.credits(&t.key).await, 5, "nothing debited");
+    let (s, view) = opt_out_of(&app, &t.key, "+60123457001").await;
+    assert_eq!(s, 200);
+    assert_eq!(view["scope"], "all");
+    assert_eq!(view["source"], "keyword");
+    assert_eq!(view["created_by"], "meta");
+    assert!(
+        !view.to_string().to_lowercase().contains("stop"),
+        "no inbound text: {view}"
+    );
+    // Only the tenant owning the number is affected.
+    let other = app.onboard(1).await;
+    app.send_ok(&other.key, "+60123457001").await;
+
+    inbound(
+        &app,
+        &t.phone_number_id,
+        vec![text_from("60123457001", "MULA")],
+    )
+    .await;
+    assert_eq!(opt_out_of(&app, &t.key, "+60123457001").await.0, 404);
+    app.send_ok(&t.key, "+60123457001").await;
+    assert_eq!(app.credits(&t.key).await, 4);
+    // START works the same way.
+    inbound(
+        &app,
+        &t.phone_number_id,
+        vec![text_from("60123457001", "berhenti")],
+    )
+    .await;
+    assert_eq!(opt_out_of(&app, &t.key, "+60123457001").await.0, 200);
+    inbound(
+        &app,
+        &t.phone_number_id,
+        vec![text_from("60123457001", "start")],
+    )
+    .await;
+    assert_eq!(opt_out_of(&app, &t.key, "+60123457001").await.0, 404);
+}
+
+async fn a_sentence_that_merely_contains_stop_changes_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let summary = inbound(
+        &app,
+        &t.phone_number_id,
+        vec![
+            text_from("60123457002", "Please don't stop my deliveries"),
+            text_from("60123457002", "stop it"),
+        ],
+    )
+    .await;
+    assert_eq!(summary["summary"]["applied"], 0, "{summary}");
+    assert_eq!(opt_out_of(&app, &t.key, "+60123457002").await.0, 404);
+    app.send_ok(&t.key, "+60123457002").await;
+}
+
+async fn a_quick_reply_stop_opts_out_and_one_bad_item_never_drops_the_others(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    inbound(
+        &app,
+        &t.phone_number_id,
+        vec![
+            json!({"weird": true}),
+            json!({"from":"not-a-number","type":"text","text":{"body":"STOP"}}),
+            json!({"from":"60123457003","id":"wamid.b1","timestamp":"1700000000","type":"button",
+                "button":{"payload":"STOP","text":"Stop promotions"}}),
+            json!({"from":"60123457004","id":"wamid.b2","timestamp":"1700000000","type":"interactive",
+                "interactive":{"type":"button_reply","button_reply":{"id":"unsubscribe","title":"No more"}}}),
+        ],
+    )
+    .await;
+    for phone in ["+60123457003", "+60123457004"] {
+        let (s, view) = opt_out_of(&app, &t.key, phone).await;
+        assert_eq!(s, 200, "{phone}");
+        assert_eq!(view["source"], "button");
+        assert_eq!(view["scope"], "all");
+        let (s, _) = send(&app, &t.key, template(phone, "utility")).await;
+        assert_eq!(s, 422);
+    }
+    assert_eq!(app.credits(&t.key).await, 5);
+}
+
+async fn error_131050_blocks_later_marketing_templates_but_not_utility_or_text(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let id = app.send_ok(&t.key, "+60123450002").await;
+    let view = app.wait_status(&t.key, &id, "failed").await;
+    assert_eq!(view["error"]["code"], 131050, "{view}");
+    let (s, opt) = opt_out_of(&app, &t.key, "+60123450002").await;
+    assert_eq!(s, 200);
+    assert_eq!(opt["scope"], "marketing");
+    assert_eq!(opt["source"], "meta_131050");
+    assert_eq!(opt["created_by"], "meta");
+    let (s, body) = send(&app, &t.key, template("+60123450002", "marketing")).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("recipient_opted_out"))
+    );
+    assert_eq!(
+        app.credits(&t.key).await,
+        4,
+        "the refused marketing template cost nothing"
+    );
+    let (s, _) = send(&app, &t.key, template("+60123450002", "utility")).await;
+    assert_eq!(s, 202);
+    let (s, _) = send(
+        &app,
+        &t.key,
+        json!({"to":"+60123450002","text":{"body":"Your order"}}),
+    )
+    .await;
+    assert_eq!(s, 202);
+}
+
+async fn a_stop_that_arrives_while_the_message_is_queued_is_honoured_before_meta(b: Backend) {
+    // No pollers: the message waits in the queue until this test dispatches it.
+    let cfg = kirim_infra::local::LocalConfig {
+        pollers: 0,
+        ..local_config(b).await
+    };
+    let stack = cfg.stack_name.clone();
+    let app = TestApp {
+        http: reqwest::Client::new(),
+        app: kirim_infra::local::start(cfg).await.unwrap(),
+        stack,
+    };
+    let t = app.onboard(5).await;
+    let id = app.send_ok(&t.key, "+60123457005").await;
+    assert_eq!(app.credits(&t.key).await, 4);
+    inbound(
+        &app,
+        &t.phone_number_id,
+        vec![text_from("60123457005", "STOP")],
+    )
+    .await;
+    let mut handled = 0;
+    for _ in 0..20 {
+        handled += kirim::handlers::poll_once(&app.app.deps, Duration::from_millis(200)).await;
+        if handled > 0 {
+            break;
+        }
+    }
+    assert_eq!(handled, 1);
+    let view = app.message(&t.key, &id).await;
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(view["error"]["code"], "recipient_opted_out");
+    assert_eq!(app.credits(&t.key).await, 5, "refunded");
+    assert!(
+        app.sandbox_requests_to("60123457005").is_empty(),
+        "no request to Meta"
+    );
+}
+
+/// A new key of the tenant with `role`: (token, key id).
+async fn key_with_role(app: &TestApp, admin_key: &str, role: &str) -> (String, String) {
+    let res = app
+        .http
+        .post(app.url("/v1/api-keys"))
+        .bearer_auth(admin_key)
+        .json(&json!({"name": role, "role": role}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    (
+        body["key"].as_str().unwrap().to_owned(),
+        body["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn the_opt_out_routes_add_read_list_and_remove_within_each_role(b: Backend) {
+    let app = spawn_app(b).await;
+    let admin = app.onboard(0).await;
+    let url = |p: &str| app.url(&format!("/v1/opt-outs/{p}"));
+    // PUT with a literal `+` and percent-encoded; no body means scope all.
+    let res = app
+        .http
+        .put(url("+60123457101"))
+        .bearer_auth(&admin.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(
+        (
+            v["phone"].as_str(),
+            v["scope"].as_str(),
+            v["source"].as_str()
+        ),
+        (Some("+60123457101"), Some("all"), Some("api"))
+    );
+    let res = app
+        .http
+        .put(url("%2B60123457102"))
+        .bearer_auth(&admin.key)
+        .json(&json!({"scope":"marketing"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["scope"], "marketing");
+    // A marketing PUT never narrows an existing `all`.
+    let res = app
+        .http
+        .put(url("%2B60123457101"))
+        .bearer_auth(&admin.key)
+        .json(&json!({"scope":"marketing"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.json::<Value>().await.unwrap()["scope"], "all");
+    app.http
+        .put(url("+60123457103"))
+        .bearer_auth(&admin.key)
+        .send()
+        .await
+        .unwrap();
+
+    // Listing pages with a cursor.
+    let page: Value = app
+        .http
+        .get(app.url("/v1/opt-outs?limit=2"))
+        .bearer_auth(&admin.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["opt_outs"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let rest: Value = app
+        .http
+        .get(app.url("/v1/opt-outs"))
+        .query(&[("limit", "2"), ("cursor", cursor.as_str())])
+        .bearer_auth(&admin.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let phones: Vec<&str> = page["opt_outs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(rest["opt_outs"].as_array().unwrap())
+        .filter_map(|o| o["phone"].as_str())
+        .collect();
+    assert_eq!(phones, vec!["+60123457101", "+60123457102", "+60123457103"]);
+    assert_eq!(rest["next_cursor"], Value::Null);
+    for bad in [
+        "/v1/opt-outs?limit=0",
+        "/v1/opt-outs?limit=101",
+        "/v1/opt-outs?sort=phone",
+        "/v1/opt-outs?cursor=zzz",
+    ] {
+        let res = app
+            .http
+            .get(app.url(bad))
+            .bearer_auth(&admin.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+
+    // Bad phone numbers and bodies.
+    for bad in [
+        "60123457101",
+        "%2B60%20123",
+        "+6012345abc",
+        "+0123456789",
+        "%252B60123457101",
+    ] {
+        let res = app
+            .http
+            .put(url(bad))
+            .bearer_auth(&admin.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_phone_number", "{bad}");
+        let res = app
+            .http
+            .get(url(bad))
+            .bearer_auth(&admin.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+    for bad in [
+        json!({"scope":"everything"}),
+        json!({"scope":"all","reason":"x"}),
+    ] {
+        let res = app
+            .http
+            .put(url("+60123457104"))
+            .bearer_auth(&admin.key)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+    }
+
+    // Another tenant sees none of them.
+    let other = app.onboard(0).await;
+    assert_eq!(opt_out_of(&app, &other.key, "+60123457101").await.0, 404);
+    let list: Value = app
+        .http
+        .get(app.url("/v1/opt-outs"))
+        .bearer_auth(&other.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["opt_outs"].as_array().map(Vec::len), Some(0));
+
+    // DELETE (admin): 204, then 404.
+    let res = app
+        .http
+        .delete(url("%2B60123457102"))
+        .bearer_auth(&admin.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = app
+        .http
+        .delete(url("+60123457102"))
+        .bearer_auth(&admin.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(opt_out_of(&app, &admin.key, "+60123457102").await.0, 404);
+
+    // read_only reads but cannot add; operator adds but cannot remove.
+    let (ro, _) = key_with_role(&app, &admin.key, "read_only").await;
+    let res = app
+        .http
+        .get(app.url("/v1/opt-outs"))
+        .bearer_auth(&ro)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .http
+        .put(url("+60123457105"))
+        .bearer_auth(&ro)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "forbidden"
+    );
+    let (op, op_key_id) = key_with_role(&app, &admin.key, "operator").await;
+    let res = app
+        .http
+        .put(url("+60123457105"))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["created_by"],
+        op_key_id.as_str()
+    );
+    let res = app
+        .http
+        .delete(url("+60123457105"))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        opt_out_of(&app, &op, "+60123457105").await.0,
+        200,
+        "still there"
+    );
+    let res = app.http.get(app.url("/v1/opt-outs")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
+        }
+        mod aws_backend_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
+        }
+    };
+}
+
+on_both_backends!(
+    an_inbound_stop_blocks_the_next_send_with_422_and_no_debit_until_start,
+    a_sentence_that_merely_contains_stop_changes_nothing,
+    a_quick_reply_stop_opts_out_and_one_bad_item_never_drops_the_others,
+    error_131050_blocks_later_marketing_templates_but_not_utility_or_text,
+    a_stop_that_arrives_while_the_message_is_queued_is_honoured_before_meta,
+    the_opt_out_routes_add_read_list_and_remove_within_each_role,
+);
