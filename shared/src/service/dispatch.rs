@@ -144,6 +144,28 @@ pub async fn pause_tenant(deps: &Deps, tenant: &TenantId, error: &MessageError) 
     }
 }
 
+/// Puts a claimed message back to `accepted` after a failure before the call to Meta,
+/// so the queue's retry can claim it again; answers the error for the retry.
+async fn unclaim(
+    deps: &Deps,
+    job: &DispatchJob,
+    code: &str,
+    detail: String,
+) -> crate::error::StoreError {
+    let error = MessageError {
+        code: code.into(),
+        title: "a dependency failed before sending; will retry".into(),
+    };
+    if let Err(e) = deps
+        .messages
+        .release_for_retry(&job.tenant_id, &job.message_id, &error, deps.clock.now())
+        .await
+    {
+        tracing::error!(message_id = %job.message_id, error = %e, "could not release the claim");
+    }
+    crate::error::StoreError::Unavailable(detail)
+}
+
 /// Handles one queue message. `Done` deletes it; the caller maps the others onto SQS.
 pub async fn handle(deps: &Deps, body: &str) -> Outcome {
     let job: DispatchJob = match serde_json::from_str(body) {
@@ -227,19 +249,14 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
             return Ok(Outcome::Done);
         }
         Err(e) => {
-            // Unclaim it, so the retry can claim it again.
-            let error = MessageError {
-                code: "opt_out_check_failed".into(),
-                title: "could not check opt-outs; will retry".into(),
-            };
-            let _ = deps
-                .messages
-                .release_for_retry(&job.tenant_id, &job.message_id, &error, deps.clock.now())
-                .await;
-            return Err(crate::error::StoreError::Unavailable(e.to_string()));
+            return Err(unclaim(deps, job, "opt_out_check_failed", e.to_string()).await);
         }
     }
-    let Some(token) = deps.secrets.current(&tenant.meta_token_secret).await? else {
+    let token = match deps.secrets.current(&tenant.meta_token_secret).await {
+        Ok(t) => t,
+        Err(e) => return Err(unclaim(deps, job, "meta_token_unreadable", e.to_string()).await),
+    };
+    let Some(token) = token else {
         let error = MessageError {
             code: "meta_token_missing".into(),
             title: "the tenant has no Meta access token".into(),

@@ -561,3 +561,101 @@ async fn a_message_queued_before_a_suspension_fails_refunded_without_reaching_me
         "refunded"
     );
 }
+
+/// A secret store that can be made to fail, to test what a claim does on failure.
+#[derive(Default)]
+struct FlakySecrets {
+    inner: kirim::adapters::memory::MemorySecrets,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl kirim::ports::SecretStore for FlakySecrets {
+    async fn put_secret(
+        &self,
+        name: &str,
+        value: &kirim::secret::Secret,
+    ) -> Result<(), kirim::error::StoreError> {
+        self.inner.put_secret(name, value).await
+    }
+    async fn get_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<kirim::secret::Secret>, kirim::error::StoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(kirim::error::StoreError::Unavailable(
+                "secrets manager throttled".into(),
+            ));
+        }
+        self.inner.get_secret(name).await
+    }
+    async fn get_previous_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<kirim::secret::Secret>, kirim::error::StoreError> {
+        self.inner.get_previous_secret(name).await
+    }
+    async fn delete_secret(&self, name: &str) -> Result<(), kirim::error::StoreError> {
+        self.inner.delete_secret(name).await
+    }
+}
+
+/// A claimed message whose Meta token cannot be read goes back to `accepted`, so the
+/// retry sends it (a claim left `sending` would be dropped as a duplicate: never sent).
+#[tokio::test]
+async fn a_secret_store_failure_after_the_claim_leaves_the_message_retryable() {
+    use kirim::service::{accounts, dispatch, send, SecretCache};
+    let clock = ManualClock::new();
+    let mut deps =
+        kirim::runtime::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let secrets = std::sync::Arc::new(FlakySecrets::default());
+    deps.secrets =
+        std::sync::Arc::new(SecretCache::new(secrets.clone(), std::time::Duration::ZERO));
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
+        "phone_number_id": "124", "meta_access_token": "EAAG", "credits": 2}))
+    .unwrap();
+    let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
+    let msg: send::SendRequest =
+        serde_json::from_value(json!({"to": "+60123456789", "text": {"body": "hi"}})).unwrap();
+    let record = send::send(&deps, &tenant.id, msg).await.unwrap();
+    let queued = deps
+        .queue
+        .receive(10, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    secrets
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(
+        dispatch::handle(&deps, &queued[0].body).await,
+        dispatch::Outcome::RetryAfter(_)
+    ));
+    let m = deps
+        .messages
+        .get_message(&tenant.id, &record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        m.status,
+        kirim::domain::MessageStatus::Accepted,
+        "unclaimed for the retry"
+    );
+    assert_eq!(m.attempts, 1);
+    secrets
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // The retry claims it again and reaches the (here unreachable) Meta API.
+    assert!(matches!(
+        dispatch::handle(&deps, &queued[0].body).await,
+        dispatch::Outcome::RetryAfter(_)
+    ));
+    let m = deps
+        .messages
+        .get_message(&tenant.id, &record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.attempts, 2);
+    assert_eq!(m.error.map(|e| e.code), Some(json!("meta_unreachable")));
+}
