@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::domain::{parse_duration, RetentionConfig};
+use crate::domain::{parse_duration, RetentionConfig, TemplateCategory};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -20,8 +20,8 @@ pub struct Settings {
     pub meta_timeout: Duration,
     pub meta_base_url: String,
     pub meta_version: String,
-    /// Credits per message (price table per category comes later; default 1).
-    pub price_per_message: i64,
+    /// Credits per accepted message, by template category (and for session text).
+    pub prices: Prices,
     /// Prefix for per-tenant secrets: `{prefix}tenants/{id}/meta-token`.
     pub secret_prefix: String,
     pub operator_token_secret: String,
@@ -41,12 +41,43 @@ impl Default for Settings {
             meta_timeout: Duration::from_secs(10),
             meta_base_url: "https://graph.facebook.com".into(),
             meta_version: "v23.0".into(),
-            price_per_message: 1,
+            prices: Prices::flat(1),
             secret_prefix: "kirim/".into(),
             operator_token_secret: "kirim/operator-token".into(),
             meta_app_secret: "kirim/meta-app-secret".into(),
             meta_verify_token_secret: "kirim/meta-verify-token".into(),
             sending_deadline: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The price table, in credits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prices {
+    pub marketing: i64,
+    pub utility: i64,
+    pub authentication: i64,
+    /// Free-form text inside the 24-hour customer service window.
+    pub session: i64,
+}
+
+impl Prices {
+    pub fn flat(price: i64) -> Self {
+        Self {
+            marketing: price,
+            utility: price,
+            authentication: price,
+            session: price,
+        }
+    }
+
+    /// The price of a template of `category`, or of a session message (`None`).
+    pub fn price_for(&self, category: Option<TemplateCategory>) -> i64 {
+        match category {
+            Some(TemplateCategory::Marketing) => self.marketing,
+            Some(TemplateCategory::Utility) => self.utility,
+            Some(TemplateCategory::Authentication) => self.authentication,
+            None => self.session,
         }
     }
 }
@@ -132,7 +163,7 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             meta_timeout: self.duration("KIRIM_META_TIMEOUT", d.meta_timeout),
             meta_base_url: self.or("KIRIM_META_BASE_URL", &d.meta_base_url),
             meta_version: self.or("KIRIM_META_API_VERSION", &d.meta_version),
-            price_per_message: self.number("KIRIM_PRICE_PER_MESSAGE", d.price_per_message),
+            prices: self.prices(),
             operator_token_secret: self.or(
                 "KIRIM_OPERATOR_TOKEN_SECRET_ID",
                 &format!("{prefix}operator-token"),
@@ -147,6 +178,26 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             ),
             sending_deadline: self.duration("KIRIM_SENDING_DEADLINE", d.sending_deadline),
             secret_prefix: prefix,
+        }
+    }
+
+    /// `KIRIM_PRICE_PER_MESSAGE` [1] for every kind, overridden per category by
+    /// `KIRIM_PRICE_MARKETING`, `_UTILITY`, `_AUTHENTICATION` and `_SESSION` (text).
+    fn prices(&mut self) -> Prices {
+        let base: i64 = self.number("KIRIM_PRICE_PER_MESSAGE", 1);
+        let mut one = |name: &str| {
+            let v: i64 = self.number(name, base);
+            if !(0..=1_000_000).contains(&v) {
+                self.problems
+                    .push(format!("{name}={v} must be 0 to 1000000 credits"));
+            }
+            v.clamp(0, 1_000_000)
+        };
+        Prices {
+            marketing: one("KIRIM_PRICE_MARKETING"),
+            utility: one("KIRIM_PRICE_UTILITY"),
+            authentication: one("KIRIM_PRICE_AUTHENTICATION"),
+            session: one("KIRIM_PRICE_SESSION"),
         }
     }
 
@@ -193,5 +244,28 @@ mod tests {
         assert_eq!(s.dispatch_backoff.as_secs(), 30);
         assert_eq!(s.meta_timeout.as_secs(), 10);
         assert!(r.finish().is_ok());
+    }
+
+    #[test]
+    fn the_price_table_defaults_to_one_credit_and_is_set_per_category() {
+        let s = EnvReader::new(|_| None).settings();
+        assert_eq!(s.prices, Prices::flat(1));
+        let env: HashMap<&str, &str> = HashMap::from([
+            ("KIRIM_PRICE_PER_MESSAGE", "2"),
+            ("KIRIM_PRICE_MARKETING", "5"),
+        ]);
+        let mut r = EnvReader::new(|k| env.get(k).map(|v| v.to_string()));
+        let p = r.settings().prices;
+        assert!(r.finish().is_ok());
+        assert_eq!(p.price_for(Some(TemplateCategory::Marketing)), 5);
+        assert_eq!(p.price_for(Some(TemplateCategory::Utility)), 2);
+        assert_eq!(p.price_for(None), 2);
+        let mut bad = EnvReader::new(|k| (k == "KIRIM_PRICE_UTILITY").then(|| "-1".to_owned()));
+        let _ = bad.settings();
+        assert!(bad
+            .finish()
+            .unwrap_err()
+            .to_string()
+            .contains("KIRIM_PRICE_UTILITY"));
     }
 }

@@ -148,7 +148,7 @@ pub async fn send_once(
     optouts::check(deps, tenant_id, &to, category).await?;
     let now = deps.clock.now();
     let id = MessageId::from_trusted(ulid::Ulid::from_datetime(now.into()).to_string());
-    let price = deps.settings.price_per_message;
+    let price = deps.settings.prices.price_for(category);
     let retention = &deps.settings.retention;
     let record = MessageRecord {
         id: id.clone(),

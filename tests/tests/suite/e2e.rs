@@ -302,6 +302,62 @@ async fn the_retention_run_answers_a_report_to_the_operator(b: Backend) {
     assert!(body["deleted_expired"].is_u64());
 }
 
+async fn each_template_category_debits_its_price_from_the_table(b: Backend) {
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.settings.prices = kirim::config::Prices {
+        marketing: 3,
+        utility: 1,
+        authentication: 1,
+        session: 2,
+    };
+    let stack = cfg.stack_name.clone();
+    let app = TestApp {
+        http: reqwest::Client::new(),
+        app: kirim_infra::local::start(cfg).await.unwrap(),
+        stack,
+    };
+    let t = app.onboard(6).await;
+    let send = |category: &'static str, to: &'static str| {
+        app.http
+            .post(app.url("/v1/messages"))
+            .bearer_auth(&t.key)
+            .json(&serde_json::json!({"to": to, "template": {"name": "promo", "language": "en", "category": category}}))
+            .send()
+    };
+    assert_eq!(
+        send("marketing", "+60123459001").await.unwrap().status(),
+        202
+    );
+    assert_eq!(app.credits(&t.key).await, 3);
+    assert_eq!(send("utility", "+60123459002").await.unwrap().status(), 202);
+    assert_eq!(app.credits(&t.key).await, 2);
+    let text = app
+        .http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&t.key)
+        .json(&serde_json::json!({"to": "+60123459003", "text": {"body": "hi"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(text.status(), 202);
+    assert_eq!(app.credits(&t.key).await, 0);
+    let res = send("authentication", "+60123459004").await.unwrap();
+    assert_eq!(res.status(), 402);
+    let ledger = app
+        .app
+        .deps
+        .ledger
+        .entries(&kirim::domain::TenantId::parse(&t.tenant_id).unwrap())
+        .await
+        .unwrap();
+    let debits: Vec<i64> = ledger
+        .iter()
+        .filter(|e| e.kind == kirim::ports::LedgerKind::Debit)
+        .map(|e| e.amount)
+        .collect();
+    assert_eq!(debits.iter().sum::<i64>(), -6, "{debits:?}");
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod memory_backend {
@@ -326,4 +382,5 @@ on_both_backends!(
     number_0008_out_of_order_duplicated_statuses_still_end_read,
     listing_filters_by_status_and_pages_with_a_cursor,
     the_retention_run_answers_a_report_to_the_operator,
+    each_template_category_debits_its_price_from_the_table,
 );
