@@ -123,6 +123,9 @@ pub trait TenantStore: Send + Sync {
     ) -> Result<Option<TenantId>, StoreError>;
     /// Looks a key up by its hash: one key-value read, no scan.
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    /// The tenants onboarded with this WhatsApp Business Account (Meta's account-level
+    /// webhooks name the WABA, not a phone number). An index query, no scan.
+    async fn tenants_by_waba(&self, waba_id: &str) -> Result<Vec<TenantId>, StoreError>;
     /// Replaces the tenant's IP allow-list (canonical CIDRs). `NotFound` if no tenant.
     async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError>;
     /// Moves the tenant to `to` (with the operator's reason) and answers the new record.

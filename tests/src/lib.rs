@@ -122,7 +122,7 @@ pub async fn local_config(backend: Backend) -> LocalConfig {
         aws_endpoint,
         stack_name: unique_stack(),
         operator_token: Some(OPERATOR_TOKEN.into()),
-        meta_app_secret: Some("test-app-secret".into()),
+        meta_app_secret: Some(META_APP_SECRET.into()),
         meta_verify_token: Some("test-verify-token".into()),
         meta_base_url: None,
         settings: test_settings(),
@@ -320,4 +320,36 @@ pub fn captured_logs() -> String {
                 .map(|v| String::from_utf8_lossy(&v).into_owned())
         })
         .unwrap_or_default()
+}
+
+/// The app secret local mode runs with in tests.
+pub const META_APP_SECRET: &str = "test-app-secret";
+
+/// `X-Hub-Signature-256` for `body` under `secret`, as Meta computes it.
+pub fn sign_with(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = match Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl TestApp {
+    /// POSTs a notification to the Meta webhook, correctly signed.
+    pub async fn post_webhook(&self, body: &serde_json::Value) -> reqwest::Response {
+        let raw = body.to_string();
+        self.http
+            .post(self.url("/webhooks/meta"))
+            .header("content-type", "application/json")
+            .header(
+                "x-hub-signature-256",
+                sign_with(META_APP_SECRET, raw.as_bytes()),
+            )
+            .body(raw)
+            .send()
+            .await
+            .expect("webhook request")
+    }
 }

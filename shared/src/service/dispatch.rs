@@ -113,8 +113,7 @@ async fn fail(deps: &Deps, job: &DispatchJob, price: i64, error: MessageError, r
 /// Meta says the tenant's account cannot send (token expired, account locked or
 /// blocked): suspend the tenant, so its next sends answer `tenant_suspended` instead of
 /// failing one by one, until the operator fixes it and resumes. Audited.
-pub async fn pause_tenant(deps: &Deps, tenant: &TenantId, error: &MessageError) {
-    let reason = format!("meta error {}: {}", error.code, error.title);
+pub async fn pause_tenant(deps: &Deps, tenant: &TenantId, reason: &str) {
     let reason: String = reason.chars().take(300).collect();
     let now = deps.clock.now();
     match deps
@@ -123,7 +122,7 @@ pub async fn pause_tenant(deps: &Deps, tenant: &TenantId, error: &MessageError) 
         .await
     {
         Ok(_) => {
-            tracing::warn!(tenant_id = %tenant, code = %error.code, "tenant suspended on meta's signal");
+            tracing::warn!(tenant_id = %tenant, reason = %reason, "tenant suspended on meta's signal");
             super::audit::record_or_log(
                 deps,
                 super::audit::Draft {
@@ -357,7 +356,8 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
                     Ok(Outcome::RetryAfter(backoff(base, record.attempts)))
                 }
                 ErrorClass::TenantStop => {
-                    pause_tenant(deps, &job.tenant_id, &error).await;
+                    let reason = format!("meta error {}: {}", error.code, error.title);
+                    pause_tenant(deps, &job.tenant_id, &reason).await;
                     fail(deps, job, record.price, error, true).await;
                     Ok(Outcome::Done)
                 }

@@ -67,6 +67,9 @@ struct Notification {
 
 #[derive(Deserialize, Default)]
 struct Entry {
+    /// The WhatsApp Business Account id.
+    #[serde(default)]
+    id: String,
     #[serde(default)]
     changes: Vec<Change>,
 }
@@ -74,11 +77,18 @@ struct Entry {
 #[derive(Deserialize, Default)]
 struct Change {
     #[serde(default)]
+    field: String,
+    #[serde(default)]
     value: ChangeValue,
 }
 
 #[derive(Deserialize, Default)]
 struct ChangeValue {
+    /// `account_update`: what happened to the account.
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    ban_info: Option<BanInfo>,
     #[serde(default)]
     metadata: Option<Metadata>,
     #[serde(default)]
@@ -86,6 +96,12 @@ struct ChangeValue {
     /// Inbound messages: only STOP/START replies matter (service::optouts).
     #[serde(default)]
     messages: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct BanInfo {
+    #[serde(default)]
+    waba_ban_state: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -128,6 +144,18 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
     let note: Notification = serde_json::from_slice(raw)
         .map_err(|_| ServiceError::InvalidRequest("the body is not a Meta notification".into()))?;
     let mut summary = WebhookSummary::default();
+    for entry in &note.entry {
+        for change in entry.changes.iter().filter(|c| c.field == "account_update") {
+            match account_update(deps, &entry.id, &change.value).await {
+                Ok(0) => summary.ignored += 1,
+                Ok(_) => summary.applied += 1,
+                Err(e) => {
+                    tracing::error!(error = %e, "account update not applied");
+                    summary.errors += 1;
+                }
+            }
+        }
+    }
     for change in note.entry.iter().flat_map(|e| &e.changes) {
         let pnid = change
             .value
@@ -170,6 +198,39 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
         }
     }
     Ok(summary)
+}
+
+/// Meta restricted, disabled or banned the account (or is about to): pause every tenant
+/// on that WABA, as Meta would refuse their sends anyway. A reinstatement is left to the
+/// operator (who resumes the tenant). Answers how many tenants were paused.
+async fn account_update(
+    deps: &Deps,
+    waba_id: &str,
+    value: &ChangeValue,
+) -> Result<usize, ServiceError> {
+    let event = value.event.as_deref().unwrap_or_default();
+    let ban_state = value
+        .ban_info
+        .as_ref()
+        .and_then(|b| b.waba_ban_state.as_deref());
+    let stops = match event {
+        "ACCOUNT_RESTRICTION" | "ACCOUNT_VIOLATION" | "ACCOUNT_DELETED" => true,
+        "DISABLED_UPDATE" => ban_state != Some("REINSTATE"),
+        _ => false,
+    };
+    if !stops || waba_id.is_empty() {
+        tracing::info!(event = %event, "account update needs no action");
+        return Ok(0);
+    }
+    let tenants = deps.tenants.tenants_by_waba(waba_id).await?;
+    let reason = match ban_state {
+        Some(b) => format!("meta account_update: {event} ({b})"),
+        None => format!("meta account_update: {event}"),
+    };
+    for t in &tenants {
+        super::dispatch::pause_tenant(deps, t, &reason).await;
+    }
+    Ok(tenants.len())
 }
 
 enum Applied {

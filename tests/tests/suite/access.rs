@@ -464,6 +464,68 @@ async fn a_suspended_tenant_cannot_send_until_resumed_and_a_closed_one_cannot_au
     assert_eq!((s, code(&body)), (409, "conflict"), "closing is final");
 }
 
+async fn metas_account_restriction_pauses_every_tenant_on_that_waba_only(b: Backend) {
+    let app = spawn_app(b).await;
+    let onboard = |waba: &'static str, pnid: String| {
+        app.http.post(app.url("/v1/platform/tenants")).bearer_auth(OPERATOR_TOKEN)
+            .json(&json!({"name": "Kedai", "waba_id": waba, "phone_number_id": pnid, "meta_access_token": "EAAG", "credits": 3}))
+            .send()
+    };
+    let pn = || format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000);
+    let restricted: Value = onboard("7001", pn()).await.unwrap().json().await.unwrap();
+    let fine: Value = onboard("7002", pn()).await.unwrap().json().await.unwrap();
+    let update = |waba: &str, value: Value| {
+        json!({"object": "whatsapp_business_account",
+        "entry": [{"id": waba, "time": 1700000000, "changes": [{"field": "account_update", "value": value}]}]})
+    };
+    // A reinstatement or an unrelated event changes nothing.
+    let res = app
+        .post_webhook(&update(
+            "7001",
+            json!({"event": "DISABLED_UPDATE", "ban_info": {"waba_ban_state": "REINSTATE"}}),
+        ))
+        .await;
+    assert_eq!(res.status(), 200);
+    let res = app
+        .post_webhook(&update("7001", json!({"event": "VERIFIED_ACCOUNT"})))
+        .await;
+    assert_eq!(res.status(), 200);
+    let key = restricted["admin_api_key"].as_str().unwrap();
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(key), None).await.1["status"],
+        "active"
+    );
+
+    let res = app.post_webhook(&update("7001", json!({"event": "ACCOUNT_RESTRICTION",
+        "restriction_info": [{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": 1900000000}]}))).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["summary"]["applied"], 1);
+    let (_, account) = call(&app, "GET", "/v1/account", Some(key), None).await;
+    assert_eq!(account["status"], "suspended", "{account}");
+    assert_eq!(app.send_template(key, "+60123450100").await.status(), 403);
+    let other = fine["admin_api_key"].as_str().unwrap();
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(other), None).await.1["status"],
+        "active",
+        "another WABA is untouched"
+    );
+    let (_, audit) = call(
+        &app,
+        "GET",
+        "/v1/audit?action=tenant.suspend",
+        Some(key),
+        None,
+    )
+    .await;
+    assert!(
+        audit["events"][0]["details"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ACCOUNT_RESTRICTION"),
+        "{audit}"
+    );
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod memory_backend {
@@ -481,6 +543,7 @@ on_both_backends!(
     every_route_answers_every_kind_of_credential_as_the_access_table_says,
     an_ip_allow_list_refuses_other_addresses_until_the_operator_rescues_the_tenant,
     a_suspended_tenant_cannot_send_until_resumed_and_a_closed_one_cannot_authenticate,
+    metas_account_restriction_pauses_every_tenant_on_that_waba_only,
 );
 
 #[tokio::test]

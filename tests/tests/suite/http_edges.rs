@@ -1,11 +1,9 @@
 //! The contract's edges over HTTP: errors in one shape, bad input changes nothing,
 //! tenants cannot see each other, webhooks must be signed.
 
-use hmac::{Hmac, Mac};
 use kirim::config::Backend;
 use kirim_tests::{spawn_app, TestApp, OPERATOR_TOKEN};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 async fn error_of(res: reqwest::Response) -> (u16, String, Value) {
     let status = res.status().as_u16();
@@ -278,9 +276,7 @@ async fn onboarding_the_same_phone_number_twice_is_a_conflict(b: Backend) {
 }
 
 fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    kirim_tests::sign_with(secret, body)
 }
 
 async fn forged_or_unsigned_webhooks_are_refused_and_change_nothing(b: Backend) {

@@ -4,16 +4,12 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use kirim::config::Backend;
 use kirim_tests::{local_config, spawn_app, TestApp};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 fn sign(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(b"test-app-secret").unwrap();
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    kirim_tests::sign_with(kirim_tests::META_APP_SECRET, body)
 }
 
 /// Posts a correctly signed notification carrying these inbound `messages`.

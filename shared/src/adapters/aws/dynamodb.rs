@@ -258,7 +258,12 @@ impl TenantStore for DynamoStore {
     ) -> Result<(), StoreError> {
         let t = to_item(
             tenant,
-            &[("pk", tenant_pk(&tenant.id)), ("sk", "TENANT".into())],
+            &[
+                ("pk", tenant_pk(&tenant.id)),
+                ("sk", "TENANT".into()),
+                ("gsi1pk", format!("WABA#{}", tenant.waba_id)),
+                ("gsi1sk", tenant_pk(&tenant.id)),
+            ],
             None,
         )?;
         let mut route: Item = HashMap::new();
@@ -308,6 +313,28 @@ impl TenantStore for DynamoStore {
             .await?
             .map(from_item)
             .transpose()
+    }
+
+    async fn tenants_by_waba(&self, waba_id: &str) -> Result<Vec<TenantId>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(GSI1)
+            .key_condition_expression("gsi1pk = :w")
+            .expression_attribute_values(":w", s(format!("WABA#{waba_id}")))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            if let Some(id) = item.get("id").and_then(|v| v.as_s().ok()) {
+                out.push(TenantId::from_trusted(id.clone()));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError> {

@@ -93,6 +93,18 @@ impl TenantStore for MemoryStore {
         Ok(self.lock()?.keys.get(key_hash).cloned())
     }
 
+    async fn tenants_by_waba(&self, waba_id: &str) -> Result<Vec<TenantId>, StoreError> {
+        let s = self.lock()?;
+        let mut ids: Vec<TenantId> = s
+            .tenants
+            .values()
+            .filter(|t| t.waba_id == waba_id)
+            .map(|t| t.id.clone())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError> {
         let mut s = self.lock()?;
         let t = s.tenants.get_mut(id).ok_or(StoreError::NotFound)?;
