@@ -22,6 +22,7 @@ pub struct Settings {
     pub meta_version: String,
     /// Credits per accepted message, by template category (and for session text).
     pub prices: Prices,
+    pub quality: QualitySettings,
     /// Prefix for per-tenant secrets: `{prefix}tenants/{id}/meta-token`.
     pub secret_prefix: String,
     pub operator_token_secret: String,
@@ -42,11 +43,36 @@ impl Default for Settings {
             meta_base_url: "https://graph.facebook.com".into(),
             meta_version: "v23.0".into(),
             prices: Prices::flat(1),
+            quality: QualitySettings::default(),
             secret_prefix: "kirim/".into(),
             operator_token_secret: "kirim/operator-token".into(),
             meta_app_secret: "kirim/meta-app-secret".into(),
             meta_verify_token_secret: "kirim/meta-verify-token".into(),
             sending_deadline: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// When a tenant's rolling 7-day quality is flagged, and what follows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QualitySettings {
+    /// Opt-outs per message accepted by Meta above which the tenant is flagged.
+    pub opt_out_threshold: f64,
+    /// Undeliverable or blocked messages per message accepted, likewise.
+    pub undeliverable_threshold: f64,
+    /// No flag below this many messages in the window (rates of tiny samples mislead).
+    pub min_volume: u64,
+    /// Refuse marketing templates while flagged (utility and authentication still go).
+    pub pause_marketing: bool,
+}
+
+impl Default for QualitySettings {
+    fn default() -> Self {
+        Self {
+            opt_out_threshold: 0.02,
+            undeliverable_threshold: 0.10,
+            min_volume: 50,
+            pause_marketing: false,
         }
     }
 }
@@ -164,6 +190,19 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             meta_base_url: self.or("KIRIM_META_BASE_URL", &d.meta_base_url),
             meta_version: self.or("KIRIM_META_API_VERSION", &d.meta_version),
             prices: self.prices(),
+            quality: QualitySettings {
+                opt_out_threshold: self.number(
+                    "KIRIM_QUALITY_OPT_OUT_THRESHOLD",
+                    d.quality.opt_out_threshold,
+                ),
+                undeliverable_threshold: self.number(
+                    "KIRIM_QUALITY_UNDELIVERABLE_THRESHOLD",
+                    d.quality.undeliverable_threshold,
+                ),
+                min_volume: self.number("KIRIM_QUALITY_MIN_VOLUME", d.quality.min_volume),
+                pause_marketing: self
+                    .number("KIRIM_QUALITY_PAUSE_MARKETING", d.quality.pause_marketing),
+            },
             operator_token_secret: self.or(
                 "KIRIM_OPERATOR_TOKEN_SECRET_ID",
                 &format!("{prefix}operator-token"),

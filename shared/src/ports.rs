@@ -278,10 +278,11 @@ pub struct OptOutPage {
 /// A tenant's opt-outs: active configuration, kept (no TTL) while the tenant exists.
 #[async_trait]
 pub trait OptOutStore: Send + Sync {
-    /// Records the opt-out and answers what is stored. Never narrows: a `marketing`
-    /// opt-out leaves an existing `all` one in place (and answers that one); an `all`
-    /// one replaces whatever was there. A conditional write, no read first.
-    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<OptOut, StoreError>;
+    /// Records the opt-out and answers what is stored, and whether the number had no
+    /// opt-out before (a new one). Never narrows: a `marketing` opt-out leaves an existing
+    /// `all` one in place (and answers that one); an `all` one replaces whatever was
+    /// there. A conditional write, no read first.
+    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError>;
     async fn get_opt_out(
         &self,
         tenant: &TenantId,
@@ -496,4 +497,51 @@ pub trait AuditLog: Send + Sync {
         after_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+/// A daily quality counter of a tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QualityCounter {
+    /// Accepted by Meta (the denominator).
+    Sent,
+    /// A recipient opted out (STOP, a stop button, or Meta's 131050).
+    OptOut,
+    /// Meta could not deliver or blocked delivery (131026, 131048, 131049).
+    Undeliverable,
+}
+
+impl QualityCounter {
+    pub fn attribute(self) -> &'static str {
+        match self {
+            QualityCounter::Sent => "sent",
+            QualityCounter::OptOut => "opt_outs",
+            QualityCounter::Undeliverable => "undeliverable",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QualityCounts {
+    pub sent: u64,
+    pub opt_outs: u64,
+    pub undeliverable: u64,
+}
+
+/// Per-tenant daily counters, added to atomically (no read-then-write).
+#[async_trait]
+pub trait QualityStats: Send + Sync {
+    async fn bump(
+        &self,
+        tenant: &TenantId,
+        day: chrono::NaiveDate,
+        counter: QualityCounter,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// Sums the days `from..=to`.
+    async fn totals(
+        &self,
+        tenant: &TenantId,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<QualityCounts, StoreError>;
 }

@@ -19,6 +19,8 @@ pub enum RetentionClass {
     PendingStatus,
     /// Console session tokens.
     Session,
+    /// Daily quality counters (sends, opt-outs, undeliverables): the rolling window's days.
+    Stats,
 }
 
 #[derive(Clone, Debug)]
@@ -29,6 +31,7 @@ pub struct RetentionConfig {
     pub idempotency: Duration,
     pub pending_status: Duration,
     pub session: Duration,
+    pub stats: Duration,
 }
 
 const DAY: u64 = 86_400;
@@ -42,6 +45,7 @@ impl Default for RetentionConfig {
             idempotency: Duration::from_secs(DAY),
             pending_status: Duration::from_secs(7 * DAY),
             session: Duration::from_secs(12 * 3600),
+            stats: Duration::from_secs(35 * DAY),
         }
     }
 }
@@ -56,6 +60,7 @@ impl RetentionConfig {
             RetentionClass::Idempotency => Some(self.idempotency),
             RetentionClass::PendingStatus => Some(self.pending_status),
             RetentionClass::Session => Some(self.session),
+            RetentionClass::Stats => Some(self.stats),
         }
     }
 

@@ -66,6 +66,11 @@ impl From<ServiceError> for ApiError {
                 "ip_not_allowed",
                 "requests with this key are not allowed from this address",
             ),
+            MarketingPaused => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "marketing_paused",
+                "marketing templates are paused while this account's opt-out or undeliverable rate is above its limit; utility and authentication templates still go",
+            ),
             TenantSuspended => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "tenant_suspended",

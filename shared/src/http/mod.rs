@@ -175,8 +175,9 @@ async fn run_retention(State(s): State<AppState>) -> ApiResult {
     Ok(Json(report).into_response())
 }
 
-async fn get_account(ctx: TenantCtx) -> ApiResult {
-    Ok(Json(views::AccountView::from(&ctx.tenant)).into_response())
+async fn get_account(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
+    let quality = crate::service::quality::of(&s.deps, ctx.tenant_id()).await?;
+    Ok(Json(views::AccountView::new(&ctx.tenant, quality)).into_response())
 }
 
 async fn post_message(

@@ -9,11 +9,7 @@ use crate::ports::{Tenant, TenantStatus};
 
 pub use crate::service::accounts::TenantView;
 
-#[derive(Serialize)]
-pub struct Quality {
-    pub opt_out_rate: f64,
-    pub flagged: bool,
-}
+pub use crate::service::quality::Quality;
 
 #[derive(Serialize)]
 pub struct AccountView {
@@ -25,18 +21,15 @@ pub struct AccountView {
     pub quality: Quality,
 }
 
-impl From<&Tenant> for AccountView {
-    fn from(t: &Tenant) -> Self {
+impl AccountView {
+    pub fn new(t: &Tenant, quality: Quality) -> Self {
         Self {
             id: t.id.to_string(),
             name: t.name.clone(),
             status: t.status.clone(),
             credits: t.credits,
             phone_number_id: t.phone_number_id.clone(),
-            quality: Quality {
-                opt_out_rate: 0.0,
-                flagged: false,
-            },
+            quality,
         }
     }
 }

@@ -273,6 +273,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
     let log_to = record.to.masked();
     match result {
         Ok(accepted) => {
+            super::quality::count(deps, &job.tenant_id, crate::ports::QualityCounter::Sent).await;
             let expires = deps
                 .settings
                 .retention

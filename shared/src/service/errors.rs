@@ -15,6 +15,8 @@ pub enum ServiceError {
     Forbidden,
     #[error("the client address is not on the allow-list")]
     IpNotAllowed,
+    #[error("marketing sends are paused while the account's quality is flagged")]
+    MarketingPaused,
     #[error("this tenant is suspended")]
     TenantSuspended,
     #[error("not enough credits")]

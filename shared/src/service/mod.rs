@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod errors;
 pub mod idempotency;
 pub mod optouts;
+pub mod quality;
 pub mod retention;
 pub mod send;
 pub mod webhook;
@@ -20,7 +21,7 @@ use crate::config::Settings;
 use crate::error::StoreError;
 use crate::ports::{
     ApiKeyStore, AuditLog, Clock, DispatchQueue, ExpiredItems, IdempotencyStore, Ledger,
-    MessageStore, MetaClient, OptOutStore, SecretStore, TenantStore,
+    MessageStore, MetaClient, OptOutStore, QualityStats, SecretStore, TenantStore,
 };
 use crate::secret::Secret;
 
@@ -30,6 +31,7 @@ pub struct Deps {
     pub tenants: Arc<dyn TenantStore>,
     pub api_keys: Arc<dyn ApiKeyStore>,
     pub audit: Arc<dyn AuditLog>,
+    pub quality: Arc<dyn QualityStats>,
     pub ledger: Arc<dyn Ledger>,
     pub messages: Arc<dyn MessageStore>,
     pub expired: Arc<dyn ExpiredItems>,

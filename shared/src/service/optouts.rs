@@ -79,7 +79,12 @@ pub async fn add(
         created_by: by.to_owned(),
         created_at: deps.clock.now(),
     };
-    let stored = deps.opt_outs.put_opt_out(&opt_out).await?;
+    let (stored, was_new) = deps.opt_outs.put_opt_out(&opt_out).await?;
+    // A recipient's own new opt-out counts against the tenant's quality (once: Meta
+    // retries webhooks, and a second STOP changes nothing).
+    if was_new && by == BY_META {
+        super::quality::count(deps, tenant, crate::ports::QualityCounter::OptOut).await;
+    }
     tracing::info!(
         tenant_id = %tenant,
         to = %stored.phone.masked(),

@@ -146,6 +146,7 @@ pub async fn send_once(
     }
     let category = content.template_ref().map(|t| t.category);
     optouts::check(deps, tenant_id, &to, category).await?;
+    super::quality::check_send(deps, tenant_id, category).await?;
     let now = deps.clock.now();
     let id = MessageId::from_trusted(ulid::Ulid::from_datetime(now.into()).to_string());
     let price = deps.settings.prices.price_for(category);

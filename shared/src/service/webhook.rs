@@ -310,6 +310,20 @@ async fn apply_status(
         .await?
     {
         Transition::Applied(_) => {
+            // A failure is applied once (it is terminal), so it is counted once.
+            if to == MessageStatus::Failed
+                && status
+                    .errors
+                    .iter()
+                    .any(|e| super::quality::UNDELIVERABLE_CODES.contains(&e.code))
+            {
+                super::quality::count(
+                    deps,
+                    &tenant_id,
+                    crate::ports::QualityCounter::Undeliverable,
+                )
+                .await;
+            }
             tracing::info!(tenant_id = %tenant_id, message_id = %message_id, wamid = %status.id, status = to.as_str(), "status applied");
             Ok(Applied::Yes)
         }

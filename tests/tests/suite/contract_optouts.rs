@@ -154,7 +154,12 @@ async fn credits(p: &Stores, t: &TenantId) -> i64 {
 async fn an_opt_out_is_stored_read_back_and_removed_once(p: Stores) {
     let t = onboarded(&p, 0).await;
     let o = opt_out(&p, &t, "+60123450100", OptOutScope::All);
-    assert_eq!(p.opt_outs.put_opt_out(&o).await.unwrap(), o);
+    assert_eq!(p.opt_outs.put_opt_out(&o).await.unwrap(), (o.clone(), true));
+    assert_eq!(
+        p.opt_outs.put_opt_out(&o).await.unwrap(),
+        (o.clone(), false),
+        "not new the second time"
+    );
     assert_eq!(
         p.opt_outs.get_opt_out(&t, &o.phone).await.unwrap(),
         Some(o.clone())
@@ -186,7 +191,7 @@ async fn a_marketing_opt_out_never_narrows_an_all_one_but_all_widens_marketing(p
     narrower.source = OptOutSource::Meta131050;
     narrower.created_by = "meta".into();
     assert_eq!(
-        p.opt_outs.put_opt_out(&narrower).await.unwrap(),
+        p.opt_outs.put_opt_out(&narrower).await.unwrap().0,
         all,
         "the stored, wider opt-out is answered"
     );
@@ -196,11 +201,20 @@ async fn a_marketing_opt_out_never_narrows_an_all_one_but_all_widens_marketing(p
     );
 
     let marketing = opt_out(&p, &t, "+60123450201", OptOutScope::Marketing);
-    assert_eq!(p.opt_outs.put_opt_out(&marketing).await.unwrap(), marketing);
+    assert_eq!(
+        p.opt_outs.put_opt_out(&marketing).await.unwrap().0,
+        marketing
+    );
     // Marketing again (e.g. a second 131050) simply records it again.
-    assert_eq!(p.opt_outs.put_opt_out(&marketing).await.unwrap(), marketing);
+    assert_eq!(
+        p.opt_outs.put_opt_out(&marketing).await.unwrap().0,
+        marketing
+    );
     let wider = opt_out(&p, &t, "+60123450201", OptOutScope::All);
-    assert_eq!(p.opt_outs.put_opt_out(&wider).await.unwrap(), wider);
+    assert_eq!(
+        p.opt_outs.put_opt_out(&wider).await.unwrap(),
+        (wider.clone(), false)
+    );
     assert_eq!(
         p.opt_outs.get_opt_out(&t, &wider.phone).await.unwrap(),
         Some(wider)

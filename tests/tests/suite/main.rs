@@ -11,3 +11,4 @@ mod http_edges;
 mod idempotency;
 mod optouts;
 mod privacy;
+mod quality;

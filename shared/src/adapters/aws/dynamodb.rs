@@ -21,8 +21,8 @@ use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, Statu
 use crate::error::StoreError;
 use crate::ports::{
     ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, ExpiredItems,
-    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, StatusChange, Tenant,
-    TenantStatus, TenantStore, Transition,
+    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, QualityCounter, QualityCounts,
+    QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 
 mod idempotency;
@@ -1116,5 +1116,70 @@ impl AuditLog for DynamoStore {
             }
         }
         Ok(out)
+    }
+}
+
+fn quality_sk(day: chrono::NaiveDate) -> String {
+    format!("QSTAT#{}", day.format("%Y-%m-%d"))
+}
+
+#[async_trait]
+impl QualityStats for DynamoStore {
+    async fn bump(
+        &self,
+        tenant: &TenantId,
+        day: chrono::NaiveDate,
+        counter: QualityCounter,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s(quality_sk(day)))
+            .expression_attribute_names("#c", counter.attribute())
+            .expression_attribute_values(":one", n(1));
+        req = match expires_at {
+            Some(t) => req
+                .update_expression("ADD #c :one SET #ttl = :ttl")
+                .expression_attribute_names("#ttl", TTL_ATTR)
+                .expression_attribute_values(":ttl", n(t)),
+            None => req.update_expression("ADD #c :one"),
+        };
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable("dynamodb update", e))
+    }
+
+    async fn totals(
+        &self,
+        tenant: &TenantId,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<QualityCounts, StoreError> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
+            .expression_attribute_values(":lo", s(quality_sk(from)))
+            .expression_attribute_values(":hi", s(quality_sk(to)))
+            .send()
+            .await
+            .map_err(|e| unavailable("dynamodb query", e))?;
+        let num = |item: &Item, k: &str| match item.get(k) {
+            Some(AttributeValue::N(v)) => v.parse::<u64>().unwrap_or(0),
+            _ => 0,
+        };
+        let mut t = QualityCounts::default();
+        for item in out.items().iter().filter(|i| self.live(i)) {
+            t.sent += num(item, "sent");
+            t.opt_outs += num(item, "opt_outs");
+            t.undeliverable += num(item, "undeliverable");
+        }
+        Ok(t)
     }
 }

@@ -11,8 +11,8 @@ mod optouts;
 
 use crate::ports::{
     ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, ExpiredItems,
-    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, StatusChange, Tenant,
-    TenantStatus, TenantStore, Transition,
+    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, QualityCounter, QualityCounts,
+    QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 
 #[derive(Default)]
@@ -24,6 +24,7 @@ struct State {
     ledger: Vec<LedgerEntry>,
     wamids: HashMap<String, (TenantId, MessageId, Option<i64>)>,
     audit: HashMap<String, (AuditHead, BTreeMap<u64, AuditEvent>)>,
+    quality: BTreeMap<(TenantId, chrono::NaiveDate), (QualityCounts, Option<i64>)>,
     /// (tenant, E.164) → opt-out, ordered for paging.
     opt_outs: BTreeMap<(TenantId, String), crate::domain::OptOut>,
     /// (tenant, key hash) → idempotency record.
@@ -432,6 +433,9 @@ impl ExpiredItems for MemoryStore {
         let before = s.wamids.len();
         s.wamids.retain(|_, (_, _, e)| !expired(*e));
         removed += before - s.wamids.len();
+        let before = s.quality.len();
+        s.quality.retain(|_, (_, e)| !expired(*e));
+        removed += before - s.quality.len();
         for (_, events) in s.audit.values_mut() {
             let before = events.len();
             events.retain(|_, e| !expired(e.expires_at));
@@ -518,5 +522,46 @@ impl AuditLog for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+}
+
+#[async_trait]
+impl QualityStats for MemoryStore {
+    async fn bump(
+        &self,
+        tenant: &TenantId,
+        day: chrono::NaiveDate,
+        counter: QualityCounter,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let (c, exp) = s.quality.entry((tenant.clone(), day)).or_default();
+        match counter {
+            QualityCounter::Sent => c.sent += 1,
+            QualityCounter::OptOut => c.opt_outs += 1,
+            QualityCounter::Undeliverable => c.undeliverable += 1,
+        }
+        *exp = expires_at;
+        Ok(())
+    }
+
+    async fn totals(
+        &self,
+        tenant: &TenantId,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<QualityCounts, StoreError> {
+        let s = self.lock()?;
+        let mut t = QualityCounts::default();
+        for (_, (c, _)) in s
+            .quality
+            .range((tenant.clone(), from)..=(tenant.clone(), to))
+            .filter(|(_, (_, e))| self.live(*e))
+        {
+            t.sent += c.sent;
+            t.opt_outs += c.opt_outs;
+            t.undeliverable += c.undeliverable;
+        }
+        Ok(t)
     }
 }

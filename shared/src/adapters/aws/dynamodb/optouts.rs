@@ -23,7 +23,7 @@ fn optout_sk(phone: &PhoneNumber) -> String {
 
 #[async_trait]
 impl OptOutStore for DynamoStore {
-    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<OptOut, StoreError> {
+    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError> {
         let item = to_item(
             opt_out,
             &[
@@ -38,7 +38,9 @@ impl OptOutStore for DynamoStore {
                 .client
                 .put_item()
                 .table_name(&self.table)
-                .set_item(Some(item.clone()));
+                .set_item(Some(item.clone()))
+                // The old item, if any, tells whether this opt-out is new.
+                .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld);
             if opt_out.scope == OptOutScope::Marketing {
                 req = req
                     .condition_expression("attribute_not_exists(pk) OR #scope = :marketing")
@@ -46,7 +48,10 @@ impl OptOutStore for DynamoStore {
                     .expression_attribute_values(":marketing", s(OptOutScope::Marketing.as_str()));
             }
             match req.send().await {
-                Ok(_) => return Ok(opt_out.clone()),
+                Ok(out) => {
+                    let was_new = out.attributes().is_none_or(|a| a.is_empty());
+                    return Ok((opt_out.clone(), was_new));
+                }
                 Err(SdkError::ServiceError(e))
                     if e.err().is_conditional_check_failed_exception() =>
                 {
@@ -54,7 +59,7 @@ impl OptOutStore for DynamoStore {
                     if let Some(existing) =
                         self.get_opt_out(&opt_out.tenant_id, &opt_out.phone).await?
                     {
-                        return Ok(existing);
+                        return Ok((existing, false));
                     }
                 }
                 Err(e) => return Err(unavailable("dynamodb put", e)),

@@ -9,16 +9,16 @@ use crate::ports::{OptOutPage, OptOutStore};
 
 #[async_trait]
 impl OptOutStore for MemoryStore {
-    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<OptOut, StoreError> {
+    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError> {
         let mut s = self.lock()?;
         let key = (opt_out.tenant_id.clone(), opt_out.phone.to_string());
         if let Some(existing) = s.opt_outs.get(&key) {
             if opt_out.scope == OptOutScope::Marketing && existing.scope == OptOutScope::All {
-                return Ok(existing.clone());
+                return Ok((existing.clone(), false));
             }
         }
-        s.opt_outs.insert(key, opt_out.clone());
-        Ok(opt_out.clone())
+        let was_new = s.opt_outs.insert(key, opt_out.clone()).is_none();
+        Ok((opt_out.clone(), was_new))
     }
 
     async fn get_opt_out(

@@ -1,0 +1,155 @@
+//! Quality watch: rolling 7-day opt-out and undeliverable rates, the flag, and the
+//! optional pause of marketing sends; the counters' contract on both adapters.
+
+use chrono::Duration;
+use kirim::config::Backend;
+use kirim::ports::{Clock, QualityCounter, QualityCounts};
+use kirim_tests::{local_config, TestApp};
+use serde_json::{json, Value};
+
+use super::contract::{aws, contract, memory, onboarded, Ports};
+
+async fn quality_app(b: Backend) -> TestApp {
+    let mut cfg = local_config(b).await;
+    cfg.settings.quality.min_volume = 2;
+    cfg.settings.quality.pause_marketing = true;
+    let stack = cfg.stack_name.clone();
+    TestApp {
+        http: reqwest::Client::new(),
+        app: kirim_infra::local::start(cfg).await.unwrap(),
+        stack,
+    }
+}
+
+async fn account(app: &TestApp, key: &str) -> Value {
+    app.http
+        .get(app.url("/v1/account"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn send(app: &TestApp, key: &str, to: &str, category: &str) -> reqwest::Response {
+    app.http.post(app.url("/v1/messages")).bearer_auth(key)
+        .json(&json!({"to": to, "template": {"name": "weekly_deals", "language": "en", "category": category}}))
+        .send().await.unwrap()
+}
+
+async fn undeliverable_messages_flag_the_tenant_and_pause_its_marketing_only(b: Backend) {
+    let app = quality_app(b).await;
+    let t = app.onboard(10).await;
+    let fresh = account(&app, &t.key).await;
+    assert_eq!(
+        fresh["quality"],
+        json!({"opt_out_rate": 0.0, "undeliverable_rate": 0.0, "sent_7d": 0, "flagged": false})
+    );
+    for to in ["+60123450001", "+60123460001"] {
+        let id = app.send_ok(&t.key, to).await;
+        assert_eq!(
+            app.wait_status(&t.key, &id, "failed").await["error"]["code"],
+            131026
+        );
+    }
+    let q = account(&app, &t.key).await["quality"].clone();
+    assert_eq!(
+        q,
+        json!({"opt_out_rate": 0.0, "undeliverable_rate": 1.0, "sent_7d": 2, "flagged": true})
+    );
+    let before = app.credits(&t.key).await;
+    let res = send(&app, &t.key, "+60123451000", "marketing").await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "marketing_paused"
+    );
+    assert_eq!(app.credits(&t.key).await, before, "nothing debited");
+    assert_eq!(
+        send(&app, &t.key, "+60123451000", "utility").await.status(),
+        202,
+        "utility still goes"
+    );
+}
+
+async fn recipients_opting_out_raise_the_opt_out_rate(b: Backend) {
+    let app = quality_app(b).await;
+    let t = app.onboard(10).await;
+    for to in ["+60123452001", "+60123452002"] {
+        let id = app.send_ok(&t.key, to).await;
+        app.wait_status(&t.key, &id, "read").await;
+    }
+    let stop = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp", "metadata": {"display_phone_number": "603", "phone_number_id": t.phone_number_id},
+        "messages": [{"from": "60123452001", "id": "wamid.in1", "timestamp": "1700000000", "type": "text", "text": {"body": "STOP"}}]}}]}]});
+    assert_eq!(app.post_webhook(&stop).await.status(), 200);
+    // The same STOP again (Meta retries) is not a second opt-out.
+    assert_eq!(app.post_webhook(&stop).await.status(), 200);
+    let q = account(&app, &t.key).await["quality"].clone();
+    assert_eq!(q["opt_out_rate"], 0.5, "{q}");
+    assert_eq!(q["flagged"], true);
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
+        }
+        mod aws_backend_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
+        }
+    };
+}
+
+on_both_backends!(
+    undeliverable_messages_flag_the_tenant_and_pause_its_marketing_only,
+    recipients_opting_out_raise_the_opt_out_rate,
+);
+
+async fn quality_counters_add_up_concurrently_per_day_and_expire(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let today = p.clock.now().date_naive();
+    let exp = Some(p.clock.now().timestamp() + 3600);
+    let bumps = (0..20).map(|_| p.quality.bump(&t.id, today, QualityCounter::Sent, exp));
+    for r in futures::future::join_all(bumps).await {
+        r.unwrap();
+    }
+    p.quality
+        .bump(&t.id, today, QualityCounter::OptOut, exp)
+        .await
+        .unwrap();
+    let old_day = today - Duration::days(8);
+    p.quality
+        .bump(&t.id, old_day, QualityCounter::Undeliverable, exp)
+        .await
+        .unwrap();
+    let week = p
+        .quality
+        .totals(&t.id, today - Duration::days(6), today)
+        .await
+        .unwrap();
+    assert_eq!(
+        week,
+        QualityCounts {
+            sent: 20,
+            opt_outs: 1,
+            undeliverable: 0
+        },
+        "the 8-day-old count is outside the window"
+    );
+    let other = onboarded(&p, 0).await;
+    assert_eq!(
+        p.quality.totals(&other.id, old_day, today).await.unwrap(),
+        QualityCounts::default()
+    );
+    p.clock.advance(Duration::hours(2));
+    assert_eq!(
+        p.quality.totals(&t.id, old_day, today).await.unwrap(),
+        QualityCounts::default(),
+        "expired counters are invisible"
+    );
+}
+
+contract!(quality_counters_add_up_concurrently_per_day_and_expire);
