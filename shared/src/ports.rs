@@ -346,3 +346,6 @@ pub trait MetaClient: Send + Sync {
         body: &serde_json::Value,
     ) -> Result<MetaAccepted, MetaSendError>;
 }
+
+mod users;
+pub use users::*;

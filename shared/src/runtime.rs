@@ -47,6 +47,7 @@ pub fn aws_deps(
     Ok(Deps {
         tenants: store.clone(),
         api_keys: store.clone(),
+        users: store.clone(),
         ledger: store.clone(),
         messages: store.clone(),
         expired: store,
@@ -70,6 +71,7 @@ pub fn memory_deps(settings: Settings, clock: Arc<dyn Clock>) -> Result<Deps, Co
     Ok(Deps {
         tenants: store.clone(),
         api_keys: store.clone(),
+        users: store.clone(),
         ledger: store.clone(),
         messages: store.clone(),
         expired: store,

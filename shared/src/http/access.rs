@@ -24,8 +24,10 @@ pub enum Access {
     Meta,
     /// The platform operator token only.
     Platform,
-    /// A tenant credential with at least this role, from an allowed IP.
+    /// A tenant credential with at least this role; API keys only from an allowed IP.
     Tenant(Role),
+    /// A console user's session, any role (its own 2FA and logout); not an API key.
+    Session,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -43,7 +45,7 @@ const fn rule(method: &'static str, path: &'static str, access: Access) -> Route
     }
 }
 
-use Access::{Meta, Platform, Public, Tenant};
+use Access::{Meta, Platform, Public, Session, Tenant};
 use Role::{Admin, Operator, ReadOnly};
 
 /// Every route the routers serve, with the access it needs (API.md "Roles").
@@ -68,6 +70,15 @@ pub const ROUTES: &[RouteRule] = &[
     rule("DELETE", "/v1/api-keys/{id}", Tenant(Admin)),
     rule("GET", "/v1/settings/ip-allowlist", Tenant(Admin)),
     rule("PUT", "/v1/settings/ip-allowlist", Tenant(Admin)),
+    rule("GET", "/v1/users", Tenant(Admin)),
+    rule("POST", "/v1/users", Tenant(Admin)),
+    rule("DELETE", "/v1/users/{id}", Tenant(Admin)),
+    rule("POST", "/v1/auth/login", Public),
+    rule("POST", "/v1/auth/logout", Session),
+    rule("POST", "/v1/auth/2fa/enroll", Session),
+    rule("POST", "/v1/auth/2fa/confirm", Session),
+    rule("GET", "/v1/settings/2fa", Tenant(Admin)),
+    rule("PUT", "/v1/settings/2fa", Tenant(Admin)),
 ];
 
 pub fn rule_for(method: &Method, path: &str) -> Option<&'static RouteRule> {
@@ -110,32 +121,43 @@ async fn check(
         Access::Public | Access::Meta => Ok(None),
         Access::Platform => match authenticate(deps, bearer(parts)).await? {
             Caller::Operator => Ok(None),
-            Caller::ApiKey { .. } => Err(ServiceError::Forbidden),
+            Caller::ApiKey { .. } | Caller::Session { .. } => Err(ServiceError::Forbidden),
         },
         Access::Tenant(required) => {
             let caller = authenticate(deps, bearer(parts)).await?;
-            let Caller::ApiKey {
-                tenant_id, role, ..
-            } = &caller
-            else {
+            let tenant_id = match &caller {
+                Caller::ApiKey { tenant_id, .. } | Caller::Session { tenant_id, .. } => tenant_id,
                 // The operator token is not a tenant credential.
+                Caller::Operator => return Err(ServiceError::Forbidden),
+            };
+            let tenant = match deps.tenants.get_tenant(tenant_id).await? {
+                Some(t) if t.status != TenantStatus::Closed => t,
+                _ => return Err(ServiceError::Unauthenticated),
+            };
+            // The allow-list (API keys only) comes before the role: a caller from a
+            // foreign address learns nothing about what its key could do.
+            if let Caller::ApiKey { .. } = caller {
+                let ip = parts.extensions.get::<ClientIp>().and_then(|c| c.0);
+                let allowed = IpAllowList::parse(&tenant.ip_allowlist)
+                    .map_err(|e| ServiceError::Internal(format!("stored allow-list: {e}")))?;
+                if !allowed.allows(ip) {
+                    return Err(ServiceError::IpNotAllowed);
+                }
+            }
+            // Role, and for sessions the tenant's 2FA requirement.
+            caller.tenant(required)?;
+            Ok(Some(TenantCtx { tenant, caller }))
+        }
+        Access::Session => {
+            let caller = authenticate(deps, bearer(parts)).await?;
+            let Caller::Session { tenant_id, .. } = &caller else {
+                // API keys and the operator token are not console sessions.
                 return Err(ServiceError::Forbidden);
             };
             let tenant = match deps.tenants.get_tenant(tenant_id).await? {
                 Some(t) if t.status != TenantStatus::Closed => t,
                 _ => return Err(ServiceError::Unauthenticated),
             };
-            // The allow-list comes before the role: a caller from a foreign address
-            // learns nothing about what its key could do.
-            let ip = parts.extensions.get::<ClientIp>().and_then(|c| c.0);
-            let allowed = IpAllowList::parse(&tenant.ip_allowlist)
-                .map_err(|e| ServiceError::Internal(format!("stored allow-list: {e}")))?;
-            if !allowed.allows(ip) {
-                return Err(ServiceError::IpNotAllowed);
-            }
-            if !role.includes(required) {
-                return Err(ServiceError::Forbidden);
-            }
             Ok(Some(TenantCtx { tenant, caller }))
         }
     }

@@ -6,6 +6,7 @@ mod admin;
 pub mod error;
 pub mod extract;
 pub mod lambda;
+mod users;
 mod views;
 
 use std::collections::HashMap;
@@ -118,6 +119,7 @@ fn admin_api_routes() -> Router<AppState> {
             "/v1/settings/ip-allowlist",
             get(admin::get_allowlist).put(admin::put_allowlist),
         )
+        .merge(users::routes())
 }
 
 fn webhook_routes() -> Router<AppState> {

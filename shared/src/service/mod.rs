@@ -7,6 +7,7 @@ pub mod dispatch;
 pub mod errors;
 pub mod retention;
 pub mod send;
+pub mod users;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -17,7 +18,7 @@ use crate::config::Settings;
 use crate::error::StoreError;
 use crate::ports::{
     ApiKeyStore, Clock, DispatchQueue, ExpiredItems, Ledger, MessageStore, MetaClient, SecretStore,
-    TenantStore,
+    TenantStore, UserStore,
 };
 use crate::secret::Secret;
 
@@ -26,6 +27,7 @@ use crate::secret::Secret;
 pub struct Deps {
     pub tenants: Arc<dyn TenantStore>,
     pub api_keys: Arc<dyn ApiKeyStore>,
+    pub users: Arc<dyn UserStore>,
     pub ledger: Arc<dyn Ledger>,
     pub messages: Arc<dyn MessageStore>,
     pub expired: Arc<dyn ExpiredItems>,

@@ -12,13 +12,14 @@ use crate::ports::{
 };
 
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     tenants: HashMap<TenantId, Tenant>,
     phones: HashMap<String, TenantId>,
     keys: HashMap<String, ApiKeyRecord>,
     messages: BTreeMap<(TenantId, MessageId), MessageRecord>,
     ledger: Vec<LedgerEntry>,
     wamids: HashMap<String, (TenantId, MessageId, Option<i64>)>,
+    pub(super) users: super::users::UsersState,
 }
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional
@@ -36,7 +37,11 @@ impl MemoryStore {
         }
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+    pub(super) fn now_secs(&self) -> i64 {
+        self.clock.now().timestamp()
+    }
+
+    pub(super) fn lock(&self) -> Result<MutexGuard<'_, State>, StoreError> {
         self.state
             .lock()
             .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))
@@ -411,6 +416,7 @@ impl ExpiredItems for MemoryStore {
         let before = s.wamids.len();
         s.wamids.retain(|_, (_, _, e)| !expired(*e));
         removed += before - s.wamids.len();
+        removed += s.users.remove_expired(now);
         Ok(removed)
     }
 }
