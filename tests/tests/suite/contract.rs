@@ -17,6 +17,7 @@ use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 pub(crate) struct Ports {
     pub(crate) tenants: Arc<dyn TenantStore>,
     pub(crate) api_keys: Arc<dyn ApiKeyStore>,
+    pub(crate) users: Arc<dyn UserStore>,
     pub(crate) ledger: Arc<dyn Ledger>,
     pub(crate) messages: Arc<dyn MessageStore>,
     pub(crate) expired: Arc<dyn ExpiredItems>,
@@ -31,6 +32,7 @@ pub(crate) fn memory() -> Ports {
     Ports {
         tenants: store.clone(),
         api_keys: store.clone(),
+        users: store.clone(),
         ledger: store.clone(),
         messages: store.clone(),
         expired: store,
@@ -54,6 +56,7 @@ pub(crate) async fn aws() -> Ports {
     Ports {
         tenants: store.clone(),
         api_keys: store.clone(),
+        users: store.clone(),
         ledger: store.clone(),
         messages: store.clone(),
         expired: store,

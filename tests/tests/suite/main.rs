@@ -4,5 +4,7 @@
 mod access;
 mod contract;
 mod contract_access;
+mod contract_users;
 mod e2e;
 mod http_edges;
+mod users;
