@@ -121,7 +121,7 @@ async fn confirm(
     JsonBody(req): JsonBody<ConfirmRequest>,
 ) -> ApiResult {
     users::confirm(&s.deps, &ctx.caller, req).await?;
-    Ok(Json(json!({"two_factor": "enabled"})).into_response())
+    Ok(Json(json!({"totp_enabled": true})).into_response())
 }
 
 async fn get_two_factor(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {

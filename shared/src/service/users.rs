@@ -70,6 +70,7 @@ pub struct UserView {
     pub id: String,
     pub email: String,
     pub role: Role,
+    pub totp_enabled: bool,
     /// `none`, `pending` (enrolled, not confirmed) or `enabled`.
     pub two_factor: &'static str,
     pub created_at: DateTime<Utc>,
@@ -88,6 +89,7 @@ impl UserView {
             id: u.id.clone(),
             email: u.email.clone(),
             role: u.role,
+            totp_enabled: u.totp_confirmed,
             two_factor,
             created_at: u.created_at,
             locked_until: Some(u.locked_until)

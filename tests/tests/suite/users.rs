@@ -85,6 +85,7 @@ async fn enable_2fa(app: &TestApp, token: &str) -> TOTP {
     )
     .await;
     assert_eq!(s, 200, "{b}");
+    assert_eq!(b, json!({"totp_enabled": true}));
     t
 }
 
@@ -173,6 +174,7 @@ async fn a_console_user_logs_in_acts_with_its_role_enables_2fa_and_logs_out(b: B
         .find(|u| u["email"] == email.to_lowercase().as_str())
         .unwrap();
     assert_eq!(me["two_factor"], "enabled");
+    assert_eq!(me["totp_enabled"], true);
     assert_eq!(me["role"], "read_only");
 }
 
