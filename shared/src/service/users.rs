@@ -319,11 +319,16 @@ pub async fn login(deps: &Deps, req: LoginRequest) -> Result<LoggedIn, LoginErro
     let policy = LoginPolicy::default();
     let now = deps.clock.now();
     let now_secs = now.timestamp();
-    if let LoginGate::Locked { until } = deps
+    let gate = match deps
         .users
         .begin_login_attempt(tenant, id, now_secs, &policy)
-        .await?
+        .await
     {
+        // Deleted a moment ago: as if it never existed.
+        Err(crate::error::StoreError::NotFound) => return Err(LoginError::InvalidCredentials),
+        other => other?,
+    };
+    if let LoginGate::Locked { until } = gate {
         tracing::info!(tenant_id = %tenant, user_id = %id, outcome = "denied", reason = "rate_limited", "login refused");
         return Err(LoginError::RateLimited {
             retry_after_secs: (until - now_secs).max(1),
