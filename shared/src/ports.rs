@@ -545,3 +545,5 @@ pub trait QualityStats: Send + Sync {
         to: chrono::NaiveDate,
     ) -> Result<QualityCounts, StoreError>;
 }
+mod users;
+pub use users::*;

@@ -25,8 +25,10 @@ pub enum Access {
     Meta,
     /// The platform operator token only.
     Platform,
-    /// A tenant credential with at least this role, from an allowed IP.
+    /// A tenant credential with at least this role; API keys only from an allowed IP.
     Tenant(Role),
+    /// A console user's session, any role (its own 2FA and logout); not an API key.
+    Session,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -44,7 +46,7 @@ const fn rule(method: &'static str, path: &'static str, access: Access) -> Route
     }
 }
 
-use Access::{Meta, Platform, Public, Tenant};
+use Access::{Meta, Platform, Public, Session, Tenant};
 use Role::{Admin, Operator, ReadOnly};
 
 /// Every route the routers serve, with the access it needs (API.md "Roles").
@@ -75,6 +77,15 @@ pub const ROUTES: &[RouteRule] = &[
     rule("PUT", "/v1/settings/ip-allowlist", Tenant(Admin)),
     rule("GET", "/v1/audit", Tenant(Admin)),
     rule("GET", "/v1/audit/verify", Tenant(Admin)),
+    rule("GET", "/v1/users", Tenant(Admin)),
+    rule("POST", "/v1/users", Tenant(Admin)),
+    rule("DELETE", "/v1/users/{id}", Tenant(Admin)),
+    rule("POST", "/v1/auth/login", Public),
+    rule("POST", "/v1/auth/logout", Session),
+    rule("POST", "/v1/auth/2fa/enroll", Session),
+    rule("POST", "/v1/auth/2fa/confirm", Session),
+    rule("GET", "/v1/settings/2fa", Tenant(Admin)),
+    rule("PUT", "/v1/settings/2fa", Tenant(Admin)),
 ];
 
 pub fn rule_for(method: &Method, path: &str) -> Option<&'static RouteRule> {
@@ -139,15 +150,46 @@ async fn check(
         Access::Public | Access::Meta => Ok(None),
         Access::Platform => match authenticate(deps, bearer(parts)).await? {
             Caller::Operator => Ok(None),
-            c @ Caller::ApiKey { .. } => Err(deny(ServiceError::Forbidden, &c)),
+            c @ (Caller::ApiKey { .. } | Caller::Session { .. }) => {
+                Err(deny(ServiceError::Forbidden, &c))
+            }
         },
         Access::Tenant(required) => {
             let caller = authenticate(deps, bearer(parts)).await?;
-            let Caller::ApiKey {
-                tenant_id, role, ..
-            } = &caller
-            else {
+            let tenant_id = match &caller {
+                Caller::ApiKey { tenant_id, .. } | Caller::Session { tenant_id, .. } => tenant_id,
                 // The operator token is not a tenant credential.
+                Caller::Operator => return Err(deny(ServiceError::Forbidden, &caller)),
+            };
+            let tenant = match deps
+                .tenants
+                .get_tenant(tenant_id)
+                .await
+                .map_err(ServiceError::from)?
+            {
+                Some(t) if t.status != TenantStatus::Closed => t,
+                _ => return Err(deny(ServiceError::Unauthenticated, &caller)),
+            };
+            // The allow-list (API keys only) comes before the role: a caller from a
+            // foreign address learns nothing about what its key could do.
+            if let Caller::ApiKey { .. } = caller {
+                let ip = parts.extensions.get::<ClientIp>().and_then(|c| c.0);
+                let allowed = IpAllowList::parse(&tenant.ip_allowlist)
+                    .map_err(|e| ServiceError::Internal(format!("stored allow-list: {e}")))?;
+                if !allowed.allows(ip) {
+                    return Err(deny(ServiceError::IpNotAllowed, &caller));
+                }
+            }
+            // Role, and for sessions the tenant's 2FA requirement.
+            if let Err(e) = caller.tenant(required) {
+                return Err(deny(e, &caller));
+            }
+            Ok(Some(TenantCtx { tenant, caller }))
+        }
+        Access::Session => {
+            let caller = authenticate(deps, bearer(parts)).await?;
+            let Caller::Session { tenant_id, .. } = &caller else {
+                // API keys and the operator token are not console sessions.
                 return Err(deny(ServiceError::Forbidden, &caller));
             };
             let tenant = match deps
@@ -159,17 +201,6 @@ async fn check(
                 Some(t) if t.status != TenantStatus::Closed => t,
                 _ => return Err(deny(ServiceError::Unauthenticated, &caller)),
             };
-            // The allow-list comes before the role: a caller from a foreign address
-            // learns nothing about what its key could do.
-            let ip = parts.extensions.get::<ClientIp>().and_then(|c| c.0);
-            let allowed = IpAllowList::parse(&tenant.ip_allowlist)
-                .map_err(|e| ServiceError::Internal(format!("stored allow-list: {e}")))?;
-            if !allowed.allows(ip) {
-                return Err(deny(ServiceError::IpNotAllowed, &caller));
-            }
-            if !role.includes(required) {
-                return Err(deny(ServiceError::Forbidden, &caller));
-            }
             Ok(Some(TenantCtx { tenant, caller }))
         }
     }
@@ -180,6 +211,8 @@ async fn check(
 #[derive(Clone, Debug, Default)]
 pub struct AuditNote {
     pub tenant: Option<TenantId>,
+    /// Who acted, when the handler knows better than the credential (a login).
+    pub actor: Option<(&'static str, String)>,
     pub details: serde_json::Value,
 }
 
@@ -189,7 +222,9 @@ fn actor(caller: Option<&Caller>) -> (&'static str, String) {
 
 fn caller_tenant(caller: Option<&Caller>) -> Option<TenantId> {
     match caller {
-        Some(Caller::ApiKey { tenant_id, .. }) => Some(tenant_id.clone()),
+        Some(Caller::ApiKey { tenant_id, .. } | Caller::Session { tenant_id, .. }) => {
+            Some(tenant_id.clone())
+        }
         _ => None,
     }
 }
@@ -243,7 +278,10 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 let status = res.status();
                 let outcome = if status.is_success() {
                     "success"
-                } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                } else if status == StatusCode::UNAUTHORIZED
+                    || status == StatusCode::FORBIDDEN
+                    || status == StatusCode::TOO_MANY_REQUESTS
+                {
                     "denied"
                 } else {
                     "error"
@@ -253,7 +291,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                     _ => serde_json::Map::new(),
                 };
                 details.insert("status".into(), status.as_u16().into());
-                let (actor_type, actor_id) = actor(caller.as_ref());
+                let (actor_type, actor_id) = note.actor.unwrap_or_else(|| actor(caller.as_ref()));
                 audit::record_or_log(
                     &state.deps,
                     audit::Draft {

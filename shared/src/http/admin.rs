@@ -193,6 +193,7 @@ pub(super) fn noted(
 ) -> axum::response::Response {
     res.extensions_mut().insert(AuditNote {
         tenant: tenant.cloned(),
+        actor: None,
         details,
     });
     res

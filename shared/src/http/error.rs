@@ -61,6 +61,12 @@ impl From<ServiceError> for ApiError {
                 "forbidden",
                 "your role does not allow this",
             ),
+            TotpEnrollmentRequired => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "totp_enrollment_required",
+                "this tenant requires two-factor authentication: enroll with \
+                 POST /v1/auth/2fa/enroll and POST /v1/auth/2fa/confirm first",
+            ),
             IpNotAllowed => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "ip_not_allowed",

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod lambda;
 mod optouts;
+mod users;
 mod views;
 
 use std::collections::HashMap;
@@ -123,6 +124,7 @@ fn admin_api_routes() -> Router<AppState> {
         )
         .route("/v1/audit", get(admin::list_audit))
         .route("/v1/audit/verify", get(admin::verify_audit))
+        .merge(users::routes())
 }
 
 fn webhook_routes() -> Router<AppState> {

@@ -1,4 +1,5 @@
-//! Who is calling: the platform operator, or a tenant's API key with a role.
+//! Who is calling: the platform operator, a tenant's API key with a role, or a console
+//! user's session with the user's role.
 
 use crate::domain::{Role, TenantId};
 use crate::ports::Tenant;
@@ -16,6 +17,16 @@ pub enum Caller {
         key_id: String,
         role: Role,
     },
+    /// A console user's session: a tenant credential with the user's role. IP
+    /// allow-lists do not apply (API.md: they are for API keys).
+    Session {
+        tenant_id: TenantId,
+        user_id: String,
+        role: Role,
+        /// The tenant requires 2FA and the user has not confirmed it yet: only the
+        /// session routes (enroll, confirm, logout) are open.
+        enrollment_only: bool,
+    },
 }
 
 impl Caller {
@@ -25,7 +36,14 @@ impl Caller {
             Caller::ApiKey {
                 tenant_id, role, ..
             } if role.includes(required) => Ok(tenant_id),
-            Caller::ApiKey { .. } => Err(ServiceError::Forbidden),
+            Caller::Session {
+                enrollment_only: true,
+                ..
+            } => Err(ServiceError::TotpEnrollmentRequired),
+            Caller::Session {
+                tenant_id, role, ..
+            } if role.includes(required) => Ok(tenant_id),
+            Caller::ApiKey { .. } | Caller::Session { .. } => Err(ServiceError::Forbidden),
             // The operator token is not a tenant credential.
             Caller::Operator => Err(ServiceError::Forbidden),
         }
@@ -34,7 +52,7 @@ impl Caller {
     pub fn require_operator(&self) -> Result<(), ServiceError> {
         match self {
             Caller::Operator => Ok(()),
-            Caller::ApiKey { .. } => Err(ServiceError::Forbidden),
+            Caller::ApiKey { .. } | Caller::Session { .. } => Err(ServiceError::Forbidden),
         }
     }
 
@@ -43,6 +61,7 @@ impl Caller {
         match self {
             Caller::Operator => ("operator", "platform".into()),
             Caller::ApiKey { key_id, .. } => ("api_key", key_id.clone()),
+            Caller::Session { user_id, .. } => ("user", user_id.clone()),
         }
     }
 }
@@ -53,6 +72,9 @@ pub async fn authenticate(deps: &Deps, token: Option<&str>) -> Result<Caller, Se
     let token = token
         .filter(|t| !t.is_empty() && t.len() <= 512)
         .ok_or(ServiceError::Unauthenticated)?;
+    if token.starts_with(super::users::SESSION_PREFIX) {
+        return super::users::authenticate_session(deps, token).await;
+    }
     let name = &deps.settings.operator_token_secret;
     for s in [
         deps.secrets.current(name).await?,

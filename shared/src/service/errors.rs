@@ -13,6 +13,8 @@ pub enum ServiceError {
     Unauthenticated,
     #[error("your role does not allow this")]
     Forbidden,
+    #[error("this tenant requires two-factor authentication; enroll first")]
+    TotpEnrollmentRequired,
     #[error("the client address is not on the allow-list")]
     IpNotAllowed,
     #[error("marketing sends are paused while the account's quality is flagged")]

@@ -11,6 +11,7 @@ pub mod optouts;
 pub mod quality;
 pub mod retention;
 pub mod send;
+pub mod users;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ use crate::config::Settings;
 use crate::error::StoreError;
 use crate::ports::{
     ApiKeyStore, AuditLog, Clock, DispatchQueue, ExpiredItems, IdempotencyStore, Ledger,
-    MessageStore, MetaClient, OptOutStore, QualityStats, SecretStore, TenantStore,
+    MessageStore, MetaClient, OptOutStore, QualityStats, SecretStore, TenantStore, UserStore,
 };
 use crate::secret::Secret;
 
@@ -32,6 +33,7 @@ pub struct Deps {
     pub api_keys: Arc<dyn ApiKeyStore>,
     pub audit: Arc<dyn AuditLog>,
     pub quality: Arc<dyn QualityStats>,
+    pub users: Arc<dyn UserStore>,
     pub ledger: Arc<dyn Ledger>,
     pub messages: Arc<dyn MessageStore>,
     pub expired: Arc<dyn ExpiredItems>,

@@ -8,7 +8,7 @@ use kirim_tests::{spawn_app, ManualClock, TestApp, OPERATOR_TOKEN};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-async fn call(
+pub(crate) async fn call(
     app: &TestApp,
     method: &str,
     path: &str,
@@ -32,7 +32,7 @@ async fn call(
     )
 }
 
-fn code(body: &Value) -> &str {
+pub(crate) fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
@@ -236,6 +236,15 @@ async fn every_route_answers_every_kind_of_credential_as_the_access_table_says(b
         ("operator", operator_key.as_str()),
         ("read_only", read_only_key.as_str()),
     ];
+    // Console users of each role: their sessions are tenant credentials with that role.
+    let mut users = Vec::new();
+    for role in ["admin", "operator", "read_only"] {
+        users.push((role, super::users::new_user(&app, &a.key, role).await));
+    }
+    let mut sessions = Vec::new();
+    for (role, (email, _)) in &users {
+        sessions.push((*role, super::users::login_ok(&app, email).await));
+    }
     let denied = |s: u16| s == 401 || s == 403;
     for rule in ROUTES {
         let path = concrete(rule.path);
@@ -253,6 +262,8 @@ async fn every_route_answers_every_kind_of_credential_as_the_access_table_says(b
                 for s in [none, wrong, op, foreign] {
                     assert!(!denied(s), "{at}: {s}");
                 }
+                let (s, _) = call(&app, rule.method, &path, Some(&sessions[0].1), None).await;
+                assert!(!denied(s), "{at} with a session: {s}");
             }
             Access::Meta => {
                 // Meta authenticates by signature or verify token; bearer tokens are ignored.
@@ -267,6 +278,13 @@ async fn every_route_answers_every_kind_of_credential_as_the_access_table_says(b
                         call(&app, rule.method, &path, Some(key), None).await.0,
                         403,
                         "{at} as {role}"
+                    );
+                }
+                for (role, token) in &sessions {
+                    assert_eq!(
+                        call(&app, rule.method, &path, Some(token), None).await.0,
+                        403,
+                        "{at} as a {role} session"
                     );
                 }
             }
@@ -288,6 +306,34 @@ async fn every_route_answers_every_kind_of_credential_as_the_access_table_says(b
                     } else {
                         assert_eq!((s, code(&body)), (403, "forbidden"), "{at} as {role}");
                     }
+                }
+                for (role, token) in &sessions {
+                    let (s, body) = call(&app, rule.method, &path, Some(token), None).await;
+                    let allowed = kirim::domain::Role::parse(role).unwrap().includes(required);
+                    if allowed {
+                        assert!(!denied(s), "{at} as a {role} session: {s} {body}");
+                    } else {
+                        assert_eq!(
+                            (s, code(&body)),
+                            (403, "forbidden"),
+                            "{at} as a {role} session"
+                        );
+                    }
+                }
+            }
+            Access::Session => {
+                assert_eq!((none, wrong), (401, 401), "{at}");
+                assert_eq!(op, 403, "{at}: the operator token is not a session");
+                assert_eq!(foreign, 403, "{at}: an API key is not a session");
+                for (role, key) in keys {
+                    let (s, _) = call(&app, rule.method, &path, Some(key), None).await;
+                    assert_eq!(s, 403, "{at} with an {role} API key");
+                }
+                // A fresh session per call: logout ends the one it is called with.
+                for (role, (email, _)) in &users {
+                    let token = super::users::login_ok(&app, email).await;
+                    let (s, body) = call(&app, rule.method, &path, Some(&token), None).await;
+                    assert!(!denied(s), "{at} as a {role} session: {s} {body}");
                 }
             }
         }

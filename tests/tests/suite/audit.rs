@@ -169,6 +169,37 @@ async fn concurrent_calls_produce_one_gapless_chain(b: Backend) {
     assert_eq!(v, json!({"valid": true, "checked": 21}));
 }
 
+async fn logins_are_audited_on_the_users_tenant_with_both_outcomes(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let user: Value = app.http.post(app.url("/v1/users")).bearer_auth(&t.key)
+        .json(&json!({"email": "siti@kedai.example", "role": "operator", "password": "correct horse battery"}))
+        .send().await.unwrap().json().await.unwrap();
+    let login = |password: &'static str| {
+        app.http
+            .post(app.url("/v1/auth/login"))
+            .json(&json!({"email": "siti@kedai.example", "password": password}))
+            .send()
+    };
+    assert_eq!(login("wrong password here").await.unwrap().status(), 401);
+    assert_eq!(login("correct horse battery").await.unwrap().status(), 200);
+    let page = get(&app, &t.key, "/v1/audit?action=POST%20/v1/auth/login").await;
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "{page}");
+    assert_eq!(events[0]["outcome"], "success");
+    assert_eq!(events[0]["details"]["result"], "ok");
+    assert_eq!(
+        events[0]["actor"],
+        json!({"type": "user", "id": user["id"]})
+    );
+    assert_eq!(events[1]["outcome"], "denied");
+    assert_eq!(events[1]["details"]["result"], "invalid_credentials");
+    assert!(
+        !page.to_string().contains("correct horse"),
+        "never the password"
+    );
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod memory_backend {
@@ -184,6 +215,7 @@ on_both_backends!(
     sends_mutations_and_denials_are_audited_in_a_verifiable_chain,
     an_unknown_key_is_audited_on_the_platform_chain,
     concurrent_calls_produce_one_gapless_chain,
+    logins_are_audited_on_the_users_tenant_with_both_outcomes,
 );
 
 /// Someone with table access edits an event in DynamoDB: verification notices.

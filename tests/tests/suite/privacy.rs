@@ -89,7 +89,71 @@ async fn secrets_content_and_full_numbers_never_reach_logs_or_responses(b: Backe
                 .unwrap(),
         );
     }
+    // A console user: its password, session token and TOTP secret.
+    let password = format!("pw-{}", ulid::Ulid::new());
+    let email = format!(
+        "{}@privacy.example",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let res = app
+        .http
+        .post(app.url("/v1/users"))
+        .bearer_auth(&admin)
+        .json(&json!({"email": email, "role": "admin", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    answers.push_str(&res.text().await.unwrap());
+    let session: Value = app
+        .http
+        .post(app.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = session["token"].as_str().unwrap().to_owned();
+    let enrolled: Value = app
+        .http
+        .post(app.url("/v1/auth/2fa/enroll"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let totp_secret = enrolled["secret"].as_str().unwrap().to_owned();
+    let res = app
+        .http
+        .post(app.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": format!("{password}x")}))
+        .send()
+        .await
+        .unwrap();
+    answers.push_str(&res.text().await.unwrap());
+    answers.push_str(
+        &app.http
+            .get(app.url("/v1/users"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
     let logs = captured_logs();
+    for secret in [password.as_str(), &token, &totp_secret] {
+        assert!(!logs.contains(secret), "a console secret in the logs");
+    }
+    assert!(
+        !answers.contains(&password) && !answers.contains(&totp_secret),
+        "no password or TOTP secret in answers"
+    );
     assert!(
         logs.contains(&id),
         "the capture works: the message id is logged"

@@ -28,25 +28,25 @@ use crate::ports::{
 mod idempotency;
 mod optouts;
 
-type Item = HashMap<String, AttributeValue>;
+pub(super) type Item = HashMap<String, AttributeValue>;
 
 pub const TTL_ATTR: &str = "ttl";
 pub const GSI1: &str = "gsi1";
 
 pub struct DynamoStore {
-    client: Client,
-    table: String,
+    pub(super) client: Client,
+    pub(super) table: String,
     clock: Arc<dyn Clock>,
 }
 
-fn s(v: impl Into<String>) -> AttributeValue {
+pub(super) fn s(v: impl Into<String>) -> AttributeValue {
     AttributeValue::S(v.into())
 }
-fn n(v: i64) -> AttributeValue {
+pub(super) fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn tenant_pk(t: &TenantId) -> String {
+pub(super) fn tenant_pk(t: &TenantId) -> String {
     format!("TENANT#{t}")
 }
 fn msg_sk(id: &MessageId) -> String {
@@ -57,7 +57,7 @@ fn status_gsi(t: &TenantId, st: MessageStatus) -> String {
 }
 
 /// Serialises a record and adds its keys and TTL.
-fn to_item<T: Serialize>(
+pub(super) fn to_item<T: Serialize>(
     value: &T,
     keys: &[(&str, String)],
     ttl: Option<i64>,
@@ -73,7 +73,7 @@ fn to_item<T: Serialize>(
     Ok(item)
 }
 
-fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, StoreError> {
+pub(super) fn from_item<T: DeserializeOwned>(item: Item) -> Result<T, StoreError> {
     serde_dynamo::from_item(item).map_err(|e| StoreError::Corrupt(format!("deserialise: {e}")))
 }
 
@@ -129,15 +129,15 @@ impl DynamoStore {
         }
     }
 
-    fn now_secs(&self) -> i64 {
+    pub(super) fn now_secs(&self) -> i64 {
         self.clock.now().timestamp()
     }
 
-    fn live(&self, item: &Item) -> bool {
+    pub(super) fn live(&self, item: &Item) -> bool {
         ttl_of(item).is_none_or(|t| t > self.now_secs())
     }
 
-    async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
+    pub(super) async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -151,7 +151,11 @@ impl DynamoStore {
         Ok(out.item.filter(|i| self.live(i)))
     }
 
-    fn put(&self, item: Item, condition: Option<&str>) -> Result<TransactWriteItem, StoreError> {
+    pub(super) fn put(
+        &self,
+        item: Item,
+        condition: Option<&str>,
+    ) -> Result<TransactWriteItem, StoreError> {
         let mut put = Put::builder().table_name(&self.table).set_item(Some(item));
         if let Some(c) = condition {
             put = put.condition_expression(c);
@@ -162,7 +166,7 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
-    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), Vec<String>> {
+    pub(super) async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), Vec<String>> {
         match self
             .client
             .transact_write_items()

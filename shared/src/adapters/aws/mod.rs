@@ -4,6 +4,7 @@
 mod dynamodb;
 mod secrets_manager;
 mod sqs;
+mod users;
 
 pub use dynamodb::DynamoStore;
 pub use secrets_manager::SecretsManagerStore;

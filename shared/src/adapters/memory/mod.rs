@@ -4,6 +4,7 @@
 mod queue;
 mod secrets;
 mod store;
+mod users;
 
 pub use queue::MemoryQueue;
 pub use secrets::MemorySecrets;

@@ -16,7 +16,7 @@ use crate::ports::{
 };
 
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     tenants: HashMap<TenantId, Tenant>,
     phones: HashMap<String, TenantId>,
     keys: HashMap<String, ApiKeyRecord>,
@@ -29,6 +29,7 @@ struct State {
     opt_outs: BTreeMap<(TenantId, String), crate::domain::OptOut>,
     /// (tenant, key hash) → idempotency record.
     idempotency: HashMap<(TenantId, String), crate::ports::IdempotencyRecord>,
+    pub(super) users: super::users::UsersState,
 }
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional
@@ -46,7 +47,11 @@ impl MemoryStore {
         }
     }
 
-    fn lock(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+    pub(super) fn now_secs(&self) -> i64 {
+        self.clock.now().timestamp()
+    }
+
+    pub(super) fn lock(&self) -> Result<MutexGuard<'_, State>, StoreError> {
         self.state
             .lock()
             .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))
@@ -444,6 +449,7 @@ impl ExpiredItems for MemoryStore {
         let before = s.idempotency.len();
         s.idempotency.retain(|_, r| !expired(r.expires_at));
         removed += before - s.idempotency.len();
+        removed += s.users.remove_expired(now);
         Ok(removed)
     }
 }

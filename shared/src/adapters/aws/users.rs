@@ -1,0 +1,395 @@
+//! `UserStore` on the one table (docs/data-model.md, "Users and sessions"):
+//! `TENANT#{t}`/`USER#{id}` the user, `EMAIL#{email}`/`EMAIL` its global email claim
+//! (written in the same transaction), `SESSION#{token hash}`/`SESSION` a session with its
+//! expiry as TTL, `TENANT#{t}`/`SETTINGS#2FA` the tenant's 2FA requirement.
+//! The login counter and the TOTP step are conditional updates.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, TransactWriteItem};
+
+use super::dynamodb::{from_item, n, s, tenant_pk, to_item, DynamoStore, Item};
+use super::unavailable;
+use crate::domain::TenantId;
+use crate::error::StoreError;
+use crate::ports::{LoginGate, LoginPolicy, SessionRecord, UserRecord, UserStore};
+
+fn user_sk(id: &str) -> String {
+    format!("USER#{id}")
+}
+fn email_pk(email: &str) -> String {
+    format!("EMAIL#{email}")
+}
+fn session_pk(hash: &str) -> String {
+    format!("SESSION#{hash}")
+}
+const TWO_FA_SK: &str = "SETTINGS#2FA";
+
+impl DynamoStore {
+    /// One conditional update of a user item; `Ok(false)` when the condition fails.
+    async fn update_user(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        expr: &str,
+        condition: &str,
+        values: &[(&str, AttributeValue)],
+    ) -> Result<bool, StoreError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s(user_sk(id)))
+            .update_expression(expr)
+            .condition_expression(condition);
+        for (k, v) in values {
+            req = req.expression_attribute_values(*k, v.clone());
+        }
+        match req.send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable("dynamodb update", e)),
+        }
+    }
+
+    fn delete_item(
+        &self,
+        pk: String,
+        sk: String,
+        condition: &str,
+        values: &[(&str, AttributeValue)],
+    ) -> Result<TransactWriteItem, StoreError> {
+        let mut d = Delete::builder()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .condition_expression(condition);
+        for (k, v) in values {
+            d = d.expression_attribute_values(*k, v.clone());
+        }
+        let d = d
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("delete: {e}")))?;
+        Ok(TransactWriteItem::builder().delete(d).build())
+    }
+}
+
+#[async_trait]
+impl UserStore for DynamoStore {
+    async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        let item = to_item(
+            user,
+            &[
+                ("pk", tenant_pk(&user.tenant_id)),
+                ("sk", user_sk(&user.id)),
+            ],
+            None,
+        )?;
+        let mut claim: Item = HashMap::new();
+        claim.insert("pk".into(), s(email_pk(&user.email)));
+        claim.insert("sk".into(), s("EMAIL"));
+        claim.insert("tenant_id".into(), s(user.tenant_id.to_string()));
+        claim.insert("user_id".into(), s(user.id.clone()));
+        let items = vec![
+            self.put(item, Some("attribute_not_exists(pk)"))?,
+            self.put(claim, Some("attribute_not_exists(pk)"))?,
+        ];
+        match self.transact(items).await {
+            Ok(()) => Ok(()),
+            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => {
+                Err(StoreError::Conflict("a user with this email exists".into()))
+            }
+            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+        }
+    }
+
+    async fn get_user(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.get(tenant_pk(tenant), &user_sk(id))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        let Some(claim) = self.get(email_pk(email), "EMAIL").await? else {
+            return Ok(None);
+        };
+        let field = |k: &str| claim.get(k).and_then(|v| v.as_s().ok()).cloned();
+        match (field("tenant_id"), field("user_id")) {
+            (Some(t), Some(id)) => self.get_user(&TenantId::from_trusted(t), &id).await,
+            _ => Err(StoreError::Corrupt("email claim item".into())),
+        }
+    }
+
+    async fn list_users(&self, tenant: &TenantId) -> Result<Vec<UserRecord>, StoreError> {
+        let mut out: Vec<UserRecord> = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
+            .expression_attribute_values(":p", s("USER#"))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            out.push(from_item(
+                item.map_err(|e| unavailable("dynamodb query", e))?,
+            )?);
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn delete_user(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+        let Some(user) = self.get_user(tenant, id).await? else {
+            return Ok(false);
+        };
+        let items = vec![
+            self.delete_item(tenant_pk(tenant), user_sk(id), "attribute_exists(pk)", &[])?,
+            self.delete_item(
+                email_pk(&user.email),
+                "EMAIL".into(),
+                "user_id = :id",
+                &[(":id", s(id))],
+            )?,
+        ];
+        match self.transact(items).await {
+            Ok(()) => Ok(true),
+            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => Ok(false),
+            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+        }
+    }
+
+    async fn begin_login_attempt(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        now: i64,
+        policy: &LoginPolicy,
+    ) -> Result<LoginGate, StoreError> {
+        let values = [
+            (":one", n(1)),
+            (":now", n(now)),
+            (":cutoff", n(now - policy.window_secs)),
+            (":max", n(policy.max_attempts)),
+        ];
+        // Within the current window, one more attempt if any are left; otherwise a fresh
+        // window. Both conditional: concurrent attempts can never exceed the limit.
+        let more = (
+            "SET failed_attempts = failed_attempts + :one",
+            "attribute_exists(pk) AND locked_until <= :now AND window_start > :cutoff \
+             AND failed_attempts < :max",
+        );
+        let fresh = (
+            "SET failed_attempts = :one, window_start = :now",
+            "attribute_exists(pk) AND locked_until <= :now AND window_start <= :cutoff",
+        );
+        for (expr, cond) in [more, fresh, more] {
+            let vals: Vec<(&str, AttributeValue)> = values
+                .iter()
+                .filter(|(k, _)| cond.contains(k) || expr.contains(k))
+                .cloned()
+                .collect();
+            if self.update_user(tenant, id, expr, cond, &vals).await? {
+                return Ok(LoginGate::Allowed);
+            }
+        }
+        let u = self
+            .get_user(tenant, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let until = if u.locked_until > now {
+            u.locked_until
+        } else {
+            (u.window_start + policy.window_secs).max(now + 1)
+        };
+        Ok(LoginGate::Locked { until })
+    }
+
+    async fn login_failed(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        now: i64,
+        policy: &LoginPolicy,
+    ) -> Result<(), StoreError> {
+        self.update_user(
+            tenant,
+            id,
+            "SET locked_until = :until, failed_attempts = :zero, window_start = :zero",
+            "attribute_exists(pk) AND failed_attempts >= :max AND locked_until <= :now",
+            &[
+                (":until", n(now + policy.lockout_secs)),
+                (":zero", n(0)),
+                (":max", n(policy.max_attempts)),
+                (":now", n(now)),
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn login_succeeded(&self, tenant: &TenantId, id: &str) -> Result<(), StoreError> {
+        self.update_user(
+            tenant,
+            id,
+            "SET failed_attempts = :zero, window_start = :zero",
+            "attribute_exists(pk)",
+            &[(":zero", n(0))],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn set_pending_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        secret: &str,
+    ) -> Result<(), StoreError> {
+        let ok = self
+            .update_user(
+                tenant,
+                id,
+                "SET totp_secret = :s",
+                "attribute_exists(pk) AND totp_confirmed = :f",
+                &[(":s", s(secret)), (":f", AttributeValue::Bool(false))],
+            )
+            .await?;
+        if ok {
+            return Ok(());
+        }
+        match self.get_user(tenant, id).await? {
+            None => Err(StoreError::NotFound),
+            Some(_) => Err(StoreError::Conflict("2FA is already confirmed".into())),
+        }
+    }
+
+    async fn confirm_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        secret: &str,
+        step: i64,
+    ) -> Result<bool, StoreError> {
+        self.update_user(
+            tenant,
+            id,
+            "SET totp_confirmed = :t, last_totp_step = :step",
+            "attribute_exists(pk) AND totp_confirmed = :f AND totp_secret = :s \
+             AND last_totp_step < :step",
+            &[
+                (":t", AttributeValue::Bool(true)),
+                (":f", AttributeValue::Bool(false)),
+                (":s", s(secret)),
+                (":step", n(step)),
+            ],
+        )
+        .await
+    }
+
+    async fn accept_totp_step(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        step: i64,
+    ) -> Result<bool, StoreError> {
+        self.update_user(
+            tenant,
+            id,
+            "SET last_totp_step = :step",
+            "attribute_exists(pk) AND last_totp_step < :step",
+            &[(":step", n(step))],
+        )
+        .await
+    }
+
+    async fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let item = to_item(
+            session,
+            &[
+                ("pk", session_pk(&session.token_hash)),
+                ("sk", "SESSION".into()),
+            ],
+            Some(session.expires_at.timestamp()),
+        )?;
+        match self
+            .transact(vec![self.put(item, Some("attribute_not_exists(pk)"))?])
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => {
+                Err(StoreError::Conflict("session exists".into()))
+            }
+            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+        }
+    }
+
+    async fn session_by_hash(&self, token_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let now = self.now_secs();
+        Ok(self
+            .get(session_pk(token_hash), "SESSION")
+            .await?
+            .map(from_item::<SessionRecord>)
+            .transpose()?
+            .filter(|s| s.expires_at.timestamp() > now))
+    }
+
+    async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(session_pk(token_hash)))
+            .key("sk", s("SESSION"))
+            .update_expression("SET revoked = :t")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(())
+            }
+            Err(e) => Err(unavailable("dynamodb update", e)),
+        }
+    }
+
+    async fn two_factor_required(&self, tenant: &TenantId) -> Result<bool, StoreError> {
+        Ok(self
+            .get(tenant_pk(tenant), TWO_FA_SK)
+            .await?
+            .and_then(|i| i.get("required").and_then(|v| v.as_bool().ok()).copied())
+            .unwrap_or(false))
+    }
+
+    async fn set_two_factor_required(
+        &self,
+        tenant: &TenantId,
+        required: bool,
+    ) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(tenant_pk(tenant)))
+            .item("sk", s(TWO_FA_SK))
+            .item("required", AttributeValue::Bool(required))
+            .send()
+            .await
+            .map_err(|e| unavailable("dynamodb put", e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,247 @@
+//! `UserStore` in memory: every method atomic under the store's one lock.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+use super::MemoryStore;
+use crate::domain::TenantId;
+use crate::error::StoreError;
+use crate::ports::{LoginGate, LoginPolicy, SessionRecord, UserRecord, UserStore};
+
+#[derive(Default)]
+pub(crate) struct UsersState {
+    /// By (tenant, id).
+    users: HashMap<(TenantId, String), UserRecord>,
+    /// Lower-cased email → (tenant, id), across tenants.
+    emails: HashMap<String, (TenantId, String)>,
+    /// By token hash.
+    sessions: HashMap<String, SessionRecord>,
+    two_factor_required: HashMap<TenantId, bool>,
+}
+
+impl UsersState {
+    pub(crate) fn remove_expired(&mut self, now: i64) -> usize {
+        let before = self.sessions.len();
+        self.sessions.retain(|_, s| s.expires_at.timestamp() > now);
+        before - self.sessions.len()
+    }
+
+    fn user_mut(&mut self, tenant: &TenantId, id: &str) -> Result<&mut UserRecord, StoreError> {
+        self.users
+            .get_mut(&(tenant.clone(), id.to_owned()))
+            .ok_or(StoreError::NotFound)
+    }
+}
+
+#[async_trait]
+impl UserStore for MemoryStore {
+    async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let key = (user.tenant_id.clone(), user.id.clone());
+        if s.users.emails.contains_key(&user.email) || s.users.users.contains_key(&key) {
+            return Err(StoreError::Conflict("a user with this email exists".into()));
+        }
+        s.users.emails.insert(user.email.clone(), key.clone());
+        s.users.users.insert(key, user.clone());
+        Ok(())
+    }
+
+    async fn get_user(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        Ok(self
+            .lock()?
+            .users
+            .users
+            .get(&(tenant.clone(), id.to_owned()))
+            .cloned())
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.users
+            .emails
+            .get(email)
+            .and_then(|k| s.users.users.get(k))
+            .cloned())
+    }
+
+    async fn list_users(&self, tenant: &TenantId) -> Result<Vec<UserRecord>, StoreError> {
+        let s = self.lock()?;
+        let mut out: Vec<UserRecord> = s
+            .users
+            .users
+            .values()
+            .filter(|u| &u.tenant_id == tenant)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    async fn delete_user(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        match s.users.users.remove(&(tenant.clone(), id.to_owned())) {
+            Some(u) => {
+                s.users.emails.remove(&u.email);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn begin_login_attempt(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        now: i64,
+        policy: &LoginPolicy,
+    ) -> Result<LoginGate, StoreError> {
+        let mut s = self.lock()?;
+        let u = s.users.user_mut(tenant, id)?;
+        if u.locked_until > now {
+            return Ok(LoginGate::Locked {
+                until: u.locked_until,
+            });
+        }
+        if u.window_start <= now - policy.window_secs {
+            u.window_start = now;
+            u.failed_attempts = 1;
+            return Ok(LoginGate::Allowed);
+        }
+        if u.failed_attempts < policy.max_attempts {
+            u.failed_attempts += 1;
+            return Ok(LoginGate::Allowed);
+        }
+        Ok(LoginGate::Locked {
+            until: u.window_start + policy.window_secs,
+        })
+    }
+
+    async fn login_failed(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        now: i64,
+        policy: &LoginPolicy,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let u = s.users.user_mut(tenant, id)?;
+        if u.failed_attempts >= policy.max_attempts && u.locked_until <= now {
+            u.locked_until = now + policy.lockout_secs;
+            u.failed_attempts = 0;
+            u.window_start = 0;
+        }
+        Ok(())
+    }
+
+    async fn login_succeeded(&self, tenant: &TenantId, id: &str) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let u = s.users.user_mut(tenant, id)?;
+        u.failed_attempts = 0;
+        u.window_start = 0;
+        Ok(())
+    }
+
+    async fn set_pending_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        secret: &str,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let u = s.users.user_mut(tenant, id)?;
+        if u.totp_confirmed {
+            return Err(StoreError::Conflict("2FA is already confirmed".into()));
+        }
+        u.totp_secret = Some(secret.to_owned());
+        Ok(())
+    }
+
+    async fn confirm_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        secret: &str,
+        step: i64,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let u = s.users.user_mut(tenant, id)?;
+        if u.totp_confirmed || u.totp_secret.as_deref() != Some(secret) || u.last_totp_step >= step
+        {
+            return Ok(false);
+        }
+        u.totp_confirmed = true;
+        u.last_totp_step = step;
+        Ok(true)
+    }
+
+    async fn accept_totp_step(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        step: i64,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let u = s.users.user_mut(tenant, id)?;
+        if u.last_totp_step >= step {
+            return Ok(false);
+        }
+        u.last_totp_step = step;
+        Ok(true)
+    }
+
+    async fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        if s.users.sessions.contains_key(&session.token_hash) {
+            return Err(StoreError::Conflict("session exists".into()));
+        }
+        s.users
+            .sessions
+            .insert(session.token_hash.clone(), session.clone());
+        Ok(())
+    }
+
+    async fn session_by_hash(&self, token_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let now = self.now_secs();
+        Ok(self
+            .lock()?
+            .users
+            .sessions
+            .get(token_hash)
+            .filter(|s| s.expires_at.timestamp() > now)
+            .cloned())
+    }
+
+    async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        if let Some(s) = self.lock()?.users.sessions.get_mut(token_hash) {
+            s.revoked = true;
+        }
+        Ok(())
+    }
+
+    async fn two_factor_required(&self, tenant: &TenantId) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()?
+            .users
+            .two_factor_required
+            .get(tenant)
+            .copied()
+            .unwrap_or(false))
+    }
+
+    async fn set_two_factor_required(
+        &self,
+        tenant: &TenantId,
+        required: bool,
+    ) -> Result<(), StoreError> {
+        self.lock()?
+            .users
+            .two_factor_required
+            .insert(tenant.clone(), required);
+        Ok(())
+    }
+}

@@ -1,0 +1,161 @@
+//! Console users, login and 2FA handlers. Access is checked by `access::authorize`.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::access::TenantCtx;
+use super::error::{empty, ApiError};
+use super::extract::JsonBody;
+use super::{ApiResult, AppState};
+use crate::service::users::{
+    self, ConfirmRequest, LoginError, LoginRequest, NewUser, TwoFactorSetting,
+};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/users", get(list_users).post(create_user))
+        .route("/v1/users/{id}", delete(delete_user))
+        .route("/v1/auth/login", post(login))
+        .route("/v1/auth/logout", post(logout))
+        .route("/v1/auth/2fa/enroll", post(enroll))
+        .route("/v1/auth/2fa/confirm", post(confirm))
+        .route("/v1/settings/2fa", get(get_two_factor).put(put_two_factor))
+}
+
+async fn create_user(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    JsonBody(req): JsonBody<NewUser>,
+) -> ApiResult {
+    let user = users::create(&s.deps, ctx.tenant_id(), req).await?;
+    Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
+async fn list_users(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
+    let list = users::list(&s.deps, ctx.tenant_id()).await?;
+    Ok(Json(json!({"users": list})).into_response())
+}
+
+async fn delete_user(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(id): Path<String>,
+) -> ApiResult {
+    users::delete(&s.deps, ctx.tenant_id(), &id).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+fn login_error(e: LoginError) -> Response {
+    match e {
+        LoginError::InvalidCredentials => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+            "email or password is wrong",
+        )
+        .into_response(),
+        LoginError::TotpRequired => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "totp_required",
+            "a valid code from your authenticator app is required (totp_code)",
+        )
+        .into_response(),
+        LoginError::RateLimited { retry_after_secs } => {
+            let mut res = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many failed login attempts; try again later",
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            res
+        }
+        LoginError::Service(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn login(State(s): State<AppState>, JsonBody(req): JsonBody<LoginRequest>) -> Response {
+    // Whose login this was, for the audit trail (the tenant's chain, both outcomes).
+    let who = match users::normalise_email(&req.email) {
+        Some(e) => s.deps.users.user_by_email(&e).await.ok().flatten(),
+        None => None,
+    };
+    let res = login_response(&s, req).await;
+    let result = match res.status() {
+        StatusCode::OK => "ok",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+        _ => res
+            .extensions()
+            .get::<super::error::ErrorInfo>()
+            .map_or("error", |i| i.code),
+    };
+    let mut res = res;
+    res.extensions_mut().insert(super::access::AuditNote {
+        tenant: who.as_ref().map(|u| u.tenant_id.clone()),
+        actor: who.as_ref().map(|u| ("user", u.id.clone())),
+        details: json!({"result": result}),
+    });
+    res
+}
+
+async fn login_response(s: &AppState, req: LoginRequest) -> Response {
+    match users::login(&s.deps, req).await {
+        Ok(ok) => {
+            let mut body = json!({
+                "token": ok.token.expose(),
+                "expires_at": ok.expires_at,
+            });
+            if ok.totp_enrollment_required {
+                body["totp_enrollment_required"] = json!(true);
+            }
+            Json(body).into_response()
+        }
+        Err(e) => login_error(e),
+    }
+}
+
+async fn logout(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    users::logout(&s.deps, token).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+async fn enroll(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
+    let e = users::enroll(&s.deps, &ctx.caller).await?;
+    Ok(Json(json!({
+        "secret": e.secret.expose(),
+        "otpauth_uri": e.otpauth_uri.expose(),
+    }))
+    .into_response())
+}
+
+async fn confirm(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    JsonBody(req): JsonBody<ConfirmRequest>,
+) -> ApiResult {
+    users::confirm(&s.deps, &ctx.caller, req).await?;
+    Ok(Json(json!({"totp_enabled": true})).into_response())
+}
+
+async fn get_two_factor(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
+    Ok(Json(users::two_factor_setting(&s.deps, ctx.tenant_id()).await?).into_response())
+}
+
+async fn put_two_factor(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    JsonBody(req): JsonBody<TwoFactorSetting>,
+) -> ApiResult {
+    Ok(Json(users::set_two_factor_setting(&s.deps, ctx.tenant_id(), req).await?).into_response())
+}

@@ -1,0 +1,512 @@
+//! Console users: created by a tenant admin, logging in with email, password and (once
+//! enrolled) a TOTP code; sessions are bearer tokens like API keys, stored as a hash.
+//!
+//! Failed logins are counted by a conditional update *before* the password is checked,
+//! so concurrent guesses cannot exceed the limit; a TOTP time step is accepted at most
+//! once per user (a conditional write of the last step).
+
+use std::sync::LazyLock;
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Argon2, PasswordVerifier};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use totp_rs::{Algorithm, TOTP};
+
+use crate::domain::{new_id, RetentionClass, Role, TenantId};
+use crate::ports::{LoginGate, LoginPolicy, SessionRecord, UserRecord};
+use crate::secret::{token_hash, Secret};
+
+use super::auth::Caller;
+use super::errors::ServiceError;
+use super::Deps;
+
+/// Prefix of every console session token. API keys start with `kirim_`, which this
+/// never does, so a token's kind is known without a lookup.
+pub const SESSION_PREFIX: &str = "kirimsess_";
+pub const MIN_PASSWORD: usize = 12;
+pub const MAX_PASSWORD: usize = 128;
+pub const TOTP_ISSUER: &str = "Kirim";
+const TOTP_STEP: u64 = 30;
+const TOTP_DIGITS: usize = 6;
+/// Codes of the previous and next step are accepted too (clock drift).
+const TOTP_SKEW: i64 = 1;
+/// A tenant's users at most.
+pub const MAX_USERS: usize = 200;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub email: String,
+    pub role: Role,
+    pub password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+    #[serde(default)]
+    pub totp_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequest {
+    pub totp_code: String,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwoFactorSetting {
+    pub required: bool,
+}
+
+/// What is shown of a user: never the password hash or the TOTP secret.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct UserView {
+    pub id: String,
+    pub email: String,
+    pub role: Role,
+    pub totp_enabled: bool,
+    /// `none`, `pending` (enrolled, not confirmed) or `enabled`.
+    pub two_factor: &'static str,
+    pub created_at: DateTime<Utc>,
+    /// Set while logins are locked out after repeated failures.
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+impl UserView {
+    pub fn of(u: &UserRecord, now: DateTime<Utc>) -> Self {
+        let two_factor = match (u.totp_confirmed, u.totp_secret.is_some()) {
+            (true, _) => "enabled",
+            (false, true) => "pending",
+            (false, false) => "none",
+        };
+        Self {
+            id: u.id.clone(),
+            email: u.email.clone(),
+            role: u.role,
+            totp_enabled: u.totp_confirmed,
+            two_factor,
+            created_at: u.created_at,
+            locked_until: Some(u.locked_until)
+                .filter(|t| *t > now.timestamp())
+                .and_then(|t| Utc.timestamp_opt(t, 0).single()),
+        }
+    }
+}
+
+pub struct LoggedIn {
+    pub token: Secret,
+    pub expires_at: DateTime<Utc>,
+    /// The tenant requires 2FA and this user has not confirmed it: the session may only
+    /// enroll, confirm and log out.
+    pub totp_enrollment_required: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("a valid TOTP code is required")]
+    TotpRequired,
+    #[error("too many failed attempts")]
+    RateLimited { retry_after_secs: i64 },
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+}
+
+impl From<crate::error::StoreError> for LoginError {
+    fn from(e: crate::error::StoreError) -> Self {
+        LoginError::Service(e.into())
+    }
+}
+
+pub struct Enrollment {
+    pub secret: Secret,
+    pub otpauth_uri: Secret,
+}
+
+fn invalid(msg: impl Into<String>) -> ServiceError {
+    ServiceError::InvalidRequest(msg.into())
+}
+
+/// Lower-cased, trimmed; a plausible address (the console is not a mail validator).
+pub fn normalise_email(email: &str) -> Option<String> {
+    let e = email.trim().to_lowercase();
+    let (local, domain) = e.split_once('@')?;
+    let ok = (3..=254).contains(&e.len())
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && !e
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ':');
+    ok.then_some(e)
+}
+
+fn check_password(p: &str) -> Result<(), ServiceError> {
+    let len = p.chars().count();
+    if (MIN_PASSWORD..=MAX_PASSWORD).contains(&len) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"
+        )))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ServiceError::Internal("password hashing task failed".into()))
+}
+
+/// argon2id (the crate's default parameters), as a PHC string.
+pub async fn hash_password(password: Secret) -> Result<String, ServiceError> {
+    blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default()
+            .hash_password(password.expose().as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|_| ServiceError::Internal("password hashing failed".into()))
+    })
+    .await?
+}
+
+/// A hash of a random password nobody knows: unknown emails are verified against it, so
+/// the answer takes as long as for a known one.
+static DUMMY_HASH: LazyLock<String> = LazyLock::new(|| {
+    let salt = SaltString::generate(&mut OsRng);
+    let random = Secret::generate("");
+    Argon2::default()
+        .hash_password(random.expose().as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+});
+
+async fn verify_password(password: Secret, hash: Option<String>) -> Result<bool, ServiceError> {
+    blocking(move || {
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| DUMMY_HASH.clone());
+        let ok = PasswordHash::new(&hash)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.expose().as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        known && ok
+    })
+    .await
+}
+
+fn totp_for(secret_b32: &str, email: &str) -> Result<TOTP, ServiceError> {
+    let bytes = totp_rs::Secret::Encoded(secret_b32.to_owned())
+        .to_bytes()
+        .map_err(|_| ServiceError::Internal("stored TOTP secret".into()))?;
+    TOTP::new(
+        Algorithm::SHA1,
+        TOTP_DIGITS,
+        0,
+        TOTP_STEP,
+        bytes,
+        Some(TOTP_ISSUER.into()),
+        email.to_owned(),
+    )
+    .map_err(|_| ServiceError::Internal("TOTP parameters".into()))
+}
+
+/// The time step whose code `code` is (current step ± skew), if any.
+fn matching_step(totp: &TOTP, code: &str, now: DateTime<Utc>) -> Option<i64> {
+    if code.len() != TOTP_DIGITS || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let current = now.timestamp() / TOTP_STEP as i64;
+    (current - TOTP_SKEW..=current + TOTP_SKEW).find(|step| {
+        let at = u64::try_from(*step).unwrap_or(0) * TOTP_STEP;
+        bool::from(totp.generate(at).as_bytes().ct_eq(code.as_bytes()))
+    })
+}
+
+pub async fn create(
+    deps: &Deps,
+    tenant: &TenantId,
+    req: NewUser,
+) -> Result<UserView, ServiceError> {
+    let email =
+        normalise_email(&req.email).ok_or_else(|| invalid("email must be an email address"))?;
+    check_password(&req.password)?;
+    let now = deps.clock.now();
+    if deps.users.list_users(tenant).await?.len() >= MAX_USERS {
+        return Err(invalid(format!(
+            "a tenant may have at most {MAX_USERS} users"
+        )));
+    }
+    let password_hash = hash_password(Secret::new(req.password)).await?;
+    let user = UserRecord {
+        id: new_id(),
+        tenant_id: tenant.clone(),
+        email,
+        role: req.role,
+        password_hash,
+        totp_secret: None,
+        totp_confirmed: false,
+        last_totp_step: 0,
+        failed_attempts: 0,
+        window_start: 0,
+        locked_until: 0,
+        created_at: now,
+    };
+    deps.users.create_user(&user).await.map_err(|e| match e {
+        crate::error::StoreError::Conflict(_) => {
+            ServiceError::Conflict("a user with this email exists".into())
+        }
+        other => other.into(),
+    })?;
+    tracing::info!(tenant_id = %tenant, user_id = %user.id, role = user.role.as_str(), "user created");
+    Ok(UserView::of(&user, now))
+}
+
+pub async fn list(deps: &Deps, tenant: &TenantId) -> Result<Vec<UserView>, ServiceError> {
+    let now = deps.clock.now();
+    Ok(deps
+        .users
+        .list_users(tenant)
+        .await?
+        .iter()
+        .map(|u| UserView::of(u, now))
+        .collect())
+}
+
+/// Deletes the user; its sessions stop authenticating (they are checked against the
+/// user on every request). Another tenant's user is `NotFound`.
+pub async fn delete(deps: &Deps, tenant: &TenantId, id: &str) -> Result<(), ServiceError> {
+    if !deps.users.delete_user(tenant, id).await? {
+        return Err(ServiceError::NotFound);
+    }
+    tracing::info!(tenant_id = %tenant, user_id = %id, "user deleted");
+    Ok(())
+}
+
+pub async fn login(deps: &Deps, req: LoginRequest) -> Result<LoggedIn, LoginError> {
+    let password = Secret::new(req.password);
+    let email = normalise_email(&req.email);
+    let user = match &email {
+        Some(e) if password.expose().chars().count() <= MAX_PASSWORD => {
+            deps.users.user_by_email(e).await?
+        }
+        _ => None,
+    };
+    let Some(user) = user else {
+        // Same work, same answer as a wrong password.
+        verify_password(password, None).await?;
+        tracing::info!(
+            outcome = "denied",
+            reason = "invalid_credentials",
+            "login refused"
+        );
+        return Err(LoginError::InvalidCredentials);
+    };
+    let (tenant, id) = (&user.tenant_id, user.id.as_str());
+    let policy = LoginPolicy::default();
+    let now = deps.clock.now();
+    let now_secs = now.timestamp();
+    let gate = match deps
+        .users
+        .begin_login_attempt(tenant, id, now_secs, &policy)
+        .await
+    {
+        // Deleted a moment ago: as if it never existed.
+        Err(crate::error::StoreError::NotFound) => return Err(LoginError::InvalidCredentials),
+        other => other?,
+    };
+    if let LoginGate::Locked { until } = gate {
+        tracing::info!(tenant_id = %tenant, user_id = %id, outcome = "denied", reason = "rate_limited", "login refused");
+        return Err(LoginError::RateLimited {
+            retry_after_secs: (until - now_secs).max(1),
+        });
+    }
+    let failed = |reason: &'static str, err: LoginError| async move {
+        tracing::info!(tenant_id = %tenant, user_id = %id, outcome = "denied", reason, "login refused");
+        deps.users
+            .login_failed(tenant, id, now_secs, &policy)
+            .await?;
+        Err::<LoggedIn, LoginError>(err)
+    };
+    if !verify_password(password, Some(user.password_hash.clone())).await? {
+        return failed("invalid_credentials", LoginError::InvalidCredentials).await;
+    }
+    if user.totp_confirmed {
+        let Some(code) = req.totp_code.as_deref().map(str::trim) else {
+            // The usual first step of a 2FA login: counted, but not a failure.
+            return Err(LoginError::TotpRequired);
+        };
+        let secret = user.totp_secret.as_deref().unwrap_or_default();
+        let step = matching_step(&totp_for(secret, &user.email)?, code, now);
+        let accepted = match step {
+            Some(step) => deps.users.accept_totp_step(tenant, id, step).await?,
+            None => false,
+        };
+        if !accepted {
+            return failed("totp", LoginError::TotpRequired).await;
+        }
+    }
+    deps.users.login_succeeded(tenant, id).await?;
+    let token = Secret::generate(SESSION_PREFIX);
+    let ttl = deps
+        .settings
+        .retention
+        .duration(RetentionClass::Session)
+        .and_then(|d| Duration::from_std(d).ok())
+        .unwrap_or_else(|| Duration::hours(12));
+    let session = SessionRecord {
+        token_hash: token_hash(token.expose()),
+        tenant_id: tenant.clone(),
+        user_id: id.to_owned(),
+        role: user.role,
+        created_at: now,
+        expires_at: now + ttl,
+        revoked: false,
+    };
+    deps.users.put_session(&session).await?;
+    let totp_enrollment_required =
+        !user.totp_confirmed && deps.users.two_factor_required(tenant).await?;
+    tracing::info!(tenant_id = %tenant, user_id = %id, outcome = "success", "login");
+    Ok(LoggedIn {
+        token,
+        expires_at: session.expires_at,
+        totp_enrollment_required,
+    })
+}
+
+/// Resolves a session token (called by `auth::authenticate` for tokens with the session
+/// prefix). Expired, revoked or logged-out sessions, and sessions of deleted users, do
+/// not authenticate.
+pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, ServiceError> {
+    let session = deps
+        .users
+        .session_by_hash(&token_hash(token))
+        .await?
+        .filter(|s| !s.revoked && s.expires_at > deps.clock.now())
+        .ok_or(ServiceError::Unauthenticated)?;
+    let user = deps
+        .users
+        .get_user(&session.tenant_id, &session.user_id)
+        .await?
+        .ok_or(ServiceError::Unauthenticated)?;
+    let enrollment_only =
+        !user.totp_confirmed && deps.users.two_factor_required(&session.tenant_id).await?;
+    Ok(Caller::Session {
+        tenant_id: session.tenant_id,
+        user_id: session.user_id,
+        role: session.role,
+        enrollment_only,
+    })
+}
+
+fn session_user(caller: &Caller) -> Result<(&TenantId, &str), ServiceError> {
+    match caller {
+        Caller::Session {
+            tenant_id, user_id, ..
+        } => Ok((tenant_id, user_id)),
+        _ => Err(ServiceError::Forbidden),
+    }
+}
+
+/// A new pending TOTP secret for the calling user (replacing an unconfirmed one).
+/// `Conflict` once 2FA is confirmed.
+pub async fn enroll(deps: &Deps, caller: &Caller) -> Result<Enrollment, ServiceError> {
+    let (tenant, id) = session_user(caller)?;
+    let user = deps
+        .users
+        .get_user(tenant, id)
+        .await?
+        .ok_or(ServiceError::Unauthenticated)?;
+    if user.totp_confirmed {
+        return Err(ServiceError::Conflict(
+            "two-factor authentication is already enabled".into(),
+        ));
+    }
+    let secret = match totp_rs::Secret::generate_secret().to_encoded() {
+        totp_rs::Secret::Encoded(s) => s,
+        totp_rs::Secret::Raw(_) => {
+            return Err(ServiceError::Internal("TOTP secret encoding".into()))
+        }
+    };
+    let uri = totp_for(&secret, &user.email)?.get_url();
+    deps.users.set_pending_totp(tenant, id, &secret).await?;
+    tracing::info!(tenant_id = %tenant, user_id = %id, "2fa enrollment started");
+    Ok(Enrollment {
+        secret: Secret::new(secret),
+        otpauth_uri: Secret::new(uri),
+    })
+}
+
+/// Confirms the pending secret with a current code; from then on every login needs one.
+pub async fn confirm(
+    deps: &Deps,
+    caller: &Caller,
+    req: ConfirmRequest,
+) -> Result<(), ServiceError> {
+    let (tenant, id) = session_user(caller)?;
+    let user = deps
+        .users
+        .get_user(tenant, id)
+        .await?
+        .ok_or(ServiceError::Unauthenticated)?;
+    if user.totp_confirmed {
+        return Err(ServiceError::Conflict(
+            "two-factor authentication is already enabled".into(),
+        ));
+    }
+    let Some(secret) = user.totp_secret.as_deref() else {
+        return Err(ServiceError::Conflict(
+            "no enrollment pending: call POST /v1/auth/2fa/enroll first".into(),
+        ));
+    };
+    let now = deps.clock.now();
+    let step = matching_step(&totp_for(secret, &user.email)?, req.totp_code.trim(), now)
+        .ok_or_else(|| invalid("totp_code does not match"))?;
+    if !deps.users.confirm_totp(tenant, id, secret, step).await? {
+        return Err(invalid(
+            "totp_code does not match (codes are accepted once; wait for the next one)",
+        ));
+    }
+    tracing::info!(tenant_id = %tenant, user_id = %id, "2fa enabled");
+    Ok(())
+}
+
+/// Ends the session whose token is presented.
+pub async fn logout(deps: &Deps, token: &str) -> Result<(), ServiceError> {
+    deps.users.revoke_session(&token_hash(token)).await?;
+    Ok(())
+}
+
+pub async fn two_factor_setting(
+    deps: &Deps,
+    tenant: &TenantId,
+) -> Result<TwoFactorSetting, ServiceError> {
+    Ok(TwoFactorSetting {
+        required: deps.users.two_factor_required(tenant).await?,
+    })
+}
+
+pub async fn set_two_factor_setting(
+    deps: &Deps,
+    tenant: &TenantId,
+    s: TwoFactorSetting,
+) -> Result<TwoFactorSetting, ServiceError> {
+    deps.users
+        .set_two_factor_required(tenant, s.required)
+        .await?;
+    tracing::info!(tenant_id = %tenant, required = s.required, "2fa requirement changed");
+    Ok(s)
+}

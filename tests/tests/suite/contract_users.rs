@@ -1,0 +1,267 @@
+//! The `UserStore` contract on both adapters: email claims, sessions, the login counter
+//! and the TOTP step.
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use kirim::domain::Role;
+use kirim::error::StoreError;
+use kirim::ports::{Clock, LoginGate, LoginPolicy, SessionRecord, Tenant, UserRecord};
+
+use super::contract::{aws, contract, memory, onboarded, Ports};
+
+fn user(p: &Ports, t: &Tenant, email: &str) -> UserRecord {
+    UserRecord {
+        id: kirim::domain::new_id(),
+        tenant_id: t.id.clone(),
+        email: email.to_owned(),
+        role: Role::Operator,
+        password_hash: "$argon2id$not-a-real-hash".into(),
+        totp_secret: None,
+        totp_confirmed: false,
+        last_totp_step: 0,
+        failed_attempts: 0,
+        window_start: 0,
+        locked_until: 0,
+        created_at: p.clock.now(),
+    }
+}
+
+fn email() -> String {
+    format!(
+        "u{}@example.com",
+        ulid::Ulid::new().to_string().to_lowercase()
+    )
+}
+
+async fn an_email_belongs_to_one_user_across_all_tenants(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let other = onboarded(&p, 0).await;
+    let e = email();
+    let u = user(&p, &t, &e);
+    p.users.create_user(&u).await.unwrap();
+    assert_eq!(p.users.user_by_email(&e).await.unwrap(), Some(u.clone()));
+    assert_eq!(
+        p.users.get_user(&t.id, &u.id).await.unwrap(),
+        Some(u.clone())
+    );
+    assert_eq!(p.users.get_user(&other.id, &u.id).await.unwrap(), None);
+    for dup in [user(&p, &t, &e), user(&p, &other, &e)] {
+        assert!(matches!(
+            p.users.create_user(&dup).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(
+            p.users.get_user(&dup.tenant_id, &dup.id).await.unwrap(),
+            None
+        );
+    }
+    let second = user(&p, &t, &email());
+    p.users.create_user(&second).await.unwrap();
+    let listed = p.users.list_users(&t.id).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .map(|u| u.id.clone())
+            .collect::<Vec<_>>()
+            .len(),
+        2
+    );
+    assert!(p.users.list_users(&other.id).await.unwrap().is_empty());
+
+    // Deleting frees the email; another tenant cannot delete it.
+    assert!(!p.users.delete_user(&other.id, &u.id).await.unwrap());
+    assert!(p.users.delete_user(&t.id, &u.id).await.unwrap());
+    assert!(!p.users.delete_user(&t.id, &u.id).await.unwrap());
+    assert_eq!(p.users.user_by_email(&e).await.unwrap(), None);
+    p.users.create_user(&user(&p, &other, &e)).await.unwrap();
+    assert_eq!(
+        p.users.user_by_email(&e).await.unwrap().unwrap().tenant_id,
+        other.id
+    );
+}
+
+async fn a_session_is_invisible_once_expired_and_marked_when_revoked(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let now = p.clock.now();
+    let session = SessionRecord {
+        token_hash: kirim::secret::token_hash(&kirim::domain::new_id()),
+        tenant_id: t.id.clone(),
+        user_id: "u1".into(),
+        role: Role::Admin,
+        created_at: now,
+        expires_at: now + Duration::hours(12),
+        revoked: false,
+    };
+    p.users.put_session(&session).await.unwrap();
+    assert!(matches!(
+        p.users.put_session(&session).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        p.users.session_by_hash(&session.token_hash).await.unwrap(),
+        Some(session.clone())
+    );
+    let other = SessionRecord {
+        token_hash: kirim::secret::token_hash(&kirim::domain::new_id()),
+        ..session.clone()
+    };
+    p.users.put_session(&other).await.unwrap();
+    p.users.revoke_session(&other.token_hash).await.unwrap();
+    assert!(
+        p.users
+            .session_by_hash(&other.token_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    p.users.revoke_session("no-such-hash").await.unwrap();
+
+    p.clock.advance(Duration::hours(12));
+    assert_eq!(
+        p.users.session_by_hash(&session.token_hash).await.unwrap(),
+        None,
+        "expired sessions are invisible before any sweep"
+    );
+    let removed = p.expired.delete_expired(p.clock.now(), 1000).await.unwrap();
+    assert!(removed >= 2, "the sweep removes expired sessions");
+}
+
+async fn the_login_counter_admits_at_most_the_limit_even_when_concurrent(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let u = user(&p, &t, &email());
+    p.users.create_user(&u).await.unwrap();
+    let policy = LoginPolicy::default();
+    let now = p.clock.now().timestamp();
+    let users = p.users.clone();
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let users: Arc<dyn kirim::ports::UserStore> = users.clone();
+            let (tid, id) = (t.id.clone(), u.id.clone());
+            tokio::spawn(async move { users.begin_login_attempt(&tid, &id, now, &policy).await })
+        })
+        .collect();
+    let mut allowed = 0;
+    for task in tasks {
+        if task.await.unwrap().unwrap() == LoginGate::Allowed {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, policy.max_attempts, "never more than the limit");
+    // The last failure locks for the lock-out period.
+    p.users
+        .login_failed(&t.id, &u.id, now, &policy)
+        .await
+        .unwrap();
+    let gate = p
+        .users
+        .begin_login_attempt(&t.id, &u.id, now + 60, &policy)
+        .await
+        .unwrap();
+    assert_eq!(
+        gate,
+        LoginGate::Locked {
+            until: now + policy.lockout_secs
+        }
+    );
+    let after = now + policy.lockout_secs;
+    assert_eq!(
+        p.users
+            .begin_login_attempt(&t.id, &u.id, after, &policy)
+            .await
+            .unwrap(),
+        LoginGate::Allowed,
+        "a fresh window after the lock-out"
+    );
+    // Success starts the count again.
+    for _ in 0..3 {
+        p.users
+            .begin_login_attempt(&t.id, &u.id, after, &policy)
+            .await
+            .unwrap();
+    }
+    p.users.login_succeeded(&t.id, &u.id).await.unwrap();
+    for _ in 0..policy.max_attempts {
+        assert_eq!(
+            p.users
+                .begin_login_attempt(&t.id, &u.id, after + 1, &policy)
+                .await
+                .unwrap(),
+            LoginGate::Allowed
+        );
+    }
+    assert!(matches!(
+        p.users
+            .begin_login_attempt(&t.id, &u.id, after + 1, &policy)
+            .await
+            .unwrap(),
+        LoginGate::Locked { .. }
+    ));
+    assert!(matches!(
+        p.users
+            .begin_login_attempt(&t.id, "ghost", now, &policy)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn a_totp_step_is_accepted_once_and_confirmation_needs_the_pending_secret(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let u = user(&p, &t, &email());
+    p.users.create_user(&u).await.unwrap();
+    p.users
+        .set_pending_totp(&t.id, &u.id, "SECRETONE")
+        .await
+        .unwrap();
+    p.users
+        .set_pending_totp(&t.id, &u.id, "SECRETTWO")
+        .await
+        .unwrap();
+    assert!(
+        !p.users
+            .confirm_totp(&t.id, &u.id, "SECRETONE", 100)
+            .await
+            .unwrap(),
+        "only the pending secret confirms"
+    );
+    assert!(p
+        .users
+        .confirm_totp(&t.id, &u.id, "SECRETTWO", 100)
+        .await
+        .unwrap());
+    let stored = p.users.get_user(&t.id, &u.id).await.unwrap().unwrap();
+    assert!(stored.totp_confirmed);
+    assert_eq!(stored.last_totp_step, 100);
+    assert!(matches!(
+        p.users.set_pending_totp(&t.id, &u.id, "SECRETTHREE").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(!p.users.accept_totp_step(&t.id, &u.id, 100).await.unwrap());
+    assert!(!p.users.accept_totp_step(&t.id, &u.id, 99).await.unwrap());
+    assert!(p.users.accept_totp_step(&t.id, &u.id, 101).await.unwrap());
+    assert!(!p.users.accept_totp_step(&t.id, &u.id, 101).await.unwrap());
+    assert!(matches!(
+        p.users.set_pending_totp(&t.id, "ghost", "X").await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn the_two_factor_requirement_is_per_tenant_and_off_by_default(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let other = onboarded(&p, 0).await;
+    assert!(!p.users.two_factor_required(&t.id).await.unwrap());
+    p.users.set_two_factor_required(&t.id, true).await.unwrap();
+    assert!(p.users.two_factor_required(&t.id).await.unwrap());
+    assert!(!p.users.two_factor_required(&other.id).await.unwrap());
+    p.users.set_two_factor_required(&t.id, false).await.unwrap();
+    assert!(!p.users.two_factor_required(&t.id).await.unwrap());
+}
+
+contract!(
+    an_email_belongs_to_one_user_across_all_tenants,
+    a_session_is_invisible_once_expired_and_marked_when_revoked,
+    the_login_counter_admits_at_most_the_limit_even_when_concurrent,
+    a_totp_step_is_accepted_once_and_confirmation_needs_the_pending_secret,
+    the_two_factor_requirement_is_per_tenant_and_off_by_default,
+);

@@ -1,0 +1,439 @@
+//! Console users end to end on both backends: login, roles, TOTP 2FA, logout, lock-out,
+//! tenant isolation and the tenant's 2FA requirement.
+
+use kirim::config::Backend;
+use kirim_tests::{spawn_app, TestApp};
+use serde_json::{json, Value};
+use totp_rs::{Algorithm, TOTP};
+
+use super::access::{call, code};
+
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
+
+fn unique_email() -> String {
+    format!("Staff.{}@Kedai.example", ulid::Ulid::new())
+}
+
+/// Creates a user of `role` with [`PASSWORD`]; answers (email, id).
+pub(crate) async fn new_user(app: &TestApp, admin: &str, role: &str) -> (String, String) {
+    let email = unique_email();
+    let (s, b) = call(
+        app,
+        "POST",
+        "/v1/users",
+        Some(admin),
+        Some(json!({"email": email, "role": role, "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    (email, b["id"].as_str().unwrap().to_owned())
+}
+
+async fn login(app: &TestApp, email: &str, password: &str, totp: Option<&str>) -> (u16, Value) {
+    let mut body = json!({"email": email, "password": password});
+    if let Some(c) = totp {
+        body["totp_code"] = json!(c);
+    }
+    call(app, "POST", "/v1/auth/login", None, Some(body)).await
+}
+
+/// Logs in with [`PASSWORD`] (no 2FA) and answers the session token.
+pub(crate) async fn login_ok(app: &TestApp, email: &str) -> String {
+    let (s, b) = login(app, email, PASSWORD, None).await;
+    assert_eq!(s, 200, "{b}");
+    b["token"].as_str().unwrap().to_owned()
+}
+
+fn totp(secret: &str) -> TOTP {
+    let bytes = totp_rs::Secret::Encoded(secret.to_owned())
+        .to_bytes()
+        .unwrap();
+    TOTP::new(Algorithm::SHA1, 6, 1, 30, bytes, None, "test".into()).unwrap()
+}
+
+fn now_secs() -> u64 {
+    chrono::Utc::now().timestamp() as u64
+}
+
+/// Enrolls and confirms 2FA for the session's user; answers the TOTP.
+async fn enable_2fa(app: &TestApp, token: &str) -> TOTP {
+    let (s, e) = call(app, "POST", "/v1/auth/2fa/enroll", Some(token), None).await;
+    assert_eq!(s, 200, "{e}");
+    let secret = e["secret"].as_str().unwrap();
+    let uri = e["otpauth_uri"].as_str().unwrap();
+    assert!(uri.starts_with("otpauth://totp/Kirim:"), "{uri}");
+    let from_uri = TOTP::from_url(uri).unwrap();
+    assert_eq!(from_uri.digits, 6);
+    assert_eq!(from_uri.step, 30);
+    assert_eq!(from_uri.algorithm, Algorithm::SHA1);
+    let t = totp(secret);
+    let (s, b) = call(
+        app,
+        "POST",
+        "/v1/auth/2fa/confirm",
+        Some(token),
+        Some(json!({"totp_code": "000000x"})),
+    )
+    .await;
+    assert_eq!((s, code(&b)), (400, "invalid_request"));
+    let (s, b) = call(
+        app,
+        "POST",
+        "/v1/auth/2fa/confirm",
+        Some(token),
+        Some(json!({"totp_code": t.generate(now_secs())})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b, json!({"totp_enabled": true}));
+    t
+}
+
+async fn a_console_user_logs_in_acts_with_its_role_enables_2fa_and_logs_out(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "read_only").await;
+
+    // Login is by email, case-insensitively; the session is a tenant credential.
+    let (s, body) = login(&app, &email.to_uppercase(), PASSWORD, None).await;
+    assert_eq!(s, 200, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let expires = chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let ttl = expires - chrono::Utc::now();
+    assert!(
+        ttl > chrono::Duration::hours(11) && ttl <= chrono::Duration::hours(12),
+        "12h sessions: {ttl}"
+    );
+    let (s, account) = call(&app, "GET", "/v1/account", Some(&token), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(account["id"], t.tenant_id.as_str());
+    let res = app.send_template(&token, "+60123450001").await;
+    assert_eq!(res.status(), 403, "a read_only user cannot send");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "forbidden"
+    );
+    let (s, _) = call(&app, "GET", "/v1/users", Some(&token), None).await;
+    assert_eq!(s, 403, "listing users is for admins");
+
+    // An operator user sends.
+    let (op_email, _) = new_user(&app, &t.key, "operator").await;
+    let op = login_ok(&app, &op_email).await;
+    app.send_ok(&op, "+60123459999").await;
+
+    // 2FA: from confirmation on, a code is required at every login, and once only.
+    let totp = enable_2fa(&app, &token).await;
+    let (s, again) = call(&app, "POST", "/v1/auth/2fa/enroll", Some(&token), None).await;
+    assert_eq!(
+        (s, code(&again)),
+        (409, "conflict"),
+        "enabled 2FA cannot be replaced"
+    );
+    let (s, b) = login(&app, &email, PASSWORD, None).await;
+    assert_eq!((s, code(&b)), (401, "totp_required"));
+    let (s, b) = login(&app, &email, PASSWORD, Some("123456x")).await;
+    assert_eq!((s, code(&b)), (401, "totp_required"));
+    let (s, b) = login(&app, &email, "wrong password!!", Some("123456")).await;
+    assert_eq!((s, code(&b)), (401, "invalid_credentials"));
+    // The confirmation used the current step; the next step's code is within the skew.
+    let next = totp.generate(now_secs() + 30);
+    let (s, b) = login(&app, &email, PASSWORD, Some(&next)).await;
+    assert_eq!(s, 200, "{b}");
+    let second = b["token"].as_str().unwrap().to_owned();
+    let (s, b) = login(&app, &email, PASSWORD, Some(&next)).await;
+    assert_eq!((s, code(&b)), (401, "totp_required"), "a code is used once");
+
+    // Logout ends that session only.
+    let (s, _) = call(&app, "POST", "/v1/auth/logout", Some(&second), None).await;
+    assert_eq!(s, 204);
+    let (s, b) = call(&app, "GET", "/v1/account", Some(&second), None).await;
+    assert_eq!((s, code(&b)), (401, "unauthenticated"));
+    let (s, _) = call(&app, "POST", "/v1/auth/logout", Some(&second), None).await;
+    assert_eq!(s, 401);
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&token), None).await.0,
+        200
+    );
+    // Sessions are not API keys and API keys are not sessions.
+    let (s, _) = call(&app, "POST", "/v1/auth/logout", Some(&t.key), None).await;
+    assert_eq!(s, 403);
+
+    // Lists show no password, hash or TOTP secret.
+    let (s, list) = call(&app, "GET", "/v1/users", Some(&t.key), None).await;
+    assert_eq!(s, 200);
+    let text = list.to_string();
+    for secret in [PASSWORD, "argon2", "password", "secret", &token, &second] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    let users = list["users"].as_array().unwrap();
+    assert_eq!(users.len(), 2);
+    let me = users
+        .iter()
+        .find(|u| u["email"] == email.to_lowercase().as_str())
+        .unwrap();
+    assert_eq!(me["two_factor"], "enabled");
+    assert_eq!(me["totp_enabled"], true);
+    assert_eq!(me["role"], "read_only");
+}
+
+async fn repeated_failed_logins_lock_the_user_out_with_retry_after(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let (s, unknown) = login(&app, "nobody@kedai.example", PASSWORD, None).await;
+    assert_eq!((s, code(&unknown)), (401, "invalid_credentials"));
+    for _ in 0..5 {
+        let (s, b) = login(&app, &email, "not the password", None).await;
+        assert_eq!((s, code(&b)), (401, "invalid_credentials"));
+        assert_eq!(
+            b["error"]["message"], unknown["error"]["message"],
+            "a wrong password and an unknown email look the same"
+        );
+    }
+    let res = app
+        .http
+        .post(app.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429, "even the right password is refused");
+    let retry: i64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=900).contains(&retry), "{retry}");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "rate_limited"
+    );
+    let (s, list) = call(&app, "GET", "/v1/users", Some(&t.key), None).await;
+    assert_eq!(s, 200);
+    assert!(list["users"][0]["locked_until"].is_string());
+}
+
+async fn another_tenants_users_answer_404_and_a_deleted_users_sessions_end(b: Backend) {
+    let app = spawn_app(b).await;
+    let a = app.onboard(0).await;
+    let other = app.onboard(0).await;
+    let (email, id) = new_user(&app, &a.key, "admin").await;
+    let token = login_ok(&app, &email).await;
+    let (s, b) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/users/{id}"),
+        Some(&other.key),
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&b)), (404, "not_found"));
+    let (_, list) = call(&app, "GET", "/v1/users", Some(&other.key), None).await;
+    assert_eq!(list["users"], json!([]));
+    // An email is one login across all tenants.
+    let (s, b) = call(
+        &app,
+        "POST",
+        "/v1/users",
+        Some(&other.key),
+        Some(json!({"email": email.to_lowercase(), "role": "admin", "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!((s, code(&b)), (409, "conflict"));
+    // A session acts on its own tenant only.
+    let (_, account) = call(&app, "GET", "/v1/account", Some(&token), None).await;
+    assert_eq!(account["id"], a.tenant_id.as_str());
+    // An admin session manages users too.
+    let (s, made) = call(
+        &app,
+        "POST",
+        "/v1/users",
+        Some(&token),
+        Some(json!({"email": unique_email(), "role": "operator", "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(s, 201, "{made}");
+    for key in ["password", "password_hash", "totp_secret"] {
+        assert!(made.get(key).is_none(), "{key} in {made}");
+    }
+
+    let (s, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/users/{id}"),
+        Some(&a.key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, b) = call(&app, "GET", "/v1/account", Some(&token), None).await;
+    assert_eq!((s, code(&b)), (401, "unauthenticated"), "its sessions end");
+    let (s, b) = login(&app, &email, PASSWORD, None).await;
+    assert_eq!((s, code(&b)), (401, "invalid_credentials"));
+    let (s, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/users/{id}"),
+        Some(&a.key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&a.key), None).await.0,
+        200,
+        "API keys are untouched"
+    );
+
+    for bad in [
+        json!({"email": unique_email(), "role": "admin", "password": "short"}),
+        json!({"email": unique_email(), "role": "admin", "password": "x".repeat(129)}),
+        json!({"email": "not-an-email", "role": "admin", "password": PASSWORD}),
+        json!({"email": unique_email(), "role": "root", "password": PASSWORD}),
+        json!({"email": unique_email(), "role": "admin", "password": PASSWORD, "x": 1}),
+    ] {
+        let (s, b) = call(&app, "POST", "/v1/users", Some(&a.key), Some(bad.clone())).await;
+        assert_eq!((s, code(&b)), (400, "invalid_request"), "{bad}");
+    }
+    let (s, b) = call(
+        &app,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(json!({"email": email, "password": PASSWORD, "remember": true})),
+    )
+    .await;
+    assert_eq!((s, code(&b)), (400, "invalid_request"));
+}
+
+async fn a_tenant_requiring_2fa_confines_users_without_it_to_enrollment(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (s, b) = call(&app, "GET", "/v1/settings/2fa", Some(&t.key), None).await;
+    assert_eq!((s, b), (200, json!({"required": false})));
+    let (s, b) = call(
+        &app,
+        "PUT",
+        "/v1/settings/2fa",
+        Some(&t.key),
+        Some(json!({"required": true})),
+    )
+    .await;
+    assert_eq!((s, b), (200, json!({"required": true})));
+    let (s, b) = call(
+        &app,
+        "PUT",
+        "/v1/settings/2fa",
+        Some(&t.key),
+        Some(json!({"required": "yes"})),
+    )
+    .await;
+    assert_eq!((s, code(&b)), (400, "invalid_request"));
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let (s, b) = login(&app, &email, PASSWORD, None).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["totp_enrollment_required"], true);
+    let token = b["token"].as_str().unwrap().to_owned();
+    let (s, b) = call(&app, "GET", "/v1/account", Some(&token), None).await;
+    assert_eq!((s, code(&b)), (403, "totp_enrollment_required"));
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&t.key), None).await.0,
+        200,
+        "API keys are not console users"
+    );
+    enable_2fa(&app, &token).await;
+    let (s, _) = call(&app, "GET", "/v1/account", Some(&token), None).await;
+    assert_eq!(s, 200, "enrolled: the same session is a full one");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
+        }
+        mod aws_backend_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
+        }
+    };
+}
+
+on_both_backends!(
+    a_console_user_logs_in_acts_with_its_role_enables_2fa_and_logs_out,
+    repeated_failed_logins_lock_the_user_out_with_retry_after,
+    another_tenants_users_answer_404_and_a_deleted_users_sessions_end,
+    a_tenant_requiring_2fa_confines_users_without_it_to_enrollment,
+    an_ip_allow_list_applies_to_api_keys_but_not_to_console_sessions,
+);
+
+async fn an_ip_allow_list_applies_to_api_keys_but_not_to_console_sessions(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let token = login_ok(&app, &email).await;
+    let (s, _) = call(
+        &app,
+        "PUT",
+        "/v1/settings/ip-allowlist",
+        Some(&token),
+        Some(json!({"cidrs": ["203.0.113.0/24"]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, b) = call(&app, "GET", "/v1/account", Some(&t.key), None).await;
+    assert_eq!((s, code(&b)), (403, "ip_not_allowed"));
+    let (s, _) = call(&app, "GET", "/v1/account", Some(&token), None).await;
+    assert_eq!(s, 200, "API.md: allow-lists apply to API-key requests");
+    // The console user can undo the lock-out.
+    let (s, _) = call(
+        &app,
+        "PUT",
+        "/v1/settings/ip-allowlist",
+        Some(&token),
+        Some(json!({"cidrs": []})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&t.key), None).await.0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_session_stops_authenticating_when_its_twelve_hours_pass() {
+    use kirim::service::{auth, users};
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::runtime::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let tenant = kirim::domain::TenantId::generate();
+    let email = unique_email();
+    let req: users::NewUser =
+        serde_json::from_value(json!({"email": email, "role": "operator", "password": PASSWORD}))
+            .unwrap();
+    let view = users::create(&deps, &tenant, req).await.unwrap();
+    let req: users::LoginRequest =
+        serde_json::from_value(json!({"email": email, "password": PASSWORD})).unwrap();
+    let session = users::login(&deps, req).await.unwrap();
+    let caller = auth::authenticate(&deps, Some(session.token.expose()))
+        .await
+        .unwrap();
+    assert_eq!(
+        caller,
+        auth::Caller::Session {
+            tenant_id: tenant.clone(),
+            user_id: view.id.clone(),
+            role: kirim::domain::Role::Operator,
+            enrollment_only: false,
+        }
+    );
+    assert!(!format!("{:?}", session.token).contains(session.token.expose()));
+    clock.advance(chrono::Duration::hours(11));
+    assert!(auth::authenticate(&deps, Some(session.token.expose()))
+        .await
+        .is_ok());
+    clock.advance(chrono::Duration::hours(1));
+    assert!(auth::authenticate(&deps, Some(session.token.expose()))
+        .await
+        .is_err());
+}
