@@ -768,3 +768,64 @@ async fn a_secret_store_failure_after_the_claim_leaves_the_message_retryable() {
     assert_eq!(m.attempts, 2);
     assert_eq!(m.error.map(|e| e.code), Some(json!("meta_unreachable")));
 }
+
+/// On Lambda the client address is API Gateway's `requestContext.http.sourceIp`; an
+/// `X-Forwarded-For` header the caller sent is never believed.
+#[tokio::test]
+async fn on_lambda_the_allow_list_checks_api_gateways_source_ip_not_forwarded_headers() {
+    use kirim::service::accounts;
+    use tower::ServiceExt;
+    let deps =
+        kirim::runtime::memory_deps(kirim_tests::test_settings(), ManualClock::new()).unwrap();
+    deps.secrets
+        .put(
+            &deps.settings.operator_token_secret,
+            &kirim::secret::Secret::new("op"),
+        )
+        .await
+        .unwrap();
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
+        "phone_number_id": "125", "meta_access_token": "EAAG"}))
+    .unwrap();
+    let (tenant, key) = accounts::create_tenant(&deps, req).await.unwrap();
+    let body: accounts::AllowListBody =
+        serde_json::from_value(json!({"cidrs": ["203.0.113.0/24"]})).unwrap();
+    accounts::set_ip_allowlist(&deps, &tenant.id, body)
+        .await
+        .unwrap();
+    let router = kirim::http::lambda::for_lambda(kirim::http::send_api_router(deps));
+    let event = |source_ip: &str| {
+        json!({
+            "version": "2.0", "routeKey": "GET /v1/account", "rawPath": "/v1/account", "rawQueryString": "",
+            "headers": {"authorization": format!("Bearer {}", key.expose()), "x-forwarded-for": "203.0.113.5"},
+            "requestContext": {"accountId": "123456789012", "apiId": "api", "domainName": "api.example", "domainPrefix": "api",
+                "http": {"method": "GET", "path": "/v1/account", "protocol": "HTTP/1.1", "sourceIp": source_ip, "userAgent": "curl"},
+                "requestId": "req-1", "routeKey": "GET /v1/account", "stage": "$default", "time": "25/Nov/2026:19:00:00 +0000", "timeEpoch": 1795633200000i64},
+            "isBase64Encoded": false
+        })
+        .to_string()
+    };
+    let status = |source_ip: &'static str| {
+        let router = router.clone();
+        let ev = event(source_ip);
+        async move {
+            let req = lambda_http::request::from_str(&ev).unwrap();
+            let req = req.map(|b| axum::body::Body::from(b.to_vec()));
+            let res = router.oneshot(req).await.unwrap();
+            let rid = res
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            (res.status().as_u16(), rid)
+        }
+    };
+    let (s, rid) = status("198.51.100.7").await;
+    assert_eq!(s, 403, "the forwarded header does not open the list");
+    assert_eq!(
+        rid.as_deref(),
+        Some("req-1"),
+        "API Gateway's request id is the request id"
+    );
+    assert_eq!(status("203.0.113.9").await.0, 200);
+}

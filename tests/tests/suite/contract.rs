@@ -17,6 +17,7 @@ use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 pub(crate) struct Ports {
     pub(crate) tenants: Arc<dyn TenantStore>,
     pub(crate) api_keys: Arc<dyn ApiKeyStore>,
+    pub(crate) audit: Arc<dyn AuditLog>,
     pub(crate) quality: Arc<dyn QualityStats>,
     pub(crate) users: Arc<dyn UserStore>,
     pub(crate) ledger: Arc<dyn Ledger>,
@@ -33,6 +34,7 @@ pub(crate) fn memory() -> Ports {
     Ports {
         tenants: store.clone(),
         api_keys: store.clone(),
+        audit: store.clone(),
         quality: store.clone(),
         users: store.clone(),
         ledger: store.clone(),
@@ -58,6 +60,7 @@ pub(crate) async fn aws() -> Ports {
     Ports {
         tenants: store.clone(),
         api_keys: store.clone(),
+        audit: store.clone(),
         quality: store.clone(),
         users: store.clone(),
         ledger: store.clone(),

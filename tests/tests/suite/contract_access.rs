@@ -2,7 +2,7 @@
 
 use chrono::Duration;
 use kirim::error::StoreError;
-use kirim::ports::{ApiKeyRecord, Clock, TenantStatus};
+use kirim::ports::{ApiKeyRecord, AuditEvent, AuditQuery, Clock, TenantStatus};
 
 use super::contract::{aws, contract, key_for, memory, onboarded, Ports};
 
@@ -238,7 +238,109 @@ async fn a_tenant_can_be_suspended_and_resumed_but_closing_is_final(p: Ports) {
     );
 }
 
+fn event(chain: &str, seq: u64, prev: &str, at: chrono::DateTime<chrono::Utc>) -> AuditEvent {
+    let mut e = AuditEvent {
+        chain: chain.into(),
+        seq,
+        id: kirim::domain::new_id(),
+        at,
+        actor_type: "api_key".into(),
+        actor_id: "k".into(),
+        action: if seq % 2 == 0 {
+            "DELETE /v1/api-keys/{id}"
+        } else {
+            "POST /v1/messages"
+        }
+        .into(),
+        ip: Some("203.0.113.1".into()),
+        outcome: "success".into(),
+        details: "{}".into(),
+        prev_hash: prev.into(),
+        hash: String::new(),
+        expires_at: Some(at.timestamp() + 3600),
+    };
+    e.hash = kirim::service::audit::hash_of(&e);
+    e
+}
+
+async fn an_audit_chain_only_grows_from_its_current_head(p: Ports) {
+    let chain = kirim::domain::new_id();
+    let t0 = p.clock.now();
+    let first = event(&chain, 1, kirim::service::audit::GENESIS, t0);
+    p.audit.append(&first, None).await.unwrap();
+    // A second writer that still thinks the chain is empty loses.
+    let rival = event(&chain, 1, kirim::service::audit::GENESIS, t0);
+    assert!(matches!(
+        p.audit.append(&rival, None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let head = p.audit.head(&chain).await.unwrap().unwrap();
+    assert_eq!((head.seq, head.hash.as_str()), (1, first.hash.as_str()));
+    let mut prev = first.clone();
+    for seq in 2..=5 {
+        let e = event(&chain, seq, &prev.hash, t0 + Duration::seconds(seq as i64));
+        let h = p.audit.head(&chain).await.unwrap();
+        p.audit.append(&e, h.as_ref()).await.unwrap();
+        // The same stale head again: refused, nothing written.
+        let late = event(&chain, seq, &prev.hash, t0);
+        assert!(matches!(
+            p.audit.append(&late, h.as_ref()).await,
+            Err(StoreError::Conflict(_))
+        ));
+        prev = e;
+    }
+    let all = p.audit.ascending(&chain, None, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(all[4], prev, "stored exactly as written");
+    assert_eq!(
+        p.audit.ascending(&chain, Some(3), 100).await.unwrap().len(),
+        2
+    );
+    // Newest first, in pages, with filters.
+    let q = |before_seq| AuditQuery {
+        limit: 2,
+        before_seq,
+        ..Default::default()
+    };
+    let (page1, next) = p.audit.list(&chain, &q(None)).await.unwrap();
+    assert_eq!(page1.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5, 4]);
+    let (page2, _) = p.audit.list(&chain, &q(next)).await.unwrap();
+    assert_eq!(page2.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 2]);
+    let deletes = AuditQuery {
+        limit: 10,
+        action: Some("DELETE /v1/api-keys/{id}".into()),
+        ..Default::default()
+    };
+    let (found, _) = p.audit.list(&chain, &deletes).await.unwrap();
+    assert_eq!(found.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![4, 2]);
+    let recent = AuditQuery {
+        limit: 10,
+        since: Some(t0 + Duration::seconds(4)),
+        ..Default::default()
+    };
+    assert_eq!(p.audit.list(&chain, &recent).await.unwrap().0.len(), 2);
+    assert!(p
+        .audit
+        .list("other-chain", &q(None))
+        .await
+        .unwrap()
+        .0
+        .is_empty());
+    // Expired events are invisible.
+    p.clock.advance(Duration::hours(2));
+    assert!(p
+        .audit
+        .ascending(&chain, None, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 contract!(
+    an_audit_chain_only_grows_from_its_current_head,
     a_key_is_found_by_hash_and_by_id_only_within_its_tenant,
     a_revoked_key_is_revoked_under_both_lookups_and_never_for_another_tenant,
     rotation_stores_the_new_key_and_ends_the_old_one_once,
