@@ -246,7 +246,7 @@ fn event(chain: &str, seq: u64, prev: &str, at: chrono::DateTime<chrono::Utc>) -
         at,
         actor_type: "api_key".into(),
         actor_id: "k".into(),
-        action: if seq % 2 == 0 {
+        action: if seq.is_multiple_of(2) {
             "DELETE /v1/api-keys/{id}"
         } else {
             "POST /v1/messages"
