@@ -368,6 +368,13 @@ pub struct Received {
 #[async_trait]
 pub trait DispatchQueue: Send + Sync {
     async fn send(&self, body: &str) -> Result<(), StoreError>;
+    /// Sends several at once (SQS batches of 10); all or an error.
+    async fn send_batch(&self, bodies: &[String]) -> Result<(), StoreError> {
+        for b in bodies {
+            self.send(b).await?;
+        }
+        Ok(())
+    }
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, StoreError>;
     async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
     /// Makes the message visible again after `delay` (a retry with backoff).
@@ -547,3 +554,64 @@ pub trait QualityStats: Send + Sync {
 }
 mod users;
 pub use users::*;
+
+/// A broadcast: one template to many recipients, debited all at once.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Broadcast {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub template: crate::domain::TemplateRef,
+    /// Recipients accepted (valid, distinct, not opted out): each becomes a message.
+    pub accepted: usize,
+    pub skipped_opted_out: usize,
+    pub invalid: usize,
+    pub duplicates: usize,
+    pub price_each: i64,
+    /// `fanning_out` until every recipient is enqueued, then `enqueued`.
+    pub status: String,
+    /// Recipients `0..enqueued` have their message recorded and queued.
+    pub enqueued: usize,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<i64>,
+}
+
+/// Broadcasts and their uploaded recipient lists (deleted once every one is enqueued).
+#[async_trait]
+pub trait BroadcastStore: Send + Sync {
+    /// Atomically: debits `debit` (only if the balance covers it), records the ledger
+    /// entry, stores the broadcast and its recipient list. `InsufficientCredits`: nothing
+    /// is written.
+    async fn create_broadcast(
+        &self,
+        broadcast: &Broadcast,
+        recipients: &[crate::domain::PhoneNumber],
+        debit: &LedgerEntry,
+    ) -> Result<(), StoreError>;
+    async fn get_broadcast(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<Broadcast>, StoreError>;
+    /// The uploaded list, until the fan-out is done.
+    async fn broadcast_recipients(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<Vec<crate::domain::PhoneNumber>>, StoreError>;
+    /// Records fan-out progress; `done` also deletes the recipient list.
+    async fn broadcast_progress(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        enqueued: usize,
+        done: bool,
+    ) -> Result<(), StoreError>;
+    /// Stores a broadcast's message (already paid for); `false` if it exists already
+    /// (a resumed fan-out).
+    async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError>;
+    /// How many of the broadcast's messages are in each status.
+    async fn broadcast_counts(
+        &self,
+        broadcast: &Broadcast,
+    ) -> Result<std::collections::BTreeMap<String, usize>, StoreError>;
+}

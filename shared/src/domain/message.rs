@@ -125,6 +125,9 @@ pub struct MessageRecord {
     pub updated_at: DateTime<Utc>,
     /// Epoch seconds after which the record is gone (DynamoDB TTL).
     pub expires_at: Option<i64>,
+    /// The broadcast this message belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_id: Option<String>,
 }
 
 #[cfg(test)]

@@ -65,6 +65,8 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET", "/v1/messages", Tenant(ReadOnly)),
     rule("POST", "/v1/messages", Tenant(Operator)),
     rule("GET", "/v1/messages/{id}", Tenant(ReadOnly)),
+    rule("POST", "/v1/broadcasts", Tenant(Operator)),
+    rule("GET", "/v1/broadcasts/{id}", Tenant(ReadOnly)),
     rule("GET", "/v1/opt-outs", Tenant(ReadOnly)),
     rule("GET", "/v1/opt-outs/{phone}", Tenant(ReadOnly)),
     rule("PUT", "/v1/opt-outs/{phone}", Tenant(Operator)),

@@ -3,6 +3,7 @@
 
 pub mod access;
 mod admin;
+mod broadcasts;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
@@ -91,6 +92,7 @@ fn send_api_routes() -> Router<AppState> {
         .route("/v1/messages", post(post_message).get(list_messages))
         .route("/v1/messages/{id}", get(get_message))
         .merge(optouts::routes())
+        .merge(broadcasts::routes())
 }
 
 fn admin_api_routes() -> Router<AppState> {

@@ -46,6 +46,8 @@ pub struct MessageView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub client_reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broadcast_id: Option<String>,
 }
 
 impl From<&MessageRecord> for MessageView {
@@ -61,6 +63,7 @@ impl From<&MessageRecord> for MessageView {
             created_at: m.created_at,
             updated_at: m.updated_at,
             client_reference: m.client_reference.clone(),
+            broadcast_id: m.broadcast_id.clone(),
         }
     }
 }

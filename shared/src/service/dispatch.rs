@@ -167,6 +167,21 @@ async fn unclaim(
 
 /// Handles one queue message. `Done` deletes it; the caller maps the others onto SQS.
 pub async fn handle(deps: &Deps, body: &str) -> Outcome {
+    if let Ok(fanout) = serde_json::from_str::<super::broadcasts::FanoutJob>(body) {
+        if fanout.kind == super::broadcasts::FANOUT_KIND {
+            return match super::broadcasts::fan_out(deps, &fanout).await {
+                Ok(o) => o,
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(broadcast_id = %fanout.broadcast_id, error = %e, "fan-out interrupted; retrying");
+                    Outcome::RetryAfter(deps.settings.dispatch_backoff)
+                }
+                Err(e) => {
+                    tracing::error!(broadcast_id = %fanout.broadcast_id, error = %e, "fan-out error");
+                    Outcome::Poison
+                }
+            };
+        }
+    }
     let job: DispatchJob = match serde_json::from_str(body) {
         Ok(j) => j,
         Err(_) => {

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod apikeys;
 pub mod audit;
 pub mod auth;
+pub mod broadcasts;
 pub mod dispatch;
 pub mod errors;
 pub mod idempotency;
@@ -21,8 +22,9 @@ use std::time::{Duration, Instant};
 use crate::config::Settings;
 use crate::error::StoreError;
 use crate::ports::{
-    ApiKeyStore, AuditLog, Clock, DispatchQueue, ExpiredItems, IdempotencyStore, Ledger,
-    MessageStore, MetaClient, OptOutStore, QualityStats, SecretStore, TenantStore, UserStore,
+    ApiKeyStore, AuditLog, BroadcastStore, Clock, DispatchQueue, ExpiredItems, IdempotencyStore,
+    Ledger, MessageStore, MetaClient, OptOutStore, QualityStats, SecretStore, TenantStore,
+    UserStore,
 };
 use crate::secret::Secret;
 
@@ -33,6 +35,7 @@ pub struct Deps {
     pub api_keys: Arc<dyn ApiKeyStore>,
     pub audit: Arc<dyn AuditLog>,
     pub quality: Arc<dyn QualityStats>,
+    pub broadcasts: Arc<dyn BroadcastStore>,
     pub users: Arc<dyn UserStore>,
     pub ledger: Arc<dyn Ledger>,
     pub messages: Arc<dyn MessageStore>,

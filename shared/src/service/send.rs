@@ -53,6 +53,40 @@ fn invalid(msg: &str) -> ServiceError {
     ServiceError::InvalidRequest(msg.to_owned())
 }
 
+/// Bounds-checks a template (limits follow Meta's) into content.
+pub fn parse_template(t: TemplateIn) -> Result<Content, ServiceError> {
+    let name_ok = !t.name.is_empty()
+        && t.name.len() <= 512
+        && t.name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !name_ok {
+        return Err(invalid(
+            "template.name must be 1 to 512 lowercase letters, digits or underscores",
+        ));
+    }
+    let lang_ok = (2..=15).contains(&t.language.len())
+        && t.language
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-');
+    if !lang_ok {
+        return Err(invalid(
+            "template.language must be a language code such as en or en_US",
+        ));
+    }
+    if t.components.len() > 20 || t.components.iter().any(|c| !c.is_object()) {
+        return Err(invalid("template.components must be at most 20 objects"));
+    }
+    Ok(Content::Template {
+        template: TemplateRef {
+            name: t.name,
+            language: t.language,
+            category: t.category,
+        },
+        components: t.components,
+    })
+}
+
 /// Parses and bounds-checks a request into (recipient, content). Limits follow Meta's.
 pub fn parse(req: SendRequest) -> Result<(PhoneNumber, Content, Option<String>), ServiceError> {
     let to = PhoneNumber::parse(&req.to).map_err(|_| ServiceError::InvalidPhoneNumber)?;
@@ -62,38 +96,7 @@ pub fn parse(req: SendRequest) -> Result<(PhoneNumber, Content, Option<String>),
         }
     }
     let content = match (req.template, req.text) {
-        (Some(t), None) => {
-            let name_ok = !t.name.is_empty()
-                && t.name.len() <= 512
-                && t.name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-            if !name_ok {
-                return Err(invalid(
-                    "template.name must be 1 to 512 lowercase letters, digits or underscores",
-                ));
-            }
-            let lang_ok = (2..=15).contains(&t.language.len())
-                && t.language
-                    .bytes()
-                    .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-');
-            if !lang_ok {
-                return Err(invalid(
-                    "template.language must be a language code such as en or en_US",
-                ));
-            }
-            if t.components.len() > 20 || t.components.iter().any(|c| !c.is_object()) {
-                return Err(invalid("template.components must be at most 20 objects"));
-            }
-            Content::Template {
-                template: TemplateRef {
-                    name: t.name,
-                    language: t.language,
-                    category: t.category,
-                },
-                components: t.components,
-            }
-        }
+        (Some(t), None) => parse_template(t)?,
         (None, Some(t)) => {
             let len = t.body.chars().count();
             if len == 0 || len > 4096 {
@@ -169,6 +172,7 @@ pub async fn send_once(
         created_at: now,
         updated_at: now,
         expires_at: retention.expiry(RetentionClass::Messages, now),
+        broadcast_id: None,
     };
     let debit = LedgerEntry {
         id: new_id(),

@@ -131,6 +131,7 @@ fn message(p: &Ports, t: &TenantId, expires_in_secs: i64) -> (MessageRecord, Led
         created_at: now,
         updated_at: now,
         expires_at: Some(now.timestamp() + expires_in_secs),
+        broadcast_id: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

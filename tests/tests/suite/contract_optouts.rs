@@ -102,6 +102,7 @@ fn message(p: &Stores, t: &TenantId) -> (MessageRecord, LedgerEntry) {
         created_at: now,
         updated_at: now,
         expires_at: Some(now.timestamp() + 3600),
+        broadcast_id: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

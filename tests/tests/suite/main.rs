@@ -3,6 +3,7 @@
 
 mod access;
 mod audit;
+mod broadcasts;
 mod contract;
 mod contract_access;
 mod contract_optouts;

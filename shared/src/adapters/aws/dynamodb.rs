@@ -25,6 +25,7 @@ use crate::ports::{
     QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 
+mod broadcasts;
 mod idempotency;
 mod optouts;
 
@@ -49,10 +50,10 @@ pub(super) fn n(v: i64) -> AttributeValue {
 pub(super) fn tenant_pk(t: &TenantId) -> String {
     format!("TENANT#{t}")
 }
-fn msg_sk(id: &MessageId) -> String {
+pub(super) fn msg_sk(id: &MessageId) -> String {
     format!("MSG#{id}")
 }
-fn status_gsi(t: &TenantId, st: MessageStatus) -> String {
+pub(super) fn status_gsi(t: &TenantId, st: MessageStatus) -> String {
     format!("TENANT#{t}#STATUS#{}", st.as_str())
 }
 
@@ -202,7 +203,7 @@ impl DynamoStore {
         Ok(t.credits)
     }
 
-    fn ledger_put(&self, entry: &LedgerEntry) -> Result<TransactWriteItem, StoreError> {
+    pub(super) fn ledger_put(&self, entry: &LedgerEntry) -> Result<TransactWriteItem, StoreError> {
         let item = to_item(
             entry,
             &[
@@ -214,7 +215,7 @@ impl DynamoStore {
         self.put(item, Some("attribute_not_exists(pk)"))
     }
 
-    fn credit_update(
+    pub(super) fn credit_update(
         &self,
         entry: &LedgerEntry,
         guard: bool,

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::MessageSystemAttributeName;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 
 use super::unavailable;
@@ -36,6 +36,38 @@ impl DispatchQueue for SqsQueue {
             .await
             .map(|_| ())
             .map_err(|e| unavailable("sqs send", e))
+    }
+
+    async fn send_batch(&self, bodies: &[String]) -> Result<(), StoreError> {
+        for chunk in bodies.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(b)
+                        .build()
+                        .map_err(|e| StoreError::Corrupt(format!("sqs batch entry: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| unavailable("sqs send batch", e))?;
+            if !out.failed().is_empty() {
+                return Err(StoreError::Unavailable(format!(
+                    "sqs send batch: {} of {} refused",
+                    out.failed().len(),
+                    chunk.len()
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, StoreError> {

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::error::StoreError;
+mod broadcasts;
 mod idempotency;
 mod optouts;
 
@@ -15,13 +16,20 @@ use crate::ports::{
     QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 
+type StoredBroadcast = (
+    crate::ports::Broadcast,
+    Option<Vec<crate::domain::PhoneNumber>>,
+);
+
 #[derive(Default)]
 pub(super) struct State {
-    tenants: HashMap<TenantId, Tenant>,
+    pub(super) tenants: HashMap<TenantId, Tenant>,
     phones: HashMap<String, TenantId>,
     keys: HashMap<String, ApiKeyRecord>,
-    messages: BTreeMap<(TenantId, MessageId), MessageRecord>,
-    ledger: Vec<LedgerEntry>,
+    pub(super) messages: BTreeMap<(TenantId, MessageId), MessageRecord>,
+    pub(super) ledger: Vec<LedgerEntry>,
+    /// A broadcast and its uploaded list (until the fan-out is done).
+    pub(super) broadcasts: HashMap<(TenantId, String), StoredBroadcast>,
     wamids: HashMap<String, (TenantId, MessageId, Option<i64>)>,
     audit: HashMap<String, (AuditHead, BTreeMap<u64, AuditEvent>)>,
     quality: BTreeMap<(TenantId, chrono::NaiveDate), (QualityCounts, Option<i64>)>,
@@ -57,7 +65,7 @@ impl MemoryStore {
             .map_err(|_| StoreError::Unavailable("memory store lock poisoned".into()))
     }
 
-    fn live(&self, expires_at: Option<i64>) -> bool {
+    pub(super) fn live(&self, expires_at: Option<i64>) -> bool {
         expires_at.is_none_or(|t| t > self.clock.now().timestamp())
     }
 }

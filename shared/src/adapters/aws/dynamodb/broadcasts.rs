@@ -1,0 +1,216 @@
+//! `BroadcastStore` on the one table. The broadcast is `TENANT#{t}` / `BROADCAST#{id}`
+//! (Messages class TTL); its uploaded recipient list `TENANT#{t}` / `BCLIST#{id}` lives
+//! only until every recipient is enqueued (a 7-day TTL is the backstop). A broadcast's
+//! messages all carry ULIDs of the broadcast's millisecond, so counting them is one range
+//! Query of the tenant's partition, filtered by `broadcast_id`.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::{
+    from_item, msg_sk, n, s, status_gsi, tenant_pk, to_item, unavailable, DynamoStore, TTL_ATTR,
+};
+use crate::domain::{MessageId, MessageRecord, PhoneNumber, TenantId};
+use crate::error::StoreError;
+use crate::ports::{Broadcast, BroadcastStore, LedgerEntry};
+
+/// The uploaded list's backstop expiry, should a fan-out never finish.
+const LIST_TTL_SECS: i64 = 7 * 86_400;
+
+fn broadcast_sk(id: &str) -> String {
+    format!("BROADCAST#{id}")
+}
+fn list_sk(id: &str) -> String {
+    format!("BCLIST#{id}")
+}
+
+/// The range of message sort keys minted in one millisecond.
+fn msg_range(ms: u64) -> (String, String) {
+    let lo = MessageId::from_trusted(ulid::Ulid::from_parts(ms, 0).to_string());
+    let hi = MessageId::from_trusted(ulid::Ulid::from_parts(ms, (1u128 << 80) - 1).to_string());
+    (msg_sk(&lo), msg_sk(&hi))
+}
+
+#[async_trait]
+impl BroadcastStore for DynamoStore {
+    async fn create_broadcast(
+        &self,
+        broadcast: &Broadcast,
+        recipients: &[PhoneNumber],
+        debit: &LedgerEntry,
+    ) -> Result<(), StoreError> {
+        let pk = tenant_pk(&broadcast.tenant_id);
+        let item = to_item(
+            broadcast,
+            &[("pk", pk.clone()), ("sk", broadcast_sk(&broadcast.id))],
+            broadcast.expires_at,
+        )?;
+        let mut list = std::collections::HashMap::new();
+        list.insert("pk".to_owned(), s(pk));
+        list.insert("sk".to_owned(), s(list_sk(&broadcast.id)));
+        list.insert(
+            "phones".to_owned(),
+            AttributeValue::L(recipients.iter().map(|p| s(p.to_string())).collect()),
+        );
+        list.insert(
+            TTL_ATTR.to_owned(),
+            n(broadcast.created_at.timestamp() + LIST_TTL_SECS),
+        );
+        let items = vec![
+            self.credit_update(debit, true)?,
+            self.ledger_put(debit)?,
+            self.put(item, Some("attribute_not_exists(pk)"))?,
+            self.put(list, Some("attribute_not_exists(pk)"))?,
+        ];
+        match self.transact(items).await {
+            Ok(()) => Ok(()),
+            Err(r) if r.first().map(String::as_str) == Some("ConditionalCheckFailed") => {
+                Err(StoreError::InsufficientCredits)
+            }
+            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => {
+                Err(StoreError::Conflict("broadcast exists".into()))
+            }
+            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+        }
+    }
+
+    async fn get_broadcast(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<Broadcast>, StoreError> {
+        self.get(tenant_pk(tenant), &broadcast_sk(id))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    async fn broadcast_recipients(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<Vec<PhoneNumber>>, StoreError> {
+        let Some(item) = self.get(tenant_pk(tenant), &list_sk(id)).await? else {
+            return Ok(None);
+        };
+        let Some(AttributeValue::L(phones)) = item.get("phones") else {
+            return Err(StoreError::Corrupt("broadcast list".into()));
+        };
+        phones
+            .iter()
+            .map(|v| {
+                v.as_s()
+                    .ok()
+                    .and_then(|p| PhoneNumber::parse(p).ok())
+                    .ok_or_else(|| StoreError::Corrupt("broadcast list entry".into()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    async fn broadcast_progress(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        enqueued: usize,
+        done: bool,
+    ) -> Result<(), StoreError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s(broadcast_sk(id)))
+            .condition_expression("attribute_exists(pk) AND enqueued <= :n")
+            .expression_attribute_values(":n", n(enqueued as i64));
+        req = if done {
+            req.update_expression("SET enqueued = :n, #status = :done")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":done", s("enqueued"))
+        } else {
+            req.update_expression("SET enqueued = :n")
+        };
+        match req.send().await {
+            Ok(_) => {}
+            // Another run got further already: nothing to record.
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {}
+            Err(e) => return Err(unavailable("dynamodb update", e)),
+        }
+        if done {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(tenant_pk(tenant)))
+                .key("sk", s(list_sk(id)))
+                .send()
+                .await
+                .map_err(|e| unavailable("dynamodb delete", e))?;
+        }
+        Ok(())
+    }
+
+    async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {
+        let item = to_item(
+            record,
+            &[
+                ("pk", tenant_pk(&record.tenant_id)),
+                ("sk", msg_sk(&record.id)),
+                ("gsi1pk", status_gsi(&record.tenant_id, record.status)),
+                ("gsi1sk", msg_sk(&record.id)),
+            ],
+            record.expires_at,
+        )?;
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable("dynamodb put", e)),
+        }
+    }
+
+    async fn broadcast_counts(
+        &self,
+        broadcast: &Broadcast,
+    ) -> Result<BTreeMap<String, usize>, StoreError> {
+        let (lo, hi) = msg_range(broadcast.created_at.timestamp_millis().max(0) as u64);
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .filter_expression("broadcast_id = :b")
+            .projection_expression("#status, #ttl")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":pk", s(tenant_pk(&broadcast.tenant_id)))
+            .expression_attribute_values(":lo", s(lo))
+            .expression_attribute_values(":hi", s(hi))
+            .expression_attribute_values(":b", s(broadcast.id.clone()))
+            .into_paginator()
+            .items()
+            .send();
+        let mut counts = BTreeMap::new();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            if !self.live(&item) {
+                continue;
+            }
+            if let Some(st) = item.get("status").and_then(|v| v.as_s().ok()) {
+                *counts.entry(st.clone()).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+}

@@ -1,0 +1,108 @@
+//! `BroadcastStore` on the memory store, under the one lock.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use super::MemoryStore;
+use crate::domain::{MessageRecord, PhoneNumber, TenantId};
+use crate::error::StoreError;
+use crate::ports::{Broadcast, BroadcastStore, LedgerEntry};
+
+#[async_trait]
+impl BroadcastStore for MemoryStore {
+    async fn create_broadcast(
+        &self,
+        broadcast: &Broadcast,
+        recipients: &[PhoneNumber],
+        debit: &LedgerEntry,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let key = (broadcast.tenant_id.clone(), broadcast.id.clone());
+        if s.broadcasts.contains_key(&key) {
+            return Err(StoreError::Conflict("broadcast exists".into()));
+        }
+        let tenant = s
+            .tenants
+            .get_mut(&broadcast.tenant_id)
+            .ok_or(StoreError::NotFound)?;
+        if tenant.credits < -debit.amount {
+            return Err(StoreError::InsufficientCredits);
+        }
+        tenant.credits += debit.amount;
+        s.ledger.push(debit.clone());
+        s.broadcasts
+            .insert(key, (broadcast.clone(), Some(recipients.to_vec())));
+        Ok(())
+    }
+
+    async fn get_broadcast(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<Broadcast>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.broadcasts
+            .get(&(tenant.clone(), id.to_owned()))
+            .map(|(b, _)| b)
+            .filter(|b| self.live(b.expires_at))
+            .cloned())
+    }
+
+    async fn broadcast_recipients(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<Vec<PhoneNumber>>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.broadcasts
+            .get(&(tenant.clone(), id.to_owned()))
+            .and_then(|(_, r)| r.clone()))
+    }
+
+    async fn broadcast_progress(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        enqueued: usize,
+        done: bool,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let (b, list) = s
+            .broadcasts
+            .get_mut(&(tenant.clone(), id.to_owned()))
+            .ok_or(StoreError::NotFound)?;
+        b.enqueued = b.enqueued.max(enqueued);
+        if done {
+            b.status = "enqueued".into();
+            *list = None;
+        }
+        Ok(())
+    }
+
+    async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let key = (record.tenant_id.clone(), record.id.clone());
+        if s.messages.contains_key(&key) {
+            return Ok(false);
+        }
+        s.messages.insert(key, record.clone());
+        Ok(true)
+    }
+
+    async fn broadcast_counts(
+        &self,
+        broadcast: &Broadcast,
+    ) -> Result<BTreeMap<String, usize>, StoreError> {
+        let s = self.lock()?;
+        let mut counts = BTreeMap::new();
+        for m in s.messages.values().filter(|m| {
+            m.tenant_id == broadcast.tenant_id
+                && m.broadcast_id.as_deref() == Some(broadcast.id.as_str())
+                && self.live(m.expires_at)
+        }) {
+            *counts.entry(m.status.as_str().to_owned()).or_default() += 1;
+        }
+        Ok(counts)
+    }
+}

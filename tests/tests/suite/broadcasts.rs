@@ -1,0 +1,338 @@
+//! Broadcasts end to end on both backends: JSON and CSV uploads, validation, duplicates,
+//! opt-outs, all-or-nothing debits, the fan-out, counts, and the list's deletion.
+
+use std::time::Duration;
+
+use kirim::config::Backend;
+use kirim_tests::{local_config, TestApp};
+use serde_json::{json, Value};
+
+async fn app_with(b: Backend, sandbox_rate: u32) -> TestApp {
+    let mut cfg = local_config(b).await;
+    cfg.sandbox_rate_limit = sandbox_rate;
+    let stack = cfg.stack_name.clone();
+    TestApp {
+        http: reqwest::Client::new(),
+        app: kirim_infra::local::start(cfg).await.unwrap(),
+        stack,
+    }
+}
+
+async fn post_json(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
+    let res = app
+        .http
+        .post(app.url("/v1/broadcasts"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn post_csv(app: &TestApp, key: &str, query: &str, csv: String) -> (u16, Value) {
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/broadcasts?{query}")))
+        .bearer_auth(key)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// Polls the broadcast until `want` messages are `read` (a deadline, not a speed check).
+async fn wait_read(app: &TestApp, key: &str, id: &str, want: u64) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        last = app
+            .http
+            .get(app.url(&format!("/v1/broadcasts/{id}")))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if last["counts"]["read"].as_u64() == Some(want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
+fn template() -> Value {
+    json!({"name": "raya_sale", "language": "ms", "category": "marketing",
+           "components": [{"type": "body", "parameters": [{"type": "text", "text": "RAYA-30"}]}]})
+}
+
+async fn a_json_broadcast_skips_invalid_duplicate_and_opted_out_numbers_and_pays_for_the_rest(
+    b: Backend,
+) {
+    let app = app_with(b, 80).await;
+    let t = app.onboard(10).await;
+    let res = app
+        .http
+        .put(app.url("/v1/opt-outs/+60123453003"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let recipients = json!([
+        "+60123453001",
+        "+60123453002",
+        "+60123453001",
+        "0123",
+        "+60123453003",
+        "not a number",
+        "+60123453004"
+    ]);
+    let (s, body) = post_json(
+        &app,
+        &t.key,
+        json!({"template": template(), "recipients": recipients}),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(
+        (
+            body["accepted"].as_u64(),
+            body["duplicates"].as_u64(),
+            body["skipped_opted_out"].as_u64(),
+            body["invalid_count"].as_u64()
+        ),
+        (Some(3), Some(1), Some(1), Some(2)),
+        "{body}"
+    );
+    assert_eq!(body["invalid"], json!(["0123", "not a number"]));
+    assert_eq!(
+        app.credits(&t.key).await,
+        7,
+        "exactly the accepted ones are paid for"
+    );
+    let id = body["id"].as_str().unwrap().to_owned();
+    let view = wait_read(&app, &t.key, &id, 3).await;
+    assert_eq!(view["counts"], json!({"read": 3}), "{view}");
+    assert_eq!(view["status"], "enqueued");
+    assert_eq!(view["template"]["name"], "raya_sale");
+    // Each recipient got one request with the template's parameters; none for the others.
+    for digits in ["60123453001", "60123453002", "60123453004"] {
+        let reqs = app.sandbox_requests_to(digits);
+        assert_eq!(reqs.len(), 1, "{digits}");
+        assert_eq!(
+            reqs[0].request["template"]["components"][0]["parameters"][0]["text"],
+            "RAYA-30"
+        );
+    }
+    assert!(
+        app.sandbox_requests_to("60123453003").is_empty(),
+        "opted out: never sent"
+    );
+    let tid = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    assert_eq!(
+        app.app
+            .deps
+            .broadcasts
+            .broadcast_recipients(&tid, &id)
+            .await
+            .unwrap(),
+        None,
+        "the uploaded list is deleted"
+    );
+    let listed: Value = app
+        .http
+        .get(app.url("/v1/messages"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(listed["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["broadcast_id"] == id.as_str()));
+    assert!(
+        !listed.to_string().contains("RAYA-30"),
+        "no content in the message records"
+    );
+}
+
+async fn a_broadcast_the_balance_cannot_cover_is_refused_whole(b: Backend) {
+    let app = app_with(b, 80).await;
+    let t = app.onboard(2).await;
+    let (s, body) = post_json(&app, &t.key, json!({"template": template(), "recipients": ["+60123454001", "+60123454002", "+60123454003"]})).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (402, Some("insufficient_credits"))
+    );
+    assert_eq!(app.credits(&t.key).await, 2, "nothing debited");
+    let listed: Value = app
+        .http
+        .get(app.url("/v1/messages"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["messages"], json!([]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(app.app.sandbox.received().is_empty(), "nothing sent");
+}
+
+async fn bad_broadcast_uploads_answer_400_and_change_nothing(b: Backend) {
+    let app = app_with(b, 80).await;
+    let t = app.onboard(5).await;
+    let q = "template_name=raya_sale&template_language=ms&template_category=marketing";
+    let cases = vec![
+        post_csv(&app, &t.key, q, "name,number\nA,+60123455001\n".into()).await,
+        post_csv(
+            &app,
+            &t.key,
+            "template_name=raya_sale",
+            "phone\n+60123455001\n".into(),
+        )
+        .await,
+        post_csv(
+            &app,
+            &t.key,
+            &format!("{q}&x=1"),
+            "phone\n+60123455001\n".into(),
+        )
+        .await,
+        post_csv(
+            &app,
+            &t.key,
+            "template_name=raya_sale&template_language=ms&template_category=spam",
+            "phone\n+60123455001\n".into(),
+        )
+        .await,
+        post_csv(&app, &t.key, q, "phone\nnope\n0123\n".into()).await,
+        post_csv(
+            &app,
+            &t.key,
+            q,
+            format!(
+                "phone\n{}",
+                (0..10_001)
+                    .map(|i| format!("+6012{i:07}\n"))
+                    .collect::<String>()
+            ),
+        )
+        .await,
+        post_json(
+            &app,
+            &t.key,
+            json!({"template": template(), "recipients": ["+60123455001"], "extra": true}),
+        )
+        .await,
+        post_json(
+            &app,
+            &t.key,
+            json!({"template": template(), "recipients": "+60123455001"}),
+        )
+        .await,
+    ];
+    for (i, (s, body)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (400, Some("invalid_request")),
+            "case {i}: {body}"
+        );
+    }
+    assert_eq!(app.credits(&t.key).await, 5);
+}
+
+async fn a_csv_broadcast_completes_with_every_recipient_read(b: Backend, n: usize) {
+    // The rate limiter is not this test's subject: let the sandbox take the burst.
+    let app = app_with(b, 100_000).await;
+    let t = app.onboard(n as i64 + 5).await;
+    let csv = format!(
+        "name,phone\n{}",
+        (0..n)
+            .map(|i| format!("Customer {i},+6013{i:06}9\n")) // ends in 9: never a special sandbox number
+            .collect::<String>()
+    );
+    let (s, body) = post_csv(
+        &app,
+        &t.key,
+        "template_name=raya_sale&template_language=ms&template_category=utility",
+        csv,
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(body["accepted"].as_u64(), Some(n as u64));
+    assert_eq!(app.credits(&t.key).await, 5);
+    let id = body["id"].as_str().unwrap().to_owned();
+    let view = wait_read(&app, &t.key, &id, n as u64).await;
+    assert_eq!(view["counts"], json!({"read": n}), "{view}");
+    assert_eq!(view["enqueued"].as_u64(), Some(n as u64));
+    assert_eq!(
+        app.app.sandbox.received().len(),
+        n,
+        "one request per recipient, none twice"
+    );
+}
+
+mod memory_backend {
+    use kirim::config::Backend::Memory;
+    #[tokio::test]
+    async fn a_json_broadcast_skips_invalid_duplicate_and_opted_out_numbers_and_pays_for_the_rest()
+    {
+        super::a_json_broadcast_skips_invalid_duplicate_and_opted_out_numbers_and_pays_for_the_rest(
+            Memory,
+        )
+        .await
+    }
+    #[tokio::test]
+    async fn a_broadcast_the_balance_cannot_cover_is_refused_whole() {
+        super::a_broadcast_the_balance_cannot_cover_is_refused_whole(Memory).await
+    }
+    #[tokio::test]
+    async fn bad_broadcast_uploads_answer_400_and_change_nothing() {
+        super::bad_broadcast_uploads_answer_400_and_change_nothing(Memory).await
+    }
+    #[tokio::test]
+    async fn a_1000_recipient_csv_broadcast_completes_with_every_recipient_read() {
+        super::a_csv_broadcast_completes_with_every_recipient_read(Memory, 1000).await
+    }
+}
+
+mod aws_backend_on_moto {
+    use kirim::config::Backend::Aws;
+    #[tokio::test]
+    async fn a_json_broadcast_skips_invalid_duplicate_and_opted_out_numbers_and_pays_for_the_rest()
+    {
+        super::a_json_broadcast_skips_invalid_duplicate_and_opted_out_numbers_and_pays_for_the_rest(
+            Aws,
+        )
+        .await
+    }
+    #[tokio::test]
+    async fn a_broadcast_the_balance_cannot_cover_is_refused_whole() {
+        super::a_broadcast_the_balance_cannot_cover_is_refused_whole(Aws).await
+    }
+    #[tokio::test]
+    async fn bad_broadcast_uploads_answer_400_and_change_nothing() {
+        super::bad_broadcast_uploads_answer_400_and_change_nothing(Aws).await
+    }
+    #[tokio::test]
+    async fn a_100_recipient_csv_broadcast_completes_with_every_recipient_read() {
+        super::a_csv_broadcast_completes_with_every_recipient_read(Aws, 100).await
+    }
+}
