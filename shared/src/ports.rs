@@ -545,5 +545,7 @@ pub trait QualityStats: Send + Sync {
         to: chrono::NaiveDate,
     ) -> Result<QualityCounts, StoreError>;
 }
+mod retention;
 mod users;
+pub use retention::*;
 pub use users::*;
