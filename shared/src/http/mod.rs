@@ -4,6 +4,7 @@
 pub mod access;
 mod admin;
 pub mod error;
+mod export;
 pub mod extract;
 pub mod idempotency;
 pub mod lambda;
@@ -125,6 +126,7 @@ fn admin_api_routes() -> Router<AppState> {
         .route("/v1/audit", get(admin::list_audit))
         .route("/v1/audit/verify", get(admin::verify_audit))
         .merge(users::routes())
+        .merge(export::routes())
 }
 
 fn webhook_routes() -> Router<AppState> {

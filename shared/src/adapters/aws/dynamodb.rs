@@ -607,6 +607,40 @@ impl Ledger for DynamoStore {
         }
         Ok(out)
     }
+
+    async fn entries_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<LedgerEntry>, Option<String>), StoreError> {
+        let lo = after.map_or_else(|| "LEDGER#".to_owned(), |a| format!("LEDGER#{a}~"));
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
+            .expression_attribute_values(":lo", s(lo))
+            .expression_attribute_values(":hi", s("LEDGER#~"))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(|e| unavailable("dynamodb query", e))?;
+        let next = out
+            .last_evaluated_key()
+            .and_then(|k| k.get("sk"))
+            .and_then(|v| v.as_s().ok())
+            .and_then(|sk| sk.strip_prefix("LEDGER#"))
+            .map(str::to_owned);
+        let mut page = Vec::new();
+        for item in out.items.unwrap_or_default() {
+            if self.live(&item) {
+                page.push(from_item(item)?);
+            }
+        }
+        Ok((page, next))
+    }
 }
 
 #[async_trait]
