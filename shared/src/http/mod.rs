@@ -175,7 +175,7 @@ async fn top_up(
 }
 
 async fn run_retention(State(s): State<AppState>) -> ApiResult {
-    let report = retention::run(&s.deps).await?;
+    let report = retention::run_with(&s.deps, retention::Limits::interactive()).await?;
     Ok(Json(report).into_response())
 }
 

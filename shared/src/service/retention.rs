@@ -74,6 +74,17 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// For `POST /v1/platform/retention/run`: within API Gateway's 30 s; the checkpoint
+    /// lets the daily run (or the next call) continue.
+    pub fn interactive() -> Self {
+        Self {
+            max_time: Duration::from_secs(20),
+            ..Self::default()
+        }
+    }
+}
+
 pub async fn run(deps: &Deps) -> Result<RetentionReport, ServiceError> {
     run_with(deps, Limits::default()).await
 }

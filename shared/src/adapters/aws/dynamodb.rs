@@ -491,9 +491,10 @@ impl ApiKeyStore for DynamoStore {
             .items()
             .send();
         while let Some(item) = pages.next().await {
-            out.push(from_item(
-                item.map_err(|e| unavailable("dynamodb query", e))?,
-            )?);
+            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            if self.live(&item) {
+                out.push(from_item(item)?);
+            }
         }
         Ok(out)
     }
