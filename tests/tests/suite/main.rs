@@ -13,4 +13,5 @@ mod idempotency;
 mod optouts;
 mod privacy;
 mod quality;
+mod retention;
 mod users;

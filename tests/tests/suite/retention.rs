@@ -1,0 +1,365 @@
+//! Retention end to end on both backends (issue #6): every stored item carries the TTL of
+//! its class; closed tenants are closed out; expired items are invisible, then swept and
+//! counted per class; no content anywhere; the tenant export.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kirim::config::Backend;
+use kirim::domain::RetentionClass;
+use kirim_tests::{captured_logs, moto_sdk, spawn_app, TestApp, OPERATOR_TOKEN};
+use serde_json::{json, Value};
+
+/// One stored item: keys, TTL and attributes.
+struct Row {
+    pk: String,
+    sk: String,
+    ttl: Option<i64>,
+    attrs: Value,
+}
+
+fn av_json(v: &aws_sdk_dynamodb::types::AttributeValue) -> Value {
+    use aws_sdk_dynamodb::types::AttributeValue as A;
+    match v {
+        A::S(s) => json!(s),
+        A::N(n) => n.parse::<i64>().map(Value::from).unwrap_or_else(|_| json!(n)),
+        A::Bool(b) => json!(b),
+        A::Null(_) => Value::Null,
+        A::L(l) => Value::Array(l.iter().map(av_json).collect()),
+        A::M(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), av_json(v))).collect()),
+        other => json!(format!("{other:?}")),
+    }
+}
+
+/// Every item of the app's storage: on moto a Scan of `{stack}-Table`; in memory the
+/// store's read-only view (the same keys the table would hold).
+async fn all_items(app: &TestApp, b: Backend) -> Vec<Row> {
+    match b {
+        Backend::Aws => {
+            let ddb = aws_sdk_dynamodb::Client::new(&moto_sdk().await);
+            let mut pages = ddb
+                .scan()
+                .table_name(format!("{}-Table", app.stack))
+                .into_paginator()
+                .items()
+                .send();
+            let mut rows = Vec::new();
+            while let Some(item) = pages.next().await {
+                let item = item.expect("scan");
+                let attrs: serde_json::Map<String, Value> =
+                    item.iter().map(|(k, v)| (k.clone(), av_json(v))).collect();
+                rows.push(Row {
+                    pk: attrs["pk"].as_str().unwrap_or_default().to_owned(),
+                    sk: attrs["sk"].as_str().unwrap_or_default().to_owned(),
+                    ttl: attrs.get("ttl").and_then(Value::as_i64),
+                    attrs: Value::Object(attrs),
+                });
+            }
+            rows
+        }
+        Backend::Memory => app
+            .app
+            .deps
+            .retention
+            .stored_items()
+            .await
+            .expect("stored items")
+            .into_iter()
+            .map(|i| Row {
+                pk: i.pk,
+                sk: i.sk,
+                ttl: i.ttl,
+                attrs: i.attributes,
+            })
+            .collect(),
+    }
+}
+
+/// The item types and their retention classes (docs/data-retention.md). `None`: no TTL
+/// while the tenant exists (ActiveConfig).
+fn class_of(pk: &str, sk: &str) -> Option<RetentionClass> {
+    use RetentionClass::*;
+    let table: &[(&str, &str, Option<RetentionClass>)] = &[
+        ("TENANT#", "MSG#", Some(Messages)),
+        ("WAMID#", "WAMID", Some(Messages)),
+        ("TENANT#", "LEDGER#", Some(Billing)),
+        ("AUDIT#", "EVENT#", Some(Audit)),
+        ("TENANT#", "IDEM#", Some(Idempotency)),
+        ("SESSION#", "SESSION", Some(Session)),
+        ("TENANT#", "QSTAT#", Some(Stats)),
+        ("TENANT#", "TENANT", None),
+        ("TENANT#", "APIKEY#", None),
+        ("TENANT#", "OPTOUT#", None),
+        ("TENANT#", "USER#", None),
+        ("TENANT#", "SETTINGS#", None),
+        ("APIKEY#", "APIKEY", None),
+        ("PHONE#", "PHONE", None),
+        ("EMAIL#", "EMAIL", None),
+        ("AUDIT#", "HEAD", None),
+        ("RETENTION", "CHECKPOINT", None),
+    ];
+    table
+        .iter()
+        .find(|(p, s, _)| pk.starts_with(p) && sk.starts_with(s))
+        .map(|(_, _, c)| *c)
+        .unwrap_or_else(|| panic!("an item type no retention class covers: {pk} / {sk}"))
+}
+
+fn time_attr(attrs: &Value) -> Option<i64> {
+    ["created_at", "at"]
+        .iter()
+        .find_map(|k| attrs[*k].as_str())
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp())
+}
+
+async fn call(app: &TestApp, method: &str, path: &str, token: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = app
+        .http
+        .request(method.parse().expect("method"), app.url(path))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn user_session(app: &TestApp, admin: &str) -> String {
+    let email = format!("{}@retention.example", ulid::Ulid::new().to_string().to_lowercase());
+    let password = "correct horse battery staple 42";
+    let (st, _) = call(app, "POST", "/v1/users", admin,
+        Some(json!({"email": email, "role": "admin", "password": password}))).await;
+    assert_eq!(st, 201);
+    let res = app.http.post(app.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": password})).send().await.expect("login");
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.expect("json");
+    v["token"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn inbound_text(app: &TestApp, phone_number_id: &str, from: &str, text: &str) {
+    let body = json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp",
+        "metadata":{"display_phone_number":"60300000000","phone_number_id":phone_number_id},
+        "contacts":[{"profile":{"name":"Aminah"},"wa_id":from}],
+        "messages":[{"from":from,"id":format!("wamid.in.{}", ulid::Ulid::new()),"timestamp":"1700000000",
+            "type":"text","text":{"body":text}}]}}]}]});
+    assert_eq!(app.post_webhook(&body).await.status(), 200);
+}
+
+async fn send_with_key(app: &TestApp, key: &str, idem: &str, body: Value) -> (u16, Value) {
+    let res = app.http.post(app.url("/v1/messages")).bearer_auth(key)
+        .header("Idempotency-Key", idem).json(&body).send().await.expect("send");
+    let st = res.status().as_u16();
+    (st, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Exercises every write path, so that every item type exists.
+async fn exercise(app: &TestApp, marker: &str) -> (kirim_tests::Onboarded, Vec<String>) {
+    let t = app.onboard(50).await;
+    let mut ids = Vec::new();
+    // A template with the marker as a parameter, under an Idempotency-Key.
+    let (st, v) = send_with_key(app, &t.key, &format!("k-{}", ulid::Ulid::new()), json!({
+        "to": "+60123451111",
+        "template": {"name": "order_update", "language": "en_US", "category": "utility",
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": marker}]}]},
+    })).await;
+    assert_eq!(st, 202);
+    ids.push(v["id"].as_str().unwrap_or_default().to_owned());
+    // A text body with the marker.
+    let (st, v) = call(app, "POST", "/v1/messages", &t.key,
+        Some(json!({"to": "+60123452222", "text": {"body": format!("hello {marker}")}}))).await;
+    assert_eq!(st, 202);
+    ids.push(v["id"].as_str().unwrap_or_default().to_owned());
+    // A send that fails for good (transient errors until the attempts are used up).
+    let (st, v) = call(app, "POST", "/v1/messages", &t.key,
+        Some(json!({"to": "+60123450004", "text": {"body": format!("retry {marker}")}}))).await;
+    assert_eq!(st, 202);
+    let failing = v["id"].as_str().unwrap_or_default().to_owned();
+    // Inbound text with the marker, and a STOP (an opt-out and a quality counter).
+    inbound_text(app, &t.phone_number_id, "60123453333", &format!("hi {marker}")).await;
+    inbound_text(app, &t.phone_number_id, "60123454444", "STOP").await;
+    let (st, _) = call(app, "PUT", "/v1/opt-outs/%2B60123455555", &t.key, None).await;
+    assert!(st == 200 || st == 201, "opt-out put: {st}");
+    let (st, _) = call(app, "POST", &format!("/v1/platform/tenants/{}/credits", t.tenant_id),
+        OPERATOR_TOKEN, Some(json!({"amount": 5, "reference": "inv-1"}))).await;
+    assert_eq!(st, 201);
+    user_session(app, &t.key).await;
+    for id in &ids {
+        assert_eq!(app.wait_status(&t.key, id, "read").await["status"], "read");
+    }
+    assert_eq!(app.wait_status(&t.key, &failing, "failed").await["status"], "failed");
+    ids.push(failing);
+    (t, ids)
+}
+
+async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
+    let app = spawn_app(b).await;
+    let t0 = Utc::now().timestamp();
+    exercise(&app, &format!("M-{}", ulid::Ulid::new())).await;
+    let t1 = Utc::now().timestamp();
+    let retention = &app.app.deps.settings.retention;
+    let mut seen = std::collections::BTreeSet::new();
+    for row in all_items(&app, b).await {
+        let class = class_of(&row.pk, &row.sk);
+        let kind = format!("{}{}", row.pk.split('#').next().unwrap_or_default(),
+            row.sk.split('#').next().map(|s| format!("/{s}")).unwrap_or_default());
+        seen.insert(kind.clone());
+        let Some(class) = class else {
+            assert_eq!(row.ttl, None, "{kind}: active configuration has no TTL while the tenant exists");
+            continue;
+        };
+        let secs = retention.duration(class).expect("a class with an expiry").as_secs() as i64;
+        let ttl = row.ttl.unwrap_or_else(|| panic!("{kind} has no ttl"));
+        match time_attr(&row.attrs) {
+            Some(created) => assert!((ttl - secs - created).abs() <= 1,
+                "{kind}: ttl {ttl} is not created {created} + {secs}"),
+            None => assert!((t0 - 1..=t1 + 1).contains(&(ttl - secs)),
+                "{kind}: ttl {ttl} is not written-at + {secs}"),
+        }
+        if row.attrs.get("expires_at").and_then(Value::as_i64).is_some() && class != RetentionClass::Session {
+            assert_eq!(row.attrs["expires_at"].as_i64(), Some(ttl), "{kind}: expires_at equals ttl");
+        }
+    }
+    for kind in ["TENANT/MSG", "WAMID/WAMID", "TENANT/LEDGER", "AUDIT/EVENT", "TENANT/IDEM",
+        "SESSION/SESSION", "TENANT/QSTAT", "TENANT/TENANT", "TENANT/APIKEY", "TENANT/OPTOUT",
+        "TENANT/USER", "APIKEY/APIKEY", "PHONE/PHONE", "EMAIL/EMAIL", "AUDIT/HEAD"] {
+        assert!(seen.contains(kind), "no {kind} item was written: {seen:?}");
+    }
+}
+
+async fn no_content_reaches_a_table_a_queue_or_a_log_line(b: Backend) {
+    let app = spawn_app(b).await;
+    let marker = format!("CONTENT-MARK-{}", ulid::Ulid::new());
+    exercise(&app, &marker).await;
+    for row in all_items(&app, b).await {
+        assert!(!row.attrs.to_string().contains(&marker), "content in {} / {}", row.pk, row.sk);
+    }
+    // Dispatched jobs are deleted: nothing is left on the dispatch queue, nothing on the DLQ.
+    let left = app.app.deps.queue.receive(10, Duration::ZERO).await.expect("receive");
+    assert!(left.iter().all(|m| !m.body.contains(&marker)), "content left on the dispatch queue");
+    assert!(left.is_empty(), "dispatched jobs are deleted from the queue");
+    let dead = app.app.deps.queue.dead_letters().await.expect("dlq");
+    assert!(dead.iter().all(|m| !m.contains(&marker)), "content on the dead-letter queue");
+    let logs = captured_logs();
+    assert!(!logs.contains(&marker), "content in a log line");
+    for raw in ["60123451111", "60123452222", "60123453333", "60123454444", "60123455555"] {
+        assert!(!logs.contains(raw), "a full phone number in the logs: {raw}");
+    }
+}
+
+async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let other = app.onboard(10).await;
+    let session = user_session(&app, &t.key).await;
+    let (st, _) = call(&app, "PUT", "/v1/opt-outs/%2B60123456666", &t.key, None).await;
+    assert!(st == 200 || st == 201);
+    let id = app.send_ok(&t.key, "+60123457777").await;
+    app.wait_status(&t.key, &id, "read").await;
+    let (st, _) = call(&app, "DELETE", &format!("/v1/platform/tenants/{}", t.tenant_id), OPERATOR_TOKEN, None).await;
+    assert_eq!(st, 200);
+    let tenant = app.app.deps.tenants.get_tenant(&kirim::domain::TenantId::parse(&t.tenant_id).expect("id"))
+        .await.expect("get").expect("tenant");
+    let closed_at = tenant.status_changed_at.expect("closing time").timestamp();
+
+    let (st, report) = call(&app, "POST", "/v1/platform/retention/run", OPERATOR_TOKEN, None).await;
+    assert_eq!(st, 200, "{report}");
+    let done = report["closed_out"].as_array().cloned().unwrap_or_default();
+    assert_eq!(done.len(), 1, "one closed tenant: {report}");
+    assert_eq!(done[0]["tenant_id"], t.tenant_id.as_str());
+    assert_eq!(done[0]["keys_revoked"], 1);
+    assert_eq!(done[0]["sessions_deleted"], 1);
+    assert_eq!(done[0]["phone_route_removed"], true);
+    assert_eq!(report["complete"], true);
+    for class in RetentionClass::ALL {
+        assert!(report["deleted"][class.as_str()].is_u64(), "{class:?} counted: {report}");
+    }
+    // The run is in the platform's audit trail.
+    let (_, verify) = call(&app, "GET", "/v1/audit/verify", &other.key, None).await;
+    assert_eq!(verify["valid"], true);
+
+    let r = &app.app.deps.settings.retention;
+    let messages = r.messages.as_secs() as i64;
+    let billing = r.billing.as_secs() as i64;
+    let mine = format!("TENANT#{}", t.tenant_id);
+    let rows = all_items(&app, b).await;
+    for row in &rows {
+        if row.pk == mine && row.sk == "TENANT" {
+            assert_eq!(row.ttl, Some(closed_at + billing), "the account record: 7 years from closing");
+            assert!(row.attrs["closed_out_at"].is_string());
+        } else if row.pk == mine && ["APIKEY#", "OPTOUT#", "USER#"].iter().any(|p| row.sk.starts_with(p)) {
+            assert_eq!(row.ttl, Some(closed_at + messages), "{}: configuration expires from closing", row.sk);
+        }
+        if row.pk.starts_with("APIKEY#") && row.attrs["tenant_id"] == t.tenant_id.as_str() {
+            assert_eq!(row.attrs["revoked"], true, "keys are revoked");
+        }
+        assert_ne!(row.pk, format!("PHONE#{}", t.phone_number_id), "the phone route is gone");
+        assert!(!(row.pk.starts_with("SESSION#") && row.attrs["tenant_id"] == t.tenant_id.as_str()),
+            "the tenant's sessions are gone");
+    }
+    assert!(rows.iter().any(|r| r.pk == format!("PHONE#{}", other.phone_number_id)), "other tenants keep theirs");
+    let (st, _) = call(&app, "GET", "/v1/account", &session, None).await;
+    assert_eq!(st, 401, "the session is gone");
+    let secret = app.app.deps.secrets.store().get_secret(&tenant.meta_token_secret).await;
+    assert!(!matches!(secret, Ok(Some(_))), "the Meta token is scheduled for deletion");
+    // The number can be onboarded again.
+    let (st, _) = call(&app, "POST", "/v1/platform/tenants", OPERATOR_TOKEN, Some(json!({
+        "name": "Next Owner", "waba_id": "2", "phone_number_id": t.phone_number_id,
+        "meta_access_token": "EAAG-next", "credits": 1}))).await;
+    assert_eq!(st, 201, "the number is free again");
+    // A later run skips the tenant.
+    let (_, again) = call(&app, "POST", "/v1/platform/retention/run", OPERATOR_TOKEN, None).await;
+    assert_eq!(again["closed_out"], json!([]), "{again}");
+}
+
+async fn the_export_streams_the_tenants_metadata_as_json_lines(b: Backend) {
+    let app = spawn_app(b).await;
+    let marker = format!("EXPORT-MARK-{}", ulid::Ulid::new());
+    let (t, ids) = exercise(&app, &marker).await;
+    let other = app.onboard(5).await;
+    let other_msg = app.send_ok(&other.key, "+60123458888").await;
+    let res = app.http.get(app.url("/v1/account/export")).bearer_auth(&t.key).send().await.expect("export");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/x-ndjson");
+    let text = res.text().await.expect("body");
+    assert!(!text.contains(&marker), "no content in the export");
+    assert!(!text.contains(&t.key) && !text.contains("EAAG-test-meta-token"), "no secrets");
+    assert!(!text.contains(&other_msg), "no other tenant's data");
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect();
+    let count = |kind: &str| lines.iter().filter(|l| l["type"] == kind).count();
+    assert_eq!(lines.first().map(|l| l["type"].clone()), Some(json!("export")));
+    assert_eq!(lines.last().map(|l| l["type"].clone()), Some(json!("end")));
+    assert_eq!(count("message"), ids.len());
+    for id in &ids {
+        assert!(lines.iter().any(|l| l["type"] == "message" && l["id"] == id.as_str()));
+    }
+    assert!(count("opt_out") >= 2, "the STOP and the API opt-out");
+    assert!(count("audit_event") >= 3);
+    assert!(count("ledger_entry") >= 5, "opening top-up, three debits, the refund, a top-up");
+    let read_only: Value = app.http.post(app.url("/v1/api-keys")).bearer_auth(&t.key)
+        .json(&json!({"name": "ro", "role": "read_only"})).send().await.expect("key").json().await.expect("json");
+    let ro = read_only["key"].as_str().unwrap_or_default();
+    let res = app.http.get(app.url("/v1/account/export")).bearer_auth(ro).send().await.expect("export");
+    assert_eq!(res.status(), 403, "admins only");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
+        }
+        mod aws_backend_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
+        }
+    };
+}
+
+on_both_backends!(
+    every_stored_item_carries_the_ttl_of_its_class,
+    no_content_reaches_a_table_a_queue_or_a_log_line,
+    a_closed_tenant_is_closed_out_once_by_the_retention_run,
+    the_export_streams_the_tenants_metadata_as_json_lines,
+);
