@@ -6,6 +6,7 @@ mod audit;
 mod contract;
 mod contract_access;
 mod contract_optouts;
+mod contract_retention;
 mod contract_users;
 mod e2e;
 mod http_edges;

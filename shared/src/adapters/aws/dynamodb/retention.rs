@@ -237,6 +237,9 @@ impl RetentionStore for DynamoStore {
         let Some(tenant_item) = self.get(pk.clone(), "TENANT").await? else {
             return Ok(counts);
         };
+        if str_attr(&tenant_item, "status") != Some("closed") {
+            return Ok(counts); // only a closed tenant is closed out
+        }
         // The tenant's partition: keys, opt-outs, users, settings get a TTL.
         let mut pages = self
             .client

@@ -115,6 +115,9 @@ impl RetentionStore for MemoryStore {
         let Some(t) = s.tenants.get(tenant).cloned() else {
             return Ok(counts);
         };
+        if t.status != TenantStatus::Closed {
+            return Ok(counts); // only a closed tenant is closed out
+        }
         for k in s.keys.values_mut().filter(|k| &k.tenant_id == tenant) {
             if !k.revoked {
                 k.revoked = true;
