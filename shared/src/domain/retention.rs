@@ -167,17 +167,47 @@ mod tests {
     #[test]
     fn the_class_of_an_item_follows_from_its_key_prefix() {
         let t = "TENANT#01JABCDEFGHJKMNPQRSTVWXYZ0";
-        assert_eq!(RetentionClass::of_key(t, "MSG#01J"), RetentionClass::Messages);
-        assert_eq!(RetentionClass::of_key(t, "LEDGER#01J"), RetentionClass::Billing);
-        assert_eq!(RetentionClass::of_key(t, "IDEM#ab"), RetentionClass::Idempotency);
-        assert_eq!(RetentionClass::of_key(t, "QSTAT#2026-01-01"), RetentionClass::Stats);
+        assert_eq!(
+            RetentionClass::of_key(t, "MSG#01J"),
+            RetentionClass::Messages
+        );
+        assert_eq!(
+            RetentionClass::of_key(t, "LEDGER#01J"),
+            RetentionClass::Billing
+        );
+        assert_eq!(
+            RetentionClass::of_key(t, "IDEM#ab"),
+            RetentionClass::Idempotency
+        );
+        assert_eq!(
+            RetentionClass::of_key(t, "QSTAT#2026-01-01"),
+            RetentionClass::Stats
+        );
         assert_eq!(RetentionClass::of_key(t, "TENANT"), RetentionClass::Billing);
-        assert_eq!(RetentionClass::of_key(t, "OPTOUT#+601"), RetentionClass::ActiveConfig);
-        assert_eq!(RetentionClass::of_key("WAMID#w", "WAMID"), RetentionClass::Messages);
-        assert_eq!(RetentionClass::of_key("AUDIT#platform", "EVENT#1"), RetentionClass::Audit);
-        assert_eq!(RetentionClass::of_key("AUDIT#platform", "HEAD"), RetentionClass::ActiveConfig);
-        assert_eq!(RetentionClass::of_key("SESSION#h", "SESSION"), RetentionClass::Session);
-        assert_eq!(RetentionClass::of_key("PHONE#1", "PHONE"), RetentionClass::ActiveConfig);
+        assert_eq!(
+            RetentionClass::of_key(t, "OPTOUT#+601"),
+            RetentionClass::ActiveConfig
+        );
+        assert_eq!(
+            RetentionClass::of_key("WAMID#w", "WAMID"),
+            RetentionClass::Messages
+        );
+        assert_eq!(
+            RetentionClass::of_key("AUDIT#platform", "EVENT#1"),
+            RetentionClass::Audit
+        );
+        assert_eq!(
+            RetentionClass::of_key("AUDIT#platform", "HEAD"),
+            RetentionClass::ActiveConfig
+        );
+        assert_eq!(
+            RetentionClass::of_key("SESSION#h", "SESSION"),
+            RetentionClass::Session
+        );
+        assert_eq!(
+            RetentionClass::of_key("PHONE#1", "PHONE"),
+            RetentionClass::ActiveConfig
+        );
     }
 
     #[test]

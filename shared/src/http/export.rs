@@ -147,7 +147,10 @@ async fn export(State(s): State<AppState>, ctx: TenantCtx) -> Response {
                 return None;
             }
             match page(&deps, &tenant, step).await {
-                Ok((text, next)) => Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), Some(next))),
+                Ok((text, next)) => Some((
+                    Ok::<_, std::convert::Infallible>(Bytes::from(text)),
+                    Some(next),
+                )),
                 Err(e) => {
                     tracing::error!(tenant_id = %tenant, error = %e, "export stopped by a storage error");
                     let text = line("error", json!({"code": "unavailable"}));

@@ -96,7 +96,10 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
     let mut report = RetentionReport {
         ran_at: now,
         deleted_expired: 0,
-        deleted: RetentionClass::ALL.iter().map(|c| (c.as_str(), 0)).collect(),
+        deleted: RetentionClass::ALL
+            .iter()
+            .map(|c| (c.as_str(), 0))
+            .collect(),
         examined: 0,
         pages: 0,
         resumed: cursor.is_some(),

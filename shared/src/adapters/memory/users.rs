@@ -306,4 +306,3 @@ impl UsersState {
         out
     }
 }
-

@@ -13,7 +13,9 @@ use super::{n, s, tenant_pk, ttl_of, DynamoStore, Item, TTL_ATTR};
 use crate::adapters::aws::unavailable;
 use crate::domain::TenantId;
 use crate::error::StoreError;
-use crate::ports::{ApiKeyStore, CloseOutCounts, CloseOutTtls, RetentionStore, StoredItem, SweepPage};
+use crate::ports::{
+    ApiKeyStore, CloseOutCounts, CloseOutTtls, RetentionStore, StoredItem, SweepPage,
+};
 
 const CHECKPOINT_PK: &str = "RETENTION";
 const CHECKPOINT_SK: &str = "CHECKPOINT";
@@ -51,7 +53,9 @@ pub(crate) fn to_json(v: &AttributeValue) -> serde_json::Value {
         AttributeValue::Bool(b) => Value::Bool(*b),
         AttributeValue::Null(_) => Value::Null,
         AttributeValue::L(l) => Value::Array(l.iter().map(to_json).collect()),
-        AttributeValue::M(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
+        AttributeValue::M(m) => {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
+        }
         AttributeValue::Ss(l) => Value::Array(l.iter().cloned().map(Value::String).collect()),
         AttributeValue::Ns(l) => Value::Array(l.iter().cloned().map(Value::String).collect()),
         other => Value::String(format!("{other:?}")),
@@ -298,7 +302,11 @@ impl RetentionStore for DynamoStore {
             .await?;
         let keys: Vec<Item> = sessions
             .into_iter()
-            .map(|i| i.into_iter().filter(|(k, _)| k == "pk" || k == "sk").collect())
+            .map(|i| {
+                i.into_iter()
+                    .filter(|(k, _)| k == "pk" || k == "sk")
+                    .collect()
+            })
             .collect();
         counts.sessions_deleted = self.delete_keys(keys).await?.len();
         // The phone-number route, only while it still names this tenant.

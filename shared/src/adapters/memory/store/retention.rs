@@ -51,12 +51,19 @@ impl RetentionStore for MemoryStore {
         add(&mut page, RetentionClass::Audit, audit);
         let before = s.idempotency.len();
         s.idempotency.retain(|_, r| !expired(r.expires_at));
-        add(&mut page, RetentionClass::Idempotency, before - s.idempotency.len());
+        add(
+            &mut page,
+            RetentionClass::Idempotency,
+            before - s.idempotency.len(),
+        );
         let sessions = s.users.remove_expired(now);
         add(&mut page, RetentionClass::Session, sessions);
         // Closed-out tenants whose items have reached the TTLs the close-out gave them.
-        let done: Vec<(TenantId, CloseOutTtls)> =
-            s.closed_out.iter().map(|(t, (_, x))| (t.clone(), *x)).collect();
+        let done: Vec<(TenantId, CloseOutTtls)> = s
+            .closed_out
+            .iter()
+            .map(|(t, (_, x))| (t.clone(), *x))
+            .collect();
         for (t, ttls) in done {
             if expired(Some(ttls.config)) {
                 let mut n = 0;
@@ -159,31 +166,78 @@ impl RetentionStore for MemoryStore {
             if let (Some((at, _)), Some(o)) = (s.closed_out.get(id), a.as_object_mut()) {
                 o.insert("closed_out_at".into(), json!(at));
             }
-            item(format!("TENANT#{id}"), "TENANT".into(), closed(id).map(|x| x.tenant), a);
+            item(
+                format!("TENANT#{id}"),
+                "TENANT".into(),
+                closed(id).map(|x| x.tenant),
+                a,
+            );
         }
         for (pnid, t) in &s.phones {
-            item(format!("PHONE#{pnid}"), "PHONE".into(), None, json!({"tenant_id": t}));
+            item(
+                format!("PHONE#{pnid}"),
+                "PHONE".into(),
+                None,
+                json!({"tenant_id": t}),
+            );
         }
         for k in s.keys.values() {
             let a = to_value(k).unwrap_or_default();
             let ttl = config_ttl(&k.tenant_id);
-            item(format!("APIKEY#{}", k.key_hash), "APIKEY".into(), ttl, a.clone());
-            item(format!("TENANT#{}", k.tenant_id), format!("APIKEY#{}", k.id), ttl, a);
+            item(
+                format!("APIKEY#{}", k.key_hash),
+                "APIKEY".into(),
+                ttl,
+                a.clone(),
+            );
+            item(
+                format!("TENANT#{}", k.tenant_id),
+                format!("APIKEY#{}", k.id),
+                ttl,
+                a,
+            );
         }
         for ((t, id), m) in &s.messages {
-            item(format!("TENANT#{t}"), format!("MSG#{id}"), m.expires_at, to_value(m).unwrap_or_default());
+            item(
+                format!("TENANT#{t}"),
+                format!("MSG#{id}"),
+                m.expires_at,
+                to_value(m).unwrap_or_default(),
+            );
         }
         for e in &s.ledger {
-            item(format!("TENANT#{}", e.tenant_id), format!("LEDGER#{}", e.id), e.expires_at, to_value(e).unwrap_or_default());
+            item(
+                format!("TENANT#{}", e.tenant_id),
+                format!("LEDGER#{}", e.id),
+                e.expires_at,
+                to_value(e).unwrap_or_default(),
+            );
         }
         for (w, (t, m, exp)) in &s.wamids {
-            item(format!("WAMID#{w}"), "WAMID".into(), *exp, json!({"tenant_id": t, "message_id": m}));
+            item(
+                format!("WAMID#{w}"),
+                "WAMID".into(),
+                *exp,
+                json!({"tenant_id": t, "message_id": m}),
+            );
         }
         for (chain, (head, events)) in &s.audit {
-            let head_ttl = TenantId::parse(chain).and_then(|t| closed(&t)).map(|x| x.audit_head);
-            item(format!("AUDIT#{chain}"), "HEAD".into(), head_ttl, json!({"seq": head.seq, "hash": head.hash}));
+            let head_ttl = TenantId::parse(chain)
+                .and_then(|t| closed(&t))
+                .map(|x| x.audit_head);
+            item(
+                format!("AUDIT#{chain}"),
+                "HEAD".into(),
+                head_ttl,
+                json!({"seq": head.seq, "hash": head.hash}),
+            );
             for e in events.values() {
-                item(format!("AUDIT#{chain}"), format!("EVENT#{:016}", e.seq), e.expires_at, to_value(e).unwrap_or_default());
+                item(
+                    format!("AUDIT#{chain}"),
+                    format!("EVENT#{:016}", e.seq),
+                    e.expires_at,
+                    to_value(e).unwrap_or_default(),
+                );
             }
         }
         for ((t, day), (c, exp)) in &s.quality {
@@ -195,13 +249,28 @@ impl RetentionStore for MemoryStore {
             );
         }
         for ((t, phone), o) in &s.opt_outs {
-            item(format!("TENANT#{t}"), format!("OPTOUT#{phone}"), config_ttl(t), to_value(o).unwrap_or_default());
+            item(
+                format!("TENANT#{t}"),
+                format!("OPTOUT#{phone}"),
+                config_ttl(t),
+                to_value(o).unwrap_or_default(),
+            );
         }
         for ((t, hash), r) in &s.idempotency {
-            item(format!("TENANT#{t}"), format!("IDEM#{hash}"), r.expires_at, to_value(r).unwrap_or_default());
+            item(
+                format!("TENANT#{t}"),
+                format!("IDEM#{hash}"),
+                r.expires_at,
+                to_value(r).unwrap_or_default(),
+            );
         }
         if let Some(next) = &s.checkpoint {
-            item("RETENTION".into(), "CHECKPOINT".into(), None, json!({"next": next}));
+            item(
+                "RETENTION".into(),
+                "CHECKPOINT".into(),
+                None,
+                json!({"next": next}),
+            );
         }
         out.extend(s.users.stored(&config_ttl));
         Ok(out)
