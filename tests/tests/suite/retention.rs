@@ -433,7 +433,24 @@ async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
             "{class:?} counted: {report}"
         );
     }
-    // The run is in the platform's audit trail.
+    // The run's report is in the platform's audit trail.
+    let q = kirim::ports::AuditQuery {
+        limit: 100,
+        action: Some("retention.run".into()),
+        ..Default::default()
+    };
+    let (events, _) = app
+        .app
+        .deps
+        .audit
+        .list("platform", &q)
+        .await
+        .expect("platform chain");
+    let recorded: Value =
+        serde_json::from_str(&events.first().expect("a retention.run event").details)
+            .expect("details");
+    assert_eq!(recorded["closed_out"][0]["tenant_id"], t.tenant_id.as_str());
+    assert_eq!(recorded["deleted"], report["deleted"]);
     let (_, verify) = call(&app, "GET", "/v1/audit/verify", &other.key, None).await;
     assert_eq!(verify["valid"], true);
 

@@ -853,9 +853,14 @@ impl MessageStore for DynamoStore {
             .key("pk", s(tenant_pk(tenant)))
             .key("sk", s(msg_sk(id)))
             .update_expression("SET #status = :acc, gsi1pk = :g, #error = :e, updated_at = :at")
-            .condition_expression("#status = :sending")
+            // An expired message cannot be revived (as in `transition` and in memory).
+            .condition_expression(
+                "#status = :sending AND (attribute_not_exists(#ttl) OR #ttl > :now)",
+            )
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#error", "error")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":now", n(self.now_secs()))
             .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
             .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))
             .expression_attribute_values(":g", s(status_gsi(tenant, MessageStatus::Accepted)))
