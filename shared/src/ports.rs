@@ -181,6 +181,27 @@ pub trait Ledger: Send + Sync {
     /// Undoes a debit (a message that never reached Meta); answers the new balance.
     async fn refund(&self, entry: &LedgerEntry) -> Result<i64, StoreError>;
     async fn entries(&self, tenant: &TenantId) -> Result<Vec<LedgerEntry>, StoreError>;
+    /// Live entries in id (= time) order after the entry `after`, at most `limit`, and the
+    /// id to continue after if there may be more (pages may be short).
+    async fn entries_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<LedgerEntry>, Option<String>), StoreError> {
+        let mut all = self.entries(tenant).await?;
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut rest = all
+            .into_iter()
+            .filter(|e| after.is_none_or(|a| e.id.as_str() > a));
+        let page: Vec<LedgerEntry> = rest.by_ref().take(limit.max(1)).collect();
+        let next = if rest.next().is_some() {
+            page.last().map(|e| e.id.clone())
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
 }
 
 /// A page of messages and the cursor for the next one.
@@ -552,7 +573,9 @@ pub trait QualityStats: Send + Sync {
         to: chrono::NaiveDate,
     ) -> Result<QualityCounts, StoreError>;
 }
+mod retention;
 mod users;
+pub use retention::*;
 pub use users::*;
 
 /// A broadcast: one template to many recipients, debited all at once.

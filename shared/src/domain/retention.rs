@@ -71,6 +71,67 @@ impl RetentionConfig {
     }
 }
 
+impl RetentionClass {
+    /// Every class, in report order.
+    pub const ALL: [RetentionClass; 8] = [
+        RetentionClass::Messages,
+        RetentionClass::Billing,
+        RetentionClass::Audit,
+        RetentionClass::Idempotency,
+        RetentionClass::PendingStatus,
+        RetentionClass::Session,
+        RetentionClass::Stats,
+        RetentionClass::ActiveConfig,
+    ];
+
+    /// The name used in retention reports and the docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionClass::ActiveConfig => "active_config",
+            RetentionClass::Messages => "messages",
+            RetentionClass::Audit => "audit",
+            RetentionClass::Billing => "billing",
+            RetentionClass::Idempotency => "idempotency",
+            RetentionClass::PendingStatus => "pending_status",
+            RetentionClass::Session => "session",
+            RetentionClass::Stats => "stats",
+        }
+    }
+
+    /// The class of a stored item, from its table keys (docs/data-model.md §2). A closed
+    /// tenant's item (`TENANT#…`/`TENANT`) is the 7-year account record: Billing. Items
+    /// that carry no TTL while the tenant exists (keys, opt-outs, users, settings, routes,
+    /// chain heads) are ActiveConfig; they expire only after a tenant's close-out.
+    pub fn of_key(pk: &str, sk: &str) -> RetentionClass {
+        if pk.starts_with("TENANT#") {
+            return match sk {
+                "TENANT" => RetentionClass::Billing,
+                s if s.starts_with("MSG#") || s.starts_with("BROADCAST#") => {
+                    RetentionClass::Messages
+                }
+                s if s.starts_with("LEDGER#") => RetentionClass::Billing,
+                s if s.starts_with("IDEM#") => RetentionClass::Idempotency,
+                s if s.starts_with("QSTAT#") => RetentionClass::Stats,
+                _ => RetentionClass::ActiveConfig,
+            };
+        }
+        if pk.starts_with("WAMID#") {
+            return if sk.starts_with("STATUS#") {
+                RetentionClass::PendingStatus
+            } else {
+                RetentionClass::Messages
+            };
+        }
+        if pk.starts_with("AUDIT#") && sk.starts_with("EVENT#") {
+            return RetentionClass::Audit;
+        }
+        if pk.starts_with("SESSION#") {
+            return RetentionClass::Session;
+        }
+        RetentionClass::ActiveConfig
+    }
+}
+
 /// Parses `730d`, `12h`, `30m`, `45s`, `250ms`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -101,6 +162,52 @@ mod tests {
         assert_eq!(parse_duration("12"), Some(Duration::from_secs(12)));
         assert_eq!(parse_duration("5y"), None);
         assert_eq!(parse_duration("d"), None);
+    }
+
+    #[test]
+    fn the_class_of_an_item_follows_from_its_key_prefix() {
+        let t = "TENANT#01JABCDEFGHJKMNPQRSTVWXYZ0";
+        assert_eq!(
+            RetentionClass::of_key(t, "MSG#01J"),
+            RetentionClass::Messages
+        );
+        assert_eq!(
+            RetentionClass::of_key(t, "LEDGER#01J"),
+            RetentionClass::Billing
+        );
+        assert_eq!(
+            RetentionClass::of_key(t, "IDEM#ab"),
+            RetentionClass::Idempotency
+        );
+        assert_eq!(
+            RetentionClass::of_key(t, "QSTAT#2026-01-01"),
+            RetentionClass::Stats
+        );
+        assert_eq!(RetentionClass::of_key(t, "TENANT"), RetentionClass::Billing);
+        assert_eq!(
+            RetentionClass::of_key(t, "OPTOUT#+601"),
+            RetentionClass::ActiveConfig
+        );
+        assert_eq!(
+            RetentionClass::of_key("WAMID#w", "WAMID"),
+            RetentionClass::Messages
+        );
+        assert_eq!(
+            RetentionClass::of_key("AUDIT#platform", "EVENT#1"),
+            RetentionClass::Audit
+        );
+        assert_eq!(
+            RetentionClass::of_key("AUDIT#platform", "HEAD"),
+            RetentionClass::ActiveConfig
+        );
+        assert_eq!(
+            RetentionClass::of_key("SESSION#h", "SESSION"),
+            RetentionClass::Session
+        );
+        assert_eq!(
+            RetentionClass::of_key("PHONE#1", "PHONE"),
+            RetentionClass::ActiveConfig
+        );
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("PUT", "/v1/platform/tenants/{id}/ip-allowlist", Platform),
     rule("POST", "/v1/platform/retention/run", Platform),
     rule("GET", "/v1/account", Tenant(ReadOnly)),
+    rule("GET", "/v1/account/export", Tenant(Admin)),
     rule("GET", "/v1/messages", Tenant(ReadOnly)),
     rule("POST", "/v1/messages", Tenant(Operator)),
     rule("GET", "/v1/messages/{id}", Tenant(ReadOnly)),

@@ -5,6 +5,7 @@ pub mod access;
 mod admin;
 mod broadcasts;
 pub mod error;
+mod export;
 pub mod extract;
 pub mod idempotency;
 pub mod lambda;
@@ -127,6 +128,7 @@ fn admin_api_routes() -> Router<AppState> {
         .route("/v1/audit", get(admin::list_audit))
         .route("/v1/audit/verify", get(admin::verify_audit))
         .merge(users::routes())
+        .merge(export::routes())
 }
 
 fn webhook_routes() -> Router<AppState> {
@@ -175,7 +177,7 @@ async fn top_up(
 }
 
 async fn run_retention(State(s): State<AppState>) -> ApiResult {
-    let report = retention::run(&s.deps).await?;
+    let report = retention::run_with(&s.deps, retention::Limits::interactive()).await?;
     Ok(Json(report).into_response())
 }
 

@@ -40,6 +40,7 @@ pub struct Deps {
     pub ledger: Arc<dyn Ledger>,
     pub messages: Arc<dyn MessageStore>,
     pub expired: Arc<dyn ExpiredItems>,
+    pub retention: Arc<dyn crate::ports::RetentionStore>,
     pub opt_outs: Arc<dyn OptOutStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub queue: Arc<dyn DispatchQueue>,

@@ -1,25 +1,200 @@
-//! The scheduled cleanup: removes what is past its TTL and not yet swept by DynamoDB.
+//! The scheduled cleanup (docs/data-retention.md): removes what is past its TTL and not yet
+//! removed by DynamoDB, finishes closing closed tenants, counts what it removed per
+//! retention class, and records its report in the platform's audit chain.
+//!
+//! Resumable: the sweep reads the table a page at a time and saves its position after each
+//! page, so a run cut short (a budget reached, a Lambda timeout) is continued by the next.
+//! Bounded: at most `page_size` items read per page, a pause between pages, and a budget
+//! of deletions, pages and time per run.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::audit::{self, Draft};
 use super::errors::ServiceError;
 use super::Deps;
+use crate::domain::{RetentionClass, TenantId};
+use crate::ports::{CloseOutCounts, CloseOutTtls, TenantStatus};
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct RetentionReport {
     pub ran_at: chrono::DateTime<chrono::Utc>,
+    /// Items deleted in total (the sum of `deleted`).
     pub deleted_expired: usize,
+    /// Items deleted, by retention class (every class named, zeros included).
+    pub deleted: BTreeMap<&'static str, usize>,
+    /// Items read (the Scan's cost).
+    pub examined: usize,
+    pub pages: usize,
+    /// Whether this run continued a pass an earlier run left unfinished.
+    pub resumed: bool,
+    /// Whether the pass over the table finished (else the next run continues it).
+    pub complete: bool,
+    /// Closed tenants whose closing this run finished.
+    pub closed_out: Vec<ClosedOut>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ClosedOut {
+    pub tenant_id: TenantId,
+    #[serde(flatten)]
+    pub counts: CloseOutCounts,
+    pub meta_token_secret_deleted: bool,
+}
+
+/// How much one run may do.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Items read per page (the Scan's `Limit`): bounds the read rate.
+    pub page_size: usize,
+    /// Pause between pages: bounds the read and delete rate.
+    pub pause: Duration,
+    /// Deletions per run at most; the next run continues.
+    pub max_deleted: usize,
+    /// Pages per run at most.
+    pub max_pages: usize,
+    /// Wall time per run at most (the Lambda's timeout is 900 s).
+    pub max_time: Duration,
 }
 
 /// Items removed per run at most; the next run continues.
 pub const BUDGET: usize = 10_000;
 
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            page_size: 500,
+            pause: Duration::from_millis(100),
+            max_deleted: BUDGET,
+            max_pages: 2_000,
+            max_time: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Limits {
+    /// For `POST /v1/platform/retention/run`: within API Gateway's 30 s; the checkpoint
+    /// lets the daily run (or the next call) continue.
+    pub fn interactive() -> Self {
+        Self {
+            max_time: Duration::from_secs(20),
+            ..Self::default()
+        }
+    }
+}
+
 pub async fn run(deps: &Deps) -> Result<RetentionReport, ServiceError> {
+    run_with(deps, Limits::default()).await
+}
+
+pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, ServiceError> {
+    let started = Instant::now();
     let now = deps.clock.now();
-    let deleted = deps.expired.delete_expired(now, BUDGET).await?;
-    tracing::info!(deleted_expired = deleted, "retention run finished");
-    Ok(RetentionReport {
+    let mut cursor = deps.retention.checkpoint().await?;
+    let mut report = RetentionReport {
         ran_at: now,
-        deleted_expired: deleted,
-    })
+        deleted_expired: 0,
+        deleted: RetentionClass::ALL
+            .iter()
+            .map(|c| (c.as_str(), 0))
+            .collect(),
+        examined: 0,
+        pages: 0,
+        resumed: cursor.is_some(),
+        complete: false,
+        closed_out: Vec::new(),
+    };
+    loop {
+        let page = deps
+            .retention
+            .sweep_page(now, cursor.as_deref(), limits.page_size)
+            .await?;
+        report.pages += 1;
+        report.examined += page.examined;
+        for (class, n) in &page.deleted {
+            *report.deleted.entry(class).or_default() += n;
+            report.deleted_expired += n;
+        }
+        for tenant in &page.closed_tenants {
+            if let Some(done) = close_out(deps, tenant).await? {
+                report.closed_out.push(done);
+            }
+        }
+        cursor = page.next;
+        deps.retention
+            .save_checkpoint(cursor.as_deref(), deps.clock.now())
+            .await?;
+        if cursor.is_none() {
+            report.complete = true;
+            break;
+        }
+        if report.deleted_expired >= limits.max_deleted
+            || report.pages >= limits.max_pages
+            || started.elapsed() >= limits.max_time
+        {
+            break;
+        }
+        tokio::time::sleep(limits.pause).await;
+    }
+    tracing::info!(
+        deleted_expired = report.deleted_expired,
+        deleted = ?report.deleted,
+        closed_out = report.closed_out.len(),
+        complete = report.complete,
+        "retention run finished"
+    );
+    audit::record(
+        deps,
+        Draft {
+            tenant: None,
+            actor_type: "system",
+            actor_id: "retention".into(),
+            action: "retention.run".into(),
+            ip: None,
+            outcome: "success",
+            details: serde_json::to_value(&report).unwrap_or_default(),
+        },
+    )
+    .await?;
+    Ok(report)
+}
+
+/// Finishes closing one closed tenant; `None` if it is not closed (or not there).
+async fn close_out(deps: &Deps, id: &TenantId) -> Result<Option<ClosedOut>, ServiceError> {
+    let Some(tenant) = deps.tenants.get_tenant(id).await? else {
+        return Ok(None);
+    };
+    if tenant.status != TenantStatus::Closed {
+        return Ok(None);
+    }
+    let now = deps.clock.now();
+    let closed_at = tenant.status_changed_at.unwrap_or(now);
+    let r = &deps.settings.retention;
+    let from_closing = |class| r.expiry(class, closed_at).unwrap_or(closed_at.timestamp());
+    let ttls = CloseOutTtls {
+        tenant: from_closing(RetentionClass::Billing),
+        config: from_closing(RetentionClass::Messages),
+        audit_head: from_closing(RetentionClass::Audit),
+    };
+    // Secrets Manager keeps a deleted secret for its recovery window (7 days), then
+    // removes it; deleting one already scheduled (or gone) succeeds.
+    deps.secrets
+        .store()
+        .delete_secret(&tenant.meta_token_secret)
+        .await?;
+    let counts = deps.retention.close_out(id, ttls, now).await?;
+    tracing::info!(
+        tenant_id = %id,
+        keys_revoked = counts.keys_revoked,
+        sessions_deleted = counts.sessions_deleted,
+        phone_route_removed = counts.phone_route_removed,
+        "closed tenant closed out"
+    );
+    Ok(Some(ClosedOut {
+        tenant_id: id.clone(),
+        counts,
+        meta_token_secret_deleted: true,
+    }))
 }

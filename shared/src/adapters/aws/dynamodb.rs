@@ -28,6 +28,7 @@ use crate::ports::{
 mod broadcasts;
 mod idempotency;
 mod optouts;
+mod retention;
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 
@@ -491,9 +492,10 @@ impl ApiKeyStore for DynamoStore {
             .items()
             .send();
         while let Some(item) = pages.next().await {
-            out.push(from_item(
-                item.map_err(|e| unavailable("dynamodb query", e))?,
-            )?);
+            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            if self.live(&item) {
+                out.push(from_item(item)?);
+            }
         }
         Ok(out)
     }
@@ -606,6 +608,40 @@ impl Ledger for DynamoStore {
             }
         }
         Ok(out)
+    }
+
+    async fn entries_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<(Vec<LedgerEntry>, Option<String>), StoreError> {
+        let lo = after.map_or_else(|| "LEDGER#".to_owned(), |a| format!("LEDGER#{a}~"));
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
+            .expression_attribute_values(":lo", s(lo))
+            .expression_attribute_values(":hi", s("LEDGER#~"))
+            .limit(limit.clamp(1, 1000) as i32)
+            .send()
+            .await
+            .map_err(|e| unavailable("dynamodb query", e))?;
+        let next = out
+            .last_evaluated_key()
+            .and_then(|k| k.get("sk"))
+            .and_then(|v| v.as_s().ok())
+            .and_then(|sk| sk.strip_prefix("LEDGER#"))
+            .map(str::to_owned);
+        let mut page = Vec::new();
+        for item in out.items.unwrap_or_default() {
+            if self.live(&item) {
+                page.push(from_item(item)?);
+            }
+        }
+        Ok((page, next))
     }
 }
 
@@ -818,9 +854,14 @@ impl MessageStore for DynamoStore {
             .key("pk", s(tenant_pk(tenant)))
             .key("sk", s(msg_sk(id)))
             .update_expression("SET #status = :acc, gsi1pk = :g, #error = :e, updated_at = :at")
-            .condition_expression("#status = :sending")
+            // An expired message cannot be revived (as in `transition` and in memory).
+            .condition_expression(
+                "#status = :sending AND (attribute_not_exists(#ttl) OR #ttl > :now)",
+            )
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#error", "error")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":now", n(self.now_secs()))
             .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
             .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))
             .expression_attribute_values(":g", s(status_gsi(tenant, MessageStatus::Accepted)))

@@ -144,9 +144,10 @@ impl UserStore for DynamoStore {
             .items()
             .send();
         while let Some(item) = pages.next().await {
-            out.push(from_item(
-                item.map_err(|e| unavailable("dynamodb query", e))?,
-            )?);
+            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            if self.live(&item) {
+                out.push(from_item(item)?);
+            }
         }
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)

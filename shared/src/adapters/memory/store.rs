@@ -9,6 +9,7 @@ use crate::error::StoreError;
 mod broadcasts;
 mod idempotency;
 mod optouts;
+mod retention;
 
 use crate::ports::{
     ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, ExpiredItems,
@@ -38,6 +39,10 @@ pub(super) struct State {
     /// (tenant, key hash) → idempotency record.
     idempotency: HashMap<(TenantId, String), crate::ports::IdempotencyRecord>,
     pub(super) users: super::users::UsersState,
+    /// Closed tenants already closed out: when, and the TTLs their items were given.
+    closed_out: HashMap<TenantId, (DateTime<Utc>, crate::ports::CloseOutTtls)>,
+    /// The sweep's saved position (the memory sweep finishes in one page; kept for parity).
+    checkpoint: Option<String>,
 }
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional

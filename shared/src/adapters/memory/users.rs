@@ -245,3 +245,64 @@ impl UserStore for MemoryStore {
         Ok(())
     }
 }
+
+/// For the retention close-out and the stored-item view (`store/retention.rs`).
+impl UsersState {
+    pub(crate) fn delete_sessions_of(&mut self, tenant: &TenantId) -> usize {
+        let before = self.sessions.len();
+        self.sessions.retain(|_, s| &s.tenant_id != tenant);
+        before - self.sessions.len()
+    }
+
+    /// Removes a closed-out tenant's users, their email claims and its settings.
+    pub(crate) fn remove_tenant(&mut self, tenant: &TenantId) -> usize {
+        let before = self.users.len() + self.emails.len() + self.two_factor_required.len();
+        self.users.retain(|(t, _), _| t != tenant);
+        self.emails.retain(|_, (t, _)| t != tenant);
+        self.two_factor_required.retain(|t, _| t != tenant);
+        before - (self.users.len() + self.emails.len() + self.two_factor_required.len())
+    }
+
+    /// Every item as the table would hold it; `config_ttl` gives a closed-out tenant's
+    /// configuration its TTL.
+    pub(crate) fn stored(
+        &self,
+        config_ttl: &dyn Fn(&TenantId) -> Option<i64>,
+    ) -> Vec<crate::ports::StoredItem> {
+        use crate::ports::StoredItem;
+        let mut out = Vec::new();
+        for ((t, id), u) in &self.users {
+            out.push(StoredItem {
+                pk: format!("TENANT#{t}"),
+                sk: format!("USER#{id}"),
+                ttl: config_ttl(t),
+                attributes: serde_json::to_value(u).unwrap_or_default(),
+            });
+        }
+        for (email, (t, id)) in &self.emails {
+            out.push(StoredItem {
+                pk: format!("EMAIL#{email}"),
+                sk: "EMAIL".into(),
+                ttl: config_ttl(t),
+                attributes: serde_json::json!({"tenant_id": t, "user_id": id}),
+            });
+        }
+        for (hash, s) in &self.sessions {
+            out.push(StoredItem {
+                pk: format!("SESSION#{hash}"),
+                sk: "SESSION".into(),
+                ttl: Some(s.expires_at.timestamp()),
+                attributes: serde_json::to_value(s).unwrap_or_default(),
+            });
+        }
+        for (t, required) in &self.two_factor_required {
+            out.push(StoredItem {
+                pk: format!("TENANT#{t}"),
+                sk: "SETTINGS#2FA".into(),
+                ttl: config_ttl(t),
+                attributes: serde_json::json!({"required": required}),
+            });
+        }
+        out
+    }
+}

@@ -126,24 +126,26 @@ impl OptOutStore for DynamoStore {
             .send()
             .await
             .map_err(|e| unavailable("dynamodb query", e))?;
-        let mut opt_outs = out
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(from_item::<OptOut>)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next_cursor = if opt_outs.len() > limit {
-            opt_outs.truncate(limit);
-            opt_outs.last().and_then(|last| {
+        let mut items = out.items.unwrap_or_default();
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().and_then(|last| {
                 let key: Item = HashMap::from([
                     ("pk".to_owned(), AttributeValue::S(tenant_pk(tenant))),
-                    ("sk".to_owned(), AttributeValue::S(optout_sk(&last.phone))),
+                    ("sk".to_owned(), last.get("sk")?.clone()),
                 ]);
                 encode_cursor(&key)
             })
         } else {
             None
         };
+        // A closed-out tenant's opt-outs carry a TTL: expired ones are not answered (a page
+        // may then be short while a next cursor is set).
+        let opt_outs = items
+            .into_iter()
+            .filter(|i| self.live(i))
+            .map(from_item::<OptOut>)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(OptOutPage {
             opt_outs,
             next_cursor,

@@ -1,0 +1,398 @@
+//! `RetentionStore` on the table: the resumable sweep (one `Scan` page at a time, its
+//! `LastEvaluatedKey` saved in `RETENTION`/`CHECKPOINT`), the close-out of closed tenants,
+//! and a read-only view of every item. docs/data-retention.md.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
+use chrono::{DateTime, Utc};
+
+use super::{n, s, tenant_pk, ttl_of, DynamoStore, Item, TTL_ATTR};
+use crate::adapters::aws::unavailable;
+use crate::domain::TenantId;
+use crate::error::StoreError;
+use crate::ports::{
+    ApiKeyStore, CloseOutCounts, CloseOutTtls, RetentionStore, StoredItem, SweepPage,
+};
+
+const CHECKPOINT_PK: &str = "RETENTION";
+const CHECKPOINT_SK: &str = "CHECKPOINT";
+
+fn str_attr<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
+    item.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
+}
+
+fn encode_key(key: &Item) -> Option<String> {
+    let flat: HashMap<&str, &str> = key
+        .iter()
+        .filter_map(|(k, v)| v.as_s().ok().map(|s| (k.as_str(), s.as_str())))
+        .collect();
+    serde_json::to_string(&flat).ok()
+}
+
+fn decode_key(text: &str) -> Option<Item> {
+    let flat: HashMap<String, String> = serde_json::from_str(text).ok()?;
+    if flat.len() != 2 || !flat.contains_key("pk") || !flat.contains_key("sk") {
+        return None;
+    }
+    Some(flat.into_iter().map(|(k, v)| (k, s(v))).collect())
+}
+
+/// An attribute as JSON (numbers as JSON numbers where they parse).
+pub(crate) fn to_json(v: &AttributeValue) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        AttributeValue::S(x) => Value::String(x.clone()),
+        AttributeValue::N(x) => x
+            .parse::<i64>()
+            .map(Value::from)
+            .or_else(|_| x.parse::<f64>().map(Value::from))
+            .unwrap_or_else(|_| Value::String(x.clone())),
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::Null(_) => Value::Null,
+        AttributeValue::L(l) => Value::Array(l.iter().map(to_json).collect()),
+        AttributeValue::M(m) => {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
+        }
+        AttributeValue::Ss(l) => Value::Array(l.iter().cloned().map(Value::String).collect()),
+        AttributeValue::Ns(l) => Value::Array(l.iter().cloned().map(Value::String).collect()),
+        other => Value::String(format!("{other:?}")),
+    }
+}
+
+impl DynamoStore {
+    /// Deletes the keys in chunks of 25 (DynamoDB's limit), resubmitting unprocessed ones up
+    /// to five times. Answers the keys that are gone.
+    async fn delete_keys(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
+        let mut gone = Vec::new();
+        for chunk in keys.chunks(25) {
+            let reqs = chunk
+                .iter()
+                .map(|k| {
+                    DeleteRequest::builder()
+                        .set_key(Some(k.clone()))
+                        .build()
+                        .map(|d| WriteRequest::builder().delete_request(d).build())
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut pending = Some(HashMap::from([(self.table.clone(), reqs)]));
+            for _ in 0..5 {
+                let Some(p) = pending.take().filter(|p| !p.is_empty()) else {
+                    break;
+                };
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .set_request_items(Some(p))
+                    .send()
+                    .await
+                    .map_err(|e| unavailable("dynamodb batch write", e))?;
+                pending = out.unprocessed_items;
+            }
+            let left: Vec<Item> = pending
+                .and_then(|mut p| p.remove(&self.table))
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|w| w.delete_request.map(|d| d.key))
+                .collect();
+            gone.extend(chunk.iter().filter(|k| !left.contains(k)).cloned());
+        }
+        Ok(gone)
+    }
+
+    /// `SET ttl` on an existing item that has none; `false` if it has one or is absent.
+    async fn set_ttl_if_absent(&self, pk: &str, sk: &str, ttl: i64) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .update_expression("SET #ttl = :ttl")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(#ttl)")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":ttl", n(ttl))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable("dynamodb update", e)),
+        }
+    }
+
+    async fn scan_all(&self, filter: Option<(&str, &str, &str)>) -> Result<Vec<Item>, StoreError> {
+        let mut req = self.client.scan().table_name(&self.table);
+        if let Some((expr, session, tenant)) = filter {
+            req = req
+                .filter_expression(expr)
+                .projection_expression("pk, sk")
+                .expression_attribute_values(":session", s(session))
+                .expression_attribute_values(":t", s(tenant));
+        }
+        let mut pages = req.into_paginator().items().send();
+        let mut items = Vec::new();
+        while let Some(item) = pages.next().await {
+            items.push(item.map_err(|e| unavailable("dynamodb scan", e))?);
+        }
+        Ok(items)
+    }
+}
+
+#[async_trait]
+impl RetentionStore for DynamoStore {
+    async fn sweep_page(
+        &self,
+        now: DateTime<Utc>,
+        start: Option<&str>,
+        page_size: usize,
+    ) -> Result<SweepPage, StoreError> {
+        let now_s = now.timestamp();
+        let out = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .limit(page_size.clamp(1, 1000) as i32)
+            .filter_expression(
+                "#ttl <= :now OR (sk = :tenant AND #status = :closed \
+                 AND attribute_not_exists(closed_out_at))",
+            )
+            .projection_expression("pk, sk, #ttl")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":now", n(now_s))
+            .expression_attribute_values(":tenant", s("TENANT"))
+            .expression_attribute_values(":closed", s("closed"))
+            .set_exclusive_start_key(start.and_then(decode_key))
+            .send()
+            .await
+            .map_err(|e| unavailable("dynamodb scan", e))?;
+        let mut page = SweepPage {
+            examined: out.scanned_count.max(0) as usize,
+            next: out.last_evaluated_key.as_ref().and_then(encode_key),
+            ..SweepPage::default()
+        };
+        let mut expired = Vec::new();
+        for item in out.items.unwrap_or_default() {
+            let (Some(pk), Some(sk)) = (str_attr(&item, "pk"), str_attr(&item, "sk")) else {
+                continue;
+            };
+            if ttl_of(&item).is_some_and(|t| t <= now_s) {
+                let key: Item = [("pk", pk), ("sk", sk)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), s(v)))
+                    .collect();
+                expired.push(key);
+            } else if sk == "TENANT" {
+                if let Some(t) = pk.strip_prefix("TENANT#").and_then(TenantId::parse) {
+                    page.closed_tenants.push(t);
+                }
+            }
+        }
+        for key in self.delete_keys(expired).await? {
+            if let (Some(pk), Some(sk)) = (str_attr(&key, "pk"), str_attr(&key, "sk")) {
+                page.count(pk, sk);
+            }
+        }
+        Ok(page)
+    }
+
+    async fn checkpoint(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .get(CHECKPOINT_PK.into(), CHECKPOINT_SK)
+            .await?
+            .and_then(|i| str_attr(&i, "next").map(str::to_owned)))
+    }
+
+    async fn save_checkpoint(
+        &self,
+        next: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(CHECKPOINT_PK))
+            .item("sk", s(CHECKPOINT_SK))
+            .item("updated_at", s(at.to_rfc3339()));
+        if let Some(next) = next {
+            req = req.item("next", s(next));
+        }
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable("dynamodb put", e))
+    }
+
+    async fn close_out(
+        &self,
+        tenant: &TenantId,
+        ttls: CloseOutTtls,
+        now: DateTime<Utc>,
+    ) -> Result<CloseOutCounts, StoreError> {
+        let mut counts = CloseOutCounts::default();
+        let pk = tenant_pk(tenant);
+        let Some(tenant_item) = self.get(pk.clone(), "TENANT").await? else {
+            return Ok(counts);
+        };
+        if str_attr(&tenant_item, "status") != Some("closed") {
+            return Ok(counts); // only a closed tenant is closed out
+        }
+        // The tenant's partition: keys, opt-outs, users, settings get a TTL.
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(pk.clone()))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        let mut items = Vec::new();
+        while let Some(item) = pages.next().await {
+            items.push(item.map_err(|e| unavailable("dynamodb query", e))?);
+        }
+        for item in items {
+            let Some(sk) = str_attr(&item, "sk") else {
+                continue;
+            };
+            if let Some(key_id) = sk.strip_prefix("APIKEY#") {
+                let revoked = matches!(item.get("revoked"), Some(AttributeValue::Bool(true)));
+                if !revoked && self.revoke_api_key(tenant, key_id, now).await?.is_some() {
+                    counts.keys_revoked += 1;
+                }
+                if let Some(hash) = str_attr(&item, "key_hash") {
+                    if self
+                        .set_ttl_if_absent(&format!("APIKEY#{hash}"), "APIKEY", ttls.config)
+                        .await?
+                    {
+                        counts.items_given_ttl += 1;
+                    }
+                }
+            } else if let Some(_user) = sk.strip_prefix("USER#") {
+                if let Some(email) = str_attr(&item, "email") {
+                    if self
+                        .set_ttl_if_absent(&format!("EMAIL#{email}"), "EMAIL", ttls.config)
+                        .await?
+                    {
+                        counts.items_given_ttl += 1;
+                    }
+                }
+            } else if !(sk.starts_with("OPTOUT#") || sk.starts_with("SETTINGS#")) {
+                continue; // messages, ledger, idempotency, counters: their own TTL; tenant: last
+            }
+            if ttl_of(&item).is_none() && self.set_ttl_if_absent(&pk, sk, ttls.config).await? {
+                counts.items_given_ttl += 1;
+            }
+        }
+        // Console sessions live in their own partitions: one filtered scan finds them.
+        let sessions = self
+            .scan_all(Some((
+                "sk = :session AND tenant_id = :t",
+                "SESSION",
+                tenant.as_str(),
+            )))
+            .await?;
+        let keys: Vec<Item> = sessions
+            .into_iter()
+            .map(|i| {
+                i.into_iter()
+                    .filter(|(k, _)| k == "pk" || k == "sk")
+                    .collect()
+            })
+            .collect();
+        counts.sessions_deleted = self.delete_keys(keys).await?.len();
+        // The phone-number route, only while it still names this tenant.
+        if let Some(pnid) = str_attr(&tenant_item, "phone_number_id") {
+            let res = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(format!("PHONE#{pnid}")))
+                .key("sk", s("PHONE"))
+                .condition_expression("tenant_id = :t")
+                .expression_attribute_values(":t", s(tenant.as_str()))
+                .send()
+                .await;
+            counts.phone_route_removed = match res {
+                Ok(_) => true,
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() =>
+                {
+                    false
+                }
+                Err(e) => return Err(unavailable("dynamodb delete", e)),
+            };
+        }
+        if self
+            .set_ttl_if_absent(&format!("AUDIT#{tenant}"), "HEAD", ttls.audit_head)
+            .await?
+        {
+            counts.items_given_ttl += 1;
+        }
+        // Last: the tenant item, which marks the close-out done.
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s("TENANT"))
+            .update_expression("SET #ttl = :ttl, closed_out_at = :at")
+            .condition_expression("#status = :closed AND attribute_not_exists(closed_out_at)")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":ttl", n(ttls.tenant))
+            .expression_attribute_values(":at", s(now.to_rfc3339()))
+            .expression_attribute_values(":closed", s("closed"))
+            .send()
+            .await;
+        match res {
+            Ok(_) => counts.items_given_ttl += 1,
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {}
+            Err(e) => return Err(unavailable("dynamodb update", e)),
+        }
+        Ok(counts)
+    }
+
+    async fn closed_out_at(&self, tenant: &TenantId) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let item = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s("TENANT"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| unavailable("dynamodb get", e))?
+            .item;
+        Ok(item
+            .as_ref()
+            .and_then(|i| str_attr(i, "closed_out_at"))
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc)))
+    }
+
+    async fn stored_items(&self) -> Result<Vec<StoredItem>, StoreError> {
+        Ok(self
+            .scan_all(None)
+            .await?
+            .into_iter()
+            .map(|item| StoredItem {
+                pk: str_attr(&item, "pk").unwrap_or_default().to_owned(),
+                sk: str_attr(&item, "sk").unwrap_or_default().to_owned(),
+                ttl: ttl_of(&item),
+                attributes: serde_json::Value::Object(
+                    item.iter().map(|(k, v)| (k.clone(), to_json(v))).collect(),
+                ),
+            })
+            .collect())
+    }
+}

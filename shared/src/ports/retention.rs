@@ -1,0 +1,99 @@
+//! What the retention run needs from storage: a resumable sweep of expired items, a
+//! checkpoint, the close-out of closed tenants, and a read-only view of every stored item
+//! (for the privacy and TTL checks).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{RetentionClass, TenantId};
+use crate::error::StoreError;
+
+/// One page of the sweep.
+#[derive(Clone, Debug, Default)]
+pub struct SweepPage {
+    /// Items deleted, by retention class (derived from each item's key).
+    pub deleted: BTreeMap<&'static str, usize>,
+    /// Items examined (the read cost of the page).
+    pub examined: usize,
+    /// Closed tenants not closed out yet, found on this page.
+    pub closed_tenants: Vec<TenantId>,
+    /// Where the next page starts; `None` when the pass over the table is complete.
+    pub next: Option<String>,
+}
+
+impl SweepPage {
+    pub fn count(&mut self, pk: &str, sk: &str) {
+        *self
+            .deleted
+            .entry(RetentionClass::of_key(pk, sk).as_str())
+            .or_default() += 1;
+    }
+}
+
+/// The expiries a close-out gives a closed tenant's items (epoch seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseOutTtls {
+    /// The tenant item: the account record (Billing class, from the closing date).
+    pub tenant: i64,
+    /// Its active configuration: API keys (both copies), opt-outs, users and their email
+    /// claims, settings (Messages class, from the closing date).
+    pub config: i64,
+    /// Its audit chain head (Audit class, from the closing date).
+    pub audit_head: i64,
+}
+
+/// What a close-out changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CloseOutCounts {
+    pub keys_revoked: usize,
+    pub sessions_deleted: usize,
+    pub items_given_ttl: usize,
+    pub phone_route_removed: bool,
+}
+
+/// One stored item as the table holds it: keys, TTL, every attribute (as JSON).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredItem {
+    pub pk: String,
+    pub sk: String,
+    pub ttl: Option<i64>,
+    pub attributes: serde_json::Value,
+}
+
+#[async_trait]
+pub trait RetentionStore: Send + Sync {
+    /// Examines at most `page_size` items from `start` (a checkpoint from an earlier page;
+    /// `None` = the table's beginning), deletes those whose TTL is at or before `now`, and
+    /// names the closed tenants that are not closed out yet.
+    async fn sweep_page(
+        &self,
+        now: DateTime<Utc>,
+        start: Option<&str>,
+        page_size: usize,
+    ) -> Result<SweepPage, StoreError>;
+    /// The saved position of an unfinished pass, if any.
+    async fn checkpoint(&self) -> Result<Option<String>, StoreError>;
+    /// Saves (or, with `None`, clears) the position.
+    async fn save_checkpoint(
+        &self,
+        next: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// Finishes a closed tenant's closing: revokes both copies of its API keys, deletes its
+    /// console sessions, removes its phone-number route (only if it still names this tenant),
+    /// gives its active configuration and its audit head their TTLs, and finally gives the
+    /// tenant item its TTL and `closed_out_at` (only if it is `closed`). Every step is
+    /// idempotent, so a run cut short is finished by the next one.
+    async fn close_out(
+        &self,
+        tenant: &TenantId,
+        ttls: CloseOutTtls,
+        now: DateTime<Utc>,
+    ) -> Result<CloseOutCounts, StoreError>;
+    /// Whether the tenant was closed out (the marker the sweep skips).
+    async fn closed_out_at(&self, tenant: &TenantId) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// Every stored item, expired or not (read-only; for checks and operators' audits).
+    async fn stored_items(&self) -> Result<Vec<StoredItem>, StoreError>;
+}

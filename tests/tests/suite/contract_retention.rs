@@ -1,0 +1,261 @@
+//! The contract of `RetentionStore` (and `Ledger::entries_page`), on the memory adapter and
+//! on DynamoDB (moto): the same assertions for both.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use kirim::adapters::aws::DynamoStore;
+use kirim::adapters::memory::MemoryStore;
+use kirim::domain::TenantId;
+use kirim::ports::*;
+use kirim_tests::{moto_sdk, unique_stack, ManualClock};
+
+struct Stores {
+    tenants: Arc<dyn TenantStore>,
+    ledger: Arc<dyn Ledger>,
+    retention: Arc<dyn RetentionStore>,
+    clock: Arc<ManualClock>,
+}
+
+fn memory() -> Stores {
+    let clock = ManualClock::new();
+    let store = Arc::new(MemoryStore::new(clock.clone()));
+    Stores {
+        tenants: store.clone(),
+        ledger: store.clone(),
+        retention: store,
+        clock,
+    }
+}
+
+async fn aws() -> Stores {
+    let sdk = moto_sdk().await;
+    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
+        .await
+        .expect("stack in moto");
+    let clock = ManualClock::new();
+    let store = Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        stack.table.clone(),
+        clock.clone(),
+    ));
+    Stores {
+        tenants: store.clone(),
+        ledger: store.clone(),
+        retention: store,
+        clock,
+    }
+}
+
+fn entry(t: &TenantId, at: DateTime<Utc>, expires_in: i64) -> LedgerEntry {
+    LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: t.clone(),
+        amount: 1,
+        kind: LedgerKind::TopUp,
+        reference: None,
+        message_id: None,
+        at,
+        expires_at: Some(at.timestamp() + expires_in),
+    }
+}
+
+/// Sweeps a whole pass (page by page) and sums the counts.
+async fn full_pass(p: &Stores) -> SweepPage {
+    let now = p.clock.now();
+    let mut total = SweepPage::default();
+    let mut start: Option<String> = None;
+    for _ in 0..1000 {
+        let page = p
+            .retention
+            .sweep_page(now, start.as_deref(), 2)
+            .await
+            .unwrap();
+        for (k, v) in page.deleted {
+            *total.deleted.entry(k).or_default() += v;
+        }
+        total.closed_tenants.extend(page.closed_tenants);
+        start = page.next;
+        if start.is_none() {
+            break;
+        }
+    }
+    total
+}
+
+async fn onboarded(p: &Stores) -> Tenant {
+    let t = crate::contract::tenant(5);
+    p.tenants
+        .create_tenant(&t, &crate::contract::key_for(&t), None)
+        .await
+        .unwrap();
+    t
+}
+
+async fn a_sweep_removes_only_expired_items_and_counts_them_per_class(p: Stores) {
+    let t = onboarded(&p).await;
+    let now = p.clock.now();
+    p.ledger.top_up(&entry(&t.id, now, 10)).await.unwrap();
+    p.ledger.top_up(&entry(&t.id, now, 10)).await.unwrap();
+    p.ledger.top_up(&entry(&t.id, now, 100)).await.unwrap();
+    let nothing = full_pass(&p).await;
+    assert_eq!(
+        nothing.deleted.values().sum::<usize>(),
+        0,
+        "nothing has expired yet"
+    );
+    p.clock.advance(Duration::seconds(11));
+    let pass = full_pass(&p).await;
+    assert_eq!(pass.deleted.get("billing"), Some(&2), "{:?}", pass.deleted);
+    assert_eq!(
+        pass.deleted.values().sum::<usize>(),
+        2,
+        "nothing else: {:?}",
+        pass.deleted
+    );
+    assert_eq!(p.ledger.entries(&t.id).await.unwrap().len(), 1);
+    assert!(
+        p.tenants.get_tenant(&t.id).await.unwrap().is_some(),
+        "the tenant has no TTL"
+    );
+}
+
+async fn a_closed_tenant_is_named_until_closed_out_and_closing_out_is_idempotent(p: Stores) {
+    let t = onboarded(&p).await;
+    let other = onboarded(&p).await;
+    assert!(full_pass(&p).await.closed_tenants.is_empty());
+    let now = p.clock.now();
+    p.tenants
+        .set_status(&t.id, TenantStatus::Closed, Some("bye"), now)
+        .await
+        .unwrap();
+    assert_eq!(full_pass(&p).await.closed_tenants, vec![t.id.clone()]);
+    assert_eq!(p.retention.closed_out_at(&t.id).await.unwrap(), None);
+    let ttls = CloseOutTtls {
+        tenant: now.timestamp() + 100,
+        config: now.timestamp() + 10,
+        audit_head: now.timestamp() + 10,
+    };
+    let first = p.retention.close_out(&t.id, ttls, now).await.unwrap();
+    assert_eq!(first.keys_revoked, 1);
+    assert!(first.phone_route_removed);
+    assert_eq!(
+        p.tenants
+            .tenant_by_phone_number_id(&t.phone_number_id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(p
+        .tenants
+        .tenant_by_phone_number_id(&other.phone_number_id)
+        .await
+        .unwrap()
+        .is_some());
+    let again = p.retention.close_out(&t.id, ttls, now).await.unwrap();
+    assert_eq!(
+        (again.keys_revoked, again.phone_route_removed),
+        (0, false),
+        "idempotent"
+    );
+    assert!(p.retention.closed_out_at(&t.id).await.unwrap().is_some());
+    assert!(
+        full_pass(&p).await.closed_tenants.is_empty(),
+        "a closed-out tenant is skipped"
+    );
+    // Its configuration expires first, the account record last.
+    p.clock.advance(Duration::seconds(11));
+    let pass = full_pass(&p).await;
+    assert!(
+        pass.deleted.get("active_config").copied().unwrap_or(0) >= 2,
+        "both key copies: {:?}",
+        pass.deleted
+    );
+    assert!(p.tenants.get_tenant(&t.id).await.unwrap().is_some());
+    p.clock.advance(Duration::seconds(100));
+    let pass = full_pass(&p).await;
+    assert_eq!(
+        pass.deleted.get("billing"),
+        Some(&1),
+        "the tenant item: {:?}",
+        pass.deleted
+    );
+    assert_eq!(p.tenants.get_tenant(&t.id).await.unwrap(), None);
+    assert!(p.tenants.get_tenant(&other.id).await.unwrap().is_some());
+}
+
+async fn an_active_tenant_is_never_closed_out(p: Stores) {
+    let t = onboarded(&p).await;
+    let now = p.clock.now();
+    let ttls = CloseOutTtls {
+        tenant: now.timestamp(),
+        config: now.timestamp(),
+        audit_head: now.timestamp(),
+    };
+    let counts = p.retention.close_out(&t.id, ttls, now).await.unwrap();
+    assert_eq!(counts, CloseOutCounts::default(), "nothing changed");
+    assert_eq!(
+        p.retention.closed_out_at(&t.id).await.unwrap(),
+        None,
+        "not marked"
+    );
+    assert!(p
+        .tenants
+        .tenant_by_phone_number_id(&t.phone_number_id)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+async fn the_checkpoint_is_saved_read_back_and_cleared(p: Stores) {
+    assert_eq!(p.retention.checkpoint().await.unwrap(), None);
+    let now = p.clock.now();
+    p.retention
+        .save_checkpoint(Some("{\"pk\":\"A\",\"sk\":\"B\"}"), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.retention.checkpoint().await.unwrap().as_deref(),
+        Some("{\"pk\":\"A\",\"sk\":\"B\"}")
+    );
+    p.retention.save_checkpoint(None, now).await.unwrap();
+    assert_eq!(p.retention.checkpoint().await.unwrap(), None);
+}
+
+async fn ledger_entries_page_in_time_order_and_skip_expired_ones(p: Stores) {
+    let t = onboarded(&p).await;
+    let now = p.clock.now();
+    for i in 0..5 {
+        p.ledger
+            .top_up(&entry(&t.id, now, if i == 2 { 1 } else { 100 }))
+            .await
+            .unwrap();
+    }
+    p.clock.advance(Duration::seconds(2));
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..20 {
+        let (page, next) = p
+            .ledger
+            .entries_page(&t.id, 2, after.as_deref())
+            .await
+            .unwrap();
+        seen.extend(page.into_iter().map(|e| e.id));
+        after = next;
+        if after.is_none() {
+            break;
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "id (= time) order");
+    assert_eq!(seen.len(), 4, "the expired entry is skipped");
+}
+
+crate::contract::contract!(
+    a_sweep_removes_only_expired_items_and_counts_them_per_class,
+    a_closed_tenant_is_named_until_closed_out_and_closing_out_is_idempotent,
+    an_active_tenant_is_never_closed_out,
+    the_checkpoint_is_saved_read_back_and_cleared,
+    ledger_entries_page_in_time_order_and_skip_expired_ones,
+);

@@ -1,0 +1,858 @@
+//! Retention end to end on both backends (issue #6): every stored item carries the TTL of
+//! its class; closed tenants are closed out; expired items are invisible, then swept and
+//! counted per class; no content anywhere; the tenant export.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kirim::config::Backend;
+use kirim::domain::RetentionClass;
+use kirim_tests::{captured_logs, moto_sdk, spawn_app, TestApp, OPERATOR_TOKEN};
+use serde_json::{json, Value};
+
+/// One stored item: keys, TTL and attributes.
+struct Row {
+    pk: String,
+    sk: String,
+    ttl: Option<i64>,
+    attrs: Value,
+}
+
+fn av_json(v: &aws_sdk_dynamodb::types::AttributeValue) -> Value {
+    use aws_sdk_dynamodb::types::AttributeValue as A;
+    match v {
+        A::S(s) => json!(s),
+        A::N(n) => n
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| json!(n)),
+        A::Bool(b) => json!(b),
+        A::Null(_) => Value::Null,
+        A::L(l) => Value::Array(l.iter().map(av_json).collect()),
+        A::M(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), av_json(v))).collect()),
+        other => json!(format!("{other:?}")),
+    }
+}
+
+/// Every item of the app's storage: on moto a Scan of `{stack}-Table`; in memory the
+/// store's read-only view (the same keys the table would hold).
+async fn all_items(app: &TestApp, b: Backend) -> Vec<Row> {
+    match b {
+        Backend::Aws => {
+            let ddb = aws_sdk_dynamodb::Client::new(&moto_sdk().await);
+            let mut pages = ddb
+                .scan()
+                .table_name(format!("{}-Table", app.stack))
+                .into_paginator()
+                .items()
+                .send();
+            let mut rows = Vec::new();
+            while let Some(item) = pages.next().await {
+                let item = item.expect("scan");
+                let attrs: serde_json::Map<String, Value> =
+                    item.iter().map(|(k, v)| (k.clone(), av_json(v))).collect();
+                rows.push(Row {
+                    pk: attrs["pk"].as_str().unwrap_or_default().to_owned(),
+                    sk: attrs["sk"].as_str().unwrap_or_default().to_owned(),
+                    ttl: attrs.get("ttl").and_then(Value::as_i64),
+                    attrs: Value::Object(attrs),
+                });
+            }
+            rows
+        }
+        Backend::Memory => app
+            .app
+            .deps
+            .retention
+            .stored_items()
+            .await
+            .expect("stored items")
+            .into_iter()
+            .map(|i| Row {
+                pk: i.pk,
+                sk: i.sk,
+                ttl: i.ttl,
+                attrs: i.attributes,
+            })
+            .collect(),
+    }
+}
+
+/// The item types and their retention classes (docs/data-retention.md). `None`: no TTL
+/// while the tenant exists (ActiveConfig).
+fn class_of(pk: &str, sk: &str) -> Option<RetentionClass> {
+    use RetentionClass::*;
+    let table: &[(&str, &str, Option<RetentionClass>)] = &[
+        ("TENANT#", "MSG#", Some(Messages)),
+        ("WAMID#", "WAMID", Some(Messages)),
+        ("TENANT#", "LEDGER#", Some(Billing)),
+        ("AUDIT#", "EVENT#", Some(Audit)),
+        ("TENANT#", "IDEM#", Some(Idempotency)),
+        ("SESSION#", "SESSION", Some(Session)),
+        ("TENANT#", "QSTAT#", Some(Stats)),
+        ("TENANT#", "TENANT", None),
+        ("TENANT#", "APIKEY#", None),
+        ("TENANT#", "OPTOUT#", None),
+        ("TENANT#", "USER#", None),
+        ("TENANT#", "SETTINGS#", None),
+        ("APIKEY#", "APIKEY", None),
+        ("PHONE#", "PHONE", None),
+        ("EMAIL#", "EMAIL", None),
+        ("AUDIT#", "HEAD", None),
+        ("RETENTION", "CHECKPOINT", None),
+    ];
+    table
+        .iter()
+        .find(|(p, s, _)| pk.starts_with(p) && sk.starts_with(s))
+        .map(|(_, _, c)| *c)
+        .unwrap_or_else(|| panic!("an item type no retention class covers: {pk} / {sk}"))
+}
+
+fn time_attr(attrs: &Value) -> Option<i64> {
+    ["created_at", "at"]
+        .iter()
+        .find_map(|k| attrs[*k].as_str())
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp())
+}
+
+async fn call(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = app
+        .http
+        .request(method.parse().expect("method"), app.url(path))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn user_session(app: &TestApp, admin: &str) -> String {
+    let email = format!(
+        "{}@retention.example",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let password = "correct horse battery staple 42";
+    let (st, _) = call(
+        app,
+        "POST",
+        "/v1/users",
+        admin,
+        Some(json!({"email": email, "role": "admin", "password": password})),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let res = app
+        .http
+        .post(app.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.expect("json");
+    v["token"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn inbound_text(app: &TestApp, phone_number_id: &str, from: &str, text: &str) {
+    let body = json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp",
+        "metadata":{"display_phone_number":"60300000000","phone_number_id":phone_number_id},
+        "contacts":[{"profile":{"name":"Aminah"},"wa_id":from}],
+        "messages":[{"from":from,"id":format!("wamid.in.{}", ulid::Ulid::new()),"timestamp":"1700000000",
+            "type":"text","text":{"body":text}}]}}]}]});
+    assert_eq!(app.post_webhook(&body).await.status(), 200);
+}
+
+async fn send_with_key(app: &TestApp, key: &str, idem: &str, body: Value) -> (u16, Value) {
+    let res = app
+        .http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(key)
+        .header("Idempotency-Key", idem)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let st = res.status().as_u16();
+    (st, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Exercises every write path, so that every item type exists.
+async fn exercise(app: &TestApp, marker: &str) -> (kirim_tests::Onboarded, Vec<String>) {
+    let t = app.onboard(50).await;
+    let mut ids = Vec::new();
+    // A template with the marker as a parameter, under an Idempotency-Key.
+    let (st, v) = send_with_key(
+        app,
+        &t.key,
+        &format!("k-{}", ulid::Ulid::new()),
+        json!({
+            "to": "+60123451111",
+            "template": {"name": "order_update", "language": "en_US", "category": "utility",
+                "components": [{"type": "body", "parameters": [{"type": "text", "text": marker}]}]},
+        }),
+    )
+    .await;
+    assert_eq!(st, 202);
+    ids.push(v["id"].as_str().unwrap_or_default().to_owned());
+    // A text body with the marker.
+    let (st, v) = call(
+        app,
+        "POST",
+        "/v1/messages",
+        &t.key,
+        Some(json!({"to": "+60123452222", "text": {"body": format!("hello {marker}")}})),
+    )
+    .await;
+    assert_eq!(st, 202);
+    ids.push(v["id"].as_str().unwrap_or_default().to_owned());
+    // A send that fails for good (transient errors until the attempts are used up).
+    let (st, v) = call(
+        app,
+        "POST",
+        "/v1/messages",
+        &t.key,
+        Some(json!({"to": "+60123450004", "text": {"body": format!("retry {marker}")}})),
+    )
+    .await;
+    assert_eq!(st, 202);
+    let failing = v["id"].as_str().unwrap_or_default().to_owned();
+    // Inbound text with the marker, and a STOP (an opt-out and a quality counter).
+    inbound_text(
+        app,
+        &t.phone_number_id,
+        "60123453333",
+        &format!("hi {marker}"),
+    )
+    .await;
+    inbound_text(app, &t.phone_number_id, "60123454444", "STOP").await;
+    let (st, _) = call(app, "PUT", "/v1/opt-outs/%2B60123455555", &t.key, None).await;
+    assert!(st == 200 || st == 201, "opt-out put: {st}");
+    let (st, _) = call(
+        app,
+        "POST",
+        &format!("/v1/platform/tenants/{}/credits", t.tenant_id),
+        OPERATOR_TOKEN,
+        Some(json!({"amount": 5, "reference": "inv-1"})),
+    )
+    .await;
+    assert_eq!(st, 201);
+    user_session(app, &t.key).await;
+    for id in &ids {
+        assert_eq!(app.wait_status(&t.key, id, "read").await["status"], "read");
+    }
+    assert_eq!(
+        app.wait_status(&t.key, &failing, "failed").await["status"],
+        "failed"
+    );
+    ids.push(failing);
+    (t, ids)
+}
+
+async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
+    let app = spawn_app(b).await;
+    let t0 = Utc::now().timestamp();
+    exercise(&app, &format!("M-{}", ulid::Ulid::new())).await;
+    let t1 = Utc::now().timestamp();
+    let retention = &app.app.deps.settings.retention;
+    let mut seen = std::collections::BTreeSet::new();
+    for row in all_items(&app, b).await {
+        let class = class_of(&row.pk, &row.sk);
+        let kind = format!(
+            "{}{}",
+            row.pk.split('#').next().unwrap_or_default(),
+            row.sk
+                .split('#')
+                .next()
+                .map(|s| format!("/{s}"))
+                .unwrap_or_default()
+        );
+        seen.insert(kind.clone());
+        let Some(class) = class else {
+            assert_eq!(
+                row.ttl, None,
+                "{kind}: active configuration has no TTL while the tenant exists"
+            );
+            continue;
+        };
+        let secs = retention
+            .duration(class)
+            .expect("a class with an expiry")
+            .as_secs() as i64;
+        let ttl = row.ttl.unwrap_or_else(|| panic!("{kind} has no ttl"));
+        match time_attr(&row.attrs) {
+            Some(created) => assert!(
+                (ttl - secs - created).abs() <= 1,
+                "{kind}: ttl {ttl} is not created {created} + {secs}"
+            ),
+            None => assert!(
+                (t0 - 1..=t1 + 1).contains(&(ttl - secs)),
+                "{kind}: ttl {ttl} is not written-at + {secs}"
+            ),
+        }
+        if row
+            .attrs
+            .get("expires_at")
+            .and_then(Value::as_i64)
+            .is_some()
+            && class != RetentionClass::Session
+        {
+            assert_eq!(
+                row.attrs["expires_at"].as_i64(),
+                Some(ttl),
+                "{kind}: expires_at equals ttl"
+            );
+        }
+    }
+    for kind in [
+        "TENANT/MSG",
+        "WAMID/WAMID",
+        "TENANT/LEDGER",
+        "AUDIT/EVENT",
+        "TENANT/IDEM",
+        "SESSION/SESSION",
+        "TENANT/QSTAT",
+        "TENANT/TENANT",
+        "TENANT/APIKEY",
+        "TENANT/OPTOUT",
+        "TENANT/USER",
+        "APIKEY/APIKEY",
+        "PHONE/PHONE",
+        "EMAIL/EMAIL",
+        "AUDIT/HEAD",
+    ] {
+        assert!(seen.contains(kind), "no {kind} item was written: {seen:?}");
+    }
+}
+
+async fn no_content_reaches_a_table_a_queue_or_a_log_line(b: Backend) {
+    let app = spawn_app(b).await;
+    let marker = format!("CONTENT-MARK-{}", ulid::Ulid::new());
+    exercise(&app, &marker).await;
+    for row in all_items(&app, b).await {
+        assert!(
+            !row.attrs.to_string().contains(&marker),
+            "content in {} / {}",
+            row.pk,
+            row.sk
+        );
+    }
+    // Dispatched jobs are deleted: nothing is left on the dispatch queue, nothing on the DLQ.
+    let left = app
+        .app
+        .deps
+        .queue
+        .receive(10, Duration::ZERO)
+        .await
+        .expect("receive");
+    assert!(
+        left.iter().all(|m| !m.body.contains(&marker)),
+        "content left on the dispatch queue"
+    );
+    assert!(
+        left.is_empty(),
+        "dispatched jobs are deleted from the queue"
+    );
+    let dead = app.app.deps.queue.dead_letters().await.expect("dlq");
+    assert!(
+        dead.iter().all(|m| !m.contains(&marker)),
+        "content on the dead-letter queue"
+    );
+    let logs = captured_logs();
+    assert!(!logs.contains(&marker), "content in a log line");
+    for raw in [
+        "60123451111",
+        "60123452222",
+        "60123453333",
+        "60123454444",
+        "60123455555",
+    ] {
+        assert!(
+            !logs.contains(raw),
+            "a full phone number in the logs: {raw}"
+        );
+    }
+}
+
+async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let other = app.onboard(10).await;
+    let session = user_session(&app, &t.key).await;
+    let (st, _) = call(&app, "PUT", "/v1/opt-outs/%2B60123456666", &t.key, None).await;
+    assert!(st == 200 || st == 201);
+    let id = app.send_ok(&t.key, "+60123457777").await;
+    app.wait_status(&t.key, &id, "read").await;
+    let (st, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/platform/tenants/{}", t.tenant_id),
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let tenant = app
+        .app
+        .deps
+        .tenants
+        .get_tenant(&kirim::domain::TenantId::parse(&t.tenant_id).expect("id"))
+        .await
+        .expect("get")
+        .expect("tenant");
+    let closed_at = tenant.status_changed_at.expect("closing time").timestamp();
+
+    let (st, report) = call(
+        &app,
+        "POST",
+        "/v1/platform/retention/run",
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{report}");
+    let done = report["closed_out"].as_array().cloned().unwrap_or_default();
+    assert_eq!(done.len(), 1, "one closed tenant: {report}");
+    assert_eq!(done[0]["tenant_id"], t.tenant_id.as_str());
+    assert_eq!(done[0]["keys_revoked"], 1);
+    assert_eq!(done[0]["sessions_deleted"], 1);
+    assert_eq!(done[0]["phone_route_removed"], true);
+    assert_eq!(report["complete"], true);
+    for class in RetentionClass::ALL {
+        assert!(
+            report["deleted"][class.as_str()].is_u64(),
+            "{class:?} counted: {report}"
+        );
+    }
+    // The run's report is in the platform's audit trail.
+    let q = kirim::ports::AuditQuery {
+        limit: 100,
+        action: Some("retention.run".into()),
+        ..Default::default()
+    };
+    let (events, _) = app
+        .app
+        .deps
+        .audit
+        .list("platform", &q)
+        .await
+        .expect("platform chain");
+    let recorded: Value =
+        serde_json::from_str(&events.first().expect("a retention.run event").details)
+            .expect("details");
+    assert_eq!(recorded["closed_out"][0]["tenant_id"], t.tenant_id.as_str());
+    assert_eq!(recorded["deleted"], report["deleted"]);
+    let (_, verify) = call(&app, "GET", "/v1/audit/verify", &other.key, None).await;
+    assert_eq!(verify["valid"], true);
+
+    let r = &app.app.deps.settings.retention;
+    let messages = r.messages.as_secs() as i64;
+    let billing = r.billing.as_secs() as i64;
+    let mine = format!("TENANT#{}", t.tenant_id);
+    let rows = all_items(&app, b).await;
+    for row in &rows {
+        if row.pk == mine && row.sk == "TENANT" {
+            assert_eq!(
+                row.ttl,
+                Some(closed_at + billing),
+                "the account record: 7 years from closing"
+            );
+            assert!(row.attrs["closed_out_at"].is_string());
+        } else if row.pk == mine
+            && ["APIKEY#", "OPTOUT#", "USER#"]
+                .iter()
+                .any(|p| row.sk.starts_with(p))
+        {
+            assert_eq!(
+                row.ttl,
+                Some(closed_at + messages),
+                "{}: configuration expires from closing",
+                row.sk
+            );
+        }
+        if row.pk.starts_with("APIKEY#") && row.attrs["tenant_id"] == t.tenant_id.as_str() {
+            assert_eq!(row.attrs["revoked"], true, "keys are revoked");
+        }
+        assert_ne!(
+            row.pk,
+            format!("PHONE#{}", t.phone_number_id),
+            "the phone route is gone"
+        );
+        assert!(
+            !(row.pk.starts_with("SESSION#") && row.attrs["tenant_id"] == t.tenant_id.as_str()),
+            "the tenant's sessions are gone"
+        );
+    }
+    assert!(
+        rows.iter()
+            .any(|r| r.pk == format!("PHONE#{}", other.phone_number_id)),
+        "other tenants keep theirs"
+    );
+    let (st, _) = call(&app, "GET", "/v1/account", &session, None).await;
+    assert_eq!(st, 401, "the session is gone");
+    let secret = app
+        .app
+        .deps
+        .secrets
+        .store()
+        .get_secret(&tenant.meta_token_secret)
+        .await;
+    assert!(
+        !matches!(secret, Ok(Some(_))),
+        "the Meta token is scheduled for deletion"
+    );
+    // The number can be onboarded again.
+    let (st, _) = call(
+        &app,
+        "POST",
+        "/v1/platform/tenants",
+        OPERATOR_TOKEN,
+        Some(json!({
+        "name": "Next Owner", "waba_id": "2", "phone_number_id": t.phone_number_id,
+        "meta_access_token": "EAAG-next", "credits": 1})),
+    )
+    .await;
+    assert_eq!(st, 201, "the number is free again");
+    // A later run skips the tenant.
+    let (_, again) = call(
+        &app,
+        "POST",
+        "/v1/platform/retention/run",
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(again["closed_out"], json!([]), "{again}");
+}
+
+async fn the_export_streams_the_tenants_metadata_as_json_lines(b: Backend) {
+    let app = spawn_app(b).await;
+    let marker = format!("EXPORT-MARK-{}", ulid::Ulid::new());
+    let (t, ids) = exercise(&app, &marker).await;
+    let other = app.onboard(5).await;
+    let other_msg = app.send_ok(&other.key, "+60123458888").await;
+    let res = app
+        .http
+        .get(app.url("/v1/account/export"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/x-ndjson");
+    let text = res.text().await.expect("body");
+    assert!(!text.contains(&marker), "no content in the export");
+    assert!(
+        !text.contains(&t.key) && !text.contains("EAAG-test-meta-token"),
+        "no secrets"
+    );
+    assert!(!text.contains(&other_msg), "no other tenant's data");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+        .collect();
+    let count = |kind: &str| lines.iter().filter(|l| l["type"] == kind).count();
+    assert_eq!(
+        lines.first().map(|l| l["type"].clone()),
+        Some(json!("export"))
+    );
+    assert_eq!(lines.last().map(|l| l["type"].clone()), Some(json!("end")));
+    assert_eq!(count("message"), ids.len());
+    for id in &ids {
+        assert!(lines
+            .iter()
+            .any(|l| l["type"] == "message" && l["id"] == id.as_str()));
+    }
+    assert!(count("opt_out") >= 2, "the STOP and the API opt-out");
+    assert!(count("audit_event") >= 3);
+    assert!(
+        count("ledger_entry") >= 5,
+        "opening top-up, three debits, the refund, a top-up"
+    );
+    let read_only: Value = app
+        .http
+        .post(app.url("/v1/api-keys"))
+        .bearer_auth(&t.key)
+        .json(&json!({"name": "ro", "role": "read_only"}))
+        .send()
+        .await
+        .expect("key")
+        .json()
+        .await
+        .expect("json");
+    let ro = read_only["key"].as_str().unwrap_or_default();
+    let res = app
+        .http
+        .get(app.url("/v1/account/export"))
+        .bearer_auth(ro)
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(res.status(), 403, "admins only");
+}
+
+/// Local mode with every expiring class shortened to `secs` seconds.
+async fn spawn_short(b: Backend, secs: u64) -> TestApp {
+    kirim_tests::capture_logs();
+    let mut cfg = kirim_tests::local_config(b).await;
+    let d = Duration::from_secs(secs);
+    cfg.settings.retention.messages = d;
+    cfg.settings.retention.audit = d;
+    cfg.settings.retention.billing = d;
+    cfg.settings.retention.idempotency = d;
+    cfg.settings.retention.stats = d;
+    let stack = cfg.stack_name.clone();
+    TestApp {
+        http: reqwest::Client::new(),
+        app: kirim_infra::local::start(cfg)
+            .await
+            .expect("local mode starts"),
+        stack,
+    }
+}
+
+fn template_body(to: &str) -> Value {
+    json!({"to": to, "template": {"name": "order_update", "language": "en_US", "category": "utility"}})
+}
+
+async fn expired_items_are_invisible_then_swept_and_counted_per_class(b: Backend) {
+    let app = spawn_short(b, 3).await;
+    let t = app.onboard(10).await;
+    let (k1, k2) = (
+        format!("k1-{}", ulid::Ulid::new()),
+        format!("k2-{}", ulid::Ulid::new()),
+    );
+    let (st, first) = send_with_key(&app, &t.key, &k1, template_body("+60123451010")).await;
+    assert_eq!(st, 202);
+    let first = first["id"].as_str().unwrap_or_default().to_owned();
+    let (st, second) = send_with_key(&app, &t.key, &k2, template_body("+60123452020")).await;
+    assert_eq!(st, 202);
+    let second = second["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        app.wait_status(&t.key, &first, "read").await["status"],
+        "read"
+    );
+    assert_eq!(
+        app.wait_status(&t.key, &second, "read").await["status"],
+        "read"
+    );
+    let (st, _) = call(&app, "PUT", "/v1/opt-outs/%2B60123453030", &t.key, None).await;
+    assert!(st == 200 || st == 201);
+    let (st, _) = send_with_key(&app, &t.key, &k1, template_body("+60123459999")).await;
+    assert_eq!(st, 409, "a live key with another body");
+    let (_, audit) = call(&app, "GET", "/v1/audit", &t.key, None).await;
+    assert!(!audit["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .is_empty());
+
+    tokio::time::sleep(Duration::from_millis(4_200)).await;
+    // Every read path ignores what has expired (moto never deletes it).
+    let (st, _) = call(&app, "GET", &format!("/v1/messages/{first}"), &t.key, None).await;
+    assert_eq!(st, 404, "an expired message is not found");
+    let (_, list) = call(&app, "GET", "/v1/messages", &t.key, None).await;
+    assert_eq!(
+        list["messages"],
+        json!([]),
+        "expired messages are not listed"
+    );
+    let (_, audit) = call(&app, "GET", "/v1/audit", &t.key, None).await;
+    assert_eq!(
+        audit["events"],
+        json!([]),
+        "expired audit events are not listed"
+    );
+    let (_, verify) = call(&app, "GET", "/v1/audit/verify", &t.key, None).await;
+    assert_eq!(verify["valid"], true, "expiry is not tampering");
+    let tid = kirim::domain::TenantId::parse(&t.tenant_id).expect("id");
+    assert!(
+        app.app
+            .deps
+            .ledger
+            .entries(&tid)
+            .await
+            .expect("ledger")
+            .is_empty(),
+        "expired ledger entries are not read"
+    );
+    let mid = kirim::domain::MessageId::parse(&first).expect("message id");
+    let wamid = all_items(&app, b)
+        .await
+        .into_iter()
+        .find_map(|r| {
+            (r.pk.starts_with("WAMID#") && r.attrs["message_id"] == first.as_str())
+                .then(|| r.pk[6..].to_owned())
+        })
+        .expect("the wamid index item is still stored");
+    assert_eq!(
+        app.app
+            .deps
+            .messages
+            .message_by_wamid(&wamid)
+            .await
+            .expect("wamid"),
+        None,
+        "expired wamid index"
+    );
+    assert!(app
+        .app
+        .deps
+        .messages
+        .get_message(&tid, &mid)
+        .await
+        .expect("get")
+        .is_none());
+    let export = app
+        .http
+        .get(app.url("/v1/account/export"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .expect("export")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        !export.contains("\"type\":\"message\"")
+            && !export.contains("\"type\":\"ledger_entry\"")
+            && !export.contains("\"type\":\"audit_event\""),
+        "the export holds nothing expired: {export}"
+    );
+    assert!(
+        export.contains("\"type\":\"opt_out\""),
+        "opt-outs are kept while the tenant exists"
+    );
+    let (st, again) = send_with_key(&app, &t.key, &k1, template_body("+60123459999")).await;
+    assert_eq!(st, 202, "an expired Idempotency-Key is free again");
+    assert_ne!(again["id"], first.as_str());
+
+    let (st, report) = call(
+        &app,
+        "POST",
+        "/v1/platform/retention/run",
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let n = |class: &str| report["deleted"][class].as_u64().unwrap_or(0);
+    assert!(
+        n("messages") >= 4,
+        "two messages and their wamid index items: {report}"
+    );
+    assert!(
+        n("billing") >= 3,
+        "the opening top-up and two debits: {report}"
+    );
+    assert!(n("audit") >= 3, "{report}");
+    assert!(n("idempotency") >= 1, "the second key: {report}");
+    // (The day's quality counter is not among them: the send after expiry bumped it again,
+    // and every bump renews its TTL.)
+    let total: u64 = RetentionClass::ALL.iter().map(|c| n(c.as_str())).sum();
+    assert_eq!(report["deleted_expired"].as_u64(), Some(total));
+    let ran_at = report["ran_at"]
+        .as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp())
+        .expect("ran_at");
+    for row in all_items(&app, b).await {
+        assert!(
+            row.ttl.is_none_or(|t| t > ran_at),
+            "{} / {} expired but still stored",
+            row.pk,
+            row.sk
+        );
+    }
+    let (_, audit) = call(&app, "GET", "/v1/audit", &t.key, None).await;
+    assert!(
+        audit["events"].as_array().is_some_and(|e| !e.is_empty()),
+        "the new send is audited"
+    );
+}
+
+async fn a_sweep_cut_short_resumes_from_its_checkpoint(b: Backend) {
+    let app = spawn_short(b, 1).await;
+    let t = app.onboard(10).await;
+    for i in 0..3 {
+        app.send_ok(&t.key, &format!("+6012345{:04}", 6100 + i))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let limits = kirim::service::retention::Limits {
+        page_size: 3,
+        pause: Duration::from_millis(1),
+        max_pages: 1,
+        ..Default::default()
+    };
+    let deps = &app.app.deps;
+    let mut deleted = 0;
+    let mut runs = 0;
+    loop {
+        let r = kirim::service::retention::run_with(deps, limits)
+            .await
+            .expect("run");
+        runs += 1;
+        assert_eq!(
+            r.resumed,
+            runs > 1,
+            "each run after the first continues the pass"
+        );
+        deleted += r.deleted_expired;
+        if r.complete {
+            break;
+        }
+        assert!(runs < 200, "the pass ends");
+    }
+    if b == Backend::Aws {
+        assert!(
+            runs > 2,
+            "a page of 3 items per run: the pass took {runs} runs"
+        );
+    }
+    assert!(
+        deleted >= 3 * 2 + 4,
+        "messages, wamids, debits, top-up: {deleted}"
+    );
+    let now = Utc::now().timestamp();
+    let stale: Vec<String> = all_items(&app, b)
+        .await
+        .into_iter()
+        .filter(|r| r.ttl.is_some_and(|t| t + 1 < now) && !r.sk.starts_with("EVENT#"))
+        .map(|r| format!("{} / {}", r.pk, r.sk))
+        .collect();
+    assert!(stale.is_empty(), "left after a full pass: {stale:?}");
+    let again = kirim::service::retention::run_with(deps, limits)
+        .await
+        .expect("run");
+    assert!(!again.resumed, "a finished pass starts over");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
+        }
+        mod aws_backend_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
+        }
+    };
+}
+
+on_both_backends!(
+    every_stored_item_carries_the_ttl_of_its_class,
+    no_content_reaches_a_table_a_queue_or_a_log_line,
+    a_closed_tenant_is_closed_out_once_by_the_retention_run,
+    the_export_streams_the_tenants_metadata_as_json_lines,
+    expired_items_are_invisible_then_swept_and_counted_per_class,
+    a_sweep_cut_short_resumes_from_its_checkpoint,
+);
