@@ -547,3 +547,5 @@ pub trait QualityStats: Send + Sync {
 }
 mod users;
 pub use users::*;
+mod callbacks;
+pub use callbacks::*;

@@ -3,6 +3,7 @@
 
 pub mod access;
 mod admin;
+mod callbacks;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
@@ -125,6 +126,7 @@ fn admin_api_routes() -> Router<AppState> {
         .route("/v1/audit", get(admin::list_audit))
         .route("/v1/audit/verify", get(admin::verify_audit))
         .merge(users::routes())
+        .merge(callbacks::routes())
 }
 
 fn webhook_routes() -> Router<AppState> {

@@ -4,10 +4,12 @@ pub mod accounts;
 pub mod apikeys;
 pub mod audit;
 pub mod auth;
+pub mod callbacks;
 pub mod dispatch;
 pub mod errors;
 pub mod idempotency;
 pub mod optouts;
+pub mod pending;
 pub mod quality;
 pub mod retention;
 pub mod send;
@@ -22,7 +24,8 @@ use crate::config::Settings;
 use crate::error::StoreError;
 use crate::ports::{
     ApiKeyStore, AuditLog, Clock, DispatchQueue, ExpiredItems, IdempotencyStore, Ledger,
-    MessageStore, MetaClient, OptOutStore, QualityStats, SecretStore, TenantStore, UserStore,
+    MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
+    StatusCallbackStore, TenantStore, UserStore,
 };
 use crate::secret::Secret;
 
@@ -40,6 +43,12 @@ pub struct Deps {
     pub opt_outs: Arc<dyn OptOutStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub queue: Arc<dyn DispatchQueue>,
+    /// Statuses kept until their message's wamid is known.
+    pub pending: Arc<dyn PendingStatusStore>,
+    /// Tenants' status-callback settings.
+    pub status_callbacks: Arc<dyn StatusCallbackStore>,
+    /// Status changes waiting to be POSTed to tenants (the StatusCallbackQueue).
+    pub callback_queue: Arc<dyn DispatchQueue>,
     pub secrets: Arc<SecretCache>,
     pub meta: Arc<dyn MetaClient>,
     pub clock: Arc<dyn Clock>,

@@ -25,6 +25,7 @@ use crate::ports::{
     QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 
+mod callbacks;
 mod idempotency;
 mod optouts;
 

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::error::StoreError;
+mod callbacks;
 mod idempotency;
 mod optouts;
 
@@ -30,6 +31,10 @@ pub(super) struct State {
     /// (tenant, key hash) → idempotency record.
     idempotency: HashMap<(TenantId, String), crate::ports::IdempotencyRecord>,
     pub(super) users: super::users::UsersState,
+    /// (wamid, `PENDING#{status}#{timestamp}`) → a status kept until its wamid is known.
+    pending: BTreeMap<(String, String), crate::ports::PendingStatus>,
+    /// tenant → its status-callback setting.
+    status_callbacks: HashMap<TenantId, crate::ports::StatusCallback>,
 }
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional
@@ -441,6 +446,9 @@ impl ExpiredItems for MemoryStore {
         let before = s.quality.len();
         s.quality.retain(|_, (_, e)| !expired(*e));
         removed += before - s.quality.len();
+        let before = s.pending.len();
+        s.pending.retain(|_, p| !expired(p.expires_at));
+        removed += before - s.pending.len();
         for (_, events) in s.audit.values_mut() {
             let before = events.len();
             events.retain(|_, e| !expired(e.expires_at));
