@@ -107,6 +107,10 @@ pub fn test_settings() -> Settings {
         dispatch_max_attempts: 3,
         dispatch_backoff: Duration::from_millis(50),
         meta_timeout: Duration::from_millis(700),
+        // Local mode's status callbacks: loopback receivers, quick retries.
+        callbacks_allow_private: true,
+        callback_backoff: Duration::from_millis(100),
+        callback_timeout: Duration::from_secs(2),
         ..Settings::default()
     }
 }

@@ -3,8 +3,10 @@
 
 mod access;
 mod audit;
+mod callbacks;
 mod contract;
 mod contract_access;
+mod contract_callbacks;
 mod contract_optouts;
 mod contract_users;
 mod e2e;
