@@ -4,7 +4,7 @@
 //!   `sk = WAMID`), `sk = PENDING#{status}#{timestamp}`, TTL per the `PendingStatus`
 //!   retention class. Kept with `attribute_not_exists(pk) OR ttl <= now`, so a duplicate
 //!   writes nothing; read with a Query `begins_with(sk, "PENDING#")`.
-//! - A tenant's status-callback setting: `pk = TENANT#{tenant}`, `sk = STATUS_CALLBACK`,
+//! - A tenant's status-callback setting: `pk = TENANT#{tenant}`, `sk = SETTINGS#STATUS_CALLBACK`,
 //!   no TTL (active configuration). The signing secret is in Secrets Manager, not here.
 
 use async_trait::async_trait;
@@ -16,7 +16,7 @@ use crate::error::StoreError;
 use crate::ports::{PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore};
 
 const PENDING: &str = "PENDING#";
-const CALLBACK_SK: &str = "STATUS_CALLBACK";
+const CALLBACK_SK: &str = "SETTINGS#STATUS_CALLBACK";
 
 fn wamid_pk(wamid: &str) -> String {
     format!("WAMID#{wamid}")
@@ -72,7 +72,7 @@ impl PendingStatusStore for DynamoStore {
                 break;
             }
         }
-        out.sort_by(|a, b| (a.timestamp, a.received_at).cmp(&(b.timestamp, b.received_at)));
+        out.sort_by_key(|a| (a.timestamp, a.received_at));
         Ok(out)
     }
 

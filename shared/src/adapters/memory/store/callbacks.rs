@@ -32,7 +32,7 @@ impl PendingStatusStore for MemoryStore {
             .filter(|p| self.live(p.expires_at))
             .cloned()
             .collect();
-        out.sort_by(|a, b| (a.timestamp, a.received_at).cmp(&(b.timestamp, b.received_at)));
+        out.sort_by_key(|a| (a.timestamp, a.received_at));
         Ok(out)
     }
 
