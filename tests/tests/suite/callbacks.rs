@@ -79,7 +79,7 @@ impl Receiver {
     async fn wait_for(&self, statuses: &[&str]) -> Vec<Got> {
         for _ in 0..200 {
             let got = self.got.lock().map(|g| g.clone()).unwrap_or_default();
-            let seen: Vec<String> = got.iter().map(|g| status_of(g)).collect();
+            let seen: Vec<String> = got.iter().map(status_of).collect();
             if statuses.iter().all(|s| seen.iter().any(|x| x == s)) {
                 return got;
             }
