@@ -47,6 +47,8 @@ impl LocalConfig {
         let mut env = EnvReader::new(|k| std::env::var(k).ok());
         let mut settings = env.settings();
         // Local default: the embedded sandbox, unless KIRIM_META_BASE_URL says otherwise.
+        // Local mode: status callbacks may go to http and loopback receivers.
+        settings.callbacks_allow_private = env.number("KIRIM_CALLBACKS_ALLOW_PRIVATE", true);
         let meta_base_url = env.optional("KIRIM_META_BASE_URL");
         if meta_base_url.is_none() {
             settings.meta_base_url = String::new();
@@ -222,6 +224,8 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
                 table: stack.table.clone(),
                 dispatch_queue_url: stack.queue_url("DispatchQueue").unwrap_or_default(),
                 dispatch_dlq_url: stack.queue_url("DispatchDeadLetterQueue"),
+                status_callback_queue_url: stack.queue_url("StatusCallbackQueue"),
+                status_callback_dlq_url: stack.queue_url("StatusCallbackDeadLetterQueue"),
             };
             // Secret names as the template declares them.
             let name = |logical: &str, fallback: &str| {
@@ -274,6 +278,13 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
             }
         }));
     }
+    // One poller delivers status callbacks (one at a time per batch keeps them in order).
+    let d = deps.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            kirim::handlers::poll_callbacks_once(&d, Duration::from_secs(1)).await;
+        }
+    }));
     let d = deps.clone();
     let every = cfg.retention_interval;
     tasks.push(tokio::spawn(async move {

@@ -31,6 +31,15 @@ pub struct Settings {
     /// How long a message may stay `sending` after an ambiguous timeout before it is
     /// marked failed (if no webhook settled it).
     pub sending_deadline: Duration,
+    /// Status callbacks may go to http and to private, loopback and link-local addresses
+    /// (local mode only; outside it only https to public addresses).
+    pub callbacks_allow_private: bool,
+    /// A status callback's first retry delay (doubling per attempt, with jitter).
+    pub callback_backoff: Duration,
+    /// Delivery attempts per status callback before it is given up.
+    pub callback_max_attempts: u32,
+    /// How long a receiver has to answer one callback.
+    pub callback_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -49,6 +58,10 @@ impl Default for Settings {
             meta_app_secret: "kirim/meta-app-secret".into(),
             meta_verify_token_secret: "kirim/meta-verify-token".into(),
             sending_deadline: Duration::from_secs(24 * 3600),
+            callbacks_allow_private: false,
+            callback_backoff: Duration::from_secs(30),
+            callback_max_attempts: 8,
+            callback_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -216,6 +229,13 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
                 &format!("{prefix}meta-verify-token"),
             ),
             sending_deadline: self.duration("KIRIM_SENDING_DEADLINE", d.sending_deadline),
+            callbacks_allow_private: self
+                .number("KIRIM_CALLBACKS_ALLOW_PRIVATE", d.callbacks_allow_private),
+            callback_backoff: self.duration("KIRIM_CALLBACK_BACKOFF", d.callback_backoff),
+            callback_max_attempts: self
+                .number("KIRIM_CALLBACK_MAX_ATTEMPTS", d.callback_max_attempts)
+                .clamp(1, 9),
+            callback_timeout: self.duration("KIRIM_CALLBACK_TIMEOUT", d.callback_timeout),
             secret_prefix: prefix,
         }
     }

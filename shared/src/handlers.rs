@@ -67,3 +67,71 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
 pub async fn scheduled_retention(deps: &Deps) -> Result<retention::RetentionReport, String> {
     retention::run(deps).await.map_err(|e| e.to_string())
 }
+
+/// The status-callback consumer (a `StatusCallbackFunction` on the StatusCallbackQueue,
+/// see infra/deploy.md): POSTs each change to the tenant; a failed delivery is made
+/// visible again after its backoff and reported as a batch item failure.
+pub async fn status_callback_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
+    let items: Vec<(String, u32)> = event
+        .records
+        .iter()
+        .map(|r| {
+            let count = r
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(1);
+            (r.body.clone().unwrap_or_default(), count)
+        })
+        .collect();
+    let outcomes = crate::service::callbacks::handle_batch(deps, &items).await;
+    let mut response = SqsBatchResponse::default();
+    for (record, outcome) in event.records.iter().zip(outcomes) {
+        let failed = match outcome {
+            Outcome::Done => false,
+            Outcome::RetryAfter(delay) => {
+                if let Some(receipt) = record.receipt_handle.as_deref() {
+                    if let Err(e) = deps.callback_queue.retry_after(receipt, delay).await {
+                        tracing::warn!(error = %e, "could not set callback retry delay");
+                    }
+                }
+                true
+            }
+            Outcome::Poison => true,
+        };
+        if failed {
+            let mut f = BatchItemFailure::default();
+            f.item_identifier = record.message_id.clone().unwrap_or_default();
+            response.batch_item_failures.push(f);
+        }
+    }
+    response
+}
+
+/// Local mode's poller for the status-callback queue.
+pub async fn poll_callbacks_once(deps: &Deps, wait: std::time::Duration) -> usize {
+    let received = match deps.callback_queue.receive(10, wait).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "callback queue receive failed");
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            return 0;
+        }
+    };
+    let items: Vec<(String, u32)> = received
+        .iter()
+        .map(|m| (m.body.clone(), m.receive_count))
+        .collect();
+    let outcomes = crate::service::callbacks::handle_batch(deps, &items).await;
+    for (m, outcome) in received.iter().zip(outcomes) {
+        let result = match outcome {
+            Outcome::Done => deps.callback_queue.delete(&m.receipt).await,
+            Outcome::RetryAfter(d) => deps.callback_queue.retry_after(&m.receipt, d).await,
+            Outcome::Poison => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "callback queue acknowledgement failed");
+        }
+    }
+    received.len()
+}

@@ -638,3 +638,5 @@ pub trait BroadcastStore: Send + Sync {
         broadcast: &Broadcast,
     ) -> Result<std::collections::BTreeMap<String, usize>, StoreError>;
 }
+mod callbacks;
+pub use callbacks::*;

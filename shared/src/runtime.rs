@@ -8,7 +8,7 @@ use crate::adapters::aws::{DynamoStore, SecretsManagerStore, SqsQueue};
 use crate::adapters::memory::{MemoryQueue, MemorySecrets, MemoryStore};
 use crate::adapters::meta_graph::MetaGraphClient;
 use crate::config::{ConfigError, EnvReader, Settings};
-use crate::ports::{Clock, SecretStore, SystemClock};
+use crate::ports::{Clock, DispatchQueue, SecretStore, SystemClock};
 use crate::service::{Deps, SecretCache};
 
 /// Names of the AWS resources a process uses.
@@ -17,6 +17,9 @@ pub struct AwsResources {
     pub table: String,
     pub dispatch_queue_url: String,
     pub dispatch_dlq_url: Option<String>,
+    /// The StatusCallbackQueue (`None`: this process produces no status callbacks).
+    pub status_callback_queue_url: Option<String>,
+    pub status_callback_dlq_url: Option<String>,
 }
 
 /// Secrets on Lambda are re-read at most this often (rotation reaches warm functions).
@@ -40,6 +43,14 @@ pub fn aws_deps(
         &res.dispatch_queue_url,
         res.dispatch_dlq_url.clone(),
     ));
+    let callback_queue: Arc<dyn DispatchQueue> = match &res.status_callback_queue_url {
+        Some(url) => Arc::new(SqsQueue::new(
+            aws_sdk_sqs::Client::new(sdk),
+            url,
+            res.status_callback_dlq_url.clone(),
+        )),
+        None => Arc::new(NoQueue),
+    };
     let secrets: Arc<dyn SecretStore> = Arc::new(SecretsManagerStore::new(
         aws_sdk_secretsmanager::Client::new(sdk),
     ));
@@ -55,9 +66,12 @@ pub fn aws_deps(
         messages: store.clone(),
         opt_outs: store.clone(),
         idempotency: store.clone(),
+        pending: store.clone(),
+        status_callbacks: store.clone(),
         expired: store.clone(),
         retention: store,
         queue,
+        callback_queue,
         secrets: Arc::new(SecretCache::new(secrets, secret_ttl)),
         meta,
         clock,
@@ -72,6 +86,8 @@ pub fn memory_deps(settings: Settings, clock: Arc<dyn Clock>) -> Result<Deps, Co
         Duration::from_secs(360),
         settings.dispatch_max_attempts + 2,
     ));
+    // Like the template's redrive: parked after 10 receives.
+    let callback_queue = Arc::new(MemoryQueue::new(Duration::from_secs(360), 10));
     let secrets: Arc<dyn SecretStore> = Arc::new(MemorySecrets::default());
     let meta = meta_client(&settings)?;
     Ok(Deps {
@@ -85,9 +101,12 @@ pub fn memory_deps(settings: Settings, clock: Arc<dyn Clock>) -> Result<Deps, Co
         messages: store.clone(),
         opt_outs: store.clone(),
         idempotency: store.clone(),
+        pending: store.clone(),
+        status_callbacks: store.clone(),
         expired: store.clone(),
         retention: store,
         queue,
+        callback_queue,
         secrets: Arc::new(SecretCache::new(secrets, Duration::ZERO)),
         meta,
         clock,
@@ -114,6 +133,8 @@ pub async fn lambda_deps() -> Result<Deps, ConfigError> {
         table: env.required("KIRIM_TABLE"),
         dispatch_queue_url: env.required("KIRIM_DISPATCH_QUEUE_URL"),
         dispatch_dlq_url: env.optional("KIRIM_DISPATCH_DLQ_URL"),
+        status_callback_queue_url: env.optional("KIRIM_STATUS_CALLBACK_QUEUE_URL"),
+        status_callback_dlq_url: env.optional("KIRIM_STATUS_CALLBACK_DLQ_URL"),
     };
     env.finish()?;
     let sdk = aws_config::load_from_env().await;
@@ -124,4 +145,38 @@ pub async fn lambda_deps() -> Result<Deps, ConfigError> {
         Arc::new(SystemClock),
         SECRET_CACHE_TTL,
     )
+}
+
+/// The status-callback queue of a function configured without one: status changes
+/// cannot be queued there (each attempt logs a warning), nothing else breaks.
+struct NoQueue;
+
+#[async_trait::async_trait]
+impl DispatchQueue for NoQueue {
+    async fn send(&self, _body: &str) -> Result<(), crate::error::StoreError> {
+        Err(crate::error::StoreError::Unavailable(
+            "KIRIM_STATUS_CALLBACK_QUEUE_URL is not configured".into(),
+        ))
+    }
+    async fn receive(
+        &self,
+        _max: usize,
+        wait: Duration,
+    ) -> Result<Vec<crate::ports::Received>, crate::error::StoreError> {
+        tokio::time::sleep(wait).await;
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _receipt: &str) -> Result<(), crate::error::StoreError> {
+        Ok(())
+    }
+    async fn retry_after(
+        &self,
+        _receipt: &str,
+        _delay: Duration,
+    ) -> Result<(), crate::error::StoreError> {
+        Ok(())
+    }
+    async fn dead_letters(&self) -> Result<Vec<String>, crate::error::StoreError> {
+        Ok(Vec::new())
+    }
 }

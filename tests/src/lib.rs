@@ -107,6 +107,10 @@ pub fn test_settings() -> Settings {
         dispatch_max_attempts: 3,
         dispatch_backoff: Duration::from_millis(50),
         meta_timeout: Duration::from_millis(700),
+        // Local mode's status callbacks: loopback receivers, quick retries.
+        callbacks_allow_private: true,
+        callback_backoff: Duration::from_millis(100),
+        callback_timeout: Duration::from_secs(2),
         ..Settings::default()
     }
 }
@@ -245,6 +249,20 @@ impl TestApp {
             .await
             .expect("json");
         body["credits"].as_i64().unwrap_or(-1)
+    }
+
+    /// The balance once it equals `want` (or the last one seen after a deadline): a refund
+    /// is written just after its message turns `failed`, so tests wait for it.
+    pub async fn credits_settled(&self, key: &str, want: i64) -> i64 {
+        let mut last = self.credits(key).await;
+        for _ in 0..50 {
+            if last == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            last = self.credits(key).await;
+        }
+        last
     }
 
     /// Polls until the message's status is `want` (or the deadline passes) and answers

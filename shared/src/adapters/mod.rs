@@ -2,5 +2,6 @@
 //! Secrets Manager), plus the reqwest client for Meta's Graph API.
 
 pub mod aws;
+pub mod callback_http;
 pub mod memory;
 pub mod meta_graph;

@@ -4,6 +4,7 @@
 pub mod access;
 mod admin;
 mod broadcasts;
+mod callbacks;
 pub mod error;
 mod export;
 pub mod extract;
@@ -129,6 +130,7 @@ fn admin_api_routes() -> Router<AppState> {
         .route("/v1/audit/verify", get(admin::verify_audit))
         .merge(users::routes())
         .merge(export::routes())
+        .merge(callbacks::routes())
 }
 
 fn webhook_routes() -> Router<AppState> {

@@ -100,10 +100,13 @@ async fn fail(deps: &Deps, job: &DispatchJob, price: i64, error: MessageError, r
         )
         .await
     {
-        Ok(Transition::Applied(_)) if refund_it => {
-            refund(deps, &job.tenant_id, &job.message_id, price).await
+        Ok(Transition::Applied(record)) => {
+            super::callbacks::status_changed(deps, &record).await;
+            if refund_it {
+                refund(deps, &job.tenant_id, &job.message_id, price).await
+            }
         }
-        Ok(_) => {}
+        Ok(Transition::Refused) => {}
         Err(e) => {
             tracing::error!(message_id = %job.message_id, error = %e, "could not mark failed")
         }
@@ -301,7 +304,8 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
                 ..Default::default()
             };
             // Refused means a webhook already moved it further: fine.
-            deps.messages
+            if let Transition::Applied(sent) = deps
+                .messages
                 .transition(
                     &job.tenant_id,
                     &job.message_id,
@@ -309,7 +313,14 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
                     &change,
                     deps.clock.now(),
                 )
-                .await?;
+                .await?
+            {
+                super::callbacks::status_changed(deps, &sent).await;
+            }
+            // Statuses Meta sent before the wamid was recorded apply now.
+            if let Err(e) = super::pending::apply_kept(deps, &accepted.wamid).await {
+                tracing::warn!(message_id = %job.message_id, error = %e, "kept statuses not applied yet");
+            }
             tracing::info!(tenant_id = %job.tenant_id, message_id = %job.message_id, wamid = %accepted.wamid, to = %log_to, "sent to meta");
             Ok(Outcome::Done)
         }

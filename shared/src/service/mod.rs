@@ -5,10 +5,12 @@ pub mod apikeys;
 pub mod audit;
 pub mod auth;
 pub mod broadcasts;
+pub mod callbacks;
 pub mod dispatch;
 pub mod errors;
 pub mod idempotency;
 pub mod optouts;
+pub mod pending;
 pub mod quality;
 pub mod retention;
 pub mod send;
@@ -23,8 +25,8 @@ use crate::config::Settings;
 use crate::error::StoreError;
 use crate::ports::{
     ApiKeyStore, AuditLog, BroadcastStore, Clock, DispatchQueue, ExpiredItems, IdempotencyStore,
-    Ledger, MessageStore, MetaClient, OptOutStore, QualityStats, SecretStore, TenantStore,
-    UserStore,
+    Ledger, MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
+    StatusCallbackStore, TenantStore, UserStore,
 };
 use crate::secret::Secret;
 
@@ -44,6 +46,12 @@ pub struct Deps {
     pub opt_outs: Arc<dyn OptOutStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub queue: Arc<dyn DispatchQueue>,
+    /// Statuses kept until their message's wamid is known.
+    pub pending: Arc<dyn PendingStatusStore>,
+    /// Tenants' status-callback settings.
+    pub status_callbacks: Arc<dyn StatusCallbackStore>,
+    /// Status changes waiting to be POSTed to tenants (the StatusCallbackQueue).
+    pub callback_queue: Arc<dyn DispatchQueue>,
     pub secrets: Arc<SecretCache>,
     pub meta: Arc<dyn MetaClient>,
     pub clock: Arc<dyn Clock>,

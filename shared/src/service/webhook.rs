@@ -111,24 +111,24 @@ struct Metadata {
 }
 
 #[derive(Deserialize)]
-struct StatusIn {
-    id: String,
-    status: String,
+pub(super) struct StatusIn {
+    pub(super) id: String,
+    pub(super) status: String,
     #[serde(default)]
-    timestamp: Option<String>,
+    pub(super) timestamp: Option<String>,
     #[serde(default)]
-    biz_opaque_callback_data: Option<String>,
+    pub(super) biz_opaque_callback_data: Option<String>,
     #[serde(default)]
-    errors: Vec<ErrorIn>,
+    pub(super) errors: Vec<ErrorIn>,
 }
 
 #[derive(Deserialize)]
-struct ErrorIn {
-    code: i64,
+pub(super) struct ErrorIn {
+    pub(super) code: i64,
     #[serde(default)]
-    title: Option<String>,
+    pub(super) title: Option<String>,
     #[serde(default)]
-    message: Option<String>,
+    pub(super) message: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
@@ -233,13 +233,13 @@ async fn account_update(
     Ok(tenants.len())
 }
 
-enum Applied {
+pub(super) enum Applied {
     Yes,
     NoChange,
     UnknownMessage,
 }
 
-async fn resolve(
+pub(super) async fn resolve(
     deps: &Deps,
     tenant: Option<&TenantId>,
     status: &StatusIn,
@@ -261,7 +261,7 @@ async fn resolve(
     Ok(deps.messages.message_by_wamid(&status.id).await?)
 }
 
-async fn apply_status(
+pub(super) async fn apply_status(
     deps: &Deps,
     tenant: Option<&TenantId>,
     raw: &serde_json::Value,
@@ -276,9 +276,12 @@ async fn apply_status(
         "failed" => MessageStatus::Failed,
         _ => return Ok(Applied::NoChange), // e.g. "deleted", "warning": not ours to track
     };
-    let Some((tenant_id, message_id)) = resolve(deps, tenant, &status).await? else {
-        tracing::info!(wamid = %status.id, "status for an unknown message");
-        return Ok(Applied::UnknownMessage);
+    let (tenant_id, message_id) = match resolve(deps, tenant, &status).await? {
+        Some(found) => found,
+        None => match super::pending::keep(deps, tenant, &status).await? {
+            Some(found) => found,
+            None => return Ok(Applied::UnknownMessage),
+        },
     };
     let at: DateTime<Utc> = status
         .timestamp
@@ -309,7 +312,8 @@ async fn apply_status(
         .transition(&tenant_id, &message_id, to, &change, at)
         .await?
     {
-        Transition::Applied(_) => {
+        Transition::Applied(record) => {
+            super::callbacks::status_changed(deps, &record).await;
             // A failure is applied once (it is terminal), so it is counted once.
             if to == MessageStatus::Failed
                 && status

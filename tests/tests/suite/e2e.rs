@@ -129,7 +129,7 @@ async fn number_0004_is_retried_a_bounded_number_of_times_then_failed_and_refund
     // KIRIM_DISPATCH_MAX_ATTEMPTS is 3 in tests.
     assert_eq!(app.sandbox_requests_to("60123450004").len(), 3);
     assert_eq!(
-        app.credits(&t.key).await,
+        app.credits_settled(&t.key, 5).await,
         5,
         "never accepted by Meta: refunded"
     );
@@ -156,7 +156,7 @@ async fn number_0006_fails_at_once_with_190_is_refunded_and_suspends_the_tenant(
     let view = app.wait_status(&t.key, &id, "failed").await;
     assert_eq!(view["error"]["code"], 190, "{view}");
     assert_eq!(app.sandbox_requests_to("60123450006").len(), 1);
-    assert_eq!(app.credits(&t.key).await, 5);
+    assert_eq!(app.credits_settled(&t.key, 5).await, 5);
     // Meta says the account cannot send: the tenant is paused until the operator resumes.
     let account: Value = app
         .http
@@ -200,7 +200,7 @@ async fn number_0007_fails_at_once_with_132001_template_missing(b: Backend) {
     let view = app.wait_status(&t.key, &id, "failed").await;
     assert_eq!(view["error"]["code"], 132001, "{view}");
     assert_eq!(app.sandbox_requests_to("60123450007").len(), 1);
-    assert_eq!(app.credits(&t.key).await, 5);
+    assert_eq!(app.credits_settled(&t.key, 5).await, 5);
 }
 
 async fn number_0008_out_of_order_duplicated_statuses_still_end_read(b: Backend) {

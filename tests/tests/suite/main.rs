@@ -4,8 +4,10 @@
 mod access;
 mod audit;
 mod broadcasts;
+mod callbacks;
 mod contract;
 mod contract_access;
+mod contract_callbacks;
 mod contract_optouts;
 mod contract_retention;
 mod contract_users;

@@ -241,7 +241,7 @@ async fn a_stop_that_arrives_while_the_message_is_queued_is_honoured_before_meta
     let view = app.message(&t.key, &id).await;
     assert_eq!(view["status"], "failed", "{view}");
     assert_eq!(view["error"]["code"], "recipient_opted_out");
-    assert_eq!(app.credits(&t.key).await, 5, "refunded");
+    assert_eq!(app.credits_settled(&t.key, 5).await, 5, "refunded");
     assert!(
         app.sandbox_requests_to("60123457005").is_empty(),
         "no request to Meta"

@@ -26,6 +26,7 @@ use crate::ports::{
 };
 
 mod broadcasts;
+mod callbacks;
 mod idempotency;
 mod optouts;
 mod retention;

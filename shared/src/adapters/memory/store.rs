@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::error::StoreError;
 mod broadcasts;
+mod callbacks;
 mod idempotency;
 mod optouts;
 mod retention;
@@ -43,6 +44,10 @@ pub(super) struct State {
     closed_out: HashMap<TenantId, (DateTime<Utc>, crate::ports::CloseOutTtls)>,
     /// The sweep's saved position (the memory sweep finishes in one page; kept for parity).
     checkpoint: Option<String>,
+    /// (wamid, `PENDING#{status}#{timestamp}`) → a status kept until its wamid is known.
+    pending: BTreeMap<(String, String), crate::ports::PendingStatus>,
+    /// tenant → its status-callback setting.
+    status_callbacks: HashMap<TenantId, crate::ports::StatusCallback>,
 }
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional
@@ -454,6 +459,9 @@ impl ExpiredItems for MemoryStore {
         let before = s.quality.len();
         s.quality.retain(|_, (_, e)| !expired(*e));
         removed += before - s.quality.len();
+        let before = s.pending.len();
+        s.pending.retain(|_, p| !expired(p.expires_at));
+        removed += before - s.pending.len();
         for (_, events) in s.audit.values_mut() {
             let before = events.len();
             events.retain(|_, e| !expired(e.expires_at));

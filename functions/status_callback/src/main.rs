@@ -1,0 +1,19 @@
+//! The `status_callback` Lambda: SQS batch of status changes → tenants' callback URLs,
+//! signed, reporting partial batch failures. Business rules live in the `kirim` crate;
+//! this file only wires.
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    kirim::telemetry::init_json();
+    let deps = kirim::runtime::lambda_deps().await?;
+    let deps = &deps;
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        Ok::<SqsBatchResponse, Error>(
+            kirim::handlers::status_callback_batch(deps, event.payload).await,
+        )
+    }))
+    .await
+}

@@ -1,0 +1,141 @@
+//! `PendingStatusStore` and `StatusCallbackStore` on the one table.
+//!
+//! - A status for a wamid not known yet: `pk = WAMID#{wamid}` (beside the wamid index item
+//!   `sk = WAMID`), `sk = PENDING#{status}#{timestamp}`, TTL per the `PendingStatus`
+//!   retention class. Kept with `attribute_not_exists(pk) OR ttl <= now`, so a duplicate
+//!   writes nothing; read with a Query `begins_with(sk, "PENDING#")`.
+//! - A tenant's status-callback setting: `pk = TENANT#{tenant}`, `sk = SETTINGS#STATUS_CALLBACK`,
+//!   no TTL (active configuration). The signing secret is in Secrets Manager, not here.
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+
+use super::{from_item, n, s, tenant_pk, to_item, unavailable, DynamoStore, TTL_ATTR};
+use crate::domain::TenantId;
+use crate::error::StoreError;
+use crate::ports::{PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore};
+
+const PENDING: &str = "PENDING#";
+const CALLBACK_SK: &str = "SETTINGS#STATUS_CALLBACK";
+
+fn wamid_pk(wamid: &str) -> String {
+    format!("WAMID#{wamid}")
+}
+
+#[async_trait]
+impl PendingStatusStore for DynamoStore {
+    async fn put_pending_status(&self, status: &PendingStatus) -> Result<bool, StoreError> {
+        let item = to_item(
+            status,
+            &[("pk", wamid_pk(&status.wamid)), ("sk", status.key())],
+            status.expires_at,
+        )?;
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR #ttl <= :now")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":now", n(self.now_secs()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable("dynamodb put", e)),
+        }
+    }
+
+    async fn pending_statuses(&self, wamid: &str) -> Result<Vec<PendingStatus>, StoreError> {
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+            .expression_attribute_values(":pk", s(wamid_pk(wamid)))
+            .expression_attribute_values(":p", s(PENDING))
+            .into_paginator()
+            .items()
+            .send();
+        let mut out = Vec::new();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            if self.live(&item) {
+                out.push(from_item::<PendingStatus>(item)?);
+            }
+            // A wamid gets a handful of statuses; this bounds a pathological partition.
+            if out.len() >= 100 {
+                break;
+            }
+        }
+        out.sort_by_key(|a| (a.timestamp, a.received_at));
+        Ok(out)
+    }
+
+    async fn delete_pending_status(&self, status: &PendingStatus) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(wamid_pk(&status.wamid)))
+            .key("sk", s(status.key()))
+            .send()
+            .await
+            .map_err(|e| unavailable("dynamodb delete", e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StatusCallbackStore for DynamoStore {
+    async fn put_status_callback(&self, setting: &StatusCallback) -> Result<(), StoreError> {
+        let item = to_item(
+            setting,
+            &[
+                ("pk", tenant_pk(&setting.tenant_id)),
+                ("sk", CALLBACK_SK.into()),
+            ],
+            None,
+        )?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| unavailable("dynamodb put", e))?;
+        Ok(())
+    }
+
+    async fn get_status_callback(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<StatusCallback>, StoreError> {
+        self.get(tenant_pk(tenant), CALLBACK_SK)
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    async fn delete_status_callback(&self, tenant: &TenantId) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s(CALLBACK_SK))
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable("dynamodb delete", e)),
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! Outbound status callbacks over HTTP, guarded against SSRF: outside local mode only
+//! `https`, and only to public addresses. The host is resolved here, every address is
+//! checked, and the connection goes to the checked address (no second lookup a DNS
+//! rebinding could answer differently); redirects are never followed; proxies are not used.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use reqwest::Url;
+
+/// Why a callback URL is refused (the words are the client's, at PUT).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("the callback url is not a valid absolute URL")]
+    Invalid,
+    #[error("the callback url must use https")]
+    NotHttps,
+    #[error("the callback url may not contain a user name or password")]
+    Credentials,
+    #[error("the callback url is longer than 2048 characters")]
+    TooLong,
+    #[error("the callback url points at a private, loopback or otherwise non-public address")]
+    NonPublic,
+    #[error("the callback host could not be resolved")]
+    Unresolvable,
+}
+
+/// Whether `ip` is a public unicast address a callback may reach.
+pub fn is_public_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    let in_net = |net: [u8; 4], bits: u32| {
+        let mask = if bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - bits)
+        };
+        (u32::from(ip) & mask) == (u32::from(Ipv4Addr::from(net)) & mask)
+    };
+    !(o[0] == 0 // "this network"
+        || o[0] == 10 // private
+        || o[0] == 127 // loopback
+        || in_net([100, 64, 0, 0], 10) // carrier-grade NAT
+        || in_net([169, 254, 0, 0], 16) // link-local (cloud metadata)
+        || in_net([172, 16, 0, 0], 12) // private
+        || in_net([192, 0, 0, 0], 24) // IETF protocol assignments
+        || in_net([192, 0, 2, 0], 24) // documentation
+        || in_net([192, 88, 99, 0], 24) // 6to4 relay anycast
+        || in_net([192, 168, 0, 0], 16) // private
+        || in_net([198, 18, 0, 0], 15) // benchmarking
+        || in_net([198, 51, 100, 0], 24) // documentation
+        || in_net([203, 0, 113, 0], 24) // documentation
+        || o[0] >= 224) // multicast, reserved, broadcast
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let seg = ip.segments();
+    // IPv4 inside IPv6: judged by the IPv4 address.
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    if seg[0] == 0x0064 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0] {
+        // NAT64 well-known prefix 64:ff9b::/96
+        return is_public_v4(Ipv4Addr::new(
+            (seg[6] >> 8) as u8,
+            seg[6] as u8,
+            (seg[7] >> 8) as u8,
+            seg[7] as u8,
+        ));
+    }
+    if seg[0] == 0x2002 {
+        // 6to4: the embedded IPv4 address decides
+        return is_public_v4(Ipv4Addr::new(
+            (seg[1] >> 8) as u8,
+            seg[1] as u8,
+            (seg[2] >> 8) as u8,
+            seg[2] as u8,
+        ));
+    }
+    // Only global unicast (2000::/3), minus its special-purpose blocks.
+    (seg[0] & 0xe000) == 0x2000
+        && !(seg[0] == 0x2001 && seg[1] < 0x0200) // 2001::/23 IETF protocol assignments (Teredo, ORCHID, ...)
+        && !(seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+        && !(seg[0] == 0x3fff && seg[1] < 0x1000) // documentation 3fff::/20
+}
+
+/// Parses and checks a callback URL's shape (no DNS): absolute http(s), `https` unless
+/// `allow_private`, no credentials, and an IP-literal host must be public unless
+/// `allow_private`. Names are checked again after resolution, at each delivery.
+pub fn validate_url(raw: &str, allow_private: bool) -> Result<Url, TargetError> {
+    if raw.len() > 2048 {
+        return Err(TargetError::TooLong);
+    }
+    let url = Url::parse(raw.trim()).map_err(|_| TargetError::Invalid)?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_private => {}
+        "http" => return Err(TargetError::NotHttps),
+        _ => return Err(TargetError::Invalid),
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(TargetError::Credentials);
+    }
+    match url.host() {
+        None => Err(TargetError::Invalid),
+        Some(url::Host::Domain(d)) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            if d.is_empty() {
+                return Err(TargetError::Invalid);
+            }
+            if !allow_private
+                && (d == "localhost" || d.ends_with(".localhost") || d.ends_with(".internal"))
+            {
+                return Err(TargetError::NonPublic);
+            }
+            Ok(url)
+        }
+        Some(url::Host::Ipv4(ip)) if allow_private || is_public_v4(ip) => Ok(url),
+        Some(url::Host::Ipv6(ip)) if allow_private || is_public_v6(ip) => Ok(url),
+        Some(_) => Err(TargetError::NonPublic),
+    }
+}
+
+/// The outcome of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Not delivered this time (non-2xx, timeout, connection): try again later.
+    Retry(String),
+    /// The target may never be called (a non-public address, a bad URL): do not retry.
+    Refused(TargetError),
+}
+
+/// Resolves `url`'s host to the addresses it may be connected to.
+async fn checked_address(url: &Url, allow_private: bool) -> Result<SocketAddr, Delivery> {
+    let port = url
+        .port_or_known_default()
+        .ok_or(Delivery::Refused(TargetError::Invalid))?;
+    let addrs: Vec<SocketAddr> = match url.host() {
+        Some(url::Host::Ipv4(ip)) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
+        Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
+        Some(url::Host::Domain(d)) => match tokio::net::lookup_host((d, port)).await {
+            Ok(a) => a.collect(),
+            Err(_) => return Err(Delivery::Retry(TargetError::Unresolvable.to_string())),
+        },
+        None => return Err(Delivery::Refused(TargetError::Invalid)),
+    };
+    // Every address must be public: a name that also resolves inside is refused.
+    if !allow_private && addrs.iter().any(|a| !is_public_ip(a.ip())) {
+        return Err(Delivery::Refused(TargetError::NonPublic));
+    }
+    addrs
+        .into_iter()
+        .next()
+        .ok_or(Delivery::Retry(TargetError::Unresolvable.to_string()))
+}
+
+/// POSTs `body` to `raw_url` with `headers`, to a checked address only.
+pub async fn post(
+    raw_url: &str,
+    allow_private: bool,
+    timeout: Duration,
+    headers: &[(&str, String)],
+    body: String,
+) -> Delivery {
+    let url = match validate_url(raw_url, allow_private) {
+        Ok(u) => u,
+        Err(e) => return Delivery::Refused(e),
+    };
+    let addr = match checked_address(&url, allow_private).await {
+        Ok(a) => a,
+        Err(d) => return d,
+    };
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(timeout)
+        .connect_timeout(timeout);
+    if let Some(url::Host::Domain(d)) = url.host() {
+        // Connect to the address checked above, keep the name for TLS and Host.
+        builder = builder.resolve(d, addr);
+    }
+    let client = match builder.build() {
+        Ok(c) => c,
+        Err(e) => return Delivery::Retry(format!("http client: {e}")),
+    };
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("user-agent", "Kirim-Status-Callback/1");
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    match req.body(body).send().await {
+        Ok(res) if res.status().is_success() => Delivery::Delivered,
+        Ok(res) => Delivery::Retry(format!("receiver answered http {}", res.status().as_u16())),
+        Err(e) if e.is_timeout() => Delivery::Retry("receiver did not answer in time".into()),
+        Err(_) => Delivery::Retry("could not reach the receiver".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> bool {
+        is_public_ip(s.parse().unwrap())
+    }
+
+    #[test]
+    fn private_loopback_link_local_and_reserved_ipv4_are_not_public() {
+        for ip in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "127.0.0.1",
+            "100.64.0.1",
+            "169.254.169.254",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.8",
+            "192.0.2.1",
+            "192.168.1.1",
+            "198.18.0.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+        ] {
+            assert!(!v4(ip), "{ip} must not count as public");
+        }
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "172.32.0.1",
+            "100.128.0.1",
+            "52.95.110.1",
+        ] {
+            assert!(v4(ip), "{ip} is public");
+        }
+    }
+
+    #[test]
+    fn ipv6_is_public_only_in_global_unicast_outside_special_blocks() {
+        for ip in [
+            "::",
+            "::1",
+            "fe80::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "ff02::1",
+            "2001:db8::1",
+            "2001::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:c0a8:0101::1",
+            "fec0::1",
+            "100::1",
+        ] {
+            assert!(!v4(ip), "{ip} must not count as public");
+        }
+        for ip in [
+            "2606:4700:4700::1111",
+            "2a00:1450:4001::1",
+            "::ffff:8.8.8.8",
+            "2002:0808:0808::1",
+        ] {
+            assert!(v4(ip), "{ip} is public");
+        }
+    }
+
+    #[test]
+    fn callback_urls_must_be_https_public_and_without_credentials() {
+        assert!(validate_url("https://hooks.example.com/kirim", false).is_ok());
+        assert_eq!(
+            validate_url("http://hooks.example.com/kirim", false),
+            Err(TargetError::NotHttps)
+        );
+        assert_eq!(
+            validate_url("ftp://example.com/", false),
+            Err(TargetError::Invalid)
+        );
+        assert_eq!(validate_url("not a url", false), Err(TargetError::Invalid));
+        assert_eq!(validate_url("/relative", false), Err(TargetError::Invalid));
+        assert_eq!(
+            validate_url("https://user:pw@example.com/", false),
+            Err(TargetError::Credentials)
+        );
+        for bad in [
+            "https://127.0.0.1/x",
+            "https://[::1]/x",
+            "https://169.254.169.254/latest/meta-data",
+            "https://10.0.0.5/",
+            "https://localhost/",
+            "https://[::ffff:192.168.0.1]/",
+            "https://metadata.google.internal/",
+        ] {
+            assert_eq!(
+                validate_url(bad, false),
+                Err(TargetError::NonPublic),
+                "{bad}"
+            );
+        }
+        let long = format!("https://example.com/{}", "a".repeat(2100));
+        assert_eq!(validate_url(&long, false), Err(TargetError::TooLong));
+    }
+
+    #[test]
+    fn local_mode_allows_http_and_loopback() {
+        assert!(validate_url("http://127.0.0.1:8080/hook", true).is_ok());
+        assert!(validate_url("http://localhost/hook", true).is_ok());
+        assert_eq!(
+            validate_url("ftp://127.0.0.1/", true),
+            Err(TargetError::Invalid)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_non_public_address_is_refused_before_any_connection() {
+        // `localhost` would be refused by name; an IP literal checks the same path.
+        let url = Url::parse("https://127.0.0.1:9/x").unwrap();
+        assert_eq!(
+            checked_address(&url, false).await,
+            Err(Delivery::Refused(TargetError::NonPublic))
+        );
+        assert_eq!(
+            post(
+                "https://127.0.0.1:9/x",
+                false,
+                Duration::from_secs(1),
+                &[],
+                "{}".into()
+            )
+            .await,
+            Delivery::Refused(TargetError::NonPublic)
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! `PendingStatusStore` and `StatusCallbackStore` on the memory store: the same rules as
+//! DynamoDB, under the one lock.
+
+use async_trait::async_trait;
+
+use super::MemoryStore;
+use crate::domain::TenantId;
+use crate::error::StoreError;
+use crate::ports::{PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore};
+
+#[async_trait]
+impl PendingStatusStore for MemoryStore {
+    async fn put_pending_status(&self, status: &PendingStatus) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let key = (status.wamid.clone(), status.key());
+        if let Some(existing) = s.pending.get(&key) {
+            if self.live(existing.expires_at) {
+                return Ok(false);
+            }
+        }
+        s.pending.insert(key, status.clone());
+        Ok(true)
+    }
+
+    async fn pending_statuses(&self, wamid: &str) -> Result<Vec<PendingStatus>, StoreError> {
+        let s = self.lock()?;
+        let mut out: Vec<PendingStatus> = s
+            .pending
+            .range((wamid.to_owned(), String::new())..)
+            .take_while(|((w, _), _)| w == wamid)
+            .map(|(_, p)| p)
+            .filter(|p| self.live(p.expires_at))
+            .cloned()
+            .collect();
+        out.sort_by_key(|a| (a.timestamp, a.received_at));
+        Ok(out)
+    }
+
+    async fn delete_pending_status(&self, status: &PendingStatus) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        s.pending.remove(&(status.wamid.clone(), status.key()));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StatusCallbackStore for MemoryStore {
+    async fn put_status_callback(&self, setting: &StatusCallback) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        s.status_callbacks
+            .insert(setting.tenant_id.clone(), setting.clone());
+        Ok(())
+    }
+
+    async fn get_status_callback(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<StatusCallback>, StoreError> {
+        Ok(self.lock()?.status_callbacks.get(tenant).cloned())
+    }
+
+    async fn delete_status_callback(&self, tenant: &TenantId) -> Result<bool, StoreError> {
+        Ok(self.lock()?.status_callbacks.remove(tenant).is_some())
+    }
+}

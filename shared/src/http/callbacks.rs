@@ -1,0 +1,50 @@
+//! `/v1/settings/status-callback` (admin): where status changes are POSTed, and the
+//! write-only secret they are signed with (service::callbacks).
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::access::TenantCtx;
+use super::admin::noted;
+use super::extract::JsonBody;
+use super::{ApiResult, AppState};
+use crate::service::callbacks::{self, CallbackUpdate};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route(
+        "/v1/settings/status-callback",
+        get(get_setting).put(put_setting).delete(delete_setting),
+    )
+}
+
+async fn get_setting(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
+    let view = callbacks::get_setting(&s.deps, ctx.tenant_id()).await?;
+    Ok(Json(view).into_response())
+}
+
+async fn put_setting(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    JsonBody(update): JsonBody<CallbackUpdate>,
+) -> ApiResult {
+    let view = callbacks::put_setting(&s.deps, ctx.tenant_id(), update).await?;
+    // The audit trail learns the URL, never the secret.
+    let details = json!({"url": view.url});
+    Ok(noted(Json(view).into_response(), None, details))
+}
+
+async fn delete_setting(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
+    let off = CallbackUpdate {
+        url: None,
+        secret: None,
+    };
+    let view = callbacks::put_setting(&s.deps, ctx.tenant_id(), off).await?;
+    Ok(noted(
+        Json(view).into_response(),
+        None,
+        json!({"url": null}),
+    ))
+}

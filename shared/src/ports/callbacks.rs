@@ -1,0 +1,73 @@
+//! Statuses that arrive before their message's wamid is known (kept, then applied), and
+//! tenants' status-callback settings (API.md "Settings → status-callback").
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::TenantId;
+use crate::error::StoreError;
+
+/// A status Meta reported for a wamid no message is known by yet. Only what applying it
+/// needs: no content, no recipient number.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PendingStatus {
+    pub wamid: String,
+    /// Meta's status word: `sent`, `delivered`, `read` or `failed`.
+    pub status: String,
+    /// Meta's timestamp (epoch seconds), as reported.
+    pub timestamp: i64,
+    #[serde(default)]
+    pub biz_opaque_callback_data: Option<String>,
+    /// Meta's error codes and titles (a `failed` status).
+    #[serde(default)]
+    pub errors: Vec<PendingError>,
+    pub received_at: DateTime<Utc>,
+    /// Epoch seconds (the `PendingStatus` retention class).
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PendingError {
+    pub code: i64,
+    pub title: String,
+}
+
+impl PendingStatus {
+    /// One status of one wamid at one time: the identity duplicates share.
+    pub fn key(&self) -> String {
+        format!("PENDING#{}#{}", self.status, self.timestamp)
+    }
+}
+
+#[async_trait]
+pub trait PendingStatusStore: Send + Sync {
+    /// Keeps the status unless the same one (wamid, status, timestamp) is already kept:
+    /// a conditional write. `true` if it was new.
+    async fn put_pending_status(&self, status: &PendingStatus) -> Result<bool, StoreError>;
+    /// The live statuses kept for `wamid`, oldest first.
+    async fn pending_statuses(&self, wamid: &str) -> Result<Vec<PendingStatus>, StoreError>;
+    /// Forgets one (after it was applied); nothing if it is gone already.
+    async fn delete_pending_status(&self, status: &PendingStatus) -> Result<(), StoreError>;
+}
+
+/// Where a tenant's status changes are POSTed. The signing secret lives in the secret
+/// store under `secret_name`, never here.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StatusCallback {
+    pub tenant_id: TenantId,
+    pub url: String,
+    pub secret_name: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Tenants' status-callback settings: active configuration, kept while the tenant exists.
+#[async_trait]
+pub trait StatusCallbackStore: Send + Sync {
+    async fn put_status_callback(&self, setting: &StatusCallback) -> Result<(), StoreError>;
+    async fn get_status_callback(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<StatusCallback>, StoreError>;
+    /// `false` if there was none.
+    async fn delete_status_callback(&self, tenant: &TenantId) -> Result<bool, StoreError>;
+}

@@ -1,0 +1,361 @@
+//! Status callbacks to tenants (API.md "Settings → status-callback").
+//!
+//! Every status change of a message from `sent` on (sent, delivered, read, failed), by the
+//! dispatcher or the webhook, is queued on the StatusCallbackQueue and POSTed from there
+//! to the tenant's URL as `{"id","status","at","sequence","error"?,"client_reference"?}`
+//! (no content, no recipient number), signed `X-Kirim-Signature: sha256=<hex
+//! HMAC-SHA256(secret, raw body)>`, with `X-Kirim-Timestamp` (epoch seconds of the
+//! attempt). Failures are retried with exponential backoff through the queue.
+//!
+//! Order: `sequence` grows along a message's life (sent 1, failed 2, delivered 3, read 4).
+//! Within one received batch a message's callbacks go oldest first, one at a time, and a
+//! failed one holds back the later ones; across batches and retries delivery is
+//! at-least-once and usually but not always in order: receivers keep the highest
+//! `sequence` per `id`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::adapters::callback_http::{self, Delivery};
+use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, TenantId};
+use crate::ports::StatusCallback;
+use crate::secret::Secret;
+
+use super::dispatch::{backoff, Outcome};
+use super::errors::ServiceError;
+use super::Deps;
+
+pub const SIGNATURE_HEADER: &str = "x-kirim-signature";
+pub const TIMESTAMP_HEADER: &str = "x-kirim-timestamp";
+
+/// One status change waiting to be POSTed: what the queue carries (no content).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallbackJob {
+    pub tenant_id: TenantId,
+    pub message_id: MessageId,
+    pub status: MessageStatus,
+    pub at: DateTime<Utc>,
+    pub sequence: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<MessageError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_reference: Option<String>,
+}
+
+/// A status's place in a message's life, for receivers to order callbacks by. `None`:
+/// not reported (accepted is the send's own answer; sending is internal).
+pub fn sequence(status: MessageStatus) -> Option<u32> {
+    match status {
+        MessageStatus::Accepted | MessageStatus::Sending => None,
+        MessageStatus::Sent => Some(1),
+        MessageStatus::Failed => Some(2),
+        MessageStatus::Delivered => Some(3),
+        MessageStatus::Read => Some(4),
+    }
+}
+
+/// The message just moved to `record.status`: queue its callback if the tenant has one.
+/// Never fails the caller; problems are logged.
+pub async fn status_changed(deps: &Deps, record: &MessageRecord) {
+    let Some(sequence) = sequence(record.status) else {
+        return;
+    };
+    match deps
+        .status_callbacks
+        .get_status_callback(&record.tenant_id)
+        .await
+    {
+        Ok(None) => return,
+        Ok(Some(_)) => {}
+        // Queue it anyway: the sender checks the setting again.
+        Err(e) => {
+            tracing::warn!(tenant_id = %record.tenant_id, error = %e, "status callback setting unreadable")
+        }
+    }
+    let at = record
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.status == record.status)
+        .map(|e| e.at)
+        .unwrap_or(record.updated_at);
+    let job = CallbackJob {
+        tenant_id: record.tenant_id.clone(),
+        message_id: record.id.clone(),
+        status: record.status,
+        at,
+        sequence,
+        error: record
+            .error
+            .clone()
+            .filter(|_| record.status == MessageStatus::Failed),
+        client_reference: record.client_reference.clone(),
+    };
+    let body = match serde_json::to_string(&job) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "status callback not serialisable");
+            return;
+        }
+    };
+    if let Err(e) = deps.callback_queue.send(&body).await {
+        tracing::warn!(tenant_id = %record.tenant_id, message_id = %record.id, error = %e, "status callback not queued");
+    }
+}
+
+/// The callback's body: exactly the bytes that are signed and sent.
+pub fn body_of(job: &CallbackJob) -> String {
+    let mut v = serde_json::json!({
+        "id": job.message_id,
+        "status": job.status.as_str(),
+        "at": job.at,
+        "sequence": job.sequence,
+    });
+    if let Some(e) = &job.error {
+        v["error"] = serde_json::json!(e);
+    }
+    if let Some(r) = &job.client_reference {
+        v["client_reference"] = serde_json::json!(r);
+    }
+    v.to_string()
+}
+
+/// `sha256=<hex HMAC-SHA256(secret, body)>`.
+pub fn signature(secret: &Secret, body: &[u8]) -> Option<String> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).ok()?;
+    mac.update(body);
+    Some(format!(
+        "sha256={}",
+        hex::encode(mac.finalize().into_bytes())
+    ))
+}
+
+/// One delivery attempt (`attempt` counts from 1).
+async fn deliver(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
+    let retry = |why: &str| {
+        if attempt >= deps.settings.callback_max_attempts {
+            tracing::warn!(tenant_id = %job.tenant_id, message_id = %job.message_id, attempt, reason = %why, "status callback given up");
+            Outcome::Done
+        } else {
+            tracing::info!(tenant_id = %job.tenant_id, message_id = %job.message_id, attempt, reason = %why, "status callback will be retried");
+            Outcome::RetryAfter(backoff(deps.settings.callback_backoff, attempt))
+        }
+    };
+    let setting = match deps
+        .status_callbacks
+        .get_status_callback(&job.tenant_id)
+        .await
+    {
+        Ok(Some(s)) => s,
+        Ok(None) => return Outcome::Done, // turned off meanwhile
+        Err(e) => return retry(&e.to_string()),
+    };
+    let secret = match deps.secrets.current(&setting.secret_name).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            tracing::warn!(tenant_id = %job.tenant_id, "status callback secret missing; not sent");
+            return Outcome::Done;
+        }
+        Err(e) => return retry(&e.to_string()),
+    };
+    let body = body_of(job);
+    let Some(sig) = signature(&secret, body.as_bytes()) else {
+        return Outcome::Done;
+    };
+    let headers = [
+        (SIGNATURE_HEADER, sig),
+        (TIMESTAMP_HEADER, deps.clock.now().timestamp().to_string()),
+    ];
+    match callback_http::post(
+        &setting.url,
+        deps.settings.callbacks_allow_private,
+        deps.settings.callback_timeout,
+        &headers,
+        body,
+    )
+    .await
+    {
+        Delivery::Delivered => {
+            tracing::info!(tenant_id = %job.tenant_id, message_id = %job.message_id, status = job.status.as_str(), attempt, "status callback delivered");
+            Outcome::Done
+        }
+        Delivery::Refused(e) => {
+            tracing::warn!(tenant_id = %job.tenant_id, message_id = %job.message_id, reason = %e, "status callback target refused");
+            Outcome::Done
+        }
+        Delivery::Retry(why) => retry(&why),
+    }
+}
+
+/// Delivers a received batch: `(body, receive count)` in, one outcome per item out (same
+/// order). A message's callbacks go oldest first, one at a time; once one is not
+/// delivered, its later ones wait for the same retry rather than overtake it.
+pub async fn handle_batch(deps: &Deps, items: &[(String, u32)]) -> Vec<Outcome> {
+    let mut outcomes = vec![Outcome::Poison; items.len()];
+    let mut groups: BTreeMap<String, Vec<(usize, CallbackJob, u32)>> = BTreeMap::new();
+    for (i, (body, count)) in items.iter().enumerate() {
+        match serde_json::from_str::<CallbackJob>(body) {
+            Ok(job) => groups
+                .entry(format!("{}/{}", job.tenant_id, job.message_id))
+                .or_default()
+                .push((i, job, (*count).max(1))),
+            Err(_) => {
+                tracing::error!("unreadable status callback; leaving it for the dead-letter queue")
+            }
+        }
+    }
+    let work = groups.into_values().map(|mut group| async move {
+        group.sort_by_key(|(_, job, _)| job.sequence);
+        let mut held: Option<Duration> = None;
+        let mut out = Vec::with_capacity(group.len());
+        for (i, job, attempt) in group {
+            let outcome = match held {
+                Some(d) => Outcome::RetryAfter(d),
+                None => deliver(deps, &job, attempt).await,
+            };
+            if let Outcome::RetryAfter(d) = outcome {
+                held.get_or_insert(d);
+            }
+            out.push((i, outcome));
+        }
+        out
+    });
+    for (i, outcome) in futures::future::join_all(work).await.into_iter().flatten() {
+        if let Some(slot) = outcomes.get_mut(i) {
+            *slot = outcome;
+        }
+    }
+    outcomes
+}
+
+/// What `GET /v1/settings/status-callback` answers: the secret is write-only.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CallbackView {
+    pub url: Option<String>,
+    pub secret_set: bool,
+}
+
+/// `PUT /v1/settings/status-callback`. No `Debug`: it holds the secret.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbackUpdate {
+    /// `null` turns callbacks off.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+fn secret_name(deps: &Deps, tenant: &TenantId) -> String {
+    format!(
+        "{}tenants/{}/status-callback-secret",
+        deps.settings.secret_prefix, tenant
+    )
+}
+
+pub async fn get_setting(deps: &Deps, tenant: &TenantId) -> Result<CallbackView, ServiceError> {
+    Ok(
+        match deps.status_callbacks.get_status_callback(tenant).await? {
+            Some(s) => CallbackView {
+                url: Some(s.url),
+                secret_set: true,
+            },
+            None => CallbackView {
+                url: None,
+                secret_set: false,
+            },
+        },
+    )
+}
+
+/// Sets (or with `url: null` removes) the tenant's callback. The secret goes to the
+/// secret store only; it is required with a URL unless one is already set.
+pub async fn put_setting(
+    deps: &Deps,
+    tenant: &TenantId,
+    update: CallbackUpdate,
+) -> Result<CallbackView, ServiceError> {
+    let name = secret_name(deps, tenant);
+    let Some(raw_url) = update.url else {
+        // The secret stays in the secret store (unused) and is replaced by the next PUT:
+        // Secrets Manager keeps a deleted name reserved for its recovery window.
+        deps.status_callbacks.delete_status_callback(tenant).await?;
+        return Ok(CallbackView {
+            url: None,
+            secret_set: false,
+        });
+    };
+    let url = callback_http::validate_url(&raw_url, deps.settings.callbacks_allow_private)
+        .map_err(|e| ServiceError::InvalidRequest(e.to_string()))?;
+    match update.secret {
+        Some(secret) => {
+            let len = secret.chars().count();
+            if !(16..=256).contains(&len) || secret.chars().any(char::is_control) {
+                return Err(ServiceError::InvalidRequest(
+                    "secret must be 16 to 256 printable characters".into(),
+                ));
+            }
+            deps.secrets.put(&name, &Secret::new(secret)).await?;
+        }
+        None => {
+            if deps
+                .status_callbacks
+                .get_status_callback(tenant)
+                .await?
+                .is_none()
+            {
+                return Err(ServiceError::InvalidRequest(
+                    "secret is required with a url".into(),
+                ));
+            }
+        }
+    }
+    let setting = StatusCallback {
+        tenant_id: tenant.clone(),
+        url: url.to_string(),
+        secret_name: name,
+        updated_at: deps.clock.now(),
+    };
+    deps.status_callbacks.put_status_callback(&setting).await?;
+    tracing::info!(tenant_id = %tenant, host = url.host_str().unwrap_or_default(), "status callback set");
+    Ok(CallbackView {
+        url: Some(setting.url),
+        secret_set: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_follow_the_forward_only_status_order() {
+        use MessageStatus::*;
+        for (to, from) in [
+            (Failed, Sent),
+            (Delivered, Failed),
+            (Read, Delivered),
+            (Delivered, Sent),
+        ] {
+            assert!(to.may_follow(from));
+            assert!(sequence(to) > sequence(from), "{to:?} after {from:?}");
+        }
+        assert_eq!(sequence(Accepted), None);
+        assert_eq!(sequence(Sending), None);
+    }
+
+    #[test]
+    fn the_signature_is_the_hex_hmac_of_the_exact_body() {
+        // RFC 4231 test case 2.
+        let sig = signature(&Secret::new("Jefe"), b"what do ya want for nothing?");
+        assert_eq!(
+            sig.as_deref(),
+            Some("sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+        );
+    }
+}

@@ -1,0 +1,367 @@
+//! Status callbacks and statuses that arrive before their wamid is known, end to end
+//! through local mode on both backends: a receiver on 127.0.0.1 gets every change of a
+//! message, signed, also after it was down for a while.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use kirim::config::Backend;
+use kirim::ports::{MetaAccepted, MetaClient, MetaSendError};
+use kirim::secret::Secret;
+use kirim::service::dispatch::{self, Outcome};
+use kirim_tests::{capture_logs, captured_logs, local_config, sign_with, spawn_app, TestApp};
+use serde_json::{json, Value};
+
+const CALLBACK_SECRET: &str = "whsec_test_callback_secret_0123456789";
+
+/// One POST the receiver accepted: its signature and timestamp headers and raw body.
+#[derive(Clone, Debug)]
+struct Got {
+    signature: String,
+    timestamp: String,
+    body: String,
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Got>>>,
+    /// Requests still to answer 503 (the receiver is "down").
+    down_for: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
+}
+
+async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: String) -> StatusCode {
+    if r.down_for
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        r.refused.fetch_add(1, Ordering::SeqCst);
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    let header = |k: &str| {
+        headers
+            .get(k)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if let Ok(mut got) = r.got.lock() {
+        got.push(Got {
+            signature: header("x-kirim-signature"),
+            timestamp: header("x-kirim-timestamp"),
+            body,
+        });
+    }
+    StatusCode::OK
+}
+
+/// A receiver on a free loopback port that answers 503 to its first `down_for` requests.
+async fn receiver(down_for: usize) -> (String, Receiver) {
+    let r = Receiver::default();
+    r.down_for.store(down_for, Ordering::SeqCst);
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(r.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/hook"), r)
+}
+
+impl Receiver {
+    /// Waits until callbacks for all of `statuses` arrived (or a deadline passes).
+    async fn wait_for(&self, statuses: &[&str]) -> Vec<Got> {
+        for _ in 0..200 {
+            let got = self.got.lock().map(|g| g.clone()).unwrap_or_default();
+            let seen: Vec<String> = got.iter().map(status_of).collect();
+            if statuses.iter().all(|s| seen.iter().any(|x| x == s)) {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.got.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+}
+
+fn status_of(g: &Got) -> String {
+    serde_json::from_str::<Value>(&g.body)
+        .ok()
+        .and_then(|v| v["status"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+async fn set_callback(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
+    let res = app
+        .http
+        .put(app.url("/v1/settings/status-callback"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    assert!(
+        !text.contains(CALLBACK_SECRET),
+        "the secret never comes back"
+    );
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn get_callback(app: &TestApp, key: &str) -> Value {
+    app.http
+        .get(app.url("/v1/settings/status-callback"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Every callback is signed over its exact body and carries no content or number.
+fn check_signed(got: &[Got], message_id: &str) {
+    for g in got {
+        assert_eq!(
+            g.signature,
+            sign_with(CALLBACK_SECRET, g.body.as_bytes()),
+            "X-Kirim-Signature is the HMAC-SHA256 of the raw body"
+        );
+        assert!(g.timestamp.parse::<i64>().is_ok(), "X-Kirim-Timestamp");
+        let v: Value = serde_json::from_str(&g.body).unwrap();
+        assert_eq!(v["id"], message_id);
+        assert_eq!(v["client_reference"], "order-42");
+        assert!(v["at"].is_string());
+        let want_seq = match v["status"].as_str() {
+            Some("sent") => 1,
+            Some("failed") => 2,
+            Some("delivered") => 3,
+            Some("read") => 4,
+            _ => 0,
+        };
+        assert_eq!(v["sequence"], want_seq, "{v}");
+        assert!(!g.body.contains("ORDER-42"), "no template parameters");
+        assert!(!g.body.contains("6012345"), "no recipient number");
+    }
+}
+
+async fn every_status_change_reaches_the_callback_signed_even_after_the_receiver_was_down(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(3).await;
+    let (url, r) = receiver(2).await;
+    let (status, body) =
+        set_callback(&app, &t.key, json!({"url": url, "secret": CALLBACK_SECRET})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"url": url, "secret_set": true}));
+    assert_eq!(
+        get_callback(&app, &t.key).await,
+        json!({"url": url, "secret_set": true})
+    );
+
+    let id = app.send_ok(&t.key, "+60123450300").await;
+    let view = app.wait_status(&t.key, &id, "read").await;
+    assert_eq!(view["status"], "read", "{view}");
+    let got = r.wait_for(&["sent", "delivered", "read"]).await;
+    let mut statuses: Vec<String> = got.iter().map(status_of).collect();
+    statuses.sort();
+    statuses.dedup();
+    assert_eq!(statuses, vec!["delivered", "read", "sent"], "{got:?}");
+    assert_eq!(
+        r.refused.load(Ordering::SeqCst),
+        2,
+        "it was down for two attempts, and they were retried"
+    );
+    check_signed(&got, &id);
+    assert!(
+        !captured_logs().contains(CALLBACK_SECRET),
+        "the secret is never logged"
+    );
+}
+
+/// Meta's client, answering this wamid (so the test knows it before the send).
+struct FixedWamid(String);
+
+#[async_trait]
+impl MetaClient for FixedWamid {
+    async fn send_message(
+        &self,
+        _phone_number_id: &str,
+        _token: &Secret,
+        _body: &Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        Ok(MetaAccepted {
+            wamid: self.0.clone(),
+        })
+    }
+}
+
+async fn a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_read(b: Backend) {
+    capture_logs();
+    // No queue pollers: the test runs the dispatcher itself, after the statuses came.
+    let mut cfg = local_config(b).await;
+    cfg.pollers = 0;
+    let stack = cfg.stack_name.clone();
+    let app = TestApp {
+        http: reqwest::Client::new(),
+        app: kirim_infra::local::start(cfg).await.unwrap(),
+        stack,
+    };
+    let t = app.onboard(3).await;
+    let (url, r) = receiver(0).await;
+    let (status, _) =
+        set_callback(&app, &t.key, json!({"url": url, "secret": CALLBACK_SECRET})).await;
+    assert_eq!(status, 200);
+    let id = app.send_ok(&t.key, "+60123450301").await;
+
+    // Meta's statuses arrive (twice) before the dispatcher has recorded the wamid.
+    let wamid = format!("wamid.early.{}", ulid::Ulid::new());
+    let now = chrono::Utc::now().timestamp();
+    let note = json!({"object":"whatsapp_business_account","entry":[{"id":"1000001","changes":[{"field":"messages","value":{
+    "messaging_product":"whatsapp",
+    "metadata":{"display_phone_number":"60300000000","phone_number_id":t.phone_number_id},
+    "statuses":[
+        {"id":wamid,"status":"delivered","timestamp":(now + 1).to_string(),"recipient_id":"60123450301"},
+        {"id":wamid,"status":"read","timestamp":(now + 2).to_string(),"recipient_id":"60123450301"}
+    ]}}]}]});
+    for _ in 0..2 {
+        assert_eq!(app.post_webhook(&note).await.status(), 200);
+    }
+    assert_eq!(app.message(&t.key, &id).await["status"], "accepted");
+    let deps = app.app.deps.clone();
+    assert_eq!(
+        deps.pending.pending_statuses(&wamid).await.unwrap().len(),
+        2,
+        "kept once each"
+    );
+
+    // The dispatcher sends it, records the wamid, and applies what was kept.
+    let mut with_wamid = deps.clone();
+    with_wamid.meta = Arc::new(FixedWamid(wamid.clone()));
+    let jobs = deps
+        .queue
+        .receive(10, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        dispatch::handle(&with_wamid, &jobs[0].body).await,
+        Outcome::Done
+    );
+    deps.queue.delete(&jobs[0].receipt).await.unwrap();
+
+    let view = app.message(&t.key, &id).await;
+    assert_eq!(view["status"], "read", "{view}");
+    assert_eq!(view["wamid"], wamid.as_str());
+    let events: Vec<&str> = view["events"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["status"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        events,
+        vec!["accepted", "sending", "sent", "delivered", "read"]
+    );
+    assert!(deps
+        .pending
+        .pending_statuses(&wamid)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // A late duplicate changes nothing.
+    assert_eq!(app.post_webhook(&note).await.status(), 200);
+    assert_eq!(app.message(&t.key, &id).await["events"], view["events"]);
+
+    // And the tenant heard of each change, signed.
+    let got = r.wait_for(&["sent", "delivered", "read"]).await;
+    check_signed(&got, &id);
+    let mut statuses: Vec<String> = got.iter().map(status_of).collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec!["delivered", "read", "sent"],
+        "each once: {got:?}"
+    );
+}
+
+async fn the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400(b: Backend) {
+    capture_logs();
+    // As outside local mode: https and public targets only.
+    let mut cfg = local_config(b).await;
+    cfg.settings.callbacks_allow_private = false;
+    let stack = cfg.stack_name.clone();
+    let app = TestApp {
+        http: reqwest::Client::new(),
+        app: kirim_infra::local::start(cfg).await.unwrap(),
+        stack,
+    };
+    let t = app.onboard(1).await;
+    assert_eq!(
+        get_callback(&app, &t.key).await,
+        json!({"url": null, "secret_set": false})
+    );
+    for bad in [
+        json!({"url": "not a url", "secret": CALLBACK_SECRET}),
+        json!({"url": "ftp://hooks.example.com/x", "secret": CALLBACK_SECRET}),
+        json!({"url": "http://hooks.example.com/x", "secret": CALLBACK_SECRET}),
+        json!({"url": "https://127.0.0.1/x", "secret": CALLBACK_SECRET}),
+        json!({"url": "https://169.254.169.254/latest/meta-data", "secret": CALLBACK_SECRET}),
+        json!({"url": "https://[fd00::1]/x", "secret": CALLBACK_SECRET}),
+        json!({"url": "https://localhost/x", "secret": CALLBACK_SECRET}),
+        json!({"url": "https://user:pw@hooks.example.com/x", "secret": CALLBACK_SECRET}),
+        json!({"url": "https://hooks.example.com/x"}),
+        json!({"url": "https://hooks.example.com/x", "secret": "short"}),
+        json!({"url": "https://hooks.example.com/x", "secret": CALLBACK_SECRET, "extra": 1}),
+    ] {
+        let (status, body) = set_callback(&app, &t.key, bad.clone()).await;
+        assert_eq!(status, 400, "{bad} → {body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{bad}");
+    }
+    let url = "https://hooks.example.com/kirim";
+    let (status, body) =
+        set_callback(&app, &t.key, json!({"url": url, "secret": CALLBACK_SECRET})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"url": url, "secret_set": true}));
+    // A new URL may keep the secret already set.
+    let (status, _) =
+        set_callback(&app, &t.key, json!({"url": "https://hooks.example.com/v2"})).await;
+    assert_eq!(status, 200);
+    let res = app
+        .http
+        .delete(app.url("/v1/settings/status-callback"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        get_callback(&app, &t.key).await,
+        json!({"url": null, "secret_set": false})
+    );
+    assert!(!captured_logs().contains(CALLBACK_SECRET));
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
+        }
+        mod aws_backend_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
+        }
+    };
+}
+
+on_both_backends!(
+    every_status_change_reaches_the_callback_signed_even_after_the_receiver_was_down,
+    a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_read,
+    the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400,
+);

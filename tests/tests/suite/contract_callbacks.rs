@@ -1,0 +1,164 @@
+//! The contract of `PendingStatusStore` and `StatusCallbackStore`, on the memory adapter
+//! and on DynamoDB (moto): the same assertions for both.
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use kirim::adapters::aws::DynamoStore;
+use kirim::adapters::memory::MemoryStore;
+use kirim::domain::TenantId;
+use kirim::ports::*;
+use kirim_tests::{moto_sdk, unique_stack, ManualClock};
+
+struct Stores {
+    pending: Arc<dyn PendingStatusStore>,
+    callbacks: Arc<dyn StatusCallbackStore>,
+    expired: Arc<dyn ExpiredItems>,
+    clock: Arc<ManualClock>,
+}
+
+fn memory() -> Stores {
+    let clock = ManualClock::new();
+    let store = Arc::new(MemoryStore::new(clock.clone()));
+    Stores {
+        pending: store.clone(),
+        callbacks: store.clone(),
+        expired: store,
+        clock,
+    }
+}
+
+async fn aws() -> Stores {
+    let sdk = moto_sdk().await;
+    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
+        .await
+        .expect("stack in moto");
+    let clock = ManualClock::new();
+    let store = Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        stack.table.clone(),
+        clock.clone(),
+    ));
+    Stores {
+        pending: store.clone(),
+        callbacks: store.clone(),
+        expired: store,
+        clock,
+    }
+}
+
+fn kept(p: &Stores, wamid: &str, status: &str, timestamp: i64) -> PendingStatus {
+    let now = p.clock.now();
+    PendingStatus {
+        wamid: wamid.into(),
+        status: status.into(),
+        timestamp,
+        biz_opaque_callback_data: None,
+        errors: if status == "failed" {
+            vec![PendingError {
+                code: 131026,
+                title: "Message undeliverable".into(),
+            }]
+        } else {
+            Vec::new()
+        },
+        received_at: now,
+        expires_at: Some((now + Duration::days(7)).timestamp()),
+    }
+}
+
+async fn a_status_for_an_unknown_wamid_is_kept_once_and_listed_oldest_first(p: Stores) {
+    let wamid = format!("wamid.{}", ulid::Ulid::new());
+    let read = kept(&p, &wamid, "read", 1_700_000_020);
+    let delivered = kept(&p, &wamid, "delivered", 1_700_000_010);
+    assert!(p.pending.put_pending_status(&read).await.unwrap());
+    assert!(p.pending.put_pending_status(&delivered).await.unwrap());
+    assert!(
+        !p.pending.put_pending_status(&delivered).await.unwrap(),
+        "a duplicate is kept once"
+    );
+    let failed = kept(&p, &wamid, "failed", 1_700_000_015);
+    assert!(p.pending.put_pending_status(&failed).await.unwrap());
+
+    let list = p.pending.pending_statuses(&wamid).await.unwrap();
+    let order: Vec<&str> = list.iter().map(|s| s.status.as_str()).collect();
+    assert_eq!(order, vec!["delivered", "failed", "read"]);
+    assert_eq!(list[1], failed, "kept as given, errors included");
+    assert!(p
+        .pending
+        .pending_statuses("wamid.other")
+        .await
+        .unwrap()
+        .is_empty());
+
+    p.pending.delete_pending_status(&failed).await.unwrap();
+    p.pending.delete_pending_status(&failed).await.unwrap(); // gone already: fine
+    assert_eq!(p.pending.pending_statuses(&wamid).await.unwrap().len(), 2);
+}
+
+async fn kept_statuses_expire_with_their_retention_class(p: Stores) {
+    let wamid = format!("wamid.{}", ulid::Ulid::new());
+    let delivered = kept(&p, &wamid, "delivered", 1_700_000_010);
+    assert!(p.pending.put_pending_status(&delivered).await.unwrap());
+    p.clock.advance(Duration::days(8));
+    assert!(
+        p.pending.pending_statuses(&wamid).await.unwrap().is_empty(),
+        "expired: invisible"
+    );
+    assert!(
+        p.expired.delete_expired(p.clock.now(), 100).await.unwrap() >= 1,
+        "and swept"
+    );
+    let again = kept(&p, &wamid, "delivered", 1_700_000_010);
+    assert!(
+        p.pending.put_pending_status(&again).await.unwrap(),
+        "an expired copy does not block a new one"
+    );
+}
+
+async fn a_status_callback_setting_is_set_read_replaced_and_removed_per_tenant(p: Stores) {
+    let a = TenantId::generate();
+    let b = TenantId::generate();
+    assert_eq!(p.callbacks.get_status_callback(&a).await.unwrap(), None);
+    let setting = StatusCallback {
+        tenant_id: a.clone(),
+        url: "https://hooks.example.com/kirim".into(),
+        secret_name: format!("kirim/tenants/{a}/status-callback-secret"),
+        updated_at: Utc::now(),
+    };
+    p.callbacks.put_status_callback(&setting).await.unwrap();
+    assert_eq!(
+        p.callbacks.get_status_callback(&a).await.unwrap(),
+        Some(setting.clone())
+    );
+    assert_eq!(p.callbacks.get_status_callback(&b).await.unwrap(), None);
+    let moved = StatusCallback {
+        url: "https://hooks.example.com/v2".into(),
+        ..setting
+    };
+    p.callbacks.put_status_callback(&moved).await.unwrap();
+    assert_eq!(
+        p.callbacks.get_status_callback(&a).await.unwrap(),
+        Some(moved)
+    );
+    assert!(p.callbacks.delete_status_callback(&a).await.unwrap());
+    assert!(!p.callbacks.delete_status_callback(&a).await.unwrap());
+    assert_eq!(p.callbacks.get_status_callback(&a).await.unwrap(), None);
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory_adapters {
+            $( #[tokio::test] async fn $name() { super::$name(super::memory()).await } )*
+        }
+        mod aws_adapters_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(super::aws().await).await } )*
+        }
+    };
+}
+
+contract!(
+    a_status_for_an_unknown_wamid_is_kept_once_and_listed_oldest_first,
+    kept_statuses_expire_with_their_retention_class,
+    a_status_callback_setting_is_set_read_replaced_and_removed_per_tenant,
+);
