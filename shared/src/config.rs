@@ -31,6 +31,9 @@ pub struct Settings {
     /// How long a message may stay `sending` after an ambiguous timeout before it is
     /// marked failed (if no webhook settled it).
     pub sending_deadline: Duration,
+    /// Messages per second per business phone number for tenants without their own tier
+    /// (Meta's tiers: 20, 80, 1000).
+    pub meta_throughput: u32,
 }
 
 impl Default for Settings {
@@ -49,6 +52,7 @@ impl Default for Settings {
             meta_app_secret: "kirim/meta-app-secret".into(),
             meta_verify_token_secret: "kirim/meta-verify-token".into(),
             sending_deadline: Duration::from_secs(24 * 3600),
+            meta_throughput: 80,
         }
     }
 }
@@ -216,6 +220,7 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
                 &format!("{prefix}meta-verify-token"),
             ),
             sending_deadline: self.duration("KIRIM_SENDING_DEADLINE", d.sending_deadline),
+            meta_throughput: self.throughput(d.meta_throughput),
             secret_prefix: prefix,
         }
     }
@@ -237,6 +242,18 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             utility: one("KIRIM_PRICE_UTILITY"),
             authentication: one("KIRIM_PRICE_AUTHENTICATION"),
             session: one("KIRIM_PRICE_SESSION"),
+        }
+    }
+
+    /// `KIRIM_META_THROUGHPUT` [80]: one of Meta's tiers.
+    fn throughput(&mut self, default: u32) -> u32 {
+        let v: u32 = self.number("KIRIM_META_THROUGHPUT", default);
+        if crate::ports::THROUGHPUT_TIERS.contains(&v) {
+            v
+        } else {
+            self.problems
+                .push(format!("KIRIM_META_THROUGHPUT={v} must be 20, 80 or 1000"));
+            default
         }
     }
 

@@ -4,6 +4,7 @@ pub mod accounts;
 pub mod apikeys;
 pub mod audit;
 pub mod auth;
+pub mod deadline;
 pub mod dispatch;
 pub mod errors;
 pub mod idempotency;
@@ -11,6 +12,7 @@ pub mod optouts;
 pub mod quality;
 pub mod retention;
 pub mod send;
+pub mod throttle;
 pub mod users;
 pub mod webhook;
 
@@ -22,7 +24,8 @@ use crate::config::Settings;
 use crate::error::StoreError;
 use crate::ports::{
     ApiKeyStore, AuditLog, Clock, DispatchQueue, ExpiredItems, IdempotencyStore, Ledger,
-    MessageStore, MetaClient, OptOutStore, QualityStats, SecretStore, TenantStore, UserStore,
+    MessageStore, MetaClient, OptOutStore, QualityStats, SecretStore, SendingControl, TenantStore,
+    Throughput, UserStore,
 };
 use crate::secret::Secret;
 
@@ -39,6 +42,8 @@ pub struct Deps {
     pub expired: Arc<dyn ExpiredItems>,
     pub opt_outs: Arc<dyn OptOutStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
+    pub throughput: Arc<dyn Throughput>,
+    pub sending: Arc<dyn SendingControl>,
     pub queue: Arc<dyn DispatchQueue>,
     pub secrets: Arc<SecretCache>,
     pub meta: Arc<dyn MetaClient>,

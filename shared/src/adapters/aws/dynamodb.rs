@@ -27,6 +27,7 @@ use crate::ports::{
 
 mod idempotency;
 mod optouts;
+mod throttle;
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 

@@ -8,6 +8,7 @@ use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, Statu
 use crate::error::StoreError;
 mod idempotency;
 mod optouts;
+mod throttle;
 
 use crate::ports::{
     ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, ExpiredItems,
@@ -30,6 +31,8 @@ pub(super) struct State {
     /// (tenant, key hash) → idempotency record.
     idempotency: HashMap<(TenantId, String), crate::ports::IdempotencyRecord>,
     pub(super) users: super::users::UsersState,
+    /// Business phone number → the next free send slot (epoch microseconds).
+    rate: HashMap<String, i64>,
 }
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional
