@@ -60,14 +60,16 @@ impl DynamoStore {
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":limit", n(limit))
             .expression_attribute_values(":ttl", n(now / 1_000_000 + RATE_TTL_SECS))
-            .return_values(ReturnValue::UpdatedOld)
+            // The new value, not the old: moto reads UPDATED_OLD outside its write lock
+            // (two callers could see one old value); DynamoDB answers either atomically.
+            .return_values(ReturnValue::UpdatedNew)
             .send()
             .await;
         match res {
             Ok(out) => match out.attributes().and_then(|a| a.get("tat")) {
                 Some(AttributeValue::N(v)) => v
-                    .parse()
-                    .map(Step::Granted)
+                    .parse::<i64>()
+                    .map(|new| Step::Granted(new - interval))
                     .map_err(|_| StoreError::Corrupt("rate slot is not a number".into())),
                 _ => Err(StoreError::Corrupt("rate slot missing".into())),
             },
