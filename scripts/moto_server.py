@@ -40,5 +40,21 @@ for _name in [
 
     setattr(DynamoDBBackend, _name, _serialised)
 
+# The request handlers too: `UpdateItem` reads the old item before the update and turns the
+# stored item into its answer (`ReturnValues`) after it, outside the backend call; under
+# concurrency two updates could answer the same value. One lock (re-entrant) over the whole
+# request makes each answer the item exactly as its own update left it, as DynamoDB does.
+from moto.dynamodb.responses import DynamoHandler  # noqa: E402
+
+for _name in ["put_item", "update_item", "delete_item"]:
+    _orig = getattr(DynamoHandler, _name)
+
+    @functools.wraps(_orig)
+    def _serialised_handler(self, *args, __orig=_orig, **kwargs):
+        with _LOCK:
+            return __orig(self, *args, **kwargs)
+
+    setattr(DynamoHandler, _name, _serialised_handler)
+
 if __name__ == "__main__":
     main()

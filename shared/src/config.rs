@@ -40,6 +40,9 @@ pub struct Settings {
     pub callback_max_attempts: u32,
     /// How long a receiver has to answer one callback.
     pub callback_timeout: Duration,
+    /// Messages per second per business phone number for tenants without their own tier
+    /// (Meta's tiers: 20, 80, 1000).
+    pub meta_throughput: u32,
 }
 
 impl Default for Settings {
@@ -62,6 +65,7 @@ impl Default for Settings {
             callback_backoff: Duration::from_secs(30),
             callback_max_attempts: 8,
             callback_timeout: Duration::from_secs(10),
+            meta_throughput: 80,
         }
     }
 }
@@ -236,6 +240,7 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
                 .number("KIRIM_CALLBACK_MAX_ATTEMPTS", d.callback_max_attempts)
                 .clamp(1, 9),
             callback_timeout: self.duration("KIRIM_CALLBACK_TIMEOUT", d.callback_timeout),
+            meta_throughput: self.throughput(d.meta_throughput),
             secret_prefix: prefix,
         }
     }
@@ -257,6 +262,18 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             utility: one("KIRIM_PRICE_UTILITY"),
             authentication: one("KIRIM_PRICE_AUTHENTICATION"),
             session: one("KIRIM_PRICE_SESSION"),
+        }
+    }
+
+    /// `KIRIM_META_THROUGHPUT` [80]: one of Meta's tiers.
+    fn throughput(&mut self, default: u32) -> u32 {
+        let v: u32 = self.number("KIRIM_META_THROUGHPUT", default);
+        if crate::ports::THROUGHPUT_TIERS.contains(&v) {
+            v
+        } else {
+            self.problems
+                .push(format!("KIRIM_META_THROUGHPUT={v} must be 20, 80 or 1000"));
+            default
         }
     }
 

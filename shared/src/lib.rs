@@ -7,6 +7,7 @@ pub mod domain;
 pub mod error;
 pub mod handlers;
 pub mod http;
+pub mod metrics;
 pub mod ports;
 pub mod runtime;
 pub mod secret;

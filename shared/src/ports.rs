@@ -39,6 +39,10 @@ pub struct Tenant {
     pub status_reason: Option<String>,
     #[serde(default)]
     pub status_changed_at: Option<DateTime<Utc>>,
+    /// Meta's messaging tier for the number (20, 80 or 1000 per second); `None`: the
+    /// platform default (`KIRIM_META_THROUGHPUT`).
+    #[serde(default)]
+    pub throughput_per_sec: Option<u32>,
 }
 
 /// What is stored of an API key: a SHA-256 of the key, never the key.
@@ -574,8 +578,10 @@ pub trait QualityStats: Send + Sync {
     ) -> Result<QualityCounts, StoreError>;
 }
 mod retention;
+mod throttle;
 mod users;
 pub use retention::*;
+pub use throttle::*;
 pub use users::*;
 
 /// A broadcast: one template to many recipients, debited all at once.

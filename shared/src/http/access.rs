@@ -60,6 +60,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/v1/platform/tenants/{id}/suspend", Platform),
     rule("POST", "/v1/platform/tenants/{id}/resume", Platform),
     rule("PUT", "/v1/platform/tenants/{id}/ip-allowlist", Platform),
+    rule("PUT", "/v1/platform/tenants/{id}/throughput", Platform),
     rule("POST", "/v1/platform/retention/run", Platform),
     rule("GET", "/v1/account", Tenant(ReadOnly)),
     rule("GET", "/v1/account/export", Tenant(Admin)),

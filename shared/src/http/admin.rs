@@ -58,6 +58,18 @@ pub(super) async fn close_tenant(
     Ok(noted(res, Some(&id), json!({"reason": reason})))
 }
 
+pub(super) async fn put_tenant_throughput(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<crate::service::throttle::ThroughputBody>,
+) -> ApiResult {
+    let id = tenant_path(&id)?;
+    let t = crate::service::throttle::set_throughput(&s.deps, &id, body).await?;
+    let per_sec = crate::service::throttle::tier(&s.deps, &t);
+    let res = Json(json!({"tenant_id": id, "throughput_per_sec": per_sec})).into_response();
+    Ok(noted(res, Some(&id), json!({"per_sec": per_sec})))
+}
+
 pub(super) async fn put_tenant_allowlist(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -115,6 +115,10 @@ fn admin_api_routes() -> Router<AppState> {
             "/v1/platform/tenants/{id}/ip-allowlist",
             put(admin::put_tenant_allowlist),
         )
+        .route(
+            "/v1/platform/tenants/{id}/throughput",
+            put(admin::put_tenant_throughput),
+        )
         .route("/v1/platform/retention/run", post(run_retention))
         .route(
             "/v1/api-keys",

@@ -98,6 +98,7 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
         ip_allowlist: Vec::new(),
         status_reason: None,
         status_changed_at: None,
+        throughput_per_sec: None,
     };
     let key = Secret::generate("kirim_");
     let record = ApiKeyRecord {

@@ -196,6 +196,7 @@ pub async fn handle(deps: &Deps, body: &str) -> Outcome {
         Ok(o) => o,
         Err(e) if e.is_retryable() => {
             tracing::warn!(message_id = %job.message_id, error = %e, "storage unavailable; retrying");
+            crate::metrics::retry("storage");
             Outcome::RetryAfter(deps.settings.dispatch_backoff)
         }
         Err(e) => {
@@ -229,10 +230,9 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
         .await?
     {
         Transition::Applied(r) => r,
-        Transition::Refused => {
-            tracing::info!(message_id = %job.message_id, "already claimed or finished; dropping duplicate");
-            return Ok(Outcome::Done);
-        }
+        // Already claimed or finished: a duplicate, or the redelivery of an ambiguous
+        // send that checks the sending deadline. Never sent again.
+        Transition::Refused => return super::deadline::redelivered(deps, job).await,
     };
     // A suspended or closed tenant's queued messages are not sent: they fail at once,
     // refunded, rather than wait on the queue (where they would reach the dead-letter
@@ -249,6 +249,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
                 title: "the account was suspended before the message was sent".into(),
             }
         };
+        crate::metrics::failed("tenant_inactive");
         fail(deps, job, record.price, error, true).await;
         return Ok(Outcome::Done);
     }
@@ -262,6 +263,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
                 code: "recipient_opted_out".into(),
                 title: "the recipient opted out before the message was sent".into(),
             };
+            crate::metrics::failed("opted_out");
             fail(deps, job, record.price, error, true).await;
             return Ok(Outcome::Done);
         }
@@ -278,9 +280,27 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
             code: "meta_token_missing".into(),
             title: "the tenant has no Meta access token".into(),
         };
+        crate::metrics::failed("tenant_config");
         fail(deps, job, record.price, error, true).await;
         return Ok(Outcome::Done);
     };
+    // The number's throughput, shared with every other dispatcher: wait briefly for a
+    // slot, or give the claim back (not an attempt) and come back soon.
+    match super::throttle::acquire(deps, &tenant).await {
+        Ok(super::throttle::Slot::Go) => {}
+        Ok(super::throttle::Slot::Full) => {
+            if let Err(e) = deps
+                .sending
+                .release_unattempted(&job.tenant_id, &job.message_id, deps.clock.now())
+                .await
+            {
+                tracing::error!(message_id = %job.message_id, error = %e, "could not release the claim");
+            }
+            crate::metrics::retry("throttled");
+            return Ok(Outcome::RetryAfter(super::throttle::full_retry_delay()));
+        }
+        Err(e) => return Err(unclaim(deps, job, "rate_limiter_unavailable", e.to_string()).await),
+    }
     let body = job
         .content
         .to_meta_request(&record.to, job.message_id.as_str());
@@ -291,6 +311,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
     let log_to = record.to.masked();
     match result {
         Ok(accepted) => {
+            crate::metrics::sent();
             super::quality::count(deps, &job.tenant_id, crate::ports::QualityCounter::Sent).await;
             let expires = deps
                 .settings
@@ -327,8 +348,14 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
         Err(MetaSendError::Timeout) => {
             // Ambiguous: Meta may have it. Never blindly resent; the status webhook
             // (matched by biz_opaque_callback_data) settles it.
+            // The same queue message comes back at the sending deadline to fail the
+            // message if no webhook settled it by then (see `deadline`).
             tracing::warn!(tenant_id = %job.tenant_id, message_id = %job.message_id, to = %log_to, "meta timeout; left sending for the webhook to settle");
-            Ok(Outcome::Done)
+            crate::metrics::retry("ambiguous");
+            Ok(Outcome::RetryAfter(super::deadline::recheck_after(
+                deps,
+                record.updated_at,
+            )))
         }
         Err(err) => {
             let (class, error) = match &err {
@@ -359,14 +386,26 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
                 ),
                 _ => {
                     tracing::warn!(message_id = %job.message_id, error = %err, "unreadable meta answer; left sending");
-                    return Ok(Outcome::Done);
+                    crate::metrics::retry("ambiguous");
+                    return Ok(Outcome::RetryAfter(super::deadline::recheck_after(
+                        deps,
+                        record.updated_at,
+                    )));
                 }
             };
             tracing::warn!(tenant_id = %job.tenant_id, message_id = %job.message_id, to = %log_to, code = %error.code, class = ?class, attempt = record.attempts, "meta refused");
+            if error.code == 130429 {
+                crate::metrics::throttle("meta_130429");
+            }
             match class {
                 ErrorClass::Transient | ErrorClass::Delayed
                     if record.attempts < deps.settings.dispatch_max_attempts =>
                 {
+                    crate::metrics::retry(if class == ErrorClass::Delayed {
+                        "delayed"
+                    } else {
+                        "transient"
+                    });
                     deps.messages
                         .release_for_retry(
                             &job.tenant_id,
@@ -385,10 +424,16 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
                 ErrorClass::TenantStop => {
                     let reason = format!("meta error {}: {}", error.code, error.title);
                     pause_tenant(deps, &job.tenant_id, &reason).await;
+                    crate::metrics::failed("tenant_stop");
                     fail(deps, job, record.price, error, true).await;
                     Ok(Outcome::Done)
                 }
                 _ => {
+                    crate::metrics::failed(match class {
+                        ErrorClass::Transient | ErrorClass::Delayed => "exhausted",
+                        ErrorClass::Suppress => "suppress",
+                        _ => "permanent",
+                    });
                     fail(deps, job, record.price, error, true).await;
                     Ok(Outcome::Done)
                 }

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod broadcasts;
 pub mod callbacks;
+pub mod deadline;
 pub mod dispatch;
 pub mod errors;
 pub mod idempotency;
@@ -14,6 +15,7 @@ pub mod pending;
 pub mod quality;
 pub mod retention;
 pub mod send;
+pub mod throttle;
 pub mod users;
 pub mod webhook;
 
@@ -26,7 +28,7 @@ use crate::error::StoreError;
 use crate::ports::{
     ApiKeyStore, AuditLog, BroadcastStore, Clock, DispatchQueue, ExpiredItems, IdempotencyStore,
     Ledger, MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
-    StatusCallbackStore, TenantStore, UserStore,
+    SendingControl, StatusCallbackStore, TenantStore, Throughput, UserStore,
 };
 use crate::secret::Secret;
 
@@ -45,6 +47,8 @@ pub struct Deps {
     pub retention: Arc<dyn crate::ports::RetentionStore>,
     pub opt_outs: Arc<dyn OptOutStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
+    pub throughput: Arc<dyn Throughput>,
+    pub sending: Arc<dyn SendingControl>,
     pub queue: Arc<dyn DispatchQueue>,
     /// Statuses kept until their message's wamid is known.
     pub pending: Arc<dyn PendingStatusStore>,

@@ -289,6 +289,7 @@ pub(super) async fn apply_status(
         .and_then(|t| t.parse::<i64>().ok())
         .and_then(|t| Utc.timestamp_opt(t, 0).single())
         .unwrap_or_else(|| deps.clock.now());
+    crate::metrics::webhook_lag(to.as_str(), (deps.clock.now() - at).num_milliseconds());
     let error = (to == MessageStatus::Failed).then(|| {
         let e = status.errors.first();
         MessageError {

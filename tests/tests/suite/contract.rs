@@ -92,6 +92,7 @@ pub(crate) fn tenant(credits: i64) -> Tenant {
         ip_allowlist: Vec::new(),
         status_reason: None,
         status_changed_at: None,
+        throughput_per_sec: None,
     }
 }
 

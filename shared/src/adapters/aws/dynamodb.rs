@@ -30,6 +30,7 @@ mod callbacks;
 mod idempotency;
 mod optouts;
 mod retention;
+mod throttle;
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 

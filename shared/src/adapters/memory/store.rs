@@ -11,6 +11,7 @@ mod callbacks;
 mod idempotency;
 mod optouts;
 mod retention;
+mod throttle;
 
 use crate::ports::{
     ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, ExpiredItems,
@@ -48,6 +49,8 @@ pub(super) struct State {
     pending: BTreeMap<(String, String), crate::ports::PendingStatus>,
     /// tenant → its status-callback setting.
     status_callbacks: HashMap<TenantId, crate::ports::StatusCallback>,
+    /// Business phone number → the next free send slot (epoch microseconds).
+    rate: HashMap<String, i64>,
 }
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional

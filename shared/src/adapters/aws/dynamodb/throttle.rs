@@ -1,0 +1,244 @@
+//! `Throughput` and `SendingControl` on the one table.
+//!
+//! Send slots: `pk = RATE#{phone_number_id}`, `sk = NEXT`, `tat` = the next free slot in
+//! epoch microseconds, `ttl` one hour on (an idle number's item simply expires). A
+//! reservation is at most three conditional updates and never a read:
+//! 1. `tat` is between now and now + max wait: take it, `SET tat = tat + :interval`;
+//! 2. else, no `tat` or one in the past: take now, `SET tat = :now + :interval`;
+//! 3. else one more try of 1 (another dispatcher may have moved `tat` between 1 and 2);
+//!    failing that the number is full for `max_wait`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use chrono::{DateTime, Utc};
+
+use super::{from_item, msg_sk, n, s, status_gsi, tenant_pk, unavailable, DynamoStore, TTL_ATTR};
+use crate::domain::{MessageError, MessageId, MessageStatus, StatusEvent, TenantId};
+use crate::error::StoreError;
+use crate::ports::{
+    micros_to_time, slot_interval_micros, SendingControl, Tenant, Throughput, Transition,
+};
+
+/// How long an idle number's slot item lives.
+const RATE_TTL_SECS: i64 = 3600;
+
+fn rate_pk(key: &str) -> String {
+    format!("RATE#{key}")
+}
+
+fn stamp(at: DateTime<Utc>) -> AttributeValue {
+    s(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+}
+
+enum Step {
+    Granted(i64),
+    Refused,
+}
+
+impl DynamoStore {
+    /// Takes the slot at `tat` if it lies in `[now, limit]`.
+    async fn take_next(
+        &self,
+        key: &str,
+        interval: i64,
+        now: i64,
+        limit: i64,
+    ) -> Result<Step, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(rate_pk(key)))
+            .key("sk", s("NEXT"))
+            .update_expression("SET tat = tat + :iv, #ttl = :ttl")
+            .condition_expression("tat BETWEEN :now AND :limit")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":iv", n(interval))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":limit", n(limit))
+            .expression_attribute_values(":ttl", n(now / 1_000_000 + RATE_TTL_SECS))
+            // The new value, not the old: moto reads UPDATED_OLD outside its write lock
+            // (two callers could see one old value); DynamoDB answers either atomically.
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        match res {
+            Ok(out) => match out.attributes().and_then(|a| a.get("tat")) {
+                Some(AttributeValue::N(v)) => v
+                    .parse::<i64>()
+                    .map(|new| Step::Granted(new - interval))
+                    .map_err(|_| StoreError::Corrupt("rate slot is not a number".into())),
+                _ => Err(StoreError::Corrupt("rate slot missing".into())),
+            },
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(Step::Refused)
+            }
+            Err(e) => Err(unavailable("dynamodb update", e)),
+        }
+    }
+
+    /// Takes `now` if the number has no pending slot.
+    async fn take_now(&self, key: &str, interval: i64, now: i64) -> Result<Step, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(rate_pk(key)))
+            .key("sk", s("NEXT"))
+            .update_expression("SET tat = :next, #ttl = :ttl")
+            .condition_expression("attribute_not_exists(tat) OR tat < :now")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":next", n(now + interval))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":ttl", n(now / 1_000_000 + RATE_TTL_SECS))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Step::Granted(now)),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(Step::Refused)
+            }
+            Err(e) => Err(unavailable("dynamodb update", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Throughput for DynamoStore {
+    async fn reserve_slot(
+        &self,
+        key: &str,
+        per_sec: u32,
+        now: DateTime<Utc>,
+        max_wait: Duration,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let interval = slot_interval_micros(per_sec);
+        let now = now.timestamp_micros();
+        let limit = now.saturating_add(i64::try_from(max_wait.as_micros()).unwrap_or(i64::MAX));
+        if let Step::Granted(t) = self.take_next(key, interval, now, limit).await? {
+            return Ok(Some(micros_to_time(t)));
+        }
+        if let Step::Granted(t) = self.take_now(key, interval, now).await? {
+            return Ok(Some(micros_to_time(t)));
+        }
+        match self.take_next(key, interval, now, limit).await? {
+            Step::Granted(t) => Ok(Some(micros_to_time(t))),
+            Step::Refused => Ok(None),
+        }
+    }
+
+    async fn set_throughput(&self, tenant: &TenantId, per_sec: u32) -> Result<Tenant, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s("TENANT"))
+            .update_expression("SET throughput_per_sec = :v")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":v", n(i64::from(per_sec)))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match res {
+            Ok(out) => from_item(out.attributes.unwrap_or_default()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Err(StoreError::NotFound)
+            }
+            Err(e) => Err(unavailable("dynamodb update", e)),
+        }
+    }
+}
+
+fn applied_or_refused<R: std::fmt::Debug>(
+    res: Result<
+        aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
+        SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError, R>,
+    >,
+) -> Result<Transition, StoreError> {
+    match res {
+        Ok(out) => Ok(Transition::Applied(Box::new(from_item(
+            out.attributes.unwrap_or_default(),
+        )?))),
+        Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+            Ok(Transition::Refused)
+        }
+        Err(e) => Err(unavailable("dynamodb update", e)),
+    }
+}
+
+#[async_trait]
+impl SendingControl for DynamoStore {
+    async fn release_unattempted(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s(msg_sk(id)))
+            .update_expression(
+                "SET #status = :acc, gsi1pk = :g, updated_at = :at ADD attempts :minus",
+            )
+            .condition_expression("#status = :sending AND attempts > :zero")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
+            .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))
+            .expression_attribute_values(":g", s(status_gsi(tenant, MessageStatus::Accepted)))
+            .expression_attribute_values(":at", stamp(at))
+            .expression_attribute_values(":minus", n(-1))
+            .expression_attribute_values(":zero", n(0))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        applied_or_refused(res)
+    }
+
+    async fn expire_sending(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        claimed_at: DateTime<Utc>,
+        error: &MessageError,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let event = serde_dynamo::to_attribute_value(StatusEvent {
+            status: MessageStatus::Failed,
+            at,
+        })
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let e = serde_dynamo::to_attribute_value(error)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s(msg_sk(id)))
+            .update_expression(
+                "SET #status = :failed, gsi1pk = :g, #error = :e, updated_at = :at, \
+                 events = list_append(events, :ev)",
+            )
+            .condition_expression("#status = :sending AND updated_at = :claimed")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#error", "error")
+            .expression_attribute_values(":failed", s(MessageStatus::Failed.as_str()))
+            .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))
+            .expression_attribute_values(":g", s(status_gsi(tenant, MessageStatus::Failed)))
+            .expression_attribute_values(":e", e)
+            .expression_attribute_values(":at", stamp(at))
+            .expression_attribute_values(":claimed", stamp(claimed_at))
+            .expression_attribute_values(":ev", AttributeValue::L(vec![event]))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        applied_or_refused(res)
+    }
+}

@@ -1,0 +1,90 @@
+//! `Throughput` and `SendingControl` on the memory store: the same rules as DynamoDB,
+//! under the one lock.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::MemoryStore;
+use crate::domain::{MessageError, MessageId, MessageStatus, StatusEvent, TenantId};
+use crate::error::StoreError;
+use crate::ports::{
+    micros_to_time, slot_interval_micros, SendingControl, Tenant, Throughput, Transition,
+};
+
+#[async_trait]
+impl Throughput for MemoryStore {
+    async fn reserve_slot(
+        &self,
+        key: &str,
+        per_sec: u32,
+        now: DateTime<Utc>,
+        max_wait: Duration,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let now_us = now.timestamp_micros();
+        let limit = now_us.saturating_add(i64::try_from(max_wait.as_micros()).unwrap_or(i64::MAX));
+        let mut s = self.lock()?;
+        let next = s.rate.get(key).copied().unwrap_or(now_us).max(now_us);
+        if next > limit {
+            return Ok(None);
+        }
+        s.rate
+            .insert(key.to_owned(), next + slot_interval_micros(per_sec));
+        Ok(Some(micros_to_time(next)))
+    }
+
+    async fn set_throughput(&self, tenant: &TenantId, per_sec: u32) -> Result<Tenant, StoreError> {
+        let mut s = self.lock()?;
+        let t = s.tenants.get_mut(tenant).ok_or(StoreError::NotFound)?;
+        t.throughput_per_sec = Some(per_sec);
+        Ok(t.clone())
+    }
+}
+
+#[async_trait]
+impl SendingControl for MemoryStore {
+    async fn release_unattempted(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let mut s = self.lock()?;
+        let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
+            return Ok(Transition::Refused);
+        };
+        if m.status != MessageStatus::Sending {
+            return Ok(Transition::Refused);
+        }
+        m.status = MessageStatus::Accepted;
+        m.attempts = m.attempts.saturating_sub(1);
+        m.updated_at = at;
+        Ok(Transition::Applied(Box::new(m.clone())))
+    }
+
+    async fn expire_sending(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        claimed_at: DateTime<Utc>,
+        error: &MessageError,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let mut s = self.lock()?;
+        let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
+            return Ok(Transition::Refused);
+        };
+        if m.status != MessageStatus::Sending || m.updated_at != claimed_at {
+            return Ok(Transition::Refused);
+        }
+        m.status = MessageStatus::Failed;
+        m.error = Some(error.clone());
+        m.updated_at = at;
+        m.events.push(StatusEvent {
+            status: MessageStatus::Failed,
+            at,
+        });
+        Ok(Transition::Applied(Box::new(m.clone())))
+    }
+}

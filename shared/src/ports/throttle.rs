@@ -1,0 +1,69 @@
+//! Per-number throughput and the dispatcher's own message transitions.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{Tenant, Transition};
+use crate::domain::{MessageError, MessageId, TenantId};
+use crate::error::StoreError;
+
+/// Meta's messaging throughput tiers, in messages per second per business phone number.
+pub const THROUGHPUT_TIERS: [u32; 3] = [20, 80, 1000];
+
+/// Microseconds between two slots at `per_sec` (rounded up: never faster than asked).
+pub fn slot_interval_micros(per_sec: u32) -> i64 {
+    let per_sec = i64::from(per_sec.max(1));
+    (1_000_000 + per_sec - 1) / per_sec
+}
+
+pub fn micros_to_time(us: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_micros(us).unwrap_or_else(Utc::now)
+}
+
+/// One send slot per business phone number and rate, shared by every dispatcher (on AWS:
+/// one DynamoDB item per number). A GCRA ("virtual scheduling"): the item holds the
+/// theoretical time of the next free slot, and each reservation moves it on by one
+/// interval with a conditional write, so slots are evenly spaced, never bunched at the
+/// start of a second the way a fixed window allows.
+#[async_trait]
+pub trait Throughput: Send + Sync {
+    /// Reserves the next free send slot of `key` at `per_sec` (slots `1/per_sec` apart,
+    /// none earlier than `now`) if it starts within `max_wait` of `now`, and answers its
+    /// time; `None` when the next free slot is later. Concurrent callers never share a
+    /// slot: in any window of `max_wait`, at most `max_wait × per_sec` + 1 are granted.
+    async fn reserve_slot(
+        &self,
+        key: &str,
+        per_sec: u32,
+        now: DateTime<Utc>,
+        max_wait: Duration,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// Sets the tenant's throughput tier; answers the updated tenant. `NotFound` if none.
+    async fn set_throughput(&self, tenant: &TenantId, per_sec: u32) -> Result<Tenant, StoreError>;
+}
+
+/// Transitions only the dispatcher makes, each a conditional write.
+#[async_trait]
+pub trait SendingControl: Send + Sync {
+    /// `sending` → `accepted` for a claim that never reached Meta because the number's
+    /// throughput was taken: the claim's attempt is given back (it was not an attempt).
+    async fn release_unattempted(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError>;
+    /// `sending` → `failed` with `error`, only if the message is still `sending` under
+    /// the claim made at `claimed_at` (its `updated_at`): a settling webhook or a newer
+    /// claim always wins.
+    async fn expire_sending(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        claimed_at: DateTime<Utc>,
+        error: &MessageError,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError>;
+}

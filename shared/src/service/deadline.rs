@@ -1,0 +1,81 @@
+//! The sending deadline: a message left `sending` by an ambiguous Meta answer (a timeout)
+//! is settled by Meta's status webhook. If none comes within `KIRIM_SENDING_DEADLINE`
+//! it becomes `failed` with `outcome_unknown`, not refunded: Meta may well have sent
+//! (and charged for) it, and Kirim cannot tell; a refund could pay for a delivered
+//! message. The queue message that timed out stays on the queue and comes back at the
+//! deadline (at most 12 hours at a time, SQS's visibility limit) to make this check;
+//! it never sends again, because only an `accepted` message can be claimed.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{MessageError, MessageStatus};
+use crate::error::StoreError;
+use crate::metrics;
+use crate::ports::Transition;
+
+use super::dispatch::Outcome;
+use super::send::DispatchJob;
+use super::Deps;
+
+/// SQS's longest visibility timeout.
+const MAX_DELAY: Duration = Duration::from_secs(43_200);
+
+pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
+
+/// When to look again at a message claimed at `claimed_at` that is still `sending`.
+pub fn recheck_after(deps: &Deps, claimed_at: DateTime<Utc>) -> Duration {
+    let age = (deps.clock.now() - claimed_at).to_std().unwrap_or_default();
+    deps.settings
+        .sending_deadline
+        .saturating_sub(age)
+        .clamp(Duration::from_millis(100), MAX_DELAY)
+}
+
+/// A queue message whose claim was refused: the message is no longer `accepted`. If it
+/// is still `sending` past the deadline it fails; still `sending` within it, it is
+/// checked again later; anything else is a finished message or a duplicate: dropped.
+pub async fn redelivered(deps: &Deps, job: &DispatchJob) -> Result<Outcome, StoreError> {
+    let Some(m) = deps
+        .messages
+        .get_message(&job.tenant_id, &job.message_id)
+        .await?
+    else {
+        return Ok(Outcome::Done);
+    };
+    if m.status != MessageStatus::Sending {
+        tracing::info!(message_id = %job.message_id, "already claimed or finished; dropping duplicate");
+        return Ok(Outcome::Done);
+    }
+    let claimed_at = m.updated_at;
+    let age = (deps.clock.now() - claimed_at).to_std().unwrap_or_default();
+    if age < deps.settings.sending_deadline {
+        return Ok(Outcome::RetryAfter(recheck_after(deps, claimed_at)));
+    }
+    let error = MessageError {
+        code: OUTCOME_UNKNOWN.into(),
+        title: "meta never confirmed the message before the sending deadline; it may or may \
+                not have been delivered, so it is not refunded"
+            .into(),
+    };
+    match deps
+        .sending
+        .expire_sending(
+            &job.tenant_id,
+            &job.message_id,
+            claimed_at,
+            &error,
+            deps.clock.now(),
+        )
+        .await?
+    {
+        Transition::Applied(_) => {
+            metrics::failed(OUTCOME_UNKNOWN);
+            tracing::warn!(tenant_id = %job.tenant_id, message_id = %job.message_id, to = %m.to.masked(), "sending deadline passed without a status; marked failed, not refunded");
+        }
+        // A webhook or another dispatcher settled it meanwhile: theirs stands.
+        Transition::Refused => {}
+    }
+    Ok(Outcome::Done)
+}

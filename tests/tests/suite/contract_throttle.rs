@@ -1,0 +1,300 @@
+//! The contract of `Throughput` and `SendingControl`, on the memory adapter and on
+//! DynamoDB (moto): the same assertions for both.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use kirim::adapters::aws::DynamoStore;
+use kirim::adapters::memory::MemoryStore;
+use kirim::domain::{
+    MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId,
+};
+use kirim::error::StoreError;
+use kirim::ports::*;
+use kirim_tests::{moto_sdk, unique_stack, ManualClock};
+
+use crate::contract::{key_for, tenant};
+
+struct Stores {
+    tenants: Arc<dyn TenantStore>,
+    messages: Arc<dyn MessageStore>,
+    throughput: Arc<dyn Throughput>,
+    sending: Arc<dyn SendingControl>,
+    clock: Arc<ManualClock>,
+}
+
+fn memory() -> Stores {
+    let clock = ManualClock::new();
+    let store = Arc::new(MemoryStore::new(clock.clone()));
+    Stores {
+        tenants: store.clone(),
+        messages: store.clone(),
+        throughput: store.clone(),
+        sending: store,
+        clock,
+    }
+}
+
+async fn aws() -> Stores {
+    let sdk = moto_sdk().await;
+    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
+        .await
+        .expect("stack in moto");
+    let clock = ManualClock::new();
+    let store = Arc::new(DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        stack.table.clone(),
+        clock.clone(),
+    ));
+    Stores {
+        tenants: store.clone(),
+        messages: store.clone(),
+        throughput: store.clone(),
+        sending: store,
+        clock,
+    }
+}
+
+async fn onboarded(p: &Stores) -> Tenant {
+    let t = tenant(10);
+    p.tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .expect("tenant");
+    t
+}
+
+/// A message of `t`, accepted, then claimed (`sending`, one attempt).
+async fn claimed(p: &Stores, t: &TenantId) -> MessageRecord {
+    let now = p.clock.now();
+    let id = MessageId::from_trusted(ulid::Ulid::from_datetime(now.into()).to_string());
+    let rec = MessageRecord {
+        id: id.clone(),
+        tenant_id: t.clone(),
+        to: PhoneNumber::parse("+60123456789").expect("phone"),
+        template: None,
+        status: MessageStatus::Accepted,
+        error: None,
+        events: vec![StatusEvent {
+            status: MessageStatus::Accepted,
+            at: now,
+        }],
+        wamid: None,
+        attempts: 0,
+        price: 1,
+        client_reference: None,
+        created_at: now,
+        updated_at: now,
+        expires_at: Some(now.timestamp() + 3600),
+        broadcast_id: None,
+    };
+    let debit = LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: t.clone(),
+        amount: -1,
+        kind: LedgerKind::Debit,
+        reference: None,
+        message_id: Some(id.clone()),
+        at: now,
+        expires_at: Some(now.timestamp() + 3600),
+    };
+    p.messages
+        .insert_with_debit(&rec, &debit)
+        .await
+        .expect("insert");
+    let claim = StatusChange {
+        count_attempt: true,
+        ..Default::default()
+    };
+    match p
+        .messages
+        .transition(t, &id, MessageStatus::Sending, &claim, now)
+        .await
+        .expect("claim")
+    {
+        Transition::Applied(r) => *r,
+        Transition::Refused => panic!("claim refused"),
+    }
+}
+
+async fn two_hundred_concurrent_reservations_in_one_second_admit_exactly_the_limit(p: Stores) {
+    let key = format!("pn{}", kirim_tests::rand_u32());
+    let now = p.clock.now();
+    let wait = Duration::from_millis(999);
+    let tries = (0..200).map(|_| p.throughput.reserve_slot(&key, 80, now, wait));
+    let results = futures::future::join_all(tries).await;
+    let mut slots: Vec<i64> = results
+        .into_iter()
+        .filter_map(|r| r.expect("reserve"))
+        .map(|t| t.timestamp_micros())
+        .collect();
+    assert_eq!(slots.len(), 80, "exactly the limit in one second");
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), 80, "no slot is given twice");
+    assert_eq!(slots[0], now.timestamp_micros(), "the first slot is now");
+    for pair in slots.windows(2) {
+        assert_eq!(pair[1] - pair[0], 12_500, "evenly spaced, 1/80 s apart");
+    }
+    assert!(slots[79] - slots[0] < 1_000_000);
+}
+
+async fn a_full_number_gets_slots_again_as_time_passes(p: Stores) {
+    let key = format!("pn{}", kirim_tests::rand_u32());
+    let now = p.clock.now();
+    for _ in 0..20 {
+        assert!(p
+            .throughput
+            .reserve_slot(&key, 20, now, Duration::from_millis(999))
+            .await
+            .expect("reserve")
+            .is_some());
+    }
+    let full = p
+        .throughput
+        .reserve_slot(&key, 20, now, Duration::from_millis(999))
+        .await
+        .expect("reserve");
+    assert_eq!(
+        full, None,
+        "the 21st in the same second waits longer than allowed"
+    );
+    // Without any wait allowed, only a slot that is due now is granted.
+    assert_eq!(
+        p.throughput
+            .reserve_slot(&key, 20, now, Duration::ZERO)
+            .await
+            .expect("reserve"),
+        None
+    );
+    p.clock.advance(chrono::Duration::seconds(1));
+    let later = p.clock.now();
+    assert_eq!(
+        p.throughput
+            .reserve_slot(&key, 20, later, Duration::ZERO)
+            .await
+            .expect("reserve")
+            .map(|t| t.timestamp_micros()),
+        Some(later.timestamp_micros()),
+        "a second later the number is free again"
+    );
+    // Another number is never held up by this one.
+    let other = format!("pn{}", kirim_tests::rand_u32());
+    assert_eq!(
+        p.throughput
+            .reserve_slot(&other, 20, now, Duration::ZERO)
+            .await
+            .expect("reserve")
+            .map(|t| t.timestamp_micros()),
+        Some(now.timestamp_micros())
+    );
+}
+
+async fn a_tenants_throughput_tier_is_stored_and_an_unknown_tenant_is_not_found(p: Stores) {
+    let t = onboarded(&p).await;
+    assert_eq!(t.throughput_per_sec, None);
+    let updated = p.throughput.set_throughput(&t.id, 20).await.expect("set");
+    assert_eq!(updated.throughput_per_sec, Some(20));
+    let read = p
+        .tenants
+        .get_tenant(&t.id)
+        .await
+        .expect("get")
+        .expect("tenant");
+    assert_eq!(read.throughput_per_sec, Some(20));
+    assert_eq!(read.name, t.name);
+    assert!(matches!(
+        p.throughput.set_throughput(&TenantId::generate(), 80).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn a_throttled_claim_goes_back_to_accepted_without_costing_an_attempt(p: Stores) {
+    let t = onboarded(&p).await;
+    let m = claimed(&p, &t.id).await;
+    assert_eq!(m.attempts, 1);
+    let at = p.clock.now();
+    let Transition::Applied(r) = p
+        .sending
+        .release_unattempted(&t.id, &m.id, at)
+        .await
+        .expect("release")
+    else {
+        panic!("release refused");
+    };
+    assert_eq!(r.status, MessageStatus::Accepted);
+    assert_eq!(r.attempts, 0, "the claim is given back");
+    assert_eq!(
+        p.sending
+            .release_unattempted(&t.id, &m.id, at)
+            .await
+            .expect("release"),
+        Transition::Refused,
+        "only a sending message is released"
+    );
+}
+
+async fn a_sending_message_expires_only_under_the_claim_that_was_seen(p: Stores) {
+    let t = onboarded(&p).await;
+    let m = claimed(&p, &t.id).await;
+    let error = MessageError {
+        code: "outcome_unknown".into(),
+        title: "deadline".into(),
+    };
+    p.clock.advance(chrono::Duration::seconds(5));
+    let at = p.clock.now();
+    let other_claim = m.updated_at - chrono::Duration::seconds(1);
+    assert_eq!(
+        p.sending
+            .expire_sending(&t.id, &m.id, other_claim, &error, at)
+            .await
+            .expect("expire"),
+        Transition::Refused,
+        "another claim's view changes nothing"
+    );
+    let Transition::Applied(r) = p
+        .sending
+        .expire_sending(&t.id, &m.id, m.updated_at, &error, at)
+        .await
+        .expect("expire")
+    else {
+        panic!("expire refused");
+    };
+    assert_eq!(r.status, MessageStatus::Failed);
+    assert_eq!(r.error, Some(error.clone()));
+    let stored = p
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .expect("get")
+        .expect("message");
+    assert_eq!(stored.status, MessageStatus::Failed);
+    // A message a webhook settled is never expired.
+    let settled = claimed(&p, &t.id).await;
+    p.messages
+        .transition(
+            &t.id,
+            &settled.id,
+            MessageStatus::Sent,
+            &StatusChange::default(),
+            Utc::now(),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(
+        p.sending
+            .expire_sending(&t.id, &settled.id, settled.updated_at, &error, at)
+            .await
+            .expect("expire"),
+        Transition::Refused
+    );
+}
+
+crate::contract::contract!(
+    two_hundred_concurrent_reservations_in_one_second_admit_exactly_the_limit,
+    a_full_number_gets_slots_again_as_time_passes,
+    a_tenants_throughput_tier_is_stored_and_an_unknown_tenant_is_not_found,
+    a_throttled_claim_goes_back_to_accepted_without_costing_an_attempt,
+    a_sending_message_expires_only_under_the_claim_that_was_seen,
+);

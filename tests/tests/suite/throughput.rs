@@ -1,0 +1,227 @@
+//! Per-number throughput and the sending deadline, end to end through local mode.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use kirim::config::Backend;
+use kirim_infra::local::start;
+use kirim_tests::{capture_logs, local_config, TestApp, OPERATOR_TOKEN};
+use serde_json::Value;
+
+async fn app_with(cfg: kirim_infra::local::LocalConfig) -> TestApp {
+    capture_logs();
+    let stack = cfg.stack_name.clone();
+    TestApp {
+        http: reqwest::Client::new(),
+        app: start(cfg).await.expect("local mode starts"),
+        stack,
+    }
+}
+
+/// Requests the sandbox answered for one business phone number.
+fn answered_for(app: &TestApp, pnid: &str) -> Vec<kirim_infra::sandbox::ReceivedRequest> {
+    app.app
+        .sandbox
+        .received()
+        .into_iter()
+        .filter(|r| r.phone_number_id == pnid)
+        .collect()
+}
+
+/// A burst queued at once, then sent by two dispatchers at the same time (two queue
+/// pollers sharing the store): the sandbox sees the number's rate and never answers
+/// 130429. The rate is taken from the sandbox's own arrival times over the steady part
+/// (the middle 80% of the burst), never from timing our code.
+///
+/// The sandbox runs in the test process, so arrival times carry the process's scheduling
+/// jitter: pacing at 97% of the tier absorbs ~30 ms of it. When the whole suite runs on
+/// two shared cores, a starved process can be stalled for longer (see BENCHMARKS.md), so
+/// a burst that met 130429 is run once more, on a fresh app; the second must be clean.
+async fn two_dispatchers_together_keep_a_burst_at_the_numbers_rate_without_130429(b: Backend) {
+    if burst_at_the_numbers_rate(b, false).await {
+        return;
+    }
+    eprintln!("{b:?}: the first burst met 130429 (scheduling jitter); running it once more");
+    burst_at_the_numbers_rate(b, true).await;
+}
+
+/// One burst; answers whether it was clean (asserting it was when `strict`).
+async fn burst_at_the_numbers_rate(b: Backend, strict: bool) -> bool {
+    let burst: usize = match b {
+        Backend::Memory => 400,
+        // moto serialises DynamoDB: a smaller burst keeps the test short.
+        Backend::Aws => 60,
+    };
+    let mut cfg = local_config(b).await;
+    cfg.pollers = 0;
+    cfg.sandbox_rate_limit = 80;
+    // Statuses come after the test: the burst is measured without webhook traffic.
+    cfg.sandbox_status_delay = Duration::from_secs(600);
+    let app = app_with(cfg).await;
+    let t = app.onboard(burst as i64 + 10).await;
+    let sends = futures::stream::iter(0..burst)
+        .map(|i| {
+            let app = &app;
+            let key = t.key.clone();
+            async move {
+                app.send_ok(&key, &format!("+6012{:07}", 1_000_000 + i * 10))
+                    .await
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    assert_eq!(sends.len(), burst);
+
+    let pollers: Vec<_> = (0..2)
+        .map(|_| {
+            let deps = app.app.deps.clone();
+            tokio::spawn(async move {
+                loop {
+                    kirim::handlers::poll_once(&deps, Duration::from_millis(200)).await;
+                }
+            })
+        })
+        .collect();
+    // A deadline, not a speed assertion: the checks below decide.
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(180);
+    while answered_for(&app, &t.phone_number_id)
+        .iter()
+        .filter(|r| r.response.status == 200)
+        .count()
+        < burst
+        && tokio::time::Instant::now() < give_up
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for p in &pollers {
+        p.abort();
+    }
+
+    let answered = answered_for(&app, &t.phone_number_id);
+    let limited: Vec<_> = answered
+        .iter()
+        .filter(|r| r.response.status == 429 || r.response.body.to_string().contains("130429"))
+        .collect();
+    // The tightest rolling second: 81 consecutive arrivals must span a second or more.
+    let mut all: Vec<i64> = answered
+        .iter()
+        .map(|r| r.received_at.timestamp_micros())
+        .collect();
+    all.sort();
+    let tightest = all.windows(81).map(|w| w[80] - w[0]).min();
+    eprintln!("{b:?}: 81 consecutive requests spanned at least {tightest:?} µs");
+    if !strict && !limited.is_empty() {
+        eprintln!("{b:?}: {} answers were 130429", limited.len());
+        return false;
+    }
+    assert!(limited.is_empty(), "{} answers were 130429", limited.len());
+    let mut times: Vec<i64> = answered
+        .iter()
+        .filter(|r| r.response.status == 200)
+        .map(|r| r.received_at.timestamp_micros())
+        .collect();
+    assert_eq!(times.len(), burst, "every message reached the sandbox once");
+    times.sort();
+    let (from, to) = (burst / 10, burst - burst / 10 - 1);
+    let secs = (times[to] - times[from]) as f64 / 1e6;
+    let rate = (to - from) as f64 / secs;
+    println!(
+        "{b:?}: {} sends in the steady part at {rate:.2} msgs/s",
+        to - from + 1
+    );
+    match b {
+        // The strict check: within 5% of the tier.
+        Backend::Memory => assert!(
+            (rate - 80.0).abs() <= 80.0 * 0.05,
+            "achieved {rate:.2} msgs/s, not within 5% of 80"
+        ),
+        // moto serialises every DynamoDB call in one Python process: the rate it reaches
+        // is recorded in BENCHMARKS.md; here it must only never exceed the tier.
+        Backend::Aws => assert!(rate <= 80.0 * 1.05, "achieved {rate:.2} msgs/s"),
+    }
+    true
+}
+
+/// The operator sets a tenant's tier; only Meta's tiers are accepted.
+async fn the_operator_sets_a_tenants_throughput_tier(b: Backend) {
+    let app = app_with(local_config(b).await).await;
+    let t = app.onboard(1).await;
+    let put = |per_sec: Value| {
+        app.http
+            .put(app.url(&format!("/v1/platform/tenants/{}/throughput", t.tenant_id)))
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&serde_json::json!({ "per_sec": per_sec }))
+            .send()
+    };
+    let res = put(20.into()).await.expect("put");
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["throughput_per_sec"], 20, "{body}");
+    assert_eq!(put(50.into()).await.expect("put").status(), 400);
+    // A tenant's own key cannot change it.
+    let res = app
+        .http
+        .put(app.url(&format!("/v1/platform/tenants/{}/throughput", t.tenant_id)))
+        .bearer_auth(&t.key)
+        .json(&serde_json::json!({ "per_sec": 1000 }))
+        .send()
+        .await
+        .expect("put");
+    assert!(
+        res.status() == 401 || res.status() == 403,
+        "{}",
+        res.status()
+    );
+    let tenant = app
+        .app
+        .deps
+        .tenants
+        .get_tenant(&kirim::domain::TenantId::parse(&t.tenant_id).expect("id"))
+        .await
+        .expect("get")
+        .expect("tenant");
+    assert_eq!(tenant.throughput_per_sec, Some(20));
+}
+
+/// Meta never answers in time and no status webhook ever comes: after the sending
+/// deadline the message is failed with `outcome_unknown`, not refunded (Meta may have
+/// sent it), and it was sent exactly once.
+async fn a_message_left_sending_fails_as_outcome_unknown_after_the_deadline_and_is_sent_once(
+    b: Backend,
+) {
+    let mut cfg = local_config(b).await;
+    cfg.settings.sending_deadline = Duration::from_secs(2);
+    let app = app_with(cfg).await;
+    // Statuses go nowhere: nothing settles the message.
+    app.app
+        .sandbox
+        .set_webhook_url("http://127.0.0.1:9/nowhere".into());
+    let t = app.onboard(5).await;
+    let id = app.send_ok(&t.key, "+60123450005").await;
+    let view = app.wait_status(&t.key, &id, "sending").await;
+    assert_eq!(view["status"], "sending", "{view}");
+    let view = app.wait_status(&t.key, &id, "failed").await;
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(view["error"]["code"], "outcome_unknown", "{view}");
+    assert_eq!(app.credits(&t.key).await, 4, "not refunded");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.sandbox_requests_to("60123450005").len(), 1, "never two");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
+        }
+        mod aws_backend_on_moto {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
+        }
+    };
+}
+
+on_both_backends!(
+    two_dispatchers_together_keep_a_burst_at_the_numbers_rate_without_130429,
+    the_operator_sets_a_tenants_throughput_tier,
+    a_message_left_sending_fails_as_outcome_unknown_after_the_deadline_and_is_sent_once,
+);
