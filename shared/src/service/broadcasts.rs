@@ -263,6 +263,15 @@ pub async fn view(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Serv
 /// Resumable: message ids are derived, existing messages are not written again, and a
 /// duplicate queue message is dropped by the dispatcher's claim.
 pub async fn fan_out(deps: &Deps, job: &FanoutJob) -> Result<Outcome, StoreError> {
+    fan_out_in_slices(deps, job, FANOUT_SLICE).await
+}
+
+/// [`fan_out`] with a given slice size (tests use small ones).
+pub async fn fan_out_in_slices(
+    deps: &Deps,
+    job: &FanoutJob,
+    slice: usize,
+) -> Result<Outcome, StoreError> {
     let Some(b) = deps
         .broadcasts
         .get_broadcast(&job.tenant_id, &job.broadcast_id)
@@ -284,7 +293,7 @@ pub async fn fan_out(deps: &Deps, job: &FanoutJob) -> Result<Outcome, StoreError
         return Ok(Outcome::Done);
     };
     let start = b.enqueued.min(list.len());
-    let end = (start + FANOUT_SLICE).min(list.len());
+    let end = (start + slice.max(1)).min(list.len());
     let now = deps.clock.now();
     let mut done = start;
     for chunk in list[start..end].chunks(10) {
@@ -333,11 +342,13 @@ pub async fn fan_out(deps: &Deps, job: &FanoutJob) -> Result<Outcome, StoreError
         .broadcast_progress(&job.tenant_id, &b.id, end, finished)
         .await?;
     tracing::info!(tenant_id = %job.tenant_id, broadcast_id = %b.id, enqueued = end, total = list.len(), "broadcast fan-out");
-    Ok(if finished {
-        Outcome::Done
-    } else {
-        Outcome::RetryAfter(std::time::Duration::ZERO)
-    })
+    if !finished {
+        // The rest continues in a fresh queue message, so a long fan-out never uses up
+        // this one's receive count (and never reaches the dead-letter queue that way).
+        let next = serde_json::to_string(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        deps.queue.send(&next).await?;
+    }
+    Ok(Outcome::Done)
 }
 
 #[cfg(test)]

@@ -336,3 +336,65 @@ mod aws_backend_on_moto {
         super::a_csv_broadcast_completes_with_every_recipient_read(Aws, 100).await
     }
 }
+
+/// A fan-out longer than one slice continues in a fresh queue message (never burning the
+/// first one's receive count), and a redelivered slice makes no second message.
+#[tokio::test]
+async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates() {
+    use kirim::service::{accounts, broadcasts, send::TemplateIn};
+    let deps = kirim::runtime::memory_deps(
+        kirim_tests::test_settings(),
+        kirim_tests::ManualClock::new(),
+    )
+    .unwrap();
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
+        "phone_number_id": "126", "meta_access_token": "EAAG", "credits": 10}))
+    .unwrap();
+    let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
+    let template: TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en", "category": "utility"}))
+            .unwrap();
+    let recipients: Vec<String> = (0..7).map(|i| format!("+6012345{i:03}9")).collect();
+    let accepted = broadcasts::create(&deps, &tenant.id, template, recipients)
+        .await
+        .unwrap();
+    assert_eq!(accepted.accepted, 7);
+    let take = || async { deps.queue.receive(10, Duration::ZERO).await.unwrap() };
+    let mut fanouts = 0;
+    let mut dispatch_jobs = 0;
+    let mut pending = take().await;
+    let first = pending[0].body.clone();
+    while !pending.is_empty() {
+        for m in pending {
+            let job: Value = serde_json::from_str(&m.body).unwrap();
+            if job["kind"] == broadcasts::FANOUT_KIND {
+                fanouts += 1;
+                let job: broadcasts::FanoutJob = serde_json::from_str(&m.body).unwrap();
+                let outcome = broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
+                assert_eq!(outcome, kirim::service::dispatch::Outcome::Done);
+            } else {
+                dispatch_jobs += 1;
+            }
+            deps.queue.delete(&m.receipt).await.unwrap();
+        }
+        pending = take().await;
+    }
+    assert_eq!(
+        (fanouts, dispatch_jobs),
+        (3, 7),
+        "three slices of at most 3, one job per recipient"
+    );
+    // The first delivery again (SQS may redeliver): the broadcast is done, nothing new.
+    let job: broadcasts::FanoutJob = serde_json::from_str(&first).unwrap();
+    broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
+    assert!(take().await.is_empty());
+    let view = broadcasts::view(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!((view.status.as_str(), view.enqueued), ("enqueued", 7));
+    assert_eq!(
+        view.counts.get("accepted"),
+        Some(&7),
+        "seven messages, no more"
+    );
+}

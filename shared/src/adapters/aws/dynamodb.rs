@@ -170,6 +170,29 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
+    /// `transact`, tried again when concurrent transactions on the same item (usually the
+    /// tenant's balance) cancelled it with `TransactionConflict`: nothing was written then.
+    pub(super) async fn transact_retrying_conflicts(
+        &self,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<(), Vec<String>> {
+        let mut result = self.transact(items.clone()).await;
+        for attempt in 0..6u64 {
+            match &result {
+                Err(r) if r.iter().any(|c| c == "TransactionConflict") => {
+                    let jitter = rand::random::<u64>() % 20;
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        10 * (attempt + 1) + jitter,
+                    ))
+                    .await;
+                    result = self.transact(items.clone()).await;
+                }
+                _ => break,
+            }
+        }
+        result
+    }
+
     pub(super) async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), Vec<String>> {
         match self
             .client
@@ -669,23 +692,7 @@ impl MessageStore for DynamoStore {
             self.ledger_put(debit)?,
             self.put(m, Some("attribute_not_exists(pk)"))?,
         ];
-        // Concurrent transactions on one tenant item may cancel each other
-        // (TransactionConflict): nothing was written, so try again shortly.
-        let mut result = self.transact(items.clone()).await;
-        for attempt in 0..6u64 {
-            match &result {
-                Err(r) if r.iter().any(|c| c == "TransactionConflict") => {
-                    let jitter = rand::random::<u64>() % 20;
-                    tokio::time::sleep(std::time::Duration::from_millis(
-                        10 * (attempt + 1) + jitter,
-                    ))
-                    .await;
-                    result = self.transact(items.clone()).await;
-                }
-                _ => break,
-            }
-        }
-        match result {
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(()),
             Err(r) if r.first().map(String::as_str) == Some("ConditionalCheckFailed") => {
                 Err(StoreError::InsufficientCredits)

@@ -65,7 +65,7 @@ impl BroadcastStore for DynamoStore {
             self.put(item, Some("attribute_not_exists(pk)"))?,
             self.put(list, Some("attribute_not_exists(pk)"))?,
         ];
-        match self.transact(items).await {
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(()),
             Err(r) if r.first().map(String::as_str) == Some("ConditionalCheckFailed") => {
                 Err(StoreError::InsufficientCredits)
