@@ -140,8 +140,12 @@ pub async fn local_config(backend: Backend) -> LocalConfig {
 
 /// Local mode on `backend`, serving on a free port.
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_with(local_config(backend).await).await
+}
+
+/// Local mode with a test's own configuration (start from [`local_config`]).
+pub async fn spawn_with(cfg: LocalConfig) -> TestApp {
     capture_logs();
-    let cfg = local_config(backend).await;
     let stack = cfg.stack_name.clone();
     let app = start(cfg).await.expect("local mode starts");
     TestApp {

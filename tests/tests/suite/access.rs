@@ -572,17 +572,6 @@ async fn metas_account_restriction_pauses_every_tenant_on_that_waba_only(b: Back
     );
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory_backend {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
-        }
-        mod aws_backend_on_moto {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
-        }
-    };
-}
-
 on_both_backends!(
     api_keys_are_shown_once_rotated_with_a_grace_period_and_revoked_at_once,
     another_tenants_keys_answer_404_on_every_route_that_takes_an_id,

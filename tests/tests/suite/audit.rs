@@ -200,17 +200,6 @@ async fn logins_are_audited_on_the_users_tenant_with_both_outcomes(b: Backend) {
     );
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory_backend {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
-        }
-        mod aws_backend_on_moto {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
-        }
-    };
-}
-
 on_both_backends!(
     sends_mutations_and_denials_are_audited_in_a_verifiable_chain,
     an_unknown_key_is_audited_on_the_platform_chain,

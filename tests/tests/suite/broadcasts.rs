@@ -10,12 +10,7 @@ use serde_json::{json, Value};
 async fn app_with(b: Backend, sandbox_rate: u32) -> TestApp {
     let mut cfg = local_config(b).await;
     cfg.sandbox_rate_limit = sandbox_rate;
-    let stack = cfg.stack_name.clone();
-    TestApp {
-        http: reqwest::Client::new(),
-        app: kirim_infra::local::start(cfg).await.unwrap(),
-        stack,
-    }
+    kirim_tests::spawn_with(cfg).await
 }
 
 async fn post_json(app: &TestApp, key: &str, body: Value) -> (u16, Value) {

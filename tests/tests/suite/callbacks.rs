@@ -209,12 +209,7 @@ async fn a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_r
     // No queue pollers: the test runs the dispatcher itself, after the statuses came.
     let mut cfg = local_config(b).await;
     cfg.pollers = 0;
-    let stack = cfg.stack_name.clone();
-    let app = TestApp {
-        http: reqwest::Client::new(),
-        app: kirim_infra::local::start(cfg).await.unwrap(),
-        stack,
-    };
+    let app = kirim_tests::spawn_with(cfg).await;
     let t = app.onboard(3).await;
     let (url, r) = receiver(0).await;
     let (status, _) =
@@ -297,12 +292,7 @@ async fn the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400(b: 
     // As outside local mode: https and public targets only.
     let mut cfg = local_config(b).await;
     cfg.settings.callbacks_allow_private = false;
-    let stack = cfg.stack_name.clone();
-    let app = TestApp {
-        http: reqwest::Client::new(),
-        app: kirim_infra::local::start(cfg).await.unwrap(),
-        stack,
-    };
+    let app = kirim_tests::spawn_with(cfg).await;
     let t = app.onboard(1).await;
     assert_eq!(
         get_callback(&app, &t.key).await,
@@ -347,17 +337,6 @@ async fn the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400(b: 
         json!({"url": null, "secret_set": false})
     );
     assert!(!captured_logs().contains(CALLBACK_SECRET));
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory_backend {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
-        }
-        mod aws_backend_on_moto {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
-        }
-    };
 }
 
 on_both_backends!(

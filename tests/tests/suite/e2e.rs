@@ -310,12 +310,7 @@ async fn each_template_category_debits_its_price_from_the_table(b: Backend) {
         authentication: 1,
         session: 2,
     };
-    let stack = cfg.stack_name.clone();
-    let app = TestApp {
-        http: reqwest::Client::new(),
-        app: kirim_infra::local::start(cfg).await.unwrap(),
-        stack,
-    };
+    let app = kirim_tests::spawn_with(cfg).await;
     let t = app.onboard(6).await;
     let send = |category: &'static str, to: &'static str| {
         app.http
@@ -356,17 +351,6 @@ async fn each_template_category_debits_its_price_from_the_table(b: Backend) {
         .map(|e| e.amount)
         .collect();
     assert_eq!(debits.iter().sum::<i64>(), -6, "{debits:?}");
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory_backend {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
-        }
-        mod aws_backend_on_moto {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
-        }
-    };
 }
 
 on_both_backends!(

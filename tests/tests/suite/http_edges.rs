@@ -387,17 +387,6 @@ async fn every_response_has_a_request_id_and_unknown_routes_answer_the_error_sha
     assert_eq!((s, c.as_str()), (401, "unauthenticated"));
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory_backend {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
-        }
-        mod aws_backend_on_moto {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
-        }
-    };
-}
-
 on_both_backends!(
     bad_send_requests_answer_precise_errors_and_change_nothing,
     a_send_without_credits_answers_402_and_records_nothing,

@@ -163,17 +163,6 @@ async fn twenty_concurrent_posts_with_one_key_make_one_message_and_one_debit(b: 
     assert_eq!(messages(&app, &t.key).await.len(), 1, "one message");
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory_backend {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
-        }
-        mod aws_backend_on_moto {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
-        }
-    };
-}
-
 on_both_backends!(
     an_idempotent_retry_answers_the_same_id_and_debits_once,
     the_same_key_with_another_body_is_409_idempotency_key_reused,

@@ -1,6 +1,19 @@
 //! One integration test binary (one link, one moto): the port contract suite on both
 //! adapters, and end-to-end flows through local mode on both backends.
 
+/// Runs each named `async fn(Backend)` as two tests: on the memory backend and on the
+/// AWS backend against moto.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
+        }
+        mod aws_backend_on_moto {
+            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
+        }
+    };
+}
+
 mod access;
 mod audit;
 mod broadcasts;

@@ -215,12 +215,7 @@ async fn a_stop_that_arrives_while_the_message_is_queued_is_honoured_before_meta
         pollers: 0,
         ..local_config(b).await
     };
-    let stack = cfg.stack_name.clone();
-    let app = TestApp {
-        http: reqwest::Client::new(),
-        app: kirim_infra::local::start(cfg).await.unwrap(),
-        stack,
-    };
+    let app = kirim_tests::spawn_with(cfg).await;
     let t = app.onboard(5).await;
     let id = app.send_ok(&t.key, "+60123457005").await;
     assert_eq!(app.credits(&t.key).await, 4);
@@ -493,17 +488,6 @@ async fn the_opt_out_routes_add_read_list_and_remove_within_each_role(b: Backend
     );
     let res = app.http.get(app.url("/v1/opt-outs")).send().await.unwrap();
     assert_eq!(res.status(), 401);
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory_backend {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
-        }
-        mod aws_backend_on_moto {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -13,12 +13,7 @@ async fn quality_app(b: Backend) -> TestApp {
     let mut cfg = local_config(b).await;
     cfg.settings.quality.min_volume = 2;
     cfg.settings.quality.pause_marketing = true;
-    let stack = cfg.stack_name.clone();
-    TestApp {
-        http: reqwest::Client::new(),
-        app: kirim_infra::local::start(cfg).await.unwrap(),
-        stack,
-    }
+    kirim_tests::spawn_with(cfg).await
 }
 
 async fn account(app: &TestApp, key: &str) -> Value {
@@ -90,17 +85,6 @@ async fn recipients_opting_out_raise_the_opt_out_rate(b: Backend) {
     let q = account(&app, &t.key).await["quality"].clone();
     assert_eq!(q["opt_out_rate"], 0.5, "{q}");
     assert_eq!(q["flagged"], true);
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory_backend {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
-        }
-        mod aws_backend_on_moto {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
-        }
-    };
 }
 
 on_both_backends!(

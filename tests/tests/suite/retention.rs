@@ -612,7 +612,6 @@ async fn the_export_streams_the_tenants_metadata_as_json_lines(b: Backend) {
 
 /// Local mode with every expiring class shortened to `secs` seconds.
 async fn spawn_short(b: Backend, secs: u64) -> TestApp {
-    kirim_tests::capture_logs();
     let mut cfg = kirim_tests::local_config(b).await;
     let d = Duration::from_secs(secs);
     cfg.settings.retention.messages = d;
@@ -620,14 +619,7 @@ async fn spawn_short(b: Backend, secs: u64) -> TestApp {
     cfg.settings.retention.billing = d;
     cfg.settings.retention.idempotency = d;
     cfg.settings.retention.stats = d;
-    let stack = cfg.stack_name.clone();
-    TestApp {
-        http: reqwest::Client::new(),
-        app: kirim_infra::local::start(cfg)
-            .await
-            .expect("local mode starts"),
-        stack,
-    }
+    kirim_tests::spawn_with(cfg).await
 }
 
 fn template_body(to: &str) -> Value {
@@ -845,17 +837,6 @@ async fn a_sweep_cut_short_resumes_from_its_checkpoint(b: Backend) {
         .await
         .expect("run");
     assert!(!again.resumed, "a finished pass starts over");
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory_backend {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
-        }
-        mod aws_backend_on_moto {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -348,17 +348,6 @@ async fn a_tenant_requiring_2fa_confines_users_without_it_to_enrollment(b: Backe
     assert_eq!(s, 200, "enrolled: the same session is a full one");
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod memory_backend {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Memory).await } )*
-        }
-        mod aws_backend_on_moto {
-            $( #[tokio::test] async fn $name() { super::$name(kirim::config::Backend::Aws).await } )*
-        }
-    };
-}
-
 on_both_backends!(
     a_console_user_logs_in_acts_with_its_role_enables_2fa_and_logs_out,
     repeated_failed_logins_lock_the_user_out_with_retry_after,
