@@ -387,7 +387,77 @@ async fn every_response_has_a_request_id_and_unknown_routes_answer_the_error_sha
     assert_eq!((s, c.as_str()), (401, "unauthenticated"));
 }
 
+async fn during_an_app_secret_rotation_both_the_new_and_the_previous_secret_verify(b: Backend) {
+    let app = spawn_app(b).await;
+    let body = json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages",
+        "value":{"statuses":[{"id":"wamid.rotation","status":"delivered","timestamp":"1700000000"}]}}]}]}).to_string();
+    let post = |sig: String| {
+        app.http
+            .post(app.url("/webhooks/meta"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", sig)
+            .body(body.clone())
+            .send()
+    };
+    // The operator stores a new app secret (Secrets Manager keeps the old as AWSPREVIOUS).
+    let deps = &app.app.deps;
+    deps.secrets
+        .put(
+            &deps.settings.meta_app_secret,
+            &kirim::secret::Secret::new("rotated-app-secret"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        post(sign("rotated-app-secret", body.as_bytes()))
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "the new secret"
+    );
+    assert_eq!(
+        post(sign("test-app-secret", body.as_bytes()))
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "the previous secret, until it is retired"
+    );
+    assert_eq!(
+        post(sign("some-other-secret", body.as_bytes()))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // A second rotation retires the first secret.
+    deps.secrets
+        .put(
+            &deps.settings.meta_app_secret,
+            &kirim::secret::Secret::new("third-app-secret"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        post(sign("test-app-secret", body.as_bytes()))
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "two versions back"
+    );
+    assert_eq!(
+        post(sign("rotated-app-secret", body.as_bytes()))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
 on_both_backends!(
+    during_an_app_secret_rotation_both_the_new_and_the_previous_secret_verify,
     bad_send_requests_answer_precise_errors_and_change_nothing,
     a_send_without_credits_answers_402_and_records_nothing,
     credentials_are_checked_and_roles_separated,
