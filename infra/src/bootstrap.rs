@@ -110,8 +110,19 @@ pub async fn ensure_stack(
     let tables = resources(&doc, "AWS::DynamoDB::Table");
     let (logical, props) = tables.first().ok_or_else(|| tmpl("no table"))?;
     let table = format!("{stack}-{logical}");
-    let existing = ddb.list_tables().send().await.map_err(aws("list tables"))?;
-    if !existing.table_names().contains(&table) {
+    // DescribeTable, not ListTables: a listing is paged (100 names), so a busy emulator
+    // would hide an existing table and the create would fail.
+    let exists = match ddb.describe_table().table_name(&table).send().await {
+        Ok(_) => true,
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|se| se.is_resource_not_found_exception()) =>
+        {
+            false
+        }
+        Err(e) => return Err(aws("describe table")(e)),
+    };
+    if !exists {
         let attrs = props
             .get("AttributeDefinitions")
             .and_then(Value::as_sequence)

@@ -847,3 +847,69 @@ on_both_backends!(
     expired_items_are_invisible_then_swept_and_counted_per_class,
     a_sweep_cut_short_resumes_from_its_checkpoint,
 );
+
+/// A job that can never be processed reaches the dead-letter queue with its content: the
+/// one place content may rest after dispatch, encrypted, for at most a day (template.yaml).
+#[tokio::test]
+async fn a_poison_job_is_parked_on_the_encrypted_one_day_dlq_and_nowhere_else() {
+    use aws_sdk_sqs::types::QueueAttributeName as Q;
+    let mut cfg = kirim_tests::local_config(Backend::Aws).await;
+    cfg.pollers = 0; // this test plays the dispatcher's receives itself
+    let app = kirim_tests::spawn_with(cfg).await;
+    let sdk = moto_sdk().await;
+    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &app.stack)
+        .await
+        .expect("stack");
+    let url = stack.queue_url("DispatchQueue").expect("queue");
+    let dlq = stack.queue_url("DispatchDeadLetterQueue").expect("dlq");
+    let marker = format!("POISON-{}", ulid::Ulid::new());
+    let body = json!({"tenant_id": "01M8A4QYT0RBRC6R7KYPH4H27B", "message_id": "x", "content": {"kind": "unknown", "body": marker}}).to_string();
+    app.app.deps.queue.send(&body).await.expect("send");
+    // The dispatcher leaves an unreadable job alone; SQS redrives it after 10 receives.
+    assert_eq!(
+        kirim::service::dispatch::handle(&app.app.deps, &body).await,
+        kirim::service::dispatch::Outcome::Poison
+    );
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    for _ in 0..12 {
+        sqs.receive_message()
+            .queue_url(&url)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .expect("receive");
+    }
+    let parked = app.app.deps.queue.dead_letters().await.expect("dlq");
+    assert!(
+        parked.iter().any(|b| b.contains(&marker)),
+        "parked on the DLQ: {parked:?}"
+    );
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(Q::All)
+        .send()
+        .await
+        .expect("attributes");
+    let attrs = attrs.attributes().cloned().unwrap_or_default();
+    assert_eq!(
+        attrs.get(&Q::MessageRetentionPeriod).map(String::as_str),
+        Some("86400"),
+        "kept one day at most"
+    );
+    assert_eq!(
+        attrs.get(&Q::SqsManagedSseEnabled).map(String::as_str),
+        Some("true"),
+        "encrypted"
+    );
+    for row in all_items(&app, Backend::Aws).await {
+        assert!(
+            !row.attrs.to_string().contains(&marker),
+            "content in a table item"
+        );
+    }
+    assert!(
+        !kirim_tests::captured_logs().contains(&marker),
+        "content in a log line"
+    );
+}
