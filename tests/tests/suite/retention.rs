@@ -90,6 +90,8 @@ fn class_of(pk: &str, sk: &str) -> Option<RetentionClass> {
         ("TENANT#", "IDEM#", Some(Idempotency)),
         ("SESSION#", "SESSION", Some(Session)),
         ("TENANT#", "QSTAT#", Some(Stats)),
+        ("TENANT#", "BROADCAST#", Some(Messages)),
+        ("WAMID#", "PENDING#", Some(PendingStatus)),
         ("TENANT#", "TENANT", None),
         ("TENANT#", "APIKEY#", None),
         ("TENANT#", "OPTOUT#", None),
@@ -261,18 +263,38 @@ async fn exercise(app: &TestApp, marker: &str) -> (kirim_tests::Onboarded, Vec<S
 async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
     let app = spawn_app(b).await;
     let t0 = Utc::now().timestamp();
-    exercise(&app, &format!("M-{}", ulid::Ulid::new())).await;
+    let (t, _) = exercise(&app, &format!("M-{}", ulid::Ulid::new())).await;
+    // And a broadcast (its record, its messages, its list until the fan-out ends).
+    let res = app
+        .http
+        .post(app.url("/v1/broadcasts"))
+        .bearer_auth(&t.key)
+        .json(
+            &json!({"template": {"name": "promo", "language": "en", "category": "utility"},
+            "recipients": ["+60123459019", "+60123459029"]}),
+        )
+        .send()
+        .await
+        .expect("broadcast");
+    assert_eq!(res.status(), 202);
     let t1 = Utc::now().timestamp();
     let retention = &app.app.deps.settings.retention;
     let mut seen = std::collections::BTreeSet::new();
     for row in all_items(&app, b).await {
         // A number's send-slot item is throughput state, not a record: it keeps only a
         // short technical TTL (an hour after its last use).
-        if row.pk.starts_with("RATE#") {
-            let ttl = row.ttl.expect("the send-slot item has a ttl");
+        if row.pk.starts_with("RATE#") || row.sk.starts_with("BCLIST#") {
+            // (an uploaded broadcast list not yet deleted keeps a 7-day backstop)
+            let most = if row.pk.starts_with("RATE#") {
+                3_600
+            } else {
+                7 * 86_400
+            };
+            let ttl = row.ttl.expect("a technical ttl");
             assert!(
-                ttl > t0 && ttl <= Utc::now().timestamp() + 3_600 + 5,
-                "RATE ttl {ttl}"
+                ttl > t0 && ttl <= Utc::now().timestamp() + most + 5,
+                "{} ttl {ttl}",
+                row.sk
             );
             continue;
         }
@@ -331,6 +353,7 @@ async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
         "TENANT/IDEM",
         "SESSION/SESSION",
         "TENANT/QSTAT",
+        "TENANT/BROADCAST",
         "TENANT/TENANT",
         "TENANT/APIKEY",
         "TENANT/OPTOUT",

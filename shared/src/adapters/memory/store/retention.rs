@@ -205,6 +205,23 @@ impl RetentionStore for MemoryStore {
                 to_value(m).unwrap_or_default(),
             );
         }
+        for ((t, id), (b, list)) in &s.broadcasts {
+            item(
+                format!("TENANT#{t}"),
+                format!("BROADCAST#{id}"),
+                b.expires_at,
+                to_value(b).unwrap_or_default(),
+            );
+            if list.is_some() {
+                // The DynamoDB list item's 7-day backstop (memory lists need none).
+                item(
+                    format!("TENANT#{t}"),
+                    format!("BCLIST#{id}"),
+                    Some(b.created_at.timestamp() + 7 * 86_400),
+                    json!({}),
+                );
+            }
+        }
         for e in &s.ledger {
             item(
                 format!("TENANT#{}", e.tenant_id),
