@@ -1,51 +1,11 @@
 //! The contract of `PendingStatusStore` and `StatusCallbackStore`, on the memory adapter
 //! and on DynamoDB (moto): the same assertions for both.
 
-use std::sync::Arc;
-
 use chrono::{Duration, Utc};
-use kirim::adapters::aws::DynamoStore;
-use kirim::adapters::memory::MemoryStore;
 use kirim::domain::TenantId;
 use kirim::ports::*;
-use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
-struct Stores {
-    pending: Arc<dyn PendingStatusStore>,
-    callbacks: Arc<dyn StatusCallbackStore>,
-    expired: Arc<dyn ExpiredItems>,
-    clock: Arc<ManualClock>,
-}
-
-fn memory() -> Stores {
-    let clock = ManualClock::new();
-    let store = Arc::new(MemoryStore::new(clock.clone()));
-    Stores {
-        pending: store.clone(),
-        callbacks: store.clone(),
-        expired: store,
-        clock,
-    }
-}
-
-async fn aws() -> Stores {
-    let sdk = moto_sdk().await;
-    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
-        .await
-        .expect("stack in moto");
-    let clock = ManualClock::new();
-    let store = Arc::new(DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        stack.table.clone(),
-        clock.clone(),
-    ));
-    Stores {
-        pending: store.clone(),
-        callbacks: store.clone(),
-        expired: store,
-        clock,
-    }
-}
+use super::contract::{aws, memory, Ports as Stores};
 
 fn kept(p: &Stores, wamid: &str, status: &str, timestamp: i64) -> PendingStatus {
     let now = p.clock.now();

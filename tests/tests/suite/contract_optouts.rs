@@ -1,61 +1,15 @@
 //! The contract of `OptOutStore` and `IdempotencyStore`, on the memory adapter and on
 //! DynamoDB (moto): the same assertions for both.
 
-use std::sync::Arc;
-
 use chrono::{Duration, Utc};
-use kirim::adapters::aws::DynamoStore;
-use kirim::adapters::memory::MemoryStore;
 use kirim::domain::{
     MessageId, MessageRecord, MessageStatus, OptOut, OptOutScope, OptOutSource, PhoneNumber,
     StatusEvent, TenantId,
 };
 use kirim::error::StoreError;
 use kirim::ports::*;
-use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
-struct Stores {
-    tenants: Arc<dyn TenantStore>,
-    messages: Arc<dyn MessageStore>,
-    ledger: Arc<dyn Ledger>,
-    opt_outs: Arc<dyn OptOutStore>,
-    idempotency: Arc<dyn IdempotencyStore>,
-    clock: Arc<ManualClock>,
-}
-
-fn memory() -> Stores {
-    let clock = ManualClock::new();
-    let store = Arc::new(MemoryStore::new(clock.clone()));
-    Stores {
-        tenants: store.clone(),
-        messages: store.clone(),
-        ledger: store.clone(),
-        opt_outs: store.clone(),
-        idempotency: store,
-        clock,
-    }
-}
-
-async fn aws() -> Stores {
-    let sdk = moto_sdk().await;
-    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
-        .await
-        .expect("stack in moto");
-    let clock = ManualClock::new();
-    let store = Arc::new(DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        stack.table.clone(),
-        clock.clone(),
-    ));
-    Stores {
-        tenants: store.clone(),
-        messages: store.clone(),
-        ledger: store.clone(),
-        opt_outs: store.clone(),
-        idempotency: store,
-        clock,
-    }
-}
+use super::contract::{aws, memory, Ports as Stores};
 
 async fn onboarded(p: &Stores, credits: i64) -> TenantId {
     let t = crate::contract::tenant(credits);

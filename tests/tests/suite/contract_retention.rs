@@ -1,51 +1,11 @@
 //! The contract of `RetentionStore` (and `Ledger::entries_page`), on the memory adapter and
 //! on DynamoDB (moto): the same assertions for both.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Duration, Utc};
-use kirim::adapters::aws::DynamoStore;
-use kirim::adapters::memory::MemoryStore;
 use kirim::domain::TenantId;
 use kirim::ports::*;
-use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
-struct Stores {
-    tenants: Arc<dyn TenantStore>,
-    ledger: Arc<dyn Ledger>,
-    retention: Arc<dyn RetentionStore>,
-    clock: Arc<ManualClock>,
-}
-
-fn memory() -> Stores {
-    let clock = ManualClock::new();
-    let store = Arc::new(MemoryStore::new(clock.clone()));
-    Stores {
-        tenants: store.clone(),
-        ledger: store.clone(),
-        retention: store,
-        clock,
-    }
-}
-
-async fn aws() -> Stores {
-    let sdk = moto_sdk().await;
-    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
-        .await
-        .expect("stack in moto");
-    let clock = ManualClock::new();
-    let store = Arc::new(DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        stack.table.clone(),
-        clock.clone(),
-    ));
-    Stores {
-        tenants: store.clone(),
-        ledger: store.clone(),
-        retention: store,
-        clock,
-    }
-}
+use super::contract::{aws, memory, Ports as Stores};
 
 fn entry(t: &TenantId, at: DateTime<Utc>, expires_in: i64) -> LedgerEntry {
     LedgerEntry {

@@ -1,60 +1,18 @@
 //! The contract of `Throughput` and `SendingControl`, on the memory adapter and on
 //! DynamoDB (moto): the same assertions for both.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use kirim::adapters::aws::DynamoStore;
-use kirim::adapters::memory::MemoryStore;
 use kirim::domain::{
     MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId,
 };
 use kirim::error::StoreError;
 use kirim::ports::*;
-use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
 use crate::contract::{key_for, tenant};
 
-struct Stores {
-    tenants: Arc<dyn TenantStore>,
-    messages: Arc<dyn MessageStore>,
-    throughput: Arc<dyn Throughput>,
-    sending: Arc<dyn SendingControl>,
-    clock: Arc<ManualClock>,
-}
-
-fn memory() -> Stores {
-    let clock = ManualClock::new();
-    let store = Arc::new(MemoryStore::new(clock.clone()));
-    Stores {
-        tenants: store.clone(),
-        messages: store.clone(),
-        throughput: store.clone(),
-        sending: store,
-        clock,
-    }
-}
-
-async fn aws() -> Stores {
-    let sdk = moto_sdk().await;
-    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
-        .await
-        .expect("stack in moto");
-    let clock = ManualClock::new();
-    let store = Arc::new(DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        stack.table.clone(),
-        clock.clone(),
-    ));
-    Stores {
-        tenants: store.clone(),
-        messages: store.clone(),
-        throughput: store.clone(),
-        sending: store,
-        clock,
-    }
-}
+use super::contract::{aws, memory, Ports as Stores};
 
 async fn onboarded(p: &Stores) -> Tenant {
     let t = tenant(10);
