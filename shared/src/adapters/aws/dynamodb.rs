@@ -172,6 +172,34 @@ impl DynamoStore {
 
     /// `transact`, tried again when concurrent transactions on the same item (usually the
     /// tenant's balance) cancelled it with `TransactionConflict`: nothing was written then.
+    /// Every live item of one partition whose sort key starts with `prefix` (all pages,
+    /// consistent), deserialised.
+    pub(super) async fn query_prefix<T: DeserializeOwned>(
+        &self,
+        pk: String,
+        prefix: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+            .expression_attribute_values(":pk", s(pk))
+            .expression_attribute_values(":p", s(prefix))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            if self.live(&item) {
+                out.push(from_item(item)?);
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) async fn transact_retrying_conflicts(
         &self,
         items: Vec<TransactWriteItem>,
@@ -504,25 +532,7 @@ impl ApiKeyStore for DynamoStore {
     }
 
     async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let mut out = Vec::new();
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
-            .expression_attribute_values(":p", s("APIKEY#"))
-            .consistent_read(true)
-            .into_paginator()
-            .items()
-            .send();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
-            if self.live(&item) {
-                out.push(from_item(item)?);
-            }
-        }
-        Ok(out)
+        self.query_prefix(tenant_pk(tenant), "APIKEY#").await
     }
 
     async fn get_api_key(
@@ -615,24 +625,7 @@ impl Ledger for DynamoStore {
     }
 
     async fn entries(&self, tenant: &TenantId) -> Result<Vec<LedgerEntry>, StoreError> {
-        let mut out = Vec::new();
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
-            .expression_attribute_values(":p", s("LEDGER#"))
-            .into_paginator()
-            .items()
-            .send();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
-            if self.live(&item) {
-                out.push(from_item(item)?);
-            }
-        }
-        Ok(out)
+        self.query_prefix(tenant_pk(tenant), "LEDGER#").await
     }
 
     async fn entries_page(

@@ -131,24 +131,7 @@ impl UserStore for DynamoStore {
     }
 
     async fn list_users(&self, tenant: &TenantId) -> Result<Vec<UserRecord>, StoreError> {
-        let mut out: Vec<UserRecord> = Vec::new();
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
-            .expression_attribute_values(":p", s("USER#"))
-            .consistent_read(true)
-            .into_paginator()
-            .items()
-            .send();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
-            if self.live(&item) {
-                out.push(from_item(item)?);
-            }
-        }
+        let mut out: Vec<UserRecord> = self.query_prefix(tenant_pk(tenant), "USER#").await?;
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
     }
