@@ -2,7 +2,8 @@
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 
-use crate::service::dispatch::{self, Outcome};
+use crate::service::dispatch;
+use crate::service::jobs::Outcome;
 use crate::service::{retention, Deps};
 
 /// One SQS batch: each record is handled on its own; only failures are reported back

@@ -95,6 +95,12 @@ pub fn webhook_lag(status: &str, lag_ms: i64) {
     );
 }
 
+/// A piece of a verified webhook Kirim did not understand was skipped (`piece`: body,
+/// entry, change, field, status or message).
+pub fn webhook_skipped(piece: &str) {
+    count("WebhookPieceSkipped", ("Piece", piece));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -596,12 +596,30 @@ pub struct Broadcast {
     pub invalid: usize,
     pub duplicates: usize,
     pub price_each: i64,
-    /// `fanning_out` until every recipient is enqueued, then `enqueued`.
-    pub status: String,
+    pub status: BroadcastStatus,
     /// Recipients `0..enqueued` have their message recorded and queued.
     pub enqueued: usize,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<i64>,
+}
+
+/// Where a broadcast's fan-out stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BroadcastStatus {
+    /// Recipients are still being recorded and enqueued.
+    FanningOut,
+    /// Every recipient is enqueued (the list is deleted).
+    Enqueued,
+}
+
+impl BroadcastStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BroadcastStatus::FanningOut => "fanning_out",
+            BroadcastStatus::Enqueued => "enqueued",
+        }
+    }
 }
 
 /// Broadcasts and their uploaded recipient lists (deleted once every one is enqueued).

@@ -9,9 +9,20 @@ pub fn new_id() -> String {
 
 macro_rules! id_type {
     ($name:ident) => {
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        /// Deserialises through [`Self::parse`]: a value that is not a ULID is refused
+        /// wherever it comes from (a request, a queue message, a stored item).
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
         pub struct $name(String);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+                Self::parse(&s).ok_or_else(|| {
+                    serde::de::Error::custom(concat!("not a valid ", stringify!($name)))
+                })
+            }
+        }
 
         impl $name {
             pub fn generate() -> Self {
@@ -51,5 +62,14 @@ mod tests {
         assert!(MessageId::parse("").is_none());
         let id = MessageId::generate();
         assert_eq!(MessageId::parse(id.as_str()), Some(id));
+    }
+
+    #[test]
+    fn ids_are_validated_when_deserialised() {
+        assert!(serde_json::from_str::<TenantId>("\"t1\"").is_err());
+        assert!(serde_json::from_str::<MessageId>("\"../x\"").is_err());
+        let id = TenantId::generate();
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<TenantId>(&json).unwrap(), id);
     }
 }

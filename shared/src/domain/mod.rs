@@ -4,6 +4,7 @@ mod allowlist;
 mod idempotency;
 mod ids;
 mod message;
+pub mod meta;
 mod optout;
 mod phone;
 mod retention;
@@ -16,7 +17,9 @@ pub use ids::{new_id, MessageId, TenantId};
 pub use message::{
     Content, MessageError, MessageRecord, StatusEvent, TemplateCategory, TemplateRef,
 };
-pub use optout::{OptOut, OptOutScope, OptOutSource, BY_META};
+pub use optout::{
+    keyword, Keyword, OptOut, OptOutScope, OptOutSource, BY_META, START_WORDS, STOP_WORDS,
+};
 pub use phone::{mask_phone, PhoneNumber, PhoneNumberError};
 pub use retention::{parse_duration, RetentionClass, RetentionConfig};
 pub use role::Role;

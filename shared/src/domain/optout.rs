@@ -50,6 +50,38 @@ pub enum OptOutSource {
     Meta131050,
 }
 
+/// Replies that opt the sender out (compared trimmed and case-folded, as the whole text).
+pub const STOP_WORDS: [&str; 7] = [
+    "stop",
+    "stopall",
+    "unsubscribe",
+    "cancel",
+    "end",
+    "quit",
+    "berhenti",
+];
+/// Replies that opt the sender back in.
+pub const START_WORDS: [&str; 2] = ["start", "mula"];
+
+/// What an inbound reply asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keyword {
+    Stop,
+    Start,
+}
+
+/// The keyword a whole reply is, if any. "Please stop" is not one.
+pub fn keyword(text: &str) -> Option<Keyword> {
+    let folded = text.trim().to_lowercase();
+    if STOP_WORDS.contains(&folded.as_str()) {
+        Some(Keyword::Stop)
+    } else if START_WORDS.contains(&folded.as_str()) {
+        Some(Keyword::Start)
+    } else {
+        None
+    }
+}
+
 /// `created_by` of opt-outs that came through Meta (inbound replies, 131050).
 pub const BY_META: &str = "meta";
 

@@ -254,6 +254,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             .into_response();
     };
     let action = format!("{} {}", rule.method, rule.path);
+    tracing::Span::current().record("route", rule.path);
     let ip = req
         .extensions()
         .get::<ClientIp>()
@@ -271,6 +272,9 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 parts.extensions.insert(c.clone());
             }
             let tenant = ctx.as_ref().map(|c| c.tenant.id.clone());
+            if let Some(t) = &tenant {
+                crate::telemetry::record_tenant(t);
+            }
             if let Some(ctx) = ctx {
                 parts.extensions.insert(ctx);
             }

@@ -12,8 +12,8 @@ use crate::error::StoreError;
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PendingStatus {
     pub wamid: String,
-    /// Meta's status word: `sent`, `delivered`, `read` or `failed`.
-    pub status: String,
+    /// Meta's status (stored as its word: `sent`, `delivered`, `read` or `failed`).
+    pub status: crate::domain::meta::MetaStatus,
     /// Meta's timestamp (epoch seconds), as reported.
     pub timestamp: i64,
     #[serde(default)]
@@ -35,7 +35,7 @@ pub struct PendingError {
 impl PendingStatus {
     /// One status of one wamid at one time: the identity duplicates share.
     pub fn key(&self) -> String {
-        format!("PENDING#{}#{}", self.status, self.timestamp)
+        format!("PENDING#{}#{}", self.status.as_str(), self.timestamp)
     }
 }
 

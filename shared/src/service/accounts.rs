@@ -1,4 +1,6 @@
-//! Onboarding tenants and their credits (platform operator), and the account view.
+//! Tenants: onboarding and credits (platform operator), the account view, and the
+//! tenant's status — suspended, resumed or closed by the operator, or suspended because
+//! Meta said the account cannot send.
 
 use serde::{Deserialize, Serialize};
 
@@ -215,6 +217,40 @@ pub async fn close(
             .await?
             .ok_or(ServiceError::NotFound),
         other => other,
+    }
+}
+
+/// Meta says the tenant's account cannot send (token expired, account locked or
+/// blocked): suspend the tenant, so its next sends answer `tenant_suspended` instead of
+/// failing one by one, until the operator fixes it and resumes. `by` names the system
+/// part that saw it (for the audit trail). Never fails the caller.
+pub async fn suspend_for_meta(deps: &Deps, tenant: &TenantId, reason: &str, by: &str) {
+    let reason: String = reason.chars().take(300).collect();
+    let now = deps.clock.now();
+    match deps
+        .tenants
+        .set_status(tenant, TenantStatus::Suspended, Some(&reason), now)
+        .await
+    {
+        Ok(_) => {
+            tracing::warn!(tenant_id = %tenant, reason = %reason, "tenant suspended on meta's signal");
+            super::audit::record_or_log(
+                deps,
+                super::audit::Draft {
+                    tenant: Some(tenant.clone()),
+                    actor_type: "system",
+                    actor_id: by.into(),
+                    action: "tenant.suspend".into(),
+                    ip: None,
+                    outcome: "success",
+                    details: serde_json::json!({"reason": reason}),
+                },
+            )
+            .await;
+        }
+        // Closed already: nothing to pause.
+        Err(crate::error::StoreError::Conflict(_)) => {}
+        Err(e) => tracing::error!(tenant_id = %tenant, error = %e, "could not suspend tenant"),
     }
 }
 

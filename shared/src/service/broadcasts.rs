@@ -12,16 +12,19 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{
-    new_id, Content, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass,
-    StatusEvent, TemplateRef, TenantId,
+    new_id, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass, StatusEvent,
+    TemplateRef, TenantId,
 };
 use crate::error::StoreError;
-use crate::ports::{Broadcast, LedgerEntry, LedgerKind, TenantStatus};
+use crate::ports::{Broadcast, BroadcastStatus, TenantStatus};
 
-use super::dispatch::Outcome;
 use super::errors::ServiceError;
-use super::send::{parse_template, DispatchJob, TemplateIn};
+use super::jobs::{DispatchJob, FanoutJob, Outcome, QueueJob};
+use super::ledger::{self, Charge};
+use super::send::{parse_template, TemplateIn};
 use super::Deps;
+
+pub use super::jobs::FANOUT_KIND;
 
 pub const MAX_RECIPIENTS: usize = 10_000;
 /// Invalid entries echoed back at most (the count is always complete).
@@ -38,17 +41,6 @@ pub struct BroadcastRequest {
     pub recipients: Vec<String>,
 }
 
-/// The queue job that fans a broadcast out (it carries the content).
-#[derive(Serialize, Deserialize, Debug)]
-pub struct FanoutJob {
-    pub kind: String,
-    pub tenant_id: TenantId,
-    pub broadcast_id: String,
-    pub content: Content,
-}
-
-pub const FANOUT_KIND: &str = "broadcast_fanout";
-
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct Accepted {
     pub id: String,
@@ -63,7 +55,7 @@ pub struct Accepted {
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct View {
     pub id: String,
-    pub status: String,
+    pub status: BroadcastStatus,
     pub template: TemplateRef,
     pub accepted: usize,
     pub skipped_opted_out: usize,
@@ -188,7 +180,7 @@ pub async fn create(
         invalid: invalid.len(),
         duplicates,
         price_each: price,
-        status: "fanning_out".into(),
+        status: BroadcastStatus::FanningOut,
         enqueued: 0,
         created_at: now,
         expires_at: deps
@@ -196,37 +188,31 @@ pub async fn create(
             .retention
             .expiry(RetentionClass::Messages, now),
     };
-    let debit = LedgerEntry {
-        id: new_id(),
-        tenant_id: tenant_id.clone(),
-        amount: -total,
-        kind: LedgerKind::Debit,
-        reference: Some(format!("broadcast {id}")),
-        message_id: None,
-        at: now,
-        expires_at: deps.settings.retention.expiry(RetentionClass::Billing, now),
-    };
+    let charge = Charge::Broadcast(id.clone());
+    let debit = ledger::debit(deps, tenant_id, &charge, total, now);
     deps.broadcasts
         .create_broadcast(&broadcast, &recipients, &debit)
         .await?;
-    let job = FanoutJob {
-        kind: FANOUT_KIND.into(),
+    let job = QueueJob::BroadcastFanout(FanoutJob {
         tenant_id: tenant_id.clone(),
         broadcast_id: id.clone(),
         content,
-    };
-    let body = serde_json::to_string(&job).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        request_id: crate::telemetry::request_id(),
+    });
+    let body = job
+        .to_body()
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
     if let Err(e) = deps.queue.send(&body).await {
         // Nothing will fan it out: give the credits back and close it.
-        tracing::error!(tenant_id = %tenant_id, broadcast_id = %id, error = %e, "broadcast not queued");
-        super::dispatch::refund(deps, tenant_id, &MessageId::from_trusted(id.clone()), total).await;
+        tracing::error!(broadcast_id = %id, error = %e, "broadcast not queued");
+        ledger::refund(deps, tenant_id, &charge, total, "not queued").await;
         let _ = deps
             .broadcasts
             .broadcast_progress(tenant_id, &id, 0, true)
             .await;
         return Err(ServiceError::Unavailable(e));
     }
-    tracing::info!(tenant_id = %tenant_id, broadcast_id = %id, accepted = recipients.len(), "broadcast accepted");
+    tracing::info!(broadcast_id = %id, accepted = recipients.len(), "broadcast accepted");
     invalid.truncate(MAX_INVALID_SHOWN);
     Ok(Accepted {
         id,
@@ -279,7 +265,7 @@ pub async fn fan_out_in_slices(
     else {
         return Ok(Outcome::Done);
     };
-    if b.status == "enqueued" {
+    if b.status == BroadcastStatus::Enqueued {
         return Ok(Outcome::Done);
     }
     let Some(list) = deps
@@ -321,11 +307,13 @@ pub async fn fan_out_in_slices(
                 broadcast_id: Some(b.id.clone()),
             };
             deps.broadcasts.insert_broadcast_message(&record).await?;
-            let body = serde_json::to_string(&DispatchJob {
+            let body = QueueJob::Send(DispatchJob {
                 tenant_id: job.tenant_id.clone(),
                 message_id: id,
                 content: job.content.clone(),
+                request_id: job.request_id.clone(),
             })
+            .to_body()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             bodies.push(body);
         }
@@ -341,11 +329,13 @@ pub async fn fan_out_in_slices(
     deps.broadcasts
         .broadcast_progress(&job.tenant_id, &b.id, end, finished)
         .await?;
-    tracing::info!(tenant_id = %job.tenant_id, broadcast_id = %b.id, enqueued = end, total = list.len(), "broadcast fan-out");
+    tracing::info!(enqueued = end, total = list.len(), "broadcast fan-out");
     if !finished {
         // The rest continues in a fresh queue message, so a long fan-out never uses up
         // this one's receive count (and never reaches the dead-letter queue that way).
-        let next = serde_json::to_string(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let next = QueueJob::BroadcastFanout(job.clone())
+            .to_body()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         deps.queue.send(&next).await?;
     }
     Ok(Outcome::Done)
@@ -388,7 +378,7 @@ mod tests {
             invalid: 0,
             duplicates: 0,
             price_each: 1,
-            status: "fanning_out".into(),
+            status: BroadcastStatus::FanningOut,
             enqueued: 0,
             created_at: Utc::now(),
             expires_at: None,

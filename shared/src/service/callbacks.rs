@@ -16,36 +16,21 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::adapters::callback_http::{self, Delivery};
-use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, TenantId};
+use crate::domain::{MessageRecord, MessageStatus, TenantId};
 use crate::ports::StatusCallback;
 use crate::secret::Secret;
 
-use super::dispatch::{backoff, Outcome};
 use super::errors::ServiceError;
+use super::jobs::{backoff, CallbackJob, Outcome, QueueJob};
 use super::Deps;
 
 pub const SIGNATURE_HEADER: &str = "x-kirim-signature";
 pub const TIMESTAMP_HEADER: &str = "x-kirim-timestamp";
-
-/// One status change waiting to be POSTed: what the queue carries (no content).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CallbackJob {
-    pub tenant_id: TenantId,
-    pub message_id: MessageId,
-    pub status: MessageStatus,
-    pub at: DateTime<Utc>,
-    pub sequence: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<MessageError>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_reference: Option<String>,
-}
 
 /// A status's place in a message's life, for receivers to order callbacks by. `None`:
 /// not reported (accepted is the send's own answer; sending is internal).
@@ -96,7 +81,7 @@ pub async fn status_changed(deps: &Deps, record: &MessageRecord) {
             .filter(|_| record.status == MessageStatus::Failed),
         client_reference: record.client_reference.clone(),
     };
-    let body = match serde_json::to_string(&job) {
+    let body = match QueueJob::StatusCallback(job).to_body() {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "status callback not serialisable");
@@ -199,12 +184,12 @@ pub async fn handle_batch(deps: &Deps, items: &[(String, u32)]) -> Vec<Outcome> 
     let mut outcomes = vec![Outcome::Poison; items.len()];
     let mut groups: BTreeMap<String, Vec<(usize, CallbackJob, u32)>> = BTreeMap::new();
     for (i, (body, count)) in items.iter().enumerate() {
-        match serde_json::from_str::<CallbackJob>(body) {
-            Ok(job) => groups
+        match QueueJob::parse(body) {
+            Some(QueueJob::StatusCallback(job)) => groups
                 .entry(format!("{}/{}", job.tenant_id, job.message_id))
                 .or_default()
                 .push((i, job, (*count).max(1))),
-            Err(_) => {
+            _ => {
                 tracing::error!("unreadable status callback; leaving it for the dead-letter queue")
             }
         }

@@ -15,12 +15,8 @@ use crate::error::StoreError;
 use crate::metrics;
 use crate::ports::Transition;
 
-use super::dispatch::Outcome;
-use super::send::DispatchJob;
+use super::jobs::{DispatchJob, Outcome, MAX_DELAY};
 use super::Deps;
-
-/// SQS's longest visibility timeout.
-const MAX_DELAY: Duration = Duration::from_secs(43_200);
 
 pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
 
@@ -45,7 +41,7 @@ pub async fn redelivered(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stor
         return Ok(Outcome::Done);
     };
     if m.status != MessageStatus::Sending {
-        tracing::info!(message_id = %job.message_id, "already claimed or finished; dropping duplicate");
+        tracing::info!("already claimed or finished; dropping duplicate");
         return Ok(Outcome::Done);
     }
     let claimed_at = m.updated_at;
@@ -72,7 +68,7 @@ pub async fn redelivered(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stor
     {
         Transition::Applied(_) => {
             metrics::failed(OUTCOME_UNKNOWN);
-            tracing::warn!(tenant_id = %job.tenant_id, message_id = %job.message_id, to = %m.to.masked(), "sending deadline passed without a status; marked failed, not refunded");
+            tracing::warn!(to = %m.to.masked(), "sending deadline passed without a status; marked failed, not refunded");
         }
         // A webhook or another dispatcher settled it meanwhile: theirs stands.
         Transition::Refused => {}

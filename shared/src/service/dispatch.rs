@@ -1,26 +1,22 @@
-//! Sending one queued message to Meta: claim, send, record the outcome. Never twice.
+//! The dispatch queue's consumer: routes each job, and sends one queued message to
+//! Meta — claim, check, send, record the outcome. Never twice: only an `accepted`
+//! message can be claimed, and an ambiguous answer is settled by Meta's webhook or the
+//! sending deadline, never by sending again.
+//!
+//! Depends on `jobs`, `ledger`, `accounts`, `status`, `deadline`, `throttle`,
+//! `optouts`, `quality`, `callbacks` and `broadcasts` (for fan-out jobs); nothing
+//! depends on it but the queue handlers.
 
-use std::time::Duration;
+use tracing::Instrument;
 
-use crate::domain::{new_id, MessageError, MessageId, MessageStatus, RetentionClass, TenantId};
-use crate::ports::{
-    LedgerEntry, LedgerKind, MetaSendError, StatusChange, TenantStatus, Transition,
-};
+use crate::domain::{MessageError, MessageStatus, RetentionClass};
+use crate::error::StoreError;
+use crate::ports::{MetaSendError, StatusChange, TenantStatus, Transition};
 
-use super::send::DispatchJob;
+use super::errors::ServiceError;
+use super::jobs::{backoff, DispatchJob, Outcome, QueueJob};
+use super::ledger::{self, Charge};
 use super::Deps;
-
-/// What the queue should do with the message after one dispatch attempt.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Finished (sent, failed for good, or a duplicate): delete it from the queue.
-    Done,
-    /// Make it visible again after this delay.
-    RetryAfter(Duration),
-    /// Unreadable or hit an unexpected error: leave it, so the queue's redrive parks it
-    /// on the dead-letter queue after its receive limit.
-    Poison,
-}
 
 /// How a Meta error code is handled. One table, tested row by row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,36 +49,6 @@ pub fn classify(code: i64, http_status: u16) -> ErrorClass {
     }
 }
 
-/// Exponential backoff from `base`, doubling per attempt, ±20% jitter, capped at SQS's
-/// 12-hour visibility limit.
-pub fn backoff(base: Duration, attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
-    let raw = base.saturating_mul(factor).min(Duration::from_secs(43_200));
-    let jitter: f64 = 0.8 + rand::random::<f64>() * 0.4;
-    raw.mul_f64(jitter).min(Duration::from_secs(43_200))
-}
-
-/// Returns a message's debit (a message Meta never accepted costs nothing).
-pub async fn refund(deps: &Deps, tenant: &TenantId, id: &MessageId, price: i64) {
-    if price <= 0 {
-        return;
-    }
-    let now = deps.clock.now();
-    let entry = LedgerEntry {
-        id: new_id(),
-        tenant_id: tenant.clone(),
-        amount: price,
-        kind: LedgerKind::Refund,
-        reference: Some("message not accepted by meta".into()),
-        message_id: Some(id.clone()),
-        at: now,
-        expires_at: deps.settings.retention.expiry(RetentionClass::Billing, now),
-    };
-    if let Err(e) = deps.ledger.refund(&entry).await {
-        tracing::error!(tenant_id = %tenant, message_id = %id, error = %e, "refund failed");
-    }
-}
-
 async fn fail(deps: &Deps, job: &DispatchJob, price: i64, error: MessageError, refund_it: bool) {
     let change = StatusChange {
         error: Some(error),
@@ -103,57 +69,53 @@ async fn fail(deps: &Deps, job: &DispatchJob, price: i64, error: MessageError, r
         Ok(Transition::Applied(record)) => {
             super::callbacks::status_changed(deps, &record).await;
             if refund_it {
-                refund(deps, &job.tenant_id, &job.message_id, price).await
+                let charge = Charge::Message(job.message_id.clone());
+                ledger::refund(
+                    deps,
+                    &job.tenant_id,
+                    &charge,
+                    price,
+                    "message not accepted by meta",
+                )
+                .await
             }
         }
         Ok(Transition::Refused) => {}
         Err(e) => {
-            tracing::error!(message_id = %job.message_id, error = %e, "could not mark failed")
+            tracing::error!(error = %e, "could not mark failed")
         }
     }
 }
 
-/// Meta says the tenant's account cannot send (token expired, account locked or
-/// blocked): suspend the tenant, so its next sends answer `tenant_suspended` instead of
-/// failing one by one, until the operator fixes it and resumes. Audited.
-pub async fn pause_tenant(deps: &Deps, tenant: &TenantId, reason: &str) {
-    let reason: String = reason.chars().take(300).collect();
-    let now = deps.clock.now();
-    match deps
-        .tenants
-        .set_status(tenant, TenantStatus::Suspended, Some(&reason), now)
-        .await
-    {
-        Ok(_) => {
-            tracing::warn!(tenant_id = %tenant, reason = %reason, "tenant suspended on meta's signal");
-            super::audit::record_or_log(
-                deps,
-                super::audit::Draft {
-                    tenant: Some(tenant.clone()),
-                    actor_type: "system",
-                    actor_id: "dispatcher".into(),
-                    action: "tenant.suspend".into(),
-                    ip: None,
-                    outcome: "success",
-                    details: serde_json::json!({"reason": reason}),
-                },
-            )
-            .await;
+/// Why one attempt at a job stopped early, and whether a retry could help.
+#[derive(Debug)]
+struct Stopped {
+    retryable: bool,
+    detail: String,
+}
+
+impl From<StoreError> for Stopped {
+    fn from(e: StoreError) -> Self {
+        Stopped {
+            retryable: e.is_retryable(),
+            detail: e.to_string(),
         }
-        // Closed already: nothing to pause.
-        Err(crate::error::StoreError::Conflict(_)) => {}
-        Err(e) => tracing::error!(tenant_id = %tenant, error = %e, "could not suspend tenant"),
+    }
+}
+
+impl From<ServiceError> for Stopped {
+    fn from(e: ServiceError) -> Self {
+        Stopped {
+            retryable: e.is_retryable(),
+            detail: e.to_string(),
+        }
     }
 }
 
 /// Puts a claimed message back to `accepted` after a failure before the call to Meta,
-/// so the queue's retry can claim it again; answers the error for the retry.
-async fn unclaim(
-    deps: &Deps,
-    job: &DispatchJob,
-    code: &str,
-    detail: String,
-) -> crate::error::StoreError {
+/// so a later delivery of the job can claim it again; answers the failure with its own
+/// class (a retryable one is retried, any other parks the job on the dead-letter queue).
+async fn unclaim(deps: &Deps, job: &DispatchJob, code: &str, cause: impl Into<Stopped>) -> Stopped {
     let error = MessageError {
         code: code.into(),
         title: "a dependency failed before sending; will retry".into(),
@@ -163,52 +125,62 @@ async fn unclaim(
         .release_for_retry(&job.tenant_id, &job.message_id, &error, deps.clock.now())
         .await
     {
-        tracing::error!(message_id = %job.message_id, error = %e, "could not release the claim");
+        tracing::error!(error = %e, "could not release the claim");
     }
-    crate::error::StoreError::Unavailable(detail)
+    cause.into()
 }
 
-/// Handles one queue message. `Done` deletes it; the caller maps the others onto SQS.
+/// Handles one dispatch-queue message, in a span carrying its ids (and the id of the
+/// request that accepted it). `Done` deletes it; the caller maps the others onto SQS.
 pub async fn handle(deps: &Deps, body: &str) -> Outcome {
-    if let Ok(fanout) = serde_json::from_str::<super::broadcasts::FanoutJob>(body) {
-        if fanout.kind == super::broadcasts::FANOUT_KIND {
-            return match super::broadcasts::fan_out(deps, &fanout).await {
-                Ok(o) => o,
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(broadcast_id = %fanout.broadcast_id, error = %e, "fan-out interrupted; retrying");
-                    Outcome::RetryAfter(deps.settings.dispatch_backoff)
-                }
-                Err(e) => {
-                    tracing::error!(broadcast_id = %fanout.broadcast_id, error = %e, "fan-out error");
-                    Outcome::Poison
-                }
-            };
+    let Some(job) = QueueJob::parse(body) else {
+        tracing::error!("unreadable dispatch job; leaving it for the dead-letter queue");
+        return Outcome::Poison;
+    };
+    let span = match &job {
+        QueueJob::Send(j) => {
+            tracing::info_span!("job", kind = "send", request_id = j.request_id.as_deref(), tenant_id = %j.tenant_id, message_id = %j.message_id)
         }
-    }
-    let job: DispatchJob = match serde_json::from_str(body) {
-        Ok(j) => j,
-        Err(_) => {
-            tracing::error!("unreadable dispatch job; leaving it for the dead-letter queue");
+        QueueJob::BroadcastFanout(j) => {
+            tracing::info_span!("job", kind = "broadcast_fanout", request_id = j.request_id.as_deref(), tenant_id = %j.tenant_id, broadcast_id = %j.broadcast_id)
+        }
+        QueueJob::StatusCallback(j) => {
+            tracing::info_span!("job", kind = "status_callback", tenant_id = %j.tenant_id, message_id = %j.message_id)
+        }
+    };
+    handle_job(deps, job).instrument(span).await
+}
+
+async fn handle_job(deps: &Deps, job: QueueJob) -> Outcome {
+    let result = match &job {
+        QueueJob::Send(j) => dispatch(deps, j).await,
+        QueueJob::BroadcastFanout(j) => super::broadcasts::fan_out(deps, j)
+            .await
+            .map_err(Stopped::from),
+        QueueJob::StatusCallback(_) => {
+            tracing::error!(
+                "a status-callback job on the dispatch queue; leaving it for the dead-letter queue"
+            );
             return Outcome::Poison;
         }
     };
-    match dispatch(deps, &job).await {
+    match result {
         Ok(o) => o,
-        Err(e) if e.is_retryable() => {
-            tracing::warn!(message_id = %job.message_id, error = %e, "storage unavailable; retrying");
+        Err(e) if e.retryable => {
+            tracing::warn!(error = %e.detail, "a dependency is unavailable; retrying");
             crate::metrics::retry("storage");
             Outcome::RetryAfter(deps.settings.dispatch_backoff)
         }
         Err(e) => {
-            tracing::error!(message_id = %job.message_id, error = %e, "dispatch error");
+            tracing::error!(error = %e.detail, "dispatch error; leaving the job for the dead-letter queue");
             Outcome::Poison
         }
     }
 }
 
-async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::error::StoreError> {
+async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     let Some(tenant) = deps.tenants.get_tenant(&job.tenant_id).await? else {
-        tracing::warn!(message_id = %job.message_id, "tenant gone; dropping");
+        tracing::warn!("tenant gone; dropping");
         return Ok(Outcome::Done);
     };
     let now = deps.clock.now();
@@ -232,7 +204,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
         Transition::Applied(r) => r,
         // Already claimed or finished: a duplicate, or the redelivery of an ambiguous
         // send that checks the sending deadline. Never sent again.
-        Transition::Refused => return super::deadline::redelivered(deps, job).await,
+        Transition::Refused => return Ok(super::deadline::redelivered(deps, job).await?),
     };
     // A suspended or closed tenant's queued messages are not sent: they fail at once,
     // refunded, rather than wait on the queue (where they would reach the dead-letter
@@ -257,8 +229,8 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
     let category = job.content.template_ref().map(|t| t.category);
     match super::optouts::check(deps, &job.tenant_id, &record.to, category).await {
         Ok(()) => {}
-        Err(super::errors::ServiceError::RecipientOptedOut) => {
-            tracing::info!(tenant_id = %job.tenant_id, message_id = %job.message_id, to = %record.to.masked(), "recipient opted out while queued; not sent");
+        Err(ServiceError::RecipientOptedOut) => {
+            tracing::info!(to = %record.to.masked(), "recipient opted out while queued; not sent");
             let error = MessageError {
                 code: "recipient_opted_out".into(),
                 title: "the recipient opted out before the message was sent".into(),
@@ -268,12 +240,12 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
             return Ok(Outcome::Done);
         }
         Err(e) => {
-            return Err(unclaim(deps, job, "opt_out_check_failed", e.to_string()).await);
+            return Err(unclaim(deps, job, "opt_out_check_failed", e).await);
         }
     }
     let token = match deps.secrets.current(&tenant.meta_token_secret).await {
         Ok(t) => t,
-        Err(e) => return Err(unclaim(deps, job, "meta_token_unreadable", e.to_string()).await),
+        Err(e) => return Err(unclaim(deps, job, "meta_token_unreadable", e).await),
     };
     let Some(token) = token else {
         let error = MessageError {
@@ -294,12 +266,12 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
                 .release_unattempted(&job.tenant_id, &job.message_id, deps.clock.now())
                 .await
             {
-                tracing::error!(message_id = %job.message_id, error = %e, "could not release the claim");
+                tracing::error!(error = %e, "could not release the claim");
             }
             crate::metrics::retry("throttled");
             return Ok(Outcome::RetryAfter(super::throttle::full_retry_delay()));
         }
-        Err(e) => return Err(unclaim(deps, job, "rate_limiter_unavailable", e.to_string()).await),
+        Err(e) => return Err(unclaim(deps, job, "rate_limiter_unavailable", e).await),
     }
     let body = job
         .content
@@ -339,10 +311,10 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
                 super::callbacks::status_changed(deps, &sent).await;
             }
             // Statuses Meta sent before the wamid was recorded apply now.
-            if let Err(e) = super::pending::apply_kept(deps, &accepted.wamid).await {
-                tracing::warn!(message_id = %job.message_id, error = %e, "kept statuses not applied yet");
+            if let Err(e) = super::status::apply_kept(deps, &accepted.wamid).await {
+                tracing::warn!(error = %e, "kept statuses not applied yet");
             }
-            tracing::info!(tenant_id = %job.tenant_id, message_id = %job.message_id, wamid = %accepted.wamid, to = %log_to, "sent to meta");
+            tracing::info!(wamid = %accepted.wamid, to = %log_to, "sent to meta");
             Ok(Outcome::Done)
         }
         Err(MetaSendError::Timeout) => {
@@ -350,7 +322,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
             // (matched by biz_opaque_callback_data) settles it.
             // The same queue message comes back at the sending deadline to fail the
             // message if no webhook settled it by then (see `deadline`).
-            tracing::warn!(tenant_id = %job.tenant_id, message_id = %job.message_id, to = %log_to, "meta timeout; left sending for the webhook to settle");
+            tracing::warn!(to = %log_to, "meta timeout; left sending for the webhook to settle");
             crate::metrics::retry("ambiguous");
             Ok(Outcome::RetryAfter(super::deadline::recheck_after(
                 deps,
@@ -385,7 +357,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
                     },
                 ),
                 _ => {
-                    tracing::warn!(message_id = %job.message_id, error = %err, "unreadable meta answer; left sending");
+                    tracing::warn!(error = %err, "unreadable meta answer; left sending");
                     crate::metrics::retry("ambiguous");
                     return Ok(Outcome::RetryAfter(super::deadline::recheck_after(
                         deps,
@@ -393,7 +365,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
                     )));
                 }
             };
-            tracing::warn!(tenant_id = %job.tenant_id, message_id = %job.message_id, to = %log_to, code = %error.code, class = ?class, attempt = record.attempts, "meta refused");
+            tracing::warn!(to = %log_to, code = %error.code, class = ?class, attempt = record.attempts, "meta refused");
             if error.code == 130429 {
                 crate::metrics::throttle("meta_130429");
             }
@@ -423,7 +395,8 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, crate::erro
                 }
                 ErrorClass::TenantStop => {
                     let reason = format!("meta error {}: {}", error.code, error.title);
-                    pause_tenant(deps, &job.tenant_id, &reason).await;
+                    super::accounts::suspend_for_meta(deps, &job.tenant_id, &reason, "dispatcher")
+                        .await;
                     crate::metrics::failed("tenant_stop");
                     fail(deps, job, record.price, error, true).await;
                     Ok(Outcome::Done)
@@ -482,19 +455,5 @@ mod tests {
     fn unknown_codes_retry_only_on_server_errors() {
         assert_eq!(classify(999_999, 503), Transient);
         assert_eq!(classify(999_999, 400), Permanent);
-    }
-
-    #[test]
-    fn backoff_doubles_with_bounded_jitter_and_a_cap() {
-        let base = Duration::from_secs(30);
-        for attempt in 1..=5u32 {
-            let d = backoff(base, attempt).as_secs_f64();
-            let nominal = 30.0 * 2f64.powi(attempt as i32 - 1);
-            assert!(
-                d >= nominal * 0.8 - 1e-6 && d <= nominal * 1.2 + 1e-6,
-                "{attempt}: {d}"
-            );
-        }
-        assert!(backoff(base, 40) <= Duration::from_secs(43_200));
     }
 }

@@ -1,4 +1,21 @@
 //! Use cases, written against the ports only. Handlers (HTTP, SQS, schedule) call these.
+//!
+//! The modules depend on each other in one direction (a test in `shared/tests/` fails on
+//! an import cycle). From the bottom up:
+//! - leaves: `errors` (the service error), `jobs` (every queue message, the outcome of
+//!   handling one, backoff), `ledger` (debit and refund entries for messages and
+//!   broadcasts), `caller` (who is calling), `audit` (the hash-chained trail),
+//!   `quality` (the opt-out and undeliverable rates), `idempotency`, `throttle` (the
+//!   per-number limiter), `apikeys`, `retention`;
+//! - `users` (console users, sessions, 2FA) → `caller`; `auth` (a token becomes a
+//!   caller) → `users`; `accounts` (tenants, their status and suspension) → `audit`;
+//!   `optouts` → `quality`; `callbacks` (status callbacks to tenants) → `jobs`;
+//! - `status` (Meta's statuses applied, kept statuses) → `callbacks`, `optouts`,
+//!   `quality`; `deadline` (the sending deadline) → `jobs`;
+//! - `send` → `auth`, `idempotency`, `jobs`, `ledger`, `optouts`, `quality`;
+//!   `broadcasts` → `send` (template parsing) and the same;
+//! - `webhook` (Meta's webhook, routed as typed events) → `status`, `optouts`,
+//!   `accounts`; `dispatch` (the dispatch queue's consumer) → everything it routes to.
 
 pub mod accounts;
 pub mod apikeys;
@@ -6,15 +23,20 @@ pub mod audit;
 pub mod auth;
 pub mod broadcasts;
 pub mod callbacks;
+pub mod caller;
 pub mod deadline;
 pub mod dispatch;
 pub mod errors;
 pub mod idempotency;
+pub mod jobs;
+#[cfg(test)]
+mod layering;
+pub mod ledger;
 pub mod optouts;
-pub mod pending;
 pub mod quality;
 pub mod retention;
 pub mod send;
+pub mod status;
 pub mod throttle;
 pub mod users;
 pub mod webhook;

@@ -1,9 +1,9 @@
 //! Opt-outs: the API's use cases, the check before a send (and again before dispatch),
-//! and what Meta's webhooks tell us (STOP/START replies, error 131050).
-//! Inbound text is only compared, never stored nor logged.
+//! and what Meta's webhooks tell us (STOP/START requests, error 131050). Inbound text
+//! never reaches this module: `domain::meta` reduces it to a request.
 
-use serde::Deserialize;
-
+use crate::domain::meta::InboundMessage;
+pub use crate::domain::{keyword, Keyword, START_WORDS, STOP_WORDS};
 use crate::domain::{
     MessageId, OptOut, OptOutScope, OptOutSource, PhoneNumber, TemplateCategory, TenantId, BY_META,
 };
@@ -11,38 +11,6 @@ use crate::ports::OptOutPage;
 
 use super::errors::ServiceError;
 use super::Deps;
-
-/// Replies that opt the sender out (compared trimmed and case-folded, as the whole text).
-pub const STOP_WORDS: [&str; 7] = [
-    "stop",
-    "stopall",
-    "unsubscribe",
-    "cancel",
-    "end",
-    "quit",
-    "berhenti",
-];
-/// Replies that opt the sender back in.
-pub const START_WORDS: [&str; 2] = ["start", "mula"];
-
-/// What an inbound reply asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Keyword {
-    Stop,
-    Start,
-}
-
-/// The keyword a whole reply is, if any. "Please stop" is not one.
-pub fn keyword(text: &str) -> Option<Keyword> {
-    let folded = text.trim().to_lowercase();
-    if STOP_WORDS.contains(&folded.as_str()) {
-        Some(Keyword::Stop)
-    } else if START_WORDS.contains(&folded.as_str()) {
-        Some(Keyword::Start)
-    } else {
-        None
-    }
-}
 
 /// `422 recipient_opted_out` if `to` has opted out of this kind of message
 /// (`category` `None`: a session text).
@@ -128,42 +96,6 @@ pub async fn list(
     Ok(deps.opt_outs.list_opt_outs(tenant, limit, cursor).await?)
 }
 
-// Meta's inbound message, leniently: only the fields we compare.
-#[derive(Deserialize)]
-struct InboundIn {
-    from: String,
-    #[serde(default)]
-    text: Option<TextIn>,
-    #[serde(default)]
-    button: Option<ButtonIn>,
-    #[serde(default)]
-    interactive: Option<InteractiveIn>,
-}
-
-#[derive(Deserialize)]
-struct TextIn {
-    #[serde(default)]
-    body: String,
-}
-
-#[derive(Deserialize)]
-struct ButtonIn {
-    #[serde(default)]
-    payload: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct InteractiveIn {
-    #[serde(default)]
-    button_reply: Option<ButtonReplyIn>,
-}
-
-#[derive(Deserialize)]
-struct ButtonReplyIn {
-    #[serde(default)]
-    id: Option<String>,
-}
-
 /// What one inbound message did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Inbound {
@@ -177,38 +109,26 @@ pub enum Inbound {
 pub async fn apply_inbound(
     deps: &Deps,
     tenant: Option<&TenantId>,
-    raw: &serde_json::Value,
+    msg: &InboundMessage,
 ) -> Result<Inbound, ServiceError> {
-    let Ok(msg) = InboundIn::deserialize(raw) else {
-        return Ok(Inbound::Nothing);
-    };
-    let found = if let Some(t) = &msg.text {
-        keyword(&t.body).map(|k| (k, OptOutSource::Keyword))
-    } else if let Some(p) = msg.button.as_ref().and_then(|b| b.payload.as_deref()) {
-        keyword(p).map(|k| (k, OptOutSource::Button))
-    } else if let Some(id) = msg
-        .interactive
-        .as_ref()
-        .and_then(|i| i.button_reply.as_ref())
-        .and_then(|b| b.id.as_deref())
-    {
-        keyword(id).map(|k| (k, OptOutSource::Button))
-    } else {
-        None
-    };
-    let (Some((word, source)), Some(tenant)) = (found, tenant) else {
-        return Ok(Inbound::Nothing);
-    };
-    let Ok(phone) = PhoneNumber::parse(&format!("+{}", msg.from)) else {
+    let (Some((word, source)), Some(tenant), Some(phone)) = (msg.request, tenant, &msg.from) else {
         return Ok(Inbound::Nothing);
     };
     match word {
         Keyword::Stop => {
-            add(deps, tenant, phone, OptOutScope::All, source, BY_META).await?;
+            add(
+                deps,
+                tenant,
+                phone.clone(),
+                OptOutScope::All,
+                source,
+                BY_META,
+            )
+            .await?;
             Ok(Inbound::OptedOut)
         }
         Keyword::Start => {
-            if deps.opt_outs.delete_opt_out(tenant, &phone).await? {
+            if deps.opt_outs.delete_opt_out(tenant, phone).await? {
                 tracing::info!(tenant_id = %tenant, to = %phone.masked(), "opted back in");
                 Ok(Inbound::OptedIn)
             } else {
@@ -219,20 +139,16 @@ pub async fn apply_inbound(
 }
 
 /// Meta's 131050 on a status of `message`: its recipient stopped marketing messages.
-/// The recipient is the status's `recipient_id`, else the message's own. Never narrows
+/// The recipient is the status's own (`recipient`), else the message's. Never narrows
 /// an `all` opt-out.
 pub async fn marketing_stopped_for(
     deps: &Deps,
     tenant: &TenantId,
     message: &MessageId,
-    status: &serde_json::Value,
+    recipient: Option<&PhoneNumber>,
 ) -> Result<(), ServiceError> {
-    let from_status = status
-        .get("recipient_id")
-        .and_then(|v| v.as_str())
-        .and_then(|d| PhoneNumber::parse(&format!("+{d}")).ok());
-    let phone = match from_status {
-        Some(p) => p,
+    let phone = match recipient {
+        Some(p) => p.clone(),
         None => match deps.messages.get_message(tenant, message).await? {
             Some(m) => m.to,
             None => return Ok(()),

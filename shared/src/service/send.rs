@@ -1,15 +1,17 @@
 //! Accepting a message: validate, debit, record, enqueue.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::domain::{
-    new_id, Content, MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber,
-    RetentionClass, StatusEvent, TemplateCategory, TemplateRef, TenantId,
+    Content, MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass,
+    StatusEvent, TemplateCategory, TemplateRef, TenantId,
 };
-use crate::ports::{IdempotentInsert, LedgerEntry, LedgerKind, StatusChange, TenantStatus};
+use crate::ports::{IdempotentInsert, StatusChange, TenantStatus};
 
 use super::errors::ServiceError;
 use super::idempotency::{self, Idempotent};
+use super::jobs::{DispatchJob, QueueJob};
+use super::ledger::{self, Charge};
 use super::optouts;
 use super::Deps;
 
@@ -39,14 +41,6 @@ pub struct TemplateIn {
 #[serde(deny_unknown_fields)]
 pub struct TextIn {
     pub body: String,
-}
-
-/// The dispatch queue's message: the only place content lives, until it is sent.
-#[derive(Serialize, Deserialize, Debug)]
-pub struct DispatchJob {
-    pub tenant_id: TenantId,
-    pub message_id: MessageId,
-    pub content: Content,
 }
 
 fn invalid(msg: &str) -> ServiceError {
@@ -174,16 +168,8 @@ pub async fn send_once(
         expires_at: retention.expiry(RetentionClass::Messages, now),
         broadcast_id: None,
     };
-    let debit = LedgerEntry {
-        id: new_id(),
-        tenant_id: tenant_id.clone(),
-        amount: -price,
-        kind: LedgerKind::Debit,
-        reference: None,
-        message_id: Some(id.clone()),
-        at: now,
-        expires_at: retention.expiry(RetentionClass::Billing, now),
-    };
+    let charge = Charge::Message(id.clone());
+    let debit = ledger::debit(deps, tenant_id, &charge, price, now);
     match idem {
         None => deps.messages.insert_with_debit(&record, &debit).await?,
         Some(k) => {
@@ -201,15 +187,19 @@ pub async fn send_once(
             }
         }
     }
-    let job = DispatchJob {
+    tracing::Span::current().record("message_id", tracing::field::display(&id));
+    let job = QueueJob::Send(DispatchJob {
         tenant_id: tenant_id.clone(),
         message_id: id.clone(),
         content,
-    };
-    let body = serde_json::to_string(&job).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        request_id: crate::telemetry::request_id(),
+    });
+    let body = job
+        .to_body()
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
     if let Err(e) = deps.queue.send(&body).await {
         // Nothing lost: the message ends `failed` with a reason and its credit returns.
-        tracing::error!(tenant_id = %tenant_id, message_id = %id, error = %e, "enqueue failed");
+        tracing::error!(error = %e, "enqueue failed");
         let error = MessageError {
             code: "enqueue_failed".into(),
             title: "the message could not be queued; it was not sent".into(),
@@ -222,7 +212,14 @@ pub async fn send_once(
             .messages
             .transition(tenant_id, &id, MessageStatus::Failed, &change, now)
             .await;
-        super::dispatch::refund(deps, tenant_id, &id, price).await;
+        ledger::refund(
+            deps,
+            tenant_id,
+            &charge,
+            price,
+            "message could not be queued",
+        )
+        .await;
         if let Some(k) = idem {
             // The key must not replay a message that was never queued.
             let _ = deps
@@ -232,12 +229,7 @@ pub async fn send_once(
         }
         return Err(ServiceError::Unavailable(e));
     }
-    tracing::info!(
-        tenant_id = %tenant_id,
-        message_id = %id,
-        to = %record.to.masked(),
-        "message accepted"
-    );
+    tracing::info!(to = %record.to.masked(), "message accepted");
     Ok(Accepted::New(Box::new(record)))
 }
 

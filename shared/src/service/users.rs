@@ -18,7 +18,7 @@ use crate::domain::{new_id, RetentionClass, Role, TenantId};
 use crate::ports::{LoginGate, LoginPolicy, SessionRecord, UserRecord};
 use crate::secret::{token_hash, Secret};
 
-use super::auth::Caller;
+use super::caller::Caller;
 use super::errors::ServiceError;
 use super::Deps;
 

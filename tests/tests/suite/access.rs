@@ -638,7 +638,7 @@ async fn a_message_queued_before_a_suspension_fails_refunded_without_reaching_me
     // The Meta base URL of these settings is unreachable: a call would not be `Done` + failed.
     assert_eq!(
         dispatch::handle(&deps, &queued[0].body).await,
-        dispatch::Outcome::Done
+        kirim::service::jobs::Outcome::Done
     );
     let m = deps
         .messages
@@ -726,7 +726,7 @@ async fn a_secret_store_failure_after_the_claim_leaves_the_message_retryable() {
         .store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(matches!(
         dispatch::handle(&deps, &queued[0].body).await,
-        dispatch::Outcome::RetryAfter(_)
+        kirim::service::jobs::Outcome::RetryAfter(_)
     ));
     let m = deps
         .messages
@@ -746,7 +746,7 @@ async fn a_secret_store_failure_after_the_claim_leaves_the_message_retryable() {
     // The retry claims it again and reaches the (here unreachable) Meta API.
     assert!(matches!(
         dispatch::handle(&deps, &queued[0].body).await,
-        dispatch::Outcome::RetryAfter(_)
+        kirim::service::jobs::Outcome::RetryAfter(_)
     ));
     let m = deps
         .messages

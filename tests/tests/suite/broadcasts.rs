@@ -336,6 +336,7 @@ mod aws_backend_on_moto {
 /// first one's receive count), and a redelivered slice makes no second message.
 #[tokio::test]
 async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates() {
+    use kirim::service::jobs::QueueJob;
     use kirim::service::{accounts, broadcasts, send::TemplateIn};
     let deps = kirim::runtime::memory_deps(
         kirim_tests::test_settings(),
@@ -364,9 +365,11 @@ async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates()
             let job: Value = serde_json::from_str(&m.body).unwrap();
             if job["kind"] == broadcasts::FANOUT_KIND {
                 fanouts += 1;
-                let job: broadcasts::FanoutJob = serde_json::from_str(&m.body).unwrap();
+                let Some(QueueJob::BroadcastFanout(job)) = QueueJob::parse(&m.body) else {
+                    panic!("not a fan-out job")
+                };
                 let outcome = broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
-                assert_eq!(outcome, kirim::service::dispatch::Outcome::Done);
+                assert_eq!(outcome, kirim::service::jobs::Outcome::Done);
             } else {
                 dispatch_jobs += 1;
             }
@@ -380,7 +383,9 @@ async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates()
         "three slices of at most 3, one job per recipient"
     );
     // The first delivery again (SQS may redeliver): the broadcast is done, nothing new.
-    let job: broadcasts::FanoutJob = serde_json::from_str(&first).unwrap();
+    let Some(QueueJob::BroadcastFanout(job)) = QueueJob::parse(&first) else {
+        panic!("not a fan-out job")
+    };
     broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
     assert!(take().await.is_empty());
     let view = broadcasts::view(&deps, &tenant.id, &accepted.id)

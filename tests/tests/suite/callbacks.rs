@@ -12,7 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use kirim::config::Backend;
 use kirim::ports::{MetaAccepted, MetaClient, MetaSendError};
 use kirim::secret::Secret;
-use kirim::service::dispatch::{self, Outcome};
+use kirim::service::dispatch;
+use kirim::service::jobs::Outcome;
 use kirim_tests::{capture_logs, captured_logs, local_config, sign_with, spawn_app, TestApp};
 use serde_json::{json, Value};
 

@@ -2,6 +2,7 @@
 //! and on DynamoDB (moto): the same assertions for both.
 
 use chrono::{Duration, Utc};
+use kirim::domain::meta::MetaStatus;
 use kirim::domain::TenantId;
 use kirim::ports::*;
 
@@ -11,7 +12,7 @@ fn kept(p: &Stores, wamid: &str, status: &str, timestamp: i64) -> PendingStatus 
     let now = p.clock.now();
     PendingStatus {
         wamid: wamid.into(),
-        status: status.into(),
+        status: MetaStatus::parse(status).unwrap(),
         timestamp,
         biz_opaque_callback_data: None,
         errors: if status == "failed" {

@@ -891,7 +891,7 @@ async fn a_poison_job_is_parked_on_the_encrypted_one_day_dlq_and_nowhere_else() 
     // The dispatcher leaves an unreadable job alone; SQS redrives it after 10 receives.
     assert_eq!(
         kirim::service::dispatch::handle(&app.app.deps, &body).await,
-        kirim::service::dispatch::Outcome::Poison
+        kirim::service::jobs::Outcome::Poison
     );
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     for _ in 0..12 {

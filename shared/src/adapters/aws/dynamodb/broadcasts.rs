@@ -129,7 +129,10 @@ impl BroadcastStore for DynamoStore {
         req = if done {
             req.update_expression("SET enqueued = :n, #status = :done")
                 .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":done", s("enqueued"))
+                .expression_attribute_values(
+                    ":done",
+                    s(crate::ports::BroadcastStatus::Enqueued.as_str()),
+                )
         } else {
             req.update_expression("SET enqueued = :n")
         };

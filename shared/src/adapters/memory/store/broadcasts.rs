@@ -74,7 +74,7 @@ impl BroadcastStore for MemoryStore {
             .ok_or(StoreError::NotFound)?;
         b.enqueued = b.enqueued.max(enqueued);
         if done {
-            b.status = "enqueued".into();
+            b.status = crate::ports::BroadcastStatus::Enqueued;
             *list = None;
         }
         Ok(())

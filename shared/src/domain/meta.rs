@@ -1,0 +1,558 @@
+//! Meta's webhook notification, parsed once at the edge into typed events.
+//!
+//! This file owns the shape of what Meta POSTs to `/webhooks/meta` (per
+//! `meta/business-messaging-api_v23.0.yaml`): delivery statuses, inbound messages (of
+//! which only STOP/START requests matter to Kirim) and account-level changes. Services
+//! see only [`MetaEvent`]s, never Meta's JSON.
+//!
+//! Parsing is tolerant: unknown fields are ignored, and a piece Kirim does not understand
+//! (an unknown change, a status of another shape or an unknown status word, a list where
+//! an object was expected) becomes one [`MetaEvent::Unknown`], which is skipped and
+//! counted; the rest of the body is still read. Only a body that is not JSON at all is
+//! refused. Inbound text is compared here and dropped: no event carries it.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{keyword, Keyword, MessageId, MessageStatus, OptOutSource, PhoneNumber};
+
+/// Meta's wamids are ~60 characters; anything far longer is not one (and would not fit
+/// in a key).
+pub const MAX_WAMID: usize = 512;
+/// Error titles are kept at most this long.
+const MAX_TITLE: usize = 200;
+/// Errors of one status kept at most.
+const MAX_ERRORS: usize = 5;
+
+/// Meta's id of a message it accepted (`wamid.…`): non-empty, at most [`MAX_WAMID`] bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Wamid(String);
+
+impl Wamid {
+    pub fn parse(s: &str) -> Option<Self> {
+        (!s.is_empty() && s.len() <= MAX_WAMID && !s.chars().any(char::is_control))
+            .then(|| Self(s.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Wamid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Wamid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Wamid::parse(&s).ok_or_else(|| serde::de::Error::custom("not a wamid"))
+    }
+}
+
+/// The delivery statuses Meta reports that Kirim tracks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetaStatus {
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+impl MetaStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetaStatus::Sent => "sent",
+            MetaStatus::Delivered => "delivered",
+            MetaStatus::Read => "read",
+            MetaStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "sent" => Some(MetaStatus::Sent),
+            "delivered" => Some(MetaStatus::Delivered),
+            "read" => Some(MetaStatus::Read),
+            "failed" => Some(MetaStatus::Failed),
+            _ => None,
+        }
+    }
+
+    /// The message status it moves a message to.
+    pub fn message_status(self) -> MessageStatus {
+        match self {
+            MetaStatus::Sent => MessageStatus::Sent,
+            MetaStatus::Delivered => MessageStatus::Delivered,
+            MetaStatus::Read => MessageStatus::Read,
+            MetaStatus::Failed => MessageStatus::Failed,
+        }
+    }
+
+    /// Order of application among statuses of one timestamp (a kept status's replay).
+    pub fn rank(self) -> u8 {
+        match self {
+            MetaStatus::Sent => 1,
+            MetaStatus::Failed => 2,
+            MetaStatus::Delivered => 3,
+            MetaStatus::Read => 4,
+        }
+    }
+}
+
+/// One of Meta's error objects on a status: its code and a short title.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaError {
+    pub code: i64,
+    pub title: String,
+}
+
+/// A delivery status of one message Kirim (probably) sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatusReport {
+    /// The tenant's number the change came for (`metadata.phone_number_id`).
+    pub phone_number_id: Option<String>,
+    pub wamid: Wamid,
+    pub status: MetaStatus,
+    /// Meta's timestamp (epoch seconds), if it gave a readable one.
+    pub timestamp: Option<i64>,
+    /// Our message id, echoed back from `biz_opaque_callback_data` (only if it is one).
+    pub callback: Option<MessageId>,
+    /// The recipient (`recipient_id`), when Meta names it by phone number.
+    pub recipient: Option<PhoneNumber>,
+    pub errors: Vec<MetaError>,
+}
+
+impl StatusReport {
+    /// Meta's time of the status, else `fallback`.
+    pub fn at(&self, fallback: DateTime<Utc>) -> DateTime<Utc> {
+        self.timestamp
+            .and_then(|t| Utc.timestamp_opt(t, 0).single())
+            .unwrap_or(fallback)
+    }
+
+    pub fn has_error(&self, code: i64) -> bool {
+        self.errors.iter().any(|e| e.code == code)
+    }
+}
+
+/// What an inbound message asks of Kirim. Its text is not kept: only whether it was a
+/// STOP or START request, and how it came (a typed word or a button).
+#[derive(Clone, Debug, PartialEq)]
+pub struct InboundMessage {
+    pub phone_number_id: Option<String>,
+    /// The sender, when Meta names them by phone number.
+    pub from: Option<PhoneNumber>,
+    pub request: Option<(Keyword, OptOutSource)>,
+}
+
+/// An account-level change (`account_update`) of a WhatsApp Business Account.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountUpdate {
+    pub waba_id: String,
+    pub event: String,
+    pub ban_state: Option<String>,
+}
+
+impl AccountUpdate {
+    /// Whether Meta stopped (or is about to stop) the account from sending.
+    pub fn stops_sending(&self) -> bool {
+        match self.event.as_str() {
+            "ACCOUNT_RESTRICTION" | "ACCOUNT_VIOLATION" | "ACCOUNT_DELETED" => true,
+            "DISABLED_UPDATE" => self.ban_state.as_deref() != Some("REINSTATE"),
+            _ => false,
+        }
+    }
+}
+
+/// A piece of a notification Kirim did not understand: skipped alone and counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unknown {
+    /// Which piece: `body`, `entry`, `change`, `status`, `message` or `field`.
+    pub piece: &'static str,
+    /// The change's `field`, when known (never content).
+    pub field: String,
+}
+
+/// One thing Meta told us.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetaEvent {
+    Status(StatusReport),
+    Inbound(InboundMessage),
+    AccountUpdate(AccountUpdate),
+    Unknown(Unknown),
+}
+
+/// The body is not JSON at all.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the body is not JSON")]
+pub struct NotJson;
+
+/// Reads a verified webhook body into events, in the order Meta listed them.
+pub fn parse_notification(raw: &[u8]) -> Result<Vec<MetaEvent>, NotJson> {
+    let body: Value = serde_json::from_slice(raw).map_err(|_| NotJson)?;
+    let mut events = Vec::new();
+    let entries = match body.get("entry") {
+        None if body.is_object() => return Ok(events),
+        Some(Value::Array(entries)) => entries,
+        _ => {
+            events.push(unknown("body", ""));
+            return Ok(events);
+        }
+    };
+    for entry in entries {
+        let waba_id = match entry.get("id") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => String::new(),
+        };
+        let Some(changes) = entry.get("changes").and_then(Value::as_array) else {
+            events.push(unknown("entry", ""));
+            continue;
+        };
+        for change in changes {
+            read_change(&waba_id, change, &mut events);
+        }
+    }
+    Ok(events)
+}
+
+fn unknown(piece: &'static str, field: &str) -> MetaEvent {
+    MetaEvent::Unknown(Unknown {
+        piece,
+        field: field.chars().take(64).collect(),
+    })
+}
+
+fn lenient<T: DeserializeOwned>(v: &Value) -> Option<T> {
+    T::deserialize(v).ok()
+}
+
+fn read_change(waba_id: &str, change: &Value, events: &mut Vec<MetaEvent>) {
+    let field = change.get("field").and_then(Value::as_str).unwrap_or("");
+    let Some(value) = change.get("value").filter(|v| v.is_object()) else {
+        events.push(unknown("change", field));
+        return;
+    };
+    if field == "account_update" {
+        match lenient::<AccountUpdateIn>(value) {
+            Some(a) => events.push(MetaEvent::AccountUpdate(AccountUpdate {
+                waba_id: waba_id.to_owned(),
+                event: a.event.unwrap_or_default(),
+                ban_state: a.ban_info.and_then(|b| b.waba_ban_state),
+            })),
+            None => events.push(unknown("change", field)),
+        }
+        return;
+    }
+    let phone_number_id = value
+        .get("metadata")
+        .and_then(|m| m.get("phone_number_id"))
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned);
+    let statuses = value.get("statuses");
+    let messages = value.get("messages");
+    if statuses.is_none() && messages.is_none() {
+        events.push(unknown("field", field));
+        return;
+    }
+    for (list, piece) in [(statuses, "status"), (messages, "message")] {
+        match list {
+            None => {}
+            Some(Value::Array(items)) => {
+                for item in items {
+                    let event = if piece == "status" {
+                        status(item, &phone_number_id).map(MetaEvent::Status)
+                    } else {
+                        inbound(item, &phone_number_id).map(MetaEvent::Inbound)
+                    };
+                    events.push(event.unwrap_or_else(|| unknown(piece, field)));
+                }
+            }
+            Some(_) => events.push(unknown(piece, field)),
+        }
+    }
+}
+
+/// A phone number as Meta writes it: digits without the `+`.
+fn meta_phone(digits: Option<&str>) -> Option<PhoneNumber> {
+    digits.and_then(|d| PhoneNumber::parse(&format!("+{d}")).ok())
+}
+
+fn status(item: &Value, phone_number_id: &Option<String>) -> Option<StatusReport> {
+    let s: StatusIn = lenient(item)?;
+    let status = MetaStatus::parse(&s.status)?;
+    let wamid = Wamid::parse(&s.id)?;
+    Some(StatusReport {
+        phone_number_id: phone_number_id.clone(),
+        wamid,
+        status,
+        timestamp: s.timestamp.as_ref().and_then(epoch_seconds),
+        callback: s
+            .biz_opaque_callback_data
+            .as_deref()
+            .and_then(MessageId::parse),
+        recipient: meta_phone(s.recipient_id.as_deref()),
+        errors: s
+            .errors
+            .into_iter()
+            .filter_map(|e| lenient::<ErrorIn>(&e))
+            .take(MAX_ERRORS)
+            .map(|e| MetaError {
+                code: e.code,
+                title: e
+                    .title
+                    .or(e.message)
+                    .unwrap_or_default()
+                    .chars()
+                    .take(MAX_TITLE)
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+/// Meta writes timestamps as strings of epoch seconds; numbers are read too.
+fn epoch_seconds(v: &Value) -> Option<i64> {
+    match v {
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}
+
+fn inbound(item: &Value, phone_number_id: &Option<String>) -> Option<InboundMessage> {
+    let m: InboundIn = lenient(item)?;
+    // The first place that holds a reply decides, as before: typed text, a template's
+    // quick-reply button, an interactive button reply.
+    let request = if let Some(t) = &m.text {
+        keyword(&t.body).map(|k| (k, OptOutSource::Keyword))
+    } else if let Some(p) = m.button.as_ref().and_then(|b| b.payload.as_deref()) {
+        keyword(p).map(|k| (k, OptOutSource::Button))
+    } else if let Some(id) = m
+        .interactive
+        .as_ref()
+        .and_then(|i| i.button_reply.as_ref())
+        .and_then(|b| b.id.as_deref())
+    {
+        keyword(id).map(|k| (k, OptOutSource::Button))
+    } else {
+        None
+    };
+    Some(InboundMessage {
+        phone_number_id: phone_number_id.clone(),
+        from: meta_phone(m.from.as_deref()),
+        request,
+    })
+}
+
+// Meta's shapes, leniently: unknown fields are ignored, only what Kirim reads is named.
+
+#[derive(Deserialize)]
+struct AccountUpdateIn {
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    ban_info: Option<BanInfoIn>,
+}
+
+#[derive(Deserialize)]
+struct BanInfoIn {
+    #[serde(default)]
+    waba_ban_state: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StatusIn {
+    id: String,
+    status: String,
+    #[serde(default)]
+    timestamp: Option<Value>,
+    #[serde(default)]
+    recipient_id: Option<String>,
+    #[serde(default)]
+    biz_opaque_callback_data: Option<String>,
+    #[serde(default)]
+    errors: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+struct ErrorIn {
+    code: i64,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct InboundIn {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    text: Option<TextIn>,
+    #[serde(default)]
+    button: Option<ButtonIn>,
+    #[serde(default)]
+    interactive: Option<InteractiveIn>,
+}
+
+#[derive(Deserialize)]
+struct TextIn {
+    #[serde(default)]
+    body: String,
+}
+
+#[derive(Deserialize)]
+struct ButtonIn {
+    #[serde(default)]
+    payload: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct InteractiveIn {
+    #[serde(default)]
+    button_reply: Option<ButtonReplyIn>,
+}
+
+#[derive(Deserialize)]
+struct ButtonReplyIn {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn events(v: Value) -> Vec<MetaEvent> {
+        parse_notification(v.to_string().as_bytes()).unwrap()
+    }
+
+    fn messages_change(value: Value) -> Value {
+        json!({"object":"whatsapp_business_account","entry":[{"id":"waba1","changes":[{"field":"messages","value":value}]}]})
+    }
+
+    #[test]
+    fn a_status_becomes_a_typed_report_with_its_number_time_and_errors() {
+        let id = MessageId::generate();
+        let e = events(messages_change(json!({
+            "metadata": {"phone_number_id": "pn1"},
+            "statuses": [{"id": "wamid.A", "status": "failed", "timestamp": "1700000000",
+                "recipient_id": "60123456789", "biz_opaque_callback_data": id.as_str(),
+                "errors": [{"code": 131026, "title": "Message undeliverable", "error_data": {}}],
+                "pricing": {"category": "utility"}}]
+        })));
+        let MetaEvent::Status(s) = &e[0] else {
+            panic!("{e:?}")
+        };
+        assert_eq!(s.phone_number_id.as_deref(), Some("pn1"));
+        assert_eq!(s.wamid.as_str(), "wamid.A");
+        assert_eq!(s.status, MetaStatus::Failed);
+        assert_eq!(s.timestamp, Some(1_700_000_000));
+        assert_eq!(s.callback, Some(id));
+        assert_eq!(
+            s.recipient.as_ref().map(|p| p.to_string()),
+            Some("+60123456789".into())
+        );
+        assert!(s.has_error(131026));
+    }
+
+    #[test]
+    fn an_unknown_status_word_or_shape_is_one_skipped_piece_and_the_rest_still_reads() {
+        let e = events(messages_change(json!({
+            "statuses": [{"id": "wamid.A", "status": "deleted"}, {"weird": true}, "text",
+                {"id": "wamid.B", "status": "read"}]
+        })));
+        assert_eq!(e.len(), 4);
+        assert!(matches!(&e[0], MetaEvent::Unknown(u) if u.piece == "status"));
+        assert!(matches!(&e[1], MetaEvent::Unknown(_)));
+        assert!(matches!(&e[2], MetaEvent::Unknown(_)));
+        assert!(matches!(&e[3], MetaEvent::Status(s) if s.status == MetaStatus::Read));
+    }
+
+    #[test]
+    fn a_list_where_an_object_was_expected_skips_only_that_change() {
+        let body = json!({"entry":[{"id":"w","changes":[
+            {"field":"messages","value":[1,2]},
+            {"field":"messages","value":{"messages":[{"from":"60123456789","type":"text","text":{"body":"STOP"}}]}}
+        ]}]});
+        let e = events(body);
+        assert!(matches!(&e[0], MetaEvent::Unknown(u) if u.piece == "change"));
+        let MetaEvent::Inbound(m) = &e[1] else {
+            panic!("{e:?}")
+        };
+        assert_eq!(m.request, Some((Keyword::Stop, OptOutSource::Keyword)));
+    }
+
+    #[test]
+    fn inbound_text_is_reduced_to_its_request_and_never_kept() {
+        let e = events(messages_change(json!({
+            "messages": [{"from": "60123456789", "text": {"body": "my secret address"}}]
+        })));
+        let debug = format!("{e:?}");
+        assert!(!debug.contains("secret address"), "{debug}");
+        assert!(matches!(&e[0], MetaEvent::Inbound(m) if m.request.is_none()));
+    }
+
+    #[test]
+    fn button_payloads_and_reply_ids_are_stop_requests_from_a_button() {
+        let e = events(messages_change(json!({"messages": [
+            {"from": "60123456789", "button": {"payload": "Stop", "text": "Stop promotions"}},
+            {"from": "60123456789", "interactive": {"type": "button_reply", "button_reply": {"id": "START", "title": "Resume"}}}
+        ]})));
+        assert!(
+            matches!(&e[0], MetaEvent::Inbound(m) if m.request == Some((Keyword::Stop, OptOutSource::Button)))
+        );
+        assert!(
+            matches!(&e[1], MetaEvent::Inbound(m) if m.request == Some((Keyword::Start, OptOutSource::Button)))
+        );
+    }
+
+    #[test]
+    fn an_account_update_names_its_waba_and_whether_it_stops_sending() {
+        let body = json!({"entry":[{"id":"waba9","changes":[{"field":"account_update",
+            "value":{"event":"DISABLED_UPDATE","ban_info":{"waba_ban_state":"SCHEDULE_FOR_DISABLE"}}}]}]});
+        let e = events(body);
+        let MetaEvent::AccountUpdate(a) = &e[0] else {
+            panic!("{e:?}")
+        };
+        assert_eq!(a.waba_id, "waba9");
+        assert!(a.stops_sending());
+        let reinstated = AccountUpdate {
+            ban_state: Some("REINSTATE".into()),
+            ..a.clone()
+        };
+        assert!(!reinstated.stops_sending());
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_refused_and_one_without_entries_is_empty() {
+        assert_eq!(parse_notification(b"not json"), Err(NotJson));
+        assert!(events(json!({})).is_empty());
+        assert!(
+            matches!(&events(json!({"entry": {}}))[0], MetaEvent::Unknown(u) if u.piece == "body")
+        );
+        assert!(matches!(&events(json!([1]))[0], MetaEvent::Unknown(_)));
+    }
+
+    #[test]
+    fn wamids_are_bounded_and_validated_when_deserialised() {
+        assert!(Wamid::parse("").is_none());
+        assert!(Wamid::parse(&"w".repeat(MAX_WAMID + 1)).is_none());
+        assert!(serde_json::from_str::<Wamid>("\"\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<Wamid>("\"wamid.X\"")
+                .unwrap()
+                .as_str(),
+            "wamid.X"
+        );
+    }
+}

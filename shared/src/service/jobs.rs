@@ -1,0 +1,216 @@
+//! Queue jobs: every message Kirim puts on a queue, what a handler answers about it
+//! ([`Outcome`]), and the retry backoff.
+//!
+//! One tagged enum, [`QueueJob`], is the wire format of both queues (the dispatch queue
+//! carries `send` and `broadcast_fanout` jobs, the status-callback queue carries
+//! `status_callback` jobs). The dispatch queue is the only place message content lives
+//! until it is sent. Bodies written before the tag existed are still read.
+//!
+//! This module depends on no other service module: every service that enqueues or
+//! handles a job depends on it.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Content, MessageError, MessageId, MessageStatus, TenantId};
+
+/// A message accepted by the send API (or a broadcast's fan-out), to be sent to Meta.
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq)]
+pub struct DispatchJob {
+    pub tenant_id: TenantId,
+    pub message_id: MessageId,
+    pub content: Content,
+    /// The id of the HTTP request that accepted it, so the dispatcher's log lines carry
+    /// it too. Absent on jobs written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// A broadcast whose recipients are still to be recorded and enqueued (it carries the
+/// content the broadcast's messages get).
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq)]
+pub struct FanoutJob {
+    pub tenant_id: TenantId,
+    pub broadcast_id: String,
+    pub content: Content,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// One status change waiting to be POSTed to a tenant's status callback (no content).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallbackJob {
+    pub tenant_id: TenantId,
+    pub message_id: MessageId,
+    pub status: MessageStatus,
+    pub at: DateTime<Utc>,
+    pub sequence: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<MessageError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_reference: Option<String>,
+}
+
+/// Every queue message, tagged by `kind`.
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum QueueJob {
+    Send(DispatchJob),
+    BroadcastFanout(FanoutJob),
+    StatusCallback(CallbackJob),
+}
+
+/// The tag of a broadcast fan-out job.
+pub const FANOUT_KIND: &str = "broadcast_fanout";
+
+impl QueueJob {
+    /// The body to put on the queue.
+    pub fn to_body(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+
+    /// Reads a queue body: the tagged form, or a body written before the tag existed
+    /// (a bare send job or callback job). `None`: unreadable, a poison message.
+    pub fn parse(body: &str) -> Option<QueueJob> {
+        if let Ok(job) = serde_json::from_str::<QueueJob>(body) {
+            return Some(job);
+        }
+        if let Ok(job) = serde_json::from_str::<DispatchJob>(body) {
+            return Some(QueueJob::Send(job));
+        }
+        serde_json::from_str::<CallbackJob>(body)
+            .ok()
+            .map(QueueJob::StatusCallback)
+    }
+
+    /// The request id the job carries, for its span.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            QueueJob::Send(j) => j.request_id.as_deref(),
+            QueueJob::BroadcastFanout(j) => j.request_id.as_deref(),
+            QueueJob::StatusCallback(_) => None,
+        }
+    }
+}
+
+/// What the queue should do with a message after one attempt at it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Finished (sent, failed for good, or a duplicate): delete it from the queue.
+    Done,
+    /// Make it visible again after this delay.
+    RetryAfter(Duration),
+    /// Unreadable or hit an unexpected error: leave it, so the queue's redrive parks it
+    /// on the dead-letter queue after its receive limit.
+    Poison,
+}
+
+/// SQS's longest visibility timeout.
+pub const MAX_DELAY: Duration = Duration::from_secs(43_200);
+
+/// Exponential backoff from `base`, doubling per attempt, ±20% jitter, capped at SQS's
+/// 12-hour visibility limit.
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+    let raw = base.saturating_mul(factor).min(MAX_DELAY);
+    let jitter: f64 = 0.8 + rand::random::<f64>() * 0.4;
+    raw.mul_f64(jitter).min(MAX_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::TemplateCategory;
+
+    fn send_job() -> DispatchJob {
+        DispatchJob {
+            tenant_id: TenantId::generate(),
+            message_id: MessageId::generate(),
+            content: Content::Text { body: "hi".into() },
+            request_id: Some("req-1".into()),
+        }
+    }
+
+    #[test]
+    fn every_job_round_trips_through_its_tagged_body() {
+        let jobs = [
+            QueueJob::Send(send_job()),
+            QueueJob::BroadcastFanout(FanoutJob {
+                tenant_id: TenantId::generate(),
+                broadcast_id: crate::domain::new_id(),
+                content: Content::Template {
+                    template: crate::domain::TemplateRef {
+                        name: "t".into(),
+                        language: "en".into(),
+                        category: TemplateCategory::Utility,
+                    },
+                    components: vec![],
+                },
+                request_id: None,
+            }),
+            QueueJob::StatusCallback(CallbackJob {
+                tenant_id: TenantId::generate(),
+                message_id: MessageId::generate(),
+                status: MessageStatus::Read,
+                at: Utc::now(),
+                sequence: 4,
+                error: None,
+                client_reference: None,
+            }),
+        ];
+        for job in jobs {
+            let body = job.to_body().unwrap();
+            assert_eq!(QueueJob::parse(&body), Some(job));
+        }
+        let body = QueueJob::BroadcastFanout(FanoutJob {
+            tenant_id: TenantId::generate(),
+            broadcast_id: "b".into(),
+            content: Content::Text { body: "x".into() },
+            request_id: None,
+        })
+        .to_body()
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["kind"], FANOUT_KIND);
+    }
+
+    #[test]
+    fn a_send_job_written_before_the_tag_is_still_read() {
+        let job = send_job();
+        let legacy = serde_json::json!({
+            "tenant_id": job.tenant_id, "message_id": job.message_id,
+            "content": {"kind": "text", "body": "hi"}
+        })
+        .to_string();
+        let Some(QueueJob::Send(read)) = QueueJob::parse(&legacy) else {
+            panic!("not read")
+        };
+        assert_eq!(read.message_id, job.message_id);
+        assert_eq!(read.request_id, None);
+    }
+
+    #[test]
+    fn unreadable_bodies_and_invalid_ids_are_poison() {
+        assert_eq!(QueueJob::parse("not json"), None);
+        let bad_id = serde_json::json!({"kind": "send", "tenant_id": "t", "message_id": "x",
+            "content": {"kind": "text", "body": "hi"}})
+        .to_string();
+        assert_eq!(QueueJob::parse(&bad_id), None);
+    }
+
+    #[test]
+    fn backoff_doubles_with_bounded_jitter_and_a_cap() {
+        let base = Duration::from_secs(30);
+        for attempt in 1..=5u32 {
+            let d = backoff(base, attempt).as_secs_f64();
+            let nominal = 30.0 * 2f64.powi(attempt as i32 - 1);
+            assert!(
+                d >= nominal * 0.8 - 1e-6 && d <= nominal * 1.2 + 1e-6,
+                "{attempt}: {d}"
+            );
+        }
+        assert!(backoff(base, 40) <= MAX_DELAY);
+    }
+}

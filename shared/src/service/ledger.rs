@@ -1,0 +1,89 @@
+//! The ledger's use cases: what a debit or a refund records, for a message or a whole
+//! broadcast. The balance itself moves only inside the stores' atomic writes (a debit
+//! travels with the message or broadcast it pays for; credits never go below zero).
+//!
+//! Depends on no other service module.
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{new_id, MessageId, RetentionClass, TenantId};
+use crate::ports::{LedgerEntry, LedgerKind};
+
+use super::Deps;
+
+/// What a ledger entry pays for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Charge {
+    Message(MessageId),
+    Broadcast(String),
+}
+
+impl Charge {
+    fn message_id(&self) -> Option<MessageId> {
+        match self {
+            Charge::Message(id) => Some(id.clone()),
+            Charge::Broadcast(_) => None,
+        }
+    }
+
+    fn reference(&self, reason: Option<&str>) -> Option<String> {
+        match (self, reason) {
+            (Charge::Message(_), r) => r.map(str::to_owned),
+            (Charge::Broadcast(id), None) => Some(format!("broadcast {id}")),
+            (Charge::Broadcast(id), Some(r)) => Some(format!("broadcast {id}: {r}")),
+        }
+    }
+}
+
+fn entry(
+    deps: &Deps,
+    tenant: &TenantId,
+    charge: &Charge,
+    kind: LedgerKind,
+    amount: i64,
+    reason: Option<&str>,
+    at: DateTime<Utc>,
+) -> LedgerEntry {
+    LedgerEntry {
+        id: new_id(),
+        tenant_id: tenant.clone(),
+        amount,
+        kind,
+        reference: charge.reference(reason),
+        message_id: charge.message_id(),
+        at,
+        expires_at: deps.settings.retention.expiry(RetentionClass::Billing, at),
+    }
+}
+
+/// The debit entry of `price` credits for `charge`, to be written atomically with what
+/// it pays for.
+pub fn debit(
+    deps: &Deps,
+    tenant: &TenantId,
+    charge: &Charge,
+    price: i64,
+    at: DateTime<Utc>,
+) -> LedgerEntry {
+    entry(deps, tenant, charge, LedgerKind::Debit, -price, None, at)
+}
+
+/// Gives back `amount` credits debited for `charge` (it never reached Meta). Never
+/// fails the caller: a failed refund is logged loudly for the operator.
+pub async fn refund(deps: &Deps, tenant: &TenantId, charge: &Charge, amount: i64, reason: &str) {
+    if amount <= 0 {
+        return;
+    }
+    let e = entry(
+        deps,
+        tenant,
+        charge,
+        LedgerKind::Refund,
+        amount,
+        Some(reason),
+        deps.clock.now(),
+    );
+    if let Err(err) = deps.ledger.refund(&e).await {
+        tracing::error!(tenant_id = %tenant, charge = ?charge, amount, error = %err, "refund failed");
+    }
+}

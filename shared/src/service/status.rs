@@ -1,0 +1,218 @@
+//! Meta's delivery statuses applied to messages: forward only, duplicates change nothing
+//! (the store's conditional transition), and statuses that arrive before their
+//! message's wamid is known are kept and applied once the dispatcher records it.
+//!
+//! A kept status holds no content and no recipient (the `PendingStatus` retention
+//! class). Applying it goes through the same forward-only transition, so a duplicate
+//! is kept once and applying it twice is refused.
+//!
+//! Depends on `callbacks`, `optouts` and `quality`; the webhook and the dispatcher
+//! depend on it.
+
+use crate::domain::meta::{MetaError, StatusReport, Wamid};
+use crate::domain::{MessageError, MessageId, MessageStatus, RetentionClass, TenantId};
+use crate::ports::{PendingError, PendingStatus, QualityCounter, StatusChange, Transition};
+
+use super::errors::ServiceError;
+use super::Deps;
+
+/// What applying one status did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Yes,
+    NoChange,
+    /// No message is known by it (it was kept, if it could be).
+    UnknownMessage,
+}
+
+/// Finds the message a status is about: by our id echoed in the callback data (when
+/// it agrees with the recorded wamid), else by the wamid index.
+async fn resolve(
+    deps: &Deps,
+    tenant: Option<&TenantId>,
+    report: &StatusReport,
+) -> Result<Option<(TenantId, MessageId)>, ServiceError> {
+    if let (Some(t), Some(id)) = (tenant, report.callback.as_ref()) {
+        if let Some(m) = deps.messages.get_message(t, id).await? {
+            // The callback data must agree with the wamid we recorded, if any.
+            if m.wamid
+                .as_deref()
+                .is_none_or(|w| w == report.wamid.as_str())
+            {
+                return Ok(Some((t.clone(), id.clone())));
+            }
+        }
+    }
+    Ok(deps
+        .messages
+        .message_by_wamid(report.wamid.as_str())
+        .await?)
+}
+
+/// Applies one status of a verified webhook (`tenant`: the owner of the number it
+/// came for, if known).
+pub async fn apply(
+    deps: &Deps,
+    tenant: Option<&TenantId>,
+    report: &StatusReport,
+) -> Result<Applied, ServiceError> {
+    let (tenant_id, message_id) = match resolve(deps, tenant, report).await? {
+        Some(found) => found,
+        None => match keep(deps, tenant, report).await? {
+            Some(found) => found,
+            None => return Ok(Applied::UnknownMessage),
+        },
+    };
+    apply_to(deps, &tenant_id, &message_id, report).await
+}
+
+async fn apply_to(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    message_id: &MessageId,
+    report: &StatusReport,
+) -> Result<Applied, ServiceError> {
+    let to = report.status.message_status();
+    let now = deps.clock.now();
+    let at = report.at(now);
+    crate::metrics::webhook_lag(to.as_str(), (now - at).num_milliseconds());
+    let failed = to == MessageStatus::Failed;
+    let error = failed.then(|| match report.errors.first() {
+        Some(e) => MessageError {
+            code: e.code.into(),
+            title: if e.title.is_empty() {
+                "failed".into()
+            } else {
+                e.title.clone()
+            },
+        },
+        None => MessageError {
+            code: "unknown".into(),
+            title: "failed".into(),
+        },
+    });
+    if failed && report.has_error(131050) {
+        // The recipient stopped marketing messages: no more marketing to them.
+        super::optouts::marketing_stopped_for(
+            deps,
+            tenant_id,
+            message_id,
+            report.recipient.as_ref(),
+        )
+        .await?;
+    }
+    let change = StatusChange {
+        wamid: Some(report.wamid.to_string()),
+        error,
+        count_attempt: false,
+    };
+    match deps
+        .messages
+        .transition(tenant_id, message_id, to, &change, at)
+        .await?
+    {
+        Transition::Applied(record) => {
+            super::callbacks::status_changed(deps, &record).await;
+            // A failure is applied once (it is terminal), so it is counted once.
+            if failed
+                && report
+                    .errors
+                    .iter()
+                    .any(|e| super::quality::UNDELIVERABLE_CODES.contains(&e.code))
+            {
+                super::quality::count(deps, tenant_id, QualityCounter::Undeliverable).await;
+            }
+            tracing::debug!(status = to.as_str(), "status applied");
+            Ok(Applied::Yes)
+        }
+        Transition::Refused => Ok(Applied::NoChange),
+    }
+}
+
+/// Keeps a status that resolved to no message, then looks again (the dispatcher may have
+/// recorded the wamid meanwhile; it applies kept statuses only after recording it).
+/// Answers the message if it is known now.
+async fn keep(
+    deps: &Deps,
+    tenant: Option<&TenantId>,
+    report: &StatusReport,
+) -> Result<Option<(TenantId, MessageId)>, ServiceError> {
+    let now = deps.clock.now();
+    let pending = PendingStatus {
+        wamid: report.wamid.to_string(),
+        status: report.status,
+        timestamp: report.timestamp.unwrap_or_else(|| now.timestamp()),
+        biz_opaque_callback_data: report.callback.as_ref().map(|id| id.to_string()),
+        errors: report
+            .errors
+            .iter()
+            .map(|e| PendingError {
+                code: e.code,
+                title: e.title.clone(),
+            })
+            .collect(),
+        received_at: now,
+        expires_at: deps
+            .settings
+            .retention
+            .expiry(RetentionClass::PendingStatus, now),
+    };
+    let new = deps.pending.put_pending_status(&pending).await?;
+    tracing::info!(wamid = %report.wamid, status = report.status.as_str(), new, "status for a wamid not known yet; kept");
+    let found = resolve(deps, tenant, report).await?;
+    if found.is_some() {
+        // Applied by the caller now; the kept copy is no longer needed.
+        deps.pending.delete_pending_status(&pending).await?;
+    }
+    Ok(found)
+}
+
+/// A kept status, as the report it was kept from (without the recipient, which is not
+/// kept). `None`: its wamid is unusable (kept before wamids were bounded).
+fn report_of(p: &PendingStatus) -> Option<StatusReport> {
+    Some(StatusReport {
+        phone_number_id: None,
+        wamid: Wamid::parse(&p.wamid)?,
+        status: p.status,
+        timestamp: Some(p.timestamp),
+        callback: p
+            .biz_opaque_callback_data
+            .as_deref()
+            .and_then(MessageId::parse),
+        recipient: None,
+        errors: p
+            .errors
+            .iter()
+            .map(|e| MetaError {
+                code: e.code,
+                title: e.title.clone(),
+            })
+            .collect(),
+    })
+}
+
+/// Applies what was kept for `wamid` (the dispatcher calls this right after recording
+/// it), oldest first, and forgets what was applied or refused. Answers how many changed
+/// the message.
+pub async fn apply_kept(deps: &Deps, wamid: &str) -> Result<usize, ServiceError> {
+    let mut kept = deps.pending.pending_statuses(wamid).await?;
+    kept.sort_by_key(|p| (p.timestamp, p.status.rank()));
+    let mut applied = 0;
+    for p in kept {
+        if let Some(report) = report_of(&p) {
+            match resolve(deps, None, &report).await? {
+                None => continue,
+                Some((tenant, message)) => {
+                    if apply_to(deps, &tenant, &message, &report).await? == Applied::Yes {
+                        applied += 1;
+                    }
+                }
+            }
+        }
+        deps.pending.delete_pending_status(&p).await?;
+    }
+    if applied > 0 {
+        tracing::info!(wamid = %wamid, applied, "kept statuses applied");
+    }
+    Ok(applied)
+}
