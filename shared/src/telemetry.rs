@@ -1,5 +1,8 @@
-//! Logging setup: JSON on Lambda, human-readable locally. Log lines carry ids and
-//! masked phone numbers only (see `domain::mask_phone`); never content or secrets.
+//! Logging setup: JSON on Lambda, human-readable locally, and the request span. Log
+//! lines carry ids and masked phone numbers only (see `domain::mask_phone`); never
+//! content or secrets. Ids come from spans, not from each call: an HTTP request runs in
+//! a `request` span (request id, route, tenant, message), a queue job in a `job` span
+//! (its ids and the id of the request that accepted it).
 
 use tracing_subscriber::EnvFilter;
 
@@ -7,7 +10,9 @@ pub fn init_json() {
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // Span fields (request id, tenant, message) ride on every line as `spans`.
         .with_current_span(false)
+        .with_span_list(true)
         .with_target(false)
         .without_time() // CloudWatch stamps each line
         .try_init();

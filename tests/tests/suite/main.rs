@@ -32,5 +32,6 @@ mod optouts;
 mod privacy;
 mod quality;
 mod retention;
+mod spans;
 mod throughput;
 mod users;
