@@ -480,13 +480,31 @@ pub struct AuditEvent {
     pub actor_id: String,
     pub action: String,
     pub ip: Option<String>,
-    /// `success`, `denied` or `error`.
-    pub outcome: String,
+    pub outcome: AuditOutcome,
     /// Non-sensitive details as canonical JSON text (hashed exactly as stored).
     pub details: String,
     pub prev_hash: String,
     pub hash: String,
     pub expires_at: Option<i64>,
+}
+
+/// How an audited action ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOutcome {
+    Success,
+    Denied,
+    Error,
+}
+
+impl AuditOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Success => "success",
+            AuditOutcome::Denied => "denied",
+            AuditOutcome::Error => "error",
+        }
+    }
 }
 
 /// The newest link of a chain.

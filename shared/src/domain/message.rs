@@ -100,10 +100,52 @@ pub struct StatusEvent {
     pub at: DateTime<Utc>,
 }
 
-/// Meta's (or our own) reason for a failure: a numeric Meta code or a string of ours.
+/// A failure's code: Meta's numeric error code, or one of Kirim's own (snake_case).
+/// Serialised as the bare number or string, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ErrorCode {
+    Meta(i64),
+    Kirim(String),
+}
+
+impl From<i64> for ErrorCode {
+    fn from(code: i64) -> Self {
+        ErrorCode::Meta(code)
+    }
+}
+
+impl From<&str> for ErrorCode {
+    fn from(code: &str) -> Self {
+        ErrorCode::Kirim(code.to_owned())
+    }
+}
+
+impl PartialEq<i64> for ErrorCode {
+    fn eq(&self, other: &i64) -> bool {
+        matches!(self, ErrorCode::Meta(c) if c == other)
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        matches!(self, ErrorCode::Kirim(c) if c == other)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ErrorCode::Meta(c) => write!(f, "{c}"),
+            ErrorCode::Kirim(c) => f.write_str(c),
+        }
+    }
+}
+
+/// Meta's (or our own) reason for a failure.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MessageError {
-    pub code: serde_json::Value,
+    pub code: ErrorCode,
     pub title: String,
 }
 
@@ -133,6 +175,19 @@ pub struct MessageRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_codes_serialise_as_the_bare_number_or_string_and_read_back() {
+        for (code, json) in [
+            (ErrorCode::Meta(131026), "131026"),
+            (ErrorCode::from("outcome_unknown"), "\"outcome_unknown\""),
+        ] {
+            assert_eq!(serde_json::to_string(&code).unwrap(), json);
+            assert_eq!(serde_json::from_str::<ErrorCode>(json).unwrap(), code);
+        }
+        assert!(ErrorCode::Meta(130429) == 130429);
+        assert!(ErrorCode::from("130429") != 130429);
+    }
 
     #[test]
     fn content_debug_output_never_shows_the_text_or_parameters() {

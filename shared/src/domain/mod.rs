@@ -15,7 +15,7 @@ pub use allowlist::{AllowListError, IpAllowList, MAX_CIDRS};
 pub use idempotency::{request_fingerprint, IdempotencyKey, IdempotencyKeyError};
 pub use ids::{new_id, MessageId, TenantId};
 pub use message::{
-    Content, MessageError, MessageRecord, StatusEvent, TemplateCategory, TemplateRef,
+    Content, ErrorCode, MessageError, MessageRecord, StatusEvent, TemplateCategory, TemplateRef,
 };
 pub use optout::{
     keyword, Keyword, OptOut, OptOutScope, OptOutSource, BY_META, START_WORDS, STOP_WORDS,

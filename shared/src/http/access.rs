@@ -12,7 +12,7 @@ use super::error::ApiError;
 use super::extract::{bearer, ClientIp};
 use super::AppState;
 use crate::domain::{IpAllowList, Role, TenantId};
-use crate::ports::{Tenant as TenantRecord, TenantStatus};
+use crate::ports::{AuditOutcome, Tenant as TenantRecord, TenantStatus};
 use crate::service::audit;
 use crate::service::auth::{authenticate, Caller};
 use crate::service::errors::ServiceError;
@@ -288,14 +288,14 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                     .unwrap_or_default();
                 let status = res.status();
                 let outcome = if status.is_success() {
-                    "success"
+                    AuditOutcome::Success
                 } else if status == StatusCode::UNAUTHORIZED
                     || status == StatusCode::FORBIDDEN
                     || status == StatusCode::TOO_MANY_REQUESTS
                 {
-                    "denied"
+                    AuditOutcome::Denied
                 } else {
-                    "error"
+                    AuditOutcome::Error
                 };
                 let mut details = match note.details {
                     serde_json::Value::Object(m) => m,
@@ -335,7 +335,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                     actor_id,
                     action,
                     ip,
-                    outcome: "denied",
+                    outcome: AuditOutcome::Denied,
                     details: serde_json::json!({"reason": code, "status": res.status().as_u16()}),
                 },
             )

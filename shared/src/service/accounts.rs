@@ -242,7 +242,7 @@ pub async fn suspend_for_meta(deps: &Deps, tenant: &TenantId, reason: &str, by: 
                     actor_id: by.into(),
                     action: "tenant.suspend".into(),
                     ip: None,
-                    outcome: "success",
+                    outcome: crate::ports::AuditOutcome::Success,
                     details: serde_json::json!({"reason": reason}),
                 },
             )

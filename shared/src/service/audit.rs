@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::{new_id, RetentionClass, TenantId};
 use crate::error::StoreError;
-use crate::ports::{AuditEvent, AuditHead, AuditQuery};
+use crate::ports::{AuditEvent, AuditHead, AuditOutcome, AuditQuery};
 
 use super::errors::ServiceError;
 use super::Deps;
@@ -26,7 +26,7 @@ pub struct Draft {
     pub actor_id: String,
     pub action: String,
     pub ip: Option<String>,
-    pub outcome: &'static str,
+    pub outcome: AuditOutcome,
     /// Non-sensitive details only: ids, codes, counts — never content, secrets or
     /// full phone numbers.
     pub details: serde_json::Value,
@@ -72,7 +72,7 @@ pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceErro
             actor_id: draft.actor_id.clone(),
             action: draft.action.clone(),
             ip: draft.ip.clone(),
-            outcome: draft.outcome.to_owned(),
+            outcome: draft.outcome,
             details: details.clone(),
             prev_hash: head
                 .as_ref()
@@ -112,7 +112,7 @@ pub struct EventView {
     pub actor: serde_json::Value,
     pub action: String,
     pub ip: Option<String>,
-    pub outcome: String,
+    pub outcome: AuditOutcome,
     pub details: serde_json::Value,
     pub hash: String,
     pub prev_hash: String,
@@ -127,7 +127,7 @@ impl From<&AuditEvent> for EventView {
             actor: serde_json::json!({"type": e.actor_type, "id": e.actor_id}),
             action: e.action.clone(),
             ip: e.ip.clone(),
-            outcome: e.outcome.clone(),
+            outcome: e.outcome,
             details: serde_json::from_str(&e.details).unwrap_or(serde_json::Value::Null),
             hash: e.hash.clone(),
             prev_hash: e.prev_hash.clone(),
@@ -230,7 +230,7 @@ mod tests {
                 actor_id: "k1".into(),
                 action: "POST /v1/messages".into(),
                 ip: Some("203.0.113.9".into()),
-                outcome: "success".into(),
+                outcome: AuditOutcome::Success,
                 details: r#"{"message_id":"m"}"#.into(),
                 prev_hash: out.last().map_or(GENESIS.to_owned(), |p| p.hash.clone()),
                 hash: String::new(),
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn an_edited_field_breaks_the_chain_at_that_event() {
         let mut c = chain(5);
-        c[2].outcome = "denied".into();
+        c[2].outcome = AuditOutcome::Denied;
         let r = verify_chain(&c, Some(&head(&c[4])));
         assert_eq!((r.valid, r.broken_at), (false, Some(3)));
     }

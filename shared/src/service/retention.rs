@@ -153,7 +153,7 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
             actor_id: "retention".into(),
             action: "retention.run".into(),
             ip: None,
-            outcome: "success",
+            outcome: crate::ports::AuditOutcome::Success,
             details: serde_json::to_value(&report).unwrap_or_default(),
         },
     )

@@ -755,7 +755,7 @@ async fn a_secret_store_failure_after_the_claim_leaves_the_message_retryable() {
         .unwrap()
         .unwrap();
     assert_eq!(m.attempts, 2);
-    assert_eq!(m.error.map(|e| e.code), Some(json!("meta_unreachable")));
+    assert_eq!(m.error.map(|e| e.code), Some("meta_unreachable".into()));
 }
 
 /// On Lambda the client address is API Gateway's `requestContext.http.sourceIp`; an

@@ -245,7 +245,7 @@ async fn the_chain_still_verifies_after_its_oldest_events_expire() {
         actor_id: "k".into(),
         action: format!("POST /v1/messages#{n}"),
         ip: None,
-        outcome: "success",
+        outcome: kirim::ports::AuditOutcome::Success,
         details: json!({}),
     };
     for n in 0..3 {

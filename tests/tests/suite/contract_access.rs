@@ -2,7 +2,7 @@
 
 use chrono::Duration;
 use kirim::error::StoreError;
-use kirim::ports::{ApiKeyRecord, AuditEvent, AuditQuery, Clock, TenantStatus};
+use kirim::ports::{ApiKeyRecord, AuditEvent, AuditOutcome, AuditQuery, Clock, TenantStatus};
 
 use super::contract::{aws, contract, key_for, memory, onboarded, Ports};
 
@@ -253,7 +253,7 @@ fn event(chain: &str, seq: u64, prev: &str, at: chrono::DateTime<chrono::Utc>) -
         }
         .into(),
         ip: Some("203.0.113.1".into()),
-        outcome: "success".into(),
+        outcome: AuditOutcome::Success,
         details: "{}".into(),
         prev_hash: prev.into(),
         hash: String::new(),
