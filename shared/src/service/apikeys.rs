@@ -136,7 +136,7 @@ pub async fn create(deps: &Deps, tenant: &TenantId, req: NewKey) -> Result<Minte
     }
     let minted = mint(tenant, name.to_owned(), req.role, expires_at, now);
     deps.api_keys.put_api_key(&minted.record).await?;
-    tracing::info!(tenant_id = %tenant, key_id = %minted.record.id, role = minted.record.role.as_str(), "api key created");
+    tracing::info!(key_id = %minted.record.id, role = minted.record.role.as_str(), "api key created");
     Ok(minted)
 }
 
@@ -181,7 +181,7 @@ pub async fn rotate(
     let mut ended = old;
     ended.expires_at = Some(old_expires_at);
     ended.replaced_by = Some(minted.record.id.clone());
-    tracing::info!(tenant_id = %tenant, key_id = %id, new_key_id = %minted.record.id, grace_hours = grace, "api key rotated");
+    tracing::info!(key_id = %id, new_key_id = %minted.record.id, grace_hours = grace, "api key rotated");
     Ok((minted, KeyView::of(&ended, now)))
 }
 
@@ -191,6 +191,6 @@ pub async fn revoke(deps: &Deps, tenant: &TenantId, id: &str) -> Result<(), Serv
         .revoke_api_key(tenant, id, now)
         .await?
         .ok_or(ServiceError::NotFound)?;
-    tracing::info!(tenant_id = %tenant, key_id = %id, "api key revoked");
+    tracing::info!(key_id = %id, "api key revoked");
     Ok(())
 }

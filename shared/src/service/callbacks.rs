@@ -59,7 +59,7 @@ pub async fn status_changed(deps: &Deps, record: &MessageRecord) {
         Ok(Some(_)) => {}
         // Queue it anyway: the sender checks the setting again.
         Err(e) => {
-            tracing::warn!(tenant_id = %record.tenant_id, error = %e, "status callback setting unreadable")
+            tracing::warn!(error = %e, "status callback setting unreadable")
         }
     }
     let at = record
@@ -89,7 +89,7 @@ pub async fn status_changed(deps: &Deps, record: &MessageRecord) {
         }
     };
     if let Err(e) = deps.callback_queue.send(&body).await {
-        tracing::warn!(tenant_id = %record.tenant_id, message_id = %record.id, error = %e, "status callback not queued");
+        tracing::warn!(error = %e, "status callback not queued");
     }
 }
 
@@ -121,13 +121,20 @@ pub fn signature(secret: &Secret, body: &[u8]) -> Option<String> {
 }
 
 /// One delivery attempt (`attempt` counts from 1).
+/// One delivery attempt, in a `job` span carrying the message's ids.
 async fn deliver(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
+    use tracing::Instrument;
+    let span = tracing::info_span!("job", kind = "status_callback", tenant_id = %job.tenant_id, message_id = %job.message_id);
+    deliver_once(deps, job, attempt).instrument(span).await
+}
+
+async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
     let retry = |why: &str| {
         if attempt >= deps.settings.callback_max_attempts {
-            tracing::warn!(tenant_id = %job.tenant_id, message_id = %job.message_id, attempt, reason = %why, "status callback given up");
+            tracing::warn!(attempt, reason = %why, "status callback given up");
             Outcome::Done
         } else {
-            tracing::info!(tenant_id = %job.tenant_id, message_id = %job.message_id, attempt, reason = %why, "status callback will be retried");
+            tracing::info!(attempt, reason = %why, "status callback will be retried");
             Outcome::RetryAfter(backoff(deps.settings.callback_backoff, attempt))
         }
     };
@@ -143,7 +150,7 @@ async fn deliver(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
     let secret = match deps.secrets.current(&setting.secret_name).await {
         Ok(Some(s)) => s,
         Ok(None) => {
-            tracing::warn!(tenant_id = %job.tenant_id, "status callback secret missing; not sent");
+            tracing::warn!("status callback secret missing; not sent");
             return Outcome::Done;
         }
         Err(e) => return retry(&e.to_string()),
@@ -166,11 +173,15 @@ async fn deliver(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
     .await
     {
         Delivery::Delivered => {
-            tracing::info!(tenant_id = %job.tenant_id, message_id = %job.message_id, status = job.status.as_str(), attempt, "status callback delivered");
+            tracing::info!(
+                status = job.status.as_str(),
+                attempt,
+                "status callback delivered"
+            );
             Outcome::Done
         }
         Delivery::Refused(e) => {
-            tracing::warn!(tenant_id = %job.tenant_id, message_id = %job.message_id, reason = %e, "status callback target refused");
+            tracing::warn!(reason = %e, "status callback target refused");
             Outcome::Done
         }
         Delivery::Retry(why) => retry(&why),
@@ -307,7 +318,10 @@ pub async fn put_setting(
         updated_at: deps.clock.now(),
     };
     deps.status_callbacks.put_status_callback(&setting).await?;
-    tracing::info!(tenant_id = %tenant, host = url.host_str().unwrap_or_default(), "status callback set");
+    tracing::info!(
+        host = url.host_str().unwrap_or_default(),
+        "status callback set"
+    );
     Ok(CallbackView {
         url: Some(setting.url),
         secret_set: true,

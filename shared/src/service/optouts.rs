@@ -80,7 +80,7 @@ pub async fn remove(
     phone: &PhoneNumber,
 ) -> Result<(), ServiceError> {
     if deps.opt_outs.delete_opt_out(tenant, phone).await? {
-        tracing::info!(tenant_id = %tenant, to = %phone.masked(), "opt-out removed");
+        tracing::info!(to = %phone.masked(), "opt-out removed");
         Ok(())
     } else {
         Err(ServiceError::NotFound)
@@ -129,7 +129,7 @@ pub async fn apply_inbound(
         }
         Keyword::Start => {
             if deps.opt_outs.delete_opt_out(tenant, phone).await? {
-                tracing::info!(tenant_id = %tenant, to = %phone.masked(), "opted back in");
+                tracing::info!(to = %phone.masked(), "opted back in");
                 Ok(Inbound::OptedIn)
             } else {
                 Ok(Inbound::Nothing)

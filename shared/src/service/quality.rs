@@ -69,7 +69,7 @@ pub async fn count(deps: &Deps, tenant: &TenantId, counter: QualityCounter) {
         .bump(tenant, now.date_naive(), counter, expires)
         .await
     {
-        tracing::warn!(tenant_id = %tenant, error = %e, counter = counter.attribute(), "quality counter not updated");
+        tracing::warn!(error = %e, counter = counter.attribute(), "quality counter not updated");
     }
 }
 

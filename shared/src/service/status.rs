@@ -72,6 +72,8 @@ async fn apply_to(
     message_id: &MessageId,
     report: &StatusReport,
 ) -> Result<Applied, ServiceError> {
+    crate::telemetry::record_tenant(tenant_id);
+    tracing::Span::current().record("message_id", tracing::field::display(message_id));
     let to = report.status.message_status();
     let now = deps.clock.now();
     let at = report.at(now);

@@ -271,7 +271,7 @@ pub async fn create(
         }
         other => other.into(),
     })?;
-    tracing::info!(tenant_id = %tenant, user_id = %user.id, role = user.role.as_str(), "user created");
+    tracing::info!(user_id = %user.id, role = user.role.as_str(), "user created");
     Ok(UserView::of(&user, now))
 }
 
@@ -292,7 +292,7 @@ pub async fn delete(deps: &Deps, tenant: &TenantId, id: &str) -> Result<(), Serv
     if !deps.users.delete_user(tenant, id).await? {
         return Err(ServiceError::NotFound);
     }
-    tracing::info!(tenant_id = %tenant, user_id = %id, "user deleted");
+    tracing::info!(user_id = %id, "user deleted");
     Ok(())
 }
 
@@ -443,7 +443,7 @@ pub async fn enroll(deps: &Deps, caller: &Caller) -> Result<Enrollment, ServiceE
     };
     let uri = totp_for(&secret, &user.email)?.get_url();
     deps.users.set_pending_totp(tenant, id, &secret).await?;
-    tracing::info!(tenant_id = %tenant, user_id = %id, "2fa enrollment started");
+    tracing::info!(user_id = %id, "2fa enrollment started");
     Ok(Enrollment {
         secret: Secret::new(secret),
         otpauth_uri: Secret::new(uri),
@@ -480,7 +480,7 @@ pub async fn confirm(
             "totp_code does not match (codes are accepted once; wait for the next one)",
         ));
     }
-    tracing::info!(tenant_id = %tenant, user_id = %id, "2fa enabled");
+    tracing::info!(user_id = %id, "2fa enabled");
     Ok(())
 }
 
@@ -507,6 +507,6 @@ pub async fn set_two_factor_setting(
     deps.users
         .set_two_factor_required(tenant, s.required)
         .await?;
-    tracing::info!(tenant_id = %tenant, required = s.required, "2fa requirement changed");
+    tracing::info!(required = s.required, "2fa requirement changed");
     Ok(s)
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use tracing::Instrument;
 
 use crate::domain::meta::{self, AccountUpdate, MetaEvent};
 use crate::domain::TenantId;
@@ -129,10 +130,21 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 tracing::debug!(piece = u.piece, field = %u.field, "webhook piece not understood; skipped");
             }
             MetaEvent::Status(report) => {
-                let result = match owners.of(report.phone_number_id.as_deref()).await {
-                    Ok(tenant) => super::status::apply(deps, tenant.as_ref(), report).await,
-                    Err(e) => Err(e),
-                };
+                let span = tracing::info_span!(
+                    "status",
+                    wamid = %report.wamid,
+                    tenant_id = tracing::field::Empty,
+                    message_id = tracing::field::Empty,
+                );
+                let result = async {
+                    let tenant = owners.of(report.phone_number_id.as_deref()).await?;
+                    if let Some(t) = &tenant {
+                        crate::telemetry::record_tenant(t);
+                    }
+                    super::status::apply(deps, tenant.as_ref(), report).await
+                }
+                .instrument(span)
+                .await;
                 match result {
                     Ok(super::status::Applied::Yes) => summary.applied += 1,
                     Ok(super::status::Applied::NoChange) => summary.ignored += 1,
@@ -144,12 +156,16 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 }
             }
             MetaEvent::Inbound(message) => {
-                let result = match owners.of(message.phone_number_id.as_deref()).await {
-                    Ok(tenant) => {
-                        super::optouts::apply_inbound(deps, tenant.as_ref(), message).await
+                let span = tracing::info_span!("inbound", tenant_id = tracing::field::Empty);
+                let result = async {
+                    let tenant = owners.of(message.phone_number_id.as_deref()).await?;
+                    if let Some(t) = &tenant {
+                        crate::telemetry::record_tenant(t);
                     }
-                    Err(e) => Err(e),
-                };
+                    super::optouts::apply_inbound(deps, tenant.as_ref(), message).await
+                }
+                .instrument(span)
+                .await;
                 match result {
                     Ok(super::optouts::Inbound::Nothing) => summary.ignored += 1,
                     Ok(_) => summary.applied += 1,
