@@ -1,3 +1,7 @@
+//! Privacy carried by a type: `Secret` (tokens, keys, passwords, app secrets) never
+//! prints itself, compares in constant time, and is stored only as a hash
+//! (`token_hash`) or in the secret store.
+
 use std::fmt;
 
 use subtle::ConstantTimeEq;

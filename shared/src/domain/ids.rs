@@ -1,3 +1,5 @@
+//! Kirim's own ids: ULIDs, validated wherever they are parsed or deserialised.
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

@@ -1,3 +1,7 @@
+//! A message: its content (which lives only in the dispatch queue and the request to
+//! Meta), its template reference, its failure code, and the delivery metadata the table
+//! keeps.
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 

@@ -1,3 +1,6 @@
+//! Phone numbers, parsed at the boundary into E.164 and masked whenever displayed in a
+//! log line.
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

@@ -1,3 +1,5 @@
+//! Roles of API keys and console users, and which includes which.
+
 use serde::{Deserialize, Serialize};
 
 /// `admin` ⊃ `operator` ⊃ `read_only`.

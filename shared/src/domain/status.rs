@@ -1,3 +1,6 @@
+//! A message's delivery status and the forward-only rule, as the list of statuses each
+//! may follow (the stores turn it into a conditional write).
+
 use serde::{Deserialize, Serialize};
 
 /// A message's delivery status. It only ever moves forward:

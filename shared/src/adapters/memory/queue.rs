@@ -1,3 +1,6 @@
+//! An in-process queue with SQS's semantics where they matter: visibility timeouts,
+//! receive counts, and a dead-letter list after the receive limit.
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

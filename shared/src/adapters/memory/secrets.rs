@@ -1,3 +1,6 @@
+//! The secret store in memory (local mode, tests): a current and a previous version per
+//! name, like Secrets Manager's AWSCURRENT and AWSPREVIOUS.
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 

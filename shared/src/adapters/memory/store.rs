@@ -1,3 +1,7 @@
+//! Every store port in memory (local mode, tests), behind one mutex, so each invariant
+//! the DynamoDB adapter keeps with a conditional write holds here by construction. It
+//! passes the same contract suite as the DynamoDB adapter.
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
