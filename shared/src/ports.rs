@@ -313,6 +313,15 @@ pub trait OptOutStore: Send + Sync {
         tenant: &TenantId,
         phone: &PhoneNumber,
     ) -> Result<Option<OptOut>, StoreError>;
+    /// Removes the opt-out only if it was not made by a STOP reply newer than Meta's
+    /// time `at` (a START reply of that time): a conditional delete, so a START never
+    /// undoes a newer STOP whatever order they arrive in. `false` if nothing was removed.
+    async fn delete_opt_out_not_newer_than(
+        &self,
+        tenant: &TenantId,
+        phone: &PhoneNumber,
+        at: i64,
+    ) -> Result<bool, StoreError>;
     /// Removes the opt-out; `false` if there was none.
     async fn delete_opt_out(
         &self,

@@ -148,6 +148,8 @@ pub struct InboundMessage {
     pub phone_number_id: Option<String>,
     /// The sender, when Meta names them by phone number.
     pub from: Option<PhoneNumber>,
+    /// Meta's timestamp (epoch seconds), if it gave a readable one.
+    pub timestamp: Option<i64>,
     pub request: Option<(Keyword, OptOutSource)>,
 }
 
@@ -348,6 +350,7 @@ fn inbound(item: &Value, phone_number_id: &Option<String>) -> Option<InboundMess
     Some(InboundMessage {
         phone_number_id: phone_number_id.clone(),
         from: meta_phone(m.from.as_deref()),
+        timestamp: m.timestamp.as_ref().and_then(epoch_seconds),
         request,
     })
 }
@@ -395,6 +398,8 @@ struct ErrorIn {
 struct InboundIn {
     #[serde(default)]
     from: Option<String>,
+    #[serde(default)]
+    timestamp: Option<Value>,
     #[serde(default)]
     text: Option<TextIn>,
     #[serde(default)]

@@ -95,6 +95,18 @@ pub struct OptOut {
     /// The API key id that added it, or `meta`.
     pub created_by: String,
     pub created_at: DateTime<Utc>,
+    /// Meta's timestamp (epoch seconds) of the STOP reply that made it, if a reply did:
+    /// a START only undoes a STOP that is not newer than itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_timestamp: Option<i64>,
+}
+
+impl OptOut {
+    /// Whether a STOP reply of Meta's time `at` may replace this opt-out's time: never
+    /// with an older one, so a late START cannot undo the newest STOP.
+    pub fn replies_not_newer_than(&self, at: i64) -> bool {
+        self.meta_timestamp.is_none_or(|t| t <= at)
+    }
 }
 
 #[cfg(test)]

@@ -314,5 +314,19 @@ async fn meta_notify(State(s): State<AppState>, headers: HeaderMap, body: Bytes)
         ));
     }
     let summary = webhook::apply(&s.deps, &body).await?;
+    if summary.errors > 0 {
+        // Meta delivers a webhook again until it gets a 2xx; applying a body twice
+        // changes nothing, so a storage failure must not be acknowledged.
+        tracing::error!(
+            errors = summary.errors,
+            applied = summary.applied,
+            "webhook items not applied; asking Meta to deliver again"
+        );
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "some items could not be applied; deliver the notification again",
+        ));
+    }
     Ok(Json(json!({"received": true, "summary": summary})).into_response())
 }

@@ -115,7 +115,7 @@ async fn put_one(
             .unwrap_or(OptOutScope::All)
     };
     let (_, by) = ctx.caller.actor();
-    let o = optouts::add(&s.deps, tenant, phone, scope, OptOutSource::Api, &by).await?;
+    let o = optouts::add(&s.deps, tenant, phone, scope, OptOutSource::Api, &by, None).await?;
     Ok(Json(OptOutView::from(&o)).into_response())
 }
 

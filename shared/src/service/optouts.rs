@@ -31,6 +31,8 @@ pub fn parse_phone(raw: &str) -> Result<PhoneNumber, ServiceError> {
     PhoneNumber::parse(raw).map_err(|_| ServiceError::InvalidPhoneNumber)
 }
 
+/// Records an opt-out (`meta_timestamp`: Meta's time of the STOP reply that asked for
+/// it, if one did).
 pub async fn add(
     deps: &Deps,
     tenant: &TenantId,
@@ -38,6 +40,7 @@ pub async fn add(
     scope: OptOutScope,
     source: OptOutSource,
     by: &str,
+    meta_timestamp: Option<i64>,
 ) -> Result<OptOut, ServiceError> {
     let opt_out = OptOut {
         tenant_id: tenant.clone(),
@@ -46,6 +49,7 @@ pub async fn add(
         source,
         created_by: by.to_owned(),
         created_at: deps.clock.now(),
+        meta_timestamp,
     };
     let (stored, was_new) = deps.opt_outs.put_opt_out(&opt_out).await?;
     // A recipient's own new opt-out counts against the tenant's quality (once: Meta
@@ -105,7 +109,9 @@ pub enum Inbound {
     Nothing,
 }
 
-/// Applies one inbound message of a verified webhook for the tenant owning the number.
+/// Applies one inbound message of a verified webhook for the tenant owning the number,
+/// in the order of Meta's timestamps: a START undoes only a STOP not newer than itself,
+/// and a STOP never moves the newest STOP's time back (both conditional writes).
 pub async fn apply_inbound(
     deps: &Deps,
     tenant: Option<&TenantId>,
@@ -114,6 +120,9 @@ pub async fn apply_inbound(
     let (Some((word, source)), Some(tenant), Some(phone)) = (msg.request, tenant, &msg.from) else {
         return Ok(Inbound::Nothing);
     };
+    let at = msg
+        .timestamp
+        .unwrap_or_else(|| deps.clock.now().timestamp());
     match word {
         Keyword::Stop => {
             add(
@@ -123,12 +132,17 @@ pub async fn apply_inbound(
                 OptOutScope::All,
                 source,
                 BY_META,
+                Some(at),
             )
             .await?;
             Ok(Inbound::OptedOut)
         }
         Keyword::Start => {
-            if deps.opt_outs.delete_opt_out(tenant, phone).await? {
+            if deps
+                .opt_outs
+                .delete_opt_out_not_newer_than(tenant, phone, at)
+                .await?
+            {
                 tracing::info!(to = %phone.masked(), "opted back in");
                 Ok(Inbound::OptedIn)
             } else {
@@ -161,6 +175,7 @@ pub async fn marketing_stopped_for(
         OptOutScope::Marketing,
         OptOutSource::Meta131050,
         BY_META,
+        None,
     )
     .await
     .map(|_| ())

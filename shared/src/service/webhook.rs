@@ -100,8 +100,14 @@ impl Owners<'_> {
 
 /// Applies every event of a verified notification. One bad item never drops the rest.
 pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceError> {
-    let events = meta::parse_notification(raw)
+    let mut events = meta::parse_notification(raw)
         .map_err(|_| ServiceError::InvalidRequest("the body is not a Meta notification".into()))?;
+    // Inbound STOP/START requests in the order of Meta's timestamps (stable: equal times
+    // keep the order Meta listed them; a missing time counts as now, the latest).
+    events.sort_by_key(|e| match e {
+        MetaEvent::Inbound(m) => m.timestamp.unwrap_or(i64::MAX),
+        _ => i64::MIN,
+    });
     let mut summary = WebhookSummary::default();
     let mut owners = Owners {
         deps,

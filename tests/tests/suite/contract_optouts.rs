@@ -32,6 +32,7 @@ fn opt_out(p: &Stores, t: &TenantId, to: &str, scope: OptOutScope) -> OptOut {
         source: OptOutSource::Api,
         created_by: "key_1".into(),
         created_at: p.clock.now(),
+        meta_timestamp: None,
     }
 }
 
@@ -397,6 +398,51 @@ async fn twenty_five_concurrent_inserts_with_one_key_make_one_message_and_one_de
     assert_eq!(debits, 1);
 }
 
+async fn a_start_removes_only_a_stop_that_is_not_newer_and_a_stop_never_moves_time_back(p: Stores) {
+    let t = onboarded(&p, 0).await;
+    let stop = |at: i64| OptOut {
+        source: OptOutSource::Keyword,
+        created_by: "meta".into(),
+        meta_timestamp: Some(at),
+        ..opt_out(&p, &t, "+60123450400", OptOutScope::All)
+    };
+    let to = phone("+60123450400");
+    p.opt_outs.put_opt_out(&stop(200)).await.unwrap();
+    // A late, older START does not undo the newer STOP.
+    assert!(!p
+        .opt_outs
+        .delete_opt_out_not_newer_than(&t, &to, 100)
+        .await
+        .unwrap());
+    // A late, older STOP leaves the newest STOP's time in place...
+    let (kept, new) = p.opt_outs.put_opt_out(&stop(150)).await.unwrap();
+    assert_eq!((kept.meta_timestamp, new), (Some(200), false));
+    // ...so a START between the two still cannot undo it.
+    assert!(!p
+        .opt_outs
+        .delete_opt_out_not_newer_than(&t, &to, 180)
+        .await
+        .unwrap());
+    assert!(p.opt_outs.get_opt_out(&t, &to).await.unwrap().is_some());
+    // A START of the same second applies (equal times apply in arrival order).
+    assert!(p
+        .opt_outs
+        .delete_opt_out_not_newer_than(&t, &to, 200)
+        .await
+        .unwrap());
+    assert_eq!(p.opt_outs.get_opt_out(&t, &to).await.unwrap(), None);
+    // An opt-out made through the API has no reply time: any START removes it.
+    p.opt_outs
+        .put_opt_out(&opt_out(&p, &t, "+60123450400", OptOutScope::All))
+        .await
+        .unwrap();
+    assert!(p
+        .opt_outs
+        .delete_opt_out_not_newer_than(&t, &to, 1)
+        .await
+        .unwrap());
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory_adapters {
@@ -410,6 +456,7 @@ macro_rules! contract {
 
 contract!(
     an_opt_out_is_stored_read_back_and_removed_once,
+    a_start_removes_only_a_stop_that_is_not_newer_and_a_stop_never_moves_time_back,
     a_marketing_opt_out_never_narrows_an_all_one_but_all_widens_marketing,
     opt_outs_list_in_pages_with_a_cursor_and_only_the_tenants_own,
     an_idempotent_insert_writes_once_and_then_answers_the_existing_record,

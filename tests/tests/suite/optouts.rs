@@ -490,7 +490,83 @@ async fn the_opt_out_routes_add_read_list_and_remove_within_each_role(b: Backend
     assert_eq!(res.status(), 401);
 }
 
+/// A text reply at Meta's time `at` (epoch seconds).
+fn text_at(from: &str, body: &str, at: i64) -> Value {
+    let mut m = text_from(from, body);
+    m["timestamp"] = json!(at.to_string());
+    m
+}
+
+async fn stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arrive(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(1).await;
+    let pn = t.phone_number_id.as_str();
+    let (from, phone) = ("60123457011", "+60123457011");
+    inbound(&app, pn, vec![text_at(from, "STOP", 1_700_000_200)]).await;
+    // A START Meta stamped before that STOP arrives late: it undoes nothing.
+    let summary = inbound(&app, pn, vec![text_at(from, "START", 1_700_000_100)]).await;
+    assert_eq!(summary["summary"]["applied"], 0, "{summary}");
+    assert_eq!(
+        opt_out_of(&app, &t.key, phone).await.0,
+        200,
+        "still opted out"
+    );
+    // A later START does.
+    inbound(&app, pn, vec![text_at(from, "START", 1_700_000_300)]).await;
+    assert_eq!(opt_out_of(&app, &t.key, phone).await.0, 404);
+    // One body listing a newer START before an older STOP: Meta's order wins, so the
+    // user ends opted in...
+    inbound(
+        &app,
+        pn,
+        vec![
+            text_at(from, "MULA", 1_700_000_500),
+            text_at(from, "STOP", 1_700_000_400),
+        ],
+    )
+    .await;
+    assert_eq!(opt_out_of(&app, &t.key, phone).await.0, 404);
+    // ...and a newer STOP listed before an older START leaves them out.
+    inbound(
+        &app,
+        pn,
+        vec![
+            text_at(from, "BERHENTI", 1_700_000_700),
+            text_at(from, "START", 1_700_000_600),
+        ],
+    )
+    .await;
+    let (status, o) = opt_out_of(&app, &t.key, phone).await;
+    assert_eq!(status, 200, "{o}");
+}
+
+async fn a_body_whose_first_change_is_malformed_still_applies_its_second_a_stop(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(1).await;
+    let body = json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[
+        {"field":"messages","value":[{"unexpected":"a list where an object belongs"}]},
+        {"field":"messages","value":{"metadata":{"phone_number_id":t.phone_number_id},
+            "statuses":{"not":"a list"},
+            "messages":[text_from("60123457012","STOP")]}}]}]})
+    .to_string();
+    let res = app
+        .http
+        .post(app.url("/webhooks/meta"))
+        .header("x-hub-signature-256", sign(body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let summary: Value = res.json().await.unwrap();
+    assert_eq!(summary["summary"]["applied"], 1, "{summary}");
+    assert_eq!(summary["summary"]["skipped"], 2, "{summary}");
+    assert_eq!(opt_out_of(&app, &t.key, "+60123457012").await.0, 200);
+}
+
 on_both_backends!(
+    stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arrive,
+    a_body_whose_first_change_is_malformed_still_applies_its_second_a_stop,
     an_inbound_stop_blocks_the_next_send_with_422_and_no_debit_until_start,
     a_sentence_that_merely_contains_stop_changes_nothing,
     a_quick_reply_stop_opts_out_and_one_bad_item_never_drops_the_others,

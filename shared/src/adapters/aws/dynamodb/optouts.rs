@@ -9,7 +9,8 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{
-    decode_cursor, encode_cursor, from_item, s, tenant_pk, to_item, unavailable, DynamoStore, Item,
+    decode_cursor, encode_cursor, from_item, n, s, tenant_pk, to_item, unavailable, DynamoStore,
+    Item,
 };
 use crate::domain::{OptOut, OptOutScope, PhoneNumber, TenantId};
 use crate::error::StoreError;
@@ -46,6 +47,14 @@ impl OptOutStore for DynamoStore {
                     .condition_expression("attribute_not_exists(pk) OR #scope = :marketing")
                     .expression_attribute_names("#scope", "scope")
                     .expression_attribute_values(":marketing", s(OptOutScope::Marketing.as_str()));
+            } else if let Some(at) = opt_out.meta_timestamp {
+                // A reply's STOP never moves the newest STOP's time back.
+                req = req
+                    .condition_expression(
+                        "attribute_not_exists(pk) OR attribute_not_exists(meta_timestamp) \
+                         OR meta_timestamp <= :at",
+                    )
+                    .expression_attribute_values(":at", n(at));
             }
             match req.send().await {
                 Ok(out) => {
@@ -79,6 +88,34 @@ impl OptOutStore for DynamoStore {
             .await?
             .map(from_item)
             .transpose()
+    }
+
+    async fn delete_opt_out_not_newer_than(
+        &self,
+        tenant: &TenantId,
+        phone: &PhoneNumber,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(tenant_pk(tenant)))
+            .key("sk", s(optout_sk(phone)))
+            .condition_expression(
+                "attribute_exists(pk) AND (attribute_not_exists(meta_timestamp) \
+                 OR meta_timestamp <= :at)",
+            )
+            .expression_attribute_values(":at", n(at))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(unavailable("dynamodb delete", e)),
+        }
     }
 
     async fn delete_opt_out(

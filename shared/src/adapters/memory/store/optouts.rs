@@ -16,6 +16,12 @@ impl OptOutStore for MemoryStore {
             if opt_out.scope == OptOutScope::Marketing && existing.scope == OptOutScope::All {
                 return Ok((existing.clone(), false));
             }
+            // A reply's STOP never moves the newest STOP's time back.
+            if let Some(at) = opt_out.meta_timestamp {
+                if !existing.replies_not_newer_than(at) {
+                    return Ok((existing.clone(), false));
+                }
+            }
         }
         let was_new = s.opt_outs.insert(key, opt_out.clone()).is_none();
         Ok((opt_out.clone(), was_new))
@@ -30,6 +36,20 @@ impl OptOutStore for MemoryStore {
         Ok(s.opt_outs
             .get(&(tenant.clone(), phone.to_string()))
             .cloned())
+    }
+
+    async fn delete_opt_out_not_newer_than(
+        &self,
+        tenant: &TenantId,
+        phone: &PhoneNumber,
+        at: i64,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let key = (tenant.clone(), phone.to_string());
+        match s.opt_outs.get(&key) {
+            Some(o) if o.replies_not_newer_than(at) => Ok(s.opt_outs.remove(&key).is_some()),
+            _ => Ok(false),
+        }
     }
 
     async fn delete_opt_out(
