@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{
-    decode_cursor, encode_cursor, from_item, s, tenant_pk, to_item, unavailable, DynamoStore, Item,
+    classify, decode_cursor, encode_cursor, from_item, s, tenant_pk, to_item, DynamoStore, Item,
 };
 use crate::domain::{OptOut, OptOutScope, PhoneNumber, TenantId};
 use crate::error::StoreError;
@@ -62,7 +62,7 @@ impl OptOutStore for DynamoStore {
                         return Ok((existing, false));
                     }
                 }
-                Err(e) => return Err(unavailable("dynamodb put", e)),
+                Err(e) => return Err(classify("dynamodb put", e)),
             }
         }
         Err(StoreError::Unavailable(
@@ -100,7 +100,7 @@ impl OptOutStore for DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(false)
             }
-            Err(e) => Err(unavailable("dynamodb delete", e)),
+            Err(e) => Err(classify("dynamodb delete", e)),
         }
     }
 
@@ -125,7 +125,7 @@ impl OptOutStore for DynamoStore {
             .limit(limit as i32 + 1)
             .send()
             .await
-            .map_err(|e| unavailable("dynamodb query", e))?;
+            .map_err(|e| classify("dynamodb query", e))?;
         let mut items = out.items.unwrap_or_default();
         let next_cursor = if items.len() > limit {
             items.truncate(limit);
