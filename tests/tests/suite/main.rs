@@ -35,3 +35,4 @@ mod quality;
 mod retention;
 mod throughput;
 mod users;
+mod wiring;
