@@ -275,4 +275,62 @@ mod tests {
             .collect();
         assert!(names.contains(&"st/operator-token".to_owned()));
     }
+
+    /// The variable names a function's environment sets: the globals and its own.
+    fn env_of(doc: &Value, props: &Value) -> Vec<String> {
+        let keys = |v: Option<&Value>| -> Vec<String> {
+            v.and_then(|e| e.get("Variables"))
+                .and_then(Value::as_mapping)
+                .map(|m| {
+                    m.keys()
+                        .filter_map(|k| k.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let globals = doc
+            .get("Globals")
+            .and_then(|g| g.get("Function"))
+            .and_then(|f| f.get("Environment"));
+        let mut vars = keys(globals);
+        vars.extend(keys(props.get("Environment")));
+        vars
+    }
+
+    #[test]
+    fn each_function_gets_exactly_the_queue_environment_its_wiring_declares() {
+        use kirim::runtime::{Function, Port};
+        let doc: Value = serde_yaml::from_str(TEMPLATE).unwrap();
+        let functions = resources(&doc, "AWS::Serverless::Function");
+        let mut declared: Vec<&str> = Function::ALL.iter().map(|f| f.logical_id()).collect();
+        let mut in_template: Vec<&str> = functions.iter().map(|(l, _)| l.as_str()).collect();
+        declared.sort();
+        in_template.sort();
+        assert_eq!(declared, in_template, "every function declares its wiring");
+        for function in Function::ALL {
+            let props = &functions
+                .iter()
+                .find(|(l, _)| l == function.logical_id())
+                .expect("declared")
+                .1;
+            let vars = env_of(&doc, props);
+            for required in function.required_env() {
+                assert!(
+                    vars.iter().any(|v| v == required),
+                    "{} lacks {required}",
+                    function.logical_id()
+                );
+            }
+            for port in [Port::DispatchQueue, Port::CallbackQueue] {
+                let (url, dlq) = port.env().expect("a queue");
+                if !function.uses_port(port) {
+                    assert!(
+                        !vars.iter().any(|v| v == url || v == dlq),
+                        "{} is given the {port} but does not use it",
+                        function.logical_id()
+                    );
+                }
+            }
+        }
+    }
 }

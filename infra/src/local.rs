@@ -13,7 +13,7 @@ use axum::Router;
 use kirim::config::{Backend, ConfigError, EnvReader, Settings};
 use kirim::http::extract::ClientIp;
 use kirim::ports::{Clock, SystemClock};
-use kirim::runtime::{aws_deps, memory_deps, AwsResources};
+use kirim::runtime::{aws_backends, memory_backends, meta_client, AwsResources, QueueUrls};
 use kirim::secret::Secret;
 use kirim::service::Deps;
 use tokio::task::JoinHandle;
@@ -216,16 +216,24 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         .unwrap_or_else(|| format!("{base_url}/_sandbox/graph"));
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let deps = match cfg.backend {
-        Backend::Memory => memory_deps(settings, clock)?,
+        Backend::Memory => Deps::new(memory_backends(settings, clock)?),
         Backend::Aws => {
             let sdk = emulator_sdk_config(cfg.aws_endpoint.as_deref()).await;
             let stack = ensure_stack(&sdk, &cfg.stack_name).await?;
+            // Local mode is every function at once: it uses every queue.
+            let queue = |logical: &str, dlq: &str| {
+                stack.queue_url(logical).map(|url| QueueUrls {
+                    url,
+                    dlq_url: stack.queue_url(dlq),
+                })
+            };
             let res = AwsResources {
                 table: stack.table.clone(),
-                dispatch_queue_url: stack.queue_url("DispatchQueue").unwrap_or_default(),
-                dispatch_dlq_url: stack.queue_url("DispatchDeadLetterQueue"),
-                status_callback_queue_url: stack.queue_url("StatusCallbackQueue"),
-                status_callback_dlq_url: stack.queue_url("StatusCallbackDeadLetterQueue"),
+                dispatch_queue: queue("DispatchQueue", "DispatchDeadLetterQueue"),
+                status_callback_queue: queue(
+                    "StatusCallbackQueue",
+                    "StatusCallbackDeadLetterQueue",
+                ),
             };
             // Secret names as the template declares them.
             let name = |logical: &str, fallback: &str| {
@@ -241,7 +249,16 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
             settings.meta_verify_token_secret =
                 name("MetaVerifyTokenSecret", &settings.meta_verify_token_secret);
             settings.secret_prefix = format!("{}/", cfg.stack_name);
-            aws_deps(&sdk, &res, settings, clock, Duration::from_secs(5))?
+            let meta = meta_client(&settings)?;
+            Deps::new(aws_backends(
+                &sdk,
+                "local mode",
+                &res,
+                meta,
+                settings,
+                clock,
+                Duration::from_secs(5),
+            ))
         }
     };
     let s = &deps.settings;

@@ -2,12 +2,13 @@
 //! Business rules live in the `kirim` crate; this file only wires.
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use kirim::runtime::{lambda_deps, Function};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     kirim::telemetry::init_json();
-    let deps = kirim::runtime::lambda_deps().await?;
+    let deps = lambda_deps(Function::Dispatcher).await?;
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<SqsBatchResponse, Error>(kirim::handlers::dispatch_batch(deps, event.payload).await)

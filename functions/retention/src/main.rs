@@ -1,12 +1,13 @@
 //! The `retention` Lambda: the daily EventBridge schedule → the retention run.
 //! Business rules live in the `kirim` crate; this file only wires.
 
+use kirim::runtime::{lambda_deps, Function};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     kirim::telemetry::init_json();
-    let deps = kirim::runtime::lambda_deps().await?;
+    let deps = lambda_deps(Function::Retention).await?;
     let deps = &deps;
     lambda_runtime::run(service_fn(
         move |_: LambdaEvent<serde_json::Value>| async move {

@@ -2,10 +2,11 @@
 //! Business rules live in the `kirim` crate; this file only wires.
 
 use kirim::http::{lambda::for_lambda, send_api_router};
+use kirim::runtime::{lambda_deps, Function};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     kirim::telemetry::init_json();
-    let deps = kirim::runtime::lambda_deps().await?;
+    let deps = lambda_deps(Function::SendApi).await?;
     lambda_http::run(for_lambda(send_api_router(deps))).await
 }

@@ -197,3 +197,34 @@ pub fn empty(status: StatusCode) -> Response {
         .body(Body::empty())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::StoreError;
+
+    #[test]
+    fn a_backend_refusal_is_a_bare_500_that_names_nothing_of_the_backend() {
+        for store in [
+            StoreError::Rejected("dynamodb put: ValidationException (http 400)".into()),
+            StoreError::Misconfigured("dynamodb get: AccessDeniedException (http 400)".into()),
+        ] {
+            let service = ServiceError::from(store);
+            assert!(!service.is_retryable());
+            let api = ApiError::from(service);
+            assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(api.code, "internal");
+            assert_eq!(api.message, "internal error");
+        }
+    }
+
+    #[test]
+    fn an_unavailable_backend_is_a_503_worth_retrying() {
+        let service = ServiceError::from(StoreError::Unavailable("throttled".into()));
+        assert!(service.is_retryable());
+        assert_eq!(
+            ApiError::from(service).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}

@@ -51,6 +51,11 @@ impl From<StoreError> for ServiceError {
             StoreError::Conflict(m) => ServiceError::Conflict(m),
             StoreError::InvalidCursor => ServiceError::InvalidRequest("invalid cursor".into()),
             StoreError::Unavailable(_) => ServiceError::Unavailable(e),
+            // A refusal that will repeat: logged as an internal error, never echoed to the
+            // client (`http::error` answers a bare 500).
+            StoreError::Rejected(_) | StoreError::Misconfigured(_) => {
+                ServiceError::Internal(e.to_string())
+            }
             StoreError::Corrupt(m) => ServiceError::Internal(m),
         }
     }

@@ -54,7 +54,8 @@ use crate::ports::{
 };
 use crate::secret::Secret;
 
-/// Everything a handler needs, built once per process (Lambda init or local mode).
+/// Everything a handler needs, built once per process by [`Deps::new`] (Lambda init,
+/// local mode and tests alike; `runtime` says which backends each process gets).
 #[derive(Clone)]
 pub struct Deps {
     pub tenants: Arc<dyn TenantStore>,
@@ -82,6 +83,98 @@ pub struct Deps {
     pub meta: Arc<dyn MetaClient>,
     pub clock: Arc<dyn Clock>,
     pub settings: Arc<Settings>,
+}
+
+/// Every store port at once: what one storage backend implements (DynamoDB's one table,
+/// or memory). `Deps::new` hands the one store out as each port.
+pub trait Stores:
+    TenantStore
+    + ApiKeyStore
+    + AuditLog
+    + QualityStats
+    + BroadcastStore
+    + UserStore
+    + Ledger
+    + MessageStore
+    + ExpiredItems
+    + crate::ports::RetentionStore
+    + OptOutStore
+    + IdempotencyStore
+    + Throughput
+    + SendingControl
+    + PendingStatusStore
+    + StatusCallbackStore
+    + 'static
+{
+}
+
+impl<T> Stores for T where
+    T: TenantStore
+        + ApiKeyStore
+        + AuditLog
+        + QualityStats
+        + BroadcastStore
+        + UserStore
+        + Ledger
+        + MessageStore
+        + ExpiredItems
+        + crate::ports::RetentionStore
+        + OptOutStore
+        + IdempotencyStore
+        + Throughput
+        + SendingControl
+        + PendingStatusStore
+        + StatusCallbackStore
+        + 'static
+{
+}
+
+/// What `Deps` is built from: the one store, the two queues, the secret store, Meta, the
+/// clock and the settings. A port a process does not use is wired to a refusing adapter
+/// (`runtime::NotWired`), never left out.
+pub struct Backends<S> {
+    pub store: Arc<S>,
+    /// The dispatch queue (send jobs, and local mode's poller).
+    pub queue: Arc<dyn DispatchQueue>,
+    /// The StatusCallbackQueue.
+    pub callback_queue: Arc<dyn DispatchQueue>,
+    pub secrets: Arc<dyn SecretStore>,
+    pub meta: Arc<dyn MetaClient>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Settings,
+    /// How long a secret read is cached (`Duration::ZERO`: never).
+    pub secret_ttl: Duration,
+}
+
+impl Deps {
+    /// The one constructor: every field, from one set of backends.
+    pub fn new<S: Stores>(b: Backends<S>) -> Self {
+        let store = b.store;
+        Deps {
+            tenants: store.clone(),
+            api_keys: store.clone(),
+            audit: store.clone(),
+            quality: store.clone(),
+            broadcasts: store.clone(),
+            users: store.clone(),
+            ledger: store.clone(),
+            messages: store.clone(),
+            expired: store.clone(),
+            retention: store.clone(),
+            opt_outs: store.clone(),
+            idempotency: store.clone(),
+            throughput: store.clone(),
+            sending: store.clone(),
+            pending: store.clone(),
+            status_callbacks: store,
+            queue: b.queue,
+            callback_queue: b.callback_queue,
+            secrets: Arc::new(SecretCache::new(b.secrets, b.secret_ttl)),
+            meta: b.meta,
+            clock: b.clock,
+            settings: Arc::new(b.settings),
+        }
+    }
 }
 
 /// (secret name, previous version?)

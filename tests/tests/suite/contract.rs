@@ -6,58 +6,61 @@ use std::time::Duration;
 use chrono::Utc;
 use kirim::adapters::aws::{DynamoStore, SecretsManagerStore, SqsQueue};
 use kirim::adapters::memory::{MemoryQueue, MemorySecrets, MemoryStore};
+use kirim::config::Settings;
 use kirim::domain::{
     MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber, Role, StatusEvent, TenantId,
 };
 use kirim::error::StoreError;
 use kirim::ports::*;
+use kirim::runtime::{NotWired, Port};
 use kirim::secret::Secret;
+use kirim::service::{Backends, Deps, Stores};
 use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
+/// Every port, built by the one constructor (`Deps::new`) and read through it: `p.tenants`,
+/// `p.queue`, `p.secrets.store()` (the secret store itself, under the cache) ...
 pub(crate) struct Ports {
-    pub(crate) tenants: Arc<dyn TenantStore>,
-    pub(crate) api_keys: Arc<dyn ApiKeyStore>,
-    pub(crate) audit: Arc<dyn AuditLog>,
-    pub(crate) quality: Arc<dyn QualityStats>,
-    pub(crate) users: Arc<dyn UserStore>,
-    pub(crate) ledger: Arc<dyn Ledger>,
-    pub(crate) messages: Arc<dyn MessageStore>,
-    pub(crate) expired: Arc<dyn ExpiredItems>,
-    pub(crate) queue: Arc<dyn DispatchQueue>,
-    pub(crate) secrets: Arc<dyn SecretStore>,
-    pub(crate) opt_outs: Arc<dyn OptOutStore>,
-    pub(crate) idempotency: Arc<dyn IdempotencyStore>,
-    pub(crate) throughput: Arc<dyn Throughput>,
-    pub(crate) sending: Arc<dyn SendingControl>,
-    pub(crate) pending: Arc<dyn PendingStatusStore>,
-    pub(crate) callbacks: Arc<dyn StatusCallbackStore>,
-    pub(crate) retention: Arc<dyn RetentionStore>,
+    deps: Deps,
+    /// The same clock as `deps.clock`, as the manual clock tests move.
     pub(crate) clock: Arc<ManualClock>,
+}
+
+impl std::ops::Deref for Ports {
+    type Target = Deps;
+    fn deref(&self) -> &Deps {
+        &self.deps
+    }
+}
+
+/// The contract is about the store, the dispatch queue and the secret store: the other
+/// ports are not wired.
+fn ports<S: Stores>(
+    store: Arc<S>,
+    queue: Arc<dyn DispatchQueue>,
+    secrets: Arc<dyn SecretStore>,
+    clock: Arc<ManualClock>,
+) -> Ports {
+    let deps = Deps::new(Backends {
+        store,
+        queue,
+        callback_queue: Arc::new(NotWired::new("the contract tests", Port::CallbackQueue)),
+        secrets,
+        meta: Arc::new(NotWired::new("the contract tests", Port::Meta)),
+        clock: clock.clone(),
+        settings: Settings::default(),
+        secret_ttl: Duration::ZERO,
+    });
+    Ports { deps, clock }
 }
 
 pub(crate) fn memory() -> Ports {
     let clock = ManualClock::new();
-    let store = Arc::new(MemoryStore::new(clock.clone()));
-    Ports {
-        tenants: store.clone(),
-        api_keys: store.clone(),
-        opt_outs: store.clone(),
-        idempotency: store.clone(),
-        throughput: store.clone(),
-        sending: store.clone(),
-        pending: store.clone(),
-        callbacks: store.clone(),
-        retention: store.clone(),
-        audit: store.clone(),
-        quality: store.clone(),
-        users: store.clone(),
-        ledger: store.clone(),
-        messages: store.clone(),
-        expired: store,
-        queue: Arc::new(MemoryQueue::new(Duration::from_secs(360), 10)),
-        secrets: Arc::new(MemorySecrets::default()),
+    ports(
+        Arc::new(MemoryStore::new(clock.clone())),
+        Arc::new(MemoryQueue::new(Duration::from_secs(360), 10)),
+        Arc::new(MemorySecrets::default()),
         clock,
-    }
+    )
 }
 
 pub(crate) async fn aws() -> Ports {
@@ -66,37 +69,22 @@ pub(crate) async fn aws() -> Ports {
         .await
         .expect("stack in moto");
     let clock = ManualClock::new();
-    let store = Arc::new(DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        stack.table.clone(),
-        clock.clone(),
-    ));
-    Ports {
-        tenants: store.clone(),
-        api_keys: store.clone(),
-        opt_outs: store.clone(),
-        idempotency: store.clone(),
-        throughput: store.clone(),
-        sending: store.clone(),
-        pending: store.clone(),
-        callbacks: store.clone(),
-        retention: store.clone(),
-        audit: store.clone(),
-        quality: store.clone(),
-        users: store.clone(),
-        ledger: store.clone(),
-        messages: store.clone(),
-        expired: store,
-        queue: Arc::new(SqsQueue::new(
+    ports(
+        Arc::new(DynamoStore::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            stack.table.clone(),
+            clock.clone(),
+        )),
+        Arc::new(SqsQueue::new(
             aws_sdk_sqs::Client::new(&sdk),
             stack.queue_url("DispatchQueue").unwrap_or_default(),
             stack.queue_url("DispatchDeadLetterQueue"),
         )),
-        secrets: Arc::new(SecretsManagerStore::new(
+        Arc::new(SecretsManagerStore::new(
             aws_sdk_secretsmanager::Client::new(&sdk),
         )),
         clock,
-    }
+    )
 }
 
 pub(crate) fn tenant(credits: i64) -> Tenant {
@@ -684,29 +672,31 @@ async fn queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queu
 
 async fn secrets_keep_the_previous_version_during_rotation(p: Ports) {
     let name = format!("kirim-test/{}/token", ulid::Ulid::new());
-    assert_eq!(p.secrets.get_secret(&name).await.unwrap(), None);
+    assert_eq!(p.secrets.store().get_secret(&name).await.unwrap(), None);
     p.secrets
+        .store()
         .put_secret(&name, &Secret::new("v1"))
         .await
         .unwrap();
     assert_eq!(
-        p.secrets.get_secret(&name).await.unwrap(),
+        p.secrets.store().get_secret(&name).await.unwrap(),
         Some(Secret::new("v1"))
     );
     p.secrets
+        .store()
         .put_secret(&name, &Secret::new("v2"))
         .await
         .unwrap();
     assert_eq!(
-        p.secrets.get_secret(&name).await.unwrap(),
+        p.secrets.store().get_secret(&name).await.unwrap(),
         Some(Secret::new("v2"))
     );
     assert_eq!(
-        p.secrets.get_previous_secret(&name).await.unwrap(),
+        p.secrets.store().get_previous_secret(&name).await.unwrap(),
         Some(Secret::new("v1"))
     );
-    p.secrets.delete_secret(&name).await.unwrap();
-    assert_eq!(p.secrets.get_secret(&name).await.unwrap(), None);
+    p.secrets.store().delete_secret(&name).await.unwrap();
+    assert_eq!(p.secrets.store().get_secret(&name).await.unwrap(), None);
 }
 
 macro_rules! contract {

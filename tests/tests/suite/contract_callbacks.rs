@@ -80,31 +80,46 @@ async fn kept_statuses_expire_with_their_retention_class(p: Stores) {
 async fn a_status_callback_setting_is_set_read_replaced_and_removed_per_tenant(p: Stores) {
     let a = TenantId::generate();
     let b = TenantId::generate();
-    assert_eq!(p.callbacks.get_status_callback(&a).await.unwrap(), None);
+    assert_eq!(
+        p.status_callbacks.get_status_callback(&a).await.unwrap(),
+        None
+    );
     let setting = StatusCallback {
         tenant_id: a.clone(),
         url: "https://hooks.example.com/kirim".into(),
         secret_name: format!("kirim/tenants/{a}/status-callback-secret"),
         updated_at: Utc::now(),
     };
-    p.callbacks.put_status_callback(&setting).await.unwrap();
+    p.status_callbacks
+        .put_status_callback(&setting)
+        .await
+        .unwrap();
     assert_eq!(
-        p.callbacks.get_status_callback(&a).await.unwrap(),
+        p.status_callbacks.get_status_callback(&a).await.unwrap(),
         Some(setting.clone())
     );
-    assert_eq!(p.callbacks.get_status_callback(&b).await.unwrap(), None);
+    assert_eq!(
+        p.status_callbacks.get_status_callback(&b).await.unwrap(),
+        None
+    );
     let moved = StatusCallback {
         url: "https://hooks.example.com/v2".into(),
         ..setting
     };
-    p.callbacks.put_status_callback(&moved).await.unwrap();
+    p.status_callbacks
+        .put_status_callback(&moved)
+        .await
+        .unwrap();
     assert_eq!(
-        p.callbacks.get_status_callback(&a).await.unwrap(),
+        p.status_callbacks.get_status_callback(&a).await.unwrap(),
         Some(moved)
     );
-    assert!(p.callbacks.delete_status_callback(&a).await.unwrap());
-    assert!(!p.callbacks.delete_status_callback(&a).await.unwrap());
-    assert_eq!(p.callbacks.get_status_callback(&a).await.unwrap(), None);
+    assert!(p.status_callbacks.delete_status_callback(&a).await.unwrap());
+    assert!(!p.status_callbacks.delete_status_callback(&a).await.unwrap());
+    assert_eq!(
+        p.status_callbacks.get_status_callback(&a).await.unwrap(),
+        None
+    );
 }
 
 macro_rules! contract {

@@ -16,6 +16,7 @@ macro_rules! on_both_backends {
 
 mod access;
 mod audit;
+mod aws_errors;
 mod broadcasts;
 mod callbacks;
 mod contract;
@@ -35,3 +36,4 @@ mod retention;
 mod spans;
 mod throughput;
 mod users;
+mod wiring;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeValue, DeleteRequest, Put, ReturnValue, TransactWriteItem, Update, WriteRequest,
 };
@@ -16,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::unavailable;
+use super::{classify, unavailable};
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::error::StoreError;
 use crate::ports::{
@@ -31,6 +30,9 @@ mod idempotency;
 mod optouts;
 mod retention;
 mod throttle;
+mod transact;
+
+pub(crate) use transact::CancelReason;
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 
@@ -151,7 +153,7 @@ impl DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| unavailable("dynamodb get", e))?;
+            .map_err(|e| classify("dynamodb get", e))?;
         Ok(out.item.filter(|i| self.live(i)))
     }
 
@@ -170,8 +172,6 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().put(put).build())
     }
 
-    /// `transact`, tried again when concurrent transactions on the same item (usually the
-    /// tenant's balance) cancelled it with `TransactionConflict`: nothing was written then.
     /// Every live item of one partition whose sort key starts with `prefix` (all pages,
     /// consistent), deserialised.
     pub(super) async fn query_prefix<T: DeserializeOwned>(
@@ -192,60 +192,12 @@ impl DynamoStore {
             .items()
             .send();
         while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            let item = item.map_err(|e| classify("dynamodb query", e))?;
             if self.live(&item) {
                 out.push(from_item(item)?);
             }
         }
         Ok(out)
-    }
-
-    pub(super) async fn transact_retrying_conflicts(
-        &self,
-        items: Vec<TransactWriteItem>,
-    ) -> Result<(), Vec<String>> {
-        let mut result = self.transact(items.clone()).await;
-        for attempt in 0..6u64 {
-            match &result {
-                Err(r) if r.iter().any(|c| c == "TransactionConflict") => {
-                    let jitter = rand::random::<u64>() % 20;
-                    tokio::time::sleep(std::time::Duration::from_millis(
-                        10 * (attempt + 1) + jitter,
-                    ))
-                    .await;
-                    result = self.transact(items.clone()).await;
-                }
-                _ => break,
-            }
-        }
-        result
-    }
-
-    pub(super) async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<(), Vec<String>> {
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e)) => match e.err() {
-                TransactWriteItemsError::TransactionCanceledException(c) => Err(c
-                    .cancellation_reasons()
-                    .iter()
-                    .map(|r| r.code().unwrap_or("None").to_owned())
-                    .collect()),
-                other => Err(vec![format!(
-                    "error:{}",
-                    unavailable("dynamodb transact", other)
-                )]),
-            },
-            Err(e) => Err(vec![format!(
-                "error:{}",
-                unavailable("dynamodb transact", e)
-            )]),
-        }
     }
 
     async fn balance(&self, tenant: &TenantId) -> Result<i64, StoreError> {
@@ -297,12 +249,10 @@ impl DynamoStore {
         let items = vec![self.credit_update(entry, false)?, self.ledger_put(entry)?];
         match self.transact(items).await {
             Ok(()) => self.balance(&entry.tenant_id).await,
-            Err(reasons)
-                if reasons.first().map(String::as_str) == Some("ConditionalCheckFailed") =>
-            {
+            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
                 Err(StoreError::NotFound)
             }
-            Err(reasons) => Err(StoreError::Unavailable(reasons.join(","))),
+            Err(e) => Err(e.into_store_error()),
         }
     }
 }
@@ -339,10 +289,10 @@ impl TenantStore for DynamoStore {
         }
         match self.transact(items).await {
             Ok(()) => Ok(()),
-            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => Err(StoreError::Conflict(
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
                 "phone_number_id already belongs to a tenant".into(),
             )),
-            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+            Err(e) => Err(e.into_store_error()),
         }
     }
 
@@ -387,7 +337,7 @@ impl TenantStore for DynamoStore {
             .items()
             .send();
         while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            let item = item.map_err(|e| classify("dynamodb query", e))?;
             if let Some(id) = item.get("id").and_then(|v| v.as_s().ok()) {
                 out.push(TenantId::from_trusted(id.clone()));
             }
@@ -414,7 +364,7 @@ impl TenantStore for DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Err(StoreError::NotFound)
             }
-            Err(e) => Err(unavailable("dynamodb update", e)),
+            Err(e) => Err(classify("dynamodb update", e)),
         }
     }
 
@@ -451,7 +401,7 @@ impl TenantStore for DynamoStore {
                     Some(_) => Err(StoreError::Conflict("the tenant is closed".into())),
                 }
             }
-            Err(e) => Err(unavailable("dynamodb update", e)),
+            Err(e) => Err(classify("dynamodb update", e)),
         }
     }
 }
@@ -524,10 +474,10 @@ impl ApiKeyStore for DynamoStore {
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         match self.transact(self.api_key_puts(key)?).await {
             Ok(()) => Ok(()),
-            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => {
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
                 Err(StoreError::Conflict("api key exists".into()))
             }
-            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+            Err(e) => Err(e.into_store_error()),
         }
     }
 
@@ -573,8 +523,8 @@ impl ApiKeyStore for DynamoStore {
                 key.revoked_at = Some(at);
                 Ok(Some(key))
             }
-            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => Ok(None),
-            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Ok(None),
+            Err(e) => Err(e.into_store_error()),
         }
     }
 
@@ -606,10 +556,10 @@ impl ApiKeyStore for DynamoStore {
         )?);
         match self.transact(items).await {
             Ok(()) => Ok(()),
-            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => Err(StoreError::Conflict(
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
                 "the key is revoked or was already rotated".into(),
             )),
-            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+            Err(e) => Err(e.into_store_error()),
         }
     }
 }
@@ -646,7 +596,7 @@ impl Ledger for DynamoStore {
             .limit(limit.clamp(1, 1000) as i32)
             .send()
             .await
-            .map_err(|e| unavailable("dynamodb query", e))?;
+            .map_err(|e| classify("dynamodb query", e))?;
         let next = out
             .last_evaluated_key()
             .and_then(|k| k.get("sk"))
@@ -687,13 +637,13 @@ impl MessageStore for DynamoStore {
         ];
         match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(()),
-            Err(r) if r.first().map(String::as_str) == Some("ConditionalCheckFailed") => {
+            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
                 Err(StoreError::InsufficientCredits)
             }
-            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => {
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
                 Err(StoreError::Conflict("message exists".into()))
             }
-            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+            Err(e) => Err(e.into_store_error()),
         }
     }
 
@@ -747,7 +697,7 @@ impl MessageStore for DynamoStore {
         let out = req
             .send()
             .await
-            .map_err(|e| unavailable("dynamodb query", e))?;
+            .map_err(|e| classify("dynamodb query", e))?;
         let messages = out
             .items()
             .iter()
@@ -836,7 +786,7 @@ impl MessageStore for DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(Transition::Refused)
             }
-            Err(e) => Err(unavailable("dynamodb update", e)),
+            Err(e) => Err(classify("dynamodb update", e)),
         }
     }
 
@@ -882,7 +832,7 @@ impl MessageStore for DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(Transition::Refused)
             }
-            Err(e) => Err(unavailable("dynamodb update", e)),
+            Err(e) => Err(classify("dynamodb update", e)),
         }
     }
 
@@ -907,7 +857,7 @@ impl MessageStore for DynamoStore {
             .set_item(Some(idx))
             .send()
             .await
-            .map_err(|e| unavailable("dynamodb put", e))?;
+            .map_err(|e| classify("dynamodb put", e))?;
         // The wamid on the message itself; a no-op if the message is gone.
         let res = self
             .client
@@ -925,7 +875,7 @@ impl MessageStore for DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(())
             }
-            Err(e) => Err(unavailable("dynamodb update", e)),
+            Err(e) => Err(classify("dynamodb update", e)),
         }
     }
 
@@ -1062,13 +1012,13 @@ impl AuditLog for DynamoStore {
         ];
         match self.transact(items).await {
             Ok(()) => Ok(()),
-            Err(r)
-                if r.iter()
-                    .any(|c| c == "ConditionalCheckFailed" || c == "TransactionConflict") =>
+            Err(e)
+                if e.any(CancelReason::ConditionalCheckFailed)
+                    || e.any(CancelReason::TransactionConflict) =>
             {
                 Err(StoreError::Conflict("audit chain moved".into()))
             }
-            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+            Err(e) => Err(e.into_store_error()),
         }
     }
 
@@ -1115,7 +1065,7 @@ impl AuditLog for DynamoStore {
             .filter_expression(filters.join(" AND "))
             .send()
             .await
-            .map_err(|e| unavailable("dynamodb query", e))?;
+            .map_err(|e| classify("dynamodb query", e))?;
         let events = out
             .items()
             .iter()
@@ -1155,7 +1105,7 @@ impl AuditLog for DynamoStore {
             .items()
             .send();
         while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            let item = item.map_err(|e| classify("dynamodb query", e))?;
             if self.live(&item) {
                 out.push(from_item(item)?);
                 if out.len() >= limit {
@@ -1198,7 +1148,7 @@ impl QualityStats for DynamoStore {
         req.send()
             .await
             .map(|_| ())
-            .map_err(|e| unavailable("dynamodb update", e))
+            .map_err(|e| classify("dynamodb update", e))
     }
 
     async fn totals(
@@ -1217,7 +1167,7 @@ impl QualityStats for DynamoStore {
             .expression_attribute_values(":hi", s(quality_sk(to)))
             .send()
             .await
-            .map_err(|e| unavailable("dynamodb query", e))?;
+            .map_err(|e| classify("dynamodb query", e))?;
         let num = |item: &Item, k: &str| match item.get(k) {
             Some(AttributeValue::N(v)) => v.parse::<u64>().unwrap_or(0),
             _ => 0,

@@ -2,7 +2,7 @@ use async_trait::async_trait;
 use aws_sdk_secretsmanager::error::SdkError;
 use aws_sdk_secretsmanager::Client;
 
-use super::unavailable;
+use super::classify;
 use crate::error::StoreError;
 use crate::ports::SecretStore;
 use crate::secret::Secret;
@@ -39,7 +39,7 @@ impl SecretsManagerStore {
             {
                 Ok(None)
             }
-            Err(e) => Err(unavailable("secretsmanager get", e)),
+            Err(e) => Err(classify("secretsmanager get", e)),
         }
     }
 }
@@ -64,8 +64,8 @@ impl SecretStore for SecretsManagerStore {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| unavailable("secretsmanager create", e)),
-            Err(e) => Err(unavailable("secretsmanager put", e)),
+                .map_err(|e| classify("secretsmanager create", e)),
+            Err(e) => Err(classify("secretsmanager put", e)),
         }
     }
 
@@ -88,7 +88,7 @@ impl SecretStore for SecretsManagerStore {
         {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => Ok(()),
-            Err(e) => Err(unavailable("secretsmanager delete", e)),
+            Err(e) => Err(classify("secretsmanager delete", e)),
         }
     }
 }

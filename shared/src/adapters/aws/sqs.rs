@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 
-use super::unavailable;
+use super::classify;
 use crate::error::StoreError;
 use crate::ports::{DispatchQueue, Received};
 
@@ -35,7 +35,7 @@ impl DispatchQueue for SqsQueue {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| unavailable("sqs send", e))
+            .map_err(|e| classify("sqs send", e))
     }
 
     async fn send_batch(&self, bodies: &[String]) -> Result<(), StoreError> {
@@ -58,13 +58,24 @@ impl DispatchQueue for SqsQueue {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|e| unavailable("sqs send batch", e))?;
+                .map_err(|e| classify("sqs send batch", e))?;
             if !out.failed().is_empty() {
-                return Err(StoreError::Unavailable(format!(
-                    "sqs send batch: {} of {} refused",
+                let detail = format!(
+                    "sqs send batch: {} of {} refused ({})",
                     out.failed().len(),
-                    chunk.len()
-                )));
+                    chunk.len(),
+                    out.failed()
+                        .iter()
+                        .map(|f| f.code())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                // SQS says whose fault each refusal is: ours will repeat, its own may not.
+                return Err(if out.failed().iter().any(|f| f.sender_fault()) {
+                    StoreError::Rejected(detail)
+                } else {
+                    StoreError::Unavailable(detail)
+                });
             }
         }
         Ok(())
@@ -80,7 +91,7 @@ impl DispatchQueue for SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
-            .map_err(|e| unavailable("sqs receive", e))?;
+            .map_err(|e| classify("sqs receive", e))?;
         Ok(out
             .messages()
             .iter()
@@ -107,7 +118,7 @@ impl DispatchQueue for SqsQueue {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| unavailable("sqs delete", e))
+            .map_err(|e| classify("sqs delete", e))
     }
 
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
@@ -121,7 +132,7 @@ impl DispatchQueue for SqsQueue {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| unavailable("sqs change visibility", e))
+            .map_err(|e| classify("sqs change visibility", e))
     }
 
     async fn dead_letters(&self) -> Result<Vec<String>, StoreError> {
@@ -137,7 +148,7 @@ impl DispatchQueue for SqsQueue {
             .visibility_timeout(0)
             .send()
             .await
-            .map_err(|e| unavailable("sqs receive dlq", e))?;
+            .map_err(|e| classify("sqs receive dlq", e))?;
         Ok(out
             .messages()
             .iter()

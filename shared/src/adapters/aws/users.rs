@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, TransactWriteItem};
 
-use super::dynamodb::{from_item, n, s, tenant_pk, to_item, DynamoStore, Item};
-use super::unavailable;
+use super::classify;
+use super::dynamodb::{from_item, n, s, tenant_pk, to_item, CancelReason, DynamoStore, Item};
 use crate::domain::TenantId;
 use crate::error::StoreError;
 use crate::ports::{LoginGate, LoginPolicy, SessionRecord, UserRecord, UserStore};
@@ -53,7 +53,7 @@ impl DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(false)
             }
-            Err(e) => Err(unavailable("dynamodb update", e)),
+            Err(e) => Err(classify("dynamodb update", e)),
         }
     }
 
@@ -101,10 +101,10 @@ impl UserStore for DynamoStore {
         ];
         match self.transact(items).await {
             Ok(()) => Ok(()),
-            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => {
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
                 Err(StoreError::Conflict("a user with this email exists".into()))
             }
-            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+            Err(e) => Err(e.into_store_error()),
         }
     }
 
@@ -151,8 +151,8 @@ impl UserStore for DynamoStore {
         ];
         match self.transact(items).await {
             Ok(()) => Ok(true),
-            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => Ok(false),
-            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Ok(false),
+            Err(e) => Err(e.into_store_error()),
         }
     }
 
@@ -314,10 +314,10 @@ impl UserStore for DynamoStore {
             .await
         {
             Ok(()) => Ok(()),
-            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => {
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
                 Err(StoreError::Conflict("session exists".into()))
             }
-            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+            Err(e) => Err(e.into_store_error()),
         }
     }
 
@@ -348,7 +348,7 @@ impl UserStore for DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(())
             }
-            Err(e) => Err(unavailable("dynamodb update", e)),
+            Err(e) => Err(classify("dynamodb update", e)),
         }
     }
 
@@ -373,7 +373,7 @@ impl UserStore for DynamoStore {
             .item("required", AttributeValue::Bool(required))
             .send()
             .await
-            .map_err(|e| unavailable("dynamodb put", e))?;
+            .map_err(|e| classify("dynamodb put", e))?;
         Ok(())
     }
 }

@@ -11,7 +11,8 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{
-    from_item, msg_sk, n, s, status_gsi, tenant_pk, to_item, unavailable, DynamoStore, TTL_ATTR,
+    classify, from_item, msg_sk, n, s, status_gsi, tenant_pk, to_item, CancelReason, DynamoStore,
+    TTL_ATTR,
 };
 use crate::domain::{MessageId, MessageRecord, PhoneNumber, TenantId};
 use crate::error::StoreError;
@@ -67,13 +68,13 @@ impl BroadcastStore for DynamoStore {
         ];
         match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(()),
-            Err(r) if r.first().map(String::as_str) == Some("ConditionalCheckFailed") => {
+            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
                 Err(StoreError::InsufficientCredits)
             }
-            Err(r) if r.iter().any(|c| c == "ConditionalCheckFailed") => {
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
                 Err(StoreError::Conflict("broadcast exists".into()))
             }
-            Err(r) => Err(StoreError::Unavailable(r.join(","))),
+            Err(e) => Err(e.into_store_error()),
         }
     }
 
@@ -140,7 +141,7 @@ impl BroadcastStore for DynamoStore {
             Ok(_) => {}
             // Another run got further already: nothing to record.
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {}
-            Err(e) => return Err(unavailable("dynamodb update", e)),
+            Err(e) => return Err(classify("dynamodb update", e)),
         }
         if done {
             self.client
@@ -150,7 +151,7 @@ impl BroadcastStore for DynamoStore {
                 .key("sk", s(list_sk(id)))
                 .send()
                 .await
-                .map_err(|e| unavailable("dynamodb delete", e))?;
+                .map_err(|e| classify("dynamodb delete", e))?;
         }
         Ok(())
     }
@@ -179,7 +180,7 @@ impl BroadcastStore for DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(false)
             }
-            Err(e) => Err(unavailable("dynamodb put", e)),
+            Err(e) => Err(classify("dynamodb put", e)),
         }
     }
 
@@ -206,7 +207,7 @@ impl BroadcastStore for DynamoStore {
             .send();
         let mut counts = BTreeMap::new();
         while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            let item = item.map_err(|e| classify("dynamodb query", e))?;
             if !self.live(&item) {
                 continue;
             }

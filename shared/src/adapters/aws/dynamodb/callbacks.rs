@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 
-use super::{from_item, n, s, tenant_pk, to_item, unavailable, DynamoStore, TTL_ATTR};
+use super::{classify, from_item, n, s, tenant_pk, to_item, DynamoStore, TTL_ATTR};
 use crate::domain::TenantId;
 use crate::error::StoreError;
 use crate::ports::{PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore};
@@ -45,7 +45,7 @@ impl PendingStatusStore for DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(false)
             }
-            Err(e) => Err(unavailable("dynamodb put", e)),
+            Err(e) => Err(classify("dynamodb put", e)),
         }
     }
 
@@ -63,7 +63,7 @@ impl PendingStatusStore for DynamoStore {
             .send();
         let mut out = Vec::new();
         while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| unavailable("dynamodb query", e))?;
+            let item = item.map_err(|e| classify("dynamodb query", e))?;
             if self.live(&item) {
                 out.push(from_item::<PendingStatus>(item)?);
             }
@@ -84,7 +84,7 @@ impl PendingStatusStore for DynamoStore {
             .key("sk", s(status.key()))
             .send()
             .await
-            .map_err(|e| unavailable("dynamodb delete", e))?;
+            .map_err(|e| classify("dynamodb delete", e))?;
         Ok(())
     }
 }
@@ -106,7 +106,7 @@ impl StatusCallbackStore for DynamoStore {
             .set_item(Some(item))
             .send()
             .await
-            .map_err(|e| unavailable("dynamodb put", e))?;
+            .map_err(|e| classify("dynamodb put", e))?;
         Ok(())
     }
 
@@ -135,7 +135,7 @@ impl StatusCallbackStore for DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(false)
             }
-            Err(e) => Err(unavailable("dynamodb delete", e)),
+            Err(e) => Err(classify("dynamodb delete", e)),
         }
     }
 }

@@ -8,13 +8,14 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 
 use super::{
-    from_item, msg_sk, n, s, status_gsi, tenant_pk, to_item, unavailable, DynamoStore, TTL_ATTR,
+    classify, from_item, msg_sk, n, s, status_gsi, tenant_pk, to_item, CancelReason, DynamoStore,
+    TTL_ATTR,
 };
 use crate::domain::{MessageId, MessageRecord, TenantId};
 use crate::error::StoreError;
 use crate::ports::{IdempotencyRecord, IdempotencyStore, IdempotentInsert, LedgerEntry};
 
-const CCF: &str = "ConditionalCheckFailed";
+const CCF: CancelReason = CancelReason::ConditionalCheckFailed;
 
 fn idem_sk(key_hash: &str) -> String {
     format!("IDEM#{key_hash}")
@@ -70,28 +71,28 @@ impl IdempotencyStore for DynamoStore {
                 self.put(m.clone(), Some("attribute_not_exists(pk)"))?,
                 self.idempotency_put(key)?,
             ];
-            let reasons = match self.transact(items).await {
+            let failed = match self.transact(items).await {
                 Ok(()) => return Ok(IdempotentInsert::Inserted),
-                Err(r) => r,
+                Err(e) => e,
             };
-            let reason = |i: usize| reasons.get(i).map(String::as_str);
-            if reason(3) == Some(CCF) {
+            let reason = |i: usize| failed.reason(i);
+            if reason(3) == Some(&CCF) {
                 // The key is taken: answer its record (read after the refused write).
                 if let Some(existing) = self.get_idempotency(&key.tenant_id, &key.key_hash).await? {
                     return Ok(IdempotentInsert::Existing(existing));
                 }
-            } else if reason(0) == Some(CCF) {
+            } else if reason(0) == Some(&CCF) {
                 return Err(StoreError::InsufficientCredits);
-            } else if reason(2) == Some(CCF) {
+            } else if reason(2) == Some(&CCF) {
                 return Err(StoreError::Conflict("message exists".into()));
-            } else if !reasons.iter().any(|c| c == "TransactionConflict") {
-                return Err(StoreError::Unavailable(reasons.join(",")));
+            } else if !failed.any(CancelReason::TransactionConflict) {
+                return Err(failed.into_store_error());
             }
             // Concurrent transactions on the tenant item (or the key) cancel each other
             // without writing anything: try again shortly, with jitter.
             attempt += 1;
             if attempt > 10 {
-                return Err(StoreError::Unavailable(reasons.join(",")));
+                return Err(failed.into_store_error());
             }
             let jitter = rand::random::<u64>() % 25;
             tokio::time::sleep(std::time::Duration::from_millis(10 * attempt + jitter)).await;
@@ -119,7 +120,7 @@ impl IdempotencyStore for DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(())
             }
-            Err(e) => Err(unavailable("dynamodb delete", e)),
+            Err(e) => Err(classify("dynamodb delete", e)),
         }
     }
 

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{
-    decode_cursor, encode_cursor, from_item, n, s, tenant_pk, to_item, unavailable, DynamoStore,
+    classify, decode_cursor, encode_cursor, from_item, n, s, tenant_pk, to_item, DynamoStore,
     Item,
 };
 use crate::domain::{OptOut, OptOutScope, PhoneNumber, TenantId};
@@ -71,7 +71,7 @@ impl OptOutStore for DynamoStore {
                         return Ok((existing, false));
                     }
                 }
-                Err(e) => return Err(unavailable("dynamodb put", e)),
+                Err(e) => return Err(classify("dynamodb put", e)),
             }
         }
         Err(StoreError::Unavailable(
@@ -114,7 +114,7 @@ impl OptOutStore for DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(false)
             }
-            Err(e) => Err(unavailable("dynamodb delete", e)),
+            Err(e) => Err(classify("dynamodb delete", e)),
         }
     }
 
@@ -137,7 +137,7 @@ impl OptOutStore for DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(false)
             }
-            Err(e) => Err(unavailable("dynamodb delete", e)),
+            Err(e) => Err(classify("dynamodb delete", e)),
         }
     }
 
@@ -162,7 +162,7 @@ impl OptOutStore for DynamoStore {
             .limit(limit as i32 + 1)
             .send()
             .await
-            .map_err(|e| unavailable("dynamodb query", e))?;
+            .map_err(|e| classify("dynamodb query", e))?;
         let mut items = out.items.unwrap_or_default();
         let next_cursor = if items.len() > limit {
             items.truncate(limit);

@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, Utc};
 
-use super::{from_item, msg_sk, n, s, status_gsi, tenant_pk, unavailable, DynamoStore, TTL_ATTR};
+use super::{classify, from_item, msg_sk, n, s, status_gsi, tenant_pk, DynamoStore, TTL_ATTR};
 use crate::domain::{MessageError, MessageId, MessageStatus, StatusEvent, TenantId};
 use crate::error::StoreError;
 use crate::ports::{
@@ -76,7 +76,7 @@ impl DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(Step::Refused)
             }
-            Err(e) => Err(unavailable("dynamodb update", e)),
+            Err(e) => Err(classify("dynamodb update", e)),
         }
     }
 
@@ -101,7 +101,7 @@ impl DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(Step::Refused)
             }
-            Err(e) => Err(unavailable("dynamodb update", e)),
+            Err(e) => Err(classify("dynamodb update", e)),
         }
     }
 }
@@ -148,15 +148,15 @@ impl Throughput for DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Err(StoreError::NotFound)
             }
-            Err(e) => Err(unavailable("dynamodb update", e)),
+            Err(e) => Err(classify("dynamodb update", e)),
         }
     }
 }
 
-fn applied_or_refused<R: std::fmt::Debug>(
+fn applied_or_refused(
     res: Result<
         aws_sdk_dynamodb::operation::update_item::UpdateItemOutput,
-        SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError, R>,
+        SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError>,
     >,
 ) -> Result<Transition, StoreError> {
     match res {
@@ -166,7 +166,7 @@ fn applied_or_refused<R: std::fmt::Debug>(
         Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
             Ok(Transition::Refused)
         }
-        Err(e) => Err(unavailable("dynamodb update", e)),
+        Err(e) => Err(classify("dynamodb update", e)),
     }
 }
 

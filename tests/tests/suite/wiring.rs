@@ -1,0 +1,161 @@
+//! Each Lambda gets only the ports `runtime::Function::uses` declares (the rest refuse,
+//! as `NotWired`). A message travels through all six functions wired exactly so, over
+//! one memory backend: if a function needed a port it does not declare, a step fails.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kirim::adapters::memory::{MemoryQueue, MemorySecrets, MemoryStore};
+use kirim::domain::MessageStatus;
+use kirim::ports::{DispatchQueue, MetaAccepted, MetaClient, MetaSendError};
+use kirim::runtime::{Function, NotWired, Port};
+use kirim::secret::Secret;
+use kirim::service::dispatch;
+use kirim::service::jobs::Outcome;
+use kirim::service::{accounts, callbacks, send, webhook, Backends, Deps};
+use kirim_tests::{test_settings, ManualClock};
+use serde_json::{json, Value};
+
+/// Meta, accepting every message with one wamid.
+struct FixedWamid(String);
+
+#[async_trait]
+impl MetaClient for FixedWamid {
+    async fn send_message(
+        &self,
+        _phone_number_id: &str,
+        _token: &Secret,
+        _body: &Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        Ok(MetaAccepted {
+            wamid: self.0.clone(),
+        })
+    }
+}
+
+/// A callback receiver on a free loopback port, counting what it accepted.
+async fn receiver() -> (String, Arc<AtomicUsize>) {
+    let got = Arc::new(AtomicUsize::new(0));
+    let counter = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/hook"), got)
+}
+
+#[tokio::test]
+async fn a_message_travels_through_functions_wired_only_with_the_ports_they_declare() {
+    let clock = ManualClock::new();
+    let store = Arc::new(MemoryStore::new(clock.clone()));
+    let queue: Arc<dyn DispatchQueue> = Arc::new(MemoryQueue::new(Duration::from_secs(360), 10));
+    let callback_queue: Arc<dyn DispatchQueue> =
+        Arc::new(MemoryQueue::new(Duration::from_secs(360), 10));
+    let secrets = Arc::new(MemorySecrets::default());
+    let wamid = format!("wamid.wired.{}", ulid::Ulid::new());
+    // As runtime::lambda_deps wires a function, over the memory backend.
+    let deps_for = |f: Function| -> Deps {
+        let queue_or_refusal = |port: Port, q: &Arc<dyn DispatchQueue>| -> Arc<dyn DispatchQueue> {
+            if f.uses_port(port) {
+                q.clone()
+            } else {
+                Arc::new(NotWired::new(f.name(), port))
+            }
+        };
+        let meta: Arc<dyn MetaClient> = if f.uses_port(Port::Meta) {
+            Arc::new(FixedWamid(wamid.clone()))
+        } else {
+            Arc::new(NotWired::new(f.name(), Port::Meta))
+        };
+        Deps::new(Backends {
+            store: store.clone(),
+            queue: queue_or_refusal(Port::DispatchQueue, &queue),
+            callback_queue: queue_or_refusal(Port::CallbackQueue, &callback_queue),
+            secrets: secrets.clone(),
+            meta,
+            clock: clock.clone(),
+            settings: test_settings(),
+            secret_ttl: Duration::ZERO,
+        })
+    };
+
+    // admin_api: the operator onboards a tenant, whose admin sets a status callback.
+    let admin = deps_for(Function::AdminApi);
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai",
+        "waba_id": "1", "phone_number_id": "4242", "meta_access_token": "EAAG", "credits": 2}))
+    .unwrap();
+    let (tenant, _) = accounts::create_tenant(&admin, req).await.unwrap();
+    let (url, delivered) = receiver().await;
+    let update: callbacks::CallbackUpdate =
+        serde_json::from_value(json!({"url": url, "secret": "whsec_wired_callback_secret_0123"}))
+            .unwrap();
+    callbacks::put_setting(&admin, &tenant.id, update)
+        .await
+        .unwrap();
+
+    // send_api: the tenant sends; the job is queued.
+    let send_api = deps_for(Function::SendApi);
+    let msg: send::SendRequest =
+        serde_json::from_value(json!({"to": "+60123456789", "text": {"body": "hi"}})).unwrap();
+    let record = send::send(&send_api, &tenant.id, msg).await.unwrap();
+
+    // dispatcher: the queue's event source hands it the job; Meta accepts it.
+    let dispatcher = deps_for(Function::Dispatcher);
+    let jobs = queue.receive(10, Duration::ZERO).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        dispatch::handle(&dispatcher, &jobs[0].body).await,
+        Outcome::Done
+    );
+    queue.delete(&jobs[0].receipt).await.unwrap();
+
+    // webhook: Meta reports it delivered.
+    let hook = deps_for(Function::Webhook);
+    let note = json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp",
+        "metadata":{"display_phone_number":"60300000000","phone_number_id":"4242"},
+        "statuses":[{"id":wamid,"status":"delivered",
+            "timestamp":(chrono::Utc::now().timestamp() + 1).to_string(),"recipient_id":"60123456789"}]
+    }}]}]});
+    webhook::apply(&hook, note.to_string().as_bytes())
+        .await
+        .unwrap();
+    let m = send_api
+        .messages
+        .get_message(&tenant.id, &record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.status, MessageStatus::Delivered);
+
+    // status_callback: the callback queue's event source hands it sent and delivered.
+    let status_callback = deps_for(Function::StatusCallback);
+    let changes = callback_queue.receive(10, Duration::ZERO).await.unwrap();
+    let items: Vec<(String, u32)> = changes
+        .iter()
+        .map(|c| (c.body.clone(), c.receive_count))
+        .collect();
+    assert_eq!(items.len(), 2, "sent and delivered were queued");
+    let outcomes = callbacks::handle_batch(&status_callback, &items).await;
+    assert!(outcomes.iter().all(|o| *o == Outcome::Done), "{outcomes:?}");
+    assert_eq!(delivered.load(Ordering::SeqCst), 2);
+
+    // retention: the daily run.
+    let retention = deps_for(Function::Retention);
+    kirim::handlers::scheduled_retention(&retention)
+        .await
+        .unwrap();
+}
