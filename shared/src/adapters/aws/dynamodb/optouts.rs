@@ -9,8 +9,7 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{
-    classify, decode_cursor, encode_cursor, from_item, n, s, tenant_pk, to_item, DynamoStore,
-    Item,
+    classify, decode_cursor, encode_cursor, from_item, n, s, tenant_pk, to_item, DynamoStore, Item,
 };
 use crate::domain::{OptOut, OptOutScope, PhoneNumber, TenantId};
 use crate::error::StoreError;
