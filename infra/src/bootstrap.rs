@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn each_function_gets_exactly_the_queue_environment_its_wiring_declares() {
-        use kirim::runtime::{Function, Port};
+        use kirim::wiring::{Function, Port};
         let doc: Value = serde_yaml::from_str(TEMPLATE).unwrap();
         let functions = resources(&doc, "AWS::Serverless::Function");
         let mut declared: Vec<&str> = Function::ALL.iter().map(|f| f.logical_id()).collect();

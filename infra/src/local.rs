@@ -13,9 +13,9 @@ use axum::Router;
 use kirim::config::{Backend, ConfigError, EnvReader, Settings};
 use kirim::http::extract::ClientIp;
 use kirim::ports::{Clock, SystemClock};
-use kirim::runtime::{aws_backends, memory_backends, meta_client, AwsResources, QueueUrls};
 use kirim::secret::Secret;
 use kirim::service::Deps;
+use kirim::wiring::{aws_backends, memory_backends, meta_client, AwsResources, QueueUrls};
 use tokio::task::JoinHandle;
 
 use crate::bootstrap::ensure_stack;
@@ -291,7 +291,7 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         let d = deps.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                kirim::handlers::poll_once(&d, Duration::from_secs(1)).await;
+                kirim::queue_handlers::poll_once(&d, Duration::from_secs(1)).await;
             }
         }));
     }
@@ -299,7 +299,7 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
     let d = deps.clone();
     tasks.push(tokio::spawn(async move {
         loop {
-            kirim::handlers::poll_callbacks_once(&d, Duration::from_secs(1)).await;
+            kirim::queue_handlers::poll_callbacks_once(&d, Duration::from_secs(1)).await;
         }
     }));
     let d = deps.clone();
@@ -309,7 +309,7 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         tick.tick().await; // the first tick is immediate: skip it
         loop {
             tick.tick().await;
-            if let Err(e) = kirim::handlers::scheduled_retention(&d).await {
+            if let Err(e) = kirim::queue_handlers::scheduled_retention(&d).await {
                 tracing::error!(error = %e, "scheduled retention failed");
             }
         }

@@ -4,12 +4,12 @@
 pub mod adapters;
 pub mod config;
 pub mod domain;
-pub mod error;
-pub mod handlers;
 pub mod http;
 pub mod metrics;
 pub mod ports;
-pub mod runtime;
+pub mod queue_handlers;
 pub mod secret;
 pub mod service;
+pub mod store_error;
 pub mod telemetry;
+pub mod wiring;

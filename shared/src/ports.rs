@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use crate::domain::{
     MessageError, MessageId, MessageRecord, MessageStatus, OptOut, PhoneNumber, Role, TenantId,
 };
-use crate::error::StoreError;
 use crate::secret::Secret;
+use crate::store_error::StoreError;
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -2,7 +2,7 @@
 //! Business rules live in the `kirim` crate; this file only wires.
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use kirim::runtime::{lambda_deps, Function};
+use kirim::wiring::{lambda_deps, Function};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 
 #[tokio::main]
@@ -11,7 +11,9 @@ async fn main() -> Result<(), Error> {
     let deps = lambda_deps(Function::Dispatcher).await?;
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<SqsBatchResponse, Error>(kirim::handlers::dispatch_batch(deps, event.payload).await)
+        Ok::<SqsBatchResponse, Error>(
+            kirim::queue_handlers::dispatch_batch(deps, event.payload).await,
+        )
     }))
     .await
 }

@@ -1,7 +1,7 @@
 //! The `retention` Lambda: the daily EventBridge schedule → the retention run.
 //! Business rules live in the `kirim` crate; this file only wires.
 
-use kirim::runtime::{lambda_deps, Function};
+use kirim::wiring::{lambda_deps, Function};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 
 #[tokio::main]
@@ -11,7 +11,7 @@ async fn main() -> Result<(), Error> {
     let deps = &deps;
     lambda_runtime::run(service_fn(
         move |_: LambdaEvent<serde_json::Value>| async move {
-            let report = kirim::handlers::scheduled_retention(deps).await?;
+            let report = kirim::queue_handlers::scheduled_retention(deps).await?;
             Ok::<_, Error>(serde_json::to_value(report)?)
         },
     ))

@@ -2,7 +2,7 @@
 //! Business rules live in the `kirim` crate; this file only wires.
 
 use kirim::http::{lambda::for_lambda, send_api_router};
-use kirim::runtime::{lambda_deps, Function};
+use kirim::wiring::{lambda_deps, Function};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {

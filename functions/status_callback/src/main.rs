@@ -3,7 +3,7 @@
 //! this file only wires.
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use kirim::runtime::{lambda_deps, Function};
+use kirim::wiring::{lambda_deps, Function};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 
 #[tokio::main]
@@ -13,7 +13,7 @@ async fn main() -> Result<(), Error> {
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<SqsBatchResponse, Error>(
-            kirim::handlers::status_callback_batch(deps, event.payload).await,
+            kirim::queue_handlers::status_callback_batch(deps, event.payload).await,
         )
     }))
     .await

@@ -201,7 +201,7 @@ pub fn empty(status: StatusCode) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::StoreError;
+    use crate::store_error::StoreError;
 
     #[test]
     fn a_backend_refusal_is_a_bare_500_that_names_nothing_of_the_backend() {

@@ -24,10 +24,10 @@ use super::optouts::OptOutView;
 use super::views::MessageView;
 use super::AppState;
 use crate::domain::TenantId;
-use crate::error::StoreError;
 use crate::ports::{AuditQuery, MessageQuery};
 use crate::service::audit::EventView;
 use crate::service::Deps;
+use crate::store_error::StoreError;
 
 const PAGE: usize = 100;
 

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::TenantId;
-use crate::error::StoreError;
+use crate::store_error::StoreError;
 
 /// A status Meta reported for a wamid no message is known by yet. Only what applying it
 /// needs: no content, no recipient number.

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{RetentionClass, TenantId};
-use crate::error::StoreError;
+use crate::store_error::StoreError;
 
 /// One page of the sweep.
 #[derive(Clone, Debug, Default)]

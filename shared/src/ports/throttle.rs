@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 
 use super::{Tenant, Transition};
 use crate::domain::{MessageError, MessageId, TenantId};
-use crate::error::StoreError;
+use crate::store_error::StoreError;
 
 /// Meta's messaging throughput tiers, in messages per second per business phone number.
 pub const THROUGHPUT_TIERS: [u32; 3] = [20, 80, 1000];

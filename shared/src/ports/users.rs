@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{Role, TenantId};
-use crate::error::StoreError;
+use crate::store_error::StoreError;
 
 /// What is stored of a console user. The password is an argon2id PHC string; the TOTP
 /// secret is base32. `Debug` redacts both.

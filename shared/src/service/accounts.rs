@@ -249,7 +249,7 @@ pub async fn suspend_for_meta(deps: &Deps, tenant: &TenantId, reason: &str, by: 
             .await;
         }
         // Closed already: nothing to pause.
-        Err(crate::error::StoreError::Conflict(_)) => {}
+        Err(crate::store_error::StoreError::Conflict(_)) => {}
         Err(e) => tracing::error!(tenant_id = %tenant, error = %e, "could not suspend tenant"),
     }
 }

@@ -7,8 +7,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{new_id, RetentionClass, TenantId};
-use crate::error::StoreError;
 use crate::ports::{AuditEvent, AuditHead, AuditOutcome, AuditQuery};
+use crate::store_error::StoreError;
 
 use super::errors::ServiceError;
 use super::Deps;

@@ -15,8 +15,8 @@ use crate::domain::{
     new_id, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass, StatusEvent,
     TemplateRef, TenantId,
 };
-use crate::error::StoreError;
 use crate::ports::{Broadcast, BroadcastStatus, TenantStatus};
+use crate::store_error::StoreError;
 
 use super::errors::ServiceError;
 use super::jobs::{DispatchJob, FanoutJob, Outcome, QueueJob};

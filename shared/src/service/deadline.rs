@@ -11,9 +11,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{MessageError, MessageStatus};
-use crate::error::StoreError;
 use crate::metrics;
 use crate::ports::Transition;
+use crate::store_error::StoreError;
 
 use super::jobs::{DispatchJob, Outcome, MAX_DELAY};
 use super::Deps;

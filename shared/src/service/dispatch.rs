@@ -10,8 +10,8 @@
 use tracing::Instrument;
 
 use crate::domain::{MessageError, MessageStatus, RetentionClass};
-use crate::error::StoreError;
 use crate::ports::{MetaSendError, StatusChange, TenantStatus, Transition};
+use crate::store_error::StoreError;
 
 use super::errors::ServiceError;
 use super::jobs::{backoff, DispatchJob, Outcome, QueueJob};

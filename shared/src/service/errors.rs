@@ -1,7 +1,7 @@
 //! Service-level errors. Each knows its HTTP meaning (mapped once in `http::error`) and
 //! whether a retry could help.
 
-use crate::error::StoreError;
+use crate::store_error::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {

@@ -46,13 +46,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
-use crate::error::StoreError;
 use crate::ports::{
     ApiKeyStore, AuditLog, BroadcastStore, Clock, DispatchQueue, ExpiredItems, IdempotencyStore,
     Ledger, MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
     SendingControl, StatusCallbackStore, TenantStore, Throughput, UserStore,
 };
 use crate::secret::Secret;
+use crate::store_error::StoreError;
 
 /// Everything a handler needs, built once per process by [`Deps::new`] (Lambda init,
 /// local mode and tests alike; `runtime` says which backends each process gets).

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use crate::domain::TenantId;
-use crate::error::StoreError;
 use crate::metrics;
 use crate::ports::{Tenant, THROUGHPUT_TIERS};
+use crate::store_error::StoreError;
 
 use super::errors::ServiceError;
 use super::Deps;

@@ -119,8 +119,8 @@ pub enum LoginError {
     Service(#[from] ServiceError),
 }
 
-impl From<crate::error::StoreError> for LoginError {
-    fn from(e: crate::error::StoreError) -> Self {
+impl From<crate::store_error::StoreError> for LoginError {
+    fn from(e: crate::store_error::StoreError) -> Self {
         LoginError::Service(e.into())
     }
 }
@@ -266,7 +266,7 @@ pub async fn create(
         created_at: now,
     };
     deps.users.create_user(&user).await.map_err(|e| match e {
-        crate::error::StoreError::Conflict(_) => {
+        crate::store_error::StoreError::Conflict(_) => {
             ServiceError::Conflict("a user with this email exists".into())
         }
         other => other.into(),
@@ -325,7 +325,9 @@ pub async fn login(deps: &Deps, req: LoginRequest) -> Result<LoggedIn, LoginErro
         .await
     {
         // Deleted a moment ago: as if it never existed.
-        Err(crate::error::StoreError::NotFound) => return Err(LoginError::InvalidCredentials),
+        Err(crate::store_error::StoreError::NotFound) => {
+            return Err(LoginError::InvalidCredentials)
+        }
         other => other?,
     };
     if let LoginGate::Locked { until } = gate {

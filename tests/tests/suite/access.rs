@@ -584,7 +584,7 @@ on_both_backends!(
 #[tokio::test]
 async fn a_key_with_an_expiry_stops_authenticating_when_it_passes() {
     let clock = ManualClock::new();
-    let deps = kirim::runtime::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
     let tenant = kirim::domain::TenantId::generate();
     let req: apikeys::NewKey =
         serde_json::from_value(json!({"name": "temp", "role": "operator", "expires_in_days": 1}))
@@ -613,7 +613,7 @@ async fn a_message_queued_before_a_suspension_fails_refunded_without_reaching_me
     use kirim::ports::TenantStatus;
     use kirim::service::{accounts, dispatch, send};
     let clock = ManualClock::new();
-    let deps = kirim::runtime::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
     let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
         "phone_number_id": "123", "meta_access_token": "EAAG", "credits": 2}))
     .unwrap();
@@ -673,15 +673,15 @@ impl kirim::ports::SecretStore for FlakySecrets {
         &self,
         name: &str,
         value: &kirim::secret::Secret,
-    ) -> Result<(), kirim::error::StoreError> {
+    ) -> Result<(), kirim::store_error::StoreError> {
         self.inner.put_secret(name, value).await
     }
     async fn get_secret(
         &self,
         name: &str,
-    ) -> Result<Option<kirim::secret::Secret>, kirim::error::StoreError> {
+    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
         if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(kirim::error::StoreError::Unavailable(
+            return Err(kirim::store_error::StoreError::Unavailable(
                 "secrets manager throttled".into(),
             ));
         }
@@ -690,10 +690,10 @@ impl kirim::ports::SecretStore for FlakySecrets {
     async fn get_previous_secret(
         &self,
         name: &str,
-    ) -> Result<Option<kirim::secret::Secret>, kirim::error::StoreError> {
+    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
         self.inner.get_previous_secret(name).await
     }
-    async fn delete_secret(&self, name: &str) -> Result<(), kirim::error::StoreError> {
+    async fn delete_secret(&self, name: &str) -> Result<(), kirim::store_error::StoreError> {
         self.inner.delete_secret(name).await
     }
 }
@@ -704,8 +704,7 @@ impl kirim::ports::SecretStore for FlakySecrets {
 async fn a_secret_store_failure_after_the_claim_leaves_the_message_retryable() {
     use kirim::service::{accounts, dispatch, send, SecretCache};
     let clock = ManualClock::new();
-    let mut deps =
-        kirim::runtime::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
     let secrets = std::sync::Arc::new(FlakySecrets::default());
     deps.secrets =
         std::sync::Arc::new(SecretCache::new(secrets.clone(), std::time::Duration::ZERO));
@@ -765,7 +764,7 @@ async fn on_lambda_the_allow_list_checks_api_gateways_source_ip_not_forwarded_he
     use kirim::service::accounts;
     use tower::ServiceExt;
     let deps =
-        kirim::runtime::memory_deps(kirim_tests::test_settings(), ManualClock::new()).unwrap();
+        kirim::wiring::memory_deps(kirim_tests::test_settings(), ManualClock::new()).unwrap();
     deps.secrets
         .put(
             &deps.settings.operator_token_secret,

@@ -237,7 +237,7 @@ async fn the_chain_still_verifies_after_its_oldest_events_expire() {
     let clock = ManualClock::new();
     let mut settings = kirim_tests::test_settings();
     settings.retention.audit = std::time::Duration::from_secs(3600);
-    let deps = kirim::runtime::memory_deps(settings, clock.clone()).unwrap();
+    let deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
     let tenant = TenantId::generate();
     let draft = |n: u32| audit::Draft {
         tenant: Some(tenant.clone()),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use kirim::adapters::aws::{DynamoStore, SqsQueue};
 use kirim::domain::TenantId;
-use kirim::error::StoreError;
 use kirim::ports::{DispatchQueue, TenantStore};
+use kirim::store_error::StoreError;
 use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
 use super::contract::{aws, key_for, onboarded, tenant};

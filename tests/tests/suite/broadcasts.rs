@@ -338,7 +338,7 @@ mod aws_backend_on_moto {
 async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates() {
     use kirim::service::jobs::QueueJob;
     use kirim::service::{accounts, broadcasts, send::TemplateIn};
-    let deps = kirim::runtime::memory_deps(
+    let deps = kirim::wiring::memory_deps(
         kirim_tests::test_settings(),
         kirim_tests::ManualClock::new(),
     )

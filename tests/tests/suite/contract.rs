@@ -10,11 +10,11 @@ use kirim::config::Settings;
 use kirim::domain::{
     MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber, Role, StatusEvent, TenantId,
 };
-use kirim::error::StoreError;
 use kirim::ports::*;
-use kirim::runtime::{NotWired, Port};
 use kirim::secret::Secret;
 use kirim::service::{Backends, Deps, Stores};
+use kirim::store_error::StoreError;
+use kirim::wiring::{NotWired, Port};
 use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
 /// Every port, built by the one constructor (`Deps::new`) and read through it: `p.tenants`,

@@ -1,8 +1,8 @@
 //! The access ports' contract (API keys, allow-lists, tenant status) on both adapters.
 
 use chrono::Duration;
-use kirim::error::StoreError;
 use kirim::ports::{ApiKeyRecord, AuditEvent, AuditOutcome, AuditQuery, Clock, TenantStatus};
+use kirim::store_error::StoreError;
 
 use super::contract::{aws, contract, key_for, memory, onboarded, Ports};
 

@@ -6,8 +6,8 @@ use kirim::domain::{
     MessageId, MessageRecord, MessageStatus, OptOut, OptOutScope, OptOutSource, PhoneNumber,
     StatusEvent, TenantId,
 };
-use kirim::error::StoreError;
 use kirim::ports::*;
+use kirim::store_error::StoreError;
 
 use super::contract::{aws, memory, Ports as Stores};
 

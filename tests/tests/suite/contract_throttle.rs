@@ -7,8 +7,8 @@ use chrono::Utc;
 use kirim::domain::{
     MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId,
 };
-use kirim::error::StoreError;
 use kirim::ports::*;
+use kirim::store_error::StoreError;
 
 use crate::contract::{key_for, tenant};
 

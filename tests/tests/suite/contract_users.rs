@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use kirim::domain::Role;
-use kirim::error::StoreError;
 use kirim::ports::{Clock, LoginGate, LoginPolicy, SessionRecord, Tenant, UserRecord};
+use kirim::store_error::StoreError;
 
 use super::contract::{aws, contract, memory, onboarded, Ports};
 

@@ -227,7 +227,8 @@ async fn a_stop_that_arrives_while_the_message_is_queued_is_honoured_before_meta
     .await;
     let mut handled = 0;
     for _ in 0..20 {
-        handled += kirim::handlers::poll_once(&app.app.deps, Duration::from_millis(200)).await;
+        handled +=
+            kirim::queue_handlers::poll_once(&app.app.deps, Duration::from_millis(200)).await;
         if handled > 0 {
             break;
         }

@@ -78,7 +78,7 @@ async fn burst_at_the_numbers_rate(b: Backend, strict: bool) -> bool {
             let deps = app.app.deps.clone();
             tokio::spawn(async move {
                 loop {
-                    kirim::handlers::poll_once(&deps, Duration::from_millis(200)).await;
+                    kirim::queue_handlers::poll_once(&deps, Duration::from_millis(200)).await;
                 }
             })
         })

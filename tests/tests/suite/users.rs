@@ -394,7 +394,7 @@ async fn an_ip_allow_list_applies_to_api_keys_but_not_to_console_sessions(b: Bac
 async fn a_session_stops_authenticating_when_its_twelve_hours_pass() {
     use kirim::service::{auth, users};
     let clock = kirim_tests::ManualClock::new();
-    let deps = kirim::runtime::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
     let tenant = kirim::domain::TenantId::generate();
     let email = unique_email();
     let req: users::NewUser =

@@ -10,11 +10,11 @@ use async_trait::async_trait;
 use kirim::adapters::memory::{MemoryQueue, MemorySecrets, MemoryStore};
 use kirim::domain::MessageStatus;
 use kirim::ports::{DispatchQueue, MetaAccepted, MetaClient, MetaSendError};
-use kirim::runtime::{Function, NotWired, Port};
 use kirim::secret::Secret;
 use kirim::service::dispatch;
 use kirim::service::jobs::Outcome;
 use kirim::service::{accounts, callbacks, send, webhook, Backends, Deps};
+use kirim::wiring::{Function, NotWired, Port};
 use kirim_tests::{test_settings, ManualClock};
 use serde_json::{json, Value};
 
@@ -155,7 +155,7 @@ async fn a_message_travels_through_functions_wired_only_with_the_ports_they_decl
 
     // retention: the daily run.
     let retention = deps_for(Function::Retention);
-    kirim::handlers::scheduled_retention(&retention)
+    kirim::queue_handlers::scheduled_retention(&retention)
         .await
         .unwrap();
 }

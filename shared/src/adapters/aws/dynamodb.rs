@@ -17,12 +17,12 @@ use serde::Serialize;
 
 use super::{classify, unavailable};
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
-use crate::error::StoreError;
 use crate::ports::{
     ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, ExpiredItems,
     Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, QualityCounter, QualityCounts,
     QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
+use crate::store_error::StoreError;
 
 mod broadcasts;
 mod callbacks;

@@ -14,7 +14,7 @@ pub use sqs::SqsQueue;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 
-use crate::error::StoreError;
+use crate::store_error::StoreError;
 
 /// The former name of [`classify`], kept for the retention adapter and the expired-items
 /// sweep, which are being restructured on another branch: rename them at that merge.

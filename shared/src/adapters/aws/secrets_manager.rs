@@ -3,9 +3,9 @@ use aws_sdk_secretsmanager::error::SdkError;
 use aws_sdk_secretsmanager::Client;
 
 use super::classify;
-use crate::error::StoreError;
 use crate::ports::SecretStore;
 use crate::secret::Secret;
+use crate::store_error::StoreError;
 
 /// Secrets Manager. Reads always name the version stage: after a rotation moto (and
 /// eventually-consistent caches) may otherwise answer the old value.

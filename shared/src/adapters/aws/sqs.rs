@@ -5,8 +5,8 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntr
 use aws_sdk_sqs::Client;
 
 use super::classify;
-use crate::error::StoreError;
 use crate::ports::{DispatchQueue, Received};
+use crate::store_error::StoreError;
 
 /// The dispatch queue on SQS, with its dead-letter queue (redrive is SQS's own).
 pub struct SqsQueue {

@@ -13,8 +13,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, TransactWriteItem};
 use super::classify;
 use super::dynamodb::{from_item, n, s, tenant_pk, to_item, CancelReason, DynamoStore, Item};
 use crate::domain::TenantId;
-use crate::error::StoreError;
 use crate::ports::{LoginGate, LoginPolicy, SessionRecord, UserRecord, UserStore};
+use crate::store_error::StoreError;
 
 fn user_sk(id: &str) -> String {
     format!("USER#{id}")

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::{Mutex, Notify};
 
-use crate::error::StoreError;
 use crate::ports::{DispatchQueue, Received};
+use crate::store_error::StoreError;
 
 struct Entry {
     body: String,

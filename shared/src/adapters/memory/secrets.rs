@@ -6,9 +6,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::error::StoreError;
 use crate::ports::SecretStore;
 use crate::secret::Secret;
+use crate::store_error::StoreError;
 
 #[derive(Default)]
 pub struct MemorySecrets {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
-use crate::error::StoreError;
+use crate::store_error::StoreError;
 mod broadcasts;
 mod callbacks;
 mod idempotency;

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 
 use super::MemoryStore;
 use crate::domain::TenantId;
-use crate::error::StoreError;
 use crate::ports::{LoginGate, LoginPolicy, SessionRecord, UserRecord, UserStore};
+use crate::store_error::StoreError;
 
 #[derive(Default)]
 pub(crate) struct UsersState {

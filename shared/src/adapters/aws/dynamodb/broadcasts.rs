@@ -15,8 +15,8 @@ use super::{
     TTL_ATTR,
 };
 use crate::domain::{MessageId, MessageRecord, PhoneNumber, TenantId};
-use crate::error::StoreError;
 use crate::ports::{Broadcast, BroadcastStore, LedgerEntry};
+use crate::store_error::StoreError;
 
 /// The uploaded list's backstop expiry, should a fan-out never finish.
 const LIST_TTL_SECS: i64 = 7 * 86_400;

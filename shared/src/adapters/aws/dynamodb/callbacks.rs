@@ -12,8 +12,8 @@ use aws_sdk_dynamodb::error::SdkError;
 
 use super::{classify, from_item, n, s, tenant_pk, to_item, DynamoStore, TTL_ATTR};
 use crate::domain::TenantId;
-use crate::error::StoreError;
 use crate::ports::{PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore};
+use crate::store_error::StoreError;
 
 const PENDING: &str = "PENDING#";
 const CALLBACK_SK: &str = "SETTINGS#STATUS_CALLBACK";

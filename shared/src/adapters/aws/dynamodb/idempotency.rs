@@ -12,8 +12,8 @@ use super::{
     TTL_ATTR,
 };
 use crate::domain::{MessageId, MessageRecord, TenantId};
-use crate::error::StoreError;
 use crate::ports::{IdempotencyRecord, IdempotencyStore, IdempotentInsert, LedgerEntry};
+use crate::store_error::StoreError;
 
 const CCF: CancelReason = CancelReason::ConditionalCheckFailed;
 

@@ -12,8 +12,8 @@ use super::{
     classify, decode_cursor, encode_cursor, from_item, n, s, tenant_pk, to_item, DynamoStore, Item,
 };
 use crate::domain::{OptOut, OptOutScope, PhoneNumber, TenantId};
-use crate::error::StoreError;
 use crate::ports::{OptOutPage, OptOutStore};
+use crate::store_error::StoreError;
 
 const PREFIX: &str = "OPTOUT#";
 

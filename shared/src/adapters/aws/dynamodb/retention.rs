@@ -12,10 +12,10 @@ use chrono::{DateTime, Utc};
 use super::{n, s, tenant_pk, ttl_of, DynamoStore, Item, TTL_ATTR};
 use crate::adapters::aws::unavailable;
 use crate::domain::TenantId;
-use crate::error::StoreError;
 use crate::ports::{
     ApiKeyStore, CloseOutCounts, CloseOutTtls, RetentionStore, StoredItem, SweepPage,
 };
+use crate::store_error::StoreError;
 
 const CHECKPOINT_PK: &str = "RETENTION";
 const CHECKPOINT_SK: &str = "CHECKPOINT";

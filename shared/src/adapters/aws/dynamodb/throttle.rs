@@ -17,10 +17,10 @@ use chrono::{DateTime, Utc};
 
 use super::{classify, from_item, msg_sk, n, s, status_gsi, tenant_pk, DynamoStore, TTL_ATTR};
 use crate::domain::{MessageError, MessageId, MessageStatus, StatusEvent, TenantId};
-use crate::error::StoreError;
 use crate::ports::{
     micros_to_time, slot_interval_micros, SendingControl, Tenant, Throughput, Transition,
 };
+use crate::store_error::StoreError;
 
 /// How long an idle number's slot item lives.
 const RATE_TTL_SECS: i64 = 3600;

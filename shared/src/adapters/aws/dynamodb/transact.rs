@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::TransactWriteItem;
 
 use super::super::classify;
 use super::DynamoStore;
-use crate::error::StoreError;
+use crate::store_error::StoreError;
 
 /// Why DynamoDB cancelled a transaction, for one of its items (`CancellationReason.Code`).
 #[derive(Clone, Debug, PartialEq, Eq)]

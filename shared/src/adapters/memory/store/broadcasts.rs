@@ -6,8 +6,8 @@ use async_trait::async_trait;
 
 use super::MemoryStore;
 use crate::domain::{MessageRecord, PhoneNumber, TenantId};
-use crate::error::StoreError;
 use crate::ports::{Broadcast, BroadcastStore, LedgerEntry};
+use crate::store_error::StoreError;
 
 #[async_trait]
 impl BroadcastStore for MemoryStore {

@@ -5,8 +5,8 @@ use async_trait::async_trait;
 
 use super::MemoryStore;
 use crate::domain::TenantId;
-use crate::error::StoreError;
 use crate::ports::{PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore};
+use crate::store_error::StoreError;
 
 #[async_trait]
 impl PendingStatusStore for MemoryStore {

@@ -5,8 +5,8 @@ use async_trait::async_trait;
 
 use super::MemoryStore;
 use crate::domain::{MessageId, MessageRecord, TenantId};
-use crate::error::StoreError;
 use crate::ports::{IdempotencyRecord, IdempotencyStore, IdempotentInsert, LedgerEntry};
+use crate::store_error::StoreError;
 
 #[async_trait]
 impl IdempotencyStore for MemoryStore {

@@ -4,8 +4,8 @@ use async_trait::async_trait;
 
 use super::MemoryStore;
 use crate::domain::{OptOut, OptOutScope, PhoneNumber, TenantId};
-use crate::error::StoreError;
 use crate::ports::{OptOutPage, OptOutStore};
+use crate::store_error::StoreError;
 
 #[async_trait]
 impl OptOutStore for MemoryStore {

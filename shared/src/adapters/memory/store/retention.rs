@@ -6,10 +6,10 @@ use serde_json::{json, to_value};
 
 use super::MemoryStore;
 use crate::domain::{RetentionClass, TenantId};
-use crate::error::StoreError;
 use crate::ports::{
     CloseOutCounts, CloseOutTtls, RetentionStore, StoredItem, SweepPage, TenantStatus,
 };
+use crate::store_error::StoreError;
 
 fn add(page: &mut SweepPage, class: RetentionClass, n: usize) {
     if n > 0 {

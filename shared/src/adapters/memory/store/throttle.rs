@@ -8,10 +8,10 @@ use chrono::{DateTime, Utc};
 
 use super::MemoryStore;
 use crate::domain::{MessageError, MessageId, MessageStatus, StatusEvent, TenantId};
-use crate::error::StoreError;
 use crate::ports::{
     micros_to_time, slot_interval_micros, SendingControl, Tenant, Throughput, Transition,
 };
+use crate::store_error::StoreError;
 
 #[async_trait]
 impl Throughput for MemoryStore {

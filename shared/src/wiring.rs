@@ -21,12 +21,12 @@ use crate::adapters::aws::{DynamoStore, SecretsManagerStore, SqsQueue};
 use crate::adapters::memory::{MemoryQueue, MemorySecrets, MemoryStore};
 use crate::adapters::meta_graph::MetaGraphClient;
 use crate::config::{ConfigError, EnvReader, Settings};
-use crate::error::StoreError;
 use crate::ports::{
     Clock, DispatchQueue, MetaAccepted, MetaClient, MetaSendError, Received, SystemClock,
 };
 use crate::secret::Secret;
 use crate::service::{Backends, Deps};
+use crate::store_error::StoreError;
 
 /// Secrets on Lambda are re-read at most this often (rotation reaches warm functions).
 pub const SECRET_CACHE_TTL: Duration = Duration::from_secs(300);
