@@ -18,6 +18,8 @@ pub use message::{
 };
 pub use optout::{OptOut, OptOutScope, OptOutSource, BY_META};
 pub use phone::{mask_phone, PhoneNumber, PhoneNumberError};
-pub use retention::{parse_duration, RetentionClass, RetentionConfig};
+pub use retention::{
+    parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION, SEND_SLOT_RETENTION,
+};
 pub use role::Role;
 pub use status::{MessageStatus, StatusError};

@@ -6,7 +6,7 @@ mod secrets_manager;
 mod sqs;
 mod users;
 
-pub use dynamodb::DynamoStore;
+pub use dynamodb::{keys, DynamoStore};
 pub use secrets_manager::SecretsManagerStore;
 pub use sqs::SqsQueue;
 
