@@ -19,11 +19,6 @@ use crate::ports::{
     QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 
-type StoredBroadcast = (
-    crate::ports::Broadcast,
-    Option<Vec<crate::domain::PhoneNumber>>,
-);
-
 #[derive(Default)]
 pub(super) struct State {
     pub(super) tenants: HashMap<TenantId, Tenant>,
@@ -31,8 +26,11 @@ pub(super) struct State {
     keys: HashMap<String, ApiKeyRecord>,
     pub(super) messages: BTreeMap<(TenantId, MessageId), MessageRecord>,
     pub(super) ledger: Vec<LedgerEntry>,
-    /// A broadcast and its uploaded list (until the fan-out is done).
-    pub(super) broadcasts: HashMap<(TenantId, String), StoredBroadcast>,
+    /// (tenant, broadcast id) → the broadcast.
+    pub(super) broadcasts: HashMap<(TenantId, String), crate::ports::Broadcast>,
+    /// (tenant, broadcast id) → its uploaded list (until the fan-out is done) and the
+    /// list's backstop expiry (epoch seconds), as on DynamoDB.
+    pub(super) broadcast_lists: HashMap<(TenantId, String), (Vec<crate::domain::PhoneNumber>, i64)>,
     wamids: HashMap<String, (TenantId, MessageId, Option<i64>)>,
     audit: HashMap<String, (AuditHead, BTreeMap<u64, AuditEvent>)>,
     quality: BTreeMap<(TenantId, chrono::NaiveDate), (QualityCounts, Option<i64>)>,
@@ -45,12 +43,14 @@ pub(super) struct State {
     closed_out: HashMap<TenantId, (DateTime<Utc>, crate::ports::CloseOutTtls)>,
     /// The sweep's saved position (the memory sweep finishes in one page; kept for parity).
     checkpoint: Option<String>,
-    /// (wamid, `PENDING#{status}#{timestamp}`) → a status kept until its wamid is known.
+    /// (wamid, its sort key `PENDING#{status}#{timestamp}`) → a status kept until its wamid
+    /// is known.
     pending: BTreeMap<(String, String), crate::ports::PendingStatus>,
     /// tenant → its status-callback setting.
     status_callbacks: HashMap<TenantId, crate::ports::StatusCallback>,
-    /// Business phone number → the next free send slot (epoch microseconds).
-    rate: HashMap<String, i64>,
+    /// Business phone number → the next free send slot (epoch microseconds) and the slot's
+    /// expiry (epoch seconds: an idle number's slot expires, as on DynamoDB).
+    rate: HashMap<String, (i64, i64)>,
 }
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional
