@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use crate::config::Settings;
 use crate::error::StoreError;
 use crate::ports::{
-    ApiKeyStore, AuditLog, BroadcastStore, Clock, DispatchQueue, ExpiredItems, IdempotencyStore,
-    Ledger, MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
+    ApiKeyStore, AuditLog, BroadcastStore, Clock, DispatchQueue, IdempotencyStore, Ledger,
+    MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
     SendingControl, StatusCallbackStore, TenantStore, Throughput, UserStore,
 };
 use crate::secret::Secret;
@@ -43,7 +43,6 @@ pub struct Deps {
     pub users: Arc<dyn UserStore>,
     pub ledger: Arc<dyn Ledger>,
     pub messages: Arc<dyn MessageStore>,
-    pub expired: Arc<dyn ExpiredItems>,
     pub retention: Arc<dyn crate::ports::RetentionStore>,
     pub opt_outs: Arc<dyn OptOutStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,

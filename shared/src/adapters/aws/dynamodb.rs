@@ -1,5 +1,6 @@
-//! Every store port on one DynamoDB table. Key schema and access patterns:
-//! docs/data-model.md. Invariants are conditional writes or transactions.
+//! Every store port on one DynamoDB table. Every key is built by `keys.rs`, the one owner
+//! of the key schema; access patterns: docs/data-model.md. Invariants are conditional
+//! writes or transactions.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,9 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, DeleteRequest, Put, ReturnValue, TransactWriteItem, Update, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -20,8 +19,8 @@ use super::unavailable;
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::error::StoreError;
 use crate::ports::{
-    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, ExpiredItems,
-    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, QualityCounter, QualityCounts,
+    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, Ledger,
+    LedgerEntry, MessagePage, MessageQuery, MessageStore, QualityCounter, QualityCounts,
     QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 
@@ -890,61 +889,6 @@ impl MessageStore for DynamoStore {
             ))),
             _ => Err(StoreError::Corrupt("wamid index item".into())),
         }
-    }
-}
-
-#[async_trait]
-impl ExpiredItems for DynamoStore {
-    /// Deletes up to `budget` items whose TTL has passed (DynamoDB's TTL sweeper lags;
-    /// moto never sweeps). Batches of 25, as DynamoDB requires.
-    async fn delete_expired(&self, now: DateTime<Utc>, budget: usize) -> Result<usize, StoreError> {
-        let mut keys = Vec::new();
-        let mut pages = self
-            .client
-            .scan()
-            .table_name(&self.table)
-            .filter_expression("#ttl <= :now")
-            .projection_expression("pk, sk")
-            .expression_attribute_names("#ttl", TTL_ATTR)
-            .expression_attribute_values(":now", n(now.timestamp()))
-            .into_paginator()
-            .items()
-            .send();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| unavailable("dynamodb scan", e))?;
-            keys.push(item);
-            if keys.len() >= budget {
-                break;
-            }
-        }
-        let total = keys.len();
-        for chunk in keys.chunks(25) {
-            let reqs = chunk
-                .iter()
-                .map(|k| {
-                    DeleteRequest::builder()
-                        .set_key(Some(k.clone()))
-                        .build()
-                        .map(|d| WriteRequest::builder().delete_request(d).build())
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut pending = Some(HashMap::from([(self.table.clone(), reqs)]));
-            for _ in 0..5 {
-                let Some(p) = pending.take().filter(|p| !p.is_empty()) else {
-                    break;
-                };
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .set_request_items(Some(p))
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("dynamodb batch write", e))?;
-                pending = out.unprocessed_items;
-            }
-        }
-        Ok(total)
     }
 }
 

@@ -14,8 +14,8 @@ mod retention;
 mod throttle;
 
 use crate::ports::{
-    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, ExpiredItems,
-    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, QualityCounter, QualityCounts,
+    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, Ledger,
+    LedgerEntry, MessagePage, MessageQuery, MessageStore, QualityCounter, QualityCounts,
     QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 
@@ -432,49 +432,6 @@ impl MessageStore for MemoryStore {
             .get(wamid)
             .filter(|(_, _, exp)| self.live(*exp))
             .map(|(t, m, _)| (t.clone(), m.clone())))
-    }
-}
-
-#[async_trait]
-impl ExpiredItems for MemoryStore {
-    async fn delete_expired(&self, now: DateTime<Utc>, budget: usize) -> Result<usize, StoreError> {
-        let now = now.timestamp();
-        let expired = |e: Option<i64>| e.is_some_and(|t| t <= now);
-        let mut s = self.lock()?;
-        let mut removed = 0;
-        let keys: Vec<_> = s
-            .messages
-            .iter()
-            .filter(|(_, m)| expired(m.expires_at))
-            .map(|(k, _)| k.clone())
-            .take(budget)
-            .collect();
-        for k in keys {
-            s.messages.remove(&k);
-            removed += 1;
-        }
-        let before = s.ledger.len();
-        s.ledger.retain(|e| !expired(e.expires_at));
-        removed += before - s.ledger.len();
-        let before = s.wamids.len();
-        s.wamids.retain(|_, (_, _, e)| !expired(*e));
-        removed += before - s.wamids.len();
-        let before = s.quality.len();
-        s.quality.retain(|_, (_, e)| !expired(*e));
-        removed += before - s.quality.len();
-        let before = s.pending.len();
-        s.pending.retain(|_, p| !expired(p.expires_at));
-        removed += before - s.pending.len();
-        for (_, events) in s.audit.values_mut() {
-            let before = events.len();
-            events.retain(|_, e| !expired(e.expires_at));
-            removed += before - events.len();
-        }
-        let before = s.idempotency.len();
-        s.idempotency.retain(|_, r| !expired(r.expires_at));
-        removed += before - s.idempotency.len();
-        removed += s.users.remove_expired(now);
-        Ok(removed)
     }
 }
 
