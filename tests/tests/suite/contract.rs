@@ -18,6 +18,7 @@ pub(crate) struct Ports {
     pub(crate) tenants: Arc<dyn TenantStore>,
     pub(crate) api_keys: Arc<dyn ApiKeyStore>,
     pub(crate) audit: Arc<dyn AuditLog>,
+    pub(crate) broadcasts: Arc<dyn BroadcastStore>,
     pub(crate) quality: Arc<dyn QualityStats>,
     pub(crate) users: Arc<dyn UserStore>,
     pub(crate) ledger: Arc<dyn Ledger>,
@@ -48,6 +49,7 @@ pub(crate) fn memory() -> Ports {
         callbacks: store.clone(),
         retention: store.clone(),
         audit: store.clone(),
+        broadcasts: store.clone(),
         quality: store.clone(),
         users: store.clone(),
         ledger: store.clone(),
@@ -80,6 +82,7 @@ pub(crate) async fn aws() -> Ports {
         callbacks: store.clone(),
         retention: store.clone(),
         audit: store.clone(),
+        broadcasts: store.clone(),
         quality: store.clone(),
         users: store.clone(),
         ledger: store.clone(),
@@ -129,7 +132,11 @@ pub(crate) fn key_for(t: &Tenant) -> ApiKeyRecord {
     }
 }
 
-fn message(p: &Ports, t: &TenantId, expires_in_secs: i64) -> (MessageRecord, LedgerEntry) {
+pub(crate) fn message(
+    p: &Ports,
+    t: &TenantId,
+    expires_in_secs: i64,
+) -> (MessageRecord, LedgerEntry) {
     let now = p.clock.now();
     let id = MessageId::from_trusted(ulid::Ulid::from_datetime(now.into()).to_string());
     let rec = MessageRecord {
