@@ -385,12 +385,6 @@ pub trait IdempotencyStore: Send + Sync {
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
 }
 
-/// Removes items whose TTL has passed (DynamoDB's own TTL may lag by days).
-#[async_trait]
-pub trait ExpiredItems: Send + Sync {
-    async fn delete_expired(&self, now: DateTime<Utc>, budget: usize) -> Result<usize, StoreError>;
-}
-
 /// One received queue message.
 #[derive(Clone, Debug)]
 pub struct Received {

@@ -21,6 +21,8 @@ pub use optout::{
     keyword, Keyword, OptOut, OptOutScope, OptOutSource, BY_META, START_WORDS, STOP_WORDS,
 };
 pub use phone::{mask_phone, PhoneNumber, PhoneNumberError};
-pub use retention::{parse_duration, RetentionClass, RetentionConfig};
+pub use retention::{
+    parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION, SEND_SLOT_RETENTION,
+};
 pub use role::Role;
 pub use status::{MessageStatus, StatusError};

@@ -2,7 +2,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-/// Every stored item belongs to one retention class; the class decides its TTL.
+/// Every stored item belongs to one retention class; the class decides its TTL. This file
+/// owns the classes and their durations; which item type (which DynamoDB key) belongs to
+/// which class is owned by the key schema, `adapters::aws::keys`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RetentionClass {
     /// Tenants, API keys, opt-outs, phone-number routes: kept while the tenant exists.
@@ -21,7 +23,18 @@ pub enum RetentionClass {
     Session,
     /// Daily quality counters (sends, opt-outs, undeliverables): the rolling window's days.
     Stats,
+    /// A broadcast's uploaded recipient list: deleted when its fan-out is done; this class's
+    /// expiry is the backstop should a fan-out never finish.
+    BroadcastList,
+    /// A business number's next free send slot (throughput state, not a record): an idle
+    /// number's slot expires.
+    SendSlot,
 }
+
+/// How long an uploaded recipient list may outlive an unfinished fan-out (not configurable).
+pub const BROADCAST_LIST_RETENTION: Duration = Duration::from_secs(7 * DAY);
+/// How long a number's send slot outlives its last reservation (not configurable).
+pub const SEND_SLOT_RETENTION: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Debug)]
 pub struct RetentionConfig {
@@ -61,6 +74,8 @@ impl RetentionConfig {
             RetentionClass::PendingStatus => Some(self.pending_status),
             RetentionClass::Session => Some(self.session),
             RetentionClass::Stats => Some(self.stats),
+            RetentionClass::BroadcastList => Some(BROADCAST_LIST_RETENTION),
+            RetentionClass::SendSlot => Some(SEND_SLOT_RETENTION),
         }
     }
 
@@ -73,7 +88,7 @@ impl RetentionConfig {
 
 impl RetentionClass {
     /// Every class, in report order.
-    pub const ALL: [RetentionClass; 8] = [
+    pub const ALL: [RetentionClass; 10] = [
         RetentionClass::Messages,
         RetentionClass::Billing,
         RetentionClass::Audit,
@@ -81,6 +96,8 @@ impl RetentionClass {
         RetentionClass::PendingStatus,
         RetentionClass::Session,
         RetentionClass::Stats,
+        RetentionClass::BroadcastList,
+        RetentionClass::SendSlot,
         RetentionClass::ActiveConfig,
     ];
 
@@ -95,40 +112,9 @@ impl RetentionClass {
             RetentionClass::PendingStatus => "pending_status",
             RetentionClass::Session => "session",
             RetentionClass::Stats => "stats",
+            RetentionClass::BroadcastList => "broadcast_list",
+            RetentionClass::SendSlot => "send_slot",
         }
-    }
-
-    /// The class of a stored item, from its table keys (docs/data-model.md §2). A closed
-    /// tenant's item (`TENANT#…`/`TENANT`) is the 7-year account record: Billing. Items
-    /// that carry no TTL while the tenant exists (keys, opt-outs, users, settings, routes,
-    /// chain heads) are ActiveConfig; they expire only after a tenant's close-out.
-    pub fn of_key(pk: &str, sk: &str) -> RetentionClass {
-        if pk.starts_with("TENANT#") {
-            return match sk {
-                "TENANT" => RetentionClass::Billing,
-                s if s.starts_with("MSG#") || s.starts_with("BROADCAST#") => {
-                    RetentionClass::Messages
-                }
-                s if s.starts_with("LEDGER#") => RetentionClass::Billing,
-                s if s.starts_with("IDEM#") => RetentionClass::Idempotency,
-                s if s.starts_with("QSTAT#") => RetentionClass::Stats,
-                _ => RetentionClass::ActiveConfig,
-            };
-        }
-        if pk.starts_with("WAMID#") {
-            return if sk.starts_with("STATUS#") {
-                RetentionClass::PendingStatus
-            } else {
-                RetentionClass::Messages
-            };
-        }
-        if pk.starts_with("AUDIT#") && sk.starts_with("EVENT#") {
-            return RetentionClass::Audit;
-        }
-        if pk.starts_with("SESSION#") {
-            return RetentionClass::Session;
-        }
-        RetentionClass::ActiveConfig
     }
 }
 
@@ -165,48 +151,22 @@ mod tests {
     }
 
     #[test]
-    fn the_class_of_an_item_follows_from_its_key_prefix() {
-        let t = "TENANT#01JABCDEFGHJKMNPQRSTVWXYZ0";
+    fn every_class_is_reported_once_under_its_own_name() {
+        let names: std::collections::BTreeSet<&str> =
+            RetentionClass::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), RetentionClass::ALL.len());
+    }
+
+    #[test]
+    fn technical_classes_expire_after_their_fixed_durations() {
+        let c = RetentionConfig::default();
         assert_eq!(
-            RetentionClass::of_key(t, "MSG#01J"),
-            RetentionClass::Messages
+            c.duration(RetentionClass::BroadcastList),
+            Some(Duration::from_secs(7 * DAY))
         );
         assert_eq!(
-            RetentionClass::of_key(t, "LEDGER#01J"),
-            RetentionClass::Billing
-        );
-        assert_eq!(
-            RetentionClass::of_key(t, "IDEM#ab"),
-            RetentionClass::Idempotency
-        );
-        assert_eq!(
-            RetentionClass::of_key(t, "QSTAT#2026-01-01"),
-            RetentionClass::Stats
-        );
-        assert_eq!(RetentionClass::of_key(t, "TENANT"), RetentionClass::Billing);
-        assert_eq!(
-            RetentionClass::of_key(t, "OPTOUT#+601"),
-            RetentionClass::ActiveConfig
-        );
-        assert_eq!(
-            RetentionClass::of_key("WAMID#w", "WAMID"),
-            RetentionClass::Messages
-        );
-        assert_eq!(
-            RetentionClass::of_key("AUDIT#platform", "EVENT#1"),
-            RetentionClass::Audit
-        );
-        assert_eq!(
-            RetentionClass::of_key("AUDIT#platform", "HEAD"),
-            RetentionClass::ActiveConfig
-        );
-        assert_eq!(
-            RetentionClass::of_key("SESSION#h", "SESSION"),
-            RetentionClass::Session
-        );
-        assert_eq!(
-            RetentionClass::of_key("PHONE#1", "PHONE"),
-            RetentionClass::ActiveConfig
+            c.duration(RetentionClass::SendSlot),
+            Some(Duration::from_secs(3600))
         );
     }
 

@@ -32,13 +32,6 @@ pub struct PendingError {
     pub title: String,
 }
 
-impl PendingStatus {
-    /// One status of one wamid at one time: the identity duplicates share.
-    pub fn key(&self) -> String {
-        format!("PENDING#{}#{}", self.status.as_str(), self.timestamp)
-    }
-}
-
 #[async_trait]
 pub trait PendingStatusStore: Send + Sync {
     /// Keeps the status unless the same one (wamid, status, timestamp) is already kept:

@@ -13,7 +13,7 @@ use crate::store_error::StoreError;
 /// One page of the sweep.
 #[derive(Clone, Debug, Default)]
 pub struct SweepPage {
-    /// Items deleted, by retention class (derived from each item's key).
+    /// Items deleted, by retention class (the adapter derives it from each item's type).
     pub deleted: BTreeMap<&'static str, usize>,
     /// Items examined (the read cost of the page).
     pub examined: usize,
@@ -24,11 +24,11 @@ pub struct SweepPage {
 }
 
 impl SweepPage {
-    pub fn count(&mut self, pk: &str, sk: &str) {
-        *self
-            .deleted
-            .entry(RetentionClass::of_key(pk, sk).as_str())
-            .or_default() += 1;
+    /// Counts `n` deleted items of `class`.
+    pub fn count(&mut self, class: RetentionClass, n: usize) {
+        if n > 0 {
+            *self.deleted.entry(class.as_str()).or_default() += n;
+        }
     }
 }
 

@@ -47,8 +47,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::Settings;
 use crate::ports::{
-    ApiKeyStore, AuditLog, BroadcastStore, Clock, DispatchQueue, ExpiredItems, IdempotencyStore,
-    Ledger, MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
+    ApiKeyStore, AuditLog, BroadcastStore, Clock, DispatchQueue, IdempotencyStore, Ledger,
+    MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
     SendingControl, StatusCallbackStore, TenantStore, Throughput, UserStore,
 };
 use crate::secret::Secret;
@@ -66,7 +66,6 @@ pub struct Deps {
     pub users: Arc<dyn UserStore>,
     pub ledger: Arc<dyn Ledger>,
     pub messages: Arc<dyn MessageStore>,
-    pub expired: Arc<dyn ExpiredItems>,
     pub retention: Arc<dyn crate::ports::RetentionStore>,
     pub opt_outs: Arc<dyn OptOutStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
@@ -96,7 +95,6 @@ pub trait Stores:
     + UserStore
     + Ledger
     + MessageStore
-    + ExpiredItems
     + crate::ports::RetentionStore
     + OptOutStore
     + IdempotencyStore
@@ -117,7 +115,6 @@ impl<T> Stores for T where
         + UserStore
         + Ledger
         + MessageStore
-        + ExpiredItems
         + crate::ports::RetentionStore
         + OptOutStore
         + IdempotencyStore
@@ -159,7 +156,6 @@ impl Deps {
             users: store.clone(),
             ledger: store.clone(),
             messages: store.clone(),
-            expired: store.clone(),
             retention: store.clone(),
             opt_outs: store.clone(),
             idempotency: store.clone(),

@@ -3,7 +3,7 @@
 
 use kirim::config::Backend;
 use kirim::domain::TenantId;
-use kirim::ports::{AuditQuery, Clock};
+use kirim::ports::AuditQuery;
 use kirim::service::audit;
 use kirim_tests::{spawn_app, ManualClock, TestApp, OPERATOR_TOKEN};
 use serde_json::{json, Value};
@@ -260,7 +260,8 @@ async fn the_chain_still_verifies_after_its_oldest_events_expire() {
     let r = audit::verify(&deps, &tenant).await.unwrap();
     assert!(r.valid);
     assert_eq!(r.checked, 2, "the three oldest expired");
-    deps.expired.delete_expired(clock.now(), 100).await.unwrap();
+    let run = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(run.deleted["audit"], 3, "{run:?}");
     assert!(
         audit::verify(&deps, &tenant).await.unwrap().valid,
         "also once they are deleted"

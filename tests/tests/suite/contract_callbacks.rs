@@ -6,7 +6,7 @@ use kirim::domain::meta::MetaStatus;
 use kirim::domain::TenantId;
 use kirim::ports::*;
 
-use super::contract::{aws, memory, Ports as Stores};
+use super::contract::{aws, memory, sweep, Ports as Stores};
 
 fn kept(p: &Stores, wamid: &str, status: &str, timestamp: i64) -> PendingStatus {
     let now = p.clock.now();
@@ -66,10 +66,13 @@ async fn kept_statuses_expire_with_their_retention_class(p: Stores) {
         p.pending.pending_statuses(&wamid).await.unwrap().is_empty(),
         "expired: invisible"
     );
-    assert!(
-        p.expired.delete_expired(p.clock.now(), 100).await.unwrap() >= 1,
-        "and swept"
+    let swept = sweep(&p).await.deleted;
+    assert_eq!(
+        swept.get("pending_status"),
+        Some(&1),
+        "and swept as a pending status: {swept:?}"
     );
+    assert_eq!(swept.values().sum::<usize>(), 1, "nothing else: {swept:?}");
     let again = kept(&p, &wamid, "delivered", 1_700_000_010);
     assert!(
         p.pending.put_pending_status(&again).await.unwrap(),

@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use kirim::domain::TenantId;
 use kirim::ports::*;
 
-use super::contract::{aws, memory, Ports as Stores};
+use super::contract::{aws, memory, sweep as full_pass, Ports as Stores};
 
 fn entry(t: &TenantId, at: DateTime<Utc>, expires_in: i64) -> LedgerEntry {
     LedgerEntry {
@@ -18,29 +18,6 @@ fn entry(t: &TenantId, at: DateTime<Utc>, expires_in: i64) -> LedgerEntry {
         at,
         expires_at: Some(at.timestamp() + expires_in),
     }
-}
-
-/// Sweeps a whole pass (page by page) and sums the counts.
-async fn full_pass(p: &Stores) -> SweepPage {
-    let now = p.clock.now();
-    let mut total = SweepPage::default();
-    let mut start: Option<String> = None;
-    for _ in 0..1000 {
-        let page = p
-            .retention
-            .sweep_page(now, start.as_deref(), 2)
-            .await
-            .unwrap();
-        for (k, v) in page.deleted {
-            *total.deleted.entry(k).or_default() += v;
-        }
-        total.closed_tenants.extend(page.closed_tenants);
-        start = page.next;
-        if start.is_none() {
-            break;
-        }
-    }
-    total
 }
 
 async fn onboarded(p: &Stores) -> Tenant {

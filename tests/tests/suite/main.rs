@@ -24,6 +24,7 @@ mod contract_access;
 mod contract_callbacks;
 mod contract_optouts;
 mod contract_retention;
+mod contract_retention_items;
 mod contract_throttle;
 mod contract_users;
 mod e2e;

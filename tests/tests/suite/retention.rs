@@ -91,6 +91,8 @@ fn class_of(pk: &str, sk: &str) -> Option<RetentionClass> {
         ("SESSION#", "SESSION", Some(Session)),
         ("TENANT#", "QSTAT#", Some(Stats)),
         ("TENANT#", "BROADCAST#", Some(Messages)),
+        ("TENANT#", "BCLIST#", Some(BroadcastList)),
+        ("RATE#", "NEXT", Some(SendSlot)),
         ("WAMID#", "PENDING#", Some(PendingStatus)),
         ("TENANT#", "TENANT", None),
         ("TENANT#", "APIKEY#", None),
@@ -281,15 +283,12 @@ async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
     let retention = &app.app.deps.settings.retention;
     let mut seen = std::collections::BTreeSet::new();
     for row in all_items(&app, b).await {
-        // A number's send-slot item is throughput state, not a record: it keeps only a
-        // short technical TTL (an hour after its last use).
-        if row.pk.starts_with("RATE#") || row.sk.starts_with("BCLIST#") {
-            // (an uploaded broadcast list not yet deleted keeps a 7-day backstop)
-            let most = if row.pk.starts_with("RATE#") {
-                3_600
-            } else {
-                7 * 86_400
-            };
+        let class = class_of(&row.pk, &row.sk);
+        // A number's send slot (renewed by every reservation: an hour after its last use)
+        // and an uploaded list not yet deleted (a 7-day backstop) may be written after t1,
+        // while the fan-out and the dispatcher go on: only bound them.
+        if let Some(c @ (RetentionClass::SendSlot | RetentionClass::BroadcastList)) = class {
+            let most = retention.duration(c).expect("a technical ttl").as_secs() as i64;
             let ttl = row.ttl.expect("a technical ttl");
             assert!(
                 ttl > t0 && ttl <= Utc::now().timestamp() + most + 5,
@@ -298,7 +297,6 @@ async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
             );
             continue;
         }
-        let class = class_of(&row.pk, &row.sk);
         let kind = format!(
             "{}{}",
             row.pk.split('#').next().unwrap_or_default(),

@@ -1,25 +1,24 @@
-//! Every store port on one DynamoDB table. Key schema and access patterns:
-//! docs/data-model.md. Invariants are conditional writes or transactions.
+//! Every store port on one DynamoDB table. Every key is built by `keys.rs`, the one owner
+//! of the key schema; access patterns: docs/data-model.md. Invariants are conditional
+//! writes or transactions.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, DeleteRequest, Put, ReturnValue, TransactWriteItem, Update, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem, Update};
 use aws_sdk_dynamodb::Client;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{classify, unavailable};
+use super::classify;
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::ports::{
-    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, ExpiredItems,
-    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, QualityCounter, QualityCounts,
+    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, Ledger,
+    LedgerEntry, MessagePage, MessageQuery, MessageStore, QualityCounter, QualityCounts,
     QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 use crate::store_error::StoreError;
@@ -27,6 +26,7 @@ use crate::store_error::StoreError;
 mod broadcasts;
 mod callbacks;
 mod idempotency;
+pub mod keys;
 mod optouts;
 mod retention;
 mod throttle;
@@ -50,16 +50,6 @@ pub(super) fn s(v: impl Into<String>) -> AttributeValue {
 }
 pub(super) fn n(v: i64) -> AttributeValue {
     AttributeValue::N(v.to_string())
-}
-
-pub(super) fn tenant_pk(t: &TenantId) -> String {
-    format!("TENANT#{t}")
-}
-pub(super) fn msg_sk(id: &MessageId) -> String {
-    format!("MSG#{id}")
-}
-pub(super) fn status_gsi(t: &TenantId, st: MessageStatus) -> String {
-    format!("TENANT#{t}#STATUS#{}", st.as_str())
 }
 
 /// Serialises a record and adds its keys and TTL.
@@ -106,7 +96,7 @@ fn decode_cursor(cursor: &str, tenant: &TenantId) -> Result<Item, StoreError> {
     let flat: HashMap<String, String> =
         serde_json::from_slice(&bytes).map_err(|_| StoreError::InvalidCursor)?;
     // A cursor may only continue inside the caller's own partition.
-    let prefix = tenant_pk(tenant);
+    let prefix = keys::tenant_pk(tenant);
     let ok = flat
         .iter()
         .all(|(k, v)| !(k == "pk" || k == "gsi1pk") || v.starts_with(&prefix));
@@ -114,16 +104,6 @@ fn decode_cursor(cursor: &str, tenant: &TenantId) -> Result<Item, StoreError> {
         return Err(StoreError::InvalidCursor);
     }
     Ok(flat.into_iter().map(|(k, v)| (k, s(v))).collect())
-}
-
-fn ulid_bound(t: DateTime<Utc>, high: bool) -> String {
-    let ms = t.timestamp_millis().max(0) as u64;
-    let u = if high {
-        ulid::Ulid::from_parts(ms.saturating_sub(1), (1u128 << 80) - 1)
-    } else {
-        ulid::Ulid::from_parts(ms, 0)
-    };
-    format!("MSG#{u}")
 }
 
 impl DynamoStore {
@@ -143,13 +123,12 @@ impl DynamoStore {
         ttl_of(item).is_none_or(|t| t > self.now_secs())
     }
 
-    pub(super) async fn get(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {
+    pub(super) async fn get(&self, key: keys::Key) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(pk))
-            .key("sk", s(sk))
+            .set_key(Some(key.attrs()))
             .consistent_read(true)
             .send()
             .await
@@ -202,7 +181,7 @@ impl DynamoStore {
 
     async fn balance(&self, tenant: &TenantId) -> Result<i64, StoreError> {
         let t: Tenant = from_item(
-            self.get(tenant_pk(tenant), "TENANT")
+            self.get(keys::tenant(tenant))
                 .await?
                 .ok_or(StoreError::NotFound)?,
         )?;
@@ -212,10 +191,7 @@ impl DynamoStore {
     pub(super) fn ledger_put(&self, entry: &LedgerEntry) -> Result<TransactWriteItem, StoreError> {
         let item = to_item(
             entry,
-            &[
-                ("pk", tenant_pk(&entry.tenant_id)),
-                ("sk", format!("LEDGER#{}", entry.id)),
-            ],
+            &keys::ledger_entry(&entry.tenant_id, &entry.id).pairs(),
             entry.expires_at,
         )?;
         self.put(item, Some("attribute_not_exists(pk)"))
@@ -228,8 +204,7 @@ impl DynamoStore {
     ) -> Result<TransactWriteItem, StoreError> {
         let mut u = Update::builder()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(&entry.tenant_id)))
-            .key("sk", s("TENANT"))
+            .set_key(Some(keys::tenant(&entry.tenant_id).attrs()))
             .update_expression("ADD credits :amt")
             .expression_attribute_values(":amt", n(entry.amount));
         u = if guard {
@@ -267,17 +242,11 @@ impl TenantStore for DynamoStore {
     ) -> Result<(), StoreError> {
         let t = to_item(
             tenant,
-            &[
-                ("pk", tenant_pk(&tenant.id)),
-                ("sk", "TENANT".into()),
-                ("gsi1pk", format!("WABA#{}", tenant.waba_id)),
-                ("gsi1sk", tenant_pk(&tenant.id)),
-            ],
+            &keys::tenant(&tenant.id)
+                .with_gsi1(keys::tenant_waba_gsi1(&tenant.waba_id, &tenant.id)),
             None,
         )?;
-        let mut route: Item = HashMap::new();
-        route.insert("pk".into(), s(format!("PHONE#{}", tenant.phone_number_id)));
-        route.insert("sk".into(), s("PHONE"));
+        let mut route: Item = keys::phone_route(&tenant.phone_number_id).attrs();
         route.insert("tenant_id".into(), s(tenant.id.to_string()));
         let mut items = vec![
             self.put(t, Some("attribute_not_exists(pk)"))?,
@@ -297,19 +266,14 @@ impl TenantStore for DynamoStore {
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
-        self.get(tenant_pk(id), "TENANT")
-            .await?
-            .map(from_item)
-            .transpose()
+        self.get(keys::tenant(id)).await?.map(from_item).transpose()
     }
 
     async fn tenant_by_phone_number_id(
         &self,
         phone_number_id: &str,
     ) -> Result<Option<TenantId>, StoreError> {
-        let item = self
-            .get(format!("PHONE#{phone_number_id}"), "PHONE")
-            .await?;
+        let item = self.get(keys::phone_route(phone_number_id)).await?;
         Ok(item
             .as_ref()
             .and_then(|i| i.get("tenant_id"))
@@ -318,7 +282,7 @@ impl TenantStore for DynamoStore {
     }
 
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.get(key_auth_pk(key_hash), "APIKEY")
+        self.get(keys::api_key_by_hash(key_hash))
             .await?
             .map(from_item)
             .transpose()
@@ -332,7 +296,7 @@ impl TenantStore for DynamoStore {
             .table_name(&self.table)
             .index_name(GSI1)
             .key_condition_expression("gsi1pk = :w")
-            .expression_attribute_values(":w", s(format!("WABA#{waba_id}")))
+            .expression_attribute_values(":w", s(keys::waba_gsi1_pk(waba_id)))
             .into_paginator()
             .items()
             .send();
@@ -352,8 +316,7 @@ impl TenantStore for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(id)))
-            .key("sk", s("TENANT"))
+            .set_key(Some(keys::tenant(id).attrs()))
             .update_expression("SET ip_allowlist = :l")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":l", list)
@@ -379,8 +342,7 @@ impl TenantStore for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(id)))
-            .key("sk", s("TENANT"))
+            .set_key(Some(keys::tenant(id).attrs()))
             .update_expression("SET #status = :to, status_reason = :r, status_changed_at = :at")
             // Closed is terminal.
             .condition_expression("attribute_exists(pk) AND #status <> :closed")
@@ -406,13 +368,6 @@ impl TenantStore for DynamoStore {
     }
 }
 
-fn key_auth_pk(hash: &str) -> String {
-    format!("APIKEY#{hash}")
-}
-fn key_sk(id: &str) -> String {
-    format!("APIKEY#{id}")
-}
-
 fn dyn_value<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
     serde_dynamo::to_attribute_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -421,14 +376,10 @@ impl DynamoStore {
     /// The two copies of a key: under its hash (authentication) and in its tenant's
     /// partition (listing, management by id).
     fn api_key_puts(&self, key: &ApiKeyRecord) -> Result<Vec<TransactWriteItem>, StoreError> {
-        let auth = to_item(
-            key,
-            &[("pk", key_auth_pk(&key.key_hash)), ("sk", "APIKEY".into())],
-            None,
-        )?;
+        let auth = to_item(key, &keys::api_key_by_hash(&key.key_hash).pairs(), None)?;
         let owned = to_item(
             key,
-            &[("pk", tenant_pk(&key.tenant_id)), ("sk", key_sk(&key.id))],
+            &keys::api_key_of_tenant(&key.tenant_id, &key.id).pairs(),
             None,
         )?;
         Ok(vec![
@@ -446,15 +397,14 @@ impl DynamoStore {
         values: &[(&str, AttributeValue)],
     ) -> Result<Vec<TransactWriteItem>, StoreError> {
         [
-            (key_auth_pk(&key.key_hash), "APIKEY".to_owned()),
-            (tenant_pk(&key.tenant_id), key_sk(&key.id)),
+            keys::api_key_by_hash(&key.key_hash),
+            keys::api_key_of_tenant(&key.tenant_id, &key.id),
         ]
         .into_iter()
-        .map(|(pk, sk)| {
+        .map(|k| {
             let mut u = Update::builder()
                 .table_name(&self.table)
-                .key("pk", s(pk))
-                .key("sk", s(sk))
+                .set_key(Some(k.attrs()))
                 .update_expression(expr)
                 .condition_expression(condition);
             for (k, v) in values {
@@ -482,7 +432,8 @@ impl ApiKeyStore for DynamoStore {
     }
 
     async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        self.query_prefix(tenant_pk(tenant), "APIKEY#").await
+        self.query_prefix(keys::tenant_pk(tenant), keys::API_KEY_PREFIX)
+            .await
     }
 
     async fn get_api_key(
@@ -490,7 +441,7 @@ impl ApiKeyStore for DynamoStore {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.get(tenant_pk(tenant), &key_sk(id))
+        self.get(keys::api_key_of_tenant(tenant, id))
             .await?
             .map(from_item)
             .transpose()
@@ -575,7 +526,8 @@ impl Ledger for DynamoStore {
     }
 
     async fn entries(&self, tenant: &TenantId) -> Result<Vec<LedgerEntry>, StoreError> {
-        self.query_prefix(tenant_pk(tenant), "LEDGER#").await
+        self.query_prefix(keys::tenant_pk(tenant), keys::LEDGER_PREFIX)
+            .await
     }
 
     async fn entries_page(
@@ -584,15 +536,15 @@ impl Ledger for DynamoStore {
         limit: usize,
         after: Option<&str>,
     ) -> Result<(Vec<LedgerEntry>, Option<String>), StoreError> {
-        let lo = after.map_or_else(|| "LEDGER#".to_owned(), |a| format!("LEDGER#{a}~"));
+        let (lo, hi) = keys::ledger_range_after(after);
         let out = self
             .client
             .query()
             .table_name(&self.table)
             .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
-            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
+            .expression_attribute_values(":pk", s(keys::tenant_pk(tenant)))
             .expression_attribute_values(":lo", s(lo))
-            .expression_attribute_values(":hi", s("LEDGER#~"))
+            .expression_attribute_values(":hi", s(hi))
             .limit(limit.clamp(1, 1000) as i32)
             .send()
             .await
@@ -601,7 +553,7 @@ impl Ledger for DynamoStore {
             .last_evaluated_key()
             .and_then(|k| k.get("sk"))
             .and_then(|v| v.as_s().ok())
-            .and_then(|sk| sk.strip_prefix("LEDGER#"))
+            .and_then(|sk| keys::ledger_id_of(sk))
             .map(str::to_owned);
         let mut page = Vec::new();
         for item in out.items.unwrap_or_default() {
@@ -622,12 +574,11 @@ impl MessageStore for DynamoStore {
     ) -> Result<(), StoreError> {
         let m = to_item(
             record,
-            &[
-                ("pk", tenant_pk(&record.tenant_id)),
-                ("sk", msg_sk(&record.id)),
-                ("gsi1pk", status_gsi(&record.tenant_id, record.status)),
-                ("gsi1sk", msg_sk(&record.id)),
-            ],
+            &keys::message(&record.tenant_id, &record.id).with_gsi1(keys::message_gsi1(
+                &record.tenant_id,
+                record.status,
+                &record.id,
+            )),
             record.expires_at,
         )?;
         let items = vec![
@@ -652,7 +603,7 @@ impl MessageStore for DynamoStore {
         tenant: &TenantId,
         id: &MessageId,
     ) -> Result<Option<MessageRecord>, StoreError> {
-        self.get(tenant_pk(tenant), &msg_sk(id))
+        self.get(keys::message(tenant, id))
             .await?
             .map(from_item)
             .transpose()
@@ -663,14 +614,7 @@ impl MessageStore for DynamoStore {
         tenant: &TenantId,
         q: &MessageQuery,
     ) -> Result<MessagePage, StoreError> {
-        let lo = q
-            .since
-            .map(|t| ulid_bound(t, false))
-            .unwrap_or_else(|| "MSG#".into());
-        let hi = q
-            .until
-            .map(|t| ulid_bound(t, true))
-            .unwrap_or_else(|| "MSG#~".into());
+        let (lo, hi) = keys::message_range(q.since, q.until);
         let mut req = self
             .client
             .query()
@@ -686,10 +630,10 @@ impl MessageStore for DynamoStore {
             Some(st) => req
                 .index_name(GSI1)
                 .key_condition_expression("gsi1pk = :pk AND gsi1sk BETWEEN :lo AND :hi")
-                .expression_attribute_values(":pk", s(status_gsi(tenant, st))),
+                .expression_attribute_values(":pk", s(keys::message_status_gsi1_pk(tenant, st))),
             None => req
                 .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
-                .expression_attribute_values(":pk", s(tenant_pk(tenant))),
+                .expression_attribute_values(":pk", s(keys::tenant_pk(tenant))),
         };
         if let Some(c) = &q.cursor {
             req = req.set_exclusive_start_key(Some(decode_cursor(c, tenant)?));
@@ -745,8 +689,7 @@ impl MessageStore for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s(msg_sk(id)))
+            .set_key(Some(keys::message(tenant, id).attrs()))
             .update_expression(expr)
             .condition_expression(format!(
                 "#status IN ({}) AND (attribute_not_exists(#ttl) OR #ttl > :now)",
@@ -760,7 +703,7 @@ impl MessageStore for DynamoStore {
                 s(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
             )
             .expression_attribute_values(":ev", AttributeValue::L(vec![event]))
-            .expression_attribute_values(":g", s(status_gsi(tenant, to)))
+            .expression_attribute_values(":g", s(keys::message_status_gsi1_pk(tenant, to)))
             .expression_attribute_values(":now", n(self.now_secs()))
             .return_values(ReturnValue::AllNew);
         for (p, st) in placeholders.iter().zip(preds) {
@@ -803,8 +746,7 @@ impl MessageStore for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s(msg_sk(id)))
+            .set_key(Some(keys::message(tenant, id).attrs()))
             .update_expression("SET #status = :acc, gsi1pk = :g, #error = :e, updated_at = :at")
             // An expired message cannot be revived (as in `transition` and in memory).
             .condition_expression(
@@ -816,7 +758,13 @@ impl MessageStore for DynamoStore {
             .expression_attribute_values(":now", n(self.now_secs()))
             .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
             .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))
-            .expression_attribute_values(":g", s(status_gsi(tenant, MessageStatus::Accepted)))
+            .expression_attribute_values(
+                ":g",
+                s(keys::message_status_gsi1_pk(
+                    tenant,
+                    MessageStatus::Accepted,
+                )),
+            )
             .expression_attribute_values(":e", e)
             .expression_attribute_values(
                 ":at",
@@ -843,9 +791,7 @@ impl MessageStore for DynamoStore {
         wamid: &str,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
-        let mut idx: Item = HashMap::new();
-        idx.insert("pk".into(), s(format!("WAMID#{wamid}")));
-        idx.insert("sk".into(), s("WAMID"));
+        let mut idx: Item = keys::wamid_index(wamid).attrs();
         idx.insert("tenant_id".into(), s(tenant.to_string()));
         idx.insert("message_id".into(), s(id.to_string()));
         if let Some(t) = expires_at {
@@ -863,8 +809,7 @@ impl MessageStore for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s(msg_sk(id)))
+            .set_key(Some(keys::message(tenant, id).attrs()))
             .update_expression("SET wamid = :w")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":w", s(wamid))
@@ -883,7 +828,7 @@ impl MessageStore for DynamoStore {
         &self,
         wamid: &str,
     ) -> Result<Option<(TenantId, MessageId)>, StoreError> {
-        let Some(item) = self.get(format!("WAMID#{wamid}"), "WAMID").await? else {
+        let Some(item) = self.get(keys::wamid_index(wamid)).await? else {
             return Ok(None);
         };
         let field = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
@@ -898,71 +843,9 @@ impl MessageStore for DynamoStore {
 }
 
 #[async_trait]
-impl ExpiredItems for DynamoStore {
-    /// Deletes up to `budget` items whose TTL has passed (DynamoDB's TTL sweeper lags;
-    /// moto never sweeps). Batches of 25, as DynamoDB requires.
-    async fn delete_expired(&self, now: DateTime<Utc>, budget: usize) -> Result<usize, StoreError> {
-        let mut keys = Vec::new();
-        let mut pages = self
-            .client
-            .scan()
-            .table_name(&self.table)
-            .filter_expression("#ttl <= :now")
-            .projection_expression("pk, sk")
-            .expression_attribute_names("#ttl", TTL_ATTR)
-            .expression_attribute_values(":now", n(now.timestamp()))
-            .into_paginator()
-            .items()
-            .send();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| unavailable("dynamodb scan", e))?;
-            keys.push(item);
-            if keys.len() >= budget {
-                break;
-            }
-        }
-        let total = keys.len();
-        for chunk in keys.chunks(25) {
-            let reqs = chunk
-                .iter()
-                .map(|k| {
-                    DeleteRequest::builder()
-                        .set_key(Some(k.clone()))
-                        .build()
-                        .map(|d| WriteRequest::builder().delete_request(d).build())
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut pending = Some(HashMap::from([(self.table.clone(), reqs)]));
-            for _ in 0..5 {
-                let Some(p) = pending.take().filter(|p| !p.is_empty()) else {
-                    break;
-                };
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .set_request_items(Some(p))
-                    .send()
-                    .await
-                    .map_err(|e| unavailable("dynamodb batch write", e))?;
-                pending = out.unprocessed_items;
-            }
-        }
-        Ok(total)
-    }
-}
-
-fn audit_pk(chain: &str) -> String {
-    format!("AUDIT#{chain}")
-}
-fn audit_sk(seq: u64) -> String {
-    format!("EVENT#{seq:016}")
-}
-
-#[async_trait]
 impl AuditLog for DynamoStore {
     async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
-        let Some(item) = self.get(audit_pk(chain), "HEAD").await? else {
+        let Some(item) = self.get(keys::audit_head(chain)).await? else {
             return Ok(None);
         };
         let seq = match item.get("seq") {
@@ -983,15 +866,14 @@ impl AuditLog for DynamoStore {
     ) -> Result<(), StoreError> {
         let mut item = to_item(
             event,
-            &[("pk", audit_pk(&event.chain)), ("sk", audit_sk(event.seq))],
+            &keys::audit_event(&event.chain, event.seq).pairs(),
             event.expires_at,
         )?;
         // A number to filter times by (RFC 3339 text does not compare reliably).
         item.insert("at_ms".into(), n(event.at.timestamp_millis()));
         let mut head = Update::builder()
             .table_name(&self.table)
-            .key("pk", s(audit_pk(&event.chain)))
-            .key("sk", s("HEAD"))
+            .set_key(Some(keys::audit_head(&event.chain).attrs()))
             .update_expression("SET seq = :seq, #hash = :hash")
             .expression_attribute_names("#hash", "hash")
             .expression_attribute_values(":seq", n(event.seq as i64))
@@ -1027,10 +909,7 @@ impl AuditLog for DynamoStore {
         chain: &str,
         q: &AuditQuery,
     ) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError> {
-        let hi = q
-            .before_seq
-            .map(|b| audit_sk(b.saturating_sub(1)))
-            .unwrap_or_else(|| "EVENT#~".into());
+        let (lo, hi) = keys::audit_event_range(None, q.before_seq);
         let mut filters = vec!["(attribute_not_exists(#ttl) OR #ttl > :now)".to_owned()];
         let mut req = self
             .client
@@ -1039,8 +918,8 @@ impl AuditLog for DynamoStore {
             .scan_index_forward(false)
             .limit(q.limit.clamp(1, 100) as i32)
             .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
-            .expression_attribute_values(":pk", s(audit_pk(chain)))
-            .expression_attribute_values(":lo", s("EVENT#"))
+            .expression_attribute_values(":pk", s(keys::audit_pk(chain)))
+            .expression_attribute_values(":lo", s(lo))
             .expression_attribute_values(":hi", s(hi))
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_values(":now", n(self.now_secs()));
@@ -1077,8 +956,7 @@ impl AuditLog for DynamoStore {
             .last_evaluated_key()
             .and_then(|k| k.get("sk"))
             .and_then(|v| v.as_s().ok())
-            .and_then(|sk| sk.strip_prefix("EVENT#"))
-            .and_then(|seq| seq.parse().ok());
+            .and_then(|sk| keys::audit_seq_of(sk));
         Ok((events, next))
     }
 
@@ -1088,9 +966,7 @@ impl AuditLog for DynamoStore {
         after_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, StoreError> {
-        let lo = after_seq
-            .map(|a| audit_sk(a.saturating_add(1)))
-            .unwrap_or_else(|| "EVENT#".into());
+        let (lo, hi) = keys::audit_event_range(after_seq, None);
         let mut out = Vec::new();
         let mut pages = self
             .client
@@ -1098,9 +974,9 @@ impl AuditLog for DynamoStore {
             .table_name(&self.table)
             .consistent_read(true)
             .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
-            .expression_attribute_values(":pk", s(audit_pk(chain)))
+            .expression_attribute_values(":pk", s(keys::audit_pk(chain)))
             .expression_attribute_values(":lo", s(lo))
-            .expression_attribute_values(":hi", s("EVENT#~"))
+            .expression_attribute_values(":hi", s(hi))
             .into_paginator()
             .items()
             .send();
@@ -1117,10 +993,6 @@ impl AuditLog for DynamoStore {
     }
 }
 
-fn quality_sk(day: chrono::NaiveDate) -> String {
-    format!("QSTAT#{}", day.format("%Y-%m-%d"))
-}
-
 #[async_trait]
 impl QualityStats for DynamoStore {
     async fn bump(
@@ -1134,8 +1006,7 @@ impl QualityStats for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s(quality_sk(day)))
+            .set_key(Some(keys::quality_counter(tenant, day).attrs()))
             .expression_attribute_names("#c", counter.attribute())
             .expression_attribute_values(":one", n(1));
         req = match expires_at {
@@ -1162,9 +1033,9 @@ impl QualityStats for DynamoStore {
             .query()
             .table_name(&self.table)
             .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
-            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
-            .expression_attribute_values(":lo", s(quality_sk(from)))
-            .expression_attribute_values(":hi", s(quality_sk(to)))
+            .expression_attribute_values(":pk", s(keys::tenant_pk(tenant)))
+            .expression_attribute_values(":lo", s(keys::quality_counter(tenant, from).sk))
+            .expression_attribute_values(":hi", s(keys::quality_counter(tenant, to).sk))
             .send()
             .await
             .map_err(|e| classify("dynamodb query", e))?;

@@ -7,7 +7,7 @@ mod secrets_manager;
 mod sqs;
 mod users;
 
-pub use dynamodb::DynamoStore;
+pub use dynamodb::{keys, DynamoStore};
 pub use secrets_manager::SecretsManagerStore;
 pub use sqs::SqsQueue;
 
@@ -15,10 +15,6 @@ use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 
 use crate::store_error::StoreError;
-
-/// The former name of [`classify`], kept for the retention adapter and the expired-items
-/// sweep, which are being restructured on another branch: rename them at that merge.
-pub(crate) use self::classify as unavailable;
 
 /// What a failed AWS call means for the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

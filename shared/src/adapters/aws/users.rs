@@ -4,28 +4,15 @@
 //! expiry as TTL, `TENANT#{t}`/`SETTINGS#2FA` the tenant's 2FA requirement.
 //! The login counter and the TOTP step are conditional updates.
 
-use std::collections::HashMap;
-
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, TransactWriteItem};
 
 use super::classify;
-use super::dynamodb::{from_item, n, s, tenant_pk, to_item, CancelReason, DynamoStore, Item};
+use super::dynamodb::{from_item, keys, n, s, to_item, CancelReason, DynamoStore, Item};
 use crate::domain::TenantId;
 use crate::ports::{LoginGate, LoginPolicy, SessionRecord, UserRecord, UserStore};
 use crate::store_error::StoreError;
-
-fn user_sk(id: &str) -> String {
-    format!("USER#{id}")
-}
-fn email_pk(email: &str) -> String {
-    format!("EMAIL#{email}")
-}
-fn session_pk(hash: &str) -> String {
-    format!("SESSION#{hash}")
-}
-const TWO_FA_SK: &str = "SETTINGS#2FA";
 
 impl DynamoStore {
     /// One conditional update of a user item; `Ok(false)` when the condition fails.
@@ -41,8 +28,7 @@ impl DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s(user_sk(id)))
+            .set_key(Some(keys::user(tenant, id).attrs()))
             .update_expression(expr)
             .condition_expression(condition);
         for (k, v) in values {
@@ -59,15 +45,13 @@ impl DynamoStore {
 
     fn delete_item(
         &self,
-        pk: String,
-        sk: String,
+        key: keys::Key,
         condition: &str,
         values: &[(&str, AttributeValue)],
     ) -> Result<TransactWriteItem, StoreError> {
         let mut d = Delete::builder()
             .table_name(&self.table)
-            .key("pk", s(pk))
-            .key("sk", s(sk))
+            .set_key(Some(key.attrs()))
             .condition_expression(condition);
         for (k, v) in values {
             d = d.expression_attribute_values(*k, v.clone());
@@ -82,17 +66,8 @@ impl DynamoStore {
 #[async_trait]
 impl UserStore for DynamoStore {
     async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
-        let item = to_item(
-            user,
-            &[
-                ("pk", tenant_pk(&user.tenant_id)),
-                ("sk", user_sk(&user.id)),
-            ],
-            None,
-        )?;
-        let mut claim: Item = HashMap::new();
-        claim.insert("pk".into(), s(email_pk(&user.email)));
-        claim.insert("sk".into(), s("EMAIL"));
+        let item = to_item(user, &keys::user(&user.tenant_id, &user.id).pairs(), None)?;
+        let mut claim: Item = keys::email_claim(&user.email).attrs();
         claim.insert("tenant_id".into(), s(user.tenant_id.to_string()));
         claim.insert("user_id".into(), s(user.id.clone()));
         let items = vec![
@@ -113,14 +88,14 @@ impl UserStore for DynamoStore {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
-        self.get(tenant_pk(tenant), &user_sk(id))
+        self.get(keys::user(tenant, id))
             .await?
             .map(from_item)
             .transpose()
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
-        let Some(claim) = self.get(email_pk(email), "EMAIL").await? else {
+        let Some(claim) = self.get(keys::email_claim(email)).await? else {
             return Ok(None);
         };
         let field = |k: &str| claim.get(k).and_then(|v| v.as_s().ok()).cloned();
@@ -131,7 +106,9 @@ impl UserStore for DynamoStore {
     }
 
     async fn list_users(&self, tenant: &TenantId) -> Result<Vec<UserRecord>, StoreError> {
-        let mut out: Vec<UserRecord> = self.query_prefix(tenant_pk(tenant), "USER#").await?;
+        let mut out: Vec<UserRecord> = self
+            .query_prefix(keys::tenant_pk(tenant), keys::USER_PREFIX)
+            .await?;
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
     }
@@ -141,10 +118,9 @@ impl UserStore for DynamoStore {
             return Ok(false);
         };
         let items = vec![
-            self.delete_item(tenant_pk(tenant), user_sk(id), "attribute_exists(pk)", &[])?,
+            self.delete_item(keys::user(tenant, id), "attribute_exists(pk)", &[])?,
             self.delete_item(
-                email_pk(&user.email),
-                "EMAIL".into(),
+                keys::email_claim(&user.email),
                 "user_id = :id",
                 &[(":id", s(id))],
             )?,
@@ -303,10 +279,7 @@ impl UserStore for DynamoStore {
     async fn put_session(&self, session: &SessionRecord) -> Result<(), StoreError> {
         let item = to_item(
             session,
-            &[
-                ("pk", session_pk(&session.token_hash)),
-                ("sk", "SESSION".into()),
-            ],
+            &keys::session(&session.token_hash).pairs(),
             Some(session.expires_at.timestamp()),
         )?;
         match self
@@ -324,7 +297,7 @@ impl UserStore for DynamoStore {
     async fn session_by_hash(&self, token_hash: &str) -> Result<Option<SessionRecord>, StoreError> {
         let now = self.now_secs();
         Ok(self
-            .get(session_pk(token_hash), "SESSION")
+            .get(keys::session(token_hash))
             .await?
             .map(from_item::<SessionRecord>)
             .transpose()?
@@ -336,8 +309,7 @@ impl UserStore for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(session_pk(token_hash)))
-            .key("sk", s("SESSION"))
+            .set_key(Some(keys::session(token_hash).attrs()))
             .update_expression("SET revoked = :t")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":t", AttributeValue::Bool(true))
@@ -354,7 +326,7 @@ impl UserStore for DynamoStore {
 
     async fn two_factor_required(&self, tenant: &TenantId) -> Result<bool, StoreError> {
         Ok(self
-            .get(tenant_pk(tenant), TWO_FA_SK)
+            .get(keys::two_factor_setting(tenant))
             .await?
             .and_then(|i| i.get("required").and_then(|v| v.as_bool().ok()).copied())
             .unwrap_or(false))
@@ -368,8 +340,7 @@ impl UserStore for DynamoStore {
         self.client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(tenant_pk(tenant)))
-            .item("sk", s(TWO_FA_SK))
+            .set_item(Some(keys::two_factor_setting(tenant).attrs()))
             .item("required", AttributeValue::Bool(required))
             .send()
             .await

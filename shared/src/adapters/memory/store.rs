@@ -18,15 +18,10 @@ mod retention;
 mod throttle;
 
 use crate::ports::{
-    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, ExpiredItems,
-    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, QualityCounter, QualityCounts,
+    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, Ledger,
+    LedgerEntry, MessagePage, MessageQuery, MessageStore, QualityCounter, QualityCounts,
     QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
-
-type StoredBroadcast = (
-    crate::ports::Broadcast,
-    Option<Vec<crate::domain::PhoneNumber>>,
-);
 
 #[derive(Default)]
 pub(super) struct State {
@@ -35,8 +30,11 @@ pub(super) struct State {
     keys: HashMap<String, ApiKeyRecord>,
     pub(super) messages: BTreeMap<(TenantId, MessageId), MessageRecord>,
     pub(super) ledger: Vec<LedgerEntry>,
-    /// A broadcast and its uploaded list (until the fan-out is done).
-    pub(super) broadcasts: HashMap<(TenantId, String), StoredBroadcast>,
+    /// (tenant, broadcast id) → the broadcast.
+    pub(super) broadcasts: HashMap<(TenantId, String), crate::ports::Broadcast>,
+    /// (tenant, broadcast id) → its uploaded list (until the fan-out is done) and the
+    /// list's backstop expiry (epoch seconds), as on DynamoDB.
+    pub(super) broadcast_lists: HashMap<(TenantId, String), (Vec<crate::domain::PhoneNumber>, i64)>,
     wamids: HashMap<String, (TenantId, MessageId, Option<i64>)>,
     audit: HashMap<String, (AuditHead, BTreeMap<u64, AuditEvent>)>,
     quality: BTreeMap<(TenantId, chrono::NaiveDate), (QualityCounts, Option<i64>)>,
@@ -49,12 +47,14 @@ pub(super) struct State {
     closed_out: HashMap<TenantId, (DateTime<Utc>, crate::ports::CloseOutTtls)>,
     /// The sweep's saved position (the memory sweep finishes in one page; kept for parity).
     checkpoint: Option<String>,
-    /// (wamid, `PENDING#{status}#{timestamp}`) → a status kept until its wamid is known.
+    /// (wamid, its sort key `PENDING#{status}#{timestamp}`) → a status kept until its wamid
+    /// is known.
     pending: BTreeMap<(String, String), crate::ports::PendingStatus>,
     /// tenant → its status-callback setting.
     status_callbacks: HashMap<TenantId, crate::ports::StatusCallback>,
-    /// Business phone number → the next free send slot (epoch microseconds).
-    rate: HashMap<String, i64>,
+    /// Business phone number → the next free send slot (epoch microseconds) and the slot's
+    /// expiry (epoch seconds: an idle number's slot expires, as on DynamoDB).
+    rate: HashMap<String, (i64, i64)>,
 }
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional
@@ -436,49 +436,6 @@ impl MessageStore for MemoryStore {
             .get(wamid)
             .filter(|(_, _, exp)| self.live(*exp))
             .map(|(t, m, _)| (t.clone(), m.clone())))
-    }
-}
-
-#[async_trait]
-impl ExpiredItems for MemoryStore {
-    async fn delete_expired(&self, now: DateTime<Utc>, budget: usize) -> Result<usize, StoreError> {
-        let now = now.timestamp();
-        let expired = |e: Option<i64>| e.is_some_and(|t| t <= now);
-        let mut s = self.lock()?;
-        let mut removed = 0;
-        let keys: Vec<_> = s
-            .messages
-            .iter()
-            .filter(|(_, m)| expired(m.expires_at))
-            .map(|(k, _)| k.clone())
-            .take(budget)
-            .collect();
-        for k in keys {
-            s.messages.remove(&k);
-            removed += 1;
-        }
-        let before = s.ledger.len();
-        s.ledger.retain(|e| !expired(e.expires_at));
-        removed += before - s.ledger.len();
-        let before = s.wamids.len();
-        s.wamids.retain(|_, (_, _, e)| !expired(*e));
-        removed += before - s.wamids.len();
-        let before = s.quality.len();
-        s.quality.retain(|_, (_, e)| !expired(*e));
-        removed += before - s.quality.len();
-        let before = s.pending.len();
-        s.pending.retain(|_, p| !expired(p.expires_at));
-        removed += before - s.pending.len();
-        for (_, events) in s.audit.values_mut() {
-            let before = events.len();
-            events.retain(|_, e| !expired(e.expires_at));
-            removed += before - events.len();
-        }
-        let before = s.idempotency.len();
-        s.idempotency.retain(|_, r| !expired(r.expires_at));
-        removed += before - s.idempotency.len();
-        removed += s.users.remove_expired(now);
-        Ok(removed)
     }
 }
 

@@ -269,39 +269,32 @@ impl UsersState {
         &self,
         config_ttl: &dyn Fn(&TenantId) -> Option<i64>,
     ) -> Vec<crate::ports::StoredItem> {
+        use crate::adapters::aws::keys::{self, Key};
         use crate::ports::StoredItem;
         let mut out = Vec::new();
-        for ((t, id), u) in &self.users {
+        let mut item = |key: Key, ttl: Option<i64>, attributes: serde_json::Value| {
             out.push(StoredItem {
-                pk: format!("TENANT#{t}"),
-                sk: format!("USER#{id}"),
-                ttl: config_ttl(t),
-                attributes: serde_json::to_value(u).unwrap_or_default(),
-            });
+                pk: key.pk,
+                sk: key.sk,
+                ttl,
+                attributes,
+            })
+        };
+        for ((t, id), u) in &self.users {
+            let a = serde_json::to_value(u).unwrap_or_default();
+            item(keys::user(t, id), config_ttl(t), a);
         }
         for (email, (t, id)) in &self.emails {
-            out.push(StoredItem {
-                pk: format!("EMAIL#{email}"),
-                sk: "EMAIL".into(),
-                ttl: config_ttl(t),
-                attributes: serde_json::json!({"tenant_id": t, "user_id": id}),
-            });
+            let a = serde_json::json!({"tenant_id": t, "user_id": id});
+            item(keys::email_claim(email), config_ttl(t), a);
         }
         for (hash, s) in &self.sessions {
-            out.push(StoredItem {
-                pk: format!("SESSION#{hash}"),
-                sk: "SESSION".into(),
-                ttl: Some(s.expires_at.timestamp()),
-                attributes: serde_json::to_value(s).unwrap_or_default(),
-            });
+            let a = serde_json::to_value(s).unwrap_or_default();
+            item(keys::session(hash), Some(s.expires_at.timestamp()), a);
         }
         for (t, required) in &self.two_factor_required {
-            out.push(StoredItem {
-                pk: format!("TENANT#{t}"),
-                sk: "SETTINGS#2FA".into(),
-                ttl: config_ttl(t),
-                attributes: serde_json::json!({"required": required}),
-            });
+            let a = serde_json::json!({"required": required});
+            item(keys::two_factor_setting(t), config_ttl(t), a);
         }
         out
     }

@@ -10,30 +10,10 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::{
-    classify, from_item, msg_sk, n, s, status_gsi, tenant_pk, to_item, CancelReason, DynamoStore,
-    TTL_ATTR,
-};
-use crate::domain::{MessageId, MessageRecord, PhoneNumber, TenantId};
+use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, TTL_ATTR};
+use crate::domain::{MessageRecord, PhoneNumber, TenantId, BROADCAST_LIST_RETENTION};
 use crate::ports::{Broadcast, BroadcastStore, LedgerEntry};
 use crate::store_error::StoreError;
-
-/// The uploaded list's backstop expiry, should a fan-out never finish.
-const LIST_TTL_SECS: i64 = 7 * 86_400;
-
-fn broadcast_sk(id: &str) -> String {
-    format!("BROADCAST#{id}")
-}
-fn list_sk(id: &str) -> String {
-    format!("BCLIST#{id}")
-}
-
-/// The range of message sort keys minted in one millisecond.
-fn msg_range(ms: u64) -> (String, String) {
-    let lo = MessageId::from_trusted(ulid::Ulid::from_parts(ms, 0).to_string());
-    let hi = MessageId::from_trusted(ulid::Ulid::from_parts(ms, (1u128 << 80) - 1).to_string());
-    (msg_sk(&lo), msg_sk(&hi))
-}
 
 #[async_trait]
 impl BroadcastStore for DynamoStore {
@@ -43,22 +23,19 @@ impl BroadcastStore for DynamoStore {
         recipients: &[PhoneNumber],
         debit: &LedgerEntry,
     ) -> Result<(), StoreError> {
-        let pk = tenant_pk(&broadcast.tenant_id);
         let item = to_item(
             broadcast,
-            &[("pk", pk.clone()), ("sk", broadcast_sk(&broadcast.id))],
+            &keys::broadcast(&broadcast.tenant_id, &broadcast.id).pairs(),
             broadcast.expires_at,
         )?;
-        let mut list = std::collections::HashMap::new();
-        list.insert("pk".to_owned(), s(pk));
-        list.insert("sk".to_owned(), s(list_sk(&broadcast.id)));
+        let mut list = keys::broadcast_list(&broadcast.tenant_id, &broadcast.id).attrs();
         list.insert(
             "phones".to_owned(),
             AttributeValue::L(recipients.iter().map(|p| s(p.to_string())).collect()),
         );
         list.insert(
             TTL_ATTR.to_owned(),
-            n(broadcast.created_at.timestamp() + LIST_TTL_SECS),
+            n(broadcast.created_at.timestamp() + BROADCAST_LIST_RETENTION.as_secs() as i64),
         );
         let items = vec![
             self.credit_update(debit, true)?,
@@ -83,7 +60,7 @@ impl BroadcastStore for DynamoStore {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<Broadcast>, StoreError> {
-        self.get(tenant_pk(tenant), &broadcast_sk(id))
+        self.get(keys::broadcast(tenant, id))
             .await?
             .map(from_item)
             .transpose()
@@ -94,7 +71,7 @@ impl BroadcastStore for DynamoStore {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<Vec<PhoneNumber>>, StoreError> {
-        let Some(item) = self.get(tenant_pk(tenant), &list_sk(id)).await? else {
+        let Some(item) = self.get(keys::broadcast_list(tenant, id)).await? else {
             return Ok(None);
         };
         let Some(AttributeValue::L(phones)) = item.get("phones") else {
@@ -123,8 +100,7 @@ impl BroadcastStore for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s(broadcast_sk(id)))
+            .set_key(Some(keys::broadcast(tenant, id).attrs()))
             .condition_expression("attribute_exists(pk) AND enqueued <= :n")
             .expression_attribute_values(":n", n(enqueued as i64));
         req = if done {
@@ -147,8 +123,7 @@ impl BroadcastStore for DynamoStore {
             self.client
                 .delete_item()
                 .table_name(&self.table)
-                .key("pk", s(tenant_pk(tenant)))
-                .key("sk", s(list_sk(id)))
+                .set_key(Some(keys::broadcast_list(tenant, id).attrs()))
                 .send()
                 .await
                 .map_err(|e| classify("dynamodb delete", e))?;
@@ -159,12 +134,11 @@ impl BroadcastStore for DynamoStore {
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {
         let item = to_item(
             record,
-            &[
-                ("pk", tenant_pk(&record.tenant_id)),
-                ("sk", msg_sk(&record.id)),
-                ("gsi1pk", status_gsi(&record.tenant_id, record.status)),
-                ("gsi1sk", msg_sk(&record.id)),
-            ],
+            &keys::message(&record.tenant_id, &record.id).with_gsi1(keys::message_gsi1(
+                &record.tenant_id,
+                record.status,
+                &record.id,
+            )),
             record.expires_at,
         )?;
         let res = self
@@ -188,7 +162,8 @@ impl BroadcastStore for DynamoStore {
         &self,
         broadcast: &Broadcast,
     ) -> Result<BTreeMap<String, usize>, StoreError> {
-        let (lo, hi) = msg_range(broadcast.created_at.timestamp_millis().max(0) as u64);
+        let (lo, hi) =
+            keys::message_range_of_ms(broadcast.created_at.timestamp_millis().max(0) as u64);
         let mut pages = self
             .client
             .query()
@@ -198,7 +173,7 @@ impl BroadcastStore for DynamoStore {
             .projection_expression("#status, #ttl")
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#ttl", TTL_ATTR)
-            .expression_attribute_values(":pk", s(tenant_pk(&broadcast.tenant_id)))
+            .expression_attribute_values(":pk", s(keys::tenant_pk(&broadcast.tenant_id)))
             .expression_attribute_values(":lo", s(lo))
             .expression_attribute_values(":hi", s(hi))
             .expression_attribute_values(":b", s(broadcast.id.clone()))

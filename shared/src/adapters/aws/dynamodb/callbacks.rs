@@ -10,26 +10,19 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 
-use super::{classify, from_item, n, s, tenant_pk, to_item, DynamoStore, TTL_ATTR};
+use super::{classify, from_item, keys, n, s, to_item, DynamoStore, TTL_ATTR};
 use crate::domain::TenantId;
 use crate::ports::{PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore};
 use crate::store_error::StoreError;
 
-const PENDING: &str = "PENDING#";
-const CALLBACK_SK: &str = "SETTINGS#STATUS_CALLBACK";
-
-fn wamid_pk(wamid: &str) -> String {
-    format!("WAMID#{wamid}")
+fn pending_key(status: &PendingStatus) -> keys::Key {
+    keys::pending_status(&status.wamid, status.status.as_str(), status.timestamp)
 }
 
 #[async_trait]
 impl PendingStatusStore for DynamoStore {
     async fn put_pending_status(&self, status: &PendingStatus) -> Result<bool, StoreError> {
-        let item = to_item(
-            status,
-            &[("pk", wamid_pk(&status.wamid)), ("sk", status.key())],
-            status.expires_at,
-        )?;
+        let item = to_item(status, &pending_key(status).pairs(), status.expires_at)?;
         let res = self
             .client
             .put_item()
@@ -56,8 +49,8 @@ impl PendingStatusStore for DynamoStore {
             .table_name(&self.table)
             .consistent_read(true)
             .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-            .expression_attribute_values(":pk", s(wamid_pk(wamid)))
-            .expression_attribute_values(":p", s(PENDING))
+            .expression_attribute_values(":pk", s(keys::wamid_pk(wamid)))
+            .expression_attribute_values(":p", s(keys::PENDING_PREFIX))
             .into_paginator()
             .items()
             .send();
@@ -80,8 +73,7 @@ impl PendingStatusStore for DynamoStore {
         self.client
             .delete_item()
             .table_name(&self.table)
-            .key("pk", s(wamid_pk(&status.wamid)))
-            .key("sk", s(status.key()))
+            .set_key(Some(pending_key(status).attrs()))
             .send()
             .await
             .map_err(|e| classify("dynamodb delete", e))?;
@@ -94,10 +86,7 @@ impl StatusCallbackStore for DynamoStore {
     async fn put_status_callback(&self, setting: &StatusCallback) -> Result<(), StoreError> {
         let item = to_item(
             setting,
-            &[
-                ("pk", tenant_pk(&setting.tenant_id)),
-                ("sk", CALLBACK_SK.into()),
-            ],
+            &keys::status_callback(&setting.tenant_id).pairs(),
             None,
         )?;
         self.client
@@ -114,7 +103,7 @@ impl StatusCallbackStore for DynamoStore {
         &self,
         tenant: &TenantId,
     ) -> Result<Option<StatusCallback>, StoreError> {
-        self.get(tenant_pk(tenant), CALLBACK_SK)
+        self.get(keys::status_callback(tenant))
             .await?
             .map(from_item)
             .transpose()
@@ -125,8 +114,7 @@ impl StatusCallbackStore for DynamoStore {
             .client
             .delete_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s(CALLBACK_SK))
+            .set_key(Some(keys::status_callback(tenant).attrs()))
             .condition_expression("attribute_exists(pk)")
             .send()
             .await;

@@ -7,28 +7,18 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 
-use super::{
-    classify, from_item, msg_sk, n, s, status_gsi, tenant_pk, to_item, CancelReason, DynamoStore,
-    TTL_ATTR,
-};
+use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, TTL_ATTR};
 use crate::domain::{MessageId, MessageRecord, TenantId};
 use crate::ports::{IdempotencyRecord, IdempotencyStore, IdempotentInsert, LedgerEntry};
 use crate::store_error::StoreError;
 
 const CCF: CancelReason = CancelReason::ConditionalCheckFailed;
 
-fn idem_sk(key_hash: &str) -> String {
-    format!("IDEM#{key_hash}")
-}
-
 impl DynamoStore {
     fn idempotency_put(&self, key: &IdempotencyRecord) -> Result<TransactWriteItem, StoreError> {
         let item = to_item(
             key,
-            &[
-                ("pk", tenant_pk(&key.tenant_id)),
-                ("sk", idem_sk(&key.key_hash)),
-            ],
+            &keys::idempotency(&key.tenant_id, &key.key_hash).pairs(),
             key.expires_at,
         )?;
         // An expired record (TTL passed, not yet swept) counts as absent.
@@ -54,12 +44,11 @@ impl IdempotencyStore for DynamoStore {
     ) -> Result<IdempotentInsert, StoreError> {
         let m = to_item(
             record,
-            &[
-                ("pk", tenant_pk(&record.tenant_id)),
-                ("sk", msg_sk(&record.id)),
-                ("gsi1pk", status_gsi(&record.tenant_id, record.status)),
-                ("gsi1sk", msg_sk(&record.id)),
-            ],
+            &keys::message(&record.tenant_id, &record.id).with_gsi1(keys::message_gsi1(
+                &record.tenant_id,
+                record.status,
+                &record.id,
+            )),
             record.expires_at,
         )?;
         // Order matters: the reasons of a cancelled transaction come back in this order.
@@ -109,8 +98,7 @@ impl IdempotencyStore for DynamoStore {
             .client
             .delete_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s(idem_sk(key_hash)))
+            .set_key(Some(keys::idempotency(tenant, key_hash).attrs()))
             .condition_expression("message_id = :m")
             .expression_attribute_values(":m", s(message_id.to_string()))
             .send()
@@ -129,7 +117,7 @@ impl IdempotencyStore for DynamoStore {
         tenant: &TenantId,
         key_hash: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        self.get(tenant_pk(tenant), &idem_sk(key_hash))
+        self.get(keys::idempotency(tenant, key_hash))
             .await?
             .map(from_item)
             .transpose()

@@ -9,27 +9,18 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{
-    classify, decode_cursor, encode_cursor, from_item, n, s, tenant_pk, to_item, DynamoStore, Item,
+    classify, decode_cursor, encode_cursor, from_item, keys, n, s, to_item, DynamoStore, Item,
 };
 use crate::domain::{OptOut, OptOutScope, PhoneNumber, TenantId};
 use crate::ports::{OptOutPage, OptOutStore};
 use crate::store_error::StoreError;
-
-const PREFIX: &str = "OPTOUT#";
-
-fn optout_sk(phone: &PhoneNumber) -> String {
-    format!("{PREFIX}{phone}")
-}
 
 #[async_trait]
 impl OptOutStore for DynamoStore {
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError> {
         let item = to_item(
             opt_out,
-            &[
-                ("pk", tenant_pk(&opt_out.tenant_id)),
-                ("sk", optout_sk(&opt_out.phone)),
-            ],
+            &keys::opt_out(&opt_out.tenant_id, &opt_out.phone).pairs(),
             None,
         )?;
         // `all` replaces anything; `marketing` never narrows an existing `all`.
@@ -83,7 +74,7 @@ impl OptOutStore for DynamoStore {
         tenant: &TenantId,
         phone: &PhoneNumber,
     ) -> Result<Option<OptOut>, StoreError> {
-        self.get(tenant_pk(tenant), &optout_sk(phone))
+        self.get(keys::opt_out(tenant, phone))
             .await?
             .map(from_item)
             .transpose()
@@ -99,8 +90,7 @@ impl OptOutStore for DynamoStore {
             .client
             .delete_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s(optout_sk(phone)))
+            .set_key(Some(keys::opt_out(tenant, phone).attrs()))
             .condition_expression(
                 "attribute_exists(pk) AND (attribute_not_exists(meta_timestamp) \
                  OR meta_timestamp <= :at)",
@@ -126,8 +116,7 @@ impl OptOutStore for DynamoStore {
             .client
             .delete_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s(optout_sk(phone)))
+            .set_key(Some(keys::opt_out(tenant, phone).attrs()))
             .condition_expression("attribute_exists(pk)")
             .send()
             .await;
@@ -155,8 +144,8 @@ impl OptOutStore for DynamoStore {
             .table_name(&self.table)
             .consistent_read(true)
             .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-            .expression_attribute_values(":pk", s(tenant_pk(tenant)))
-            .expression_attribute_values(":p", s(PREFIX))
+            .expression_attribute_values(":pk", s(keys::tenant_pk(tenant)))
+            .expression_attribute_values(":p", s(keys::OPT_OUT_PREFIX))
             .set_exclusive_start_key(start)
             .limit(limit as i32 + 1)
             .send()
@@ -167,8 +156,11 @@ impl OptOutStore for DynamoStore {
             items.truncate(limit);
             items.last().and_then(|last| {
                 let key: Item = HashMap::from([
-                    ("pk".to_owned(), AttributeValue::S(tenant_pk(tenant))),
-                    ("sk".to_owned(), last.get("sk")?.clone()),
+                    (
+                        keys::PK.to_owned(),
+                        AttributeValue::S(keys::tenant_pk(tenant)),
+                    ),
+                    (keys::SK.to_owned(), last.get(keys::SK)?.clone()),
                 ]);
                 encode_cursor(&key)
             })

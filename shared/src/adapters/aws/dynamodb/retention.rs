@@ -1,6 +1,7 @@
 //! `RetentionStore` on the table: the resumable sweep (one `Scan` page at a time, its
 //! `LastEvaluatedKey` saved in `RETENTION`/`CHECKPOINT`), the close-out of closed tenants,
-//! and a read-only view of every item. docs/data-retention.md.
+//! and a read-only view of every item. docs/data-retention.md. Which item type a key is
+//! and which class it counts under: `keys::ItemKind`.
 
 use std::collections::HashMap;
 
@@ -9,16 +10,14 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 use chrono::{DateTime, Utc};
 
-use super::{n, s, tenant_pk, ttl_of, DynamoStore, Item, TTL_ATTR};
-use crate::adapters::aws::unavailable;
-use crate::domain::TenantId;
+use super::keys::{self, ItemKind, Key};
+use super::{n, s, ttl_of, DynamoStore, Item, TTL_ATTR};
+use crate::adapters::aws::classify;
+use crate::domain::{RetentionClass, TenantId};
 use crate::ports::{
     ApiKeyStore, CloseOutCounts, CloseOutTtls, RetentionStore, StoredItem, SweepPage,
 };
 use crate::store_error::StoreError;
-
-const CHECKPOINT_PK: &str = "RETENTION";
-const CHECKPOINT_SK: &str = "CHECKPOINT";
 
 fn str_attr<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
     item.get(k).and_then(|v| v.as_s().ok()).map(String::as_str)
@@ -34,7 +33,7 @@ fn encode_key(key: &Item) -> Option<String> {
 
 fn decode_key(text: &str) -> Option<Item> {
     let flat: HashMap<String, String> = serde_json::from_str(text).ok()?;
-    if flat.len() != 2 || !flat.contains_key("pk") || !flat.contains_key("sk") {
+    if flat.len() != 2 || !flat.contains_key(keys::PK) || !flat.contains_key(keys::SK) {
         return None;
     }
     Some(flat.into_iter().map(|(k, v)| (k, s(v))).collect())
@@ -60,6 +59,18 @@ pub(crate) fn to_json(v: &AttributeValue) -> serde_json::Value {
         AttributeValue::Ns(l) => Value::Array(l.iter().cloned().map(Value::String).collect()),
         other => Value::String(format!("{other:?}")),
     }
+}
+
+/// The class a deleted item counts under. A key of no known item type (none should exist)
+/// is counted as active configuration, and logged.
+fn class_of(pk: &str, sk: &str) -> RetentionClass {
+    ItemKind::of_key(pk, sk).map_or_else(
+        || {
+            tracing::warn!(pk, sk, "swept an item of no known type");
+            RetentionClass::ActiveConfig
+        },
+        ItemKind::class,
+    )
 }
 
 impl DynamoStore {
@@ -89,7 +100,7 @@ impl DynamoStore {
                     .set_request_items(Some(p))
                     .send()
                     .await
-                    .map_err(|e| unavailable("dynamodb batch write", e))?;
+                    .map_err(|e| classify("dynamodb batch write", e))?;
                 pending = out.unprocessed_items;
             }
             let left: Vec<Item> = pending
@@ -104,13 +115,12 @@ impl DynamoStore {
     }
 
     /// `SET ttl` on an existing item that has none; `false` if it has one or is absent.
-    async fn set_ttl_if_absent(&self, pk: &str, sk: &str, ttl: i64) -> Result<bool, StoreError> {
+    async fn set_ttl_if_absent(&self, key: Key, ttl: i64) -> Result<bool, StoreError> {
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(pk))
-            .key("sk", s(sk))
+            .set_key(Some(key.attrs()))
             .update_expression("SET #ttl = :ttl")
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(#ttl)")
             .expression_attribute_names("#ttl", TTL_ATTR)
@@ -122,23 +132,24 @@ impl DynamoStore {
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(false)
             }
-            Err(e) => Err(unavailable("dynamodb update", e)),
+            Err(e) => Err(classify("dynamodb update", e)),
         }
     }
 
-    async fn scan_all(&self, filter: Option<(&str, &str, &str)>) -> Result<Vec<Item>, StoreError> {
+    /// Every item; with a tenant, only that tenant's sessions (their keys).
+    async fn scan_all(&self, sessions_of: Option<&TenantId>) -> Result<Vec<Item>, StoreError> {
         let mut req = self.client.scan().table_name(&self.table);
-        if let Some((expr, session, tenant)) = filter {
+        if let Some(tenant) = sessions_of {
             req = req
-                .filter_expression(expr)
+                .filter_expression("sk = :session AND tenant_id = :t")
                 .projection_expression("pk, sk")
-                .expression_attribute_values(":session", s(session))
-                .expression_attribute_values(":t", s(tenant));
+                .expression_attribute_values(":session", s(keys::SESSION_SK))
+                .expression_attribute_values(":t", s(tenant.as_str()));
         }
         let mut pages = req.into_paginator().items().send();
         let mut items = Vec::new();
         while let Some(item) = pages.next().await {
-            items.push(item.map_err(|e| unavailable("dynamodb scan", e))?);
+            items.push(item.map_err(|e| classify("dynamodb scan", e))?);
         }
         Ok(items)
     }
@@ -166,12 +177,12 @@ impl RetentionStore for DynamoStore {
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":now", n(now_s))
-            .expression_attribute_values(":tenant", s("TENANT"))
+            .expression_attribute_values(":tenant", s(keys::TENANT_SK))
             .expression_attribute_values(":closed", s("closed"))
             .set_exclusive_start_key(start.and_then(decode_key))
             .send()
             .await
-            .map_err(|e| unavailable("dynamodb scan", e))?;
+            .map_err(|e| classify("dynamodb scan", e))?;
         let mut page = SweepPage {
             examined: out.scanned_count.max(0) as usize,
             next: out.last_evaluated_key.as_ref().and_then(encode_key),
@@ -179,24 +190,25 @@ impl RetentionStore for DynamoStore {
         };
         let mut expired = Vec::new();
         for item in out.items.unwrap_or_default() {
-            let (Some(pk), Some(sk)) = (str_attr(&item, "pk"), str_attr(&item, "sk")) else {
+            let (Some(pk), Some(sk)) = (str_attr(&item, keys::PK), str_attr(&item, keys::SK))
+            else {
                 continue;
             };
             if ttl_of(&item).is_some_and(|t| t <= now_s) {
-                let key: Item = [("pk", pk), ("sk", sk)]
+                let key: Item = [(keys::PK, pk), (keys::SK, sk)]
                     .into_iter()
                     .map(|(k, v)| (k.to_owned(), s(v)))
                     .collect();
                 expired.push(key);
-            } else if sk == "TENANT" {
-                if let Some(t) = pk.strip_prefix("TENANT#").and_then(TenantId::parse) {
+            } else if ItemKind::of_key(pk, sk) == Some(ItemKind::Tenant) {
+                if let Some(t) = keys::tenant_of_pk(pk) {
                     page.closed_tenants.push(t);
                 }
             }
         }
         for key in self.delete_keys(expired).await? {
-            if let (Some(pk), Some(sk)) = (str_attr(&key, "pk"), str_attr(&key, "sk")) {
-                page.count(pk, sk);
+            if let (Some(pk), Some(sk)) = (str_attr(&key, keys::PK), str_attr(&key, keys::SK)) {
+                page.count(class_of(pk, sk), 1);
             }
         }
         Ok(page)
@@ -204,7 +216,7 @@ impl RetentionStore for DynamoStore {
 
     async fn checkpoint(&self) -> Result<Option<String>, StoreError> {
         Ok(self
-            .get(CHECKPOINT_PK.into(), CHECKPOINT_SK)
+            .get(keys::retention_checkpoint())
             .await?
             .and_then(|i| str_attr(&i, "next").map(str::to_owned)))
     }
@@ -218,8 +230,7 @@ impl RetentionStore for DynamoStore {
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(CHECKPOINT_PK))
-            .item("sk", s(CHECKPOINT_SK))
+            .set_item(Some(keys::retention_checkpoint().attrs()))
             .item("updated_at", s(at.to_rfc3339()));
         if let Some(next) = next {
             req = req.item("next", s(next));
@@ -227,7 +238,7 @@ impl RetentionStore for DynamoStore {
         req.send()
             .await
             .map(|_| ())
-            .map_err(|e| unavailable("dynamodb put", e))
+            .map_err(|e| classify("dynamodb put", e))
     }
 
     async fn close_out(
@@ -237,8 +248,8 @@ impl RetentionStore for DynamoStore {
         now: DateTime<Utc>,
     ) -> Result<CloseOutCounts, StoreError> {
         let mut counts = CloseOutCounts::default();
-        let pk = tenant_pk(tenant);
-        let Some(tenant_item) = self.get(pk.clone(), "TENANT").await? else {
+        let pk = keys::tenant_pk(tenant);
+        let Some(tenant_item) = self.get(keys::tenant(tenant)).await? else {
             return Ok(counts);
         };
         if str_attr(&tenant_item, "status") != Some("closed") {
@@ -257,66 +268,75 @@ impl RetentionStore for DynamoStore {
             .send();
         let mut items = Vec::new();
         while let Some(item) = pages.next().await {
-            items.push(item.map_err(|e| unavailable("dynamodb query", e))?);
+            items.push(item.map_err(|e| classify("dynamodb query", e))?);
         }
         for item in items {
-            let Some(sk) = str_attr(&item, "sk") else {
+            let Some(sk) = str_attr(&item, keys::SK) else {
                 continue;
             };
-            if let Some(key_id) = sk.strip_prefix("APIKEY#") {
-                let revoked = matches!(item.get("revoked"), Some(AttributeValue::Bool(true)));
-                if !revoked && self.revoke_api_key(tenant, key_id, now).await?.is_some() {
-                    counts.keys_revoked += 1;
-                }
-                if let Some(hash) = str_attr(&item, "key_hash") {
-                    if self
-                        .set_ttl_if_absent(&format!("APIKEY#{hash}"), "APIKEY", ttls.config)
-                        .await?
-                    {
-                        counts.items_given_ttl += 1;
+            match ItemKind::of_key(&pk, sk) {
+                Some(ItemKind::ApiKeyOfTenant) => {
+                    let key_id = keys::api_key_id_of(sk).unwrap_or_default();
+                    let revoked = matches!(item.get("revoked"), Some(AttributeValue::Bool(true)));
+                    if !revoked && self.revoke_api_key(tenant, key_id, now).await?.is_some() {
+                        counts.keys_revoked += 1;
+                    }
+                    if let Some(hash) = str_attr(&item, "key_hash") {
+                        if self
+                            .set_ttl_if_absent(keys::api_key_by_hash(hash), ttls.config)
+                            .await?
+                        {
+                            counts.items_given_ttl += 1;
+                        }
                     }
                 }
-            } else if let Some(_user) = sk.strip_prefix("USER#") {
-                if let Some(email) = str_attr(&item, "email") {
-                    if self
-                        .set_ttl_if_absent(&format!("EMAIL#{email}"), "EMAIL", ttls.config)
-                        .await?
-                    {
-                        counts.items_given_ttl += 1;
+                Some(ItemKind::User) => {
+                    if let Some(email) = str_attr(&item, "email") {
+                        if self
+                            .set_ttl_if_absent(keys::email_claim(email), ttls.config)
+                            .await?
+                        {
+                            counts.items_given_ttl += 1;
+                        }
                     }
                 }
-            } else if !(sk.starts_with("OPTOUT#") || sk.starts_with("SETTINGS#")) {
-                continue; // messages, ledger, idempotency, counters: their own TTL; tenant: last
+                Some(ItemKind::OptOut | ItemKind::StatusCallback | ItemKind::TwoFactorSetting) => {}
+                // Messages, ledger, idempotency, counters, broadcasts: their own TTL; the
+                // tenant: last.
+                _ => continue,
             }
-            if ttl_of(&item).is_none() && self.set_ttl_if_absent(&pk, sk, ttls.config).await? {
+            if ttl_of(&item).is_none()
+                && self
+                    .set_ttl_if_absent(
+                        Key {
+                            pk: pk.clone(),
+                            sk: sk.to_owned(),
+                        },
+                        ttls.config,
+                    )
+                    .await?
+            {
                 counts.items_given_ttl += 1;
             }
         }
         // Console sessions live in their own partitions: one filtered scan finds them.
-        let sessions = self
-            .scan_all(Some((
-                "sk = :session AND tenant_id = :t",
-                "SESSION",
-                tenant.as_str(),
-            )))
-            .await?;
-        let keys: Vec<Item> = sessions
+        let sessions = self.scan_all(Some(tenant)).await?;
+        let session_keys: Vec<Item> = sessions
             .into_iter()
             .map(|i| {
                 i.into_iter()
-                    .filter(|(k, _)| k == "pk" || k == "sk")
+                    .filter(|(k, _)| k == keys::PK || k == keys::SK)
                     .collect()
             })
             .collect();
-        counts.sessions_deleted = self.delete_keys(keys).await?.len();
+        counts.sessions_deleted = self.delete_keys(session_keys).await?.len();
         // The phone-number route, only while it still names this tenant.
         if let Some(pnid) = str_attr(&tenant_item, "phone_number_id") {
             let res = self
                 .client
                 .delete_item()
                 .table_name(&self.table)
-                .key("pk", s(format!("PHONE#{pnid}")))
-                .key("sk", s("PHONE"))
+                .set_key(Some(keys::phone_route(pnid).attrs()))
                 .condition_expression("tenant_id = :t")
                 .expression_attribute_values(":t", s(tenant.as_str()))
                 .send()
@@ -328,11 +348,11 @@ impl RetentionStore for DynamoStore {
                 {
                     false
                 }
-                Err(e) => return Err(unavailable("dynamodb delete", e)),
+                Err(e) => return Err(classify("dynamodb delete", e)),
             };
         }
         if self
-            .set_ttl_if_absent(&format!("AUDIT#{tenant}"), "HEAD", ttls.audit_head)
+            .set_ttl_if_absent(keys::audit_head(tenant.as_str()), ttls.audit_head)
             .await?
         {
             counts.items_given_ttl += 1;
@@ -342,8 +362,7 @@ impl RetentionStore for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(pk))
-            .key("sk", s("TENANT"))
+            .set_key(Some(keys::tenant(tenant).attrs()))
             .update_expression("SET #ttl = :ttl, closed_out_at = :at")
             .condition_expression("#status = :closed AND attribute_not_exists(closed_out_at)")
             .expression_attribute_names("#ttl", TTL_ATTR)
@@ -356,7 +375,7 @@ impl RetentionStore for DynamoStore {
         match res {
             Ok(_) => counts.items_given_ttl += 1,
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {}
-            Err(e) => return Err(unavailable("dynamodb update", e)),
+            Err(e) => return Err(classify("dynamodb update", e)),
         }
         Ok(counts)
     }
@@ -366,12 +385,11 @@ impl RetentionStore for DynamoStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s("TENANT"))
+            .set_key(Some(keys::tenant(tenant).attrs()))
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| unavailable("dynamodb get", e))?
+            .map_err(|e| classify("dynamodb get", e))?
             .item;
         Ok(item
             .as_ref()
@@ -386,8 +404,8 @@ impl RetentionStore for DynamoStore {
             .await?
             .into_iter()
             .map(|item| StoredItem {
-                pk: str_attr(&item, "pk").unwrap_or_default().to_owned(),
-                sk: str_attr(&item, "sk").unwrap_or_default().to_owned(),
+                pk: str_attr(&item, keys::PK).unwrap_or_default().to_owned(),
+                sk: str_attr(&item, keys::SK).unwrap_or_default().to_owned(),
                 ttl: ttl_of(&item),
                 attributes: serde_json::Value::Object(
                     item.iter().map(|(k, v)| (k.clone(), to_json(v))).collect(),

@@ -15,19 +15,17 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, Utc};
 
-use super::{classify, from_item, msg_sk, n, s, status_gsi, tenant_pk, DynamoStore, TTL_ATTR};
-use crate::domain::{MessageError, MessageId, MessageStatus, StatusEvent, TenantId};
+use super::{classify, from_item, keys, n, s, DynamoStore, TTL_ATTR};
+use crate::domain::{
+    MessageError, MessageId, MessageStatus, StatusEvent, TenantId, SEND_SLOT_RETENTION,
+};
 use crate::ports::{
     micros_to_time, slot_interval_micros, SendingControl, Tenant, Throughput, Transition,
 };
 use crate::store_error::StoreError;
 
-/// How long an idle number's slot item lives.
-const RATE_TTL_SECS: i64 = 3600;
-
-fn rate_pk(key: &str) -> String {
-    format!("RATE#{key}")
-}
+/// How long an idle number's slot item lives (the SendSlot retention class).
+const RATE_TTL_SECS: i64 = SEND_SLOT_RETENTION.as_secs() as i64;
 
 fn stamp(at: DateTime<Utc>) -> AttributeValue {
     s(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
@@ -51,8 +49,7 @@ impl DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(rate_pk(key)))
-            .key("sk", s("NEXT"))
+            .set_key(Some(keys::send_slot(key).attrs()))
             .update_expression("SET tat = tat + :iv, #ttl = :ttl")
             .condition_expression("tat BETWEEN :now AND :limit")
             .expression_attribute_names("#ttl", TTL_ATTR)
@@ -86,8 +83,7 @@ impl DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(rate_pk(key)))
-            .key("sk", s("NEXT"))
+            .set_key(Some(keys::send_slot(key).attrs()))
             .update_expression("SET tat = :next, #ttl = :ttl")
             .condition_expression("attribute_not_exists(tat) OR tat < :now")
             .expression_attribute_names("#ttl", TTL_ATTR)
@@ -135,8 +131,7 @@ impl Throughput for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s("TENANT"))
+            .set_key(Some(keys::tenant(tenant).attrs()))
             .update_expression("SET throughput_per_sec = :v")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":v", n(i64::from(per_sec)))
@@ -182,8 +177,7 @@ impl SendingControl for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s(msg_sk(id)))
+            .set_key(Some(keys::message(tenant, id).attrs()))
             .update_expression(
                 "SET #status = :acc, gsi1pk = :g, updated_at = :at ADD attempts :minus",
             )
@@ -191,7 +185,13 @@ impl SendingControl for DynamoStore {
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
             .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))
-            .expression_attribute_values(":g", s(status_gsi(tenant, MessageStatus::Accepted)))
+            .expression_attribute_values(
+                ":g",
+                s(keys::message_status_gsi1_pk(
+                    tenant,
+                    MessageStatus::Accepted,
+                )),
+            )
             .expression_attribute_values(":at", stamp(at))
             .expression_attribute_values(":minus", n(-1))
             .expression_attribute_values(":zero", n(0))
@@ -220,8 +220,7 @@ impl SendingControl for DynamoStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(tenant_pk(tenant)))
-            .key("sk", s(msg_sk(id)))
+            .set_key(Some(keys::message(tenant, id).attrs()))
             .update_expression(
                 "SET #status = :failed, gsi1pk = :g, #error = :e, updated_at = :at, \
                  events = list_append(events, :ev)",
@@ -231,7 +230,10 @@ impl SendingControl for DynamoStore {
             .expression_attribute_names("#error", "error")
             .expression_attribute_values(":failed", s(MessageStatus::Failed.as_str()))
             .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))
-            .expression_attribute_values(":g", s(status_gsi(tenant, MessageStatus::Failed)))
+            .expression_attribute_values(
+                ":g",
+                s(keys::message_status_gsi1_pk(tenant, MessageStatus::Failed)),
+            )
             .expression_attribute_values(":e", e)
             .expression_attribute_values(":at", stamp(at))
             .expression_attribute_values(":claimed", stamp(claimed_at))

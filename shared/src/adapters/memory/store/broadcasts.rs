@@ -1,11 +1,12 @@
-//! `BroadcastStore` on the memory store, under the one lock.
+//! `BroadcastStore` on the memory store, under the one lock. The uploaded list is kept
+//! apart from its broadcast, with the same 7-day backstop expiry as on DynamoDB.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
 use super::MemoryStore;
-use crate::domain::{MessageRecord, PhoneNumber, TenantId};
+use crate::domain::{MessageRecord, PhoneNumber, TenantId, BROADCAST_LIST_RETENTION};
 use crate::ports::{Broadcast, BroadcastStore, LedgerEntry};
 use crate::store_error::StoreError;
 
@@ -31,8 +32,11 @@ impl BroadcastStore for MemoryStore {
         }
         tenant.credits += debit.amount;
         s.ledger.push(debit.clone());
-        s.broadcasts
-            .insert(key, (broadcast.clone(), Some(recipients.to_vec())));
+        let list_expires =
+            broadcast.created_at.timestamp() + BROADCAST_LIST_RETENTION.as_secs() as i64;
+        s.broadcast_lists
+            .insert(key.clone(), (recipients.to_vec(), list_expires));
+        s.broadcasts.insert(key, broadcast.clone());
         Ok(())
     }
 
@@ -44,7 +48,6 @@ impl BroadcastStore for MemoryStore {
         let s = self.lock()?;
         Ok(s.broadcasts
             .get(&(tenant.clone(), id.to_owned()))
-            .map(|(b, _)| b)
             .filter(|b| self.live(b.expires_at))
             .cloned())
     }
@@ -55,9 +58,10 @@ impl BroadcastStore for MemoryStore {
         id: &str,
     ) -> Result<Option<Vec<PhoneNumber>>, StoreError> {
         let s = self.lock()?;
-        Ok(s.broadcasts
+        Ok(s.broadcast_lists
             .get(&(tenant.clone(), id.to_owned()))
-            .and_then(|(_, r)| r.clone()))
+            .filter(|(_, expires)| self.live(Some(*expires)))
+            .map(|(phones, _)| phones.clone()))
     }
 
     async fn broadcast_progress(
@@ -68,14 +72,12 @@ impl BroadcastStore for MemoryStore {
         done: bool,
     ) -> Result<(), StoreError> {
         let mut s = self.lock()?;
-        let (b, list) = s
-            .broadcasts
-            .get_mut(&(tenant.clone(), id.to_owned()))
-            .ok_or(StoreError::NotFound)?;
+        let key = (tenant.clone(), id.to_owned());
+        let b = s.broadcasts.get_mut(&key).ok_or(StoreError::NotFound)?;
         b.enqueued = b.enqueued.max(enqueued);
         if done {
             b.status = crate::ports::BroadcastStatus::Enqueued;
-            *list = None;
+            s.broadcast_lists.remove(&key);
         }
         Ok(())
     }

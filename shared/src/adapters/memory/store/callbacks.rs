@@ -4,15 +4,23 @@
 use async_trait::async_trait;
 
 use super::MemoryStore;
+use crate::adapters::aws::keys;
 use crate::domain::TenantId;
 use crate::ports::{PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore};
 use crate::store_error::StoreError;
+
+/// A kept status's place: its wamid and the table's sort key (one status of one wamid at
+/// one time, the identity duplicates share).
+fn pending_key(status: &PendingStatus) -> (String, String) {
+    let key = keys::pending_status(&status.wamid, status.status.as_str(), status.timestamp);
+    (status.wamid.clone(), key.sk)
+}
 
 #[async_trait]
 impl PendingStatusStore for MemoryStore {
     async fn put_pending_status(&self, status: &PendingStatus) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
-        let key = (status.wamid.clone(), status.key());
+        let key = pending_key(status);
         if let Some(existing) = s.pending.get(&key) {
             if self.live(existing.expires_at) {
                 return Ok(false);
@@ -38,7 +46,7 @@ impl PendingStatusStore for MemoryStore {
 
     async fn delete_pending_status(&self, status: &PendingStatus) -> Result<(), StoreError> {
         let mut s = self.lock()?;
-        s.pending.remove(&(status.wamid.clone(), status.key()));
+        s.pending.remove(&pending_key(status));
         Ok(())
     }
 }

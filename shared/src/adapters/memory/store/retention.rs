@@ -1,20 +1,27 @@
-//! `RetentionStore` in memory: the same keys and classes as the table, one page per pass.
+//! `RetentionStore` in memory: the same item types, keys and classes as the table
+//! (`adapters::aws::keys`), one page per pass. The sweep removes every item type that can
+//! expire, as DynamoDB's does, and counts each under its type's class.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{json, to_value};
 
 use super::MemoryStore;
-use crate::domain::{RetentionClass, TenantId};
+use crate::adapters::aws::keys::{self, ItemKind, Key};
+use crate::domain::TenantId;
 use crate::ports::{
     CloseOutCounts, CloseOutTtls, RetentionStore, StoredItem, SweepPage, TenantStatus,
 };
 use crate::store_error::StoreError;
 
-fn add(page: &mut SweepPage, class: RetentionClass, n: usize) {
-    if n > 0 {
-        *page.deleted.entry(class.as_str()).or_default() += n;
-    }
+/// Keeps what `keep` accepts of `$items` (a map or a list) and counts the rest as deleted
+/// items of `$kind`'s class.
+macro_rules! sweep {
+    ($page:expr, $kind:expr, $items:expr, $keep:expr) => {{
+        let before = $items.len();
+        $items.retain($keep);
+        $page.count($kind.class(), before - $items.len());
+    }};
 }
 
 #[async_trait]
@@ -25,39 +32,29 @@ impl RetentionStore for MemoryStore {
         _start: Option<&str>,
         _page_size: usize,
     ) -> Result<SweepPage, StoreError> {
+        use ItemKind as K;
         let now = now.timestamp();
         let expired = |e: Option<i64>| e.is_some_and(|t| t <= now);
-        let mut s = self.lock()?;
+        let live = |e: Option<i64>| !expired(e);
+        let mut guard = self.lock()?;
+        let s = &mut *guard;
         let mut page = SweepPage::default();
-        let before = s.messages.len();
-        s.messages.retain(|_, m| !expired(m.expires_at));
-        let mut msgs = before - s.messages.len();
-        let before = s.wamids.len();
-        s.wamids.retain(|_, (_, _, e)| !expired(*e));
-        msgs += before - s.wamids.len();
-        add(&mut page, RetentionClass::Messages, msgs);
-        let before = s.ledger.len();
-        s.ledger.retain(|e| !expired(e.expires_at));
-        add(&mut page, RetentionClass::Billing, before - s.ledger.len());
-        let before = s.quality.len();
-        s.quality.retain(|_, (_, e)| !expired(*e));
-        add(&mut page, RetentionClass::Stats, before - s.quality.len());
-        let mut audit = 0;
+        // Item types that carry their own TTL from the start.
+        sweep!(page, K::Message, s.messages, |_, m| live(m.expires_at));
+        sweep!(page, K::WamidIndex, s.wamids, |_, w| live(w.2));
+        sweep!(page, K::PendingStatus, s.pending, |_, p| live(p.expires_at));
+        sweep!(page, K::Broadcast, s.broadcasts, |_, b| live(b.expires_at));
+        sweep!(page, K::BroadcastList, s.broadcast_lists, |_, l| l.1 > now);
+        sweep!(page, K::LedgerEntry, s.ledger, |e| live(e.expires_at));
+        sweep!(page, K::QualityCounter, s.quality, |_, q| live(q.1));
         for (_, events) in s.audit.values_mut() {
-            let before = events.len();
-            events.retain(|_, e| !expired(e.expires_at));
-            audit += before - events.len();
+            sweep!(page, K::AuditEvent, events, |_, e| live(e.expires_at));
         }
-        add(&mut page, RetentionClass::Audit, audit);
-        let before = s.idempotency.len();
-        s.idempotency.retain(|_, r| !expired(r.expires_at));
-        add(
-            &mut page,
-            RetentionClass::Idempotency,
-            before - s.idempotency.len(),
-        );
-        let sessions = s.users.remove_expired(now);
-        add(&mut page, RetentionClass::Session, sessions);
+        sweep!(page, K::Idempotency, s.idempotency, |_, r| live(
+            r.expires_at
+        ));
+        sweep!(page, K::SendSlot, s.rate, |_, r| r.1 > now);
+        page.count(K::Session.class(), s.users.remove_expired(now));
         // Closed-out tenants whose items have reached the TTLs the close-out gave them.
         let done: Vec<(TenantId, CloseOutTtls)> = s
             .closed_out
@@ -66,25 +63,27 @@ impl RetentionStore for MemoryStore {
             .collect();
         for (t, ttls) in done {
             if expired(Some(ttls.config)) {
-                let mut n = 0;
+                // Both copies of each key.
                 let before = s.keys.len();
                 s.keys.retain(|_, k| k.tenant_id != t);
-                n += 2 * (before - s.keys.len()); // both copies
-                let before = s.opt_outs.len();
-                s.opt_outs.retain(|(tt, _), _| tt != &t);
-                n += before - s.opt_outs.len();
-                n += s.users.remove_tenant(&t);
-                add(&mut page, RetentionClass::ActiveConfig, n);
+                let removed = before - s.keys.len();
+                page.count(K::ApiKeyByHash.class(), removed);
+                page.count(K::ApiKeyOfTenant.class(), removed);
+                sweep!(page, K::OptOut, s.opt_outs, |(tt, _), _| tt != &t);
+                let callback = s.status_callbacks.remove(&t).map_or(0, |_| 1);
+                page.count(K::StatusCallback.class(), callback);
+                // Users, their email claims and the 2FA setting.
+                page.count(K::User.class(), s.users.remove_tenant(&t));
             }
             if expired(Some(ttls.audit_head)) {
                 let chain = t.to_string();
                 if s.audit.get(&chain).is_some_and(|(_, ev)| ev.is_empty()) {
                     s.audit.remove(&chain);
-                    add(&mut page, RetentionClass::ActiveConfig, 1);
+                    page.count(K::AuditHead.class(), 1);
                 }
             }
             if expired(Some(ttls.tenant)) && s.tenants.remove(&t).is_some() {
-                add(&mut page, RetentionClass::Billing, 1);
+                page.count(K::Tenant.class(), 1);
             }
         }
         page.closed_tenants = s
@@ -153,10 +152,10 @@ impl RetentionStore for MemoryStore {
         let closed = |t: &TenantId| s.closed_out.get(t).map(|(_, x)| *x);
         let config_ttl = |t: &TenantId| closed(t).map(|x| x.config);
         let mut out = Vec::new();
-        let mut item = |pk: String, sk: String, ttl: Option<i64>, attributes: serde_json::Value| {
+        let mut item = |key: Key, ttl: Option<i64>, attributes: serde_json::Value| {
             out.push(StoredItem {
-                pk,
-                sk,
+                pk: key.pk,
+                sk: key.sk,
                 ttl,
                 attributes,
             })
@@ -166,76 +165,60 @@ impl RetentionStore for MemoryStore {
             if let (Some((at, _)), Some(o)) = (s.closed_out.get(id), a.as_object_mut()) {
                 o.insert("closed_out_at".into(), json!(at));
             }
-            item(
-                format!("TENANT#{id}"),
-                "TENANT".into(),
-                closed(id).map(|x| x.tenant),
-                a,
-            );
+            item(keys::tenant(id), closed(id).map(|x| x.tenant), a);
         }
         for (pnid, t) in &s.phones {
-            item(
-                format!("PHONE#{pnid}"),
-                "PHONE".into(),
-                None,
-                json!({"tenant_id": t}),
-            );
+            item(keys::phone_route(pnid), None, json!({"tenant_id": t}));
         }
         for k in s.keys.values() {
             let a = to_value(k).unwrap_or_default();
             let ttl = config_ttl(&k.tenant_id);
-            item(
-                format!("APIKEY#{}", k.key_hash),
-                "APIKEY".into(),
-                ttl,
-                a.clone(),
-            );
-            item(
-                format!("TENANT#{}", k.tenant_id),
-                format!("APIKEY#{}", k.id),
-                ttl,
-                a,
-            );
+            item(keys::api_key_by_hash(&k.key_hash), ttl, a.clone());
+            item(keys::api_key_of_tenant(&k.tenant_id, &k.id), ttl, a);
         }
         for ((t, id), m) in &s.messages {
             item(
-                format!("TENANT#{t}"),
-                format!("MSG#{id}"),
+                keys::message(t, id),
                 m.expires_at,
                 to_value(m).unwrap_or_default(),
             );
         }
-        for ((t, id), (b, list)) in &s.broadcasts {
+        for ((t, id), b) in &s.broadcasts {
             item(
-                format!("TENANT#{t}"),
-                format!("BROADCAST#{id}"),
+                keys::broadcast(t, id),
                 b.expires_at,
                 to_value(b).unwrap_or_default(),
             );
-            if list.is_some() {
-                // The DynamoDB list item's 7-day backstop (memory lists need none).
-                item(
-                    format!("TENANT#{t}"),
-                    format!("BCLIST#{id}"),
-                    Some(b.created_at.timestamp() + 7 * 86_400),
-                    json!({}),
-                );
-            }
+        }
+        for ((t, id), (phones, expires)) in &s.broadcast_lists {
+            item(
+                keys::broadcast_list(t, id),
+                Some(*expires),
+                json!({"phones": phones}),
+            );
         }
         for e in &s.ledger {
             item(
-                format!("TENANT#{}", e.tenant_id),
-                format!("LEDGER#{}", e.id),
+                keys::ledger_entry(&e.tenant_id, &e.id),
                 e.expires_at,
                 to_value(e).unwrap_or_default(),
             );
         }
         for (w, (t, m, exp)) in &s.wamids {
             item(
-                format!("WAMID#{w}"),
-                "WAMID".into(),
+                keys::wamid_index(w),
                 *exp,
                 json!({"tenant_id": t, "message_id": m}),
+            );
+        }
+        for ((w, sk), p) in &s.pending {
+            item(
+                Key {
+                    pk: keys::wamid_pk(w),
+                    sk: sk.clone(),
+                },
+                p.expires_at,
+                to_value(p).unwrap_or_default(),
             );
         }
         for (chain, (head, events)) in &s.audit {
@@ -243,15 +226,13 @@ impl RetentionStore for MemoryStore {
                 .and_then(|t| closed(&t))
                 .map(|x| x.audit_head);
             item(
-                format!("AUDIT#{chain}"),
-                "HEAD".into(),
+                keys::audit_head(chain),
                 head_ttl,
                 json!({"seq": head.seq, "hash": head.hash}),
             );
             for e in events.values() {
                 item(
-                    format!("AUDIT#{chain}"),
-                    format!("EVENT#{:016}", e.seq),
+                    keys::audit_event(chain, e.seq),
                     e.expires_at,
                     to_value(e).unwrap_or_default(),
                 );
@@ -259,35 +240,37 @@ impl RetentionStore for MemoryStore {
         }
         for ((t, day), (c, exp)) in &s.quality {
             item(
-                format!("TENANT#{t}"),
-                format!("QSTAT#{}", day.format("%Y-%m-%d")),
+                keys::quality_counter(t, *day),
                 *exp,
                 json!({"sent": c.sent, "opt_outs": c.opt_outs, "undeliverable": c.undeliverable}),
             );
         }
-        for ((t, phone), o) in &s.opt_outs {
+        for ((t, _), o) in &s.opt_outs {
             item(
-                format!("TENANT#{t}"),
-                format!("OPTOUT#{phone}"),
+                keys::opt_out(t, &o.phone),
                 config_ttl(t),
                 to_value(o).unwrap_or_default(),
             );
         }
         for ((t, hash), r) in &s.idempotency {
             item(
-                format!("TENANT#{t}"),
-                format!("IDEM#{hash}"),
+                keys::idempotency(t, hash),
                 r.expires_at,
                 to_value(r).unwrap_or_default(),
             );
         }
-        if let Some(next) = &s.checkpoint {
+        for (t, c) in &s.status_callbacks {
             item(
-                "RETENTION".into(),
-                "CHECKPOINT".into(),
-                None,
-                json!({"next": next}),
+                keys::status_callback(t),
+                config_ttl(t),
+                to_value(c).unwrap_or_default(),
             );
+        }
+        for (number, (tat, expires)) in &s.rate {
+            item(keys::send_slot(number), Some(*expires), json!({"tat": tat}));
+        }
+        if let Some(next) = &s.checkpoint {
+            item(keys::retention_checkpoint(), None, json!({"next": next}));
         }
         out.extend(s.users.stored(&config_ttl));
         Ok(out)

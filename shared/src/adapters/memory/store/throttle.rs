@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::MemoryStore;
-use crate::domain::{MessageError, MessageId, MessageStatus, StatusEvent, TenantId};
+use crate::domain::{
+    MessageError, MessageId, MessageStatus, StatusEvent, TenantId, SEND_SLOT_RETENTION,
+};
 use crate::ports::{
     micros_to_time, slot_interval_micros, SendingControl, Tenant, Throughput, Transition,
 };
@@ -25,12 +27,15 @@ impl Throughput for MemoryStore {
         let now_us = now.timestamp_micros();
         let limit = now_us.saturating_add(i64::try_from(max_wait.as_micros()).unwrap_or(i64::MAX));
         let mut s = self.lock()?;
-        let next = s.rate.get(key).copied().unwrap_or(now_us).max(now_us);
+        let next = s.rate.get(key).map_or(now_us, |(tat, _)| *tat).max(now_us);
         if next > limit {
             return Ok(None);
         }
-        s.rate
-            .insert(key.to_owned(), next + slot_interval_micros(per_sec));
+        let expires = now.timestamp() + SEND_SLOT_RETENTION.as_secs() as i64;
+        s.rate.insert(
+            key.to_owned(),
+            (next + slot_interval_micros(per_sec), expires),
+        );
         Ok(Some(micros_to_time(next)))
     }
 

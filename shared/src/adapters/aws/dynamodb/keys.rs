@@ -1,0 +1,635 @@
+//! The DynamoDB key schema: the one owner of every key the table holds.
+//!
+//! This file owns, for every item type ([`ItemKind`]):
+//! - the `pk` / `sk` it is stored under and, where it is indexed, its `gsi1pk` / `gsi1sk`
+//!   (one builder function per item type, returning a [`Key`] or [`Gsi1`]);
+//! - the prefixes and bounds its queries use, and how an id is read back from a key;
+//! - its retention class ([`ItemKind::class`]), and the one way back from a stored key to
+//!   its item type ([`ItemKind::of_key`]), by which the retention sweep counts deletions.
+//!
+//! Adapters build keys only here: no other `format!` of a key exists in `adapters/`. The
+//! memory adapter names its items with the same keys (its stored-item view) and counts its
+//! sweep by the same classes. The classes and their durations belong to
+//! `domain::retention`. docs/data-model.md §2 and docs/data-retention.md §1 list the same
+//! item types.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::domain::{MessageId, MessageStatus, PhoneNumber, RetentionClass, TenantId};
+
+/// Key attribute names.
+pub const PK: &str = "pk";
+pub const SK: &str = "sk";
+pub const GSI1PK: &str = "gsi1pk";
+pub const GSI1SK: &str = "gsi1sk";
+
+// Partition key prefixes and fixed partitions.
+const TENANT: &str = "TENANT#";
+const PHONE: &str = "PHONE#";
+const APIKEY: &str = "APIKEY#";
+const WAMID: &str = "WAMID#";
+const AUDIT: &str = "AUDIT#";
+const RATE: &str = "RATE#";
+const EMAIL: &str = "EMAIL#";
+const SESSION: &str = "SESSION#";
+const RETENTION: &str = "RETENTION";
+// gsi1 partition prefixes.
+const WABA: &str = "WABA#";
+const STATUS_INFIX: &str = "#STATUS#";
+
+/// The sort key of a tenant item (also what the sweep's filter finds closed tenants by).
+pub const TENANT_SK: &str = "TENANT";
+/// The sort key of a session item (what the close-out's session scan filters on).
+pub const SESSION_SK: &str = "SESSION";
+const PHONE_SK: &str = "PHONE";
+const APIKEY_SK: &str = "APIKEY";
+const WAMID_SK: &str = "WAMID";
+const HEAD_SK: &str = "HEAD";
+const NEXT_SK: &str = "NEXT";
+const EMAIL_SK: &str = "EMAIL";
+const CHECKPOINT_SK: &str = "CHECKPOINT";
+const STATUS_CALLBACK_SK: &str = "SETTINGS#STATUS_CALLBACK";
+const TWO_FACTOR_SK: &str = "SETTINGS#2FA";
+
+/// Sort key prefixes the adapters query with `begins_with`.
+pub const API_KEY_PREFIX: &str = "APIKEY#";
+pub const LEDGER_PREFIX: &str = "LEDGER#";
+pub const OPT_OUT_PREFIX: &str = "OPTOUT#";
+pub const USER_PREFIX: &str = "USER#";
+pub const PENDING_PREFIX: &str = "PENDING#";
+const MESSAGE_PREFIX: &str = "MSG#";
+const IDEM_PREFIX: &str = "IDEM#";
+const QSTAT_PREFIX: &str = "QSTAT#";
+const BROADCAST_PREFIX: &str = "BROADCAST#";
+const BCLIST_PREFIX: &str = "BCLIST#";
+const EVENT_PREFIX: &str = "EVENT#";
+/// Sorts after every character of an id (Crockford base32, digits): a prefix range's top.
+const TOP: &str = "~";
+
+/// Every item type the table holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ItemKind {
+    /// `TENANT#{tenant}` / `TENANT`; gsi1 `WABA#{waba}` / `TENANT#{tenant}`.
+    Tenant,
+    /// `PHONE#{phone_number_id}` / `PHONE`: the webhook's route to a tenant.
+    PhoneRoute,
+    /// `APIKEY#{sha256(key)}` / `APIKEY`: the authentication copy of an API key.
+    ApiKeyByHash,
+    /// `TENANT#{tenant}` / `APIKEY#{key id}`: the tenant's copy of an API key.
+    ApiKeyOfTenant,
+    /// `TENANT#{tenant}` / `LEDGER#{entry id}`.
+    LedgerEntry,
+    /// `TENANT#{tenant}` / `MSG#{message id}`; gsi1 `TENANT#{tenant}#STATUS#{status}` /
+    /// `MSG#{message id}`.
+    Message,
+    /// `WAMID#{wamid}` / `WAMID`: Meta's id → the message.
+    WamidIndex,
+    /// `WAMID#{wamid}` / `PENDING#{status}#{timestamp}`: a status kept until its wamid is known.
+    PendingStatus,
+    /// `TENANT#{tenant}` / `OPTOUT#{e164}`.
+    OptOut,
+    /// `TENANT#{tenant}` / `IDEM#{sha256(key)}`.
+    Idempotency,
+    /// `AUDIT#{chain}` / `EVENT#{seq, 16 digits}`.
+    AuditEvent,
+    /// `AUDIT#{chain}` / `HEAD`.
+    AuditHead,
+    /// `TENANT#{tenant}` / `QSTAT#{yyyy-mm-dd}`.
+    QualityCounter,
+    /// `TENANT#{tenant}` / `BROADCAST#{broadcast id}`.
+    Broadcast,
+    /// `TENANT#{tenant}` / `BCLIST#{broadcast id}`: the uploaded recipient list.
+    BroadcastList,
+    /// `RATE#{phone_number_id}` / `NEXT`: a number's next free send slot.
+    SendSlot,
+    /// `TENANT#{tenant}` / `SETTINGS#STATUS_CALLBACK`.
+    StatusCallback,
+    /// `TENANT#{tenant}` / `SETTINGS#2FA`.
+    TwoFactorSetting,
+    /// `TENANT#{tenant}` / `USER#{user id}`.
+    User,
+    /// `EMAIL#{lower-cased email}` / `EMAIL`: an email claimed across tenants.
+    EmailClaim,
+    /// `SESSION#{sha256(token)}` / `SESSION`.
+    Session,
+    /// `RETENTION` / `CHECKPOINT`: the sweep's saved position.
+    RetentionCheckpoint,
+}
+
+impl ItemKind {
+    pub const ALL: [ItemKind; 22] = [
+        ItemKind::Tenant,
+        ItemKind::PhoneRoute,
+        ItemKind::ApiKeyByHash,
+        ItemKind::ApiKeyOfTenant,
+        ItemKind::LedgerEntry,
+        ItemKind::Message,
+        ItemKind::WamidIndex,
+        ItemKind::PendingStatus,
+        ItemKind::OptOut,
+        ItemKind::Idempotency,
+        ItemKind::AuditEvent,
+        ItemKind::AuditHead,
+        ItemKind::QualityCounter,
+        ItemKind::Broadcast,
+        ItemKind::BroadcastList,
+        ItemKind::SendSlot,
+        ItemKind::StatusCallback,
+        ItemKind::TwoFactorSetting,
+        ItemKind::User,
+        ItemKind::EmailClaim,
+        ItemKind::Session,
+        ItemKind::RetentionCheckpoint,
+    ];
+
+    /// The retention class whose expiry an item of this type carries when it has one, and
+    /// under which the sweep counts it. ActiveConfig items carry none while their tenant
+    /// exists (the close-out gives a closed tenant's a TTL); the tenant item carries none
+    /// until its close-out gives it the Billing expiry (the 7-year account record).
+    pub fn class(self) -> RetentionClass {
+        use ItemKind::*;
+        match self {
+            Message | WamidIndex | Broadcast => RetentionClass::Messages,
+            Tenant | LedgerEntry => RetentionClass::Billing,
+            AuditEvent => RetentionClass::Audit,
+            Idempotency => RetentionClass::Idempotency,
+            PendingStatus => RetentionClass::PendingStatus,
+            Session => RetentionClass::Session,
+            QualityCounter => RetentionClass::Stats,
+            BroadcastList => RetentionClass::BroadcastList,
+            SendSlot => RetentionClass::SendSlot,
+            PhoneRoute | ApiKeyByHash | ApiKeyOfTenant | OptOut | AuditHead | StatusCallback
+            | TwoFactorSetting | User | EmailClaim | RetentionCheckpoint => {
+                RetentionClass::ActiveConfig
+            }
+        }
+    }
+
+    /// The item type of a stored item, from its table keys; `None` for a key no item type
+    /// of this schema has.
+    pub fn of_key(pk: &str, sk: &str) -> Option<ItemKind> {
+        use ItemKind::*;
+        let has = |p: &str| sk.starts_with(p);
+        let kind = if pk.starts_with(TENANT) {
+            match sk {
+                TENANT_SK => Tenant,
+                STATUS_CALLBACK_SK => StatusCallback,
+                TWO_FACTOR_SK => TwoFactorSetting,
+                _ if has(API_KEY_PREFIX) => ApiKeyOfTenant,
+                _ if has(LEDGER_PREFIX) => LedgerEntry,
+                _ if has(MESSAGE_PREFIX) => Message,
+                _ if has(OPT_OUT_PREFIX) => OptOut,
+                _ if has(IDEM_PREFIX) => Idempotency,
+                _ if has(QSTAT_PREFIX) => QualityCounter,
+                _ if has(BROADCAST_PREFIX) => Broadcast,
+                _ if has(BCLIST_PREFIX) => BroadcastList,
+                _ if has(USER_PREFIX) => User,
+                _ => return None,
+            }
+        } else if pk.starts_with(WAMID) {
+            match sk {
+                WAMID_SK => WamidIndex,
+                _ if has(PENDING_PREFIX) => PendingStatus,
+                _ => return None,
+            }
+        } else if pk.starts_with(AUDIT) {
+            match sk {
+                HEAD_SK => AuditHead,
+                _ if has(EVENT_PREFIX) => AuditEvent,
+                _ => return None,
+            }
+        } else {
+            match (pk, sk) {
+                (_, PHONE_SK) if pk.starts_with(PHONE) => PhoneRoute,
+                (_, APIKEY_SK) if pk.starts_with(APIKEY) => ApiKeyByHash,
+                (_, NEXT_SK) if pk.starts_with(RATE) => SendSlot,
+                (_, EMAIL_SK) if pk.starts_with(EMAIL) => EmailClaim,
+                (_, SESSION_SK) if pk.starts_with(SESSION) => Session,
+                (RETENTION, CHECKPOINT_SK) => RetentionCheckpoint,
+                _ => return None,
+            }
+        };
+        Some(kind)
+    }
+}
+
+/// An item's table key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Key {
+    pub pk: String,
+    pub sk: String,
+}
+
+/// An item's `gsi1` key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gsi1 {
+    pub pk: String,
+    pub sk: String,
+}
+
+impl Key {
+    fn new(pk: impl Into<String>, sk: impl Into<String>) -> Self {
+        Self {
+            pk: pk.into(),
+            sk: sk.into(),
+        }
+    }
+
+    /// The key as attributes: a request's key, or the start of an item.
+    pub fn attrs(&self) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            (PK.to_owned(), AttributeValue::S(self.pk.clone())),
+            (SK.to_owned(), AttributeValue::S(self.sk.clone())),
+        ])
+    }
+
+    /// The key attributes to add to a serialised record.
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        vec![(PK, self.pk.clone()), (SK, self.sk.clone())]
+    }
+
+    /// The same, with the record's `gsi1` keys.
+    pub fn with_gsi1(&self, gsi: Gsi1) -> Vec<(&'static str, String)> {
+        let mut pairs = self.pairs();
+        pairs.extend([(GSI1PK, gsi.pk), (GSI1SK, gsi.sk)]);
+        pairs
+    }
+
+    /// This key's item type.
+    pub fn kind(&self) -> Option<ItemKind> {
+        ItemKind::of_key(&self.pk, &self.sk)
+    }
+}
+
+// ---- Tenants, their routes and keys -------------------------------------------------
+
+/// A tenant's partition: its tenant item and every per-tenant item.
+pub fn tenant_pk(t: &TenantId) -> String {
+    format!("{TENANT}{t}")
+}
+
+pub fn tenant(t: &TenantId) -> Key {
+    Key::new(tenant_pk(t), TENANT_SK)
+}
+
+/// The tenant of a tenant-partition key.
+pub fn tenant_of_pk(pk: &str) -> Option<TenantId> {
+    pk.strip_prefix(TENANT).and_then(TenantId::parse)
+}
+
+/// A tenant item's entry in the WABA index.
+pub fn tenant_waba_gsi1(waba_id: &str, t: &TenantId) -> Gsi1 {
+    Gsi1 {
+        pk: waba_gsi1_pk(waba_id),
+        sk: tenant_pk(t),
+    }
+}
+
+pub fn waba_gsi1_pk(waba_id: &str) -> String {
+    format!("{WABA}{waba_id}")
+}
+
+pub fn phone_route(phone_number_id: &str) -> Key {
+    Key::new(format!("{PHONE}{phone_number_id}"), PHONE_SK)
+}
+
+pub fn api_key_by_hash(key_hash: &str) -> Key {
+    Key::new(format!("{APIKEY}{key_hash}"), APIKEY_SK)
+}
+
+pub fn api_key_of_tenant(t: &TenantId, key_id: &str) -> Key {
+    Key::new(tenant_pk(t), format!("{API_KEY_PREFIX}{key_id}"))
+}
+
+/// The key id of a tenant's API key item, from its sort key.
+pub fn api_key_id_of(sk: &str) -> Option<&str> {
+    sk.strip_prefix(API_KEY_PREFIX)
+}
+
+// ---- Money and messages ---------------------------------------------------------------
+
+pub fn ledger_entry(t: &TenantId, id: &str) -> Key {
+    Key::new(tenant_pk(t), format!("{LEDGER_PREFIX}{id}"))
+}
+
+/// The sort-key range of the ledger entries after the entry `after` (all without it).
+pub fn ledger_range_after(after: Option<&str>) -> (String, String) {
+    let lo = after.map_or_else(
+        || LEDGER_PREFIX.to_owned(),
+        |a| format!("{LEDGER_PREFIX}{a}{TOP}"),
+    );
+    (lo, format!("{LEDGER_PREFIX}{TOP}"))
+}
+
+/// The entry id of a ledger item, from its sort key.
+pub fn ledger_id_of(sk: &str) -> Option<&str> {
+    sk.strip_prefix(LEDGER_PREFIX)
+}
+
+pub fn message(t: &TenantId, id: &MessageId) -> Key {
+    Key::new(tenant_pk(t), message_sk(id))
+}
+
+fn message_sk(id: &MessageId) -> String {
+    format!("{MESSAGE_PREFIX}{id}")
+}
+
+/// A message's entry in the status index.
+pub fn message_gsi1(t: &TenantId, status: MessageStatus, id: &MessageId) -> Gsi1 {
+    Gsi1 {
+        pk: message_status_gsi1_pk(t, status),
+        sk: message_sk(id),
+    }
+}
+
+/// The status index partition of a tenant's messages in `status` (rewritten on every move).
+pub fn message_status_gsi1_pk(t: &TenantId, status: MessageStatus) -> String {
+    format!("{}{STATUS_INFIX}{}", tenant_pk(t), status.as_str())
+}
+
+/// The message sort-key range (on the table and on the status index) from `since`
+/// (inclusive) to `until` (exclusive): message ids are ULIDs of their acceptance time.
+pub fn message_range(
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> (String, String) {
+    let ms = |t: DateTime<Utc>| t.timestamp_millis().max(0) as u64;
+    let lo = since.map_or_else(|| MESSAGE_PREFIX.to_owned(), |t| ulid_sk(ms(t), 0));
+    let hi = until.map_or_else(
+        || format!("{MESSAGE_PREFIX}{TOP}"),
+        |t| ulid_sk(ms(t).saturating_sub(1), (1u128 << 80) - 1),
+    );
+    (lo, hi)
+}
+
+/// The message sort keys minted in one millisecond (a broadcast's messages).
+pub fn message_range_of_ms(ms: u64) -> (String, String) {
+    (ulid_sk(ms, 0), ulid_sk(ms, (1u128 << 80) - 1))
+}
+
+fn ulid_sk(ms: u64, random: u128) -> String {
+    message_sk(&MessageId::from_trusted(
+        ulid::Ulid::from_parts(ms, random).to_string(),
+    ))
+}
+
+/// The partition of everything known about one wamid.
+pub fn wamid_pk(wamid: &str) -> String {
+    format!("{WAMID}{wamid}")
+}
+
+pub fn wamid_index(wamid: &str) -> Key {
+    Key::new(wamid_pk(wamid), WAMID_SK)
+}
+
+/// One status of one wamid at one time: the identity duplicates share.
+pub fn pending_status(wamid: &str, status: &str, timestamp: i64) -> Key {
+    Key::new(
+        wamid_pk(wamid),
+        format!("{PENDING_PREFIX}{status}#{timestamp}"),
+    )
+}
+
+pub fn idempotency(t: &TenantId, key_hash: &str) -> Key {
+    Key::new(tenant_pk(t), format!("{IDEM_PREFIX}{key_hash}"))
+}
+
+pub fn broadcast(t: &TenantId, id: &str) -> Key {
+    Key::new(tenant_pk(t), format!("{BROADCAST_PREFIX}{id}"))
+}
+
+pub fn broadcast_list(t: &TenantId, id: &str) -> Key {
+    Key::new(tenant_pk(t), format!("{BCLIST_PREFIX}{id}"))
+}
+
+pub fn quality_counter(t: &TenantId, day: NaiveDate) -> Key {
+    Key::new(
+        tenant_pk(t),
+        format!("{QSTAT_PREFIX}{}", day.format("%Y-%m-%d")),
+    )
+}
+
+/// A business number's send-slot item (`number` is its phone_number_id).
+pub fn send_slot(number: &str) -> Key {
+    Key::new(format!("{RATE}{number}"), NEXT_SK)
+}
+
+// ---- Configuration, users, audit ------------------------------------------------------
+
+pub fn opt_out(t: &TenantId, phone: &PhoneNumber) -> Key {
+    Key::new(tenant_pk(t), format!("{OPT_OUT_PREFIX}{phone}"))
+}
+
+pub fn status_callback(t: &TenantId) -> Key {
+    Key::new(tenant_pk(t), STATUS_CALLBACK_SK)
+}
+
+pub fn two_factor_setting(t: &TenantId) -> Key {
+    Key::new(tenant_pk(t), TWO_FACTOR_SK)
+}
+
+pub fn user(t: &TenantId, id: &str) -> Key {
+    Key::new(tenant_pk(t), format!("{USER_PREFIX}{id}"))
+}
+
+/// `email` lower-cased, as users store it.
+pub fn email_claim(email: &str) -> Key {
+    Key::new(format!("{EMAIL}{email}"), EMAIL_SK)
+}
+
+pub fn session(token_hash: &str) -> Key {
+    Key::new(format!("{SESSION}{token_hash}"), SESSION_SK)
+}
+
+/// An audit chain's partition (`chain` = a tenant id, or `platform`).
+pub fn audit_pk(chain: &str) -> String {
+    format!("{AUDIT}{chain}")
+}
+
+pub fn audit_event(chain: &str, seq: u64) -> Key {
+    Key::new(audit_pk(chain), audit_sk(seq))
+}
+
+fn audit_sk(seq: u64) -> String {
+    format!("{EVENT_PREFIX}{seq:016}")
+}
+
+pub fn audit_head(chain: &str) -> Key {
+    Key::new(audit_pk(chain), HEAD_SK)
+}
+
+/// The event sort-key range strictly after `after` and strictly before `before` (each
+/// unbounded when `None`); the zero-padded `seq` makes key order chain order.
+pub fn audit_event_range(after: Option<u64>, before: Option<u64>) -> (String, String) {
+    let lo = after.map_or_else(
+        || EVENT_PREFIX.to_owned(),
+        |a| audit_sk(a.saturating_add(1)),
+    );
+    let hi = before.map_or_else(
+        || format!("{EVENT_PREFIX}{TOP}"),
+        |b| audit_sk(b.saturating_sub(1)),
+    );
+    (lo, hi)
+}
+
+/// The sequence number of an audit event, from its sort key.
+pub fn audit_seq_of(sk: &str) -> Option<u64> {
+    sk.strip_prefix(EVENT_PREFIX).and_then(|s| s.parse().ok())
+}
+
+pub fn retention_checkpoint() -> Key {
+    Key::new(RETENTION, CHECKPOINT_SK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One key of every item type, built by its own builder.
+    fn sample(kind: ItemKind) -> Key {
+        let t = TenantId::parse("01JABCDEFGHJKMNPQRSTVWXYZ0").unwrap();
+        let m = MessageId::from_trusted("01JABCDEFGHJKMNPQRSTVWXYZ1");
+        let day = NaiveDate::from_ymd_opt(2026, 1, 31).unwrap();
+        match kind {
+            ItemKind::Tenant => tenant(&t),
+            ItemKind::PhoneRoute => phone_route("1234567890"),
+            ItemKind::ApiKeyByHash => api_key_by_hash(&"ab".repeat(32)),
+            ItemKind::ApiKeyOfTenant => api_key_of_tenant(&t, "01JKEY"),
+            ItemKind::LedgerEntry => ledger_entry(&t, "01JLEDGER"),
+            ItemKind::Message => message(&t, &m),
+            ItemKind::WamidIndex => wamid_index("wamid.HBgL=="),
+            ItemKind::PendingStatus => pending_status("wamid.HBgL==", "delivered", 1_700_000_000),
+            ItemKind::OptOut => opt_out(&t, &PhoneNumber::parse("+60123456789").unwrap()),
+            ItemKind::Idempotency => idempotency(&t, &"cd".repeat(32)),
+            ItemKind::AuditEvent => audit_event(t.as_str(), 42),
+            ItemKind::AuditHead => audit_head("platform"),
+            ItemKind::QualityCounter => quality_counter(&t, day),
+            ItemKind::Broadcast => broadcast(&t, "01JBCAST"),
+            ItemKind::BroadcastList => broadcast_list(&t, "01JBCAST"),
+            ItemKind::SendSlot => send_slot("1234567890"),
+            ItemKind::StatusCallback => status_callback(&t),
+            ItemKind::TwoFactorSetting => two_factor_setting(&t),
+            ItemKind::User => user(&t, "01JUSER"),
+            ItemKind::EmailClaim => email_claim("aminah@example.com"),
+            ItemKind::Session => session(&"ef".repeat(32)),
+            ItemKind::RetentionCheckpoint => retention_checkpoint(),
+        }
+    }
+
+    #[test]
+    fn every_item_types_key_round_trips_to_its_type_and_class() {
+        for kind in ItemKind::ALL {
+            let key = sample(kind);
+            assert_eq!(key.kind(), Some(kind), "{key:?}");
+            assert_eq!(
+                ItemKind::of_key(&key.pk, &key.sk).map(ItemKind::class),
+                Some(kind.class()),
+                "{key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_item_type_has_its_own_key_shape() {
+        let mut shapes = std::collections::BTreeSet::new();
+        for kind in ItemKind::ALL {
+            let key = sample(kind);
+            let pk = key.pk.split('#').next().unwrap_or_default().to_owned();
+            let sk = key.sk.split('#').next().unwrap_or_default().to_owned();
+            let sk = if key.sk.starts_with("SETTINGS#") {
+                key.sk.clone()
+            } else {
+                sk
+            };
+            assert!(shapes.insert((pk, sk)), "{kind:?} shares a key shape");
+        }
+    }
+
+    #[test]
+    fn stored_items_count_under_their_retention_classes() {
+        use RetentionClass as C;
+        let t = "TENANT#01JABCDEFGHJKMNPQRSTVWXYZ0";
+        let class = |pk: &str, sk: &str| ItemKind::of_key(pk, sk).map(ItemKind::class);
+        // The keys as the table holds them (docs/data-model.md §2), written out literally.
+        assert_eq!(class(t, "MSG#01J"), Some(C::Messages));
+        assert_eq!(class("WAMID#w", "WAMID"), Some(C::Messages));
+        assert_eq!(class(t, "BROADCAST#01J"), Some(C::Messages));
+        assert_eq!(class(t, "LEDGER#01J"), Some(C::Billing));
+        assert_eq!(class(t, "TENANT"), Some(C::Billing));
+        assert_eq!(
+            class("AUDIT#platform", "EVENT#0000000000000001"),
+            Some(C::Audit)
+        );
+        assert_eq!(class(t, "IDEM#ab"), Some(C::Idempotency));
+        assert_eq!(
+            class("WAMID#w", "PENDING#delivered#1700000000"),
+            Some(C::PendingStatus),
+            "a kept status is not a message"
+        );
+        assert_eq!(class("SESSION#h", "SESSION"), Some(C::Session));
+        assert_eq!(class(t, "QSTAT#2026-01-01"), Some(C::Stats));
+        assert_eq!(class(t, "BCLIST#01J"), Some(C::BroadcastList));
+        assert_eq!(class("RATE#123", "NEXT"), Some(C::SendSlot));
+        for (pk, sk) in [
+            (t, "APIKEY#01J"),
+            (t, "OPTOUT#+601"),
+            (t, "USER#01J"),
+            (t, "SETTINGS#2FA"),
+            (t, "SETTINGS#STATUS_CALLBACK"),
+            ("APIKEY#ab", "APIKEY"),
+            ("PHONE#1", "PHONE"),
+            ("EMAIL#a@b.c", "EMAIL"),
+            ("AUDIT#platform", "HEAD"),
+            ("RETENTION", "CHECKPOINT"),
+        ] {
+            assert_eq!(class(pk, sk), Some(C::ActiveConfig), "{pk} / {sk}");
+        }
+    }
+
+    #[test]
+    fn keys_of_no_item_type_are_not_guessed() {
+        for (pk, sk) in [
+            ("TENANT#01J", "SOMETHING#1"),
+            ("WAMID#w", "STATUS#delivered"),
+            ("AUDIT#platform", "TAIL"),
+            ("PHONE#1", "ROUTE"),
+            ("RETENTION", "OTHER"),
+            ("", ""),
+        ] {
+            assert_eq!(ItemKind::of_key(pk, sk), None, "{pk} / {sk}");
+        }
+    }
+
+    #[test]
+    fn ranges_bound_only_their_own_item_type() {
+        let (lo, hi) = message_range(None, None);
+        assert_eq!((lo.as_str(), hi.as_str()), ("MSG#", "MSG#~"));
+        let (lo, hi) = ledger_range_after(Some("01JA"));
+        assert_eq!((lo.as_str(), hi.as_str()), ("LEDGER#01JA~", "LEDGER#~"));
+        assert_eq!(
+            audit_event_range(Some(4), Some(9)),
+            (audit_sk(5), audit_sk(8))
+        );
+        assert_eq!(
+            audit_event_range(None, None),
+            ("EVENT#".to_owned(), "EVENT#~".to_owned())
+        );
+        assert_eq!(audit_seq_of(&audit_sk(42)), Some(42));
+        let (lo, hi) = message_range_of_ms(1_700_000_000_000);
+        assert!(lo < hi && lo.starts_with("MSG#") && hi.starts_with("MSG#"));
+        assert_eq!(
+            tenant_of_pk("TENANT#01JABCDEFGHJKMNPQRSTVWXYZ0").map(|t| t.to_string()),
+            Some("01JABCDEFGHJKMNPQRSTVWXYZ0".to_owned())
+        );
+        assert_eq!(
+            message_status_gsi1_pk(
+                &TenantId::parse("01JABCDEFGHJKMNPQRSTVWXYZ0").unwrap(),
+                MessageStatus::Sent
+            ),
+            "TENANT#01JABCDEFGHJKMNPQRSTVWXYZ0#STATUS#sent"
+        );
+    }
+}
