@@ -575,3 +575,121 @@ on_both_backends!(
     a_stop_that_arrives_while_the_message_is_queued_is_honoured_before_meta,
     the_opt_out_routes_add_read_list_and_remove_within_each_role,
 );
+
+/// An opt-out store whose writes fail (storage unavailable) until told otherwise.
+struct FailingWrites {
+    inner: std::sync::Arc<dyn kirim::ports::OptOutStore>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl FailingWrites {
+    fn check(&self) -> Result<(), kirim::store_error::StoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(kirim::store_error::StoreError::Unavailable(
+                "dynamodb throttled".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl kirim::ports::OptOutStore for FailingWrites {
+    async fn put_opt_out(
+        &self,
+        o: &kirim::domain::OptOut,
+    ) -> Result<(kirim::domain::OptOut, bool), kirim::store_error::StoreError> {
+        self.check()?;
+        self.inner.put_opt_out(o).await
+    }
+    async fn get_opt_out(
+        &self,
+        t: &kirim::domain::TenantId,
+        p: &kirim::domain::PhoneNumber,
+    ) -> Result<Option<kirim::domain::OptOut>, kirim::store_error::StoreError> {
+        self.inner.get_opt_out(t, p).await
+    }
+    async fn delete_opt_out_not_newer_than(
+        &self,
+        t: &kirim::domain::TenantId,
+        p: &kirim::domain::PhoneNumber,
+        at: i64,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.check()?;
+        self.inner.delete_opt_out_not_newer_than(t, p, at).await
+    }
+    async fn delete_opt_out(
+        &self,
+        t: &kirim::domain::TenantId,
+        p: &kirim::domain::PhoneNumber,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.check()?;
+        self.inner.delete_opt_out(t, p).await
+    }
+    async fn list_opt_outs(
+        &self,
+        t: &kirim::domain::TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<kirim::ports::OptOutPage, kirim::store_error::StoreError> {
+        self.inner.list_opt_outs(t, limit, cursor).await
+    }
+}
+
+/// Meta delivers a webhook again until it gets a 2xx: a STOP that could not be stored
+/// must not be acknowledged, and the redelivery applies it.
+#[tokio::test]
+async fn a_webhook_whose_stop_cannot_be_stored_answers_500_and_its_redelivery_applies_it() {
+    use kirim::service::accounts;
+    use tower::ServiceExt;
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock).unwrap();
+    deps.secrets
+        .put(
+            &deps.settings.meta_app_secret,
+            &kirim::secret::Secret::new(kirim_tests::META_APP_SECRET),
+        )
+        .await
+        .unwrap();
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
+        "phone_number_id": "5000500", "meta_access_token": "EAAG"}))
+    .unwrap();
+    let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
+    let failing = std::sync::Arc::new(FailingWrites {
+        inner: deps.opt_outs.clone(),
+        failing: std::sync::atomic::AtomicBool::new(true),
+    });
+    deps.opt_outs = failing.clone();
+    let body = json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages",
+        "value":{"metadata":{"phone_number_id":"5000500"},"messages":[text_from("60123457013","STOP")]}}]}]})
+    .to_string();
+    let router = kirim::http::webhook_router(deps.clone());
+    let post = || {
+        axum::http::Request::post("/webhooks/meta")
+            .header("x-hub-signature-256", sign(body.as_bytes()))
+            .body(axum::body::Body::from(body.clone()))
+            .unwrap()
+    };
+    let res = router.clone().oneshot(post()).await.unwrap();
+    assert_eq!(
+        res.status(),
+        500,
+        "not acknowledged: Meta will deliver again"
+    );
+    let phone = kirim::domain::PhoneNumber::parse("+60123457013").unwrap();
+    assert_eq!(
+        deps.opt_outs.get_opt_out(&tenant.id, &phone).await.unwrap(),
+        None
+    );
+    failing
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let res = router.oneshot(post()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(deps
+        .opt_outs
+        .get_opt_out(&tenant.id, &phone)
+        .await
+        .unwrap()
+        .is_some());
+}
