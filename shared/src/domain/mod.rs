@@ -9,6 +9,7 @@ mod optout;
 mod phone;
 mod retention;
 mod role;
+pub mod signature;
 mod status;
 
 pub use allowlist::{AllowListError, IpAllowList, MAX_CIDRS};

@@ -1,0 +1,76 @@
+//! Micro-benchmarks of the hot pure functions on the request paths: the webhook's
+//! signature check and body parse, the send body's parse, a broadcast's CSV upload.
+//! `cargo bench -p kirim --bench hot_paths`; numbers in BENCHMARKS.md.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use hmac::{Hmac, Mac};
+use kirim::domain::meta::parse_notification;
+use kirim::domain::signature::{parse_signature_header, signed_by};
+use kirim::service::broadcasts::recipients_from_csv;
+use kirim::service::send::{parse, SendRequest};
+use sha2::Sha256;
+
+/// A Meta status notification like the sandbox sends (three statuses, pricing included).
+fn status_body() -> Vec<u8> {
+    let status = |i: u32, st: &str| {
+        serde_json::json!({"id": format!("wamid.HBgLNjAxMjM0NTY3ODkVAgARGBI{i:08}"), "status": st,
+            "timestamp": "1700000000", "recipient_id": "60123456789",
+            "biz_opaque_callback_data": "01JDQ7ZK7V8Y3N2W6C5X4B3A21",
+            "conversation": {"id": "c1", "origin": {"type": "utility"}},
+            "pricing": {"billable": true, "pricing_model": "PMP", "category": "utility", "type": "regular"}})
+    };
+    serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398",
+        "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "60300000000", "phone_number_id": "106540352242922"},
+            "statuses": [status(1, "sent"), status(2, "delivered"), status(3, "read")]}}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+fn webhook(c: &mut Criterion) {
+    let body = status_body();
+    let mut mac = Hmac::<Sha256>::new_from_slice(b"app-secret").unwrap();
+    mac.update(&body);
+    let header = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let mut g = c.benchmark_group("webhook");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("signature_check", |b| {
+        b.iter(|| {
+            let sig = parse_signature_header(Some(black_box(&header))).unwrap_or_default();
+            signed_by(b"app-secret", black_box(&body), &sig)
+        })
+    });
+    g.bench_function("parse_notification", |b| {
+        b.iter(|| parse_notification(black_box(&body)).map(|e| e.len()))
+    });
+    g.finish();
+}
+
+fn send_body(c: &mut Criterion) {
+    let body = serde_json::json!({"to": "+60123456789", "template": {"name": "order_update",
+        "language": "en_US", "category": "utility", "components": [{"type": "body",
+        "parameters": [{"type": "text", "text": "ORDER-42"}]}]}, "client_reference": "order-42"})
+    .to_string();
+    c.bench_function("send/parse_body", |b| {
+        b.iter(|| {
+            let req: SendRequest = serde_json::from_str(black_box(&body)).ok()?;
+            parse(req).ok().map(|(to, _, _)| to)
+        })
+    });
+}
+
+fn csv_upload(c: &mut Criterion) {
+    let mut csv = String::from("name,phone\n");
+    for i in 0..10_000u32 {
+        csv.push_str(&format!("Customer {i},+6012{i:07}\n"));
+    }
+    let mut g = c.benchmark_group("broadcast");
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("csv_10000_rows", |b| {
+        b.iter(|| recipients_from_csv(black_box(csv.as_bytes())).map(|r| r.len()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, webhook, send_body, csv_upload);
+criterion_main!(benches);
