@@ -4,7 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::domain::{MessageError, MessageRecord, MessageStatus, StatusEvent, TemplateRef};
+use crate::domain::{
+    ErrorCode, MessageError, MessageRecord, MessageStatus, StatusEvent, TemplateRef,
+};
 use crate::ports::{Tenant, TenantStatus};
 
 pub use crate::service::accounts::TenantView;
@@ -34,13 +36,32 @@ impl AccountView {
     }
 }
 
+/// A failure as the API shows it: the code, Meta's (or Kirim's) title, and a hint for a
+/// person (`domain::hints`).
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ErrorView {
+    pub code: ErrorCode,
+    pub title: String,
+    pub hint: String,
+}
+
+impl From<&MessageError> for ErrorView {
+    fn from(e: &MessageError) -> Self {
+        Self {
+            code: e.code.clone(),
+            title: e.title.clone(),
+            hint: crate::domain::hints::hint(&e.code),
+        }
+    }
+}
+
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct MessageView {
     pub id: String,
     pub to: String,
     pub template: Option<TemplateRef>,
     pub status: MessageStatus,
-    pub error: Option<MessageError>,
+    pub error: Option<ErrorView>,
     pub events: Vec<StatusEvent>,
     pub wamid: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -57,7 +78,7 @@ impl From<&MessageRecord> for MessageView {
             to: m.to.to_string(),
             template: m.template.clone(),
             status: m.status,
-            error: m.error.clone(),
+            error: m.error.as_ref().map(ErrorView::from),
             events: m.events.clone(),
             wamid: m.wamid.clone(),
             created_at: m.created_at,

@@ -94,6 +94,11 @@ async fn number_0001_ends_failed_with_131026_undeliverable(b: Backend) {
     let view = app.wait_status(&t.key, &id, "failed").await;
     assert_eq!(view["status"], "failed", "{view}");
     assert_eq!(view["error"]["code"], 131026);
+    let hint = view["error"]["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("may not use WhatsApp") && hint.contains("Meta's latest terms"),
+        "a person learns what 131026 means: {view}"
+    );
     assert_eq!(app.sandbox_requests_to("60123450001").len(), 1);
     assert_eq!(app.credits(&t.key).await, 4, "Meta accepted it: no refund");
 }
@@ -199,6 +204,11 @@ async fn number_0007_fails_at_once_with_132001_template_missing(b: Backend) {
     let id = app.send_ok(&t.key, "+60123450007").await;
     let view = app.wait_status(&t.key, &id, "failed").await;
     assert_eq!(view["error"]["code"], 132001, "{view}");
+    let hint = view["error"]["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("name and language"),
+        "a person learns what 132001 means: {view}"
+    );
     assert_eq!(app.sandbox_requests_to("60123450007").len(), 1);
     assert_eq!(app.credits_settled(&t.key, 5).await, 5);
 }
