@@ -8,8 +8,8 @@
 //!   `quality` (the opt-out and undeliverable rates), `idempotency`, `throttle` (the
 //!   per-number limiter), `limits` (requests per key and tenant, bad webhook
 //!   signatures per address: in memory), `apikeys`, `retention`;
-//! - `users` (console users, sessions, 2FA, failed-login counters) → `caller`, `limits`; `auth` (a token becomes a
-//!   caller) → `users`; `accounts` (tenants, their status and suspension) → `audit`;
+//! - `users` (console users, sessions, 2FA, failed-login counters) → `caller`,
+//!   `limits`; `auth` (a token becomes a caller) → `users`; `accounts` (tenants, their status and suspension) → `audit`;
 //!   `optouts` → `quality`; `callbacks` (status callbacks to tenants) → `jobs`;
 //! - `status` (Meta's statuses applied, kept statuses) → `callbacks`, `optouts`,
 //!   `quality`; `deadline` (the sending deadline) → `jobs`;
