@@ -475,3 +475,46 @@ contract!(
     failures_from_one_address_never_slow_the_same_email_from_another,
     an_admin_unlocks_a_user_and_another_tenants_user_is_not_found,
 );
+
+/// Local mode over real TCP: the client address is the TCP peer, so a client bound to
+/// another loopback address (127.0.0.2) is another source.
+async fn in_local_mode_a_flooding_peer_is_refused_while_another_peers_signed_webhook_passes(
+    b: kirim::config::Backend,
+) {
+    let app = kirim_tests::spawn_app(b).await;
+    let flooder = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().ok())
+        .build()
+        .unwrap();
+    let body = json!({"object": "whatsapp_business_account", "entry": []}).to_string();
+    let mut refused = false;
+    // Ten bad signatures in a burst, then 429: at most a few more if the clock moved on.
+    for i in 0..30 {
+        let res = flooder
+            .post(app.url("/webhooks/meta"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", "sha256=00")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            401 => continue,
+            429 => {
+                assert!(res.headers().contains_key("retry-after"), "request {i}");
+                refused = true;
+                break;
+            }
+            other => panic!("request {i}: {other}"),
+        }
+    }
+    assert!(refused, "the flooding peer is refused");
+    let signed = app
+        .post_webhook(&json!({"object": "whatsapp_business_account", "entry": []}))
+        .await;
+    assert_eq!(signed.status(), 200, "127.0.0.1 is another source");
+}
+
+on_both_backends!(
+    in_local_mode_a_flooding_peer_is_refused_while_another_peers_signed_webhook_passes,
+);
