@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::domain::{parse_duration, RetentionConfig, TemplateCategory};
+use crate::domain::{
+    parse_duration, LimitSettings, RequestLimits, RetentionConfig, TemplateCategory,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -43,6 +45,8 @@ pub struct Settings {
     /// Messages per second per business phone number for tenants without their own tier
     /// (Meta's tiers: 20, 80, 1000).
     pub meta_throughput: u32,
+    /// Limits on use: requests per key and tenant, bad webhook signatures per address.
+    pub limits: LimitSettings,
 }
 
 impl Default for Settings {
@@ -66,6 +70,7 @@ impl Default for Settings {
             callback_max_attempts: 8,
             callback_timeout: Duration::from_secs(10),
             meta_throughput: 80,
+            limits: LimitSettings::default(),
         }
     }
 }
@@ -241,6 +246,7 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
                 .clamp(1, 9),
             callback_timeout: self.duration("KIRIM_CALLBACK_TIMEOUT", d.callback_timeout),
             meta_throughput: self.throughput(d.meta_throughput),
+            limits: self.limits(d.limits),
             secret_prefix: prefix,
         }
     }
@@ -274,6 +280,45 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             self.problems
                 .push(format!("KIRIM_META_THROUGHPUT={v} must be 20, 80 or 1000"));
             default
+        }
+    }
+
+    /// `KIRIM_LIMIT_KEY_PER_SEC` [50], `KIRIM_LIMIT_KEY_BURST` [100] (the tenant's limit
+    /// is four times these), `KIRIM_LIMIT_INSTANCES` [1], `KIRIM_LIMIT_WEBHOOK_BAD_SIGNATURES`
+    /// [10] and `KIRIM_LIMIT_WEBHOOK_REFILL_SECS` [6].
+    fn limits(&mut self, d: LimitSettings) -> LimitSettings {
+        let key = RequestLimits {
+            requests_per_sec: self.number("KIRIM_LIMIT_KEY_PER_SEC", d.key.requests_per_sec),
+            burst: self.number("KIRIM_LIMIT_KEY_BURST", d.key.burst),
+        };
+        let key = key.validated().unwrap_or_else(|e| {
+            self.problems.push(format!(
+                "KIRIM_LIMIT_KEY_PER_SEC / KIRIM_LIMIT_KEY_BURST: {e}"
+            ));
+            d.key
+        });
+        let mut positive = |name: &str, default: u32, max: u32| {
+            let v: u32 = self.number(name, default);
+            if (1..=max).contains(&v) {
+                v
+            } else {
+                self.problems.push(format!("{name}={v} must be 1 to {max}"));
+                default
+            }
+        };
+        LimitSettings {
+            key,
+            instances: positive("KIRIM_LIMIT_INSTANCES", d.instances, 10_000),
+            webhook_bad_signatures: positive(
+                "KIRIM_LIMIT_WEBHOOK_BAD_SIGNATURES",
+                d.webhook_bad_signatures,
+                10_000,
+            ),
+            webhook_refill_secs: positive(
+                "KIRIM_LIMIT_WEBHOOK_REFILL_SECS",
+                d.webhook_refill_secs,
+                3_600,
+            ),
         }
     }
 

@@ -10,6 +10,7 @@
 //! | `DispatchRetries` | Count | `Reason` (`transient`, `delayed`, `storage`, `throttled`, `ambiguous`) |
 //! | `Throttles` | Count | `Source` (`limiter_wait`, `limiter_full`, `meta_130429`) |
 //! | `WebhookLag` | Milliseconds | `Status` (`sent`, `delivered`, `read`, `failed`) |
+//! | `RateLimited` | Count | `Scope` (`request`, `webhook_bad_signatures`, `login`) |
 
 use serde_json::{json, Map, Value};
 
@@ -67,6 +68,11 @@ pub fn emit(name: &str, unit: Unit, value: f64, dims: &[(&str, &str)]) {
 /// Counts one occurrence.
 pub fn count(name: &str, dim: (&str, &str)) {
     emit(name, Unit::Count, 1.0, &[dim]);
+}
+
+/// A request refused by a limit on use (API.md "Limits on use").
+pub fn limited(scope: &str) {
+    count("RateLimited", ("Scope", scope));
 }
 
 pub fn sent() {

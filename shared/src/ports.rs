@@ -43,6 +43,10 @@ pub struct Tenant {
     /// platform default (`KIRIM_META_THROUGHPUT`).
     #[serde(default)]
     pub throughput_per_sec: Option<u32>,
+    /// The operator's per-key request limits for this tenant (its tenant-wide limit is
+    /// four times them); `None`: the platform default (`KIRIM_LIMIT_KEY_*`).
+    #[serde(default)]
+    pub request_limits: Option<crate::domain::RequestLimits>,
 }
 
 /// What is stored of an API key: a SHA-256 of the key, never the key.
@@ -132,6 +136,13 @@ pub trait TenantStore: Send + Sync {
     async fn tenants_by_waba(&self, waba_id: &str) -> Result<Vec<TenantId>, StoreError>;
     /// Replaces the tenant's IP allow-list (canonical CIDRs). `NotFound` if no tenant.
     async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError>;
+    /// Sets the tenant's request limits (a conditional update of the tenant item) and
+    /// answers the updated tenant. `NotFound` if no tenant.
+    async fn set_request_limits(
+        &self,
+        id: &TenantId,
+        limits: crate::domain::RequestLimits,
+    ) -> Result<Tenant, StoreError>;
     /// Moves the tenant to `to` (with the operator's reason) and answers the new record.
     /// Closed is terminal: any change of a closed tenant is a `Conflict`. `NotFound` if
     /// no tenant.

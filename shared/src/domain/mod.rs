@@ -4,6 +4,7 @@ mod allowlist;
 pub mod hints;
 mod idempotency;
 mod ids;
+mod limits;
 mod message;
 pub mod meta;
 mod optout;
@@ -16,6 +17,7 @@ mod status;
 pub use allowlist::{AllowListError, IpAllowList, MAX_CIDRS};
 pub use idempotency::{request_fingerprint, IdempotencyKey, IdempotencyKeyError};
 pub use ids::{new_id, MessageId, TenantId};
+pub use limits::{LimitSettings, RequestLimits, MAX_BURST, MAX_REQUESTS_PER_SEC, TENANT_FACTOR};
 pub use message::{
     Content, ErrorCode, MessageError, MessageRecord, StatusEvent, TemplateCategory, TemplateRef,
 };
@@ -24,7 +26,8 @@ pub use optout::{
 };
 pub use phone::{mask_phone, PhoneNumber, PhoneNumberError};
 pub use retention::{
-    parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION, SEND_SLOT_RETENTION,
+    parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION,
+    LOGIN_FAILURES_RETENTION, SEND_SLOT_RETENTION,
 };
 pub use role::Role;
 pub use status::{MessageStatus, StatusError};

@@ -29,12 +29,17 @@ pub enum RetentionClass {
     /// A business number's next free send slot (throughput state, not a record): an idle
     /// number's slot expires.
     SendSlot,
+    /// Failed-login counters (per email and address, per address): a day after the last
+    /// failure they are gone.
+    LoginFailures,
 }
 
 /// How long an uploaded recipient list may outlive an unfinished fan-out (not configurable).
 pub const BROADCAST_LIST_RETENTION: Duration = Duration::from_secs(7 * DAY);
 /// How long a number's send slot outlives its last reservation (not configurable).
 pub const SEND_SLOT_RETENTION: Duration = Duration::from_secs(3600);
+/// How long a failed-login counter outlives its last failure (not configurable).
+pub const LOGIN_FAILURES_RETENTION: Duration = Duration::from_secs(DAY);
 
 #[derive(Clone, Debug)]
 pub struct RetentionConfig {
@@ -76,6 +81,7 @@ impl RetentionConfig {
             RetentionClass::Stats => Some(self.stats),
             RetentionClass::BroadcastList => Some(BROADCAST_LIST_RETENTION),
             RetentionClass::SendSlot => Some(SEND_SLOT_RETENTION),
+            RetentionClass::LoginFailures => Some(LOGIN_FAILURES_RETENTION),
         }
     }
 
@@ -88,7 +94,7 @@ impl RetentionConfig {
 
 impl RetentionClass {
     /// Every class, in report order.
-    pub const ALL: [RetentionClass; 10] = [
+    pub const ALL: [RetentionClass; 11] = [
         RetentionClass::Messages,
         RetentionClass::Billing,
         RetentionClass::Audit,
@@ -98,6 +104,7 @@ impl RetentionClass {
         RetentionClass::Stats,
         RetentionClass::BroadcastList,
         RetentionClass::SendSlot,
+        RetentionClass::LoginFailures,
         RetentionClass::ActiveConfig,
     ];
 
@@ -114,6 +121,7 @@ impl RetentionClass {
             RetentionClass::Stats => "stats",
             RetentionClass::BroadcastList => "broadcast_list",
             RetentionClass::SendSlot => "send_slot",
+            RetentionClass::LoginFailures => "login_failures",
         }
     }
 }

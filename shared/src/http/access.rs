@@ -16,6 +16,7 @@ use crate::ports::{AuditOutcome, Tenant as TenantRecord, TenantStatus};
 use crate::service::audit;
 use crate::service::auth::{authenticate, Caller};
 use crate::service::errors::ServiceError;
+use crate::service::limits::Principal;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -61,6 +62,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/v1/platform/tenants/{id}/resume", Platform),
     rule("PUT", "/v1/platform/tenants/{id}/ip-allowlist", Platform),
     rule("PUT", "/v1/platform/tenants/{id}/throughput", Platform),
+    rule("PUT", "/v1/platform/tenants/{id}/limits", Platform),
     rule("POST", "/v1/platform/retention/run", Platform),
     rule("GET", "/v1/account", Tenant(ReadOnly)),
     rule("GET", "/v1/account/export", Tenant(Admin)),
@@ -87,6 +89,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET", "/v1/users", Tenant(Admin)),
     rule("POST", "/v1/users", Tenant(Admin)),
     rule("DELETE", "/v1/users/{id}", Tenant(Admin)),
+    rule("POST", "/v1/users/{id}/unlock", Tenant(Admin)),
     rule("POST", "/v1/auth/login", Public),
     rule("POST", "/v1/auth/logout", Session),
     rule("POST", "/v1/auth/2fa/enroll", Session),
@@ -129,6 +132,33 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
 struct Denial {
     error: ServiceError,
     caller: Option<Caller>,
+}
+
+/// Counts the request against its key (or console user) and its tenant, with the
+/// tenant's own limits from the record the check already loaded: no storage call.
+/// Over a limit: `429 rate_limited`, and not audited (a flood must not become a flood of
+/// audit writes); the `RateLimited` metric counts it.
+fn admit(state: &AppState, tenant: &TenantRecord, caller: &Caller) -> Result<(), Denial> {
+    let principal = match caller {
+        Caller::ApiKey { key_id, .. } => Principal::ApiKey(key_id.clone()),
+        Caller::Session { user_id, .. } => Principal::User(user_id.clone()),
+        Caller::Operator => return Ok(()),
+    };
+    state
+        .limits
+        .admit_request(
+            tenant.id.as_str(),
+            &principal,
+            tenant.request_limits,
+            state.deps.clock.now(),
+        )
+        .map_err(|wait| {
+            crate::metrics::limited("request");
+            Denial {
+                error: wait.into(),
+                caller: Some(caller.clone()),
+            }
+        })
 }
 
 impl From<ServiceError> for Denial {
@@ -187,6 +217,9 @@ async fn check(
                     return Err(deny(ServiceError::IpNotAllowed, &caller));
                 }
             }
+            // Limits on use: after authentication (and the allow-list, so a foreign
+            // address cannot use up a tenant's allowance), before the role and the handler.
+            admit(state, &tenant, &caller)?;
             // Role, and for sessions the tenant's 2FA requirement.
             if let Err(e) = caller.tenant(required) {
                 return Err(deny(e, &caller));
@@ -208,6 +241,7 @@ async fn check(
                 Some(t) if t.status != TenantStatus::Closed => t,
                 _ => return Err(deny(ServiceError::Unauthenticated, &caller)),
             };
+            admit(state, &tenant, &caller)?;
             Ok(Some(TenantCtx { tenant, caller }))
         }
     }
@@ -318,6 +352,13 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 .await;
             }
             res
+        }
+        Err(Denial {
+            error: error @ ServiceError::RateLimited { .. },
+            ..
+        }) => {
+            tracing::info!(route = %path, method = %parts.method, outcome = "denied", reason = "rate_limited", "request refused");
+            ApiError::from(error).into_response()
         }
         Err(denial) => {
             let res = ApiError::from(denial.error).into_response();

@@ -70,6 +70,31 @@ pub(super) async fn put_tenant_throughput(
     Ok(noted(res, Some(&id), json!({"per_sec": per_sec})))
 }
 
+/// `PUT /v1/platform/tenants/{id}/limits`: the tenant's per-key request limits.
+pub(super) async fn put_tenant_limits(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<crate::service::limits::RequestLimits>,
+) -> ApiResult {
+    let id = tenant_path(&id)?;
+    let t = crate::service::limits::set_tenant_limits(&s.deps, &id, body).await?;
+    let limits = t.request_limits.unwrap_or(body);
+    let tenant_wide = limits.tenant_wide();
+    let res = Json(json!({
+        "tenant_id": id,
+        "requests_per_sec": limits.requests_per_sec,
+        "burst": limits.burst,
+        "tenant_requests_per_sec": tenant_wide.requests_per_sec,
+        "tenant_burst": tenant_wide.burst,
+    }))
+    .into_response();
+    Ok(noted(
+        res,
+        Some(&id),
+        json!({"requests_per_sec": limits.requests_per_sec, "burst": limits.burst}),
+    ))
+}
+
 pub(super) async fn put_tenant_allowlist(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -23,6 +23,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// `Retry-After` in whole seconds (a `429`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -31,6 +33,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// `429 rate_limited` with `Retry-After` (whole seconds, at least one).
+    pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
         }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -99,6 +109,10 @@ impl From<ServiceError> for ApiError {
                 "idempotency_key_reused",
                 "this Idempotency-Key was already used with a different request body",
             ),
+            RateLimited { retry_after_secs } => ApiError::rate_limited(
+                "too many requests; retry after the number of seconds in Retry-After",
+                retry_after_secs,
+            ),
             Unavailable(inner) => {
                 tracing::error!(error = %inner, "backend unavailable");
                 ApiError::new(
@@ -122,6 +136,10 @@ impl From<ServiceError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = self.status.into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         res.extensions_mut().insert(ErrorInfo {
             code: self.code,
             message: self.message,

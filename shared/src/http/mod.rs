@@ -35,6 +35,18 @@ pub use views::MessageView;
 #[derive(Clone)]
 pub struct AppState {
     pub deps: Deps,
+    /// This process's request limiters (per key, per tenant, per webhook address).
+    pub limits: std::sync::Arc<crate::service::limits::Limits>,
+}
+
+impl AppState {
+    pub fn new(deps: Deps) -> Self {
+        let limits = crate::service::limits::Limits::new(deps.settings.limits);
+        Self {
+            deps,
+            limits: std::sync::Arc::new(limits),
+        }
+    }
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -46,7 +58,7 @@ fn finish(router: Router<AppState>, deps: Deps) -> Router {
 }
 
 fn finish_with(router: Router<AppState>, deps: Deps, extra: Router) -> Router {
-    let state = AppState { deps };
+    let state = AppState::new(deps);
     router
         // Access is checked for the matched route before any handler or body parsing.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -118,6 +130,10 @@ fn admin_api_routes() -> Router<AppState> {
         .route(
             "/v1/platform/tenants/{id}/throughput",
             put(admin::put_tenant_throughput),
+        )
+        .route(
+            "/v1/platform/tenants/{id}/limits",
+            put(admin::put_tenant_limits),
         )
         .route("/v1/platform/retention/run", post(run_retention))
         .route(
@@ -302,11 +318,25 @@ async fn meta_verify(
     }
 }
 
-async fn meta_notify(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+/// Meta's notifications. Nothing is read from or written to the table before the
+/// signature holds (the app secret comes from the secret store, through its cache), and
+/// an address that sent too many bad signatures is refused before any HMAC is computed.
+async fn meta_notify(
+    State(s): State<AppState>,
+    client: Option<axum::Extension<extract::ClientIp>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let addr = client.and_then(|c| c.0 .0);
+    if let Err(wait) = s.limits.webhook_allowed(addr, s.deps.clock.now()) {
+        crate::metrics::limited("webhook_bad_signatures");
+        return Err(crate::service::errors::ServiceError::from(wait).into());
+    }
     let sig = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());
     if !webhook::verify_signature(&s.deps, &body, sig).await? {
+        s.limits.webhook_bad_signature(addr, s.deps.clock.now());
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_signature",

@@ -1,7 +1,7 @@
 //! Console users, login and 2FA handlers. Access is checked by `access::authorize`.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -19,6 +19,7 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/users", get(list_users).post(create_user))
         .route("/v1/users/{id}", delete(delete_user))
+        .route("/v1/users/{id}/unlock", post(unlock_user))
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/logout", post(logout))
         .route("/v1/auth/2fa/enroll", post(enroll))
@@ -49,6 +50,17 @@ async fn delete_user(
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
+/// `POST /v1/users/{id}/unlock`: clears the user's failed-login counters.
+async fn unlock_user(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let user = users::unlock(&s.deps, ctx.tenant_id(), &id).await?;
+    let res = Json(user).into_response();
+    Ok(super::admin::noted(res, None, json!({"user_id": id})))
+}
+
 fn login_error(e: LoginError) -> Response {
     match e {
         LoginError::InvalidCredentials => ApiError::new(
@@ -63,29 +75,27 @@ fn login_error(e: LoginError) -> Response {
             "a valid code from your authenticator app is required (totp_code)",
         )
         .into_response(),
-        LoginError::RateLimited { retry_after_secs } => {
-            let mut res = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many failed login attempts; try again later",
-            )
-            .into_response();
-            if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
-                res.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            res
-        }
+        LoginError::RateLimited { retry_after_secs } => ApiError::rate_limited(
+            "too many failed login attempts from this address; try again after Retry-After seconds",
+            u64::try_from(retry_after_secs).unwrap_or(1),
+        )
+        .into_response(),
         LoginError::Service(e) => ApiError::from(e).into_response(),
     }
 }
 
-async fn login(State(s): State<AppState>, JsonBody(req): JsonBody<LoginRequest>) -> Response {
+async fn login(
+    State(s): State<AppState>,
+    client: Option<axum::Extension<super::extract::ClientIp>>,
+    JsonBody(req): JsonBody<LoginRequest>,
+) -> Response {
+    let addr = client.and_then(|c| c.0 .0);
     // Whose login this was, for the audit trail (the tenant's chain, both outcomes).
     let who = match users::normalise_email(&req.email) {
         Some(e) => s.deps.users.user_by_email(&e).await.ok().flatten(),
         None => None,
     };
-    let res = login_response(&s, req).await;
+    let res = login_response(&s, req, addr).await;
     let result = match res.status() {
         StatusCode::OK => "ok",
         StatusCode::TOO_MANY_REQUESTS => "rate_limited",
@@ -103,8 +113,12 @@ async fn login(State(s): State<AppState>, JsonBody(req): JsonBody<LoginRequest>)
     res
 }
 
-async fn login_response(s: &AppState, req: LoginRequest) -> Response {
-    match users::login(&s.deps, req).await {
+async fn login_response(
+    s: &AppState,
+    req: LoginRequest,
+    addr: Option<std::net::IpAddr>,
+) -> Response {
+    match users::login(&s.deps, req, addr).await {
         Ok(ok) => {
             let mut body = json!({
                 "token": ok.token.expose(),

@@ -26,14 +26,6 @@ pub struct UserRecord {
     /// The last accepted TOTP time step (0 = none): a step is never accepted twice.
     #[serde(default)]
     pub last_totp_step: i64,
-    /// Login attempts counted in the current window (epoch seconds; 0 = none).
-    #[serde(default)]
-    pub failed_attempts: i64,
-    #[serde(default)]
-    pub window_start: i64,
-    /// Epoch seconds until which logins are refused (0 = not locked).
-    #[serde(default)]
-    pub locked_until: i64,
     pub created_at: DateTime<Utc>,
 }
 
@@ -44,8 +36,6 @@ impl fmt::Debug for UserRecord {
             .field("tenant_id", &self.tenant_id)
             .field("role", &self.role)
             .field("totp_confirmed", &self.totp_confirmed)
-            .field("failed_attempts", &self.failed_attempts)
-            .field("locked_until", &self.locked_until)
             .finish_non_exhaustive()
     }
 }
@@ -63,28 +53,71 @@ pub struct SessionRecord {
     pub revoked: bool,
 }
 
-/// The lock-out rule: at most `max_attempts` unsuccessful attempts in `window_secs`,
-/// then no attempt at all for `lockout_secs`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LoginPolicy {
-    pub max_attempts: i64,
-    pub window_secs: i64,
-    pub lockout_secs: i64,
+/// A counter of failed logins (API.md "Limits on use"): one per (email, source address)
+/// and one per source address, the same for emails no user has (no enumeration). The
+/// email is only ever stored as its SHA-256; the address as the limiter counts it (an
+/// IPv6 address by its /64).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LoginCounter {
+    EmailAtAddress { email_hash: String, addr: String },
+    Address(String),
 }
 
-impl Default for LoginPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            window_secs: 15 * 60,
-            lockout_secs: 15 * 60,
+/// Growing delays: the first `free` failures cost nothing; failure `free + k` makes the
+/// next attempt wait `base_delay_secs × 2^k`, at most `max_delay_secs`. Past the free
+/// failures one attempt at a time is in flight (`hold_secs` while it is checked). A
+/// counter ends `window_secs` after its last failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoginPolicy {
+    pub free: i64,
+    pub base_delay_secs: i64,
+    pub max_delay_secs: i64,
+    pub hold_secs: i64,
+    pub window_secs: i64,
+}
+
+impl LoginPolicy {
+    /// Per (email, source address): five tries, then 1 s, 2 s, 4 s ... up to 15 minutes.
+    pub const EMAIL_AT_ADDRESS: LoginPolicy = LoginPolicy {
+        free: 5,
+        base_delay_secs: 1,
+        max_delay_secs: 15 * 60,
+        hold_secs: 10,
+        window_secs: crate::domain::LOGIN_FAILURES_RETENTION.as_secs() as i64,
+    };
+    /// Per source address (every email tried from it): twenty, then the same growth.
+    pub const ADDRESS: LoginPolicy = LoginPolicy {
+        free: 20,
+        base_delay_secs: 1,
+        max_delay_secs: 15 * 60,
+        hold_secs: 10,
+        window_secs: crate::domain::LOGIN_FAILURES_RETENTION.as_secs() as i64,
+    };
+
+    pub fn of(counter: &LoginCounter) -> LoginPolicy {
+        match counter {
+            LoginCounter::EmailAtAddress { .. } => Self::EMAIL_AT_ADDRESS,
+            LoginCounter::Address(_) => Self::ADDRESS,
         }
+    }
+
+    /// How long the next attempt waits after `failures` failures.
+    pub fn delay_after(&self, failures: i64) -> i64 {
+        if failures < self.free {
+            return 0;
+        }
+        let doublings = u32::try_from(failures - self.free)
+            .unwrap_or(u32::MAX)
+            .min(30);
+        self.base_delay_secs
+            .saturating_mul(1i64 << doublings)
+            .min(self.max_delay_secs)
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoginGate {
-    /// The attempt is counted; verify the credentials now.
+    /// The attempt may go on: check the credentials now.
     Allowed,
     /// No attempt until this time (epoch seconds).
     Locked { until: i64 },
@@ -104,27 +137,36 @@ pub trait UserStore: Send + Sync {
     /// Deletes the user and its email claim; `false` if the tenant has no such user.
     async fn delete_user(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError>;
 
-    /// Counts a login attempt before the credentials are checked, atomically: at most
-    /// `policy.max_attempts` attempts pass in a window, however many run concurrently.
-    /// `NotFound` if no such user.
-    async fn begin_login_attempt(
+    /// Lets a login attempt through `counter` if it allows one at `now`, atomically:
+    /// within the free failures always; past them only when the last delay has passed
+    /// and no other attempt is in flight (it then holds the counter for
+    /// `policy.hold_secs`). Otherwise `Locked` with the time the next may come.
+    async fn begin_login(
         &self,
-        tenant: &TenantId,
-        id: &str,
+        counter: &LoginCounter,
         now: i64,
         policy: &LoginPolicy,
     ) -> Result<LoginGate, StoreError>;
-    /// A failed attempt: when the window's attempts are used up, locks until
-    /// `now + policy.lockout_secs` (and starts a fresh window after it).
+    /// Counts a failure (an atomic increment; a counter past its window starts again)
+    /// and sets when the next attempt may come. Answers the failures counted.
     async fn login_failed(
         &self,
-        tenant: &TenantId,
-        id: &str,
+        counter: &LoginCounter,
+        now: i64,
+        policy: &LoginPolicy,
+    ) -> Result<i64, StoreError>;
+    /// An attempt that was not a failure ends: the hold it took (if any) is given back.
+    async fn login_released(
+        &self,
+        counter: &LoginCounter,
         now: i64,
         policy: &LoginPolicy,
     ) -> Result<(), StoreError>;
-    /// A successful login: the counter starts again.
-    async fn login_succeeded(&self, tenant: &TenantId, id: &str) -> Result<(), StoreError>;
+    /// Deletes the counter (a successful login from that address for that email).
+    async fn clear_login_counter(&self, counter: &LoginCounter) -> Result<(), StoreError>;
+    /// Deletes every (email, address) counter of the email (an admin's unlock); answers
+    /// how many there were.
+    async fn clear_login_counters_of_email(&self, email_hash: &str) -> Result<usize, StoreError>;
 
     /// Sets a new pending TOTP secret. `Conflict` if 2FA is already confirmed,
     /// `NotFound` if no such user.

@@ -101,6 +101,7 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
         status_reason: None,
         status_changed_at: None,
         throughput_per_sec: None,
+        request_limits: None,
     };
     let key = Secret::generate("kirim_");
     let record = ApiKeyRecord {

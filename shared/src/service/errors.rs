@@ -31,6 +31,9 @@ pub enum ServiceError {
     RecipientOptedOut,
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,
+    /// Over a limit on use; allowed again in this many whole seconds (at least one).
+    #[error("too many requests")]
+    RateLimited { retry_after_secs: u64 },
     #[error("service temporarily unavailable")]
     Unavailable(#[source] StoreError),
     #[error("internal error")]

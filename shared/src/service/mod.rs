@@ -6,9 +6,10 @@
 //!   handling one, backoff), `ledger` (debit and refund entries for messages and
 //!   broadcasts), `caller` (who is calling), `audit` (the hash-chained trail),
 //!   `quality` (the opt-out and undeliverable rates), `idempotency`, `throttle` (the
-//!   per-number limiter), `apikeys`, `retention`;
-//! - `users` (console users, sessions, 2FA) → `caller`; `auth` (a token becomes a
-//!   caller) → `users`; `accounts` (tenants, their status and suspension) → `audit`;
+//!   per-number limiter), `limits` (requests per key and tenant, bad webhook
+//!   signatures per address: in memory), `apikeys`, `retention`;
+//! - `users` (console users, sessions, 2FA, failed-login counters) → `caller`,
+//!   `limits`; `auth` (a token becomes a caller) → `users`; `accounts` (tenants, their status and suspension) → `audit`;
 //!   `optouts` → `quality`; `callbacks` (status callbacks to tenants) → `jobs`;
 //! - `status` (Meta's statuses applied, kept statuses) → `callbacks`, `optouts`,
 //!   `quality`; `deadline` (the sending deadline) → `jobs`;
@@ -32,6 +33,7 @@ pub mod jobs;
 #[cfg(test)]
 mod layering;
 pub mod ledger;
+pub mod limits;
 pub mod optouts;
 pub mod quality;
 pub mod retention;

@@ -1,21 +1,25 @@
 //! Console users: created by a tenant admin, logging in with email, password and (once
 //! enrolled) a TOTP code; sessions are bearer tokens like API keys, stored as a hash.
 //!
-//! Failed logins are counted by a conditional update *before* the password is checked,
-//! so concurrent guesses cannot exceed the limit; a TOTP time step is accepted at most
-//! once per user (a conditional write of the last step).
+//! Failed logins slow further attempts per (email, source address) and per source
+//! address, with growing delays (`ports::LoginPolicy`), the same for emails no user has:
+//! an unknown email answers exactly like a wrong password, after the same work. Each
+//! counter lets an attempt through by a conditional update *before* the password is
+//! checked, so concurrent guesses cannot slip past a delay. Nobody can lock a user out
+//! from another address; an admin can clear a user's counters (`unlock`). A TOTP time
+//! step is accepted at most once per user (a conditional write of the last step).
 
 use std::sync::LazyLock;
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Argon2, PasswordVerifier};
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use totp_rs::{Algorithm, TOTP};
 
 use crate::domain::{new_id, RetentionClass, Role, TenantId};
-use crate::ports::{LoginGate, LoginPolicy, SessionRecord, UserRecord};
+use crate::ports::{LoginCounter, LoginGate, LoginPolicy, SessionRecord, UserRecord};
 use crate::secret::{token_hash, Secret};
 
 use super::caller::Caller;
@@ -74,12 +78,10 @@ pub struct UserView {
     /// `none`, `pending` (enrolled, not confirmed) or `enabled`.
     pub two_factor: &'static str,
     pub created_at: DateTime<Utc>,
-    /// Set while logins are locked out after repeated failures.
-    pub locked_until: Option<DateTime<Utc>>,
 }
 
 impl UserView {
-    pub fn of(u: &UserRecord, now: DateTime<Utc>) -> Self {
+    pub fn of(u: &UserRecord) -> Self {
         let two_factor = match (u.totp_confirmed, u.totp_secret.is_some()) {
             (true, _) => "enabled",
             (false, true) => "pending",
@@ -92,9 +94,6 @@ impl UserView {
             totp_enabled: u.totp_confirmed,
             two_factor,
             created_at: u.created_at,
-            locked_until: Some(u.locked_until)
-                .filter(|t| *t > now.timestamp())
-                .and_then(|t| Utc.timestamp_opt(t, 0).single()),
         }
     }
 }
@@ -260,9 +259,6 @@ pub async fn create(
         totp_secret: None,
         totp_confirmed: false,
         last_totp_step: 0,
-        failed_attempts: 0,
-        window_start: 0,
-        locked_until: 0,
         created_at: now,
     };
     deps.users.create_user(&user).await.map_err(|e| match e {
@@ -272,19 +268,60 @@ pub async fn create(
         other => other.into(),
     })?;
     tracing::info!(user_id = %user.id, role = user.role.as_str(), "user created");
-    Ok(UserView::of(&user, now))
+    Ok(UserView::of(&user))
 }
 
 pub async fn list(deps: &Deps, tenant: &TenantId) -> Result<Vec<UserView>, ServiceError> {
-    let now = deps.clock.now();
     Ok(deps
         .users
         .list_users(tenant)
         .await?
         .iter()
-        .map(|u| UserView::of(u, now))
+        .map(UserView::of)
         .collect())
 }
+
+/// Clears the failed-login counters of the user's email, from every address, so the
+/// user can log in again at once. Another tenant's user is `NotFound`.
+pub async fn unlock(deps: &Deps, tenant: &TenantId, id: &str) -> Result<UserView, ServiceError> {
+    let user = deps
+        .users
+        .get_user(tenant, id)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    let cleared = deps
+        .users
+        .clear_login_counters_of_email(&token_hash(&user.email))
+        .await?;
+    tracing::info!(user_id = %id, cleared, "user's login counters cleared");
+    Ok(UserView::of(&user))
+}
+
+/// The counters a login from `addr` for `email` goes through (address first: it is the
+/// wider one). `email` is whatever was typed, normalised when it can be.
+fn counters(email: &str, addr: Option<std::net::IpAddr>) -> [LoginCounter; 2] {
+    let addr = addr
+        .map(|a| super::limits::source(a).to_string())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let email = normalise_email(email).unwrap_or_else(|| {
+        email
+            .trim()
+            .to_lowercase()
+            .chars()
+            .take(MAX_EMAIL_KEY)
+            .collect()
+    });
+    [
+        LoginCounter::Address(addr.clone()),
+        LoginCounter::EmailAtAddress {
+            email_hash: token_hash(&email),
+            addr,
+        },
+    ]
+}
+
+/// How much of a typed email that is no address keys its counter.
+const MAX_EMAIL_KEY: usize = 320;
 
 /// Deletes the user; its sessions stop authenticating (they are checked against the
 /// user on every request). Another tenant's user is `NotFound`.
@@ -296,8 +333,58 @@ pub async fn delete(deps: &Deps, tenant: &TenantId, id: &str) -> Result<(), Serv
     Ok(())
 }
 
-pub async fn login(deps: &Deps, req: LoginRequest) -> Result<LoggedIn, LoginError> {
+/// One login attempt from `addr` (the client address). Every refusal for bad
+/// credentials answers the same `InvalidCredentials` whether the email exists or not;
+/// a counter that is not yet ready answers `RateLimited`.
+pub async fn login(
+    deps: &Deps,
+    req: LoginRequest,
+    addr: Option<std::net::IpAddr>,
+) -> Result<LoggedIn, LoginError> {
     let password = Secret::new(req.password);
+    let now = deps.clock.now();
+    let now_secs = now.timestamp();
+    let counters = counters(&req.email, addr);
+    for (i, c) in counters.iter().enumerate() {
+        if let LoginGate::Locked { until } = deps
+            .users
+            .begin_login(c, now_secs, &LoginPolicy::of(c))
+            .await?
+        {
+            // Give back the holds the earlier counters took.
+            for earlier in &counters[..i] {
+                let policy = LoginPolicy::of(earlier);
+                deps.users
+                    .login_released(earlier, now_secs, &policy)
+                    .await?;
+            }
+            crate::metrics::limited("login");
+            tracing::info!(outcome = "denied", reason = "rate_limited", "login refused");
+            return Err(LoginError::RateLimited {
+                retry_after_secs: (until - now_secs).max(1),
+            });
+        }
+    }
+    let failed = |reason: &'static str, err: LoginError| {
+        let counters = &counters;
+        async move {
+            tracing::info!(outcome = "denied", reason, "login refused");
+            for c in counters {
+                deps.users
+                    .login_failed(c, now_secs, &LoginPolicy::of(c))
+                    .await?;
+            }
+            Err::<LoggedIn, LoginError>(err)
+        }
+    };
+    let released = || async {
+        for c in &counters {
+            deps.users
+                .login_released(c, now_secs, &LoginPolicy::of(c))
+                .await?;
+        }
+        Ok::<(), LoginError>(())
+    };
     let email = normalise_email(&req.email);
     let user = match &email {
         Some(e) if password.expose().chars().count() <= MAX_PASSWORD => {
@@ -306,49 +393,18 @@ pub async fn login(deps: &Deps, req: LoginRequest) -> Result<LoggedIn, LoginErro
         _ => None,
     };
     let Some(user) = user else {
-        // Same work, same answer as a wrong password.
+        // Same work, same answer, same counting as a wrong password.
         verify_password(password, None).await?;
-        tracing::info!(
-            outcome = "denied",
-            reason = "invalid_credentials",
-            "login refused"
-        );
-        return Err(LoginError::InvalidCredentials);
+        return failed("invalid_credentials", LoginError::InvalidCredentials).await;
     };
     let (tenant, id) = (&user.tenant_id, user.id.as_str());
-    let policy = LoginPolicy::default();
-    let now = deps.clock.now();
-    let now_secs = now.timestamp();
-    let gate = match deps
-        .users
-        .begin_login_attempt(tenant, id, now_secs, &policy)
-        .await
-    {
-        // Deleted a moment ago: as if it never existed.
-        Err(crate::store_error::StoreError::NotFound) => {
-            return Err(LoginError::InvalidCredentials)
-        }
-        other => other?,
-    };
-    if let LoginGate::Locked { until } = gate {
-        tracing::info!(tenant_id = %tenant, user_id = %id, outcome = "denied", reason = "rate_limited", "login refused");
-        return Err(LoginError::RateLimited {
-            retry_after_secs: (until - now_secs).max(1),
-        });
-    }
-    let failed = |reason: &'static str, err: LoginError| async move {
-        tracing::info!(tenant_id = %tenant, user_id = %id, outcome = "denied", reason, "login refused");
-        deps.users
-            .login_failed(tenant, id, now_secs, &policy)
-            .await?;
-        Err::<LoggedIn, LoginError>(err)
-    };
     if !verify_password(password, Some(user.password_hash.clone())).await? {
         return failed("invalid_credentials", LoginError::InvalidCredentials).await;
     }
     if user.totp_confirmed {
         let Some(code) = req.totp_code.as_deref().map(str::trim) else {
-            // The usual first step of a 2FA login: counted, but not a failure.
+            // The usual first step of a 2FA login: not a failure.
+            released().await?;
             return Err(LoginError::TotpRequired);
         };
         let secret = user.totp_secret.as_deref().unwrap_or_default();
@@ -361,7 +417,10 @@ pub async fn login(deps: &Deps, req: LoginRequest) -> Result<LoggedIn, LoginErro
             return failed("totp", LoginError::TotpRequired).await;
         }
     }
-    deps.users.login_succeeded(tenant, id).await?;
+    // Right from here: this email's counter at this address starts again; the
+    // address's own counter keeps its failures (other emails tried from it).
+    released().await?;
+    deps.users.clear_login_counter(&counters[1]).await?;
     let token = Secret::generate(SESSION_PREFIX);
     let ttl = deps
         .settings
@@ -381,7 +440,7 @@ pub async fn login(deps: &Deps, req: LoginRequest) -> Result<LoggedIn, LoginErro
     deps.users.put_session(&session).await?;
     let totp_enrollment_required =
         !user.totp_confirmed && deps.users.two_factor_required(tenant).await?;
-    tracing::info!(tenant_id = %tenant, user_id = %id, outcome = "success", "login");
+    tracing::info!(user_id = %id, outcome = "success", "login");
     Ok(LoggedIn {
         token,
         expires_at: session.expires_at,

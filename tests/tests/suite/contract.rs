@@ -102,6 +102,7 @@ pub(crate) fn tenant(credits: i64) -> Tenant {
         status_reason: None,
         status_changed_at: None,
         throughput_per_sec: None,
+        request_limits: None,
     }
 }
 

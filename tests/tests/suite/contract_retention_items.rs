@@ -319,6 +319,35 @@ async fn an_idle_send_slot_is_swept_as_a_send_slot_and_a_used_one_stays(p: Ports
     assert!(stored(&p, "RATE#1002", "NEXT").await);
 }
 
+async fn failed_login_counters_are_swept_a_day_after_their_last_failure(p: Ports) {
+    let hash = kirim::secret::token_hash("aminah@example.com");
+    let at = |addr: &str| LoginCounter::EmailAtAddress {
+        email_hash: hash.clone(),
+        addr: addr.into(),
+    };
+    let address = LoginCounter::Address("198.51.100.7".into());
+    for c in [at("198.51.100.7"), address.clone()] {
+        let now = p.clock.now().timestamp();
+        p.users
+            .login_failed(&c, now, &LoginPolicy::of(&c))
+            .await
+            .unwrap();
+    }
+    p.clock.advance(Duration::seconds(3600));
+    let later = at("203.0.113.9");
+    let now = p.clock.now().timestamp();
+    p.users
+        .login_failed(&later, now, &LoginPolicy::of(&later))
+        .await
+        .unwrap();
+    // A day after the first two failures, those two go; the later one stays.
+    swept_when_due(&p, 86_400 - 3600, &[("login_failures", 2)]).await;
+    let pk = format!("LOGINFAIL#{hash}");
+    assert!(!stored(&p, &pk, "ADDR#198.51.100.7").await);
+    assert!(!stored(&p, "LOGINADDR#198.51.100.7", "FAIL").await);
+    assert!(stored(&p, &pk, "ADDR#203.0.113.9").await);
+}
+
 async fn an_expired_session_is_swept_as_a_session_and_a_live_one_stays(p: Ports) {
     let t = onboarded(&p, 0).await;
     let mut hashes = Vec::new();
@@ -457,9 +486,6 @@ async fn with_users(p: &Ports) -> (Tenant, Tenant) {
                 totp_secret: None,
                 totp_confirmed: false,
                 last_totp_step: 0,
-                failed_attempts: 0,
-                window_start: 0,
-                locked_until: 0,
                 created_at: now,
             };
             users.create_user(&user).await.unwrap();
@@ -601,6 +627,7 @@ contract!(
     an_expired_broadcast_list_is_swept_as_a_broadcast_list_and_a_live_one_stays,
     an_idle_send_slot_is_swept_as_a_send_slot_and_a_used_one_stays,
     an_expired_session_is_swept_as_a_session_and_a_live_one_stays,
+    failed_login_counters_are_swept_a_day_after_their_last_failure,
     a_closed_out_tenants_api_keys_are_swept_as_active_config_and_an_open_tenants_stay,
     a_closed_out_tenants_key_hash_copies_are_swept_as_active_config_and_an_open_tenants_stay,
     a_closed_out_tenants_opt_outs_are_swept_as_active_config_and_an_open_tenants_stay,

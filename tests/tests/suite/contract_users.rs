@@ -1,11 +1,13 @@
-//! The `UserStore` contract on both adapters: email claims, sessions, the login counter
-//! and the TOTP step.
+//! The `UserStore` contract on both adapters: email claims, sessions, the failed-login
+//! counters and the TOTP step.
 
 use std::sync::Arc;
 
 use chrono::Duration;
 use kirim::domain::Role;
-use kirim::ports::{Clock, LoginGate, LoginPolicy, SessionRecord, Tenant, UserRecord};
+use kirim::ports::{
+    Clock, LoginCounter, LoginGate, LoginPolicy, SessionRecord, Tenant, UserRecord,
+};
 use kirim::store_error::StoreError;
 
 use super::contract::{aws, contract, memory, onboarded, sweep, Ports};
@@ -20,9 +22,6 @@ fn user(p: &Ports, t: &Tenant, email: &str) -> UserRecord {
         totp_secret: None,
         totp_confirmed: false,
         last_totp_step: 0,
-        failed_attempts: 0,
-        window_start: 0,
-        locked_until: 0,
         created_at: p.clock.now(),
     }
 }
@@ -132,18 +131,93 @@ async fn a_session_is_invisible_once_expired_and_marked_when_revoked(p: Ports) {
     );
 }
 
-async fn the_login_counter_admits_at_most_the_limit_even_when_concurrent(p: Ports) {
-    let t = onboarded(&p, 0).await;
-    let u = user(&p, &t, &email());
-    p.users.create_user(&u).await.unwrap();
-    let policy = LoginPolicy::default();
+fn at(email: &str, addr: &str) -> LoginCounter {
+    LoginCounter::EmailAtAddress {
+        email_hash: kirim::secret::token_hash(email),
+        addr: addr.into(),
+    }
+}
+
+/// Counts `n` failed attempts through the gate at `now`, asserting each is let through.
+async fn fail(p: &Ports, c: &LoginCounter, now: i64, n: usize) {
+    let policy = LoginPolicy::of(c);
+    for _ in 0..n {
+        assert_eq!(
+            p.users.begin_login(c, now, &policy).await.unwrap(),
+            LoginGate::Allowed
+        );
+        p.users.login_failed(c, now, &policy).await.unwrap();
+    }
+}
+
+async fn failed_logins_cost_nothing_at_first_then_delays_that_double(p: Ports) {
+    let c = at(&email(), "198.51.100.7");
+    let policy = LoginPolicy::EMAIL_AT_ADDRESS;
     let now = p.clock.now().timestamp();
-    let users = p.users.clone();
-    let tasks: Vec<_> = (0..12)
+    fail(&p, &c, now, policy.free as usize).await;
+    // The fifth failure: the next attempt waits a second, then two, then four.
+    assert_eq!(
+        p.users.begin_login(&c, now, &policy).await.unwrap(),
+        LoginGate::Locked { until: now + 1 }
+    );
+    let mut t = now + 1;
+    for delay in [2, 4, 8] {
+        assert_eq!(
+            p.users.begin_login(&c, t, &policy).await.unwrap(),
+            LoginGate::Allowed
+        );
+        assert!(p.users.login_failed(&c, t, &policy).await.unwrap() > policy.free);
+        assert_eq!(
+            p.users
+                .begin_login(&c, t + delay - 1, &policy)
+                .await
+                .unwrap(),
+            LoginGate::Locked { until: t + delay }
+        );
+        t += delay;
+    }
+    // Another address, and the same address for another email, are not slowed.
+    let elsewhere = LoginCounter::EmailAtAddress {
+        email_hash: match &c {
+            LoginCounter::EmailAtAddress { email_hash, .. } => email_hash.clone(),
+            LoginCounter::Address(_) => unreachable!(),
+        },
+        addr: "203.0.113.9".into(),
+    };
+    assert_eq!(
+        p.users
+            .begin_login(&elsewhere, t - 1, &policy)
+            .await
+            .unwrap(),
+        LoginGate::Allowed
+    );
+    assert_eq!(
+        p.users
+            .begin_login(&at(&email(), "198.51.100.7"), t - 1, &policy)
+            .await
+            .unwrap(),
+        LoginGate::Allowed
+    );
+    // A day after the last failure the counter starts again.
+    let day = policy.window_secs;
+    assert_eq!(
+        p.users.begin_login(&c, t + day, &policy).await.unwrap(),
+        LoginGate::Allowed
+    );
+    assert_eq!(p.users.login_failed(&c, t + day, &policy).await.unwrap(), 1);
+}
+
+async fn past_the_free_failures_concurrent_attempts_get_one_through_at_a_time(p: Ports) {
+    let c = LoginCounter::Address("198.51.100.8".into());
+    let policy = LoginPolicy::ADDRESS;
+    let now = p.clock.now().timestamp();
+    fail(&p, &c, now, policy.free as usize).await;
+    let t = now + 1;
+    let tasks: Vec<_> = (0..8)
         .map(|_| {
-            let users: Arc<dyn kirim::ports::UserStore> = users.clone();
-            let (tid, id) = (t.id.clone(), u.id.clone());
-            tokio::spawn(async move { users.begin_login_attempt(&tid, &id, now, &policy).await })
+            let users: Arc<dyn kirim::ports::UserStore> = p.users.clone();
+            let c = c.clone();
+            tokio::spawn(async move { users.begin_login(&c, t, &policy).await })
         })
         .collect();
     let mut allowed = 0;
@@ -152,62 +226,48 @@ async fn the_login_counter_admits_at_most_the_limit_even_when_concurrent(p: Port
             allowed += 1;
         }
     }
-    assert_eq!(allowed, policy.max_attempts, "never more than the limit");
-    // The last failure locks for the lock-out period.
-    p.users
-        .login_failed(&t.id, &u.id, now, &policy)
-        .await
-        .unwrap();
-    let gate = p
-        .users
-        .begin_login_attempt(&t.id, &u.id, now + 60, &policy)
-        .await
-        .unwrap();
+    assert_eq!(allowed, 1, "one attempt in flight past the free failures");
+    // An attempt that was not a failure gives its hold back.
+    p.users.login_released(&c, t, &policy).await.unwrap();
     assert_eq!(
-        gate,
-        LoginGate::Locked {
-            until: now + policy.lockout_secs
-        }
+        p.users.begin_login(&c, t, &policy).await.unwrap(),
+        LoginGate::Allowed
     );
-    let after = now + policy.lockout_secs;
-    assert_eq!(
-        p.users
-            .begin_login_attempt(&t.id, &u.id, after, &policy)
-            .await
-            .unwrap(),
-        LoginGate::Allowed,
-        "a fresh window after the lock-out"
-    );
-    // Success starts the count again.
-    for _ in 0..3 {
-        p.users
-            .begin_login_attempt(&t.id, &u.id, after, &policy)
-            .await
-            .unwrap();
+}
+
+async fn clearing_an_emails_counters_clears_every_address_and_nothing_else(p: Ports) {
+    let e = email();
+    let now = p.clock.now().timestamp();
+    let policy = LoginPolicy::EMAIL_AT_ADDRESS;
+    let (a, b) = (at(&e, "198.51.100.7"), at(&e, "2001:db8:1:2::"));
+    let other = at(&email(), "198.51.100.7");
+    for c in [&a, &b, &other] {
+        fail(&p, c, now, policy.free as usize).await;
+        assert!(matches!(
+            p.users.begin_login(c, now, &policy).await.unwrap(),
+            LoginGate::Locked { .. }
+        ));
     }
-    p.users.login_succeeded(&t.id, &u.id).await.unwrap();
-    for _ in 0..policy.max_attempts {
+    let hash = kirim::secret::token_hash(&e);
+    assert_eq!(
+        p.users.clear_login_counters_of_email(&hash).await.unwrap(),
+        2
+    );
+    for c in [&a, &b] {
         assert_eq!(
-            p.users
-                .begin_login_attempt(&t.id, &u.id, after + 1, &policy)
-                .await
-                .unwrap(),
+            p.users.begin_login(c, now, &policy).await.unwrap(),
             LoginGate::Allowed
         );
     }
     assert!(matches!(
-        p.users
-            .begin_login_attempt(&t.id, &u.id, after + 1, &policy)
-            .await
-            .unwrap(),
+        p.users.begin_login(&other, now, &policy).await.unwrap(),
         LoginGate::Locked { .. }
     ));
-    assert!(matches!(
-        p.users
-            .begin_login_attempt(&t.id, "ghost", now, &policy)
-            .await,
-        Err(StoreError::NotFound)
-    ));
+    p.users.clear_login_counter(&other).await.unwrap();
+    assert_eq!(
+        p.users.begin_login(&other, now, &policy).await.unwrap(),
+        LoginGate::Allowed
+    );
 }
 
 async fn a_totp_step_is_accepted_once_and_confirmation_needs_the_pending_secret(p: Ports) {
@@ -265,7 +325,9 @@ async fn the_two_factor_requirement_is_per_tenant_and_off_by_default(p: Ports) {
 contract!(
     an_email_belongs_to_one_user_across_all_tenants,
     a_session_is_invisible_once_expired_and_marked_when_revoked,
-    the_login_counter_admits_at_most_the_limit_even_when_concurrent,
+    failed_logins_cost_nothing_at_first_then_delays_that_double,
+    past_the_free_failures_concurrent_attempts_get_one_through_at_a_time,
+    clearing_an_emails_counters_clears_every_address_and_nothing_else,
     a_totp_step_is_accepted_once_and_confirmation_needs_the_pending_secret,
     the_two_factor_requirement_is_per_tenant_and_off_by_default,
 );

@@ -30,6 +30,7 @@ mod contract_users;
 mod e2e;
 mod http_edges;
 mod idempotency;
+mod limits;
 mod optouts;
 mod privacy;
 mod quality;

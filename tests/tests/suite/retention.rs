@@ -94,6 +94,8 @@ fn class_of(pk: &str, sk: &str) -> Option<RetentionClass> {
         ("TENANT#", "BCLIST#", Some(BroadcastList)),
         ("RATE#", "NEXT", Some(SendSlot)),
         ("WAMID#", "PENDING#", Some(PendingStatus)),
+        ("LOGINFAIL#", "ADDR#", Some(LoginFailures)),
+        ("LOGINADDR#", "FAIL", Some(LoginFailures)),
         ("TENANT#", "TENANT", None),
         ("TENANT#", "APIKEY#", None),
         ("TENANT#", "OPTOUT#", None),
@@ -360,6 +362,7 @@ async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
         "PHONE/PHONE",
         "EMAIL/EMAIL",
         "AUDIT/HEAD",
+        "LOGINADDR/FAIL",
     ] {
         assert!(seen.contains(kind), "no {kind} item was written: {seen:?}");
     }

@@ -55,6 +55,11 @@ async fn burst_at_the_numbers_rate(b: Backend, strict: bool) -> bool {
     let mut cfg = local_config(b).await;
     cfg.pollers = 0;
     cfg.sandbox_rate_limit = 80;
+    // This test is about the dispatchers' pace, not the API's: let the burst in at once.
+    cfg.settings.limits.key = kirim::domain::RequestLimits {
+        requests_per_sec: kirim::domain::MAX_REQUESTS_PER_SEC,
+        burst: kirim::domain::MAX_BURST,
+    };
     // Statuses come after the test: the burst is measured without webhook traffic.
     cfg.sandbox_status_delay = Duration::from_secs(600);
     let app = app_with(cfg).await;

@@ -331,6 +331,33 @@ impl TenantStore for DynamoStore {
         }
     }
 
+    async fn set_request_limits(
+        &self,
+        id: &TenantId,
+        limits: crate::domain::RequestLimits,
+    ) -> Result<Tenant, StoreError> {
+        let value = serde_dynamo::to_attribute_value(limits)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::tenant(id).attrs()))
+            .update_expression("SET request_limits = :l")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":l", value)
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match res {
+            Ok(out) => from_item(out.attributes.unwrap_or_default()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Err(StoreError::NotFound)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
     async fn set_status(
         &self,
         id: &TenantId,

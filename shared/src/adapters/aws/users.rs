@@ -2,19 +2,71 @@
 //! `TENANT#{t}`/`USER#{id}` the user, `EMAIL#{email}`/`EMAIL` its global email claim
 //! (written in the same transaction), `SESSION#{token hash}`/`SESSION` a session with its
 //! expiry as TTL, `TENANT#{t}`/`SETTINGS#2FA` the tenant's 2FA requirement.
-//! The login counter and the TOTP step are conditional updates.
+//! The TOTP step is a conditional update. Failed-login counters (`LOGINFAIL#{sha256(email)}`
+//! / `ADDR#{address}` and `LOGINADDR#{address}` / `FAIL`, with `failures`,
+//! `blocked_until` and a `ttl` a day after the last failure) change only by conditional
+//! updates and atomic `ADD`s: never read, then written.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, ReturnValue, TransactWriteItem};
 
 use super::classify;
-use super::dynamodb::{from_item, keys, n, s, to_item, CancelReason, DynamoStore, Item};
+use super::dynamodb::{from_item, keys, n, s, to_item, CancelReason, DynamoStore, Item, TTL_ATTR};
 use crate::domain::TenantId;
-use crate::ports::{LoginGate, LoginPolicy, SessionRecord, UserRecord, UserStore};
+use crate::ports::{LoginCounter, LoginGate, LoginPolicy, SessionRecord, UserRecord, UserStore};
 use crate::store_error::StoreError;
 
+fn counter_key(counter: &LoginCounter) -> keys::Key {
+    match counter {
+        LoginCounter::EmailAtAddress { email_hash, addr } => {
+            keys::login_failures_of_email(email_hash, addr)
+        }
+        LoginCounter::Address(addr) => keys::login_failures_of_address(addr),
+    }
+}
+
+fn number_of(item: &Item, name: &str) -> Option<i64> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 impl DynamoStore {
+    /// One conditional update of a failed-login counter (`#ttl` names the TTL
+    /// attribute); the new values when it applied, `None` when the condition failed.
+    async fn update_counter(
+        &self,
+        counter: &LoginCounter,
+        expr: &str,
+        condition: &str,
+        values: &[(&str, AttributeValue)],
+    ) -> Result<Option<Item>, StoreError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(counter_key(counter).attrs()))
+            .update_expression(expr)
+            .condition_expression(condition)
+            .return_values(ReturnValue::AllNew);
+        if expr.contains("#ttl") || condition.contains("#ttl") {
+            req = req.expression_attribute_names("#ttl", TTL_ATTR);
+        }
+        for (k, v) in values {
+            if expr.contains(k) || condition.contains(k) {
+                req = req.expression_attribute_values(*k, v.clone());
+            }
+        }
+        match req.send().await {
+            Ok(out) => Ok(Some(out.attributes.unwrap_or_default())),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(None)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
     /// One conditional update of a user item; `Ok(false)` when the condition fails.
     async fn update_user(
         &self,
@@ -132,85 +184,137 @@ impl UserStore for DynamoStore {
         }
     }
 
-    async fn begin_login_attempt(
+    async fn begin_login(
         &self,
-        tenant: &TenantId,
-        id: &str,
+        counter: &LoginCounter,
         now: i64,
         policy: &LoginPolicy,
     ) -> Result<LoginGate, StoreError> {
         let values = [
-            (":one", n(1)),
             (":now", n(now)),
-            (":cutoff", n(now - policy.window_secs)),
-            (":max", n(policy.max_attempts)),
+            (":free", n(policy.free)),
+            (":hold", n(now + policy.hold_secs)),
+            (":ttl", n(now + policy.window_secs)),
         ];
-        // Within the current window, one more attempt if any are left; otherwise a fresh
-        // window. Both conditional: concurrent attempts can never exceed the limit.
-        let more = (
-            "SET failed_attempts = failed_attempts + :one",
-            "attribute_exists(pk) AND locked_until <= :now AND window_start > :cutoff \
-             AND failed_attempts < :max",
+        // Within the free failures (or no live counter): let it through.
+        let free = (
+            "SET #ttl = if_not_exists(#ttl, :ttl)",
+            "attribute_not_exists(failures) OR failures < :free OR #ttl <= :now",
         );
-        let fresh = (
-            "SET failed_attempts = :one, window_start = :now",
-            "attribute_exists(pk) AND locked_until <= :now AND window_start <= :cutoff",
+        // Past them, once the delay has passed: one attempt, holding the counter.
+        let held = (
+            "SET blocked_until = :hold",
+            "failures >= :free AND #ttl > :now \
+             AND (attribute_not_exists(blocked_until) OR blocked_until <= :now)",
         );
-        for (expr, cond) in [more, fresh, more] {
-            let vals: Vec<(&str, AttributeValue)> = values
-                .iter()
-                .filter(|(k, _)| cond.contains(k) || expr.contains(k))
-                .cloned()
-                .collect();
-            if self.update_user(tenant, id, expr, cond, &vals).await? {
+        for (expr, cond) in [free, held, free] {
+            if self
+                .update_counter(counter, expr, cond, &values)
+                .await?
+                .is_some()
+            {
                 return Ok(LoginGate::Allowed);
             }
         }
-        let u = self
-            .get_user(tenant, id)
+        let until = self
+            .get(counter_key(counter))
             .await?
-            .ok_or(StoreError::NotFound)?;
-        let until = if u.locked_until > now {
-            u.locked_until
-        } else {
-            (u.window_start + policy.window_secs).max(now + 1)
-        };
+            .and_then(|item| number_of(&item, "blocked_until"))
+            .unwrap_or(now)
+            .max(now + 1);
         Ok(LoginGate::Locked { until })
     }
 
     async fn login_failed(
         &self,
-        tenant: &TenantId,
-        id: &str,
+        counter: &LoginCounter,
+        now: i64,
+        policy: &LoginPolicy,
+    ) -> Result<i64, StoreError> {
+        let values = [
+            (":one", n(1)),
+            (":now", n(now)),
+            (":first", n(now + policy.delay_after(1))),
+            (":ttl", n(now + policy.window_secs)),
+        ];
+        // A new counter (or one past its window) starts at one; a live one adds one.
+        let fresh = (
+            "SET failures = :one, blocked_until = :first, #ttl = :ttl",
+            "attribute_not_exists(failures) OR #ttl <= :now",
+        );
+        let more = ("ADD failures :one SET #ttl = :ttl", "#ttl > :now");
+        let mut failures = None;
+        for (expr, cond) in [fresh, more, fresh] {
+            if let Some(item) = self.update_counter(counter, expr, cond, &values).await? {
+                failures = number_of(&item, "failures");
+                break;
+            }
+        }
+        let failures =
+            failures.ok_or_else(|| StoreError::Unavailable("login counter contended".into()))?;
+        let delay = policy.delay_after(failures);
+        if failures > 1 && delay > 0 {
+            // Later than what is set, or replacing this attempt's own hold.
+            self.update_counter(
+                counter,
+                "SET blocked_until = :until",
+                "attribute_not_exists(blocked_until) OR blocked_until < :until \
+                 OR blocked_until = :hold",
+                &[
+                    (":until", n(now + delay)),
+                    (":hold", n(now + policy.hold_secs)),
+                ],
+            )
+            .await?;
+        }
+        Ok(failures)
+    }
+
+    async fn login_released(
+        &self,
+        counter: &LoginCounter,
         now: i64,
         policy: &LoginPolicy,
     ) -> Result<(), StoreError> {
-        self.update_user(
-            tenant,
-            id,
-            "SET locked_until = :until, failed_attempts = :zero, window_start = :zero",
-            "attribute_exists(pk) AND failed_attempts >= :max AND locked_until <= :now",
-            &[
-                (":until", n(now + policy.lockout_secs)),
-                (":zero", n(0)),
-                (":max", n(policy.max_attempts)),
-                (":now", n(now)),
-            ],
+        self.update_counter(
+            counter,
+            "SET blocked_until = :now",
+            "blocked_until = :hold",
+            &[(":now", n(now)), (":hold", n(now + policy.hold_secs))],
         )
         .await
         .map(|_| ())
     }
 
-    async fn login_succeeded(&self, tenant: &TenantId, id: &str) -> Result<(), StoreError> {
-        self.update_user(
-            tenant,
-            id,
-            "SET failed_attempts = :zero, window_start = :zero",
-            "attribute_exists(pk)",
-            &[(":zero", n(0))],
-        )
-        .await
-        .map(|_| ())
+    async fn clear_login_counter(&self, counter: &LoginCounter) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(counter_key(counter).attrs()))
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb delete", e))?;
+        Ok(())
+    }
+
+    async fn clear_login_counters_of_email(&self, email_hash: &str) -> Result<usize, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Row {
+            sk: String,
+        }
+        let pk = keys::login_failures_of_email_pk(email_hash);
+        let rows: Vec<Row> = self.query_prefix(pk.clone(), keys::ADDR_PREFIX).await?;
+        for row in &rows {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key(keys::PK, s(pk.clone()))
+                .key(keys::SK, s(row.sk.clone()))
+                .send()
+                .await
+                .map_err(|e| classify("dynamodb delete", e))?;
+        }
+        Ok(rows.len())
     }
 
     async fn set_pending_totp(

@@ -143,6 +143,17 @@ impl TenantStore for MemoryStore {
         Ok(())
     }
 
+    async fn set_request_limits(
+        &self,
+        id: &TenantId,
+        limits: crate::domain::RequestLimits,
+    ) -> Result<Tenant, StoreError> {
+        let mut s = self.lock()?;
+        let t = s.tenants.get_mut(id).ok_or(StoreError::NotFound)?;
+        t.request_limits = Some(limits);
+        Ok(t.clone())
+    }
+
     async fn set_status(
         &self,
         id: &TenantId,

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::MemoryStore;
 use crate::domain::TenantId;
-use crate::ports::{LoginGate, LoginPolicy, SessionRecord, UserRecord, UserStore};
+use crate::ports::{LoginCounter, LoginGate, LoginPolicy, SessionRecord, UserRecord, UserStore};
 use crate::store_error::StoreError;
 
 #[derive(Default)]
@@ -18,6 +18,17 @@ pub(crate) struct UsersState {
     /// By token hash.
     sessions: HashMap<String, SessionRecord>,
     two_factor_required: HashMap<TenantId, bool>,
+    /// Failed-login counters, as on DynamoDB.
+    login: HashMap<LoginCounter, Counter>,
+}
+
+/// A failed-login counter: failures, when the next attempt may come, its expiry (epoch
+/// seconds).
+#[derive(Clone, Copy, Debug, Default)]
+struct Counter {
+    failures: Option<i64>,
+    blocked_until: Option<i64>,
+    expires: i64,
 }
 
 impl UsersState {
@@ -25,6 +36,13 @@ impl UsersState {
         let before = self.sessions.len();
         self.sessions.retain(|_, s| s.expires_at.timestamp() > now);
         before - self.sessions.len()
+    }
+
+    /// Removes the failed-login counters past their expiry; answers how many.
+    pub(crate) fn remove_expired_login_counters(&mut self, now: i64) -> usize {
+        let before = self.login.len();
+        self.login.retain(|_, c| c.expires > now);
+        before - self.login.len()
     }
 
     fn user_mut(&mut self, tenant: &TenantId, id: &str) -> Result<&mut UserRecord, StoreError> {
@@ -93,57 +111,96 @@ impl UserStore for MemoryStore {
         }
     }
 
-    async fn begin_login_attempt(
+    async fn begin_login(
         &self,
-        tenant: &TenantId,
-        id: &str,
+        counter: &LoginCounter,
         now: i64,
         policy: &LoginPolicy,
     ) -> Result<LoginGate, StoreError> {
         let mut s = self.lock()?;
-        let u = s.users.user_mut(tenant, id)?;
-        if u.locked_until > now {
-            return Ok(LoginGate::Locked {
-                until: u.locked_until,
-            });
+        let c = s.users.login.entry(counter.clone()).or_insert(Counter {
+            expires: now + policy.window_secs,
+            ..Counter::default()
+        });
+        let live = c.expires > now;
+        match c.failures {
+            Some(f) if live && f >= policy.free => {
+                let until = c.blocked_until.unwrap_or(0);
+                if until <= now {
+                    c.blocked_until = Some(now + policy.hold_secs);
+                    Ok(LoginGate::Allowed)
+                } else {
+                    Ok(LoginGate::Locked {
+                        until: until.max(now + 1),
+                    })
+                }
+            }
+            _ => Ok(LoginGate::Allowed),
         }
-        if u.window_start <= now - policy.window_secs {
-            u.window_start = now;
-            u.failed_attempts = 1;
-            return Ok(LoginGate::Allowed);
-        }
-        if u.failed_attempts < policy.max_attempts {
-            u.failed_attempts += 1;
-            return Ok(LoginGate::Allowed);
-        }
-        Ok(LoginGate::Locked {
-            until: u.window_start + policy.window_secs,
-        })
     }
 
     async fn login_failed(
         &self,
-        tenant: &TenantId,
-        id: &str,
+        counter: &LoginCounter,
+        now: i64,
+        policy: &LoginPolicy,
+    ) -> Result<i64, StoreError> {
+        let mut s = self.lock()?;
+        let c = s.users.login.entry(counter.clone()).or_default();
+        let failures = match c.failures {
+            Some(f) if c.expires > now => f + 1,
+            _ => {
+                c.blocked_until = Some(now + policy.delay_after(1));
+                1
+            }
+        };
+        c.failures = Some(failures);
+        c.expires = now + policy.window_secs;
+        let delay = policy.delay_after(failures);
+        if failures > 1 && delay > 0 {
+            let until = now + delay;
+            let hold = now + policy.hold_secs;
+            if c.blocked_until.is_none_or(|b| b < until || b == hold) {
+                c.blocked_until = Some(until);
+            }
+        }
+        Ok(failures)
+    }
+
+    async fn login_released(
+        &self,
+        counter: &LoginCounter,
         now: i64,
         policy: &LoginPolicy,
     ) -> Result<(), StoreError> {
         let mut s = self.lock()?;
-        let u = s.users.user_mut(tenant, id)?;
-        if u.failed_attempts >= policy.max_attempts && u.locked_until <= now {
-            u.locked_until = now + policy.lockout_secs;
-            u.failed_attempts = 0;
-            u.window_start = 0;
+        if let Some(c) = s.users.login.get_mut(counter) {
+            if c.blocked_until == Some(now + policy.hold_secs) {
+                c.blocked_until = Some(now);
+            }
         }
         Ok(())
     }
 
-    async fn login_succeeded(&self, tenant: &TenantId, id: &str) -> Result<(), StoreError> {
-        let mut s = self.lock()?;
-        let u = s.users.user_mut(tenant, id)?;
-        u.failed_attempts = 0;
-        u.window_start = 0;
+    async fn clear_login_counter(&self, counter: &LoginCounter) -> Result<(), StoreError> {
+        self.lock()?.users.login.remove(counter);
         Ok(())
+    }
+
+    async fn clear_login_counters_of_email(&self, email_hash: &str) -> Result<usize, StoreError> {
+        let now = self.now_secs();
+        let mut s = self.lock()?;
+        let mut live = 0;
+        s.users.login.retain(|k, c| match k {
+            LoginCounter::EmailAtAddress { email_hash: h, .. } if h == email_hash => {
+                if c.expires > now {
+                    live += 1;
+                }
+                false
+            }
+            _ => true,
+        });
+        Ok(live)
     }
 
     async fn set_pending_totp(
@@ -295,6 +352,16 @@ impl UsersState {
         for (t, required) in &self.two_factor_required {
             let a = serde_json::json!({"required": required});
             item(keys::two_factor_setting(t), config_ttl(t), a);
+        }
+        for (counter, c) in &self.login {
+            let key = match counter {
+                LoginCounter::EmailAtAddress { email_hash, addr } => {
+                    keys::login_failures_of_email(email_hash, addr)
+                }
+                LoginCounter::Address(addr) => keys::login_failures_of_address(addr),
+            };
+            let a = serde_json::json!({"failures": c.failures, "blocked_until": c.blocked_until});
+            item(key, Some(c.expires), a);
         }
         out
     }

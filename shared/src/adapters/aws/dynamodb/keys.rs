@@ -36,6 +36,8 @@ const RATE: &str = "RATE#";
 const EMAIL: &str = "EMAIL#";
 const SESSION: &str = "SESSION#";
 const RETENTION: &str = "RETENTION";
+const LOGINFAIL: &str = "LOGINFAIL#";
+const LOGINADDR: &str = "LOGINADDR#";
 // gsi1 partition prefixes.
 const WABA: &str = "WABA#";
 const STATUS_INFIX: &str = "#STATUS#";
@@ -53,6 +55,7 @@ const EMAIL_SK: &str = "EMAIL";
 const CHECKPOINT_SK: &str = "CHECKPOINT";
 const STATUS_CALLBACK_SK: &str = "SETTINGS#STATUS_CALLBACK";
 const TWO_FACTOR_SK: &str = "SETTINGS#2FA";
+const FAIL_SK: &str = "FAIL";
 
 /// Sort key prefixes the adapters query with `begins_with`.
 pub const API_KEY_PREFIX: &str = "APIKEY#";
@@ -60,6 +63,7 @@ pub const LEDGER_PREFIX: &str = "LEDGER#";
 pub const OPT_OUT_PREFIX: &str = "OPTOUT#";
 pub const USER_PREFIX: &str = "USER#";
 pub const PENDING_PREFIX: &str = "PENDING#";
+pub const ADDR_PREFIX: &str = "ADDR#";
 const MESSAGE_PREFIX: &str = "MSG#";
 const IDEM_PREFIX: &str = "IDEM#";
 const QSTAT_PREFIX: &str = "QSTAT#";
@@ -117,10 +121,15 @@ pub enum ItemKind {
     Session,
     /// `RETENTION` / `CHECKPOINT`: the sweep's saved position.
     RetentionCheckpoint,
+    /// `LOGINFAIL#{sha256(email)}` / `ADDR#{address}`: failed logins for one email from
+    /// one source address.
+    LoginFailuresOfEmail,
+    /// `LOGINADDR#{address}` / `FAIL`: failed logins from one source address.
+    LoginFailuresOfAddress,
 }
 
 impl ItemKind {
-    pub const ALL: [ItemKind; 22] = [
+    pub const ALL: [ItemKind; 24] = [
         ItemKind::Tenant,
         ItemKind::PhoneRoute,
         ItemKind::ApiKeyByHash,
@@ -143,6 +152,8 @@ impl ItemKind {
         ItemKind::EmailClaim,
         ItemKind::Session,
         ItemKind::RetentionCheckpoint,
+        ItemKind::LoginFailuresOfEmail,
+        ItemKind::LoginFailuresOfAddress,
     ];
 
     /// The retention class whose expiry an item of this type carries when it has one, and
@@ -161,6 +172,7 @@ impl ItemKind {
             QualityCounter => RetentionClass::Stats,
             BroadcastList => RetentionClass::BroadcastList,
             SendSlot => RetentionClass::SendSlot,
+            LoginFailuresOfEmail | LoginFailuresOfAddress => RetentionClass::LoginFailures,
             PhoneRoute | ApiKeyByHash | ApiKeyOfTenant | OptOut | AuditHead | StatusCallback
             | TwoFactorSetting | User | EmailClaim | RetentionCheckpoint => {
                 RetentionClass::ActiveConfig
@@ -209,6 +221,8 @@ impl ItemKind {
                 (_, EMAIL_SK) if pk.starts_with(EMAIL) => EmailClaim,
                 (_, SESSION_SK) if pk.starts_with(SESSION) => Session,
                 (RETENTION, CHECKPOINT_SK) => RetentionCheckpoint,
+                (_, FAIL_SK) if pk.starts_with(LOGINADDR) => LoginFailuresOfAddress,
+                _ if pk.starts_with(LOGINFAIL) && has(ADDR_PREFIX) => LoginFailuresOfEmail,
                 _ => return None,
             }
         };
@@ -484,6 +498,24 @@ pub fn retention_checkpoint() -> Key {
     Key::new(RETENTION, CHECKPOINT_SK)
 }
 
+// ---- Failed logins ----------------------------------------------------------------------
+
+/// The partition of one email's failed-login counters (one item per source address).
+pub fn login_failures_of_email_pk(email_hash: &str) -> String {
+    format!("{LOGINFAIL}{email_hash}")
+}
+
+pub fn login_failures_of_email(email_hash: &str, addr: &str) -> Key {
+    Key::new(
+        login_failures_of_email_pk(email_hash),
+        format!("{ADDR_PREFIX}{addr}"),
+    )
+}
+
+pub fn login_failures_of_address(addr: &str) -> Key {
+    Key::new(format!("{LOGINADDR}{addr}"), FAIL_SK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,6 +548,10 @@ mod tests {
             ItemKind::EmailClaim => email_claim("aminah@example.com"),
             ItemKind::Session => session(&"ef".repeat(32)),
             ItemKind::RetentionCheckpoint => retention_checkpoint(),
+            ItemKind::LoginFailuresOfEmail => {
+                login_failures_of_email(&"ab".repeat(32), "2001:db8::")
+            }
+            ItemKind::LoginFailuresOfAddress => login_failures_of_address("198.51.100.7"),
         }
     }
 
@@ -573,6 +609,14 @@ mod tests {
         assert_eq!(class(t, "QSTAT#2026-01-01"), Some(C::Stats));
         assert_eq!(class(t, "BCLIST#01J"), Some(C::BroadcastList));
         assert_eq!(class("RATE#123", "NEXT"), Some(C::SendSlot));
+        assert_eq!(
+            class("LOGINFAIL#ab", "ADDR#198.51.100.7"),
+            Some(C::LoginFailures)
+        );
+        assert_eq!(
+            class("LOGINADDR#198.51.100.7", "FAIL"),
+            Some(C::LoginFailures)
+        );
         for (pk, sk) in [
             (t, "APIKEY#01J"),
             (t, "OPTOUT#+601"),

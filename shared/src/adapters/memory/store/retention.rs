@@ -55,6 +55,10 @@ impl RetentionStore for MemoryStore {
         ));
         sweep!(page, K::SendSlot, s.rate, |_, r| r.1 > now);
         page.count(K::Session.class(), s.users.remove_expired(now));
+        page.count(
+            K::LoginFailuresOfEmail.class(),
+            s.users.remove_expired_login_counters(now),
+        );
         // Closed-out tenants whose items have reached the TTLs the close-out gave them.
         let done: Vec<(TenantId, CloseOutTtls)> = s
             .closed_out

@@ -1,0 +1,520 @@
+//! Limits on use (API.md "Limits on use") over HTTP on both backends: requests per key and
+//! per tenant, the operator's limits route, unsigned webhooks per source address, and
+//! login failures per (email, address) and per address.
+//!
+//! The router is the one every host serves (`http::app`), driven in process with the
+//! client address set as the hosts set it (`ClientIp`), over the contract fixture's ports:
+//! memory, or DynamoDB and Secrets Manager on moto, with a manual clock, so that every
+//! rate is checked at exact instants and no assertion depends on how fast a test runs.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request};
+use axum::Router;
+use chrono::Duration;
+use kirim::http::extract::ClientIp;
+use kirim::secret::Secret;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use super::contract::{aws, contract, memory, Ports};
+
+const OPERATOR: &str = "op_limits_operator_token";
+const APP_SECRET: &str = "limits-app-secret";
+const PASSWORD: &str = "correct horse battery staple";
+const HOME: &str = "198.51.100.7";
+const ELSEWHERE: &str = "203.0.113.20";
+
+struct Http {
+    p: Ports,
+    router: Router,
+}
+
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+    fn retry_after(&self) -> Option<u64> {
+        self.headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    }
+    /// The body without its request id (every answer has its own).
+    fn shape(&self) -> Value {
+        let mut b = self.body.clone();
+        if let Some(m) = b.as_object_mut() {
+            m.remove("request_id");
+        }
+        b
+    }
+}
+
+impl Http {
+    async fn new(p: Ports) -> Self {
+        p.secrets
+            .put(&p.settings.operator_token_secret, &Secret::new(OPERATOR))
+            .await
+            .unwrap();
+        p.secrets
+            .put(&p.settings.meta_app_secret, &Secret::new(APP_SECRET))
+            .await
+            .unwrap();
+        let router = kirim::http::app((*p).clone(), Router::new());
+        Http { p, router }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        from: &str,
+    ) -> Answer {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = body.map_or_else(String::new, |b| b.to_string());
+        self.send(req.body(Body::from(body)).unwrap(), from).await
+    }
+
+    async fn send(&self, mut req: Request<Body>, from: &str) -> Answer {
+        req.extensions_mut().insert(ClientIp(from.parse().ok()));
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// A new tenant: (tenant id, admin API key).
+    async fn onboard(&self) -> (String, String) {
+        let pnid = format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000);
+        let a = self
+            .call(
+                "POST",
+                "/v1/platform/tenants",
+                Some(OPERATOR),
+                Some(
+                    json!({"name": "Kedai", "waba_id": "1", "phone_number_id": pnid,
+                    "meta_access_token": "EAAG-test"}),
+                ),
+                HOME,
+            )
+            .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        (
+            a.body["tenant"]["id"].as_str().unwrap().to_owned(),
+            a.body["admin_api_key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn account(&self, key: &str) -> Answer {
+        self.call("GET", "/v1/account", Some(key), None, HOME).await
+    }
+
+    fn advance(&self, by: Duration) {
+        self.p.clock.advance(by);
+    }
+}
+
+async fn a_key_over_its_limit_gets_429_with_retry_after_and_another_tenant_is_unaffected(p: Ports) {
+    let http = Http::new(p).await;
+    let (_, key) = http.onboard().await;
+    let (_, other) = http.onboard().await;
+    // The default: bursts of 100 a key, at one instant.
+    for i in 0..100 {
+        assert_eq!(http.account(&key).await.status, 200, "request {i}");
+    }
+    let over = http.account(&key).await;
+    assert_eq!((over.status, over.code()), (429, "rate_limited"));
+    assert_eq!(over.retry_after(), Some(1));
+    assert!(over.body["request_id"].is_string());
+    assert_eq!(
+        http.account(&other).await.status,
+        200,
+        "another tenant's key is not slowed"
+    );
+    // 50 a second: a second later, 50 more.
+    http.advance(Duration::seconds(1));
+    for _ in 0..50 {
+        assert_eq!(http.account(&key).await.status, 200);
+    }
+    assert_eq!(http.account(&key).await.status, 429);
+}
+
+async fn the_operators_limits_route_changes_a_tenants_limit_and_refuses_bad_limits(p: Ports) {
+    let http = Http::new(p).await;
+    let (tenant, key) = http.onboard().await;
+    let path = format!("/v1/platform/tenants/{tenant}/limits");
+    for bad in [
+        json!({"requests_per_sec": 0, "burst": 1}),
+        json!({"requests_per_sec": 5, "burst": 0}),
+        json!({"requests_per_sec": 100_000, "burst": 100_000}),
+        json!({"requests_per_sec": 10, "burst": 5}),
+        json!({"requests_per_sec": -1, "burst": 5}),
+        json!({"requests_per_sec": 2}),
+        json!({"requests_per_sec": 2, "burst": 2, "per_key": true}),
+    ] {
+        let a = http
+            .call("PUT", &path, Some(OPERATOR), Some(bad.clone()), HOME)
+            .await;
+        assert_eq!((a.status, a.code()), (400, "invalid_request"), "{bad}");
+    }
+    let unknown = format!(
+        "/v1/platform/tenants/{}/limits",
+        kirim::domain::TenantId::generate()
+    );
+    let a = http
+        .call(
+            "PUT",
+            &unknown,
+            Some(OPERATOR),
+            Some(json!({"requests_per_sec": 2, "burst": 3})),
+            HOME,
+        )
+        .await;
+    assert_eq!((a.status, a.code()), (404, "not_found"));
+    let a = http
+        .call(
+            "PUT",
+            &path,
+            Some(&key),
+            Some(json!({"requests_per_sec": 10_000, "burst": 20_000})),
+            HOME,
+        )
+        .await;
+    assert_eq!(a.status, 403, "only the operator sets limits");
+    let tid = kirim::domain::TenantId::parse(&tenant).unwrap();
+    let stored = http.p.tenants.get_tenant(&tid).await.unwrap().unwrap();
+    assert_eq!(
+        stored.request_limits, None,
+        "refused changes changed nothing"
+    );
+    // (The refused PUT above counted against the key's default bucket: start afresh.)
+    http.advance(Duration::seconds(1));
+
+    let a = http
+        .call(
+            "PUT",
+            &path,
+            Some(OPERATOR),
+            Some(json!({"requests_per_sec": 2, "burst": 3})),
+            HOME,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["requests_per_sec"], 2);
+    assert_eq!(a.body["burst"], 3);
+    assert_eq!(a.body["tenant_requests_per_sec"], 8);
+    let stored = http.p.tenants.get_tenant(&tid).await.unwrap().unwrap();
+    assert_eq!(
+        stored.request_limits.map(|l| (l.requests_per_sec, l.burst)),
+        Some((2, 3)),
+        "kept on the tenant record"
+    );
+    // The key now has a burst of three.
+    for _ in 0..3 {
+        assert_eq!(http.account(&key).await.status, 200);
+    }
+    let over = http.account(&key).await;
+    assert_eq!((over.status, over.retry_after()), (429, Some(1)));
+    http.advance(Duration::milliseconds(500));
+    assert_eq!(http.account(&key).await.status, 200, "two a second");
+    // Audited like other operator mutations (in the tenant's trail: it acted on it).
+    let (events, _) = http
+        .p
+        .audit
+        .list(
+            &tenant,
+            &kirim::ports::AuditQuery {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "PUT /v1/platform/tenants/{id}/limits"
+                && e.details.contains("\"requests_per_sec\":2")),
+        "{events:?}"
+    );
+}
+
+fn signed(body: &[u8], secret: &str) -> String {
+    kirim_tests::sign_with(secret, body)
+}
+
+async fn webhook(http: &Http, body: &Value, signature: Option<&str>, from: &str) -> Answer {
+    let raw = body.to_string();
+    let mut req = Request::builder()
+        .method("POST")
+        .uri("/webhooks/meta")
+        .header("content-type", "application/json");
+    if let Some(s) = signature {
+        req = req.header("x-hub-signature-256", s);
+    }
+    http.send(req.body(Body::from(raw)).unwrap(), from).await
+}
+
+async fn an_unsigned_webhook_flood_from_one_address_gets_429_while_meta_still_gets_200(p: Ports) {
+    let http = Http::new(p).await;
+    let meta = "173.252.88.1";
+    let body = json!({"object": "whatsapp_business_account", "entry": []});
+    let raw = body.to_string();
+    let good = signed(raw.as_bytes(), APP_SECRET);
+    let forged = signed(raw.as_bytes(), "not-the-app-secret");
+    let before = http.p.retention.stored_items().await.unwrap().len();
+    // Ten bad signatures are refused one by one, as bad signatures...
+    for i in 0..10 {
+        let sig = if i % 2 == 0 {
+            Some(forged.as_str())
+        } else {
+            None
+        };
+        let a = webhook(&http, &body, sig, HOME).await;
+        assert_eq!(a.status, 401, "bad signature {i}");
+    }
+    // ...then the address is refused before any signature is checked, even a good one.
+    let a = webhook(&http, &body, Some(&forged), HOME).await;
+    assert_eq!((a.status, a.code()), (429, "rate_limited"));
+    assert!(
+        (1..=6).contains(&a.retry_after().unwrap_or(0)),
+        "{:?}",
+        a.headers
+    );
+    assert_eq!(webhook(&http, &body, Some(&good), HOME).await.status, 429);
+    // Meta's own address is not slowed by another address's flood.
+    for _ in 0..3 {
+        let a = webhook(&http, &body, Some(&good), meta).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    assert_eq!(
+        http.p.retention.stored_items().await.unwrap().len(),
+        before,
+        "refused webhooks wrote nothing"
+    );
+    // Once the address's allowance refills, it is heard again.
+    http.advance(Duration::seconds(6));
+    assert_eq!(webhook(&http, &body, Some(&good), HOME).await.status, 200);
+}
+
+/// A tenant with an admin key and a console user: (admin key, email, user id).
+async fn with_user(http: &Http) -> (String, String, String) {
+    let (_, key) = http.onboard().await;
+    let email = format!("staff.{}@kedai.example", ulid::Ulid::new()).to_lowercase();
+    let a = http
+        .call(
+            "POST",
+            "/v1/users",
+            Some(&key),
+            Some(json!({"email": email, "role": "operator", "password": PASSWORD})),
+            HOME,
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    let id = a.body["id"].as_str().unwrap().to_owned();
+    (key, email, id)
+}
+
+async fn login(http: &Http, email: &str, password: &str, from: &str) -> Answer {
+    http.call(
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(json!({"email": email, "password": password})),
+        from,
+    )
+    .await
+}
+
+async fn an_unknown_email_answers_exactly_like_a_wrong_password_and_is_slowed_alike(p: Ports) {
+    let http = Http::new(p).await;
+    let (_, email, _) = with_user(&http).await;
+    let nobody = format!("nobody.{}@kedai.example", ulid::Ulid::new()).to_lowercase();
+    for i in 0..5 {
+        let wrong = login(&http, &email, "not the password", HOME).await;
+        let unknown = login(&http, &nobody, "not the password", HOME).await;
+        assert_eq!(
+            (wrong.status, wrong.code()),
+            (401, "invalid_credentials"),
+            "{i}"
+        );
+        assert_eq!(wrong.shape(), unknown.shape(), "attempt {i}");
+        assert_eq!(wrong.retry_after(), unknown.retry_after());
+    }
+    // Five failures each: both are slowed the same way, with a Retry-After.
+    let wrong = login(&http, &email, PASSWORD, HOME).await;
+    let unknown = login(&http, &nobody, PASSWORD, HOME).await;
+    assert_eq!((wrong.status, wrong.code()), (429, "rate_limited"));
+    assert_eq!(wrong.shape(), unknown.shape());
+    assert_eq!(wrong.retry_after(), Some(1));
+    assert_eq!(unknown.retry_after(), Some(1));
+    // The delay passed, the right password works; the delays grow with each failure.
+    http.advance(Duration::seconds(1));
+    assert_eq!(login(&http, &email, PASSWORD, HOME).await.status, 200);
+    for expected in [2, 4, 8] {
+        let a = login(&http, &nobody, "not the password", HOME).await;
+        assert_eq!(a.status, 401);
+        let slowed = login(&http, &nobody, "not the password", HOME).await;
+        assert_eq!(slowed.status, 429);
+        assert_eq!(slowed.retry_after(), Some(expected));
+        http.advance(Duration::seconds(expected as i64));
+    }
+}
+
+async fn failures_from_one_address_never_slow_the_same_email_from_another(p: Ports) {
+    let http = Http::new(p).await;
+    let (_, email, _) = with_user(&http).await;
+    for _ in 0..12 {
+        login(&http, &email, "not the password", HOME).await;
+    }
+    let a = login(&http, &email, PASSWORD, HOME).await;
+    assert_eq!(a.status, 429, "slowed at the guessing address");
+    assert_eq!(
+        login(&http, &email, PASSWORD, ELSEWHERE).await.status,
+        200,
+        "the user from elsewhere"
+    );
+    // The address's own counter: many emails tried from one address slow it.
+    let sprayer = "192.0.2.66";
+    let mut refused = None;
+    for i in 0..30 {
+        let target = format!("u{i}.{}@kedai.example", ulid::Ulid::new()).to_lowercase();
+        let a = login(&http, &target, "not the password", sprayer).await;
+        if a.status == 429 {
+            refused = Some((i, a.retry_after()));
+            break;
+        }
+        assert_eq!(a.status, 401);
+    }
+    assert_eq!(
+        refused,
+        Some((20, Some(1))),
+        "twenty free failures per address"
+    );
+    assert_eq!(login(&http, &email, PASSWORD, ELSEWHERE).await.status, 200);
+}
+
+async fn an_admin_unlocks_a_user_and_another_tenants_user_is_not_found(p: Ports) {
+    let http = Http::new(p).await;
+    let (key, email, id) = with_user(&http).await;
+    let (other_key, _, other_id) = with_user(&http).await;
+    for _ in 0..8 {
+        login(&http, &email, "not the password", HOME).await;
+    }
+    assert_eq!(login(&http, &email, PASSWORD, HOME).await.status, 429);
+    let path = format!("/v1/users/{id}/unlock");
+    let a = http.call("POST", &path, Some(&other_key), None, HOME).await;
+    assert_eq!((a.status, a.code()), (404, "not_found"));
+    let a = http
+        .call(
+            "POST",
+            &format!("/v1/users/{other_id}/unlock"),
+            Some(&key),
+            None,
+            HOME,
+        )
+        .await;
+    assert_eq!((a.status, a.code()), (404, "not_found"));
+    assert_eq!(
+        login(&http, &email, PASSWORD, HOME).await.status,
+        429,
+        "a refused unlock cleared nothing"
+    );
+    let a = http.call("POST", &path, Some(&key), None, HOME).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["id"], id.as_str());
+    assert_eq!(login(&http, &email, PASSWORD, HOME).await.status, 200);
+    // Audited in the tenant's trail.
+    let a = http
+        .call(
+            "GET",
+            "/v1/audit?action=POST%20/v1/users/%7Bid%7D/unlock",
+            Some(&key),
+            None,
+            HOME,
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let events = a.body["events"].as_array().unwrap();
+    assert_eq!(
+        events.len(),
+        2,
+        "the refused one and the unlock: {events:?}"
+    );
+    assert_eq!(events[0]["outcome"], "success");
+    assert_eq!(events[0]["details"]["user_id"], id.as_str());
+    assert_eq!(events[1]["details"]["status"], 404);
+}
+
+contract!(
+    a_key_over_its_limit_gets_429_with_retry_after_and_another_tenant_is_unaffected,
+    the_operators_limits_route_changes_a_tenants_limit_and_refuses_bad_limits,
+    an_unsigned_webhook_flood_from_one_address_gets_429_while_meta_still_gets_200,
+    an_unknown_email_answers_exactly_like_a_wrong_password_and_is_slowed_alike,
+    failures_from_one_address_never_slow_the_same_email_from_another,
+    an_admin_unlocks_a_user_and_another_tenants_user_is_not_found,
+);
+
+/// Local mode over real TCP: the client address is the TCP peer, so a client bound to
+/// another loopback address (127.0.0.2) is another source.
+async fn in_local_mode_a_flooding_peer_is_refused_while_another_peers_signed_webhook_passes(
+    b: kirim::config::Backend,
+) {
+    let app = kirim_tests::spawn_app(b).await;
+    let flooder = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().ok())
+        .build()
+        .unwrap();
+    let body = json!({"object": "whatsapp_business_account", "entry": []}).to_string();
+    let mut refused = false;
+    // Ten bad signatures in a burst, then 429: at most a few more if the clock moved on.
+    for i in 0..30 {
+        let res = flooder
+            .post(app.url("/webhooks/meta"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", "sha256=00")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            401 => continue,
+            429 => {
+                assert!(res.headers().contains_key("retry-after"), "request {i}");
+                refused = true;
+                break;
+            }
+            other => panic!("request {i}: {other}"),
+        }
+    }
+    assert!(refused, "the flooding peer is refused");
+    let signed = app
+        .post_webhook(&json!({"object": "whatsapp_business_account", "entry": []}))
+        .await;
+    assert_eq!(signed.status(), 200, "127.0.0.1 is another source");
+}
+
+on_both_backends!(
+    in_local_mode_a_flooding_peer_is_refused_while_another_peers_signed_webhook_passes,
+);
