@@ -7,6 +7,7 @@
 //!   broadcasts), `caller` (who is calling), `audit` (the hash-chained trail),
 //!   `quality` (the opt-out and undeliverable rates), `idempotency`, `throttle` (the
 //!   per-number limiter), `apikeys`, `retention`;
+//! - `deadletters` (parked queue messages, listed and redriven) → `jobs`;
 //! - `users` (console users, sessions, 2FA) → `caller`; `auth` (a token becomes a
 //!   caller) → `users`; `accounts` (tenants, their status and suspension) → `audit`;
 //!   `optouts` → `quality`; `callbacks` (status callbacks to tenants) → `jobs`;
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod broadcasts;
 pub mod callbacks;
 pub mod caller;
+pub mod deadletters;
 pub mod deadline;
 pub mod dispatch;
 pub mod errors;
