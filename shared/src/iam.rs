@@ -304,7 +304,13 @@ mod tests {
         let aws = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/adapters/aws");
         let mut dynamo = vec![aws.join("dynamodb.rs"), aws.join("users.rs")];
         rs_files(&aws.join("dynamodb"), &mut dynamo);
-        let cases: [(&str, Vec<std::path::PathBuf>, Vec<&[&str]>); 3] = [
+        /// An adapter, its source files, and the action lists it declares.
+        type Case = (
+            &'static str,
+            Vec<std::path::PathBuf>,
+            Vec<&'static [&'static str]>,
+        );
+        let cases: [Case; 3] = [
             (
                 "DynamoStore",
                 dynamo,
