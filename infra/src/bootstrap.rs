@@ -298,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn each_function_gets_exactly_the_queue_environment_its_wiring_declares() {
+    fn each_function_gets_exactly_the_queue_environment_its_wiring_and_grants_declare() {
         use kirim::wiring::{Function, Port};
         let doc: Value = serde_yaml::from_str(TEMPLATE).unwrap();
         let functions = resources(&doc, "AWS::Serverless::Function");
@@ -330,6 +330,13 @@ mod tests {
                         function.logical_id()
                     );
                 }
+                // A dead-letter queue's URL goes where its grants do (kirim::iam).
+                assert_eq!(
+                    vars.iter().any(|v| v == dlq),
+                    function.uses_dead_letters(port),
+                    "{}: {dlq}",
+                    function.logical_id()
+                );
             }
         }
     }

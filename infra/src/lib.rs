@@ -2,6 +2,8 @@
 //! creates the stack's resources from `template.yaml`.
 
 pub mod bootstrap;
+#[cfg(test)]
+mod iam_check;
 pub mod local;
 pub mod meta_schema;
 pub mod sandbox;

@@ -5,6 +5,7 @@ pub mod adapters;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod iam;
 pub mod metrics;
 pub mod ports;
 pub mod queue_handlers;

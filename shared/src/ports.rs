@@ -418,8 +418,45 @@ pub trait DispatchQueue: Send + Sync {
     async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
     /// Makes the message visible again after `delay` (a retry with backoff).
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError>;
-    /// Messages parked on the dead-letter queue (for operators and tests).
-    async fn dead_letters(&self) -> Result<Vec<String>, StoreError>;
+    /// Up to `max` messages parked on the dead-letter queue, left where they are.
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Moves parked messages back to this queue: those whose ids are in `ids` (every one,
+    /// when `None`), at most `max` in one call. Each is sent to the queue before it is
+    /// removed from the dead-letter queue (a failure in between leaves it on both: the
+    /// consumers' own checks must make a second delivery harmless).
+    async fn redrive(&self, ids: Option<&[String]>, max: usize) -> Result<Redriven, StoreError>;
+}
+
+/// One message parked on a dead-letter queue. Its body is the job as queued, which may
+/// hold message content: read metadata from it, never pass it on (no `Debug` of it).
+#[derive(Clone)]
+pub struct DeadLetter {
+    /// The queue's id for it (SQS keeps it when it moves a message to the DLQ).
+    pub id: String,
+    pub body: String,
+    pub receive_count: u32,
+    /// When it was first queued.
+    pub sent_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for DeadLetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetter")
+            .field("id", &self.id)
+            .field("body", &"<redacted>")
+            .field("receive_count", &self.receive_count)
+            .field("sent_at", &self.sent_at)
+            .finish()
+    }
+}
+
+/// What one redrive moved.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Redriven {
+    /// The dead-letter ids moved back to the queue.
+    pub moved: Vec<String>,
+    /// Whether more may be left to move (only when every one was asked for).
+    pub more: bool,
 }
 
 #[async_trait]

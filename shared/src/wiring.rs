@@ -1,9 +1,11 @@
 //! Wiring: which backends each process gets. Every process builds its `Deps` once, through
 //! the one constructor `Deps::new(Backends { .. })`:
 //!
-//! - A Lambda calls [`lambda_deps`] with its [`Function`]. Each function declares what it
-//!   talks to besides the table and Secrets Manager (which every function uses):
-//!   [`Function::uses`]. `lambda_deps` reads exactly the environment those need (failing
+//! - A Lambda calls [`lambda_deps`] with its [`Function`]. What it talks to besides the
+//!   table and Secrets Manager (which every function uses), [`Function::uses`], follows
+//!   from its IAM grants (`crate::iam`, the one table of each function's AWS actions): a
+//!   queue it is granted something on or is triggered by, a dead-letter queue it is
+//!   granted. `lambda_deps` reads exactly the environment those need (failing
 //!   fast, naming every missing variable; `template.yaml` sets them, and a test in `infra`
 //!   checks it does), builds the SDK clients once, and wires every port the function does
 //!   not use to [`NotWired`]. That adapter refuses loudly (an error log naming the function
@@ -21,8 +23,10 @@ use crate::adapters::aws::{DynamoStore, SecretsManagerStore, SqsQueue};
 use crate::adapters::memory::{MemoryQueue, MemorySecrets, MemoryStore};
 use crate::adapters::meta_graph::MetaGraphClient;
 use crate::config::{ConfigError, EnvReader, Settings};
+use crate::iam::Resource;
 use crate::ports::{
-    Clock, DispatchQueue, MetaAccepted, MetaClient, MetaSendError, Received, SystemClock,
+    Clock, DeadLetter, DispatchQueue, MetaAccepted, MetaClient, MetaSendError, Received, Redriven,
+    SystemClock,
 };
 use crate::secret::Secret;
 use crate::service::{Backends, Deps};
@@ -88,45 +92,55 @@ impl Function {
         }
     }
 
-    /// What the function talks to besides the table and Secrets Manager.
-    pub const fn uses(self) -> &'static [Port] {
-        match self {
-            // Accepted sends and broadcast fan-out jobs are queued for the dispatcher.
-            Function::SendApi => &[Port::DispatchQueue],
-            // Operator, keys, users, settings, audit, export, the retention run: storage only.
-            Function::AdminApi => &[],
-            // A status webhook moves a message on: its callback is queued.
-            Function::Webhook => &[Port::CallbackQueue],
-            // Sends to Meta; retries by visibility timeout and continues a broadcast's
-            // fan-out on the dispatch queue; queues sent/failed callbacks.
-            Function::Dispatcher => &[Port::DispatchQueue, Port::CallbackQueue, Port::Meta],
-            // Consumes the callback queue (a retry is a visibility timeout on it).
-            Function::StatusCallback => &[Port::CallbackQueue],
-            // Deletes what expired, closes out tenants: storage and secrets only.
-            Function::Retention => &[],
-        }
+    /// What the function talks to besides the table and Secrets Manager: the queues its
+    /// grants (`crate::iam`) name, and Meta for the dispatcher.
+    pub fn uses(self) -> Vec<Port> {
+        [Port::DispatchQueue, Port::CallbackQueue, Port::Meta]
+            .into_iter()
+            .filter(|p| self.uses_port(*p))
+            .collect()
     }
 
     pub fn uses_port(self, port: Port) -> bool {
-        self.uses().contains(&port)
+        match port.resources() {
+            Some((queue, dlq)) => self.granted(queue) || self.granted(dlq),
+            // Only the dispatcher sends to Meta.
+            None => self == Function::Dispatcher,
+        }
+    }
+
+    /// Granted the dead-letter queue of `port` (to list and redrive what is parked).
+    pub fn uses_dead_letters(self, port: Port) -> bool {
+        port.resources().is_some_and(|(_, dlq)| self.granted(dlq))
     }
 
     /// The environment variables `lambda_deps` refuses to start without.
     pub fn required_env(self) -> Vec<&'static str> {
         let mut vars = vec!["KIRIM_TABLE"];
-        vars.extend(
-            self.uses()
-                .iter()
-                .filter_map(|p| p.env())
-                .map(|(url, _)| url),
-        );
+        for port in self.uses() {
+            if let Some((url, dlq)) = port.env() {
+                vars.push(url);
+                if self.uses_dead_letters(port) {
+                    vars.push(dlq);
+                }
+            }
+        }
         vars
     }
 }
 
 impl Port {
-    /// A queue's environment variables: its URL (required) and its dead-letter queue's
-    /// URL (optional: only read to peek at parked messages).
+    /// A queue and its dead-letter queue, as IAM resources.
+    pub const fn resources(self) -> Option<(Resource, Resource)> {
+        match self {
+            Port::DispatchQueue => Some((Resource::DispatchQueue, Resource::DispatchDlq)),
+            Port::CallbackQueue => Some((Resource::CallbackQueue, Resource::CallbackDlq)),
+            Port::Meta => None,
+        }
+    }
+
+    /// A queue's environment variables: its URL and its dead-letter queue's URL (read
+    /// only by a function granted the dead-letter queue).
     pub const fn env(self) -> Option<(&'static str, &'static str)> {
         match self {
             Port::DispatchQueue => Some(("KIRIM_DISPATCH_QUEUE_URL", "KIRIM_DISPATCH_DLQ_URL")),
@@ -175,7 +189,7 @@ impl AwsResources {
             let (url, dlq) = port.env()?;
             function.uses_port(port).then(|| QueueUrls {
                 url: env.required(url),
-                dlq_url: env.optional(dlq),
+                dlq_url: function.uses_dead_letters(port).then(|| env.required(dlq)),
             })
         };
         let dispatch_queue = queue(Port::DispatchQueue);
@@ -310,7 +324,7 @@ impl NotWired {
         tracing::error!(
             process = self.process,
             port = %self.port,
-            "a port this process was not wired with was called: declare it in runtime::Function::uses, with its environment and grants in template.yaml"
+            "a port this process was not wired with was called: grant it in kirim::iam (Function::grants), with its environment and grants in template.yaml"
         );
         format!("the {} is not wired in {}", self.port, self.process)
     }
@@ -337,7 +351,10 @@ impl DispatchQueue for NotWired {
     async fn retry_after(&self, _receipt: &str, _delay: Duration) -> Result<(), StoreError> {
         Err(self.refuse())
     }
-    async fn dead_letters(&self) -> Result<Vec<String>, StoreError> {
+    async fn dead_letters(&self, _max: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        Err(self.refuse())
+    }
+    async fn redrive(&self, _ids: Option<&[String]>, _max: usize) -> Result<Redriven, StoreError> {
         Err(self.refuse())
     }
 }
@@ -387,11 +404,24 @@ mod tests {
             ("KIRIM_DISPATCH_QUEUE_URL", "https://sqs/d"),
             ("KIRIM_DISPATCH_DLQ_URL", "https://sqs/d-dlq"),
             ("KIRIM_STATUS_CALLBACK_QUEUE_URL", "https://sqs/c"),
+            ("KIRIM_STATUS_CALLBACK_DLQ_URL", "https://sqs/c-dlq"),
         ];
         for function in Function::ALL {
             let mut env = EnvReader::new(env_of(&all));
             let res = AwsResources::from_env(&mut env, function);
             env.finish().expect("all set");
+            // A dead-letter queue's URL is read only where it is granted.
+            for (urls, port) in [
+                (&res.dispatch_queue, Port::DispatchQueue),
+                (&res.status_callback_queue, Port::CallbackQueue),
+            ] {
+                let dlq = urls.as_ref().and_then(|q| q.dlq_url.as_ref());
+                assert_eq!(
+                    dlq.is_some(),
+                    function.uses_dead_letters(port),
+                    "{function:?} {port}"
+                );
+            }
             assert_eq!(
                 res.dispatch_queue.is_some(),
                 function.uses_port(Port::DispatchQueue),
@@ -403,11 +433,24 @@ mod tests {
                 "{function:?}"
             );
         }
-        // The admin API needs nothing but its table.
+        // Retention needs nothing but its table.
         let mut env = EnvReader::new(env_of(&[("KIRIM_TABLE", "t")]));
-        let res = AwsResources::from_env(&mut env, Function::AdminApi);
+        let res = AwsResources::from_env(&mut env, Function::Retention);
         env.finish().expect("the table is enough");
         assert!(res.dispatch_queue.is_none() && res.status_callback_queue.is_none());
+    }
+
+    #[test]
+    fn the_admin_api_cannot_start_without_the_dead_letter_queues_it_redrives() {
+        let mut env = EnvReader::new(env_of(&[
+            ("KIRIM_TABLE", "t"),
+            ("KIRIM_DISPATCH_QUEUE_URL", "https://sqs/d"),
+            ("KIRIM_STATUS_CALLBACK_QUEUE_URL", "https://sqs/c"),
+        ]));
+        let _ = AwsResources::from_env(&mut env, Function::AdminApi);
+        let err = env.finish().expect_err("no DLQ URLs").to_string();
+        assert!(err.contains("KIRIM_DISPATCH_DLQ_URL"), "{err}");
+        assert!(err.contains("KIRIM_STATUS_CALLBACK_DLQ_URL"), "{err}");
     }
 
     #[tokio::test]

@@ -64,6 +64,8 @@ pub const ROUTES: &[RouteRule] = &[
     rule("PUT", "/v1/platform/tenants/{id}/throughput", Platform),
     rule("PUT", "/v1/platform/tenants/{id}/limits", Platform),
     rule("POST", "/v1/platform/retention/run", Platform),
+    rule("GET", "/v1/platform/dead-letters", Platform),
+    rule("POST", "/v1/platform/dead-letters/redrive", Platform),
     rule("GET", "/v1/account", Tenant(ReadOnly)),
     rule("GET", "/v1/account/export", Tenant(Admin)),
     rule("GET", "/v1/messages", Tenant(ReadOnly)),

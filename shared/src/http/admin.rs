@@ -17,6 +17,7 @@ use crate::ports::{AuditQuery, TenantStatus};
 use crate::service::accounts::{self, AllowListBody, OptionalReason, StatusChangeRequest};
 use crate::service::apikeys::{self, KeyView, NewKey, Rotate};
 use crate::service::audit;
+use crate::service::deadletters::{self, QueueName, RedriveRequest};
 
 fn tenant_json(t: &crate::ports::Tenant) -> serde_json::Value {
     json!({"tenant": views::TenantView::from(t), "status_reason": t.status_reason})
@@ -220,6 +221,59 @@ pub(super) async fn list_audit(
 pub(super) async fn verify_audit(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
     let report = audit::verify(&s.deps, ctx.tenant_id()).await?;
     Ok(Json(report).into_response())
+}
+
+/// `GET /v1/platform/dead-letters`: ids, kinds and counts of parked messages, no content.
+pub(super) async fn list_dead_letters(
+    State(s): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let mut queue = None;
+    let mut limit = 50;
+    for (k, v) in &params {
+        match k.as_str() {
+            "queue" => {
+                queue = Some(QueueName::parse(v).ok_or_else(|| {
+                    ApiError::invalid("queue must be dispatch or status_callback")
+                })?)
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=deadletters::MAX_LIST).contains(l))
+                    .ok_or_else(|| ApiError::invalid("limit must be 1 to 100"))?
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter `{other}`"
+                )))
+            }
+        }
+    }
+    let dead_letters = deadletters::list(&s.deps, queue, limit).await?;
+    Ok(Json(json!({"dead_letters": dead_letters})).into_response())
+}
+
+/// `POST /v1/platform/dead-letters/redrive`: back to the source queue; audited with
+/// counts only.
+pub(super) async fn redrive_dead_letters(
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<RedriveRequest>,
+) -> ApiResult {
+    let requested = req
+        .ids
+        .as_ref()
+        .map_or(json!("all"), |ids| json!(ids.len()));
+    let report = deadletters::redrive(&s.deps, req).await?;
+    let details = json!({
+        "queue": report.queue,
+        "requested": requested,
+        "redriven": report.redriven,
+        "not_found": report.not_found.len(),
+        "more": report.more,
+    });
+    Ok(noted(Json(report).into_response(), None, details))
 }
 
 /// Attaches what the audit trail should know about this call to its response.

@@ -136,6 +136,11 @@ fn admin_api_routes() -> Router<AppState> {
             put(admin::put_tenant_limits),
         )
         .route("/v1/platform/retention/run", post(run_retention))
+        .route("/v1/platform/dead-letters", get(admin::list_dead_letters))
+        .route(
+            "/v1/platform/dead-letters/redrive",
+            post(admin::redrive_dead_letters),
+        )
         .route(
             "/v1/api-keys",
             get(admin::list_keys).post(admin::create_key),

@@ -8,6 +8,7 @@
 //!   `quality` (the opt-out and undeliverable rates), `idempotency`, `throttle` (the
 //!   per-number limiter), `limits` (requests per key and tenant, bad webhook
 //!   signatures per address: in memory), `apikeys`, `retention`;
+//! - `deadletters` (parked queue messages, listed and redriven) → `jobs`;
 //! - `users` (console users, sessions, 2FA, failed-login counters) → `caller`,
 //!   `limits`; `auth` (a token becomes a caller) → `users`; `accounts` (tenants, their status and suspension) → `audit`;
 //!   `optouts` → `quality`; `callbacks` (status callbacks to tenants) → `jobs`;
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod broadcasts;
 pub mod callbacks;
 pub mod caller;
+pub mod deadletters;
 pub mod deadline;
 pub mod dispatch;
 pub mod errors;

@@ -694,10 +694,91 @@ async fn queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queu
             .unwrap();
     }
     assert_eq!(receives, 10, "the template's maxReceiveCount");
+    let parked = p.queue.dead_letters(10).await.unwrap();
     assert_eq!(
-        p.queue.dead_letters().await.unwrap(),
-        vec!["poison".to_owned()]
+        parked.iter().map(|d| d.body.as_str()).collect::<Vec<_>>(),
+        vec!["poison"]
     );
+}
+
+/// Receives every visible message, making each visible again at once, until all have
+/// been received the template's 10 times and are parked.
+async fn park_everything(q: &dyn DispatchQueue) {
+    for _ in 0..15 {
+        let got = q.receive(10, Duration::from_millis(200)).await.unwrap();
+        if got.is_empty() {
+            return;
+        }
+        for m in got {
+            q.retry_after(&m.receipt, Duration::ZERO).await.unwrap();
+        }
+    }
+    panic!("messages still on the queue after 15 rounds");
+}
+
+async fn parked_messages_are_listed_in_place_and_redriven_by_id_or_all_at_once(p: Ports) {
+    let before = Utc::now() - chrono::Duration::minutes(5);
+    for body in ["a", "b", "c"] {
+        p.queue.send(body).await.unwrap();
+    }
+    park_everything(p.queue.as_ref()).await;
+
+    let listed = p.queue.dead_letters(10).await.unwrap();
+    let mut bodies: Vec<&str> = listed.iter().map(|d| d.body.as_str()).collect();
+    bodies.sort();
+    assert_eq!(bodies, ["a", "b", "c"]);
+    for d in &listed {
+        assert!(!d.id.is_empty());
+        assert!(d.receive_count >= 1, "{d:?}");
+        assert!(d.sent_at > before && d.sent_at <= Utc::now(), "{d:?}");
+    }
+    assert!(
+        !format!("{listed:?}").contains("\"b\""),
+        "a dead letter's Debug hides its body"
+    );
+    // Listing takes nothing away, and stops at the limit.
+    assert_eq!(p.queue.dead_letters(10).await.unwrap().len(), 3);
+    assert_eq!(p.queue.dead_letters(2).await.unwrap().len(), 2);
+
+    // By id: that one goes back to the source queue, counted from zero.
+    let b = listed.iter().find(|d| d.body == "b").unwrap().id.clone();
+    let unknown = "no-such-dead-letter".to_owned();
+    let moved = p
+        .queue
+        .redrive(Some(&[b.clone(), unknown]), 100)
+        .await
+        .unwrap();
+    assert_eq!(moved.moved, vec![b.clone()]);
+    assert!(!moved.more);
+    let back = p.queue.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].body, "b");
+    assert_eq!(back[0].receive_count, 1);
+    p.queue.delete(&back[0].receipt).await.unwrap();
+    let left = p.queue.dead_letters(10).await.unwrap();
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().all(|d| d.id != b));
+
+    // All, bounded per call: one, then the rest.
+    let first = p.queue.redrive(None, 1).await.unwrap();
+    assert_eq!((first.moved.len(), first.more), (1, true));
+    let rest = p.queue.redrive(None, 100).await.unwrap();
+    assert_eq!((rest.moved.len(), rest.more), (1, false));
+    assert!(p.queue.dead_letters(10).await.unwrap().is_empty());
+    assert_eq!(
+        p.queue.redrive(None, 100).await.unwrap(),
+        Redriven::default()
+    );
+    let mut again: Vec<String> = p
+        .queue
+        .receive(10, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    again.sort();
+    assert_eq!(again, ["a", "c"]);
 }
 
 async fn secrets_keep_the_previous_version_during_rotation(p: Ports) {
@@ -753,5 +834,6 @@ contract!(
     expired_items_are_invisible_then_removed_by_the_sweep,
     a_wamid_leads_back_to_its_message,
     queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queue,
+    parked_messages_are_listed_in_place_and_redriven_by_id_or_all_at_once,
     secrets_keep_the_previous_version_during_rotation,
 );

@@ -396,9 +396,9 @@ async fn no_content_reaches_a_table_a_queue_or_a_log_line(b: Backend) {
         left.is_empty(),
         "dispatched jobs are deleted from the queue"
     );
-    let dead = app.app.deps.queue.dead_letters().await.expect("dlq");
+    let dead = app.app.deps.queue.dead_letters(100).await.expect("dlq");
     assert!(
-        dead.iter().all(|m| !m.contains(&marker)),
+        dead.iter().all(|m| !m.body.contains(&marker)),
         "content on the dead-letter queue"
     );
     let logs = captured_logs();
@@ -903,9 +903,9 @@ async fn a_poison_job_is_parked_on_the_encrypted_one_day_dlq_and_nowhere_else() 
             .await
             .expect("receive");
     }
-    let parked = app.app.deps.queue.dead_letters().await.expect("dlq");
+    let parked = app.app.deps.queue.dead_letters(100).await.expect("dlq");
     assert!(
-        parked.iter().any(|b| b.contains(&marker)),
+        parked.iter().any(|d| d.body.contains(&marker)),
         "parked on the DLQ: {parked:?}"
     );
     let attrs = sqs

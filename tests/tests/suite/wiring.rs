@@ -1,4 +1,4 @@
-//! Each Lambda gets only the ports `runtime::Function::uses` declares (the rest refuse,
+//! Each Lambda gets only the ports `wiring::Function::uses` declares (the rest refuse,
 //! as `NotWired`). A message travels through all six functions wired exactly so, over
 //! one memory backend: if a function needed a port it does not declare, a step fails.
 

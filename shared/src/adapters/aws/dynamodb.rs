@@ -107,6 +107,21 @@ fn decode_cursor(cursor: &str, tenant: &TenantId) -> Result<Item, StoreError> {
 }
 
 impl DynamoStore {
+    /// The IAM actions this adapter calls (`crate::iam` grants them per function).
+    /// TransactWriteItems is authorised per item by PutItem, UpdateItem and DeleteItem.
+    pub const GET: &'static [&'static str] = &["dynamodb:GetItem"];
+    pub const READ: &'static [&'static str] = &["dynamodb:GetItem", "dynamodb:Query"];
+    pub const WRITE: &'static [&'static str] = &[
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+        "dynamodb:BatchWriteItem",
+    ];
+    /// On the table's index (`gsi1`): queries only.
+    pub const INDEX_READ: &'static [&'static str] = &["dynamodb:Query"];
+    /// The retention sweep (and a tenant's sessions at close-out): the only scans.
+    pub const SWEEP: &'static [&'static str] = &["dynamodb:Scan"];
+
     pub fn new(client: Client, table: impl Into<String>, clock: Arc<dyn Clock>) -> Self {
         Self {
             client,

@@ -14,6 +14,15 @@ pub struct SecretsManagerStore {
 }
 
 impl SecretsManagerStore {
+    /// The IAM actions this adapter calls (`crate::iam` grants them per function).
+    pub const READ: &'static [&'static str] = &["secretsmanager:GetSecretValue"];
+    /// A put: a new version of an existing secret, or the secret created.
+    pub const WRITE: &'static [&'static str] = &[
+        "secretsmanager:PutSecretValue",
+        "secretsmanager:CreateSecret",
+    ];
+    pub const DELETE: &'static [&'static str] = &["secretsmanager:DeleteSecret"];
+
     pub fn new(client: Client) -> Self {
         Self { client }
     }

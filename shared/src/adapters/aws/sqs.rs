@@ -3,10 +3,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
+use chrono::{DateTime, TimeZone, Utc};
 
 use super::classify;
-use crate::ports::{DispatchQueue, Received};
+use crate::ports::{DeadLetter, DispatchQueue, Received, Redriven};
 use crate::store_error::StoreError;
+
+/// How long dead letters being listed or redriven are held out of sight (released at once
+/// after, so only a crash in between leaves them hidden this long).
+const HOLD_SECS: i32 = 30;
+/// The most dead letters one redrive by id looks through.
+const MAX_SCAN: usize = 1000;
+
+/// A dead letter and the receipt of the receive that holds it.
+struct Held {
+    letter: DeadLetter,
+    receipt: String,
+}
 
 /// The dispatch queue on SQS, with its dead-letter queue (redrive is SQS's own).
 pub struct SqsQueue {
@@ -16,6 +29,21 @@ pub struct SqsQueue {
 }
 
 impl SqsQueue {
+    /// The IAM actions this adapter calls (`crate::iam` grants them per function).
+    /// `send` and `send_batch` (SendMessageBatch is authorised as SendMessage).
+    pub const SEND: &'static [&'static str] = &["sqs:SendMessage"];
+    /// `retry_after`: a visibility timeout.
+    pub const BACKOFF: &'static [&'static str] = &["sqs:ChangeMessageVisibility"];
+    /// `receive` and `delete`: local mode's poller (on Lambda the event source does it).
+    pub const CONSUME: &'static [&'static str] = &["sqs:ReceiveMessage", "sqs:DeleteMessage"];
+    /// On the dead-letter queue: `dead_letters` and `redrive` (held, then released or
+    /// deleted).
+    pub const DEAD_LETTERS: &'static [&'static str] = &[
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+    ];
+
     pub fn new(client: Client, url: impl Into<String>, dlq_url: Option<String>) -> Self {
         Self {
             client,
@@ -135,24 +163,134 @@ impl DispatchQueue for SqsQueue {
             .map_err(|e| classify("sqs change visibility", e))
     }
 
-    async fn dead_letters(&self) -> Result<Vec<String>, StoreError> {
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError> {
         let Some(dlq) = &self.dlq_url else {
             return Ok(Vec::new());
         };
-        // A peek: visibility 0 leaves them on the queue for operators.
-        let out = self
-            .client
-            .receive_message()
-            .queue_url(dlq)
-            .max_number_of_messages(10)
-            .visibility_timeout(0)
-            .send()
-            .await
-            .map_err(|e| classify("sqs receive dlq", e))?;
-        Ok(out
-            .messages()
-            .iter()
-            .filter_map(|m| m.body().map(str::to_owned))
-            .collect())
+        let held = self.hold(dlq, max).await?;
+        self.release(dlq, &held).await;
+        Ok(held.into_iter().map(|h| h.letter).collect())
+    }
+
+    async fn redrive(&self, ids: Option<&[String]>, max: usize) -> Result<Redriven, StoreError> {
+        let Some(dlq) = &self.dlq_url else {
+            return Ok(Redriven::default());
+        };
+        // All: one more than moved tells whether more are left. By id: look further.
+        let scan = match ids {
+            None => max.saturating_add(1),
+            Some(_) => MAX_SCAN,
+        };
+        let mut held = self.hold(dlq, scan).await?;
+        let mut chosen = Vec::new();
+        let mut rest = Vec::new();
+        for h in held.drain(..) {
+            let wanted = ids.is_none_or(|ids| ids.contains(&h.letter.id));
+            if wanted && chosen.len() < max {
+                chosen.push(h);
+            } else {
+                rest.push(h);
+            }
+        }
+        let more = ids.is_none() && !rest.is_empty();
+        self.release(dlq, &rest).await;
+        // Back to the source first: a failure here leaves them parked (released).
+        let bodies: Vec<String> = chosen.iter().map(|h| h.letter.body.clone()).collect();
+        if let Err(e) = self.send_batch(&bodies).await {
+            self.release(dlq, &chosen).await;
+            return Err(e);
+        }
+        let mut moved = Vec::with_capacity(chosen.len());
+        for h in chosen {
+            self.client
+                .delete_message()
+                .queue_url(dlq)
+                .receipt_handle(&h.receipt)
+                .send()
+                .await
+                .map_err(|e| classify("sqs delete dlq", e))?;
+            moved.push(h.letter.id);
+        }
+        Ok(Redriven { moved, more })
+    }
+}
+
+impl SqsQueue {
+    /// Receives up to `max` dead letters, holding each out of sight for [`HOLD_SECS`].
+    async fn hold(&self, dlq: &str, max: usize) -> Result<Vec<Held>, StoreError> {
+        let mut held: Vec<Held> = Vec::new();
+        while held.len() < max {
+            let want = (max - held.len()).min(10) as i32;
+            let out = self
+                .client
+                .receive_message()
+                .queue_url(dlq)
+                .max_number_of_messages(want)
+                .visibility_timeout(HOLD_SECS)
+                // Long polling asks every SQS host: a short poll may miss some.
+                .wait_time_seconds(1)
+                .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+                .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+                .send()
+                .await;
+            let out = match out {
+                Ok(out) => out,
+                Err(e) => {
+                    self.release(dlq, &held).await;
+                    return Err(classify("sqs receive dlq", e));
+                }
+            };
+            let before = held.len();
+            for m in out.messages() {
+                let attr = |name: MessageSystemAttributeName| {
+                    m.attributes().and_then(|a| a.get(&name)).cloned()
+                };
+                let (Some(id), Some(receipt), Some(body)) =
+                    (m.message_id(), m.receipt_handle(), m.body())
+                else {
+                    continue;
+                };
+                if held.iter().any(|h| h.letter.id == id) {
+                    continue;
+                }
+                let sent_at = attr(MessageSystemAttributeName::SentTimestamp)
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .and_then(|ms| Utc.timestamp_millis_opt(ms).single())
+                    .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+                held.push(Held {
+                    letter: DeadLetter {
+                        id: id.to_owned(),
+                        body: body.to_owned(),
+                        receive_count: attr(MessageSystemAttributeName::ApproximateReceiveCount)
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(1),
+                        sent_at,
+                    },
+                    receipt: receipt.to_owned(),
+                });
+            }
+            if held.len() == before {
+                break;
+            }
+        }
+        Ok(held)
+    }
+
+    /// Makes held dead letters visible again (best effort: otherwise they reappear when
+    /// the hold lapses).
+    async fn release(&self, dlq: &str, held: &[Held]) {
+        for h in held {
+            if let Err(e) = self
+                .client
+                .change_message_visibility()
+                .queue_url(dlq)
+                .receipt_handle(&h.receipt)
+                .visibility_timeout(0)
+                .send()
+                .await
+            {
+                tracing::warn!(error = %classify("sqs release dlq", e), "a dead letter stays hidden until its hold lapses");
+            }
+        }
     }
 }

@@ -5,15 +5,19 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tokio::sync::{Mutex, Notify};
 
-use crate::ports::{DispatchQueue, Received};
+use crate::ports::{DeadLetter, DispatchQueue, Received, Redriven};
 use crate::store_error::StoreError;
 
 struct Entry {
+    /// Its message id, as SQS would give it (kept when it is dead-lettered).
+    id: String,
     body: String,
     visible_at: Instant,
     receive_count: u32,
+    sent_at: DateTime<Utc>,
 }
 
 /// An SQS-like queue: received messages stay hidden for the visibility timeout and come
@@ -31,7 +35,7 @@ struct State {
     entries: HashMap<u64, Entry>,
     order: Vec<u64>,
     receipts: HashMap<String, u64>,
-    dead: Vec<String>,
+    dead: Vec<DeadLetter>,
 }
 
 impl MemoryQueue {
@@ -42,6 +46,22 @@ impl MemoryQueue {
             visibility,
             max_receives,
         }
+    }
+
+    fn push(state: &mut State, body: String) {
+        state.next += 1;
+        let key = state.next;
+        state.entries.insert(
+            key,
+            Entry {
+                id: crate::domain::new_id(),
+                body,
+                visible_at: Instant::now(),
+                receive_count: 0,
+                sent_at: Utc::now(),
+            },
+        );
+        state.order.push(key);
     }
 
     fn take_visible(&self, state: &mut State, max: usize) -> Vec<Received> {
@@ -61,7 +81,12 @@ impl MemoryQueue {
             if entry.receive_count >= self.max_receives {
                 // Redrive: like SQS, at receive time.
                 if let Some(e) = state.entries.remove(&id) {
-                    state.dead.push(e.body);
+                    state.dead.push(DeadLetter {
+                        id: e.id,
+                        body: e.body,
+                        receive_count: e.receive_count,
+                        sent_at: e.sent_at,
+                    });
                 }
                 state.order.retain(|x| *x != id);
                 continue;
@@ -84,17 +109,7 @@ impl MemoryQueue {
 impl DispatchQueue for MemoryQueue {
     async fn send(&self, body: &str) -> Result<(), StoreError> {
         let mut s = self.state.lock().await;
-        s.next += 1;
-        let id = s.next;
-        s.entries.insert(
-            id,
-            Entry {
-                body: body.to_owned(),
-                visible_at: Instant::now(),
-                receive_count: 0,
-            },
-        );
-        s.order.push(id);
+        Self::push(&mut s, body.to_owned());
         drop(s);
         self.notify.notify_waiters();
         Ok(())
@@ -140,7 +155,29 @@ impl DispatchQueue for MemoryQueue {
         Ok(())
     }
 
-    async fn dead_letters(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self.state.lock().await.dead.clone())
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let s = self.state.lock().await;
+        Ok(s.dead.iter().take(max).cloned().collect())
+    }
+
+    async fn redrive(&self, ids: Option<&[String]>, max: usize) -> Result<Redriven, StoreError> {
+        let mut s = self.state.lock().await;
+        let mut moved = Vec::new();
+        let mut kept = Vec::new();
+        for d in std::mem::take(&mut s.dead) {
+            let wanted = ids.is_none_or(|ids| ids.contains(&d.id));
+            if wanted && moved.len() < max {
+                // Like a SendMessage: a new message, counted from zero.
+                Self::push(&mut s, d.body);
+                moved.push(d.id);
+            } else {
+                kept.push(d);
+            }
+        }
+        let more = ids.is_none() && !kept.is_empty();
+        s.dead = kept;
+        drop(s);
+        self.notify.notify_waiters();
+        Ok(Redriven { moved, more })
     }
 }

@@ -1,0 +1,375 @@
+//! The check that `template.yaml` grants each function exactly what `kirim::iam` lists:
+//! its `Policies` expanded (SAM policy templates as AWS's SAM policy template list defines
+//! them, explicit `Statement`s, `Deny`s applied) plus what SAM attaches for an SQS event
+//! source, compared per resource with `Function::needs()`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kirim::iam::Resource;
+use kirim::wiring::Function;
+use serde_yaml::Value;
+
+const TEMPLATE: &str = include_str!("../../template.yaml");
+
+/// Actions per resource name (a `Resource::in_template` name, `*`, or what the template
+/// says for anything else).
+type Grants = BTreeMap<String, BTreeSet<String>>;
+
+const CRUD: &[&str] = &[
+    "dynamodb:GetItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:PutItem",
+    "dynamodb:Scan",
+    "dynamodb:Query",
+    "dynamodb:UpdateItem",
+    "dynamodb:BatchWriteItem",
+    "dynamodb:BatchGetItem",
+    "dynamodb:DescribeTable",
+    "dynamodb:ConditionCheckItem",
+];
+const READ: &[&str] = &[
+    "dynamodb:GetItem",
+    "dynamodb:Scan",
+    "dynamodb:Query",
+    "dynamodb:BatchGetItem",
+    "dynamodb:DescribeTable",
+];
+const POLLER: &[&str] = &[
+    "sqs:ChangeMessageVisibility",
+    "sqs:ChangeMessageVisibilityBatch",
+    "sqs:DeleteMessage",
+    "sqs:DeleteMessageBatch",
+    "sqs:GetQueueAttributes",
+    "sqs:ReceiveMessage",
+];
+/// The managed `AWSLambdaSQSQueueExecutionRole` SAM attaches for an SQS event (its logs
+/// actions are the basic execution role's too and not checked here), on `*`.
+const SQS_EXECUTION_ROLE: &[&str] = &[
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:GetQueueAttributes",
+];
+
+/// `sqs:SendMessage*` (SQSSendMessagePolicy) matches one IAM action: SendMessageBatch is
+/// authorised as SendMessage. Any other wildcard is refused, to be spelt out.
+fn expand_action(a: &str) -> Result<Vec<String>, String> {
+    match a {
+        "sqs:SendMessage*" => Ok(vec!["sqs:SendMessage".into()]),
+        a if a.contains('*') => Err(format!("unmodelled wildcard action {a}")),
+        a => Ok(vec![a.to_owned()]),
+    }
+}
+
+fn service(action: &str) -> &str {
+    action.split(':').next().unwrap_or_default()
+}
+
+fn resource_service(r: Resource) -> &'static str {
+    match r {
+        Resource::Table | Resource::TableIndexes => "dynamodb",
+        Resource::DispatchQueue
+        | Resource::DispatchDlq
+        | Resource::CallbackQueue
+        | Resource::CallbackDlq => "sqs",
+        Resource::OperatorToken
+        | Resource::MetaAppSecret
+        | Resource::MetaVerifyToken
+        | Resource::TenantSecrets
+        | Resource::CallbackSecrets => "secretsmanager",
+    }
+}
+
+/// The name a template reference resolves to.
+fn resource_name(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Tagged(t) => {
+            let inner = t.value.as_str().unwrap_or_default();
+            match t.tag.to_string().trim_start_matches('!') {
+                "Ref" => inner.to_owned(),
+                "GetAtt" => inner.split('.').next().unwrap_or_default().to_owned(),
+                "Sub" => match inner.split_once(":secret:") {
+                    Some((_, tail)) => format!("secret:{tail}"),
+                    None => inner.to_owned(),
+                },
+                other => format!("!{other} {inner}"),
+            }
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn list(v: Option<&Value>) -> Vec<Value> {
+    match v {
+        Some(Value::Sequence(s)) => s.clone(),
+        Some(v) => vec![v.clone()],
+        None => Vec::new(),
+    }
+}
+
+#[derive(Default)]
+struct Role {
+    allow: Vec<(String, String)>,
+    deny: Vec<(String, Vec<String>, bool)>,
+    problems: Vec<String>,
+}
+
+impl Role {
+    fn allow(&mut self, actions: &[&str], resources: &[String]) {
+        for a in actions {
+            match expand_action(a) {
+                Ok(expanded) => {
+                    for a in expanded {
+                        for r in resources {
+                            self.allow.push((r.clone(), a.clone()));
+                        }
+                    }
+                }
+                Err(e) => self.problems.push(e),
+            }
+        }
+    }
+
+    fn statement(&mut self, st: &Value) {
+        let actions: Vec<String> = list(st.get("Action"))
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        let actions: Vec<&str> = actions.iter().map(String::as_str).collect();
+        if st.get("Condition").is_some() {
+            self.problems.push(format!(
+                "a statement with a Condition is not modelled: {st:?}"
+            ));
+        }
+        let (resources, not) = match (st.get("Resource"), st.get("NotResource")) {
+            (Some(r), None) => (list(Some(r)), false),
+            (None, Some(r)) => (list(Some(r)), true),
+            _ => {
+                self.problems
+                    .push(format!("a statement needs Resource or NotResource: {st:?}"));
+                return;
+            }
+        };
+        let resources: Vec<String> = resources.iter().map(resource_name).collect();
+        match (st.get("Effect").and_then(Value::as_str), not) {
+            (Some("Allow"), false) => self.allow(&actions, &resources),
+            (Some("Deny"), _) => {
+                for a in actions {
+                    match expand_action(a) {
+                        Ok(ex) => {
+                            for a in ex {
+                                self.deny.push((a, resources.clone(), not));
+                            }
+                        }
+                        Err(e) => self.problems.push(e),
+                    }
+                }
+            }
+            _ => self.problems.push(format!(
+                "unmodelled statement (Allow with NotResource?): {st:?}"
+            )),
+        }
+    }
+
+    fn policy(&mut self, p: &Value) {
+        let Some(map) = p.as_mapping() else {
+            self.problems.push(format!(
+                "managed policy {p:?} is not modelled: use a statement"
+            ));
+            return;
+        };
+        for (name, args) in map {
+            let param = |key: &str| args.get(key).map(resource_name).unwrap_or_default();
+            match name.as_str().unwrap_or_default() {
+                "Statement" => {
+                    for st in list(Some(args)) {
+                        self.statement(&st);
+                    }
+                }
+                t @ ("DynamoDBCrudPolicy" | "DynamoDBReadPolicy") => {
+                    let table = param("TableName");
+                    let resources = [table.clone(), format!("${{{table}.Arn}}/index/*")];
+                    let actions = if t == "DynamoDBCrudPolicy" {
+                        CRUD
+                    } else {
+                        READ
+                    };
+                    self.allow(actions, &resources);
+                }
+                "SQSSendMessagePolicy" => self.allow(&["sqs:SendMessage*"], &[param("QueueName")]),
+                "SQSPollerPolicy" => self.allow(POLLER, &[param("QueueName")]),
+                "AWSSecretsManagerGetSecretValuePolicy" => {
+                    self.allow(&["secretsmanager:GetSecretValue"], &[param("SecretArn")])
+                }
+                other => self
+                    .problems
+                    .push(format!("SAM policy template {other} is not modelled here")),
+            }
+        }
+    }
+
+    /// Allows minus denies, `*` spelt out over the stack's resources of the action's
+    /// service (and kept, for everything else).
+    fn effective(&self) -> Grants {
+        let mut out = Grants::new();
+        for (r, a) in &self.allow {
+            out.entry(r.clone()).or_default().insert(a.clone());
+            if r == "*" {
+                for known in Resource::ALL {
+                    if resource_service(known) == service(a) {
+                        out.entry(known.in_template().to_owned())
+                            .or_default()
+                            .insert(a.clone());
+                    }
+                }
+            }
+        }
+        for (a, resources, not) in &self.deny {
+            for (r, actions) in out.iter_mut() {
+                if resources.contains(r) != *not {
+                    actions.remove(a);
+                }
+            }
+        }
+        out.retain(|_, a| !a.is_empty());
+        out
+    }
+}
+
+fn function_props<'a>(doc: &'a Value, logical: &str) -> Option<&'a Value> {
+    doc.get("Resources")?.get(logical)?.get("Properties")
+}
+
+/// What the template grants `function`'s role, and anything it could not read.
+fn granted(doc: &Value, function: Function) -> (Grants, Vec<String>) {
+    let mut role = Role::default();
+    let Some(props) = function_props(doc, function.logical_id()) else {
+        return (Grants::new(), vec!["not in the template".into()]);
+    };
+    for p in list(props.get("Policies")) {
+        role.policy(&p);
+    }
+    if let Some(events) = props.get("Events").and_then(Value::as_mapping) {
+        for (_, event) in events {
+            if event.get("Type").and_then(Value::as_str) == Some("SQS") {
+                role.allow(SQS_EXECUTION_ROLE, &["*".to_owned()]);
+            }
+        }
+    }
+    (role.effective(), role.problems)
+}
+
+/// The table's grants, by template name.
+fn needed(function: Function) -> Grants {
+    function
+        .needs()
+        .into_iter()
+        .map(|(r, a)| {
+            (
+                r.in_template().to_owned(),
+                a.into_iter().map(str::to_owned).collect(),
+            )
+        })
+        .collect()
+}
+
+/// A readable difference, empty when they agree.
+fn diff(function: Function, granted: &Grants, needed: &Grants) -> Vec<String> {
+    let mut lines = Vec::new();
+    let names: BTreeSet<&String> = granted.keys().chain(needed.keys()).collect();
+    let none = BTreeSet::new();
+    for r in names {
+        let g = granted.get(r).unwrap_or(&none);
+        let n = needed.get(r).unwrap_or(&none);
+        for a in g.difference(n) {
+            lines.push(format!(
+                "{}: template grants {a} on {r}, kirim::iam does not list it",
+                function.logical_id()
+            ));
+        }
+        for a in n.difference(g) {
+            lines.push(format!(
+                "{}: kirim::iam lists {a} on {r}, the template does not grant it",
+                function.logical_id()
+            ));
+        }
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_function_is_granted_exactly_the_actions_the_iam_table_lists() {
+        let doc: Value = serde_yaml::from_str(TEMPLATE).expect("template");
+        let mut report = Vec::new();
+        for f in Function::ALL {
+            let (g, problems) = granted(&doc, f);
+            report.extend(
+                problems
+                    .into_iter()
+                    .map(|p| format!("{}: {p}", f.logical_id())),
+            );
+            report.extend(diff(f, &g, &needed(f)));
+        }
+        assert!(
+            report.is_empty(),
+            "template.yaml and kirim::iam disagree:\n  {}",
+            report.join("\n  ")
+        );
+    }
+
+    fn role_of(policies: &str, events: &str) -> Grants {
+        let doc: Value = serde_yaml::from_str(&format!(
+            "Resources:\n  DispatcherFunction:\n    Properties:\n      Policies:\n{policies}\n      Events:\n{events}\n"
+        ))
+        .expect("yaml");
+        let (g, problems) = granted(&doc, Function::Dispatcher);
+        assert!(problems.is_empty(), "{problems:?}");
+        g
+    }
+
+    #[test]
+    fn the_check_sees_what_a_sam_policy_template_grants_beyond_the_code() {
+        let g = role_of(
+            "        - DynamoDBCrudPolicy:\n            TableName: !Ref Table",
+            "        {}",
+        );
+        assert!(g["Table"].contains("dynamodb:Scan"));
+        assert!(g["${Table.Arn}/index/*"].contains("dynamodb:DescribeTable"));
+        let lines = diff(Function::Dispatcher, &g, &needed(Function::Dispatcher));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("grants dynamodb:Scan on Table")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn an_sqs_event_grants_polling_everywhere_until_a_deny_narrows_it() {
+        let event = "        Dispatch:\n          Type: SQS\n          Properties:\n            Queue: !GetAtt DispatchQueue.Arn";
+        let open = role_of("        []", event);
+        assert!(open["*"].contains("sqs:ReceiveMessage"));
+        assert!(open["DispatchDeadLetterQueue"].contains("sqs:DeleteMessage"));
+        let narrowed = role_of(
+            "        - Statement:\n            - Effect: Deny\n              Action: [sqs:ReceiveMessage, sqs:DeleteMessage, sqs:GetQueueAttributes]\n              NotResource: !GetAtt DispatchQueue.Arn",
+            event,
+        );
+        assert!(!narrowed.contains_key("*"), "{narrowed:?}");
+        assert!(!narrowed.contains_key("DispatchDeadLetterQueue"));
+        assert_eq!(narrowed["DispatchQueue"].len(), 3);
+    }
+
+    #[test]
+    fn an_unmodelled_policy_is_reported_not_ignored() {
+        let doc: Value = serde_yaml::from_str(
+            "Resources:\n  DispatcherFunction:\n    Properties:\n      Policies:\n        - AmazonSQSFullAccess\n        - S3CrudPolicy:\n            BucketName: b\n",
+        )
+        .expect("yaml");
+        let (_, problems) = granted(&doc, Function::Dispatcher);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+}

@@ -1,0 +1,384 @@
+//! IAM, enough and no more: ONE table of the AWS actions each Lambda may call, per
+//! resource ([`Function::grants`]). The actions are the ones the AWS adapters declare they
+//! call (`DynamoStore::READ`, `SqsQueue::SEND`, ...; a test here reads the adapters and
+//! fails on an SDK call whose action its adapter does not declare). The wiring reads the
+//! table: a function is wired with a queue only if it is granted something on it (or the
+//! queue triggers it), and reads a dead-letter queue's URL only if it is granted that queue.
+//! A test in `infra` expands `template.yaml`'s policies and checks each function's role
+//! grants exactly this table plus what its SQS event source needs ([`EVENT_SOURCE`]).
+
+use std::fmt;
+
+use crate::adapters::aws::{DynamoStore, SecretsManagerStore, SqsQueue};
+use crate::wiring::Function;
+
+/// What a grant is on: the stack's resources, as `template.yaml` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    /// `Table` itself.
+    Table,
+    /// `Table`'s indexes (`${Table.Arn}/index/*`).
+    TableIndexes,
+    DispatchQueue,
+    DispatchDlq,
+    CallbackQueue,
+    CallbackDlq,
+    /// `OperatorTokenSecret`.
+    OperatorToken,
+    /// `MetaAppSecret`.
+    MetaAppSecret,
+    /// `MetaVerifyTokenSecret`.
+    MetaVerifyToken,
+    /// Every tenant's secrets: `${StackName}/tenants/*` (Meta tokens, callback secrets).
+    TenantSecrets,
+    /// Tenants' status-callback secrets only: `${StackName}/tenants/*/status-callback-secret*`.
+    CallbackSecrets,
+}
+
+impl Resource {
+    pub const ALL: [Resource; 11] = [
+        Resource::Table,
+        Resource::TableIndexes,
+        Resource::DispatchQueue,
+        Resource::DispatchDlq,
+        Resource::CallbackQueue,
+        Resource::CallbackDlq,
+        Resource::OperatorToken,
+        Resource::MetaAppSecret,
+        Resource::MetaVerifyToken,
+        Resource::TenantSecrets,
+        Resource::CallbackSecrets,
+    ];
+
+    /// How `template.yaml` refers to it: a logical id, or the ARN pattern (`!Sub`) after
+    /// the stack's own prefix.
+    pub const fn in_template(self) -> &'static str {
+        match self {
+            Resource::Table => "Table",
+            Resource::TableIndexes => "${Table.Arn}/index/*",
+            Resource::DispatchQueue => "DispatchQueue",
+            Resource::DispatchDlq => "DispatchDeadLetterQueue",
+            Resource::CallbackQueue => "StatusCallbackQueue",
+            Resource::CallbackDlq => "StatusCallbackDeadLetterQueue",
+            Resource::OperatorToken => "OperatorTokenSecret",
+            Resource::MetaAppSecret => "MetaAppSecret",
+            Resource::MetaVerifyToken => "MetaVerifyTokenSecret",
+            Resource::TenantSecrets => "secret:${AWS::StackName}/tenants/*",
+            Resource::CallbackSecrets => {
+                "secret:${AWS::StackName}/tenants/*/status-callback-secret*"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.in_template())
+    }
+}
+
+/// Some actions on one resource. A function's grants on a resource are the union of its
+/// rows for it.
+#[derive(Clone, Copy, Debug)]
+pub struct Grant {
+    pub resource: Resource,
+    pub actions: &'static [&'static str],
+}
+
+const fn on(resource: Resource, actions: &'static [&'static str]) -> Grant {
+    Grant { resource, actions }
+}
+
+/// What Lambda's SQS event source mapping calls with the function's role on the queue
+/// that triggers it (SAM attaches the managed `AWSLambdaSQSQueueExecutionRole`, whose
+/// grant is on `*`; the template narrows it back to the trigger with a `Deny`).
+pub const EVENT_SOURCE: &[&str] = &[
+    "sqs:ReceiveMessage",
+    "sqs:DeleteMessage",
+    "sqs:GetQueueAttributes",
+];
+
+use Resource::*;
+
+/// The table itself and its index, as every function that reads and writes state uses it.
+const STATE: [Grant; 3] = [
+    on(Table, DynamoStore::READ),
+    on(Table, DynamoStore::WRITE),
+    on(TableIndexes, DynamoStore::INDEX_READ),
+];
+
+const SEND_API: &[Grant] = &[
+    STATE[0],
+    STATE[1],
+    STATE[2],
+    // Accepted messages and broadcast fan-outs.
+    on(DispatchQueue, SqsQueue::SEND),
+    // A bearer token is compared with the operator token before it is looked up as a key.
+    on(OperatorToken, SecretsManagerStore::READ),
+];
+
+const ADMIN_API: &[Grant] = &[
+    STATE[0],
+    STATE[1],
+    STATE[2],
+    // `POST /v1/platform/retention/run` is the daily sweep, run on demand.
+    on(Table, DynamoStore::SWEEP),
+    on(OperatorToken, SecretsManagerStore::READ),
+    // Tenants' Meta tokens and callback secrets are written here, never read; removed on a
+    // failed onboarding, a callback turned off and the retention run's close-out.
+    on(TenantSecrets, SecretsManagerStore::WRITE),
+    on(TenantSecrets, SecretsManagerStore::DELETE),
+    // Dead letters: listed and redriven (received, sent back to the source, deleted).
+    on(DispatchDlq, SqsQueue::DEAD_LETTERS),
+    on(DispatchQueue, SqsQueue::SEND),
+    on(CallbackDlq, SqsQueue::DEAD_LETTERS),
+    on(CallbackQueue, SqsQueue::SEND),
+];
+
+const WEBHOOK: &[Grant] = &[
+    STATE[0],
+    STATE[1],
+    STATE[2],
+    on(MetaAppSecret, SecretsManagerStore::READ),
+    on(MetaVerifyToken, SecretsManagerStore::READ),
+    on(CallbackQueue, SqsQueue::SEND),
+];
+
+const DISPATCHER: &[Grant] = &[
+    STATE[0],
+    STATE[1],
+    STATE[2],
+    on(TenantSecrets, SecretsManagerStore::READ),
+    // Backoff between attempts is a visibility timeout; a broadcast's fan-out continues
+    // on the same queue.
+    on(DispatchQueue, SqsQueue::BACKOFF),
+    on(DispatchQueue, SqsQueue::SEND),
+    on(CallbackQueue, SqsQueue::SEND),
+];
+
+const STATUS_CALLBACK: &[Grant] = &[
+    // The tenant's callback setting, by key.
+    on(Table, DynamoStore::GET),
+    on(CallbackSecrets, SecretsManagerStore::READ),
+    on(CallbackQueue, SqsQueue::BACKOFF),
+];
+
+const RETENTION: &[Grant] = &[
+    STATE[0],
+    STATE[1],
+    STATE[2],
+    on(Table, DynamoStore::SWEEP),
+    on(TenantSecrets, SecretsManagerStore::DELETE),
+];
+
+impl Function {
+    /// The one table: every AWS action this function may call, per resource.
+    pub const fn grants(self) -> &'static [Grant] {
+        match self {
+            Function::SendApi => SEND_API,
+            Function::AdminApi => ADMIN_API,
+            Function::Webhook => WEBHOOK,
+            Function::Dispatcher => DISPATCHER,
+            Function::StatusCallback => STATUS_CALLBACK,
+            Function::Retention => RETENTION,
+        }
+    }
+
+    /// The queue whose SQS event source invokes it.
+    pub const fn trigger(self) -> Option<Resource> {
+        match self {
+            Function::Dispatcher => Some(Resource::DispatchQueue),
+            Function::StatusCallback => Some(Resource::CallbackQueue),
+            _ => None,
+        }
+    }
+
+    /// Granted anything on `resource` (or invoked by it).
+    pub fn granted(self, resource: Resource) -> bool {
+        self.trigger() == Some(resource) || self.grants().iter().any(|g| g.resource == resource)
+    }
+
+    /// Every action its role needs, per resource: the table plus its event source's.
+    pub fn needs(
+        self,
+    ) -> std::collections::BTreeMap<Resource, std::collections::BTreeSet<&'static str>> {
+        let mut out: std::collections::BTreeMap<_, std::collections::BTreeSet<_>> =
+            Default::default();
+        for g in self.grants() {
+            out.entry(g.resource)
+                .or_default()
+                .extend(g.actions.iter().copied());
+        }
+        if let Some(q) = self.trigger() {
+            out.entry(q)
+                .or_default()
+                .extend(EVENT_SOURCE.iter().copied());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::*;
+
+    /// SDK operations (the fluent builder's method) and the IAM actions they need.
+    /// TransactWriteItems is authorised per item (below), batch SQS calls by the single one.
+    const OPERATIONS: &[(&str, &[&str])] = &[
+        ("get_item", &["dynamodb:GetItem"]),
+        ("put_item", &["dynamodb:PutItem"]),
+        ("update_item", &["dynamodb:UpdateItem"]),
+        ("delete_item", &["dynamodb:DeleteItem"]),
+        ("query", &["dynamodb:Query"]),
+        ("scan", &["dynamodb:Scan"]),
+        ("batch_write_item", &["dynamodb:BatchWriteItem"]),
+        ("batch_get_item", &["dynamodb:BatchGetItem"]),
+        ("transact_get_items", &["dynamodb:GetItem"]),
+        ("describe_table", &["dynamodb:DescribeTable"]),
+        ("send_message", &["sqs:SendMessage"]),
+        ("send_message_batch", &["sqs:SendMessage"]),
+        ("receive_message", &["sqs:ReceiveMessage"]),
+        ("delete_message", &["sqs:DeleteMessage"]),
+        ("delete_message_batch", &["sqs:DeleteMessage"]),
+        (
+            "change_message_visibility",
+            &["sqs:ChangeMessageVisibility"],
+        ),
+        (
+            "change_message_visibility_batch",
+            &["sqs:ChangeMessageVisibility"],
+        ),
+        ("get_queue_attributes", &["sqs:GetQueueAttributes"]),
+        ("start_message_move_task", &["sqs:StartMessageMoveTask"]),
+        ("get_secret_value", &["secretsmanager:GetSecretValue"]),
+        ("put_secret_value", &["secretsmanager:PutSecretValue"]),
+        ("create_secret", &["secretsmanager:CreateSecret"]),
+        ("delete_secret", &["secretsmanager:DeleteSecret"]),
+        ("describe_secret", &["secretsmanager:DescribeSecret"]),
+        ("tag_resource", &["secretsmanager:TagResource"]),
+    ];
+
+    /// The items of a TransactWriteItems call, by their builders.
+    const TRANSACT_ITEMS: &[(&str, &str)] = &[
+        ("Put::builder()", "dynamodb:PutItem"),
+        ("Update::builder()", "dynamodb:UpdateItem"),
+        ("Delete::builder()", "dynamodb:DeleteItem"),
+        ("ConditionCheck::builder()", "dynamodb:ConditionCheckItem"),
+    ];
+
+    fn called_in(files: &[&Path]) -> BTreeSet<&'static str> {
+        let mut called = BTreeSet::new();
+        for file in files {
+            let text = std::fs::read_to_string(file).expect("adapter source");
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (op, actions) in OPERATIONS {
+                if code.contains(&format!(".{op}()")) {
+                    called.extend(actions.iter().copied());
+                }
+            }
+            for (builder, action) in TRANSACT_ITEMS {
+                if code.contains(builder) {
+                    called.insert(*action);
+                }
+            }
+        }
+        called
+    }
+
+    fn rs_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                rs_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn every_aws_call_an_adapter_makes_is_an_action_it_declares() {
+        let aws = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/adapters/aws");
+        let mut dynamo = vec![aws.join("dynamodb.rs"), aws.join("users.rs")];
+        rs_files(&aws.join("dynamodb"), &mut dynamo);
+        /// An adapter, its source files, and the action lists it declares.
+        type Case = (
+            &'static str,
+            Vec<std::path::PathBuf>,
+            Vec<&'static [&'static str]>,
+        );
+        let cases: [Case; 3] = [
+            (
+                "DynamoStore",
+                dynamo,
+                vec![
+                    DynamoStore::GET,
+                    DynamoStore::READ,
+                    DynamoStore::WRITE,
+                    DynamoStore::INDEX_READ,
+                    DynamoStore::SWEEP,
+                ],
+            ),
+            (
+                "SqsQueue",
+                vec![aws.join("sqs.rs")],
+                vec![
+                    SqsQueue::SEND,
+                    SqsQueue::BACKOFF,
+                    SqsQueue::CONSUME,
+                    SqsQueue::DEAD_LETTERS,
+                ],
+            ),
+            (
+                "SecretsManagerStore",
+                vec![aws.join("secrets_manager.rs")],
+                vec![
+                    SecretsManagerStore::READ,
+                    SecretsManagerStore::WRITE,
+                    SecretsManagerStore::DELETE,
+                ],
+            ),
+        ];
+        for (adapter, files, declared) in cases {
+            let files: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+            let called = called_in(&files);
+            let declared: BTreeSet<&str> = declared.into_iter().flatten().copied().collect();
+            let undeclared: Vec<_> = called.difference(&declared).collect();
+            assert!(
+                undeclared.is_empty(),
+                "{adapter} calls {undeclared:?} without declaring it (add it to its action \
+                 lists, then to the functions' grants in iam.rs and template.yaml)"
+            );
+            let unused: Vec<_> = declared.difference(&called).collect();
+            assert!(
+                unused.is_empty(),
+                "{adapter} declares {unused:?} but never calls it"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_sweep_scans_the_table_and_only_its_callers_may() {
+        for f in Function::ALL {
+            let scans = f.needs().values().any(|a| a.contains("dynamodb:Scan"));
+            assert_eq!(
+                scans,
+                matches!(f, Function::Retention | Function::AdminApi),
+                "{f:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_triggered_function_needs_its_event_source_actions_on_its_queue_only() {
+        let needs = Function::Dispatcher.needs();
+        for a in EVENT_SOURCE {
+            assert!(needs[&Resource::DispatchQueue].contains(a));
+        }
+        assert!(!needs.contains_key(&Resource::DispatchDlq));
+        assert!(!needs.contains_key(&Resource::CallbackDlq));
+    }
+}
