@@ -418,6 +418,9 @@ pub trait SecretStore: Send + Sync {
     async fn get_secret(&self, name: &str) -> Result<Option<Secret>, StoreError>;
     /// The previous version (during rotation), if any.
     async fn get_previous_secret(&self, name: &str) -> Result<Option<Secret>, StoreError>;
+    /// When the current version was stored (Secrets Manager: AWSCURRENT's `CreatedDate`):
+    /// the rotation time, from which the previous version's grace window runs.
+    async fn rotated_at(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError>;
 }
 
