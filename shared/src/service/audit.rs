@@ -1,6 +1,9 @@
 //! The audit trail: one SHA-256 hash chain per tenant (and one for the platform), so any
 //! edit or deletion inside the retained window is detectable. Events expire with the
-//! audit retention class; verification starts at the oldest retained link.
+//! audit retention class; verification starts at the oldest retained link. Each head is
+//! signed with the audit key (a checkpoint), so a truncated, wiped or re-hashed chain is
+//! detected; an event the chain cannot take is parked and linked in later, never dropped.
+//! Choices and threat model: README, "The audit trail".
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
