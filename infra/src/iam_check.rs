@@ -74,6 +74,7 @@ fn resource_service(r: Resource) -> &'static str {
         Resource::OperatorToken
         | Resource::MetaAppSecret
         | Resource::MetaVerifyToken
+        | Resource::AuditKey
         | Resource::TenantSecrets
         | Resource::CallbackSecrets => "secretsmanager",
     }

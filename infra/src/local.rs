@@ -88,6 +88,8 @@ pub struct LocalSecrets {
     pub operator_token: Secret,
     pub meta_app_secret: Secret,
     pub meta_verify_token: Secret,
+    /// Signs the audit chains' heads (always generated; nobody types it in).
+    pub audit_key: Secret,
     /// Which of them were generated (and so must be shown to the user).
     pub generated: Vec<&'static str>,
 }
@@ -206,6 +208,7 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
             "",
             &mut generated,
         ),
+        audit_key: Secret::generate(""),
         generated,
     };
 
@@ -248,6 +251,7 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
             settings.meta_app_secret = name("MetaAppSecret", &settings.meta_app_secret);
             settings.meta_verify_token_secret =
                 name("MetaVerifyTokenSecret", &settings.meta_verify_token_secret);
+            settings.audit_key_secret = name("AuditKeySecret", &settings.audit_key_secret);
             settings.secret_prefix = format!("{}/", cfg.stack_name);
             let meta = meta_client(&settings)?;
             Deps::new(aws_backends(
@@ -269,6 +273,19 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
     ] {
         deps.secrets
             .put(name, value)
+            .await
+            .map_err(|e| LocalError::Secrets(e.to_string()))?;
+    }
+    // The audit key is kept across restarts on a persistent emulator: a new one each start
+    // would leave the chains' heads signed by a key no longer known.
+    let existing = deps
+        .secrets
+        .current(&s.audit_key_secret)
+        .await
+        .map_err(|e| LocalError::Secrets(e.to_string()))?;
+    if existing.is_none() {
+        deps.secrets
+            .put(&s.audit_key_secret, &secrets.audit_key)
             .await
             .map_err(|e| LocalError::Secrets(e.to_string()))?;
     }

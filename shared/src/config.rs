@@ -30,6 +30,11 @@ pub struct Settings {
     pub operator_token_secret: String,
     pub meta_app_secret: String,
     pub meta_verify_token_secret: String,
+    /// The key that signs each audit chain's head (its checkpoint).
+    pub audit_key_secret: String,
+    /// How long after a rotation the previous operator token and Meta app secret are still
+    /// accepted.
+    pub rotation_grace: Duration,
     /// How long a message may stay `sending` after an ambiguous timeout before it is
     /// marked failed (if no webhook settled it).
     pub sending_deadline: Duration,
@@ -64,6 +69,8 @@ impl Default for Settings {
             operator_token_secret: "kirim/operator-token".into(),
             meta_app_secret: "kirim/meta-app-secret".into(),
             meta_verify_token_secret: "kirim/meta-verify-token".into(),
+            audit_key_secret: "kirim/audit-key".into(),
+            rotation_grace: Duration::from_secs(24 * 3600),
             sending_deadline: Duration::from_secs(24 * 3600),
             callbacks_allow_private: false,
             callback_backoff: Duration::from_secs(30),
@@ -237,6 +244,8 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
                 "KIRIM_META_VERIFY_TOKEN_SECRET_ID",
                 &format!("{prefix}meta-verify-token"),
             ),
+            audit_key_secret: self.or("KIRIM_AUDIT_KEY_SECRET_ID", &format!("{prefix}audit-key")),
+            rotation_grace: self.duration("KIRIM_ROTATION_GRACE", d.rotation_grace),
             sending_deadline: self.duration("KIRIM_SENDING_DEADLINE", d.sending_deadline),
             callbacks_allow_private: self
                 .number("KIRIM_CALLBACKS_ALLOW_PRIVATE", d.callbacks_allow_private),

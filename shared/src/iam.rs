@@ -29,6 +29,8 @@ pub enum Resource {
     MetaAppSecret,
     /// `MetaVerifyTokenSecret`.
     MetaVerifyToken,
+    /// `AuditKeySecret`: the key that signs audit chain heads.
+    AuditKey,
     /// Every tenant's secrets: `${StackName}/tenants/*` (Meta tokens, callback secrets).
     TenantSecrets,
     /// Tenants' status-callback secrets only: `${StackName}/tenants/*/status-callback-secret*`.
@@ -36,7 +38,7 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub const ALL: [Resource; 11] = [
+    pub const ALL: [Resource; 12] = [
         Resource::Table,
         Resource::TableIndexes,
         Resource::DispatchQueue,
@@ -46,6 +48,7 @@ impl Resource {
         Resource::OperatorToken,
         Resource::MetaAppSecret,
         Resource::MetaVerifyToken,
+        Resource::AuditKey,
         Resource::TenantSecrets,
         Resource::CallbackSecrets,
     ];
@@ -63,6 +66,7 @@ impl Resource {
             Resource::OperatorToken => "OperatorTokenSecret",
             Resource::MetaAppSecret => "MetaAppSecret",
             Resource::MetaVerifyToken => "MetaVerifyTokenSecret",
+            Resource::AuditKey => "AuditKeySecret",
             Resource::TenantSecrets => "secret:${AWS::StackName}/tenants/*",
             Resource::CallbackSecrets => {
                 "secret:${AWS::StackName}/tenants/*/status-callback-secret*"
@@ -115,6 +119,8 @@ const SEND_API: &[Grant] = &[
     on(DispatchQueue, SqsQueue::SEND),
     // A bearer token is compared with the operator token before it is looked up as a key.
     on(OperatorToken, SecretsManagerStore::READ),
+    // Audit events are appended here: the chain's head is signed.
+    on(AuditKey, SecretsManagerStore::READ),
 ];
 
 const ADMIN_API: &[Grant] = &[
@@ -124,6 +130,7 @@ const ADMIN_API: &[Grant] = &[
     // `POST /v1/platform/retention/run` is the daily sweep, run on demand.
     on(Table, DynamoStore::SWEEP),
     on(OperatorToken, SecretsManagerStore::READ),
+    on(AuditKey, SecretsManagerStore::READ),
     // Tenants' Meta tokens and callback secrets are written here, never read; removed on a
     // failed onboarding, a callback turned off and the retention run's close-out.
     on(TenantSecrets, SecretsManagerStore::WRITE),
@@ -142,6 +149,8 @@ const WEBHOOK: &[Grant] = &[
     on(MetaAppSecret, SecretsManagerStore::READ),
     on(MetaVerifyToken, SecretsManagerStore::READ),
     on(CallbackQueue, SqsQueue::SEND),
+    // Meta's account_update suspends tenants, audited.
+    on(AuditKey, SecretsManagerStore::READ),
 ];
 
 const DISPATCHER: &[Grant] = &[
@@ -154,6 +163,8 @@ const DISPATCHER: &[Grant] = &[
     on(DispatchQueue, SqsQueue::BACKOFF),
     on(DispatchQueue, SqsQueue::SEND),
     on(CallbackQueue, SqsQueue::SEND),
+    // A tenant suspended on Meta's signal is audited.
+    on(AuditKey, SecretsManagerStore::READ),
 ];
 
 const STATUS_CALLBACK: &[Grant] = &[
@@ -169,6 +180,8 @@ const RETENTION: &[Grant] = &[
     STATE[2],
     on(Table, DynamoStore::SWEEP),
     on(TenantSecrets, SecretsManagerStore::DELETE),
+    // The retention report is audited.
+    on(AuditKey, SecretsManagerStore::READ),
 ];
 
 impl Function {

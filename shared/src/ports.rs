@@ -466,6 +466,9 @@ pub trait SecretStore: Send + Sync {
     async fn get_secret(&self, name: &str) -> Result<Option<Secret>, StoreError>;
     /// The previous version (during rotation), if any.
     async fn get_previous_secret(&self, name: &str) -> Result<Option<Secret>, StoreError>;
+    /// When the current version was stored (Secrets Manager: AWSCURRENT's `CreatedDate`):
+    /// the rotation time, from which the previous version's grace window runs.
+    async fn rotated_at(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError>;
 }
 
@@ -537,6 +540,12 @@ pub struct AuditEvent {
     pub prev_hash: String,
     pub hash: String,
     pub expires_at: Option<i64>,
+    /// The previous event's expiry (hashed with this event when present), so that the
+    /// oldest retained event says when its predecessor may lawfully be gone: a deletion
+    /// before then is detected. `None` on the first event and on events written before
+    /// it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_expires_at: Option<i64>,
 }
 
 /// How an audited action ended.
@@ -558,11 +567,58 @@ impl AuditOutcome {
     }
 }
 
-/// The newest link of a chain.
+/// The newest link of a chain, and its checkpoint: `signature` (hex HMAC-SHA256 with the
+/// audit key, `service::audit::checkpoint_signature`) covers the chain, `seq`, `hash` and
+/// `expires_at`, so a head rewritten without the key is detected.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AuditHead {
     pub seq: u64,
     pub hash: String,
+    /// The newest event's expiry.
+    pub expires_at: Option<i64>,
+    /// `None`: written without a key (before anchoring, or with no audit key configured).
+    pub signature: Option<String>,
+}
+
+/// One event appended to a chain, with the new head's signature; `parked`: the id of the
+/// parked event it comes from, whose outbox item goes in the same atomic write.
+#[derive(Clone, Debug)]
+pub struct AuditLink<'a> {
+    pub event: &'a AuditEvent,
+    /// The head the event was computed against (`None`: an empty chain).
+    pub expected: Option<&'a AuditHead>,
+    pub signature: Option<String>,
+    pub parked: Option<&'a str>,
+}
+
+impl<'a> AuditLink<'a> {
+    /// A fresh event after `expected`, unsigned (the service signs its links).
+    pub fn new(event: &'a AuditEvent, expected: Option<&'a AuditHead>) -> Self {
+        Self {
+            event,
+            expected,
+            signature: None,
+            parked: None,
+        }
+    }
+}
+
+/// An audit event whose append failed, kept durably in the chain's outbox until a later
+/// append (or the retention run) links it in, oldest first. It expires with the audit
+/// class.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ParkedAudit {
+    pub chain: String,
+    /// A ULID: outbox order is id order.
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub actor_type: String,
+    pub actor_id: String,
+    pub action: String,
+    pub ip: Option<String>,
+    pub outcome: AuditOutcome,
+    pub details: String,
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -578,13 +634,17 @@ pub struct AuditQuery {
 #[async_trait]
 pub trait AuditLog: Send + Sync {
     async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError>;
-    /// Appends `event` only if the chain's head is still `expected` (`None`: an empty
-    /// chain), moving the head to it, atomically. `Conflict` if another append won.
-    async fn append(
-        &self,
-        event: &AuditEvent,
-        expected: Option<&AuditHead>,
-    ) -> Result<(), StoreError>;
+    /// The head and whether any event is parked for the chain, in one read.
+    async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError>;
+    /// Appends `link.event` only if the chain's head is still at `link.expected`'s
+    /// sequence number (`None`: an empty chain), moving the head to it with the new
+    /// signature and removing the parked event `link.parked`, atomically. `Conflict` if
+    /// another append won or the parked event is already gone.
+    async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError>;
+    /// Keeps an event whose append failed (an unconditional, idempotent write).
+    async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError>;
+    /// The chain's live parked events, oldest first, at most `limit`.
+    async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError>;
     /// Newest first, matching the query; the next cursor if there may be more.
     async fn list(
         &self,

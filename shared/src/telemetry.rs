@@ -4,12 +4,67 @@
 //! a `request` span (request id, route, tenant, message), a queue job in a `job` span
 //! (its ids and the id of the request that accepted it).
 
+use tracing_subscriber::filter::Directive;
 use tracing_subscriber::EnvFilter;
+
+/// Crates whose debug and trace output carries whole requests, events or bodies (tokens,
+/// passwords, message content): capped at these levels whatever `RUST_LOG` says. A
+/// directive's target matches by prefix (`aws_sdk` covers every `aws_sdk_*` crate).
+const CAPS: [&str; 13] = [
+    "lambda_runtime=info",
+    "lambda_http=info",
+    "hyper=warn",
+    "hyper_util=warn",
+    "h2=warn",
+    "reqwest=warn",
+    "rustls=warn",
+    "aws_smithy=warn",
+    "aws_sdk=warn",
+    "aws_config=warn",
+    "aws_runtime=warn",
+    "tower_http=info",
+    "tower=info",
+];
+
+/// The log filter from a `RUST_LOG`-style spec (`info` when absent or unreadable). The
+/// spec's own directives for a capped crate (or a module of one, which would be more
+/// specific than the cap) are dropped, and the [`CAPS`] added.
+pub fn env_filter(spec: Option<&str>) -> EnvFilter {
+    let capped = |directive: &str| {
+        let target = directive
+            .split(['=', '['])
+            .next()
+            .unwrap_or_default()
+            .trim();
+        CAPS.iter()
+            .filter_map(|c| c.split('=').next())
+            .any(|prefix| !target.is_empty() && target.starts_with(prefix))
+    };
+    let kept = spec.map(|s| {
+        s.split(',')
+            .filter(|d| !capped(d))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let mut filter = kept
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    for cap in CAPS {
+        if let Ok(d) = cap.parse::<Directive>() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
+}
+
+fn filter_from_env() -> EnvFilter {
+    env_filter(std::env::var("RUST_LOG").ok().as_deref())
+}
 
 pub fn init_json() {
     let _ = tracing_subscriber::fmt()
         .json()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(filter_from_env())
         // Span fields (request id, tenant, message) ride on every line as `spans`.
         .with_current_span(false)
         .with_span_list(true)
@@ -20,7 +75,7 @@ pub fn init_json() {
 
 pub fn init_pretty() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(filter_from_env())
         .with_target(false)
         .try_init();
 }
@@ -55,4 +110,116 @@ pub fn request_id() -> Option<String> {
 /// Records the tenant a request or job acts for on the current span.
 pub fn record_tenant(tenant: &impl std::fmt::Display) {
     tracing::Span::current().record("tenant_id", tracing::field::display(tenant));
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Which of `targets` log at `level` under the filter built from `spec`.
+    fn enabled(spec: &str, targets: &[&'static str], level: Level) -> Vec<&'static str> {
+        let subscriber = tracing_subscriber::registry().with(env_filter(Some(spec)));
+        tracing::subscriber::with_default(subscriber, || {
+            targets
+                .iter()
+                .copied()
+                .filter(|t| match (*t, level) {
+                    ("lambda_runtime", Level::DEBUG) => {
+                        tracing::enabled!(target: "lambda_runtime", Level::DEBUG)
+                    }
+                    ("lambda_runtime", _) => {
+                        tracing::enabled!(target: "lambda_runtime", Level::TRACE)
+                    }
+                    ("lambda_http", Level::DEBUG) => {
+                        tracing::enabled!(target: "lambda_http", Level::DEBUG)
+                    }
+                    ("lambda_http", _) => tracing::enabled!(target: "lambda_http", Level::TRACE),
+                    ("hyper::proto", Level::DEBUG) => {
+                        tracing::enabled!(target: "hyper::proto", Level::DEBUG)
+                    }
+                    ("hyper::proto", _) => tracing::enabled!(target: "hyper::proto", Level::TRACE),
+                    ("reqwest::connect", Level::DEBUG) => {
+                        tracing::enabled!(target: "reqwest::connect", Level::DEBUG)
+                    }
+                    ("reqwest::connect", _) => {
+                        tracing::enabled!(target: "reqwest::connect", Level::TRACE)
+                    }
+                    ("h2::codec", Level::DEBUG) => {
+                        tracing::enabled!(target: "h2::codec", Level::DEBUG)
+                    }
+                    ("h2::codec", _) => tracing::enabled!(target: "h2::codec", Level::TRACE),
+                    ("aws_smithy_runtime::client", Level::DEBUG) => {
+                        tracing::enabled!(target: "aws_smithy_runtime::client", Level::DEBUG)
+                    }
+                    ("aws_smithy_runtime::client", _) => {
+                        tracing::enabled!(target: "aws_smithy_runtime::client", Level::TRACE)
+                    }
+                    ("aws_sdk_dynamodb::client", Level::DEBUG) => {
+                        tracing::enabled!(target: "aws_sdk_dynamodb::client", Level::DEBUG)
+                    }
+                    ("aws_sdk_dynamodb::client", _) => {
+                        tracing::enabled!(target: "aws_sdk_dynamodb::client", Level::TRACE)
+                    }
+                    ("tower_http::trace", Level::DEBUG) => {
+                        tracing::enabled!(target: "tower_http::trace", Level::DEBUG)
+                    }
+                    ("tower_http::trace", _) => {
+                        tracing::enabled!(target: "tower_http::trace", Level::TRACE)
+                    }
+                    ("kirim::service", Level::DEBUG) => {
+                        tracing::enabled!(target: "kirim::service", Level::DEBUG)
+                    }
+                    ("kirim::service", _) => {
+                        tracing::enabled!(target: "kirim::service", Level::TRACE)
+                    }
+                    _ => false,
+                })
+                .collect()
+        })
+    }
+
+    const NOISY: [&str; 8] = [
+        "lambda_runtime",
+        "lambda_http",
+        "hyper::proto",
+        "reqwest::connect",
+        "h2::codec",
+        "aws_smithy_runtime::client",
+        "aws_sdk_dynamodb::client",
+        "tower_http::trace",
+    ];
+
+    #[test]
+    fn at_trace_the_runtime_and_http_crates_stay_capped_while_kirim_logs_everything() {
+        for spec in [
+            "trace",
+            "debug",
+            "trace,lambda_runtime=trace,aws_smithy_runtime=trace",
+        ] {
+            for level in [Level::DEBUG, Level::TRACE] {
+                assert_eq!(
+                    enabled(spec, &NOISY, level),
+                    Vec::<&str>::new(),
+                    "{spec} at {level}"
+                );
+            }
+        }
+        assert_eq!(
+            enabled("trace", &["kirim::service"], Level::TRACE),
+            vec!["kirim::service"]
+        );
+        assert_eq!(
+            enabled("debug", &["kirim::service"], Level::DEBUG),
+            vec!["kirim::service"]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_spec_falls_back_to_info_with_the_caps() {
+        assert!(enabled("=!bad[", &["kirim::service"], Level::DEBUG).is_empty());
+        assert!(enabled("=!bad[", &NOISY, Level::DEBUG).is_empty());
+    }
 }

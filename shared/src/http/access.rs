@@ -339,7 +339,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 };
                 details.insert("status".into(), status.as_u16().into());
                 let (actor_type, actor_id) = note.actor.unwrap_or_else(|| actor(caller.as_ref()));
-                audit::record_or_log(
+                audit::record_or_park(
                     &state.deps,
                     audit::Draft {
                         tenant: tenant.or(note.tenant),
@@ -370,7 +370,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 .map_or("denied", |i| i.code);
             tracing::info!(route = %path, method = %parts.method, outcome = "denied", reason = code, "request refused");
             let (actor_type, actor_id) = actor(denial.caller.as_ref());
-            audit::record_or_log(
+            audit::record_or_park(
                 &state.deps,
                 audit::Draft {
                     tenant: caller_tenant(denial.caller.as_ref()),

@@ -235,7 +235,7 @@ pub async fn suspend_for_meta(deps: &Deps, tenant: &TenantId, reason: &str, by: 
     {
         Ok(_) => {
             tracing::warn!(tenant_id = %tenant, reason = %reason, "tenant suspended on meta's signal");
-            super::audit::record_or_log(
+            super::audit::record_or_park(
                 deps,
                 super::audit::Draft {
                     tenant: Some(tenant.clone()),

@@ -1,13 +1,18 @@
 //! The audit trail: one SHA-256 hash chain per tenant (and one for the platform), so any
 //! edit or deletion inside the retained window is detectable. Events expire with the
-//! audit retention class; verification starts at the oldest retained link.
+//! audit retention class; verification starts at the oldest retained link. Each head is
+//! signed with the audit key (a checkpoint), so a truncated, wiped or re-hashed chain is
+//! detected; an event the chain cannot take is parked and linked in later, never dropped.
+//! Choices and threat model: README, "The audit trail".
 
 use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{new_id, RetentionClass, TenantId};
-use crate::ports::{AuditEvent, AuditHead, AuditOutcome, AuditQuery};
+use crate::ports::{AuditEvent, AuditHead, AuditLink, AuditOutcome, AuditQuery, ParkedAudit};
+use crate::secret::Secret;
 use crate::store_error::StoreError;
 
 use super::errors::ServiceError;
@@ -37,9 +42,10 @@ pub fn chain_of(tenant: Option<&TenantId>) -> String {
 }
 
 /// SHA-256 over the previous hash and every field, as a JSON array (no delimiter
-/// ambiguity).
+/// ambiguity). `prev_expires_at` is appended only when present, so events written before
+/// it existed keep their hashes.
 pub fn hash_of(e: &AuditEvent) -> String {
-    let canonical = serde_json::json!([
+    let mut canonical = serde_json::json!([
         e.prev_hash,
         e.chain,
         e.seq,
@@ -53,40 +59,206 @@ pub fn hash_of(e: &AuditEvent) -> String {
         e.details,
         e.expires_at,
     ]);
+    if let (Some(p), Some(fields)) = (e.prev_expires_at, canonical.as_array_mut()) {
+        fields.push(p.into());
+    }
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-/// Appends an event, retrying when a concurrent append moved the head first.
+/// What a link is made of, before its place in the chain is known.
+struct Content {
+    at: DateTime<Utc>,
+    actor_type: String,
+    actor_id: String,
+    action: String,
+    ip: Option<String>,
+    outcome: AuditOutcome,
+    details: String,
+}
+
+impl Content {
+    fn of_draft(d: Draft, at: DateTime<Utc>) -> Self {
+        Self {
+            at,
+            actor_type: d.actor_type.to_owned(),
+            actor_id: d.actor_id,
+            action: d.action,
+            ip: d.ip,
+            outcome: d.outcome,
+            details: d.details.to_string(),
+        }
+    }
+
+    fn of_parked(p: &ParkedAudit) -> Self {
+        Self {
+            at: p.at,
+            actor_type: p.actor_type.clone(),
+            actor_id: p.actor_id.clone(),
+            action: p.action.clone(),
+            ip: p.ip.clone(),
+            outcome: p.outcome,
+            details: p.details.clone(),
+        }
+    }
+}
+
+/// Attempts an append makes before it gives up (each after a short random pause).
+const ATTEMPTS: usize = 20;
+/// Parked events one append links in at most before its own (the rest wait for the next).
+const DRAIN_BATCH: usize = 25;
+
+/// What the checkpoint signature covers: the chain, the head's sequence number and hash,
+/// and the newest event's expiry (so a wiped chain can be told from an expired one).
+fn checkpoint_message(chain: &str, seq: u64, hash: &str, expires_at: Option<i64>) -> String {
+    serde_json::json!(["kirim-audit-checkpoint/1", chain, seq, hash, expires_at]).to_string()
+}
+
+/// The hex HMAC-SHA256 of a head's checkpoint under `key`.
+pub fn checkpoint_signature(
+    key: &Secret,
+    chain: &str,
+    seq: u64,
+    hash: &str,
+    expires_at: Option<i64>,
+) -> Option<String> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).ok()?;
+    mac.update(checkpoint_message(chain, seq, hash, expires_at).as_bytes());
+    Some(hex::encode(mac.finalize().into_bytes()))
+}
+
+fn signature_matches(key: &Secret, chain: &str, head: &AuditHead, sig: &str) -> bool {
+    let Ok(sig) = hex::decode(sig) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()) else {
+        return false;
+    };
+    mac.update(checkpoint_message(chain, head.seq, &head.hash, head.expires_at).as_bytes());
+    mac.verify_slice(&sig).is_ok()
+}
+
+/// The audit key (current first, then the previous one during its rotation).
+async fn audit_keys(deps: &Deps) -> Result<Vec<Secret>, ServiceError> {
+    let name = &deps.settings.audit_key_secret;
+    Ok([
+        deps.secrets.current(name).await?,
+        deps.secrets.previous(name).await?,
+    ]
+    .into_iter()
+    .flatten()
+    .collect())
+}
+
+/// One attempt to link `content` after `head`; `parked`: the outbox item it comes from.
+async fn link(
+    deps: &Deps,
+    chain: &str,
+    content: &Content,
+    head: Option<&AuditHead>,
+    parked: Option<&str>,
+    key: Option<&Secret>,
+) -> Result<AuditEvent, StoreError> {
+    let mut event = AuditEvent {
+        chain: chain.to_owned(),
+        seq: head.map_or(1, |h| h.seq + 1),
+        id: new_id(),
+        at: content.at,
+        actor_type: content.actor_type.clone(),
+        actor_id: content.actor_id.clone(),
+        action: content.action.clone(),
+        ip: content.ip.clone(),
+        outcome: content.outcome,
+        details: content.details.clone(),
+        prev_hash: head.map_or_else(|| GENESIS.to_owned(), |h| h.hash.clone()),
+        hash: String::new(),
+        // From the time it is linked (not when it happened), so expiry never decreases
+        // along the chain, also for a parked event linked in late.
+        expires_at: deps
+            .settings
+            .retention
+            .expiry(RetentionClass::Audit, deps.clock.now()),
+        prev_expires_at: head.and_then(|h| h.expires_at),
+    };
+    event.hash = hash_of(&event);
+    let signature =
+        key.and_then(|k| checkpoint_signature(k, chain, event.seq, &event.hash, event.expires_at));
+    deps.audit
+        .append(&AuditLink {
+            event: &event,
+            expected: head,
+            signature,
+            parked,
+        })
+        .await?;
+    Ok(event)
+}
+
+async fn pause() {
+    let jitter = rand::random::<u64>() % 15;
+    tokio::time::sleep(std::time::Duration::from_millis(2 + jitter)).await;
+}
+
+/// Links the chain's parked events in, oldest first (at most a batch); how many.
+pub async fn drain(deps: &Deps, chain: &str) -> Result<usize, ServiceError> {
+    let keys = audit_keys(deps).await?;
+    drain_with(deps, chain, keys.first()).await
+}
+
+async fn drain_with(deps: &Deps, chain: &str, key: Option<&Secret>) -> Result<usize, ServiceError> {
+    let mut linked = 0;
+    let mut attempts = 0;
+    'batch: while linked < DRAIN_BATCH && attempts < ATTEMPTS {
+        let parked = deps.audit.parked(chain, DRAIN_BATCH - linked).await?;
+        if parked.is_empty() {
+            break;
+        }
+        for p in &parked {
+            let head = deps.audit.head(chain).await?;
+            match link(
+                deps,
+                chain,
+                &Content::of_parked(p),
+                head.as_ref(),
+                Some(&p.id),
+                key,
+            )
+            .await
+            {
+                Ok(e) => {
+                    linked += 1;
+                    tracing::info!(chain = %chain, seq = e.seq, action = %e.action, "parked audit event linked in");
+                }
+                // Another append moved the head, or another drain linked it: read again.
+                Err(StoreError::Conflict(_)) => {
+                    attempts += 1;
+                    pause().await;
+                    continue 'batch;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(linked)
+}
+
+/// Appends an event, retrying when a concurrent append moved the head first. Events
+/// parked earlier on the chain are linked in first, so the chain keeps their order.
 pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceError> {
     let chain = chain_of(draft.tenant.as_ref());
-    let details = draft.details.to_string();
-    for _ in 0..20 {
-        let head = deps.audit.head(&chain).await?;
-        let at = deps.clock.now();
-        let mut event = AuditEvent {
-            chain: chain.clone(),
-            seq: head.as_ref().map_or(1, |h| h.seq + 1),
-            id: new_id(),
-            at,
-            actor_type: draft.actor_type.to_owned(),
-            actor_id: draft.actor_id.clone(),
-            action: draft.action.clone(),
-            ip: draft.ip.clone(),
-            outcome: draft.outcome,
-            details: details.clone(),
-            prev_hash: head
-                .as_ref()
-                .map_or_else(|| GENESIS.to_owned(), |h| h.hash.clone()),
-            hash: String::new(),
-            expires_at: deps.settings.retention.expiry(RetentionClass::Audit, at),
-        };
-        event.hash = hash_of(&event);
-        match deps.audit.append(&event, head.as_ref()).await {
-            Ok(()) => return Ok(event),
-            Err(StoreError::Conflict(_)) => {
-                let jitter = rand::random::<u64>() % 15;
-                tokio::time::sleep(std::time::Duration::from_millis(2 + jitter)).await;
-            }
+    let content = Content::of_draft(draft, deps.clock.now());
+    let keys = audit_keys(deps).await?;
+    let key = keys.first();
+    let mut drained = false;
+    for _ in 0..ATTEMPTS {
+        let (head, parked) = deps.audit.tip(&chain).await?;
+        if parked && !drained {
+            drained = true;
+            drain_with(deps, &chain, key).await?;
+            continue;
+        }
+        match link(deps, &chain, &content, head.as_ref(), None, key).await {
+            Ok(event) => return Ok(event),
+            Err(StoreError::Conflict(_)) => pause().await,
             Err(e) => return Err(e.into()),
         }
     }
@@ -95,12 +267,37 @@ pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceErro
     )))
 }
 
-/// Records and never fails the caller: the action already happened, so a lost audit
-/// write is logged loudly (and alarmed on) instead.
-pub async fn record_or_log(deps: &Deps, draft: Draft) {
-    let action = draft.action.clone();
-    if let Err(e) = record(deps, draft).await {
-        tracing::error!(error = %e, action = %action, "AUDIT WRITE FAILED");
+/// Records and never fails the caller (the action already happened): when the chain
+/// cannot take the event now (contention, a store error), the event is parked durably in
+/// the chain's outbox and linked in by the chain's next append, in order. Only if the
+/// park fails too is the event lost, and that is logged as an error (and alarmed on).
+pub async fn record_or_park(deps: &Deps, draft: Draft) {
+    let chain = chain_of(draft.tenant.as_ref());
+    let at = deps.clock.now();
+    let parked = ParkedAudit {
+        chain,
+        id: ulid::Ulid::from_datetime(at.into()).to_string(),
+        at,
+        actor_type: draft.actor_type.to_owned(),
+        actor_id: draft.actor_id.clone(),
+        action: draft.action.clone(),
+        ip: draft.ip.clone(),
+        outcome: draft.outcome,
+        details: draft.details.to_string(),
+        expires_at: deps.settings.retention.expiry(RetentionClass::Audit, at),
+    };
+    let Err(e) = record(deps, draft).await else {
+        return;
+    };
+    match deps.audit.park(&parked).await {
+        Ok(()) => tracing::warn!(
+            error = %e, action = %parked.action, parked_id = %parked.id,
+            "audit event parked: its chain's next append links it in"
+        ),
+        Err(pe) => tracing::error!(
+            error = %e, park_error = %pe, action = %parked.action,
+            "AUDIT EVENT LOST: neither appended nor parked"
+        ),
     }
 }
 
@@ -151,73 +348,232 @@ pub struct VerifyReport {
     /// The first sequence number where the chain breaks, if it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broken_at: Option<u64>,
+    /// Why the chain is not valid (absent when it is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Events parked after a failed append and not linked in yet (absent when none).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub parked: usize,
 }
 
-/// Checks a run of retained events, oldest first, against each other and the head. The
-/// oldest retained event anchors the chain (older ones expired by design); any edited
-/// field, removed event in between, or removed newest event breaks it.
-pub fn verify_chain(events: &[AuditEvent], head: Option<&AuditHead>) -> VerifyReport {
-    let broken = |at: u64, checked: usize| VerifyReport {
-        valid: false,
-        checked,
-        broken_at: Some(at),
-    };
-    let mut prev: Option<&AuditEvent> = None;
-    for (i, e) in events.iter().enumerate() {
-        if hash_of(e) != e.hash {
-            return broken(e.seq, i);
-        }
-        if let Some(p) = prev {
-            if e.seq != p.seq + 1 || e.prev_hash != p.hash {
-                return broken(e.seq, i);
-            }
-        } else if e.seq == 1 && e.prev_hash != GENESIS {
-            return broken(e.seq, i);
-        }
-        prev = Some(e);
-    }
-    match (prev, head) {
-        (Some(last), Some(h)) if last.seq != h.seq || last.hash != h.hash => {
-            broken(last.seq + 1, events.len())
-        }
-        (None, Some(h)) if h.seq > 0 && events.is_empty() => VerifyReport {
-            // Everything expired: nothing left to contradict the head.
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl VerifyReport {
+    fn valid(checked: usize) -> Self {
+        Self {
             valid: true,
+            checked,
+            broken_at: None,
+            reason: None,
+            parked: 0,
+        }
+    }
+
+    fn broken(checked: usize, at: Option<u64>, reason: String) -> Self {
+        Self {
+            valid: false,
+            checked,
+            broken_at: at,
+            reason: Some(reason),
+            parked: 0,
+        }
+    }
+}
+
+/// Checks a chain's retained events one at a time, oldest first, in bounded memory: each
+/// against its hash and its predecessor; the oldest retained one against its
+/// predecessor's expiry (deleted early?); the newest against the signed head.
+pub struct ChainCheck {
+    /// Epoch seconds: what has expired by now may be gone.
+    now: i64,
+    checked: usize,
+    last: Option<(u64, String)>,
+    broken: Option<(u64, String)>,
+}
+
+impl ChainCheck {
+    pub fn new(now: i64) -> Self {
+        Self {
+            now,
             checked: 0,
-            broken_at: None,
-        },
-        (Some(last), None) => broken(last.seq, events.len()),
-        _ => VerifyReport {
-            valid: true,
-            checked: events.len(),
-            broken_at: None,
-        },
+            last: None,
+            broken: None,
+        }
+    }
+
+    /// Takes the next event; `false` once the chain is broken (feed no more).
+    pub fn feed(&mut self, e: &AuditEvent) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        let problem = if hash_of(e) != e.hash {
+            Some(format!("event {} does not match its hash", e.seq))
+        } else {
+            match &self.last {
+                Some((seq, _)) if e.seq != seq + 1 => {
+                    Some(format!("events {} to {} are missing", seq + 1, e.seq - 1))
+                }
+                Some((seq, hash)) if &e.prev_hash != hash => {
+                    Some(format!("event {} does not link to event {seq}", e.seq))
+                }
+                Some(_) => None,
+                None if e.seq == 1 && e.prev_hash != GENESIS => {
+                    Some("event 1 does not start the chain".into())
+                }
+                None if e.seq > 1 && e.prev_expires_at.is_some_and(|x| x > self.now) => Some(
+                    format!("events before {} were deleted before they expired", e.seq),
+                ),
+                None => None,
+            }
+        };
+        if let Some(reason) = problem {
+            self.broken = Some((e.seq, reason));
+            return false;
+        }
+        self.checked += 1;
+        self.last = Some((e.seq, e.hash.clone()));
+        true
+    }
+
+    /// The verdict against the chain's head and the audit keys (none: not anchored).
+    pub fn finish(self, chain: &str, head: Option<&AuditHead>, keys: &[Secret]) -> VerifyReport {
+        let checked = self.checked;
+        if let Some((at, reason)) = self.broken {
+            return VerifyReport::broken(checked, Some(at), reason);
+        }
+        let Some(h) = head else {
+            return match self.last {
+                Some((seq, _)) => {
+                    VerifyReport::broken(checked, Some(seq), "the chain's head is gone".into())
+                }
+                None => VerifyReport::valid(0),
+            };
+        };
+        match (&h.signature, keys.is_empty()) {
+            (None, false) => {
+                return VerifyReport::broken(checked, None, "the chain's head is not signed".into())
+            }
+            (Some(_), true) => {
+                return VerifyReport::broken(
+                    checked,
+                    None,
+                    "no audit key to check the head's signature with".into(),
+                )
+            }
+            (Some(sig), false) if !keys.iter().any(|k| signature_matches(k, chain, h, sig)) => {
+                return VerifyReport::broken(
+                    checked,
+                    None,
+                    "the chain's head does not match its signature: rewritten".into(),
+                )
+            }
+            _ => {}
+        }
+        match self.last {
+            Some((seq, hash)) if seq == h.seq && hash == h.hash => VerifyReport::valid(checked),
+            Some((seq, _)) if seq < h.seq => VerifyReport::broken(
+                checked,
+                Some(seq + 1),
+                format!("events {} to {} are missing", seq + 1, h.seq),
+            ),
+            Some((seq, _)) => VerifyReport::broken(
+                checked,
+                Some(seq),
+                format!("event {seq} is not the signed head"),
+            ),
+            // Nothing retained: fine if the newest event has expired, else a wipe.
+            None if h.seq > 0 && h.expires_at.is_none_or(|x| x > self.now) => VerifyReport::broken(
+                0,
+                Some(h.seq),
+                format!(
+                    "the chain was wiped: its newest event ({}) is gone before it expired",
+                    h.seq
+                ),
+            ),
+            None => VerifyReport::valid(0),
+        }
     }
 }
 
-/// Verifies a tenant's whole retained chain (paged reads).
+/// Checks a whole run of events at once (tests; `verify` streams instead).
+pub fn verify_chain(
+    chain: &str,
+    events: &[AuditEvent],
+    head: Option<&AuditHead>,
+    keys: &[Secret],
+    now: i64,
+) -> VerifyReport {
+    let mut check = ChainCheck::new(now);
+    for e in events {
+        if !check.feed(e) {
+            break;
+        }
+    }
+    check.finish(chain, head, keys)
+}
+
+/// Parked events counted at most (a report, not an inventory).
+const PARKED_COUNTED: usize = 1000;
+/// Events read per page while verifying.
+const VERIFY_PAGE: usize = 500;
+
+/// Verifies a tenant's whole retained chain, a page at a time (memory stays bounded
+/// whatever the chain's length). Events appended after the head was read are left for the
+/// next verification.
 pub async fn verify(deps: &Deps, tenant: &TenantId) -> Result<VerifyReport, ServiceError> {
     let chain = chain_of(Some(tenant));
     let head = deps.audit.head(&chain).await?;
-    let mut events = Vec::new();
+    let keys = audit_keys(deps).await?;
+    let mut check = ChainCheck::new(deps.clock.now().timestamp());
     let mut after = None;
-    loop {
-        let page = deps.audit.ascending(&chain, after, 500).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.seq);
-        let full = page.len() == 500;
-        events.extend(page);
+    'pages: loop {
+        let page = deps.audit.ascending(&chain, after, VERIFY_PAGE).await?;
+        let full = page.len() == VERIFY_PAGE;
+        for e in &page {
+            if head.as_ref().is_some_and(|h| e.seq > h.seq) || !check.feed(e) {
+                break 'pages;
+            }
+            after = Some(e.seq);
+        }
         if !full {
             break;
         }
     }
-    Ok(verify_chain(&events, head.as_ref()))
+    let mut report = check.finish(&chain, head.as_ref(), &keys);
+    report.parked = deps.audit.parked(&chain, PARKED_COUNTED).await?.len();
+    if head.is_none() && report.valid && report.parked == 0 {
+        // A tenant's onboarding is audited on its chain: a tenant younger than the audit
+        // retention without a chain lost it.
+        if let Some(t) = deps.tenants.get_tenant(tenant).await? {
+            let kept = deps
+                .settings
+                .retention
+                .expiry(RetentionClass::Audit, t.created_at);
+            if kept.is_some_and(|x| x > deps.clock.now().timestamp()) {
+                return Ok(VerifyReport::broken(
+                    0,
+                    None,
+                    "the tenant's audit chain is missing".into(),
+                ));
+            }
+        }
+    }
+    Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const NOW: i64 = 1_000;
+
+    fn key() -> Secret {
+        Secret::new("audit-key")
+    }
+
+    /// `n` events, the first `n_expired` already expired at `NOW`.
     fn chain(n: u64) -> Vec<AuditEvent> {
         let mut out: Vec<AuditEvent> = Vec::new();
         for seq in 1..=n {
@@ -234,7 +590,9 @@ mod tests {
                 details: r#"{"message_id":"m"}"#.into(),
                 prev_hash: out.last().map_or(GENESIS.to_owned(), |p| p.hash.clone()),
                 hash: String::new(),
-                expires_at: Some(1),
+                // Event `seq` expires at `NOW - 10 + seq * 5`: the first two have expired.
+                expires_at: Some(NOW - 10 + seq as i64 * 5),
+                prev_expires_at: out.last().and_then(|p| p.expires_at),
             };
             e.hash = hash_of(&e);
             out.push(e);
@@ -246,22 +604,29 @@ mod tests {
         AuditHead {
             seq: e.seq,
             hash: e.hash.clone(),
+            expires_at: e.expires_at,
+            signature: checkpoint_signature(&key(), "t", e.seq, &e.hash, e.expires_at),
         }
+    }
+
+    fn check(events: &[AuditEvent], h: &AuditHead) -> VerifyReport {
+        verify_chain("t", events, Some(h), &[key()], NOW)
     }
 
     #[test]
     fn an_untouched_chain_verifies() {
         let c = chain(5);
-        let r = verify_chain(&c, Some(&head(&c[4])));
-        assert_eq!((r.valid, r.checked), (true, 5));
+        let r = check(&c, &head(&c[4]));
+        assert_eq!((r.valid, r.checked, r.reason), (true, 5, None));
     }
 
     #[test]
     fn an_edited_field_breaks_the_chain_at_that_event() {
         let mut c = chain(5);
         c[2].outcome = AuditOutcome::Denied;
-        let r = verify_chain(&c, Some(&head(&c[4])));
+        let r = check(&c, &head(&c[4]));
         assert_eq!((r.valid, r.broken_at), (false, Some(3)));
+        assert_eq!(r.reason.as_deref(), Some("event 3 does not match its hash"));
     }
 
     #[test]
@@ -269,7 +634,7 @@ mod tests {
         let mut c = chain(5);
         c[2].details = r#"{"message_id":"other"}"#.into();
         c[2].hash = hash_of(&c[2]);
-        let r = verify_chain(&c, Some(&head(&c[4])));
+        let r = check(&c, &head(&c[4]));
         assert_eq!((r.valid, r.broken_at), (false, Some(4)));
     }
 
@@ -279,16 +644,86 @@ mod tests {
         let h = head(&c[4]);
         let mut middle = c.clone();
         middle.remove(2);
-        assert!(!verify_chain(&middle, Some(&h)).valid);
-        let newest_gone = &c[..4];
-        assert!(!verify_chain(newest_gone, Some(&h)).valid);
+        assert!(!check(&middle, &h).valid);
+        let newest_gone = check(&c[..4], &h);
+        assert_eq!(
+            newest_gone.reason.as_deref(),
+            Some("events 5 to 5 are missing")
+        );
     }
 
     #[test]
     fn a_chain_whose_oldest_events_expired_still_verifies_from_the_oldest_retained() {
         let c = chain(6);
-        let r = verify_chain(&c[3..], Some(&head(&c[5])));
-        assert_eq!((r.valid, r.checked), (true, 3));
-        assert!(verify_chain(&[], Some(&head(&c[5]))).valid);
+        // Events 1 and 2 expired at NOW: a chain from 3 on is whole.
+        let r = check(&c[2..], &head(&c[5]));
+        assert_eq!((r.valid, r.checked), (true, 4));
+    }
+
+    #[test]
+    fn oldest_events_deleted_before_they_expired_are_detected() {
+        let c = chain(6);
+        // Event 3 expires after NOW: a chain that starts at 4 lost it early.
+        let r = check(&c[3..], &head(&c[5]));
+        assert!(!r.valid);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("events before 4 were deleted before they expired")
+        );
+    }
+
+    #[test]
+    fn a_wiped_chain_is_told_from_one_that_expired() {
+        let c = chain(6);
+        let r = check(&[], &head(&c[5]));
+        assert!(!r.valid);
+        assert!(r.reason.unwrap().contains("wiped"));
+        // A head whose newest event expired, with nothing left: all expired by design.
+        let c = chain(1);
+        assert!(check(&[], &head(&c[0])).valid);
+    }
+
+    #[test]
+    fn a_chain_rewritten_with_recomputed_hashes_fails_on_the_signed_head() {
+        let mut c = chain(4);
+        c[1].outcome = AuditOutcome::Denied;
+        for i in 1..4 {
+            c[i].prev_hash = c[i - 1].hash.clone();
+            c[i].hash = hash_of(&c[i]);
+        }
+        let mut forged = head(&c[3]);
+        forged.signature = checkpoint_signature(
+            &Secret::new("a guess"),
+            "t",
+            forged.seq,
+            &forged.hash,
+            forged.expires_at,
+        );
+        let r = check(&c, &forged);
+        assert!(!r.valid);
+        assert!(r.reason.unwrap().contains("does not match its signature"));
+        let mut unsigned = head(&c[3]);
+        unsigned.signature = None;
+        assert_eq!(
+            check(&c, &unsigned).reason.as_deref(),
+            Some("the chain's head is not signed")
+        );
+    }
+
+    #[test]
+    fn a_signature_covers_the_chain_so_a_head_cannot_move_between_chains() {
+        let c = chain(2);
+        let h = head(&c[1]);
+        assert!(!verify_chain("other", &c, Some(&h), &[key()], NOW).valid);
+    }
+
+    #[test]
+    fn events_written_before_prev_expires_at_keep_their_hashes() {
+        let mut e = chain(1).remove(0);
+        let with = hash_of(&e);
+        e.prev_expires_at = Some(5);
+        assert_ne!(hash_of(&e), with, "the field is hashed when present");
+        e.prev_expires_at = None;
+        assert_eq!(hash_of(&e), with);
     }
 }

@@ -10,7 +10,8 @@ use super::errors::ServiceError;
 use super::Deps;
 
 /// Resolves a bearer token. Operator tokens are compared in constant time against the
-/// current and (during rotation) previous value; API keys are looked up by hash.
+/// current value and, for `rotation_grace` after a rotation, the previous one; API keys
+/// are looked up by hash.
 pub async fn authenticate(deps: &Deps, token: Option<&str>) -> Result<Caller, ServiceError> {
     let token = token
         .filter(|t| !t.is_empty() && t.len() <= 512)
@@ -21,7 +22,9 @@ pub async fn authenticate(deps: &Deps, token: Option<&str>) -> Result<Caller, Se
     let name = &deps.settings.operator_token_secret;
     for s in [
         deps.secrets.current(name).await?,
-        deps.secrets.previous(name).await?,
+        deps.secrets
+            .previous_within(name, deps.settings.rotation_grace, deps.clock.now())
+            .await?,
     ]
     .into_iter()
     .flatten()

@@ -49,6 +49,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 use crate::config::Settings;
 use crate::ports::{
     ApiKeyStore, AuditLog, BroadcastStore, Clock, DispatchQueue, IdempotencyStore, Ledger,
@@ -179,13 +181,15 @@ impl Deps {
 
 /// (secret name, previous version?)
 type CacheKey = (String, bool);
+/// A read: the value, and for a previous version the time its successor was stored.
+type CacheEntry = (Instant, Option<Secret>, Option<DateTime<Utc>>);
 
 /// Secrets read through a short-lived cache, so a warm Lambda does not call Secrets
 /// Manager on every request, yet picks up a rotation within `ttl`.
 pub struct SecretCache {
     store: Arc<dyn SecretStore>,
     ttl: Duration,
-    cache: Mutex<HashMap<CacheKey, (Instant, Option<Secret>)>>,
+    cache: Mutex<HashMap<CacheKey, CacheEntry>>,
 }
 
 impl SecretCache {
@@ -201,32 +205,58 @@ impl SecretCache {
         &self.store
     }
 
-    async fn read(&self, name: &str, previous: bool) -> Result<Option<Secret>, StoreError> {
+    async fn read(
+        &self,
+        name: &str,
+        previous: bool,
+    ) -> Result<(Option<Secret>, Option<DateTime<Utc>>), StoreError> {
         let key = (name.to_owned(), previous);
         if let Ok(cache) = self.cache.lock() {
-            if let Some((at, v)) = cache.get(&key) {
+            if let Some((at, v, rotated)) = cache.get(&key) {
                 if at.elapsed() < self.ttl {
-                    return Ok(v.clone());
+                    return Ok((v.clone(), *rotated));
                 }
             }
         }
-        let v = if previous {
-            self.store.get_previous_secret(name).await?
+        let (v, rotated) = if previous {
+            match self.store.get_previous_secret(name).await? {
+                Some(v) => (Some(v), self.store.rotated_at(name).await?),
+                None => (None, None),
+            }
         } else {
-            self.store.get_secret(name).await?
+            (self.store.get_secret(name).await?, None)
         };
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(key, (Instant::now(), v.clone()));
+            cache.insert(key, (Instant::now(), v.clone(), rotated));
         }
-        Ok(v)
+        Ok((v, rotated))
     }
 
     pub async fn current(&self, name: &str) -> Result<Option<Secret>, StoreError> {
-        self.read(name, false).await
+        Ok(self.read(name, false).await?.0)
     }
 
+    /// The previous version, whenever it was replaced (keys that verify old records, such
+    /// as the audit key).
     pub async fn previous(&self, name: &str) -> Result<Option<Secret>, StoreError> {
-        self.read(name, true).await
+        Ok(self.read(name, true).await?.0)
+    }
+
+    /// The previous version only within `grace` of the rotation that replaced it
+    /// (credentials callers present: the operator token, the Meta app secret). Without a
+    /// known rotation time it is refused.
+    pub async fn previous_within(
+        &self,
+        name: &str,
+        grace: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Secret>, StoreError> {
+        let (v, rotated) = self.read(name, true).await?;
+        let grace = chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+        let in_window = rotated
+            .and_then(|at| at.checked_add_signed(grace))
+            .is_some_and(|end| now < end);
+        Ok(v.filter(|_| in_window))
     }
 
     pub async fn put(&self, name: &str, value: &Secret) -> Result<(), StoreError> {

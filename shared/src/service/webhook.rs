@@ -16,7 +16,7 @@ use super::errors::ServiceError;
 use super::Deps;
 
 /// Checks `X-Hub-Signature-256: sha256=<hex>` against the current and the previous app
-/// secret (rotation), in constant time.
+/// secret (for `rotation_grace` after a rotation), in constant time.
 pub async fn verify_signature(
     deps: &Deps,
     raw: &[u8],
@@ -31,7 +31,9 @@ pub async fn verify_signature(
     let name = &deps.settings.meta_app_secret;
     let secrets = [
         deps.secrets.current(name).await?,
-        deps.secrets.previous(name).await?,
+        deps.secrets
+            .previous_within(name, deps.settings.rotation_grace, deps.clock.now())
+            .await?,
     ];
     for secret in secrets.into_iter().flatten() {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()) else {

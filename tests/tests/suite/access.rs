@@ -573,6 +573,7 @@ async fn metas_account_restriction_pauses_every_tenant_on_that_waba_only(b: Back
 }
 
 on_both_backends!(
+    previous_credentials_are_accepted_only_within_the_rotation_grace,
     api_keys_are_shown_once_rotated_with_a_grace_period_and_revoked_at_once,
     another_tenants_keys_answer_404_on_every_route_that_takes_an_id,
     every_route_answers_every_kind_of_credential_as_the_access_table_says,
@@ -692,6 +693,12 @@ impl kirim::ports::SecretStore for FlakySecrets {
         name: &str,
     ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
         self.inner.get_previous_secret(name).await
+    }
+    async fn rotated_at(
+        &self,
+        name: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, kirim::store_error::StoreError> {
+        self.inner.rotated_at(name).await
     }
     async fn delete_secret(&self, name: &str) -> Result<(), kirim::store_error::StoreError> {
         self.inner.delete_secret(name).await
@@ -816,4 +823,61 @@ async fn on_lambda_the_allow_list_checks_api_gateways_source_ip_not_forwarded_he
         "API Gateway's request id is the request id"
     );
     assert_eq!(status("203.0.113.9").await.0, 200);
+}
+
+/// After a rotation the previous operator token and Meta app secret still work for the
+/// configured grace window (`KIRIM_ROTATION_GRACE`), and not after it: here a day, and
+/// none at all.
+async fn previous_credentials_are_accepted_only_within_the_rotation_grace(b: Backend) {
+    use std::time::Duration;
+    for (grace, previous_accepted) in [
+        (Duration::from_secs(24 * 3600), true),
+        (Duration::ZERO, false),
+    ] {
+        let mut cfg = kirim_tests::local_config(b).await;
+        cfg.settings.rotation_grace = grace;
+        let app = kirim_tests::spawn_with(cfg).await;
+        let deps = &app.app.deps;
+        let s = &deps.settings;
+        deps.secrets
+            .put(
+                &s.operator_token_secret,
+                &kirim::secret::Secret::new("op_rotated"),
+            )
+            .await
+            .unwrap();
+        deps.secrets
+            .put(
+                &s.meta_app_secret,
+                &kirim::secret::Secret::new("app-secret-rotated"),
+            )
+            .await
+            .unwrap();
+        // An unknown tenant: 404 to the operator, 401 to anyone else.
+        let health = |token: &'static str| {
+            app.http
+                .post(app.url("/v1/platform/tenants/01JABCDEFGHJKMNPQRSTVWXYZ0/suspend"))
+                .bearer_auth(token)
+                .json(&json!({"reason": "check"}))
+                .send()
+        };
+        let status = |token| async move { health(token).await.unwrap().status().as_u16() };
+        assert_ne!(status("op_rotated").await, 401, "the new token works");
+        assert_eq!(
+            status(kirim_tests::OPERATOR_TOKEN).await != 401,
+            previous_accepted,
+            "the old token, grace {grace:?}"
+        );
+        let signed_with_old = kirim::service::webhook::verify_signature(
+            deps,
+            b"{}",
+            Some(&kirim_tests::sign_with(kirim_tests::META_APP_SECRET, b"{}")),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            signed_with_old, previous_accepted,
+            "the old app secret, grace {grace:?}"
+        );
+    }
 }

@@ -1,10 +1,15 @@
 //! The audit trail: what is recorded, the hash chain, its verification, tampering and
 //! expiry, on both backends.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use kirim::config::Backend;
 use kirim::domain::TenantId;
-use kirim::ports::AuditQuery;
+use kirim::ports::{AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery, ParkedAudit};
 use kirim::service::audit;
+use kirim::store_error::StoreError;
 use kirim_tests::{spawn_app, ManualClock, TestApp, OPERATOR_TOKEN};
 use serde_json::{json, Value};
 
@@ -200,7 +205,116 @@ async fn logins_are_audited_on_the_users_tenant_with_both_outcomes(b: Backend) {
     );
 }
 
+/// An audit log whose next `failures` appends fail with `error` (contention or an
+/// outage); everything else goes to the real one.
+struct Failing {
+    inner: Arc<dyn AuditLog>,
+    failures: AtomicUsize,
+    error: StoreError,
+}
+
+#[async_trait]
+impl AuditLog for Failing {
+    async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
+        self.inner.head(chain).await
+    }
+    async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError> {
+        self.inner.tip(chain).await
+    }
+    async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
+        let failing = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Err(self.error.clone());
+        }
+        self.inner.append(link).await
+    }
+    async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {
+        self.inner.park(event).await
+    }
+    async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
+        self.inner.parked(chain, limit).await
+    }
+    async fn list(
+        &self,
+        chain: &str,
+        q: &AuditQuery,
+    ) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError> {
+        self.inner.list(chain, q).await
+    }
+    async fn ascending(
+        &self,
+        chain: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.inner.ascending(chain, after_seq, limit).await
+    }
+}
+
+fn failing(app: &TestApp, failures: usize, error: StoreError) -> kirim::service::Deps {
+    let mut deps = app.app.deps.clone();
+    deps.audit = Arc::new(Failing {
+        inner: deps.audit.clone(),
+        failures: AtomicUsize::new(failures),
+        error,
+    });
+    deps
+}
+
+fn draft(t: &kirim_tests::Onboarded, action: &str) -> audit::Draft {
+    audit::Draft {
+        tenant: Some(TenantId::parse(&t.tenant_id).unwrap()),
+        actor_type: "api_key",
+        actor_id: "k".into(),
+        action: action.into(),
+        ip: None,
+        outcome: kirim::ports::AuditOutcome::Success,
+        details: json!({}),
+    }
+}
+
+async fn an_event_the_chain_cannot_take_is_parked_and_linked_in_by_the_next_append_in_order(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    // A contended chain (every attempt loses) and then an outage.
+    let contended = failing(
+        &app,
+        usize::MAX,
+        StoreError::Conflict("audit chain moved".into()),
+    );
+    audit::record_or_park(&contended, draft(&t, "POST /v1/first")).await;
+    let down = failing(&app, 1, StoreError::Unavailable("throttled".into()));
+    audit::record_or_park(&down, draft(&t, "POST /v1/second")).await;
+    // Not in the chain yet, and verification says so.
+    assert_eq!(
+        get(&app, &t.key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 1, "parked": 2})
+    );
+    // The chain's next append (a send through the API) links both in first, in order.
+    app.send_ok(&t.key, "+60123450300").await;
+    let page = get(&app, &t.key, "/v1/audit").await;
+    assert_eq!(
+        actions(&page),
+        vec![
+            "POST /v1/messages",
+            "POST /v1/second",
+            "POST /v1/first",
+            "POST /v1/platform/tenants"
+        ]
+    );
+    assert_eq!(
+        get(&app, &t.key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 4})
+    );
+}
+
 on_both_backends!(
+    an_event_the_chain_cannot_take_is_parked_and_linked_in_by_the_next_append_in_order,
     sends_mutations_and_denials_are_audited_in_a_verifiable_chain,
     an_unknown_key_is_audited_on_the_platform_chain,
     concurrent_calls_produce_one_gapless_chain,
@@ -265,5 +379,112 @@ async fn the_chain_still_verifies_after_its_oldest_events_expire() {
     assert!(
         audit::verify(&deps, &tenant).await.unwrap().valid,
         "also once they are deleted"
+    );
+}
+
+/// Someone with write access to the table, but not to the audit key, deletes or rewrites
+/// events in DynamoDB: each is reported with its reason.
+#[tokio::test]
+async fn deleting_the_oldest_events_wiping_or_rehashing_a_chain_in_dynamodb_fails_verification() {
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    let app = spawn_app(Backend::Aws).await;
+    let sdk = kirim_tests::moto_sdk().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = format!("{}-Table", app.stack);
+    let key = |t: &str, sk: String| {
+        std::collections::HashMap::from([
+            ("pk".to_owned(), Av::S(format!("AUDIT#{t}"))),
+            ("sk".to_owned(), Av::S(sk)),
+        ])
+    };
+    let event_sk = |seq: u64| format!("EVENT#{seq:016}");
+    let delete = |t: String, sk: String| {
+        ddb.delete_item()
+            .table_name(&table)
+            .set_key(Some(key(&t, sk)))
+            .send()
+    };
+    let verify = |t: &kirim_tests::Onboarded| {
+        let key = t.key.clone();
+        let app = &app;
+        async move { get(app, &key, "/v1/audit/verify").await }
+    };
+    let three_events = || async {
+        let t = app.onboard(5).await;
+        app.send_ok(&t.key, "+60123450400").await;
+        app.send_ok(&t.key, "+60123450401").await;
+        assert_eq!(verify(&t).await, json!({"valid": true, "checked": 3}));
+        t
+    };
+
+    // The oldest event, long before it expires.
+    let t = three_events().await;
+    delete(t.tenant_id.clone(), event_sk(1)).await.unwrap();
+    let v = verify(&t).await;
+    assert_eq!(v["valid"], false, "{v}");
+    assert_eq!(
+        v["reason"],
+        "events before 2 were deleted before they expired"
+    );
+
+    // Every event.
+    let t = three_events().await;
+    for seq in 1..=3 {
+        delete(t.tenant_id.clone(), event_sk(seq)).await.unwrap();
+    }
+    let v = verify(&t).await;
+    assert_eq!(
+        (v["valid"].clone(), v["checked"].clone()),
+        (json!(false), json!(0)),
+        "{v}"
+    );
+    assert!(v["reason"].as_str().unwrap().contains("wiped"), "{v}");
+
+    // Every event and the head.
+    delete(t.tenant_id.clone(), "HEAD".into()).await.unwrap();
+    let v = verify(&t).await;
+    assert_eq!(v["reason"], "the tenant's audit chain is missing", "{v}");
+
+    // An edit with every later hash recomputed and the head moved to match: only the
+    // head's signature, which needs the audit key, gives it away.
+    let t = three_events().await;
+    let chain = t.tenant_id.clone();
+    let mut events = app
+        .app
+        .deps
+        .audit
+        .ascending(&chain, None, 10)
+        .await
+        .unwrap();
+    events[1].outcome = kirim::ports::AuditOutcome::Denied;
+    for i in 1..events.len() {
+        events[i].prev_hash = events[i - 1].hash.clone();
+        events[i].hash = audit::hash_of(&events[i]);
+        ddb.update_item()
+            .table_name(&table)
+            .set_key(Some(key(&chain, event_sk(events[i].seq))))
+            .update_expression("SET outcome = :o, prev_hash = :p, #h = :h")
+            .expression_attribute_names("#h", "hash")
+            .expression_attribute_values(":o", Av::S(events[i].outcome.as_str().into()))
+            .expression_attribute_values(":p", Av::S(events[i].prev_hash.clone()))
+            .expression_attribute_values(":h", Av::S(events[i].hash.clone()))
+            .send()
+            .await
+            .unwrap();
+    }
+    ddb.update_item()
+        .table_name(&table)
+        .set_key(Some(key(&chain, "HEAD".into())))
+        .update_expression("SET #h = :h")
+        .expression_attribute_names("#h", "hash")
+        .expression_attribute_values(":h", Av::S(events[2].hash.clone()))
+        .send()
+        .await
+        .unwrap();
+    let v = verify(&t).await;
+    assert_eq!(v["valid"], false, "{v}");
+    assert_eq!(
+        v["reason"], "the chain's head does not match its signature: rewritten",
+        "{v}"
     );
 }

@@ -806,7 +806,10 @@ async fn secrets_keep_the_previous_version_during_rotation(p: Ports) {
         p.secrets.store().get_previous_secret(&name).await.unwrap(),
         Some(Secret::new("v1"))
     );
+    let rotated = p.secrets.store().rotated_at(&name).await.unwrap();
+    assert!(rotated.is_some(), "the rotation time is known");
     p.secrets.store().delete_secret(&name).await.unwrap();
+    assert_eq!(p.secrets.store().rotated_at(&name).await.unwrap(), None);
     assert_eq!(p.secrets.store().get_secret(&name).await.unwrap(), None);
 }
 

@@ -1,7 +1,10 @@
 //! The access ports' contract (API keys, allow-lists, tenant status) on both adapters.
 
 use chrono::Duration;
-use kirim::ports::{ApiKeyRecord, AuditEvent, AuditOutcome, AuditQuery, Clock, TenantStatus};
+use kirim::ports::{
+    ApiKeyRecord, AuditEvent, AuditHead, AuditLink, AuditOutcome, AuditQuery, Clock, ParkedAudit,
+    TenantStatus,
+};
 use kirim::store_error::StoreError;
 
 use super::contract::{aws, contract, key_for, memory, onboarded, Ports};
@@ -258,6 +261,7 @@ fn event(chain: &str, seq: u64, prev: &str, at: chrono::DateTime<chrono::Utc>) -
         prev_hash: prev.into(),
         hash: String::new(),
         expires_at: Some(at.timestamp() + 3600),
+        prev_expires_at: None,
     };
     e.hash = kirim::service::audit::hash_of(&e);
     e
@@ -267,11 +271,11 @@ async fn an_audit_chain_only_grows_from_its_current_head(p: Ports) {
     let chain = kirim::domain::new_id();
     let t0 = p.clock.now();
     let first = event(&chain, 1, kirim::service::audit::GENESIS, t0);
-    p.audit.append(&first, None).await.unwrap();
+    p.audit.append(&AuditLink::new(&first, None)).await.unwrap();
     // A second writer that still thinks the chain is empty loses.
     let rival = event(&chain, 1, kirim::service::audit::GENESIS, t0);
     assert!(matches!(
-        p.audit.append(&rival, None).await,
+        p.audit.append(&AuditLink::new(&rival, None)).await,
         Err(StoreError::Conflict(_))
     ));
     let head = p.audit.head(&chain).await.unwrap().unwrap();
@@ -280,11 +284,14 @@ async fn an_audit_chain_only_grows_from_its_current_head(p: Ports) {
     for seq in 2..=5 {
         let e = event(&chain, seq, &prev.hash, t0 + Duration::seconds(seq as i64));
         let h = p.audit.head(&chain).await.unwrap();
-        p.audit.append(&e, h.as_ref()).await.unwrap();
+        p.audit
+            .append(&AuditLink::new(&e, h.as_ref()))
+            .await
+            .unwrap();
         // The same stale head again: refused, nothing written.
         let late = event(&chain, seq, &prev.hash, t0);
         assert!(matches!(
-            p.audit.append(&late, h.as_ref()).await,
+            p.audit.append(&AuditLink::new(&late, h.as_ref())).await,
             Err(StoreError::Conflict(_))
         ));
         prev = e;
@@ -339,7 +346,98 @@ async fn an_audit_chain_only_grows_from_its_current_head(p: Ports) {
         .is_empty());
 }
 
+fn parked(chain: &str, id: &str, p: &Ports) -> ParkedAudit {
+    ParkedAudit {
+        chain: chain.into(),
+        id: id.into(),
+        at: p.clock.now(),
+        actor_type: "api_key".into(),
+        actor_id: "k".into(),
+        action: "POST /v1/messages".into(),
+        ip: None,
+        outcome: AuditOutcome::Success,
+        details: "{}".into(),
+        expires_at: Some(p.clock.now().timestamp() + 3600),
+    }
+}
+
+async fn a_parked_audit_event_is_kept_in_order_and_linked_in_exactly_once(p: Ports) {
+    let chain = format!("chain-{}", kirim::domain::new_id());
+    assert_eq!(p.audit.tip(&chain).await.unwrap(), (None, false));
+    // Parked before the chain has a head: the tip says so.
+    let (a, b) = (parked(&chain, "01JA", &p), parked(&chain, "01JB", &p));
+    p.audit.park(&b).await.unwrap();
+    p.audit.park(&a).await.unwrap();
+    p.audit.park(&a).await.unwrap();
+    assert_eq!(p.audit.tip(&chain).await.unwrap(), (None, true));
+    assert_eq!(
+        p.audit.parked(&chain, 10).await.unwrap(),
+        vec![a.clone(), b.clone()],
+        "oldest first, a repeated park stored once"
+    );
+    assert_eq!(p.audit.parked(&chain, 1).await.unwrap(), vec![a.clone()]);
+    assert!(p.audit.parked("other", 10).await.unwrap().is_empty());
+    // Linking `a` in removes it from the outbox in the same write, with the signature.
+    let first = event(&chain, 1, kirim::service::audit::GENESIS, p.clock.now());
+    let link = AuditLink {
+        event: &first,
+        expected: None,
+        signature: Some("ab".repeat(32)),
+        parked: Some("01JA"),
+    };
+    p.audit.append(&link).await.unwrap();
+    let head = p.audit.head(&chain).await.unwrap().unwrap();
+    assert_eq!(
+        head,
+        AuditHead {
+            seq: 1,
+            hash: first.hash.clone(),
+            expires_at: first.expires_at,
+            signature: Some("ab".repeat(32)),
+        }
+    );
+    assert_eq!(p.audit.parked(&chain, 10).await.unwrap(), vec![b.clone()]);
+    assert_eq!(
+        p.audit.tip(&chain).await.unwrap(),
+        (Some(head.clone()), true)
+    );
+    // Linking `a` again (a second drainer) is a conflict that writes nothing.
+    let again = event(&chain, 2, &first.hash, p.clock.now());
+    let twice = AuditLink {
+        event: &again,
+        expected: Some(&head),
+        signature: None,
+        parked: Some("01JA"),
+    };
+    assert!(matches!(
+        p.audit.append(&twice).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(p.audit.head(&chain).await.unwrap(), Some(head.clone()));
+    assert_eq!(p.audit.ascending(&chain, None, 10).await.unwrap().len(), 1);
+    // Parked events are not events: lists and verification reads never see them.
+    assert_eq!(
+        p.audit
+            .list(
+                &chain,
+                &AuditQuery {
+                    limit: 10,
+                    ..Default::default()
+                }
+            )
+            .await
+            .unwrap()
+            .0,
+        vec![first.clone()]
+    );
+    // They expire with the audit class.
+    p.clock.advance(Duration::hours(2));
+    assert!(p.audit.parked(&chain, 10).await.unwrap().is_empty());
+    assert_eq!(p.audit.tip(&chain).await.unwrap().1, false);
+}
+
 contract!(
+    a_parked_audit_event_is_kept_in_order_and_linked_in_exactly_once,
     an_audit_chain_only_grows_from_its_current_head,
     a_key_is_found_by_hash_and_by_id_only_within_its_tenant,
     a_revoked_key_is_revoked_under_both_lookups_and_never_for_another_tenant,

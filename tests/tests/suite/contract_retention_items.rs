@@ -193,12 +193,38 @@ fn audit_event(p: &Ports, chain: &str, seq: u64, expires_in: i64) -> AuditEvent 
         prev_hash: format!("{:064}", seq - 1),
         hash: format!("{seq:064}"),
         expires_at: in_secs(p, expires_in),
+        prev_expires_at: None,
     }
 }
 
 async fn append(p: &Ports, event: &AuditEvent) {
     let head = p.audit.head(&event.chain).await.unwrap();
-    p.audit.append(event, head.as_ref()).await.unwrap();
+    p.audit
+        .append(&AuditLink::new(event, head.as_ref()))
+        .await
+        .unwrap();
+}
+
+async fn an_expired_parked_audit_event_is_swept_as_audit_and_a_live_one_stays(p: Ports) {
+    let chain = TenantId::generate().to_string();
+    let parked = |id: &str, expires_in: i64| ParkedAudit {
+        chain: chain.clone(),
+        id: id.into(),
+        at: p.clock.now(),
+        actor_type: "api_key".into(),
+        actor_id: "k".into(),
+        action: "POST /v1/messages".into(),
+        ip: None,
+        outcome: AuditOutcome::Success,
+        details: "{}".into(),
+        expires_at: in_secs(&p, expires_in),
+    };
+    p.audit.park(&parked("01JA", TTL)).await.unwrap();
+    p.audit.park(&parked("01JB", LIVE)).await.unwrap();
+    swept_when_due(&p, TTL, &[("audit", 1)]).await;
+    let pk = format!("AUDIT#{chain}");
+    assert!(!stored(&p, &pk, "PARKED#01JA").await);
+    assert!(stored(&p, &pk, "PARKED#01JB").await);
 }
 
 async fn an_expired_audit_event_is_swept_as_audit_and_a_live_one_and_the_head_stay(p: Ports) {
@@ -578,7 +604,7 @@ async fn a_closed_out_tenants_audit_head_is_swept_as_active_config_and_an_open_t
         let (audit, mut event) = (audit.clone(), event.clone());
         async move {
             event.chain = t.id.to_string();
-            audit.append(&event, None).await.unwrap();
+            audit.append(&AuditLink::new(&event, None)).await.unwrap();
         }
     })
     .await;
@@ -622,6 +648,7 @@ contract!(
     an_expired_ledger_entry_is_swept_as_billing_and_a_live_one_stays,
     an_expired_idempotency_key_is_swept_as_idempotency_and_a_live_one_stays,
     an_expired_audit_event_is_swept_as_audit_and_a_live_one_and_the_head_stay,
+    an_expired_parked_audit_event_is_swept_as_audit_and_a_live_one_stays,
     an_expired_quality_counter_is_swept_as_stats_and_a_live_one_stays,
     an_expired_broadcast_is_swept_as_messages_and_a_live_one_stays,
     an_expired_broadcast_list_is_swept_as_a_broadcast_list_and_a_live_one_stays,

@@ -17,9 +17,9 @@ use serde::Serialize;
 use super::classify;
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::ports::{
-    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, Ledger,
-    LedgerEntry, MessagePage, MessageQuery, MessageStore, QualityCounter, QualityCounts,
-    QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
+    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery, Clock,
+    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, ParkedAudit, QualityCounter,
+    QualityCounts, QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 use crate::store_error::StoreError;
 
@@ -77,6 +77,24 @@ fn ttl_of(item: &Item) -> Option<i64> {
     match item.get(TTL_ATTR) {
         Some(AttributeValue::N(v)) => v.parse().ok(),
         _ => None,
+    }
+}
+
+/// An audit head item: the newest link and its signed checkpoint.
+fn audit_head_of(item: &Item) -> Result<AuditHead, StoreError> {
+    let num = |k: &str| match item.get(k) {
+        Some(AttributeValue::N(v)) => v.parse::<i64>().ok(),
+        _ => None,
+    };
+    let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    match (num("seq"), text("hash")) {
+        (Some(seq), Some(hash)) if seq >= 0 => Ok(AuditHead {
+            seq: seq as u64,
+            hash,
+            expires_at: num("event_expires_at"),
+            signature: text("signature"),
+        }),
+        _ => Err(StoreError::Corrupt("audit head".into())),
     }
 }
 
@@ -887,25 +905,44 @@ impl MessageStore for DynamoStore {
 #[async_trait]
 impl AuditLog for DynamoStore {
     async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
-        let Some(item) = self.get(keys::audit_head(chain)).await? else {
-            return Ok(None);
-        };
-        let seq = match item.get("seq") {
-            Some(AttributeValue::N(v)) => v.parse().ok(),
-            _ => None,
-        };
-        let hash = item.get("hash").and_then(|v| v.as_s().ok()).cloned();
-        match (seq, hash) {
-            (Some(seq), Some(hash)) => Ok(Some(AuditHead { seq, hash })),
-            _ => Err(StoreError::Corrupt("audit head".into())),
+        match self.get(keys::audit_head(chain)).await? {
+            Some(item) => audit_head_of(&item).map(Some),
+            None => Ok(None),
         }
     }
 
-    async fn append(
-        &self,
-        event: &AuditEvent,
-        expected: Option<&AuditHead>,
-    ) -> Result<(), StoreError> {
+    async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError> {
+        // `HEAD` sorts after every event and before every parked event: the first two
+        // items from it are the head (if any) and the oldest parked event (if any).
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND sk >= :from")
+            .expression_attribute_values(":pk", s(keys::audit_pk(chain)))
+            .expression_attribute_values(":from", s(keys::audit_tip_from()))
+            .limit(2)
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb query", e))?;
+        let (mut head, mut parked) = (None, false);
+        for item in out.items() {
+            let sk = item.get(keys::SK).and_then(|v| v.as_s().ok());
+            if !self.live(item) {
+                continue;
+            }
+            if sk == Some(&keys::audit_head(chain).sk) {
+                head = Some(audit_head_of(item)?);
+            } else {
+                parked = true;
+            }
+        }
+        Ok((head, parked))
+    }
+
+    async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
+        let event = link.event;
         let mut item = to_item(
             event,
             &keys::audit_event(&event.chain, event.seq).pairs(),
@@ -913,15 +950,35 @@ impl AuditLog for DynamoStore {
         )?;
         // A number to filter times by (RFC 3339 text does not compare reliably).
         item.insert("at_ms".into(), n(event.at.timestamp_millis()));
+        let mut set = vec!["seq = :seq", "#hash = :hash"];
+        let mut remove = Vec::new();
         let mut head = Update::builder()
             .table_name(&self.table)
             .set_key(Some(keys::audit_head(&event.chain).attrs()))
-            .update_expression("SET seq = :seq, #hash = :hash")
             .expression_attribute_names("#hash", "hash")
             .expression_attribute_values(":seq", n(event.seq as i64))
             .expression_attribute_values(":hash", s(event.hash.clone()));
+        match event.expires_at {
+            Some(t) => {
+                set.push("event_expires_at = :exp");
+                head = head.expression_attribute_values(":exp", n(t));
+            }
+            None => remove.push("event_expires_at"),
+        }
+        match &link.signature {
+            Some(sig) => {
+                set.push("signature = :sig");
+                head = head.expression_attribute_values(":sig", s(sig.clone()));
+            }
+            None => remove.push("signature"),
+        }
+        let mut expr = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expr.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        head = head.update_expression(expr);
         // The head moves only from the link this event was computed against.
-        head = match expected {
+        head = match link.expected {
             None => head.condition_expression("attribute_not_exists(pk)"),
             Some(h) => head
                 .condition_expression("seq = :old")
@@ -930,10 +987,20 @@ impl AuditLog for DynamoStore {
         let head = head
             .build()
             .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
-        let items = vec![
+        let mut items = vec![
             self.put(item, Some("attribute_not_exists(pk)"))?,
             TransactWriteItem::builder().update(head).build(),
         ];
+        if let Some(id) = link.parked {
+            // Linked in exactly once: only while its outbox item still exists.
+            let delete = aws_sdk_dynamodb::types::Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(keys::audit_parked(&event.chain, id).attrs()))
+                .condition_expression("attribute_exists(pk)")
+                .build()
+                .map_err(|e| StoreError::Corrupt(format!("delete: {e}")))?;
+            items.push(TransactWriteItem::builder().delete(delete).build());
+        }
         match self.transact(items).await {
             Ok(()) => Ok(()),
             Err(e)
@@ -944,6 +1011,47 @@ impl AuditLog for DynamoStore {
             }
             Err(e) => Err(e.into_store_error()),
         }
+    }
+
+    async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {
+        let item = to_item(
+            event,
+            &keys::audit_parked(&event.chain, &event.id).pairs(),
+            event.expires_at,
+        )?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("dynamodb put", e))
+    }
+
+    async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+            .expression_attribute_values(":pk", s(keys::audit_pk(chain)))
+            .expression_attribute_values(":p", s(keys::PARKED_PREFIX))
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| classify("dynamodb query", e))?;
+            if self.live(&item) {
+                out.push(from_item(item)?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn list(

@@ -1,6 +1,7 @@
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::error::SdkError;
 use aws_sdk_secretsmanager::Client;
+use chrono::{DateTime, Utc};
 
 use super::classify;
 use crate::ports::SecretStore;
@@ -28,6 +29,15 @@ impl SecretsManagerStore {
     }
 
     async fn get_stage(&self, name: &str, stage: &str) -> Result<Option<Secret>, StoreError> {
+        Ok(self.get_version(name, stage).await?.map(|(s, _)| s))
+    }
+
+    /// A stage's value and its version's creation time.
+    async fn get_version(
+        &self,
+        name: &str,
+        stage: &str,
+    ) -> Result<Option<(Secret, Option<DateTime<Utc>>)>, StoreError> {
         match self
             .client
             .get_secret_value()
@@ -36,7 +46,12 @@ impl SecretsManagerStore {
             .send()
             .await
         {
-            Ok(out) => Ok(out.secret_string().map(Secret::new)),
+            Ok(out) => {
+                let created = out
+                    .created_date()
+                    .and_then(|d| DateTime::from_timestamp(d.secs(), d.subsec_nanos()));
+                Ok(out.secret_string().map(|v| (Secret::new(v), created)))
+            }
             Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => Ok(None),
             // A secret scheduled for deletion reads as gone.
             Err(SdkError::ServiceError(e))
@@ -84,6 +99,13 @@ impl SecretStore for SecretsManagerStore {
 
     async fn get_previous_secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {
         self.get_stage(name, "AWSPREVIOUS").await
+    }
+
+    async fn rotated_at(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self
+            .get_version(name, "AWSCURRENT")
+            .await?
+            .and_then(|(_, at)| at))
     }
 
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {

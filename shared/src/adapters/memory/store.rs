@@ -18,9 +18,9 @@ mod retention;
 mod throttle;
 
 use crate::ports::{
-    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLog, AuditQuery, Clock, Ledger,
-    LedgerEntry, MessagePage, MessageQuery, MessageStore, QualityCounter, QualityCounts,
-    QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
+    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery, Clock,
+    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, ParkedAudit, QualityCounter,
+    QualityCounts, QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 
 #[derive(Default)]
@@ -37,6 +37,8 @@ pub(super) struct State {
     pub(super) broadcast_lists: HashMap<(TenantId, String), (Vec<crate::domain::PhoneNumber>, i64)>,
     wamids: HashMap<String, (TenantId, MessageId, Option<i64>)>,
     audit: HashMap<String, (AuditHead, BTreeMap<u64, AuditEvent>)>,
+    /// (chain, id) → an audit event whose append failed, until linked in.
+    pub(super) audit_parked: BTreeMap<(String, String), ParkedAudit>,
     quality: BTreeMap<(TenantId, chrono::NaiveDate), (QualityCounts, Option<i64>)>,
     /// (tenant, E.164) → opt-out, ordered for paging.
     opt_outs: BTreeMap<(TenantId, String), crate::domain::OptOut>,
@@ -456,19 +458,35 @@ impl AuditLog for MemoryStore {
         Ok(self.lock()?.audit.get(chain).map(|(h, _)| h.clone()))
     }
 
-    async fn append(
-        &self,
-        event: &AuditEvent,
-        expected: Option<&AuditHead>,
-    ) -> Result<(), StoreError> {
+    async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError> {
+        let s = self.lock()?;
+        let head = s.audit.get(chain).map(|(h, _)| h.clone());
+        let parked = s
+            .audit_parked
+            .range((chain.to_owned(), String::new())..)
+            .take_while(|((c, _), _)| c == chain)
+            .any(|(_, p)| self.live(p.expires_at));
+        Ok((head, parked))
+    }
+
+    async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
+        let event = link.event;
         let mut s = self.lock()?;
-        let current = s.audit.get(&event.chain).map(|(h, _)| h);
-        if current != expected {
+        let current = s.audit.get(&event.chain).map(|(h, _)| h.seq);
+        if current != link.expected.map(|h| h.seq) {
             return Err(StoreError::Conflict("audit chain moved".into()));
+        }
+        if let Some(id) = link.parked {
+            let key = (event.chain.clone(), id.to_owned());
+            if s.audit_parked.remove(&key).is_none() {
+                return Err(StoreError::Conflict("parked audit event gone".into()));
+            }
         }
         let head = AuditHead {
             seq: event.seq,
             hash: event.hash.clone(),
+            expires_at: event.expires_at,
+            signature: link.signature.clone(),
         };
         let entry = s
             .audit
@@ -477,6 +495,25 @@ impl AuditLog for MemoryStore {
         entry.0 = head;
         entry.1.insert(event.seq, event.clone());
         Ok(())
+    }
+
+    async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {
+        self.lock()?
+            .audit_parked
+            .insert((event.chain.clone(), event.id.clone()), event.clone());
+        Ok(())
+    }
+
+    async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.audit_parked
+            .range((chain.to_owned(), String::new())..)
+            .take_while(|((c, _), _)| c == chain)
+            .map(|(_, p)| p)
+            .filter(|p| self.live(p.expires_at))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn list(

@@ -99,8 +99,10 @@ pub enum ItemKind {
     Idempotency,
     /// `AUDIT#{chain}` / `EVENT#{seq, 16 digits}`.
     AuditEvent,
-    /// `AUDIT#{chain}` / `HEAD`.
+    /// `AUDIT#{chain}` / `HEAD`: the newest link and its signed checkpoint.
     AuditHead,
+    /// `AUDIT#{chain}` / `PARKED#{ulid}`: an event whose append failed, until linked in.
+    AuditParked,
     /// `TENANT#{tenant}` / `QSTAT#{yyyy-mm-dd}`.
     QualityCounter,
     /// `TENANT#{tenant}` / `BROADCAST#{broadcast id}`.
@@ -129,7 +131,7 @@ pub enum ItemKind {
 }
 
 impl ItemKind {
-    pub const ALL: [ItemKind; 24] = [
+    pub const ALL: [ItemKind; 25] = [
         ItemKind::Tenant,
         ItemKind::PhoneRoute,
         ItemKind::ApiKeyByHash,
@@ -142,6 +144,7 @@ impl ItemKind {
         ItemKind::Idempotency,
         ItemKind::AuditEvent,
         ItemKind::AuditHead,
+        ItemKind::AuditParked,
         ItemKind::QualityCounter,
         ItemKind::Broadcast,
         ItemKind::BroadcastList,
@@ -165,7 +168,7 @@ impl ItemKind {
         match self {
             Message | WamidIndex | Broadcast => RetentionClass::Messages,
             Tenant | LedgerEntry => RetentionClass::Billing,
-            AuditEvent => RetentionClass::Audit,
+            AuditEvent | AuditParked => RetentionClass::Audit,
             Idempotency => RetentionClass::Idempotency,
             PendingStatus => RetentionClass::PendingStatus,
             Session => RetentionClass::Session,
@@ -211,6 +214,7 @@ impl ItemKind {
             match sk {
                 HEAD_SK => AuditHead,
                 _ if has(EVENT_PREFIX) => AuditEvent,
+                _ if has(PARKED_PREFIX) => AuditParked,
                 _ => return None,
             }
         } else {
@@ -475,6 +479,19 @@ pub fn audit_head(chain: &str) -> Key {
     Key::new(audit_pk(chain), HEAD_SK)
 }
 
+/// A parked audit event (`id` a ULID, so key order is outbox order).
+pub fn audit_parked(chain: &str, id: &str) -> Key {
+    Key::new(audit_pk(chain), format!("{PARKED_PREFIX}{id}"))
+}
+
+/// The sort keys from the head onwards: `HEAD` sorts after every `EVENT#` and before
+/// every `PARKED#`, so one query from here reads the head and the oldest parked events.
+pub fn audit_tip_from() -> &'static str {
+    HEAD_SK
+}
+
+pub const PARKED_PREFIX: &str = "PARKED#";
+
 /// The event sort-key range strictly after `after` and strictly before `before` (each
 /// unbounded when `None`); the zero-padded `seq` makes key order chain order.
 pub fn audit_event_range(after: Option<u64>, before: Option<u64>) -> (String, String) {
@@ -538,6 +555,7 @@ mod tests {
             ItemKind::Idempotency => idempotency(&t, &"cd".repeat(32)),
             ItemKind::AuditEvent => audit_event(t.as_str(), 42),
             ItemKind::AuditHead => audit_head("platform"),
+            ItemKind::AuditParked => audit_parked("platform", "01JPARKED"),
             ItemKind::QualityCounter => quality_counter(&t, day),
             ItemKind::Broadcast => broadcast(&t, "01JBCAST"),
             ItemKind::BroadcastList => broadcast_list(&t, "01JBCAST"),
@@ -599,6 +617,7 @@ mod tests {
             class("AUDIT#platform", "EVENT#0000000000000001"),
             Some(C::Audit)
         );
+        assert_eq!(class("AUDIT#platform", "PARKED#01J"), Some(C::Audit));
         assert_eq!(class(t, "IDEM#ab"), Some(C::Idempotency));
         assert_eq!(
             class("WAMID#w", "PENDING#delivered#1700000000"),

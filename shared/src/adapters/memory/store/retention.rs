@@ -50,6 +50,9 @@ impl RetentionStore for MemoryStore {
         for (_, events) in s.audit.values_mut() {
             sweep!(page, K::AuditEvent, events, |_, e| live(e.expires_at));
         }
+        sweep!(page, K::AuditParked, s.audit_parked, |_, p| live(
+            p.expires_at
+        ));
         sweep!(page, K::Idempotency, s.idempotency, |_, r| live(
             r.expires_at
         ));
@@ -232,7 +235,7 @@ impl RetentionStore for MemoryStore {
             item(
                 keys::audit_head(chain),
                 head_ttl,
-                json!({"seq": head.seq, "hash": head.hash}),
+                json!({"seq": head.seq, "hash": head.hash, "event_expires_at": head.expires_at, "signature": head.signature}),
             );
             for e in events.values() {
                 item(
@@ -241,6 +244,13 @@ impl RetentionStore for MemoryStore {
                     to_value(e).unwrap_or_default(),
                 );
             }
+        }
+        for ((chain, id), p) in &s.audit_parked {
+            item(
+                keys::audit_parked(chain, id),
+                p.expires_at,
+                to_value(p).unwrap_or_default(),
+            );
         }
         for ((t, day), (c, exp)) in &s.quality {
             item(
