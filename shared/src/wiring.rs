@@ -40,6 +40,8 @@ pub enum Function {
     Dispatcher,
     StatusCallback,
     Retention,
+    /// The console: HTML pages for tenants' people (`kirim::console`).
+    Console,
 }
 
 /// The ports a function may or may not use. The table and Secrets Manager are not here:
@@ -55,13 +57,14 @@ pub enum Port {
 }
 
 impl Function {
-    pub const ALL: [Function; 6] = [
+    pub const ALL: [Function; 7] = [
         Function::SendApi,
         Function::AdminApi,
         Function::Webhook,
         Function::Dispatcher,
         Function::StatusCallback,
         Function::Retention,
+        Function::Console,
     ];
 
     /// The binary (and crate) name under `functions/`.
@@ -73,6 +76,7 @@ impl Function {
             Function::Dispatcher => "dispatcher",
             Function::StatusCallback => "status_callback",
             Function::Retention => "retention",
+            Function::Console => "console",
         }
     }
 
@@ -85,6 +89,7 @@ impl Function {
             Function::Dispatcher => "DispatcherFunction",
             Function::StatusCallback => "StatusCallbackFunction",
             Function::Retention => "RetentionFunction",
+            Function::Console => "ConsoleFunction",
         }
     }
 
@@ -104,6 +109,9 @@ impl Function {
             Function::StatusCallback => &[Port::CallbackQueue],
             // Deletes what expired, closes out tenants: storage and secrets only.
             Function::Retention => &[],
+            // The API's tenant routes in-process (pages and forms): a send form queues
+            // the message for the dispatcher like `POST /v1/messages`.
+            Function::Console => &[Port::DispatchQueue],
         }
     }
 
