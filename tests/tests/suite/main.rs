@@ -19,6 +19,7 @@ mod audit;
 mod aws_errors;
 mod broadcasts;
 mod callbacks;
+mod console;
 mod contract;
 mod contract_access;
 mod contract_callbacks;
