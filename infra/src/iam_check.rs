@@ -75,6 +75,7 @@ fn resource_service(r: Resource) -> &'static str {
         | Resource::MetaAppSecret
         | Resource::MetaVerifyToken
         | Resource::AuditKey
+        | Resource::ConsoleCsrfKey
         | Resource::TenantSecrets
         | Resource::CallbackSecrets => "secretsmanager",
     }

@@ -297,9 +297,25 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
     sb_cfg.rate_limit_per_sec = cfg.sandbox_rate_limit;
     let sandbox = Sandbox::new(sb_cfg);
 
+    // The console's CSRF key (on AWS: the template's ConsoleCsrfKeySecret), kept if set.
+    let csrf_key = kirim::console::csrf_key_name(&deps.settings);
+    if !matches!(deps.secrets.current(&csrf_key).await, Ok(Some(_))) {
+        deps.secrets
+            .put(&csrf_key, &Secret::generate(""))
+            .await
+            .map_err(|e| LocalError::Secrets(e.to_string()))?;
+    }
+    let console = kirim::console::console_router(
+        deps.clone(),
+        kirim::console::ConsoleOptions {
+            // Local mode is plain http on loopback.
+            secure_cookies: false,
+        },
+    );
     let sandbox_routes = Router::new()
         .nest("/_sandbox/graph", sandbox.graph_router())
-        .merge(sandbox.inspect_router());
+        .merge(sandbox.inspect_router())
+        .merge(console);
     let router: Router = kirim::http::app(deps.clone(), sandbox_routes)
         .layer(axum::middleware::from_fn(client_ip_from_peer));
 

@@ -31,6 +31,8 @@ pub enum Resource {
     MetaVerifyToken,
     /// `AuditKeySecret`: the key that signs audit chain heads.
     AuditKey,
+    /// `ConsoleCsrfKeySecret`: the key of the console's CSRF tokens.
+    ConsoleCsrfKey,
     /// Every tenant's secrets: `${StackName}/tenants/*` (Meta tokens, callback secrets).
     TenantSecrets,
     /// Tenants' status-callback secrets only: `${StackName}/tenants/*/status-callback-secret*`.
@@ -38,7 +40,7 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub const ALL: [Resource; 12] = [
+    pub const ALL: [Resource; 13] = [
         Resource::Table,
         Resource::TableIndexes,
         Resource::DispatchQueue,
@@ -49,6 +51,7 @@ impl Resource {
         Resource::MetaAppSecret,
         Resource::MetaVerifyToken,
         Resource::AuditKey,
+        Resource::ConsoleCsrfKey,
         Resource::TenantSecrets,
         Resource::CallbackSecrets,
     ];
@@ -67,6 +70,7 @@ impl Resource {
             Resource::MetaAppSecret => "MetaAppSecret",
             Resource::MetaVerifyToken => "MetaVerifyTokenSecret",
             Resource::AuditKey => "AuditKeySecret",
+            Resource::ConsoleCsrfKey => "ConsoleCsrfKeySecret",
             Resource::TenantSecrets => "secret:${AWS::StackName}/tenants/*",
             Resource::CallbackSecrets => {
                 "secret:${AWS::StackName}/tenants/*/status-callback-secret*"
@@ -174,6 +178,20 @@ const STATUS_CALLBACK: &[Grant] = &[
     on(CallbackQueue, SqsQueue::BACKOFF),
 ];
 
+const CONSOLE: &[Grant] = &[
+    STATE[0],
+    STATE[1],
+    STATE[2],
+    // The send form queues the message like `POST /v1/messages`.
+    on(DispatchQueue, SqsQueue::SEND),
+    on(ConsoleCsrfKey, SecretsManagerStore::READ),
+    // Its actions pass the API's access middleware, which appends audit events.
+    on(AuditKey, SecretsManagerStore::READ),
+    // The settings page sets or removes a tenant's status-callback secret.
+    on(CallbackSecrets, SecretsManagerStore::WRITE),
+    on(CallbackSecrets, SecretsManagerStore::DELETE),
+];
+
 const RETENTION: &[Grant] = &[
     STATE[0],
     STATE[1],
@@ -194,6 +212,7 @@ impl Function {
             Function::Dispatcher => DISPATCHER,
             Function::StatusCallback => STATUS_CALLBACK,
             Function::Retention => RETENTION,
+            Function::Console => CONSOLE,
         }
     }
 

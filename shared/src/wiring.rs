@@ -44,6 +44,8 @@ pub enum Function {
     Dispatcher,
     StatusCallback,
     Retention,
+    /// The console: HTML pages for tenants' people (`kirim::console`).
+    Console,
 }
 
 /// The ports a function may or may not use. The table and Secrets Manager are not here:
@@ -59,13 +61,14 @@ pub enum Port {
 }
 
 impl Function {
-    pub const ALL: [Function; 6] = [
+    pub const ALL: [Function; 7] = [
         Function::SendApi,
         Function::AdminApi,
         Function::Webhook,
         Function::Dispatcher,
         Function::StatusCallback,
         Function::Retention,
+        Function::Console,
     ];
 
     /// The binary (and crate) name under `functions/`.
@@ -77,6 +80,7 @@ impl Function {
             Function::Dispatcher => "dispatcher",
             Function::StatusCallback => "status_callback",
             Function::Retention => "retention",
+            Function::Console => "console",
         }
     }
 
@@ -89,6 +93,7 @@ impl Function {
             Function::Dispatcher => "DispatcherFunction",
             Function::StatusCallback => "StatusCallbackFunction",
             Function::Retention => "RetentionFunction",
+            Function::Console => "ConsoleFunction",
         }
     }
 

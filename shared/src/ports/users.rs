@@ -51,6 +51,10 @@ pub struct SessionRecord {
     pub expires_at: DateTime<Utc>,
     #[serde(default)]
     pub revoked: bool,
+    /// When the session was last used (recorded at most once a minute); `None` until its
+    /// first use after login. Idle sessions end (`service::users::SESSION_IDLE`).
+    #[serde(default)]
+    pub last_seen_at: Option<DateTime<Utc>>,
 }
 
 /// A counter of failed logins (API.md "Limits on use"): one per (email, source address)
@@ -201,6 +205,9 @@ pub trait UserStore: Send + Sync {
     /// with `revoked` set).
     async fn session_by_hash(&self, token_hash: &str) -> Result<Option<SessionRecord>, StoreError>;
     async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError>;
+    /// Records that the session was used at `at` (its idle clock restarts). A missing
+    /// session is not an error.
+    async fn touch_session(&self, token_hash: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
 
     /// Whether the tenant requires every console user to use 2FA (default `false`).
     async fn two_factor_required(&self, tenant: &TenantId) -> Result<bool, StoreError>;

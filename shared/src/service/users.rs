@@ -36,6 +36,11 @@ const TOTP_STEP: u64 = 30;
 const TOTP_DIGITS: usize = 6;
 /// Codes of the previous and next step are accepted too (clock drift).
 const TOTP_SKEW: i64 = 1;
+/// A session not used for this long ends (API.md "The console": 30 idle minutes). It
+/// applies to every use of a session token, console page or API call alike.
+pub const SESSION_IDLE: Duration = Duration::minutes(30);
+/// A session's last use is written at most this often (not on every request).
+const SESSION_TOUCH_EVERY: Duration = Duration::minutes(1);
 /// A tenant's users at most.
 pub const MAX_USERS: usize = 200;
 
@@ -436,6 +441,7 @@ pub async fn login(
         created_at: now,
         expires_at: now + ttl,
         revoked: false,
+        last_seen_at: None,
     };
     deps.users.put_session(&session).await?;
     let totp_enrollment_required =
@@ -449,15 +455,28 @@ pub async fn login(
 }
 
 /// Resolves a session token (called by `auth::authenticate` for tokens with the session
-/// prefix). Expired, revoked or logged-out sessions, and sessions of deleted users, do
-/// not authenticate.
+/// prefix). Expired, revoked or logged-out sessions, sessions idle for
+/// [`SESSION_IDLE`], and sessions of deleted users, do not authenticate. A session in
+/// use has its last use recorded (at most once a minute).
 pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, ServiceError> {
+    let hash = token_hash(token);
+    let now = deps.clock.now();
     let session = deps
         .users
-        .session_by_hash(&token_hash(token))
+        .session_by_hash(&hash)
         .await?
-        .filter(|s| !s.revoked && s.expires_at > deps.clock.now())
+        .filter(|s| !s.revoked && s.expires_at > now)
         .ok_or(ServiceError::Unauthenticated)?;
+    let last_use = session.last_seen_at.unwrap_or(session.created_at);
+    if now - last_use >= SESSION_IDLE {
+        // Ended for good: a later request cannot revive it.
+        deps.users.revoke_session(&hash).await?;
+        tracing::info!(user_id = %session.user_id, reason = "idle", "session ended");
+        return Err(ServiceError::Unauthenticated);
+    }
+    if now - last_use >= SESSION_TOUCH_EVERY {
+        deps.users.touch_session(&hash, now).await?;
+    }
     let user = deps
         .users
         .get_user(&session.tenant_id, &session.user_id)

@@ -387,6 +387,7 @@ async fn an_expired_session_is_swept_as_a_session_and_a_live_one_stays(p: Ports)
             created_at: now,
             expires_at: now + Duration::seconds(expires_in),
             revoked: false,
+            last_seen_at: None,
         };
         p.users.put_session(&session).await.unwrap();
         hashes.push(session.token_hash);

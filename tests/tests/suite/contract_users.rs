@@ -91,6 +91,7 @@ async fn a_session_is_invisible_once_expired_and_marked_when_revoked(p: Ports) {
         created_at: now,
         expires_at: now + Duration::hours(12),
         revoked: false,
+        last_seen_at: None,
     };
     p.users.put_session(&session).await.unwrap();
     assert!(matches!(
@@ -322,7 +323,37 @@ async fn the_two_factor_requirement_is_per_tenant_and_off_by_default(p: Ports) {
     assert!(!p.users.two_factor_required(&t.id).await.unwrap());
 }
 
+async fn touching_a_session_records_its_last_use(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let now = p.clock.now();
+    let session = SessionRecord {
+        token_hash: kirim::secret::token_hash(&kirim::domain::new_id()),
+        tenant_id: t.id.clone(),
+        user_id: "u1".into(),
+        role: Role::ReadOnly,
+        created_at: now,
+        expires_at: now + Duration::hours(12),
+        revoked: false,
+        last_seen_at: None,
+    };
+    p.users.put_session(&session).await.unwrap();
+    let at = now + Duration::minutes(5);
+    p.users
+        .touch_session(&session.token_hash, at)
+        .await
+        .unwrap();
+    let seen = p
+        .users
+        .session_by_hash(&session.token_hash)
+        .await
+        .unwrap()
+        .and_then(|s| s.last_seen_at);
+    assert_eq!(seen.map(|t| t.timestamp()), Some(at.timestamp()));
+    p.users.touch_session("no-such-hash", at).await.unwrap();
+}
+
 contract!(
+    touching_a_session_records_its_last_use,
     an_email_belongs_to_one_user_across_all_tenants,
     a_session_is_invisible_once_expired_and_marked_when_revoked,
     failed_logins_cost_nothing_at_first_then_delays_that_double,

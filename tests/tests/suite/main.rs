@@ -19,6 +19,8 @@ mod audit;
 mod aws_errors;
 mod broadcasts;
 mod callbacks;
+mod console;
+mod console_browser;
 mod contract;
 mod contract_access;
 mod contract_callbacks;

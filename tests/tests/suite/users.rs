@@ -408,12 +408,64 @@ async fn a_session_stops_authenticating_when_its_twelve_hours_pass() {
         }
     );
     assert!(!format!("{:?}", session.token).contains(session.token.expose()));
-    clock.advance(chrono::Duration::hours(11));
-    assert!(auth::authenticate(&deps, Some(session.token.expose()))
-        .await
-        .is_ok());
+    // Used every 20 minutes (never idle for 30), it lasts its twelve hours and no more.
+    for _ in 0..(11 * 3) {
+        clock.advance(chrono::Duration::minutes(20));
+        assert!(auth::authenticate(&deps, Some(session.token.expose()))
+            .await
+            .is_ok());
+    }
     clock.advance(chrono::Duration::hours(1));
     assert!(auth::authenticate(&deps, Some(session.token.expose()))
         .await
         .is_err());
+}
+
+async fn logged_in_operator(deps: &kirim::service::Deps) -> kirim::secret::Secret {
+    use kirim::service::users;
+    let tenant = kirim::domain::TenantId::generate();
+    let email = unique_email();
+    let req: users::NewUser =
+        serde_json::from_value(json!({"email": email, "role": "operator", "password": PASSWORD}))
+            .unwrap();
+    users::create(deps, &tenant, req).await.unwrap();
+    let req: users::LoginRequest =
+        serde_json::from_value(json!({"email": email, "password": PASSWORD})).unwrap();
+    users::login(deps, req, None).await.unwrap().token
+}
+
+#[tokio::test]
+async fn a_session_left_idle_for_thirty_minutes_ends_and_stays_ended() {
+    use kirim::service::auth;
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let token = logged_in_operator(&deps).await;
+    clock.advance(chrono::Duration::minutes(29));
+    assert!(
+        auth::authenticate(&deps, Some(token.expose()))
+            .await
+            .is_ok(),
+        "29 idle minutes: still signed in"
+    );
+    clock.advance(chrono::Duration::minutes(29));
+    assert!(
+        auth::authenticate(&deps, Some(token.expose()))
+            .await
+            .is_ok(),
+        "each use restarts the idle clock"
+    );
+    clock.advance(chrono::Duration::minutes(30));
+    assert!(
+        auth::authenticate(&deps, Some(token.expose()))
+            .await
+            .is_err(),
+        "30 idle minutes end the session"
+    );
+    clock.advance(chrono::Duration::minutes(-30));
+    assert!(
+        auth::authenticate(&deps, Some(token.expose()))
+            .await
+            .is_err(),
+        "an ended session does not come back"
+    );
 }

@@ -428,6 +428,31 @@ impl UserStore for DynamoStore {
         }
     }
 
+    async fn touch_session(
+        &self,
+        token_hash: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        // Stored as serde writes a `DateTime<Utc>` (RFC 3339), so the item reads back.
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::session(token_hash).attrs()))
+            .update_expression("SET last_seen_at = :at")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":at", AttributeValue::S(at.to_rfc3339()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(())
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
     async fn two_factor_required(&self, tenant: &TenantId) -> Result<bool, StoreError> {
         Ok(self
             .get(keys::two_factor_setting(tenant))

@@ -280,6 +280,17 @@ impl UserStore for MemoryStore {
         Ok(())
     }
 
+    async fn touch_session(
+        &self,
+        token_hash: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        if let Some(s) = self.lock()?.users.sessions.get_mut(token_hash) {
+            s.last_seen_at = Some(at);
+        }
+        Ok(())
+    }
+
     async fn two_factor_required(&self, tenant: &TenantId) -> Result<bool, StoreError> {
         Ok(self
             .lock()?

@@ -1,0 +1,125 @@
+//! The console's way to the services: the API's own router, called in process. Every
+//! console action is an API request with the signed-in user's session token, so it
+//! passes the one access table (`http::access::ROUTES`), the same validation, the same
+//! services and the same audit trail as a request from any other client.
+
+use std::net::IpAddr;
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::Router;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use crate::http::extract::ClientIp;
+
+/// Answers are read up to this size (the console calls no bulk route).
+const MAX_ANSWER: usize = 8 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct Api {
+    router: Router,
+}
+
+/// Who calls: the session token (none for sign-in) and the browser's address.
+#[derive(Clone, Debug)]
+pub struct Who {
+    pub token: Option<String>,
+    pub ip: Option<IpAddr>,
+}
+
+/// An API answer: its status and JSON body (`Null` when empty).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn ok(&self) -> bool {
+        self.status.is_success()
+    }
+
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    /// The API's message for a person; never internals (the API hides them too).
+    pub fn message(&self) -> String {
+        if self.status.is_server_error() {
+            return "Something went wrong on our side; nothing was changed. Try again later."
+                .into();
+        }
+        self.body["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| "The request was refused.".into())
+    }
+}
+
+/// Percent-encodes one path segment (a phone's `+` becomes `%2B`).
+pub fn segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+impl Api {
+    pub fn new(router: Router) -> Self {
+        Self { router }
+    }
+
+    pub async fn get(&self, who: &Who, uri: &str) -> Answer {
+        self.call(who, Method::GET, uri, None, None).await
+    }
+
+    /// One API request. `uri` is a path (and query) of the API.
+    pub async fn call(
+        &self,
+        who: &Who,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+        idempotency_key: Option<&str>,
+    ) -> Answer {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(t) = &who.token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        if let Some(k) = idempotency_key.and_then(|k| HeaderValue::from_str(k).ok()) {
+            b = b.header("idempotency-key", k);
+        }
+        let body = match body {
+            Some(v) => {
+                b = b.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        let Ok(mut req) = b.body(body) else {
+            return internal("console built an invalid API request");
+        };
+        req.extensions_mut().insert(ClientIp(who.ip));
+        let res = match self.router.clone().oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let status = res.status();
+        let bytes = match axum::body::to_bytes(res.into_body(), MAX_ANSWER).await {
+            Ok(b) => b,
+            Err(_) => return internal("API answer unreadable"),
+        };
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Answer { status, body }
+    }
+}
+
+fn internal(why: &str) -> Answer {
+    tracing::error!(reason = why, "console API call failed");
+    Answer {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        body: Value::Null,
+    }
+}

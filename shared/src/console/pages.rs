@@ -1,0 +1,1446 @@
+//! The console's pages and form actions. Each handler is thin: it reads the form, makes
+//! the API request whose access the action needs, and renders the answer.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{Duration, NaiveDate, Utc};
+use maud::{html, Markup};
+use serde_json::{json, Value};
+
+use super::api::{segment, Answer, Who};
+use super::security::{
+    cookie, csrf_key, csrf_ok, csrf_token, set_cookie, LOGIN_COOKIE, SESSION_COOKIE,
+};
+use super::views::{
+    bare, csrf, error_page, frame, page, qr_svg, status_chart, Chrome, Notice, STATUSES,
+};
+use super::{may, ConsoleState};
+use crate::domain::Role;
+use crate::http::extract::ClientIp;
+use crate::secret::Secret;
+use crate::service::auth::{authenticate, Caller};
+use crate::service::errors::ServiceError;
+
+type S = State<ConsoleState>;
+type Q = Query<HashMap<String, String>>;
+
+pub(super) fn routes() -> Router<ConsoleState> {
+    Router::new()
+        .route("/console", get(dashboard))
+        .route("/console/", get(dashboard))
+        .route("/console/assets/console.css", get(css))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/2fa", get(two_factor))
+        .route("/console/2fa/enroll", post(enroll))
+        .route("/console/2fa/confirm", post(confirm))
+        .route("/console/messages", get(messages).post(send_message))
+        .route("/console/messages/{id}", get(message))
+        .route("/console/opt-outs", get(opt_outs).post(add_opt_out))
+        .route("/console/opt-outs/remove", post(remove_opt_out))
+        .route("/console/api-keys", get(api_keys).post(create_key))
+        .route("/console/api-keys/{id}/rotate", post(rotate_key))
+        .route("/console/api-keys/{id}/revoke", post(revoke_key))
+        .route("/console/users", get(users).post(add_user))
+        .route("/console/users/{id}/remove", post(remove_user))
+        .route("/console/audit", get(audit))
+        .route("/console/settings", get(settings))
+        .route("/console/settings/ip-allowlist", post(put_allowlist))
+        .route("/console/settings/status-callback", post(put_callback))
+        .route("/console/settings/2fa", post(put_two_factor))
+        .route("/console/{*rest}", get(not_found).post(not_found))
+}
+
+// ------------------------------------------------------------------ plumbing
+
+fn redirect(to: &str) -> Response {
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    res
+}
+
+fn unavailable() -> Response {
+    error_page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "The console is not available right now. Try again later.",
+    )
+}
+
+/// The signed-in user of a console request (from the session cookie).
+pub(super) struct Ctx {
+    who: Who,
+    token: String,
+    role: Role,
+    csrf: String,
+}
+
+impl Ctx {
+    fn chrome<'a>(&'a self, current: &'a str) -> Chrome<'a> {
+        Chrome {
+            role: self.role,
+            csrf: &self.csrf,
+            current,
+        }
+    }
+    fn may(&self, method: &str, path: &str) -> bool {
+        may(self.role, method, path)
+    }
+}
+
+fn client_ip(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts.extensions.get::<ClientIp>().and_then(|c| c.0)
+}
+
+impl FromRequestParts<ConsoleState> for Ctx {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, s: &ConsoleState) -> Result<Self, Response> {
+        // Only console session tokens: anything else in the cookie is not looked up.
+        let Some(token) = cookie(&parts.headers, SESSION_COOKIE)
+            .filter(|t| t.starts_with(crate::service::users::SESSION_PREFIX))
+        else {
+            return Err(redirect("/console/login"));
+        };
+        let caller = match authenticate(&s.deps, Some(&token)).await {
+            Ok(c) => c,
+            Err(ServiceError::Unauthenticated) => return Err(redirect("/console/login")),
+            Err(e) => {
+                tracing::error!(error = %e, "console session check failed");
+                return Err(unavailable());
+            }
+        };
+        let Caller::Session {
+            role,
+            enrollment_only,
+            ..
+        } = caller
+        else {
+            return Err(redirect("/console/login"));
+        };
+        let path = parts.uri.path();
+        if enrollment_only && !path.starts_with("/console/2fa") && path != "/console/logout" {
+            // The tenant requires 2FA: nothing else until it is set up.
+            return Err(redirect("/console/2fa"));
+        }
+        let Some(key) = csrf_key(&s.deps).await else {
+            return Err(unavailable());
+        };
+        Ok(Ctx {
+            who: Who {
+                token: Some(token.clone()),
+                ip: client_ip(parts),
+            },
+            csrf: csrf_token(&key, "session", &token),
+            token,
+            role,
+        })
+    }
+}
+
+type Form = HashMap<String, String>;
+
+fn parse_form(body: &Bytes) -> Form {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}
+
+fn refused_csrf() -> Response {
+    error_page(
+        StatusCode::FORBIDDEN,
+        "This form has expired or did not come from the console; nothing was changed. \
+         Reload the page and try again.",
+    )
+}
+
+/// The form of a signed-in user's POST, if its CSRF token is this session's.
+async fn form(s: &ConsoleState, ctx: &Ctx, body: &Bytes) -> Result<Form, Response> {
+    let f = parse_form(body);
+    let Some(key) = csrf_key(&s.deps).await else {
+        return Err(unavailable());
+    };
+    if !csrf_ok(
+        &key,
+        "session",
+        &ctx.token,
+        f.get("csrf").map(String::as_str),
+    ) {
+        tracing::info!(outcome = "denied", reason = "csrf", "console form refused");
+        return Err(refused_csrf());
+    }
+    Ok(f)
+}
+
+fn field<'a>(f: &'a Form, name: &str) -> &'a str {
+    f.get(name).map(|v| v.trim()).unwrap_or("")
+}
+
+/// The notice a redirect after a successful action asks for (`?done=`): fixed texts.
+fn done(q: &HashMap<String, String>) -> Option<Notice> {
+    let text = match q.get("done").map(String::as_str)? {
+        "sent" => "The message was accepted and queued for sending.",
+        "opt_out_added" => "The number is opted out.",
+        "opt_out_removed" => "The opt-out was removed.",
+        "key_revoked" => "The key was revoked; it is refused from the next request.",
+        "user_added" => "The user was added.",
+        "user_removed" => "The user was removed; their sessions have ended.",
+        "allowlist" => "The IP allow-list was saved.",
+        "callback" => "The status callback was saved.",
+        "callback_off" => "Status callbacks are off.",
+        "two_factor_setting" => "The two-factor requirement was saved.",
+        "two_factor_on" => "Two-factor authentication is on for your sign-ins.",
+        "signed_out" => "You are signed out.",
+        _ => return None,
+    };
+    Some(Notice::Done(text.into()))
+}
+
+/// The page for an API answer that was not a success: sign-in again on 401, a 404 page
+/// for what is not there (or another tenant's), else an error page.
+fn failed(a: &Answer) -> Response {
+    match a.status {
+        StatusCode::UNAUTHORIZED => redirect("/console/login"),
+        StatusCode::NOT_FOUND => error_page(StatusCode::NOT_FOUND, "There is no such item."),
+        StatusCode::FORBIDDEN => error_page(
+            StatusCode::FORBIDDEN,
+            "Your role does not allow this; nothing was changed.",
+        ),
+        s => error_page(s, &a.message()),
+    }
+}
+
+fn problem(a: &Answer) -> (StatusCode, Option<Notice>) {
+    (a.status, Some(Notice::Problem(a.message())))
+}
+
+fn text<'a>(v: &'a Value, k: &str) -> &'a str {
+    v[k].as_str().unwrap_or("")
+}
+
+fn when(v: &Value) -> String {
+    v.as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| {
+            t.with_timezone(&Utc)
+                .format("%Y-%m-%d %H:%M UTC")
+                .to_string()
+        })
+        .unwrap_or_else(|| "—".into())
+}
+
+fn day_start(d: NaiveDate) -> String {
+    format!("{}T00:00:00Z", d.format("%Y-%m-%d"))
+}
+
+fn query(pairs: &[(&str, &str)]) -> String {
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        if !v.is_empty() {
+            s.append_pair(k, v);
+        }
+    }
+    s.finish()
+}
+
+async fn css() -> Response {
+    let mut res = super::views::CSS.into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/css; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    res
+}
+
+async fn not_found() -> Response {
+    error_page(StatusCode::NOT_FOUND, "There is no such page.")
+}
+
+// ------------------------------------------------------------------ sign-in
+
+fn login_form(csrf_value: &str, n: Option<&Notice>, status: StatusCode) -> Response {
+    page(
+        status,
+        bare(
+            "Sign in",
+            n,
+            html! {
+                form.stack method="post" action="/console/login" {
+                    (csrf(csrf_value))
+                    div { label for="email" { "Email" } input #email type="email" name="email" autocomplete="username" required; }
+                    div { label for="password" { "Password" } input #password type="password" name="password" autocomplete="current-password" required; }
+                    button type="submit" { "Sign in" }
+                }
+            },
+        ),
+    )
+}
+
+fn totp_form(csrf_value: &str, email: &str, password: &str, n: Option<&Notice>) -> Response {
+    let status = if n.is_some() {
+        StatusCode::UNAUTHORIZED
+    } else {
+        StatusCode::OK
+    };
+    page(
+        status,
+        bare(
+            "Two-factor code",
+            n,
+            html! {
+                p { "Enter the 6-digit code from your authenticator app for " strong { (email) } "." }
+                form.stack method="post" action="/console/login" {
+                    (csrf(csrf_value))
+                    input type="hidden" name="email" value=(email);
+                    // Sent again with the code (the service checks both at once); this
+                    // page is never cached.
+                    input type="hidden" name="password" value=(password);
+                    div {
+                        label for="totp_code" { "Code" }
+                        input #totp_code type="text" name="totp_code" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" autocomplete="one-time-code" required autofocus;
+                    }
+                    button type="submit" { "Sign in" }
+                }
+                p { a href="/console/login" { "Start again" } }
+            },
+        ),
+    )
+}
+
+async fn login_page(State(s): S, q: Q, parts: Parts) -> Response {
+    if let Some(t) = cookie(&parts.headers, SESSION_COOKIE)
+        .filter(|t| t.starts_with(crate::service::users::SESSION_PREFIX))
+    {
+        if authenticate(&s.deps, Some(&t)).await.is_ok() {
+            return redirect("/console/");
+        }
+    }
+    let Some(key) = csrf_key(&s.deps).await else {
+        return unavailable();
+    };
+    let nonce = Secret::generate("");
+    let mut res = login_form(
+        &csrf_token(&key, "login", nonce.expose()),
+        done(&q.0).as_ref(),
+        StatusCode::OK,
+    );
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(LOGIN_COOKIE, nonce.expose(), s.options.secure_cookies, None),
+    );
+    res
+}
+
+async fn login(State(s): S, parts: Parts, body: Bytes) -> Response {
+    let f = parse_form(&body);
+    let Some(key) = csrf_key(&s.deps).await else {
+        return unavailable();
+    };
+    let nonce = cookie(&parts.headers, LOGIN_COOKIE).unwrap_or_default();
+    if nonce.is_empty() || !csrf_ok(&key, "login", &nonce, f.get("csrf").map(String::as_str)) {
+        return refused_csrf();
+    }
+    let token = csrf_token(&key, "login", &nonce);
+    let (email, password, code) = (
+        field(&f, "email"),
+        f.get("password").map(String::as_str).unwrap_or(""),
+        field(&f, "totp_code"),
+    );
+    let mut req = json!({"email": email, "password": password});
+    if !code.is_empty() {
+        req["totp_code"] = json!(code);
+    }
+    let who = Who {
+        token: None,
+        ip: client_ip(&parts),
+    };
+    let a = s
+        .api
+        .call(&who, Method::POST, "/v1/auth/login", Some(req), None)
+        .await;
+    if a.ok() {
+        let Some(session) = a.body["token"].as_str() else {
+            return unavailable();
+        };
+        let to = if a.body["totp_enrollment_required"].as_bool() == Some(true) {
+            "/console/2fa"
+        } else {
+            "/console/"
+        };
+        let mut res = redirect(to);
+        let secure = s.options.secure_cookies;
+        let h = res.headers_mut();
+        h.append(
+            header::SET_COOKIE,
+            set_cookie(SESSION_COOKIE, session, secure, None),
+        );
+        h.append(
+            header::SET_COOKIE,
+            set_cookie(LOGIN_COOKIE, "", secure, Some(0)),
+        );
+        return res;
+    }
+    match (a.status, a.code()) {
+        (StatusCode::UNAUTHORIZED, "totp_required") => {
+            let n = (!code.is_empty())
+                .then(|| Notice::Problem("that code is not valid; try the next one".into()));
+            totp_form(&token, email, password, n.as_ref())
+        }
+        (StatusCode::UNAUTHORIZED, _) => login_form(
+            &token,
+            Some(&Notice::Problem("the email or password is wrong".into())),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (status, _) => login_form(&token, Some(&Notice::Problem(a.message())), status),
+    }
+}
+
+async fn logout(State(s): S, ctx: Ctx, body: Bytes) -> Response {
+    if let Err(r) = form(&s, &ctx, &body).await {
+        return r;
+    }
+    let a = s
+        .api
+        .call(&ctx.who, Method::POST, "/v1/auth/logout", None, None)
+        .await;
+    if !a.ok() && a.status != StatusCode::UNAUTHORIZED {
+        return failed(&a);
+    }
+    let mut res = redirect("/console/login?done=signed_out");
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, "", s.options.secure_cookies, Some(0)),
+    );
+    res
+}
+
+// ------------------------------------------------------------------ 2FA
+
+async fn two_factor(ctx: Ctx, q: Q) -> Response {
+    let body = html! {
+        p { "Two-factor authentication asks for a code from an authenticator app (such as
+            Google Authenticator, 1Password or Aegis) each time you sign in." }
+        form.stack method="post" action="/console/2fa/enroll" {
+            (csrf(&ctx.csrf))
+            button type="submit" { "Set up two-factor authentication" }
+        }
+    };
+    page(
+        StatusCode::OK,
+        frame(
+            "Two-factor",
+            &ctx.chrome("/console/2fa"),
+            done(&q.0).as_ref(),
+            body,
+        ),
+    )
+}
+
+fn confirm_form(ctx: &Ctx) -> Markup {
+    html! {
+        form.stack method="post" action="/console/2fa/confirm" {
+            (csrf(&ctx.csrf))
+            div {
+                label for="totp_code" { "Code from the app" }
+                input #totp_code type="text" name="totp_code" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" autocomplete="one-time-code" required;
+            }
+            button type="submit" { "Turn on two-factor authentication" }
+        }
+    }
+}
+
+async fn enroll(State(s): S, ctx: Ctx, body: Bytes) -> Response {
+    if let Err(r) = form(&s, &ctx, &body).await {
+        return r;
+    }
+    let a = s
+        .api
+        .call(&ctx.who, Method::POST, "/v1/auth/2fa/enroll", None, None)
+        .await;
+    let chrome = ctx.chrome("/console/2fa");
+    if !a.ok() {
+        if a.status == StatusCode::UNAUTHORIZED {
+            return failed(&a);
+        }
+        let (status, n) = problem(&a);
+        return page(status, frame("Two-factor", &chrome, n.as_ref(), html! {}));
+    }
+    let (secret, uri) = (text(&a.body, "secret"), text(&a.body, "otpauth_uri"));
+    let body = html! {
+        p { "Scan this code with your authenticator app, or type the key below into it. It is
+            shown this once." }
+        (qr_svg(uri))
+        p { "Key: " span.secret #totp-secret { (secret) } }
+        (confirm_form(&ctx))
+    };
+    page(StatusCode::OK, frame("Two-factor", &chrome, None, body))
+}
+
+async fn confirm(State(s): S, ctx: Ctx, body: Bytes) -> Response {
+    let f = match form(&s, &ctx, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let a = s
+        .api
+        .call(
+            &ctx.who,
+            Method::POST,
+            "/v1/auth/2fa/confirm",
+            Some(json!({"totp_code": field(&f, "totp_code")})),
+            None,
+        )
+        .await;
+    if a.ok() {
+        return redirect("/console/?done=two_factor_on");
+    }
+    if a.status == StatusCode::UNAUTHORIZED {
+        return failed(&a);
+    }
+    let (status, n) = problem(&a);
+    let body = html! {
+        (confirm_form(&ctx))
+        form.stack method="post" action="/console/2fa/enroll" {
+            (csrf(&ctx.csrf))
+            button.quiet type="submit" { "Start again with a new key" }
+        }
+    };
+    page(
+        status,
+        frame("Two-factor", &ctx.chrome("/console/2fa"), n.as_ref(), body),
+    )
+}
+
+// ------------------------------------------------------------------ dashboard
+
+/// Messages are counted from the list, at most this many pages of 100.
+const DASHBOARD_PAGES: usize = 20;
+
+async fn dashboard(State(s): S, ctx: Ctx, q: Q) -> Response {
+    let account = s.api.get(&ctx.who, "/v1/account").await;
+    if !account.ok() {
+        return failed(&account);
+    }
+    let today = Utc::now().date_naive();
+    let first = today - Duration::days(6);
+    let mut today_counts: HashMap<String, u64> = HashMap::new();
+    let mut week: HashMap<String, u64> = HashMap::new();
+    let mut cursor: Option<String> = None;
+    let mut truncated = false;
+    for i in 0..=DASHBOARD_PAGES {
+        if i == DASHBOARD_PAGES {
+            truncated = true;
+            break;
+        }
+        let since = day_start(first);
+        let qs = query(&[
+            ("since", &since),
+            ("limit", "100"),
+            ("cursor", cursor.as_deref().unwrap_or("")),
+        ]);
+        let a = s.api.get(&ctx.who, &format!("/v1/messages?{qs}")).await;
+        if !a.ok() {
+            return failed(&a);
+        }
+        for m in a.body["messages"].as_array().into_iter().flatten() {
+            let status = text(m, "status").to_owned();
+            let day = text(m, "created_at").get(..10).unwrap_or("").to_owned();
+            if day == today.format("%Y-%m-%d").to_string() {
+                *today_counts.entry(status.clone()).or_default() += 1;
+            }
+            *week.entry(status).or_default() += 1;
+        }
+        cursor = a.body["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let counts = |m: &HashMap<String, u64>| -> Vec<(&'static str, u64)> {
+        STATUSES
+            .iter()
+            .map(|s| (*s, m.get(*s).copied().unwrap_or(0)))
+            .collect()
+    };
+    let acc = &account.body;
+    let quality = &acc["quality"];
+    let pct = |v: &Value| format!("{:.1} %", v.as_f64().unwrap_or(0.0) * 100.0);
+    let body = html! {
+        div.cards {
+            div.card { div { "Credits" } div.big #credits { (acc["credits"].as_i64().unwrap_or(0)) } }
+            div.card { div { "Account" } div.big { (text(acc, "status")) } }
+            div.card { div { "Opt-out rate (7 days)" } div.big { (pct(&quality["opt_out_rate"])) } }
+            div.card {
+                div { "Quality" }
+                div.big { @if quality["flagged"].as_bool() == Some(true) { "Flagged" } @else { "Good" } }
+                div.hint { "Undeliverable: " (pct(&quality["undeliverable_rate"])) }
+            }
+        }
+        h2 { "Messages by status" }
+        @if truncated { p.hint { "Counted from the most recent " (DASHBOARD_PAGES * 100) " messages only." } }
+        (status_chart("today", &format!("Today ({})", today.format("%Y-%m-%d")), &counts(&today_counts)))
+        (status_chart("week", &format!("Last 7 days ({} to {})", first.format("%Y-%m-%d"), today.format("%Y-%m-%d")), &counts(&week)))
+        div.table-wrap {
+            table {
+                caption { "Messages by status" }
+                thead { tr { th scope="col" { "Status" } th scope="col" { "Today" } th scope="col" { "Last 7 days" } } }
+                tbody {
+                    @for st in STATUSES {
+                        tr { th scope="row" { (st) } td { (today_counts.get(st).copied().unwrap_or(0)) } td { (week.get(st).copied().unwrap_or(0)) } }
+                    }
+                }
+            }
+        }
+    };
+    page(
+        StatusCode::OK,
+        frame(
+            "Dashboard",
+            &ctx.chrome("/console/"),
+            done(&q.0).as_ref(),
+            body,
+        ),
+    )
+}
+
+// ------------------------------------------------------------------ messages
+
+async fn messages(State(s): S, ctx: Ctx, q: Q) -> Response {
+    render_messages(&s, &ctx, &q.0, StatusCode::OK, done(&q.0)).await
+}
+
+async fn render_messages(
+    s: &ConsoleState,
+    ctx: &Ctx,
+    q: &HashMap<String, String>,
+    status: StatusCode,
+    n: Option<Notice>,
+) -> Response {
+    let get = |k: &str| q.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
+    let (st, date, cursor) = (get("status"), get("date"), get("cursor"));
+    let mut status = status;
+    let mut n = n;
+    let mut since = String::new();
+    let mut until = String::new();
+    if !date.is_empty() {
+        match NaiveDate::parse_from_str(&date, "%Y-%m-%d") {
+            Ok(d) => {
+                since = day_start(d);
+                until = day_start(d + Duration::days(1));
+            }
+            Err(_) => {
+                status = StatusCode::BAD_REQUEST;
+                n = Some(Notice::Problem(
+                    "the date must be a day (YYYY-MM-DD)".into(),
+                ));
+            }
+        }
+    }
+    let mut list: Vec<Value> = Vec::new();
+    let mut next: Option<String> = None;
+    if status != StatusCode::BAD_REQUEST {
+        let qs = query(&[
+            ("status", &st),
+            ("since", &since),
+            ("until", &until),
+            ("limit", "50"),
+            ("cursor", &cursor),
+        ]);
+        let a = s.api.get(&ctx.who, &format!("/v1/messages?{qs}")).await;
+        if a.status == StatusCode::BAD_REQUEST {
+            (status, n) = problem(&a);
+        } else if !a.ok() {
+            return failed(&a);
+        } else {
+            list = a.body["messages"].as_array().cloned().unwrap_or_default();
+            next = a.body["next_cursor"].as_str().map(str::to_owned);
+        }
+    }
+    let can_send = ctx.may("POST", "/v1/messages");
+    let body = html! {
+        form.filters method="get" action="/console/messages" {
+            div {
+                label for="f-status" { "Status" }
+                select #f-status name="status" {
+                    option value="" selected[st.is_empty()] { "Any" }
+                    @for x in STATUSES { option value=(x) selected[st == x] { (x) } }
+                }
+            }
+            div { label for="f-date" { "Day (UTC)" } input #f-date type="date" name="date" value=(date); }
+            button type="submit" { "Filter" }
+        }
+        div.table-wrap {
+            table #messages {
+                caption { "Messages, newest first" }
+                thead { tr { th scope="col" { "Message" } th scope="col" { "To" } th scope="col" { "Template" } th scope="col" { "Status" } th scope="col" { "Created" } } }
+                tbody {
+                    @for m in &list {
+                        tr {
+                            td { a href=(format!("/console/messages/{}", segment(text(m, "id")))) { (text(m, "id")) } }
+                            td { (text(m, "to")) }
+                            td { (m["template"]["name"].as_str().unwrap_or("(session text)")) }
+                            td.status { (text(m, "status")) }
+                            td { (when(&m["created_at"])) }
+                        }
+                    }
+                    @if list.is_empty() { tr { td colspan="5" { "No messages." } } }
+                }
+            }
+        }
+        @if let Some(c) = &next {
+            p { a href=(format!("/console/messages?{}", query(&[("status", &st), ("date", &date), ("cursor", c)]))) { "Older messages" } }
+        }
+        @if can_send {
+            h2 { "Send a template message" }
+            form.stack method="post" action="/console/messages" {
+                (csrf(&ctx.csrf))
+                input type="hidden" name="idempotency_key" value=(crate::domain::new_id());
+                div { label for="to" { "To (E.164, e.g. +60123456789)" } input #to type="tel" name="to" required; }
+                div { label for="template" { "Template name" } input #template type="text" name="template" required; }
+                div { label for="language" { "Language" } input #language type="text" name="language" value="en_US" required; }
+                div {
+                    label for="category" { "Category" }
+                    select #category name="category" {
+                        option value="utility" { "utility" }
+                        option value="marketing" { "marketing" }
+                        option value="authentication" { "authentication" }
+                    }
+                }
+                div { label for="parameter" { "Body parameter (optional)" } input #parameter type="text" name="parameter"; }
+                div { label for="client_reference" { "Your reference (optional)" } input #client_reference type="text" name="client_reference"; }
+                button type="submit" { "Send" }
+            }
+        }
+    };
+    page(
+        status,
+        frame(
+            "Messages",
+            &ctx.chrome("/console/messages"),
+            n.as_ref(),
+            body,
+        ),
+    )
+}
+
+async fn send_message(State(s): S, ctx: Ctx, body: Bytes) -> Response {
+    let f = match form(&s, &ctx, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let mut template = json!({
+        "name": field(&f, "template"),
+        "language": field(&f, "language"),
+        "category": field(&f, "category"),
+    });
+    let param = field(&f, "parameter");
+    if !param.is_empty() {
+        template["components"] =
+            json!([{"type": "body", "parameters": [{"type": "text", "text": param}]}]);
+    }
+    let mut req = json!({"to": field(&f, "to"), "template": template});
+    let reference = field(&f, "client_reference");
+    if !reference.is_empty() {
+        req["client_reference"] = json!(reference);
+    }
+    let key = Some(field(&f, "idempotency_key")).filter(|k| !k.is_empty());
+    let a = s
+        .api
+        .call(&ctx.who, Method::POST, "/v1/messages", Some(req), key)
+        .await;
+    if a.ok() {
+        return redirect(&format!(
+            "/console/messages/{}?done=sent",
+            segment(text(&a.body, "id"))
+        ));
+    }
+    if a.status == StatusCode::UNAUTHORIZED {
+        return failed(&a);
+    }
+    let (status, n) = problem(&a);
+    render_messages(&s, &ctx, &HashMap::new(), status, n).await
+}
+
+async fn message(State(s): S, ctx: Ctx, Path(id): Path<String>, q: Q) -> Response {
+    let a = s
+        .api
+        .get(&ctx.who, &format!("/v1/messages/{}", segment(&id)))
+        .await;
+    if !a.ok() {
+        return failed(&a);
+    }
+    let m = &a.body;
+    let body = html! {
+        dl.facts {
+            dt { "Id" } dd { (text(m, "id")) }
+            dt { "To" } dd { (text(m, "to")) }
+            dt { "Status" } dd #message-status { (text(m, "status")) }
+            dt { "Template" } dd { (m["template"]["name"].as_str().unwrap_or("(session text)")) " " (m["template"]["language"].as_str().unwrap_or("")) }
+            dt { "Your reference" } dd { (m["client_reference"].as_str().unwrap_or("—")) }
+            dt { "Created" } dd { (when(&m["created_at"])) }
+            dt { "Updated" } dd { (when(&m["updated_at"])) }
+            @if !m["error"].is_null() {
+                dt { "Failure" }
+                dd { "Code " (m["error"]["code"].to_string().trim_matches('"')) ": " (text(&m["error"], "title")) }
+            }
+        }
+        div.table-wrap {
+            table {
+                caption { "Events" }
+                thead { tr { th scope="col" { "Status" } th scope="col" { "At" } } }
+                tbody {
+                    @for e in m["events"].as_array().into_iter().flatten() {
+                        tr { td { (text(e, "status")) } td { (when(&e["at"])) } }
+                    }
+                }
+            }
+        }
+        p { a href="/console/messages" { "All messages" } }
+    };
+    page(
+        StatusCode::OK,
+        frame(
+            "Message",
+            &ctx.chrome("/console/messages"),
+            done(&q.0).as_ref(),
+            body,
+        ),
+    )
+}
+
+// ------------------------------------------------------------------ opt-outs
+
+async fn opt_outs(State(s): S, ctx: Ctx, q: Q) -> Response {
+    let cursor = q.0.get("cursor").cloned().unwrap_or_default();
+    render_opt_outs(&s, &ctx, &cursor, StatusCode::OK, done(&q.0)).await
+}
+
+async fn render_opt_outs(
+    s: &ConsoleState,
+    ctx: &Ctx,
+    cursor: &str,
+    status: StatusCode,
+    n: Option<Notice>,
+) -> Response {
+    let qs = query(&[("limit", "50"), ("cursor", cursor)]);
+    let a = s.api.get(&ctx.who, &format!("/v1/opt-outs?{qs}")).await;
+    if !a.ok() {
+        return failed(&a);
+    }
+    let list = a.body["opt_outs"].as_array().cloned().unwrap_or_default();
+    let can_remove = ctx.may("DELETE", "/v1/opt-outs/{phone}");
+    let body = html! {
+        @if ctx.may("PUT", "/v1/opt-outs/{phone}") {
+            h2 { "Add an opt-out" }
+            form.stack method="post" action="/console/opt-outs" {
+                (csrf(&ctx.csrf))
+                div { label for="phone" { "Phone (E.164)" } input #phone type="tel" name="phone" required; }
+                div {
+                    label for="scope" { "Scope" }
+                    select #scope name="scope" {
+                        option value="all" { "all messages" }
+                        option value="marketing" { "marketing only" }
+                    }
+                }
+                button type="submit" { "Opt out" }
+            }
+        }
+        div.table-wrap {
+            table #opt-outs {
+                caption { "Opted-out numbers" }
+                thead { tr { th scope="col" { "Phone" } th scope="col" { "Scope" } th scope="col" { "Source" } th scope="col" { "Since" } @if can_remove { th scope="col" { "Action" } } } }
+                tbody {
+                    @for o in &list {
+                        tr {
+                            td { (text(o, "phone")) } td { (text(o, "scope")) } td { (text(o, "source")) } td { (when(&o["created_at"])) }
+                            @if can_remove {
+                                td {
+                                    form.inline method="post" action="/console/opt-outs/remove" {
+                                        (csrf(&ctx.csrf))
+                                        input type="hidden" name="phone" value=(text(o, "phone"));
+                                        button.danger type="submit" aria-label=(format!("Remove the opt-out of {}", text(o, "phone"))) { "Remove" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    @if list.is_empty() { tr { td colspan="5" { "No opt-outs." } } }
+                }
+            }
+        }
+        @if let Some(c) = a.body["next_cursor"].as_str() {
+            p { a href=(format!("/console/opt-outs?{}", query(&[("cursor", c)]))) { "More" } }
+        }
+    };
+    page(
+        status,
+        frame(
+            "Opt-outs",
+            &ctx.chrome("/console/opt-outs"),
+            n.as_ref(),
+            body,
+        ),
+    )
+}
+
+async fn opt_out_action(s: &ConsoleState, ctx: &Ctx, body: &Bytes, method: Method) -> Response {
+    let f = match form(s, ctx, body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let phone = field(&f, "phone");
+    if phone.is_empty() {
+        let n = Some(Notice::Problem("enter a phone number".into()));
+        return render_opt_outs(s, ctx, "", StatusCode::BAD_REQUEST, n).await;
+    }
+    let uri = format!("/v1/opt-outs/{}", segment(phone));
+    let removing = method == Method::DELETE;
+    let req = (!removing).then(|| json!({"scope": field(&f, "scope")}));
+    let a = s.api.call(&ctx.who, method, &uri, req, None).await;
+    match a.status {
+        st if st.is_success() && removing => redirect("/console/opt-outs?done=opt_out_removed"),
+        st if st.is_success() => redirect("/console/opt-outs?done=opt_out_added"),
+        StatusCode::UNAUTHORIZED => failed(&a),
+        _ => {
+            let (status, n) = problem(&a);
+            render_opt_outs(s, ctx, "", status, n).await
+        }
+    }
+}
+
+async fn add_opt_out(State(s): S, ctx: Ctx, body: Bytes) -> Response {
+    opt_out_action(&s, &ctx, &body, Method::PUT).await
+}
+
+async fn remove_opt_out(State(s): S, ctx: Ctx, body: Bytes) -> Response {
+    opt_out_action(&s, &ctx, &body, Method::DELETE).await
+}
+
+// ------------------------------------------------------------------ API keys
+
+fn role_select(id: &str) -> Markup {
+    html! {
+        select id=(id) name="role" {
+            option value="read_only" { "read-only" }
+            option value="operator" { "operator" }
+            option value="admin" { "admin" }
+        }
+    }
+}
+
+/// A secret shown once, on the page that created it.
+fn shown_once(title: &str, key: &str) -> Markup {
+    html! {
+        section.notice.done aria-labelledby="once-title" {
+            h2 #once-title { (title) }
+            p { "Copy it now: it is shown this once and cannot be shown again." }
+            p.secret #new-key { (key) }
+        }
+    }
+}
+
+async fn api_keys(State(s): S, ctx: Ctx, q: Q) -> Response {
+    render_keys(&s, &ctx, StatusCode::OK, done(&q.0), None).await
+}
+
+async fn render_keys(
+    s: &ConsoleState,
+    ctx: &Ctx,
+    status: StatusCode,
+    n: Option<Notice>,
+    once: Option<Markup>,
+) -> Response {
+    let a = s.api.get(&ctx.who, "/v1/api-keys").await;
+    if !a.ok() {
+        return failed(&a);
+    }
+    let keys = a.body["api_keys"].as_array().cloned().unwrap_or_default();
+    let body = html! {
+        @if let Some(o) = once { (o) }
+        h2 { "Create a key" }
+        form.stack method="post" action="/console/api-keys" {
+            (csrf(&ctx.csrf))
+            div { label for="key-name" { "Name" } input #key-name type="text" name="name" maxlength="100" required; }
+            div { label for="key-role" { "Role" } (role_select("key-role")) }
+            div { label for="key-expiry" { "Expires after (days, optional)" } input #key-expiry type="number" name="expires_in_days" min="1" max="3650"; }
+            button type="submit" { "Create key" }
+        }
+        div.table-wrap {
+            table #api-keys {
+                caption { "API keys" }
+                thead { tr { th scope="col" { "Name" } th scope="col" { "Role" } th scope="col" { "Status" } th scope="col" { "Created" } th scope="col" { "Expires" } th scope="col" { "Actions" } } }
+                tbody {
+                    @for k in &keys {
+                        @let id = segment(text(k, "id"));
+                        @let name = text(k, "name");
+                        tr {
+                            td { (name) } td { (text(k, "role")) } td.status { (text(k, "status")) }
+                            td { (when(&k["created_at"])) } td { (when(&k["expires_at"])) }
+                            td {
+                                @if text(k, "status") == "active" {
+                                    form.inline method="post" action=(format!("/console/api-keys/{id}/rotate")) {
+                                        (csrf(&ctx.csrf))
+                                        label for=(format!("grace-{id}")) { "Old key works for (hours)" }
+                                        input id=(format!("grace-{id}")) type="number" name="grace_period_hours" min="0" max="168" value="24";
+                                        button type="submit" aria-label=(format!("Rotate {name}")) { "Rotate" }
+                                    }
+                                }
+                                @if matches!(text(k, "status"), "active" | "expiring") {
+                                    form.inline method="post" action=(format!("/console/api-keys/{id}/revoke")) {
+                                        (csrf(&ctx.csrf))
+                                        button.danger type="submit" aria-label=(format!("Revoke {name}")) { "Revoke" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    @if keys.is_empty() { tr { td colspan="6" { "No keys." } } }
+                }
+            }
+        }
+    };
+    page(
+        status,
+        frame(
+            "API keys",
+            &ctx.chrome("/console/api-keys"),
+            n.as_ref(),
+            body,
+        ),
+    )
+}
+
+/// A positive number field, absent when empty; `Err` names the field.
+fn number(f: &Form, name: &str, label: &str) -> Result<Option<i64>, Notice> {
+    let v = field(f, name);
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse::<i64>()
+        .map(Some)
+        .map_err(|_| Notice::Problem(format!("{label} must be a whole number")))
+}
+
+async fn create_key(State(s): S, ctx: Ctx, body: Bytes) -> Response {
+    let f = match form(&s, &ctx, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let mut req = json!({"name": field(&f, "name"), "role": field(&f, "role")});
+    match number(&f, "expires_in_days", "expiry") {
+        Ok(Some(d)) => req["expires_in_days"] = json!(d),
+        Ok(None) => {}
+        Err(n) => return render_keys(&s, &ctx, StatusCode::BAD_REQUEST, Some(n), None).await,
+    }
+    let a = s
+        .api
+        .call(&ctx.who, Method::POST, "/v1/api-keys", Some(req), None)
+        .await;
+    if a.ok() {
+        let once = shown_once("Your new key", text(&a.body, "key"));
+        let n = Some(Notice::Done(format!(
+            "Key “{}” created.",
+            text(&a.body, "name")
+        )));
+        return render_keys(&s, &ctx, StatusCode::CREATED, n, Some(once)).await;
+    }
+    if a.status == StatusCode::UNAUTHORIZED {
+        return failed(&a);
+    }
+    let (status, n) = problem(&a);
+    render_keys(&s, &ctx, status, n, None).await
+}
+
+async fn rotate_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
+    let f = match form(&s, &ctx, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let mut req = json!({});
+    match number(&f, "grace_period_hours", "the grace period") {
+        Ok(Some(h)) => req["grace_period_hours"] = json!(h),
+        Ok(None) => {}
+        Err(n) => return render_keys(&s, &ctx, StatusCode::BAD_REQUEST, Some(n), None).await,
+    }
+    let uri = format!("/v1/api-keys/{}/rotate", segment(&id));
+    let a = s
+        .api
+        .call(&ctx.who, Method::POST, &uri, Some(req), None)
+        .await;
+    if a.ok() {
+        let once = shown_once("The rotated key", text(&a.body, "key"));
+        let n = Some(Notice::Done(
+            "Key rotated; the old key works until its grace period ends.".into(),
+        ));
+        return render_keys(&s, &ctx, StatusCode::CREATED, n, Some(once)).await;
+    }
+    if matches!(a.status, StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND) {
+        return failed(&a);
+    }
+    let (status, n) = problem(&a);
+    render_keys(&s, &ctx, status, n, None).await
+}
+
+async fn revoke_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
+    if let Err(r) = form(&s, &ctx, &body).await {
+        return r;
+    }
+    let uri = format!("/v1/api-keys/{}", segment(&id));
+    let a = s.api.call(&ctx.who, Method::DELETE, &uri, None, None).await;
+    if a.ok() {
+        return redirect("/console/api-keys?done=key_revoked");
+    }
+    failed(&a)
+}
+
+// ------------------------------------------------------------------ users
+
+async fn users(State(s): S, ctx: Ctx, q: Q) -> Response {
+    render_users(&s, &ctx, StatusCode::OK, done(&q.0)).await
+}
+
+async fn render_users(
+    s: &ConsoleState,
+    ctx: &Ctx,
+    status: StatusCode,
+    n: Option<Notice>,
+) -> Response {
+    let a = s.api.get(&ctx.who, "/v1/users").await;
+    if !a.ok() {
+        return failed(&a);
+    }
+    let list = a.body["users"].as_array().cloned().unwrap_or_default();
+    let body = html! {
+        h2 { "Add a user" }
+        form.stack method="post" action="/console/users" {
+            (csrf(&ctx.csrf))
+            div { label for="user-email" { "Email" } input #user-email type="email" name="email" autocomplete="off" required; }
+            div { label for="user-role" { "Role" } (role_select("user-role")) }
+            div {
+                label for="user-password" { "First password (12 to 128 characters)" }
+                input #user-password type="password" name="password" minlength="12" maxlength="128" autocomplete="new-password" required;
+            }
+            button type="submit" { "Add user" }
+        }
+        div.table-wrap {
+            table #users {
+                caption { "Users" }
+                thead { tr { th scope="col" { "Email" } th scope="col" { "Role" } th scope="col" { "Two-factor" } th scope="col" { "Added" } th scope="col" { "Action" } } }
+                tbody {
+                    @for u in &list {
+                        tr {
+                            td { (text(u, "email")) } td { (text(u, "role")) } td { (text(u, "two_factor")) } td { (when(&u["created_at"])) }
+                            td {
+                                form.inline method="post" action=(format!("/console/users/{}/remove", segment(text(u, "id")))) {
+                                    (csrf(&ctx.csrf))
+                                    button.danger type="submit" aria-label=(format!("Remove {}", text(u, "email"))) { "Remove" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    page(
+        status,
+        frame("Users", &ctx.chrome("/console/users"), n.as_ref(), body),
+    )
+}
+
+async fn add_user(State(s): S, ctx: Ctx, body: Bytes) -> Response {
+    let f = match form(&s, &ctx, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let req = json!({
+        "email": field(&f, "email"),
+        "role": field(&f, "role"),
+        "password": f.get("password").map(String::as_str).unwrap_or(""),
+    });
+    let a = s
+        .api
+        .call(&ctx.who, Method::POST, "/v1/users", Some(req), None)
+        .await;
+    if a.ok() {
+        return redirect("/console/users?done=user_added");
+    }
+    if a.status == StatusCode::UNAUTHORIZED {
+        return failed(&a);
+    }
+    let (status, n) = problem(&a);
+    render_users(&s, &ctx, status, n).await
+}
+
+async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
+    if let Err(r) = form(&s, &ctx, &body).await {
+        return r;
+    }
+    let uri = format!("/v1/users/{}", segment(&id));
+    let a = s.api.call(&ctx.who, Method::DELETE, &uri, None, None).await;
+    if a.ok() {
+        return redirect("/console/users?done=user_removed");
+    }
+    failed(&a)
+}
+
+// ------------------------------------------------------------------ audit
+
+async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
+    let get = |k: &str| q.0.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
+    let (action, from, to, cursor) = (get("action"), get("since"), get("until"), get("cursor"));
+    let mut n = None;
+    let mut status = StatusCode::OK;
+    let parse = |d: &str, plus: i64| {
+        NaiveDate::parse_from_str(d, "%Y-%m-%d")
+            .map(|d| day_start(d + Duration::days(plus)))
+            .ok()
+    };
+    let since = if from.is_empty() {
+        Some(String::new())
+    } else {
+        parse(&from, 0)
+    };
+    let until = if to.is_empty() {
+        Some(String::new())
+    } else {
+        parse(&to, 1)
+    };
+    let mut events = Vec::new();
+    let mut next = None;
+    match (since, until) {
+        (Some(since), Some(until)) => {
+            let qs = query(&[
+                ("action", &action),
+                ("since", &since),
+                ("until", &until),
+                ("cursor", &cursor),
+            ]);
+            let a = s.api.get(&ctx.who, &format!("/v1/audit?{qs}")).await;
+            if a.status == StatusCode::BAD_REQUEST {
+                (status, n) = problem(&a);
+            } else if !a.ok() {
+                return failed(&a);
+            } else {
+                events = a.body["events"].as_array().cloned().unwrap_or_default();
+                next = a.body["next_cursor"].as_str().map(str::to_owned);
+            }
+        }
+        _ => {
+            status = StatusCode::BAD_REQUEST;
+            n = Some(Notice::Problem("dates must be days (YYYY-MM-DD)".into()));
+        }
+    }
+    if q.0.contains_key("verify") && n.is_none() {
+        let v = s.api.get(&ctx.who, "/v1/audit/verify").await;
+        if !v.ok() {
+            return failed(&v);
+        }
+        let checked = v.body["checked"].as_i64().unwrap_or(0);
+        n = Some(if v.body["valid"].as_bool() == Some(true) {
+            Notice::Done(format!(
+                "The audit chain is intact ({checked} events checked)."
+            ))
+        } else {
+            Notice::Problem(format!(
+                "the audit chain does not verify ({checked} events checked)"
+            ))
+        });
+    }
+    let body = html! {
+        form.filters method="get" action="/console/audit" {
+            div { label for="a-action" { "Action (e.g. POST /v1/api-keys)" } input #a-action type="text" name="action" value=(action); }
+            div { label for="a-since" { "From (UTC day)" } input #a-since type="date" name="since" value=(from); }
+            div { label for="a-until" { "To (UTC day)" } input #a-until type="date" name="until" value=(to); }
+            button type="submit" { "Filter" }
+        }
+        form.filters method="get" action="/console/audit" {
+            input type="hidden" name="verify" value="1";
+            button.quiet type="submit" { "Verify the chain" }
+        }
+        div.table-wrap {
+            table #audit {
+                caption { "Audit events, newest first" }
+                thead { tr { th scope="col" { "At" } th scope="col" { "Actor" } th scope="col" { "Action" } th scope="col" { "Outcome" } th scope="col" { "IP" } } }
+                tbody {
+                    @for e in &events {
+                        tr {
+                            td { (when(&e["at"])) }
+                            td { (text(&e["actor"], "type")) " " (text(&e["actor"], "id")) }
+                            td { (text(e, "action")) }
+                            td { (text(e, "outcome")) }
+                            td { (e["ip"].as_str().unwrap_or("—")) }
+                        }
+                    }
+                    @if events.is_empty() { tr { td colspan="5" { "No events." } } }
+                }
+            }
+        }
+        @if let Some(c) = &next {
+            p { a href=(format!("/console/audit?{}", query(&[("action", &action), ("since", &from), ("until", &to), ("cursor", c)]))) { "Older events" } }
+        }
+    };
+    page(
+        status,
+        frame("Audit log", &ctx.chrome("/console/audit"), n.as_ref(), body),
+    )
+}
+
+// ------------------------------------------------------------------ settings
+
+async fn settings(State(s): S, ctx: Ctx, q: Q) -> Response {
+    render_settings(&s, &ctx, StatusCode::OK, done(&q.0)).await
+}
+
+async fn render_settings(
+    s: &ConsoleState,
+    ctx: &Ctx,
+    status: StatusCode,
+    n: Option<Notice>,
+) -> Response {
+    let allow = s.api.get(&ctx.who, "/v1/settings/ip-allowlist").await;
+    if !allow.ok() {
+        return failed(&allow);
+    }
+    let cb = s.api.get(&ctx.who, "/v1/settings/status-callback").await;
+    if !cb.ok() {
+        return failed(&cb);
+    }
+    let tf = s.api.get(&ctx.who, "/v1/settings/2fa").await;
+    if !tf.ok() {
+        return failed(&tf);
+    }
+    let cidrs: Vec<&str> = allow.body["cidrs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let url = cb.body["url"].as_str().unwrap_or("");
+    let required = tf.body["required"].as_bool() == Some(true);
+    let body = html! {
+        h2 { "IP allow-list" }
+        p.hint { "API keys are accepted only from these addresses (one CIDR or address a line;
+            empty allows any). Console sign-ins are not limited by it." }
+        form.stack method="post" action="/console/settings/ip-allowlist" {
+            (csrf(&ctx.csrf))
+            div { label for="cidrs" { "Allowed networks" } textarea #cidrs name="cidrs" rows="5" { (cidrs.join("\n")) } }
+            button type="submit" { "Save allow-list" }
+        }
+        h2 { "Status callback" }
+        form.stack method="post" action="/console/settings/status-callback" {
+            (csrf(&ctx.csrf))
+            div { label for="cb-url" { "URL (https)" } input #cb-url type="url" name="url" value=(url); }
+            div {
+                label for="cb-secret" { "Signing secret (at least 16 characters; leave empty to keep the current one)" }
+                input #cb-secret type="password" name="secret" autocomplete="off";
+            }
+            @if cb.body["secret_set"].as_bool() == Some(true) { p.hint { "A secret is set." } }
+            button type="submit" name="op" value="save" { "Save callback" }
+            @if !url.is_empty() { button.danger type="submit" name="op" value="off" { "Turn callbacks off" } }
+        }
+        h2 { "Two-factor authentication" }
+        form.stack method="post" action="/console/settings/2fa" {
+            (csrf(&ctx.csrf))
+            div {
+                input #tf-required type="checkbox" name="required" value="true" checked[required];
+                label for="tf-required" { "Every console user must use two-factor authentication" }
+            }
+            button type="submit" { "Save" }
+        }
+    };
+    page(
+        status,
+        frame(
+            "Settings",
+            &ctx.chrome("/console/settings"),
+            n.as_ref(),
+            body,
+        ),
+    )
+}
+
+async fn settings_result(s: &ConsoleState, ctx: &Ctx, a: Answer, ok: &str) -> Response {
+    if a.ok() {
+        return redirect(&format!("/console/settings?done={ok}"));
+    }
+    if a.status == StatusCode::UNAUTHORIZED {
+        return failed(&a);
+    }
+    let (status, n) = problem(&a);
+    render_settings(s, ctx, status, n).await
+}
+
+async fn put_allowlist(State(s): S, ctx: Ctx, body: Bytes) -> Response {
+    let f = match form(&s, &ctx, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let cidrs: Vec<&str> = field(&f, "cidrs")
+        .split(['\n', ',', ' '])
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let a = s
+        .api
+        .call(
+            &ctx.who,
+            Method::PUT,
+            "/v1/settings/ip-allowlist",
+            Some(json!({"cidrs": cidrs})),
+            None,
+        )
+        .await;
+    settings_result(&s, &ctx, a, "allowlist").await
+}
+
+async fn put_callback(State(s): S, ctx: Ctx, body: Bytes) -> Response {
+    let f = match form(&s, &ctx, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let path = "/v1/settings/status-callback";
+    if field(&f, "op") == "off" {
+        let a = s.api.call(&ctx.who, Method::DELETE, path, None, None).await;
+        return settings_result(&s, &ctx, a, "callback_off").await;
+    }
+    let mut req = json!({"url": field(&f, "url")});
+    let secret = f.get("secret").map(String::as_str).unwrap_or("");
+    if !secret.is_empty() {
+        req["secret"] = json!(secret);
+    }
+    let a = s
+        .api
+        .call(&ctx.who, Method::PUT, path, Some(req), None)
+        .await;
+    settings_result(&s, &ctx, a, "callback").await
+}
+
+async fn put_two_factor(State(s): S, ctx: Ctx, body: Bytes) -> Response {
+    let f = match form(&s, &ctx, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let required = field(&f, "required") == "true";
+    let a = s
+        .api
+        .call(
+            &ctx.who,
+            Method::PUT,
+            "/v1/settings/2fa",
+            Some(json!({"required": required})),
+            None,
+        )
+        .await;
+    settings_result(&s, &ctx, a, "two_factor_setting").await
+}

@@ -1,0 +1,163 @@
+//! The console's browser security: cookies, CSRF tokens and the response headers every
+//! console answer carries.
+//!
+//! CSRF: a form's token is `hex(HMAC-SHA256(key, purpose ":" value))`, where `value` is
+//! the session token (or, on the sign-in form, a random pre-session cookie) and `key`
+//! a secret from the secret store (`{prefix}console-csrf-key`). It is checked in
+//! constant time; nothing about it is stored.
+
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::config::Settings;
+use crate::secret::Secret;
+use crate::service::Deps;
+
+/// The session cookie: the service's session token itself.
+pub const SESSION_COOKIE: &str = "kirim_session";
+/// A random value set by the sign-in page; the sign-in form's CSRF token is bound to it.
+pub const LOGIN_COOKIE: &str = "kirim_login";
+
+pub const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
+script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// The secret store name of the CSRF key (`template.yaml`: `ConsoleCsrfKeySecret`).
+pub fn csrf_key_name(settings: &Settings) -> String {
+    format!("{}console-csrf-key", settings.secret_prefix)
+}
+
+/// The CSRF key, or `None` (logged) when the secret store has none or cannot be read.
+pub async fn csrf_key(deps: &Deps) -> Option<Secret> {
+    let name = csrf_key_name(&deps.settings);
+    match deps.secrets.current(&name).await {
+        Ok(Some(k)) if !k.expose().is_empty() => Some(k),
+        Ok(_) => {
+            tracing::error!(secret = %name, "the console's CSRF key is missing");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the console's CSRF key cannot be read");
+            None
+        }
+    }
+}
+
+fn mac(key: &Secret, purpose: &str, value: &str) -> Hmac<Sha256> {
+    // HMAC takes keys of any length: this cannot fail.
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key.expose().as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    m.update(purpose.as_bytes());
+    m.update(b":");
+    m.update(value.as_bytes());
+    m
+}
+
+/// The token a form bound to `value` (a session token, or the sign-in cookie) carries.
+pub fn csrf_token(key: &Secret, purpose: &str, value: &str) -> String {
+    hex::encode(mac(key, purpose, value).finalize().into_bytes())
+}
+
+/// Whether `given` is the token for `value`, compared in constant time.
+pub fn csrf_ok(key: &Secret, purpose: &str, value: &str, given: Option<&str>) -> bool {
+    let Some(bytes) = given.and_then(|g| hex::decode(g).ok()) else {
+        return false;
+    };
+    mac(key, purpose, value).verify_slice(&bytes).is_ok()
+}
+
+/// The value of cookie `name`, if the request has it.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// A `Set-Cookie` value: `HttpOnly; SameSite=Strict; Path=/console`, `Secure` outside
+/// local mode; `max_age` 0 removes it, `None` makes it last as long as the browser.
+pub fn set_cookie(name: &str, value: &str, secure: bool, max_age: Option<i64>) -> HeaderValue {
+    let mut c = format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/console");
+    if secure {
+        c.push_str("; Secure");
+    }
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("kirim_invalid=1"))
+}
+
+/// Adds the console's security headers to every answer.
+pub async fn headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_csrf_token_is_accepted_for_its_own_session_only() {
+        let key = Secret::new("k".repeat(32));
+        let t = csrf_token(&key, "session", "kirimsess_a");
+        assert!(csrf_ok(&key, "session", "kirimsess_a", Some(&t)));
+        assert!(!csrf_ok(&key, "session", "kirimsess_b", Some(&t)));
+        assert!(!csrf_ok(&key, "login", "kirimsess_a", Some(&t)));
+        assert!(!csrf_ok(
+            &Secret::new("other"),
+            "session",
+            "kirimsess_a",
+            Some(&t)
+        ));
+        assert!(!csrf_ok(&key, "session", "kirimsess_a", None));
+        assert!(!csrf_ok(&key, "session", "kirimsess_a", Some("not hex")));
+        assert!(!csrf_ok(&key, "session", "kirimsess_a", Some(&t[..10])));
+    }
+
+    #[test]
+    fn cookies_are_read_by_exact_name_among_several() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; kirim_session_x=2; kirim_session=tok"),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("tok"));
+        assert_eq!(cookie(&h, LOGIN_COOKIE), None);
+    }
+
+    #[test]
+    fn the_session_cookie_is_http_only_strict_and_secure_outside_local_mode() {
+        let c = set_cookie(SESSION_COOKIE, "t", true, None);
+        let c = c.to_str().unwrap_or_default();
+        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict"));
+        assert!(c.contains("Path=/console") && c.contains("Secure"));
+        let local = set_cookie(SESSION_COOKIE, "t", false, None);
+        assert!(!local.to_str().unwrap_or_default().contains("Secure"));
+    }
+}

@@ -1,0 +1,454 @@
+//! The console over HTTP (local mode, both backends): sign-in, cookie flags, CSRF,
+//! security headers, tenant isolation, roles and sign-out.
+
+use std::collections::HashMap;
+
+use kirim::config::Backend;
+use kirim_tests::{spawn_app, TestApp};
+use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
+use serde_json::json;
+use totp_rs::{Algorithm, TOTP};
+
+use super::access::call;
+use super::users::{new_user, PASSWORD};
+
+/// A client that keeps the console's cookies and never follows redirects.
+pub(crate) struct Browser<'a> {
+    app: &'a TestApp,
+    http: reqwest::Client,
+    pub cookies: HashMap<String, String>,
+}
+
+pub(crate) struct Page {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub html: String,
+}
+
+impl Page {
+    pub fn location(&self) -> &str {
+        self.headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    /// The first form's CSRF token on the page.
+    pub fn csrf(&self) -> String {
+        let marker = r#"name="csrf" value=""#;
+        let start = self.html.find(marker).expect("a form with a CSRF token") + marker.len();
+        self.html[start..]
+            .split('"')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl<'a> Browser<'a> {
+    pub fn new(app: &'a TestApp) -> Self {
+        Self {
+            app,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: HashMap::new(),
+        }
+    }
+
+    async fn finish(&mut self, req: reqwest::RequestBuilder) -> Page {
+        let cookie = self
+            .cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let res = req.header("cookie", cookie).send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let html = res.text().await.unwrap_or_default();
+        let page = Page {
+            status,
+            headers,
+            html,
+        };
+        for c in page.set_cookies() {
+            let first = c.split(';').next().unwrap_or_default();
+            let (k, v) = first.split_once('=').unwrap_or((first, ""));
+            if v.is_empty() || c.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        page
+    }
+
+    pub async fn get(&mut self, path: &str) -> Page {
+        let req = self.http.get(self.app.url(path));
+        self.finish(req).await
+    }
+
+    pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let req = self.http.post(self.app.url(path)).form(form);
+        self.finish(req).await
+    }
+
+    pub fn session(&self) -> String {
+        self.cookies
+            .get("kirim_session")
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Signs `email` in (no 2FA) and answers the browser holding the session cookie.
+pub(crate) async fn sign_in<'a>(app: &'a TestApp, email: &str) -> Browser<'a> {
+    let mut b = Browser::new(app);
+    let login = b.get("/console/login").await;
+    assert_eq!(login.status, 200);
+    let csrf = login.csrf();
+    let res = b
+        .post(
+            "/console/login",
+            &[("csrf", &csrf), ("email", email), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(res.status, 303, "{}", res.html);
+    assert_eq!(res.location(), "/console/");
+    assert!(b.session().starts_with("kirimsess_"));
+    b
+}
+
+fn header<'h>(h: &'h HeaderMap, name: &str) -> &'h str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+fn assert_security_headers(p: &Page) {
+    let csp = header(&p.headers, "content-security-policy");
+    assert!(csp.contains("default-src 'self'"), "{csp}");
+    assert!(csp.contains("script-src 'none'"), "{csp}");
+    assert!(
+        !csp.contains("unsafe-inline") && !csp.contains("http"),
+        "{csp}"
+    );
+    assert_eq!(header(&p.headers, "x-frame-options"), "DENY");
+    assert_eq!(header(&p.headers, "referrer-policy"), "same-origin");
+}
+
+async fn api_keys(app: &TestApp, admin: &str) -> usize {
+    let (s, b) = call(app, "GET", "/v1/api-keys", Some(admin), None).await;
+    assert_eq!(s, 200);
+    b["api_keys"].as_array().map_or(0, Vec::len)
+}
+
+async fn the_console_sets_a_strict_http_only_session_cookie_and_its_security_headers(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = Browser::new(&app);
+    let login = web.get("/console/login").await;
+    assert_security_headers(&login);
+    assert!(!login.html.contains("<script"), "no scripts in the console");
+    let res = web
+        .post(
+            "/console/login",
+            &[
+                ("csrf", &login.csrf()),
+                ("email", &email),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, 303);
+    let session = res
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with("kirim_session=kirimsess_"))
+        .expect("a session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(session.contains(flag), "{flag} in {session}");
+    }
+    assert!(!session.contains("Secure"), "local mode is plain http");
+    let dash = web.get("/console/").await;
+    assert_eq!(dash.status, 200, "{}", dash.html);
+    assert_security_headers(&dash);
+    assert!(dash.html.contains(r#"id="credits">5<"#), "{}", dash.html);
+    let css = web.get("/console/assets/console.css").await;
+    assert_eq!(css.status, 200);
+    assert_security_headers(&css);
+    // A wrong password: a page that says so, and no session.
+    let mut other = Browser::new(&app);
+    let login = other.get("/console/login").await;
+    let res = other
+        .post(
+            "/console/login",
+            &[
+                ("csrf", &login.csrf()),
+                ("email", &email),
+                ("password", "wrong password!"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status, 401);
+    assert!(res.html.contains("email or password is wrong"));
+    assert!(other.session().is_empty());
+}
+
+async fn a_console_post_without_its_sessions_csrf_token_is_refused_and_changes_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &email).await;
+    let mut other = sign_in(&app, &email).await;
+    let others_token = other.get("/console/api-keys").await.csrf();
+    let before = api_keys(&app, &t.key).await;
+    let none = web
+        .post("/console/api-keys", &[("name", "ci"), ("role", "operator")])
+        .await;
+    assert_eq!(none.status, 403);
+    assert_security_headers(&none);
+    let wrong = [("csrf", "00ff"), ("name", "ci"), ("role", "operator")];
+    assert_eq!(web.post("/console/api-keys", &wrong).await.status, 403);
+    let foreign = web
+        .post(
+            "/console/api-keys",
+            &[
+                ("csrf", &others_token),
+                ("name", "ci"),
+                ("role", "operator"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        foreign.status, 403,
+        "another session's token is not this one's"
+    );
+    assert_eq!(api_keys(&app, &t.key).await, before, "nothing was created");
+    // The sign-in form has its own token.
+    let mut fresh = Browser::new(&app);
+    let _ = fresh.get("/console/login").await;
+    let res = fresh
+        .post(
+            "/console/login",
+            &[("email", email.as_str()), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(res.status, 403);
+    assert!(fresh.session().is_empty());
+    // With the page's own token it works, and the key is shown once.
+    let csrf = web.get("/console/api-keys").await.csrf();
+    let made = web
+        .post(
+            "/console/api-keys",
+            &[("csrf", &csrf), ("name", "ci"), ("role", "operator")],
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.html);
+    assert!(made.html.contains(r#"id="new-key">kirim_"#));
+    assert_eq!(api_keys(&app, &t.key).await, before + 1);
+    let again = web.get("/console/api-keys").await;
+    assert!(!again.html.contains("kirim_"), "the key is not shown again");
+    // Bad input: a clear error, nothing changed.
+    let bad = web
+        .post(
+            "/console/api-keys",
+            &[("csrf", &csrf), ("name", ""), ("role", "operator")],
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.html);
+    assert!(bad.html.contains("Not done:"));
+    assert_eq!(api_keys(&app, &t.key).await, before + 1);
+}
+
+async fn another_tenants_ids_answer_404_in_the_console(b: Backend) {
+    let app = spawn_app(b).await;
+    let mine = app.onboard(5).await;
+    let theirs = app.onboard(5).await;
+    let (email, _) = new_user(&app, &mine.key, "admin").await;
+    let (s, sent) = call(
+        &app,
+        "POST",
+        "/v1/messages",
+        Some(&theirs.key),
+        Some(json!({"to": "+60123450009", "text": {"body": "hi"}})),
+    )
+    .await;
+    assert!(s == 202 || s == 422, "{sent}");
+    let (_, keys) = call(&app, "GET", "/v1/api-keys", Some(&theirs.key), None).await;
+    let their_key_id = keys["api_keys"][0]["id"].as_str().unwrap().to_owned();
+    let mut web = sign_in(&app, &email).await;
+    if let Some(id) = sent["id"].as_str() {
+        let page = web.get(&format!("/console/messages/{id}")).await;
+        assert_eq!(page.status, 404);
+    }
+    assert_eq!(
+        web.get("/console/messages/01NOSUCHMESSAGE").await.status,
+        404
+    );
+    let csrf = web.get("/console/api-keys").await.csrf();
+    let revoke = web
+        .post(
+            &format!("/console/api-keys/{their_key_id}/revoke"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(revoke.status, 404);
+    let (s, _) = call(&app, "GET", "/v1/account", Some(&theirs.key), None).await;
+    assert_eq!(s, 200, "their key still works");
+}
+
+async fn a_read_only_user_is_offered_no_changes_and_a_forged_post_is_refused(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "read_only").await;
+    let mut web = sign_in(&app, &email).await;
+    let dash = web.get("/console/").await;
+    assert_eq!(dash.status, 200);
+    for admin_only in ["/console/api-keys", "/console/users", "/console/audit"] {
+        assert!(!dash.html.contains(admin_only), "{admin_only} offered");
+    }
+    let msgs = web.get("/console/messages").await;
+    assert_eq!(msgs.status, 200);
+    assert!(!msgs.html.contains("Send a template message"));
+    let opt = web.get("/console/opt-outs").await;
+    assert!(!opt.html.contains("Add an opt-out") && !opt.html.contains("Remove"));
+    assert_eq!(web.get("/console/api-keys").await.status, 403);
+    let csrf = dash.csrf();
+    let before = api_keys(&app, &t.key).await;
+    let forged = web
+        .post(
+            "/console/api-keys",
+            &[("csrf", &csrf), ("name", "x"), ("role", "admin")],
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+    assert_eq!(api_keys(&app, &t.key).await, before);
+    let send = web
+        .post(
+            "/console/messages",
+            &[
+                ("csrf", &csrf),
+                ("to", "+60123456789"),
+                ("template", "order_update"),
+                ("language", "en_US"),
+                ("category", "utility"),
+            ],
+        )
+        .await;
+    assert_eq!(send.status, 403);
+    let (_, list) = call(&app, "GET", "/v1/messages", Some(&t.key), None).await;
+    assert_eq!(list["messages"].as_array().map(Vec::len), Some(0));
+}
+
+async fn signing_out_of_the_console_ends_the_session(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let token = web.session();
+    let (s, _) = call(&app, "GET", "/v1/account", Some(&token), None).await;
+    assert_eq!(s, 200);
+    let csrf = web.get("/console/").await.csrf();
+    let out = web.post("/console/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, 303);
+    assert!(out.location().starts_with("/console/login"));
+    assert!(web.session().is_empty(), "the cookie is removed");
+    let (s, _) = call(&app, "GET", "/v1/account", Some(&token), None).await;
+    assert_eq!(s, 401, "the session token no longer works");
+    web.cookies.insert("kirim_session".into(), token);
+    let back = web.get("/console/").await;
+    assert_eq!(back.status, 303);
+    assert_eq!(back.location(), "/console/login");
+}
+
+pub(crate) fn totp_of(secret: &str) -> TOTP {
+    let bytes = totp_rs::Secret::Encoded(secret.to_owned())
+        .to_bytes()
+        .unwrap();
+    TOTP::new(Algorithm::SHA1, 6, 1, 30, bytes, None, "console".into()).unwrap()
+}
+
+fn secret_on(page: &Page) -> String {
+    let marker = r#"id="totp-secret">"#;
+    let start = page.html.find(marker).expect("the secret on the page") + marker.len();
+    page.html[start..]
+        .split('<')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn a_user_enrols_two_factor_from_a_qr_code_and_then_signs_in_with_a_code(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/2fa").await.csrf();
+    let enrol = web.post("/console/2fa/enroll", &[("csrf", &csrf)]).await;
+    assert_eq!(enrol.status, 200, "{}", enrol.html);
+    assert!(enrol.html.contains("<svg"), "a QR code as inline SVG");
+    let secret = secret_on(&enrol);
+    let totp = totp_of(&secret);
+    let now = chrono::Utc::now().timestamp() as u64;
+    let wrong = web
+        .post(
+            "/console/2fa/confirm",
+            &[("csrf", &csrf), ("totp_code", "12345x")],
+        )
+        .await;
+    assert_eq!(wrong.status, 400);
+    let ok = web
+        .post(
+            "/console/2fa/confirm",
+            &[("csrf", &csrf), ("totp_code", &totp.generate(now))],
+        )
+        .await;
+    assert_eq!(ok.status, 303, "{}", ok.html);
+    let _ = web.post("/console/logout", &[("csrf", &csrf)]).await;
+
+    let mut again = Browser::new(&app);
+    let login = again.get("/console/login").await;
+    let step1 = again
+        .post(
+            "/console/login",
+            &[
+                ("csrf", &login.csrf()),
+                ("email", &email),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(step1.status, 200, "the code is asked for next");
+    assert!(step1.html.contains("totp_code"));
+    assert!(again.session().is_empty());
+    let step2 = again
+        .post(
+            "/console/login",
+            &[
+                ("csrf", &step1.csrf()),
+                ("email", &email),
+                ("password", PASSWORD),
+                ("totp_code", &totp.generate(now + 30)),
+            ],
+        )
+        .await;
+    assert_eq!(step2.status, 303, "{}", step2.html);
+    assert!(again.session().starts_with("kirimsess_"));
+}
+
+on_both_backends!(
+    the_console_sets_a_strict_http_only_session_cookie_and_its_security_headers,
+    a_console_post_without_its_sessions_csrf_token_is_refused_and_changes_nothing,
+    another_tenants_ids_answer_404_in_the_console,
+    a_read_only_user_is_offered_no_changes_and_a_forged_post_is_refused,
+    signing_out_of_the_console_ends_the_session,
+    a_user_enrols_two_factor_from_a_qr_code_and_then_signs_in_with_a_code,
+);

@@ -1,0 +1,194 @@
+//! The console in a real browser (Chromium through WebDriver) against local mode: sign
+//! in with a TOTP code, send a message from the form, create and revoke an API key,
+//! sign out. `KIRIM_TEST_WEBDRIVER_URL` names the WebDriver (`scripts/test` starts
+//! chromedriver and sets it). Without it the test is skipped loudly, except in CI
+//! (`CI=true`), where it fails.
+//!
+//! With `KIRIM_CONSOLE_SCREENSHOTS=<dir>` it also writes screenshots of the main pages,
+//! desktop and 375 px wide (`scripts/console-screenshots`).
+
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use kirim::config::Backend;
+use kirim_tests::{spawn_app, TestApp};
+use serde_json::json;
+
+use super::access::call;
+use super::console::totp_of;
+use super::users::{new_user, PASSWORD};
+
+fn webdriver_url() -> Option<String> {
+    match std::env::var("KIRIM_TEST_WEBDRIVER_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but KIRIM_TEST_WEBDRIVER_URL is not set: the browser tests must run in CI"
+            );
+            eprintln!(
+                "\n!!! SKIPPED: console browser test (set KIRIM_TEST_WEBDRIVER_URL to a \
+                 chromedriver, or run scripts/test, which starts one) !!!\n"
+            );
+            None
+        }
+    }
+}
+
+async fn browser(url: &str) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                        "--disable-dev-shm-usage", "--window-size=1280,1000"]}),
+    );
+    // rustls is built with two providers here (the AWS SDK's and reqwest's): pick one.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    ClientBuilder::rustls()
+        .expect("a WebDriver client")
+        .capabilities(caps)
+        .connect(url)
+        .await
+        .expect("a WebDriver session")
+}
+
+/// Waits for an element (pages load synchronously; this only absorbs navigation).
+async fn find(c: &Client, css: &str) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css} on the page: {e}"))
+}
+
+async fn fill(c: &Client, css: &str, value: &str) {
+    let e = find(c, css).await;
+    e.clear().await.ok();
+    e.send_keys(value).await.expect("typed");
+}
+
+async fn click(c: &Client, css: &str) {
+    find(c, css).await.click().await.expect("clicked");
+}
+
+async fn path(c: &Client) -> String {
+    c.current_url()
+        .await
+        .map(|u| u.path().to_owned())
+        .unwrap_or_default()
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    let Ok(dir) = std::env::var("KIRIM_CONSOLE_SCREENSHOTS") else {
+        return;
+    };
+    for (label, width) in [("desktop", 1280u32), ("375px", 375)] {
+        c.set_window_size(width, 1000).await.expect("resize");
+        let png = c.screenshot().await.expect("a screenshot");
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        std::fs::write(format!("{dir}/{name}-{label}.png"), png).expect("written");
+    }
+    c.set_window_size(1280, 1000).await.expect("resize");
+}
+
+async fn sign_in_form(c: &Client, app: &TestApp, email: &str) {
+    c.goto(&app.url("/console/login"))
+        .await
+        .expect("login page");
+    fill(c, "#email", email).await;
+    fill(c, "#password", PASSWORD).await;
+    click(c, "form button[type=submit]").await;
+}
+
+#[tokio::test]
+async fn in_a_browser_a_user_signs_in_with_totp_sends_a_message_manages_a_key_and_signs_out() {
+    let Some(url) = webdriver_url() else {
+        return;
+    };
+    let app = spawn_app(Backend::Memory).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let c = browser(&url).await;
+
+    // Sign in with the password, then enrol 2FA from the page.
+    c.goto(&app.url("/console/login"))
+        .await
+        .expect("login page");
+    screenshot(&c, "sign-in").await;
+    sign_in_form(&c, &app, &email).await;
+    find(&c, "#credits").await;
+    assert_eq!(path(&c).await, "/console/");
+    click(&c, "a[href='/console/2fa']").await;
+    click(&c, "main form button[type=submit]").await;
+    let secret = find(&c, "#totp-secret").await.text().await.expect("secret");
+    find(&c, ".qr svg").await;
+    screenshot(&c, "two-factor").await;
+    let totp = totp_of(secret.trim());
+    let now = chrono::Utc::now().timestamp() as u64;
+    fill(&c, "#totp_code", &totp.generate(now)).await;
+    click(&c, "main form button[type=submit]").await;
+    find(&c, ".notice.done").await;
+
+    // Sign out, and in again: password, then the code.
+    click(&c, ".signout button").await;
+    find(&c, "#email").await;
+    sign_in_form(&c, &app, &email).await;
+    fill(&c, "#totp_code", &totp.generate(now + 30)).await;
+    click(&c, "form button[type=submit]").await;
+    find(&c, "#credits").await;
+
+    // Send a message from the form: it goes through the API's send.
+    click(&c, "a[href='/console/messages']").await;
+    fill(&c, "#to", "+60123456789").await;
+    fill(&c, "#template", "order_update").await;
+    fill(&c, "#parameter", "ORDER-42").await;
+    click(&c, "form.stack button[type=submit]").await;
+    let status = find(&c, "#message-status")
+        .await
+        .text()
+        .await
+        .expect("status");
+    assert!(
+        ["accepted", "sending", "sent", "delivered", "read"].contains(&status.trim()),
+        "{status}"
+    );
+    let (_, list) = call(&app, "GET", "/v1/messages", Some(&t.key), None).await;
+    assert_eq!(list["messages"].as_array().map(Vec::len), Some(1));
+    click(&c, "a[href='/console/messages']").await;
+    screenshot(&c, "messages").await;
+
+    // Create a key (shown once), then revoke it.
+    click(&c, "a[href='/console/api-keys']").await;
+    fill(&c, "#key-name", "browser key").await;
+    click(&c, "form.stack button[type=submit]").await;
+    let key = find(&c, "#new-key").await.text().await.expect("the key");
+    let key = key.trim().to_owned();
+    assert!(key.starts_with("kirim_"), "{key}");
+    screenshot(&c, "api-keys").await;
+    let (s, _) = call(&app, "GET", "/v1/account", Some(&key), None).await;
+    assert_eq!(s, 200, "the new key works");
+    click(&c, "button[aria-label='Revoke browser key']").await;
+    find(&c, "main:not(:has(#new-key)) .notice.done").await;
+    let (s, _) = call(&app, "GET", "/v1/account", Some(&key), None).await;
+    assert_eq!(s, 401, "the revoked key is refused");
+
+    for (page, name) in [
+        ("/console/", "dashboard"),
+        ("/console/opt-outs", "opt-outs"),
+        ("/console/users", "users"),
+        ("/console/audit", "audit"),
+        ("/console/settings", "settings"),
+    ] {
+        c.goto(&app.url(page)).await.expect("page");
+        find(&c, "main h1").await;
+        screenshot(&c, name).await;
+    }
+
+    // Sign out: back at the sign-in page, and the console asks to sign in again.
+    click(&c, ".signout button").await;
+    find(&c, "#email").await;
+    c.goto(&app.url("/console/")).await.expect("dashboard");
+    find(&c, "#email").await;
+    assert_eq!(path(&c).await, "/console/login");
+    c.close().await.ok();
+}
