@@ -5,11 +5,10 @@
 
 use std::collections::HashMap;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use tracing::Instrument;
 
 use crate::domain::meta::{self, AccountUpdate, MetaEvent};
+use crate::domain::signature::{parse_signature_header, signed_by};
 use crate::domain::TenantId;
 
 use super::errors::ServiceError;
@@ -22,10 +21,7 @@ pub async fn verify_signature(
     raw: &[u8],
     header: Option<&str>,
 ) -> Result<bool, ServiceError> {
-    let Some(sig) = header
-        .and_then(|h| h.strip_prefix("sha256="))
-        .and_then(|h| hex::decode(h.trim()).ok())
-    else {
+    let Some(sig) = parse_signature_header(header) else {
         return Ok(false);
     };
     let name = &deps.settings.meta_app_secret;
@@ -35,16 +31,10 @@ pub async fn verify_signature(
             .previous_within(name, deps.settings.rotation_grace, deps.clock.now())
             .await?,
     ];
-    for secret in secrets.into_iter().flatten() {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()) else {
-            continue;
-        };
-        mac.update(raw);
-        if mac.verify_slice(&sig).is_ok() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    Ok(secrets
+        .into_iter()
+        .flatten()
+        .any(|secret| signed_by(secret.expose().as_bytes(), raw, &sig)))
 }
 
 /// The subscription handshake: the challenge back if the verify token matches.
