@@ -93,8 +93,9 @@ impl Function {
         match self {
             // Accepted sends and broadcast fan-out jobs are queued for the dispatcher.
             Function::SendApi => &[Port::DispatchQueue],
-            // Operator, keys, users, settings, audit, export, the retention run: storage only.
-            Function::AdminApi => &[],
+            // Operator, keys, users, settings, audit, export, the retention run; and the
+            // template catalogue's sync from Meta (a new tenant, `POST /v1/templates/sync`).
+            Function::AdminApi => &[Port::Meta],
             // A status webhook moves a message on: its callback is queued.
             Function::Webhook => &[Port::CallbackQueue],
             // Sends to Meta; retries by visibility timeout and continues a broadcast's
@@ -102,8 +103,9 @@ impl Function {
             Function::Dispatcher => &[Port::DispatchQueue, Port::CallbackQueue, Port::Meta],
             // Consumes the callback queue (a retry is a visibility timeout on it).
             Function::StatusCallback => &[Port::CallbackQueue],
-            // Deletes what expired, closes out tenants: storage and secrets only.
-            Function::Retention => &[],
+            // Deletes what expired, closes out tenants; syncs active tenants' template
+            // catalogues from Meta.
+            Function::Retention => &[Port::Meta],
         }
     }
 
@@ -350,6 +352,14 @@ impl MetaClient for NotWired {
         _token: &Secret,
         _body: &serde_json::Value,
     ) -> Result<MetaAccepted, MetaSendError> {
+        Err(MetaSendError::Connection(self.refusal()))
+    }
+    async fn list_templates(
+        &self,
+        _waba_id: &str,
+        _token: &Secret,
+        _after: Option<&str>,
+    ) -> Result<crate::domain::template::MetaTemplatePage, MetaSendError> {
         Err(MetaSendError::Connection(self.refusal()))
     }
 }

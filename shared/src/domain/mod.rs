@@ -10,6 +10,7 @@ mod phone;
 mod retention;
 mod role;
 mod status;
+pub mod template;
 
 pub use allowlist::{AllowListError, IpAllowList, MAX_CIDRS};
 pub use idempotency::{request_fingerprint, IdempotencyKey, IdempotencyKeyError};
@@ -26,3 +27,4 @@ pub use retention::{
 };
 pub use role::Role;
 pub use status::{MessageStatus, StatusError};
+pub use template::{TemplateChange, TemplateQuality, TemplateStatus};

@@ -99,6 +99,26 @@ impl From<ServiceError> for ApiError {
                 "idempotency_key_reused",
                 "this Idempotency-Key was already used with a different request body",
             ),
+            TemplateNotFound(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "template_not_found", m)
+            }
+            TemplateNotApproved(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "template_not_approved", m)
+            }
+            TemplateCategoryMismatch(m) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "template_category_mismatch",
+                m,
+            ),
+            TemplateParametersMismatch(m) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "template_parameters_mismatch",
+                m,
+            ),
+            MetaUnavailable(m) => {
+                tracing::warn!(detail = %m, "meta unavailable");
+                ApiError::new(StatusCode::BAD_GATEWAY, "meta_unavailable", m)
+            }
             Unavailable(inner) => {
                 tracing::error!(error = %inner, "backend unavailable");
                 ApiError::new(

@@ -66,6 +66,8 @@ const QSTAT_PREFIX: &str = "QSTAT#";
 const BROADCAST_PREFIX: &str = "BROADCAST#";
 const BCLIST_PREFIX: &str = "BCLIST#";
 const EVENT_PREFIX: &str = "EVENT#";
+/// A WABA's templates, in its `WABA#{waba}` partition.
+pub const TEMPLATE_PREFIX: &str = "TEMPLATE#";
 /// Sorts after every character of an id (Crockford base32, digits): a prefix range's top.
 const TOP: &str = "~";
 
@@ -117,10 +119,12 @@ pub enum ItemKind {
     Session,
     /// `RETENTION` / `CHECKPOINT`: the sweep's saved position.
     RetentionCheckpoint,
+    /// `WABA#{waba}` / `TEMPLATE#{name}#{language}`: one template of a WABA's catalogue.
+    Template,
 }
 
 impl ItemKind {
-    pub const ALL: [ItemKind; 22] = [
+    pub const ALL: [ItemKind; 23] = [
         ItemKind::Tenant,
         ItemKind::PhoneRoute,
         ItemKind::ApiKeyByHash,
@@ -143,6 +147,7 @@ impl ItemKind {
         ItemKind::EmailClaim,
         ItemKind::Session,
         ItemKind::RetentionCheckpoint,
+        ItemKind::Template,
     ];
 
     /// The retention class whose expiry an item of this type carries when it has one, and
@@ -152,7 +157,8 @@ impl ItemKind {
     pub fn class(self) -> RetentionClass {
         use ItemKind::*;
         match self {
-            Message | WamidIndex | Broadcast => RetentionClass::Messages,
+            // A catalogue is delivery metadata of Meta's: its TTL is refreshed by every sync.
+            Message | WamidIndex | Broadcast | Template => RetentionClass::Messages,
             Tenant | LedgerEntry => RetentionClass::Billing,
             AuditEvent => RetentionClass::Audit,
             Idempotency => RetentionClass::Idempotency,
@@ -193,6 +199,11 @@ impl ItemKind {
             match sk {
                 WAMID_SK => WamidIndex,
                 _ if has(PENDING_PREFIX) => PendingStatus,
+                _ => return None,
+            }
+        } else if pk.starts_with(WABA) {
+            match sk {
+                _ if has(TEMPLATE_PREFIX) => Template,
                 _ => return None,
             }
         } else if pk.starts_with(AUDIT) {
@@ -484,6 +495,28 @@ pub fn retention_checkpoint() -> Key {
     Key::new(RETENTION, CHECKPOINT_SK)
 }
 
+// ---- The template catalogue -----------------------------------------------------------
+
+/// A WABA's catalogue partition.
+pub fn catalogue_pk(waba_id: &str) -> String {
+    format!("{WABA}{waba_id}")
+}
+
+/// Names and languages hold no `#` (`domain::template::valid_name`, `valid_language`), and
+/// `#` sorts before every character they do hold: key order is (name, language) order.
+pub fn template(waba_id: &str, name: &str, language: &str) -> Key {
+    Key::new(
+        catalogue_pk(waba_id),
+        format!("{TEMPLATE_PREFIX}{name}#{language}"),
+    )
+}
+
+/// The (name, language) of a template item, from its sort key.
+pub fn template_of_sk(sk: &str) -> Option<(String, String)> {
+    let (name, language) = sk.strip_prefix(TEMPLATE_PREFIX)?.split_once('#')?;
+    Some((name.to_owned(), language.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,6 +549,7 @@ mod tests {
             ItemKind::EmailClaim => email_claim("aminah@example.com"),
             ItemKind::Session => session(&"ef".repeat(32)),
             ItemKind::RetentionCheckpoint => retention_checkpoint(),
+            ItemKind::Template => template("1000001", "order_update", "en_US"),
         }
     }
 
@@ -573,6 +607,10 @@ mod tests {
         assert_eq!(class(t, "QSTAT#2026-01-01"), Some(C::Stats));
         assert_eq!(class(t, "BCLIST#01J"), Some(C::BroadcastList));
         assert_eq!(class("RATE#123", "NEXT"), Some(C::SendSlot));
+        assert_eq!(
+            class("WABA#1000001", "TEMPLATE#order_update#en_US"),
+            Some(C::Messages)
+        );
         for (pk, sk) in [
             (t, "APIKEY#01J"),
             (t, "OPTOUT#+601"),
@@ -596,6 +634,7 @@ mod tests {
             ("WAMID#w", "STATUS#delivered"),
             ("AUDIT#platform", "TAIL"),
             ("PHONE#1", "ROUTE"),
+            ("WABA#1", "CATALOGUE"),
             ("RETENTION", "OTHER"),
             ("", ""),
         ] {
