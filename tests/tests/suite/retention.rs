@@ -271,10 +271,8 @@ async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
         .http
         .post(app.url("/v1/broadcasts"))
         .bearer_auth(&t.key)
-        .json(
-            &json!({"template": {"name": "promo", "language": "en", "category": "utility"},
-            "recipients": ["+60123459019", "+60123459029"]}),
-        )
+        .json(&json!({"template": kirim_tests::template_of("utility"),
+            "recipients": ["+60123459019", "+60123459029"]}))
         .send()
         .await
         .expect("broadcast");
