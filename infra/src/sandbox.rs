@@ -31,9 +31,10 @@
 //! `message_template_quality_update`). `GET /{version}/{waba_id}/message_templates` lists a
 //! catalogue in pages of at most [`TEMPLATE_PAGE_SIZE`] (small, so clients page), with Meta's
 //! `paging.cursors.after` and `paging.next`. A template send is checked against the catalogue
-//! of the sandbox's own WABA (`SandboxConfig::waba_id`, the one its webhooks name): a template
-//! it does not have (or one not approved) answers 132001, a paused one 132015, a disabled one
-//! 132016, another number of body parameters 132000. Like Meta, component `type` values are
+//! of the WABA whose templates its access token last listed (a Meta token belongs to one
+//! business), else of the sandbox's own WABA (`SandboxConfig::waba_id`): a template it does
+//! not have (or one not approved) answers 132001, a paused one 132015, a disabled one 132016,
+//! another number of body parameters 132000. Like Meta, component `type` values are
 //! read in any case (`BODY`, `body`) and location coordinates as numbers or strings.
 
 use std::collections::{HashMap, VecDeque};
@@ -247,6 +248,10 @@ struct SandboxState {
     windows: HashMap<String, VecDeque<Instant>>,
     /// WABAs whose catalogue was changed; the others have [`default_catalogue`].
     catalogues: HashMap<String, Vec<SandboxTemplate>>,
+    /// SHA-256 of an access token → the WABA whose templates it last listed: a send with
+    /// that token is checked against that WABA's catalogue (a Meta token belongs to one
+    /// business; the sandbox learns which one by its use).
+    token_wabas: HashMap<String, String>,
 }
 
 impl Sandbox {
@@ -422,6 +427,13 @@ async fn list_templates(
             }
         },
     };
+    if let Some(token) = bearer_token(&headers) {
+        let mut state = lock(&sandbox.inner.state);
+        if state.token_wabas.len() >= MAX_TRACKED_PHONE_NUMBERS {
+            state.token_wabas.clear();
+        }
+        state.token_wabas.insert(token, waba_id.clone());
+    }
     let all = sandbox.templates(&waba_id);
     let end = start.saturating_add(limit).min(all.len());
     let data: Vec<Value> = all
@@ -869,11 +881,17 @@ impl Inner {
         }
 
         let behaviour = Behaviour::of(&digits);
-        let catalogue = lock(&self.state)
-            .catalogues
-            .get(&self.waba_id)
-            .cloned()
-            .unwrap_or_else(default_catalogue);
+        let catalogue = {
+            let state = lock(&self.state);
+            let waba = bearer_token(&incoming.headers)
+                .and_then(|t| state.token_wabas.get(&t).cloned())
+                .unwrap_or_else(|| self.waba_id.clone());
+            state
+                .catalogues
+                .get(&waba)
+                .cloned()
+                .unwrap_or_else(default_catalogue)
+        };
         let refusal = template_refusal(&catalogue, request);
         let rejection = refusal.or_else(|| match behaviour {
             Behaviour::ThrottleTwice if self.throttle_again(phone_number_id, &digits) => {
@@ -1098,6 +1116,21 @@ fn sign(secret: &str, body: &[u8]) -> Option<String> {
         "sha256={}",
         hex::encode(mac.finalize().into_bytes())
     ))
+}
+
+/// A hash of the request's bearer token (never the token itself), if it has one.
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    use sha2::Digest;
+    let token = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .split_once(' ')
+        .filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty())?
+        .1
+        .trim()
+        .to_owned();
+    Some(hex::encode(Sha256::digest(token.as_bytes())))
 }
 
 fn has_bearer_token(headers: &HeaderMap) -> bool {
@@ -1897,6 +1930,22 @@ mod tests {
             .await;
         assert_eq!(status, 400);
         assert_meta_error(&body, 132015);
+        // A token that listed another WABA's templates sends from that WABA's catalogue.
+        let other_waba = h
+            .http
+            .get(format!("{}/v23.0/999/message_templates", h.base))
+            .bearer_auth("other-business-token");
+        assert_eq!(h.post(other_waba).await.0, 200);
+        let from_other = h
+            .http
+            .post(h.messages_url())
+            .bearer_auth("other-business-token")
+            .json(&template_named(
+                "15551234567",
+                "promo_sale",
+                json!([{"type": "body", "parameters": [{"type": "text", "text": "x"}]}]),
+            ));
+        assert_eq!(h.post(from_other).await.0, 200);
         let other = h.sandbox.templates("999");
         assert!(other
             .iter()

@@ -282,4 +282,15 @@ mod tests {
         .unwrap();
         assert!(parse(r).is_ok());
     }
+
+    #[test]
+    fn a_templates_category_is_optional_and_still_checked_when_given() {
+        let r = req(serde_json::json!({"to":"+60123456789",
+            "template":{"name":"order_update","language":"en_US"}}))
+        .unwrap();
+        assert!(matches!(parse(r), Ok((_, Draft::Template(t), _)) if t.category.is_none()));
+        assert!(req(serde_json::json!({"to":"+60123456789",
+            "template":{"name":"order_update","language":"en_US","category":"spam"}}))
+        .is_err());
+    }
 }

@@ -94,6 +94,7 @@ fn class_of(pk: &str, sk: &str) -> Option<RetentionClass> {
         ("TENANT#", "BCLIST#", Some(BroadcastList)),
         ("RATE#", "NEXT", Some(SendSlot)),
         ("WAMID#", "PENDING#", Some(PendingStatus)),
+        ("WABA#", "TEMPLATE#", Some(Messages)),
         ("TENANT#", "TENANT", None),
         ("TENANT#", "APIKEY#", None),
         ("TENANT#", "OPTOUT#", None),
@@ -642,7 +643,7 @@ async fn spawn_short(b: Backend, secs: u64) -> TestApp {
 }
 
 fn template_body(to: &str) -> Value {
-    json!({"to": to, "template": {"name": "order_update", "language": "en_US", "category": "utility"}})
+    json!({"to": to, "template": kirim_tests::template_of("utility")})
 }
 
 async fn expired_items_are_invisible_then_swept_and_counted_per_class(b: Backend) {
@@ -753,6 +754,9 @@ async fn expired_items_are_invisible_then_swept_and_counted_per_class(b: Backend
         export.contains("\"type\":\"opt_out\""),
         "opt-outs are kept while the tenant exists"
     );
+    // The template catalogue expired with the messages (the Messages class): read it again.
+    let (st, _) = call(&app, "POST", "/v1/templates/sync", &t.key, None).await;
+    assert_eq!(st, 200);
     let (st, again) = send_with_key(&app, &t.key, &k1, template_body("+60123459999")).await;
     assert_eq!(st, 202, "an expired Idempotency-Key is free again");
     assert_ne!(again["id"], first.as_str());
@@ -804,6 +808,25 @@ async fn expired_items_are_invisible_then_swept_and_counted_per_class(b: Backend
 async fn a_sweep_cut_short_resumes_from_its_checkpoint(b: Backend) {
     let app = spawn_short(b, 1).await;
     let t = app.onboard(10).await;
+    // Its template catalogue would live 1 s too (the Messages class): keep it for the
+    // sends, as a sync an hour long would.
+    let all = kirim::ports::TemplateQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let catalogue = app.app.deps.templates.list_templates("1000001", &all).await;
+    for tpl in catalogue.expect("catalogue").templates {
+        let kept = kirim::ports::CatalogueTemplate {
+            expires_at: Some(chrono::Utc::now().timestamp() + 3600),
+            ..tpl
+        };
+        app.app
+            .deps
+            .templates
+            .put_template(&kept)
+            .await
+            .expect("put");
+    }
     for i in 0..3 {
         app.send_ok(&t.key, &format!("+6012345{:04}", 6100 + i))
             .await;

@@ -235,6 +235,12 @@ async fn a_template_paused_by_metas_webhook_is_then_refused_as_not_approved(b: B
     )
     .await;
     assert_eq!(s, 202, "{body}");
+    // Delivered before Meta pauses it (a send still queued then is refused by Meta, refunded).
+    let first = body["id"].as_str().unwrap();
+    assert_eq!(
+        app.wait_status(&t.key, first, "read").await["status"],
+        "read"
+    );
     app.sandbox_template(
         WABA,
         "promo_sale",

@@ -511,12 +511,6 @@ pub fn template(waba_id: &str, name: &str, language: &str) -> Key {
     )
 }
 
-/// The (name, language) of a template item, from its sort key.
-pub fn template_of_sk(sk: &str) -> Option<(String, String)> {
-    let (name, language) = sk.strip_prefix(TEMPLATE_PREFIX)?.split_once('#')?;
-    Some((name.to_owned(), language.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -657,6 +651,9 @@ mod tests {
             ("EVENT#".to_owned(), "EVENT#~".to_owned())
         );
         assert_eq!(audit_seq_of(&audit_sk(42)), Some(42));
+        // Key order is (name, language) order: `#` sorts before every name character.
+        assert!(template("1", "abc", "en").sk < template("1", "abc_x", "en").sk);
+        assert!(template("1", "abc", "en").sk < template("1", "abc", "en_US").sk);
         let (lo, hi) = message_range_of_ms(1_700_000_000_000);
         assert!(lo < hi && lo.starts_with("MSG#") && hi.starts_with("MSG#"));
         assert_eq!(
