@@ -22,6 +22,20 @@
 //! Every request is handled in its own task, so a client that gives up (the point of 0005) does
 //! not cancel it: the request is still recorded and its statuses still sent, as at Meta.
 //! `GET /_sandbox/messages` lists what was received, oldest first, with the answer given.
+//!
+//! Templates, as Meta keeps them per WhatsApp Business Account (API.md "Template catalogue"):
+//! every WABA starts with the same catalogue ([`default_catalogue`]) until
+//! `PUT /_sandbox/templates/{waba_id}/{name}/{language}` `{"status"?,"category"?,"quality"?}`
+//! changes one template and sends Meta's matching signed webhook
+//! (`message_template_status_update`, `template_category_update`,
+//! `message_template_quality_update`). `GET /{version}/{waba_id}/message_templates` lists a
+//! catalogue in pages of at most [`TEMPLATE_PAGE_SIZE`] (small, so clients page), with Meta's
+//! `paging.cursors.after` and `paging.next`. A template send is checked against the catalogue
+//! of the WABA whose templates its access token last listed (a Meta token belongs to one
+//! business), else of the sandbox's own WABA (`SandboxConfig::waba_id`): a template it does
+//! not have (or one not approved) answers 132001, a paused one 132015, a disabled one 132016,
+//! another number of body parameters 132000. Like Meta, component `type` values are
+//! read in any case (`BODY`, `body`) and location coordinates as numbers or strings.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,10 +43,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
@@ -56,6 +70,67 @@ const MAX_TRACKED_PHONE_NUMBERS: usize = 1024;
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// How many answers of 130429 a 0003 recipient gets before it is accepted.
 const THROTTLED_ATTEMPTS: u32 = 2;
+/// Templates per page of `GET /{version}/{waba_id}/message_templates` at most.
+pub const TEMPLATE_PAGE_SIZE: usize = 2;
+
+/// One template of a sandbox WABA, as Meta words it (`UTILITY`, `APPROVED`, `GREEN`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SandboxTemplate {
+    pub id: String,
+    pub name: String,
+    pub language: String,
+    pub category: String,
+    pub status: String,
+    pub quality: String,
+    pub body_parameters: u32,
+}
+
+impl SandboxTemplate {
+    fn new(id: u32, name: &str, category: &str, status: &str, body_parameters: u32) -> Self {
+        Self {
+            id: format!("{}", 900_000_000_000_000u64 + u64::from(id)),
+            name: name.into(),
+            language: "en_US".into(),
+            category: category.into(),
+            status: status.into(),
+            quality: "GREEN".into(),
+            body_parameters,
+        }
+    }
+
+    /// The template as Meta lists it: its body text has one `{{n}}` per parameter.
+    fn to_meta(&self) -> Value {
+        let mut text = format!("A {} message from the sandbox.", self.name);
+        for i in 1..=self.body_parameters {
+            text.push_str(&format!(" {{{{{i}}}}}"));
+        }
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "language": self.language,
+            "category": self.category,
+            "status": self.status,
+            "parameter_format": "POSITIONAL",
+            "components": [
+                {"type": "HEADER", "format": "TEXT", "text": "Kirim sandbox"},
+                {"type": "BODY", "text": text},
+                {"type": "FOOTER", "text": "Reply STOP to opt out"}
+            ],
+            "quality_score": {"score": self.quality, "date": 1_700_000_000},
+        })
+    }
+}
+
+/// The catalogue every sandbox WABA starts with (API.md "Template catalogue").
+pub fn default_catalogue() -> Vec<SandboxTemplate> {
+    vec![
+        SandboxTemplate::new(1, "order_update", "UTILITY", "APPROVED", 1),
+        SandboxTemplate::new(2, "promo_sale", "MARKETING", "APPROVED", 1),
+        SandboxTemplate::new(3, "login_code", "AUTHENTICATION", "APPROVED", 1),
+        SandboxTemplate::new(4, "paused_promo", "MARKETING", "PAUSED", 1),
+        SandboxTemplate::new(5, "pending_notice", "UTILITY", "PENDING", 0),
+    ]
+}
 
 /// Settings of a [`Sandbox`].
 #[derive(Clone)]
@@ -171,6 +246,12 @@ struct SandboxState {
     throttled: HashMap<(String, String), u32>,
     /// The most recent attempts per phone number id (at most the limit + 1).
     windows: HashMap<String, VecDeque<Instant>>,
+    /// WABAs whose catalogue was changed; the others have [`default_catalogue`].
+    catalogues: HashMap<String, Vec<SandboxTemplate>>,
+    /// SHA-256 of an access token → the WABA whose templates it last listed: a send with
+    /// that token is checked against that WABA's catalogue (a Meta token belongs to one
+    /// business; the sandbox learns which one by its use).
+    token_wabas: HashMap<String, String>,
 }
 
 impl Sandbox {
@@ -202,19 +283,35 @@ impl Sandbox {
         *lock(&self.inner.webhook_url) = Some(url);
     }
 
-    /// The Graph API: `POST /{version}/{phone_number_id}/messages`.
+    /// The Graph API: `POST /{version}/{phone_number_id}/messages` and
+    /// `GET /{version}/{waba_id}/message_templates`.
     pub fn graph_router(&self) -> Router {
         Router::new()
-            .route("/{version}/{phone_number_id}/messages", post(send_message))
+            .route("/{version}/{id}/messages", post(send_message))
+            .route("/{version}/{id}/message_templates", get(list_templates))
             .with_state(self.clone())
     }
 
-    /// `GET /_sandbox/messages` (the outbox, oldest first) and `POST /_sandbox/reset`.
+    /// `GET /_sandbox/messages` (the outbox, oldest first), `POST /_sandbox/reset` and
+    /// `PUT /_sandbox/templates/{waba_id}/{name}/{language}`.
     pub fn inspect_router(&self) -> Router {
         Router::new()
             .route("/_sandbox/messages", get(list_messages))
             .route("/_sandbox/reset", post(reset))
+            .route(
+                "/_sandbox/templates/{waba_id}/{name}/{language}",
+                put(put_template),
+            )
             .with_state(self.clone())
+    }
+
+    /// A WABA's catalogue as it stands.
+    pub fn templates(&self, waba_id: &str) -> Vec<SandboxTemplate> {
+        lock(&self.inner.state)
+            .catalogues
+            .get(waba_id)
+            .cloned()
+            .unwrap_or_else(default_catalogue)
     }
 
     /// Every request received so far (up to [`OUTBOX_CAPACITY`]), oldest first, each with the
@@ -227,8 +324,8 @@ impl Sandbox {
             .collect()
     }
 
-    /// Forgets the outbox, the 0003 counters and the rate-limit windows; statuses of earlier
-    /// messages not yet sent are dropped.
+    /// Forgets the outbox, the 0003 counters, the rate-limit windows and changed catalogues;
+    /// statuses of earlier messages not yet sent are dropped.
     pub fn reset(&self) {
         let mut state = lock(&self.inner.state);
         let epoch = state.epoch.wrapping_add(1);
@@ -288,6 +385,314 @@ async fn list_messages(State(sandbox): State<Sandbox>) -> Json<Value> {
 async fn reset(State(sandbox): State<Sandbox>) -> Json<Value> {
     sandbox.reset();
     Json(json!({ "status": "ok" }))
+}
+
+/// A page cursor: the offset of the next template, hex-encoded (opaque, as Meta's are).
+fn template_cursor(offset: usize) -> String {
+    hex::encode(format!("offset:{offset}"))
+}
+
+fn template_offset(cursor: &str) -> Option<usize> {
+    let text = String::from_utf8(hex::decode(cursor).ok()?).ok()?;
+    text.strip_prefix("offset:")?.parse().ok()
+}
+
+/// `GET /{version}/{waba_id}/message_templates?limit=&after=`: one page of the catalogue.
+async fn list_templates(
+    State(sandbox): State<Sandbox>,
+    Path((version, waba_id)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if !has_bearer_token(&headers) {
+        let body = meta_error(
+            190,
+            "Invalid OAuth access token - Cannot parse access token",
+            "The request has no Authorization: Bearer access token",
+        );
+        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    }
+    let limit = params
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(25)
+        .clamp(1, TEMPLATE_PAGE_SIZE);
+    let start = match params.get("after") {
+        None => 0,
+        Some(after) => match template_offset(after) {
+            Some(o) => o,
+            None => {
+                let body = invalid_parameter("Parameter 'after' is not a valid cursor");
+                return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+            }
+        },
+    };
+    if let Some(token) = bearer_token(&headers) {
+        let mut state = lock(&sandbox.inner.state);
+        if state.token_wabas.len() >= MAX_TRACKED_PHONE_NUMBERS {
+            state.token_wabas.clear();
+        }
+        state.token_wabas.insert(token, waba_id.clone());
+    }
+    let all = sandbox.templates(&waba_id);
+    let end = start.saturating_add(limit).min(all.len());
+    let data: Vec<Value> = all
+        .get(start.min(all.len())..end)
+        .unwrap_or_default()
+        .iter()
+        .map(SandboxTemplate::to_meta)
+        .collect();
+    let mut paging =
+        json!({"cursors": {"before": template_cursor(start), "after": template_cursor(end)}});
+    if end < all.len() {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("graph.facebook.com");
+        paging["next"] = Value::from(format!(
+            "http://{host}/{version}/{waba_id}/message_templates?limit={limit}&after={}",
+            template_cursor(end)
+        ));
+    }
+    tracing::info!(
+        waba_id,
+        start,
+        count = data.len(),
+        "sandbox listed templates"
+    );
+    Json(json!({"data": data, "paging": paging})).into_response()
+}
+
+/// What `PUT /_sandbox/templates/{waba_id}/{name}/{language}` may change, in Kirim's
+/// words (`paused`, `marketing`, `yellow`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplateChangeIn {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    quality: Option<String>,
+}
+
+fn one_of(value: &Option<String>, allowed: &[&str]) -> Result<Option<String>, String> {
+    match value {
+        None => Ok(None),
+        Some(v) if allowed.contains(&v.to_ascii_lowercase().as_str()) => {
+            Ok(Some(v.to_ascii_uppercase()))
+        }
+        Some(v) => Err(format!("`{v}` is not one of {}", allowed.join(", "))),
+    }
+}
+
+async fn put_template(
+    State(sandbox): State<Sandbox>,
+    Path((waba_id, name, language)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, Json(invalid_parameter(&m))).into_response();
+    let Ok(change) = serde_json::from_slice::<TemplateChangeIn>(&body) else {
+        return bad("give a JSON object with status, category and/or quality".into());
+    };
+    let checked = (
+        one_of(
+            &change.status,
+            &["approved", "pending", "rejected", "paused", "disabled"],
+        ),
+        one_of(
+            &change.category,
+            &["marketing", "utility", "authentication"],
+        ),
+        one_of(&change.quality, &["green", "yellow", "red", "unknown"]),
+    );
+    let (status, category, quality) = match checked {
+        (Ok(s), Ok(c), Ok(q)) => (s, c, q),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e),
+    };
+    // (field, webhook value) for each change, from the template before and after.
+    let (template, hooks) = {
+        let mut state = lock(&sandbox.inner.state);
+        let catalogue = state
+            .catalogues
+            .entry(waba_id.clone())
+            .or_insert_with(default_catalogue);
+        let Some(t) = catalogue
+            .iter_mut()
+            .find(|t| t.name == name && t.language == language)
+        else {
+            let body = meta_error(
+                132001,
+                "(#132001) Template name does not exist in the translation",
+                &format!("template name ({name}) does not exist in {language}"),
+            );
+            return (StatusCode::NOT_FOUND, Json(body)).into_response();
+        };
+        let before = t.clone();
+        let base = json!({
+            "message_template_id": t.id.parse::<u64>().unwrap_or_default(),
+            "message_template_name": t.name,
+            "message_template_language": t.language,
+        });
+        let with = |extra: Value| {
+            let mut v = base.clone();
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            v
+        };
+        let mut hooks = Vec::new();
+        if let Some(s) = status {
+            t.status = s.clone();
+            hooks.push((
+                "message_template_status_update",
+                with(json!({"event": s, "reason": "NONE"})),
+            ));
+        }
+        if let Some(c) = category {
+            t.category = c.clone();
+            hooks.push((
+                "template_category_update",
+                with(json!({"previous_category": before.category, "new_category": c})),
+            ));
+        }
+        if let Some(q) = quality {
+            t.quality = q.clone();
+            hooks.push((
+                "message_template_quality_update",
+                with(json!({"previous_quality_score": before.quality, "new_quality_score": q})),
+            ));
+        }
+        (t.clone(), hooks)
+    };
+    let mut delivered = Vec::new();
+    for (field, value) in hooks {
+        let payload = json!({
+            "object": "whatsapp_business_account",
+            "entry": [{
+                "id": waba_id,
+                "time": Utc::now().timestamp(),
+                "changes": [{"field": field, "value": value}],
+            }],
+        });
+        let ok = match sandbox.inner.webhook_url() {
+            Some(url) => sandbox.inner.deliver(&url, &payload).await,
+            None => false,
+        };
+        tracing::info!(waba_id, field, delivered = ok, "sandbox template webhook");
+        delivered.push(json!({"field": field, "delivered": ok}));
+    }
+    Json(json!({"template": template.to_meta(), "webhooks": delivered})).into_response()
+}
+
+/// Reads a send as Meta does before the schema sees it: component `type` values in any
+/// case, location coordinates as numbers or strings.
+fn normalise(request: &mut Value) {
+    if let Some(components) = request
+        .pointer_mut("/template/components")
+        .and_then(Value::as_array_mut)
+    {
+        for c in components.iter_mut() {
+            if let Some(t) = c.get_mut("type") {
+                if let Some(lower) = t.as_str().map(str::to_ascii_lowercase) {
+                    *t = Value::from(lower);
+                }
+            }
+            if let Some(parameters) = c.get_mut("parameters").and_then(Value::as_array_mut) {
+                for p in parameters.iter_mut() {
+                    if let Some(location) = p.get_mut("location") {
+                        coordinates_as_strings(location);
+                    }
+                }
+            }
+        }
+    }
+    if let Some(location) = request.get_mut("location") {
+        coordinates_as_strings(location);
+    }
+}
+
+fn coordinates_as_strings(location: &mut Value) {
+    for key in ["latitude", "longitude"] {
+        if let Some(v) = location.get_mut(key) {
+            if let Value::Number(n) = v {
+                *v = Value::from(n.to_string());
+            }
+        }
+    }
+}
+
+/// Meta's refusal of a template send the catalogue does not allow, if any.
+fn template_refusal(catalogue: &[SandboxTemplate], request: &Value) -> Option<(StatusCode, Value)> {
+    let template = request.get("template")?;
+    let name = template
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let language = template
+        .pointer("/language/code")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let Some(t) = catalogue
+        .iter()
+        .find(|t| t.name == name && t.language == language)
+        .filter(|t| !matches!(t.status.as_str(), "PENDING" | "REJECTED"))
+    else {
+        return Some((StatusCode::NOT_FOUND, template_missing_error(request)));
+    };
+    match t.status.as_str() {
+        "PAUSED" => {
+            return Some((
+                StatusCode::BAD_REQUEST,
+                meta_error(
+                    132015,
+                    "(#132015) Template is Paused",
+                    &format!("template ({name}) is paused because of low quality"),
+                ),
+            ))
+        }
+        "DISABLED" => {
+            return Some((
+                StatusCode::BAD_REQUEST,
+                meta_error(
+                    132016,
+                    "(#132016) Template is Disabled",
+                    &format!("template ({name}) is disabled"),
+                ),
+            ))
+        }
+        _ => {}
+    }
+    let given: usize = template
+        .get("components")
+        .and_then(Value::as_array)
+        .map(|components| {
+            components
+                .iter()
+                .filter(|c| c.get("type").and_then(Value::as_str) == Some("body"))
+                .map(|c| {
+                    c.get("parameters")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len)
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    if given != t.body_parameters as usize {
+        return Some((
+            StatusCode::BAD_REQUEST,
+            meta_error(
+                132000,
+                "(#132000) Number of parameters does not match the expected number of params",
+                &format!(
+                    "body: number of localizable_params ({given}) does not match the expected \
+                     number of params ({})",
+                    t.body_parameters
+                ),
+            ),
+        ));
+    }
+    None
 }
 
 struct Incoming {
@@ -448,6 +853,9 @@ impl Inner {
             let body = invalid_parameter("The request body is not valid JSON");
             return (StatusCode::BAD_REQUEST, body, None);
         };
+        let mut normalised = request.clone();
+        normalise(&mut normalised);
+        let request = &normalised;
         if let Err(errors) = self.schema.validate_message(request) {
             tracing::info!(phone_number_id, outcome = "invalid", "sandbox answered");
             return (
@@ -473,7 +881,19 @@ impl Inner {
         }
 
         let behaviour = Behaviour::of(&digits);
-        let rejection = match behaviour {
+        let catalogue = {
+            let state = lock(&self.state);
+            let waba = bearer_token(&incoming.headers)
+                .and_then(|t| state.token_wabas.get(&t).cloned())
+                .unwrap_or_else(|| self.waba_id.clone());
+            state
+                .catalogues
+                .get(&waba)
+                .cloned()
+                .unwrap_or_else(default_catalogue)
+        };
+        let refusal = template_refusal(&catalogue, request);
+        let rejection = refusal.or_else(|| match behaviour {
             Behaviour::ThrottleTwice if self.throttle_again(phone_number_id, &digits) => {
                 Some((StatusCode::TOO_MANY_REQUESTS, rate_limit_error()))
             }
@@ -490,7 +910,7 @@ impl Inner {
                 Some((StatusCode::NOT_FOUND, template_missing_error(request)))
             }
             _ => None,
-        };
+        });
         if let Some((status, body)) = rejection {
             let code = body.pointer("/error/code").and_then(Value::as_u64);
             tracing::info!(
@@ -698,6 +1118,21 @@ fn sign(secret: &str, body: &[u8]) -> Option<String> {
     ))
 }
 
+/// A hash of the request's bearer token (never the token itself), if it has one.
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    use sha2::Digest;
+    let token = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .split_once(' ')
+        .filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty())?
+        .1
+        .trim()
+        .to_owned();
+    Some(hex::encode(Sha256::digest(token.as_bytes())))
+}
+
 fn has_bearer_token(headers: &HeaderMap) -> bool {
     headers
         .get(header::AUTHORIZATION)
@@ -892,13 +1327,20 @@ mod tests {
             "to": to,
             "type": "template",
             "template": {
-                "name": "order_confirmation",
+                "name": "order_update",
                 "language": {"code": "en_US"},
                 "components": [
                     {"type": "body", "parameters": [{"type": "text", "text": "Ada"}]}
                 ]
             }
         })
+    }
+
+    fn template_named(to: &str, name: &str, components: Value) -> Value {
+        let mut m = template_to(to);
+        m["template"]["name"] = json!(name);
+        m["template"]["components"] = components;
+        m
     }
 
     impl Harness {
@@ -1333,6 +1775,195 @@ mod tests {
         assert_eq!(response.status().as_u16(), 200);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(sandbox.received().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn templates_meta_does_not_allow_are_refused_with_metas_codes() {
+        let h = harness().await;
+        let one = json!([{"type": "BODY", "parameters": [{"type": "text", "text": "x"}]}]);
+        let cases = [
+            ("no_such_template", one.clone(), 404, 132001),
+            ("pending_notice", json!([]), 404, 132001),
+            ("paused_promo", one.clone(), 400, 132015),
+            ("order_update", json!([]), 400, 132000),
+            (
+                "order_update",
+                json!([{"type": "body", "parameters": [{"type": "text", "text": "a"},
+                    {"type": "text", "text": "b"}]}]),
+                400,
+                132000,
+            ),
+        ];
+        for (name, components, status, code) in cases {
+            let (got, body) = h
+                .send_json(&template_named("15551234567", name, components))
+                .await;
+            assert_eq!(got, status, "{name}: {body}");
+            assert_meta_error(&body, code);
+        }
+        // Component types in any case, as Meta reads them.
+        let (got, body) = h
+            .send_json(&template_named("15551234567", "promo_sale", one))
+            .await;
+        assert_eq!(got, 200, "{body}");
+    }
+
+    #[tokio::test]
+    async fn location_coordinates_are_read_as_numbers_or_strings() {
+        let h = harness().await;
+        for (lat, long) in [
+            (json!(3.139), json!(101.6869)),
+            (json!("3.139"), json!("101.6869")),
+        ] {
+            let message = json!({
+                "messaging_product": "whatsapp", "recipient_type": "individual",
+                "to": "15551234567", "type": "location",
+                "location": {"latitude": lat, "longitude": long, "name": "KLCC"}
+            });
+            let (status, body) = h.send_json(&message).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+
+    async fn list_page(h: &Harness, waba: &str, after: Option<&str>) -> (u16, Value) {
+        let mut url = format!("{}/v23.0/{waba}/message_templates?limit=100", h.base);
+        if let Some(a) = after {
+            url.push_str(&format!("&after={a}"));
+        }
+        h.post(h.http.get(url).bearer_auth("t")).await
+    }
+
+    #[tokio::test]
+    async fn the_catalogue_is_listed_in_small_pages_with_metas_cursors() {
+        let h = harness().await;
+        let mut after: Option<String> = None;
+        let mut names = Vec::new();
+        let mut pages = 0;
+        loop {
+            let (status, body) = list_page(&h, WABA, after.as_deref()).await;
+            assert_eq!(status, 200, "{body}");
+            pages += 1;
+            let data = body["data"].as_array().cloned().unwrap_or_default();
+            assert!(data.len() <= TEMPLATE_PAGE_SIZE);
+            for t in &data {
+                names.push(format!(
+                    "{}/{}/{}",
+                    t["name"].as_str().unwrap_or_default(),
+                    t["category"].as_str().unwrap_or_default(),
+                    t["status"].as_str().unwrap_or_default()
+                ));
+                assert_eq!(t["components"][1]["type"], "BODY");
+            }
+            if body["paging"].get("next").is_none() {
+                break;
+            }
+            after = body["paging"]["cursors"]["after"]
+                .as_str()
+                .map(str::to_owned);
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(
+            names,
+            [
+                "order_update/UTILITY/APPROVED",
+                "promo_sale/MARKETING/APPROVED",
+                "login_code/AUTHENTICATION/APPROVED",
+                "paused_promo/MARKETING/PAUSED",
+                "pending_notice/UTILITY/PENDING"
+            ]
+        );
+        let without = h
+            .http
+            .get(format!("{}/v23.0/{WABA}/message_templates", h.base));
+        assert_eq!(h.post(without).await.0, 401);
+        assert_eq!(list_page(&h, WABA, Some("zz")).await.0, 400);
+    }
+
+    #[tokio::test]
+    async fn a_changed_template_sends_metas_signed_webhooks_and_only_its_waba_changes() {
+        let h = harness().await;
+        let url = format!("{}/_sandbox/templates/{WABA}/promo_sale/en_US", h.base);
+        let change = h
+            .http
+            .put(&url)
+            .json(&json!({"status": "paused", "category": "utility", "quality": "red"}));
+        let (status, body) = h.post(change).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["template"]["status"], "PAUSED");
+        let hooks = lock(&h.receiver.bodies).clone();
+        let fields: Vec<&str> = hooks
+            .iter()
+            .map(|b| {
+                b["entry"][0]["changes"][0]["field"]
+                    .as_str()
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "message_template_status_update",
+                "template_category_update",
+                "message_template_quality_update"
+            ]
+        );
+        assert_eq!(hooks[0]["entry"][0]["id"], WABA);
+        let value = &hooks[0]["entry"][0]["changes"][0]["value"];
+        assert_eq!(value["event"], "PAUSED");
+        assert_eq!(value["message_template_name"], "promo_sale");
+        assert_eq!(value["message_template_language"], "en_US");
+        let value = &hooks[1]["entry"][0]["changes"][0]["value"];
+        assert_eq!(
+            (&value["previous_category"], &value["new_category"]),
+            (&json!("MARKETING"), &json!("UTILITY"))
+        );
+        assert_eq!(
+            hooks[2]["entry"][0]["changes"][0]["value"]["new_quality_score"],
+            "RED"
+        );
+        assert_eq!(h.receiver.bad_signatures.load(Ordering::SeqCst), 0);
+
+        // Sends from this WABA see it paused; another WABA still has the default.
+        let one = json!([{"type": "body", "parameters": [{"type": "text", "text": "x"}]}]);
+        let (status, body) = h
+            .send_json(&template_named("15551234567", "promo_sale", one))
+            .await;
+        assert_eq!(status, 400);
+        assert_meta_error(&body, 132015);
+        // A token that listed another WABA's templates sends from that WABA's catalogue.
+        let other_waba = h
+            .http
+            .get(format!("{}/v23.0/999/message_templates", h.base))
+            .bearer_auth("other-business-token");
+        assert_eq!(h.post(other_waba).await.0, 200);
+        let from_other = h
+            .http
+            .post(h.messages_url())
+            .bearer_auth("other-business-token")
+            .json(&template_named(
+                "15551234567",
+                "promo_sale",
+                json!([{"type": "body", "parameters": [{"type": "text", "text": "x"}]}]),
+            ));
+        assert_eq!(h.post(from_other).await.0, 200);
+        let other = h.sandbox.templates("999");
+        assert!(other
+            .iter()
+            .any(|t| t.name == "promo_sale" && t.status == "APPROVED"));
+
+        for (body, want) in [
+            (json!({"status": "gone"}), 400),
+            (json!({"colour": "red"}), 400),
+        ] {
+            let (status, _) = h.post(h.http.put(&url).json(&body)).await;
+            assert_eq!(status, want, "{body}");
+        }
+        let missing = format!("{}/_sandbox/templates/{WABA}/nope/en_US", h.base);
+        let (status, body) = h
+            .post(h.http.put(missing).json(&json!({"status": "paused"})))
+            .await;
+        assert_eq!(status, 404);
+        assert_meta_error(&body, 132001);
     }
 
     #[test]

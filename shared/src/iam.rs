@@ -33,6 +33,8 @@ pub enum Resource {
     AuditKey,
     /// `ConsoleCsrfKeySecret`: the key of the console's CSRF tokens.
     ConsoleCsrfKey,
+    /// Tenants' Meta access tokens only: `${StackName}/tenants/*/meta-token*`.
+    MetaTokens,
     /// Every tenant's secrets: `${StackName}/tenants/*` (Meta tokens, callback secrets).
     TenantSecrets,
     /// Tenants' status-callback secrets only: `${StackName}/tenants/*/status-callback-secret*`.
@@ -40,7 +42,7 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub const ALL: [Resource; 13] = [
+    pub const ALL: [Resource; 14] = [
         Resource::Table,
         Resource::TableIndexes,
         Resource::DispatchQueue,
@@ -52,6 +54,7 @@ impl Resource {
         Resource::MetaVerifyToken,
         Resource::AuditKey,
         Resource::ConsoleCsrfKey,
+        Resource::MetaTokens,
         Resource::TenantSecrets,
         Resource::CallbackSecrets,
     ];
@@ -71,6 +74,7 @@ impl Resource {
             Resource::MetaVerifyToken => "MetaVerifyTokenSecret",
             Resource::AuditKey => "AuditKeySecret",
             Resource::ConsoleCsrfKey => "ConsoleCsrfKeySecret",
+            Resource::MetaTokens => "secret:${AWS::StackName}/tenants/*/meta-token*",
             Resource::TenantSecrets => "secret:${AWS::StackName}/tenants/*",
             Resource::CallbackSecrets => {
                 "secret:${AWS::StackName}/tenants/*/status-callback-secret*"
@@ -135,6 +139,9 @@ const ADMIN_API: &[Grant] = &[
     on(Table, DynamoStore::SWEEP),
     on(OperatorToken, SecretsManagerStore::READ),
     on(AuditKey, SecretsManagerStore::READ),
+    // The template catalogue's sync reads Meta with the tenant's own token (onboarding,
+    // `POST /v1/templates/sync`).
+    on(MetaTokens, SecretsManagerStore::READ),
     // Tenants' Meta tokens and callback secrets are written here, never read; removed on a
     // failed onboarding, a callback turned off and the retention run's close-out.
     on(TenantSecrets, SecretsManagerStore::WRITE),
@@ -200,6 +207,8 @@ const RETENTION: &[Grant] = &[
     on(TenantSecrets, SecretsManagerStore::DELETE),
     // The retention report is audited.
     on(AuditKey, SecretsManagerStore::READ),
+    // The daily template catalogue sync reads Meta with each tenant's own token.
+    on(MetaTokens, SecretsManagerStore::READ),
 ];
 
 impl Function {

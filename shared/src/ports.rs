@@ -519,6 +519,14 @@ pub trait MetaClient: Send + Sync {
         token: &Secret,
         body: &serde_json::Value,
     ) -> Result<MetaAccepted, MetaSendError>;
+    /// One page of the WABA's templates (`GET /{version}/{waba_id}/message_templates`),
+    /// from the start or after Meta's cursor `after`.
+    async fn list_templates(
+        &self,
+        waba_id: &str,
+        token: &Secret,
+        after: Option<&str>,
+    ) -> Result<crate::domain::template::MetaTemplatePage, MetaSendError>;
 }
 
 /// One audit event, a link of its chain (one chain per tenant, and `platform` for calls
@@ -793,3 +801,5 @@ pub trait BroadcastStore: Send + Sync {
 }
 mod callbacks;
 pub use callbacks::*;
+mod templates;
+pub use templates::*;

@@ -66,7 +66,18 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
 
 /// The scheduled retention run (EventBridge on AWS, a timer locally).
 pub async fn scheduled_retention(deps: &Deps) -> Result<retention::RetentionReport, String> {
-    retention::run(deps).await.map_err(|e| e.to_string())
+    let report = retention::run(deps).await.map_err(|e| e.to_string())?;
+    // The daily template catalogue sync, for the active tenants the sweep came across
+    // (bounded: `templates::MAX_SCHEDULED` WABAs a run; failures wait for the next run).
+    let synced = crate::service::templates::sync_scheduled(deps, &report.active_tenants).await;
+    tracing::info!(
+        wabas = synced.wabas,
+        failed = synced.failed,
+        synced = synced.synced,
+        removed = synced.removed,
+        "scheduled template sync"
+    );
+    Ok(report)
 }
 
 /// The status-callback consumer (a `StatusCallbackFunction` on the StatusCallbackQueue,

@@ -98,7 +98,7 @@ impl Function {
     }
 
     /// What the function talks to besides the table and Secrets Manager: the queues its
-    /// grants (`crate::iam`) name, and Meta for the dispatcher.
+    /// grants (`crate::iam`) name, and Meta for the dispatcher and the template syncs.
     pub fn uses(self) -> Vec<Port> {
         [Port::DispatchQueue, Port::CallbackQueue, Port::Meta]
             .into_iter()
@@ -109,8 +109,12 @@ impl Function {
     pub fn uses_port(self, port: Port) -> bool {
         match port.resources() {
             Some((queue, dlq)) => self.granted(queue) || self.granted(dlq),
-            // Only the dispatcher sends to Meta.
-            None => self == Function::Dispatcher,
+            // The dispatcher sends to Meta; admin_api (onboarding, `POST /v1/templates/sync`)
+            // and retention (the daily sync) read the template catalogue from it.
+            None => matches!(
+                self,
+                Function::Dispatcher | Function::AdminApi | Function::Retention
+            ),
         }
     }
 
@@ -372,6 +376,14 @@ impl MetaClient for NotWired {
         _token: &Secret,
         _body: &serde_json::Value,
     ) -> Result<MetaAccepted, MetaSendError> {
+        Err(MetaSendError::Connection(self.refusal()))
+    }
+    async fn list_templates(
+        &self,
+        _waba_id: &str,
+        _token: &Secret,
+        _after: Option<&str>,
+    ) -> Result<crate::domain::template::MetaTemplatePage, MetaSendError> {
         Err(MetaSendError::Connection(self.refusal()))
     }
 }

@@ -111,6 +111,9 @@ pub fn test_settings() -> Settings {
         callbacks_allow_private: true,
         callback_backoff: Duration::from_millis(100),
         callback_timeout: Duration::from_secs(2),
+        // Tests that build deps without local mode never reach the real Meta: nothing
+        // listens on the discard port, so a template sync at onboarding fails at once.
+        meta_base_url: "http://127.0.0.1:9".into(),
         ..Settings::default()
     }
 }
@@ -291,6 +294,47 @@ impl TestApp {
             .into_iter()
             .filter(|r| r.request["to"] == digits)
             .collect()
+    }
+}
+
+/// A template of the sandbox's catalogue for each category (each takes one body
+/// parameter), as a send's `template` object with its category given.
+pub fn template_of(category: &str) -> serde_json::Value {
+    let name = match category {
+        "marketing" => "promo_sale",
+        "authentication" => "login_code",
+        _ => "order_update",
+    };
+    serde_json::json!({"name": name, "language": "en_US", "category": category,
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "P-1"}]}]})
+}
+
+impl TestApp {
+    /// Changes one template of the sandbox's catalogue (which sends Meta's signed webhook
+    /// to the platform before it answers) and answers the sandbox's answer.
+    pub async fn sandbox_template(
+        &self,
+        waba_id: &str,
+        name: &str,
+        language: &str,
+        change: serde_json::Value,
+    ) -> serde_json::Value {
+        let res = self
+            .http
+            .put(self.url(&format!("/_sandbox/templates/{waba_id}/{name}/{language}")))
+            .json(&change)
+            .send()
+            .await
+            .expect("sandbox template change");
+        assert_eq!(res.status(), 200, "the sandbox changed the template");
+        let body: serde_json::Value = res.json().await.expect("json");
+        assert!(
+            body["webhooks"]
+                .as_array()
+                .is_some_and(|h| h.iter().all(|w| w["delivered"] == true)),
+            "the platform took the webhooks: {body}"
+        );
+        body
     }
 }
 

@@ -1,11 +1,13 @@
 //! Meta's Graph API over reqwest (rustls). The one place that knows Meta's wire shapes
-//! for a send; the request body itself comes from `Content::to_meta_request`.
+//! for a send (the request body itself comes from `Content::to_meta_request`) and for a
+//! page of templates (read by `domain::template::parse_template_page`).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use crate::domain::template::{parse_template_page, MetaTemplatePage};
 use crate::ports::{MetaAccepted, MetaClient, MetaSendError};
 use crate::secret::Secret;
 
@@ -54,6 +56,21 @@ struct MetaErrorBody {
     error_user_title: Option<String>,
 }
 
+/// The template fields a sync reads (Meta answers only `id`, `name`... without them).
+const TEMPLATE_FIELDS: &str = "id,name,language,category,status,components,quality_score";
+
+/// Meta's error answer, as a send error.
+fn api_error(status: u16, bytes: &[u8]) -> MetaSendError {
+    match serde_json::from_slice::<ErrorEnvelope>(bytes) {
+        Ok(env) => MetaSendError::Api {
+            http_status: status,
+            code: env.error.code,
+            title: env.error.error_user_title.unwrap_or(env.error.message),
+        },
+        Err(_) => MetaSendError::Protocol(status),
+    }
+}
+
 #[async_trait]
 impl MetaClient for MetaGraphClient {
     async fn send_message(
@@ -94,13 +111,44 @@ impl MetaClient for MetaGraphClient {
                 .ok_or(MetaSendError::Protocol(status))?;
             return Ok(MetaAccepted { wamid });
         }
-        match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
-            Ok(env) => Err(MetaSendError::Api {
-                http_status: status,
-                code: env.error.code,
-                title: env.error.error_user_title.unwrap_or(env.error.message),
-            }),
-            Err(_) => Err(MetaSendError::Protocol(status)),
+        Err(api_error(status, &bytes))
+    }
+
+    async fn list_templates(
+        &self,
+        waba_id: &str,
+        token: &Secret,
+        after: Option<&str>,
+    ) -> Result<MetaTemplatePage, MetaSendError> {
+        let url = format!(
+            "{}/{}/{}/message_templates",
+            self.base_url, self.version, waba_id
+        );
+        let mut query = vec![("fields", TEMPLATE_FIELDS), ("limit", "100")];
+        if let Some(a) = after {
+            query.push(("after", a));
         }
+        let res = self
+            .http
+            .get(url)
+            .bearer_auth(token.expose())
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    MetaSendError::Connection("connect failed".into())
+                } else {
+                    MetaSendError::Timeout
+                }
+            })?;
+        let status = res.status().as_u16();
+        let bytes = res.bytes().await.map_err(|_| MetaSendError::Timeout)?;
+        if (200..300).contains(&status) {
+            let body: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|_| MetaSendError::Protocol(status))?;
+            return parse_template_page(&body).ok_or(MetaSendError::Protocol(status));
+        }
+        Err(api_error(status, &bytes))
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! This file owns the shape of what Meta POSTs to `/webhooks/meta` (per
 //! `meta/business-messaging-api_v23.0.yaml`): delivery statuses, inbound messages (of
-//! which only STOP/START requests matter to Kirim) and account-level changes. Services
-//! see only [`MetaEvent`]s, never Meta's JSON.
+//! which only STOP/START requests matter to Kirim), account-level changes and the
+//! template catalogue's changes (`message_template_status_update`,
+//! `template_category_update`, `message_template_quality_update`). Services see only
+//! [`MetaEvent`]s, never Meta's JSON.
 //!
 //! Parsing is tolerant: unknown fields are ignored, and a piece Kirim does not understand
 //! (an unknown change, a status of another shape or an unknown status word, a list where
@@ -16,7 +18,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{keyword, Keyword, MessageId, MessageStatus, OptOutSource, PhoneNumber};
+use super::template::{
+    valid_language, valid_name, TemplateChange, TemplateQuality, TemplateStatus,
+};
+use super::{
+    keyword, Keyword, MessageId, MessageStatus, OptOutSource, PhoneNumber, TemplateCategory,
+};
 
 /// Meta's wamids are ~60 characters; anything far longer is not one (and would not fit
 /// in a key).
@@ -172,6 +179,16 @@ impl AccountUpdate {
     }
 }
 
+/// A change Meta made to one template of a WhatsApp Business Account's catalogue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateUpdate {
+    pub waba_id: String,
+    pub name: String,
+    /// As the catalogue writes it (`en_US`: Meta's webhooks may write `en-US`).
+    pub language: String,
+    pub change: TemplateChange,
+}
+
 /// A piece of a notification Kirim did not understand: skipped alone and counted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unknown {
@@ -187,6 +204,7 @@ pub enum MetaEvent {
     Status(StatusReport),
     Inbound(InboundMessage),
     AccountUpdate(AccountUpdate),
+    Template(TemplateUpdate),
     Unknown(Unknown),
 }
 
@@ -241,6 +259,11 @@ fn read_change(waba_id: &str, change: &Value, events: &mut Vec<MetaEvent>) {
         events.push(unknown("change", field));
         return;
     };
+    if TEMPLATE_FIELDS.contains(&field) {
+        let event = template_update(waba_id, field, value).map(MetaEvent::Template);
+        events.push(event.unwrap_or_else(|| unknown("change", field)));
+        return;
+    }
     if field == "account_update" {
         match lenient::<AccountUpdateIn>(value) {
             Some(a) => events.push(MetaEvent::AccountUpdate(AccountUpdate {
@@ -280,6 +303,44 @@ fn read_change(waba_id: &str, change: &Value, events: &mut Vec<MetaEvent>) {
             Some(_) => events.push(unknown(piece, field)),
         }
     }
+}
+
+/// The change fields of Meta's template webhooks.
+const TEMPLATE_FIELDS: [&str; 3] = [
+    "message_template_status_update",
+    "template_category_update",
+    "message_template_quality_update",
+];
+
+/// One template webhook's change; `None` for a shape or value Kirim does not understand.
+fn template_update(waba_id: &str, field: &str, value: &Value) -> Option<TemplateUpdate> {
+    let t: TemplateChangeIn = lenient(value)?;
+    let language = t.message_template_language.replace('-', "_");
+    if waba_id.is_empty() || !valid_name(&t.message_template_name) || !valid_language(&language) {
+        return None;
+    }
+    let change = match field {
+        "message_template_status_update" => {
+            let event = t.event?;
+            match event.to_ascii_uppercase().as_str() {
+                "DELETED" | "PENDING_DELETION" | "ARCHIVED" => TemplateChange::Removed,
+                _ => TemplateChange::Status(TemplateStatus::from_meta(&event)?),
+            }
+        }
+        "template_category_update" => {
+            TemplateChange::Category(TemplateCategory::from_meta(&t.new_category?)?)
+        }
+        "message_template_quality_update" => {
+            TemplateChange::Quality(TemplateQuality::from_meta(&t.new_quality_score?))
+        }
+        _ => return None,
+    };
+    Some(TemplateUpdate {
+        waba_id: waba_id.to_owned(),
+        name: t.message_template_name,
+        language,
+        change,
+    })
 }
 
 /// A phone number as Meta writes it: digits without the `+`.
@@ -356,6 +417,18 @@ fn inbound(item: &Value, phone_number_id: &Option<String>) -> Option<InboundMess
 }
 
 // Meta's shapes, leniently: unknown fields are ignored, only what Kirim reads is named.
+
+#[derive(Deserialize)]
+struct TemplateChangeIn {
+    message_template_name: String,
+    message_template_language: String,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    new_category: Option<String>,
+    #[serde(default)]
+    new_quality_score: Option<String>,
+}
 
 #[derive(Deserialize)]
 struct AccountUpdateIn {
@@ -536,6 +609,78 @@ mod tests {
             ..a.clone()
         };
         assert!(!reinstated.stops_sending());
+    }
+
+    #[test]
+    fn template_webhooks_become_typed_catalogue_changes_and_odd_ones_are_skipped() {
+        let change = |field: &str, value: Value| json!({"entry":[{"id":"waba9","time":1,"changes":[{"field":field,"value":value}]}]});
+        let base = |extra: Value| {
+            let mut v = json!({"message_template_id": 123, "message_template_name": "promo_sale",
+                "message_template_language": "en-US", "reason": "NONE"});
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            v
+        };
+        let one = |body: Value| events(body).into_iter().next().unwrap();
+        let MetaEvent::Template(t) = one(change(
+            "message_template_status_update",
+            base(json!({"event": "PAUSED"})),
+        )) else {
+            panic!()
+        };
+        assert_eq!(
+            (t.waba_id.as_str(), t.name.as_str(), t.language.as_str()),
+            ("waba9", "promo_sale", "en_US")
+        );
+        assert_eq!(t.change, TemplateChange::Status(TemplateStatus::Paused));
+        assert!(matches!(
+            one(change(
+                "message_template_status_update",
+                base(json!({"event": "DELETED"}))
+            )),
+            MetaEvent::Template(TemplateUpdate {
+                change: TemplateChange::Removed,
+                ..
+            })
+        ));
+        assert!(matches!(
+            one(change(
+                "template_category_update",
+                base(json!({"previous_category": "MARKETING", "new_category": "UTILITY"}))
+            )),
+            MetaEvent::Template(TemplateUpdate {
+                change: TemplateChange::Category(TemplateCategory::Utility),
+                ..
+            })
+        ));
+        assert!(matches!(
+            one(change(
+                "message_template_quality_update",
+                base(json!({"previous_quality_score": "GREEN", "new_quality_score": "RED"}))
+            )),
+            MetaEvent::Template(TemplateUpdate {
+                change: TemplateChange::Quality(TemplateQuality::Red),
+                ..
+            })
+        ));
+        for odd in [
+            change(
+                "message_template_status_update",
+                base(json!({"event": "FLAGGED"})),
+            ),
+            change(
+                "template_category_update",
+                base(json!({"new_category": "TRANSACTIONAL"})),
+            ),
+            change(
+                "message_template_status_update",
+                json!({"event": "APPROVED"}),
+            ),
+            change("message_template_quality_update", json!([1])),
+        ] {
+            assert!(matches!(one(odd), MetaEvent::Unknown(_)));
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod retention;
 mod role;
 pub mod signature;
 mod status;
+pub mod template;
 
 pub use allowlist::{AllowListError, IpAllowList, MAX_CIDRS};
 pub use idempotency::{request_fingerprint, IdempotencyKey, IdempotencyKeyError};
@@ -31,3 +32,4 @@ pub use retention::{
 };
 pub use role::Role;
 pub use status::{MessageStatus, StatusError};
+pub use template::{TemplateChange, TemplateQuality, TemplateStatus};

@@ -73,6 +73,8 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET", "/v1/messages/{id}", Tenant(ReadOnly)),
     rule("POST", "/v1/broadcasts", Tenant(Operator)),
     rule("GET", "/v1/broadcasts/{id}", Tenant(ReadOnly)),
+    rule("GET", "/v1/templates", Tenant(ReadOnly)),
+    rule("POST", "/v1/templates/sync", Tenant(Admin)),
     rule("GET", "/v1/opt-outs", Tenant(ReadOnly)),
     rule("GET", "/v1/opt-outs/{phone}", Tenant(ReadOnly)),
     rule("PUT", "/v1/opt-outs/{phone}", Tenant(Operator)),

@@ -1,6 +1,7 @@
 //! `/v1/broadcasts`: a JSON list of recipients, or a `text/csv` upload with a `phone`
 //! column (the template then comes in the query: `template_name`, `template_language`,
-//! `template_category`; CSV broadcasts carry no template components).
+//! `template_category` (optional); CSV broadcasts carry no template components, so they
+//! send templates whose body takes no parameters).
 
 use std::collections::HashMap;
 
@@ -40,11 +41,15 @@ fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiErr
             ApiError::invalid(format!("a CSV upload needs the `{k}` query parameter"))
         })
     };
-    let category =
-        parse_json(format!("\"{}\"", get("template_category")?.replace('"', "")).as_bytes())
-            .map_err(|_| {
+    // Optional, as in a JSON body: the catalogue decides; given, it must agree.
+    let category = q
+        .get("template_category")
+        .map(|c| {
+            parse_json(format!("\"{}\"", c.replace('"', "")).as_bytes()).map_err(|_| {
                 ApiError::invalid("template_category must be marketing, utility or authentication")
-            })?;
+            })
+        })
+        .transpose()?;
     Ok(TemplateIn {
         name: get("template_name")?,
         language: get("template_language")?,

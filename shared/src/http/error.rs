@@ -113,6 +113,26 @@ impl From<ServiceError> for ApiError {
                 "too many requests; retry after the number of seconds in Retry-After",
                 retry_after_secs,
             ),
+            TemplateNotFound(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "template_not_found", m)
+            }
+            TemplateNotApproved(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "template_not_approved", m)
+            }
+            TemplateCategoryMismatch(m) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "template_category_mismatch",
+                m,
+            ),
+            TemplateParametersMismatch(m) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "template_parameters_mismatch",
+                m,
+            ),
+            MetaUnavailable(m) => {
+                tracing::warn!(detail = %m, "meta unavailable");
+                ApiError::new(StatusCode::BAD_GATEWAY, "meta_unavailable", m)
+            }
             Unavailable(inner) => {
                 tracing::error!(error = %inner, "backend unavailable");
                 ApiError::new(

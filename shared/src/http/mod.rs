@@ -11,6 +11,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod lambda;
 mod optouts;
+mod templates;
 mod users;
 mod views;
 
@@ -156,6 +157,8 @@ fn admin_api_routes() -> Router<AppState> {
         .merge(users::routes())
         .merge(export::routes())
         .merge(callbacks::routes())
+        // The catalogue's sync calls Meta: this function is wired with the Meta client.
+        .merge(templates::routes())
 }
 
 fn webhook_routes() -> Router<AppState> {

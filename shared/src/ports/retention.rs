@@ -19,6 +19,8 @@ pub struct SweepPage {
     pub examined: usize,
     /// Closed tenants not closed out yet, found on this page.
     pub closed_tenants: Vec<TenantId>,
+    /// Active tenants found on this page (the daily template sync's list).
+    pub active_tenants: Vec<TenantId>,
     /// Where the next page starts; `None` when the pass over the table is complete.
     pub next: Option<String>,
 }

@@ -139,6 +139,12 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
         return Err(e.into());
     }
     tracing::info!(tenant_id = %id, "tenant onboarded");
+    // Its template catalogue, read from Meta now so that it can send at once. Meta being
+    // down does not undo the onboarding: the daily sync, or the tenant's admin with
+    // `POST /v1/templates/sync`, reads it later.
+    if let Err(e) = super::templates::sync(deps, &tenant).await {
+        tracing::warn!(tenant_id = %id, error = %e, "template catalogue not synced at onboarding");
+    }
     Ok((tenant, key))
 }
 

@@ -119,7 +119,7 @@ pub async fn create(
     template: TemplateIn,
     raw: Vec<String>,
 ) -> Result<Accepted, ServiceError> {
-    let content = parse_template(template)?;
+    let requested = parse_template(template)?;
     if raw.len() > MAX_RECIPIENTS {
         return Err(too_many());
     }
@@ -127,6 +127,9 @@ pub async fn create(
     if tenant.status != TenantStatus::Active {
         return Err(ServiceError::TenantSuspended);
     }
+    // The catalogue decides the category and refuses what Meta would refuse, before any
+    // opt-out lookup, debit or write.
+    let content = super::templates::resolve(deps, &tenant.waba_id, requested).await?;
     let template_ref = content
         .template_ref()
         .cloned()

@@ -34,6 +34,21 @@ pub enum ServiceError {
     /// Over a limit on use; allowed again in this many whole seconds (at least one).
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
+    /// The template's name and language are not in the WABA's catalogue.
+    #[error("{0}")]
+    TemplateNotFound(String),
+    /// The catalogue's template is not `approved` (paused, pending, rejected, disabled).
+    #[error("{0}")]
+    TemplateNotApproved(String),
+    /// The request names another category than the catalogue's.
+    #[error("{0}")]
+    TemplateCategoryMismatch(String),
+    /// The body gives another number of parameters than the template takes.
+    #[error("{0}")]
+    TemplateParametersMismatch(String),
+    /// Meta could not be read (a template sync): what was done is said.
+    #[error("{0}")]
+    MetaUnavailable(String),
     #[error("service temporarily unavailable")]
     Unavailable(#[source] StoreError),
     #[error("internal error")]

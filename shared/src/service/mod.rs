@@ -14,10 +14,14 @@
 //!   `optouts` → `quality`; `callbacks` (status callbacks to tenants) → `jobs`;
 //! - `status` (Meta's statuses applied, kept statuses) → `callbacks`, `optouts`,
 //!   `quality`; `deadline` (the sending deadline) → `jobs`;
-//! - `send` → `auth`, `idempotency`, `jobs`, `ledger`, `optouts`, `quality`;
+//! - `templates` (the template catalogue: Meta's sync, its webhooks, the check of a
+//!   send against it) → `errors` only;
+//! - `accounts` → `templates` (a new tenant's catalogue is synced);
+//! - `send` → `auth`, `idempotency`, `jobs`, `ledger`, `optouts`, `quality`, `templates`;
 //!   `broadcasts` → `send` (template parsing) and the same;
 //! - `webhook` (Meta's webhook, routed as typed events) → `status`, `optouts`,
-//!   `accounts`; `dispatch` (the dispatch queue's consumer) → everything it routes to.
+//!   `accounts`, `templates`; `dispatch` (the dispatch queue's consumer) → everything it
+//!   routes to.
 
 pub mod accounts;
 pub mod apikeys;
@@ -41,6 +45,7 @@ pub mod quality;
 pub mod retention;
 pub mod send;
 pub mod status;
+pub mod templates;
 pub mod throttle;
 pub mod users;
 pub mod webhook;
@@ -55,7 +60,7 @@ use crate::config::Settings;
 use crate::ports::{
     ApiKeyStore, AuditLog, BroadcastStore, Clock, DispatchQueue, IdempotencyStore, Ledger,
     MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
-    SendingControl, StatusCallbackStore, TenantStore, Throughput, UserStore,
+    SendingControl, StatusCallbackStore, TemplateStore, TenantStore, Throughput, UserStore,
 };
 use crate::secret::Secret;
 use crate::store_error::StoreError;
@@ -82,6 +87,8 @@ pub struct Deps {
     pub pending: Arc<dyn PendingStatusStore>,
     /// Tenants' status-callback settings.
     pub status_callbacks: Arc<dyn StatusCallbackStore>,
+    /// Each WABA's template catalogue (what Meta knows).
+    pub templates: Arc<dyn TemplateStore>,
     /// Status changes waiting to be POSTed to tenants (the StatusCallbackQueue).
     pub callback_queue: Arc<dyn DispatchQueue>,
     pub secrets: Arc<SecretCache>,
@@ -108,6 +115,7 @@ pub trait Stores:
     + SendingControl
     + PendingStatusStore
     + StatusCallbackStore
+    + TemplateStore
     + 'static
 {
 }
@@ -128,6 +136,7 @@ impl<T> Stores for T where
         + SendingControl
         + PendingStatusStore
         + StatusCallbackStore
+        + TemplateStore
         + 'static
 {
 }
@@ -168,7 +177,8 @@ impl Deps {
             throughput: store.clone(),
             sending: store.clone(),
             pending: store.clone(),
-            status_callbacks: store,
+            status_callbacks: store.clone(),
+            templates: store,
             queue: b.queue,
             callback_queue: b.callback_queue,
             secrets: Arc::new(SecretCache::new(b.secrets, b.secret_ttl)),

@@ -34,6 +34,9 @@ pub struct RetentionReport {
     pub complete: bool,
     /// Closed tenants whose closing this run finished.
     pub closed_out: Vec<ClosedOut>,
+    /// Active tenants the sweep came across (the daily template sync's list; not reported).
+    #[serde(skip)]
+    pub active_tenants: Vec<TenantId>,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -105,6 +108,7 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         resumed: cursor.is_some(),
         complete: false,
         closed_out: Vec::new(),
+        active_tenants: Vec::new(),
     };
     loop {
         let page = deps
@@ -117,6 +121,7 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
             *report.deleted.entry(class).or_default() += n;
             report.deleted_expired += n;
         }
+        report.active_tenants.extend(page.active_tenants);
         for tenant in &page.closed_tenants {
             if let Some(done) = close_out(deps, tenant).await? {
                 report.closed_out.push(done);

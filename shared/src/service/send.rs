@@ -1,10 +1,12 @@
-//! Accepting a message: validate, debit, record, enqueue.
+//! Accepting a message: validate, check the template against the catalogue, debit,
+//! record, enqueue.
 
 use serde::Deserialize;
 
+use crate::domain::template::{valid_language, valid_name};
 use crate::domain::{
     Content, MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass,
-    StatusEvent, TemplateCategory, TemplateRef, TenantId,
+    StatusEvent, TemplateCategory, TenantId,
 };
 use crate::ports::{IdempotentInsert, StatusChange, TenantStatus};
 
@@ -13,6 +15,7 @@ use super::idempotency::{self, Idempotent};
 use super::jobs::{DispatchJob, QueueJob};
 use super::ledger::{self, Charge};
 use super::optouts;
+use super::templates::{self, TemplateRequest};
 use super::Deps;
 
 #[derive(Deserialize)]
@@ -32,7 +35,9 @@ pub struct SendRequest {
 pub struct TemplateIn {
     pub name: String,
     pub language: String,
-    pub category: TemplateCategory,
+    /// Optional: the catalogue decides; given and not the catalogue's, the send is refused.
+    #[serde(default)]
+    pub category: Option<TemplateCategory>,
     #[serde(default)]
     pub components: Vec<serde_json::Value>,
 }
@@ -47,23 +52,20 @@ fn invalid(msg: &str) -> ServiceError {
     ServiceError::InvalidRequest(msg.to_owned())
 }
 
-/// Bounds-checks a template (limits follow Meta's) into content.
-pub fn parse_template(t: TemplateIn) -> Result<Content, ServiceError> {
-    let name_ok = !t.name.is_empty()
-        && t.name.len() <= 512
-        && t.name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if !name_ok {
+/// What a request asks to send, before the template is checked against the catalogue.
+pub enum Draft {
+    Template(TemplateRequest),
+    Text(String),
+}
+
+/// Bounds-checks a template (limits follow Meta's); the catalogue check comes after.
+pub fn parse_template(t: TemplateIn) -> Result<TemplateRequest, ServiceError> {
+    if !valid_name(&t.name) {
         return Err(invalid(
             "template.name must be 1 to 512 lowercase letters, digits or underscores",
         ));
     }
-    let lang_ok = (2..=15).contains(&t.language.len())
-        && t.language
-            .bytes()
-            .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-');
-    if !lang_ok {
+    if !valid_language(&t.language) {
         return Err(invalid(
             "template.language must be a language code such as en or en_US",
         ));
@@ -71,18 +73,16 @@ pub fn parse_template(t: TemplateIn) -> Result<Content, ServiceError> {
     if t.components.len() > 20 || t.components.iter().any(|c| !c.is_object()) {
         return Err(invalid("template.components must be at most 20 objects"));
     }
-    Ok(Content::Template {
-        template: TemplateRef {
-            name: t.name,
-            language: t.language,
-            category: t.category,
-        },
+    Ok(TemplateRequest {
+        name: t.name,
+        language: t.language,
+        category: t.category,
         components: t.components,
     })
 }
 
 /// Parses and bounds-checks a request into (recipient, content). Limits follow Meta's.
-pub fn parse(req: SendRequest) -> Result<(PhoneNumber, Content, Option<String>), ServiceError> {
+pub fn parse(req: SendRequest) -> Result<(PhoneNumber, Draft, Option<String>), ServiceError> {
     let to = PhoneNumber::parse(&req.to).map_err(|_| ServiceError::InvalidPhoneNumber)?;
     if let Some(r) = &req.client_reference {
         if r.chars().count() > 256 {
@@ -90,13 +90,13 @@ pub fn parse(req: SendRequest) -> Result<(PhoneNumber, Content, Option<String>),
         }
     }
     let content = match (req.template, req.text) {
-        (Some(t), None) => parse_template(t)?,
+        (Some(t), None) => Draft::Template(parse_template(t)?),
         (None, Some(t)) => {
             let len = t.body.chars().count();
             if len == 0 || len > 4096 {
                 return Err(invalid("text.body must be 1 to 4096 characters"));
             }
-            Content::Text { body: t.body }
+            Draft::Text(t.body)
         }
         _ => return Err(invalid("give exactly one of template or text")),
     };
@@ -131,7 +131,7 @@ pub async fn send_once(
     req: SendRequest,
     idem: Option<&Idempotent>,
 ) -> Result<Accepted, ServiceError> {
-    let (to, content, client_reference) = parse(req)?;
+    let (to, draft, client_reference) = parse(req)?;
     let tenant = super::auth::load_tenant(deps, tenant_id).await?;
     if tenant.status != TenantStatus::Active {
         return Err(ServiceError::TenantSuspended);
@@ -141,6 +141,12 @@ pub async fn send_once(
             return Ok(Accepted::Replayed(id));
         }
     }
+    // The catalogue decides the template's category (price, opt-outs, the marketing
+    // pause) and refuses what Meta would refuse: before anything is debited or stored.
+    let content = match draft {
+        Draft::Text(body) => Content::Text { body },
+        Draft::Template(t) => templates::resolve(deps, &tenant.waba_id, t).await?,
+    };
     let category = content.template_ref().map(|t| t.category);
     optouts::check(deps, tenant_id, &to, category).await?;
     super::quality::check_send(deps, tenant_id, category).await?;
@@ -275,5 +281,16 @@ mod tests {
             "template":{"name":"order_update","language":"en_US","category":"utility"}}))
         .unwrap();
         assert!(parse(r).is_ok());
+    }
+
+    #[test]
+    fn a_templates_category_is_optional_and_still_checked_when_given() {
+        let r = req(serde_json::json!({"to":"+60123456789",
+            "template":{"name":"order_update","language":"en_US"}}))
+        .unwrap();
+        assert!(matches!(parse(r), Ok((_, Draft::Template(t), _)) if t.category.is_none()));
+        assert!(req(serde_json::json!({"to":"+60123456789",
+            "template":{"name":"order_update","language":"en_US","category":"spam"}}))
+        .is_err());
     }
 }

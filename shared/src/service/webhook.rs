@@ -1,6 +1,7 @@
 //! Meta's webhook: the signature over the raw bytes, the subscription handshake, and a
 //! verified body read once into typed events (`domain::meta`) and routed: statuses to
-//! `status`, STOP/START requests to `optouts`, account-level stops to `accounts`.
+//! `status`, STOP/START requests to `optouts`, account-level stops to `accounts`, template
+//! changes to `templates`.
 //! Pieces Kirim does not understand are skipped alone and counted.
 
 use std::collections::HashMap;
@@ -122,6 +123,17 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
     for event in &events {
         match event {
             MetaEvent::AccountUpdate(_) => {}
+            MetaEvent::Template(update) => {
+                let span = tracing::info_span!("template", waba_id = %update.waba_id);
+                match super::templates::apply(deps, update).instrument(span).await {
+                    Ok(super::templates::Applied::Yes) => summary.applied += 1,
+                    Ok(_) => summary.ignored += 1,
+                    Err(e) => {
+                        tracing::error!(error = %e, "template change not applied");
+                        summary.errors += 1;
+                    }
+                }
+            }
             MetaEvent::Unknown(u) => {
                 summary.skipped += 1;
                 crate::metrics::webhook_skipped(u.piece);

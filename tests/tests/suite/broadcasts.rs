@@ -67,7 +67,7 @@ async fn wait_read(app: &TestApp, key: &str, id: &str, want: u64) -> Value {
 }
 
 fn template() -> Value {
-    json!({"name": "raya_sale", "language": "ms", "category": "marketing",
+    json!({"name": "promo_sale", "language": "en_US", "category": "marketing",
            "components": [{"type": "body", "parameters": [{"type": "text", "text": "RAYA-30"}]}]})
 }
 
@@ -120,7 +120,7 @@ async fn a_json_broadcast_skips_invalid_duplicate_and_opted_out_numbers_and_pays
     let view = wait_read(&app, &t.key, &id, 3).await;
     assert_eq!(view["counts"], json!({"read": 3}), "{view}");
     assert_eq!(view["status"], "enqueued");
-    assert_eq!(view["template"]["name"], "raya_sale");
+    assert_eq!(view["template"]["name"], "promo_sale");
     // Each recipient got one request with the template's parameters; none for the others.
     for digits in ["60123453001", "60123453002", "60123453004"] {
         let reqs = app.sandbox_requests_to(digits);
@@ -193,7 +193,15 @@ async fn a_broadcast_the_balance_cannot_cover_is_refused_whole(b: Backend) {
 async fn bad_broadcast_uploads_answer_400_and_change_nothing(b: Backend) {
     let app = app_with(b, 80).await;
     let t = app.onboard(5).await;
-    let q = "template_name=raya_sale&template_language=ms&template_category=marketing";
+    // A CSV broadcast carries no parameters: the sandbox's parameterless template, approved.
+    app.sandbox_template(
+        "1000001",
+        "pending_notice",
+        "en_US",
+        json!({"status": "approved"}),
+    )
+    .await;
+    let q = "template_name=pending_notice&template_language=en_US&template_category=utility";
     let cases = vec![
         post_csv(&app, &t.key, q, "name,number\nA,+60123455001\n".into()).await,
         post_csv(
@@ -213,7 +221,7 @@ async fn bad_broadcast_uploads_answer_400_and_change_nothing(b: Backend) {
         post_csv(
             &app,
             &t.key,
-            "template_name=raya_sale&template_language=ms&template_category=spam",
+            "template_name=pending_notice&template_language=en_US&template_category=spam",
             "phone\n+60123455001\n".into(),
         )
         .await,
@@ -257,6 +265,14 @@ async fn a_csv_broadcast_completes_with_every_recipient_read(b: Backend, n: usiz
     // The rate limiter is not this test's subject: let the sandbox take the burst.
     let app = app_with(b, 100_000).await;
     let t = app.onboard(n as i64 + 5).await;
+    // A CSV broadcast carries no parameters: the sandbox's parameterless template, approved.
+    app.sandbox_template(
+        "1000001",
+        "pending_notice",
+        "en_US",
+        json!({"status": "approved"}),
+    )
+    .await;
     let csv = format!(
         "name,phone\n{}",
         (0..n)
@@ -266,7 +282,7 @@ async fn a_csv_broadcast_completes_with_every_recipient_read(b: Backend, n: usiz
     let (s, body) = post_csv(
         &app,
         &t.key,
-        "template_name=raya_sale&template_language=ms&template_category=utility",
+        "template_name=pending_notice&template_language=en_US",
         csv,
     )
     .await;
@@ -347,6 +363,22 @@ async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates()
         "phone_number_id": "126", "meta_access_token": "EAAG", "credits": 10}))
     .unwrap();
     let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
+    // No Meta here: the catalogue is written as a sync would.
+    deps.templates
+        .put_template(&kirim::ports::CatalogueTemplate {
+            waba_id: "1".into(),
+            name: "promo".into(),
+            language: "en".into(),
+            category: kirim::domain::TemplateCategory::Utility,
+            status: kirim::domain::TemplateStatus::Approved,
+            quality: kirim::domain::TemplateQuality::Green,
+            body_parameters: 0,
+            meta_id: None,
+            updated_at: chrono::Utc::now(),
+            expires_at: None,
+        })
+        .await
+        .unwrap();
     let template: TemplateIn =
         serde_json::from_value(json!({"name": "promo", "language": "en", "category": "utility"}))
             .unwrap();

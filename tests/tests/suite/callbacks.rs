@@ -203,6 +203,14 @@ impl MetaClient for FixedWamid {
             wamid: self.0.clone(),
         })
     }
+    async fn list_templates(
+        &self,
+        _waba_id: &str,
+        _token: &Secret,
+        _after: Option<&str>,
+    ) -> Result<kirim::domain::template::MetaTemplatePage, MetaSendError> {
+        Ok(Default::default())
+    }
 }
 
 async fn a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_read(b: Backend) {

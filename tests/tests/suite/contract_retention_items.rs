@@ -322,6 +322,29 @@ async fn an_expired_broadcast_list_is_swept_as_a_broadcast_list_and_a_live_one_s
     assert!(stored(&p, &pk, &format!("BROADCAST#{old}")).await);
 }
 
+async fn an_expired_template_is_swept_as_messages_and_a_live_one_stays(p: Ports) {
+    for (name, expires_in) in [("old_one", TTL), ("live_one", LIVE)] {
+        p.templates
+            .put_template(&CatalogueTemplate {
+                waba_id: "1000001".into(),
+                name: name.into(),
+                language: "en_US".into(),
+                category: TemplateCategory::Utility,
+                status: kirim::domain::TemplateStatus::Approved,
+                quality: kirim::domain::TemplateQuality::Green,
+                body_parameters: 1,
+                meta_id: None,
+                updated_at: p.clock.now(),
+                expires_at: in_secs(&p, expires_in),
+            })
+            .await
+            .unwrap();
+    }
+    swept_when_due(&p, TTL, &[("messages", 1)]).await;
+    assert!(!stored(&p, "WABA#1000001", "TEMPLATE#old_one#en_US").await);
+    assert!(stored(&p, "WABA#1000001", "TEMPLATE#live_one#en_US").await);
+}
+
 async fn an_idle_send_slot_is_swept_as_a_send_slot_and_a_used_one_stays(p: Ports) {
     let wait = std::time::Duration::from_secs(1);
     let now = p.clock.now();
@@ -643,6 +666,7 @@ async fn the_sweeps_checkpoint_is_never_swept(p: Ports) {
 }
 
 contract!(
+    an_expired_template_is_swept_as_messages_and_a_live_one_stays,
     an_expired_message_is_swept_as_messages_and_a_live_one_stays,
     an_expired_wamid_index_item_is_swept_as_messages_and_a_live_one_stays,
     an_expired_pending_status_is_swept_as_a_pending_status_and_a_live_one_stays,

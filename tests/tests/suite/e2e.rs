@@ -326,7 +326,7 @@ async fn each_template_category_debits_its_price_from_the_table(b: Backend) {
         app.http
             .post(app.url("/v1/messages"))
             .bearer_auth(&t.key)
-            .json(&serde_json::json!({"to": to, "template": {"name": "promo", "language": "en", "category": category}}))
+            .json(&serde_json::json!({"to": to, "template": kirim_tests::template_of(category)}))
             .send()
     };
     assert_eq!(

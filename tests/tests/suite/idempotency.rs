@@ -31,7 +31,7 @@ async fn messages(app: &TestApp, key: &str) -> Vec<Value> {
     list["messages"].as_array().cloned().unwrap_or_default()
 }
 
-const BODY: &str = r#"{"to":"+60123458001","client_reference":"order-42","template":{"name":"order_update","language":"en_US","category":"utility"}}"#;
+const BODY: &str = r#"{"to":"+60123458001","client_reference":"order-42","template":{"name":"order_update","language":"en_US","category":"utility","components":[{"type":"body","parameters":[{"type":"text","text":"A-1"}]}]}}"#;
 
 async fn an_idempotent_retry_answers_the_same_id_and_debits_once(b: Backend) {
     let app = spawn_app(b).await;
@@ -43,7 +43,7 @@ async fn an_idempotent_retry_answers_the_same_id_and_debits_once(b: Backend) {
     let id = first["id"].as_str().unwrap().to_owned();
     app.wait_status(&t.key, &id, "read").await;
     // The same body again, and the same body with its keys reordered and spaced.
-    let reordered = r#"{ "template": {"category":"utility","language":"en_US","name":"order_update"},
+    let reordered = r#"{ "template": {"components":[{"parameters":[{"text":"A-1","type":"text"}],"type":"body"}],"category":"utility","language":"en_US","name":"order_update"},
         "client_reference":"order-42", "to":"+60123458001" }"#;
     for body in [BODY, reordered] {
         let again = post(&app, &t.key, Some("order-42-attempt"), body).await;

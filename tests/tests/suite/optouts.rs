@@ -68,7 +68,7 @@ async fn send(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
 }
 
 fn template(to: &str, category: &str) -> Value {
-    json!({"to":to,"template":{"name":"weekly_promo","language":"en","category":category}})
+    json!({"to":to,"template":kirim_tests::template_of(category)})
 }
 
 async fn an_inbound_stop_blocks_the_next_send_with_422_and_no_debit_until_start(b: Backend) {

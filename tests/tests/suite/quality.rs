@@ -29,9 +29,13 @@ async fn account(app: &TestApp, key: &str) -> Value {
 }
 
 async fn send(app: &TestApp, key: &str, to: &str, category: &str) -> reqwest::Response {
-    app.http.post(app.url("/v1/messages")).bearer_auth(key)
-        .json(&json!({"to": to, "template": {"name": "weekly_deals", "language": "en", "category": category}}))
-        .send().await.unwrap()
+    app.http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(key)
+        .json(&json!({"to": to, "template": kirim_tests::template_of(category)}))
+        .send()
+        .await
+        .unwrap()
 }
 
 async fn undeliverable_messages_flag_the_tenant_and_pause_its_marketing_only(b: Backend) {

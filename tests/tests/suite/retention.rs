@@ -96,6 +96,7 @@ fn class_of(pk: &str, sk: &str) -> Option<RetentionClass> {
         ("WAMID#", "PENDING#", Some(PendingStatus)),
         ("LOGINFAIL#", "ADDR#", Some(LoginFailures)),
         ("LOGINADDR#", "FAIL", Some(LoginFailures)),
+        ("WABA#", "TEMPLATE#", Some(Messages)),
         ("TENANT#", "TENANT", None),
         ("TENANT#", "APIKEY#", None),
         ("TENANT#", "OPTOUT#", None),
@@ -273,10 +274,8 @@ async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
         .http
         .post(app.url("/v1/broadcasts"))
         .bearer_auth(&t.key)
-        .json(
-            &json!({"template": {"name": "promo", "language": "en", "category": "utility"},
-            "recipients": ["+60123459019", "+60123459029"]}),
-        )
+        .json(&json!({"template": kirim_tests::template_of("utility"),
+            "recipients": ["+60123459019", "+60123459029"]}))
         .send()
         .await
         .expect("broadcast");
@@ -647,7 +646,7 @@ async fn spawn_short(b: Backend, secs: u64) -> TestApp {
 }
 
 fn template_body(to: &str) -> Value {
-    json!({"to": to, "template": {"name": "order_update", "language": "en_US", "category": "utility"}})
+    json!({"to": to, "template": kirim_tests::template_of("utility")})
 }
 
 async fn expired_items_are_invisible_then_swept_and_counted_per_class(b: Backend) {
@@ -758,6 +757,9 @@ async fn expired_items_are_invisible_then_swept_and_counted_per_class(b: Backend
         export.contains("\"type\":\"opt_out\""),
         "opt-outs are kept while the tenant exists"
     );
+    // The template catalogue expired with the messages (the Messages class): read it again.
+    let (st, _) = call(&app, "POST", "/v1/templates/sync", &t.key, None).await;
+    assert_eq!(st, 200);
     let (st, again) = send_with_key(&app, &t.key, &k1, template_body("+60123459999")).await;
     assert_eq!(st, 202, "an expired Idempotency-Key is free again");
     assert_ne!(again["id"], first.as_str());
@@ -809,6 +811,25 @@ async fn expired_items_are_invisible_then_swept_and_counted_per_class(b: Backend
 async fn a_sweep_cut_short_resumes_from_its_checkpoint(b: Backend) {
     let app = spawn_short(b, 1).await;
     let t = app.onboard(10).await;
+    // Its template catalogue would live 1 s too (the Messages class): keep it for the
+    // sends, as a sync an hour long would.
+    let all = kirim::ports::TemplateQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    let catalogue = app.app.deps.templates.list_templates("1000001", &all).await;
+    for tpl in catalogue.expect("catalogue").templates {
+        let kept = kirim::ports::CatalogueTemplate {
+            expires_at: Some(chrono::Utc::now().timestamp() + 3600),
+            ..tpl
+        };
+        app.app
+            .deps
+            .templates
+            .put_template(&kept)
+            .await
+            .expect("put");
+    }
     for i in 0..3 {
         app.send_ok(&t.key, &format!("+6012345{:04}", 6100 + i))
             .await;

@@ -33,6 +33,14 @@ impl MetaClient for FixedWamid {
             wamid: self.0.clone(),
         })
     }
+    async fn list_templates(
+        &self,
+        _waba_id: &str,
+        _token: &Secret,
+        _after: Option<&str>,
+    ) -> Result<kirim::domain::template::MetaTemplatePage, MetaSendError> {
+        Ok(Default::default())
+    }
 }
 
 /// A callback receiver on a free loopback port, counting what it accepted.

@@ -29,6 +29,7 @@ mod idempotency;
 pub mod keys;
 mod optouts;
 mod retention;
+mod templates;
 mod throttle;
 mod transact;
 

@@ -15,6 +15,7 @@ mod callbacks;
 mod idempotency;
 mod optouts;
 mod retention;
+mod templates;
 mod throttle;
 
 use crate::ports::{
@@ -57,6 +58,8 @@ pub(super) struct State {
     /// Business phone number → the next free send slot (epoch microseconds) and the slot's
     /// expiry (epoch seconds: an idle number's slot expires, as on DynamoDB).
     rate: HashMap<String, (i64, i64)>,
+    /// (WABA, template name, language) → the catalogue's template, ordered for paging.
+    templates: BTreeMap<(String, String, String), crate::ports::CatalogueTemplate>,
 }
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional

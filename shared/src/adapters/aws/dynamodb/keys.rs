@@ -70,6 +70,8 @@ const QSTAT_PREFIX: &str = "QSTAT#";
 const BROADCAST_PREFIX: &str = "BROADCAST#";
 const BCLIST_PREFIX: &str = "BCLIST#";
 const EVENT_PREFIX: &str = "EVENT#";
+/// A WABA's templates, in its `WABA#{waba}` partition.
+pub const TEMPLATE_PREFIX: &str = "TEMPLATE#";
 /// Sorts after every character of an id (Crockford base32, digits): a prefix range's top.
 const TOP: &str = "~";
 
@@ -128,10 +130,12 @@ pub enum ItemKind {
     LoginFailuresOfEmail,
     /// `LOGINADDR#{address}` / `FAIL`: failed logins from one source address.
     LoginFailuresOfAddress,
+    /// `WABA#{waba}` / `TEMPLATE#{name}#{language}`: one template of a WABA's catalogue.
+    Template,
 }
 
 impl ItemKind {
-    pub const ALL: [ItemKind; 25] = [
+    pub const ALL: [ItemKind; 26] = [
         ItemKind::Tenant,
         ItemKind::PhoneRoute,
         ItemKind::ApiKeyByHash,
@@ -157,6 +161,7 @@ impl ItemKind {
         ItemKind::RetentionCheckpoint,
         ItemKind::LoginFailuresOfEmail,
         ItemKind::LoginFailuresOfAddress,
+        ItemKind::Template,
     ];
 
     /// The retention class whose expiry an item of this type carries when it has one, and
@@ -166,7 +171,8 @@ impl ItemKind {
     pub fn class(self) -> RetentionClass {
         use ItemKind::*;
         match self {
-            Message | WamidIndex | Broadcast => RetentionClass::Messages,
+            // A catalogue is delivery metadata of Meta's: its TTL is refreshed by every sync.
+            Message | WamidIndex | Broadcast | Template => RetentionClass::Messages,
             Tenant | LedgerEntry => RetentionClass::Billing,
             AuditEvent | AuditParked => RetentionClass::Audit,
             Idempotency => RetentionClass::Idempotency,
@@ -208,6 +214,11 @@ impl ItemKind {
             match sk {
                 WAMID_SK => WamidIndex,
                 _ if has(PENDING_PREFIX) => PendingStatus,
+                _ => return None,
+            }
+        } else if pk.starts_with(WABA) {
+            match sk {
+                _ if has(TEMPLATE_PREFIX) => Template,
                 _ => return None,
             }
         } else if pk.starts_with(AUDIT) {
@@ -533,6 +544,22 @@ pub fn login_failures_of_address(addr: &str) -> Key {
     Key::new(format!("{LOGINADDR}{addr}"), FAIL_SK)
 }
 
+// ---- The template catalogue -----------------------------------------------------------
+
+/// A WABA's catalogue partition.
+pub fn catalogue_pk(waba_id: &str) -> String {
+    format!("{WABA}{waba_id}")
+}
+
+/// Names and languages hold no `#` (`domain::template::valid_name`, `valid_language`), and
+/// `#` sorts before every character they do hold: key order is (name, language) order.
+pub fn template(waba_id: &str, name: &str, language: &str) -> Key {
+    Key::new(
+        catalogue_pk(waba_id),
+        format!("{TEMPLATE_PREFIX}{name}#{language}"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,6 +597,7 @@ mod tests {
                 login_failures_of_email(&"ab".repeat(32), "2001:db8::")
             }
             ItemKind::LoginFailuresOfAddress => login_failures_of_address("198.51.100.7"),
+            ItemKind::Template => template("1000001", "order_update", "en_US"),
         }
     }
 
@@ -636,6 +664,10 @@ mod tests {
             class("LOGINADDR#198.51.100.7", "FAIL"),
             Some(C::LoginFailures)
         );
+        assert_eq!(
+            class("WABA#1000001", "TEMPLATE#order_update#en_US"),
+            Some(C::Messages)
+        );
         for (pk, sk) in [
             (t, "APIKEY#01J"),
             (t, "OPTOUT#+601"),
@@ -659,6 +691,7 @@ mod tests {
             ("WAMID#w", "STATUS#delivered"),
             ("AUDIT#platform", "TAIL"),
             ("PHONE#1", "ROUTE"),
+            ("WABA#1", "CATALOGUE"),
             ("RETENTION", "OTHER"),
             ("", ""),
         ] {
@@ -681,6 +714,9 @@ mod tests {
             ("EVENT#".to_owned(), "EVENT#~".to_owned())
         );
         assert_eq!(audit_seq_of(&audit_sk(42)), Some(42));
+        // Key order is (name, language) order: `#` sorts before every name character.
+        assert!(template("1", "abc", "en").sk < template("1", "abc_x", "en").sk);
+        assert!(template("1", "abc", "en").sk < template("1", "abc", "en_US").sk);
         let (lo, hi) = message_range_of_ms(1_700_000_000_000);
         assert!(lo < hi && lo.starts_with("MSG#") && hi.starts_with("MSG#"));
         assert_eq!(

@@ -171,14 +171,16 @@ impl RetentionStore for DynamoStore {
             .limit(page_size.clamp(1, 1000) as i32)
             .filter_expression(
                 "#ttl <= :now OR (sk = :tenant AND #status = :closed \
-                 AND attribute_not_exists(closed_out_at))",
+                 AND attribute_not_exists(closed_out_at)) \
+                 OR (sk = :tenant AND #status = :active)",
             )
-            .projection_expression("pk, sk, #ttl")
+            .projection_expression("pk, sk, #ttl, #status")
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":now", n(now_s))
             .expression_attribute_values(":tenant", s(keys::TENANT_SK))
             .expression_attribute_values(":closed", s("closed"))
+            .expression_attribute_values(":active", s("active"))
             .set_exclusive_start_key(start.and_then(decode_key))
             .send()
             .await
@@ -202,7 +204,11 @@ impl RetentionStore for DynamoStore {
                 expired.push(key);
             } else if ItemKind::of_key(pk, sk) == Some(ItemKind::Tenant) {
                 if let Some(t) = keys::tenant_of_pk(pk) {
-                    page.closed_tenants.push(t);
+                    if str_attr(&item, "status") == Some("active") {
+                        page.active_tenants.push(t);
+                    } else {
+                        page.closed_tenants.push(t);
+                    }
                 }
             }
         }

@@ -57,6 +57,7 @@ impl RetentionStore for MemoryStore {
             r.expires_at
         ));
         sweep!(page, K::SendSlot, s.rate, |_, r| r.1 > now);
+        sweep!(page, K::Template, s.templates, |_, t| live(t.expires_at));
         page.count(K::Session.class(), s.users.remove_expired(now));
         page.count(
             K::LoginFailuresOfEmail.class(),
@@ -100,6 +101,13 @@ impl RetentionStore for MemoryStore {
             .map(|t| t.id.clone())
             .collect();
         page.closed_tenants.sort();
+        page.active_tenants = s
+            .tenants
+            .values()
+            .filter(|t| t.status == TenantStatus::Active)
+            .map(|t| t.id.clone())
+            .collect();
+        page.active_tenants.sort();
         page.examined = 1;
         Ok(page)
     }
@@ -282,6 +290,13 @@ impl RetentionStore for MemoryStore {
         }
         for (number, (tat, expires)) in &s.rate {
             item(keys::send_slot(number), Some(*expires), json!({"tat": tat}));
+        }
+        for t in s.templates.values() {
+            item(
+                keys::template(&t.waba_id, &t.name, &t.language),
+                t.expires_at,
+                to_value(t).unwrap_or_default(),
+            );
         }
         if let Some(next) = &s.checkpoint {
             item(keys::retention_checkpoint(), None, json!({"next": next}));

@@ -1,0 +1,183 @@
+//! `TemplateStore` on the one table.
+//!
+//! A WABA's catalogue is its own partition: `pk = WABA#{waba}`, `sk = TEMPLATE#{name}#{language}`,
+//! TTL per the Messages class (refreshed by every sync and change). Listing is a Query of
+//! the partition in key (= name, language) order from the cursor's key, with the filters
+//! as a FilterExpression, read until the page is full. A webhook's change is an
+//! `UpdateItem` conditioned on the template existing and being live, so a webhook never
+//! creates a template.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use chrono::{DateTime, Utc};
+
+use super::{classify, from_item, keys, n, s, to_item, DynamoStore, Item, TTL_ATTR};
+use crate::domain::TemplateChange;
+use crate::ports::{CatalogueTemplate, TemplatePage, TemplateQuery, TemplateStore};
+use crate::store_error::StoreError;
+
+/// Items read per Query request while filling a page.
+const READ_PAGE: i32 = 100;
+
+#[async_trait]
+impl TemplateStore for DynamoStore {
+    async fn put_template(&self, template: &CatalogueTemplate) -> Result<(), StoreError> {
+        let key = keys::template(&template.waba_id, &template.name, &template.language);
+        let item = to_item(template, &key.pairs(), template.expires_at)?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb put", e))?;
+        Ok(())
+    }
+
+    async fn get_template(
+        &self,
+        waba_id: &str,
+        name: &str,
+        language: &str,
+    ) -> Result<Option<CatalogueTemplate>, StoreError> {
+        self.get(keys::template(waba_id, name, language))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    async fn list_templates(
+        &self,
+        waba_id: &str,
+        query: &TemplateQuery,
+    ) -> Result<TemplatePage, StoreError> {
+        let limit = query.limit.clamp(1, 100);
+        let mut filters = vec!["(attribute_not_exists(#ttl) OR #ttl > :now)"];
+        let mut values: HashMap<String, aws_sdk_dynamodb::types::AttributeValue> = HashMap::from([
+            (":pk".to_owned(), s(keys::catalogue_pk(waba_id))),
+            (":p".to_owned(), s(keys::TEMPLATE_PREFIX)),
+            (":now".to_owned(), n(self.now_secs())),
+        ]);
+        let mut names = HashMap::from([("#ttl".to_owned(), TTL_ATTR.to_owned())]);
+        if let Some(st) = query.status {
+            filters.push("#status = :status");
+            names.insert("#status".into(), "status".into());
+            values.insert(":status".into(), s(st.as_str()));
+        }
+        if let Some(c) = query.category {
+            filters.push("#category = :category");
+            names.insert("#category".into(), "category".into());
+            values.insert(":category".into(), s(c.as_str()));
+        }
+        let mut start: Option<Item> = query
+            .after
+            .as_ref()
+            .map(|(name, language)| keys::template(waba_id, name, language).attrs());
+        // One more than asked: a next cursor only when there is a next page.
+        let mut found: Vec<CatalogueTemplate> = Vec::new();
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                .filter_expression(filters.join(" AND "))
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .set_exclusive_start_key(start.take())
+                .limit(READ_PAGE)
+                .send()
+                .await
+                .map_err(|e| classify("dynamodb query", e))?;
+            for item in out.items.unwrap_or_default() {
+                found.push(from_item(item)?);
+            }
+            start = out.last_evaluated_key;
+            if found.len() > limit || start.is_none() {
+                break;
+            }
+        }
+        let next = if found.len() > limit {
+            found.truncate(limit);
+            found.last().map(|t| (t.name.clone(), t.language.clone()))
+        } else {
+            None
+        };
+        Ok(TemplatePage {
+            templates: found,
+            next,
+        })
+    }
+
+    async fn update_template(
+        &self,
+        waba_id: &str,
+        name: &str,
+        language: &str,
+        change: TemplateChange,
+        at: DateTime<Utc>,
+        expires_at: Option<i64>,
+    ) -> Result<Option<CatalogueTemplate>, StoreError> {
+        let (attr, value) = match change {
+            TemplateChange::Status(v) => ("status", v.as_str()),
+            TemplateChange::Category(v) => ("category", v.as_str()),
+            TemplateChange::Quality(v) => ("quality", v.as_str()),
+            TemplateChange::Removed => {
+                return Err(StoreError::Corrupt("a removal is not an update".into()))
+            }
+        };
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::template(waba_id, name, language).attrs()))
+            .condition_expression(
+                "attribute_exists(pk) AND (attribute_not_exists(#ttl) OR #ttl > :now)",
+            )
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_names("#f", attr)
+            .expression_attribute_values(":now", n(self.now_secs()))
+            .expression_attribute_values(":v", s(value))
+            .expression_attribute_values(":at", super::dyn_value(&at)?)
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
+        req = match expires_at {
+            Some(t) => req
+                .update_expression("SET #f = :v, updated_at = :at, expires_at = :exp, #ttl = :exp")
+                .expression_attribute_values(":exp", n(t)),
+            None => req.update_expression("SET #f = :v, updated_at = :at REMOVE expires_at, #ttl"),
+        };
+        match req.send().await {
+            Ok(out) => out.attributes.map(from_item).transpose(),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(None)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
+    async fn delete_template(
+        &self,
+        waba_id: &str,
+        name: &str,
+        language: &str,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::template(waba_id, name, language).attrs()))
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(classify("dynamodb delete", e)),
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The template catalogue: what Meta knows of each WhatsApp Business Account's templates
+//! (API.md "Template catalogue"), kept per WABA, name and language.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{TemplateCategory, TemplateChange, TemplateQuality, TemplateStatus};
+use crate::store_error::StoreError;
+
+/// One template of a WABA's catalogue. Never its text or examples: only what deciding a
+/// send needs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CatalogueTemplate {
+    pub waba_id: String,
+    pub name: String,
+    pub language: String,
+    pub category: TemplateCategory,
+    pub status: TemplateStatus,
+    pub quality: TemplateQuality,
+    /// How many parameters its body takes.
+    pub body_parameters: u32,
+    /// Meta's template id, when known.
+    #[serde(default)]
+    pub meta_id: Option<String>,
+    pub updated_at: DateTime<Utc>,
+    /// Epoch seconds (the Messages class from the last sync or change).
+    pub expires_at: Option<i64>,
+}
+
+impl CatalogueTemplate {
+    /// The template with one change applied.
+    pub fn with(mut self, change: TemplateChange) -> Self {
+        match change {
+            TemplateChange::Status(s) => self.status = s,
+            TemplateChange::Category(c) => self.category = c,
+            TemplateChange::Quality(q) => self.quality = q,
+            TemplateChange::Removed => {}
+        }
+        self
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TemplateQuery {
+    pub status: Option<TemplateStatus>,
+    pub category: Option<TemplateCategory>,
+    pub limit: usize,
+    /// Continue after this template (`name.language`, as `next_cursor` answered it).
+    pub after: Option<(String, String)>,
+}
+
+/// A page of a catalogue, ordered by name then language.
+#[derive(Clone, Debug, Default)]
+pub struct TemplatePage {
+    pub templates: Vec<CatalogueTemplate>,
+    /// The last template of the page, when there are more.
+    pub next: Option<(String, String)>,
+}
+
+#[async_trait]
+pub trait TemplateStore: Send + Sync {
+    /// Stores (or replaces) a template: a sync's result.
+    async fn put_template(&self, template: &CatalogueTemplate) -> Result<(), StoreError>;
+    /// A live template, if the catalogue has it.
+    async fn get_template(
+        &self,
+        waba_id: &str,
+        name: &str,
+        language: &str,
+    ) -> Result<Option<CatalogueTemplate>, StoreError>;
+    /// Live templates matching the query, after `query.after`, at most `query.limit`.
+    async fn list_templates(
+        &self,
+        waba_id: &str,
+        query: &TemplateQuery,
+    ) -> Result<TemplatePage, StoreError>;
+    /// Applies one of Meta's changes (not `Removed`) to a template only if the catalogue
+    /// has it (a conditional write: a webhook never creates a template it knows nothing
+    /// else of), refreshing `updated_at` and `expires_at`. `None` if there is none.
+    async fn update_template(
+        &self,
+        waba_id: &str,
+        name: &str,
+        language: &str,
+        change: TemplateChange,
+        at: DateTime<Utc>,
+        expires_at: Option<i64>,
+    ) -> Result<Option<CatalogueTemplate>, StoreError>;
+    /// Removes a template; `false` if there was none.
+    async fn delete_template(
+        &self,
+        waba_id: &str,
+        name: &str,
+        language: &str,
+    ) -> Result<bool, StoreError>;
+}

@@ -1,0 +1,398 @@
+//! The template catalogue (API.md "Template catalogue"): what Meta knows of each WABA's
+//! templates, instead of what a client says.
+//!
+//! - Synced from Meta's `GET /{version}/{waba_id}/message_templates` (every page) with the
+//!   tenant's own token: when a tenant is added, on `POST /v1/templates/sync`, and on the
+//!   daily schedule. A sync writes what it read page by page and removes what Meta no
+//!   longer lists only once every page was read, so a sync failing half-way leaves the
+//!   previous catalogue usable (refreshed as far as it got).
+//! - Kept current by Meta's template webhooks (`domain::meta::TemplateUpdate`).
+//! - Sends and broadcasts are checked against it before anything is debited or stored:
+//!   [`resolve`] decides the category (so the price, marketing opt-outs and the marketing
+//!   pause) and refuses what Meta would refuse.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::domain::meta::TemplateUpdate;
+use crate::domain::template::{body_parameters_given, MetaTemplate};
+use crate::domain::{
+    Content, RetentionClass, TemplateCategory, TemplateChange, TemplateQuality, TemplateRef,
+    TemplateStatus, TenantId,
+};
+use crate::ports::{CatalogueTemplate, MetaSendError, TemplateQuery, Tenant, TenantStatus};
+
+use super::errors::ServiceError;
+use super::Deps;
+
+/// Pages of Meta's list read per sync at most (100 templates a page: beyond Meta's own
+/// cap of templates per WABA), so a cursor that never ends cannot hold a sync forever.
+pub const MAX_PAGES: usize = 100;
+/// WABAs the daily schedule syncs per run at most.
+pub const MAX_SCHEDULED: usize = 500;
+
+/// A template as a send names it (bounds-checked by `send::parse_template`).
+#[derive(Clone, PartialEq)]
+pub struct TemplateRequest {
+    pub name: String,
+    pub language: String,
+    pub category: Option<TemplateCategory>,
+    /// Content: never logged nor stored.
+    pub components: Vec<Value>,
+}
+
+/// Checks a send's template against the WABA's catalogue and answers its content with
+/// the catalogue's category. Nothing is written.
+pub async fn resolve(
+    deps: &Deps,
+    waba_id: &str,
+    req: TemplateRequest,
+) -> Result<Content, ServiceError> {
+    let id = format!("{}/{}", req.name, req.language);
+    let Some(t) = deps
+        .templates
+        .get_template(waba_id, &req.name, &req.language)
+        .await?
+    else {
+        return Err(ServiceError::TemplateNotFound(format!(
+            "template {id} is not in this account's catalogue; GET /v1/templates lists it, \
+             POST /v1/templates/sync reads it from Meta again"
+        )));
+    };
+    if t.status != TemplateStatus::Approved {
+        return Err(ServiceError::TemplateNotApproved(format!(
+            "template {id} is {} at Meta; only approved templates can be sent",
+            t.status.as_str()
+        )));
+    }
+    if let Some(given) = req.category.filter(|c| *c != t.category) {
+        return Err(ServiceError::TemplateCategoryMismatch(format!(
+            "template {id} is {} in the catalogue, not {}; leave template.category out to use the catalogue's",
+            t.category.as_str(),
+            given.as_str()
+        )));
+    }
+    let given = body_parameters_given(&req.components);
+    if given != t.body_parameters {
+        return Err(ServiceError::TemplateParametersMismatch(format!(
+            "template {id} takes {} body parameters; the request gives {given}",
+            t.body_parameters
+        )));
+    }
+    Ok(Content::Template {
+        template: TemplateRef {
+            name: t.name,
+            language: t.language,
+            category: t.category,
+        },
+        components: req.components,
+    })
+}
+
+/// What `POST /v1/templates/sync` answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Synced {
+    /// Templates read from Meta and stored.
+    pub synced: usize,
+    /// Templates Meta no longer lists, removed.
+    pub removed: usize,
+}
+
+fn meta_failure(e: &MetaSendError) -> String {
+    match e {
+        MetaSendError::Api { code, .. } => format!("Meta answered error {code}"),
+        MetaSendError::Timeout => "Meta did not answer in time".into(),
+        MetaSendError::Connection(_) => "Meta could not be reached".into(),
+        MetaSendError::Protocol(status) => {
+            format!("Meta's answer was not understood (http {status})")
+        }
+    }
+}
+
+/// Reads the tenant's WABA's templates from Meta (every page) into the catalogue, then
+/// removes those Meta no longer lists.
+pub async fn sync(deps: &Deps, tenant: &Tenant) -> Result<Synced, ServiceError> {
+    let waba = tenant.waba_id.as_str();
+    let token = deps
+        .secrets
+        .current(&tenant.meta_token_secret)
+        .await?
+        .ok_or_else(|| {
+            ServiceError::MetaUnavailable(
+                "the account has no Meta access token; nothing was synced".into(),
+            )
+        })?;
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    let mut out = Synced::default();
+    let mut skipped = 0usize;
+    let mut after: Option<String> = None;
+    let mut pages = 0usize;
+    loop {
+        if pages >= MAX_PAGES {
+            return Err(ServiceError::MetaUnavailable(format!(
+                "Meta's template list did not end after {MAX_PAGES} pages; {} templates were \
+                 synced, none removed",
+                out.synced
+            )));
+        }
+        pages += 1;
+        let page = deps
+            .meta
+            .list_templates(waba, &token, after.as_deref())
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, pages, synced = out.synced, "template sync stopped");
+                ServiceError::MetaUnavailable(format!(
+                    "{} on page {pages} of the template list; {} templates were synced before, \
+                     none removed: the previous catalogue is still used",
+                    meta_failure(&e),
+                    out.synced
+                ))
+            })?;
+        skipped += page.skipped;
+        let now = deps.clock.now();
+        let expires_at = deps
+            .settings
+            .retention
+            .expiry(RetentionClass::Messages, now);
+        for t in page.templates {
+            if !seen.insert((t.name.clone(), t.language.clone())) {
+                continue;
+            }
+            deps.templates
+                .put_template(&catalogue_entry(waba, t, now, expires_at))
+                .await?;
+            out.synced += 1;
+        }
+        match page.after {
+            Some(next) if after.as_deref() != Some(next.as_str()) => after = Some(next),
+            _ => break,
+        }
+    }
+    let mut cursor = None;
+    loop {
+        let q = TemplateQuery {
+            limit: 100,
+            after: cursor.take(),
+            ..Default::default()
+        };
+        let page = deps.templates.list_templates(waba, &q).await?;
+        for t in &page.templates {
+            if !seen.contains(&(t.name.clone(), t.language.clone()))
+                && deps
+                    .templates
+                    .delete_template(waba, &t.name, &t.language)
+                    .await?
+            {
+                out.removed += 1;
+            }
+        }
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    tracing::info!(
+        waba_id = waba,
+        synced = out.synced,
+        removed = out.removed,
+        skipped,
+        pages,
+        "template catalogue synced"
+    );
+    Ok(out)
+}
+
+fn catalogue_entry(
+    waba: &str,
+    t: MetaTemplate,
+    now: chrono::DateTime<chrono::Utc>,
+    expires_at: Option<i64>,
+) -> CatalogueTemplate {
+    CatalogueTemplate {
+        waba_id: waba.to_owned(),
+        name: t.name,
+        language: t.language,
+        category: t.category,
+        status: t.status,
+        quality: t.quality,
+        body_parameters: t.body_parameters,
+        meta_id: t.meta_id,
+        updated_at: now,
+        expires_at,
+    }
+}
+
+/// What the daily schedule's syncs did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ScheduledSync {
+    /// WABAs synced.
+    pub wabas: usize,
+    /// WABAs whose sync failed (the next day's run tries again).
+    pub failed: usize,
+    pub synced: usize,
+    pub removed: usize,
+}
+
+/// Syncs the catalogue of each active tenant's WABA once (at most [`MAX_SCHEDULED`]);
+/// a failure is logged and counted, never fatal.
+pub async fn sync_scheduled(deps: &Deps, tenants: &[TenantId]) -> ScheduledSync {
+    let mut done = ScheduledSync::default();
+    let mut wabas = HashSet::new();
+    for id in tenants {
+        if wabas.len() >= MAX_SCHEDULED {
+            tracing::info!(
+                max = MAX_SCHEDULED,
+                "template sync budget reached; the rest wait for the next run"
+            );
+            break;
+        }
+        let tenant = match deps.tenants.get_tenant(id).await {
+            Ok(Some(t)) if t.status == TenantStatus::Active => t,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(tenant_id = %id, error = %e, "tenant not read for the template sync");
+                done.failed += 1;
+                continue;
+            }
+        };
+        if !wabas.insert(tenant.waba_id.clone()) {
+            continue;
+        }
+        match sync(deps, &tenant).await {
+            Ok(s) => {
+                done.wabas += 1;
+                done.synced += s.synced;
+                done.removed += s.removed;
+            }
+            Err(e) => {
+                tracing::warn!(tenant_id = %id, error = %e, "scheduled template sync failed");
+                done.failed += 1;
+            }
+        }
+    }
+    done
+}
+
+/// What a template webhook did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Yes,
+    /// The catalogue does not have the template (the next sync reads it).
+    NotInCatalogue,
+    /// No tenant has this WABA: ignored.
+    UnknownWaba,
+}
+
+/// Applies one of Meta's template webhooks to the catalogue.
+pub async fn apply(deps: &Deps, update: &TemplateUpdate) -> Result<Applied, ServiceError> {
+    if deps
+        .tenants
+        .tenants_by_waba(&update.waba_id)
+        .await?
+        .is_empty()
+    {
+        tracing::info!(waba_id = %update.waba_id, "template webhook for a WABA no tenant has; ignored");
+        return Ok(Applied::UnknownWaba);
+    }
+    let (waba, name, language) = (&update.waba_id, &update.name, &update.language);
+    let found = match update.change {
+        TemplateChange::Removed => deps.templates.delete_template(waba, name, language).await?,
+        change => {
+            let now = deps.clock.now();
+            let expires_at = deps
+                .settings
+                .retention
+                .expiry(RetentionClass::Messages, now);
+            deps.templates
+                .update_template(waba, name, language, change, now, expires_at)
+                .await?
+                .is_some()
+        }
+    };
+    tracing::info!(
+        waba_id = %waba,
+        template = %name,
+        language = %language,
+        change = ?update.change,
+        found,
+        "template webhook"
+    );
+    Ok(if found {
+        Applied::Yes
+    } else {
+        Applied::NotInCatalogue
+    })
+}
+
+/// One template as `GET /v1/templates` shows it.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct View {
+    pub name: String,
+    pub language: String,
+    pub category: TemplateCategory,
+    pub status: TemplateStatus,
+    pub quality: TemplateQuality,
+    pub body_parameters: u32,
+    pub waba_id: String,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<CatalogueTemplate> for View {
+    fn from(t: CatalogueTemplate) -> Self {
+        Self {
+            name: t.name,
+            language: t.language,
+            category: t.category,
+            status: t.status,
+            quality: t.quality,
+            body_parameters: t.body_parameters,
+            waba_id: t.waba_id,
+            updated_at: t.updated_at,
+        }
+    }
+}
+
+/// A listing cursor: the last template of a page, `name.language` (neither holds a `.`).
+pub fn cursor_of(name: &str, language: &str) -> String {
+    format!("{name}.{language}")
+}
+
+/// Reads a cursor back; `None` if it is not one.
+pub fn parse_cursor(cursor: &str) -> Option<(String, String)> {
+    let (name, language) = cursor.split_once('.')?;
+    (crate::domain::template::valid_name(name) && crate::domain::template::valid_language(language))
+        .then(|| (name.to_owned(), language.to_owned()))
+}
+
+/// A page of the tenant's catalogue and the cursor of the next one.
+pub async fn list(
+    deps: &Deps,
+    tenant: &Tenant,
+    query: &TemplateQuery,
+) -> Result<(Vec<View>, Option<String>), ServiceError> {
+    let page = deps
+        .templates
+        .list_templates(&tenant.waba_id, query)
+        .await?;
+    let next = page.next.map(|(n, l)| cursor_of(&n, &l));
+    Ok((page.templates.into_iter().map(View::from).collect(), next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_anything_else_is_refused() {
+        assert_eq!(
+            parse_cursor(&cursor_of("order_update", "en_US")),
+            Some(("order_update".into(), "en_US".into()))
+        );
+        for bad in ["", "order_update", "Order.en", "a.b.c", "x.e"] {
+            assert_eq!(parse_cursor(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! The `TemplateStore` contract, on the memory adapter and on DynamoDB (moto).
+
+use chrono::Duration;
+use kirim::domain::{TemplateCategory, TemplateChange, TemplateQuality, TemplateStatus};
+use kirim::ports::*;
+
+use super::contract::{aws, contract, memory, Ports};
+
+fn template(p: &Ports, waba: &str, name: &str, language: &str) -> CatalogueTemplate {
+    CatalogueTemplate {
+        waba_id: waba.into(),
+        name: name.into(),
+        language: language.into(),
+        category: TemplateCategory::Utility,
+        status: TemplateStatus::Approved,
+        quality: TemplateQuality::Green,
+        body_parameters: 1,
+        meta_id: Some("900".into()),
+        updated_at: p.clock.now(),
+        expires_at: Some(p.clock.now().timestamp() + 1000),
+    }
+}
+
+async fn names(
+    p: &Ports,
+    waba: &str,
+    q: &TemplateQuery,
+) -> (Vec<String>, Option<(String, String)>) {
+    let page = p.templates.list_templates(waba, q).await.unwrap();
+    (
+        page.templates
+            .iter()
+            .map(|t| format!("{}/{}", t.name, t.language))
+            .collect(),
+        page.next,
+    )
+}
+
+async fn a_template_is_kept_per_waba_name_and_language_and_replaced_whole(p: Ports) {
+    let t = template(&p, "1001", "order_update", "en_US");
+    p.templates.put_template(&t).await.unwrap();
+    let got = p
+        .templates
+        .get_template("1001", "order_update", "en_US")
+        .await
+        .unwrap();
+    assert_eq!(got, Some(t.clone()));
+    for (waba, name, lang) in [
+        ("1002", "order_update", "en_US"),
+        ("1001", "order_update", "en"),
+        ("1001", "order", "en_US"),
+    ] {
+        assert_eq!(
+            p.templates.get_template(waba, name, lang).await.unwrap(),
+            None,
+            "{waba} {name} {lang}"
+        );
+    }
+    let replaced = CatalogueTemplate {
+        body_parameters: 3,
+        category: TemplateCategory::Marketing,
+        ..t.clone()
+    };
+    p.templates.put_template(&replaced).await.unwrap();
+    assert_eq!(
+        p.templates
+            .get_template("1001", "order_update", "en_US")
+            .await
+            .unwrap(),
+        Some(replaced)
+    );
+    assert!(p
+        .templates
+        .delete_template("1001", "order_update", "en_US")
+        .await
+        .unwrap());
+    assert!(!p
+        .templates
+        .delete_template("1001", "order_update", "en_US")
+        .await
+        .unwrap());
+    assert_eq!(
+        p.templates
+            .get_template("1001", "order_update", "en_US")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn a_catalogue_lists_in_name_then_language_order_filtered_and_paged(p: Ports) {
+    for (name, lang, category, status) in [
+        (
+            "b",
+            "en",
+            TemplateCategory::Marketing,
+            TemplateStatus::Approved,
+        ),
+        (
+            "a_b",
+            "en",
+            TemplateCategory::Utility,
+            TemplateStatus::Paused,
+        ),
+        (
+            "a",
+            "en_US",
+            TemplateCategory::Marketing,
+            TemplateStatus::Approved,
+        ),
+        (
+            "a",
+            "en",
+            TemplateCategory::Utility,
+            TemplateStatus::Approved,
+        ),
+        (
+            "c",
+            "ms",
+            TemplateCategory::Marketing,
+            TemplateStatus::Pending,
+        ),
+    ] {
+        let t = CatalogueTemplate {
+            category,
+            status,
+            ..template(&p, "2001", name, lang)
+        };
+        p.templates.put_template(&t).await.unwrap();
+    }
+    p.templates
+        .put_template(&template(&p, "2002", "other_waba", "en"))
+        .await
+        .unwrap();
+    let all = TemplateQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(
+        names(&p, "2001", &all).await,
+        (
+            vec![
+                "a/en".into(),
+                "a/en_US".into(),
+                "a_b/en".into(),
+                "b/en".into(),
+                "c/ms".into()
+            ],
+            None
+        )
+    );
+    // Pages of two, each continuing after the last.
+    let mut q = TemplateQuery {
+        limit: 2,
+        ..Default::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let (page, next) = names(&p, "2001", &q).await;
+        assert!(page.len() <= 2);
+        seen.extend(page);
+        match next {
+            Some(n) => q.after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    assert_eq!(seen, names(&p, "2001", &all).await.0);
+    // Filters, also across pages.
+    let marketing = TemplateQuery {
+        category: Some(TemplateCategory::Marketing),
+        limit: 1,
+        ..Default::default()
+    };
+    let (first, next) = names(&p, "2001", &marketing).await;
+    assert_eq!(first, vec!["a/en_US".to_owned()]);
+    let rest = TemplateQuery {
+        after: next,
+        limit: 10,
+        ..marketing.clone()
+    };
+    assert_eq!(
+        names(&p, "2001", &rest).await,
+        (vec!["b/en".into(), "c/ms".into()], None)
+    );
+    let approved_marketing = TemplateQuery {
+        status: Some(TemplateStatus::Approved),
+        limit: 10,
+        ..marketing
+    };
+    assert_eq!(
+        names(&p, "2001", &approved_marketing).await.0,
+        vec!["a/en_US".to_owned(), "b/en".to_owned()]
+    );
+    assert_eq!(names(&p, "2009", &all).await, (vec![], None));
+}
+
+async fn a_change_applies_only_to_a_template_the_catalogue_has(p: Ports) {
+    let at = p.clock.now() + Duration::seconds(5);
+    let exp = Some(at.timestamp() + 5000);
+    let none = p
+        .templates
+        .update_template(
+            "3001",
+            "promo_sale",
+            "en_US",
+            TemplateChange::Status(TemplateStatus::Paused),
+            at,
+            exp,
+        )
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+    assert_eq!(
+        p.templates
+            .get_template("3001", "promo_sale", "en_US")
+            .await
+            .unwrap(),
+        None,
+        "nothing created"
+    );
+
+    let t = template(&p, "3001", "promo_sale", "en_US");
+    p.templates.put_template(&t).await.unwrap();
+    for change in [
+        TemplateChange::Status(TemplateStatus::Paused),
+        TemplateChange::Category(TemplateCategory::Marketing),
+        TemplateChange::Quality(TemplateQuality::Red),
+    ] {
+        let got = p
+            .templates
+            .update_template("3001", "promo_sale", "en_US", change, at, exp)
+            .await
+            .unwrap()
+            .expect("updated");
+        assert_eq!(got.updated_at, at);
+        assert_eq!(got.expires_at, exp);
+    }
+    let now = p
+        .templates
+        .get_template("3001", "promo_sale", "en_US")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (now.status, now.category, now.quality, now.body_parameters),
+        (
+            TemplateStatus::Paused,
+            TemplateCategory::Marketing,
+            TemplateQuality::Red,
+            1
+        )
+    );
+}
+
+async fn an_expired_template_is_invisible_and_never_changed(p: Ports) {
+    let t = CatalogueTemplate {
+        expires_at: Some(p.clock.now().timestamp() + 10),
+        ..template(&p, "4001", "old", "en")
+    };
+    p.templates.put_template(&t).await.unwrap();
+    p.clock.advance(Duration::seconds(11));
+    assert_eq!(
+        p.templates.get_template("4001", "old", "en").await.unwrap(),
+        None
+    );
+    let all = TemplateQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    assert!(names(&p, "4001", &all).await.0.is_empty());
+    let at = p.clock.now();
+    let changed = p
+        .templates
+        .update_template(
+            "4001",
+            "old",
+            "en",
+            TemplateChange::Status(TemplateStatus::Approved),
+            at,
+            Some(at.timestamp() + 100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        changed, None,
+        "an expired template is not revived by a webhook"
+    );
+}
+
+contract!(
+    a_template_is_kept_per_waba_name_and_language_and_replaced_whole,
+    a_catalogue_lists_in_name_then_language_order_filtered_and_paged,
+    a_change_applies_only_to_a_template_the_catalogue_has,
+    an_expired_template_is_invisible_and_never_changed,
+);

@@ -1,0 +1,614 @@
+//! The template catalogue end to end, through local mode on both backends: synced from the
+//! sandbox's Meta template API at onboarding, on request and on the daily schedule; kept
+//! current by Meta's template webhooks; deciding what sends may go and what they cost.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kirim::config::Backend;
+use kirim::domain::template::{MetaTemplate, MetaTemplatePage};
+use kirim::domain::{TemplateCategory, TemplateQuality, TemplateStatus};
+use kirim::ports::{CatalogueTemplate, MetaAccepted, MetaClient, MetaSendError, TemplateQuery};
+use kirim::secret::Secret;
+use kirim::service::templates;
+use kirim_tests::{spawn_app, template_of, TestApp};
+use serde_json::{json, Value};
+
+const WABA: &str = "1000001";
+
+async fn get(app: &TestApp, key: &str, path: &str) -> (u16, Value) {
+    let res = app
+        .http
+        .get(app.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn post(app: &TestApp, key: &str, path: &str, body: Value) -> (u16, Value) {
+    let res = app
+        .http
+        .post(app.url(path))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+fn one_param() -> Value {
+    json!([{"type": "body", "parameters": [{"type": "text", "text": "P-1"}]}])
+}
+
+fn send_body(to: &str, template: Value) -> Value {
+    json!({"to": to, "template": template})
+}
+
+async fn catalogue(app: &TestApp, key: &str, query: &str) -> Vec<String> {
+    let (s, body) = get(app, key, &format!("/v1/templates{query}")).await;
+    assert_eq!(s, 200, "{body}");
+    body["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            format!(
+                "{}/{}/{}",
+                t["name"].as_str().unwrap(),
+                t["category"].as_str().unwrap(),
+                t["status"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+async fn onboarding_syncs_the_catalogue_which_lists_with_filters_and_pages(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (s, body) = get(&app, &t.key, "/v1/templates").await;
+    assert_eq!(s, 200, "{body}");
+    let first = &body["templates"][0];
+    assert_eq!(
+        (
+            first["name"].as_str(),
+            first["language"].as_str(),
+            first["category"].as_str(),
+            first["status"].as_str(),
+            first["quality"].as_str(),
+            first["body_parameters"].as_u64(),
+            first["waba_id"].as_str()
+        ),
+        (
+            Some("login_code"),
+            Some("en_US"),
+            Some("authentication"),
+            Some("approved"),
+            Some("green"),
+            Some(1),
+            Some(WABA)
+        )
+    );
+    assert!(first["updated_at"].is_string());
+    assert_eq!(body["next_cursor"], Value::Null);
+    assert_eq!(
+        catalogue(&app, &t.key, "").await,
+        [
+            "login_code/authentication/approved",
+            "order_update/utility/approved",
+            "paused_promo/marketing/paused",
+            "pending_notice/utility/pending",
+            "promo_sale/marketing/approved"
+        ]
+    );
+    assert_eq!(
+        catalogue(&app, &t.key, "?status=approved&category=marketing").await,
+        ["promo_sale/marketing/approved"]
+    );
+    assert_eq!(catalogue(&app, &t.key, "?category=utility").await.len(), 2);
+    // Pages of two.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("/v1/templates?limit=2&cursor={c}"),
+            None => "/v1/templates?limit=2".into(),
+        };
+        let (s, body) = get(&app, &t.key, &q).await;
+        assert_eq!(s, 200, "{body}");
+        let page = body["templates"].as_array().unwrap();
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|t| t["name"].as_str().unwrap().to_owned()));
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    for bad in [
+        "?status=gone",
+        "?category=MARKETING",
+        "?limit=0",
+        "?limit=101",
+        "?cursor=%20",
+        "?colour=red",
+    ] {
+        let (s, body) = get(&app, &t.key, &format!("/v1/templates{bad}")).await;
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad}: {body}"
+        );
+    }
+}
+
+async fn every_refusal_code_refuses_a_send_or_broadcast_with_nothing_debited_or_stored(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let cases = [
+        (
+            json!({"name": "no_such_template", "language": "en_US", "components": one_param()}),
+            "template_not_found",
+        ),
+        (
+            json!({"name": "order_update", "language": "ms", "components": one_param()}),
+            "template_not_found",
+        ),
+        (
+            json!({"name": "paused_promo", "language": "en_US", "components": one_param()}),
+            "template_not_approved",
+        ),
+        (
+            json!({"name": "pending_notice", "language": "en_US"}),
+            "template_not_approved",
+        ),
+        (
+            json!({"name": "promo_sale", "language": "en_US", "category": "utility", "components": one_param()}),
+            "template_category_mismatch",
+        ),
+        (
+            json!({"name": "order_update", "language": "en_US", "category": "utility"}),
+            "template_parameters_mismatch",
+        ),
+        (
+            json!({"name": "order_update", "language": "en_US", "components": [{"type": "BODY", "parameters": [
+            {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]}),
+            "template_parameters_mismatch",
+        ),
+    ];
+    for (template, code) in &cases {
+        let (s, body) = post(
+            &app,
+            &t.key,
+            "/v1/messages",
+            send_body("+60123460001", template.clone()),
+        )
+        .await;
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (422, Some(*code)),
+            "{template}: {body}"
+        );
+        let (s, body) = post(
+            &app,
+            &t.key,
+            "/v1/broadcasts",
+            json!({"template": template, "recipients": ["+60123460002", "+60123460003"]}),
+        )
+        .await;
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (422, Some(*code)),
+            "broadcast {template}: {body}"
+        );
+    }
+    assert_eq!(app.credits(&t.key).await, 5, "nothing debited");
+    let (_, listed) = get(&app, &t.key, "/v1/messages").await;
+    assert_eq!(listed["messages"], json!([]), "nothing stored");
+    assert!(app.app.sandbox.received().is_empty(), "nothing sent");
+
+    // Without a category the catalogue's is used; components' type in any case.
+    let (s, body) = post(&app, &t.key, "/v1/messages", send_body("+60123460004",
+        json!({"name": "promo_sale", "language": "en_US", "components": [{"type": "BODY", "parameters": [{"type": "text", "text": "X"}]}]}))).await;
+    assert_eq!(s, 202, "{body}");
+    let view = app.message(&t.key, body["id"].as_str().unwrap()).await;
+    assert_eq!(view["template"]["category"], "marketing");
+}
+
+async fn a_template_paused_by_metas_webhook_is_then_refused_as_not_approved(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let promo = template_of("marketing");
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/messages",
+        send_body("+60123461001", promo.clone()),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    // Delivered before Meta pauses it (a send still queued then is refused by Meta, refunded).
+    let first = body["id"].as_str().unwrap();
+    assert_eq!(
+        app.wait_status(&t.key, first, "read").await["status"],
+        "read"
+    );
+    app.sandbox_template(
+        WABA,
+        "promo_sale",
+        "en_US",
+        json!({"status": "paused", "quality": "red"}),
+    )
+    .await;
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/messages",
+        send_body("+60123461002", promo.clone()),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("template_not_approved")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("paused"),
+        "{body}"
+    );
+    assert_eq!(app.credits(&t.key).await, 4, "only the first was paid for");
+    let (_, listed) = get(
+        &app,
+        &t.key,
+        "/v1/templates?category=marketing&status=paused",
+    )
+    .await;
+    let names: Vec<&str> = listed["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["paused_promo", "promo_sale"]);
+    assert_eq!(listed["templates"][1]["quality"], "red");
+    // Approved again: it goes again.
+    app.sandbox_template(WABA, "promo_sale", "en_US", json!({"status": "approved"}))
+        .await;
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/messages",
+        send_body("+60123461003", promo),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+}
+
+async fn a_recategorised_template_changes_the_price_debited(b: Backend) {
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.settings.prices = kirim::config::Prices {
+        marketing: 3,
+        utility: 1,
+        authentication: 2,
+        session: 1,
+    };
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(20).await;
+    let order = json!({"name": "order_update", "language": "en_US", "components": one_param()});
+    let promo = json!({"name": "promo_sale", "language": "en_US", "components": one_param()});
+    assert_eq!(
+        post(
+            &app,
+            &t.key,
+            "/v1/messages",
+            send_body("+60123462001", order.clone())
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(app.credits(&t.key).await, 19, "utility: 1");
+    assert_eq!(
+        post(
+            &app,
+            &t.key,
+            "/v1/messages",
+            send_body("+60123462002", promo.clone())
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(app.credits(&t.key).await, 16, "marketing: 3");
+
+    // Meta recategorises: utility → marketing, marketing → utility.
+    app.sandbox_template(
+        WABA,
+        "order_update",
+        "en_US",
+        json!({"category": "marketing"}),
+    )
+    .await;
+    app.sandbox_template(WABA, "promo_sale", "en_US", json!({"category": "utility"}))
+        .await;
+    assert_eq!(
+        post(
+            &app,
+            &t.key,
+            "/v1/messages",
+            send_body("+60123462003", order.clone())
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(
+        app.credits(&t.key).await,
+        13,
+        "order_update now costs marketing's 3"
+    );
+    assert_eq!(
+        post(
+            &app,
+            &t.key,
+            "/v1/messages",
+            send_body("+60123462004", promo)
+        )
+        .await
+        .0,
+        202
+    );
+    assert_eq!(
+        app.credits(&t.key).await,
+        12,
+        "promo_sale now costs utility's 1"
+    );
+    let mut claimed = order;
+    claimed["category"] = json!("utility");
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/messages",
+        send_body("+60123462005", claimed),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("template_category_mismatch"))
+    );
+    assert_eq!(app.credits(&t.key).await, 12);
+}
+
+async fn a_sync_answers_its_counts_and_removes_what_meta_no_longer_lists(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (s, body) = post(&app, &t.key, "/v1/templates/sync", json!({})).await;
+    assert_eq!((s, &body), (200, &json!({"synced": 5, "removed": 0})));
+    // A template Meta no longer has (deleted at Meta while no webhook came).
+    let deps = &app.app.deps;
+    let gone = CatalogueTemplate {
+        waba_id: WABA.into(),
+        name: "spring_sale".into(),
+        language: "en_US".into(),
+        category: TemplateCategory::Marketing,
+        status: TemplateStatus::Approved,
+        quality: TemplateQuality::Green,
+        body_parameters: 0,
+        meta_id: None,
+        updated_at: chrono::Utc::now(),
+        expires_at: None,
+    };
+    deps.templates.put_template(&gone).await.unwrap();
+    let (s, body) = post(&app, &t.key, "/v1/templates/sync", json!({})).await;
+    assert_eq!((s, &body), (200, &json!({"synced": 5, "removed": 1})));
+    assert_eq!(
+        deps.templates
+            .get_template(WABA, "spring_sale", "en_US")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// Meta, answering the sandbox's first page and then failing.
+struct FailsAfterOnePage;
+
+#[async_trait]
+impl MetaClient for FailsAfterOnePage {
+    async fn send_message(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: &Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        Err(MetaSendError::Timeout)
+    }
+    async fn list_templates(
+        &self,
+        _: &str,
+        _: &Secret,
+        after: Option<&str>,
+    ) -> Result<MetaTemplatePage, MetaSendError> {
+        match after {
+            None => Ok(MetaTemplatePage {
+                templates: vec![MetaTemplate {
+                    name: "order_update".into(),
+                    language: "en_US".into(),
+                    category: TemplateCategory::Marketing,
+                    status: TemplateStatus::Approved,
+                    quality: TemplateQuality::Yellow,
+                    body_parameters: 1,
+                    meta_id: None,
+                }],
+                skipped: 0,
+                after: Some("page2".into()),
+            }),
+            Some(_) => Err(MetaSendError::Api {
+                http_status: 500,
+                code: 131000,
+                title: "Something went wrong".into(),
+            }),
+        }
+    }
+}
+
+async fn a_sync_failing_half_way_keeps_the_previous_catalogue_and_says_what_it_synced(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let mut deps = app.app.deps.clone();
+    deps.meta = Arc::new(FailsAfterOnePage);
+    let tenant = deps
+        .tenants
+        .get_tenant(&kirim::domain::TenantId::parse(&t.tenant_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = templates::sync(&deps, &tenant)
+        .await
+        .expect_err("meta failed on page 2");
+    let api = kirim::http::error::ApiError::from(err);
+    assert_eq!((api.status.as_u16(), api.code), (502, "meta_unavailable"));
+    assert!(
+        api.message.contains("131000") && api.message.contains("1 templates were synced"),
+        "{}",
+        api.message
+    );
+    // The page read was applied; nothing was removed: every send still decided as before.
+    let all = deps
+        .templates
+        .list_templates(
+            WABA,
+            &TemplateQuery {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.templates.len(), 5);
+    let order = deps
+        .templates
+        .get_template(WABA, "order_update", "en_US")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (order.category, order.quality),
+        (TemplateCategory::Marketing, TemplateQuality::Yellow)
+    );
+    assert_eq!(
+        post(
+            &app,
+            &t.key,
+            "/v1/messages",
+            send_body("+60123463001", template_of("marketing"))
+        )
+        .await
+        .0,
+        202
+    );
+}
+
+async fn a_template_webhook_for_a_waba_no_tenant_has_is_ignored_with_200(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let note = |waba: &str| {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": 1, "changes": [
+        {"field": "message_template_status_update", "value": {"event": "DISABLED", "message_template_id": 9,
+            "message_template_name": "order_update", "message_template_language": "en_US", "reason": "NONE"}}]}]})
+    };
+    let res = app.post_webhook(&note("999999")).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["summary"]["ignored"], 1, "{body}");
+    assert_eq!(body["summary"]["applied"], 0, "{body}");
+    assert_eq!(
+        post(
+            &app,
+            &t.key,
+            "/v1/messages",
+            send_body("+60123464001", template_of("utility"))
+        )
+        .await
+        .0,
+        202
+    );
+    // The same change for the tenant's WABA applies.
+    let res = app.post_webhook(&note(WABA)).await;
+    assert_eq!(res.status(), 200);
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/messages",
+        send_body("+60123464002", template_of("utility")),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("template_not_approved"))
+    );
+}
+
+async fn the_daily_schedule_syncs_every_active_tenants_catalogue(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let deps = &app.app.deps;
+    assert!(deps
+        .templates
+        .delete_template(WABA, "promo_sale", "en_US")
+        .await
+        .unwrap());
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/messages",
+        send_body("+60123465001", template_of("marketing")),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("template_not_found"))
+    );
+    kirim::queue_handlers::scheduled_retention(deps)
+        .await
+        .unwrap();
+    assert!(deps
+        .templates
+        .get_template(WABA, "promo_sale", "en_US")
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        post(
+            &app,
+            &t.key,
+            "/v1/messages",
+            send_body("+60123465002", template_of("marketing"))
+        )
+        .await
+        .0,
+        202
+    );
+}
+
+on_both_backends!(
+    onboarding_syncs_the_catalogue_which_lists_with_filters_and_pages,
+    every_refusal_code_refuses_a_send_or_broadcast_with_nothing_debited_or_stored,
+    a_template_paused_by_metas_webhook_is_then_refused_as_not_approved,
+    a_recategorised_template_changes_the_price_debited,
+    a_sync_answers_its_counts_and_removes_what_meta_no_longer_lists,
+    a_sync_failing_half_way_keeps_the_previous_catalogue_and_says_what_it_synced,
+    a_template_webhook_for_a_waba_no_tenant_has_is_ignored_with_200,
+    the_daily_schedule_syncs_every_active_tenants_catalogue,
+);
