@@ -9,6 +9,8 @@ pub mod handlers;
 pub mod http;
 pub mod metrics;
 pub mod ports;
+#[cfg(test)]
+mod props;
 pub mod runtime;
 pub mod secret;
 pub mod service;

@@ -5,6 +5,8 @@ mod idempotency;
 mod ids;
 mod message;
 pub mod meta;
+#[cfg(test)]
+mod meta_props;
 mod optout;
 mod phone;
 mod retention;
