@@ -42,13 +42,14 @@ impl PhoneNumber {
     }
 }
 
-/// Masks the middle of anything phone-like, keeping a prefix of 5 and the last 4 characters.
+/// Masks the middle of anything phone-like, keeping a prefix of up to 5 and the last 4
+/// characters, and hiding at least 3 (a short number would otherwise show every digit).
 pub fn mask_phone(raw: &str) -> String {
     let chars: Vec<char> = raw.chars().collect();
     if chars.len() <= 8 {
         return "*".repeat(chars.len());
     }
-    let head: String = chars[..5].iter().collect();
+    let head: String = chars[..5.min(chars.len() - 4 - 3)].iter().collect();
     let tail: String = chars[chars.len() - 4..].iter().collect();
     format!("{head}****{tail}")
 }
@@ -113,6 +114,15 @@ mod tests {
             format!("{:?}", PhoneNumber::parse("+60123450100").unwrap()),
             "PhoneNumber(+6012****0100)"
         );
+    }
+
+    #[test]
+    fn a_short_number_s_masked_form_still_hides_three_digits() {
+        // Eight digits (the Cook Islands' +682 and five) once came out whole: +6825****1234.
+        assert_eq!(mask_phone("+68251234"), "+6****1234");
+        assert_eq!(mask_phone("+682512345"), "+68****2345");
+        assert_eq!(mask_phone("+6825123456"), "+682****3456");
+        assert_eq!(mask_phone("+60123456789"), "+6012****6789");
     }
 
     proptest! {
