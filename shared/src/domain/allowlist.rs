@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 /// At most this many entries per tenant (a list, not a firewall).
 pub const MAX_CIDRS: usize = 100;
@@ -19,6 +19,19 @@ pub enum AllowListError {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IpAllowList(Vec<IpNet>);
 
+/// `::ffff:a.b.c.d/(96+n)` names the IPv4 network `a.b.c.d/n`; clients are compared as
+/// IPv4 (see [`IpAllowList::allows`]), so it is kept in that form.
+fn ipv4_if_mapped(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => v6
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|v4| Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(net, IpNet::V4),
+        net => net,
+    }
+}
+
 impl IpAllowList {
     /// Parses CIDRs (a bare address means a single host). Host bits are cleared, so
     /// `203.0.113.7/24` is stored as `203.0.113.0/24`; duplicates collapse.
@@ -34,6 +47,7 @@ impl IpAllowList {
                 .or_else(|_| raw.parse::<IpAddr>().map(IpNet::from))
                 .map_err(|_| AllowListError::InvalidCidr(raw.chars().take(64).collect()))?
                 .trunc();
+            let net = ipv4_if_mapped(net);
             if !nets.contains(&net) {
                 nets.push(net);
             }
@@ -93,6 +107,20 @@ mod tests {
     fn ipv4_mapped_ipv6_clients_match_ipv4_entries() {
         let l = IpAllowList::parse(&["127.0.0.1"]).unwrap();
         assert!(l.allows(ip("::ffff:127.0.0.1")));
+    }
+
+    #[test]
+    fn an_ipv4_network_written_as_ipv4_mapped_ipv6_is_that_ipv4_network() {
+        // It was kept as IPv6 and never matched: clients are compared as IPv4.
+        let l = IpAllowList::parse(&["::ffff:203.0.113.0/120", "::FFFF:198.51.100.7"]).unwrap();
+        assert_eq!(l.to_strings(), vec!["203.0.113.0/24", "198.51.100.7/32"]);
+        assert!(l.allows(ip("203.0.113.9")));
+        assert!(l.allows(ip("::ffff:203.0.113.9")));
+        assert!(l.allows(ip("198.51.100.7")));
+        assert!(!l.allows(ip("203.0.114.1")));
+        // Wider than the mapped range: an IPv6 network like any other.
+        let wide = IpAllowList::parse(&["::ffff:0:0/95"]).unwrap();
+        assert_eq!(wide.to_strings(), vec!["::fffe:0:0/95"]);
     }
 
     #[test]
