@@ -31,8 +31,12 @@ macro_rules! id_type {
                 Self(new_id())
             }
             /// Ids are ULIDs we minted; anything else cannot name a resource of ours.
+            /// Case is ignored (Crockford base32). A first character over `7` is more
+            /// than 128 bits and is refused: the ulid crate drops the excess bits, which
+            /// made `8…` another name for `0…`.
             pub fn parse(s: &str) -> Option<Self> {
-                ulid::Ulid::from_string(s).ok().map(|u| Self(u.to_string()))
+                let canonical = ulid::Ulid::from_string(s).ok()?.to_string();
+                canonical.eq_ignore_ascii_case(s).then_some(Self(canonical))
             }
             /// For values read back from our own storage.
             pub fn from_trusted(s: impl Into<String>) -> Self {
@@ -64,6 +68,24 @@ mod tests {
         assert!(MessageId::parse("").is_none());
         let id = MessageId::generate();
         assert_eq!(MessageId::parse(id.as_str()), Some(id));
+    }
+
+    #[test]
+    fn an_id_is_the_text_it_was_given_up_to_case_never_an_alias() {
+        let id = MessageId::generate();
+        assert!(id.as_str().starts_with('0'));
+        // 130 bits of text: the two excess bits were dropped, naming `id`.
+        let alias = format!("8{}", &id.as_str()[1..]);
+        assert_eq!(MessageId::parse(&alias), None);
+        assert!(TenantId::parse("ZZZZZZZZZZZZZZZZZZZZZZZZZZ").is_none());
+        assert!(serde_json::from_str::<MessageId>(&format!("\"{alias}\"")).is_err());
+        assert_eq!(
+            TenantId::parse("7zzzzzzzzzzzzzzzzzzzzzzzzz")
+                .unwrap()
+                .as_str(),
+            "7ZZZZZZZZZZZZZZZZZZZZZZZZZ"
+        );
+        assert_eq!(MessageId::parse(&id.as_str().to_lowercase()), Some(id));
     }
 
     #[test]
