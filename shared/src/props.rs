@@ -60,3 +60,8 @@ pub fn json_of(
     })
     .boxed()
 }
+
+/// Any JSON value, with any strings and keys.
+pub fn any_json() -> BoxedStrategy<Value> {
+    json_of(4, 64, re("\\PC{0,16}"), re("\\PC{0,8}"))
+}
