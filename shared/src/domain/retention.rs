@@ -64,10 +64,13 @@ impl RetentionConfig {
         }
     }
 
-    /// The TTL (epoch seconds) an item of `class` created at `at` carries.
+    /// The TTL (epoch seconds) an item of `class` created at `at` carries. A retention
+    /// too long to count (configured, say, as `9223372036854775808s`) is forever.
     pub fn expiry(&self, class: RetentionClass, at: DateTime<Utc>) -> Option<i64> {
-        self.duration(class)
-            .map(|d| at.timestamp().saturating_add(d.as_secs() as i64))
+        self.duration(class).map(|d| {
+            at.timestamp()
+                .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        })
     }
 }
 
@@ -208,6 +211,18 @@ mod tests {
             RetentionClass::of_key("PHONE#1", "PHONE"),
             RetentionClass::ActiveConfig
         );
+    }
+
+    #[test]
+    fn a_retention_of_more_than_i64_max_seconds_never_expires_rather_than_at_once() {
+        // It was cast to i64 and wrapped negative: every item already expired.
+        let d = parse_duration("9223372036854775808s").unwrap();
+        let c = RetentionConfig {
+            messages: d,
+            ..RetentionConfig::default()
+        };
+        let now = Utc::now();
+        assert_eq!(c.expiry(RetentionClass::Messages, now), Some(i64::MAX));
     }
 
     #[test]
