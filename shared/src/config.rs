@@ -248,14 +248,11 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
     /// `KIRIM_PRICE_PER_MESSAGE` [1] for every kind, overridden per category by
     /// `KIRIM_PRICE_MARKETING`, `_UTILITY`, `_AUTHENTICATION` and `_SESSION` (text).
     fn prices(&mut self) -> Prices {
-        let base: i64 = self.number("KIRIM_PRICE_PER_MESSAGE", 1);
+        let base = self.number("KIRIM_PRICE_PER_MESSAGE", 1);
+        let base = self.credits("KIRIM_PRICE_PER_MESSAGE", base);
         let mut one = |name: &str| {
-            let v: i64 = self.number(name, base);
-            if !(0..=1_000_000).contains(&v) {
-                self.problems
-                    .push(format!("{name}={v} must be 0 to 1000000 credits"));
-            }
-            v.clamp(0, 1_000_000)
+            let v = self.number(name, base);
+            self.credits(name, v)
         };
         Prices {
             marketing: one("KIRIM_PRICE_MARKETING"),
@@ -263,6 +260,15 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             authentication: one("KIRIM_PRICE_AUTHENTICATION"),
             session: one("KIRIM_PRICE_SESSION"),
         }
+    }
+
+    /// A price `name` was set (or defaulted) to, kept within 0 to 1000000 credits.
+    fn credits(&mut self, name: &str, v: i64) -> i64 {
+        if !(0..=1_000_000).contains(&v) {
+            self.problems
+                .push(format!("{name}={v} must be 0 to 1000000 credits"));
+        }
+        v.clamp(0, 1_000_000)
     }
 
     /// `KIRIM_META_THROUGHPUT` [80]: one of Meta's tiers.
@@ -343,5 +349,16 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("KIRIM_PRICE_UTILITY"));
+    }
+
+    #[test]
+    fn a_base_price_out_of_range_is_blamed_on_its_own_variable() {
+        // It was blamed on the four category variables, which were not set.
+        let mut r = EnvReader::new(|k| (k == "KIRIM_PRICE_PER_MESSAGE").then(|| "-1".to_owned()));
+        let p = r.settings().prices;
+        let err = r.finish().unwrap_err().to_string();
+        assert!(err.contains("KIRIM_PRICE_PER_MESSAGE=-1"), "{err}");
+        assert!(!err.contains("KIRIM_PRICE_MARKETING"), "{err}");
+        assert_eq!(p, Prices::flat(0));
     }
 }
