@@ -33,6 +33,8 @@ pub mod jobs;
 mod layering;
 pub mod ledger;
 pub mod optouts;
+#[cfg(test)]
+mod parse_props;
 pub mod quality;
 pub mod retention;
 pub mod send;
