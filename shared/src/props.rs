@@ -6,10 +6,12 @@ use proptest::test_runner::RngAlgorithm;
 use serde_json::{Map, Value};
 
 /// `cases` cases with a cheap RNG: the dev profile does not optimise dependencies, and
-/// there ChaCha takes a third of a property's time. Failures still persist and shrink.
+/// there ChaCha takes a third of a property's time. Failures still persist and shrink,
+/// for at most half a minute (big generated bodies can shrink for many minutes).
 pub fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         rng_algorithm: RngAlgorithm::XorShift,
+        max_shrink_time: 30_000,
         ..ProptestConfig::with_cases(cases)
     }
 }
