@@ -27,6 +27,8 @@ use crate::ports::{
 
 mod broadcasts;
 mod callbacks;
+#[cfg(test)]
+mod cursor_props;
 mod idempotency;
 mod optouts;
 mod retention;
