@@ -617,3 +617,98 @@ fn the_test_s_e164_rule_agrees_with_the_domain_s_on_the_edges() {
         "authentication"
     );
 }
+
+// ---- Meta's webhook signature header ---------------------------------------------------
+
+/// `sha256=<hex>` of `body` under `secret`, as Meta signs it.
+fn meta_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// A header as it might arrive, and whether it must verify: the signature under the
+/// current or the previous secret (any hex case, spaced), or under another secret, of
+/// another body, cut short, mislabelled, or anything.
+fn signature_header(body: Vec<u8>) -> BoxedStrategy<(Vec<u8>, Option<String>, bool)> {
+    const CURRENT: &str = "app-secret-current";
+    const PREVIOUS: &str = "app-secret-previous";
+    let b = body.clone();
+    let sig = move |secret: &str| meta_signature(secret, &b);
+    let (current, previous, other) = (sig(CURRENT), sig(PREVIOUS), sig("another-secret"));
+    let flipped = {
+        let mut f = body.clone();
+        match f.first_mut() {
+            Some(byte) => *byte ^= 1,
+            None => f.push(0),
+        }
+        meta_signature(CURRENT, &f)
+    };
+    let upper = any::<bool>();
+    let pad = prop::sample::select(vec!["", " ", "\t"]);
+    prop_oneof![
+        3 => (prop::sample::select(vec![current.clone(), previous]), upper, pad)
+            .prop_map(|(s, up, pad)| {
+                let s = if up { s.to_uppercase() } else { s };
+                (Some(format!("sha256={pad}{s}{pad}")), true)
+            }),
+        1 => Just((Some(format!("sha256={other}")), false)),
+        1 => Just((Some(format!("sha256={flipped}")), false)),
+        1 => (0usize..64).prop_map({
+            let c = current.clone();
+            move |n| (Some(format!("sha256={}", &c[..n])), false)
+        }),
+        1 => prop::sample::select(vec!["SHA256=", "sha1=", "", "sha256:", " sha256="])
+            .prop_map({
+                let c = current.clone();
+                move |p| (Some(format!("{p}{c}")), false)
+            }),
+        1 => Just((Some(format!("sha256={current}0")), false)),
+        1 => re("\\PC{0,80}").prop_map(|h| (Some(h), false)),
+        1 => Just((None, false)),
+    ]
+    .prop_map(move |(h, ok)| (body.clone(), h, ok))
+    .boxed()
+}
+
+#[test]
+fn a_webhook_signature_verifies_exactly_when_it_is_the_body_s_hmac_under_the_current_or_previous_secret(
+) {
+    use crate::secret::Secret;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let deps = crate::runtime::memory_deps(
+        crate::config::Settings::default(),
+        std::sync::Arc::new(crate::ports::SystemClock),
+    )
+    .unwrap();
+    let name = deps.settings.meta_app_secret.clone();
+    rt.block_on(async {
+        let store = deps.secrets.store();
+        store
+            .put_secret(&name, &Secret::new("app-secret-previous"))
+            .await
+            .unwrap();
+        store
+            .put_secret(&name, &Secret::new("app-secret-current"))
+            .await
+            .unwrap();
+    });
+    let cases = prop::collection::vec(any::<u8>(), 0..300).prop_flat_map(signature_header);
+    let mut runner = proptest::test_runner::TestRunner::new(props::config(2_000));
+    let result = runner.run(&cases, |(body, header, expected)| {
+        let verified = rt.block_on(super::webhook::verify_signature(
+            &deps,
+            &body,
+            header.as_deref(),
+        ));
+        prop_assert_eq!(verified.ok(), Some(expected), "{:?}", header);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
