@@ -256,7 +256,14 @@ fn callback() -> BoxedStrategy<(String, Option<String>)> {
             let s = ulid::Ulid(u).to_string();
             (s.clone(), Some(s))
         }),
-        re("[a-z0-9./-]{0,30}").prop_map(|s| (s, None)),
+        // Ids are read in any case.
+        any::<u128>().prop_map(|u| {
+            let s = ulid::Ulid(u).to_string();
+            (s.to_lowercase(), Some(s))
+        }),
+        // Not ids: `-`, `.`, `/`, `u` are not base32, and 26 characters over 7… overflow.
+        re("[a-z0-9./u-]{0,30}[./u-][a-z0-9./u-]{0,30}").prop_map(|s| (s, None)),
+        re("[89A-HJKMNP-TV-Z][0-9A-HJKMNP-TV-Z]{25}").prop_map(|s| (s, None)),
     ]
     .boxed()
 }
