@@ -263,14 +263,11 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
     /// `KIRIM_PRICE_PER_MESSAGE` [1] for every kind, overridden per category by
     /// `KIRIM_PRICE_MARKETING`, `_UTILITY`, `_AUTHENTICATION` and `_SESSION` (text).
     fn prices(&mut self) -> Prices {
-        let base: i64 = self.number("KIRIM_PRICE_PER_MESSAGE", 1);
+        let base = self.number("KIRIM_PRICE_PER_MESSAGE", 1);
+        let base = self.credits("KIRIM_PRICE_PER_MESSAGE", base);
         let mut one = |name: &str| {
-            let v: i64 = self.number(name, base);
-            if !(0..=1_000_000).contains(&v) {
-                self.problems
-                    .push(format!("{name}={v} must be 0 to 1000000 credits"));
-            }
-            v.clamp(0, 1_000_000)
+            let v = self.number(name, base);
+            self.credits(name, v)
         };
         Prices {
             marketing: one("KIRIM_PRICE_MARKETING"),
@@ -278,6 +275,15 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             authentication: one("KIRIM_PRICE_AUTHENTICATION"),
             session: one("KIRIM_PRICE_SESSION"),
         }
+    }
+
+    /// A price `name` was set (or defaulted) to, kept within 0 to 1000000 credits.
+    fn credits(&mut self, name: &str, v: i64) -> i64 {
+        if !(0..=1_000_000).contains(&v) {
+            self.problems
+                .push(format!("{name}={v} must be 0 to 1000000 credits"));
+        }
+        v.clamp(0, 1_000_000)
     }
 
     /// `KIRIM_META_THROUGHPUT` [80]: one of Meta's tiers.
@@ -397,5 +403,140 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("KIRIM_PRICE_UTILITY"));
+    }
+
+    #[test]
+    fn a_base_price_out_of_range_is_blamed_on_its_own_variable() {
+        // It was blamed on the four category variables, which were not set.
+        let mut r = EnvReader::new(|k| (k == "KIRIM_PRICE_PER_MESSAGE").then(|| "-1".to_owned()));
+        let p = r.settings().prices;
+        let err = r.finish().unwrap_err().to_string();
+        assert!(err.contains("KIRIM_PRICE_PER_MESSAGE=-1"), "{err}");
+        assert!(!err.contains("KIRIM_PRICE_MARKETING"), "{err}");
+        assert_eq!(p, Prices::flat(0));
+    }
+
+    // ---- properties (issue 14): the environment is outside input too ----
+
+    use proptest::prelude::*;
+
+    const DURATIONS: [&str; 9] = [
+        "KIRIM_RETENTION_MESSAGES",
+        "KIRIM_RETENTION_AUDIT",
+        "KIRIM_RETENTION_BILLING",
+        "KIRIM_RETENTION_IDEMPOTENCY",
+        "KIRIM_DISPATCH_BACKOFF",
+        "KIRIM_META_TIMEOUT",
+        "KIRIM_SENDING_DEADLINE",
+        "KIRIM_CALLBACK_BACKOFF",
+        "KIRIM_CALLBACK_TIMEOUT",
+    ];
+
+    const OTHERS: [&str; 17] = [
+        "KIRIM_SECRET_PREFIX",
+        "KIRIM_DISPATCH_MAX_ATTEMPTS",
+        "KIRIM_META_BASE_URL",
+        "KIRIM_META_API_VERSION",
+        "KIRIM_PRICE_PER_MESSAGE",
+        "KIRIM_PRICE_MARKETING",
+        "KIRIM_PRICE_UTILITY",
+        "KIRIM_PRICE_AUTHENTICATION",
+        "KIRIM_PRICE_SESSION",
+        "KIRIM_QUALITY_OPT_OUT_THRESHOLD",
+        "KIRIM_QUALITY_UNDELIVERABLE_THRESHOLD",
+        "KIRIM_QUALITY_MIN_VOLUME",
+        "KIRIM_QUALITY_PAUSE_MARKETING",
+        "KIRIM_CALLBACKS_ALLOW_PRIVATE",
+        "KIRIM_CALLBACK_MAX_ATTEMPTS",
+        "KIRIM_META_THROUGHPUT",
+        "KIRIM_BACKEND",
+    ];
+
+    /// What an operator might set a variable to: numbers of every size, durations,
+    /// words, blanks, anything.
+    fn value() -> BoxedStrategy<Option<String>> {
+        prop_oneof![
+            3 => Just(None),
+            1 => prop::sample::select(vec!["", " ", "\t"]).prop_map(|s| Some(s.to_owned())),
+            2 => (any::<u64>(), prop::sample::select(vec!["", "ms", "s", "m", "h", "d"]))
+                .prop_map(|(n, u)| Some(format!("{}{u}", n >> (n % 64)))),
+            2 => any::<i64>().prop_map(|n| Some((n >> (n.unsigned_abs() % 64)).to_string())),
+            1 => prop::sample::select(vec![
+                "20", "80", "1000", "0", "1", "9", "10", "-1", "1000001", "0.5", "NaN", "inf",
+                "true", "false", "aws", "memory", "two years", "12 h", "730D",
+            ])
+            .prop_map(|s| Some(s.to_owned())),
+            1 => crate::props::re("\\PC{0,12}").prop_map(Some),
+        ]
+        .boxed()
+    }
+
+    fn environment() -> BoxedStrategy<HashMap<&'static str, String>> {
+        prop::collection::vec(value(), DURATIONS.len() + OTHERS.len())
+            .prop_map(|values| {
+                DURATIONS
+                    .iter()
+                    .chain(OTHERS.iter())
+                    .zip(values)
+                    .filter_map(|(k, v)| v.map(|v| (*k, v)))
+                    .collect()
+            })
+            .boxed()
+    }
+
+    proptest! {
+        #![proptest_config(crate::props::config(2_000))]
+
+        #[test]
+        fn any_environment_is_read_without_panicking_and_only_the_bad_variables_are_named(
+            env in environment()
+        ) {
+            let mut r = EnvReader::new(|k| env.get(k).cloned());
+            let s = r.settings();
+            let _ = r.backend();
+            let problems = match r.finish() {
+                Ok(()) => String::new(),
+                Err(e) => e.to_string(),
+            };
+            // Only variables that were set are blamed.
+            for name in DURATIONS.iter().chain(OTHERS.iter()) {
+                if problems.contains(&format!("{name}=")) {
+                    let set = env.get(name).is_some_and(|v| !v.trim().is_empty());
+                    prop_assert!(set, "{} named but not set: {}", name, problems);
+                }
+            }
+            let defaults = Settings::default();
+            let read = [
+                (DURATIONS[0], s.retention.messages, defaults.retention.messages),
+                (DURATIONS[1], s.retention.audit, defaults.retention.audit),
+                (DURATIONS[2], s.retention.billing, defaults.retention.billing),
+                (DURATIONS[3], s.retention.idempotency, defaults.retention.idempotency),
+                (DURATIONS[4], s.dispatch_backoff, defaults.dispatch_backoff),
+                (DURATIONS[5], s.meta_timeout, defaults.meta_timeout),
+                (DURATIONS[6], s.sending_deadline, defaults.sending_deadline),
+                (DURATIONS[7], s.callback_backoff, defaults.callback_backoff),
+                (DURATIONS[8], s.callback_timeout, defaults.callback_timeout),
+            ];
+            for (name, got, default) in read {
+                let set = env.get(name).filter(|v| !v.trim().is_empty());
+                match set.map(|v| (v, parse_duration(v))) {
+                    None => prop_assert_eq!(got, default, "{} unset", name),
+                    Some((_, Some(d))) => {
+                        prop_assert_eq!(got, d, "{}", name);
+                        prop_assert!(!problems.contains(&format!("{name}=")), "{}", problems);
+                    }
+                    Some((v, None)) => {
+                        prop_assert_eq!(got, default, "{}", name);
+                        prop_assert!(problems.contains(&format!("{name}={v} ")), "{} not named: {}", name, problems);
+                    }
+                }
+            }
+            prop_assert!(s.dispatch_max_attempts >= 1);
+            prop_assert!((1..=9).contains(&s.callback_max_attempts));
+            prop_assert!(crate::ports::THROUGHPUT_TIERS.contains(&s.meta_throughput));
+            for p in [s.prices.marketing, s.prices.utility, s.prices.authentication, s.prices.session] {
+                prop_assert!((0..=1_000_000).contains(&p));
+            }
+        }
     }
 }

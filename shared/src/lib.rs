@@ -9,6 +9,8 @@ pub mod http;
 pub mod iam;
 pub mod metrics;
 pub mod ports;
+#[cfg(test)]
+mod props;
 pub mod queue_handlers;
 pub mod secret;
 pub mod service;

@@ -31,8 +31,12 @@ macro_rules! id_type {
                 Self(new_id())
             }
             /// Ids are ULIDs we minted; anything else cannot name a resource of ours.
+            /// Case is ignored (Crockford base32). A first character over `7` is more
+            /// than 128 bits and is refused: the ulid crate drops the excess bits, which
+            /// made `8…` another name for `0…`.
             pub fn parse(s: &str) -> Option<Self> {
-                ulid::Ulid::from_string(s).ok().map(|u| Self(u.to_string()))
+                let canonical = ulid::Ulid::from_string(s).ok()?.to_string();
+                canonical.eq_ignore_ascii_case(s).then_some(Self(canonical))
             }
             /// For values read back from our own storage.
             pub fn from_trusted(s: impl Into<String>) -> Self {
@@ -67,11 +71,105 @@ mod tests {
     }
 
     #[test]
+    fn an_id_is_the_text_it_was_given_up_to_case_never_an_alias() {
+        let id = MessageId::generate();
+        assert!(id.as_str().starts_with('0'));
+        // 130 bits of text: the two excess bits were dropped, naming `id`.
+        let alias = format!("8{}", &id.as_str()[1..]);
+        assert_eq!(MessageId::parse(&alias), None);
+        assert!(TenantId::parse("ZZZZZZZZZZZZZZZZZZZZZZZZZZ").is_none());
+        assert!(serde_json::from_str::<MessageId>(&format!("\"{alias}\"")).is_err());
+        assert_eq!(
+            TenantId::parse("7zzzzzzzzzzzzzzzzzzzzzzzzz")
+                .unwrap()
+                .as_str(),
+            "7ZZZZZZZZZZZZZZZZZZZZZZZZZ"
+        );
+        assert_eq!(MessageId::parse(&id.as_str().to_lowercase()), Some(id));
+    }
+
+    #[test]
     fn ids_are_validated_when_deserialised() {
         assert!(serde_json::from_str::<TenantId>("\"t1\"").is_err());
         assert!(serde_json::from_str::<MessageId>("\"../x\"").is_err());
         let id = TenantId::generate();
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<TenantId>(&json).unwrap(), id);
+    }
+
+    // ---- properties (issue 14): ids arrive in paths, bodies, queue messages ----
+
+    use proptest::prelude::*;
+
+    const CROCKFORD: &str = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+    /// The rule, written out a second way: 26 Crockford base32 characters in any case,
+    /// the first at most `7` (128 bits).
+    fn is_ulid_text(s: &str) -> bool {
+        s.chars().count() == 26
+            && s.chars()
+                .all(|c| CROCKFORD.contains(c.to_ascii_uppercase()) && c.is_ascii())
+            && s.starts_with(|c: char| ('0'..='7').contains(&c))
+    }
+
+    /// A text with each letter's case flipped where `flips` says.
+    fn flip(s: &str, flips: &[bool]) -> String {
+        s.chars()
+            .zip(flips.iter().cycle())
+            .map(|(c, f)| if *f { c.to_ascii_lowercase() } else { c })
+            .collect()
+    }
+
+    fn near_ulid() -> BoxedStrategy<String> {
+        prop_oneof![
+            (any::<u128>(), prop::collection::vec(any::<bool>(), 1..26))
+                .prop_map(|(u, f)| flip(&ulid::Ulid(u).to_string(), &f)),
+            crate::props::re("[0-9A-Za-z]{26}"),
+            crate::props::re("[0-9A-HJKMNP-TV-Z]{24,28}"),
+            crate::props::re("[0-9A-HJKMNP-TV-Z]{26}"),
+            crate::props::re("\\PC{0,30}"),
+        ]
+        .boxed()
+    }
+
+    proptest! {
+        #![proptest_config(crate::props::config(5_000))]
+
+        #[test]
+        fn any_text_names_an_id_only_if_it_is_a_ulid_and_then_names_that_very_text(
+            s in near_ulid()
+        ) {
+            let tenant = TenantId::parse(&s);
+            let message = MessageId::parse(&s);
+            prop_assert_eq!(tenant.is_some(), is_ulid_text(&s), "{:?}", s);
+            prop_assert_eq!(tenant.as_ref().map(TenantId::as_str), message.as_ref().map(MessageId::as_str));
+            if let Some(id) = tenant {
+                prop_assert!(id.as_str().eq_ignore_ascii_case(&s), "{} read as {}", s, id);
+                prop_assert!(id.as_str().chars().all(|c| CROCKFORD.contains(c)));
+                prop_assert_eq!(TenantId::parse(id.as_str()), Some(id));
+            }
+        }
+
+        #[test]
+        fn every_ulid_round_trips_through_text_any_case_and_serde(
+            u in any::<u128>(), flips in prop::collection::vec(any::<bool>(), 1..26)
+        ) {
+            let text = ulid::Ulid(u).to_string();
+            let id = MessageId::parse(&text).unwrap();
+            prop_assert_eq!(id.as_str(), text.as_str());
+            let flipped = MessageId::parse(&flip(&text, &flips));
+            prop_assert_eq!(flipped.as_ref(), Some(&id));
+            let json = serde_json::to_string(&id).unwrap();
+            prop_assert_eq!(&json, &format!("\"{text}\""));
+            prop_assert_eq!(serde_json::from_str::<MessageId>(&json).unwrap(), id);
+        }
+
+        #[test]
+        fn deserialising_an_id_agrees_with_parsing_it(s in near_ulid(), other in crate::props::number()) {
+            let json = serde_json::to_string(&s).unwrap();
+            let read = serde_json::from_str::<TenantId>(&json).ok();
+            prop_assert_eq!(read, TenantId::parse(&s));
+            prop_assert!(serde_json::from_value::<MessageId>(other).is_err());
+        }
     }
 }

@@ -7,6 +7,8 @@ mod ids;
 mod limits;
 mod message;
 pub mod meta;
+#[cfg(test)]
+mod meta_props;
 mod optout;
 mod phone;
 mod retention;

@@ -42,13 +42,14 @@ impl PhoneNumber {
     }
 }
 
-/// Masks the middle of anything phone-like, keeping a prefix of 5 and the last 4 characters.
+/// Masks the middle of anything phone-like, keeping a prefix of up to 5 and the last 4
+/// characters, and hiding at least 3 (a short number would otherwise show every digit).
 pub fn mask_phone(raw: &str) -> String {
     let chars: Vec<char> = raw.chars().collect();
     if chars.len() <= 8 {
         return "*".repeat(chars.len());
     }
-    let head: String = chars[..5].iter().collect();
+    let head: String = chars[..5.min(chars.len() - 4 - 3)].iter().collect();
     let tail: String = chars[chars.len() - 4..].iter().collect();
     format!("{head}****{tail}")
 }
@@ -115,6 +116,15 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_short_number_s_masked_form_still_hides_three_digits() {
+        // Eight digits (the Cook Islands' +682 and five) once came out whole: +6825****1234.
+        assert_eq!(mask_phone("+68251234"), "+6****1234");
+        assert_eq!(mask_phone("+682512345"), "+68****2345");
+        assert_eq!(mask_phone("+6825123456"), "+682****3456");
+        assert_eq!(mask_phone("+60123456789"), "+6012****6789");
+    }
+
     proptest! {
         #[test]
         fn every_valid_e164_number_round_trips(cc in 1u8..=9, rest in "[0-9]{7,14}") {
@@ -127,6 +137,99 @@ mod tests {
         #[test]
         fn parsing_arbitrary_text_never_panics(s in ".*") {
             let _ = PhoneNumber::parse(&s);
+        }
+    }
+
+    /// `+`, a digit 1-9, then 7 to 14 digits.
+    fn valid() -> BoxedStrategy<String> {
+        crate::props::re("\\+[1-9][0-9]{7,14}")
+    }
+
+    /// Near misses of E.164: valid numbers with a character added, removed or changed
+    /// (to a space, a letter, another script's digit, a second `+`), and anything else.
+    fn near_miss() -> BoxedStrategy<String> {
+        let noise = prop::sample::select(vec![
+            " ", "-", "+", "0", "9", "a", "(", "\u{0663}", "\u{FF11}", "\u{00B2}", "\n", "",
+        ]);
+        prop_oneof![
+            (valid(), any::<prop::sample::Index>(), noise, any::<bool>()).prop_map(
+                |(v, at, c, replace)| {
+                    let mut chars: Vec<String> = v.chars().map(String::from).collect();
+                    let i = at.index(chars.len());
+                    if replace {
+                        chars[i] = c.to_owned();
+                    } else {
+                        chars.insert(i, c.to_owned());
+                    }
+                    chars.concat()
+                }
+            ),
+            crate::props::re("\\+?[0-9]{0,18}"),
+            crate::props::re("\\PC{0,20}"),
+        ]
+        .boxed()
+    }
+
+    /// The rule, written out a second way: `+`, then 8 to 15 ASCII digits, the first not 0.
+    fn is_e164(s: &str) -> bool {
+        let Some(digits) = s.strip_prefix('+') else {
+            return false;
+        };
+        let count = digits.chars().count();
+        digits.chars().all(|c| c.is_ascii_digit())
+            && (8..=15).contains(&count)
+            && digits.chars().next().is_some_and(|c| c != '0')
+    }
+
+    proptest! {
+        #![proptest_config(crate::props::config(5_000))]
+
+        #[test]
+        fn text_parses_exactly_when_it_is_e164_and_then_reads_back_as_given(s in near_miss()) {
+            match PhoneNumber::parse(&s) {
+                Ok(p) => {
+                    prop_assert!(is_e164(&s), "{s:?} parsed");
+                    prop_assert_eq!(p.as_str(), s.as_str());
+                }
+                Err(PhoneNumberError) => prop_assert!(!is_e164(&s), "{s:?} refused"),
+            }
+        }
+
+        #[test]
+        fn a_valid_number_round_trips_through_display_digits_and_serde(s in valid()) {
+            let p = PhoneNumber::parse(&s).unwrap();
+            prop_assert_eq!(&PhoneNumber::parse(&p.to_string()).unwrap(), &p);
+            prop_assert_eq!(&PhoneNumber::parse(&format!("+{}", p.digits())).unwrap(), &p);
+            prop_assert_eq!(p.digits(), &s[1..]);
+            let json = serde_json::to_string(&p).unwrap();
+            prop_assert_eq!(&json, &format!("\"{s}\""));
+            prop_assert_eq!(serde_json::from_str::<PhoneNumber>(&json).unwrap(), p);
+        }
+
+        #[test]
+        fn the_masked_form_of_a_number_never_shows_all_its_digits(s in valid()) {
+            let p = PhoneNumber::parse(&s).unwrap();
+            let masked = p.masked();
+            let shown: String = masked.chars().filter(char::is_ascii_digit).collect();
+            prop_assert!(!masked.contains(p.digits()), "{masked}");
+            prop_assert!(
+                shown.len() + 3 <= p.digits().len(),
+                "{masked} shows {} of {} digits", shown.len(), p.digits().len()
+            );
+            let debug = format!("{p:?}");
+            prop_assert!(!debug.contains(p.digits()), "{debug}");
+            prop_assert_eq!(debug, format!("PhoneNumber({masked})"));
+        }
+
+        #[test]
+        fn masking_any_text_never_panics_and_hides_its_middle(s in near_miss()) {
+            let masked = mask_phone(&s);
+            let n = s.chars().count();
+            let shown = masked.chars().filter(|c| *c != '*').count();
+            prop_assert!(shown + n.min(3) <= n, "{masked:?} shows {shown} of {s:?}");
+            if n >= 3 {
+                prop_assert!(!masked.contains(s.as_str()), "{masked:?} shows {s:?}");
+            }
         }
     }
 }

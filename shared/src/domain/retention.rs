@@ -85,10 +85,13 @@ impl RetentionConfig {
         }
     }
 
-    /// The TTL (epoch seconds) an item of `class` created at `at` carries.
+    /// The TTL (epoch seconds) an item of `class` created at `at` carries. A retention
+    /// too long to count (configured, say, as `9223372036854775808s`) is forever.
     pub fn expiry(&self, class: RetentionClass, at: DateTime<Utc>) -> Option<i64> {
-        self.duration(class)
-            .map(|d| at.timestamp().saturating_add(d.as_secs() as i64))
+        self.duration(class).map(|d| {
+            at.timestamp()
+                .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        })
     }
 }
 
@@ -179,6 +182,18 @@ mod tests {
     }
 
     #[test]
+    fn a_retention_of_more_than_i64_max_seconds_never_expires_rather_than_at_once() {
+        // It was cast to i64 and wrapped negative: every item already expired.
+        let d = parse_duration("9223372036854775808s").unwrap();
+        let c = RetentionConfig {
+            messages: d,
+            ..RetentionConfig::default()
+        };
+        let now = Utc::now();
+        assert_eq!(c.expiry(RetentionClass::Messages, now), Some(i64::MAX));
+    }
+
+    #[test]
     fn active_configuration_never_expires_and_billing_outlives_messages() {
         let c = RetentionConfig::default();
         let now = Utc::now();
@@ -187,5 +202,88 @@ mod tests {
             c.expiry(RetentionClass::Billing, now).unwrap()
                 > c.expiry(RetentionClass::Messages, now).unwrap()
         );
+    }
+
+    // ---- properties (issue 14): durations come from the environment ----
+
+    use proptest::prelude::*;
+
+    const UNITS: [(&str, u64, u64); 5] = [
+        ("ms", 1, 1_000),
+        ("s", 1, 1),
+        ("m", 60, 1),
+        ("h", 3_600, 1),
+        ("d", DAY, 1),
+    ];
+
+    /// What `n` of a unit is, as the test reckons it: seconds times `per`, over `div`.
+    fn reckon(n: u64, unit: &str) -> Option<Duration> {
+        let (_, per, div) = UNITS.iter().find(|(u, _, _)| *u == unit)?;
+        if *div == 1_000 {
+            Some(Duration::from_millis(n))
+        } else {
+            n.checked_mul(*per).map(Duration::from_secs)
+        }
+    }
+
+    fn magnitude() -> BoxedStrategy<u64> {
+        prop_oneof![
+            0u64..100_000,
+            any::<u64>(),
+            (0u32..64).prop_map(|b| 1u64 << b),
+            (u64::MAX / DAY - 2..=u64::MAX / DAY + 2),
+            Just(i64::MAX as u64),
+            Just(i64::MAX as u64 + 1),
+            Just(u64::MAX),
+        ]
+        .boxed()
+    }
+
+    proptest! {
+        #![proptest_config(crate::props::config(5_000))]
+
+        #[test]
+        fn a_number_and_unit_read_back_as_that_duration_or_as_nothing_when_it_overflows(
+            n in magnitude(),
+            unit in prop::sample::select(vec!["ms", "s", "m", "h", "d", ""]),
+            pad in prop::sample::select(vec!["", " ", "\t", " \n"]),
+        ) {
+            let text = format!("{pad}{n}{unit}{pad}");
+            let expected = reckon(n, if unit.is_empty() { "s" } else { unit });
+            prop_assert_eq!(parse_duration(&text), expected, "{:?}", text);
+        }
+
+        #[test]
+        fn any_text_reads_as_a_duration_only_if_it_is_digits_and_a_unit(
+            text in prop_oneof![
+                crate::props::re("[ ]?[0-9+-]{0,22}(ms|s|m|h|d|y|S|M|µs|)[ ]?"),
+                crate::props::re("\\PC{0,12}"),
+            ]
+        ) {
+            if let Some(d) = parse_duration(&text) {
+                let t = text.trim();
+                let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+                let unit = &t[digits.len()..];
+                prop_assert!(!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()), "{:?}", text);
+                let n: u64 = digits.parse().unwrap();
+                prop_assert_eq!(Some(d), reckon(n, if unit.is_empty() { "s" } else { unit }), "{:?}", text);
+            }
+        }
+
+        #[test]
+        fn an_item_never_expires_before_it_was_made_whatever_the_configured_retention(
+            n in magnitude(),
+            unit in prop::sample::select(vec!["ms", "s", "m", "h", "d"]),
+            at in -62_000_000_000i64..253_000_000_000,
+        ) {
+            let Some(d) = parse_duration(&format!("{n}{unit}")) else {
+                return Ok(());
+            };
+            let config = RetentionConfig { messages: d, ..RetentionConfig::default() };
+            let at = DateTime::from_timestamp(at, 0).unwrap();
+            let expiry = config.expiry(RetentionClass::Messages, at).unwrap();
+            prop_assert!(expiry >= at.timestamp(), "{}{} from {} expires at {}", n, unit, at, expiry);
+            prop_assert!(expiry as i128 <= at.timestamp() as i128 + d.as_secs() as i128);
+        }
     }
 }

@@ -5,6 +5,8 @@ pub mod access;
 mod admin;
 mod broadcasts;
 mod callbacks;
+#[cfg(test)]
+mod cursor_props;
 pub mod error;
 mod export;
 pub mod extract;

@@ -41,6 +41,8 @@ mod layering;
 pub mod ledger;
 pub mod limits;
 pub mod optouts;
+#[cfg(test)]
+mod parse_props;
 pub mod quality;
 pub mod retention;
 pub mod send;
@@ -143,7 +145,7 @@ impl<T> Stores for T where
 
 /// What `Deps` is built from: the one store, the two queues, the secret store, Meta, the
 /// clock and the settings. A port a process does not use is wired to a refusing adapter
-/// (`runtime::NotWired`), never left out.
+/// (`wiring::NotWired`), never left out.
 pub struct Backends<S> {
     pub store: Arc<S>,
     /// The dispatch queue (send jobs, and local mode's poller).

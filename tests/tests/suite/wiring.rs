@@ -74,7 +74,7 @@ async fn a_message_travels_through_functions_wired_only_with_the_ports_they_decl
         Arc::new(MemoryQueue::new(Duration::from_secs(360), 10));
     let secrets = Arc::new(MemorySecrets::default());
     let wamid = format!("wamid.wired.{}", ulid::Ulid::new());
-    // As runtime::lambda_deps wires a function, over the memory backend.
+    // As wiring::lambda_deps wires a function, over the memory backend.
     let deps_for = |f: Function| -> Deps {
         let queue_or_refusal = |port: Port, q: &Arc<dyn DispatchQueue>| -> Arc<dyn DispatchQueue> {
             if f.uses_port(port) {

@@ -25,6 +25,8 @@ use crate::store_error::StoreError;
 
 mod broadcasts;
 mod callbacks;
+#[cfg(test)]
+mod cursor_props;
 mod idempotency;
 pub mod keys;
 mod optouts;
