@@ -811,25 +811,27 @@ async fn expired_items_are_invisible_then_swept_and_counted_per_class(b: Backend
 async fn a_sweep_cut_short_resumes_from_its_checkpoint(b: Backend) {
     let app = spawn_short(b, 1).await;
     let t = app.onboard(10).await;
-    // Its template catalogue would live 1 s too (the Messages class): keep it for the
-    // sends, as a sync an hour long would.
-    let all = kirim::ports::TemplateQuery {
-        limit: 100,
-        ..Default::default()
+    // Its template catalogue would live 1 s too (the Messages class), and may be gone
+    // already on a loaded machine: write the template the sends use, kept for an hour, as
+    // a sync an hour long would (not read back, which could find it expired).
+    let kept = kirim::ports::CatalogueTemplate {
+        waba_id: "1000001".into(),
+        name: "order_update".into(),
+        language: "en_US".into(),
+        category: kirim::domain::TemplateCategory::Utility,
+        status: kirim::domain::TemplateStatus::Approved,
+        quality: kirim::domain::TemplateQuality::Green,
+        body_parameters: 1,
+        meta_id: None,
+        updated_at: chrono::Utc::now(),
+        expires_at: Some(chrono::Utc::now().timestamp() + 3600),
     };
-    let catalogue = app.app.deps.templates.list_templates("1000001", &all).await;
-    for tpl in catalogue.expect("catalogue").templates {
-        let kept = kirim::ports::CatalogueTemplate {
-            expires_at: Some(chrono::Utc::now().timestamp() + 3600),
-            ..tpl
-        };
-        app.app
-            .deps
-            .templates
-            .put_template(&kept)
-            .await
-            .expect("put");
-    }
+    app.app
+        .deps
+        .templates
+        .put_template(&kept)
+        .await
+        .expect("put");
     for i in 0..3 {
         app.send_ok(&t.key, &format!("+6012345{:04}", 6100 + i))
             .await;
