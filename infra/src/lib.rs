@@ -2,6 +2,7 @@
 //! creates the stack's resources from `template.yaml`.
 
 pub mod bootstrap;
+pub mod drill;
 pub mod local;
 pub mod meta_schema;
 pub mod sandbox;
