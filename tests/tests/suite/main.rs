@@ -27,6 +27,7 @@ mod contract_retention;
 mod contract_retention_items;
 mod contract_throttle;
 mod contract_users;
+mod crash_recovery;
 mod e2e;
 mod http_edges;
 mod idempotency;
