@@ -452,7 +452,8 @@ pub fn reconcile(
         r.messages += 1;
         *r.by_status.entry(status.clone()).or_default() += 1;
         if !is_final(m) {
-            r.not_final.push(format!("{id} …{} {status} {code}", tail(to)));
+            r.not_final
+                .push(format!("{id} …{} {status} {code}", tail(to)));
         }
         let (sent, accepted) = requests.get(id).copied().unwrap_or_default();
         r.meta_requests += sent;
@@ -542,7 +543,10 @@ impl Client {
             .map_err(|e| format!("onboard: {e}"))?;
         let status = res.status();
         let body: Value = res.json().await.map_err(|e| format!("onboard: {e}"))?;
-        match (body["tenant"]["id"].as_str(), body["admin_api_key"].as_str()) {
+        match (
+            body["tenant"]["id"].as_str(),
+            body["admin_api_key"].as_str(),
+        ) {
             (Some(t), Some(k)) if status == 201 => Ok((t.to_owned(), k.to_owned())),
             _ => Err(format!("onboard answered {status}")),
         }
@@ -714,7 +718,12 @@ mod tests {
     #[test]
     fn an_outcome_unknown_message_is_final_and_stays_charged() {
         let export = vec![
-            message("a", "+60120000123", "failed", Some(json!("outcome_unknown"))),
+            message(
+                "a",
+                "+60120000123",
+                "failed",
+                Some(json!("outcome_unknown")),
+            ),
             ledger(5, None),
             ledger(-1, Some("a")),
             json!({"type": "end"}),
