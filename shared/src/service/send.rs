@@ -138,6 +138,7 @@ pub async fn send_once(
     }
     if let Some(k) = idem {
         if let Some(id) = idempotency::earlier(deps, tenant_id, k).await? {
+            queue_again_if_never_claimed(deps, tenant_id, &tenant.waba_id, &id, &draft).await?;
             return Ok(Accepted::Replayed(id));
         }
     }
@@ -237,6 +238,49 @@ pub async fn send_once(
     }
     tracing::info!(to = %record.to.masked(), "message accepted");
     Ok(Accepted::New(Box::new(record)))
+}
+
+/// A replayed message still `accepted` and never attempted may be one whose first
+/// request died between its write and its enqueue (a crash, a Lambda timeout): it has no
+/// queue job and would wait, charged, forever. The replay carries the same body (the key
+/// matched its fingerprint), so it queues the job again. A second job for a message that
+/// is queued already is harmless: only an `accepted` message can be claimed, so the
+/// dispatcher drops the job that comes second.
+async fn queue_again_if_never_claimed(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    waba_id: &str,
+    id: &MessageId,
+    draft: &Draft,
+) -> Result<(), ServiceError> {
+    let Some(m) = deps.messages.get_message(tenant_id, id).await? else {
+        return Ok(());
+    };
+    if m.status != MessageStatus::Accepted || m.attempts > 0 {
+        return Ok(());
+    }
+    // The same body as the first request (the key's fingerprint says so), resolved
+    // against the catalogue as it was then; a template refused since then is refused
+    // again here (the message stays `accepted` until the client sends again).
+    let content = match draft {
+        Draft::Text(body) => Content::Text { body: body.clone() },
+        Draft::Template(t) => templates::resolve(deps, waba_id, t.clone()).await?,
+    };
+    let job = QueueJob::Send(DispatchJob {
+        tenant_id: tenant_id.clone(),
+        message_id: id.clone(),
+        content,
+        request_id: crate::telemetry::request_id(),
+    });
+    let body = job
+        .to_body()
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    deps.queue
+        .send(&body)
+        .await
+        .map_err(ServiceError::Unavailable)?;
+    tracing::info!(message_id = %id, "replayed a message never claimed; queued it again");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ mod contract_retention_items;
 mod contract_templates;
 mod contract_throttle;
 mod contract_users;
+mod crash_recovery;
 mod deadletters;
 mod e2e;
 mod http_edges;
