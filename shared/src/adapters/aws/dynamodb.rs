@@ -194,6 +194,16 @@ impl DynamoStore {
         pk: String,
         prefix: &str,
     ) -> Result<Vec<T>, StoreError> {
+        self.query_prefix_at_most(pk, prefix, usize::MAX).await
+    }
+
+    /// [`Self::query_prefix`], stopping after `limit` live items.
+    pub(super) async fn query_prefix_at_most<T: DeserializeOwned>(
+        &self,
+        pk: String,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();
         let mut pages = self
             .client
@@ -210,6 +220,9 @@ impl DynamoStore {
             let item = item.map_err(|e| classify("dynamodb query", e))?;
             if self.live(&item) {
                 out.push(from_item(item)?);
+                if out.len() >= limit {
+                    break;
+                }
             }
         }
         Ok(out)
@@ -1033,28 +1046,8 @@ impl AuditLog for DynamoStore {
     }
 
     async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
-        let mut out = Vec::new();
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .consistent_read(true)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-            .expression_attribute_values(":pk", s(keys::audit_pk(chain)))
-            .expression_attribute_values(":p", s(keys::PARKED_PREFIX))
-            .into_paginator()
-            .items()
-            .send();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| classify("dynamodb query", e))?;
-            if self.live(&item) {
-                out.push(from_item(item)?);
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+        self.query_prefix_at_most(keys::audit_pk(chain), keys::PARKED_PREFIX, limit)
+            .await
     }
 
     async fn list(
