@@ -668,6 +668,9 @@ async fn messages(State(s): S, ctx: Ctx, q: Q) -> Response {
     render_messages(&s, &ctx, &q.0, StatusCode::OK, done(&q.0)).await
 }
 
+/// Pages of 100 messages searched for a number at once.
+const NUMBER_PAGES: usize = 10;
+
 async fn render_messages(
     s: &ConsoleState,
     ctx: &Ctx,
@@ -695,24 +698,48 @@ async fn render_messages(
             }
         }
     }
+    let number = get("to");
     let mut list: Vec<Value> = Vec::new();
     let mut next: Option<String> = None;
+    let mut searched = false;
     if status != StatusCode::BAD_REQUEST {
-        let qs = query(&[
-            ("status", &st),
-            ("since", &since),
-            ("until", &until),
-            ("limit", "50"),
-            ("cursor", &cursor),
-        ]);
-        let a = s.api.get(&ctx.who, &format!("/v1/messages?{qs}")).await;
-        if a.status == StatusCode::BAD_REQUEST {
-            (status, n) = problem(&a);
-        } else if !a.ok() {
-            return failed(&a);
+        // The API lists by status and time; a number is looked for in the pages it
+        // answers (at most NUMBER_PAGES of 100), and "Older" goes on from there.
+        let (limit, pages) = if number.is_empty() {
+            ("50", 1)
         } else {
-            list = a.body["messages"].as_array().cloned().unwrap_or_default();
+            ("100", NUMBER_PAGES)
+        };
+        let mut cursor = cursor.clone();
+        for i in 0..pages {
+            let qs = query(&[
+                ("status", &st),
+                ("since", &since),
+                ("until", &until),
+                ("limit", limit),
+                ("cursor", &cursor),
+            ]);
+            let a = s.api.get(&ctx.who, &format!("/v1/messages?{qs}")).await;
+            if a.status == StatusCode::BAD_REQUEST {
+                (status, n) = problem(&a);
+                break;
+            } else if !a.ok() {
+                return failed(&a);
+            }
+            list.extend(
+                a.body["messages"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| number.is_empty() || text(m, "to") == number)
+                    .cloned(),
+            );
             next = a.body["next_cursor"].as_str().map(str::to_owned);
+            match &next {
+                Some(c) if list.len() < 50 => cursor = c.clone(),
+                _ => break,
+            }
+            searched = i + 1 == pages;
         }
     }
     let can_send = ctx.may("POST", "/v1/messages");
@@ -726,7 +753,11 @@ async fn render_messages(
                 }
             }
             div { label for="f-date" { "Day (UTC)" } input #f-date type="date" name="date" value=(date); }
+            div { label for="f-to" { "Number (E.164)" } input #f-to type="tel" name="to" value=(number); }
             button type="submit" { "Filter" }
+        }
+        @if searched && next.is_some() {
+            p.hint { "Searched " (NUMBER_PAGES * 100) " messages for this number; “Older messages” searches on." }
         }
         div.table-wrap {
             table #messages {
@@ -747,7 +778,7 @@ async fn render_messages(
             }
         }
         @if let Some(c) = &next {
-            p { a href=(format!("/console/messages?{}", query(&[("status", &st), ("date", &date), ("cursor", c)]))) { "Older messages" } }
+            p { a href=(format!("/console/messages?{}", query(&[("status", &st), ("date", &date), ("to", &number), ("cursor", c)]))) { "Older messages" } }
         }
         @if can_send {
             h2 { "Send a template message" }

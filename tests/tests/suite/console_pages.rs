@@ -335,11 +335,19 @@ async fn a_failed_message_shows_what_its_failure_means_and_what_to_do(b: Backend
     assert!(page.html.contains(r#"id="message-hint""#), "{}", page.html);
     assert!(page.html.contains("Check the number with the customer"));
     let fine = app.send_ok(&t.key, "+60123450009").await;
-    let fine = web.get(&format!("/console/messages/{fine}")).await;
+    let page = web.get(&format!("/console/messages/{fine}")).await;
     assert!(
-        !fine.html.contains("message-hint"),
+        !page.html.contains("message-hint"),
         "no hint without a failure"
     );
+    // The list filters by number, and by status.
+    let by_number = web.get("/console/messages?to=%2B60123450001").await;
+    assert_eq!(by_number.status, 200);
+    assert!(by_number.html.contains(&id) && !by_number.html.contains(&fine));
+    let by_status = web.get("/console/messages?status=failed").await;
+    assert!(by_status.html.contains(&id) && !by_status.html.contains(&fine));
+    let nobody = web.get("/console/messages?to=%2B60123459999").await;
+    assert!(nobody.html.contains("No messages.") && !nobody.html.contains(&id));
 }
 
 async fn an_admin_unlocks_a_user_from_the_users_page(b: Backend) {
