@@ -221,7 +221,12 @@ mod tests {
         let key = Secret::new("k".repeat(32));
         let sealed =
             seal_pending(&key, "nonce-a", "a@example.com", "pw 123", 1_000).unwrap_or_default();
-        assert!(!sealed.contains("pw") && !sealed.contains("example"));
+        // Neither in clear (an `@` or a space cannot appear in base64url).
+        assert!(!sealed.is_empty() && !sealed.contains('@') && !sealed.contains(' '));
+        let raw =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &sealed)
+                .unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&raw).contains("example.com"));
         let (email, pw) = open_pending(&key, "nonce-a", &sealed, 1_000 + PENDING_SECS)
             .unwrap_or_else(|| panic!("opens"));
         assert_eq!((email.as_str(), pw.expose()), ("a@example.com", "pw 123"));
