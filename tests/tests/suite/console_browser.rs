@@ -37,7 +37,12 @@ fn webdriver_url() -> Option<String> {
     }
 }
 
-async fn browser(url: &str) -> Client {
+/// One Chromium at a time: the browser tests take turns, so that they do not starve the
+/// suite's timing-sensitive tests (throughput) of the machine's two cores.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn browser(url: &str) -> (Client, tokio::sync::MutexGuard<'static, ()>) {
+    let turn = ONE_BROWSER.lock().await;
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -46,12 +51,13 @@ async fn browser(url: &str) -> Client {
     );
     // rustls is built with two providers here (the AWS SDK's and reqwest's): pick one.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    ClientBuilder::rustls()
+    let c = ClientBuilder::rustls()
         .expect("a WebDriver client")
         .capabilities(caps)
         .connect(url)
         .await
-        .expect("a WebDriver session")
+        .expect("a WebDriver session");
+    (c, turn)
 }
 
 /// Waits for an element (pages load synchronously; this only absorbs navigation).
@@ -110,7 +116,7 @@ async fn in_a_browser_a_user_signs_in_with_totp_sends_a_message_manages_a_key_an
     let app = spawn_app(Backend::Memory).await;
     let t = app.onboard(10).await;
     let (email, _) = new_user(&app, &t.key, "admin").await;
-    let c = browser(&url).await;
+    let (c, _turn) = browser(&url).await;
 
     // Sign in with the password, then enrol 2FA from the page.
     c.goto(&app.url("/console/login"))
@@ -216,7 +222,7 @@ async fn in_a_browser_an_admin_syncs_templates_creates_a_campaign_and_sees_its_f
     let app = spawn_app(Backend::Memory).await;
     let t = app.onboard(10).await;
     let (email, _) = new_user(&app, &t.key, "admin").await;
-    let c = browser(&url).await;
+    let (c, _turn) = browser(&url).await;
     sign_in_form(&c, &app, &email).await;
     find(&c, "#credits").await;
 
@@ -324,7 +330,7 @@ async fn in_a_browser_an_admin_unlocks_a_user_and_a_read_only_user_sees_no_sync_
     }
     assert!(slowed, "the reader is slowed after failures");
 
-    let c = browser(&url).await;
+    let (c, _turn) = browser(&url).await;
     sign_in_form(&c, &app, &admin).await;
     find(&c, "#credits").await;
     click(&c, "a[href='/console/users']").await;
