@@ -80,6 +80,28 @@ impl Api {
         body: Option<Value>,
         idempotency_key: Option<&str>,
     ) -> Answer {
+        let body = body.map(|v| ("application/json", v.to_string().into_bytes()));
+        let raw = self.raw(who, method, uri, body, idempotency_key).await;
+        let body = if raw.bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&raw.bytes).unwrap_or(Value::Null)
+        };
+        Answer {
+            status: raw.status,
+            body,
+        }
+    }
+
+    /// One API request with any body, answered as bytes (a CSV export).
+    pub async fn raw(
+        &self,
+        who: &Who,
+        method: Method,
+        uri: &str,
+        body: Option<(&str, Vec<u8>)>,
+        idempotency_key: Option<&str>,
+    ) -> Raw {
         let mut b = Request::builder().method(method).uri(uri);
         if let Some(t) = &who.token {
             b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
@@ -88,9 +110,9 @@ impl Api {
             b = b.header("idempotency-key", k);
         }
         let body = match body {
-            Some(v) => {
-                b = b.header(header::CONTENT_TYPE, "application/json");
-                Body::from(v.to_string())
+            Some((content_type, bytes)) => {
+                b = b.header(header::CONTENT_TYPE, content_type);
+                Body::from(bytes)
             }
             None => Body::empty(),
         };
@@ -103,23 +125,31 @@ impl Api {
             Err(never) => match never {},
         };
         let status = res.status();
-        let bytes = match axum::body::to_bytes(res.into_body(), MAX_ANSWER).await {
-            Ok(b) => b,
-            Err(_) => return internal("API answer unreadable"),
-        };
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        Answer { status, body }
+        let content_type = res.headers().get(header::CONTENT_TYPE).cloned();
+        match axum::body::to_bytes(res.into_body(), MAX_ANSWER).await {
+            Ok(bytes) => Raw {
+                status,
+                content_type,
+                bytes: bytes.to_vec(),
+            },
+            Err(_) => internal("API answer unreadable"),
+        }
     }
 }
 
-fn internal(why: &str) -> Answer {
+/// An API answer as bytes.
+#[derive(Debug)]
+pub struct Raw {
+    pub status: StatusCode,
+    pub content_type: Option<HeaderValue>,
+    pub bytes: Vec<u8>,
+}
+
+fn internal(why: &str) -> Raw {
     tracing::error!(reason = why, "console API call failed");
-    Answer {
+    Raw {
         status: StatusCode::INTERNAL_SERVER_ERROR,
-        body: Value::Null,
+        content_type: None,
+        bytes: Vec::new(),
     }
 }

@@ -10,8 +10,11 @@
 //! (`ANY /console/{proxy+}`).
 
 mod api;
+pub mod campaigns;
+mod catalogue;
 mod pages;
 pub mod security;
+pub mod usage;
 mod views;
 
 use axum::http::Method;
@@ -41,6 +44,9 @@ pub(crate) struct ConsoleState {
 pub fn console_router(deps: Deps, options: ConsoleOptions) -> Router {
     let api = api::Api::new(crate::http::app(deps.clone(), Router::new()));
     pages::routes()
+        .merge(catalogue::routes())
+        .merge(campaigns::routes())
+        .merge(usage::routes())
         .with_state(ConsoleState { deps, api, options })
         .layer(axum::middleware::from_fn(security::headers))
 }

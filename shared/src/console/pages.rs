@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 
 use super::api::{segment, Answer, Who};
 use super::security::{
-    cookie, csrf_key, csrf_ok, csrf_token, set_cookie, LOGIN_COOKIE, SESSION_COOKIE,
+    cookie, csrf_key, csrf_ok, csrf_token, open_pending, seal_pending, set_cookie, LOGIN_COOKIE,
+    PENDING_COOKIE, PENDING_SECS, SESSION_COOKIE,
 };
 use super::views::{
     bare, csrf, error_page, frame, page, qr_svg, status_chart, Chrome, Notice, STATUSES,
@@ -50,6 +51,7 @@ pub(super) fn routes() -> Router<ConsoleState> {
         .route("/console/api-keys/{id}/revoke", post(revoke_key))
         .route("/console/users", get(users).post(add_user))
         .route("/console/users/{id}/remove", post(remove_user))
+        .route("/console/users/{id}/unlock", post(unlock_user))
         .route("/console/audit", get(audit))
         .route("/console/settings", get(settings))
         .route("/console/settings/ip-allowlist", post(put_allowlist))
@@ -60,7 +62,7 @@ pub(super) fn routes() -> Router<ConsoleState> {
 
 // ------------------------------------------------------------------ plumbing
 
-fn redirect(to: &str) -> Response {
+pub(super) fn redirect(to: &str) -> Response {
     let mut res = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(to) {
         res.headers_mut().insert(header::LOCATION, v);
@@ -68,7 +70,7 @@ fn redirect(to: &str) -> Response {
     res
 }
 
-fn unavailable() -> Response {
+pub(super) fn unavailable() -> Response {
     error_page(
         StatusCode::INTERNAL_SERVER_ERROR,
         "The console is not available right now. Try again later.",
@@ -77,26 +79,26 @@ fn unavailable() -> Response {
 
 /// The signed-in user of a console request (from the session cookie).
 pub(super) struct Ctx {
-    who: Who,
-    token: String,
-    role: Role,
-    csrf: String,
+    pub(super) who: Who,
+    pub(super) token: String,
+    pub(super) role: Role,
+    pub(super) csrf: String,
 }
 
 impl Ctx {
-    fn chrome<'a>(&'a self, current: &'a str) -> Chrome<'a> {
+    pub(super) fn chrome<'a>(&'a self, current: &'a str) -> Chrome<'a> {
         Chrome {
             role: self.role,
             csrf: &self.csrf,
             current,
         }
     }
-    fn may(&self, method: &str, path: &str) -> bool {
+    pub(super) fn may(&self, method: &str, path: &str) -> bool {
         may(self.role, method, path)
     }
 }
 
-fn client_ip(parts: &Parts) -> Option<std::net::IpAddr> {
+pub(super) fn client_ip(parts: &Parts) -> Option<std::net::IpAddr> {
     parts.extensions.get::<ClientIp>().and_then(|c| c.0)
 }
 
@@ -146,13 +148,13 @@ impl FromRequestParts<ConsoleState> for Ctx {
     }
 }
 
-type Form = HashMap<String, String>;
+pub(super) type Form = HashMap<String, String>;
 
-fn parse_form(body: &Bytes) -> Form {
+pub(super) fn parse_form(body: &Bytes) -> Form {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
 
-fn refused_csrf() -> Response {
+pub(super) fn refused_csrf() -> Response {
     error_page(
         StatusCode::FORBIDDEN,
         "This form has expired or did not come from the console; nothing was changed. \
@@ -161,8 +163,12 @@ fn refused_csrf() -> Response {
 }
 
 /// The form of a signed-in user's POST, if its CSRF token is this session's.
-async fn form(s: &ConsoleState, ctx: &Ctx, body: &Bytes) -> Result<Form, Response> {
-    let f = parse_form(body);
+pub(super) async fn form(s: &ConsoleState, ctx: &Ctx, body: &Bytes) -> Result<Form, Response> {
+    checked(s, ctx, parse_form(body)).await
+}
+
+/// `f` (read from a urlencoded or multipart body), if its CSRF token is this session's.
+pub(super) async fn checked(s: &ConsoleState, ctx: &Ctx, f: Form) -> Result<Form, Response> {
     let Some(key) = csrf_key(&s.deps).await else {
         return Err(unavailable());
     };
@@ -178,12 +184,12 @@ async fn form(s: &ConsoleState, ctx: &Ctx, body: &Bytes) -> Result<Form, Respons
     Ok(f)
 }
 
-fn field<'a>(f: &'a Form, name: &str) -> &'a str {
+pub(super) fn field<'a>(f: &'a Form, name: &str) -> &'a str {
     f.get(name).map(|v| v.trim()).unwrap_or("")
 }
 
 /// The notice a redirect after a successful action asks for (`?done=`): fixed texts.
-fn done(q: &HashMap<String, String>) -> Option<Notice> {
+pub(super) fn done(q: &HashMap<String, String>) -> Option<Notice> {
     let text = match q.get("done").map(String::as_str)? {
         "sent" => "The message was accepted and queued for sending.",
         "opt_out_added" => "The number is opted out.",
@@ -197,6 +203,20 @@ fn done(q: &HashMap<String, String>) -> Option<Notice> {
         "two_factor_setting" => "The two-factor requirement was saved.",
         "two_factor_on" => "Two-factor authentication is on for your sign-ins.",
         "signed_out" => "You are signed out.",
+        "user_unlocked" => "The user's failed sign-ins were cleared; they can sign in again now.",
+        "campaign_created" => {
+            "The campaign was accepted. Its numbers below fill in as messages are sent."
+        }
+        "campaign_paused" => {
+            "The campaign is paused: no new message of it is sent until you resume it."
+        }
+        "campaign_resumed" => "The campaign is sending again.",
+        "campaign_cancelled" => {
+            "The campaign was cancelled; its messages not yet sent were refunded."
+        }
+        "campaign_retried" => {
+            "A new campaign retries the failed messages that a later try may fix."
+        }
         _ => return None,
     };
     Some(Notice::Done(text.into()))
@@ -204,7 +224,7 @@ fn done(q: &HashMap<String, String>) -> Option<Notice> {
 
 /// The page for an API answer that was not a success: sign-in again on 401, a 404 page
 /// for what is not there (or another tenant's), else an error page.
-fn failed(a: &Answer) -> Response {
+pub(super) fn failed(a: &Answer) -> Response {
     match a.status {
         StatusCode::UNAUTHORIZED => redirect("/console/login"),
         StatusCode::NOT_FOUND => error_page(StatusCode::NOT_FOUND, "There is no such item."),
@@ -216,15 +236,15 @@ fn failed(a: &Answer) -> Response {
     }
 }
 
-fn problem(a: &Answer) -> (StatusCode, Option<Notice>) {
+pub(super) fn problem(a: &Answer) -> (StatusCode, Option<Notice>) {
     (a.status, Some(Notice::Problem(a.message())))
 }
 
-fn text<'a>(v: &'a Value, k: &str) -> &'a str {
+pub(super) fn text<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or("")
 }
 
-fn when(v: &Value) -> String {
+pub(super) fn when(v: &Value) -> String {
     v.as_str()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| {
@@ -235,11 +255,11 @@ fn when(v: &Value) -> String {
         .unwrap_or_else(|| "—".into())
 }
 
-fn day_start(d: NaiveDate) -> String {
+pub(super) fn day_start(d: NaiveDate) -> String {
     format!("{}T00:00:00Z", d.format("%Y-%m-%d"))
 }
 
-fn query(pairs: &[(&str, &str)]) -> String {
+pub(super) fn query(pairs: &[(&str, &str)]) -> String {
     let mut s = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
         if !v.is_empty() {
@@ -287,7 +307,7 @@ fn login_form(csrf_value: &str, n: Option<&Notice>, status: StatusCode) -> Respo
     )
 }
 
-fn totp_form(csrf_value: &str, email: &str, password: &str, n: Option<&Notice>) -> Response {
+fn totp_form(csrf_value: &str, email: &str, n: Option<&Notice>) -> Response {
     let status = if n.is_some() {
         StatusCode::UNAUTHORIZED
     } else {
@@ -300,12 +320,10 @@ fn totp_form(csrf_value: &str, email: &str, password: &str, n: Option<&Notice>) 
             n,
             html! {
                 p { "Enter the 6-digit code from your authenticator app for " strong { (email) } "." }
+                // The email and password wait in a sealed, short-lived cookie
+                // (`security::seal_pending`), never in this page.
                 form.stack method="post" action="/console/login" {
                     (csrf(csrf_value))
-                    input type="hidden" name="email" value=(email);
-                    // Sent again with the code (the service checks both at once); this
-                    // page is never cached.
-                    input type="hidden" name="password" value=(password);
                     div {
                         label for="totp_code" { "Code" }
                         input #totp_code type="text" name="totp_code" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" autocomplete="one-time-code" required autofocus;
@@ -352,12 +370,32 @@ async fn login(State(s): S, parts: Parts, body: Bytes) -> Response {
         return refused_csrf();
     }
     let token = csrf_token(&key, "login", &nonce);
-    let (email, password, code) = (
-        field(&f, "email"),
-        f.get("password").map(String::as_str).unwrap_or(""),
-        field(&f, "totp_code"),
-    );
-    let mut req = json!({"email": email, "password": password});
+    let now = s.deps.clock.now().timestamp();
+    let secure = s.options.secure_cookies;
+    let code = field(&f, "totp_code");
+    // Step two (the code) takes the email and password from the sealed cookie of step one.
+    let (email, password) = if f.contains_key("totp_code") {
+        match cookie(&parts.headers, PENDING_COOKIE)
+            .and_then(|sealed| open_pending(&key, &nonce, &sealed, now))
+        {
+            Some((e, p)) => (e, p),
+            None => {
+                return login_form(
+                    &token,
+                    Some(&Notice::Problem(
+                        "the sign-in took too long; enter your email and password again".into(),
+                    )),
+                    StatusCode::UNAUTHORIZED,
+                )
+            }
+        }
+    } else {
+        (
+            field(&f, "email").to_owned(),
+            Secret::new(f.get("password").map(String::as_str).unwrap_or("")),
+        )
+    };
+    let mut req = json!({"email": email, "password": password.expose()});
     if !code.is_empty() {
         req["totp_code"] = json!(code);
     }
@@ -379,23 +417,32 @@ async fn login(State(s): S, parts: Parts, body: Bytes) -> Response {
             "/console/"
         };
         let mut res = redirect(to);
-        let secure = s.options.secure_cookies;
         let h = res.headers_mut();
         h.append(
             header::SET_COOKIE,
             set_cookie(SESSION_COOKIE, session, secure, None),
         );
-        h.append(
-            header::SET_COOKIE,
-            set_cookie(LOGIN_COOKIE, "", secure, Some(0)),
-        );
+        for gone in [LOGIN_COOKIE, PENDING_COOKIE] {
+            h.append(header::SET_COOKIE, set_cookie(gone, "", secure, Some(0)));
+        }
         return res;
     }
     match (a.status, a.code()) {
         (StatusCode::UNAUTHORIZED, "totp_required") => {
             let n = (!code.is_empty())
                 .then(|| Notice::Problem("that code is not valid; try the next one".into()));
-            totp_form(&token, email, password, n.as_ref())
+            let mut res = totp_form(&token, &email, n.as_ref());
+            if code.is_empty() {
+                let Some(sealed) = seal_pending(&key, &nonce, &email, password.expose(), now)
+                else {
+                    return unavailable();
+                };
+                res.headers_mut().append(
+                    header::SET_COOKIE,
+                    set_cookie(PENDING_COOKIE, &sealed, secure, Some(PENDING_SECS)),
+                );
+            }
+            res
         }
         (StatusCode::UNAUTHORIZED, _) => login_form(
             &token,
@@ -572,6 +619,7 @@ async fn dashboard(State(s): S, ctx: Ctx, q: Q) -> Response {
             .map(|s| (*s, m.get(*s).copied().unwrap_or(0)))
             .collect()
     };
+    let numbers = super::usage::phone_numbers(&s, &ctx).await;
     let acc = &account.body;
     let quality = &acc["quality"];
     let pct = |v: &Value| format!("{:.1} %", v.as_f64().unwrap_or(0.0) * 100.0);
@@ -586,6 +634,7 @@ async fn dashboard(State(s): S, ctx: Ctx, q: Q) -> Response {
                 div.hint { "Undeliverable: " (pct(&quality["undeliverable_rate"])) }
             }
         }
+        (numbers)
         h2 { "Messages by status" }
         @if truncated { p.hint { "Counted from the most recent " (DASHBOARD_PAGES * 100) " messages only." } }
         (status_chart("today", &format!("Today ({})", today.format("%Y-%m-%d")), &counts(&today_counts)))
@@ -619,6 +668,9 @@ async fn messages(State(s): S, ctx: Ctx, q: Q) -> Response {
     render_messages(&s, &ctx, &q.0, StatusCode::OK, done(&q.0)).await
 }
 
+/// Pages of 100 messages searched for a number at once.
+const NUMBER_PAGES: usize = 10;
+
 async fn render_messages(
     s: &ConsoleState,
     ctx: &Ctx,
@@ -646,24 +698,48 @@ async fn render_messages(
             }
         }
     }
+    let number = get("to");
     let mut list: Vec<Value> = Vec::new();
     let mut next: Option<String> = None;
+    let mut searched = false;
     if status != StatusCode::BAD_REQUEST {
-        let qs = query(&[
-            ("status", &st),
-            ("since", &since),
-            ("until", &until),
-            ("limit", "50"),
-            ("cursor", &cursor),
-        ]);
-        let a = s.api.get(&ctx.who, &format!("/v1/messages?{qs}")).await;
-        if a.status == StatusCode::BAD_REQUEST {
-            (status, n) = problem(&a);
-        } else if !a.ok() {
-            return failed(&a);
+        // The API lists by status and time; a number is looked for in the pages it
+        // answers (at most NUMBER_PAGES of 100), and "Older" goes on from there.
+        let (limit, pages) = if number.is_empty() {
+            ("50", 1)
         } else {
-            list = a.body["messages"].as_array().cloned().unwrap_or_default();
+            ("100", NUMBER_PAGES)
+        };
+        let mut cursor = cursor.clone();
+        for i in 0..pages {
+            let qs = query(&[
+                ("status", &st),
+                ("since", &since),
+                ("until", &until),
+                ("limit", limit),
+                ("cursor", &cursor),
+            ]);
+            let a = s.api.get(&ctx.who, &format!("/v1/messages?{qs}")).await;
+            if a.status == StatusCode::BAD_REQUEST {
+                (status, n) = problem(&a);
+                break;
+            } else if !a.ok() {
+                return failed(&a);
+            }
+            list.extend(
+                a.body["messages"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| number.is_empty() || text(m, "to") == number)
+                    .cloned(),
+            );
             next = a.body["next_cursor"].as_str().map(str::to_owned);
+            match &next {
+                Some(c) if list.len() < 50 => cursor = c.clone(),
+                _ => break,
+            }
+            searched = i + 1 == pages;
         }
     }
     let can_send = ctx.may("POST", "/v1/messages");
@@ -677,7 +753,11 @@ async fn render_messages(
                 }
             }
             div { label for="f-date" { "Day (UTC)" } input #f-date type="date" name="date" value=(date); }
+            div { label for="f-to" { "Number (E.164)" } input #f-to type="tel" name="to" value=(number); }
             button type="submit" { "Filter" }
+        }
+        @if searched && next.is_some() {
+            p.hint { "Searched " (NUMBER_PAGES * 100) " messages for this number; “Older messages” searches on." }
         }
         div.table-wrap {
             table #messages {
@@ -698,7 +778,7 @@ async fn render_messages(
             }
         }
         @if let Some(c) = &next {
-            p { a href=(format!("/console/messages?{}", query(&[("status", &st), ("date", &date), ("cursor", c)]))) { "Older messages" } }
+            p { a href=(format!("/console/messages?{}", query(&[("status", &st), ("date", &date), ("to", &number), ("cursor", c)]))) { "Older messages" } }
         }
         @if can_send {
             h2 { "Send a template message" }
@@ -791,7 +871,11 @@ async fn message(State(s): S, ctx: Ctx, Path(id): Path<String>, q: Q) -> Respons
             dt { "Updated" } dd { (when(&m["updated_at"])) }
             @if !m["error"].is_null() {
                 dt { "Failure" }
-                dd { "Code " (m["error"]["code"].to_string().trim_matches('"')) ": " (text(&m["error"], "title")) }
+                dd #message-failure { "Code " (m["error"]["code"].to_string().trim_matches('"')) ": " (text(&m["error"], "title")) }
+                @if let Some(hint) = m["error"]["hint"].as_str().filter(|h| !h.is_empty()) {
+                    dt { "What to do" }
+                    dd #message-hint { (hint) }
+                }
             }
         }
         div.table-wrap {
@@ -1120,8 +1204,12 @@ async fn render_users(
         return failed(&a);
     }
     let list = a.body["users"].as_array().cloned().unwrap_or_default();
+    let can_unlock = ctx.may("POST", "/v1/users/{id}/unlock");
     let body = html! {
         h2 { "Add a user" }
+        p.hint { "A user's role is chosen when they are added; to change it, remove the user
+            and add them again with the new role. " @if can_unlock { "Unlock clears a user's failed
+            sign-ins, so that they can sign in again at once." } }
         form.stack method="post" action="/console/users" {
             (csrf(&ctx.csrf))
             div { label for="user-email" { "Email" } input #user-email type="email" name="email" autocomplete="off" required; }
@@ -1141,6 +1229,12 @@ async fn render_users(
                         tr {
                             td { (text(u, "email")) } td { (text(u, "role")) } td { (text(u, "two_factor")) } td { (when(&u["created_at"])) }
                             td {
+                                @if can_unlock {
+                                    form.inline method="post" action=(format!("/console/users/{}/unlock", segment(text(u, "id")))) {
+                                        (csrf(&ctx.csrf))
+                                        button type="submit" aria-label=(format!("Unlock {}", text(u, "email"))) { "Unlock" }
+                                    }
+                                }
                                 form.inline method="post" action=(format!("/console/users/{}/remove", segment(text(u, "id")))) {
                                     (csrf(&ctx.csrf))
                                     button.danger type="submit" aria-label=(format!("Remove {}", text(u, "email"))) { "Remove" }
@@ -1180,6 +1274,18 @@ async fn add_user(State(s): S, ctx: Ctx, body: Bytes) -> Response {
     }
     let (status, n) = problem(&a);
     render_users(&s, &ctx, status, n).await
+}
+
+async fn unlock_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
+    if let Err(r) = form(&s, &ctx, &body).await {
+        return r;
+    }
+    let uri = format!("/v1/users/{}/unlock", segment(&id));
+    let a = s.api.call(&ctx.who, Method::POST, &uri, None, None).await;
+    if a.ok() {
+        return redirect("/console/users?done=user_unlocked");
+    }
+    failed(&a)
 }
 
 async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {

@@ -5,6 +5,11 @@
 //! the session token (or, on the sign-in form, a random pre-session cookie) and `key`
 //! a secret from the secret store (`{prefix}console-csrf-key`). It is checked in
 //! constant time; nothing about it is stored.
+//!
+//! Pending sign-in: between the password step and the TOTP step the API needs both
+//! again (its login checks them at once), so the console keeps them in a sealed cookie
+//! ([`PENDING_COOKIE`], ChaCha20-Poly1305 under a key derived from the CSRF key, bound to
+//! the browser's sign-in cookie, valid [`PENDING_SECS`] seconds), never in the page.
 
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -21,6 +26,11 @@ use crate::service::Deps;
 pub const SESSION_COOKIE: &str = "kirim_session";
 /// A random value set by the sign-in page; the sign-in form's CSRF token is bound to it.
 pub const LOGIN_COOKIE: &str = "kirim_login";
+
+/// The sealed email and password between the sign-in steps.
+pub const PENDING_COOKIE: &str = "kirim_pending";
+/// How long a pending sign-in lasts, in seconds.
+pub const PENDING_SECS: i64 = 300;
 
 pub const CSP: &str = "default-src 'self'; img-src 'self' data:; style-src 'self'; \
 script-src 'none'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
@@ -67,6 +77,72 @@ pub fn csrf_ok(key: &Secret, purpose: &str, value: &str, given: Option<&str>) ->
         return false;
     };
     mac(key, purpose, value).verify_slice(&bytes).is_ok()
+}
+
+fn pending_key(key: &Secret) -> ring::aead::LessSafeKey {
+    let derived = mac(key, "pending-login-key", "v1").finalize().into_bytes();
+    // A 32-byte HMAC output is a valid ChaCha20-Poly1305 key: this cannot fail.
+    let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &derived)
+        .unwrap_or_else(|_| unreachable!("32-byte key"));
+    ring::aead::LessSafeKey::new(unbound)
+}
+
+/// Seals an email and password for the TOTP step: `base64url(nonce || ciphertext)`,
+/// bound to `login_nonce` (the sign-in cookie) and expiring `PENDING_SECS` after `now`.
+pub fn seal_pending(
+    key: &Secret,
+    login_nonce: &str,
+    email: &str,
+    password: &str,
+    now: i64,
+) -> Option<String> {
+    use base64::Engine;
+    let plain = serde_json::json!({"e": email, "p": password, "x": now + PENDING_SECS});
+    let mut buf = plain.to_string().into_bytes();
+    let nonce_bytes: [u8; 12] = rand::random();
+    let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes);
+    pending_key(key)
+        .seal_in_place_append_tag(
+            nonce,
+            ring::aead::Aad::from(login_nonce.as_bytes()),
+            &mut buf,
+        )
+        .ok()?;
+    let mut out = nonce_bytes.to_vec();
+    out.extend_from_slice(&buf);
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out))
+}
+
+/// Opens a pending sign-in: its email and password, if it was sealed by this key for
+/// this sign-in cookie and has not expired.
+pub fn open_pending(
+    key: &Secret,
+    login_nonce: &str,
+    sealed: &str,
+    now: i64,
+) -> Option<(String, Secret)> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sealed)
+        .ok()?;
+    if bytes.len() < 12 {
+        return None;
+    }
+    let (nonce, sealed) = bytes.split_at(12);
+    let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut buf = sealed.to_vec();
+    let plain = pending_key(key)
+        .open_in_place(
+            nonce,
+            ring::aead::Aad::from(login_nonce.as_bytes()),
+            &mut buf,
+        )
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(plain).ok()?;
+    if v["x"].as_i64()? < now {
+        return None;
+    }
+    Some((v["e"].as_str()?.to_owned(), Secret::new(v["p"].as_str()?)))
 }
 
 /// The value of cookie `name`, if the request has it.
@@ -138,6 +214,31 @@ mod tests {
         assert!(!csrf_ok(&key, "session", "kirimsess_a", None));
         assert!(!csrf_ok(&key, "session", "kirimsess_a", Some("not hex")));
         assert!(!csrf_ok(&key, "session", "kirimsess_a", Some(&t[..10])));
+    }
+
+    #[test]
+    fn a_pending_sign_in_opens_only_for_its_own_sign_in_cookie_and_until_it_expires() {
+        let key = Secret::new("k".repeat(32));
+        let sealed =
+            seal_pending(&key, "nonce-a", "a@example.com", "pw 123", 1_000).unwrap_or_default();
+        // Neither in clear (an `@` or a space cannot appear in base64url).
+        assert!(!sealed.is_empty() && !sealed.contains('@') && !sealed.contains(' '));
+        let raw =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &sealed)
+                .unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&raw).contains("example.com"));
+        let (email, pw) = open_pending(&key, "nonce-a", &sealed, 1_000 + PENDING_SECS)
+            .unwrap_or_else(|| panic!("opens"));
+        assert_eq!((email.as_str(), pw.expose()), ("a@example.com", "pw 123"));
+        assert!(open_pending(&key, "nonce-b", &sealed, 1_000).is_none());
+        assert!(open_pending(&key, "nonce-a", &sealed, 1_001 + PENDING_SECS).is_none());
+        assert!(open_pending(&Secret::new("other"), "nonce-a", &sealed, 1_000).is_none());
+        let mut tampered = sealed.clone().into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap_or_default();
+        assert!(open_pending(&key, "nonce-a", &tampered, 1_000).is_none());
+        assert!(open_pending(&key, "nonce-a", "", 1_000).is_none());
     }
 
     #[test]

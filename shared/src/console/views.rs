@@ -65,12 +65,27 @@ pub fn csrf(token: &str) -> Markup {
 
 /// A page of a signed-in user: navigation (only what the role may see), sign-out.
 pub fn frame(title: &str, c: &Chrome, n: Option<&Notice>, content: Markup) -> Markup {
-    let links: [(&str, &str, bool); 8] = [
+    let links: [(&str, &str, bool); 11] = [
         ("/console/", "Dashboard", may(c.role, "GET", "/v1/account")),
         (
             "/console/messages",
             "Messages",
             may(c.role, "GET", "/v1/messages"),
+        ),
+        (
+            "/console/campaigns",
+            "Campaigns",
+            may(c.role, "GET", "/v1/broadcasts/{id}"),
+        ),
+        (
+            "/console/templates",
+            "Templates",
+            may(c.role, "GET", "/v1/templates"),
+        ),
+        (
+            "/console/usage",
+            "Usage",
+            super::usage::usage_available(c.role),
         ),
         (
             "/console/opt-outs",
@@ -200,9 +215,17 @@ fn pattern(prefix: &str, status: &str) -> Markup {
             "read" => pattern id=(id) width="8" height="8" patternUnits="userSpaceOnUse" {
                 rect width="8" height="8" fill="#2b3a8c" {}
             },
-            _ => pattern id=(id) width="8" height="8" patternUnits="userSpaceOnUse" {
+            "failed" => pattern id=(id) width="8" height="8" patternUnits="userSpaceOnUse" {
                 rect width="8" height="8" fill="#ffe3e3" {}
                 path d="M4 0 V8" stroke="#7a1010" stroke-width="2" {}
+            },
+            "scheduled" => pattern id=(id) width="8" height="8" patternUnits="userSpaceOnUse" {
+                rect width="8" height="8" fill="#f1f3f5" {}
+                rect x="2" y="2" width="4" height="4" fill="#343a40" {}
+            },
+            _ => pattern id=(id) width="8" height="8" patternUnits="userSpaceOnUse" {
+                rect width="8" height="8" fill="#e9ecef" {}
+                path d="M0 0 L8 8" stroke="#343a40" stroke-width="1" {}
             },
         }
     }

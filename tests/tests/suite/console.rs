@@ -101,6 +101,46 @@ impl<'a> Browser<'a> {
         self.finish(req).await
     }
 
+    /// A `multipart/form-data` POST: text fields, then files (`name`, file name, bytes).
+    pub async fn post_multipart(
+        &mut self,
+        path: &str,
+        fields: &[(&str, &str)],
+        files: &[(&str, &str, &[u8])],
+    ) -> Page {
+        let boundary = "----kirim-test-boundary-7c1f";
+        let mut body = Vec::new();
+        for (k, v) in fields {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+        for (k, file, bytes) in files {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"; \
+                     filename=\"{file}\"\r\nContent-Type: text/csv\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let req = self
+            .http
+            .post(self.app.url(path))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(body);
+        self.finish(req).await
+    }
+
     pub fn session(&self) -> String {
         self.cookies
             .get("kirim_session")
@@ -429,13 +469,43 @@ async fn a_user_enrols_two_factor_from_a_qr_code_and_then_signs_in_with_a_code(b
     assert_eq!(step1.status, 200, "the code is asked for next");
     assert!(step1.html.contains("totp_code"));
     assert!(again.session().is_empty());
+    // The password waits in a sealed, short-lived, HttpOnly cookie, never in the page.
+    assert!(
+        !step1.html.contains(PASSWORD),
+        "no password in the code page"
+    );
+    assert!(!step1.html.contains(r#"name="password""#));
+    let pending = step1
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with("kirim_pending="))
+        .expect("a pending sign-in cookie");
+    for flag in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/console",
+        "Max-Age=300",
+    ] {
+        assert!(pending.contains(flag), "{flag} in {pending}");
+    }
+    assert!(!pending.contains(PASSWORD) && !pending.contains(&email));
+    // Without it (expired, or another browser), the code alone signs nobody in.
+    let sealed = again.cookies.remove("kirim_pending").unwrap_or_default();
+    let lost = again
+        .post(
+            "/console/login",
+            &[("csrf", &step1.csrf()), ("totp_code", &totp.generate(now))],
+        )
+        .await;
+    assert_eq!(lost.status, 401, "{}", lost.html);
+    assert!(lost.html.contains("enter your email and password again"));
+    assert!(again.session().is_empty());
+    again.cookies.insert("kirim_pending".into(), sealed);
     let step2 = again
         .post(
             "/console/login",
             &[
                 ("csrf", &step1.csrf()),
-                ("email", &email),
-                ("password", PASSWORD),
                 ("totp_code", &totp.generate(now + 30)),
             ],
         )

@@ -1,6 +1,8 @@
 //! The console in a real browser (Chromium through WebDriver) against local mode: sign
 //! in with a TOTP code, send a message from the form, create and revoke an API key,
-//! sign out. `KIRIM_TEST_WEBDRIVER_URL` names the WebDriver (`scripts/test` starts
+//! sign out; sync the template catalogue, create a campaign from pasted numbers and see
+//! its failures with hints, find a failed message by number and see its hint, a forged
+//! campaign POST refused; an admin unlocks a user, a read-only user sees no Sync button. `KIRIM_TEST_WEBDRIVER_URL` names the WebDriver (`scripts/test` starts
 //! chromedriver and sets it). Without it the test is skipped loudly, except in CI
 //! (`CI=true`), where it fails.
 //!
@@ -35,7 +37,12 @@ fn webdriver_url() -> Option<String> {
     }
 }
 
-async fn browser(url: &str) -> Client {
+/// One Chromium at a time: the browser tests take turns, so that they do not starve the
+/// suite's timing-sensitive tests (throughput) of the machine's two cores.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn browser(url: &str) -> (Client, tokio::sync::MutexGuard<'static, ()>) {
+    let turn = ONE_BROWSER.lock().await;
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -44,12 +51,13 @@ async fn browser(url: &str) -> Client {
     );
     // rustls is built with two providers here (the AWS SDK's and reqwest's): pick one.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    ClientBuilder::rustls()
+    let c = ClientBuilder::rustls()
         .expect("a WebDriver client")
         .capabilities(caps)
         .connect(url)
         .await
-        .expect("a WebDriver session")
+        .expect("a WebDriver session");
+    (c, turn)
 }
 
 /// Waits for an element (pages load synchronously; this only absorbs navigation).
@@ -108,7 +116,7 @@ async fn in_a_browser_a_user_signs_in_with_totp_sends_a_message_manages_a_key_an
     let app = spawn_app(Backend::Memory).await;
     let t = app.onboard(10).await;
     let (email, _) = new_user(&app, &t.key, "admin").await;
-    let c = browser(&url).await;
+    let (c, _turn) = browser(&url).await;
 
     // Sign in with the password, then enrol 2FA from the page.
     c.goto(&app.url("/console/login"))
@@ -190,5 +198,167 @@ async fn in_a_browser_a_user_signs_in_with_totp_sends_a_message_manages_a_key_an
     c.goto(&app.url("/console/")).await.expect("dashboard");
     find(&c, "#email").await;
     assert_eq!(path(&c).await, "/console/login");
+    c.close().await.ok();
+}
+
+/// Reloads `url` until its page shows `text` (or a deadline passes; the check that
+/// follows decides).
+async fn reload_until(c: &Client, url: &str, text: &str) {
+    for _ in 0..100 {
+        c.goto(url).await.expect("page");
+        if c.source().await.unwrap_or_default().contains(text) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn in_a_browser_an_admin_syncs_templates_creates_a_campaign_and_sees_its_failures_with_hints()
+{
+    let Some(url) = webdriver_url() else {
+        return;
+    };
+    let app = spawn_app(Backend::Memory).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let (c, _turn) = browser(&url).await;
+    sign_in_form(&c, &app, &email).await;
+    find(&c, "#credits").await;
+
+    // The catalogue, and Sync with Meta.
+    click(&c, "a[href='/console/templates']").await;
+    let table = find(&c, "#templates").await.text().await.expect("table");
+    for name in ["order_update", "promo_sale", "pending_notice"] {
+        assert!(table.contains(name), "{name} in {table}");
+    }
+    click(&c, "#sync").await;
+    let done = find(&c, ".notice.done").await.text().await.expect("notice");
+    assert!(
+        done.contains("Synced with Meta: 5 templates read"),
+        "{done}"
+    );
+    screenshot(&c, "templates").await;
+
+    // A campaign from pasted numbers: one delivered, one undeliverable (sandbox 0001).
+    click(&c, "a[href='/console/campaigns']").await;
+    click(&c, "#c-template option[value='order_update:en_US']").await;
+    fill(&c, "#c-parameters", "ORDER-9").await;
+    fill(&c, "#c-numbers", "+60123450011\n+60123450001").await;
+    screenshot(&c, "campaigns").await;
+    click(&c, "#new-campaign button[type=submit]").await;
+    let accepted = find(&c, "#campaign-accepted")
+        .await
+        .text()
+        .await
+        .expect("n");
+    assert_eq!(accepted.trim(), "2");
+    let results = c.current_url().await.expect("url").to_string();
+    reload_until(&c, &results, "131026").await;
+    let failures = find(&c, "#campaign-failures")
+        .await
+        .text()
+        .await
+        .expect("rows");
+    assert!(failures.contains("131026"), "{failures}");
+    assert!(
+        failures.contains("Check the number with the customer"),
+        "{failures}"
+    );
+    find(&c, ".chart svg").await;
+    screenshot(&c, "campaign").await;
+
+    // The failed message itself, found by number, with its hint.
+    click(&c, "a[href='/console/messages']").await;
+    fill(&c, "#f-to", "+60123450001").await;
+    click(&c, "form.filters button[type=submit]").await;
+    click(&c, "#messages tbody a").await;
+    let hint = find(&c, "#message-hint").await.text().await.expect("hint");
+    assert!(hint.contains("could not be delivered"), "{hint}");
+    screenshot(&c, "message-failed").await;
+
+    // A forged campaign POST (its CSRF field removed from the page) is refused.
+    click(&c, "a[href='/console/campaigns']").await;
+    fill(&c, "#c-numbers", "+60123450012").await;
+    fill(&c, "#c-parameters", "ORDER-10").await;
+    c.execute(
+        "document.querySelector('#new-campaign input[name=csrf]').remove()",
+        vec![],
+    )
+    .await
+    .expect("the token removed");
+    click(&c, "#new-campaign button[type=submit]").await;
+    let refused = find(&c, "main.narrow p").await.text().await.expect("text");
+    assert!(
+        refused.contains("did not come from the console"),
+        "{refused}"
+    );
+    let (_, list) = call(&app, "GET", "/v1/messages?limit=100", Some(&t.key), None).await;
+    assert_eq!(
+        list["messages"].as_array().map(Vec::len),
+        Some(2),
+        "no third message"
+    );
+    c.close().await.ok();
+}
+
+#[tokio::test]
+async fn in_a_browser_an_admin_unlocks_a_user_and_a_read_only_user_sees_no_sync_button() {
+    let Some(url) = webdriver_url() else {
+        return;
+    };
+    let app = spawn_app(Backend::Memory).await;
+    let t = app.onboard(10).await;
+    let (admin, _) = new_user(&app, &t.key, "admin").await;
+    let (reader, _) = new_user(&app, &t.key, "read_only").await;
+    let login = |password: &'static str| {
+        let email = reader.clone();
+        let app = &app;
+        async move {
+            let body = json!({"email": email, "password": password});
+            call(app, "POST", "/v1/auth/login", None, Some(body))
+                .await
+                .0
+        }
+    };
+    let mut slowed = false;
+    for _ in 0..20 {
+        if login("not the password").await == 429 {
+            slowed = true;
+            break;
+        }
+    }
+    assert!(slowed, "the reader is slowed after failures");
+
+    let (c, _turn) = browser(&url).await;
+    sign_in_form(&c, &app, &admin).await;
+    find(&c, "#credits").await;
+    click(&c, "a[href='/console/users']").await;
+    click(
+        &c,
+        &format!("button[aria-label='Unlock {}']", reader.to_lowercase()),
+    )
+    .await;
+    let done = find(&c, ".notice.done").await.text().await.expect("notice");
+    assert!(done.contains("can sign in again now"), "{done}");
+    screenshot(&c, "users-unlock").await;
+    click(&c, ".signout button").await;
+    find(&c, "#email").await;
+
+    // The reader signs in at once, sees the catalogue and no Sync button.
+    sign_in_form(&c, &app, &reader).await;
+    find(&c, "#credits").await;
+    click(&c, "a[href='/console/templates']").await;
+    find(&c, "#templates").await;
+    let html = c.source().await.expect("source");
+    assert!(!html.contains("Sync with Meta") && !html.contains("id=\"sync\""));
+    assert!(!html.contains("/console/users"), "no admin pages offered");
+    click(&c, "a[href='/console/campaigns']").await;
+    find(&c, "main h1").await;
+    let html = c.source().await.expect("source");
+    assert!(
+        !html.contains("New campaign"),
+        "a reader creates no campaign"
+    );
     c.close().await.ok();
 }

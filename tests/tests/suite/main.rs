@@ -21,6 +21,7 @@ mod broadcasts;
 mod callbacks;
 mod console;
 mod console_browser;
+mod console_pages;
 mod contract;
 mod contract_access;
 mod contract_callbacks;

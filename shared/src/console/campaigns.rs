@@ -1,0 +1,697 @@
+//! Campaigns: create a broadcast from pasted numbers or a CSV upload (`phone` column)
+//! with an approved catalogue template and its body parameters, and follow its results
+//! (counts by status as a chart, failures with their hints).
+//!
+//! Everything is a request to the broadcast API (`POST /v1/broadcasts`,
+//! `GET /v1/broadcasts/{id}`); a CSV upload is read by the API's own CSV reader
+//! (`service::broadcasts::recipients_from_csv`) and sent as a JSON broadcast, so that it
+//! can carry the template's parameters.
+//!
+//! # Switched on by the campaigns API
+//! API.md "Campaigns and scheduled sends" adds routes and fields. The routes are offered
+//! as soon as the access table (`http::access::ROUTES`) has them, through [`may`]; until
+//! then the page hides the control or says it is not available yet:
+//! - the list: `GET /v1/broadcasts` ([`LIST`]);
+//! - pause, resume, cancel, retry failed: `POST /v1/broadcasts/{id}/{action}` ([`ACTIONS`]);
+//! - the CSV export: `GET /v1/broadcasts/{id}/recipients.csv` ([`EXPORT`]).
+//!
+//! The new request fields (`name`, `send_at`) cannot be detected (the API refuses unknown
+//! fields), so [`NAME_AND_SEND_AT`] switches them on.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use chrono::{NaiveDateTime, Utc};
+use maud::{html, Markup};
+use serde_json::{json, Value};
+
+use super::api::{segment, Answer};
+use super::pages::{
+    checked, done, failed, parse_form, problem, query, redirect, text, when, Ctx, Form,
+};
+use super::views::{csrf, error_page, frame, page, status_chart, Notice};
+use super::{may, ConsoleState};
+use crate::domain::Role;
+use crate::service::errors::ServiceError;
+
+/// Switch on once `POST /v1/broadcasts` takes `"name"` and `"send_at"` (API.md
+/// "Campaigns and scheduled sends"): the form then offers a name and a schedule.
+pub const NAME_AND_SEND_AT: bool = false;
+
+/// The campaign list route (offered when the access table has it).
+pub const LIST: &str = "/v1/broadcasts";
+/// The CSV export route (offered when the access table has it).
+pub const EXPORT: &str = "/v1/broadcasts/{id}/recipients.csv";
+/// The campaign moves: action, button, the campaign statuses it applies to (empty: when
+/// some messages failed).
+pub const ACTIONS: [(&str, &str, &[&str]); 4] = [
+    ("pause", "Pause", &["scheduled", "sending"]),
+    ("resume", "Resume", &["paused"]),
+    ("cancel", "Cancel", &["scheduled", "sending", "paused"]),
+    ("retry-failed", "Retry failed messages", &[]),
+];
+
+/// Message statuses in a campaign's chart, in order (`scheduled` and `cancelled` only
+/// when the API counts them).
+const CHART: [&str; 8] = [
+    "scheduled",
+    "accepted",
+    "sending",
+    "sent",
+    "delivered",
+    "read",
+    "failed",
+    "cancelled",
+];
+
+/// Failed messages read to show a campaign's failures when the API does not list them.
+const FAILURE_PAGES: usize = 10;
+/// Catalogue pages read for the template picker.
+const TEMPLATE_PAGES: usize = 5;
+
+type S = State<ConsoleState>;
+
+pub(super) fn routes() -> Router<ConsoleState> {
+    Router::new()
+        .route("/console/campaigns", get(campaigns).post(create))
+        .route("/console/campaigns/open", get(open))
+        .route("/console/campaigns/{id}", get(results))
+        .route("/console/campaigns/{id}/recipients.csv", get(export))
+        .route("/console/campaigns/{id}/{action}", post(act))
+}
+
+fn action_route(action: &str) -> String {
+    format!("/v1/broadcasts/{{id}}/{action}")
+}
+
+/// Whether `role` may use the campaign list (and the API has it).
+pub fn list_available(role: Role) -> bool {
+    may(role, "GET", LIST)
+}
+
+/// Whether `role` may `action` a campaign (and the API has the route).
+pub fn action_available(role: Role, action: &str) -> bool {
+    may(role, "POST", &action_route(action))
+}
+
+/// Whether `role` may export a campaign's recipients (and the API has the route).
+pub fn export_available(role: Role) -> bool {
+    may(role, "GET", EXPORT)
+}
+
+// ------------------------------------------------------------------ list and create
+
+async fn campaigns(State(s): S, ctx: Ctx, q: Query<HashMap<String, String>>) -> Response {
+    render_campaigns(&s, &ctx, &q.0, &Form::new(), StatusCode::OK, done(&q.0)).await
+}
+
+/// The approved templates of the catalogue (a few pages), for the picker.
+async fn approved_templates(s: &ConsoleState, ctx: &Ctx) -> Result<Vec<Value>, Answer> {
+    let mut out = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..TEMPLATE_PAGES {
+        let qs = query(&[
+            ("status", "approved"),
+            ("limit", "100"),
+            ("cursor", &cursor),
+        ]);
+        let a = s.api.get(&ctx.who, &format!("/v1/templates?{qs}")).await;
+        if !a.ok() {
+            return Err(a);
+        }
+        out.extend(a.body["templates"].as_array().cloned().unwrap_or_default());
+        match a.body["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+async fn render_campaigns(
+    s: &ConsoleState,
+    ctx: &Ctx,
+    q: &HashMap<String, String>,
+    typed: &Form,
+    status: StatusCode,
+    n: Option<Notice>,
+) -> Response {
+    let list = if list_available(ctx.role) {
+        let get = |k: &str| q.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
+        let (st, cursor) = (get("status"), get("cursor"));
+        let qs = query(&[("status", &st), ("limit", "50"), ("cursor", &cursor)]);
+        let a = s.api.get(&ctx.who, &format!("{LIST}?{qs}")).await;
+        match a.status {
+            s if s.is_success() => Some(list_table(&a.body, &st)),
+            // Listed in the access table but not served yet: as if not there.
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => None,
+            StatusCode::BAD_REQUEST => {
+                Some(html! { p.notice.problem role="alert" { "Not done: " (a.message()) } })
+            }
+            _ => return failed(&a),
+        }
+    } else {
+        None
+    };
+    let can_create = ctx.may("POST", "/v1/broadcasts");
+    let templates = if can_create {
+        match approved_templates(s, ctx).await {
+            Ok(t) => t,
+            Err(a) => return failed(&a),
+        }
+    } else {
+        Vec::new()
+    };
+    let body = html! {
+        @if can_create { (create_form(ctx, &templates, typed)) }
+        h2 { "Campaigns" }
+        @match list {
+            Some(l) => (l),
+            None => p.hint #campaign-list-unavailable { "A list of campaigns is not available yet.
+                Each campaign's results page opens when you create it; keep its link, or
+                open one by its id below." },
+        }
+        form.filters method="get" action="/console/campaigns/open" {
+            div { label for="c-open" { "Campaign id" } input #c-open type="text" name="id" required; }
+            button type="submit" { "Open" }
+        }
+    };
+    page(
+        status,
+        frame(
+            "Campaigns",
+            &ctx.chrome("/console/campaigns"),
+            n.as_ref(),
+            body,
+        ),
+    )
+}
+
+fn list_table(body: &Value, st: &str) -> Markup {
+    let list = body["broadcasts"].as_array().cloned().unwrap_or_default();
+    let next = body["next_cursor"].as_str();
+    html! {
+        form.filters method="get" action="/console/campaigns" {
+            div {
+                label for="c-status" { "Status" }
+                select #c-status name="status" {
+                    option value="" selected[st.is_empty()] { "Any" }
+                    @for x in ["scheduled", "sending", "paused", "completed", "cancelled"] {
+                        option value=(x) selected[st == x] { (x) }
+                    }
+                }
+            }
+            button type="submit" { "Filter" }
+        }
+        div.table-wrap {
+            table #campaigns {
+                caption { "Campaigns, newest first" }
+                thead { tr { th scope="col" { "Campaign" } th scope="col" { "Status" } th scope="col" { "Recipients" } th scope="col" { "Send at" } th scope="col" { "Created" } } }
+                tbody {
+                    @for b in &list {
+                        @let id = text(b, "id");
+                        tr {
+                            td { a href=(format!("/console/campaigns/{}", segment(id))) { (b["name"].as_str().filter(|n| !n.is_empty()).unwrap_or(id)) } }
+                            td.status { (text(b, "status")) }
+                            td { (b["total"].as_u64().or(b["accepted"].as_u64()).unwrap_or(0)) }
+                            td { (when(&b["send_at"])) }
+                            td { (when(&b["created_at"])) }
+                        }
+                    }
+                    @if list.is_empty() { tr { td colspan="5" { "No campaigns." } } }
+                }
+            }
+        }
+        @if let Some(c) = next {
+            p { a href=(format!("/console/campaigns?{}", query(&[("status", st), ("cursor", c)]))) { "Older campaigns" } }
+        }
+    }
+}
+
+fn create_form(ctx: &Ctx, templates: &[Value], typed: &Form) -> Markup {
+    let typed = |k: &str| typed.get(k).map(String::as_str).unwrap_or("");
+    let chosen = typed("template");
+    html! {
+        h2 { "New campaign" }
+        @if templates.is_empty() {
+            p.hint { "There is no approved template in the catalogue yet; see "
+                a href="/console/templates" { "Templates" } "." }
+        } @else {
+            form.stack #new-campaign method="post" action="/console/campaigns" enctype="multipart/form-data" {
+                (csrf(&ctx.csrf))
+                @if NAME_AND_SEND_AT {
+                    div { label for="c-name" { "Name (optional)" } input #c-name type="text" name="name" maxlength="100" value=(typed("name")); }
+                }
+                div {
+                    label for="c-template" { "Template (approved ones)" }
+                    select #c-template name="template" required {
+                        @for t in templates {
+                            @let value = format!("{}:{}", text(t, "name"), text(t, "language"));
+                            option value=(value) selected[chosen == value] {
+                                (text(t, "name")) " (" (text(t, "language")) ", " (text(t, "category")) ", "
+                                (t["body_parameters"].as_u64().unwrap_or(0)) " body parameters)"
+                            }
+                        }
+                    }
+                }
+                div {
+                    label for="c-parameters" { "Body parameters, one a line, in order (as many as the template has)" }
+                    textarea #c-parameters name="parameters" rows="3" { (typed("parameters")) }
+                }
+                fieldset {
+                    legend { "Recipients: paste numbers or upload a CSV file" }
+                    div {
+                        label for="c-numbers" { "Numbers (E.164, e.g. +60123456789; one a line, or separated by commas)" }
+                        textarea #c-numbers name="numbers" rows="5" { (typed("numbers")) }
+                    }
+                    div {
+                        label for="c-file" { "Or a CSV file with a phone column (at most 10,000 rows)" }
+                        input #c-file type="file" name="file" accept=".csv,text/csv";
+                    }
+                }
+                @if NAME_AND_SEND_AT {
+                    div {
+                        label for="c-send-at" { "Send at (UTC; leave empty to send now)" }
+                        input #c-send-at type="datetime-local" name="send_at" value=(typed("send_at"));
+                    }
+                }
+                p.hint { "Opted-out numbers are skipped. Each accepted message is paid for when the campaign is accepted." }
+                button type="submit" { "Create campaign" }
+            }
+        }
+    }
+}
+
+fn bad_upload() -> Response {
+    error_page(
+        StatusCode::BAD_REQUEST,
+        "The form could not be read; nothing was sent. Reload the page and try again.",
+    )
+}
+
+/// The form fields of a campaign POST (multipart with an optional `file`, or
+/// urlencoded), and the uploaded file's bytes.
+async fn read_form(s: &ConsoleState, req: Request) -> Result<(Form, Option<Vec<u8>>), Response> {
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    if !multipart {
+        let Ok(body) = Bytes::from_request(req, s).await else {
+            return Err(bad_upload());
+        };
+        return Ok((parse_form(&body), None));
+    }
+    let Ok(mut mp) = Multipart::from_request(req, s).await else {
+        return Err(bad_upload());
+    };
+    let mut f = Form::new();
+    let mut file = None;
+    loop {
+        match mp.next_field().await {
+            Ok(Some(part)) => {
+                let name = part.name().unwrap_or("").to_owned();
+                let Ok(bytes) = part.bytes().await else {
+                    return Err(bad_upload());
+                };
+                if name == "file" {
+                    file = Some(bytes.to_vec()).filter(|b| !b.is_empty());
+                } else {
+                    f.insert(name, String::from_utf8_lossy(&bytes).into_owned());
+                }
+            }
+            Ok(None) => break,
+            Err(_) => return Err(bad_upload()),
+        }
+    }
+    Ok((f, file))
+}
+
+/// The broadcast request a campaign form asks for, or what to tell the person.
+fn broadcast_request(f: &Form, file: Option<&[u8]>) -> Result<Value, String> {
+    let get = |k: &str| f.get(k).map(|v| v.trim()).unwrap_or("");
+    let Some((name, language)) = get("template").split_once(':') else {
+        return Err("choose a template".into());
+    };
+    let pasted: Vec<String> = get("numbers")
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let recipients = match (file, pasted.is_empty()) {
+        (Some(_), false) => {
+            return Err("give either pasted numbers or a CSV file, not both".into());
+        }
+        (Some(csv), true) => match crate::service::broadcasts::recipients_from_csv(csv) {
+            Ok(r) => r,
+            Err(ServiceError::InvalidRequest(why)) => return Err(why),
+            Err(_) => return Err("the CSV file could not be read".into()),
+        },
+        (None, false) => pasted,
+        (None, true) => {
+            return Err(
+                "give the recipients: paste their numbers, or upload a CSV file with a \
+                 phone column"
+                    .into(),
+            )
+        }
+    };
+    let parameters: Vec<Value> = get("parameters")
+        .lines()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| json!({"type": "text", "text": p}))
+        .collect();
+    let mut template = json!({"name": name, "language": language});
+    if !parameters.is_empty() {
+        template["components"] = json!([{"type": "body", "parameters": parameters}]);
+    }
+    let mut req = json!({"template": template, "recipients": recipients});
+    if NAME_AND_SEND_AT {
+        if !get("name").is_empty() {
+            req["name"] = json!(get("name"));
+        }
+        let at = get("send_at");
+        if !at.is_empty() {
+            let t = NaiveDateTime::parse_from_str(at, "%Y-%m-%dT%H:%M")
+                .or_else(|_| NaiveDateTime::parse_from_str(at, "%Y-%m-%dT%H:%M:%S"))
+                .map_err(|_| "the send time must be a date and a time (UTC)".to_owned())?;
+            req["send_at"] = json!(t
+                .and_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        }
+    }
+    Ok(req)
+}
+
+async fn create(State(s): S, ctx: Ctx, req: Request) -> Response {
+    let (f, file) = match read_form(&s, req).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let f = match checked(&s, &ctx, f).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let none = HashMap::new();
+    let req = match broadcast_request(&f, file.as_deref()) {
+        Ok(r) => r,
+        Err(why) => {
+            let n = Some(Notice::Problem(why));
+            return render_campaigns(&s, &ctx, &none, &f, StatusCode::BAD_REQUEST, n).await;
+        }
+    };
+    let a = s
+        .api
+        .call(&ctx.who, Method::POST, "/v1/broadcasts", Some(req), None)
+        .await;
+    if a.ok() {
+        return redirect(&format!(
+            "/console/campaigns/{}?done=campaign_created",
+            segment(text(&a.body, "id"))
+        ));
+    }
+    if matches!(a.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        return failed(&a);
+    }
+    let (status, n) = problem(&a);
+    render_campaigns(&s, &ctx, &none, &f, status, n).await
+}
+
+async fn open(q: Query<HashMap<String, String>>, _ctx: Ctx) -> Response {
+    let id = q.0.get("id").map(|v| v.trim()).unwrap_or("");
+    if id.is_empty() {
+        return redirect("/console/campaigns");
+    }
+    redirect(&format!("/console/campaigns/{}", segment(id)))
+}
+
+// ------------------------------------------------------------------ results
+
+async fn results(
+    State(s): S,
+    ctx: Ctx,
+    Path(id): Path<String>,
+    q: Query<HashMap<String, String>>,
+) -> Response {
+    render_results(&s, &ctx, &id, StatusCode::OK, done(&q.0)).await
+}
+
+/// A campaign's failures by code: the API's `failures` when it lists them, else counted
+/// from its failed messages (each failed message's error carries its hint).
+async fn failures(s: &ConsoleState, ctx: &Ctx, id: &str, b: &Value) -> Vec<Value> {
+    if let Some(f) = b["failures"].as_array() {
+        return f.clone();
+    }
+    if b["counts"]["failed"].as_u64().unwrap_or(0) == 0 {
+        return Vec::new();
+    }
+    // Its messages are made when it is accepted: none is older than the campaign.
+    let since = chrono::DateTime::parse_from_rfc3339(text(b, "created_at"))
+        .map(|t| (t.with_timezone(&Utc) - chrono::Duration::seconds(1)).to_rfc3339())
+        .unwrap_or_default();
+    let mut by_code: BTreeMap<String, (Value, u64)> = BTreeMap::new();
+    let mut cursor = String::new();
+    for _ in 0..FAILURE_PAGES {
+        let qs = query(&[
+            ("status", "failed"),
+            ("since", &since),
+            ("limit", "100"),
+            ("cursor", &cursor),
+        ]);
+        let a = s.api.get(&ctx.who, &format!("/v1/messages?{qs}")).await;
+        if !a.ok() {
+            break;
+        }
+        for m in a.body["messages"].as_array().into_iter().flatten() {
+            if m["broadcast_id"].as_str() != Some(id) {
+                continue;
+            }
+            let code = m["error"]["code"].to_string().trim_matches('"').to_owned();
+            by_code
+                .entry(code)
+                .or_insert_with(|| (m["error"].clone(), 0))
+                .1 += 1;
+        }
+        match a.body["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    by_code
+        .into_iter()
+        .map(|(code, (e, count))| {
+            json!({"code": code, "title": e["title"], "hint": e["hint"], "count": count})
+        })
+        .collect()
+}
+
+async fn render_results(
+    s: &ConsoleState,
+    ctx: &Ctx,
+    id: &str,
+    status: StatusCode,
+    n: Option<Notice>,
+) -> Response {
+    let a = s
+        .api
+        .get(&ctx.who, &format!("/v1/broadcasts/{}", segment(id)))
+        .await;
+    if !a.ok() {
+        return failed(&a);
+    }
+    let b = &a.body;
+    let counts_of = &b["counts"];
+    let mut counts: Vec<(&str, u64)> = CHART
+        .iter()
+        .filter(|st| !matches!(**st, "scheduled" | "cancelled") || counts_of.get(**st).is_some())
+        .map(|st| (*st, counts_of[*st].as_u64().unwrap_or(0)))
+        .collect();
+    // A status the console does not know yet still shows.
+    for (k, v) in counts_of.as_object().into_iter().flatten() {
+        if !CHART.contains(&k.as_str()) {
+            counts.push((k.as_str(), v.as_u64().unwrap_or(0)));
+        }
+    }
+    let fails = failures(s, ctx, id, b).await;
+    let state = text(b, "status");
+    let failed_count = counts_of["failed"].as_u64().unwrap_or(0);
+    let moves: Vec<(&str, &str)> = ACTIONS
+        .iter()
+        .filter(|(action, _, applies)| {
+            action_available(ctx.role, action)
+                && if applies.is_empty() {
+                    failed_count > 0
+                } else {
+                    applies.contains(&state)
+                }
+        })
+        .map(|(action, label, _)| (*action, *label))
+        .collect();
+    let name = b["name"].as_str().filter(|n| !n.is_empty());
+    let num = |k: &str| b[k].as_u64().unwrap_or(0);
+    let body = html! {
+        dl.facts {
+            dt { "Id" } dd #campaign-id { (text(b, "id")) }
+            @if let Some(nm) = name { dt { "Name" } dd { (nm) } }
+            dt { "Status" } dd #campaign-status { (state) }
+            @if !b["template"].is_null() {
+                dt { "Template" } dd { (text(&b["template"], "name")) " " (text(&b["template"], "language")) " (" (text(&b["template"], "category")) ")" }
+            }
+            @if !b["send_at"].is_null() { dt { "Send at" } dd { (when(&b["send_at"])) } }
+            dt { "Created" } dd { (when(&b["created_at"])) }
+            dt { "Accepted" } dd #campaign-accepted { (num("accepted").max(num("total"))) }
+            dt { "Skipped (opted out)" } dd { (num("skipped_opted_out")) }
+            @if b.get("duplicates").is_some() { dt { "Duplicates dropped" } dd { (num("duplicates")) } }
+            @if b.get("invalid_count").is_some() { dt { "Invalid numbers" } dd { (num("invalid_count")) } }
+        }
+        @if !moves.is_empty() {
+            div.actions {
+                @for (action, label) in &moves {
+                    form.inline method="post" action=(format!("/console/campaigns/{}/{action}", segment(id))) {
+                        (csrf(&ctx.csrf))
+                        button.danger[*action == "cancel"] type="submit" { (label) }
+                    }
+                }
+            }
+        }
+        h2 { "Messages by status" }
+        (status_chart("campaign", "Messages of this campaign by status", &counts))
+        div.table-wrap {
+            table #campaign-counts {
+                caption { "Messages by status" }
+                thead { tr { th scope="col" { "Status" } th scope="col" { "Messages" } } }
+                tbody { @for (st, c) in &counts { tr { th scope="row" { (st) } td { (c) } } } }
+            }
+        }
+        h2 { "Failures" }
+        @if fails.is_empty() {
+            p { "No failed messages." }
+        } @else {
+            div.table-wrap {
+                table #campaign-failures {
+                    caption { "Failed messages by reason" }
+                    thead { tr { th scope="col" { "Code" } th scope="col" { "Reason" } th scope="col" { "Messages" } th scope="col" { "What to do" } } }
+                    tbody {
+                        @for f in &fails {
+                            tr {
+                                td { (f["code"].to_string().trim_matches('"')) }
+                                td { (text(f, "title")) }
+                                td { (f["count"].as_u64().unwrap_or(0)) }
+                                td.hint-cell { (text(f, "hint")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if export_available(ctx.role) {
+            p { a #campaign-export href=(format!("/console/campaigns/{}/recipients.csv", segment(id))) download { "Download the recipients as CSV (status and errors, no content)" } }
+        }
+        p { a href="/console/campaigns" { "All campaigns" } }
+    };
+    page(
+        status,
+        frame(
+            "Campaign",
+            &ctx.chrome("/console/campaigns"),
+            n.as_ref(),
+            body,
+        ),
+    )
+}
+
+fn not_available() -> Response {
+    error_page(
+        StatusCode::NOT_FOUND,
+        "This is not available yet; nothing was changed.",
+    )
+}
+
+async fn act(
+    State(s): S,
+    ctx: Ctx,
+    Path((id, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let f = parse_form(&body);
+    if let Err(r) = checked(&s, &ctx, f).await {
+        return r;
+    }
+    let Some((action, _, _)) = ACTIONS.iter().find(|(a, _, _)| *a == action) else {
+        return error_page(StatusCode::NOT_FOUND, "There is no such page.");
+    };
+    if !action_available(ctx.role, action) {
+        // Not offered: the role may not, or the API has no such route yet. The API
+        // would say the same; it is not asked.
+        return if may(Role::Admin, "POST", &action_route(action)) {
+            error_page(
+                StatusCode::FORBIDDEN,
+                "Your role does not allow this; nothing was changed.",
+            )
+        } else {
+            not_available()
+        };
+    }
+    let uri = format!("/v1/broadcasts/{}/{action}", segment(&id));
+    let a = s.api.call(&ctx.who, Method::POST, &uri, None, None).await;
+    if a.ok() {
+        let (to, note) = match *action {
+            "retry-failed" => (text(&a.body, "id").to_owned(), "campaign_retried"),
+            "pause" => (id, "campaign_paused"),
+            "resume" => (id, "campaign_resumed"),
+            _ => (id, "campaign_cancelled"),
+        };
+        return redirect(&format!("/console/campaigns/{}?done={note}", segment(&to)));
+    }
+    match a.status {
+        StatusCode::METHOD_NOT_ALLOWED => not_available(),
+        StatusCode::CONFLICT | StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
+            let (status, n) = problem(&a);
+            render_results(&s, &ctx, &id, status, n).await
+        }
+        _ => failed(&a),
+    }
+}
+
+async fn export(State(s): S, ctx: Ctx, Path(id): Path<String>) -> Response {
+    if !export_available(ctx.role) {
+        return not_available();
+    }
+    let uri = format!("/v1/broadcasts/{}/recipients.csv", segment(&id));
+    let raw = s.api.raw(&ctx.who, Method::GET, &uri, None, None).await;
+    if !raw.status.is_success() {
+        if raw.status == StatusCode::METHOD_NOT_ALLOWED {
+            return not_available();
+        }
+        let body = serde_json::from_slice(&raw.bytes).unwrap_or(Value::Null);
+        return failed(&Answer {
+            status: raw.status,
+            body,
+        });
+    }
+    let mut res = raw.bytes.into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        raw.content_type
+            .unwrap_or_else(|| HeaderValue::from_static("text/csv; charset=utf-8")),
+    );
+    let file: String = id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(40)
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"campaign-{file}-recipients.csv\""
+    )) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    res
+}

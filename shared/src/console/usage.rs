@@ -1,0 +1,180 @@
+//! Usage by day and category (`GET /v1/usage`) and the tenant's phone numbers on the
+//! dashboard (`GET /v1/phone-numbers`).
+//!
+//! # Switched on by the pricing and phone-number API
+//! Both routes are offered as soon as the access table (`http::access::ROUTES`) has them
+//! ([`may`]); until then the usage page says it is not available yet and the dashboard
+//! shows no phone numbers. Nothing else needs switching on.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use chrono::{Duration, NaiveDate, Utc};
+use maud::{html, Markup};
+use serde_json::Value;
+
+use super::pages::{failed, problem, query, text, Ctx};
+use super::views::{frame, page, Notice};
+use super::{may, ConsoleState};
+use crate::domain::Role;
+
+pub const USAGE: &str = "/v1/usage";
+pub const PHONE_NUMBERS: &str = "/v1/phone-numbers";
+
+pub(super) fn routes() -> Router<ConsoleState> {
+    Router::new().route("/console/usage", get(usage))
+}
+
+/// Whether `role` may read usage (and the API has the route).
+pub fn usage_available(role: Role) -> bool {
+    may(role, "GET", USAGE)
+}
+
+async fn usage(
+    State(s): State<ConsoleState>,
+    ctx: Ctx,
+    q: Query<HashMap<String, String>>,
+) -> Response {
+    let today = Utc::now().date_naive();
+    let get = |k: &str| q.0.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
+    let day = |v: String, default: NaiveDate| {
+        if v.is_empty() {
+            Some(default)
+        } else {
+            NaiveDate::parse_from_str(&v, "%Y-%m-%d").ok()
+        }
+    };
+    let (from, to) = (
+        day(get("from"), today - Duration::days(29)),
+        day(get("to"), today),
+    );
+    let (mut status, mut n) = (StatusCode::OK, None);
+    let mut rows: Vec<Value> = Vec::new();
+    let mut available = usage_available(ctx.role);
+    match (from, to) {
+        (Some(f), Some(t)) if available => {
+            let (f, t) = (
+                f.format("%Y-%m-%d").to_string(),
+                t.format("%Y-%m-%d").to_string(),
+            );
+            let a = s
+                .api
+                .get(
+                    &ctx.who,
+                    &format!("{USAGE}?{}", query(&[("from", &f), ("to", &t)])),
+                )
+                .await;
+            match a.status {
+                st if st.is_success() => {
+                    rows = a.body["usage"].as_array().cloned().unwrap_or_default();
+                }
+                StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => available = false,
+                StatusCode::BAD_REQUEST => (status, n) = problem(&a),
+                _ => return failed(&a),
+            }
+        }
+        (Some(_), Some(_)) => {}
+        _ => {
+            status = StatusCode::BAD_REQUEST;
+            n = Some(Notice::Problem("dates must be days (YYYY-MM-DD)".into()));
+        }
+    }
+    let show = |d: Option<NaiveDate>, raw: String| {
+        d.map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or(raw)
+    };
+    let (from_s, to_s) = (show(from, get("from")), show(to, get("to")));
+    let body = html! {
+        @if !available {
+            p.hint #usage-unavailable { "Usage by day and category is not available yet." }
+        } @else {
+            p.hint { "Per UTC day: how Meta priced your messages (category and type), and the
+                credits Kirim debited for them." }
+            form.filters method="get" action="/console/usage" {
+                div { label for="u-from" { "From (UTC day)" } input #u-from type="date" name="from" value=(from_s); }
+                div { label for="u-to" { "To (UTC day)" } input #u-to type="date" name="to" value=(to_s); }
+                button type="submit" { "Show" }
+            }
+            (totals(&rows))
+            div.table-wrap {
+                table #usage {
+                    caption { "Usage by day" }
+                    thead { tr { th scope="col" { "Day" } th scope="col" { "Category" } th scope="col" { "Pricing type" } th scope="col" { "Messages" } th scope="col" { "Credits" } } }
+                    tbody {
+                        @for r in &rows {
+                            tr {
+                                td { (text(r, "date")) } td { (text(r, "category")) } td { (text(r, "pricing_type")) }
+                                td { (r["messages"].as_i64().unwrap_or(0)) } td { (r["credits"].as_i64().unwrap_or(0)) }
+                            }
+                        }
+                        @if rows.is_empty() { tr { td colspan="5" { "No usage in these days." } } }
+                    }
+                }
+            }
+        }
+    };
+    page(
+        status,
+        frame("Usage", &ctx.chrome("/console/usage"), n.as_ref(), body),
+    )
+}
+
+/// Messages and credits per category over the shown days.
+fn totals(rows: &[Value]) -> Markup {
+    let mut by: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for r in rows {
+        let e = by.entry(text(r, "category").to_owned()).or_default();
+        e.0 += r["messages"].as_i64().unwrap_or(0);
+        e.1 += r["credits"].as_i64().unwrap_or(0);
+    }
+    html! {
+        @if !by.is_empty() {
+            div.cards {
+                @for (category, (messages, credits)) in &by {
+                    div.card { div { (category) } div.big { (messages) } div.hint { "messages, " (credits) " credits" } }
+                }
+            }
+        }
+    }
+}
+
+/// The dashboard's phone numbers section, or nothing when the API has no such route yet
+/// (or the role may not read it).
+pub(super) async fn phone_numbers(s: &ConsoleState, ctx: &Ctx) -> Markup {
+    if !may(ctx.role, "GET", PHONE_NUMBERS) {
+        return html! {};
+    }
+    let a = s.api.get(&ctx.who, PHONE_NUMBERS).await;
+    if !a.ok() {
+        // Not served yet (404/405), or not readable now: the dashboard goes on without.
+        return html! {};
+    }
+    let list = a.body["phone_numbers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    html! {
+        h2 { "Phone numbers" }
+        div.table-wrap {
+            table #phone-numbers {
+                caption { "Your sending phone numbers" }
+                thead { tr { th scope="col" { "Number" } th scope="col" { "Phone number id" } th scope="col" { "Default" } th scope="col" { "Quality" } th scope="col" { "Messages a second" } } }
+                tbody {
+                    @for p in &list {
+                        tr {
+                            td { (p["display_phone_number"].as_str().filter(|d| !d.is_empty()).unwrap_or("—")) }
+                            td { (text(p, "phone_number_id")) }
+                            td { @if p["default"].as_bool() == Some(true) { "default" } @else { "—" } }
+                            td { (text(p, "quality")) }
+                            td { (p["throughput_per_sec"].as_i64().unwrap_or(0)) }
+                        }
+                    }
+                    @if list.is_empty() { tr { td colspan="5" { "No phone numbers." } } }
+                }
+            }
+        }
+    }
+}
