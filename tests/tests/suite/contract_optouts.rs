@@ -3,7 +3,7 @@
 
 use chrono::{Duration, Utc};
 use kirim::domain::{
-    MessageId, MessageRecord, MessageStatus, OptOut, OptOutScope, OptOutSource, PhoneNumber,
+    MessageId, MessageRecord, MessageStatus, OptOut, OptOutKey, OptOutScope, OptOutSource, PhoneNumber,
     StatusEvent, TenantId,
 };
 use kirim::ports::*;
@@ -24,10 +24,15 @@ fn phone(s: &str) -> PhoneNumber {
     PhoneNumber::parse(s).unwrap()
 }
 
+fn key(s: &str) -> OptOutKey {
+    OptOutKey::parse(s).unwrap()
+}
+
 fn opt_out(p: &Stores, t: &TenantId, to: &str, scope: OptOutScope) -> OptOut {
     OptOut {
         tenant_id: t.clone(),
-        phone: phone(to),
+        phone: Some(phone(to)),
+        user_id: None,
         scope,
         source: OptOutSource::Api,
         created_by: "key_1".into(),
@@ -117,12 +122,12 @@ async fn an_opt_out_is_stored_read_back_and_removed_once(p: Stores) {
         "not new the second time"
     );
     assert_eq!(
-        p.opt_outs.get_opt_out(&t, &o.phone).await.unwrap(),
+        p.opt_outs.get_opt_out(&t, &o.key().unwrap()).await.unwrap(),
         Some(o.clone())
     );
     assert_eq!(
         p.opt_outs
-            .get_opt_out(&t, &phone("+60123450101"))
+            .get_opt_out(&t, &key("+60123450101"))
             .await
             .unwrap(),
         None
@@ -130,13 +135,13 @@ async fn an_opt_out_is_stored_read_back_and_removed_once(p: Stores) {
     // Another tenant sees nothing of it.
     let other = onboarded(&p, 0).await;
     assert_eq!(
-        p.opt_outs.get_opt_out(&other, &o.phone).await.unwrap(),
+        p.opt_outs.get_opt_out(&other, &o.key().unwrap()).await.unwrap(),
         None
     );
-    assert!(!p.opt_outs.delete_opt_out(&other, &o.phone).await.unwrap());
-    assert!(p.opt_outs.delete_opt_out(&t, &o.phone).await.unwrap());
-    assert!(!p.opt_outs.delete_opt_out(&t, &o.phone).await.unwrap());
-    assert_eq!(p.opt_outs.get_opt_out(&t, &o.phone).await.unwrap(), None);
+    assert!(!p.opt_outs.delete_opt_out(&other, &o.key().unwrap()).await.unwrap());
+    assert!(p.opt_outs.delete_opt_out(&t, &o.key().unwrap()).await.unwrap());
+    assert!(!p.opt_outs.delete_opt_out(&t, &o.key().unwrap()).await.unwrap());
+    assert_eq!(p.opt_outs.get_opt_out(&t, &o.key().unwrap()).await.unwrap(), None);
 }
 
 async fn a_marketing_opt_out_never_narrows_an_all_one_but_all_widens_marketing(p: Stores) {
@@ -152,7 +157,7 @@ async fn a_marketing_opt_out_never_narrows_an_all_one_but_all_widens_marketing(p
         "the stored, wider opt-out is answered"
     );
     assert_eq!(
-        p.opt_outs.get_opt_out(&t, &all.phone).await.unwrap(),
+        p.opt_outs.get_opt_out(&t, &all.key().unwrap()).await.unwrap(),
         Some(all)
     );
 
@@ -172,7 +177,7 @@ async fn a_marketing_opt_out_never_narrows_an_all_one_but_all_widens_marketing(p
         (wider.clone(), false)
     );
     assert_eq!(
-        p.opt_outs.get_opt_out(&t, &wider.phone).await.unwrap(),
+        p.opt_outs.get_opt_out(&t, &wider.key().unwrap()).await.unwrap(),
         Some(wider)
     );
 }
@@ -204,7 +209,7 @@ async fn opt_outs_list_in_pages_with_a_cursor_and_only_the_tenants_own(p: Stores
         .opt_outs
         .iter()
         .chain(&second.opt_outs)
-        .map(|o| o.phone.to_string())
+        .map(|o| o.key().unwrap().to_string())
         .collect();
     assert_eq!(
         got,
@@ -406,7 +411,7 @@ async fn a_start_removes_only_a_stop_that_is_not_newer_and_a_stop_never_moves_ti
         meta_timestamp: Some(at),
         ..opt_out(&p, &t, "+60123450400", OptOutScope::All)
     };
-    let to = phone("+60123450400");
+    let to = key("+60123450400");
     p.opt_outs.put_opt_out(&stop(200)).await.unwrap();
     // A late, older START does not undo the newer STOP.
     assert!(!p

@@ -503,7 +503,8 @@ async fn a_closed_out_tenants_opt_outs_are_swept_as_active_config_and_an_open_te
         async move {
             let o = OptOut {
                 tenant_id: t.id.clone(),
-                phone: phone("+60123459999"),
+                phone: Some(phone("+60123459999")),
+                user_id: None,
                 scope: OptOutScope::All,
                 source: OptOutSource::Api,
                 created_by: "key_1".into(),
