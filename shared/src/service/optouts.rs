@@ -54,10 +54,13 @@ pub fn parse_phone(raw: &str) -> Result<PhoneNumber, ServiceError> {
 }
 
 /// Parses a `{key}` path segment (already percent-decoded): a phone (E.164 with `+`) or
-/// Meta's user id (`US.13491208655302741918`). A malformed phone (a `+` or only digits)
-/// is `400 invalid_phone_number`; anything else `400 invalid_request`.
+/// Meta's user id (`US.13491208655302741918`). A malformed user id (two letters and a
+/// period, then something else) is `400 invalid_request`; anything else that is neither
+/// is `400 invalid_phone_number`, as before user ids.
 pub fn parse_key(raw: &str) -> Result<OptOutKey, ServiceError> {
-    if raw.starts_with('+') || (!raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit())) {
+    let b = raw.as_bytes();
+    let looks_like_user_id = b.len() >= 3 && b[..2].iter().all(u8::is_ascii_alphabetic) && b[2] == b'.';
+    if !looks_like_user_id {
         return parse_phone(raw).map(OptOutKey::Phone);
     }
     OptOutKey::parse(raw).ok_or_else(|| {

@@ -200,6 +200,7 @@ async fn error_131050_blocks_later_marketing_templates_but_not_utility_or_text(b
     );
     let (s, _) = send(&app, &t.key, template("+60123450002", "utility")).await;
     assert_eq!(s, 202);
+    app.user_wrote(&t.phone_number_id, "+60123450002").await;
     let (s, _) = send(
         &app,
         &t.key,
