@@ -612,7 +612,9 @@ struct InboundIn {
 async fn post_inbound(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
     let bad = |m: &str| (StatusCode::BAD_REQUEST, Json(invalid_parameter(m))).into_response();
     let Ok(m) = serde_json::from_slice::<InboundIn>(&body) else {
-        return bad("give {\"phone_number_id\", \"from\"?, \"user_id\"?, \"text\"? or \"button\"?}");
+        return bad(
+            "give {\"phone_number_id\", \"from\"?, \"user_id\"?, \"text\"? or \"button\"?}",
+        );
     };
     let from = m.from.map(|f| f.trim_start_matches('+').to_owned());
     if from.is_none() && m.user_id.is_none() {

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    MessageError, MessageId, MessageRecord, MessageStatus, OptOut, OptOutKey, OptOutScope, PhoneNumber,
-    Role, TenantId, UserId,
+    MessageError, MessageId, MessageRecord, MessageStatus, OptOut, OptOutKey, OptOutScope,
+    PhoneNumber, Role, TenantId, UserId,
 };
 use crate::secret::Secret;
 use crate::store_error::StoreError;
@@ -344,8 +344,7 @@ pub trait OptOutStore: Send + Sync {
         scope: OptOutScope,
     ) -> Result<bool, StoreError>;
     /// Removes the opt-out; `false` if there was none.
-    async fn delete_opt_out(&self, tenant: &TenantId, key: &OptOutKey)
-        -> Result<bool, StoreError>;
+    async fn delete_opt_out(&self, tenant: &TenantId, key: &OptOutKey) -> Result<bool, StoreError>;
     async fn list_opt_outs(
         &self,
         tenant: &TenantId,
@@ -375,7 +374,7 @@ pub trait ContactStore: Send + Sync {
         key: &OptOutKey,
     ) -> Result<Option<OptOutKey>, StoreError>;
     /// Records that the user `key` wrote to the tenant's number `phone_number_id` at
-    /// `at`, unless a later time is already recorded (a conditional write: webhooks arrive
+    /// `at` (kept in whole seconds), unless a later time is already recorded (a conditional write: webhooks arrive
     /// in any order). The item expires at `expires_at` (epoch seconds).
     async fn record_inbound(
         &self,

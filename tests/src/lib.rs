@@ -425,7 +425,10 @@ impl TestApp {
             .expect("sandbox inbound request");
         assert_eq!(res.status(), 200);
         let body: serde_json::Value = res.json().await.expect("json");
-        assert_eq!(body["delivered"], true, "the platform took the inbound webhook");
+        assert_eq!(
+            body["delivered"], true,
+            "the platform took the inbound webhook"
+        );
     }
 
     /// POSTs a notification to the Meta webhook, correctly signed.

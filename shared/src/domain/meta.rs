@@ -26,8 +26,7 @@ use super::template::{
     valid_language, valid_name, TemplateChange, TemplateQuality, TemplateStatus,
 };
 use super::{
-    keyword, Keyword, MessageId, MessageStatus, OptOutSource, PhoneNumber, TemplateCategory,
-    UserId,
+    keyword, Keyword, MessageId, MessageStatus, OptOutSource, PhoneNumber, TemplateCategory, UserId,
 };
 
 /// Meta's wamids are ~60 characters; anything far longer is not one (and would not fit
@@ -476,7 +475,11 @@ fn epoch_seconds(v: &Value) -> Option<i64> {
 /// The keyword of a button reply: STOP if its payload, id or title is a STOP word (a STOP
 /// wins over a START), else START if one of them is a START word.
 fn button_keyword(candidates: &[Option<&str>]) -> Option<Keyword> {
-    let words: Vec<Keyword> = candidates.iter().flatten().filter_map(|c| keyword(c)).collect();
+    let words: Vec<Keyword> = candidates
+        .iter()
+        .flatten()
+        .filter_map(|c| keyword(c))
+        .collect();
     if words.contains(&Keyword::Stop) {
         Some(Keyword::Stop)
     } else {
@@ -816,29 +819,35 @@ mod tests {
     #[test]
     fn user_preferences_become_marketing_stop_or_resume_and_odd_ones_are_skipped() {
         let body = json!({"entry":[{"id":"waba1","changes":[{"field":"user_preferences","value":{
-            "messaging_product":"whatsapp","metadata":{"phone_number_id":"pn1"},
-            "contacts":[{"wa_id":"60123456789","user_id":"MY.777"}],
-            "user_preferences":[
-                {"wa_id":"60123456789","user_id":"MY.777","detail":"User requested to stop marketing messages",
-                 "category":"marketing_messages","value":"stop","timestamp":1731705721},
-                {"user_id":"MY.778","category":"marketing_messages","value":"resume","timestamp":"1731705722"},
-                {"wa_id":"60123456789","category":"marketing_messages","value":"maybe"},
-                {"category":"marketing_messages","value":"stop"},
-                {"wa_id":"60123456789","category":"calls","value":"stop"}
-            ]}}]}]});
+        "messaging_product":"whatsapp","metadata":{"phone_number_id":"pn1"},
+        "contacts":[{"wa_id":"60123456789","user_id":"MY.777"}],
+        "user_preferences":[
+            {"wa_id":"60123456789","user_id":"MY.777","detail":"User requested to stop marketing messages",
+             "category":"marketing_messages","value":"stop","timestamp":1731705721},
+            {"user_id":"MY.778","category":"marketing_messages","value":"resume","timestamp":"1731705722"},
+            {"wa_id":"60123456789","category":"marketing_messages","value":"maybe"},
+            {"category":"marketing_messages","value":"stop"},
+            {"wa_id":"60123456789","category":"calls","value":"stop"}
+        ]}}]}]});
         let e = events(body);
         let MetaEvent::UserPreference(p) = &e[0] else {
             panic!("{e:?}")
         };
         assert_eq!(p.phone_number_id.as_deref(), Some("pn1"));
-        assert_eq!(p.phone.as_ref().map(|p| p.to_string()).as_deref(), Some("+60123456789"));
+        assert_eq!(
+            p.phone.as_ref().map(|p| p.to_string()).as_deref(),
+            Some("+60123456789")
+        );
         assert_eq!(p.user_id.as_ref().map(UserId::as_str), Some("MY.777"));
         assert_eq!(p.preference, Preference::StopMarketing);
         assert_eq!(p.timestamp, Some(1_731_705_721));
         assert!(matches!(&e[1], MetaEvent::UserPreference(p)
             if p.preference == Preference::ResumeMarketing && p.phone.is_none() && p.timestamp == Some(1_731_705_722)));
         for odd in &e[2..] {
-            assert!(matches!(odd, MetaEvent::Unknown(u) if u.piece == "user_preference"), "{odd:?}");
+            assert!(
+                matches!(odd, MetaEvent::Unknown(u) if u.piece == "user_preference"),
+                "{odd:?}"
+            );
         }
         assert_eq!(e.len(), 5);
     }

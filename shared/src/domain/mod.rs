@@ -30,8 +30,8 @@ pub use optout::{
 };
 pub use phone::{mask_phone, PhoneNumber, PhoneNumberError};
 pub use retention::{
-    parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION, CUSTOMER_SERVICE_WINDOW,
-    LOGIN_FAILURES_RETENTION, SEND_SLOT_RETENTION,
+    parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION,
+    CUSTOMER_SERVICE_WINDOW, LOGIN_FAILURES_RETENTION, SEND_SLOT_RETENTION,
 };
 pub use role::Role;
 pub use status::{MessageStatus, StatusError};

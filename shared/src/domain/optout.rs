@@ -25,7 +25,9 @@ impl UserId {
             && b[0].is_ascii_uppercase()
             && b[1].is_ascii_uppercase()
             && b[2] == b'.'
-            && b[3..].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'.')
+            && b[3..]
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'.')
             && b[3] != b'.'
             && b[b.len() - 1] != b'.';
         ok.then(|| Self(s.to_owned()))
@@ -258,7 +260,11 @@ mod tests {
             OptOutKey::parse("+60123456789"),
             Some(OptOutKey::Phone(_))
         ));
-        for id in ["US.13491208655302741918", "US.ENT.11815799212886844830", "BR.abc9"] {
+        for id in [
+            "US.13491208655302741918",
+            "US.ENT.11815799212886844830",
+            "BR.abc9",
+        ] {
             assert!(
                 matches!(OptOutKey::parse(id), Some(OptOutKey::User(u)) if u.as_str() == id),
                 "{id}"
@@ -296,6 +302,13 @@ mod tests {
             ..o.clone()
         };
         assert_eq!(by_id.key().unwrap().to_string(), "US.1");
-        assert_eq!(OptOut { user_id: None, ..by_id }.key(), None);
+        assert_eq!(
+            OptOut {
+                user_id: None,
+                ..by_id
+            }
+            .key(),
+            None
+        );
     }
 }

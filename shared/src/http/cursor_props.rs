@@ -95,9 +95,15 @@ impl World {
             let to = format!("+6012{n}{i:06}");
             // The user wrote first: a session text is within the 24-hour window.
             let from = crate::domain::OptOutKey::parse(&to).unwrap();
-            crate::service::contacts::user_wrote(&self.deps, &created.id, &format!("200{n}"), &[from], None)
-                .await
-                .unwrap();
+            crate::service::contacts::user_wrote(
+                &self.deps,
+                &created.id,
+                &format!("200{n}"),
+                &[from],
+                None,
+            )
+            .await
+            .unwrap();
             let body = json!({"to": to, "text": {"body": "hi"}});
             let (status, v) = self.call(&t.key, Method::POST, "/v1/messages", body).await;
             assert_eq!(status, StatusCode::ACCEPTED, "{v}");

@@ -93,11 +93,7 @@ async fn list(
     Ok(Json(json!({"opt_outs": items, "next_cursor": page.next_cursor})).into_response())
 }
 
-async fn get_one(
-    State(s): State<AppState>,
-    ctx: TenantCtx,
-    Path(key): Path<String>,
-) -> ApiResult {
+async fn get_one(State(s): State<AppState>, ctx: TenantCtx, Path(key): Path<String>) -> ApiResult {
     let tenant = ctx.tenant_id();
     let key = optouts::parse_key(&key)?;
     let o = optouts::get(&s.deps, tenant, &key).await?;

@@ -63,8 +63,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
 use crate::ports::{
-    ApiKeyStore, AuditLog, BroadcastStore, Clock, ContactStore, DispatchQueue, IdempotencyStore, Ledger,
-    MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
+    ApiKeyStore, AuditLog, BroadcastStore, Clock, ContactStore, DispatchQueue, IdempotencyStore,
+    Ledger, MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
     SendingControl, StatusCallbackStore, TemplateStore, TenantStore, Throughput, UserStore,
 };
 use crate::secret::Secret;

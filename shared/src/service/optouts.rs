@@ -59,7 +59,8 @@ pub fn parse_phone(raw: &str) -> Result<PhoneNumber, ServiceError> {
 /// is `400 invalid_phone_number`, as before user ids.
 pub fn parse_key(raw: &str) -> Result<OptOutKey, ServiceError> {
     let b = raw.as_bytes();
-    let looks_like_user_id = b.len() >= 3 && b[..2].iter().all(u8::is_ascii_alphabetic) && b[2] == b'.';
+    let looks_like_user_id =
+        b.len() >= 3 && b[..2].iter().all(u8::is_ascii_alphabetic) && b[2] == b'.';
     if !looks_like_user_id {
         return parse_phone(raw).map(OptOutKey::Phone);
     }

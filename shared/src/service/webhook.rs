@@ -173,7 +173,8 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 }
             }
             MetaEvent::UserPreference(pref) => {
-                let span = tracing::info_span!("user_preference", tenant_id = tracing::field::Empty);
+                let span =
+                    tracing::info_span!("user_preference", tenant_id = tracing::field::Empty);
                 let result = async {
                     let tenant = owners.of(pref.phone_number_id.as_deref()).await?;
                     if let Some(t) = &tenant {

@@ -216,9 +216,11 @@ async fn exercise(app: &TestApp, marker: &str) -> (kirim_tests::Onboarded, Vec<S
     // A text body with the marker (the users wrote first: within the 24-hour window).
     app.user_wrote(&t.phone_number_id, "+60123452222").await;
     // One by phone and Meta's user id: the pairing is kept (no content).
-    app.sandbox_inbound(json!({"phone_number_id": t.phone_number_id, "from": "+60123453333",
-        "user_id": "MY.1234567890", "text": format!("hi {marker}")}))
-        .await;
+    app.sandbox_inbound(
+        json!({"phone_number_id": t.phone_number_id, "from": "+60123453333",
+        "user_id": "MY.1234567890", "text": format!("hi {marker}")}),
+    )
+    .await;
     app.user_wrote(&t.phone_number_id, "+60123450004").await;
     let (st, v) = call(
         app,

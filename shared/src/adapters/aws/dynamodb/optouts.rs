@@ -21,7 +21,11 @@ impl OptOutStore for DynamoStore {
         let key = opt_out
             .key()
             .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
-        let item = to_item(opt_out, &keys::opt_out(&opt_out.tenant_id, &key).pairs(), None)?;
+        let item = to_item(
+            opt_out,
+            &keys::opt_out(&opt_out.tenant_id, &key).pairs(),
+            None,
+        )?;
         // `all` replaces anything; `marketing` never narrows an existing `all`.
         for _ in 0..3 {
             let mut req = self
@@ -54,8 +58,7 @@ impl OptOutStore for DynamoStore {
                     if e.err().is_conditional_check_failed_exception() =>
                 {
                     // A wider opt-out is in place: answer it (unless it was just removed).
-                    if let Some(existing) = self.get_opt_out(&opt_out.tenant_id, &key).await?
-                    {
+                    if let Some(existing) = self.get_opt_out(&opt_out.tenant_id, &key).await? {
                         return Ok((existing, false));
                     }
                 }
@@ -130,11 +133,7 @@ impl OptOutStore for DynamoStore {
         }
     }
 
-    async fn delete_opt_out(
-        &self,
-        tenant: &TenantId,
-        key: &OptOutKey,
-    ) -> Result<bool, StoreError> {
+    async fn delete_opt_out(&self, tenant: &TenantId, key: &OptOutKey) -> Result<bool, StoreError> {
         let res = self
             .client
             .delete_item()

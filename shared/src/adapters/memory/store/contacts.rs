@@ -23,10 +23,8 @@ impl ContactStore for MemoryStore {
             OptOutKey::User(user_id.clone()),
         );
         let mut s = self.lock()?;
-        s.pairings.insert(
-            (tenant.clone(), p.to_string()),
-            (u.clone(), expires_at),
-        );
+        s.pairings
+            .insert((tenant.clone(), p.to_string()), (u.clone(), expires_at));
         s.pairings
             .insert((tenant.clone(), u.to_string()), (p, expires_at));
         Ok(())
@@ -53,6 +51,8 @@ impl ContactStore for MemoryStore {
         at: DateTime<Utc>,
         expires_at: i64,
     ) -> Result<(), StoreError> {
+        // Whole seconds, as DynamoDB keeps them.
+        let at = DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at);
         let mut s = self.lock()?;
         let k = (tenant.clone(), phone_number_id.to_owned(), key.to_string());
         match s.windows.get(&k) {

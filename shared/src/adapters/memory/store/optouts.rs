@@ -36,9 +36,7 @@ impl OptOutStore for MemoryStore {
         key: &OptOutKey,
     ) -> Result<Option<OptOut>, StoreError> {
         let s = self.lock()?;
-        Ok(s.opt_outs
-            .get(&(tenant.clone(), key.to_string()))
-            .cloned())
+        Ok(s.opt_outs.get(&(tenant.clone(), key.to_string())).cloned())
     }
 
     async fn delete_opt_out_not_newer_than(
@@ -69,11 +67,7 @@ impl OptOutStore for MemoryStore {
         }
     }
 
-    async fn delete_opt_out(
-        &self,
-        tenant: &TenantId,
-        key: &OptOutKey,
-    ) -> Result<bool, StoreError> {
+    async fn delete_opt_out(&self, tenant: &TenantId, key: &OptOutKey) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
         Ok(s.opt_outs
             .remove(&(tenant.clone(), key.to_string()))
