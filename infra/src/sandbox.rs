@@ -1962,6 +1962,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_user_writing_in_is_sent_as_metas_signed_inbound_webhook_that_kirim_reads() {
+        use kirim::domain::meta::{parse_notification, MetaEvent};
+        let h = harness().await;
+        let url = format!("{}/_sandbox/inbound", h.base);
+        let (status, body) = h
+            .post(h.http.post(&url).json(&json!({"phone_number_id": "1234567",
+                "from": "+60123456789", "user_id": "MY.777", "button": "STOP"})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["delivered"], true);
+        let hooks = lock(&h.receiver.bodies).clone();
+        assert_eq!(hooks.len(), 1);
+        assert_eq!(h.receiver.bad_signatures.load(Ordering::SeqCst), 0);
+        let value = &hooks[0]["entry"][0]["changes"][0]["value"];
+        assert_eq!(value["metadata"]["phone_number_id"], "1234567");
+        assert_eq!(value["contacts"][0]["wa_id"], "60123456789");
+        let events = parse_notification(hooks[0].to_string().as_bytes()).unwrap();
+        let [MetaEvent::Inbound(m)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            m.from.as_ref().map(|p| p.to_string()).as_deref(),
+            Some("+60123456789")
+        );
+        assert_eq!(m.from_user_id.as_ref().map(|u| u.as_str()), Some("MY.777"));
+        assert!(m.request.is_some(), "a STOP button");
+        assert!(m.timestamp.is_some());
+        // Neither a phone nor a user id, or an unknown field: 400, nothing sent.
+        for bad in [
+            json!({"phone_number_id": "1"}),
+            json!({"phone_number_id": "1", "from": "+1", "x": 1}),
+        ] {
+            let (status, _) = h.post(h.http.post(&url).json(&bad)).await;
+            assert_eq!(status, 400, "{bad}");
+        }
+        assert_eq!(lock(&h.receiver.bodies).len(), 1);
+    }
+
+    #[tokio::test]
     async fn a_changed_template_sends_metas_signed_webhooks_and_only_its_waba_changes() {
         let h = harness().await;
         let url = format!("{}/_sandbox/templates/{WABA}/promo_sale/en_US", h.base);
