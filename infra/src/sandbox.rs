@@ -36,6 +36,13 @@
 //! not have (or one not approved) answers 132001, a paused one 132015, a disabled one 132016,
 //! another number of body parameters 132000. Like Meta, component `type` values are
 //! read in any case (`BODY`, `body`) and location coordinates as numbers or strings.
+//!
+//! A user writing in: `POST /_sandbox/inbound` `{"phone_number_id","from"?,"user_id"?,
+//! "text"?|"button"?}` sends Meta's signed `messages` webhook of one inbound message (now,
+//! as Meta times it: `from` digits and/or `from_user_id`, with the matching `contacts`
+//! entry; a `text` body, or a quick-reply `button` payload and text) and answers whether
+//! the platform took it. This opens the user's 24-hour customer-service window, and a
+//! `STOP` text or button opts them out, as at Meta.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -302,6 +309,7 @@ impl Sandbox {
                 "/_sandbox/templates/{waba_id}/{name}/{language}",
                 put(put_template),
             )
+            .route("/_sandbox/inbound", post(post_inbound))
             .with_state(self.clone())
     }
 
@@ -583,6 +591,80 @@ async fn put_template(
         delivered.push(json!({"field": field, "delivered": ok}));
     }
     Json(json!({"template": template.to_meta(), "webhooks": delivered})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboundIn {
+    phone_number_id: String,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    button: Option<String>,
+}
+
+/// `POST /_sandbox/inbound`: one user's message to a business number, as Meta's signed
+/// webhook (see the module docs). Answers `{"delivered":bool,"webhook":<the body sent>}`.
+async fn post_inbound(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    let bad = |m: &str| (StatusCode::BAD_REQUEST, Json(invalid_parameter(m))).into_response();
+    let Ok(m) = serde_json::from_slice::<InboundIn>(&body) else {
+        return bad(
+            "give {\"phone_number_id\", \"from\"?, \"user_id\"?, \"text\"? or \"button\"?}",
+        );
+    };
+    let from = m.from.map(|f| f.trim_start_matches('+').to_owned());
+    if from.is_none() && m.user_id.is_none() {
+        return bad("give from (the user's phone) and/or user_id");
+    }
+    let now = Utc::now().timestamp();
+    let mut message = json!({
+        "id": format!("wamid.sandbox.in.{}", rand::rng().random::<u64>()),
+        "timestamp": now.to_string(),
+    });
+    let mut contact = json!({"profile": {"name": "Sandbox user"}});
+    if let Some(f) = &from {
+        message["from"] = json!(f);
+        contact["wa_id"] = json!(f);
+    }
+    if let Some(u) = &m.user_id {
+        message["from_user_id"] = json!(u);
+        contact["user_id"] = json!(u);
+    }
+    match (m.text, m.button) {
+        (_, Some(b)) => {
+            message["type"] = json!("button");
+            message["button"] = json!({"payload": b, "text": b});
+        }
+        (t, None) => {
+            message["type"] = json!("text");
+            message["text"] = json!({"body": t.unwrap_or_else(|| "Hello".into())});
+        }
+    }
+    let payload = json!({
+        "object": "whatsapp_business_account",
+        "entry": [{
+            "id": sandbox.inner.waba_id,
+            "changes": [{"field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": {
+                    "display_phone_number": display_phone_number(&m.phone_number_id),
+                    "phone_number_id": m.phone_number_id,
+                },
+                "contacts": [contact],
+                "messages": [message],
+            }}],
+        }],
+    });
+    let delivered = match sandbox.inner.webhook_url() {
+        Some(url) => sandbox.inner.deliver(&url, &payload).await,
+        None => false,
+    };
+    tracing::info!(delivered, "sandbox inbound webhook");
+    Json(json!({"delivered": delivered, "webhook": payload})).into_response()
 }
 
 /// Reads a send as Meta does before the schema sees it: component `type` values in any
@@ -1877,6 +1959,45 @@ mod tests {
             .get(format!("{}/v23.0/{WABA}/message_templates", h.base));
         assert_eq!(h.post(without).await.0, 401);
         assert_eq!(list_page(&h, WABA, Some("zz")).await.0, 400);
+    }
+
+    #[tokio::test]
+    async fn a_user_writing_in_is_sent_as_metas_signed_inbound_webhook_that_kirim_reads() {
+        use kirim::domain::meta::{parse_notification, MetaEvent};
+        let h = harness().await;
+        let url = format!("{}/_sandbox/inbound", h.base);
+        let (status, body) = h
+            .post(h.http.post(&url).json(&json!({"phone_number_id": "1234567",
+                "from": "+60123456789", "user_id": "MY.777", "button": "STOP"})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["delivered"], true);
+        let hooks = lock(&h.receiver.bodies).clone();
+        assert_eq!(hooks.len(), 1);
+        assert_eq!(h.receiver.bad_signatures.load(Ordering::SeqCst), 0);
+        let value = &hooks[0]["entry"][0]["changes"][0]["value"];
+        assert_eq!(value["metadata"]["phone_number_id"], "1234567");
+        assert_eq!(value["contacts"][0]["wa_id"], "60123456789");
+        let events = parse_notification(hooks[0].to_string().as_bytes()).unwrap();
+        let [MetaEvent::Inbound(m)] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            m.from.as_ref().map(|p| p.to_string()).as_deref(),
+            Some("+60123456789")
+        );
+        assert_eq!(m.from_user_id.as_ref().map(|u| u.as_str()), Some("MY.777"));
+        assert!(m.request.is_some(), "a STOP button");
+        assert!(m.timestamp.is_some());
+        // Neither a phone nor a user id, or an unknown field: 400, nothing sent.
+        for bad in [
+            json!({"phone_number_id": "1"}),
+            json!({"phone_number_id": "1", "from": "+1", "x": 1}),
+        ] {
+            let (status, _) = h.post(h.http.post(&url).json(&bad)).await;
+            assert_eq!(status, 400, "{bad}");
+        }
+        assert_eq!(lock(&h.receiver.bodies).len(), 1);
     }
 
     #[tokio::test]

@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    MessageError, MessageId, MessageRecord, MessageStatus, OptOut, PhoneNumber, Role, TenantId,
+    MessageError, MessageId, MessageRecord, MessageStatus, OptOut, OptOutKey, OptOutScope,
+    PhoneNumber, Role, TenantId, UserId,
 };
 use crate::secret::Secret;
 use crate::store_error::StoreError;
@@ -311,18 +312,19 @@ pub struct OptOutPage {
     pub next_cursor: Option<String>,
 }
 
-/// A tenant's opt-outs: active configuration, kept (no TTL) while the tenant exists.
+/// A tenant's opt-outs: active configuration, kept (no TTL) while the tenant exists. Each
+/// is stored under its [`OptOut::key`] (the phone when known, else the user id).
 #[async_trait]
 pub trait OptOutStore: Send + Sync {
-    /// Records the opt-out and answers what is stored, and whether the number had no
+    /// Records the opt-out and answers what is stored, and whether the key had no
     /// opt-out before (a new one). Never narrows: a `marketing` opt-out leaves an existing
     /// `all` one in place (and answers that one); an `all` one replaces whatever was
-    /// there. A conditional write, no read first.
+    /// there. A conditional write, no read first. An opt-out without a key is refused.
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError>;
     async fn get_opt_out(
         &self,
         tenant: &TenantId,
-        phone: &PhoneNumber,
+        key: &OptOutKey,
     ) -> Result<Option<OptOut>, StoreError>;
     /// Removes the opt-out only if it was not made by a STOP reply newer than Meta's
     /// time `at` (a START reply of that time): a conditional delete, so a START never
@@ -330,21 +332,65 @@ pub trait OptOutStore: Send + Sync {
     async fn delete_opt_out_not_newer_than(
         &self,
         tenant: &TenantId,
-        phone: &PhoneNumber,
+        key: &OptOutKey,
         at: i64,
     ) -> Result<bool, StoreError>;
-    /// Removes the opt-out; `false` if there was none.
-    async fn delete_opt_out(
+    /// Removes the opt-out if it is of `scope` (a conditional delete): a `resume` of
+    /// marketing never removes an `all` opt-out. `false` if nothing was removed.
+    async fn delete_opt_out_of_scope(
         &self,
         tenant: &TenantId,
-        phone: &PhoneNumber,
+        key: &OptOutKey,
+        scope: OptOutScope,
     ) -> Result<bool, StoreError>;
+    /// Removes the opt-out; `false` if there was none.
+    async fn delete_opt_out(&self, tenant: &TenantId, key: &OptOutKey) -> Result<bool, StoreError>;
     async fn list_opt_outs(
         &self,
         tenant: &TenantId,
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<OptOutPage, StoreError>;
+}
+
+/// What Kirim knows of a tenant's WhatsApp users besides opt-outs, learnt from Meta's
+/// webhooks: which phone goes with which business-scoped user id, and when a user last
+/// wrote to each of the tenant's numbers. Never any content.
+#[async_trait]
+pub trait ContactStore: Send + Sync {
+    /// Records that `phone` and `user_id` name one user (both ways; a newer pairing of
+    /// either replaces an older one). `expires_at`: epoch seconds (DynamoDB TTL).
+    async fn pair_user(
+        &self,
+        tenant: &TenantId,
+        phone: &PhoneNumber,
+        user_id: &UserId,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// The other key of a known pairing (a phone's user id, a user id's phone).
+    async fn paired_key(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<OptOutKey>, StoreError>;
+    /// Records that the user `key` wrote to the tenant's number `phone_number_id` at
+    /// `at` (kept in whole seconds), unless a later time is already recorded (a conditional write: webhooks arrive
+    /// in any order). The item expires at `expires_at` (epoch seconds).
+    async fn record_inbound(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        key: &OptOutKey,
+        at: DateTime<Utc>,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
+    /// When the user `key` last wrote to `phone_number_id`, unless that record expired.
+    async fn last_inbound(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        key: &OptOutKey,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
 }
 
 /// What is remembered of an `Idempotency-Key`: its hash, the request's fingerprint and

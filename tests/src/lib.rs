@@ -403,6 +403,34 @@ pub fn sign_with(secret: &str, body: &[u8]) -> String {
 }
 
 impl TestApp {
+    /// The user `to` (E.164) writes to the tenant's number now, through the sandbox's
+    /// signed inbound webhook: their 24-hour customer-service window opens, so session
+    /// texts to them are allowed.
+    pub async fn user_wrote(&self, phone_number_id: &str, to: &str) {
+        self.sandbox_inbound(
+            serde_json::json!({"phone_number_id": phone_number_id, "from": to, "text": "Hi"}),
+        )
+        .await;
+    }
+
+    /// `POST /_sandbox/inbound` (`{"phone_number_id","from"?,"user_id"?,"text"?|"button"?}`):
+    /// the sandbox sends Meta's signed inbound webhook; asserts the platform took it.
+    pub async fn sandbox_inbound(&self, body: serde_json::Value) {
+        let res = self
+            .http
+            .post(self.url("/_sandbox/inbound"))
+            .json(&body)
+            .send()
+            .await
+            .expect("sandbox inbound request");
+        assert_eq!(res.status(), 200);
+        let body: serde_json::Value = res.json().await.expect("json");
+        assert_eq!(
+            body["delivered"], true,
+            "the platform took the inbound webhook"
+        );
+    }
+
     /// POSTs a notification to the Meta webhook, correctly signed.
     pub async fn post_webhook(&self, body: &serde_json::Value) -> reqwest::Response {
         let raw = body.to_string();

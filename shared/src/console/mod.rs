@@ -73,8 +73,8 @@ mod tests {
         assert!(may(Role::ReadOnly, "GET", "/v1/messages"));
         assert!(!may(Role::ReadOnly, "POST", "/v1/messages"));
         assert!(may(Role::Operator, "POST", "/v1/messages"));
-        assert!(may(Role::Operator, "PUT", "/v1/opt-outs/{phone}"));
-        assert!(!may(Role::Operator, "DELETE", "/v1/opt-outs/{phone}"));
+        assert!(may(Role::Operator, "PUT", "/v1/opt-outs/{key}"));
+        assert!(!may(Role::Operator, "DELETE", "/v1/opt-outs/{key}"));
         assert!(may(Role::Admin, "POST", "/v1/api-keys"));
         assert!(!may(Role::Operator, "GET", "/v1/api-keys"));
         assert!(may(Role::ReadOnly, "POST", "/v1/auth/2fa/enroll"));

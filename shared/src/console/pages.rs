@@ -922,13 +922,13 @@ async fn render_opt_outs(
         return failed(&a);
     }
     let list = a.body["opt_outs"].as_array().cloned().unwrap_or_default();
-    let can_remove = ctx.may("DELETE", "/v1/opt-outs/{phone}");
+    let can_remove = ctx.may("DELETE", "/v1/opt-outs/{key}");
     let body = html! {
-        @if ctx.may("PUT", "/v1/opt-outs/{phone}") {
+        @if ctx.may("PUT", "/v1/opt-outs/{key}") {
             h2 { "Add an opt-out" }
             form.stack method="post" action="/console/opt-outs" {
                 (csrf(&ctx.csrf))
-                div { label for="phone" { "Phone (E.164)" } input #phone type="tel" name="phone" required; }
+                div { label for="phone" { "Phone (E.164) or WhatsApp user id" } input #phone type="text" name="phone" required; }
                 div {
                     label for="scope" { "Scope" }
                     select #scope name="scope" {
@@ -942,23 +942,24 @@ async fn render_opt_outs(
         div.table-wrap {
             table #opt-outs {
                 caption { "Opted-out numbers" }
-                thead { tr { th scope="col" { "Phone" } th scope="col" { "Scope" } th scope="col" { "Source" } th scope="col" { "Since" } @if can_remove { th scope="col" { "Action" } } } }
+                thead { tr { th scope="col" { "Phone" } th scope="col" { "User id" } th scope="col" { "Scope" } th scope="col" { "Source" } th scope="col" { "Since" } @if can_remove { th scope="col" { "Action" } } } }
                 tbody {
                     @for o in &list {
+                        @let key = if o["phone"].is_string() { text(o, "phone") } else { text(o, "user_id") };
                         tr {
-                            td { (text(o, "phone")) } td { (text(o, "scope")) } td { (text(o, "source")) } td { (when(&o["created_at"])) }
+                            td { (text(o, "phone")) } td { (text(o, "user_id")) } td { (text(o, "scope")) } td { (text(o, "source")) } td { (when(&o["created_at"])) }
                             @if can_remove {
                                 td {
                                     form.inline method="post" action="/console/opt-outs/remove" {
                                         (csrf(&ctx.csrf))
-                                        input type="hidden" name="phone" value=(text(o, "phone"));
-                                        button.danger type="submit" aria-label=(format!("Remove the opt-out of {}", text(o, "phone"))) { "Remove" }
+                                        input type="hidden" name="phone" value=(key);
+                                        button.danger type="submit" aria-label=(format!("Remove the opt-out of {key}")) { "Remove" }
                                     }
                                 }
                             }
                         }
                     }
-                    @if list.is_empty() { tr { td colspan="5" { "No opt-outs." } } }
+                    @if list.is_empty() { tr { td colspan="6" { "No opt-outs." } } }
                 }
             }
         }

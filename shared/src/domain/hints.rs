@@ -50,6 +50,7 @@ pub const HINTS: &[(Code, &str)] = &[
     (Code::Meta(190), "The Meta access token of this account is invalid or has expired, so the account was paused. Ask your provider to update the token and resume the account, then send again."),
     (Code::Meta(368), "Meta temporarily blocked the account for policy violations, so it was paused. Review Meta's policy notice in Business Manager."),
     (Code::Kirim("recipient_opted_out"), "The customer asked not to receive messages from you (a STOP reply or an opt-out). Nothing was sent or charged; send again only if they opt back in."),
+    (Code::Kirim("outside_customer_service_window"), "The customer has not written to this number in the last 24 hours, so a free-text message would be refused by Meta. Nothing was sent or charged; send an approved template instead."),
     (Code::Kirim("tenant_suspended"), "Your account was suspended before the message was sent. It was refunded; contact your provider, then send again."),
     (Code::Kirim("tenant_closed"), "The account was closed before the message was sent. It was refunded."),
     (Code::Kirim("cancelled"), "The message was cancelled before it was sent. It was refunded."),

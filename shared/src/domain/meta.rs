@@ -7,6 +7,10 @@
 //! `template_category_update`, `message_template_quality_update`). Services see only
 //! [`MetaEvent`]s, never Meta's JSON.
 //!
+//! Users are named by phone (`recipient_id`, `from`, `wa_id`), by Meta's business-scoped
+//! user id (`recipient_user_id`, `from_user_id`, `user_id`; rolled out in 2026, not yet in
+//! the v23.0 spec file), or by both: an event without a phone is still an event.
+//!
 //! Parsing is tolerant: unknown fields are ignored, and a piece Kirim does not understand
 //! (an unknown change, a status of another shape or an unknown status word, a list where
 //! an object was expected) becomes one [`MetaEvent::Unknown`], which is skipped and
@@ -22,7 +26,7 @@ use super::template::{
     valid_language, valid_name, TemplateChange, TemplateQuality, TemplateStatus,
 };
 use super::{
-    keyword, Keyword, MessageId, MessageStatus, OptOutSource, PhoneNumber, TemplateCategory,
+    keyword, Keyword, MessageId, MessageStatus, OptOutSource, PhoneNumber, TemplateCategory, UserId,
 };
 
 /// Meta's wamids are ~60 characters; anything far longer is not one (and would not fit
@@ -132,6 +136,8 @@ pub struct StatusReport {
     pub callback: Option<MessageId>,
     /// The recipient (`recipient_id`), when Meta names it by phone number.
     pub recipient: Option<PhoneNumber>,
+    /// The recipient's business-scoped user id (`recipient_user_id`), when Meta gives it.
+    pub recipient_user_id: Option<UserId>,
     pub errors: Vec<MetaError>,
 }
 
@@ -153,11 +159,35 @@ impl StatusReport {
 #[derive(Clone, Debug, PartialEq)]
 pub struct InboundMessage {
     pub phone_number_id: Option<String>,
-    /// The sender, when Meta names them by phone number.
+    /// The sender, when Meta names them by phone number (`from`, else the matching
+    /// contact's `wa_id`).
     pub from: Option<PhoneNumber>,
+    /// The sender's business-scoped user id (`from_user_id`, else the matching contact's
+    /// `user_id`), when Meta gives it.
+    pub from_user_id: Option<UserId>,
     /// Meta's timestamp (epoch seconds), if it gave a readable one.
     pub timestamp: Option<i64>,
     pub request: Option<(Keyword, OptOutSource)>,
+}
+
+/// What a user chose in WhatsApp about a kind of message (`user_preferences`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Preference {
+    /// `marketing_messages` `stop`.
+    StopMarketing,
+    /// `marketing_messages` `resume`.
+    ResumeMarketing,
+}
+
+/// One `user_preferences` item: a user stopped or resumed marketing messages.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserPreference {
+    pub phone_number_id: Option<String>,
+    pub phone: Option<PhoneNumber>,
+    pub user_id: Option<UserId>,
+    pub preference: Preference,
+    /// Meta's timestamp (epoch seconds), if it gave a readable one.
+    pub timestamp: Option<i64>,
 }
 
 /// An account-level change (`account_update`) of a WhatsApp Business Account.
@@ -203,6 +233,7 @@ pub struct Unknown {
 pub enum MetaEvent {
     Status(StatusReport),
     Inbound(InboundMessage),
+    UserPreference(UserPreference),
     AccountUpdate(AccountUpdate),
     Template(TemplateUpdate),
     Unknown(Unknown),
@@ -283,19 +314,27 @@ fn read_change(waba_id: &str, change: &Value, events: &mut Vec<MetaEvent>) {
         .map(str::to_owned);
     let statuses = value.get("statuses");
     let messages = value.get("messages");
-    if statuses.is_none() && messages.is_none() {
+    let preferences = value.get("user_preferences");
+    if statuses.is_none() && messages.is_none() && preferences.is_none() {
         events.push(unknown("field", field));
         return;
     }
-    for (list, piece) in [(statuses, "status"), (messages, "message")] {
+    let contacts = contacts(value.get("contacts"));
+    for (list, piece) in [
+        (statuses, "status"),
+        (messages, "message"),
+        (preferences, "user_preference"),
+    ] {
         match list {
             None => {}
             Some(Value::Array(items)) => {
                 for item in items {
-                    let event = if piece == "status" {
-                        status(item, &phone_number_id).map(MetaEvent::Status)
-                    } else {
-                        inbound(item, &phone_number_id).map(MetaEvent::Inbound)
+                    let event = match piece {
+                        "status" => status(item, &phone_number_id).map(MetaEvent::Status),
+                        "message" => {
+                            inbound(item, &phone_number_id, &contacts).map(MetaEvent::Inbound)
+                        }
+                        _ => user_preference(item, &phone_number_id).map(MetaEvent::UserPreference),
                     };
                     events.push(event.unwrap_or_else(|| unknown(piece, field)));
                 }
@@ -303,6 +342,48 @@ fn read_change(waba_id: &str, change: &Value, events: &mut Vec<MetaEvent>) {
             Some(_) => events.push(unknown(piece, field)),
         }
     }
+}
+
+/// A change's `contacts` (`wa_id`, `user_id`), read leniently: an odd one is left out.
+fn contacts(list: Option<&Value>) -> Vec<(Option<PhoneNumber>, Option<UserId>)> {
+    list.and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(lenient::<ContactIn>)
+                .map(|c| {
+                    (
+                        meta_phone(c.wa_id.as_deref()),
+                        c.user_id.as_deref().and_then(UserId::parse),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn user_preference(item: &Value, phone_number_id: &Option<String>) -> Option<UserPreference> {
+    let p: UserPreferenceIn = lenient(item)?;
+    let preference = match (
+        p.category.to_ascii_lowercase().as_str(),
+        p.value.to_ascii_lowercase().as_str(),
+    ) {
+        ("marketing_messages", "stop") => Preference::StopMarketing,
+        ("marketing_messages", "resume") => Preference::ResumeMarketing,
+        _ => return None,
+    };
+    let phone = meta_phone(p.wa_id.as_deref());
+    let user_id = p.user_id.as_deref().and_then(UserId::parse);
+    if phone.is_none() && user_id.is_none() {
+        return None;
+    }
+    Some(UserPreference {
+        phone_number_id: phone_number_id.clone(),
+        phone,
+        user_id,
+        preference,
+        timestamp: p.timestamp.as_ref().and_then(epoch_seconds),
+    })
 }
 
 /// The change fields of Meta's template webhooks.
@@ -362,6 +443,7 @@ fn status(item: &Value, phone_number_id: &Option<String>) -> Option<StatusReport
             .as_deref()
             .and_then(MessageId::parse),
         recipient: meta_phone(s.recipient_id.as_deref()),
+        recipient_user_id: s.recipient_user_id.as_deref().and_then(UserId::parse),
         errors: s
             .errors
             .into_iter()
@@ -390,27 +472,63 @@ fn epoch_seconds(v: &Value) -> Option<i64> {
     }
 }
 
-fn inbound(item: &Value, phone_number_id: &Option<String>) -> Option<InboundMessage> {
+/// The keyword of a button reply: STOP if its payload, id or title is a STOP word (a STOP
+/// wins over a START), else START if one of them is a START word.
+fn button_keyword(candidates: &[Option<&str>]) -> Option<Keyword> {
+    let words: Vec<Keyword> = candidates
+        .iter()
+        .flatten()
+        .filter_map(|c| keyword(c))
+        .collect();
+    if words.contains(&Keyword::Stop) {
+        Some(Keyword::Stop)
+    } else {
+        words.first().copied()
+    }
+}
+
+fn inbound(
+    item: &Value,
+    phone_number_id: &Option<String>,
+    contacts: &[(Option<PhoneNumber>, Option<UserId>)],
+) -> Option<InboundMessage> {
     let m: InboundIn = lenient(item)?;
-    // The first place that holds a reply decides, as before: typed text, a template's
-    // quick-reply button, an interactive button reply.
+    // The first place that holds a reply decides: typed text, a template's quick-reply
+    // button (payload or text), an interactive button reply (id or title).
     let request = if let Some(t) = &m.text {
         keyword(&t.body).map(|k| (k, OptOutSource::Keyword))
-    } else if let Some(p) = m.button.as_ref().and_then(|b| b.payload.as_deref()) {
-        keyword(p).map(|k| (k, OptOutSource::Button))
-    } else if let Some(id) = m
-        .interactive
-        .as_ref()
-        .and_then(|i| i.button_reply.as_ref())
-        .and_then(|b| b.id.as_deref())
-    {
-        keyword(id).map(|k| (k, OptOutSource::Button))
+    } else if let Some(b) = &m.button {
+        button_keyword(&[b.payload.as_deref(), b.text.as_deref()])
+            .map(|k| (k, OptOutSource::Button))
+    } else if let Some(b) = m.interactive.as_ref().and_then(|i| i.button_reply.as_ref()) {
+        button_keyword(&[b.id.as_deref(), b.title.as_deref()]).map(|k| (k, OptOutSource::Button))
     } else {
         None
     };
+    let mut from = meta_phone(m.from.as_deref());
+    let mut from_user_id = m.from_user_id.as_deref().and_then(UserId::parse);
+    // A missing half comes from the contact that matches the other half (or the only one).
+    let contact = contacts
+        .iter()
+        .find(|(p, u)| {
+            (from.is_some() && *p == from) || (from_user_id.is_some() && *u == from_user_id)
+        })
+        .or(match contacts {
+            [only] if from.is_none() && from_user_id.is_none() => Some(only),
+            _ => None,
+        });
+    if let Some((p, u)) = contact {
+        if from.is_none() {
+            from = p.clone();
+        }
+        if from_user_id.is_none() {
+            from_user_id = u.clone();
+        }
+    }
     Some(InboundMessage {
         phone_number_id: phone_number_id.clone(),
-        from: meta_phone(m.from.as_deref()),
+        from,
+        from_user_id,
         timestamp: m.timestamp.as_ref().and_then(epoch_seconds),
         request,
     })
@@ -453,6 +571,8 @@ struct StatusIn {
     #[serde(default)]
     recipient_id: Option<String>,
     #[serde(default)]
+    recipient_user_id: Option<String>,
+    #[serde(default)]
     biz_opaque_callback_data: Option<String>,
     #[serde(default)]
     errors: Vec<Value>,
@@ -471,6 +591,8 @@ struct ErrorIn {
 struct InboundIn {
     #[serde(default)]
     from: Option<String>,
+    #[serde(default)]
+    from_user_id: Option<String>,
     #[serde(default)]
     timestamp: Option<Value>,
     #[serde(default)]
@@ -491,6 +613,28 @@ struct TextIn {
 struct ButtonIn {
     #[serde(default)]
     payload: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ContactIn {
+    #[serde(default)]
+    wa_id: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UserPreferenceIn {
+    #[serde(default)]
+    wa_id: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+    category: String,
+    value: String,
+    #[serde(default)]
+    timestamp: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -503,6 +647,8 @@ struct InteractiveIn {
 struct ButtonReplyIn {
     #[serde(default)]
     id: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
 }
 
 #[cfg(test)]
@@ -592,6 +738,118 @@ mod tests {
         assert!(
             matches!(&e[1], MetaEvent::Inbound(m) if m.request == Some((Keyword::Start, OptOutSource::Button)))
         );
+    }
+
+    #[test]
+    fn a_status_and_an_inbound_message_without_a_phone_are_read_with_their_user_id() {
+        let e = events(messages_change(json!({
+            "metadata": {"phone_number_id": "pn1"},
+            "statuses": [{"id": "wamid.A", "status": "delivered", "timestamp": "1700000000",
+                "recipient_user_id": "US.13491208655302741918"}],
+            "messages": [{"from_user_id": "US.13491208655302741918", "id": "wamid.in",
+                "timestamp": "1700000001", "type": "text", "text": {"body": "stop"}}]
+        })));
+        let MetaEvent::Status(s) = &e[0] else {
+            panic!("{e:?}")
+        };
+        assert_eq!(s.recipient, None);
+        assert_eq!(
+            s.recipient_user_id.as_ref().map(UserId::as_str),
+            Some("US.13491208655302741918")
+        );
+        let MetaEvent::Inbound(m) = &e[1] else {
+            panic!("{e:?}")
+        };
+        assert_eq!(m.from, None);
+        assert_eq!(
+            m.from_user_id.as_ref().map(UserId::as_str),
+            Some("US.13491208655302741918")
+        );
+        assert_eq!(m.request, Some((Keyword::Stop, OptOutSource::Keyword)));
+    }
+
+    #[test]
+    fn a_missing_phone_or_user_id_of_a_sender_comes_from_the_matching_contact() {
+        let e = events(messages_change(json!({
+            "contacts": [{"profile": {"name": "A"}, "wa_id": "60123456789", "user_id": "MY.777"},
+                {"wa_id": "60111111111", "user_id": "MY.111"}],
+            "messages": [{"from": "60123456789", "text": {"body": "hi"}},
+                {"from_user_id": "MY.111", "text": {"body": "hi"}},
+                {"from": "60199999999", "from_user_id": "not an id", "text": {"body": "hi"}}]
+        })));
+        let senders: Vec<(Option<String>, Option<String>)> = e
+            .iter()
+            .map(|e| match e {
+                MetaEvent::Inbound(m) => (
+                    m.from.as_ref().map(|p| p.to_string()),
+                    m.from_user_id.as_ref().map(|u| u.to_string()),
+                ),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            senders,
+            vec![
+                (Some("+60123456789".into()), Some("MY.777".into())),
+                (Some("+60111111111".into()), Some("MY.111".into())),
+                (Some("+60199999999".into()), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_button_reply_is_a_stop_when_its_payload_id_or_title_is_a_stop_word() {
+        let e = events(messages_change(json!({"messages": [
+            {"from": "60123456789", "button": {"payload": "promo-123", "text": "STOP"}},
+            {"from": "60123456789", "interactive": {"type": "button_reply", "button_reply": {"id": "btn_2", "title": "Stop"}}},
+            {"from": "60123456789", "interactive": {"type": "button_reply", "button_reply": {"id": "START", "title": "Unsubscribe"}}},
+            {"from": "60123456789", "button": {"payload": "yes", "text": "Stop promotions"}}
+        ]})));
+        let requests: Vec<_> = e
+            .iter()
+            .map(|e| match e {
+                MetaEvent::Inbound(m) => m.request,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let stop = Some((Keyword::Stop, OptOutSource::Button));
+        assert_eq!(requests, vec![stop, stop, stop, None]);
+    }
+
+    #[test]
+    fn user_preferences_become_marketing_stop_or_resume_and_odd_ones_are_skipped() {
+        let body = json!({"entry":[{"id":"waba1","changes":[{"field":"user_preferences","value":{
+        "messaging_product":"whatsapp","metadata":{"phone_number_id":"pn1"},
+        "contacts":[{"wa_id":"60123456789","user_id":"MY.777"}],
+        "user_preferences":[
+            {"wa_id":"60123456789","user_id":"MY.777","detail":"User requested to stop marketing messages",
+             "category":"marketing_messages","value":"stop","timestamp":1731705721},
+            {"user_id":"MY.778","category":"marketing_messages","value":"resume","timestamp":"1731705722"},
+            {"wa_id":"60123456789","category":"marketing_messages","value":"maybe"},
+            {"category":"marketing_messages","value":"stop"},
+            {"wa_id":"60123456789","category":"calls","value":"stop"}
+        ]}}]}]});
+        let e = events(body);
+        let MetaEvent::UserPreference(p) = &e[0] else {
+            panic!("{e:?}")
+        };
+        assert_eq!(p.phone_number_id.as_deref(), Some("pn1"));
+        assert_eq!(
+            p.phone.as_ref().map(|p| p.to_string()).as_deref(),
+            Some("+60123456789")
+        );
+        assert_eq!(p.user_id.as_ref().map(UserId::as_str), Some("MY.777"));
+        assert_eq!(p.preference, Preference::StopMarketing);
+        assert_eq!(p.timestamp, Some(1_731_705_721));
+        assert!(matches!(&e[1], MetaEvent::UserPreference(p)
+            if p.preference == Preference::ResumeMarketing && p.phone.is_none() && p.timestamp == Some(1_731_705_722)));
+        for odd in &e[2..] {
+            assert!(
+                matches!(odd, MetaEvent::Unknown(u) if u.piece == "user_preference"),
+                "{odd:?}"
+            );
+        }
+        assert_eq!(e.len(), 5);
     }
 
     #[test]

@@ -753,6 +753,9 @@ fn check_bounds(events: &[MetaEvent]) -> Result<(), TestCaseError> {
                 prop_assert!(s.errors.iter().all(|e| e.title.chars().count() <= 200));
             }
             MetaEvent::Unknown(u) => prop_assert!(u.field.chars().count() <= 64),
+            MetaEvent::UserPreference(p) => {
+                prop_assert!(p.phone.is_some() || p.user_id.is_some())
+            }
             MetaEvent::Inbound(_) | MetaEvent::AccountUpdate(_) | MetaEvent::Template(_) => {}
         }
     }

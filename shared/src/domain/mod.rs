@@ -25,12 +25,13 @@ pub use message::{
     Content, ErrorCode, MessageError, MessageRecord, StatusEvent, TemplateCategory, TemplateRef,
 };
 pub use optout::{
-    keyword, Keyword, OptOut, OptOutScope, OptOutSource, BY_META, START_WORDS, STOP_WORDS,
+    keyword, Keyword, OptOut, OptOutKey, OptOutScope, OptOutSource, UserId, BY_META, MAX_USER_ID,
+    START_WORDS, STOP_WORDS,
 };
 pub use phone::{mask_phone, PhoneNumber, PhoneNumberError};
 pub use retention::{
     parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION,
-    LOGIN_FAILURES_RETENTION, SEND_SLOT_RETENTION,
+    CUSTOMER_SERVICE_WINDOW, LOGIN_FAILURES_RETENTION, SEND_SLOT_RETENTION,
 };
 pub use role::Role;
 pub use status::{MessageStatus, StatusError};

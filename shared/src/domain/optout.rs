@@ -1,9 +1,106 @@
-//! Opt-outs: a recipient who asked not to be messaged (by a tenant).
+//! Opt-outs: a recipient who asked not to be messaged (by a tenant). A recipient is named
+//! by a phone number, by Meta's business-scoped user id ([`UserId`]), or by both.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{PhoneNumber, TemplateCategory, TenantId};
+
+/// The longest user id accepted: Meta's are a country code, a period and up to 128
+/// alphanumeric characters (a parent id adds `ENT.`).
+pub const MAX_USER_ID: usize = 140;
+
+/// Meta's business-scoped user id of a WhatsApp user (`user_id`, `from_user_id`,
+/// `recipient_user_id`; rolled out in 2026): a two-letter ISO country code, a period, then
+/// letters, digits and periods (`US.13491208655302741918`, `US.ENT.11815799212886844830`).
+/// Kept exactly as Meta wrote it. Never starts with `+`, so it never reads as a phone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn parse(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        let ok = (4..=MAX_USER_ID).contains(&b.len())
+            && b[0].is_ascii_uppercase()
+            && b[1].is_ascii_uppercase()
+            && b[2] == b'.'
+            && b[3..]
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'.')
+            && b[3] != b'.'
+            && b[b.len() - 1] != b'.';
+        ok.then(|| Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for UserId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        UserId::parse(&s).ok_or_else(|| serde::de::Error::custom("not a WhatsApp user id"))
+    }
+}
+
+/// What an opt-out (or a user's last inbound time) is stored under: a phone number or a
+/// user id. `GET|PUT|DELETE /v1/opt-outs/{key}` take either.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OptOutKey {
+    Phone(PhoneNumber),
+    User(UserId),
+}
+
+impl OptOutKey {
+    /// E.164 with `+` (a phone), else a user id; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s.starts_with('+') {
+            PhoneNumber::parse(s).ok().map(OptOutKey::Phone)
+        } else {
+            UserId::parse(s).map(OptOutKey::User)
+        }
+    }
+
+    /// Masked for logs: a phone's middle digits, a user id's tail.
+    pub fn masked(&self) -> String {
+        match self {
+            OptOutKey::Phone(p) => p.masked(),
+            OptOutKey::User(u) => {
+                let head: String = u.as_str().chars().take(5).collect();
+                format!("{head}…")
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for OptOutKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptOutKey::Phone(p) => write!(f, "{p}"),
+            OptOutKey::User(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+impl From<PhoneNumber> for OptOutKey {
+    fn from(p: PhoneNumber) -> Self {
+        OptOutKey::Phone(p)
+    }
+}
+
+impl From<UserId> for OptOutKey {
+    fn from(u: UserId) -> Self {
+        OptOutKey::User(u)
+    }
+}
 
 /// What an opt-out blocks: every message, or marketing templates only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -39,7 +136,7 @@ impl OptOutScope {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OptOutSource {
-    /// `PUT /v1/opt-outs/{phone}`.
+    /// `PUT /v1/opt-outs/{key}`.
     Api,
     /// An inbound STOP-type text.
     Keyword,
@@ -48,6 +145,8 @@ pub enum OptOutSource {
     /// Meta reported error 131050 (the user stopped marketing messages).
     #[serde(rename = "meta_131050")]
     Meta131050,
+    /// A `user_preferences` webhook: the user stopped marketing messages in WhatsApp.
+    MetaUserPreferences,
 }
 
 /// Replies that opt the sender out (compared trimmed and case-folded, as the whole text).
@@ -85,11 +184,15 @@ pub fn keyword(text: &str) -> Option<Keyword> {
 /// `created_by` of opt-outs that came through Meta (inbound replies, 131050).
 pub const BY_META: &str = "meta";
 
-/// One opt-out. Never the inbound text that caused it.
+/// One opt-out. Never the inbound text that caused it. It names the recipient by phone,
+/// by user id or by both (at least one: see [`OptOut::key`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptOut {
     pub tenant_id: TenantId,
-    pub phone: PhoneNumber,
+    #[serde(default)]
+    pub phone: Option<PhoneNumber>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
     pub scope: OptOutScope,
     pub source: OptOutSource,
     /// The API key id that added it, or `meta`.
@@ -102,6 +205,15 @@ pub struct OptOut {
 }
 
 impl OptOut {
+    /// What it is stored under: the phone when known, else the user id.
+    pub fn key(&self) -> Option<OptOutKey> {
+        match (&self.phone, &self.user_id) {
+            (Some(p), _) => Some(OptOutKey::Phone(p.clone())),
+            (None, Some(u)) => Some(OptOutKey::User(u.clone())),
+            (None, None) => None,
+        }
+    }
+
     /// Whether a STOP reply of Meta's time `at` may replace this opt-out's time: never
     /// with an older one, so a late START cannot undo the newest STOP.
     pub fn replies_not_newer_than(&self, at: i64) -> bool {
@@ -136,5 +248,67 @@ mod tests {
         );
         assert!(OptOutScope::All.covers(OptOutScope::Marketing));
         assert!(!OptOutScope::Marketing.covers(OptOutScope::All));
+        assert_eq!(
+            serde_json::to_value(OptOutSource::MetaUserPreferences).unwrap(),
+            "meta_user_preferences"
+        );
+    }
+
+    #[test]
+    fn a_key_is_an_e164_phone_or_a_meta_user_id_and_nothing_else() {
+        assert!(matches!(
+            OptOutKey::parse("+60123456789"),
+            Some(OptOutKey::Phone(_))
+        ));
+        for id in [
+            "US.13491208655302741918",
+            "US.ENT.11815799212886844830",
+            "BR.abc9",
+        ] {
+            assert!(
+                matches!(OptOutKey::parse(id), Some(OptOutKey::User(u)) if u.as_str() == id),
+                "{id}"
+            );
+        }
+        for bad in [
+            "",
+            "+6012",
+            "60123456789",
+            "us.123",
+            "US123",
+            "US.",
+            "US..1",
+            "US.1.",
+            "US.12 3",
+            "US.1/2",
+            "U.123",
+            &format!("US.{}", "1".repeat(MAX_USER_ID)),
+        ] {
+            assert_eq!(OptOutKey::parse(bad), None, "{bad:?}");
+        }
+        let u = OptOutKey::parse("US.13491208655302741918").unwrap();
+        assert!(!u.masked().contains("13491208655302741918"));
+    }
+
+    #[test]
+    fn an_opt_out_is_keyed_by_its_phone_else_its_user_id_and_reads_old_items() {
+        let old = serde_json::json!({"tenant_id": "01JABCDEFGHJKMNPQRSTVWXYZ0", "phone": "+60123456789",
+            "scope": "all", "source": "keyword", "created_by": "meta", "created_at": "2026-01-01T00:00:00Z"});
+        let o: OptOut = serde_json::from_value(old).unwrap();
+        assert_eq!(o.key().unwrap().to_string(), "+60123456789");
+        let by_id = OptOut {
+            phone: None,
+            user_id: UserId::parse("US.1"),
+            ..o.clone()
+        };
+        assert_eq!(by_id.key().unwrap().to_string(), "US.1");
+        assert_eq!(
+            OptOut {
+                user_id: None,
+                ..by_id
+            }
+            .key(),
+            None
+        );
     }
 }

@@ -32,6 +32,9 @@ pub enum RetentionClass {
     /// Failed-login counters (per email and address, per address): a day after the last
     /// failure they are gone.
     LoginFailures,
+    /// When a user last wrote to one of a tenant's numbers: Meta's 24-hour
+    /// customer-service window, gone when it closes.
+    ServiceWindow,
 }
 
 /// How long an uploaded recipient list may outlive an unfinished fan-out (not configurable).
@@ -40,6 +43,9 @@ pub const BROADCAST_LIST_RETENTION: Duration = Duration::from_secs(7 * DAY);
 pub const SEND_SLOT_RETENTION: Duration = Duration::from_secs(3600);
 /// How long a failed-login counter outlives its last failure (not configurable).
 pub const LOGIN_FAILURES_RETENTION: Duration = Duration::from_secs(DAY);
+/// Meta's customer-service window: how long after a user last wrote a session message
+/// may be sent to them, and how long that time is kept (not configurable).
+pub const CUSTOMER_SERVICE_WINDOW: Duration = Duration::from_secs(DAY);
 
 #[derive(Clone, Debug)]
 pub struct RetentionConfig {
@@ -82,6 +88,7 @@ impl RetentionConfig {
             RetentionClass::BroadcastList => Some(BROADCAST_LIST_RETENTION),
             RetentionClass::SendSlot => Some(SEND_SLOT_RETENTION),
             RetentionClass::LoginFailures => Some(LOGIN_FAILURES_RETENTION),
+            RetentionClass::ServiceWindow => Some(CUSTOMER_SERVICE_WINDOW),
         }
     }
 
@@ -97,7 +104,7 @@ impl RetentionConfig {
 
 impl RetentionClass {
     /// Every class, in report order.
-    pub const ALL: [RetentionClass; 11] = [
+    pub const ALL: [RetentionClass; 12] = [
         RetentionClass::Messages,
         RetentionClass::Billing,
         RetentionClass::Audit,
@@ -108,6 +115,7 @@ impl RetentionClass {
         RetentionClass::BroadcastList,
         RetentionClass::SendSlot,
         RetentionClass::LoginFailures,
+        RetentionClass::ServiceWindow,
         RetentionClass::ActiveConfig,
     ];
 
@@ -125,6 +133,7 @@ impl RetentionClass {
             RetentionClass::BroadcastList => "broadcast_list",
             RetentionClass::SendSlot => "send_slot",
             RetentionClass::LoginFailures => "login_failures",
+            RetentionClass::ServiceWindow => "service_window",
         }
     }
 }

@@ -73,7 +73,7 @@ impl World {
     }
 
     async fn tenant(&self, n: u32, messages: u32, phones: u32) -> Tenant {
-        let (_, key) = accounts::create_tenant(
+        let (created, key) = accounts::create_tenant(
             &self.deps,
             NewTenant {
                 name: format!("tenant {n}"),
@@ -92,7 +92,19 @@ impl World {
             phones: BTreeSet::new(),
         };
         for i in 0..messages {
-            let body = json!({"to": format!("+6012{n}{i:06}"), "text": {"body": "hi"}});
+            let to = format!("+6012{n}{i:06}");
+            // The user wrote first: a session text is within the 24-hour window.
+            let from = crate::domain::OptOutKey::parse(&to).unwrap();
+            crate::service::contacts::user_wrote(
+                &self.deps,
+                &created.id,
+                &format!("200{n}"),
+                &[from],
+                None,
+            )
+            .await
+            .unwrap();
+            let body = json!({"to": to, "text": {"body": "hi"}});
             let (status, v) = self.call(&t.key, Method::POST, "/v1/messages", body).await;
             assert_eq!(status, StatusCode::ACCEPTED, "{v}");
             t.messages.insert(v["id"].as_str().unwrap().to_owned());

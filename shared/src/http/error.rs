@@ -104,6 +104,11 @@ impl From<ServiceError> for ApiError {
                 "recipient_opted_out",
                 "the recipient has opted out of these messages; nothing was sent or debited",
             ),
+            OutsideCustomerServiceWindow => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "outside_customer_service_window",
+                "the user has not written to this number in the last 24 hours, so Meta would refuse a session text; send a template. Nothing was sent or debited",
+            ),
             IdempotencyKeyReused => ApiError::new(
                 StatusCode::CONFLICT,
                 "idempotency_key_reused",

@@ -1,6 +1,7 @@
 //! `/v1/opt-outs`: list and read (read_only), add (operator), remove (admin); the roles
 //! are enforced by the access table (`http::access::ROUTES`).
-//! `{phone}` is E.164 with `+`, also accepted percent-encoded (`%2B60123456789`).
+//! `{key}` is a phone in E.164 with `+` (also accepted percent-encoded, `%2B60123456789`)
+//! or Meta's business-scoped user id (`US.13491208655302741918`).
 
 use std::collections::HashMap;
 
@@ -23,7 +24,7 @@ use crate::service::optouts;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/v1/opt-outs", get(list)).route(
-        "/v1/opt-outs/{phone}",
+        "/v1/opt-outs/{key}",
         get(get_one).put(put_one).delete(delete_one),
     )
 }
@@ -31,7 +32,10 @@ pub(super) fn routes() -> Router<AppState> {
 /// What leaves the system about an opt-out. Never inbound text (none is kept).
 #[derive(Serialize, Debug)]
 pub struct OptOutView {
-    pub phone: String,
+    /// `null` for a user known only by id.
+    pub phone: Option<String>,
+    /// Meta's business-scoped user id, when known (`null` otherwise).
+    pub user_id: Option<String>,
     pub scope: OptOutScope,
     pub source: OptOutSource,
     /// The API key id that added it, or `meta`.
@@ -42,7 +46,8 @@ pub struct OptOutView {
 impl From<&OptOut> for OptOutView {
     fn from(o: &OptOut) -> Self {
         Self {
-            phone: o.phone.to_string(),
+            phone: o.phone.as_ref().map(ToString::to_string),
+            user_id: o.user_id.as_ref().map(ToString::to_string),
             scope: o.scope,
             source: o.source,
             created_by: o.created_by.clone(),
@@ -88,25 +93,21 @@ async fn list(
     Ok(Json(json!({"opt_outs": items, "next_cursor": page.next_cursor})).into_response())
 }
 
-async fn get_one(
-    State(s): State<AppState>,
-    ctx: TenantCtx,
-    Path(phone): Path<String>,
-) -> ApiResult {
+async fn get_one(State(s): State<AppState>, ctx: TenantCtx, Path(key): Path<String>) -> ApiResult {
     let tenant = ctx.tenant_id();
-    let phone = optouts::parse_phone(&phone)?;
-    let o = optouts::get(&s.deps, tenant, &phone).await?;
+    let key = optouts::parse_key(&key)?;
+    let o = optouts::get(&s.deps, tenant, &key).await?;
     Ok(Json(OptOutView::from(&o)).into_response())
 }
 
 async fn put_one(
     State(s): State<AppState>,
     ctx: TenantCtx,
-    Path(phone): Path<String>,
+    Path(key): Path<String>,
     body: Bytes,
 ) -> ApiResult {
     let tenant = ctx.tenant_id();
-    let phone = optouts::parse_phone(&phone)?;
+    let key = optouts::parse_key(&key)?;
     let scope = if body.iter().all(u8::is_ascii_whitespace) {
         OptOutScope::All
     } else {
@@ -115,17 +116,18 @@ async fn put_one(
             .unwrap_or(OptOutScope::All)
     };
     let (_, by) = ctx.caller.actor();
-    let o = optouts::add(&s.deps, tenant, phone, scope, OptOutSource::Api, &by, None).await?;
+    let who = optouts::Recipient::of(key);
+    let o = optouts::add(&s.deps, tenant, who, scope, OptOutSource::Api, &by, None).await?;
     Ok(Json(OptOutView::from(&o)).into_response())
 }
 
 async fn delete_one(
     State(s): State<AppState>,
     ctx: TenantCtx,
-    Path(phone): Path<String>,
+    Path(key): Path<String>,
 ) -> ApiResult {
     let tenant = ctx.tenant_id();
-    let phone = optouts::parse_phone(&phone)?;
-    optouts::remove(&s.deps, tenant, &phone).await?;
+    let key = optouts::parse_key(&key)?;
+    optouts::remove(&s.deps, tenant, &key).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }

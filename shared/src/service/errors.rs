@@ -29,6 +29,9 @@ pub enum ServiceError {
     Conflict(String),
     #[error("the recipient has opted out")]
     RecipientOptedOut,
+    /// A session text to a user who has not written in the last 24 hours.
+    #[error("the user has not written to this number in the last 24 hours; send a template")]
+    OutsideCustomerServiceWindow,
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,
     /// Over a limit on use; allowed again in this many whole seconds (at least one).

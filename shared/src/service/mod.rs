@@ -11,16 +11,18 @@
 //! - `deadletters` (parked queue messages, listed and redriven) → `jobs`;
 //! - `users` (console users, sessions, 2FA, failed-login counters) → `caller`,
 //!   `limits`; `auth` (a token becomes a caller) → `users`; `accounts` (tenants, their status and suspension) → `audit`;
-//!   `optouts` → `quality`; `callbacks` (status callbacks to tenants) → `jobs`;
+//!   `contacts` (phone ↔ user-id pairings, when users last wrote: the 24-hour window) →
+//!   `errors` only; `optouts` → `quality`, `contacts`; `callbacks` (status callbacks to tenants) → `jobs`;
 //! - `status` (Meta's statuses applied, kept statuses) → `callbacks`, `optouts`,
 //!   `quality`; `deadline` (the sending deadline) → `jobs`;
 //! - `templates` (the template catalogue: Meta's sync, its webhooks, the check of a
 //!   send against it) → `errors` only;
 //! - `accounts` → `templates` (a new tenant's catalogue is synced);
-//! - `send` → `auth`, `idempotency`, `jobs`, `ledger`, `optouts`, `quality`, `templates`;
+//! - `send` → `auth`, `contacts`, `idempotency`, `jobs`, `ledger`, `optouts`, `quality`,
+//!   `templates`;
 //!   `broadcasts` → `send` (template parsing) and the same;
 //! - `webhook` (Meta's webhook, routed as typed events) → `status`, `optouts`,
-//!   `accounts`, `templates`; `dispatch` (the dispatch queue's consumer) → everything it
+//!   `contacts`, `accounts`, `templates`; `dispatch` (the dispatch queue's consumer) → everything it
 //!   routes to.
 
 pub mod accounts;
@@ -30,6 +32,7 @@ pub mod auth;
 pub mod broadcasts;
 pub mod callbacks;
 pub mod caller;
+pub mod contacts;
 pub mod deadletters;
 pub mod deadline;
 pub mod dispatch;
@@ -60,8 +63,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
 use crate::ports::{
-    ApiKeyStore, AuditLog, BroadcastStore, Clock, DispatchQueue, IdempotencyStore, Ledger,
-    MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
+    ApiKeyStore, AuditLog, BroadcastStore, Clock, ContactStore, DispatchQueue, IdempotencyStore,
+    Ledger, MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
     SendingControl, StatusCallbackStore, TemplateStore, TenantStore, Throughput, UserStore,
 };
 use crate::secret::Secret;
@@ -81,6 +84,8 @@ pub struct Deps {
     pub messages: Arc<dyn MessageStore>,
     pub retention: Arc<dyn crate::ports::RetentionStore>,
     pub opt_outs: Arc<dyn OptOutStore>,
+    /// Phone ↔ user-id pairings and when users last wrote (the 24-hour window).
+    pub contacts: Arc<dyn ContactStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub throughput: Arc<dyn Throughput>,
     pub sending: Arc<dyn SendingControl>,
@@ -112,6 +117,7 @@ pub trait Stores:
     + MessageStore
     + crate::ports::RetentionStore
     + OptOutStore
+    + ContactStore
     + IdempotencyStore
     + Throughput
     + SendingControl
@@ -133,6 +139,7 @@ impl<T> Stores for T where
         + MessageStore
         + crate::ports::RetentionStore
         + OptOutStore
+        + ContactStore
         + IdempotencyStore
         + Throughput
         + SendingControl
@@ -175,6 +182,7 @@ impl Deps {
             messages: store.clone(),
             retention: store.clone(),
             opt_outs: store.clone(),
+            contacts: store.clone(),
             idempotency: store.clone(),
             throughput: store.clone(),
             sending: store.clone(),

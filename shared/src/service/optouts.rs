@@ -1,29 +1,51 @@
 //! Opt-outs: the API's use cases, the check before a send (and again before dispatch),
-//! and what Meta's webhooks tell us (STOP/START requests, error 131050). Inbound text
-//! never reaches this module: `domain::meta` reduces it to a request.
+//! and what Meta's webhooks tell us (STOP/START requests, `user_preferences`, error
+//! 131050). Inbound text never reaches this module: `domain::meta` reduces it to a
+//! request. A user is known by phone, by Meta's user id, or by both: an opt-out is stored
+//! under one key (the phone when known) and found through either, by way of the pairings
+//! `contacts` learnt.
 
-use crate::domain::meta::InboundMessage;
+use crate::domain::meta::{InboundMessage, Preference, UserPreference};
 pub use crate::domain::{keyword, Keyword, START_WORDS, STOP_WORDS};
 use crate::domain::{
-    MessageId, OptOut, OptOutScope, OptOutSource, PhoneNumber, TemplateCategory, TenantId, BY_META,
+    MessageId, OptOut, OptOutKey, OptOutScope, OptOutSource, PhoneNumber, TemplateCategory,
+    TenantId, UserId, BY_META,
 };
 use crate::ports::OptOutPage;
 
 use super::errors::ServiceError;
 use super::Deps;
 
-/// `422 recipient_opted_out` if `to` has opted out of this kind of message
-/// (`category` `None`: a session text).
+/// `422 recipient_opted_out` if `to`, or the user id Kirim knows it by, has opted out of
+/// this kind of message (`category` `None`: a session text).
 pub async fn check(
     deps: &Deps,
     tenant: &TenantId,
     to: &PhoneNumber,
     category: Option<TemplateCategory>,
 ) -> Result<(), ServiceError> {
-    match deps.opt_outs.get_opt_out(tenant, to).await? {
-        Some(o) if o.scope.blocks(category) => Err(ServiceError::RecipientOptedOut),
-        _ => Ok(()),
+    let phone = OptOutKey::Phone(to.clone());
+    if blocks(deps, tenant, &phone, category).await? {
+        return Err(ServiceError::RecipientOptedOut);
     }
+    if let Some(user) = deps.contacts.paired_key(tenant, &phone).await? {
+        if blocks(deps, tenant, &user, category).await? {
+            return Err(ServiceError::RecipientOptedOut);
+        }
+    }
+    Ok(())
+}
+
+async fn blocks(
+    deps: &Deps,
+    tenant: &TenantId,
+    key: &OptOutKey,
+    category: Option<TemplateCategory>,
+) -> Result<bool, ServiceError> {
+    Ok(matches!(
+        deps.opt_outs.get_opt_out(tenant, key).await?,
+        Some(o) if o.scope.blocks(category)
+    ))
 }
 
 /// Parses a `{phone}` path segment (already percent-decoded): E.164 with `+`.
@@ -31,12 +53,65 @@ pub fn parse_phone(raw: &str) -> Result<PhoneNumber, ServiceError> {
     PhoneNumber::parse(raw).map_err(|_| ServiceError::InvalidPhoneNumber)
 }
 
+/// Parses a `{key}` path segment (already percent-decoded): a phone (E.164 with `+`) or
+/// Meta's user id (`US.13491208655302741918`). A malformed user id (two letters and a
+/// period, then something else) is `400 invalid_request`; anything else that is neither
+/// is `400 invalid_phone_number`, as before user ids.
+pub fn parse_key(raw: &str) -> Result<OptOutKey, ServiceError> {
+    let b = raw.as_bytes();
+    let looks_like_user_id =
+        b.len() >= 3 && b[..2].iter().all(u8::is_ascii_alphabetic) && b[2] == b'.';
+    if !looks_like_user_id {
+        return parse_phone(raw).map(OptOutKey::Phone);
+    }
+    OptOutKey::parse(raw).ok_or_else(|| {
+        ServiceError::InvalidRequest(
+            "an opt-out key is a phone number in E.164 (+60123456789) or a WhatsApp user id (US.13491208655302741918)"
+                .into(),
+        )
+    })
+}
+
+/// Who an opt-out names: a phone, a user id, or both.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recipient {
+    pub phone: Option<PhoneNumber>,
+    pub user_id: Option<UserId>,
+}
+
+impl Recipient {
+    pub fn of(key: OptOutKey) -> Self {
+        match key {
+            OptOutKey::Phone(p) => Recipient {
+                phone: Some(p),
+                user_id: None,
+            },
+            OptOutKey::User(u) => Recipient {
+                phone: None,
+                user_id: Some(u),
+            },
+        }
+    }
+
+    /// Its keys: the phone, then the user id.
+    pub fn keys(&self) -> Vec<OptOutKey> {
+        let mut keys = Vec::new();
+        if let Some(p) = &self.phone {
+            keys.push(OptOutKey::Phone(p.clone()));
+        }
+        if let Some(u) = &self.user_id {
+            keys.push(OptOutKey::User(u.clone()));
+        }
+        keys
+    }
+}
+
 /// Records an opt-out (`meta_timestamp`: Meta's time of the STOP reply that asked for
-/// it, if one did).
+/// it, if one did). It is stored under the phone when known, else the user id.
 pub async fn add(
     deps: &Deps,
     tenant: &TenantId,
-    phone: PhoneNumber,
+    who: Recipient,
     scope: OptOutScope,
     source: OptOutSource,
     by: &str,
@@ -44,12 +119,18 @@ pub async fn add(
 ) -> Result<OptOut, ServiceError> {
     let opt_out = OptOut {
         tenant_id: tenant.clone(),
-        phone,
+        phone: who.phone,
+        user_id: who.user_id,
         scope,
         source,
         created_by: by.to_owned(),
         created_at: deps.clock.now(),
         meta_timestamp,
+    };
+    let Some(key) = opt_out.key() else {
+        return Err(ServiceError::InvalidRequest(
+            "an opt-out needs a phone number or a user id".into(),
+        ));
     };
     let (stored, was_new) = deps.opt_outs.put_opt_out(&opt_out).await?;
     // A recipient's own new opt-out counts against the tenant's quality (once: Meta
@@ -59,7 +140,7 @@ pub async fn add(
     }
     tracing::info!(
         tenant_id = %tenant,
-        to = %stored.phone.masked(),
+        to = %key.masked(),
         scope = stored.scope.as_str(),
         source = ?source,
         "opt-out recorded"
@@ -67,24 +148,25 @@ pub async fn add(
     Ok(stored)
 }
 
-pub async fn get(
-    deps: &Deps,
-    tenant: &TenantId,
-    phone: &PhoneNumber,
-) -> Result<OptOut, ServiceError> {
-    deps.opt_outs
-        .get_opt_out(tenant, phone)
-        .await?
-        .ok_or(ServiceError::NotFound)
+/// The opt-out stored under `key`, else the one under the key it is paired with.
+pub async fn get(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<OptOut, ServiceError> {
+    for k in super::contacts::keys_of(deps, tenant, std::slice::from_ref(key)).await? {
+        if let Some(o) = deps.opt_outs.get_opt_out(tenant, &k).await? {
+            return Ok(o);
+        }
+    }
+    Err(ServiceError::NotFound)
 }
 
-pub async fn remove(
-    deps: &Deps,
-    tenant: &TenantId,
-    phone: &PhoneNumber,
-) -> Result<(), ServiceError> {
-    if deps.opt_outs.delete_opt_out(tenant, phone).await? {
-        tracing::info!(to = %phone.masked(), "opt-out removed");
+/// Removes the opt-out under `key` and the one under its paired key: afterwards the user
+/// is reachable by either.
+pub async fn remove(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<(), ServiceError> {
+    let mut removed = false;
+    for k in super::contacts::keys_of(deps, tenant, std::slice::from_ref(key)).await? {
+        removed |= deps.opt_outs.delete_opt_out(tenant, &k).await?;
+    }
+    if removed {
+        tracing::info!(to = %key.masked(), "opt-out removed");
         Ok(())
     } else {
         Err(ServiceError::NotFound)
@@ -111,15 +193,23 @@ pub enum Inbound {
 
 /// Applies one inbound message of a verified webhook for the tenant owning the number,
 /// in the order of Meta's timestamps: a START undoes only a STOP not newer than itself,
-/// and a STOP never moves the newest STOP's time back (both conditional writes).
+/// and a STOP never moves the newest STOP's time back (both conditional writes). A STOP
+/// from a user known only by id opts out that id; with both, the opt-out records both.
 pub async fn apply_inbound(
     deps: &Deps,
     tenant: Option<&TenantId>,
     msg: &InboundMessage,
 ) -> Result<Inbound, ServiceError> {
-    let (Some((word, source)), Some(tenant), Some(phone)) = (msg.request, tenant, &msg.from) else {
+    let who = Recipient {
+        phone: msg.from.clone(),
+        user_id: msg.from_user_id.clone(),
+    };
+    let (Some((word, source)), Some(tenant)) = (msg.request, tenant) else {
         return Ok(Inbound::Nothing);
     };
+    if who.keys().is_empty() {
+        return Ok(Inbound::Nothing);
+    }
     let at = msg
         .timestamp
         .unwrap_or_else(|| deps.clock.now().timestamp());
@@ -128,7 +218,7 @@ pub async fn apply_inbound(
             add(
                 deps,
                 tenant,
-                phone.clone(),
+                who,
                 OptOutScope::All,
                 source,
                 BY_META,
@@ -138,16 +228,65 @@ pub async fn apply_inbound(
             Ok(Inbound::OptedOut)
         }
         Keyword::Start => {
-            if deps
-                .opt_outs
-                .delete_opt_out_not_newer_than(tenant, phone, at)
-                .await?
-            {
-                tracing::info!(to = %phone.masked(), "opted back in");
+            let mut removed = false;
+            for k in super::contacts::keys_of(deps, tenant, &who.keys()).await? {
+                removed |= deps
+                    .opt_outs
+                    .delete_opt_out_not_newer_than(tenant, &k, at)
+                    .await?;
+            }
+            if removed {
+                tracing::info!("opted back in");
                 Ok(Inbound::OptedIn)
             } else {
                 Ok(Inbound::Nothing)
             }
+        }
+    }
+}
+
+/// Applies a `user_preferences` item: `stop` of marketing messages adds a `marketing`
+/// opt-out (never narrowing an `all` one); `resume` removes a `marketing` opt-out under
+/// any of the user's keys, never an `all` one (a conditional delete).
+pub async fn apply_preference(
+    deps: &Deps,
+    tenant: Option<&TenantId>,
+    pref: &UserPreference,
+) -> Result<Inbound, ServiceError> {
+    let who = Recipient {
+        phone: pref.phone.clone(),
+        user_id: pref.user_id.clone(),
+    };
+    let Some(tenant) = tenant else {
+        return Ok(Inbound::Nothing);
+    };
+    match pref.preference {
+        Preference::StopMarketing => {
+            add(
+                deps,
+                tenant,
+                who,
+                OptOutScope::Marketing,
+                OptOutSource::MetaUserPreferences,
+                BY_META,
+                None,
+            )
+            .await?;
+            Ok(Inbound::OptedOut)
+        }
+        Preference::ResumeMarketing => {
+            let mut removed = false;
+            for k in super::contacts::keys_of(deps, tenant, &who.keys()).await? {
+                removed |= deps
+                    .opt_outs
+                    .delete_opt_out_of_scope(tenant, &k, OptOutScope::Marketing)
+                    .await?;
+            }
+            Ok(if removed {
+                Inbound::OptedIn
+            } else {
+                Inbound::Nothing
+            })
         }
     }
 }
@@ -171,7 +310,7 @@ pub async fn marketing_stopped_for(
     add(
         deps,
         tenant,
-        phone,
+        Recipient::of(OptOutKey::Phone(phone)),
         OptOutScope::Marketing,
         OptOutSource::Meta131050,
         BY_META,

@@ -150,6 +150,11 @@ pub async fn send_once(
     };
     let category = content.template_ref().map(|t| t.category);
     optouts::check(deps, tenant_id, &to, category).await?;
+    // A session text only within 24 hours of the user's last message to the number it
+    // goes from (Meta would answer 131047): refused before any debit.
+    if matches!(content, Content::Text { .. }) {
+        super::contacts::check_window(deps, tenant_id, &tenant.phone_number_id, &to).await?;
+    }
     super::quality::check_send(deps, tenant_id, category).await?;
     let now = deps.clock.now();
     let id = MessageId::from_trusted(ulid::Ulid::from_datetime(now.into()).to_string());

@@ -182,6 +182,7 @@ fn report_of(p: &PendingStatus) -> Option<StatusReport> {
             .as_deref()
             .and_then(MessageId::parse),
         recipient: None,
+        recipient_user_id: None,
         errors: p
             .errors
             .iter()

@@ -1,16 +1,18 @@
 //! Meta's webhook: the signature over the raw bytes, the subscription handshake, and a
 //! verified body read once into typed events (`domain::meta`) and routed: statuses to
 //! `status`, STOP/START requests to `optouts`, account-level stops to `accounts`, template
-//! changes to `templates`.
+//! changes to `templates`, `user_preferences` to `optouts`. A phone and a user id given
+//! together are remembered as a pairing, and every inbound message records when its user
+//! last wrote to the number (`contacts`).
 //! Pieces Kirim does not understand are skipped alone and counted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tracing::Instrument;
 
 use crate::domain::meta::{self, AccountUpdate, MetaEvent};
 use crate::domain::signature::{parse_signature_header, signed_by};
-use crate::domain::TenantId;
+use crate::domain::{OptOutKey, PhoneNumber, TenantId, UserId};
 
 use super::errors::ServiceError;
 use super::Deps;
@@ -99,6 +101,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
     // keep the order Meta listed them; a missing time counts as now, the latest).
     events.sort_by_key(|e| match e {
         MetaEvent::Inbound(m) => m.timestamp.unwrap_or(i64::MAX),
+        MetaEvent::UserPreference(p) => p.timestamp.unwrap_or(i64::MAX),
         _ => i64::MIN,
     });
     let mut summary = WebhookSummary::default();
@@ -106,6 +109,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
         deps,
         known: HashMap::new(),
     };
+    let mut pairs = Pairs::default();
     // Account-level stops first, as before: a body that also carries statuses sees the
     // tenant suspended already.
     for event in &events {
@@ -150,6 +154,9 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                     let tenant = owners.of(report.phone_number_id.as_deref()).await?;
                     if let Some(t) = &tenant {
                         crate::telemetry::record_tenant(t);
+                        pairs
+                            .learn(deps, t, &report.recipient, &report.recipient_user_id)
+                            .await?;
                     }
                     super::status::apply(deps, tenant.as_ref(), report).await
                 }
@@ -165,12 +172,44 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                     }
                 }
             }
+            MetaEvent::UserPreference(pref) => {
+                let span =
+                    tracing::info_span!("user_preference", tenant_id = tracing::field::Empty);
+                let result = async {
+                    let tenant = owners.of(pref.phone_number_id.as_deref()).await?;
+                    if let Some(t) = &tenant {
+                        crate::telemetry::record_tenant(t);
+                        pairs.learn(deps, t, &pref.phone, &pref.user_id).await?;
+                    }
+                    super::optouts::apply_preference(deps, tenant.as_ref(), pref).await
+                }
+                .instrument(span)
+                .await;
+                match result {
+                    Ok(super::optouts::Inbound::Nothing) => summary.ignored += 1,
+                    Ok(_) => summary.applied += 1,
+                    Err(e) => {
+                        tracing::error!(error = %e, "user preference not applied");
+                        summary.errors += 1;
+                    }
+                }
+            }
             MetaEvent::Inbound(message) => {
                 let span = tracing::info_span!("inbound", tenant_id = tracing::field::Empty);
                 let result = async {
                     let tenant = owners.of(message.phone_number_id.as_deref()).await?;
-                    if let Some(t) = &tenant {
+                    if let (Some(t), Some(pnid)) = (&tenant, &message.phone_number_id) {
                         crate::telemetry::record_tenant(t);
+                        pairs
+                            .learn(deps, t, &message.from, &message.from_user_id)
+                            .await?;
+                        let keys: Vec<OptOutKey> = super::optouts::Recipient {
+                            phone: message.from.clone(),
+                            user_id: message.from_user_id.clone(),
+                        }
+                        .keys();
+                        super::contacts::user_wrote(deps, t, pnid, &keys, message.timestamp)
+                            .await?;
                     }
                     super::optouts::apply_inbound(deps, tenant.as_ref(), message).await
                 }
@@ -188,6 +227,32 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
         }
     }
     Ok(summary)
+}
+
+/// Phone ↔ user-id pairings already written for this body (Meta repeats them on every
+/// status of a message).
+#[derive(Default)]
+struct Pairs(HashSet<(TenantId, PhoneNumber, UserId)>);
+
+impl Pairs {
+    async fn learn(
+        &mut self,
+        deps: &Deps,
+        tenant: &TenantId,
+        phone: &Option<PhoneNumber>,
+        user_id: &Option<UserId>,
+    ) -> Result<(), ServiceError> {
+        let (Some(p), Some(u)) = (phone, user_id) else {
+            return Ok(());
+        };
+        let pair = (tenant.clone(), p.clone(), u.clone());
+        if self.0.contains(&pair) {
+            return Ok(());
+        }
+        super::contacts::learn_pairing(deps, tenant, p, u).await?;
+        self.0.insert(pair);
+        Ok(())
+    }
 }
 
 /// Meta restricted, disabled or banned the account (or is about to): pause every tenant

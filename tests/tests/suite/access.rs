@@ -619,6 +619,7 @@ async fn a_message_queued_before_a_suspension_fails_refunded_without_reaching_me
         "phone_number_id": "123", "meta_access_token": "EAAG", "credits": 2}))
     .unwrap();
     let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
+    user_wrote(&deps, &tenant).await;
     let msg: send::SendRequest =
         serde_json::from_value(json!({"to": "+60123456789", "text": {"body": "hi"}})).unwrap();
     let record = send::send(&deps, &tenant.id, msg).await.unwrap();
@@ -719,6 +720,7 @@ async fn a_secret_store_failure_after_the_claim_leaves_the_message_retryable() {
         "phone_number_id": "124", "meta_access_token": "EAAG", "credits": 2}))
     .unwrap();
     let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
+    user_wrote(&deps, &tenant).await;
     let msg: send::SendRequest =
         serde_json::from_value(json!({"to": "+60123456789", "text": {"body": "hi"}})).unwrap();
     let record = send::send(&deps, &tenant.id, msg).await.unwrap();
@@ -880,4 +882,12 @@ async fn previous_credentials_are_accepted_only_within_the_rotation_grace(b: Bac
             "the old app secret, grace {grace:?}"
         );
     }
+}
+
+/// +60123456789 wrote to the tenant's number just now (its 24-hour window is open).
+async fn user_wrote(deps: &kirim::service::Deps, tenant: &kirim::ports::Tenant) {
+    let from = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
+    kirim::service::contacts::user_wrote(deps, &tenant.id, &tenant.phone_number_id, &[from], None)
+        .await
+        .unwrap();
 }

@@ -3,8 +3,8 @@
 
 use chrono::{Duration, Utc};
 use kirim::domain::{
-    MessageId, MessageRecord, MessageStatus, OptOut, OptOutScope, OptOutSource, PhoneNumber,
-    StatusEvent, TenantId,
+    MessageId, MessageRecord, MessageStatus, OptOut, OptOutKey, OptOutScope, OptOutSource,
+    PhoneNumber, StatusEvent, TenantId,
 };
 use kirim::ports::*;
 use kirim::store_error::StoreError;
@@ -24,10 +24,15 @@ fn phone(s: &str) -> PhoneNumber {
     PhoneNumber::parse(s).unwrap()
 }
 
+fn key(s: &str) -> OptOutKey {
+    OptOutKey::parse(s).unwrap()
+}
+
 fn opt_out(p: &Stores, t: &TenantId, to: &str, scope: OptOutScope) -> OptOut {
     OptOut {
         tenant_id: t.clone(),
-        phone: phone(to),
+        phone: Some(phone(to)),
+        user_id: None,
         scope,
         source: OptOutSource::Api,
         created_by: "key_1".into(),
@@ -117,12 +122,12 @@ async fn an_opt_out_is_stored_read_back_and_removed_once(p: Stores) {
         "not new the second time"
     );
     assert_eq!(
-        p.opt_outs.get_opt_out(&t, &o.phone).await.unwrap(),
+        p.opt_outs.get_opt_out(&t, &o.key().unwrap()).await.unwrap(),
         Some(o.clone())
     );
     assert_eq!(
         p.opt_outs
-            .get_opt_out(&t, &phone("+60123450101"))
+            .get_opt_out(&t, &key("+60123450101"))
             .await
             .unwrap(),
         None
@@ -130,13 +135,31 @@ async fn an_opt_out_is_stored_read_back_and_removed_once(p: Stores) {
     // Another tenant sees nothing of it.
     let other = onboarded(&p, 0).await;
     assert_eq!(
-        p.opt_outs.get_opt_out(&other, &o.phone).await.unwrap(),
+        p.opt_outs
+            .get_opt_out(&other, &o.key().unwrap())
+            .await
+            .unwrap(),
         None
     );
-    assert!(!p.opt_outs.delete_opt_out(&other, &o.phone).await.unwrap());
-    assert!(p.opt_outs.delete_opt_out(&t, &o.phone).await.unwrap());
-    assert!(!p.opt_outs.delete_opt_out(&t, &o.phone).await.unwrap());
-    assert_eq!(p.opt_outs.get_opt_out(&t, &o.phone).await.unwrap(), None);
+    assert!(!p
+        .opt_outs
+        .delete_opt_out(&other, &o.key().unwrap())
+        .await
+        .unwrap());
+    assert!(p
+        .opt_outs
+        .delete_opt_out(&t, &o.key().unwrap())
+        .await
+        .unwrap());
+    assert!(!p
+        .opt_outs
+        .delete_opt_out(&t, &o.key().unwrap())
+        .await
+        .unwrap());
+    assert_eq!(
+        p.opt_outs.get_opt_out(&t, &o.key().unwrap()).await.unwrap(),
+        None
+    );
 }
 
 async fn a_marketing_opt_out_never_narrows_an_all_one_but_all_widens_marketing(p: Stores) {
@@ -152,7 +175,10 @@ async fn a_marketing_opt_out_never_narrows_an_all_one_but_all_widens_marketing(p
         "the stored, wider opt-out is answered"
     );
     assert_eq!(
-        p.opt_outs.get_opt_out(&t, &all.phone).await.unwrap(),
+        p.opt_outs
+            .get_opt_out(&t, &all.key().unwrap())
+            .await
+            .unwrap(),
         Some(all)
     );
 
@@ -172,7 +198,10 @@ async fn a_marketing_opt_out_never_narrows_an_all_one_but_all_widens_marketing(p
         (wider.clone(), false)
     );
     assert_eq!(
-        p.opt_outs.get_opt_out(&t, &wider.phone).await.unwrap(),
+        p.opt_outs
+            .get_opt_out(&t, &wider.key().unwrap())
+            .await
+            .unwrap(),
         Some(wider)
     );
 }
@@ -204,7 +233,7 @@ async fn opt_outs_list_in_pages_with_a_cursor_and_only_the_tenants_own(p: Stores
         .opt_outs
         .iter()
         .chain(&second.opt_outs)
-        .map(|o| o.phone.to_string())
+        .map(|o| o.key().unwrap().to_string())
         .collect();
     assert_eq!(
         got,
@@ -406,7 +435,7 @@ async fn a_start_removes_only_a_stop_that_is_not_newer_and_a_stop_never_moves_ti
         meta_timestamp: Some(at),
         ..opt_out(&p, &t, "+60123450400", OptOutScope::All)
     };
-    let to = phone("+60123450400");
+    let to = key("+60123450400");
     p.opt_outs.put_opt_out(&stop(200)).await.unwrap();
     // A late, older START does not undo the newer STOP.
     assert!(!p
@@ -454,7 +483,72 @@ macro_rules! contract {
     };
 }
 
+async fn an_opt_out_by_user_id_is_stored_under_it_and_a_scoped_delete_removes_only_that_scope(
+    p: Stores,
+) {
+    let t = onboarded(&p, 0).await;
+    let by_id = OptOut {
+        phone: None,
+        user_id: kirim::domain::UserId::parse("MY.8000000001"),
+        scope: OptOutScope::Marketing,
+        ..opt_out(&p, &t, "+60123450600", OptOutScope::Marketing)
+    };
+    assert!(p.opt_outs.put_opt_out(&by_id).await.unwrap().1);
+    assert_eq!(
+        p.opt_outs
+            .get_opt_out(&t, &key("MY.8000000001"))
+            .await
+            .unwrap(),
+        Some(by_id.clone())
+    );
+    // Neither a phone nor a user id: refused, nothing written.
+    let nobody = OptOut {
+        user_id: None,
+        ..by_id.clone()
+    };
+    assert!(p.opt_outs.put_opt_out(&nobody).await.is_err());
+    // A scoped delete of `all` leaves a marketing one; of `marketing` removes it.
+    let k = key("MY.8000000001");
+    assert!(!p
+        .opt_outs
+        .delete_opt_out_of_scope(&t, &k, OptOutScope::All)
+        .await
+        .unwrap());
+    assert!(p
+        .opt_outs
+        .delete_opt_out_of_scope(&t, &k, OptOutScope::Marketing)
+        .await
+        .unwrap());
+    assert_eq!(p.opt_outs.get_opt_out(&t, &k).await.unwrap(), None);
+    // An `all` one is never removed by a marketing-scoped delete.
+    let all = OptOut {
+        scope: OptOutScope::All,
+        ..by_id
+    };
+    p.opt_outs.put_opt_out(&all).await.unwrap();
+    assert!(!p
+        .opt_outs
+        .delete_opt_out_of_scope(&t, &k, OptOutScope::Marketing)
+        .await
+        .unwrap());
+    assert!(p.opt_outs.get_opt_out(&t, &k).await.unwrap().is_some());
+    // Listed after the phones (key order), with a cursor that reads back.
+    p.opt_outs
+        .put_opt_out(&opt_out(&p, &t, "+60123450601", OptOutScope::All))
+        .await
+        .unwrap();
+    let first = p.opt_outs.list_opt_outs(&t, 1, None).await.unwrap();
+    assert_eq!(first.opt_outs[0].phone, Some(phone("+60123450601")));
+    let rest = p
+        .opt_outs
+        .list_opt_outs(&t, 1, first.next_cursor.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(rest.opt_outs[0].key(), Some(k));
+}
+
 contract!(
+    an_opt_out_by_user_id_is_stored_under_it_and_a_scoped_delete_removes_only_that_scope,
     an_opt_out_is_stored_read_back_and_removed_once,
     a_start_removes_only_a_stop_that_is_not_newer_and_a_stop_never_moves_time_back,
     a_marketing_opt_out_never_narrows_an_all_one_but_all_widens_marketing,

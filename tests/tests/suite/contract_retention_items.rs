@@ -345,6 +345,56 @@ async fn an_expired_template_is_swept_as_messages_and_a_live_one_stays(p: Ports)
     assert!(stored(&p, "WABA#1000001", "TEMPLATE#live_one#en_US").await);
 }
 
+async fn an_expired_user_pairing_is_swept_as_messages_and_a_live_one_stays(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    for (digits, id, expires_in) in [
+        ("+60123459801", "MY.9801", TTL),
+        ("+60123459802", "MY.9802", LIVE),
+    ] {
+        p.contacts
+            .pair_user(
+                &t.id,
+                &phone(digits),
+                &kirim::domain::UserId::parse(id).unwrap(),
+                in_secs(&p, expires_in),
+            )
+            .await
+            .unwrap();
+    }
+    // Each pairing is two items (one per key).
+    swept_when_due(&p, TTL, &[("messages", 2)]).await;
+    let pk = tenant_pk(&t.id);
+    assert!(!stored(&p, &pk, "PAIR#+60123459801").await);
+    assert!(!stored(&p, &pk, "PAIR#MY.9801").await);
+    assert!(stored(&p, &pk, "PAIR#+60123459802").await);
+    assert!(stored(&p, &pk, "PAIR#MY.9802").await);
+}
+
+async fn a_users_last_inbound_is_swept_as_a_service_window_a_day_later_and_a_newer_one_stays(
+    p: Ports,
+) {
+    let t = onboarded(&p, 0).await;
+    let now = p.clock.now();
+    for (digits, ago) in [("+60123459803", 86_400 - TTL), ("+60123459804", 0)] {
+        let at = now - Duration::seconds(ago);
+        p.contacts
+            .record_inbound(
+                &t.id,
+                &t.phone_number_id,
+                &kirim::domain::OptOutKey::parse(digits).unwrap(),
+                at,
+                at.timestamp() + 86_400,
+            )
+            .await
+            .unwrap();
+    }
+    swept_when_due(&p, TTL, &[("service_window", 1)]).await;
+    let pk = tenant_pk(&t.id);
+    let sk = |d: &str| format!("WINDOW#{}#{d}", t.phone_number_id);
+    assert!(!stored(&p, &pk, &sk("+60123459803")).await);
+    assert!(stored(&p, &pk, &sk("+60123459804")).await);
+}
+
 async fn an_idle_send_slot_is_swept_as_a_send_slot_and_a_used_one_stays(p: Ports) {
     let wait = std::time::Duration::from_secs(1);
     let now = p.clock.now();
@@ -503,7 +553,8 @@ async fn a_closed_out_tenants_opt_outs_are_swept_as_active_config_and_an_open_te
         async move {
             let o = OptOut {
                 tenant_id: t.id.clone(),
-                phone: phone("+60123459999"),
+                phone: Some(phone("+60123459999")),
+                user_id: None,
                 scope: OptOutScope::All,
                 source: OptOutSource::Api,
                 created_by: "key_1".into(),
@@ -666,6 +717,8 @@ async fn the_sweeps_checkpoint_is_never_swept(p: Ports) {
 }
 
 contract!(
+    an_expired_user_pairing_is_swept_as_messages_and_a_live_one_stays,
+    a_users_last_inbound_is_swept_as_a_service_window_a_day_later_and_a_newer_one_stays,
     an_expired_template_is_swept_as_messages_and_a_live_one_stays,
     an_expired_message_is_swept_as_messages_and_a_live_one_stays,
     an_expired_wamid_index_item_is_swept_as_messages_and_a_live_one_stays,

@@ -64,6 +64,7 @@ async fn a_message_goes_accepted_sent_delivered_read_and_costs_one_credit(b: Bac
 async fn a_text_message_is_sent_as_metas_text_type(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(1).await;
+    app.user_wrote(&t.phone_number_id, "+60123459999").await;
     let res = app
         .http
         .post(app.url("/v1/messages"))
@@ -336,6 +337,7 @@ async fn each_template_category_debits_its_price_from_the_table(b: Backend) {
     assert_eq!(app.credits(&t.key).await, 3);
     assert_eq!(send("utility", "+60123459002").await.unwrap().status(), 202);
     assert_eq!(app.credits(&t.key).await, 2);
+    app.user_wrote(&t.phone_number_id, "+60123459003").await;
     let text = app
         .http
         .post(app.url("/v1/messages"))

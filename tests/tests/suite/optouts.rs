@@ -200,6 +200,7 @@ async fn error_131050_blocks_later_marketing_templates_but_not_utility_or_text(b
     );
     let (s, _) = send(&app, &t.key, template("+60123450002", "utility")).await;
     assert_eq!(s, 202);
+    app.user_wrote(&t.phone_number_id, "+60123450002").await;
     let (s, _) = send(
         &app,
         &t.key,
@@ -605,23 +606,32 @@ impl kirim::ports::OptOutStore for FailingWrites {
     async fn get_opt_out(
         &self,
         t: &kirim::domain::TenantId,
-        p: &kirim::domain::PhoneNumber,
+        p: &kirim::domain::OptOutKey,
     ) -> Result<Option<kirim::domain::OptOut>, kirim::store_error::StoreError> {
         self.inner.get_opt_out(t, p).await
     }
     async fn delete_opt_out_not_newer_than(
         &self,
         t: &kirim::domain::TenantId,
-        p: &kirim::domain::PhoneNumber,
+        p: &kirim::domain::OptOutKey,
         at: i64,
     ) -> Result<bool, kirim::store_error::StoreError> {
         self.check()?;
         self.inner.delete_opt_out_not_newer_than(t, p, at).await
     }
+    async fn delete_opt_out_of_scope(
+        &self,
+        t: &kirim::domain::TenantId,
+        p: &kirim::domain::OptOutKey,
+        scope: kirim::domain::OptOutScope,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.check()?;
+        self.inner.delete_opt_out_of_scope(t, p, scope).await
+    }
     async fn delete_opt_out(
         &self,
         t: &kirim::domain::TenantId,
-        p: &kirim::domain::PhoneNumber,
+        p: &kirim::domain::OptOutKey,
     ) -> Result<bool, kirim::store_error::StoreError> {
         self.check()?;
         self.inner.delete_opt_out(t, p).await
@@ -676,7 +686,7 @@ async fn a_webhook_whose_stop_cannot_be_stored_answers_500_and_its_redelivery_ap
         500,
         "not acknowledged: Meta will deliver again"
     );
-    let phone = kirim::domain::PhoneNumber::parse("+60123457013").unwrap();
+    let phone = kirim::domain::OptOutKey::parse("+60123457013").unwrap();
     assert_eq!(
         deps.opt_outs.get_opt_out(&tenant.id, &phone).await.unwrap(),
         None

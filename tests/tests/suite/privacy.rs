@@ -30,6 +30,7 @@ async fn secrets_content_and_full_numbers_never_reach_logs_or_responses(b: Backe
         .unwrap();
     let key = created["key"].as_str().unwrap().to_owned();
     let to = "+60199990123";
+    app.user_wrote(&pnid, to).await;
     let res = app
         .http
         .post(app.url("/v1/messages"))

@@ -97,6 +97,8 @@ fn class_of(pk: &str, sk: &str) -> Option<RetentionClass> {
         ("LOGINFAIL#", "ADDR#", Some(LoginFailures)),
         ("LOGINADDR#", "FAIL", Some(LoginFailures)),
         ("WABA#", "TEMPLATE#", Some(Messages)),
+        ("TENANT#", "PAIR#", Some(Messages)),
+        ("TENANT#", "WINDOW#", Some(ServiceWindow)),
         ("TENANT#", "TENANT", None),
         ("TENANT#", "APIKEY#", None),
         ("TENANT#", "OPTOUT#", None),
@@ -211,7 +213,15 @@ async fn exercise(app: &TestApp, marker: &str) -> (kirim_tests::Onboarded, Vec<S
     .await;
     assert_eq!(st, 202);
     ids.push(v["id"].as_str().unwrap_or_default().to_owned());
-    // A text body with the marker.
+    // A text body with the marker (the users wrote first: within the 24-hour window).
+    app.user_wrote(&t.phone_number_id, "+60123452222").await;
+    // One by phone and Meta's user id: the pairing is kept (no content).
+    app.sandbox_inbound(
+        json!({"phone_number_id": t.phone_number_id, "from": "+60123453333",
+        "user_id": "MY.1234567890", "text": format!("hi {marker}")}),
+    )
+    .await;
+    app.user_wrote(&t.phone_number_id, "+60123450004").await;
     let (st, v) = call(
         app,
         "POST",
@@ -362,6 +372,8 @@ async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
         "EMAIL/EMAIL",
         "AUDIT/HEAD",
         "LOGINADDR/FAIL",
+        "TENANT/PAIR",
+        "TENANT/WINDOW",
     ] {
         assert!(seen.contains(kind), "no {kind} item was written: {seen:?}");
     }

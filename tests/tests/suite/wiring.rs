@@ -116,6 +116,17 @@ async fn a_message_travels_through_functions_wired_only_with_the_ports_they_decl
 
     // send_api: the tenant sends; the job is queued.
     let send_api = deps_for(Function::SendApi);
+    // The user wrote first (the webhook recorded it): a session text is allowed.
+    let from = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
+    kirim::service::contacts::user_wrote(
+        &deps_for(Function::Webhook),
+        &tenant.id,
+        &tenant.phone_number_id,
+        &[from],
+        None,
+    )
+    .await
+    .unwrap();
     let msg: send::SendRequest =
         serde_json::from_value(json!({"to": "+60123456789", "text": {"body": "hi"}})).unwrap();
     let record = send::send(&send_api, &tenant.id, msg).await.unwrap();

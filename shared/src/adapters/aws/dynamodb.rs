@@ -25,6 +25,7 @@ use crate::store_error::StoreError;
 
 mod broadcasts;
 mod callbacks;
+mod contacts;
 #[cfg(test)]
 mod cursor_props;
 mod idempotency;

@@ -12,6 +12,7 @@ use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, Statu
 use crate::store_error::StoreError;
 mod broadcasts;
 mod callbacks;
+mod contacts;
 mod idempotency;
 mod optouts;
 mod retention;
@@ -41,8 +42,12 @@ pub(super) struct State {
     /// (chain, id) → an audit event whose append failed, until linked in.
     pub(super) audit_parked: BTreeMap<(String, String), ParkedAudit>,
     quality: BTreeMap<(TenantId, chrono::NaiveDate), (QualityCounts, Option<i64>)>,
-    /// (tenant, E.164) → opt-out, ordered for paging.
+    /// (tenant, E.164 or user id) → opt-out, ordered for paging.
     opt_outs: BTreeMap<(TenantId, String), crate::domain::OptOut>,
+    /// (tenant, one key of a user) → the user's other key and the pairing's expiry.
+    pairings: BTreeMap<(TenantId, String), (crate::domain::OptOutKey, Option<i64>)>,
+    /// (tenant, phone number id, the user's key) → when the user last wrote, and expiry.
+    windows: BTreeMap<(TenantId, String, String), (DateTime<Utc>, i64)>,
     /// (tenant, key hash) → idempotency record.
     idempotency: HashMap<(TenantId, String), crate::ports::IdempotencyRecord>,
     pub(super) users: super::users::UsersState,

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::domain::{MessageId, MessageStatus, PhoneNumber, RetentionClass, TenantId};
+use crate::domain::{MessageId, MessageStatus, OptOutKey, RetentionClass, TenantId};
 
 /// Key attribute names.
 pub const PK: &str = "pk";
@@ -70,6 +70,10 @@ const QSTAT_PREFIX: &str = "QSTAT#";
 const BROADCAST_PREFIX: &str = "BROADCAST#";
 const BCLIST_PREFIX: &str = "BCLIST#";
 const EVENT_PREFIX: &str = "EVENT#";
+/// A user's pairing (a phone's user id, a user id's phone), in the tenant's partition.
+pub const PAIR_PREFIX: &str = "PAIR#";
+/// When a user last wrote to one of the tenant's numbers, in the tenant's partition.
+pub const WINDOW_PREFIX: &str = "WINDOW#";
 /// A WABA's templates, in its `WABA#{waba}` partition.
 pub const TEMPLATE_PREFIX: &str = "TEMPLATE#";
 /// Sorts after every character of an id (Crockford base32, digits): a prefix range's top.
@@ -95,8 +99,13 @@ pub enum ItemKind {
     WamidIndex,
     /// `WAMID#{wamid}` / `PENDING#{status}#{timestamp}`: a status kept until its wamid is known.
     PendingStatus,
-    /// `TENANT#{tenant}` / `OPTOUT#{e164}`.
+    /// `TENANT#{tenant}` / `OPTOUT#{e164 or user id}`.
     OptOut,
+    /// `TENANT#{tenant}` / `PAIR#{e164 or user id}`: the other key of one user.
+    UserPairing,
+    /// `TENANT#{tenant}` / `WINDOW#{phone_number_id}#{e164 or user id}`: when the user
+    /// last wrote to that number.
+    ServiceWindow,
     /// `TENANT#{tenant}` / `IDEM#{sha256(key)}`.
     Idempotency,
     /// `AUDIT#{chain}` / `EVENT#{seq, 16 digits}`.
@@ -135,7 +144,7 @@ pub enum ItemKind {
 }
 
 impl ItemKind {
-    pub const ALL: [ItemKind; 26] = [
+    pub const ALL: [ItemKind; 28] = [
         ItemKind::Tenant,
         ItemKind::PhoneRoute,
         ItemKind::ApiKeyByHash,
@@ -162,6 +171,8 @@ impl ItemKind {
         ItemKind::LoginFailuresOfEmail,
         ItemKind::LoginFailuresOfAddress,
         ItemKind::Template,
+        ItemKind::UserPairing,
+        ItemKind::ServiceWindow,
     ];
 
     /// The retention class whose expiry an item of this type carries when it has one, and
@@ -172,7 +183,10 @@ impl ItemKind {
         use ItemKind::*;
         match self {
             // A catalogue is delivery metadata of Meta's: its TTL is refreshed by every sync.
-            Message | WamidIndex | Broadcast | Template => RetentionClass::Messages,
+            // A pairing is delivery metadata too: it lives as long as the messages that
+            // taught it (its TTL is refreshed whenever Meta repeats it).
+            Message | WamidIndex | Broadcast | Template | UserPairing => RetentionClass::Messages,
+            ServiceWindow => RetentionClass::ServiceWindow,
             Tenant | LedgerEntry => RetentionClass::Billing,
             AuditEvent | AuditParked => RetentionClass::Audit,
             Idempotency => RetentionClass::Idempotency,
@@ -208,6 +222,8 @@ impl ItemKind {
                 _ if has(BROADCAST_PREFIX) => Broadcast,
                 _ if has(BCLIST_PREFIX) => BroadcastList,
                 _ if has(USER_PREFIX) => User,
+                _ if has(PAIR_PREFIX) => UserPairing,
+                _ if has(WINDOW_PREFIX) => ServiceWindow,
                 _ => return None,
             }
         } else if pk.starts_with(WAMID) {
@@ -448,8 +464,22 @@ pub fn send_slot(number: &str) -> Key {
 
 // ---- Configuration, users, audit ------------------------------------------------------
 
-pub fn opt_out(t: &TenantId, phone: &PhoneNumber) -> Key {
-    Key::new(tenant_pk(t), format!("{OPT_OUT_PREFIX}{phone}"))
+/// A phone (`+…`) and a user id (`CC.…`) never read as each other.
+pub fn opt_out(t: &TenantId, key: &OptOutKey) -> Key {
+    Key::new(tenant_pk(t), format!("{OPT_OUT_PREFIX}{key}"))
+}
+
+/// The pairing item under one of a user's keys (it holds the other).
+pub fn user_pairing(t: &TenantId, key: &OptOutKey) -> Key {
+    Key::new(tenant_pk(t), format!("{PAIR_PREFIX}{key}"))
+}
+
+/// `phone_number_id` is digits (Meta's id), so `#` separates it from the user's key.
+pub fn service_window(t: &TenantId, phone_number_id: &str, key: &OptOutKey) -> Key {
+    Key::new(
+        tenant_pk(t),
+        format!("{WINDOW_PREFIX}{phone_number_id}#{key}"),
+    )
 }
 
 pub fn status_callback(t: &TenantId) -> Key {
@@ -578,7 +608,11 @@ mod tests {
             ItemKind::Message => message(&t, &m),
             ItemKind::WamidIndex => wamid_index("wamid.HBgL=="),
             ItemKind::PendingStatus => pending_status("wamid.HBgL==", "delivered", 1_700_000_000),
-            ItemKind::OptOut => opt_out(&t, &PhoneNumber::parse("+60123456789").unwrap()),
+            ItemKind::OptOut => opt_out(&t, &OptOutKey::parse("+60123456789").unwrap()),
+            ItemKind::UserPairing => user_pairing(&t, &OptOutKey::parse("US.1349120865").unwrap()),
+            ItemKind::ServiceWindow => {
+                service_window(&t, "1234567890", &OptOutKey::parse("+60123456789").unwrap())
+            }
             ItemKind::Idempotency => idempotency(&t, &"cd".repeat(32)),
             ItemKind::AuditEvent => audit_event(t.as_str(), 42),
             ItemKind::AuditHead => audit_head("platform"),

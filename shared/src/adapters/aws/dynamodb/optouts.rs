@@ -1,4 +1,4 @@
-//! `OptOutStore` on the one table: `pk = TENANT#{tenant}`, `sk = OPTOUT#{e164}`, no TTL
+//! `OptOutStore` on the one table: `pk = TENANT#{tenant}`, `sk = OPTOUT#{e164 or user id}`, no TTL
 //! (active configuration, kept while the tenant exists). Listing is a Query on the
 //! tenant's partition with `begins_with(sk, "OPTOUT#")`, in phone-number order.
 
@@ -11,16 +11,19 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::{
     classify, decode_cursor, encode_cursor, from_item, keys, n, s, to_item, DynamoStore, Item,
 };
-use crate::domain::{OptOut, OptOutScope, PhoneNumber, TenantId};
+use crate::domain::{OptOut, OptOutKey, OptOutScope, TenantId};
 use crate::ports::{OptOutPage, OptOutStore};
 use crate::store_error::StoreError;
 
 #[async_trait]
 impl OptOutStore for DynamoStore {
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError> {
+        let key = opt_out
+            .key()
+            .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
         let item = to_item(
             opt_out,
-            &keys::opt_out(&opt_out.tenant_id, &opt_out.phone).pairs(),
+            &keys::opt_out(&opt_out.tenant_id, &key).pairs(),
             None,
         )?;
         // `all` replaces anything; `marketing` never narrows an existing `all`.
@@ -55,9 +58,7 @@ impl OptOutStore for DynamoStore {
                     if e.err().is_conditional_check_failed_exception() =>
                 {
                     // A wider opt-out is in place: answer it (unless it was just removed).
-                    if let Some(existing) =
-                        self.get_opt_out(&opt_out.tenant_id, &opt_out.phone).await?
-                    {
+                    if let Some(existing) = self.get_opt_out(&opt_out.tenant_id, &key).await? {
                         return Ok((existing, false));
                     }
                 }
@@ -72,9 +73,9 @@ impl OptOutStore for DynamoStore {
     async fn get_opt_out(
         &self,
         tenant: &TenantId,
-        phone: &PhoneNumber,
+        key: &OptOutKey,
     ) -> Result<Option<OptOut>, StoreError> {
-        self.get(keys::opt_out(tenant, phone))
+        self.get(keys::opt_out(tenant, key))
             .await?
             .map(from_item)
             .transpose()
@@ -83,14 +84,14 @@ impl OptOutStore for DynamoStore {
     async fn delete_opt_out_not_newer_than(
         &self,
         tenant: &TenantId,
-        phone: &PhoneNumber,
+        key: &OptOutKey,
         at: i64,
     ) -> Result<bool, StoreError> {
         let res = self
             .client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(keys::opt_out(tenant, phone).attrs()))
+            .set_key(Some(keys::opt_out(tenant, key).attrs()))
             .condition_expression(
                 "attribute_exists(pk) AND (attribute_not_exists(meta_timestamp) \
                  OR meta_timestamp <= :at)",
@@ -107,16 +108,37 @@ impl OptOutStore for DynamoStore {
         }
     }
 
-    async fn delete_opt_out(
+    async fn delete_opt_out_of_scope(
         &self,
         tenant: &TenantId,
-        phone: &PhoneNumber,
+        key: &OptOutKey,
+        scope: OptOutScope,
     ) -> Result<bool, StoreError> {
         let res = self
             .client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(keys::opt_out(tenant, phone).attrs()))
+            .set_key(Some(keys::opt_out(tenant, key).attrs()))
+            .condition_expression("attribute_exists(pk) AND #scope = :scope")
+            .expression_attribute_names("#scope", "scope")
+            .expression_attribute_values(":scope", s(scope.as_str()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(classify("dynamodb delete", e)),
+        }
+    }
+
+    async fn delete_opt_out(&self, tenant: &TenantId, key: &OptOutKey) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::opt_out(tenant, key).attrs()))
             .condition_expression("attribute_exists(pk)")
             .send()
             .await;

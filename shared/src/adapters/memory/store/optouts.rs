@@ -3,15 +3,18 @@
 use async_trait::async_trait;
 
 use super::MemoryStore;
-use crate::domain::{OptOut, OptOutScope, PhoneNumber, TenantId};
+use crate::domain::{OptOut, OptOutKey, OptOutScope, TenantId};
 use crate::ports::{OptOutPage, OptOutStore};
 use crate::store_error::StoreError;
 
 #[async_trait]
 impl OptOutStore for MemoryStore {
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError> {
+        let key = opt_out
+            .key()
+            .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
         let mut s = self.lock()?;
-        let key = (opt_out.tenant_id.clone(), opt_out.phone.to_string());
+        let key = (opt_out.tenant_id.clone(), key.to_string());
         if let Some(existing) = s.opt_outs.get(&key) {
             if opt_out.scope == OptOutScope::Marketing && existing.scope == OptOutScope::All {
                 return Ok((existing.clone(), false));
@@ -30,36 +33,44 @@ impl OptOutStore for MemoryStore {
     async fn get_opt_out(
         &self,
         tenant: &TenantId,
-        phone: &PhoneNumber,
+        key: &OptOutKey,
     ) -> Result<Option<OptOut>, StoreError> {
         let s = self.lock()?;
-        Ok(s.opt_outs
-            .get(&(tenant.clone(), phone.to_string()))
-            .cloned())
+        Ok(s.opt_outs.get(&(tenant.clone(), key.to_string())).cloned())
     }
 
     async fn delete_opt_out_not_newer_than(
         &self,
         tenant: &TenantId,
-        phone: &PhoneNumber,
+        key: &OptOutKey,
         at: i64,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
-        let key = (tenant.clone(), phone.to_string());
+        let key = (tenant.clone(), key.to_string());
         match s.opt_outs.get(&key) {
             Some(o) if o.replies_not_newer_than(at) => Ok(s.opt_outs.remove(&key).is_some()),
             _ => Ok(false),
         }
     }
 
-    async fn delete_opt_out(
+    async fn delete_opt_out_of_scope(
         &self,
         tenant: &TenantId,
-        phone: &PhoneNumber,
+        key: &OptOutKey,
+        scope: OptOutScope,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
+        let key = (tenant.clone(), key.to_string());
+        match s.opt_outs.get(&key) {
+            Some(o) if o.scope == scope => Ok(s.opt_outs.remove(&key).is_some()),
+            _ => Ok(false),
+        }
+    }
+
+    async fn delete_opt_out(&self, tenant: &TenantId, key: &OptOutKey) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
         Ok(s.opt_outs
-            .remove(&(tenant.clone(), phone.to_string()))
+            .remove(&(tenant.clone(), key.to_string()))
             .is_some())
     }
 
@@ -69,11 +80,11 @@ impl OptOutStore for MemoryStore {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<OptOutPage, StoreError> {
-        // The cursor is the last phone number of the previous page.
+        // The cursor is the last key (phone or user id) of the previous page.
         let after = match cursor {
             Some(c) => Some(
-                PhoneNumber::parse(c)
-                    .map_err(|_| StoreError::InvalidCursor)?
+                OptOutKey::parse(c)
+                    .ok_or(StoreError::InvalidCursor)?
                     .to_string(),
             ),
             None => None,
@@ -86,7 +97,7 @@ impl OptOutStore for MemoryStore {
             .map(|(_, o)| o);
         let opt_outs: Vec<OptOut> = matching.by_ref().take(limit.max(1)).cloned().collect();
         let next_cursor = if matching.next().is_some() {
-            opt_outs.last().map(|o| o.phone.to_string())
+            opt_outs.last().and_then(OptOut::key).map(|k| k.to_string())
         } else {
             None
         };

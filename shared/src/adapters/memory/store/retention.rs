@@ -58,6 +58,8 @@ impl RetentionStore for MemoryStore {
         ));
         sweep!(page, K::SendSlot, s.rate, |_, r| r.1 > now);
         sweep!(page, K::Template, s.templates, |_, t| live(t.expires_at));
+        sweep!(page, K::UserPairing, s.pairings, |_, p| live(p.1));
+        sweep!(page, K::ServiceWindow, s.windows, |_, w| live(Some(w.1)));
         page.count(K::Session.class(), s.users.remove_expired(now));
         page.count(
             K::LoginFailuresOfEmail.class(),
@@ -268,11 +270,31 @@ impl RetentionStore for MemoryStore {
             );
         }
         for ((t, _), o) in &s.opt_outs {
-            item(
-                keys::opt_out(t, &o.phone),
-                config_ttl(t),
-                to_value(o).unwrap_or_default(),
-            );
+            if let Some(k) = o.key() {
+                item(
+                    keys::opt_out(t, &k),
+                    config_ttl(t),
+                    to_value(o).unwrap_or_default(),
+                );
+            }
+        }
+        for ((t, key), (other, exp)) in &s.pairings {
+            if let Some(k) = crate::domain::OptOutKey::parse(key) {
+                item(
+                    keys::user_pairing(t, &k),
+                    *exp,
+                    json!({"other": other.to_string()}),
+                );
+            }
+        }
+        for ((t, pnid, key), (at, exp)) in &s.windows {
+            if let Some(k) = crate::domain::OptOutKey::parse(key) {
+                item(
+                    keys::service_window(t, pnid, &k),
+                    Some(*exp),
+                    json!({"at": at.timestamp()}),
+                );
+            }
         }
         for ((t, hash), r) in &s.idempotency {
             item(

@@ -1,0 +1,119 @@
+//! `ContactStore` on the one table, in the tenant's partition:
+//! - `sk = PAIR#{e164 or user id}` → `{"other": <the user's other key>}`, one item each
+//!   way, with the Messages TTL (refreshed whenever Meta repeats the pairing);
+//! - `sk = WINDOW#{phone_number_id}#{e164 or user id}` → `{"at": epoch seconds}`, the
+//!   newest time the user wrote to that number (a conditional put never moves it back),
+//!   with a TTL 24 hours after it. Reads ignore expired items (moto never deletes them).
+
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use chrono::{DateTime, Utc};
+
+use async_trait::async_trait;
+
+use super::{classify, keys, n, s, DynamoStore, TTL_ATTR};
+use crate::domain::{OptOutKey, PhoneNumber, TenantId, UserId};
+use crate::ports::ContactStore;
+use crate::store_error::StoreError;
+
+impl DynamoStore {
+    async fn put_pairing(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+        other: &OptOutKey,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut item = keys::user_pairing(tenant, key).attrs();
+        item.insert("other".into(), s(other.to_string()));
+        if let Some(t) = expires_at {
+            item.insert(TTL_ATTR.into(), n(t));
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb put", e))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ContactStore for DynamoStore {
+    async fn pair_user(
+        &self,
+        tenant: &TenantId,
+        phone: &PhoneNumber,
+        user_id: &UserId,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let (p, u) = (
+            OptOutKey::Phone(phone.clone()),
+            OptOutKey::User(user_id.clone()),
+        );
+        self.put_pairing(tenant, &p, &u, expires_at).await?;
+        self.put_pairing(tenant, &u, &p, expires_at).await
+    }
+
+    async fn paired_key(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<OptOutKey>, StoreError> {
+        Ok(self
+            .get(keys::user_pairing(tenant, key))
+            .await?
+            .and_then(|i| i.get("other").and_then(|v| v.as_s().ok()).cloned())
+            .and_then(|o| OptOutKey::parse(&o)))
+    }
+
+    async fn record_inbound(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        key: &OptOutKey,
+        at: DateTime<Utc>,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let mut item = keys::service_window(tenant, phone_number_id, key).attrs();
+        item.insert("at".into(), n(at.timestamp()));
+        item.insert(TTL_ATTR.into(), n(expires_at));
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR #at < :at")
+            .expression_attribute_names("#at", "at")
+            .expression_attribute_values(":at", n(at.timestamp()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            // A later time is recorded already.
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(())
+            }
+            Err(e) => Err(classify("dynamodb put", e)),
+        }
+    }
+
+    async fn last_inbound(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        key: &OptOutKey,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let item = self
+            .get(keys::service_window(tenant, phone_number_id, key))
+            .await?;
+        Ok(item
+            .and_then(|i| match i.get("at") {
+                Some(AttributeValue::N(v)) => v.parse::<i64>().ok(),
+                _ => None,
+            })
+            .and_then(|t| DateTime::from_timestamp(t, 0)))
+    }
+}

@@ -1,0 +1,80 @@
+//! `ContactStore` on the memory store: the same rules as DynamoDB (a pairing each way; the
+//! newest inbound time kept; expired items not answered), under the one lock.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::MemoryStore;
+use crate::domain::{OptOutKey, PhoneNumber, TenantId, UserId};
+use crate::ports::ContactStore;
+use crate::store_error::StoreError;
+
+#[async_trait]
+impl ContactStore for MemoryStore {
+    async fn pair_user(
+        &self,
+        tenant: &TenantId,
+        phone: &PhoneNumber,
+        user_id: &UserId,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let (p, u) = (
+            OptOutKey::Phone(phone.clone()),
+            OptOutKey::User(user_id.clone()),
+        );
+        let mut s = self.lock()?;
+        s.pairings
+            .insert((tenant.clone(), p.to_string()), (u.clone(), expires_at));
+        s.pairings
+            .insert((tenant.clone(), u.to_string()), (p, expires_at));
+        Ok(())
+    }
+
+    async fn paired_key(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<OptOutKey>, StoreError> {
+        let now = self.now_secs();
+        let s = self.lock()?;
+        Ok(s.pairings
+            .get(&(tenant.clone(), key.to_string()))
+            .filter(|(_, exp)| exp.is_none_or(|t| t > now))
+            .map(|(other, _)| other.clone()))
+    }
+
+    async fn record_inbound(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        key: &OptOutKey,
+        at: DateTime<Utc>,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        // Whole seconds, as DynamoDB keeps them.
+        let at = DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at);
+        let mut s = self.lock()?;
+        let k = (tenant.clone(), phone_number_id.to_owned(), key.to_string());
+        match s.windows.get(&k) {
+            Some((newer, _)) if *newer >= at => {}
+            _ => {
+                s.windows.insert(k, (at, expires_at));
+            }
+        }
+        Ok(())
+    }
+
+    async fn last_inbound(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        key: &OptOutKey,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let now = self.now_secs();
+        let s = self.lock()?;
+        Ok(s.windows
+            .get(&(tenant.clone(), phone_number_id.to_owned(), key.to_string()))
+            .filter(|(_, exp)| *exp > now)
+            .map(|(at, _)| *at))
+    }
+}

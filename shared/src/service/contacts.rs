@@ -1,0 +1,123 @@
+//! What Kirim learns of a tenant's WhatsApp users from Meta's webhooks, besides opt-outs:
+//! which phone goes with which business-scoped user id (so an opt-out under either key
+//! blocks a send to the phone), and when a user last wrote to each of the tenant's numbers
+//! (Meta's 24-hour customer-service window: a session text outside it is refused before
+//! any debit, instead of paying a round trip for Meta's 131047). Never any content.
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{
+    OptOutKey, PhoneNumber, RetentionClass, TenantId, UserId, CUSTOMER_SERVICE_WINDOW,
+};
+
+use super::errors::ServiceError;
+use super::Deps;
+
+/// The window as a chrono duration (24 hours).
+fn window() -> chrono::Duration {
+    chrono::Duration::from_std(CUSTOMER_SERVICE_WINDOW).unwrap_or(chrono::Duration::hours(24))
+}
+
+/// Records that `phone` and `user_id` name one user of `tenant` (Meta gave both).
+pub async fn learn_pairing(
+    deps: &Deps,
+    tenant: &TenantId,
+    phone: &PhoneNumber,
+    user_id: &UserId,
+) -> Result<(), ServiceError> {
+    let now = deps.clock.now();
+    let expires_at = deps
+        .settings
+        .retention
+        .expiry(RetentionClass::Messages, now);
+    deps.contacts
+        .pair_user(tenant, phone, user_id, expires_at)
+        .await?;
+    Ok(())
+}
+
+/// Every key a user is known by: the given ones and, for each, the paired one Kirim
+/// learnt (deduplicated, in that order).
+pub async fn keys_of(
+    deps: &Deps,
+    tenant: &TenantId,
+    given: &[OptOutKey],
+) -> Result<Vec<OptOutKey>, ServiceError> {
+    let mut keys: Vec<OptOutKey> = Vec::new();
+    for k in given {
+        if !keys.contains(k) {
+            keys.push(k.clone());
+        }
+    }
+    for k in given {
+        if let Some(other) = deps.contacts.paired_key(tenant, k).await? {
+            if !keys.contains(&other) {
+                keys.push(other);
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// The user (by each key Meta gave) wrote to the tenant's number `phone_number_id` at
+/// Meta's `timestamp` (never later than now; now if Meta gave none). A time already
+/// outside the window is not recorded.
+pub async fn user_wrote(
+    deps: &Deps,
+    tenant: &TenantId,
+    phone_number_id: &str,
+    keys: &[OptOutKey],
+    timestamp: Option<i64>,
+) -> Result<bool, ServiceError> {
+    let now = deps.clock.now();
+    let at = timestamp
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))
+        .map_or(now, |t| t.min(now));
+    let Some(expires) = at.checked_add_signed(window()) else {
+        return Ok(false);
+    };
+    if expires <= now || keys.is_empty() {
+        return Ok(false);
+    }
+    for key in keys {
+        deps.contacts
+            .record_inbound(tenant, phone_number_id, key, at, expires.timestamp())
+            .await?;
+    }
+    Ok(true)
+}
+
+/// `422 outside_customer_service_window` unless `to` (or its paired user id) wrote to the
+/// tenant's number `phone_number_id` less than 24 hours ago. The expiry is checked here
+/// too: DynamoDB deletes expired items lazily.
+pub async fn check_window(
+    deps: &Deps,
+    tenant: &TenantId,
+    phone_number_id: &str,
+    to: &PhoneNumber,
+) -> Result<(), ServiceError> {
+    let now = deps.clock.now();
+    let open = |at: DateTime<Utc>| at.checked_add_signed(window()).is_some_and(|end| now < end);
+    let phone = OptOutKey::Phone(to.clone());
+    if let Some(at) = deps
+        .contacts
+        .last_inbound(tenant, phone_number_id, &phone)
+        .await?
+    {
+        if open(at) {
+            return Ok(());
+        }
+    }
+    if let Some(user) = deps.contacts.paired_key(tenant, &phone).await? {
+        if let Some(at) = deps
+            .contacts
+            .last_inbound(tenant, phone_number_id, &user)
+            .await?
+        {
+            if open(at) {
+                return Ok(());
+            }
+        }
+    }
+    Err(ServiceError::OutsideCustomerServiceWindow)
+}

@@ -1,0 +1,196 @@
+//! The `ContactStore` contract on the memory adapter and on DynamoDB (moto): phone ↔
+//! user-id pairings both ways, the newest inbound time kept whatever order webhooks
+//! arrive in, expired records never answered; and the 24-hour customer-service window
+//! checked on a send, with a test clock (local mode runs on the system clock).
+
+use chrono::Duration;
+use kirim::domain::{MessageStatus, OptOutKey, PhoneNumber, UserId};
+use kirim::ports::Clock;
+use kirim::service::errors::ServiceError;
+use kirim::service::{contacts, send};
+use serde_json::json;
+
+use super::contract::{aws, contract, memory, onboarded, Ports};
+
+fn key(s: &str) -> OptOutKey {
+    OptOutKey::parse(s).unwrap()
+}
+
+async fn a_pairing_is_found_from_either_key_and_only_in_its_own_tenant(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let other = onboarded(&p, 0).await;
+    let phone = PhoneNumber::parse("+60123450500").unwrap();
+    let user = UserId::parse("MY.5550000500").unwrap();
+    assert_eq!(
+        p.contacts
+            .paired_key(&t.id, &key("+60123450500"))
+            .await
+            .unwrap(),
+        None
+    );
+    p.contacts
+        .pair_user(&t.id, &phone, &user, Some(p.clock.now().timestamp() + 100))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.contacts
+            .paired_key(&t.id, &key("+60123450500"))
+            .await
+            .unwrap(),
+        Some(key("MY.5550000500"))
+    );
+    assert_eq!(
+        p.contacts
+            .paired_key(&t.id, &key("MY.5550000500"))
+            .await
+            .unwrap(),
+        Some(key("+60123450500"))
+    );
+    assert_eq!(
+        p.contacts
+            .paired_key(&other.id, &key("+60123450500"))
+            .await
+            .unwrap(),
+        None
+    );
+    // Expired (TTL deletion is lazy): not answered.
+    p.clock.advance(Duration::seconds(101));
+    assert_eq!(
+        p.contacts
+            .paired_key(&t.id, &key("+60123450500"))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn the_newest_inbound_time_is_kept_whatever_order_they_arrive_in_until_it_expires(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let user = key("+60123450501");
+    // Stored in whole seconds, as DynamoDB keeps them.
+    let now = chrono::DateTime::from_timestamp(p.clock.now().timestamp(), 0).unwrap();
+    let (late, early) = (now - Duration::hours(1), now - Duration::hours(5));
+    let exp = |at: chrono::DateTime<chrono::Utc>| (at + Duration::hours(24)).timestamp();
+    p.contacts
+        .record_inbound(&t.id, &t.phone_number_id, &user, late, exp(late))
+        .await
+        .unwrap();
+    // An older message delivered late does not move the time back.
+    p.contacts
+        .record_inbound(&t.id, &t.phone_number_id, &user, early, exp(early))
+        .await
+        .unwrap();
+    let last = |p: &Ports| {
+        let (id, pnid, user) = (t.id.clone(), t.phone_number_id.clone(), user.clone());
+        let contacts = p.contacts.clone();
+        async move { contacts.last_inbound(&id, &pnid, &user).await.unwrap() }
+    };
+    assert_eq!(last(&p).await, Some(late));
+    // Another number of the tenant knows nothing of it.
+    assert_eq!(
+        p.contacts
+            .last_inbound(&t.id, "999999", &user)
+            .await
+            .unwrap(),
+        None
+    );
+    p.clock.advance(Duration::hours(22));
+    assert_eq!(last(&p).await, Some(late));
+    p.clock.advance(Duration::hours(1));
+    assert_eq!(
+        last(&p).await,
+        None,
+        "expired 24 hours after the user wrote"
+    );
+}
+
+async fn text(p: &Ports, tenant: &kirim::ports::Tenant, to: &str) -> Result<(), ServiceError> {
+    let req: send::SendRequest =
+        serde_json::from_value(json!({"to": to, "text": {"body": "Your parcel is here"}})).unwrap();
+    send::send(p, &tenant.id, req).await.map(|_| ())
+}
+
+async fn credits(p: &Ports, t: &kirim::ports::Tenant) -> i64 {
+    p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits
+}
+
+async fn a_session_text_is_allowed_for_24_hours_after_the_user_wrote_then_refused_with_nothing_debited(
+    p: Ports,
+) {
+    let t = onboarded(&p, 5).await;
+    let to = "+60123450502";
+    // Never wrote: refused before anything is debited or stored.
+    assert!(matches!(
+        text(&p, &t, to).await,
+        Err(ServiceError::OutsideCustomerServiceWindow)
+    ));
+    assert_eq!(credits(&p, &t).await, 5);
+    contacts::user_wrote(&p, &t.id, &t.phone_number_id, &[key(to)], None)
+        .await
+        .unwrap();
+    text(&p, &t, to).await.unwrap();
+    assert_eq!(credits(&p, &t).await, 4);
+    p.clock.advance(Duration::hours(24) - Duration::seconds(1));
+    text(&p, &t, to).await.unwrap();
+    assert_eq!(credits(&p, &t).await, 3);
+    p.clock.advance(Duration::seconds(1));
+    assert!(matches!(
+        text(&p, &t, to).await,
+        Err(ServiceError::OutsideCustomerServiceWindow)
+    ));
+    assert_eq!(credits(&p, &t).await, 3, "nothing debited");
+    let q = kirim::ports::MessageQuery {
+        status: Some(MessageStatus::Accepted),
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(
+        p.messages
+            .list_messages(&t.id, &q)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        2,
+        "nothing stored for the refused send"
+    );
+}
+
+async fn a_user_who_wrote_only_by_id_opens_the_window_of_the_phone_it_is_paired_with(p: Ports) {
+    let t = onboarded(&p, 5).await;
+    let to = "+60123450503";
+    contacts::user_wrote(&p, &t.id, &t.phone_number_id, &[key("MY.5550000503")], None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        text(&p, &t, to).await,
+        Err(ServiceError::OutsideCustomerServiceWindow)
+    ));
+    contacts::learn_pairing(
+        &p,
+        &t.id,
+        &PhoneNumber::parse(to).unwrap(),
+        &UserId::parse("MY.5550000503").unwrap(),
+    )
+    .await
+    .unwrap();
+    text(&p, &t, to).await.unwrap();
+    // A time Meta gives from before the window is not recorded at all.
+    let old = p.clock.now().timestamp() - 25 * 3600;
+    assert!(!contacts::user_wrote(
+        &p,
+        &t.id,
+        &t.phone_number_id,
+        &[key("+60123450504")],
+        Some(old)
+    )
+    .await
+    .unwrap());
+}
+
+contract!(
+    a_pairing_is_found_from_either_key_and_only_in_its_own_tenant,
+    the_newest_inbound_time_is_kept_whatever_order_they_arrive_in_until_it_expires,
+    a_session_text_is_allowed_for_24_hours_after_the_user_wrote_then_refused_with_nothing_debited,
+    a_user_who_wrote_only_by_id_opens_the_window_of_the_phone_it_is_paired_with,
+);

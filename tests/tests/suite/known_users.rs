@@ -1,0 +1,387 @@
+//! Users known by Meta's business-scoped user id, end to end on both backends: webhooks
+//! without a phone are accepted, a STOP by id opts out that id (both keys when Meta gives
+//! both), a send to a phone whose paired user id opted out is refused, `user_preferences`
+//! stop/resume, button titles, and `/v1/opt-outs/{key}` with a user id.
+
+use kirim::config::Backend;
+use kirim_tests::{spawn_app, TestApp};
+use serde_json::{json, Value};
+
+const PNID_META: &str = "60300000000";
+
+/// A signed `messages` (or other `field`) change for the tenant's number; answers the
+/// webhook's summary (asserting 200).
+async fn change(app: &TestApp, pnid: &str, field: &str, value: Value) -> Value {
+    let mut value = value;
+    value["messaging_product"] = json!("whatsapp");
+    value["metadata"] = json!({"display_phone_number": PNID_META, "phone_number_id": pnid});
+    let body = json!({"object":"whatsapp_business_account","entry":[{"id":"1000001","changes":[
+        {"field": field, "value": value}]}]});
+    let res = app.post_webhook(&body).await;
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    v["summary"].clone()
+}
+
+fn stop_from(from: Option<&str>, user_id: Option<&str>, ts: i64) -> Value {
+    let mut m = json!({"id": format!("wamid.in.{}", ulid::Ulid::new()), "timestamp": ts.to_string(),
+        "type": "text", "text": {"body": "STOP"}});
+    if let Some(f) = from {
+        m["from"] = json!(f);
+    }
+    if let Some(u) = user_id {
+        m["from_user_id"] = json!(u);
+    }
+    m
+}
+
+async fn call(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = app
+        .http
+        .request(method.parse().unwrap(), app.url(path))
+        .bearer_auth(key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+fn opt_out_path(key: &str) -> String {
+    format!("/v1/opt-outs/{}", key.replace('+', "%2B"))
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn a_stop_from_a_user_known_only_by_id_opts_out_that_id(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let summary = change(
+        &app,
+        &t.phone_number_id,
+        "messages",
+        json!({"messages": [stop_from(None, Some("MY.7000000001"), now())]}),
+    )
+    .await;
+    assert_eq!(
+        (summary["applied"].as_u64(), summary["skipped"].as_u64()),
+        (Some(1), Some(0)),
+        "{summary}"
+    );
+    let (s, o) = call(&app, "GET", &opt_out_path("MY.7000000001"), &t.key, None).await;
+    assert_eq!(s, 200, "{o}");
+    assert_eq!(o["user_id"], "MY.7000000001");
+    assert_eq!(o["phone"], Value::Null);
+    assert_eq!(
+        (o["scope"].as_str(), o["source"].as_str()),
+        (Some("all"), Some("keyword"))
+    );
+    let (s, list) = call(&app, "GET", "/v1/opt-outs", &t.key, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(list["opt_outs"].as_array().map(Vec::len), Some(1), "{list}");
+}
+
+async fn a_stop_with_a_phone_and_a_user_id_records_both_and_either_key_finds_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    change(
+        &app,
+        &t.phone_number_id,
+        "messages",
+        json!({"messages": [stop_from(Some("60123470002"), Some("MY.7000000002"), now())]}),
+    )
+    .await;
+    for key in ["+60123470002", "MY.7000000002"] {
+        let (s, o) = call(&app, "GET", &opt_out_path(key), &t.key, None).await;
+        assert_eq!(s, 200, "{key}: {o}");
+        assert_eq!(
+            (o["phone"].as_str(), o["user_id"].as_str()),
+            (Some("+60123470002"), Some("MY.7000000002"))
+        );
+    }
+    // Removed by the user id, it is gone under the phone too.
+    let (s, _) = call(&app, "DELETE", &opt_out_path("MY.7000000002"), &t.key, None).await;
+    assert_eq!(s, 204);
+    let (s, _) = call(&app, "GET", &opt_out_path("+60123470002"), &t.key, None).await;
+    assert_eq!(s, 404);
+    let (s, _) = send_template(&app, &t.key, "+60123470002").await;
+    assert_eq!(s, 202);
+}
+
+async fn send_template(app: &TestApp, key: &str, to: &str) -> (u16, Value) {
+    call(
+        app,
+        "POST",
+        "/v1/messages",
+        key,
+        Some(json!({"to": to, "template": kirim_tests::template_of("utility")})),
+    )
+    .await
+}
+
+async fn a_send_to_a_phone_whose_user_id_opted_out_is_refused_with_no_debit(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    // A status that names the recipient both ways teaches Kirim the pairing (its message
+    // need not be known yet: the status is kept).
+    let summary = change(&app, &t.phone_number_id, "messages", json!({"statuses": [{
+        "id": format!("wamid.{}", ulid::Ulid::new()), "status": "delivered", "timestamp": now().to_string(),
+        "recipient_id": "60123470003", "recipient_user_id": "MY.7000000003"}]})).await;
+    assert_eq!(summary["skipped"], 0, "{summary}");
+    // Later the user stops, known only by id.
+    change(
+        &app,
+        &t.phone_number_id,
+        "messages",
+        json!({"messages": [stop_from(None, Some("MY.7000000003"), now())]}),
+    )
+    .await;
+    let before = app.credits(&t.key).await;
+    let (s, body) = send_template(&app, &t.key, "+60123470003").await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("recipient_opted_out")),
+        "{body}"
+    );
+    assert_eq!(app.credits(&t.key).await, before, "nothing debited");
+    // Another phone is not affected.
+    let (s, _) = send_template(&app, &t.key, "+60123470033").await;
+    assert_eq!(s, 202);
+}
+
+async fn a_status_and_an_inbound_message_without_a_phone_are_accepted_not_skipped(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let summary = change(&app, &t.phone_number_id, "messages", json!({
+        "statuses": [{"id": format!("wamid.{}", ulid::Ulid::new()), "status": "read",
+            "timestamp": now().to_string(), "recipient_user_id": "MY.7000000004"}],
+        "messages": [{"from_user_id": "MY.7000000004", "id": "wamid.in.x", "timestamp": now().to_string(),
+            "type": "text", "text": {"body": "hello"}}]})).await;
+    assert_eq!(summary["skipped"], 0, "{summary}");
+    assert_eq!(
+        summary["unknown"], 1,
+        "the status of an unknown message is kept: {summary}"
+    );
+    assert_eq!(summary["errors"], 0, "{summary}");
+}
+
+async fn user_preferences_stop_and_resume_marketing_but_a_resume_never_removes_an_all_opt_out(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let pref = |value: &str, wa_id: &str, user_id: &str| {
+        json!({
+        "contacts": [{"wa_id": wa_id, "user_id": user_id}],
+        "user_preferences": [{"wa_id": wa_id, "user_id": user_id, "category": "marketing_messages",
+            "value": value, "detail": "User requested", "timestamp": now()}]})
+    };
+    let s = change(
+        &app,
+        &t.phone_number_id,
+        "user_preferences",
+        pref("stop", "60123470005", "MY.7000000005"),
+    )
+    .await;
+    assert_eq!(s["applied"], 1, "{s}");
+    let (st, o) = call(&app, "GET", &opt_out_path("+60123470005"), &t.key, None).await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        (o["scope"].as_str(), o["source"].as_str()),
+        (Some("marketing"), Some("meta_user_preferences"))
+    );
+    assert_eq!(o["user_id"], "MY.7000000005");
+    let (st, body) = call(
+        &app,
+        "POST",
+        "/v1/messages",
+        &t.key,
+        Some(json!({"to": "+60123470005", "template": kirim_tests::template_of("marketing")})),
+    )
+    .await;
+    assert_eq!(
+        (st, body["error"]["code"].as_str()),
+        (422, Some("recipient_opted_out"))
+    );
+    assert_eq!(
+        send_template(&app, &t.key, "+60123470005").await.0,
+        202,
+        "utility still allowed"
+    );
+    // Resume (named by id only) removes the marketing opt-out.
+    change(
+        &app,
+        &t.phone_number_id,
+        "user_preferences",
+        json!({"user_preferences": [{"user_id": "MY.7000000005",
+        "category": "marketing_messages", "value": "resume", "timestamp": now()}]}),
+    )
+    .await;
+    let (st, _) = call(&app, "GET", &opt_out_path("+60123470005"), &t.key, None).await;
+    assert_eq!(st, 404);
+    // A STOP reply (all messages), then a resume of marketing: the STOP stands.
+    change(
+        &app,
+        &t.phone_number_id,
+        "messages",
+        json!({"messages": [stop_from(Some("60123470005"), None, now())]}),
+    )
+    .await;
+    change(
+        &app,
+        &t.phone_number_id,
+        "user_preferences",
+        pref("resume", "60123470005", "MY.7000000005"),
+    )
+    .await;
+    let (st, o) = call(&app, "GET", &opt_out_path("+60123470005"), &t.key, None).await;
+    assert_eq!((st, o["scope"].as_str()), (200, Some("all")), "{o}");
+    // A stop of marketing never narrows it either.
+    change(
+        &app,
+        &t.phone_number_id,
+        "user_preferences",
+        pref("stop", "60123470005", "MY.7000000005"),
+    )
+    .await;
+    let (_, o) = call(&app, "GET", &opt_out_path("+60123470005"), &t.key, None).await;
+    assert_eq!(o["scope"], "all");
+}
+
+async fn a_button_reply_whose_title_is_a_stop_word_opts_out(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    change(&app, &t.phone_number_id, "messages", json!({"messages": [
+        {"from": "60123470006", "id": "wamid.in.b1", "timestamp": now().to_string(), "type": "interactive",
+         "interactive": {"type": "button_reply", "button_reply": {"id": "btn_opt_1", "title": "Stop"}}},
+        {"from": "60123470007", "id": "wamid.in.b2", "timestamp": now().to_string(), "type": "button",
+         "button": {"payload": "promo-9", "text": "UNSUBSCRIBE"}}]})).await;
+    for phone in ["+60123470006", "+60123470007"] {
+        let (s, o) = call(&app, "GET", &opt_out_path(phone), &t.key, None).await;
+        assert_eq!(
+            (s, o["source"].as_str()),
+            (200, Some("button")),
+            "{phone}: {o}"
+        );
+    }
+}
+
+async fn the_opt_out_routes_take_a_user_id_and_refuse_anything_else(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (s, o) = call(
+        &app,
+        "PUT",
+        &opt_out_path("US.13491208655302741918"),
+        &t.key,
+        Some(json!({"scope": "marketing"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{o}");
+    assert_eq!(
+        (
+            o["user_id"].as_str(),
+            o["phone"].as_str(),
+            o["scope"].as_str()
+        ),
+        (Some("US.13491208655302741918"), None, Some("marketing"))
+    );
+    let (s, o) = call(
+        &app,
+        "GET",
+        &opt_out_path("US.13491208655302741918"),
+        &t.key,
+        None,
+    )
+    .await;
+    assert_eq!((s, o["source"].as_str()), (200, Some("api")));
+    for (bad, code) in [
+        ("US.", "invalid_request"),
+        ("us.123", "invalid_request"),
+        ("US..1", "invalid_request"),
+        ("hello", "invalid_phone_number"),
+        ("60123", "invalid_phone_number"),
+    ] {
+        for method in ["GET", "PUT", "DELETE"] {
+            let (s, body) = call(&app, method, &opt_out_path(bad), &t.key, None).await;
+            assert_eq!(
+                (s, body["error"]["code"].as_str()),
+                (400, Some(code)),
+                "{method} {bad}"
+            );
+        }
+    }
+    let (s, _) = call(
+        &app,
+        "DELETE",
+        &opt_out_path("US.13491208655302741918"),
+        &t.key,
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _) = call(
+        &app,
+        "DELETE",
+        &opt_out_path("US.13491208655302741918"),
+        &t.key,
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+}
+
+async fn a_session_text_outside_the_window_is_refused_and_inside_it_is_sent(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let other = app.onboard(5).await;
+    let text = json!({"to": "+60123470008", "text": {"body": "Your parcel is here"}});
+    let (s, body) = call(&app, "POST", "/v1/messages", &t.key, Some(text.clone())).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("outside_customer_service_window")),
+        "{body}"
+    );
+    assert_eq!(app.credits(&t.key).await, 5, "nothing debited");
+    let (_, list) = call(&app, "GET", "/v1/messages", &t.key, None).await;
+    assert_eq!(
+        list["messages"].as_array().map(Vec::len),
+        Some(0),
+        "nothing stored"
+    );
+    // Templates are always allowed.
+    assert_eq!(send_template(&app, &t.key, "+60123470008").await.0, 202);
+    // Writing to another tenant's number opens only that number's window.
+    app.user_wrote(&other.phone_number_id, "+60123470008").await;
+    assert_eq!(
+        call(&app, "POST", "/v1/messages", &t.key, Some(text.clone()))
+            .await
+            .0,
+        422
+    );
+    app.user_wrote(&t.phone_number_id, "+60123470008").await;
+    let (s, body) = call(&app, "POST", "/v1/messages", &t.key, Some(text)).await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    app.wait_status(&t.key, &id, "read").await;
+}
+
+on_both_backends!(
+    a_stop_from_a_user_known_only_by_id_opts_out_that_id,
+    a_stop_with_a_phone_and_a_user_id_records_both_and_either_key_finds_it,
+    a_send_to_a_phone_whose_user_id_opted_out_is_refused_with_no_debit,
+    a_status_and_an_inbound_message_without_a_phone_are_accepted_not_skipped,
+    user_preferences_stop_and_resume_marketing_but_a_resume_never_removes_an_all_opt_out,
+    a_button_reply_whose_title_is_a_stop_word_opts_out,
+    the_opt_out_routes_take_a_user_id_and_refuse_anything_else,
+    a_session_text_outside_the_window_is_refused_and_inside_it_is_sent,
+);
