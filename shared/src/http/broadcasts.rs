@@ -18,20 +18,21 @@ use super::admin::noted;
 use super::error::ApiError;
 use super::extract::parse_json;
 use super::{ApiResult, AppState};
-use crate::service::broadcasts::{self, BroadcastRequest};
+use crate::service::broadcasts::{self, BroadcastRequest, CampaignIn};
 use crate::service::send::TemplateIn;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/broadcasts", post(create))
         .route("/v1/broadcasts/{id}", get(get_one))
+        .route("/v1/broadcasts/{id}/cancel", post(cancel))
 }
 
 fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiError> {
     for k in q.keys() {
         if !matches!(
             k.as_str(),
-            "template_name" | "template_language" | "template_category"
+            "template_name" | "template_language" | "template_category" | "name" | "send_at"
         ) {
             return Err(ApiError::invalid(format!("unknown query parameter `{k}`")));
         }
@@ -70,9 +71,13 @@ async fn create(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_ascii_lowercase();
-    let (template, recipients) = if content_type.starts_with("text/csv") {
+    let (template, recipients, campaign) = if content_type.starts_with("text/csv") {
         let template = template_from_query(&q)?;
-        (template, broadcasts::recipients_from_csv(&body)?)
+        let campaign = CampaignIn {
+            name: q.get("name").cloned(),
+            send_at: q.get("send_at").cloned(),
+        };
+        (template, broadcasts::recipients_from_csv(&body)?, campaign)
     } else {
         if !q.is_empty() {
             return Err(ApiError::invalid(
@@ -83,12 +88,28 @@ async fn create(
             return Err(ApiError::invalid("a JSON body is required"));
         }
         let req: BroadcastRequest = parse_json(&body)?;
-        (req.template, req.recipients)
+        let campaign = CampaignIn {
+            name: req.name,
+            send_at: req.send_at,
+        };
+        (req.template, req.recipients, campaign)
     };
-    let accepted = broadcasts::create(&s.deps, ctx.tenant_id(), template, recipients).await?;
-    let details = json!({"broadcast_id": accepted.id, "accepted": accepted.accepted});
+    let accepted =
+        broadcasts::create_campaign(&s.deps, ctx.tenant_id(), template, recipients, campaign)
+            .await?;
+    let details = json!({"broadcast_id": accepted.id, "accepted": accepted.accepted,
+        "status": accepted.status});
     let res = (StatusCode::ACCEPTED, Json(accepted)).into_response();
     Ok(noted(res, None, details))
+}
+
+async fn cancel(State(s): State<AppState>, ctx: TenantCtx, Path(id): Path<String>) -> ApiResult {
+    if ulid::Ulid::from_string(&id).is_err() {
+        return Err(ApiError::not_found());
+    }
+    let view = broadcasts::cancel(&s.deps, ctx.tenant_id(), &id).await?;
+    let details = json!({"broadcast_id": view.id, "status": view.status});
+    Ok(noted(Json(view).into_response(), None, details))
 }
 
 async fn get_one(State(s): State<AppState>, ctx: TenantCtx, Path(id): Path<String>) -> ApiResult {

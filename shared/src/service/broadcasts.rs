@@ -2,7 +2,9 @@
 //! duplicates collapse, opted-out numbers are skipped, and the accepted ones are paid for
 //! all at once (all or nothing). The fan-out runs in the dispatcher from a queue job
 //! that holds the content (never a table), resumably, in batches; the uploaded list is
-//! deleted once every recipient is enqueued.
+//! deleted once every recipient is enqueued. A broadcast with a `send_at` is
+//! `scheduled`: paid for at once, its fan-out job waits on the queue (see `schedule`)
+//! and starts it with a conditional write; cancelled before that, it is refunded whole.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -39,11 +41,28 @@ const LOOKUPS: usize = 16;
 pub struct BroadcastRequest {
     pub template: TemplateIn,
     pub recipients: Vec<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// RFC 3339 with an offset, 1 minute to 35 days ahead.
+    #[serde(default)]
+    pub send_at: Option<String>,
 }
+
+/// A broadcast's campaign settings, as the request gave them (unchecked).
+#[derive(Default, Debug, Clone)]
+pub struct CampaignIn {
+    pub name: Option<String>,
+    pub send_at: Option<String>,
+}
+
+/// The longest campaign name.
+pub const MAX_NAME: usize = 200;
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct Accepted {
     pub id: String,
+    /// `scheduled` (it has a `send_at`) or `sending`.
+    pub status: &'static str,
     pub accepted: usize,
     pub skipped_opted_out: usize,
     pub duplicates: usize,
@@ -55,16 +74,55 @@ pub struct Accepted {
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct View {
     pub id: String,
-    pub status: BroadcastStatus,
+    pub name: Option<String>,
+    /// `scheduled`, `sending`, `completed` or `cancelled` (see [`campaign_status`]).
+    pub status: &'static str,
+    /// The sender's phone number id.
+    pub from: Option<String>,
     pub template: TemplateRef,
+    pub send_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Recipients accepted (each is, or becomes, one message).
+    pub total: usize,
     pub accepted: usize,
     pub skipped_opted_out: usize,
     pub duplicates: usize,
     pub invalid_count: usize,
     pub enqueued: usize,
-    /// Messages of the broadcast by status.
+    /// Messages of the broadcast by status (every status of the contract, zeros too).
     pub counts: BTreeMap<String, usize>,
-    pub created_at: DateTime<Utc>,
+}
+
+/// The statuses a broadcast view always counts.
+pub const COUNTED: [MessageStatus; 7] = [
+    MessageStatus::Accepted,
+    MessageStatus::Sending,
+    MessageStatus::Sent,
+    MessageStatus::Delivered,
+    MessageStatus::Read,
+    MessageStatus::Failed,
+    MessageStatus::Cancelled,
+];
+
+/// A broadcast's status as the API shows it: `scheduled` until it starts, `sending`
+/// while recipients are being queued or any message is still on its way to Meta,
+/// `completed` once every message was handed over or ended, `cancelled` if cancelled.
+pub fn campaign_status(b: &Broadcast, counts: &BTreeMap<String, usize>) -> &'static str {
+    let open = |st: MessageStatus| counts.get(st.as_str()).copied().unwrap_or(0);
+    match b.status {
+        BroadcastStatus::Scheduled => "scheduled",
+        BroadcastStatus::Cancelled => "cancelled",
+        BroadcastStatus::FanningOut => "sending",
+        BroadcastStatus::Enqueued => {
+            if open(MessageStatus::Accepted) + open(MessageStatus::Sending) > 0 {
+                "sending"
+            } else {
+                "completed"
+            }
+        }
+    }
 }
 
 /// Recipients of a `text/csv` upload: the `phone` column (header row required, any
@@ -119,10 +177,35 @@ pub async fn create(
     template: TemplateIn,
     raw: Vec<String>,
 ) -> Result<Accepted, ServiceError> {
+    create_campaign(deps, tenant_id, template, raw, CampaignIn::default()).await
+}
+
+/// Creates a broadcast with a name and, given `send_at`, scheduled: debited now, its
+/// fan-out job waits on the queue until `send_at` (see `schedule`).
+pub async fn create_campaign(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    template: TemplateIn,
+    raw: Vec<String>,
+    campaign: CampaignIn,
+) -> Result<Accepted, ServiceError> {
     let requested = parse_template(template)?;
     if raw.len() > MAX_RECIPIENTS {
         return Err(too_many());
     }
+    let name = campaign.name.map(|n| n.trim().to_owned());
+    if name.as_ref().is_some_and(|n| {
+        n.is_empty() || n.chars().count() > MAX_NAME || n.chars().any(char::is_control)
+    }) {
+        return Err(ServiceError::InvalidRequest(format!(
+            "name must be 1 to {MAX_NAME} characters without control characters"
+        )));
+    }
+    let send_at = campaign
+        .send_at
+        .as_deref()
+        .map(|raw| super::schedule::parse_send_at(raw, deps.clock.now()))
+        .transpose()?;
     let tenant = super::auth::load_tenant(deps, tenant_id).await?;
     if tenant.status != TenantStatus::Active {
         return Err(ServiceError::TenantSuspended);
@@ -183,13 +266,23 @@ pub async fn create(
         invalid: invalid.len(),
         duplicates,
         price_each: price,
-        status: BroadcastStatus::FanningOut,
+        status: if send_at.is_some() {
+            BroadcastStatus::Scheduled
+        } else {
+            BroadcastStatus::FanningOut
+        },
         enqueued: 0,
         created_at: now,
         expires_at: deps
             .settings
             .retention
             .expiry(RetentionClass::Messages, now),
+        name,
+        // The sender: today the tenant's one number (a `from` choice slots in here).
+        from: Some(tenant.phone_number_id.clone()),
+        send_at,
+        started_at: if send_at.is_some() { None } else { Some(now) },
+        ended_at: None,
     };
     let charge = Charge::Broadcast(id.clone());
     let debit = ledger::debit(deps, tenant_id, &charge, total, now);
@@ -201,11 +294,20 @@ pub async fn create(
         broadcast_id: id.clone(),
         content,
         request_id: crate::telemetry::request_id(),
+        send_at,
     });
     let body = job
         .to_body()
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-    if let Err(e) = deps.queue.send(&body).await {
+    let queued = match super::schedule::wait(send_at, now) {
+        Some(wait) => {
+            deps.queue
+                .send_delayed(&body, wait.min(deps.settings.schedule_hop))
+                .await
+        }
+        None => deps.queue.send(&body).await,
+    };
+    if let Err(e) = queued {
         // Nothing will fan it out: give the credits back and close it.
         tracing::error!(broadcast_id = %id, error = %e, "broadcast not queued");
         ledger::refund(deps, tenant_id, &charge, total, "not queued").await;
@@ -219,6 +321,11 @@ pub async fn create(
     invalid.truncate(MAX_INVALID_SHOWN);
     Ok(Accepted {
         id,
+        status: if send_at.is_some() {
+            "scheduled"
+        } else {
+            "sending"
+        },
         accepted: broadcast.accepted,
         skipped_opted_out: skipped,
         duplicates,
@@ -233,19 +340,68 @@ pub async fn view(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Serv
         .get_broadcast(tenant, id)
         .await?
         .ok_or(ServiceError::NotFound)?;
-    let counts = deps.broadcasts.broadcast_counts(&b).await?;
+    let mut counts = deps.broadcasts.broadcast_counts(&b).await?;
+    for st in COUNTED {
+        counts.entry(st.as_str().to_owned()).or_insert(0);
+    }
+    let status = campaign_status(&b, &counts);
     Ok(View {
+        status,
+        completed_at: if status == "cancelled" {
+            b.ended_at
+        } else {
+            None
+        },
         id: b.id,
-        status: b.status,
+        name: b.name,
+        from: b.from,
         template: b.template,
+        send_at: b.send_at,
+        created_at: b.created_at,
+        started_at: b.started_at,
+        total: b.accepted,
         accepted: b.accepted,
         skipped_opted_out: b.skipped_opted_out,
         duplicates: b.duplicates,
         invalid_count: b.invalid,
         enqueued: b.enqueued,
         counts,
-        created_at: b.created_at,
     })
+}
+
+/// `POST /v1/broadcasts/{id}/cancel`. A scheduled broadcast: cancelled and refunded in
+/// full in one conditional write (its fan-out job then finds it cancelled and stops).
+/// Any other state: `Conflict` (cancelling a broadcast already sending is not built
+/// yet). Another tenant's or an unknown id: `NotFound`.
+pub async fn cancel(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, ServiceError> {
+    let b = deps
+        .broadcasts
+        .get_broadcast(tenant, id)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    let refused = || ServiceError::Conflict("only a scheduled broadcast can be cancelled".into());
+    if b.status != BroadcastStatus::Scheduled {
+        return Err(refused());
+    }
+    let now = deps.clock.now();
+    let total = b.price_each.saturating_mul(b.accepted as i64);
+    let refund = ledger::refund_entry(
+        deps,
+        tenant,
+        &Charge::Broadcast(b.id.clone()),
+        total,
+        "scheduled broadcast cancelled",
+        now,
+    );
+    if !deps
+        .broadcasts
+        .cancel_scheduled_broadcast(tenant, id, &refund, now)
+        .await?
+    {
+        return Err(refused());
+    }
+    tracing::info!(broadcast_id = %id, refunded = total, "scheduled broadcast cancelled");
+    view(deps, tenant, id).await
 }
 
 /// One delivery of a fan-out job: records and enqueues the next slice of recipients.
@@ -261,15 +417,35 @@ pub async fn fan_out_in_slices(
     job: &FanoutJob,
     slice: usize,
 ) -> Result<Outcome, StoreError> {
-    let Some(b) = deps
+    if let Some(wait) = super::schedule::wait(job.send_at, deps.clock.now()) {
+        let again = QueueJob::BroadcastFanout(job.clone());
+        return super::schedule::wait_again(deps, &again, wait).await;
+    }
+    let Some(mut b) = deps
         .broadcasts
         .get_broadcast(&job.tenant_id, &job.broadcast_id)
         .await?
     else {
         return Ok(Outcome::Done);
     };
-    if b.status == BroadcastStatus::Enqueued {
-        return Ok(Outcome::Done);
+    match b.status {
+        BroadcastStatus::Enqueued | BroadcastStatus::Cancelled => return Ok(Outcome::Done),
+        // Due: start it (conditional, so a duplicate trigger starts it once; a cancel
+        // that won the race leaves nothing to do).
+        BroadcastStatus::Scheduled => {
+            let now = deps.clock.now();
+            if !deps
+                .broadcasts
+                .start_broadcast(&job.tenant_id, &b.id, now)
+                .await?
+            {
+                return Ok(Outcome::Done);
+            }
+            b.status = BroadcastStatus::FanningOut;
+            b.started_at = Some(now);
+            tracing::info!(broadcast_id = %b.id, "scheduled broadcast started");
+        }
+        BroadcastStatus::FanningOut => {}
     }
     let Some(list) = deps
         .broadcasts
@@ -308,6 +484,7 @@ pub async fn fan_out_in_slices(
                 updated_at: now,
                 expires_at: b.expires_at,
                 broadcast_id: Some(b.id.clone()),
+                send_at: None,
             };
             deps.broadcasts.insert_broadcast_message(&record).await?;
             let body = QueueJob::Send(DispatchJob {
@@ -315,6 +492,7 @@ pub async fn fan_out_in_slices(
                 message_id: id,
                 content: job.content.clone(),
                 request_id: job.request_id.clone(),
+                send_at: None,
             })
             .to_body()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -385,6 +563,11 @@ mod tests {
             enqueued: 0,
             created_at: Utc::now(),
             expires_at: None,
+            name: None,
+            from: None,
+            send_at: None,
+            started_at: None,
+            ended_at: None,
         };
         assert_eq!(message_id(&b, 7), message_id(&b, 7));
         assert_ne!(message_id(&b, 7), message_id(&b, 8));

@@ -4,7 +4,7 @@
 //! sending deadline, never by sending again.
 //!
 //! Depends on `jobs`, `ledger`, `accounts`, `status`, `deadline`, `throttle`,
-//! `optouts`, `quality`, `callbacks` and `broadcasts` (for fan-out jobs); nothing
+//! `optouts`, `quality`, `callbacks`, `schedule` and `broadcasts` (for fan-out jobs); nothing
 //! depends on it but the queue handlers.
 
 use tracing::Instrument;
@@ -179,6 +179,24 @@ async fn handle_job(deps: &Deps, job: QueueJob) -> Outcome {
 }
 
 async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
+    // A scheduled message: not due yet, it waits another hop on the queue; due, it
+    // becomes `accepted` (a conditional write: refused when a duplicate job did it
+    // already, or when it was cancelled, which the claim below then refuses too).
+    if job.send_at.is_some() {
+        if let Some(wait) = super::schedule::wait(job.send_at, deps.clock.now()) {
+            let again = QueueJob::Send(job.clone());
+            return Ok(super::schedule::wait_again(deps, &again, wait).await?);
+        }
+        deps.messages
+            .transition(
+                &job.tenant_id,
+                &job.message_id,
+                MessageStatus::Accepted,
+                &StatusChange::default(),
+                deps.clock.now(),
+            )
+            .await?;
+    }
     let Some(tenant) = deps.tenants.get_tenant(&job.tenant_id).await? else {
         tracing::warn!("tenant gone; dropping");
         return Ok(Outcome::Done);

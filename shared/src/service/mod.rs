@@ -45,6 +45,7 @@ pub mod optouts;
 mod parse_props;
 pub mod quality;
 pub mod retention;
+pub mod schedule;
 pub mod send;
 pub mod status;
 pub mod templates;

@@ -8,12 +8,18 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, TransactWriteItem, Update};
+use chrono::{DateTime, Utc};
 
 use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, TTL_ATTR};
 use crate::domain::{MessageRecord, PhoneNumber, TenantId, BROADCAST_LIST_RETENTION};
-use crate::ports::{Broadcast, BroadcastStore, LedgerEntry};
+use crate::ports::{Broadcast, BroadcastStatus, BroadcastStore, LedgerEntry};
 use crate::store_error::StoreError;
+
+/// A time as stored by serde (RFC 3339, UTC).
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
 
 #[async_trait]
 impl BroadcastStore for DynamoStore {
@@ -129,6 +135,74 @@ impl BroadcastStore for DynamoStore {
                 .map_err(|e| classify("dynamodb delete", e))?;
         }
         Ok(())
+    }
+
+    async fn start_broadcast(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::broadcast(tenant, id).attrs()))
+            .update_expression("SET #status = :go, started_at = :at")
+            .condition_expression("#status = :scheduled")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":go", s(BroadcastStatus::FanningOut.as_str()))
+            .expression_attribute_values(":scheduled", s(BroadcastStatus::Scheduled.as_str()))
+            .expression_attribute_values(":at", s(rfc3339(at)))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
+    async fn cancel_scheduled_broadcast(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        refund: &LedgerEntry,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let u = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::broadcast(tenant, id).attrs()))
+            .update_expression("SET #status = :cancelled, ended_at = :at")
+            .condition_expression(
+                "#status = :scheduled AND (attribute_not_exists(#ttl) OR #ttl > :now)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":cancelled", s(BroadcastStatus::Cancelled.as_str()))
+            .expression_attribute_values(":scheduled", s(BroadcastStatus::Scheduled.as_str()))
+            .expression_attribute_values(":at", s(rfc3339(at)))
+            .expression_attribute_values(":now", n(self.now_secs()))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+        let del = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::broadcast_list(tenant, id).attrs()))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("delete: {e}")))?;
+        let items = vec![
+            TransactWriteItem::builder().update(u).build(),
+            self.credit_update(refund, false)?,
+            self.ledger_put(refund)?,
+            TransactWriteItem::builder().delete(del).build(),
+        ];
+        match self.transact_retrying_conflicts(items).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => Ok(false),
+            Err(e) => Err(e.into_store_error()),
+        }
     }
 
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use super::MemoryStore;
 use crate::domain::{MessageRecord, PhoneNumber, TenantId, BROADCAST_LIST_RETENTION};
-use crate::ports::{Broadcast, BroadcastStore, LedgerEntry};
+use crate::ports::{Broadcast, BroadcastStatus, BroadcastStore, LedgerEntry};
 use crate::store_error::StoreError;
 
 #[async_trait]
@@ -80,6 +81,52 @@ impl BroadcastStore for MemoryStore {
             s.broadcast_lists.remove(&key);
         }
         Ok(())
+    }
+
+    async fn start_broadcast(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let Some(b) = s.broadcasts.get_mut(&(tenant.clone(), id.to_owned())) else {
+            return Ok(false);
+        };
+        if b.status != BroadcastStatus::Scheduled {
+            return Ok(false);
+        }
+        b.status = BroadcastStatus::FanningOut;
+        b.started_at = Some(at);
+        Ok(true)
+    }
+
+    async fn cancel_scheduled_broadcast(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        refund: &LedgerEntry,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let key = (tenant.clone(), id.to_owned());
+        let Some(b) = s
+            .broadcasts
+            .get_mut(&key)
+            .filter(|b| self.live(b.expires_at))
+        else {
+            return Ok(false);
+        };
+        if b.status != BroadcastStatus::Scheduled {
+            return Ok(false);
+        }
+        b.status = BroadcastStatus::Cancelled;
+        b.ended_at = Some(at);
+        let t = s.tenants.get_mut(tenant).ok_or(StoreError::NotFound)?;
+        t.credits = t.credits.saturating_add(refund.amount);
+        s.ledger.push(refund.clone());
+        s.broadcast_lists.remove(&key);
+        Ok(true)
     }
 
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {
