@@ -774,6 +774,39 @@ pub struct Broadcast {
     /// When it was cancelled (or otherwise ended by a person).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<DateTime<Utc>>,
+    /// A person's hold on it: paused or cancelled (absent: running). The dispatcher's
+    /// claim of each of its messages is conditional on there being none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<BroadcastControl>,
+}
+
+/// A hold on a broadcast, checked by every claim of one of its messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BroadcastControl {
+    /// No message of it is claimed until it is resumed.
+    Paused,
+    /// Its messages not yet claimed end `cancelled`, refunded.
+    Cancelled,
+}
+
+impl BroadcastControl {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BroadcastControl::Paused => "paused",
+            BroadcastControl::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The outcome of claiming a broadcast's message (`accepted → sending`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum BroadcastClaim {
+    Claimed(Box<MessageRecord>),
+    /// The message is not `accepted` (claimed already, finished, cancelled, gone).
+    Refused,
+    /// The broadcast is held: the message stays `accepted`.
+    Held(BroadcastControl),
 }
 
 /// Where a broadcast's fan-out stands.
@@ -850,6 +883,25 @@ pub trait BroadcastStore: Send + Sync {
         refund: &LedgerEntry,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+    /// Sets the broadcast's hold to `to`, only if its hold is one of `from` (`None`: no
+    /// hold) and it was not cancelled before it started: `false` otherwise.
+    async fn set_broadcast_control(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        from: &[Option<BroadcastControl>],
+        to: Option<BroadcastControl>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// The dispatcher's claim of a broadcast's message: `accepted → sending` (counting an
+    /// attempt), in one conditional write with the check that the broadcast has no hold.
+    async fn claim_broadcast_message(
+        &self,
+        tenant: &TenantId,
+        message: &MessageId,
+        broadcast: &str,
+        at: DateTime<Utc>,
+    ) -> Result<BroadcastClaim, StoreError>;
     /// Stores a broadcast's message (already paid for); `false` if it exists already
     /// (a resumed fan-out).
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError>;

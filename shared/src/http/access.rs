@@ -74,6 +74,8 @@ pub const ROUTES: &[RouteRule] = &[
     rule("DELETE", "/v1/messages/{id}", Tenant(Operator)),
     rule("POST", "/v1/broadcasts", Tenant(Operator)),
     rule("GET", "/v1/broadcasts/{id}", Tenant(ReadOnly)),
+    rule("POST", "/v1/broadcasts/{id}/pause", Tenant(Operator)),
+    rule("POST", "/v1/broadcasts/{id}/resume", Tenant(Operator)),
     rule("POST", "/v1/broadcasts/{id}/cancel", Tenant(Operator)),
     rule("GET", "/v1/templates", Tenant(ReadOnly)),
     rule("POST", "/v1/templates/sync", Tenant(Admin)),

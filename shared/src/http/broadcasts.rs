@@ -26,6 +26,8 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/broadcasts", post(create))
         .route("/v1/broadcasts/{id}", get(get_one))
         .route("/v1/broadcasts/{id}/cancel", post(cancel))
+        .route("/v1/broadcasts/{id}/pause", post(pause))
+        .route("/v1/broadcasts/{id}/resume", post(resume))
 }
 
 fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiError> {
@@ -103,11 +105,40 @@ async fn create(
     Ok(noted(res, None, details))
 }
 
-async fn cancel(State(s): State<AppState>, ctx: TenantCtx, Path(id): Path<String>) -> ApiResult {
+async fn cancel(s: State<AppState>, ctx: TenantCtx, id: Path<String>) -> ApiResult {
+    moved(s, ctx, id, Move::Cancel).await
+}
+
+async fn pause(s: State<AppState>, ctx: TenantCtx, id: Path<String>) -> ApiResult {
+    moved(s, ctx, id, Move::Pause).await
+}
+
+async fn resume(s: State<AppState>, ctx: TenantCtx, id: Path<String>) -> ApiResult {
+    moved(s, ctx, id, Move::Resume).await
+}
+
+enum Move {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+/// Pause, resume or cancel: `200` with the broadcast as it is now.
+async fn moved(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(id): Path<String>,
+    what: Move,
+) -> ApiResult {
     if ulid::Ulid::from_string(&id).is_err() {
         return Err(ApiError::not_found());
     }
-    let view = broadcasts::cancel(&s.deps, ctx.tenant_id(), &id).await?;
+    let (d, t) = (&s.deps, ctx.tenant_id());
+    let view = match what {
+        Move::Pause => broadcasts::pause(d, t, &id).await?,
+        Move::Resume => broadcasts::resume(d, t, &id).await?,
+        Move::Cancel => broadcasts::cancel(d, t, &id).await?,
+    };
     let details = json!({"broadcast_id": view.id, "status": view.status});
     Ok(noted(Json(view).into_response(), None, details))
 }

@@ -17,7 +17,7 @@ use crate::domain::{
     new_id, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass, StatusEvent,
     TemplateRef, TenantId,
 };
-use crate::ports::{Broadcast, BroadcastStatus, TenantStatus};
+use crate::ports::{Broadcast, BroadcastControl, BroadcastStatus, TenantStatus};
 use crate::store_error::StoreError;
 
 use super::errors::ServiceError;
@@ -106,11 +106,19 @@ pub const COUNTED: [MessageStatus; 7] = [
     MessageStatus::Cancelled,
 ];
 
-/// A broadcast's status as the API shows it: `scheduled` until it starts, `sending`
+/// A broadcast's status as the API shows it: `paused` or `cancelled` when a person
+/// said so, else `scheduled` until it starts, `sending`
 /// while recipients are being queued or any message is still on its way to Meta,
 /// `completed` once every message was handed over or ended, `cancelled` if cancelled.
 pub fn campaign_status(b: &Broadcast, counts: &BTreeMap<String, usize>) -> &'static str {
     let open = |st: MessageStatus| counts.get(st.as_str()).copied().unwrap_or(0);
+    match b.control {
+        Some(BroadcastControl::Cancelled) => return "cancelled",
+        Some(BroadcastControl::Paused) if b.status != BroadcastStatus::Cancelled => {
+            return "paused"
+        }
+        _ => {}
+    }
     match b.status {
         BroadcastStatus::Scheduled => "scheduled",
         BroadcastStatus::Cancelled => "cancelled",
@@ -283,6 +291,7 @@ pub async fn create_campaign(
         send_at,
         started_at: if send_at.is_some() { None } else { Some(now) },
         ended_at: None,
+        control: None,
     };
     let charge = Charge::Broadcast(id.clone());
     let debit = ledger::debit(deps, tenant_id, &charge, total, now);
@@ -369,38 +378,118 @@ pub async fn view(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Serv
     })
 }
 
-/// `POST /v1/broadcasts/{id}/cancel`. A scheduled broadcast: cancelled and refunded in
-/// full in one conditional write (its fan-out job then finds it cancelled and stops).
-/// Any other state: `Conflict` (cancelling a broadcast already sending is not built
-/// yet). Another tenant's or an unknown id: `NotFound`.
+fn conflict(msg: &str) -> ServiceError {
+    ServiceError::Conflict(msg.to_owned())
+}
+
+async fn load(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, ServiceError> {
+    view(deps, tenant, id).await
+}
+
+/// `POST /v1/broadcasts/{id}/pause` (scheduled or sending): from the answer on, no
+/// message of it is claimed for Meta (each claim checks the hold in the same
+/// conditional write); a message already handed to Meta is not recalled.
+pub async fn pause(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, ServiceError> {
+    let v = load(deps, tenant, id).await?;
+    if !matches!(v.status, "scheduled" | "sending") {
+        return Err(conflict(&format!(
+            "only a scheduled or sending broadcast can be paused; this one is {}",
+            v.status
+        )));
+    }
+    let now = deps.clock.now();
+    if !deps
+        .broadcasts
+        .set_broadcast_control(tenant, id, &[None], Some(BroadcastControl::Paused), now)
+        .await?
+    {
+        return Err(conflict(
+            "the broadcast changed meanwhile; it was not paused",
+        ));
+    }
+    tracing::info!(broadcast_id = %id, "broadcast paused");
+    view(deps, tenant, id).await
+}
+
+/// `POST /v1/broadcasts/{id}/resume` (paused): its waiting messages go out again.
+pub async fn resume(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, ServiceError> {
+    let v = load(deps, tenant, id).await?;
+    if v.status != "paused" {
+        return Err(conflict(&format!(
+            "only a paused broadcast can be resumed; this one is {}",
+            v.status
+        )));
+    }
+    let now = deps.clock.now();
+    if !deps
+        .broadcasts
+        .set_broadcast_control(tenant, id, &[Some(BroadcastControl::Paused)], None, now)
+        .await?
+    {
+        return Err(conflict(
+            "the broadcast changed meanwhile; it was not resumed",
+        ));
+    }
+    tracing::info!(broadcast_id = %id, "broadcast resumed");
+    view(deps, tenant, id).await
+}
+
+/// `POST /v1/broadcasts/{id}/cancel`. Scheduled (not started): cancelled and refunded
+/// in full in one conditional write. Sending or paused: marked cancelled; each of its
+/// messages not yet claimed ends `cancelled` with its refund in the same conditional
+/// write as the status change when its queue job comes (the claim and the cancel are
+/// conditional on the same status, so a message is never both sent and refunded).
+/// Completed or cancelled: `Conflict`. Another tenant's or an unknown id: `NotFound`.
 pub async fn cancel(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, ServiceError> {
     let b = deps
         .broadcasts
         .get_broadcast(tenant, id)
         .await?
         .ok_or(ServiceError::NotFound)?;
-    let refused = || ServiceError::Conflict("only a scheduled broadcast can be cancelled".into());
-    if b.status != BroadcastStatus::Scheduled {
-        return Err(refused());
-    }
     let now = deps.clock.now();
-    let total = b.price_each.saturating_mul(b.accepted as i64);
-    let refund = ledger::refund_entry(
-        deps,
-        tenant,
-        &Charge::Broadcast(b.id.clone()),
-        total,
-        "scheduled broadcast cancelled",
-        now,
-    );
+    if b.status == BroadcastStatus::Scheduled {
+        let total = b.price_each.saturating_mul(b.accepted as i64);
+        let refund = ledger::refund_entry(
+            deps,
+            tenant,
+            &Charge::Broadcast(b.id.clone()),
+            total,
+            "scheduled broadcast cancelled",
+            now,
+        );
+        if deps
+            .broadcasts
+            .cancel_scheduled_broadcast(tenant, id, &refund, now)
+            .await?
+        {
+            tracing::info!(broadcast_id = %id, refunded = total, "scheduled broadcast cancelled");
+            return view(deps, tenant, id).await;
+        }
+        // It started meanwhile: cancel it as a sending one.
+    }
+    let v = load(deps, tenant, id).await?;
+    if !matches!(v.status, "sending" | "paused" | "scheduled") {
+        return Err(conflict(&format!(
+            "only a scheduled, sending or paused broadcast can be cancelled; this one is {}",
+            v.status
+        )));
+    }
     if !deps
         .broadcasts
-        .cancel_scheduled_broadcast(tenant, id, &refund, now)
+        .set_broadcast_control(
+            tenant,
+            id,
+            &[None, Some(BroadcastControl::Paused)],
+            Some(BroadcastControl::Cancelled),
+            now,
+        )
         .await?
     {
-        return Err(refused());
+        return Err(conflict(
+            "the broadcast changed meanwhile; it was not cancelled",
+        ));
     }
-    tracing::info!(broadcast_id = %id, refunded = total, "scheduled broadcast cancelled");
+    tracing::info!(broadcast_id = %id, "broadcast cancelled");
     view(deps, tenant, id).await
 }
 
@@ -493,6 +582,7 @@ pub async fn fan_out_in_slices(
                 content: job.content.clone(),
                 request_id: job.request_id.clone(),
                 send_at: None,
+                broadcast_id: Some(b.id.clone()),
             })
             .to_body()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -568,6 +658,7 @@ mod tests {
             send_at: None,
             started_at: None,
             ended_at: None,
+            control: None,
         };
         assert_eq!(message_id(&b, 7), message_id(&b, 7));
         assert_ne!(message_id(&b, 7), message_id(&b, 8));

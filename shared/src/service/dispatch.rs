@@ -4,13 +4,16 @@
 //! sending deadline, never by sending again.
 //!
 //! Depends on `jobs`, `ledger`, `accounts`, `status`, `deadline`, `throttle`,
-//! `optouts`, `quality`, `callbacks`, `schedule` and `broadcasts` (for fan-out jobs); nothing
+//! `optouts`, `quality`, `callbacks`, `schedule`, `send` (the cancelled error) and
+//! `broadcasts` (for fan-out jobs); nothing
 //! depends on it but the queue handlers.
 
 use tracing::Instrument;
 
 use crate::domain::{MessageError, MessageStatus, RetentionClass};
-use crate::ports::{MetaSendError, StatusChange, TenantStatus, Transition};
+use crate::ports::{
+    BroadcastClaim, BroadcastControl, MetaSendError, StatusChange, TenantStatus, Transition,
+};
 use crate::store_error::StoreError;
 
 use super::errors::ServiceError;
@@ -178,6 +181,61 @@ async fn handle_job(deps: &Deps, job: QueueJob) -> Outcome {
     }
 }
 
+/// How long a paused broadcast's message waits before it asks again (at most the
+/// schedule hop: tests use a short one).
+pub const PAUSED_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A broadcast's message whose claim found the broadcast held. Paused: the job waits
+/// another hop on the queue (the message stays `accepted`). Cancelled: the message ends
+/// `cancelled` with its refund, conditional on it still being `accepted`.
+async fn held(
+    deps: &Deps,
+    job: &DispatchJob,
+    hold: BroadcastControl,
+) -> Result<Outcome, StoreError> {
+    match hold {
+        BroadcastControl::Paused => {
+            let again = QueueJob::Send(job.clone());
+            super::schedule::wait_again(deps, &again, PAUSED_RECHECK).await
+        }
+        BroadcastControl::Cancelled => {
+            let Some(m) = deps
+                .messages
+                .get_message(&job.tenant_id, &job.message_id)
+                .await?
+            else {
+                return Ok(Outcome::Done);
+            };
+            let now = deps.clock.now();
+            let refund = ledger::refund_entry(
+                deps,
+                &job.tenant_id,
+                &Charge::Message(job.message_id.clone()),
+                m.price,
+                "broadcast cancelled",
+                now,
+            );
+            let error = super::send::cancelled_error();
+            if let Transition::Applied(r) = deps
+                .messages
+                .cancel_with_refund(
+                    &job.tenant_id,
+                    &job.message_id,
+                    &[MessageStatus::Accepted],
+                    &error,
+                    &refund,
+                    now,
+                )
+                .await?
+            {
+                crate::metrics::failed("cancelled");
+                super::callbacks::status_changed(deps, &r).await;
+            }
+            Ok(Outcome::Done)
+        }
+    }
+}
+
 async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     // A scheduled message: not due yet, it waits another hop on the queue; due, it
     // becomes `accepted` (a conditional write: refused when a duplicate job did it
@@ -208,17 +266,33 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     };
     // The claim: only an `accepted` message moves to `sending`. A redelivered queue
     // message for one already sending, sent or failed is dropped here: no double send.
-    let record = match deps
-        .messages
-        .transition(
-            &job.tenant_id,
-            &job.message_id,
-            MessageStatus::Sending,
-            &claim,
-            now,
-        )
-        .await?
-    {
+    // A broadcast's message is claimed only while its broadcast has no hold, in the same
+    // conditional write.
+    let claimed = match &job.broadcast_id {
+        Some(b) => {
+            match deps
+                .broadcasts
+                .claim_broadcast_message(&job.tenant_id, &job.message_id, b, now)
+                .await?
+            {
+                BroadcastClaim::Claimed(r) => Transition::Applied(r),
+                BroadcastClaim::Refused => Transition::Refused,
+                BroadcastClaim::Held(hold) => return Ok(held(deps, job, hold).await?),
+            }
+        }
+        None => {
+            deps.messages
+                .transition(
+                    &job.tenant_id,
+                    &job.message_id,
+                    MessageStatus::Sending,
+                    &claim,
+                    now,
+                )
+                .await?
+        }
+    };
+    let record = match claimed {
         Transition::Applied(r) => r,
         // Already claimed or finished: a duplicate, or the redelivery of an ambiguous
         // send that checks the sending deadline. Never sent again.

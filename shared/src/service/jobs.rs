@@ -30,6 +30,9 @@ pub struct DispatchJob {
     /// `schedule`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_at: Option<DateTime<Utc>>,
+    /// The broadcast the message belongs to: its claim checks the broadcast's hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_id: Option<String>,
 }
 
 /// A broadcast whose recipients are still to be recorded and enqueued (it carries the
@@ -138,6 +141,7 @@ mod tests {
             content: Content::Text { body: "hi".into() },
             request_id: Some("req-1".into()),
             send_at: None,
+            broadcast_id: None,
         }
     }
 

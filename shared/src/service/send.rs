@@ -213,6 +213,7 @@ pub async fn send_once(
         content,
         request_id: crate::telemetry::request_id(),
         send_at,
+        broadcast_id: None,
     });
     let body = job
         .to_body()
@@ -293,6 +294,7 @@ async fn queue_again_if_never_claimed(
         content,
         request_id: crate::telemetry::request_id(),
         send_at: m.send_at,
+        broadcast_id: None,
     });
     let body = job
         .to_body()

@@ -306,10 +306,206 @@ async fn bad_send_at_values_and_moves_that_do_not_apply_are_refused(b: Backend) 
     assert_eq!(status, 409, "{body}");
 }
 
+async fn app_without_pollers(b: Backend) -> TestApp {
+    let cfg = kirim_infra::local::LocalConfig {
+        pollers: 0,
+        ..local_config(b).await
+    };
+    kirim_tests::spawn_with(cfg).await
+}
+
+/// Runs the queue poller (this test's only one) until `done` says so, or a deadline.
+async fn poll_until(app: &TestApp, key: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut view = Value::Null;
+    for _ in 0..300 {
+        kirim::queue_handlers::poll_once(&app.app.deps, Duration::from_millis(100)).await;
+        view = broadcast_view(app, key, id).await;
+        if done(&view) {
+            break;
+        }
+    }
+    view
+}
+
+async fn a_paused_broadcast_sends_nothing_until_it_is_resumed(b: Backend) {
+    let app = app_without_pollers(b).await;
+    let t = app.onboard(10).await;
+    let other = app.onboard(10).await;
+    let to = ["+60123459601", "+60123459602", "+60123459603"];
+    let (_, body) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        "/v1/broadcasts",
+        Some(json!({"template": template_of("utility"), "recipients": to})),
+    )
+    .await;
+    assert_eq!(body["status"], "sending", "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let pause = format!("/v1/broadcasts/{id}/pause");
+    let resume = format!("/v1/broadcasts/{id}/resume");
+
+    assert_eq!(
+        call(&app, &other.key, Method::POST, &pause, None).await.0,
+        404
+    );
+    let (status, view) = call(&app, &t.key, Method::POST, &pause, None).await;
+    assert_eq!(
+        (status, view["status"].as_str()),
+        (200, Some("paused")),
+        "{view}"
+    );
+    let (status, body) = call(&app, &t.key, Method::POST, &pause, None).await;
+    assert_eq!(
+        status, 409,
+        "a paused broadcast is not paused again: {body}"
+    );
+
+    // The fan-out runs and every job comes back several times: all are held.
+    let view = poll_until(&app, &t.key, &id, |v| v["counts"]["accepted"] == 3).await;
+    for _ in 0..10 {
+        kirim::queue_handlers::poll_once(&app.app.deps, Duration::from_millis(100)).await;
+    }
+    assert_eq!(view["status"], "paused", "{view}");
+    assert_eq!(
+        sandbox_count(&app, &to),
+        0,
+        "no request reaches Meta while paused"
+    );
+
+    let (status, view) = call(&app, &t.key, Method::POST, &resume, None).await;
+    assert_eq!(
+        (status, view["status"].as_str()),
+        (200, Some("sending")),
+        "{view}"
+    );
+    assert_eq!(call(&app, &t.key, Method::POST, &resume, None).await.0, 409);
+    let view = poll_until(&app, &t.key, &id, |v| v["counts"]["read"] == 3).await;
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(
+        sandbox_count(&app, &to),
+        3,
+        "each sent once after the resume"
+    );
+    assert_eq!(app.credits(&t.key).await, 7);
+    let (status, _) = call(&app, &t.key, Method::POST, &pause, None).await;
+    assert_eq!(status, 409, "a completed broadcast cannot be paused");
+}
+
+async fn a_cancel_racing_the_dispatcher_never_leaves_a_message_both_sent_and_refunded(b: Backend) {
+    let app = app_without_pollers(b).await;
+    let t = app.onboard(100).await;
+    // Meta's lowest tier, so the cancel lands while messages are still going out.
+    let res = app
+        .http
+        .put(app.url(&format!("/v1/platform/tenants/{}/throughput", t.tenant_id)))
+        .bearer_auth(kirim_tests::OPERATOR_TOKEN)
+        .json(&json!({"per_sec": 20}))
+        .send()
+        .await
+        .expect("throughput");
+    assert_eq!(res.status(), 200);
+    let to: Vec<String> = (0..40)
+        .map(|i| format!("+6012346{:04}", 1100 + i))
+        .collect();
+    let (_, body) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        "/v1/broadcasts",
+        Some(json!({"template": template_of("utility"), "recipients": to})),
+    )
+    .await;
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(app.credits(&t.key).await, 60);
+
+    // Two dispatchers run while the cancel comes in.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut pollers = Vec::new();
+    for _ in 0..2 {
+        let (deps, stop) = (app.app.deps.clone(), stop.clone());
+        pollers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                kirim::queue_handlers::poll_once(&deps, Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    for _ in 0..300 {
+        if !app.app.sandbox.received().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, view) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        &format!("/v1/broadcasts/{id}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, view["status"].as_str()),
+        (200, Some("cancelled")),
+        "{view}"
+    );
+    // Every job is handled: each message is claimed or cancelled.
+    let view = poll_until(&app, &t.key, &id, |v| {
+        v["counts"]["accepted"] == 0 && v["counts"]["sending"] == 0 && v["enqueued"] == 40
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for p in pollers {
+        let _ = p.await;
+    }
+    let cancelled = view["counts"]["cancelled"].as_i64().unwrap_or(-1);
+    assert!(
+        cancelled > 0 && cancelled < 40,
+        "the cancel raced the dispatch: {view}"
+    );
+
+    let (_, page) = call(&app, &t.key, Method::GET, "/v1/messages?limit=100", None).await;
+    let messages = page["messages"].as_array().cloned().unwrap_or_default();
+    assert_eq!(messages.len(), 40);
+    for m in &messages {
+        let digits = m["to"].as_str().unwrap_or_default().trim_start_matches('+');
+        let requests = app.sandbox_requests_to(digits).len();
+        if m["status"] == "cancelled" {
+            assert_eq!(requests, 0, "a cancelled message never reached Meta: {m}");
+        } else {
+            assert_eq!(
+                requests, 1,
+                "a message handed over is sent exactly once: {m}"
+            );
+        }
+    }
+    // The ledger: one refund per cancelled message and the balance equals its entries.
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).expect("tenant id");
+    let entries = app.app.deps.ledger.entries(&tenant).await.expect("ledger");
+    let refunds = entries
+        .iter()
+        .filter(|e| e.kind == kirim::ports::LedgerKind::Refund)
+        .count() as i64;
+    assert_eq!(
+        refunds, cancelled,
+        "exactly one refund per cancelled message"
+    );
+    let sum: i64 = entries.iter().map(|e| e.amount).sum();
+    let balance = app.credits(&t.key).await;
+    assert_eq!(balance, sum, "the balance is the sum of the ledger");
+    assert_eq!(
+        balance,
+        60 + cancelled,
+        "refunded exactly the cancelled ones"
+    );
+}
+
 on_both_backends!(
     a_scheduled_broadcast_starts_after_its_send_at_and_not_before,
     cancelling_a_scheduled_broadcast_refunds_it_exactly_and_sends_nothing,
     a_scheduled_message_waits_then_is_sent_once,
     a_scheduled_message_is_cancelled_and_refunded_once,
     bad_send_at_values_and_moves_that_do_not_apply_are_refused,
+    a_paused_broadcast_sends_nothing_until_it_is_resumed,
+    a_cancel_racing_the_dispatcher_never_leaves_a_message_both_sent_and_refunded,
 );

@@ -280,6 +280,7 @@ async fn broadcast(p: &Ports, t: &TenantId, expires_in: i64, created_ago: i64) -
         send_at: None,
         started_at: None,
         ended_at: None,
+        control: None,
     };
     let debit = LedgerEntry {
         amount: -2,

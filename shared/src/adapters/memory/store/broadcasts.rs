@@ -7,8 +7,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::MemoryStore;
-use crate::domain::{MessageRecord, PhoneNumber, TenantId, BROADCAST_LIST_RETENTION};
-use crate::ports::{Broadcast, BroadcastStatus, BroadcastStore, LedgerEntry};
+use crate::domain::{
+    MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId,
+    BROADCAST_LIST_RETENTION,
+};
+use crate::ports::{
+    Broadcast, BroadcastClaim, BroadcastControl, BroadcastStatus, BroadcastStore, LedgerEntry,
+};
 use crate::store_error::StoreError;
 
 #[async_trait]
@@ -127,6 +132,68 @@ impl BroadcastStore for MemoryStore {
         s.ledger.push(refund.clone());
         s.broadcast_lists.remove(&key);
         Ok(true)
+    }
+
+    async fn set_broadcast_control(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        from: &[Option<BroadcastControl>],
+        to: Option<BroadcastControl>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let Some(b) = s
+            .broadcasts
+            .get_mut(&(tenant.clone(), id.to_owned()))
+            .filter(|b| self.live(b.expires_at))
+        else {
+            return Ok(false);
+        };
+        if b.status == BroadcastStatus::Cancelled || !from.contains(&b.control) {
+            return Ok(false);
+        }
+        b.control = to;
+        if to == Some(BroadcastControl::Cancelled) {
+            b.ended_at = Some(at);
+        }
+        Ok(true)
+    }
+
+    async fn claim_broadcast_message(
+        &self,
+        tenant: &TenantId,
+        message: &MessageId,
+        broadcast: &str,
+        at: DateTime<Utc>,
+    ) -> Result<BroadcastClaim, StoreError> {
+        let mut s = self.lock()?;
+        let now = self.clock.now().timestamp();
+        if let Some(hold) = s
+            .broadcasts
+            .get(&(tenant.clone(), broadcast.to_owned()))
+            .and_then(|b| b.control)
+        {
+            return Ok(BroadcastClaim::Held(hold));
+        }
+        let Some(m) = s
+            .messages
+            .get_mut(&(tenant.clone(), message.clone()))
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+        else {
+            return Ok(BroadcastClaim::Refused);
+        };
+        if m.status != MessageStatus::Accepted {
+            return Ok(BroadcastClaim::Refused);
+        }
+        m.status = MessageStatus::Sending;
+        m.updated_at = at;
+        m.attempts += 1;
+        m.events.push(StatusEvent {
+            status: MessageStatus::Sending,
+            at,
+        });
+        Ok(BroadcastClaim::Claimed(Box::new(m.clone())))
     }
 
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {
