@@ -902,6 +902,23 @@ pub trait BroadcastStore: Send + Sync {
         broadcast: &str,
         at: DateTime<Utc>,
     ) -> Result<BroadcastClaim, StoreError>;
+    /// The tenant's live broadcasts, newest first, older than the broadcast `before` (a
+    /// cursor: a broadcast id), at most `limit`; and the id to continue before if there
+    /// may be more. One Query of the tenant's partition.
+    async fn list_broadcasts(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<(Vec<Broadcast>, Option<String>), StoreError>;
+    /// The broadcast's live messages in id order after `after`, at most `limit` (pages
+    /// may be short), and the id to continue after if there may be more.
+    async fn broadcast_messages(
+        &self,
+        broadcast: &Broadcast,
+        limit: usize,
+        after: Option<&MessageId>,
+    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError>;
     /// Stores a broadcast's message (already paid for); `false` if it exists already
     /// (a resumed fan-out).
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError>;

@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::stream;
 use serde_json::json;
 
 use super::access::TenantCtx;
@@ -18,16 +19,20 @@ use super::admin::noted;
 use super::error::ApiError;
 use super::extract::parse_json;
 use super::{ApiResult, AppState};
+use crate::domain::MessageId;
+use crate::ports::BroadcastStatus;
 use crate::service::broadcasts::{self, BroadcastRequest, CampaignIn};
 use crate::service::send::TemplateIn;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/broadcasts", post(create))
+        .route("/v1/broadcasts", post(create).get(list))
         .route("/v1/broadcasts/{id}", get(get_one))
         .route("/v1/broadcasts/{id}/cancel", post(cancel))
         .route("/v1/broadcasts/{id}/pause", post(pause))
         .route("/v1/broadcasts/{id}/resume", post(resume))
+        .route("/v1/broadcasts/{id}/retry-failed", post(retry_failed))
+        .route("/v1/broadcasts/{id}/recipients.csv", get(recipients_csv))
 }
 
 fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiError> {
@@ -103,6 +108,172 @@ async fn create(
         "status": accepted.status});
     let res = (StatusCode::ACCEPTED, Json(accepted)).into_response();
     Ok(noted(res, None, details))
+}
+
+async fn list(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let (mut status, mut limit, mut cursor) = (None, 50usize, None);
+    for (k, v) in &q {
+        match k.as_str() {
+            "status" => {
+                if !matches!(
+                    v.as_str(),
+                    "scheduled" | "sending" | "paused" | "completed" | "cancelled"
+                ) {
+                    return Err(ApiError::invalid(
+                        "status must be scheduled, sending, paused, completed or cancelled",
+                    ));
+                }
+                status = Some(v.clone());
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=100).contains(l))
+                    .ok_or_else(|| ApiError::invalid("limit must be 1 to 100"))?
+            }
+            "cursor" => cursor = Some(v.clone()),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter `{other}`"
+                )))
+            }
+        }
+    }
+    let (views, next) = broadcasts::list(
+        &s.deps,
+        ctx.tenant_id(),
+        status.as_deref(),
+        limit,
+        cursor.as_deref(),
+    )
+    .await?;
+    Ok(Json(json!({"broadcasts": views, "next_cursor": next})).into_response())
+}
+
+/// The optional body of `retry-failed`: the template's components again (Kirim keeps no
+/// message content, so it cannot reuse the first send's parameters).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetryRequest {
+    #[serde(default)]
+    components: Vec<serde_json::Value>,
+}
+
+async fn retry_failed(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    if ulid::Ulid::from_string(&id).is_err() {
+        return Err(ApiError::not_found());
+    }
+    let req: RetryRequest = if body.is_empty() {
+        RetryRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let retried = broadcasts::retry_failed(&s.deps, ctx.tenant_id(), &id, req.components).await?;
+    let details = json!({"broadcast_id": retried.id, "retry_of": retried.retry_of,
+        "accepted": retried.accepted});
+    let res = (StatusCode::ACCEPTED, Json(retried)).into_response();
+    Ok(noted(res, None, details))
+}
+
+/// Where the CSV stream stands.
+enum CsvStep {
+    Header,
+    Messages(Option<MessageId>),
+    Pending,
+    Done,
+}
+
+/// `recipients.csv`: the header, then the broadcast's messages page by page (one page in
+/// memory at a time), then recipients it has not reached yet (a scheduled broadcast's
+/// list). A storage error after the header ends the body early (a row is never cut).
+async fn recipients_csv(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(id): Path<String>,
+) -> ApiResult {
+    if ulid::Ulid::from_string(&id).is_err() {
+        return Err(ApiError::not_found());
+    }
+    let deps = s.deps.clone();
+    let b = deps
+        .broadcasts
+        .get_broadcast(ctx.tenant_id(), &id)
+        .await
+        .map_err(crate::service::errors::ServiceError::from)?
+        .ok_or_else(ApiError::not_found)?;
+    let body = stream::unfold(CsvStep::Header, move |step| {
+        let deps = deps.clone();
+        let b = b.clone();
+        async move {
+            let (text, next) = match step {
+                CsvStep::Done => return None,
+                CsvStep::Header => (broadcasts::CSV_HEADER.to_owned(), CsvStep::Messages(None)),
+                CsvStep::Messages(after) => {
+                    match deps
+                        .broadcasts
+                        .broadcast_messages(&b, broadcasts::PAGE, after.as_ref())
+                        .await
+                    {
+                        Ok((page, next)) => (
+                            page.iter().map(broadcasts::csv_row).collect::<String>(),
+                            match next {
+                                Some(n) => CsvStep::Messages(Some(n)),
+                                None => CsvStep::Pending,
+                            },
+                        ),
+                        Err(e) => {
+                            tracing::error!(broadcast_id = %b.id, error = %e, "recipients.csv stopped");
+                            return None;
+                        }
+                    }
+                }
+                CsvStep::Pending => {
+                    let status = if b.status == BroadcastStatus::Scheduled {
+                        "scheduled"
+                    } else {
+                        "accepted"
+                    };
+                    let rows = match deps
+                        .broadcasts
+                        .broadcast_recipients(&b.tenant_id, &b.id)
+                        .await
+                    {
+                        Ok(Some(list)) => list
+                            .iter()
+                            .skip(b.enqueued)
+                            .map(|p| broadcasts::csv_pending_row(p, status))
+                            .collect::<String>(),
+                        Ok(None) => String::new(),
+                        Err(e) => {
+                            tracing::error!(broadcast_id = %b.id, error = %e, "recipients.csv stopped");
+                            return None;
+                        }
+                    };
+                    (rows, CsvStep::Done)
+                }
+            };
+            Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), next))
+        }
+    });
+    let disposition = format!("attachment; filename=\"broadcast-{id}-recipients.csv\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 async fn cancel(s: State<AppState>, ctx: TenantCtx, id: Path<String>) -> ApiResult {

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{
-    new_id, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass, StatusEvent,
-    TemplateRef, TenantId,
+    new_id, ErrorCode, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass,
+    StatusEvent, TemplateRef, TenantId,
 };
 use crate::ports::{Broadcast, BroadcastControl, BroadcastStatus, TenantStatus};
 use crate::store_error::StoreError;
@@ -93,6 +93,38 @@ pub struct View {
     pub enqueued: usize,
     /// Messages of the broadcast by status (every status of the contract, zeros too).
     pub counts: BTreeMap<String, usize>,
+    /// Its failed messages by error code, most frequent first, each with the hint a
+    /// person can act on.
+    pub failures: Vec<Failure>,
+}
+
+/// Failed messages of one error code.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub title: String,
+    pub hint: String,
+    pub count: usize,
+}
+
+/// Messages read per page when a broadcast's messages are walked (failures, CSV, retry).
+pub const PAGE: usize = 200;
+
+/// Whether a later try may fix a failure: Meta's transient and throughput errors (the
+/// codes the dispatcher retries), Meta unreachable or answering 5xx, and a timeout
+/// whose outcome stayed unknown (such a message may have arrived: its hint says so).
+/// Not opt-outs, undeliverable numbers, template errors or account problems.
+pub fn retryable(code: &ErrorCode) -> bool {
+    match code {
+        ErrorCode::Meta(c) => matches!(
+            c,
+            1 | 2 | 4 | 80007 | 130429 | 131000 | 131016 | 131056 | 131057
+        ),
+        ErrorCode::Kirim(c) => matches!(
+            c.as_str(),
+            "meta_unavailable" | "meta_unreachable" | super::deadline::OUTCOME_UNKNOWN
+        ),
+    }
 }
 
 /// The statuses a broadcast view always counts.
@@ -354,7 +386,13 @@ pub async fn view(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Serv
         counts.entry(st.as_str().to_owned()).or_insert(0);
     }
     let status = campaign_status(&b, &counts);
+    let failures = if counts.get("failed").copied().unwrap_or(0) > 0 {
+        failures_of(deps, &b).await?
+    } else {
+        Vec::new()
+    };
     Ok(View {
+        failures,
         status,
         completed_at: if status == "cancelled" {
             b.ended_at
@@ -376,6 +414,199 @@ pub async fn view(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Serv
         enqueued: b.enqueued,
         counts,
     })
+}
+
+/// Its failed messages grouped by code (one pass over its messages, page by page: the
+/// memory held is one page and one entry per distinct code).
+async fn failures_of(deps: &Deps, b: &Broadcast) -> Result<Vec<Failure>, StoreError> {
+    let mut by_code: BTreeMap<String, Failure> = BTreeMap::new();
+    let mut after: Option<MessageId> = None;
+    loop {
+        let (page, next) = deps
+            .broadcasts
+            .broadcast_messages(b, PAGE, after.as_ref())
+            .await?;
+        for m in page.iter().filter(|m| m.status == MessageStatus::Failed) {
+            if let Some(e) = &m.error {
+                by_code
+                    .entry(e.code.to_string())
+                    .or_insert_with(|| Failure {
+                        code: e.code.clone(),
+                        title: e.title.clone(),
+                        hint: crate::domain::hints::hint(&e.code),
+                        count: 0,
+                    })
+                    .count += 1;
+            }
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let mut out: Vec<Failure> = by_code.into_values().collect();
+    out.sort_by_key(|f| std::cmp::Reverse(f.count));
+    Ok(out)
+}
+
+/// `GET /v1/broadcasts`: newest first, optionally only those in `status`. A page holds
+/// at most `limit` broadcasts (fewer when filtered) and the cursor to continue.
+pub async fn list(
+    deps: &Deps,
+    tenant: &TenantId,
+    status: Option<&str>,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<(Vec<View>, Option<String>), ServiceError> {
+    if let Some(c) = cursor {
+        if ulid::Ulid::from_string(c).is_err() {
+            return Err(ServiceError::InvalidRequest("cursor is not valid".into()));
+        }
+    }
+    let (page, next) = deps
+        .broadcasts
+        .list_broadcasts(tenant, limit, cursor)
+        .await?;
+    let mut out = Vec::new();
+    for b in page {
+        let v = view(deps, tenant, &b.id).await?;
+        if status.is_none_or(|s| s == v.status) {
+            out.push(v);
+        }
+    }
+    Ok((out, next))
+}
+
+/// What `retry-failed` answers.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Retried {
+    /// The new broadcast.
+    pub id: String,
+    pub accepted: usize,
+    pub status: &'static str,
+    pub skipped_opted_out: usize,
+    /// The broadcast retried.
+    pub retry_of: String,
+}
+
+/// `POST /v1/broadcasts/{id}/retry-failed`: a new broadcast of the same template and
+/// sender to the recipients whose messages failed for a reason a later try may fix
+/// ([`retryable`]). Kirim never keeps message content, so the template's components
+/// (its parameters) come in the request again; without them the template is sent
+/// without parameters (the catalogue refuses that for a template that takes some).
+/// Nothing to retry: `Conflict`.
+pub async fn retry_failed(
+    deps: &Deps,
+    tenant: &TenantId,
+    id: &str,
+    components: Vec<serde_json::Value>,
+) -> Result<Retried, ServiceError> {
+    let b = deps
+        .broadcasts
+        .get_broadcast(tenant, id)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    let mut recipients = Vec::new();
+    let mut after: Option<MessageId> = None;
+    loop {
+        let (page, next) = deps
+            .broadcasts
+            .broadcast_messages(&b, PAGE, after.as_ref())
+            .await?;
+        recipients.extend(
+            page.iter()
+                .filter(|m| m.status == MessageStatus::Failed)
+                .filter(|m| m.error.as_ref().is_some_and(|e| retryable(&e.code)))
+                .map(|m| m.to.to_string()),
+        );
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    if recipients.is_empty() {
+        return Err(ServiceError::Conflict(
+            "no message of this broadcast failed for a reason a later try may fix".into(),
+        ));
+    }
+    let template = TemplateIn {
+        name: b.template.name.clone(),
+        language: b.template.language.clone(),
+        category: Some(b.template.category),
+        components,
+    };
+    let campaign = CampaignIn {
+        name: Some(match &b.name {
+            Some(n) => format!(
+                "{} (retry)",
+                n.chars().take(MAX_NAME - 8).collect::<String>()
+            ),
+            None => format!("retry of {}", b.id),
+        }),
+        send_at: None,
+    };
+    let accepted = create_campaign(deps, tenant, template, recipients, campaign).await?;
+    Ok(Retried {
+        id: accepted.id,
+        accepted: accepted.accepted,
+        status: accepted.status,
+        skipped_opted_out: accepted.skipped_opted_out,
+        retry_of: b.id,
+    })
+}
+
+/// The header of `recipients.csv`.
+pub const CSV_HEADER: &str =
+    "phone,status,error_code,error_title,message_id,sent_at,delivered_at,read_at\n";
+
+/// One `recipients.csv` row of a message: metadata only (no content is stored anyway).
+pub fn csv_row(m: &MessageRecord) -> String {
+    let at = |st: MessageStatus| {
+        m.events
+            .iter()
+            .find(|e| e.status == st)
+            .map(|e| e.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default()
+    };
+    let (code, title) = match &m.error {
+        Some(e) => (e.code.to_string(), e.title.clone()),
+        None => (String::new(), String::new()),
+    };
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    let row = [
+        m.to.to_string(),
+        m.status.as_str().to_owned(),
+        code,
+        csv_safe(&title),
+        m.id.to_string(),
+        at(MessageStatus::Sent),
+        at(MessageStatus::Delivered),
+        at(MessageStatus::Read),
+    ];
+    if w.write_record(&row).is_err() {
+        return String::new();
+    }
+    w.into_inner()
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default()
+}
+
+/// A row for a recipient without a message yet (its broadcast has not reached it).
+pub fn csv_pending_row(phone: &PhoneNumber, status: &str) -> String {
+    format!("{phone},{status},,,,,,\n")
+}
+
+/// A spreadsheet would run a cell starting with `=`, `+`, `-` or `@` as a formula: such
+/// text (Meta's titles are outside Kirim's control) is prefixed with a quote.
+fn csv_safe(v: &str) -> String {
+    if v.starts_with(['=', '+', '-', '@']) {
+        format!("'{v}")
+    } else {
+        v.to_owned()
+    }
 }
 
 fn conflict(msg: &str) -> ServiceError {

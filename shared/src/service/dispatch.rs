@@ -544,6 +544,36 @@ mod tests {
     }
 
     #[test]
+    fn retry_failed_picks_exactly_the_codes_the_dispatcher_retries() {
+        use crate::domain::ErrorCode;
+        for code in [
+            1, 2, 4, 80007, 100, 130429, 131000, 131008, 131016, 131026, 131031, 131047, 131048,
+            131050, 131051, 131056, 131057, 132000, 132001, 132015, 133010, 190, 368,
+        ] {
+            let retried = matches!(classify(code, 400), Transient | Delayed);
+            assert_eq!(
+                super::super::broadcasts::retryable(&ErrorCode::Meta(code)),
+                retried,
+                "code {code}"
+            );
+        }
+        for (code, retryable) in [
+            ("meta_unreachable", true),
+            ("meta_unavailable", true),
+            ("outcome_unknown", true),
+            ("recipient_opted_out", false),
+            ("tenant_suspended", false),
+            ("cancelled", false),
+        ] {
+            assert_eq!(
+                super::super::broadcasts::retryable(&ErrorCode::from(code)),
+                retryable,
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_codes_retry_only_on_server_errors() {
         assert_eq!(classify(999_999, 503), Transient);
         assert_eq!(classify(999_999, 400), Permanent);

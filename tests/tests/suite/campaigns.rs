@@ -500,6 +500,241 @@ async fn a_cancel_racing_the_dispatcher_never_leaves_a_message_both_sent_and_ref
     );
 }
 
+async fn recipients_csv(app: &TestApp, key: &str, id: &str) -> String {
+    let res = app
+        .http
+        .get(app.url(&format!("/v1/broadcasts/{id}/recipients.csv")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .expect("csv");
+    assert_eq!(res.status(), 200);
+    assert!(res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/csv")));
+    res.text().await.expect("csv body")
+}
+
+async fn results_show_failures_with_hints_the_csv_and_a_retry_of_only_retryable_failures(
+    b: Backend,
+) {
+    let app = kirim_tests::spawn_app(b).await;
+    let t = app.onboard(20).await;
+    let other = app.onboard(5).await;
+    // 0004: transient 131000 on every try; 0001: undeliverable (131026); 0007: no such
+    // template (132001); the last one is delivered and read.
+    let to = [
+        "+60123450004",
+        "+60123450001",
+        "+60123450007",
+        "+60123459789",
+    ];
+    let (status, body) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        "/v1/broadcasts",
+        Some(json!({"name": "Raya promo", "template": template_of("utility"), "recipients": to})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let mut view = Value::Null;
+    for _ in 0..200 {
+        view = broadcast_view(&app, &t.key, &id).await;
+        if view["counts"]["failed"] == 3 && view["counts"]["read"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(view["status"], "completed", "{view}");
+    let failures = view["failures"].as_array().cloned().unwrap_or_default();
+    let mut codes: Vec<i64> = failures.iter().filter_map(|f| f["code"].as_i64()).collect();
+    codes.sort();
+    assert_eq!(codes, [131000, 131026, 132001], "{view}");
+    for f in &failures {
+        assert_eq!(f["count"], 1, "{f}");
+        assert!(f["title"].is_string(), "{f}");
+        assert!(
+            f["hint"].as_str().is_some_and(|h| h.len() > 20),
+            "a hint for a person: {f}"
+        );
+    }
+    let undeliverable = failures
+        .iter()
+        .find(|f| f["code"] == 131026)
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        undeliverable["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("WhatsApp")),
+        "{undeliverable}"
+    );
+
+    // The CSV: the exact header, one row per recipient, metadata only.
+    let csv = recipients_csv(&app, &t.key, &id).await;
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("phone,status,error_code,error_title,message_id,sent_at,delivered_at,read_at")
+    );
+    let rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "{csv}");
+    let mut phones: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    phones.sort();
+    let mut want = to.to_vec();
+    want.sort();
+    assert_eq!(phones, want);
+    let read = rows
+        .iter()
+        .find(|r| r[0] == "+60123459789")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(read[1], "read", "{csv}");
+    assert!(
+        !read[5].is_empty() && !read[6].is_empty() && !read[7].is_empty(),
+        "{csv}"
+    );
+    let undeliverable = rows
+        .iter()
+        .find(|r| r[0] == "+60123450001")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (undeliverable[1].as_str(), undeliverable[2].as_str()),
+        ("failed", "131026")
+    );
+    assert!(!csv.contains("P-1"), "no template parameter in the export");
+
+    // Retry: only the transient failure is sent again, with the components given again.
+    let retry = format!("/v1/broadcasts/{id}/retry-failed");
+    assert_eq!(
+        call(&app, &other.key, Method::POST, &retry, None).await.0,
+        404
+    );
+    let before = app.credits(&t.key).await;
+    let (status, retried) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        &retry,
+        Some(json!({"components": template_of("utility")["components"]})),
+    )
+    .await;
+    assert_eq!(status, 202, "{retried}");
+    assert_eq!(retried["accepted"], 1, "{retried}");
+    assert_eq!(app.credits(&t.key).await, before - 1);
+    let new_id = retried["id"].as_str().unwrap_or_default().to_owned();
+    let csv = recipients_csv(&app, &t.key, &new_id).await;
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(csv.contains("+60123450004"), "{csv}");
+    let new_view = broadcast_view(&app, &t.key, &new_id).await;
+    assert_eq!(new_view["name"], "Raya promo (retry)");
+
+    // The list: newest first, filtered by status, paged; another tenant sees none.
+    let (_, list) = call(&app, &t.key, Method::GET, "/v1/broadcasts", None).await;
+    let ids: Vec<&str> = list["broadcasts"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|b| b["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, [new_id.as_str(), id.as_str()], "{list}");
+    let (_, page) = call(&app, &t.key, Method::GET, "/v1/broadcasts?limit=1", None).await;
+    let cursor = page["next_cursor"].as_str().unwrap_or_default().to_owned();
+    let (_, page2) = call(
+        &app,
+        &t.key,
+        Method::GET,
+        &format!("/v1/broadcasts?limit=1&cursor={cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(page2["broadcasts"][0]["id"], id.as_str(), "{page2}");
+    // A full page may come with a cursor to an empty last page (DynamoDB's way).
+    if let Some(c) = page2["next_cursor"].as_str() {
+        let path = format!("/v1/broadcasts?limit=1&cursor={c}");
+        let (_, page3) = call(&app, &t.key, Method::GET, &path, None).await;
+        assert_eq!(page3["broadcasts"], json!([]), "{page3}");
+        assert!(page3["next_cursor"].is_null(), "{page3}");
+    }
+    let (_, completed) = call(
+        &app,
+        &t.key,
+        Method::GET,
+        "/v1/broadcasts?status=completed",
+        None,
+    )
+    .await;
+    assert!(completed["broadcasts"]
+        .as_array()
+        .is_some_and(|l| l.iter().all(|b| b["status"] == "completed")));
+    assert_eq!(
+        call(
+            &app,
+            &t.key,
+            Method::GET,
+            "/v1/broadcasts?status=done",
+            None
+        )
+        .await
+        .0,
+        400
+    );
+    let (_, theirs) = call(&app, &other.key, Method::GET, "/v1/broadcasts", None).await;
+    assert_eq!(theirs["broadcasts"], json!([]), "{theirs}");
+    assert_eq!(
+        call(
+            &app,
+            &other.key,
+            Method::GET,
+            &format!("/v1/broadcasts/{id}/recipients.csv"),
+            None
+        )
+        .await
+        .0,
+        404
+    );
+}
+
+async fn a_broadcast_without_a_retryable_failure_has_nothing_to_retry(b: Backend) {
+    let app = kirim_tests::spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (_, body) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        "/v1/broadcasts",
+        Some(json!({"template": template_of("utility"), "recipients": ["+60123450001"]})),
+    )
+    .await;
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let mut view = Value::Null;
+    for _ in 0..150 {
+        view = broadcast_view(&app, &t.key, &id).await;
+        if view["counts"]["failed"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(view["failures"][0]["code"], 131026, "{view}");
+    let (status, body) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        &format!("/v1/broadcasts/{id}/retry-failed"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        status, 409,
+        "an undeliverable number is not retried: {body}"
+    );
+}
+
 on_both_backends!(
     a_scheduled_broadcast_starts_after_its_send_at_and_not_before,
     cancelling_a_scheduled_broadcast_refunds_it_exactly_and_sends_nothing,
@@ -508,4 +743,6 @@ on_both_backends!(
     bad_send_at_values_and_moves_that_do_not_apply_are_refused,
     a_paused_broadcast_sends_nothing_until_it_is_resumed,
     a_cancel_racing_the_dispatcher_never_leaves_a_message_both_sent_and_refunded,
+    results_show_failures_with_hints_the_csv_and_a_retry_of_only_retryable_failures,
+    a_broadcast_without_a_retryable_failure_has_nothing_to_retry,
 );

@@ -330,6 +330,95 @@ impl BroadcastStore for DynamoStore {
         }
     }
 
+    async fn list_broadcasts(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<(Vec<Broadcast>, Option<String>), StoreError> {
+        let limit = limit.clamp(1, 100);
+        let mut out = Vec::new();
+        let mut start = before.map(|b| keys::broadcast(tenant, b).attrs());
+        loop {
+            let res = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                .expression_attribute_values(":pk", s(keys::tenant_pk(tenant)))
+                .expression_attribute_values(":p", s(keys::BROADCAST_PREFIX))
+                .scan_index_forward(false)
+                .limit((limit - out.len()) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify("dynamodb query", e))?;
+            for item in res.items.unwrap_or_default() {
+                if self.live(&item) {
+                    out.push(from_item::<Broadcast>(item)?);
+                }
+            }
+            start = res.last_evaluated_key;
+            if start.is_none() || out.len() >= limit {
+                break;
+            }
+        }
+        let next = start.and(out.last().map(|b| b.id.clone()));
+        Ok((out, next))
+    }
+
+    async fn broadcast_messages(
+        &self,
+        broadcast: &Broadcast,
+        limit: usize,
+        after: Option<&MessageId>,
+    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError> {
+        let limit = limit.clamp(1, 1000);
+        let tenant = &broadcast.tenant_id;
+        let (lo, hi) =
+            keys::message_range_of_ms(broadcast.created_at.timestamp_millis().max(0) as u64);
+        let mut out: Vec<MessageRecord> = Vec::new();
+        let mut start = after.map(|a| keys::message(tenant, a).attrs());
+        loop {
+            let res = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+                .filter_expression("broadcast_id = :b")
+                .expression_attribute_values(":pk", s(keys::tenant_pk(tenant)))
+                .expression_attribute_values(":lo", s(lo.clone()))
+                .expression_attribute_values(":hi", s(hi.clone()))
+                .expression_attribute_values(":b", s(broadcast.id.clone()))
+                .limit((limit - out.len()) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify("dynamodb query", e))?;
+            for item in res.items.unwrap_or_default() {
+                if self.live(&item) {
+                    out.push(from_item(item)?);
+                }
+            }
+            start = res.last_evaluated_key;
+            if start.is_none() || out.len() >= limit {
+                break;
+            }
+        }
+        // Continue after the last message read (or, on an empty page, where the Query
+        // stopped).
+        let next = match (start, out.last()) {
+            (None, _) => None,
+            (Some(_), Some(m)) => Some(m.id.clone()),
+            (Some(k), None) => k
+                .get("sk")
+                .and_then(|v| v.as_s().ok())
+                .and_then(|sk| sk.rsplit('#').next())
+                .and_then(MessageId::parse),
+        };
+        Ok((out, next))
+    }
+
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {
         let item = to_item(
             record,

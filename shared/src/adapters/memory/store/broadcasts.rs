@@ -196,6 +196,61 @@ impl BroadcastStore for MemoryStore {
         Ok(BroadcastClaim::Claimed(Box::new(m.clone())))
     }
 
+    async fn list_broadcasts(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<(Vec<Broadcast>, Option<String>), StoreError> {
+        let s = self.lock()?;
+        let mut all: Vec<&Broadcast> = s
+            .broadcasts
+            .iter()
+            .filter(|((t, id), b)| {
+                t == tenant && self.live(b.expires_at) && before.is_none_or(|c| id.as_str() < c)
+            })
+            .map(|(_, b)| b)
+            .collect();
+        all.sort_by(|a, b| b.id.cmp(&a.id));
+        let page: Vec<Broadcast> = all
+            .iter()
+            .take(limit.max(1))
+            .map(|b| (*b).clone())
+            .collect();
+        let next = if all.len() > page.len() {
+            page.last().map(|b| b.id.clone())
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+
+    async fn broadcast_messages(
+        &self,
+        broadcast: &Broadcast,
+        limit: usize,
+        after: Option<&MessageId>,
+    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError> {
+        let s = self.lock()?;
+        let mut matching = s
+            .messages
+            .iter()
+            .filter(|((t, id), m)| {
+                t == &broadcast.tenant_id
+                    && after.is_none_or(|a| id > a)
+                    && m.broadcast_id.as_deref() == Some(broadcast.id.as_str())
+                    && self.live(m.expires_at)
+            })
+            .map(|(_, m)| m);
+        let page: Vec<MessageRecord> = matching.by_ref().take(limit.max(1)).cloned().collect();
+        let next = if matching.next().is_some() {
+            page.last().map(|m| m.id.clone())
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
         let key = (record.tenant_id.clone(), record.id.clone());
