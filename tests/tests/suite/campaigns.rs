@@ -735,6 +735,80 @@ async fn a_broadcast_without_a_retryable_failure_has_nothing_to_retry(b: Backend
     );
 }
 
+/// 1,000 recipients of one scheduled broadcast on the aws backend against moto: every
+/// message reaches a final state, the sandbox got exactly one request per recipient, and
+/// the balance equals the ledger. Slow through moto (about 13 messages a second), so
+/// ignored by default: `cargo test -p kirim-tests --test suite
+/// a_thousand_scheduled_recipients_all_finish_once_and_the_credits_reconcile -- --ignored`
+/// (results in BENCHMARKS.md).
+#[tokio::test]
+#[ignore]
+async fn a_thousand_scheduled_recipients_all_finish_once_and_the_credits_reconcile() {
+    let started = std::time::Instant::now();
+    let (app, clock) = app_with_clock(Backend::Aws).await;
+    let t = app.onboard(1_100).await;
+    let to: Vec<String> = (0..1000).map(|i| format!("+6013{i:06}9")).collect();
+    let (status, body) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        "/v1/broadcasts",
+        Some(
+            json!({"name": "Load", "template": template_of("utility"), "recipients": to,
+                    "send_at": in_minutes(&clock, 2)}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], 1000);
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let_hops_pass().await;
+    assert!(
+        app.app.sandbox.received().is_empty(),
+        "nothing before send_at"
+    );
+    clock.advance(chrono::Duration::minutes(2));
+    let mut view = Value::Null;
+    // Every look counts 1,000 messages through moto: look rarely, so as not to slow the run.
+    for _ in 0..900 {
+        view = broadcast_view(&app, &t.key, &id).await;
+        let c = &view["counts"];
+        let done = ["read", "failed", "cancelled"]
+            .iter()
+            .map(|k| c[*k].as_u64().unwrap_or(0))
+            .sum::<u64>();
+        if done == 1000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(view["counts"]["read"], 1000, "{view}");
+    let received = app.app.sandbox.received();
+    let mut seen = std::collections::HashSet::new();
+    for r in &received {
+        assert!(
+            seen.insert(r.request["to"].to_string()),
+            "a duplicate request to {}",
+            r.request["to"]
+        );
+    }
+    assert_eq!(received.len(), 1000, "one request per recipient");
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).expect("tenant id");
+    let entries = app.app.deps.ledger.entries(&tenant).await.expect("ledger");
+    let sum: i64 = entries.iter().map(|e| e.amount).sum();
+    let balance = app.credits(&t.key).await;
+    assert_eq!(
+        (balance, sum),
+        (100, 100),
+        "the balance is the ledger's sum"
+    );
+    eprintln!(
+        "1,000 scheduled recipients on moto: all read in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 on_both_backends!(
     a_scheduled_broadcast_starts_after_its_send_at_and_not_before,
     cancelling_a_scheduled_broadcast_refunds_it_exactly_and_sends_nothing,
