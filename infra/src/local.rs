@@ -40,6 +40,25 @@ pub struct LocalConfig {
     pub sandbox_rate_limit: u32,
     pub retention_interval: Duration,
     pub pollers: usize,
+    /// The clock every service reads (tests move a manual one; scheduled sends ask it
+    /// whether they are due).
+    pub clock: LocalClock,
+}
+
+/// The clock local mode runs on: the system clock unless a test gives its own.
+#[derive(Clone)]
+pub struct LocalClock(pub Arc<dyn Clock>);
+
+impl Default for LocalClock {
+    fn default() -> Self {
+        LocalClock(Arc::new(SystemClock))
+    }
+}
+
+impl std::fmt::Debug for LocalClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LocalClock({})", self.0.now())
+    }
 }
 
 impl LocalConfig {
@@ -75,6 +94,7 @@ impl LocalConfig {
             retention_interval: env
                 .duration("KIRIM_RETENTION_INTERVAL", Duration::from_secs(86_400)),
             pollers: env.number("KIRIM_LOCAL_POLLERS", 2usize).max(1),
+            clock: LocalClock::default(),
             settings,
         };
         env.finish()?;
@@ -217,7 +237,7 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         .meta_base_url
         .clone()
         .unwrap_or_else(|| format!("{base_url}/_sandbox/graph"));
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock: Arc<dyn Clock> = cfg.clock.0.clone();
     let deps = match cfg.backend {
         Backend::Memory => Deps::new(memory_backends(settings, clock)?),
         Backend::Aws => {

@@ -52,6 +52,9 @@ pub struct Settings {
     pub meta_throughput: u32,
     /// Limits on use: requests per key and tenant, bad webhook signatures per address.
     pub limits: LimitSettings,
+    /// The longest wait of one hop of a scheduled job on the queue (SQS delays are at
+    /// most 15 minutes; a job due later goes back on the queue hop by hop).
+    pub schedule_hop: Duration,
 }
 
 impl Default for Settings {
@@ -78,6 +81,7 @@ impl Default for Settings {
             callback_timeout: Duration::from_secs(10),
             meta_throughput: 80,
             limits: LimitSettings::default(),
+            schedule_hop: Duration::from_secs(900),
         }
     }
 }
@@ -247,6 +251,9 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             audit_key_secret: self.or("KIRIM_AUDIT_KEY_SECRET_ID", &format!("{prefix}audit-key")),
             rotation_grace: self.duration("KIRIM_ROTATION_GRACE", d.rotation_grace),
             sending_deadline: self.duration("KIRIM_SENDING_DEADLINE", d.sending_deadline),
+            schedule_hop: self
+                .duration("KIRIM_SCHEDULE_HOP", d.schedule_hop)
+                .clamp(Duration::from_secs(1), d.schedule_hop),
             callbacks_allow_private: self
                 .number("KIRIM_CALLBACKS_ALLOW_PRIVATE", d.callbacks_allow_private),
             callback_backoff: self.duration("KIRIM_CALLBACK_BACKOFF", d.callback_backoff),

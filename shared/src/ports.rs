@@ -291,6 +291,20 @@ pub trait MessageStore: Send + Sync {
         error: &MessageError,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError>;
+    /// Atomically: moves the message to `cancelled` only if its status is one of `from`
+    /// (a subset of `cancelled`'s predecessors), sets `error`, and refunds `refund`
+    /// (credits and ledger entry) in the same write. The claim (`accepted → sending`) is
+    /// conditional on the same status, so a message is either claimed or cancelled and
+    /// refunded, never both. `Refused`: the status did not allow it; nothing written.
+    async fn cancel_with_refund(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        from: &[MessageStatus],
+        error: &MessageError,
+        refund: &LedgerEntry,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError>;
     /// Records the wamid Meta assigned (and the index from wamid to message).
     async fn set_wamid(
         &self,
@@ -459,6 +473,13 @@ pub trait DispatchQueue: Send + Sync {
             self.send(b).await?;
         }
         Ok(())
+    }
+    /// Sends a message that becomes visible only after `delay` (SQS `DelaySeconds`: at
+    /// most 15 minutes, so longer waits are chained by the consumer; see
+    /// `service::schedule`). Queues without delays send it at once.
+    async fn send_delayed(&self, body: &str, delay: Duration) -> Result<(), StoreError> {
+        let _ = delay;
+        self.send(body).await
     }
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, StoreError>;
     async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
@@ -784,21 +805,75 @@ pub struct Broadcast {
     pub enqueued: usize,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<i64>,
+    /// The tenant's name for it (a campaign name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The sender: the phone number id its messages go out from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// When it is to start (absent: at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<DateTime<Utc>>,
+    /// When its fan-out started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it was cancelled (or otherwise ended by a person).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// A person's hold on it: paused or cancelled (absent: running). The dispatcher's
+    /// claim of each of its messages is conditional on there being none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<BroadcastControl>,
+}
+
+/// A hold on a broadcast, checked by every claim of one of its messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BroadcastControl {
+    /// No message of it is claimed until it is resumed.
+    Paused,
+    /// Its messages not yet claimed end `cancelled`, refunded.
+    Cancelled,
+}
+
+impl BroadcastControl {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BroadcastControl::Paused => "paused",
+            BroadcastControl::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The outcome of claiming a broadcast's message (`accepted → sending`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum BroadcastClaim {
+    Claimed(Box<MessageRecord>),
+    /// The message is not `accepted` (claimed already, finished, cancelled, gone).
+    Refused,
+    /// The broadcast is held: the message stays `accepted`.
+    Held(BroadcastControl),
 }
 
 /// Where a broadcast's fan-out stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BroadcastStatus {
+    /// Waiting for its `send_at`: nothing recorded or queued per recipient yet.
+    Scheduled,
     /// Recipients are still being recorded and enqueued.
     FanningOut,
     /// Every recipient is enqueued (the list is deleted).
     Enqueued,
+    /// Cancelled before it started: refunded in full, the list deleted.
+    Cancelled,
 }
 
 impl BroadcastStatus {
     pub fn as_str(self) -> &'static str {
         match self {
+            BroadcastStatus::Scheduled => "scheduled",
+            BroadcastStatus::Cancelled => "cancelled",
             BroadcastStatus::FanningOut => "fanning_out",
             BroadcastStatus::Enqueued => "enqueued",
         }
@@ -836,6 +911,60 @@ pub trait BroadcastStore: Send + Sync {
         enqueued: usize,
         done: bool,
     ) -> Result<(), StoreError>;
+    /// Moves a scheduled broadcast to `fanning_out` (recording `started_at`), only if it
+    /// is still `scheduled`: `false` otherwise (cancelled, or a duplicate trigger).
+    async fn start_broadcast(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Atomically, only if it is still `scheduled`: marks the broadcast `cancelled`,
+    /// refunds `refund` (credits and ledger entry) and deletes its recipient list.
+    /// `false`: it was not scheduled; nothing written.
+    async fn cancel_scheduled_broadcast(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        refund: &LedgerEntry,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Sets the broadcast's hold to `to`, only if its hold is one of `from` (`None`: no
+    /// hold) and it was not cancelled before it started: `false` otherwise.
+    async fn set_broadcast_control(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        from: &[Option<BroadcastControl>],
+        to: Option<BroadcastControl>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// The dispatcher's claim of a broadcast's message: `accepted → sending` (counting an
+    /// attempt), in one conditional write with the check that the broadcast has no hold.
+    async fn claim_broadcast_message(
+        &self,
+        tenant: &TenantId,
+        message: &MessageId,
+        broadcast: &str,
+        at: DateTime<Utc>,
+    ) -> Result<BroadcastClaim, StoreError>;
+    /// The tenant's live broadcasts, newest first, older than the broadcast `before` (a
+    /// cursor: a broadcast id), at most `limit`; and the id to continue before if there
+    /// may be more. One Query of the tenant's partition.
+    async fn list_broadcasts(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<(Vec<Broadcast>, Option<String>), StoreError>;
+    /// The broadcast's live messages in id order after `after`, at most `limit` (pages
+    /// may be short), and the id to continue after if there may be more.
+    async fn broadcast_messages(
+        &self,
+        broadcast: &Broadcast,
+        limit: usize,
+        after: Option<&MessageId>,
+    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError>;
     /// Stores a broadcast's message (already paid for); `false` if it exists already
     /// (a resumed fan-out).
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError>;

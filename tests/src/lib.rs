@@ -111,6 +111,8 @@ pub fn test_settings() -> Settings {
         callbacks_allow_private: true,
         callback_backoff: Duration::from_millis(100),
         callback_timeout: Duration::from_secs(2),
+        // A scheduled job comes back to ask the (manual) clock every 200 ms, not 15 min.
+        schedule_hop: Duration::from_millis(200),
         // Tests that build deps without local mode never reach the real Meta: nothing
         // listens on the discard port, so a template sync at onboarding fails at once.
         meta_base_url: "http://127.0.0.1:9".into(),
@@ -138,6 +140,7 @@ pub async fn local_config(backend: Backend) -> LocalConfig {
         sandbox_rate_limit: 80,
         retention_interval: Duration::from_secs(3600),
         pollers: 2,
+        clock: Default::default(),
     }
 }
 

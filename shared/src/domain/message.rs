@@ -174,6 +174,9 @@ pub struct MessageRecord {
     /// The broadcast this message belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast_id: Option<String>,
+    /// When a scheduled message is to be sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

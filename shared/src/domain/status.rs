@@ -4,17 +4,21 @@
 use serde::{Deserialize, Serialize};
 
 /// A message's delivery status. It only ever moves forward:
-/// `accepted → sending → sent → delivered → read`, and `failed` is terminal
-/// unless Meta later reports `delivered` or `read`, which prove it arrived.
+/// `scheduled → accepted → sending → sent → delivered → read`, and `failed` is terminal
+/// unless Meta later reports `delivered` or `read`, which prove it arrived. `scheduled`
+/// is where a message with a `send_at` waits; `cancelled` (from `scheduled` or
+/// `accepted`, never once handed to the dispatcher's claim) is terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageStatus {
+    Scheduled,
     Accepted,
     Sending,
     Sent,
     Delivered,
     Read,
     Failed,
+    Cancelled,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,23 +26,27 @@ pub enum MessageStatus {
 pub struct StatusError;
 
 impl MessageStatus {
-    pub const ALL: [MessageStatus; 6] = [
+    pub const ALL: [MessageStatus; 8] = [
+        MessageStatus::Scheduled,
         MessageStatus::Accepted,
         MessageStatus::Sending,
         MessageStatus::Sent,
         MessageStatus::Delivered,
         MessageStatus::Read,
         MessageStatus::Failed,
+        MessageStatus::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            MessageStatus::Scheduled => "scheduled",
             MessageStatus::Accepted => "accepted",
             MessageStatus::Sending => "sending",
             MessageStatus::Sent => "sent",
             MessageStatus::Delivered => "delivered",
             MessageStatus::Read => "read",
             MessageStatus::Failed => "failed",
+            MessageStatus::Cancelled => "cancelled",
         }
     }
 
@@ -55,12 +63,16 @@ impl MessageStatus {
     pub fn allowed_predecessors(self) -> &'static [MessageStatus] {
         use MessageStatus::*;
         match self {
-            Accepted => &[],
+            Scheduled => &[],
+            Accepted => &[Scheduled],
             Sending => &[Accepted],
             Sent => &[Accepted, Sending],
             Delivered => &[Accepted, Sending, Sent, Failed],
             Read => &[Accepted, Sending, Sent, Delivered, Failed],
             Failed => &[Accepted, Sending, Sent],
+            // Only before the dispatcher's claim (`accepted → sending`): a cancel and a
+            // claim are conditional on the same status, so at most one of them wins.
+            Cancelled => &[Scheduled, Accepted],
         }
     }
 
@@ -93,6 +105,24 @@ mod tests {
         assert!(Read.may_follow(Failed));
         assert!(!Sent.may_follow(Failed));
         assert!(!Sending.may_follow(Failed));
+    }
+
+    #[test]
+    fn a_scheduled_message_is_accepted_or_cancelled_and_a_cancelled_one_never_moves() {
+        assert!(Accepted.may_follow(Scheduled));
+        assert!(Cancelled.may_follow(Scheduled));
+        assert!(Cancelled.may_follow(Accepted));
+        assert!(
+            !Sending.may_follow(Scheduled),
+            "only accepted messages are claimed"
+        );
+        assert!(
+            !Cancelled.may_follow(Sending),
+            "a claimed message is never cancelled"
+        );
+        for s in MessageStatus::ALL {
+            assert!(!s.may_follow(Cancelled), "{s:?} after cancelled");
+        }
     }
 
     #[test]

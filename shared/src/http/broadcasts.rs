@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::stream;
 use serde_json::json;
 
 use super::access::TenantCtx;
@@ -18,20 +19,27 @@ use super::admin::noted;
 use super::error::ApiError;
 use super::extract::parse_json;
 use super::{ApiResult, AppState};
-use crate::service::broadcasts::{self, BroadcastRequest};
+use crate::domain::MessageId;
+use crate::ports::BroadcastStatus;
+use crate::service::broadcasts::{self, BroadcastRequest, CampaignIn};
 use crate::service::send::TemplateIn;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/broadcasts", post(create))
+        .route("/v1/broadcasts", post(create).get(list))
         .route("/v1/broadcasts/{id}", get(get_one))
+        .route("/v1/broadcasts/{id}/cancel", post(cancel))
+        .route("/v1/broadcasts/{id}/pause", post(pause))
+        .route("/v1/broadcasts/{id}/resume", post(resume))
+        .route("/v1/broadcasts/{id}/retry-failed", post(retry_failed))
+        .route("/v1/broadcasts/{id}/recipients.csv", get(recipients_csv))
 }
 
 fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiError> {
     for k in q.keys() {
         if !matches!(
             k.as_str(),
-            "template_name" | "template_language" | "template_category"
+            "template_name" | "template_language" | "template_category" | "name" | "send_at"
         ) {
             return Err(ApiError::invalid(format!("unknown query parameter `{k}`")));
         }
@@ -70,9 +78,13 @@ async fn create(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_ascii_lowercase();
-    let (template, recipients) = if content_type.starts_with("text/csv") {
+    let (template, recipients, campaign) = if content_type.starts_with("text/csv") {
         let template = template_from_query(&q)?;
-        (template, broadcasts::recipients_from_csv(&body)?)
+        let campaign = CampaignIn {
+            name: q.get("name").cloned(),
+            send_at: q.get("send_at").cloned(),
+        };
+        (template, broadcasts::recipients_from_csv(&body)?, campaign)
     } else {
         if !q.is_empty() {
             return Err(ApiError::invalid(
@@ -83,12 +95,223 @@ async fn create(
             return Err(ApiError::invalid("a JSON body is required"));
         }
         let req: BroadcastRequest = parse_json(&body)?;
-        (req.template, req.recipients)
+        let campaign = CampaignIn {
+            name: req.name,
+            send_at: req.send_at,
+        };
+        (req.template, req.recipients, campaign)
     };
-    let accepted = broadcasts::create(&s.deps, ctx.tenant_id(), template, recipients).await?;
-    let details = json!({"broadcast_id": accepted.id, "accepted": accepted.accepted});
+    let accepted =
+        broadcasts::create_campaign(&s.deps, ctx.tenant_id(), template, recipients, campaign)
+            .await?;
+    let details = json!({"broadcast_id": accepted.id, "accepted": accepted.accepted,
+        "status": accepted.status});
     let res = (StatusCode::ACCEPTED, Json(accepted)).into_response();
     Ok(noted(res, None, details))
+}
+
+async fn list(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let (mut status, mut limit, mut cursor) = (None, 50usize, None);
+    for (k, v) in &q {
+        match k.as_str() {
+            "status" => {
+                if !matches!(
+                    v.as_str(),
+                    "scheduled" | "sending" | "paused" | "completed" | "cancelled"
+                ) {
+                    return Err(ApiError::invalid(
+                        "status must be scheduled, sending, paused, completed or cancelled",
+                    ));
+                }
+                status = Some(v.clone());
+            }
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=100).contains(l))
+                    .ok_or_else(|| ApiError::invalid("limit must be 1 to 100"))?
+            }
+            "cursor" => cursor = Some(v.clone()),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter `{other}`"
+                )))
+            }
+        }
+    }
+    let (views, next) = broadcasts::list(
+        &s.deps,
+        ctx.tenant_id(),
+        status.as_deref(),
+        limit,
+        cursor.as_deref(),
+    )
+    .await?;
+    Ok(Json(json!({"broadcasts": views, "next_cursor": next})).into_response())
+}
+
+/// The optional body of `retry-failed`: the template's components again (Kirim keeps no
+/// message content, so it cannot reuse the first send's parameters).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetryRequest {
+    #[serde(default)]
+    components: Vec<serde_json::Value>,
+}
+
+async fn retry_failed(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    if ulid::Ulid::from_string(&id).is_err() {
+        return Err(ApiError::not_found());
+    }
+    let req: RetryRequest = if body.is_empty() {
+        RetryRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let retried = broadcasts::retry_failed(&s.deps, ctx.tenant_id(), &id, req.components).await?;
+    let details = json!({"broadcast_id": retried.id, "retry_of": retried.retry_of,
+        "accepted": retried.accepted});
+    let res = (StatusCode::ACCEPTED, Json(retried)).into_response();
+    Ok(noted(res, None, details))
+}
+
+/// Where the CSV stream stands.
+enum CsvStep {
+    Header,
+    Messages(Option<MessageId>),
+    Pending,
+    Done,
+}
+
+/// `recipients.csv`: the header, then the broadcast's messages page by page (one page in
+/// memory at a time), then recipients it has not reached yet (a scheduled broadcast's
+/// list). A storage error after the header ends the body early (a row is never cut).
+async fn recipients_csv(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(id): Path<String>,
+) -> ApiResult {
+    if ulid::Ulid::from_string(&id).is_err() {
+        return Err(ApiError::not_found());
+    }
+    let deps = s.deps.clone();
+    let b = deps
+        .broadcasts
+        .get_broadcast(ctx.tenant_id(), &id)
+        .await
+        .map_err(crate::service::errors::ServiceError::from)?
+        .ok_or_else(ApiError::not_found)?;
+    let body = stream::unfold(CsvStep::Header, move |step| {
+        let deps = deps.clone();
+        let b = b.clone();
+        async move {
+            let (text, next) = match step {
+                CsvStep::Done => return None,
+                CsvStep::Header => (broadcasts::CSV_HEADER.to_owned(), CsvStep::Messages(None)),
+                CsvStep::Messages(after) => {
+                    match deps
+                        .broadcasts
+                        .broadcast_messages(&b, broadcasts::PAGE, after.as_ref())
+                        .await
+                    {
+                        Ok((page, next)) => (
+                            page.iter().map(broadcasts::csv_row).collect::<String>(),
+                            match next {
+                                Some(n) => CsvStep::Messages(Some(n)),
+                                None => CsvStep::Pending,
+                            },
+                        ),
+                        Err(e) => {
+                            tracing::error!(broadcast_id = %b.id, error = %e, "recipients.csv stopped");
+                            return None;
+                        }
+                    }
+                }
+                CsvStep::Pending => {
+                    let status = if b.status == BroadcastStatus::Scheduled {
+                        "scheduled"
+                    } else {
+                        "accepted"
+                    };
+                    let rows = match deps
+                        .broadcasts
+                        .broadcast_recipients(&b.tenant_id, &b.id)
+                        .await
+                    {
+                        Ok(Some(list)) => list
+                            .iter()
+                            .skip(b.enqueued)
+                            .map(|p| broadcasts::csv_pending_row(p, status))
+                            .collect::<String>(),
+                        Ok(None) => String::new(),
+                        Err(e) => {
+                            tracing::error!(broadcast_id = %b.id, error = %e, "recipients.csv stopped");
+                            return None;
+                        }
+                    };
+                    (rows, CsvStep::Done)
+                }
+            };
+            Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), next))
+        }
+    });
+    let disposition = format!("attachment; filename=\"broadcast-{id}-recipients.csv\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+async fn cancel(s: State<AppState>, ctx: TenantCtx, id: Path<String>) -> ApiResult {
+    moved(s, ctx, id, Move::Cancel).await
+}
+
+async fn pause(s: State<AppState>, ctx: TenantCtx, id: Path<String>) -> ApiResult {
+    moved(s, ctx, id, Move::Pause).await
+}
+
+async fn resume(s: State<AppState>, ctx: TenantCtx, id: Path<String>) -> ApiResult {
+    moved(s, ctx, id, Move::Resume).await
+}
+
+enum Move {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+/// Pause, resume or cancel: `200` with the broadcast as it is now.
+async fn moved(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(id): Path<String>,
+    what: Move,
+) -> ApiResult {
+    if ulid::Ulid::from_string(&id).is_err() {
+        return Err(ApiError::not_found());
+    }
+    let (d, t) = (&s.deps, ctx.tenant_id());
+    let view = match what {
+        Move::Pause => broadcasts::pause(d, t, &id).await?,
+        Move::Resume => broadcasts::resume(d, t, &id).await?,
+        Move::Cancel => broadcasts::cancel(d, t, &id).await?,
+    };
+    let details = json!({"broadcast_id": view.id, "status": view.status});
+    Ok(noted(Json(view).into_response(), None, details))
 }
 
 async fn get_one(State(s): State<AppState>, ctx: TenantCtx, Path(id): Path<String>) -> ApiResult {

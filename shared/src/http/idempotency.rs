@@ -72,13 +72,13 @@ impl<S: Send + Sync> FromRequest<S> for SendBody {
 
 /// `202 {"id","status":"accepted"}`, for a new message and for a replay alike.
 pub fn accepted_response(accepted: Accepted) -> Response {
-    let (id, replayed) = match accepted {
-        Accepted::New(record) => (record.id, false),
-        Accepted::Replayed(id) => (id, true),
+    let (id, status, replayed) = match accepted {
+        Accepted::New(record) => (record.id, record.status.as_str(), false),
+        Accepted::Replayed(id) => (id, "accepted", true),
     };
     let mut res = (
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "accepted"})),
+        Json(json!({"id": id, "status": status})),
     )
         .into_response();
     if replayed {

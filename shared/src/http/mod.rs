@@ -107,7 +107,7 @@ fn send_api_routes() -> Router<AppState> {
     Router::new()
         .route("/v1/account", get(get_account))
         .route("/v1/messages", post(post_message).get(list_messages))
-        .route("/v1/messages/{id}", get(get_message))
+        .route("/v1/messages/{id}", get(get_message).delete(cancel_message))
         .merge(optouts::routes())
         .merge(broadcasts::routes())
 }
@@ -256,6 +256,21 @@ async fn get_message(
     Ok(Json(MessageView::from(&m)).into_response())
 }
 
+async fn cancel_message(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = MessageId::parse(&id).ok_or_else(ApiError::not_found)?;
+    let m = send::cancel_scheduled(&s.deps, ctx.tenant_id(), &id).await?;
+    let details = json!({"message_id": m.id, "status": m.status.as_str()});
+    Ok(admin::noted(
+        Json(MessageView::from(&m)).into_response(),
+        None,
+        details,
+    ))
+}
+
 pub(crate) fn parse_time(name: &str, v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
     chrono::DateTime::parse_from_rfc3339(v)
         .map(|t| t.with_timezone(&chrono::Utc))
@@ -277,7 +292,8 @@ async fn list_messages(
             "status" => {
                 q.status = Some(MessageStatus::parse(v).map_err(|_| {
                     ApiError::invalid(
-                        "status must be accepted, sending, sent, delivered, read or failed",
+                        "status must be scheduled, accepted, sending, sent, delivered, read, \
+                         failed or cancelled",
                     )
                 })?)
             }

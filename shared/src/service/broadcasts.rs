@@ -2,7 +2,9 @@
 //! duplicates collapse, opted-out numbers are skipped, and the accepted ones are paid for
 //! all at once (all or nothing). The fan-out runs in the dispatcher from a queue job
 //! that holds the content (never a table), resumably, in batches; the uploaded list is
-//! deleted once every recipient is enqueued.
+//! deleted once every recipient is enqueued. A broadcast with a `send_at` is
+//! `scheduled`: paid for at once, its fan-out job waits on the queue (see `schedule`)
+//! and starts it with a conditional write; cancelled before that, it is refunded whole.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -12,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{
-    new_id, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass, StatusEvent,
-    TemplateRef, TenantId,
+    new_id, ErrorCode, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass,
+    StatusEvent, TemplateRef, TenantId,
 };
-use crate::ports::{Broadcast, BroadcastStatus, TenantStatus};
+use crate::ports::{Broadcast, BroadcastControl, BroadcastStatus, TenantStatus};
 use crate::store_error::StoreError;
 
 use super::errors::ServiceError;
@@ -39,11 +41,28 @@ const LOOKUPS: usize = 16;
 pub struct BroadcastRequest {
     pub template: TemplateIn,
     pub recipients: Vec<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// RFC 3339 with an offset, 1 minute to 35 days ahead.
+    #[serde(default)]
+    pub send_at: Option<String>,
 }
+
+/// A broadcast's campaign settings, as the request gave them (unchecked).
+#[derive(Default, Debug, Clone)]
+pub struct CampaignIn {
+    pub name: Option<String>,
+    pub send_at: Option<String>,
+}
+
+/// The longest campaign name.
+pub const MAX_NAME: usize = 200;
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct Accepted {
     pub id: String,
+    /// `scheduled` (it has a `send_at`) or `sending`.
+    pub status: &'static str,
     pub accepted: usize,
     pub skipped_opted_out: usize,
     pub duplicates: usize,
@@ -55,16 +74,95 @@ pub struct Accepted {
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct View {
     pub id: String,
-    pub status: BroadcastStatus,
+    pub name: Option<String>,
+    /// `scheduled`, `sending`, `completed` or `cancelled` (see [`campaign_status`]).
+    pub status: &'static str,
+    /// The sender's phone number id.
+    pub from: Option<String>,
     pub template: TemplateRef,
+    pub send_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Recipients accepted (each is, or becomes, one message).
+    pub total: usize,
     pub accepted: usize,
     pub skipped_opted_out: usize,
     pub duplicates: usize,
     pub invalid_count: usize,
     pub enqueued: usize,
-    /// Messages of the broadcast by status.
+    /// Messages of the broadcast by status (every status of the contract, zeros too).
     pub counts: BTreeMap<String, usize>,
-    pub created_at: DateTime<Utc>,
+    /// Its failed messages by error code, most frequent first, each with the hint a
+    /// person can act on.
+    pub failures: Vec<Failure>,
+}
+
+/// Failed messages of one error code.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub title: String,
+    pub hint: String,
+    pub count: usize,
+}
+
+/// Messages read per page when a broadcast's messages are walked (failures, CSV, retry).
+pub const PAGE: usize = 200;
+
+/// Whether a later try may fix a failure: Meta's transient and throughput errors (the
+/// codes the dispatcher retries), Meta unreachable or answering 5xx, and a timeout
+/// whose outcome stayed unknown (such a message may have arrived: its hint says so).
+/// Not opt-outs, undeliverable numbers, template errors or account problems.
+pub fn retryable(code: &ErrorCode) -> bool {
+    match code {
+        ErrorCode::Meta(c) => matches!(
+            c,
+            1 | 2 | 4 | 80007 | 130429 | 131000 | 131016 | 131056 | 131057
+        ),
+        ErrorCode::Kirim(c) => matches!(
+            c.as_str(),
+            "meta_unavailable" | "meta_unreachable" | super::deadline::OUTCOME_UNKNOWN
+        ),
+    }
+}
+
+/// The statuses a broadcast view always counts.
+pub const COUNTED: [MessageStatus; 7] = [
+    MessageStatus::Accepted,
+    MessageStatus::Sending,
+    MessageStatus::Sent,
+    MessageStatus::Delivered,
+    MessageStatus::Read,
+    MessageStatus::Failed,
+    MessageStatus::Cancelled,
+];
+
+/// A broadcast's status as the API shows it: `paused` or `cancelled` when a person
+/// said so, else `scheduled` until it starts, `sending`
+/// while recipients are being queued or any message is still on its way to Meta,
+/// `completed` once every message was handed over or ended, `cancelled` if cancelled.
+pub fn campaign_status(b: &Broadcast, counts: &BTreeMap<String, usize>) -> &'static str {
+    let open = |st: MessageStatus| counts.get(st.as_str()).copied().unwrap_or(0);
+    match b.control {
+        Some(BroadcastControl::Cancelled) => return "cancelled",
+        Some(BroadcastControl::Paused) if b.status != BroadcastStatus::Cancelled => {
+            return "paused"
+        }
+        _ => {}
+    }
+    match b.status {
+        BroadcastStatus::Scheduled => "scheduled",
+        BroadcastStatus::Cancelled => "cancelled",
+        BroadcastStatus::FanningOut => "sending",
+        BroadcastStatus::Enqueued => {
+            if open(MessageStatus::Accepted) + open(MessageStatus::Sending) > 0 {
+                "sending"
+            } else {
+                "completed"
+            }
+        }
+    }
 }
 
 /// Recipients of a `text/csv` upload: the `phone` column (header row required, any
@@ -119,10 +217,35 @@ pub async fn create(
     template: TemplateIn,
     raw: Vec<String>,
 ) -> Result<Accepted, ServiceError> {
+    create_campaign(deps, tenant_id, template, raw, CampaignIn::default()).await
+}
+
+/// Creates a broadcast with a name and, given `send_at`, scheduled: debited now, its
+/// fan-out job waits on the queue until `send_at` (see `schedule`).
+pub async fn create_campaign(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    template: TemplateIn,
+    raw: Vec<String>,
+    campaign: CampaignIn,
+) -> Result<Accepted, ServiceError> {
     let requested = parse_template(template)?;
     if raw.len() > MAX_RECIPIENTS {
         return Err(too_many());
     }
+    let name = campaign.name.map(|n| n.trim().to_owned());
+    if name.as_ref().is_some_and(|n| {
+        n.is_empty() || n.chars().count() > MAX_NAME || n.chars().any(char::is_control)
+    }) {
+        return Err(ServiceError::InvalidRequest(format!(
+            "name must be 1 to {MAX_NAME} characters without control characters"
+        )));
+    }
+    let send_at = campaign
+        .send_at
+        .as_deref()
+        .map(|raw| super::schedule::parse_send_at(raw, deps.clock.now()))
+        .transpose()?;
     let tenant = super::auth::load_tenant(deps, tenant_id).await?;
     if tenant.status != TenantStatus::Active {
         return Err(ServiceError::TenantSuspended);
@@ -183,13 +306,24 @@ pub async fn create(
         invalid: invalid.len(),
         duplicates,
         price_each: price,
-        status: BroadcastStatus::FanningOut,
+        status: if send_at.is_some() {
+            BroadcastStatus::Scheduled
+        } else {
+            BroadcastStatus::FanningOut
+        },
         enqueued: 0,
         created_at: now,
         expires_at: deps
             .settings
             .retention
             .expiry(RetentionClass::Messages, now),
+        name,
+        // The sender: today the tenant's one number (a `from` choice slots in here).
+        from: Some(tenant.phone_number_id.clone()),
+        send_at,
+        started_at: if send_at.is_some() { None } else { Some(now) },
+        ended_at: None,
+        control: None,
     };
     let charge = Charge::Broadcast(id.clone());
     let debit = ledger::debit(deps, tenant_id, &charge, total, now);
@@ -201,11 +335,20 @@ pub async fn create(
         broadcast_id: id.clone(),
         content,
         request_id: crate::telemetry::request_id(),
+        send_at,
     });
     let body = job
         .to_body()
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-    if let Err(e) = deps.queue.send(&body).await {
+    let queued = match super::schedule::wait(send_at, now) {
+        Some(wait) => {
+            deps.queue
+                .send_delayed(&body, wait.min(deps.settings.schedule_hop))
+                .await
+        }
+        None => deps.queue.send(&body).await,
+    };
+    if let Err(e) = queued {
         // Nothing will fan it out: give the credits back and close it.
         tracing::error!(broadcast_id = %id, error = %e, "broadcast not queued");
         ledger::refund(deps, tenant_id, &charge, total, "not queued").await;
@@ -219,6 +362,11 @@ pub async fn create(
     invalid.truncate(MAX_INVALID_SHOWN);
     Ok(Accepted {
         id,
+        status: if send_at.is_some() {
+            "scheduled"
+        } else {
+            "sending"
+        },
         accepted: broadcast.accepted,
         skipped_opted_out: skipped,
         duplicates,
@@ -233,19 +381,347 @@ pub async fn view(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Serv
         .get_broadcast(tenant, id)
         .await?
         .ok_or(ServiceError::NotFound)?;
-    let counts = deps.broadcasts.broadcast_counts(&b).await?;
+    let mut counts = deps.broadcasts.broadcast_counts(&b).await?;
+    for st in COUNTED {
+        counts.entry(st.as_str().to_owned()).or_insert(0);
+    }
+    let status = campaign_status(&b, &counts);
+    let failures = if counts.get("failed").copied().unwrap_or(0) > 0 {
+        failures_of(deps, &b).await?
+    } else {
+        Vec::new()
+    };
     Ok(View {
+        failures,
+        status,
+        completed_at: if status == "cancelled" {
+            b.ended_at
+        } else {
+            None
+        },
         id: b.id,
-        status: b.status,
+        name: b.name,
+        from: b.from,
         template: b.template,
+        send_at: b.send_at,
+        created_at: b.created_at,
+        started_at: b.started_at,
+        total: b.accepted,
         accepted: b.accepted,
         skipped_opted_out: b.skipped_opted_out,
         duplicates: b.duplicates,
         invalid_count: b.invalid,
         enqueued: b.enqueued,
         counts,
-        created_at: b.created_at,
     })
+}
+
+/// Its failed messages grouped by code (one pass over its messages, page by page: the
+/// memory held is one page and one entry per distinct code).
+async fn failures_of(deps: &Deps, b: &Broadcast) -> Result<Vec<Failure>, StoreError> {
+    let mut by_code: BTreeMap<String, Failure> = BTreeMap::new();
+    let mut after: Option<MessageId> = None;
+    loop {
+        let (page, next) = deps
+            .broadcasts
+            .broadcast_messages(b, PAGE, after.as_ref())
+            .await?;
+        for m in page.iter().filter(|m| m.status == MessageStatus::Failed) {
+            if let Some(e) = &m.error {
+                by_code
+                    .entry(e.code.to_string())
+                    .or_insert_with(|| Failure {
+                        code: e.code.clone(),
+                        title: e.title.clone(),
+                        hint: crate::domain::hints::hint(&e.code),
+                        count: 0,
+                    })
+                    .count += 1;
+            }
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    let mut out: Vec<Failure> = by_code.into_values().collect();
+    out.sort_by_key(|f| std::cmp::Reverse(f.count));
+    Ok(out)
+}
+
+/// `GET /v1/broadcasts`: newest first, optionally only those in `status`. A page holds
+/// at most `limit` broadcasts (fewer when filtered) and the cursor to continue.
+pub async fn list(
+    deps: &Deps,
+    tenant: &TenantId,
+    status: Option<&str>,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<(Vec<View>, Option<String>), ServiceError> {
+    if let Some(c) = cursor {
+        if ulid::Ulid::from_string(c).is_err() {
+            return Err(ServiceError::InvalidRequest("cursor is not valid".into()));
+        }
+    }
+    let (page, next) = deps
+        .broadcasts
+        .list_broadcasts(tenant, limit, cursor)
+        .await?;
+    let mut out = Vec::new();
+    for b in page {
+        let v = view(deps, tenant, &b.id).await?;
+        if status.is_none_or(|s| s == v.status) {
+            out.push(v);
+        }
+    }
+    Ok((out, next))
+}
+
+/// What `retry-failed` answers.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Retried {
+    /// The new broadcast.
+    pub id: String,
+    pub accepted: usize,
+    pub status: &'static str,
+    pub skipped_opted_out: usize,
+    /// The broadcast retried.
+    pub retry_of: String,
+}
+
+/// `POST /v1/broadcasts/{id}/retry-failed`: a new broadcast of the same template and
+/// sender to the recipients whose messages failed for a reason a later try may fix
+/// ([`retryable`]). Kirim never keeps message content, so the template's components
+/// (its parameters) come in the request again; without them the template is sent
+/// without parameters (the catalogue refuses that for a template that takes some).
+/// Nothing to retry: `Conflict`.
+pub async fn retry_failed(
+    deps: &Deps,
+    tenant: &TenantId,
+    id: &str,
+    components: Vec<serde_json::Value>,
+) -> Result<Retried, ServiceError> {
+    let b = deps
+        .broadcasts
+        .get_broadcast(tenant, id)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    let mut recipients = Vec::new();
+    let mut after: Option<MessageId> = None;
+    loop {
+        let (page, next) = deps
+            .broadcasts
+            .broadcast_messages(&b, PAGE, after.as_ref())
+            .await?;
+        recipients.extend(
+            page.iter()
+                .filter(|m| m.status == MessageStatus::Failed)
+                .filter(|m| m.error.as_ref().is_some_and(|e| retryable(&e.code)))
+                .map(|m| m.to.to_string()),
+        );
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    if recipients.is_empty() {
+        return Err(ServiceError::Conflict(
+            "no message of this broadcast failed for a reason a later try may fix".into(),
+        ));
+    }
+    let template = TemplateIn {
+        name: b.template.name.clone(),
+        language: b.template.language.clone(),
+        category: Some(b.template.category),
+        components,
+    };
+    let campaign = CampaignIn {
+        name: Some(match &b.name {
+            Some(n) => format!(
+                "{} (retry)",
+                n.chars().take(MAX_NAME - 8).collect::<String>()
+            ),
+            None => format!("retry of {}", b.id),
+        }),
+        send_at: None,
+    };
+    let accepted = create_campaign(deps, tenant, template, recipients, campaign).await?;
+    Ok(Retried {
+        id: accepted.id,
+        accepted: accepted.accepted,
+        status: accepted.status,
+        skipped_opted_out: accepted.skipped_opted_out,
+        retry_of: b.id,
+    })
+}
+
+/// The header of `recipients.csv`.
+pub const CSV_HEADER: &str =
+    "phone,status,error_code,error_title,message_id,sent_at,delivered_at,read_at\n";
+
+/// One `recipients.csv` row of a message: metadata only (no content is stored anyway).
+pub fn csv_row(m: &MessageRecord) -> String {
+    let at = |st: MessageStatus| {
+        m.events
+            .iter()
+            .find(|e| e.status == st)
+            .map(|e| e.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default()
+    };
+    let (code, title) = match &m.error {
+        Some(e) => (e.code.to_string(), e.title.clone()),
+        None => (String::new(), String::new()),
+    };
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    let row = [
+        m.to.to_string(),
+        m.status.as_str().to_owned(),
+        code,
+        csv_safe(&title),
+        m.id.to_string(),
+        at(MessageStatus::Sent),
+        at(MessageStatus::Delivered),
+        at(MessageStatus::Read),
+    ];
+    if w.write_record(&row).is_err() {
+        return String::new();
+    }
+    w.into_inner()
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default()
+}
+
+/// A row for a recipient without a message yet (its broadcast has not reached it).
+pub fn csv_pending_row(phone: &PhoneNumber, status: &str) -> String {
+    format!("{phone},{status},,,,,,\n")
+}
+
+/// A spreadsheet would run a cell starting with `=`, `+`, `-` or `@` as a formula: such
+/// text (Meta's titles are outside Kirim's control) is prefixed with a quote.
+fn csv_safe(v: &str) -> String {
+    if v.starts_with(['=', '+', '-', '@']) {
+        format!("'{v}")
+    } else {
+        v.to_owned()
+    }
+}
+
+fn conflict(msg: &str) -> ServiceError {
+    ServiceError::Conflict(msg.to_owned())
+}
+
+async fn load(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, ServiceError> {
+    view(deps, tenant, id).await
+}
+
+/// `POST /v1/broadcasts/{id}/pause` (scheduled or sending): from the answer on, no
+/// message of it is claimed for Meta (each claim checks the hold in the same
+/// conditional write); a message already handed to Meta is not recalled.
+pub async fn pause(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, ServiceError> {
+    let v = load(deps, tenant, id).await?;
+    if !matches!(v.status, "scheduled" | "sending") {
+        return Err(conflict(&format!(
+            "only a scheduled or sending broadcast can be paused; this one is {}",
+            v.status
+        )));
+    }
+    let now = deps.clock.now();
+    if !deps
+        .broadcasts
+        .set_broadcast_control(tenant, id, &[None], Some(BroadcastControl::Paused), now)
+        .await?
+    {
+        return Err(conflict(
+            "the broadcast changed meanwhile; it was not paused",
+        ));
+    }
+    tracing::info!(broadcast_id = %id, "broadcast paused");
+    view(deps, tenant, id).await
+}
+
+/// `POST /v1/broadcasts/{id}/resume` (paused): its waiting messages go out again.
+pub async fn resume(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, ServiceError> {
+    let v = load(deps, tenant, id).await?;
+    if v.status != "paused" {
+        return Err(conflict(&format!(
+            "only a paused broadcast can be resumed; this one is {}",
+            v.status
+        )));
+    }
+    let now = deps.clock.now();
+    if !deps
+        .broadcasts
+        .set_broadcast_control(tenant, id, &[Some(BroadcastControl::Paused)], None, now)
+        .await?
+    {
+        return Err(conflict(
+            "the broadcast changed meanwhile; it was not resumed",
+        ));
+    }
+    tracing::info!(broadcast_id = %id, "broadcast resumed");
+    view(deps, tenant, id).await
+}
+
+/// `POST /v1/broadcasts/{id}/cancel`. Scheduled (not started): cancelled and refunded
+/// in full in one conditional write. Sending or paused: marked cancelled; each of its
+/// messages not yet claimed ends `cancelled` with its refund in the same conditional
+/// write as the status change when its queue job comes (the claim and the cancel are
+/// conditional on the same status, so a message is never both sent and refunded).
+/// Completed or cancelled: `Conflict`. Another tenant's or an unknown id: `NotFound`.
+pub async fn cancel(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, ServiceError> {
+    let b = deps
+        .broadcasts
+        .get_broadcast(tenant, id)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    let now = deps.clock.now();
+    if b.status == BroadcastStatus::Scheduled {
+        let total = b.price_each.saturating_mul(b.accepted as i64);
+        let refund = ledger::refund_entry(
+            deps,
+            tenant,
+            &Charge::Broadcast(b.id.clone()),
+            total,
+            "scheduled broadcast cancelled",
+            now,
+        );
+        if deps
+            .broadcasts
+            .cancel_scheduled_broadcast(tenant, id, &refund, now)
+            .await?
+        {
+            tracing::info!(broadcast_id = %id, refunded = total, "scheduled broadcast cancelled");
+            return view(deps, tenant, id).await;
+        }
+        // It started meanwhile: cancel it as a sending one.
+    }
+    let v = load(deps, tenant, id).await?;
+    if !matches!(v.status, "sending" | "paused" | "scheduled") {
+        return Err(conflict(&format!(
+            "only a scheduled, sending or paused broadcast can be cancelled; this one is {}",
+            v.status
+        )));
+    }
+    if !deps
+        .broadcasts
+        .set_broadcast_control(
+            tenant,
+            id,
+            &[None, Some(BroadcastControl::Paused)],
+            Some(BroadcastControl::Cancelled),
+            now,
+        )
+        .await?
+    {
+        return Err(conflict(
+            "the broadcast changed meanwhile; it was not cancelled",
+        ));
+    }
+    tracing::info!(broadcast_id = %id, "broadcast cancelled");
+    view(deps, tenant, id).await
 }
 
 /// One delivery of a fan-out job: records and enqueues the next slice of recipients.
@@ -261,15 +737,35 @@ pub async fn fan_out_in_slices(
     job: &FanoutJob,
     slice: usize,
 ) -> Result<Outcome, StoreError> {
-    let Some(b) = deps
+    if let Some(wait) = super::schedule::wait(job.send_at, deps.clock.now()) {
+        let again = QueueJob::BroadcastFanout(job.clone());
+        return super::schedule::wait_again(deps, &again, wait).await;
+    }
+    let Some(mut b) = deps
         .broadcasts
         .get_broadcast(&job.tenant_id, &job.broadcast_id)
         .await?
     else {
         return Ok(Outcome::Done);
     };
-    if b.status == BroadcastStatus::Enqueued {
-        return Ok(Outcome::Done);
+    match b.status {
+        BroadcastStatus::Enqueued | BroadcastStatus::Cancelled => return Ok(Outcome::Done),
+        // Due: start it (conditional, so a duplicate trigger starts it once; a cancel
+        // that won the race leaves nothing to do).
+        BroadcastStatus::Scheduled => {
+            let now = deps.clock.now();
+            if !deps
+                .broadcasts
+                .start_broadcast(&job.tenant_id, &b.id, now)
+                .await?
+            {
+                return Ok(Outcome::Done);
+            }
+            b.status = BroadcastStatus::FanningOut;
+            b.started_at = Some(now);
+            tracing::info!(broadcast_id = %b.id, "scheduled broadcast started");
+        }
+        BroadcastStatus::FanningOut => {}
     }
     let Some(list) = deps
         .broadcasts
@@ -308,6 +804,7 @@ pub async fn fan_out_in_slices(
                 updated_at: now,
                 expires_at: b.expires_at,
                 broadcast_id: Some(b.id.clone()),
+                send_at: None,
             };
             deps.broadcasts.insert_broadcast_message(&record).await?;
             let body = QueueJob::Send(DispatchJob {
@@ -315,6 +812,8 @@ pub async fn fan_out_in_slices(
                 message_id: id,
                 content: job.content.clone(),
                 request_id: job.request_id.clone(),
+                send_at: None,
+                broadcast_id: Some(b.id.clone()),
             })
             .to_body()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -385,6 +884,12 @@ mod tests {
             enqueued: 0,
             created_at: Utc::now(),
             expires_at: None,
+            name: None,
+            from: None,
+            send_at: None,
+            started_at: None,
+            ended_at: None,
+            control: None,
         };
         assert_eq!(message_id(&b, 7), message_id(&b, 7));
         assert_ne!(message_id(&b, 7), message_id(&b, 8));

@@ -36,7 +36,8 @@ pub const TIMESTAMP_HEADER: &str = "x-kirim-timestamp";
 /// not reported (accepted is the send's own answer; sending is internal).
 pub fn sequence(status: MessageStatus) -> Option<u32> {
     match status {
-        MessageStatus::Accepted | MessageStatus::Sending => None,
+        MessageStatus::Scheduled | MessageStatus::Accepted | MessageStatus::Sending => None,
+        MessageStatus::Cancelled => Some(2),
         MessageStatus::Sent => Some(1),
         MessageStatus::Failed => Some(2),
         MessageStatus::Delivered => Some(3),

@@ -4,13 +4,16 @@
 //! sending deadline, never by sending again.
 //!
 //! Depends on `jobs`, `ledger`, `accounts`, `status`, `deadline`, `throttle`,
-//! `optouts`, `quality`, `callbacks` and `broadcasts` (for fan-out jobs); nothing
+//! `optouts`, `quality`, `callbacks`, `schedule`, `send` (the cancelled error) and
+//! `broadcasts` (for fan-out jobs); nothing
 //! depends on it but the queue handlers.
 
 use tracing::Instrument;
 
 use crate::domain::{MessageError, MessageStatus, RetentionClass};
-use crate::ports::{MetaSendError, StatusChange, TenantStatus, Transition};
+use crate::ports::{
+    BroadcastClaim, BroadcastControl, MetaSendError, StatusChange, TenantStatus, Transition,
+};
 use crate::store_error::StoreError;
 
 use super::errors::ServiceError;
@@ -178,7 +181,80 @@ async fn handle_job(deps: &Deps, job: QueueJob) -> Outcome {
     }
 }
 
+/// How long a paused broadcast's message waits before it asks again (at most the
+/// schedule hop: tests use a short one).
+pub const PAUSED_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A broadcast's message whose claim found the broadcast held. Paused: the job waits
+/// another hop on the queue (the message stays `accepted`). Cancelled: the message ends
+/// `cancelled` with its refund, conditional on it still being `accepted`.
+async fn held(
+    deps: &Deps,
+    job: &DispatchJob,
+    hold: BroadcastControl,
+) -> Result<Outcome, StoreError> {
+    match hold {
+        BroadcastControl::Paused => {
+            let again = QueueJob::Send(job.clone());
+            super::schedule::wait_again(deps, &again, PAUSED_RECHECK).await
+        }
+        BroadcastControl::Cancelled => {
+            let Some(m) = deps
+                .messages
+                .get_message(&job.tenant_id, &job.message_id)
+                .await?
+            else {
+                return Ok(Outcome::Done);
+            };
+            let now = deps.clock.now();
+            let refund = ledger::refund_entry(
+                deps,
+                &job.tenant_id,
+                &Charge::Message(job.message_id.clone()),
+                m.price,
+                "broadcast cancelled",
+                now,
+            );
+            let error = super::send::cancelled_error();
+            if let Transition::Applied(r) = deps
+                .messages
+                .cancel_with_refund(
+                    &job.tenant_id,
+                    &job.message_id,
+                    &[MessageStatus::Accepted],
+                    &error,
+                    &refund,
+                    now,
+                )
+                .await?
+            {
+                crate::metrics::failed("cancelled");
+                super::callbacks::status_changed(deps, &r).await;
+            }
+            Ok(Outcome::Done)
+        }
+    }
+}
+
 async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
+    // A scheduled message: not due yet, it waits another hop on the queue; due, it
+    // becomes `accepted` (a conditional write: refused when a duplicate job did it
+    // already, or when it was cancelled, which the claim below then refuses too).
+    if job.send_at.is_some() {
+        if let Some(wait) = super::schedule::wait(job.send_at, deps.clock.now()) {
+            let again = QueueJob::Send(job.clone());
+            return Ok(super::schedule::wait_again(deps, &again, wait).await?);
+        }
+        deps.messages
+            .transition(
+                &job.tenant_id,
+                &job.message_id,
+                MessageStatus::Accepted,
+                &StatusChange::default(),
+                deps.clock.now(),
+            )
+            .await?;
+    }
     let Some(tenant) = deps.tenants.get_tenant(&job.tenant_id).await? else {
         tracing::warn!("tenant gone; dropping");
         return Ok(Outcome::Done);
@@ -190,17 +266,33 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     };
     // The claim: only an `accepted` message moves to `sending`. A redelivered queue
     // message for one already sending, sent or failed is dropped here: no double send.
-    let record = match deps
-        .messages
-        .transition(
-            &job.tenant_id,
-            &job.message_id,
-            MessageStatus::Sending,
-            &claim,
-            now,
-        )
-        .await?
-    {
+    // A broadcast's message is claimed only while its broadcast has no hold, in the same
+    // conditional write.
+    let claimed = match &job.broadcast_id {
+        Some(b) => {
+            match deps
+                .broadcasts
+                .claim_broadcast_message(&job.tenant_id, &job.message_id, b, now)
+                .await?
+            {
+                BroadcastClaim::Claimed(r) => Transition::Applied(r),
+                BroadcastClaim::Refused => Transition::Refused,
+                BroadcastClaim::Held(hold) => return Ok(held(deps, job, hold).await?),
+            }
+        }
+        None => {
+            deps.messages
+                .transition(
+                    &job.tenant_id,
+                    &job.message_id,
+                    MessageStatus::Sending,
+                    &claim,
+                    now,
+                )
+                .await?
+        }
+    };
+    let record = match claimed {
         Transition::Applied(r) => r,
         // Already claimed or finished: a duplicate, or the redelivery of an ambiguous
         // send that checks the sending deadline. Never sent again.
@@ -448,6 +540,36 @@ mod tests {
         ];
         for (code, class) in table {
             assert_eq!(classify(*code, 400), *class, "code {code}");
+        }
+    }
+
+    #[test]
+    fn retry_failed_picks_exactly_the_codes_the_dispatcher_retries() {
+        use crate::domain::ErrorCode;
+        for code in [
+            1, 2, 4, 80007, 100, 130429, 131000, 131008, 131016, 131026, 131031, 131047, 131048,
+            131050, 131051, 131056, 131057, 132000, 132001, 132015, 133010, 190, 368,
+        ] {
+            let retried = matches!(classify(code, 400), Transient | Delayed);
+            assert_eq!(
+                super::super::broadcasts::retryable(&ErrorCode::Meta(code)),
+                retried,
+                "code {code}"
+            );
+        }
+        for (code, retryable) in [
+            ("meta_unreachable", true),
+            ("meta_unavailable", true),
+            ("outcome_unknown", true),
+            ("recipient_opted_out", false),
+            ("tenant_suspended", false),
+            ("cancelled", false),
+        ] {
+            assert_eq!(
+                super::super::broadcasts::retryable(&ErrorCode::from(code)),
+                retryable,
+                "{code}"
+            );
         }
     }
 

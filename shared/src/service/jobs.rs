@@ -26,6 +26,13 @@ pub struct DispatchJob {
     /// it too. Absent on jobs written before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Not to be sent before this time: until then the job waits on the queue (see
+    /// `schedule`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<DateTime<Utc>>,
+    /// The broadcast the message belongs to: its claim checks the broadcast's hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_id: Option<String>,
 }
 
 /// A broadcast whose recipients are still to be recorded and enqueued (it carries the
@@ -37,6 +44,9 @@ pub struct FanoutJob {
     pub content: Content,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Not to start before this time (a scheduled broadcast).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<DateTime<Utc>>,
 }
 
 /// One status change waiting to be POSTed to a tenant's status callback (no content).
@@ -130,6 +140,8 @@ mod tests {
             message_id: MessageId::generate(),
             content: Content::Text { body: "hi".into() },
             request_id: Some("req-1".into()),
+            send_at: None,
+            broadcast_id: None,
         }
     }
 
@@ -149,6 +161,7 @@ mod tests {
                     components: vec![],
                 },
                 request_id: None,
+                send_at: Some(Utc::now()),
             }),
             QueueJob::StatusCallback(CallbackJob {
                 tenant_id: TenantId::generate(),
@@ -169,6 +182,7 @@ mod tests {
             broadcast_id: "b".into(),
             content: Content::Text { body: "x".into() },
             request_id: None,
+            send_at: None,
         })
         .to_body()
         .unwrap();

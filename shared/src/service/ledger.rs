@@ -68,6 +68,27 @@ pub fn debit(
     entry(deps, tenant, charge, LedgerKind::Debit, -price, None, at)
 }
 
+/// The refund entry of `amount` credits for `charge`, to be written atomically with the
+/// status change that earns it (a cancel).
+pub fn refund_entry(
+    deps: &Deps,
+    tenant: &TenantId,
+    charge: &Charge,
+    amount: i64,
+    reason: &str,
+    at: DateTime<Utc>,
+) -> LedgerEntry {
+    entry(
+        deps,
+        tenant,
+        charge,
+        LedgerKind::Refund,
+        amount,
+        Some(reason),
+        at,
+    )
+}
+
 /// Gives back `amount` credits debited for `charge` (it never reached Meta). Never
 /// fails the caller: a failed refund is logged loudly for the operator.
 pub async fn refund(deps: &Deps, tenant: &TenantId, charge: &Charge, amount: i64, reason: &str) {

@@ -7,7 +7,8 @@
 //!   broadcasts), `caller` (who is calling), `audit` (the hash-chained trail),
 //!   `quality` (the opt-out and undeliverable rates), `idempotency`, `throttle` (the
 //!   per-number limiter), `limits` (requests per key and tenant, bad webhook
-//!   signatures per address: in memory), `apikeys`, `retention`;
+//!   signatures per address: in memory), `apikeys`, `retention`, `schedule` (when a
+//!   scheduled job is due; it waits on the queue: → `jobs` only);
 //! - `deadletters` (parked queue messages, listed and redriven) → `jobs`;
 //! - `users` (console users, sessions, 2FA, failed-login counters) → `caller`,
 //!   `limits`; `auth` (a token becomes a caller) → `users`; `accounts` (tenants, their status and suspension) → `audit`;
@@ -19,8 +20,8 @@
 //!   send against it) → `errors` only;
 //! - `accounts` → `templates` (a new tenant's catalogue is synced);
 //! - `send` → `auth`, `contacts`, `idempotency`, `jobs`, `ledger`, `optouts`, `quality`,
-//!   `templates`;
-//!   `broadcasts` → `send` (template parsing) and the same;
+//!   `templates`, `schedule`; `broadcasts` (campaigns: schedule, pause, cancel, results,
+//!   retry) → `send` (template parsing), `deadline` (its code) and the same;
 //! - `webhook` (Meta's webhook, routed as typed events) → `status`, `optouts`,
 //!   `contacts`, `accounts`, `templates`; `dispatch` (the dispatch queue's consumer) → everything it
 //!   routes to.
@@ -48,6 +49,7 @@ pub mod optouts;
 mod parse_props;
 pub mod quality;
 pub mod retention;
+pub mod schedule;
 pub mod send;
 pub mod status;
 pub mod templates;

@@ -28,6 +28,9 @@ pub struct SendRequest {
     pub text: Option<TextIn>,
     #[serde(default)]
     pub client_reference: Option<String>,
+    /// RFC 3339 with an offset, 1 minute to 35 days ahead: the message waits `scheduled`.
+    #[serde(default)]
+    pub send_at: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +134,11 @@ pub async fn send_once(
     req: SendRequest,
     idem: Option<&Idempotent>,
 ) -> Result<Accepted, ServiceError> {
+    let send_at = req
+        .send_at
+        .as_deref()
+        .map(|raw| super::schedule::parse_send_at(raw, deps.clock.now()))
+        .transpose()?;
     let (to, draft, client_reference) = parse(req)?;
     let tenant = super::auth::load_tenant(deps, tenant_id).await?;
     if tenant.status != TenantStatus::Active {
@@ -160,17 +168,20 @@ pub async fn send_once(
     let id = MessageId::from_trusted(ulid::Ulid::from_datetime(now.into()).to_string());
     let price = deps.settings.prices.price_for(category);
     let retention = &deps.settings.retention;
+    // Debited now, either way; a scheduled one is refunded if it is cancelled.
+    let status = if send_at.is_some() {
+        MessageStatus::Scheduled
+    } else {
+        MessageStatus::Accepted
+    };
     let record = MessageRecord {
         id: id.clone(),
         tenant_id: tenant_id.clone(),
         to,
         template: content.template_ref().cloned(),
-        status: MessageStatus::Accepted,
+        status,
         error: None,
-        events: vec![StatusEvent {
-            status: MessageStatus::Accepted,
-            at: now,
-        }],
+        events: vec![StatusEvent { status, at: now }],
         wamid: None,
         attempts: 0,
         price,
@@ -179,6 +190,7 @@ pub async fn send_once(
         updated_at: now,
         expires_at: retention.expiry(RetentionClass::Messages, now),
         broadcast_id: None,
+        send_at,
     };
     let charge = Charge::Message(id.clone());
     let debit = ledger::debit(deps, tenant_id, &charge, price, now);
@@ -205,11 +217,21 @@ pub async fn send_once(
         message_id: id.clone(),
         content,
         request_id: crate::telemetry::request_id(),
+        send_at,
+        broadcast_id: None,
     });
     let body = job
         .to_body()
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-    if let Err(e) = deps.queue.send(&body).await {
+    let queued = match super::schedule::wait(send_at, now) {
+        Some(wait) => {
+            deps.queue
+                .send_delayed(&body, wait.min(deps.settings.schedule_hop))
+                .await
+        }
+        None => deps.queue.send(&body).await,
+    };
+    if let Err(e) = queued {
         // Nothing lost: the message ends `failed` with a reason and its credit returns.
         tracing::error!(error = %e, "enqueue failed");
         let error = MessageError {
@@ -261,7 +283,7 @@ async fn queue_again_if_never_claimed(
     let Some(m) = deps.messages.get_message(tenant_id, id).await? else {
         return Ok(());
     };
-    if m.status != MessageStatus::Accepted || m.attempts > 0 {
+    if !matches!(m.status, MessageStatus::Accepted | MessageStatus::Scheduled) || m.attempts > 0 {
         return Ok(());
     }
     // The same body as the first request (the key's fingerprint says so), resolved
@@ -276,16 +298,78 @@ async fn queue_again_if_never_claimed(
         message_id: id.clone(),
         content,
         request_id: crate::telemetry::request_id(),
+        send_at: m.send_at,
+        broadcast_id: None,
     });
     let body = job
         .to_body()
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    // A job not due yet waits on the queue by itself (see `schedule`).
     deps.queue
         .send(&body)
         .await
         .map_err(ServiceError::Unavailable)?;
     tracing::info!(message_id = %id, "replayed a message never claimed; queued it again");
     Ok(())
+}
+
+/// `DELETE /v1/messages/{id}`: cancels a `scheduled` message and refunds its price, in
+/// one conditional write (a message that left `scheduled` meanwhile is not touched).
+/// Another tenant's or an unknown id: `NotFound`; any other state: `Conflict`.
+pub async fn cancel_scheduled(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    id: &MessageId,
+) -> Result<MessageRecord, ServiceError> {
+    let m = deps
+        .messages
+        .get_message(tenant_id, id)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    let refused = || {
+        ServiceError::Conflict(format!(
+            "only a scheduled message can be cancelled; this one is {}",
+            m.status.as_str()
+        ))
+    };
+    if m.status != MessageStatus::Scheduled {
+        return Err(refused());
+    }
+    let now = deps.clock.now();
+    let refund = ledger::refund_entry(
+        deps,
+        tenant_id,
+        &Charge::Message(id.clone()),
+        m.price,
+        "scheduled message cancelled",
+        now,
+    );
+    match deps
+        .messages
+        .cancel_with_refund(
+            tenant_id,
+            id,
+            &[MessageStatus::Scheduled],
+            &cancelled_error(),
+            &refund,
+            now,
+        )
+        .await?
+    {
+        crate::ports::Transition::Applied(record) => {
+            tracing::info!(message_id = %id, "scheduled message cancelled and refunded");
+            Ok(*record)
+        }
+        crate::ports::Transition::Refused => Err(refused()),
+    }
+}
+
+/// The error a cancelled message carries (its hint is in `domain::hints`).
+pub fn cancelled_error() -> MessageError {
+    MessageError {
+        code: "cancelled".into(),
+        title: "cancelled before it was sent; refunded".into(),
+    }
 }
 
 #[cfg(test)]

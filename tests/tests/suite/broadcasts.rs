@@ -118,8 +118,14 @@ async fn a_json_broadcast_skips_invalid_duplicate_and_opted_out_numbers_and_pays
     );
     let id = body["id"].as_str().unwrap().to_owned();
     let view = wait_read(&app, &t.key, &id, 3).await;
-    assert_eq!(view["counts"], json!({"read": 3}), "{view}");
-    assert_eq!(view["status"], "enqueued");
+    assert_eq!(
+        view["counts"],
+        json!({"accepted": 0, "sending": 0, "sent": 0, "delivered": 0, "read": 3,
+               "failed": 0, "cancelled": 0}),
+        "{view}"
+    );
+    assert_eq!(view["status"], "completed");
+    assert_eq!(view["total"], 3);
     assert_eq!(view["template"]["name"], "promo_sale");
     // Each recipient got one request with the template's parameters; none for the others.
     for digits in ["60123453001", "60123453002", "60123453004"] {
@@ -291,7 +297,8 @@ async fn a_csv_broadcast_completes_with_every_recipient_read(b: Backend, n: usiz
     assert_eq!(app.credits(&t.key).await, 5);
     let id = body["id"].as_str().unwrap().to_owned();
     let view = wait_read(&app, &t.key, &id, n as u64).await;
-    assert_eq!(view["counts"], json!({"read": n}), "{view}");
+    assert_eq!(view["counts"]["read"], json!(n), "{view}");
+    assert_eq!(view["counts"]["failed"], json!(0), "{view}");
     assert_eq!(view["enqueued"].as_u64(), Some(n as u64));
     assert_eq!(
         app.app.sandbox.received().len(),
@@ -423,7 +430,11 @@ async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates()
     let view = broadcasts::view(&deps, &tenant.id, &accepted.id)
         .await
         .unwrap();
-    assert_eq!((view.status.as_str(), view.enqueued), ("enqueued", 7));
+    assert_eq!(
+        (view.status, view.enqueued),
+        ("sending", 7),
+        "every recipient queued, none sent yet"
+    );
     assert_eq!(
         view.counts.get("accepted"),
         Some(&7),

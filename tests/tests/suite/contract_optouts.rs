@@ -63,6 +63,7 @@ fn message(p: &Stores, t: &TenantId) -> (MessageRecord, LedgerEntry) {
         updated_at: now,
         expires_at: Some(now.timestamp() + 3600),
         broadcast_id: None,
+        send_at: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

@@ -275,6 +275,12 @@ async fn broadcast(p: &Ports, t: &TenantId, expires_in: i64, created_ago: i64) -
         enqueued: 0,
         created_at: p.clock.now() - Duration::seconds(created_ago),
         expires_at: in_secs(p, expires_in),
+        name: None,
+        from: None,
+        send_at: None,
+        started_at: None,
+        ended_at: None,
+        control: None,
     };
     let debit = LedgerEntry {
         amount: -2,

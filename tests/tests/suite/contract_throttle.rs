@@ -46,6 +46,7 @@ async fn claimed(p: &Stores, t: &TenantId) -> MessageRecord {
         updated_at: now,
         expires_at: Some(now.timestamp() + 3600),
         broadcast_id: None,
+        send_at: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

@@ -19,6 +19,7 @@ mod audit;
 mod aws_errors;
 mod broadcasts;
 mod callbacks;
+mod campaigns;
 mod console;
 mod console_browser;
 mod console_pages;

@@ -138,6 +138,8 @@ impl DynamoStore {
         "dynamodb:UpdateItem",
         "dynamodb:DeleteItem",
         "dynamodb:BatchWriteItem",
+        // A broadcast message's claim checks its broadcast has no hold (pause, cancel).
+        "dynamodb:ConditionCheckItem",
     ];
     /// On the table's index (`gsi1`): queries only.
     pub const INDEX_READ: &'static [&'static str] = &["dynamodb:Query"];
@@ -858,6 +860,72 @@ impl MessageStore for DynamoStore {
                 Ok(Transition::Refused)
             }
             Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
+    async fn cancel_with_refund(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        from: &[MessageStatus],
+        error: &MessageError,
+        refund: &LedgerEntry,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let to = MessageStatus::Cancelled;
+        let from: Vec<MessageStatus> = from.iter().copied().filter(|f| to.may_follow(*f)).collect();
+        if from.is_empty() {
+            return Ok(Transition::Refused);
+        }
+        let event = serde_dynamo::to_attribute_value(StatusEvent { status: to, at })
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let e = serde_dynamo::to_attribute_value(error)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let placeholders: Vec<String> = (0..from.len()).map(|i| format!(":p{i}")).collect();
+        let mut u = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::message(tenant, id).attrs()))
+            .update_expression(
+                "SET #status = :to, updated_at = :at, events = list_append(events, :ev), \
+                 gsi1pk = :g, #error = :e",
+            )
+            .condition_expression(format!(
+                "#status IN ({}) AND (attribute_not_exists(#ttl) OR #ttl > :now)",
+                placeholders.join(", ")
+            ))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#error", "error")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":to", s(to.as_str()))
+            .expression_attribute_values(
+                ":at",
+                s(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            )
+            .expression_attribute_values(":ev", AttributeValue::L(vec![event]))
+            .expression_attribute_values(":g", s(keys::message_status_gsi1_pk(tenant, to)))
+            .expression_attribute_values(":e", e)
+            .expression_attribute_values(":now", n(self.now_secs()));
+        for (p, st) in placeholders.iter().zip(&from) {
+            u = u.expression_attribute_values(p, s(st.as_str()));
+        }
+        let u = u
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+        let items = vec![
+            TransactWriteItem::builder().update(u).build(),
+            self.credit_update(refund, false)?,
+            self.ledger_put(refund)?,
+        ];
+        match self.transact_retrying_conflicts(items).await {
+            Ok(()) => {}
+            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
+                return Ok(Transition::Refused)
+            }
+            Err(e) => return Err(e.into_store_error()),
+        }
+        match self.get_message(tenant, id).await? {
+            Some(m) => Ok(Transition::Applied(Box::new(m))),
+            None => Err(StoreError::Corrupt("cancelled message vanished".into())),
         }
     }
 

@@ -66,6 +66,20 @@ impl DispatchQueue for SqsQueue {
             .map_err(|e| classify("sqs send", e))
     }
 
+    async fn send_delayed(&self, body: &str, delay: Duration) -> Result<(), StoreError> {
+        // SQS takes whole seconds, at most 15 minutes.
+        let secs = delay.as_secs_f64().ceil().clamp(0.0, 900.0) as i32;
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .delay_seconds(secs)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("sqs send", e))
+    }
+
     async fn send_batch(&self, bodies: &[String]) -> Result<(), StoreError> {
         for chunk in bodies.chunks(10) {
             let entries = chunk

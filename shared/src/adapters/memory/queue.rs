@@ -49,6 +49,10 @@ impl MemoryQueue {
     }
 
     fn push(state: &mut State, body: String) {
+        Self::push_at(state, body, Instant::now())
+    }
+
+    fn push_at(state: &mut State, body: String, visible_at: Instant) {
         state.next += 1;
         let key = state.next;
         state.entries.insert(
@@ -56,7 +60,7 @@ impl MemoryQueue {
             Entry {
                 id: crate::domain::new_id(),
                 body,
-                visible_at: Instant::now(),
+                visible_at,
                 receive_count: 0,
                 sent_at: Utc::now(),
             },
@@ -110,6 +114,14 @@ impl DispatchQueue for MemoryQueue {
     async fn send(&self, body: &str) -> Result<(), StoreError> {
         let mut s = self.state.lock().await;
         Self::push(&mut s, body.to_owned());
+        drop(s);
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn send_delayed(&self, body: &str, delay: Duration) -> Result<(), StoreError> {
+        let mut s = self.state.lock().await;
+        Self::push_at(&mut s, body.to_owned(), Instant::now() + delay);
         drop(s);
         self.notify.notify_waiters();
         Ok(())

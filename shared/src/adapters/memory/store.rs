@@ -432,6 +432,41 @@ impl MessageStore for MemoryStore {
         Ok(Transition::Applied(Box::new(m.clone())))
     }
 
+    async fn cancel_with_refund(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        from: &[MessageStatus],
+        error: &MessageError,
+        refund: &LedgerEntry,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let mut s = self.lock()?;
+        let now = self.clock.now().timestamp();
+        let Some(m) = s
+            .messages
+            .get_mut(&(tenant.clone(), id.clone()))
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+        else {
+            return Ok(Transition::Refused);
+        };
+        if !from.contains(&m.status) || !MessageStatus::Cancelled.may_follow(m.status) {
+            return Ok(Transition::Refused);
+        }
+        m.status = MessageStatus::Cancelled;
+        m.updated_at = at;
+        m.error = Some(error.clone());
+        m.events.push(StatusEvent {
+            status: MessageStatus::Cancelled,
+            at,
+        });
+        let record = m.clone();
+        let t = s.tenants.get_mut(tenant).ok_or(StoreError::NotFound)?;
+        t.credits = t.credits.saturating_add(refund.amount);
+        s.ledger.push(refund.clone());
+        Ok(Transition::Applied(Box::new(record)))
+    }
+
     async fn set_wamid(
         &self,
         tenant: &TenantId,

@@ -8,12 +8,23 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, TransactWriteItem, Update};
+use chrono::{DateTime, Utc};
 
 use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, TTL_ATTR};
-use crate::domain::{MessageRecord, PhoneNumber, TenantId, BROADCAST_LIST_RETENTION};
-use crate::ports::{Broadcast, BroadcastStore, LedgerEntry};
+use crate::domain::{
+    MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId,
+    BROADCAST_LIST_RETENTION,
+};
+use crate::ports::{
+    Broadcast, BroadcastClaim, BroadcastControl, BroadcastStatus, BroadcastStore, LedgerEntry,
+};
 use crate::store_error::StoreError;
+
+/// A time as stored by serde (RFC 3339, UTC).
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
 
 #[async_trait]
 impl BroadcastStore for DynamoStore {
@@ -129,6 +140,283 @@ impl BroadcastStore for DynamoStore {
                 .map_err(|e| classify("dynamodb delete", e))?;
         }
         Ok(())
+    }
+
+    async fn start_broadcast(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::broadcast(tenant, id).attrs()))
+            .update_expression("SET #status = :go, started_at = :at")
+            .condition_expression("#status = :scheduled")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":go", s(BroadcastStatus::FanningOut.as_str()))
+            .expression_attribute_values(":scheduled", s(BroadcastStatus::Scheduled.as_str()))
+            .expression_attribute_values(":at", s(rfc3339(at)))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
+    async fn cancel_scheduled_broadcast(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        refund: &LedgerEntry,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let u = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::broadcast(tenant, id).attrs()))
+            .update_expression("SET #status = :cancelled, ended_at = :at")
+            .condition_expression(
+                "#status = :scheduled AND (attribute_not_exists(#ttl) OR #ttl > :now)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":cancelled", s(BroadcastStatus::Cancelled.as_str()))
+            .expression_attribute_values(":scheduled", s(BroadcastStatus::Scheduled.as_str()))
+            .expression_attribute_values(":at", s(rfc3339(at)))
+            .expression_attribute_values(":now", n(self.now_secs()))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+        let del = Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::broadcast_list(tenant, id).attrs()))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("delete: {e}")))?;
+        let items = vec![
+            TransactWriteItem::builder().update(u).build(),
+            self.credit_update(refund, false)?,
+            self.ledger_put(refund)?,
+            TransactWriteItem::builder().delete(del).build(),
+        ];
+        match self.transact_retrying_conflicts(items).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => Ok(false),
+            Err(e) => Err(e.into_store_error()),
+        }
+    }
+
+    async fn set_broadcast_control(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        from: &[Option<BroadcastControl>],
+        to: Option<BroadcastControl>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let mut allowed = Vec::new();
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::broadcast(tenant, id).attrs()));
+        for (i, f) in from.iter().enumerate() {
+            match f {
+                None => allowed.push("attribute_not_exists(control)".to_owned()),
+                Some(c) => {
+                    allowed.push(format!("control = :f{i}"));
+                    req = req.expression_attribute_values(format!(":f{i}"), s(c.as_str()));
+                }
+            }
+        }
+        req = req
+            .condition_expression(format!(
+                "attribute_exists(pk) AND #status <> :cancelled AND ({}) AND \
+                 (attribute_not_exists(#ttl) OR #ttl > :now)",
+                allowed.join(" OR ")
+            ))
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":cancelled", s(BroadcastStatus::Cancelled.as_str()))
+            .expression_attribute_values(":now", n(self.now_secs()));
+        req = match to {
+            None => req.update_expression("REMOVE control"),
+            Some(BroadcastControl::Cancelled) => req
+                .update_expression("SET control = :to, ended_at = :at")
+                .expression_attribute_values(":to", s(BroadcastControl::Cancelled.as_str()))
+                .expression_attribute_values(":at", s(rfc3339(at))),
+            Some(c) => req
+                .update_expression("SET control = :to")
+                .expression_attribute_values(":to", s(c.as_str())),
+        };
+        match req.send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
+    async fn claim_broadcast_message(
+        &self,
+        tenant: &TenantId,
+        message: &MessageId,
+        broadcast: &str,
+        at: DateTime<Utc>,
+    ) -> Result<BroadcastClaim, StoreError> {
+        let sending = MessageStatus::Sending;
+        let event = serde_dynamo::to_attribute_value(StatusEvent {
+            status: sending,
+            at,
+        })
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::broadcast(tenant, broadcast).attrs()))
+            .condition_expression("attribute_not_exists(control)")
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("condition check: {e}")))?;
+        let claim = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::message(tenant, message).attrs()))
+            .update_expression(
+                "SET #status = :to, updated_at = :at, events = list_append(events, :ev), \
+                 gsi1pk = :g ADD attempts :one",
+            )
+            .condition_expression(
+                "#status = :accepted AND (attribute_not_exists(#ttl) OR #ttl > :now)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":to", s(sending.as_str()))
+            .expression_attribute_values(":accepted", s(MessageStatus::Accepted.as_str()))
+            .expression_attribute_values(":at", s(rfc3339(at)))
+            .expression_attribute_values(":ev", AttributeValue::L(vec![event]))
+            .expression_attribute_values(":g", s(keys::message_status_gsi1_pk(tenant, sending)))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", n(self.now_secs()))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+        let items = vec![
+            TransactWriteItem::builder().condition_check(check).build(),
+            TransactWriteItem::builder().update(claim).build(),
+        ];
+        match self.transact_retrying_conflicts(items).await {
+            Ok(()) => {}
+            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
+                let hold = self
+                    .get_broadcast(tenant, broadcast)
+                    .await?
+                    .and_then(|b| b.control)
+                    .unwrap_or(BroadcastControl::Paused);
+                return Ok(BroadcastClaim::Held(hold));
+            }
+            Err(e) if e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) => {
+                return Ok(BroadcastClaim::Refused)
+            }
+            Err(e) => return Err(e.into_store_error()),
+        }
+        match self.get(keys::message(tenant, message)).await? {
+            Some(item) => Ok(BroadcastClaim::Claimed(Box::new(from_item(item)?))),
+            None => Ok(BroadcastClaim::Refused),
+        }
+    }
+
+    async fn list_broadcasts(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<(Vec<Broadcast>, Option<String>), StoreError> {
+        let limit = limit.clamp(1, 100);
+        let mut out = Vec::new();
+        let mut start = before.map(|b| keys::broadcast(tenant, b).attrs());
+        loop {
+            let res = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                .expression_attribute_values(":pk", s(keys::tenant_pk(tenant)))
+                .expression_attribute_values(":p", s(keys::BROADCAST_PREFIX))
+                .scan_index_forward(false)
+                .limit((limit - out.len()) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify("dynamodb query", e))?;
+            for item in res.items.unwrap_or_default() {
+                if self.live(&item) {
+                    out.push(from_item::<Broadcast>(item)?);
+                }
+            }
+            start = res.last_evaluated_key;
+            if start.is_none() || out.len() >= limit {
+                break;
+            }
+        }
+        let next = start.and(out.last().map(|b| b.id.clone()));
+        Ok((out, next))
+    }
+
+    async fn broadcast_messages(
+        &self,
+        broadcast: &Broadcast,
+        limit: usize,
+        after: Option<&MessageId>,
+    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError> {
+        let limit = limit.clamp(1, 1000);
+        let tenant = &broadcast.tenant_id;
+        let (lo, hi) =
+            keys::message_range_of_ms(broadcast.created_at.timestamp_millis().max(0) as u64);
+        let mut out: Vec<MessageRecord> = Vec::new();
+        let mut start = after.map(|a| keys::message(tenant, a).attrs());
+        loop {
+            let res = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+                .filter_expression("broadcast_id = :b")
+                .expression_attribute_values(":pk", s(keys::tenant_pk(tenant)))
+                .expression_attribute_values(":lo", s(lo.clone()))
+                .expression_attribute_values(":hi", s(hi.clone()))
+                .expression_attribute_values(":b", s(broadcast.id.clone()))
+                .limit((limit - out.len()) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify("dynamodb query", e))?;
+            for item in res.items.unwrap_or_default() {
+                if self.live(&item) {
+                    out.push(from_item(item)?);
+                }
+            }
+            start = res.last_evaluated_key;
+            if start.is_none() || out.len() >= limit {
+                break;
+            }
+        }
+        // Continue after the last message read (or, on an empty page, where the Query
+        // stopped).
+        let next = match (start, out.last()) {
+            (None, _) => None,
+            (Some(_), Some(m)) => Some(m.id.clone()),
+            (Some(k), None) => k
+                .get("sk")
+                .and_then(|v| v.as_s().ok())
+                .and_then(|sk| sk.rsplit('#').next())
+                .and_then(MessageId::parse),
+        };
+        Ok((out, next))
     }
 
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {

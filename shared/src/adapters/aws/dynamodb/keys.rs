@@ -67,7 +67,8 @@ pub const ADDR_PREFIX: &str = "ADDR#";
 const MESSAGE_PREFIX: &str = "MSG#";
 const IDEM_PREFIX: &str = "IDEM#";
 const QSTAT_PREFIX: &str = "QSTAT#";
-const BROADCAST_PREFIX: &str = "BROADCAST#";
+/// A tenant's broadcasts, in its `TENANT#{t}` partition.
+pub const BROADCAST_PREFIX: &str = "BROADCAST#";
 const BCLIST_PREFIX: &str = "BCLIST#";
 const EVENT_PREFIX: &str = "EVENT#";
 /// A user's pairing (a phone's user id, a user id's phone), in the tenant's partition.

@@ -4,10 +4,16 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use super::MemoryStore;
-use crate::domain::{MessageRecord, PhoneNumber, TenantId, BROADCAST_LIST_RETENTION};
-use crate::ports::{Broadcast, BroadcastStore, LedgerEntry};
+use crate::domain::{
+    MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId,
+    BROADCAST_LIST_RETENTION,
+};
+use crate::ports::{
+    Broadcast, BroadcastClaim, BroadcastControl, BroadcastStatus, BroadcastStore, LedgerEntry,
+};
 use crate::store_error::StoreError;
 
 #[async_trait]
@@ -80,6 +86,169 @@ impl BroadcastStore for MemoryStore {
             s.broadcast_lists.remove(&key);
         }
         Ok(())
+    }
+
+    async fn start_broadcast(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let Some(b) = s.broadcasts.get_mut(&(tenant.clone(), id.to_owned())) else {
+            return Ok(false);
+        };
+        if b.status != BroadcastStatus::Scheduled {
+            return Ok(false);
+        }
+        b.status = BroadcastStatus::FanningOut;
+        b.started_at = Some(at);
+        Ok(true)
+    }
+
+    async fn cancel_scheduled_broadcast(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        refund: &LedgerEntry,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let key = (tenant.clone(), id.to_owned());
+        let Some(b) = s
+            .broadcasts
+            .get_mut(&key)
+            .filter(|b| self.live(b.expires_at))
+        else {
+            return Ok(false);
+        };
+        if b.status != BroadcastStatus::Scheduled {
+            return Ok(false);
+        }
+        b.status = BroadcastStatus::Cancelled;
+        b.ended_at = Some(at);
+        let t = s.tenants.get_mut(tenant).ok_or(StoreError::NotFound)?;
+        t.credits = t.credits.saturating_add(refund.amount);
+        s.ledger.push(refund.clone());
+        s.broadcast_lists.remove(&key);
+        Ok(true)
+    }
+
+    async fn set_broadcast_control(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        from: &[Option<BroadcastControl>],
+        to: Option<BroadcastControl>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let Some(b) = s
+            .broadcasts
+            .get_mut(&(tenant.clone(), id.to_owned()))
+            .filter(|b| self.live(b.expires_at))
+        else {
+            return Ok(false);
+        };
+        if b.status == BroadcastStatus::Cancelled || !from.contains(&b.control) {
+            return Ok(false);
+        }
+        b.control = to;
+        if to == Some(BroadcastControl::Cancelled) {
+            b.ended_at = Some(at);
+        }
+        Ok(true)
+    }
+
+    async fn claim_broadcast_message(
+        &self,
+        tenant: &TenantId,
+        message: &MessageId,
+        broadcast: &str,
+        at: DateTime<Utc>,
+    ) -> Result<BroadcastClaim, StoreError> {
+        let mut s = self.lock()?;
+        let now = self.clock.now().timestamp();
+        if let Some(hold) = s
+            .broadcasts
+            .get(&(tenant.clone(), broadcast.to_owned()))
+            .and_then(|b| b.control)
+        {
+            return Ok(BroadcastClaim::Held(hold));
+        }
+        let Some(m) = s
+            .messages
+            .get_mut(&(tenant.clone(), message.clone()))
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+        else {
+            return Ok(BroadcastClaim::Refused);
+        };
+        if m.status != MessageStatus::Accepted {
+            return Ok(BroadcastClaim::Refused);
+        }
+        m.status = MessageStatus::Sending;
+        m.updated_at = at;
+        m.attempts += 1;
+        m.events.push(StatusEvent {
+            status: MessageStatus::Sending,
+            at,
+        });
+        Ok(BroadcastClaim::Claimed(Box::new(m.clone())))
+    }
+
+    async fn list_broadcasts(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<(Vec<Broadcast>, Option<String>), StoreError> {
+        let s = self.lock()?;
+        let mut all: Vec<&Broadcast> = s
+            .broadcasts
+            .iter()
+            .filter(|((t, id), b)| {
+                t == tenant && self.live(b.expires_at) && before.is_none_or(|c| id.as_str() < c)
+            })
+            .map(|(_, b)| b)
+            .collect();
+        all.sort_by(|a, b| b.id.cmp(&a.id));
+        let page: Vec<Broadcast> = all
+            .iter()
+            .take(limit.max(1))
+            .map(|b| (*b).clone())
+            .collect();
+        let next = if all.len() > page.len() {
+            page.last().map(|b| b.id.clone())
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+
+    async fn broadcast_messages(
+        &self,
+        broadcast: &Broadcast,
+        limit: usize,
+        after: Option<&MessageId>,
+    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError> {
+        let s = self.lock()?;
+        let mut matching = s
+            .messages
+            .iter()
+            .filter(|((t, id), m)| {
+                t == &broadcast.tenant_id
+                    && after.is_none_or(|a| id > a)
+                    && m.broadcast_id.as_deref() == Some(broadcast.id.as_str())
+                    && self.live(m.expires_at)
+            })
+            .map(|(_, m)| m);
+        let page: Vec<MessageRecord> = matching.by_ref().take(limit.max(1)).cloned().collect();
+        let next = if matching.next().is_some() {
+            page.last().map(|m| m.id.clone())
+        } else {
+            None
+        };
+        Ok((page, next))
     }
 
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {
