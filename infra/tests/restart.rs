@@ -162,8 +162,6 @@ async fn send_retrying(client: &Client, key: &str, to: &str, bound: Duration) ->
     }
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "known bug: a kill between a dispatch failure's status write and its refund loses \
-            the refund (service::dispatch::fail); run with --ignored"]
 async fn a_platform_killed_mid_burst_and_restarted_ends_every_message_once_with_credits_equal_to_the_ledger(
 ) {
     let moto = moto().await;

@@ -68,6 +68,29 @@ pub fn debit(
     entry(deps, tenant, charge, LedgerKind::Debit, -price, None, at)
 }
 
+/// The refund entry of `amount` credits for `charge`, to be written atomically with the
+/// failure it pays back (`MessageStore::fail_and_refund`); `None` for nothing to give.
+pub fn refund_entry(
+    deps: &Deps,
+    tenant: &TenantId,
+    charge: &Charge,
+    amount: i64,
+    reason: &str,
+    at: DateTime<Utc>,
+) -> Option<LedgerEntry> {
+    (amount > 0).then(|| {
+        entry(
+            deps,
+            tenant,
+            charge,
+            LedgerKind::Refund,
+            amount,
+            Some(reason),
+            at,
+        )
+    })
+}
+
 /// Gives back `amount` credits debited for `charge` (it never reached Meta). Never
 /// fails the caller: a failed refund is logged loudly for the operator.
 pub async fn refund(deps: &Deps, tenant: &TenantId, charge: &Charge, amount: i64, reason: &str) {

@@ -5,10 +5,10 @@ use serde::Deserialize;
 
 use crate::domain::template::{valid_language, valid_name};
 use crate::domain::{
-    Content, MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass,
-    StatusEvent, TemplateCategory, TenantId,
+    Content, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass, StatusEvent,
+    TemplateCategory, TenantId,
 };
-use crate::ports::{IdempotentInsert, StatusChange, TenantStatus};
+use crate::ports::{IdempotentInsert, TenantStatus};
 
 use super::errors::ServiceError;
 use super::idempotency::{self, Idempotent};
@@ -175,6 +175,24 @@ pub async fn send_once(
         expires_at: retention.expiry(RetentionClass::Messages, now),
         broadcast_id: None,
     };
+    // The job is queued BEFORE the message and its debit are written: a process that dies
+    // in between leaves a job without a message, which the dispatcher drops once it is
+    // older than `deadline::UNRECORDED_GRACE` (nothing was charged, nothing is sent), never
+    // a charged message without a job that would wait `accepted` forever. A queue that
+    // refuses the job leaves nothing written at all.
+    let job = QueueJob::Send(DispatchJob {
+        tenant_id: tenant_id.clone(),
+        message_id: id.clone(),
+        content,
+        request_id: crate::telemetry::request_id(),
+    });
+    let body = job
+        .to_body()
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    if let Err(e) = deps.queue.send(&body).await {
+        tracing::error!(error = %e, "enqueue failed; nothing recorded or charged");
+        return Err(ServiceError::Unavailable(e));
+    }
     let charge = Charge::Message(id.clone());
     let debit = ledger::debit(deps, tenant_id, &charge, price, now);
     match idem {
@@ -187,7 +205,8 @@ pub async fn send_once(
                 .await?
             {
                 IdempotentInsert::Inserted => {}
-                // A concurrent request with the same key won the write.
+                // A concurrent request with the same key won the write (the job queued
+                // above finds no message and is dropped).
                 IdempotentInsert::Existing(existing) => {
                     return idempotency::answer(&existing, k).map(Accepted::Replayed)
                 }
@@ -195,47 +214,6 @@ pub async fn send_once(
         }
     }
     tracing::Span::current().record("message_id", tracing::field::display(&id));
-    let job = QueueJob::Send(DispatchJob {
-        tenant_id: tenant_id.clone(),
-        message_id: id.clone(),
-        content,
-        request_id: crate::telemetry::request_id(),
-    });
-    let body = job
-        .to_body()
-        .map_err(|e| ServiceError::Internal(e.to_string()))?;
-    if let Err(e) = deps.queue.send(&body).await {
-        // Nothing lost: the message ends `failed` with a reason and its credit returns.
-        tracing::error!(error = %e, "enqueue failed");
-        let error = MessageError {
-            code: "enqueue_failed".into(),
-            title: "the message could not be queued; it was not sent".into(),
-        };
-        let change = StatusChange {
-            error: Some(error),
-            ..Default::default()
-        };
-        let _ = deps
-            .messages
-            .transition(tenant_id, &id, MessageStatus::Failed, &change, now)
-            .await;
-        ledger::refund(
-            deps,
-            tenant_id,
-            &charge,
-            price,
-            "message could not be queued",
-        )
-        .await;
-        if let Some(k) = idem {
-            // The key must not replay a message that was never queued.
-            let _ = deps
-                .idempotency
-                .release_idempotency(tenant_id, &k.key.hash(), &id)
-                .await;
-        }
-        return Err(ServiceError::Unavailable(e));
-    }
     tracing::info!(to = %record.to.masked(), "message accepted");
     Ok(Accepted::New(Box::new(record)))
 }
