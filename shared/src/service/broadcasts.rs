@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{
-    new_id, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass, StatusEvent,
-    TemplateRef, TenantId,
+    MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass, StatusEvent, TemplateRef,
+    TenantId,
 };
 use crate::ports::{Broadcast, BroadcastStatus, TenantStatus};
 use crate::store_error::StoreError;
@@ -173,7 +173,9 @@ pub async fn create(
     let now = deps.clock.now();
     let price = deps.settings.prices.price_for(category);
     let total = price.saturating_mul(recipients.len() as i64);
-    let id = new_id();
+    // A ULID of the acceptance time: a fan-out job that finds no broadcast yet knows how
+    // long to wait for it (`deadline::unrecorded`).
+    let id = ulid::Ulid::from_datetime(now.into()).to_string();
     let broadcast = Broadcast {
         id: id.clone(),
         tenant_id: tenant_id.clone(),
@@ -191,11 +193,10 @@ pub async fn create(
             .retention
             .expiry(RetentionClass::Messages, now),
     };
-    let charge = Charge::Broadcast(id.clone());
-    let debit = ledger::debit(deps, tenant_id, &charge, total, now);
-    deps.broadcasts
-        .create_broadcast(&broadcast, &recipients, &debit)
-        .await?;
+    // The fan-out job is queued BEFORE the broadcast and its debit are written (as a
+    // send's job is): a failed enqueue writes nothing, and a process that dies in between
+    // leaves a job without a broadcast, which waits for it and is then dropped — never a
+    // debited broadcast that nothing fans out.
     let job = QueueJob::BroadcastFanout(FanoutJob {
         tenant_id: tenant_id.clone(),
         broadcast_id: id.clone(),
@@ -206,15 +207,14 @@ pub async fn create(
         .to_body()
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
     if let Err(e) = deps.queue.send(&body).await {
-        // Nothing will fan it out: give the credits back and close it.
-        tracing::error!(broadcast_id = %id, error = %e, "broadcast not queued");
-        ledger::refund(deps, tenant_id, &charge, total, "not queued").await;
-        let _ = deps
-            .broadcasts
-            .broadcast_progress(tenant_id, &id, 0, true)
-            .await;
+        tracing::error!(broadcast_id = %id, error = %e, "broadcast not queued; nothing recorded or charged");
         return Err(ServiceError::Unavailable(e));
     }
+    let charge = Charge::Broadcast(id.clone());
+    let debit = ledger::debit(deps, tenant_id, &charge, total, now);
+    deps.broadcasts
+        .create_broadcast(&broadcast, &recipients, &debit)
+        .await?;
     tracing::info!(broadcast_id = %id, accepted = recipients.len(), "broadcast accepted");
     invalid.truncate(MAX_INVALID_SHOWN);
     Ok(Accepted {
@@ -266,7 +266,8 @@ pub async fn fan_out_in_slices(
         .get_broadcast(&job.tenant_id, &job.broadcast_id)
         .await?
     else {
-        return Ok(Outcome::Done);
+        // Not recorded yet (the job is queued first), or never: wait, then drop it.
+        return Ok(super::deadline::unrecorded(deps, &job.broadcast_id));
     };
     if b.status == BroadcastStatus::Enqueued {
         return Ok(Outcome::Done);
@@ -369,7 +370,7 @@ mod tests {
     #[test]
     fn message_ids_are_derived_from_the_broadcast_and_position() {
         let b = Broadcast {
-            id: new_id(),
+            id: crate::domain::new_id(),
             tenant_id: TenantId::generate(),
             template: TemplateRef {
                 name: "x".into(),

@@ -26,12 +26,12 @@ pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
 /// longer than any send request lasts (API Gateway ends them at 30 s).
 pub const UNRECORDED_GRACE: Duration = Duration::from_secs(120);
 
-/// A job whose message is not (or no longer) recorded: waited for while young, dropped
-/// once older than [`UNRECORDED_GRACE`] (its request never wrote it: nothing was
-/// charged, so nothing is sent). A message id is a ULID of its acceptance time; one that
-/// is not is treated as old.
-fn unrecorded(deps: &Deps, job: &DispatchJob) -> Outcome {
-    let accepted_at = ulid::Ulid::from_string(job.message_id.as_str())
+/// A job whose message (or broadcast) `id` is not (or no longer) recorded: waited for
+/// while young, dropped once older than [`UNRECORDED_GRACE`] (its request never wrote it:
+/// nothing was charged, so nothing is sent). A message or broadcast id is a ULID of its
+/// acceptance time; one that is not is treated as old.
+pub fn unrecorded(deps: &Deps, id: &str) -> Outcome {
+    let accepted_at = ulid::Ulid::from_string(id)
         .ok()
         .map(|u| DateTime::<Utc>::from(u.datetime()));
     // A sender's clock a little ahead of this one's counts as just accepted.
@@ -39,7 +39,7 @@ fn unrecorded(deps: &Deps, job: &DispatchJob) -> Outcome {
         (deps.clock.now() - at).to_std().unwrap_or_default()
     });
     if age >= UNRECORDED_GRACE {
-        tracing::info!("no message for this job; dropping it");
+        tracing::info!(id, "nothing recorded for this job; dropping it");
         return Outcome::Done;
     }
     // Soon at first (the write usually lands within milliseconds), then less often.
@@ -65,7 +65,7 @@ pub async fn redelivered(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stor
         .get_message(&job.tenant_id, &job.message_id)
         .await?
     else {
-        return Ok(unrecorded(deps, job));
+        return Ok(unrecorded(deps, job.message_id.as_str()));
     };
     if m.status == MessageStatus::Accepted {
         // Recorded just after this job found it missing (the send writes it after queueing

@@ -90,23 +90,3 @@ pub fn refund_entry(
         )
     })
 }
-
-/// Gives back `amount` credits debited for `charge` (it never reached Meta). Never
-/// fails the caller: a failed refund is logged loudly for the operator.
-pub async fn refund(deps: &Deps, tenant: &TenantId, charge: &Charge, amount: i64, reason: &str) {
-    if amount <= 0 {
-        return;
-    }
-    let e = entry(
-        deps,
-        tenant,
-        charge,
-        LedgerKind::Refund,
-        amount,
-        Some(reason),
-        deps.clock.now(),
-    );
-    if let Err(err) = deps.ledger.refund(&e).await {
-        tracing::error!(tenant_id = %tenant, charge = ?charge, amount, error = %err, "refund failed");
-    }
-}

@@ -520,9 +520,77 @@ async fn a_job_that_arrives_before_its_message_waits_for_it_and_one_whose_send_d
     );
 }
 
+fn broadcast_template() -> kirim::service::send::TemplateIn {
+    serde_json::from_value(
+        json!({"name": "order_update", "language": "en_US", "category": "utility",
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "A-1"}]}]}),
+    )
+    .expect("a template")
+}
+
+async fn a_broadcast_whose_fan_out_job_cannot_be_queued_records_and_charges_nothing(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let mut down = t.app.deps.clone();
+    down.queue = Arc::new(Kept::refusing());
+    let recipients = vec!["+60123459921".to_owned(), "+60123459922".to_owned()];
+    let res =
+        kirim::service::broadcasts::create(&down, &tenant, broadcast_template(), recipients).await;
+    assert!(res.is_err(), "the broadcast is refused");
+    assert_eq!(t.credits(&o.key).await, 5, "nothing was charged");
+    let (sum, _) = ledger_of(&t, &tenant).await;
+    assert_eq!(sum, 5, "credits equal the ledger");
+    assert_eq!(
+        t.app.deps.ledger.entries(&tenant).await.unwrap().len(),
+        1,
+        "only the opening top-up: no debit, no refund"
+    );
+}
+
+async fn a_fan_out_job_whose_broadcast_is_not_recorded_waits_then_is_dropped(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let kept = Arc::new(Kept::default());
+    let mut queued = t.app.deps.clone();
+    queued.queue = kept.clone();
+    let recipients = vec!["+60123459923".to_owned()];
+    let accepted =
+        kirim::service::broadcasts::create(&queued, &tenant, broadcast_template(), recipients)
+            .await
+            .expect("the broadcast is accepted");
+    let job: serde_json::Value = serde_json::from_str(&kept.only()).expect("the fan-out job");
+    assert_eq!(job["broadcast_id"], accepted.id.as_str());
+    assert_eq!(t.credits(&o.key).await, 4, "charged");
+    // The same job for a broadcast its request never recorded (it died after queueing).
+    let orphan = |id: String| {
+        let mut j = job.clone();
+        j["broadcast_id"] = json!(id);
+        j.to_string()
+    };
+    let young = orphan(ulid::Ulid::new().to_string());
+    assert!(matches!(
+        dispatch::handle(&t.app.deps, &young).await,
+        Outcome::RetryAfter(_)
+    ));
+    let old_ms = (Utc::now() - chrono::Duration::minutes(5)).timestamp_millis() as u64;
+    let old = orphan(ulid::Ulid::from_parts(old_ms, 7).to_string());
+    assert_eq!(dispatch::handle(&t.app.deps, &old).await, Outcome::Done);
+    assert_eq!(
+        t.credits(&o.key).await,
+        4,
+        "nothing more was charged or refunded"
+    );
+}
+
 on_both_backends!(
     a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process,
     a_failure_before_meta_is_refunded_in_the_same_write_so_a_storage_failure_loses_no_refund_and_a_redelivery_gives_none_twice,
     a_send_whose_job_cannot_be_queued_records_and_charges_nothing,
     a_job_that_arrives_before_its_message_waits_for_it_and_one_whose_send_died_is_dropped_unsent,
+    a_broadcast_whose_fan_out_job_cannot_be_queued_records_and_charges_nothing,
+    a_fan_out_job_whose_broadcast_is_not_recorded_waits_then_is_dropped,
 );
