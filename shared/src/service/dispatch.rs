@@ -147,8 +147,9 @@ impl From<ServiceError> for Stopped {
     }
 }
 
-/// Puts a claimed message back to `accepted` when its refused send's failure could not
-/// be recorded, so a later delivery of the job can claim it again; answers the failure with its own
+/// Puts a claimed message back to `accepted` when the throughput limiter failed or a
+/// refused send's failure could not be recorded, so a later delivery of the job can claim
+/// it again; answers the failure with its own
 /// class (a retryable one is retried, any other parks the job on the dead-letter queue).
 async fn unclaim(deps: &Deps, job: &DispatchJob, code: &str, cause: impl Into<Stopped>) -> Stopped {
     let error = MessageError {
@@ -218,10 +219,10 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         tracing::warn!("tenant gone; dropping");
         return Ok(Outcome::Done);
     };
-    // Every check runs BEFORE the claim, on the message as read, so that the claim is the
-    // last write before the call to Meta: a process killed after it has all but certainly
-    // called Meta (the sending deadline then settles it), and one killed before it leaves
-    // an `accepted` message that the job's redelivery sends.
+    // Every check runs BEFORE the claim, on the message as read, so that only the
+    // throughput slot stands between the claim and the call to Meta: a process killed
+    // after the claim has most likely called Meta (the sending deadline then settles it),
+    // and one killed before it leaves an `accepted` message that the job's redelivery sends.
     let Some(queued) = deps
         .messages
         .get_message(&job.tenant_id, &job.message_id)
@@ -276,15 +277,6 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         crate::metrics::failed("tenant_config");
         return fail_unsent(deps, job, MessageStatus::Accepted, queued.price, error).await;
     };
-    // The number's throughput, shared with every other dispatcher: wait briefly for a
-    // slot, or come back soon (nothing claimed, not an attempt).
-    match super::throttle::acquire(deps, &tenant).await? {
-        super::throttle::Slot::Go => {}
-        super::throttle::Slot::Full => {
-            crate::metrics::retry("throttled");
-            return Ok(Outcome::RetryAfter(super::throttle::full_retry_delay()));
-        }
-    }
     let claim = StatusChange {
         count_attempt: true,
         ..Default::default()
@@ -305,6 +297,25 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         Transition::Applied(r) => r,
         Transition::Refused => return Ok(super::deadline::redelivered(deps, job).await?),
     };
+    // The number's throughput, shared with every other dispatcher: wait briefly for a
+    // slot, or give the claim back (not an attempt) and come back soon. The slot is taken
+    // last, right before the call, so that no write stands between the slot's time and
+    // the request (that would bunch requests up against Meta's rolling second).
+    match super::throttle::acquire(deps, &tenant).await {
+        Ok(super::throttle::Slot::Go) => {}
+        Ok(super::throttle::Slot::Full) => {
+            if let Err(e) = deps
+                .sending
+                .release_unattempted(&job.tenant_id, &job.message_id, deps.clock.now())
+                .await
+            {
+                tracing::error!(error = %e, "could not release the claim");
+            }
+            crate::metrics::retry("throttled");
+            return Ok(Outcome::RetryAfter(super::throttle::full_retry_delay()));
+        }
+        Err(e) => return Err(unclaim(deps, job, "rate_limiter_unavailable", e).await),
+    }
     let body = job
         .content
         .to_meta_request(&record.to, job.message_id.as_str());
