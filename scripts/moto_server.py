@@ -56,5 +56,94 @@ for _name in ["put_item", "update_item", "delete_item"]:
 
     setattr(DynamoHandler, _name, _serialised_handler)
 
+# TransactWriteItems: moto snapshots the WHOLE table (a deepcopy, once per item that names
+# it) before every transaction so that it can roll a cancelled one back. That is O(table)
+# time and memory per transaction: a 1,000-message load made moto grow to ~20 GB and be
+# OOM-killed (BENCHMARKS.md). The transaction runs under the lock above, so only its own
+# items can change while it runs: snapshot those (before), skip the table copy, and put
+# them back if it fails.
+import copy as _copy  # noqa: E402
+
+import moto.dynamodb.models as _models  # noqa: E402
+from moto.dynamodb.models.dynamo_type import DynamoType  # noqa: E402
+from moto.dynamodb.models.table import Table  # noqa: E402
+
+
+class _NoTableCopy:
+    """`copy` for moto's DynamoDB module: a table is not copied (see below)."""
+
+    @staticmethod
+    def deepcopy(value, *args, **kwargs):
+        if isinstance(value, Table):
+            return value
+        return _copy.deepcopy(value, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(_copy, name)
+
+
+_models.copy = _NoTableCopy()
+
+
+def _touched(backend, transact_items):
+    """(table, hash key, range key or None) of every item the transaction names."""
+    keys = []
+    for entry in transact_items:
+        for op_type, op in entry.items():
+            table = backend.tables.get(op.get("TableName"))
+            if table is None:
+                continue
+            attrs = op.get("Item") if op_type == "Put" else op.get("Key")
+            if not attrs or table.hash_key_attr not in attrs:
+                continue
+            hash_key = DynamoType(attrs[table.hash_key_attr])
+            range_key = None
+            if table.range_key_attr is not None:
+                if table.range_key_attr not in attrs:
+                    continue
+                range_key = DynamoType(attrs[table.range_key_attr])
+            keys.append((table, hash_key, range_key))
+    return keys
+
+
+def _stored(table, hash_key, range_key):
+    if range_key is None:
+        return table.items.get(hash_key)
+    return table.items.get(hash_key, {}).get(range_key)
+
+
+def _restore(table, hash_key, range_key, item):
+    if range_key is None:
+        if item is None:
+            table.items.pop(hash_key, None)
+        else:
+            table.items[hash_key] = item
+        return
+    if item is None:
+        table.items.get(hash_key, {}).pop(range_key, None)
+    else:
+        table.items[hash_key][range_key] = item
+
+
+_orig_transact = DynamoDBBackend.transact_write_items
+
+
+@functools.wraps(_orig_transact)
+def _transact_with_item_snapshots(self, transact_items, *args, **kwargs):
+    with _LOCK:
+        before = [
+            (t, h, r, _copy.deepcopy(_stored(t, h, r)))
+            for t, h, r in _touched(self, transact_items)
+        ]
+        try:
+            return _orig_transact(self, transact_items, *args, **kwargs)
+        except BaseException:
+            for t, h, r, item in reversed(before):
+                _restore(t, h, r, item)
+            raise
+
+
+DynamoDBBackend.transact_write_items = _transact_with_item_snapshots
+
 if __name__ == "__main__":
     main()

@@ -206,8 +206,23 @@ impl ExternalMeta {
                     .route("/relay", post(relay_webhook))
                     .with_state(relay),
             );
+        // Like Meta, it finishes a request whose bytes arrived even when the caller dies
+        // right after sending it (HTTP/1 half-close): a `kill -9` of Kirim mid-request must
+        // not make a request that left Kirim vanish from the record.
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .half_close(true)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
         });
         Ok(ExternalMeta {
             sandbox,

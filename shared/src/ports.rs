@@ -283,6 +283,23 @@ pub trait MessageStore: Send + Sync {
         change: &StatusChange,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError>;
+    /// Fails a message that never reached Meta and gives its credits back, in ONE atomic
+    /// write: the message moves to `failed` (with `change`) only if its status is `from`
+    /// (`accepted` or `sending`: a caller that has not claimed it must not fail one that
+    /// another dispatcher is sending), and in the same write the tenant's balance rises
+    /// by `refund.amount` and `refund` is recorded. Both or neither: a process killed at
+    /// any point keeps credits equal to the ledger. A message fails once, so its refund
+    /// happens at most once. `Refused` (nothing written) when the message is gone or not
+    /// `from`; `NotFound` (nothing written) when the tenant is gone.
+    async fn fail_and_refund(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        from: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+        refund: &LedgerEntry,
+    ) -> Result<Transition, StoreError>;
     /// Puts a message back to `accepted` from `sending` for a retry (conditional).
     async fn release_for_retry(
         &self,

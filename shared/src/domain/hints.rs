@@ -62,6 +62,7 @@ pub const HINTS: &[(Code, &str)] = &[
     (Code::Kirim("opt_out_check_failed"), "A check before sending failed for a moment. Kirim retries automatically; nothing to do."),
     (Code::Kirim("meta_token_unreadable"), "The account's Meta access token could not be read for a moment. Kirim retries automatically; nothing to do."),
     (Code::Kirim("rate_limiter_unavailable"), "The sending-rate check failed for a moment. Kirim retries automatically; nothing to do."),
+    (Code::Kirim("failure_not_recorded"), "Kirim could not record an attempt's outcome for a moment. Kirim retries automatically; nothing to do."),
     (Code::Kirim("unknown"), "Meta reported a failure without a reason. Send again later; if it repeats, contact your provider."),
 ];
 

@@ -296,7 +296,9 @@ pub async fn create_campaign(
     let now = deps.clock.now();
     let price = deps.settings.prices.price_for(category);
     let total = price.saturating_mul(recipients.len() as i64);
-    let id = new_id();
+    // A ULID of the acceptance time: a fan-out job that finds no broadcast yet knows how
+    // long to wait for it (`deadline::unrecorded`).
+    let id = ulid::Ulid::from_datetime(now.into()).to_string();
     let broadcast = Broadcast {
         id: id.clone(),
         tenant_id: tenant_id.clone(),
@@ -325,11 +327,10 @@ pub async fn create_campaign(
         ended_at: None,
         control: None,
     };
-    let charge = Charge::Broadcast(id.clone());
-    let debit = ledger::debit(deps, tenant_id, &charge, total, now);
-    deps.broadcasts
-        .create_broadcast(&broadcast, &recipients, &debit)
-        .await?;
+    // The fan-out job is queued BEFORE the broadcast and its debit are written (as a
+    // send's job is): a failed enqueue writes nothing, and a process that dies in between
+    // leaves a job without a broadcast, which waits for it and is then dropped — never a
+    // debited broadcast that nothing fans out.
     let job = QueueJob::BroadcastFanout(FanoutJob {
         tenant_id: tenant_id.clone(),
         broadcast_id: id.clone(),
@@ -349,15 +350,14 @@ pub async fn create_campaign(
         None => deps.queue.send(&body).await,
     };
     if let Err(e) = queued {
-        // Nothing will fan it out: give the credits back and close it.
-        tracing::error!(broadcast_id = %id, error = %e, "broadcast not queued");
-        ledger::refund(deps, tenant_id, &charge, total, "not queued").await;
-        let _ = deps
-            .broadcasts
-            .broadcast_progress(tenant_id, &id, 0, true)
-            .await;
+        tracing::error!(broadcast_id = %id, error = %e, "broadcast not queued; nothing recorded or charged");
         return Err(ServiceError::Unavailable(e));
     }
+    let charge = Charge::Broadcast(id.clone());
+    let debit = ledger::debit(deps, tenant_id, &charge, total, now);
+    deps.broadcasts
+        .create_broadcast(&broadcast, &recipients, &debit)
+        .await?;
     tracing::info!(broadcast_id = %id, accepted = recipients.len(), "broadcast accepted");
     invalid.truncate(MAX_INVALID_SHOWN);
     Ok(Accepted {
@@ -680,7 +680,7 @@ pub async fn cancel(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Se
     let now = deps.clock.now();
     if b.status == BroadcastStatus::Scheduled {
         let total = b.price_each.saturating_mul(b.accepted as i64);
-        let refund = ledger::refund_entry(
+        let refund = ledger::cancel_refund_entry(
             deps,
             tenant,
             &Charge::Broadcast(b.id.clone()),
@@ -746,7 +746,8 @@ pub async fn fan_out_in_slices(
         .get_broadcast(&job.tenant_id, &job.broadcast_id)
         .await?
     else {
-        return Ok(Outcome::Done);
+        // Not recorded yet (the job is queued first), or never: wait, then drop it.
+        return Ok(super::deadline::unrecorded(deps, &job.broadcast_id));
     };
     match b.status {
         BroadcastStatus::Enqueued | BroadcastStatus::Cancelled => return Ok(Outcome::Done),
@@ -868,7 +869,7 @@ mod tests {
     #[test]
     fn message_ids_are_derived_from_the_broadcast_and_position() {
         let b = Broadcast {
-            id: new_id(),
+            id: crate::domain::new_id(),
             tenant_id: TenantId::generate(),
             template: TemplateRef {
                 name: "x".into(),

@@ -20,6 +20,32 @@ use super::Deps;
 
 pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
 
+/// How long a job may wait for its message to be recorded. A send queues its job first
+/// and writes the message after (`send::send_once`), so a job can arrive before its
+/// message, or find none at all when the request died or was refused in between. Far
+/// longer than any send request lasts (API Gateway ends them at 30 s).
+pub const UNRECORDED_GRACE: Duration = Duration::from_secs(120);
+
+/// A job whose message (or broadcast) `id` is not (or no longer) recorded: waited for
+/// while young, dropped once older than [`UNRECORDED_GRACE`] (its request never wrote it:
+/// nothing was charged, so nothing is sent). A message or broadcast id is a ULID of its
+/// acceptance time; one that is not is treated as old.
+pub fn unrecorded(deps: &Deps, id: &str) -> Outcome {
+    let accepted_at = ulid::Ulid::from_string(id)
+        .ok()
+        .map(|u| DateTime::<Utc>::from(u.datetime()));
+    // A sender's clock a little ahead of this one's counts as just accepted.
+    let age = accepted_at.map_or(Duration::MAX, |at| {
+        (deps.clock.now() - at).to_std().unwrap_or_default()
+    });
+    if age >= UNRECORDED_GRACE {
+        tracing::info!(id, "nothing recorded for this job; dropping it");
+        return Outcome::Done;
+    }
+    // Soon at first (the write usually lands within milliseconds), then less often.
+    Outcome::RetryAfter(age.clamp(Duration::from_millis(500), Duration::from_secs(30)))
+}
+
 /// When to look again at a message claimed at `claimed_at` that is still `sending`.
 pub fn recheck_after(deps: &Deps, claimed_at: DateTime<Utc>) -> Duration {
     let age = (deps.clock.now() - claimed_at).to_std().unwrap_or_default();
@@ -29,17 +55,23 @@ pub fn recheck_after(deps: &Deps, claimed_at: DateTime<Utc>) -> Duration {
         .clamp(Duration::from_millis(100), MAX_DELAY)
 }
 
-/// A queue message whose claim was refused: the message is no longer `accepted`. If it
-/// is still `sending` past the deadline it fails; still `sending` within it, it is
-/// checked again later; anything else is a finished message or a duplicate: dropped.
+/// A queue message whose message was not claimable when read. Missing: see
+/// [`unrecorded`]; `accepted` (it appeared or came back since): tried again soon; still
+/// `sending` past the deadline it fails; still `sending` within it, it is checked again
+/// later; anything else is a finished message or a duplicate: dropped.
 pub async fn redelivered(deps: &Deps, job: &DispatchJob) -> Result<Outcome, StoreError> {
     let Some(m) = deps
         .messages
         .get_message(&job.tenant_id, &job.message_id)
         .await?
     else {
-        return Ok(Outcome::Done);
+        return Ok(unrecorded(deps, job.message_id.as_str()));
     };
+    if m.status == MessageStatus::Accepted {
+        // Recorded just after this job found it missing (the send writes it after queueing
+        // the job), or given back for a retry: the job tries to claim it again soon.
+        return Ok(Outcome::RetryAfter(Duration::from_millis(500)));
+    }
     if m.status != MessageStatus::Sending {
         tracing::info!("already claimed or finished; dropping duplicate");
         return Ok(Outcome::Done);

@@ -1,5 +1,5 @@
 //! The dispatch queue's consumer: routes each job, and sends one queued message to
-//! Meta — claim, check, send, record the outcome. Never twice: only an `accepted`
+//! Meta — check, claim, send, record the outcome. Never twice: only an `accepted`
 //! message can be claimed, and an ambiguous answer is settled by Meta's webhook or the
 //! sending deadline, never by sending again.
 //!
@@ -52,40 +52,75 @@ pub fn classify(code: i64, http_status: u16) -> ErrorClass {
     }
 }
 
-async fn fail(deps: &Deps, job: &DispatchJob, price: i64, error: MessageError, refund_it: bool) {
+/// Fails a message that never reached Meta and refunds it: the `failed` status
+/// and the refund of its price are one atomic write (a kill in between cannot
+/// keep one without the other). An error means nothing was written: the caller gives
+/// the claim back and the job is retried.
+async fn fail(
+    deps: &Deps,
+    job: &DispatchJob,
+    from: MessageStatus,
+    price: i64,
+    error: MessageError,
+) -> Result<(), StoreError> {
     let change = StatusChange {
         error: Some(error),
         ..Default::default()
     };
     let now = deps.clock.now();
-    match deps
-        .messages
-        .transition(
-            &job.tenant_id,
-            &job.message_id,
-            MessageStatus::Failed,
-            &change,
-            now,
-        )
-        .await
-    {
-        Ok(Transition::Applied(record)) => {
-            super::callbacks::status_changed(deps, &record).await;
-            if refund_it {
-                let charge = Charge::Message(job.message_id.clone());
-                ledger::refund(
-                    deps,
-                    &job.tenant_id,
-                    &charge,
-                    price,
-                    "message not accepted by meta",
-                )
-                .await
-            }
+    let charge = Charge::Message(job.message_id.clone());
+    let refund = ledger::refund_entry(
+        deps,
+        &job.tenant_id,
+        &charge,
+        price,
+        "message not accepted by meta",
+        now,
+    );
+    let outcome = match &refund {
+        Some(r) => {
+            deps.messages
+                .fail_and_refund(&job.tenant_id, &job.message_id, from, &change, now, r)
+                .await?
         }
-        Ok(Transition::Refused) => {}
+        None => {
+            deps.messages
+                .transition(
+                    &job.tenant_id,
+                    &job.message_id,
+                    MessageStatus::Failed,
+                    &change,
+                    now,
+                )
+                .await?
+        }
+    };
+    if let Transition::Applied(record) = outcome {
+        super::callbacks::status_changed(deps, &record).await;
+    }
+    Ok(())
+}
+
+/// [`fail`] of a message in status `from` (`accepted`: not claimed by this job yet;
+/// `sending`: claimed, and refused by Meta). When the write fails nothing was written:
+/// a claim is given back, and the job is retried (the checks, and a send that Meta
+/// refused, are safe to repeat).
+async fn fail_unsent(
+    deps: &Deps,
+    job: &DispatchJob,
+    from: MessageStatus,
+    price: i64,
+    error: MessageError,
+) -> Result<Outcome, Stopped> {
+    match fail(deps, job, from, price, error).await {
+        Ok(()) => Ok(Outcome::Done),
+        Err(e) if from == MessageStatus::Sending => {
+            tracing::error!(error = %e, "could not mark failed; retrying the job");
+            Err(unclaim(deps, job, "failure_not_recorded", e).await)
+        }
         Err(e) => {
-            tracing::error!(error = %e, "could not mark failed")
+            tracing::error!(error = %e, "could not mark failed; retrying the job");
+            Err(e.into())
         }
     }
 }
@@ -115,13 +150,14 @@ impl From<ServiceError> for Stopped {
     }
 }
 
-/// Puts a claimed message back to `accepted` after a failure before the call to Meta,
-/// so a later delivery of the job can claim it again; answers the failure with its own
+/// Puts a claimed message back to `accepted` when the throughput limiter failed or a
+/// refused send's failure could not be recorded, so a later delivery of the job can claim
+/// it again; answers the failure with its own
 /// class (a retryable one is retried, any other parks the job on the dead-letter queue).
 async fn unclaim(deps: &Deps, job: &DispatchJob, code: &str, cause: impl Into<Stopped>) -> Stopped {
     let error = MessageError {
         code: code.into(),
-        title: "a dependency failed before sending; will retry".into(),
+        title: "a dependency failed for a moment; will retry".into(),
     };
     if let Err(e) = deps
         .messages
@@ -207,7 +243,7 @@ async fn held(
                 return Ok(Outcome::Done);
             };
             let now = deps.clock.now();
-            let refund = ledger::refund_entry(
+            let refund = ledger::cancel_refund_entry(
                 deps,
                 &job.tenant_id,
                 &Charge::Message(job.message_id.clone()),
@@ -259,15 +295,72 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         tracing::warn!("tenant gone; dropping");
         return Ok(Outcome::Done);
     };
+    // Every check runs BEFORE the claim, on the message as read, so that only the
+    // throughput slot stands between the claim and the call to Meta: a process killed
+    // after the claim has most likely called Meta (the sending deadline then settles it),
+    // and one killed before it leaves an `accepted` message that the job's redelivery sends.
+    let Some(queued) = deps
+        .messages
+        .get_message(&job.tenant_id, &job.message_id)
+        .await?
+    else {
+        // Not recorded (yet): the send queues its job before writing the message.
+        return Ok(super::deadline::redelivered(deps, job).await?);
+    };
+    if queued.status != MessageStatus::Accepted {
+        // Already claimed or finished: a duplicate, or the redelivery of an ambiguous
+        // send that checks the sending deadline. Never sent again.
+        return Ok(super::deadline::redelivered(deps, job).await?);
+    }
+    // A suspended or closed tenant's queued messages are not sent: they fail at once,
+    // refunded, rather than wait on the queue (where they would reach the dead-letter
+    // queue with their content). The client may send again after a resume.
+    if tenant.status != TenantStatus::Active {
+        let error = if tenant.status == TenantStatus::Closed {
+            MessageError {
+                code: "tenant_closed".into(),
+                title: "the account was closed before the message was sent".into(),
+            }
+        } else {
+            MessageError {
+                code: "tenant_suspended".into(),
+                title: "the account was suspended before the message was sent".into(),
+            }
+        };
+        crate::metrics::failed("tenant_inactive");
+        return fail_unsent(deps, job, MessageStatus::Accepted, queued.price, error).await;
+    }
+    // A STOP may have arrived while the message waited in the queue: honour it.
+    let category = job.content.template_ref().map(|t| t.category);
+    match super::optouts::check(deps, &job.tenant_id, &queued.to, category).await {
+        Ok(()) => {}
+        Err(ServiceError::RecipientOptedOut) => {
+            tracing::info!(to = %queued.to.masked(), "recipient opted out while queued; not sent");
+            let error = MessageError {
+                code: "recipient_opted_out".into(),
+                title: "the recipient opted out before the message was sent".into(),
+            };
+            crate::metrics::failed("opted_out");
+            return fail_unsent(deps, job, MessageStatus::Accepted, queued.price, error).await;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let Some(token) = deps.secrets.current(&tenant.meta_token_secret).await? else {
+        let error = MessageError {
+            code: "meta_token_missing".into(),
+            title: "the tenant has no Meta access token".into(),
+        };
+        crate::metrics::failed("tenant_config");
+        return fail_unsent(deps, job, MessageStatus::Accepted, queued.price, error).await;
+    };
     let now = deps.clock.now();
     let claim = StatusChange {
         count_attempt: true,
         ..Default::default()
     };
-    // The claim: only an `accepted` message moves to `sending`. A redelivered queue
-    // message for one already sending, sent or failed is dropped here: no double send.
-    // A broadcast's message is claimed only while its broadcast has no hold, in the same
-    // conditional write.
+    // The claim: only an `accepted` message moves to `sending`. A duplicate job that
+    // read it `accepted` too loses here: no double send. A broadcast's message is claimed
+    // only while its broadcast has no hold, in the same conditional write.
     let claimed = match &job.broadcast_id {
         Some(b) => {
             match deps
@@ -294,62 +387,12 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     };
     let record = match claimed {
         Transition::Applied(r) => r,
-        // Already claimed or finished: a duplicate, or the redelivery of an ambiguous
-        // send that checks the sending deadline. Never sent again.
         Transition::Refused => return Ok(super::deadline::redelivered(deps, job).await?),
     };
-    // A suspended or closed tenant's queued messages are not sent: they fail at once,
-    // refunded, rather than wait on the queue (where they would reach the dead-letter
-    // queue with their content). The client may send again after a resume.
-    if tenant.status != TenantStatus::Active {
-        let error = if tenant.status == TenantStatus::Closed {
-            MessageError {
-                code: "tenant_closed".into(),
-                title: "the account was closed before the message was sent".into(),
-            }
-        } else {
-            MessageError {
-                code: "tenant_suspended".into(),
-                title: "the account was suspended before the message was sent".into(),
-            }
-        };
-        crate::metrics::failed("tenant_inactive");
-        fail(deps, job, record.price, error, true).await;
-        return Ok(Outcome::Done);
-    }
-    // A STOP may have arrived while the message waited in the queue: honour it.
-    let category = job.content.template_ref().map(|t| t.category);
-    match super::optouts::check(deps, &job.tenant_id, &record.to, category).await {
-        Ok(()) => {}
-        Err(ServiceError::RecipientOptedOut) => {
-            tracing::info!(to = %record.to.masked(), "recipient opted out while queued; not sent");
-            let error = MessageError {
-                code: "recipient_opted_out".into(),
-                title: "the recipient opted out before the message was sent".into(),
-            };
-            crate::metrics::failed("opted_out");
-            fail(deps, job, record.price, error, true).await;
-            return Ok(Outcome::Done);
-        }
-        Err(e) => {
-            return Err(unclaim(deps, job, "opt_out_check_failed", e).await);
-        }
-    }
-    let token = match deps.secrets.current(&tenant.meta_token_secret).await {
-        Ok(t) => t,
-        Err(e) => return Err(unclaim(deps, job, "meta_token_unreadable", e).await),
-    };
-    let Some(token) = token else {
-        let error = MessageError {
-            code: "meta_token_missing".into(),
-            title: "the tenant has no Meta access token".into(),
-        };
-        crate::metrics::failed("tenant_config");
-        fail(deps, job, record.price, error, true).await;
-        return Ok(Outcome::Done);
-    };
     // The number's throughput, shared with every other dispatcher: wait briefly for a
-    // slot, or give the claim back (not an attempt) and come back soon.
+    // slot, or give the claim back (not an attempt) and come back soon. The slot is taken
+    // last, right before the call, so that no write stands between the slot's time and
+    // the request (that would bunch requests up against Meta's rolling second).
     match super::throttle::acquire(deps, &tenant).await {
         Ok(super::throttle::Slot::Go) => {}
         Ok(super::throttle::Slot::Full) => {
@@ -490,8 +533,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     super::accounts::suspend_for_meta(deps, &job.tenant_id, &reason, "dispatcher")
                         .await;
                     crate::metrics::failed("tenant_stop");
-                    fail(deps, job, record.price, error, true).await;
-                    Ok(Outcome::Done)
+                    fail_unsent(deps, job, MessageStatus::Sending, record.price, error).await
                 }
                 _ => {
                     crate::metrics::failed(match class {
@@ -499,8 +541,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         ErrorClass::Suppress => "suppress",
                         _ => "permanent",
                     });
-                    fail(deps, job, record.price, error, true).await;
-                    Ok(Outcome::Done)
+                    fail_unsent(deps, job, MessageStatus::Sending, record.price, error).await
                 }
             }
         }

@@ -68,9 +68,10 @@ pub fn debit(
     entry(deps, tenant, charge, LedgerKind::Debit, -price, None, at)
 }
 
-/// The refund entry of `amount` credits for `charge`, to be written atomically with the
-/// status change that earns it (a cancel).
-pub fn refund_entry(
+/// The refund entry of `amount` credits (even none) for `charge`, to be written
+/// atomically with the cancel that earns it (`MessageStore::cancel_with_refund`,
+/// `BroadcastStore::cancel_scheduled_broadcast`).
+pub fn cancel_refund_entry(
     deps: &Deps,
     tenant: &TenantId,
     charge: &Charge,
@@ -89,22 +90,25 @@ pub fn refund_entry(
     )
 }
 
-/// Gives back `amount` credits debited for `charge` (it never reached Meta). Never
-/// fails the caller: a failed refund is logged loudly for the operator.
-pub async fn refund(deps: &Deps, tenant: &TenantId, charge: &Charge, amount: i64, reason: &str) {
-    if amount <= 0 {
-        return;
-    }
-    let e = entry(
-        deps,
-        tenant,
-        charge,
-        LedgerKind::Refund,
-        amount,
-        Some(reason),
-        deps.clock.now(),
-    );
-    if let Err(err) = deps.ledger.refund(&e).await {
-        tracing::error!(tenant_id = %tenant, charge = ?charge, amount, error = %err, "refund failed");
-    }
+/// The refund entry of `amount` credits for `charge`, to be written atomically with the
+/// failure it pays back (`MessageStore::fail_and_refund`); `None` for nothing to give.
+pub fn refund_entry(
+    deps: &Deps,
+    tenant: &TenantId,
+    charge: &Charge,
+    amount: i64,
+    reason: &str,
+    at: DateTime<Utc>,
+) -> Option<LedgerEntry> {
+    (amount > 0).then(|| {
+        entry(
+            deps,
+            tenant,
+            charge,
+            LedgerKind::Refund,
+            amount,
+            Some(reason),
+            at,
+        )
+    })
 }

@@ -5,10 +5,10 @@ use serde::Deserialize;
 
 use crate::domain::template::{valid_language, valid_name};
 use crate::domain::{
-    Content, MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass,
-    StatusEvent, TemplateCategory, TenantId,
+    Content, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass, StatusEvent,
+    TemplateCategory, TenantId,
 };
-use crate::ports::{IdempotentInsert, StatusChange, TenantStatus};
+use crate::ports::{IdempotentInsert, TenantStatus};
 
 use super::errors::ServiceError;
 use super::idempotency::{self, Idempotent};
@@ -192,6 +192,36 @@ pub async fn send_once(
         broadcast_id: None,
         send_at,
     };
+    // The job is queued BEFORE the message and its debit are written: a process that dies
+    // in between leaves a job without a message, which the dispatcher drops once it is
+    // older than `deadline::UNRECORDED_GRACE` (nothing was charged, nothing is sent), never
+    // a charged message without a job that would wait `accepted` forever. A queue that
+    // refuses the job leaves nothing written at all.
+    let job = QueueJob::Send(DispatchJob {
+        tenant_id: tenant_id.clone(),
+        message_id: id.clone(),
+        content,
+        request_id: crate::telemetry::request_id(),
+        send_at,
+        broadcast_id: None,
+    });
+    let body = job
+        .to_body()
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    // A scheduled message's job waits on the queue itself, in hops of at most
+    // `schedule_hop` (`service::schedule`).
+    let queued = match super::schedule::wait(send_at, now) {
+        Some(wait) => {
+            deps.queue
+                .send_delayed(&body, wait.min(deps.settings.schedule_hop))
+                .await
+        }
+        None => deps.queue.send(&body).await,
+    };
+    if let Err(e) = queued {
+        tracing::error!(error = %e, "enqueue failed; nothing recorded or charged");
+        return Err(ServiceError::Unavailable(e));
+    }
     let charge = Charge::Message(id.clone());
     let debit = ledger::debit(deps, tenant_id, &charge, price, now);
     match idem {
@@ -204,7 +234,8 @@ pub async fn send_once(
                 .await?
             {
                 IdempotentInsert::Inserted => {}
-                // A concurrent request with the same key won the write.
+                // A concurrent request with the same key won the write (the job queued
+                // above finds no message and is dropped).
                 IdempotentInsert::Existing(existing) => {
                     return idempotency::answer(&existing, k).map(Accepted::Replayed)
                 }
@@ -212,57 +243,6 @@ pub async fn send_once(
         }
     }
     tracing::Span::current().record("message_id", tracing::field::display(&id));
-    let job = QueueJob::Send(DispatchJob {
-        tenant_id: tenant_id.clone(),
-        message_id: id.clone(),
-        content,
-        request_id: crate::telemetry::request_id(),
-        send_at,
-        broadcast_id: None,
-    });
-    let body = job
-        .to_body()
-        .map_err(|e| ServiceError::Internal(e.to_string()))?;
-    let queued = match super::schedule::wait(send_at, now) {
-        Some(wait) => {
-            deps.queue
-                .send_delayed(&body, wait.min(deps.settings.schedule_hop))
-                .await
-        }
-        None => deps.queue.send(&body).await,
-    };
-    if let Err(e) = queued {
-        // Nothing lost: the message ends `failed` with a reason and its credit returns.
-        tracing::error!(error = %e, "enqueue failed");
-        let error = MessageError {
-            code: "enqueue_failed".into(),
-            title: "the message could not be queued; it was not sent".into(),
-        };
-        let change = StatusChange {
-            error: Some(error),
-            ..Default::default()
-        };
-        let _ = deps
-            .messages
-            .transition(tenant_id, &id, MessageStatus::Failed, &change, now)
-            .await;
-        ledger::refund(
-            deps,
-            tenant_id,
-            &charge,
-            price,
-            "message could not be queued",
-        )
-        .await;
-        if let Some(k) = idem {
-            // The key must not replay a message that was never queued.
-            let _ = deps
-                .idempotency
-                .release_idempotency(tenant_id, &k.key.hash(), &id)
-                .await;
-        }
-        return Err(ServiceError::Unavailable(e));
-    }
     tracing::info!(to = %record.to.masked(), "message accepted");
     Ok(Accepted::New(Box::new(record)))
 }
@@ -336,7 +316,7 @@ pub async fn cancel_scheduled(
         return Err(refused());
     }
     let now = deps.clock.now();
-    let refund = ledger::refund_entry(
+    let refund = ledger::cancel_refund_entry(
         deps,
         tenant_id,
         &Charge::Message(id.clone()),

@@ -706,10 +706,11 @@ impl kirim::ports::SecretStore for FlakySecrets {
     }
 }
 
-/// A claimed message whose Meta token cannot be read goes back to `accepted`, so the
-/// retry sends it (a claim left `sending` would be dropped as a duplicate: never sent).
+/// A message whose Meta token cannot be read is left `accepted` and unclaimed (the checks
+/// run before the claim), so the retry sends it (a claim left `sending` would be dropped as
+/// a duplicate: never sent).
 #[tokio::test]
-async fn a_secret_store_failure_after_the_claim_leaves_the_message_retryable() {
+async fn a_secret_store_failure_before_the_claim_leaves_the_message_retryable() {
     use kirim::service::{accounts, dispatch, send, SecretCache};
     let clock = ManualClock::new();
     let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
@@ -747,7 +748,7 @@ async fn a_secret_store_failure_after_the_claim_leaves_the_message_retryable() {
         kirim::domain::MessageStatus::Accepted,
         "unclaimed for the retry"
     );
-    assert_eq!(m.attempts, 1);
+    assert_eq!(m.attempts, 0, "no attempt was made");
     secrets
         .failing
         .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -762,7 +763,7 @@ async fn a_secret_store_failure_after_the_claim_leaves_the_message_retryable() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(m.attempts, 2);
+    assert_eq!(m.attempts, 1);
     assert_eq!(m.error.map(|e| e.code), Some("meta_unreachable".into()));
 }
 

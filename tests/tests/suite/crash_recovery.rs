@@ -2,18 +2,32 @@
 //! crash, a Lambda timeout) leaves the message `accepted` and charged with no job. The
 //! client's retry with the same `Idempotency-Key` must queue it again, not only answer
 //! its id. (Found by the restart drill, `infra/tests/restart.rs`.)
+//!
+//! Sends now queue their job before they record the message (a job without a message
+//! waits for it, then is dropped: nothing charged, nothing sent), and a message that
+//! fails before Meta is refunded in the same atomic write as its `failed` status.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use kirim::config::Backend;
-use kirim::domain::{request_fingerprint, IdempotencyKey, TenantId};
-use kirim::ports::{DeadLetter, DispatchQueue, Received, Redriven};
+use kirim::domain::{
+    request_fingerprint, ErrorCode, IdempotencyKey, MessageError, MessageId, MessageRecord,
+    MessageStatus, TenantId,
+};
+use kirim::ports::{
+    DeadLetter, DispatchQueue, LedgerEntry, LedgerKind, MessagePage, MessageQuery, MessageStore,
+    Received, Redriven, StatusChange, Transition,
+};
 use kirim::service::idempotency::Idempotent;
+use kirim::service::jobs::Outcome;
 use kirim::service::send::{send_once, Accepted, SendRequest};
+use kirim::service::{dispatch, Deps};
 use kirim::store_error::StoreError;
-use kirim_tests::spawn_app;
+use kirim_tests::{spawn_app, ManualClock, TestApp, OPERATOR_TOKEN};
 use serde_json::json;
 
 /// A queue that takes every job and loses it: the state a crash right after the
@@ -111,4 +125,472 @@ async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_proc
     assert_eq!(t.sandbox_requests_to("60123459901").len(), 1, "still once");
 }
 
-on_both_backends!(a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process);
+/// A queue that keeps every job it is given (and may refuse them): what a test then
+/// delivers to the dispatcher by hand, in the order it chooses.
+#[derive(Default)]
+struct Kept {
+    bodies: Mutex<Vec<String>>,
+    refuse: bool,
+}
+
+impl Kept {
+    fn refusing() -> Self {
+        Self {
+            bodies: Mutex::default(),
+            refuse: true,
+        }
+    }
+    fn only(&self) -> String {
+        let bodies = self.bodies.lock().expect("the kept jobs");
+        assert_eq!(bodies.len(), 1, "one job was queued");
+        bodies[0].clone()
+    }
+}
+
+#[async_trait]
+impl DispatchQueue for Kept {
+    async fn send(&self, body: &str) -> Result<(), StoreError> {
+        if self.refuse {
+            return Err(StoreError::Unavailable("the queue is down".into()));
+        }
+        self.bodies
+            .lock()
+            .map_err(|_| StoreError::Unavailable("poisoned".into()))?
+            .push(body.to_owned());
+        Ok(())
+    }
+    async fn receive(&self, _max: usize, _wait: Duration) -> Result<Vec<Received>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _receipt: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn retry_after(&self, _receipt: &str, _delay: Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn dead_letters(&self, _max: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn redrive(&self, _ids: Option<&[String]>, _max: usize) -> Result<Redriven, StoreError> {
+        Ok(Redriven::default())
+    }
+}
+
+/// The real message store with failures injected: the refunding failure write fails
+/// (as storage down, nothing written) while `fail_refund` is set, and the acceptance
+/// write "dies" (nothing written) while `die_on_insert` is set.
+struct Flaky {
+    inner: Arc<dyn MessageStore>,
+    fail_refund: AtomicBool,
+    die_on_insert: AtomicBool,
+}
+
+impl Flaky {
+    fn over(deps: &Deps) -> Arc<Self> {
+        Arc::new(Self {
+            inner: deps.messages.clone(),
+            fail_refund: AtomicBool::new(false),
+            die_on_insert: AtomicBool::new(false),
+        })
+    }
+}
+
+#[async_trait]
+impl MessageStore for Flaky {
+    async fn insert_with_debit(
+        &self,
+        record: &MessageRecord,
+        debit: &LedgerEntry,
+    ) -> Result<(), StoreError> {
+        if self.die_on_insert.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the process died here".into()));
+        }
+        self.inner.insert_with_debit(record, debit).await
+    }
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.inner.get_message(tenant, id).await
+    }
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        query: &MessageQuery,
+    ) -> Result<MessagePage, StoreError> {
+        self.inner.list_messages(tenant, query).await
+    }
+    async fn transition(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        to: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        self.inner.transition(tenant, id, to, change, at).await
+    }
+    async fn fail_and_refund(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        from: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+        refund: &LedgerEntry,
+    ) -> Result<Transition, StoreError> {
+        if self.fail_refund.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("storage is down".into()));
+        }
+        self.inner
+            .fail_and_refund(tenant, id, from, change, at, refund)
+            .await
+    }
+    async fn release_for_retry(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        error: &MessageError,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        self.inner.release_for_retry(tenant, id, error, at).await
+    }
+    async fn set_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.inner.set_wamid(tenant, id, wamid, expires_at).await
+    }
+    async fn message_by_wamid(
+        &self,
+        wamid: &str,
+    ) -> Result<Option<(TenantId, MessageId)>, StoreError> {
+        self.inner.message_by_wamid(wamid).await
+    }
+}
+
+fn utility_send(to: &str) -> SendRequest {
+    serde_json::from_value(json!({
+        "to": to,
+        "template": {"name": "order_update", "language": "en_US", "category": "utility",
+                     "components": [{"type": "body", "parameters": [{"type": "text", "text": "A-1"}]}]},
+    }))
+    .expect("a send request")
+}
+
+/// The ledger of a tenant as the store has it: (sum of amounts, refund entries).
+async fn ledger_of(t: &TestApp, tenant: &TenantId) -> (i64, Vec<LedgerEntry>) {
+    let entries = t.app.deps.ledger.entries(tenant).await.expect("the ledger");
+    let sum = entries.iter().map(|e| e.amount).sum();
+    let refunds = entries
+        .into_iter()
+        .filter(|e| e.kind == LedgerKind::Refund)
+        .collect();
+    (sum, refunds)
+}
+
+async fn a_failure_before_meta_is_refunded_in_the_same_write_so_a_storage_failure_loses_no_refund_and_a_redelivery_gives_none_twice(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let kept = Arc::new(Kept::default());
+    let mut queued = t.app.deps.clone();
+    queued.queue = kept.clone();
+    let Ok(Accepted::New(m)) =
+        send_once(&queued, &tenant, utility_send("+60123459911"), None).await
+    else {
+        panic!("the send was accepted");
+    };
+    let job = kept.only();
+    assert_eq!(t.credits(&o.key).await, 4, "charged");
+    // Suspended while queued: the dispatcher fails it (tenant_suspended) and refunds it.
+    let res = t
+        .http
+        .post(t.url(&format!("/v1/platform/tenants/{}/suspend", o.tenant_id)))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"reason": "drill"}))
+        .send()
+        .await
+        .expect("suspend");
+    assert_eq!(res.status(), 200);
+
+    // Storage fails exactly where the failure and its refund are written.
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.fail_refund.store(true, Ordering::SeqCst);
+    let mut down = t.app.deps.clone();
+    down.messages = flaky.clone();
+    let first = dispatch::handle(&down, &job).await;
+    assert!(
+        matches!(first, Outcome::RetryAfter(_)),
+        "the job is retried: {first:?}"
+    );
+    let after = t
+        .app
+        .deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        after.status,
+        MessageStatus::Accepted,
+        "the claim was given back"
+    );
+    assert_eq!(
+        t.credits(&o.key).await,
+        4,
+        "still charged: nothing was refunded"
+    );
+    let (sum, refunds) = ledger_of(&t, &tenant).await;
+    assert_eq!(sum, 4, "credits equal the ledger");
+    assert!(refunds.is_empty());
+
+    // The retry (storage back) fails and refunds it together.
+    let second = dispatch::handle(&t.app.deps, &job).await;
+    assert_eq!(second, Outcome::Done);
+    let failed = t
+        .app
+        .deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, MessageStatus::Failed);
+    assert_eq!(
+        failed.error.map(|e| e.code),
+        Some(ErrorCode::Kirim("tenant_suspended".into()))
+    );
+    assert_eq!(t.credits(&o.key).await, 5, "refunded");
+    let (sum, refunds) = ledger_of(&t, &tenant).await;
+    assert_eq!(sum, 5, "credits equal the ledger");
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0].message_id.as_ref(), Some(&m.id));
+
+    // A redelivery of the same job refunds nothing more.
+    assert_eq!(dispatch::handle(&t.app.deps, &job).await, Outcome::Done);
+    assert_eq!(t.credits(&o.key).await, 5, "refunded once");
+    assert_eq!(ledger_of(&t, &tenant).await.1.len(), 1, "one refund entry");
+    assert!(
+        t.sandbox_requests_to("60123459911").is_empty(),
+        "never sent"
+    );
+}
+
+async fn a_send_whose_job_cannot_be_queued_records_and_charges_nothing(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let mut down = t.app.deps.clone();
+    down.queue = Arc::new(Kept::refusing());
+    let res = send_once(&down, &tenant, utility_send("+60123459912"), None).await;
+    assert!(res.is_err(), "the send is refused: {res:?}");
+    let page = t
+        .app
+        .deps
+        .messages
+        .list_messages(
+            &tenant,
+            &MessageQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(page.messages.is_empty(), "no message was recorded");
+    assert_eq!(t.credits(&o.key).await, 5, "nothing was charged");
+    assert_eq!(
+        ledger_of(&t, &tenant).await.0,
+        5,
+        "credits equal the ledger"
+    );
+}
+
+async fn a_job_that_arrives_before_its_message_waits_for_it_and_one_whose_send_died_is_dropped_unsent(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+
+    // A send that dies after queueing its job, before recording the message.
+    let kept = Arc::new(Kept::default());
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.die_on_insert.store(true, Ordering::SeqCst);
+    let mut dying = t.app.deps.clone();
+    dying.queue = kept.clone();
+    dying.messages = flaky.clone();
+    let res = send_once(&dying, &tenant, utility_send("+60123459913"), None).await;
+    assert!(res.is_err(), "the request died: {res:?}");
+    let orphan = kept.only();
+    assert_eq!(t.credits(&o.key).await, 5, "nothing was charged");
+    // Within the grace the job waits (its message may still be on its way) ...
+    let young = dispatch::handle(&t.app.deps, &orphan).await;
+    assert!(
+        matches!(young, Outcome::RetryAfter(_)),
+        "it waits: {young:?}"
+    );
+    // ... and after it, it is dropped: nothing sent, nothing charged.
+    let clock = ManualClock::new();
+    clock.advance(chrono::Duration::seconds(
+        kirim::service::deadline::UNRECORDED_GRACE.as_secs() as i64 + 1,
+    ));
+    let mut later = t.app.deps.clone();
+    later.clock = clock;
+    assert_eq!(dispatch::handle(&later, &orphan).await, Outcome::Done);
+    assert!(
+        t.sandbox_requests_to("60123459913").is_empty(),
+        "never sent"
+    );
+    assert_eq!(t.credits(&o.key).await, 5);
+
+    // A job delivered before its message is written waits, then sends it once.
+    let kept = Arc::new(Kept::default());
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.die_on_insert.store(true, Ordering::SeqCst);
+    let mut unwritten = t.app.deps.clone();
+    unwritten.queue = kept.clone();
+    unwritten.messages = flaky.clone();
+    let _ = send_once(&unwritten, &tenant, utility_send("+60123459914"), None).await;
+    let early = kept.only();
+    assert!(matches!(
+        dispatch::handle(&t.app.deps, &early).await,
+        Outcome::RetryAfter(_)
+    ));
+    assert!(t.sandbox_requests_to("60123459914").is_empty());
+    // The write lands (here: the same job's message, recorded by a send through a store
+    // that works); the redelivered job sends it.
+    let job: serde_json::Value = serde_json::from_str(&early).expect("a job");
+    let id = job["message_id"]
+        .as_str()
+        .expect("its message id")
+        .to_owned();
+    let record = MessageRecord {
+        id: MessageId::from_trusted(id.clone()),
+        tenant_id: tenant.clone(),
+        to: kirim::domain::PhoneNumber::parse("+60123459914").unwrap(),
+        template: None,
+        status: MessageStatus::Accepted,
+        error: None,
+        events: vec![kirim::domain::StatusEvent {
+            status: MessageStatus::Accepted,
+            at: Utc::now(),
+        }],
+        wamid: None,
+        attempts: 0,
+        price: 1,
+        client_reference: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+        expires_at: Some(Utc::now().timestamp() + 3600),
+        broadcast_id: None,
+    };
+    let debit = kirim::service::ledger::debit(
+        &t.app.deps,
+        &tenant,
+        &kirim::service::ledger::Charge::Message(record.id.clone()),
+        1,
+        Utc::now(),
+    );
+    t.app
+        .deps
+        .messages
+        .insert_with_debit(&record, &debit)
+        .await
+        .expect("the write lands");
+    assert_eq!(dispatch::handle(&t.app.deps, &early).await, Outcome::Done);
+    let m = t.wait_status(&o.key, &id, "read").await;
+    assert_eq!(m["status"], "read", "sent once its message was there");
+    assert_eq!(t.sandbox_requests_to("60123459914").len(), 1, "sent once");
+    assert_eq!(dispatch::handle(&t.app.deps, &early).await, Outcome::Done);
+    assert_eq!(t.sandbox_requests_to("60123459914").len(), 1, "still once");
+    assert_eq!(t.credits(&o.key).await, 4, "charged once");
+    assert_eq!(
+        ledger_of(&t, &tenant).await.0,
+        4,
+        "credits equal the ledger"
+    );
+}
+
+fn broadcast_template() -> kirim::service::send::TemplateIn {
+    serde_json::from_value(
+        json!({"name": "order_update", "language": "en_US", "category": "utility",
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "A-1"}]}]}),
+    )
+    .expect("a template")
+}
+
+async fn a_broadcast_whose_fan_out_job_cannot_be_queued_records_and_charges_nothing(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let mut down = t.app.deps.clone();
+    down.queue = Arc::new(Kept::refusing());
+    let recipients = vec!["+60123459921".to_owned(), "+60123459922".to_owned()];
+    let res =
+        kirim::service::broadcasts::create(&down, &tenant, broadcast_template(), recipients).await;
+    assert!(res.is_err(), "the broadcast is refused");
+    assert_eq!(t.credits(&o.key).await, 5, "nothing was charged");
+    let (sum, _) = ledger_of(&t, &tenant).await;
+    assert_eq!(sum, 5, "credits equal the ledger");
+    assert_eq!(
+        t.app.deps.ledger.entries(&tenant).await.unwrap().len(),
+        1,
+        "only the opening top-up: no debit, no refund"
+    );
+}
+
+async fn a_fan_out_job_whose_broadcast_is_not_recorded_waits_then_is_dropped(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let kept = Arc::new(Kept::default());
+    let mut queued = t.app.deps.clone();
+    queued.queue = kept.clone();
+    let recipients = vec!["+60123459923".to_owned()];
+    let accepted =
+        kirim::service::broadcasts::create(&queued, &tenant, broadcast_template(), recipients)
+            .await
+            .expect("the broadcast is accepted");
+    let job: serde_json::Value = serde_json::from_str(&kept.only()).expect("the fan-out job");
+    assert_eq!(job["broadcast_id"], accepted.id.as_str());
+    assert_eq!(t.credits(&o.key).await, 4, "charged");
+    // The same job for a broadcast its request never recorded (it died after queueing).
+    let orphan = |id: String| {
+        let mut j = job.clone();
+        j["broadcast_id"] = json!(id);
+        j.to_string()
+    };
+    let young = orphan(ulid::Ulid::new().to_string());
+    assert!(matches!(
+        dispatch::handle(&t.app.deps, &young).await,
+        Outcome::RetryAfter(_)
+    ));
+    let old_ms = (Utc::now() - chrono::Duration::minutes(5)).timestamp_millis() as u64;
+    let old = orphan(ulid::Ulid::from_parts(old_ms, 7).to_string());
+    assert_eq!(dispatch::handle(&t.app.deps, &old).await, Outcome::Done);
+    assert_eq!(
+        t.credits(&o.key).await,
+        4,
+        "nothing more was charged or refunded"
+    );
+}
+
+on_both_backends!(
+    a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process,
+    a_failure_before_meta_is_refunded_in_the_same_write_so_a_storage_failure_loses_no_refund_and_a_redelivery_gives_none_twice,
+    a_send_whose_job_cannot_be_queued_records_and_charges_nothing,
+    a_job_that_arrives_before_its_message_waits_for_it_and_one_whose_send_died_is_dropped_unsent,
+    a_broadcast_whose_fan_out_job_cannot_be_queued_records_and_charges_nothing,
+    a_fan_out_job_whose_broadcast_is_not_recorded_waits_then_is_dropped,
+);

@@ -28,6 +28,7 @@ mod contract_access;
 mod contract_callbacks;
 mod contract_contacts;
 mod contract_optouts;
+mod contract_refunds;
 mod contract_retention;
 mod contract_retention_items;
 mod contract_templates;

@@ -43,6 +43,17 @@ pub(super) type Item = HashMap<String, AttributeValue>;
 pub const TTL_ATTR: &str = "ttl";
 pub const GSI1: &str = "gsi1";
 
+/// The statuses a message may fail from with a refund: it has not reached Meta.
+const REFUNDABLE: [MessageStatus; 2] = [MessageStatus::Accepted, MessageStatus::Sending];
+
+/// One status change as an update: expression, condition and their placeholders.
+struct StatusUpdate {
+    expression: String,
+    condition: String,
+    names: HashMap<String, String>,
+    values: Item,
+}
+
 pub struct DynamoStore {
     pub(super) client: Client,
     pub(super) table: String,
@@ -270,6 +281,72 @@ impl DynamoStore {
             .build()
             .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
         Ok(TransactWriteItem::builder().update(u).build())
+    }
+
+    /// The update that moves a message to `to` from one of `preds` (and not expired),
+    /// applying `change`; `None` when no status may precede `to`.
+    fn status_update(
+        &self,
+        tenant: &TenantId,
+        to: MessageStatus,
+        preds: &[MessageStatus],
+        change: &StatusChange,
+        at: DateTime<Utc>,
+    ) -> Result<Option<StatusUpdate>, StoreError> {
+        if preds.is_empty() {
+            return Ok(None);
+        }
+        let event = serde_dynamo::to_attribute_value(StatusEvent { status: to, at })
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let placeholders: Vec<String> = (0..preds.len()).map(|i| format!(":p{i}")).collect();
+        let mut set = vec![
+            "#status = :to",
+            "updated_at = :at",
+            "events = list_append(events, :ev)",
+            "gsi1pk = :g",
+        ];
+        let mut names = HashMap::from([
+            ("#status".to_owned(), "status".to_owned()),
+            ("#ttl".to_owned(), TTL_ATTR.to_owned()),
+        ]);
+        let mut values: Item = HashMap::from([
+            (":to".to_owned(), s(to.as_str())),
+            (
+                ":at".to_owned(),
+                s(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            ),
+            (":ev".to_owned(), AttributeValue::L(vec![event])),
+            (":g".to_owned(), s(keys::message_status_gsi1_pk(tenant, to))),
+            (":now".to_owned(), n(self.now_secs())),
+        ]);
+        for (p, st) in placeholders.iter().zip(preds) {
+            values.insert(p.clone(), s(st.as_str()));
+        }
+        if let Some(w) = &change.wamid {
+            set.push("wamid = :w");
+            values.insert(":w".into(), s(w.clone()));
+        }
+        if let Some(e) = &change.error {
+            set.push("#error = :e");
+            let v = serde_dynamo::to_attribute_value(e)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            names.insert("#error".into(), "error".into());
+            values.insert(":e".into(), v);
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if change.count_attempt {
+            expression.push_str(" ADD attempts :one");
+            values.insert(":one".into(), n(1));
+        }
+        Ok(Some(StatusUpdate {
+            expression,
+            condition: format!(
+                "#status IN ({}) AND (attribute_not_exists(#ttl) OR #ttl > :now)",
+                placeholders.join(", ")
+            ),
+            names,
+            values,
+        }))
     }
 
     async fn add_credits(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
@@ -741,66 +818,19 @@ impl MessageStore for DynamoStore {
         change: &StatusChange,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
-        let event = serde_dynamo::to_attribute_value(StatusEvent { status: to, at })
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let preds = to.allowed_predecessors();
-        if preds.is_empty() {
+        let Some(u) = self.status_update(tenant, to, to.allowed_predecessors(), change, at)? else {
             return Ok(Transition::Refused);
-        }
-        let placeholders: Vec<String> = (0..preds.len()).map(|i| format!(":p{i}")).collect();
-        let mut set = vec![
-            "#status = :to",
-            "updated_at = :at",
-            "events = list_append(events, :ev)",
-            "gsi1pk = :g",
-        ];
-        if change.wamid.is_some() {
-            set.push("wamid = :w");
-        }
-        if change.error.is_some() {
-            set.push("#error = :e");
-        }
-        let mut expr = format!("SET {}", set.join(", "));
-        if change.count_attempt {
-            expr.push_str(" ADD attempts :one");
-        }
-        let mut req = self
+        };
+        let req = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::message(tenant, id).attrs()))
-            .update_expression(expr)
-            .condition_expression(format!(
-                "#status IN ({}) AND (attribute_not_exists(#ttl) OR #ttl > :now)",
-                placeholders.join(", ")
-            ))
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#ttl", TTL_ATTR)
-            .expression_attribute_values(":to", s(to.as_str()))
-            .expression_attribute_values(
-                ":at",
-                s(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
-            )
-            .expression_attribute_values(":ev", AttributeValue::L(vec![event]))
-            .expression_attribute_values(":g", s(keys::message_status_gsi1_pk(tenant, to)))
-            .expression_attribute_values(":now", n(self.now_secs()))
+            .update_expression(u.expression)
+            .condition_expression(u.condition)
+            .set_expression_attribute_names(Some(u.names))
+            .set_expression_attribute_values(Some(u.values))
             .return_values(ReturnValue::AllNew);
-        for (p, st) in placeholders.iter().zip(preds) {
-            req = req.expression_attribute_values(p, s(st.as_str()));
-        }
-        if let Some(w) = &change.wamid {
-            req = req.expression_attribute_values(":w", s(w.clone()));
-        }
-        if let Some(e) = &change.error {
-            let v = serde_dynamo::to_attribute_value(e)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            req = req
-                .expression_attribute_names("#error", "error")
-                .expression_attribute_values(":e", v);
-        }
-        if change.count_attempt {
-            req = req.expression_attribute_values(":one", n(1));
-        }
         match req.send().await {
             Ok(out) => Ok(Transition::Applied(Box::new(from_item(
                 out.attributes.unwrap_or_default(),
@@ -809,6 +839,56 @@ impl MessageStore for DynamoStore {
                 Ok(Transition::Refused)
             }
             Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
+    async fn fail_and_refund(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        from: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+        refund: &LedgerEntry,
+    ) -> Result<Transition, StoreError> {
+        if !REFUNDABLE.contains(&from) {
+            return Ok(Transition::Refused);
+        }
+        let Some(u) = self.status_update(tenant, MessageStatus::Failed, &[from], change, at)?
+        else {
+            return Ok(Transition::Refused);
+        };
+        let status = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::message(tenant, id).attrs()))
+            .update_expression(u.expression)
+            .condition_expression(u.condition)
+            .set_expression_attribute_names(Some(u.names))
+            .set_expression_attribute_values(Some(u.values))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+        // [0] the status (conditional: the message fails once), [1] the balance (the
+        // tenant exists), [2] the refund entry: all or nothing.
+        let items = vec![
+            TransactWriteItem::builder().update(status).build(),
+            self.credit_update(refund, false)?,
+            self.ledger_put(refund)?,
+        ];
+        match self.transact_retrying_conflicts(items).await {
+            Ok(()) => {}
+            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
+                return Ok(Transition::Refused)
+            }
+            Err(e) if e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) => {
+                return Err(StoreError::NotFound)
+            }
+            Err(e) => return Err(e.into_store_error()),
+        }
+        // A transaction answers no attributes: read the record the change wrote. Gone
+        // already (it expired meanwhile) leaves nothing to report.
+        match self.get_message(tenant, id).await? {
+            Some(m) => Ok(Transition::Applied(Box::new(m))),
+            None => Ok(Transition::Refused),
         }
     }
 

@@ -300,6 +300,25 @@ impl Ledger for MemoryStore {
     }
 }
 
+/// The statuses a message may fail from with a refund: it has not reached Meta.
+const REFUNDABLE: [MessageStatus; 2] = [MessageStatus::Accepted, MessageStatus::Sending];
+
+/// A status change, applied to a message whose current status allows it.
+fn apply(m: &mut MessageRecord, to: MessageStatus, change: &StatusChange, at: DateTime<Utc>) {
+    m.status = to;
+    m.updated_at = at;
+    m.events.push(StatusEvent { status: to, at });
+    if let Some(w) = &change.wamid {
+        m.wamid = Some(w.clone());
+    }
+    if change.error.is_some() {
+        m.error = change.error.clone();
+    }
+    if change.count_attempt {
+        m.attempts += 1;
+    }
+}
+
 #[async_trait]
 impl MessageStore for MemoryStore {
     async fn insert_with_debit(
@@ -392,18 +411,41 @@ impl MessageStore for MemoryStore {
         if !to.may_follow(m.status) {
             return Ok(Transition::Refused);
         }
-        m.status = to;
-        m.updated_at = at;
-        m.events.push(StatusEvent { status: to, at });
-        if let Some(w) = &change.wamid {
-            m.wamid = Some(w.clone());
+        apply(m, to, change, at);
+        Ok(Transition::Applied(Box::new(m.clone())))
+    }
+
+    async fn fail_and_refund(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        from: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+        refund: &LedgerEntry,
+    ) -> Result<Transition, StoreError> {
+        // One lock for the status, the balance and the entry: the memory backend's atomic
+        // step, as one transaction is on DynamoDB.
+        let mut s = self.lock()?;
+        let now = self.clock.now().timestamp();
+        let refundable = s
+            .messages
+            .get(&(tenant.clone(), id.clone()))
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+            .is_some_and(|m| REFUNDABLE.contains(&from) && m.status == from);
+        if !refundable {
+            return Ok(Transition::Refused);
         }
-        if change.error.is_some() {
-            m.error = change.error.clone();
-        }
-        if change.count_attempt {
-            m.attempts += 1;
-        }
+        let t = s
+            .tenants
+            .get_mut(&refund.tenant_id)
+            .ok_or(StoreError::NotFound)?;
+        t.credits = t.credits.saturating_add(refund.amount);
+        s.ledger.push(refund.clone());
+        let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
+            return Ok(Transition::Refused);
+        };
+        apply(m, MessageStatus::Failed, change, at);
         Ok(Transition::Applied(Box::new(m.clone())))
     }
 
