@@ -570,6 +570,8 @@ async fn forward(
     if p.trace && svc == "DynamoDB" {
         let keys: Vec<String> = if dynamo_write {
             writes.iter().map(|(w, _)| key_summary(&w.key)).collect()
+        } else if op == "Query" {
+            vec![key_summary(&req_json["ExpressionAttributeValues"])]
         } else {
             vec![key_summary(&req_json["Key"])]
         };

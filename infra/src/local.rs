@@ -40,6 +40,12 @@ pub struct LocalConfig {
     pub sandbox_rate_limit: u32,
     pub retention_interval: Duration,
     pub pollers: usize,
+    /// The warm-process read cache on the aws backend (`KIRIM_READ_CACHE_TTL`, default 0:
+    /// off, so a change is seen at once; Lambda uses `wiring::READ_CACHE_TTL`).
+    pub read_cache_ttl: Duration,
+    /// How long secrets are cached on the aws backend (`KIRIM_SECRET_CACHE_TTL`, default
+    /// 5 s; Lambda uses `wiring::SECRET_CACHE_TTL`).
+    pub secret_cache_ttl: Duration,
 }
 
 impl LocalConfig {
@@ -75,6 +81,8 @@ impl LocalConfig {
             retention_interval: env
                 .duration("KIRIM_RETENTION_INTERVAL", Duration::from_secs(86_400)),
             pollers: env.number("KIRIM_LOCAL_POLLERS", 2usize).max(1),
+            read_cache_ttl: env.duration("KIRIM_READ_CACHE_TTL", Duration::ZERO),
+            secret_cache_ttl: env.duration("KIRIM_SECRET_CACHE_TTL", Duration::from_secs(5)),
             settings,
         };
         env.finish()?;
@@ -261,7 +269,8 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
                 meta,
                 settings,
                 clock,
-                Duration::from_secs(5),
+                cfg.secret_cache_ttl,
+                cfg.read_cache_ttl,
             ))
         }
     };

@@ -125,6 +125,12 @@ pub trait TenantStore: Send + Sync {
         initial: Option<&LedgerEntry>,
     ) -> Result<(), StoreError>;
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError>;
+    /// The tenant for an access decision (its status, allow-list, limits, WABA, token
+    /// name). A warm process may answer it from a cache up to its read-cache TTL old
+    /// (`adapters::cache`), so never read credits from it. Stores answer `get_tenant`.
+    async fn tenant_for_access(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        self.get_tenant(id).await
+    }
     async fn tenant_by_phone_number_id(
         &self,
         phone_number_id: &str,

@@ -35,6 +35,11 @@ use crate::store_error::StoreError;
 /// Secrets on Lambda are re-read at most this often (rotation reaches warm functions).
 pub const SECRET_CACHE_TTL: Duration = Duration::from_secs(300);
 
+/// How long a warm Lambda keeps an API key, a tenant's access facts, its callback setting
+/// and a catalogue template (`adapters::cache`): the longest a revocation, suspension,
+/// allow-list or template change made elsewhere takes to bite.
+pub const READ_CACHE_TTL: Duration = Duration::from_secs(5);
+
 /// The Lambda functions (`functions/*`, and their resources in `template.yaml`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Function {
@@ -221,6 +226,7 @@ pub fn aws_backends(
     settings: Settings,
     clock: Arc<dyn Clock>,
     secret_ttl: Duration,
+    read_cache_ttl: Duration,
 ) -> Backends<DynamoStore> {
     let store = Arc::new(DynamoStore::new(
         aws_sdk_dynamodb::Client::new(sdk),
@@ -248,6 +254,7 @@ pub fn aws_backends(
         clock,
         settings,
         secret_ttl,
+        read_cache_ttl,
     }
 }
 
@@ -270,6 +277,7 @@ pub fn memory_backends(
         clock,
         settings,
         secret_ttl: Duration::ZERO,
+        read_cache_ttl: Duration::ZERO,
     })
 }
 
@@ -310,6 +318,7 @@ pub async fn lambda_deps(function: Function) -> Result<Deps, ConfigError> {
         settings,
         Arc::new(SystemClock),
         SECRET_CACHE_TTL,
+        READ_CACHE_TTL,
     )))
 }
 

@@ -138,6 +138,8 @@ pub async fn local_config(backend: Backend) -> LocalConfig {
         sandbox_rate_limit: 80,
         retention_interval: Duration::from_secs(3600),
         pollers: 2,
+        read_cache_ttl: Duration::ZERO,
+        secret_cache_ttl: Duration::from_secs(5),
     }
 }
 

@@ -144,6 +144,16 @@ async fn run() -> Result<(), String> {
         ("KIRIM_META_BASE_URL", format!("http://{addr}/graph")),
         ("KIRIM_META_THROUGHPUT", "1000".into()),
         ("KIRIM_LOCAL_POLLERS", "1".into()),
+        // As on Lambda (wiring::READ_CACHE_TTL), unless the caller says otherwise.
+        (
+            "KIRIM_READ_CACHE_TTL",
+            std::env::var("KIRIM_READ_CACHE_TTL").unwrap_or_else(|_| "5s".into()),
+        ),
+        // As on Lambda (wiring::SECRET_CACHE_TTL).
+        (
+            "KIRIM_SECRET_CACHE_TTL",
+            std::env::var("KIRIM_SECRET_CACHE_TTL").unwrap_or_else(|_| "300s".into()),
+        ),
         (
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

@@ -204,7 +204,7 @@ async fn check(
             };
             let tenant = match deps
                 .tenants
-                .get_tenant(tenant_id)
+                .tenant_for_access(tenant_id)
                 .await
                 .map_err(ServiceError::from)?
             {
@@ -238,7 +238,7 @@ async fn check(
             };
             let tenant = match deps
                 .tenants
-                .get_tenant(tenant_id)
+                .tenant_for_access(tenant_id)
                 .await
                 .map_err(ServiceError::from)?
             {

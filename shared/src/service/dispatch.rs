@@ -179,7 +179,7 @@ async fn handle_job(deps: &Deps, job: QueueJob) -> Outcome {
 }
 
 async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
-    let Some(tenant) = deps.tenants.get_tenant(&job.tenant_id).await? else {
+    let Some(tenant) = deps.tenants.tenant_for_access(&job.tenant_id).await? else {
         tracing::warn!("tenant gone; dropping");
         return Ok(Outcome::Done);
     };

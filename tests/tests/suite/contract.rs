@@ -49,6 +49,7 @@ fn ports<S: Stores>(
         clock: clock.clone(),
         settings: Settings::default(),
         secret_ttl: Duration::ZERO,
+        read_cache_ttl: Duration::ZERO,
     });
     Ports { deps, clock }
 }

@@ -18,6 +18,7 @@ mod access;
 mod audit;
 mod aws_errors;
 mod broadcasts;
+mod caches;
 mod callbacks;
 mod console;
 mod console_browser;
