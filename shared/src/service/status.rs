@@ -160,7 +160,8 @@ async fn keep(
             .expiry(RetentionClass::PendingStatus, now),
     };
     let new = deps.pending.put_pending_status(&pending).await?;
-    tracing::info!(wamid = %report.wamid, status = report.status.as_str(), new, "status for a wamid not known yet; kept");
+    // Per status: DEBUG (a webhook request logs at most one INFO line; README "Logs").
+    tracing::debug!(wamid = %report.wamid, status = report.status.as_str(), new, "status for a wamid not known yet; kept");
     let found = resolve(deps, tenant, report).await?;
     if found.is_some() {
         // Applied by the caller now; the kept copy is no longer needed.
