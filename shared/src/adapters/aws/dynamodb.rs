@@ -46,6 +46,9 @@ pub struct DynamoStore {
     pub(super) client: Client,
     pub(super) table: String,
     clock: Arc<dyn Clock>,
+    /// The last send slot this process saw per number (`throttle.rs`): only which
+    /// conditional update to try first, never a decision.
+    pub(super) slot_hints: std::sync::Mutex<HashMap<String, i64>>,
 }
 
 pub(super) fn s(v: impl Into<String>) -> AttributeValue {
@@ -148,6 +151,7 @@ impl DynamoStore {
             client,
             table: table.into(),
             clock,
+            slot_hints: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
