@@ -269,8 +269,10 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
                 meta,
                 settings,
                 clock,
-                cfg.secret_cache_ttl,
-                cfg.read_cache_ttl,
+                kirim::wiring::CacheTtls {
+                    secrets: cfg.secret_cache_ttl,
+                    reads: cfg.read_cache_ttl,
+                },
             ))
         }
     };

@@ -216,6 +216,19 @@ impl AwsResources {
     }
 }
 
+/// How long a process caches secrets and the reads of `adapters::cache`.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheTtls {
+    pub secrets: Duration,
+    pub reads: Duration,
+}
+
+/// The Lambda's: [`SECRET_CACHE_TTL`] and [`READ_CACHE_TTL`].
+pub const LAMBDA_CACHE_TTLS: CacheTtls = CacheTtls {
+    secrets: SECRET_CACHE_TTL,
+    reads: READ_CACHE_TTL,
+};
+
 /// AWS-backed backends for `process` (a function's name, or local mode: named in the
 /// refusals of the ports it lacks). Meta is the caller's: a client, or `NotWired`.
 pub fn aws_backends(
@@ -225,8 +238,7 @@ pub fn aws_backends(
     meta: Arc<dyn MetaClient>,
     settings: Settings,
     clock: Arc<dyn Clock>,
-    secret_ttl: Duration,
-    read_cache_ttl: Duration,
+    ttls: CacheTtls,
 ) -> Backends<DynamoStore> {
     let store = Arc::new(DynamoStore::new(
         aws_sdk_dynamodb::Client::new(sdk),
@@ -253,8 +265,8 @@ pub fn aws_backends(
         meta,
         clock,
         settings,
-        secret_ttl,
-        read_cache_ttl,
+        secret_ttl: ttls.secrets,
+        read_cache_ttl: ttls.reads,
     }
 }
 
@@ -317,8 +329,7 @@ pub async fn lambda_deps(function: Function) -> Result<Deps, ConfigError> {
         meta,
         settings,
         Arc::new(SystemClock),
-        SECRET_CACHE_TTL,
-        READ_CACHE_TTL,
+        LAMBDA_CACHE_TTLS,
     )))
 }
 

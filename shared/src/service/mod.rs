@@ -170,21 +170,23 @@ impl Deps {
         // The warm-process read cache, one for the four ports it decorates (so a write
         // through one drops what the others cached).
         type Cached<S> = crate::adapters::cache::ReadCache<S>;
-        let (tenants, api_keys, status_callbacks, templates): (
+        type CachedPorts = (
             Arc<dyn TenantStore>,
             Arc<dyn ApiKeyStore>,
             Arc<dyn StatusCallbackStore>,
             Arc<dyn TemplateStore>,
-        ) = if b.read_cache_ttl.is_zero() {
-            (store.clone(), store.clone(), store.clone(), store.clone())
-        } else {
-            let c = Arc::new(Cached::new(
-                store.clone(),
-                b.read_cache_ttl,
-                b.clock.clone(),
-            ));
-            (c.clone(), c.clone(), c.clone(), c)
-        };
+        );
+        let (tenants, api_keys, status_callbacks, templates): CachedPorts =
+            if b.read_cache_ttl.is_zero() {
+                (store.clone(), store.clone(), store.clone(), store.clone())
+            } else {
+                let c = Arc::new(Cached::new(
+                    store.clone(),
+                    b.read_cache_ttl,
+                    b.clock.clone(),
+                ));
+                (c.clone(), c.clone(), c.clone(), c)
+            };
         Deps {
             tenants,
             api_keys,
