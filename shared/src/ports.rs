@@ -304,6 +304,18 @@ pub trait MessageStore: Send + Sync {
         wamid: &str,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError>;
+    /// Records the index from wamid to message, for a caller that puts the wamid on the
+    /// message itself in the same write as its status (the dispatcher's `sent`
+    /// transition): one write fewer. A store may record both, as `set_wamid` does.
+    async fn index_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.set_wamid(tenant, id, wamid, expires_at).await
+    }
     async fn message_by_wamid(
         &self,
         wamid: &str,

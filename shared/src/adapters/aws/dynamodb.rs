@@ -864,7 +864,7 @@ impl MessageStore for DynamoStore {
         }
     }
 
-    async fn set_wamid(
+    async fn index_wamid(
         &self,
         tenant: &TenantId,
         id: &MessageId,
@@ -884,6 +884,17 @@ impl MessageStore for DynamoStore {
             .send()
             .await
             .map_err(|e| classify("dynamodb put", e))?;
+        Ok(())
+    }
+
+    async fn set_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.index_wamid(tenant, id, wamid, expires_at).await?;
         // The wamid on the message itself; a no-op if the message is gone.
         let res = self
             .client
