@@ -31,6 +31,7 @@ mod contract_retention_items;
 mod contract_templates;
 mod contract_throttle;
 mod contract_users;
+mod cost_proxy;
 mod crash_recovery;
 mod deadletters;
 mod e2e;
