@@ -2,6 +2,7 @@
 //! creates the stack's resources from `template.yaml`.
 
 pub mod bootstrap;
+pub mod cost;
 pub mod drill;
 #[cfg(test)]
 mod iam_check;

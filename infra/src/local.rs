@@ -43,6 +43,12 @@ pub struct LocalConfig {
     /// The clock every service reads (tests move a manual one; scheduled sends ask it
     /// whether they are due).
     pub clock: LocalClock,
+    /// The warm-process read cache on the aws backend (`KIRIM_READ_CACHE_TTL`, default 0:
+    /// off, so a change is seen at once; Lambda uses `wiring::READ_CACHE_TTL`).
+    pub read_cache_ttl: Duration,
+    /// How long secrets are cached on the aws backend (`KIRIM_SECRET_CACHE_TTL`, default
+    /// 5 s; Lambda uses `wiring::SECRET_CACHE_TTL`).
+    pub secret_cache_ttl: Duration,
 }
 
 /// The clock local mode runs on: the system clock unless a test gives its own.
@@ -95,6 +101,8 @@ impl LocalConfig {
                 .duration("KIRIM_RETENTION_INTERVAL", Duration::from_secs(86_400)),
             pollers: env.number("KIRIM_LOCAL_POLLERS", 2usize).max(1),
             clock: LocalClock::default(),
+            read_cache_ttl: env.duration("KIRIM_READ_CACHE_TTL", Duration::ZERO),
+            secret_cache_ttl: env.duration("KIRIM_SECRET_CACHE_TTL", Duration::from_secs(5)),
             settings,
         };
         env.finish()?;
@@ -281,7 +289,10 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
                 meta,
                 settings,
                 clock,
-                Duration::from_secs(5),
+                kirim::wiring::CacheTtls {
+                    secrets: cfg.secret_cache_ttl,
+                    reads: cfg.read_cache_ttl,
+                },
             ))
         }
     };

@@ -126,6 +126,12 @@ pub trait TenantStore: Send + Sync {
         initial: Option<&LedgerEntry>,
     ) -> Result<(), StoreError>;
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError>;
+    /// The tenant for an access decision (its status, allow-list, limits, WABA, token
+    /// name). A warm process may answer it from a cache up to its read-cache TTL old
+    /// (`adapters::cache`), so never read credits from it. Stores answer `get_tenant`.
+    async fn tenant_for_access(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        self.get_tenant(id).await
+    }
     async fn tenant_by_phone_number_id(
         &self,
         phone_number_id: &str,
@@ -330,6 +336,18 @@ pub trait MessageStore: Send + Sync {
         wamid: &str,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError>;
+    /// Records the index from wamid to message, for a caller that puts the wamid on the
+    /// message itself in the same write as its status (the dispatcher's `sent`
+    /// transition): one write fewer. A store may record both, as `set_wamid` does.
+    async fn index_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.set_wamid(tenant, id, wamid, expires_at).await
+    }
     async fn message_by_wamid(
         &self,
         wamid: &str,

@@ -35,6 +35,11 @@ use crate::store_error::StoreError;
 /// Secrets on Lambda are re-read at most this often (rotation reaches warm functions).
 pub const SECRET_CACHE_TTL: Duration = Duration::from_secs(300);
 
+/// How long a warm Lambda keeps an API key, a tenant's access facts, its callback setting
+/// and a catalogue template (`adapters::cache`): the longest a revocation, suspension,
+/// allow-list or template change made elsewhere takes to bite.
+pub const READ_CACHE_TTL: Duration = Duration::from_secs(5);
+
 /// The Lambda functions (`functions/*`, and their resources in `template.yaml`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Function {
@@ -211,6 +216,19 @@ impl AwsResources {
     }
 }
 
+/// How long a process caches secrets and the reads of `adapters::cache`.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheTtls {
+    pub secrets: Duration,
+    pub reads: Duration,
+}
+
+/// The Lambda's: [`SECRET_CACHE_TTL`] and [`READ_CACHE_TTL`].
+pub const LAMBDA_CACHE_TTLS: CacheTtls = CacheTtls {
+    secrets: SECRET_CACHE_TTL,
+    reads: READ_CACHE_TTL,
+};
+
 /// AWS-backed backends for `process` (a function's name, or local mode: named in the
 /// refusals of the ports it lacks). Meta is the caller's: a client, or `NotWired`.
 pub fn aws_backends(
@@ -220,7 +238,7 @@ pub fn aws_backends(
     meta: Arc<dyn MetaClient>,
     settings: Settings,
     clock: Arc<dyn Clock>,
-    secret_ttl: Duration,
+    ttls: CacheTtls,
 ) -> Backends<DynamoStore> {
     let store = Arc::new(DynamoStore::new(
         aws_sdk_dynamodb::Client::new(sdk),
@@ -247,7 +265,8 @@ pub fn aws_backends(
         meta,
         clock,
         settings,
-        secret_ttl,
+        secret_ttl: ttls.secrets,
+        read_cache_ttl: ttls.reads,
     }
 }
 
@@ -270,6 +289,7 @@ pub fn memory_backends(
         clock,
         settings,
         secret_ttl: Duration::ZERO,
+        read_cache_ttl: Duration::ZERO,
     })
 }
 
@@ -309,7 +329,7 @@ pub async fn lambda_deps(function: Function) -> Result<Deps, ConfigError> {
         meta,
         settings,
         Arc::new(SystemClock),
-        SECRET_CACHE_TTL,
+        LAMBDA_CACHE_TTLS,
     )))
 }
 

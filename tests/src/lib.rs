@@ -141,6 +141,8 @@ pub async fn local_config(backend: Backend) -> LocalConfig {
         retention_interval: Duration::from_secs(3600),
         pollers: 2,
         clock: Default::default(),
+        read_cache_ttl: Duration::ZERO,
+        secret_cache_ttl: Duration::from_secs(5),
     }
 }
 

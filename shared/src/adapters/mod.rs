@@ -2,6 +2,7 @@
 //! Secrets Manager), plus the reqwest client for Meta's Graph API.
 
 pub mod aws;
+pub mod cache;
 pub mod callback_http;
 pub mod memory;
 pub mod meta_graph;

@@ -215,7 +215,7 @@ async fn check(
             };
             let tenant = match deps
                 .tenants
-                .get_tenant(tenant_id)
+                .tenant_for_access(tenant_id)
                 .await
                 .map_err(ServiceError::from)?
             {
@@ -249,7 +249,7 @@ async fn check(
             };
             let tenant = match deps
                 .tenants
-                .get_tenant(tenant_id)
+                .tenant_for_access(tenant_id)
                 .await
                 .map_err(ServiceError::from)?
             {

@@ -215,7 +215,16 @@ async fn run_retention(State(s): State<AppState>) -> ApiResult {
 
 async fn get_account(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
     let quality = crate::service::quality::of(&s.deps, ctx.tenant_id()).await?;
-    Ok(Json(views::AccountView::new(&ctx.tenant, quality)).into_response())
+    // The access check's tenant may come from the warm-process cache: the balance is
+    // read afresh.
+    let tenant = s
+        .deps
+        .tenants
+        .get_tenant(ctx.tenant_id())
+        .await
+        .map_err(crate::service::errors::ServiceError::from)?
+        .unwrap_or(ctx.tenant);
+    Ok(Json(views::AccountView::new(&tenant, quality)).into_response())
 }
 
 async fn post_message(

@@ -49,9 +49,10 @@ pub async fn authenticate(deps: &Deps, token: Option<&str>) -> Result<Caller, Se
     })
 }
 
-/// Loads the caller's tenant; closed tenants' keys no longer authenticate.
+/// Loads the caller's tenant for an access decision (possibly from the warm-process cache:
+/// never for its credits); closed tenants' keys no longer authenticate.
 pub async fn load_tenant(deps: &Deps, id: &TenantId) -> Result<Tenant, ServiceError> {
-    match deps.tenants.get_tenant(id).await? {
+    match deps.tenants.tenant_for_access(id).await? {
         Some(t) if t.status != crate::ports::TenantStatus::Closed => Ok(t),
         _ => Err(ServiceError::Unauthenticated),
     }

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{
-    new_id, ErrorCode, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass,
-    StatusEvent, TemplateRef, TenantId,
+    ErrorCode, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass, StatusEvent,
+    TemplateRef, TenantId,
 };
 use crate::ports::{Broadcast, BroadcastControl, BroadcastStatus, TenantStatus};
 use crate::store_error::StoreError;

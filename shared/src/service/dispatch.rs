@@ -291,7 +291,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             )
             .await?;
     }
-    let Some(tenant) = deps.tenants.get_tenant(&job.tenant_id).await? else {
+    let Some(tenant) = deps.tenants.tenant_for_access(&job.tenant_id).await? else {
         tracing::warn!("tenant gone; dropping");
         return Ok(Outcome::Done);
     };
@@ -424,15 +424,16 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 .settings
                 .retention
                 .expiry(RetentionClass::Messages, record.created_at);
+            // The index first (a webhook may find the message by it at once); the wamid
+            // on the message rides with the `sent` transition (one write fewer).
             deps.messages
-                .set_wamid(&job.tenant_id, &job.message_id, &accepted.wamid, expires)
+                .index_wamid(&job.tenant_id, &job.message_id, &accepted.wamid, expires)
                 .await?;
             let change = StatusChange {
                 wamid: Some(accepted.wamid.clone()),
                 ..Default::default()
             };
-            // Refused means a webhook already moved it further: fine.
-            if let Transition::Applied(sent) = deps
+            match deps
                 .messages
                 .transition(
                     &job.tenant_id,
@@ -443,7 +444,14 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 )
                 .await?
             {
-                super::callbacks::status_changed(deps, &sent).await;
+                Transition::Applied(sent) => super::callbacks::status_changed(deps, &sent).await,
+                // Something moved it further first (a webhook, the deadline): the wamid
+                // goes on the message alone.
+                Transition::Refused => {
+                    deps.messages
+                        .set_wamid(&job.tenant_id, &job.message_id, &accepted.wamid, expires)
+                        .await?
+                }
             }
             // Statuses Meta sent before the wamid was recorded apply now.
             if let Err(e) = super::status::apply_kept(deps, &accepted.wamid).await {

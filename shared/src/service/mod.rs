@@ -167,15 +167,38 @@ pub struct Backends<S> {
     pub settings: Settings,
     /// How long a secret read is cached (`Duration::ZERO`: never).
     pub secret_ttl: Duration,
+    /// How long tenants, API keys, callback settings and catalogue templates are cached
+    /// for access decisions (`adapters::cache`; `Duration::ZERO`: never).
+    pub read_cache_ttl: Duration,
 }
 
 impl Deps {
     /// The one constructor: every field, from one set of backends.
     pub fn new<S: Stores>(b: Backends<S>) -> Self {
         let store = b.store;
+        // The warm-process read cache, one for the four ports it decorates (so a write
+        // through one drops what the others cached).
+        type Cached<S> = crate::adapters::cache::ReadCache<S>;
+        type CachedPorts = (
+            Arc<dyn TenantStore>,
+            Arc<dyn ApiKeyStore>,
+            Arc<dyn StatusCallbackStore>,
+            Arc<dyn TemplateStore>,
+        );
+        let (tenants, api_keys, status_callbacks, templates): CachedPorts =
+            if b.read_cache_ttl.is_zero() {
+                (store.clone(), store.clone(), store.clone(), store.clone())
+            } else {
+                let c = Arc::new(Cached::new(
+                    store.clone(),
+                    b.read_cache_ttl,
+                    b.clock.clone(),
+                ));
+                (c.clone(), c.clone(), c.clone(), c)
+            };
         Deps {
-            tenants: store.clone(),
-            api_keys: store.clone(),
+            tenants,
+            api_keys,
             audit: store.clone(),
             quality: store.clone(),
             broadcasts: store.clone(),
@@ -188,9 +211,9 @@ impl Deps {
             idempotency: store.clone(),
             throughput: store.clone(),
             sending: store.clone(),
-            pending: store.clone(),
-            status_callbacks: store.clone(),
-            templates: store,
+            pending: store,
+            status_callbacks,
+            templates,
             queue: b.queue,
             callback_queue: b.callback_queue,
             secrets: Arc::new(SecretCache::new(b.secrets, b.secret_ttl)),

@@ -5,8 +5,8 @@ use serde::Deserialize;
 
 use crate::domain::template::{valid_language, valid_name};
 use crate::domain::{
-    Content, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass, StatusEvent,
-    TemplateCategory, TenantId,
+    Content, MessageError, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass,
+    StatusEvent, TemplateCategory, TenantId,
 };
 use crate::ports::{IdempotentInsert, TenantStatus};
 

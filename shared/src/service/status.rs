@@ -25,13 +25,16 @@ pub enum Applied {
     UnknownMessage,
 }
 
+/// The message a status is about, and its status when it was read to find it.
+type Found = (TenantId, MessageId, Option<MessageStatus>);
+
 /// Finds the message a status is about: by our id echoed in the callback data (when
 /// it agrees with the recorded wamid), else by the wamid index.
 async fn resolve(
     deps: &Deps,
     tenant: Option<&TenantId>,
     report: &StatusReport,
-) -> Result<Option<(TenantId, MessageId)>, ServiceError> {
+) -> Result<Option<Found>, ServiceError> {
     if let (Some(t), Some(id)) = (tenant, report.callback.as_ref()) {
         if let Some(m) = deps.messages.get_message(t, id).await? {
             // The callback data must agree with the wamid we recorded, if any.
@@ -39,14 +42,15 @@ async fn resolve(
                 .as_deref()
                 .is_none_or(|w| w == report.wamid.as_str())
             {
-                return Ok(Some((t.clone(), id.clone())));
+                return Ok(Some((t.clone(), id.clone(), Some(m.status))));
             }
         }
     }
     Ok(deps
         .messages
         .message_by_wamid(report.wamid.as_str())
-        .await?)
+        .await?
+        .map(|(t, id)| (t, id, None)))
 }
 
 /// Applies one status of a verified webhook (`tenant`: the owner of the number it
@@ -56,21 +60,26 @@ pub async fn apply(
     tenant: Option<&TenantId>,
     report: &StatusReport,
 ) -> Result<Applied, ServiceError> {
-    let (tenant_id, message_id) = match resolve(deps, tenant, report).await? {
+    let (tenant_id, message_id, seen) = match resolve(deps, tenant, report).await? {
         Some(found) => found,
         None => match keep(deps, tenant, report).await? {
             Some(found) => found,
             None => return Ok(Applied::UnknownMessage),
         },
     };
-    apply_to(deps, &tenant_id, &message_id, report).await
+    apply_to(deps, &tenant_id, &message_id, report, seen).await
 }
 
+/// `seen`: the message's status as just read, if it was. A status it cannot move to is
+/// not written (the conditional update would be refused, yet cost a write unit: Meta's
+/// `sent` after the dispatcher recorded `sent`, and duplicates). Statuses only move
+/// forward, so one not allowed from `seen` is not allowed from anything after it either.
 async fn apply_to(
     deps: &Deps,
     tenant_id: &TenantId,
     message_id: &MessageId,
     report: &StatusReport,
+    seen: Option<MessageStatus>,
 ) -> Result<Applied, ServiceError> {
     crate::telemetry::record_tenant(tenant_id);
     tracing::Span::current().record("message_id", tracing::field::display(message_id));
@@ -108,6 +117,9 @@ async fn apply_to(
         error,
         count_attempt: false,
     };
+    if seen.is_some_and(|s| !to.allowed_predecessors().contains(&s)) {
+        return Ok(Applied::NoChange);
+    }
     match deps
         .messages
         .transition(tenant_id, message_id, to, &change, at)
@@ -138,7 +150,7 @@ async fn keep(
     deps: &Deps,
     tenant: Option<&TenantId>,
     report: &StatusReport,
-) -> Result<Option<(TenantId, MessageId)>, ServiceError> {
+) -> Result<Option<Found>, ServiceError> {
     let now = deps.clock.now();
     let pending = PendingStatus {
         wamid: report.wamid.to_string(),
@@ -160,7 +172,8 @@ async fn keep(
             .expiry(RetentionClass::PendingStatus, now),
     };
     let new = deps.pending.put_pending_status(&pending).await?;
-    tracing::info!(wamid = %report.wamid, status = report.status.as_str(), new, "status for a wamid not known yet; kept");
+    // Per status: DEBUG (a webhook request logs at most one INFO line; README "Logs").
+    tracing::debug!(wamid = %report.wamid, status = report.status.as_str(), new, "status for a wamid not known yet; kept");
     let found = resolve(deps, tenant, report).await?;
     if found.is_some() {
         // Applied by the caller now; the kept copy is no longer needed.
@@ -205,8 +218,8 @@ pub async fn apply_kept(deps: &Deps, wamid: &str) -> Result<usize, ServiceError>
         if let Some(report) = report_of(&p) {
             match resolve(deps, None, &report).await? {
                 None => continue,
-                Some((tenant, message)) => {
-                    if apply_to(deps, &tenant, &message, &report).await? == Applied::Yes {
+                Some((tenant, message, seen)) => {
+                    if apply_to(deps, &tenant, &message, &report, seen).await? == Applied::Yes {
                         applied += 1;
                     }
                 }

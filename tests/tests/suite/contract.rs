@@ -49,6 +49,7 @@ fn ports<S: Stores>(
         clock: clock.clone(),
         settings: Settings::default(),
         secret_ttl: Duration::ZERO,
+        read_cache_ttl: Duration::ZERO,
     });
     Ports { deps, clock }
 }
@@ -644,6 +645,33 @@ async fn a_wamid_leads_back_to_its_message(p: Ports) {
     );
 }
 
+async fn a_wamid_indexed_alone_leads_back_and_the_sent_transition_records_it(p: Ports) {
+    let t = onboarded(&p, 10).await;
+    let (m, d) = message(&p, &t.id, 3600);
+    p.messages.insert_with_debit(&m, &d).await.unwrap();
+    p.messages
+        .index_wamid(&t.id, &m.id, "wamid.B", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.messages.message_by_wamid("wamid.B").await.unwrap(),
+        Some((t.id.clone(), m.id.clone()))
+    );
+    let change = StatusChange {
+        wamid: Some("wamid.B".into()),
+        ..Default::default()
+    };
+    let sent = p
+        .messages
+        .transition(&t.id, &m.id, MessageStatus::Sent, &change, Utc::now())
+        .await
+        .unwrap();
+    assert!(matches!(sent, Transition::Applied(_)));
+    let stored = p.messages.get_message(&t.id, &m.id).await.unwrap().unwrap();
+    assert_eq!(stored.wamid.as_deref(), Some("wamid.B"));
+    assert_eq!(stored.status, MessageStatus::Sent);
+}
+
 async fn queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queue(p: Ports) {
     p.queue.send("one").await.unwrap();
     let got = p.queue.receive(10, Duration::from_secs(1)).await.unwrap();
@@ -837,6 +865,7 @@ contract!(
     messages_page_newest_first_with_cursors_and_time_bounds,
     expired_items_are_invisible_then_removed_by_the_sweep,
     a_wamid_leads_back_to_its_message,
+    a_wamid_indexed_alone_leads_back_and_the_sent_transition_records_it,
     queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queue,
     parked_messages_are_listed_in_place_and_redriven_by_id_or_all_at_once,
     secrets_keep_the_previous_version_during_rotation,

@@ -247,6 +247,19 @@ impl MessageStore for Flaky {
             .fail_and_refund(tenant, id, from, change, at, refund)
             .await
     }
+    async fn cancel_with_refund(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        from: &[MessageStatus],
+        error: &MessageError,
+        refund: &LedgerEntry,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        self.inner
+            .cancel_with_refund(tenant, id, from, error, refund, at)
+            .await
+    }
     async fn release_for_retry(
         &self,
         tenant: &TenantId,
@@ -492,6 +505,7 @@ async fn a_job_that_arrives_before_its_message_waits_for_it_and_one_whose_send_d
         updated_at: Utc::now(),
         expires_at: Some(Utc::now().timestamp() + 3600),
         broadcast_id: None,
+        send_at: None,
     };
     let debit = kirim::service::ledger::debit(
         &t.app.deps,

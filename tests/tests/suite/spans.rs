@@ -53,4 +53,50 @@ async fn a_failed_sends_log_line_carries_the_request_id_that_accepted_it(b: Back
     assert!(line.contains(&id) && line.contains(&t.tenant_id), "{line}");
 }
 
-on_both_backends!(a_failed_sends_log_line_carries_the_request_id_that_accepted_it);
+async fn a_webhook_request_with_several_statuses_logs_at_most_one_info_line(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let at = (chrono::Utc::now().timestamp() - 5).to_string();
+    // Statuses of messages not known yet: each is kept, and each says so at DEBUG.
+    let wamid = format!("wamid.spans{}", ulid::Ulid::new());
+    let statuses: Vec<Value> = ["sent", "delivered", "read"]
+        .iter()
+        .map(|s| serde_json::json!({"id": wamid, "status": s, "timestamp": at, "recipient_id": "60123456789"}))
+        .collect();
+    let body = serde_json::json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp",
+        "metadata":{"display_phone_number":"60300000000","phone_number_id": t.phone_number_id},
+        "statuses": statuses
+    }}]}]});
+    let res = app.post_webhook(&body).await;
+    assert_eq!(res.status(), 200);
+    let request_id = res
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("x-request-id");
+    let mine: Vec<Value> = lines_with(&[&request_id]);
+    let at_level = |level: &str| {
+        mine.iter()
+            .filter(|l| l["level"] == level)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let info = at_level("INFO");
+    assert!(
+        info.len() <= 1,
+        "INFO lines of one webhook request: {info:?}"
+    );
+    // The per-status details are at DEBUG, with the request's ids from its span.
+    let kept: Vec<Value> = at_level("DEBUG")
+        .into_iter()
+        .filter(|l| l.to_string().contains("kept") && l.to_string().contains(&wamid))
+        .collect();
+    assert_eq!(kept.len(), 3, "one DEBUG line per status: {mine:?}");
+}
+
+on_both_backends!(
+    a_failed_sends_log_line_carries_the_request_id_that_accepted_it,
+    a_webhook_request_with_several_statuses_logs_at_most_one_info_line,
+);

@@ -97,6 +97,7 @@ async fn a_message_travels_through_functions_wired_only_with_the_ports_they_decl
             clock: clock.clone(),
             settings: test_settings(),
             secret_ttl: Duration::ZERO,
+            read_cache_ttl: Duration::ZERO,
         })
     };
 

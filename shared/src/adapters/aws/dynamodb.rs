@@ -58,6 +58,9 @@ pub struct DynamoStore {
     pub(super) client: Client,
     pub(super) table: String,
     clock: Arc<dyn Clock>,
+    /// The last send slot this process saw per number (`throttle.rs`): only which
+    /// conditional update to try first, never a decision.
+    pub(super) slot_hints: std::sync::Mutex<HashMap<String, i64>>,
 }
 
 pub(super) fn s(v: impl Into<String>) -> AttributeValue {
@@ -162,6 +165,7 @@ impl DynamoStore {
             client,
             table: table.into(),
             clock,
+            slot_hints: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -1009,7 +1013,7 @@ impl MessageStore for DynamoStore {
         }
     }
 
-    async fn set_wamid(
+    async fn index_wamid(
         &self,
         tenant: &TenantId,
         id: &MessageId,
@@ -1029,6 +1033,17 @@ impl MessageStore for DynamoStore {
             .send()
             .await
             .map_err(|e| classify("dynamodb put", e))?;
+        Ok(())
+    }
+
+    async fn set_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.index_wamid(tenant, id, wamid, expires_at).await?;
         // The wamid on the message itself; a no-op if the message is gone.
         let res = self
             .client

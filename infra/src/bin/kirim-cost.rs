@@ -1,0 +1,421 @@
+//! `kirim-cost`: what one message's life costs in AWS calls and DynamoDB capacity units (see
+//! `scripts/bench-cost`, which builds and starts everything; README "Cost per message").
+//!
+//! It starts the counting proxy ([`kirim_infra::cost`]) in front of the emulator named by
+//! `AWS_ENDPOINT_URL`, `kirim-local` (aws backend) as a child process pointed at the proxy,
+//! and the Meta sandbox in this process, whose status webhooks it holds and hands to the
+//! platform one at a time. Each message is taken through its phases in turn, each counted
+//! on its own: the send request (queue polls held at the proxy), the dispatch (polls let
+//! through), then the `sent`, `delivered` and `read` webhooks. The first `--warmup` messages
+//! warm the caches and are reported apart; the table is the mean of the rest.
+//!
+//! `kirim-cost [--messages N] [--warmup W]`
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use kirim_infra::cost::{CountingProxy, Tally, Units};
+use kirim_infra::drill::{sibling_binary, Client, Platform, SendAnswer};
+use kirim_infra::sandbox::{Sandbox, SandboxConfig};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+const OPERATOR_TOKEN: &str = "op_cost_run";
+const APP_SECRET: &str = "cost-run-app-secret";
+/// How long the proxy must see no call before a phase counts as over.
+const QUIET: Duration = Duration::from_millis(300);
+const PHASES: [&str; 5] = [
+    "send",
+    "dispatch",
+    "webhook sent",
+    "webhook delivered",
+    "webhook read",
+];
+
+fn args() -> Result<(usize, usize), String> {
+    let (mut messages, mut warmup) = (20, 2);
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let n = value
+            .parse::<usize>()
+            .map_err(|_| format!("{flag} {value}: a number"))?;
+        match flag.as_str() {
+            "--messages" if n > 0 => messages = n,
+            "--warmup" => warmup = n,
+            _ => return Err(format!("unknown argument {flag} {value}")),
+        }
+    }
+    Ok((messages, warmup))
+}
+
+type Hook = (String, Bytes);
+
+async fn hold_webhook(
+    State(tx): State<mpsc::UnboundedSender<Hook>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let sig = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let _ = tx.send((sig, body));
+    StatusCode::OK
+}
+
+fn status_of(body: &[u8]) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/entry/0/changes/0/value/statuses/0/status")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "other".into())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kirim-cost: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let (messages, warmup) = args()?;
+    let upstream =
+        std::env::var("AWS_ENDPOINT_URL").map_err(|_| "AWS_ENDPOINT_URL (the emulator) unset")?;
+    let binary =
+        sibling_binary("kirim-local").ok_or("kirim-local is not built beside kirim-cost")?;
+    let proxy = CountingProxy::start(&upstream)
+        .await
+        .map_err(|e| format!("proxy: {e}"))?;
+
+    // The sandbox, its webhooks held here.
+    let (tx, mut hooks) = mpsc::unbounded_channel::<Hook>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut cfg = SandboxConfig::new(APP_SECRET, "100000000000001");
+    cfg.webhook_url = Some(format!("http://{addr}/hold"));
+    cfg.status_delay = Duration::from_millis(10);
+    cfg.rate_limit_per_sec = 1000;
+    let sandbox = Sandbox::new(cfg);
+    let router = Router::new()
+        .nest("/graph", sandbox.graph_router())
+        .merge(sandbox.inspect_router())
+        .merge(
+            Router::new()
+                .route("/hold", post(hold_webhook))
+                .with_state(tx),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("a free port: {e}"))?
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let env: Vec<(String, String)> = [
+        ("KIRIM_BACKEND", "aws".to_owned()),
+        (
+            "KIRIM_STACK_NAME",
+            format!("cost{}", ulid::Ulid::new().to_string().to_lowercase()),
+        ),
+        ("AWS_ENDPOINT_URL", proxy.url.clone()),
+        ("KIRIM_OPERATOR_TOKEN", OPERATOR_TOKEN.into()),
+        ("KIRIM_META_APP_SECRET", APP_SECRET.into()),
+        ("KIRIM_META_VERIFY_TOKEN", "cost-run-verify".into()),
+        ("KIRIM_META_BASE_URL", format!("http://{addr}/graph")),
+        ("KIRIM_META_THROUGHPUT", "1000".into()),
+        ("KIRIM_LOCAL_POLLERS", "1".into()),
+        // As on Lambda (wiring::READ_CACHE_TTL), unless the caller says otherwise.
+        (
+            "KIRIM_READ_CACHE_TTL",
+            std::env::var("KIRIM_READ_CACHE_TTL").unwrap_or_else(|_| "5s".into()),
+        ),
+        // As on Lambda (wiring::SECRET_CACHE_TTL).
+        (
+            "KIRIM_SECRET_CACHE_TTL",
+            std::env::var("KIRIM_SECRET_CACHE_TTL").unwrap_or_else(|_| "300s".into()),
+        ),
+        (
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let log = std::env::temp_dir().join(format!("kirim-cost-{port}.log"));
+    let platform = Platform::spawn(&binary, &env, &listen, &log, Duration::from_secs(180)).await?;
+    let client = Client::new(&platform.base_url, OPERATOR_TOKEN);
+    let (tenant, key) = client
+        .onboard("Cost", "800000000000001", (messages + 10) as i64)
+        .await?;
+    client.set_throughput(&tenant, 1000).await?;
+    proxy.settle(QUIET, Duration::from_secs(60)).await;
+    let setup = proxy.take();
+    println!(
+        "kirim-cost: {messages} messages ({warmup} warm-up), aws backend through the counting proxy \
+         (platform log {}); setup made {} AWS calls",
+        log.display(),
+        setup.values().flat_map(|m| m.values()).map(|u| u.calls).sum::<u64>()
+    );
+
+    let http = reqwest::Client::new();
+    let webhook_url = format!("{}/webhooks/meta", platform.base_url);
+    let mut steady: Tally = Tally::new();
+    let mut first: Option<Tally> = None;
+    let mut log_bytes_before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let mut log_bytes = 0u64;
+    for i in 0..messages {
+        proxy.settle(QUIET, Duration::from_secs(60)).await;
+        proxy.gate(false);
+        proxy.set_phase("send");
+        let to = format!("+6012{:07}9", i);
+        match client.send(&key, &to, &format!("cost-{i}")).await {
+            SendAnswer::Accepted(_) => {}
+            other => return Err(format!("message {i}: send answered {other:?}")),
+        }
+        proxy.settle(QUIET, Duration::from_secs(60)).await;
+        proxy.set_phase("dispatch");
+        proxy.gate(true);
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let hook = tokio::time::timeout(Duration::from_secs(120), hooks.recv())
+                .await
+                .map_err(|_| format!("message {i}: the sandbox sent no status webhook"))?
+                .ok_or("the webhook channel closed")?;
+            held.push(hook);
+            if held.len() == 1 {
+                // The dispatch is over once Meta answered and the platform is quiet.
+                proxy.settle(QUIET, Duration::from_secs(60)).await;
+                proxy.set_phase("idle");
+            }
+        }
+        for (sig, body) in held {
+            proxy.set_phase(&format!("webhook {}", status_of(&body)));
+            let res = http
+                .post(&webhook_url)
+                .header("content-type", "application/json")
+                .header("x-hub-signature-256", sig)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| format!("webhook: {e}"))?;
+            if !res.status().is_success() {
+                return Err(format!("message {i}: webhook answered {}", res.status()));
+            }
+            proxy.settle(QUIET, Duration::from_secs(60)).await;
+        }
+        proxy.set_phase("idle");
+        let tally = proxy.take();
+        let now = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        if i == 0 {
+            first = Some(tally.clone());
+        }
+        if i >= warmup {
+            for (phase, ops) in tally {
+                let into = steady.entry(phase).or_default();
+                for (op, u) in ops {
+                    *into.entry(op).or_default() += u;
+                }
+            }
+            log_bytes += now.saturating_sub(log_bytes_before);
+        }
+        log_bytes_before = now;
+    }
+    let measured = messages.saturating_sub(warmup).max(1) as f64;
+    if let Some(f) = first {
+        println!("\n## The first message (cold caches)\n");
+        print_table(&f, 1.0);
+    }
+    println!(
+        "\n## Per message at steady state (mean of {} messages after {warmup} warm-up)\n",
+        messages.saturating_sub(warmup)
+    );
+    let totals = print_table(&steady, measured);
+    println!(
+        "\nLog bytes written by the platform per message at RUST_LOG={}: {:.0}",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        log_bytes as f64 / measured
+    );
+    print_cost(&totals, log_bytes as f64 / measured);
+    drop(platform);
+    Ok(())
+}
+
+/// Per phase and operation: calls, write units, read units (divided by `per`); answers the
+/// per-message totals by service operation.
+fn print_table(t: &Tally, per: f64) -> BTreeMap<String, PerMessage> {
+    println!("| Phase | Operation | Calls | WCU | RCU |");
+    println!("|---|---|---|---|---|");
+    let mut by_op: BTreeMap<String, Units> = BTreeMap::new();
+    let mut order: Vec<&String> = t.keys().collect();
+    order.sort_by_key(|p| PHASES.iter().position(|x| x == p).unwrap_or(PHASES.len()));
+    for phase in order {
+        let mut sum = Units::default();
+        for (op, u) in &t[phase] {
+            if op.ends_with("(empty)") {
+                continue;
+            }
+            let gsi = if u.gsi_wcu > 0.0 {
+                format!(" (GSI {:.2})", u.gsi_wcu / per)
+            } else {
+                String::new()
+            };
+            println!(
+                "| {phase} | {op} | {:.2} | {:.2}{gsi} | {:.2} |",
+                u.calls as f64 / per,
+                u.wcu / per,
+                u.rcu / per
+            );
+            sum += *u;
+            *by_op.entry(op.clone()).or_default() += *u;
+        }
+        println!(
+            "| **{phase}** | **all** | **{:.2}** | **{:.2}** | **{:.2}** |",
+            sum.calls as f64 / per,
+            sum.wcu / per,
+            sum.rcu / per
+        );
+    }
+    let all = by_op.values().fold(Units::default(), |mut a, u| {
+        a += *u;
+        a
+    });
+    println!(
+        "| **message** | **all** | **{:.2}** | **{:.2}** | **{:.2}** |",
+        all.calls as f64 / per,
+        all.wcu / per,
+        all.rcu / per
+    );
+    by_op
+        .into_iter()
+        .map(|(k, u)| {
+            (
+                k,
+                PerMessage {
+                    calls: u.calls as f64 / per,
+                    wcu: u.wcu / per,
+                    rcu: u.rcu / per,
+                },
+            )
+        })
+        .collect()
+}
+
+/// One operation's mean per message.
+#[derive(Clone, Copy, Default)]
+struct PerMessage {
+    calls: f64,
+    wcu: f64,
+    rcu: f64,
+}
+
+/// AWS list prices (USD) used for the cost table: as known on 2025-01 (not fetched; no
+/// internet here), on-demand, after free tiers, first pricing tier.
+struct Prices {
+    region: &'static str,
+    http_api_per_m: f64,
+    lambda_req_per_m: f64,
+    lambda_arm_gb_s: f64,
+    ddb_wru_per_m: f64,
+    ddb_rru_per_m: f64,
+    sqs_per_m: f64,
+    secrets_per_10k: f64,
+    logs_per_gb: f64,
+}
+
+const PRICES: [Prices; 2] = [
+    Prices {
+        region: "us-east-1",
+        http_api_per_m: 1.00,
+        lambda_req_per_m: 0.20,
+        lambda_arm_gb_s: 0.000_013_333_4,
+        ddb_wru_per_m: 0.625,
+        ddb_rru_per_m: 0.125,
+        sqs_per_m: 0.40,
+        secrets_per_10k: 0.05,
+        logs_per_gb: 0.50,
+    },
+    Prices {
+        region: "ap-southeast-1",
+        http_api_per_m: 1.17,
+        lambda_req_per_m: 0.20,
+        lambda_arm_gb_s: 0.000_013_333_4,
+        ddb_wru_per_m: 0.7125,
+        ddb_rru_per_m: 0.1425,
+        sqs_per_m: 0.40,
+        secrets_per_10k: 0.05,
+        logs_per_gb: 0.70,
+    },
+];
+
+/// Requests through API Gateway per message: the send and three webhooks.
+const API_REQUESTS: f64 = 4.0;
+/// Lambda invocations per message: send_api, dispatcher (one message a batch at low
+/// traffic), three webhooks.
+const INVOCATIONS: f64 = 5.0;
+/// Billed Lambda time per invocation, an assumption (not measured here): the AWS calls of
+/// the request in sequence at ~6 ms each on DynamoDB plus ~4 ms of code.
+const MS_PER_CALL: f64 = 6.0;
+const MS_CODE: f64 = 4.0;
+const MEMORY_GB: f64 = 0.25; // template.yaml Globals: MemorySize 256
+/// The HTTP API access log line per request (template.yaml's format), in bytes.
+const ACCESS_LOG_BYTES: f64 = 330.0;
+
+fn print_cost(per_msg: &BTreeMap<String, PerMessage>, log_bytes: f64) {
+    let sum = |prefix: &str| -> PerMessage {
+        per_msg.iter().filter(|(k, _)| k.starts_with(prefix)).fold(
+            PerMessage::default(),
+            |a, (_, u)| PerMessage {
+                calls: a.calls + u.calls,
+                wcu: a.wcu + u.wcu,
+                rcu: a.rcu + u.rcu,
+            },
+        )
+    };
+    let ddb = sum("DynamoDB.");
+    let sqs = sum("SQS.");
+    let sm = sum("SecretsManager.");
+    println!(
+        "\n## Cost per million messages (USD; list prices as known 2025-01, see BENCHMARKS.md)\n"
+    );
+    println!("| Region | API Gateway HTTP API | Lambda (requests + arm64 GB-s) | DynamoDB | SQS | Secrets Manager | CloudWatch Logs | Total | Total with a Function URL webhook |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let all_calls = ddb.calls + sqs.calls + sm.calls;
+    for p in &PRICES {
+        let m = 1_000_000.0;
+        let api = API_REQUESTS * p.http_api_per_m;
+        let webhook_api = 3.0 * p.http_api_per_m;
+        let gb_s = (all_calls * MS_PER_CALL + INVOCATIONS * MS_CODE) / 1000.0 * MEMORY_GB;
+        let lambda = INVOCATIONS * p.lambda_req_per_m + gb_s * m * p.lambda_arm_gb_s;
+        let dynamo = ddb.wcu * p.ddb_wru_per_m + ddb.rcu * p.ddb_rru_per_m;
+        let queue = sqs.calls * p.sqs_per_m;
+        let secrets = sm.calls * p.secrets_per_10k * 100.0;
+        let logs = (log_bytes + API_REQUESTS * ACCESS_LOG_BYTES) * m / 1e9 * p.logs_per_gb;
+        let total = api + lambda + dynamo + queue + secrets + logs;
+        println!(
+            "| {} | {api:.2} | {lambda:.2} | {dynamo:.2} | {queue:.2} | {secrets:.2} | {logs:.2} | **{total:.2}** | {:.2} |",
+            p.region,
+            total - webhook_api
+        );
+    }
+}

@@ -1,0 +1,345 @@
+//! Warm-process read caches (issue #13): what every request reads and almost never changes,
+//! kept for a short TTL in a warm Lambda instead of a DynamoDB read per request.
+//!
+//! [`ReadCache`] decorates the store's [`TenantStore`], [`ApiKeyStore`],
+//! [`StatusCallbackStore`] and [`TemplateStore`] ports (`Deps::new` puts it in front when
+//! `Backends::read_cache_ttl` is not zero: on Lambda [`crate::wiring::READ_CACHE_TTL`]).
+//! It caches, for at most the TTL by the deps' clock:
+//! - an API key by its hash (only keys found);
+//! - the tenant for access decisions ([`TenantStore::tenant_for_access`]: status,
+//!   allow-list, limits, WABA, token name; `get_tenant`, which carries the credits, is
+//!   never cached);
+//! - the tenant by phone number id (only tenants found);
+//! - a tenant's status-callback setting (or its absence);
+//! - a catalogue template (or its absence).
+//!
+//! Every write through the same decorator drops what it changes at once (same process);
+//! a change made by another process (another Lambda, another instance) is seen after the
+//! TTL at most: a revoked key, a suspended tenant, a changed allow-list, a paused template
+//! bite within the TTL. The invariants that matter for money and sending (credits, the
+//! idempotency record, the status order) are conditional writes that never read this cache.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{TemplateChange, TenantId};
+use crate::ports::{
+    ApiKeyRecord, ApiKeyStore, CatalogueTemplate, Clock, LedgerEntry, StatusCallback,
+    StatusCallbackStore, TemplatePage, TemplateQuery, TemplateStore, Tenant, TenantStatus,
+    TenantStore,
+};
+use crate::store_error::StoreError;
+
+/// Entries that expire by the clock.
+struct Ttl<K, V> {
+    ttl: chrono::Duration,
+    map: Mutex<HashMap<K, (DateTime<Utc>, V)>>,
+}
+
+impl<K: Eq + Hash, V: Clone> Ttl<K, V> {
+    fn new(ttl: Duration) -> Self {
+        Ttl {
+            ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero()),
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (DateTime<Utc>, V)>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, k: &K, now: DateTime<Utc>) -> Option<V> {
+        let map = self.lock();
+        let (at, v) = map.get(k)?;
+        // A clock that went back counts as expired too.
+        (*at <= now && now < *at + self.ttl).then(|| v.clone())
+    }
+
+    fn put(&self, k: K, v: V, now: DateTime<Utc>) {
+        let mut map = self.lock();
+        // Bounded: a warm process sees few tenants; drop expired entries when it grows.
+        if map.len() >= 10_000 {
+            let ttl = self.ttl;
+            map.retain(|_, (at, _)| now < *at + ttl);
+        }
+        map.insert(k, (now, v));
+    }
+
+    fn forget(&self, keep: impl Fn(&K, &V) -> bool) {
+        self.lock().retain(|k, (_, v)| keep(k, v));
+    }
+}
+
+/// The caching decorator (see the module docs).
+pub struct ReadCache<S> {
+    inner: Arc<S>,
+    clock: Arc<dyn Clock>,
+    keys: Ttl<String, ApiKeyRecord>,
+    tenants: Ttl<TenantId, Tenant>,
+    phones: Ttl<String, TenantId>,
+    callbacks: Ttl<TenantId, Option<StatusCallback>>,
+    templates: Ttl<(String, String, String), Option<CatalogueTemplate>>,
+}
+
+impl<S> ReadCache<S> {
+    pub fn new(inner: Arc<S>, ttl: Duration, clock: Arc<dyn Clock>) -> Self {
+        ReadCache {
+            inner,
+            clock,
+            keys: Ttl::new(ttl),
+            tenants: Ttl::new(ttl),
+            phones: Ttl::new(ttl),
+            callbacks: Ttl::new(ttl),
+            templates: Ttl::new(ttl),
+        }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn forget_tenant(&self, id: &TenantId) {
+        self.tenants.forget(|k, _| k != id);
+    }
+
+    fn forget_key(&self, tenant: &TenantId, id: &str) {
+        self.keys
+            .forget(|_, k| !(k.tenant_id == *tenant && k.id == id));
+    }
+
+    fn forget_template(&self, waba_id: &str, name: &str, language: &str) {
+        self.templates
+            .forget(|(w, n, l), _| !(w == waba_id && n == name && l == language));
+    }
+}
+
+#[async_trait]
+impl<S: TenantStore + 'static> TenantStore for ReadCache<S> {
+    async fn create_tenant(
+        &self,
+        tenant: &Tenant,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+    ) -> Result<(), StoreError> {
+        self.inner.create_tenant(tenant, key, initial).await
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        self.inner.get_tenant(id).await
+    }
+
+    async fn tenant_for_access(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        let now = self.now();
+        if let Some(t) = self.tenants.get(id, now) {
+            return Ok(Some(t));
+        }
+        let t = self.inner.get_tenant(id).await?;
+        if let Some(t) = &t {
+            self.tenants.put(id.clone(), t.clone(), now);
+        }
+        Ok(t)
+    }
+
+    async fn tenant_by_phone_number_id(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<TenantId>, StoreError> {
+        let now = self.now();
+        let k = phone_number_id.to_owned();
+        if let Some(t) = self.phones.get(&k, now) {
+            return Ok(Some(t));
+        }
+        let t = self
+            .inner
+            .tenant_by_phone_number_id(phone_number_id)
+            .await?;
+        if let Some(t) = &t {
+            self.phones.put(k, t.clone(), now);
+        }
+        Ok(t)
+    }
+
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let now = self.now();
+        let k = key_hash.to_owned();
+        if let Some(r) = self.keys.get(&k, now) {
+            return Ok(Some(r));
+        }
+        let r = self.inner.api_key_by_hash(key_hash).await?;
+        if let Some(r) = &r {
+            self.keys.put(k, r.clone(), now);
+        }
+        Ok(r)
+    }
+
+    async fn tenants_by_waba(&self, waba_id: &str) -> Result<Vec<TenantId>, StoreError> {
+        self.inner.tenants_by_waba(waba_id).await
+    }
+
+    async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError> {
+        let r = self.inner.set_ip_allowlist(id, cidrs).await;
+        self.forget_tenant(id);
+        r
+    }
+
+    async fn set_request_limits(
+        &self,
+        id: &TenantId,
+        limits: crate::domain::RequestLimits,
+    ) -> Result<Tenant, StoreError> {
+        let r = self.inner.set_request_limits(id, limits).await;
+        self.forget_tenant(id);
+        r
+    }
+
+    async fn set_status(
+        &self,
+        id: &TenantId,
+        to: TenantStatus,
+        reason: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<Tenant, StoreError> {
+        let r = self.inner.set_status(id, to, reason, at).await;
+        self.forget_tenant(id);
+        r
+    }
+}
+
+#[async_trait]
+impl<S: ApiKeyStore + 'static> ApiKeyStore for ReadCache<S> {
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.inner.put_api_key(key).await
+    }
+
+    async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.inner.list_api_keys(tenant).await
+    }
+
+    async fn get_api_key(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.inner.get_api_key(tenant, id).await
+    }
+
+    async fn revoke_api_key(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let r = self.inner.revoke_api_key(tenant, id, at).await;
+        self.forget_key(tenant, id);
+        r
+    }
+
+    async fn rotate_api_key(
+        &self,
+        tenant: &TenantId,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        old_expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let r = self
+            .inner
+            .rotate_api_key(tenant, old_id, new, old_expires_at)
+            .await;
+        self.forget_key(tenant, old_id);
+        r
+    }
+}
+
+#[async_trait]
+impl<S: StatusCallbackStore + 'static> StatusCallbackStore for ReadCache<S> {
+    async fn put_status_callback(&self, setting: &StatusCallback) -> Result<(), StoreError> {
+        let r = self.inner.put_status_callback(setting).await;
+        self.callbacks.forget(|t, _| *t != setting.tenant_id);
+        r
+    }
+
+    async fn get_status_callback(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<StatusCallback>, StoreError> {
+        let now = self.now();
+        if let Some(s) = self.callbacks.get(tenant, now) {
+            return Ok(s);
+        }
+        let s = self.inner.get_status_callback(tenant).await?;
+        self.callbacks.put(tenant.clone(), s.clone(), now);
+        Ok(s)
+    }
+
+    async fn delete_status_callback(&self, tenant: &TenantId) -> Result<bool, StoreError> {
+        let r = self.inner.delete_status_callback(tenant).await;
+        self.callbacks.forget(|t, _| t != tenant);
+        r
+    }
+}
+
+#[async_trait]
+impl<S: TemplateStore + 'static> TemplateStore for ReadCache<S> {
+    async fn put_template(&self, template: &CatalogueTemplate) -> Result<(), StoreError> {
+        let r = self.inner.put_template(template).await;
+        self.forget_template(&template.waba_id, &template.name, &template.language);
+        r
+    }
+
+    async fn get_template(
+        &self,
+        waba_id: &str,
+        name: &str,
+        language: &str,
+    ) -> Result<Option<CatalogueTemplate>, StoreError> {
+        let now = self.now();
+        let k = (waba_id.to_owned(), name.to_owned(), language.to_owned());
+        if let Some(t) = self.templates.get(&k, now) {
+            return Ok(t);
+        }
+        let t = self.inner.get_template(waba_id, name, language).await?;
+        self.templates.put(k, t.clone(), now);
+        Ok(t)
+    }
+
+    async fn list_templates(
+        &self,
+        waba_id: &str,
+        query: &TemplateQuery,
+    ) -> Result<TemplatePage, StoreError> {
+        self.inner.list_templates(waba_id, query).await
+    }
+
+    async fn update_template(
+        &self,
+        waba_id: &str,
+        name: &str,
+        language: &str,
+        change: TemplateChange,
+        at: DateTime<Utc>,
+        expires_at: Option<i64>,
+    ) -> Result<Option<CatalogueTemplate>, StoreError> {
+        let r = self
+            .inner
+            .update_template(waba_id, name, language, change, at, expires_at)
+            .await;
+        self.forget_template(waba_id, name, language);
+        r
+    }
+
+    async fn delete_template(
+        &self,
+        waba_id: &str,
+        name: &str,
+        language: &str,
+    ) -> Result<bool, StoreError> {
+        let r = self.inner.delete_template(waba_id, name, language).await;
+        self.forget_template(waba_id, name, language);
+        r
+    }
+}

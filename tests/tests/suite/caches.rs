@@ -1,0 +1,189 @@
+//! The warm-process read cache (`kirim::adapters::cache`, issue #13): two deps on one store
+//! stand for two Lambdas, one with the cache (`wiring::READ_CACHE_TTL`) and one without; a
+//! change made through the other is seen within the TTL by the test clock, a change made
+//! through the cached one at once, and the credits are never cached.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kirim::adapters::aws::{DynamoStore, SecretsManagerStore};
+use kirim::adapters::memory::{MemorySecrets, MemoryStore};
+use kirim::config::{Backend, Settings};
+use kirim::ports::*;
+use kirim::service::errors::ServiceError;
+use kirim::service::{auth, Backends, Deps, Stores};
+use kirim::wiring::{NotWired, Port, READ_CACHE_TTL};
+use kirim_tests::{moto_sdk, unique_stack, ManualClock};
+
+use crate::contract::{key_for, tenant};
+
+fn deps<S: Stores>(
+    store: Arc<S>,
+    secrets: Arc<dyn SecretStore>,
+    clock: Arc<ManualClock>,
+    read_cache_ttl: Duration,
+) -> Deps {
+    Deps::new(Backends {
+        store,
+        queue: Arc::new(NotWired::new("the cache tests", Port::DispatchQueue)),
+        callback_queue: Arc::new(NotWired::new("the cache tests", Port::CallbackQueue)),
+        secrets,
+        meta: Arc::new(NotWired::new("the cache tests", Port::Meta)),
+        clock,
+        settings: Settings::default(),
+        secret_ttl: Duration::ZERO,
+        read_cache_ttl,
+    })
+}
+
+/// (the cached deps, the uncached deps on the same store, the clock).
+async fn two_processes(b: Backend) -> (Deps, Deps, Arc<ManualClock>) {
+    let clock = ManualClock::new();
+    match b {
+        Backend::Memory => {
+            let store = Arc::new(MemoryStore::new(clock.clone()));
+            let secrets: Arc<dyn SecretStore> = Arc::new(MemorySecrets::default());
+            (
+                deps(
+                    store.clone(),
+                    secrets.clone(),
+                    clock.clone(),
+                    READ_CACHE_TTL,
+                ),
+                deps(store, secrets, clock.clone(), Duration::ZERO),
+                clock,
+            )
+        }
+        Backend::Aws => {
+            let sdk = moto_sdk().await;
+            let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
+                .await
+                .expect("stack in moto");
+            let store = Arc::new(DynamoStore::new(
+                aws_sdk_dynamodb::Client::new(&sdk),
+                stack.table.clone(),
+                clock.clone(),
+            ));
+            let secrets: Arc<dyn SecretStore> = Arc::new(SecretsManagerStore::new(
+                aws_sdk_secretsmanager::Client::new(&sdk),
+            ));
+            (
+                deps(
+                    store.clone(),
+                    secrets.clone(),
+                    clock.clone(),
+                    READ_CACHE_TTL,
+                ),
+                deps(store, secrets, clock.clone(), Duration::ZERO),
+                clock,
+            )
+        }
+    }
+}
+
+/// Just under the TTL, and the TTL itself.
+fn almost_ttl() -> chrono::Duration {
+    chrono::Duration::from_std(READ_CACHE_TTL).unwrap_or_default() - chrono::Duration::seconds(1)
+}
+
+async fn a_key_revoked_by_another_process_stops_authenticating_within_five_seconds(b: Backend) {
+    assert!(
+        READ_CACHE_TTL <= Duration::from_secs(5),
+        "README promises 5 s"
+    );
+    let (cached, other, clock) = two_processes(b).await;
+    let t = tenant(10);
+    let token = format!("kirim_{}", kirim::domain::new_id());
+    let key = ApiKeyRecord {
+        key_hash: kirim::secret::token_hash(&token),
+        ..key_for(&t)
+    };
+    other.tenants.create_tenant(&t, &key, None).await.unwrap();
+    assert!(auth::authenticate(&cached, Some(&token)).await.is_ok());
+
+    other
+        .api_keys
+        .revoke_api_key(&t.id, &key.id, clock.now())
+        .await
+        .unwrap();
+    assert!(
+        auth::authenticate(&other, Some(&token)).await.is_err(),
+        "the uncached process refuses at once"
+    );
+    clock.advance(almost_ttl());
+    assert!(
+        auth::authenticate(&cached, Some(&token)).await.is_ok(),
+        "the warm process still knows the key (the documented bound)"
+    );
+    clock.advance(chrono::Duration::seconds(1));
+    assert!(matches!(
+        auth::authenticate(&cached, Some(&token)).await,
+        Err(ServiceError::Unauthenticated)
+    ));
+}
+
+async fn a_key_revoked_through_the_same_process_is_refused_at_once(b: Backend) {
+    let (cached, other, clock) = two_processes(b).await;
+    let t = tenant(10);
+    let token = format!("kirim_{}", kirim::domain::new_id());
+    let key = ApiKeyRecord {
+        key_hash: kirim::secret::token_hash(&token),
+        ..key_for(&t)
+    };
+    other.tenants.create_tenant(&t, &key, None).await.unwrap();
+    assert!(auth::authenticate(&cached, Some(&token)).await.is_ok());
+    cached
+        .api_keys
+        .revoke_api_key(&t.id, &key.id, clock.now())
+        .await
+        .unwrap();
+    assert!(auth::authenticate(&cached, Some(&token)).await.is_err());
+}
+
+async fn a_suspension_by_another_process_bites_within_five_seconds_and_credits_are_never_cached(
+    b: Backend,
+) {
+    let (cached, other, clock) = two_processes(b).await;
+    let t = tenant(10);
+    other
+        .tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let seen = auth::load_tenant(&cached, &t.id).await.unwrap();
+    assert_eq!(seen.status, TenantStatus::Active);
+
+    other
+        .tenants
+        .set_status(&t.id, TenantStatus::Suspended, Some("test"), clock.now())
+        .await
+        .unwrap();
+    clock.advance(almost_ttl());
+    assert_eq!(
+        auth::load_tenant(&cached, &t.id).await.unwrap().status,
+        TenantStatus::Active,
+        "the warm process still has the tenant active (the documented bound)"
+    );
+    assert_eq!(
+        cached
+            .tenants
+            .get_tenant(&t.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        TenantStatus::Suspended,
+        "get_tenant (what the balance is read with) is never cached"
+    );
+    clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(
+        auth::load_tenant(&cached, &t.id).await.unwrap().status,
+        TenantStatus::Suspended
+    );
+}
+
+on_both_backends!(
+    a_key_revoked_by_another_process_stops_authenticating_within_five_seconds,
+    a_key_revoked_through_the_same_process_is_refused_at_once,
+    a_suspension_by_another_process_bites_within_five_seconds_and_credits_are_never_cached,
+);

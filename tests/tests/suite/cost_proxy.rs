@@ -1,0 +1,125 @@
+//! The cost harness's counting proxy (`kirim_infra::cost`, `scripts/bench-cost`) in front
+//! of moto: each call counted under its phase with the capacity units DynamoDB would bill
+//! for the sizes of the items involved. (The harness itself is not run in CI.)
+
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, Put, ReturnConsumedCapacity, TransactWriteItem,
+};
+use kirim_infra::cost::{CountingProxy, Units};
+use kirim_tests::{moto_endpoint, moto_sdk, unique_stack};
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+#[tokio::test]
+async fn the_cost_proxy_counts_each_call_with_the_units_its_item_sizes_cost() {
+    let stack = kirim_infra::bootstrap::ensure_stack(&moto_sdk().await, &unique_stack())
+        .await
+        .expect("stack in moto");
+    let proxy = CountingProxy::start(&moto_endpoint().await).await.unwrap();
+    let db = aws_sdk_dynamodb::Client::new(
+        &kirim_infra::local::emulator_sdk_config(Some(&proxy.url)).await,
+    );
+    let table = stack.table.as_str();
+    proxy.set_phase("test");
+
+    // 2 + 6 + 2 + 1 + 4 + 2,500 bytes: 3 KB started.
+    let big = "x".repeat(2500);
+    db.put_item()
+        .table_name(table)
+        .item("pk", s("COST#x"))
+        .item("sk", s("A"))
+        .item("blob", s(&big))
+        .send()
+        .await
+        .unwrap();
+    // A small item in the index: 1 for the item, 1 for its index entry.
+    db.put_item()
+        .table_name(table)
+        .item("pk", s("COST#y"))
+        .item("sk", s("A"))
+        .item("gsi1pk", s("G"))
+        .item("gsi1sk", s("1"))
+        .send()
+        .await
+        .unwrap();
+    // Refused: it still costs the existing item's size.
+    let refused = db
+        .put_item()
+        .table_name(table)
+        .item("pk", s("COST#x"))
+        .item("sk", s("A"))
+        .condition_expression("attribute_not_exists(pk)")
+        .send()
+        .await;
+    assert!(refused.is_err());
+    let key = |pk: &str| {
+        [("pk".to_owned(), s(pk)), ("sk".to_owned(), s("A"))]
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    db.get_item()
+        .table_name(table)
+        .set_key(Some(key("COST#x")))
+        .consistent_read(true)
+        .return_consumed_capacity(ReturnConsumedCapacity::Total)
+        .send()
+        .await
+        .unwrap();
+    db.get_item()
+        .table_name(table)
+        .set_key(Some(key("COST#x")))
+        .send()
+        .await
+        .unwrap();
+    // A transaction: each item twice, the condition check included (2 × 1 + 2 × 3).
+    db.transact_write_items()
+        .transact_items(
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(table)
+                        .item("pk", s("COST#z"))
+                        .item("sk", s("A"))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .transact_items(
+            TransactWriteItem::builder()
+                .condition_check(
+                    ConditionCheck::builder()
+                        .table_name(table)
+                        .set_key(Some(key("COST#x")))
+                        .condition_expression("attribute_exists(pk)")
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    proxy.set_phase("after");
+
+    let tally = proxy.take();
+    let ops = &tally["test"];
+    let unit = |calls, wcu, rcu, gsi_wcu| Units {
+        calls,
+        wcu,
+        rcu,
+        gsi_wcu,
+    };
+    assert_eq!(ops["DynamoDB.PutItem"], unit(3, 3.0 + 2.0 + 3.0, 0.0, 1.0));
+    assert_eq!(ops["DynamoDB.GetItem"], unit(2, 0.0, 1.0 + 0.5, 0.0));
+    assert_eq!(
+        ops["DynamoDB.TransactWriteItems"],
+        unit(1, 2.0 * 1.0 + 2.0 * 3.0, 0.0, 0.0)
+    );
+    assert!(
+        !tally.contains_key("after"),
+        "nothing after the phase: {tally:?}"
+    );
+}
