@@ -75,8 +75,35 @@ async fn fill(c: &Client, css: &str, value: &str) {
     e.send_keys(value).await.expect("typed");
 }
 
+/// Clicks an element; one that went stale between finding and clicking (the page was
+/// still being replaced) is found again.
 async fn click(c: &Client, css: &str) {
-    find(c, css).await.click().await.expect("clicked");
+    for _ in 0..5 {
+        match find(c, css).await.click().await {
+            Ok(()) => return,
+            Err(fantoccini::error::CmdError::Standard(e))
+                if e.error == fantoccini::error::ErrorStatus::StaleElementReference =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("clicked {css}: {e}"),
+        }
+    }
+    panic!("{css} kept going stale");
+}
+
+/// Clicks something that loads a new page and waits until the old page is gone, so that
+/// the next lookup cannot find an element of the page being left.
+async fn click_and_wait_for_page(c: &Client, css: &str) {
+    let old = find(c, "html").await;
+    click(c, css).await;
+    for _ in 0..100 {
+        if old.tag_name().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("clicking {css} did not load a new page");
 }
 
 async fn path(c: &Client) -> String {
@@ -271,7 +298,7 @@ async fn in_a_browser_an_admin_syncs_templates_creates_a_campaign_and_sees_its_f
     // The failed message itself, found by number, with its hint.
     click(&c, "a[href='/console/messages']").await;
     fill(&c, "#f-to", "+60123450001").await;
-    click(&c, "form.filters button[type=submit]").await;
+    click_and_wait_for_page(&c, "form.filters button[type=submit]").await;
     click(&c, "#messages tbody a").await;
     let hint = find(&c, "#message-hint").await.text().await.expect("hint");
     assert!(hint.contains("could not be delivered"), "{hint}");
