@@ -41,7 +41,7 @@ use crate::service::errors::ServiceError;
 
 /// Switch on once `POST /v1/broadcasts` takes `"name"` and `"send_at"` (API.md
 /// "Campaigns and scheduled sends"): the form then offers a name and a schedule.
-pub const NAME_AND_SEND_AT: bool = false;
+pub const NAME_AND_SEND_AT: bool = true;
 
 /// The campaign list route (offered when the access table has it).
 pub const LIST: &str = "/v1/broadcasts";
