@@ -23,6 +23,13 @@
 //! not cancel it: the request is still recorded and its statuses still sent, as at Meta.
 //! `GET /_sandbox/messages` lists what was received, oldest first, with the answer given.
 //!
+//! Pricing, as Meta reports it: every `sent`, `delivered` and `read` status carries Meta's
+//! `pricing` (`pricing_model` `PMP`; a template's catalogue `category` and type `regular`;
+//! a session message category `service`, type `free_customer_service` within 24 hours of
+//! an inbound message from that user to that number, else `regular`).
+//! `POST /_sandbox/inbound` `{"phone_number_id","from","text"?}` sends Meta's signed inbound
+//! message webhook from a user, and is what the sandbox remembers for that.
+//!
 //! Templates, as Meta keeps them per WhatsApp Business Account (API.md "Template catalogue"):
 //! every WABA starts with the same catalogue ([`default_catalogue`]) until
 //! `PUT /_sandbox/templates/{waba_id}/{name}/{language}` `{"status"?,"category"?,"quality"?}`
@@ -252,6 +259,10 @@ struct SandboxState {
     /// that token is checked against that WABA's catalogue (a Meta token belongs to one
     /// business; the sandbox learns which one by its use).
     token_wabas: HashMap<String, String>,
+    /// (phone number id, user digits) → when the sandbox last sent an inbound message from
+    /// that user to that number (`POST /_sandbox/inbound`): a session text sent within 24
+    /// hours of it is priced `free_customer_service`.
+    inbound: HashMap<(String, String), Instant>,
 }
 
 impl Sandbox {
@@ -292,12 +303,13 @@ impl Sandbox {
             .with_state(self.clone())
     }
 
-    /// `GET /_sandbox/messages` (the outbox, oldest first), `POST /_sandbox/reset` and
-    /// `PUT /_sandbox/templates/{waba_id}/{name}/{language}`.
+    /// `GET /_sandbox/messages` (the outbox, oldest first), `POST /_sandbox/reset`,
+    /// `POST /_sandbox/inbound` and `PUT /_sandbox/templates/{waba_id}/{name}/{language}`.
     pub fn inspect_router(&self) -> Router {
         Router::new()
             .route("/_sandbox/messages", get(list_messages))
             .route("/_sandbox/reset", post(reset))
+            .route("/_sandbox/inbound", post(inbound))
             .route(
                 "/_sandbox/templates/{waba_id}/{name}/{language}",
                 put(put_template),
@@ -380,6 +392,75 @@ async fn send_message(
 
 async fn list_messages(State(sandbox): State<Sandbox>) -> Json<Value> {
     Json(json!({ "messages": sandbox.received() }))
+}
+
+/// The customer-service window Meta gives after a user writes.
+const SERVICE_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboundIn {
+    phone_number_id: String,
+    /// The user's number, digits (a leading `+` is ignored).
+    from: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// `POST /_sandbox/inbound` `{"phone_number_id","from","text"?}`: a user writes to a
+/// business number. The sandbox sends Meta's signed inbound `messages` webhook and
+/// remembers when (for the pricing of session messages).
+async fn inbound(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
+    let bad = |m: &str| (StatusCode::BAD_REQUEST, Json(invalid_parameter(m))).into_response();
+    let Ok(req) = serde_json::from_slice::<InboundIn>(&body) else {
+        return bad("give a JSON object with phone_number_id, from and text");
+    };
+    let digits: String = req.from.chars().filter(char::is_ascii_digit).collect();
+    if digits.is_empty() || req.phone_number_id.is_empty() {
+        return bad("phone_number_id and from are required");
+    }
+    {
+        let mut state = lock(&sandbox.inner.state);
+        if state.inbound.len() >= OUTBOX_CAPACITY {
+            state
+                .inbound
+                .retain(|_, at| at.elapsed() < SERVICE_WINDOW);
+        }
+        state
+            .inbound
+            .insert((req.phone_number_id.clone(), digits.clone()), Instant::now());
+    }
+    let wamid = format!("wamid.{}", ulid::Ulid::new());
+    let payload = json!({
+        "object": "whatsapp_business_account",
+        "entry": [{
+            "id": sandbox.inner.waba_id,
+            "changes": [{
+                "field": "messages",
+                "value": {
+                    "messaging_product": "whatsapp",
+                    "metadata": {
+                        "display_phone_number": display_phone_number(&req.phone_number_id),
+                        "phone_number_id": req.phone_number_id,
+                    },
+                    "contacts": [{"profile": {"name": "Sandbox user"}, "wa_id": digits}],
+                    "messages": [{
+                        "from": digits,
+                        "id": wamid,
+                        "timestamp": Utc::now().timestamp().to_string(),
+                        "type": "text",
+                        "text": {"body": req.text.unwrap_or_else(|| "hello".into())},
+                    }],
+                },
+            }],
+        }],
+    });
+    let delivered = match sandbox.inner.webhook_url() {
+        Some(url) => sandbox.inner.deliver(&url, &payload).await,
+        None => false,
+    };
+    tracing::info!(recipient = mask(&digits), delivered, "sandbox inbound webhook");
+    Json(json!({"id": wamid, "delivered": delivered})).into_response()
 }
 
 async fn reset(State(sandbox): State<Sandbox>) -> Json<Value> {
@@ -789,6 +870,8 @@ struct StatusPlan {
     recipient_id: String,
     biz_opaque_callback_data: Option<String>,
     events: Vec<StatusEvent>,
+    /// Meta's `pricing` of the message, put on its sent, delivered and read statuses.
+    pricing: Value,
 }
 
 impl Inner {
@@ -938,8 +1021,10 @@ impl Inner {
             "contacts": [{ "input": to, "wa_id": digits }],
             "messages": [{ "id": wamid, "message_status": "accepted" }],
         });
+        let pricing = self.pricing_of(request, &catalogue, phone_number_id, &digits);
         let plan = StatusPlan {
             epoch,
+            pricing,
             wamid,
             phone_number_id: phone_number_id.to_string(),
             recipient_id: digits,
@@ -950,6 +1035,51 @@ impl Inner {
             events: behaviour.statuses(),
         };
         (StatusCode::OK, body, Some(plan))
+    }
+
+    /// Meta's `pricing` of an accepted message: a template is priced in its catalogue
+    /// category, `regular`; a session message is `service`, `free_customer_service` within
+    /// 24 hours of an inbound message from that user to that number, else `regular`.
+    fn pricing_of(
+        &self,
+        request: &Value,
+        catalogue: &[SandboxTemplate],
+        phone_number_id: &str,
+        digits: &str,
+    ) -> Value {
+        let (category, kind) = match request.get("template") {
+            Some(t) => {
+                let name = t.get("name").and_then(Value::as_str).unwrap_or_default();
+                let language = t
+                    .pointer("/language/code")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let category = catalogue
+                    .iter()
+                    .find(|c| c.name == name && c.language == language)
+                    .map_or_else(|| "utility".to_owned(), |c| c.category.to_ascii_lowercase());
+                (category, "regular")
+            }
+            None => {
+                let state = lock(&self.state);
+                let recent = state
+                    .inbound
+                    .get(&(phone_number_id.to_owned(), digits.to_owned()))
+                    .is_some_and(|at| at.elapsed() < SERVICE_WINDOW);
+                let kind = if recent {
+                    "free_customer_service"
+                } else {
+                    "regular"
+                };
+                ("service".to_owned(), kind)
+            }
+        };
+        json!({
+            "billable": kind == "regular",
+            "pricing_model": "PMP",
+            "category": category,
+            "type": kind,
+        })
     }
 
     /// Counts an attempt for `phone_number_id`; true when it is over the limit.
@@ -1032,6 +1162,9 @@ impl Inner {
             });
             if let Some(data) = &plan.biz_opaque_callback_data {
                 status["biz_opaque_callback_data"] = Value::from(data.as_str());
+            }
+            if !matches!(event, StatusEvent::Failed(_)) {
+                status["pricing"] = plan.pricing.clone();
             }
             if let StatusEvent::Failed(failure) = event {
                 status["errors"] = json!([{
@@ -1459,6 +1592,43 @@ mod tests {
             PHONE_NUMBER_ID
         );
         assert!(change["value"]["metadata"]["display_phone_number"].is_string());
+    }
+
+    #[tokio::test]
+    async fn statuses_carry_metas_pricing_a_template_in_its_category_and_a_reply_free() {
+        let h = harness().await;
+        let (status, _) = h.send_to("15551234567").await;
+        assert_eq!(status, 200);
+        let statuses = h.wait_for_statuses(3).await;
+        for s in &statuses {
+            assert_eq!(
+                s["pricing"],
+                json!({"billable": true, "pricing_model": "PMP", "category": "utility", "type": "regular"}),
+                "{s}"
+            );
+        }
+        let text = |to: &str| {
+            json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": to,
+                   "type": "text", "text": {"body": "hello"}})
+        };
+        // A session text to a user who never wrote: Meta's regular service price.
+        assert_eq!(h.send_json(&text("15557654321")).await.0, 200);
+        let statuses = h.wait_for_statuses(6).await;
+        assert_eq!(statuses[5]["pricing"]["category"], "service");
+        assert_eq!(statuses[5]["pricing"]["type"], "regular");
+        // The user writes to the number; a reply within 24 hours is free.
+        let url = format!("{}/_sandbox/inbound", h.base);
+        let (status, body) = h
+            .post(h.http.post(url).json(&json!({"phone_number_id": PHONE_NUMBER_ID, "from": "+15557654321", "text": "hi"})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["delivered"], true);
+        let inbound = lock(&h.receiver.bodies).last().cloned().unwrap_or_default();
+        assert_eq!(inbound.pointer("/entry/0/changes/0/value/messages/0/from"), Some(&json!("15557654321")));
+        assert_eq!(h.send_json(&text("15557654321")).await.0, 200);
+        let statuses = h.wait_for_statuses(9).await;
+        assert_eq!(statuses[8]["pricing"]["type"], "free_customer_service");
+        assert_eq!(statuses[8]["pricing"]["billable"], false);
     }
 
     #[tokio::test]

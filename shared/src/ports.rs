@@ -738,6 +738,9 @@ pub struct Broadcast {
     pub enqueued: usize,
     pub created_at: DateTime<Utc>,
     pub expires_at: Option<i64>,
+    /// The tenant's phone number its messages go from (`None`: the default number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// Where a broadcast's fan-out stands.
@@ -803,3 +806,5 @@ mod callbacks;
 pub use callbacks::*;
 mod templates;
 pub use templates::*;
+mod numbers;
+pub use numbers::*;

@@ -753,7 +753,10 @@ fn check_bounds(events: &[MetaEvent]) -> Result<(), TestCaseError> {
                 prop_assert!(s.errors.iter().all(|e| e.title.chars().count() <= 200));
             }
             MetaEvent::Unknown(u) => prop_assert!(u.field.chars().count() <= 64),
-            MetaEvent::Inbound(_) | MetaEvent::AccountUpdate(_) | MetaEvent::Template(_) => {}
+            MetaEvent::Inbound(_)
+            | MetaEvent::AccountUpdate(_)
+            | MetaEvent::Template(_)
+            | MetaEvent::NumberQuality(_) => {}
         }
     }
     Ok(())

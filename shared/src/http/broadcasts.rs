@@ -1,6 +1,6 @@
 //! `/v1/broadcasts`: a JSON list of recipients, or a `text/csv` upload with a `phone`
 //! column (the template then comes in the query: `template_name`, `template_language`,
-//! `template_category` (optional); CSV broadcasts carry no template components, so they
+//! `template_category` (optional), and `from` (optional); CSV broadcasts carry no template components, so they
 //! send templates whose body takes no parameters).
 
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiErr
     for k in q.keys() {
         if !matches!(
             k.as_str(),
-            "template_name" | "template_language" | "template_category"
+            "template_name" | "template_language" | "template_category" | "from"
         ) {
             return Err(ApiError::invalid(format!("unknown query parameter `{k}`")));
         }
@@ -70,9 +70,13 @@ async fn create(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_ascii_lowercase();
-    let (template, recipients) = if content_type.starts_with("text/csv") {
+    let (template, recipients, from) = if content_type.starts_with("text/csv") {
         let template = template_from_query(&q)?;
-        (template, broadcasts::recipients_from_csv(&body)?)
+        (
+            template,
+            broadcasts::recipients_from_csv(&body)?,
+            q.get("from").cloned(),
+        )
     } else {
         if !q.is_empty() {
             return Err(ApiError::invalid(
@@ -83,9 +87,10 @@ async fn create(
             return Err(ApiError::invalid("a JSON body is required"));
         }
         let req: BroadcastRequest = parse_json(&body)?;
-        (req.template, req.recipients)
+        (req.template, req.recipients, req.from)
     };
-    let accepted = broadcasts::create(&s.deps, ctx.tenant_id(), template, recipients).await?;
+    let accepted =
+        broadcasts::create(&s.deps, ctx.tenant_id(), template, recipients, from).await?;
     let details = json!({"broadcast_id": accepted.id, "accepted": accepted.accepted});
     let res = (StatusCode::ACCEPTED, Json(accepted)).into_response();
     Ok(noted(res, None, details))

@@ -10,6 +10,7 @@ mod cursor_props;
 pub mod error;
 mod export;
 pub mod extract;
+mod numbers;
 pub mod idempotency;
 pub mod lambda;
 mod optouts;
@@ -161,6 +162,8 @@ fn admin_api_routes() -> Router<AppState> {
         .merge(callbacks::routes())
         // The catalogue's sync calls Meta: this function is wired with the Meta client.
         .merge(templates::routes())
+        // Adding a number syncs its WABA's catalogue: Meta again.
+        .merge(numbers::routes())
 }
 
 fn webhook_routes() -> Router<AppState> {

@@ -76,7 +76,9 @@ async fn list(
 }
 
 async fn sync(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
-    let synced = templates::sync(&s.deps, &ctx.tenant).await?;
+    // Every WABA the tenant's numbers sit on.
+    let wabas = crate::service::numbers::wabas(&s.deps, &ctx.tenant).await?;
+    let synced = templates::sync_all(&s.deps, &ctx.tenant, &wabas).await?;
     let res = Json(synced).into_response();
     Ok(super::admin::noted(
         res,

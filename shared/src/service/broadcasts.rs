@@ -39,6 +39,9 @@ const LOOKUPS: usize = 16;
 pub struct BroadcastRequest {
     pub template: TemplateIn,
     pub recipients: Vec<String>,
+    /// The tenant's phone number to send from; the default one without it.
+    #[serde(default)]
+    pub from: Option<String>,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -118,6 +121,7 @@ pub async fn create(
     tenant_id: &TenantId,
     template: TemplateIn,
     raw: Vec<String>,
+    from: Option<String>,
 ) -> Result<Accepted, ServiceError> {
     let requested = parse_template(template)?;
     if raw.len() > MAX_RECIPIENTS {
@@ -129,7 +133,9 @@ pub async fn create(
     }
     // The catalogue decides the category and refuses what Meta would refuse, before any
     // opt-out lookup, debit or write.
-    let content = super::templates::resolve(deps, &tenant.waba_id, requested).await?;
+    // One of the tenant's numbers (else `unknown_sender`); its WABA's catalogue decides.
+    let sender = super::numbers::sender(deps, &tenant, from.as_deref()).await?;
+    let content = super::templates::resolve(deps, &sender.waba_id, requested).await?;
     let template_ref = content
         .template_ref()
         .cloned()
@@ -190,6 +196,7 @@ pub async fn create(
             .settings
             .retention
             .expiry(RetentionClass::Messages, now),
+        from: Some(sender.phone_number_id),
     };
     let charge = Charge::Broadcast(id.clone());
     let debit = ledger::debit(deps, tenant_id, &charge, total, now);
@@ -308,6 +315,8 @@ pub async fn fan_out_in_slices(
                 updated_at: now,
                 expires_at: b.expires_at,
                 broadcast_id: Some(b.id.clone()),
+                from: b.from.clone(),
+                pricing: None,
             };
             deps.broadcasts.insert_broadcast_message(&record).await?;
             let body = QueueJob::Send(DispatchJob {
@@ -385,6 +394,7 @@ mod tests {
             enqueued: 0,
             created_at: Utc::now(),
             expires_at: None,
+            from: None,
         };
         assert_eq!(message_id(&b, 7), message_id(&b, 7));
         assert_ne!(message_id(&b, 7), message_id(&b, 8));

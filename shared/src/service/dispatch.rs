@@ -256,9 +256,27 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         fail(deps, job, record.price, error, true).await;
         return Ok(Outcome::Done);
     };
+    // The number it goes from: the one the send named, else the default. A number
+    // removed since the message was accepted fails it (refunded) rather than send from a
+    // number the tenant no longer has.
+    let from = match super::numbers::sender(deps, &tenant, record.from.as_deref()).await {
+        Ok(n) => n,
+        Err(ServiceError::UnknownSender(_)) => {
+            let error = MessageError {
+                code: "sender_removed".into(),
+                title: "the phone number it was to be sent from was removed from the account"
+                    .into(),
+            };
+            crate::metrics::failed("tenant_config");
+            fail(deps, job, record.price, error, true).await;
+            return Ok(Outcome::Done);
+        }
+        Err(e) => return Err(unclaim(deps, job, "sender_unreadable", e).await),
+    };
     // The number's throughput, shared with every other dispatcher: wait briefly for a
     // slot, or give the claim back (not an attempt) and come back soon.
-    match super::throttle::acquire(deps, &tenant).await {
+    let tier = super::numbers::tier(deps, &tenant, &from);
+    match super::throttle::acquire(deps, &from.phone_number_id, tier).await {
         Ok(super::throttle::Slot::Go) => {}
         Ok(super::throttle::Slot::Full) => {
             if let Err(e) = deps
@@ -278,7 +296,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         .to_meta_request(&record.to, job.message_id.as_str());
     let result = deps
         .meta
-        .send_message(&tenant.phone_number_id, &token, &body)
+        .send_message(&from.phone_number_id, &token, &body)
         .await;
     let log_to = record.to.masked();
     match result {

@@ -28,6 +28,10 @@ pub struct SendRequest {
     pub text: Option<TextIn>,
     #[serde(default)]
     pub client_reference: Option<String>,
+    /// The tenant's phone number to send from (its `phone_number_id`); the default one
+    /// without it.
+    #[serde(default)]
+    pub from: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -131,22 +135,26 @@ pub async fn send_once(
     req: SendRequest,
     idem: Option<&Idempotent>,
 ) -> Result<Accepted, ServiceError> {
+    let from = req.from.clone();
     let (to, draft, client_reference) = parse(req)?;
     let tenant = super::auth::load_tenant(deps, tenant_id).await?;
     if tenant.status != TenantStatus::Active {
         return Err(ServiceError::TenantSuspended);
     }
+    // One of the tenant's numbers (else `unknown_sender`), before anything is written.
+    let sender = super::numbers::sender(deps, &tenant, from.as_deref()).await?;
     if let Some(k) = idem {
         if let Some(id) = idempotency::earlier(deps, tenant_id, k).await? {
-            queue_again_if_never_claimed(deps, tenant_id, &tenant.waba_id, &id, &draft).await?;
+            queue_again_if_never_claimed(deps, tenant_id, &sender.waba_id, &id, &draft).await?;
             return Ok(Accepted::Replayed(id));
         }
     }
-    // The catalogue decides the template's category (price, opt-outs, the marketing
-    // pause) and refuses what Meta would refuse: before anything is debited or stored.
+    // The catalogue of the sending number's WABA decides the template's category (price,
+    // opt-outs, the marketing pause) and refuses what Meta would refuse: before anything
+    // is debited or stored.
     let content = match draft {
         Draft::Text(body) => Content::Text { body },
-        Draft::Template(t) => templates::resolve(deps, &tenant.waba_id, t).await?,
+        Draft::Template(t) => templates::resolve(deps, &sender.waba_id, t).await?,
     };
     let category = content.template_ref().map(|t| t.category);
     optouts::check(deps, tenant_id, &to, category).await?;
@@ -174,6 +182,8 @@ pub async fn send_once(
         updated_at: now,
         expires_at: retention.expiry(RetentionClass::Messages, now),
         broadcast_id: None,
+        from: Some(sender.phone_number_id.clone()),
+        pricing: None,
     };
     let charge = Charge::Message(id.clone());
     let debit = ledger::debit(deps, tenant_id, &charge, price, now);

@@ -103,6 +103,10 @@ async fn apply_to(
         )
         .await?;
     }
+    if let Some(pricing) = &report.pricing {
+        // Counted once, whichever of Meta's statuses carries it first.
+        super::usage::record(deps, tenant_id, message_id, pricing, at).await?;
+    }
     let change = StatusChange {
         wamid: Some(report.wamid.to_string()),
         error,
@@ -153,6 +157,7 @@ async fn keep(
                 title: e.title.clone(),
             })
             .collect(),
+        pricing: report.pricing.clone(),
         received_at: now,
         expires_at: deps
             .settings
@@ -190,6 +195,7 @@ fn report_of(p: &PendingStatus) -> Option<StatusReport> {
                 title: e.title.clone(),
             })
             .collect(),
+        pricing: p.pricing.clone(),
     })
 }
 

@@ -114,7 +114,23 @@ fn meta_failure(e: &MetaSendError) -> String {
 /// Reads the tenant's WABA's templates from Meta (every page) into the catalogue, then
 /// removes those Meta no longer lists.
 pub async fn sync(deps: &Deps, tenant: &Tenant) -> Result<Synced, ServiceError> {
-    let waba = tenant.waba_id.as_str();
+    sync_waba(deps, tenant, &tenant.waba_id).await
+}
+
+/// [`sync`] for each of `wabas` (a tenant's numbers may sit on several), adding up what
+/// was synced; the first failure stops it (what was synced before stays).
+pub async fn sync_all(deps: &Deps, tenant: &Tenant, wabas: &[String]) -> Result<Synced, ServiceError> {
+    let mut total = Synced::default();
+    for waba in wabas {
+        let done = sync_waba(deps, tenant, waba).await?;
+        total.synced += done.synced;
+        total.removed += done.removed;
+    }
+    Ok(total)
+}
+
+/// [`sync`] of one WABA of the tenant's, with the tenant's token.
+pub async fn sync_waba(deps: &Deps, tenant: &Tenant, waba: &str) -> Result<Synced, ServiceError> {
     let token = deps
         .secrets
         .current(&tenant.meta_token_secret)

@@ -1,7 +1,7 @@
 //! Meta's webhook: the signature over the raw bytes, the subscription handshake, and a
 //! verified body read once into typed events (`domain::meta`) and routed: statuses to
 //! `status`, STOP/START requests to `optouts`, account-level stops to `accounts`, template
-//! changes to `templates`.
+//! changes to `templates`, phone numbers' quality updates to `numbers`.
 //! Pieces Kirim does not understand are skipped alone and counted.
 
 use std::collections::HashMap;
@@ -130,6 +130,17 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                     Ok(_) => summary.ignored += 1,
                     Err(e) => {
                         tracing::error!(error = %e, "template change not applied");
+                        summary.errors += 1;
+                    }
+                }
+            }
+            MetaEvent::NumberQuality(update) => {
+                let span = tracing::info_span!("number_quality", waba_id = %update.waba_id);
+                match super::numbers::apply_quality(deps, update).instrument(span).await {
+                    Ok(super::numbers::Applied::Yes) => summary.applied += 1,
+                    Ok(_) => summary.ignored += 1,
+                    Err(e) => {
+                        tracing::error!(error = %e, "number quality update not applied");
                         summary.errors += 1;
                     }
                 }

@@ -147,6 +147,8 @@ pub(crate) fn message(
         updated_at: now,
         expires_at: Some(now.timestamp() + expires_in_secs),
         broadcast_id: None,
+        from: None,
+        pricing: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

@@ -58,6 +58,8 @@ fn message(p: &Stores, t: &TenantId) -> (MessageRecord, LedgerEntry) {
         updated_at: now,
         expires_at: Some(now.timestamp() + 3600),
         broadcast_id: None,
+        from: None,
+        pricing: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

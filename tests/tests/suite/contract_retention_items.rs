@@ -116,6 +116,7 @@ fn kept(p: &Ports, wamid: &str, expires_in: i64) -> PendingStatus {
         timestamp: 1_700_000_010,
         biz_opaque_callback_data: None,
         errors: Vec::new(),
+        pricing: None,
         received_at: p.clock.now(),
         expires_at: in_secs(p, expires_in),
     }
@@ -275,6 +276,7 @@ async fn broadcast(p: &Ports, t: &TenantId, expires_in: i64, created_ago: i64) -
         enqueued: 0,
         created_at: p.clock.now() - Duration::seconds(created_ago),
         expires_at: in_secs(p, expires_in),
+        from: None,
     };
     let debit = LedgerEntry {
         amount: -2,

@@ -46,6 +46,8 @@ async fn claimed(p: &Stores, t: &TenantId) -> MessageRecord {
         updated_at: now,
         expires_at: Some(now.timestamp() + 3600),
         broadcast_id: None,
+        from: None,
+        pricing: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),
