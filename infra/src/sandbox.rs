@@ -422,13 +422,12 @@ async fn inbound(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
     {
         let mut state = lock(&sandbox.inner.state);
         if state.inbound.len() >= OUTBOX_CAPACITY {
-            state
-                .inbound
-                .retain(|_, at| at.elapsed() < SERVICE_WINDOW);
+            state.inbound.retain(|_, at| at.elapsed() < SERVICE_WINDOW);
         }
-        state
-            .inbound
-            .insert((req.phone_number_id.clone(), digits.clone()), Instant::now());
+        state.inbound.insert(
+            (req.phone_number_id.clone(), digits.clone()),
+            Instant::now(),
+        );
     }
     let wamid = format!("wamid.{}", ulid::Ulid::new());
     let payload = json!({
@@ -459,7 +458,11 @@ async fn inbound(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
         Some(url) => sandbox.inner.deliver(&url, &payload).await,
         None => false,
     };
-    tracing::info!(recipient = mask(&digits), delivered, "sandbox inbound webhook");
+    tracing::info!(
+        recipient = mask(&digits),
+        delivered,
+        "sandbox inbound webhook"
+    );
     Json(json!({"id": wamid, "delivered": delivered})).into_response()
 }
 
@@ -1619,12 +1622,17 @@ mod tests {
         // The user writes to the number; a reply within 24 hours is free.
         let url = format!("{}/_sandbox/inbound", h.base);
         let (status, body) = h
-            .post(h.http.post(url).json(&json!({"phone_number_id": PHONE_NUMBER_ID, "from": "+15557654321", "text": "hi"})))
+            .post(h.http.post(url).json(
+                &json!({"phone_number_id": PHONE_NUMBER_ID, "from": "+15557654321", "text": "hi"}),
+            ))
             .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["delivered"], true);
         let inbound = lock(&h.receiver.bodies).last().cloned().unwrap_or_default();
-        assert_eq!(inbound.pointer("/entry/0/changes/0/value/messages/0/from"), Some(&json!("15557654321")));
+        assert_eq!(
+            inbound.pointer("/entry/0/changes/0/value/messages/0/from"),
+            Some(&json!("15557654321"))
+        );
         assert_eq!(h.send_json(&text("15557654321")).await.0, 200);
         let statuses = h.wait_for_statuses(9).await;
         assert_eq!(statuses[8]["pricing"]["type"], "free_customer_service");

@@ -659,10 +659,10 @@ mod tests {
 
     #[test]
     fn phone_number_quality_updates_say_quality_and_throughput() {
-        let change = |value: Value| {
-            json!({"entry":[{"id":"waba1","changes":[{"field":"phone_number_quality_update","value":value}]}]})
-        };
-        let ev = events(change(json!({"display_phone_number":"15550783881","event":"FLAGGED","current_limit":"TIER_250"})));
+        let change = |value: Value| json!({"entry":[{"id":"waba1","changes":[{"field":"phone_number_quality_update","value":value}]}]});
+        let ev = events(change(
+            json!({"display_phone_number":"15550783881","event":"FLAGGED","current_limit":"TIER_250"}),
+        ));
         let [MetaEvent::NumberQuality(q)] = &ev[..] else {
             panic!("{ev:?}")
         };
@@ -670,7 +670,9 @@ mod tests {
         assert_eq!(q.display_phone_number.as_deref(), Some("15550783881"));
         assert_eq!(q.quality, Some(TemplateQuality::Red));
         assert_eq!(q.throughput_per_sec, None);
-        let ev = events(change(json!({"phone_number_id":"1002","event":"THROUGHPUT_UPGRADE","quality_rating":"YELLOW"})));
+        let ev = events(change(
+            json!({"phone_number_id":"1002","event":"THROUGHPUT_UPGRADE","quality_rating":"YELLOW"}),
+        ));
         let [MetaEvent::NumberQuality(q)] = &ev[..] else {
             panic!("{ev:?}")
         };
@@ -679,7 +681,9 @@ mod tests {
         assert_eq!(q.throughput_per_sec, Some(1000));
         // Names no number at all: skipped alone.
         let ev = events(change(json!({"event":"FLAGGED"})));
-        assert!(matches!(&ev[..], [MetaEvent::Unknown(u)] if u.field == "phone_number_quality_update"));
+        assert!(
+            matches!(&ev[..], [MetaEvent::Unknown(u)] if u.field == "phone_number_quality_update")
+        );
     }
 
     fn messages_change(value: Value) -> Value {

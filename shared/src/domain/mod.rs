@@ -22,8 +22,8 @@ pub use idempotency::{request_fingerprint, IdempotencyKey, IdempotencyKeyError};
 pub use ids::{new_id, MessageId, TenantId};
 pub use limits::{LimitSettings, RequestLimits, MAX_BURST, MAX_REQUESTS_PER_SEC, TENANT_FACTOR};
 pub use message::{
-    Pricing,
-    Content, ErrorCode, MessageError, MessageRecord, StatusEvent, TemplateCategory, TemplateRef,
+    Content, ErrorCode, MessageError, MessageRecord, Pricing, StatusEvent, TemplateCategory,
+    TemplateRef,
 };
 pub use optout::{
     keyword, Keyword, OptOut, OptOutScope, OptOutSource, BY_META, START_WORDS, STOP_WORDS,

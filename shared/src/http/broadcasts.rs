@@ -89,8 +89,7 @@ async fn create(
         let req: BroadcastRequest = parse_json(&body)?;
         (req.template, req.recipients, req.from)
     };
-    let accepted =
-        broadcasts::create(&s.deps, ctx.tenant_id(), template, recipients, from).await?;
+    let accepted = broadcasts::create(&s.deps, ctx.tenant_id(), template, recipients, from).await?;
     let details = json!({"broadcast_id": accepted.id, "accepted": accepted.accepted});
     let res = (StatusCode::ACCEPTED, Json(accepted)).into_response();
     Ok(noted(res, None, details))

@@ -167,9 +167,9 @@ pub async fn add(
         .add_phone_number(&record)
         .await
         .map_err(|e| match e {
-            StoreError::Conflict(_) => ServiceError::Conflict(
-                "this phone_number_id already belongs to a tenant".into(),
-            ),
+            StoreError::Conflict(_) => {
+                ServiceError::Conflict("this phone_number_id already belongs to a tenant".into())
+            }
             e => e.into(),
         })?;
     tracing::info!(tenant_id = %tenant_id, phone_number_id = %record.phone_number_id, "phone number added");

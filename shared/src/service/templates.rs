@@ -119,7 +119,11 @@ pub async fn sync(deps: &Deps, tenant: &Tenant) -> Result<Synced, ServiceError> 
 
 /// [`sync`] for each of `wabas` (a tenant's numbers may sit on several), adding up what
 /// was synced; the first failure stops it (what was synced before stays).
-pub async fn sync_all(deps: &Deps, tenant: &Tenant, wabas: &[String]) -> Result<Synced, ServiceError> {
+pub async fn sync_all(
+    deps: &Deps,
+    tenant: &Tenant,
+    wabas: &[String],
+) -> Result<Synced, ServiceError> {
     let mut total = Synced::default();
     for waba in wabas {
         let done = sync_waba(deps, tenant, waba).await?;

@@ -29,17 +29,14 @@ pub async fn record(
     if m.pricing.is_some() {
         return Ok(false);
     }
-    let now = deps.clock.now();
+    let day = at.date_naive();
     let priced = PricedMessage {
         tenant,
         message,
         pricing,
-        day: at.date_naive(),
+        day,
         credits: m.price,
-        expires_at: deps
-            .settings
-            .retention
-            .expiry(RetentionClass::Billing, now),
+        expires_at: expiry(deps, day),
     };
     let counted = deps.usage.record_pricing(&priced).await?;
     if counted {
@@ -50,6 +47,16 @@ pub async fn record(
         );
     }
     Ok(counted)
+}
+
+/// A usage row is kept for the Billing period after its day ends (every message added to
+/// it writes the same expiry).
+pub fn expiry(deps: &Deps, day: NaiveDate) -> Option<i64> {
+    let end = day
+        .succ_opt()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())?;
+    deps.settings.retention.expiry(RetentionClass::Billing, end)
 }
 
 fn day(name: &str, v: Option<&str>) -> Result<NaiveDate, ServiceError> {
@@ -97,10 +104,19 @@ mod tests {
     #[test]
     fn usage_ranges_are_dates_in_order_and_at_most_366_days() {
         assert!(range(Some("2026-01-01"), Some("2026-12-31")).is_ok());
-        assert!(range(Some("2024-01-01"), Some("2024-12-31")).is_ok(), "a leap year");
+        assert!(
+            range(Some("2024-01-01"), Some("2024-12-31")).is_ok(),
+            "a leap year"
+        );
         assert!(range(Some("2026-01-01"), Some("2027-01-02")).is_err());
         assert!(range(Some("2026-02-01"), Some("2026-01-31")).is_err());
-        for bad in ["2026-13-01", "2026-1-1", "yesterday", "2026-01-01T00:00:00Z", ""] {
+        for bad in [
+            "2026-13-01",
+            "2026-1-1",
+            "yesterday",
+            "2026-01-01T00:00:00Z",
+            "",
+        ] {
             assert!(range(Some(bad), Some("2026-12-31")).is_err(), "{bad}");
         }
         assert!(range(None, Some("2026-12-31")).is_err());

@@ -136,7 +136,10 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
             }
             MetaEvent::NumberQuality(update) => {
                 let span = tracing::info_span!("number_quality", waba_id = %update.waba_id);
-                match super::numbers::apply_quality(deps, update).instrument(span).await {
+                match super::numbers::apply_quality(deps, update)
+                    .instrument(span)
+                    .await
+                {
                     Ok(super::numbers::Applied::Yes) => summary.applied += 1,
                     Ok(_) => summary.ignored += 1,
                     Err(e) => {

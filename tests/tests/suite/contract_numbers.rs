@@ -40,21 +40,34 @@ async fn a_number_is_one_tenants_at_most_and_its_route_names_that_tenant(p: Port
         Some(n.clone())
     );
     // Another tenant, the same tenant again, or a tenant's onboarding number: refused.
-    for (t, pnid) in [(&b.id, id.as_str()), (&a.id, id.as_str()), (&b.id, a.phone_number_id.as_str())] {
+    for (t, pnid) in [
+        (&b.id, id.as_str()),
+        (&a.id, id.as_str()),
+        (&b.id, a.phone_number_id.as_str()),
+    ] {
         let again = number(&p, t, pnid, "2000002");
         assert!(
-            matches!(p.numbers.add_phone_number(&again).await, Err(StoreError::Conflict(_))),
+            matches!(
+                p.numbers.add_phone_number(&again).await,
+                Err(StoreError::Conflict(_))
+            ),
             "{pnid} for {t}"
         );
     }
     assert_eq!(p.numbers.get_phone_number(&b.id, &id).await.unwrap(), None);
     assert_eq!(
-        p.tenants.tenant_by_phone_number_id(&a.phone_number_id).await.unwrap(),
+        p.tenants
+            .tenant_by_phone_number_id(&a.phone_number_id)
+            .await
+            .unwrap(),
         Some(a.id.clone()),
         "the refused write changed no route"
     );
     // The tenants on the new number's WABA include its owner.
-    assert_eq!(p.tenants.tenants_by_waba("2000002").await.unwrap(), vec![a.id]);
+    assert_eq!(
+        p.tenants.tenants_by_waba("2000002").await.unwrap(),
+        vec![a.id]
+    );
 }
 
 async fn the_default_number_is_never_removed_and_a_removed_number_frees_its_route(p: Ports) {
@@ -65,12 +78,17 @@ async fn the_default_number_is_never_removed_and_a_removed_number_frees_its_rout
         .await
         .unwrap();
     assert!(matches!(
-        p.numbers.remove_phone_number(&t.id, &t.phone_number_id).await,
+        p.numbers
+            .remove_phone_number(&t.id, &t.phone_number_id)
+            .await,
         Err(StoreError::Conflict(_))
     ));
     p.numbers.remove_phone_number(&t.id, &id).await.unwrap();
     assert_eq!(p.numbers.get_phone_number(&t.id, &id).await.unwrap(), None);
-    assert_eq!(p.tenants.tenant_by_phone_number_id(&id).await.unwrap(), None);
+    assert_eq!(
+        p.tenants.tenant_by_phone_number_id(&id).await.unwrap(),
+        None
+    );
     assert!(matches!(
         p.numbers.remove_phone_number(&t.id, &id).await,
         Err(StoreError::Conflict(_))
@@ -98,7 +116,10 @@ async fn the_default_moves_only_to_a_number_of_the_tenants(p: Ports) {
     assert!(!p.numbers.put_phone_number_if_absent(&first).await.unwrap());
     p.numbers.set_default_number(&t.id, &n).await.unwrap();
     let after = p.tenants.get_tenant(&t.id).await.unwrap().unwrap();
-    assert_eq!((after.phone_number_id.as_str(), after.waba_id.as_str()), (id.as_str(), "2000003"));
+    assert_eq!(
+        (after.phone_number_id.as_str(), after.waba_id.as_str()),
+        (id.as_str(), "2000003")
+    );
     // Now the old default may go, the new one may not.
     assert!(p.numbers.remove_phone_number(&t.id, &id).await.is_err());
     p.numbers
@@ -126,7 +147,11 @@ async fn a_numbers_quality_changes_only_on_a_number_that_exists(p: Ports) {
             .unwrap(),
         None
     );
-    assert_eq!(p.numbers.get_phone_number(&t.id, &id).await.unwrap(), None, "not created");
+    assert_eq!(
+        p.numbers.get_phone_number(&t.id, &id).await.unwrap(),
+        None,
+        "not created"
+    );
     p.numbers
         .add_phone_number(&number(&p, &t.id, &id, "1"))
         .await
@@ -137,9 +162,20 @@ async fn a_numbers_quality_changes_only_on_a_number_that_exists(p: Ports) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((n.quality, n.throughput_per_sec), (TemplateQuality::Red, Some(1000)));
-    let n = p.numbers.get_phone_number(&t.id, &id).await.unwrap().unwrap();
-    assert_eq!((n.quality, n.throughput_per_sec), (TemplateQuality::Red, Some(1000)));
+    assert_eq!(
+        (n.quality, n.throughput_per_sec),
+        (TemplateQuality::Red, Some(1000))
+    );
+    let n = p
+        .numbers
+        .get_phone_number(&t.id, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (n.quality, n.throughput_per_sec),
+        (TemplateQuality::Red, Some(1000))
+    );
 }
 
 async fn priced(
@@ -177,24 +213,49 @@ async fn metas_pricing_is_counted_once_per_message_by_day_category_and_type(p: P
         ids.push(m.id);
         p.clock.advance(Duration::milliseconds(2));
     }
-    assert!(priced(&p, &t.id, &ids[0], &utility, day, expires).await.unwrap());
+    assert!(priced(&p, &t.id, &ids[0], &utility, day, expires)
+        .await
+        .unwrap());
     // Meta repeats it on delivered and read: counted once.
-    assert!(!priced(&p, &t.id, &ids[0], &utility, day, expires).await.unwrap());
-    assert!(!priced(&p, &t.id, &ids[0], &service, day, expires).await.unwrap());
-    assert!(priced(&p, &t.id, &ids[1], &utility, day, expires).await.unwrap());
+    assert!(!priced(&p, &t.id, &ids[0], &utility, day, expires)
+        .await
+        .unwrap());
+    assert!(!priced(&p, &t.id, &ids[0], &service, day, expires)
+        .await
+        .unwrap());
+    assert!(priced(&p, &t.id, &ids[1], &utility, day, expires)
+        .await
+        .unwrap());
     let next = day.succ_opt().unwrap();
-    assert!(priced(&p, &t.id, &ids[2], &service, next, expires).await.unwrap());
+    assert!(priced(&p, &t.id, &ids[2], &service, next, expires)
+        .await
+        .unwrap());
     // No such message: nothing counted.
     let missing = kirim::domain::MessageId::from_trusted(ulid::Ulid::new().to_string());
-    assert!(!priced(&p, &t.id, &missing, &utility, day, expires).await.unwrap());
+    assert!(!priced(&p, &t.id, &missing, &utility, day, expires)
+        .await
+        .unwrap());
 
-    let m = p.messages.get_message(&t.id, &ids[0]).await.unwrap().unwrap();
+    let m = p
+        .messages
+        .get_message(&t.id, &ids[0])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.pricing.as_ref(), Some(&utility));
     let mut rows = p.usage.usage(&t.id, day, next).await.unwrap();
     rows.sort_by(|a, b| (a.date, &a.category).cmp(&(b.date, &b.category)));
     let got: Vec<(NaiveDate, &str, &str, i64, i64)> = rows
         .iter()
-        .map(|r| (r.date, r.category.as_str(), r.pricing_type.as_str(), r.messages, r.credits))
+        .map(|r| {
+            (
+                r.date,
+                r.category.as_str(),
+                r.pricing_type.as_str(),
+                r.messages,
+                r.credits,
+            )
+        })
         .collect();
     assert_eq!(
         got,
@@ -205,10 +266,18 @@ async fn metas_pricing_is_counted_once_per_message_by_day_category_and_type(p: P
     );
     assert_eq!(p.usage.usage(&t.id, next, next).await.unwrap().len(), 1);
     let other = onboarded(&p, 0).await;
-    assert!(p.usage.usage(&other.id, day, next).await.unwrap().is_empty());
+    assert!(p
+        .usage
+        .usage(&other.id, day, next)
+        .await
+        .unwrap()
+        .is_empty());
     // A usage row is a billing record: it carries the Billing expiry it was given.
     p.clock.advance(Duration::seconds(1001));
-    assert!(p.usage.usage(&t.id, day, next).await.unwrap().is_empty(), "expired rows are not read");
+    assert!(
+        p.usage.usage(&t.id, day, next).await.unwrap().is_empty(),
+        "expired rows are not read"
+    );
 }
 
 contract!(

@@ -46,7 +46,10 @@ async fn add_number(app: &TestApp, tenant: &str, body: Value) -> (u16, Value) {
 async fn numbers(app: &TestApp, key: &str) -> Vec<Value> {
     let (s, body) = get(app, key, "/v1/phone-numbers").await;
     assert_eq!(s, 200, "{body}");
-    body["phone_numbers"].as_array().cloned().unwrap_or_default()
+    body["phone_numbers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 async fn send_from(app: &TestApp, key: &str, to: &str, from: Option<&str>) -> (u16, Value) {
@@ -80,7 +83,9 @@ async fn a_send_from_a_second_number_reaches_the_sandbox_with_that_numbers_id(b:
     assert_eq!(listed[0]["default"], true);
     assert_eq!(listed[0]["quality"], "unknown");
     assert_eq!(listed[0]["waba_id"], "1000001");
-    assert!(listed[0]["throughput_per_sec"].as_u64().is_some_and(|t| t > 0));
+    assert!(listed[0]["throughput_per_sec"]
+        .as_u64()
+        .is_some_and(|t| t > 0));
 
     let second = fresh_number();
     let (s, body) = add_number(
@@ -94,10 +99,18 @@ async fn a_send_from_a_second_number_reaches_the_sandbox_with_that_numbers_id(b:
     let listed = numbers(&app, &t.key).await;
     let ids: Vec<(&str, bool)> = listed
         .iter()
-        .map(|n| (n["phone_number_id"].as_str().unwrap_or_default(), n["default"] == true))
+        .map(|n| {
+            (
+                n["phone_number_id"].as_str().unwrap_or_default(),
+                n["default"] == true,
+            )
+        })
         .collect();
     assert!(ids.contains(&(second.as_str(), false)), "{listed:?}");
-    assert!(ids.contains(&(t.phone_number_id.as_str(), true)), "{listed:?}");
+    assert!(
+        ids.contains(&(t.phone_number_id.as_str(), true)),
+        "{listed:?}"
+    );
 
     let (s, body) = send_from(&app, &t.key, "+60123452001", Some(&second)).await;
     assert_eq!(s, 202, "{body}");
@@ -174,13 +187,20 @@ async fn a_number_owned_by_another_tenant_cannot_be_added_and_bad_input_is_refus
     for (tenant, body) in [
         (&c.tenant_id, body.clone()),
         (&a.tenant_id, body.clone()),
-        (&c.tenant_id, json!({"phone_number_id": a.phone_number_id, "waba_id": "1000001"})),
+        (
+            &c.tenant_id,
+            json!({"phone_number_id": a.phone_number_id, "waba_id": "1000001"}),
+        ),
     ] {
         let (s, res) = add_number(&app, tenant, body).await;
         assert_eq!(s, 409, "{res}");
         assert_eq!(res["error"]["code"], "conflict");
     }
-    assert_eq!(numbers(&app, &c.key).await.len(), 1, "nothing was added to c");
+    assert_eq!(
+        numbers(&app, &c.key).await.len(),
+        1,
+        "nothing was added to c"
+    );
     for bad in [
         json!({"phone_number_id": "12a", "waba_id": "1000001"}),
         json!({"phone_number_id": fresh_number()}),
@@ -225,23 +245,38 @@ async fn the_default_number_is_never_removed_and_removals_are_audited(b: Backend
     assert_eq!(body["error"]["code"], "conflict");
     let second = fresh_number();
     assert_eq!(
-        add_number(&app, &t.tenant_id, json!({"phone_number_id": second, "waba_id": "1000001"}))
-            .await
-            .0,
+        add_number(
+            &app,
+            &t.tenant_id,
+            json!({"phone_number_id": second, "waba_id": "1000001"})
+        )
+        .await
+        .0,
         201
     );
-    assert_eq!(del(t.phone_number_id.clone()).await.0, 409, "still the default");
+    assert_eq!(
+        del(t.phone_number_id.clone()).await.0,
+        409,
+        "still the default"
+    );
     assert_eq!(del(second.clone()).await.0, 204);
     assert_eq!(del(second.clone()).await.0, 404);
     assert_eq!(numbers(&app, &t.key).await.len(), 1);
     let (s, body) = send_from(&app, &t.key, "+60123452201", Some(&second)).await;
-    assert_eq!((s, body["error"]["code"].clone()), (422, json!("unknown_sender")));
+    assert_eq!(
+        (s, body["error"]["code"].clone()),
+        (422, json!("unknown_sender"))
+    );
     // The removed number is free for another tenant.
     let other = app.onboard(0).await;
     assert_eq!(
-        add_number(&app, &other.tenant_id, json!({"phone_number_id": second, "waba_id": "1000001"}))
-            .await
-            .0,
+        add_number(
+            &app,
+            &other.tenant_id,
+            json!({"phone_number_id": second, "waba_id": "1000001"})
+        )
+        .await
+        .0,
         201
     );
     // The operator's moves are in the tenant's audit trail.
@@ -254,7 +289,10 @@ async fn the_default_number_is_never_removed_and_removals_are_audited(b: Backend
         .map(|e| {
             (
                 e["action"].as_str().unwrap_or_default().to_owned(),
-                e["details"]["phone_number_id"].as_str().unwrap_or_default().to_owned(),
+                e["details"]["phone_number_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
             )
         })
         .collect();
@@ -274,9 +312,13 @@ async fn an_admin_switches_the_default_number_and_sends_without_from_go_from_it(
     let t = app.onboard(10).await;
     let second = fresh_number();
     assert_eq!(
-        add_number(&app, &t.tenant_id, json!({"phone_number_id": second, "waba_id": "1000001"}))
-            .await
-            .0,
+        add_number(
+            &app,
+            &t.tenant_id,
+            json!({"phone_number_id": second, "waba_id": "1000001"})
+        )
+        .await
+        .0,
         201
     );
     let put_default = |key: String, n: String| {
@@ -293,7 +335,11 @@ async fn an_admin_switches_the_default_number_and_sends_without_from_go_from_it(
         }
     };
     let operator = key_with_role(&app, &t.key, "operator").await;
-    assert_eq!(put_default(operator, second.clone()).await.0, 403, "admin only");
+    assert_eq!(
+        put_default(operator, second.clone()).await.0,
+        403,
+        "admin only"
+    );
     assert_eq!(put_default(t.key.clone(), "4242".into()).await.0, 404);
     let (s, body) = put_default(t.key.clone(), second.clone()).await;
     assert_eq!(s, 200, "{body}");
@@ -308,13 +354,19 @@ async fn an_admin_switches_the_default_number_and_sends_without_from_go_from_it(
     let id = body["id"].as_str().unwrap_or_default().to_owned();
     let m = app.wait_status(&t.key, &id, "read").await;
     assert_eq!(m["from"], second.as_str());
-    assert_eq!(app.sandbox_requests_to("60123452301")[0].phone_number_id, second);
+    assert_eq!(
+        app.sandbox_requests_to("60123452301")[0].phone_number_id,
+        second
+    );
     // The first number is no longer the default: it may be removed now.
     let (s, _) = call(
         &app,
         reqwest::Method::DELETE,
         OPERATOR_TOKEN,
-        &format!("/v1/platform/tenants/{}/phone-numbers/{}", t.tenant_id, t.phone_number_id),
+        &format!(
+            "/v1/platform/tenants/{}/phone-numbers/{}",
+            t.tenant_id, t.phone_number_id
+        ),
         None,
     )
     .await;
@@ -358,17 +410,28 @@ async fn a_quality_webhook_updates_that_numbers_quality_and_throughput(b: Backen
         .await;
     assert_eq!(res.status(), 200);
     let n = of(numbers(&app, &t.key).await, &second);
-    assert_eq!((n["quality"].clone(), n["throughput_per_sec"].clone()), (json!("green"), json!(1000)), "{n}");
+    assert_eq!(
+        (n["quality"].clone(), n["throughput_per_sec"].clone()),
+        (json!("green"), json!(1000)),
+        "{n}"
+    );
     // The default number (no number item before): updated as well.
     let res = app
-        .post_webhook(&quality(json!({"phone_number_id": t.phone_number_id, "event": "FLAGGED"})))
+        .post_webhook(&quality(
+            json!({"phone_number_id": t.phone_number_id, "event": "FLAGGED"}),
+        ))
         .await;
     assert_eq!(res.status(), 200);
     let n = of(numbers(&app, &t.key).await, &t.phone_number_id);
-    assert_eq!((n["quality"].clone(), n["default"].clone()), (json!("red"), json!(true)));
+    assert_eq!(
+        (n["quality"].clone(), n["default"].clone()),
+        (json!("red"), json!(true))
+    );
     // A number no tenant owns: ignored, 200.
     let res = app
-        .post_webhook(&quality(json!({"phone_number_id": "987654321", "event": "FLAGGED"})))
+        .post_webhook(&quality(
+            json!({"phone_number_id": "987654321", "event": "FLAGGED"}),
+        ))
         .await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
@@ -408,7 +471,9 @@ async fn pricing_is_kept_on_a_read_message_and_counted_once_in_usage(b: Backend)
     // A message without pricing yet shows null.
     let (s, body) = send_from(&app, &t.key, "+60123450004", None).await;
     assert_eq!(s, 202, "{body}");
-    let unpriced = app.message(&t.key, body["id"].as_str().unwrap_or_default()).await;
+    let unpriced = app
+        .message(&t.key, body["id"].as_str().unwrap_or_default())
+        .await;
     assert_eq!(unpriced["pricing"], Value::Null);
 
     let today = chrono::Utc::now().date_naive();
@@ -420,7 +485,9 @@ async fn pricing_is_kept_on_a_read_message_and_counted_once_in_usage(b: Backend)
     assert_eq!(rows.len(), 1, "{body}");
     let row = &rows[0];
     assert!(
-        [from, today, to].iter().any(|d| row["date"] == d.to_string()),
+        [from, today, to]
+            .iter()
+            .any(|d| row["date"] == d.to_string()),
         "{row}"
     );
     assert_eq!(row["category"], "marketing");

@@ -195,8 +195,7 @@ impl ItemKind {
             SendSlot => RetentionClass::SendSlot,
             LoginFailuresOfEmail | LoginFailuresOfAddress => RetentionClass::LoginFailures,
             PhoneRoute | PhoneNumber | ApiKeyByHash | ApiKeyOfTenant | OptOut | AuditHead
-            | StatusCallback
-            | TwoFactorSetting | User | EmailClaim | RetentionCheckpoint => {
+            | StatusCallback | TwoFactorSetting | User | EmailClaim | RetentionCheckpoint => {
                 RetentionClass::ActiveConfig
             }
         }
@@ -774,7 +773,12 @@ mod tests {
         let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
         let (lo, hi) = usage_range(d("2026-01-02"), d("2026-01-03"));
         let t = TenantId::parse("01JABCDEFGHJKMNPQRSTVWXYZ0").unwrap();
-        for (day, inside) in [("2026-01-01", false), ("2026-01-02", true), ("2026-01-03", true), ("2026-01-04", false)] {
+        for (day, inside) in [
+            ("2026-01-01", false),
+            ("2026-01-02", true),
+            ("2026-01-03", true),
+            ("2026-01-04", false),
+        ] {
             let sk = usage_counter(&t, d(day), "authentication", "free_entry_point").sk;
             assert_eq!(lo <= sk && sk <= hi, inside, "{day}");
         }

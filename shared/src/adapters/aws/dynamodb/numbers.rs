@@ -17,8 +17,7 @@ use aws_sdk_dynamodb::types::{Delete, ReturnValue, TransactWriteItem, Update};
 use chrono::NaiveDate;
 
 use super::{
-    classify, dyn_value, from_item, keys, n, s, to_item, CancelReason, DynamoStore, Item,
-    TTL_ATTR,
+    classify, dyn_value, from_item, keys, n, s, to_item, CancelReason, DynamoStore, Item, TTL_ATTR,
 };
 use crate::domain::{TemplateQuality, TenantId};
 use crate::ports::{PhoneNumberRecord, PhoneNumberStore, PricedMessage, UsageRow, UsageStore};
@@ -257,7 +256,9 @@ impl UsageStore for DynamoStore {
         };
         let items = vec![
             TransactWriteItem::builder().update(message).build(),
-            TransactWriteItem::builder().update(built(row.build())?).build(),
+            TransactWriteItem::builder()
+                .update(built(row.build())?)
+                .build(),
         ];
         match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(true),
