@@ -141,14 +141,21 @@ pub async fn send_once(
     if tenant.status != TenantStatus::Active {
         return Err(ServiceError::TenantSuspended);
     }
-    // One of the tenant's numbers (else `unknown_sender`), before anything is written.
-    let sender = super::numbers::sender(deps, &tenant, from.as_deref()).await?;
     if let Some(k) = idem {
         if let Some(id) = idempotency::earlier(deps, tenant_id, k).await? {
-            queue_again_if_never_claimed(deps, tenant_id, &sender.waba_id, &id, &draft).await?;
+            // The first answer again, even if its number was removed since (its message
+            // then fails as `sender_removed` at dispatch).
+            let waba = match super::numbers::sender(deps, &tenant, from.as_deref()).await {
+                Ok(n) => n.waba_id,
+                Err(ServiceError::UnknownSender(_)) => tenant.waba_id.clone(),
+                Err(e) => return Err(e),
+            };
+            queue_again_if_never_claimed(deps, tenant_id, &waba, &id, &draft).await?;
             return Ok(Accepted::Replayed(id));
         }
     }
+    // One of the tenant's numbers (else `unknown_sender`), before anything is written.
+    let sender = super::numbers::sender(deps, &tenant, from.as_deref()).await?;
     // The catalogue of the sending number's WABA decides the template's category (price,
     // opt-outs, the marketing pause) and refuses what Meta would refuse: before anything
     // is debited or stored.

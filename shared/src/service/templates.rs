@@ -256,8 +256,8 @@ pub struct ScheduledSync {
     pub removed: usize,
 }
 
-/// Syncs the catalogue of each active tenant's WABA once (at most [`MAX_SCHEDULED`]);
-/// a failure is logged and counted, never fatal.
+/// Syncs the catalogue of each WABA of the active tenants' numbers once (at most
+/// [`MAX_SCHEDULED`]); a failure is logged and counted, never fatal.
 pub async fn sync_scheduled(deps: &Deps, tenants: &[TenantId]) -> ScheduledSync {
     let mut done = ScheduledSync::default();
     let mut wabas = HashSet::new();
@@ -278,18 +278,28 @@ pub async fn sync_scheduled(deps: &Deps, tenants: &[TenantId]) -> ScheduledSync 
                 continue;
             }
         };
-        if !wabas.insert(tenant.waba_id.clone()) {
-            continue;
-        }
-        match sync(deps, &tenant).await {
-            Ok(s) => {
-                done.wabas += 1;
-                done.synced += s.synced;
-                done.removed += s.removed;
-            }
+        // The default number's WABA, and those of the tenant's other numbers.
+        let mut own = vec![tenant.waba_id.clone()];
+        match deps.numbers.list_phone_numbers(id).await {
+            Ok(numbers) => own.extend(numbers.into_iter().map(|n| n.waba_id)),
             Err(e) => {
-                tracing::warn!(tenant_id = %id, error = %e, "scheduled template sync failed");
-                done.failed += 1;
+                tracing::warn!(tenant_id = %id, error = %e, "numbers not read for the template sync")
+            }
+        }
+        for waba in own {
+            if wabas.len() >= MAX_SCHEDULED || !wabas.insert(waba.clone()) {
+                continue;
+            }
+            match sync_waba(deps, &tenant, &waba).await {
+                Ok(s) => {
+                    done.wabas += 1;
+                    done.synced += s.synced;
+                    done.removed += s.removed;
+                }
+                Err(e) => {
+                    tracing::warn!(tenant_id = %id, waba_id = %waba, error = %e, "scheduled template sync failed");
+                    done.failed += 1;
+                }
             }
         }
     }
@@ -387,16 +397,14 @@ pub fn parse_cursor(cursor: &str) -> Option<(String, String)> {
         .then(|| (name.to_owned(), language.to_owned()))
 }
 
-/// A page of the tenant's catalogue and the cursor of the next one.
+/// A page of a WABA's catalogue (one of the tenant's: the caller checks) and the cursor
+/// of the next one.
 pub async fn list(
     deps: &Deps,
-    tenant: &Tenant,
+    waba_id: &str,
     query: &TemplateQuery,
 ) -> Result<(Vec<View>, Option<String>), ServiceError> {
-    let page = deps
-        .templates
-        .list_templates(&tenant.waba_id, query)
-        .await?;
+    let page = deps.templates.list_templates(waba_id, query).await?;
     let next = page.next.map(|(n, l)| cursor_of(&n, &l));
     Ok((page.templates.into_iter().map(View::from).collect(), next))
 }

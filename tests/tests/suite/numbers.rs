@@ -519,7 +519,79 @@ async fn usage_refuses_bad_dates_and_ranges(b: Backend) {
     assert_eq!(body["usage"], json!([]));
 }
 
+async fn a_number_on_another_waba_brings_its_catalogue_which_decides_its_sends(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let waba = format!("{}", 5_000_000 + kirim_tests::rand_u32() % 900_000);
+    let second = fresh_number();
+    assert_eq!(
+        add_number(
+            &app,
+            &t.tenant_id,
+            json!({"phone_number_id": second, "waba_id": waba})
+        )
+        .await
+        .0,
+        201
+    );
+    // Adding the number synced its WABA's catalogue.
+    let (s, body) = get(&app, &t.key, &format!("/v1/templates?waba_id={waba}")).await;
+    assert_eq!(s, 200, "{body}");
+    let listed = body["templates"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !listed.is_empty() && listed.iter().all(|t| t["waba_id"] == waba.as_str()),
+        "{body}"
+    );
+    let (s, _) = get(&app, &t.key, "/v1/templates?waba_id=4242").await;
+    assert_eq!(s, 400, "not one of the account's WABAs");
+    // Meta pauses promo_sale on that WABA only (its webhook reaches the tenant through
+    // the number): a send from the second number is refused, from the default it goes.
+    app.sandbox_template(&waba, "promo_sale", "en_US", json!({"status": "paused"}))
+        .await;
+    let promo = |from: Option<&str>| {
+        let mut body = json!({"to": "+60123452501", "template": template_of("marketing")});
+        if let Some(f) = from {
+            body["from"] = json!(f);
+        }
+        body
+    };
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        &t.key,
+        "/v1/messages",
+        Some(promo(Some(&second))),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].clone()),
+        (422, json!("template_not_approved")),
+        "{body}"
+    );
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        &t.key,
+        "/v1/messages",
+        Some(promo(None)),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    // `POST /v1/templates/sync` reads every WABA of the account's numbers.
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        &t.key,
+        "/v1/templates/sync",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["synced"], 10, "two WABAs of five templates: {body}");
+}
+
 on_both_backends!(
+    a_number_on_another_waba_brings_its_catalogue_which_decides_its_sends,
     a_send_from_a_second_number_reaches_the_sandbox_with_that_numbers_id,
     a_send_from_a_number_not_the_tenants_is_refused_as_unknown_sender_with_nothing_debited,
     a_number_owned_by_another_tenant_cannot_be_added_and_bad_input_is_refused,
