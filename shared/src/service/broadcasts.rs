@@ -134,7 +134,7 @@ pub async fn create(
     // The catalogue decides the category and refuses what Meta would refuse, before any
     // opt-out lookup, debit or write.
     // One of the tenant's numbers (else `unknown_sender`); its WABA's catalogue decides.
-    let sender = super::numbers::sender(deps, &tenant, from.as_deref()).await?;
+    let sender = super::numbers::sending_from(deps, &tenant, from.as_deref()).await?;
     let content = super::templates::resolve(deps, &sender.waba_id, requested).await?;
     let template_ref = content
         .template_ref()

@@ -232,6 +232,35 @@ pub async fn set_default(
     Ok(number)
 }
 
+/// What accepting a send needs of its number: its id and WABA (whose catalogue decides
+/// the template). The default number's are on the tenant item: read only for another.
+pub struct SendingNumber {
+    pub phone_number_id: String,
+    pub waba_id: String,
+}
+
+/// [`sender`] without a read for the default number (every send without `from`).
+pub async fn sending_from(
+    deps: &Deps,
+    tenant: &Tenant,
+    from: Option<&str>,
+) -> Result<SendingNumber, ServiceError> {
+    match from {
+        None => Ok(SendingNumber {
+            phone_number_id: tenant.phone_number_id.clone(),
+            waba_id: tenant.waba_id.clone(),
+        }),
+        Some(id) if id == tenant.phone_number_id => Ok(SendingNumber {
+            phone_number_id: tenant.phone_number_id.clone(),
+            waba_id: tenant.waba_id.clone(),
+        }),
+        Some(id) => sender(deps, tenant, Some(id)).await.map(|n| SendingNumber {
+            phone_number_id: n.phone_number_id,
+            waba_id: n.waba_id,
+        }),
+    }
+}
+
 /// The number a send goes from: `from` if it is one of the tenant's (else
 /// `UnknownSender`), the default number without it.
 pub async fn sender(

@@ -145,7 +145,7 @@ pub async fn send_once(
         if let Some(id) = idempotency::earlier(deps, tenant_id, k).await? {
             // The first answer again, even if its number was removed since (its message
             // then fails as `sender_removed` at dispatch).
-            let waba = match super::numbers::sender(deps, &tenant, from.as_deref()).await {
+            let waba = match super::numbers::sending_from(deps, &tenant, from.as_deref()).await {
                 Ok(n) => n.waba_id,
                 Err(ServiceError::UnknownSender(_)) => tenant.waba_id.clone(),
                 Err(e) => return Err(e),
@@ -155,7 +155,7 @@ pub async fn send_once(
         }
     }
     // One of the tenant's numbers (else `unknown_sender`), before anything is written.
-    let sender = super::numbers::sender(deps, &tenant, from.as_deref()).await?;
+    let sender = super::numbers::sending_from(deps, &tenant, from.as_deref()).await?;
     // The catalogue of the sending number's WABA decides the template's category (price,
     // opt-outs, the marketing pause) and refuses what Meta would refuse: before anything
     // is debited or stored.

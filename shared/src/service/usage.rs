@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::domain::{MessageId, Pricing, RetentionClass, TenantId};
+use crate::domain::{MessageId, MessageRecord, Pricing, RetentionClass, TenantId};
 use crate::ports::{PricedMessage, UsageRow};
 
 use super::errors::ServiceError;
@@ -23,16 +23,27 @@ pub async fn record(
     pricing: &Pricing,
     at: DateTime<Utc>,
 ) -> Result<bool, ServiceError> {
-    let Some(m) = deps.messages.get_message(tenant, message).await? else {
-        return Ok(false);
-    };
+    match deps.messages.get_message(tenant, message).await? {
+        Some(m) => record_on(deps, &m, pricing, at).await,
+        None => Ok(false),
+    }
+}
+
+/// [`record`] for a message as just read or moved: nothing is written when it has its
+/// pricing already (the store's condition decides in any case).
+pub async fn record_on(
+    deps: &Deps,
+    m: &MessageRecord,
+    pricing: &Pricing,
+    at: DateTime<Utc>,
+) -> Result<bool, ServiceError> {
     if m.pricing.is_some() {
         return Ok(false);
     }
     let day = at.date_naive();
     let priced = PricedMessage {
-        tenant,
-        message,
+        tenant: &m.tenant_id,
+        message: &m.id,
         pricing,
         day,
         credits: m.price,
