@@ -23,6 +23,13 @@
 //! not cancel it: the request is still recorded and its statuses still sent, as at Meta.
 //! `GET /_sandbox/messages` lists what was received, oldest first, with the answer given.
 //!
+//! Pricing, as Meta reports it: every `sent`, `delivered` and `read` status carries Meta's
+//! `pricing` (`pricing_model` `PMP`; a template's catalogue `category` and type `regular`;
+//! a session message category `service`, type `free_customer_service` within 24 hours of
+//! an inbound message from that user to that number, else `regular`).
+//! A user's inbound message (`POST /_sandbox/inbound`, below) is what the sandbox remembers
+//! for that.
+//!
 //! Templates, as Meta keeps them per WhatsApp Business Account (API.md "Template catalogue"):
 //! every WABA starts with the same catalogue ([`default_catalogue`]) until
 //! `PUT /_sandbox/templates/{waba_id}/{name}/{language}` `{"status"?,"category"?,"quality"?}`
@@ -259,6 +266,10 @@ struct SandboxState {
     /// that token is checked against that WABA's catalogue (a Meta token belongs to one
     /// business; the sandbox learns which one by its use).
     token_wabas: HashMap<String, String>,
+    /// (phone number id, user digits) → when the sandbox last sent an inbound message from
+    /// that user to that number (`POST /_sandbox/inbound`): a session text sent within 24
+    /// hours of it is priced `free_customer_service`.
+    inbound: HashMap<(String, String), Instant>,
 }
 
 impl Sandbox {
@@ -299,8 +310,8 @@ impl Sandbox {
             .with_state(self.clone())
     }
 
-    /// `GET /_sandbox/messages` (the outbox, oldest first), `POST /_sandbox/reset` and
-    /// `PUT /_sandbox/templates/{waba_id}/{name}/{language}`.
+    /// `GET /_sandbox/messages` (the outbox, oldest first), `POST /_sandbox/reset`,
+    /// `POST /_sandbox/inbound` and `PUT /_sandbox/templates/{waba_id}/{name}/{language}`.
     pub fn inspect_router(&self) -> Router {
         Router::new()
             .route("/_sandbox/messages", get(list_messages))
@@ -389,6 +400,9 @@ async fn send_message(
 async fn list_messages(State(sandbox): State<Sandbox>) -> Json<Value> {
     Json(json!({ "messages": sandbox.received() }))
 }
+
+/// The customer-service window Meta gives after a user writes.
+const SERVICE_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 
 async fn reset(State(sandbox): State<Sandbox>) -> Json<Value> {
     sandbox.reset();
@@ -620,9 +634,27 @@ async fn post_inbound(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
     if from.is_none() && m.user_id.is_none() {
         return bad("give from (the user's phone) and/or user_id");
     }
+    if m.phone_number_id.is_empty()
+        || from
+            .as_ref()
+            .is_some_and(|f| f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return bad("phone_number_id is required; from is the user's phone, digits");
+    }
+    if let Some(f) = &from {
+        // Remembered for the pricing of session messages (free within 24 hours).
+        let mut state = lock(&sandbox.inner.state);
+        if state.inbound.len() >= OUTBOX_CAPACITY {
+            state.inbound.retain(|_, at| at.elapsed() < SERVICE_WINDOW);
+        }
+        state
+            .inbound
+            .insert((m.phone_number_id.clone(), f.clone()), Instant::now());
+    }
     let now = Utc::now().timestamp();
+    let wamid = format!("wamid.sandbox.in.{}", rand::rng().random::<u64>());
     let mut message = json!({
-        "id": format!("wamid.sandbox.in.{}", rand::rng().random::<u64>()),
+        "id": wamid,
         "timestamp": now.to_string(),
     });
     let mut contact = json!({"profile": {"name": "Sandbox user"}});
@@ -664,7 +696,7 @@ async fn post_inbound(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
         None => false,
     };
     tracing::info!(delivered, "sandbox inbound webhook");
-    Json(json!({"delivered": delivered, "webhook": payload})).into_response()
+    Json(json!({"id": wamid, "delivered": delivered, "webhook": payload})).into_response()
 }
 
 /// Reads a send as Meta does before the schema sees it: component `type` values in any
@@ -871,6 +903,8 @@ struct StatusPlan {
     recipient_id: String,
     biz_opaque_callback_data: Option<String>,
     events: Vec<StatusEvent>,
+    /// Meta's `pricing` of the message, put on its sent, delivered and read statuses.
+    pricing: Value,
 }
 
 impl Inner {
@@ -1020,8 +1054,10 @@ impl Inner {
             "contacts": [{ "input": to, "wa_id": digits }],
             "messages": [{ "id": wamid, "message_status": "accepted" }],
         });
+        let pricing = self.pricing_of(request, &catalogue, phone_number_id, &digits);
         let plan = StatusPlan {
             epoch,
+            pricing,
             wamid,
             phone_number_id: phone_number_id.to_string(),
             recipient_id: digits,
@@ -1032,6 +1068,51 @@ impl Inner {
             events: behaviour.statuses(),
         };
         (StatusCode::OK, body, Some(plan))
+    }
+
+    /// Meta's `pricing` of an accepted message: a template is priced in its catalogue
+    /// category, `regular`; a session message is `service`, `free_customer_service` within
+    /// 24 hours of an inbound message from that user to that number, else `regular`.
+    fn pricing_of(
+        &self,
+        request: &Value,
+        catalogue: &[SandboxTemplate],
+        phone_number_id: &str,
+        digits: &str,
+    ) -> Value {
+        let (category, kind) = match request.get("template") {
+            Some(t) => {
+                let name = t.get("name").and_then(Value::as_str).unwrap_or_default();
+                let language = t
+                    .pointer("/language/code")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let category = catalogue
+                    .iter()
+                    .find(|c| c.name == name && c.language == language)
+                    .map_or_else(|| "utility".to_owned(), |c| c.category.to_ascii_lowercase());
+                (category, "regular")
+            }
+            None => {
+                let state = lock(&self.state);
+                let recent = state
+                    .inbound
+                    .get(&(phone_number_id.to_owned(), digits.to_owned()))
+                    .is_some_and(|at| at.elapsed() < SERVICE_WINDOW);
+                let kind = if recent {
+                    "free_customer_service"
+                } else {
+                    "regular"
+                };
+                ("service".to_owned(), kind)
+            }
+        };
+        json!({
+            "billable": kind == "regular",
+            "pricing_model": "PMP",
+            "category": category,
+            "type": kind,
+        })
     }
 
     /// Counts an attempt for `phone_number_id`; true when it is over the limit.
@@ -1114,6 +1195,9 @@ impl Inner {
             });
             if let Some(data) = &plan.biz_opaque_callback_data {
                 status["biz_opaque_callback_data"] = Value::from(data.as_str());
+            }
+            if !matches!(event, StatusEvent::Failed(_)) {
+                status["pricing"] = plan.pricing.clone();
             }
             if let StatusEvent::Failed(failure) = event {
                 status["errors"] = json!([{
@@ -1541,6 +1625,48 @@ mod tests {
             PHONE_NUMBER_ID
         );
         assert!(change["value"]["metadata"]["display_phone_number"].is_string());
+    }
+
+    #[tokio::test]
+    async fn statuses_carry_metas_pricing_a_template_in_its_category_and_a_reply_free() {
+        let h = harness().await;
+        let (status, _) = h.send_to("15551234567").await;
+        assert_eq!(status, 200);
+        let statuses = h.wait_for_statuses(3).await;
+        for s in &statuses {
+            assert_eq!(
+                s["pricing"],
+                json!({"billable": true, "pricing_model": "PMP", "category": "utility", "type": "regular"}),
+                "{s}"
+            );
+        }
+        let text = |to: &str| {
+            json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": to,
+                   "type": "text", "text": {"body": "hello"}})
+        };
+        // A session text to a user who never wrote: Meta's regular service price.
+        assert_eq!(h.send_json(&text("15557654321")).await.0, 200);
+        let statuses = h.wait_for_statuses(6).await;
+        assert_eq!(statuses[5]["pricing"]["category"], "service");
+        assert_eq!(statuses[5]["pricing"]["type"], "regular");
+        // The user writes to the number; a reply within 24 hours is free.
+        let url = format!("{}/_sandbox/inbound", h.base);
+        let (status, body) = h
+            .post(h.http.post(url).json(
+                &json!({"phone_number_id": PHONE_NUMBER_ID, "from": "+15557654321", "text": "hi"}),
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["delivered"], true);
+        let inbound = lock(&h.receiver.bodies).last().cloned().unwrap_or_default();
+        assert_eq!(
+            inbound.pointer("/entry/0/changes/0/value/messages/0/from"),
+            Some(&json!("15557654321"))
+        );
+        assert_eq!(h.send_json(&text("15557654321")).await.0, 200);
+        let statuses = h.wait_for_statuses(9).await;
+        assert_eq!(statuses[8]["pricing"]["type"], "free_customer_service");
+        assert_eq!(statuses[8]["pricing"]["billable"], false);
     }
 
     #[tokio::test]

@@ -1013,3 +1013,5 @@ mod callbacks;
 pub use callbacks::*;
 mod templates;
 pub use templates::*;
+mod numbers;
+pub use numbers::*;

@@ -177,11 +177,60 @@ pub struct MessageRecord {
     /// When a scheduled message is to be sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_at: Option<DateTime<Utc>>,
+    /// The tenant's phone number it is sent from (`None`: accepted before a tenant had
+    /// several numbers; it goes from the tenant's default number).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Meta's pricing of it, from the first status webhook that carried one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
+}
+
+/// Meta's `pricing` object on a status webhook: its pricing model (`PMP`), category
+/// (`marketing`, `utility`, `authentication`, `service`, ...) and type (`regular`,
+/// `free_customer_service`, `free_entry_point`). Each is a short word of letters, digits
+/// and underscores (`Pricing::parse` refuses anything else), so it can sit in a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pricing {
+    pub pricing_model: String,
+    pub category: String,
+    #[serde(rename = "type")]
+    pub pricing_type: String,
+}
+
+impl Pricing {
+    /// Meta's words, lower-cased (the model keeps Meta's case: `PMP`); `None` if one is
+    /// missing, empty, longer than 64 characters or not a word.
+    pub fn parse(pricing_model: &str, category: &str, pricing_type: &str) -> Option<Self> {
+        let word = |s: &str| {
+            (!s.is_empty()
+                && s.len() <= 64
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            .then(|| s.to_owned())
+        };
+        Some(Pricing {
+            pricing_model: word(pricing_model)?,
+            category: word(&category.to_ascii_lowercase())?,
+            pricing_type: word(&pricing_type.to_ascii_lowercase())?,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meta_pricing_words_are_read_and_anything_else_is_refused() {
+        let p = Pricing::parse("PMP", "MARKETING", "regular").unwrap();
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({"pricing_model":"PMP","category":"marketing","type":"regular"})
+        );
+        assert!(Pricing::parse("PMP", "", "regular").is_none());
+        assert!(Pricing::parse("PMP", "utility#x", "regular").is_none());
+        assert!(Pricing::parse(&"a".repeat(65), "utility", "regular").is_none());
+    }
 
     #[test]
     fn error_codes_serialise_as_the_bare_number_or_string_and_read_back() {

@@ -26,7 +26,8 @@ use super::template::{
     valid_language, valid_name, TemplateChange, TemplateQuality, TemplateStatus,
 };
 use super::{
-    keyword, Keyword, MessageId, MessageStatus, OptOutSource, PhoneNumber, TemplateCategory, UserId,
+    keyword, Keyword, MessageId, MessageStatus, OptOutSource, PhoneNumber, Pricing,
+    TemplateCategory, UserId,
 };
 
 /// Meta's wamids are ~60 characters; anything far longer is not one (and would not fit
@@ -139,6 +140,8 @@ pub struct StatusReport {
     /// The recipient's business-scoped user id (`recipient_user_id`), when Meta gives it.
     pub recipient_user_id: Option<UserId>,
     pub errors: Vec<MetaError>,
+    /// Meta's pricing of the message, when the status carries a readable one.
+    pub pricing: Option<Pricing>,
 }
 
 impl StatusReport {
@@ -219,6 +222,25 @@ pub struct TemplateUpdate {
     pub change: TemplateChange,
 }
 
+/// Meta's `phone_number_quality_update` for one business number: what it says of the
+/// number's quality and throughput (`None`: nothing said of it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NumberQualityUpdate {
+    pub waba_id: String,
+    /// When Meta names the number by id (`phone_number_id`, or `metadata.phone_number_id`).
+    pub phone_number_id: Option<String>,
+    /// How Meta names the number in this webhook (`display_phone_number`).
+    pub display_phone_number: Option<String>,
+    /// Meta's event (`FLAGGED`, `UNFLAGGED`, `UPGRADE`, `DOWNGRADE`, `THROUGHPUT_UPGRADE`...).
+    pub event: String,
+    /// `quality_rating` when given (`GREEN`, `YELLOW`, `RED`), else what the event says:
+    /// `FLAGGED` is red, `UNFLAGGED` green.
+    pub quality: Option<TemplateQuality>,
+    /// `throughput.level` when given (`HIGH`: 1000 a second, `STANDARD`: 80), else
+    /// `THROUGHPUT_UPGRADE`: 1000.
+    pub throughput_per_sec: Option<u32>,
+}
+
 /// A piece of a notification Kirim did not understand: skipped alone and counted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unknown {
@@ -236,6 +258,7 @@ pub enum MetaEvent {
     UserPreference(UserPreference),
     AccountUpdate(AccountUpdate),
     Template(TemplateUpdate),
+    NumberQuality(NumberQualityUpdate),
     Unknown(Unknown),
 }
 
@@ -292,6 +315,11 @@ fn read_change(waba_id: &str, change: &Value, events: &mut Vec<MetaEvent>) {
     };
     if TEMPLATE_FIELDS.contains(&field) {
         let event = template_update(waba_id, field, value).map(MetaEvent::Template);
+        events.push(event.unwrap_or_else(|| unknown("change", field)));
+        return;
+    }
+    if field == "phone_number_quality_update" {
+        let event = number_quality(waba_id, value).map(MetaEvent::NumberQuality);
         events.push(event.unwrap_or_else(|| unknown("change", field)));
         return;
     }
@@ -424,6 +452,71 @@ fn template_update(waba_id: &str, field: &str, value: &Value) -> Option<Template
     })
 }
 
+/// One `phone_number_quality_update`; `None` when it names no number Kirim could find.
+fn number_quality(waba_id: &str, value: &Value) -> Option<NumberQualityUpdate> {
+    let q: NumberQualityIn = lenient(value)?;
+    let numeric = |s: String| {
+        (!s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit())).then_some(s)
+    };
+    let phone_number_id = q
+        .phone_number_id
+        .or_else(|| {
+            value
+                .get("metadata")
+                .and_then(|m| m.get("phone_number_id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .and_then(numeric);
+    let display_phone_number = q
+        .display_phone_number
+        .filter(|d| !d.is_empty() && d.len() <= 32);
+    if phone_number_id.is_none() && display_phone_number.is_none() {
+        return None;
+    }
+    let event = q.event.unwrap_or_default().to_ascii_uppercase();
+    let quality = match q.quality_rating.as_deref() {
+        Some(r) => Some(TemplateQuality::from_meta(r)),
+        None => match event.as_str() {
+            "FLAGGED" => Some(TemplateQuality::Red),
+            "UNFLAGGED" => Some(TemplateQuality::Green),
+            _ => None,
+        },
+    };
+    let level = q
+        .throughput
+        .as_ref()
+        .and_then(|t| t.get("level"))
+        .and_then(Value::as_str)
+        .map(str::to_ascii_uppercase);
+    let throughput_per_sec = match level.as_deref() {
+        Some("HIGH") => Some(1000),
+        Some("STANDARD") => Some(80),
+        _ if event == "THROUGHPUT_UPGRADE" => Some(1000),
+        _ => None,
+    };
+    Some(NumberQualityUpdate {
+        waba_id: waba_id.to_owned(),
+        phone_number_id,
+        display_phone_number,
+        event: event.chars().take(64).collect(),
+        quality,
+        throughput_per_sec,
+    })
+}
+
+/// Meta's `pricing` on a status, leniently: a category is needed; the model defaults to
+/// `PMP` (per-message pricing) and the type to `regular`.
+fn pricing(v: &Value) -> Option<Pricing> {
+    // Only an object: serde would read a struct from a list too.
+    let p: PricingIn = lenient(v).filter(|_| v.is_object())?;
+    Pricing::parse(
+        p.pricing_model.as_deref().unwrap_or("PMP"),
+        p.category.as_deref()?,
+        p.pricing_type.as_deref().unwrap_or("regular"),
+    )
+}
+
 /// A phone number as Meta writes it: digits without the `+`.
 fn meta_phone(digits: Option<&str>) -> Option<PhoneNumber> {
     digits.and_then(|d| PhoneNumber::parse(&format!("+{d}")).ok())
@@ -444,6 +537,7 @@ fn status(item: &Value, phone_number_id: &Option<String>) -> Option<StatusReport
             .and_then(MessageId::parse),
         recipient: meta_phone(s.recipient_id.as_deref()),
         recipient_user_id: s.recipient_user_id.as_deref().and_then(UserId::parse),
+        pricing: s.pricing.as_ref().and_then(pricing),
         errors: s
             .errors
             .into_iter()
@@ -576,6 +670,32 @@ struct StatusIn {
     biz_opaque_callback_data: Option<String>,
     #[serde(default)]
     errors: Vec<Value>,
+    #[serde(default)]
+    pricing: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct PricingIn {
+    #[serde(default)]
+    pricing_model: Option<String>,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default, rename = "type")]
+    pricing_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NumberQualityIn {
+    #[serde(default)]
+    phone_number_id: Option<String>,
+    #[serde(default)]
+    display_phone_number: Option<String>,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    quality_rating: Option<String>,
+    #[serde(default)]
+    throughput: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -658,6 +778,58 @@ mod tests {
 
     fn events(v: Value) -> Vec<MetaEvent> {
         parse_notification(v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_statuss_pricing_is_read_and_a_malformed_one_leaves_the_status_alone() {
+        let body = messages_change(json!({
+            "metadata": {"phone_number_id": "pn1"},
+            "statuses": [
+                {"id":"wamid.A","status":"sent","timestamp":"1","recipient_id":"60123456789",
+                 "pricing":{"billable":true,"pricing_model":"PMP","category":"UTILITY","type":"regular"}},
+                {"id":"wamid.B","status":"sent","timestamp":"1","recipient_id":"60123456789",
+                 "pricing":["not", "an", "object"]},
+            ]
+        }));
+        let ev = events(body);
+        let [MetaEvent::Status(a), MetaEvent::Status(b)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            a.pricing,
+            Pricing::parse("PMP", "utility", "regular"),
+            "category lower-cased"
+        );
+        assert_eq!(b.pricing, None);
+    }
+
+    #[test]
+    fn phone_number_quality_updates_say_quality_and_throughput() {
+        let change = |value: Value| json!({"entry":[{"id":"waba1","changes":[{"field":"phone_number_quality_update","value":value}]}]});
+        let ev = events(change(
+            json!({"display_phone_number":"15550783881","event":"FLAGGED","current_limit":"TIER_250"}),
+        ));
+        let [MetaEvent::NumberQuality(q)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(q.waba_id, "waba1");
+        assert_eq!(q.display_phone_number.as_deref(), Some("15550783881"));
+        assert_eq!(q.quality, Some(TemplateQuality::Red));
+        assert_eq!(q.throughput_per_sec, None);
+        let ev = events(change(
+            json!({"phone_number_id":"1002","event":"THROUGHPUT_UPGRADE","quality_rating":"YELLOW"}),
+        ));
+        let [MetaEvent::NumberQuality(q)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(q.phone_number_id.as_deref(), Some("1002"));
+        assert_eq!(q.quality, Some(TemplateQuality::Yellow));
+        assert_eq!(q.throughput_per_sec, Some(1000));
+        // Names no number at all: skipped alone.
+        let ev = events(change(json!({"event":"FLAGGED"})));
+        assert!(
+            matches!(&ev[..], [MetaEvent::Unknown(u)] if u.field == "phone_number_quality_update")
+        );
     }
 
     fn messages_change(value: Value) -> Value {

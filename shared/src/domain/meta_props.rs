@@ -756,7 +756,10 @@ fn check_bounds(events: &[MetaEvent]) -> Result<(), TestCaseError> {
             MetaEvent::UserPreference(p) => {
                 prop_assert!(p.phone.is_some() || p.user_id.is_some())
             }
-            MetaEvent::Inbound(_) | MetaEvent::AccountUpdate(_) | MetaEvent::Template(_) => {}
+            MetaEvent::Inbound(_)
+            | MetaEvent::AccountUpdate(_)
+            | MetaEvent::Template(_)
+            | MetaEvent::NumberQuality(_) => {}
         }
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! `/v1/broadcasts`: a JSON list of recipients, or a `text/csv` upload with a `phone`
 //! column (the template then comes in the query: `template_name`, `template_language`,
-//! `template_category` (optional); CSV broadcasts carry no template components, so they
+//! `template_category` (optional), and `from` (optional); CSV broadcasts carry no template components, so they
 //! send templates whose body takes no parameters).
 
 use std::collections::HashMap;
@@ -39,7 +39,12 @@ fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiErr
     for k in q.keys() {
         if !matches!(
             k.as_str(),
-            "template_name" | "template_language" | "template_category" | "name" | "send_at"
+            "template_name"
+                | "template_language"
+                | "template_category"
+                | "name"
+                | "send_at"
+                | "from"
         ) {
             return Err(ApiError::invalid(format!("unknown query parameter `{k}`")));
         }
@@ -83,6 +88,7 @@ async fn create(
         let campaign = CampaignIn {
             name: q.get("name").cloned(),
             send_at: q.get("send_at").cloned(),
+            from: q.get("from").cloned(),
         };
         (template, broadcasts::recipients_from_csv(&body)?, campaign)
     } else {
@@ -98,6 +104,7 @@ async fn create(
         let campaign = CampaignIn {
             name: req.name,
             send_at: req.send_at,
+            from: req.from,
         };
         (req.template, req.recipients, campaign)
     };

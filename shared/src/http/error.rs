@@ -134,6 +134,9 @@ impl From<ServiceError> for ApiError {
                 "template_parameters_mismatch",
                 m,
             ),
+            UnknownSender(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_sender", m)
+            }
             MetaUnavailable(m) => {
                 tracing::warn!(detail = %m, "meta unavailable");
                 ApiError::new(StatusCode::BAD_GATEWAY, "meta_unavailable", m)

@@ -12,6 +12,7 @@ mod export;
 pub mod extract;
 pub mod idempotency;
 pub mod lambda;
+mod numbers;
 mod optouts;
 mod templates;
 mod users;
@@ -161,6 +162,8 @@ fn admin_api_routes() -> Router<AppState> {
         .merge(callbacks::routes())
         // The catalogue's sync calls Meta: this function is wired with the Meta client.
         .merge(templates::routes())
+        // Adding a number syncs its WABA's catalogue: Meta again.
+        .merge(numbers::routes())
 }
 
 fn webhook_routes() -> Router<AppState> {

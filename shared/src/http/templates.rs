@@ -31,8 +31,18 @@ async fn list(
         limit: 50,
         ..Default::default()
     };
+    let mut waba = ctx.tenant.waba_id.clone();
     for (k, v) in &params {
         match k.as_str() {
+            "waba_id" => {
+                let ours = crate::service::numbers::wabas(&s.deps, &ctx.tenant).await?;
+                if !ours.contains(v) {
+                    return Err(ApiError::invalid(
+                        "waba_id must be the WABA of one of this account's phone numbers",
+                    ));
+                }
+                waba = v.clone();
+            }
             "status" => {
                 q.status = Some(TemplateStatus::parse(v).ok_or_else(|| {
                     ApiError::invalid(
@@ -71,12 +81,14 @@ async fn list(
             }
         }
     }
-    let (views, next_cursor) = templates::list(&s.deps, &ctx.tenant, &q).await?;
+    let (views, next_cursor) = templates::list(&s.deps, &waba, &q).await?;
     Ok(Json(json!({"templates": views, "next_cursor": next_cursor})).into_response())
 }
 
 async fn sync(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
-    let synced = templates::sync(&s.deps, &ctx.tenant).await?;
+    // Every WABA the tenant's numbers sit on.
+    let wabas = crate::service::numbers::wabas(&s.deps, &ctx.tenant).await?;
+    let synced = templates::sync_all(&s.deps, &ctx.tenant, &wabas).await?;
     let res = Json(synced).into_response();
     Ok(super::admin::noted(
         res,

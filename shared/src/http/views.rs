@@ -69,6 +69,11 @@ pub struct MessageView {
     pub client_reference: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broadcast_id: Option<String>,
+    /// The tenant's phone number it goes from (`null`: accepted before a tenant could
+    /// have several; it went from the default number).
+    pub from: Option<String>,
+    /// Meta's pricing of it, once a status webhook carried one.
+    pub pricing: Option<crate::domain::Pricing>,
 }
 
 impl From<&MessageRecord> for MessageView {
@@ -85,6 +90,8 @@ impl From<&MessageRecord> for MessageView {
             updated_at: m.updated_at,
             client_reference: m.client_reference.clone(),
             broadcast_id: m.broadcast_id.clone(),
+            from: m.from.clone(),
+            pricing: m.pricing.clone(),
         }
     }
 }

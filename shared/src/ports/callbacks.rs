@@ -21,6 +21,9 @@ pub struct PendingStatus {
     /// Meta's error codes and titles (a `failed` status).
     #[serde(default)]
     pub errors: Vec<PendingError>,
+    /// Meta's pricing on the status, if any (applied with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<crate::domain::Pricing>,
     pub received_at: DateTime<Utc>,
     /// Epoch seconds (the `PendingStatus` retention class).
     pub expires_at: Option<i64>,

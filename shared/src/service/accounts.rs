@@ -63,7 +63,7 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<(), ServiceError> {
     Ok(())
 }
 
-fn check_numeric_id(field: &str, v: &str) -> Result<(), ServiceError> {
+pub(crate) fn check_numeric_id(field: &str, v: &str) -> Result<(), ServiceError> {
     if v.is_empty() || v.len() > 32 || !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ServiceError::InvalidRequest(format!(
             "{field} must be Meta's numeric id"

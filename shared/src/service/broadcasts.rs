@@ -46,6 +46,9 @@ pub struct BroadcastRequest {
     /// RFC 3339 with an offset, 1 minute to 35 days ahead.
     #[serde(default)]
     pub send_at: Option<String>,
+    /// The tenant's phone number to send from; the default one without it.
+    #[serde(default)]
+    pub from: Option<String>,
 }
 
 /// A broadcast's campaign settings, as the request gave them (unchecked).
@@ -53,6 +56,8 @@ pub struct BroadcastRequest {
 pub struct CampaignIn {
     pub name: Option<String>,
     pub send_at: Option<String>,
+    /// The tenant's phone number to send from; the default one without it.
+    pub from: Option<String>,
 }
 
 /// The longest campaign name.
@@ -216,8 +221,13 @@ pub async fn create(
     tenant_id: &TenantId,
     template: TemplateIn,
     raw: Vec<String>,
+    from: Option<String>,
 ) -> Result<Accepted, ServiceError> {
-    create_campaign(deps, tenant_id, template, raw, CampaignIn::default()).await
+    let campaign = CampaignIn {
+        from,
+        ..CampaignIn::default()
+    };
+    create_campaign(deps, tenant_id, template, raw, campaign).await
 }
 
 /// Creates a broadcast with a name and, given `send_at`, scheduled: debited now, its
@@ -252,7 +262,9 @@ pub async fn create_campaign(
     }
     // The catalogue decides the category and refuses what Meta would refuse, before any
     // opt-out lookup, debit or write.
-    let content = super::templates::resolve(deps, &tenant.waba_id, requested).await?;
+    // One of the tenant's numbers (else `unknown_sender`); its WABA's catalogue decides.
+    let sender = super::numbers::sending_from(deps, &tenant, campaign.from.as_deref()).await?;
+    let content = super::templates::resolve(deps, &sender.waba_id, requested).await?;
     let template_ref = content
         .template_ref()
         .cloned()
@@ -320,8 +332,7 @@ pub async fn create_campaign(
             .retention
             .expiry(RetentionClass::Messages, now),
         name,
-        // The sender: today the tenant's one number (a `from` choice slots in here).
-        from: Some(tenant.phone_number_id.clone()),
+        from: Some(sender.phone_number_id.clone()),
         send_at,
         started_at: if send_at.is_some() { None } else { Some(now) },
         ended_at: None,
@@ -544,6 +555,8 @@ pub async fn retry_failed(
             None => format!("retry of {}", b.id),
         }),
         send_at: None,
+        // The same sender (it must still be one of the tenant's numbers).
+        from: b.from.clone(),
     };
     let accepted = create_campaign(deps, tenant, template, recipients, campaign).await?;
     Ok(Retried {
@@ -806,6 +819,8 @@ pub async fn fan_out_in_slices(
                 expires_at: b.expires_at,
                 broadcast_id: Some(b.id.clone()),
                 send_at: None,
+                from: b.from.clone(),
+                pricing: None,
             };
             deps.broadcasts.insert_broadcast_message(&record).await?;
             let body = QueueJob::Send(DispatchJob {

@@ -353,6 +353,22 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         crate::metrics::failed("tenant_config");
         return fail_unsent(deps, job, MessageStatus::Accepted, queued.price, error).await;
     };
+    // The number it goes from: the one the send named, else the default. A number
+    // removed since the message was accepted fails it (refunded) rather than send from a
+    // number the tenant no longer has.
+    let from = match super::numbers::sender(deps, &tenant, queued.from.as_deref()).await {
+        Ok(n) => n,
+        Err(ServiceError::UnknownSender(_)) => {
+            let error = MessageError {
+                code: "sender_removed".into(),
+                title: "the phone number it was to be sent from was removed from the account"
+                    .into(),
+            };
+            crate::metrics::failed("tenant_config");
+            return fail_unsent(deps, job, MessageStatus::Accepted, queued.price, error).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
     let now = deps.clock.now();
     let claim = StatusChange {
         count_attempt: true,
@@ -393,7 +409,8 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     // slot, or give the claim back (not an attempt) and come back soon. The slot is taken
     // last, right before the call, so that no write stands between the slot's time and
     // the request (that would bunch requests up against Meta's rolling second).
-    match super::throttle::acquire(deps, &tenant).await {
+    let tier = super::numbers::tier(deps, &tenant, &from);
+    match super::throttle::acquire(deps, &from.phone_number_id, tier).await {
         Ok(super::throttle::Slot::Go) => {}
         Ok(super::throttle::Slot::Full) => {
             if let Err(e) = deps
@@ -413,7 +430,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         .to_meta_request(&record.to, job.message_id.as_str());
     let result = deps
         .meta
-        .send_message(&tenant.phone_number_id, &token, &body)
+        .send_message(&from.phone_number_id, &token, &body)
         .await;
     let log_to = record.to.masked();
     match result {

@@ -49,6 +49,9 @@ pub enum ServiceError {
     /// The body gives another number of parameters than the template takes.
     #[error("{0}")]
     TemplateParametersMismatch(String),
+    /// `from` names no phone number of the tenant.
+    #[error("{0}")]
+    UnknownSender(String),
     /// Meta could not be read (a template sync): what was done is said.
     #[error("{0}")]
     MetaUnavailable(String),

@@ -22,8 +22,11 @@
 //! - `send` → `auth`, `contacts`, `idempotency`, `jobs`, `ledger`, `optouts`, `quality`,
 //!   `templates`, `schedule`; `broadcasts` (campaigns: schedule, pause, cancel, results,
 //!   retry) → `send` (template parsing), `deadline` (its code) and the same;
+//! - `usage` (Meta's pricing kept and counted per day) → `errors` only; `status` → `usage`;
+//! - `numbers` (a tenant's phone numbers, the sender of a send, Meta's quality updates)
+//!   → `accounts`, `templates`; `send`, `broadcasts` and `dispatch` → `numbers`;
 //! - `webhook` (Meta's webhook, routed as typed events) → `status`, `optouts`,
-//!   `contacts`, `accounts`, `templates`; `dispatch` (the dispatch queue's consumer) → everything it
+//!   `contacts`, `accounts`, `templates`, `numbers`; `dispatch` (the dispatch queue's consumer) → everything it
 //!   routes to.
 
 pub mod accounts;
@@ -44,6 +47,7 @@ pub mod jobs;
 mod layering;
 pub mod ledger;
 pub mod limits;
+pub mod numbers;
 pub mod optouts;
 #[cfg(test)]
 mod parse_props;
@@ -54,6 +58,7 @@ pub mod send;
 pub mod status;
 pub mod templates;
 pub mod throttle;
+pub mod usage;
 pub mod users;
 pub mod webhook;
 
@@ -98,6 +103,10 @@ pub struct Deps {
     pub status_callbacks: Arc<dyn StatusCallbackStore>,
     /// Each WABA's template catalogue (what Meta knows).
     pub templates: Arc<dyn TemplateStore>,
+    /// Tenants' phone numbers (senders).
+    pub numbers: Arc<dyn crate::ports::PhoneNumberStore>,
+    /// Meta's pricing counted per day (billing records).
+    pub usage: Arc<dyn crate::ports::UsageStore>,
     /// Status changes waiting to be POSTed to tenants (the StatusCallbackQueue).
     pub callback_queue: Arc<dyn DispatchQueue>,
     pub secrets: Arc<SecretCache>,
@@ -126,6 +135,8 @@ pub trait Stores:
     + PendingStatusStore
     + StatusCallbackStore
     + TemplateStore
+    + crate::ports::PhoneNumberStore
+    + crate::ports::UsageStore
     + 'static
 {
 }
@@ -148,6 +159,8 @@ impl<T> Stores for T where
         + PendingStatusStore
         + StatusCallbackStore
         + TemplateStore
+        + crate::ports::PhoneNumberStore
+        + crate::ports::UsageStore
         + 'static
 {
 }
@@ -211,9 +224,11 @@ impl Deps {
             idempotency: store.clone(),
             throughput: store.clone(),
             sending: store.clone(),
-            pending: store,
+            pending: store.clone(),
             status_callbacks,
             templates,
+            numbers: store.clone(),
+            usage: store,
             queue: b.queue,
             callback_queue: b.callback_queue,
             secrets: Arc::new(SecretCache::new(b.secrets, b.secret_ttl)),

@@ -31,6 +31,10 @@ pub struct SendRequest {
     /// RFC 3339 with an offset, 1 minute to 35 days ahead: the message waits `scheduled`.
     #[serde(default)]
     pub send_at: Option<String>,
+    /// The tenant's phone number to send from (its `phone_number_id`); the default one
+    /// without it.
+    #[serde(default)]
+    pub from: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -139,6 +143,7 @@ pub async fn send_once(
         .as_deref()
         .map(|raw| super::schedule::parse_send_at(raw, deps.clock.now()))
         .transpose()?;
+    let from = req.from.clone();
     let (to, draft, client_reference) = parse(req)?;
     let tenant = super::auth::load_tenant(deps, tenant_id).await?;
     if tenant.status != TenantStatus::Active {
@@ -146,15 +151,25 @@ pub async fn send_once(
     }
     if let Some(k) = idem {
         if let Some(id) = idempotency::earlier(deps, tenant_id, k).await? {
-            queue_again_if_never_claimed(deps, tenant_id, &tenant.waba_id, &id, &draft).await?;
+            // The first answer again, even if its number was removed since (its message
+            // then fails as `sender_removed` at dispatch).
+            let waba = match super::numbers::sending_from(deps, &tenant, from.as_deref()).await {
+                Ok(n) => n.waba_id,
+                Err(ServiceError::UnknownSender(_)) => tenant.waba_id.clone(),
+                Err(e) => return Err(e),
+            };
+            queue_again_if_never_claimed(deps, tenant_id, &waba, &id, &draft).await?;
             return Ok(Accepted::Replayed(id));
         }
     }
-    // The catalogue decides the template's category (price, opt-outs, the marketing
-    // pause) and refuses what Meta would refuse: before anything is debited or stored.
+    // One of the tenant's numbers (else `unknown_sender`), before anything is written.
+    let sender = super::numbers::sending_from(deps, &tenant, from.as_deref()).await?;
+    // The catalogue of the sending number's WABA decides the template's category (price,
+    // opt-outs, the marketing pause) and refuses what Meta would refuse: before anything
+    // is debited or stored.
     let content = match draft {
         Draft::Text(body) => Content::Text { body },
-        Draft::Template(t) => templates::resolve(deps, &tenant.waba_id, t).await?,
+        Draft::Template(t) => templates::resolve(deps, &sender.waba_id, t).await?,
     };
     let category = content.template_ref().map(|t| t.category);
     optouts::check(deps, tenant_id, &to, category).await?;
@@ -191,6 +206,8 @@ pub async fn send_once(
         expires_at: retention.expiry(RetentionClass::Messages, now),
         broadcast_id: None,
         send_at,
+        from: Some(sender.phone_number_id.clone()),
+        pricing: None,
     };
     // The job is queued BEFORE the message and its debit are written: a process that dies
     // in between leaves a job without a message, which the dispatcher drops once it is

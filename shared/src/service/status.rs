@@ -136,10 +136,23 @@ async fn apply_to(
             {
                 super::quality::count(deps, tenant_id, QualityCounter::Undeliverable).await;
             }
+            // Meta's pricing, counted once whichever status carries it first: the moved
+            // record says whether it was (no extra read). Last, so that a failure here
+            // (answered 500: Meta delivers again) never loses the callback above.
+            if let Some(pricing) = &report.pricing {
+                super::usage::record_on(deps, &record, pricing, at).await?;
+            }
             tracing::debug!(status = to.as_str(), "status applied");
             Ok(Applied::Yes)
         }
-        Transition::Refused => Ok(Applied::NoChange),
+        Transition::Refused => {
+            // A repeated or overtaken status may still be the first to carry the pricing
+            // (the dispatcher itself moves a message to `sent`).
+            if let Some(pricing) = &report.pricing {
+                super::usage::record(deps, tenant_id, message_id, pricing, at).await?;
+            }
+            Ok(Applied::NoChange)
+        }
     }
 }
 
@@ -165,6 +178,7 @@ async fn keep(
                 title: e.title.clone(),
             })
             .collect(),
+        pricing: report.pricing.clone(),
         received_at: now,
         expires_at: deps
             .settings
@@ -204,6 +218,7 @@ fn report_of(p: &PendingStatus) -> Option<StatusReport> {
                 title: e.title.clone(),
             })
             .collect(),
+        pricing: p.pricing.clone(),
     })
 }
 

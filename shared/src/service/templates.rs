@@ -114,7 +114,27 @@ fn meta_failure(e: &MetaSendError) -> String {
 /// Reads the tenant's WABA's templates from Meta (every page) into the catalogue, then
 /// removes those Meta no longer lists.
 pub async fn sync(deps: &Deps, tenant: &Tenant) -> Result<Synced, ServiceError> {
-    let waba = tenant.waba_id.as_str();
+    sync_waba(deps, tenant, &tenant.waba_id).await
+}
+
+/// [`sync`] for each of `wabas` (a tenant's numbers may sit on several), adding up what
+/// was synced; the first failure stops it (what was synced before stays).
+pub async fn sync_all(
+    deps: &Deps,
+    tenant: &Tenant,
+    wabas: &[String],
+) -> Result<Synced, ServiceError> {
+    let mut total = Synced::default();
+    for waba in wabas {
+        let done = sync_waba(deps, tenant, waba).await?;
+        total.synced += done.synced;
+        total.removed += done.removed;
+    }
+    Ok(total)
+}
+
+/// [`sync`] of one WABA of the tenant's, with the tenant's token.
+pub async fn sync_waba(deps: &Deps, tenant: &Tenant, waba: &str) -> Result<Synced, ServiceError> {
     let token = deps
         .secrets
         .current(&tenant.meta_token_secret)
@@ -236,8 +256,8 @@ pub struct ScheduledSync {
     pub removed: usize,
 }
 
-/// Syncs the catalogue of each active tenant's WABA once (at most [`MAX_SCHEDULED`]);
-/// a failure is logged and counted, never fatal.
+/// Syncs the catalogue of each WABA of the active tenants' numbers once (at most
+/// [`MAX_SCHEDULED`]); a failure is logged and counted, never fatal.
 pub async fn sync_scheduled(deps: &Deps, tenants: &[TenantId]) -> ScheduledSync {
     let mut done = ScheduledSync::default();
     let mut wabas = HashSet::new();
@@ -258,18 +278,28 @@ pub async fn sync_scheduled(deps: &Deps, tenants: &[TenantId]) -> ScheduledSync 
                 continue;
             }
         };
-        if !wabas.insert(tenant.waba_id.clone()) {
-            continue;
-        }
-        match sync(deps, &tenant).await {
-            Ok(s) => {
-                done.wabas += 1;
-                done.synced += s.synced;
-                done.removed += s.removed;
-            }
+        // The default number's WABA, and those of the tenant's other numbers.
+        let mut own = vec![tenant.waba_id.clone()];
+        match deps.numbers.list_phone_numbers(id).await {
+            Ok(numbers) => own.extend(numbers.into_iter().map(|n| n.waba_id)),
             Err(e) => {
-                tracing::warn!(tenant_id = %id, error = %e, "scheduled template sync failed");
-                done.failed += 1;
+                tracing::warn!(tenant_id = %id, error = %e, "numbers not read for the template sync")
+            }
+        }
+        for waba in own {
+            if wabas.len() >= MAX_SCHEDULED || !wabas.insert(waba.clone()) {
+                continue;
+            }
+            match sync_waba(deps, &tenant, &waba).await {
+                Ok(s) => {
+                    done.wabas += 1;
+                    done.synced += s.synced;
+                    done.removed += s.removed;
+                }
+                Err(e) => {
+                    tracing::warn!(tenant_id = %id, waba_id = %waba, error = %e, "scheduled template sync failed");
+                    done.failed += 1;
+                }
             }
         }
     }
@@ -367,16 +397,14 @@ pub fn parse_cursor(cursor: &str) -> Option<(String, String)> {
         .then(|| (name.to_owned(), language.to_owned()))
 }
 
-/// A page of the tenant's catalogue and the cursor of the next one.
+/// A page of a WABA's catalogue (one of the tenant's: the caller checks) and the cursor
+/// of the next one.
 pub async fn list(
     deps: &Deps,
-    tenant: &Tenant,
+    waba_id: &str,
     query: &TemplateQuery,
 ) -> Result<(Vec<View>, Option<String>), ServiceError> {
-    let page = deps
-        .templates
-        .list_templates(&tenant.waba_id, query)
-        .await?;
+    let page = deps.templates.list_templates(waba_id, query).await?;
     let next = page.next.map(|(n, l)| cursor_of(&n, &l));
     Ok((page.templates.into_iter().map(View::from).collect(), next))
 }

@@ -20,7 +20,8 @@ pub const MAX_WAIT: Duration = Duration::from_secs(1);
 /// two sends could fall into one of Meta's seconds with one too many (130429).
 pub const PACING: f64 = 0.97;
 
-/// The tier of the tenant's number (messages per second).
+/// The operator's tier for the tenant (messages per second), for numbers Meta said
+/// nothing of.
 pub fn tier(deps: &Deps, tenant: &Tenant) -> u32 {
     tenant
         .throughput_per_sec
@@ -41,13 +42,14 @@ pub enum Slot {
     Full,
 }
 
-/// Takes the next send slot of the tenant's number, waiting up to `MAX_WAIT` for it.
-pub async fn acquire(deps: &Deps, tenant: &Tenant) -> Result<Slot, StoreError> {
-    let per_sec = pace(tier(deps, tenant));
+/// Takes the next send slot of the business number `phone_number_id` (whose tier is
+/// `tier`, `numbers::tier`), waiting up to `MAX_WAIT` for it.
+pub async fn acquire(deps: &Deps, phone_number_id: &str, tier: u32) -> Result<Slot, StoreError> {
+    let per_sec = pace(tier);
     let now = deps.clock.now();
     let Some(at) = deps
         .throughput
-        .reserve_slot(&tenant.phone_number_id, per_sec, now, MAX_WAIT)
+        .reserve_slot(phone_number_id, per_sec, now, MAX_WAIT)
         .await?
     else {
         metrics::throttle("limiter_full");

@@ -3,7 +3,7 @@
 //! `status`, STOP/START requests to `optouts`, account-level stops to `accounts`, template
 //! changes to `templates`, `user_preferences` to `optouts`. A phone and a user id given
 //! together are remembered as a pairing, and every inbound message records when its user
-//! last wrote to the number (`contacts`).
+//! last wrote to the number (`contacts`); phone numbers' quality updates go to `numbers`.
 //! Pieces Kirim does not understand are skipped alone and counted.
 
 use std::collections::{HashMap, HashSet};
@@ -134,6 +134,20 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                     Ok(_) => summary.ignored += 1,
                     Err(e) => {
                         tracing::error!(error = %e, "template change not applied");
+                        summary.errors += 1;
+                    }
+                }
+            }
+            MetaEvent::NumberQuality(update) => {
+                let span = tracing::info_span!("number_quality", waba_id = %update.waba_id);
+                match super::numbers::apply_quality(deps, update)
+                    .instrument(span)
+                    .await
+                {
+                    Ok(super::numbers::Applied::Yes) => summary.applied += 1,
+                    Ok(_) => summary.ignored += 1,
+                    Err(e) => {
+                        tracing::error!(error = %e, "number quality update not applied");
                         summary.errors += 1;
                     }
                 }

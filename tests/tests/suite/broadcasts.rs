@@ -390,7 +390,7 @@ async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates()
         serde_json::from_value(json!({"name": "promo", "language": "en", "category": "utility"}))
             .unwrap();
     let recipients: Vec<String> = (0..7).map(|i| format!("+6012345{i:03}9")).collect();
-    let accepted = broadcasts::create(&deps, &tenant.id, template, recipients)
+    let accepted = broadcasts::create(&deps, &tenant.id, template, recipients, None)
         .await
         .unwrap();
     assert_eq!(accepted.accepted, 7);

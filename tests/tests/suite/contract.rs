@@ -149,6 +149,8 @@ pub(crate) fn message(
         expires_at: Some(now.timestamp() + expires_in_secs),
         broadcast_id: None,
         send_at: None,
+        from: None,
+        pricing: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

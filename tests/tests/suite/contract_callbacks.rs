@@ -23,6 +23,7 @@ fn kept(p: &Stores, wamid: &str, status: &str, timestamp: i64) -> PendingStatus 
         } else {
             Vec::new()
         },
+        pricing: None,
         received_at: now,
         expires_at: Some((now + Duration::days(7)).timestamp()),
     }

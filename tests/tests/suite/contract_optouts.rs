@@ -64,6 +64,8 @@ fn message(p: &Stores, t: &TenantId) -> (MessageRecord, LedgerEntry) {
         expires_at: Some(now.timestamp() + 3600),
         broadcast_id: None,
         send_at: None,
+        from: None,
+        pricing: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

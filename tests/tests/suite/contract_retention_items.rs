@@ -116,6 +116,7 @@ fn kept(p: &Ports, wamid: &str, expires_in: i64) -> PendingStatus {
         timestamp: 1_700_000_010,
         biz_opaque_callback_data: None,
         errors: Vec::new(),
+        pricing: None,
         received_at: p.clock.now(),
         expires_at: in_secs(p, expires_in),
     }

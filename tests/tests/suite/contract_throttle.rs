@@ -47,6 +47,8 @@ async fn claimed(p: &Stores, t: &TenantId) -> MessageRecord {
         expires_at: Some(now.timestamp() + 3600),
         broadcast_id: None,
         send_at: None,
+        from: None,
+        pricing: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

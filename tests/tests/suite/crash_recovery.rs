@@ -506,6 +506,8 @@ async fn a_job_that_arrives_before_its_message_waits_for_it_and_one_whose_send_d
         expires_at: Some(Utc::now().timestamp() + 3600),
         broadcast_id: None,
         send_at: None,
+        from: None,
+        pricing: None,
     };
     let debit = kirim::service::ledger::debit(
         &t.app.deps,
@@ -552,7 +554,8 @@ async fn a_broadcast_whose_fan_out_job_cannot_be_queued_records_and_charges_noth
     down.queue = Arc::new(Kept::refusing());
     let recipients = vec!["+60123459921".to_owned(), "+60123459922".to_owned()];
     let res =
-        kirim::service::broadcasts::create(&down, &tenant, broadcast_template(), recipients).await;
+        kirim::service::broadcasts::create(&down, &tenant, broadcast_template(), recipients, None)
+            .await;
     assert!(res.is_err(), "the broadcast is refused");
     assert_eq!(t.credits(&o.key).await, 5, "nothing was charged");
     let (sum, _) = ledger_of(&t, &tenant).await;
@@ -572,10 +575,15 @@ async fn a_fan_out_job_whose_broadcast_is_not_recorded_waits_then_is_dropped(bac
     let mut queued = t.app.deps.clone();
     queued.queue = kept.clone();
     let recipients = vec!["+60123459923".to_owned()];
-    let accepted =
-        kirim::service::broadcasts::create(&queued, &tenant, broadcast_template(), recipients)
-            .await
-            .expect("the broadcast is accepted");
+    let accepted = kirim::service::broadcasts::create(
+        &queued,
+        &tenant,
+        broadcast_template(),
+        recipients,
+        None,
+    )
+    .await
+    .expect("the broadcast is accepted");
     let job: serde_json::Value = serde_json::from_str(&kept.only()).expect("the fan-out job");
     assert_eq!(job["broadcast_id"], accepted.id.as_str());
     assert_eq!(t.credits(&o.key).await, 4, "charged");

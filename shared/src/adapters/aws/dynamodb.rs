@@ -30,6 +30,7 @@ mod contacts;
 mod cursor_props;
 mod idempotency;
 pub mod keys;
+mod numbers;
 mod optouts;
 mod retention;
 mod templates;
@@ -435,11 +436,17 @@ impl TenantStore for DynamoStore {
             .send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| classify("dynamodb query", e))?;
-            if let Some(id) = item.get("id").and_then(|v| v.as_s().ok()) {
+            // Tenant items hold `id`, number items `tenant_id`.
+            if let Some(id) = item
+                .get("id")
+                .or_else(|| item.get("tenant_id"))
+                .and_then(|v| v.as_s().ok())
+            {
                 out.push(TenantId::from_trusted(id.clone()));
             }
         }
         out.sort();
+        out.dedup();
         Ok(out)
     }
 
@@ -528,7 +535,7 @@ impl TenantStore for DynamoStore {
     }
 }
 
-fn dyn_value<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
+pub(super) fn dyn_value<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
     serde_dynamo::to_attribute_value(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 

@@ -14,6 +14,7 @@ mod broadcasts;
 mod callbacks;
 mod contacts;
 mod idempotency;
+mod numbers;
 mod optouts;
 mod retention;
 mod templates;
@@ -28,7 +29,7 @@ use crate::ports::{
 #[derive(Default)]
 pub(super) struct State {
     pub(super) tenants: HashMap<TenantId, Tenant>,
-    phones: HashMap<String, TenantId>,
+    pub(super) phones: HashMap<String, TenantId>,
     keys: HashMap<String, ApiKeyRecord>,
     pub(super) messages: BTreeMap<(TenantId, MessageId), MessageRecord>,
     pub(super) ledger: Vec<LedgerEntry>,
@@ -65,7 +66,14 @@ pub(super) struct State {
     rate: HashMap<String, (i64, i64)>,
     /// (WABA, template name, language) → the catalogue's template, ordered for paging.
     templates: BTreeMap<(String, String, String), crate::ports::CatalogueTemplate>,
+    /// (tenant, phone number id) → one of its phone numbers.
+    pub(super) numbers: BTreeMap<(TenantId, String), crate::ports::PhoneNumberRecord>,
+    /// (tenant, day, category, type) → a usage row and its expiry (epoch seconds).
+    pub(super) usage: BTreeMap<UsageKey, (crate::ports::UsageRow, Option<i64>)>,
 }
+
+/// A usage row's key: (tenant, day, category, type).
+pub(super) type UsageKey = (TenantId, chrono::NaiveDate, String, String);
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional
 /// writes and transactions are.
@@ -141,8 +149,15 @@ impl TenantStore for MemoryStore {
             .values()
             .filter(|t| t.waba_id == waba_id)
             .map(|t| t.id.clone())
+            .chain(
+                s.numbers
+                    .values()
+                    .filter(|n| n.waba_id == waba_id)
+                    .map(|n| n.tenant_id.clone()),
+            )
             .collect();
         ids.sort();
+        ids.dedup();
         Ok(ids)
     }
 

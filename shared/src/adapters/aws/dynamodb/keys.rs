@@ -69,6 +69,10 @@ const IDEM_PREFIX: &str = "IDEM#";
 const QSTAT_PREFIX: &str = "QSTAT#";
 /// A tenant's broadcasts, in its `TENANT#{t}` partition.
 pub const BROADCAST_PREFIX: &str = "BROADCAST#";
+/// A tenant's phone numbers, in its partition.
+pub const NUMBER_PREFIX: &str = "NUMBER#";
+/// A tenant's usage rows (Meta's pricing per day), in its partition.
+pub const USAGE_PREFIX: &str = "USAGE#";
 const BCLIST_PREFIX: &str = "BCLIST#";
 const EVENT_PREFIX: &str = "EVENT#";
 /// A user's pairing (a phone's user id, a user id's phone), in the tenant's partition.
@@ -142,10 +146,16 @@ pub enum ItemKind {
     LoginFailuresOfAddress,
     /// `WABA#{waba}` / `TEMPLATE#{name}#{language}`: one template of a WABA's catalogue.
     Template,
+    /// `TENANT#{tenant}` / `NUMBER#{phone_number_id}`; gsi1 `WABA#{waba}` /
+    /// `TENANT#{tenant}`: one of the tenant's phone numbers.
+    PhoneNumber,
+    /// `TENANT#{tenant}` / `USAGE#{yyyy-mm-dd}#{category}#{type}`: Meta's pricing of the
+    /// tenant's messages on one UTC day (a billing record).
+    UsageCounter,
 }
 
 impl ItemKind {
-    pub const ALL: [ItemKind; 28] = [
+    pub const ALL: [ItemKind; 30] = [
         ItemKind::Tenant,
         ItemKind::PhoneRoute,
         ItemKind::ApiKeyByHash,
@@ -174,6 +184,8 @@ impl ItemKind {
         ItemKind::Template,
         ItemKind::UserPairing,
         ItemKind::ServiceWindow,
+        ItemKind::PhoneNumber,
+        ItemKind::UsageCounter,
     ];
 
     /// The retention class whose expiry an item of this type carries when it has one, and
@@ -188,7 +200,7 @@ impl ItemKind {
             // taught it (its TTL is refreshed whenever Meta repeats it).
             Message | WamidIndex | Broadcast | Template | UserPairing => RetentionClass::Messages,
             ServiceWindow => RetentionClass::ServiceWindow,
-            Tenant | LedgerEntry => RetentionClass::Billing,
+            Tenant | LedgerEntry | UsageCounter => RetentionClass::Billing,
             AuditEvent | AuditParked => RetentionClass::Audit,
             Idempotency => RetentionClass::Idempotency,
             PendingStatus => RetentionClass::PendingStatus,
@@ -197,8 +209,8 @@ impl ItemKind {
             BroadcastList => RetentionClass::BroadcastList,
             SendSlot => RetentionClass::SendSlot,
             LoginFailuresOfEmail | LoginFailuresOfAddress => RetentionClass::LoginFailures,
-            PhoneRoute | ApiKeyByHash | ApiKeyOfTenant | OptOut | AuditHead | StatusCallback
-            | TwoFactorSetting | User | EmailClaim | RetentionCheckpoint => {
+            PhoneRoute | PhoneNumber | ApiKeyByHash | ApiKeyOfTenant | OptOut | AuditHead
+            | StatusCallback | TwoFactorSetting | User | EmailClaim | RetentionCheckpoint => {
                 RetentionClass::ActiveConfig
             }
         }
@@ -225,6 +237,8 @@ impl ItemKind {
                 _ if has(USER_PREFIX) => User,
                 _ if has(PAIR_PREFIX) => UserPairing,
                 _ if has(WINDOW_PREFIX) => ServiceWindow,
+                _ if has(NUMBER_PREFIX) => PhoneNumber,
+                _ if has(USAGE_PREFIX) => UsageCounter,
                 _ => return None,
             }
         } else if pk.starts_with(WAMID) {
@@ -342,6 +356,17 @@ pub fn phone_route(phone_number_id: &str) -> Key {
     Key::new(format!("{PHONE}{phone_number_id}"), PHONE_SK)
 }
 
+/// One of a tenant's phone numbers.
+pub fn phone_number(t: &TenantId, phone_number_id: &str) -> Key {
+    Key::new(tenant_pk(t), format!("{NUMBER_PREFIX}{phone_number_id}"))
+}
+
+/// A phone number item's entry in the WABA index (beside the tenant item's: the
+/// tenants on a WABA are those of the tenant items and number items under it).
+pub fn phone_number_waba_gsi1(waba_id: &str, t: &TenantId) -> Gsi1 {
+    tenant_waba_gsi1(waba_id, t)
+}
+
 pub fn api_key_by_hash(key_hash: &str) -> Key {
     Key::new(format!("{APIKEY}{key_hash}"), APIKEY_SK)
 }
@@ -449,6 +474,26 @@ pub fn broadcast(t: &TenantId, id: &str) -> Key {
 
 pub fn broadcast_list(t: &TenantId, id: &str) -> Key {
     Key::new(tenant_pk(t), format!("{BCLIST_PREFIX}{id}"))
+}
+
+/// Category and type are words of letters, digits and underscores (`domain::Pricing`), so
+/// `#` separates them and key order is (day, category, type) order.
+pub fn usage_counter(t: &TenantId, day: NaiveDate, category: &str, pricing_type: &str) -> Key {
+    Key::new(
+        tenant_pk(t),
+        format!(
+            "{USAGE_PREFIX}{}#{category}#{pricing_type}",
+            day.format("%Y-%m-%d")
+        ),
+    )
+}
+
+/// The usage sort-key range of the days `from..=to`.
+pub fn usage_range(from: NaiveDate, to: NaiveDate) -> (String, String) {
+    (
+        format!("{USAGE_PREFIX}{}", from.format("%Y-%m-%d")),
+        format!("{USAGE_PREFIX}{}#{TOP}", to.format("%Y-%m-%d")),
+    )
 }
 
 pub fn quality_counter(t: &TenantId, day: NaiveDate) -> Key {
@@ -633,6 +678,8 @@ mod tests {
             }
             ItemKind::LoginFailuresOfAddress => login_failures_of_address("198.51.100.7"),
             ItemKind::Template => template("1000001", "order_update", "en_US"),
+            ItemKind::PhoneNumber => phone_number(&t, "1234567890"),
+            ItemKind::UsageCounter => usage_counter(&t, day, "marketing", "regular"),
         }
     }
 
@@ -675,6 +722,11 @@ mod tests {
         assert_eq!(class("WAMID#w", "WAMID"), Some(C::Messages));
         assert_eq!(class(t, "BROADCAST#01J"), Some(C::Messages));
         assert_eq!(class(t, "LEDGER#01J"), Some(C::Billing));
+        assert_eq!(
+            class(t, "USAGE#2026-01-31#marketing#regular"),
+            Some(C::Billing),
+            "usage rows are billing records"
+        );
         assert_eq!(class(t, "TENANT"), Some(C::Billing));
         assert_eq!(
             class("AUDIT#platform", "EVENT#0000000000000001"),
@@ -706,6 +758,7 @@ mod tests {
         for (pk, sk) in [
             (t, "APIKEY#01J"),
             (t, "OPTOUT#+601"),
+            (t, "NUMBER#1234567890"),
             (t, "USER#01J"),
             (t, "SETTINGS#2FA"),
             (t, "SETTINGS#STATUS_CALLBACK"),
@@ -752,6 +805,18 @@ mod tests {
         // Key order is (name, language) order: `#` sorts before every name character.
         assert!(template("1", "abc", "en").sk < template("1", "abc_x", "en").sk);
         assert!(template("1", "abc", "en").sk < template("1", "abc", "en_US").sk);
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let (lo, hi) = usage_range(d("2026-01-02"), d("2026-01-03"));
+        let t = TenantId::parse("01JABCDEFGHJKMNPQRSTVWXYZ0").unwrap();
+        for (day, inside) in [
+            ("2026-01-01", false),
+            ("2026-01-02", true),
+            ("2026-01-03", true),
+            ("2026-01-04", false),
+        ] {
+            let sk = usage_counter(&t, d(day), "authentication", "free_entry_point").sk;
+            assert_eq!(lo <= sk && sk <= hi, inside, "{day}");
+        }
         let (lo, hi) = message_range_of_ms(1_700_000_000_000);
         assert!(lo < hi && lo.starts_with("MSG#") && hi.starts_with("MSG#"));
         assert_eq!(

@@ -74,6 +74,26 @@ fn class_of(pk: &str, sk: &str) -> RetentionClass {
 }
 
 impl DynamoStore {
+    /// Deletes a phone-number route only while it names `tenant`; `false` if it did not.
+    async fn delete_route_of(&self, tenant: &TenantId, pnid: &str) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::phone_route(pnid).attrs()))
+            .condition_expression("tenant_id = :t")
+            .expression_attribute_values(":t", s(tenant.as_str()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(classify("dynamodb delete", e)),
+        }
+    }
+
     /// Deletes the keys in chunks of 25 (DynamoDB's limit), resubmitting unprocessed ones up
     /// to five times. Answers the keys that are gone.
     async fn delete_keys(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
@@ -306,6 +326,12 @@ impl RetentionStore for DynamoStore {
                         }
                     }
                 }
+                Some(ItemKind::PhoneNumber) => {
+                    // Its route, only while it still names this tenant.
+                    if let Some(pnid) = str_attr(&item, "phone_number_id") {
+                        self.delete_route_of(tenant, pnid).await?;
+                    }
+                }
                 Some(ItemKind::OptOut | ItemKind::StatusCallback | ItemKind::TwoFactorSetting) => {}
                 // Messages, ledger, idempotency, counters, broadcasts: their own TTL; the
                 // tenant: last.
@@ -338,24 +364,7 @@ impl RetentionStore for DynamoStore {
         counts.sessions_deleted = self.delete_keys(session_keys).await?.len();
         // The phone-number route, only while it still names this tenant.
         if let Some(pnid) = str_attr(&tenant_item, "phone_number_id") {
-            let res = self
-                .client
-                .delete_item()
-                .table_name(&self.table)
-                .set_key(Some(keys::phone_route(pnid).attrs()))
-                .condition_expression("tenant_id = :t")
-                .expression_attribute_values(":t", s(tenant.as_str()))
-                .send()
-                .await;
-            counts.phone_route_removed = match res {
-                Ok(_) => true,
-                Err(SdkError::ServiceError(e))
-                    if e.err().is_conditional_check_failed_exception() =>
-                {
-                    false
-                }
-                Err(e) => return Err(classify("dynamodb delete", e)),
-            };
+            counts.phone_route_removed = self.delete_route_of(tenant, pnid).await?;
         }
         if self
             .set_ttl_if_absent(keys::audit_head(tenant.as_str()), ttls.audit_head)

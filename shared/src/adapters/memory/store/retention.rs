@@ -47,6 +47,7 @@ impl RetentionStore for MemoryStore {
         sweep!(page, K::BroadcastList, s.broadcast_lists, |_, l| l.1 > now);
         sweep!(page, K::LedgerEntry, s.ledger, |e| live(e.expires_at));
         sweep!(page, K::QualityCounter, s.quality, |_, q| live(q.1));
+        sweep!(page, K::UsageCounter, s.usage, |_, u| live(u.1));
         for (_, events) in s.audit.values_mut() {
             sweep!(page, K::AuditEvent, events, |_, e| live(e.expires_at));
         }
@@ -80,6 +81,7 @@ impl RetentionStore for MemoryStore {
                 page.count(K::ApiKeyByHash.class(), removed);
                 page.count(K::ApiKeyOfTenant.class(), removed);
                 sweep!(page, K::OptOut, s.opt_outs, |(tt, _), _| tt != &t);
+                sweep!(page, K::PhoneNumber, s.numbers, |(tt, _), _| tt != &t);
                 let callback = s.status_callbacks.remove(&t).map_or(0, |_| 1);
                 page.count(K::StatusCallback.class(), callback);
                 // Users, their email claims and the 2FA setting.
@@ -153,6 +155,8 @@ impl RetentionStore for MemoryStore {
             s.phones.remove(&t.phone_number_id);
             counts.phone_route_removed = true;
         }
+        // The routes of its other numbers too (their items expire with its config).
+        s.phones.retain(|_, owner| owner != tenant);
         if t.status == TenantStatus::Closed && !s.closed_out.contains_key(tenant) {
             s.closed_out.insert(tenant.clone(), (now, ttls));
             counts.items_given_ttl = 1;
@@ -308,6 +312,20 @@ impl RetentionStore for MemoryStore {
                 keys::status_callback(t),
                 config_ttl(t),
                 to_value(c).unwrap_or_default(),
+            );
+        }
+        for ((t, id), n) in &s.numbers {
+            item(
+                keys::phone_number(t, id),
+                config_ttl(t),
+                to_value(n).unwrap_or_default(),
+            );
+        }
+        for ((t, day, category, pricing_type), (row, exp)) in &s.usage {
+            item(
+                keys::usage_counter(t, *day, category, pricing_type),
+                *exp,
+                to_value(row).unwrap_or_default(),
             );
         }
         for (number, (tat, expires)) in &s.rate {

@@ -1,0 +1,298 @@
+//! `PhoneNumberStore` and `UsageStore` on the one table.
+//!
+//! A phone number is two items: its route `PHONE#{id}` / `PHONE` (`tenant_id`: what Meta's
+//! webhooks are routed by, and what makes a number one tenant's at most) and its item in
+//! the tenant's partition, `NUMBER#{id}`, indexed under its WABA (gsi1 `WABA#{waba}` /
+//! `TENANT#{tenant}`, beside the tenant item's). Adding writes both in one transaction
+//! conditioned on neither existing; removing deletes both in one transaction with a
+//! condition on the tenant item (not its default number).
+//!
+//! A usage row is `USAGE#{day}#{category}#{type}` in the tenant's partition (Billing TTL):
+//! Meta's pricing is counted by one transaction that sets `pricing` on the message only
+//! if it has none and ADDs to the row, so a repeated pricing counts nothing.
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{Delete, ReturnValue, TransactWriteItem, Update};
+use chrono::NaiveDate;
+
+use super::{
+    classify, dyn_value, from_item, keys, n, s, to_item, CancelReason, DynamoStore, Item, TTL_ATTR,
+};
+use crate::domain::{TemplateQuality, TenantId};
+use crate::ports::{PhoneNumberRecord, PhoneNumberStore, PricedMessage, UsageRow, UsageStore};
+use crate::store_error::StoreError;
+
+fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, StoreError> {
+    r.map_err(|e| StoreError::Corrupt(format!("transaction item: {e}")))
+}
+
+impl DynamoStore {
+    fn number_item(&self, number: &PhoneNumberRecord) -> Result<Item, StoreError> {
+        to_item(
+            number,
+            &keys::phone_number(&number.tenant_id, &number.phone_number_id).with_gsi1(
+                keys::phone_number_waba_gsi1(&number.waba_id, &number.tenant_id),
+            ),
+            None,
+        )
+    }
+}
+
+#[async_trait]
+impl PhoneNumberStore for DynamoStore {
+    async fn add_phone_number(&self, number: &PhoneNumberRecord) -> Result<(), StoreError> {
+        let mut route: Item = keys::phone_route(&number.phone_number_id).attrs();
+        route.insert("tenant_id".into(), s(number.tenant_id.to_string()));
+        let items = vec![
+            self.put(route, Some("attribute_not_exists(pk)"))?,
+            self.put(self.number_item(number)?, Some("attribute_not_exists(pk)"))?,
+        ];
+        match self.transact(items).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
+                "phone_number_id already belongs to a tenant".into(),
+            )),
+            Err(e) => Err(e.into_store_error()),
+        }
+    }
+
+    async fn put_phone_number_if_absent(
+        &self,
+        number: &PhoneNumberRecord,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(self.number_item(number)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(classify("dynamodb put", e)),
+        }
+    }
+
+    async fn get_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+    ) -> Result<Option<PhoneNumberRecord>, StoreError> {
+        self.get(keys::phone_number(tenant, phone_number_id))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
+    async fn list_phone_numbers(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<PhoneNumberRecord>, StoreError> {
+        self.query_prefix(keys::tenant_pk(tenant), keys::NUMBER_PREFIX)
+            .await
+    }
+
+    async fn remove_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+    ) -> Result<(), StoreError> {
+        // The condition on the tenant item rides on a marker update (no ConditionCheck:
+        // every function's grants stay the table's Put/Update/Delete).
+        let not_default = built(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(keys::tenant(tenant).attrs()))
+                .update_expression("SET numbers_changed_at = :now")
+                .condition_expression("attribute_exists(pk) AND phone_number_id <> :p")
+                .expression_attribute_values(":p", s(phone_number_id))
+                .expression_attribute_values(":now", n(self.now_secs()))
+                .build(),
+        )?;
+        let number = built(
+            Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(keys::phone_number(tenant, phone_number_id).attrs()))
+                .condition_expression("attribute_exists(pk)")
+                .build(),
+        )?;
+        let route = built(
+            Delete::builder()
+                .table_name(&self.table)
+                .set_key(Some(keys::phone_route(phone_number_id).attrs()))
+                .condition_expression("tenant_id = :t")
+                .expression_attribute_values(":t", s(tenant.as_str()))
+                .build(),
+        )?;
+        let items = vec![
+            TransactWriteItem::builder().update(not_default).build(),
+            TransactWriteItem::builder().delete(number).build(),
+            TransactWriteItem::builder().delete(route).build(),
+        ];
+        match self.transact(items).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
+                "the number is the default or is not the tenant's".into(),
+            )),
+            Err(e) => Err(e.into_store_error()),
+        }
+    }
+
+    async fn set_default_number(
+        &self,
+        tenant: &TenantId,
+        number: &PhoneNumberRecord,
+    ) -> Result<(), StoreError> {
+        let exists = built(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(
+                    keys::phone_number(tenant, &number.phone_number_id).attrs(),
+                ))
+                .update_expression("SET made_default_at = :now")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_values(":now", n(self.now_secs()))
+                .build(),
+        )?;
+        let gsi = keys::tenant_waba_gsi1(&number.waba_id, tenant);
+        let update = built(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(keys::tenant(tenant).attrs()))
+                .update_expression("SET phone_number_id = :p, waba_id = :w, gsi1pk = :g")
+                .condition_expression("attribute_exists(pk) AND #status <> :closed")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":p", s(&number.phone_number_id))
+                .expression_attribute_values(":w", s(&number.waba_id))
+                .expression_attribute_values(":g", s(gsi.pk))
+                .expression_attribute_values(":closed", s("closed"))
+                .build(),
+        )?;
+        let items = vec![
+            TransactWriteItem::builder().update(exists).build(),
+            TransactWriteItem::builder().update(update).build(),
+        ];
+        match self.transact(items).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
+                "the number is not the tenant's, or the tenant is closed".into(),
+            )),
+            Err(e) => Err(e.into_store_error()),
+        }
+    }
+
+    async fn set_number_quality(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        quality: TemplateQuality,
+        throughput_per_sec: Option<u32>,
+    ) -> Result<Option<PhoneNumberRecord>, StoreError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::phone_number(tenant, phone_number_id).attrs()))
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":q", dyn_value(&quality)?)
+            .return_values(ReturnValue::AllNew);
+        req = match throughput_per_sec {
+            Some(t) => req
+                .update_expression("SET quality = :q, throughput_per_sec = :t")
+                .expression_attribute_values(":t", n(i64::from(t))),
+            None => req.update_expression("SET quality = :q REMOVE throughput_per_sec"),
+        };
+        match req.send().await {
+            Ok(out) => Ok(Some(from_item(out.attributes.unwrap_or_default())?)),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(None)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl UsageStore for DynamoStore {
+    async fn record_pricing(&self, priced: &PricedMessage<'_>) -> Result<bool, StoreError> {
+        let p = priced.pricing;
+        let message = built(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(keys::message(priced.tenant, priced.message).attrs()))
+                .update_expression("SET pricing = :p")
+                .condition_expression("attribute_exists(pk) AND attribute_not_exists(pricing)")
+                .expression_attribute_values(":p", dyn_value(p)?)
+                .build(),
+        )?;
+        let mut row = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(
+                keys::usage_counter(priced.tenant, priced.day, &p.category, &p.pricing_type)
+                    .attrs(),
+            ))
+            .expression_attribute_names("#date", "date")
+            .expression_attribute_values(":d", s(priced.day.format("%Y-%m-%d").to_string()))
+            .expression_attribute_values(":c", s(&p.category))
+            .expression_attribute_values(":t", s(&p.pricing_type))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":cr", n(priced.credits));
+        row = match priced.expires_at {
+            Some(ttl) => row
+                .update_expression(
+                    "SET #date = :d, category = :c, pricing_type = :t, #ttl = :ttl \
+                     ADD messages :one, credits :cr",
+                )
+                .expression_attribute_names("#ttl", TTL_ATTR)
+                .expression_attribute_values(":ttl", n(ttl)),
+            None => row.update_expression(
+                "SET #date = :d, category = :c, pricing_type = :t ADD messages :one, credits :cr",
+            ),
+        };
+        let items = vec![
+            TransactWriteItem::builder().update(message).build(),
+            TransactWriteItem::builder()
+                .update(built(row.build())?)
+                .build(),
+        ];
+        match self.transact_retrying_conflicts(items).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => Ok(false),
+            Err(e) => Err(e.into_store_error()),
+        }
+    }
+
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let (lo, hi) = keys::usage_range(from, to);
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .expression_attribute_values(":pk", s(keys::tenant_pk(tenant)))
+            .expression_attribute_values(":lo", s(lo))
+            .expression_attribute_values(":hi", s(hi))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| classify("dynamodb query", e))?;
+            if self.live(&item) {
+                out.push(from_item(item)?);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,184 @@
+//! `PhoneNumberStore` and `UsageStore` on the memory store: the same rules as DynamoDB,
+//! under the one lock.
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+
+use super::MemoryStore;
+use crate::domain::{TemplateQuality, TenantId};
+use crate::ports::{
+    PhoneNumberRecord, PhoneNumberStore, PricedMessage, TenantStatus, UsageRow, UsageStore,
+};
+use crate::store_error::StoreError;
+
+fn key(t: &TenantId, id: &str) -> (TenantId, String) {
+    (t.clone(), id.to_owned())
+}
+
+#[async_trait]
+impl PhoneNumberStore for MemoryStore {
+    async fn add_phone_number(&self, number: &PhoneNumberRecord) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let k = key(&number.tenant_id, &number.phone_number_id);
+        if s.phones.contains_key(&number.phone_number_id) || s.numbers.contains_key(&k) {
+            return Err(StoreError::Conflict(
+                "phone_number_id already belongs to a tenant".into(),
+            ));
+        }
+        s.phones
+            .insert(number.phone_number_id.clone(), number.tenant_id.clone());
+        s.numbers.insert(k, number.clone());
+        Ok(())
+    }
+
+    async fn put_phone_number_if_absent(
+        &self,
+        number: &PhoneNumberRecord,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let k = key(&number.tenant_id, &number.phone_number_id);
+        if s.numbers.contains_key(&k) {
+            return Ok(false);
+        }
+        s.numbers.insert(k, number.clone());
+        Ok(true)
+    }
+
+    async fn get_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+    ) -> Result<Option<PhoneNumberRecord>, StoreError> {
+        Ok(self
+            .lock()?
+            .numbers
+            .get(&key(tenant, phone_number_id))
+            .cloned())
+    }
+
+    async fn list_phone_numbers(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<PhoneNumberRecord>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.numbers
+            .range(key(tenant, "")..)
+            .take_while(|((t, _), _)| t == tenant)
+            .map(|(_, n)| n.clone())
+            .collect())
+    }
+
+    async fn remove_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let is_default = s
+            .tenants
+            .get(tenant)
+            .is_none_or(|t| t.phone_number_id == phone_number_id);
+        let k = key(tenant, phone_number_id);
+        if is_default || !s.numbers.contains_key(&k) {
+            return Err(StoreError::Conflict(
+                "the number is the default or is not the tenant's".into(),
+            ));
+        }
+        s.numbers.remove(&k);
+        if s.phones.get(phone_number_id) == Some(tenant) {
+            s.phones.remove(phone_number_id);
+        }
+        Ok(())
+    }
+
+    async fn set_default_number(
+        &self,
+        tenant: &TenantId,
+        number: &PhoneNumberRecord,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        if !s
+            .numbers
+            .contains_key(&key(tenant, &number.phone_number_id))
+        {
+            return Err(StoreError::Conflict("no such number".into()));
+        }
+        let t = s.tenants.get_mut(tenant).ok_or(StoreError::NotFound)?;
+        if t.status == TenantStatus::Closed {
+            return Err(StoreError::Conflict("the tenant is closed".into()));
+        }
+        t.phone_number_id = number.phone_number_id.clone();
+        t.waba_id = number.waba_id.clone();
+        Ok(())
+    }
+
+    async fn set_number_quality(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        quality: TemplateQuality,
+        throughput_per_sec: Option<u32>,
+    ) -> Result<Option<PhoneNumberRecord>, StoreError> {
+        let mut s = self.lock()?;
+        Ok(s.numbers.get_mut(&key(tenant, phone_number_id)).map(|n| {
+            n.quality = quality;
+            n.throughput_per_sec = throughput_per_sec;
+            n.clone()
+        }))
+    }
+}
+
+#[async_trait]
+impl UsageStore for MemoryStore {
+    async fn record_pricing(&self, priced: &PricedMessage<'_>) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let Some(m) = s
+            .messages
+            .get_mut(&(priced.tenant.clone(), priced.message.clone()))
+            .filter(|m| m.pricing.is_none())
+        else {
+            return Ok(false);
+        };
+        m.pricing = Some(priced.pricing.clone());
+        let p = priced.pricing;
+        let row = s
+            .usage
+            .entry((
+                priced.tenant.clone(),
+                priced.day,
+                p.category.clone(),
+                p.pricing_type.clone(),
+            ))
+            .or_insert_with(|| {
+                (
+                    UsageRow {
+                        date: priced.day,
+                        category: p.category.clone(),
+                        pricing_type: p.pricing_type.clone(),
+                        messages: 0,
+                        credits: 0,
+                    },
+                    priced.expires_at,
+                )
+            });
+        row.0.messages += 1;
+        row.0.credits += priced.credits;
+        row.1 = priced.expires_at;
+        Ok(true)
+    }
+
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.usage
+            .range((tenant.clone(), from, String::new(), String::new())..)
+            .take_while(|((t, d, _, _), _)| t == tenant && *d <= to)
+            .filter(|(_, (_, exp))| self.live(*exp))
+            .map(|(_, (row, _))| row.clone())
+            .collect())
+    }
+}

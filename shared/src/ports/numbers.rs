@@ -1,0 +1,123 @@
+//! A tenant's phone numbers (senders) and Meta's pricing of its messages (API.md "Phone
+//! numbers (senders)" and "Pricing as Meta reports it").
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::domain::{MessageId, Pricing, TemplateQuality, TenantId};
+use crate::store_error::StoreError;
+
+/// One of a tenant's business phone numbers. Which one is the default is the tenant's
+/// `phone_number_id` (so a tenant onboarded before numbers existed has its one number as
+/// the default, with no number item yet: `service::numbers` reads it from the tenant).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PhoneNumberRecord {
+    pub tenant_id: TenantId,
+    pub phone_number_id: String,
+    pub waba_id: String,
+    #[serde(default)]
+    pub display_phone_number: Option<String>,
+    /// Meta's quality rating of the number (`phone_number_quality_update`).
+    #[serde(default = "unknown_quality")]
+    pub quality: TemplateQuality,
+    /// Meta's throughput for the number (messages a second), when Meta said so.
+    #[serde(default)]
+    pub throughput_per_sec: Option<u32>,
+    pub added_at: DateTime<Utc>,
+}
+
+fn unknown_quality() -> TemplateQuality {
+    TemplateQuality::Unknown
+}
+
+/// A tenant's phone numbers. A number's route (`phone_number_id` → tenant, also what
+/// Meta's webhooks are routed by) is claimed in the same atomic write that adds it, so a
+/// number belongs to one tenant at most.
+#[async_trait]
+pub trait PhoneNumberStore: Send + Sync {
+    /// Claims the number's route and stores the number, atomically. `Conflict` if any
+    /// tenant (this one included) has the number already; nothing is written then.
+    async fn add_phone_number(&self, number: &PhoneNumberRecord) -> Result<(), StoreError>;
+    /// Stores the number item of a number whose route the tenant already holds (the
+    /// number it was onboarded with), only if it has none yet; `false` if it had one.
+    async fn put_phone_number_if_absent(
+        &self,
+        number: &PhoneNumberRecord,
+    ) -> Result<bool, StoreError>;
+    async fn get_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+    ) -> Result<Option<PhoneNumberRecord>, StoreError>;
+    /// Ordered by phone number id.
+    async fn list_phone_numbers(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<PhoneNumberRecord>, StoreError>;
+    /// Removes the number and its route, only if the number exists and is not the
+    /// tenant's default (a condition on the tenant item, in the same atomic write).
+    /// `Conflict` otherwise; nothing is removed then.
+    async fn remove_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+    ) -> Result<(), StoreError>;
+    /// Makes the number the tenant's default (its `phone_number_id` and `waba_id`), only
+    /// if the number item exists and the tenant is not closed. `Conflict` otherwise.
+    async fn set_default_number(
+        &self,
+        tenant: &TenantId,
+        number: &PhoneNumberRecord,
+    ) -> Result<(), StoreError>;
+    /// Sets the number's quality and (when given) throughput, only if the number item
+    /// exists; `None` if it does not.
+    async fn set_number_quality(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        quality: TemplateQuality,
+        throughput_per_sec: Option<u32>,
+    ) -> Result<Option<PhoneNumberRecord>, StoreError>;
+}
+
+/// One row of `GET /v1/usage`: a tenant's messages Meta priced one way on one UTC day.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UsageRow {
+    pub date: NaiveDate,
+    pub category: String,
+    pub pricing_type: String,
+    pub messages: i64,
+    pub credits: i64,
+}
+
+/// Meta's pricing of one message, as it is counted once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PricedMessage<'a> {
+    pub tenant: &'a TenantId,
+    pub message: &'a MessageId,
+    pub pricing: &'a Pricing,
+    /// The UTC day Meta first reported the pricing.
+    pub day: NaiveDate,
+    /// The credits Kirim debited for the message.
+    pub credits: i64,
+    /// The usage row's expiry (epoch seconds, the Billing class).
+    pub expires_at: Option<i64>,
+}
+
+/// Per tenant, day, category and type: how many messages Meta priced so and the credits
+/// debited for them (billing records).
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Records the pricing on the message and adds it to its day's usage row, in one
+    /// atomic write conditioned on the message existing and having no pricing yet: a
+    /// message is counted once however often Meta repeats its pricing. `false` when it
+    /// was counted before (or there is no such message); nothing is written then.
+    async fn record_pricing(&self, priced: &PricedMessage<'_>) -> Result<bool, StoreError>;
+    /// The live rows of the days `from..=to`, by date, category and type.
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<UsageRow>, StoreError>;
+}

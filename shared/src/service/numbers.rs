@@ -1,0 +1,368 @@
+//! A tenant's phone numbers (API.md "Phone numbers (senders)"): the operator adds and
+//! removes them, an admin picks the default, sends and broadcasts choose one with `from`,
+//! and Meta's `phone_number_quality_update` webhooks keep each one's quality and
+//! throughput.
+//!
+//! The default number is the tenant item's `phone_number_id` (and `waba_id`). A tenant
+//! onboarded before it could have several numbers has no number item for it: [`list`]
+//! and [`sender`] read that one from the tenant item, and every change to the tenant's
+//! numbers first stores its item ([`materialise`]), so old tenants keep working unchanged.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::meta::NumberQualityUpdate;
+use crate::domain::{TemplateQuality, TenantId};
+use crate::ports::{PhoneNumberRecord, Tenant, TenantStatus};
+use crate::store_error::StoreError;
+
+use super::accounts::check_numeric_id;
+use super::errors::ServiceError;
+use super::Deps;
+
+/// `POST /v1/platform/tenants/{id}/phone-numbers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewNumber {
+    pub phone_number_id: String,
+    pub waba_id: String,
+    #[serde(default)]
+    pub display_phone_number: Option<String>,
+}
+
+/// One number as `GET /v1/phone-numbers` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NumberView {
+    pub phone_number_id: String,
+    pub waba_id: String,
+    pub display_phone_number: Option<String>,
+    pub default: bool,
+    pub quality: &'static str,
+    pub throughput_per_sec: u32,
+}
+
+/// The number the tenant item names as its default, as a number item would hold it.
+fn from_tenant(tenant: &Tenant) -> PhoneNumberRecord {
+    PhoneNumberRecord {
+        tenant_id: tenant.id.clone(),
+        phone_number_id: tenant.phone_number_id.clone(),
+        waba_id: tenant.waba_id.clone(),
+        display_phone_number: None,
+        quality: TemplateQuality::Unknown,
+        throughput_per_sec: None,
+        added_at: tenant.created_at,
+    }
+}
+
+/// The tier a number sends at: what Meta said of the number, else the operator's tier
+/// for the tenant (`PUT /v1/platform/tenants/{id}/throughput`), else the platform's.
+pub fn tier(deps: &Deps, tenant: &Tenant, number: &PhoneNumberRecord) -> u32 {
+    number
+        .throughput_per_sec
+        .or(tenant.throughput_per_sec)
+        .unwrap_or(deps.settings.meta_throughput)
+}
+
+/// The tenant's numbers, the default one included (ordered by phone number id).
+pub async fn records(deps: &Deps, tenant: &Tenant) -> Result<Vec<PhoneNumberRecord>, ServiceError> {
+    let mut numbers = deps.numbers.list_phone_numbers(&tenant.id).await?;
+    if !numbers
+        .iter()
+        .any(|n| n.phone_number_id == tenant.phone_number_id)
+    {
+        numbers.push(from_tenant(tenant));
+        numbers.sort_by(|a, b| a.phone_number_id.cmp(&b.phone_number_id));
+    }
+    Ok(numbers)
+}
+
+/// `GET /v1/phone-numbers`.
+pub async fn list(deps: &Deps, tenant: &Tenant) -> Result<Vec<NumberView>, ServiceError> {
+    Ok(records(deps, tenant)
+        .await?
+        .into_iter()
+        .map(|n| NumberView {
+            default: n.phone_number_id == tenant.phone_number_id,
+            quality: n.quality.as_str(),
+            throughput_per_sec: tier(deps, tenant, &n),
+            phone_number_id: n.phone_number_id,
+            waba_id: n.waba_id,
+            display_phone_number: n.display_phone_number,
+        })
+        .collect())
+}
+
+/// The WABAs of the tenant's numbers, each once (the default's first).
+pub async fn wabas(deps: &Deps, tenant: &Tenant) -> Result<Vec<String>, ServiceError> {
+    let mut out = vec![tenant.waba_id.clone()];
+    for n in records(deps, tenant).await? {
+        if !out.contains(&n.waba_id) {
+            out.push(n.waba_id);
+        }
+    }
+    Ok(out)
+}
+
+/// Stores the default number's item if the tenant has none yet (a tenant onboarded with
+/// one number): before anything changes which number is the default.
+async fn materialise(deps: &Deps, tenant: &Tenant) -> Result<(), ServiceError> {
+    deps.numbers
+        .put_phone_number_if_absent(&from_tenant(tenant))
+        .await?;
+    Ok(())
+}
+
+async fn open_tenant(deps: &Deps, id: &TenantId) -> Result<Tenant, ServiceError> {
+    let tenant = deps
+        .tenants
+        .get_tenant(id)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    if tenant.status == TenantStatus::Closed {
+        return Err(ServiceError::Conflict("the account is closed".into()));
+    }
+    Ok(tenant)
+}
+
+fn check_display(v: &str) -> Result<(), ServiceError> {
+    let ok = !v.is_empty()
+        && v.len() <= 32
+        && v.bytes()
+            .all(|b| b.is_ascii_digit() || b" +-()".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::InvalidRequest(
+            "display_phone_number must be a phone number as Meta shows it (digits, spaces, + - ( ))"
+                .into(),
+        ))
+    }
+}
+
+/// The operator adds a number to a tenant. A number already on any tenant: `Conflict`.
+/// A number on a WABA the tenant had no number on has that WABA's catalogue synced (a
+/// failed sync is logged; `POST /v1/templates/sync` tries again).
+pub async fn add(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    req: NewNumber,
+) -> Result<PhoneNumberRecord, ServiceError> {
+    check_numeric_id("phone_number_id", &req.phone_number_id)?;
+    check_numeric_id("waba_id", &req.waba_id)?;
+    if let Some(d) = &req.display_phone_number {
+        check_display(d)?;
+    }
+    let tenant = open_tenant(deps, tenant_id).await?;
+    let known_wabas = wabas(deps, &tenant).await?;
+    materialise(deps, &tenant).await?;
+    let record = PhoneNumberRecord {
+        tenant_id: tenant_id.clone(),
+        phone_number_id: req.phone_number_id,
+        waba_id: req.waba_id,
+        display_phone_number: req.display_phone_number,
+        quality: TemplateQuality::Unknown,
+        throughput_per_sec: None,
+        added_at: deps.clock.now(),
+    };
+    deps.numbers
+        .add_phone_number(&record)
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => {
+                ServiceError::Conflict("this phone_number_id already belongs to a tenant".into())
+            }
+            e => e.into(),
+        })?;
+    tracing::info!(tenant_id = %tenant_id, phone_number_id = %record.phone_number_id, "phone number added");
+    if !known_wabas.contains(&record.waba_id) {
+        match super::templates::sync_waba(deps, &tenant, &record.waba_id).await {
+            Ok(s) => tracing::info!(synced = s.synced, "new WABA's catalogue synced"),
+            Err(e) => tracing::warn!(error = %e, "new WABA's catalogue not synced"),
+        }
+    }
+    Ok(record)
+}
+
+/// The operator removes a number. The default number (so also the last one) is never
+/// removed: `Conflict` (make another one the default first).
+pub async fn remove(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    phone_number_id: &str,
+) -> Result<(), ServiceError> {
+    let tenant = open_tenant(deps, tenant_id).await?;
+    if phone_number_id == tenant.phone_number_id {
+        return Err(ServiceError::Conflict(
+            "this is the account's default number (a tenant keeps at least one); make another \
+             number the default first"
+                .into(),
+        ));
+    }
+    if deps
+        .numbers
+        .get_phone_number(tenant_id, phone_number_id)
+        .await?
+        .is_none()
+    {
+        return Err(ServiceError::NotFound);
+    }
+    deps.numbers
+        .remove_phone_number(tenant_id, phone_number_id)
+        .await?;
+    tracing::info!(tenant_id = %tenant_id, phone_number_id, "phone number removed");
+    Ok(())
+}
+
+/// An admin makes one of the tenant's numbers the default.
+pub async fn set_default(
+    deps: &Deps,
+    tenant: &Tenant,
+    phone_number_id: &str,
+) -> Result<PhoneNumberRecord, ServiceError> {
+    if tenant.phone_number_id == phone_number_id {
+        return sender(deps, tenant, None).await;
+    }
+    let number = deps
+        .numbers
+        .get_phone_number(&tenant.id, phone_number_id)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    materialise(deps, tenant).await?;
+    deps.numbers.set_default_number(&tenant.id, &number).await?;
+    tracing::info!(tenant_id = %tenant.id, phone_number_id, "default phone number set");
+    Ok(number)
+}
+
+/// What accepting a send needs of its number: its id and WABA (whose catalogue decides
+/// the template). The default number's are on the tenant item: read only for another.
+pub struct SendingNumber {
+    pub phone_number_id: String,
+    pub waba_id: String,
+}
+
+/// [`sender`] without a read for the default number (every send without `from`).
+pub async fn sending_from(
+    deps: &Deps,
+    tenant: &Tenant,
+    from: Option<&str>,
+) -> Result<SendingNumber, ServiceError> {
+    match from {
+        None => Ok(SendingNumber {
+            phone_number_id: tenant.phone_number_id.clone(),
+            waba_id: tenant.waba_id.clone(),
+        }),
+        Some(id) if id == tenant.phone_number_id => Ok(SendingNumber {
+            phone_number_id: tenant.phone_number_id.clone(),
+            waba_id: tenant.waba_id.clone(),
+        }),
+        Some(id) => sender(deps, tenant, Some(id)).await.map(|n| SendingNumber {
+            phone_number_id: n.phone_number_id,
+            waba_id: n.waba_id,
+        }),
+    }
+}
+
+/// The number a send goes from: `from` if it is one of the tenant's (else
+/// `UnknownSender`), the default number without it.
+pub async fn sender(
+    deps: &Deps,
+    tenant: &Tenant,
+    from: Option<&str>,
+) -> Result<PhoneNumberRecord, ServiceError> {
+    let id = from.unwrap_or(&tenant.phone_number_id);
+    match deps.numbers.get_phone_number(&tenant.id, id).await? {
+        Some(n) => Ok(n),
+        None if id == tenant.phone_number_id => Ok(from_tenant(tenant)),
+        None => Err(ServiceError::UnknownSender(format!(
+            "from `{}` is not one of this account's phone numbers; GET /v1/phone-numbers lists them",
+            id.chars().take(40).collect::<String>()
+        ))),
+    }
+}
+
+/// What applying a quality webhook did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Yes,
+    /// No tenant has the number (or the event changes nothing).
+    Ignored,
+}
+
+/// Meta's `phone_number_quality_update`: the number's quality and throughput. The number
+/// is found by its id when Meta gives one, else by its display number among the numbers
+/// of the tenants on the webhook's WABA.
+pub async fn apply_quality(
+    deps: &Deps,
+    update: &NumberQualityUpdate,
+) -> Result<Applied, ServiceError> {
+    if update.quality.is_none() && update.throughput_per_sec.is_none() {
+        return Ok(Applied::Ignored);
+    }
+    let Some((tenant, number)) = find(deps, update).await? else {
+        tracing::info!(waba_id = %update.waba_id, "quality update for a number no tenant has; ignored");
+        return Ok(Applied::Ignored);
+    };
+    if tenant.status == TenantStatus::Closed {
+        return Ok(Applied::Ignored);
+    }
+    materialise(deps, &tenant).await?;
+    let quality = update.quality.unwrap_or(number.quality);
+    let throughput = update.throughput_per_sec.or(number.throughput_per_sec);
+    match deps
+        .numbers
+        .set_number_quality(&tenant.id, &number.phone_number_id, quality, throughput)
+        .await?
+    {
+        Some(_) => {
+            tracing::info!(
+                tenant_id = %tenant.id,
+                phone_number_id = %number.phone_number_id,
+                quality = quality.as_str(),
+                throughput_per_sec = throughput,
+                "phone number quality updated"
+            );
+            Ok(Applied::Yes)
+        }
+        None => Ok(Applied::Ignored),
+    }
+}
+
+fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+async fn find(
+    deps: &Deps,
+    update: &NumberQualityUpdate,
+) -> Result<Option<(Tenant, PhoneNumberRecord)>, ServiceError> {
+    if let Some(pnid) = &update.phone_number_id {
+        let Some(t) = deps.tenants.tenant_by_phone_number_id(pnid).await? else {
+            return Ok(None);
+        };
+        let Some(tenant) = deps.tenants.get_tenant(&t).await? else {
+            return Ok(None);
+        };
+        return Ok(sender(deps, &tenant, Some(pnid))
+            .await
+            .ok()
+            .map(|n| (tenant, n)));
+    }
+    let Some(display) = update.display_phone_number.as_deref().map(digits) else {
+        return Ok(None);
+    };
+    if display.is_empty() || update.waba_id.is_empty() {
+        return Ok(None);
+    }
+    for t in deps.tenants.tenants_by_waba(&update.waba_id).await? {
+        let Some(tenant) = deps.tenants.get_tenant(&t).await? else {
+            continue;
+        };
+        for n in records(deps, &tenant).await? {
+            if n.waba_id == update.waba_id
+                && n.display_phone_number.as_deref().map(digits).as_deref() == Some(&display)
+            {
+                return Ok(Some((tenant, n)));
+            }
+        }
+    }
+    Ok(None)
+}

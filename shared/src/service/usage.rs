@@ -1,0 +1,135 @@
+//! Meta's pricing as Meta reports it (API.md "Pricing as Meta reports it"): the `pricing`
+//! of a status webhook is kept on its message and counted once in the tenant's usage of
+//! that UTC day, category and type, with the credits Kirim debited for the message
+//! (billing records, the Billing retention class).
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::domain::{MessageId, MessageRecord, Pricing, RetentionClass, TenantId};
+use crate::ports::{PricedMessage, UsageRow};
+
+use super::errors::ServiceError;
+use super::Deps;
+
+/// The longest range `GET /v1/usage` answers, in days (both ends included).
+pub const MAX_DAYS: i64 = 366;
+
+/// Records Meta's pricing of a message (once: a repeat on a later status changes
+/// nothing). `at` is Meta's time of the status: its UTC day is the usage row's.
+pub async fn record(
+    deps: &Deps,
+    tenant: &TenantId,
+    message: &MessageId,
+    pricing: &Pricing,
+    at: DateTime<Utc>,
+) -> Result<bool, ServiceError> {
+    match deps.messages.get_message(tenant, message).await? {
+        Some(m) => record_on(deps, &m, pricing, at).await,
+        None => Ok(false),
+    }
+}
+
+/// [`record`] for a message as just read or moved: nothing is written when it has its
+/// pricing already (the store's condition decides in any case).
+pub async fn record_on(
+    deps: &Deps,
+    m: &MessageRecord,
+    pricing: &Pricing,
+    at: DateTime<Utc>,
+) -> Result<bool, ServiceError> {
+    if m.pricing.is_some() {
+        return Ok(false);
+    }
+    let day = at.date_naive();
+    let priced = PricedMessage {
+        tenant: &m.tenant_id,
+        message: &m.id,
+        pricing,
+        day,
+        credits: m.price,
+        expires_at: expiry(deps, day),
+    };
+    let counted = deps.usage.record_pricing(&priced).await?;
+    if counted {
+        tracing::debug!(
+            category = %pricing.category,
+            pricing_type = %pricing.pricing_type,
+            "meta's pricing recorded"
+        );
+    }
+    Ok(counted)
+}
+
+/// A usage row is kept for the Billing period after its day ends (every message added to
+/// it writes the same expiry).
+pub fn expiry(deps: &Deps, day: NaiveDate) -> Option<i64> {
+    let end = day
+        .succ_opt()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())?;
+    deps.settings.retention.expiry(RetentionClass::Billing, end)
+}
+
+fn day(name: &str, v: Option<&str>) -> Result<NaiveDate, ServiceError> {
+    let v = v.ok_or_else(|| ServiceError::InvalidRequest(format!("{name} is required")))?;
+    NaiveDate::parse_from_str(v, "%Y-%m-%d")
+        .ok()
+        .filter(|_| v.len() == 10)
+        .ok_or_else(|| ServiceError::InvalidRequest(format!("{name} must be a date YYYY-MM-DD")))
+}
+
+/// Parses `from` and `to` (`YYYY-MM-DD`, `from` ≤ `to`, at most [`MAX_DAYS`] days).
+pub fn range(from: Option<&str>, to: Option<&str>) -> Result<(NaiveDate, NaiveDate), ServiceError> {
+    let (from, to) = (day("from", from)?, day("to", to)?);
+    if from > to {
+        return Err(ServiceError::InvalidRequest(
+            "from must not be after to".into(),
+        ));
+    }
+    if (to - from).num_days() + 1 > MAX_DAYS {
+        return Err(ServiceError::InvalidRequest(format!(
+            "the range may cover at most {MAX_DAYS} days"
+        )));
+    }
+    Ok((from, to))
+}
+
+/// `GET /v1/usage`: the tenant's rows of the days `from..=to`.
+pub async fn usage(
+    deps: &Deps,
+    tenant: &TenantId,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<UsageRow>, ServiceError> {
+    let mut rows = deps.usage.usage(tenant, from, to).await?;
+    rows.sort_by(|a, b| {
+        (a.date, &a.category, &a.pricing_type).cmp(&(b.date, &b.category, &b.pricing_type))
+    });
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_ranges_are_dates_in_order_and_at_most_366_days() {
+        assert!(range(Some("2026-01-01"), Some("2026-12-31")).is_ok());
+        assert!(
+            range(Some("2024-01-01"), Some("2024-12-31")).is_ok(),
+            "a leap year"
+        );
+        assert!(range(Some("2026-01-01"), Some("2027-01-02")).is_err());
+        assert!(range(Some("2026-02-01"), Some("2026-01-31")).is_err());
+        for bad in [
+            "2026-13-01",
+            "2026-1-1",
+            "yesterday",
+            "2026-01-01T00:00:00Z",
+            "",
+        ] {
+            assert!(range(Some(bad), Some("2026-12-31")).is_err(), "{bad}");
+        }
+        assert!(range(None, Some("2026-12-31")).is_err());
+    }
+}

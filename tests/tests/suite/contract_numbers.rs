@@ -1,0 +1,289 @@
+//! The `PhoneNumberStore` and `UsageStore` contracts, on the memory adapter and on
+//! DynamoDB (moto): a number is one tenant's at most, the default is never removed, and
+//! Meta's pricing of a message is counted once.
+
+use chrono::{Duration, NaiveDate};
+use kirim::domain::{Pricing, TemplateQuality, TenantId};
+use kirim::ports::*;
+use kirim::store_error::StoreError;
+
+use super::contract::{aws, contract, memory, message, onboarded, Ports};
+
+fn number(p: &Ports, t: &TenantId, id: &str, waba: &str) -> PhoneNumberRecord {
+    PhoneNumberRecord {
+        tenant_id: t.clone(),
+        phone_number_id: id.into(),
+        waba_id: waba.into(),
+        display_phone_number: Some("+1 555-010-2030".into()),
+        quality: TemplateQuality::Unknown,
+        throughput_per_sec: None,
+        added_at: p.clock.now(),
+    }
+}
+
+fn fresh_id() -> String {
+    format!("{}", 2_000_000 + kirim_tests::rand_u32() % 900_000)
+}
+
+async fn a_number_is_one_tenants_at_most_and_its_route_names_that_tenant(p: Ports) {
+    let a = onboarded(&p, 0).await;
+    let b = onboarded(&p, 0).await;
+    let id = fresh_id();
+    let n = number(&p, &a.id, &id, "2000002");
+    p.numbers.add_phone_number(&n).await.unwrap();
+    assert_eq!(
+        p.tenants.tenant_by_phone_number_id(&id).await.unwrap(),
+        Some(a.id.clone())
+    );
+    assert_eq!(
+        p.numbers.get_phone_number(&a.id, &id).await.unwrap(),
+        Some(n.clone())
+    );
+    // Another tenant, the same tenant again, or a tenant's onboarding number: refused.
+    for (t, pnid) in [
+        (&b.id, id.as_str()),
+        (&a.id, id.as_str()),
+        (&b.id, a.phone_number_id.as_str()),
+    ] {
+        let again = number(&p, t, pnid, "2000002");
+        assert!(
+            matches!(
+                p.numbers.add_phone_number(&again).await,
+                Err(StoreError::Conflict(_))
+            ),
+            "{pnid} for {t}"
+        );
+    }
+    assert_eq!(p.numbers.get_phone_number(&b.id, &id).await.unwrap(), None);
+    assert_eq!(
+        p.tenants
+            .tenant_by_phone_number_id(&a.phone_number_id)
+            .await
+            .unwrap(),
+        Some(a.id.clone()),
+        "the refused write changed no route"
+    );
+    // The tenants on the new number's WABA include its owner.
+    assert_eq!(
+        p.tenants.tenants_by_waba("2000002").await.unwrap(),
+        vec![a.id]
+    );
+}
+
+async fn the_default_number_is_never_removed_and_a_removed_number_frees_its_route(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let id = fresh_id();
+    p.numbers
+        .add_phone_number(&number(&p, &t.id, &id, "1"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        p.numbers
+            .remove_phone_number(&t.id, &t.phone_number_id)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    p.numbers.remove_phone_number(&t.id, &id).await.unwrap();
+    assert_eq!(p.numbers.get_phone_number(&t.id, &id).await.unwrap(), None);
+    assert_eq!(
+        p.tenants.tenant_by_phone_number_id(&id).await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        p.numbers.remove_phone_number(&t.id, &id).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Free again: another tenant may add it.
+    let other = onboarded(&p, 0).await;
+    p.numbers
+        .add_phone_number(&number(&p, &other.id, &id, "1"))
+        .await
+        .unwrap();
+}
+
+async fn the_default_moves_only_to_a_number_of_the_tenants(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let id = fresh_id();
+    let n = number(&p, &t.id, &id, "2000003");
+    assert!(matches!(
+        p.numbers.set_default_number(&t.id, &n).await,
+        Err(StoreError::Conflict(_))
+    ));
+    p.numbers.add_phone_number(&n).await.unwrap();
+    // The onboarding number's item, as `service::numbers` stores it before a change.
+    let first = number(&p, &t.id, &t.phone_number_id, &t.waba_id);
+    assert!(p.numbers.put_phone_number_if_absent(&first).await.unwrap());
+    assert!(!p.numbers.put_phone_number_if_absent(&first).await.unwrap());
+    p.numbers.set_default_number(&t.id, &n).await.unwrap();
+    let after = p.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.phone_number_id.as_str(), after.waba_id.as_str()),
+        (id.as_str(), "2000003")
+    );
+    // Now the old default may go, the new one may not.
+    assert!(p.numbers.remove_phone_number(&t.id, &id).await.is_err());
+    p.numbers
+        .remove_phone_number(&t.id, &t.phone_number_id)
+        .await
+        .unwrap();
+    let ids: Vec<String> = p
+        .numbers
+        .list_phone_numbers(&t.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.phone_number_id)
+        .collect();
+    assert_eq!(ids, vec![id]);
+}
+
+async fn a_numbers_quality_changes_only_on_a_number_that_exists(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let id = fresh_id();
+    assert_eq!(
+        p.numbers
+            .set_number_quality(&t.id, &id, TemplateQuality::Red, Some(1000))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        p.numbers.get_phone_number(&t.id, &id).await.unwrap(),
+        None,
+        "not created"
+    );
+    p.numbers
+        .add_phone_number(&number(&p, &t.id, &id, "1"))
+        .await
+        .unwrap();
+    let n = p
+        .numbers
+        .set_number_quality(&t.id, &id, TemplateQuality::Red, Some(1000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (n.quality, n.throughput_per_sec),
+        (TemplateQuality::Red, Some(1000))
+    );
+    let n = p
+        .numbers
+        .get_phone_number(&t.id, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (n.quality, n.throughput_per_sec),
+        (TemplateQuality::Red, Some(1000))
+    );
+}
+
+async fn priced(
+    p: &Ports,
+    tenant: &TenantId,
+    message: &kirim::domain::MessageId,
+    pricing: &Pricing,
+    day: NaiveDate,
+    expires_at: Option<i64>,
+) -> Result<bool, StoreError> {
+    p.usage
+        .record_pricing(&PricedMessage {
+            tenant,
+            message,
+            pricing,
+            day,
+            credits: 2,
+            expires_at,
+        })
+        .await
+}
+
+async fn metas_pricing_is_counted_once_per_message_by_day_category_and_type(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    let day = NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+    let utility = Pricing::parse("PMP", "utility", "regular").unwrap();
+    let service = Pricing::parse("PMP", "service", "free_customer_service").unwrap();
+    let expires = Some(p.clock.now().timestamp() + 1000);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (mut m, debit) = message(&p, &t.id, 1000);
+        m.price = 2;
+        p.messages.insert_with_debit(&m, &debit).await.unwrap();
+        assert_eq!(m.pricing, None, "a message accepted before any pricing");
+        ids.push(m.id);
+        p.clock.advance(Duration::milliseconds(2));
+    }
+    assert!(priced(&p, &t.id, &ids[0], &utility, day, expires)
+        .await
+        .unwrap());
+    // Meta repeats it on delivered and read: counted once.
+    assert!(!priced(&p, &t.id, &ids[0], &utility, day, expires)
+        .await
+        .unwrap());
+    assert!(!priced(&p, &t.id, &ids[0], &service, day, expires)
+        .await
+        .unwrap());
+    assert!(priced(&p, &t.id, &ids[1], &utility, day, expires)
+        .await
+        .unwrap());
+    let next = day.succ_opt().unwrap();
+    assert!(priced(&p, &t.id, &ids[2], &service, next, expires)
+        .await
+        .unwrap());
+    // No such message: nothing counted.
+    let missing = kirim::domain::MessageId::from_trusted(ulid::Ulid::new().to_string());
+    assert!(!priced(&p, &t.id, &missing, &utility, day, expires)
+        .await
+        .unwrap());
+
+    let m = p
+        .messages
+        .get_message(&t.id, &ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.pricing.as_ref(), Some(&utility));
+    let mut rows = p.usage.usage(&t.id, day, next).await.unwrap();
+    rows.sort_by(|a, b| (a.date, &a.category).cmp(&(b.date, &b.category)));
+    let got: Vec<(NaiveDate, &str, &str, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.date,
+                r.category.as_str(),
+                r.pricing_type.as_str(),
+                r.messages,
+                r.credits,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (day, "utility", "regular", 2, 4),
+            (next, "service", "free_customer_service", 1, 2),
+        ]
+    );
+    assert_eq!(p.usage.usage(&t.id, next, next).await.unwrap().len(), 1);
+    let other = onboarded(&p, 0).await;
+    assert!(p
+        .usage
+        .usage(&other.id, day, next)
+        .await
+        .unwrap()
+        .is_empty());
+    // A usage row is a billing record: it carries the Billing expiry it was given.
+    p.clock.advance(Duration::seconds(1001));
+    assert!(
+        p.usage.usage(&t.id, day, next).await.unwrap().is_empty(),
+        "expired rows are not read"
+    );
+}
+
+contract!(
+    a_number_is_one_tenants_at_most_and_its_route_names_that_tenant,
+    the_default_number_is_never_removed_and_a_removed_number_frees_its_route,
+    the_default_moves_only_to_a_number_of_the_tenants,
+    a_numbers_quality_changes_only_on_a_number_that_exists,
+    metas_pricing_is_counted_once_per_message_by_day_category_and_type,
+);

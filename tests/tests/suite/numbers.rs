@@ -1,0 +1,603 @@
+//! Several phone numbers per tenant, and Meta's pricing, end to end through local mode on
+//! both backends (API.md "Phone numbers (senders)", "Pricing as Meta reports it").
+
+use kirim::config::Backend;
+use kirim_tests::{spawn_app, template_of, TestApp, OPERATOR_TOKEN};
+use serde_json::{json, Value};
+
+async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    token: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = app.http.request(method, app.url(path)).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn get(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
+    call(app, reqwest::Method::GET, token, path, None).await
+}
+
+fn fresh_number() -> String {
+    format!("{}", 3_000_000 + kirim_tests::rand_u32() % 900_000)
+}
+
+/// The operator adds a number to a tenant; answers the status and body.
+async fn add_number(app: &TestApp, tenant: &str, body: Value) -> (u16, Value) {
+    call(
+        app,
+        reqwest::Method::POST,
+        OPERATOR_TOKEN,
+        &format!("/v1/platform/tenants/{tenant}/phone-numbers"),
+        Some(body),
+    )
+    .await
+}
+
+async fn numbers(app: &TestApp, key: &str) -> Vec<Value> {
+    let (s, body) = get(app, key, "/v1/phone-numbers").await;
+    assert_eq!(s, 200, "{body}");
+    body["phone_numbers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+async fn send_from(app: &TestApp, key: &str, to: &str, from: Option<&str>) -> (u16, Value) {
+    let mut body = json!({"to": to, "template": template_of("utility")});
+    if let Some(f) = from {
+        body["from"] = json!(f);
+    }
+    call(app, reqwest::Method::POST, key, "/v1/messages", Some(body)).await
+}
+
+async fn key_with_role(app: &TestApp, admin: &str, role: &str) -> String {
+    let (s, body) = call(
+        app,
+        reqwest::Method::POST,
+        admin,
+        "/v1/api-keys",
+        Some(json!({"name": role, "role": role})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    body["key"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn a_send_from_a_second_number_reaches_the_sandbox_with_that_numbers_id(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    // An onboarded tenant's one number is its default (it has no number item yet).
+    let listed = numbers(&app, &t.key).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["phone_number_id"], t.phone_number_id.as_str());
+    assert_eq!(listed[0]["default"], true);
+    assert_eq!(listed[0]["quality"], "unknown");
+    assert_eq!(listed[0]["waba_id"], "1000001");
+    assert!(listed[0]["throughput_per_sec"]
+        .as_u64()
+        .is_some_and(|t| t > 0));
+
+    let second = fresh_number();
+    let (s, body) = add_number(
+        &app,
+        &t.tenant_id,
+        json!({"phone_number_id": second, "waba_id": "1000001", "display_phone_number": "+1 555-010-2030"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    assert_eq!(body["phone_number_id"], second.as_str());
+    let listed = numbers(&app, &t.key).await;
+    let ids: Vec<(&str, bool)> = listed
+        .iter()
+        .map(|n| {
+            (
+                n["phone_number_id"].as_str().unwrap_or_default(),
+                n["default"] == true,
+            )
+        })
+        .collect();
+    assert!(ids.contains(&(second.as_str(), false)), "{listed:?}");
+    assert!(
+        ids.contains(&(t.phone_number_id.as_str(), true)),
+        "{listed:?}"
+    );
+
+    let (s, body) = send_from(&app, &t.key, "+60123452001", Some(&second)).await;
+    assert_eq!(s, 202, "{body}");
+    let from_second = body["id"].as_str().unwrap_or_default().to_owned();
+    let (s, body) = send_from(&app, &t.key, "+60123452002", None).await;
+    assert_eq!(s, 202, "{body}");
+    let from_default = body["id"].as_str().unwrap_or_default().to_owned();
+
+    let m = app.wait_status(&t.key, &from_second, "read").await;
+    assert_eq!(m["status"], "read", "{m}");
+    assert_eq!(m["from"], second.as_str());
+    let m = app.wait_status(&t.key, &from_default, "read").await;
+    assert_eq!(m["from"], t.phone_number_id.as_str());
+    let sent = app.sandbox_requests_to("60123452001");
+    assert_eq!(sent.len(), 1, "sent once");
+    assert_eq!(sent[0].phone_number_id, second);
+    let sent = app.sandbox_requests_to("60123452002");
+    assert_eq!(sent[0].phone_number_id, t.phone_number_id);
+
+    // A broadcast from the second number goes from it too.
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        &t.key,
+        "/v1/broadcasts",
+        Some(json!({"template": template_of("utility"), "recipients": ["+60123452003"], "from": second})),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    let mut requests = Vec::new();
+    for _ in 0..100 {
+        requests = app.sandbox_requests_to("60123452003");
+        if !requests.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].phone_number_id, second);
+}
+
+async fn a_send_from_a_number_not_the_tenants_is_refused_as_unknown_sender_with_nothing_debited(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let other = app.onboard(10).await;
+    for from in [other.phone_number_id.as_str(), "999", "not a number"] {
+        let (s, body) = send_from(&app, &t.key, "+60123452101", Some(from)).await;
+        assert_eq!(s, 422, "{from}: {body}");
+        assert_eq!(body["error"]["code"], "unknown_sender");
+    }
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        &t.key,
+        "/v1/broadcasts",
+        Some(json!({"template": template_of("utility"), "recipients": ["+60123452102"], "from": other.phone_number_id})),
+    )
+    .await;
+    assert_eq!(s, 422, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_sender");
+    assert_eq!(app.credits(&t.key).await, 10, "nothing debited");
+    assert!(app.sandbox_requests_to("60123452101").is_empty());
+}
+
+async fn a_number_owned_by_another_tenant_cannot_be_added_and_bad_input_is_refused(b: Backend) {
+    let app = spawn_app(b).await;
+    let a = app.onboard(0).await;
+    let c = app.onboard(0).await;
+    let n = fresh_number();
+    let body = json!({"phone_number_id": n, "waba_id": "1000001"});
+    assert_eq!(add_number(&app, &a.tenant_id, body.clone()).await.0, 201);
+    for (tenant, body) in [
+        (&c.tenant_id, body.clone()),
+        (&a.tenant_id, body.clone()),
+        (
+            &c.tenant_id,
+            json!({"phone_number_id": a.phone_number_id, "waba_id": "1000001"}),
+        ),
+    ] {
+        let (s, res) = add_number(&app, tenant, body).await;
+        assert_eq!(s, 409, "{res}");
+        assert_eq!(res["error"]["code"], "conflict");
+    }
+    assert_eq!(
+        numbers(&app, &c.key).await.len(),
+        1,
+        "nothing was added to c"
+    );
+    for bad in [
+        json!({"phone_number_id": "12a", "waba_id": "1000001"}),
+        json!({"phone_number_id": fresh_number()}),
+        json!({"phone_number_id": fresh_number(), "waba_id": "1000001", "extra": 1}),
+        json!({"phone_number_id": fresh_number(), "waba_id": "1000001", "display_phone_number": "<b>"}),
+    ] {
+        let (s, res) = add_number(&app, &a.tenant_id, bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {res}");
+        assert_eq!(res["error"]["code"], "invalid_request");
+    }
+    let (s, _) = add_number(
+        &app,
+        "01JABCDEFGHJKMNPQRSTVWXYZ0",
+        json!({"phone_number_id": fresh_number(), "waba_id": "1000001"}),
+    )
+    .await;
+    assert_eq!(s, 404);
+    // Only the operator: a tenant's admin key may not add numbers.
+    let (s, _) = call(
+        &app,
+        reqwest::Method::POST,
+        &a.key,
+        &format!("/v1/platform/tenants/{}/phone-numbers", a.tenant_id),
+        Some(json!({"phone_number_id": fresh_number(), "waba_id": "1000001"})),
+    )
+    .await;
+    assert_eq!(s, 403);
+}
+
+async fn the_default_number_is_never_removed_and_removals_are_audited(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let path = |n: &str| format!("/v1/platform/tenants/{}/phone-numbers/{n}", t.tenant_id);
+    let del = |n: String| {
+        let p = path(&n);
+        let app = &app;
+        async move { call(app, reqwest::Method::DELETE, OPERATOR_TOKEN, &p, None).await }
+    };
+    // The last number is the default: never removed.
+    let (s, body) = del(t.phone_number_id.clone()).await;
+    assert_eq!(s, 409, "{body}");
+    assert_eq!(body["error"]["code"], "conflict");
+    let second = fresh_number();
+    assert_eq!(
+        add_number(
+            &app,
+            &t.tenant_id,
+            json!({"phone_number_id": second, "waba_id": "1000001"})
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        del(t.phone_number_id.clone()).await.0,
+        409,
+        "still the default"
+    );
+    assert_eq!(del(second.clone()).await.0, 204);
+    assert_eq!(del(second.clone()).await.0, 404);
+    assert_eq!(numbers(&app, &t.key).await.len(), 1);
+    let (s, body) = send_from(&app, &t.key, "+60123452201", Some(&second)).await;
+    assert_eq!(
+        (s, body["error"]["code"].clone()),
+        (422, json!("unknown_sender"))
+    );
+    // The removed number is free for another tenant.
+    let other = app.onboard(0).await;
+    assert_eq!(
+        add_number(
+            &app,
+            &other.tenant_id,
+            json!({"phone_number_id": second, "waba_id": "1000001"})
+        )
+        .await
+        .0,
+        201
+    );
+    // The operator's moves are in the tenant's audit trail.
+    let (s, audit) = get(&app, &t.key, "/v1/audit").await;
+    assert_eq!(s, 200, "{audit}");
+    let actions: Vec<(String, String)> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or_default().to_owned(),
+                e["details"]["phone_number_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    for action in [
+        "POST /v1/platform/tenants/{id}/phone-numbers",
+        "DELETE /v1/platform/tenants/{id}/phone-numbers/{phone_number_id}",
+    ] {
+        assert!(
+            actions.contains(&(action.to_owned(), second.clone())),
+            "{action} in {actions:?}"
+        );
+    }
+}
+
+async fn an_admin_switches_the_default_number_and_sends_without_from_go_from_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let second = fresh_number();
+    assert_eq!(
+        add_number(
+            &app,
+            &t.tenant_id,
+            json!({"phone_number_id": second, "waba_id": "1000001"})
+        )
+        .await
+        .0,
+        201
+    );
+    let put_default = |key: String, n: String| {
+        let app = &app;
+        async move {
+            call(
+                app,
+                reqwest::Method::PUT,
+                &key,
+                &format!("/v1/phone-numbers/{n}/default"),
+                None,
+            )
+            .await
+        }
+    };
+    let operator = key_with_role(&app, &t.key, "operator").await;
+    assert_eq!(
+        put_default(operator, second.clone()).await.0,
+        403,
+        "admin only"
+    );
+    assert_eq!(put_default(t.key.clone(), "4242".into()).await.0, 404);
+    let (s, body) = put_default(t.key.clone(), second.clone()).await;
+    assert_eq!(s, 200, "{body}");
+    let listed = numbers(&app, &t.key).await;
+    let default: Vec<&Value> = listed.iter().filter(|n| n["default"] == true).collect();
+    assert_eq!(default.len(), 1, "{listed:?}");
+    assert_eq!(default[0]["phone_number_id"], second.as_str());
+    let (s, body) = get(&app, &t.key, "/v1/account").await;
+    assert_eq!((s, body["phone_number_id"].clone()), (200, json!(second)));
+    let (s, body) = send_from(&app, &t.key, "+60123452301", None).await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let m = app.wait_status(&t.key, &id, "read").await;
+    assert_eq!(m["from"], second.as_str());
+    assert_eq!(
+        app.sandbox_requests_to("60123452301")[0].phone_number_id,
+        second
+    );
+    // The first number is no longer the default: it may be removed now.
+    let (s, _) = call(
+        &app,
+        reqwest::Method::DELETE,
+        OPERATOR_TOKEN,
+        &format!(
+            "/v1/platform/tenants/{}/phone-numbers/{}",
+            t.tenant_id, t.phone_number_id
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert_eq!(numbers(&app, &t.key).await.len(), 1);
+}
+
+async fn a_quality_webhook_updates_that_numbers_quality_and_throughput(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let second = fresh_number();
+    assert_eq!(
+        add_number(
+            &app,
+            &t.tenant_id,
+            json!({"phone_number_id": second, "waba_id": "1000001", "display_phone_number": "+1 555-010-2030"}),
+        )
+        .await
+        .0,
+        201
+    );
+    let quality = |value: Value| {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": "1000001", "time": 1_764_460_000,
+            "changes": [{"field": "phone_number_quality_update", "value": value}]}]})
+    };
+    // Meta names the number as it displays it.
+    let res = app
+        .post_webhook(&quality(json!({"display_phone_number": "15550102030", "event": "FLAGGED", "current_limit": "TIER_1K"})))
+        .await;
+    assert_eq!(res.status(), 200);
+    let of = |list: Vec<Value>, id: &str| {
+        list.into_iter()
+            .find(|n| n["phone_number_id"] == id)
+            .unwrap_or(Value::Null)
+    };
+    let n = of(numbers(&app, &t.key).await, &second);
+    assert_eq!(n["quality"], "red", "{n}");
+    // By id, with a throughput upgrade: the limiter paces the number at Meta's new rate.
+    let res = app
+        .post_webhook(&quality(json!({"phone_number_id": second, "event": "THROUGHPUT_UPGRADE", "quality_rating": "GREEN"})))
+        .await;
+    assert_eq!(res.status(), 200);
+    let n = of(numbers(&app, &t.key).await, &second);
+    assert_eq!(
+        (n["quality"].clone(), n["throughput_per_sec"].clone()),
+        (json!("green"), json!(1000)),
+        "{n}"
+    );
+    // The default number (no number item before): updated as well.
+    let res = app
+        .post_webhook(&quality(
+            json!({"phone_number_id": t.phone_number_id, "event": "FLAGGED"}),
+        ))
+        .await;
+    assert_eq!(res.status(), 200);
+    let n = of(numbers(&app, &t.key).await, &t.phone_number_id);
+    assert_eq!(
+        (n["quality"].clone(), n["default"].clone()),
+        (json!("red"), json!(true))
+    );
+    // A number no tenant owns: ignored, 200.
+    let res = app
+        .post_webhook(&quality(
+            json!({"phone_number_id": "987654321", "event": "FLAGGED"}),
+        ))
+        .await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["summary"]["ignored"], 1, "{body}");
+}
+
+async fn pricing_is_kept_on_a_read_message_and_counted_once_in_usage(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let before = app.credits(&t.key).await;
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        &t.key,
+        "/v1/messages",
+        Some(json!({"to": "+60123452401", "template": template_of("marketing")})),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let debited = before - app.credits(&t.key).await;
+    let m = app.wait_status(&t.key, &id, "read").await;
+    assert_eq!(m["status"], "read", "{m}");
+    assert_eq!(
+        m["pricing"],
+        json!({"pricing_model": "PMP", "category": "marketing", "type": "regular"})
+    );
+    // Meta repeats the pricing on a status it sends again: still counted once.
+    let wamid = m["wamid"].as_str().unwrap_or_default().to_owned();
+    let again = json!({"object": "whatsapp_business_account", "entry": [{"id": "1000001", "changes": [{
+        "field": "messages", "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550000000", "phone_number_id": t.phone_number_id},
+            "statuses": [{"id": wamid, "status": "read", "timestamp": chrono::Utc::now().timestamp().to_string(),
+                "recipient_id": "60123452401",
+                "pricing": {"billable": true, "pricing_model": "PMP", "category": "marketing", "type": "regular"}}]}}]}]});
+    assert_eq!(app.post_webhook(&again).await.status(), 200);
+    // A message without pricing yet shows null.
+    let (s, body) = send_from(&app, &t.key, "+60123450004", None).await;
+    assert_eq!(s, 202, "{body}");
+    let unpriced = app
+        .message(&t.key, body["id"].as_str().unwrap_or_default())
+        .await;
+    assert_eq!(unpriced["pricing"], Value::Null);
+
+    let today = chrono::Utc::now().date_naive();
+    let (from, to) = (today.pred_opt().unwrap(), today.succ_opt().unwrap());
+    let read_only = key_with_role(&app, &t.key, "read_only").await;
+    let (s, body) = get(&app, &read_only, &format!("/v1/usage?from={from}&to={to}")).await;
+    assert_eq!(s, 200, "{body}");
+    let rows = body["usage"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rows.len(), 1, "{body}");
+    let row = &rows[0];
+    assert!(
+        [from, today, to]
+            .iter()
+            .any(|d| row["date"] == d.to_string()),
+        "{row}"
+    );
+    assert_eq!(row["category"], "marketing");
+    assert_eq!(row["pricing_type"], "regular");
+    assert_eq!(row["messages"], 1, "counted once: {row}");
+    assert_eq!(row["credits"], debited, "the credits Kirim debited: {row}");
+}
+
+async fn usage_refuses_bad_dates_and_ranges(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    for query in [
+        "",
+        "?from=2026-01-01",
+        "?to=2026-01-01",
+        "?from=2026-1-1&to=2026-01-02",
+        "?from=2026-02-30&to=2026-03-01",
+        "?from=yesterday&to=2026-01-01",
+        "?from=2026-02-01&to=2026-01-31",
+        "?from=2026-01-01&to=2027-01-02",
+        "?from=2026-01-01&to=2026-01-02&category=marketing",
+    ] {
+        let (s, body) = get(&app, &t.key, &format!("/v1/usage{query}")).await;
+        assert_eq!(s, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{query}");
+    }
+    let (s, body) = get(&app, &t.key, "/v1/usage?from=2024-01-01&to=2024-12-31").await;
+    assert_eq!(s, 200, "366 days: {body}");
+    assert_eq!(body["usage"], json!([]));
+}
+
+async fn a_number_on_another_waba_brings_its_catalogue_which_decides_its_sends(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let waba = format!("{}", 5_000_000 + kirim_tests::rand_u32() % 900_000);
+    let second = fresh_number();
+    assert_eq!(
+        add_number(
+            &app,
+            &t.tenant_id,
+            json!({"phone_number_id": second, "waba_id": waba})
+        )
+        .await
+        .0,
+        201
+    );
+    // Adding the number synced its WABA's catalogue.
+    let (s, body) = get(&app, &t.key, &format!("/v1/templates?waba_id={waba}")).await;
+    assert_eq!(s, 200, "{body}");
+    let listed = body["templates"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !listed.is_empty() && listed.iter().all(|t| t["waba_id"] == waba.as_str()),
+        "{body}"
+    );
+    let (s, _) = get(&app, &t.key, "/v1/templates?waba_id=4242").await;
+    assert_eq!(s, 400, "not one of the account's WABAs");
+    // Meta pauses promo_sale on that WABA only (its webhook reaches the tenant through
+    // the number): a send from the second number is refused, from the default it goes.
+    app.sandbox_template(&waba, "promo_sale", "en_US", json!({"status": "paused"}))
+        .await;
+    let promo = |from: Option<&str>| {
+        let mut body = json!({"to": "+60123452501", "template": template_of("marketing")});
+        if let Some(f) = from {
+            body["from"] = json!(f);
+        }
+        body
+    };
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        &t.key,
+        "/v1/messages",
+        Some(promo(Some(&second))),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].clone()),
+        (422, json!("template_not_approved")),
+        "{body}"
+    );
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        &t.key,
+        "/v1/messages",
+        Some(promo(None)),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    // `POST /v1/templates/sync` reads every WABA of the account's numbers.
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        &t.key,
+        "/v1/templates/sync",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["synced"], 10, "two WABAs of five templates: {body}");
+}
+
+on_both_backends!(
+    a_number_on_another_waba_brings_its_catalogue_which_decides_its_sends,
+    a_send_from_a_second_number_reaches_the_sandbox_with_that_numbers_id,
+    a_send_from_a_number_not_the_tenants_is_refused_as_unknown_sender_with_nothing_debited,
+    a_number_owned_by_another_tenant_cannot_be_added_and_bad_input_is_refused,
+    the_default_number_is_never_removed_and_removals_are_audited,
+    an_admin_switches_the_default_number_and_sends_without_from_go_from_it,
+    a_quality_webhook_updates_that_numbers_quality_and_throughput,
+    pricing_is_kept_on_a_read_message_and_counted_once_in_usage,
+    usage_refuses_bad_dates_and_ranges,
+);
