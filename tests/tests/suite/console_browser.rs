@@ -389,3 +389,76 @@ async fn in_a_browser_an_admin_unlocks_a_user_and_a_read_only_user_sees_no_sync_
     );
     c.close().await.ok();
 }
+
+#[tokio::test]
+async fn in_a_browser_an_operator_schedules_a_campaign_and_cancels_it_with_a_refund() {
+    let Some(url) = webdriver_url() else {
+        return;
+    };
+    let app = spawn_app(Backend::Memory).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let before = app.credits(&t.key).await;
+    let (c, _turn) = browser(&url).await;
+    sign_in_form(&c, &app, &email).await;
+    find(&c, "#credits").await;
+
+    click(&c, "a[href='/console/campaigns']").await;
+    fill(&c, "#c-name", "Weekend promo").await;
+    click(&c, "#c-template option[value='order_update:en_US']").await;
+    fill(&c, "#c-parameters", "ORDER-12").await;
+    fill(&c, "#c-numbers", "+60123450021\n+60123450022").await;
+    // A `datetime-local` control is typed differently by each locale; its value is set
+    // as the browser would after a person picked a time (UTC, 2 hours ahead).
+    let at = (chrono::Utc::now() + chrono::Duration::hours(2))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    c.execute(
+        "document.querySelector('#c-send-at').value = arguments[0]",
+        vec![json!(at)],
+    )
+    .await
+    .expect("the send time set");
+    click_and_wait_for_page(&c, "#new-campaign button[type=submit]").await;
+    let status = find(&c, "#campaign-status")
+        .await
+        .text()
+        .await
+        .expect("status");
+    assert_eq!(status.trim(), "scheduled");
+    assert!(c
+        .source()
+        .await
+        .unwrap_or_default()
+        .contains("Weekend promo"));
+    assert_eq!(
+        app.credits(&t.key).await,
+        before - 2,
+        "debited when accepted"
+    );
+
+    // Listed, then cancelled from its page: refunded, and nothing reaches Meta.
+    click(&c, "a[href='/console/campaigns']").await;
+    let list = c.source().await.unwrap_or_default();
+    assert!(list.contains("Weekend promo"), "listed by name");
+    c.back().await.expect("back to the campaign");
+    click_and_wait_for_page(&c, "form[action$='/cancel'] button[type=submit]").await;
+    let status = find(&c, "#campaign-status")
+        .await
+        .text()
+        .await
+        .expect("status");
+    assert_eq!(status.trim(), "cancelled");
+    assert_eq!(
+        app.credits_settled(&t.key, before).await,
+        before,
+        "refunded"
+    );
+    for to in ["60123450021", "60123450022"] {
+        assert!(
+            app.sandbox_requests_to(to).is_empty(),
+            "a cancelled scheduled campaign sends nothing"
+        );
+    }
+    c.close().await.ok();
+}
