@@ -391,7 +391,8 @@ async fn in_a_browser_an_admin_unlocks_a_user_and_a_read_only_user_sees_no_sync_
 }
 
 #[tokio::test]
-async fn in_a_browser_an_operator_schedules_a_campaign_and_cancels_it_with_a_refund() {
+async fn in_a_browser_an_operator_schedules_and_cancels_a_campaign_and_cannot_open_another_tenants_ids(
+) {
     let Some(url) = webdriver_url() else {
         return;
     };
@@ -458,6 +459,41 @@ async fn in_a_browser_an_operator_schedules_a_campaign_and_cancels_it_with_a_ref
         assert!(
             app.sandbox_requests_to(to).is_empty(),
             "a cancelled scheduled campaign sends nothing"
+        );
+    }
+
+    // Another tenant's campaign and message, asked for by id: not shown (the API's 404).
+    let other = app.onboard(10).await;
+    let other_message = app.send_ok(&other.key, "+60123450031").await;
+    let (status, made) = call(
+        &app,
+        "POST",
+        "/v1/broadcasts",
+        Some(&other.key),
+        Some(json!({
+            "template": {"name": "order_update", "language": "en_US", "components": [
+                {"type": "body", "parameters": [{"type": "text", "text": "ORDER-13"}]}]},
+            "recipients": ["+60123450032"],
+        })),
+    )
+    .await;
+    assert_eq!(status, 202, "{made}");
+    let other_campaign = made["id"].as_str().unwrap_or_default().to_owned();
+    for (url, shown) in [
+        (
+            format!("/console/campaigns/{other_campaign}"),
+            "#campaign-status",
+        ),
+        (
+            format!("/console/messages/{other_message}"),
+            "#message-status",
+        ),
+    ] {
+        c.goto(&app.url(&url)).await.expect("page");
+        find(&c, "main").await;
+        assert!(
+            c.find(Locator::Css(shown)).await.is_err(),
+            "another tenant's {url} is not shown"
         );
     }
     c.close().await.ok();
