@@ -145,11 +145,11 @@ mod tests {
         let (k1, k2) = (Secret::new("key one"), Secret::new("key two"));
         let sealed = seal(&k1, &tenant(), "u1", "JBSWY3DPEHPK3PXP").unwrap();
         assert!(sealed.starts_with(V1) && !sealed.contains("JBSWY3DPEHPK3PXP"));
-        let opened = open(&[k1.clone()], &tenant(), "u1", &sealed).unwrap();
+        let opened = open(std::slice::from_ref(&k1), &tenant(), "u1", &sealed).unwrap();
         assert!(matches!(opened, Opened::Current(_)));
         assert_eq!(opened.seed(), "JBSWY3DPEHPK3PXP");
-        assert!(open(&[k1.clone()], &tenant(), "u2", &sealed).is_none());
-        assert!(open(&[k2.clone()], &tenant(), "u1", &sealed).is_none());
+        assert!(open(std::slice::from_ref(&k1), &tenant(), "u2", &sealed).is_none());
+        assert!(open(std::slice::from_ref(&k2), &tenant(), "u1", &sealed).is_none());
         // Sealed under the previous key: opens, to be sealed again.
         let opened = open(&[k2, k1], &tenant(), "u1", &sealed).unwrap();
         assert!(matches!(opened, Opened::Legacy(_)));
@@ -172,7 +172,7 @@ mod tests {
             "not base32!",
         ] {
             assert!(
-                open(&[k.clone()], &tenant(), "u1", stored).is_none(),
+                open(std::slice::from_ref(&k), &tenant(), "u1", stored).is_none(),
                 "{stored}"
             );
         }
