@@ -76,6 +76,7 @@ fn resource_service(r: Resource) -> &'static str {
         | Resource::MetaVerifyToken
         | Resource::AuditKey
         | Resource::ConsoleCsrfKey
+        | Resource::TotpKey
         | Resource::MetaTokens
         | Resource::TenantSecrets
         | Resource::CallbackSecrets => "secretsmanager",

@@ -328,6 +328,16 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
     sb_cfg.rate_limit_per_sec = cfg.sandbox_rate_limit;
     let sandbox = Sandbox::new(sb_cfg);
 
+    // The key that seals TOTP seeds (on AWS: the template's TotpKeySecret), kept if set:
+    // a new one each start would leave the stored seeds sealed by a key no longer known.
+    let totp_key = kirim::service::seed_cipher::key_name(&deps.settings);
+    if !matches!(deps.secrets.current(&totp_key).await, Ok(Some(_))) {
+        deps.secrets
+            .put(&totp_key, &Secret::generate(""))
+            .await
+            .map_err(|e| LocalError::Secrets(e.to_string()))?;
+    }
+
     // The console's CSRF key (on AWS: the template's ConsoleCsrfKeySecret), kept if set.
     let csrf_key = kirim::console::csrf_key_name(&deps.settings);
     if !matches!(deps.secrets.current(&csrf_key).await, Ok(Some(_))) {

@@ -33,6 +33,8 @@ pub enum Resource {
     AuditKey,
     /// `ConsoleCsrfKeySecret`: the key of the console's CSRF tokens.
     ConsoleCsrfKey,
+    /// `TotpKeySecret`: the key that seals users' TOTP seeds.
+    TotpKey,
     /// Tenants' Meta access tokens only: `${StackName}/tenants/*/meta-token*`.
     MetaTokens,
     /// Every tenant's secrets: `${StackName}/tenants/*` (Meta tokens, callback secrets).
@@ -42,7 +44,7 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub const ALL: [Resource; 14] = [
+    pub const ALL: [Resource; 15] = [
         Resource::Table,
         Resource::TableIndexes,
         Resource::DispatchQueue,
@@ -54,6 +56,7 @@ impl Resource {
         Resource::MetaVerifyToken,
         Resource::AuditKey,
         Resource::ConsoleCsrfKey,
+        Resource::TotpKey,
         Resource::MetaTokens,
         Resource::TenantSecrets,
         Resource::CallbackSecrets,
@@ -74,6 +77,7 @@ impl Resource {
             Resource::MetaVerifyToken => "MetaVerifyTokenSecret",
             Resource::AuditKey => "AuditKeySecret",
             Resource::ConsoleCsrfKey => "ConsoleCsrfKeySecret",
+            Resource::TotpKey => "TotpKeySecret",
             Resource::MetaTokens => "secret:${AWS::StackName}/tenants/*/meta-token*",
             Resource::TenantSecrets => "secret:${AWS::StackName}/tenants/*",
             Resource::CallbackSecrets => {
@@ -139,6 +143,8 @@ const ADMIN_API: &[Grant] = &[
     on(Table, DynamoStore::SWEEP),
     on(OperatorToken, SecretsManagerStore::READ),
     on(AuditKey, SecretsManagerStore::READ),
+    // Users' TOTP seeds are sealed (enrolment) and opened (confirmation, login) here.
+    on(TotpKey, SecretsManagerStore::READ),
     // The template catalogue's sync reads Meta with the tenant's own token (onboarding,
     // `POST /v1/templates/sync`).
     on(MetaTokens, SecretsManagerStore::READ),
@@ -192,6 +198,8 @@ const CONSOLE: &[Grant] = &[
     // The send form queues the message like `POST /v1/messages`.
     on(DispatchQueue, SqsQueue::SEND),
     on(ConsoleCsrfKey, SecretsManagerStore::READ),
+    // Its sign-in and 2FA pages call the users API in process: TOTP seeds are opened.
+    on(TotpKey, SecretsManagerStore::READ),
     // Its actions pass the API's access middleware, which appends audit events.
     on(AuditKey, SecretsManagerStore::READ),
     // The settings page sets or removes a tenant's status-callback secret.

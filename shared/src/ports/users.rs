@@ -9,7 +9,8 @@ use crate::domain::{Role, TenantId};
 use crate::store_error::StoreError;
 
 /// What is stored of a console user. The password is an argon2id PHC string; the TOTP
-/// secret is base32. `Debug` redacts both.
+/// secret is sealed (`service::seed_cipher`: `v1:<nonce>:<ciphertext>`; plain base32 if
+/// stored before sealing). `Debug` redacts both.
 #[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UserRecord {
     pub id: String,
@@ -18,7 +19,7 @@ pub struct UserRecord {
     pub email: String,
     pub role: Role,
     pub password_hash: String,
-    /// Base32 TOTP secret: pending until `totp_confirmed`.
+    /// The sealed TOTP secret: pending until `totp_confirmed`.
     #[serde(default)]
     pub totp_secret: Option<String>,
     #[serde(default)]
@@ -189,6 +190,15 @@ pub trait UserStore: Send + Sync {
         id: &str,
         secret: &str,
         step: i64,
+    ) -> Result<bool, StoreError>;
+    /// Replaces the stored TOTP secret `old` with `new` (the same seed, sealed again);
+    /// `false` if `old` is no longer the stored one (someone else changed it first).
+    async fn reseal_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        old: &str,
+        new: &str,
     ) -> Result<bool, StoreError>;
     /// Records `step` as used if it is later than the last accepted step; `false` if not
     /// (a replayed or older code).

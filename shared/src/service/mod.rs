@@ -54,6 +54,7 @@ mod parse_props;
 pub mod quality;
 pub mod retention;
 pub mod schedule;
+pub mod seed_cipher;
 pub mod send;
 pub mod status;
 pub mod templates;

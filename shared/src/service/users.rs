@@ -24,6 +24,7 @@ use crate::secret::{token_hash, Secret};
 
 use super::caller::Caller;
 use super::errors::ServiceError;
+use super::seed_cipher;
 use super::Deps;
 
 /// Prefix of every console session token. API keys start with `kirim_`, which this
@@ -412,8 +413,14 @@ pub async fn login(
             released().await?;
             return Err(LoginError::TotpRequired);
         };
-        let secret = user.totp_secret.as_deref().unwrap_or_default();
-        let step = matching_step(&totp_for(secret, &user.email)?, code, now);
+        let stored = user.totp_secret.as_deref().unwrap_or_default();
+        let keys = seed_cipher::keys(deps).await?;
+        let Some(seed) = seed_cipher::open(&keys, tenant, id, stored) else {
+            // Tampered, or sealed under a key no longer known: refused like a wrong code.
+            tracing::warn!(user_id = %id, "the stored TOTP seed does not open");
+            return failed("totp", LoginError::TotpRequired).await;
+        };
+        let step = matching_step(&totp_for(seed.seed(), &user.email)?, code, now);
         let accepted = match step {
             Some(step) => deps.users.accept_totp_step(tenant, id, step).await?,
             None => false,
@@ -421,6 +428,7 @@ pub async fn login(
         if !accepted {
             return failed("totp", LoginError::TotpRequired).await;
         }
+        reseal_if_legacy(deps, &keys, tenant, id, stored, &seed).await;
     }
     // Right from here: this email's counter at this address starts again; the
     // address's own counter keeps its failures (other emails tried from it).
@@ -522,7 +530,9 @@ pub async fn enroll(deps: &Deps, caller: &Caller) -> Result<Enrollment, ServiceE
         }
     };
     let uri = totp_for(&secret, &user.email)?.get_url();
-    deps.users.set_pending_totp(tenant, id, &secret).await?;
+    let keys = seed_cipher::keys(deps).await?;
+    let sealed = seed_cipher::seal(&keys[0], tenant, id, &secret)?;
+    deps.users.set_pending_totp(tenant, id, &sealed).await?;
     tracing::info!(user_id = %id, "2fa enrollment started");
     Ok(Enrollment {
         secret: Secret::new(secret),
@@ -547,21 +557,62 @@ pub async fn confirm(
             "two-factor authentication is already enabled".into(),
         ));
     }
-    let Some(secret) = user.totp_secret.as_deref() else {
+    let Some(stored) = user.totp_secret.as_deref() else {
         return Err(ServiceError::Conflict(
             "no enrollment pending: call POST /v1/auth/2fa/enroll first".into(),
         ));
     };
+    let keys = seed_cipher::keys(deps).await?;
+    let Some(seed) = seed_cipher::open(&keys, tenant, id, stored) else {
+        tracing::warn!(user_id = %id, "the stored TOTP seed does not open");
+        return Err(invalid("totp_code does not match"));
+    };
     let now = deps.clock.now();
-    let step = matching_step(&totp_for(secret, &user.email)?, req.totp_code.trim(), now)
-        .ok_or_else(|| invalid("totp_code does not match"))?;
-    if !deps.users.confirm_totp(tenant, id, secret, step).await? {
+    let step = matching_step(
+        &totp_for(seed.seed(), &user.email)?,
+        req.totp_code.trim(),
+        now,
+    )
+    .ok_or_else(|| invalid("totp_code does not match"))?;
+    if !deps.users.confirm_totp(tenant, id, stored, step).await? {
         return Err(invalid(
             "totp_code does not match (codes are accepted once; wait for the next one)",
         ));
     }
+    reseal_if_legacy(deps, &keys, tenant, id, stored, &seed).await;
     tracing::info!(user_id = %id, "2fa enabled");
     Ok(())
+}
+
+/// Seals a seed that opened as plain (stored before sealing) or under the previous key
+/// with the current key, if it is still the stored one. Best effort: the login or
+/// confirmation it follows has succeeded; a failure is logged and retried next time.
+async fn reseal_if_legacy(
+    deps: &Deps,
+    keys: &[Secret],
+    tenant: &TenantId,
+    id: &str,
+    stored: &str,
+    seed: &seed_cipher::Opened,
+) {
+    let seed_cipher::Opened::Legacy(plain) = seed else {
+        return;
+    };
+    let Some(key) = keys.first() else {
+        return;
+    };
+    let resealed = match seed_cipher::seal(key, tenant, id, plain.expose()) {
+        Ok(sealed) => deps.users.reseal_totp(tenant, id, stored, &sealed).await,
+        Err(e) => {
+            tracing::warn!(user_id = %id, error = %e, "TOTP seed not sealed again");
+            return;
+        }
+    };
+    match resealed {
+        Ok(true) => tracing::info!(user_id = %id, "TOTP seed sealed with the current key"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(user_id = %id, error = %e, "TOTP seed not sealed again"),
+    }
 }
 
 /// Ends the session whose token is presented.

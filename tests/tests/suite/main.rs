@@ -52,5 +52,6 @@ mod retention;
 mod spans;
 mod templates;
 mod throughput;
+mod totp_at_rest;
 mod users;
 mod wiring;

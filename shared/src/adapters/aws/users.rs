@@ -364,6 +364,23 @@ impl UserStore for DynamoStore {
         .await
     }
 
+    async fn reseal_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        self.update_user(
+            tenant,
+            id,
+            "SET totp_secret = :new",
+            "attribute_exists(pk) AND totp_secret = :old",
+            &[(":new", s(new)), (":old", s(old))],
+        )
+        .await
+    }
+
     async fn accept_totp_step(
         &self,
         tenant: &TenantId,

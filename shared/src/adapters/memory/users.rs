@@ -236,6 +236,24 @@ impl UserStore for MemoryStore {
         Ok(true)
     }
 
+    async fn reseal_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let Ok(u) = s.users.user_mut(tenant, id) else {
+            return Ok(false);
+        };
+        if u.totp_secret.as_deref() != Some(old) {
+            return Ok(false);
+        }
+        u.totp_secret = Some(new.to_owned());
+        Ok(true)
+    }
+
     async fn accept_totp_step(
         &self,
         tenant: &TenantId,
