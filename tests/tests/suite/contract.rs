@@ -844,6 +844,31 @@ async fn secrets_keep_the_previous_version_during_rotation(p: Ports) {
     assert_eq!(p.secrets.store().get_secret(&name).await.unwrap(), None);
 }
 
+/// Several processes provisioning the same new secret at once (local mode's starts, tests
+/// sharing one moto): every write succeeds and one of the values is current.
+async fn concurrent_first_writes_of_one_secret_all_succeed(p: Ports) {
+    let name = format!("kirim-test/{}/shared", ulid::Ulid::new());
+    let writes = (0..8).map(|i| {
+        let p = p.clone();
+        let name = name.clone();
+        async move {
+            p.secrets
+                .store()
+                .put_secret(&name, &Secret::new(format!("v{i}")))
+                .await
+        }
+    });
+    for r in futures::future::join_all(writes).await {
+        assert!(r.is_ok(), "a concurrent first write failed: {r:?}");
+    }
+    let current = p.secrets.store().get_secret(&name).await.unwrap();
+    assert!(
+        current.is_some_and(|s| s.expose().starts_with('v')),
+        "one of the values is current"
+    );
+    p.secrets.store().delete_secret(&name).await.unwrap();
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory_adapters {
@@ -871,4 +896,5 @@ contract!(
     queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queue,
     parked_messages_are_listed_in_place_and_redriven_by_id_or_all_at_once,
     secrets_keep_the_previous_version_during_rotation,
+    concurrent_first_writes_of_one_secret_all_succeed,
 );

@@ -80,15 +80,31 @@ impl SecretStore for SecretsManagerStore {
             .await
         {
             Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => self
-                .client
-                .create_secret()
-                .name(name)
-                .secret_string(value.expose())
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| classify("secretsmanager create", e)),
+            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => {
+                match self
+                    .client
+                    .create_secret()
+                    .name(name)
+                    .secret_string(value.expose())
+                    .send()
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    // Another writer created it between our put and our create: now it
+                    // exists, so the put is what applies.
+                    Err(SdkError::ServiceError(e)) if e.err().is_resource_exists_exception() => {
+                        self.client
+                            .put_secret_value()
+                            .secret_id(name)
+                            .secret_string(value.expose())
+                            .send()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| classify("secretsmanager put", e))
+                    }
+                    Err(e) => Err(classify("secretsmanager create", e)),
+                }
+            }
             Err(e) => Err(classify("secretsmanager put", e)),
         }
     }
