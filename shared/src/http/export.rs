@@ -1,6 +1,8 @@
 //! `GET /v1/account/export` (admin): the tenant's retained metadata as JSON lines
 //! (`application/x-ndjson`), one object per line with a `type` field: one `export` header,
-//! then every `message`, `opt_out`, `audit_event` and `ledger_entry` still retained.
+//! then every `message`, `opt_out`, `audit_event`, `ledger_entry`, `phone_number` (as
+//! `GET /v1/phone-numbers` shows it) and `usage_row` (as `GET /v1/usage` shows it, a year
+//! of days at a time over the billing retention) still retained.
 //!
 //! It pages through the stores (100 items a page) while the body streams, so an export
 //! never holds a tenant's whole history in memory. The lines are the API's own views:
@@ -23,13 +25,17 @@ use super::access::TenantCtx;
 use super::optouts::OptOutView;
 use super::views::MessageView;
 use super::AppState;
-use crate::domain::TenantId;
+use chrono::NaiveDate;
+
+use crate::domain::{RetentionClass, TenantId};
 use crate::ports::{AuditQuery, MessageQuery};
 use crate::service::audit::EventView;
 use crate::service::Deps;
 use crate::store_error::StoreError;
 
 const PAGE: usize = 100;
+/// Days of usage rows read at a time.
+const USAGE_DAYS: i64 = 366;
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/v1/account/export", get(export))
@@ -41,6 +47,9 @@ enum Step {
     OptOuts(Option<String>),
     Audit(Option<u64>),
     Ledger(Option<String>),
+    Numbers,
+    /// Usage rows of the days from this one, at most a year of them at a time.
+    Usage(NaiveDate),
     End,
     Done,
 }
@@ -123,7 +132,43 @@ async fn page(deps: &Deps, tenant: &TenantId, step: Step) -> Result<(String, Ste
             }
             match next {
                 Some(id) => Step::Ledger(Some(id)),
-                None => Step::End,
+                None => Step::Numbers,
+            }
+        }
+        Step::Numbers => {
+            let t = crate::service::auth::load_tenant(deps, tenant)
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let numbers = crate::service::numbers::list(deps, &t)
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            for n in &numbers {
+                out.push_str(&line("phone_number", n));
+            }
+            // Usage rows are billing records: every day the billing retention keeps.
+            let now = deps.clock.now();
+            let kept_days = deps
+                .settings
+                .retention
+                .expiry(RetentionClass::Billing, now)
+                .map(|e| (e - now.timestamp()) / 86_400 + 1)
+                .unwrap_or(3_660);
+            Step::Usage(now.date_naive() - chrono::Duration::days(kept_days))
+        }
+        Step::Usage(from) => {
+            let today = deps.clock.now().date_naive();
+            let to = (from + chrono::Duration::days(USAGE_DAYS - 1)).min(today);
+            let mut rows = deps.usage.usage(tenant, from, to).await?;
+            rows.sort_by(|a, b| {
+                (a.date, &a.category, &a.pricing_type).cmp(&(b.date, &b.category, &b.pricing_type))
+            });
+            for r in &rows {
+                out.push_str(&line("usage_row", r));
+            }
+            if to >= today {
+                Step::End
+            } else {
+                Step::Usage(to + chrono::Duration::days(1))
             }
         }
         Step::End => {

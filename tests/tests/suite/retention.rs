@@ -647,6 +647,34 @@ async fn the_export_streams_the_tenants_metadata_as_json_lines(b: Backend) {
         count("ledger_entry") >= 5,
         "opening top-up, three debits, the refund, a top-up"
     );
+    assert_eq!(count("phone_number"), 1, "the tenant's one number");
+    let today = chrono::Utc::now().date_naive().to_string();
+    let (st, usage) = call(
+        &app,
+        "GET",
+        &format!("/v1/usage?from={today}&to={today}"),
+        &t.key,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{usage}");
+    let rows = usage["usage"].as_array().cloned().unwrap_or_default();
+    assert!(!rows.is_empty(), "Meta priced the read messages: {usage}");
+    let exported: Vec<Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "usage_row")
+        .map(|l| {
+            let mut l = l.clone();
+            if let Some(m) = l.as_object_mut() {
+                m.remove("type");
+            }
+            l
+        })
+        .collect();
+    assert_eq!(
+        exported, rows,
+        "the usage rows, as GET /v1/usage shows them"
+    );
     let read_only: Value = app
         .http
         .post(app.url("/v1/api-keys"))
