@@ -354,6 +354,57 @@ impl DynamoStore {
         }))
     }
 
+    /// A message's status change and its refund (balance and ledger entry) in one
+    /// transaction: `Refused` when the message is not in one of `preds` (nothing written),
+    /// `NotFound` when the tenant is gone. Failures and cancels both pay back this way.
+    #[allow(clippy::too_many_arguments)]
+    async fn transition_with_refund(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        to: MessageStatus,
+        preds: &[MessageStatus],
+        change: &StatusChange,
+        at: DateTime<Utc>,
+        refund: &LedgerEntry,
+    ) -> Result<Transition, StoreError> {
+        let Some(u) = self.status_update(tenant, to, preds, change, at)? else {
+            return Ok(Transition::Refused);
+        };
+        let status = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::message(tenant, id).attrs()))
+            .update_expression(u.expression)
+            .condition_expression(u.condition)
+            .set_expression_attribute_names(Some(u.names))
+            .set_expression_attribute_values(Some(u.values))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+        // [0] the status (conditional: it changes once), [1] the balance (the tenant
+        // exists), [2] the refund entry: all or nothing.
+        let items = vec![
+            TransactWriteItem::builder().update(status).build(),
+            self.credit_update(refund, false)?,
+            self.ledger_put(refund)?,
+        ];
+        match self.transact_retrying_conflicts(items).await {
+            Ok(()) => {}
+            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
+                return Ok(Transition::Refused)
+            }
+            Err(e) if e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) => {
+                return Err(StoreError::NotFound)
+            }
+            Err(e) => return Err(e.into_store_error()),
+        }
+        // A transaction answers no attributes: read the record the change wrote. Gone
+        // already (it expired meanwhile) leaves nothing to report.
+        match self.get_message(tenant, id).await? {
+            Some(m) => Ok(Transition::Applied(Box::new(m))),
+            None => Ok(Transition::Refused),
+        }
+    }
+
     async fn add_credits(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
         let items = vec![self.credit_update(entry, false)?, self.ledger_put(entry)?];
         match self.transact(items).await {
@@ -865,42 +916,16 @@ impl MessageStore for DynamoStore {
         if !REFUNDABLE.contains(&from) {
             return Ok(Transition::Refused);
         }
-        let Some(u) = self.status_update(tenant, MessageStatus::Failed, &[from], change, at)?
-        else {
-            return Ok(Transition::Refused);
-        };
-        let status = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(keys::message(tenant, id).attrs()))
-            .update_expression(u.expression)
-            .condition_expression(u.condition)
-            .set_expression_attribute_names(Some(u.names))
-            .set_expression_attribute_values(Some(u.values))
-            .build()
-            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
-        // [0] the status (conditional: the message fails once), [1] the balance (the
-        // tenant exists), [2] the refund entry: all or nothing.
-        let items = vec![
-            TransactWriteItem::builder().update(status).build(),
-            self.credit_update(refund, false)?,
-            self.ledger_put(refund)?,
-        ];
-        match self.transact_retrying_conflicts(items).await {
-            Ok(()) => {}
-            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
-                return Ok(Transition::Refused)
-            }
-            Err(e) if e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) => {
-                return Err(StoreError::NotFound)
-            }
-            Err(e) => return Err(e.into_store_error()),
-        }
-        // A transaction answers no attributes: read the record the change wrote. Gone
-        // already (it expired meanwhile) leaves nothing to report.
-        match self.get_message(tenant, id).await? {
-            Some(m) => Ok(Transition::Applied(Box::new(m))),
-            None => Ok(Transition::Refused),
-        }
+        self.transition_with_refund(
+            tenant,
+            id,
+            MessageStatus::Failed,
+            &[from],
+            change,
+            at,
+            refund,
+        )
+        .await
     }
 
     async fn release_for_retry(
@@ -965,59 +990,12 @@ impl MessageStore for DynamoStore {
     ) -> Result<Transition, StoreError> {
         let to = MessageStatus::Cancelled;
         let from: Vec<MessageStatus> = from.iter().copied().filter(|f| to.may_follow(*f)).collect();
-        if from.is_empty() {
-            return Ok(Transition::Refused);
-        }
-        let event = serde_dynamo::to_attribute_value(StatusEvent { status: to, at })
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let e = serde_dynamo::to_attribute_value(error)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let placeholders: Vec<String> = (0..from.len()).map(|i| format!(":p{i}")).collect();
-        let mut u = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(keys::message(tenant, id).attrs()))
-            .update_expression(
-                "SET #status = :to, updated_at = :at, events = list_append(events, :ev), \
-                 gsi1pk = :g, #error = :e",
-            )
-            .condition_expression(format!(
-                "#status IN ({}) AND (attribute_not_exists(#ttl) OR #ttl > :now)",
-                placeholders.join(", ")
-            ))
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_names("#error", "error")
-            .expression_attribute_names("#ttl", TTL_ATTR)
-            .expression_attribute_values(":to", s(to.as_str()))
-            .expression_attribute_values(
-                ":at",
-                s(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
-            )
-            .expression_attribute_values(":ev", AttributeValue::L(vec![event]))
-            .expression_attribute_values(":g", s(keys::message_status_gsi1_pk(tenant, to)))
-            .expression_attribute_values(":e", e)
-            .expression_attribute_values(":now", n(self.now_secs()));
-        for (p, st) in placeholders.iter().zip(&from) {
-            u = u.expression_attribute_values(p, s(st.as_str()));
-        }
-        let u = u
-            .build()
-            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
-        let items = vec![
-            TransactWriteItem::builder().update(u).build(),
-            self.credit_update(refund, false)?,
-            self.ledger_put(refund)?,
-        ];
-        match self.transact_retrying_conflicts(items).await {
-            Ok(()) => {}
-            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
-                return Ok(Transition::Refused)
-            }
-            Err(e) => return Err(e.into_store_error()),
-        }
-        match self.get_message(tenant, id).await? {
-            Some(m) => Ok(Transition::Applied(Box::new(m))),
-            None => Err(StoreError::Corrupt("cancelled message vanished".into())),
-        }
+        let change = StatusChange {
+            error: Some(error.clone()),
+            ..Default::default()
+        };
+        self.transition_with_refund(tenant, id, to, &from, &change, at, refund)
+            .await
     }
 
     async fn index_wamid(
