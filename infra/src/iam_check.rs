@@ -325,6 +325,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn every_function_deploys_the_one_binary_and_names_itself_in_kirim_function() {
+        let doc: Value = serde_yaml::from_str(TEMPLATE).expect("template");
+        for f in Function::ALL {
+            let resource = &doc["Resources"][f.logical_id()];
+            assert_eq!(
+                resource["Metadata"]["BuildProperties"]["Binary"].as_str(),
+                Some("kirim-lambda"),
+                "{}",
+                f.logical_id()
+            );
+            assert_eq!(
+                resource["Properties"]["Environment"]["Variables"]["KIRIM_FUNCTION"].as_str(),
+                Some(f.name()),
+                "{}",
+                f.logical_id()
+            );
+        }
+    }
+
     fn role_of(policies: &str, events: &str) -> Grants {
         let doc: Value = serde_yaml::from_str(&format!(
             "Resources:\n  DispatcherFunction:\n    Properties:\n      Policies:\n{policies}\n      Events:\n{events}\n"

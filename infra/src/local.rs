@@ -163,7 +163,7 @@ pub enum LocalError {
 /// The SDK configuration for an emulator: its endpoint, and dummy credentials and a region
 /// when none are configured (moto accepts any).
 pub async fn emulator_sdk_config(endpoint: Option<&str>) -> aws_config::SdkConfig {
-    let mut loader = aws_config::from_env();
+    let mut loader = kirim::wiring::aws_sdk_loader();
     if let Some(ep) = endpoint {
         loader = loader.endpoint_url(ep);
         if std::env::var("AWS_ACCESS_KEY_ID").is_err() {

@@ -89,6 +89,11 @@ impl Function {
         }
     }
 
+    /// The function named `name` (its crate name, as `KIRIM_FUNCTION` carries it).
+    pub fn from_name(name: &str) -> Option<Function> {
+        Function::ALL.into_iter().find(|f| f.name() == name)
+    }
+
     /// Its logical id in `template.yaml`.
     pub const fn logical_id(self) -> &'static str {
         match self {
@@ -321,7 +326,7 @@ pub async fn lambda_deps(function: Function) -> Result<Deps, ConfigError> {
     } else {
         Arc::new(NotWired::new(function.name(), Port::Meta))
     };
-    let sdk = aws_config::load_from_env().await;
+    let sdk = aws_sdk_loader().load().await;
     Ok(Deps::new(aws_backends(
         &sdk,
         function.name(),
@@ -331,6 +336,18 @@ pub async fn lambda_deps(function: Function) -> Result<Deps, ConfigError> {
         Arc::new(SystemClock),
         LAMBDA_CACHE_TTLS,
     )))
+}
+
+/// The AWS SDK's configuration loader (region, credentials and endpoint from the
+/// environment, as `aws_config::from_env`) with the one HTTPS client every AWS client
+/// uses: rustls on `ring`. The SDK crates are built without their default client
+/// (`Cargo.toml`), so a client made from any other loader has no HTTP client at all.
+pub fn aws_sdk_loader() -> aws_config::ConfigLoader {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    aws_config::from_env().http_client(https)
 }
 
 /// A port a process was not wired with (see [`Function::uses`]). Every call logs an error

@@ -1,17 +1,7 @@
-//! The `console` Lambda: API Gateway (HTTP API, `ANY /console/{proxy+}`) → the shared
-//! console router (HTML pages for tenants' people). Business rules live in the `kirim`
-//! crate; this file only wires.
-
-use kirim::console::{console_router, ConsoleOptions};
-use kirim::http::lambda::for_lambda;
-use kirim::wiring::{lambda_deps, Function};
+//! The `console` Lambda on its own (see `lib.rs`); deployed as `kirim-lambda` with
+//! `KIRIM_FUNCTION=console` (`functions/lambda`).
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
-    kirim::telemetry::init_json();
-    let deps = lambda_deps(Function::Console).await?;
-    let options = ConsoleOptions {
-        secure_cookies: true,
-    };
-    lambda_http::run(for_lambda(console_router(deps, options))).await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    console::run().await
 }

@@ -1,19 +1,7 @@
-//! The `dispatcher` Lambda: SQS batch → Meta, reporting partial batch failures.
-//! Business rules live in the `kirim` crate; this file only wires.
-
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use kirim::wiring::{lambda_deps, Function};
-use lambda_runtime::{service_fn, Error, LambdaEvent};
+//! The `dispatcher` Lambda on its own (see `lib.rs`); deployed as `kirim-lambda` with
+//! `KIRIM_FUNCTION=dispatcher` (`functions/lambda`).
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    kirim::telemetry::init_json();
-    let deps = lambda_deps(Function::Dispatcher).await?;
-    let deps = &deps;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<SqsBatchResponse, Error>(
-            kirim::queue_handlers::dispatch_batch(deps, event.payload).await,
-        )
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    dispatcher::run().await
 }

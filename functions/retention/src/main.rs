@@ -1,19 +1,7 @@
-//! The `retention` Lambda: the daily EventBridge schedule → the retention run.
-//! Business rules live in the `kirim` crate; this file only wires.
-
-use kirim::wiring::{lambda_deps, Function};
-use lambda_runtime::{service_fn, Error, LambdaEvent};
+//! The `retention` Lambda on its own (see `lib.rs`); deployed as `kirim-lambda` with
+//! `KIRIM_FUNCTION=retention` (`functions/lambda`).
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    kirim::telemetry::init_json();
-    let deps = lambda_deps(Function::Retention).await?;
-    let deps = &deps;
-    lambda_runtime::run(service_fn(
-        move |_: LambdaEvent<serde_json::Value>| async move {
-            let report = kirim::queue_handlers::scheduled_retention(deps).await?;
-            Ok::<_, Error>(serde_json::to_value(report)?)
-        },
-    ))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    retention::run().await
 }

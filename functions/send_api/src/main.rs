@@ -1,12 +1,7 @@
-//! The `send_api` Lambda: API Gateway (HTTP API) → the shared `send_api_router`.
-//! Business rules live in the `kirim` crate; this file only wires.
-
-use kirim::http::{lambda::for_lambda, send_api_router};
-use kirim::wiring::{lambda_deps, Function};
+//! The `send_api` Lambda on its own (see `lib.rs`); deployed as `kirim-lambda` with
+//! `KIRIM_FUNCTION=send_api` (`functions/lambda`).
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
-    kirim::telemetry::init_json();
-    let deps = lambda_deps(Function::SendApi).await?;
-    lambda_http::run(for_lambda(send_api_router(deps))).await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    send_api::run().await
 }

@@ -1,20 +1,7 @@
-//! The `status_callback` Lambda: SQS batch of status changes → tenants' callback URLs,
-//! signed, reporting partial batch failures. Business rules live in the `kirim` crate;
-//! this file only wires.
-
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
-use kirim::wiring::{lambda_deps, Function};
-use lambda_runtime::{service_fn, Error, LambdaEvent};
+//! The `status_callback` Lambda on its own (see `lib.rs`); deployed as `kirim-lambda` with
+//! `KIRIM_FUNCTION=status_callback` (`functions/lambda`).
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    kirim::telemetry::init_json();
-    let deps = lambda_deps(Function::StatusCallback).await?;
-    let deps = &deps;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
-        Ok::<SqsBatchResponse, Error>(
-            kirim::queue_handlers::status_callback_batch(deps, event.payload).await,
-        )
-    }))
-    .await
+async fn main() -> Result<(), lambda_runtime::Error> {
+    status_callback::run().await
 }

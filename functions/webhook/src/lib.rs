@@ -1,0 +1,12 @@
+//! The `webhook` Lambda: API Gateway (HTTP API) → the shared `webhook_router`.
+//! Business rules live in the `kirim` crate; this file only wires.
+//! `run` is the whole function; `main.rs` and the multi-call `kirim-lambda` binary call it.
+
+use kirim::http::{lambda::for_lambda, webhook_router};
+use kirim::wiring::{lambda_deps, Function};
+
+pub async fn run() -> Result<(), lambda_runtime::Error> {
+    kirim::telemetry::init_json();
+    let deps = lambda_deps(Function::Webhook).await?;
+    lambda_http::run(for_lambda(webhook_router(deps))).await
+}
