@@ -4,8 +4,9 @@
 //! a `request` span (request id, route, tenant, message), a queue job in a `job` span
 //! (its ids and the id of the request that accepted it).
 
-use tracing_subscriber::filter::Directive;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Crates whose debug and trace output carries whole requests, events or bodies (tokens,
 /// passwords, message content): capped at these levels whatever `RUST_LOG` says. A
@@ -26,10 +27,13 @@ const CAPS: [&str; 13] = [
     "tower=info",
 ];
 
-/// The log filter from a `RUST_LOG`-style spec (`info` when absent or unreadable). The
-/// spec's own directives for a capped crate (or a module of one, which would be more
-/// specific than the cap) are dropped, and the [`CAPS`] added.
-pub fn env_filter(spec: Option<&str>) -> EnvFilter {
+/// The log filter from a `RUST_LOG`-style spec of `target=level` directives and a bare
+/// default level (`info` when absent or unreadable). The spec's own directives for a capped
+/// crate (or a module of one, which would be more specific than the cap) are dropped, and
+/// the [`CAPS`] added. A `Targets` filter, not an `EnvFilter`: the span and field
+/// directives it cannot read (`kirim[request]=debug`) are never needed on Lambda, and it
+/// keeps a regex engine out of the binary (issue #13, small functions).
+pub fn env_filter(spec: Option<&str>) -> Targets {
     let capped = |directive: &str| {
         let target = directive
             .split(['=', '['])
@@ -42,41 +46,48 @@ pub fn env_filter(spec: Option<&str>) -> EnvFilter {
     };
     let kept = spec.map(|s| {
         s.split(',')
-            .filter(|d| !capped(d))
+            .filter(|d| !d.trim().is_empty() && !capped(d))
             .collect::<Vec<_>>()
             .join(",")
     });
     let mut filter = kept
-        .and_then(|s| EnvFilter::try_new(s).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .filter(|s| !s.is_empty())
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
     for cap in CAPS {
-        if let Ok(d) = cap.parse::<Directive>() {
-            filter = filter.add_directive(d);
+        if let Some((target, level)) = cap.split_once('=') {
+            if let Ok(level) = level.parse::<LevelFilter>() {
+                filter = filter.with_target(target, level);
+            }
         }
     }
     filter
 }
 
-fn filter_from_env() -> EnvFilter {
+fn filter_from_env() -> Targets {
     env_filter(std::env::var("RUST_LOG").ok().as_deref())
 }
 
 pub fn init_json() {
     let _ = tracing_subscriber::fmt()
         .json()
-        .with_env_filter(filter_from_env())
+        .with_max_level(LevelFilter::TRACE)
         // Span fields (request id, tenant, message) ride on every line as `spans`.
         .with_current_span(false)
         .with_span_list(true)
         .with_target(false)
         .without_time() // CloudWatch stamps each line
+        .finish()
+        .with(filter_from_env())
         .try_init();
 }
 
 pub fn init_pretty() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter_from_env())
+        .with_max_level(LevelFilter::TRACE)
         .with_target(false)
+        .finish()
+        .with(filter_from_env())
         .try_init();
 }
 
@@ -115,7 +126,6 @@ pub fn record_tenant(tenant: &impl std::fmt::Display) {
 #[cfg(test)]
 mod tests {
     use tracing::Level;
-    use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
 
