@@ -73,3 +73,34 @@ on_both_backends!(
     a_tampered_or_garbage_wrapped_key_is_refused_not_an_error,
     each_data_key_is_new,
 );
+
+/// Local mode on a persistent emulator finds its key again by alias: what it wrapped before
+/// a restart still opens after it.
+#[tokio::test]
+async fn a_second_bootstrap_of_an_emulator_stack_keeps_its_totp_seed_key() {
+    let sdk = kirim_tests::moto_sdk().await;
+    let stack = kirim_tests::unique_stack();
+    let first = kirim_infra::bootstrap::ensure_stack(&sdk, &stack)
+        .await
+        .unwrap();
+    let second = kirim_infra::bootstrap::ensure_stack(&sdk, &stack)
+        .await
+        .unwrap();
+    let arn = first.kms_keys.get("TotpSeedKey").unwrap();
+    assert_eq!(second.kms_keys.get("TotpSeedKey"), Some(arn));
+    let kms = aws_sdk_kms::Client::new(&sdk);
+    let alias = kms
+        .describe_key()
+        .key_id(format!("alias/{stack}/totp-seeds"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alias.key_metadata().unwrap().arn(), Some(arn.as_str()));
+    let rotation = kms
+        .get_key_rotation_status()
+        .key_id(arn)
+        .send()
+        .await
+        .unwrap();
+    assert!(rotation.key_rotation_enabled());
+}

@@ -297,6 +297,65 @@ async fn a_login_whose_data_key_kms_refuses_fails_closed_and_changes_nothing(b: 
     assert_eq!(s, 200, "{body}");
 }
 
+/// Data keys that cannot be had right now (KMS throttled or unreachable).
+struct Unreachable;
+
+#[async_trait::async_trait]
+impl DataKeys for Unreachable {
+    async fn generate(
+        &self,
+        _: &kirim::ports::KeyContext,
+    ) -> Result<kirim::ports::DataKey, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("kms".into()))
+    }
+    async fn unwrap(
+        &self,
+        _: &[u8],
+        _: &kirim::ports::KeyContext,
+    ) -> Result<Option<kirim::ports::PlainKey>, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("kms".into()))
+    }
+}
+
+async fn a_login_while_kms_cannot_be_reached_is_a_retryable_error_not_a_refusal(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, id, seed) = two_factor_user(&app, &t.key).await;
+    let (before, _) = stored(&app, b, &t.tenant_id, &id).await;
+
+    let mut deps = app.app.deps.clone();
+    deps.data_keys = match b {
+        // The real adapter, its endpoint refusing connections.
+        Backend::Aws => {
+            let sdk = kirim_infra::local::emulator_sdk_config(Some("http://127.0.0.1:9")).await;
+            Arc::new(KmsDataKeys::new(
+                aws_sdk_kms::Client::new(&sdk),
+                "alias/nowhere",
+            ))
+        }
+        Backend::Memory => Arc::new(Unreachable),
+    };
+    let req = users::LoginRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        totp_code: Some(totp(&seed).generate(now_secs() + 30)),
+    };
+    let answer = users::login(&deps, req, None).await;
+    assert!(
+        matches!(
+            answer,
+            Err(users::LoginError::Service(ref e)) if e.is_retryable()
+        ),
+        "{:?}",
+        answer.err()
+    );
+    let (after, _) = stored(&app, b, &t.tenant_id, &id).await;
+    assert_eq!(after, before);
+    // The code was not spent: with KMS back, it logs in.
+    let (s, body) = login(&app, &email, &totp(&seed).generate(now_secs() + 30)).await;
+    assert_eq!(s, 200, "{body}");
+}
+
 async fn an_enrolment_without_a_usable_key_stores_nothing(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -335,4 +394,5 @@ on_both_backends!(
     a_v2_seed_moved_to_another_users_item_does_not_open_for_them,
     a_login_whose_data_key_kms_refuses_fails_closed_and_changes_nothing,
     an_enrolment_without_a_usable_key_stores_nothing,
+    a_login_while_kms_cannot_be_reached_is_a_retryable_error_not_a_refusal,
 );
