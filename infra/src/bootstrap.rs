@@ -1,5 +1,5 @@
-//! Creates the stack's DynamoDB table, SQS queues and secrets in an emulator (moto) when
-//! they are missing — read from `template.yaml` itself, so local mode and tests run on
+//! Creates the stack's DynamoDB table, SQS queues, secrets and KMS keys in an emulator
+//! (moto) when they are missing — read from `template.yaml` itself, so local mode and tests run on
 //! exactly the definitions that are deployed.
 
 use std::collections::HashMap;
@@ -43,6 +43,8 @@ pub struct Stack {
     pub queues: HashMap<String, Queue>,
     /// Secret names by logical id (`OperatorTokenSecret`, ...).
     pub secrets: HashMap<String, String>,
+    /// KMS key ARNs by logical id (`TotpSeedKey`), found again by their alias.
+    pub kms_keys: HashMap<String, String>,
 }
 
 impl Stack {
@@ -247,11 +249,89 @@ pub async fn ensure_stack(
             (logical, name)
         })
         .collect();
+    let kms_keys = ensure_kms_keys(sdk, &doc, stack).await?;
     Ok(Stack {
         table,
         queues,
         secrets,
+        kms_keys,
     })
+}
+
+/// Each aliased KMS key of the template: found by its alias (so a restart on a persistent
+/// emulator keeps the key that wrapped what is stored), else created with the template's
+/// key spec and rotation, and aliased. By the key's logical id.
+async fn ensure_kms_keys(
+    sdk: &aws_config::SdkConfig,
+    doc: &Value,
+    stack: &str,
+) -> Result<HashMap<String, String>, BootstrapError> {
+    let kms = aws_sdk_kms::Client::new(sdk);
+    let keys: HashMap<String, Value> = resources(doc, "AWS::KMS::Key").into_iter().collect();
+    let mut out = HashMap::new();
+    for (logical, props) in resources(doc, "AWS::KMS::Alias") {
+        let alias = match props.get("AliasName") {
+            Some(Value::Tagged(t)) => t
+                .value
+                .as_str()
+                .map(|s| s.replace("${AWS::StackName}", stack)),
+            Some(Value::String(s)) => Some(s.clone()),
+            _ => None,
+        }
+        .ok_or_else(|| tmpl(&format!("{logical}: AliasName")))?;
+        let target = match props.get("TargetKeyId") {
+            Some(Value::Tagged(t)) => t.value.as_str().map(str::to_owned),
+            _ => None,
+        }
+        .ok_or_else(|| tmpl("TargetKeyId"))?;
+        let key_props = keys.get(&target).ok_or_else(|| tmpl("alias target"))?;
+        let existing = match kms.describe_key().key_id(&alias).send().await {
+            Ok(out) => out
+                .key_metadata()
+                .map(|m| m.arn().unwrap_or_default().to_owned()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|se| se.is_not_found_exception()) =>
+            {
+                None
+            }
+            Err(e) => return Err(aws("describe key")(e)),
+        };
+        let arn = match existing {
+            Some(arn) => arn,
+            None => {
+                let mut req = kms.create_key();
+                if let Ok(spec) = text(key_props, "KeySpec") {
+                    req = req.key_spec(aws_sdk_kms::types::KeySpec::from(spec.as_str()));
+                }
+                if let Ok(usage) = text(key_props, "KeyUsage") {
+                    req = req.key_usage(aws_sdk_kms::types::KeyUsageType::from(usage.as_str()));
+                }
+                let meta = req
+                    .send()
+                    .await
+                    .map_err(aws("create key"))?
+                    .key_metadata
+                    .ok_or_else(|| BootstrapError::Aws("no key metadata".into()))?;
+                if text(key_props, "EnableKeyRotation").is_ok_and(|v| v == "true") {
+                    kms.enable_key_rotation()
+                        .key_id(meta.key_id())
+                        .send()
+                        .await
+                        .map_err(aws("enable key rotation"))?;
+                }
+                kms.create_alias()
+                    .alias_name(&alias)
+                    .target_key_id(meta.key_id())
+                    .send()
+                    .await
+                    .map_err(aws("create alias"))?;
+                meta.arn().unwrap_or_default().to_owned()
+            }
+        };
+        out.insert(target, arn);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -321,6 +401,14 @@ mod tests {
                     function.logical_id()
                 );
             }
+            // The TOTP seed key goes only where the key policy lets the role use it.
+            assert_eq!(
+                vars.iter().any(|v| v == kirim::wiring::TOTP_KMS_KEY_ENV),
+                function.uses_port(Port::DataKeys),
+                "{}: {}",
+                function.logical_id(),
+                kirim::wiring::TOTP_KMS_KEY_ENV
+            );
             for port in [Port::DispatchQueue, Port::CallbackQueue] {
                 let (url, dlq) = port.env().expect("a queue");
                 if !function.uses_port(port) {

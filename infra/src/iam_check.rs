@@ -1,7 +1,9 @@
 //! The check that `template.yaml` grants each function exactly what `kirim::iam` lists:
 //! its `Policies` expanded (SAM policy templates as AWS's SAM policy template list defines
 //! them, explicit `Statement`s, `Deny`s applied) plus what SAM attaches for an SQS event
-//! source, compared per resource with `Function::needs()`.
+//! source, and what a KMS key's policy lets the function's role do on that key (a key
+//! policy is the only grant on a KMS key here), compared per resource with
+//! `Function::needs()`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -80,6 +82,7 @@ fn resource_service(r: Resource) -> &'static str {
         | Resource::MetaTokens
         | Resource::TenantSecrets
         | Resource::CallbackSecrets => "secretsmanager",
+        Resource::TotpSeedKey => "kms",
     }
 }
 
@@ -253,6 +256,7 @@ fn granted(doc: &Value, function: Function) -> (Grants, Vec<String>) {
     for p in list(props.get("Policies")) {
         role.policy(&p);
     }
+    key_policies(doc, function, &mut role);
     if let Some(events) = props.get("Events").and_then(Value::as_mapping) {
         for (_, event) in events {
             if event.get("Type").and_then(Value::as_str) == Some("SQS") {
@@ -261,6 +265,53 @@ fn granted(doc: &Value, function: Function) -> (Grants, Vec<String>) {
         }
     }
     (role.effective(), role.problems)
+}
+
+/// The KMS keys of the template: logical id and key policy statements.
+fn kms_keys(doc: &Value) -> Vec<(String, Vec<Value>)> {
+    doc.get("Resources")
+        .and_then(Value::as_mapping)
+        .into_iter()
+        .flatten()
+        .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some("AWS::KMS::Key"))
+        .filter_map(|(k, r)| {
+            let statements = r.get("Properties")?.get("KeyPolicy")?.get("Statement");
+            Some((k.as_str()?.to_owned(), list(statements)))
+        })
+        .collect()
+}
+
+/// The principals a key policy statement names (`Principal.AWS`), as resource names.
+fn principals(st: &Value) -> Vec<String> {
+    list(st.get("Principal").and_then(|p| p.get("AWS")))
+        .iter()
+        .map(resource_name)
+        .collect()
+}
+
+/// What each key policy lets `function`'s role (SAM's `{Function}Role`) do on that key.
+fn key_policies(doc: &Value, function: Function, role: &mut Role) {
+    let me = format!("{}Role", function.logical_id());
+    for (key, statements) in kms_keys(doc) {
+        for st in statements {
+            if !principals(&st).contains(&me) {
+                continue;
+            }
+            if st.get("Effect").and_then(Value::as_str) != Some("Allow")
+                || st.get("Condition").is_some()
+            {
+                role.problems
+                    .push(format!("unmodelled key policy statement on {key}: {st:?}"));
+                continue;
+            }
+            let actions: Vec<String> = list(st.get("Action"))
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            let actions: Vec<&str> = actions.iter().map(String::as_str).collect();
+            role.allow(&actions, std::slice::from_ref(&key));
+        }
+    }
 }
 
 /// The table's grants, by template name.
@@ -342,6 +393,44 @@ mod tests {
                 "{}",
                 f.logical_id()
             );
+        }
+    }
+
+    #[test]
+    fn no_key_policy_lets_anyone_but_the_named_roles_use_a_key() {
+        // The account administers the key (and may change its policy, which CloudTrail
+        // records) but no statement for it, or for anyone else, allows a use of the key.
+        let doc: Value = serde_yaml::from_str(TEMPLATE).expect("template");
+        let roles: Vec<String> = Function::ALL
+            .iter()
+            .map(|f| format!("{}Role", f.logical_id()))
+            .collect();
+        let keys = kms_keys(&doc);
+        assert!(!keys.is_empty(), "the TOTP seed key is in the template");
+        for (key, statements) in keys {
+            for st in statements {
+                if principals(&st).iter().all(|p| roles.contains(p)) {
+                    continue;
+                }
+                for a in list(st.get("Action")) {
+                    let a = a.as_str().unwrap_or_default();
+                    let uses = [
+                        "kms:*",
+                        "kms:Decrypt",
+                        "kms:GenerateDataKey",
+                        "kms:Encrypt",
+                        "kms:ReEncrypt",
+                    ]
+                    .iter()
+                    .any(|u| {
+                        a == *u
+                            || a.strip_suffix('*')
+                                .is_some_and(|prefix| u.starts_with(prefix))
+                            || u.starts_with(a)
+                    });
+                    assert!(!uses, "{key}: {a} for {:?}", principals(&st));
+                }
+            }
         }
     }
 

@@ -46,6 +46,10 @@ pub struct LocalConfig {
     /// The warm-process read cache on the aws backend (`KIRIM_READ_CACHE_TTL`, default 0:
     /// off, so a change is seen at once; Lambda uses `wiring::READ_CACHE_TTL`).
     pub read_cache_ttl: Duration,
+    /// The KMS key that wraps TOTP seeds' data keys on the aws backend
+    /// (`KIRIM_TOTP_KMS_KEY`; default: the emulator stack's `TotpSeedKey`, created by
+    /// `ensure_stack`). The memory backend uses a local key generated at start.
+    pub totp_kms_key: Option<String>,
     /// How long secrets are cached on the aws backend (`KIRIM_SECRET_CACHE_TTL`, default
     /// 5 s; Lambda uses `wiring::SECRET_CACHE_TTL`).
     pub secret_cache_ttl: Duration,
@@ -102,6 +106,7 @@ impl LocalConfig {
             pollers: env.number("KIRIM_LOCAL_POLLERS", 2usize).max(1),
             clock: LocalClock::default(),
             read_cache_ttl: env.duration("KIRIM_READ_CACHE_TTL", Duration::ZERO),
+            totp_kms_key: env.optional(kirim::wiring::TOTP_KMS_KEY_ENV),
             secret_cache_ttl: env.duration("KIRIM_SECRET_CACHE_TTL", Duration::from_secs(5)),
             settings,
         };
@@ -265,6 +270,11 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
                     "StatusCallbackQueue",
                     "StatusCallbackDeadLetterQueue",
                 ),
+                // The emulator's KMS key, unless one is named (`KIRIM_TOTP_KMS_KEY`).
+                totp_kms_key: cfg
+                    .totp_kms_key
+                    .clone()
+                    .or_else(|| stack.kms_keys.get("TotpSeedKey").cloned()),
             };
             // Secret names as the template declares them.
             let name = |logical: &str, fallback: &str| {
@@ -328,8 +338,8 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
     sb_cfg.rate_limit_per_sec = cfg.sandbox_rate_limit;
     let sandbox = Sandbox::new(sb_cfg);
 
-    // The key that seals TOTP seeds (on AWS: the template's TotpKeySecret), kept if set:
-    // a new one each start would leave the stored seeds sealed by a key no longer known.
+    // The key that sealed TOTP seeds before KMS (`v1:`; on AWS: the template's
+    // TotpKeySecret), kept if set: `v1:` seeds still open with it, to be resealed.
     let totp_key = kirim::service::seed_cipher::key_name(&deps.settings);
     if !matches!(deps.secrets.current(&totp_key).await, Ok(Some(_))) {
         deps.secrets

@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use crate::adapters::aws::{DynamoStore, SecretsManagerStore, SqsQueue};
+use crate::adapters::aws::{DynamoStore, KmsDataKeys, SecretsManagerStore, SqsQueue};
 use crate::wiring::Function;
 
 /// What a grant is on: the stack's resources, as `template.yaml` names them.
@@ -33,8 +33,12 @@ pub enum Resource {
     AuditKey,
     /// `ConsoleCsrfKeySecret`: the key of the console's CSRF tokens.
     ConsoleCsrfKey,
-    /// `TotpKeySecret`: the key that seals users' TOTP seeds.
+    /// `TotpKeySecret`: the key that sealed users' TOTP seeds before KMS (`v1:` seeds,
+    /// read only to open and reseal them).
     TotpKey,
+    /// `TotpSeedKey`: the KMS key that wraps TOTP seeds' data keys (`v2:` seeds). Its
+    /// grants are in its key policy, not the roles' policies.
+    TotpSeedKey,
     /// Tenants' Meta access tokens only: `${StackName}/tenants/*/meta-token*`.
     MetaTokens,
     /// Every tenant's secrets: `${StackName}/tenants/*` (Meta tokens, callback secrets).
@@ -44,7 +48,7 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub const ALL: [Resource; 15] = [
+    pub const ALL: [Resource; 16] = [
         Resource::Table,
         Resource::TableIndexes,
         Resource::DispatchQueue,
@@ -57,6 +61,7 @@ impl Resource {
         Resource::AuditKey,
         Resource::ConsoleCsrfKey,
         Resource::TotpKey,
+        Resource::TotpSeedKey,
         Resource::MetaTokens,
         Resource::TenantSecrets,
         Resource::CallbackSecrets,
@@ -78,6 +83,7 @@ impl Resource {
             Resource::AuditKey => "AuditKeySecret",
             Resource::ConsoleCsrfKey => "ConsoleCsrfKeySecret",
             Resource::TotpKey => "TotpKeySecret",
+            Resource::TotpSeedKey => "TotpSeedKey",
             Resource::MetaTokens => "secret:${AWS::StackName}/tenants/*/meta-token*",
             Resource::TenantSecrets => "secret:${AWS::StackName}/tenants/*",
             Resource::CallbackSecrets => {
@@ -143,7 +149,10 @@ const ADMIN_API: &[Grant] = &[
     on(Table, DynamoStore::SWEEP),
     on(OperatorToken, SecretsManagerStore::READ),
     on(AuditKey, SecretsManagerStore::READ),
-    // Users' TOTP seeds are sealed (enrolment) and opened (confirmation, login) here.
+    // Users' TOTP seeds are sealed (enrolment) and opened (confirmation, login) here:
+    // under a data key from KMS; `v1:` seeds from before KMS with the old key, to reseal.
+    on(TotpSeedKey, KmsDataKeys::GENERATE),
+    on(TotpSeedKey, KmsDataKeys::DECRYPT),
     on(TotpKey, SecretsManagerStore::READ),
     // The template catalogue's sync reads Meta with the tenant's own token (onboarding,
     // `POST /v1/templates/sync`).
@@ -198,7 +207,10 @@ const CONSOLE: &[Grant] = &[
     // The send form queues the message like `POST /v1/messages`.
     on(DispatchQueue, SqsQueue::SEND),
     on(ConsoleCsrfKey, SecretsManagerStore::READ),
-    // Its sign-in and 2FA pages call the users API in process: TOTP seeds are opened.
+    // Its sign-in and 2FA pages call the users API in process: TOTP seeds are sealed
+    // and opened (and `v1:` seeds resealed).
+    on(TotpSeedKey, KmsDataKeys::GENERATE),
+    on(TotpSeedKey, KmsDataKeys::DECRYPT),
     on(TotpKey, SecretsManagerStore::READ),
     // Its actions pass the API's access middleware, which appends audit events.
     on(AuditKey, SecretsManagerStore::READ),
@@ -308,6 +320,8 @@ mod tests {
         ("delete_secret", &["secretsmanager:DeleteSecret"]),
         ("describe_secret", &["secretsmanager:DescribeSecret"]),
         ("tag_resource", &["secretsmanager:TagResource"]),
+        ("generate_data_key", &["kms:GenerateDataKey"]),
+        ("decrypt", &["kms:Decrypt"]),
     ];
 
     /// The items of a TransactWriteItems call, by their builders.
@@ -359,7 +373,7 @@ mod tests {
             Vec<std::path::PathBuf>,
             Vec<&'static [&'static str]>,
         );
-        let cases: [Case; 3] = [
+        let cases: [Case; 4] = [
             (
                 "DynamoStore",
                 dynamo,
@@ -390,6 +404,11 @@ mod tests {
                     SecretsManagerStore::DELETE,
                 ],
             ),
+            (
+                "KmsDataKeys",
+                vec![aws.join("kms.rs")],
+                vec![KmsDataKeys::GENERATE, KmsDataKeys::DECRYPT],
+            ),
         ];
         for (adapter, files, declared) in cases {
             let files: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
@@ -418,6 +437,22 @@ mod tests {
                 matches!(f, Function::Retention | Function::AdminApi),
                 "{f:?}"
             );
+        }
+    }
+
+    #[test]
+    fn only_the_functions_that_seal_totp_seeds_may_use_their_kms_key() {
+        for f in Function::ALL {
+            let uses = f.needs().contains_key(&Resource::TotpSeedKey);
+            assert_eq!(
+                uses,
+                matches!(f, Function::AdminApi | Function::Console),
+                "{f:?}"
+            );
+            let kms_elsewhere = f.needs().iter().any(|(r, a)| {
+                *r != Resource::TotpSeedKey && a.iter().any(|a| a.starts_with("kms:"))
+            });
+            assert!(!kms_elsewhere, "{f:?}");
         }
     }
 

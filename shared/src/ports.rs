@@ -1011,6 +1011,8 @@ pub trait BroadcastStore: Send + Sync {
 }
 mod callbacks;
 pub use callbacks::*;
+mod data_keys;
+pub use data_keys::*;
 mod templates;
 pub use templates::*;
 mod numbers;

@@ -19,14 +19,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::adapters::aws::{DynamoStore, SecretsManagerStore, SqsQueue};
-use crate::adapters::memory::{MemoryQueue, MemorySecrets, MemoryStore};
+use crate::adapters::aws::{DynamoStore, KmsDataKeys, SecretsManagerStore, SqsQueue};
+use crate::adapters::memory::{LocalDataKeys, MemoryQueue, MemorySecrets, MemoryStore};
 use crate::adapters::meta_graph::MetaGraphClient;
 use crate::config::{ConfigError, EnvReader, Settings};
 use crate::iam::Resource;
 use crate::ports::{
-    Clock, DeadLetter, DispatchQueue, MetaAccepted, MetaClient, MetaSendError, Received, Redriven,
-    SystemClock,
+    Clock, DataKey, DataKeys, DeadLetter, DispatchQueue, KeyContext, MetaAccepted, MetaClient,
+    MetaSendError, PlainKey, Received, Redriven, SystemClock,
 };
 use crate::secret::Secret;
 use crate::service::{Backends, Deps};
@@ -39,6 +39,9 @@ pub const SECRET_CACHE_TTL: Duration = Duration::from_secs(300);
 /// and a catalogue template (`adapters::cache`): the longest a revocation, suspension,
 /// allow-list or template change made elsewhere takes to bite.
 pub const READ_CACHE_TTL: Duration = Duration::from_secs(5);
+
+/// The variable holding the ARN of the KMS key that wraps TOTP seeds' data keys.
+pub const TOTP_KMS_KEY_ENV: &str = "KIRIM_TOTP_KMS_KEY";
 
 /// The Lambda functions (`functions/*`, and their resources in `template.yaml`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +66,8 @@ pub enum Port {
     CallbackQueue,
     /// The Meta Graph API client.
     Meta,
+    /// The KMS key that wraps TOTP seeds' data keys (`TotpSeedKey`).
+    DataKeys,
 }
 
 impl Function {
@@ -110,18 +115,25 @@ impl Function {
     /// What the function talks to besides the table and Secrets Manager: the queues its
     /// grants (`crate::iam`) name, and Meta for the dispatcher and the template syncs.
     pub fn uses(self) -> Vec<Port> {
-        [Port::DispatchQueue, Port::CallbackQueue, Port::Meta]
-            .into_iter()
-            .filter(|p| self.uses_port(*p))
-            .collect()
+        [
+            Port::DispatchQueue,
+            Port::CallbackQueue,
+            Port::Meta,
+            Port::DataKeys,
+        ]
+        .into_iter()
+        .filter(|p| self.uses_port(*p))
+        .collect()
     }
 
     pub fn uses_port(self, port: Port) -> bool {
-        match port.resources() {
-            Some((queue, dlq)) => self.granted(queue) || self.granted(dlq),
+        match (port, port.resources()) {
+            (_, Some((queue, dlq))) => self.granted(queue) || self.granted(dlq),
+            // Whoever the key policy lets seal or open TOTP seeds (admin_api, console).
+            (Port::DataKeys, None) => self.granted(Resource::TotpSeedKey),
             // The dispatcher sends to Meta; admin_api (onboarding, `POST /v1/templates/sync`)
             // and retention (the daily sync) read the template catalogue from it.
-            None => matches!(
+            (_, None) => matches!(
                 self,
                 Function::Dispatcher | Function::AdminApi | Function::Retention
             ),
@@ -144,6 +156,9 @@ impl Function {
                 }
             }
         }
+        if self.uses_port(Port::DataKeys) {
+            vars.push(TOTP_KMS_KEY_ENV);
+        }
         vars
     }
 }
@@ -154,7 +169,7 @@ impl Port {
         match self {
             Port::DispatchQueue => Some((Resource::DispatchQueue, Resource::DispatchDlq)),
             Port::CallbackQueue => Some((Resource::CallbackQueue, Resource::CallbackDlq)),
-            Port::Meta => None,
+            Port::Meta | Port::DataKeys => None,
         }
     }
 
@@ -167,7 +182,7 @@ impl Port {
                 "KIRIM_STATUS_CALLBACK_QUEUE_URL",
                 "KIRIM_STATUS_CALLBACK_DLQ_URL",
             )),
-            Port::Meta => None,
+            Port::Meta | Port::DataKeys => None,
         }
     }
 }
@@ -178,6 +193,7 @@ impl fmt::Display for Port {
             Port::DispatchQueue => "dispatch queue",
             Port::CallbackQueue => "status-callback queue",
             Port::Meta => "Meta client",
+            Port::DataKeys => "TOTP seed key (KMS)",
         })
     }
 }
@@ -196,6 +212,8 @@ pub struct AwsResources {
     pub table: String,
     pub dispatch_queue: Option<QueueUrls>,
     pub status_callback_queue: Option<QueueUrls>,
+    /// The KMS key (ARN) that wraps TOTP seeds' data keys; `None`: not used.
+    pub totp_kms_key: Option<String>,
 }
 
 impl AwsResources {
@@ -213,10 +231,14 @@ impl AwsResources {
         };
         let dispatch_queue = queue(Port::DispatchQueue);
         let status_callback_queue = queue(Port::CallbackQueue);
+        let totp_kms_key = function
+            .uses_port(Port::DataKeys)
+            .then(|| env.required(TOTP_KMS_KEY_ENV));
         AwsResources {
             table: env.required("KIRIM_TABLE"),
             dispatch_queue,
             status_callback_queue,
+            totp_kms_key,
         }
     }
 }
@@ -260,6 +282,10 @@ pub fn aws_backends(
             _ => Arc::new(NotWired::new(process, port)),
         }
     };
+    let data_keys: Arc<dyn DataKeys> = match &res.totp_kms_key {
+        Some(key) => Arc::new(KmsDataKeys::new(aws_sdk_kms::Client::new(sdk), key)),
+        None => Arc::new(NotWired::new(process, Port::DataKeys)),
+    };
     Backends {
         queue: queue(&res.dispatch_queue, Port::DispatchQueue),
         callback_queue: queue(&res.status_callback_queue, Port::CallbackQueue),
@@ -267,6 +293,7 @@ pub fn aws_backends(
         secrets: Arc::new(SecretsManagerStore::new(
             aws_sdk_secretsmanager::Client::new(sdk),
         )),
+        data_keys,
         meta,
         clock,
         settings,
@@ -290,6 +317,8 @@ pub fn memory_backends(
         // Like the template's redrive: parked after 10 receives.
         callback_queue: Arc::new(MemoryQueue::new(Duration::from_secs(360), 10)),
         secrets: Arc::new(MemorySecrets::default()),
+        // A local key generated at start: what it seals lives only as long as the store.
+        data_keys: Arc::new(LocalDataKeys::generate()),
         meta: meta_client(&settings)?,
         clock,
         settings,
@@ -406,6 +435,20 @@ impl DispatchQueue for NotWired {
 }
 
 #[async_trait::async_trait]
+impl DataKeys for NotWired {
+    async fn generate(&self, _context: &KeyContext) -> Result<DataKey, StoreError> {
+        Err(self.refuse())
+    }
+    async fn unwrap(
+        &self,
+        _wrapped: &[u8],
+        _context: &KeyContext,
+    ) -> Result<Option<PlainKey>, StoreError> {
+        Err(self.refuse())
+    }
+}
+
+#[async_trait::async_trait]
 impl MetaClient for NotWired {
     async fn send_message(
         &self,
@@ -459,6 +502,7 @@ mod tests {
             ("KIRIM_DISPATCH_DLQ_URL", "https://sqs/d-dlq"),
             ("KIRIM_STATUS_CALLBACK_QUEUE_URL", "https://sqs/c"),
             ("KIRIM_STATUS_CALLBACK_DLQ_URL", "https://sqs/c-dlq"),
+            (TOTP_KMS_KEY_ENV, "arn:aws:kms:eu-west-1:1:key/k"),
         ];
         for function in Function::ALL {
             let mut env = EnvReader::new(env_of(&all));
@@ -486,6 +530,11 @@ mod tests {
                 function.uses_port(Port::CallbackQueue),
                 "{function:?}"
             );
+            assert_eq!(
+                res.totp_kms_key.is_some(),
+                function.uses_port(Port::DataKeys),
+                "{function:?}"
+            );
         }
         // Retention needs nothing but its table.
         let mut env = EnvReader::new(env_of(&[("KIRIM_TABLE", "t")]));
@@ -507,6 +556,26 @@ mod tests {
         assert!(err.contains("KIRIM_STATUS_CALLBACK_DLQ_URL"), "{err}");
     }
 
+    #[test]
+    fn only_the_functions_that_seal_totp_seeds_need_the_kms_key_and_cannot_start_without_it() {
+        for function in Function::ALL {
+            let seals = matches!(function, Function::AdminApi | Function::Console);
+            assert_eq!(function.uses_port(Port::DataKeys), seals, "{function:?}");
+            assert_eq!(
+                function.required_env().contains(&TOTP_KMS_KEY_ENV),
+                seals,
+                "{function:?}"
+            );
+        }
+        let mut env = EnvReader::new(env_of(&[
+            ("KIRIM_TABLE", "t"),
+            ("KIRIM_DISPATCH_QUEUE_URL", "https://sqs/d"),
+        ]));
+        let _ = AwsResources::from_env(&mut env, Function::Console);
+        let err = env.finish().expect_err("no key").to_string();
+        assert!(err.contains(TOTP_KMS_KEY_ENV), "{err}");
+    }
+
     #[tokio::test]
     async fn a_port_that_is_not_wired_refuses_and_is_not_retried() {
         let q = NotWired::new("status_callback", Port::DispatchQueue);
@@ -522,5 +591,10 @@ mod tests {
             .send_message("1", &Secret::new("t"), &serde_json::json!({}))
             .await;
         assert!(matches!(refused, Err(MetaSendError::Connection(_))));
+        let keys = NotWired::new("webhook", Port::DataKeys);
+        let context = KeyContext::totp_seed(&crate::domain::TenantId::from_trusted("t"), "u");
+        let err = keys.generate(&context).await.expect_err("not wired");
+        assert!(matches!(err, StoreError::Misconfigured(_)), "{err:?}");
+        assert!(keys.unwrap(b"x", &context).await.is_err());
     }
 }

@@ -143,6 +143,7 @@ pub async fn local_config(backend: Backend) -> LocalConfig {
         clock: Default::default(),
         read_cache_ttl: Duration::ZERO,
         secret_cache_ttl: Duration::from_secs(5),
+        totp_kms_key: None,
     }
 }
 

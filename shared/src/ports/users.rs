@@ -9,8 +9,9 @@ use crate::domain::{Role, TenantId};
 use crate::store_error::StoreError;
 
 /// What is stored of a console user. The password is an argon2id PHC string; the TOTP
-/// secret is sealed (`service::seed_cipher`: `v1:<nonce>:<ciphertext>`; plain base32 if
-/// stored before sealing). `Debug` redacts both.
+/// secret is sealed (`service::seed_cipher`: `v2:<wrapped data key>:<nonce>:<ciphertext>`
+/// under a KMS data key; `v1:<nonce>:<ciphertext>` or plain base32 if stored before
+/// that, until its next use). `Debug` redacts both.
 #[derive(Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct UserRecord {
     pub id: String,

@@ -71,9 +71,10 @@ use chrono::{DateTime, Utc};
 
 use crate::config::Settings;
 use crate::ports::{
-    ApiKeyStore, AuditLog, BroadcastStore, Clock, ContactStore, DispatchQueue, IdempotencyStore,
-    Ledger, MessageStore, MetaClient, OptOutStore, PendingStatusStore, QualityStats, SecretStore,
-    SendingControl, StatusCallbackStore, TemplateStore, TenantStore, Throughput, UserStore,
+    ApiKeyStore, AuditLog, BroadcastStore, Clock, ContactStore, DataKeys, DispatchQueue,
+    IdempotencyStore, Ledger, MessageStore, MetaClient, OptOutStore, PendingStatusStore,
+    QualityStats, SecretStore, SendingControl, StatusCallbackStore, TemplateStore, TenantStore,
+    Throughput, UserStore,
 };
 use crate::secret::Secret;
 use crate::store_error::StoreError;
@@ -111,6 +112,8 @@ pub struct Deps {
     /// Status changes waiting to be POSTed to tenants (the StatusCallbackQueue).
     pub callback_queue: Arc<dyn DispatchQueue>,
     pub secrets: Arc<SecretCache>,
+    /// Data keys for envelope encryption (TOTP seeds): KMS on AWS, a local key in memory.
+    pub data_keys: Arc<dyn DataKeys>,
     pub meta: Arc<dyn MetaClient>,
     pub clock: Arc<dyn Clock>,
     pub settings: Arc<Settings>,
@@ -176,6 +179,8 @@ pub struct Backends<S> {
     /// The StatusCallbackQueue.
     pub callback_queue: Arc<dyn DispatchQueue>,
     pub secrets: Arc<dyn SecretStore>,
+    /// Data keys (KMS, or a local key; `wiring::NotWired` where unused).
+    pub data_keys: Arc<dyn DataKeys>,
     pub meta: Arc<dyn MetaClient>,
     pub clock: Arc<dyn Clock>,
     pub settings: Settings,
@@ -233,6 +238,7 @@ impl Deps {
             queue: b.queue,
             callback_queue: b.callback_queue,
             secrets: Arc::new(SecretCache::new(b.secrets, b.secret_ttl)),
+            data_keys: b.data_keys,
             meta: b.meta,
             clock: b.clock,
             settings: Arc::new(b.settings),

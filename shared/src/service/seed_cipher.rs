@@ -1,13 +1,20 @@
-//! TOTP seeds sealed at rest. The user item holds `v1:<nonce b64>:<ciphertext b64>`:
-//! AES-256-GCM under a key derived (HMAC-SHA256) from the TOTP key secret
-//! (`${StackName}/totp-key` in Secrets Manager; generated in local mode), with the
-//! tenant and user id as associated data, so a sealed seed moved to another user's item
-//! does not open. The table never holds the key.
+//! TOTP seeds sealed at rest, under KMS envelope encryption. The user item holds
+//! `v2:<wrapped data key b64>:<nonce b64>:<ciphertext b64>`: the seed sealed with
+//! AES-256-GCM under a fresh data key (one per seal), with the tenant and user id as
+//! associated data; the data key wrapped by the data-key port (`Deps::data_keys`: KMS's
+//! `TotpSeedKey` on AWS, a local key in local mode's memory backend) and bound to the
+//! same tenant and user (KMS's encryption context). The table never holds a key in the
+//! clear; opening a seed is one `Decrypt` (logins are rare: no data keys are cached, so no
+//! plain key outlives the request that used it).
 //!
-//! A seed stored before sealing (plain base32, no prefix) still opens as [`Opened::Legacy`]
-//! and is sealed again by the caller on its next successful use; so is one sealed under
-//! the previous key (the secret's `AWSPREVIOUS` during a rotation).
-//! Anything else (tampered, truncated, another user's) does not open: callers fail closed.
+//! Older forms still open, and are sealed again as `v2` by the caller on their next
+//! successful use ([`Opened::Legacy`], a conditional write on the old value):
+//! - `v1:<nonce b64>:<ciphertext b64>`: AES-256-GCM under a key derived (HMAC-SHA256) from
+//!   the TOTP key secret (`${StackName}/totp-key` in Secrets Manager), current or previous;
+//! - a plain base32 seed stored before sealing.
+//!
+//! Anything else (tampered, truncated, another user's, or a data key KMS refuses to
+//! unwrap) does not open: callers fail closed.
 
 use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 use base64::Engine;
@@ -19,17 +26,20 @@ use super::errors::ServiceError;
 use super::Deps;
 use crate::config::Settings;
 use crate::domain::TenantId;
+use crate::ports::{KeyContext, PlainKey};
 use crate::secret::Secret;
 
-/// The stored form's version prefix.
+/// The stored form's version prefix before KMS (Secrets Manager key).
 pub const V1: &str = "v1:";
+/// The stored form's version prefix under a KMS data key.
+pub const V2: &str = "v2:";
 
 /// The TOTP key's secret name: `{prefix}totp-key`.
 pub fn key_name(settings: &Settings) -> String {
     format!("{}totp-key", settings.secret_prefix)
 }
 
-/// The TOTP keys: current first, then the previous one during its rotation.
+/// The v1 TOTP keys: current first, then the previous one during its rotation.
 /// `Internal` (a 500, nothing sealed or opened) when there is no current key.
 pub async fn keys(deps: &Deps) -> Result<Vec<Secret>, ServiceError> {
     let name = key_name(&deps.settings);
@@ -58,15 +68,17 @@ fn aad(tenant: &TenantId, user_id: &str) -> String {
     format!("totp-seed/{tenant}/{user_id}")
 }
 
-/// Seals `seed` for the user under `key`.
-pub fn seal(
-    key: &Secret,
+fn data_key_aead(key: &PlainKey) -> Option<aead::LessSafeKey> {
+    let unbound = aead::UnboundKey::new(&aead::AES_256_GCM, key.expose()).ok()?;
+    Some(aead::LessSafeKey::new(unbound))
+}
+
+fn seal_with(
+    key: &aead::LessSafeKey,
     tenant: &TenantId,
     user_id: &str,
     seed: &str,
-) -> Result<String, ServiceError> {
-    let fail = || ServiceError::Internal("TOTP seed sealing".into());
-    let key = aead_key(key).ok_or_else(fail)?;
+) -> Option<([u8; aead::NONCE_LEN], Vec<u8>)> {
     let nonce_bytes: [u8; aead::NONCE_LEN] = rand::random();
     let mut buf = seed.as_bytes().to_vec();
     key.seal_in_place_append_tag(
@@ -74,7 +86,45 @@ pub fn seal(
         aead::Aad::from(aad(tenant, user_id).as_bytes()),
         &mut buf,
     )
-    .map_err(|_| fail())?;
+    .ok()?;
+    Some((nonce_bytes, buf))
+}
+
+/// Seals `seed` for the user as `v2`, under a new data key. Fails (nothing to store)
+/// when no data key can be had.
+pub async fn seal(
+    deps: &Deps,
+    tenant: &TenantId,
+    user_id: &str,
+    seed: &str,
+) -> Result<String, ServiceError> {
+    let data_key = deps
+        .data_keys
+        .generate(&KeyContext::totp_seed(tenant, user_id))
+        .await?;
+    let key = data_key_aead(&data_key.plain)
+        .ok_or_else(|| ServiceError::Internal("TOTP seed sealing".into()))?;
+    let (nonce, sealed) = seal_with(&key, tenant, user_id, seed)
+        .ok_or_else(|| ServiceError::Internal("TOTP seed sealing".into()))?;
+    Ok(format!(
+        "{V2}{}:{}:{}",
+        B64.encode(&data_key.wrapped),
+        B64.encode(nonce),
+        B64.encode(sealed)
+    ))
+}
+
+/// Seals `seed` for the user as `v1` under `key` (the form before KMS: nothing new is
+/// sealed so; kept to test the migration).
+pub fn seal_v1(
+    key: &Secret,
+    tenant: &TenantId,
+    user_id: &str,
+    seed: &str,
+) -> Result<String, ServiceError> {
+    let fail = || ServiceError::Internal("TOTP seed sealing".into());
+    let key = aead_key(key).ok_or_else(fail)?;
+    let (nonce_bytes, buf) = seal_with(&key, tenant, user_id, seed).ok_or_else(fail)?;
     Ok(format!(
         "{V1}{}:{}",
         B64.encode(nonce_bytes),
@@ -84,9 +134,9 @@ pub fn seal(
 
 /// An opened stored seed.
 pub enum Opened {
-    /// Sealed under the current key: nothing to do.
+    /// Sealed as `v2` (a KMS data key): nothing to do.
     Current(Secret),
-    /// Plain (stored before sealing) or sealed under the previous key: seal it again.
+    /// Plain (stored before sealing) or `v1` (the Secrets Manager key): seal it again.
     Legacy(Secret),
 }
 
@@ -98,8 +148,7 @@ impl Opened {
     }
 }
 
-fn open_with(key: &Secret, aad: &str, nonce: &[u8], sealed: &[u8]) -> Option<String> {
-    let key = aead_key(key)?;
+fn open_with(key: &aead::LessSafeKey, aad: &str, nonce: &[u8], sealed: &[u8]) -> Option<String> {
     let nonce = aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
     let mut buf = sealed.to_vec();
     let plain = key
@@ -108,8 +157,62 @@ fn open_with(key: &Secret, aad: &str, nonce: &[u8], sealed: &[u8]) -> Option<Str
     String::from_utf8(plain.to_vec()).ok()
 }
 
-/// Opens the user's stored seed with `keys` (current first); `None` if it does not open.
-pub fn open(keys: &[Secret], tenant: &TenantId, user_id: &str, stored: &str) -> Option<Opened> {
+/// Opens the user's stored seed: `None` if it does not open (callers fail closed). An
+/// error is a failure to ask (KMS unreachable or throttled, the v1 key not provisioned):
+/// nothing was decided.
+pub async fn open(
+    deps: &Deps,
+    tenant: &TenantId,
+    user_id: &str,
+    stored: &str,
+) -> Result<Option<Opened>, ServiceError> {
+    if let Some(rest) = stored.strip_prefix(V2) {
+        return open_v2(deps, tenant, user_id, rest).await;
+    }
+    if stored.starts_with(V1) {
+        let keys = keys(deps).await?;
+        return Ok(open_v1(&keys, tenant, user_id, stored));
+    }
+    Ok(open_v1(&[], tenant, user_id, stored))
+}
+
+async fn open_v2(
+    deps: &Deps,
+    tenant: &TenantId,
+    user_id: &str,
+    rest: &str,
+) -> Result<Option<Opened>, ServiceError> {
+    let mut parts = rest.split(':');
+    let (Some(wrapped), Some(nonce), Some(sealed), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Ok(None);
+    };
+    let (Ok(wrapped), Ok(nonce), Ok(sealed)) =
+        (B64.decode(wrapped), B64.decode(nonce), B64.decode(sealed))
+    else {
+        return Ok(None);
+    };
+    if wrapped.is_empty() {
+        return Ok(None);
+    }
+    let Some(data_key) = deps
+        .data_keys
+        .unwrap(&wrapped, &KeyContext::totp_seed(tenant, user_id))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(key) = data_key_aead(&data_key) else {
+        return Ok(None);
+    };
+    Ok(open_with(&key, &aad(tenant, user_id), &nonce, &sealed)
+        .map(|seed| Opened::Current(Secret::new(seed))))
+}
+
+/// Opens a `v1` or plain stored seed with the v1 `keys` (current first); `None` if it
+/// does not open. Every `v1` seed opens as [`Opened::Legacy`]: it is to be sealed as `v2`.
+pub fn open_v1(keys: &[Secret], tenant: &TenantId, user_id: &str, stored: &str) -> Option<Opened> {
     let Some(rest) = stored.strip_prefix(V1) else {
         // A plain base32 seed from before sealing (anything else is not a seed).
         let legacy = !stored.is_empty()
@@ -122,43 +225,99 @@ pub fn open(keys: &[Secret], tenant: &TenantId, user_id: &str, stored: &str) -> 
     let (nonce, sealed) = rest.split_once(':')?;
     let (nonce, sealed) = (B64.decode(nonce).ok()?, B64.decode(sealed).ok()?);
     let aad = aad(tenant, user_id);
-    keys.iter().enumerate().find_map(|(i, k)| {
-        let seed = Secret::new(open_with(k, &aad, &nonce, &sealed)?);
-        Some(if i == 0 {
-            Opened::Current(seed)
-        } else {
-            Opened::Legacy(seed)
-        })
+    keys.iter().find_map(|k| {
+        let seed = open_with(&aead_key(k)?, &aad, &nonce, &sealed)?;
+        Some(Opened::Legacy(Secret::new(seed)))
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::ports::SystemClock;
 
     fn tenant() -> TenantId {
         TenantId::from_trusted("t_1")
     }
 
-    #[test]
-    fn a_sealed_seed_opens_only_for_its_user_and_key() {
-        let (k1, k2) = (Secret::new("key one"), Secret::new("key two"));
-        let sealed = seal(&k1, &tenant(), "u1", "JBSWY3DPEHPK3PXP").unwrap();
-        assert!(sealed.starts_with(V1) && !sealed.contains("JBSWY3DPEHPK3PXP"));
-        let opened = open(std::slice::from_ref(&k1), &tenant(), "u1", &sealed).unwrap();
+    fn deps() -> Deps {
+        crate::wiring::memory_deps(Settings::default(), Arc::new(SystemClock)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_v2_seed_opens_only_for_its_user_and_holds_neither_seed_nor_key() {
+        let d = deps();
+        let sealed = seal(&d, &tenant(), "u1", "JBSWY3DPEHPK3PXP").await.unwrap();
+        assert!(sealed.starts_with(V2), "{sealed}");
+        assert!(!sealed.contains("JBSWY3DPEHPK3PXP"));
+        assert_eq!(sealed.split(':').count(), 4);
+        let opened = open(&d, &tenant(), "u1", &sealed).await.unwrap().unwrap();
         assert!(matches!(opened, Opened::Current(_)));
         assert_eq!(opened.seed(), "JBSWY3DPEHPK3PXP");
-        assert!(open(std::slice::from_ref(&k1), &tenant(), "u2", &sealed).is_none());
-        assert!(open(std::slice::from_ref(&k2), &tenant(), "u1", &sealed).is_none());
-        // Sealed under the previous key: opens, to be sealed again.
-        let opened = open(&[k2, k1], &tenant(), "u1", &sealed).unwrap();
+        // Another user, another tenant, another process's local key: refused.
+        assert!(open(&d, &tenant(), "u2", &sealed).await.unwrap().is_none());
+        let other_tenant = TenantId::from_trusted("t_2");
+        assert!(open(&d, &other_tenant, "u1", &sealed)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(open(&deps(), &tenant(), "u1", &sealed)
+            .await
+            .unwrap()
+            .is_none());
+        // Two seals of one seed share nothing (a data key each).
+        let again = seal(&d, &tenant(), "u1", "JBSWY3DPEHPK3PXP").await.unwrap();
+        assert_ne!(again.split(':').nth(1), sealed.split(':').nth(1));
+    }
+
+    #[tokio::test]
+    async fn a_tampered_or_malformed_v2_seed_does_not_open() {
+        let d = deps();
+        let sealed = seal(&d, &tenant(), "u1", "JBSWY3DPEHPK3PXP").await.unwrap();
+        let parts: Vec<&str> = sealed.split(':').collect();
+        let flip = |s: &str| {
+            let first = if s.starts_with('A') { "B" } else { "A" };
+            format!("{first}{}", &s[1..])
+        };
+        let cases = [
+            format!("v2:{}:{}:{}", flip(parts[1]), parts[2], parts[3]),
+            format!("v2:{}:{}:{}", parts[1], flip(parts[2]), parts[3]),
+            format!("v2:{}:{}:{}", parts[1], parts[2], flip(parts[3])),
+            format!("v2:{}:{}", parts[1], parts[2]),
+            format!("{sealed}:x"),
+            format!("v2::{}:{}", parts[2], parts[3]),
+            "v2:".into(),
+            "v2:!!:!!:!!".into(),
+        ];
+        for stored in &cases {
+            assert!(
+                open(&d, &tenant(), "u1", stored).await.unwrap().is_none(),
+                "{stored}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_v1_seed_opens_only_for_its_user_and_key_and_always_as_legacy() {
+        let (k1, k2) = (Secret::new("key one"), Secret::new("key two"));
+        let sealed = seal_v1(&k1, &tenant(), "u1", "JBSWY3DPEHPK3PXP").unwrap();
+        assert!(sealed.starts_with(V1) && !sealed.contains("JBSWY3DPEHPK3PXP"));
+        let opened = open_v1(std::slice::from_ref(&k1), &tenant(), "u1", &sealed).unwrap();
+        assert!(matches!(opened, Opened::Legacy(_)));
+        assert_eq!(opened.seed(), "JBSWY3DPEHPK3PXP");
+        assert!(open_v1(std::slice::from_ref(&k1), &tenant(), "u2", &sealed).is_none());
+        assert!(open_v1(std::slice::from_ref(&k2), &tenant(), "u1", &sealed).is_none());
+        // Sealed under the previous key: opens too.
+        let opened = open_v1(&[k2, k1], &tenant(), "u1", &sealed).unwrap();
         assert!(matches!(opened, Opened::Legacy(_)));
     }
 
     #[test]
-    fn a_tampered_or_malformed_stored_seed_does_not_open() {
+    fn a_tampered_or_malformed_v1_seed_does_not_open() {
         let k = Secret::new("key");
-        let sealed = seal(&k, &tenant(), "u1", "JBSWY3DPEHPK3PXP").unwrap();
+        let sealed = seal_v1(&k, &tenant(), "u1", "JBSWY3DPEHPK3PXP").unwrap();
         let mut bytes = sealed.into_bytes();
         let last = bytes.len() - 2;
         bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
@@ -172,7 +331,7 @@ mod tests {
             "not base32!",
         ] {
             assert!(
-                open(std::slice::from_ref(&k), &tenant(), "u1", stored).is_none(),
+                open_v1(std::slice::from_ref(&k), &tenant(), "u1", stored).is_none(),
                 "{stored}"
             );
         }
@@ -180,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_plain_seed_from_before_sealing_opens_as_legacy() {
-        let opened = open(&[Secret::new("k")], &tenant(), "u1", "JBSWY3DPEHPK3PXP").unwrap();
+        let opened = open_v1(&[Secret::new("k")], &tenant(), "u1", "JBSWY3DPEHPK3PXP").unwrap();
         assert!(matches!(opened, Opened::Legacy(_)));
         assert_eq!(opened.seed(), "JBSWY3DPEHPK3PXP");
     }

@@ -414,9 +414,9 @@ pub async fn login(
             return Err(LoginError::TotpRequired);
         };
         let stored = user.totp_secret.as_deref().unwrap_or_default();
-        let keys = seed_cipher::keys(deps).await?;
-        let Some(seed) = seed_cipher::open(&keys, tenant, id, stored) else {
-            // Tampered, or sealed under a key no longer known: refused like a wrong code.
+        let Some(seed) = seed_cipher::open(deps, tenant, id, stored).await? else {
+            // Tampered, another user's, or its data key refused by KMS: refused like a
+            // wrong code.
             tracing::warn!(user_id = %id, "the stored TOTP seed does not open");
             return failed("totp", LoginError::TotpRequired).await;
         };
@@ -428,7 +428,7 @@ pub async fn login(
         if !accepted {
             return failed("totp", LoginError::TotpRequired).await;
         }
-        reseal_if_legacy(deps, &keys, tenant, id, stored, &seed).await;
+        reseal_if_legacy(deps, tenant, id, stored, &seed).await;
     }
     // Right from here: this email's counter at this address starts again; the
     // address's own counter keeps its failures (other emails tried from it).
@@ -530,8 +530,7 @@ pub async fn enroll(deps: &Deps, caller: &Caller) -> Result<Enrollment, ServiceE
         }
     };
     let uri = totp_for(&secret, &user.email)?.get_url();
-    let keys = seed_cipher::keys(deps).await?;
-    let sealed = seed_cipher::seal(&keys[0], tenant, id, &secret)?;
+    let sealed = seed_cipher::seal(deps, tenant, id, &secret).await?;
     deps.users.set_pending_totp(tenant, id, &sealed).await?;
     tracing::info!(user_id = %id, "2fa enrollment started");
     Ok(Enrollment {
@@ -562,8 +561,7 @@ pub async fn confirm(
             "no enrollment pending: call POST /v1/auth/2fa/enroll first".into(),
         ));
     };
-    let keys = seed_cipher::keys(deps).await?;
-    let Some(seed) = seed_cipher::open(&keys, tenant, id, stored) else {
+    let Some(seed) = seed_cipher::open(deps, tenant, id, stored).await? else {
         tracing::warn!(user_id = %id, "the stored TOTP seed does not open");
         return Err(invalid("totp_code does not match"));
     };
@@ -579,17 +577,17 @@ pub async fn confirm(
             "totp_code does not match (codes are accepted once; wait for the next one)",
         ));
     }
-    reseal_if_legacy(deps, &keys, tenant, id, stored, &seed).await;
+    reseal_if_legacy(deps, tenant, id, stored, &seed).await;
     tracing::info!(user_id = %id, "2fa enabled");
     Ok(())
 }
 
-/// Seals a seed that opened as plain (stored before sealing) or under the previous key
-/// with the current key, if it is still the stored one. Best effort: the login or
-/// confirmation it follows has succeeded; a failure is logged and retried next time.
+/// Seals a seed that opened as plain (stored before sealing) or `v1` (the Secrets
+/// Manager key) as `v2`, under a KMS data key, if it is still the stored one (a
+/// conditional write). Best effort: the login or confirmation it follows has succeeded; a
+/// failure is logged and retried next time.
 async fn reseal_if_legacy(
     deps: &Deps,
-    keys: &[Secret],
     tenant: &TenantId,
     id: &str,
     stored: &str,
@@ -598,10 +596,7 @@ async fn reseal_if_legacy(
     let seed_cipher::Opened::Legacy(plain) = seed else {
         return;
     };
-    let Some(key) = keys.first() else {
-        return;
-    };
-    let resealed = match seed_cipher::seal(key, tenant, id, plain.expose()) {
+    let resealed = match seed_cipher::seal(deps, tenant, id, plain.expose()).await {
         Ok(sealed) => deps.users.reseal_totp(tenant, id, stored, &sealed).await,
         Err(e) => {
             tracing::warn!(user_id = %id, error = %e, "TOTP seed not sealed again");
@@ -609,7 +604,7 @@ async fn reseal_if_legacy(
         }
     };
     match resealed {
-        Ok(true) => tracing::info!(user_id = %id, "TOTP seed sealed with the current key"),
+        Ok(true) => tracing::info!(user_id = %id, "TOTP seed sealed again under a KMS data key"),
         Ok(false) => {}
         Err(e) => tracing::warn!(user_id = %id, error = %e, "TOTP seed not sealed again"),
     }

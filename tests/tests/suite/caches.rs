@@ -28,6 +28,7 @@ fn deps<S: Stores>(
         queue: Arc::new(NotWired::new("the cache tests", Port::DispatchQueue)),
         callback_queue: Arc::new(NotWired::new("the cache tests", Port::CallbackQueue)),
         secrets,
+        data_keys: Arc::new(NotWired::new("the cache tests", Port::DataKeys)),
         meta: Arc::new(NotWired::new("the cache tests", Port::Meta)),
         clock,
         settings: Settings::default(),

@@ -45,6 +45,7 @@ fn ports<S: Stores>(
         queue,
         callback_queue: Arc::new(NotWired::new("the contract tests", Port::CallbackQueue)),
         secrets,
+        data_keys: Arc::new(NotWired::new("the contract tests", Port::DataKeys)),
         meta: Arc::new(NotWired::new("the contract tests", Port::Meta)),
         clock: clock.clone(),
         settings: Settings::default(),

@@ -28,6 +28,7 @@ mod contract;
 mod contract_access;
 mod contract_callbacks;
 mod contract_contacts;
+mod contract_data_keys;
 mod contract_numbers;
 mod contract_optouts;
 mod contract_refunds;

@@ -1,11 +1,18 @@
-//! TOTP seeds at rest, on both backends: the user item holds the seed sealed
-//! (`v1:<nonce>:<ciphertext>`, AES-256-GCM under the TOTP key), never the base32 seed;
-//! a plain seed stored before sealing still works and is sealed on its next use; a
-//! tampered one fails closed.
+//! TOTP seeds at rest, on both backends: the user item holds the seed sealed under a
+//! data key (`v2:<wrapped data key>:<nonce>:<ciphertext>`; the data key from moto's KMS on
+//! the aws backend, from local mode's local key on the memory backend), never the base32
+//! seed; a `v1:` seed (the Secrets Manager key) or a plain seed stored before sealing
+//! still works and is sealed as `v2` on its next use; a tampered one, one moved to another
+//! user, or one whose data key KMS refuses fails closed.
 
-use kirim::adapters::aws::keys;
+use std::sync::Arc;
+
+use kirim::adapters::aws::{keys, KmsDataKeys};
+use kirim::adapters::memory::LocalDataKeys;
 use kirim::config::Backend;
 use kirim::domain::TenantId;
+use kirim::ports::DataKeys;
+use kirim::service::{seed_cipher, users};
 use kirim_tests::{spawn_app, TestApp};
 use serde_json::{json, Value};
 use totp_rs::{Algorithm, TOTP};
@@ -90,8 +97,33 @@ async fn confirm(app: &TestApp, token: &str, seed: &str) {
 }
 
 fn assert_sealed(secret: &str, item: &str, seed: &str) {
-    assert!(secret.starts_with("v1:"), "not sealed: {secret}");
+    assert!(
+        secret.starts_with("v2:"),
+        "not sealed under a data key: {secret}"
+    );
+    assert_eq!(secret.split(':').count(), 4, "{secret}");
     assert!(!item.contains(seed), "the seed is in the stored item");
+}
+
+/// An enrolled, confirmed user: (email, id, seed).
+async fn two_factor_user(app: &TestApp, key: &str) -> (String, String, String) {
+    let (email, id) = new_user(app, key, "admin").await;
+    let token = login_ok(app, &email).await;
+    let seed = enroll(app, &token).await;
+    confirm(app, &token, &seed).await;
+    (email, id, seed)
+}
+
+/// Another wrapping key than the app's: a second key in moto's KMS, or another local key.
+async fn another_key(b: Backend) -> Arc<dyn DataKeys> {
+    match b {
+        Backend::Aws => {
+            let kms = aws_sdk_kms::Client::new(&kirim_tests::moto_sdk().await);
+            let key = kms.create_key().send().await.unwrap().key_metadata.unwrap();
+            Arc::new(KmsDataKeys::new(kms, key.arn().unwrap()))
+        }
+        Backend::Memory => Arc::new(LocalDataKeys::generate()),
+    }
 }
 
 async fn an_enrolled_seed_is_stored_sealed_and_a_login_with_its_code_still_works(b: Backend) {
@@ -111,6 +143,27 @@ async fn an_enrolled_seed_is_stored_sealed_and_a_login_with_its_code_still_works
     let (s, body) = login(&app, &email, &totp(&seed).generate(now_secs() + 30)).await;
     assert_eq!(s, 200, "{body}");
     assert!(!body.to_string().contains(&seed));
+
+    // On the aws backend the data key is KMS's: moto decrypts it, with the user's
+    // encryption context only.
+    if b == Backend::Aws {
+        use base64::Engine;
+        let wrapped = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(confirmed.split(':').nth(1).unwrap())
+            .unwrap();
+        let kms = aws_sdk_kms::Client::new(&kirim_tests::moto_sdk().await);
+        let decrypt = |user: &str| {
+            kms.decrypt()
+                .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(wrapped.clone()))
+                .encryption_context("purpose", "kirim-totp-seed")
+                .encryption_context("tenant_id", &t.tenant_id)
+                .encryption_context("user_id", user)
+                .send()
+        };
+        let plain = decrypt(&id).await.unwrap();
+        assert_eq!(plain.plaintext().unwrap().as_ref().len(), 32);
+        assert!(decrypt("someone_else").await.is_err());
+    }
 }
 
 async fn a_plain_seed_stored_before_sealing_still_confirms_and_logs_in_and_is_sealed_again(
@@ -166,8 +219,180 @@ async fn a_tampered_sealed_seed_refuses_the_login_with_the_usual_401_and_no_seed
     assert_eq!(still, tampered);
 }
 
+async fn a_v1_seed_sealed_with_the_secrets_manager_key_logs_in_and_is_resealed_as_v2(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, id, seed) = two_factor_user(&app, &t.key).await;
+    let tenant = TenantId::from_trusted(&t.tenant_id);
+
+    // As a release before KMS stored it: v1, under the TOTP key secret.
+    let deps = &app.app.deps;
+    let key = deps
+        .secrets
+        .current(&seed_cipher::key_name(&deps.settings))
+        .await
+        .unwrap()
+        .unwrap();
+    let v1 = seed_cipher::seal_v1(&key, &tenant, &id, &seed).unwrap();
+    let (v2, _) = stored(&app, b, &t.tenant_id, &id).await;
+    overwrite(&app, &t.tenant_id, &id, &v2, &v1).await;
+
+    let (s, body) = login(&app, &email, &totp(&seed).generate(now_secs() + 30)).await;
+    assert_eq!(s, 200, "{body}");
+    let (after, item) = stored(&app, b, &t.tenant_id, &id).await;
+    assert_sealed(&after, &item, &seed);
+    assert_ne!(after, v2, "sealed again under a new data key");
+    // What was resealed opens as v2, to the same seed.
+    let opened = seed_cipher::open(deps, &tenant, &id, &after)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(opened, seed_cipher::Opened::Current(_)));
+    assert_eq!(opened.seed(), seed);
+}
+
+async fn a_v2_seed_moved_to_another_users_item_does_not_open_for_them(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (_, alice_id, alice_seed) = two_factor_user(&app, &t.key).await;
+    let (bob_email, bob_id, bob_seed) = two_factor_user(&app, &t.key).await;
+
+    let (alices, _) = stored(&app, b, &t.tenant_id, &alice_id).await;
+    let (bobs, _) = stored(&app, b, &t.tenant_id, &bob_id).await;
+    overwrite(&app, &t.tenant_id, &bob_id, &bobs, &alices).await;
+
+    for seed in [&alice_seed, &bob_seed] {
+        let (s, body) = login(&app, &bob_email, &totp(seed).generate(now_secs() + 30)).await;
+        assert_eq!((s, code(&body)), (401, "totp_required"), "{body}");
+    }
+    let (still, _) = stored(&app, b, &t.tenant_id, &bob_id).await;
+    assert_eq!(still, alices, "a refusal rewrites nothing");
+}
+
+async fn a_login_whose_data_key_kms_refuses_fails_closed_and_changes_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, id, seed) = two_factor_user(&app, &t.key).await;
+    let (before, _) = stored(&app, b, &t.tenant_id, &id).await;
+
+    // The same store, but a process whose key is not the one that wrapped the data key
+    // (KMS answers AccessDenied for a key id that is not the ciphertext's).
+    let mut deps = app.app.deps.clone();
+    deps.data_keys = another_key(b).await;
+    let req = |code: String| users::LoginRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        totp_code: Some(code),
+    };
+    let refused = users::login(&deps, req(totp(&seed).generate(now_secs() + 30)), None).await;
+    assert!(
+        matches!(refused, Err(users::LoginError::TotpRequired)),
+        "{:?}",
+        refused.err()
+    );
+    let (after, _) = stored(&app, b, &t.tenant_id, &id).await;
+    assert_eq!(after, before, "nothing rewritten");
+    // The app's own key still opens it (the refused code was not spent either).
+    let (s, body) = login(&app, &email, &totp(&seed).generate(now_secs() + 30)).await;
+    assert_eq!(s, 200, "{body}");
+}
+
+/// Data keys that cannot be had right now (KMS throttled or unreachable).
+struct Unreachable;
+
+#[async_trait::async_trait]
+impl DataKeys for Unreachable {
+    async fn generate(
+        &self,
+        _: &kirim::ports::KeyContext,
+    ) -> Result<kirim::ports::DataKey, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("kms".into()))
+    }
+    async fn unwrap(
+        &self,
+        _: &[u8],
+        _: &kirim::ports::KeyContext,
+    ) -> Result<Option<kirim::ports::PlainKey>, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("kms".into()))
+    }
+}
+
+async fn a_login_while_kms_cannot_be_reached_is_a_retryable_error_not_a_refusal(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, id, seed) = two_factor_user(&app, &t.key).await;
+    let (before, _) = stored(&app, b, &t.tenant_id, &id).await;
+
+    let mut deps = app.app.deps.clone();
+    deps.data_keys = match b {
+        // The real adapter, its endpoint refusing connections.
+        Backend::Aws => {
+            let sdk = kirim_infra::local::emulator_sdk_config(Some("http://127.0.0.1:9")).await;
+            Arc::new(KmsDataKeys::new(
+                aws_sdk_kms::Client::new(&sdk),
+                "alias/nowhere",
+            ))
+        }
+        Backend::Memory => Arc::new(Unreachable),
+    };
+    let req = users::LoginRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        totp_code: Some(totp(&seed).generate(now_secs() + 30)),
+    };
+    let answer = users::login(&deps, req, None).await;
+    assert!(
+        matches!(
+            answer,
+            Err(users::LoginError::Service(ref e)) if e.is_retryable()
+        ),
+        "{:?}",
+        answer.err()
+    );
+    let (after, _) = stored(&app, b, &t.tenant_id, &id).await;
+    assert_eq!(after, before);
+    // The code was not spent: with KMS back, it logs in.
+    let (s, body) = login(&app, &email, &totp(&seed).generate(now_secs() + 30)).await;
+    assert_eq!(s, 200, "{body}");
+}
+
+async fn an_enrolment_without_a_usable_key_stores_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, id) = new_user(&app, &t.key, "admin").await;
+    let token = login_ok(&app, &email).await;
+    let mut deps = app.app.deps.clone();
+    deps.data_keys = match b {
+        // A key id moto's KMS does not know.
+        Backend::Aws => Arc::new(KmsDataKeys::new(
+            aws_sdk_kms::Client::new(&kirim_tests::moto_sdk().await),
+            "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000",
+        )),
+        Backend::Memory => Arc::new(kirim::wiring::NotWired::new(
+            "the test",
+            kirim::wiring::Port::DataKeys,
+        )),
+    };
+    let caller = kirim::service::auth::authenticate(&deps, Some(&token))
+        .await
+        .unwrap();
+    assert!(users::enroll(&deps, &caller).await.is_err());
+    let user = deps
+        .users
+        .get_user(&TenantId::from_trusted(&t.tenant_id), &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.totp_secret, None);
+}
+
 on_both_backends!(
     an_enrolled_seed_is_stored_sealed_and_a_login_with_its_code_still_works,
     a_plain_seed_stored_before_sealing_still_confirms_and_logs_in_and_is_sealed_again,
     a_tampered_sealed_seed_refuses_the_login_with_the_usual_401_and_no_seed,
+    a_v1_seed_sealed_with_the_secrets_manager_key_logs_in_and_is_resealed_as_v2,
+    a_v2_seed_moved_to_another_users_item_does_not_open_for_them,
+    a_login_whose_data_key_kms_refuses_fails_closed_and_changes_nothing,
+    an_enrolment_without_a_usable_key_stores_nothing,
+    a_login_while_kms_cannot_be_reached_is_a_retryable_error_not_a_refusal,
 );

@@ -73,6 +73,8 @@ async fn a_message_travels_through_functions_wired_only_with_the_ports_they_decl
     let callback_queue: Arc<dyn DispatchQueue> =
         Arc::new(MemoryQueue::new(Duration::from_secs(360), 10));
     let secrets = Arc::new(MemorySecrets::default());
+    let data_keys: Arc<dyn kirim::ports::DataKeys> =
+        Arc::new(kirim::adapters::memory::LocalDataKeys::generate());
     let wamid = format!("wamid.wired.{}", ulid::Ulid::new());
     // As wiring::lambda_deps wires a function, over the memory backend.
     let deps_for = |f: Function| -> Deps {
@@ -93,6 +95,11 @@ async fn a_message_travels_through_functions_wired_only_with_the_ports_they_decl
             queue: queue_or_refusal(Port::DispatchQueue, &queue),
             callback_queue: queue_or_refusal(Port::CallbackQueue, &callback_queue),
             secrets: secrets.clone(),
+            data_keys: if f.uses_port(Port::DataKeys) {
+                data_keys.clone()
+            } else {
+                Arc::new(NotWired::new(f.name(), Port::DataKeys))
+            },
             meta,
             clock: clock.clone(),
             settings: test_settings(),

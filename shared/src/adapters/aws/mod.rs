@@ -1,13 +1,16 @@
-//! AWS adapters: DynamoDB (one table, see docs/data-model.md), SQS and Secrets Manager.
+//! AWS adapters: DynamoDB (one table, see docs/data-model.md), SQS, Secrets Manager and
+//! KMS (data keys).
 //! No AWS SDK type leaves this module: errors become `StoreError`, each in its class,
 //! through the one [`classify`] below.
 
 mod dynamodb;
+mod kms;
 mod secrets_manager;
 mod sqs;
 mod users;
 
 pub use dynamodb::{keys, DynamoStore};
+pub use kms::KmsDataKeys;
 pub use secrets_manager::SecretsManagerStore;
 pub use sqs::SqsQueue;
 
