@@ -55,6 +55,18 @@ struct StatusUpdate {
     values: Item,
 }
 
+impl StatusUpdate {
+    /// Also sets `attr` to `value` in the same write, only if the item has no `attr` yet
+    /// (the whole update is refused otherwise).
+    fn set_once(mut self, attr: &str, value: AttributeValue) -> Self {
+        let rest = self.expression.strip_prefix("SET ").unwrap_or(&self.expression);
+        self.expression = format!("SET {attr} = :once, {rest}");
+        self.condition = format!("{} AND attribute_not_exists({attr})", self.condition);
+        self.values.insert(":once".into(), value);
+        self
+    }
+}
+
 pub struct DynamoStore {
     pub(super) client: Client,
     pub(super) table: String,

@@ -319,19 +319,13 @@ impl Ledger for MemoryStore {
 const REFUNDABLE: [MessageStatus; 2] = [MessageStatus::Accepted, MessageStatus::Sending];
 
 /// A status change, applied to a message whose current status allows it.
-fn apply(m: &mut MessageRecord, to: MessageStatus, change: &StatusChange, at: DateTime<Utc>) {
-    m.status = to;
-    m.updated_at = at;
-    m.events.push(StatusEvent { status: to, at });
-    if let Some(w) = &change.wamid {
-        m.wamid = Some(w.clone());
-    }
-    if change.error.is_some() {
-        m.error = change.error.clone();
-    }
-    if change.count_attempt {
-        m.attempts += 1;
-    }
+pub(super) fn apply(
+    m: &mut MessageRecord,
+    to: MessageStatus,
+    change: &StatusChange,
+    at: DateTime<Utc>,
+) {
+    change.apply_to(m, to, at);
 }
 
 #[async_trait]
