@@ -288,7 +288,14 @@ impl UsageStore for DynamoStore {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let Some(u) =
-            self.status_update(priced.tenant, to, to.allowed_predecessors(), change, at)?
+            self.status_update(
+                priced.tenant,
+                priced.message,
+                to,
+                to.allowed_predecessors(),
+                change,
+                at,
+            )?
         else {
             return Ok(false);
         };
