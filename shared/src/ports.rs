@@ -820,13 +820,25 @@ pub struct QualityCounts {
 /// Per-tenant daily counters, added to atomically (no read-then-write).
 #[async_trait]
 pub trait QualityStats: Send + Sync {
+    /// Adds `by` to the tenant's `counter` of `day` (one atomic write; creates the day).
+    async fn bump_by(
+        &self,
+        tenant: &TenantId,
+        day: chrono::NaiveDate,
+        counter: QualityCounter,
+        by: u64,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// [`bump_by`](Self::bump_by) one.
     async fn bump(
         &self,
         tenant: &TenantId,
         day: chrono::NaiveDate,
         counter: QualityCounter,
         expires_at: Option<i64>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.bump_by(tenant, day, counter, 1, expires_at).await
+    }
     /// Sums the days `from..=to`.
     async fn totals(
         &self,

@@ -1368,20 +1368,22 @@ impl AuditLog for DynamoStore {
 
 #[async_trait]
 impl QualityStats for DynamoStore {
-    async fn bump(
+    async fn bump_by(
         &self,
         tenant: &TenantId,
         day: chrono::NaiveDate,
         counter: QualityCounter,
+        by: u64,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
+        let by = i64::try_from(by).map_err(|_| StoreError::Corrupt("count too large".into()))?;
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::quality_counter(tenant, day).attrs()))
             .expression_attribute_names("#c", counter.attribute())
-            .expression_attribute_values(":one", n(1));
+            .expression_attribute_values(":one", n(by));
         req = match expires_at {
             Some(t) => req
                 .update_expression("ADD #c :one SET #ttl = :ttl")

@@ -660,19 +660,20 @@ impl AuditLog for MemoryStore {
 
 #[async_trait]
 impl QualityStats for MemoryStore {
-    async fn bump(
+    async fn bump_by(
         &self,
         tenant: &TenantId,
         day: chrono::NaiveDate,
         counter: QualityCounter,
+        by: u64,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
         let mut s = self.lock()?;
         let (c, exp) = s.quality.entry((tenant.clone(), day)).or_default();
         match counter {
-            QualityCounter::Sent => c.sent += 1,
-            QualityCounter::OptOut => c.opt_outs += 1,
-            QualityCounter::Undeliverable => c.undeliverable += 1,
+            QualityCounter::Sent => c.sent += by,
+            QualityCounter::OptOut => c.opt_outs += by,
+            QualityCounter::Undeliverable => c.undeliverable += by,
         }
         *exp = expires_at;
         Ok(())
