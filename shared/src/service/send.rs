@@ -159,8 +159,17 @@ pub async fn send_once(
         return Err(ServiceError::TenantSuspended);
     }
     let Some(k) = idem else {
-        return accept(deps, &tenant, send_at, from.as_deref(), to, draft, client_reference, None)
-            .await;
+        return accept(
+            deps,
+            &tenant,
+            send_at,
+            from.as_deref(),
+            to,
+            draft,
+            client_reference,
+            None,
+        )
+        .await;
     };
     let replay_draft = draft.clone();
     let first = match accept(

@@ -40,7 +40,10 @@ pub async fn record_on(
     if m.pricing.is_some() {
         return Ok(false);
     }
-    let counted = deps.usage.record_pricing(&priced(deps, m, pricing, at)).await?;
+    let counted = deps
+        .usage
+        .record_pricing(&priced(deps, m, pricing, at))
+        .await?;
     if counted {
         tracing::debug!(
             category = %pricing.category,

@@ -484,12 +484,7 @@ async fn a_message_released_for_retry_can_be_claimed_again_but_only_from_sending
 }
 
 /// Every message of the tenant in `status`, newest first, a page of `limit` at a time.
-async fn listed(
-    p: &Ports,
-    t: &TenantId,
-    status: MessageStatus,
-    limit: usize,
-) -> Vec<MessageId> {
+async fn listed(p: &Ports, t: &TenantId, status: MessageStatus, limit: usize) -> Vec<MessageId> {
     let mut ids = Vec::new();
     let mut cursor = None;
     for _ in 0..100 {

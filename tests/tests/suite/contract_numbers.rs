@@ -295,7 +295,13 @@ async fn the_status_first_carrying_pricing_moves_prices_and_counts_the_message_i
         p.messages.insert_with_debit(&m, &debit).await.unwrap();
         let sent = p
             .messages
-            .transition(&t.id, &m.id, MessageStatus::Sent, &StatusChange::default(), at)
+            .transition(
+                &t.id,
+                &m.id,
+                MessageStatus::Sent,
+                &StatusChange::default(),
+                at,
+            )
             .await
             .unwrap();
         assert!(matches!(sent, Transition::Applied(_)));

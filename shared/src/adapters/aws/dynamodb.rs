@@ -85,7 +85,10 @@ impl StatusUpdate {
     /// Also sets `attr` to `value` in the same write, only if the item has no `attr` yet
     /// (the whole update is refused otherwise).
     fn set_once(mut self, attr: &str, value: AttributeValue) -> Self {
-        let rest = self.expression.strip_prefix("SET ").unwrap_or(&self.expression);
+        let rest = self
+            .expression
+            .strip_prefix("SET ")
+            .unwrap_or(&self.expression);
         self.expression = format!("SET {attr} = :once, {rest}");
         self.condition = format!("{} AND attribute_not_exists({attr})", self.condition);
         self.values.insert(":once".into(), value);
@@ -962,7 +965,8 @@ impl MessageStore for DynamoStore {
         change: &StatusChange,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
-        let Some(u) = self.status_update(tenant, id, to, to.allowed_predecessors(), change, at)? else {
+        let Some(u) = self.status_update(tenant, id, to, to.allowed_predecessors(), change, at)?
+        else {
             return Ok(Transition::Refused);
         };
         let req = self

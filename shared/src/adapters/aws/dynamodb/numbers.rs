@@ -287,15 +287,14 @@ impl UsageStore for DynamoStore {
         change: &StatusChange,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let Some(u) =
-            self.status_update(
-                priced.tenant,
-                priced.message,
-                to,
-                to.allowed_predecessors(),
-                change,
-                at,
-            )?
+        let Some(u) = self.status_update(
+            priced.tenant,
+            priced.message,
+            to,
+            to.allowed_predecessors(),
+            change,
+            at,
+        )?
         else {
             return Ok(false);
         };
