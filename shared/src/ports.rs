@@ -258,6 +258,25 @@ pub struct StatusChange {
     pub count_attempt: bool,
 }
 
+impl StatusChange {
+    /// The change applied to a record as every store applies it (the memory store's
+    /// write, and the record a DynamoDB transaction moved, which answers no attributes).
+    pub fn apply_to(&self, m: &mut MessageRecord, to: MessageStatus, at: DateTime<Utc>) {
+        m.status = to;
+        m.updated_at = at;
+        m.events.push(crate::domain::StatusEvent { status: to, at });
+        if let Some(w) = &self.wamid {
+            m.wamid = Some(w.clone());
+        }
+        if self.error.is_some() {
+            m.error = self.error.clone();
+        }
+        if self.count_attempt {
+            m.attempts += 1;
+        }
+    }
+}
+
 #[async_trait]
 pub trait MessageStore: Send + Sync {
     /// Atomically: debits `record.price` from the tenant's credits only if the balance
@@ -801,13 +820,25 @@ pub struct QualityCounts {
 /// Per-tenant daily counters, added to atomically (no read-then-write).
 #[async_trait]
 pub trait QualityStats: Send + Sync {
+    /// Adds `by` to the tenant's `counter` of `day` (one atomic write; creates the day).
+    async fn bump_by(
+        &self,
+        tenant: &TenantId,
+        day: chrono::NaiveDate,
+        counter: QualityCounter,
+        by: u64,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// [`bump_by`](Self::bump_by) one.
     async fn bump(
         &self,
         tenant: &TenantId,
         day: chrono::NaiveDate,
         counter: QualityCounter,
         expires_at: Option<i64>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        self.bump_by(tenant, day, counter, 1, expires_at).await
+    }
     /// Sums the days `from..=to`.
     async fn totals(
         &self,

@@ -25,7 +25,8 @@ pub async fn dispatch_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
             Outcome::Poison => Some(id),
         }
     });
-    let failed = futures::future::join_all(work).await;
+    // One `sent` count per tenant for the batch (`quality::batched`).
+    let failed = crate::service::quality::batched(deps, futures::future::join_all(work)).await;
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failed
         .into_iter()
@@ -60,7 +61,7 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
             tracing::warn!(error = %e, "queue acknowledgement failed");
         }
     });
-    futures::future::join_all(work).await;
+    crate::service::quality::batched(deps, futures::future::join_all(work)).await;
     n
 }
 

@@ -4,7 +4,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::domain::{MessageId, Pricing, TemplateQuality, TenantId};
+use crate::domain::{MessageId, MessageStatus, Pricing, TemplateQuality, TenantId};
+use crate::ports::StatusChange;
 use crate::store_error::StoreError;
 
 /// One of a tenant's business phone numbers. Which one is the default is the tenant's
@@ -113,6 +114,20 @@ pub trait UsageStore: Send + Sync {
     /// message is counted once however often Meta repeats its pricing. `false` when it
     /// was counted before (or there is no such message); nothing is written then.
     async fn record_pricing(&self, priced: &PricedMessage<'_>) -> Result<bool, StoreError>;
+    /// [`record_pricing`](Self::record_pricing) folded into the status change that first
+    /// carries the pricing: moves the message to `to` (only from one of
+    /// `to.allowed_predecessors()`, not expired, applying `change`), sets its pricing and
+    /// adds it to its day's usage row, in ONE atomic write conditioned on the move being
+    /// allowed AND the message having no pricing yet. `false`: nothing was written (the
+    /// status did not allow the move, the message is priced already, or it is gone); the
+    /// caller then moves it plainly or records the pricing alone, whichever still applies.
+    async fn transition_priced(
+        &self,
+        priced: &PricedMessage<'_>,
+        to: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// The live rows of the days `from..=to`, by date, category and type.
     async fn usage(
         &self,

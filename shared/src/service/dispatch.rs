@@ -436,7 +436,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     match result {
         Ok(accepted) => {
             crate::metrics::sent();
-            super::quality::count(deps, &job.tenant_id, crate::ports::QualityCounter::Sent).await;
+            super::quality::count_sent(deps, &job.tenant_id).await;
             let expires = deps
                 .settings
                 .retention

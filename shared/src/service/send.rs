@@ -60,6 +60,7 @@ fn invalid(msg: &str) -> ServiceError {
 }
 
 /// What a request asks to send, before the template is checked against the catalogue.
+#[derive(Clone)]
 pub enum Draft {
     Template(TemplateRequest),
     Text(String),
@@ -132,6 +133,14 @@ pub enum Accepted {
 }
 
 /// `send`, with an optional idempotency key (see `service::idempotency`).
+///
+/// An earlier request with the same key is not read up front: the send's own atomic write
+/// is conditioned on the key being unused, and answers the earlier record when it is not.
+/// A request that is refused before that write (the credits ran out, the recipient opted
+/// out, the template was paused since the first request) reads the key then, so a replay
+/// still answers the first response whatever changed since. The read happens only on a
+/// replay or a refusal; a replay leaves one queued job behind that finds no message and
+/// is dropped (`deadline::unrecorded`).
 pub async fn send_once(
     deps: &Deps,
     tenant_id: &TenantId,
@@ -149,21 +158,68 @@ pub async fn send_once(
     if tenant.status != TenantStatus::Active {
         return Err(ServiceError::TenantSuspended);
     }
-    if let Some(k) = idem {
-        if let Some(id) = idempotency::earlier(deps, tenant_id, k).await? {
-            // The first answer again, even if its number was removed since (its message
-            // then fails as `sender_removed` at dispatch).
-            let waba = match super::numbers::sending_from(deps, &tenant, from.as_deref()).await {
-                Ok(n) => n.waba_id,
-                Err(ServiceError::UnknownSender(_)) => tenant.waba_id.clone(),
-                Err(e) => return Err(e),
-            };
-            queue_again_if_never_claimed(deps, tenant_id, &waba, &id, &draft).await?;
-            return Ok(Accepted::Replayed(id));
+    let Some(k) = idem else {
+        return accept(
+            deps,
+            &tenant,
+            send_at,
+            from.as_deref(),
+            to,
+            draft,
+            client_reference,
+            None,
+        )
+        .await;
+    };
+    let replay_draft = draft.clone();
+    let first = match accept(
+        deps,
+        &tenant,
+        send_at,
+        from.as_deref(),
+        to,
+        draft,
+        client_reference,
+        Some(k),
+    )
+    .await
+    {
+        Ok(Accepted::Replayed(id)) => id,
+        Err(e) if !matches!(e, ServiceError::IdempotencyKeyReused) => {
+            match idempotency::earlier(deps, tenant_id, k).await? {
+                Some(id) => id,
+                None => return Err(e),
+            }
         }
-    }
+        other => return other,
+    };
+    // The first answer again, even if its number was removed since (its message then
+    // fails as `sender_removed` at dispatch).
+    let waba = match super::numbers::sending_from(deps, &tenant, from.as_deref()).await {
+        Ok(n) => n.waba_id,
+        Err(ServiceError::UnknownSender(_)) => tenant.waba_id.clone(),
+        Err(e) => return Err(e),
+    };
+    queue_again_if_never_claimed(deps, tenant_id, &waba, &first, &replay_draft).await?;
+    Ok(Accepted::Replayed(first))
+}
+
+/// The checks, the queued job and the atomic write of a send by an active `tenant`.
+/// `Replayed`: the key was used by an earlier request with the same body.
+#[allow(clippy::too_many_arguments)]
+async fn accept(
+    deps: &Deps,
+    tenant: &crate::ports::Tenant,
+    send_at: Option<chrono::DateTime<chrono::Utc>>,
+    from: Option<&str>,
+    to: crate::domain::PhoneNumber,
+    draft: Draft,
+    client_reference: Option<String>,
+    idem: Option<&Idempotent>,
+) -> Result<Accepted, ServiceError> {
+    let tenant_id = &tenant.id;
     // One of the tenant's numbers (else `unknown_sender`), before anything is written.
-    let sender = super::numbers::sending_from(deps, &tenant, from.as_deref()).await?;
+    let sender = super::numbers::sending_from(deps, tenant, from).await?;
     // The catalogue of the sending number's WABA decides the template's category (price,
     // opt-outs, the marketing pause) and refuses what Meta would refuse: before anything
     // is debited or stored.

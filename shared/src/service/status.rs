@@ -10,7 +10,9 @@
 //! depend on it.
 
 use crate::domain::meta::{MetaError, StatusReport, Wamid};
-use crate::domain::{MessageError, MessageId, MessageStatus, RetentionClass, TenantId};
+use crate::domain::{
+    MessageError, MessageId, MessageRecord, MessageStatus, RetentionClass, TenantId,
+};
 use crate::ports::{PendingError, PendingStatus, QualityCounter, StatusChange, Transition};
 
 use super::errors::ServiceError;
@@ -25,8 +27,8 @@ pub enum Applied {
     UnknownMessage,
 }
 
-/// The message a status is about, and its status when it was read to find it.
-type Found = (TenantId, MessageId, Option<MessageStatus>);
+/// The message a status is about, and the message itself when it was read to find it.
+type Found = (TenantId, MessageId, Option<Box<MessageRecord>>);
 
 /// Finds the message a status is about: by our id echoed in the callback data (when
 /// it agrees with the recorded wamid), else by the wamid index.
@@ -42,7 +44,7 @@ async fn resolve(
                 .as_deref()
                 .is_none_or(|w| w == report.wamid.as_str())
             {
-                return Ok(Some((t.clone(), id.clone(), Some(m.status))));
+                return Ok(Some((t.clone(), id.clone(), Some(Box::new(m)))));
             }
         }
     }
@@ -67,19 +69,23 @@ pub async fn apply(
             None => return Ok(Applied::UnknownMessage),
         },
     };
-    apply_to(deps, &tenant_id, &message_id, report, seen).await
+    apply_to(deps, &tenant_id, &message_id, report, seen.as_deref()).await
 }
 
-/// `seen`: the message's status as just read, if it was. A status it cannot move to is
-/// not written (the conditional update would be refused, yet cost a write unit: Meta's
+/// `seen`: the message as just read, if it was. A status it cannot move to is not
+/// written (the conditional update would be refused, yet cost a write unit: Meta's
 /// `sent` after the dispatcher recorded `sent`, and duplicates). Statuses only move
 /// forward, so one not allowed from `seen` is not allowed from anything after it either.
+/// When `seen` has no pricing yet and this status carries it, the move, the pricing and
+/// the usage row are one write ([`UsageStore::transition_priced`]).
+///
+/// [`UsageStore::transition_priced`]: crate::ports::UsageStore::transition_priced
 async fn apply_to(
     deps: &Deps,
     tenant_id: &TenantId,
     message_id: &MessageId,
     report: &StatusReport,
-    seen: Option<MessageStatus>,
+    seen: Option<&MessageRecord>,
 ) -> Result<Applied, ServiceError> {
     crate::telemetry::record_tenant(tenant_id);
     tracing::Span::current().record("message_id", tracing::field::display(message_id));
@@ -117,8 +123,28 @@ async fn apply_to(
         error,
         count_attempt: false,
     };
-    if seen.is_some_and(|s| !to.allowed_predecessors().contains(&s)) {
+    if seen.is_some_and(|m| !to.allowed_predecessors().contains(&m.status)) {
         return Ok(Applied::NoChange);
+    }
+    // The first status to carry Meta's pricing moves the message, prices it and counts it
+    // in one write. Refused: it was priced or moved meanwhile; then as below.
+    if let (Some(pricing), Some(m)) = (&report.pricing, seen) {
+        if m.pricing.is_none() {
+            let priced = super::usage::priced(deps, m, pricing, at);
+            if deps
+                .usage
+                .transition_priced(&priced, to, &change, at)
+                .await?
+            {
+                // The write answers no attributes: the record it made from the one read.
+                let mut record = m.clone();
+                change.apply_to(&mut record, to, at);
+                record.pricing = Some(pricing.clone());
+                moved(deps, &record, report).await;
+                tracing::debug!(status = to.as_str(), "status applied, pricing recorded");
+                return Ok(Applied::Yes);
+            }
+        }
     }
     match deps
         .messages
@@ -126,16 +152,7 @@ async fn apply_to(
         .await?
     {
         Transition::Applied(record) => {
-            super::callbacks::status_changed(deps, &record).await;
-            // A failure is applied once (it is terminal), so it is counted once.
-            if failed
-                && report
-                    .errors
-                    .iter()
-                    .any(|e| super::quality::UNDELIVERABLE_CODES.contains(&e.code))
-            {
-                super::quality::count(deps, tenant_id, QualityCounter::Undeliverable).await;
-            }
+            moved(deps, &record, report).await;
             // Meta's pricing, counted once whichever status carries it first: the moved
             // record says whether it was (no extra read). Last, so that a failure here
             // (answered 500: Meta delivers again) never loses the callback above.
@@ -153,6 +170,20 @@ async fn apply_to(
             }
             Ok(Applied::NoChange)
         }
+    }
+}
+
+/// What follows a move: the tenant's status callback, and an undeliverable failure
+/// counted (a failure is applied once, being terminal, so it is counted once).
+async fn moved(deps: &Deps, record: &MessageRecord, report: &StatusReport) {
+    super::callbacks::status_changed(deps, record).await;
+    if record.status == MessageStatus::Failed
+        && report
+            .errors
+            .iter()
+            .any(|e| super::quality::UNDELIVERABLE_CODES.contains(&e.code))
+    {
+        super::quality::count(deps, &record.tenant_id, QualityCounter::Undeliverable).await;
     }
 }
 
@@ -234,7 +265,9 @@ pub async fn apply_kept(deps: &Deps, wamid: &str) -> Result<usize, ServiceError>
             match resolve(deps, None, &report).await? {
                 None => continue,
                 Some((tenant, message, seen)) => {
-                    if apply_to(deps, &tenant, &message, &report, seen).await? == Applied::Yes {
+                    if apply_to(deps, &tenant, &message, &report, seen.as_deref()).await?
+                        == Applied::Yes
+                    {
                         applied += 1;
                     }
                 }

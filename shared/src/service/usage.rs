@@ -40,16 +40,10 @@ pub async fn record_on(
     if m.pricing.is_some() {
         return Ok(false);
     }
-    let day = at.date_naive();
-    let priced = PricedMessage {
-        tenant: &m.tenant_id,
-        message: &m.id,
-        pricing,
-        day,
-        credits: m.price,
-        expires_at: expiry(deps, day),
-    };
-    let counted = deps.usage.record_pricing(&priced).await?;
+    let counted = deps
+        .usage
+        .record_pricing(&priced(deps, m, pricing, at))
+        .await?;
     if counted {
         tracing::debug!(
             category = %pricing.category,
@@ -58,6 +52,25 @@ pub async fn record_on(
         );
     }
     Ok(counted)
+}
+
+/// Meta's `pricing` of message `m` reported at `at` (Meta's time of the status: its UTC
+/// day is the usage row's), with the credits Kirim debited for it.
+pub fn priced<'a>(
+    deps: &Deps,
+    m: &'a MessageRecord,
+    pricing: &'a Pricing,
+    at: DateTime<Utc>,
+) -> PricedMessage<'a> {
+    let day = at.date_naive();
+    PricedMessage {
+        tenant: &m.tenant_id,
+        message: &m.id,
+        pricing,
+        day,
+        credits: m.price,
+        expires_at: expiry(deps, day),
+    }
 }
 
 /// A usage row is kept for the Billing period after its day ends (every message added to

@@ -1,5 +1,6 @@
 //! The contract every adapter pair passes: memory and AWS (moto), same assertions.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -483,6 +484,129 @@ async fn a_message_released_for_retry_can_be_claimed_again_but_only_from_sending
     assert_eq!(r.attempts, 2);
 }
 
+/// Every message of the tenant in `status`, newest first, a page of `limit` at a time.
+async fn listed(p: &Ports, t: &TenantId, status: MessageStatus, limit: usize) -> Vec<MessageId> {
+    let mut ids = Vec::new();
+    let mut cursor = None;
+    for _ in 0..100 {
+        let q = MessageQuery {
+            status: Some(status),
+            limit,
+            cursor: cursor.take(),
+            ..Default::default()
+        };
+        let page = p.messages.list_messages(t, &q).await.unwrap();
+        assert!(page.messages.len() <= limit);
+        ids.extend(page.messages.into_iter().map(|m| m.id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => return ids,
+        }
+    }
+    panic!("no last page");
+}
+
+async fn listing_by_any_status_pages_through_exactly_the_messages_in_it(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    let now = p.clock.now();
+    let go = |id: MessageId, to: MessageStatus| {
+        let (p, t) = (&p, &t);
+        async move {
+            let moved = p
+                .messages
+                .transition(&t.id, &id, to, &StatusChange::default(), now)
+                .await
+                .unwrap();
+            assert!(matches!(moved, Transition::Applied(_)), "{to:?}");
+        }
+    };
+    // 12 messages through every move a message makes (the status index keeps entries
+    // only for some statuses, keys.rs; a listing must not tell).
+    let paths: [&[MessageStatus]; 12] = {
+        use MessageStatus::*;
+        [
+            &[],
+            &[Sending],
+            &[Sent],
+            &[Sending, Sent, Delivered],
+            &[Sent, Read],
+            &[Sending, Failed],
+            &[Failed],
+            &[Sent, Delivered],
+            &[Sending],
+            &[Sent, Delivered, Read],
+            &[],
+            &[Sending, Sent, Failed, Read],
+        ]
+    };
+    let mut want: HashMap<MessageStatus, Vec<MessageId>> = HashMap::new();
+    for path in paths {
+        let (m, d) = message(&p, &t.id, 3600);
+        p.messages.insert_with_debit(&m, &d).await.unwrap();
+        for to in path {
+            go(m.id.clone(), *to).await;
+        }
+        let last = path.last().copied().unwrap_or(MessageStatus::Accepted);
+        want.entry(last).or_default().insert(0, m.id.clone());
+        p.clock.advance(chrono::Duration::milliseconds(3));
+    }
+    // Scheduled ones: one still waiting, one due (accepted now).
+    for due in [false, true] {
+        let (mut m, d) = message(&p, &t.id, 3600);
+        m.status = MessageStatus::Scheduled;
+        m.events[0].status = MessageStatus::Scheduled;
+        p.messages.insert_with_debit(&m, &d).await.unwrap();
+        if due {
+            go(m.id.clone(), MessageStatus::Accepted).await;
+        }
+        let now_in = if due {
+            MessageStatus::Accepted
+        } else {
+            MessageStatus::Scheduled
+        };
+        want.entry(now_in).or_default().insert(0, m.id.clone());
+        p.clock.advance(chrono::Duration::milliseconds(3));
+    }
+    // A claimed message put back for a retry is `accepted` again.
+    let released = want[&MessageStatus::Sending][0].clone();
+    let err = MessageError {
+        code: 131000.into(),
+        title: "try again".into(),
+    };
+    assert!(matches!(
+        p.messages
+            .release_for_retry(&t.id, &released, &err, now)
+            .await
+            .unwrap(),
+        Transition::Applied(_)
+    ));
+    want.entry(MessageStatus::Sending)
+        .or_default()
+        .retain(|id| id != &released);
+    let accepted = want.entry(MessageStatus::Accepted).or_default();
+    accepted.push(released);
+    accepted.sort();
+    accepted.reverse();
+    for status in [
+        MessageStatus::Accepted,
+        MessageStatus::Sending,
+        MessageStatus::Sent,
+        MessageStatus::Delivered,
+        MessageStatus::Read,
+        MessageStatus::Failed,
+        MessageStatus::Scheduled,
+    ] {
+        let expected = want.get(&status).cloned().unwrap_or_default();
+        for limit in [1, 2, 100] {
+            assert_eq!(
+                listed(&p, &t.id, status, limit).await,
+                expected,
+                "{status:?}, pages of {limit}"
+            );
+        }
+    }
+}
+
 async fn messages_page_newest_first_with_cursors_and_time_bounds(p: Ports) {
     let t = onboarded(&p, 100).await;
     let mut ids = Vec::new();
@@ -883,6 +1007,7 @@ macro_rules! contract {
 pub(crate) use contract;
 
 contract!(
+    listing_by_any_status_pages_through_exactly_the_messages_in_it,
     a_tenant_is_found_by_id_phone_number_and_key_hash,
     a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing,
     a_debit_records_the_message_and_the_ledger_entry_together,

@@ -3,7 +3,7 @@
 //! Meta's pricing of a message is counted once.
 
 use chrono::{Duration, NaiveDate};
-use kirim::domain::{Pricing, TemplateQuality, TenantId};
+use kirim::domain::{MessageStatus, Pricing, TemplateQuality, TenantId};
 use kirim::ports::*;
 use kirim::store_error::StoreError;
 
@@ -280,7 +280,113 @@ async fn metas_pricing_is_counted_once_per_message_by_day_category_and_type(p: P
     );
 }
 
+async fn the_status_first_carrying_pricing_moves_prices_and_counts_the_message_in_one_write(
+    p: Ports,
+) {
+    let t = onboarded(&p, 100).await;
+    let day = NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+    let utility = Pricing::parse("PMP", "utility", "regular").unwrap();
+    let expires = Some(p.clock.now().timestamp() + 1000);
+    let at = p.clock.now();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (mut m, debit) = message(&p, &t.id, 1000);
+        m.price = 2;
+        p.messages.insert_with_debit(&m, &debit).await.unwrap();
+        let sent = p
+            .messages
+            .transition(
+                &t.id,
+                &m.id,
+                MessageStatus::Sent,
+                &StatusChange::default(),
+                at,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(sent, Transition::Applied(_)));
+        ids.push(m.id);
+        p.clock.advance(Duration::milliseconds(2));
+    }
+    let moved = |id: usize, to: MessageStatus| {
+        let (p, t, ids, utility) = (&p, &t, &ids, &utility);
+        async move {
+            p.usage
+                .transition_priced(
+                    &PricedMessage {
+                        tenant: &t.id,
+                        message: &ids[id],
+                        pricing: utility,
+                        day,
+                        credits: 2,
+                        expires_at: expires,
+                    },
+                    to,
+                    &StatusChange {
+                        wamid: Some("wamid.X".into()),
+                        ..Default::default()
+                    },
+                    at,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let status = |id: usize| {
+        let (p, t, ids) = (&p, &t, &ids);
+        async move {
+            let m = p
+                .messages
+                .get_message(&t.id, &ids[id])
+                .await
+                .unwrap()
+                .unwrap();
+            (m.status, m.pricing.is_some())
+        }
+    };
+    // The first status carrying the pricing: moved, priced, counted.
+    assert!(moved(0, MessageStatus::Delivered).await);
+    assert_eq!(status(0).await, (MessageStatus::Delivered, true));
+    // A replay of it, and the next status carrying it again: refused, nothing written
+    // (the caller moves `read` plainly).
+    assert!(!moved(0, MessageStatus::Delivered).await);
+    assert!(!moved(0, MessageStatus::Read).await);
+    assert_eq!(status(0).await, (MessageStatus::Delivered, true));
+    // Priced before (a refused status carried it): the move is refused too, not half-done.
+    assert!(priced(&p, &t.id, &ids[1], &utility, day, expires)
+        .await
+        .unwrap());
+    assert!(!moved(1, MessageStatus::Delivered).await);
+    assert_eq!(status(1).await, (MessageStatus::Sent, true));
+    // A status that may not follow: refused, not priced.
+    assert!(!moved(2, MessageStatus::Sending).await);
+    assert_eq!(status(2).await, (MessageStatus::Sent, false));
+    // No such message: nothing counted.
+    let missing = kirim::domain::MessageId::from_trusted(ulid::Ulid::new().to_string());
+    assert!(!p
+        .usage
+        .transition_priced(
+            &PricedMessage {
+                tenant: &t.id,
+                message: &missing,
+                pricing: &utility,
+                day,
+                credits: 2,
+                expires_at: expires,
+            },
+            MessageStatus::Delivered,
+            &StatusChange::default(),
+            at,
+        )
+        .await
+        .unwrap());
+    let rows = p.usage.usage(&t.id, day, day).await.unwrap();
+    let got: Vec<(i64, i64)> = rows.iter().map(|r| (r.messages, r.credits)).collect();
+    assert_eq!(got, vec![(2, 4)], "messages 0 and 1, once each");
+}
+
 contract!(
+    the_status_first_carrying_pricing_moves_prices_and_counts_the_message_in_one_write,
     a_number_is_one_tenants_at_most_and_its_route_names_that_tenant,
     the_default_number_is_never_removed_and_a_removed_number_frees_its_route,
     the_default_moves_only_to_a_number_of_the_tenants,

@@ -146,6 +146,37 @@ async fn a_refused_request_stores_nothing_so_the_retry_after_a_top_up_goes_throu
     assert_eq!(app.credits(&t.key).await, 1);
 }
 
+async fn a_replay_answers_the_first_response_after_the_credits_ran_out(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(1).await;
+    let first = post(&app, &t.key, Some("last-credit"), BODY).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(app.credits(&t.key).await, 0);
+    // The send's write is refused for the credits now; the key still answers first.
+    let again = post(&app, &t.key, Some("last-credit"), BODY).await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again, first, "the first response again");
+    // Another body with that key: 409, not the 402 the write would have answered.
+    let other = BODY.replace("A-1", "A-2");
+    let res = post(&app, &t.key, Some("last-credit"), &other).await;
+    assert_eq!(res.status(), 409);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "idempotency_key_reused", "{body}");
+    // Without a key: refused for the credits, nothing written.
+    assert_eq!(post(&app, &t.key, None, BODY).await.status(), 402);
+    assert_eq!(app.credits(&t.key).await, 0);
+    assert_eq!(messages(&app, &t.key).await.len(), 1, "one message");
+}
+
 async fn twenty_concurrent_posts_with_one_key_make_one_message_and_one_debit(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(50).await;
@@ -169,4 +200,5 @@ on_both_backends!(
     bad_idempotency_keys_are_400_and_change_nothing,
     a_refused_request_stores_nothing_so_the_retry_after_a_top_up_goes_through,
     twenty_concurrent_posts_with_one_key_make_one_message_and_one_debit,
+    a_replay_answers_the_first_response_after_the_credits_ran_out,
 );

@@ -496,6 +496,47 @@ async fn pricing_is_kept_on_a_read_message_and_counted_once_in_usage(b: Backend)
     assert_eq!(row["credits"], debited, "the credits Kirim debited: {row}");
 }
 
+async fn a_replayed_delivered_with_its_pricing_leaves_the_message_counted_once(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (s, body) = send_from(&app, &t.key, "+60123452411", None).await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    // sent, delivered and read each carried the pricing: the first one counted it.
+    let m = app.wait_status(&t.key, &id, "read").await;
+    assert_eq!(m["status"], "read", "{m}");
+    let wamid = m["wamid"].as_str().unwrap_or_default().to_owned();
+    let delivered = |callback: Option<&str>| {
+        let mut status = json!({"id": wamid, "status": "delivered",
+            "timestamp": chrono::Utc::now().timestamp().to_string(), "recipient_id": "60123452411",
+            "pricing": {"billable": true, "pricing_model": "PMP", "category": "utility", "type": "regular"}});
+        if let Some(c) = callback {
+            status["biz_opaque_callback_data"] = json!(c);
+        }
+        json!({"object": "whatsapp_business_account", "entry": [{"id": "1000001", "changes": [{
+            "field": "messages", "value": {"messaging_product": "whatsapp",
+                "metadata": {"display_phone_number": "15550000000", "phone_number_id": t.phone_number_id},
+                "statuses": [status]}}]}]})
+    };
+    // Meta delivers it again, with our id echoed and without (found by its wamid).
+    for callback in [Some(id.as_str()), None, Some(id.as_str())] {
+        let res = app.post_webhook(&delivered(callback)).await;
+        assert_eq!(res.status(), 200);
+    }
+    let m = app.message(&t.key, &id).await;
+    assert_eq!(m["status"], "read", "never moved back: {m}");
+    assert_eq!(m["pricing"]["category"], "utility", "{m}");
+    let today = chrono::Utc::now().date_naive();
+    let (from, to) = (today.pred_opt().unwrap(), today.succ_opt().unwrap());
+    let (s, body) = get(&app, &t.key, &format!("/v1/usage?from={from}&to={to}")).await;
+    assert_eq!(s, 200, "{body}");
+    let counted: i64 = body["usage"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|r| r["messages"].as_i64()).sum())
+        .unwrap_or_default();
+    assert_eq!(counted, 1, "counted once: {body}");
+}
+
 async fn usage_refuses_bad_dates_and_ranges(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(0).await;
@@ -599,5 +640,6 @@ on_both_backends!(
     an_admin_switches_the_default_number_and_sends_without_from_go_from_it,
     a_quality_webhook_updates_that_numbers_quality_and_throughput,
     pricing_is_kept_on_a_read_message_and_counted_once_in_usage,
+    a_replayed_delivered_with_its_pricing_leaves_the_message_counted_once,
     usage_refuses_bad_dates_and_ranges,
 );

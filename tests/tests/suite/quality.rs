@@ -4,6 +4,7 @@
 use chrono::Duration;
 use kirim::config::Backend;
 use kirim::ports::{Clock, QualityCounter, QualityCounts};
+use kirim::service::quality;
 use kirim_tests::{local_config, TestApp};
 use serde_json::{json, Value};
 
@@ -26,6 +27,21 @@ async fn account(app: &TestApp, key: &str) -> Value {
         .json()
         .await
         .unwrap()
+}
+
+/// The tenant's quality once `sent` messages are counted: `sent` is counted when the
+/// dispatcher's batch ends (`quality::batched`), which may be just after Meta's webhooks for
+/// them were applied.
+async fn quality_once_sent(app: &TestApp, key: &str, sent: u64) -> Value {
+    let mut q = Value::Null;
+    for _ in 0..150 {
+        q = account(app, key).await["quality"].clone();
+        if q["sent_7d"] == sent {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    q
 }
 
 async fn send(app: &TestApp, key: &str, to: &str, category: &str) -> reqwest::Response {
@@ -53,7 +69,7 @@ async fn undeliverable_messages_flag_the_tenant_and_pause_its_marketing_only(b: 
             131026
         );
     }
-    let q = account(&app, &t.key).await["quality"].clone();
+    let q = quality_once_sent(&app, &t.key, 2).await;
     assert_eq!(
         q,
         json!({"opt_out_rate": 0.0, "undeliverable_rate": 1.0, "sent_7d": 2, "flagged": true})
@@ -80,6 +96,7 @@ async fn recipients_opting_out_raise_the_opt_out_rate(b: Backend) {
         let id = app.send_ok(&t.key, to).await;
         app.wait_status(&t.key, &id, "read").await;
     }
+    assert_eq!(quality_once_sent(&app, &t.key, 2).await["sent_7d"], 2);
     let stop = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
         "messaging_product": "whatsapp", "metadata": {"display_phone_number": "603", "phone_number_id": t.phone_number_id},
         "messages": [{"from": "60123452001", "id": "wamid.in1", "timestamp": "1700000000", "type": "text", "text": {"body": "STOP"}}]}}]}]});
@@ -140,4 +157,29 @@ async fn quality_counters_add_up_concurrently_per_day_and_expire(p: Ports) {
     );
 }
 
-contract!(quality_counters_add_up_concurrently_per_day_and_expire);
+async fn a_dispatcher_batch_counts_its_sent_messages_with_one_write_per_tenant(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let u = onboarded(&p, 0).await;
+    let today = p.clock.now().date_naive();
+    let sent = |id: kirim::domain::TenantId| {
+        let p = &p;
+        async move { p.quality.totals(&id, today, today).await.unwrap().sent }
+    };
+    quality::batched(&p, async {
+        let counts = (0..5).map(|_| quality::count_sent(&p, &t.id));
+        futures::future::join_all(counts).await;
+        quality::count_sent(&p, &u.id).await;
+        // Held until the batch ends: nothing is written per message.
+        assert_eq!((sent(t.id.clone()).await, sent(u.id.clone()).await), (0, 0));
+    })
+    .await;
+    assert_eq!((sent(t.id.clone()).await, sent(u.id.clone()).await), (5, 1));
+    // Outside a batch (a broadcast's fan-out, a test): counted at once.
+    quality::count_sent(&p, &t.id).await;
+    assert_eq!(sent(t.id.clone()).await, 6);
+}
+
+contract!(
+    quality_counters_add_up_concurrently_per_day_and_expire,
+    a_dispatcher_batch_counts_its_sent_messages_with_one_write_per_tenant,
+);

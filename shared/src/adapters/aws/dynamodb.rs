@@ -47,12 +47,53 @@ pub const GSI1: &str = "gsi1";
 /// The statuses a message may fail from with a refund: it has not reached Meta.
 const REFUNDABLE: [MessageStatus; 2] = [MessageStatus::Accepted, MessageStatus::Sending];
 
+/// The status index part of a message's move to `to` (the index is sparse, `keys.rs`):
+/// the entry's keys added to `set` (and their values) when `to` is indexed; else the
+/// clause that removes them, to append after the `SET` part (removing what an item does
+/// not have writes nothing to the index).
+pub(super) fn index_move(
+    tenant: &TenantId,
+    id: &MessageId,
+    to: MessageStatus,
+    set: &mut Vec<&'static str>,
+    values: &mut Item,
+) -> &'static str {
+    match keys::message_gsi1(tenant, to, id) {
+        Some(gsi) => {
+            set.extend(["gsi1pk = :gpk", "gsi1sk = :gsk"]);
+            values.insert(":gpk".into(), s(gsi.pk));
+            values.insert(":gsk".into(), s(gsi.sk));
+            ""
+        }
+        None => " REMOVE gsi1pk, gsi1sk",
+    }
+}
+
+/// How many pages of a tenant's messages one listing by a status without index entries
+/// reads at most (each of the page's size) before it answers with a cursor.
+const FILTERED_PAGES: usize = 10;
+
 /// One status change as an update: expression, condition and their placeholders.
 struct StatusUpdate {
     expression: String,
     condition: String,
     names: HashMap<String, String>,
     values: Item,
+}
+
+impl StatusUpdate {
+    /// Also sets `attr` to `value` in the same write, only if the item has no `attr` yet
+    /// (the whole update is refused otherwise).
+    fn set_once(mut self, attr: &str, value: AttributeValue) -> Self {
+        let rest = self
+            .expression
+            .strip_prefix("SET ")
+            .unwrap_or(&self.expression);
+        self.expression = format!("SET {attr} = :once, {rest}");
+        self.condition = format!("{} AND attribute_not_exists({attr})", self.condition);
+        self.values.insert(":once".into(), value);
+        self
+    }
 }
 
 pub struct DynamoStore {
@@ -293,6 +334,7 @@ impl DynamoStore {
     fn status_update(
         &self,
         tenant: &TenantId,
+        id: &MessageId,
         to: MessageStatus,
         preds: &[MessageStatus],
         change: &StatusChange,
@@ -308,7 +350,6 @@ impl DynamoStore {
             "#status = :to",
             "updated_at = :at",
             "events = list_append(events, :ev)",
-            "gsi1pk = :g",
         ];
         let mut names = HashMap::from([
             ("#status".to_owned(), "status".to_owned()),
@@ -321,9 +362,9 @@ impl DynamoStore {
                 s(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
             ),
             (":ev".to_owned(), AttributeValue::L(vec![event])),
-            (":g".to_owned(), s(keys::message_status_gsi1_pk(tenant, to))),
             (":now".to_owned(), n(self.now_secs())),
         ]);
+        let remove = index_move(tenant, id, to, &mut set, &mut values);
         for (p, st) in placeholders.iter().zip(preds) {
             values.insert(p.clone(), s(st.as_str()));
         }
@@ -339,6 +380,7 @@ impl DynamoStore {
             values.insert(":e".into(), v);
         }
         let mut expression = format!("SET {}", set.join(", "));
+        expression.push_str(remove);
         if change.count_attempt {
             expression.push_str(" ADD attempts :one");
             values.insert(":one".into(), n(1));
@@ -368,7 +410,7 @@ impl DynamoStore {
         at: DateTime<Utc>,
         refund: &LedgerEntry,
     ) -> Result<Transition, StoreError> {
-        let Some(u) = self.status_update(tenant, to, preds, change, at)? else {
+        let Some(u) = self.status_update(tenant, id, to, preds, change, at)? else {
             return Ok(Transition::Refused);
         };
         let status = Update::builder()
@@ -792,11 +834,7 @@ impl MessageStore for DynamoStore {
     ) -> Result<(), StoreError> {
         let m = to_item(
             record,
-            &keys::message(&record.tenant_id, &record.id).with_gsi1(keys::message_gsi1(
-                &record.tenant_id,
-                record.status,
-                &record.id,
-            )),
+            &keys::message_pairs(&record.tenant_id, record.status, &record.id),
             record.expires_at,
         )?;
         let items = vec![
@@ -833,42 +871,89 @@ impl MessageStore for DynamoStore {
         q: &MessageQuery,
     ) -> Result<MessagePage, StoreError> {
         let (lo, hi) = keys::message_range(q.since, q.until);
+        let limit = q.limit.clamp(1, 100);
         let mut req = self
             .client
             .query()
             .table_name(&self.table)
             .scan_index_forward(false)
-            .limit(q.limit.clamp(1, 100) as i32)
-            .filter_expression("attribute_not_exists(#ttl) OR #ttl > :now")
+            .limit(limit as i32)
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_values(":now", n(self.now_secs()))
             .expression_attribute_values(":lo", s(lo))
             .expression_attribute_values(":hi", s(hi));
+        let live = "(attribute_not_exists(#ttl) OR #ttl > :now)";
+        let mut filtered = false;
         req = match q.status {
-            Some(st) => req
+            Some(st) if keys::message_status_indexed(st) => req
                 .index_name(GSI1)
+                .filter_expression(live)
                 .key_condition_expression("gsi1pk = :pk AND gsi1sk BETWEEN :lo AND :hi")
                 .expression_attribute_values(":pk", s(keys::message_status_gsi1_pk(tenant, st))),
+            // A status without index entries (keys.rs): the tenant's messages, filtered.
+            Some(st) => {
+                filtered = true;
+                req.filter_expression(format!("{live} AND #status = :st"))
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":st", s(st.as_str()))
+                    .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+                    .expression_attribute_values(":pk", s(keys::tenant_pk(tenant)))
+            }
             None => req
+                .filter_expression(live)
                 .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
                 .expression_attribute_values(":pk", s(keys::tenant_pk(tenant))),
         };
-        if let Some(c) = &q.cursor {
-            req = req.set_exclusive_start_key(Some(decode_cursor(c, tenant)?));
+        let mut start = match &q.cursor {
+            Some(c) => Some(decode_cursor(c, tenant)?),
+            None => None,
+        };
+        // A filtered listing reads on through pages of `limit` messages until it has
+        // `limit` matches, at most `FILTERED_PAGES` pages a request (the cursor goes on).
+        let pages = if filtered { FILTERED_PAGES } else { 1 };
+        let mut messages = Vec::new();
+        let mut next_cursor = None;
+        for _ in 0..pages {
+            let out = req
+                .clone()
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify("dynamodb query", e))?;
+            let mut items = out.items.unwrap_or_default().into_iter();
+            for item in items.by_ref() {
+                if messages.len() == limit {
+                    break;
+                }
+                let key: Item = [keys::PK, keys::SK]
+                    .iter()
+                    .filter_map(|k| item.get(*k).map(|v| ((*k).to_owned(), v.clone())))
+                    .collect();
+                messages.push(from_item::<MessageRecord>(item)?);
+                next_cursor = Some(key);
+            }
+            let more_here = items.next().is_some();
+            match out.last_evaluated_key {
+                // This page's matches filled the page: go on after the last one returned
+                // (a key on the table, which a filtered listing queries).
+                _ if more_here => break,
+                Some(last) if messages.len() < limit => {
+                    next_cursor = Some(last.clone());
+                    start = Some(last);
+                }
+                Some(last) => {
+                    next_cursor = Some(last);
+                    break;
+                }
+                None => {
+                    next_cursor = None;
+                    break;
+                }
+            }
         }
-        let out = req
-            .send()
-            .await
-            .map_err(|e| classify("dynamodb query", e))?;
-        let messages = out
-            .items()
-            .iter()
-            .cloned()
-            .map(from_item)
-            .collect::<Result<Vec<MessageRecord>, _>>()?;
         Ok(MessagePage {
             messages,
-            next_cursor: out.last_evaluated_key().and_then(encode_cursor),
+            next_cursor: next_cursor.as_ref().and_then(encode_cursor),
         })
     }
 
@@ -880,7 +965,8 @@ impl MessageStore for DynamoStore {
         change: &StatusChange,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
-        let Some(u) = self.status_update(tenant, to, to.allowed_predecessors(), change, at)? else {
+        let Some(u) = self.status_update(tenant, id, to, to.allowed_predecessors(), change, at)?
+        else {
             return Ok(Transition::Refused);
         };
         let req = self
@@ -942,7 +1028,10 @@ impl MessageStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::message(tenant, id).attrs()))
-            .update_expression("SET #status = :acc, gsi1pk = :g, #error = :e, updated_at = :at")
+            // `accepted` has no status index entry (keys.rs).
+            .update_expression(
+                "SET #status = :acc, #error = :e, updated_at = :at REMOVE gsi1pk, gsi1sk",
+            )
             // An expired message cannot be revived (as in `transition` and in memory).
             .condition_expression(
                 "#status = :sending AND (attribute_not_exists(#ttl) OR #ttl > :now)",
@@ -953,13 +1042,6 @@ impl MessageStore for DynamoStore {
             .expression_attribute_values(":now", n(self.now_secs()))
             .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
             .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))
-            .expression_attribute_values(
-                ":g",
-                s(keys::message_status_gsi1_pk(
-                    tenant,
-                    MessageStatus::Accepted,
-                )),
-            )
             .expression_attribute_values(":e", e)
             .expression_attribute_values(
                 ":at",
@@ -1290,20 +1372,22 @@ impl AuditLog for DynamoStore {
 
 #[async_trait]
 impl QualityStats for DynamoStore {
-    async fn bump(
+    async fn bump_by(
         &self,
         tenant: &TenantId,
         day: chrono::NaiveDate,
         counter: QualityCounter,
+        by: u64,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
+        let by = i64::try_from(by).map_err(|_| StoreError::Corrupt("count too large".into()))?;
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::quality_counter(tenant, day).attrs()))
             .expression_attribute_names("#c", counter.attribute())
-            .expression_attribute_values(":one", n(1));
+            .expression_attribute_values(":one", n(by));
         req = match expires_at {
             Some(t) => req
                 .update_expression("ADD #c :one SET #ttl = :ttl")

@@ -319,19 +319,13 @@ impl Ledger for MemoryStore {
 const REFUNDABLE: [MessageStatus; 2] = [MessageStatus::Accepted, MessageStatus::Sending];
 
 /// A status change, applied to a message whose current status allows it.
-fn apply(m: &mut MessageRecord, to: MessageStatus, change: &StatusChange, at: DateTime<Utc>) {
-    m.status = to;
-    m.updated_at = at;
-    m.events.push(StatusEvent { status: to, at });
-    if let Some(w) = &change.wamid {
-        m.wamid = Some(w.clone());
-    }
-    if change.error.is_some() {
-        m.error = change.error.clone();
-    }
-    if change.count_attempt {
-        m.attempts += 1;
-    }
+pub(super) fn apply(
+    m: &mut MessageRecord,
+    to: MessageStatus,
+    change: &StatusChange,
+    at: DateTime<Utc>,
+) {
+    change.apply_to(m, to, at);
 }
 
 #[async_trait]
@@ -666,19 +660,20 @@ impl AuditLog for MemoryStore {
 
 #[async_trait]
 impl QualityStats for MemoryStore {
-    async fn bump(
+    async fn bump_by(
         &self,
         tenant: &TenantId,
         day: chrono::NaiveDate,
         counter: QualityCounter,
+        by: u64,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
         let mut s = self.lock()?;
         let (c, exp) = s.quality.entry((tenant.clone(), day)).or_default();
         match counter {
-            QualityCounter::Sent => c.sent += 1,
-            QualityCounter::OptOut => c.opt_outs += 1,
-            QualityCounter::Undeliverable => c.undeliverable += 1,
+            QualityCounter::Sent => c.sent += by,
+            QualityCounter::OptOut => c.opt_outs += by,
+            QualityCounter::Undeliverable => c.undeliverable += by,
         }
         *exp = expires_at;
         Ok(())

@@ -288,8 +288,9 @@ impl BroadcastStore for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(keys::message(tenant, message).attrs()))
             .update_expression(
-                "SET #status = :to, updated_at = :at, events = list_append(events, :ev), \
-                 gsi1pk = :g ADD attempts :one",
+                // `sending` has no status index entry (keys.rs).
+                "SET #status = :to, updated_at = :at, events = list_append(events, :ev) \
+                 REMOVE gsi1pk, gsi1sk ADD attempts :one",
             )
             .condition_expression(
                 "#status = :accepted AND (attribute_not_exists(#ttl) OR #ttl > :now)",
@@ -300,7 +301,6 @@ impl BroadcastStore for DynamoStore {
             .expression_attribute_values(":accepted", s(MessageStatus::Accepted.as_str()))
             .expression_attribute_values(":at", s(rfc3339(at)))
             .expression_attribute_values(":ev", AttributeValue::L(vec![event]))
-            .expression_attribute_values(":g", s(keys::message_status_gsi1_pk(tenant, sending)))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":now", n(self.now_secs()))
             .build()
@@ -422,11 +422,7 @@ impl BroadcastStore for DynamoStore {
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {
         let item = to_item(
             record,
-            &keys::message(&record.tenant_id, &record.id).with_gsi1(keys::message_gsi1(
-                &record.tenant_id,
-                record.status,
-                &record.id,
-            )),
+            &keys::message_pairs(&record.tenant_id, record.status, &record.id),
             record.expires_at,
         )?;
         let res = self

@@ -44,11 +44,7 @@ impl IdempotencyStore for DynamoStore {
     ) -> Result<IdempotentInsert, StoreError> {
         let m = to_item(
             record,
-            &keys::message(&record.tenant_id, &record.id).with_gsi1(keys::message_gsi1(
-                &record.tenant_id,
-                record.status,
-                &record.id,
-            )),
+            &keys::message_pairs(&record.tenant_id, record.status, &record.id),
             record.expires_at,
         )?;
         // Order matters: the reasons of a cancelled transaction come back in this order.

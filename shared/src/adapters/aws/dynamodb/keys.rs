@@ -98,7 +98,7 @@ pub enum ItemKind {
     /// `TENANT#{tenant}` / `LEDGER#{entry id}`.
     LedgerEntry,
     /// `TENANT#{tenant}` / `MSG#{message id}`; gsi1 `TENANT#{tenant}#STATUS#{status}` /
-    /// `MSG#{message id}`.
+    /// `MSG#{message id}` only while `scheduled`, `failed` or `cancelled` (a sparse index).
     Message,
     /// `WAMID#{wamid}` / `WAMID`: Meta's id → the message.
     WamidIndex,
@@ -408,15 +408,44 @@ fn message_sk(id: &MessageId) -> String {
     format!("{MESSAGE_PREFIX}{id}")
 }
 
-/// A message's entry in the status index.
-pub fn message_gsi1(t: &TenantId, status: MessageStatus, id: &MessageId) -> Gsi1 {
-    Gsi1 {
+/// The statuses a message is listed by through the status index. The index is sparse:
+/// a message has an entry only while it rests in one of these (few messages reach them,
+/// and those stay), so the moves of a message's ordinary life (accepted, sending, sent,
+/// delivered, read) write no index entry at all; listing by any other status reads the
+/// tenant's message range with a filter (`list_messages`).
+pub const INDEXED_MESSAGE_STATUSES: [MessageStatus; 3] = [
+    MessageStatus::Scheduled,
+    MessageStatus::Failed,
+    MessageStatus::Cancelled,
+];
+
+/// Whether messages in `status` have a status index entry ([`INDEXED_MESSAGE_STATUSES`]).
+pub fn message_status_indexed(status: MessageStatus) -> bool {
+    INDEXED_MESSAGE_STATUSES.contains(&status)
+}
+
+/// A message's entry in the status index, `None` for a status not indexed.
+pub fn message_gsi1(t: &TenantId, status: MessageStatus, id: &MessageId) -> Option<Gsi1> {
+    message_status_indexed(status).then(|| Gsi1 {
         pk: message_status_gsi1_pk(t, status),
         sk: message_sk(id),
+    })
+}
+
+/// A message item's key attributes: with its status index entry if its status has one.
+pub fn message_pairs(
+    t: &TenantId,
+    status: MessageStatus,
+    id: &MessageId,
+) -> Vec<(&'static str, String)> {
+    let key = message(t, id);
+    match message_gsi1(t, status, id) {
+        Some(gsi) => key.with_gsi1(gsi),
+        None => key.pairs(),
     }
 }
 
-/// The status index partition of a tenant's messages in `status` (rewritten on every move).
+/// The status index partition of a tenant's messages in `status` (an indexed one).
 pub fn message_status_gsi1_pk(t: &TenantId, status: MessageStatus) -> String {
     format!("{}{STATUS_INFIX}{}", tenant_pk(t), status.as_str())
 }
@@ -830,5 +859,22 @@ mod tests {
             ),
             "TENANT#01JABCDEFGHJKMNPQRSTVWXYZ0#STATUS#sent"
         );
+    }
+
+    #[test]
+    fn only_statuses_few_messages_rest_in_have_a_status_index_entry() {
+        use MessageStatus::*;
+        let t = TenantId::parse("01JABCDEFGHJKMNPQRSTVWXYZ0").unwrap();
+        let id = MessageId::from_trusted("01JABCDEFGHJKMNPQRSTVWXYZ1".to_owned());
+        for st in [Accepted, Sending, Sent, Delivered, Read] {
+            assert_eq!(message_gsi1(&t, st, &id), None, "{st:?}");
+            assert_eq!(message_pairs(&t, st, &id).len(), 2, "{st:?}");
+        }
+        for st in [Scheduled, Failed, Cancelled] {
+            let gsi = message_gsi1(&t, st, &id).unwrap();
+            assert_eq!(gsi.pk, message_status_gsi1_pk(&t, st));
+            assert_eq!(gsi.sk, message(&t, &id).sk, "the table's order");
+            assert_eq!(message_pairs(&t, st, &id).len(), 4, "{st:?}");
+        }
     }
 }

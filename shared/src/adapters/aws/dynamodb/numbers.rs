@@ -14,13 +14,15 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{Delete, ReturnValue, TransactWriteItem, Update};
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
     classify, dyn_value, from_item, keys, n, s, to_item, CancelReason, DynamoStore, Item, TTL_ATTR,
 };
-use crate::domain::{TemplateQuality, TenantId};
-use crate::ports::{PhoneNumberRecord, PhoneNumberStore, PricedMessage, UsageRow, UsageStore};
+use crate::domain::{MessageStatus, TemplateQuality, TenantId};
+use crate::ports::{
+    PhoneNumberRecord, PhoneNumberStore, PricedMessage, StatusChange, UsageRow, UsageStore,
+};
 use crate::store_error::StoreError;
 
 fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, StoreError> {
@@ -28,6 +30,52 @@ fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, StoreError> {
 }
 
 impl DynamoStore {
+    /// `message` (an update that sets the pricing, conditioned on there being none yet)
+    /// and the usage row's `ADD`, in one transaction: `false` when the message's
+    /// condition refused it (nothing written).
+    async fn priced_with(
+        &self,
+        message: Update,
+        priced: &PricedMessage<'_>,
+    ) -> Result<bool, StoreError> {
+        let p = priced.pricing;
+        let mut row = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(
+                keys::usage_counter(priced.tenant, priced.day, &p.category, &p.pricing_type)
+                    .attrs(),
+            ))
+            .expression_attribute_names("#date", "date")
+            .expression_attribute_values(":d", s(priced.day.format("%Y-%m-%d").to_string()))
+            .expression_attribute_values(":c", s(&p.category))
+            .expression_attribute_values(":t", s(&p.pricing_type))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":cr", n(priced.credits));
+        row = match priced.expires_at {
+            Some(ttl) => row
+                .update_expression(
+                    "SET #date = :d, category = :c, pricing_type = :t, #ttl = :ttl \
+                     ADD messages :one, credits :cr",
+                )
+                .expression_attribute_names("#ttl", TTL_ATTR)
+                .expression_attribute_values(":ttl", n(ttl)),
+            None => row.update_expression(
+                "SET #date = :d, category = :c, pricing_type = :t ADD messages :one, credits :cr",
+            ),
+        };
+        let items = vec![
+            TransactWriteItem::builder().update(message).build(),
+            TransactWriteItem::builder()
+                .update(built(row.build())?)
+                .build(),
+        ];
+        match self.transact_retrying_conflicts(items).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => Ok(false),
+            Err(e) => Err(e.into_store_error()),
+        }
+    }
+
     fn number_item(&self, number: &PhoneNumberRecord) -> Result<Item, StoreError> {
         to_item(
             number,
@@ -220,51 +268,49 @@ impl PhoneNumberStore for DynamoStore {
 #[async_trait]
 impl UsageStore for DynamoStore {
     async fn record_pricing(&self, priced: &PricedMessage<'_>) -> Result<bool, StoreError> {
-        let p = priced.pricing;
         let message = built(
             Update::builder()
                 .table_name(&self.table)
                 .set_key(Some(keys::message(priced.tenant, priced.message).attrs()))
                 .update_expression("SET pricing = :p")
                 .condition_expression("attribute_exists(pk) AND attribute_not_exists(pricing)")
-                .expression_attribute_values(":p", dyn_value(p)?)
+                .expression_attribute_values(":p", dyn_value(priced.pricing)?)
                 .build(),
         )?;
-        let mut row = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(
-                keys::usage_counter(priced.tenant, priced.day, &p.category, &p.pricing_type)
-                    .attrs(),
-            ))
-            .expression_attribute_names("#date", "date")
-            .expression_attribute_values(":d", s(priced.day.format("%Y-%m-%d").to_string()))
-            .expression_attribute_values(":c", s(&p.category))
-            .expression_attribute_values(":t", s(&p.pricing_type))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":cr", n(priced.credits));
-        row = match priced.expires_at {
-            Some(ttl) => row
-                .update_expression(
-                    "SET #date = :d, category = :c, pricing_type = :t, #ttl = :ttl \
-                     ADD messages :one, credits :cr",
-                )
-                .expression_attribute_names("#ttl", TTL_ATTR)
-                .expression_attribute_values(":ttl", n(ttl)),
-            None => row.update_expression(
-                "SET #date = :d, category = :c, pricing_type = :t ADD messages :one, credits :cr",
-            ),
+        self.priced_with(message, priced).await
+    }
+
+    async fn transition_priced(
+        &self,
+        priced: &PricedMessage<'_>,
+        to: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let Some(u) = self.status_update(
+            priced.tenant,
+            priced.message,
+            to,
+            to.allowed_predecessors(),
+            change,
+            at,
+        )?
+        else {
+            return Ok(false);
         };
-        let items = vec![
-            TransactWriteItem::builder().update(message).build(),
-            TransactWriteItem::builder()
-                .update(built(row.build())?)
+        // The move's own condition, and the pricing not set yet: both or nothing.
+        let u = u.set_once("pricing", dyn_value(priced.pricing)?);
+        let message = built(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(keys::message(priced.tenant, priced.message).attrs()))
+                .update_expression(u.expression)
+                .condition_expression(u.condition)
+                .set_expression_attribute_names(Some(u.names))
+                .set_expression_attribute_values(Some(u.values))
                 .build(),
-        ];
-        match self.transact_retrying_conflicts(items).await {
-            Ok(()) => Ok(true),
-            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => Ok(false),
-            Err(e) => Err(e.into_store_error()),
-        }
+        )?;
+        self.priced_with(message, priced).await
     }
 
     async fn usage(

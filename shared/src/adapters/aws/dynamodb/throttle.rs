@@ -213,19 +213,13 @@ impl SendingControl for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(keys::message(tenant, id).attrs()))
             .update_expression(
-                "SET #status = :acc, gsi1pk = :g, updated_at = :at ADD attempts :minus",
+                // `accepted` has no status index entry (keys.rs).
+                "SET #status = :acc, updated_at = :at REMOVE gsi1pk, gsi1sk ADD attempts :minus",
             )
             .condition_expression("#status = :sending AND attempts > :zero")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
             .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))
-            .expression_attribute_values(
-                ":g",
-                s(keys::message_status_gsi1_pk(
-                    tenant,
-                    MessageStatus::Accepted,
-                )),
-            )
             .expression_attribute_values(":at", stamp(at))
             .expression_attribute_values(":minus", n(-1))
             .expression_attribute_values(":zero", n(0))
@@ -256,8 +250,8 @@ impl SendingControl for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(keys::message(tenant, id).attrs()))
             .update_expression(
-                "SET #status = :failed, gsi1pk = :g, #error = :e, updated_at = :at, \
-                 events = list_append(events, :ev)",
+                "SET #status = :failed, gsi1pk = :g, gsi1sk = :gsk, #error = :e, \
+                 updated_at = :at, events = list_append(events, :ev)",
             )
             .condition_expression("#status = :sending AND updated_at = :claimed")
             .expression_attribute_names("#status", "status")
@@ -268,6 +262,7 @@ impl SendingControl for DynamoStore {
                 ":g",
                 s(keys::message_status_gsi1_pk(tenant, MessageStatus::Failed)),
             )
+            .expression_attribute_values(":gsk", s(keys::message(tenant, id).sk))
             .expression_attribute_values(":e", e)
             .expression_attribute_values(":at", stamp(at))
             .expression_attribute_values(":claimed", stamp(claimed_at))

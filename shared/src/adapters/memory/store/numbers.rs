@@ -2,14 +2,43 @@
 //! under the one lock.
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 
-use super::MemoryStore;
-use crate::domain::{TemplateQuality, TenantId};
+use super::{MemoryStore, State};
+use crate::domain::{MessageStatus, TemplateQuality, TenantId};
 use crate::ports::{
-    PhoneNumberRecord, PhoneNumberStore, PricedMessage, TenantStatus, UsageRow, UsageStore,
+    PhoneNumberRecord, PhoneNumberStore, PricedMessage, StatusChange, TenantStatus, UsageRow,
+    UsageStore,
 };
 use crate::store_error::StoreError;
+
+/// Adds a priced message to its day's usage row.
+fn count(s: &mut State, priced: &PricedMessage<'_>) {
+    let p = priced.pricing;
+    let row = s
+        .usage
+        .entry((
+            priced.tenant.clone(),
+            priced.day,
+            p.category.clone(),
+            p.pricing_type.clone(),
+        ))
+        .or_insert_with(|| {
+            (
+                UsageRow {
+                    date: priced.day,
+                    category: p.category.clone(),
+                    pricing_type: p.pricing_type.clone(),
+                    messages: 0,
+                    credits: 0,
+                },
+                priced.expires_at,
+            )
+        });
+    row.0.messages += 1;
+    row.0.credits += priced.credits;
+    row.1 = priced.expires_at;
+}
 
 fn key(t: &TenantId, id: &str) -> (TenantId, String) {
     (t.clone(), id.to_owned())
@@ -140,30 +169,31 @@ impl UsageStore for MemoryStore {
             return Ok(false);
         };
         m.pricing = Some(priced.pricing.clone());
-        let p = priced.pricing;
-        let row = s
-            .usage
-            .entry((
-                priced.tenant.clone(),
-                priced.day,
-                p.category.clone(),
-                p.pricing_type.clone(),
-            ))
-            .or_insert_with(|| {
-                (
-                    UsageRow {
-                        date: priced.day,
-                        category: p.category.clone(),
-                        pricing_type: p.pricing_type.clone(),
-                        messages: 0,
-                        credits: 0,
-                    },
-                    priced.expires_at,
-                )
-            });
-        row.0.messages += 1;
-        row.0.credits += priced.credits;
-        row.1 = priced.expires_at;
+        count(&mut s, priced);
+        Ok(true)
+    }
+
+    async fn transition_priced(
+        &self,
+        priced: &PricedMessage<'_>,
+        to: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // One lock for the move, the pricing and the row: as one transaction on DynamoDB.
+        let mut s = self.lock()?;
+        let now = self.clock.now().timestamp();
+        let Some(m) = s
+            .messages
+            .get_mut(&(priced.tenant.clone(), priced.message.clone()))
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+            .filter(|m| m.pricing.is_none() && to.may_follow(m.status))
+        else {
+            return Ok(false);
+        };
+        super::apply(m, to, change, at);
+        m.pricing = Some(priced.pricing.clone());
+        count(&mut s, priced);
         Ok(true)
     }
 
