@@ -237,6 +237,13 @@ impl AuditLog for Failing {
     async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
         self.inner.parked(chain, limit).await
     }
+    async fn parked_chains(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.parked_chains(after, limit).await
+    }
     async fn list(
         &self,
         chain: &str,
@@ -290,10 +297,18 @@ async fn an_event_the_chain_cannot_take_is_parked_and_linked_in_by_the_next_appe
     audit::record_or_park(&contended, draft(&t, "POST /v1/first")).await;
     let down = failing(&app, 1, StoreError::Unavailable("throttled".into()));
     audit::record_or_park(&down, draft(&t, "POST /v1/second")).await;
-    // Not in the chain yet, and verification says so.
+    // Not in the chain yet, and verification says so (and since when: the real clock).
+    let v = get(&app, &t.key, "/v1/audit/verify").await;
     assert_eq!(
-        get(&app, &t.key, "/v1/audit/verify").await,
-        json!({"valid": true, "checked": 1, "parked": 2})
+        (&v["valid"], &v["checked"], &v["parked"]),
+        (&json!(true), &json!(1), &json!(2)),
+        "{v}"
+    );
+    assert!(
+        v["oldest_parked_age_seconds"]
+            .as_i64()
+            .is_some_and(|s| s >= 0),
+        "{v}"
     );
     // The chain's next append (a send through the API) links both in first, in order.
     app.send_ok(&t.key, "+60123450300").await;
@@ -313,7 +328,59 @@ async fn an_event_the_chain_cannot_take_is_parked_and_linked_in_by_the_next_appe
     );
 }
 
+/// A tenant that stops calling: nothing appends to its chain again, so only the scheduled
+/// retention job can link its parked event in; until then verify says one waits, and for
+/// how long.
+async fn an_event_parked_on_a_chain_nobody_appends_to_is_linked_in_by_the_retention_job(
+    b: Backend,
+) {
+    let clock = ManualClock::new();
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.clock = kirim_infra::local::LocalClock(clock.clone());
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(5).await;
+    let contended = failing(
+        &app,
+        usize::MAX,
+        StoreError::Conflict("audit chain moved".into()),
+    );
+    audit::record_or_park(&contended, draft(&t, "POST /v1/quiet")).await;
+    clock.advance(chrono::Duration::hours(1));
+    assert_eq!(
+        get(&app, &t.key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 1, "parked": 1, "oldest_parked_age_seconds": 3600}),
+        "not silently valid while an event waits"
+    );
+
+    let report = kirim::queue_handlers::scheduled_retention(&app.app.deps)
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&report.audit_parked).unwrap(),
+        json!({"chains": 1, "linked": 1, "still_parked": 0, "complete": true})
+    );
+    assert_eq!(
+        actions(&get(&app, &t.key, "/v1/audit").await),
+        vec!["POST /v1/quiet", "POST /v1/platform/tenants"],
+        "in the chain, after what was there"
+    );
+    assert_eq!(
+        get(&app, &t.key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 2}),
+        "verified and counted, nothing waits"
+    );
+    // A second run finds nothing to do.
+    let again = kirim::queue_handlers::scheduled_retention(&app.app.deps)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.audit_parked.chains, again.audit_parked.linked),
+        (0, 0)
+    );
+}
+
 on_both_backends!(
+    an_event_parked_on_a_chain_nobody_appends_to_is_linked_in_by_the_retention_job,
     an_event_the_chain_cannot_take_is_parked_and_linked_in_by_the_next_append_in_order,
     sends_mutations_and_denials_are_audited_in_a_verifiable_chain,
     an_unknown_key_is_audited_on_the_platform_chain,
