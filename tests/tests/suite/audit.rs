@@ -388,6 +388,45 @@ on_both_backends!(
     logins_are_audited_on_the_users_tenant_with_both_outcomes,
 );
 
+/// A retention run out of time stops before the next chain and says so (its report is
+/// not `complete`); the next run links the event in.
+#[tokio::test]
+async fn a_drain_out_of_time_leaves_its_chains_to_the_next_run_and_says_it_is_not_complete() {
+    let clock = ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let tenant = TenantId::generate();
+    let at = deps.clock.now();
+    deps.audit
+        .park(&ParkedAudit {
+            chain: tenant.to_string(),
+            id: ulid::Ulid::new().to_string(),
+            at,
+            actor_type: "api_key".into(),
+            actor_id: "k".into(),
+            action: "POST /v1/late".into(),
+            ip: None,
+            outcome: kirim::ports::AuditOutcome::Success,
+            details: "{}".into(),
+            expires_at: Some(at.timestamp() + 3600),
+        })
+        .await
+        .unwrap();
+    let report = |r: audit::DrainReport| serde_json::to_value(r).unwrap();
+    let spent = std::time::Instant::now();
+    assert_eq!(
+        report(audit::drain_all(&deps, spent).await.unwrap()),
+        json!({"chains": 0, "linked": 0, "still_parked": 0, "complete": false})
+    );
+    assert_eq!(audit::verify(&deps, &tenant).await.unwrap().parked, 1);
+    let ample = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    assert_eq!(
+        report(audit::drain_all(&deps, ample).await.unwrap()),
+        json!({"chains": 1, "linked": 1, "still_parked": 0, "complete": true})
+    );
+    let v = audit::verify(&deps, &tenant).await.unwrap();
+    assert_eq!((v.valid, v.checked, v.parked), (true, 1, 0));
+}
+
 /// Someone with table access edits an event in DynamoDB: verification notices.
 #[tokio::test]
 async fn an_event_edited_in_dynamodb_fails_verification() {
