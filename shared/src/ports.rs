@@ -774,6 +774,15 @@ pub trait AuditLog: Send + Sync {
     async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError>;
     /// The chain's live parked events, oldest first, at most `limit`.
     async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError>;
+    /// The chains that have live parked events, in chain order, after `after` (exclusive;
+    /// `None`: from the first), at most `limit`: what the retention run drains. Read from
+    /// an index the park writes with the event itself; on DynamoDB it is eventually
+    /// consistent, so a chain parked a moment ago may first show on the next run.
+    async fn parked_chains(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
     /// Newest first, matching the query; the next cursor if there may be more.
     async fn list(
         &self,

@@ -3,7 +3,8 @@
 //! this process, sends N template messages to ordinary numbers through the HTTP API with
 //! some concurrency, waits until the sandbox's status webhooks (3 per message) have all
 //! reached the platform, and reconciles each tenant: every message `read`, none accepted
-//! by Meta twice, credits equal to the ledger and to what Meta accepted.
+//! by Meta twice, credits equal to the ledger and to what Meta accepted; and overall, one
+//! stored message per accepted send.
 //!
 //! `kirim-load [--backend memory|aws] [--messages N] [--concurrency C] [--tenants T]`
 //! (aws: `AWS_ENDPOINT_URL` names the emulator).
@@ -202,6 +203,13 @@ async fn run() -> Result<bool, String> {
             meta_accepted += r.accepted_by_meta;
             read += r.by_status.get("read").copied().unwrap_or_default();
             problems.extend(r.problems());
+        }
+        // Each accepted send is one message: a second message for one Idempotency-Key (a
+        // retried send stored twice) would still balance each tenant's books above.
+        if messages != accepted {
+            problems.push(format!(
+                "{messages} messages stored for {accepted} accepted sends"
+            ));
         }
         if problems.is_empty() {
             settled_in = Some(attempt);

@@ -241,6 +241,86 @@ async fn drain_with(deps: &Deps, chain: &str, key: Option<&Secret>) -> Result<us
     Ok(linked)
 }
 
+/// Chains read from the index of parked events per query.
+const CHAINS_PAGE: usize = 100;
+
+/// What one drain of every chain's outbox did (the retention run's report).
+#[derive(Serialize, Debug, Clone, Default, PartialEq)]
+pub struct DrainReport {
+    /// Chains found with parked events.
+    pub chains: usize,
+    /// Parked events linked into their chains.
+    pub linked: usize,
+    /// Chains visited that still have parked events (contention, a store error): the next
+    /// run (or the chain's next append) continues.
+    pub still_parked: usize,
+    /// Whether every chain found was visited (else the time budget ran out first).
+    pub complete: bool,
+}
+
+/// Links in the parked events of every chain that has some, each chain oldest first, so a
+/// chain nobody appends to any more (a tenant that stopped calling) does not keep its
+/// parked events out of the chain. The chains come from the index of parked events (no
+/// scan); stops visiting new chains at `deadline`. A chain that fails is logged and left
+/// for the next run; only failing to list the chains fails the drain.
+pub async fn drain_all(
+    deps: &Deps,
+    deadline: std::time::Instant,
+) -> Result<DrainReport, ServiceError> {
+    let keys = audit_keys(deps).await?;
+    let key = keys.first();
+    let mut report = DrainReport::default();
+    let mut after: Option<String> = None;
+    loop {
+        let chains = deps
+            .audit
+            .parked_chains(after.as_deref(), CHAINS_PAGE)
+            .await?;
+        for chain in &chains {
+            if std::time::Instant::now() >= deadline {
+                return Ok(report);
+            }
+            report.chains += 1;
+            match drain_chain(deps, chain, key, deadline).await {
+                Ok((linked, still)) => {
+                    report.linked += linked;
+                    report.still_parked += usize::from(still);
+                }
+                Err(e) => {
+                    report.still_parked += 1;
+                    tracing::warn!(chain = %chain, error = %e, "parked audit events not linked in: the next run retries");
+                }
+            }
+        }
+        match chains.last() {
+            Some(last) if chains.len() == CHAINS_PAGE => after = Some(last.clone()),
+            _ => break,
+        }
+    }
+    report.complete = true;
+    Ok(report)
+}
+
+/// Drains one chain's outbox a batch at a time until it is empty, a batch stalls
+/// (contention) or `deadline`; how many were linked and whether some still wait.
+async fn drain_chain(
+    deps: &Deps,
+    chain: &str,
+    key: Option<&Secret>,
+    deadline: std::time::Instant,
+) -> Result<(usize, bool), ServiceError> {
+    let mut linked = 0;
+    loop {
+        let n = drain_with(deps, chain, key).await?;
+        linked += n;
+        if n < DRAIN_BATCH || std::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    let (_, still) = deps.audit.tip(chain).await?;
+    Ok((linked, still))
+}
+
 /// Appends an event, retrying when a concurrent append moved the head first. Events
 /// parked earlier on the chain are linked in first, so the chain keeps their order.
 pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceError> {
@@ -269,7 +349,8 @@ pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceErro
 
 /// Records and never fails the caller (the action already happened): when the chain
 /// cannot take the event now (contention, a store error), the event is parked durably in
-/// the chain's outbox and linked in by the chain's next append, in order. Only if the
+/// the chain's outbox and linked in by the chain's next append or the next retention run
+/// ([`drain_all`]), whichever comes first, in order. Only if the
 /// park fails too is the event lost, and that is logged as an error (and alarmed on).
 pub async fn record_or_park(deps: &Deps, draft: Draft) {
     let chain = chain_of(draft.tenant.as_ref());
@@ -292,7 +373,7 @@ pub async fn record_or_park(deps: &Deps, draft: Draft) {
     match deps.audit.park(&parked).await {
         Ok(()) => tracing::warn!(
             error = %e, action = %parked.action, parked_id = %parked.id,
-            "audit event parked: its chain's next append links it in"
+            "audit event parked: its chain's next append or the retention run links it in"
         ),
         Err(pe) => tracing::error!(
             error = %e, park_error = %pe, action = %parked.action,
@@ -354,6 +435,9 @@ pub struct VerifyReport {
     /// Events parked after a failed append and not linked in yet (absent when none).
     #[serde(skip_serializing_if = "is_zero")]
     pub parked: usize,
+    /// How long the oldest of them has waited, in seconds (absent when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_parked_age_seconds: Option<i64>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -368,6 +452,7 @@ impl VerifyReport {
             broken_at: None,
             reason: None,
             parked: 0,
+            oldest_parked_age_seconds: None,
         }
     }
 
@@ -378,6 +463,7 @@ impl VerifyReport {
             broken_at: at,
             reason: Some(reason),
             parked: 0,
+            oldest_parked_age_seconds: None,
         }
     }
 }
@@ -542,7 +628,13 @@ pub async fn verify(deps: &Deps, tenant: &TenantId) -> Result<VerifyReport, Serv
         }
     }
     let mut report = check.finish(&chain, head.as_ref(), &keys);
-    report.parked = deps.audit.parked(&chain, PARKED_COUNTED).await?.len();
+    // Waiting events are not a break (nothing in the chain is wrong), but they are not in
+    // the chain either: say how many and how long the oldest has waited.
+    let parked = deps.audit.parked(&chain, PARKED_COUNTED).await?;
+    report.parked = parked.len();
+    report.oldest_parked_age_seconds = parked
+        .first()
+        .map(|p| (deps.clock.now() - p.at).num_seconds().max(0));
     if head.is_none() && report.valid && report.parked == 0 {
         // A tenant's onboarding is audited on its chain: a tenant younger than the audit
         // retention without a chain lost it.

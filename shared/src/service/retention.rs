@@ -1,6 +1,8 @@
-//! The scheduled cleanup (docs/data-retention.md): removes what is past its TTL and not yet
-//! removed by DynamoDB, finishes closing closed tenants, counts what it removed per
-//! retention class, and records its report in the platform's audit chain.
+//! The scheduled cleanup (docs/data-retention.md): links parked audit events into their
+//! chains (those of chains nobody appends to any more would otherwise wait forever),
+//! removes what is past its TTL and not yet removed by DynamoDB, finishes closing closed
+//! tenants, counts what it removed per retention class, and records its report in the
+//! platform's audit chain.
 //!
 //! Resumable: the sweep reads the table a page at a time and saves its position after each
 //! page, so a run cut short (a budget reached, a Lambda timeout) is continued by the next.
@@ -34,6 +36,8 @@ pub struct RetentionReport {
     pub complete: bool,
     /// Closed tenants whose closing this run finished.
     pub closed_out: Vec<ClosedOut>,
+    /// Parked audit events linked into their chains (every chain with some, first).
+    pub audit_parked: audit::DrainReport,
     /// Active tenants the sweep came across (the daily template sync's list; not reported).
     #[serde(skip)]
     pub active_tenants: Vec<TenantId>,
@@ -108,8 +112,12 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         resumed: cursor.is_some(),
         complete: false,
         closed_out: Vec::new(),
+        audit_parked: audit::DrainReport::default(),
         active_tenants: Vec::new(),
     };
+    // First: cheap (an index of the few chains with parked events), and what a quiet chain
+    // waits on; the sweep is resumable and DynamoDB's own TTL deletes behind it anyway.
+    report.audit_parked = audit::drain_all(deps, started + limits.max_time).await?;
     loop {
         let page = deps
             .retention
@@ -147,6 +155,8 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         deleted_expired = report.deleted_expired,
         deleted = ?report.deleted,
         closed_out = report.closed_out.len(),
+        audit_parked_linked = report.audit_parked.linked,
+        audit_chains_still_parked = report.audit_parked.still_parked,
         complete = report.complete,
         "retention run finished"
     );

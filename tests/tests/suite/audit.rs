@@ -237,6 +237,13 @@ impl AuditLog for Failing {
     async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
         self.inner.parked(chain, limit).await
     }
+    async fn parked_chains(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.parked_chains(after, limit).await
+    }
     async fn list(
         &self,
         chain: &str,
@@ -290,10 +297,18 @@ async fn an_event_the_chain_cannot_take_is_parked_and_linked_in_by_the_next_appe
     audit::record_or_park(&contended, draft(&t, "POST /v1/first")).await;
     let down = failing(&app, 1, StoreError::Unavailable("throttled".into()));
     audit::record_or_park(&down, draft(&t, "POST /v1/second")).await;
-    // Not in the chain yet, and verification says so.
+    // Not in the chain yet, and verification says so (and since when: the real clock).
+    let v = get(&app, &t.key, "/v1/audit/verify").await;
     assert_eq!(
-        get(&app, &t.key, "/v1/audit/verify").await,
-        json!({"valid": true, "checked": 1, "parked": 2})
+        (&v["valid"], &v["checked"], &v["parked"]),
+        (&json!(true), &json!(1), &json!(2)),
+        "{v}"
+    );
+    assert!(
+        v["oldest_parked_age_seconds"]
+            .as_i64()
+            .is_some_and(|s| s >= 0),
+        "{v}"
     );
     // The chain's next append (a send through the API) links both in first, in order.
     app.send_ok(&t.key, "+60123450300").await;
@@ -313,13 +328,104 @@ async fn an_event_the_chain_cannot_take_is_parked_and_linked_in_by_the_next_appe
     );
 }
 
+/// A tenant that stops calling: nothing appends to its chain again, so only the scheduled
+/// retention job can link its parked event in; until then verify says one waits, and for
+/// how long.
+async fn an_event_parked_on_a_chain_nobody_appends_to_is_linked_in_by_the_retention_job(
+    b: Backend,
+) {
+    let clock = ManualClock::new();
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.clock = kirim_infra::local::LocalClock(clock.clone());
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(5).await;
+    let contended = failing(
+        &app,
+        usize::MAX,
+        StoreError::Conflict("audit chain moved".into()),
+    );
+    audit::record_or_park(&contended, draft(&t, "POST /v1/quiet")).await;
+    clock.advance(chrono::Duration::hours(1));
+    assert_eq!(
+        get(&app, &t.key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 1, "parked": 1, "oldest_parked_age_seconds": 3600}),
+        "not silently valid while an event waits"
+    );
+
+    let report = kirim::queue_handlers::scheduled_retention(&app.app.deps)
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&report.audit_parked).unwrap(),
+        json!({"chains": 1, "linked": 1, "still_parked": 0, "complete": true})
+    );
+    assert_eq!(
+        actions(&get(&app, &t.key, "/v1/audit").await),
+        vec!["POST /v1/quiet", "POST /v1/platform/tenants"],
+        "in the chain, after what was there"
+    );
+    assert_eq!(
+        get(&app, &t.key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 2}),
+        "verified and counted, nothing waits"
+    );
+    // A second run finds nothing to do.
+    let again = kirim::queue_handlers::scheduled_retention(&app.app.deps)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.audit_parked.chains, again.audit_parked.linked),
+        (0, 0)
+    );
+}
+
 on_both_backends!(
+    an_event_parked_on_a_chain_nobody_appends_to_is_linked_in_by_the_retention_job,
     an_event_the_chain_cannot_take_is_parked_and_linked_in_by_the_next_append_in_order,
     sends_mutations_and_denials_are_audited_in_a_verifiable_chain,
     an_unknown_key_is_audited_on_the_platform_chain,
     concurrent_calls_produce_one_gapless_chain,
     logins_are_audited_on_the_users_tenant_with_both_outcomes,
 );
+
+/// A retention run out of time stops before the next chain and says so (its report is
+/// not `complete`); the next run links the event in.
+#[tokio::test]
+async fn a_drain_out_of_time_leaves_its_chains_to_the_next_run_and_says_it_is_not_complete() {
+    let clock = ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let tenant = TenantId::generate();
+    let at = deps.clock.now();
+    deps.audit
+        .park(&ParkedAudit {
+            chain: tenant.to_string(),
+            id: ulid::Ulid::new().to_string(),
+            at,
+            actor_type: "api_key".into(),
+            actor_id: "k".into(),
+            action: "POST /v1/late".into(),
+            ip: None,
+            outcome: kirim::ports::AuditOutcome::Success,
+            details: "{}".into(),
+            expires_at: Some(at.timestamp() + 3600),
+        })
+        .await
+        .unwrap();
+    let report = |r: audit::DrainReport| serde_json::to_value(r).unwrap();
+    let spent = std::time::Instant::now();
+    assert_eq!(
+        report(audit::drain_all(&deps, spent).await.unwrap()),
+        json!({"chains": 0, "linked": 0, "still_parked": 0, "complete": false})
+    );
+    assert_eq!(audit::verify(&deps, &tenant).await.unwrap().parked, 1);
+    let ample = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    assert_eq!(
+        report(audit::drain_all(&deps, ample).await.unwrap()),
+        json!({"chains": 1, "linked": 1, "still_parked": 0, "complete": true})
+    );
+    let v = audit::verify(&deps, &tenant).await.unwrap();
+    assert_eq!((v.valid, v.checked, v.parked), (true, 1, 0));
+}
 
 /// Someone with table access edits an event in DynamoDB: verification notices.
 #[tokio::test]

@@ -228,6 +228,75 @@ async fn an_expired_parked_audit_event_is_swept_as_audit_and_a_live_one_stays(p:
     assert!(stored(&p, &pk, "PARKED#01JB").await);
 }
 
+/// What the retention job drains: each chain with live parked events once, in chain
+/// order, from an index the park itself writes; a chain leaves it when its last parked
+/// event is linked in or expires.
+async fn chains_with_parked_audit_events_are_listed_once_each_until_linked_in_or_expired(p: Ports) {
+    let mut chains: Vec<String> = (0..3).map(|_| TenantId::generate().to_string()).collect();
+    chains.push("platform".into());
+    chains.sort();
+    let [a, b, c, d] = [0, 1, 2, 3].map(|i| chains[i].clone());
+    let parked = |chain: &str, id: String, expires_in: i64| ParkedAudit {
+        chain: chain.into(),
+        id,
+        at: p.clock.now(),
+        actor_type: "api_key".into(),
+        actor_id: "k".into(),
+        action: "POST /v1/messages".into(),
+        ip: None,
+        outcome: AuditOutcome::Success,
+        details: "{}".into(),
+        expires_at: in_secs(&p, expires_in),
+    };
+    assert_eq!(
+        p.audit.parked_chains(None, 10).await.unwrap(),
+        Vec::<String>::new()
+    );
+    // More parked events on one chain than the index is read a page at a time.
+    for _ in 0..105 {
+        p.audit
+            .park(&parked(&a, ulid::Ulid::new().to_string(), LIVE))
+            .await
+            .unwrap();
+    }
+    p.audit.park(&parked(&b, "01JB".into(), TTL)).await.unwrap();
+    p.audit
+        .park(&parked(&c, "01JC".into(), LIVE))
+        .await
+        .unwrap();
+    p.audit
+        .park(&parked(&d, "01JD".into(), LIVE))
+        .await
+        .unwrap();
+    let all = vec![a.clone(), b.clone(), c.clone(), d.clone()];
+    assert_eq!(p.audit.parked_chains(None, 10).await.unwrap(), all);
+    assert_eq!(p.audit.parked_chains(None, 2).await.unwrap(), all[..2]);
+    assert_eq!(p.audit.parked_chains(Some(&b), 10).await.unwrap(), all[2..]);
+
+    p.clock.advance(Duration::seconds(TTL + 1));
+    assert_eq!(
+        p.audit.parked_chains(None, 10).await.unwrap(),
+        vec![a.clone(), c.clone(), d.clone()],
+        "an expired parked event is not waiting"
+    );
+    let mut event = audit_event(&p, &c, 1, LIVE);
+    event.prev_hash = "0".repeat(64);
+    p.audit
+        .append(&AuditLink {
+            event: &event,
+            expected: None,
+            signature: None,
+            parked: Some("01JC"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        p.audit.parked_chains(None, 10).await.unwrap(),
+        vec![a, d],
+        "linked in: gone from the index with its outbox item"
+    );
+}
+
 async fn an_expired_audit_event_is_swept_as_audit_and_a_live_one_and_the_head_stay(p: Ports) {
     let chain = TenantId::generate().to_string();
     append(&p, &audit_event(&p, &chain, 1, TTL)).await;
@@ -734,6 +803,7 @@ contract!(
     an_expired_idempotency_key_is_swept_as_idempotency_and_a_live_one_stays,
     an_expired_audit_event_is_swept_as_audit_and_a_live_one_and_the_head_stay,
     an_expired_parked_audit_event_is_swept_as_audit_and_a_live_one_stays,
+    chains_with_parked_audit_events_are_listed_once_each_until_linked_in_or_expired,
     an_expired_quality_counter_is_swept_as_stats_and_a_live_one_stays,
     an_expired_broadcast_is_swept_as_messages_and_a_live_one_stays,
     an_expired_broadcast_list_is_swept_as_a_broadcast_list_and_a_live_one_stays,

@@ -1261,9 +1261,12 @@ impl AuditLog for DynamoStore {
     }
 
     async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {
+        // With its entry in the sparse index of parked events (the same item, so the
+        // index never names a chain without a parked event, nor misses one).
         let item = to_item(
             event,
-            &keys::audit_parked(&event.chain, &event.id).pairs(),
+            &keys::audit_parked(&event.chain, &event.id)
+                .with_gsi1(keys::audit_parked_gsi1(&event.chain, &event.id)),
             event.expires_at,
         )?;
         self.client
@@ -1279,6 +1282,66 @@ impl AuditLog for DynamoStore {
     async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
         self.query_prefix_at_most(keys::audit_pk(chain), keys::PARKED_PREFIX, limit)
             .await
+    }
+
+    async fn parked_chains(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        // A page of the index at a time; past a chain's first live entry, the next query
+        // starts after all of that chain's entries (a chain with many parked events costs
+        // one page, not all of them).
+        const PAGE: i32 = 100;
+        let mut out: Vec<String> = Vec::new();
+        let mut from = after.map(keys::audit_parked_gsi1_after_chain);
+        while out.len() < limit {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI1)
+                .expression_attribute_values(":p", s(keys::audit_parked_gsi1_pk()))
+                .limit(PAGE);
+            q = match &from {
+                Some(f) => q
+                    .key_condition_expression("gsi1pk = :p AND gsi1sk > :from")
+                    .expression_attribute_values(":from", s(f.clone())),
+                None => q.key_condition_expression("gsi1pk = :p"),
+            };
+            let page = q.send().await.map_err(|e| classify("dynamodb query", e))?;
+            let items = page.items();
+            let mut last_sk = None;
+            for item in items {
+                let Some(sk) = item.get(keys::GSI1SK).and_then(|v| v.as_s().ok()) else {
+                    continue;
+                };
+                last_sk = Some(sk.clone());
+                let Some(chain) = keys::audit_parked_chain_of(sk) else {
+                    continue;
+                };
+                if !self.live(item) || out.last().is_some_and(|c| c == chain) {
+                    continue;
+                }
+                out.push(chain.to_owned());
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            if items.len() < PAGE as usize || page.last_evaluated_key().is_none() {
+                break;
+            }
+            // Skip the rest of the newest chain found (its first live entry is enough);
+            // a chain whose entries so far were all expired continues where the page ended.
+            from = match (out.last(), last_sk) {
+                (Some(c), Some(sk)) if keys::audit_parked_chain_of(&sk) == Some(c.as_str()) => {
+                    Some(keys::audit_parked_gsi1_after_chain(c))
+                }
+                (_, Some(sk)) => Some(sk),
+                (_, None) => break,
+            };
+        }
+        Ok(out)
     }
 
     async fn list(

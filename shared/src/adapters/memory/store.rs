@@ -610,6 +610,28 @@ impl AuditLog for MemoryStore {
             .collect())
     }
 
+    async fn parked_chains(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let s = self.lock()?;
+        let mut out: Vec<String> = Vec::new();
+        for ((chain, _), p) in &s.audit_parked {
+            if out.len() >= limit {
+                break;
+            }
+            if after.is_some_and(|a| chain.as_str() <= a)
+                || out.last() == Some(chain)
+                || !self.live(p.expires_at)
+            {
+                continue;
+            }
+            out.push(chain.clone());
+        }
+        Ok(out)
+    }
+
     async fn list(
         &self,
         chain: &str,

@@ -40,6 +40,8 @@ const LOGINFAIL: &str = "LOGINFAIL#";
 const LOGINADDR: &str = "LOGINADDR#";
 // gsi1 partition prefixes.
 const WABA: &str = "WABA#";
+/// The sparse index partition of every parked audit event (all chains).
+const AUDIT_PARKED_GSI1PK: &str = "AUDITPARKED";
 const STATUS_INFIX: &str = "#STATUS#";
 
 /// The sort key of a tenant item (also what the sweep's filter finds closed tenants by).
@@ -117,7 +119,9 @@ pub enum ItemKind {
     AuditEvent,
     /// `AUDIT#{chain}` / `HEAD`: the newest link and its signed checkpoint.
     AuditHead,
-    /// `AUDIT#{chain}` / `PARKED#{ulid}`: an event whose append failed, until linked in.
+    /// `AUDIT#{chain}` / `PARKED#{ulid}`; gsi1 `AUDITPARKED` / `{chain}#{ulid}` (sparse:
+    /// only parked events are in that partition): an event whose append failed, until
+    /// linked in.
     AuditParked,
     /// `TENANT#{tenant}` / `QSTAT#{yyyy-mm-dd}`.
     QualityCounter,
@@ -608,6 +612,33 @@ pub fn audit_tip_from() -> &'static str {
 
 pub const PARKED_PREFIX: &str = "PARKED#";
 
+/// A parked audit event's entry in the sparse index of every parked event: written with
+/// the event in its one `PutItem`, gone with it when it is linked in (or expires), so the
+/// index lists exactly the chains that have events waiting. Chains (a tenant id or
+/// `platform`) and ids (ULIDs) hold no `#`, which sorts before all their characters: index
+/// order is (chain, id) order.
+pub fn audit_parked_gsi1(chain: &str, id: &str) -> Gsi1 {
+    Gsi1 {
+        pk: AUDIT_PARKED_GSI1PK.to_owned(),
+        sk: format!("{chain}#{id}"),
+    }
+}
+
+/// The partition of the sparse index of parked audit events.
+pub fn audit_parked_gsi1_pk() -> &'static str {
+    AUDIT_PARKED_GSI1PK
+}
+
+/// The index sort key past every parked event of `chain` (the next chain starts after it).
+pub fn audit_parked_gsi1_after_chain(chain: &str) -> String {
+    format!("{chain}#{TOP}")
+}
+
+/// The chain of a parked event's index sort key.
+pub fn audit_parked_chain_of(gsi1sk: &str) -> Option<&str> {
+    gsi1sk.split_once('#').map(|(chain, _)| chain)
+}
+
 /// The event sort-key range strictly after `after` and strictly before `before` (each
 /// unbounded when `None`); the zero-padded `seq` makes key order chain order.
 pub fn audit_event_range(after: Option<u64>, before: Option<u64>) -> (String, String) {
@@ -831,6 +862,15 @@ mod tests {
             ("EVENT#".to_owned(), "EVENT#~".to_owned())
         );
         assert_eq!(audit_seq_of(&audit_sk(42)), Some(42));
+        // Parked events index in (chain, id) order; skipping a chain skips all of its own.
+        let a = TenantId::parse("01JABCDEFGHJKMNPQRSTVWXYZ0")
+            .unwrap()
+            .to_string();
+        let first = audit_parked_gsi1(&a, "01JZZZZZZZZZZZZZZZZZZZZZZZ").sk;
+        assert!(audit_parked_gsi1(&a, "01JA").sk < first);
+        assert!(first < audit_parked_gsi1_after_chain(&a));
+        assert!(audit_parked_gsi1_after_chain(&a) < audit_parked_gsi1("platform", "01JA").sk);
+        assert_eq!(audit_parked_chain_of(&first), Some(a.as_str()));
         // Key order is (name, language) order: `#` sorts before every name character.
         assert!(template("1", "abc", "en").sk < template("1", "abc_x", "en").sk);
         assert!(template("1", "abc", "en").sk < template("1", "abc", "en_US").sk);
