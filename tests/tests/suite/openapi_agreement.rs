@@ -3,7 +3,8 @@
 //! where the document forbids it, with nothing written; every integer the document allows
 //! (`90.0` is one, to JSON Schema) is taken; a CSV upload's `template_category` is one of
 //! the three names exactly; the status callback's `url` is required and its secret is
-//! checked whatever the url.
+//! checked whatever the url; and the audit trail's events, whoever acted, match the
+//! document's `AuditEvent`.
 
 use kirim::config::Backend;
 use kirim_tests::{spawn_app, TestApp, OPERATOR_TOKEN};
@@ -327,7 +328,128 @@ async fn the_status_callbacks_url_is_required_and_its_secret_checked_whatever_th
     );
 }
 
+/// The document's schema of one response, as a compiled JSON Schema (OpenAPI 3.1 schemas
+/// are JSON Schema 2020-12; `$ref`s resolve against the document's components).
+fn response_validator(path: &str, method: &str, status: &str) -> jsonschema::Validator {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.yaml"))
+        .expect("openapi.yaml is readable");
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("openapi.yaml is YAML");
+    let doc: Value = serde_json::to_value(yaml).expect("openapi.yaml is JSON-compatible");
+    let pointer = format!(
+        "/paths/{}/{method}/responses/{status}/content/application~1json/schema",
+        path.replace('~', "~0").replace('/', "~1")
+    );
+    let schema = doc
+        .pointer(&pointer)
+        .expect("the document has the response")
+        .clone();
+    let root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "allOf": [schema],
+        "components": doc["components"],
+    });
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&root)
+        .expect("the response schema compiles")
+}
+
+async fn every_audit_event_matches_the_documents_audit_event_whoever_acted(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let post = reqwest::Method::POST;
+    let email = "audit-user@example.com";
+    let password = "correct horse battery staple";
+    let (status, _) = send(
+        &app,
+        post.clone(),
+        "/v1/users",
+        &t.key,
+        json!({"email": email, "role": "admin", "password": password}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    // A console user signs in (actor `user`), fails to once, and acts with the session.
+    let (status, login) = app_login(&app, email, password).await;
+    assert_eq!(status, 200, "{login}");
+    let (status, _) = app_login(&app, email, "not the password at all").await;
+    assert_eq!(status, 401);
+    let session = login["token"].as_str().unwrap().to_owned();
+    let (status, _) = send(
+        &app,
+        post.clone(),
+        "/v1/api-keys",
+        &session,
+        json!({"name": "from the console", "role": "read_only"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    // An API key acts, is refused a role it lacks, and the operator acts on the tenant.
+    let (status, key) = send(
+        &app,
+        post.clone(),
+        "/v1/api-keys",
+        &t.key,
+        json!({"name": "reader", "role": "read_only"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, _) = send(
+        &app,
+        post.clone(),
+        "/v1/messages",
+        key["key"].as_str().unwrap(),
+        json!({"to": "+60123456789", "text": {"body": "hi"}}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = send(
+        &app,
+        post,
+        &format!("/v1/platform/tenants/{}/credits", t.tenant_id),
+        OPERATOR_TOKEN,
+        json!({"amount": 1, "reference": "INV-9"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+
+    let page = get(&app, "/v1/audit", &t.key).await;
+    let actors: std::collections::BTreeSet<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["actor"]["type"].as_str())
+        .collect();
+    for who in ["user", "api_key", "operator"] {
+        assert!(actors.contains(who), "an event by `{who}`: {actors:?}");
+    }
+    let validator = response_validator("/v1/audit", "get", "200");
+    let errors: Vec<String> = validator
+        .iter_errors(&page)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "GET /v1/audit answered outside the document: {errors:?}"
+    );
+}
+
+async fn app_login(app: &TestApp, email: &str, password: &str) -> (u16, Value) {
+    let res = app
+        .http
+        .post(app.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap();
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
 on_both_backends!(
+    every_audit_event_matches_the_documents_audit_event_whoever_acted,
     null_in_an_optional_request_field_answers_400_and_writes_nothing,
     an_integer_written_as_90_0_is_taken_and_a_fraction_is_refused,
     a_csv_uploads_template_category_is_one_of_the_three_names_exactly,
