@@ -14,7 +14,9 @@ pub const TENANT_FACTOR: u32 = 4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RequestLimits {
+    #[serde(deserialize_with = "crate::domain::fields::integer")]
     pub requests_per_sec: u32,
+    #[serde(deserialize_with = "crate::domain::fields::integer")]
     pub burst: u32,
 }
 

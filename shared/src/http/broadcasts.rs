@@ -58,7 +58,8 @@ fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiErr
     let category = q
         .get("template_category")
         .map(|c| {
-            parse_json(format!("\"{}\"", c.replace('"', "")).as_bytes()).map_err(|_| {
+            // Exactly one of the names, as in a JSON body (no quoting, no other case).
+            serde_json::from_value(serde_json::Value::String(c.clone())).map_err(|_| {
                 ApiError::invalid("template_category must be marketing, utility or authentication")
             })
         })

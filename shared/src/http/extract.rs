@@ -17,10 +17,15 @@ pub const MAX_BODY: usize = 256 * 1024;
 /// path of the problem, never the offending value (it may be message content).
 pub struct JsonBody<T>(pub T);
 
-fn describe(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+fn describe(e: &serde_path_to_error::Error<serde_json::Error>, well_formed: bool) -> String {
     let path = e.path().to_string();
     let inner = e.inner();
     let what = match inner.classify() {
+        // serde_json reports a wrong type for an enum (`"category": null`, `5`) as a syntax
+        // error; in well-formed JSON it is a wrong value at its path.
+        serde_json::error::Category::Syntax if well_formed => {
+            "wrong type or invalid value".to_owned()
+        }
         serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
             return format!(
                 "malformed JSON at line {} column {}",
@@ -59,7 +64,10 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| ApiError::invalid(describe(&e)))
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
+        ApiError::invalid(describe(&e, well_formed))
+    })
 }
 
 async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {

@@ -59,7 +59,7 @@ impl From<&OptOut> for OptOutView {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PutBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     scope: Option<OptOutScope>,
 }
 

@@ -18,13 +18,14 @@ pub struct NewTenant {
     pub waba_id: String,
     pub phone_number_id: String,
     pub meta_access_token: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null_integer")]
     pub credits: Option<i64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopUp {
+    #[serde(deserialize_with = "crate::domain::fields::integer")]
     pub amount: i64,
     pub reference: String,
 }
@@ -180,7 +181,7 @@ pub struct StatusChangeRequest {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct OptionalReason {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub reason: Option<String>,
 }
 

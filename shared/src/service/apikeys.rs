@@ -25,14 +25,14 @@ pub const MAX_LIVE_KEYS: usize = 50;
 pub struct NewKey {
     pub name: String,
     pub role: Role,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null_integer")]
     pub expires_in_days: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Rotate {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null_integer")]
     pub grace_period_hours: Option<i64>,
 }
 

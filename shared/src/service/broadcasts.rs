@@ -41,13 +41,13 @@ const LOOKUPS: usize = 16;
 pub struct BroadcastRequest {
     pub template: TemplateIn,
     pub recipients: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub name: Option<String>,
     /// RFC 3339 with an offset, 1 minute to 35 days ahead.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub send_at: Option<String>,
     /// The tenant's phone number to send from; the default one without it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub from: Option<String>,
 }
 

@@ -242,9 +242,9 @@ pub struct CallbackView {
 #[serde(deny_unknown_fields)]
 pub struct CallbackUpdate {
     /// `null` turns callbacks off.
-    #[serde(default)]
+    #[serde(deserialize_with = "crate::domain::fields::nullable_required")]
     pub url: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub secret: Option<String>,
 }
 
@@ -278,6 +278,16 @@ pub async fn put_setting(
     update: CallbackUpdate,
 ) -> Result<CallbackView, ServiceError> {
     let name = secret_name(deps, tenant);
+    // A secret is checked whatever the url: `{"url": null, "secret": <bad>}` is refused
+    // like any other bad secret, before anything changes.
+    if let Some(secret) = &update.secret {
+        let len = secret.chars().count();
+        if !(16..=256).contains(&len) || secret.chars().any(char::is_control) {
+            return Err(ServiceError::InvalidRequest(
+                "secret must be 16 to 256 printable characters".into(),
+            ));
+        }
+    }
     let Some(raw_url) = update.url else {
         // The secret stays in the secret store (unused) and is replaced by the next PUT:
         // Secrets Manager keeps a deleted name reserved for its recovery window.
@@ -291,12 +301,6 @@ pub async fn put_setting(
         .map_err(|e| ServiceError::InvalidRequest(e.to_string()))?;
     match update.secret {
         Some(secret) => {
-            let len = secret.chars().count();
-            if !(16..=256).contains(&len) || secret.chars().any(char::is_control) {
-                return Err(ServiceError::InvalidRequest(
-                    "secret must be 16 to 256 printable characters".into(),
-                ));
-            }
             deps.secrets.put(&name, &Secret::new(secret)).await?;
         }
         None => {

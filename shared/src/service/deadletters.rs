@@ -118,7 +118,7 @@ pub async fn list(
 pub struct RedriveRequest {
     pub queue: QueueName,
     /// The dead letters to move; every one (up to [`MAX_REDRIVE`]) when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub ids: Option<Vec<String>>,
 }
 

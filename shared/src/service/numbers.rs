@@ -25,7 +25,7 @@ use super::Deps;
 pub struct NewNumber {
     pub phone_number_id: String,
     pub waba_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub display_phone_number: Option<String>,
 }
 

@@ -22,18 +22,18 @@ use super::Deps;
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
     pub to: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub template: Option<TemplateIn>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub text: Option<TextIn>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub client_reference: Option<String>,
     /// RFC 3339 with an offset, 1 minute to 35 days ahead: the message waits `scheduled`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub send_at: Option<String>,
     /// The tenant's phone number to send from (its `phone_number_id`); the default one
     /// without it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub from: Option<String>,
 }
 
@@ -43,7 +43,7 @@ pub struct TemplateIn {
     pub name: String,
     pub language: String,
     /// Optional: the catalogue decides; given and not the catalogue's, the send is refused.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub category: Option<TemplateCategory>,
     #[serde(default)]
     pub components: Vec<serde_json::Value>,

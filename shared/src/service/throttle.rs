@@ -72,6 +72,7 @@ pub fn full_retry_delay() -> Duration {
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThroughputBody {
+    #[serde(deserialize_with = "crate::domain::fields::integer")]
     pub per_sec: u32,
 }
 

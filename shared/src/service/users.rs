@@ -58,7 +58,7 @@ pub struct NewUser {
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub totp_code: Option<String>,
 }
 

@@ -46,6 +46,7 @@ mod idempotency;
 mod known_users;
 mod limits;
 mod numbers;
+mod openapi_agreement;
 mod optouts;
 mod privacy;
 mod quality;
