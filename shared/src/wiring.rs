@@ -349,13 +349,13 @@ pub async fn lambda_deps(function: Function) -> Result<Deps, ConfigError> {
     let mut env = EnvReader::new(|k| std::env::var(k).ok());
     let settings = env.settings();
     let res = AwsResources::from_env(&mut env, function);
+    let sdk = lambda_sdk_config(&mut env);
     env.finish()?;
     let meta = if function.uses_port(Port::Meta) {
         meta_client(&settings)?
     } else {
         Arc::new(NotWired::new(function.name(), Port::Meta))
     };
-    let sdk = aws_sdk_loader().load().await;
     Ok(Deps::new(aws_backends(
         &sdk,
         function.name(),
@@ -372,11 +372,47 @@ pub async fn lambda_deps(function: Function) -> Result<Deps, ConfigError> {
 /// uses: rustls on `ring`. The SDK crates are built without their default client
 /// (`Cargo.toml`), so a client made from any other loader has no HTTP client at all.
 pub fn aws_sdk_loader() -> aws_config::ConfigLoader {
+    aws_config::from_env().http_client(aws_https_client())
+}
+
+/// The one HTTPS client of every AWS client: rustls on `ring`.
+fn aws_https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
     use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-    let https = aws_smithy_http_client::Builder::new()
+    aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https();
-    aws_config::from_env().http_client(https)
+        .build_https()
+}
+
+/// A Lambda's AWS SDK configuration from the variables Lambda sets for every function:
+/// `AWS_REGION` and the execution role's `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN` (the environment's credentials, fixed for its life), plus
+/// `AWS_ENDPOINT_URL` when set (an emulator). Not `aws_config::from_env().load()`: its
+/// provider chains (profile files, SSO, web identity and STS, ECS, IMDS) are what a Lambda
+/// never takes, and linking them is most of what `aws-config` adds to a function (issue #13,
+/// small functions). A missing variable is named with the others, and nothing is built.
+pub fn lambda_sdk_config<F: Fn(&str) -> Option<String>>(
+    env: &mut EnvReader<F>,
+) -> aws_config::SdkConfig {
+    let region = env
+        .optional("AWS_REGION")
+        .or_else(|| env.optional("AWS_DEFAULT_REGION"));
+    let region = region.unwrap_or_else(|| env.required("AWS_REGION"));
+    let key_id = env.required("AWS_ACCESS_KEY_ID");
+    let secret = env.required("AWS_SECRET_ACCESS_KEY");
+    let session = env.optional("AWS_SESSION_TOKEN");
+    let credentials =
+        aws_credential_types::Credentials::new(key_id, secret, session, None, "lambda-environment");
+    let mut sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region))
+        .credentials_provider(
+            aws_credential_types::provider::SharedCredentialsProvider::new(credentials),
+        )
+        .http_client(aws_https_client());
+    if let Some(endpoint) = env.optional("AWS_ENDPOINT_URL") {
+        sdk = sdk.endpoint_url(endpoint);
+    }
+    sdk.build()
 }
 
 /// A port a process was not wired with (see [`Function::uses`]). Every call logs an error

@@ -186,3 +186,52 @@ async fn a_message_travels_through_functions_wired_only_with_the_ports_they_decl
         .await
         .unwrap();
 }
+
+/// The variables Lambda sets, with moto as the endpoint.
+fn lambda_variables(endpoint: &str) -> std::collections::HashMap<&'static str, String> {
+    std::collections::HashMap::from([
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+        ("AWS_SESSION_TOKEN", "session".to_owned()),
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+    ])
+}
+
+#[tokio::test]
+async fn a_lambdas_sdk_config_from_its_variables_reaches_dynamodb_sqs_and_secrets_manager() {
+    let vars = lambda_variables(&kirim_tests::moto_endpoint().await);
+    let mut env = kirim::config::EnvReader::new(|k| vars.get(k).cloned());
+    let sdk = kirim::wiring::lambda_sdk_config(&mut env);
+    env.finish().expect("every variable is there");
+    aws_sdk_dynamodb::Client::new(&sdk)
+        .list_tables()
+        .send()
+        .await
+        .expect("DynamoDB answers, signed with the environment's credentials");
+    aws_sdk_sqs::Client::new(&sdk)
+        .list_queues()
+        .send()
+        .await
+        .expect("SQS answers");
+    aws_sdk_secretsmanager::Client::new(&sdk)
+        .list_secrets()
+        .send()
+        .await
+        .expect("Secrets Manager answers");
+}
+
+#[test]
+fn a_lambda_without_its_region_or_credentials_fails_its_init_naming_each() {
+    let vars: std::collections::HashMap<&str, String> =
+        std::collections::HashMap::from([("AWS_SESSION_TOKEN", "session".to_owned())]);
+    let mut env = kirim::config::EnvReader::new(|k| vars.get(k).cloned());
+    let _ = kirim::wiring::lambda_sdk_config(&mut env);
+    let problems = env.finish().expect_err("refused").0;
+    for name in ["AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        assert!(
+            problems.iter().any(|p| p.contains(name)),
+            "{name} in {problems:?}"
+        );
+    }
+}
