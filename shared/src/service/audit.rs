@@ -193,6 +193,21 @@ async fn link(
     Ok(event)
 }
 
+/// This process's appends to one chain take turns here instead of racing for its head:
+/// a lost race costs a [`pause`] of 2–17 ms, which at a few dozen concurrent sends of one
+/// tenant in one process (local mode, a container) was the send API's p99 (BENCHMARKS.md).
+/// Across processes (Lambda instances) the conditional append still decides. Striped: 64
+/// locks, a chain hashed to one, so the set stays bounded however many tenants there are.
+fn chain_turn(chain: &str) -> &'static tokio::sync::Mutex<()> {
+    use std::hash::{Hash, Hasher};
+    const STRIPES: usize = 64;
+    static TURNS: std::sync::OnceLock<Vec<tokio::sync::Mutex<()>>> = std::sync::OnceLock::new();
+    let turns = TURNS.get_or_init(|| (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    chain.hash(&mut h);
+    &turns[(h.finish() % STRIPES as u64) as usize]
+}
+
 async fn pause() {
     let jitter = rand::random::<u64>() % 15;
     tokio::time::sleep(std::time::Duration::from_millis(2 + jitter)).await;
@@ -328,6 +343,7 @@ pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceErro
     let content = Content::of_draft(draft, deps.clock.now());
     let keys = audit_keys(deps).await?;
     let key = keys.first();
+    let _turn = chain_turn(&chain).lock().await;
     let mut drained = false;
     for _ in 0..ATTEMPTS {
         let (head, parked) = deps.audit.tip(&chain).await?;
