@@ -34,7 +34,8 @@ pub struct ConsoleOptions {
 
 #[derive(Clone)]
 pub(crate) struct ConsoleState {
-    pub deps: Deps,
+    /// Shared, not copied per request (as `http::AppState`'s).
+    pub deps: std::sync::Arc<Deps>,
     pub api: api::Api,
     pub options: ConsoleOptions,
 }
@@ -47,7 +48,11 @@ pub fn console_router(deps: Deps, options: ConsoleOptions) -> Router {
         .merge(catalogue::routes())
         .merge(campaigns::routes())
         .merge(usage::routes())
-        .with_state(ConsoleState { deps, api, options })
+        .with_state(ConsoleState {
+            deps: std::sync::Arc::new(deps),
+            api,
+            options,
+        })
         .layer(axum::middleware::from_fn(security::headers))
 }
 

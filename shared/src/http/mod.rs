@@ -38,7 +38,10 @@ pub use views::MessageView;
 
 #[derive(Clone)]
 pub struct AppState {
-    pub deps: Deps,
+    /// Shared, not copied: axum clones the state into every layer of every request, and
+    /// `Deps` is some forty `Arc`s whose counters the cores would fight over (a tenth of
+    /// the webhook's CPU, BENCHMARKS.md "Webhook side by side").
+    pub deps: std::sync::Arc<Deps>,
     /// This process's request limiters (per key, per tenant, per webhook address).
     pub limits: std::sync::Arc<crate::service::limits::Limits>,
 }
@@ -47,7 +50,7 @@ impl AppState {
     pub fn new(deps: Deps) -> Self {
         let limits = crate::service::limits::Limits::new(deps.settings.limits);
         Self {
-            deps,
+            deps: std::sync::Arc::new(deps),
             limits: std::sync::Arc::new(limits),
         }
     }
