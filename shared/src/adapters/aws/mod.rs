@@ -157,6 +157,23 @@ pub(crate) fn classify<E: ProvideErrorMetadata, R: HttpStatus>(
     }
 }
 
+/// A conditional write's answer: `Ok(true)` written, `Ok(false)` refused by its own
+/// condition (`ConditionalCheckFailedException`); any other error as [`classify`] says.
+pub(crate) fn written<T, E: ProvideErrorMetadata, R: HttpStatus>(
+    what: &str,
+    res: Result<T, SdkError<E, R>>,
+) -> Result<bool, StoreError> {
+    match res {
+        Ok(_) => Ok(true),
+        Err(SdkError::ServiceError(e))
+            if e.err().code() == Some("ConditionalCheckFailedException") =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(classify(what, e)),
+    }
+}
+
 fn describe<E: ProvideErrorMetadata, R: HttpStatus>(what: &str, e: &SdkError<E, R>) -> String {
     let text = match e {
         SdkError::TimeoutError(_) => "timeout".to_owned(),

@@ -4,6 +4,7 @@
 //! messages all carry ULIDs of the broadcast's millisecond, so counting them is one range
 //! Query of the tenant's partition, filtered by `broadcast_id`.
 
+use crate::adapters::aws::written;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
@@ -161,13 +162,7 @@ impl BroadcastStore for DynamoStore {
             .expression_attribute_values(":at", s(rfc3339(at)))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(classify("dynamodb update", e)),
-        }
+        written("dynamodb update", res)
     }
 
     async fn cancel_scheduled_broadcast(
@@ -433,13 +428,7 @@ impl BroadcastStore for DynamoStore {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(classify("dynamodb put", e)),
-        }
+        written("dynamodb put", res)
     }
 
     async fn broadcast_counts(

@@ -7,8 +7,8 @@
 //! - A tenant's status-callback setting: `pk = TENANT#{tenant}`, `sk = SETTINGS#STATUS_CALLBACK`,
 //!   no TTL (active configuration). The signing secret is in Secrets Manager, not here.
 
+use crate::adapters::aws::written;
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::SdkError;
 
 use super::{classify, from_item, keys, n, s, to_item, DynamoStore, TTL_ATTR};
 use crate::domain::TenantId;
@@ -33,13 +33,7 @@ impl PendingStatusStore for DynamoStore {
             .expression_attribute_values(":now", n(self.now_secs()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(classify("dynamodb put", e)),
-        }
+        written("dynamodb put", res)
     }
 
     async fn pending_statuses(&self, wamid: &str) -> Result<Vec<PendingStatus>, StoreError> {
@@ -118,12 +112,6 @@ impl StatusCallbackStore for DynamoStore {
             .condition_expression("attribute_exists(pk)")
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(classify("dynamodb delete", e)),
-        }
+        written("dynamodb delete", res)
     }
 }

@@ -11,6 +11,7 @@
 //! Meta's pricing is counted by one transaction that sets `pricing` on the message only
 //! if it has none and ADDs to the row, so a repeated pricing counts nothing.
 
+use crate::adapters::aws::written;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{Delete, ReturnValue, TransactWriteItem, Update};
@@ -117,13 +118,7 @@ impl PhoneNumberStore for DynamoStore {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(classify("dynamodb put", e)),
-        }
+        written("dynamodb put", res)
     }
 
     async fn get_phone_number(

@@ -2,6 +2,7 @@
 //! (active configuration, kept while the tenant exists). Listing is a Query on the
 //! tenant's partition with `begins_with(sk, "OPTOUT#")`, in phone-number order.
 
+use crate::adapters::aws::written;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -99,13 +100,7 @@ impl OptOutStore for DynamoStore {
             .expression_attribute_values(":at", n(at))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(classify("dynamodb delete", e)),
-        }
+        written("dynamodb delete", res)
     }
 
     async fn delete_opt_out_of_scope(
@@ -124,13 +119,7 @@ impl OptOutStore for DynamoStore {
             .expression_attribute_values(":scope", s(scope.as_str()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(classify("dynamodb delete", e)),
-        }
+        written("dynamodb delete", res)
     }
 
     async fn delete_opt_out(&self, tenant: &TenantId, key: &OptOutKey) -> Result<bool, StoreError> {
@@ -142,13 +131,7 @@ impl OptOutStore for DynamoStore {
             .condition_expression("attribute_exists(pk)")
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(classify("dynamodb delete", e)),
-        }
+        written("dynamodb delete", res)
     }
 
     async fn list_opt_outs(

@@ -3,6 +3,7 @@
 //! and a read-only view of every item. docs/data-retention.md. Which item type a key is
 //! and which class it counts under: `keys::ItemKind`.
 
+use crate::adapters::aws::written;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -85,13 +86,7 @@ impl DynamoStore {
             .expression_attribute_values(":t", s(tenant.as_str()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(classify("dynamodb delete", e)),
-        }
+        written("dynamodb delete", res)
     }
 
     /// Deletes the keys in chunks of 25 (DynamoDB's limit), resubmitting unprocessed ones up
@@ -147,13 +142,7 @@ impl DynamoStore {
             .expression_attribute_values(":ttl", n(ttl))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(classify("dynamodb update", e)),
-        }
+        written("dynamodb update", res)
     }
 
     /// Every item; with a tenant, only that tenant's sessions (their keys).

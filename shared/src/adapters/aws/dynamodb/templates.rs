@@ -7,6 +7,7 @@
 //! `UpdateItem` conditioned on the template existing and being live, so a webhook never
 //! creates a template.
 
+use crate::adapters::aws::written;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -172,12 +173,6 @@ impl TemplateStore for DynamoStore {
             .condition_expression("attribute_exists(pk)")
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(classify("dynamodb delete", e)),
-        }
+        written("dynamodb delete", res)
     }
 }
