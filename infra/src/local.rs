@@ -398,6 +398,10 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
             }
         }
     }));
+    // Metric lines leave in one write every 200 ms, as a Lambda's leave when it ends.
+    tasks.push(tokio::spawn(kirim::metrics::flush_every(
+        kirim::metrics::FLUSH_EVERY,
+    )));
     tasks.push(tokio::spawn(async move {
         let svc = router.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, svc).await {

@@ -11,7 +11,8 @@ pub async fn run() -> Result<(), lambda_runtime::Error> {
     let deps = &deps;
     lambda_runtime::run(service_fn(
         move |_: LambdaEvent<serde_json::Value>| async move {
-            let report = kirim::queue_handlers::scheduled_retention(deps).await?;
+            let report =
+                kirim::metrics::flushed(kirim::queue_handlers::scheduled_retention(deps)).await?;
             Ok::<_, Error>(serde_json::to_value(report)?)
         },
     ))

@@ -13,7 +13,11 @@ pub async fn run() -> Result<(), lambda_runtime::Error> {
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         Ok::<SqsBatchResponse, Error>(
-            kirim::queue_handlers::status_callback_batch(deps, event.payload).await,
+            kirim::metrics::flushed(kirim::queue_handlers::status_callback_batch(
+                deps,
+                event.payload,
+            ))
+            .await,
         )
     }))
     .await

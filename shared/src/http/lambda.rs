@@ -22,7 +22,10 @@ async fn from_api_gateway(mut req: Request, next: Next) -> Response {
     if let Some(id) = id {
         req.extensions_mut().insert(RequestId(id));
     }
-    next.run(req).await
+    let res = next.run(req).await;
+    // The invocation ends with its response: its metric lines go out now.
+    crate::metrics::flush();
+    res
 }
 
 /// Wraps a router for `lambda_http::run`.
