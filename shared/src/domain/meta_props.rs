@@ -10,7 +10,9 @@
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
-use super::meta::{parse_notification, MetaEvent, MetaStatus, NotJson, MAX_WAMID};
+use super::meta::{
+    parse_notification, parse_tree, statuses_only, MetaEvent, MetaStatus, NotJson, MAX_WAMID,
+};
 use super::{Keyword, MessageId, OptOutSource, PhoneNumber, START_WORDS, STOP_WORDS};
 use crate::props::{self, huge, number, re};
 
@@ -880,6 +882,146 @@ proptest! {
             prop_assert!(!debug.contains(s.as_str()), "inbound text kept: {s:?}");
         }
     }
+}
+
+/// The statuses-only reader answers exactly what the tree reader answers, or nothing.
+fn fast_agrees(raw: &[u8]) -> Result<(), TestCaseError> {
+    if let Some(fast) = statuses_only(raw) {
+        prop_assert_eq!(Ok(fast), parse_tree(raw));
+    }
+    Ok(())
+}
+
+/// Bodies of statuses only, well-formed or not: what the statuses-only reader is for.
+fn statuses_notification() -> BoxedStrategy<Value> {
+    let change = (
+        prop_oneof![
+            3 => Just("messages".to_owned()),
+            1 => re("[a-z_]{0,16}"),
+        ],
+        metadata(),
+        prop::collection::vec(status_item(), 0..5),
+        extras(),
+    )
+        .prop_map(|(field, (meta, _), items, extras)| {
+            let mut value: Map<String, Value> = extras.into_iter().collect();
+            if let Some(m) = meta {
+                value.insert("metadata".into(), m);
+            }
+            let items = items.into_iter().map(|p| p.json).collect();
+            value.insert("statuses".into(), Value::Array(items));
+            json!({"field": field, "value": value})
+        });
+    prop::collection::vec(prop::collection::vec(change, 0..3), 0..3)
+        .prop_map(|entries| {
+            let entries: Vec<Value> = entries
+                .into_iter()
+                .map(|changes| json!({"id": "1000001", "changes": changes}))
+                .collect();
+            json!({"object": "whatsapp_business_account", "entry": entries})
+        })
+        .boxed()
+}
+
+#[test]
+fn the_statuses_only_reader_answers_for_most_status_bodies() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = statuses_notification();
+    let (mut answered, mut events) = (0, 0);
+    for _ in 0..500 {
+        let body = strategy.new_tree(&mut runner).unwrap().current();
+        if let Some(e) = statuses_only(&serde_json::to_vec(&body).unwrap()) {
+            answered += 1;
+            events += e.len();
+        }
+    }
+    assert!(
+        answered > 200 && events > 20,
+        "answered {answered} of 500, {events} events"
+    );
+}
+
+proptest! {
+    #![proptest_config(props::config(CASES))]
+
+    #[test]
+    fn the_statuses_only_reader_agrees_with_the_tree_reader_on_status_bodies(
+        body in statuses_notification()
+    ) {
+        fast_agrees(&serde_json::to_vec(&body).unwrap())?;
+    }
+
+    #[test]
+    fn the_statuses_only_reader_agrees_with_the_tree_reader_on_any_json(body in any_json()) {
+        fast_agrees(&serde_json::to_vec(&body).unwrap())?;
+    }
+
+    #[test]
+    fn the_statuses_only_reader_agrees_with_the_tree_reader_on_notifications_and_their_mutants(
+        (p, at, byte, how) in (notification(), any::<prop::sample::Index>(), any::<u8>(), 0u8..4)
+    ) {
+        let mut raw = serde_json::to_vec(&p.json).unwrap();
+        let i = at.index(raw.len());
+        match how {
+            0 => {}
+            1 => raw[i] = byte,
+            2 => raw.truncate(i),
+            _ => raw.insert(i, byte),
+        }
+        fast_agrees(&raw)?;
+    }
+}
+
+#[test]
+fn the_statuses_only_reader_takes_meta_s_status_body_and_leaves_odd_ones_to_the_tree() {
+    let status = |extra: &str| {
+        format!(
+            r#"{{"object":"whatsapp_business_account","entry":[{{"id":"1","changes":[{{"field":"messages","value":{{"messaging_product":"whatsapp","metadata":{{"display_phone_number":"60300000000","phone_number_id":"800"}},"statuses":[{{"id":"wamid.A","status":"delivered","timestamp":"1764000000","recipient_id":"60123456789","pricing":{{"billable":true,"pricing_model":"PMP","category":"utility"}}}}]{extra}}}}}]}}]}}"#
+        )
+    };
+    let plain = status("");
+    let fast = statuses_only(plain.as_bytes()).expect("Meta's status body is read without a tree");
+    assert_eq!(Ok(fast.clone()), parse_tree(plain.as_bytes()));
+    assert!(
+        matches!(&fast[..], [MetaEvent::Status(s)] if s.phone_number_id.as_deref() == Some("800"))
+    );
+    // Each of these is read by the tree reader, whatever it makes of them.
+    for odd in [
+        status(r#","messages":null"#),
+        status(r#","user_preferences":[]"#),
+        status(r#","statuses":[]"#),
+        status(r#","metadata":null"#),
+        plain.replace(r#""field":"messages""#, r#""field":"account_update""#),
+        plain.replace(r#""entry":["#, r#""entry":[],"entry":["#),
+        plain.replace(
+            r#""status":"delivered""#,
+            r#""status":"delivered","status":"read""#,
+        ),
+        // What serde checks when it reads a value but not when it skips one.
+        status(r#","x":1e999"#),
+        status(&format!(r#","x":{}"#, "9".repeat(400))),
+        status(r#","x":"\ud800""#),
+        status(r#","x":"a\u0041""#),
+        status(",\"x\":\"a\u{1}b\""),
+        format!("{plain}\u{0}"),
+    ] {
+        if let Some(fast) = statuses_only(odd.as_bytes()) {
+            assert_eq!(Ok(fast), parse_tree(odd.as_bytes()), "{odd}");
+        }
+        assert_eq!(
+            parse_notification(odd.as_bytes()),
+            parse_tree(odd.as_bytes()),
+            "{odd}"
+        );
+    }
+    let null_messages = status(r#","messages":null"#);
+    assert_eq!(
+        statuses_only(null_messages.as_bytes()),
+        None,
+        "a present `messages` is the tree's"
+    );
 }
 
 #[test]
