@@ -109,6 +109,8 @@ pub async fn in_request<F: std::future::Future>(id: String, method: &str, fut: F
         route = tracing::field::Empty,
         tenant_id = tracing::field::Empty,
         message_id = tracing::field::Empty,
+        // A webhook of one status records its wamid here (`service::webhook`).
+        wamid = tracing::field::Empty,
     );
     REQUEST_ID.scope(id, fut.instrument(span)).await
 }

@@ -104,6 +104,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
         MetaEvent::UserPreference(p) => p.timestamp.unwrap_or(i64::MAX),
         _ => i64::MIN,
     });
+    let single = events.len() == 1;
     let mut summary = WebhookSummary::default();
     let mut owners = Owners {
         deps,
@@ -158,12 +159,21 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 tracing::debug!(piece = u.piece, field = %u.field, "webhook piece not understood; skipped");
             }
             MetaEvent::Status(report) => {
-                let span = tracing::info_span!(
-                    "status",
-                    wamid = %report.wamid,
-                    tenant_id = tracing::field::Empty,
-                    message_id = tracing::field::Empty,
-                );
+                // A body of one status (Meta's usual) records its ids on the request's
+                // span; several get a span each. Spans cost (a span was 3% of the
+                // webhook's CPU; BENCHMARKS.md "Webhook side by side").
+                let span = if single {
+                    let span = tracing::Span::current();
+                    span.record("wamid", tracing::field::display(&report.wamid));
+                    span
+                } else {
+                    tracing::info_span!(
+                        "status",
+                        wamid = %report.wamid,
+                        tenant_id = tracing::field::Empty,
+                        message_id = tracing::field::Empty,
+                    )
+                };
                 let result = async {
                     let tenant = owners.of(report.phone_number_id.as_deref()).await?;
                     if let Some(t) = &tenant {

@@ -96,7 +96,36 @@ async fn a_webhook_request_with_several_statuses_logs_at_most_one_info_line(b: B
     assert_eq!(kept.len(), 3, "one DEBUG line per status: {mine:?}");
 }
 
+async fn a_webhook_of_one_status_carries_its_ids_on_the_request_s_span(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let at = chrono::Utc::now().timestamp().to_string();
+    // A status of a message not known yet: kept, with a DEBUG line that names its wamid.
+    let wamid = format!("wamid.onespan{}", ulid::Ulid::new());
+    let body = serde_json::json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp",
+        "metadata":{"display_phone_number":"60300000000","phone_number_id": t.phone_number_id},
+        "statuses": [{"id": wamid, "status": "delivered", "timestamp": at, "recipient_id": "60123456789"}]
+    }}]}]});
+    let res = app.post_webhook(&body).await;
+    assert_eq!(res.status(), 200);
+    let request_id = res
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("x-request-id");
+    let kept = lines_with(&["kept", &request_id, &wamid]);
+    assert_eq!(kept.len(), 1, "{}", captured_logs());
+    // No span of its own: the request's span carries the wamid and the tenant.
+    let span = &kept[0]["span"];
+    assert_eq!(span["name"], "request", "{span}");
+    assert_eq!(span["wamid"], wamid.as_str(), "{span}");
+    assert_eq!(span["tenant_id"], t.tenant_id.as_str(), "{span}");
+}
+
 on_both_backends!(
     a_failed_sends_log_line_carries_the_request_id_that_accepted_it,
     a_webhook_request_with_several_statuses_logs_at_most_one_info_line,
+    a_webhook_of_one_status_carries_its_ids_on_the_request_s_span,
 );
