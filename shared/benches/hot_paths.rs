@@ -4,7 +4,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use hmac::{Hmac, Mac};
-use kirim::domain::meta::parse_notification;
+use kirim::domain::meta::{parse_notification, parse_tree};
 use kirim::domain::signature::{parse_signature_header, signed_by};
 use kirim::service::broadcasts::recipients_from_csv;
 use kirim::service::send::{parse, SendRequest};
@@ -42,6 +42,10 @@ fn webhook(c: &mut Criterion) {
     });
     g.bench_function("parse_notification", |b| {
         b.iter(|| parse_notification(black_box(&body)).map(|e| e.len()))
+    });
+    // The tree reader alone: what every body cost before the one-pass reader.
+    g.bench_function("parse_tree", |b| {
+        b.iter(|| parse_tree(black_box(&body)).map(|e| e.len()))
     });
     g.finish();
 }

@@ -321,7 +321,8 @@ struct ChangeIn<'a> {
 struct StatusesIn<'a> {
     #[serde(default, borrow)]
     metadata: Option<&'a RawValue>,
-    statuses: Vec<StatusIn>,
+    #[serde(borrow)]
+    statuses: Vec<Obj<FastStatusIn<'a>>>,
     // Present, even as `null` (which `Option` would read as absent).
     #[serde(default, deserialize_with = "present")]
     messages: bool,
@@ -379,9 +380,10 @@ pub(crate) fn statuses_only(raw: &[u8]) -> Option<Vec<MetaEvent>> {
                 }
                 _ => None,
             };
-            for s in value.statuses {
+            for Obj(s) in value.statuses {
                 events.push(
-                    status_of(s, &phone_number_id)
+                    fast_status(s, &phone_number_id)
+                        .ok()?
                         .map_or_else(|| unknown("status", field), MetaEvent::Status),
                 );
             }
@@ -430,8 +432,9 @@ fn plain(text: &str) -> bool {
     true
 }
 
-/// Reads any body through a JSON tree: every shape, leniently.
-pub(crate) fn parse_tree(raw: &[u8]) -> Result<Vec<MetaEvent>, NotJson> {
+/// Reads any body through a JSON tree: every shape, leniently. [`parse_notification`]
+/// uses it for every body the one-pass reader declines (public for `benches/hot_paths`).
+pub fn parse_tree(raw: &[u8]) -> Result<Vec<MetaEvent>, NotJson> {
     let body: Value = serde_json::from_slice(raw).map_err(|_| NotJson)?;
     let mut events = Vec::new();
     let entries = match body.get("entry") {
@@ -672,7 +675,10 @@ fn number_quality(waba_id: &str, value: &Value) -> Option<NumberQualityUpdate> {
 /// `PMP` (per-message pricing) and the type to `regular`.
 fn pricing(v: &Value) -> Option<Pricing> {
     // Only an object: serde would read a struct from a list too.
-    let p: PricingIn = lenient(v).filter(|_| v.is_object())?;
+    pricing_of(lenient(v).filter(|_| v.is_object())?)
+}
+
+fn pricing_of(p: PricingIn) -> Option<Pricing> {
     Pricing::parse(
         p.pricing_model.as_deref().unwrap_or("PMP"),
         p.category.as_deref()?,
@@ -689,38 +695,123 @@ fn status(item: &Value, phone_number_id: &Option<String>) -> Option<StatusReport
     status_of(lenient(item)?, phone_number_id)
 }
 
-fn status_of(s: StatusIn, phone_number_id: &Option<String>) -> Option<StatusReport> {
-    let status = MetaStatus::parse(&s.status)?;
-    let wamid = Wamid::parse(&s.id)?;
+/// A status's parts, as read by either reader.
+struct StatusParts<'a> {
+    id: &'a str,
+    status: &'a str,
+    timestamp: Option<i64>,
+    callback: Option<&'a str>,
+    recipient_id: Option<&'a str>,
+    recipient_user_id: Option<&'a str>,
+    pricing: Option<Pricing>,
+    errors: Vec<MetaError>,
+}
+
+fn report_of(p: StatusParts<'_>, phone_number_id: &Option<String>) -> Option<StatusReport> {
     Some(StatusReport {
+        status: MetaStatus::parse(p.status)?,
+        wamid: Wamid::parse(p.id)?,
         phone_number_id: phone_number_id.clone(),
-        wamid,
-        status,
-        timestamp: s.timestamp.as_ref().and_then(epoch_seconds),
-        callback: s
-            .biz_opaque_callback_data
-            .as_deref()
-            .and_then(MessageId::parse),
-        recipient: meta_phone(s.recipient_id.as_deref()),
-        recipient_user_id: s.recipient_user_id.as_deref().and_then(UserId::parse),
-        pricing: s.pricing.as_ref().and_then(pricing),
-        errors: s
-            .errors
-            .into_iter()
-            .filter_map(|e| lenient::<ErrorIn>(&e))
-            .take(MAX_ERRORS)
-            .map(|e| MetaError {
-                code: e.code,
-                title: e
-                    .title
-                    .or(e.message)
-                    .unwrap_or_default()
-                    .chars()
-                    .take(MAX_TITLE)
-                    .collect(),
-            })
-            .collect(),
+        timestamp: p.timestamp,
+        callback: p.callback.and_then(MessageId::parse),
+        recipient: meta_phone(p.recipient_id),
+        recipient_user_id: p.recipient_user_id.and_then(UserId::parse),
+        pricing: p.pricing,
+        errors: p.errors,
     })
+}
+
+/// A status as the one-pass reader reads it: borrowed, the pricing typed. Carrying
+/// `errors` at all (only failed statuses do) sends the body to the tree reader.
+#[derive(Deserialize)]
+struct FastStatusIn<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(default, borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    recipient_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    recipient_user_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    biz_opaque_callback_data: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "present")]
+    errors: bool,
+    #[serde(default, borrow)]
+    pricing: Option<&'a RawValue>,
+}
+
+/// `Err(())`: the tree reader must read this body.
+fn fast_status(
+    s: FastStatusIn<'_>,
+    phone_number_id: &Option<String>,
+) -> Result<Option<StatusReport>, ()> {
+    if s.errors {
+        return Err(());
+    }
+    let pricing = match s.pricing {
+        Some(p) if p.get().starts_with('{') => {
+            let p: PricingIn = serde_json::from_str(p.get()).map_err(|_| ())?;
+            pricing_of(p)
+        }
+        _ => None,
+    };
+    let timestamp = match s.timestamp.map(|t| (t.get(), t.get().as_bytes().first())) {
+        Some((t, Some(b'"'))) => serde_json::from_str::<Cow<str>>(t)
+            .map_err(|_| ())?
+            .trim()
+            .parse()
+            .ok(),
+        Some((t, Some(b'-' | b'0'..=b'9'))) => serde_json::from_str::<i64>(t).ok(),
+        _ => None,
+    };
+    Ok(report_of(
+        StatusParts {
+            id: &s.id,
+            status: &s.status,
+            timestamp,
+            callback: s.biz_opaque_callback_data.as_deref(),
+            recipient_id: s.recipient_id.as_deref(),
+            recipient_user_id: s.recipient_user_id.as_deref(),
+            pricing,
+            errors: Vec::new(),
+        },
+        phone_number_id,
+    ))
+}
+
+fn status_of(s: StatusIn, phone_number_id: &Option<String>) -> Option<StatusReport> {
+    let errors = s
+        .errors
+        .into_iter()
+        .filter_map(|e| lenient::<ErrorIn>(&e))
+        .take(MAX_ERRORS)
+        .map(|e| MetaError {
+            code: e.code,
+            title: e
+                .title
+                .or(e.message)
+                .unwrap_or_default()
+                .chars()
+                .take(MAX_TITLE)
+                .collect(),
+        })
+        .collect();
+    report_of(
+        StatusParts {
+            id: &s.id,
+            status: &s.status,
+            timestamp: s.timestamp.as_ref().and_then(epoch_seconds),
+            callback: s.biz_opaque_callback_data.as_deref(),
+            recipient_id: s.recipient_id.as_deref(),
+            recipient_user_id: s.recipient_user_id.as_deref(),
+            pricing: s.pricing.as_ref().and_then(pricing),
+            errors,
+        },
+        phone_number_id,
+    )
 }
 
 /// Meta writes timestamps as strings of epoch seconds; numbers are read too.
