@@ -399,5 +399,15 @@ async fn meta_notify(
             "some items could not be applied; deliver the notification again",
         ));
     }
-    Ok(Json(json!({"received": true, "summary": summary})).into_response())
+    // Typed, not a `json!` tree: the same body for less work on the busiest route.
+    #[derive(serde::Serialize)]
+    struct Received<'a> {
+        received: bool,
+        summary: &'a webhook::WebhookSummary,
+    }
+    Ok(Json(Received {
+        received: true,
+        summary: &summary,
+    })
+    .into_response())
 }
