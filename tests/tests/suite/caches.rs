@@ -11,7 +11,7 @@ use kirim::adapters::memory::{MemorySecrets, MemoryStore};
 use kirim::config::{Backend, Settings};
 use kirim::ports::*;
 use kirim::service::errors::ServiceError;
-use kirim::service::{auth, Backends, Deps, Stores};
+use kirim::service::{auth, numbers, Backends, Deps, Stores};
 use kirim::wiring::{NotWired, Port, READ_CACHE_TTL};
 use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
@@ -183,7 +183,116 @@ async fn a_suspension_by_another_process_bites_within_five_seconds_and_credits_a
     );
 }
 
+fn number_of(t: &Tenant, id: &str, clock: &ManualClock) -> PhoneNumberRecord {
+    PhoneNumberRecord {
+        tenant_id: t.id.clone(),
+        phone_number_id: id.into(),
+        waba_id: t.waba_id.clone(),
+        display_phone_number: None,
+        quality: kirim::domain::TemplateQuality::Green,
+        throughput_per_sec: Some(80),
+        added_at: clock.now(),
+    }
+}
+
+async fn a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_new_one_at_once(
+    b: Backend,
+) {
+    let (cached, other, clock) = two_processes(b).await;
+    let t = tenant(10);
+    other
+        .tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let id = format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000);
+    assert!(
+        matches!(
+            numbers::sender(&cached, &t, Some(&id)).await,
+            Err(ServiceError::UnknownSender(_))
+        ),
+        "not the tenant's number yet"
+    );
+    other
+        .numbers
+        .add_phone_number(&number_of(&t, &id, &clock))
+        .await
+        .unwrap();
+    let seen = numbers::sender(&cached, &t, Some(&id))
+        .await
+        .expect("a number added by another process is found at once: absence is not cached");
+    assert_eq!(seen.throughput_per_sec, Some(80));
+
+    other
+        .numbers
+        .set_number_quality(
+            &t.id,
+            &id,
+            kirim::domain::TemplateQuality::Yellow,
+            Some(250),
+        )
+        .await
+        .unwrap();
+    clock.advance(almost_ttl());
+    assert_eq!(
+        numbers::sender(&cached, &t, Some(&id))
+            .await
+            .unwrap()
+            .throughput_per_sec,
+        Some(80),
+        "the warm process still paces by the number it read (the documented bound)"
+    );
+    clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(
+        numbers::sender(&cached, &t, Some(&id))
+            .await
+            .unwrap()
+            .throughput_per_sec,
+        Some(250)
+    );
+
+    other.numbers.remove_phone_number(&t.id, &id).await.unwrap();
+    clock.advance(almost_ttl());
+    assert!(
+        numbers::sender(&cached, &t, Some(&id)).await.is_ok(),
+        "a removal by another process bites within the TTL"
+    );
+    clock.advance(chrono::Duration::seconds(1));
+    assert!(matches!(
+        numbers::sender(&cached, &t, Some(&id)).await,
+        Err(ServiceError::UnknownSender(_))
+    ));
+}
+
+async fn a_sender_removed_through_the_same_process_is_refused_at_once(b: Backend) {
+    let (cached, _other, clock) = two_processes(b).await;
+    let t = tenant(10);
+    cached
+        .tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let id = format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000);
+    cached
+        .numbers
+        .add_phone_number(&number_of(&t, &id, &clock))
+        .await
+        .unwrap();
+    assert!(numbers::sender(&cached, &t, Some(&id)).await.is_ok());
+    cached
+        .numbers
+        .remove_phone_number(&t.id, &id)
+        .await
+        .unwrap();
+    assert!(matches!(
+        numbers::sender(&cached, &t, Some(&id)).await,
+        Err(ServiceError::UnknownSender(_))
+    ));
+}
+
 on_both_backends!(
+    a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_new_one_at_once,
+    a_sender_removed_through_the_same_process_is_refused_at_once,
     a_key_revoked_by_another_process_stops_authenticating_within_five_seconds,
     a_key_revoked_through_the_same_process_is_refused_at_once,
     a_suspension_by_another_process_bites_within_five_seconds_and_credits_are_never_cached,
