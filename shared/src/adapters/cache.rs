@@ -12,12 +12,15 @@
 //! - the tenant by phone number id (only tenants found);
 //! - a tenant's status-callback setting (or its absence);
 //! - a catalogue template (or its absence);
-//! - a tenant's phone number by id, the dispatcher's sender (only numbers found: a number
-//!   added a moment ago by another process is never taken for absent, which would fail a
-//!   message as `sender_removed`). Stale for at most the TTL: a number removed by another
-//!   process may still send what was queued for it, and a new quality or throughput from
-//!   Meta paces its sends, within the TTL; the send slots themselves are their own item,
-//!   never cached.
+//! - a tenant's phone number by id, the dispatcher's sender: numbers found, and the
+//!   absence of a number item only for the tenant's default number as the cached tenant
+//!   names it (a tenant onboarded with one number has no item for it: the tenant's own
+//!   facts stand in). Another number's absence is never cached: a number added a moment
+//!   ago by another process is never taken for absent, which would fail a message as
+//!   `sender_removed`. Stale for at most the TTL: a number removed by another process may
+//!   still send what was queued for it, and a new quality or throughput from Meta paces
+//!   its sends, within the TTL; the send slots themselves are their own item, never
+//!   cached.
 //!
 //! Every write through the same decorator drops what it changes at once (same process);
 //! a change made by another process (another Lambda, another instance) is seen after the
@@ -91,7 +94,7 @@ pub struct ReadCache<S> {
     phones: Ttl<String, TenantId>,
     callbacks: Ttl<TenantId, Option<StatusCallback>>,
     templates: Ttl<(String, String, String), Option<CatalogueTemplate>>,
-    numbers: Ttl<(TenantId, String), PhoneNumberRecord>,
+    numbers: Ttl<(TenantId, String), Option<PhoneNumberRecord>>,
 }
 
 impl<S> ReadCache<S> {
@@ -382,10 +385,15 @@ impl<S: PhoneNumberStore + 'static> PhoneNumberStore for ReadCache<S> {
         let now = self.now();
         let k = (tenant.clone(), phone_number_id.to_owned());
         if let Some(n) = self.numbers.get(&k, now) {
-            return Ok(Some(n));
+            return Ok(n);
         }
         let n = self.inner.get_phone_number(tenant, phone_number_id).await?;
-        if let Some(n) = &n {
+        let default = || {
+            self.tenants
+                .get(tenant, now)
+                .is_some_and(|t| t.phone_number_id == phone_number_id)
+        };
+        if n.is_some() || default() {
             self.numbers.put(k, n.clone(), now);
         }
         Ok(n)
@@ -417,8 +425,8 @@ impl<S: PhoneNumberStore + 'static> PhoneNumberStore for ReadCache<S> {
         number: &PhoneNumberRecord,
     ) -> Result<(), StoreError> {
         let r = self.inner.set_default_number(tenant, number).await;
-        self.forget_number(tenant, &number.phone_number_id);
-        // The tenant item names its default number.
+        // The tenant item names its default number, whose absence may be cached.
+        self.numbers.forget(|(t, _), _| t != tenant);
         self.forget_tenant(tenant);
         r
     }

@@ -9,9 +9,11 @@ use std::time::Duration;
 use kirim::adapters::aws::{DynamoStore, SecretsManagerStore};
 use kirim::adapters::memory::{MemorySecrets, MemoryStore};
 use kirim::config::{Backend, Settings};
+use kirim::domain::TenantId;
 use kirim::ports::*;
 use kirim::service::errors::ServiceError;
 use kirim::service::{auth, numbers, Backends, Deps, Stores};
+use kirim::store_error::StoreError;
 use kirim::wiring::{NotWired, Port, READ_CACHE_TTL};
 use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
@@ -264,6 +266,47 @@ async fn a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_n
     ));
 }
 
+async fn the_default_sender_without_a_number_item_is_read_once_within_five_seconds(b: Backend) {
+    let (cached, other, clock) = two_processes(b).await;
+    let t = tenant(10);
+    other
+        .tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    // As the dispatcher does: the tenant (cached), then its default sender.
+    let t = auth::load_tenant(&cached, &t.id).await.unwrap();
+    let seen = numbers::sender(&cached, &t, None).await.unwrap();
+    assert_eq!(
+        (seen.phone_number_id.as_str(), seen.throughput_per_sec),
+        (t.phone_number_id.as_str(), None),
+        "the tenant's own facts stand in for the missing item"
+    );
+    assert!(other
+        .numbers
+        .put_phone_number_if_absent(&number_of(&t, &t.phone_number_id, &clock))
+        .await
+        .unwrap());
+    clock.advance(almost_ttl());
+    assert_eq!(
+        numbers::sender(&cached, &t, None)
+            .await
+            .unwrap()
+            .throughput_per_sec,
+        None,
+        "its absence is remembered for the TTL: not read again"
+    );
+    clock.advance(chrono::Duration::seconds(1));
+    let t = auth::load_tenant(&cached, &t.id).await.unwrap();
+    assert_eq!(
+        numbers::sender(&cached, &t, None)
+            .await
+            .unwrap()
+            .throughput_per_sec,
+        Some(80)
+    );
+}
+
 async fn a_sender_removed_through_the_same_process_is_refused_at_once(b: Backend) {
     let (cached, _other, clock) = two_processes(b).await;
     let t = tenant(10);
@@ -293,6 +336,7 @@ async fn a_sender_removed_through_the_same_process_is_refused_at_once(b: Backend
 on_both_backends!(
     a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_new_one_at_once,
     a_sender_removed_through_the_same_process_is_refused_at_once,
+    the_default_sender_without_a_number_item_is_read_once_within_five_seconds,
     a_key_revoked_by_another_process_stops_authenticating_within_five_seconds,
     a_key_revoked_through_the_same_process_is_refused_at_once,
     a_suspension_by_another_process_bites_within_five_seconds_and_credits_are_never_cached,
