@@ -157,7 +157,7 @@ async fn link(
     head: Option<&AuditHead>,
     parked: Option<&str>,
     key: Option<&Secret>,
-) -> Result<AuditEvent, StoreError> {
+) -> Result<(AuditEvent, AuditHead), StoreError> {
     let mut event = AuditEvent {
         chain: chain.to_owned(),
         seq: head.map_or(1, |h| h.seq + 1),
@@ -186,11 +186,95 @@ async fn link(
         .append(&AuditLink {
             event: &event,
             expected: head,
-            signature,
+            signature: signature.clone(),
             parked,
         })
         .await?;
-    Ok(event)
+    let new_head = AuditHead {
+        seq: event.seq,
+        hash: event.hash.clone(),
+        expires_at: event.expires_at,
+        signature,
+    };
+    Ok((event, new_head))
+}
+
+/// The head this process last wrote per chain (issue #13: the head read on each append
+/// was one read unit of every send). An append after a remembered head skips the read;
+/// the append is conditional on the head's `seq` all the same, so a head another process
+/// moved meanwhile refuses it, and then the chain is read again. The signed head is
+/// written exactly as before; only where `expected` comes from changes.
+///
+/// Bounded in time by the read cache's TTL (`KIRIM_READ_CACHE_TTL`, 5 s on Lambda; zero:
+/// never remembered, every append reads the head): a head older than that is read again,
+/// so events another process parked on the chain are linked in by this process's first
+/// append after at most the TTL (before: its next append). A refused remembered head
+/// marks the chain contended for the TTL: several processes appending to one chain read
+/// before each append, as before, instead of paying a refused transaction (4 write units)
+/// for each stale memory. Any other error forgets the chain (the write may or may not
+/// have happened).
+pub struct HeadMemo {
+    ttl: chrono::Duration,
+    chains: std::sync::Mutex<std::collections::HashMap<String, Remembered>>,
+}
+
+#[derive(Clone)]
+enum Remembered {
+    Head(AuditHead, DateTime<Utc>),
+    Contended(DateTime<Utc>),
+}
+
+impl HeadMemo {
+    pub fn new(ttl: std::time::Duration) -> Self {
+        HeadMemo {
+            ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero()),
+            chains: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Remembered>> {
+        self.chains.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The head this process wrote last on `chain`, if it is younger than the TTL and the
+    /// chain is not contended.
+    fn head(&self, chain: &str, now: DateTime<Utc>) -> Option<AuditHead> {
+        match self.lock().get(chain)? {
+            Remembered::Head(h, at) if *at <= now && now < *at + self.ttl => Some(h.clone()),
+            _ => None,
+        }
+    }
+
+    fn wrote(&self, chain: &str, head: AuditHead, now: DateTime<Utc>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut chains = self.lock();
+        if let Some(Remembered::Contended(since)) = chains.get(chain) {
+            if *since <= now && now < *since + self.ttl {
+                return;
+            }
+        }
+        // Bounded: a warm process appends to few chains; drop stale entries when it grows.
+        if chains.len() >= 10_000 {
+            let ttl = self.ttl;
+            chains.retain(|_, r| match r {
+                Remembered::Head(_, at) | Remembered::Contended(at) => now < *at + ttl,
+            });
+        }
+        chains.insert(chain.to_owned(), Remembered::Head(head, now));
+    }
+
+    fn contended(&self, chain: &str, now: DateTime<Utc>) {
+        if !self.ttl.is_zero() {
+            self.lock()
+                .insert(chain.to_owned(), Remembered::Contended(now));
+        }
+    }
+
+    fn forget(&self, chain: &str) {
+        self.lock().remove(chain);
+    }
 }
 
 /// This process's appends to one chain take turns here instead of racing for its head:
@@ -239,7 +323,7 @@ async fn drain_with(deps: &Deps, chain: &str, key: Option<&Secret>) -> Result<us
             )
             .await
             {
-                Ok(e) => {
+                Ok((e, _)) => {
                     linked += 1;
                     tracing::info!(chain = %chain, seq = e.seq, action = %e.action, "parked audit event linked in");
                 }
@@ -345,19 +429,46 @@ pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceErro
     let key = keys.first();
     let _turn = chain_turn(&chain).lock().await;
     let mut drained = false;
+    // The head this process wrote last, if fresh ([`HeadMemo`]): no read before the append.
+    let mut remembered = deps.audit_heads.head(&chain, deps.clock.now());
     for _ in 0..ATTEMPTS {
-        let (head, parked) = deps.audit.tip(&chain).await?;
+        let from_memo = remembered.is_some();
+        let (head, parked) = match remembered.take() {
+            Some(h) => (Some(h), false),
+            None => match deps.audit.tip(&chain).await {
+                Ok(tip) => tip,
+                Err(e) => {
+                    deps.audit_heads.forget(&chain);
+                    return Err(e.into());
+                }
+            },
+        };
         if parked && !drained {
             drained = true;
-            drain_with(deps, &chain, key).await?;
+            if let Err(e) = drain_with(deps, &chain, key).await {
+                deps.audit_heads.forget(&chain);
+                return Err(e);
+            }
             continue;
         }
         match link(deps, &chain, &content, head.as_ref(), None, key).await {
-            Ok(event) => return Ok(event),
+            Ok((event, new_head)) => {
+                deps.audit_heads.wrote(&chain, new_head, deps.clock.now());
+                return Ok(event);
+            }
+            // Another process moved the head since this one wrote it: read it now (no
+            // pause: nobody in this process races for it, `chain_turn`).
+            Err(StoreError::Conflict(_)) if from_memo => {
+                deps.audit_heads.contended(&chain, deps.clock.now());
+            }
             Err(StoreError::Conflict(_)) => pause().await,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                deps.audit_heads.forget(&chain);
+                return Err(e.into());
+            }
         }
     }
+    deps.audit_heads.forget(&chain);
     Err(ServiceError::Unavailable(StoreError::Unavailable(
         "audit chain contended".into(),
     )))

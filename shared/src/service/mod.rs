@@ -117,6 +117,9 @@ pub struct Deps {
     pub meta: Arc<dyn MetaClient>,
     pub clock: Arc<dyn Clock>,
     pub settings: Arc<Settings>,
+    /// The audit chain heads this process wrote last (`audit::HeadMemo`), for the read
+    /// cache's TTL.
+    pub audit_heads: Arc<audit::HeadMemo>,
 }
 
 /// Every store port at once: what one storage backend implements (DynamoDB's one table,
@@ -249,6 +252,7 @@ impl Deps {
             meta: b.meta,
             clock: b.clock,
             settings: Arc::new(b.settings),
+            audit_heads: Arc::new(audit::HeadMemo::new(b.read_cache_ttl)),
         }
     }
 }

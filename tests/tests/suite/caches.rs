@@ -12,7 +12,7 @@ use kirim::config::{Backend, Settings};
 use kirim::domain::TenantId;
 use kirim::ports::*;
 use kirim::service::errors::ServiceError;
-use kirim::service::{auth, numbers, Backends, Deps, Stores};
+use kirim::service::{audit, auth, numbers, Backends, Deps, Stores};
 use kirim::store_error::StoreError;
 use kirim::wiring::{NotWired, Port, READ_CACHE_TTL};
 use kirim_tests::{moto_sdk, unique_stack, ManualClock};
@@ -333,7 +333,144 @@ async fn a_sender_removed_through_the_same_process_is_refused_at_once(b: Backend
     ));
 }
 
+/// The audit log, counting the reads of a chain's head before an append.
+struct CountingTips {
+    inner: Arc<dyn AuditLog>,
+    tips: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingTips {
+    fn tips(&self) -> usize {
+        self.tips.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditLog for CountingTips {
+    async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
+        self.inner.head(chain).await
+    }
+    async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError> {
+        self.tips.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.tip(chain).await
+    }
+    async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
+        self.inner.append(link).await
+    }
+    async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {
+        self.inner.park(event).await
+    }
+    async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
+        self.inner.parked(chain, limit).await
+    }
+    async fn parked_chains(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.parked_chains(after, limit).await
+    }
+    async fn list(
+        &self,
+        chain: &str,
+        q: &AuditQuery,
+    ) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError> {
+        self.inner.list(chain, q).await
+    }
+    async fn ascending(
+        &self,
+        chain: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.inner.ascending(chain, after_seq, limit).await
+    }
+}
+
+fn draft(t: &TenantId, action: &str) -> audit::Draft {
+    audit::Draft {
+        tenant: Some(t.clone()),
+        actor_type: "api_key",
+        actor_id: "k".into(),
+        action: action.into(),
+        ip: None,
+        outcome: AuditOutcome::Success,
+        details: serde_json::json!({}),
+    }
+}
+
+/// The chain's events link one to the next and end at its head.
+async fn assert_linked(deps: &Deps, t: &TenantId, n: u64) {
+    let chain = t.to_string();
+    let events = deps.audit.ascending(&chain, None, 100).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=n).collect::<Vec<_>>()
+    );
+    for pair in events.windows(2) {
+        assert_eq!(
+            pair[1].prev_hash, pair[0].hash,
+            "event {} links to {}",
+            pair[1].seq, pair[0].seq
+        );
+    }
+    let head = deps.audit.head(&chain).await.unwrap().unwrap();
+    assert_eq!((head.seq, &head.hash), (n, &events[events.len() - 1].hash));
+}
+
+async fn a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until_another_moves_it(
+    b: Backend,
+) {
+    let (mut cached, other, clock) = two_processes(b).await;
+    let counting = Arc::new(CountingTips {
+        inner: cached.audit.clone(),
+        tips: Default::default(),
+    });
+    cached.audit = counting.clone();
+    let t = TenantId::generate();
+    for action in ["POST /v1/one", "POST /v1/two", "POST /v1/three"] {
+        audit::record(&cached, draft(&t, action)).await.unwrap();
+    }
+    assert_eq!(counting.tips(), 1, "the head is read once, then remembered");
+    assert_linked(&other, &t, 3).await;
+
+    // Another process appends: the remembered head is refused, the chain read again.
+    audit::record(&other, draft(&t, "POST /v1/elsewhere"))
+        .await
+        .unwrap();
+    audit::record(&cached, draft(&t, "POST /v1/four"))
+        .await
+        .unwrap();
+    assert_eq!(counting.tips(), 2);
+    assert_linked(&other, &t, 5).await;
+    // Contended: read before each append for the TTL, as without the memory.
+    audit::record(&cached, draft(&t, "POST /v1/five"))
+        .await
+        .unwrap();
+    assert_eq!(counting.tips(), 3);
+    // After the TTL it is remembered again; never older than the TTL.
+    clock.advance(chrono::Duration::from_std(READ_CACHE_TTL).unwrap_or_default());
+    audit::record(&cached, draft(&t, "POST /v1/six"))
+        .await
+        .unwrap();
+    audit::record(&cached, draft(&t, "POST /v1/seven"))
+        .await
+        .unwrap();
+    assert_eq!(counting.tips(), 4);
+    clock.advance(chrono::Duration::from_std(READ_CACHE_TTL).unwrap_or_default());
+    audit::record(&cached, draft(&t, "POST /v1/eight"))
+        .await
+        .unwrap();
+    assert_eq!(
+        counting.tips(),
+        5,
+        "a head older than the TTL is read again"
+    );
+    assert_linked(&other, &t, 9).await;
+}
+
 on_both_backends!(
+    a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until_another_moves_it,
     a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_new_one_at_once,
     a_sender_removed_through_the_same_process_is_refused_at_once,
     the_default_sender_without_a_number_item_is_read_once_within_five_seconds,
