@@ -358,14 +358,20 @@ pub trait MessageStore: Send + Sync {
     /// Records the index from wamid to message, for a caller that puts the wamid on the
     /// message itself in the same write as its status (the dispatcher's `sent`
     /// transition): one write fewer. A store may record both, as `set_wamid` does.
+    ///
+    /// Answers whether a status for `wamid` may have been kept before it was indexed
+    /// ([`PendingStatusStore::put_pending_status`]): only then does the caller read the
+    /// kept statuses (no read when none came early, the usual case). `true` when the store
+    /// cannot tell (this default).
     async fn index_wamid(
         &self,
         tenant: &TenantId,
         id: &MessageId,
         wamid: &str,
         expires_at: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.set_wamid(tenant, id, wamid, expires_at).await
+    ) -> Result<bool, StoreError> {
+        self.set_wamid(tenant, id, wamid, expires_at).await?;
+        Ok(true)
     }
     async fn message_by_wamid(
         &self,

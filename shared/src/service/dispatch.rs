@@ -443,7 +443,8 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 .expiry(RetentionClass::Messages, record.created_at);
             // The index first (a webhook may find the message by it at once); the wamid
             // on the message rides with the `sent` transition (one write fewer).
-            deps.messages
+            let kept = deps
+                .messages
                 .index_wamid(&job.tenant_id, &job.message_id, &accepted.wamid, expires)
                 .await?;
             let change = StatusChange {
@@ -470,9 +471,12 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         .await?
                 }
             }
-            // Statuses Meta sent before the wamid was recorded apply now.
-            if let Err(e) = super::status::apply_kept(deps, &accepted.wamid).await {
-                tracing::warn!(error = %e, "kept statuses not applied yet");
+            // Statuses Meta sent before the wamid was recorded apply now (read only when
+            // the index said some were kept: no read in the usual case).
+            if kept {
+                if let Err(e) = super::status::apply_kept(deps, &accepted.wamid).await {
+                    tracing::warn!(error = %e, "kept statuses not applied yet");
+                }
             }
             tracing::info!(wamid = %accepted.wamid, to = %log_to, "sent to meta");
             Ok(Outcome::Done)

@@ -1086,21 +1086,27 @@ impl MessageStore for DynamoStore {
         id: &MessageId,
         wamid: &str,
         expires_at: Option<i64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut idx: Item = keys::wamid_index(wamid).attrs();
         idx.insert("tenant_id".into(), s(tenant.to_string()));
         idx.insert("message_id".into(), s(id.to_string()));
         if let Some(t) = expires_at {
             idx.insert(TTL_ATTR.into(), n(t));
         }
-        self.client
+        // The item as it was (free: no read units): a status kept before the wamid was
+        // known left its mark on it (`callbacks::PENDING_MARK`).
+        let out = self
+            .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(idx))
+            .return_values(ReturnValue::AllOld)
             .send()
             .await
             .map_err(|e| classify("dynamodb put", e))?;
-        Ok(())
+        Ok(out
+            .attributes()
+            .is_some_and(|old| old.contains_key(callbacks::PENDING_MARK)))
     }
 
     async fn set_wamid(
@@ -1110,7 +1116,7 @@ impl MessageStore for DynamoStore {
         wamid: &str,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
-        self.index_wamid(tenant, id, wamid, expires_at).await?;
+        let _ = self.index_wamid(tenant, id, wamid, expires_at).await?;
         // The wamid on the message itself; a no-op if the message is gone.
         let res = self
             .client
@@ -1144,6 +1150,8 @@ impl MessageStore for DynamoStore {
                 TenantId::from_trusted(t),
                 MessageId::from_trusted(m),
             ))),
+            // Only the mark of a status kept before the wamid is known: no message yet.
+            (None, None) if item.contains_key(callbacks::PENDING_MARK) => Ok(None),
             _ => Err(StoreError::Corrupt("wamid index item".into())),
         }
     }
