@@ -292,6 +292,17 @@ pub trait MessageStore: Send + Sync {
         tenant: &TenantId,
         id: &MessageId,
     ) -> Result<Option<MessageRecord>, StoreError>;
+    /// [`get_message`](Self::get_message), possibly a moment behind the latest write (on
+    /// DynamoDB an eventually consistent read: half the read units). Only for a caller
+    /// whose decision a conditional write backs anyway, and which treats the answer as a
+    /// status the message has at least reached (the webhook's transitions).
+    async fn peek_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.get_message(tenant, id).await
+    }
     async fn list_messages(
         &self,
         tenant: &TenantId,

@@ -40,7 +40,7 @@ fn deps<S: Stores>(
 }
 
 /// (the cached deps, the uncached deps on the same store, the clock).
-async fn two_processes(b: Backend) -> (Deps, Deps, Arc<ManualClock>) {
+pub(crate) async fn two_processes(b: Backend) -> (Deps, Deps, Arc<ManualClock>) {
     let clock = ManualClock::new();
     match b {
         Backend::Memory => {

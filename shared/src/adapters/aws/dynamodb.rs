@@ -865,6 +865,23 @@ impl MessageStore for DynamoStore {
             .transpose()
     }
 
+    async fn peek_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::message(tenant, id).attrs()))
+            .consistent_read(false)
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb get", e))?;
+        out.item.filter(|i| self.live(i)).map(from_item).transpose()
+    }
+
     async fn list_messages(
         &self,
         tenant: &TenantId,
