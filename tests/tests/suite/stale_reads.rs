@@ -1,3 +1,5 @@
+//! Reads that go, and what keeps the invariants without them.
+//!
 //! The webhook reads the message it is about with a read that may be a moment behind
 //! (`MessageStore::peek_message`: eventually consistent on DynamoDB, half the read units).
 //! Every move it makes is a conditional write on the stored status, so a stale read may
@@ -219,4 +221,85 @@ async fn a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_i
     );
 }
 
-on_both_backends!(a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_it_once,);
+/// The dispatcher runs its checks before the claim on the facts its job carries, without
+/// reading the message; for a message an earlier delivery of the job claimed (an
+/// ambiguous send waiting for Meta or the sending deadline), a failing check is refused
+/// by the message's status and the job stays for the deadline, never dropped.
+async fn a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sending_deadline(
+    b: Backend,
+) {
+    use kirim::domain::{Content, OptOutKey, OptOutScope, OptOutSource};
+    use kirim::service::jobs::{DispatchJob, MessageFacts, Outcome, QueueJob};
+    use kirim::service::{dispatch, optouts};
+
+    for with_facts in [true, false] {
+        let (_, deps, clock) = two_processes(b).await;
+        let t = tenant(10);
+        deps.tenants
+            .create_tenant(&t, &key_for(&t), None)
+            .await
+            .unwrap();
+        let (m, debit) = message_for(&t.id, clock.now());
+        deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+        // An earlier delivery claimed it and timed out at Meta.
+        let claimed = deps
+            .messages
+            .transition(
+                &t.id,
+                &m.id,
+                MessageStatus::Sending,
+                &StatusChange {
+                    count_attempt: true,
+                    ..Default::default()
+                },
+                clock.now(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(claimed, Transition::Applied(_)));
+        // The recipient opted out meanwhile: the check before the claim fails.
+        optouts::add(
+            &deps,
+            &t.id,
+            optouts::Recipient::of(OptOutKey::Phone(m.to.clone())),
+            OptOutScope::All,
+            OptOutSource::Api,
+            "test",
+            None,
+        )
+        .await
+        .unwrap();
+        let job = QueueJob::Send(DispatchJob {
+            tenant_id: t.id.clone(),
+            message_id: m.id.clone(),
+            content: Content::Text { body: "hi".into() },
+            request_id: None,
+            send_at: None,
+            broadcast_id: None,
+            facts: with_facts.then(|| MessageFacts::of(&m)),
+        });
+        let outcome = dispatch::handle(&deps, &job.to_body().unwrap()).await;
+        assert!(
+            matches!(outcome, Outcome::RetryAfter(_)),
+            "facts in the job: {with_facts}; {outcome:?}"
+        );
+        let stored = deps
+            .messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stored.status,
+            MessageStatus::Sending,
+            "neither failed nor refunded"
+        );
+        let ledger = deps.ledger.entries(&t.id).await.unwrap();
+        assert_eq!(ledger.len(), 1, "the debit only: {ledger:?}");
+    }
+}
+
+on_both_backends!(
+    a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_it_once,
+    a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sending_deadline,
+);
