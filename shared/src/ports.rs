@@ -411,6 +411,17 @@ pub trait OptOutStore: Send + Sync {
         tenant: &TenantId,
         key: &OptOutKey,
     ) -> Result<Option<OptOut>, StoreError>;
+    /// [`get_opt_out`](Self::get_opt_out), possibly a moment behind the latest write (on
+    /// DynamoDB an eventually consistent read: half the read units). Only for the
+    /// dispatcher's second look at a message the send API accepted after a consistent
+    /// check (README, "Opt-outs": what it may miss).
+    async fn peek_opt_out(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<OptOut>, StoreError> {
+        self.get_opt_out(tenant, key).await
+    }
     /// Removes the opt-out only if it was not made by a STOP reply newer than Meta's
     /// time `at` (a START reply of that time): a conditional delete, so a START never
     /// undoes a newer STOP whatever order they arrive in. `false` if nothing was removed.
@@ -458,6 +469,15 @@ pub trait ContactStore: Send + Sync {
         tenant: &TenantId,
         key: &OptOutKey,
     ) -> Result<Option<OptOutKey>, StoreError>;
+    /// [`paired_key`](Self::paired_key), possibly a moment behind (as
+    /// [`OptOutStore::peek_opt_out`]).
+    async fn peek_paired_key(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<OptOutKey>, StoreError> {
+        self.paired_key(tenant, key).await
+    }
     /// Records that the user `key` wrote to the tenant's number `phone_number_id` at
     /// `at` (kept in whole seconds), unless a later time is already recorded (a conditional write: webhooks arrive
     /// in any order). The item expires at `expires_at` (epoch seconds).

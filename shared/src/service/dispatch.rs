@@ -352,7 +352,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     }
     // A STOP may have arrived while the message waited in the queue: honour it.
     let category = job.content.template_ref().map(|t| t.category);
-    match super::optouts::check(deps, &job.tenant_id, &queued.to, category).await {
+    match super::optouts::check_queued(deps, &job.tenant_id, &queued.to, category).await {
         Ok(()) => {}
         Err(ServiceError::RecipientOptedOut) => {
             tracing::info!(to = %queued.to.masked(), "recipient opted out while queued; not sent");

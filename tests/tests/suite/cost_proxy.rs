@@ -123,3 +123,50 @@ async fn the_cost_proxy_counts_each_call_with_the_units_its_item_sizes_cost() {
         "nothing after the phase: {tally:?}"
     );
 }
+
+/// The reads this issue made cheaper, counted on the wire (issue #13): the reads that may
+/// be a moment behind are eventually consistent (half a unit each), and indexing a wamid
+/// learns whether statuses were kept for it from the item it replaced, not from a read.
+#[tokio::test]
+async fn the_reads_that_may_lag_cost_half_a_unit_and_indexing_a_wamid_reads_nothing() {
+    use kirim::domain::{MessageId, OptOutKey, PhoneNumber, TenantId};
+    use kirim::ports::{ContactStore, MessageStore, OptOutStore};
+
+    let stack = kirim_infra::bootstrap::ensure_stack(&moto_sdk().await, &unique_stack())
+        .await
+        .expect("stack in moto");
+    let proxy = CountingProxy::start(&moto_endpoint().await).await.unwrap();
+    let db = aws_sdk_dynamodb::Client::new(
+        &kirim_infra::local::emulator_sdk_config(Some(&proxy.url)).await,
+    );
+    let store = kirim::adapters::aws::DynamoStore::new(
+        db,
+        stack.table.clone(),
+        std::sync::Arc::new(kirim::ports::SystemClock),
+    );
+    let t = TenantId::generate();
+    let phone = OptOutKey::Phone(PhoneNumber::parse("+60123450999").unwrap());
+    let m = MessageId::generate();
+
+    proxy.set_phase("peek");
+    store.peek_opt_out(&t, &phone).await.unwrap();
+    store.peek_paired_key(&t, &phone).await.unwrap();
+    store.peek_message(&t, &m).await.unwrap();
+    proxy.set_phase("get");
+    store.get_opt_out(&t, &phone).await.unwrap();
+    proxy.set_phase("index");
+    let kept = store
+        .index_wamid(&t, &m, &format!("wamid.{}", ulid::Ulid::new()), None)
+        .await
+        .unwrap();
+    assert!(!kept, "nothing was kept for it");
+    proxy.set_phase("after");
+
+    let tally = proxy.take();
+    let get = |phase: &str| tally[phase]["DynamoDB.GetItem"].clone();
+    assert_eq!((get("peek").calls, get("peek").rcu), (3, 1.5));
+    assert_eq!((get("get").calls, get("get").rcu), (1, 1.0), "consistent");
+    let index = &tally["index"];
+    assert_eq!(index.len(), 1, "one call: {index:?}");
+    assert_eq!(index["DynamoDB.PutItem"].rcu, 0.0);
+}

@@ -232,6 +232,21 @@ impl DynamoStore {
         Ok(out.item.filter(|i| self.live(i)))
     }
 
+    /// [`get`](Self::get), eventually consistent: half the read units, possibly a moment
+    /// behind the latest write (the `peek_*` reads of the ports).
+    pub(super) async fn get_eventually(&self, key: keys::Key) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key.attrs()))
+            .consistent_read(false)
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb get", e))?;
+        Ok(out.item.filter(|i| self.live(i)))
+    }
+
     pub(super) fn put(
         &self,
         item: Item,
@@ -870,16 +885,10 @@ impl MessageStore for DynamoStore {
         tenant: &TenantId,
         id: &MessageId,
     ) -> Result<Option<MessageRecord>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(keys::message(tenant, id).attrs()))
-            .consistent_read(false)
-            .send()
-            .await
-            .map_err(|e| classify("dynamodb get", e))?;
-        out.item.filter(|i| self.live(i)).map(from_item).transpose()
+        self.get_eventually(keys::message(tenant, id))
+            .await?
+            .map(from_item)
+            .transpose()
     }
 
     async fn list_messages(
