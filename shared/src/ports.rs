@@ -116,9 +116,11 @@ impl LedgerKind {
 
 #[async_trait]
 pub trait TenantStore: Send + Sync {
-    /// Creates the tenant (with its opening balance), its phone-number route, its first API
-    /// key and the opening top-up record in one atomic write. Fails with `Conflict` if the
-    /// phone number id already belongs to a tenant.
+    /// Creates the tenant (with its opening balance), its phone-number route, the number's
+    /// item ([`PhoneNumberRecord::default_of`]: what finds the tenant by its WABA, see
+    /// [`tenants_by_waba`](Self::tenants_by_waba)), its first API key and the opening
+    /// top-up record in one atomic write. Fails with `Conflict` if the phone number id
+    /// already belongs to a tenant.
     async fn create_tenant(
         &self,
         tenant: &Tenant,

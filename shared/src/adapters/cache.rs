@@ -12,12 +12,11 @@
 //! - the tenant by phone number id (only tenants found);
 //! - a tenant's status-callback setting (or its absence);
 //! - a catalogue template (or its absence);
-//! - a tenant's phone number by id, the dispatcher's sender: numbers found, and the
-//!   absence of a number item only for the tenant's default number as the cached tenant
-//!   names it (a tenant onboarded with one number has no item for it: the tenant's own
-//!   facts stand in). Another number's absence is never cached: a number added a moment
-//!   ago by another process is never taken for absent, which would fail a message as
-//!   `sender_removed`. Stale for at most the TTL: a number removed by another process may
+//! - a tenant's phone number by id, the dispatcher's sender (only numbers found: a number
+//!   added a moment ago by another process is never taken for absent, which would fail a
+//!   message as `sender_removed`; every tenant onboarded since the WABA index moved onto
+//!   number items has its default number's item, older ones until it is stored, see
+//!   infra/deploy.md). Stale for at most the TTL: a number removed by another process may
 //!   still send what was queued for it, and a new quality or throughput from Meta paces
 //!   its sends, within the TTL; the send slots themselves are their own item, never
 //!   cached.
@@ -94,7 +93,7 @@ pub struct ReadCache<S> {
     phones: Ttl<String, TenantId>,
     callbacks: Ttl<TenantId, Option<StatusCallback>>,
     templates: Ttl<(String, String, String), Option<CatalogueTemplate>>,
-    numbers: Ttl<(TenantId, String), Option<PhoneNumberRecord>>,
+    numbers: Ttl<(TenantId, String), PhoneNumberRecord>,
 }
 
 impl<S> ReadCache<S> {
@@ -385,15 +384,10 @@ impl<S: PhoneNumberStore + 'static> PhoneNumberStore for ReadCache<S> {
         let now = self.now();
         let k = (tenant.clone(), phone_number_id.to_owned());
         if let Some(n) = self.numbers.get(&k, now) {
-            return Ok(n);
+            return Ok(Some(n));
         }
         let n = self.inner.get_phone_number(tenant, phone_number_id).await?;
-        let default = || {
-            self.tenants
-                .get(tenant, now)
-                .is_some_and(|t| t.phone_number_id == phone_number_id)
-        };
-        if n.is_some() || default() {
+        if let Some(n) = &n {
             self.numbers.put(k, n.clone(), now);
         }
         Ok(n)
@@ -425,8 +419,7 @@ impl<S: PhoneNumberStore + 'static> PhoneNumberStore for ReadCache<S> {
         number: &PhoneNumberRecord,
     ) -> Result<(), StoreError> {
         let r = self.inner.set_default_number(tenant, number).await;
-        // The tenant item names its default number, whose absence may be cached.
-        self.numbers.forget(|(t, _), _| t != tenant);
+        self.forget_number(tenant, &number.phone_number_id);
         self.forget_tenant(tenant);
         r
     }

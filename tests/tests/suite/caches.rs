@@ -266,7 +266,9 @@ async fn a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_n
     ));
 }
 
-async fn the_default_sender_without_a_number_item_is_read_once_within_five_seconds(b: Backend) {
+async fn the_default_sender_has_its_item_from_onboarding_and_is_read_once_within_five_seconds(
+    b: Backend,
+) {
     let (cached, other, clock) = two_processes(b).await;
     let t = tenant(10);
     other
@@ -280,13 +282,19 @@ async fn the_default_sender_without_a_number_item_is_read_once_within_five_secon
     assert_eq!(
         (seen.phone_number_id.as_str(), seen.throughput_per_sec),
         (t.phone_number_id.as_str(), None),
-        "the tenant's own facts stand in for the missing item"
+        "the onboarding stored the number's item"
     );
     assert!(other
         .numbers
-        .put_phone_number_if_absent(&number_of(&t, &t.phone_number_id, &clock))
+        .set_number_quality(
+            &t.id,
+            &t.phone_number_id,
+            kirim::domain::TemplateQuality::Green,
+            Some(250)
+        )
         .await
-        .unwrap());
+        .unwrap()
+        .is_some());
     clock.advance(almost_ttl());
     assert_eq!(
         numbers::sender(&cached, &t, None)
@@ -294,16 +302,15 @@ async fn the_default_sender_without_a_number_item_is_read_once_within_five_secon
             .unwrap()
             .throughput_per_sec,
         None,
-        "its absence is remembered for the TTL: not read again"
+        "remembered for the TTL: not read again"
     );
     clock.advance(chrono::Duration::seconds(1));
-    let t = auth::load_tenant(&cached, &t.id).await.unwrap();
     assert_eq!(
         numbers::sender(&cached, &t, None)
             .await
             .unwrap()
             .throughput_per_sec,
-        Some(80)
+        Some(250)
     );
 }
 
@@ -473,7 +480,7 @@ on_both_backends!(
     a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until_another_moves_it,
     a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_new_one_at_once,
     a_sender_removed_through_the_same_process_is_refused_at_once,
-    the_default_sender_without_a_number_item_is_read_once_within_five_seconds,
+    the_default_sender_has_its_item_from_onboarding_and_is_read_once_within_five_seconds,
     a_key_revoked_by_another_process_stops_authenticating_within_five_seconds,
     a_key_revoked_through_the_same_process_is_refused_at_once,
     a_suspension_by_another_process_bites_within_five_seconds_and_credits_are_never_cached,

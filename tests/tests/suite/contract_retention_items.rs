@@ -589,8 +589,9 @@ async fn key_sk(p: &Ports, t: &Tenant) -> String {
     format!("APIKEY#{}", keys[0].id)
 }
 
-/// The closed tenant's two key copies go with any of its configuration.
-const KEYS: usize = 2;
+/// The closed tenant's two key copies and its onboarding number's item (which carries
+/// its WABA index entry) go with any of its configuration.
+const KEYS: usize = 3;
 
 async fn a_closed_out_tenants_api_keys_are_swept_as_active_config_and_an_open_tenants_stay(
     p: Ports,

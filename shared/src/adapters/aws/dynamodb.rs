@@ -482,17 +482,17 @@ impl TenantStore for DynamoStore {
         key: &ApiKeyRecord,
         initial: Option<&LedgerEntry>,
     ) -> Result<(), StoreError> {
-        let t = to_item(
-            tenant,
-            &keys::tenant(&tenant.id)
-                .with_gsi1(keys::tenant_waba_gsi1(&tenant.waba_id, &tenant.id)),
-            None,
-        )?;
+        // No WABA index entry on the tenant item: every debit rewrites the tenant item, and
+        // with an entry (the index projects ALL) each rewrite was an index write too. The
+        // number's item carries the tenant's entry instead, written once here.
+        let t = to_item(tenant, &keys::tenant(&tenant.id).pairs(), None)?;
         let mut route: Item = keys::phone_route(&tenant.phone_number_id).attrs();
         route.insert("tenant_id".into(), s(tenant.id.to_string()));
+        let number = self.number_item(&crate::ports::PhoneNumberRecord::default_of(tenant))?;
         let mut items = vec![
             self.put(t, Some("attribute_not_exists(pk)"))?,
             self.put(route, Some("attribute_not_exists(pk)"))?,
+            self.put(number, Some("attribute_not_exists(pk)"))?,
         ];
         items.extend(self.api_key_puts(key)?);
         if let Some(entry) = initial {

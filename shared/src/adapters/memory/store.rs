@@ -125,6 +125,9 @@ impl TenantStore for MemoryStore {
         }
         s.phones
             .insert(tenant.phone_number_id.clone(), tenant.id.clone());
+        let number = crate::ports::PhoneNumberRecord::default_of(tenant);
+        s.numbers
+            .insert((tenant.id.clone(), tenant.phone_number_id.clone()), number);
         s.tenants.insert(tenant.id.clone(), tenant.clone());
         s.keys.insert(key.key_hash.clone(), key.clone());
         s.ledger.extend(initial.cloned());

@@ -329,9 +329,13 @@ impl RetentionStore for DynamoStore {
                     }
                 }
                 Some(ItemKind::PhoneNumber) => {
-                    // Its route, only while it still names this tenant.
+                    // Its route, only while it still names this tenant; the default
+                    // number's (every tenant has its item since the WABA index moved
+                    // onto number items) below, where it is counted.
                     if let Some(pnid) = str_attr(&item, "phone_number_id") {
-                        self.delete_route_of(tenant, pnid).await?;
+                        if str_attr(&tenant_item, "phone_number_id") != Some(pnid) {
+                            self.delete_route_of(tenant, pnid).await?;
+                        }
                     }
                 }
                 Some(ItemKind::OptOut | ItemKind::StatusCallback | ItemKind::TwoFactorSetting) => {}
