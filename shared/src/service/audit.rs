@@ -205,29 +205,42 @@ async fn link(
 /// moved meanwhile refuses it, and then the chain is read again. The signed head is
 /// written exactly as before; only where `expected` comes from changes.
 ///
-/// Bounded in time by the read cache's TTL (`KIRIM_READ_CACHE_TTL`, 5 s on Lambda; zero:
-/// never remembered, every append reads the head): a head older than that is read again,
-/// so events another process parked on the chain are linked in by this process's first
-/// append after at most the TTL (before: its next append). A refused remembered head
-/// marks the chain contended for the TTL: several processes appending to one chain read
-/// before each append, as before, instead of paying a refused transaction (4 write units)
-/// for each stale memory. Any other error forgets the chain (the write may or may not
-/// have happened).
+/// On only with the read cache (`KIRIM_READ_CACHE_TTL`, 5 s on Lambda; zero: never
+/// remembered, every append reads the head). The head is read again [`HEAD_READ_EVERY`]
+/// after this process last read it, however often it appended since: events another
+/// process parked on the chain (rare: its append failed) are linked in by this process's
+/// first append after at most that long (before: its next append), or at once by an
+/// append anywhere that reads the head. A refused remembered head marks the chain
+/// contended for the TTL: several processes appending to one chain read before each
+/// append, as before, instead of paying a refused transaction (4 write units) for each
+/// stale memory. Any other error forgets the chain (the write may or may not have
+/// happened).
 pub struct HeadMemo {
     ttl: chrono::Duration,
+    max_age: chrono::Duration,
     chains: std::sync::Mutex<std::collections::HashMap<String, Remembered>>,
 }
 
+/// How long a process appends after a head it remembers before it reads the head again.
+pub const HEAD_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Clone)]
 enum Remembered {
+    /// The head this process wrote last, and when it last read the head.
     Head(AuditHead, DateTime<Utc>),
     Contended(DateTime<Utc>),
 }
 
 impl HeadMemo {
     pub fn new(ttl: std::time::Duration) -> Self {
+        let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero());
         HeadMemo {
-            ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero()),
+            max_age: if ttl.is_zero() {
+                ttl
+            } else {
+                chrono::Duration::from_std(HEAD_READ_EVERY).unwrap_or(ttl)
+            },
+            ttl,
             chains: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -236,16 +249,19 @@ impl HeadMemo {
         self.chains.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The head this process wrote last on `chain`, if it is younger than the TTL and the
-    /// chain is not contended.
-    fn head(&self, chain: &str, now: DateTime<Utc>) -> Option<AuditHead> {
+    /// The head this process wrote last on `chain` and when it last read the head, if
+    /// that is less than [`HEAD_READ_EVERY`] ago and the chain is not contended.
+    fn head(&self, chain: &str, now: DateTime<Utc>) -> Option<(AuditHead, DateTime<Utc>)> {
         match self.lock().get(chain)? {
-            Remembered::Head(h, at) if *at <= now && now < *at + self.ttl => Some(h.clone()),
+            Remembered::Head(h, read_at) if *read_at <= now && now < *read_at + self.max_age => {
+                Some((h.clone(), *read_at))
+            }
             _ => None,
         }
     }
 
-    fn wrote(&self, chain: &str, head: AuditHead, now: DateTime<Utc>) {
+    /// `head` was written after a head read at `read_at`.
+    fn wrote(&self, chain: &str, head: AuditHead, read_at: DateTime<Utc>, now: DateTime<Utc>) {
         if self.ttl.is_zero() {
             return;
         }
@@ -257,12 +273,13 @@ impl HeadMemo {
         }
         // Bounded: a warm process appends to few chains; drop stale entries when it grows.
         if chains.len() >= 10_000 {
-            let ttl = self.ttl;
+            let (ttl, max_age) = (self.ttl, self.max_age);
             chains.retain(|_, r| match r {
-                Remembered::Head(_, at) | Remembered::Contended(at) => now < *at + ttl,
+                Remembered::Head(_, at) => now < *at + max_age,
+                Remembered::Contended(at) => now < *at + ttl,
             });
         }
-        chains.insert(chain.to_owned(), Remembered::Head(head, now));
+        chains.insert(chain.to_owned(), Remembered::Head(head, read_at));
     }
 
     fn contended(&self, chain: &str, now: DateTime<Utc>) {
@@ -433,10 +450,10 @@ pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceErro
     let mut remembered = deps.audit_heads.head(&chain, deps.clock.now());
     for _ in 0..ATTEMPTS {
         let from_memo = remembered.is_some();
-        let (head, parked) = match remembered.take() {
-            Some(h) => (Some(h), false),
+        let (head, parked, read_at) = match remembered.take() {
+            Some((h, read_at)) => (Some(h), false, read_at),
             None => match deps.audit.tip(&chain).await {
-                Ok(tip) => tip,
+                Ok((h, parked)) => (h, parked, deps.clock.now()),
                 Err(e) => {
                     deps.audit_heads.forget(&chain);
                     return Err(e.into());
@@ -453,7 +470,8 @@ pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceErro
         }
         match link(deps, &chain, &content, head.as_ref(), None, key).await {
             Ok((event, new_head)) => {
-                deps.audit_heads.wrote(&chain, new_head, deps.clock.now());
+                deps.audit_heads
+                    .wrote(&chain, new_head, read_at, deps.clock.now());
                 return Ok(event);
             }
             // Another process moved the head since this one wrote it: read it now (no

@@ -117,8 +117,8 @@ pub struct Deps {
     pub meta: Arc<dyn MetaClient>,
     pub clock: Arc<dyn Clock>,
     pub settings: Arc<Settings>,
-    /// The audit chain heads this process wrote last (`audit::HeadMemo`), for the read
-    /// cache's TTL.
+    /// The audit chain heads this process wrote last (`audit::HeadMemo`; on with the read
+    /// cache).
     pub audit_heads: Arc<audit::HeadMemo>,
 }
 
