@@ -163,7 +163,7 @@ async fn the_reads_that_may_lag_cost_half_a_unit_and_indexing_a_wamid_reads_noth
     proxy.set_phase("after");
 
     let tally = proxy.take();
-    let get = |phase: &str| tally[phase]["DynamoDB.GetItem"].clone();
+    let get = |phase: &str| tally[phase]["DynamoDB.GetItem"];
     assert_eq!((get("peek").calls, get("peek").rcu), (3, 1.5));
     assert_eq!((get("get").calls, get("get").rcu), (1, 1.0), "consistent");
     let index = &tally["index"];
