@@ -116,9 +116,11 @@ impl LedgerKind {
 
 #[async_trait]
 pub trait TenantStore: Send + Sync {
-    /// Creates the tenant (with its opening balance), its phone-number route, its first API
-    /// key and the opening top-up record in one atomic write. Fails with `Conflict` if the
-    /// phone number id already belongs to a tenant.
+    /// Creates the tenant (with its opening balance), its phone-number route, the number's
+    /// item ([`PhoneNumberRecord::default_of`]: what finds the tenant by its WABA, see
+    /// [`tenants_by_waba`](Self::tenants_by_waba)), its first API key and the opening
+    /// top-up record in one atomic write. Fails with `Conflict` if the phone number id
+    /// already belongs to a tenant.
     async fn create_tenant(
         &self,
         tenant: &Tenant,
@@ -292,6 +294,17 @@ pub trait MessageStore: Send + Sync {
         tenant: &TenantId,
         id: &MessageId,
     ) -> Result<Option<MessageRecord>, StoreError>;
+    /// [`get_message`](Self::get_message), possibly a moment behind the latest write (on
+    /// DynamoDB an eventually consistent read: half the read units). Only for a caller
+    /// whose decision a conditional write backs anyway, and which treats the answer as a
+    /// status the message has at least reached (the webhook's transitions).
+    async fn peek_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.get_message(tenant, id).await
+    }
     async fn list_messages(
         &self,
         tenant: &TenantId,
@@ -358,14 +371,20 @@ pub trait MessageStore: Send + Sync {
     /// Records the index from wamid to message, for a caller that puts the wamid on the
     /// message itself in the same write as its status (the dispatcher's `sent`
     /// transition): one write fewer. A store may record both, as `set_wamid` does.
+    ///
+    /// Answers whether a status for `wamid` may have been kept before it was indexed
+    /// ([`PendingStatusStore::put_pending_status`]): only then does the caller read the
+    /// kept statuses (no read when none came early, the usual case). `true` when the store
+    /// cannot tell (this default).
     async fn index_wamid(
         &self,
         tenant: &TenantId,
         id: &MessageId,
         wamid: &str,
         expires_at: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.set_wamid(tenant, id, wamid, expires_at).await
+    ) -> Result<bool, StoreError> {
+        self.set_wamid(tenant, id, wamid, expires_at).await?;
+        Ok(true)
     }
     async fn message_by_wamid(
         &self,
@@ -394,6 +413,17 @@ pub trait OptOutStore: Send + Sync {
         tenant: &TenantId,
         key: &OptOutKey,
     ) -> Result<Option<OptOut>, StoreError>;
+    /// [`get_opt_out`](Self::get_opt_out), possibly a moment behind the latest write (on
+    /// DynamoDB an eventually consistent read: half the read units). Only for the
+    /// dispatcher's second look at a message the send API accepted after a consistent
+    /// check (README, "Opt-outs": what it may miss).
+    async fn peek_opt_out(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<OptOut>, StoreError> {
+        self.get_opt_out(tenant, key).await
+    }
     /// Removes the opt-out only if it was not made by a STOP reply newer than Meta's
     /// time `at` (a START reply of that time): a conditional delete, so a START never
     /// undoes a newer STOP whatever order they arrive in. `false` if nothing was removed.
@@ -441,6 +471,15 @@ pub trait ContactStore: Send + Sync {
         tenant: &TenantId,
         key: &OptOutKey,
     ) -> Result<Option<OptOutKey>, StoreError>;
+    /// [`paired_key`](Self::paired_key), possibly a moment behind (as
+    /// [`OptOutStore::peek_opt_out`]).
+    async fn peek_paired_key(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<OptOutKey>, StoreError> {
+        self.paired_key(tenant, key).await
+    }
     /// Records that the user `key` wrote to the tenant's number `phone_number_id` at
     /// `at` (kept in whole seconds), unless a later time is already recorded (a conditional write: webhooks arrive
     /// in any order). The item expires at `expires_at` (epoch seconds).

@@ -2,7 +2,7 @@
 //! kept for a short TTL in a warm Lambda instead of a DynamoDB read per request.
 //!
 //! [`ReadCache`] decorates the store's [`TenantStore`], [`ApiKeyStore`],
-//! [`StatusCallbackStore`] and [`TemplateStore`] ports (`Deps::new` puts it in front when
+//! [`StatusCallbackStore`], [`TemplateStore`] and [`PhoneNumberStore`] ports (`Deps::new` puts it in front when
 //! `Backends::read_cache_ttl` is not zero: on Lambda [`crate::wiring::READ_CACHE_TTL`]).
 //! It caches, for at most the TTL by the deps' clock:
 //! - an API key by its hash (only keys found);
@@ -11,7 +11,15 @@
 //!   never cached);
 //! - the tenant by phone number id (only tenants found);
 //! - a tenant's status-callback setting (or its absence);
-//! - a catalogue template (or its absence).
+//! - a catalogue template (or its absence);
+//! - a tenant's phone number by id, the dispatcher's sender (only numbers found: a number
+//!   added a moment ago by another process is never taken for absent, which would fail a
+//!   message as `sender_removed`; every tenant onboarded since the WABA index moved onto
+//!   number items has its default number's item, older ones until it is stored, see
+//!   infra/deploy.md). Stale for at most the TTL: a number removed by another process may
+//!   still send what was queued for it, and a new quality or throughput from Meta paces
+//!   its sends, within the TTL; the send slots themselves are their own item, never
+//!   cached.
 //!
 //! Every write through the same decorator drops what it changes at once (same process);
 //! a change made by another process (another Lambda, another instance) is seen after the
@@ -27,11 +35,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::domain::TemplateQuality;
 use crate::domain::{TemplateChange, TenantId};
 use crate::ports::{
-    ApiKeyRecord, ApiKeyStore, CatalogueTemplate, Clock, LedgerEntry, StatusCallback,
-    StatusCallbackStore, TemplatePage, TemplateQuery, TemplateStore, Tenant, TenantStatus,
-    TenantStore,
+    ApiKeyRecord, ApiKeyStore, CatalogueTemplate, Clock, LedgerEntry, PhoneNumberRecord,
+    PhoneNumberStore, StatusCallback, StatusCallbackStore, TemplatePage, TemplateQuery,
+    TemplateStore, Tenant, TenantStatus, TenantStore,
 };
 use crate::store_error::StoreError;
 
@@ -84,6 +93,7 @@ pub struct ReadCache<S> {
     phones: Ttl<String, TenantId>,
     callbacks: Ttl<TenantId, Option<StatusCallback>>,
     templates: Ttl<(String, String, String), Option<CatalogueTemplate>>,
+    numbers: Ttl<(TenantId, String), PhoneNumberRecord>,
 }
 
 impl<S> ReadCache<S> {
@@ -96,6 +106,7 @@ impl<S> ReadCache<S> {
             phones: Ttl::new(ttl),
             callbacks: Ttl::new(ttl),
             templates: Ttl::new(ttl),
+            numbers: Ttl::new(ttl),
         }
     }
 
@@ -110,6 +121,10 @@ impl<S> ReadCache<S> {
     fn forget_key(&self, tenant: &TenantId, id: &str) {
         self.keys
             .forget(|_, k| !(k.tenant_id == *tenant && k.id == id));
+    }
+
+    fn forget_number(&self, tenant: &TenantId, id: &str) {
+        self.numbers.forget(|(t, n), _| !(t == tenant && n == id));
     }
 
     fn forget_template(&self, waba_id: &str, name: &str, language: &str) {
@@ -340,6 +355,87 @@ impl<S: TemplateStore + 'static> TemplateStore for ReadCache<S> {
     ) -> Result<bool, StoreError> {
         let r = self.inner.delete_template(waba_id, name, language).await;
         self.forget_template(waba_id, name, language);
+        r
+    }
+}
+
+#[async_trait]
+impl<S: PhoneNumberStore + 'static> PhoneNumberStore for ReadCache<S> {
+    async fn add_phone_number(&self, number: &PhoneNumberRecord) -> Result<(), StoreError> {
+        let r = self.inner.add_phone_number(number).await;
+        self.forget_number(&number.tenant_id, &number.phone_number_id);
+        r
+    }
+
+    async fn put_phone_number_if_absent(
+        &self,
+        number: &PhoneNumberRecord,
+    ) -> Result<bool, StoreError> {
+        let r = self.inner.put_phone_number_if_absent(number).await;
+        self.forget_number(&number.tenant_id, &number.phone_number_id);
+        r
+    }
+
+    async fn get_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+    ) -> Result<Option<PhoneNumberRecord>, StoreError> {
+        let now = self.now();
+        let k = (tenant.clone(), phone_number_id.to_owned());
+        if let Some(n) = self.numbers.get(&k, now) {
+            return Ok(Some(n));
+        }
+        let n = self.inner.get_phone_number(tenant, phone_number_id).await?;
+        if let Some(n) = &n {
+            self.numbers.put(k, n.clone(), now);
+        }
+        Ok(n)
+    }
+
+    async fn list_phone_numbers(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<PhoneNumberRecord>, StoreError> {
+        self.inner.list_phone_numbers(tenant).await
+    }
+
+    async fn remove_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+    ) -> Result<(), StoreError> {
+        let r = self
+            .inner
+            .remove_phone_number(tenant, phone_number_id)
+            .await;
+        self.forget_number(tenant, phone_number_id);
+        r
+    }
+
+    async fn set_default_number(
+        &self,
+        tenant: &TenantId,
+        number: &PhoneNumberRecord,
+    ) -> Result<(), StoreError> {
+        let r = self.inner.set_default_number(tenant, number).await;
+        self.forget_number(tenant, &number.phone_number_id);
+        self.forget_tenant(tenant);
+        r
+    }
+
+    async fn set_number_quality(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        quality: TemplateQuality,
+        throughput_per_sec: Option<u32>,
+    ) -> Result<Option<PhoneNumberRecord>, StoreError> {
+        let r = self
+            .inner
+            .set_number_quality(tenant, phone_number_id, quality, throughput_per_sec)
+            .await;
+        self.forget_number(tenant, phone_number_id);
         r
     }
 }

@@ -80,6 +80,25 @@ impl MessageStatus {
         self.allowed_predecessors().contains(&current)
     }
 
+    /// Whether `self` may follow `seen` or any status a message can move on to from
+    /// `seen`: what a read that may be a moment behind (`seen` or later) still allows.
+    pub fn may_still_follow(self, seen: MessageStatus) -> bool {
+        let mut reached = vec![seen];
+        let mut i = 0;
+        while let Some(&s) = reached.get(i) {
+            if self.may_follow(s) {
+                return true;
+            }
+            for next in Self::ALL {
+                if next.may_follow(s) && !reached.contains(&next) {
+                    reached.push(next);
+                }
+            }
+            i += 1;
+        }
+        false
+    }
+
     pub fn is_final(self) -> bool {
         matches!(self, MessageStatus::Read)
     }
@@ -97,6 +116,29 @@ mod tests {
         assert!(!Sent.may_follow(Read));
         assert!(!Failed.may_follow(Delivered));
         assert!(!Sent.may_follow(Sent), "duplicates change nothing");
+    }
+
+    #[test]
+    fn a_read_that_may_be_behind_skips_only_what_no_later_status_allows() {
+        // A scheduled message seen a moment ago may be sending by now.
+        assert!(!Sent.may_follow(Scheduled));
+        assert!(Sent.may_still_follow(Scheduled));
+        assert!(Delivered.may_still_follow(Scheduled));
+        assert!(Sent.may_still_follow(Accepted));
+        // Nothing after these lets the status in: skipped without a write.
+        assert!(!Sent.may_still_follow(Sent));
+        assert!(!Sent.may_still_follow(Delivered));
+        assert!(!Delivered.may_still_follow(Read));
+        assert!(!Read.may_still_follow(Read));
+        assert!(!Sent.may_still_follow(Cancelled));
+        // Where the read is exact, the same as `may_follow` whenever that allows.
+        for to in MessageStatus::ALL {
+            for seen in MessageStatus::ALL {
+                if to.may_follow(seen) {
+                    assert!(to.may_still_follow(seen), "{to:?} after {seen:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -38,7 +38,10 @@ pub struct PendingError {
 #[async_trait]
 pub trait PendingStatusStore: Send + Sync {
     /// Keeps the status unless the same one (wamid, status, timestamp) is already kept:
-    /// a conditional write. `true` if it was new.
+    /// a conditional write. `true` if it was new. Either way, once it answers `Ok`, a
+    /// later [`MessageStore::index_wamid`] of the wamid answers `true`.
+    ///
+    /// [`MessageStore::index_wamid`]: crate::ports::MessageStore::index_wamid
     async fn put_pending_status(&self, status: &PendingStatus) -> Result<bool, StoreError>;
     /// The live statuses kept for `wamid`, oldest first.
     async fn pending_statuses(&self, wamid: &str) -> Result<Vec<PendingStatus>, StoreError>;

@@ -27,6 +27,22 @@ pub struct PhoneNumberRecord {
     pub added_at: DateTime<Utc>,
 }
 
+impl PhoneNumberRecord {
+    /// The number a tenant was onboarded with (or made its default), as the tenant item
+    /// knows it: no display number, quality unknown until Meta says.
+    pub fn default_of(tenant: &crate::ports::Tenant) -> Self {
+        PhoneNumberRecord {
+            tenant_id: tenant.id.clone(),
+            phone_number_id: tenant.phone_number_id.clone(),
+            waba_id: tenant.waba_id.clone(),
+            display_phone_number: None,
+            quality: TemplateQuality::Unknown,
+            throughput_per_sec: None,
+            added_at: tenant.created_at,
+        }
+    }
+}
+
 fn unknown_quality() -> TemplateQuality {
     TemplateQuality::Unknown
 }

@@ -157,7 +157,7 @@ async fn link(
     head: Option<&AuditHead>,
     parked: Option<&str>,
     key: Option<&Secret>,
-) -> Result<AuditEvent, StoreError> {
+) -> Result<(AuditEvent, AuditHead), StoreError> {
     let mut event = AuditEvent {
         chain: chain.to_owned(),
         seq: head.map_or(1, |h| h.seq + 1),
@@ -186,11 +186,112 @@ async fn link(
         .append(&AuditLink {
             event: &event,
             expected: head,
-            signature,
+            signature: signature.clone(),
             parked,
         })
         .await?;
-    Ok(event)
+    let new_head = AuditHead {
+        seq: event.seq,
+        hash: event.hash.clone(),
+        expires_at: event.expires_at,
+        signature,
+    };
+    Ok((event, new_head))
+}
+
+/// The head this process last wrote per chain (issue #13: the head read on each append
+/// was one read unit of every send). An append after a remembered head skips the read;
+/// the append is conditional on the head's `seq` all the same, so a head another process
+/// moved meanwhile refuses it, and then the chain is read again. The signed head is
+/// written exactly as before; only where `expected` comes from changes.
+///
+/// On only with the read cache (`KIRIM_READ_CACHE_TTL`, 5 s on Lambda; zero: never
+/// remembered, every append reads the head). The head is read again [`HEAD_READ_EVERY`]
+/// after this process last read it, however often it appended since: events another
+/// process parked on the chain (rare: its append failed) are linked in by this process's
+/// first append after at most that long (before: its next append), or at once by an
+/// append anywhere that reads the head. A refused remembered head marks the chain
+/// contended for the TTL: several processes appending to one chain read before each
+/// append, as before, instead of paying a refused transaction (4 write units) for each
+/// stale memory. Any other error forgets the chain (the write may or may not have
+/// happened).
+pub struct HeadMemo {
+    ttl: chrono::Duration,
+    max_age: chrono::Duration,
+    chains: std::sync::Mutex<std::collections::HashMap<String, Remembered>>,
+}
+
+/// How long a process appends after a head it remembers before it reads the head again.
+pub const HEAD_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[derive(Clone)]
+enum Remembered {
+    /// The head this process wrote last, and when it last read the head.
+    Head(AuditHead, DateTime<Utc>),
+    Contended(DateTime<Utc>),
+}
+
+impl HeadMemo {
+    pub fn new(ttl: std::time::Duration) -> Self {
+        let ttl = chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero());
+        HeadMemo {
+            max_age: if ttl.is_zero() {
+                ttl
+            } else {
+                chrono::Duration::from_std(HEAD_READ_EVERY).unwrap_or(ttl)
+            },
+            ttl,
+            chains: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Remembered>> {
+        self.chains.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The head this process wrote last on `chain` and when it last read the head, if
+    /// that is less than [`HEAD_READ_EVERY`] ago and the chain is not contended.
+    fn head(&self, chain: &str, now: DateTime<Utc>) -> Option<(AuditHead, DateTime<Utc>)> {
+        match self.lock().get(chain)? {
+            Remembered::Head(h, read_at) if *read_at <= now && now < *read_at + self.max_age => {
+                Some((h.clone(), *read_at))
+            }
+            _ => None,
+        }
+    }
+
+    /// `head` was written after a head read at `read_at`.
+    fn wrote(&self, chain: &str, head: AuditHead, read_at: DateTime<Utc>, now: DateTime<Utc>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut chains = self.lock();
+        if let Some(Remembered::Contended(since)) = chains.get(chain) {
+            if *since <= now && now < *since + self.ttl {
+                return;
+            }
+        }
+        // Bounded: a warm process appends to few chains; drop stale entries when it grows.
+        if chains.len() >= 10_000 {
+            let (ttl, max_age) = (self.ttl, self.max_age);
+            chains.retain(|_, r| match r {
+                Remembered::Head(_, at) => now < *at + max_age,
+                Remembered::Contended(at) => now < *at + ttl,
+            });
+        }
+        chains.insert(chain.to_owned(), Remembered::Head(head, read_at));
+    }
+
+    fn contended(&self, chain: &str, now: DateTime<Utc>) {
+        if !self.ttl.is_zero() {
+            self.lock()
+                .insert(chain.to_owned(), Remembered::Contended(now));
+        }
+    }
+
+    fn forget(&self, chain: &str) {
+        self.lock().remove(chain);
+    }
 }
 
 /// This process's appends to one chain take turns here instead of racing for its head:
@@ -239,7 +340,7 @@ async fn drain_with(deps: &Deps, chain: &str, key: Option<&Secret>) -> Result<us
             )
             .await
             {
-                Ok(e) => {
+                Ok((e, _)) => {
                     linked += 1;
                     tracing::info!(chain = %chain, seq = e.seq, action = %e.action, "parked audit event linked in");
                 }
@@ -345,19 +446,47 @@ pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceErro
     let key = keys.first();
     let _turn = chain_turn(&chain).lock().await;
     let mut drained = false;
+    // The head this process wrote last, if fresh ([`HeadMemo`]): no read before the append.
+    let mut remembered = deps.audit_heads.head(&chain, deps.clock.now());
     for _ in 0..ATTEMPTS {
-        let (head, parked) = deps.audit.tip(&chain).await?;
+        let from_memo = remembered.is_some();
+        let (head, parked, read_at) = match remembered.take() {
+            Some((h, read_at)) => (Some(h), false, read_at),
+            None => match deps.audit.tip(&chain).await {
+                Ok((h, parked)) => (h, parked, deps.clock.now()),
+                Err(e) => {
+                    deps.audit_heads.forget(&chain);
+                    return Err(e.into());
+                }
+            },
+        };
         if parked && !drained {
             drained = true;
-            drain_with(deps, &chain, key).await?;
+            if let Err(e) = drain_with(deps, &chain, key).await {
+                deps.audit_heads.forget(&chain);
+                return Err(e);
+            }
             continue;
         }
         match link(deps, &chain, &content, head.as_ref(), None, key).await {
-            Ok(event) => return Ok(event),
+            Ok((event, new_head)) => {
+                deps.audit_heads
+                    .wrote(&chain, new_head, read_at, deps.clock.now());
+                return Ok(event);
+            }
+            // Another process moved the head since this one wrote it: read it now (no
+            // pause: nobody in this process races for it, `chain_turn`).
+            Err(StoreError::Conflict(_)) if from_memo => {
+                deps.audit_heads.contended(&chain, deps.clock.now());
+            }
             Err(StoreError::Conflict(_)) => pause().await,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                deps.audit_heads.forget(&chain);
+                return Err(e.into());
+            }
         }
     }
+    deps.audit_heads.forget(&chain);
     Err(ServiceError::Unavailable(StoreError::Unavailable(
         "audit chain contended".into(),
     )))

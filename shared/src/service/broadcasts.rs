@@ -830,6 +830,7 @@ pub async fn fan_out_in_slices(
                 request_id: job.request_id.clone(),
                 send_at: None,
                 broadcast_id: Some(b.id.clone()),
+                facts: Some(super::jobs::MessageFacts::of(&record)),
             })
             .to_body()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;

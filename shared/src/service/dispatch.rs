@@ -62,7 +62,7 @@ async fn fail(
     from: MessageStatus,
     price: i64,
     error: MessageError,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let change = StatusChange {
         error: Some(error),
         ..Default::default()
@@ -95,16 +95,22 @@ async fn fail(
                 .await?
         }
     };
-    if let Transition::Applied(record) = outcome {
-        super::callbacks::status_changed(deps, &record).await;
+    match outcome {
+        Transition::Applied(record) => {
+            super::callbacks::status_changed(deps, &record).await;
+            Ok(true)
+        }
+        Transition::Refused => Ok(false),
     }
-    Ok(())
 }
 
 /// [`fail`] of a message in status `from` (`accepted`: not claimed by this job yet;
 /// `sending`: claimed, and refused by Meta). When the write fails nothing was written:
 /// a claim is given back, and the job is retried (the checks, and a send that Meta
-/// refused, are safe to repeat).
+/// refused, are safe to repeat). A check's failure refused because the message is no
+/// longer `accepted` (the checks ran on the job's facts, before the claim, for a message
+/// a duplicate or an earlier delivery of this job claimed) is a redelivery: the sending
+/// deadline still settles a `sending` message.
 async fn fail_unsent(
     deps: &Deps,
     job: &DispatchJob,
@@ -113,7 +119,11 @@ async fn fail_unsent(
     error: MessageError,
 ) -> Result<Outcome, Stopped> {
     match fail(deps, job, from, price, error).await {
-        Ok(()) => Ok(Outcome::Done),
+        Ok(true) => Ok(Outcome::Done),
+        Ok(false) if from == MessageStatus::Accepted => {
+            Ok(super::deadline::redelivered(deps, job).await?)
+        }
+        Ok(false) => Ok(Outcome::Done),
         Err(e) if from == MessageStatus::Sending => {
             tracing::error!(error = %e, "could not mark failed; retrying the job");
             Err(unclaim(deps, job, "failure_not_recorded", e).await)
@@ -295,23 +305,33 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         tracing::warn!("tenant gone; dropping");
         return Ok(Outcome::Done);
     };
-    // Every check runs BEFORE the claim, on the message as read, so that only the
+    // Every check runs BEFORE the claim, on the message's facts, so that only the
     // throughput slot stands between the claim and the call to Meta: a process killed
     // after the claim has most likely called Meta (the sending deadline then settles it),
     // and one killed before it leaves an `accepted` message that the job's redelivery sends.
-    let Some(queued) = deps
-        .messages
-        .get_message(&job.tenant_id, &job.message_id)
-        .await?
-    else {
-        // Not recorded (yet): the send queues its job before writing the message.
-        return Ok(super::deadline::redelivered(deps, job).await?);
+    // The facts ride in the job (they never change after acceptance), so the message is
+    // not read here: the claim's condition decides whether it is still `accepted`, and a
+    // check's failure is conditional on it too (`fail_unsent`).
+    let queued = match &job.facts {
+        Some(f) => f.clone(),
+        None => {
+            // A job written before the facts rode in it: read them.
+            let Some(m) = deps
+                .messages
+                .get_message(&job.tenant_id, &job.message_id)
+                .await?
+            else {
+                // Not recorded (yet): the send queues its job before writing the message.
+                return Ok(super::deadline::redelivered(deps, job).await?);
+            };
+            if m.status != MessageStatus::Accepted {
+                // Already claimed or finished: a duplicate, or the redelivery of an
+                // ambiguous send that checks the sending deadline. Never sent again.
+                return Ok(super::deadline::redelivered(deps, job).await?);
+            }
+            super::jobs::MessageFacts::of(&m)
+        }
     };
-    if queued.status != MessageStatus::Accepted {
-        // Already claimed or finished: a duplicate, or the redelivery of an ambiguous
-        // send that checks the sending deadline. Never sent again.
-        return Ok(super::deadline::redelivered(deps, job).await?);
-    }
     // A suspended or closed tenant's queued messages are not sent: they fail at once,
     // refunded, rather than wait on the queue (where they would reach the dead-letter
     // queue with their content). The client may send again after a resume.
@@ -332,7 +352,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     }
     // A STOP may have arrived while the message waited in the queue: honour it.
     let category = job.content.template_ref().map(|t| t.category);
-    match super::optouts::check(deps, &job.tenant_id, &queued.to, category).await {
+    match super::optouts::check_queued(deps, &job.tenant_id, &queued.to, category).await {
         Ok(()) => {}
         Err(ServiceError::RecipientOptedOut) => {
             tracing::info!(to = %queued.to.masked(), "recipient opted out while queued; not sent");
@@ -443,7 +463,8 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 .expiry(RetentionClass::Messages, record.created_at);
             // The index first (a webhook may find the message by it at once); the wamid
             // on the message rides with the `sent` transition (one write fewer).
-            deps.messages
+            let kept = deps
+                .messages
                 .index_wamid(&job.tenant_id, &job.message_id, &accepted.wamid, expires)
                 .await?;
             let change = StatusChange {
@@ -470,9 +491,12 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         .await?
                 }
             }
-            // Statuses Meta sent before the wamid was recorded apply now.
-            if let Err(e) = super::status::apply_kept(deps, &accepted.wamid).await {
-                tracing::warn!(error = %e, "kept statuses not applied yet");
+            // Statuses Meta sent before the wamid was recorded apply now (read only when
+            // the index said some were kept: no read in the usual case).
+            if kept {
+                if let Err(e) = super::status::apply_kept(deps, &accepted.wamid).await {
+                    tracing::warn!(error = %e, "kept statuses not applied yet");
+                }
             }
             tracing::info!(wamid = %accepted.wamid, to = %log_to, "sent to meta");
             Ok(Outcome::Done)

@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Content, MessageError, MessageId, MessageStatus, TenantId};
+use crate::domain::{Content, MessageError, MessageId, MessageStatus, PhoneNumber, TenantId};
 
 /// A message accepted by the send API (or a broadcast's fan-out), to be sent to Meta.
 #[derive(Clone, Serialize, Deserialize, Debug, PartialEq)]
@@ -33,6 +33,31 @@ pub struct DispatchJob {
     /// The broadcast the message belongs to: its claim checks the broadcast's hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broadcast_id: Option<String>,
+    /// What the dispatcher's checks before the claim need of the message, so that they
+    /// need no read of it (the claim's condition decides whether it is still `accepted`).
+    /// Absent on jobs written before it existed: the dispatcher reads the message then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<MessageFacts>,
+}
+
+/// A message's facts that never change after acceptance: who it goes to, from which of
+/// the tenant's numbers (`None`: the default) and what it was charged.
+#[derive(Clone, Serialize, Deserialize, Debug, PartialEq)]
+pub struct MessageFacts {
+    pub to: PhoneNumber,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub price: i64,
+}
+
+impl MessageFacts {
+    pub fn of(m: &crate::domain::MessageRecord) -> Self {
+        MessageFacts {
+            to: m.to.clone(),
+            from: m.from.clone(),
+            price: m.price,
+        }
+    }
 }
 
 /// A broadcast whose recipients are still to be recorded and enqueued (it carries the
@@ -142,6 +167,11 @@ mod tests {
             request_id: Some("req-1".into()),
             send_at: None,
             broadcast_id: None,
+            facts: Some(MessageFacts {
+                to: PhoneNumber::parse("+60123456789").expect("a phone"),
+                from: None,
+                price: 1,
+            }),
         }
     }
 

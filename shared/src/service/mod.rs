@@ -117,6 +117,9 @@ pub struct Deps {
     pub meta: Arc<dyn MetaClient>,
     pub clock: Arc<dyn Clock>,
     pub settings: Arc<Settings>,
+    /// The audit chain heads this process wrote last (`audit::HeadMemo`; on with the read
+    /// cache).
+    pub audit_heads: Arc<audit::HeadMemo>,
 }
 
 /// Every store port at once: what one storage backend implements (DynamoDB's one table,
@@ -186,8 +189,8 @@ pub struct Backends<S> {
     pub settings: Settings,
     /// How long a secret read is cached (`Duration::ZERO`: never).
     pub secret_ttl: Duration,
-    /// How long tenants, API keys, callback settings and catalogue templates are cached
-    /// for access decisions (`adapters::cache`; `Duration::ZERO`: never).
+    /// How long tenants, API keys, callback settings, catalogue templates and phone
+    /// numbers are cached for access decisions (`adapters::cache`; `Duration::ZERO`: never).
     pub read_cache_ttl: Duration,
 }
 
@@ -195,7 +198,7 @@ impl Deps {
     /// The one constructor: every field, from one set of backends.
     pub fn new<S: Stores>(b: Backends<S>) -> Self {
         let store = b.store;
-        // The warm-process read cache, one for the four ports it decorates (so a write
+        // The warm-process read cache, one for the five ports it decorates (so a write
         // through one drops what the others cached).
         type Cached<S> = crate::adapters::cache::ReadCache<S>;
         type CachedPorts = (
@@ -203,17 +206,24 @@ impl Deps {
             Arc<dyn ApiKeyStore>,
             Arc<dyn StatusCallbackStore>,
             Arc<dyn TemplateStore>,
+            Arc<dyn crate::ports::PhoneNumberStore>,
         );
-        let (tenants, api_keys, status_callbacks, templates): CachedPorts =
+        let (tenants, api_keys, status_callbacks, templates, numbers): CachedPorts =
             if b.read_cache_ttl.is_zero() {
-                (store.clone(), store.clone(), store.clone(), store.clone())
+                (
+                    store.clone(),
+                    store.clone(),
+                    store.clone(),
+                    store.clone(),
+                    store.clone(),
+                )
             } else {
                 let c = Arc::new(Cached::new(
                     store.clone(),
                     b.read_cache_ttl,
                     b.clock.clone(),
                 ));
-                (c.clone(), c.clone(), c.clone(), c)
+                (c.clone(), c.clone(), c.clone(), c.clone(), c)
             };
         Deps {
             tenants,
@@ -233,7 +243,7 @@ impl Deps {
             pending: store.clone(),
             status_callbacks,
             templates,
-            numbers: store.clone(),
+            numbers,
             usage: store,
             queue: b.queue,
             callback_queue: b.callback_queue,
@@ -242,6 +252,7 @@ impl Deps {
             meta: b.meta,
             clock: b.clock,
             settings: Arc::new(b.settings),
+            audit_heads: Arc::new(audit::HeadMemo::new(b.read_cache_ttl)),
         }
     }
 }

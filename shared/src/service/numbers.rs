@@ -42,15 +42,7 @@ pub struct NumberView {
 
 /// The number the tenant item names as its default, as a number item would hold it.
 fn from_tenant(tenant: &Tenant) -> PhoneNumberRecord {
-    PhoneNumberRecord {
-        tenant_id: tenant.id.clone(),
-        phone_number_id: tenant.phone_number_id.clone(),
-        waba_id: tenant.waba_id.clone(),
-        display_phone_number: None,
-        quality: TemplateQuality::Unknown,
-        throughput_per_sec: None,
-        added_at: tenant.created_at,
-    }
+    PhoneNumberRecord::default_of(tenant)
 }
 
 /// The tier a number sends at: what Meta said of the number, else the operator's tier

@@ -277,6 +277,7 @@ async fn accept(
         request_id: crate::telemetry::request_id(),
         send_at,
         broadcast_id: None,
+        facts: Some(super::jobs::MessageFacts::of(&record)),
     });
     let body = job
         .to_body()
@@ -353,6 +354,7 @@ async fn queue_again_if_never_claimed(
         request_id: crate::telemetry::request_id(),
         send_at: m.send_at,
         broadcast_id: None,
+        facts: Some(super::jobs::MessageFacts::of(&m)),
     });
     let body = job
         .to_body()

@@ -38,7 +38,8 @@ async fn resolve(
     report: &StatusReport,
 ) -> Result<Option<Found>, ServiceError> {
     if let (Some(t), Some(id)) = (tenant, report.callback.as_ref()) {
-        if let Some(m) = deps.messages.get_message(t, id).await? {
+        // May be a moment behind (half the read units): see `apply_to`.
+        if let Some(m) = deps.messages.peek_message(t, id).await? {
             // The callback data must agree with the wamid we recorded, if any.
             if m.wamid
                 .as_deref()
@@ -72,10 +73,12 @@ pub async fn apply(
     apply_to(deps, &tenant_id, &message_id, report, seen.as_deref()).await
 }
 
-/// `seen`: the message as just read, if it was. A status it cannot move to is not
-/// written (the conditional update would be refused, yet cost a write unit: Meta's
-/// `sent` after the dispatcher recorded `sent`, and duplicates). Statuses only move
-/// forward, so one not allowed from `seen` is not allowed from anything after it either.
+/// `seen`: the message as just read, if it was; the read may be a moment behind, so
+/// `seen` is a status the message has at least reached. A status it cannot move to from
+/// `seen` nor from anything after it is not written (the conditional update would be
+/// refused, yet cost a write unit: Meta's `sent` after the dispatcher recorded `sent`,
+/// and duplicates). Every write below is conditional on the stored status, so a stale
+/// `seen` costs at most a refused write, never a wrong move or a second count.
 /// When `seen` has no pricing yet and this status carries it, the move, the pricing and
 /// the usage row are one write ([`UsageStore::transition_priced`]).
 ///
@@ -123,7 +126,7 @@ async fn apply_to(
         error,
         count_attempt: false,
     };
-    if seen.is_some_and(|m| !to.allowed_predecessors().contains(&m.status)) {
+    if seen.is_some_and(|m| !to.may_still_follow(m.status)) {
         return Ok(Applied::NoChange);
     }
     // The first status to carry Meta's pricing moves the message, prices it and counts it

@@ -9,9 +9,11 @@ use std::time::Duration;
 use kirim::adapters::aws::{DynamoStore, SecretsManagerStore};
 use kirim::adapters::memory::{MemorySecrets, MemoryStore};
 use kirim::config::{Backend, Settings};
+use kirim::domain::TenantId;
 use kirim::ports::*;
 use kirim::service::errors::ServiceError;
-use kirim::service::{auth, Backends, Deps, Stores};
+use kirim::service::{audit, auth, numbers, Backends, Deps, Stores};
+use kirim::store_error::StoreError;
 use kirim::wiring::{NotWired, Port, READ_CACHE_TTL};
 use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
@@ -38,7 +40,7 @@ fn deps<S: Stores>(
 }
 
 /// (the cached deps, the uncached deps on the same store, the clock).
-async fn two_processes(b: Backend) -> (Deps, Deps, Arc<ManualClock>) {
+pub(crate) async fn two_processes(b: Backend) -> (Deps, Deps, Arc<ManualClock>) {
     let clock = ManualClock::new();
     match b {
         Backend::Memory => {
@@ -183,7 +185,307 @@ async fn a_suspension_by_another_process_bites_within_five_seconds_and_credits_a
     );
 }
 
+fn number_of(t: &Tenant, id: &str, clock: &ManualClock) -> PhoneNumberRecord {
+    PhoneNumberRecord {
+        tenant_id: t.id.clone(),
+        phone_number_id: id.into(),
+        waba_id: t.waba_id.clone(),
+        display_phone_number: None,
+        quality: kirim::domain::TemplateQuality::Green,
+        throughput_per_sec: Some(80),
+        added_at: clock.now(),
+    }
+}
+
+async fn a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_new_one_at_once(
+    b: Backend,
+) {
+    let (cached, other, clock) = two_processes(b).await;
+    let t = tenant(10);
+    other
+        .tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let id = format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000);
+    assert!(
+        matches!(
+            numbers::sender(&cached, &t, Some(&id)).await,
+            Err(ServiceError::UnknownSender(_))
+        ),
+        "not the tenant's number yet"
+    );
+    other
+        .numbers
+        .add_phone_number(&number_of(&t, &id, &clock))
+        .await
+        .unwrap();
+    let seen = numbers::sender(&cached, &t, Some(&id))
+        .await
+        .expect("a number added by another process is found at once: absence is not cached");
+    assert_eq!(seen.throughput_per_sec, Some(80));
+
+    other
+        .numbers
+        .set_number_quality(
+            &t.id,
+            &id,
+            kirim::domain::TemplateQuality::Yellow,
+            Some(250),
+        )
+        .await
+        .unwrap();
+    clock.advance(almost_ttl());
+    assert_eq!(
+        numbers::sender(&cached, &t, Some(&id))
+            .await
+            .unwrap()
+            .throughput_per_sec,
+        Some(80),
+        "the warm process still paces by the number it read (the documented bound)"
+    );
+    clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(
+        numbers::sender(&cached, &t, Some(&id))
+            .await
+            .unwrap()
+            .throughput_per_sec,
+        Some(250)
+    );
+
+    other.numbers.remove_phone_number(&t.id, &id).await.unwrap();
+    clock.advance(almost_ttl());
+    assert!(
+        numbers::sender(&cached, &t, Some(&id)).await.is_ok(),
+        "a removal by another process bites within the TTL"
+    );
+    clock.advance(chrono::Duration::seconds(1));
+    assert!(matches!(
+        numbers::sender(&cached, &t, Some(&id)).await,
+        Err(ServiceError::UnknownSender(_))
+    ));
+}
+
+async fn the_default_sender_has_its_item_from_onboarding_and_is_read_once_within_five_seconds(
+    b: Backend,
+) {
+    let (cached, other, clock) = two_processes(b).await;
+    let t = tenant(10);
+    other
+        .tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    // As the dispatcher does: the tenant (cached), then its default sender.
+    let t = auth::load_tenant(&cached, &t.id).await.unwrap();
+    let seen = numbers::sender(&cached, &t, None).await.unwrap();
+    assert_eq!(
+        (seen.phone_number_id.as_str(), seen.throughput_per_sec),
+        (t.phone_number_id.as_str(), None),
+        "the onboarding stored the number's item"
+    );
+    assert!(other
+        .numbers
+        .set_number_quality(
+            &t.id,
+            &t.phone_number_id,
+            kirim::domain::TemplateQuality::Green,
+            Some(250)
+        )
+        .await
+        .unwrap()
+        .is_some());
+    clock.advance(almost_ttl());
+    assert_eq!(
+        numbers::sender(&cached, &t, None)
+            .await
+            .unwrap()
+            .throughput_per_sec,
+        None,
+        "remembered for the TTL: not read again"
+    );
+    clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(
+        numbers::sender(&cached, &t, None)
+            .await
+            .unwrap()
+            .throughput_per_sec,
+        Some(250)
+    );
+}
+
+async fn a_sender_removed_through_the_same_process_is_refused_at_once(b: Backend) {
+    let (cached, _other, clock) = two_processes(b).await;
+    let t = tenant(10);
+    cached
+        .tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let id = format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000);
+    cached
+        .numbers
+        .add_phone_number(&number_of(&t, &id, &clock))
+        .await
+        .unwrap();
+    assert!(numbers::sender(&cached, &t, Some(&id)).await.is_ok());
+    cached
+        .numbers
+        .remove_phone_number(&t.id, &id)
+        .await
+        .unwrap();
+    assert!(matches!(
+        numbers::sender(&cached, &t, Some(&id)).await,
+        Err(ServiceError::UnknownSender(_))
+    ));
+}
+
+/// The audit log, counting the reads of a chain's head before an append.
+struct CountingTips {
+    inner: Arc<dyn AuditLog>,
+    tips: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingTips {
+    fn tips(&self) -> usize {
+        self.tips.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditLog for CountingTips {
+    async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
+        self.inner.head(chain).await
+    }
+    async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError> {
+        self.tips.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.tip(chain).await
+    }
+    async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
+        self.inner.append(link).await
+    }
+    async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {
+        self.inner.park(event).await
+    }
+    async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
+        self.inner.parked(chain, limit).await
+    }
+    async fn parked_chains(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.parked_chains(after, limit).await
+    }
+    async fn list(
+        &self,
+        chain: &str,
+        q: &AuditQuery,
+    ) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError> {
+        self.inner.list(chain, q).await
+    }
+    async fn ascending(
+        &self,
+        chain: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.inner.ascending(chain, after_seq, limit).await
+    }
+}
+
+fn draft(t: &TenantId, action: &str) -> audit::Draft {
+    audit::Draft {
+        tenant: Some(t.clone()),
+        actor_type: "api_key",
+        actor_id: "k".into(),
+        action: action.into(),
+        ip: None,
+        outcome: AuditOutcome::Success,
+        details: serde_json::json!({}),
+    }
+}
+
+/// The chain's events link one to the next and end at its head.
+async fn assert_linked(deps: &Deps, t: &TenantId, n: u64) {
+    let chain = t.to_string();
+    let events = deps.audit.ascending(&chain, None, 100).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=n).collect::<Vec<_>>()
+    );
+    for pair in events.windows(2) {
+        assert_eq!(
+            pair[1].prev_hash, pair[0].hash,
+            "event {} links to {}",
+            pair[1].seq, pair[0].seq
+        );
+    }
+    let head = deps.audit.head(&chain).await.unwrap().unwrap();
+    assert_eq!((head.seq, &head.hash), (n, &events[events.len() - 1].hash));
+}
+
+async fn a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until_another_moves_it(
+    b: Backend,
+) {
+    let (mut cached, other, clock) = two_processes(b).await;
+    let counting = Arc::new(CountingTips {
+        inner: cached.audit.clone(),
+        tips: Default::default(),
+    });
+    cached.audit = counting.clone();
+    let t = TenantId::generate();
+    for action in ["POST /v1/one", "POST /v1/two", "POST /v1/three"] {
+        audit::record(&cached, draft(&t, action)).await.unwrap();
+    }
+    assert_eq!(counting.tips(), 1, "the head is read once, then remembered");
+    assert_linked(&other, &t, 3).await;
+
+    // Another process appends: the remembered head is refused, the chain read again.
+    audit::record(&other, draft(&t, "POST /v1/elsewhere"))
+        .await
+        .unwrap();
+    audit::record(&cached, draft(&t, "POST /v1/four"))
+        .await
+        .unwrap();
+    assert_eq!(counting.tips(), 2);
+    assert_linked(&other, &t, 5).await;
+    // Contended: read before each append for the TTL, as without the memory.
+    audit::record(&cached, draft(&t, "POST /v1/five"))
+        .await
+        .unwrap();
+    assert_eq!(counting.tips(), 3);
+    // After the TTL it is remembered again, and read again a minute after the last read
+    // however often this process appended meanwhile.
+    clock.advance(chrono::Duration::from_std(READ_CACHE_TTL).unwrap_or_default());
+    audit::record(&cached, draft(&t, "POST /v1/six"))
+        .await
+        .unwrap();
+    let every = chrono::Duration::from_std(audit::HEAD_READ_EVERY).unwrap_or_default();
+    for _ in 0..3 {
+        clock.advance(every / 4);
+        audit::record(&cached, draft(&t, "POST /v1/more"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(counting.tips(), 4);
+    clock.advance(every / 4);
+    audit::record(&cached, draft(&t, "POST /v1/later"))
+        .await
+        .unwrap();
+    assert_eq!(
+        counting.tips(),
+        5,
+        "read again a minute after the last read"
+    );
+    assert_linked(&other, &t, 11).await;
+}
+
 on_both_backends!(
+    a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until_another_moves_it,
+    a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_new_one_at_once,
+    a_sender_removed_through_the_same_process_is_refused_at_once,
+    the_default_sender_has_its_item_from_onboarding_and_is_read_once_within_five_seconds,
     a_key_revoked_by_another_process_stops_authenticating_within_five_seconds,
     a_key_revoked_through_the_same_process_is_refused_at_once,
     a_suspension_by_another_process_bites_within_five_seconds_and_credits_are_never_cached,

@@ -129,7 +129,22 @@ pub(crate) fn message(
     t: &TenantId,
     expires_in_secs: i64,
 ) -> (MessageRecord, LedgerEntry) {
-    let now = p.clock.now();
+    message_expiring(t, p.clock.now(), expires_in_secs)
+}
+
+/// An accepted message of `t` at `now` and its debit (an hour to live).
+pub(crate) fn message_for(
+    t: &TenantId,
+    now: chrono::DateTime<Utc>,
+) -> (MessageRecord, LedgerEntry) {
+    message_expiring(t, now, 3600)
+}
+
+fn message_expiring(
+    t: &TenantId,
+    now: chrono::DateTime<Utc>,
+    expires_in_secs: i64,
+) -> (MessageRecord, LedgerEntry) {
     let id = MessageId::from_trusted(ulid::Ulid::from_datetime(now.into()).to_string());
     let rec = MessageRecord {
         id: id.clone(),

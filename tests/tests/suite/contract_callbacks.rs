@@ -6,7 +6,7 @@ use kirim::domain::meta::MetaStatus;
 use kirim::domain::TenantId;
 use kirim::ports::*;
 
-use super::contract::{aws, memory, sweep, Ports as Stores};
+use super::contract::{aws, memory, message, onboarded, sweep, Ports as Stores};
 
 fn kept(p: &Stores, wamid: &str, status: &str, timestamp: i64) -> PendingStatus {
     let now = p.clock.now();
@@ -70,14 +70,60 @@ async fn kept_statuses_expire_with_their_retention_class(p: Stores) {
     let swept = sweep(&p).await.deleted;
     assert_eq!(
         swept.get("pending_status"),
-        Some(&1),
-        "and swept as a pending status: {swept:?}"
+        Some(&2),
+        "and swept as a pending status, with the mark it left for the wamid: {swept:?}"
     );
-    assert_eq!(swept.values().sum::<usize>(), 1, "nothing else: {swept:?}");
+    assert_eq!(swept.values().sum::<usize>(), 2, "nothing else: {swept:?}");
     let again = kept(&p, &wamid, "delivered", 1_700_000_010);
     assert!(
         p.pending.put_pending_status(&again).await.unwrap(),
         "an expired copy does not block a new one"
+    );
+}
+
+async fn indexing_a_wamid_says_whether_a_status_was_kept_for_it_first(p: Stores) {
+    let t = onboarded(&p, 10).await;
+    let (early, d1) = message(&p, &t.id, 3600);
+    p.messages.insert_with_debit(&early, &d1).await.unwrap();
+    let (plain, d2) = message(&p, &t.id, 3600);
+    p.messages.insert_with_debit(&plain, &d2).await.unwrap();
+    let (w1, w2) = (
+        format!("wamid.{}", ulid::Ulid::new()),
+        format!("wamid.{}", ulid::Ulid::new()),
+    );
+    let delivered = kept(&p, &w1, "delivered", 1_700_000_010);
+    assert!(p.pending.put_pending_status(&delivered).await.unwrap());
+    assert!(!p.pending.put_pending_status(&delivered).await.unwrap());
+    assert_eq!(
+        p.messages.message_by_wamid(&w1).await.unwrap(),
+        None,
+        "the mark a kept status leaves leads to no message"
+    );
+    assert!(
+        p.messages
+            .index_wamid(&t.id, &early.id, &w1, early.expires_at)
+            .await
+            .unwrap(),
+        "a status was kept for it: the dispatcher reads them"
+    );
+    assert_eq!(
+        p.messages.message_by_wamid(&w1).await.unwrap(),
+        Some((t.id.clone(), early.id.clone()))
+    );
+    assert_eq!(
+        p.pending.pending_statuses(&w1).await.unwrap(),
+        vec![delivered]
+    );
+    assert!(
+        !p.messages
+            .index_wamid(&t.id, &plain.id, &w2, plain.expires_at)
+            .await
+            .unwrap(),
+        "none kept: no read"
+    );
+    assert_eq!(
+        p.messages.message_by_wamid(&w2).await.unwrap(),
+        Some((t.id.clone(), plain.id.clone()))
     );
 }
 
@@ -140,5 +186,6 @@ macro_rules! contract {
 contract!(
     a_status_for_an_unknown_wamid_is_kept_once_and_listed_oldest_first,
     kept_statuses_expire_with_their_retention_class,
+    indexing_a_wamid_says_whether_a_status_was_kept_for_it_first,
     a_status_callback_setting_is_set_read_replaced_and_removed_per_tenant,
 );

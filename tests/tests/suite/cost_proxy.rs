@@ -123,3 +123,90 @@ async fn the_cost_proxy_counts_each_call_with_the_units_its_item_sizes_cost() {
         "nothing after the phase: {tally:?}"
     );
 }
+
+/// The reads this issue made cheaper, counted on the wire (issue #13): the reads that may
+/// be a moment behind are eventually consistent (half a unit each), and indexing a wamid
+/// learns whether statuses were kept for it from the item it replaced, not from a read.
+#[tokio::test]
+async fn the_reads_that_may_lag_cost_half_a_unit_and_indexing_a_wamid_reads_nothing() {
+    use kirim::domain::{MessageId, OptOutKey, PhoneNumber, TenantId};
+    use kirim::ports::{ContactStore, MessageStore, OptOutStore};
+
+    let stack = kirim_infra::bootstrap::ensure_stack(&moto_sdk().await, &unique_stack())
+        .await
+        .expect("stack in moto");
+    let proxy = CountingProxy::start(&moto_endpoint().await).await.unwrap();
+    let db = aws_sdk_dynamodb::Client::new(
+        &kirim_infra::local::emulator_sdk_config(Some(&proxy.url)).await,
+    );
+    let store = kirim::adapters::aws::DynamoStore::new(
+        db,
+        stack.table.clone(),
+        std::sync::Arc::new(kirim::ports::SystemClock),
+    );
+    let t = TenantId::generate();
+    let phone = OptOutKey::Phone(PhoneNumber::parse("+60123450999").unwrap());
+    let m = MessageId::generate();
+
+    proxy.set_phase("peek");
+    store.peek_opt_out(&t, &phone).await.unwrap();
+    store.peek_paired_key(&t, &phone).await.unwrap();
+    store.peek_message(&t, &m).await.unwrap();
+    proxy.set_phase("get");
+    store.get_opt_out(&t, &phone).await.unwrap();
+    proxy.set_phase("index");
+    let kept = store
+        .index_wamid(&t, &m, &format!("wamid.{}", ulid::Ulid::new()), None)
+        .await
+        .unwrap();
+    assert!(!kept, "nothing was kept for it");
+    proxy.set_phase("after");
+
+    let tally = proxy.take();
+    let get = |phase: &str| tally[phase]["DynamoDB.GetItem"];
+    assert_eq!((get("peek").calls, get("peek").rcu), (3, 1.5));
+    assert_eq!((get("get").calls, get("get").rcu), (1, 1.0), "consistent");
+    let index = &tally["index"];
+    assert_eq!(index.len(), 1, "one call: {index:?}");
+    assert_eq!(index["DynamoDB.PutItem"].rcu, 0.0);
+}
+
+/// The tenant item carries no WABA index entry any more (issue #13): each debit rewrites
+/// the tenant item, which with an entry (the index projects ALL) was an index write too.
+/// The tenant is found by its WABA through its number's item, stored at onboarding.
+#[tokio::test]
+async fn a_debit_writes_no_index_entry_and_the_tenant_is_still_found_by_its_waba() {
+    use kirim::ports::{MessageStore, TenantStore};
+
+    let stack = kirim_infra::bootstrap::ensure_stack(&moto_sdk().await, &unique_stack())
+        .await
+        .expect("stack in moto");
+    let proxy = CountingProxy::start(&moto_endpoint().await).await.unwrap();
+    let db = aws_sdk_dynamodb::Client::new(
+        &kirim_infra::local::emulator_sdk_config(Some(&proxy.url)).await,
+    );
+    let store = kirim::adapters::aws::DynamoStore::new(
+        db,
+        stack.table.clone(),
+        std::sync::Arc::new(kirim::ports::SystemClock),
+    );
+    let t = crate::contract::tenant(10);
+    proxy.set_phase("onboard");
+    store
+        .create_tenant(&t, &crate::contract::key_for(&t), None)
+        .await
+        .unwrap();
+    proxy.set_phase("debit");
+    let (m, debit) = crate::contract::message_for(&t.id, chrono::Utc::now());
+    store.insert_with_debit(&m, &debit).await.unwrap();
+    proxy.set_phase("after");
+
+    let tally = proxy.take();
+    let debit = &tally["debit"]["DynamoDB.TransactWriteItems"];
+    assert_eq!(debit.gsi_wcu, 0.0, "no index entry rewritten: {debit:?}");
+    assert_eq!(
+        tally["onboard"]["DynamoDB.TransactWriteItems"].gsi_wcu, 1.0,
+        "written once, on the number's item"
+    );
+    assert_eq!(store.tenants_by_waba(&t.waba_id).await.unwrap(), vec![t.id]);
+}

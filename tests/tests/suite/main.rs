@@ -52,6 +52,7 @@ mod privacy;
 mod quality;
 mod retention;
 mod spans;
+mod stale_reads;
 mod templates;
 mod throughput;
 mod totp_at_rest;

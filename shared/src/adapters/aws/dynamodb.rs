@@ -232,6 +232,21 @@ impl DynamoStore {
         Ok(out.item.filter(|i| self.live(i)))
     }
 
+    /// [`get`](Self::get), eventually consistent: half the read units, possibly a moment
+    /// behind the latest write (the `peek_*` reads of the ports).
+    pub(super) async fn get_eventually(&self, key: keys::Key) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key.attrs()))
+            .consistent_read(false)
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb get", e))?;
+        Ok(out.item.filter(|i| self.live(i)))
+    }
+
     pub(super) fn put(
         &self,
         item: Item,
@@ -467,17 +482,17 @@ impl TenantStore for DynamoStore {
         key: &ApiKeyRecord,
         initial: Option<&LedgerEntry>,
     ) -> Result<(), StoreError> {
-        let t = to_item(
-            tenant,
-            &keys::tenant(&tenant.id)
-                .with_gsi1(keys::tenant_waba_gsi1(&tenant.waba_id, &tenant.id)),
-            None,
-        )?;
+        // No WABA index entry on the tenant item: every debit rewrites the tenant item, and
+        // with an entry (the index projects ALL) each rewrite was an index write too. The
+        // number's item carries the tenant's entry instead, written once here.
+        let t = to_item(tenant, &keys::tenant(&tenant.id).pairs(), None)?;
         let mut route: Item = keys::phone_route(&tenant.phone_number_id).attrs();
         route.insert("tenant_id".into(), s(tenant.id.to_string()));
+        let number = self.number_item(&crate::ports::PhoneNumberRecord::default_of(tenant))?;
         let mut items = vec![
             self.put(t, Some("attribute_not_exists(pk)"))?,
             self.put(route, Some("attribute_not_exists(pk)"))?,
+            self.put(number, Some("attribute_not_exists(pk)"))?,
         ];
         items.extend(self.api_key_puts(key)?);
         if let Some(entry) = initial {
@@ -865,6 +880,17 @@ impl MessageStore for DynamoStore {
             .transpose()
     }
 
+    async fn peek_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.get_eventually(keys::message(tenant, id))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
     async fn list_messages(
         &self,
         tenant: &TenantId,
@@ -1086,21 +1112,27 @@ impl MessageStore for DynamoStore {
         id: &MessageId,
         wamid: &str,
         expires_at: Option<i64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut idx: Item = keys::wamid_index(wamid).attrs();
         idx.insert("tenant_id".into(), s(tenant.to_string()));
         idx.insert("message_id".into(), s(id.to_string()));
         if let Some(t) = expires_at {
             idx.insert(TTL_ATTR.into(), n(t));
         }
-        self.client
+        // The item as it was (free: no read units): a status kept before the wamid was
+        // known left its mark on it (`callbacks::PENDING_MARK`).
+        let out = self
+            .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(idx))
+            .return_values(ReturnValue::AllOld)
             .send()
             .await
             .map_err(|e| classify("dynamodb put", e))?;
-        Ok(())
+        Ok(out
+            .attributes()
+            .is_some_and(|old| old.contains_key(callbacks::PENDING_MARK)))
     }
 
     async fn set_wamid(
@@ -1110,7 +1142,7 @@ impl MessageStore for DynamoStore {
         wamid: &str,
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
-        self.index_wamid(tenant, id, wamid, expires_at).await?;
+        let _ = self.index_wamid(tenant, id, wamid, expires_at).await?;
         // The wamid on the message itself; a no-op if the message is gone.
         let res = self
             .client
@@ -1144,6 +1176,8 @@ impl MessageStore for DynamoStore {
                 TenantId::from_trusted(t),
                 MessageId::from_trusted(m),
             ))),
+            // Only the mark of a status kept before the wamid is known: no message yet.
+            (None, None) if item.contains_key(callbacks::PENDING_MARK) => Ok(None),
             _ => Err(StoreError::Corrupt("wamid index item".into())),
         }
     }

@@ -38,7 +38,11 @@ pub(super) struct State {
     /// (tenant, broadcast id) → its uploaded list (until the fan-out is done) and the
     /// list's backstop expiry (epoch seconds), as on DynamoDB.
     pub(super) broadcast_lists: HashMap<(TenantId, String), (Vec<crate::domain::PhoneNumber>, i64)>,
-    wamids: HashMap<String, (TenantId, MessageId, Option<i64>)>,
+    pub(super) wamids: HashMap<String, (TenantId, MessageId, Option<i64>)>,
+    /// wamid → the expiry of the mark a status kept before the wamid was indexed left (on
+    /// DynamoDB the `pending_kept` attribute of a not-yet-index item; the index's write
+    /// replaces it and answers it).
+    pub(super) wamid_marks: HashMap<String, Option<i64>>,
     audit: HashMap<String, (AuditHead, BTreeMap<u64, AuditEvent>)>,
     /// (chain, id) → an audit event whose append failed, until linked in.
     pub(super) audit_parked: BTreeMap<(String, String), ParkedAudit>,
@@ -121,6 +125,9 @@ impl TenantStore for MemoryStore {
         }
         s.phones
             .insert(tenant.phone_number_id.clone(), tenant.id.clone());
+        let number = crate::ports::PhoneNumberRecord::default_of(tenant);
+        s.numbers
+            .insert((tenant.id.clone(), tenant.phone_number_id.clone()), number);
         s.tenants.insert(tenant.id.clone(), tenant.clone());
         s.keys.insert(key.key_hash.clone(), key.clone());
         s.ledger.extend(initial.cloned());
@@ -532,6 +539,20 @@ impl MessageStore for MemoryStore {
         s.wamids
             .insert(wamid.to_owned(), (tenant.clone(), id.clone(), expires_at));
         Ok(())
+    }
+
+    async fn index_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        s.wamids
+            .insert(wamid.to_owned(), (tenant.clone(), id.clone(), expires_at));
+        // As the table's `PutItem` with `ALL_OLD`: the mark, which the index replaces.
+        Ok(s.wamid_marks.remove(wamid).is_some())
     }
 
     async fn message_by_wamid(

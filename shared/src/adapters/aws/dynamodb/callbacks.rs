@@ -3,7 +3,11 @@
 //! - A status for a wamid not known yet: `pk = WAMID#{wamid}` (beside the wamid index item
 //!   `sk = WAMID`), `sk = PENDING#{status}#{timestamp}`, TTL per the `PendingStatus`
 //!   retention class. Kept with `attribute_not_exists(pk) OR ttl <= now`, so a duplicate
-//!   writes nothing; read with a Query `begins_with(sk, "PENDING#")`.
+//!   writes nothing; then [`PENDING_MARK`] is set on the wamid's index item
+//!   (`WAMID#{wamid}` / `WAMID`, created as a mark alone, with the kept status's TTL, when
+//!   the wamid is not indexed yet). The dispatcher's `PutItem` of the index answers the
+//!   item it replaced (`ReturnValues = ALL_OLD`, no read units): only when that carried
+//!   the mark does it read the kept statuses, with a Query `begins_with(sk, "PENDING#")`.
 //! - A tenant's status-callback setting: `pk = TENANT#{tenant}`, `sk = SETTINGS#STATUS_CALLBACK`,
 //!   no TTL (active configuration). The signing secret is in Secrets Manager, not here.
 
@@ -14,6 +18,10 @@ use super::{classify, from_item, keys, n, s, to_item, DynamoStore, TTL_ATTR};
 use crate::domain::TenantId;
 use crate::ports::{PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore};
 use crate::store_error::StoreError;
+
+/// The attribute on a wamid's index item saying a status was kept for the wamid before
+/// (or while) it was indexed.
+pub(super) const PENDING_MARK: &str = "pending_kept";
 
 fn pending_key(status: &PendingStatus) -> keys::Key {
     keys::pending_status(&status.wamid, status.status.as_str(), status.timestamp)
@@ -33,7 +41,28 @@ impl PendingStatusStore for DynamoStore {
             .expression_attribute_values(":now", n(self.now_secs()))
             .send()
             .await;
-        written("dynamodb put", res)
+        let new = written("dynamodb put", res)?;
+        // Also for a duplicate: the first keep may have failed before its mark. After
+        // the kept item, so a dispatcher that sees the mark finds the item.
+        let mut mark = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::wamid_index(&status.wamid).attrs()))
+            .expression_attribute_names("#mark", PENDING_MARK)
+            .expression_attribute_values(":t", aws_sdk_dynamodb::types::AttributeValue::Bool(true));
+        mark = match status.expires_at {
+            // A mark alone expires with the kept status; an index item keeps its own TTL.
+            Some(t) => mark
+                .update_expression("SET #mark = :t, #ttl = if_not_exists(#ttl, :exp)")
+                .expression_attribute_names("#ttl", TTL_ATTR)
+                .expression_attribute_values(":exp", n(t)),
+            None => mark.update_expression("SET #mark = :t"),
+        };
+        mark.send()
+            .await
+            .map_err(|e| classify("dynamodb update", e))?;
+        Ok(new)
     }
 
     async fn pending_statuses(&self, wamid: &str) -> Result<Vec<PendingStatus>, StoreError> {

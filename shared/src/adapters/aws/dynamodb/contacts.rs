@@ -69,6 +69,18 @@ impl ContactStore for DynamoStore {
             .and_then(|o| OptOutKey::parse(&o)))
     }
 
+    async fn peek_paired_key(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<OptOutKey>, StoreError> {
+        Ok(self
+            .get_eventually(keys::user_pairing(tenant, key))
+            .await?
+            .and_then(|i| i.get("other").and_then(|v| v.as_s().ok()).cloned())
+            .and_then(|o| OptOutKey::parse(&o)))
+    }
+
     async fn record_inbound(
         &self,
         tenant: &TenantId,

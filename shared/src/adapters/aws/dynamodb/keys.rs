@@ -89,7 +89,8 @@ const TOP: &str = "~";
 /// Every item type the table holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ItemKind {
-    /// `TENANT#{tenant}` / `TENANT`; gsi1 `WABA#{waba}` / `TENANT#{tenant}`.
+    /// `TENANT#{tenant}` / `TENANT` (no gsi1 entry since the WABA index moved onto number
+    /// items; older ones keep `WABA#{waba}` / `TENANT#{tenant}` until backfilled).
     Tenant,
     /// `PHONE#{phone_number_id}` / `PHONE`: the webhook's route to a tenant.
     PhoneRoute,
@@ -344,7 +345,9 @@ pub fn tenant_of_pk(pk: &str) -> Option<TenantId> {
     pk.strip_prefix(TENANT).and_then(TenantId::parse)
 }
 
-/// A tenant item's entry in the WABA index.
+/// A tenant's entry in the WABA index. Written on its number items (one per number, the
+/// onboarding number's included); tenant items written before the index moved there
+/// still carry it (read all the same; infra/deploy.md, "Backfills", removes it).
 pub fn tenant_waba_gsi1(waba_id: &str, t: &TenantId) -> Gsi1 {
     Gsi1 {
         pk: waba_gsi1_pk(waba_id),
@@ -365,8 +368,8 @@ pub fn phone_number(t: &TenantId, phone_number_id: &str) -> Key {
     Key::new(tenant_pk(t), format!("{NUMBER_PREFIX}{phone_number_id}"))
 }
 
-/// A phone number item's entry in the WABA index (beside the tenant item's: the
-/// tenants on a WABA are those of the tenant items and number items under it).
+/// A phone number item's entry in the WABA index: the tenants on a WABA are the owners
+/// of the number items under it (and of older tenant items that still carry one).
 pub fn phone_number_waba_gsi1(waba_id: &str, t: &TenantId) -> Gsi1 {
     tenant_waba_gsi1(waba_id, t)
 }

@@ -77,7 +77,7 @@ impl DynamoStore {
         }
     }
 
-    fn number_item(&self, number: &PhoneNumberRecord) -> Result<Item, StoreError> {
+    pub(super) fn number_item(&self, number: &PhoneNumberRecord) -> Result<Item, StoreError> {
         to_item(
             number,
             &keys::phone_number(&number.tenant_id, &number.phone_number_id).with_gsi1(
@@ -202,17 +202,18 @@ impl PhoneNumberStore for DynamoStore {
                 .expression_attribute_values(":now", n(self.now_secs()))
                 .build(),
         )?;
-        let gsi = keys::tenant_waba_gsi1(&number.waba_id, tenant);
+        // The number's item carries the tenant's WABA index entry; a tenant item written
+        // before that (with its own entry) loses it here: the service stored the old
+        // default's item first (`numbers::set_default`), so the old WABA still finds it.
         let update = built(
             Update::builder()
                 .table_name(&self.table)
                 .set_key(Some(keys::tenant(tenant).attrs()))
-                .update_expression("SET phone_number_id = :p, waba_id = :w, gsi1pk = :g")
+                .update_expression("SET phone_number_id = :p, waba_id = :w REMOVE gsi1pk, gsi1sk")
                 .condition_expression("attribute_exists(pk) AND #status <> :closed")
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(":p", s(&number.phone_number_id))
                 .expression_attribute_values(":w", s(&number.waba_id))
-                .expression_attribute_values(":g", s(gsi.pk))
                 .expression_attribute_values(":closed", s("closed"))
                 .build(),
         )?;

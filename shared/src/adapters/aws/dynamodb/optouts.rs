@@ -82,6 +82,17 @@ impl OptOutStore for DynamoStore {
             .transpose()
     }
 
+    async fn peek_opt_out(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<OptOut>, StoreError> {
+        self.get_eventually(keys::opt_out(tenant, key))
+            .await?
+            .map(from_item)
+            .transpose()
+    }
+
     async fn delete_opt_out_not_newer_than(
         &self,
         tenant: &TenantId,

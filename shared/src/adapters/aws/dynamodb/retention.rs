@@ -183,7 +183,7 @@ impl RetentionStore for DynamoStore {
                  AND attribute_not_exists(closed_out_at)) \
                  OR (sk = :tenant AND #status = :active)",
             )
-            .projection_expression("pk, sk, #ttl, #status")
+            .projection_expression("pk, sk, #ttl, #status, message_id")
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":now", n(now_s))
@@ -200,12 +200,20 @@ impl RetentionStore for DynamoStore {
             ..SweepPage::default()
         };
         let mut expired = Vec::new();
+        // Keys of wamid index items that are only the mark of kept statuses (no message
+        // yet): they count as kept statuses.
+        let mut marks = std::collections::HashSet::new();
         for item in out.items.unwrap_or_default() {
             let (Some(pk), Some(sk)) = (str_attr(&item, keys::PK), str_attr(&item, keys::SK))
             else {
                 continue;
             };
             if ttl_of(&item).is_some_and(|t| t <= now_s) {
+                if ItemKind::of_key(pk, sk) == Some(ItemKind::WamidIndex)
+                    && !item.contains_key("message_id")
+                {
+                    marks.insert((pk.to_owned(), sk.to_owned()));
+                }
                 let key: Item = [(keys::PK, pk), (keys::SK, sk)]
                     .into_iter()
                     .map(|(k, v)| (k.to_owned(), s(v)))
@@ -223,7 +231,12 @@ impl RetentionStore for DynamoStore {
         }
         for key in self.delete_keys(expired).await? {
             if let (Some(pk), Some(sk)) = (str_attr(&key, keys::PK), str_attr(&key, keys::SK)) {
-                page.count(class_of(pk, sk), 1);
+                let class = if marks.contains(&(pk.to_owned(), sk.to_owned())) {
+                    RetentionClass::PendingStatus
+                } else {
+                    class_of(pk, sk)
+                };
+                page.count(class, 1);
             }
         }
         Ok(page)
@@ -316,9 +329,13 @@ impl RetentionStore for DynamoStore {
                     }
                 }
                 Some(ItemKind::PhoneNumber) => {
-                    // Its route, only while it still names this tenant.
+                    // Its route, only while it still names this tenant; the default
+                    // number's (every tenant has its item since the WABA index moved
+                    // onto number items) below, where it is counted.
                     if let Some(pnid) = str_attr(&item, "phone_number_id") {
-                        self.delete_route_of(tenant, pnid).await?;
+                        if str_attr(&tenant_item, "phone_number_id") != Some(pnid) {
+                            self.delete_route_of(tenant, pnid).await?;
+                        }
                     }
                 }
                 Some(ItemKind::OptOut | ItemKind::StatusCallback | ItemKind::TwoFactorSetting) => {}

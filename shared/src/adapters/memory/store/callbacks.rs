@@ -20,6 +20,13 @@ fn pending_key(status: &PendingStatus) -> (String, String) {
 impl PendingStatusStore for MemoryStore {
     async fn put_pending_status(&self, status: &PendingStatus) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
+        // The mark (also for a duplicate), as on DynamoDB: on the wamid's index item if
+        // there is one (nothing to sweep apart), else an item of its own.
+        if !s.wamids.contains_key(&status.wamid) {
+            s.wamid_marks
+                .entry(status.wamid.clone())
+                .or_insert(status.expires_at);
+        }
         let key = pending_key(status);
         if let Some(existing) = s.pending.get(&key) {
             if self.live(existing.expires_at) {

@@ -43,6 +43,8 @@ impl RetentionStore for MemoryStore {
         sweep!(page, K::Message, s.messages, |_, m| live(m.expires_at));
         sweep!(page, K::WamidIndex, s.wamids, |_, w| live(w.2));
         sweep!(page, K::PendingStatus, s.pending, |_, p| live(p.expires_at));
+        // A wamid's mark alone (no index yet) counts as what it stands for: kept statuses.
+        sweep!(page, K::PendingStatus, s.wamid_marks, |_, e| live(*e));
         sweep!(page, K::Broadcast, s.broadcasts, |_, b| live(b.expires_at));
         sweep!(page, K::BroadcastList, s.broadcast_lists, |_, l| l.1 > now);
         sweep!(page, K::LedgerEntry, s.ledger, |e| live(e.expires_at));
@@ -231,6 +233,9 @@ impl RetentionStore for MemoryStore {
                 *exp,
                 json!({"tenant_id": t, "message_id": m}),
             );
+        }
+        for (w, exp) in &s.wamid_marks {
+            item(keys::wamid_index(w), *exp, json!({"pending_kept": true}));
         }
         for ((w, sk), p) in &s.pending {
             item(

@@ -1,0 +1,305 @@
+//! Reads that go, and what keeps the invariants without them.
+//!
+//! The webhook reads the message it is about with a read that may be a moment behind
+//! (`MessageStore::peek_message`: eventually consistent on DynamoDB, half the read units).
+//! Every move it makes is a conditional write on the stored status, so a stale read may
+//! cost a refused write but never a lost status, a wrong move or a second count. Here the
+//! store answers every peek with the message as it was when accepted (the most stale a
+//! read can be) while the message itself moves on.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kirim::config::Backend;
+use kirim::domain::meta::{MetaStatus, StatusReport, Wamid};
+use kirim::domain::{MessageError, MessageId, MessageRecord, MessageStatus, Pricing, TenantId};
+use kirim::ports::*;
+use kirim::service::status::{self, Applied};
+use kirim::store_error::StoreError;
+
+use crate::caches::two_processes;
+use crate::contract::{key_for, message_for, tenant};
+
+/// The real message store, except that a peek answers `snapshot`.
+struct Behind {
+    inner: Arc<dyn MessageStore>,
+    snapshot: MessageRecord,
+}
+
+#[async_trait]
+impl MessageStore for Behind {
+    async fn insert_with_debit(
+        &self,
+        record: &MessageRecord,
+        debit: &LedgerEntry,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_with_debit(record, debit).await
+    }
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.inner.get_message(tenant, id).await
+    }
+    async fn peek_message(
+        &self,
+        _tenant: &TenantId,
+        _id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        Ok(Some(self.snapshot.clone()))
+    }
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        query: &MessageQuery,
+    ) -> Result<MessagePage, StoreError> {
+        self.inner.list_messages(tenant, query).await
+    }
+    async fn transition(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        to: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        self.inner.transition(tenant, id, to, change, at).await
+    }
+    async fn fail_and_refund(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        from: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+        refund: &LedgerEntry,
+    ) -> Result<Transition, StoreError> {
+        self.inner
+            .fail_and_refund(tenant, id, from, change, at, refund)
+            .await
+    }
+    async fn cancel_with_refund(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        from: &[MessageStatus],
+        error: &MessageError,
+        refund: &LedgerEntry,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        self.inner
+            .cancel_with_refund(tenant, id, from, error, refund, at)
+            .await
+    }
+    async fn release_for_retry(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        error: &MessageError,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        self.inner.release_for_retry(tenant, id, error, at).await
+    }
+    async fn set_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.inner.set_wamid(tenant, id, wamid, expires_at).await
+    }
+    async fn index_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        self.inner.index_wamid(tenant, id, wamid, expires_at).await
+    }
+    async fn message_by_wamid(
+        &self,
+        wamid: &str,
+    ) -> Result<Option<(TenantId, MessageId)>, StoreError> {
+        self.inner.message_by_wamid(wamid).await
+    }
+}
+
+fn report(m: &MessageRecord, wamid: &str, status: &str, pricing: bool) -> StatusReport {
+    StatusReport {
+        phone_number_id: None,
+        wamid: Wamid::parse(wamid).expect("a wamid"),
+        status: MetaStatus::parse(status).expect("a status"),
+        timestamp: Some(Utc::now().timestamp()),
+        callback: Some(m.id.clone()),
+        recipient: None,
+        recipient_user_id: None,
+        errors: Vec::new(),
+        pricing: pricing
+            .then(|| Pricing::parse("PMP", "utility", "regular"))
+            .flatten(),
+    }
+}
+
+async fn a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_it_once(b: Backend) {
+    let (_, mut deps, clock) = two_processes(b).await;
+    let t = tenant(10);
+    deps.tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    // Scheduled when it was accepted; the dispatcher has since sent it.
+    let (mut m, debit) = message_for(&t.id, clock.now());
+    m.status = MessageStatus::Scheduled;
+    deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+    let wamid = format!("wamid.{}", ulid::Ulid::new());
+    for to in [MessageStatus::Accepted, MessageStatus::Sending] {
+        let moved = deps
+            .messages
+            .transition(&t.id, &m.id, to, &StatusChange::default(), clock.now())
+            .await
+            .unwrap();
+        assert!(matches!(moved, Transition::Applied(_)), "{to:?}");
+    }
+    deps.messages
+        .index_wamid(&t.id, &m.id, &wamid, m.expires_at)
+        .await
+        .unwrap();
+    let sent = StatusChange {
+        wamid: Some(wamid.clone()),
+        ..Default::default()
+    };
+    deps.messages
+        .transition(&t.id, &m.id, MessageStatus::Sent, &sent, clock.now())
+        .await
+        .unwrap();
+    deps.messages = Arc::new(Behind {
+        inner: deps.messages.clone(),
+        snapshot: m.clone(),
+    });
+
+    let delivered = report(&m, &wamid, "delivered", true);
+    assert_eq!(
+        status::apply(&deps, Some(&t.id), &delivered).await.unwrap(),
+        Applied::Yes,
+        "seen scheduled, yet sent by now: delivered is tried, and applies"
+    );
+    let stored = |deps: &kirim::service::Deps| {
+        let (messages, t, id) = (deps.messages.clone(), t.id.clone(), m.id.clone());
+        async move { messages.get_message(&t, &id).await.unwrap().unwrap() }
+    };
+    let now = stored(&deps).await;
+    assert_eq!(now.status, MessageStatus::Delivered);
+    assert!(now.pricing.is_some(), "priced with the move");
+
+    // Replays and an overtaken status, still seen as scheduled: refused by the store.
+    for r in [
+        report(&m, &wamid, "delivered", true),
+        report(&m, &wamid, "sent", true),
+    ] {
+        assert_eq!(
+            status::apply(&deps, Some(&t.id), &r).await.unwrap(),
+            Applied::NoChange
+        );
+    }
+    assert_eq!(
+        status::apply(&deps, Some(&t.id), &report(&m, &wamid, "read", false))
+            .await
+            .unwrap(),
+        Applied::Yes
+    );
+    assert_eq!(stored(&deps).await.status, MessageStatus::Read);
+    let day = clock.now().date_naive();
+    let usage = deps.usage.usage(&t.id, day, day).await.unwrap();
+    assert_eq!(
+        usage.iter().map(|u| u.messages).sum::<i64>(),
+        1,
+        "counted once: {usage:?}"
+    );
+}
+
+/// The dispatcher runs its checks before the claim on the facts its job carries, without
+/// reading the message; for a message an earlier delivery of the job claimed (an
+/// ambiguous send waiting for Meta or the sending deadline), a failing check is refused
+/// by the message's status and the job stays for the deadline, never dropped.
+async fn a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sending_deadline(
+    b: Backend,
+) {
+    use kirim::domain::{Content, OptOutKey, OptOutScope, OptOutSource};
+    use kirim::service::jobs::{DispatchJob, MessageFacts, Outcome, QueueJob};
+    use kirim::service::{dispatch, optouts};
+
+    for with_facts in [true, false] {
+        let (_, deps, clock) = two_processes(b).await;
+        let t = tenant(10);
+        deps.tenants
+            .create_tenant(&t, &key_for(&t), None)
+            .await
+            .unwrap();
+        let (m, debit) = message_for(&t.id, clock.now());
+        deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+        // An earlier delivery claimed it and timed out at Meta.
+        let claimed = deps
+            .messages
+            .transition(
+                &t.id,
+                &m.id,
+                MessageStatus::Sending,
+                &StatusChange {
+                    count_attempt: true,
+                    ..Default::default()
+                },
+                clock.now(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(claimed, Transition::Applied(_)));
+        // The recipient opted out meanwhile: the check before the claim fails.
+        optouts::add(
+            &deps,
+            &t.id,
+            optouts::Recipient::of(OptOutKey::Phone(m.to.clone())),
+            OptOutScope::All,
+            OptOutSource::Api,
+            "test",
+            None,
+        )
+        .await
+        .unwrap();
+        let job = QueueJob::Send(DispatchJob {
+            tenant_id: t.id.clone(),
+            message_id: m.id.clone(),
+            content: Content::Text { body: "hi".into() },
+            request_id: None,
+            send_at: None,
+            broadcast_id: None,
+            facts: with_facts.then(|| MessageFacts::of(&m)),
+        });
+        let outcome = dispatch::handle(&deps, &job.to_body().unwrap()).await;
+        assert!(
+            matches!(outcome, Outcome::RetryAfter(_)),
+            "facts in the job: {with_facts}; {outcome:?}"
+        );
+        let stored = deps
+            .messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stored.status,
+            MessageStatus::Sending,
+            "neither failed nor refunded"
+        );
+        let ledger = deps.ledger.entries(&t.id).await.unwrap();
+        assert_eq!(ledger.len(), 1, "the debit only: {ledger:?}");
+    }
+}
+
+on_both_backends!(
+    a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_it_once,
+    a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sending_deadline,
+);
