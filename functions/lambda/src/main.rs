@@ -6,12 +6,6 @@
 
 use kirim::wiring::Function;
 
-/// mimalloc, not the system allocator: a request allocates and frees many small blocks,
-/// and glibc's malloc/free were ~12% of the webhook's CPU (BENCHMARKS.md "Webhook side by
-/// side").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     let name = std::env::var("KIRIM_FUNCTION").unwrap_or_default();

@@ -2,10 +2,6 @@
 
 use kirim_infra::local::{start, LocalConfig};
 
-/// The allocator the Lambda binary uses (`functions/lambda`), so local mode measures alike.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     kirim::telemetry::init_pretty();
