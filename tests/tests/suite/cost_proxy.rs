@@ -124,14 +124,8 @@ async fn the_cost_proxy_counts_each_call_with_the_units_its_item_sizes_cost() {
     );
 }
 
-/// The reads this issue made cheaper, counted on the wire (issue #13): the reads that may
-/// be a moment behind are eventually consistent (half a unit each), and indexing a wamid
-/// learns whether statuses were kept for it from the item it replaced, not from a read.
-#[tokio::test]
-async fn the_reads_that_may_lag_cost_half_a_unit_and_indexing_a_wamid_reads_nothing() {
-    use kirim::domain::{MessageId, OptOutKey, PhoneNumber, TenantId};
-    use kirim::ports::{ContactStore, MessageStore, OptOutStore};
-
+/// A DynamoDB store on a fresh stack in moto, its calls counted by the proxy.
+async fn store_behind_proxy() -> (kirim::adapters::aws::DynamoStore, CountingProxy) {
     let stack = kirim_infra::bootstrap::ensure_stack(&moto_sdk().await, &unique_stack())
         .await
         .expect("stack in moto");
@@ -141,9 +135,21 @@ async fn the_reads_that_may_lag_cost_half_a_unit_and_indexing_a_wamid_reads_noth
     );
     let store = kirim::adapters::aws::DynamoStore::new(
         db,
-        stack.table.clone(),
+        stack.table,
         std::sync::Arc::new(kirim::ports::SystemClock),
     );
+    (store, proxy)
+}
+
+/// The reads this issue made cheaper, counted on the wire (issue #13): the reads that may
+/// be a moment behind are eventually consistent (half a unit each), and indexing a wamid
+/// learns whether statuses were kept for it from the item it replaced, not from a read.
+#[tokio::test]
+async fn the_reads_that_may_lag_cost_half_a_unit_and_indexing_a_wamid_reads_nothing() {
+    use kirim::domain::{MessageId, OptOutKey, PhoneNumber, TenantId};
+    use kirim::ports::{ContactStore, MessageStore, OptOutStore};
+
+    let (store, proxy) = store_behind_proxy().await;
     let t = TenantId::generate();
     let phone = OptOutKey::Phone(PhoneNumber::parse("+60123450999").unwrap());
     let m = MessageId::generate();
@@ -178,18 +184,7 @@ async fn the_reads_that_may_lag_cost_half_a_unit_and_indexing_a_wamid_reads_noth
 async fn a_debit_writes_no_index_entry_and_the_tenant_is_still_found_by_its_waba() {
     use kirim::ports::{MessageStore, TenantStore};
 
-    let stack = kirim_infra::bootstrap::ensure_stack(&moto_sdk().await, &unique_stack())
-        .await
-        .expect("stack in moto");
-    let proxy = CountingProxy::start(&moto_endpoint().await).await.unwrap();
-    let db = aws_sdk_dynamodb::Client::new(
-        &kirim_infra::local::emulator_sdk_config(Some(&proxy.url)).await,
-    );
-    let store = kirim::adapters::aws::DynamoStore::new(
-        db,
-        stack.table.clone(),
-        std::sync::Arc::new(kirim::ports::SystemClock),
-    );
+    let (store, proxy) = store_behind_proxy().await;
     let t = crate::contract::tenant(10);
     proxy.set_phase("onboard");
     store
