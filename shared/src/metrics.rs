@@ -159,6 +159,16 @@ pub fn flush() {
     print!("{lines}");
 }
 
+/// Whether a buffered line contains `needle` (tests of who flushes).
+#[cfg(test)]
+pub(crate) fn buffered_contains(needle: &str) -> bool {
+    LINES
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(needle)
+}
+
 /// Runs `fut` (one invocation's work), then flushes what it emitted.
 pub async fn flushed<F: std::future::Future>(fut: F) -> F::Output {
     let out = fut.await;

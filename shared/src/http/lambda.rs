@@ -32,3 +32,35 @@ async fn from_api_gateway(mut req: Request, next: Next) -> Response {
 pub fn for_lambda(router: Router) -> Router {
     router.layer(axum::middleware::from_fn(from_api_gateway))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lambda_invocation_s_metric_lines_leave_before_its_response() {
+        let marker = format!("flush-test-{}", ulid::Ulid::new());
+        let dim = marker.clone();
+        let router = for_lambda(Router::new().route(
+            "/",
+            get(move || async move {
+                crate::metrics::count("TestOnly", ("Marker", &dim));
+                assert!(crate::metrics::buffered_contains(&dim), "buffered first");
+                "ok"
+            }),
+        ));
+        let req = axum::http::Request::builder()
+            .uri("/")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let res = router.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(
+            !crate::metrics::buffered_contains(&marker),
+            "written when the invocation answered"
+        );
+    }
+}
