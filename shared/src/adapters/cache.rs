@@ -16,16 +16,30 @@
 //!   added a moment ago by another process is never taken for absent, which would fail a
 //!   message as `sender_removed`; every tenant onboarded since the WABA index moved onto
 //!   number items has its default number's item, older ones until it is stored, see
-//!   infra/deploy.md). Stale for at most the TTL: a number removed by another process may
-//!   still send what was queued for it, and a new quality or throughput from Meta paces
-//!   its sends, within the TTL; the send slots themselves are their own item, never
-//!   cached.
+//!   infra/deploy.md). Stale for at most the TTL and the replication lag (below): a number
+//!   removed by another process may still send what was queued for it, and a new quality
+//!   or throughput from Meta paces its sends, within that; the send slots themselves are
+//!   their own item, never cached.
 //!
 //! Every write through the same decorator drops what it changes at once (same process);
 //! a change made by another process (another Lambda, another instance) is seen after the
-//! TTL at most: a revoked key, a suspended tenant, a changed allow-list, a paused template
-//! bite within the TTL. The invariants that matter for money and sending (credits, the
-//! idempotency record, the status order) are conditional writes that never read this cache.
+//! TTL at most: a revoked key, a suspended tenant, a changed allow-list bite within the
+//! TTL. The invariants that matter for money and sending (credits, the idempotency record,
+//! the status order) are conditional writes that never read this cache.
+//!
+//! **Which reads may lag.** The cache reads through two views of the one store
+//! ([`LaggingView`]): the API key by its hash and the tenant for access through the
+//! consistent one (a revocation or suspension bites within the TTL, no more), and the
+//! template, the status-callback setting, the phone number and the phone number's owner
+//! through the lagging one: on DynamoDB an eventually consistent `GetItem`, half the read
+//! units, possibly behind the latest write by the table's replication lag (typically under
+//! a second). A change to those made by another process so bites within the TTL and about
+//! a second more. What would turn a lag into a wrong answer is confirmed: a number or a
+//! phone number's owner the lagging view does not find is read again consistently (absence
+//! is never cached for them, and a number or a tenant just added is never taken for
+//! absent). A template's or a callback setting's absence is cached as before (a template
+//! synced or a callback set by another process a moment ago bites within the TTL and about
+//! a second more, as any change to them).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -84,9 +98,21 @@ impl<K: Eq + Hash, V: Clone> Ttl<K, V> {
     }
 }
 
+/// A second view of a store whose cache refreshes may be a moment behind the latest write
+/// (see the module docs): what [`ReadCache`] reads the template, the status-callback
+/// setting, the phone number and the phone number's owner through.
+pub trait LaggingView {
+    /// The lagging view of `store`: on DynamoDB [`crate::adapters::aws::DynamoStore::lagging`];
+    /// the memory store is never behind, so its view is itself.
+    fn lagging_view(store: &Arc<Self>) -> Arc<Self>;
+}
+
 /// The caching decorator (see the module docs).
 pub struct ReadCache<S> {
+    /// Consistent reads, and every write.
     inner: Arc<S>,
+    /// The refreshes that may lag ([`LaggingView`]); only the four reads named there.
+    lagging: Arc<S>,
     clock: Arc<dyn Clock>,
     keys: Ttl<String, ApiKeyRecord>,
     tenants: Ttl<TenantId, Tenant>,
@@ -96,9 +122,10 @@ pub struct ReadCache<S> {
     numbers: Ttl<(TenantId, String), PhoneNumberRecord>,
 }
 
-impl<S> ReadCache<S> {
+impl<S: LaggingView> ReadCache<S> {
     pub fn new(inner: Arc<S>, ttl: Duration, clock: Arc<dyn Clock>) -> Self {
         ReadCache {
+            lagging: S::lagging_view(&inner),
             inner,
             clock,
             keys: Ttl::new(ttl),
@@ -108,6 +135,13 @@ impl<S> ReadCache<S> {
             templates: Ttl::new(ttl),
             numbers: Ttl::new(ttl),
         }
+    }
+}
+
+impl<S> ReadCache<S> {
+    /// Whether the lagging view is another one (so its misses are worth confirming).
+    fn may_lag(&self) -> bool {
+        !Arc::ptr_eq(&self.inner, &self.lagging)
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -169,10 +203,17 @@ impl<S: TenantStore + 'static> TenantStore for ReadCache<S> {
         if let Some(t) = self.phones.get(&k, now) {
             return Ok(Some(t));
         }
-        let t = self
-            .inner
+        let mut t = self
+            .lagging
             .tenant_by_phone_number_id(phone_number_id)
             .await?;
+        if t.is_none() && self.may_lag() {
+            // A tenant onboarded a moment ago is not taken for absent (its webhooks, a STOP).
+            t = self
+                .inner
+                .tenant_by_phone_number_id(phone_number_id)
+                .await?;
+        }
         if let Some(t) = &t {
             self.phones.put(k, t.clone(), now);
         }
@@ -286,7 +327,7 @@ impl<S: StatusCallbackStore + 'static> StatusCallbackStore for ReadCache<S> {
         if let Some(s) = self.callbacks.get(tenant, now) {
             return Ok(s);
         }
-        let s = self.inner.get_status_callback(tenant).await?;
+        let s = self.lagging.get_status_callback(tenant).await?;
         self.callbacks.put(tenant.clone(), s.clone(), now);
         Ok(s)
     }
@@ -317,7 +358,7 @@ impl<S: TemplateStore + 'static> TemplateStore for ReadCache<S> {
         if let Some(t) = self.templates.get(&k, now) {
             return Ok(t);
         }
-        let t = self.inner.get_template(waba_id, name, language).await?;
+        let t = self.lagging.get_template(waba_id, name, language).await?;
         self.templates.put(k, t.clone(), now);
         Ok(t)
     }
@@ -386,7 +427,14 @@ impl<S: PhoneNumberStore + 'static> PhoneNumberStore for ReadCache<S> {
         if let Some(n) = self.numbers.get(&k, now) {
             return Ok(Some(n));
         }
-        let n = self.inner.get_phone_number(tenant, phone_number_id).await?;
+        let mut n = self
+            .lagging
+            .get_phone_number(tenant, phone_number_id)
+            .await?;
+        if n.is_none() && self.may_lag() {
+            // A number added a moment ago is not taken for absent (`sender_removed`).
+            n = self.inner.get_phone_number(tenant, phone_number_id).await?;
+        }
         if let Some(n) = &n {
             self.numbers.put(k, n.clone(), now);
         }

@@ -144,6 +144,7 @@ pub trait Stores:
     + TemplateStore
     + crate::ports::PhoneNumberStore
     + crate::ports::UsageStore
+    + crate::adapters::cache::LaggingView
     + 'static
 {
 }
@@ -168,6 +169,7 @@ impl<T> Stores for T where
         + TemplateStore
         + crate::ports::PhoneNumberStore
         + crate::ports::UsageStore
+        + crate::adapters::cache::LaggingView
         + 'static
 {
 }
@@ -199,7 +201,8 @@ impl Deps {
     pub fn new<S: Stores>(b: Backends<S>) -> Self {
         let store = b.store;
         // The warm-process read cache, one for the five ports it decorates (so a write
-        // through one drops what the others cached).
+        // through one drops what the others cached); its refreshes of templates, callback
+        // settings, numbers and phone owners go through the store's lagging view.
         type Cached<S> = crate::adapters::cache::ReadCache<S>;
         type CachedPorts = (
             Arc<dyn TenantStore>,

@@ -19,7 +19,7 @@ use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
 use crate::contract::{key_for, tenant};
 
-fn deps<S: Stores>(
+pub(crate) fn deps<S: Stores>(
     store: Arc<S>,
     secrets: Arc<dyn SecretStore>,
     clock: Arc<ManualClock>,
@@ -195,6 +195,120 @@ fn number_of(t: &Tenant, id: &str, clock: &ManualClock) -> PhoneNumberRecord {
         throughput_per_sec: Some(80),
         added_at: clock.now(),
     }
+}
+
+fn template_of(t: &Tenant, clock: &ManualClock) -> CatalogueTemplate {
+    CatalogueTemplate {
+        waba_id: t.waba_id.clone(),
+        name: "order_update".into(),
+        language: "en".into(),
+        category: kirim::domain::TemplateCategory::Utility,
+        status: kirim::domain::TemplateStatus::Approved,
+        quality: kirim::domain::TemplateQuality::Green,
+        body_parameters: 0,
+        meta_id: None,
+        updated_at: clock.now(),
+        expires_at: None,
+    }
+}
+
+async fn template_status(deps: &Deps, t: &Tenant) -> Option<kirim::domain::TemplateStatus> {
+    deps.templates
+        .get_template(&t.waba_id, "order_update", "en")
+        .await
+        .unwrap()
+        .map(|t| t.status)
+}
+
+async fn callback_url(deps: &Deps, t: &Tenant) -> Option<String> {
+    deps.status_callbacks
+        .get_status_callback(&t.id)
+        .await
+        .unwrap()
+        .map(|c| c.url)
+}
+
+/// The reads the cache refreshes eventually consistent (the template, the callback
+/// setting, the phone number's owner; the sender above) still see another process's
+/// change after the TTL; on DynamoDB the replication lag comes on top (README "Warm
+/// caches"), which moto does not have.
+async fn a_template_a_callback_setting_and_a_numbers_owner_changed_by_another_process_are_seen_after_five_seconds(
+    b: Backend,
+) {
+    let (cached, other, clock) = two_processes(b).await;
+    let t = tenant(10);
+    assert_eq!(
+        cached
+            .tenants
+            .tenant_by_phone_number_id(&t.phone_number_id)
+            .await
+            .unwrap(),
+        None
+    );
+    other
+        .tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        cached
+            .tenants
+            .tenant_by_phone_number_id(&t.phone_number_id)
+            .await
+            .unwrap(),
+        Some(t.id.clone()),
+        "an owner onboarded by another process is found at once: absence is not cached"
+    );
+
+    let template = template_of(&t, &clock);
+    other.templates.put_template(&template).await.unwrap();
+    let approved = Some(kirim::domain::TemplateStatus::Approved);
+    assert_eq!(template_status(&cached, &t).await, approved);
+    other
+        .status_callbacks
+        .put_status_callback(&StatusCallback {
+            tenant_id: t.id.clone(),
+            url: "https://example.com/kirim".into(),
+            secret_name: "callback".into(),
+            updated_at: clock.now(),
+        })
+        .await
+        .unwrap();
+    assert!(callback_url(&cached, &t).await.is_some());
+
+    other
+        .templates
+        .update_template(
+            &t.waba_id,
+            "order_update",
+            "en",
+            kirim::domain::TemplateChange::Status(kirim::domain::TemplateStatus::Paused),
+            clock.now(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(other
+        .status_callbacks
+        .delete_status_callback(&t.id)
+        .await
+        .unwrap());
+    clock.advance(almost_ttl());
+    assert_eq!(
+        template_status(&cached, &t).await,
+        approved,
+        "the warm process still has the template approved (the documented bound)"
+    );
+    assert!(
+        callback_url(&cached, &t).await.is_some(),
+        "and the callback set (the documented bound)"
+    );
+    clock.advance(chrono::Duration::seconds(1));
+    assert_eq!(
+        template_status(&cached, &t).await,
+        Some(kirim::domain::TemplateStatus::Paused)
+    );
+    assert_eq!(callback_url(&cached, &t).await, None);
 }
 
 async fn a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_new_one_at_once(
@@ -482,6 +596,7 @@ async fn a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until
 }
 
 on_both_backends!(
+    a_template_a_callback_setting_and_a_numbers_owner_changed_by_another_process_are_seen_after_five_seconds,
     a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until_another_moves_it,
     a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_new_one_at_once,
     a_sender_removed_through_the_same_process_is_refused_at_once,

@@ -205,3 +205,132 @@ async fn a_debit_writes_no_index_entry_and_the_tenant_is_still_found_by_its_waba
     );
     assert_eq!(store.tenants_by_waba(&t.waba_id).await.unwrap(), vec![t.id]);
 }
+
+/// The warm read cache's refreshes on the wire, through the deps as Lambda builds them
+/// (issue #13): the catalogue template, the status-callback setting, the sender number and
+/// the phone number's owner are read eventually consistent (half a unit each: a change
+/// to them bites within 5 s and DynamoDB's replication lag), the API key by its hash and
+/// the tenant for access strongly consistent (a unit each: a revocation or a suspension
+/// bites within 5 s). A number or an owner the lagging read does not find is read again
+/// consistently. Fails if any one of them is flipped.
+#[tokio::test]
+async fn the_warm_cache_refreshes_what_may_lag_eventually_consistent_and_keys_and_tenants_consistently(
+) {
+    use std::sync::Arc;
+
+    use kirim::domain::{TemplateCategory, TemplateQuality, TemplateStatus};
+    use kirim::ports::{
+        CatalogueTemplate, SecretStore, StatusCallback, StatusCallbackStore, TemplateStore,
+        TenantStore,
+    };
+
+    let (store, proxy) = store_behind_proxy().await;
+    let store = Arc::new(store);
+    let t = crate::contract::tenant(10);
+    let key = crate::contract::key_for(&t);
+    store.create_tenant(&t, &key, None).await.unwrap();
+    store
+        .put_template(&CatalogueTemplate {
+            waba_id: t.waba_id.clone(),
+            name: "order_update".into(),
+            language: "en".into(),
+            category: TemplateCategory::Utility,
+            status: TemplateStatus::Approved,
+            quality: TemplateQuality::Green,
+            body_parameters: 0,
+            meta_id: None,
+            updated_at: chrono::Utc::now(),
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    store
+        .put_status_callback(&StatusCallback {
+            tenant_id: t.id.clone(),
+            url: "https://example.com/kirim".into(),
+            secret_name: "callback".into(),
+            updated_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    let clock = kirim_tests::ManualClock::new();
+    let secrets: Arc<dyn SecretStore> = Arc::new(kirim::adapters::memory::MemorySecrets::default());
+    let cached = crate::caches::deps(store, secrets, clock.clone(), kirim::wiring::READ_CACHE_TTL);
+    let unknown = format!("{}", t.phone_number_id.parse::<u32>().unwrap() + 1);
+
+    // Each read of the cache, on its own phase: first cold, then after the TTL (the
+    // refreshes), then once within it (nothing read).
+    let reads = |round: &'static str| {
+        let (cached, t, key) = (&cached, &t, &key);
+        let proxy = &proxy;
+        async move {
+            proxy.set_phase(&format!("{round} template"));
+            let found = cached
+                .templates
+                .get_template(&t.waba_id, "order_update", "en");
+            assert!(found.await.unwrap().is_some());
+            proxy.set_phase(&format!("{round} callback"));
+            let found = cached.status_callbacks.get_status_callback(&t.id);
+            assert!(found.await.unwrap().is_some());
+            proxy.set_phase(&format!("{round} number"));
+            let found = cached.numbers.get_phone_number(&t.id, &t.phone_number_id);
+            assert!(found.await.unwrap().is_some(), "stored at onboarding");
+            proxy.set_phase(&format!("{round} owner"));
+            let found = cached.tenants.tenant_by_phone_number_id(&t.phone_number_id);
+            assert_eq!(found.await.unwrap().as_ref(), Some(&t.id));
+            proxy.set_phase(&format!("{round} key"));
+            let found = cached.tenants.api_key_by_hash(&key.key_hash);
+            assert!(found.await.unwrap().is_some());
+            proxy.set_phase(&format!("{round} tenant"));
+            let found = cached.tenants.tenant_for_access(&t.id);
+            assert!(found.await.unwrap().is_some());
+        }
+    };
+    reads("cold").await;
+    clock.advance(chrono::Duration::from_std(kirim::wiring::READ_CACHE_TTL).unwrap());
+    reads("refresh").await;
+    reads("warm").await;
+    proxy.set_phase("missing number");
+    let missing = cached.numbers.get_phone_number(&t.id, &unknown);
+    assert!(missing.await.unwrap().is_none());
+    proxy.set_phase("missing owner");
+    let missing = cached.tenants.tenant_by_phone_number_id(&unknown);
+    assert!(missing.await.unwrap().is_none());
+    proxy.set_phase("after");
+
+    let tally = proxy.take();
+    let get = |phase: &str| {
+        let ops = &tally[phase];
+        assert_eq!(ops.len(), 1, "{phase}: only a GetItem: {ops:?}");
+        let get = ops["DynamoDB.GetItem"];
+        (get.calls, get.rcu)
+    };
+    for round in ["cold", "refresh"] {
+        for (item, units) in [
+            ("template", 0.5),
+            ("callback", 0.5),
+            ("number", 0.5),
+            ("owner", 0.5),
+            ("key", 1.0),
+            ("tenant", 1.0),
+        ] {
+            let phase = format!("{round} {item}");
+            assert_eq!(get(&phase), (1, units), "{phase}");
+        }
+    }
+    assert!(
+        tally.keys().all(|p| !p.starts_with("warm")),
+        "nothing read within the TTL: {tally:?}"
+    );
+    assert_eq!(
+        get("missing number"),
+        (2, 0.5 + 1.0),
+        "confirmed consistently"
+    );
+    assert_eq!(
+        get("missing owner"),
+        (2, 0.5 + 1.0),
+        "confirmed consistently"
+    );
+    assert!(!tally.contains_key("after"));
+}

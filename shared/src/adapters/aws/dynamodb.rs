@@ -101,8 +101,11 @@ pub struct DynamoStore {
     pub(super) table: String,
     clock: Arc<dyn Clock>,
     /// The last send slot this process saw per number (`throttle.rs`): only which
-    /// conditional update to try first, never a decision.
-    pub(super) slot_hints: std::sync::Mutex<HashMap<String, i64>>,
+    /// conditional update to try first, never a decision. Shared with the lagging view.
+    pub(super) slot_hints: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    /// The lagging view ([`DynamoStore::lagging`]): the reads the warm cache refreshes
+    /// through it ([`Self::get_may_lag`]) are eventually consistent.
+    lagging: bool,
 }
 
 pub(super) fn s(v: impl Into<String>) -> AttributeValue {
@@ -184,6 +187,12 @@ fn decode_cursor(cursor: &str, tenant: &TenantId) -> Result<Item, StoreError> {
     Ok(flat.into_iter().map(|(k, v)| (k, s(v))).collect())
 }
 
+impl crate::adapters::cache::LaggingView for DynamoStore {
+    fn lagging_view(store: &Arc<Self>) -> Arc<Self> {
+        Arc::new(store.lagging())
+    }
+}
+
 impl DynamoStore {
     /// The IAM actions this adapter calls (`crate::iam` grants them per function).
     /// TransactWriteItems is authorised per item by PutItem, UpdateItem and DeleteItem.
@@ -207,7 +216,25 @@ impl DynamoStore {
             client,
             table: table.into(),
             clock,
-            slot_hints: std::sync::Mutex::new(HashMap::new()),
+            slot_hints: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            lagging: false,
+        }
+    }
+
+    /// The same table through the same client, for the warm read cache's refreshes
+    /// (`adapters::cache`): the catalogue template, the status-callback setting, a
+    /// tenant's phone number and the owner of a phone number id are read eventually
+    /// consistent (half a read unit, possibly a moment behind the latest write: DynamoDB's
+    /// replication lag, typically under a second). Every other read of this view, the API
+    /// key by its hash and the tenant among them, stays strongly consistent, as do all
+    /// writes. A cheap clone: the client is shared.
+    pub fn lagging(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            table: self.table.clone(),
+            clock: self.clock.clone(),
+            slot_hints: self.slot_hints.clone(),
+            lagging: true,
         }
     }
 
@@ -233,7 +260,7 @@ impl DynamoStore {
     }
 
     /// [`get`](Self::get), eventually consistent: half the read units, possibly a moment
-    /// behind the latest write (the `peek_*` reads of the ports).
+    /// behind the latest write (the `peek_*` reads of the ports, the lagging view's reads).
     pub(super) async fn get_eventually(&self, key: keys::Key) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
@@ -245,6 +272,16 @@ impl DynamoStore {
             .await
             .map_err(|e| classify("dynamodb get", e))?;
         Ok(out.item.filter(|i| self.live(i)))
+    }
+
+    /// A point read the warm cache may refresh through the lagging view: eventually
+    /// consistent there ([`Self::lagging`]), consistent otherwise.
+    pub(super) async fn get_may_lag(&self, key: keys::Key) -> Result<Option<Item>, StoreError> {
+        if self.lagging {
+            self.get_eventually(key).await
+        } else {
+            self.get(key).await
+        }
     }
 
     pub(super) fn put(
@@ -515,7 +552,7 @@ impl TenantStore for DynamoStore {
         &self,
         phone_number_id: &str,
     ) -> Result<Option<TenantId>, StoreError> {
-        let item = self.get(keys::phone_route(phone_number_id)).await?;
+        let item = self.get_may_lag(keys::phone_route(phone_number_id)).await?;
         Ok(item
             .as_ref()
             .and_then(|i| i.get("tenant_id"))

@@ -86,6 +86,13 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
 }
 
+/// Memory is never behind: the cache's lagging view is the store itself.
+impl crate::adapters::cache::LaggingView for MemoryStore {
+    fn lagging_view(store: &Arc<Self>) -> Arc<Self> {
+        store.clone()
+    }
+}
+
 impl MemoryStore {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
         Self {

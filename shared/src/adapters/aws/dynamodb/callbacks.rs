@@ -126,7 +126,7 @@ impl StatusCallbackStore for DynamoStore {
         &self,
         tenant: &TenantId,
     ) -> Result<Option<StatusCallback>, StoreError> {
-        self.get(keys::status_callback(tenant))
+        self.get_may_lag(keys::status_callback(tenant))
             .await?
             .map(from_item)
             .transpose()

@@ -126,7 +126,7 @@ impl PhoneNumberStore for DynamoStore {
         tenant: &TenantId,
         phone_number_id: &str,
     ) -> Result<Option<PhoneNumberRecord>, StoreError> {
-        self.get(keys::phone_number(tenant, phone_number_id))
+        self.get_may_lag(keys::phone_number(tenant, phone_number_id))
             .await?
             .map(from_item)
             .transpose()

@@ -43,7 +43,7 @@ impl TemplateStore for DynamoStore {
         name: &str,
         language: &str,
     ) -> Result<Option<CatalogueTemplate>, StoreError> {
-        self.get(keys::template(waba_id, name, language))
+        self.get_may_lag(keys::template(waba_id, name, language))
             .await?
             .map(from_item)
             .transpose()
