@@ -66,16 +66,25 @@ fn finish(router: Router<AppState>, deps: Deps) -> Router {
 
 fn finish_with(router: Router<AppState>, deps: Deps, extra: Router) -> Router {
     let state = AppState::new(deps);
-    router
+    let api = router
         // Access is checked for the matched route before any handler or body parsing.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::authorize,
         ))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") });
+    // The layers every request passes wrap the router once, not each of its routes: a
+    // `Router::layer` wraps every route in a boxed service of its own, which axum clones
+    // (an allocation and the state's reference counts) on every request, one per layer
+    // (BENCHMARKS.md "Webhook side by side"). The body limit here is the default; a route
+    // that needs more room sets its own inside.
+    let api = tower::ServiceBuilder::new()
         .layer(axum::middleware::from_fn(error::request_id_layer))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .service(api);
+    Router::new()
+        .fallback_service(api)
         // Extra routes keep their own answers (the sandbox speaks Meta's error shape).
         .merge(extra)
 }
