@@ -209,8 +209,8 @@ pub async fn request_id_layer(mut req: Request, next: Next) -> Response {
         .map(|r| r.0.clone())
         .unwrap_or_else(crate::domain::new_id);
     req.extensions_mut().insert(RequestId(id.clone()));
-    let method = req.method().to_string();
-    let mut res = crate::telemetry::in_request(id.clone(), &method, next.run(req)).await;
+    let method = req.method().clone();
+    let mut res = crate::telemetry::in_request(id.clone(), method.as_str(), next.run(req)).await;
     let status = res.status();
     if status.is_client_error() || status.is_server_error() {
         let info = res
