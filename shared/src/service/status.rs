@@ -70,6 +70,11 @@ pub async fn apply(
             None => return Ok(Applied::UnknownMessage),
         },
     };
+    // The caller recorded the phone number's owner on the span already; a second record of
+    // the same field is formatted again (and, in text logs, shown twice).
+    if tenant != Some(&tenant_id) {
+        crate::telemetry::record_tenant(&tenant_id);
+    }
     apply_to(deps, &tenant_id, &message_id, report, seen.as_deref()).await
 }
 
@@ -82,6 +87,8 @@ pub async fn apply(
 /// When `seen` has no pricing yet and this status carries it, the move, the pricing and
 /// the usage row are one write ([`UsageStore::transition_priced`]).
 ///
+/// The caller records the tenant on the span.
+///
 /// [`UsageStore::transition_priced`]: crate::ports::UsageStore::transition_priced
 async fn apply_to(
     deps: &Deps,
@@ -90,7 +97,6 @@ async fn apply_to(
     report: &StatusReport,
     seen: Option<&MessageRecord>,
 ) -> Result<Applied, ServiceError> {
-    crate::telemetry::record_tenant(tenant_id);
     tracing::Span::current().record("message_id", tracing::field::display(message_id));
     let to = report.status.message_status();
     let now = deps.clock.now();
@@ -268,6 +274,7 @@ pub async fn apply_kept(deps: &Deps, wamid: &str) -> Result<usize, ServiceError>
             match resolve(deps, None, &report).await? {
                 None => continue,
                 Some((tenant, message, seen)) => {
+                    crate::telemetry::record_tenant(&tenant);
                     if apply_to(deps, &tenant, &message, &report, seen.as_deref()).await?
                         == Applied::Yes
                     {
