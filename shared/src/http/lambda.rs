@@ -11,11 +11,12 @@ use super::error::RequestId;
 use super::extract::ClientIp;
 
 async fn from_api_gateway(mut req: Request, next: Next) -> Response {
-    let ctx = req.request_context_ref().cloned();
-    let (ip, id) = match ctx {
-        Some(lambda_http::request::RequestContext::ApiGatewayV2(c)) => {
-            (c.http.source_ip.and_then(|s| s.parse().ok()), c.request_id)
-        }
+    // Borrowed: the context is a few dozen strings, of which two are wanted.
+    let (ip, id) = match req.request_context_ref() {
+        Some(lambda_http::request::RequestContext::ApiGatewayV2(c)) => (
+            c.http.source_ip.as_deref().and_then(|s| s.parse().ok()),
+            c.request_id.clone(),
+        ),
         _ => (None, None),
     };
     req.extensions_mut().insert(ClientIp(ip));
