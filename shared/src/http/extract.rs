@@ -136,6 +136,27 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// Reads a body of at most `limit` bytes, as axum's `Bytes` extractor would under a
+/// `DefaultBodyLimit` of `limit`: `413` past it, `400` if it cannot be read.
+pub async fn body_at_most(body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    let error = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => return Ok(bytes),
+        Err(e) => e.into_inner(),
+    };
+    if error.is::<http_body_util::LengthLimitError>() {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("this route's bodies are limited to {} KiB", limit / 1024),
+        ));
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+        "the request body could not be read",
+    ))
+}
+
 /// The client's address, as the host saw it: the TCP peer locally, API Gateway's
 /// `requestContext.http.sourceIp` on Lambda. Never a forwarded header.
 #[derive(Clone, Copy, Debug)]

@@ -456,6 +456,50 @@ async fn during_an_app_secret_rotation_both_the_new_and_the_previous_secret_veri
     );
 }
 
+/// Meta batches statuses: its webhook reads bodies up to 1 MiB (four times an API body's
+/// limit), refuses larger ones with the error shape, and a refused body changes nothing.
+async fn a_meta_webhook_body_up_to_one_mib_is_read_and_a_larger_one_is_refused(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(2).await;
+    let id = app.send_ok(&t.key, "+60123450007").await; // fails at once: a stable state
+    assert_eq!(
+        app.wait_status(&t.key, &id, "failed").await["status"],
+        "failed"
+    );
+    let body_of = |padding: usize| {
+        json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+            "messaging_product":"whatsapp","metadata":{"display_phone_number":"1","phone_number_id":t.phone_number_id},
+            "padding": "p".repeat(padding),
+            "statuses":[{"id":"wamid.big","status":"read","timestamp":"1700000000","recipient_id":"60123450007","biz_opaque_callback_data":id}]}}]}]})
+        .to_string()
+    };
+    let post = |body: String| {
+        let sig = sign("test-app-secret", body.as_bytes());
+        app.http
+            .post(app.url("/webhooks/meta"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", sig)
+            .body(body)
+            .send()
+    };
+    // 1.1 MiB: refused before anything is applied.
+    let res = post(body_of(1100 * 1024)).await.unwrap();
+    let (status, code, full) = error_of(res).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (413, "payload_too_large"),
+        "{full}"
+    );
+    assert_eq!(app.message(&t.key, &id).await["status"], "failed");
+    // 600 KiB (over an API body's 256 KiB): read, verified and applied as any other.
+    let res = post(body_of(600 * 1024)).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.unwrap();
+    assert_eq!(answer["received"], true, "{answer}");
+    assert_eq!(answer["summary"]["applied"], 1, "{answer}");
+    assert_eq!(app.message(&t.key, &id).await["status"], "read");
+}
+
 on_both_backends!(
     during_an_app_secret_rotation_both_the_new_and_the_previous_secret_verify,
     bad_send_requests_answer_precise_errors_and_change_nothing,
@@ -466,4 +510,5 @@ on_both_backends!(
     forged_or_unsigned_webhooks_are_refused_and_change_nothing,
     the_subscription_handshake_echoes_the_challenge_only_for_the_right_token,
     every_response_has_a_request_id_and_unknown_routes_answer_the_error_shape,
+    a_meta_webhook_body_up_to_one_mib_is_read_and_a_larger_one_is_refused,
 );
