@@ -19,7 +19,7 @@ use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
 use crate::contract::{key_for, tenant};
 
-fn deps<S: Stores>(
+pub(crate) fn deps<S: Stores>(
     store: Arc<S>,
     secrets: Arc<dyn SecretStore>,
     clock: Arc<ManualClock>,
