@@ -934,16 +934,23 @@ pub async fn verify(deps: &Deps, tenant: &TenantId) -> Result<VerifyReport, Serv
     let mut check = ChainCheck::new(deps.clock.now().timestamp());
     let mut after = None;
     let mut first_in_flight = false;
+    // The event right after the head read, if any: in flight, or appended since.
+    let mut beyond: Option<AuditEvent> = None;
     'pages: loop {
         let page = deps.audit.ascending(&chain, after, VERIFY_PAGE).await?;
         let full = page.len() == VERIFY_PAGE;
         // No head, and only the first event: its head is still to be written.
         if head.is_none() && after.is_none() && page.len() == 1 && page[0].seq == 1 {
             first_in_flight = true;
+            beyond = page.into_iter().next();
             break;
         }
         for e in &page {
-            if head.as_ref().is_some_and(|h| e.seq > h.seq) || !check.feed(e) {
+            if let Some(h) = head.as_ref().filter(|h| e.seq > h.seq) {
+                beyond = Some(e.clone()).filter(|e| e.seq == h.seq + 1);
+                break 'pages;
+            }
+            if !check.feed(e) {
                 break 'pages;
             }
             after = Some(e.seq);
@@ -953,6 +960,24 @@ pub async fn verify(deps: &Deps, tenant: &TenantId) -> Result<VerifyReport, Serv
         }
     }
     let mut report = check.finish(&chain, head.as_ref(), &keys);
+    // A legitimate event beyond the head is always the next link, signed: one that is not
+    // was written by someone without the audit key (and jams the chain: appends park after
+    // it). Unless the head has moved past it since (anchored meanwhile, e.g. by an older
+    // version of this code, whose events carry no signature of their own).
+    if let Some(e) = beyond.filter(|e| report.valid && !may_anchor(&chain, e, head.as_ref(), &keys))
+    {
+        let now = deps.audit.head(&chain).await?;
+        if now.is_none_or(|h| h.seq < e.seq) {
+            report = VerifyReport::broken(
+                report.checked,
+                Some(e.seq),
+                format!(
+                    "event {} beyond the head does not verify: not the next link, or not written with the audit key",
+                    e.seq
+                ),
+            );
+        }
+    }
     // Waiting events are not a break (nothing in the chain is wrong), but they are not in
     // the chain either: say how many and how long the oldest has waited.
     let parked = deps.audit.parked(&chain, PARKED_COUNTED).await?;

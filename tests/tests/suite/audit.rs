@@ -545,9 +545,14 @@ async fn an_event_beyond_the_head_that_does_not_verify_is_never_anchored_and_lat
         );
         let v = audit::verify(deps, &tenant).await.unwrap();
         assert_eq!(
-            (v.valid, v.checked, v.parked),
-            (true, 1, 2),
+            (v.valid, v.checked, v.broken_at, v.parked),
+            (false, 1, Some(2), 2),
             "{variant}: the chain stops there, later events wait parked: {v:?}"
+        );
+        assert_eq!(
+            v.reason.as_deref(),
+            Some("event 2 beyond the head does not verify: not the next link, or not written with the audit key"),
+            "{variant}"
         );
     }
 }
