@@ -563,6 +563,51 @@ pub async fn drain_all(
     Ok(report)
 }
 
+/// Chains whose heads [`repair_heads`] checks at once.
+const REPAIRS_AT_ONCE: usize = 8;
+
+/// Anchors the events left beyond their heads (an append that crashed between its two
+/// writes, on a chain nobody appended to since) on the chains of `tenants` and on the
+/// platform chain; stops starting new chains at `deadline`. Two reads a chain (the head,
+/// the slot after it); what it cannot repair is logged and left for the next run. How
+/// many it anchored.
+pub async fn repair_heads(
+    deps: &Deps,
+    tenants: &[TenantId],
+    deadline: std::time::Instant,
+) -> usize {
+    use futures::StreamExt;
+    let keys = match audit_keys(deps).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "audit heads not checked: the next run retries");
+            return 0;
+        }
+    };
+    let chains =
+        std::iter::once(PLATFORM_CHAIN.to_owned()).chain(tenants.iter().map(ToString::to_string));
+    futures::stream::iter(chains)
+        .take_while(|_| std::future::ready(std::time::Instant::now() < deadline))
+        .map(|chain| {
+            let keys = &keys;
+            async move {
+                let repaired = match deps.audit.head(&chain).await {
+                    Ok(head) => repair(deps, &chain, head.as_ref(), keys).await,
+                    Err(e) => Err(e),
+                };
+                repaired.unwrap_or_else(|e| {
+                    tracing::warn!(chain = %chain, error = %e, "audit head not checked or not repaired: the next run retries");
+                    None
+                })
+                .is_some()
+            }
+        })
+        .buffer_unordered(REPAIRS_AT_ONCE)
+        .filter(|repaired| std::future::ready(*repaired))
+        .count()
+        .await
+}
+
 /// Drains one chain's outbox a batch at a time until it is empty, a batch stalls
 /// (contention) or `deadline`; how many were linked and whether some still wait.
 async fn drain_chain(

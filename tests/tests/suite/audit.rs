@@ -486,6 +486,28 @@ async fn an_event_left_beyond_its_head_is_listed_verified_as_in_flight_and_ancho
     assert_eq!((v.valid, v.checked), (true, 2), "{v:?}");
 }
 
+/// A crash between an append's two writes on a chain nobody appends to again (a tenant that
+/// stopped calling): the retention run anchors the event, so its window unanchored ends.
+async fn an_event_left_beyond_the_head_of_a_quiet_chain_is_anchored_by_the_retention_run(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let deps = &app.app.deps;
+    let t = app.onboard(5).await;
+    audit::record(&head_write_failing(&app), draft(&t, "POST /v1/last"))
+        .await
+        .unwrap();
+    assert_eq!(deps.audit.head(&t.tenant_id).await.unwrap().unwrap().seq, 1);
+    kirim::queue_handlers::scheduled_retention(deps)
+        .await
+        .unwrap();
+    assert_eq!(deps.audit.head(&t.tenant_id).await.unwrap().unwrap().seq, 2);
+    assert_eq!(
+        get(&app, &t.key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 2})
+    );
+}
+
 async fn an_event_beyond_the_head_that_does_not_verify_is_never_anchored_and_later_events_park(
     b: Backend,
 ) {
@@ -698,6 +720,7 @@ on_both_backends!(
     an_event_parked_on_a_chain_nobody_appends_to_is_linked_in_by_the_retention_job,
     an_event_left_beyond_its_head_is_listed_verified_as_in_flight_and_anchored_by_the_next_append,
     an_event_beyond_the_head_that_does_not_verify_is_never_anchored_and_later_events_park,
+    an_event_left_beyond_the_head_of_a_quiet_chain_is_anchored_by_the_retention_run,
     an_append_that_finds_another_processs_event_between_its_two_writes_anchors_it_and_appends_after_it,
     two_processes_appending_to_one_chain_at_once_never_fork_it,
     an_event_the_chain_cannot_take_is_parked_and_linked_in_by_the_next_append_in_order,
