@@ -714,6 +714,13 @@ pub struct AuditEvent {
     /// it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev_expires_at: Option<i64>,
+    /// The event's own signature (hex HMAC-SHA256 with the audit key,
+    /// `service::audit::event_signature`): proof that a holder of the key wrote it, so an
+    /// event left beyond its chain's head (the head write failed) is anchored later only if
+    /// it verifies. Not hashed, and not a checkpoint (another message is signed: it cannot
+    /// be copied onto the head). `None`: written without a key, or before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// How an audited action ended.
@@ -805,10 +812,28 @@ pub trait AuditLog: Send + Sync {
     /// The head and whether any event is parked for the chain, in one read.
     async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError>;
     /// Appends `link.event` only if the chain's head is still at `link.expected`'s
-    /// sequence number (`None`: an empty chain), moving the head to it with the new
-    /// signature and removing the parked event `link.parked`, atomically. `Conflict` if
-    /// another append won or the parked event is already gone.
+    /// sequence number (`None`: an empty chain) and no event has its `seq`, moving the head
+    /// to it with the new signature and removing the parked event `link.parked`,
+    /// atomically (one transaction: how a parked event is linked in, exactly once).
+    /// `Conflict` if another append won or the parked event is already gone. A fresh
+    /// event is appended with the two plain writes below instead.
     async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError>;
+    /// The first of an append's two plain writes: writes `event` only if its chain has no
+    /// event at its `seq` (expired or not), without moving the head. `Conflict` if it has
+    /// (another append's event, anchored or still in flight).
+    async fn put_event(&self, event: &AuditEvent) -> Result<(), StoreError>;
+    /// The second: moves `chain`'s head to `to` only if it is at sequence number `from`
+    /// (`None`: the chain has no head), or is already exactly `to` (`seq` and `hash`: a
+    /// repeat is idempotent). `Conflict` otherwise.
+    async fn advance_head(
+        &self,
+        chain: &str,
+        from: Option<u64>,
+        to: &AuditHead,
+    ) -> Result<(), StoreError>;
+    /// The chain's live event at `seq`, read consistently (the event beyond a head left
+    /// behind, before it is anchored).
+    async fn event(&self, chain: &str, seq: u64) -> Result<Option<AuditEvent>, StoreError>;
     /// Keeps an event whose append failed (an unconditional, idempotent write).
     async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError>;
     /// The chain's live parked events, oldest first, at most `limit`.

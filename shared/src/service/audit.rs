@@ -113,6 +113,31 @@ fn checkpoint_message(chain: &str, seq: u64, hash: &str, expires_at: Option<i64>
     serde_json::json!(["kirim-audit-checkpoint/1", chain, seq, hash, expires_at]).to_string()
 }
 
+/// What an event's own signature covers: the same fields under another name, so it proves
+/// that a holder of the audit key wrote the event but is never a valid checkpoint. (Were it
+/// the checkpoint's HMAC, every event would carry a signed head: anyone able to write the
+/// table could move the head back to any event and delete the ones after it, unnoticed.)
+fn event_message(chain: &str, seq: u64, hash: &str, expires_at: Option<i64>) -> String {
+    serde_json::json!(["kirim-audit-event/1", chain, seq, hash, expires_at]).to_string()
+}
+
+fn mac(key: &Secret, message: &str) -> Option<String> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).ok()?;
+    mac.update(message.as_bytes());
+    Some(hex::encode(mac.finalize().into_bytes()))
+}
+
+fn mac_matches(key: &Secret, message: &str, sig: &str) -> bool {
+    let Ok(sig) = hex::decode(sig) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()) else {
+        return false;
+    };
+    mac.update(message.as_bytes());
+    mac.verify_slice(&sig).is_ok()
+}
+
 /// The hex HMAC-SHA256 of a head's checkpoint under `key`.
 pub fn checkpoint_signature(
     key: &Secret,
@@ -121,20 +146,20 @@ pub fn checkpoint_signature(
     hash: &str,
     expires_at: Option<i64>,
 ) -> Option<String> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).ok()?;
-    mac.update(checkpoint_message(chain, seq, hash, expires_at).as_bytes());
-    Some(hex::encode(mac.finalize().into_bytes()))
+    mac(key, &checkpoint_message(chain, seq, hash, expires_at))
+}
+
+/// The hex HMAC-SHA256 of an event's own signature under `key` (`AuditEvent::signature`).
+pub fn event_signature(key: &Secret, e: &AuditEvent) -> Option<String> {
+    mac(key, &event_message(&e.chain, e.seq, &e.hash, e.expires_at))
 }
 
 fn signature_matches(key: &Secret, chain: &str, head: &AuditHead, sig: &str) -> bool {
-    let Ok(sig) = hex::decode(sig) else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()) else {
-        return false;
-    };
-    mac.update(checkpoint_message(chain, head.seq, &head.hash, head.expires_at).as_bytes());
-    mac.verify_slice(&sig).is_ok()
+    mac_matches(
+        key,
+        &checkpoint_message(chain, head.seq, &head.hash, head.expires_at),
+        sig,
+    )
 }
 
 /// The audit key (current first, then the previous one during its rotation).
@@ -149,15 +174,15 @@ async fn audit_keys(deps: &Deps) -> Result<Vec<Secret>, ServiceError> {
     .collect())
 }
 
-/// One attempt to link `content` after `head`; `parked`: the outbox item it comes from.
-async fn link(
+/// `content` as the event after `head`, hashed and signed with `key` (its own signature),
+/// and the head that anchors it (checkpoint-signed with `key`).
+fn next_event(
     deps: &Deps,
     chain: &str,
     content: &Content,
     head: Option<&AuditHead>,
-    parked: Option<&str>,
     key: Option<&Secret>,
-) -> Result<(AuditEvent, AuditHead), StoreError> {
+) -> (AuditEvent, AuditHead) {
     let mut event = AuditEvent {
         chain: chain.to_owned(),
         seq: head.map_or(1, |h| h.seq + 1),
@@ -178,32 +203,141 @@ async fn link(
             .retention
             .expiry(RetentionClass::Audit, deps.clock.now()),
         prev_expires_at: head.and_then(|h| h.expires_at),
+        signature: None,
     };
     event.hash = hash_of(&event);
-    let signature =
-        key.and_then(|k| checkpoint_signature(k, chain, event.seq, &event.hash, event.expires_at));
+    event.signature = key.and_then(|k| event_signature(k, &event));
+    let new_head = head_at(chain, &event, key);
+    (event, new_head)
+}
+
+/// The head that anchors `event`, checkpoint-signed with `key`.
+fn head_at(chain: &str, event: &AuditEvent, key: Option<&Secret>) -> AuditHead {
+    AuditHead {
+        seq: event.seq,
+        hash: event.hash.clone(),
+        expires_at: event.expires_at,
+        signature: key
+            .and_then(|k| checkpoint_signature(k, chain, event.seq, &event.hash, event.expires_at)),
+    }
+}
+
+/// One attempt to link the parked event `parked` (its outbox item's id) after `head`: one
+/// transaction [event, head, delete the outbox item], so it is linked in exactly once.
+async fn link_parked(
+    deps: &Deps,
+    chain: &str,
+    content: &Content,
+    head: Option<&AuditHead>,
+    parked: &str,
+    key: Option<&Secret>,
+) -> Result<AuditEvent, StoreError> {
+    let (event, new_head) = next_event(deps, chain, content, head, key);
     deps.audit
         .append(&AuditLink {
             event: &event,
             expected: head,
-            signature: signature.clone(),
-            parked,
+            signature: new_head.signature,
+            parked: Some(parked),
         })
         .await?;
-    let new_head = AuditHead {
-        seq: event.seq,
-        hash: event.hash.clone(),
-        expires_at: event.expires_at,
-        signature,
+    Ok(event)
+}
+
+/// Whether `e` may be anchored after `head`: it is the next link (its place, its hash, its
+/// predecessor's hash and expiry) and a holder of the audit key wrote it (its own signature
+/// matches one of `keys`; with no key configured nothing is signed, heads included).
+fn may_anchor(chain: &str, e: &AuditEvent, head: Option<&AuditHead>, keys: &[Secret]) -> bool {
+    let linked = e.chain == chain
+        && e.seq == head.map_or(1, |h| h.seq + 1)
+        && hash_of(e) == e.hash
+        && e.prev_hash == head.map_or(GENESIS, |h| h.hash.as_str())
+        && e.prev_expires_at == head.and_then(|h| h.expires_at);
+    let signed = keys.is_empty()
+        || e.signature.as_deref().is_some_and(|sig| {
+            keys.iter()
+                .any(|k| mac_matches(k, &event_message(chain, e.seq, &e.hash, e.expires_at), sig))
+        });
+    linked && signed
+}
+
+/// The event after `head` was written but the head not moved to it (its writer crashed or
+/// failed between its two writes, or is between them now): checks it ([`may_anchor`]) and
+/// moves the head to it, checkpoint-signed here. `Ok(None)`: no such event (the conflict
+/// was something else); `Corrupt` if it fails the checks: it is never anchored, and the
+/// chain takes no event after it (appends park) until it is removed.
+async fn repair(
+    deps: &Deps,
+    chain: &str,
+    head: Option<&AuditHead>,
+    keys: &[Secret],
+) -> Result<Option<AuditHead>, StoreError> {
+    let seq = head.map_or(1, |h| h.seq + 1);
+    let Some(e) = deps.audit.event(chain, seq).await? else {
+        return Ok(None);
     };
-    Ok((event, new_head))
+    if !may_anchor(chain, &e, head, keys) {
+        tracing::error!(chain = %chain, seq, "AUDIT EVENT BEYOND THE HEAD DOES NOT VERIFY: not anchored; the chain parks its events until it is removed");
+        return Err(StoreError::Corrupt(format!(
+            "audit event {seq} beyond the chain's head does not verify"
+        )));
+    }
+    let to = head_at(chain, &e, keys.first());
+    deps.audit
+        .advance_head(chain, head.map(|h| h.seq), &to)
+        .await?;
+    tracing::info!(chain = %chain, seq, "audit head moved to an event left beyond it");
+    Ok(Some(to))
+}
+
+/// Head writes an append tries after its event is in, before it leaves the event to be
+/// anchored by the chain's next append.
+const HEAD_ATTEMPTS: usize = 3;
+
+/// Where the head is after an append's event went in.
+enum Settled {
+    /// At the event, written by this append.
+    Ours,
+    /// Past it: another append anchored it first (it found the event beyond the head,
+    /// [`repair`]), and appended after it. The only event at its `seq` is this one (it was
+    /// put only where there was none), so it is anchored all the same.
+    Passed,
+    /// Still before it: the event waits beyond the head for the chain's next append.
+    Behind,
+}
+
+/// The second write of an append: the head from `from` to `to`, retried (the event is in:
+/// the head should follow).
+async fn settle_head(deps: &Deps, chain: &str, from: Option<u64>, to: &AuditHead) -> Settled {
+    for attempt in 1..=HEAD_ATTEMPTS {
+        match deps.audit.advance_head(chain, from, to).await {
+            Ok(()) => return Settled::Ours,
+            Err(StoreError::Conflict(_)) => match deps.audit.head(chain).await {
+                Ok(Some(h)) if h.seq >= to.seq => return Settled::Passed,
+                Ok(_) => {
+                    tracing::warn!(chain = %chain, seq = to.seq, "audit head neither before nor past its new event: left for the next append");
+                    return Settled::Behind;
+                }
+                Err(e) if attempt == HEAD_ATTEMPTS => {
+                    tracing::warn!(chain = %chain, seq = to.seq, error = %e, "audit head not moved: the event waits beyond it for the chain's next append");
+                }
+                Err(_) => pause().await,
+            },
+            Err(e) if attempt == HEAD_ATTEMPTS => {
+                tracing::warn!(chain = %chain, seq = to.seq, error = %e, "audit head not moved: the event waits beyond it for the chain's next append");
+            }
+            Err(_) => pause().await,
+        }
+    }
+    Settled::Behind
 }
 
 /// The head this process last wrote per chain (issue #13: the head read on each append
 /// was one read unit of every send). An append after a remembered head skips the read;
-/// the append is conditional on the head's `seq` all the same, so a head another process
-/// moved meanwhile refuses it, and then the chain is read again. The signed head is
-/// written exactly as before; only where `expected` comes from changes.
+/// its event is written only where the chain has none at its `seq` all the same, so after
+/// another process's append (its event is there) it is refused, and then the chain is
+/// read again. The signed head is written exactly as before; only where the head the
+/// event is computed against comes from changes.
 ///
 /// On only with the read cache (`KIRIM_READ_CACHE_TTL`, 5 s on Lambda; zero: never
 /// remembered, every append reads the head). The head is read again [`HEAD_READ_EVERY`]
@@ -212,13 +346,15 @@ async fn link(
 /// first append after at most that long (before: its next append), or at once by an
 /// append anywhere that reads the head. A refused remembered head marks the chain
 /// contended for the TTL: several processes appending to one chain read before each
-/// append, as before, instead of paying a refused transaction (4 write units) for each
-/// stale memory. Any other error forgets the chain (the write may or may not have
-/// happened).
+/// append, as before, instead of paying a refused write for each stale memory. Any other
+/// error forgets the chain (the write may or may not have happened), and so does a head
+/// write that failed after its event went in (the next append reads the head and anchors
+/// the event).
 pub struct HeadMemo {
     ttl: chrono::Duration,
     max_age: chrono::Duration,
     chains: std::sync::Mutex<std::collections::HashMap<String, Remembered>>,
+    turns: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// How long a process appends after a head it remembers before it reads the head again.
@@ -242,6 +378,9 @@ impl HeadMemo {
             },
             ttl,
             chains: std::sync::Mutex::new(std::collections::HashMap::new()),
+            turns: (0..TURN_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -294,19 +433,22 @@ impl HeadMemo {
     }
 }
 
-/// This process's appends to one chain take turns here instead of racing for its head:
-/// a lost race costs a [`pause`] of 2–17 ms, which at a few dozen concurrent sends of one
-/// tenant in one process (local mode, a container) was the send API's p99 (BENCHMARKS.md).
-/// Across processes (Lambda instances) the conditional append still decides. Striped: 64
-/// locks, a chain hashed to one, so the set stays bounded however many tenants there are.
-fn chain_turn(chain: &str) -> &'static tokio::sync::Mutex<()> {
-    use std::hash::{Hash, Hasher};
-    const STRIPES: usize = 64;
-    static TURNS: std::sync::OnceLock<Vec<tokio::sync::Mutex<()>>> = std::sync::OnceLock::new();
-    let turns = TURNS.get_or_init(|| (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect());
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    chain.hash(&mut h);
-    &turns[(h.finish() % STRIPES as u64) as usize]
+/// Chains hashed to a turn ([`HeadMemo::turn`]): bounded however many tenants there are.
+const TURN_STRIPES: usize = 64;
+
+impl HeadMemo {
+    /// This process's appends to one chain take turns here instead of racing for its head:
+    /// a lost race costs a [`pause`] of 2–17 ms, which at a few dozen concurrent sends of
+    /// one tenant in one process (local mode, a container) was the send API's p99
+    /// (BENCHMARKS.md). Across processes (Lambda instances) the conditional writes still
+    /// decide. Striped: [`TURN_STRIPES`] locks, a chain hashed to one. Held with the memory
+    /// (one per process's `Deps`), so two `Deps` on one store race like two processes.
+    fn turn(&self, chain: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        chain.hash(&mut h);
+        &self.turns[(h.finish() % TURN_STRIPES as u64) as usize]
+    }
 }
 
 async fn pause() {
@@ -317,10 +459,10 @@ async fn pause() {
 /// Links the chain's parked events in, oldest first (at most a batch); how many.
 pub async fn drain(deps: &Deps, chain: &str) -> Result<usize, ServiceError> {
     let keys = audit_keys(deps).await?;
-    drain_with(deps, chain, keys.first()).await
+    drain_with(deps, chain, &keys).await
 }
 
-async fn drain_with(deps: &Deps, chain: &str, key: Option<&Secret>) -> Result<usize, ServiceError> {
+async fn drain_with(deps: &Deps, chain: &str, keys: &[Secret]) -> Result<usize, ServiceError> {
     let mut linked = 0;
     let mut attempts = 0;
     'batch: while linked < DRAIN_BATCH && attempts < ATTEMPTS {
@@ -330,24 +472,29 @@ async fn drain_with(deps: &Deps, chain: &str, key: Option<&Secret>) -> Result<us
         }
         for p in &parked {
             let head = deps.audit.head(chain).await?;
-            match link(
+            match link_parked(
                 deps,
                 chain,
                 &Content::of_parked(p),
                 head.as_ref(),
-                Some(&p.id),
-                key,
+                &p.id,
+                keys.first(),
             )
             .await
             {
-                Ok((e, _)) => {
+                Ok(e) => {
                     linked += 1;
                     tracing::info!(chain = %chain, seq = e.seq, action = %e.action, "parked audit event linked in");
                 }
-                // Another append moved the head, or another drain linked it: read again.
+                // Another append moved the head, or left its event beyond it (then anchor
+                // that first), or another drain linked it: read again.
                 Err(StoreError::Conflict(_)) => {
                     attempts += 1;
-                    pause().await;
+                    match repair(deps, chain, head.as_ref(), keys).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(StoreError::Conflict(_)) => pause().await,
+                        Err(e) => return Err(e.into()),
+                    }
                     continue 'batch;
                 }
                 Err(e) => return Err(e.into()),
@@ -384,7 +531,6 @@ pub async fn drain_all(
     deadline: std::time::Instant,
 ) -> Result<DrainReport, ServiceError> {
     let keys = audit_keys(deps).await?;
-    let key = keys.first();
     let mut report = DrainReport::default();
     let mut after: Option<String> = None;
     loop {
@@ -397,7 +543,7 @@ pub async fn drain_all(
                 return Ok(report);
             }
             report.chains += 1;
-            match drain_chain(deps, chain, key, deadline).await {
+            match drain_chain(deps, chain, &keys, deadline).await {
                 Ok((linked, still)) => {
                     report.linked += linked;
                     report.still_parked += usize::from(still);
@@ -417,17 +563,62 @@ pub async fn drain_all(
     Ok(report)
 }
 
+/// Chains whose heads [`repair_heads`] checks at once.
+const REPAIRS_AT_ONCE: usize = 8;
+
+/// Anchors the events left beyond their heads (an append that crashed between its two
+/// writes, on a chain nobody appended to since) on the chains of `tenants` and on the
+/// platform chain; stops starting new chains at `deadline`. Two reads a chain (the head,
+/// the slot after it); what it cannot repair is logged and left for the next run. How
+/// many it anchored.
+pub async fn repair_heads(
+    deps: &Deps,
+    tenants: &[TenantId],
+    deadline: std::time::Instant,
+) -> usize {
+    use futures::StreamExt;
+    let keys = match audit_keys(deps).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "audit heads not checked: the next run retries");
+            return 0;
+        }
+    };
+    let chains =
+        std::iter::once(PLATFORM_CHAIN.to_owned()).chain(tenants.iter().map(ToString::to_string));
+    futures::stream::iter(chains)
+        .take_while(|_| std::future::ready(std::time::Instant::now() < deadline))
+        .map(|chain| {
+            let keys = &keys;
+            async move {
+                let repaired = match deps.audit.head(&chain).await {
+                    Ok(head) => repair(deps, &chain, head.as_ref(), keys).await,
+                    Err(e) => Err(e),
+                };
+                repaired.unwrap_or_else(|e| {
+                    tracing::warn!(chain = %chain, error = %e, "audit head not checked or not repaired: the next run retries");
+                    None
+                })
+                .is_some()
+            }
+        })
+        .buffer_unordered(REPAIRS_AT_ONCE)
+        .filter(|repaired| std::future::ready(*repaired))
+        .count()
+        .await
+}
+
 /// Drains one chain's outbox a batch at a time until it is empty, a batch stalls
 /// (contention) or `deadline`; how many were linked and whether some still wait.
 async fn drain_chain(
     deps: &Deps,
     chain: &str,
-    key: Option<&Secret>,
+    keys: &[Secret],
     deadline: std::time::Instant,
 ) -> Result<(usize, bool), ServiceError> {
     let mut linked = 0;
     loop {
-        let n = drain_with(deps, chain, key).await?;
+        let n = drain_with(deps, chain, keys).await?;
         linked += n;
         if n < DRAIN_BATCH || std::time::Instant::now() >= deadline {
             break;
@@ -439,12 +630,20 @@ async fn drain_chain(
 
 /// Appends an event, retrying when a concurrent append moved the head first. Events
 /// parked earlier on the chain are linked in first, so the chain keeps their order.
+///
+/// Two plain conditional writes (2 write units; a transaction of both was 4): the event
+/// where the chain has none at its `seq`, then the head from the one it was computed
+/// against. An event found beyond the head (its writer is between its writes, or failed
+/// or crashed there) is checked and anchored first ([`repair`]). If the head cannot be
+/// moved after the event is in, the event is recorded all the same and waits beyond the
+/// head, like a parked event, for the chain's next append (or the retention run's drain of
+/// a chain with parked events) to anchor it.
 pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceError> {
     let chain = chain_of(draft.tenant.as_ref());
     let content = Content::of_draft(draft, deps.clock.now());
     let keys = audit_keys(deps).await?;
     let key = keys.first();
-    let _turn = chain_turn(&chain).lock().await;
+    let _turn = deps.audit_heads.turn(&chain).lock().await;
     let mut drained = false;
     // The head this process wrote last, if fresh ([`HeadMemo`]): no read before the append.
     let mut remembered = deps.audit_heads.head(&chain, deps.clock.now());
@@ -462,24 +661,43 @@ pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceErro
         };
         if parked && !drained {
             drained = true;
-            if let Err(e) = drain_with(deps, &chain, key).await {
+            if let Err(e) = drain_with(deps, &chain, &keys).await {
                 deps.audit_heads.forget(&chain);
                 return Err(e);
             }
             continue;
         }
-        match link(deps, &chain, &content, head.as_ref(), None, key).await {
-            Ok((event, new_head)) => {
-                deps.audit_heads
-                    .wrote(&chain, new_head, read_at, deps.clock.now());
+        let (event, new_head) = next_event(deps, &chain, &content, head.as_ref(), key);
+        match deps.audit.put_event(&event).await {
+            Ok(()) => {
+                match settle_head(deps, &chain, head.as_ref().map(|h| h.seq), &new_head).await {
+                    Settled::Ours => {
+                        deps.audit_heads
+                            .wrote(&chain, new_head, read_at, deps.clock.now());
+                    }
+                    Settled::Passed => deps.audit_heads.contended(&chain, deps.clock.now()),
+                    Settled::Behind => deps.audit_heads.forget(&chain),
+                }
                 return Ok(event);
             }
-            // Another process moved the head since this one wrote it: read it now (no
-            // pause: nobody in this process races for it, `chain_turn`).
+            // Another process appended since this one wrote the head it remembers (or left
+            // its event beyond it): read the head now (no pause: nobody in this process
+            // races for it, `HeadMemo::turn`).
             Err(StoreError::Conflict(_)) if from_memo => {
                 deps.audit_heads.contended(&chain, deps.clock.now());
             }
-            Err(StoreError::Conflict(_)) => pause().await,
+            // The head just read is behind an event: another append's, between its two
+            // writes or left there. Anchor it if it verifies, then try again after it.
+            Err(StoreError::Conflict(_)) => {
+                match repair(deps, &chain, head.as_ref(), &keys).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(StoreError::Conflict(_)) => pause().await,
+                    Err(e) => {
+                        deps.audit_heads.forget(&chain);
+                        return Err(e.into());
+                    }
+                }
+            }
             Err(e) => {
                 deps.audit_heads.forget(&chain);
                 return Err(e.into());
@@ -751,19 +969,33 @@ const PARKED_COUNTED: usize = 1000;
 const VERIFY_PAGE: usize = 500;
 
 /// Verifies a tenant's whole retained chain, a page at a time (memory stays bounded
-/// whatever the chain's length). Events appended after the head was read are left for the
-/// next verification.
+/// whatever the chain's length). Events beyond the head that was read are left for the
+/// next verification: appended since, or in flight (written, the head not moved to them
+/// yet: [`record`]); so is a chain's first event while the chain has no head.
 pub async fn verify(deps: &Deps, tenant: &TenantId) -> Result<VerifyReport, ServiceError> {
     let chain = chain_of(Some(tenant));
     let head = deps.audit.head(&chain).await?;
     let keys = audit_keys(deps).await?;
     let mut check = ChainCheck::new(deps.clock.now().timestamp());
     let mut after = None;
+    let mut first_in_flight = false;
+    // The event right after the head read, if any: in flight, or appended since.
+    let mut beyond: Option<AuditEvent> = None;
     'pages: loop {
         let page = deps.audit.ascending(&chain, after, VERIFY_PAGE).await?;
         let full = page.len() == VERIFY_PAGE;
+        // No head, and only the first event: its head is still to be written.
+        if head.is_none() && after.is_none() && page.len() == 1 && page[0].seq == 1 {
+            first_in_flight = true;
+            beyond = page.into_iter().next();
+            break;
+        }
         for e in &page {
-            if head.as_ref().is_some_and(|h| e.seq > h.seq) || !check.feed(e) {
+            if let Some(h) = head.as_ref().filter(|h| e.seq > h.seq) {
+                beyond = Some(e.clone()).filter(|e| e.seq == h.seq + 1);
+                break 'pages;
+            }
+            if !check.feed(e) {
                 break 'pages;
             }
             after = Some(e.seq);
@@ -773,6 +1005,24 @@ pub async fn verify(deps: &Deps, tenant: &TenantId) -> Result<VerifyReport, Serv
         }
     }
     let mut report = check.finish(&chain, head.as_ref(), &keys);
+    // A legitimate event beyond the head is always the next link, signed: one that is not
+    // was written by someone without the audit key (and jams the chain: appends park after
+    // it). Unless the head has moved past it since (anchored meanwhile, e.g. by an older
+    // version of this code, whose events carry no signature of their own).
+    if let Some(e) = beyond.filter(|e| report.valid && !may_anchor(&chain, e, head.as_ref(), &keys))
+    {
+        let now = deps.audit.head(&chain).await?;
+        if now.is_none_or(|h| h.seq < e.seq) {
+            report = VerifyReport::broken(
+                report.checked,
+                Some(e.seq),
+                format!(
+                    "event {} beyond the head does not verify: not the next link, or not written with the audit key",
+                    e.seq
+                ),
+            );
+        }
+    }
     // Waiting events are not a break (nothing in the chain is wrong), but they are not in
     // the chain either: say how many and how long the oldest has waited.
     let parked = deps.audit.parked(&chain, PARKED_COUNTED).await?;
@@ -780,7 +1030,7 @@ pub async fn verify(deps: &Deps, tenant: &TenantId) -> Result<VerifyReport, Serv
     report.oldest_parked_age_seconds = parked
         .first()
         .map(|p| (deps.clock.now() - p.at).num_seconds().max(0));
-    if head.is_none() && report.valid && report.parked == 0 {
+    if head.is_none() && report.valid && report.parked == 0 && !first_in_flight {
         // A tenant's onboarding is audited on its chain: a tenant younger than the audit
         // retention without a chain lost it.
         if let Some(t) = deps.tenants.get_tenant(tenant).await? {
@@ -830,8 +1080,10 @@ mod tests {
                 // Event `seq` expires at `NOW - 10 + seq * 5`: the first two have expired.
                 expires_at: Some(NOW - 10 + seq as i64 * 5),
                 prev_expires_at: out.last().and_then(|p| p.expires_at),
+                signature: None,
             };
             e.hash = hash_of(&e);
+            e.signature = event_signature(&key(), &e);
             out.push(e);
         }
         out
@@ -962,5 +1214,73 @@ mod tests {
         assert_ne!(hash_of(&e), with, "the field is hashed when present");
         e.prev_expires_at = None;
         assert_eq!(hash_of(&e), with);
+    }
+
+    #[test]
+    fn an_events_own_signature_is_never_a_valid_checkpoint() {
+        // Copied onto the head, an event's signature would let anyone who can write the
+        // table move the head back to that event and delete the ones after it.
+        let c = chain(3);
+        let mut rolled_back = head(&c[1]);
+        rolled_back.signature = c[1].signature.clone();
+        let r = check(&c[..2], &rolled_back);
+        assert!(!r.valid);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("the chain's head does not match its signature: rewritten")
+        );
+        assert!(
+            check(&c[..2], &head(&c[1])).valid,
+            "the real checkpoint does"
+        );
+    }
+
+    #[test]
+    fn only_the_signed_next_link_may_be_anchored_beyond_a_head() {
+        let c = chain(3);
+        let h = head(&c[1]);
+        let keys = [key()];
+        assert!(may_anchor("t", &c[2], Some(&h), &keys));
+        assert!(
+            may_anchor("t", &c[2], Some(&h), &[]),
+            "no key configured: nothing is signed"
+        );
+        let mut unsigned = c[2].clone();
+        unsigned.signature = None;
+        let mut other_key = c[2].clone();
+        other_key.signature = event_signature(&Secret::new("a guess"), &other_key);
+        let mut checkpoint_signed = c[2].clone();
+        checkpoint_signed.signature = head(&c[2]).signature;
+        let mut rehashed = c[2].clone();
+        rehashed.action = "DELETE /v1/everything".into();
+        rehashed.hash = hash_of(&rehashed);
+        let mut edited = c[2].clone();
+        edited.action = "DELETE /v1/everything".into();
+        let mut unlinked = c[2].clone();
+        unlinked.prev_hash = c[0].hash.clone();
+        unlinked.hash = hash_of(&unlinked);
+        unlinked.signature = event_signature(&key(), &unlinked);
+        for (what, e) in [
+            ("unsigned", &unsigned),
+            ("signed with another key", &other_key),
+            ("signed as a checkpoint", &checkpoint_signed),
+            ("rehashed after its signature", &rehashed),
+            ("edited", &edited),
+            ("linked to another event", &unlinked),
+        ] {
+            assert!(!may_anchor("t", e, Some(&h), &keys), "{what}");
+        }
+        assert!(
+            !may_anchor("t", &c[2], Some(&head(&c[0])), &keys),
+            "not next"
+        );
+        assert!(
+            !may_anchor("other", &c[2], Some(&h), &keys),
+            "another chain"
+        );
+        assert!(
+            may_anchor("t", &c[0], None, &keys),
+            "the first, with no head"
+        );
     }
 }

@@ -151,10 +151,15 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         }
         tokio::time::sleep(limits.pause).await;
     }
+    // Events a crash left beyond their chains' heads, on the chains of the active tenants
+    // this run came across (all of them over a pass) and the platform chain.
+    let audit_heads_repaired =
+        audit::repair_heads(deps, &report.active_tenants, started + limits.max_time).await;
     tracing::info!(
         deleted_expired = report.deleted_expired,
         deleted = ?report.deleted,
         closed_out = report.closed_out.len(),
+        audit_heads_repaired,
         audit_parked_linked = report.audit_parked.linked,
         audit_chains_still_parked = report.audit_parked.still_parked,
         complete = report.complete,

@@ -205,12 +205,19 @@ async fn logins_are_audited_on_the_users_tenant_with_both_outcomes(b: Backend) {
     );
 }
 
-/// An audit log whose next `failures` appends fail with `error` (contention or an
-/// outage); everything else goes to the real one.
+/// An audit log whose next `failures` appends (event writes) fail with `error`
+/// (contention or an outage), and whose next `head_failures` head writes do; everything
+/// else goes to the real one.
 struct Failing {
     inner: Arc<dyn AuditLog>,
     failures: AtomicUsize,
+    head_failures: AtomicUsize,
     error: StoreError,
+}
+
+fn take(n: &AtomicUsize) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
 }
 
 #[async_trait]
@@ -222,14 +229,30 @@ impl AuditLog for Failing {
         self.inner.tip(chain).await
     }
     async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
-        let failing = self
-            .failures
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if failing {
+        if take(&self.failures) {
             return Err(self.error.clone());
         }
         self.inner.append(link).await
+    }
+    async fn put_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        if take(&self.failures) {
+            return Err(self.error.clone());
+        }
+        self.inner.put_event(event).await
+    }
+    async fn advance_head(
+        &self,
+        chain: &str,
+        from: Option<u64>,
+        to: &AuditHead,
+    ) -> Result<(), StoreError> {
+        if take(&self.head_failures) {
+            return Err(self.error.clone());
+        }
+        self.inner.advance_head(chain, from, to).await
+    }
+    async fn event(&self, chain: &str, seq: u64) -> Result<Option<AuditEvent>, StoreError> {
+        self.inner.event(chain, seq).await
     }
     async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {
         self.inner.park(event).await
@@ -266,7 +289,21 @@ fn failing(app: &TestApp, failures: usize, error: StoreError) -> kirim::service:
     deps.audit = Arc::new(Failing {
         inner: deps.audit.clone(),
         failures: AtomicUsize::new(failures),
+        head_failures: AtomicUsize::new(0),
         error,
+    });
+    deps
+}
+
+/// A process whose head writes fail (`Unavailable`) after its event writes succeed: as if
+/// it crashed between its two writes.
+fn head_write_failing(app: &TestApp) -> kirim::service::Deps {
+    let mut deps = app.app.deps.clone();
+    deps.audit = Arc::new(Failing {
+        inner: deps.audit.clone(),
+        failures: AtomicUsize::new(0),
+        head_failures: AtomicUsize::new(usize::MAX),
+        error: StoreError::Unavailable("throttled".into()),
     });
     deps
 }
@@ -379,8 +416,313 @@ async fn an_event_parked_on_a_chain_nobody_appends_to_is_linked_in_by_the_retent
     );
 }
 
+fn draft_on(tenant: &TenantId, action: &str) -> audit::Draft {
+    audit::Draft {
+        tenant: Some(tenant.clone()),
+        actor_type: "api_key",
+        actor_id: "k".into(),
+        action: action.into(),
+        ip: None,
+        outcome: kirim::ports::AuditOutcome::Success,
+        details: json!({}),
+    }
+}
+
+/// The same store and secrets as the app, as another process sees them: its own memory of
+/// heads and its own turns at the chains (so its appends race the app's).
+fn another_process(app: &TestApp) -> kirim::service::Deps {
+    let mut deps = app.app.deps.clone();
+    deps.audit_heads = Arc::new(audit::HeadMemo::new(std::time::Duration::from_secs(5)));
+    deps
+}
+
+async fn an_event_left_beyond_its_head_is_listed_verified_as_in_flight_and_anchored_by_the_next_append(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let deps = &app.app.deps;
+    let t = app.onboard(5).await;
+    let chain = t.tenant_id.clone();
+    // The event is written, its head write fails every retry (a crash between the two).
+    let crashed = head_write_failing(&app);
+    let e = audit::record(&crashed, draft(&t, "POST /v1/in-flight"))
+        .await
+        .unwrap();
+    assert_eq!(e.seq, 2);
+    let head = deps.audit.head(&chain).await.unwrap().unwrap();
+    assert_eq!(head.seq, 1, "the head stays one behind");
+    assert_eq!(
+        actions(&get(&app, &t.key, "/v1/audit").await),
+        vec!["POST /v1/in-flight", "POST /v1/platform/tenants"],
+        "listed while in flight"
+    );
+    assert_eq!(
+        get(&app, &t.key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 1}),
+        "in flight is not a break, and not checked yet"
+    );
+    // Any process's next append anchors it first, then appends after it.
+    audit::record(&another_process(&app), draft(&t, "POST /v1/next"))
+        .await
+        .unwrap();
+    assert_eq!(deps.audit.head(&chain).await.unwrap().unwrap().seq, 3);
+    assert_eq!(
+        get(&app, &t.key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 3})
+    );
+
+    // A chain's first event, with no head at all yet.
+    let tenant = TenantId::generate();
+    audit::record(&crashed, draft_on(&tenant, "POST /v1/first"))
+        .await
+        .unwrap();
+    assert_eq!(deps.audit.head(tenant.as_str()).await.unwrap(), None);
+    let v = audit::verify(deps, &tenant).await.unwrap();
+    assert_eq!((v.valid, v.checked), (true, 0), "{v:?}");
+    audit::record(deps, draft_on(&tenant, "POST /v1/second"))
+        .await
+        .unwrap();
+    let v = audit::verify(deps, &tenant).await.unwrap();
+    assert_eq!((v.valid, v.checked), (true, 2), "{v:?}");
+}
+
+/// A crash between an append's two writes on a chain nobody appends to again (a tenant that
+/// stopped calling): the retention run anchors the event, so its window unanchored ends.
+async fn an_event_left_beyond_the_head_of_a_quiet_chain_is_anchored_by_the_retention_run(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let deps = &app.app.deps;
+    let t = app.onboard(5).await;
+    audit::record(&head_write_failing(&app), draft(&t, "POST /v1/last"))
+        .await
+        .unwrap();
+    assert_eq!(deps.audit.head(&t.tenant_id).await.unwrap().unwrap().seq, 1);
+    kirim::queue_handlers::scheduled_retention(deps)
+        .await
+        .unwrap();
+    assert_eq!(deps.audit.head(&t.tenant_id).await.unwrap().unwrap().seq, 2);
+    assert_eq!(
+        get(&app, &t.key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 2})
+    );
+}
+
+async fn an_event_beyond_the_head_that_does_not_verify_is_never_anchored_and_later_events_park(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let deps = &app.app.deps;
+    let key = deps
+        .secrets
+        .current(&deps.settings.audit_key_secret)
+        .await
+        .unwrap()
+        .expect("local mode has an audit key");
+    for variant in [
+        "unsigned",
+        "signed with another key",
+        "not linked to the head",
+    ] {
+        let tenant = TenantId::generate();
+        let chain = tenant.to_string();
+        audit::record(deps, draft_on(&tenant, "POST /v1/first"))
+            .await
+            .unwrap();
+        let head = deps.audit.head(&chain).await.unwrap().unwrap();
+        // Someone who can write the table, but has no audit key, adds an event after it.
+        let mut forged = deps.audit.event(&chain, 1).await.unwrap().unwrap();
+        forged.seq = 2;
+        forged.id = kirim::domain::new_id();
+        forged.action = "POST /v1/forged".into();
+        forged.prev_hash = head.hash.clone();
+        forged.prev_expires_at = head.expires_at;
+        if variant == "not linked to the head" {
+            forged.prev_hash = audit::GENESIS.into();
+        }
+        forged.hash = audit::hash_of(&forged);
+        forged.signature = match variant {
+            "unsigned" => None,
+            "signed with another key" => {
+                audit::event_signature(&kirim::secret::Secret::new("a guess"), &forged)
+            }
+            _ => audit::event_signature(&key, &forged),
+        };
+        deps.audit.put_event(&forged).await.unwrap();
+
+        audit::record_or_park(deps, draft_on(&tenant, "POST /v1/after")).await;
+        audit::record_or_park(
+            &another_process(&app),
+            draft_on(&tenant, "POST /v1/elsewhere"),
+        )
+        .await;
+        assert!(
+            audit::drain(deps, &chain).await.is_err(),
+            "{variant}: the drain refuses too"
+        );
+        assert_eq!(
+            deps.audit.head(&chain).await.unwrap(),
+            Some(head.clone()),
+            "{variant}: never anchored"
+        );
+        let v = audit::verify(deps, &tenant).await.unwrap();
+        assert_eq!(
+            (v.valid, v.checked, v.broken_at, v.parked),
+            (false, 1, Some(2), 2),
+            "{variant}: the chain stops there, later events wait parked: {v:?}"
+        );
+        assert_eq!(
+            v.reason.as_deref(),
+            Some("event 2 beyond the head does not verify: not the next link, or not written with the audit key"),
+            "{variant}"
+        );
+    }
+}
+
+/// An audit log that lets another process append between this one's two writes: after its
+/// first event is written, `then` runs before the head write.
+struct Between {
+    inner: Arc<dyn AuditLog>,
+    then: tokio::sync::Mutex<Option<(kirim::service::Deps, audit::Draft)>>,
+}
+
+#[async_trait]
+impl AuditLog for Between {
+    async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
+        self.inner.head(chain).await
+    }
+    async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError> {
+        self.inner.tip(chain).await
+    }
+    async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
+        self.inner.append(link).await
+    }
+    async fn put_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.inner.put_event(event).await?;
+        if let Some((other, draft)) = self.then.lock().await.take() {
+            audit::record(&other, draft).await.unwrap();
+        }
+        Ok(())
+    }
+    async fn advance_head(
+        &self,
+        chain: &str,
+        from: Option<u64>,
+        to: &AuditHead,
+    ) -> Result<(), StoreError> {
+        self.inner.advance_head(chain, from, to).await
+    }
+    async fn event(&self, chain: &str, seq: u64) -> Result<Option<AuditEvent>, StoreError> {
+        self.inner.event(chain, seq).await
+    }
+    async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {
+        self.inner.park(event).await
+    }
+    async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
+        self.inner.parked(chain, limit).await
+    }
+    async fn parked_chains(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.parked_chains(after, limit).await
+    }
+    async fn list(
+        &self,
+        chain: &str,
+        q: &AuditQuery,
+    ) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError> {
+        self.inner.list(chain, q).await
+    }
+    async fn ascending(
+        &self,
+        chain: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.inner.ascending(chain, after_seq, limit).await
+    }
+}
+
+async fn an_append_that_finds_another_processs_event_between_its_two_writes_anchors_it_and_appends_after_it(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let mut first = another_process(&app);
+    first.audit = Arc::new(Between {
+        inner: first.audit.clone(),
+        then: tokio::sync::Mutex::new(Some((another_process(&app), draft(&t, "POST /v1/second")))),
+    });
+    let e = audit::record(&first, draft(&t, "POST /v1/first"))
+        .await
+        .unwrap();
+    assert_eq!(e.seq, 2);
+    assert_eq!(
+        actions(&get(&app, &t.key, "/v1/audit").await),
+        vec![
+            "POST /v1/second",
+            "POST /v1/first",
+            "POST /v1/platform/tenants"
+        ]
+    );
+    let head = app
+        .app
+        .deps
+        .audit
+        .head(&t.tenant_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        head.seq, 3,
+        "the first append's late head write moved nothing back"
+    );
+    assert_eq!(
+        get(&app, &t.key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 3})
+    );
+}
+
+async fn two_processes_appending_to_one_chain_at_once_never_fork_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (one, two) = (another_process(&app), another_process(&app));
+    let drafts: Vec<audit::Draft> = (0..20)
+        .map(|i| draft(&t, &format!("POST /v1/n{i}")))
+        .collect();
+    let appends = drafts.into_iter().enumerate().map(|(i, d)| {
+        let deps = if i % 2 == 0 { &one } else { &two };
+        audit::record(deps, d)
+    });
+    for r in futures::future::join_all(appends).await {
+        r.unwrap();
+    }
+    let events = app
+        .app
+        .deps
+        .audit
+        .ascending(&t.tenant_id, None, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=21).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        get(&app, &t.key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 21})
+    );
+}
+
 on_both_backends!(
     an_event_parked_on_a_chain_nobody_appends_to_is_linked_in_by_the_retention_job,
+    an_event_left_beyond_its_head_is_listed_verified_as_in_flight_and_anchored_by_the_next_append,
+    an_event_beyond_the_head_that_does_not_verify_is_never_anchored_and_later_events_park,
+    an_event_left_beyond_the_head_of_a_quiet_chain_is_anchored_by_the_retention_run,
+    an_append_that_finds_another_processs_event_between_its_two_writes_anchors_it_and_appends_after_it,
+    two_processes_appending_to_one_chain_at_once_never_fork_it,
     an_event_the_chain_cannot_take_is_parked_and_linked_in_by_the_next_append_in_order,
     sends_mutations_and_denials_are_audited_in_a_verifiable_chain,
     an_unknown_key_is_audited_on_the_platform_chain,

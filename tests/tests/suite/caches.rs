@@ -478,6 +478,20 @@ impl AuditLog for CountingTips {
     async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
         self.inner.append(link).await
     }
+    async fn put_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.inner.put_event(event).await
+    }
+    async fn advance_head(
+        &self,
+        chain: &str,
+        from: Option<u64>,
+        to: &AuditHead,
+    ) -> Result<(), StoreError> {
+        self.inner.advance_head(chain, from, to).await
+    }
+    async fn event(&self, chain: &str, seq: u64) -> Result<Option<AuditEvent>, StoreError> {
+        self.inner.event(chain, seq).await
+    }
     async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {
         self.inner.park(event).await
     }

@@ -262,6 +262,7 @@ fn event(chain: &str, seq: u64, prev: &str, at: chrono::DateTime<chrono::Utc>) -
         hash: String::new(),
         expires_at: Some(at.timestamp() + 3600),
         prev_expires_at: None,
+        signature: None,
     };
     e.hash = kirim::service::audit::hash_of(&e);
     e
@@ -344,6 +345,89 @@ async fn an_audit_chain_only_grows_from_its_current_head(p: Ports) {
         .await
         .unwrap()
         .is_empty());
+}
+
+fn head_of(e: &AuditEvent) -> AuditHead {
+    AuditHead {
+        seq: e.seq,
+        hash: e.hash.clone(),
+        expires_at: e.expires_at,
+        signature: Some(format!("{:064}", e.seq)),
+    }
+}
+
+async fn an_audit_event_is_written_before_its_head_and_the_head_follows_it_once(p: Ports) {
+    let chain = kirim::domain::new_id();
+    let t0 = p.clock.now();
+    let first = event(&chain, 1, kirim::service::audit::GENESIS, t0);
+    // The event alone: in the table (listed, readable), the chain still without a head.
+    p.audit.put_event(&first).await.unwrap();
+    assert_eq!(p.audit.tip(&chain).await.unwrap(), (None, false));
+    assert_eq!(p.audit.event(&chain, 1).await.unwrap(), Some(first.clone()));
+    let all = AuditQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        p.audit.list(&chain, &all).await.unwrap().0,
+        vec![first.clone()]
+    );
+    // Its place is taken: another event for it is refused, nothing overwritten.
+    let rival = event(&chain, 1, kirim::service::audit::GENESIS, t0);
+    assert!(matches!(
+        p.audit.put_event(&rival).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(p.audit.event(&chain, 1).await.unwrap(), Some(first.clone()));
+    // The head moves only from where it is, or repeats exactly the same move.
+    let h1 = head_of(&first);
+    assert!(matches!(
+        p.audit.advance_head(&chain, Some(3), &h1).await,
+        Err(StoreError::Conflict(_))
+    ));
+    p.audit.advance_head(&chain, None, &h1).await.unwrap();
+    p.audit.advance_head(&chain, None, &h1).await.unwrap();
+    assert_eq!(p.audit.head(&chain).await.unwrap(), Some(h1.clone()));
+    assert!(
+        matches!(
+            p.audit.advance_head(&chain, None, &head_of(&rival)).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "not another event's head at the same place"
+    );
+    // The next, with its own signature, stored exactly as written.
+    let mut second = event(&chain, 2, &first.hash, t0 + Duration::seconds(1));
+    second.prev_expires_at = first.expires_at;
+    second.hash = kirim::service::audit::hash_of(&second);
+    second.signature = Some("cd".repeat(32));
+    p.audit.put_event(&second).await.unwrap();
+    assert_eq!(
+        p.audit.event(&chain, 2).await.unwrap(),
+        Some(second.clone())
+    );
+    assert_eq!(p.audit.head(&chain).await.unwrap(), Some(h1.clone()));
+    // A transaction computed from the head left behind is refused: the place is taken.
+    let late = event(&chain, 2, &first.hash, t0);
+    assert!(matches!(
+        p.audit.append(&AuditLink::new(&late, Some(&h1))).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let h2 = head_of(&second);
+    p.audit.advance_head(&chain, Some(1), &h2).await.unwrap();
+    p.audit.advance_head(&chain, Some(1), &h2).await.unwrap();
+    assert!(matches!(
+        p.audit.advance_head(&chain, Some(1), &head_of(&late)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(p.audit.head(&chain).await.unwrap(), Some(h2));
+    assert_eq!(
+        p.audit.ascending(&chain, None, 10).await.unwrap(),
+        vec![first, second]
+    );
+    assert_eq!(p.audit.event(&chain, 3).await.unwrap(), None);
+    // Expired events are not read.
+    p.clock.advance(Duration::hours(2));
+    assert_eq!(p.audit.event(&chain, 1).await.unwrap(), None);
 }
 
 fn parked(chain: &str, id: &str, p: &Ports) -> ParkedAudit {
@@ -438,6 +522,7 @@ async fn a_parked_audit_event_is_kept_in_order_and_linked_in_exactly_once(p: Por
 
 contract!(
     a_parked_audit_event_is_kept_in_order_and_linked_in_exactly_once,
+    an_audit_event_is_written_before_its_head_and_the_head_follows_it_once,
     an_audit_chain_only_grows_from_its_current_head,
     a_key_is_found_by_hash_and_by_id_only_within_its_tenant,
     a_revoked_key_is_revoked_under_both_lookups_and_never_for_another_tenant,

@@ -196,6 +196,7 @@ fn audit_event(p: &Ports, chain: &str, seq: u64, expires_in: i64) -> AuditEvent 
         hash: format!("{seq:064}"),
         expires_at: in_secs(p, expires_in),
         prev_expires_at: None,
+        signature: None,
     }
 }
 

@@ -334,3 +334,57 @@ async fn the_warm_cache_refreshes_what_may_lag_eventually_consistent_and_keys_an
     );
     assert!(!tally.contains_key("after"));
 }
+
+/// A send's audit event is two plain conditional writes of one unit each (issue #13): the
+/// event, then its head, where a transaction of both cost 4 units. The second append, after
+/// the head this process wrote, reads nothing.
+#[tokio::test]
+async fn an_audit_append_is_two_plain_writes_of_one_unit_each() {
+    use kirim::adapters::memory::MemorySecrets;
+    use kirim::ports::SecretStore;
+    use std::sync::Arc;
+
+    let (store, proxy) = store_behind_proxy().await;
+    let secrets: Arc<dyn SecretStore> = Arc::new(MemorySecrets::default());
+    let settings = kirim::config::Settings::default();
+    secrets
+        .put_secret(
+            &settings.audit_key_secret,
+            &kirim::secret::Secret::new("k".repeat(64)),
+        )
+        .await
+        .unwrap();
+    let deps = crate::caches::deps(
+        Arc::new(store),
+        secrets,
+        kirim_tests::ManualClock::new(),
+        kirim::wiring::READ_CACHE_TTL,
+    );
+    let tenant = kirim::domain::TenantId::generate();
+    let draft = |action: &str| kirim::service::audit::Draft {
+        tenant: Some(tenant.clone()),
+        actor_type: "api_key",
+        actor_id: "k".into(),
+        action: action.into(),
+        ip: None,
+        outcome: kirim::ports::AuditOutcome::Success,
+        details: serde_json::json!({"status": 202}),
+    };
+    kirim::service::audit::record(&deps, draft("POST /v1/first"))
+        .await
+        .unwrap();
+    proxy.set_phase("append");
+    let e = kirim::service::audit::record(&deps, draft("POST /v1/messages"))
+        .await
+        .unwrap();
+    proxy.set_phase("after");
+
+    let tally = proxy.take();
+    let append = &tally["append"];
+    assert_eq!(append.len(), 2, "two calls, nothing read: {append:?}");
+    let (put, head) = (&append["DynamoDB.PutItem"], &append["DynamoDB.UpdateItem"]);
+    assert_eq!((put.calls, put.wcu, head.calls, head.wcu), (1, 1.0, 1, 1.0));
+    assert!(e.signature.is_some(), "the event carries its own signature");
+    let v = kirim::service::audit::verify(&deps, &tenant).await.unwrap();
+    assert_eq!((v.valid, v.checked), (true, 2));
+}

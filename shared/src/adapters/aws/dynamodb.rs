@@ -161,6 +161,58 @@ fn audit_head_of(item: &Item) -> Result<AuditHead, StoreError> {
     }
 }
 
+/// An audit event's item: the event, its keys and TTL, and `at_ms`.
+fn audit_event_item(event: &AuditEvent) -> Result<Item, StoreError> {
+    let mut item = to_item(
+        event,
+        &keys::audit_event(&event.chain, event.seq).pairs(),
+        event.expires_at,
+    )?;
+    // A number to filter times by (RFC 3339 text does not compare reliably).
+    item.insert("at_ms".into(), n(event.at.timestamp_millis()));
+    Ok(item)
+}
+
+/// What moving a chain's head to `to` sets and removes (`:seq`, `:hash`, `#hash` named for
+/// conditions too).
+struct HeadUpdate {
+    expression: String,
+    names: HashMap<String, String>,
+    values: Item,
+}
+
+fn audit_head_update(to: &AuditHead) -> HeadUpdate {
+    let mut set = vec!["seq = :seq", "#hash = :hash"];
+    let mut remove = Vec::new();
+    let mut values = Item::from([
+        (":seq".to_owned(), n(to.seq as i64)),
+        (":hash".to_owned(), s(to.hash.clone())),
+    ]);
+    match to.expires_at {
+        Some(t) => {
+            set.push("event_expires_at = :exp");
+            values.insert(":exp".into(), n(t));
+        }
+        None => remove.push("event_expires_at"),
+    }
+    match &to.signature {
+        Some(sig) => {
+            set.push("signature = :sig");
+            values.insert(":sig".into(), s(sig.clone()));
+        }
+        None => remove.push("signature"),
+    }
+    let mut expression = format!("SET {}", set.join(", "));
+    if !remove.is_empty() {
+        expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+    }
+    HeadUpdate {
+        expression,
+        names: HashMap::from([("#hash".to_owned(), "hash".to_owned())]),
+        values,
+    }
+}
+
 fn encode_cursor(key: &Item) -> Option<String> {
     let flat: HashMap<&str, &str> = key
         .iter()
@@ -1261,52 +1313,31 @@ impl AuditLog for DynamoStore {
 
     async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
         let event = link.event;
-        let mut item = to_item(
-            event,
-            &keys::audit_event(&event.chain, event.seq).pairs(),
-            event.expires_at,
-        )?;
-        // A number to filter times by (RFC 3339 text does not compare reliably).
-        item.insert("at_ms".into(), n(event.at.timestamp_millis()));
-        let mut set = vec!["seq = :seq", "#hash = :hash"];
-        let mut remove = Vec::new();
-        let mut head = Update::builder()
+        let mut update = audit_head_update(&AuditHead {
+            seq: event.seq,
+            hash: event.hash.clone(),
+            expires_at: event.expires_at,
+            signature: link.signature.clone(),
+        });
+        // The head moves only from the link this event was computed against.
+        let condition = match link.expected {
+            None => "attribute_not_exists(pk)",
+            Some(h) => {
+                update.values.insert(":old".into(), n(h.seq as i64));
+                "seq = :old"
+            }
+        };
+        let head = Update::builder()
             .table_name(&self.table)
             .set_key(Some(keys::audit_head(&event.chain).attrs()))
-            .expression_attribute_names("#hash", "hash")
-            .expression_attribute_values(":seq", n(event.seq as i64))
-            .expression_attribute_values(":hash", s(event.hash.clone()));
-        match event.expires_at {
-            Some(t) => {
-                set.push("event_expires_at = :exp");
-                head = head.expression_attribute_values(":exp", n(t));
-            }
-            None => remove.push("event_expires_at"),
-        }
-        match &link.signature {
-            Some(sig) => {
-                set.push("signature = :sig");
-                head = head.expression_attribute_values(":sig", s(sig.clone()));
-            }
-            None => remove.push("signature"),
-        }
-        let mut expr = format!("SET {}", set.join(", "));
-        if !remove.is_empty() {
-            expr.push_str(&format!(" REMOVE {}", remove.join(", ")));
-        }
-        head = head.update_expression(expr);
-        // The head moves only from the link this event was computed against.
-        head = match link.expected {
-            None => head.condition_expression("attribute_not_exists(pk)"),
-            Some(h) => head
-                .condition_expression("seq = :old")
-                .expression_attribute_values(":old", n(h.seq as i64)),
-        };
-        let head = head
+            .update_expression(update.expression)
+            .set_expression_attribute_names(Some(update.names))
+            .set_expression_attribute_values(Some(update.values))
+            .condition_expression(condition)
             .build()
             .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
         let mut items = vec![
-            self.put(item, Some("attribute_not_exists(pk)"))?,
+            self.put(audit_event_item(event)?, Some("attribute_not_exists(pk)"))?,
             TransactWriteItem::builder().update(head).build(),
         ];
         if let Some(id) = link.parked {
@@ -1329,6 +1360,66 @@ impl AuditLog for DynamoStore {
             }
             Err(e) => Err(e.into_store_error()),
         }
+    }
+
+    async fn put_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(audit_event_item(event)?))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Err(StoreError::Conflict("audit event exists".into()))
+            }
+            Err(e) => Err(classify("dynamodb put", e)),
+        }
+    }
+
+    async fn advance_head(
+        &self,
+        chain: &str,
+        from: Option<u64>,
+        to: &AuditHead,
+    ) -> Result<(), StoreError> {
+        let mut update = audit_head_update(to);
+        // From the head the event was computed against, or a repeat of this very move.
+        let condition = match from {
+            None => "attribute_not_exists(pk) OR (seq = :seq AND #hash = :hash)",
+            Some(old) => {
+                update.values.insert(":old".into(), n(old as i64));
+                "seq = :old OR (seq = :seq AND #hash = :hash)"
+            }
+        };
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::audit_head(chain).attrs()))
+            .update_expression(update.expression)
+            .set_expression_attribute_names(Some(update.names))
+            .set_expression_attribute_values(Some(update.values))
+            .condition_expression(condition)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Err(StoreError::Conflict("audit chain moved".into()))
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
+    async fn event(&self, chain: &str, seq: u64) -> Result<Option<AuditEvent>, StoreError> {
+        self.get(keys::audit_event(chain, seq))
+            .await?
+            .map(from_item)
+            .transpose()
     }
 
     async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {

@@ -43,7 +43,8 @@ pub(super) struct State {
     /// DynamoDB the `pending_kept` attribute of a not-yet-index item; the index's write
     /// replaces it and answers it).
     pub(super) wamid_marks: HashMap<String, Option<i64>>,
-    audit: HashMap<String, (AuditHead, BTreeMap<u64, AuditEvent>)>,
+    /// chain → its head (`None` while its first event is in flight) and its events.
+    pub(super) audit: HashMap<String, (Option<AuditHead>, BTreeMap<u64, AuditEvent>)>,
     /// (chain, id) → an audit event whose append failed, until linked in.
     pub(super) audit_parked: BTreeMap<(String, String), ParkedAudit>,
     quality: BTreeMap<(TenantId, chrono::NaiveDate), (QualityCounts, Option<i64>)>,
@@ -577,12 +578,12 @@ impl MessageStore for MemoryStore {
 #[async_trait]
 impl AuditLog for MemoryStore {
     async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
-        Ok(self.lock()?.audit.get(chain).map(|(h, _)| h.clone()))
+        Ok(self.lock()?.audit.get(chain).and_then(|(h, _)| h.clone()))
     }
 
     async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError> {
         let s = self.lock()?;
-        let head = s.audit.get(chain).map(|(h, _)| h.clone());
+        let head = s.audit.get(chain).and_then(|(h, _)| h.clone());
         let parked = s
             .audit_parked
             .range((chain.to_owned(), String::new())..)
@@ -594,8 +595,10 @@ impl AuditLog for MemoryStore {
     async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
         let event = link.event;
         let mut s = self.lock()?;
-        let current = s.audit.get(&event.chain).map(|(h, _)| h.seq);
-        if current != link.expected.map(|h| h.seq) {
+        let (current, taken) = s.audit.get(&event.chain).map_or((None, false), |(h, ev)| {
+            (h.as_ref().map(|h| h.seq), ev.contains_key(&event.seq))
+        });
+        if current != link.expected.map(|h| h.seq) || taken {
             return Err(StoreError::Conflict("audit chain moved".into()));
         }
         if let Some(id) = link.parked {
@@ -610,13 +613,49 @@ impl AuditLog for MemoryStore {
             expires_at: event.expires_at,
             signature: link.signature.clone(),
         };
-        let entry = s
-            .audit
-            .entry(event.chain.clone())
-            .or_insert_with(|| (head.clone(), BTreeMap::new()));
-        entry.0 = head;
+        let entry = s.audit.entry(event.chain.clone()).or_default();
+        entry.0 = Some(head);
         entry.1.insert(event.seq, event.clone());
         Ok(())
+    }
+
+    async fn put_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let (_, events) = s.audit.entry(event.chain.clone()).or_default();
+        // As on DynamoDB: an expired event not yet swept still takes its place.
+        if events.contains_key(&event.seq) {
+            return Err(StoreError::Conflict("audit event exists".into()));
+        }
+        events.insert(event.seq, event.clone());
+        Ok(())
+    }
+
+    async fn advance_head(
+        &self,
+        chain: &str,
+        from: Option<u64>,
+        to: &AuditHead,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        let (head, _) = s.audit.entry(chain.to_owned()).or_default();
+        let current = head.as_ref().map(|h| h.seq);
+        let repeat = head
+            .as_ref()
+            .is_some_and(|h| h.seq == to.seq && h.hash == to.hash);
+        if current != from && !repeat {
+            return Err(StoreError::Conflict("audit chain moved".into()));
+        }
+        *head = Some(to.clone());
+        Ok(())
+    }
+
+    async fn event(&self, chain: &str, seq: u64) -> Result<Option<AuditEvent>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.audit
+            .get(chain)
+            .and_then(|(_, events)| events.get(&seq))
+            .filter(|e| self.live(e.expires_at))
+            .cloned())
     }
 
     async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {

@@ -251,11 +251,13 @@ impl RetentionStore for MemoryStore {
             let head_ttl = TenantId::parse(chain)
                 .and_then(|t| closed(&t))
                 .map(|x| x.audit_head);
-            item(
-                keys::audit_head(chain),
-                head_ttl,
-                json!({"seq": head.seq, "hash": head.hash, "event_expires_at": head.expires_at, "signature": head.signature}),
-            );
+            if let Some(head) = head {
+                item(
+                    keys::audit_head(chain),
+                    head_ttl,
+                    json!({"seq": head.seq, "hash": head.hash, "event_expires_at": head.expires_at, "signature": head.signature}),
+                );
+            }
             for e in events.values() {
                 item(
                     keys::audit_event(chain, e.seq),
