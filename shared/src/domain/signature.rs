@@ -4,11 +4,13 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-/// The signature bytes of a `sha256=<hex>` header; `None` if it is not one.
-pub fn parse_signature_header(header: Option<&str>) -> Option<Vec<u8>> {
-    header
-        .and_then(|h| h.strip_prefix("sha256="))
-        .and_then(|h| hex::decode(h.trim()).ok())
+/// The signature bytes of a `sha256=<hex>` header; `None` if it is not one (64 hex digits:
+/// anything else could not match, so it is refused before any HMAC is computed).
+pub fn parse_signature_header(header: Option<&str>) -> Option<[u8; 32]> {
+    let hex = header?.strip_prefix("sha256=")?.trim();
+    let mut sig = [0u8; 32];
+    hex::decode_to_slice(hex, &mut sig).ok()?;
+    Some(sig)
 }
 
 /// Whether `signature` is the HMAC-SHA256 of `raw` under `secret` (constant time).
@@ -40,6 +42,15 @@ mod tests {
         assert!(!signed_by(b"app-secret", br#"{"entry": []}"#, &sig));
         assert_eq!(parse_signature_header(Some("sha1=00")), None);
         assert_eq!(parse_signature_header(Some("sha256=zz")), None);
+        // Only a SHA-256's length: a shorter or longer hex string is no signature.
+        assert_eq!(parse_signature_header(Some("sha256=00")), None);
+        let long = format!("{}00", header);
+        assert_eq!(parse_signature_header(Some(&long)), None);
+        // Whitespace around the digits is tolerated, as before.
+        assert_eq!(
+            parse_signature_header(Some(&format!("{header} "))),
+            Some(sig)
+        );
         assert_eq!(parse_signature_header(None), None);
     }
 }
