@@ -9,6 +9,30 @@ pub fn new_id() -> String {
     ulid::Ulid::new().to_string()
 }
 
+/// A ULID of the millisecond of `at` that sorts after every other one this process made
+/// for the same millisecond: ids made one after another in a process list in the order they
+/// were made ("newest first" is exact within an instance; a bare ULID's random part would
+/// order two ids of one millisecond at random). Another millisecond gets a fresh random
+/// ULID, so an id's time is always `at`'s, whatever clock a caller runs on.
+pub fn ulid_at(at: chrono::DateTime<chrono::Utc>) -> ulid::Ulid {
+    static LAST: std::sync::Mutex<Option<ulid::Ulid>> = std::sync::Mutex::new(None);
+    let fresh = ulid::Ulid::from_datetime(at.into());
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let id = following(*last, fresh);
+    *last = Some(id);
+    id
+}
+
+/// The id after `prev` for a `fresh` ULID: `prev`'s successor when both are of one
+/// millisecond, else `fresh`.
+fn following(prev: Option<ulid::Ulid>, fresh: ulid::Ulid) -> ulid::Ulid {
+    match prev {
+        // 80 random bits: the increment fails only past 2^80 ids in a millisecond.
+        Some(p) if p.timestamp_ms() == fresh.timestamp_ms() => p.increment().unwrap_or(fresh),
+        _ => fresh,
+    }
+}
+
 macro_rules! id_type {
     ($name:ident) => {
         /// Deserialises through [`Self::parse`]: a value that is not a ULID is refused
@@ -60,6 +84,33 @@ id_type!(MessageId);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ids_made_in_one_millisecond_sort_in_the_order_they_were_made() {
+        let at = chrono::Utc::now();
+        let mut prev = None;
+        let mut ids = Vec::new();
+        for _ in 0..1000 {
+            let id = super::following(prev, ulid::Ulid::from_datetime(at.into()));
+            ids.push(id);
+            prev = Some(id);
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+        assert!(ids
+            .iter()
+            .all(|id| id.timestamp_ms() == at.timestamp_millis() as u64));
+        // Another millisecond, earlier or later, gets a fresh id of its own time.
+        for ms in [-5, 5] {
+            let other = at + chrono::Duration::milliseconds(ms);
+            let fresh = ulid::Ulid::from_datetime(other.into());
+            assert_eq!(super::following(prev, fresh), fresh);
+        }
+        // And the process-wide one keeps an id's time whatever came before.
+        assert_eq!(
+            super::ulid_at(at).timestamp_ms(),
+            at.timestamp_millis() as u64
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -310,7 +310,7 @@ pub async fn create_campaign(
     let total = price.saturating_mul(recipients.len() as i64);
     // A ULID of the acceptance time: a fan-out job that finds no broadcast yet knows how
     // long to wait for it (`deadline::unrecorded`).
-    let id = ulid::Ulid::from_datetime(now.into()).to_string();
+    let id = crate::domain::ulid_at(now).to_string();
     let broadcast = Broadcast {
         id: id.clone(),
         tenant_id: tenant_id.clone(),

@@ -236,7 +236,7 @@ async fn accept(
     }
     super::quality::check_send(deps, tenant_id, category).await?;
     let now = deps.clock.now();
-    let id = MessageId::from_trusted(ulid::Ulid::from_datetime(now.into()).to_string());
+    let id = MessageId::from_trusted(crate::domain::ulid_at(now).to_string());
     let price = deps.settings.prices.price_for(category);
     let retention = &deps.settings.retention;
     // Debited now, either way; a scheduled one is refunded if it is cancelled.
