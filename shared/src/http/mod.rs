@@ -79,7 +79,7 @@ fn finish_with(router: Router<AppState>, deps: Deps, extra: Router) -> Router {
     // (BENCHMARKS.md "Webhook side by side"). The body limit here is the default; a route
     // that needs more room sets its own inside.
     let api = tower::ServiceBuilder::new()
-        .layer(axum::middleware::from_fn(error::request_id_layer))
+        .layer(error::RequestIdLayer)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .service(api);
     Router::new()
