@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
-use axum::middleware::Next;
-use axum::response::Response;
 use axum::Router;
 use kirim::config::{Backend, ConfigError, EnvReader, Settings};
 use kirim::http::extract::ClientIp;
@@ -202,13 +200,15 @@ fn secret_or_generate(
     }
 }
 
-async fn client_ip_from_peer(mut req: Request, next: Next) -> Response {
+/// The client address is the TCP peer locally (API.md). A plain request mapping around the
+/// whole router, not a middleware on each of its routes (no boxing per request).
+fn client_ip_from_peer(mut req: Request) -> Request {
     let ip = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     req.extensions_mut().insert(ClientIp(ip));
-    next.run(req).await
+    req
 }
 
 /// Starts local mode and answers once it is serving.
@@ -367,8 +367,7 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         .nest("/_sandbox/graph", sandbox.graph_router())
         .merge(sandbox.inspect_router())
         .merge(console);
-    let router: Router = kirim::http::app(deps.clone(), sandbox_routes)
-        .layer(axum::middleware::from_fn(client_ip_from_peer));
+    let router: Router = kirim::http::app(deps.clone(), sandbox_routes);
 
     let mut tasks = Vec::new();
     for _ in 0..cfg.pollers {
@@ -403,7 +402,9 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         kirim::metrics::FLUSH_EVERY,
     )));
     tasks.push(tokio::spawn(async move {
-        let svc = router.into_make_service_with_connect_info::<SocketAddr>();
+        let svc = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(
+            tower::ServiceExt::<Request>::map_request(router, client_ip_from_peer),
+        );
         if let Err(e) = axum::serve(listener, svc).await {
             tracing::error!(error = %e, "server stopped");
         }
