@@ -7,10 +7,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kirim::config::Backend;
 use kirim::domain::TenantId;
-use kirim::ports::{AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery, ParkedAudit};
+use kirim::ports::{AuditQuery, ParkedAudit};
 use kirim::service::audit;
 use kirim::store_error::StoreError;
 use kirim_tests::{spawn_app, ManualClock, TestApp, OPERATOR_TOKEN};
+
+use crate::stepped_audit::{Stepped, Steps};
 use serde_json::{json, Value};
 
 async fn get(app: &TestApp, key: &str, path: &str) -> Value {
@@ -209,7 +211,6 @@ async fn logins_are_audited_on_the_users_tenant_with_both_outcomes(b: Backend) {
 /// (contention or an outage), and whose next `head_failures` head writes do; everything
 /// else goes to the real one.
 struct Failing {
-    inner: Arc<dyn AuditLog>,
     failures: AtomicUsize,
     head_failures: AtomicUsize,
     error: StoreError,
@@ -221,76 +222,30 @@ fn take(n: &AtomicUsize) -> bool {
 }
 
 #[async_trait]
-impl AuditLog for Failing {
-    async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
-        self.inner.head(chain).await
-    }
-    async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError> {
-        self.inner.tip(chain).await
-    }
-    async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
-        if take(&self.failures) {
-            return Err(self.error.clone());
+impl Steps for Failing {
+    async fn before_event(&self) -> Result<(), StoreError> {
+        match take(&self.failures) {
+            true => Err(self.error.clone()),
+            false => Ok(()),
         }
-        self.inner.append(link).await
     }
-    async fn put_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        if take(&self.failures) {
-            return Err(self.error.clone());
+    async fn before_head(&self) -> Result<(), StoreError> {
+        match take(&self.head_failures) {
+            true => Err(self.error.clone()),
+            false => Ok(()),
         }
-        self.inner.put_event(event).await
-    }
-    async fn advance_head(
-        &self,
-        chain: &str,
-        from: Option<u64>,
-        to: &AuditHead,
-    ) -> Result<(), StoreError> {
-        if take(&self.head_failures) {
-            return Err(self.error.clone());
-        }
-        self.inner.advance_head(chain, from, to).await
-    }
-    async fn event(&self, chain: &str, seq: u64) -> Result<Option<AuditEvent>, StoreError> {
-        self.inner.event(chain, seq).await
-    }
-    async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {
-        self.inner.park(event).await
-    }
-    async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
-        self.inner.parked(chain, limit).await
-    }
-    async fn parked_chains(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        self.inner.parked_chains(after, limit).await
-    }
-    async fn list(
-        &self,
-        chain: &str,
-        q: &AuditQuery,
-    ) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError> {
-        self.inner.list(chain, q).await
-    }
-    async fn ascending(
-        &self,
-        chain: &str,
-        after_seq: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEvent>, StoreError> {
-        self.inner.ascending(chain, after_seq, limit).await
     }
 }
 
 fn failing(app: &TestApp, failures: usize, error: StoreError) -> kirim::service::Deps {
     let mut deps = app.app.deps.clone();
-    deps.audit = Arc::new(Failing {
+    deps.audit = Arc::new(Stepped {
         inner: deps.audit.clone(),
-        failures: AtomicUsize::new(failures),
-        head_failures: AtomicUsize::new(0),
-        error,
+        steps: Failing {
+            failures: AtomicUsize::new(failures),
+            head_failures: AtomicUsize::new(0),
+            error,
+        },
     });
     deps
 }
@@ -299,11 +254,13 @@ fn failing(app: &TestApp, failures: usize, error: StoreError) -> kirim::service:
 /// it crashed between its two writes.
 fn head_write_failing(app: &TestApp) -> kirim::service::Deps {
     let mut deps = app.app.deps.clone();
-    deps.audit = Arc::new(Failing {
+    deps.audit = Arc::new(Stepped {
         inner: deps.audit.clone(),
-        failures: AtomicUsize::new(0),
-        head_failures: AtomicUsize::new(usize::MAX),
-        error: StoreError::Unavailable("throttled".into()),
+        steps: Failing {
+            failures: AtomicUsize::new(0),
+            head_failures: AtomicUsize::new(usize::MAX),
+            error: StoreError::Unavailable("throttled".into()),
+        },
     });
     deps
 }
@@ -582,66 +539,15 @@ async fn an_event_beyond_the_head_that_does_not_verify_is_never_anchored_and_lat
 /// An audit log that lets another process append between this one's two writes: after its
 /// first event is written, `then` runs before the head write.
 struct Between {
-    inner: Arc<dyn AuditLog>,
     then: tokio::sync::Mutex<Option<(kirim::service::Deps, audit::Draft)>>,
 }
 
 #[async_trait]
-impl AuditLog for Between {
-    async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
-        self.inner.head(chain).await
-    }
-    async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError> {
-        self.inner.tip(chain).await
-    }
-    async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
-        self.inner.append(link).await
-    }
-    async fn put_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.inner.put_event(event).await?;
+impl Steps for Between {
+    async fn after_event(&self) {
         if let Some((other, draft)) = self.then.lock().await.take() {
             audit::record(&other, draft).await.unwrap();
         }
-        Ok(())
-    }
-    async fn advance_head(
-        &self,
-        chain: &str,
-        from: Option<u64>,
-        to: &AuditHead,
-    ) -> Result<(), StoreError> {
-        self.inner.advance_head(chain, from, to).await
-    }
-    async fn event(&self, chain: &str, seq: u64) -> Result<Option<AuditEvent>, StoreError> {
-        self.inner.event(chain, seq).await
-    }
-    async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {
-        self.inner.park(event).await
-    }
-    async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
-        self.inner.parked(chain, limit).await
-    }
-    async fn parked_chains(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        self.inner.parked_chains(after, limit).await
-    }
-    async fn list(
-        &self,
-        chain: &str,
-        q: &AuditQuery,
-    ) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError> {
-        self.inner.list(chain, q).await
-    }
-    async fn ascending(
-        &self,
-        chain: &str,
-        after_seq: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEvent>, StoreError> {
-        self.inner.ascending(chain, after_seq, limit).await
     }
 }
 
@@ -651,9 +557,14 @@ async fn an_append_that_finds_another_processs_event_between_its_two_writes_anch
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
     let mut first = another_process(&app);
-    first.audit = Arc::new(Between {
+    first.audit = Arc::new(Stepped {
         inner: first.audit.clone(),
-        then: tokio::sync::Mutex::new(Some((another_process(&app), draft(&t, "POST /v1/second")))),
+        steps: Between {
+            then: tokio::sync::Mutex::new(Some((
+                another_process(&app),
+                draft(&t, "POST /v1/second"),
+            ))),
+        },
     });
     let e = audit::record(&first, draft(&t, "POST /v1/first"))
         .await

@@ -13,11 +13,11 @@ use kirim::domain::TenantId;
 use kirim::ports::*;
 use kirim::service::errors::ServiceError;
 use kirim::service::{audit, auth, numbers, Backends, Deps, Stores};
-use kirim::store_error::StoreError;
 use kirim::wiring::{NotWired, Port, READ_CACHE_TTL};
 use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
 use crate::contract::{key_for, tenant};
+use crate::stepped_audit::{Stepped, Steps};
 
 pub(crate) fn deps<S: Stores>(
     store: Arc<S>,
@@ -454,9 +454,9 @@ async fn a_sender_removed_through_the_same_process_is_refused_at_once(b: Backend
     ));
 }
 
-/// The audit log, counting the reads of a chain's head before an append.
+/// Counts the reads of a chain's head before an append.
+#[derive(Default)]
 struct CountingTips {
-    inner: Arc<dyn AuditLog>,
     tips: std::sync::atomic::AtomicUsize,
 }
 
@@ -466,59 +466,9 @@ impl CountingTips {
     }
 }
 
-#[async_trait::async_trait]
-impl AuditLog for CountingTips {
-    async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
-        self.inner.head(chain).await
-    }
-    async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError> {
+impl Steps for CountingTips {
+    fn on_tip(&self) {
         self.tips.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.tip(chain).await
-    }
-    async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
-        self.inner.append(link).await
-    }
-    async fn put_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        self.inner.put_event(event).await
-    }
-    async fn advance_head(
-        &self,
-        chain: &str,
-        from: Option<u64>,
-        to: &AuditHead,
-    ) -> Result<(), StoreError> {
-        self.inner.advance_head(chain, from, to).await
-    }
-    async fn event(&self, chain: &str, seq: u64) -> Result<Option<AuditEvent>, StoreError> {
-        self.inner.event(chain, seq).await
-    }
-    async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {
-        self.inner.park(event).await
-    }
-    async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
-        self.inner.parked(chain, limit).await
-    }
-    async fn parked_chains(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        self.inner.parked_chains(after, limit).await
-    }
-    async fn list(
-        &self,
-        chain: &str,
-        q: &AuditQuery,
-    ) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError> {
-        self.inner.list(chain, q).await
-    }
-    async fn ascending(
-        &self,
-        chain: &str,
-        after_seq: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<AuditEvent>, StoreError> {
-        self.inner.ascending(chain, after_seq, limit).await
     }
 }
 
@@ -557,16 +507,20 @@ async fn a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until
     b: Backend,
 ) {
     let (mut cached, other, clock) = two_processes(b).await;
-    let counting = Arc::new(CountingTips {
+    let counting = Arc::new(Stepped {
         inner: cached.audit.clone(),
-        tips: Default::default(),
+        steps: CountingTips::default(),
     });
     cached.audit = counting.clone();
     let t = TenantId::generate();
     for action in ["POST /v1/one", "POST /v1/two", "POST /v1/three"] {
         audit::record(&cached, draft(&t, action)).await.unwrap();
     }
-    assert_eq!(counting.tips(), 1, "the head is read once, then remembered");
+    assert_eq!(
+        counting.steps.tips(),
+        1,
+        "the head is read once, then remembered"
+    );
     assert_linked(&other, &t, 3).await;
 
     // Another process appends: the remembered head is refused, the chain read again.
@@ -576,13 +530,13 @@ async fn a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until
     audit::record(&cached, draft(&t, "POST /v1/four"))
         .await
         .unwrap();
-    assert_eq!(counting.tips(), 2);
+    assert_eq!(counting.steps.tips(), 2);
     assert_linked(&other, &t, 5).await;
     // Contended: read before each append for the TTL, as without the memory.
     audit::record(&cached, draft(&t, "POST /v1/five"))
         .await
         .unwrap();
-    assert_eq!(counting.tips(), 3);
+    assert_eq!(counting.steps.tips(), 3);
     // After the TTL it is remembered again, and read again a minute after the last read
     // however often this process appended meanwhile.
     clock.advance(chrono::Duration::from_std(READ_CACHE_TTL).unwrap_or_default());
@@ -596,13 +550,13 @@ async fn a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until
             .await
             .unwrap();
     }
-    assert_eq!(counting.tips(), 4);
+    assert_eq!(counting.steps.tips(), 4);
     clock.advance(every / 4);
     audit::record(&cached, draft(&t, "POST /v1/later"))
         .await
         .unwrap();
     assert_eq!(
-        counting.tips(),
+        counting.steps.tips(),
         5,
         "read again a minute after the last read"
     );

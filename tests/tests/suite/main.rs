@@ -53,6 +53,7 @@ mod quality;
 mod retention;
 mod spans;
 mod stale_reads;
+mod stepped_audit;
 mod templates;
 mod throughput;
 mod totp_at_rest;

@@ -1,0 +1,94 @@
+//! One pass-through [`AuditLog`] for the tests that step into an append (a failure, another
+//! process between its two writes, a count of head reads): each gives only its [`Steps`],
+//! the wrapper passes everything else to the real log.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use kirim::ports::{AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery, ParkedAudit};
+use kirim::store_error::StoreError;
+
+/// What a test does at the steps of an append; by default nothing.
+#[async_trait]
+pub(crate) trait Steps: Send + Sync + 'static {
+    /// Before an event is written (`put_event`, and the parked path's `append`): an error
+    /// is the write's answer, and nothing is written.
+    async fn before_event(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// After an event was written by `put_event`, before its answer.
+    async fn after_event(&self) {}
+    /// Before the head is moved (`advance_head`): an error is the write's answer.
+    async fn before_head(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// When the chain's tip (head and parked events) is read before an append.
+    fn on_tip(&self) {}
+}
+
+/// The real log `inner`, with `steps` run at each step.
+pub(crate) struct Stepped<S> {
+    pub inner: Arc<dyn AuditLog>,
+    pub steps: S,
+}
+
+#[async_trait]
+impl<S: Steps> AuditLog for Stepped<S> {
+    async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
+        self.inner.head(chain).await
+    }
+    async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError> {
+        self.steps.on_tip();
+        self.inner.tip(chain).await
+    }
+    async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
+        self.steps.before_event().await?;
+        self.inner.append(link).await
+    }
+    async fn put_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.steps.before_event().await?;
+        self.inner.put_event(event).await?;
+        self.steps.after_event().await;
+        Ok(())
+    }
+    async fn advance_head(
+        &self,
+        chain: &str,
+        from: Option<u64>,
+        to: &AuditHead,
+    ) -> Result<(), StoreError> {
+        self.steps.before_head().await?;
+        self.inner.advance_head(chain, from, to).await
+    }
+    async fn event(&self, chain: &str, seq: u64) -> Result<Option<AuditEvent>, StoreError> {
+        self.inner.event(chain, seq).await
+    }
+    async fn park(&self, event: &ParkedAudit) -> Result<(), StoreError> {
+        self.inner.park(event).await
+    }
+    async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
+        self.inner.parked(chain, limit).await
+    }
+    async fn parked_chains(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.parked_chains(after, limit).await
+    }
+    async fn list(
+        &self,
+        chain: &str,
+        q: &AuditQuery,
+    ) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError> {
+        self.inner.list(chain, q).await
+    }
+    async fn ascending(
+        &self,
+        chain: &str,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.inner.ascending(chain, after_seq, limit).await
+    }
+}
