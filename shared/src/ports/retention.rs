@@ -21,6 +21,9 @@ pub struct SweepPage {
     pub closed_tenants: Vec<TenantId>,
     /// Active tenants found on this page (the daily template sync's list).
     pub active_tenants: Vec<TenantId>,
+    /// Suspended tenants found on this page (their audit chains are checked with the
+    /// active tenants'; nothing of Meta's is synced for them).
+    pub suspended_tenants: Vec<TenantId>,
     /// Where the next page starts; `None` when the pass over the table is complete.
     pub next: Option<String>,
 }

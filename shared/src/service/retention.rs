@@ -100,6 +100,7 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
     let started = Instant::now();
     let now = deps.clock.now();
     let mut cursor = deps.retention.checkpoint().await?;
+    let mut suspended: Vec<TenantId> = Vec::new();
     let mut report = RetentionReport {
         ran_at: now,
         deleted_expired: 0,
@@ -130,6 +131,7 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
             report.deleted_expired += n;
         }
         report.active_tenants.extend(page.active_tenants);
+        suspended.extend(page.suspended_tenants);
         for tenant in &page.closed_tenants {
             if let Some(done) = close_out(deps, tenant).await? {
                 report.closed_out.push(done);
@@ -151,10 +153,16 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         }
         tokio::time::sleep(limits.pause).await;
     }
-    // Events a crash left beyond their chains' heads, on the chains of the active tenants
-    // this run came across (all of them over a pass) and the platform chain.
-    let audit_heads_repaired =
-        audit::repair_heads(deps, &report.active_tenants, started + limits.max_time).await;
+    // Events a crash left beyond their chains' heads, on the chains of the active and
+    // suspended tenants this run came across (all of them over a pass) and the platform
+    // chain. (A closed tenant's chain is closed with it.)
+    let chains: Vec<TenantId> = report
+        .active_tenants
+        .iter()
+        .chain(&suspended)
+        .cloned()
+        .collect();
+    let audit_heads_repaired = audit::repair_heads(deps, &chains, started + limits.max_time).await;
     tracing::info!(
         deleted_expired = report.deleted_expired,
         deleted = ?report.deleted,

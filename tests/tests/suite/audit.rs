@@ -451,14 +451,47 @@ async fn an_event_left_beyond_the_head_of_a_quiet_chain_is_anchored_by_the_reten
     let app = spawn_app(b).await;
     let deps = &app.app.deps;
     let t = app.onboard(5).await;
-    audit::record(&head_write_failing(&app), draft(&t, "POST /v1/last"))
+    // A suspended tenant's chain too: its events are still audited (the operator's resume
+    // among them), and a suspension may last.
+    let paused = app.onboard(5).await;
+    deps.tenants
+        .set_status(
+            &TenantId::parse(&paused.tenant_id).unwrap(),
+            kirim::ports::TenantStatus::Suspended,
+            Some("paused"),
+            chrono::Utc::now(),
+        )
         .await
         .unwrap();
-    assert_eq!(deps.audit.head(&t.tenant_id).await.unwrap().unwrap().seq, 1);
+    for tenant in [&t, &paused] {
+        audit::record(&head_write_failing(&app), draft(tenant, "POST /v1/last"))
+            .await
+            .unwrap();
+        assert_eq!(
+            deps.audit
+                .head(&tenant.tenant_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .seq,
+            1
+        );
+    }
     kirim::queue_handlers::scheduled_retention(deps)
         .await
         .unwrap();
-    assert_eq!(deps.audit.head(&t.tenant_id).await.unwrap().unwrap().seq, 2);
+    for tenant in [&t, &paused] {
+        assert_eq!(
+            deps.audit
+                .head(&tenant.tenant_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .seq,
+            2,
+            "anchored by the run"
+        );
+    }
     assert_eq!(
         get(&app, &t.key, "/v1/audit/verify").await,
         json!({"valid": true, "checked": 2})

@@ -198,6 +198,8 @@ pub(crate) async fn sweep(p: &Ports) -> SweepPage {
             *total.deleted.entry(k).or_default() += v;
         }
         total.closed_tenants.extend(page.closed_tenants);
+        total.active_tenants.extend(page.active_tenants);
+        total.suspended_tenants.extend(page.suspended_tenants);
         start = page.next;
         if start.is_none() {
             break;

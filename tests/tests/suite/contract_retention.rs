@@ -57,6 +57,26 @@ async fn a_sweep_removes_only_expired_items_and_counts_them_per_class(p: Stores)
     );
 }
 
+async fn a_sweep_names_active_and_suspended_tenants_apart_and_neither_as_closed(p: Stores) {
+    let active = onboarded(&p).await;
+    let suspended = onboarded(&p).await;
+    p.tenants
+        .set_status(
+            &suspended.id,
+            TenantStatus::Suspended,
+            Some("paused"),
+            p.clock.now(),
+        )
+        .await
+        .unwrap();
+    let pass = full_pass(&p).await;
+    assert!(pass.active_tenants.contains(&active.id));
+    assert!(!pass.active_tenants.contains(&suspended.id));
+    assert!(pass.suspended_tenants.contains(&suspended.id));
+    assert!(!pass.suspended_tenants.contains(&active.id));
+    assert!(pass.closed_tenants.is_empty(), "{:?}", pass.closed_tenants);
+}
+
 async fn a_closed_tenant_is_named_until_closed_out_and_closing_out_is_idempotent(p: Stores) {
     let t = onboarded(&p).await;
     let other = onboarded(&p).await;
@@ -192,6 +212,7 @@ async fn ledger_entries_page_in_time_order_and_skip_expired_ones(p: Stores) {
 crate::contract::contract!(
     a_sweep_removes_only_expired_items_and_counts_them_per_class,
     a_closed_tenant_is_named_until_closed_out_and_closing_out_is_idempotent,
+    a_sweep_names_active_and_suspended_tenants_apart_and_neither_as_closed,
     an_active_tenant_is_never_closed_out,
     the_checkpoint_is_saved_read_back_and_cleared,
     ledger_entries_page_in_time_order_and_skip_expired_ones,

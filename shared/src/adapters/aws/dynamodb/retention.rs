@@ -181,7 +181,7 @@ impl RetentionStore for DynamoStore {
             .filter_expression(
                 "#ttl <= :now OR (sk = :tenant AND #status = :closed \
                  AND attribute_not_exists(closed_out_at)) \
-                 OR (sk = :tenant AND #status = :active)",
+                 OR (sk = :tenant AND #status IN (:active, :suspended))",
             )
             .projection_expression("pk, sk, #ttl, #status, message_id")
             .expression_attribute_names("#ttl", TTL_ATTR)
@@ -190,6 +190,7 @@ impl RetentionStore for DynamoStore {
             .expression_attribute_values(":tenant", s(keys::TENANT_SK))
             .expression_attribute_values(":closed", s("closed"))
             .expression_attribute_values(":active", s("active"))
+            .expression_attribute_values(":suspended", s("suspended"))
             .set_exclusive_start_key(start.and_then(decode_key))
             .send()
             .await
@@ -221,10 +222,10 @@ impl RetentionStore for DynamoStore {
                 expired.push(key);
             } else if ItemKind::of_key(pk, sk) == Some(ItemKind::Tenant) {
                 if let Some(t) = keys::tenant_of_pk(pk) {
-                    if str_attr(&item, "status") == Some("active") {
-                        page.active_tenants.push(t);
-                    } else {
-                        page.closed_tenants.push(t);
+                    match str_attr(&item, "status") {
+                        Some("active") => page.active_tenants.push(t),
+                        Some("suspended") => page.suspended_tenants.push(t),
+                        _ => page.closed_tenants.push(t),
                     }
                 }
             }

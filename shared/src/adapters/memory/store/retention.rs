@@ -114,6 +114,13 @@ impl RetentionStore for MemoryStore {
             .map(|t| t.id.clone())
             .collect();
         page.active_tenants.sort();
+        page.suspended_tenants = s
+            .tenants
+            .values()
+            .filter(|t| t.status == TenantStatus::Suspended)
+            .map(|t| t.id.clone())
+            .collect();
+        page.suspended_tenants.sort();
         page.examined = 1;
         Ok(page)
     }
