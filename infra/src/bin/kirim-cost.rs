@@ -9,7 +9,12 @@
 //! through), then the `sent`, `delivered` and `read` webhooks. The first `--warmup` messages
 //! warm the caches and are reported apart; the table is the mean of the rest.
 //!
-//! `kirim-cost [--messages N] [--warmup W]`
+//! `--batch B` (1–10; 1 by default) takes B messages through each phase together: B sends,
+//! then one dispatch of the B queued jobs (the dispatcher's batch, as an SQS event of B
+//! records on Lambda), then their 3 × B webhooks; the table stays per message. What a
+//! dispatcher does once per batch (the quality counter) then shows at 1/B a message.
+//!
+//! `kirim-cost [--messages N] [--warmup W] [--batch B]`
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -38,8 +43,8 @@ const PHASES: [&str; 5] = [
     "webhook read",
 ];
 
-fn args() -> Result<(usize, usize), String> {
-    let (mut messages, mut warmup) = (20, 2);
+fn args() -> Result<(usize, usize, usize), String> {
+    let (mut messages, mut warmup, mut batch) = (20, 2, 1);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -49,10 +54,12 @@ fn args() -> Result<(usize, usize), String> {
         match flag.as_str() {
             "--messages" if n > 0 => messages = n,
             "--warmup" => warmup = n,
+            // SQS hands a Lambda at most 10 records (template.yaml's BatchSize).
+            "--batch" if (1..=10).contains(&n) => batch = n,
             _ => return Err(format!("unknown argument {flag} {value}")),
         }
     }
-    Ok((messages, warmup))
+    Ok((messages, warmup, batch))
 }
 
 type Hook = (String, Bytes);
@@ -94,7 +101,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), String> {
-    let (messages, warmup) = args()?;
+    let (messages, warmup, batch) = args()?;
+    // Whole batches: the messages rounded up to a multiple of the batch.
+    let rounds = messages.div_ceil(batch);
+    let messages = rounds * batch;
     let upstream =
         std::env::var("AWS_ENDPOINT_URL").map_err(|_| "AWS_ENDPOINT_URL (the emulator) unset")?;
     let binary =
@@ -172,8 +182,8 @@ async fn run() -> Result<(), String> {
     proxy.settle(QUIET, Duration::from_secs(60)).await;
     let setup = proxy.take();
     println!(
-        "kirim-cost: {messages} messages ({warmup} warm-up), aws backend through the counting proxy \
-         (platform log {}); setup made {} AWS calls",
+        "kirim-cost: {messages} messages ({warmup} warm-up) in batches of {batch}, aws backend through \
+         the counting proxy (platform log {}); setup made {} AWS calls",
         log.display(),
         setup.values().flat_map(|m| m.values()).map(|u| u.calls).sum::<u64>()
     );
@@ -184,23 +194,27 @@ async fn run() -> Result<(), String> {
     let mut first: Option<Tally> = None;
     let mut log_bytes_before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let mut log_bytes = 0u64;
-    for i in 0..messages {
+    let mut measured_messages = 0usize;
+    for round in 0..rounds {
+        let i = round * batch;
         proxy.settle(QUIET, Duration::from_secs(60)).await;
         proxy.gate(false);
         proxy.set_phase("send");
-        let to = format!("+6012{:07}9", i);
-        match client.send(&key, &to, &format!("cost-{i}")).await {
-            SendAnswer::Accepted(_) => {}
-            other => return Err(format!("message {i}: send answered {other:?}")),
+        for m in i..i + batch {
+            let to = format!("+6012{:07}9", m);
+            match client.send(&key, &to, &format!("cost-{m}")).await {
+                SendAnswer::Accepted(_) => {}
+                other => return Err(format!("message {m}: send answered {other:?}")),
+            }
         }
         proxy.settle(QUIET, Duration::from_secs(60)).await;
         proxy.set_phase("dispatch");
         proxy.gate(true);
         let mut held = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * batch {
             let hook = tokio::time::timeout(Duration::from_secs(120), hooks.recv())
                 .await
-                .map_err(|_| format!("message {i}: the sandbox sent no status webhook"))?
+                .map_err(|_| format!("messages {i}..: the sandbox sent no status webhook"))?
                 .ok_or("the webhook channel closed")?;
             held.push(hook);
             if held.len() == 1 {
@@ -220,17 +234,18 @@ async fn run() -> Result<(), String> {
                 .await
                 .map_err(|e| format!("webhook: {e}"))?;
             if !res.status().is_success() {
-                return Err(format!("message {i}: webhook answered {}", res.status()));
+                return Err(format!("messages {i}..: webhook answered {}", res.status()));
             }
             proxy.settle(QUIET, Duration::from_secs(60)).await;
         }
         proxy.set_phase("idle");
         let tally = proxy.take();
         let now = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        if i == 0 {
+        if round == 0 {
             first = Some(tally.clone());
         }
         if i >= warmup {
+            measured_messages += batch;
             for (phase, ops) in tally {
                 let into = steady.entry(phase).or_default();
                 for (op, u) in ops {
@@ -241,14 +256,17 @@ async fn run() -> Result<(), String> {
         }
         log_bytes_before = now;
     }
-    let measured = messages.saturating_sub(warmup).max(1) as f64;
+    let measured = measured_messages.max(1) as f64;
     if let Some(f) = first {
-        println!("\n## The first message (cold caches)\n");
-        print_table(&f, 1.0);
+        match batch {
+            1 => println!("\n## The first message (cold caches)\n"),
+            _ => println!("\n## The first batch of {batch}, per message (cold caches)\n"),
+        }
+        print_table(&f, batch as f64);
     }
     println!(
-        "\n## Per message at steady state (mean of {} messages after {warmup} warm-up)\n",
-        messages.saturating_sub(warmup)
+        "\n## Per message at steady state (mean of {measured_messages} messages after {} warm-up, in batches of {batch})\n",
+        messages - measured_messages
     );
     let totals = print_table(&steady, measured);
     println!(
