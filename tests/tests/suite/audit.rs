@@ -12,7 +12,7 @@ use kirim::service::audit;
 use kirim::store_error::StoreError;
 use kirim_tests::{spawn_app, ManualClock, TestApp, OPERATOR_TOKEN};
 
-use crate::stepped_audit::{Stepped, Steps};
+use crate::stepped_audit::{draft_on, Stepped, Steps};
 use serde_json::{json, Value};
 
 async fn get(app: &TestApp, key: &str, path: &str) -> Value {
@@ -266,15 +266,7 @@ fn head_write_failing(app: &TestApp) -> kirim::service::Deps {
 }
 
 fn draft(t: &kirim_tests::Onboarded, action: &str) -> audit::Draft {
-    audit::Draft {
-        tenant: Some(TenantId::parse(&t.tenant_id).unwrap()),
-        actor_type: "api_key",
-        actor_id: "k".into(),
-        action: action.into(),
-        ip: None,
-        outcome: kirim::ports::AuditOutcome::Success,
-        details: json!({}),
-    }
+    draft_on(&TenantId::parse(&t.tenant_id).unwrap(), action)
 }
 
 async fn an_event_the_chain_cannot_take_is_parked_and_linked_in_by_the_next_append_in_order(
@@ -371,18 +363,6 @@ async fn an_event_parked_on_a_chain_nobody_appends_to_is_linked_in_by_the_retent
         (again.audit_parked.chains, again.audit_parked.linked),
         (0, 0)
     );
-}
-
-fn draft_on(tenant: &TenantId, action: &str) -> audit::Draft {
-    audit::Draft {
-        tenant: Some(tenant.clone()),
-        actor_type: "api_key",
-        actor_id: "k".into(),
-        action: action.into(),
-        ip: None,
-        outcome: kirim::ports::AuditOutcome::Success,
-        details: json!({}),
-    }
 }
 
 /// The same store and secrets as the app, as another process sees them: its own memory of

@@ -17,7 +17,7 @@ use kirim::wiring::{NotWired, Port, READ_CACHE_TTL};
 use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
 use crate::contract::{key_for, tenant};
-use crate::stepped_audit::{Stepped, Steps};
+use crate::stepped_audit::{draft_on as draft, Stepped, Steps};
 
 pub(crate) fn deps<S: Stores>(
     store: Arc<S>,
@@ -469,18 +469,6 @@ impl CountingTips {
 impl Steps for CountingTips {
     fn on_tip(&self) {
         self.tips.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-fn draft(t: &TenantId, action: &str) -> audit::Draft {
-    audit::Draft {
-        tenant: Some(t.clone()),
-        actor_type: "api_key",
-        actor_id: "k".into(),
-        action: action.into(),
-        ip: None,
-        outcome: AuditOutcome::Success,
-        details: serde_json::json!({}),
     }
 }
 

@@ -1,12 +1,29 @@
 //! One pass-through [`AuditLog`] for the tests that step into an append (a failure, another
 //! process between its two writes, a count of head reads): each gives only its [`Steps`],
-//! the wrapper passes everything else to the real log.
+//! the wrapper passes everything else to the real log. And the audit tests' one event.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kirim::ports::{AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery, ParkedAudit};
+use kirim::domain::TenantId;
+use kirim::ports::{
+    AuditEvent, AuditHead, AuditLink, AuditLog, AuditOutcome, AuditQuery, ParkedAudit,
+};
+use kirim::service::audit;
 use kirim::store_error::StoreError;
+
+/// A successful API-key call `action` on `tenant`'s chain.
+pub(crate) fn draft_on(tenant: &TenantId, action: &str) -> audit::Draft {
+    audit::Draft {
+        tenant: Some(tenant.clone()),
+        actor_type: "api_key",
+        actor_id: "k".into(),
+        action: action.into(),
+        ip: None,
+        outcome: AuditOutcome::Success,
+        details: serde_json::json!({}),
+    }
+}
 
 /// What a test does at the steps of an append; by default nothing.
 #[async_trait]
