@@ -25,8 +25,7 @@ pub async fn dispatch_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
             Outcome::Poison => Some(id),
         }
     });
-    // One `sent` count per tenant for the batch (`quality::batched`).
-    let failed = crate::service::quality::batched(deps, futures::future::join_all(work)).await;
+    let failed = batch(deps, futures::future::join_all(work)).await;
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = failed
         .into_iter()
@@ -61,8 +60,15 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
             tracing::warn!(error = %e, "queue acknowledgement failed");
         }
     });
-    crate::service::quality::batched(deps, futures::future::join_all(work)).await;
+    batch(deps, futures::future::join_all(work)).await;
     n
+}
+
+/// One dispatcher batch's shared writes: one `sent` count per tenant (`quality::batched`)
+/// and the send slots of its messages for one number reserved together
+/// (`throttle::pooled`).
+async fn batch<F: std::future::Future>(deps: &Deps, work: F) -> F::Output {
+    crate::service::quality::batched(deps, crate::service::throttle::pooled(work)).await
 }
 
 /// The scheduled retention run (EventBridge on AWS, a timer locally).

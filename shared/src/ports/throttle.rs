@@ -39,6 +39,20 @@ pub trait Throughput: Send + Sync {
         per_sec: u32,
         now: DateTime<Utc>,
         max_wait: Duration,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.reserve_slots(key, per_sec, now, max_wait, 1).await
+    }
+    /// Reserves the next `count` free send slots of `key` at once (one write), if the last
+    /// of them starts within `max_wait` of `now`, and answers the first one's time: the
+    /// others follow it `1/per_sec` apart. `None` takes nothing (the run is granted whole
+    /// or not at all). Slots reserved together count exactly as many reserved one by one.
+    async fn reserve_slots(
+        &self,
+        key: &str,
+        per_sec: u32,
+        now: DateTime<Utc>,
+        max_wait: Duration,
+        count: u32,
     ) -> Result<Option<DateTime<Utc>>, StoreError>;
     /// Sets the tenant's throughput tier; answers the updated tenant. `NotFound` if none.
     async fn set_throughput(&self, tenant: &TenantId, per_sec: u32) -> Result<Tenant, StoreError>;

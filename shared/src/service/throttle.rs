@@ -1,11 +1,17 @@
 //! Per-number throughput: every dispatcher takes a send slot of the business phone
 //! number before it calls Meta, so all of them together stay under the number's tier.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::oneshot;
 
 use crate::domain::TenantId;
 use crate::metrics;
-use crate::ports::{Tenant, THROUGHPUT_TIERS};
+use crate::ports::{slot_interval_micros, Tenant, THROUGHPUT_TIERS};
 use crate::store_error::StoreError;
 
 use super::errors::ServiceError;
@@ -43,15 +49,35 @@ pub enum Slot {
 }
 
 /// Takes the next send slot of the business number `phone_number_id` (whose tier is
-/// `tier`, `numbers::tier`), waiting up to `MAX_WAIT` for it.
+/// `tier`, `numbers::tier`), waiting up to `MAX_WAIT` for it. Inside [`pooled`] (one
+/// dispatcher batch), the batch's messages for one number share their reservations
+/// (see there).
 pub async fn acquire(deps: &Deps, phone_number_id: &str, tier: u32) -> Result<Slot, StoreError> {
     let per_sec = pace(tier);
-    let now = deps.clock.now();
-    let Some(at) = deps
-        .throughput
-        .reserve_slot(phone_number_id, per_sec, now, MAX_WAIT)
-        .await?
-    else {
+    let turn = LINES.try_with(|lines| {
+        let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+        let line = lines.entry(phone_number_id.to_owned()).or_default();
+        if line.busy {
+            let (tx, rx) = oneshot::channel();
+            line.waiting.push(tx);
+            Some(rx)
+        } else {
+            line.busy = true;
+            None
+        }
+    });
+    let at = match turn {
+        // Not in a batch: a slot of its own.
+        Err(_) => reserve_one(deps, phone_number_id, per_sec).await?,
+        Ok(None) => lead(deps, phone_number_id, per_sec).await?,
+        Ok(Some(rx)) => match rx.await {
+            Ok(Turn::Slot(at)) => Some(at),
+            Ok(Turn::Lead) => lead(deps, phone_number_id, per_sec).await?,
+            // The run was refused or failed (or its leader is gone): one by one.
+            Ok(Turn::Alone) | Err(_) => reserve_one(deps, phone_number_id, per_sec).await?,
+        },
+    };
+    let Some(at) = at else {
         metrics::throttle("limiter_full");
         return Ok(Slot::Full);
     };
@@ -62,6 +88,125 @@ pub async fn acquire(deps: &Deps, phone_number_id: &str, tier: u32) -> Result<Sl
         }
     }
     Ok(Slot::Go)
+}
+
+async fn reserve_one(
+    deps: &Deps,
+    phone_number_id: &str,
+    per_sec: u32,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    deps.throughput
+        .reserve_slot(phone_number_id, per_sec, deps.clock.now(), MAX_WAIT)
+        .await
+}
+
+/// What a batch's message waiting on its number's line is told.
+enum Turn {
+    /// Its slot, reserved in the leader's run.
+    Slot(DateTime<Utc>),
+    /// Reserve a run for yourself and everyone waiting now.
+    Lead,
+    /// Reserve a slot of your own.
+    Alone,
+}
+
+/// One number's line within a batch: whether a reservation is being written, and who
+/// waits for the next one.
+#[derive(Default)]
+struct Line {
+    busy: bool,
+    waiting: Vec<oneshot::Sender<Turn>>,
+}
+
+tokio::task_local! {
+    static LINES: Mutex<HashMap<String, Line>>;
+}
+
+/// Runs one dispatcher batch (`work`: its messages, handled concurrently in this task)
+/// with the reservations of its messages for one number written together: the first
+/// to ask reserves its own slot; whoever asks while that write is out waits, and the
+/// first of them then reserves one run of slots for all the waiters at once (one write,
+/// `Throughput::reserve_slots`), handing each its slot in the run. Ten messages for one
+/// number cost two or three writes instead of ten. A run that does not fit within
+/// `MAX_WAIT` is refused whole and its messages reserve one by one, as outside a batch:
+/// the number's pace is the same either way.
+pub async fn pooled<F: Future>(work: F) -> F::Output {
+    LINES.scope(Mutex::default(), work).await
+}
+
+/// The line's turn: reserve one slot for this message and one for each message waiting
+/// now, hand theirs out, and pass the line on.
+async fn lead(
+    deps: &Deps,
+    phone_number_id: &str,
+    per_sec: u32,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let mut turn = Leading {
+        phone_number_id,
+        followers: LINES
+            .try_with(|lines| {
+                let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+                lines
+                    .get_mut(phone_number_id)
+                    .map(|l| std::mem::take(&mut l.waiting))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default(),
+    };
+    let count = u32::try_from(turn.followers.len() + 1).unwrap_or(u32::MAX);
+    let res = deps
+        .throughput
+        .reserve_slots(phone_number_id, per_sec, deps.clock.now(), MAX_WAIT, count)
+        .await;
+    match res {
+        Ok(Some(first)) => {
+            let interval = slot_interval_micros(per_sec);
+            for (i, f) in std::mem::take(&mut turn.followers).into_iter().enumerate() {
+                let offset = interval.saturating_mul(i64::try_from(i + 1).unwrap_or(i64::MAX));
+                let _ = f.send(Turn::Slot(first + chrono::Duration::microseconds(offset)));
+            }
+            drop(turn);
+            Ok(Some(first))
+        }
+        Ok(None) if count > 1 => {
+            // Did not fit whole: everyone one by one (the leader too).
+            drop(turn);
+            reserve_one(deps, phone_number_id, per_sec).await
+        }
+        other => {
+            drop(turn);
+            other
+        }
+    }
+}
+
+/// A leader's turn on its line. Dropped (after the write, or if the batch is cut short):
+/// followers it did not give a slot reserve on their own, and the line passes to the
+/// first message that came while the write was out, or stands idle.
+struct Leading<'a> {
+    phone_number_id: &'a str,
+    followers: Vec<oneshot::Sender<Turn>>,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        for f in self.followers.drain(..) {
+            let _ = f.send(Turn::Alone);
+        }
+        let _ = LINES.try_with(|lines| {
+            let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(line) = lines.get_mut(self.phone_number_id) else {
+                return;
+            };
+            // The first waiter still listening leads next.
+            while !line.waiting.is_empty() {
+                if line.waiting.remove(0).send(Turn::Lead).is_ok() {
+                    return;
+                }
+            }
+            line.busy = false;
+        });
+    }
 }
 
 /// When a message whose number was full comes back: soon, spread out.
@@ -95,6 +240,145 @@ pub async fn set_throughput(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    use crate::config::Settings;
+    use crate::ports::{SystemClock, Throughput};
+
+    /// A number's slots as a store would give them, each reservation held 5 ms as a
+    /// write to DynamoDB is (so that the batch's other messages ask meanwhile), and
+    /// recorded: (slots asked, granted).
+    struct Recorded {
+        refuse_runs: bool,
+        fail_runs: bool,
+        next: Mutex<i64>,
+        calls: Mutex<Vec<(u32, bool)>>,
+    }
+
+    impl Recorded {
+        fn new(refuse_runs: bool, fail_runs: bool) -> Arc<Self> {
+            Arc::new(Recorded {
+                refuse_runs,
+                fail_runs,
+                next: Mutex::new(0),
+                calls: Mutex::new(Vec::new()),
+            })
+        }
+        fn calls(&self) -> Vec<(u32, bool)> {
+            self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Throughput for Recorded {
+        async fn reserve_slots(
+            &self,
+            _key: &str,
+            per_sec: u32,
+            now: DateTime<Utc>,
+            _max_wait: Duration,
+            count: u32,
+        ) -> Result<Option<DateTime<Utc>>, StoreError> {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if count > 1 && self.fail_runs {
+                return Err(StoreError::Unavailable("the run's write failed".into()));
+            }
+            let granted = !(count > 1 && self.refuse_runs);
+            self.calls
+                .lock()
+                .map_err(|_| StoreError::Unavailable("poisoned".into()))?
+                .push((count, granted));
+            if !granted {
+                return Ok(None);
+            }
+            let mut next = self
+                .next
+                .lock()
+                .map_err(|_| StoreError::Unavailable("poisoned".into()))?;
+            let first = (*next).max(now.timestamp_micros());
+            *next = first + i64::from(count) * slot_interval_micros(per_sec);
+            Ok(Some(crate::ports::micros_to_time(first)))
+        }
+        async fn set_throughput(
+            &self,
+            _tenant: &TenantId,
+            _per_sec: u32,
+        ) -> Result<Tenant, StoreError> {
+            Err(StoreError::NotFound)
+        }
+    }
+
+    fn deps_with(slots: Arc<Recorded>) -> Deps {
+        let mut deps =
+            crate::wiring::memory_deps(Settings::default(), Arc::new(SystemClock)).unwrap();
+        deps.throughput = slots;
+        deps
+    }
+
+    /// Ten messages of one batch asking for one number's slots at once.
+    async fn ten_in_a_batch(deps: &Deps) -> Vec<Result<Slot, StoreError>> {
+        pooled(futures::future::join_all(
+            (0..10).map(|_| acquire(deps, "pn1", 80)),
+        ))
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_batchs_messages_for_one_number_reserve_their_slots_in_two_writes() {
+        let slots = Recorded::new(false, false);
+        let deps = deps_with(slots.clone());
+        let out = ten_in_a_batch(&deps).await;
+        assert!(out.iter().all(|r| matches!(r, Ok(Slot::Go))), "{out:?}");
+        // The first asks alone; the nine that asked during its write get one run.
+        assert_eq!(slots.calls(), vec![(1, true), (9, true)]);
+    }
+
+    #[tokio::test]
+    async fn outside_a_batch_each_message_reserves_its_own_slot() {
+        let slots = Recorded::new(false, false);
+        let deps = deps_with(slots.clone());
+        let out = futures::future::join_all((0..4).map(|_| acquire(&deps, "pn1", 80))).await;
+        assert!(out.iter().all(|r| matches!(r, Ok(Slot::Go))));
+        assert_eq!(slots.calls(), vec![(1, true); 4]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_run_leaves_its_messages_to_reserve_one_by_one() {
+        let slots = Recorded::new(true, false);
+        let deps = deps_with(slots.clone());
+        let out = ten_in_a_batch(&deps).await;
+        assert!(out.iter().all(|r| matches!(r, Ok(Slot::Go))), "{out:?}");
+        let calls = slots.calls();
+        assert_eq!(calls[..2], [(1, true), (9, false)]);
+        assert_eq!(calls[2..], [(1, true); 9], "each of the nine on its own");
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_leaves_its_messages_to_reserve_one_by_one() {
+        let slots = Recorded::new(false, true);
+        let deps = deps_with(slots.clone());
+        let out = ten_in_a_batch(&deps).await;
+        // The run's leader reports the failure (its message goes back to the queue);
+        // the eight it reserved for try alone.
+        assert_eq!(out.iter().filter(|r| r.is_err()).count(), 1, "{out:?}");
+        assert_eq!(out.iter().filter(|r| matches!(r, Ok(Slot::Go))).count(), 9);
+        assert_eq!(slots.calls(), vec![(1, true); 9]);
+    }
+
+    #[tokio::test]
+    async fn numbers_in_one_batch_keep_lines_of_their_own() {
+        let slots = Recorded::new(false, false);
+        let deps = deps_with(slots.clone());
+        let out =
+            pooled(futures::future::join_all((0..6).map(|i| {
+                acquire(&deps, if i % 2 == 0 { "pn1" } else { "pn2" }, 80)
+            })))
+            .await;
+        assert!(out.iter().all(|r| matches!(r, Ok(Slot::Go))));
+        let mut calls = slots.calls();
+        calls.sort();
+        assert_eq!(calls, vec![(1, true), (1, true), (2, true), (2, true)]);
+    }
 
     #[test]
     fn each_tier_is_paced_a_little_below_its_limit() {

@@ -152,6 +152,118 @@ async fn a_full_number_gets_slots_again_as_time_passes(p: Stores) {
     );
 }
 
+async fn a_run_of_slots_reserved_at_once_counts_as_that_many_single_slots(p: Stores) {
+    let key = format!("pn{}", kirim_tests::rand_u32());
+    let now = p.clock.now();
+    let us = now.timestamp_micros();
+    let wait = Duration::from_millis(999);
+    // An idle number: the run starts now and the next single slot follows its last one.
+    let run = p
+        .throughput
+        .reserve_slots(&key, 20, now, wait, 10)
+        .await
+        .expect("reserve");
+    assert_eq!(run.map(|t| t.timestamp_micros()), Some(us));
+    let after = p
+        .throughput
+        .reserve_slot(&key, 20, now, wait)
+        .await
+        .expect("reserve");
+    assert_eq!(
+        after.map(|t| t.timestamp_micros()),
+        Some(us + 10 * 50_000),
+        "ten slots 1/20 s apart were taken"
+    );
+    // A run behind pending slots starts at the next free one: slots 11..=18 of 20.
+    let second = p
+        .throughput
+        .reserve_slots(&key, 20, now, wait, 8)
+        .await
+        .expect("reserve");
+    assert_eq!(second.map(|t| t.timestamp_micros()), Some(us + 11 * 50_000));
+    // One slot is left in the second (its start, 20 × 50 ms, is past the wait): a run of
+    // two does not fit and takes nothing; the single slot is still there.
+    assert_eq!(
+        p.throughput
+            .reserve_slots(&key, 20, now, wait, 2)
+            .await
+            .expect("reserve"),
+        None,
+        "a run is granted whole or not at all"
+    );
+    assert_eq!(
+        p.throughput
+            .reserve_slot(&key, 20, now, wait)
+            .await
+            .expect("reserve")
+            .map(|t| t.timestamp_micros()),
+        Some(us + 19 * 50_000),
+        "the refused run took nothing"
+    );
+    assert_eq!(
+        p.throughput
+            .reserve_slot(&key, 20, now, wait)
+            .await
+            .expect("reserve"),
+        None,
+        "and the number is full for the second: 20 in all"
+    );
+    // A run longer than the wait allows is refused even on an idle number.
+    let idle = format!("pn{}", kirim_tests::rand_u32());
+    assert_eq!(
+        p.throughput
+            .reserve_slots(&idle, 20, now, wait, 21)
+            .await
+            .expect("reserve"),
+        None
+    );
+    assert_eq!(
+        p.throughput
+            .reserve_slots(&idle, 20, now, wait, 20)
+            .await
+            .expect("reserve")
+            .map(|t| t.timestamp_micros()),
+        Some(us),
+        "the refused run left the idle number idle"
+    );
+}
+
+async fn concurrent_runs_and_single_slots_never_share_a_slot(p: Stores) {
+    let key = format!("pn{}", kirim_tests::rand_u32());
+    let now = p.clock.now();
+    let wait = Duration::from_millis(999);
+    // 80 a second: runs of 1..=5 and single slots racing for the same second.
+    let tries = (0..40u32).map(|i| {
+        let count = if i % 2 == 0 { 1 } else { 1 + i % 5 };
+        let p = &p;
+        let key = key.as_str();
+        async move {
+            p.throughput
+                .reserve_slots(key, 80, now, wait, count)
+                .await
+                .expect("reserve")
+                .map(|t| (t.timestamp_micros(), count))
+        }
+    });
+    let mut slots: Vec<i64> = futures::future::join_all(tries)
+        .await
+        .into_iter()
+        .flatten()
+        .flat_map(|(first, count)| (0..i64::from(count)).map(move |i| first + i * 12_500))
+        .collect();
+    let granted = slots.len();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), granted, "no slot is given twice");
+    assert!(granted <= 80, "never more than the second holds: {granted}");
+    assert!(
+        slots
+            .iter()
+            .all(|t| *t - now.timestamp_micros() < 1_000_000),
+        "every slot within the wait"
+    );
+}
+
 async fn a_tenants_throughput_tier_is_stored_and_an_unknown_tenant_is_not_found(p: Stores) {
     let t = onboarded(&p).await;
     assert_eq!(t.throughput_per_sec, None);
@@ -255,6 +367,8 @@ async fn a_sending_message_expires_only_under_the_claim_that_was_seen(p: Stores)
 crate::contract::contract!(
     two_hundred_concurrent_reservations_in_one_second_admit_exactly_the_limit,
     a_full_number_gets_slots_again_as_time_passes,
+    a_run_of_slots_reserved_at_once_counts_as_that_many_single_slots,
+    concurrent_runs_and_single_slots_never_share_a_slot,
     a_tenants_throughput_tier_is_stored_and_an_unknown_tenant_is_not_found,
     a_throttled_claim_goes_back_to_accepted_without_costing_an_attempt,
     a_sending_message_expires_only_under_the_claim_that_was_seen,

@@ -214,6 +214,86 @@ async fn a_message_left_sending_fails_as_outcome_unknown_after_the_deadline_and_
     assert_eq!(app.sandbox_requests_to("60123450005").len(), 1, "never two");
 }
 
+/// The store's send slots with each reservation recorded: (slots asked, granted).
+struct Recorded {
+    inner: std::sync::Arc<dyn kirim::ports::Throughput>,
+    runs: std::sync::Mutex<Vec<(u32, bool)>>,
+}
+
+#[async_trait::async_trait]
+impl kirim::ports::Throughput for Recorded {
+    async fn reserve_slots(
+        &self,
+        key: &str,
+        per_sec: u32,
+        now: chrono::DateTime<chrono::Utc>,
+        max_wait: Duration,
+        count: u32,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, kirim::store_error::StoreError> {
+        let got = self
+            .inner
+            .reserve_slots(key, per_sec, now, max_wait, count)
+            .await;
+        if let Ok(g) = &got {
+            self.runs.lock().expect("runs").push((count, g.is_some()));
+        }
+        got
+    }
+    async fn set_throughput(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        per_sec: u32,
+    ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
+        self.inner.set_throughput(tenant, per_sec).await
+    }
+}
+
+/// Ten queued messages from one number, taken by the dispatcher as one batch: each is
+/// sent once at the number's pace, and on DynamoDB their send slots take fewer writes
+/// than messages (the batch's line, `throttle::pooled`). On the memory store a
+/// reservation never waits, so there is nothing to share: each takes its own.
+async fn a_dispatcher_batch_takes_its_numbers_send_slots_in_fewer_writes_than_messages(b: Backend) {
+    let mut cfg = local_config(b).await;
+    cfg.pollers = 0;
+    cfg.sandbox_rate_limit = 80;
+    cfg.sandbox_status_delay = Duration::from_secs(600);
+    let app = app_with(cfg).await;
+    let t = app.onboard(20).await;
+    for i in 0..10 {
+        app.send_ok(&t.key, &format!("+6013{:07}", 2_000_000 + i * 10))
+            .await;
+    }
+    let mut deps = app.app.deps.clone();
+    let recorded = std::sync::Arc::new(Recorded {
+        inner: deps.throughput.clone(),
+        runs: std::sync::Mutex::new(Vec::new()),
+    });
+    deps.throughput = recorded.clone();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut batches = 0;
+    while answered_for(&app, &t.phone_number_id).len() < 10 && tokio::time::Instant::now() < give_up
+    {
+        if kirim::queue_handlers::poll_once(&deps, Duration::from_millis(200)).await > 0 {
+            batches += 1;
+        }
+    }
+    let answered = answered_for(&app, &t.phone_number_id);
+    assert_eq!(answered.len(), 10, "each message reached Meta once");
+    assert!(answered.iter().all(|r| r.response.status == 200));
+    let runs = recorded.runs.lock().expect("runs").clone();
+    let granted: u32 = runs.iter().filter(|r| r.1).map(|r| r.0).sum();
+    assert_eq!(granted, 10, "one slot a message: {runs:?}");
+    eprintln!("{b:?}: {batches} batch(es), reservations {runs:?}");
+    match b {
+        Backend::Memory => assert_eq!(runs, vec![(1, true); 10]),
+        Backend::Aws => assert!(
+            runs.len() < 10 && runs.iter().any(|r| r.0 > 1),
+            "ten messages, {} reservation writes: {runs:?}",
+            runs.len()
+        ),
+    }
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod memory_backend {
@@ -229,4 +309,5 @@ on_both_backends!(
     two_dispatchers_together_keep_a_burst_at_the_numbers_rate_without_130429,
     the_operator_sets_a_tenants_throughput_tier,
     a_message_left_sending_fails_as_outcome_unknown_after_the_deadline_and_is_sent_once,
+    a_dispatcher_batch_takes_its_numbers_send_slots_in_fewer_writes_than_messages,
 );

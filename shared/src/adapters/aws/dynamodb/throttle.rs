@@ -8,6 +8,10 @@
 //! 3. else one more try of 1 (another dispatcher may have moved `tat` between 1 and 2);
 //!    failing that the number is full for `max_wait`.
 //!
+//! A run of `count` slots (`reserve_slots`, a dispatcher batch's messages for one number)
+//! is the same three steps moving `tat` by `count` intervals at once, with the condition
+//! on the run's last slot: one write for the run.
+//!
 //! A failed conditional update still costs a write unit, and at a steady trickle a number
 //! is idle (`tat` in the past) at each send, so 1 fails every time. When the last slot this
 //! process took for the number is in the past, it tries 2 first (then 1, then 2 again): one
@@ -43,11 +47,13 @@ enum Step {
 }
 
 impl DynamoStore {
-    /// Takes the slot at `tat` if it lies in `[now, limit]`.
+    /// Takes the run of slots starting at `tat` (`span` long, the last starting `span −
+    /// interval` after the first) if its first slot is at or after `now` and its last at
+    /// or before `limit`.
     async fn take_next(
         &self,
         key: &str,
-        interval: i64,
+        (interval, span): (i64, i64),
         now: i64,
         limit: i64,
     ) -> Result<Step, StoreError> {
@@ -56,12 +62,12 @@ impl DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::send_slot(key).attrs()))
-            .update_expression("SET tat = tat + :iv, #ttl = :ttl")
+            .update_expression("SET tat = tat + :span, #ttl = :ttl")
             .condition_expression("tat BETWEEN :now AND :limit")
             .expression_attribute_names("#ttl", TTL_ATTR)
-            .expression_attribute_values(":iv", n(interval))
+            .expression_attribute_values(":span", n(span))
             .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":limit", n(limit))
+            .expression_attribute_values(":limit", n(limit.saturating_sub(span - interval)))
             .expression_attribute_values(":ttl", n(now / 1_000_000 + RATE_TTL_SECS))
             // The new value, not the old: moto reads UPDATED_OLD outside its write lock
             // (two callers could see one old value); DynamoDB answers either atomically.
@@ -72,7 +78,7 @@ impl DynamoStore {
             Ok(out) => match out.attributes().and_then(|a| a.get("tat")) {
                 Some(AttributeValue::N(v)) => v
                     .parse::<i64>()
-                    .map(|new| Step::Granted(new - interval))
+                    .map(|new| Step::Granted(new - span))
                     .map_err(|_| StoreError::Corrupt("rate slot is not a number".into())),
                 _ => Err(StoreError::Corrupt("rate slot missing".into())),
             },
@@ -83,8 +89,9 @@ impl DynamoStore {
         }
     }
 
-    /// Takes `now` if the number has no pending slot.
-    async fn take_now(&self, key: &str, interval: i64, now: i64) -> Result<Step, StoreError> {
+    /// Takes the run of slots starting `now` (`span` long) if the number has no pending
+    /// slot; the caller checks that the run's last slot is within its wait.
+    async fn take_now(&self, key: &str, span: i64, now: i64) -> Result<Step, StoreError> {
         let res = self
             .client
             .update_item()
@@ -93,7 +100,7 @@ impl DynamoStore {
             .update_expression("SET tat = :next, #ttl = :ttl")
             .condition_expression("attribute_not_exists(tat) OR tat < :now")
             .expression_attribute_names("#ttl", TTL_ATTR)
-            .expression_attribute_values(":next", n(now + interval))
+            .expression_attribute_values(":next", n(now + span))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":ttl", n(now / 1_000_000 + RATE_TTL_SECS))
             .send()
@@ -110,16 +117,23 @@ impl DynamoStore {
 
 #[async_trait]
 impl Throughput for DynamoStore {
-    async fn reserve_slot(
+    async fn reserve_slots(
         &self,
         key: &str,
         per_sec: u32,
         now: DateTime<Utc>,
         max_wait: Duration,
+        count: u32,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let interval = slot_interval_micros(per_sec);
+        let span = interval.saturating_mul(i64::from(count.max(1)));
         let now = now.timestamp_micros();
         let limit = now.saturating_add(i64::try_from(max_wait.as_micros()).unwrap_or(i64::MAX));
+        if now.saturating_add(span - interval) > limit {
+            // The run would not fit even on an idle number.
+            return Ok(None);
+        }
+        let next = (interval, span);
         let idle = self
             .slot_hints
             .lock()
@@ -127,22 +141,22 @@ impl Throughput for DynamoStore {
             .get(key)
             .is_some_and(|tat| *tat < now);
         let granted = if idle {
-            match self.take_now(key, interval, now).await? {
+            match self.take_now(key, span, now).await? {
                 Step::Granted(t) => Some(t),
-                Step::Refused => match self.take_next(key, interval, now, limit).await? {
+                Step::Refused => match self.take_next(key, next, now, limit).await? {
                     Step::Granted(t) => Some(t),
-                    Step::Refused => match self.take_now(key, interval, now).await? {
+                    Step::Refused => match self.take_now(key, span, now).await? {
                         Step::Granted(t) => Some(t),
                         Step::Refused => None,
                     },
                 },
             }
         } else {
-            match self.take_next(key, interval, now, limit).await? {
+            match self.take_next(key, next, now, limit).await? {
                 Step::Granted(t) => Some(t),
-                Step::Refused => match self.take_now(key, interval, now).await? {
+                Step::Refused => match self.take_now(key, span, now).await? {
                     Step::Granted(t) => Some(t),
-                    Step::Refused => match self.take_next(key, interval, now, limit).await? {
+                    Step::Refused => match self.take_next(key, next, now, limit).await? {
                         Step::Granted(t) => Some(t),
                         Step::Refused => None,
                     },
@@ -154,8 +168,8 @@ impl Throughput for DynamoStore {
             if hints.len() >= 10_000 {
                 hints.clear();
             }
-            // The slot's end: the number is idle again after it.
-            hints.insert(key.to_owned(), t.saturating_add(interval));
+            // The run's end: the number is idle again after it.
+            hints.insert(key.to_owned(), t.saturating_add(span));
         }
         Ok(granted.map(micros_to_time))
     }

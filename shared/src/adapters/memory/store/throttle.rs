@@ -17,24 +17,27 @@ use crate::store_error::StoreError;
 
 #[async_trait]
 impl Throughput for MemoryStore {
-    async fn reserve_slot(
+    async fn reserve_slots(
         &self,
         key: &str,
         per_sec: u32,
         now: DateTime<Utc>,
         max_wait: Duration,
+        count: u32,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let now_us = now.timestamp_micros();
         let limit = now_us.saturating_add(i64::try_from(max_wait.as_micros()).unwrap_or(i64::MAX));
+        let interval = slot_interval_micros(per_sec);
+        let count = i64::from(count.max(1));
         let mut s = self.lock()?;
         let next = s.rate.get(key).map_or(now_us, |(tat, _)| *tat).max(now_us);
-        if next > limit {
+        if next.saturating_add((count - 1).saturating_mul(interval)) > limit {
             return Ok(None);
         }
         let expires = now.timestamp() + SEND_SLOT_RETENTION.as_secs() as i64;
         s.rate.insert(
             key.to_owned(),
-            (next + slot_interval_micros(per_sec), expires),
+            (next.saturating_add(count.saturating_mul(interval)), expires),
         );
         Ok(Some(micros_to_time(next)))
     }
