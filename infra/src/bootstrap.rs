@@ -356,6 +356,84 @@ mod tests {
         assert!(names.contains(&"st/operator-token".to_owned()));
     }
 
+    /// A tagged value's inner value (`!Sub "…"` → "…", `!Ref X` → "X").
+    fn untagged(v: &Value) -> &Value {
+        match v {
+            Value::Tagged(t) => &t.value,
+            other => other,
+        }
+    }
+
+    #[test]
+    fn a_provisioned_table_gives_the_table_and_each_index_capacity_and_auto_scaling() {
+        let doc: Value = serde_yaml::from_str(TEMPLATE).unwrap();
+        let all = doc.get("Resources").and_then(Value::as_mapping).unwrap();
+        let (table_id, table) = resources(&doc, "AWS::DynamoDB::Table").remove(0);
+        assert!(
+            table.get("ProvisionedThroughput").is_some(),
+            "the table's capacity when provisioned"
+        );
+        let mut wanted: Vec<(String, String)> = ["Read", "Write"]
+            .iter()
+            .map(|d| {
+                (
+                    format!("table/${{{table_id}}}"),
+                    format!("dynamodb:table:{d}CapacityUnits"),
+                )
+            })
+            .collect();
+        for gsi in table
+            .get("GlobalSecondaryIndexes")
+            .and_then(Value::as_sequence)
+            .unwrap()
+        {
+            let name = text(gsi, "IndexName").unwrap();
+            assert!(
+                gsi.get("ProvisionedThroughput").is_some(),
+                "index {name} has its capacity when provisioned"
+            );
+            for d in ["Read", "Write"] {
+                wanted.push((
+                    format!("table/${{{table_id}}}/index/{name}"),
+                    format!("dynamodb:index:{d}CapacityUnits"),
+                ));
+            }
+        }
+        for (resource, dimension) in wanted {
+            let target = resources(&doc, "AWS::ApplicationAutoScaling::ScalableTarget")
+                .into_iter()
+                .find(|(_, p)| {
+                    p.get("ResourceId").map(untagged).and_then(Value::as_str)
+                        == Some(resource.as_str())
+                        && p.get("ScalableDimension").and_then(Value::as_str)
+                            == Some(dimension.as_str())
+                })
+                .map(|(id, _)| id)
+                .unwrap_or_else(|| panic!("no scalable target for {resource} {dimension}"));
+            let conditioned = |id: &str| {
+                all.get(id)
+                    .and_then(|r| r.get("Condition"))
+                    .and_then(Value::as_str)
+                    == Some("ProvisionedTable")
+            };
+            assert!(conditioned(&target), "{target} only when provisioned");
+            let policy = resources(&doc, "AWS::ApplicationAutoScaling::ScalingPolicy")
+                .into_iter()
+                .find(|(_, p)| {
+                    p.get("ScalingTargetId")
+                        .map(untagged)
+                        .and_then(Value::as_str)
+                        == Some(target.as_str())
+                })
+                .unwrap_or_else(|| panic!("no scaling policy for {target}"));
+            assert!(conditioned(&policy.0));
+            assert_eq!(
+                policy.1.get("PolicyType").and_then(Value::as_str),
+                Some("TargetTrackingScaling")
+            );
+        }
+    }
+
     /// The variable names a function's environment sets: the globals and its own.
     fn env_of(doc: &Value, props: &Value) -> Vec<String> {
         let keys = |v: Option<&Value>| -> Vec<String> {

@@ -356,6 +356,10 @@ struct Prices {
     lambda_arm_gb_s: f64,
     ddb_wru_per_m: f64,
     ddb_rru_per_m: f64,
+    /// Provisioned capacity (`template.yaml` `TableCapacity: provisioned`): per write and
+    /// read capacity unit-hour.
+    ddb_wcu_hour: f64,
+    ddb_rcu_hour: f64,
     sqs_per_m: f64,
     secrets_per_10k: f64,
     logs_per_gb: f64,
@@ -369,6 +373,8 @@ const PRICES: [Prices; 2] = [
         lambda_arm_gb_s: 0.000_013_333_4,
         ddb_wru_per_m: 0.625,
         ddb_rru_per_m: 0.125,
+        ddb_wcu_hour: 0.000_65,
+        ddb_rcu_hour: 0.000_13,
         sqs_per_m: 0.40,
         secrets_per_10k: 0.05,
         logs_per_gb: 0.50,
@@ -380,6 +386,8 @@ const PRICES: [Prices; 2] = [
         lambda_arm_gb_s: 0.000_013_333_4,
         ddb_wru_per_m: 0.7125,
         ddb_rru_per_m: 0.1425,
+        ddb_wcu_hour: 0.000_74,
+        ddb_rcu_hour: 0.000_148,
         sqs_per_m: 0.40,
         secrets_per_10k: 0.05,
         logs_per_gb: 0.70,
@@ -396,6 +404,9 @@ const INVOCATIONS: f64 = 5.0;
 const MS_PER_CALL: f64 = 6.0;
 const MS_CODE: f64 = 4.0;
 const MEMORY_GB: f64 = 0.25; // template.yaml Globals: MemorySize 256
+/// The share of provisioned capacity in use on average (auto scaling's target in
+/// `template.yaml`; lower when traffic swings within a day).
+const PROVISIONED_USE: f64 = 0.7;
 /// The HTTP API access log line per request (template.yaml's format), in bytes.
 const ACCESS_LOG_BYTES: f64 = 330.0;
 
@@ -425,15 +436,29 @@ fn print_cost(per_msg: &BTreeMap<String, PerMessage>, log_bytes: f64) {
         let webhook_api = 3.0 * p.http_api_per_m;
         let gb_s = (all_calls * MS_PER_CALL + INVOCATIONS * MS_CODE) / 1000.0 * MEMORY_GB;
         let lambda = INVOCATIONS * p.lambda_req_per_m + gb_s * m * p.lambda_arm_gb_s;
-        let dynamo = ddb.wcu * p.ddb_wru_per_m + ddb.rcu * p.ddb_rru_per_m;
+        let on_demand = ddb.wcu * p.ddb_wru_per_m + ddb.rcu * p.ddb_rru_per_m;
+        // One capacity unit for an hour serves 3,600 request units at full use.
+        let per_unit = |hour: f64| hour / (3600.0 * PROVISIONED_USE) * m;
+        let provisioned = ddb.wcu * per_unit(p.ddb_wcu_hour) + ddb.rcu * per_unit(p.ddb_rcu_hour);
         let queue = sqs.calls * p.sqs_per_m;
         let secrets = sm.calls * p.secrets_per_10k * 100.0;
         let logs = (log_bytes + API_REQUESTS * ACCESS_LOG_BYTES) * m / 1e9 * p.logs_per_gb;
-        let total = api + lambda + dynamo + queue + secrets + logs;
-        println!(
-            "| {} | {api:.2} | {lambda:.2} | {dynamo:.2} | {queue:.2} | {secrets:.2} | {logs:.2} | **{total:.2}** | {:.2} |",
-            p.region,
-            total - webhook_api
-        );
+        for (label, dynamo) in [
+            (p.region.to_owned(), on_demand),
+            (
+                format!(
+                    "{}, provisioned table at {:.0}% use",
+                    p.region,
+                    PROVISIONED_USE * 100.0
+                ),
+                provisioned,
+            ),
+        ] {
+            let total = api + lambda + dynamo + queue + secrets + logs;
+            println!(
+                "| {label} | {api:.2} | {lambda:.2} | {dynamo:.2} | {queue:.2} | {secrets:.2} | {logs:.2} | **{total:.2}** | {:.2} |",
+                total - webhook_api
+            );
+        }
     }
 }
