@@ -433,7 +433,9 @@ fn print_cost(per_msg: &BTreeMap<String, PerMessage>, log_bytes: f64) {
     for p in &PRICES {
         let m = 1_000_000.0;
         let api = API_REQUESTS * p.http_api_per_m;
-        let webhook_api = 3.0 * p.http_api_per_m;
+        // The webhooks on their Function URL: neither API Gateway's charge nor its access
+        // log line for them.
+        let webhook_api = 3.0 * (p.http_api_per_m + ACCESS_LOG_BYTES * m / 1e9 * p.logs_per_gb);
         let gb_s = (all_calls * MS_PER_CALL + INVOCATIONS * MS_CODE) / 1000.0 * MEMORY_GB;
         let lambda = INVOCATIONS * p.lambda_req_per_m + gb_s * m * p.lambda_arm_gb_s;
         let on_demand = ddb.wcu * p.ddb_wru_per_m + ddb.rcu * p.ddb_rru_per_m;
