@@ -13,12 +13,18 @@
 //! | `RateLimited` | Count | `Scope` (`request`, `webhook_bad_signatures`, `login`) |
 
 //!
-//! Lines are written to a buffer in the process and reach stdout in one write per
+//! Values are gathered in a buffer in the process and reach stdout in one write per
 //! [`flush`]: each Lambda invocation flushes when it ends (`http::lambda::for_lambda`,
 //! [`flushed`] around the queue and schedule handlers), a long-running server every
 //! [`FLUSH_EVERY`] ([`flush_every`]), and the buffer flushes itself past [`FLUSH_AT`]
-//! bytes. One `write` syscall per status was 6% of the webhook's CPU (BENCHMARKS.md
+//! values. One `write` syscall per status was 6% of the webhook's CPU (BENCHMARKS.md
 //! "Webhook side by side"); a line is also written without building a JSON tree.
+//!
+//! The values of one metric with the same dimensions that meet in the buffer share one
+//! line, as EMF's array of values (at most [`MAX_VALUES`] a line; CloudWatch counts each
+//! element as a sample, so every statistic is as if each had its own line): a dispatcher
+//! batch of ten sends writes one `MessagesSent` line, not ten (log bytes are CloudWatch
+//! Logs money, issue #13).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -27,28 +33,95 @@ pub const NAMESPACE: &str = "Kirim";
 
 /// A long-running server's flush interval.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
-/// Buffered bytes past which an emit flushes at once.
-pub const FLUSH_AT: usize = 16 * 1024;
+/// Buffered values past which an emit flushes at once.
+pub const FLUSH_AT: usize = 1000;
+/// The most values one EMF line may carry (EMF's limit for a metric's array).
+pub const MAX_VALUES: usize = 100;
 
-/// EMF lines waiting for their write.
-struct Lines(Mutex<String>);
+/// One metric's values under one set of dimensions, waiting for their line.
+struct Pending {
+    name: String,
+    unit: Unit,
+    dims: Vec<(String, String)>,
+    values: Vec<f64>,
+    /// The first value's time (epoch ms): the line's timestamp.
+    at_ms: i64,
+}
 
-impl Lines {
-    /// Appends one line; answers whether the buffer is past [`FLUSH_AT`].
-    fn push(&self, name: &str, unit: Unit, value: f64, dims: &[(&str, &str)], at_ms: i64) -> bool {
-        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        push_emf_line(&mut buf, name, unit, value, dims, at_ms);
-        buf.len() >= FLUSH_AT
-    }
-
-    /// Takes what is buffered (whole lines, each ending in a newline).
-    fn take(&self) -> String {
-        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::take(&mut *buf)
+impl Pending {
+    fn takes(&self, name: &str, unit: Unit, dims: &[(&str, &str)]) -> bool {
+        self.values.len() < MAX_VALUES
+            && self.unit == unit
+            && self.name == name
+            && self.dims.len() == dims.len()
+            && self
+                .dims
+                .iter()
+                .zip(dims)
+                .all(|((k, v), (k2, v2))| k == k2 && v == v2)
     }
 }
 
-static LINES: Lines = Lines(Mutex::new(String::new()));
+#[derive(Default)]
+struct Buffer {
+    pending: Vec<Pending>,
+    values: usize,
+}
+
+/// EMF values waiting for their write.
+struct Lines(Mutex<Buffer>);
+
+impl Lines {
+    const fn new() -> Self {
+        Lines(Mutex::new(Buffer {
+            pending: Vec::new(),
+            values: 0,
+        }))
+    }
+
+    /// Adds one value (to the line of its metric and dimensions if one is waiting);
+    /// answers whether the buffer is past [`FLUSH_AT`] values.
+    fn push(&self, name: &str, unit: Unit, value: f64, dims: &[(&str, &str)], at_ms: i64) -> bool {
+        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match buf.pending.iter_mut().find(|p| p.takes(name, unit, dims)) {
+            Some(p) => p.values.push(value),
+            None => buf.pending.push(Pending {
+                name: name.to_owned(),
+                unit,
+                dims: dims
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                values: vec![value],
+                at_ms,
+            }),
+        }
+        buf.values += 1;
+        buf.values >= FLUSH_AT
+    }
+
+    /// Takes what is buffered, as whole lines (each ending in a newline), in the order
+    /// their metrics first came.
+    fn take(&self) -> String {
+        let pending = {
+            let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            buf.values = 0;
+            std::mem::take(&mut buf.pending)
+        };
+        let mut out = String::with_capacity(pending.len() * 256);
+        for p in &pending {
+            let dims: Vec<(&str, &str)> = p
+                .dims
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            push_emf_line(&mut out, &p.name, p.unit, &p.values, &dims, p.at_ms);
+        }
+        out
+    }
+}
+
+static LINES: Lines = Lines::new();
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
@@ -89,13 +162,13 @@ fn push_json_f64(out: &mut String, v: f64) {
     }
 }
 
-/// Appends one EMF line (with its newline) for one metric value with its dimensions,
-/// stamped `at_ms` (epoch ms).
+/// Appends one EMF line (with its newline) for a metric's values under its dimensions
+/// (one value as a number, more as an array), stamped `at_ms` (epoch ms).
 fn push_emf_line(
     out: &mut String,
     name: &str,
     unit: Unit,
-    value: f64,
+    values: &[f64],
     dims: &[(&str, &str)],
     at_ms: i64,
 ) {
@@ -127,7 +200,19 @@ fn push_emf_line(
     out.push(',');
     push_json_str(out, name);
     out.push(':');
-    push_json_f64(out, value);
+    match values {
+        [one] => push_json_f64(out, *one),
+        many => {
+            out.push('[');
+            for (i, v) in many.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                push_json_f64(out, *v);
+            }
+            out.push(']');
+        }
+    }
     out.push_str("}\n");
 }
 
@@ -135,12 +220,12 @@ fn push_emf_line(
 /// stamped `at_ms` (epoch ms).
 pub fn emf_line(name: &str, unit: Unit, value: f64, dims: &[(&str, &str)], at_ms: i64) -> String {
     let mut line = String::with_capacity(256);
-    push_emf_line(&mut line, name, unit, value, dims, at_ms);
+    push_emf_line(&mut line, name, unit, &[value], dims, at_ms);
     line.pop();
     line
 }
 
-/// Buffers one metric value as an EMF line (stdout at the next [`flush`]).
+/// Buffers one metric value for its EMF line (stdout at the next [`flush`]).
 pub fn emit(name: &str, unit: Unit, value: f64, dims: &[(&str, &str)]) {
     let at_ms = chrono::Utc::now().timestamp_millis();
     if LINES.push(name, unit, value, dims, at_ms) {
@@ -159,14 +244,21 @@ pub fn flush() {
     print!("{lines}");
 }
 
-/// Whether a buffered line contains `needle` (tests of who flushes).
+/// Whether a buffered value's name or dimension contains `needle` (tests of who flushes).
 #[cfg(test)]
 pub(crate) fn buffered_contains(needle: &str) -> bool {
     LINES
         .0
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .contains(needle)
+        .pending
+        .iter()
+        .any(|p| {
+            p.name.contains(needle)
+                || p.dims
+                    .iter()
+                    .any(|(k, v)| k.contains(needle) || v.contains(needle))
+        })
 }
 
 /// Runs `fut` (one invocation's work), then flushes what it emitted.
@@ -281,7 +373,7 @@ mod tests {
 
     #[test]
     fn emitted_lines_wait_in_the_buffer_and_leave_whole_in_order() {
-        let lines = Lines(Mutex::new(String::new()));
+        let lines = Lines::new();
         assert!(!lines.push("MessagesSent", Unit::Count, 1.0, &[("Outcome", "sent")], 1));
         assert!(!lines.push(
             "WebhookLag",
@@ -305,18 +397,77 @@ mod tests {
 
     #[test]
     fn a_full_buffer_asks_for_a_flush() {
-        let lines = Lines(Mutex::new(String::new()));
-        let mut full = false;
-        for _ in 0..(FLUSH_AT / 100 + 1) {
-            full = lines.push(
+        let lines = Lines::new();
+        for i in 0..FLUSH_AT - 1 {
+            assert!(!lines.push(
                 "WebhookLag",
                 Unit::Milliseconds,
                 1.0,
-                &[("Status", "sent")],
+                &[("Status", if i % 2 == 0 { "sent" } else { "read" })],
+                1,
+            ));
+        }
+        assert!(lines.push("MessagesSent", Unit::Count, 1.0, &[("Outcome", "sent")], 1));
+        lines.take();
+        assert!(
+            !lines.push("MessagesSent", Unit::Count, 1.0, &[("Outcome", "sent")], 1),
+            "taking empties the count"
+        );
+    }
+
+    #[test]
+    fn values_of_one_metric_and_dimensions_share_a_line_as_an_array() {
+        let lines = Lines::new();
+        for (v, status) in [(10.0, "sent"), (20.0, "read"), (30.0, "sent")] {
+            lines.push(
+                "WebhookLag",
+                Unit::Milliseconds,
+                v,
+                &[("Status", status)],
+                5,
+            );
+        }
+        lines.push("MessagesSent", Unit::Count, 1.0, &[("Outcome", "sent")], 6);
+        lines.push("MessagesSent", Unit::Count, 1.0, &[("Outcome", "sent")], 7);
+        let parsed: Vec<Value> = lines
+            .take()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+            .collect();
+        assert_eq!(parsed.len(), 3, "{parsed:?}");
+        assert_eq!(parsed[0]["Status"], "sent");
+        assert_eq!(parsed[0]["WebhookLag"], json!([10.0, 30.0]));
+        assert_eq!(parsed[0]["_aws"]["Timestamp"], 5, "the first value's time");
+        assert_eq!(parsed[1]["Status"], "read");
+        assert_eq!(parsed[1]["WebhookLag"], 20.0, "one value stays a number");
+        assert_eq!(parsed[2]["MessagesSent"], json!([1.0, 1.0]));
+        assert_eq!(
+            parsed[2]["_aws"]["CloudWatchMetrics"][0]["Metrics"][0],
+            json!({"Name": "MessagesSent", "Unit": "Count"})
+        );
+    }
+
+    #[test]
+    fn a_line_carries_at_most_emf_s_hundred_values() {
+        let lines = Lines::new();
+        for _ in 0..(MAX_VALUES * 2 + 1) {
+            lines.push(
+                "Throttles",
+                Unit::Count,
+                1.0,
+                &[("Source", "limiter_wait")],
                 1,
             );
         }
-        assert!(full);
+        let sizes: Vec<usize> = lines
+            .take()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("json");
+                v["Throttles"].as_array().map_or(1, Vec::len)
+            })
+            .collect();
+        assert_eq!(sizes, vec![MAX_VALUES, MAX_VALUES, 1]);
     }
 
     #[test]
