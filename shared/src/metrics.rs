@@ -49,8 +49,12 @@ struct Pending {
 }
 
 impl Pending {
-    fn takes(&self, name: &str, unit: Unit, dims: &[(&str, &str)]) -> bool {
+    /// Whether a value of `name` under `dims` at `at_ms` goes on this line: same metric,
+    /// same dimensions, the same minute (a line has one timestamp; CloudWatch's finest
+    /// ordinary resolution is a minute), and room left.
+    fn takes(&self, name: &str, unit: Unit, dims: &[(&str, &str)], at_ms: i64) -> bool {
         self.values.len() < MAX_VALUES
+            && self.at_ms.div_euclid(60_000) == at_ms.div_euclid(60_000)
             && self.unit == unit
             && self.name == name
             && self.dims.len() == dims.len()
@@ -83,7 +87,11 @@ impl Lines {
     /// answers whether the buffer is past [`FLUSH_AT`] values.
     fn push(&self, name: &str, unit: Unit, value: f64, dims: &[(&str, &str)], at_ms: i64) -> bool {
         let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match buf.pending.iter_mut().find(|p| p.takes(name, unit, dims)) {
+        match buf
+            .pending
+            .iter_mut()
+            .find(|p| p.takes(name, unit, dims, at_ms))
+        {
             Some(p) => p.values.push(value),
             None => buf.pending.push(Pending {
                 name: name.to_owned(),
@@ -445,6 +453,38 @@ mod tests {
             parsed[2]["_aws"]["CloudWatchMetrics"][0]["Metrics"][0],
             json!({"Name": "MessagesSent", "Unit": "Count"})
         );
+    }
+
+    #[test]
+    fn values_a_minute_apart_go_on_lines_of_their_own() {
+        let lines = Lines::new();
+        lines.push(
+            "MessagesSent",
+            Unit::Count,
+            1.0,
+            &[("Outcome", "sent")],
+            59_999,
+        );
+        lines.push(
+            "MessagesSent",
+            Unit::Count,
+            1.0,
+            &[("Outcome", "sent")],
+            60_000,
+        );
+        lines.push(
+            "MessagesSent",
+            Unit::Count,
+            1.0,
+            &[("Outcome", "sent")],
+            119_999,
+        );
+        let stamps: Vec<Value> = lines
+            .take()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("json")["_aws"]["Timestamp"].clone())
+            .collect();
+        assert_eq!(stamps, vec![json!(59_999), json!(60_000)]);
     }
 
     #[test]

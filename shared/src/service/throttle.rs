@@ -53,7 +53,26 @@ pub enum Slot {
 /// dispatcher batch), the batch's messages for one number share their reservations
 /// (see there).
 pub async fn acquire(deps: &Deps, phone_number_id: &str, tier: u32) -> Result<Slot, StoreError> {
-    let per_sec = pace(tier);
+    let Some(at) = take_slot(deps, phone_number_id, pace(tier)).await? else {
+        metrics::throttle("limiter_full");
+        return Ok(Slot::Full);
+    };
+    if let Ok(wait) = (at - deps.clock.now()).to_std() {
+        if !wait.is_zero() {
+            metrics::throttle("limiter_wait");
+            tokio::time::sleep(wait.min(MAX_WAIT)).await;
+        }
+    }
+    Ok(Slot::Go)
+}
+
+/// The time of the send slot reserved for this message (`None`: the number is full for
+/// `MAX_WAIT`): on its own outside a batch, through the number's line inside one.
+async fn take_slot(
+    deps: &Deps,
+    phone_number_id: &str,
+    per_sec: u32,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
     let turn = LINES.try_with(|lines| {
         let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
         let line = lines.entry(phone_number_id.to_owned()).or_default();
@@ -66,28 +85,63 @@ pub async fn acquire(deps: &Deps, phone_number_id: &str, tier: u32) -> Result<Sl
             None
         }
     });
-    let at = match turn {
+    match turn {
         // Not in a batch: a slot of its own.
-        Err(_) => reserve_one(deps, phone_number_id, per_sec).await?,
-        Ok(None) => lead(deps, phone_number_id, per_sec).await?,
-        Ok(Some(rx)) => match rx.await {
-            Ok(Turn::Slot(at)) => Some(at),
-            Ok(Turn::Lead) => lead(deps, phone_number_id, per_sec).await?,
-            // The run was refused or failed (or its leader is gone): one by one.
-            Ok(Turn::Alone) | Err(_) => reserve_one(deps, phone_number_id, per_sec).await?,
-        },
-    };
-    let Some(at) = at else {
-        metrics::throttle("limiter_full");
-        return Ok(Slot::Full);
-    };
-    if let Ok(wait) = (at - deps.clock.now()).to_std() {
-        if !wait.is_zero() {
-            metrics::throttle("limiter_wait");
-            tokio::time::sleep(wait.min(MAX_WAIT)).await;
+        Err(_) => reserve_one(deps, phone_number_id, per_sec).await,
+        Ok(None) => lead(deps, phone_number_id, per_sec).await,
+        Ok(Some(rx)) => {
+            let mut waiting = Waiting {
+                phone_number_id,
+                rx: Some(rx),
+            };
+            let told = match waiting.rx.as_mut() {
+                Some(rx) => rx.await,
+                None => Ok(Turn::Alone),
+            };
+            waiting.rx = None;
+            match told {
+                Ok(Turn::Slot(at)) => Ok(Some(at)),
+                Ok(Turn::Lead) => lead(deps, phone_number_id, per_sec).await,
+                // The run was refused or failed (or its leader is gone): one by one.
+                Ok(Turn::Alone) | Err(_) => reserve_one(deps, phone_number_id, per_sec).await,
+            }
         }
     }
-    Ok(Slot::Go)
+}
+
+/// A message waiting on its number's line. Dropped while still waiting (its batch cut
+/// short, or a caller's timeout): if it had just been told to lead, the line passes on,
+/// so no one is left waiting for a leader that is gone.
+struct Waiting<'a> {
+    phone_number_id: &'a str,
+    rx: Option<oneshot::Receiver<Turn>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            if let Ok(Turn::Lead) = rx.try_recv() {
+                pass_on(self.phone_number_id);
+            }
+        }
+    }
+}
+
+/// The line of `phone_number_id` passes to the first message still waiting on it, or
+/// stands idle.
+fn pass_on(phone_number_id: &str) {
+    let _ = LINES.try_with(|lines| {
+        let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(line) = lines.get_mut(phone_number_id) else {
+            return;
+        };
+        while !line.waiting.is_empty() {
+            if line.waiting.remove(0).send(Turn::Lead).is_ok() {
+                return;
+            }
+        }
+        line.busy = false;
+    });
 }
 
 async fn reserve_one(
@@ -193,19 +247,7 @@ impl Drop for Leading<'_> {
         for f in self.followers.drain(..) {
             let _ = f.send(Turn::Alone);
         }
-        let _ = LINES.try_with(|lines| {
-            let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(line) = lines.get_mut(self.phone_number_id) else {
-                return;
-            };
-            // The first waiter still listening leads next.
-            while !line.waiting.is_empty() {
-                if line.waiting.remove(0).send(Turn::Lead).is_ok() {
-                    return;
-                }
-            }
-            line.busy = false;
-        });
+        pass_on(self.phone_number_id);
     }
 }
 
@@ -331,6 +373,48 @@ mod tests {
         assert!(out.iter().all(|r| matches!(r, Ok(Slot::Go))), "{out:?}");
         // The first asks alone; the nine that asked during its write get one run.
         assert_eq!(slots.calls(), vec![(1, true), (9, true)]);
+    }
+
+    #[tokio::test]
+    async fn a_batchs_slots_for_one_number_are_distinct_and_one_interval_apart() {
+        let slots = Recorded::new(false, false);
+        let deps = deps_with(slots.clone());
+        let per_sec = pace(80);
+        let times = pooled(futures::future::join_all(
+            (0..10).map(|_| take_slot(&deps, "pn1", per_sec)),
+        ))
+        .await;
+        let mut us: Vec<i64> = times
+            .into_iter()
+            .map(|t| t.unwrap().unwrap().timestamp_micros())
+            .collect();
+        us.sort();
+        let gaps: Vec<i64> = us.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, vec![slot_interval_micros(per_sec); 9], "{us:?}");
+    }
+
+    #[tokio::test]
+    async fn a_message_told_to_lead_and_then_dropped_passes_its_line_on() {
+        let slots = Recorded::new(false, false);
+        let deps = deps_with(slots.clone());
+        let third = pooled(async {
+            let mut first = Box::pin(take_slot(&deps, "pn1", 77));
+            let mut second = Box::pin(take_slot(&deps, "pn1", 77));
+            let mut third = Box::pin(take_slot(&deps, "pn1", 77));
+            // The first leads (its write is out); the other two wait on the line.
+            assert!(futures::poll!(&mut first).is_pending());
+            assert!(futures::poll!(&mut second).is_pending());
+            assert!(futures::poll!(&mut third).is_pending());
+            // The first's write ends: the second is told to lead, and is dropped unpolled.
+            first.await.unwrap();
+            drop(second);
+            tokio::time::timeout(Duration::from_secs(5), third).await
+        })
+        .await;
+        assert!(
+            matches!(third, Ok(Ok(Some(_)))),
+            "the third still got its slot: {third:?}"
+        );
     }
 
     #[tokio::test]

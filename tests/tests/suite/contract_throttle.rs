@@ -208,6 +208,22 @@ async fn a_run_of_slots_reserved_at_once_counts_as_that_many_single_slots(p: Sto
         None,
         "and the number is full for the second: 20 in all"
     );
+    // A run whose last slot starts exactly within the wait is granted: one slot, then a
+    // run of 19 ending at 950 ms of the 999 ms allowed.
+    let edge = format!("pn{}", kirim_tests::rand_u32());
+    p.throughput
+        .reserve_slot(&edge, 20, now, wait)
+        .await
+        .expect("reserve");
+    assert_eq!(
+        p.throughput
+            .reserve_slots(&edge, 20, now, wait, 19)
+            .await
+            .expect("reserve")
+            .map(|t| t.timestamp_micros()),
+        Some(us + 50_000),
+        "the run's last slot is the 20th of the second"
+    );
     // A run longer than the wait allows is refused even on an idle number.
     let idle = format!("pn{}", kirim_tests::rand_u32());
     assert_eq!(

@@ -388,3 +388,43 @@ async fn an_audit_append_is_two_plain_writes_of_one_unit_each() {
     let v = kirim::service::audit::verify(&deps, &tenant).await.unwrap();
     assert_eq!((v.valid, v.checked), (true, 2));
 }
+
+/// A send slot refused because the number is full costs one refused write, not three: the
+/// refused update answers the item as it was, and its `tat` says no other step can succeed
+/// (issue #13).
+#[tokio::test]
+async fn a_full_number_refuses_a_slot_in_one_write() {
+    use kirim::ports::Throughput;
+
+    let (store, proxy) = store_behind_proxy().await;
+    let key = format!("pn{}", kirim_tests::rand_u32());
+    let now = chrono::Utc::now();
+    let wait = std::time::Duration::from_millis(999);
+    proxy.set_phase("fill");
+    let run = store.reserve_slots(&key, 20, now, wait, 20).await.unwrap();
+    assert_eq!(
+        run.map(|t| t.timestamp_micros()),
+        Some(now.timestamp_micros())
+    );
+    proxy.set_phase("full");
+    assert_eq!(store.reserve_slot(&key, 20, now, wait).await.unwrap(), None);
+    assert_eq!(
+        store.reserve_slots(&key, 20, now, wait, 3).await.unwrap(),
+        None
+    );
+    proxy.set_phase("after");
+
+    let tally = proxy.take();
+    let update = |phase: &str| tally[phase]["DynamoDB.UpdateItem"];
+    // A number this process never used: "next" finds no item, then "now" takes the run.
+    assert_eq!(
+        update("fill").calls,
+        2,
+        "a run of twenty: one refused write, one taken"
+    );
+    assert_eq!(
+        (update("full").calls, update("full").wcu),
+        (2, 2.0),
+        "one refused write each"
+    );
+}

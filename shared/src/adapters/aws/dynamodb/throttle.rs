@@ -2,27 +2,30 @@
 //!
 //! Send slots: `pk = RATE#{phone_number_id}`, `sk = NEXT`, `tat` = the next free slot in
 //! epoch microseconds, `ttl` one hour on (an idle number's item simply expires). A
-//! reservation is at most three conditional updates and never a read:
-//! 1. `tat` is between now and now + max wait: take it, `SET tat = tat + :interval`;
-//! 2. else, no `tat` or one in the past: take now, `SET tat = :now + :interval`;
-//! 3. else one more try of 1 (another dispatcher may have moved `tat` between 1 and 2);
-//!    failing that the number is full for `max_wait`.
+//! reservation is conditional updates and never a read:
+//! - "next": `tat` is between now and now + max wait: take it, `SET tat = tat + :span`;
+//! - "now": no `tat` or one in the past: take now, `SET tat = :now + :span`.
 //!
-//! A run of `count` slots (`reserve_slots`, a dispatcher batch's messages for one number)
-//! is the same three steps moving `tat` by `count` intervals at once, with the condition
-//! on the run's last slot: one write for the run.
+//! A refused update answers the item as it was (`ReturnValuesOnConditionCheckFailure`,
+//! free), and its `tat` says what to do next: in the past or absent, "now"; too far ahead
+//! for the run, the number is full for `max_wait` (no further write); otherwise another
+//! dispatcher moved it between the two, so "next" again. At most three updates.
 //!
 //! A failed conditional update still costs a write unit, and at a steady trickle a number
-//! is idle (`tat` in the past) at each send, so 1 fails every time. When the last slot this
-//! process took for the number is in the past, it tries 2 first (then 1, then 2 again): one
+//! is idle (`tat` in the past) at each send, so "next" would fail every time. When the
+//! last slot this process took for the number is in the past, it tries "now" first: one
 //! write instead of two (`scripts/bench-cost`). Every step is still a conditional update;
 //! the hint only orders them.
+//!
+//! A run of `count` slots (`reserve_slots`, a dispatcher batch's messages for one number)
+//! is the same steps moving `tat` by `count` intervals at once, with the condition on the
+//! run's last slot: one write for the run.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use chrono::{DateTime, Utc};
 
 use super::{classify, from_item, keys, n, s, DynamoStore, TTL_ATTR};
@@ -43,7 +46,21 @@ fn stamp(at: DateTime<Utc>) -> AttributeValue {
 
 enum Step {
     Granted(i64),
-    Refused,
+    /// Refused by its condition; the slot item's `tat` as it was, if it had one.
+    Refused(Option<i64>),
+}
+
+/// The `tat` of the item a refused conditional update answered (`ALL_OLD`).
+fn old_tat(e: &aws_sdk_dynamodb::operation::update_item::UpdateItemError) -> Option<i64> {
+    match e {
+        aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => {
+            match c.item().and_then(|i| i.get("tat")) {
+                Some(AttributeValue::N(v)) => v.parse().ok(),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
 }
 
 impl DynamoStore {
@@ -72,6 +89,7 @@ impl DynamoStore {
             // The new value, not the old: moto reads UPDATED_OLD outside its write lock
             // (two callers could see one old value); DynamoDB answers either atomically.
             .return_values(ReturnValue::UpdatedNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match res {
@@ -83,7 +101,7 @@ impl DynamoStore {
                 _ => Err(StoreError::Corrupt("rate slot missing".into())),
             },
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(Step::Refused)
+                Ok(Step::Refused(old_tat(e.err())))
             }
             Err(e) => Err(classify("dynamodb update", e)),
         }
@@ -103,12 +121,13 @@ impl DynamoStore {
             .expression_attribute_values(":next", n(now + span))
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":ttl", n(now / 1_000_000 + RATE_TTL_SECS))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match res {
             Ok(_) => Ok(Step::Granted(now)),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(Step::Refused)
+                Ok(Step::Refused(old_tat(e.err())))
             }
             Err(e) => Err(classify("dynamodb update", e)),
         }
@@ -134,35 +153,35 @@ impl Throughput for DynamoStore {
             return Ok(None);
         }
         let next = (interval, span);
-        let idle = self
+        // The last slot this process took for the number is over: "now" first.
+        let mut take_now = self
             .slot_hints
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
             .is_some_and(|tat| *tat < now);
-        let granted = if idle {
-            match self.take_now(key, span, now).await? {
-                Step::Granted(t) => Some(t),
-                Step::Refused => match self.take_next(key, next, now, limit).await? {
-                    Step::Granted(t) => Some(t),
-                    Step::Refused => match self.take_now(key, span, now).await? {
-                        Step::Granted(t) => Some(t),
-                        Step::Refused => None,
-                    },
-                },
+        let mut granted = None;
+        for _ in 0..3 {
+            let step = if take_now {
+                self.take_now(key, span, now).await?
+            } else {
+                self.take_next(key, next, now, limit).await?
+            };
+            match step {
+                Step::Granted(t) => {
+                    granted = Some(t);
+                    break;
+                }
+                // No `tat` answered: after "next", the item is new or has none, so "now";
+                // after "now" (which an item without one would have granted), "next".
+                Step::Refused(None) => take_now = !take_now,
+                Step::Refused(Some(tat)) if tat < now => take_now = true,
+                // The run's last slot would start after the wait: full, no more writes.
+                Step::Refused(Some(tat)) if tat.saturating_add(span - interval) > limit => break,
+                // Moved by another dispatcher between the two: "next" again.
+                Step::Refused(Some(_)) => take_now = false,
             }
-        } else {
-            match self.take_next(key, next, now, limit).await? {
-                Step::Granted(t) => Some(t),
-                Step::Refused => match self.take_now(key, span, now).await? {
-                    Step::Granted(t) => Some(t),
-                    Step::Refused => match self.take_next(key, next, now, limit).await? {
-                        Step::Granted(t) => Some(t),
-                        Step::Refused => None,
-                    },
-                },
-            }
-        };
+        }
         if let Some(t) = granted {
             let mut hints = self.slot_hints.lock().unwrap_or_else(|e| e.into_inner());
             if hints.len() >= 10_000 {
