@@ -274,7 +274,7 @@ async fn run() -> Result<(), String> {
         std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         log_bytes as f64 / measured
     );
-    print_cost(&totals, log_bytes as f64 / measured);
+    print_cost(&totals, log_bytes as f64 / measured, batch as f64);
     drop(platform);
     Ok(())
 }
@@ -396,9 +396,9 @@ const PRICES: [Prices; 2] = [
 
 /// Requests through API Gateway per message: the send and three webhooks.
 const API_REQUESTS: f64 = 4.0;
-/// Lambda invocations per message: send_api, dispatcher (one message a batch at low
-/// traffic), three webhooks.
-const INVOCATIONS: f64 = 5.0;
+/// Lambda invocations per message besides the dispatcher's: send_api and three webhooks.
+/// The dispatcher's invocation is shared by the messages of its batch (1 / batch each).
+const INVOCATIONS_OWN: f64 = 4.0;
 /// Billed Lambda time per invocation, an assumption (not measured here): the AWS calls of
 /// the request in sequence at ~6 ms each on DynamoDB plus ~4 ms of code.
 const MS_PER_CALL: f64 = 6.0;
@@ -410,7 +410,7 @@ const PROVISIONED_USE: f64 = 0.7;
 /// The HTTP API access log line per request (template.yaml's format), in bytes.
 const ACCESS_LOG_BYTES: f64 = 330.0;
 
-fn print_cost(per_msg: &BTreeMap<String, PerMessage>, log_bytes: f64) {
+fn print_cost(per_msg: &BTreeMap<String, PerMessage>, log_bytes: f64, batch: f64) {
     let sum = |prefix: &str| -> PerMessage {
         per_msg.iter().filter(|(k, _)| k.starts_with(prefix)).fold(
             PerMessage::default(),
@@ -436,8 +436,9 @@ fn print_cost(per_msg: &BTreeMap<String, PerMessage>, log_bytes: f64) {
         // The webhooks on their Function URL: neither API Gateway's charge nor its access
         // log line for them.
         let webhook_api = 3.0 * (p.http_api_per_m + ACCESS_LOG_BYTES * m / 1e9 * p.logs_per_gb);
-        let gb_s = (all_calls * MS_PER_CALL + INVOCATIONS * MS_CODE) / 1000.0 * MEMORY_GB;
-        let lambda = INVOCATIONS * p.lambda_req_per_m + gb_s * m * p.lambda_arm_gb_s;
+        let invocations = INVOCATIONS_OWN + 1.0 / batch.max(1.0);
+        let gb_s = (all_calls * MS_PER_CALL + invocations * MS_CODE) / 1000.0 * MEMORY_GB;
+        let lambda = invocations * p.lambda_req_per_m + gb_s * m * p.lambda_arm_gb_s;
         let on_demand = ddb.wcu * p.ddb_wru_per_m + ddb.rcu * p.ddb_rru_per_m;
         // One capacity unit for an hour serves 3,600 request units at full use.
         let per_unit = |hour: f64| hour / (3600.0 * PROVISIONED_USE) * m;
