@@ -576,6 +576,15 @@ pub trait DispatchQueue: Send + Sync {
     }
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, StoreError>;
     async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
+    /// Deletes several received messages at once (SQS batches of 10, as Lambda's event
+    /// source does for a batch); all or an error (one not deleted comes back after its
+    /// visibility timeout, which every consumer takes as a duplicate).
+    async fn delete_batch(&self, receipts: &[String]) -> Result<(), StoreError> {
+        for r in receipts {
+            self.delete(r).await?;
+        }
+        Ok(())
+    }
     /// Makes the message visible again after `delay` (a retry with backoff).
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError>;
     /// Up to `max` messages parked on the dead-letter queue, left where they are.

@@ -52,15 +52,27 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
     let n = received.len();
     let work = received.into_iter().map(|m| async move {
         let result = match dispatch::handle(deps, &m.body).await {
-            Outcome::Done => deps.queue.delete(&m.receipt).await,
+            // Deleted with the rest of the batch, below.
+            Outcome::Done => return Some(m.receipt),
             Outcome::RetryAfter(d) => deps.queue.retry_after(&m.receipt, d).await,
             Outcome::Poison => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "queue acknowledgement failed");
         }
+        None
     });
-    batch(deps, futures::future::join_all(work)).await;
+    // As Lambda's event source: the batch's handled messages deleted in one call.
+    let done: Vec<String> = batch(deps, futures::future::join_all(work))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if !done.is_empty() {
+        if let Err(e) = deps.queue.delete_batch(&done).await {
+            tracing::warn!(error = %e, "queue acknowledgement failed");
+        }
+    }
     n
 }
 

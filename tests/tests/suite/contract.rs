@@ -874,6 +874,37 @@ async fn queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queu
     );
 }
 
+async fn a_batch_of_received_messages_is_deleted_in_one_call(p: Ports) {
+    let bodies: Vec<String> = (0..12).map(|i| format!("batch-{i}")).collect();
+    p.queue.send_batch(&bodies).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.extend(p.queue.receive(10, Duration::from_secs(1)).await.unwrap());
+        if got.len() == 12 {
+            break;
+        }
+    }
+    assert_eq!(got.len(), 12, "all twelve received");
+    // Eleven deleted together (two SQS calls of up to ten); one given back.
+    let (kept, done) = got.split_first().unwrap();
+    let receipts: Vec<String> = done.iter().map(|m| m.receipt.clone()).collect();
+    p.queue.delete_batch(&receipts).await.unwrap();
+    p.queue.delete_batch(&[]).await.unwrap();
+    p.queue
+        .retry_after(&kept.receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    for m in done {
+        p.queue.retry_after(&m.receipt, Duration::ZERO).await.ok();
+    }
+    let again = p.queue.receive(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(
+        again.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        vec![kept.body.as_str()],
+        "only the one not deleted comes back"
+    );
+}
+
 /// Receives every visible message, making each visible again at once, until all have
 /// been received the template's 10 times and are parked.
 async fn park_everything(q: &dyn DispatchQueue) {
@@ -1037,6 +1068,7 @@ contract!(
     a_wamid_leads_back_to_its_message,
     a_wamid_indexed_alone_leads_back_and_the_sent_transition_records_it,
     queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queue,
+    a_batch_of_received_messages_is_deleted_in_one_call,
     parked_messages_are_listed_in_place_and_redriven_by_id_or_all_at_once,
     secrets_keep_the_previous_version_during_rotation,
     concurrent_first_writes_of_one_secret_all_succeed,

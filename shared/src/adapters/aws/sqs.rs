@@ -1,7 +1,9 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, SendMessageBatchRequestEntry,
+};
 use aws_sdk_sqs::Client;
 use chrono::{DateTime, TimeZone, Utc};
 
@@ -34,7 +36,8 @@ impl SqsQueue {
     pub const SEND: &'static [&'static str] = &["sqs:SendMessage"];
     /// `retry_after`: a visibility timeout.
     pub const BACKOFF: &'static [&'static str] = &["sqs:ChangeMessageVisibility"];
-    /// `receive` and `delete`: local mode's poller (on Lambda the event source does it).
+    /// `receive`, `delete` and `delete_batch` (DeleteMessageBatch is authorised as
+    /// DeleteMessage): local mode's poller (on Lambda the event source does it).
     pub const CONSUME: &'static [&'static str] = &["sqs:ReceiveMessage", "sqs:DeleteMessage"];
     /// On the dead-letter queue: `dead_letters` and `redrive` (held, then released or
     /// deleted).
@@ -161,6 +164,48 @@ impl DispatchQueue for SqsQueue {
             .await
             .map(|_| ())
             .map_err(|e| classify("sqs delete", e))
+    }
+
+    async fn delete_batch(&self, receipts: &[String]) -> Result<(), StoreError> {
+        for chunk in receipts.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(r)
+                        .build()
+                        .map_err(|e| StoreError::Corrupt(format!("sqs delete batch entry: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .delete_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| classify("sqs delete batch", e))?;
+            if !out.failed().is_empty() {
+                let detail = format!(
+                    "sqs delete batch: {} of {} not deleted ({})",
+                    out.failed().len(),
+                    chunk.len(),
+                    out.failed()
+                        .iter()
+                        .map(|f| f.code())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                return Err(if out.failed().iter().any(|f| f.sender_fault()) {
+                    StoreError::Rejected(detail)
+                } else {
+                    StoreError::Unavailable(detail)
+                });
+            }
+        }
+        Ok(())
     }
 
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
