@@ -2,7 +2,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, SendMessageBatchRequestEntry,
+    BatchResultErrorEntry, DeleteMessageBatchRequestEntry, MessageSystemAttributeName,
+    SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 use chrono::{DateTime, TimeZone, Utc};
@@ -56,6 +57,29 @@ impl SqsQueue {
     }
 }
 
+/// The entries of a batch call SQS refused, as one error (none: `Ok`). SQS says whose
+/// fault each refusal is: ours will repeat (`Rejected`), its own may not (`Unavailable`).
+fn batch_refusals(
+    what: &str,
+    failed: &[BatchResultErrorEntry],
+    of: usize,
+) -> Result<(), StoreError> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let codes: Vec<&str> = failed.iter().map(|f| f.code()).collect();
+    let detail = format!(
+        "{what}: {} of {of} refused ({})",
+        failed.len(),
+        codes.join(",")
+    );
+    Err(if failed.iter().any(|f| f.sender_fault()) {
+        StoreError::Rejected(detail)
+    } else {
+        StoreError::Unavailable(detail)
+    })
+}
+
 #[async_trait]
 impl DispatchQueue for SqsQueue {
     async fn send(&self, body: &str) -> Result<(), StoreError> {
@@ -104,24 +128,7 @@ impl DispatchQueue for SqsQueue {
                 .send()
                 .await
                 .map_err(|e| classify("sqs send batch", e))?;
-            if !out.failed().is_empty() {
-                let detail = format!(
-                    "sqs send batch: {} of {} refused ({})",
-                    out.failed().len(),
-                    chunk.len(),
-                    out.failed()
-                        .iter()
-                        .map(|f| f.code())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                );
-                // SQS says whose fault each refusal is: ours will repeat, its own may not.
-                return Err(if out.failed().iter().any(|f| f.sender_fault()) {
-                    StoreError::Rejected(detail)
-                } else {
-                    StoreError::Unavailable(detail)
-                });
-            }
+            batch_refusals("sqs send batch", out.failed(), chunk.len())?;
         }
         Ok(())
     }
@@ -187,23 +194,7 @@ impl DispatchQueue for SqsQueue {
                 .send()
                 .await
                 .map_err(|e| classify("sqs delete batch", e))?;
-            if !out.failed().is_empty() {
-                let detail = format!(
-                    "sqs delete batch: {} of {} not deleted ({})",
-                    out.failed().len(),
-                    chunk.len(),
-                    out.failed()
-                        .iter()
-                        .map(|f| f.code())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                );
-                return Err(if out.failed().iter().any(|f| f.sender_fault()) {
-                    StoreError::Rejected(detail)
-                } else {
-                    StoreError::Unavailable(detail)
-                });
-            }
+            batch_refusals("sqs delete batch", out.failed(), chunk.len())?;
         }
         Ok(())
     }
