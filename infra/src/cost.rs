@@ -105,6 +105,10 @@ pub struct Units {
     pub rcu: f64,
     /// Of `wcu`: the global secondary indexes' share.
     pub gsi_wcu: f64,
+    /// Calls that found no other counted call in flight: each starts a round trip the
+    /// caller waits for (calls made together, while another is unanswered, share it).
+    /// On Lambda a request's billed time is about its round trips times the network's.
+    pub round_trips: u64,
 }
 
 impl std::ops::AddAssign for Units {
@@ -113,6 +117,7 @@ impl std::ops::AddAssign for Units {
         self.wcu += o.wcu;
         self.rcu += o.rcu;
         self.gsi_wcu += o.gsi_wcu;
+        self.round_trips += o.round_trips;
     }
 }
 
@@ -137,6 +142,8 @@ struct Shared {
     last_call: Mutex<Option<Instant>>,
     /// Queue polls wait while this is false (set by [`CountingProxy::gate`]).
     gate: tokio::sync::watch::Sender<bool>,
+    /// Added to every counted call before it is forwarded ([`CountingProxy::set_latency`]).
+    latency: Mutex<Duration>,
 }
 
 /// The counting proxy: serve it, point `AWS_ENDPOINT_URL` at [`CountingProxy::url`].
@@ -185,6 +192,13 @@ impl CountingProxy {
     /// Opens (true) or closes (false) the gate queue polls wait at.
     pub fn gate(&self, open: bool) {
         self.shared.gate.send_replace(open);
+    }
+
+    /// Holds every counted call (not queue polls) this long before forwarding it: the
+    /// network's round trip that the emulator on loopback does not have. Calls made
+    /// together then overlap for certain, so [`Units::round_trips`] counts them as one.
+    pub fn set_latency(&self, latency: Duration) {
+        *lock(&self.shared.latency) = latency;
     }
 
     /// Waits until no counted call has been in flight for `quiet` (bounded by `within`).
@@ -506,8 +520,14 @@ async fn forward(
             v["WaitTimeSeconds"] = json!(0);
             body = Bytes::from(v.to_string());
         }
-    } else {
-        p.shared.busy.fetch_add(1, Ordering::SeqCst);
+    }
+    // A call that finds none other in flight starts a round trip of its own.
+    let opened = !poll && p.shared.busy.fetch_add(1, Ordering::SeqCst) == 0;
+    if !poll {
+        let latency = *lock(&p.shared.latency);
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
     }
     let req_json: Value = serde_json::from_slice(&body).unwrap_or_default();
     let dynamo_write = svc == "DynamoDB"
@@ -547,6 +567,7 @@ async fn forward(
 
     let mut units = Units {
         calls: 1,
+        round_trips: u64::from(opened),
         ..Units::default()
     };
     if dynamo_write {

@@ -14,7 +14,12 @@
 //! records on Lambda), then their 3 × B webhooks; the table stays per message. What a
 //! dispatcher does once per batch (the quality counter) then shows at 1/B a message.
 //!
-//! `kirim-cost [--messages N] [--warmup W] [--batch B]`
+//! `--latency MS` (0 by default) holds every AWS call that long at the proxy, as a network
+//! would: calls made together then overlap for certain, and the tables' round trips (calls
+//! that found no other in flight) are exact. The units do not depend on it, except where
+//! timing decides them (a batch's shared send slots: more waiters join a slower write).
+//!
+//! `kirim-cost [--messages N] [--warmup W] [--batch B] [--latency MS]`
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -43,8 +48,15 @@ const PHASES: [&str; 5] = [
     "webhook read",
 ];
 
-fn args() -> Result<(usize, usize, usize), String> {
-    let (mut messages, mut warmup, mut batch) = (20, 2, 1);
+struct Args {
+    messages: usize,
+    warmup: usize,
+    batch: usize,
+    latency: Duration,
+}
+
+fn args() -> Result<Args, String> {
+    let (mut messages, mut warmup, mut batch, mut latency) = (20, 2, 1, 0);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -56,10 +68,16 @@ fn args() -> Result<(usize, usize, usize), String> {
             "--warmup" => warmup = n,
             // SQS hands a Lambda at most 10 records (template.yaml's BatchSize).
             "--batch" if (1..=10).contains(&n) => batch = n,
+            "--latency" if n <= 1000 => latency = n as u64,
             _ => return Err(format!("unknown argument {flag} {value}")),
         }
     }
-    Ok((messages, warmup, batch))
+    Ok(Args {
+        messages,
+        warmup,
+        batch,
+        latency: Duration::from_millis(latency),
+    })
 }
 
 type Hook = (String, Bytes);
@@ -101,7 +119,12 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), String> {
-    let (messages, warmup, batch) = args()?;
+    let Args {
+        messages,
+        warmup,
+        batch,
+        latency,
+    } = args()?;
     // Whole batches: the messages rounded up to a multiple of the batch.
     let rounds = messages.div_ceil(batch);
     let messages = rounds * batch;
@@ -180,6 +203,7 @@ async fn run() -> Result<(), String> {
         .await?;
     client.set_throughput(&tenant, 1000).await?;
     proxy.settle(QUIET, Duration::from_secs(60)).await;
+    proxy.set_latency(latency);
     let setup = proxy.take();
     println!(
         "kirim-cost: {messages} messages ({warmup} warm-up) in batches of {batch}, aws backend through \
@@ -282,8 +306,8 @@ async fn run() -> Result<(), String> {
 /// Per phase and operation: calls, write units, read units (divided by `per`); answers the
 /// per-message totals by service operation.
 fn print_table(t: &Tally, per: f64) -> BTreeMap<String, PerMessage> {
-    println!("| Phase | Operation | Calls | WCU | RCU |");
-    println!("|---|---|---|---|---|");
+    println!("| Phase | Operation | Calls | Round trips | WCU | RCU |");
+    println!("|---|---|---|---|---|---|");
     let mut by_op: BTreeMap<String, Units> = BTreeMap::new();
     let mut order: Vec<&String> = t.keys().collect();
     order.sort_by_key(|p| PHASES.iter().position(|x| x == p).unwrap_or(PHASES.len()));
@@ -299,8 +323,9 @@ fn print_table(t: &Tally, per: f64) -> BTreeMap<String, PerMessage> {
                 String::new()
             };
             println!(
-                "| {phase} | {op} | {:.2} | {:.2}{gsi} | {:.2} |",
+                "| {phase} | {op} | {:.2} | {:.2} | {:.2}{gsi} | {:.2} |",
                 u.calls as f64 / per,
+                u.round_trips as f64 / per,
                 u.wcu / per,
                 u.rcu / per
             );
@@ -308,8 +333,9 @@ fn print_table(t: &Tally, per: f64) -> BTreeMap<String, PerMessage> {
             *by_op.entry(op.clone()).or_default() += *u;
         }
         println!(
-            "| **{phase}** | **all** | **{:.2}** | **{:.2}** | **{:.2}** |",
+            "| **{phase}** | **all** | **{:.2}** | **{:.2}** | **{:.2}** | **{:.2}** |",
             sum.calls as f64 / per,
+            sum.round_trips as f64 / per,
             sum.wcu / per,
             sum.rcu / per
         );
@@ -319,8 +345,9 @@ fn print_table(t: &Tally, per: f64) -> BTreeMap<String, PerMessage> {
         a
     });
     println!(
-        "| **message** | **all** | **{:.2}** | **{:.2}** | **{:.2}** |",
+        "| **message** | **all** | **{:.2}** | **{:.2}** | **{:.2}** | **{:.2}** |",
         all.calls as f64 / per,
+        all.round_trips as f64 / per,
         all.wcu / per,
         all.rcu / per
     );
@@ -331,6 +358,7 @@ fn print_table(t: &Tally, per: f64) -> BTreeMap<String, PerMessage> {
                 k,
                 PerMessage {
                     calls: u.calls as f64 / per,
+                    round_trips: u.round_trips as f64 / per,
                     wcu: u.wcu / per,
                     rcu: u.rcu / per,
                 },
@@ -343,6 +371,7 @@ fn print_table(t: &Tally, per: f64) -> BTreeMap<String, PerMessage> {
 #[derive(Clone, Copy, Default)]
 struct PerMessage {
     calls: f64,
+    round_trips: f64,
     wcu: f64,
     rcu: f64,
 }
@@ -399,10 +428,14 @@ const API_REQUESTS: f64 = 4.0;
 /// Lambda invocations per message besides the dispatcher's: send_api and three webhooks.
 /// The dispatcher's invocation is shared by the messages of its batch (1 / batch each).
 const INVOCATIONS_OWN: f64 = 4.0;
-/// Billed Lambda time per invocation, an assumption (not measured here): the AWS calls of
-/// the request in sequence at ~6 ms each on DynamoDB plus ~4 ms of code.
-const MS_PER_CALL: f64 = 6.0;
+/// Billed Lambda time, an assumption (not measured here): the request's round trips to AWS
+/// (measured: calls made together share one) at ~6 ms each, plus ~4 ms of code an
+/// invocation, plus the dispatcher's wait for Meta's answer (~300 ms, network and Meta's
+/// processing; a batch's sends overlap, so once per batch; the pacing of one number's
+/// sends within a batch, up to 117 ms at 77/s for ten, is left out).
+const MS_PER_ROUND_TRIP: f64 = 6.0;
 const MS_CODE: f64 = 4.0;
+const MS_META: f64 = 300.0;
 const MEMORY_GB: f64 = 0.25; // template.yaml Globals: MemorySize 256
 /// The share of provisioned capacity in use on average (auto scaling's target in
 /// `template.yaml`; lower when traffic swings within a day).
@@ -416,6 +449,7 @@ fn print_cost(per_msg: &BTreeMap<String, PerMessage>, log_bytes: f64, batch: f64
             PerMessage::default(),
             |a, (_, u)| PerMessage {
                 calls: a.calls + u.calls,
+                round_trips: a.round_trips + u.round_trips,
                 wcu: a.wcu + u.wcu,
                 rcu: a.rcu + u.rcu,
             },
@@ -424,20 +458,30 @@ fn print_cost(per_msg: &BTreeMap<String, PerMessage>, log_bytes: f64, batch: f64
     let ddb = sum("DynamoDB.");
     let sqs = sum("SQS.");
     let sm = sum("SecretsManager.");
+    // On Lambda the event source deletes a batch's messages, not the function.
+    let deletes = sum("SQS.DeleteMessage");
+    let lambda_round_trips =
+        ddb.round_trips + sqs.round_trips + sm.round_trips - deletes.round_trips;
+    let invocations = INVOCATIONS_OWN + 1.0 / batch.max(1.0);
+    println!(
+        "Billed Lambda time a message: {:.0} ms ({lambda_round_trips:.2} round trips × {MS_PER_ROUND_TRIP} ms + {invocations:.1} invocations × {MS_CODE} ms + Meta's {MS_META} ms / {batch} a batch), at {MEMORY_GB} GB\n",
+        lambda_round_trips * MS_PER_ROUND_TRIP + invocations * MS_CODE + MS_META / batch.max(1.0)
+    );
     println!(
         "\n## Cost per million messages (USD; list prices as known 2025-01, see BENCHMARKS.md)\n"
     );
     println!("| Region | API Gateway HTTP API | Lambda (requests + arm64 GB-s) | DynamoDB | SQS | Secrets Manager | CloudWatch Logs | Total | Total with a Function URL webhook |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    let all_calls = ddb.calls + sqs.calls + sm.calls;
     for p in &PRICES {
         let m = 1_000_000.0;
         let api = API_REQUESTS * p.http_api_per_m;
         // The webhooks on their Function URL: neither API Gateway's charge nor its access
         // log line for them.
         let webhook_api = 3.0 * (p.http_api_per_m + ACCESS_LOG_BYTES * m / 1e9 * p.logs_per_gb);
-        let invocations = INVOCATIONS_OWN + 1.0 / batch.max(1.0);
-        let gb_s = (all_calls * MS_PER_CALL + invocations * MS_CODE) / 1000.0 * MEMORY_GB;
+        let ms = lambda_round_trips * MS_PER_ROUND_TRIP
+            + invocations * MS_CODE
+            + MS_META / batch.max(1.0);
+        let gb_s = ms / 1000.0 * MEMORY_GB;
         let lambda = invocations * p.lambda_req_per_m + gb_s * m * p.lambda_arm_gb_s;
         let on_demand = ddb.wcu * p.ddb_wru_per_m + ddb.rcu * p.ddb_rru_per_m;
         // One capacity unit for an hour serves 3,600 request units at full use.

@@ -106,11 +106,13 @@ async fn the_cost_proxy_counts_each_call_with_the_units_its_item_sizes_cost() {
 
     let tally = proxy.take();
     let ops = &tally["test"];
+    // One call at a time: each its own round trip.
     let unit = |calls, wcu, rcu, gsi_wcu| Units {
         calls,
         wcu,
         rcu,
         gsi_wcu,
+        round_trips: calls,
     };
     assert_eq!(ops["DynamoDB.PutItem"], unit(3, 3.0 + 2.0 + 3.0, 0.0, 1.0));
     assert_eq!(ops["DynamoDB.GetItem"], unit(2, 0.0, 1.0 + 0.5, 0.0));
