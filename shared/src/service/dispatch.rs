@@ -461,27 +461,33 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 .settings
                 .retention
                 .expiry(RetentionClass::Messages, record.created_at);
-            // The index first (a webhook may find the message by it at once); the wamid
-            // on the message rides with the `sent` transition (one write fewer).
-            let kept = deps
-                .messages
-                .index_wamid(&job.tenant_id, &job.message_id, &accepted.wamid, expires)
-                .await?;
+            // The wamid's index and the `sent` move (the wamid on the message rides with
+            // it: one write fewer) are written together, one round trip instead of two.
+            // Neither needs the other first: a webhook finds the message by the callback
+            // data Meta echoes, or by the index; one that comes before the index keeps
+            // its status, and the index's write answers that it did (`kept`). Either
+            // write failing retries the job, as before: its claim is refused then, so
+            // nothing is sent twice, and the sending deadline settles a `sending` one.
             let change = StatusChange {
                 wamid: Some(accepted.wamid.clone()),
                 ..Default::default()
             };
-            match deps
-                .messages
-                .transition(
+            let (kept, moved) = tokio::join!(
+                deps.messages.index_wamid(
+                    &job.tenant_id,
+                    &job.message_id,
+                    &accepted.wamid,
+                    expires
+                ),
+                deps.messages.transition(
                     &job.tenant_id,
                     &job.message_id,
                     MessageStatus::Sent,
                     &change,
                     deps.clock.now(),
-                )
-                .await?
-            {
+                ),
+            );
+            match moved? {
                 Transition::Applied(sent) => super::callbacks::status_changed(deps, &sent).await,
                 // Something moved it further first (a webhook, the deadline): the wamid
                 // goes on the message alone.
@@ -491,6 +497,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         .await?
                 }
             }
+            let kept = kept?;
             // Statuses Meta sent before the wamid was recorded apply now (read only when
             // the index said some were kept: no read in the usual case).
             if kept {

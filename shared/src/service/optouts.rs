@@ -55,14 +55,21 @@ async fn check_reading(
     read: Read,
 ) -> Result<(), ServiceError> {
     let phone = OptOutKey::Phone(to.clone());
-    if blocks(deps, tenant, &phone, category, read).await? {
+    // The phone's opt-out and its pairing are read together: one round trip to the store
+    // instead of two on every send and every dispatch (BENCHMARKS.md "Round trips"). The
+    // pairing is then read even when the phone alone refuses (rarely: refusals are few);
+    // an opt-out found refuses even if the pairing's read failed, as before.
+    let paired = async {
+        match read {
+            Read::Consistent => deps.contacts.paired_key(tenant, &phone).await,
+            Read::MayLag => deps.contacts.peek_paired_key(tenant, &phone).await,
+        }
+    };
+    let (phone_blocks, paired) = tokio::join!(blocks(deps, tenant, &phone, category, read), paired);
+    if phone_blocks? {
         return Err(ServiceError::RecipientOptedOut);
     }
-    let paired = match read {
-        Read::Consistent => deps.contacts.paired_key(tenant, &phone).await?,
-        Read::MayLag => deps.contacts.peek_paired_key(tenant, &phone).await?,
-    };
-    if let Some(user) = paired {
+    if let Some(user) = paired? {
         if blocks(deps, tenant, &user, category, read).await? {
             return Err(ServiceError::RecipientOptedOut);
         }

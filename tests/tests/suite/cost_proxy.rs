@@ -430,3 +430,100 @@ async fn a_full_number_refuses_a_slot_in_one_write() {
         "one refused write each"
     );
 }
+
+/// The opt-out check of a send (consistent) and of a dispatch (may lag) reads the
+/// phone's opt-out and its pairing together: two reads in one round trip (issue #13: on
+/// Lambda a request is billed, and its caller waits, for its round trips). Each call is
+/// held 20 ms at the proxy, as a network would, so reads made together overlap for
+/// certain and reads made one after the other never do.
+#[tokio::test]
+async fn an_opt_out_check_reads_the_phones_opt_out_and_its_pairing_in_one_round_trip() {
+    use kirim::adapters::memory::MemorySecrets;
+    use kirim::domain::{PhoneNumber, TemplateCategory};
+    use std::sync::Arc;
+
+    let (store, proxy) = store_behind_proxy().await;
+    let deps = crate::caches::deps(
+        Arc::new(store),
+        Arc::new(MemorySecrets::default()),
+        kirim_tests::ManualClock::new(),
+        kirim::wiring::READ_CACHE_TTL,
+    );
+    let tenant = kirim::domain::TenantId::generate();
+    let to = PhoneNumber::parse("+60123450777").unwrap();
+    proxy.set_latency(std::time::Duration::from_millis(20));
+    proxy.set_phase("send");
+    kirim::service::optouts::check(&deps, &tenant, &to, Some(TemplateCategory::Marketing))
+        .await
+        .unwrap();
+    proxy.set_phase("dispatch");
+    kirim::service::optouts::check_queued(&deps, &tenant, &to, Some(TemplateCategory::Marketing))
+        .await
+        .unwrap();
+    proxy.set_phase("after");
+
+    let tally = proxy.take();
+    for (phase, rcu) in [("send", 2.0), ("dispatch", 1.0)] {
+        let get = tally[phase]["DynamoDB.GetItem"];
+        assert_eq!(
+            (get.calls, get.rcu, get.round_trips),
+            (2, rcu, 1),
+            "{phase}: the opt-out and the pairing, read together"
+        );
+    }
+}
+
+/// A message's dispatch through the proxy, every call held 20 ms: the recipient's opt-out
+/// and pairing are read in one round trip, and once Meta accepted, the wamid's index and
+/// the `sent` move are written in one (issue #13). Everything else in the dispatch goes
+/// one call at a time, so its round trips are its calls less those two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dispatch_reads_the_opt_outs_together_and_writes_the_index_and_sent_together() {
+    use kirim_infra::local::start;
+    use kirim_tests::TestApp;
+    use std::time::Duration;
+
+    let proxy = CountingProxy::start(&moto_endpoint().await).await.unwrap();
+    let mut cfg = kirim_tests::local_config(kirim::config::Backend::Aws).await;
+    cfg.aws_endpoint = Some(proxy.url.clone());
+    cfg.pollers = 0;
+    cfg.sandbox_status_delay = Duration::from_secs(600);
+    kirim_tests::capture_logs();
+    let stack = cfg.stack_name.clone();
+    let app = TestApp {
+        http: reqwest::Client::new(),
+        app: start(cfg).await.expect("local mode starts"),
+        stack,
+    };
+    let t = app.onboard(5).await;
+    let id = app.send_ok(&t.key, "+60123450778").await;
+    proxy.set_latency(Duration::from_millis(20));
+    proxy.set_phase("dispatch");
+    let deps = app.app.deps.clone();
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    while kirim::queue_handlers::poll_once(&deps, Duration::from_millis(200)).await == 0
+        && tokio::time::Instant::now() < give_up
+    {}
+    proxy.set_latency(Duration::ZERO);
+    proxy.set_phase("after");
+    let view = app.wait_status(&t.key, &id, "sent").await;
+    assert_eq!(view["status"], "sent", "{view}");
+
+    let tally = proxy.take();
+    let dispatch = &tally["dispatch"];
+    let platform: Vec<(&String, &Units)> = dispatch
+        .iter()
+        .filter(|(op, _)| !op.starts_with("SQS.ReceiveMessage"))
+        .collect();
+    let calls: u64 = platform.iter().map(|(_, u)| u.calls).sum();
+    let trips: u64 = platform.iter().map(|(_, u)| u.round_trips).sum();
+    assert_eq!(
+        dispatch["DynamoDB.PutItem"].calls, 1,
+        "the index: {dispatch:?}"
+    );
+    assert_eq!(
+        trips,
+        calls - 2,
+        "two pairs of calls made together, the rest one at a time: {dispatch:?}"
+    );
+}
