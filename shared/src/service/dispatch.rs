@@ -465,9 +465,9 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             // it: one write fewer) are written together, one round trip instead of two.
             // Neither needs the other first: a webhook finds the message by the callback
             // data Meta echoes, or by the index; one that comes before the index keeps
-            // its status, and the index's write answers that it did (`kept`). Either
-            // write failing retries the job, as before: its claim is refused then, so
-            // nothing is sent twice, and the sending deadline settles a `sending` one.
+            // its status, and the index's write answers that it did (`kept`). A failed
+            // move retries the job, as before: its claim is refused then, so nothing is
+            // sent twice, and the sending deadline settles a `sending` one.
             let change = StatusChange {
                 wamid: Some(accepted.wamid.clone()),
                 ..Default::default()
@@ -497,7 +497,18 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         .await?
                 }
             }
-            let kept = kept?;
+            let kept = match kept {
+                Ok(kept) => kept,
+                // The move is written, so a retried job would find its claim refused and
+                // never index the wamid (statuses without callback data would then not
+                // find the message): one more try here, then the job is retried as before.
+                Err(e) => {
+                    tracing::warn!(error = %e, "wamid index not written; trying once more");
+                    deps.messages
+                        .index_wamid(&job.tenant_id, &job.message_id, &accepted.wamid, expires)
+                        .await?
+                }
+            };
             // Statuses Meta sent before the wamid was recorded apply now (read only when
             // the index said some were kept: no read in the usual case).
             if kept {

@@ -183,6 +183,8 @@ struct Flaky {
     inner: Arc<dyn MessageStore>,
     fail_refund: AtomicBool,
     die_on_insert: AtomicBool,
+    /// The next wamid index write fails (then the flag clears).
+    fail_index_once: AtomicBool,
 }
 
 impl Flaky {
@@ -191,6 +193,7 @@ impl Flaky {
             inner: deps.messages.clone(),
             fail_refund: AtomicBool::new(false),
             die_on_insert: AtomicBool::new(false),
+            fail_index_once: AtomicBool::new(false),
         })
     }
 }
@@ -277,6 +280,18 @@ impl MessageStore for Flaky {
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
         self.inner.set_wamid(tenant, id, wamid, expires_at).await
+    }
+    async fn index_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        if self.fail_index_once.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("storage blinked".into()));
+        }
+        self.inner.index_wamid(tenant, id, wamid, expires_at).await
     }
     async fn message_by_wamid(
         &self,
@@ -608,7 +623,54 @@ async fn a_fan_out_job_whose_broadcast_is_not_recorded_waits_then_is_dropped(bac
     );
 }
 
+/// Once Meta accepted, the dispatcher writes the wamid's index and the `sent` move
+/// together. If the index write fails while the move lands, a retried job would find its
+/// claim refused and never index the wamid, so the dispatcher tries the index once more
+/// at once: a status Meta sends without callback data still finds the message.
+async fn a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_once(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let kept = Arc::new(Kept::default());
+    let mut queued = t.app.deps.clone();
+    queued.queue = kept.clone();
+    let Ok(Accepted::New(m)) =
+        send_once(&queued, &tenant, utility_send("+60123459912"), None).await
+    else {
+        panic!("the send was accepted");
+    };
+    let job = kept.only();
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.fail_index_once.store(true, Ordering::SeqCst);
+    let mut blinking = t.app.deps.clone();
+    blinking.messages = flaky.clone();
+    assert_eq!(dispatch::handle(&blinking, &job).await, Outcome::Done);
+    assert!(
+        !flaky.fail_index_once.load(Ordering::SeqCst),
+        "the first index write failed"
+    );
+    let sent = t
+        .app
+        .deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent.status, MessageStatus::Sent);
+    let wamid = sent.wamid.expect("the wamid is on the message");
+    assert_eq!(
+        t.app.deps.messages.message_by_wamid(&wamid).await.unwrap(),
+        Some((tenant.clone(), m.id.clone())),
+        "the wamid is indexed"
+    );
+    assert_eq!(t.sandbox_requests_to("60123459912").len(), 1, "sent once");
+}
+
 on_both_backends!(
+    a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_once,
     a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process,
     a_failure_before_meta_is_refunded_in_the_same_write_so_a_storage_failure_loses_no_refund_and_a_redelivery_gives_none_twice,
     a_send_whose_job_cannot_be_queued_records_and_charges_nothing,
