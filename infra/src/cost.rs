@@ -146,6 +146,28 @@ struct Shared {
     latency: Mutex<Duration>,
 }
 
+/// A counted call in flight: `busy` while it lives; the end of the last one is remembered
+/// for [`CountingProxy::settle`].
+struct InFlight<'a> {
+    shared: &'a Shared,
+    /// It found no other call in flight.
+    opened: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let opened = shared.busy.fetch_add(1, Ordering::SeqCst) == 0;
+        InFlight { shared, opened }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        *lock(&self.shared.last_call) = Some(Instant::now());
+        self.shared.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The counting proxy: serve it, point `AWS_ENDPOINT_URL` at [`CountingProxy::url`].
 #[derive(Clone)]
 pub struct CountingProxy {
@@ -521,8 +543,10 @@ async fn forward(
             body = Bytes::from(v.to_string());
         }
     }
-    // A call that finds none other in flight starts a round trip of its own.
-    let opened = !poll && p.shared.busy.fetch_add(1, Ordering::SeqCst) == 0;
+    // A call that finds none other in flight starts a round trip of its own. The guard
+    // counts it out however this handler ends (a client that hangs up drops it midway).
+    let in_flight = (!poll).then(|| InFlight::enter(&p.shared));
+    let opened = in_flight.as_ref().is_some_and(|f| f.opened);
     if !poll {
         let latency = *lock(&p.shared.latency);
         if !latency.is_zero() {
@@ -618,9 +642,8 @@ async fn forward(
         }
     } else {
         p.count(&label, units);
-        *lock(&p.shared.last_call) = Some(Instant::now());
-        p.shared.busy.fetch_sub(1, Ordering::SeqCst);
     }
+    drop(in_flight);
 
     let mut out = Response::builder().status(status);
     for (k, v) in &res_headers {

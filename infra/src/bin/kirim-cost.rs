@@ -14,10 +14,15 @@
 //! records on Lambda), then their 3 × B webhooks; the table stays per message. What a
 //! dispatcher does once per batch (the quality counter) then shows at 1/B a message.
 //!
-//! `--latency MS` (0 by default) holds every AWS call that long at the proxy, as a network
-//! would: calls made together then overlap for certain, and the tables' round trips (calls
-//! that found no other in flight) are exact. The units do not depend on it, except where
-//! timing decides them (a batch's shared send slots: more waiters join a slower write).
+//! `--latency MS` (5 by default, as a network in one region) holds every AWS call that long
+//! at the proxy: calls made together then overlap for certain. The tables' round trips
+//! (calls that found no other in flight) are then exact for a request handled alone (a
+//! send, a webhook, a dispatch at `--batch 1`). Where independent jobs overlap (a
+//! dispatcher's batch), their calls merge into fewer stretches, so the dispatch's round
+//! trips at `--batch` > 1 are a lower bound: the batch lasts at least as long as its
+//! longest job, about a lone dispatch's round trips. The units do not depend on the
+//! latency, except where timing decides them (a batch's shared send slots: more waiters
+//! join a slower write); `--latency 0` measures as before stop 21.
 //!
 //! `kirim-cost [--messages N] [--warmup W] [--batch B] [--latency MS]`
 
@@ -56,7 +61,7 @@ struct Args {
 }
 
 fn args() -> Result<Args, String> {
-    let (mut messages, mut warmup, mut batch, mut latency) = (20, 2, 1, 0);
+    let (mut messages, mut warmup, mut batch, mut latency) = (20, 2, 1, 5);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -207,7 +212,8 @@ async fn run() -> Result<(), String> {
     let setup = proxy.take();
     println!(
         "kirim-cost: {messages} messages ({warmup} warm-up) in batches of {batch}, aws backend through \
-         the counting proxy (platform log {}); setup made {} AWS calls",
+         the counting proxy, each call held {} ms (platform log {}); setup made {} AWS calls",
+        latency.as_millis(),
         log.display(),
         setup.values().flat_map(|m| m.values()).map(|u| u.calls).sum::<u64>()
     );
