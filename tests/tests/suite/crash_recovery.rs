@@ -310,6 +310,22 @@ fn utility_send(to: &str) -> SendRequest {
     .expect("a send request")
 }
 
+/// A utility send to `to` accepted, its job held aside instead of queued: the message
+/// and the job's body.
+async fn accepted_with_job(
+    t: &TestApp,
+    tenant: &TenantId,
+    to: &str,
+) -> (Box<MessageRecord>, String) {
+    let kept = Arc::new(Kept::default());
+    let mut queued = t.app.deps.clone();
+    queued.queue = kept.clone();
+    let Ok(Accepted::New(m)) = send_once(&queued, tenant, utility_send(to), None).await else {
+        panic!("the send was accepted");
+    };
+    (m, kept.only())
+}
+
 /// The ledger of a tenant as the store has it: (sum of amounts, refund entries).
 async fn ledger_of(t: &TestApp, tenant: &TenantId) -> (i64, Vec<LedgerEntry>) {
     let entries = t.app.deps.ledger.entries(tenant).await.expect("the ledger");
@@ -327,15 +343,7 @@ async fn a_failure_before_meta_is_refunded_in_the_same_write_so_a_storage_failur
     let t = spawn_app(backend).await;
     let o = t.onboard(5).await;
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
-    let kept = Arc::new(Kept::default());
-    let mut queued = t.app.deps.clone();
-    queued.queue = kept.clone();
-    let Ok(Accepted::New(m)) =
-        send_once(&queued, &tenant, utility_send("+60123459911"), None).await
-    else {
-        panic!("the send was accepted");
-    };
-    let job = kept.only();
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459911").await;
     assert_eq!(t.credits(&o.key).await, 4, "charged");
     // Suspended while queued: the dispatcher fails it (tenant_suspended) and refunds it.
     let res = t
@@ -633,15 +641,7 @@ async fn a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_o
     let t = spawn_app(backend).await;
     let o = t.onboard(5).await;
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
-    let kept = Arc::new(Kept::default());
-    let mut queued = t.app.deps.clone();
-    queued.queue = kept.clone();
-    let Ok(Accepted::New(m)) =
-        send_once(&queued, &tenant, utility_send("+60123459912"), None).await
-    else {
-        panic!("the send was accepted");
-    };
-    let job = kept.only();
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459912").await;
     let flaky = Flaky::over(&t.app.deps);
     flaky.fail_index_once.store(true, Ordering::SeqCst);
     let mut blinking = t.app.deps.clone();
