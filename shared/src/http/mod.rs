@@ -64,7 +64,14 @@ fn finish(router: Router<AppState>, deps: Deps) -> Router {
 }
 
 fn finish_with(router: Router<AppState>, deps: Deps, extra: Router) -> Router {
+    finish_serving(router, deps, extra, false)
+}
+
+/// `meta_first`: the router holds Meta's webhook, whose notifications are answered before
+/// the router is asked ([`MetaFirst`]).
+fn finish_serving(router: Router<AppState>, deps: Deps, extra: Router, meta_first: bool) -> Router {
     let state = AppState::new(deps);
+    let meta_state = meta_first.then(|| state.clone());
     let api = router
         // Access is checked for the matched route before any handler or body parsing.
         .route_layer(axum::middleware::from_fn_with_state(
@@ -79,13 +86,74 @@ fn finish_with(router: Router<AppState>, deps: Deps, extra: Router) -> Router {
     // (BENCHMARKS.md "Webhook side by side"). The body limit here is the default; a route
     // that needs more room sets its own inside.
     let api = tower::ServiceBuilder::new()
-        .layer(error::RequestIdLayer)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .service(api);
+    let api = MetaFirst {
+        state: meta_state,
+        inner: api,
+    };
     Router::new()
-        .fallback_service(api)
+        .fallback_service(tower::Layer::layer(&error::RequestIdLayer, api))
         // Extra routes keep their own answers (the sandbox speaks Meta's error shape).
         .merge(extra)
+}
+
+/// Meta's notifications (`POST /webhooks/meta`, three of a message's four requests) go
+/// straight to their handler, inside the request-id layer, instead of through the router:
+/// its route lookup, the boxed route services it clones for every request and the access
+/// gate, which has nothing to check on Meta's route (the handler verifies Meta's
+/// signature) were a tenth of the webhook's CPU (BENCHMARKS.md "Webhook side by side").
+/// The access table still lists the route; every other request, the subscription
+/// handshake included, goes through the router. `state` is `None` where the router does
+/// not serve Meta's webhook.
+#[derive(Clone)]
+struct MetaFirst<S> {
+    state: Option<AppState>,
+    inner: S,
+}
+
+/// Meta's route, as the access table and the router name it.
+const META_WEBHOOK: &str = "/webhooks/meta";
+
+impl<S> tower::Service<axum::extract::Request> for MetaFirst<S>
+where
+    S: tower::Service<
+        axum::extract::Request,
+        Response = Response,
+        Error = std::convert::Infallible,
+    >,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::Either<
+        futures::future::BoxFuture<'static, Result<Response, std::convert::Infallible>>,
+        S::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        match &self.state {
+            Some(state)
+                if req.method() == axum::http::Method::POST && req.uri().path() == META_WEBHOOK =>
+            {
+                let state = state.clone();
+                futures::future::Either::Left(Box::pin(async move {
+                    tracing::Span::current().record("route", META_WEBHOOK);
+                    Ok(meta_notify(State(state), req)
+                        .await
+                        .unwrap_or_else(IntoResponse::into_response))
+                }))
+            }
+            _ => futures::future::Either::Right(self.inner.call(req)),
+        }
+    }
 }
 
 /// Tenant sending and reading routes (the send_api Lambda).
@@ -100,18 +168,19 @@ pub fn admin_api_router(deps: Deps) -> Router {
 
 /// Meta's webhook (the webhook Lambda).
 pub fn webhook_router(deps: Deps) -> Router {
-    finish(webhook_routes(), deps)
+    finish_serving(webhook_routes(), deps, Router::new(), true)
 }
 
 /// Every route on one router (local mode), plus `extra` routes (the sandbox), which
 /// keep their own response shapes.
 pub fn app(deps: Deps, extra: Router) -> Router {
-    finish_with(
+    finish_serving(
         send_api_routes()
             .merge(admin_api_routes())
             .merge(webhook_routes()),
         deps,
         extra,
+        true,
     )
 }
 
@@ -178,7 +247,7 @@ fn admin_api_routes() -> Router<AppState> {
 }
 
 fn webhook_routes() -> Router<AppState> {
-    Router::new().route("/webhooks/meta", get(meta_verify).post(meta_notify))
+    Router::new().route(META_WEBHOOK, get(meta_verify).post(meta_notify))
 }
 
 async fn health() -> Json<serde_json::Value> {

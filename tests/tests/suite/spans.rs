@@ -122,6 +122,9 @@ async fn a_webhook_of_one_status_carries_its_ids_on_the_request_s_span(b: Backen
     assert_eq!(span["name"], "request", "{span}");
     assert_eq!(span["wamid"], wamid.as_str(), "{span}");
     assert_eq!(span["tenant_id"], t.tenant_id.as_str(), "{span}");
+    // Answered before the router (`http::MetaFirst`), yet named as the router names it.
+    assert_eq!(span["route"], "/webhooks/meta", "{span}");
+    assert_eq!(span["method"], "POST", "{span}");
 }
 
 on_both_backends!(
