@@ -297,13 +297,15 @@ pub trait MessageStore: Send + Sync {
     /// [`get_message`](Self::get_message), possibly a moment behind the latest write (on
     /// DynamoDB an eventually consistent read: half the read units). Only for a caller
     /// whose decision a conditional write backs anyway, and which treats the answer as a
-    /// status the message has at least reached (the webhook's transitions).
+    /// status the message has at least reached (the webhook's transitions). Shared: the
+    /// memory store hands out the record it holds, not a copy (the copy was a dozen
+    /// allocations on every webhook; BENCHMARKS.md "Webhook side by side").
     async fn peek_message(
         &self,
         tenant: &TenantId,
         id: &MessageId,
-    ) -> Result<Option<MessageRecord>, StoreError> {
-        self.get_message(tenant, id).await
+    ) -> Result<Option<std::sync::Arc<MessageRecord>>, StoreError> {
+        Ok(self.get_message(tenant, id).await?.map(std::sync::Arc::new))
     }
     async fn list_messages(
         &self,

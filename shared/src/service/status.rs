@@ -28,7 +28,7 @@ pub enum Applied {
 }
 
 /// The message a status is about, and the message itself when it was read to find it.
-type Found = (TenantId, MessageId, Option<Box<MessageRecord>>);
+type Found = (TenantId, MessageId, Option<std::sync::Arc<MessageRecord>>);
 
 /// Finds the message a status is about: by our id echoed in the callback data (when
 /// it agrees with the recorded wamid), else by the wamid index.
@@ -45,7 +45,7 @@ async fn resolve(
                 .as_deref()
                 .is_none_or(|w| w == report.wamid.as_str())
             {
-                return Ok(Some((t.clone(), id.clone(), Some(Box::new(m)))));
+                return Ok(Some((t.clone(), id.clone(), Some(m))));
             }
         }
     }
@@ -127,14 +127,14 @@ async fn apply_to(
         )
         .await?;
     }
+    if seen.is_some_and(|m| !to.may_still_follow(m.status)) {
+        return Ok(Applied::NoChange);
+    }
     let change = StatusChange {
         wamid: Some(report.wamid.to_string()),
         error,
         count_attempt: false,
     };
-    if seen.is_some_and(|m| !to.may_still_follow(m.status)) {
-        return Ok(Applied::NoChange);
-    }
     // The first status to carry Meta's pricing moves the message, prices it and counts it
     // in one write. Refused: it was priced or moved meanwhile; then as below.
     if let (Some(pricing), Some(m)) = (&report.pricing, seen) {

@@ -816,6 +816,45 @@ async fn a_wamid_indexed_alone_leads_back_and_the_sent_transition_records_it(p: 
     assert_eq!(stored.status, MessageStatus::Sent);
 }
 
+/// The memory store hands out the record it holds: a write after the peek must replace it,
+/// not change the one the peeker holds (as a DynamoDB read is a copy).
+async fn a_peeked_message_stays_as_it_was_read_while_the_stored_one_moves_on(p: Ports) {
+    let t = onboarded(&p, 10).await;
+    let (m, d) = message(&p, &t.id, 3600);
+    p.messages.insert_with_debit(&m, &d).await.unwrap();
+    let before = p
+        .messages
+        .peek_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let change = StatusChange {
+        wamid: Some("wamid.P".into()),
+        ..Default::default()
+    };
+    let moved = p
+        .messages
+        .transition(&t.id, &m.id, MessageStatus::Sent, &change, Utc::now())
+        .await
+        .unwrap();
+    assert!(matches!(moved, Transition::Applied(_)));
+    assert_eq!(before.status, MessageStatus::Accepted);
+    assert_eq!(before.wamid, None);
+    let after = p
+        .messages
+        .peek_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.status, MessageStatus::Sent);
+    assert_eq!(after.wamid.as_deref(), Some("wamid.P"));
+    assert_eq!(
+        before.status,
+        MessageStatus::Accepted,
+        "still as it was read"
+    );
+}
+
 async fn queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queue(p: Ports) {
     p.queue.send("one").await.unwrap();
     let got = p.queue.receive(10, Duration::from_secs(1)).await.unwrap();
@@ -1067,6 +1106,7 @@ contract!(
     expired_items_are_invisible_then_removed_by_the_sweep,
     a_wamid_leads_back_to_its_message,
     a_wamid_indexed_alone_leads_back_and_the_sent_transition_records_it,
+    a_peeked_message_stays_as_it_was_read_while_the_stored_one_moves_on,
     queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queue,
     a_batch_of_received_messages_is_deleted_in_one_call,
     parked_messages_are_listed_in_place_and_redriven_by_id_or_all_at_once,

@@ -47,8 +47,8 @@ impl MessageStore for Behind {
         &self,
         _tenant: &TenantId,
         _id: &MessageId,
-    ) -> Result<Option<MessageRecord>, StoreError> {
-        Ok(Some(self.snapshot.clone()))
+    ) -> Result<Option<std::sync::Arc<MessageRecord>>, StoreError> {
+        Ok(Some(std::sync::Arc::new(self.snapshot.clone())))
     }
     async fn list_messages(
         &self,

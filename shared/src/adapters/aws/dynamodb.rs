@@ -973,11 +973,13 @@ impl MessageStore for DynamoStore {
         &self,
         tenant: &TenantId,
         id: &MessageId,
-    ) -> Result<Option<MessageRecord>, StoreError> {
-        self.get_eventually(keys::message(tenant, id))
+    ) -> Result<Option<std::sync::Arc<MessageRecord>>, StoreError> {
+        Ok(self
+            .get_eventually(keys::message(tenant, id))
             .await?
             .map(from_item)
-            .transpose()
+            .transpose()?
+            .map(std::sync::Arc::new))
     }
 
     async fn list_messages(

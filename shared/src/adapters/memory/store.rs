@@ -31,7 +31,9 @@ pub(super) struct State {
     pub(super) tenants: HashMap<TenantId, Tenant>,
     pub(super) phones: HashMap<String, TenantId>,
     keys: HashMap<String, ApiKeyRecord>,
-    pub(super) messages: BTreeMap<(TenantId, MessageId), MessageRecord>,
+    /// Shared with the webhook's peeks ([`MessageStore::peek_message`]): a write replaces
+    /// or copies the record (`Arc::make_mut`), never changes one a reader holds.
+    pub(super) messages: BTreeMap<(TenantId, MessageId), Arc<MessageRecord>>,
     pub(super) ledger: Vec<LedgerEntry>,
     /// (tenant, broadcast id) → the broadcast.
     pub(super) broadcasts: HashMap<(TenantId, String), crate::ports::Broadcast>,
@@ -364,7 +366,7 @@ impl MessageStore for MemoryStore {
         }
         tenant.credits -= record.price;
         s.ledger.push(debit.clone());
-        s.messages.insert(key, record.clone());
+        s.messages.insert(key, Arc::new(record.clone()));
         Ok(())
     }
 
@@ -373,6 +375,18 @@ impl MessageStore for MemoryStore {
         tenant: &TenantId,
         id: &MessageId,
     ) -> Result<Option<MessageRecord>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.messages
+            .get(&(tenant.clone(), id.clone()))
+            .filter(|m| self.live(m.expires_at))
+            .map(|m| MessageRecord::clone(m)))
+    }
+
+    async fn peek_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<Arc<MessageRecord>>, StoreError> {
         let s = self.lock()?;
         Ok(s.messages
             .get(&(tenant.clone(), id.clone()))
@@ -402,7 +416,11 @@ impl MessageStore for MemoryStore {
             .filter(|m| q.status.is_none_or(|st| m.status == st))
             .filter(|m| q.since.is_none_or(|t| m.created_at >= t))
             .filter(|m| q.until.is_none_or(|t| m.created_at < t));
-        let messages: Vec<MessageRecord> = matching.by_ref().take(limit).cloned().collect();
+        let messages: Vec<MessageRecord> = matching
+            .by_ref()
+            .take(limit)
+            .map(|m| MessageRecord::clone(m))
+            .collect();
         let more = matching.next().is_some();
         let next_cursor = if more {
             messages.last().map(|m| m.id.to_string())
@@ -432,6 +450,7 @@ impl MessageStore for MemoryStore {
         else {
             return Ok(Transition::Refused);
         };
+        let m = Arc::make_mut(m);
         if !to.may_follow(m.status) {
             return Ok(Transition::Refused);
         }
@@ -469,6 +488,7 @@ impl MessageStore for MemoryStore {
         let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
             return Ok(Transition::Refused);
         };
+        let m = Arc::make_mut(m);
         apply(m, MessageStatus::Failed, change, at);
         Ok(Transition::Applied(Box::new(m.clone())))
     }
@@ -489,6 +509,7 @@ impl MessageStore for MemoryStore {
         else {
             return Ok(Transition::Refused);
         };
+        let m = Arc::make_mut(m);
         if m.status != MessageStatus::Sending {
             return Ok(Transition::Refused);
         }
@@ -516,6 +537,7 @@ impl MessageStore for MemoryStore {
         else {
             return Ok(Transition::Refused);
         };
+        let m = Arc::make_mut(m);
         if !from.contains(&m.status) || !MessageStatus::Cancelled.may_follow(m.status) {
             return Ok(Transition::Refused);
         }
@@ -542,7 +564,7 @@ impl MessageStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut s = self.lock()?;
         if let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) {
-            m.wamid = Some(wamid.to_owned());
+            Arc::make_mut(m).wamid = Some(wamid.to_owned());
         }
         s.wamids
             .insert(wamid.to_owned(), (tenant.clone(), id.clone(), expires_at));

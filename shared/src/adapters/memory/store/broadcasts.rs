@@ -183,6 +183,7 @@ impl BroadcastStore for MemoryStore {
         else {
             return Ok(BroadcastClaim::Refused);
         };
+        let m = std::sync::Arc::make_mut(m);
         if m.status != MessageStatus::Accepted {
             return Ok(BroadcastClaim::Refused);
         }
@@ -242,7 +243,11 @@ impl BroadcastStore for MemoryStore {
                     && self.live(m.expires_at)
             })
             .map(|(_, m)| m);
-        let page: Vec<MessageRecord> = matching.by_ref().take(limit.max(1)).cloned().collect();
+        let page: Vec<MessageRecord> = matching
+            .by_ref()
+            .take(limit.max(1))
+            .map(|m| MessageRecord::clone(m))
+            .collect();
         let next = if matching.next().is_some() {
             page.last().map(|m| m.id.clone())
         } else {
@@ -257,7 +262,7 @@ impl BroadcastStore for MemoryStore {
         if s.messages.contains_key(&key) {
             return Ok(false);
         }
-        s.messages.insert(key, record.clone());
+        s.messages.insert(key, std::sync::Arc::new(record.clone()));
         Ok(true)
     }
 

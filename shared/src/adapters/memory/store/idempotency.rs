@@ -36,7 +36,8 @@ impl IdempotencyStore for MemoryStore {
         }
         tenant.credits -= record.price;
         s.ledger.push(debit.clone());
-        s.messages.insert(msg_key, record.clone());
+        s.messages
+            .insert(msg_key, std::sync::Arc::new(record.clone()));
         s.idempotency.insert(idem_key, key.clone());
         Ok(IdempotentInsert::Inserted)
     }

@@ -168,6 +168,7 @@ impl UsageStore for MemoryStore {
         else {
             return Ok(false);
         };
+        let m = std::sync::Arc::make_mut(m);
         m.pricing = Some(priced.pricing.clone());
         count(&mut s, priced);
         Ok(true)
@@ -191,6 +192,7 @@ impl UsageStore for MemoryStore {
         else {
             return Ok(false);
         };
+        let m = std::sync::Arc::make_mut(m);
         super::apply(m, to, change, at);
         m.pricing = Some(priced.pricing.clone());
         count(&mut s, priced);

@@ -62,6 +62,7 @@ impl SendingControl for MemoryStore {
         let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
             return Ok(Transition::Refused);
         };
+        let m = std::sync::Arc::make_mut(m);
         if m.status != MessageStatus::Sending {
             return Ok(Transition::Refused);
         }
@@ -83,6 +84,7 @@ impl SendingControl for MemoryStore {
         let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
             return Ok(Transition::Refused);
         };
+        let m = std::sync::Arc::make_mut(m);
         if m.status != MessageStatus::Sending || m.updated_at != claimed_at {
             return Ok(Transition::Refused);
         }
