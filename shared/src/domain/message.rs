@@ -202,16 +202,16 @@ impl Pricing {
     /// Meta's words, lower-cased (the model keeps Meta's case: `PMP`); `None` if one is
     /// missing, empty, longer than 64 characters or not a word.
     pub fn parse(pricing_model: &str, category: &str, pricing_type: &str) -> Option<Self> {
+        // Checked as given (lower-casing keeps a word a word), then copied once.
         let word = |s: &str| {
-            (!s.is_empty()
+            !s.is_empty()
                 && s.len() <= 64
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-            .then(|| s.to_owned())
+                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         };
-        Some(Pricing {
-            pricing_model: word(pricing_model)?,
-            category: word(&category.to_ascii_lowercase())?,
-            pricing_type: word(&pricing_type.to_ascii_lowercase())?,
+        (word(pricing_model) && word(category) && word(pricing_type)).then(|| Pricing {
+            pricing_model: pricing_model.to_owned(),
+            category: category.to_ascii_lowercase(),
+            pricing_type: pricing_type.to_ascii_lowercase(),
         })
     }
 }
@@ -230,6 +230,33 @@ mod tests {
         assert!(Pricing::parse("PMP", "", "regular").is_none());
         assert!(Pricing::parse("PMP", "utility#x", "regular").is_none());
         assert!(Pricing::parse(&"a".repeat(65), "utility", "regular").is_none());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(crate::props::config(2_000))]
+        /// Checked as given and lower-cased once: the same answer as lower-casing first
+        /// and checking the lower-cased words (the definition before that saving).
+        #[test]
+        fn pricing_reads_as_lower_casing_then_checking_the_words_would(
+            model in crate::props::re("[A-Za-z0-9_#é ]{0,66}"),
+            category in crate::props::re("[A-Za-z0-9_#é ]{0,66}"),
+            kind in crate::props::re("[A-Za-z0-9_#é ]{0,66}"),
+        ) {
+            let word = |s: &str| {
+                (!s.is_empty()
+                    && s.len() <= 64
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                .then(|| s.to_owned())
+            };
+            let before = (|| {
+                Some(Pricing {
+                    pricing_model: word(&model)?,
+                    category: word(&category.to_ascii_lowercase())?,
+                    pricing_type: word(&kind.to_ascii_lowercase())?,
+                })
+            })();
+            proptest::prop_assert_eq!(Pricing::parse(&model, &category, &kind), before);
+        }
     }
 
     #[test]

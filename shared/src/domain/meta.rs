@@ -679,16 +679,24 @@ fn pricing(v: &Value) -> Option<Pricing> {
 }
 
 fn pricing_of(p: PricingIn) -> Option<Pricing> {
-    Pricing::parse(
-        p.pricing_model.as_deref().unwrap_or("PMP"),
-        p.category.as_deref()?,
-        p.pricing_type.as_deref().unwrap_or("regular"),
+    pricing_from(
+        p.pricing_model.as_deref(),
+        p.category.as_deref(),
+        p.pricing_type.as_deref(),
     )
+}
+
+fn pricing_from(
+    model: Option<&str>,
+    category: Option<&str>,
+    kind: Option<&str>,
+) -> Option<Pricing> {
+    Pricing::parse(model.unwrap_or("PMP"), category?, kind.unwrap_or("regular"))
 }
 
 /// A phone number as Meta writes it: digits without the `+`.
 fn meta_phone(digits: Option<&str>) -> Option<PhoneNumber> {
-    digits.and_then(|d| PhoneNumber::parse(&format!("+{d}")).ok())
+    digits.and_then(|d| PhoneNumber::from_digits(d).ok())
 }
 
 fn status(item: &Value, phone_number_id: &Option<String>) -> Option<StatusReport> {
@@ -753,8 +761,12 @@ fn fast_status(
     }
     let pricing = match s.pricing {
         Some(p) if p.get().starts_with('{') => {
-            let p: PricingIn = serde_json::from_str(p.get()).map_err(|_| ())?;
-            pricing_of(p)
+            let p: PricingRef = serde_json::from_str(p.get()).map_err(|_| ())?;
+            pricing_from(
+                p.pricing_model.as_deref(),
+                p.category.as_deref(),
+                p.pricing_type.as_deref(),
+            )
         }
         _ => None,
     };
@@ -939,6 +951,17 @@ struct PricingIn {
     category: Option<String>,
     #[serde(default, rename = "type")]
     pricing_type: Option<String>,
+}
+
+/// [`PricingIn`] borrowed from the body (the one-pass reader's).
+#[derive(Deserialize)]
+struct PricingRef<'a> {
+    #[serde(default, borrow)]
+    pricing_model: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    category: Option<Cow<'a, str>>,
+    #[serde(default, borrow, rename = "type")]
+    pricing_type: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]

@@ -17,11 +17,20 @@ pub struct PhoneNumberError;
 impl PhoneNumber {
     pub fn parse(input: &str) -> Result<Self, PhoneNumberError> {
         let digits = input.strip_prefix('+').ok_or(PhoneNumberError)?;
+        Self::from_digits(digits)
+    }
+
+    /// A number as Meta writes it (`to`, `wa_id`, `recipient_id`): the digits without the
+    /// `+`, under the same rules as [`Self::parse`].
+    pub fn from_digits(digits: &str) -> Result<Self, PhoneNumberError> {
         let ok = (8..=15).contains(&digits.len())
             && digits.bytes().all(|b| b.is_ascii_digit())
             && !digits.starts_with('0');
         if ok {
-            Ok(Self(input.to_owned()))
+            let mut e164 = String::with_capacity(digits.len() + 1);
+            e164.push('+');
+            e164.push_str(digits);
+            Ok(Self(e164))
         } else {
             Err(PhoneNumberError)
         }
@@ -137,6 +146,13 @@ mod tests {
         #[test]
         fn parsing_arbitrary_text_never_panics(s in ".*") {
             let _ = PhoneNumber::parse(&s);
+        }
+
+        #[test]
+        fn meta_s_digits_read_as_the_number_with_a_plus_would(
+            d in prop_oneof![crate::props::re("[0-9]{0,17}"), crate::props::re("\\PC{0,17}")],
+        ) {
+            prop_assert_eq!(PhoneNumber::from_digits(&d), PhoneNumber::parse(&format!("+{d}")));
         }
     }
 
