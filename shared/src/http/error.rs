@@ -175,7 +175,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The request id of the current request (an extension set by the middleware).
+/// An id the request arrived with (API Gateway's, set by `http::lambda`): the request-id
+/// layer takes it as the request's id instead of minting one. Handlers read the id from
+/// `telemetry::request_id`.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
@@ -253,12 +255,12 @@ async fn with_request_id<S>(mut req: Request, mut inner: S) -> Response
 where
     S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
 {
+    // Taken, not copied: the id lives on in the task (`telemetry::request_id`) and the span.
     let id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
+        .extensions_mut()
+        .remove::<RequestId>()
+        .map(|r| r.0)
         .unwrap_or_else(crate::domain::new_id);
-    req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let run = async move {
         match inner.call(req).await {

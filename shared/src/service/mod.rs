@@ -260,8 +260,6 @@ impl Deps {
     }
 }
 
-/// (secret name, previous version?)
-type CacheKey = (String, bool);
 /// A read: the value, and for a previous version the time its successor was stored.
 type CacheEntry = (Instant, Option<Secret>, Option<DateTime<Utc>>);
 
@@ -270,7 +268,9 @@ type CacheEntry = (Instant, Option<Secret>, Option<DateTime<Utc>>);
 pub struct SecretCache {
     store: Arc<dyn SecretStore>,
     ttl: Duration,
-    cache: Mutex<HashMap<CacheKey, CacheEntry>>,
+    /// The current versions and, apart, the previous ones, by name (looked up by `&str`:
+    /// no key is built for a hit).
+    cache: Mutex<[HashMap<String, CacheEntry>; 2]>,
 }
 
 impl SecretCache {
@@ -278,7 +278,7 @@ impl SecretCache {
         Self {
             store,
             ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new([HashMap::new(), HashMap::new()]),
         }
     }
 
@@ -291,9 +291,9 @@ impl SecretCache {
         name: &str,
         previous: bool,
     ) -> Result<(Option<Secret>, Option<DateTime<Utc>>), StoreError> {
-        let key = (name.to_owned(), previous);
+        let which = usize::from(previous);
         if let Ok(cache) = self.cache.lock() {
-            if let Some((at, v, rotated)) = cache.get(&key) {
+            if let Some((at, v, rotated)) = cache[which].get(name) {
                 if at.elapsed() < self.ttl {
                     return Ok((v.clone(), *rotated));
                 }
@@ -308,7 +308,7 @@ impl SecretCache {
             (self.store.get_secret(name).await?, None)
         };
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(key, (Instant::now(), v.clone(), rotated));
+            cache[which].insert(name.to_owned(), (Instant::now(), v.clone(), rotated));
         }
         Ok((v, rotated))
     }
@@ -343,7 +343,9 @@ impl SecretCache {
     pub async fn put(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
         self.store.put_secret(name, value).await?;
         if let Ok(mut cache) = self.cache.lock() {
-            cache.retain(|(n, _), _| n != name);
+            for versions in cache.iter_mut() {
+                versions.remove(name);
+            }
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 //! last wrote to the number (`contacts`); phone numbers' quality updates go to `numbers`.
 //! Pieces Kirim does not understand are skipped alone and counted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use tracing::Instrument;
 
@@ -72,25 +72,26 @@ pub struct WebhookSummary {
     pub errors: usize,
 }
 
-/// Tenants by the phone number id a change names, looked up once per body.
-struct Owners<'a> {
+/// Tenants by the phone number id a change names, looked up once per body. A body names
+/// one number or a few: a list, borrowing the ids from the body's events.
+struct Owners<'a, 'e> {
     deps: &'a Deps,
-    known: HashMap<String, Option<TenantId>>,
+    known: Vec<(&'e str, Option<TenantId>)>,
 }
 
-impl Owners<'_> {
+impl<'e> Owners<'_, 'e> {
     async fn of(
         &mut self,
-        phone_number_id: Option<&str>,
+        phone_number_id: Option<&'e str>,
     ) -> Result<Option<TenantId>, ServiceError> {
         let Some(pnid) = phone_number_id else {
             return Ok(None);
         };
-        if let Some(t) = self.known.get(pnid) {
+        if let Some((_, t)) = self.known.iter().find(|(p, _)| *p == pnid) {
             return Ok(t.clone());
         }
         let t = self.deps.tenants.tenant_by_phone_number_id(pnid).await?;
-        self.known.insert(pnid.to_owned(), t.clone());
+        self.known.push((pnid, t.clone()));
         Ok(t)
     }
 }
@@ -110,7 +111,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
     let mut summary = WebhookSummary::default();
     let mut owners = Owners {
         deps,
-        known: HashMap::new(),
+        known: Vec::new(),
     };
     let mut pairs = Pairs::default();
     // Account-level stops first, as before: a body that also carries statuses sees the
