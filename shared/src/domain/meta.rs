@@ -277,6 +277,19 @@ pub fn parse_notification(raw: &[u8]) -> Result<Vec<MetaEvent>, NotJson> {
     }
 }
 
+/// A string borrowed from the body where it has no escapes. (serde borrows a `Cow<str>`
+/// field marked `borrow`, but not one inside an `Option`, which it copies: a wrapper it
+/// does borrow.)
+#[derive(Deserialize)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 /// `T` read only from a JSON object: serde reads a struct from an array too, which the
 /// tree reader does not.
 struct Obj<T>(T);
@@ -312,7 +325,7 @@ struct EntryIn<'a> {
 #[derive(Deserialize)]
 struct ChangeIn<'a> {
     #[serde(default, borrow)]
-    field: Option<Cow<'a, str>>,
+    field: Option<Text<'a>>,
     #[serde(borrow)]
     value: Obj<StatusesIn<'a>>,
 }
@@ -740,11 +753,11 @@ struct FastStatusIn<'a> {
     #[serde(default, borrow)]
     timestamp: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    recipient_id: Option<Cow<'a, str>>,
+    recipient_id: Option<Text<'a>>,
     #[serde(default, borrow)]
-    recipient_user_id: Option<Cow<'a, str>>,
+    recipient_user_id: Option<Text<'a>>,
     #[serde(default, borrow)]
-    biz_opaque_callback_data: Option<Cow<'a, str>>,
+    biz_opaque_callback_data: Option<Text<'a>>,
     #[serde(default, deserialize_with = "present")]
     errors: bool,
     #[serde(default, borrow)]
@@ -771,7 +784,7 @@ fn fast_status(
         _ => None,
     };
     let timestamp = match s.timestamp.map(|t| (t.get(), t.get().as_bytes().first())) {
-        Some((t, Some(b'"'))) => serde_json::from_str::<Cow<str>>(t)
+        Some((t, Some(b'"'))) => serde_json::from_str::<Text>(t)
             .map_err(|_| ())?
             .trim()
             .parse()
@@ -957,11 +970,11 @@ struct PricingIn {
 #[derive(Deserialize)]
 struct PricingRef<'a> {
     #[serde(default, borrow)]
-    pricing_model: Option<Cow<'a, str>>,
+    pricing_model: Option<Text<'a>>,
     #[serde(default, borrow)]
-    category: Option<Cow<'a, str>>,
+    category: Option<Text<'a>>,
     #[serde(default, borrow, rename = "type")]
-    pricing_type: Option<Cow<'a, str>>,
+    pricing_type: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]
