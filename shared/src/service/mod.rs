@@ -292,7 +292,10 @@ impl SecretCache {
         previous: bool,
     ) -> Result<(Option<Secret>, Option<DateTime<Utc>>), StoreError> {
         let which = usize::from(previous);
-        if let Ok(cache) = self.cache.lock() {
+        // No cache (local mode's memory secrets, where a rotation bites at once): nothing
+        // to look up or keep.
+        let cached = !self.ttl.is_zero();
+        if let Some(cache) = cached.then(|| self.cache.lock().ok()).flatten() {
             if let Some((at, v, rotated)) = cache[which].get(name) {
                 if at.elapsed() < self.ttl {
                     return Ok((v.clone(), *rotated));
@@ -307,7 +310,7 @@ impl SecretCache {
         } else {
             (self.store.get_secret(name).await?, None)
         };
-        if let Ok(mut cache) = self.cache.lock() {
+        if let Some(mut cache) = cached.then(|| self.cache.lock().ok()).flatten() {
             cache[which].insert(name.to_owned(), (Instant::now(), v.clone(), rotated));
         }
         Ok((v, rotated))
