@@ -268,7 +268,14 @@ where
             Err(never) => match never {},
         }
     };
-    let mut res = crate::telemetry::in_request(id.clone(), method.as_str(), run).await;
+    // The answer's header first, so that the id itself can go to the request's task.
+    // (An id that is not a plain ASCII header, which neither ours nor API Gateway's are, is
+    // kept for an error's body.)
+    let header = match HeaderValue::from_str(&id) {
+        Ok(h) if h.to_str().is_ok() => Ok(h),
+        _ => Err(id.clone()),
+    };
+    let mut res = crate::telemetry::in_request(id, method.as_str(), run).await;
     let status = res.status();
     if status.is_client_error() || status.is_server_error() {
         let info = res
@@ -278,7 +285,10 @@ where
             .unwrap_or_else(|| fallback_info(status));
         let body = json!({
             "error": {"code": info.code, "message": info.message},
-            "request_id": id,
+            "request_id": match &header {
+                Ok(h) => h.to_str().unwrap_or_default(),
+                Err(id) => id.as_str(),
+            },
         });
         let headers = std::mem::take(res.headers_mut());
         let mut new = (status, axum::Json(body)).into_response();
@@ -289,7 +299,7 @@ where
         }
         res = new;
     }
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Ok(v) = header {
         res.headers_mut().insert("x-request-id", v);
     }
     res

@@ -28,7 +28,28 @@ pub enum Applied {
 }
 
 /// The message a status is about, and the message itself when it was read to find it.
-type Found = (TenantId, MessageId, Option<std::sync::Arc<MessageRecord>>);
+enum Found {
+    /// Read by its id (the record names its tenant and id).
+    Read(std::sync::Arc<MessageRecord>),
+    /// Found by the wamid index, not read.
+    Indexed(TenantId, MessageId),
+}
+
+impl Found {
+    fn ids(&self) -> (&TenantId, &MessageId) {
+        match self {
+            Found::Read(m) => (&m.tenant_id, &m.id),
+            Found::Indexed(t, id) => (t, id),
+        }
+    }
+
+    fn seen(&self) -> Option<&MessageRecord> {
+        match self {
+            Found::Read(m) => Some(m),
+            Found::Indexed(..) => None,
+        }
+    }
+}
 
 /// Finds the message a status is about: by our id echoed in the callback data (when
 /// it agrees with the recorded wamid), else by the wamid index.
@@ -45,7 +66,7 @@ async fn resolve(
                 .as_deref()
                 .is_none_or(|w| w == report.wamid.as_str())
             {
-                return Ok(Some((t.clone(), id.clone(), Some(m))));
+                return Ok(Some(Found::Read(m)));
             }
         }
     }
@@ -53,7 +74,7 @@ async fn resolve(
         .messages
         .message_by_wamid(report.wamid.as_str())
         .await?
-        .map(|(t, id)| (t, id, None)))
+        .map(|(t, id)| Found::Indexed(t, id)))
 }
 
 /// Applies one status of a verified webhook (`tenant`: the owner of the number it
@@ -63,19 +84,20 @@ pub async fn apply(
     tenant: Option<&TenantId>,
     report: &StatusReport,
 ) -> Result<Applied, ServiceError> {
-    let (tenant_id, message_id, seen) = match resolve(deps, tenant, report).await? {
+    let found = match resolve(deps, tenant, report).await? {
         Some(found) => found,
         None => match keep(deps, tenant, report).await? {
             Some(found) => found,
             None => return Ok(Applied::UnknownMessage),
         },
     };
+    let (tenant_id, message_id) = found.ids();
     // The caller recorded the phone number's owner on the span already; a second record of
     // the same field is formatted again (and, in text logs, shown twice).
-    if tenant != Some(&tenant_id) {
-        crate::telemetry::record_tenant(&tenant_id);
+    if tenant != Some(tenant_id) {
+        crate::telemetry::record_tenant(tenant_id);
     }
-    apply_to(deps, &tenant_id, &message_id, report, seen.as_deref()).await
+    apply_to(deps, tenant_id, message_id, report, found.seen()).await
 }
 
 /// `seen`: the message as just read, if it was; the read may be a moment behind, so
@@ -273,10 +295,10 @@ pub async fn apply_kept(deps: &Deps, wamid: &str) -> Result<usize, ServiceError>
         if let Some(report) = report_of(&p) {
             match resolve(deps, None, &report).await? {
                 None => continue,
-                Some((tenant, message, seen)) => {
-                    crate::telemetry::record_tenant(&tenant);
-                    if apply_to(deps, &tenant, &message, &report, seen.as_deref()).await?
-                        == Applied::Yes
+                Some(found) => {
+                    let (tenant, message) = found.ids();
+                    crate::telemetry::record_tenant(tenant);
+                    if apply_to(deps, tenant, message, &report, found.seen()).await? == Applied::Yes
                     {
                         applied += 1;
                     }
