@@ -316,7 +316,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             .into_response();
     };
     let path = rule.path;
-    tracing::Span::current().record("route", path);
+    crate::telemetry::record("route", &path);
     if rule.access == Access::Meta {
         // Meta's webhook: no caller to check (the handler checks Meta's signature over the
         // raw body) and nothing audited here. Its busiest route skips the rest.

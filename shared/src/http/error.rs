@@ -247,13 +247,29 @@ where
         // The service polled ready is the one called; a clone stays for the next request.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move { Ok(with_request_id(req, inner).await) })
+        Box::pin(async move {
+            Ok(with_request_id(req, None, |req| async move {
+                let mut inner = inner;
+                match inner.call(req).await {
+                    Ok(res) => res,
+                    Err(never) => match never {},
+                }
+            })
+            .await)
+        })
     }
 }
 
-async fn with_request_id<S>(mut req: Request, mut inner: S) -> Response
+/// What [`RequestIdLayer`] does around `handle`, for a caller that routes the request
+/// itself and so knows its `route` (Meta's webhook, `http::MetaFirst`).
+pub(crate) async fn with_request_id<F, Fut>(
+    mut req: Request,
+    route: Option<&'static str>,
+    handle: F,
+) -> Response
 where
-    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
 {
     // Taken, not copied: the id lives on in the task (`telemetry::request_id`) and the span.
     let id = req
@@ -262,12 +278,7 @@ where
         .map(|r| r.0)
         .unwrap_or_else(crate::domain::new_id);
     let method = req.method().clone();
-    let run = async move {
-        match inner.call(req).await {
-            Ok(res) => res,
-            Err(never) => match never {},
-        }
-    };
+    let run = handle(req);
     // The answer's header first, so that the id itself can go to the request's task.
     // (An id that is not a plain ASCII header, which neither ours nor API Gateway's are, is
     // kept for an error's body.)
@@ -275,7 +286,7 @@ where
         Ok(h) if h.to_str().is_ok() => Ok(h),
         _ => Err(id.clone()),
     };
-    let mut res = crate::telemetry::in_request(id, method.as_str(), run).await;
+    let mut res = crate::telemetry::in_request(id, method.as_str(), route, run).await;
     let status = res.status();
     if status.is_client_error() || status.is_server_error() {
         let info = res

@@ -86,6 +86,7 @@ fn finish_serving(router: Router<AppState>, deps: Deps, extra: Router, meta_firs
     // (BENCHMARKS.md "Webhook side by side"). The body limit here is the default; a route
     // that needs more room sets its own inside.
     let api = tower::ServiceBuilder::new()
+        .layer(error::RequestIdLayer)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .service(api);
     let api = MetaFirst {
@@ -93,13 +94,14 @@ fn finish_serving(router: Router<AppState>, deps: Deps, extra: Router, meta_firs
         inner: api,
     };
     Router::new()
-        .fallback_service(tower::Layer::layer(&error::RequestIdLayer, api))
+        .fallback_service(api)
         // Extra routes keep their own answers (the sandbox speaks Meta's error shape).
         .merge(extra)
 }
 
 /// Meta's notifications (`POST /webhooks/meta`, three of a message's four requests) go
-/// straight to their handler, inside the request-id layer, instead of through the router:
+/// straight to their handler, with what the request-id layer does (the request's id, span
+/// and error shape; the span is made with its route), instead of through the router:
 /// its route lookup, the boxed route services it clones for every request and the access
 /// gate, which has nothing to check on Meta's route (the handler verifies Meta's
 /// signature) were a tenth of the webhook's CPU (BENCHMARKS.md "Webhook side by side").
@@ -145,10 +147,14 @@ where
             {
                 let state = state.clone();
                 futures::future::Either::Left(Box::pin(async move {
-                    tracing::Span::current().record("route", META_WEBHOOK);
-                    Ok(meta_notify(State(state), req)
-                        .await
-                        .unwrap_or_else(IntoResponse::into_response))
+                    Ok(
+                        error::with_request_id(req, Some(META_WEBHOOK), |req| async move {
+                            meta_notify(State(state), req)
+                                .await
+                                .unwrap_or_else(IntoResponse::into_response)
+                        })
+                        .await,
+                    )
                 }))
             }
             _ => futures::future::Either::Right(self.inner.call(req)),

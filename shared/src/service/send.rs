@@ -316,7 +316,7 @@ async fn accept(
             }
         }
     }
-    tracing::Span::current().record("message_id", tracing::field::display(&id));
+    crate::telemetry::record("message_id", &tracing::field::display(&id));
     tracing::info!(to = %record.to.masked(), "message accepted");
     Ok(Accepted::New(Box::new(record)))
 }

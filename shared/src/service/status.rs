@@ -119,7 +119,7 @@ async fn apply_to(
     report: &StatusReport,
     seen: Option<&MessageRecord>,
 ) -> Result<Applied, ServiceError> {
-    tracing::Span::current().record("message_id", tracing::field::display(message_id));
+    crate::telemetry::record("message_id", &tracing::field::display(message_id));
     let to = report.status.message_status();
     let now = deps.clock.now();
     let at = report.at(now);

@@ -165,10 +165,10 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 // A body of one status (Meta's usual) records its ids on the request's
                 // span; several get a span each. Spans cost (a span was 3% of the
                 // webhook's CPU; BENCHMARKS.md "Webhook side by side").
+                // (The request's span is the current one already: nothing to enter again.)
                 let span = if single {
-                    let span = tracing::Span::current();
-                    span.record("wamid", tracing::field::display(&report.wamid));
-                    span
+                    crate::telemetry::record("wamid", &tracing::field::display(&report.wamid));
+                    tracing::Span::none()
                 } else {
                     tracing::info_span!(
                         "status",
