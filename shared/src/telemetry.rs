@@ -84,15 +84,60 @@ pub fn init_json() {
 
 pub fn init_pretty() {
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(LevelFilter::TRACE)
-        .with_target(false)
-        // Colours for a terminal only: a log file or pipe gets plain text (and the
-        // colour codes were ~2% of a webhook's CPU in local mode).
-        .with_ansi(std::io::stdout().is_terminal())
-        .finish()
+    // Colours for a terminal only: a log file or pipe gets plain text (and the colour
+    // codes were ~2% of a webhook's CPU in local mode).
+    let ansi = std::io::stdout().is_terminal();
+    let _ = tracing_subscriber::registry()
+        .with((!ansi).then_some(RoomForFields))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(ansi),
+        )
         .with(filter_from_env())
         .try_init();
+}
+
+/// Gives each span's formatted fields room for all of them at once, before the text
+/// formatter makes them (which it then leaves alone): its own string starts empty and grows
+/// by doubling, several reallocations for a request's span as its ids are recorded
+/// (BENCHMARKS.md "Webhook side by side"). The same text: formatted by the formatter's own
+/// `DefaultFields`, without colours (used only when the formatter has none).
+struct RoomForFields;
+
+/// Room for a request span's fields: its request id, method, route, tenant, message id and
+/// a wamid come to about 200 bytes.
+const SPAN_FIELDS_ROOM: usize = 256;
+
+impl<S> tracing_subscriber::Layer<S> for RoomForFields
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        use tracing_subscriber::fmt::{format::DefaultFields, FormatFields, FormattedFields};
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut extensions = span.extensions_mut();
+        if extensions
+            .get_mut::<FormattedFields<DefaultFields>>()
+            .is_none()
+        {
+            let mut fields =
+                FormattedFields::<DefaultFields>::new(String::with_capacity(SPAN_FIELDS_ROOM));
+            if DefaultFields::default()
+                .format_fields(fields.as_writer(), attrs)
+                .is_ok()
+            {
+                extensions.insert(fields);
+            }
+        }
+    }
 }
 
 tokio::task_local! {
@@ -263,5 +308,62 @@ mod tests {
     fn an_unreadable_spec_falls_back_to_info_with_the_caps() {
         assert!(enabled("=!bad[", &["kirim::service"], Level::DEBUG).is_empty());
         assert!(enabled("=!bad[", &NOISY, Level::DEBUG).is_empty());
+    }
+
+    /// The text a request's span and an event in it make, with or without
+    /// [`RoomForFields`] under the formatter.
+    fn text_logged(room: bool) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(room.then_some(RoomForFields))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(false)
+                    .without_time()
+                    .with_writer(move || buf.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "request",
+                request_id = "01KB0000000000000000000000",
+                method = "POST",
+                route = Some("/webhooks/meta"),
+                tenant_id = tracing::field::Empty,
+                wamid = tracing::field::Empty,
+            );
+            let _in = span.enter();
+            record("tenant_id", &"01KB1111111111111111111111");
+            record("wamid", &tracing::field::display("wamid.HBgL=="));
+            record("not_a_field", &"ignored");
+            tracing::info!(applied = 1, "webhook applied");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn room_made_for_a_span_s_fields_leaves_the_logged_text_as_the_formatter_writes_it() {
+        let plain = text_logged(false);
+        assert!(
+            plain.contains("tenant_id=\"01KB1111111111111111111111\"")
+                && plain.contains("wamid=wamid.HBgL==")
+                && plain.contains("route=\"/webhooks/meta\"")
+                && !plain.contains("not_a_field"),
+            "{plain}"
+        );
+        assert_eq!(text_logged(true), plain);
     }
 }
