@@ -102,7 +102,9 @@ pub fn init_pretty() {
 /// formatter makes them (which it then leaves alone): its own string starts empty and grows
 /// by doubling, several reallocations for a request's span as its ids are recorded
 /// (BENCHMARKS.md "Webhook side by side"). The same text: formatted by the formatter's own
-/// `DefaultFields`, without colours (used only when the formatter has none).
+/// `DefaultFields`, without colours (used only when the formatter has none), with the
+/// defaults of `FormattedFields::new` (no colours, ANSI sanitising on), which are the
+/// formatter's as configured in [`init_pretty`]: a change there must be made here too.
 struct RoomForFields;
 
 /// Room for a request span's fields: its request id, method, route, tenant, message id and
@@ -184,6 +186,9 @@ pub fn record_tenant(tenant: &impl std::fmt::Display) {
 /// `Span::current().record(..)` does, without taking a handle to the span and dropping it
 /// again (two more lookups in the span registry and three reference counts on every call,
 /// a few of them on every request).
+///
+/// (It records from inside `dispatcher::get_default`: under a scoped dispatcher, as in tests,
+/// an event logged while the value is formatted is dropped, as any nested dispatch is.)
 pub fn record(field: &str, value: &dyn tracing::Value) {
     tracing::dispatcher::get_default(|dispatch| {
         let Some((id, meta)) = dispatch.current_span().into_inner() else {
@@ -343,10 +348,13 @@ mod tests {
                 route = Some("/webhooks/meta"),
                 tenant_id = tracing::field::Empty,
                 wamid = tracing::field::Empty,
+                message_id = tracing::field::Empty,
             );
             let _in = span.enter();
             record("tenant_id", &"01KB1111111111111111111111");
             record("wamid", &tracing::field::display("wamid.HBgL=="));
+            // A control code comes out however the formatter writes it, with or without room.
+            record("message_id", &tracing::field::display("01KB\u{1b}[31m2222"));
             record("not_a_field", &"ignored");
             tracing::info!(applied = 1, "webhook applied");
         });

@@ -450,10 +450,10 @@ impl MessageStore for MemoryStore {
         else {
             return Ok(Transition::Refused);
         };
-        let m = Arc::make_mut(m);
         if !to.may_follow(m.status) {
             return Ok(Transition::Refused);
         }
+        let m = Arc::make_mut(m);
         apply(m, to, change, at);
         Ok(Transition::Applied(Box::new(m.clone())))
     }
@@ -509,10 +509,10 @@ impl MessageStore for MemoryStore {
         else {
             return Ok(Transition::Refused);
         };
-        let m = Arc::make_mut(m);
         if m.status != MessageStatus::Sending {
             return Ok(Transition::Refused);
         }
+        let m = Arc::make_mut(m);
         m.status = MessageStatus::Accepted;
         m.error = Some(error.clone());
         m.updated_at = at;
@@ -537,10 +537,10 @@ impl MessageStore for MemoryStore {
         else {
             return Ok(Transition::Refused);
         };
-        let m = Arc::make_mut(m);
         if !from.contains(&m.status) || !MessageStatus::Cancelled.may_follow(m.status) {
             return Ok(Transition::Refused);
         }
+        let m = Arc::make_mut(m);
         m.status = MessageStatus::Cancelled;
         m.updated_at = at;
         m.error = Some(error.clone());

@@ -183,10 +183,10 @@ impl BroadcastStore for MemoryStore {
         else {
             return Ok(BroadcastClaim::Refused);
         };
-        let m = std::sync::Arc::make_mut(m);
         if m.status != MessageStatus::Accepted {
             return Ok(BroadcastClaim::Refused);
         }
+        let m = std::sync::Arc::make_mut(m);
         m.status = MessageStatus::Sending;
         m.updated_at = at;
         m.attempts += 1;

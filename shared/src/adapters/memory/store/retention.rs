@@ -210,7 +210,7 @@ impl RetentionStore for MemoryStore {
             item(
                 keys::message(t, id),
                 m.expires_at,
-                to_value(m).unwrap_or_default(),
+                to_value(&**m).unwrap_or_default(),
             );
         }
         for ((t, id), b) in &s.broadcasts {

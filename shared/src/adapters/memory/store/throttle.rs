@@ -62,10 +62,10 @@ impl SendingControl for MemoryStore {
         let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
             return Ok(Transition::Refused);
         };
-        let m = std::sync::Arc::make_mut(m);
         if m.status != MessageStatus::Sending {
             return Ok(Transition::Refused);
         }
+        let m = std::sync::Arc::make_mut(m);
         m.status = MessageStatus::Accepted;
         m.attempts = m.attempts.saturating_sub(1);
         m.updated_at = at;
@@ -84,10 +84,10 @@ impl SendingControl for MemoryStore {
         let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
             return Ok(Transition::Refused);
         };
-        let m = std::sync::Arc::make_mut(m);
         if m.status != MessageStatus::Sending || m.updated_at != claimed_at {
             return Ok(Transition::Refused);
         }
+        let m = std::sync::Arc::make_mut(m);
         m.status = MessageStatus::Failed;
         m.error = Some(error.clone());
         m.updated_at = at;
