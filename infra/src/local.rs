@@ -367,7 +367,8 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         .nest("/_sandbox/graph", sandbox.graph_router())
         .merge(sandbox.inspect_router())
         .merge(console);
-    let router: Router = kirim::http::app(deps.clone(), sandbox_routes);
+    // Served as it is: Meta's notifications are answered before any route lookup.
+    let router = kirim::http::app(deps.clone(), sandbox_routes);
 
     let mut tasks = Vec::new();
     for _ in 0..cfg.pollers {

@@ -43,7 +43,7 @@ pub(crate) struct ConsoleState {
 /// The console's routes (all under `/console`), with its security headers. The API it
 /// calls is built here from the same deps: `http::app`'s routers and layers.
 pub fn console_router(deps: Deps, options: ConsoleOptions) -> Router {
-    let api = api::Api::new(crate::http::app(deps.clone(), Router::new()));
+    let api = api::Api::new(crate::http::app(deps.clone(), Router::new()).into());
     pages::routes()
         .merge(catalogue::routes())
         .merge(campaigns::routes())

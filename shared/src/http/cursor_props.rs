@@ -132,7 +132,7 @@ fn world() -> World {
         burst: 20_000,
     };
     let deps = crate::wiring::memory_deps(settings, Arc::new(SystemClock)).unwrap();
-    let app = super::app(deps.clone(), Router::new());
+    let app = super::app(deps.clone(), Router::new()).into();
     let mut w = World {
         rt,
         deps,

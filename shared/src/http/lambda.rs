@@ -29,9 +29,11 @@ async fn from_api_gateway(mut req: Request, next: Next) -> Response {
     res
 }
 
-/// Wraps a router for `lambda_http::run`.
-pub fn for_lambda(router: Router) -> Router {
-    router.layer(axum::middleware::from_fn(from_api_gateway))
+/// Wraps a router (or [`super::MetaFirst`]) for `lambda_http::run`.
+pub fn for_lambda(router: impl Into<Router>) -> Router {
+    router
+        .into()
+        .layer(axum::middleware::from_fn(from_api_gateway))
 }
 
 #[cfg(test)]

@@ -60,16 +60,17 @@ type ApiResult = Result<Response, ApiError>;
 /// Common layers: body limit, request ids and the one error shape (also for routes
 /// that do not exist).
 fn finish(router: Router<AppState>, deps: Deps) -> Router {
-    finish_with(router, deps, Router::new())
-}
-
-fn finish_with(router: Router<AppState>, deps: Deps, extra: Router) -> Router {
-    finish_serving(router, deps, extra, false)
+    finish_serving(router, deps, Router::new(), false).into()
 }
 
 /// `meta_first`: the router holds Meta's webhook, whose notifications are answered before
-/// the router is asked ([`MetaFirst`]).
-fn finish_serving(router: Router<AppState>, deps: Deps, extra: Router, meta_first: bool) -> Router {
+/// any router is asked ([`MetaFirst`]).
+fn finish_serving(
+    router: Router<AppState>,
+    deps: Deps,
+    extra: Router,
+    meta_first: bool,
+) -> MetaFirst {
     let state = AppState::new(deps);
     let meta_state = meta_first.then(|| state.clone());
     let api = router
@@ -89,55 +90,59 @@ fn finish_serving(router: Router<AppState>, deps: Deps, extra: Router, meta_firs
         .layer(error::RequestIdLayer)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .service(api);
-    let api = MetaFirst {
+    MetaFirst {
         state: meta_state,
-        inner: api,
-    };
-    Router::new()
-        .fallback_service(api)
-        // Extra routes keep their own answers (the sandbox speaks Meta's error shape).
-        .merge(extra)
+        inner: Router::new()
+            .fallback_service(api)
+            // Extra routes keep their own answers (the sandbox speaks Meta's error shape).
+            .merge(extra),
+    }
 }
 
-/// Meta's notifications (`POST /webhooks/meta`, three of a message's four requests) go
-/// straight to their handler, with what the request-id layer does (the request's id, span
-/// and error shape; the span is made with its route), instead of through the router:
-/// its route lookup, the boxed route services it clones for every request and the access
-/// gate, which has nothing to check on Meta's route (the handler verifies Meta's
-/// signature) were a tenth of the webhook's CPU (BENCHMARKS.md "Webhook side by side").
-/// The access table still lists the route; every other request, the subscription
-/// handshake included, goes through the router. `state` is `None` where the router does
-/// not serve Meta's webhook.
+/// A host's whole service: Meta's notifications (`POST /webhooks/meta`, three of a
+/// message's four requests) go straight to their handler, with what the request-id layer
+/// does (the request's id, span and error shape; the span is made with its route), and
+/// every other request to the router. Meta's notifications skip the route lookups (the
+/// outer one, which holds the sandbox's and the console's routes in local mode, and the
+/// API's), the boxed route services axum clones for every request and the access gate,
+/// which has nothing to check on Meta's route (the handler verifies Meta's signature):
+/// together a tenth of the webhook's CPU (BENCHMARKS.md "Webhook side by side"). The
+/// access table still lists the route; every other request, the subscription handshake
+/// included, goes through the router. `state` is `None` where the router does not serve
+/// Meta's webhook. Serve it as it is (local mode), or make it a [`Router`] with `into()`.
 #[derive(Clone)]
-struct MetaFirst<S> {
+pub struct MetaFirst {
     state: Option<AppState>,
-    inner: S,
+    inner: Router,
+}
+
+impl From<MetaFirst> for Router {
+    fn from(m: MetaFirst) -> Router {
+        match m.state {
+            // Nothing to answer first: the router itself.
+            None => m.inner,
+            Some(_) => Router::new().fallback_service(m),
+        }
+    }
 }
 
 /// Meta's route, as the access table and the router name it.
 const META_WEBHOOK: &str = "/webhooks/meta";
 
-impl<S> tower::Service<axum::extract::Request> for MetaFirst<S>
-where
-    S: tower::Service<
-        axum::extract::Request,
-        Response = Response,
-        Error = std::convert::Infallible,
-    >,
-    S::Future: Send + 'static,
-{
+impl tower::Service<axum::extract::Request> for MetaFirst {
     type Response = Response;
     type Error = std::convert::Infallible;
     type Future = futures::future::Either<
         futures::future::BoxFuture<'static, Result<Response, std::convert::Infallible>>,
-        S::Future,
+        axum::routing::future::RouteFuture<std::convert::Infallible>,
     >;
 
     fn poll_ready(
         &mut self,
-        cx: &mut std::task::Context<'_>,
+        _cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        // A router is always ready.
+        std::task::Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: axum::extract::Request) -> Self::Future {
@@ -157,7 +162,10 @@ where
                     )
                 }))
             }
-            _ => futures::future::Either::Right(self.inner.call(req)),
+            _ => futures::future::Either::Right(tower::Service::<axum::extract::Request>::call(
+                &mut self.inner,
+                req,
+            )),
         }
     }
 }
@@ -173,13 +181,13 @@ pub fn admin_api_router(deps: Deps) -> Router {
 }
 
 /// Meta's webhook (the webhook Lambda).
-pub fn webhook_router(deps: Deps) -> Router {
+pub fn webhook_router(deps: Deps) -> MetaFirst {
     finish_serving(webhook_routes(), deps, Router::new(), true)
 }
 
 /// Every route on one router (local mode), plus `extra` routes (the sandbox), which
 /// keep their own response shapes.
-pub fn app(deps: Deps, extra: Router) -> Router {
+pub fn app(deps: Deps, extra: Router) -> MetaFirst {
     finish_serving(
         send_api_routes()
             .merge(admin_api_routes())

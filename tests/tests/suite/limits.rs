@@ -65,7 +65,7 @@ impl Http {
             .put(&p.settings.meta_app_secret, &Secret::new(APP_SECRET))
             .await
             .unwrap();
-        let router = kirim::http::app((*p).clone(), Router::new());
+        let router = kirim::http::app((*p).clone(), Router::new()).into();
         Http { p, router }
     }
 
