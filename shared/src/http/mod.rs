@@ -153,10 +153,15 @@ impl tower::Service<axum::extract::Request> for MetaFirst {
                 let state = state.clone();
                 futures::future::Either::Left(Box::pin(async move {
                     Ok(
-                        error::with_request_id(req, Some(META_WEBHOOK), |req| async move {
-                            meta_notify(State(state), req)
-                                .await
-                                .unwrap_or_else(IntoResponse::into_response)
+                        // The handler's future boxed where it is made: the request-id
+                        // layer, the span and the task-local around it each take it by
+                        // value, and a pointer moves for less than its kilobyte.
+                        error::with_request_id(req, Some(META_WEBHOOK), |req| {
+                            Box::pin(async move {
+                                meta_notify(State(state), req)
+                                    .await
+                                    .unwrap_or_else(IntoResponse::into_response)
+                            })
                         })
                         .await,
                     )
@@ -478,7 +483,11 @@ async fn meta_notify(State(s): State<AppState>, req: axum::extract::Request) -> 
             "X-Hub-Signature-256 does not match the body",
         ));
     }
-    let summary = webhook::apply(&s.deps, &body).await?;
+    // Boxed: the applying future is some kilobytes (every store call it may await), and
+    // held in place it would make each future around it as large, which the request-id
+    // layer, the span and the task-local each move once more (a tenth of the webhook's
+    // instructions went to those copies; BENCHMARKS.md "Webhook side by side").
+    let summary = Box::pin(webhook::apply(&s.deps, &body)).await?;
     if summary.errors > 0 {
         // Meta delivers a webhook again until it gets a 2xx; applying a body twice
         // changes nothing, so a storage failure must not be acknowledged.
@@ -493,17 +502,15 @@ async fn meta_notify(State(s): State<AppState>, req: axum::extract::Request) -> 
             "some items could not be applied; deliver the notification again",
         ));
     }
-    // Typed, not a `json!` tree: the same body for less work on the busiest route.
-    #[derive(serde::Serialize)]
-    struct Received<'a> {
-        received: bool,
-        summary: &'a webhook::WebhookSummary,
-    }
-    Ok(Json(Received {
-        received: true,
-        summary: &summary,
-    })
-    .into_response())
+    // Written directly, not through `Json`: the same body for less work on the busiest route.
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        summary.received_body(),
+    )
+        .into_response())
 }
 
 #[cfg(test)]
