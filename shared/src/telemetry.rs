@@ -88,23 +88,118 @@ pub fn init_pretty() {
     // codes were ~2% of a webhook's CPU in local mode).
     let ansi = std::io::stdout().is_terminal();
     let _ = tracing_subscriber::registry()
+        .with(ansi.then(|| tracing_subscriber::fmt::layer().with_target(false)))
         .with((!ansi).then_some(RoomForFields))
-        .with(
+        .with((!ansi).then(|| {
             tracing_subscriber::fmt::layer()
                 .with_target(false)
-                .with_ansi(ansi),
-        )
+                .with_ansi(false)
+                .fmt_fields(PlainFields)
+        }))
         .with(filter_from_env())
         .try_init();
+}
+
+/// The text formatter's fields without colours, as its `DefaultFields` writes them with
+/// colours off (`name=value`, separated by spaces; `message` and errors are handed to
+/// `DefaultVisitor` itself, which escapes them), without painting each name and `=` in a
+/// plain style first: that was a quarter of the instructions a request's span took in
+/// local mode (BENCHMARKS.md "Webhook side by side").
+struct PlainFields;
+
+struct PlainVisitor<'a> {
+    writer: tracing_subscriber::fmt::format::Writer<'a>,
+    is_empty: bool,
+    result: std::fmt::Result,
+}
+
+impl<'a> tracing_subscriber::field::MakeVisitor<tracing_subscriber::fmt::format::Writer<'a>>
+    for PlainFields
+{
+    type Visitor = PlainVisitor<'a>;
+
+    fn make_visitor(&self, writer: tracing_subscriber::fmt::format::Writer<'a>) -> Self::Visitor {
+        PlainVisitor {
+            writer,
+            is_empty: true,
+            result: Ok(()),
+        }
+    }
+}
+
+impl PlainVisitor<'_> {
+    /// Lets the formatter's own visitor write one field (those it escapes).
+    fn delegate(
+        &mut self,
+        record: impl FnOnce(&mut tracing_subscriber::fmt::format::DefaultVisitor<'_>),
+    ) {
+        use tracing_subscriber::field::VisitOutput;
+        if self.result.is_err() {
+            return;
+        }
+        let mut v = tracing_subscriber::fmt::format::DefaultVisitor::new(
+            self.writer.by_ref(),
+            self.is_empty,
+        );
+        record(&mut v);
+        self.result = v.finish();
+        self.is_empty = false;
+    }
+}
+
+impl tracing::field::Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.delegate(|v| v.record_str(field, value));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        self.delegate(|v| v.record_error(field, value));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let name = field.name();
+        if name == "message" {
+            self.delegate(|v| v.record_debug(field, value));
+            return;
+        }
+        // Log records' metadata, which the formatter shows elsewhere.
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        let pad = if self.is_empty { "" } else { " " };
+        self.is_empty = false;
+        self.result = write!(self.writer, "{pad}{name}={value:?}");
+    }
+}
+
+impl tracing_subscriber::field::VisitOutput<std::fmt::Result> for PlainVisitor<'_> {
+    fn finish(self) -> std::fmt::Result {
+        self.result
+    }
+}
+
+impl tracing_subscriber::field::VisitFmt for PlainVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn std::fmt::Write {
+        &mut self.writer
+    }
 }
 
 /// Gives each span's formatted fields room for all of them at once, before the text
 /// formatter makes them (which it then leaves alone): its own string starts empty and grows
 /// by doubling, several reallocations for a request's span as its ids are recorded
 /// (BENCHMARKS.md "Webhook side by side"). The same text: formatted by the formatter's own
-/// `DefaultFields`, without colours (used only when the formatter has none), with the
-/// defaults of `FormattedFields::new` (no colours, ANSI sanitising on), which are the
-/// formatter's as configured in [`init_pretty`]: a change there must be made here too.
+/// [`PlainFields`], with the defaults of `FormattedFields::new` (no colours, ANSI sanitising
+/// on), which are the formatter's as configured in [`init_pretty`]: a change there must be
+/// made here too.
 struct RoomForFields;
 
 /// Room for a request span's fields: its request id, method, route, tenant, message id and
@@ -121,21 +216,18 @@ where
         id: &tracing::span::Id,
         ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
-        use tracing_subscriber::fmt::{format::DefaultFields, FormatFields, FormattedFields};
+        use tracing_subscriber::fmt::{FormatFields, FormattedFields};
         let Some(span) = ctx.span(id) else {
             return;
         };
         let mut extensions = span.extensions_mut();
         if extensions
-            .get_mut::<FormattedFields<DefaultFields>>()
+            .get_mut::<FormattedFields<PlainFields>>()
             .is_none()
         {
             let mut fields =
-                FormattedFields::<DefaultFields>::new(String::with_capacity(SPAN_FIELDS_ROOM));
-            if DefaultFields::default()
-                .format_fields(fields.as_writer(), attrs)
-                .is_ok()
-            {
+                FormattedFields::<PlainFields>::new(String::with_capacity(SPAN_FIELDS_ROOM));
+            if PlainFields.format_fields(fields.as_writer(), attrs).is_ok() {
                 extensions.insert(fields);
             }
         }
@@ -315,9 +407,10 @@ mod tests {
         assert!(enabled("=!bad[", &NOISY, Level::DEBUG).is_empty());
     }
 
-    /// The text a request's span and an event in it make, with or without
-    /// [`RoomForFields`] under the formatter.
-    fn text_logged(room: bool) -> String {
+    /// The text a request's span and an event in it make, with the formatter's own
+    /// `DefaultFields`, or as local mode writes it (`plain`: [`PlainFields`] and
+    /// [`RoomForFields`]).
+    fn text_logged(plain: bool) -> String {
         #[derive(Clone, Default)]
         struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
         impl std::io::Write for Buf {
@@ -331,15 +424,24 @@ mod tests {
         }
         let buf = Buf::default();
         let out = buf.clone();
+        let other = buf.clone();
         let subscriber = tracing_subscriber::registry()
-            .with(room.then_some(RoomForFields))
-            .with(
+            .with(plain.then_some(RoomForFields))
+            .with((!plain).then(|| {
                 tracing_subscriber::fmt::layer()
                     .with_target(false)
                     .with_ansi(false)
                     .without_time()
-                    .with_writer(move || buf.clone()),
-            );
+                    .with_writer(move || other.clone())
+            }))
+            .with(plain.then(|| {
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(false)
+                    .without_time()
+                    .with_writer(move || buf.clone())
+                    .fmt_fields(PlainFields)
+            }));
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!(
                 "request",
@@ -357,13 +459,31 @@ mod tests {
             record("message_id", &tracing::field::display("01KB\u{1b}[31m2222"));
             record("not_a_field", &"ignored");
             tracing::info!(applied = 1, "webhook applied");
+            // Escaped by the formatter's own visitor: the message, an error and its sources.
+            let err = std::io::Error::other(ChainError);
+            tracing::warn!(
+                r#type = "template",
+                ok = true,
+                error = &err as &(dyn std::error::Error + 'static),
+                "a \u{1b}[2Jcontrol code in a message"
+            );
+            tracing::error!(message = "spelled out", code = -3, ratio = 0.5);
         });
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         text
     }
 
+    #[derive(Debug)]
+    struct ChainError;
+    impl std::fmt::Display for ChainError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("inner \u{1b}[31mcause")
+        }
+    }
+    impl std::error::Error for ChainError {}
+
     #[test]
-    fn room_made_for_a_span_s_fields_leaves_the_logged_text_as_the_formatter_writes_it() {
+    fn local_mode_s_plain_fields_and_their_room_leave_the_logged_text_as_the_formatter_writes_it() {
         let plain = text_logged(false);
         assert!(
             plain.contains("tenant_id=\"01KB1111111111111111111111\"")
