@@ -76,5 +76,55 @@ fn csv_upload(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, webhook, send_body, csv_upload);
+/// A webhook's request span on Lambda: made with its id, method and route, then its wamid,
+/// tenant and message id recorded, as `service::webhook` does for one status; the JSON
+/// formatter as `telemetry::init_json` sets it up, writing nowhere.
+fn request_span_json(c: &mut Criterion) {
+    use tracing::field::{display, Empty};
+    let mut g = c.benchmark_group("request span, three ids recorded, JSON logs");
+    for (name, append) in [("JsonFields", false), ("AppendJsonFields", true)] {
+        let builder = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::TRACE)
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_target(false)
+            .without_time()
+            .with_writer(std::io::sink);
+        let dispatch = if append {
+            tracing::Dispatch::new(
+                builder
+                    .fmt_fields(kirim::telemetry::AppendJsonFields)
+                    .finish(),
+            )
+        } else {
+            tracing::Dispatch::new(builder.finish())
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                tracing::dispatcher::with_default(&dispatch, || {
+                    let span = tracing::info_span!(
+                        "request",
+                        request_id = "01KB0000000000000000000000",
+                        method = "POST",
+                        route = "/webhooks/meta",
+                        tenant_id = Empty,
+                        message_id = Empty,
+                        wamid = Empty,
+                    );
+                    let _in = span.enter();
+                    kirim::telemetry::record(
+                        "wamid",
+                        &display("wamid.HBgLNjAxMjM0NTY3ODkVAgARGBI00000001"),
+                    );
+                    kirim::telemetry::record("tenant_id", &display("01KB1111111111111111111111"));
+                    kirim::telemetry::record("message_id", &display("01KB2222222222222222222222"));
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, webhook, send_body, csv_upload, request_span_json);
 criterion_main!(benches);

@@ -77,9 +77,64 @@ pub fn init_json() {
         .with_span_list(true)
         .with_target(false)
         .without_time() // CloudWatch stamps each line
+        .fmt_fields(AppendJsonFields)
         .finish()
         .with(filter_from_env())
         .try_init();
+}
+
+/// The JSON formatter's span fields, with each recorded field appended to the span's JSON
+/// object instead of the object parsed and written again: `JsonFields::add_fields` parses
+/// the span's fields into a map, adds the new ones and serialises it all again at every
+/// record, and a webhook's request span records three ids (its tenant, message and wamid),
+/// so a Lambda paid that three times a notification. Fields are formatted as `JsonFields`
+/// formats them. The text differs only in order and, for a field recorded twice, in keeping
+/// both; every line's `spans` entry is read back from it into a sorted map (the formatter's
+/// own `serde_json::Value`, last value kept), so the lines logged are the same (a test holds
+/// them equal).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AppendJsonFields;
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for AppendJsonFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        tracing_subscriber::fmt::format::JsonFields::new().format_fields(writer, fields)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut tracing_subscriber::fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut new = String::new();
+        tracing_subscriber::fmt::format::JsonFields::new().format_fields(
+            tracing_subscriber::fmt::format::Writer::new(&mut new),
+            fields,
+        )?;
+        let (Some(old), Some(added)) = (
+            current
+                .fields
+                .strip_suffix('}')
+                .filter(|o| o.starts_with('{')),
+            new.strip_prefix('{').filter(|n| n.ends_with('}')),
+        ) else {
+            // Nothing recorded yet (or, never seen, not an object): the new fields alone.
+            current.fields = new;
+            return Ok(());
+        };
+        if added == "}" {
+            return Ok(());
+        }
+        let join = if old == "{" { "" } else { "," };
+        let len = old.len();
+        current.fields.truncate(len);
+        current.fields.push_str(join);
+        current.fields.push_str(added);
+        Ok(())
+    }
 }
 
 pub fn init_pretty() {
@@ -471,6 +526,90 @@ mod tests {
         });
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         text
+    }
+
+    #[derive(Clone, Default)]
+    struct JsonBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for JsonBuf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A request's span, its ids recorded one by one (one twice, one record empty), a
+    /// nested span and events: logged as Lambda logs them, the span fields formatted by
+    /// `JsonFields` or by [`AppendJsonFields`].
+    fn json_logged(append: bool) -> String {
+        let buf = JsonBuf::default();
+        let out = buf.clone();
+        let builder = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(LevelFilter::TRACE)
+            .with_current_span(false)
+            .with_span_list(true)
+            .with_target(false)
+            .without_time()
+            .with_writer(move || buf.clone());
+        let scenario = || {
+            let span = tracing::info_span!(
+                "request",
+                request_id = "01KB0000000000000000000000",
+                method = "POST",
+                route = tracing::field::Empty,
+                tenant_id = tracing::field::Empty,
+                wamid = tracing::field::Empty,
+                message_id = tracing::field::Empty,
+                n = tracing::field::Empty,
+            );
+            let _in = span.enter();
+            tracing::info!("before any record");
+            record("wamid", &tracing::field::display("wamid.HBgL\"quoted\"=="));
+            record("tenant_id", &"01KB1111111111111111111111");
+            record("not_a_field", &"ignored");
+            record("tenant_id", &"01KB3333333333333333333333");
+            record("n", &7_u64);
+            tracing::warn!(applied = 1, "after the records");
+            let inner = tracing::info_span!("status", message_id = tracing::field::Empty);
+            let _inner = inner.enter();
+            record(
+                "message_id",
+                &tracing::field::display("01KB2222222222222222222222"),
+            );
+            tracing::error!(error = "boom", "in the nested span");
+        };
+        if append {
+            tracing::subscriber::with_default(
+                builder.fmt_fields(AppendJsonFields).finish(),
+                scenario,
+            );
+        } else {
+            tracing::subscriber::with_default(builder.finish(), scenario);
+        }
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn appended_json_span_fields_log_the_same_lines_as_the_json_formatter_s_own() {
+        let own = json_logged(false);
+        let lines: Vec<serde_json::Value> = own
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{own}");
+        let spans = &lines[1]["spans"][0];
+        assert_eq!(spans["tenant_id"], "01KB3333333333333333333333", "{own}");
+        assert_eq!(spans["wamid"], "wamid.HBgL\"quoted\"==", "{own}");
+        assert_eq!(spans["n"], 7, "{own}");
+        assert_eq!(
+            lines[2]["spans"][1]["message_id"],
+            "01KB2222222222222222222222"
+        );
+        assert_eq!(json_logged(true), own);
     }
 
     #[derive(Debug)]
