@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use tracing::Instrument;
 
 use crate::domain::meta::{self, AccountUpdate, MetaEvent};
-use crate::domain::signature::{parse_signature_header, signed_by};
+use crate::domain::signature::{parse_signature_header, signed_by_secret};
 use crate::domain::{OptOutKey, PhoneNumber, TenantId, UserId};
 
 use super::errors::ServiceError;
@@ -29,7 +29,7 @@ pub async fn verify_signature(
     };
     let name = &deps.settings.meta_app_secret;
     let signed = |secret: Option<crate::secret::Secret>| {
-        secret.is_some_and(|s| signed_by(s.expose().as_bytes(), raw, &sig))
+        secret.is_some_and(|s| signed_by_secret(&s, raw, &sig))
     };
     // The previous secret is looked up only when the current one does not sign it.
     if signed(deps.secrets.current(name).await?) {
