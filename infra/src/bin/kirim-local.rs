@@ -2,6 +2,11 @@
 
 use kirim_infra::local::{start, LocalConfig};
 
+/// The allocator the Lambda binary uses (`functions/lambda`), so local mode measures what
+/// Lambda runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     kirim::telemetry::init_pretty();
