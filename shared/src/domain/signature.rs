@@ -6,14 +6,46 @@ use sha2::Sha256;
 
 use crate::secret::Secret;
 
-/// The signature bytes of a `sha256=<hex>` header; `None` if it is not one (64 hex digits:
-/// anything else could not match, so it is refused before any HMAC is computed).
-pub fn parse_signature_header(header: Option<&str>) -> Option<[u8; 32]> {
-    let hex = header?.strip_prefix("sha256=")?.trim();
+/// The signature bytes of a `sha256=<hex>` header; `None` if it is not one (64 hex digits,
+/// either case, ASCII spaces or tabs around them: anything else could not match, so it is
+/// refused before any HMAC is computed). Read from the header's bytes, as sent: a header
+/// that is not visible ASCII has no hex digits to give.
+pub fn parse_signature_header<H: AsRef<[u8]> + ?Sized>(header: Option<&H>) -> Option<[u8; 32]> {
+    let hex = header?.as_ref().strip_prefix(b"sha256=")?.trim_ascii();
+    if hex.len() != 64 {
+        return None;
+    }
     let mut sig = [0u8; 32];
-    hex::decode_to_slice(hex, &mut sig).ok()?;
+    for (byte, pair) in sig.iter_mut().zip(hex.chunks_exact(2)) {
+        let [hi, lo] = pair else {
+            return None;
+        };
+        let (hi, lo) = (HEX_DIGIT[usize::from(*hi)], HEX_DIGIT[usize::from(*lo)]);
+        if hi > 0xf || lo > 0xf {
+            return None;
+        }
+        *byte = hi << 4 | lo;
+    }
     Some(sig)
 }
+
+/// Each byte's value as a hex digit, or 0xff: one lookup a digit instead of the `hex`
+/// crate's comparisons (with the header's UTF-8 check, 1% of a webhook's instructions).
+const HEX_DIGIT: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// Whether `signature` is the HMAC-SHA256 of `raw` under `secret` (constant time).
 pub fn signed_by(secret: &[u8], raw: &[u8], signature: &[u8]) -> bool {
@@ -62,7 +94,7 @@ mod tests {
             parse_signature_header(Some(&format!("{header} "))),
             Some(sig)
         );
-        assert_eq!(parse_signature_header(None), None);
+        assert_eq!(parse_signature_header::<str>(None), None);
     }
 
     #[test]
@@ -83,6 +115,29 @@ mod tests {
                 let mut tampered = body.to_vec();
                 tampered[2] ^= 1;
                 assert!(!signed_by_secret(candidate, &tampered, &sig));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_header_is_read_as_the_hex_crate_reads_its_trimmed_digits(
+            digits in "[0-9a-fA-FgG ]{60,68}",
+            pad in "[ \t]{0,2}",
+            raw in proptest::collection::vec(proptest::num::u8::ANY, 64),
+        ) {
+            for candidate in [
+                format!("sha256={pad}{digits}{pad}").into_bytes(),
+                [b"sha256=".as_slice(), &raw].concat(),
+            ] {
+                let expected = candidate
+                    .strip_prefix(b"sha256=")
+                    .map(|h| h.trim_ascii())
+                    .and_then(|h| {
+                        let mut sig = [0u8; 32];
+                        hex::decode_to_slice(h, &mut sig).ok().map(|()| sig)
+                    });
+                proptest::prop_assert_eq!(parse_signature_header(Some(&candidate)), expected);
             }
         }
     }

@@ -474,7 +474,7 @@ async fn meta_notify(State(s): State<AppState>, req: axum::extract::Request) -> 
     let sig = parts
         .headers
         .get("x-hub-signature-256")
-        .and_then(|v| v.to_str().ok());
+        .map(axum::http::HeaderValue::as_bytes);
     if !webhook::verify_signature(&s.deps, &body, sig).await? {
         s.limits.webhook_bad_signature(addr, s.deps.clock.now());
         return Err(ApiError::new(

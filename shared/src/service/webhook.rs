@@ -19,10 +19,10 @@ use super::Deps;
 
 /// Checks `X-Hub-Signature-256: sha256=<hex>` against the current and the previous app
 /// secret (for `rotation_grace` after a rotation), in constant time.
-pub async fn verify_signature(
+pub async fn verify_signature<H: AsRef<[u8]> + ?Sized>(
     deps: &Deps,
     raw: &[u8],
-    header: Option<&str>,
+    header: Option<&H>,
 ) -> Result<bool, ServiceError> {
     let Some(sig) = parse_signature_header(header) else {
         return Ok(false);
