@@ -69,7 +69,21 @@ fn filter_from_env() -> Targets {
 }
 
 pub fn init_json() {
-    let _ = tracing_subscriber::fmt()
+    let _ = json_format()
+        .fmt_fields(AppendJsonFields)
+        .finish()
+        .with(filter_from_env())
+        .try_init();
+}
+
+/// Lambda's JSON lines, before their span fields' formatter is chosen (a test logs with the
+/// same format and both formatters).
+fn json_format() -> tracing_subscriber::fmt::SubscriberBuilder<
+    tracing_subscriber::fmt::format::JsonFields,
+    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json, ()>,
+    LevelFilter,
+> {
+    tracing_subscriber::fmt()
         .json()
         .with_max_level(LevelFilter::TRACE)
         // Span fields (request id, tenant, message) ride on every line as `spans`.
@@ -77,10 +91,6 @@ pub fn init_json() {
         .with_span_list(true)
         .with_target(false)
         .without_time() // CloudWatch stamps each line
-        .fmt_fields(AppendJsonFields)
-        .finish()
-        .with(filter_from_env())
-        .try_init();
 }
 
 /// The JSON formatter's span fields, with each recorded field appended to the span's JSON
@@ -536,14 +546,7 @@ mod tests {
     fn json_logged(append: bool) -> String {
         let buf = Buf::default();
         let out = buf.clone();
-        let builder = tracing_subscriber::fmt()
-            .json()
-            .with_max_level(LevelFilter::TRACE)
-            .with_current_span(false)
-            .with_span_list(true)
-            .with_target(false)
-            .without_time()
-            .with_writer(move || buf.clone());
+        let builder = json_format().with_writer(move || buf.clone());
         let scenario = || {
             let span = tracing::info_span!(
                 "request",
