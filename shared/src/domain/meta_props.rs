@@ -1077,6 +1077,98 @@ fn the_statuses_only_reader_takes_meta_s_status_body_and_leaves_odd_ones_to_the_
 }
 
 #[test]
+fn a_key_given_twice_is_read_as_the_tree_reads_it_or_left_to_the_tree() {
+    // Each key the one-pass reader reads, given a second time with other content (the tree
+    // keeps the last; serde refused a repeated field). Lists repeated with content of their
+    // own: a reader that added both would count a status twice.
+    let status = r#"{"id":"wamid.A","status":"delivered","timestamp":"1764000000","recipient_id":"60123456789","biz_opaque_callback_data":"01KAAAAAAAAAAAAAAAAAAAAAAA","pricing":{"pricing_model":"PMP","category":"utility","type":"regular"}}"#;
+    let value = format!(
+        r#"{{"messaging_product":"whatsapp","metadata":{{"phone_number_id":"800"}},"statuses":[{status}]}}"#
+    );
+    let change = format!(r#"{{"field":"messages","value":{value}}}"#);
+    let entry = format!(r#"{{"id":"1","changes":[{change}]}}"#);
+    let body = format!(r#"{{"object":"whatsapp_business_account","entry":[{entry}]}}"#);
+    assert!(statuses_only(body.as_bytes()).is_some());
+    let other_status = status
+        .replace("wamid.A", "wamid.B")
+        .replace("delivered", "read");
+    let twice = [
+        (
+            r#""entry":["#.to_owned(),
+            format!(r#""entry":[{entry}],"entry":["#),
+        ),
+        (
+            r#""changes":["#.to_owned(),
+            format!(r#""changes":[{change}],"changes":["#),
+        ),
+        (
+            r#""statuses":["#.to_owned(),
+            format!(r#""statuses":[{other_status}],"statuses":["#),
+        ),
+        (
+            r#""value":{"#.to_owned(),
+            format!(r#""value":{value},"value":{{"#),
+        ),
+        (
+            r#""field":"#.to_owned(),
+            r#""field":"account_update","field":"#.to_owned(),
+        ),
+        (
+            r#""metadata":{"#.to_owned(),
+            r#""metadata":{"phone_number_id":"900"},"metadata":{"#.to_owned(),
+        ),
+        (
+            r#""phone_number_id":"#.to_owned(),
+            r#""phone_number_id":"900","phone_number_id":"#.to_owned(),
+        ),
+        (
+            r#""id":"wamid"#.to_owned(),
+            r#""id":"wamid.C","id":"wamid"#.to_owned(),
+        ),
+        (
+            r#""status":"#.to_owned(),
+            r#""status":"sent","status":"#.to_owned(),
+        ),
+        (
+            r#""timestamp":"#.to_owned(),
+            r#""timestamp":"1","timestamp":"#.to_owned(),
+        ),
+        (
+            r#""recipient_id":"#.to_owned(),
+            r#""recipient_id":"60111111111","recipient_id":"#.to_owned(),
+        ),
+        (
+            r#""biz_opaque_callback_data":"#.to_owned(),
+            r#""biz_opaque_callback_data":null,"biz_opaque_callback_data":"#.to_owned(),
+        ),
+        (
+            r#""pricing":{"#.to_owned(),
+            r#""pricing":null,"pricing":{"#.to_owned(),
+        ),
+        (
+            r#""category":"#.to_owned(),
+            r#""category":"marketing","category":"#.to_owned(),
+        ),
+        (
+            r#""pricing_model":"#.to_owned(),
+            r#""pricing_model":"CBP","pricing_model":"#.to_owned(),
+        ),
+    ];
+    for (key, repeated) in twice {
+        let odd = body.replacen(&key, &repeated, 1);
+        assert_ne!(odd, body, "{key}");
+        if let Some(fast) = statuses_only(odd.as_bytes()) {
+            assert_eq!(Ok(fast), parse_tree(odd.as_bytes()), "{odd}");
+        }
+        assert_eq!(
+            parse_notification(odd.as_bytes()),
+            parse_tree(odd.as_bytes()),
+            "{odd}"
+        );
+    }
+}
+
+#[test]
 fn json_nested_beyond_the_reader_s_limit_is_refused_not_a_stack_overflow() {
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     assert_eq!(parse_notification(deep.as_bytes()), Err(NotJson));
