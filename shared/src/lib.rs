@@ -2,6 +2,7 @@
 //! is not a Lambda entry point: domain types, ports, adapters, services and HTTP routers.
 
 pub mod adapters;
+pub mod alloc;
 pub mod config;
 pub mod console;
 pub mod domain;

@@ -10,7 +10,7 @@ use kirim::wiring::Function;
 /// took 6% of its instructions (its fast cache stops at 1 KB, and the kilobyte futures
 /// and bodies above it consolidate its bins). BENCHMARKS.md "Webhook side by side".
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: kirim::alloc::Mimalloc = kirim::alloc::Mimalloc;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {

@@ -5,7 +5,7 @@ use kirim_infra::local::{start, LocalConfig};
 /// The allocator the Lambda binary uses (`functions/lambda`), so local mode measures what
 /// Lambda runs.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: kirim::alloc::Mimalloc = kirim::alloc::Mimalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
