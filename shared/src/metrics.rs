@@ -87,9 +87,11 @@ impl Lines {
     /// answers whether the buffer is past [`FLUSH_AT`] values.
     fn push(&self, name: &str, unit: Unit, value: f64, dims: &[(&str, &str)], at_ms: i64) -> bool {
         let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // From the newest: a metric's older lines are full or of an earlier time.
         match buf
             .pending
             .iter_mut()
+            .rev()
             .find(|p| p.takes(name, unit, dims, at_ms))
         {
             Some(p) => p.values.push(value),

@@ -240,9 +240,16 @@ impl tracing::field::Visit for PlainVisitor<'_> {
             return;
         }
         let name = name.strip_prefix("r#").unwrap_or(name);
-        let pad = if self.is_empty { "" } else { " " };
+        if !self.is_empty {
+            self.result = self.writer.write_char(' ');
+        }
         self.is_empty = false;
-        self.result = write!(self.writer, "{pad}{name}={value:?}");
+        // The name and `=` written as they are; only the value goes through `fmt`.
+        self.result = self
+            .result
+            .and_then(|()| self.writer.write_str(name))
+            .and_then(|()| self.writer.write_char('='))
+            .and_then(|()| write!(self.writer, "{value:?}"));
     }
 }
 

@@ -47,12 +47,23 @@ pub struct Wamid(String);
 
 impl Wamid {
     pub fn parse(s: &str) -> Option<Self> {
-        (!s.is_empty() && s.len() <= MAX_WAMID && !s.chars().any(char::is_control))
-            .then(|| Self(s.to_owned()))
+        (!s.is_empty() && s.len() <= MAX_WAMID && !has_control(s)).then(|| Self(s.to_owned()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether `s` holds a control character (`char::is_control`: U+0000–U+001F, U+007F and
+/// U+0080–U+009F), read from its bytes: the C1 controls are the two bytes `C2 80`–`C2 9F`
+/// in UTF-8, and no other character's encoding holds a byte below 0x20 or 0x7F.
+fn has_control(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().enumerate().any(|(i, &x)| {
+        x < 0x20
+            || x == 0x7f
+            || (x == 0xc2 && b.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n)))
+    })
 }
 
 impl std::fmt::Display for Wamid {
@@ -1371,6 +1382,21 @@ mod tests {
             matches!(&events(json!({"entry": {}}))[0], MetaEvent::Unknown(u) if u.piece == "body")
         );
         assert!(matches!(&events(json!([1]))[0], MetaEvent::Unknown(_)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_control_character_is_found_in_the_bytes_as_in_the_chars(s in "\\PC{0,8}[\\x00-\\x1f\\x7f-\\u{a0}\\u{2028}]?\\PC{0,8}") {
+            proptest::prop_assert_eq!(has_control(&s), s.chars().any(char::is_control), "{:?}", s);
+        }
+    }
+
+    #[test]
+    fn every_character_below_u_0800_is_a_control_by_its_bytes_as_by_char() {
+        for c in (0u32..0x800).filter_map(char::from_u32) {
+            let s = format!("a{c}b");
+            assert_eq!(has_control(&s), c.is_control(), "{c:?}");
+        }
     }
 
     #[test]
