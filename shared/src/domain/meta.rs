@@ -329,14 +329,8 @@ fn scan_entry<'a>(c: &mut scan::Cursor<'a>, events: &mut Vec<MetaEvent>) -> Opti
 fn scan_change<'a>(c: &mut scan::Cursor<'a>, events: &mut Vec<MetaEvent>) -> Option<()> {
     let (mut field, mut value) = (None, None);
     c.object(|c, key| match key {
-        "field" => {
-            let f = c.str_or_null()?;
-            scan::once(&mut field, f)
-        }
-        "value" => {
-            let v = scan_statuses(c)?;
-            scan::once(&mut value, v)
-        }
+        "field" => scan::once(&mut field, c.str_or_null()?),
+        "value" => scan::once(&mut value, scan_statuses(c)?),
         _ => c.skip(),
     })?;
     let field = field.flatten().unwrap_or("");
@@ -361,10 +355,7 @@ fn scan_change<'a>(c: &mut scan::Cursor<'a>, events: &mut Vec<MetaEvent>) -> Opt
 fn scan_statuses<'a>(c: &mut scan::Cursor<'a>) -> Option<(Option<String>, Vec<StatusParts<'a>>)> {
     let (mut metadata, mut statuses) = (None, None);
     c.object(|c, key| match key {
-        "metadata" => {
-            let m = scan_phone_number_id(c)?;
-            scan::once(&mut metadata, m)
-        }
+        "metadata" => scan::once(&mut metadata, scan_phone_number_id(c)?),
         "statuses" => {
             let mut list = Vec::new();
             c.array(|c| {
@@ -409,34 +400,13 @@ fn scan_status<'a>(c: &mut scan::Cursor<'a>) -> Option<StatusParts<'a>> {
     let (mut recipient_id, mut recipient_user_id, mut callback, mut pricing) =
         (None, None, None, None);
     c.object(|c, key| match key {
-        "id" => {
-            let v = c.str()?;
-            scan::once(&mut id, v)
-        }
-        "status" => {
-            let v = c.str()?;
-            scan::once(&mut status, v)
-        }
-        "timestamp" => {
-            let v = scan_timestamp(c)?;
-            scan::once(&mut timestamp, v)
-        }
-        "recipient_id" => {
-            let v = c.str_or_null()?;
-            scan::once(&mut recipient_id, v)
-        }
-        "recipient_user_id" => {
-            let v = c.str_or_null()?;
-            scan::once(&mut recipient_user_id, v)
-        }
-        "biz_opaque_callback_data" => {
-            let v = c.str_or_null()?;
-            scan::once(&mut callback, v)
-        }
-        "pricing" => {
-            let v = scan_pricing(c)?;
-            scan::once(&mut pricing, v)
-        }
+        "id" => scan::once(&mut id, c.str()?),
+        "status" => scan::once(&mut status, c.str()?),
+        "timestamp" => scan::once(&mut timestamp, scan_timestamp(c)?),
+        "recipient_id" => scan::once(&mut recipient_id, c.str_or_null()?),
+        "recipient_user_id" => scan::once(&mut recipient_user_id, c.str_or_null()?),
+        "biz_opaque_callback_data" => scan::once(&mut callback, c.str_or_null()?),
+        "pricing" => scan::once(&mut pricing, scan_pricing(c)?),
         "errors" => None,
         _ => c.skip(),
     })?;

@@ -1026,6 +1026,19 @@ proptest! {
     }
 }
 
+/// `odd` is read as the tree reader reads it: by the one-pass reader, if that answers, and
+/// by `parse_notification`.
+fn read_as_the_tree_reads_it(odd: &str) {
+    if let Some(fast) = statuses_only(odd.as_bytes()) {
+        assert_eq!(Ok(fast), parse_tree(odd.as_bytes()), "{odd}");
+    }
+    assert_eq!(
+        parse_notification(odd.as_bytes()),
+        parse_tree(odd.as_bytes()),
+        "{odd}"
+    );
+}
+
 #[test]
 fn the_statuses_only_reader_takes_meta_s_status_body_and_leaves_odd_ones_to_the_tree() {
     let status = |extra: &str| {
@@ -1059,14 +1072,7 @@ fn the_statuses_only_reader_takes_meta_s_status_body_and_leaves_odd_ones_to_the_
         status(",\"x\":\"a\u{1}b\""),
         format!("{plain}\u{0}"),
     ] {
-        if let Some(fast) = statuses_only(odd.as_bytes()) {
-            assert_eq!(Ok(fast), parse_tree(odd.as_bytes()), "{odd}");
-        }
-        assert_eq!(
-            parse_notification(odd.as_bytes()),
-            parse_tree(odd.as_bytes()),
-            "{odd}"
-        );
+        read_as_the_tree_reads_it(&odd);
     }
     let null_messages = status(r#","messages":null"#);
     assert_eq!(
@@ -1157,14 +1163,7 @@ fn a_key_given_twice_is_read_as_the_tree_reads_it_or_left_to_the_tree() {
     for (key, repeated) in twice {
         let odd = body.replacen(&key, &repeated, 1);
         assert_ne!(odd, body, "{key}");
-        if let Some(fast) = statuses_only(odd.as_bytes()) {
-            assert_eq!(Ok(fast), parse_tree(odd.as_bytes()), "{odd}");
-        }
-        assert_eq!(
-            parse_notification(odd.as_bytes()),
-            parse_tree(odd.as_bytes()),
-            "{odd}"
-        );
+        read_as_the_tree_reads_it(&odd);
     }
 }
 

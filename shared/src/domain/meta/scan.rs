@@ -65,17 +65,26 @@ impl<'a> Cursor<'a> {
         self.peek().is_none().then_some(())
     }
 
+    /// Steps over the bytes that are neither a quote, a backslash nor a control byte, eight
+    /// at a time while eight are left.
+    #[inline(always)]
+    fn skip_plain(&mut self) {
+        let bytes = self.text.as_bytes();
+        loop {
+            let run = bytes.get(self.at..self.at + 8).map_or(0, plain_prefix);
+            if run == 0 {
+                return;
+            }
+            self.at += run;
+        }
+    }
+
     /// A string without escapes, borrowed from the text.
     pub(super) fn str(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.at;
-        let bytes = self.text.as_bytes();
         loop {
-            let run = bytes.get(self.at..self.at + 8).map_or(0, plain_prefix);
-            if run > 0 {
-                self.at += run;
-                continue;
-            }
+            self.skip_plain();
             match self.byte()? {
                 b'"' => {
                     let s = self.text.get(start..self.at)?;
@@ -100,13 +109,8 @@ impl<'a> Cursor<'a> {
     /// Steps over a string, checking its escapes.
     fn skip_str(&mut self) -> Option<()> {
         self.eat(b'"')?;
-        let bytes = self.text.as_bytes();
         loop {
-            let run = bytes.get(self.at..self.at + 8).map_or(0, plain_prefix);
-            if run > 0 {
-                self.at += run;
-                continue;
-            }
+            self.skip_plain();
             match self.byte()? {
                 b'"' => {
                     self.at += 1;
