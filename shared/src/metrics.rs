@@ -162,9 +162,16 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// `v` as a JSON number (`null` if it is not finite, as JSON has no NaN).
+/// `v` as a JSON number (`null` if it is not finite, as JSON has no NaN). A whole number
+/// (every count, and a webhook's lag in milliseconds) is written as an integer (`20`, not
+/// `20.0`: the same number to JSON and to CloudWatch), which is a fraction of the
+/// shortest-float formatting's work (issue #13).
 fn push_json_f64(out: &mut String, v: f64) {
-    if v.is_finite() {
+    /// Below 2^53 every whole `f64` is exactly an `i64`.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    if v.fract() == 0.0 && v.abs() < EXACT {
+        out.push_str(itoa::Buffer::new().format(v as i64));
+    } else if v.is_finite() {
         let mut b = ryu::Buffer::new();
         out.push_str(b.format_finite(v));
     } else {
@@ -358,9 +365,30 @@ mod tests {
                     }],
                 },
                 "ErrorClass": "permanent",
-                "MessagesFailed": 1.0,
+                "MessagesFailed": 1,
             })
         );
+    }
+
+    #[test]
+    fn whole_values_are_written_as_integers_and_others_as_the_shortest_float() {
+        let written = |v: f64| {
+            let mut out = String::new();
+            push_json_f64(&mut out, v);
+            out
+        };
+        assert_eq!(written(1.0), "1");
+        assert_eq!(written(1500.0), "1500");
+        assert_eq!(written(-3.0), "-3");
+        assert_eq!(written(0.25), "0.25");
+        assert_eq!(written(1e300), "1e300");
+        assert_eq!(written(9_007_199_254_740_991.0), "9007199254740991");
+        assert_eq!(written(f64::NAN), "null");
+        assert_eq!(written(f64::INFINITY), "null");
+        for v in [0.5, 7.0, 123_456.75, -2.5e-7, 4.0e20] {
+            let read: f64 = serde_json::from_str(&written(v)).expect("a JSON number");
+            assert_eq!(read, v, "{v} reads back as itself");
+        }
     }
 
     #[test]
@@ -446,11 +474,11 @@ mod tests {
             .collect();
         assert_eq!(parsed.len(), 3, "{parsed:?}");
         assert_eq!(parsed[0]["Status"], "sent");
-        assert_eq!(parsed[0]["WebhookLag"], json!([10.0, 30.0]));
+        assert_eq!(parsed[0]["WebhookLag"], json!([10, 30]));
         assert_eq!(parsed[0]["_aws"]["Timestamp"], 5, "the first value's time");
         assert_eq!(parsed[1]["Status"], "read");
         assert_eq!(parsed[1]["WebhookLag"], 20.0, "one value stays a number");
-        assert_eq!(parsed[2]["MessagesSent"], json!([1.0, 1.0]));
+        assert_eq!(parsed[2]["MessagesSent"], json!([1, 1]));
         assert_eq!(
             parsed[2]["_aws"]["CloudWatchMetrics"][0]["Metrics"][0],
             json!({"Name": "MessagesSent", "Unit": "Count"})
