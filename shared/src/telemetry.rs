@@ -354,18 +354,33 @@ pub fn record_tenant(tenant: &impl std::fmt::Display) {
 /// (It records from inside `dispatcher::get_default`: under a scoped dispatcher, as in tests,
 /// an event logged while the value is formatted is dropped, as any nested dispatch is.)
 pub fn record(field: &str, value: &dyn tracing::Value) {
+    record_all([(field, value)]);
+}
+
+/// Records each `(field, value)` the current span has, in one record: one lookup of the
+/// span and one update of its formatted fields for them all (each record was about a
+/// hundredth of a webhook's instructions; BENCHMARKS.md "Webhook side by side"). Fields
+/// the span does not have are left out, as [`record`] leaves them.
+pub fn record_all<const N: usize>(values: [(&str, &dyn tracing::Value); N]) {
     tracing::dispatcher::get_default(|dispatch| {
         let Some((id, meta)) = dispatch.current_span().into_inner() else {
             return;
         };
-        let Some(field) = meta.fields().field(field) else {
+        let fields = meta.fields();
+        // A field the span lacks still needs a field of this span in the set; without a
+        // value it is not recorded.
+        let Some(any) = fields.iter().next() else {
             return;
         };
-        let values = [(&field, Some(value))];
-        dispatch.record(
-            &id,
-            &tracing::span::Record::new(&meta.fields().value_set(&values)),
-        );
+        let found = values.map(|(name, value)| match fields.field(name) {
+            Some(field) => (field, Some(value)),
+            None => (any.clone(), None),
+        });
+        if found.iter().all(|(_, value)| value.is_none()) {
+            return;
+        }
+        let set = found.each_ref().map(|(field, value)| (field, *value));
+        dispatch.record(&id, &tracing::span::Record::new(&fields.value_set(&set)));
     });
 }
 
@@ -572,6 +587,16 @@ mod tests {
             record("not_a_field", &"ignored");
             record("tenant_id", &"01KB3333333333333333333333");
             record("n", &7_u64);
+            // Several in one record, one of them not the span's; then none of them.
+            record_all([
+                ("not_a_field", &"ignored" as &dyn tracing::Value),
+                ("route", &"/webhooks/meta"),
+                (
+                    "message_id",
+                    &tracing::field::display("01KB4444444444444444444444"),
+                ),
+            ]);
+            record_all([("not_a_field", &1_u64 as &dyn tracing::Value)]);
             // A record that carries no value: nothing to add.
             span.record("route", tracing::field::Empty);
             tracing::warn!(applied = 1, "after the records");
@@ -607,6 +632,9 @@ mod tests {
         assert_eq!(spans["tenant_id"], "01KB3333333333333333333333", "{own}");
         assert_eq!(spans["wamid"], "wamid.HBgL\"quoted\"==", "{own}");
         assert_eq!(spans["n"], 7, "{own}");
+        assert_eq!(spans["route"], "/webhooks/meta", "{own}");
+        assert_eq!(spans["message_id"], "01KB4444444444444444444444", "{own}");
+        assert!(!own.contains("not_a_field"), "{own}");
         assert_eq!(
             lines[2]["spans"][1]["message_id"],
             "01KB2222222222222222222222"

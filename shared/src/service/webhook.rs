@@ -191,7 +191,6 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 // webhook's CPU; BENCHMARKS.md "Webhook side by side").
                 // (The request's span is the current one already: nothing to enter again.)
                 let span = if single {
-                    crate::telemetry::record("wamid", &tracing::field::display(&report.wamid));
                     tracing::Span::none()
                 } else {
                     tracing::info_span!(
@@ -202,9 +201,21 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                     )
                 };
                 let result = async {
-                    let tenant = owners.of(report.phone_number_id.as_deref()).await?;
+                    let tenant = owners.of(report.phone_number_id.as_deref()).await;
+                    // The request's span gets the wamid with the tenant, in one record
+                    // (lines logged while the owner is looked up carry neither yet).
+                    let wamid = tracing::field::display(&report.wamid);
+                    match (single, &tenant) {
+                        (true, Ok(Some(t))) => crate::telemetry::record_all([
+                            ("wamid", &wamid as &dyn tracing::Value),
+                            ("tenant_id", &tracing::field::display(t)),
+                        ]),
+                        (true, _) => crate::telemetry::record("wamid", &wamid),
+                        (false, Ok(Some(t))) => crate::telemetry::record_tenant(t),
+                        (false, _) => {}
+                    }
+                    let tenant = tenant?;
                     if let Some(t) = &tenant {
-                        crate::telemetry::record_tenant(t);
                         pairs
                             .learn(deps, t, &report.recipient, &report.recipient_user_id)
                             .await?;
