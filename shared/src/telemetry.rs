@@ -193,6 +193,28 @@ impl<'a> tracing_subscriber::field::MakeVisitor<tracing_subscriber::fmt::format:
 }
 
 impl PlainVisitor<'_> {
+    /// Writes `name=` and then the value with `value`, after a space if a field came before
+    /// (log records' metadata, `log.*`, is left out: the formatter shows it elsewhere).
+    fn write_field(
+        &mut self,
+        name: &str,
+        value: impl FnOnce(&mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result,
+    ) {
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        if !self.is_empty {
+            self.result = self.writer.write_char(' ');
+        }
+        self.is_empty = false;
+        self.result = self
+            .result
+            .and_then(|()| self.writer.write_str(name))
+            .and_then(|()| self.writer.write_char('='))
+            .and_then(|()| value(&mut self.writer));
+    }
+
     /// Lets the formatter's own visitor write one field (those it escapes).
     fn delegate(
         &mut self,
@@ -216,6 +238,17 @@ impl tracing::field::Visit for PlainVisitor<'_> {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         if field.name() == "message" {
             self.delegate(|v| v.record_str(field, value));
+        } else if value
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+        {
+            // Printable ASCII without quotes or backslashes: what `{:?}` writes, quoted,
+            // without going through the formatter (a request's route, on every request).
+            self.write_field(field.name(), |w| {
+                w.write_char('"')?;
+                w.write_str(value)?;
+                w.write_char('"')
+            });
         } else {
             self.record_debug(field, &value);
         }
@@ -235,21 +268,8 @@ impl tracing::field::Visit for PlainVisitor<'_> {
             self.delegate(|v| v.record_debug(field, value));
             return;
         }
-        // Log records' metadata, which the formatter shows elsewhere.
-        if self.result.is_err() || name.starts_with("log.") {
-            return;
-        }
-        let name = name.strip_prefix("r#").unwrap_or(name);
-        if !self.is_empty {
-            self.result = self.writer.write_char(' ');
-        }
-        self.is_empty = false;
         // The name and `=` written as they are; only the value goes through `fmt`.
-        self.result = self
-            .result
-            .and_then(|()| self.writer.write_str(name))
-            .and_then(|()| self.writer.write_char('='))
-            .and_then(|()| write!(self.writer, "{value:?}"));
+        self.write_field(name, |w| write!(w, "{value:?}"));
     }
 }
 
@@ -544,6 +564,16 @@ mod tests {
                 "a \u{1b}[2Jcontrol code in a message"
             );
             tracing::error!(message = "spelled out", code = -3, ratio = 0.5);
+            // Text fields: plain, and with what `{:?}` escapes (quotes, a backslash, a
+            // combining accent, a tab, a control code, a character outside ASCII).
+            tracing::info!(
+                plain = "/webhooks/meta ok~",
+                quoted = "say \"hi\"",
+                backslash = "C:\\x",
+                escaped = "say \"hi\" \\ e\u{301}\t\u{7f} é",
+                empty = "",
+                "text fields"
+            );
         });
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         text
@@ -658,7 +688,9 @@ mod tests {
             plain.contains("tenant_id=\"01KB1111111111111111111111\"")
                 && plain.contains("wamid=wamid.HBgL==")
                 && plain.contains("route=\"/webhooks/meta\"")
-                && !plain.contains("not_a_field"),
+                && !plain.contains("not_a_field")
+                && plain.contains("plain=\"/webhooks/meta ok~\" quoted=\"say \\\"hi\\\"\"")
+                && plain.contains("empty=\"\""),
             "{plain}"
         );
         assert_eq!(text_logged(true), plain);
