@@ -104,19 +104,23 @@ struct Owners<'a, 'e> {
 }
 
 impl<'e> Owners<'_, 'e> {
+    /// The owner of `phone_number_id`, looked up once per notification (lent, not cloned).
     async fn of(
         &mut self,
         phone_number_id: Option<&'e str>,
-    ) -> Result<Option<TenantId>, ServiceError> {
+    ) -> Result<Option<&TenantId>, ServiceError> {
         let Some(pnid) = phone_number_id else {
             return Ok(None);
         };
-        if let Some((_, t)) = self.known.iter().find(|(p, _)| *p == pnid) {
-            return Ok(t.clone());
-        }
-        let t = self.deps.tenants.tenant_by_phone_number_id(pnid).await?;
-        self.known.push((pnid, t.clone()));
-        Ok(t)
+        let at = match self.known.iter().position(|(p, _)| *p == pnid) {
+            Some(at) => at,
+            None => {
+                let t = self.deps.tenants.tenant_by_phone_number_id(pnid).await?;
+                self.known.push((pnid, t));
+                self.known.len() - 1
+            }
+        };
+        Ok(self.known.get(at).and_then(|(_, t)| t.as_ref()))
     }
 }
 
@@ -215,12 +219,12 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                         (false, _) => {}
                     }
                     let tenant = tenant?;
-                    if let Some(t) = &tenant {
+                    if let Some(t) = tenant {
                         pairs
                             .learn(deps, t, &report.recipient, &report.recipient_user_id)
                             .await?;
                     }
-                    super::status::apply(deps, tenant.as_ref(), report).await
+                    super::status::apply(deps, tenant, report).await
                 }
                 .instrument(span)
                 .await;
@@ -239,11 +243,11 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                     tracing::info_span!("user_preference", tenant_id = tracing::field::Empty);
                 let result = async {
                     let tenant = owners.of(pref.phone_number_id.as_deref()).await?;
-                    if let Some(t) = &tenant {
+                    if let Some(t) = tenant {
                         crate::telemetry::record_tenant(t);
                         pairs.learn(deps, t, &pref.phone, &pref.user_id).await?;
                     }
-                    super::optouts::apply_preference(deps, tenant.as_ref(), pref).await
+                    super::optouts::apply_preference(deps, tenant, pref).await
                 }
                 .instrument(span)
                 .await;
@@ -260,7 +264,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 let span = tracing::info_span!("inbound", tenant_id = tracing::field::Empty);
                 let result = async {
                     let tenant = owners.of(message.phone_number_id.as_deref()).await?;
-                    if let (Some(t), Some(pnid)) = (&tenant, &message.phone_number_id) {
+                    if let (Some(t), Some(pnid)) = (tenant, &message.phone_number_id) {
                         crate::telemetry::record_tenant(t);
                         pairs
                             .learn(deps, t, &message.from, &message.from_user_id)
@@ -273,7 +277,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                         super::contacts::user_wrote(deps, t, pnid, &keys, message.timestamp)
                             .await?;
                     }
-                    super::optouts::apply_inbound(deps, tenant.as_ref(), message).await
+                    super::optouts::apply_inbound(deps, tenant, message).await
                 }
                 .instrument(span)
                 .await;
