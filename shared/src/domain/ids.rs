@@ -39,15 +39,26 @@ fn following(prev: Option<ulid::Ulid>, fresh: ulid::Ulid) -> ulid::Ulid {
 /// text equals `s` up to case, without the round trip through a `u128` and the formatter
 /// (a webhook parses its message id on every status; issue #13).
 fn canonical_ulid(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let crockford = |c: &u8| {
-        matches!(
-            c.to_ascii_uppercase(),
-            b'0'..=b'9' | b'A'..=b'H' | b'J' | b'K' | b'M' | b'N' | b'P'..=b'T' | b'V'..=b'Z'
-        )
+    /// Crockford base32's characters, either case, by byte.
+    const CROCKFORD: [bool; 256] = {
+        let mut table = [false; 256];
+        let alphabet = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+        let mut i = 0;
+        while i < alphabet.len() {
+            table[alphabet[i] as usize] = true;
+            table[alphabet[i].to_ascii_lowercase() as usize] = true;
+            i += 1;
+        }
+        table
     };
+    let b = s.as_bytes();
     let ulid = b.len() == 26 && b.first().is_some_and(|c| (b'0'..=b'7').contains(c));
-    (ulid && b.iter().all(crockford)).then(|| s.to_ascii_uppercase())
+    // Every byte looked up (no early exit: 26 table reads, no branch each).
+    let valid = ulid
+        && b.iter().fold(true, |ok, c| {
+            ok & CROCKFORD.get(usize::from(*c)).copied().unwrap_or(false)
+        });
+    valid.then(|| s.to_ascii_uppercase())
 }
 
 macro_rules! id_type {
