@@ -200,10 +200,15 @@ impl PlainVisitor<'_> {
         name: &str,
         value: impl FnOnce(&mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result,
     ) {
-        if self.result.is_err() || name.starts_with("log.") {
+        // (Prefixes compared as arrays: `str::starts_with` and `strip_prefix` are calls
+        // of their own at opt-level `z`, on every field of every span.)
+        if self.result.is_err() || name.as_bytes().first_chunk() == Some(b"log.") {
             return;
         }
-        let name = name.strip_prefix("r#").unwrap_or(name);
+        let name = match name.as_bytes().first_chunk() {
+            Some(b"r#") => name.get(2..).unwrap_or(name),
+            _ => name,
+        };
         if !self.is_empty {
             self.result = self.writer.write_char(' ');
         }
