@@ -26,6 +26,58 @@ use crate::ports::{
     QualityCounts, QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
 };
 
+/// A message's key in [`State::messages`], so that a lookup borrows the tenant and the id
+/// (`message_key(&(tenant, id))`) instead of cloning both into a tuple: two allocations a lookup,
+/// and a webhook makes two in local mode (issue #13). Ordered as the tuple is.
+pub(super) trait MessageKey {
+    fn parts(&self) -> (&TenantId, &MessageId);
+}
+
+impl MessageKey for (TenantId, MessageId) {
+    fn parts(&self) -> (&TenantId, &MessageId) {
+        (&self.0, &self.1)
+    }
+}
+
+impl MessageKey for (&TenantId, &MessageId) {
+    fn parts(&self) -> (&TenantId, &MessageId) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn MessageKey + 'a> for (TenantId, MessageId) {
+    fn borrow(&self) -> &(dyn MessageKey + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn MessageKey + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn MessageKey + '_ {}
+
+impl PartialOrd for dyn MessageKey + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn MessageKey + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
+/// The key of `(tenant, id)` in [`State::messages`], borrowed.
+pub(super) fn message_key<'a>(
+    parts: &'a (&'a TenantId, &'a MessageId),
+) -> &'a (dyn MessageKey + 'a) {
+    parts
+}
+
 #[derive(Default)]
 pub(super) struct State {
     pub(super) tenants: HashMap<TenantId, Tenant>,
@@ -377,7 +429,7 @@ impl MessageStore for MemoryStore {
     ) -> Result<Option<MessageRecord>, StoreError> {
         let s = self.lock()?;
         Ok(s.messages
-            .get(&(tenant.clone(), id.clone()))
+            .get(message_key(&(tenant, id)))
             .filter(|m| self.live(m.expires_at))
             .map(|m| MessageRecord::clone(m)))
     }
@@ -389,7 +441,7 @@ impl MessageStore for MemoryStore {
     ) -> Result<Option<Arc<MessageRecord>>, StoreError> {
         let s = self.lock()?;
         Ok(s.messages
-            .get(&(tenant.clone(), id.clone()))
+            .get(message_key(&(tenant, id)))
             .filter(|m| self.live(m.expires_at))
             .cloned())
     }
@@ -445,7 +497,7 @@ impl MessageStore for MemoryStore {
         let now = self.clock.now().timestamp();
         let Some(m) = s
             .messages
-            .get_mut(&(tenant.clone(), id.clone()))
+            .get_mut(message_key(&(tenant, id)))
             .filter(|m| m.expires_at.is_none_or(|t| t > now))
         else {
             return Ok(Transition::Refused);
@@ -473,7 +525,7 @@ impl MessageStore for MemoryStore {
         let now = self.clock.now().timestamp();
         let refundable = s
             .messages
-            .get(&(tenant.clone(), id.clone()))
+            .get(message_key(&(tenant, id)))
             .filter(|m| m.expires_at.is_none_or(|t| t > now))
             .is_some_and(|m| REFUNDABLE.contains(&from) && m.status == from);
         if !refundable {
@@ -485,7 +537,7 @@ impl MessageStore for MemoryStore {
             .ok_or(StoreError::NotFound)?;
         t.credits = t.credits.saturating_add(refund.amount);
         s.ledger.push(refund.clone());
-        let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
+        let Some(m) = s.messages.get_mut(message_key(&(tenant, id))) else {
             return Ok(Transition::Refused);
         };
         let m = Arc::make_mut(m);
@@ -504,7 +556,7 @@ impl MessageStore for MemoryStore {
         let now = self.clock.now().timestamp();
         let Some(m) = s
             .messages
-            .get_mut(&(tenant.clone(), id.clone()))
+            .get_mut(message_key(&(tenant, id)))
             .filter(|m| m.expires_at.is_none_or(|t| t > now))
         else {
             return Ok(Transition::Refused);
@@ -532,7 +584,7 @@ impl MessageStore for MemoryStore {
         let now = self.clock.now().timestamp();
         let Some(m) = s
             .messages
-            .get_mut(&(tenant.clone(), id.clone()))
+            .get_mut(message_key(&(tenant, id)))
             .filter(|m| m.expires_at.is_none_or(|t| t > now))
         else {
             return Ok(Transition::Refused);
@@ -563,7 +615,7 @@ impl MessageStore for MemoryStore {
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
         let mut s = self.lock()?;
-        if let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) {
+        if let Some(m) = s.messages.get_mut(message_key(&(tenant, id))) {
             Arc::make_mut(m).wamid = Some(wamid.to_owned());
         }
         s.wamids
@@ -808,5 +860,40 @@ impl QualityStats for MemoryStore {
             t.undeliverable += c.undeliverable;
         }
         Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_borrowed_message_key_orders_and_finds_as_the_owned_tuple_does() {
+        let tenants = ["01KB0000000000000000000000", "01KB0000000000000000000001"];
+        let ids = ["01KB1111111111111111111111", "01KB2222222222222222222222"];
+        let keys: Vec<(TenantId, MessageId)> = tenants
+            .iter()
+            .flat_map(|t| {
+                ids.iter()
+                    .map(|m| (TenantId::from_trusted(*t), MessageId::from_trusted(*m)))
+            })
+            .collect();
+        let map: BTreeMap<(TenantId, MessageId), usize> = keys
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, k)| (k, i))
+            .collect();
+        for (i, a) in keys.iter().enumerate() {
+            assert_eq!(map.get(message_key(&(&a.0, &a.1))), Some(&i));
+            for b in &keys {
+                assert_eq!(
+                    message_key(&(&a.0, &a.1)).cmp(message_key(&(&b.0, &b.1))),
+                    a.cmp(b)
+                );
+            }
+        }
+        let other = TenantId::from_trusted("01KB0000000000000000000002");
+        assert_eq!(map.get(message_key(&(&other, &keys[0].1))), None);
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::MemoryStore;
+use super::{message_key, MemoryStore};
 use crate::domain::{
     MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId,
     BROADCAST_LIST_RETENTION,
@@ -178,7 +178,7 @@ impl BroadcastStore for MemoryStore {
         }
         let Some(m) = s
             .messages
-            .get_mut(&(tenant.clone(), message.clone()))
+            .get_mut(message_key(&(tenant, message)))
             .filter(|m| m.expires_at.is_none_or(|t| t > now))
         else {
             return Ok(BroadcastClaim::Refused);

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::{MemoryStore, State};
+use super::{message_key, MemoryStore, State};
 use crate::domain::{MessageStatus, TemplateQuality, TenantId};
 use crate::ports::{
     PhoneNumberRecord, PhoneNumberStore, PricedMessage, StatusChange, TenantStatus, UsageRow,
@@ -163,7 +163,7 @@ impl UsageStore for MemoryStore {
         let mut s = self.lock()?;
         let Some(m) = s
             .messages
-            .get_mut(&(priced.tenant.clone(), priced.message.clone()))
+            .get_mut(message_key(&(priced.tenant, priced.message)))
             .filter(|m| m.pricing.is_none())
         else {
             return Ok(false);
@@ -186,7 +186,7 @@ impl UsageStore for MemoryStore {
         let now = self.clock.now().timestamp();
         let Some(m) = s
             .messages
-            .get_mut(&(priced.tenant.clone(), priced.message.clone()))
+            .get_mut(message_key(&(priced.tenant, priced.message)))
             .filter(|m| m.expires_at.is_none_or(|t| t > now))
             .filter(|m| m.pricing.is_none() && to.may_follow(m.status))
         else {

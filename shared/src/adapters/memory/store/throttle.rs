@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::MemoryStore;
+use super::{message_key, MemoryStore};
 use crate::domain::{
     MessageError, MessageId, MessageStatus, StatusEvent, TenantId, SEND_SLOT_RETENTION,
 };
@@ -59,7 +59,7 @@ impl SendingControl for MemoryStore {
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
         let mut s = self.lock()?;
-        let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
+        let Some(m) = s.messages.get_mut(message_key(&(tenant, id))) else {
             return Ok(Transition::Refused);
         };
         if m.status != MessageStatus::Sending {
@@ -81,7 +81,7 @@ impl SendingControl for MemoryStore {
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
         let mut s = self.lock()?;
-        let Some(m) = s.messages.get_mut(&(tenant.clone(), id.clone())) else {
+        let Some(m) = s.messages.get_mut(message_key(&(tenant, id))) else {
             return Ok(Transition::Refused);
         };
         if m.status != MessageStatus::Sending || m.updated_at != claimed_at {
