@@ -141,12 +141,15 @@ async fn apply_to(
     });
     if failed && report.has_error(131050) {
         // The recipient stopped marketing messages: no more marketing to them.
-        super::optouts::marketing_stopped_for(
+        // Boxed, as the pricing of a refused move below: rare, and held in place their
+        // futures would make every status's as large (BENCHMARKS.md "Webhook side by
+        // side", stop 27).
+        Box::pin(super::optouts::marketing_stopped_for(
             deps,
             tenant_id,
             message_id,
             report.recipient.as_ref(),
-        )
+        ))
         .await?;
     }
     if seen.is_some_and(|m| !to.may_still_follow(m.status)) {
@@ -197,7 +200,10 @@ async fn apply_to(
             // A repeated or overtaken status may still be the first to carry the pricing
             // (the dispatcher itself moves a message to `sent`).
             if let Some(pricing) = &report.pricing {
-                super::usage::record(deps, tenant_id, message_id, pricing, at).await?;
+                Box::pin(super::usage::record(
+                    deps, tenant_id, message_id, pricing, at,
+                ))
+                .await?;
             }
             Ok(Applied::NoChange)
         }

@@ -146,7 +146,11 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
     // tenant suspended already.
     for event in &events {
         if let MetaEvent::AccountUpdate(update) = event {
-            match account_update(deps, update).await {
+            // Boxed, as each rare path below: held in place, its future (some kilobytes)
+            // would make every notification's as large, and the caller boxes that one,
+            // copying all of it into memory not yet cached (BENCHMARKS.md "Webhook side by
+            // side", stop 27).
+            match Box::pin(account_update(deps, update)).await {
                 Ok(0) => summary.ignored += 1,
                 Ok(_) => summary.applied += 1,
                 Err(e) => {
@@ -172,10 +176,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
             }
             MetaEvent::NumberQuality(update) => {
                 let span = tracing::info_span!("number_quality", waba_id = %update.waba_id);
-                match super::numbers::apply_quality(deps, update)
-                    .instrument(span)
-                    .await
-                {
+                match Box::pin(super::numbers::apply_quality(deps, update).instrument(span)).await {
                     Ok(super::numbers::Applied::Yes) => summary.applied += 1,
                     Ok(_) => summary.ignored += 1,
                     Err(e) => {
@@ -383,5 +384,24 @@ mod tests {
             let s = WebhookSummary { applied, ignored, unknown, skipped, errors };
             prop_assert_eq!(s.received_body(), serde_body(&s));
         }
+    }
+}
+
+#[cfg(test)]
+mod future_size {
+    /// The webhook boxes the applying future, which copies all of it, whatever state it is
+    /// in, into memory not yet cached: each rare path's future is boxed where it is awaited
+    /// so that a notification's stays the size of a status's (3.6 KB before, 1.4 KB after,
+    /// in a debug build; BENCHMARKS.md "Webhook side by side", stop 27). Bytes, not time:
+    /// the same on every machine with this toolchain.
+    #[test]
+    fn a_notification_s_future_is_not_made_as_large_as_its_rarest_path() {
+        let deps = crate::wiring::memory_deps(
+            crate::config::Settings::default(),
+            std::sync::Arc::new(crate::ports::SystemClock),
+        )
+        .expect("memory deps");
+        let size = std::mem::size_of_val(&super::apply(&deps, b""));
+        assert!(size <= 2048, "webhook::apply's future is {size} bytes");
     }
 }
