@@ -461,20 +461,24 @@ const WEBHOOK_MAX_BODY: usize = 4 * MAX_BODY;
 /// The busiest route, so it takes the request whole: no copy of its headers or client
 /// address for extractors, and its body limit read here instead of a layer of its own.
 async fn meta_notify(State(s): State<AppState>, req: axum::extract::Request) -> ApiResult {
-    let (parts, body) = req.into_parts();
+    // What is needed of the head taken before the first await, the head dropped: held
+    // across the awaits it would make this future (which is boxed, so copied whole) larger
+    // by its size (BENCHMARKS.md "Webhook side by side", stop 27).
+    let (addr, sig, body) = {
+        let (parts, body) = req.into_parts();
+        let addr = parts
+            .extensions
+            .get::<extract::ClientIp>()
+            .and_then(|c| c.0);
+        let sig = parts.headers.get("x-hub-signature-256").cloned();
+        (addr, sig, body)
+    };
     let body = extract::body_at_most(body, WEBHOOK_MAX_BODY).await?;
-    let addr = parts
-        .extensions
-        .get::<extract::ClientIp>()
-        .and_then(|c| c.0);
     if let Err(wait) = s.limits.webhook_allowed(addr, s.deps.clock.now()) {
         crate::metrics::limited("webhook_bad_signatures");
         return Err(crate::service::errors::ServiceError::from(wait).into());
     }
-    let sig = parts
-        .headers
-        .get("x-hub-signature-256")
-        .map(axum::http::HeaderValue::as_bytes);
+    let sig = sig.as_ref().map(axum::http::HeaderValue::as_bytes);
     if !webhook::verify_signature(&s.deps, &body, sig).await? {
         s.limits.webhook_bad_signature(addr, s.deps.clock.now());
         return Err(ApiError::new(
