@@ -69,23 +69,26 @@ fn filter_from_env() -> Targets {
 }
 
 pub fn init_json() {
-    let _ = json_format()
-        .fmt_fields(AppendJsonFields)
-        .finish()
+    let _ = tracing_subscriber::registry()
+        .with(LazySpanFields::new(
+            json_layer().fmt_fields(AppendJsonFields),
+        ))
         .with(filter_from_env())
         .try_init();
 }
 
 /// Lambda's JSON lines, before their span fields' formatter is chosen (a test logs with the
 /// same format and both formatters).
-fn json_format() -> tracing_subscriber::fmt::SubscriberBuilder<
+pub fn json_layer<S>() -> tracing_subscriber::fmt::Layer<
+    S,
     tracing_subscriber::fmt::format::JsonFields,
     tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json, ()>,
-    LevelFilter,
-> {
-    tracing_subscriber::fmt()
+>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
         .json()
-        .with_max_level(LevelFilter::TRACE)
         // Span fields (request id, tenant, message) ride on every line as `spans`.
         .with_current_span(false)
         .with_span_list(true)
@@ -153,13 +156,17 @@ pub fn init_pretty() {
     // codes were ~2% of a webhook's CPU in local mode).
     let ansi = std::io::stdout().is_terminal();
     let _ = tracing_subscriber::registry()
-        .with(ansi.then(|| tracing_subscriber::fmt::layer().with_target(false)))
+        .with(
+            ansi.then(|| LazySpanFields::new(tracing_subscriber::fmt::layer().with_target(false))),
+        )
         .with((!ansi).then_some(RoomForFields))
         .with((!ansi).then(|| {
-            tracing_subscriber::fmt::layer()
-                .with_target(false)
-                .with_ansi(false)
-                .fmt_fields(PlainFields)
+            LazySpanFields::new(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_ansi(false)
+                    .fmt_fields(PlainFields),
+            )
         }))
         .with(filter_from_env())
         .try_init();
@@ -314,6 +321,10 @@ where
         ctx: tracing_subscriber::layer::Context<'_, S>,
     ) {
         use tracing_subscriber::fmt::{FormatFields, FormattedFields};
+        // A request span's fields wait for a line ([`LazySpanFields`]).
+        if is_lazy_request(attrs.metadata()) {
+            return;
+        }
         let Some(span) = ctx.span(id) else {
             return;
         };
@@ -332,8 +343,115 @@ where
 }
 
 tokio::task_local! {
-    /// The id of the HTTP request being served (set by the request-id layer).
-    static REQUEST_ID: String;
+    /// The HTTP request being served (set by the request-id layer): its id, and the
+    /// values its span's fields get while they wait for a line.
+    static REQUEST: RequestScope;
+}
+
+/// The target of the request span [`in_request`] makes when its fields wait for a line.
+const REQUEST_TARGET: &str = "kirim::request";
+
+/// Whether `meta` is a request span whose fields wait for a line ([`LazySpanFields`]).
+#[inline(always)]
+fn is_lazy_request(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target() == REQUEST_TARGET
+}
+
+/// A request's id, and its span's values until a line needs them formatted.
+struct RequestScope {
+    id: String,
+    method: std::borrow::Cow<'static, str>,
+    route: Option<&'static str>,
+    /// The request span, when its fields wait for a line (a [`LazySpanFields`] formats
+    /// them); `None` when the span got its values as it was made, or is disabled.
+    span: Option<(tracing::span::Id, &'static tracing::Metadata<'static>)>,
+    /// The values recorded since, in order (a field recorded twice is in it twice, as the
+    /// formatters keep both).
+    recorded: std::cell::RefCell<Vec<(tracing::field::Field, Recorded)>>,
+}
+
+/// A value recorded on a request span, kept until a line needs it: as the formatters are
+/// handed it again then (text as its `{:?}` was, since a recorded value is borrowed).
+enum Recorded {
+    Str(String),
+    /// A value's `{:?}` text (an id's `%` display; a recorded error's display, without
+    /// the sources the text formatter would list after it).
+    Text(String),
+    U64(u64),
+    I64(i64),
+    Bool(bool),
+    F64(f64),
+}
+
+impl Recorded {
+    fn with_value<R>(&self, f: impl FnOnce(&dyn tracing::Value) -> R) -> R {
+        match self {
+            Recorded::Str(s) => f(&s.as_str()),
+            Recorded::Text(s) => f(&tracing::field::display(s)),
+            Recorded::U64(v) => f(v),
+            Recorded::I64(v) => f(v),
+            Recorded::Bool(v) => f(v),
+            Recorded::F64(v) => f(v),
+        }
+    }
+}
+
+/// Keeps each value recorded on a request span.
+struct Capture<'a>(&'a mut Vec<(tracing::field::Field, Recorded)>);
+
+impl tracing::field::Visit for Capture<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .push((field.clone(), Recorded::Text(format!("{value:?}"))));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0
+            .push((field.clone(), Recorded::Str(value.to_owned())));
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.push((field.clone(), Recorded::U64(value)));
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.push((field.clone(), Recorded::I64(value)));
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.push((field.clone(), Recorded::Bool(value)));
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.push((field.clone(), Recorded::F64(value)));
+    }
+}
+
+impl RequestScope {
+    /// Keeps `values` for the request span if it is the current span and its fields wait
+    /// for a line; answers whether it did (else they are recorded as usual).
+    fn capture(&self, values: &[(&str, &dyn tracing::Value)]) -> bool {
+        let Some((span, meta)) = &self.span else {
+            return false;
+        };
+        let current = tracing::dispatcher::get_default(|d| d.current_span().id().cloned());
+        if current.as_ref() != Some(span) {
+            return false;
+        }
+        let fields = meta.fields();
+        if let Ok(mut recorded) = self.recorded.try_borrow_mut() {
+            for (name, value) in values {
+                if let Some(field) = fields.field(name) {
+                    value.record(&field, &mut Capture(&mut recorded));
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The method's name, borrowed for the usual ones.
+fn method_name(method: &str) -> std::borrow::Cow<'static, str> {
+    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+    match KNOWN.iter().find(|m| **m == method) {
+        Some(m) => std::borrow::Cow::Borrowed(m),
+        None => std::borrow::Cow::Owned(method.to_owned()),
+    }
 }
 
 /// Runs `fut` as the handling of request `id`: in a `request` span that carries the id
@@ -341,29 +459,285 @@ tokio::task_local! {
 /// given here when the caller knows it already), with the id readable through
 /// [`request_id`] (so a queued job can carry it on). The raw path is not logged: it can
 /// hold a phone number.
-pub async fn in_request<F: std::future::Future>(
+///
+/// Where the log formatter is wrapped in [`LazySpanFields`] (Lambda's and local mode's),
+/// the span's values are kept by the request's task and formatted only when a line in it
+/// is logged: most requests log none, and formatting them as they were recorded was most
+/// of what tracing cost a webhook (BENCHMARKS.md "Webhook side by side", stop 28). The
+/// lines are the same.
+pub fn in_request<F: std::future::Future>(
     id: String,
     method: &str,
     route: Option<&'static str>,
     fut: F,
-) -> F::Output {
+) -> impl std::future::Future<Output = F::Output> {
+    use tracing::field::Empty;
     use tracing::Instrument;
-    let span = tracing::info_span!(
-        "request",
-        request_id = %id,
-        method = %method,
+    let lazy = tracing::dispatcher::get_default(|d| d.is::<LazyFieldsMarker>());
+    let (span, waits) = if lazy {
+        let span = tracing::info_span!(
+            target: REQUEST_TARGET,
+            "request",
+            request_id = Empty,
+            method = Empty,
+            route = Empty,
+            tenant_id = Empty,
+            message_id = Empty,
+            wamid = Empty,
+        );
+        let waits = span.id().zip(span.metadata());
+        (span, waits)
+    } else {
+        let span = tracing::info_span!(
+            "request",
+            request_id = %id,
+            method = %method,
+            route,
+            tenant_id = Empty,
+            message_id = Empty,
+            // A webhook of one status records its wamid here (`service::webhook`).
+            wamid = Empty,
+        );
+        (span, None)
+    };
+    let scope = RequestScope {
+        id,
+        method: method_name(method),
         route,
-        tenant_id = tracing::field::Empty,
-        message_id = tracing::field::Empty,
-        // A webhook of one status records its wamid here (`service::webhook`).
-        wamid = tracing::field::Empty,
-    );
-    REQUEST_ID.scope(id, fut.instrument(span)).await
+        span: waits,
+        recorded: std::cell::RefCell::new(Vec::new()),
+    };
+    REQUEST.scope(scope, fut.instrument(span))
 }
 
 /// The id of the HTTP request this task serves, if any.
 pub fn request_id() -> Option<String> {
-    REQUEST_ID.try_with(Clone::clone).ok()
+    REQUEST.try_with(|r| r.id.clone()).ok()
+}
+
+/// What a [`LazySpanFields`] answers to `Dispatch::is`: that request spans may wait.
+struct LazyFieldsMarker;
+
+static LAZY_FIELDS_MARKER: LazyFieldsMarker = LazyFieldsMarker;
+
+/// A log formatter (`fmt::Layer`) whose request spans ([`in_request`]) get their fields
+/// only when a line in them is logged: the values wait in the request's task
+/// ([`record_all`] keeps them there), and before the first line in the span (and before
+/// each later one, for values recorded since) they are handed to the formatter as if the
+/// span had been made with them and recorded each in turn. Other spans are the
+/// formatter's as usual. One per subscriber.
+pub struct LazySpanFields<L> {
+    inner: L,
+}
+
+impl<L> LazySpanFields<L> {
+    pub fn new(inner: L) -> Self {
+        Self { inner }
+    }
+}
+
+/// How many of a request span's recorded values a [`LazySpanFields`] has handed on.
+struct Replayed<L>(usize, std::marker::PhantomData<fn() -> L>);
+
+impl<L> LazySpanFields<L> {
+    /// Hands the request span `id`'s waiting values to the formatter.
+    fn materialize<S>(
+        &self,
+        id: &tracing::span::Id,
+        ctx: &tracing_subscriber::layer::Context<'_, S>,
+    ) where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+        L: tracing_subscriber::Layer<S> + 'static,
+    {
+        use tracing::field::Value;
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let meta = span.metadata();
+        let done = span.extensions().get::<Replayed<L>>().map(|r| r.0);
+        drop(span);
+        let fields = meta.fields();
+        let ours = REQUEST
+            .try_with(|scope| {
+                if scope.span.as_ref().map(|(s, _)| s) != Some(id) {
+                    return false;
+                }
+                let start = match done {
+                    Some(n) => n,
+                    None => {
+                        let (Some(f_id), Some(f_method), Some(f_route)) = (
+                            fields.field("request_id"),
+                            fields.field("method"),
+                            fields.field("route"),
+                        ) else {
+                            return false;
+                        };
+                        let id_value = tracing::field::display(&scope.id);
+                        let method_value = tracing::field::display(&scope.method);
+                        let values = [
+                            (&f_id, Some(&id_value as &dyn Value)),
+                            (&f_method, Some(&method_value as &dyn Value)),
+                            (&f_route, scope.route.as_ref().map(|r| r as &dyn Value)),
+                        ];
+                        self.inner.on_new_span(
+                            &tracing::span::Attributes::new(meta, &fields.value_set(&values)),
+                            id,
+                            ctx.clone(),
+                        );
+                        0
+                    }
+                };
+                let Ok(recorded) = scope.recorded.try_borrow() else {
+                    return true;
+                };
+                for (field, value) in recorded.iter().skip(start) {
+                    value.with_value(|v| {
+                        let values = [(field, Some(v))];
+                        self.inner.on_record(
+                            id,
+                            &tracing::span::Record::new(&fields.value_set(&values)),
+                            ctx.clone(),
+                        );
+                    });
+                }
+                if let Some(span) = ctx.span(id) {
+                    span.extensions_mut()
+                        .replace(Replayed::<L>(recorded.len(), std::marker::PhantomData));
+                }
+                true
+            })
+            .unwrap_or(false);
+        if !ours && done.is_none() {
+            // Not this task's request (never seen: its values are in its own task): the
+            // span without them, rather than a line the formatter cannot write.
+            let values: [(&tracing::field::Field, Option<&dyn Value>); 0] = [];
+            self.inner.on_new_span(
+                &tracing::span::Attributes::new(meta, &fields.value_set(&values)),
+                id,
+                ctx.clone(),
+            );
+            if let Some(span) = ctx.span(id) {
+                span.extensions_mut()
+                    .replace(Replayed::<L>(0, std::marker::PhantomData));
+            }
+        }
+    }
+}
+
+impl<S, L> tracing_subscriber::Layer<S> for LazySpanFields<L>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    L: tracing_subscriber::Layer<S> + 'static,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.inner.on_register_dispatch(subscriber);
+    }
+
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.inner.on_layer(subscriber);
+    }
+
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        self.inner.register_callsite(metadata)
+    }
+
+    fn enabled(
+        &self,
+        metadata: &tracing::Metadata<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.inner.enabled(metadata, ctx)
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if !is_lazy_request(attrs.metadata()) {
+            self.inner.on_new_span(attrs, id, ctx);
+        }
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        // Recorded on the span itself, not through `record_all`: after what waited.
+        if ctx.metadata(id).is_some_and(is_lazy_request) {
+            self.materialize(id, &ctx);
+        }
+        self.inner.on_record(id, values, ctx);
+    }
+
+    fn on_follows_from(
+        &self,
+        span: &tracing::span::Id,
+        follows: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.inner.on_follows_from(span, follows, ctx);
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        self.inner.event_enabled(event, ctx)
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        let waiting: Vec<tracing::span::Id> = ctx
+            .event_scope(event)
+            .into_iter()
+            .flatten()
+            .filter(|span| is_lazy_request(span.metadata()))
+            .map(|span| span.id())
+            .collect();
+        for id in &waiting {
+            self.materialize(id, &ctx);
+        }
+        self.inner.on_event(event, ctx);
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.inner.on_enter(id, ctx);
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.inner.on_exit(id, ctx);
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        self.inner.on_close(id, ctx);
+    }
+
+    fn on_id_change(
+        &self,
+        old: &tracing::span::Id,
+        new: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        self.inner.on_id_change(old, new, ctx);
+    }
+
+    unsafe fn downcast_raw(&self, id: std::any::TypeId) -> Option<*const ()> {
+        if id == std::any::TypeId::of::<Self>() {
+            Some(self as *const Self as *const ())
+        } else if id == std::any::TypeId::of::<LazyFieldsMarker>() {
+            Some(&LAZY_FIELDS_MARKER as *const LazyFieldsMarker as *const ())
+        } else {
+            // SAFETY: the inner layer answers for itself, as `Layered` asks it.
+            unsafe { self.inner.downcast_raw(id) }
+        }
+    }
 }
 
 /// Records the tenant a request or job acts for on the current span.
@@ -387,6 +761,13 @@ pub fn record(field: &str, value: &dyn tracing::Value) {
 /// hundredth of a webhook's instructions; BENCHMARKS.md "Webhook side by side"). Fields
 /// the span does not have are left out, as [`record`] leaves them.
 pub fn record_all<const N: usize>(values: [(&str, &dyn tracing::Value); N]) {
+    // A request span whose fields wait for a line keeps them in the request's task.
+    if REQUEST
+        .try_with(|scope| scope.capture(&values))
+        .unwrap_or(false)
+    {
+        return;
+    }
     tracing::dispatcher::get_default(|dispatch| {
         let Some((id, meta)) = dispatch.current_span().into_inner() else {
             return;
@@ -603,7 +984,7 @@ mod tests {
     fn json_logged(append: bool) -> String {
         let buf = Buf::default();
         let out = buf.clone();
-        let builder = json_format().with_writer(move || buf.clone());
+        let layer = json_layer().with_writer(move || buf.clone());
         let scenario = || {
             let span = tracing::info_span!(
                 "request",
@@ -645,11 +1026,11 @@ mod tests {
         };
         if append {
             tracing::subscriber::with_default(
-                builder.fmt_fields(AppendJsonFields).finish(),
+                tracing_subscriber::registry().with(layer.fmt_fields(AppendJsonFields)),
                 scenario,
             );
         } else {
-            tracing::subscriber::with_default(builder.finish(), scenario);
+            tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), scenario);
         }
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         text
@@ -675,6 +1056,155 @@ mod tests {
             "01KB2222222222222222222222"
         );
         assert_eq!(json_logged(true), own);
+    }
+
+    /// A request served through [`in_request`]: lines before, between and after its ids
+    /// are recorded (one twice, one on the span itself, one not the span's), in a nested
+    /// span, and at the end after more records.
+    async fn a_request_served() {
+        in_request(
+            "01KB0000000000000000000000".to_owned(),
+            "POST",
+            Some("/webhooks/meta"),
+            async {
+                tracing::info!("before any record");
+                record("wamid", &tracing::field::display("wamid.HBgL\"quoted\"=="));
+                record("tenant_id", &"01KB1111111111111111111111");
+                record("not_a_field", &"ignored");
+                record_tenant(&"01KB3333333333333333333333");
+                record_all([
+                    ("not_a_field", &"ignored" as &dyn tracing::Value),
+                    (
+                        "message_id",
+                        &tracing::field::display("01KB4444444444444444444444"),
+                    ),
+                ]);
+                tracing::warn!(applied = 1, "after the records");
+                {
+                    let inner = tracing::info_span!("status", message_id = tracing::field::Empty);
+                    let _inner = inner.enter();
+                    record(
+                        "message_id",
+                        &tracing::field::display("01KB2222222222222222222222"),
+                    );
+                    tracing::error!(error = "boom", "in the nested span");
+                }
+                tracing::Span::current().record("route", "/v1/messages");
+                record("wamid", &tracing::field::display("wamid.second"));
+                record("tenant_id", &7_u64);
+                tracing::info!(last = true, "at the end");
+            },
+        )
+        .await;
+        // Recorded with no line after it: nothing to show.
+        in_request(
+            "01KB5555555555555555555555".to_owned(),
+            "GET",
+            None,
+            async {
+                record_tenant(&"01KB6666666666666666666666");
+            },
+        )
+        .await;
+    }
+
+    fn logged(subscriber: impl tracing::Subscriber + Send + Sync + 'static, buf: &Buf) -> String {
+        tracing::subscriber::with_default(subscriber, || {
+            futures::executor::block_on(a_request_served())
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn a_request_span_whose_fields_wait_for_a_line_logs_the_lines_of_one_made_with_them() {
+        let text_layer = |buf: &Buf| {
+            let buf = buf.clone();
+            tracing_subscriber::fmt::layer()
+                .with_target(false)
+                .with_ansi(false)
+                .without_time()
+                .with_writer(move || buf.clone())
+                .fmt_fields(PlainFields)
+        };
+        let (eager, lazy) = (Buf::default(), Buf::default());
+        let text = logged(
+            tracing_subscriber::registry()
+                .with(RoomForFields)
+                .with(text_layer(&eager)),
+            &eager,
+        );
+        assert!(
+            text.contains(
+                "request{request_id=01KB0000000000000000000000 method=POST route=\"/webhooks/meta\"}: before any record"
+            ) && text.contains("message_id=01KB4444444444444444444444}:status{message_id=01KB2222222222222222222222}: in the nested span")
+                && text.contains("tenant_id=7}: at the end last=true"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert_eq!(
+            logged(
+                tracing_subscriber::registry()
+                    .with(RoomForFields)
+                    .with(LazySpanFields::new(text_layer(&lazy))),
+                &lazy,
+            ),
+            text
+        );
+
+        let json_layer_to = |buf: &Buf| {
+            let buf = buf.clone();
+            json_layer()
+                .with_writer(move || buf.clone())
+                .fmt_fields(AppendJsonFields)
+        };
+        let (eager, lazy) = (Buf::default(), Buf::default());
+        let json = logged(
+            tracing_subscriber::registry().with(json_layer_to(&eager)),
+            &eager,
+        );
+        let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+        assert_eq!(
+            first["spans"][0]["request_id"], "01KB0000000000000000000000",
+            "{json}"
+        );
+        assert_eq!(
+            logged(
+                tracing_subscriber::registry().with(LazySpanFields::new(json_layer_to(&lazy))),
+                &lazy,
+            ),
+            json
+        );
+    }
+
+    #[test]
+    fn a_line_in_a_waiting_request_span_from_outside_its_task_is_logged_without_its_fields() {
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::registry().with(LazySpanFields::new(
+            json_layer()
+                .with_writer(move || buf.clone())
+                .fmt_fields(AppendJsonFields),
+        ));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = futures::executor::block_on(in_request(
+                "01KB0000000000000000000000".to_owned(),
+                "POST",
+                None,
+                async {
+                    record_tenant(&"01KB1111111111111111111111");
+                    tracing::Span::current()
+                },
+            ));
+            // Entered outside the request's task (its values are in that task).
+            let _in = span.enter();
+            tracing::info!("from elsewhere");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["fields"]["message"], "from elsewhere", "{text}");
+        assert_eq!(line["spans"][0]["name"], "request", "{text}");
+        assert!(line["spans"][0].get("tenant_id").is_none(), "{text}");
     }
 
     #[derive(Debug)]

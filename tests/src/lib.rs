@@ -367,17 +367,25 @@ impl std::io::Write for LogSink {
     }
 }
 
-/// Installs the capturing subscriber (debug for Kirim's crates) once per process.
+/// Installs the capturing subscriber (debug for Kirim's crates) once per process: the
+/// formatter wrapped as Lambda and local mode wrap theirs (`telemetry::LazySpanFields`:
+/// a request span's fields wait for a line), so the tests of what lines carry are tests
+/// of that too.
 pub fn capture_logs() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     LOGS.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let sink = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
+        let _ = tracing_subscriber::registry()
+            .with(kirim::telemetry::LazySpanFields::new(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(move || LogSink(sink.clone())),
+            ))
+            .with(tracing_subscriber::EnvFilter::new(
                 "info,kirim=debug,kirim_infra=debug",
             ))
-            .with_writer(move || LogSink(sink.clone()))
             .try_init();
         buf
     });
