@@ -365,18 +365,25 @@ struct RequestScope {
     /// The request span, when its fields wait for a line (a [`LazySpanFields`] formats
     /// them); `None` when the span got its values as it was made, or is disabled.
     span: Option<(tracing::span::Id, &'static tracing::Metadata<'static>)>,
-    /// The values recorded since, in order (a field recorded twice is in it twice, as the
-    /// formatters keep both).
-    recorded: std::cell::RefCell<Vec<(tracing::field::Field, Recorded)>>,
+    recorded: std::cell::RefCell<Recorded>,
 }
 
-/// A value recorded on a request span, kept until a line needs it: as the formatters are
-/// handed it again then (text as its `{:?}` was, since a recorded value is borrowed).
-enum Recorded {
-    Str(String),
+/// The values recorded on a request span since it was made, kept until a line needs them,
+/// in order (a field recorded twice is in it twice, as the formatters keep both): handed
+/// to the formatter again then, text as its `{:?}` was (a recorded value is borrowed).
+/// The texts share one string.
+#[derive(Default)]
+struct Recorded {
+    text: String,
+    values: Vec<(&'static str, Kept)>,
+}
+
+/// One recorded value; a text is `Recorded::text[start..end]`.
+enum Kept {
+    Str(usize, usize),
     /// A value's `{:?}` text (an id's `%` display; a recorded error's display, without
     /// the sources the text formatter would list after it).
-    Text(String),
+    Text(usize, usize),
     U64(u64),
     I64(i64),
     Bool(bool),
@@ -384,62 +391,100 @@ enum Recorded {
 }
 
 impl Recorded {
-    fn with_value<R>(&self, f: impl FnOnce(&dyn tracing::Value) -> R) -> R {
-        match self {
-            Recorded::Str(s) => f(&s.as_str()),
-            Recorded::Text(s) => f(&tracing::field::display(s)),
-            Recorded::U64(v) => f(v),
-            Recorded::I64(v) => f(v),
-            Recorded::Bool(v) => f(v),
-            Recorded::F64(v) => f(v),
+    fn with_value<R>(&self, kept: &Kept, f: impl FnOnce(&dyn tracing::Value) -> R) -> R {
+        let text = |a: usize, b: usize| self.text.get(a..b).unwrap_or_default();
+        match *kept {
+            Kept::Str(a, b) => f(&text(a, b)),
+            Kept::Text(a, b) => f(&tracing::field::display(text(a, b))),
+            Kept::U64(v) => f(&v),
+            Kept::I64(v) => f(&v),
+            Kept::Bool(v) => f(&v),
+            Kept::F64(v) => f(&v),
         }
+    }
+
+    fn push_text(&mut self, name: &'static str, text: &str) {
+        let start = self.text.len();
+        self.text.push_str(text);
+        self.values.push((name, Kept::Text(start, self.text.len())));
     }
 }
 
-/// Keeps each value recorded on a request span.
-struct Capture<'a>(&'a mut Vec<(tracing::field::Field, Recorded)>);
+/// Keeps each value recorded on a request span under `name`.
+struct Capture<'a> {
+    name: &'static str,
+    into: &'a mut Recorded,
+}
 
 impl tracing::field::Visit for Capture<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .push((field.clone(), Recorded::Text(format!("{value:?}"))));
+    fn record_debug(&mut self, _: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let start = self.into.text.len();
+        let _ = write!(self.into.text, "{value:?}");
+        let end = self.into.text.len();
+        self.into.values.push((self.name, Kept::Text(start, end)));
     }
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-        self.0
-            .push((field.clone(), Recorded::Str(value.to_owned())));
+    fn record_str(&mut self, _: &tracing::field::Field, value: &str) {
+        let start = self.into.text.len();
+        self.into.text.push_str(value);
+        let end = self.into.text.len();
+        self.into.values.push((self.name, Kept::Str(start, end)));
     }
-    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        self.0.push((field.clone(), Recorded::U64(value)));
+    fn record_u64(&mut self, _: &tracing::field::Field, value: u64) {
+        self.into.values.push((self.name, Kept::U64(value)));
     }
-    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
-        self.0.push((field.clone(), Recorded::I64(value)));
+    fn record_i64(&mut self, _: &tracing::field::Field, value: i64) {
+        self.into.values.push((self.name, Kept::I64(value)));
     }
-    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
-        self.0.push((field.clone(), Recorded::Bool(value)));
+    fn record_bool(&mut self, _: &tracing::field::Field, value: bool) {
+        self.into.values.push((self.name, Kept::Bool(value)));
     }
-    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
-        self.0.push((field.clone(), Recorded::F64(value)));
+    fn record_f64(&mut self, _: &tracing::field::Field, value: f64) {
+        self.into.values.push((self.name, Kept::F64(value)));
     }
 }
 
 impl RequestScope {
-    /// Keeps `values` for the request span if it is the current span and its fields wait
-    /// for a line; answers whether it did (else they are recorded as usual).
-    fn capture(&self, values: &[(&str, &dyn tracing::Value)]) -> bool {
-        let Some((span, meta)) = &self.span else {
-            return false;
-        };
+    /// The kept values, to add to, if the request span is the current span and its fields
+    /// wait for a line (else values are recorded as usual).
+    fn waiting(&self) -> Option<std::cell::RefMut<'_, Recorded>> {
+        let (span, _) = self.span.as_ref()?;
         let current = tracing::dispatcher::get_default(|d| d.current_span().id().cloned());
         if current.as_ref() != Some(span) {
-            return false;
+            return None;
         }
-        let fields = meta.fields();
-        if let Ok(mut recorded) = self.recorded.try_borrow_mut() {
+        self.recorded.try_borrow_mut().ok()
+    }
+
+    fn capture(&self, values: &[(&'static str, &dyn tracing::Value)]) -> bool {
+        let Some(mut recorded) = self.waiting() else {
+            return false;
+        };
+        // `Value::record` hands its field back to the visitor, which keeps the name instead.
+        let any = self
+            .span
+            .as_ref()
+            .and_then(|(_, meta)| meta.fields().iter().next());
+        if let Some(field) = any {
             for (name, value) in values {
-                if let Some(field) = fields.field(name) {
-                    value.record(&field, &mut Capture(&mut recorded));
-                }
+                value.record(
+                    &field,
+                    &mut Capture {
+                        name,
+                        into: &mut recorded,
+                    },
+                );
             }
+        }
+        true
+    }
+
+    fn capture_texts(&self, values: &[(&'static str, &str)]) -> bool {
+        let Some(mut recorded) = self.waiting() else {
+            return false;
+        };
+        for (name, text) in values {
+            recorded.push_text(name, text);
         }
         true
     }
@@ -505,7 +550,7 @@ pub fn in_request<F: std::future::Future>(
         method: method_name(method),
         route,
         span: waits,
-        recorded: std::cell::RefCell::new(Vec::new()),
+        recorded: std::cell::RefCell::default(),
     };
     REQUEST.scope(scope, fut.instrument(span))
 }
@@ -590,9 +635,13 @@ impl<L> LazySpanFields<L> {
                 let Ok(recorded) = scope.recorded.try_borrow() else {
                     return true;
                 };
-                for (field, value) in recorded.iter().skip(start) {
-                    value.with_value(|v| {
-                        let values = [(field, Some(v))];
+                for (name, kept) in recorded.values.iter().skip(start) {
+                    // A name the span does not have was not recorded.
+                    let Some(field) = fields.field(name) else {
+                        continue;
+                    };
+                    recorded.with_value(kept, |v| {
+                        let values = [(&field, Some(v))];
                         self.inner.on_record(
                             id,
                             &tracing::span::Record::new(&fields.value_set(&values)),
@@ -601,8 +650,10 @@ impl<L> LazySpanFields<L> {
                     });
                 }
                 if let Some(span) = ctx.span(id) {
-                    span.extensions_mut()
-                        .replace(Replayed::<L>(recorded.len(), std::marker::PhantomData));
+                    span.extensions_mut().replace(Replayed::<L>(
+                        recorded.values.len(),
+                        std::marker::PhantomData,
+                    ));
                 }
                 true
             })
@@ -741,8 +792,26 @@ where
 }
 
 /// Records the tenant a request or job acts for on the current span.
-pub fn record_tenant(tenant: &impl std::fmt::Display) {
-    record("tenant_id", &tracing::field::display(tenant));
+pub fn record_tenant(tenant: &str) {
+    record_ids([("tenant_id", tenant)]);
+}
+
+/// Records each `(field, id)` the current span has, each as `%` displays it (unquoted):
+/// [`record_all`] of `display`ed values, without the formatting machinery where the
+/// request span's fields wait for a line (a request records two or three ids).
+pub fn record_ids<const N: usize>(ids: [(&'static str, &str); N]) {
+    if REQUEST
+        .try_with(|scope| scope.capture_texts(&ids))
+        .unwrap_or(false)
+    {
+        return;
+    }
+    let displayed = ids.map(|(name, id)| (name, tracing::field::display(id)));
+    record_all(
+        displayed
+            .each_ref()
+            .map(|(name, d)| (*name, d as &dyn tracing::Value)),
+    );
 }
 
 /// Records `value` as the current span's `field`, if it has one: what
@@ -752,7 +821,7 @@ pub fn record_tenant(tenant: &impl std::fmt::Display) {
 ///
 /// (It records from inside `dispatcher::get_default`: under a scoped dispatcher, as in tests,
 /// an event logged while the value is formatted is dropped, as any nested dispatch is.)
-pub fn record(field: &str, value: &dyn tracing::Value) {
+pub fn record(field: &'static str, value: &dyn tracing::Value) {
     record_all([(field, value)]);
 }
 
@@ -760,7 +829,7 @@ pub fn record(field: &str, value: &dyn tracing::Value) {
 /// span and one update of its formatted fields for them all (each record was about a
 /// hundredth of a webhook's instructions; BENCHMARKS.md "Webhook side by side"). Fields
 /// the span does not have are left out, as [`record`] leaves them.
-pub fn record_all<const N: usize>(values: [(&str, &dyn tracing::Value); N]) {
+pub fn record_all<const N: usize>(values: [(&'static str, &dyn tracing::Value); N]) {
     // A request span whose fields wait for a line keeps them in the request's task.
     if REQUEST
         .try_with(|scope| scope.capture(&values))
@@ -1071,7 +1140,7 @@ mod tests {
                 record("wamid", &tracing::field::display("wamid.HBgL\"quoted\"=="));
                 record("tenant_id", &"01KB1111111111111111111111");
                 record("not_a_field", &"ignored");
-                record_tenant(&"01KB3333333333333333333333");
+                record_tenant("01KB3333333333333333333333");
                 record_all([
                     ("not_a_field", &"ignored" as &dyn tracing::Value),
                     (
@@ -1091,6 +1160,7 @@ mod tests {
                 }
                 tracing::Span::current().record("route", "/v1/messages");
                 record("wamid", &tracing::field::display("wamid.second"));
+                record_ids([("wamid", "wamid.third"), ("not_a_field", "x")]);
                 record("tenant_id", &7_u64);
                 tracing::info!(last = true, "at the end");
             },
@@ -1102,7 +1172,7 @@ mod tests {
             "GET",
             None,
             async {
-                record_tenant(&"01KB6666666666666666666666");
+                record_tenant("01KB6666666666666666666666");
             },
         )
         .await;
@@ -1138,7 +1208,10 @@ mod tests {
             text.contains(
                 "request{request_id=01KB0000000000000000000000 method=POST route=\"/webhooks/meta\"}: before any record"
             ) && text.contains("message_id=01KB4444444444444444444444}:status{message_id=01KB2222222222222222222222}: in the nested span")
-                && text.contains("tenant_id=7}: at the end last=true"),
+                && text.contains("tenant_id=7}: at the end last=true")
+                // A `str` is quoted, an id recorded as one (`%`) is not.
+                && text.contains("tenant_id=\"01KB1111111111111111111111\" tenant_id=01KB3333333333333333333333")
+                && text.contains("wamid=wamid.second wamid=wamid.third tenant_id=7"),
             "{text}"
         );
         assert_eq!(text.lines().count(), 4, "{text}");
@@ -1192,7 +1265,7 @@ mod tests {
                 "POST",
                 None,
                 async {
-                    record_tenant(&"01KB1111111111111111111111");
+                    record_tenant("01KB1111111111111111111111");
                     tracing::Span::current()
                 },
             ));

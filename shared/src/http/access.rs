@@ -341,7 +341,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             }
             let tenant = ctx.as_ref().map(|c| c.tenant.id.clone());
             if let Some(t) = &tenant {
-                crate::telemetry::record_tenant(t);
+                crate::telemetry::record_tenant(t.as_str());
             }
             if let Some(ctx) = ctx {
                 parts.extensions.insert(ctx);

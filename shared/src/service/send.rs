@@ -316,7 +316,7 @@ async fn accept(
             }
         }
     }
-    crate::telemetry::record("message_id", &tracing::field::display(&id));
+    crate::telemetry::record_ids([("message_id", id.as_str())]);
     tracing::info!(to = %record.to.masked(), "message accepted");
     Ok(Accepted::New(Box::new(record)))
 }

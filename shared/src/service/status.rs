@@ -95,7 +95,7 @@ pub async fn apply(
     // The caller recorded the phone number's owner on the span already; a second record of
     // the same field is formatted again (and, in text logs, shown twice).
     if tenant != Some(tenant_id) {
-        crate::telemetry::record_tenant(tenant_id);
+        crate::telemetry::record_tenant(tenant_id.as_str());
     }
     apply_to(deps, tenant_id, message_id, report, found.seen()).await
 }
@@ -119,7 +119,7 @@ async fn apply_to(
     report: &StatusReport,
     seen: Option<&MessageRecord>,
 ) -> Result<Applied, ServiceError> {
-    crate::telemetry::record("message_id", &tracing::field::display(message_id));
+    crate::telemetry::record_ids([("message_id", message_id.as_str())]);
     let to = report.status.message_status();
     let now = deps.clock.now();
     let at = report.at(now);
@@ -303,7 +303,7 @@ pub async fn apply_kept(deps: &Deps, wamid: &str) -> Result<usize, ServiceError>
                 None => continue,
                 Some(found) => {
                     let (tenant, message) = found.ids();
-                    crate::telemetry::record_tenant(tenant);
+                    crate::telemetry::record_tenant(tenant.as_str());
                     if apply_to(deps, tenant, message, &report, found.seen()).await? == Applied::Yes
                     {
                         applied += 1;

@@ -209,14 +209,14 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                     let tenant = owners.of(report.phone_number_id.as_deref()).await;
                     // The request's span gets the wamid with the tenant, in one record
                     // (lines logged while the owner is looked up carry neither yet).
-                    let wamid = tracing::field::display(&report.wamid);
+                    let wamid = report.wamid.as_str();
                     match (single, &tenant) {
-                        (true, Ok(Some(t))) => crate::telemetry::record_all([
-                            ("wamid", &wamid as &dyn tracing::Value),
-                            ("tenant_id", &tracing::field::display(t)),
+                        (true, Ok(Some(t))) => crate::telemetry::record_ids([
+                            ("wamid", wamid),
+                            ("tenant_id", t.as_str()),
                         ]),
-                        (true, _) => crate::telemetry::record("wamid", &wamid),
-                        (false, Ok(Some(t))) => crate::telemetry::record_tenant(t),
+                        (true, _) => crate::telemetry::record_ids([("wamid", wamid)]),
+                        (false, Ok(Some(t))) => crate::telemetry::record_tenant(t.as_str()),
                         (false, _) => {}
                     }
                     let tenant = tenant?;
@@ -245,7 +245,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 let result = async {
                     let tenant = owners.of(pref.phone_number_id.as_deref()).await?;
                     if let Some(t) = tenant {
-                        crate::telemetry::record_tenant(t);
+                        crate::telemetry::record_tenant(t.as_str());
                         pairs.learn(deps, t, &pref.phone, &pref.user_id).await?;
                     }
                     super::optouts::apply_preference(deps, tenant, pref).await
@@ -266,7 +266,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 let result = async {
                     let tenant = owners.of(message.phone_number_id.as_deref()).await?;
                     if let (Some(t), Some(pnid)) = (tenant, &message.phone_number_id) {
-                        crate::telemetry::record_tenant(t);
+                        crate::telemetry::record_tenant(t.as_str());
                         pairs
                             .learn(deps, t, &message.from, &message.from_user_id)
                             .await?;
