@@ -1055,86 +1055,6 @@ mod tests {
         }
     }
 
-    /// A request's span, its ids recorded one by one (one twice, one record empty), a
-    /// nested span and events: logged as Lambda logs them, the span fields formatted by
-    /// `JsonFields` or by [`AppendJsonFields`].
-    fn json_logged(append: bool) -> String {
-        let buf = Buf::default();
-        let out = buf.clone();
-        let layer = json_layer().with_writer(move || buf.clone());
-        let scenario = || {
-            let span = tracing::info_span!(
-                "request",
-                request_id = "01KB0000000000000000000000",
-                method = "POST",
-                route = tracing::field::Empty,
-                tenant_id = tracing::field::Empty,
-                wamid = tracing::field::Empty,
-                message_id = tracing::field::Empty,
-                n = tracing::field::Empty,
-            );
-            let _in = span.enter();
-            tracing::info!("before any record");
-            record("wamid", &tracing::field::display("wamid.HBgL\"quoted\"=="));
-            record("tenant_id", &"01KB1111111111111111111111");
-            record("not_a_field", &"ignored");
-            record("tenant_id", &"01KB3333333333333333333333");
-            record("n", &7_u64);
-            // Several in one record, one of them not the span's; then none of them.
-            record_all([
-                ("not_a_field", &"ignored" as &dyn tracing::Value),
-                ("route", &"/webhooks/meta"),
-                (
-                    "message_id",
-                    &tracing::field::display("01KB4444444444444444444444"),
-                ),
-            ]);
-            record_all([("not_a_field", &1_u64 as &dyn tracing::Value)]);
-            // A record that carries no value: nothing to add.
-            span.record("route", tracing::field::Empty);
-            tracing::warn!(applied = 1, "after the records");
-            let inner = tracing::info_span!("status", message_id = tracing::field::Empty);
-            let _inner = inner.enter();
-            record(
-                "message_id",
-                &tracing::field::display("01KB2222222222222222222222"),
-            );
-            tracing::error!(error = "boom", "in the nested span");
-        };
-        if append {
-            tracing::subscriber::with_default(
-                tracing_subscriber::registry().with(layer.fmt_fields(AppendJsonFields)),
-                scenario,
-            );
-        } else {
-            tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), scenario);
-        }
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        text
-    }
-
-    #[test]
-    fn appended_json_span_fields_log_the_same_lines_as_the_json_formatter_s_own() {
-        let own = json_logged(false);
-        let lines: Vec<serde_json::Value> = own
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 3, "{own}");
-        let spans = &lines[1]["spans"][0];
-        assert_eq!(spans["tenant_id"], "01KB3333333333333333333333", "{own}");
-        assert_eq!(spans["wamid"], "wamid.HBgL\"quoted\"==", "{own}");
-        assert_eq!(spans["n"], 7, "{own}");
-        assert_eq!(spans["route"], "/webhooks/meta", "{own}");
-        assert_eq!(spans["message_id"], "01KB4444444444444444444444", "{own}");
-        assert!(!own.contains("not_a_field"), "{own}");
-        assert_eq!(
-            lines[2]["spans"][1]["message_id"],
-            "01KB2222222222222222222222"
-        );
-        assert_eq!(json_logged(true), own);
-    }
-
     /// A request served through [`in_request`]: lines before, between and after its ids
     /// are recorded (one twice, one on the span itself, one not the span's), in a nested
     /// span, and at the end after more records.
@@ -1167,6 +1087,8 @@ mod tests {
                     tracing::error!(error = "boom", "in the nested span");
                 }
                 tracing::Span::current().record("route", "/v1/messages");
+                // A record that carries no value: nothing to add.
+                tracing::Span::current().record("route", tracing::field::Empty);
                 record("wamid", &tracing::field::display("wamid.second"));
                 record_ids([("wamid", "wamid.third"), ("not_a_field", "x")]);
                 record("tenant_id", &7_u64);
@@ -1195,7 +1117,8 @@ mod tests {
     }
 
     #[test]
-    fn a_request_span_whose_fields_wait_for_a_line_logs_the_lines_of_one_made_with_them() {
+    fn a_request_span_logs_the_same_lines_whether_its_fields_wait_for_a_line_or_not_as_text_and_json(
+    ) {
         let text_layer = |buf: &Buf| {
             let buf = buf.clone();
             tracing_subscriber::fmt::layer()
@@ -1233,25 +1156,58 @@ mod tests {
             text
         );
 
-        let json_layer_to = |buf: &Buf| {
+        // Lambda's JSON: the formatter's own span fields (`JsonFields`), ours appended
+        // (`AppendJsonFields`), and ours waiting for a line all log the same lines.
+        let buf = Buf::default();
+        let to = buf.clone();
+        let json = logged(
+            tracing_subscriber::registry().with(json_layer().with_writer(move || to.clone())),
+            &buf,
+        );
+        let lines: Vec<serde_json::Value> = json
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 4, "{json}");
+        let request = &lines[1]["spans"][0];
+        assert_eq!(
+            request["request_id"], "01KB0000000000000000000000",
+            "{json}"
+        );
+        assert_eq!(request["method"], "POST", "{json}");
+        assert_eq!(request["route"], "/webhooks/meta", "{json}");
+        assert_eq!(request["tenant_id"], "01KB3333333333333333333333", "{json}");
+        assert_eq!(request["wamid"], "wamid.HBgL\"quoted\"==", "{json}");
+        assert_eq!(
+            request["message_id"], "01KB4444444444444444444444",
+            "{json}"
+        );
+        assert_eq!(
+            lines[2]["spans"][1]["message_id"],
+            "01KB2222222222222222222222"
+        );
+        let last = &lines[3]["spans"][0];
+        assert_eq!(last["tenant_id"], 7, "{json}");
+        assert_eq!(last["wamid"], "wamid.third", "{json}");
+        assert_eq!(last["route"], "/v1/messages", "{json}");
+        assert!(!json.contains("not_a_field"), "{json}");
+        let appended = |buf: &Buf| {
             let buf = buf.clone();
             json_layer()
                 .with_writer(move || buf.clone())
                 .fmt_fields(AppendJsonFields)
         };
         let (eager, lazy) = (Buf::default(), Buf::default());
-        let json = logged(
-            tracing_subscriber::registry().with(json_layer_to(&eager)),
-            &eager,
-        );
-        let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
         assert_eq!(
-            first["spans"][0]["request_id"], "01KB0000000000000000000000",
-            "{json}"
+            logged(
+                tracing_subscriber::registry().with(appended(&eager)),
+                &eager
+            ),
+            json
         );
         assert_eq!(
             logged(
-                tracing_subscriber::registry().with(LazySpanFields::new(json_layer_to(&lazy))),
+                tracing_subscriber::registry().with(LazySpanFields::new(appended(&lazy))),
                 &lazy,
             ),
             json
