@@ -206,7 +206,7 @@ impl RetentionStore for MemoryStore {
             item(keys::api_key_by_hash(&k.key_hash), ttl, a.clone());
             item(keys::api_key_of_tenant(&k.tenant_id, &k.id), ttl, a);
         }
-        for ((t, id), m) in &s.messages {
+        for ((t, id), m) in s.messages.iter() {
             item(
                 keys::message(t, id),
                 m.expires_at,
