@@ -140,7 +140,7 @@ fn request_span_json(c: &mut Criterion) {
             tracing::dispatcher::with_default(&dispatch, || {
                 futures::executor::block_on(kirim::telemetry::in_request(
                     "01KB0000000000000000000000".to_owned(),
-                    "POST",
+                    axum::http::Method::POST,
                     Some("/webhooks/meta"),
                     async {
                         kirim::telemetry::record(

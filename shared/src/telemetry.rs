@@ -360,7 +360,7 @@ fn is_lazy_request(meta: &tracing::Metadata<'_>) -> bool {
 /// A request's id, and its span's values until a line needs them formatted.
 struct RequestScope {
     id: String,
-    method: std::borrow::Cow<'static, str>,
+    method: axum::http::Method,
     route: Option<&'static str>,
     /// The request span, when its fields wait for a line (a [`LazySpanFields`] formats
     /// them); `None` when the span got its values as it was made, or is disabled.
@@ -498,15 +498,6 @@ impl RequestScope {
     }
 }
 
-/// The method's name, borrowed for the usual ones.
-fn method_name(method: &str) -> std::borrow::Cow<'static, str> {
-    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
-    match KNOWN.iter().find(|m| **m == method) {
-        Some(m) => std::borrow::Cow::Borrowed(m),
-        None => std::borrow::Cow::Owned(method.to_owned()),
-    }
-}
-
 /// Runs `fut` as the handling of request `id`: in a `request` span that carries the id
 /// (and gets the route, tenant and message ids recorded as they become known; `route` is
 /// given here when the caller knows it already), with the id readable through
@@ -520,7 +511,7 @@ fn method_name(method: &str) -> std::borrow::Cow<'static, str> {
 /// lines are the same.
 pub fn in_request<F: std::future::Future>(
     id: String,
-    method: &str,
+    method: axum::http::Method,
     route: Option<&'static str>,
     fut: F,
 ) -> impl std::future::Future<Output = F::Output> {
@@ -544,7 +535,7 @@ pub fn in_request<F: std::future::Future>(
         let span = tracing::info_span!(
             "request",
             request_id = %id,
-            method = %method,
+            method = %method.as_str(),
             route,
             tenant_id = Empty,
             message_id = Empty,
@@ -555,7 +546,7 @@ pub fn in_request<F: std::future::Future>(
     };
     let scope = RequestScope {
         id,
-        method: method_name(method),
+        method,
         route,
         span: waits,
         recorded: std::cell::RefCell::default(),
@@ -626,7 +617,7 @@ impl<L> LazySpanFields<L> {
                             return false;
                         };
                         let id_value = tracing::field::display(&scope.id);
-                        let method_value = tracing::field::display(&scope.method);
+                        let method_value = tracing::field::display(scope.method.as_str());
                         let values = [
                             (&f_id, Some(&id_value as &dyn Value)),
                             (&f_method, Some(&method_value as &dyn Value)),
@@ -1061,7 +1052,7 @@ mod tests {
     async fn a_request_served() {
         in_request(
             "01KB0000000000000000000000".to_owned(),
-            "POST",
+            axum::http::Method::POST,
             Some("/webhooks/meta"),
             async {
                 tracing::info!("before any record");
@@ -1099,7 +1090,7 @@ mod tests {
         // Recorded with no line after it: nothing to show.
         in_request(
             "01KB5555555555555555555555".to_owned(),
-            "GET",
+            axum::http::Method::GET,
             None,
             async {
                 record_tenant("01KB6666666666666666666666");
@@ -1226,7 +1217,7 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || {
             let span = futures::executor::block_on(in_request(
                 "01KB0000000000000000000000".to_owned(),
-                "POST",
+                axum::http::Method::POST,
                 None,
                 async {
                     record_tenant("01KB1111111111111111111111");

@@ -290,7 +290,7 @@ where
         _ => Err(id.clone()),
     };
     async move {
-        let res = crate::telemetry::in_request(id, method.as_str(), route, run).await;
+        let res = crate::telemetry::in_request(id, method, route, run).await;
         answered(res, header)
     }
 }
