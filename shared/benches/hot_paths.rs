@@ -83,22 +83,15 @@ fn request_span_json(c: &mut Criterion) {
     use tracing::field::{display, Empty};
     let mut g = c.benchmark_group("request span, three ids recorded, JSON logs");
     for (name, append) in [("JsonFields", false), ("AppendJsonFields", true)] {
-        let builder = tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::TRACE)
-            .with_current_span(false)
-            .with_span_list(true)
-            .with_target(false)
-            .without_time()
-            .with_writer(std::io::sink);
+        use tracing_subscriber::layer::SubscriberExt;
+        let layer = kirim::telemetry::json_layer().with_writer(std::io::sink);
         let dispatch = if append {
             tracing::Dispatch::new(
-                builder
-                    .fmt_fields(kirim::telemetry::AppendJsonFields)
-                    .finish(),
+                tracing_subscriber::registry()
+                    .with(layer.fmt_fields(kirim::telemetry::AppendJsonFields)),
             )
         } else {
-            tracing::Dispatch::new(builder.finish())
+            tracing::Dispatch::new(tracing_subscriber::registry().with(layer))
         };
         g.bench_function(name, |b| {
             b.iter(|| {
