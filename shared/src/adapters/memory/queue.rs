@@ -1,7 +1,7 @@
 //! An in-process queue with SQS's semantics where they matter: visibility timeouts,
 //! receive counts, and a dead-letter list after the receive limit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -32,8 +32,12 @@ pub struct MemoryQueue {
 #[derive(Default)]
 struct State {
     next: u64,
-    entries: HashMap<u64, Entry>,
-    order: Vec<u64>,
+    /// By the order they were sent in (keys only grow), so a receive walks from the oldest
+    /// and a delete is one removal. (A list of the keys beside a hash map was copied whole
+    /// on every receive and searched on every delete: with a backlog, such as a send load
+    /// or a campaign queued faster than the number's rate, each cost the whole queue under
+    /// the lock the sends wait on.)
+    entries: BTreeMap<u64, Entry>,
     receipts: HashMap<String, u64>,
     dead: Vec<DeadLetter>,
 }
@@ -65,34 +69,27 @@ impl MemoryQueue {
                 sent_at: Utc::now(),
             },
         );
-        state.order.push(key);
     }
 
+    /// Up to `max` visible messages, oldest first, each hidden for the visibility timeout;
+    /// one received `max_receives` times already moves to the dead letters instead.
     fn take_visible(&self, state: &mut State, max: usize) -> Vec<Received> {
         let now = Instant::now();
         let mut out = Vec::new();
-        let ids: Vec<u64> = state.order.clone();
-        for id in ids {
+        let mut spent = Vec::new();
+        let State {
+            entries, receipts, ..
+        } = state;
+        for (&id, entry) in entries.iter_mut() {
             if out.len() >= max {
                 break;
             }
-            let Some(entry) = state.entries.get_mut(&id) else {
-                continue;
-            };
             if entry.visible_at > now {
                 continue;
             }
             if entry.receive_count >= self.max_receives {
                 // Redrive: like SQS, at receive time.
-                if let Some(e) = state.entries.remove(&id) {
-                    state.dead.push(DeadLetter {
-                        id: e.id,
-                        body: e.body,
-                        receive_count: e.receive_count,
-                        sent_at: e.sent_at,
-                    });
-                }
-                state.order.retain(|x| *x != id);
+                spent.push(id);
                 continue;
             }
             entry.receive_count += 1;
@@ -103,7 +100,17 @@ impl MemoryQueue {
                 body: entry.body.clone(),
                 receive_count: entry.receive_count,
             });
-            state.receipts.insert(receipt, id);
+            receipts.insert(receipt, id);
+        }
+        for id in spent {
+            if let Some(e) = state.entries.remove(&id) {
+                state.dead.push(DeadLetter {
+                    id: e.id,
+                    body: e.body,
+                    receive_count: e.receive_count,
+                    sent_at: e.sent_at,
+                });
+            }
         }
         out
     }
@@ -152,7 +159,6 @@ impl DispatchQueue for MemoryQueue {
         let mut s = self.state.lock().await;
         if let Some(id) = s.receipts.remove(receipt) {
             s.entries.remove(&id);
-            s.order.retain(|x| *x != id);
         }
         Ok(())
     }
@@ -191,5 +197,61 @@ impl DispatchQueue for MemoryQueue {
         drop(s);
         self.notify.notify_waiters();
         Ok(Redriven { moved, more })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bodies(got: &[Received]) -> Vec<&str> {
+        got.iter().map(|m| m.body.as_str()).collect()
+    }
+
+    fn named(range: impl Iterator<Item = usize>) -> Vec<String> {
+        range.map(|i| format!("m{i}")).collect()
+    }
+
+    #[tokio::test]
+    async fn a_receive_takes_the_oldest_visible_messages_past_hidden_ones_and_a_delete_takes_only_its_own(
+    ) {
+        let q = MemoryQueue::new(Duration::from_secs(30), 10);
+        q.send_delayed("later", Duration::from_secs(60))
+            .await
+            .unwrap();
+        for i in 0..40 {
+            q.send(&format!("m{i}")).await.unwrap();
+        }
+        let first = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(
+            bodies(&first),
+            named(0..10),
+            "the oldest, past a delayed one"
+        );
+        let second = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(bodies(&second), named(10..20), "past the ones in flight");
+
+        // Every other one deleted, the rest given back: only the deleted ones go.
+        let taken: Vec<&Received> = first.iter().chain(&second).collect();
+        for m in taken.iter().step_by(2) {
+            q.delete(&m.receipt).await.unwrap();
+        }
+        for m in taken.iter().skip(1).step_by(2) {
+            q.retry_after(&m.receipt, Duration::ZERO).await.unwrap();
+        }
+        let rest = q.receive(100, Duration::ZERO).await.unwrap();
+        let given_back = named((1..20).step_by(2));
+        let never_taken = named(20..40);
+        assert_eq!(
+            bodies(&rest),
+            given_back
+                .iter()
+                .chain(&never_taken)
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            "oldest first; the delayed one still hidden"
+        );
+        assert!(rest[..10].iter().all(|m| m.receive_count == 2));
+        assert!(rest[10..].iter().all(|m| m.receive_count == 1));
     }
 }
