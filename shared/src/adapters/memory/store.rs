@@ -84,41 +84,82 @@ impl std::hash::Hash for dyn MessageKey + '_ {
 /// the lists and sweeps. Hashed with foldhash, not std's SipHash: the ids are ours (minted
 /// here, or a signed webhook's echo of one), and SipHash over two of them was ~900
 /// instructions a lookup.
-#[derive(Default)]
+///
+/// The map is [`MESSAGE_SHARDS`] maps, by the last character of the message id (a ULID's
+/// random or counting end, so they fill evenly): a hash map grows by moving everything at
+/// once, under the store's lock, and one map of a million messages paused every request
+/// for tens of milliseconds as it grew (BENCHMARKS.md, stop 29). Each shard grows alone.
 pub(super) struct Messages {
-    by_key: HashMap<(TenantId, MessageId), Arc<MessageRecord>, foldhash::fast::RandomState>,
+    by_key: Vec<HashMap<(TenantId, MessageId), Arc<MessageRecord>, foldhash::fast::RandomState>>,
     order: std::collections::BTreeSet<(TenantId, MessageId)>,
 }
 
+/// How many maps local mode's messages are spread over.
+const MESSAGE_SHARDS: usize = 32;
+
+impl Default for Messages {
+    fn default() -> Self {
+        Self {
+            by_key: (0..MESSAGE_SHARDS).map(|_| HashMap::default()).collect(),
+            order: std::collections::BTreeSet::new(),
+        }
+    }
+}
+
 impl Messages {
+    /// The shard of a message id: the value of its last character in Crockford's base32
+    /// (one of 32; an id is a ULID, stored upper-case).
+    #[inline(always)]
+    fn shard(id: &MessageId) -> usize {
+        let value = match id.as_str().as_bytes().last().copied().unwrap_or(b'0') {
+            b @ b'0'..=b'9' => b - b'0',
+            b @ b'A'..=b'H' => b - b'A' + 10,
+            b @ (b'J' | b'K') => b - b'J' + 18,
+            b @ (b'M' | b'N') => b - b'M' + 20,
+            b @ b'P'..=b'T' => b - b'P' + 22,
+            b @ b'V'..=b'Z' => b - b'V' + 27,
+            _ => 0,
+        };
+        usize::from(value) % MESSAGE_SHARDS
+    }
+
     pub(super) fn get(&self, key: &dyn MessageKey) -> Option<&Arc<MessageRecord>> {
-        self.by_key.get(key)
+        self.by_key.get(Self::shard(key.parts().1))?.get(key)
     }
 
     pub(super) fn get_mut(&mut self, key: &dyn MessageKey) -> Option<&mut Arc<MessageRecord>> {
-        self.by_key.get_mut(key)
+        self.by_key
+            .get_mut(Self::shard(key.parts().1))?
+            .get_mut(key)
     }
 
     pub(super) fn contains_key(&self, key: &(TenantId, MessageId)) -> bool {
-        self.by_key.contains_key(key)
+        self.by_key
+            .get(Self::shard(&key.1))
+            .is_some_and(|m| m.contains_key(key))
     }
 
     pub(super) fn insert(&mut self, key: (TenantId, MessageId), message: Arc<MessageRecord>) {
+        let Some(shard) = self.by_key.get_mut(Self::shard(&key.1)) else {
+            return;
+        };
         self.order.insert(key.clone());
-        self.by_key.insert(key, message);
+        shard.insert(key, message);
     }
 
     pub(super) fn len(&self) -> usize {
-        self.by_key.len()
+        self.by_key.iter().map(HashMap::len).sum()
     }
 
     /// In the order of their keys (tenant, then id: the order they were made in).
     pub(super) fn iter(
         &self,
     ) -> impl DoubleEndedIterator<Item = (&(TenantId, MessageId), &Arc<MessageRecord>)> {
-        self.order
-            .iter()
-            .filter_map(|key| self.by_key.get_key_value(key))
+        self.order.iter().filter_map(|key| {
+            self.by_key
+                .get(Self::shard(&key.1))
+                .and_then(|m| m.get_key_value(key))
+        })
     }
 
     pub(super) fn values(&self) -> impl DoubleEndedIterator<Item = &Arc<MessageRecord>> {
@@ -131,16 +172,62 @@ impl Messages {
         mut keep: impl FnMut(&(TenantId, MessageId), &mut Arc<MessageRecord>) -> bool,
     ) {
         let mut gone = Vec::new();
-        self.by_key.retain(|key, m| {
-            let kept = keep(key, m);
-            if !kept {
-                gone.push(key.clone());
-            }
-            kept
-        });
+        for shard in &mut self.by_key {
+            shard.retain(|key, m| {
+                let kept = keep(key, m);
+                if !kept {
+                    gone.push(key.clone());
+                }
+                kept
+            });
+        }
         for key in &gone {
             self.order.remove(key);
         }
+    }
+}
+
+/// Local mode's ledger, in the order its entries were written: a B-tree by a counter, which
+/// grows a node at a time (a vector of a million entries was copied whole as it grew, under
+/// the store's lock).
+#[derive(Default)]
+pub(super) struct LedgerEntries {
+    written: u64,
+    entries: BTreeMap<u64, LedgerEntry>,
+}
+
+impl LedgerEntries {
+    pub(super) fn push(&mut self, entry: LedgerEntry) {
+        self.written += 1;
+        self.entries.insert(self.written, entry);
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &LedgerEntry> {
+        self.entries.values()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&LedgerEntry) -> bool) {
+        self.entries.retain(|_, e| keep(e));
+    }
+}
+
+impl Extend<LedgerEntry> for LedgerEntries {
+    fn extend<I: IntoIterator<Item = LedgerEntry>>(&mut self, entries: I) {
+        for e in entries {
+            self.push(e);
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a LedgerEntries {
+    type Item = &'a LedgerEntry;
+    type IntoIter = std::collections::btree_map::Values<'a, u64, LedgerEntry>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.values()
     }
 }
 
@@ -159,7 +246,7 @@ pub(super) struct State {
     /// Shared with the webhook's peeks ([`MessageStore::peek_message`]): a write replaces
     /// or copies the record (`Arc::make_mut`), never changes one a reader holds.
     pub(super) messages: Messages,
-    pub(super) ledger: Vec<LedgerEntry>,
+    pub(super) ledger: LedgerEntries,
     /// (tenant, broadcast id) → the broadcast.
     pub(super) broadcasts: HashMap<(TenantId, String), crate::ports::Broadcast>,
     /// (tenant, broadcast id) → its uploaded list (until the fan-out is done) and the
@@ -968,6 +1055,23 @@ mod tests {
         }
         let other = TenantId::from_trusted("01KB0000000000000000000002");
         assert_eq!(map.get(message_key(&(&other, &keys[0].1))), None);
+    }
+
+    #[test]
+    fn local_modes_messages_spread_over_every_shard_so_no_one_map_grows_with_all_of_them() {
+        let mut counts = [0usize; MESSAGE_SHARDS];
+        for _ in 0..3200 {
+            counts[Messages::shard(&MessageId::generate())] += 1;
+        }
+        let mean = 3200 / MESSAGE_SHARDS;
+        assert!(counts.iter().all(|&n| n > 0 && n < 3 * mean), "{counts:?}");
+        let upper = MessageId::from_trusted("01KB000000000000000000000Z");
+        let lower = MessageId::from_trusted("01KB000000000000000000000z");
+        assert_eq!(Messages::shard(&upper), MESSAGE_SHARDS - 1);
+        assert!(
+            Messages::shard(&lower) < MESSAGE_SHARDS,
+            "any text has a shard"
+        );
     }
 
     #[test]
