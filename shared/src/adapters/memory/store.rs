@@ -231,6 +231,82 @@ impl<'a> IntoIterator for &'a LedgerEntries {
     }
 }
 
+/// Local mode's idempotency records, in [`IDEMPOTENCY_SHARDS`] hash maps by the last hex
+/// digit of the key's hash: one map of a million records (a minute of keyed sends) paused
+/// every request for a quarter of a second and more each time it grew (BENCHMARKS.md,
+/// stop 29); a B-tree did not pause but made keyed sends ~15% slower.
+pub(super) struct IdempotencyRecords {
+    shards: Vec<
+        HashMap<(TenantId, String), crate::ports::IdempotencyRecord, foldhash::fast::RandomState>,
+    >,
+}
+
+/// How many maps local mode's idempotency records are spread over (one per hex digit).
+const IDEMPOTENCY_SHARDS: usize = 16;
+
+impl Default for IdempotencyRecords {
+    fn default() -> Self {
+        Self {
+            shards: (0..IDEMPOTENCY_SHARDS)
+                .map(|_| HashMap::default())
+                .collect(),
+        }
+    }
+}
+
+impl IdempotencyRecords {
+    /// The shard of a key: the value of its hash's last hex digit (any other text: 0).
+    #[inline(always)]
+    fn shard(key: &(TenantId, String)) -> usize {
+        let value = match key.1.as_bytes().last().copied().unwrap_or(b'0') {
+            b @ b'0'..=b'9' => b - b'0',
+            b @ b'a'..=b'f' => b - b'a' + 10,
+            b @ b'A'..=b'F' => b - b'A' + 10,
+            _ => 0,
+        };
+        usize::from(value) % IDEMPOTENCY_SHARDS
+    }
+
+    pub(super) fn get(&self, key: &(TenantId, String)) -> Option<&crate::ports::IdempotencyRecord> {
+        self.shards.get(Self::shard(key))?.get(key)
+    }
+
+    pub(super) fn insert(
+        &mut self,
+        key: (TenantId, String),
+        record: crate::ports::IdempotencyRecord,
+    ) {
+        if let Some(shard) = self.shards.get_mut(Self::shard(&key)) {
+            shard.insert(key, record);
+        }
+    }
+
+    pub(super) fn remove(&mut self, key: &(TenantId, String)) {
+        if let Some(shard) = self.shards.get_mut(Self::shard(key)) {
+            shard.remove(key);
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.shards.iter().map(HashMap::len).sum()
+    }
+
+    pub(super) fn retain(
+        &mut self,
+        mut keep: impl FnMut(&(TenantId, String), &mut crate::ports::IdempotencyRecord) -> bool,
+    ) {
+        for shard in &mut self.shards {
+            shard.retain(&mut keep);
+        }
+    }
+
+    pub(super) fn iter(
+        &self,
+    ) -> impl Iterator<Item = (&(TenantId, String), &crate::ports::IdempotencyRecord)> {
+        self.shards.iter().flat_map(|shard| shard.iter())
+    }
+}
+
 /// The key of `(tenant, id)` in [`State::messages`], borrowed.
 pub(super) fn message_key<'a>(
     parts: &'a (&'a TenantId, &'a MessageId),
@@ -268,8 +344,8 @@ pub(super) struct State {
     pairings: BTreeMap<(TenantId, String), (crate::domain::OptOutKey, Option<i64>)>,
     /// (tenant, phone number id, the user's key) → when the user last wrote, and expiry.
     windows: BTreeMap<(TenantId, String, String), (DateTime<Utc>, i64)>,
-    /// (tenant, key hash) → idempotency record.
-    idempotency: HashMap<(TenantId, String), crate::ports::IdempotencyRecord>,
+    /// (tenant, key hash) → idempotency record: one a keyed send.
+    idempotency: IdempotencyRecords,
     pub(super) users: super::users::UsersState,
     /// Closed tenants already closed out: when, and the TTLs their items were given.
     closed_out: HashMap<TenantId, (DateTime<Utc>, crate::ports::CloseOutTtls)>,
@@ -1055,6 +1131,46 @@ mod tests {
         }
         let other = TenantId::from_trusted("01KB0000000000000000000002");
         assert_eq!(map.get(message_key(&(&other, &keys[0].1))), None);
+    }
+
+    #[test]
+    fn local_modes_idempotency_records_spread_over_every_shard_and_are_found_removed_and_swept_in_any(
+    ) {
+        let tenant = TenantId::from_trusted("01KB0000000000000000000001");
+        let record = |hash: &str, expires_at: Option<i64>| crate::ports::IdempotencyRecord {
+            tenant_id: tenant.clone(),
+            key_hash: hash.to_owned(),
+            fingerprint: "f".to_owned(),
+            message_id: MessageId::from_trusted("01KB1111111111111111111111"),
+            created_at: chrono::Utc::now(),
+            expires_at,
+        };
+        let hashes: Vec<String> = (0..1600)
+            .map(|i| crate::domain::IdempotencyKey::parse(&format!("key-{i}")).map(|k| k.hash()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut records = IdempotencyRecords::default();
+        let mut counts = [0usize; IDEMPOTENCY_SHARDS];
+        for (i, hash) in hashes.iter().enumerate() {
+            let key = (tenant.clone(), hash.clone());
+            counts[IdempotencyRecords::shard(&key)] += 1;
+            records.insert(key, record(hash, Some(if i % 2 == 0 { 1 } else { 2 })));
+        }
+        let mean = 1600 / IDEMPOTENCY_SHARDS;
+        assert!(counts.iter().all(|&n| n > 0 && n < 3 * mean), "{counts:?}");
+        assert_eq!((records.len(), records.iter().count()), (1600, 1600));
+        let first = (tenant.clone(), hashes[0].clone());
+        assert_eq!(
+            records.get(&first).map(|r| r.key_hash.as_str()),
+            Some(hashes[0].as_str())
+        );
+        records.remove(&first);
+        assert!(records.get(&first).is_none());
+        records.retain(|_, r| r.expires_at == Some(2));
+        assert_eq!(records.len(), 800);
+        assert!(records.iter().all(|(_, r)| r.expires_at == Some(2)));
+        let odd = (tenant.clone(), hashes[1].clone());
+        assert!(records.get(&odd).is_some());
     }
 
     #[test]

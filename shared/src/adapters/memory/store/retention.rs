@@ -314,7 +314,7 @@ impl RetentionStore for MemoryStore {
                 );
             }
         }
-        for ((t, hash), r) in &s.idempotency {
+        for ((t, hash), r) in s.idempotency.iter() {
             item(
                 keys::idempotency(t, hash),
                 r.expires_at,
