@@ -88,7 +88,8 @@ impl std::hash::Hash for dyn MessageKey + '_ {
 /// The map is [`MESSAGE_SHARDS`] maps, by the last character of the message id (a ULID's
 /// random or counting end, so they fill evenly): a hash map grows by moving everything at
 /// once, under the store's lock, and one map of a million messages paused every request
-/// for tens of milliseconds as it grew (BENCHMARKS.md, stop 29). Each shard grows alone.
+/// as it grew (with the ledger's vector, a quarter of a second and more; BENCHMARKS.md,
+/// stop 29). Each shard grows alone.
 pub(super) struct Messages {
     by_key: Vec<HashMap<(TenantId, MessageId), Arc<MessageRecord>, foldhash::fast::RandomState>>,
     order: std::collections::BTreeSet<(TenantId, MessageId)>,
@@ -234,7 +235,7 @@ impl<'a> IntoIterator for &'a LedgerEntries {
 /// Local mode's idempotency records, in [`IDEMPOTENCY_SHARDS`] hash maps by the last hex
 /// digit of the key's hash: one map of a million records (a minute of keyed sends) paused
 /// every request for a quarter of a second and more each time it grew (BENCHMARKS.md,
-/// stop 29); a B-tree did not pause but made keyed sends ~15% slower.
+/// stop 29). A B-tree would not pause either; the shards keep a hash map's lookups.
 pub(super) struct IdempotencyRecords {
     shards: Vec<
         HashMap<(TenantId, String), crate::ports::IdempotencyRecord, foldhash::fast::RandomState>,
