@@ -78,89 +78,166 @@ impl std::hash::Hash for dyn MessageKey + '_ {
     }
 }
 
-/// Local mode's messages: found by key in a hash map (a webhook's lookup was a B-tree's
-/// walk, comparing keys whose strings sit on cache lines of their own: 1.4k instructions
-/// and 34 data misses a webhook), and kept in the tuple's order by a set of their keys for
-/// the lists and sweeps. Hashed with foldhash, not std's SipHash: the ids are ours (minted
-/// here, or a signed webhook's echo of one), and SipHash over two of them was ~900
-/// instructions a lookup.
-///
-/// The map is [`MESSAGE_SHARDS`] maps, by the last character of the message id (a ULID's
-/// random or counting end, so they fill evenly): a hash map grows by moving everything at
-/// once, under the store's lock, and one map of a million messages paused every request
-/// as it grew (with the ledger's vector, a quarter of a second and more; BENCHMARKS.md,
-/// stop 29). Each shard grows alone.
-pub(super) struct Messages {
-    by_key: Vec<HashMap<(TenantId, MessageId), Arc<MessageRecord>, foldhash::fast::RandomState>>,
-    order: std::collections::BTreeSet<(TenantId, MessageId)>,
+/// Hash maps that hold their keys in shards, each key in the one its [`ShardKey::shard`]
+/// names: a hash map grows by moving all of itself at once, under the store's lock, and one
+/// map of a million entries (a minute of sends) paused every request for a quarter of a
+/// second and more as it grew (BENCHMARKS.md, stop 29). Each shard grows alone. Hashed with
+/// foldhash, not std's SipHash: the keys are ours (minted here, or a signed webhook's echo
+/// of one), and SipHash over two ids was ~900 instructions a lookup.
+pub(super) struct Shards<K, V> {
+    maps: Vec<HashMap<K, V, foldhash::fast::RandomState>>,
 }
 
-/// How many maps local mode's messages are spread over.
-const MESSAGE_SHARDS: usize = 32;
+/// A key of [`Shards`]: how many shards its maps have, and which one holds it.
+pub(super) trait ShardKey: std::hash::Hash + Eq {
+    const SHARDS: usize;
+    fn shard(&self) -> usize;
+}
 
-impl Default for Messages {
+impl<K: ShardKey, V> Default for Shards<K, V> {
     fn default() -> Self {
         Self {
-            by_key: (0..MESSAGE_SHARDS).map(|_| HashMap::default()).collect(),
-            order: std::collections::BTreeSet::new(),
+            maps: (0..K::SHARDS).map(|_| HashMap::default()).collect(),
         }
     }
 }
 
-impl Messages {
-    /// The shard of a message id: the value of its last character in Crockford's base32
-    /// (one of 32; an id is a ULID, stored upper-case).
-    #[inline(always)]
-    fn shard(id: &MessageId) -> usize {
-        let value = match id.as_str().as_bytes().last().copied().unwrap_or(b'0') {
-            b @ b'0'..=b'9' => b - b'0',
-            b @ b'A'..=b'H' => b - b'A' + 10,
-            b @ (b'J' | b'K') => b - b'J' + 18,
-            b @ (b'M' | b'N') => b - b'M' + 20,
-            b @ b'P'..=b'T' => b - b'P' + 22,
-            b @ b'V'..=b'Z' => b - b'V' + 27,
-            _ => 0,
-        };
-        usize::from(value) % MESSAGE_SHARDS
+impl<K: ShardKey, V> Shards<K, V> {
+    /// Found in `shard` by a borrowed form of its key (the caller names the shard, as
+    /// `K::shard` would).
+    pub(super) fn get_in<Q>(&self, shard: usize, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.maps.get(shard)?.get(key)
     }
 
-    pub(super) fn get(&self, key: &dyn MessageKey) -> Option<&Arc<MessageRecord>> {
-        self.by_key.get(Self::shard(key.parts().1))?.get(key)
+    pub(super) fn get_mut_in<Q>(&mut self, shard: usize, key: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.maps.get_mut(shard)?.get_mut(key)
     }
 
-    pub(super) fn get_mut(&mut self, key: &dyn MessageKey) -> Option<&mut Arc<MessageRecord>> {
-        self.by_key
-            .get_mut(Self::shard(key.parts().1))?
-            .get_mut(key)
+    pub(super) fn get(&self, key: &K) -> Option<&V> {
+        self.get_in(key.shard(), key)
     }
 
-    pub(super) fn contains_key(&self, key: &(TenantId, MessageId)) -> bool {
-        self.by_key
-            .get(Self::shard(&key.1))
-            .is_some_and(|m| m.contains_key(key))
+    pub(super) fn get_key_value(&self, key: &K) -> Option<(&K, &V)> {
+        self.maps.get(key.shard())?.get_key_value(key)
     }
 
-    pub(super) fn insert(&mut self, key: (TenantId, MessageId), message: Arc<MessageRecord>) {
-        let Some(shard) = self.by_key.get_mut(Self::shard(&key.1)) else {
-            return;
-        };
-        self.order.insert(key.clone());
-        shard.insert(key, message);
+    pub(super) fn contains_key(&self, key: &K) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub(super) fn insert(&mut self, key: K, value: V) {
+        if let Some(map) = self.maps.get_mut(key.shard()) {
+            map.insert(key, value);
+        }
+    }
+
+    pub(super) fn remove(&mut self, key: &K) {
+        if let Some(map) = self.maps.get_mut(key.shard()) {
+            map.remove(key);
+        }
     }
 
     pub(super) fn len(&self) -> usize {
-        self.by_key.iter().map(HashMap::len).sum()
+        self.maps.iter().map(HashMap::len).sum()
+    }
+
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
+        for map in &mut self.maps {
+            map.retain(&mut keep);
+        }
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.maps.iter().flat_map(|map| map.iter())
+    }
+}
+
+/// The shard of a message id: the value of its last character in Crockford's base32 (one
+/// of 32; an id is a ULID, stored upper-case; its random or counting end, so they fill
+/// evenly).
+#[inline(always)]
+fn message_shard(id: &MessageId) -> usize {
+    let value = match id.as_str().as_bytes().last().copied().unwrap_or(b'0') {
+        b @ b'0'..=b'9' => b - b'0',
+        b @ b'A'..=b'H' => b - b'A' + 10,
+        b @ (b'J' | b'K') => b - b'J' + 18,
+        b @ (b'M' | b'N') => b - b'M' + 20,
+        b @ b'P'..=b'T' => b - b'P' + 22,
+        b @ b'V'..=b'Z' => b - b'V' + 27,
+        _ => 0,
+    };
+    usize::from(value) % <(TenantId, MessageId) as ShardKey>::SHARDS
+}
+
+impl ShardKey for (TenantId, MessageId) {
+    const SHARDS: usize = 32;
+    fn shard(&self) -> usize {
+        message_shard(&self.1)
+    }
+}
+
+/// An idempotency record's key: (tenant, the key's hash in hex), in the shard of the hash's
+/// last digit (any other text: 0).
+impl ShardKey for (TenantId, String) {
+    const SHARDS: usize = 16;
+    fn shard(&self) -> usize {
+        let value = match self.1.as_bytes().last().copied().unwrap_or(b'0') {
+            b @ b'0'..=b'9' => b - b'0',
+            b @ b'a'..=b'f' => b - b'a' + 10,
+            b @ b'A'..=b'F' => b - b'A' + 10,
+            _ => 0,
+        };
+        usize::from(value) % Self::SHARDS
+    }
+}
+
+/// Local mode's messages: found by key in a hash map (a webhook's lookup was a B-tree's
+/// walk, comparing keys whose strings sit on cache lines of their own: 1.4k instructions
+/// and 34 data misses a webhook), in [`Shards`] by the last character of the id, and kept
+/// in the tuple's order by a set of their keys for the lists and sweeps.
+#[derive(Default)]
+pub(super) struct Messages {
+    by_key: Shards<(TenantId, MessageId), Arc<MessageRecord>>,
+    order: std::collections::BTreeSet<(TenantId, MessageId)>,
+}
+
+impl Messages {
+    pub(super) fn get(&self, key: &dyn MessageKey) -> Option<&Arc<MessageRecord>> {
+        self.by_key.get_in(message_shard(key.parts().1), key)
+    }
+
+    pub(super) fn get_mut(&mut self, key: &dyn MessageKey) -> Option<&mut Arc<MessageRecord>> {
+        self.by_key.get_mut_in(message_shard(key.parts().1), key)
+    }
+
+    pub(super) fn contains_key(&self, key: &(TenantId, MessageId)) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    pub(super) fn insert(&mut self, key: (TenantId, MessageId), message: Arc<MessageRecord>) {
+        self.order.insert(key.clone());
+        self.by_key.insert(key, message);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_key.len()
     }
 
     /// In the order of their keys (tenant, then id: the order they were made in).
     pub(super) fn iter(
         &self,
     ) -> impl DoubleEndedIterator<Item = (&(TenantId, MessageId), &Arc<MessageRecord>)> {
-        self.order.iter().filter_map(|key| {
-            self.by_key
-                .get(Self::shard(&key.1))
-                .and_then(|m| m.get_key_value(key))
-        })
+        self.order
+            .iter()
+            .filter_map(|key| self.by_key.get_key_value(key))
     }
 
     pub(super) fn values(&self) -> impl DoubleEndedIterator<Item = &Arc<MessageRecord>> {
@@ -173,15 +250,13 @@ impl Messages {
         mut keep: impl FnMut(&(TenantId, MessageId), &mut Arc<MessageRecord>) -> bool,
     ) {
         let mut gone = Vec::new();
-        for shard in &mut self.by_key {
-            shard.retain(|key, m| {
-                let kept = keep(key, m);
-                if !kept {
-                    gone.push(key.clone());
-                }
-                kept
-            });
-        }
+        self.by_key.retain(|key, m| {
+            let kept = keep(key, m);
+            if !kept {
+                gone.push(key.clone());
+            }
+            kept
+        });
         for key in &gone {
             self.order.remove(key);
         }
@@ -232,82 +307,6 @@ impl<'a> IntoIterator for &'a LedgerEntries {
     }
 }
 
-/// Local mode's idempotency records, in [`IDEMPOTENCY_SHARDS`] hash maps by the last hex
-/// digit of the key's hash: one map of a million records (a minute of keyed sends) paused
-/// every request for a quarter of a second and more each time it grew (BENCHMARKS.md,
-/// stop 29). A B-tree would not pause either; the shards keep a hash map's lookups.
-pub(super) struct IdempotencyRecords {
-    shards: Vec<
-        HashMap<(TenantId, String), crate::ports::IdempotencyRecord, foldhash::fast::RandomState>,
-    >,
-}
-
-/// How many maps local mode's idempotency records are spread over (one per hex digit).
-const IDEMPOTENCY_SHARDS: usize = 16;
-
-impl Default for IdempotencyRecords {
-    fn default() -> Self {
-        Self {
-            shards: (0..IDEMPOTENCY_SHARDS)
-                .map(|_| HashMap::default())
-                .collect(),
-        }
-    }
-}
-
-impl IdempotencyRecords {
-    /// The shard of a key: the value of its hash's last hex digit (any other text: 0).
-    #[inline(always)]
-    fn shard(key: &(TenantId, String)) -> usize {
-        let value = match key.1.as_bytes().last().copied().unwrap_or(b'0') {
-            b @ b'0'..=b'9' => b - b'0',
-            b @ b'a'..=b'f' => b - b'a' + 10,
-            b @ b'A'..=b'F' => b - b'A' + 10,
-            _ => 0,
-        };
-        usize::from(value) % IDEMPOTENCY_SHARDS
-    }
-
-    pub(super) fn get(&self, key: &(TenantId, String)) -> Option<&crate::ports::IdempotencyRecord> {
-        self.shards.get(Self::shard(key))?.get(key)
-    }
-
-    pub(super) fn insert(
-        &mut self,
-        key: (TenantId, String),
-        record: crate::ports::IdempotencyRecord,
-    ) {
-        if let Some(shard) = self.shards.get_mut(Self::shard(&key)) {
-            shard.insert(key, record);
-        }
-    }
-
-    pub(super) fn remove(&mut self, key: &(TenantId, String)) {
-        if let Some(shard) = self.shards.get_mut(Self::shard(key)) {
-            shard.remove(key);
-        }
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.shards.iter().map(HashMap::len).sum()
-    }
-
-    pub(super) fn retain(
-        &mut self,
-        mut keep: impl FnMut(&(TenantId, String), &mut crate::ports::IdempotencyRecord) -> bool,
-    ) {
-        for shard in &mut self.shards {
-            shard.retain(&mut keep);
-        }
-    }
-
-    pub(super) fn iter(
-        &self,
-    ) -> impl Iterator<Item = (&(TenantId, String), &crate::ports::IdempotencyRecord)> {
-        self.shards.iter().flat_map(|shard| shard.iter())
-    }
-}
-
 /// The key of `(tenant, id)` in [`State::messages`], borrowed.
 pub(super) fn message_key<'a>(
     parts: &'a (&'a TenantId, &'a MessageId),
@@ -346,7 +345,7 @@ pub(super) struct State {
     /// (tenant, phone number id, the user's key) → when the user last wrote, and expiry.
     windows: BTreeMap<(TenantId, String, String), (DateTime<Utc>, i64)>,
     /// (tenant, key hash) → idempotency record: one a keyed send.
-    idempotency: IdempotencyRecords,
+    idempotency: Shards<(TenantId, String), crate::ports::IdempotencyRecord>,
     pub(super) users: super::users::UsersState,
     /// Closed tenants already closed out: when, and the TTLs their items were given.
     closed_out: HashMap<TenantId, (DateTime<Utc>, crate::ports::CloseOutTtls)>,
@@ -1150,14 +1149,16 @@ mod tests {
             .map(|i| crate::domain::IdempotencyKey::parse(&format!("key-{i}")).map(|k| k.hash()))
             .collect::<Result<_, _>>()
             .unwrap();
-        let mut records = IdempotencyRecords::default();
-        let mut counts = [0usize; IDEMPOTENCY_SHARDS];
+        let mut records: Shards<(TenantId, String), crate::ports::IdempotencyRecord> =
+            Shards::default();
+        let shards = <(TenantId, String) as ShardKey>::SHARDS;
+        let mut counts = vec![0usize; shards];
         for (i, hash) in hashes.iter().enumerate() {
             let key = (tenant.clone(), hash.clone());
-            counts[IdempotencyRecords::shard(&key)] += 1;
+            counts[key.shard()] += 1;
             records.insert(key, record(hash, Some(if i % 2 == 0 { 1 } else { 2 })));
         }
-        let mean = 1600 / IDEMPOTENCY_SHARDS;
+        let mean = 1600 / shards;
         assert!(counts.iter().all(|&n| n > 0 && n < 3 * mean), "{counts:?}");
         assert_eq!((records.len(), records.iter().count()), (1600, 1600));
         let first = (tenant.clone(), hashes[0].clone());
@@ -1176,19 +1177,17 @@ mod tests {
 
     #[test]
     fn local_modes_messages_spread_over_every_shard_so_no_one_map_grows_with_all_of_them() {
-        let mut counts = [0usize; MESSAGE_SHARDS];
+        let shards = <(TenantId, MessageId) as ShardKey>::SHARDS;
+        let mut counts = vec![0usize; shards];
         for _ in 0..3200 {
-            counts[Messages::shard(&MessageId::generate())] += 1;
+            counts[message_shard(&MessageId::generate())] += 1;
         }
-        let mean = 3200 / MESSAGE_SHARDS;
+        let mean = 3200 / shards;
         assert!(counts.iter().all(|&n| n > 0 && n < 3 * mean), "{counts:?}");
         let upper = MessageId::from_trusted("01KB000000000000000000000Z");
         let lower = MessageId::from_trusted("01KB000000000000000000000z");
-        assert_eq!(Messages::shard(&upper), MESSAGE_SHARDS - 1);
-        assert!(
-            Messages::shard(&lower) < MESSAGE_SHARDS,
-            "any text has a shard"
-        );
+        assert_eq!(message_shard(&upper), shards - 1);
+        assert!(message_shard(&lower) < shards, "any text has a shard");
     }
 
     #[test]
