@@ -576,6 +576,21 @@ pub trait DispatchQueue: Send + Sync {
         let _ = delay;
         self.send(body).await
     }
+    /// Sends several at once, each visible only after `delay` (as [`Self::send_delayed`];
+    /// SQS batches of 10, whole seconds rounded up); all or an error.
+    async fn send_batch_delayed(
+        &self,
+        bodies: &[String],
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        if delay.is_zero() {
+            return self.send_batch(bodies).await;
+        }
+        for b in bodies {
+            self.send_delayed(b, delay).await?;
+        }
+        Ok(())
+    }
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, StoreError>;
     async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
     /// Deletes several received messages at once (SQS batches of 10, as Lambda's event

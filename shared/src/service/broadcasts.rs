@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -348,6 +350,7 @@ pub async fn create_campaign(
         content,
         request_id: crate::telemetry::request_id(),
         send_at,
+        paced_from: None,
     });
     let body = job
         .to_body()
@@ -737,6 +740,27 @@ pub async fn cancel(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Se
     view(deps, tenant, id).await
 }
 
+/// How long before its recipients are due a fan-out's next slice is delivered: the
+/// time to record and queue them (a slice's writes take seconds on DynamoDB).
+pub const FANOUT_LEAD: Duration = Duration::from_secs(30);
+
+/// The messages a second a broadcast's recipients are queued at: the pace the throughput
+/// limiter keeps for its number's tier (`throttle::pace`). `None` when the tenant or the
+/// number cannot be read now.
+async fn sending_pace(deps: &Deps, tenant_id: &TenantId, from: Option<&str>) -> Option<u32> {
+    let tenant = deps.tenants.tenant_for_access(tenant_id).await.ok()??;
+    let number = super::numbers::sender(deps, &tenant, from).await.ok()?;
+    Some(super::throttle::pace(super::numbers::tier(
+        deps, &tenant, &number,
+    )))
+}
+
+/// How long `count` messages take at `pace` a second.
+fn paced_span(count: usize, pace: u32) -> chrono::Duration {
+    let ms = (count as u128 * 1000 / u128::from(pace.max(1))).min(i64::MAX as u128) as i64;
+    chrono::Duration::milliseconds(ms)
+}
+
 /// One delivery of a fan-out job: records and enqueues the next slice of recipients.
 /// Resumable: message ids are derived, existing messages are not written again, and a
 /// duplicate queue message is dropped by the dispatcher's claim.
@@ -794,6 +818,14 @@ pub async fn fan_out_in_slices(
     let start = b.enqueued.min(list.len());
     let end = (start + slice.max(1)).min(list.len());
     let now = deps.clock.now();
+    // Paced at the number's rate: recipient k of this slice is due at the queue k/pace
+    // seconds after the slice's start, so the dispatchers find about as many as the
+    // number may send (a slice queued whole would have most of it refused by the
+    // throughput limiter and given back again and again, each time paying its reads,
+    // claim and release). Unknown rate (a read failed): queued at once, as the limiter
+    // still holds the number to its tier.
+    let pace = sending_pace(deps, &job.tenant_id, b.from.as_deref()).await;
+    let paced_from = job.paced_from.filter(|at| *at > now).unwrap_or(now);
     let mut done = start;
     for chunk in list[start..end].chunks(10) {
         let mut bodies = Vec::with_capacity(chunk.len());
@@ -836,7 +868,14 @@ pub async fn fan_out_in_slices(
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             bodies.push(body);
         }
-        deps.queue.send_batch(&bodies).await?;
+        let delay = pace.map_or(Duration::ZERO, |pace| {
+            let due = paced_from + paced_span(done - start, pace);
+            (due - deps.clock.now())
+                .to_std()
+                .unwrap_or_default()
+                .min(deps.settings.schedule_hop)
+        });
+        deps.queue.send_batch_delayed(&bodies, delay).await?;
         done += chunk.len();
         if (done - start) % 200 == 0 {
             deps.broadcasts
@@ -851,11 +890,24 @@ pub async fn fan_out_in_slices(
     tracing::info!(enqueued = end, total = list.len(), "broadcast fan-out");
     if !finished {
         // The rest continues in a fresh queue message, so a long fan-out never uses up
-        // this one's receive count (and never reaches the dead-letter queue that way).
-        let next = QueueJob::BroadcastFanout(job.clone())
+        // this one's receive count (and never reaches the dead-letter queue that way). Its
+        // recipients are due from where this slice's pace ends; it comes [`FANOUT_LEAD`]
+        // before that to record and queue them.
+        let mut next = job.clone();
+        let mut wait = Duration::ZERO;
+        if let Some(pace) = pace {
+            let next_from = paced_from + paced_span(end - start, pace);
+            next.paced_from = Some(next_from);
+            wait = (next_from - deps.clock.now())
+                .to_std()
+                .unwrap_or_default()
+                .saturating_sub(FANOUT_LEAD)
+                .min(deps.settings.schedule_hop);
+        }
+        let body = QueueJob::BroadcastFanout(next)
             .to_body()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        deps.queue.send(&next).await?;
+        deps.queue.send_delayed(&body, wait).await?;
     }
     Ok(Outcome::Done)
 }

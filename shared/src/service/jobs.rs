@@ -72,6 +72,10 @@ pub struct FanoutJob {
     /// Not to start before this time (a scheduled broadcast).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_at: Option<DateTime<Utc>>,
+    /// When this delivery's first recipient is due at the queue: the previous slice's
+    /// paced end (`broadcasts::fan_out`). `None`: the first slice, due now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paced_from: Option<DateTime<Utc>>,
 }
 
 /// One status change waiting to be POSTed to a tenant's status callback (no content).
@@ -192,6 +196,7 @@ mod tests {
                 },
                 request_id: None,
                 send_at: Some(Utc::now()),
+                paced_from: Some(Utc::now()),
             }),
             QueueJob::StatusCallback(CallbackJob {
                 tenant_id: TenantId::generate(),
@@ -213,6 +218,7 @@ mod tests {
             content: Content::Text { body: "x".into() },
             request_id: None,
             send_at: None,
+            paced_from: None,
         })
         .to_body()
         .unwrap();

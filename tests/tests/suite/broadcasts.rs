@@ -394,7 +394,13 @@ async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates()
         .await
         .unwrap();
     assert_eq!(accepted.accepted, 7);
-    let take = || async { deps.queue.receive(10, Duration::ZERO).await.unwrap() };
+    // Slices after the first are paced after it (a few milliseconds at tier 80).
+    let take = || async {
+        deps.queue
+            .receive(10, Duration::from_millis(500))
+            .await
+            .unwrap()
+    };
     let mut fanouts = 0;
     let mut dispatch_jobs = 0;
     let mut pending = take().await;
@@ -439,5 +445,172 @@ async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates()
         view.counts.get("accepted"),
         Some(&7),
         "seven messages, no more"
+    );
+}
+
+/// A queue that notes what is sent to it and with what delay, then passes it on.
+struct Recording {
+    inner: std::sync::Arc<dyn kirim::ports::DispatchQueue>,
+    sent: std::sync::Mutex<Vec<(Value, Duration)>>,
+}
+
+impl Recording {
+    fn note(&self, bodies: &[String], delay: Duration) {
+        let mut sent = self.sent.lock().unwrap();
+        for b in bodies {
+            sent.push((serde_json::from_str(b).unwrap(), delay));
+        }
+    }
+
+    fn take(&self) -> Vec<(Value, Duration)> {
+        std::mem::take(&mut *self.sent.lock().unwrap())
+    }
+}
+
+#[async_trait::async_trait]
+impl kirim::ports::DispatchQueue for Recording {
+    async fn send(&self, body: &str) -> Result<(), kirim::store_error::StoreError> {
+        self.note(&[body.to_owned()], Duration::ZERO);
+        self.inner.send(body).await
+    }
+    async fn send_delayed(
+        &self,
+        body: &str,
+        delay: Duration,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.note(&[body.to_owned()], delay);
+        self.inner.send_delayed(body, delay).await
+    }
+    async fn send_batch_delayed(
+        &self,
+        bodies: &[String],
+        delay: Duration,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.note(bodies, delay);
+        self.inner.send_batch_delayed(bodies, delay).await
+    }
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<kirim::ports::Received>, kirim::store_error::StoreError> {
+        self.inner.receive(max, wait).await
+    }
+    async fn delete(&self, receipt: &str) -> Result<(), kirim::store_error::StoreError> {
+        self.inner.delete(receipt).await
+    }
+    async fn retry_after(
+        &self,
+        receipt: &str,
+        delay: Duration,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.inner.retry_after(receipt, delay).await
+    }
+    async fn dead_letters(
+        &self,
+        max: usize,
+    ) -> Result<Vec<kirim::ports::DeadLetter>, kirim::store_error::StoreError> {
+        self.inner.dead_letters(max).await
+    }
+    async fn redrive(
+        &self,
+        ids: Option<&[String]>,
+        max: usize,
+    ) -> Result<kirim::ports::Redriven, kirim::store_error::StoreError> {
+        self.inner.redrive(ids, max).await
+    }
+}
+
+#[tokio::test]
+async fn a_broadcasts_recipients_are_queued_at_its_numbers_pace_slice_after_slice() {
+    use kirim::service::jobs::QueueJob;
+    use kirim::service::{accounts, broadcasts, send::TemplateIn};
+    let mut settings = kirim_tests::test_settings();
+    // Tier 20: the limiter paces the number at 19 a second.
+    settings.meta_throughput = 20;
+    // SQS's longest delay, as deployed (the tests' settings shorten it).
+    settings.schedule_hop = Duration::from_secs(900);
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
+    let queue = std::sync::Arc::new(Recording {
+        inner: deps.queue.clone(),
+        sent: Default::default(),
+    });
+    deps.queue = queue.clone();
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
+        "phone_number_id": "127", "meta_access_token": "EAAG", "credits": 1000}))
+    .unwrap();
+    let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
+    deps.templates
+        .put_template(&kirim::ports::CatalogueTemplate {
+            waba_id: "1".into(),
+            name: "promo".into(),
+            language: "en".into(),
+            category: kirim::domain::TemplateCategory::Utility,
+            status: kirim::domain::TemplateStatus::Approved,
+            quality: kirim::domain::TemplateQuality::Green,
+            body_parameters: 0,
+            meta_id: None,
+            updated_at: chrono::Utc::now(),
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    let template: TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en", "category": "utility"}))
+            .unwrap();
+    let recipients: Vec<String> = (0..1000).map(|i| format!("+601234{i:04}9")).collect();
+    broadcasts::create(&deps, &tenant.id, template, recipients, None)
+        .await
+        .unwrap();
+    let fan_out_job = |v: &Value| {
+        let Some(QueueJob::BroadcastFanout(job)) = QueueJob::parse(&v.to_string()) else {
+            panic!("not a fan-out job")
+        };
+        job
+    };
+    let (first, _) = queue.take().pop().unwrap();
+    let secs = |d: &Duration| d.as_secs_f64();
+
+    // The first slice of 800: recipient i is due about i/19 s from now (its batch of ten
+    // goes at its first one's time), never ahead of it.
+    broadcasts::fan_out_in_slices(&deps, &fan_out_job(&first), 800)
+        .await
+        .unwrap();
+    let sent = queue.take();
+    let (jobs, next): (Vec<_>, Vec<_>) = sent
+        .iter()
+        .partition(|(v, _)| v["kind"] != broadcasts::FANOUT_KIND);
+    assert_eq!(jobs.len(), 800);
+    for (i, (_, delay)) in jobs.iter().enumerate() {
+        let chunk_start = (i / 10 * 10) as f64 / 19.0;
+        assert!(
+            (secs(delay) - chunk_start).abs() < 0.002,
+            "recipient {i} due at {delay:?}, its batch's time is {chunk_start:.3} s"
+        );
+    }
+    assert!(
+        jobs.iter().filter(|(_, d)| secs(d) < 1.0).count() <= 20,
+        "about a second's worth of the number's sends are due at once, not the slice"
+    );
+    // The rest comes FANOUT_LEAD before the slice's pace ends (800/19 s), due from there.
+    assert_eq!(next.len(), 1, "one fan-out job for the rest");
+    let (next_job, wait) = next[0];
+    let span = 800.0 / 19.0;
+    assert!((secs(wait) - (span - 30.0)).abs() < 0.002, "{wait:?}");
+
+    // Delivered on time: its 200 recipients continue the same pace.
+    clock.advance(chrono::Duration::milliseconds((secs(wait) * 1000.0) as i64));
+    broadcasts::fan_out_in_slices(&deps, &fan_out_job(next_job), 800)
+        .await
+        .unwrap();
+    let sent = queue.take();
+    assert_eq!(sent.len(), 200, "the last 200, no further fan-out job");
+    let first_due = secs(&sent[0].1);
+    assert!((first_due - 30.0).abs() < 0.01, "{first_due}");
+    let last_due = secs(&sent[199].1);
+    assert!(
+        (last_due - (30.0 + 190.0 / 19.0)).abs() < 0.01,
+        "{last_due}"
     );
 }

@@ -909,6 +909,40 @@ async fn queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queu
     );
 }
 
+async fn a_delayed_batch_stays_hidden_until_it_is_due_then_arrives_whole(p: Ports) {
+    let delayed: Vec<String> = (0..12).map(|i| format!("paced-{i}")).collect();
+    // Twelve: two SQS calls of up to ten, each entry with the delay.
+    p.queue
+        .send_batch_delayed(&delayed, Duration::from_secs(2))
+        .await
+        .unwrap();
+    p.queue.send("at-once").await.unwrap();
+    let now = p.queue.receive(10, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        now.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
+        vec!["at-once"],
+        "only the undelayed one is visible at first"
+    );
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..20 {
+        got.extend(
+            p.queue
+                .receive(10, Duration::from_secs(1))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.body),
+        );
+        if got.len() >= 12 {
+            break;
+        }
+    }
+    got.sort();
+    let mut want = delayed.clone();
+    want.sort();
+    assert_eq!(got, want, "every delayed one, once due");
+}
+
 async fn a_batch_of_received_messages_is_deleted_in_one_call(p: Ports) {
     let bodies: Vec<String> = (0..12).map(|i| format!("batch-{i}")).collect();
     p.queue.send_batch(&bodies).await.unwrap();
@@ -1105,6 +1139,7 @@ contract!(
     a_peeked_message_stays_as_it_was_read_while_the_stored_one_moves_on,
     queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queue,
     a_batch_of_received_messages_is_deleted_in_one_call,
+    a_delayed_batch_stays_hidden_until_it_is_due_then_arrives_whole,
     parked_messages_are_listed_in_place_and_redriven_by_id_or_all_at_once,
     secrets_keep_the_previous_version_during_rotation,
     concurrent_first_writes_of_one_secret_all_succeed,

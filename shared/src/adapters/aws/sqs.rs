@@ -57,6 +57,12 @@ impl SqsQueue {
     }
 }
 
+/// A delay as SQS's `DelaySeconds`: whole seconds rounded up (a message is never visible
+/// early), at most 15 minutes.
+fn delay_seconds(delay: Duration) -> i32 {
+    delay.as_secs_f64().ceil().clamp(0.0, 900.0) as i32
+}
+
 /// The entries of a batch call SQS refused, as one error (none: `Ok`). SQS says whose
 /// fault each refusal is: ours will repeat (`Rejected`), its own may not (`Unavailable`).
 fn batch_refusals(
@@ -94,8 +100,7 @@ impl DispatchQueue for SqsQueue {
     }
 
     async fn send_delayed(&self, body: &str, delay: Duration) -> Result<(), StoreError> {
-        // SQS takes whole seconds, at most 15 minutes.
-        let secs = delay.as_secs_f64().ceil().clamp(0.0, 900.0) as i32;
+        let secs = delay_seconds(delay);
         self.client
             .send_message()
             .queue_url(&self.url)
@@ -108,6 +113,15 @@ impl DispatchQueue for SqsQueue {
     }
 
     async fn send_batch(&self, bodies: &[String]) -> Result<(), StoreError> {
+        self.send_batch_delayed(bodies, Duration::ZERO).await
+    }
+
+    async fn send_batch_delayed(
+        &self,
+        bodies: &[String],
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        let secs = delay_seconds(delay);
         for chunk in bodies.chunks(10) {
             let entries = chunk
                 .iter()
@@ -116,6 +130,7 @@ impl DispatchQueue for SqsQueue {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(b)
+                        .set_delay_seconds((secs > 0).then_some(secs))
                         .build()
                         .map_err(|e| StoreError::Corrupt(format!("sqs batch entry: {e}")))
                 })

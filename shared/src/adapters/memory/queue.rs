@@ -1,7 +1,7 @@
 //! An in-process queue with SQS's semantics where they matter: visibility timeouts,
 //! receive counts, and a dead-letter list after the receive limit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -32,12 +32,15 @@ pub struct MemoryQueue {
 #[derive(Default)]
 struct State {
     next: u64,
-    /// By the order they were sent in (keys only grow), so a receive walks from the oldest
-    /// and a delete is one removal. (A list of the keys beside a hash map was copied whole
-    /// on every receive and searched on every delete: with a backlog, such as a send load
-    /// or a campaign queued faster than the number's rate, each cost the whole queue under
-    /// the lock the sends wait on.)
+    /// By the order they were sent in (keys only grow): a delete is one removal. (A list
+    /// of the keys beside a hash map was copied whole on every receive and searched on
+    /// every delete: with a backlog, such as a send load or a campaign queued faster than
+    /// the number's rate, each cost the whole queue under the lock the sends wait on.)
     entries: BTreeMap<u64, Entry>,
+    /// Every entry once, by when it is visible (then by key): a receive takes from the
+    /// front and stops at the first still hidden, so messages in flight, given back for
+    /// later or delayed (a paced campaign's) cost it nothing.
+    by_visibility: BTreeSet<(Instant, u64)>,
     receipts: HashMap<String, u64>,
     dead: Vec<DeadLetter>,
 }
@@ -59,6 +62,7 @@ impl MemoryQueue {
     fn push_at(state: &mut State, body: String, visible_at: Instant) {
         state.next += 1;
         let key = state.next;
+        state.by_visibility.insert((visible_at, key));
         state.entries.insert(
             key,
             Entry {
@@ -71,22 +75,30 @@ impl MemoryQueue {
         );
     }
 
-    /// Up to `max` visible messages, oldest first, each hidden for the visibility timeout;
-    /// one received `max_receives` times already moves to the dead letters instead.
+    /// Up to `max` visible messages, longest visible first, each hidden for the visibility
+    /// timeout; one received `max_receives` times already moves to the dead letters
+    /// instead.
     fn take_visible(&self, state: &mut State, max: usize) -> Vec<Received> {
         let now = Instant::now();
         let mut out = Vec::new();
         let mut spent = Vec::new();
         let State {
-            entries, receipts, ..
+            entries,
+            receipts,
+            by_visibility,
+            ..
         } = state;
-        for (&id, entry) in entries.iter_mut() {
-            if out.len() >= max {
+        while out.len() < max {
+            let Some(&(at, id)) = by_visibility.first() else {
+                break;
+            };
+            if at > now {
                 break;
             }
-            if entry.visible_at > now {
+            by_visibility.pop_first();
+            let Some(entry) = entries.get_mut(&id) else {
                 continue;
-            }
+            };
             if entry.receive_count >= self.max_receives {
                 // Redrive: like SQS, at receive time.
                 spent.push(id);
@@ -94,6 +106,7 @@ impl MemoryQueue {
             }
             entry.receive_count += 1;
             entry.visible_at = now + self.visibility;
+            by_visibility.insert((entry.visible_at, id));
             let receipt = format!("{id}-{}", entry.receive_count);
             out.push(Received {
                 receipt: receipt.clone(),
@@ -127,8 +140,24 @@ impl DispatchQueue for MemoryQueue {
     }
 
     async fn send_delayed(&self, body: &str, delay: Duration) -> Result<(), StoreError> {
+        self.send_batch_delayed(std::slice::from_ref(&body.to_owned()), delay)
+            .await
+    }
+
+    async fn send_batch(&self, bodies: &[String]) -> Result<(), StoreError> {
+        self.send_batch_delayed(bodies, Duration::ZERO).await
+    }
+
+    async fn send_batch_delayed(
+        &self,
+        bodies: &[String],
+        delay: Duration,
+    ) -> Result<(), StoreError> {
         let mut s = self.state.lock().await;
-        Self::push_at(&mut s, body.to_owned(), Instant::now() + delay);
+        let at = Instant::now() + delay;
+        for body in bodies {
+            Self::push_at(&mut s, body.clone(), at);
+        }
         drop(s);
         self.notify.notify_waiters();
         Ok(())
@@ -158,16 +187,26 @@ impl DispatchQueue for MemoryQueue {
     async fn delete(&self, receipt: &str) -> Result<(), StoreError> {
         let mut s = self.state.lock().await;
         if let Some(id) = s.receipts.remove(receipt) {
-            s.entries.remove(&id);
+            if let Some(e) = s.entries.remove(&id) {
+                s.by_visibility.remove(&(e.visible_at, id));
+            }
         }
         Ok(())
     }
 
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
         let mut s = self.state.lock().await;
-        if let Some(id) = s.receipts.get(receipt).copied() {
-            if let Some(e) = s.entries.get_mut(&id) {
+        let State {
+            entries,
+            receipts,
+            by_visibility,
+            ..
+        } = &mut *s;
+        if let Some(id) = receipts.get(receipt).copied() {
+            if let Some(e) = entries.get_mut(&id) {
+                by_visibility.remove(&(e.visible_at, id));
                 e.visible_at = Instant::now() + delay;
+                by_visibility.insert((e.visible_at, id));
             }
         }
         Ok(())
@@ -244,14 +283,33 @@ mod tests {
         let never_taken = named(20..40);
         assert_eq!(
             bodies(&rest),
-            given_back
+            never_taken
                 .iter()
-                .chain(&never_taken)
+                .chain(&given_back)
                 .map(String::as_str)
                 .collect::<Vec<_>>(),
-            "oldest first; the delayed one still hidden"
+            "longest visible first (the never taken since they were sent, the given back \
+             since then); the delayed one still hidden"
         );
-        assert!(rest[..10].iter().all(|m| m.receive_count == 2));
-        assert!(rest[10..].iter().all(|m| m.receive_count == 1));
+        assert!(rest[..20].iter().all(|m| m.receive_count == 1));
+        assert!(rest[20..].iter().all(|m| m.receive_count == 2));
+    }
+
+    #[tokio::test]
+    async fn a_delayed_batch_stays_hidden_behind_later_sends_until_it_is_due() {
+        let q = MemoryQueue::new(Duration::from_secs(30), 10);
+        q.send_batch_delayed(&named(0..5), Duration::from_millis(300))
+            .await
+            .unwrap();
+        q.send_batch(&named(5..8)).await.unwrap();
+        let now = q.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(bodies(&now), named(5..8), "only the undelayed ones");
+        let later = q.receive(10, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(
+            bodies(&later),
+            named(0..5),
+            "the delayed batch, whole, once due"
+        );
+        assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
     }
 }
