@@ -624,6 +624,32 @@ impl Client {
         }
     }
 
+    /// A broadcast of `order_update` (utility) to `recipients`; answers its id.
+    pub async fn broadcast(&self, key: &str, recipients: &[String]) -> Result<String, String> {
+        let res = self
+            .http
+            .post(format!("{}/v1/broadcasts", self.base_url))
+            .bearer_auth(key)
+            .json(&json!({
+                "recipients": recipients,
+                "template": {
+                    "name": "order_update",
+                    "language": "en_US",
+                    "category": "utility",
+                    "components": [{"type": "body", "parameters": [{"type": "text", "text": "ORDER-1"}]}],
+                },
+            }))
+            .send()
+            .await
+            .map_err(|e| format!("broadcast: {e}"))?;
+        let status = res.status();
+        let body: Value = res.json().await.map_err(|e| format!("broadcast: {e}"))?;
+        match body["id"].as_str() {
+            Some(id) if status == 202 || status == 201 => Ok(id.to_owned()),
+            _ => Err(format!("broadcast answered {status}: {body}")),
+        }
+    }
+
     /// The tenant's balance.
     pub async fn credits(&self, key: &str) -> Result<i64, String> {
         let body: Value = self

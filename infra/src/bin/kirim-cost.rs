@@ -24,7 +24,13 @@
 //! latency, except where timing decides them (a batch's shared send slots: more waiters
 //! join a slower write); `--latency 0` measures as before stop 21.
 //!
+//! `--broadcast N [--tier T] [--pollers P]` counts one broadcast of N recipients instead,
+//! from its fan-out to Meta's last `sent`, with the tenant at Meta's tier T (20, 80 or
+//! 1000) and P dispatcher batches at once (the template's `MaximumConcurrency` is 5):
+//! what a campaign's recipient costs, the throttled retries included.
+//!
 //! `kirim-cost [--messages N] [--warmup W] [--batch B] [--latency MS]`
+//! `kirim-cost --broadcast N [--tier T] [--pollers P] [--latency MS]`
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -58,10 +64,17 @@ struct Args {
     warmup: usize,
     batch: usize,
     latency: Duration,
+    /// `--broadcast N`: one broadcast of N recipients instead of single messages.
+    broadcast: Option<usize>,
+    /// `--tier T`: the tenant's Meta throughput tier (20, 80 or 1000; 1000 by default).
+    tier: u32,
+    /// `--pollers P`: concurrent dispatcher batches (Lambda's `MaximumConcurrency`).
+    pollers: usize,
 }
 
 fn args() -> Result<Args, String> {
     let (mut messages, mut warmup, mut batch, mut latency) = (20, 2, 1, 5);
+    let (mut broadcast, mut tier, mut pollers) = (None, 1000, 1);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -74,6 +87,9 @@ fn args() -> Result<Args, String> {
             // SQS hands a Lambda at most 10 records (template.yaml's BatchSize).
             "--batch" if (1..=10).contains(&n) => batch = n,
             "--latency" if n <= 1000 => latency = n as u64,
+            "--broadcast" if (1..=10_000).contains(&n) => broadcast = Some(n),
+            "--tier" if [20, 80, 1000].contains(&n) => tier = n as u32,
+            "--pollers" if (1..=50).contains(&n) => pollers = n,
             _ => return Err(format!("unknown argument {flag} {value}")),
         }
     }
@@ -82,6 +98,9 @@ fn args() -> Result<Args, String> {
         warmup,
         batch,
         latency: Duration::from_millis(latency),
+        broadcast,
+        tier,
+        pollers,
     })
 }
 
@@ -129,6 +148,9 @@ async fn run() -> Result<(), String> {
         warmup,
         batch,
         latency,
+        broadcast,
+        tier,
+        pollers,
     } = args()?;
     // Whole batches: the messages rounded up to a multiple of the batch.
     let rounds = messages.div_ceil(batch);
@@ -181,7 +203,7 @@ async fn run() -> Result<(), String> {
         ("KIRIM_META_VERIFY_TOKEN", "cost-run-verify".into()),
         ("KIRIM_META_BASE_URL", format!("http://{addr}/graph")),
         ("KIRIM_META_THROUGHPUT", "1000".into()),
-        ("KIRIM_LOCAL_POLLERS", "1".into()),
+        ("KIRIM_LOCAL_POLLERS", pollers.to_string()),
         // As on Lambda (wiring::READ_CACHE_TTL), unless the caller says otherwise.
         (
             "KIRIM_READ_CACHE_TTL",
@@ -204,12 +226,19 @@ async fn run() -> Result<(), String> {
     let platform = Platform::spawn(&binary, &env, &listen, &log, Duration::from_secs(180)).await?;
     let client = Client::new(&platform.base_url, OPERATOR_TOKEN);
     let (tenant, key) = client
-        .onboard("Cost", "800000000000001", (messages + 10) as i64)
+        .onboard(
+            "Cost",
+            "800000000000001",
+            (broadcast.unwrap_or(messages) + 10) as i64,
+        )
         .await?;
-    client.set_throughput(&tenant, 1000).await?;
+    client.set_throughput(&tenant, tier).await?;
     proxy.settle(QUIET, Duration::from_secs(60)).await;
     proxy.set_latency(latency);
     let setup = proxy.take();
+    if let Some(n) = broadcast {
+        return broadcast_run(&proxy, &client, &key, &mut hooks, &log, n, tier, pollers).await;
+    }
     println!(
         "kirim-cost: {messages} messages ({warmup} warm-up) in batches of {batch}, aws backend through \
          the counting proxy, each call held {} ms (platform log {}); setup made {} AWS calls",
@@ -307,6 +336,77 @@ async fn run() -> Result<(), String> {
     print_cost(&totals, log_bytes as f64 / measured, batch as f64);
     drop(platform);
     Ok(())
+}
+
+/// `--broadcast N`: one broadcast of N recipients, counted from its fan-out to Meta's last
+/// `sent` (the webhooks are held and not delivered: a broadcast's message costs in them
+/// what a single one does). What a campaign adds per recipient is the fan-out and, when
+/// the queue offers the dispatchers more than the number's tier allows, the throttled
+/// rounds: each a claim given back and a retry later.
+#[allow(clippy::too_many_arguments)]
+async fn broadcast_run(
+    proxy: &CountingProxy,
+    client: &Client,
+    key: &str,
+    hooks: &mut mpsc::UnboundedReceiver<Hook>,
+    log: &std::path::Path,
+    n: usize,
+    tier: u32,
+    pollers: usize,
+) -> Result<(), String> {
+    let recipients: Vec<String> = (0..n).map(|m| format!("+6013{:07}9", m)).collect();
+    proxy.gate(false);
+    proxy.set_phase("broadcast");
+    client.broadcast(key, &recipients).await?;
+    proxy.settle(QUIET, Duration::from_secs(60)).await;
+    let log_start = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+    proxy.set_phase("fan-out and dispatch");
+    let started = std::time::Instant::now();
+    proxy.gate(true);
+    let mut sent = 0;
+    while sent < n {
+        let (_, body) = tokio::time::timeout(Duration::from_secs(300), hooks.recv())
+            .await
+            .map_err(|_| format!("{sent} of {n} sent; the sandbox sent no webhook for 300 s"))?
+            .ok_or("the webhook channel closed")?;
+        if status_of(&body) == "sent" {
+            sent += 1;
+        }
+    }
+    let drained = started.elapsed();
+    proxy.settle(QUIET, Duration::from_secs(60)).await;
+    proxy.set_phase("idle");
+    let tally = proxy.take();
+    let throttled = throttled_retries(log, log_start);
+    println!(
+        "kirim-cost: a broadcast of {n} recipients at tier {tier} ({pollers} dispatcher \
+         batches at once): all sent to Meta in {:.1} s ({:.1} a second); {throttled} \
+         throttled retries ({:.2} a recipient)\n",
+        drained.as_secs_f64(),
+        n as f64 / drained.as_secs_f64(),
+        throttled as f64 / n as f64
+    );
+    println!("## Per recipient\n");
+    print_table(&tally, n as f64);
+    Ok(())
+}
+
+/// The dispatcher's `DispatchRetries` with `Reason` `throttled` in the platform's EMF lines
+/// written after byte `from` of its log.
+fn throttled_retries(log: &std::path::Path, from: u64) -> u64 {
+    let Ok(text) = std::fs::read(log) else {
+        return 0;
+    };
+    let start = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
+    String::from_utf8_lossy(&text[start..])
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["Reason"] == "throttled")
+        .map(|v| match &v["DispatchRetries"] {
+            Value::Array(values) => values.iter().filter_map(Value::as_f64).sum::<f64>() as u64,
+            other => other.as_f64().unwrap_or(0.0) as u64,
+        })
+        .sum()
 }
 
 /// Per phase and operation: calls, write units, read units (divided by `per`); answers the
