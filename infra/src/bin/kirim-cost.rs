@@ -9,10 +9,13 @@
 //! through), then the `sent`, `delivered` and `read` webhooks. The first `--warmup` messages
 //! warm the caches and are reported apart; the table is the mean of the rest.
 //!
-//! `--batch B` (1–10; 1 by default) takes B messages through each phase together: B sends,
+//! `--batch B` (1–100; 1 by default) takes B messages through each phase together: B sends,
 //! then one dispatch of the B queued jobs (the dispatcher's batch, as an SQS event of B
 //! records on Lambda), then their 3 × B webhooks; the table stays per message. What a
-//! dispatcher does once per batch (the quality counter) then shows at 1/B a message.
+//! dispatcher does once per batch (the quality counter) then shows at 1/B a message. Above
+//! 10 the queue hands them over as several batches of 10 (one at a time unless `--pollers`
+//! lets several run at once, as Lambda's concurrency does; with a low `--tier` that is
+//! what makes the number's limiter turn messages away, counted as throttled retries).
 //!
 //! `--latency MS` (5 by default, as a network in one region) holds every AWS call that long
 //! at the proxy: calls made together then overlap for certain. The tables' round trips
@@ -30,7 +33,11 @@
 //! what a campaign's recipient costs, the throttled retries included.
 //!
 //! `kirim-cost [--messages N] [--warmup W] [--batch B] [--latency MS]`
-//! `kirim-cost --broadcast N [--tier T] [--pollers P] [--latency MS]`
+//! `kirim-cost --broadcast N [--tier T] [--pollers P] [--latency MS] [--backend memory]`
+//!
+//! `--backend memory` runs local mode on its own storage instead: no AWS call to count, but
+//! the dispatchers reach the number's pace, which moto (one Python process) cannot at tier
+//! 20, so the throttled retries show.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -70,22 +77,34 @@ struct Args {
     tier: u32,
     /// `--pollers P`: concurrent dispatcher batches (Lambda's `MaximumConcurrency`).
     pollers: usize,
+    /// `--backend memory`: local mode's own storage (nothing to count; for the throttled
+    /// retries at a pace moto cannot reach).
+    memory: bool,
 }
 
 fn args() -> Result<Args, String> {
     let (mut messages, mut warmup, mut batch, mut latency) = (20, 2, 1, 5);
-    let (mut broadcast, mut tier, mut pollers) = (None, 1000, 1);
+    let (mut broadcast, mut tier, mut pollers, mut memory) = (None, 1000, 1, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        if flag == "--backend" {
+            memory = match value.as_str() {
+                "memory" => true,
+                "aws" => false,
+                _ => return Err(format!("--backend {value}: memory or aws")),
+            };
+            continue;
+        }
         let n = value
             .parse::<usize>()
             .map_err(|_| format!("{flag} {value}: a number"))?;
         match flag.as_str() {
             "--messages" if n > 0 => messages = n,
             "--warmup" => warmup = n,
-            // SQS hands a Lambda at most 10 records (template.yaml's BatchSize).
-            "--batch" if (1..=10).contains(&n) => batch = n,
+            // SQS hands a Lambda at most 10 records (template.yaml's BatchSize); more are
+            // several dispatcher batches, at once with `--pollers`.
+            "--batch" if (1..=100).contains(&n) => batch = n,
             "--latency" if n <= 1000 => latency = n as u64,
             "--broadcast" if (1..=10_000).contains(&n) => broadcast = Some(n),
             "--tier" if [20, 80, 1000].contains(&n) => tier = n as u32,
@@ -101,6 +120,7 @@ fn args() -> Result<Args, String> {
         broadcast,
         tier,
         pollers,
+        memory,
     })
 }
 
@@ -151,6 +171,7 @@ async fn run() -> Result<(), String> {
         broadcast,
         tier,
         pollers,
+        memory,
     } = args()?;
     // Whole batches: the messages rounded up to a multiple of the batch.
     let rounds = messages.div_ceil(batch);
@@ -192,7 +213,10 @@ async fn run() -> Result<(), String> {
         .port();
     let listen = format!("127.0.0.1:{port}");
     let env: Vec<(String, String)> = [
-        ("KIRIM_BACKEND", "aws".to_owned()),
+        (
+            "KIRIM_BACKEND",
+            if memory { "memory" } else { "aws" }.to_owned(),
+        ),
         (
             "KIRIM_STACK_NAME",
             format!("cost{}", ulid::Ulid::new().to_string().to_lowercase()),
@@ -254,6 +278,7 @@ async fn run() -> Result<(), String> {
     let mut log_bytes_before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
     let mut log_bytes = 0u64;
     let mut measured_messages = 0usize;
+    let mut throttled = 0u64;
     for round in 0..rounds {
         let i = round * batch;
         proxy.settle(QUIET, Duration::from_secs(60)).await;
@@ -312,6 +337,7 @@ async fn run() -> Result<(), String> {
                 }
             }
             log_bytes += now.saturating_sub(log_bytes_before);
+            throttled += throttled_retries(&log, log_bytes_before);
         }
         log_bytes_before = now;
     }
@@ -333,7 +359,12 @@ async fn run() -> Result<(), String> {
         std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         log_bytes as f64 / measured
     );
-    print_cost(&totals, log_bytes as f64 / measured, batch as f64);
+    println!(
+        "Throttled retries (a claim given back: the number's slots taken for more than a \
+         second ahead) per message: {:.2}",
+        throttled as f64 / measured
+    );
+    print_cost(&totals, log_bytes as f64 / measured, batch.min(10) as f64);
     drop(platform);
     Ok(())
 }
