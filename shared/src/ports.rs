@@ -1105,7 +1105,9 @@ pub trait BroadcastStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
     /// The dispatcher's claim of a broadcast's message: `accepted → sending` (counting an
-    /// attempt), in one conditional write with the check that the broadcast has no hold.
+    /// attempt), only if the broadcast has no hold: a hold written before the claim is
+    /// always seen, and a held message is left `accepted` exactly as it was (its attempts
+    /// and history).
     async fn claim_broadcast_message(
         &self,
         tenant: &TenantId,

@@ -26,6 +26,7 @@ mod console_browser;
 mod console_pages;
 mod contract;
 mod contract_access;
+mod contract_broadcasts;
 mod contract_callbacks;
 mod contract_contacts;
 mod contract_data_keys;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, Delete, ReturnValue, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 
 use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, TTL_ATTR};
@@ -267,19 +267,24 @@ impl BroadcastStore for DynamoStore {
         broadcast: &str,
         at: DateTime<Utc>,
     ) -> Result<BroadcastClaim, StoreError> {
+        // The claim as a plain conditional update that answers the claimed message, then
+        // the hold (a consistent read); a hold found gives the claim back. Not one
+        // transaction: a claim and a `ConditionCheck` of its broadcast in
+        // `TransactWriteItems` cost 4 write units (each item twice) and a read of the
+        // claimed message after it; this costs 1 write unit and the same one read. Every
+        // pause or cancel written before the claim is seen by the read after it, so it
+        // still stops the message (and one written between the two does too); a cancel
+        // still refunds only `accepted` messages and the claim moves only an `accepted` one,
+        // so a message is sent or refunded, never both.
         let sending = MessageStatus::Sending;
         let event = serde_dynamo::to_attribute_value(StatusEvent {
             status: sending,
             at,
         })
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let check = ConditionCheck::builder()
-            .table_name(&self.table)
-            .set_key(Some(keys::broadcast(tenant, broadcast).attrs()))
-            .condition_expression("attribute_not_exists(control)")
-            .build()
-            .map_err(|e| StoreError::Corrupt(format!("condition check: {e}")))?;
-        let claim = Update::builder()
+        let claimed = self
+            .client
+            .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::message(tenant, message).attrs()))
             .update_expression(
@@ -298,30 +303,55 @@ impl BroadcastStore for DynamoStore {
             .expression_attribute_values(":ev", AttributeValue::L(vec![event]))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":now", n(self.now_secs()))
-            .build()
-            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
-        let items = vec![
-            TransactWriteItem::builder().condition_check(check).build(),
-            TransactWriteItem::builder().update(claim).build(),
-        ];
-        match self.transact_retrying_conflicts(items).await {
-            Ok(()) => {}
-            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
-                let hold = self
-                    .get_broadcast(tenant, broadcast)
-                    .await?
-                    .and_then(|b| b.control)
-                    .unwrap_or(BroadcastControl::Paused);
-                return Ok(BroadcastClaim::Held(hold));
-            }
-            Err(e) if e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) => {
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        let record = match claimed {
+            Ok(out) => from_item(out.attributes.unwrap_or_default())?,
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 return Ok(BroadcastClaim::Refused)
             }
-            Err(e) => return Err(e.into_store_error()),
-        }
-        match self.get(keys::message(tenant, message)).await? {
-            Some(item) => Ok(BroadcastClaim::Claimed(Box::new(from_item(item)?))),
-            None => Ok(BroadcastClaim::Refused),
+            Err(e) => return Err(classify("dynamodb update", e)),
+        };
+        let hold = self
+            .get_broadcast(tenant, broadcast)
+            .await?
+            .and_then(|b| b.control);
+        match hold {
+            None => Ok(BroadcastClaim::Claimed(Box::new(record))),
+            Some(hold) => {
+                // Back to `accepted` as it was: the attempt and the claim's `sending` event
+                // taken off again (a paused broadcast's messages are looked at every 30 s;
+                // their history must not grow with each look).
+                let last = record.events.len().saturating_sub(1);
+                let released = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(keys::message(tenant, message).attrs()))
+                    .update_expression(format!(
+                        "SET #status = :acc REMOVE events[{last}] ADD attempts :minus"
+                    ))
+                    .condition_expression(
+                        "#status = :sending AND updated_at = :at AND size(events) = :len",
+                    )
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
+                    .expression_attribute_values(":sending", s(sending.as_str()))
+                    .expression_attribute_values(":at", s(rfc3339(at)))
+                    .expression_attribute_values(":len", n(record.events.len() as i64))
+                    .expression_attribute_values(":minus", n(-1))
+                    .send()
+                    .await;
+                match released {
+                    Ok(_) => {}
+                    // Moved on meanwhile (it cannot be by anyone but this claim's holder).
+                    Err(SdkError::ServiceError(e))
+                        if e.err().is_conditional_check_failed_exception() => {}
+                    Err(e) => return Err(classify("dynamodb update", e)),
+                }
+                Ok(BroadcastClaim::Held(hold))
+            }
         }
     }
 
