@@ -523,6 +523,16 @@ pub enum SendAnswer {
     NoAnswer,
 }
 
+/// The sandbox catalogue's `order_update` (utility, one body parameter) as a send names it.
+fn order_update() -> Value {
+    json!({
+        "name": "order_update",
+        "language": "en_US",
+        "category": "utility",
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "ORDER-1"}]}],
+    })
+}
+
 impl Client {
     pub fn new(base_url: &str, operator_token: &str) -> Client {
         Client {
@@ -596,12 +606,7 @@ impl Client {
             .header("Idempotency-Key", idempotency_key)
             .json(&json!({
                 "to": to,
-                "template": {
-                    "name": "order_update",
-                    "language": "en_US",
-                    "category": "utility",
-                    "components": [{"type": "body", "parameters": [{"type": "text", "text": "ORDER-1"}]}],
-                },
+                "template": order_update(),
             }))
             .send()
             .await;
@@ -632,12 +637,7 @@ impl Client {
             .bearer_auth(key)
             .json(&json!({
                 "recipients": recipients,
-                "template": {
-                    "name": "order_update",
-                    "language": "en_US",
-                    "category": "utility",
-                    "components": [{"type": "body", "parameters": [{"type": "text", "text": "ORDER-1"}]}],
-                },
+                "template": order_update(),
             }))
             .send()
             .await

@@ -357,20 +357,19 @@ mod aws_backend_on_moto {
 
 /// A fan-out longer than one slice continues in a fresh queue message (never burning the
 /// first one's receive count), and a redelivered slice makes no second message.
-#[tokio::test]
-async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates() {
-    use kirim::service::jobs::QueueJob;
+/// A tenant (phone number id `number`, credits for `n`) with an approved utility template
+/// `promo` in its catalogue, written as a sync would (no Meta here), and its broadcast of
+/// `promo` to `n` recipients, accepted and not yet fanned out.
+async fn promo_broadcast(
+    deps: &kirim::service::Deps,
+    number: &str,
+    n: usize,
+) -> (kirim::ports::Tenant, kirim::service::broadcasts::Accepted) {
     use kirim::service::{accounts, broadcasts, send::TemplateIn};
-    let deps = kirim::wiring::memory_deps(
-        kirim_tests::test_settings(),
-        kirim_tests::ManualClock::new(),
-    )
-    .unwrap();
     let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
-        "phone_number_id": "126", "meta_access_token": "EAAG", "credits": 10}))
+        "phone_number_id": number, "meta_access_token": "EAAG", "credits": n}))
     .unwrap();
-    let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
-    // No Meta here: the catalogue is written as a sync would.
+    let (tenant, _) = accounts::create_tenant(deps, req).await.unwrap();
     deps.templates
         .put_template(&kirim::ports::CatalogueTemplate {
             waba_id: "1".into(),
@@ -389,10 +388,23 @@ async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates()
     let template: TemplateIn =
         serde_json::from_value(json!({"name": "promo", "language": "en", "category": "utility"}))
             .unwrap();
-    let recipients: Vec<String> = (0..7).map(|i| format!("+6012345{i:03}9")).collect();
-    let accepted = broadcasts::create(&deps, &tenant.id, template, recipients, None)
+    let recipients: Vec<String> = (0..n).map(|i| format!("+601234{i:04}9")).collect();
+    let accepted = broadcasts::create(deps, &tenant.id, template, recipients, None)
         .await
         .unwrap();
+    (tenant, accepted)
+}
+
+#[tokio::test]
+async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates() {
+    use kirim::service::broadcasts;
+    use kirim::service::jobs::QueueJob;
+    let deps = kirim::wiring::memory_deps(
+        kirim_tests::test_settings(),
+        kirim_tests::ManualClock::new(),
+    )
+    .unwrap();
+    let (tenant, accepted) = promo_broadcast(&deps, "126", 7).await;
     assert_eq!(accepted.accepted, 7);
     // Slices after the first are paced after it (a few milliseconds at tier 80).
     let take = || async {
@@ -523,8 +535,8 @@ impl kirim::ports::DispatchQueue for Recording {
 
 #[tokio::test]
 async fn a_broadcasts_recipients_are_queued_at_its_numbers_pace_slice_after_slice() {
+    use kirim::service::broadcasts;
     use kirim::service::jobs::QueueJob;
-    use kirim::service::{accounts, broadcasts, send::TemplateIn};
     let mut settings = kirim_tests::test_settings();
     // Tier 20: the limiter paces the number at 19 a second.
     settings.meta_throughput = 20;
@@ -537,32 +549,7 @@ async fn a_broadcasts_recipients_are_queued_at_its_numbers_pace_slice_after_slic
         sent: Default::default(),
     });
     deps.queue = queue.clone();
-    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
-        "phone_number_id": "127", "meta_access_token": "EAAG", "credits": 1000}))
-    .unwrap();
-    let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
-    deps.templates
-        .put_template(&kirim::ports::CatalogueTemplate {
-            waba_id: "1".into(),
-            name: "promo".into(),
-            language: "en".into(),
-            category: kirim::domain::TemplateCategory::Utility,
-            status: kirim::domain::TemplateStatus::Approved,
-            quality: kirim::domain::TemplateQuality::Green,
-            body_parameters: 0,
-            meta_id: None,
-            updated_at: chrono::Utc::now(),
-            expires_at: None,
-        })
-        .await
-        .unwrap();
-    let template: TemplateIn =
-        serde_json::from_value(json!({"name": "promo", "language": "en", "category": "utility"}))
-            .unwrap();
-    let recipients: Vec<String> = (0..1000).map(|i| format!("+601234{i:04}9")).collect();
-    broadcasts::create(&deps, &tenant.id, template, recipients, None)
-        .await
-        .unwrap();
+    promo_broadcast(&deps, "127", 1000).await;
     let fan_out_job = |v: &Value| {
         let Some(QueueJob::BroadcastFanout(job)) = QueueJob::parse(&v.to_string()) else {
             panic!("not a fan-out job")
