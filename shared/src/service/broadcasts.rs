@@ -755,10 +755,13 @@ async fn sending_pace(deps: &Deps, tenant_id: &TenantId, from: Option<&str>) -> 
     )))
 }
 
-/// How long `count` messages take at `pace` a second.
-fn paced_span(count: usize, pace: u32) -> chrono::Duration {
-    let ms = (count as u128 * 1000 / u128::from(pace.max(1))).min(i64::MAX as u128) as i64;
-    chrono::Duration::milliseconds(ms)
+/// `n` whole seconds.
+fn seconds(n: usize) -> chrono::Duration {
+    chrono::Duration::seconds(
+        i64::try_from(n)
+            .unwrap_or(i64::MAX / 1000)
+            .min(i64::MAX / 1000),
+    )
 }
 
 /// One delivery of a fan-out job: records and enqueues the next slice of recipients.
@@ -818,18 +821,27 @@ pub async fn fan_out_in_slices(
     let start = b.enqueued.min(list.len());
     let end = (start + slice.max(1)).min(list.len());
     let now = deps.clock.now();
-    // Paced at the number's rate: recipient k of this slice is due at the queue k/pace
-    // seconds after the slice's start, so the dispatchers find about as many as the
+    // Paced at the number's rate: recipient k of this slice is due at the queue
+    // floor(k/pace) seconds after the slice's start, so the dispatchers find about as many as the
     // number may send (a slice queued whole would have most of it refused by the
     // throughput limiter and given back again and again, each time paying its reads,
     // claim and release). Unknown rate (a read failed): queued at once, as the limiter
     // still holds the number to its tier.
     let pace = sending_pace(deps, &job.tenant_id, b.from.as_deref()).await;
     let paced_from = job.paced_from.filter(|at| *at > now).unwrap_or(now);
+    // Each second of the pace gets `pace` recipients, due together at its start; a queue
+    // batch (at most SQS's 10) never spans two seconds, so no second is offered more than
+    // the number may send in it.
+    let second_of = |i: usize| pace.map_or(0, |p| (i - start) / p.max(1) as usize);
     let mut done = start;
-    for chunk in list[start..end].chunks(10) {
-        let mut bodies = Vec::with_capacity(chunk.len());
-        for (offset, to) in chunk.iter().enumerate() {
+    while done < end {
+        let second = second_of(done);
+        let mut upto = done + 1;
+        while upto < end && upto - done < 10 && second_of(upto) == second {
+            upto += 1;
+        }
+        let mut bodies = Vec::with_capacity(upto - done);
+        for (offset, to) in list[done..upto].iter().enumerate() {
             let id = message_id(&b, done + offset);
             let record = MessageRecord {
                 id: id.clone(),
@@ -868,16 +880,17 @@ pub async fn fan_out_in_slices(
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             bodies.push(body);
         }
-        let delay = pace.map_or(Duration::ZERO, |pace| {
-            let due = paced_from + paced_span(done - start, pace);
-            (due - deps.clock.now())
+        let delay = match pace {
+            Some(_) => (paced_from + seconds(second) - deps.clock.now())
                 .to_std()
                 .unwrap_or_default()
-                .min(deps.settings.schedule_hop)
-        });
+                .min(deps.settings.schedule_hop),
+            None => Duration::ZERO,
+        };
         deps.queue.send_batch_delayed(&bodies, delay).await?;
-        done += chunk.len();
-        if (done - start) % 200 == 0 {
+        let before = done;
+        done = upto;
+        if (done - start) / 200 > (before - start) / 200 {
             deps.broadcasts
                 .broadcast_progress(&job.tenant_id, &b.id, done, false)
                 .await?;
@@ -896,7 +909,7 @@ pub async fn fan_out_in_slices(
         let mut next = job.clone();
         let mut wait = Duration::ZERO;
         if let Some(pace) = pace {
-            let next_from = paced_from + paced_span(end - start, pace);
+            let next_from = paced_from + seconds((end - start).div_ceil(pace.max(1) as usize));
             next.paced_from = Some(next_from);
             wait = (next_from - deps.clock.now())
                 .to_std()

@@ -557,10 +557,9 @@ async fn a_broadcasts_recipients_are_queued_at_its_numbers_pace_slice_after_slic
         job
     };
     let (first, _) = queue.take().pop().unwrap();
-    let secs = |d: &Duration| d.as_secs_f64();
 
-    // The first slice of 800: recipient i is due about i/19 s from now (its batch of ten
-    // goes at its first one's time), never ahead of it.
+    // The first slice of 800: recipient i is due floor(i/19) s from now, each second's 19
+    // together, no queue batch spanning two seconds.
     broadcasts::fan_out_in_slices(&deps, &fan_out_job(&first), 800)
         .await
         .unwrap();
@@ -570,34 +569,30 @@ async fn a_broadcasts_recipients_are_queued_at_its_numbers_pace_slice_after_slic
         .partition(|(v, _)| v["kind"] != broadcasts::FANOUT_KIND);
     assert_eq!(jobs.len(), 800);
     for (i, (_, delay)) in jobs.iter().enumerate() {
-        let chunk_start = (i / 10 * 10) as f64 / 19.0;
-        assert!(
-            (secs(delay) - chunk_start).abs() < 0.002,
-            "recipient {i} due at {delay:?}, its batch's time is {chunk_start:.3} s"
+        assert_eq!(
+            *delay,
+            Duration::from_secs((i / 19) as u64),
+            "recipient {i}: due at the start of its second of the pace"
         );
     }
-    assert!(
-        jobs.iter().filter(|(_, d)| secs(d) < 1.0).count() <= 20,
-        "about a second's worth of the number's sends are due at once, not the slice"
-    );
-    // The rest comes FANOUT_LEAD before the slice's pace ends (800/19 s), due from there.
+    // The rest comes FANOUT_LEAD before the slice's seconds run out (800/19, rounded up:
+    // 43 s), due from there.
     assert_eq!(next.len(), 1, "one fan-out job for the rest");
     let (next_job, wait) = next[0];
-    let span = 800.0 / 19.0;
-    assert!((secs(wait) - (span - 30.0)).abs() < 0.002, "{wait:?}");
+    assert_eq!(*wait, Duration::from_secs(43 - 30));
 
     // Delivered on time: its 200 recipients continue the same pace.
-    clock.advance(chrono::Duration::milliseconds((secs(wait) * 1000.0) as i64));
+    clock.advance(chrono::Duration::seconds(13));
     broadcasts::fan_out_in_slices(&deps, &fan_out_job(next_job), 800)
         .await
         .unwrap();
     let sent = queue.take();
     assert_eq!(sent.len(), 200, "the last 200, no further fan-out job");
-    let first_due = secs(&sent[0].1);
-    assert!((first_due - 30.0).abs() < 0.01, "{first_due}");
-    let last_due = secs(&sent[199].1);
-    assert!(
-        (last_due - (30.0 + 190.0 / 19.0)).abs() < 0.01,
-        "{last_due}"
-    );
+    for (i, (_, delay)) in sent.iter().enumerate() {
+        assert_eq!(
+            *delay,
+            Duration::from_secs(30 + (i / 19) as u64),
+            "recipient {i}"
+        );
+    }
 }
