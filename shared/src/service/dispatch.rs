@@ -396,7 +396,8 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     };
     // The claim: only an `accepted` message moves to `sending`. A duplicate job that
     // read it `accepted` too loses here: no double send. A broadcast's message is claimed
-    // only while its broadcast has no hold, in the same conditional write.
+    // only while its broadcast has no hold (a hold written before the claim is always
+    // seen; `BroadcastStore::claim_broadcast_message`).
     let claimed = match &job.broadcast_id {
         Some(b) => {
             match deps
