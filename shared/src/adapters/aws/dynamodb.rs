@@ -255,8 +255,6 @@ impl DynamoStore {
         "dynamodb:UpdateItem",
         "dynamodb:DeleteItem",
         "dynamodb:BatchWriteItem",
-        // A broadcast message's claim checks its broadcast has no hold (pause, cancel).
-        "dynamodb:ConditionCheckItem",
     ];
     /// On the table's index (`gsi1`): queries only.
     pub const INDEX_READ: &'static [&'static str] = &["dynamodb:Query"];
