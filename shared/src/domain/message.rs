@@ -184,6 +184,20 @@ pub struct MessageRecord {
     /// Meta's pricing of it, from the first status webhook that carried one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Pricing>,
+    /// A send slot of its number reserved for it ahead, when a dispatcher found the number
+    /// taken for longer than it waits (`service::throttle`): it comes back for that slot
+    /// instead of asking again. Internal; no view shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried_slot: Option<CarriedSlot>,
+}
+
+/// A send slot reserved for a message ahead of its next claim: the slot's time, and the
+/// attempt count of the claim it was reserved in (a later attempt, after a failed send,
+/// does not use it: that slot was spent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedSlot {
+    pub at: DateTime<Utc>,
+    pub attempt: u32,
 }
 
 /// Meta's `pricing` object on a status webhook: its pricing model (`PMP`), category

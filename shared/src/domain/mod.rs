@@ -23,8 +23,8 @@ pub use idempotency::{request_fingerprint, IdempotencyKey, IdempotencyKeyError};
 pub use ids::{new_id, ulid_at, MessageId, TenantId};
 pub use limits::{LimitSettings, RequestLimits, MAX_BURST, MAX_REQUESTS_PER_SEC, TENANT_FACTOR};
 pub use message::{
-    Content, ErrorCode, MessageError, MessageRecord, Pricing, StatusEvent, TemplateCategory,
-    TemplateRef,
+    CarriedSlot, Content, ErrorCode, MessageError, MessageRecord, Pricing, StatusEvent,
+    TemplateCategory, TemplateRef,
 };
 pub use optout::{
     keyword, Keyword, OptOut, OptOutKey, OptOutScope, OptOutSource, UserId, BY_META, MAX_USER_ID,

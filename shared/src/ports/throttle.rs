@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{Tenant, Transition};
-use crate::domain::{MessageError, MessageId, TenantId};
+use crate::domain::{CarriedSlot, MessageError, MessageId, TenantId};
 use crate::store_error::StoreError;
 
 /// Meta's messaging throughput tiers, in messages per second per business phone number.
@@ -63,11 +63,14 @@ pub trait Throughput: Send + Sync {
 pub trait SendingControl: Send + Sync {
     /// `sending` → `accepted` for a claim that never reached Meta because the number's
     /// throughput was taken: the claim's attempt is given back (it was not an attempt).
+    /// `slot`: a send slot reserved for the message ahead, kept on it for its next claim
+    /// (`MessageRecord::carried_slot`); `None` leaves what it carries.
     async fn release_unattempted(
         &self,
         tenant: &TenantId,
         id: &MessageId,
         at: DateTime<Utc>,
+        slot: Option<CarriedSlot>,
     ) -> Result<Transition, StoreError>;
     /// `sending` → `failed` with `error`, only if the message is still `sending` under
     /// the claim made at `claimed_at` (its `updated_at`): a settling webhook or a newer

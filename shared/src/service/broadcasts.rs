@@ -865,6 +865,7 @@ pub async fn fan_out_in_slices(
                 send_at: None,
                 from: b.from.clone(),
                 pricing: None,
+                carried_slot: None,
             };
             deps.broadcasts.insert_broadcast_message(&record).await?;
             let body = QueueJob::Send(DispatchJob {

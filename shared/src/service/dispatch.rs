@@ -427,24 +427,39 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         Transition::Refused => return Ok(super::deadline::redelivered(deps, job).await?),
     };
     // The number's throughput, shared with every other dispatcher: wait briefly for a
-    // slot, or give the claim back (not an attempt) and come back soon. The slot is taken
+    // slot, or give the claim back (not an attempt) and come back for the slot reserved
+    // ahead for it (or, the number full beyond `HORIZON`, soon). The slot is taken
     // last, right before the call, so that no write stands between the slot's time and
     // the request (that would bunch requests up against Meta's rolling second).
+    // A slot reserved for it when it came before (same attempt: a slot is spent once).
     let tier = super::numbers::tier(deps, &tenant, &from);
-    match super::throttle::acquire(deps, &from.phone_number_id, tier).await {
-        Ok(super::throttle::Slot::Go) => {}
-        Ok(super::throttle::Slot::Full) => {
-            if let Err(e) = deps
-                .sending
-                .release_unattempted(&job.tenant_id, &job.message_id, deps.clock.now())
-                .await
-            {
-                tracing::error!(error = %e, "could not release the claim");
-            }
-            crate::metrics::retry("throttled");
-            return Ok(Outcome::RetryAfter(super::throttle::full_retry_delay()));
+    let carried = record
+        .carried_slot
+        .filter(|c| c.attempt == record.attempts)
+        .map(|c| c.at);
+    let (slot, again) =
+        match super::throttle::acquire(deps, &from.phone_number_id, tier, carried).await {
+            Ok(super::throttle::Slot::Go) => (None, None),
+            Ok(super::throttle::Slot::Later(at)) => (
+                Some(crate::domain::CarriedSlot {
+                    at,
+                    attempt: record.attempts,
+                }),
+                Some(super::throttle::until_slot(deps, at)),
+            ),
+            Ok(super::throttle::Slot::Full) => (None, Some(super::throttle::full_retry_delay())),
+            Err(e) => return Err(unclaim(deps, job, "rate_limiter_unavailable", e).await),
+        };
+    if let Some(delay) = again {
+        if let Err(e) = deps
+            .sending
+            .release_unattempted(&job.tenant_id, &job.message_id, deps.clock.now(), slot)
+            .await
+        {
+            tracing::error!(error = %e, "could not release the claim");
         }
-        Err(e) => return Err(unclaim(deps, job, "rate_limiter_unavailable", e).await),
+        crate::metrics::retry("throttled");
+        return Ok(Outcome::RetryAfter(delay));
     }
     let body = job
         .content

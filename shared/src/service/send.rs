@@ -264,6 +264,7 @@ async fn accept(
         send_at,
         from: Some(sender.phone_number_id.clone()),
         pricing: None,
+        carried_slot: None,
     };
     // The job is queued BEFORE the message and its debit are written: a process that dies
     // in between leaves a job without a message, which the dispatcher drops once it is

@@ -18,8 +18,19 @@ use super::errors::ServiceError;
 use super::Deps;
 
 /// The longest a dispatcher waits in-process for a slot; beyond it the message goes back
-/// to the queue (`RetryAfter`), uncounted as an attempt.
+/// to the queue (`RetryAfter`), uncounted as an attempt, carrying the slot reserved for it
+/// (`Slot::Later`).
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// How far ahead a slot is reserved for a message when the number is taken for longer
+/// than `MAX_WAIT`: the message gives its claim back and comes back for that slot, once,
+/// instead of asking again every second or two while the number is busy (each time a
+/// claim, a refused slot write and a release). Beyond it the number is full (`Slot::Full`).
+pub const HORIZON: Duration = Duration::from_secs(900);
+
+/// A carried slot missed by more than this (its message came back late) is not used: a
+/// send then would fall between other messages' slots.
+pub const CARRY_TOLERANCE: Duration = Duration::from_millis(250);
 
 /// Slots are paced at this share of the tier. Meta counts a rolling second on its own
 /// clock; evenly spaced sends at 97% of the tier leave ~30 ms for network jitter before
@@ -44,26 +55,57 @@ pub fn pace(tier: u32) -> u32 {
 pub enum Slot {
     /// A slot was taken (after waiting for it, if it lay ahead).
     Go,
-    /// The number is taken for longer than `MAX_WAIT`.
+    /// The message's slot lies further ahead than `MAX_WAIT`, at this time: it comes back
+    /// for it (`MessageRecord::carried_slot`).
+    Later(DateTime<Utc>),
+    /// The number is taken for longer than `HORIZON`.
     Full,
 }
 
 /// Takes the next send slot of the business number `phone_number_id` (whose tier is
-/// `tier`, `numbers::tier`), waiting up to `MAX_WAIT` for it. Inside [`pooled`] (one
-/// dispatcher batch), the batch's messages for one number share their reservations
+/// `tier`, `numbers::tier`), or the slot `carried` (reserved for this message before and
+/// not yet missed), and waits for it if it starts within `MAX_WAIT`. Inside [`pooled`]
+/// (one dispatcher batch), the batch's messages for one number share their reservations
 /// (see there).
-pub async fn acquire(deps: &Deps, phone_number_id: &str, tier: u32) -> Result<Slot, StoreError> {
-    let Some(at) = take_slot(deps, phone_number_id, pace(tier)).await? else {
-        metrics::throttle("limiter_full");
-        return Ok(Slot::Full);
+pub async fn acquire(
+    deps: &Deps,
+    phone_number_id: &str,
+    tier: u32,
+    carried: Option<DateTime<Utc>>,
+) -> Result<Slot, StoreError> {
+    let missed = |at: &DateTime<Utc>| {
+        (deps.clock.now() - *at)
+            .to_std()
+            .is_ok_and(|late| late > CARRY_TOLERANCE)
+    };
+    let at = match carried.filter(|at| !missed(at)) {
+        Some(at) => at,
+        None => {
+            let Some(at) = take_slot(deps, phone_number_id, pace(tier)).await? else {
+                metrics::throttle("limiter_full");
+                return Ok(Slot::Full);
+            };
+            at
+        }
     };
     if let Ok(wait) = (at - deps.clock.now()).to_std() {
+        if wait > MAX_WAIT {
+            metrics::throttle("limiter_full");
+            return Ok(Slot::Later(at));
+        }
         if !wait.is_zero() {
             metrics::throttle("limiter_wait");
-            tokio::time::sleep(wait.min(MAX_WAIT)).await;
+            tokio::time::sleep(wait).await;
         }
     }
     Ok(Slot::Go)
+}
+
+/// How long a message whose slot is at `at` stays away: the whole seconds before it, so it
+/// comes back up to a second early (SQS counts whole seconds) and waits for its slot.
+pub fn until_slot(deps: &Deps, at: DateTime<Utc>) -> Duration {
+    let ahead = (at - deps.clock.now()).to_std().unwrap_or_default();
+    Duration::from_secs(ahead.as_secs())
 }
 
 /// The time of the send slot reserved for this message (`None`: the number is full for
@@ -150,7 +192,7 @@ async fn reserve_one(
     per_sec: u32,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
     deps.throughput
-        .reserve_slot(phone_number_id, per_sec, deps.clock.now(), MAX_WAIT)
+        .reserve_slot(phone_number_id, per_sec, deps.clock.now(), HORIZON)
         .await
 }
 
@@ -210,7 +252,7 @@ async fn lead(
     let count = u32::try_from(turn.followers.len() + 1).unwrap_or(u32::MAX);
     let res = deps
         .throughput
-        .reserve_slots(phone_number_id, per_sec, deps.clock.now(), MAX_WAIT, count)
+        .reserve_slots(phone_number_id, per_sec, deps.clock.now(), HORIZON, count)
         .await;
     match res {
         Ok(Some(first)) => {
@@ -360,7 +402,7 @@ mod tests {
     /// Ten messages of one batch asking for one number's slots at once.
     async fn ten_in_a_batch(deps: &Deps) -> Vec<Result<Slot, StoreError>> {
         pooled(futures::future::join_all(
-            (0..10).map(|_| acquire(deps, "pn1", 80)),
+            (0..10).map(|_| acquire(deps, "pn1", 80, None)),
         ))
         .await
     }
@@ -421,7 +463,7 @@ mod tests {
     async fn outside_a_batch_each_message_reserves_its_own_slot() {
         let slots = Recorded::new(false, false);
         let deps = deps_with(slots.clone());
-        let out = futures::future::join_all((0..4).map(|_| acquire(&deps, "pn1", 80))).await;
+        let out = futures::future::join_all((0..4).map(|_| acquire(&deps, "pn1", 80, None))).await;
         assert!(out.iter().all(|r| matches!(r, Ok(Slot::Go))));
         assert_eq!(slots.calls(), vec![(1, true); 4]);
     }
@@ -453,15 +495,62 @@ mod tests {
     async fn numbers_in_one_batch_keep_lines_of_their_own() {
         let slots = Recorded::new(false, false);
         let deps = deps_with(slots.clone());
-        let out =
-            pooled(futures::future::join_all((0..6).map(|i| {
-                acquire(&deps, if i % 2 == 0 { "pn1" } else { "pn2" }, 80)
-            })))
-            .await;
+        let out = pooled(futures::future::join_all((0..6).map(|i| {
+            acquire(&deps, if i % 2 == 0 { "pn1" } else { "pn2" }, 80, None)
+        })))
+        .await;
         assert!(out.iter().all(|r| matches!(r, Ok(Slot::Go))));
         let mut calls = slots.calls();
         calls.sort();
         assert_eq!(calls, vec![(1, true), (1, true), (2, true), (2, true)]);
+    }
+
+    #[tokio::test]
+    async fn a_slot_further_ahead_than_the_wait_is_kept_for_the_message_to_come_back_for() {
+        let slots = Recorded::new(false, false);
+        // The number taken for five seconds ahead.
+        *slots.next.lock().unwrap() = Utc::now().timestamp_micros() + 5_000_000;
+        let deps = deps_with(slots.clone());
+        let Ok(Slot::Later(at)) = acquire(&deps, "pn1", 80, None).await else {
+            panic!("the slot five seconds ahead is not kept for the message")
+        };
+        let ahead = (at - Utc::now()).to_std().unwrap();
+        assert!(
+            ahead > MAX_WAIT && ahead <= Duration::from_secs(5),
+            "{ahead:?}"
+        );
+        let away = until_slot(&deps, at);
+        assert!(
+            away <= ahead && away + Duration::from_secs(1) > ahead,
+            "{away:?}"
+        );
+        assert_eq!(away.subsec_nanos(), 0, "whole seconds, back a little early");
+        assert_eq!(slots.calls(), vec![(1, true)], "one reservation");
+    }
+
+    #[tokio::test]
+    async fn a_carried_slot_is_used_without_reserving_again_unless_it_was_missed() {
+        let slots = Recorded::new(false, false);
+        let deps = deps_with(slots.clone());
+        let soon = Utc::now() + chrono::Duration::milliseconds(50);
+        assert_eq!(
+            acquire(&deps, "pn1", 80, Some(soon)).await.unwrap(),
+            Slot::Go
+        );
+        assert!(slots.calls().is_empty(), "its own slot: no reservation");
+        let far = Utc::now() + chrono::Duration::seconds(3);
+        assert_eq!(
+            acquire(&deps, "pn1", 80, Some(far)).await.unwrap(),
+            Slot::Later(far),
+            "back too early: the same slot, later"
+        );
+        assert!(slots.calls().is_empty());
+        let missed = Utc::now() - chrono::Duration::seconds(1);
+        assert_eq!(
+            acquire(&deps, "pn1", 80, Some(missed)).await.unwrap(),
+            Slot::Go
+        );
+        assert_eq!(slots.calls(), vec![(1, true)], "a missed slot: a new one");
     }
 
     #[test]

@@ -168,6 +168,7 @@ fn message_expiring(
         send_at: None,
         from: None,
         pricing: None,
+        carried_slot: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

@@ -66,6 +66,7 @@ fn message(p: &Stores, t: &TenantId) -> (MessageRecord, LedgerEntry) {
         send_at: None,
         from: None,
         pricing: None,
+        carried_slot: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

@@ -49,6 +49,7 @@ async fn claimed(p: &Stores, t: &TenantId) -> MessageRecord {
         send_at: None,
         from: None,
         pricing: None,
+        carried_slot: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),
@@ -306,7 +307,7 @@ async fn a_throttled_claim_goes_back_to_accepted_without_costing_an_attempt(p: S
     let at = p.clock.now();
     let Transition::Applied(r) = p
         .sending
-        .release_unattempted(&t.id, &m.id, at)
+        .release_unattempted(&t.id, &m.id, at, None)
         .await
         .expect("release")
     else {
@@ -316,12 +317,64 @@ async fn a_throttled_claim_goes_back_to_accepted_without_costing_an_attempt(p: S
     assert_eq!(r.attempts, 0, "the claim is given back");
     assert_eq!(
         p.sending
-            .release_unattempted(&t.id, &m.id, at)
+            .release_unattempted(&t.id, &m.id, at, None)
             .await
             .expect("release"),
         Transition::Refused,
         "only a sending message is released"
     );
+}
+
+async fn a_released_claim_carries_the_slot_reserved_for_it_to_its_next_claim(p: Stores) {
+    let t = onboarded(&p).await;
+    let m = claimed(&p, &t.id).await;
+    let slot = kirim::domain::CarriedSlot {
+        at: p.clock.now() + chrono::Duration::seconds(7),
+        attempt: m.attempts,
+    };
+    let Transition::Applied(r) = p
+        .sending
+        .release_unattempted(&t.id, &m.id, p.clock.now(), Some(slot))
+        .await
+        .expect("release")
+    else {
+        panic!("release refused");
+    };
+    assert_eq!(
+        (r.status, r.carried_slot),
+        (MessageStatus::Accepted, Some(slot))
+    );
+    let claim = StatusChange {
+        count_attempt: true,
+        ..Default::default()
+    };
+    let again = |p: &Stores| {
+        let (t, id, now) = (t.id.clone(), m.id.clone(), p.clock.now());
+        let messages = p.messages.clone();
+        let claim = claim.clone();
+        async move {
+            match messages
+                .transition(&t, &id, MessageStatus::Sending, &claim, now)
+                .await
+                .expect("claim")
+            {
+                Transition::Applied(r) => *r,
+                Transition::Refused => panic!("claim refused"),
+            }
+        }
+    };
+    let next = again(&p).await;
+    assert_eq!(
+        (next.carried_slot, next.attempts),
+        (Some(slot), slot.attempt),
+        "the next claim finds the slot, under the same attempt count"
+    );
+    // Released again without a slot (the number full beyond the horizon): it keeps it.
+    p.sending
+        .release_unattempted(&t.id, &m.id, p.clock.now(), None)
+        .await
+        .expect("release");
+    assert_eq!(again(&p).await.carried_slot, Some(slot));
 }
 
 async fn a_sending_message_expires_only_under_the_claim_that_was_seen(p: Stores) {
@@ -387,5 +440,6 @@ crate::contract::contract!(
     concurrent_runs_and_single_slots_never_share_a_slot,
     a_tenants_throughput_tier_is_stored_and_an_unknown_tenant_is_not_found,
     a_throttled_claim_goes_back_to_accepted_without_costing_an_attempt,
+    a_released_claim_carries_the_slot_reserved_for_it_to_its_next_claim,
     a_sending_message_expires_only_under_the_claim_that_was_seen,
 );

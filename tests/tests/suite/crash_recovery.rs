@@ -531,6 +531,7 @@ async fn a_job_that_arrives_before_its_message_waits_for_it_and_one_whose_send_d
         send_at: None,
         from: None,
         pricing: None,
+        carried_slot: None,
     };
     let debit = kirim::service::ledger::debit(
         &t.app.deps,

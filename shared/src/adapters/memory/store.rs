@@ -1213,6 +1213,7 @@ mod tests {
                 send_at: None,
                 from: None,
                 pricing: None,
+                carried_slot: None,
             };
             (
                 (TenantId::from_trusted(t), MessageId::from_trusted(id)),

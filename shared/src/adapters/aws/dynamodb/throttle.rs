@@ -30,7 +30,7 @@ use chrono::{DateTime, Utc};
 
 use super::{classify, from_item, keys, n, s, DynamoStore, TTL_ATTR};
 use crate::domain::{
-    MessageError, MessageId, MessageStatus, StatusEvent, TenantId, SEND_SLOT_RETENTION,
+    CarriedSlot, MessageError, MessageId, MessageStatus, StatusEvent, TenantId, SEND_SLOT_RETENTION,
 };
 use crate::ports::{
     micros_to_time, slot_interval_micros, SendingControl, Tenant, Throughput, Transition,
@@ -239,16 +239,25 @@ impl SendingControl for DynamoStore {
         tenant: &TenantId,
         id: &MessageId,
         at: DateTime<Utc>,
+        slot: Option<CarriedSlot>,
     ) -> Result<Transition, StoreError> {
+        let carried = slot
+            .map(serde_dynamo::to_attribute_value)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::message(tenant, id).attrs()))
-            .update_expression(
+            .update_expression(if carried.is_some() {
                 // `accepted` has no status index entry (keys.rs).
-                "SET #status = :acc, updated_at = :at REMOVE gsi1pk, gsi1sk ADD attempts :minus",
-            )
+                "SET #status = :acc, updated_at = :at, carried_slot = :slot \
+                 REMOVE gsi1pk, gsi1sk ADD attempts :minus"
+            } else {
+                "SET #status = :acc, updated_at = :at REMOVE gsi1pk, gsi1sk ADD attempts :minus"
+            })
+            .set_expression_attribute_values(carried.map(|v| [(":slot".to_owned(), v)].into()))
             .condition_expression("#status = :sending AND attempts > :zero")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::{message_key, MemoryStore};
 use crate::domain::{
-    MessageError, MessageId, MessageStatus, StatusEvent, TenantId, SEND_SLOT_RETENTION,
+    CarriedSlot, MessageError, MessageId, MessageStatus, StatusEvent, TenantId, SEND_SLOT_RETENTION,
 };
 use crate::ports::{
     micros_to_time, slot_interval_micros, SendingControl, Tenant, Throughput, Transition,
@@ -57,18 +57,22 @@ impl SendingControl for MemoryStore {
         tenant: &TenantId,
         id: &MessageId,
         at: DateTime<Utc>,
+        slot: Option<CarriedSlot>,
     ) -> Result<Transition, StoreError> {
         let mut s = self.lock()?;
         let Some(m) = s.messages.get_mut(message_key(&(tenant, id))) else {
             return Ok(Transition::Refused);
         };
-        if m.status != MessageStatus::Sending {
+        if m.status != MessageStatus::Sending || m.attempts == 0 {
             return Ok(Transition::Refused);
         }
         let m = std::sync::Arc::make_mut(m);
         m.status = MessageStatus::Accepted;
         m.attempts = m.attempts.saturating_sub(1);
         m.updated_at = at;
+        if slot.is_some() {
+            m.carried_slot = slot;
+        }
         Ok(Transition::Applied(Box::new(m.clone())))
     }
 
