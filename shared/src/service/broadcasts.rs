@@ -7,7 +7,6 @@
 //! and starts it with a conditional write; cancelled before that, it is refunded whole.
 
 use std::collections::{BTreeMap, HashSet};
-
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -822,9 +821,9 @@ pub async fn fan_out_in_slices(
     let end = (start + slice.max(1)).min(list.len());
     let now = deps.clock.now();
     // Paced at the number's rate: recipient k of this slice is due at the queue
-    // floor(k/pace) seconds after the slice's start, so the dispatchers find about as many as the
-    // number may send (a slice queued whole would have most of it refused by the
-    // throughput limiter and given back again and again, each time paying its reads,
+    // floor(k/pace) seconds after the slice's start, so the dispatchers find about as
+    // many as the number may send (a slice queued whole would have most of it refused by
+    // the throughput limiter and given back again and again, each time paying its reads,
     // claim and release). Unknown rate (a read failed): queued at once, as the limiter
     // still holds the number to its tier.
     let pace = sending_pace(deps, &job.tenant_id, b.from.as_deref()).await;
