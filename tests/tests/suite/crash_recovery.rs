@@ -670,6 +670,65 @@ async fn a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_o
     assert_eq!(t.sandbox_requests_to("60123459912").len(), 1, "sent once");
 }
 
+async fn a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_once_to_send_at_it(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459921").await;
+    // The number booked about two seconds ahead by other sends.
+    let deps = &t.app.deps;
+    let pace = kirim::service::throttle::pace(deps.settings.meta_throughput);
+    deps.throughput
+        .reserve_slots(
+            &o.phone_number_id,
+            pace,
+            deps.clock.now(),
+            kirim::service::throttle::HORIZON,
+            pace * 2,
+        )
+        .await
+        .expect("the number booked");
+
+    let first = dispatch::handle(deps, &job).await;
+    let Outcome::RetryAfter(away) = first else {
+        panic!("turned away for later: {first:?}")
+    };
+    assert!(
+        away <= Duration::from_secs(2) && away.subsec_nanos() == 0,
+        "back in the whole seconds before its slot: {away:?}"
+    );
+    let held = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((held.status, held.attempts), (MessageStatus::Accepted, 0));
+    let slot = held.carried_slot.expect("the slot kept on the message");
+    assert_eq!(slot.attempt, 1, "for its next claim, the first attempt");
+    let ahead = slot.at - deps.clock.now();
+    assert!(
+        ahead > chrono::Duration::seconds(1) && ahead <= chrono::Duration::seconds(3),
+        "the slot after the booked ones: {ahead:?}"
+    );
+
+    // Back when the queue brings it: it sends at that slot, once.
+    tokio::time::sleep(away).await;
+    assert_eq!(dispatch::handle(deps, &job).await, Outcome::Done);
+    assert!(deps.clock.now() >= slot.at, "not before its slot");
+    let sent = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent.attempts, 1, "one attempt: the turn-away cost none");
+    assert_ne!(sent.status, MessageStatus::Accepted);
+    assert_ne!(sent.status, MessageStatus::Failed);
+}
+
 on_both_backends!(
     a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_once,
     a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process,
@@ -678,4 +737,5 @@ on_both_backends!(
     a_job_that_arrives_before_its_message_waits_for_it_and_one_whose_send_died_is_dropped_unsent,
     a_broadcast_whose_fan_out_job_cannot_be_queued_records_and_charges_nothing,
     a_fan_out_job_whose_broadcast_is_not_recorded_waits_then_is_dropped,
+    a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_once_to_send_at_it,
 );
