@@ -632,9 +632,116 @@ async fn load(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, ServiceE
     view(deps, tenant, id).await
 }
 
+/// The holds this process saw last on broadcasts (issue #13). A paused broadcast's queued
+/// messages come back every [`PAUSED_RECHECK`] to look at it, and each look at the store is
+/// the claim and its undo (two writes) besides the message's other reads: a paused
+/// campaign's queued recipients cost about 2 W each every 30 s for as long as it stayed
+/// paused. A hold one of this process's claims found is remembered for the TTL (the read
+/// cache's, [`crate::wiring::READ_CACHE_TTL`] on Lambda), and a look within it waits (or,
+/// cancelled, cancels) without a claim: one claim and undo per broadcast and TTL in a warm
+/// instance instead of one per message and look. Once the TTL is over, the next look reads
+/// the broadcast (one read unit) instead of claiming, and a hold it finds is remembered
+/// again: a message is claimed only when its broadcast was last seen running, so the waiting
+/// messages of a long pause cost no writes at all. (The fan-out, for its part, queues no
+/// more of a paused broadcast's recipients: `fan_out_in_slices`.)
+///
+/// Only a hold is remembered, never its absence: a pause always stops the next claim, as
+/// without the memo. What may lag is a resume, by the TTL at most, in another process (the
+/// API's own process forgets at once); a message that waited then comes back one
+/// [`PAUSED_RECHECK`] later. A cancel is final, so a remembered cancel is never wrong. A
+/// zero TTL remembers nothing.
+pub struct HoldMemo {
+    ttl: chrono::Duration,
+    seen: std::sync::Mutex<Holds>,
+}
+
+/// What a process remembers of a broadcast's hold ([`HoldMemo::held`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remembered {
+    /// Found less than the TTL ago: the message waits (or is cancelled) on it.
+    Held(BroadcastControl),
+    /// Found held before, longer ago: most likely still held, so the broadcast is read
+    /// (one read unit) rather than a message claimed and given back (two writes).
+    Earlier,
+    /// Not found held (or forgotten): the claim decides, as without the memo.
+    Nothing,
+}
+
+/// A broadcast's hold, by tenant and broadcast id, and when a claim found it.
+type Holds = std::collections::HashMap<(TenantId, String), (DateTime<Utc>, BroadcastControl)>;
+
+/// Broadcasts a process remembers a hold on at most (a few are paused at a time; the
+/// memo only ever saves writes, so forgetting is always safe).
+const HOLDS_REMEMBERED: usize = 1024;
+
+impl HoldMemo {
+    pub fn new(ttl: Duration) -> Self {
+        HoldMemo {
+            ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero()),
+            seen: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Holds> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What this process remembers of the broadcast's hold at `now`.
+    pub fn held(&self, tenant: &TenantId, id: &str, now: DateTime<Utc>) -> Remembered {
+        if self.ttl.is_zero() {
+            return Remembered::Nothing;
+        }
+        let seen = self.lock();
+        match seen.get(&(tenant.clone(), id.to_owned())) {
+            Some((at, hold)) if *at <= now && now < *at + self.ttl => Remembered::Held(*hold),
+            Some(_) => Remembered::Earlier,
+            None => Remembered::Nothing,
+        }
+    }
+
+    /// What a claim (or a read of the broadcast) found at `now`: a hold, or none (the
+    /// broadcast runs).
+    pub fn note(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        hold: Option<BroadcastControl>,
+        now: DateTime<Utc>,
+    ) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut seen = self.lock();
+        let key = (tenant.clone(), id.to_owned());
+        match hold {
+            None => {
+                if !seen.is_empty() {
+                    seen.remove(&key);
+                }
+            }
+            Some(h) => {
+                if seen.len() >= HOLDS_REMEMBERED {
+                    let ttl = self.ttl;
+                    seen.retain(|_, (at, _)| now < *at + ttl);
+                    if seen.len() >= HOLDS_REMEMBERED {
+                        seen.clear();
+                    }
+                }
+                seen.insert(key, (now, h));
+            }
+        }
+    }
+
+    /// Forgets the broadcast's hold (this process resumed it).
+    pub fn forget(&self, tenant: &TenantId, id: &str) {
+        self.lock().remove(&(tenant.clone(), id.to_owned()));
+    }
+}
+
 /// `POST /v1/broadcasts/{id}/pause` (scheduled or sending): from the answer on, no
-/// message of it is claimed for Meta (each claim checks the hold in the same
-/// conditional write); a message already handed to Meta is not recalled.
+/// message of it is claimed for Meta (each claim is followed by a consistent read of the
+/// hold, and a held claim is given back), and no more of its recipients are queued; a
+/// message already handed to Meta is not recalled.
 pub async fn pause(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, ServiceError> {
     let v = load(deps, tenant, id).await?;
     if !matches!(v.status, "scheduled" | "sending") {
@@ -657,7 +764,8 @@ pub async fn pause(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Ser
     view(deps, tenant, id).await
 }
 
-/// `POST /v1/broadcasts/{id}/resume` (paused): its waiting messages go out again.
+/// `POST /v1/broadcasts/{id}/resume` (paused): its waiting messages go out again, and its
+/// fan-out goes on. This process forgets the hold at once (`HoldMemo`).
 pub async fn resume(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, ServiceError> {
     let v = load(deps, tenant, id).await?;
     if v.status != "paused" {
@@ -676,6 +784,7 @@ pub async fn resume(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Se
             "the broadcast changed meanwhile; it was not resumed",
         ));
     }
+    deps.broadcast_holds.forget(tenant, id);
     tracing::info!(broadcast_id = %id, "broadcast resumed");
     view(deps, tenant, id).await
 }
@@ -739,6 +848,10 @@ pub async fn cancel(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Se
     view(deps, tenant, id).await
 }
 
+/// How long a paused broadcast's queued message, and its fan-out job, wait before they
+/// look at the hold again (at most the schedule hop: tests use a short one).
+pub const PAUSED_RECHECK: Duration = Duration::from_secs(30);
+
 /// How long before its recipients are due a fan-out's next slice is delivered: the
 /// time to record and queue them (a slice's writes take seconds on DynamoDB).
 pub const FANOUT_LEAD: Duration = Duration::from_secs(30);
@@ -788,6 +901,19 @@ pub async fn fan_out_in_slices(
         // Not recorded yet (the job is queued first), or never: wait, then drop it.
         return Ok(super::deadline::unrecorded(deps, &job.broadcast_id));
     };
+    // Paused: no more of its recipients are recorded and queued until it is resumed (they
+    // would only wait on the queue, each coming back every `PAUSED_RECHECK` to look at the
+    // hold); this job asks again as often. A scheduled one paused is not started. A
+    // cancelled one goes on, so that each recipient ends `cancelled` with its refund.
+    if b.control == Some(BroadcastControl::Paused)
+        && matches!(
+            b.status,
+            BroadcastStatus::Scheduled | BroadcastStatus::FanningOut
+        )
+    {
+        let again = QueueJob::BroadcastFanout(job.clone());
+        return super::schedule::wait_again(deps, &again, PAUSED_RECHECK).await;
+    }
     match b.status {
         BroadcastStatus::Enqueued | BroadcastStatus::Cancelled => return Ok(Outcome::Done),
         // Due: start it (conditional, so a duplicate trigger starts it once; a cancel
@@ -928,6 +1054,63 @@ pub async fn fan_out_in_slices(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remembered_hold_lasts_the_ttl_then_is_read_again_and_a_claim_or_a_resume_forgets_it() {
+        let memo = HoldMemo::new(Duration::from_secs(5));
+        let (t, other) = (TenantId::generate(), TenantId::generate());
+        let at = Utc::now();
+        let later = |s: i64| at + chrono::Duration::seconds(s);
+        let paused = Remembered::Held(BroadcastControl::Paused);
+        assert_eq!(
+            memo.held(&t, "b1", at),
+            Remembered::Nothing,
+            "nothing seen yet"
+        );
+        memo.note(&t, "b1", Some(BroadcastControl::Paused), at);
+        assert_eq!(memo.held(&t, "b1", later(4)), paused);
+        assert_eq!(
+            memo.held(&t, "b1", later(5)),
+            Remembered::Earlier,
+            "the TTL is over: read the broadcast rather than claim"
+        );
+        assert_eq!(memo.held(&t, "b2", at), Remembered::Nothing);
+        assert_eq!(memo.held(&other, "b1", at), Remembered::Nothing);
+        // A read that found it still held remembers it afresh.
+        memo.note(&t, "b1", Some(BroadcastControl::Paused), later(5));
+        assert_eq!(memo.held(&t, "b1", later(9)), paused);
+        // A claim (or a read) that found no hold forgets it.
+        memo.note(&t, "b1", None, later(6));
+        assert_eq!(memo.held(&t, "b1", later(7)), Remembered::Nothing);
+        // So does a resume in this process.
+        memo.note(&t, "b1", Some(BroadcastControl::Cancelled), later(7));
+        assert_eq!(
+            memo.held(&t, "b1", later(8)),
+            Remembered::Held(BroadcastControl::Cancelled)
+        );
+        memo.forget(&t, "b1");
+        assert_eq!(memo.held(&t, "b1", later(8)), Remembered::Nothing);
+    }
+
+    #[test]
+    fn a_zero_ttl_remembers_no_hold_and_the_memo_stays_bounded() {
+        let off = HoldMemo::new(Duration::ZERO);
+        let t = TenantId::generate();
+        let at = Utc::now();
+        off.note(&t, "b1", Some(BroadcastControl::Paused), at);
+        assert_eq!(off.held(&t, "b1", at), Remembered::Nothing);
+        let memo = HoldMemo::new(Duration::from_secs(5));
+        for i in 0..HOLDS_REMEMBERED * 3 {
+            memo.note(&t, &format!("b{i}"), Some(BroadcastControl::Paused), at);
+        }
+        assert!(memo.lock().len() <= HOLDS_REMEMBERED);
+        let last = format!("b{}", HOLDS_REMEMBERED * 3 - 1);
+        assert_eq!(
+            memo.held(&t, &last, at),
+            Remembered::Held(BroadcastControl::Paused),
+            "the latest kept"
+        );
+    }
 
     #[test]
     fn a_csv_needs_a_phone_column_in_any_position_and_any_case() {

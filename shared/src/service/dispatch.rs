@@ -16,6 +16,7 @@ use crate::ports::{
 };
 use crate::store_error::StoreError;
 
+use super::broadcasts::Remembered;
 use super::errors::ServiceError;
 use super::jobs::{backoff, DispatchJob, Outcome, QueueJob};
 use super::ledger::{self, Charge};
@@ -227,10 +228,6 @@ async fn handle_job(deps: &Deps, job: QueueJob) -> Outcome {
     }
 }
 
-/// How long a paused broadcast's message waits before it asks again (at most the
-/// schedule hop: tests use a short one).
-pub const PAUSED_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// A broadcast's message whose claim found the broadcast held. Paused: the job waits
 /// another hop on the queue (the message stays `accepted`). Cancelled: the message ends
 /// `cancelled` with its refund, conditional on it still being `accepted`.
@@ -242,7 +239,7 @@ async fn held(
     match hold {
         BroadcastControl::Paused => {
             let again = QueueJob::Send(job.clone());
-            super::schedule::wait_again(deps, &again, PAUSED_RECHECK).await
+            super::schedule::wait_again(deps, &again, super::broadcasts::PAUSED_RECHECK).await
         }
         BroadcastControl::Cancelled => {
             let Some(m) = deps
@@ -300,6 +297,27 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 deps.clock.now(),
             )
             .await?;
+    }
+    // A broadcast's message whose broadcast this process found held a moment ago waits
+    // (or, cancelled, is cancelled) without a claim and its undo; one found held longer
+    // ago reads the broadcast first (`broadcasts::HoldMemo`).
+    if let Some(b) = &job.broadcast_id {
+        let now = deps.clock.now();
+        match deps.broadcast_holds.held(&job.tenant_id, b, now) {
+            Remembered::Held(hold) => return Ok(held(deps, job, hold).await?),
+            Remembered::Earlier => {
+                let hold = deps
+                    .broadcasts
+                    .get_broadcast(&job.tenant_id, b)
+                    .await?
+                    .and_then(|broadcast| broadcast.control);
+                deps.broadcast_holds.note(&job.tenant_id, b, hold, now);
+                if let Some(hold) = hold {
+                    return Ok(held(deps, job, hold).await?);
+                }
+            }
+            Remembered::Nothing => {}
+        }
     }
     let Some(tenant) = deps.tenants.tenant_for_access(&job.tenant_id).await? else {
         tracing::warn!("tenant gone; dropping");
@@ -405,9 +423,16 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 .claim_broadcast_message(&job.tenant_id, &job.message_id, b, now)
                 .await?
             {
-                BroadcastClaim::Claimed(r) => Transition::Applied(r),
+                BroadcastClaim::Claimed(r) => {
+                    deps.broadcast_holds.note(&job.tenant_id, b, None, now);
+                    Transition::Applied(r)
+                }
                 BroadcastClaim::Refused => Transition::Refused,
-                BroadcastClaim::Held(hold) => return Ok(held(deps, job, hold).await?),
+                BroadcastClaim::Held(hold) => {
+                    deps.broadcast_holds
+                        .note(&job.tenant_id, b, Some(hold), now);
+                    return Ok(held(deps, job, hold).await?);
+                }
             }
         }
         None => {

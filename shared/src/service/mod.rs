@@ -120,6 +120,9 @@ pub struct Deps {
     /// The audit chain heads this process wrote last (`audit::HeadMemo`; on with the read
     /// cache).
     pub audit_heads: Arc<audit::HeadMemo>,
+    /// The broadcast holds this process's claims found last (`broadcasts::HoldMemo`; on
+    /// with the read cache).
+    pub broadcast_holds: Arc<broadcasts::HoldMemo>,
 }
 
 /// Every store port at once: what one storage backend implements (DynamoDB's one table,
@@ -256,6 +259,7 @@ impl Deps {
             clock: b.clock,
             settings: Arc::new(b.settings),
             audit_heads: Arc::new(audit::HeadMemo::new(b.read_cache_ttl)),
+            broadcast_holds: Arc::new(broadcasts::HoldMemo::new(b.read_cache_ttl)),
         }
     }
 }

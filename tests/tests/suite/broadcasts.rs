@@ -596,3 +596,218 @@ async fn a_broadcasts_recipients_are_queued_at_its_numbers_pace_slice_after_slic
         );
     }
 }
+
+/// The queued jobs of `sent` by kind: the dispatch jobs' message ids, and the fan-out jobs
+/// with their delays.
+fn by_kind(sent: &[(Value, Duration)]) -> (Vec<String>, Vec<(Value, Duration)>) {
+    let (fanouts, jobs): (Vec<_>, Vec<_>) = sent
+        .iter()
+        .cloned()
+        .partition(|(v, _)| v["kind"] == kirim::service::broadcasts::FANOUT_KIND);
+    let ids = jobs
+        .iter()
+        .map(|(v, _)| v["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    (ids, fanouts)
+}
+
+fn fan_out_job(v: &Value) -> kirim::service::jobs::FanoutJob {
+    match kirim::service::jobs::QueueJob::parse(&v.to_string()) {
+        Some(kirim::service::jobs::QueueJob::BroadcastFanout(job)) => job,
+        _ => panic!("not a fan-out job: {v}"),
+    }
+}
+
+#[tokio::test]
+async fn a_paused_broadcasts_fan_out_queues_no_more_recipients_until_it_is_resumed() {
+    use kirim::service::broadcasts;
+    let mut settings = kirim_tests::test_settings();
+    settings.schedule_hop = Duration::from_secs(900);
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
+    let queue = std::sync::Arc::new(Recording {
+        inner: deps.queue.clone(),
+        sent: Default::default(),
+    });
+    deps.queue = queue.clone();
+    let (tenant, accepted) = promo_broadcast(&deps, "129", 25).await;
+    let (first, _) = queue.take().pop().unwrap();
+    let enqueued = || async {
+        broadcasts::view(&deps, &tenant.id, &accepted.id)
+            .await
+            .unwrap()
+            .enqueued
+    };
+
+    // Paused before its fan-out ran: nothing recorded or queued; the job asks again later.
+    broadcasts::pause(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    broadcasts::fan_out_in_slices(&deps, &fan_out_job(&first), 10)
+        .await
+        .unwrap();
+    let (jobs, fanouts) = by_kind(&queue.take());
+    assert!(
+        jobs.is_empty(),
+        "no recipient queued while paused: {jobs:?}"
+    );
+    assert_eq!(fanouts.len(), 1, "the fan-out job waits on the queue");
+    assert_eq!(fanouts[0].1, broadcasts::PAUSED_RECHECK);
+    assert_eq!(enqueued().await, 0);
+
+    // Resumed: the same job records and queues the first slice, then the next job.
+    broadcasts::resume(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    broadcasts::fan_out_in_slices(&deps, &fan_out_job(&fanouts[0].0), 10)
+        .await
+        .unwrap();
+    let (jobs, fanouts) = by_kind(&queue.take());
+    assert_eq!(jobs.len(), 10);
+    assert_eq!(fanouts.len(), 1, "the next slice's job");
+    assert_eq!(enqueued().await, 10);
+
+    // Paused between slices: the rest waits, and goes on where it stopped once resumed.
+    broadcasts::pause(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    let next = fan_out_job(&fanouts[0].0);
+    clock.advance(chrono::Duration::seconds(60));
+    broadcasts::fan_out_in_slices(&deps, &next, 10)
+        .await
+        .unwrap();
+    let (paused_jobs, waiting) = by_kind(&queue.take());
+    assert!(paused_jobs.is_empty());
+    assert_eq!(enqueued().await, 10);
+    broadcasts::resume(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    let mut all = jobs;
+    let mut pending = waiting;
+    while let Some((job, _)) = pending.pop() {
+        broadcasts::fan_out_in_slices(&deps, &fan_out_job(&job), 10)
+            .await
+            .unwrap();
+        let (more, fanouts) = by_kind(&queue.take());
+        all.extend(more);
+        pending.extend(fanouts);
+    }
+    let distinct: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(
+        (all.len(), distinct.len()),
+        (25, 25),
+        "each recipient queued once"
+    );
+    let view = broadcasts::view(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        (view.enqueued, view.counts.get("accepted")),
+        (25, Some(&25))
+    );
+}
+
+#[tokio::test]
+async fn a_paused_broadcasts_messages_wait_on_the_hold_their_process_found_without_a_claim_each() {
+    use kirim::domain::MessageStatus;
+    use kirim::ports::{BroadcastControl, Clock};
+    use kirim::service::jobs::Outcome;
+    use kirim::service::{broadcasts, dispatch};
+    let mut settings = kirim_tests::test_settings();
+    settings.schedule_hop = Duration::from_secs(900);
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
+    // As on Lambda: the read cache's TTL, which the memo of holds shares.
+    let ttl = Duration::from_secs(5);
+    deps.broadcast_holds = std::sync::Arc::new(broadcasts::HoldMemo::new(ttl));
+    let queue = std::sync::Arc::new(Recording {
+        inner: deps.queue.clone(),
+        sent: Default::default(),
+    });
+    deps.queue = queue.clone();
+    let (tenant, accepted) = promo_broadcast(&deps, "130", 3).await;
+    let (first, _) = queue.take().pop().unwrap();
+    broadcasts::fan_out_in_slices(&deps, &fan_out_job(&first), 10)
+        .await
+        .unwrap();
+    let jobs: Vec<String> = queue
+        .take()
+        .into_iter()
+        .map(|(v, _)| v.to_string())
+        .collect();
+    assert_eq!(jobs.len(), 3);
+    let message = |i: usize| {
+        let v: Value = serde_json::from_str(&jobs[i]).unwrap();
+        let id = kirim::domain::MessageId::from_trusted(v["message_id"].as_str().unwrap());
+        let deps = &deps;
+        let tenant = tenant.id.clone();
+        async move {
+            let m = deps
+                .messages
+                .get_message(&tenant, &id)
+                .await
+                .unwrap()
+                .unwrap();
+            (m.status, m.attempts, m.events.len())
+        }
+    };
+    let waiting = (MessageStatus::Accepted, 0, 1);
+
+    // The first look claims, finds the pause and gives the claim back; the job waits.
+    broadcasts::pause(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!(dispatch::handle(&deps, &jobs[0]).await, Outcome::Done);
+    assert_eq!(message(0).await, waiting);
+    let requeued = queue.take();
+    assert_eq!(requeued.len(), 1);
+    assert_eq!(requeued[0].1, broadcasts::PAUSED_RECHECK);
+
+    // Resumed by another process (the store alone: this process's memo is not told). For
+    // the memo's TTL this process's looks still wait, without claiming: had the second
+    // message been claimed, it would have left `accepted`.
+    assert!(deps
+        .broadcasts
+        .set_broadcast_control(
+            &tenant.id,
+            &accepted.id,
+            &[Some(BroadcastControl::Paused)],
+            None,
+            clock.now()
+        )
+        .await
+        .unwrap());
+    clock.advance(chrono::Duration::seconds(4));
+    assert_eq!(dispatch::handle(&deps, &jobs[1]).await, Outcome::Done);
+    assert_eq!(
+        message(1).await,
+        waiting,
+        "not claimed: the hold remembered"
+    );
+    assert_eq!(queue.take()[0].1, broadcasts::PAUSED_RECHECK);
+
+    // Once the TTL is over, the next look claims it.
+    clock.advance(chrono::Duration::seconds(1));
+    dispatch::handle(&deps, &jobs[1]).await;
+    let (status, attempts, _) = message(1).await;
+    assert!(
+        status != MessageStatus::Accepted || attempts > 0,
+        "claimed after the TTL: {status:?}, {attempts}"
+    );
+
+    // A pause and a resume in this process: the resume forgets the hold at once.
+    broadcasts::pause(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!(dispatch::handle(&deps, &jobs[2]).await, Outcome::Done);
+    assert_eq!(message(2).await, waiting);
+    broadcasts::resume(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    dispatch::handle(&deps, &jobs[2]).await;
+    let (status, attempts, _) = message(2).await;
+    assert!(
+        status != MessageStatus::Accepted || attempts > 0,
+        "claimed at once after this process's resume: {status:?}, {attempts}"
+    );
+}
