@@ -244,6 +244,17 @@ impl CountingProxy {
         std::mem::take(&mut *lock(&self.shared.tally))
     }
 
+    /// Adds a tally taken earlier back to the one being counted.
+    pub fn restore(&self, earlier: Tally) {
+        let mut tally = lock(&self.shared.tally);
+        for (phase, ops) in earlier {
+            let into = tally.entry(phase).or_default();
+            for (op, units) in ops {
+                *into.entry(op).or_default() += units;
+            }
+        }
+    }
+
     fn count(&self, op: &str, units: Units) {
         let phase = lock(&self.shared.phase).clone();
         *lock(&self.shared.tally)

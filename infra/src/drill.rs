@@ -650,6 +650,24 @@ impl Client {
         }
     }
 
+    /// `POST /v1/broadcasts/{id}/{action}` (`pause`, `resume`, `cancel`), answered `200`.
+    pub async fn broadcast_control(&self, key: &str, id: &str, action: &str) -> Result<(), String> {
+        let res = self
+            .http
+            .post(format!("{}/v1/broadcasts/{id}/{action}", self.base_url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .map_err(|e| format!("{action}: {e}"))?;
+        match res.status().as_u16() {
+            200 => Ok(()),
+            s => Err(format!(
+                "{action} answered {s}: {}",
+                res.text().await.unwrap_or_default()
+            )),
+        }
+    }
+
     /// The tenant's balance.
     pub async fn credits(&self, key: &str) -> Result<i64, String> {
         let body: Value = self

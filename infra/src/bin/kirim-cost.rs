@@ -33,7 +33,11 @@
 //! what a campaign's recipient costs, the throttled retries included.
 //!
 //! `kirim-cost [--messages N] [--warmup W] [--batch B] [--latency MS]`
-//! `kirim-cost --broadcast N [--tier T] [--pollers P] [--latency MS] [--backend memory]`
+//! `kirim-cost --broadcast N [--tier T] [--pollers P] [--pause S] [--latency MS] [--backend memory]`
+//!
+//! `--pause S` (with `--broadcast`) pauses the broadcast once its first recipients are
+//! sent, counts what its waiting recipients cost for S seconds of the pause (per second),
+//! then resumes it and counts the rest as before: what a paused campaign costs by the hour.
 //!
 //! `--backend memory` runs local mode on its own storage instead: no AWS call to count, but
 //! the dispatchers reach the number's pace, which moto (one Python process) cannot at tier
@@ -80,11 +84,14 @@ struct Args {
     /// `--backend memory`: local mode's own storage (nothing to count; for the throttled
     /// retries at a pace moto cannot reach).
     memory: bool,
+    /// `--pause S`: the broadcast paused for S seconds once its first recipients are sent.
+    pause: Option<u64>,
 }
 
 fn args() -> Result<Args, String> {
     let (mut messages, mut warmup, mut batch, mut latency) = (20, 2, 1, 5);
     let (mut broadcast, mut tier, mut pollers, mut memory) = (None, 1000, 1, false);
+    let mut pause = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -109,6 +116,7 @@ fn args() -> Result<Args, String> {
             "--broadcast" if (1..=10_000).contains(&n) => broadcast = Some(n),
             "--tier" if [20, 80, 1000].contains(&n) => tier = n as u32,
             "--pollers" if (1..=50).contains(&n) => pollers = n,
+            "--pause" if (1..=3600).contains(&n) => pause = Some(n as u64),
             _ => return Err(format!("unknown argument {flag} {value}")),
         }
     }
@@ -121,6 +129,7 @@ fn args() -> Result<Args, String> {
         tier,
         pollers,
         memory,
+        pause,
     })
 }
 
@@ -172,7 +181,11 @@ async fn run() -> Result<(), String> {
         tier,
         pollers,
         memory,
+        pause,
     } = args()?;
+    if pause.is_some() && broadcast.is_none() {
+        return Err("--pause needs --broadcast".into());
+    }
     // Whole batches: the messages rounded up to a multiple of the batch.
     let rounds = messages.div_ceil(batch);
     let messages = rounds * batch;
@@ -261,7 +274,13 @@ async fn run() -> Result<(), String> {
     proxy.set_latency(latency);
     let setup = proxy.take();
     if let Some(n) = broadcast {
-        return broadcast_run(&proxy, &client, &key, &mut hooks, &log, n, tier, pollers).await;
+        let shape = BroadcastShape {
+            n,
+            tier,
+            pollers,
+            pause,
+        };
+        return broadcast_run(&proxy, &client, &key, &mut hooks, &log, shape).await;
     }
     println!(
         "kirim-cost: {messages} messages ({warmup} warm-up) in batches of {batch}, aws backend through \
@@ -374,28 +393,59 @@ async fn run() -> Result<(), String> {
 /// what a single one does). What a campaign adds per recipient is the fan-out and, when
 /// the queue offers the dispatchers more than the number's tier allows, the throttled
 /// rounds: each a claim given back and a retry later.
-#[allow(clippy::too_many_arguments)]
+struct BroadcastShape {
+    n: usize,
+    tier: u32,
+    pollers: usize,
+    pause: Option<u64>,
+}
+
+/// Recipients sent before `--pause` pauses the broadcast.
+const SENT_BEFORE_PAUSE: usize = 5;
+
 async fn broadcast_run(
     proxy: &CountingProxy,
     client: &Client,
     key: &str,
     hooks: &mut mpsc::UnboundedReceiver<Hook>,
     log: &std::path::Path,
-    n: usize,
-    tier: u32,
-    pollers: usize,
+    shape: BroadcastShape,
 ) -> Result<(), String> {
+    let BroadcastShape {
+        n,
+        tier,
+        pollers,
+        pause,
+    } = shape;
     let recipients: Vec<String> = (0..n).map(|m| format!("+6013{:07}9", m)).collect();
     proxy.gate(false);
     proxy.set_phase("broadcast");
-    client.broadcast(key, &recipients).await?;
+    let id = client.broadcast(key, &recipients).await?;
     proxy.settle(QUIET, Duration::from_secs(60)).await;
     let log_start = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
     proxy.set_phase("fan-out and dispatch");
     let started = std::time::Instant::now();
     proxy.gate(true);
     let mut sent = 0;
+    let mut paused_tally = None;
+    let mut paused_for = Duration::ZERO;
     while sent < n {
+        if let (Some(secs), true) = (pause, sent == SENT_BEFORE_PAUSE.min(n - 1)) {
+            if paused_tally.is_none() {
+                // What came before the pause stays in the run's tally; the pause's own
+                // seconds are counted apart.
+                let before = proxy.take();
+                client.broadcast_control(key, &id, "pause").await?;
+                proxy.set_phase("paused");
+                let at = std::time::Instant::now();
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                paused_tally = Some(proxy.take());
+                paused_for = at.elapsed();
+                proxy.restore(before);
+                proxy.set_phase("fan-out and dispatch");
+                client.broadcast_control(key, &id, "resume").await?;
+            }
+        }
         let (_, body) = tokio::time::timeout(Duration::from_secs(300), hooks.recv())
             .await
             .map_err(|_| format!("{sent} of {n} sent; the sandbox sent no webhook for 300 s"))?
@@ -404,10 +454,20 @@ async fn broadcast_run(
             sent += 1;
         }
     }
-    let drained = started.elapsed();
+    let drained = started.elapsed() - paused_for;
     proxy.settle(QUIET, Duration::from_secs(60)).await;
     proxy.set_phase("idle");
     let tally = proxy.take();
+    if let Some(paused) = paused_tally {
+        println!(
+            "kirim-cost: paused after {SENT_BEFORE_PAUSE} of {n} recipients were sent, for \
+             {:.1} s; what the pause cost, per second of it (the pause request \
+             included):\n",
+            paused_for.as_secs_f64()
+        );
+        print_table(&paused, paused_for.as_secs_f64());
+        println!();
+    }
     let throttled = throttled_retries(log, log_start);
     println!(
         "kirim-cost: a broadcast of {n} recipients at tier {tier} ({pollers} dispatcher \
