@@ -67,14 +67,21 @@ pub(crate) fn memory() -> Ports {
 }
 
 pub(crate) async fn aws() -> Ports {
+    aws_and_table().await.0
+}
+
+/// [`aws`], and its table's client and name: for a test that writes an item as no adapter
+/// would.
+pub(crate) async fn aws_and_table() -> (Ports, aws_sdk_dynamodb::Client, String) {
     let sdk = moto_sdk().await;
     let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
         .await
         .expect("stack in moto");
     let clock = ManualClock::new();
-    ports(
+    let table = aws_sdk_dynamodb::Client::new(&sdk);
+    let ports = ports(
         Arc::new(DynamoStore::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
+            table.clone(),
             stack.table.clone(),
             clock.clone(),
         )),
@@ -87,7 +94,8 @@ pub(crate) async fn aws() -> Ports {
             aws_sdk_secretsmanager::Client::new(&sdk),
         )),
         clock,
-    )
+    );
+    (ports, table, stack.table)
 }
 
 pub(crate) fn tenant(credits: i64) -> Tenant {

@@ -6,12 +6,12 @@ use chrono::Duration;
 use kirim::domain::{MessageStatus, TemplateCategory, TemplateRef};
 use kirim::ports::*;
 
-use super::contract::{aws, contract, memory, message, onboarded, Ports};
+use super::contract::{aws, aws_and_table, contract, memory, message, onboarded, Ports};
+use kirim::domain::MessageId;
 
-async fn a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_and_a_held_one_stays_as_it_was(
-    p: Ports,
-) {
-    let t = onboarded(&p, 100).await;
+/// A tenant's running broadcast with `n` recorded messages, `accepted`.
+async fn broadcast_with_messages(p: &Ports, n: usize) -> (Tenant, Broadcast, Vec<MessageId>) {
+    let t = onboarded(p, 100).await;
     let now = p.clock.now();
     let b = Broadcast {
         id: kirim::domain::new_id(),
@@ -37,7 +37,7 @@ async fn a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_an
         ended_at: None,
         control: None,
     };
-    let (_, mut debit) = message(&p, &t.id, 3600);
+    let (_, mut debit) = message(p, &t.id, 3600);
     debit.amount = -3;
     debit.message_id = None;
     p.broadcasts
@@ -45,12 +45,20 @@ async fn a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_an
         .await
         .unwrap();
     let mut ids = Vec::new();
-    for _ in 0..3 {
-        let (mut rec, _) = message(&p, &t.id, 3600);
+    for _ in 0..n {
+        let (mut rec, _) = message(p, &t.id, 3600);
         rec.broadcast_id = Some(b.id.clone());
         assert!(p.broadcasts.insert_broadcast_message(&rec).await.unwrap());
         ids.push(rec.id);
     }
+    (t, b, ids)
+}
+
+async fn a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_and_a_held_one_stays_as_it_was(
+    p: Ports,
+) {
+    let (t, b, ids) = broadcast_with_messages(&p, 3).await;
+    let now = p.clock.now();
     let claim = |i: usize| {
         let (p, t, b, id) = (&p, &t, &b, ids[i].clone());
         async move {
@@ -139,3 +147,50 @@ async fn a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_an
 contract!(
     a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_and_a_held_one_stays_as_it_was,
 );
+
+/// On DynamoDB the claim and the read of its broadcast's hold are two calls: a claim whose
+/// hold cannot be read is given back, so the message is not left `sending` with nothing
+/// sent (its retried job then finds it `accepted` again).
+#[tokio::test]
+async fn on_dynamodb_a_claim_whose_hold_cannot_be_read_is_given_back_untouched() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let (p, table, name) = aws_and_table().await;
+    let (t, b, ids) = broadcast_with_messages(&p, 1).await;
+    let before = p
+        .messages
+        .get_message(&t.id, &ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    // The broadcast's item unreadable (a count stored as text).
+    table
+        .update_item()
+        .table_name(&name)
+        .key("pk", AttributeValue::S(format!("TENANT#{}", t.id)))
+        .key("sk", AttributeValue::S(format!("BROADCAST#{}", b.id)))
+        .update_expression("SET accepted = :bad")
+        .expression_attribute_values(":bad", AttributeValue::S("many".into()))
+        .send()
+        .await
+        .unwrap();
+    let err = p
+        .broadcasts
+        .claim_broadcast_message(&t.id, &ids[0], &b.id, p.clock.now())
+        .await
+        .expect_err("the hold cannot be read");
+    assert!(
+        matches!(err, kirim::store_error::StoreError::Corrupt(_)),
+        "{err:?}"
+    );
+    let after = p
+        .messages
+        .get_message(&t.id, &ids[0])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after.status, after.attempts, &after.events),
+        (MessageStatus::Accepted, before.attempts, &before.events),
+        "given back exactly as it was"
+    );
+}

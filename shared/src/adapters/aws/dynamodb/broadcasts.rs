@@ -313,42 +313,33 @@ impl BroadcastStore for DynamoStore {
             }
             Err(e) => return Err(classify("dynamodb update", e)),
         };
-        let hold = self
-            .get_broadcast(tenant, broadcast)
-            .await?
-            .and_then(|b| b.control);
+        // A read that fails leaves the hold unknown: the claim is given back as for a hold
+        // (nothing was handed to Meta), so the retried job finds the message `accepted`
+        // again instead of `sending` with no send behind it.
+        let hold = match self.get_broadcast(tenant, broadcast).await {
+            Ok(b) => b.and_then(|b| b.control),
+            Err(e) => {
+                if let Err(undo) = self
+                    .unclaim_broadcast_message(tenant, message, &record, at)
+                    .await
+                {
+                    tracing::warn!(error = %undo, "a broadcast claim whose hold could not be read was not given back");
+                }
+                return Err(e);
+            }
+        };
         match hold {
             None => Ok(BroadcastClaim::Claimed(Box::new(record))),
             Some(hold) => {
-                // Back to `accepted` as it was: the attempt and the claim's `sending` event
-                // taken off again (a paused broadcast's messages are looked at every 30 s;
-                // their history must not grow with each look).
-                let last = record.events.len().saturating_sub(1);
-                let released = self
-                    .client
-                    .update_item()
-                    .table_name(&self.table)
-                    .set_key(Some(keys::message(tenant, message).attrs()))
-                    .update_expression(format!(
-                        "SET #status = :acc REMOVE events[{last}] ADD attempts :minus"
-                    ))
-                    .condition_expression(
-                        "#status = :sending AND updated_at = :at AND size(events) = :len",
-                    )
-                    .expression_attribute_names("#status", "status")
-                    .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
-                    .expression_attribute_values(":sending", s(sending.as_str()))
-                    .expression_attribute_values(":at", s(rfc3339(at)))
-                    .expression_attribute_values(":len", n(record.events.len() as i64))
-                    .expression_attribute_values(":minus", n(-1))
-                    .send()
-                    .await;
-                match released {
-                    Ok(_) => {}
-                    // Moved on meanwhile (it cannot be by anyone but this claim's holder).
-                    Err(SdkError::ServiceError(e))
-                        if e.err().is_conditional_check_failed_exception() => {}
-                    Err(e) => return Err(classify("dynamodb update", e)),
+                // Tried twice: a claim left standing would leave the message `sending`
+                // with nothing sent, for its sending deadline to settle.
+                if let Err(e) = self
+                    .unclaim_broadcast_message(tenant, message, &record, at)
+                    .await
+                {
+                    tracing::warn!(error = %e, "giving a held broadcast claim back failed; trying again");
+                    self.unclaim_broadcast_message(tenant, message, &record, at)
+                        .await?;
                 }
                 Ok(BroadcastClaim::Held(hold))
             }
@@ -494,5 +485,47 @@ impl BroadcastStore for DynamoStore {
             }
         }
         Ok(counts)
+    }
+}
+
+impl DynamoStore {
+    /// Gives a broadcast message's claim back, exactly as it was before the claim: back to
+    /// `accepted`, the attempt and the claim's `sending` event taken off again (a paused
+    /// broadcast's messages are looked at every 30 s; their history must not grow with
+    /// each look). Conditional on the claim being the message's latest write, so only the
+    /// claim's holder can undo it; a refused condition (moved on meanwhile) is not an
+    /// error.
+    async fn unclaim_broadcast_message(
+        &self,
+        tenant: &TenantId,
+        message: &MessageId,
+        claimed: &MessageRecord,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let last = claimed.events.len().saturating_sub(1);
+        let released = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::message(tenant, message).attrs()))
+            .update_expression(format!(
+                "SET #status = :acc REMOVE events[{last}] ADD attempts :minus"
+            ))
+            .condition_expression("#status = :sending AND updated_at = :at AND size(events) = :len")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
+            .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))
+            .expression_attribute_values(":at", s(rfc3339(at)))
+            .expression_attribute_values(":len", n(claimed.events.len() as i64))
+            .expression_attribute_values(":minus", n(-1))
+            .send()
+            .await;
+        match released {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(())
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
     }
 }

@@ -169,6 +169,16 @@ impl BroadcastStore for MemoryStore {
     ) -> Result<BroadcastClaim, StoreError> {
         let mut s = self.lock()?;
         let now = self.clock.now().timestamp();
+        // As DynamoDB's: the message's status first (a message no longer `accepted` is
+        // refused whatever its broadcast's hold), then the hold.
+        let claimable = s
+            .messages
+            .get(message_key(&(tenant, message)))
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+            .is_some_and(|m| m.status == MessageStatus::Accepted);
+        if !claimable {
+            return Ok(BroadcastClaim::Refused);
+        }
         if let Some(hold) = s
             .broadcasts
             .get(&(tenant.clone(), broadcast.to_owned()))
@@ -176,16 +186,9 @@ impl BroadcastStore for MemoryStore {
         {
             return Ok(BroadcastClaim::Held(hold));
         }
-        let Some(m) = s
-            .messages
-            .get_mut(message_key(&(tenant, message)))
-            .filter(|m| m.expires_at.is_none_or(|t| t > now))
-        else {
+        let Some(m) = s.messages.get_mut(message_key(&(tenant, message))) else {
             return Ok(BroadcastClaim::Refused);
         };
-        if m.status != MessageStatus::Accepted {
-            return Ok(BroadcastClaim::Refused);
-        }
         let m = std::sync::Arc::make_mut(m);
         m.status = MessageStatus::Sending;
         m.updated_at = at;
