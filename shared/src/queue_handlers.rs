@@ -7,36 +7,74 @@ use crate::service::jobs::Outcome;
 use crate::service::{retention, Deps};
 
 /// One SQS batch: each record is handled on its own; only failures are reported back
-/// (`ReportBatchItemFailures`), so one bad message never fails its batch.
+/// (`ReportBatchItemFailures`), so one bad message never fails its batch. The batch's
+/// hops (jobs not due yet) go back on the queue together before the batch is answered.
 pub async fn dispatch_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
-    let work = event.records.into_iter().map(|record| async move {
-        let id = record.message_id.clone().unwrap_or_default();
-        let body = record.body.unwrap_or_default();
-        match dispatch::handle(deps, &body).await {
-            Outcome::Done => None,
+    let work = event.records.iter().map(|record| async move {
+        let body = record.body.as_deref().unwrap_or_default();
+        dispatch::handle_in_batch(deps, body).await
+    });
+    let outcomes = batch(deps, futures::future::join_all(work)).await;
+    let outcomes = send_hops(deps, outcomes).await;
+    let mut response = SqsBatchResponse::default();
+    for (record, outcome) in event.records.iter().zip(outcomes) {
+        let failed = match outcome {
+            Outcome::Done => false,
             Outcome::RetryAfter(delay) => {
                 if let Some(receipt) = record.receipt_handle.as_deref() {
                     if let Err(e) = deps.queue.retry_after(receipt, delay).await {
                         tracing::warn!(error = %e, "could not set retry delay; default visibility applies");
                     }
                 }
-                Some(id)
+                true
             }
-            Outcome::Poison => Some(id),
-        }
-    });
-    let failed = batch(deps, futures::future::join_all(work)).await;
-    let mut response = SqsBatchResponse::default();
-    response.batch_item_failures = failed
-        .into_iter()
-        .flatten()
-        .map(|id| {
+            // `send_hops` answered every hop (`Done` or `RetryAfter`).
+            Outcome::Poison | Outcome::Again(..) => true,
+        };
+        if failed {
             let mut f = BatchItemFailure::default();
-            f.item_identifier = id;
-            f
-        })
-        .collect();
+            f.item_identifier = record.message_id.clone().unwrap_or_default();
+            response.batch_item_failures.push(f);
+        }
+    }
     response
+}
+
+/// Sends a batch's hops ([`Outcome::Again`]): those with the same delay (in SQS's whole
+/// seconds) together, one `SendMessageBatch` per ten instead of a `SendMessage` each.
+/// Each hop becomes `Done` once sent, or `RetryAfter` the backoff when its send failed
+/// (the job received is then retried; a partly sent batch leaves duplicates of the sent
+/// ones, which the conditional moves of the message drop when it comes due).
+async fn send_hops(deps: &Deps, mut outcomes: Vec<Outcome>) -> Vec<Outcome> {
+    let mut by_delay: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
+    for (i, o) in outcomes.iter().enumerate() {
+        if let Outcome::Again(_, delay) = o {
+            by_delay
+                .entry(delay.as_secs_f64().ceil() as u64)
+                .or_default()
+                .push(i);
+        }
+    }
+    for (secs, indices) in by_delay {
+        let bodies: Vec<String> = indices
+            .iter()
+            .filter_map(|&i| match &outcomes[i] {
+                Outcome::Again(body, _) => Some(body.clone()),
+                _ => None,
+            })
+            .collect();
+        let sent = deps
+            .queue
+            .send_batch_delayed(&bodies, std::time::Duration::from_secs(secs))
+            .await;
+        for i in indices {
+            outcomes[i] = match &sent {
+                Ok(()) => Outcome::Done,
+                Err(e) => dispatch::hop_failed(deps, e),
+            };
+        }
+    }
+    outcomes
 }
 
 /// Local mode's equivalent of the SQS event source: receive, handle, delete or delay.
@@ -50,24 +88,26 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
         }
     };
     let n = received.len();
-    let work = received.into_iter().map(|m| async move {
-        let result = match dispatch::handle(deps, &m.body).await {
-            // Deleted with the rest of the batch, below.
-            Outcome::Done => return Some(m.receipt),
+    let work = received
+        .iter()
+        .map(|m| async move { dispatch::handle_in_batch(deps, &m.body).await });
+    let outcomes = batch(deps, futures::future::join_all(work)).await;
+    let outcomes = send_hops(deps, outcomes).await;
+    // As Lambda's event source: the batch's handled messages deleted in one call.
+    let mut done = Vec::new();
+    for (m, outcome) in received.into_iter().zip(outcomes) {
+        let result = match outcome {
+            Outcome::Done => {
+                done.push(m.receipt);
+                continue;
+            }
             Outcome::RetryAfter(d) => deps.queue.retry_after(&m.receipt, d).await,
-            Outcome::Poison => Ok(()),
+            Outcome::Poison | Outcome::Again(..) => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "queue acknowledgement failed");
         }
-        None
-    });
-    // As Lambda's event source: the batch's handled messages deleted in one call.
-    let done: Vec<String> = batch(deps, futures::future::join_all(work))
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+    }
     if !done.is_empty() {
         if let Err(e) = deps.queue.delete_batch(&done).await {
             tracing::warn!(error = %e, "queue acknowledgement failed");
@@ -128,7 +168,8 @@ pub async fn status_callback_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResp
                 }
                 true
             }
-            Outcome::Poison => true,
+            // Status callbacks never hop (`Again` is a dispatch job's).
+            Outcome::Poison | Outcome::Again(..) => true,
         };
         if failed {
             let mut f = BatchItemFailure::default();
@@ -158,7 +199,7 @@ pub async fn poll_callbacks_once(deps: &Deps, wait: std::time::Duration) -> usiz
         let result = match outcome {
             Outcome::Done => deps.callback_queue.delete(&m.receipt).await,
             Outcome::RetryAfter(d) => deps.callback_queue.retry_after(&m.receipt, d).await,
-            Outcome::Poison => Ok(()),
+            Outcome::Poison | Outcome::Again(..) => Ok(()),
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "callback queue acknowledgement failed");

@@ -183,6 +183,25 @@ async fn unclaim(deps: &Deps, job: &DispatchJob, code: &str, cause: impl Into<St
 /// Handles one dispatch-queue message, in a span carrying its ids (and the id of the
 /// request that accepted it). `Done` deletes it; the caller maps the others onto SQS.
 pub async fn handle(deps: &Deps, body: &str) -> Outcome {
+    match handle_in_batch(deps, body).await {
+        Outcome::Again(again, delay) => match deps.queue.send_delayed(&again, delay).await {
+            Ok(()) => Outcome::Done,
+            Err(e) => hop_failed(deps, &e),
+        },
+        other => other,
+    }
+}
+
+/// A job's hop that could not be queued: the job received is retried instead.
+pub fn hop_failed(deps: &Deps, e: &StoreError) -> Outcome {
+    tracing::warn!(error = %e, "could not queue the job's next hop; retrying");
+    crate::metrics::retry("storage");
+    Outcome::RetryAfter(deps.settings.dispatch_backoff)
+}
+
+/// [`handle`] for a job of a batch: a hop ([`Outcome::Again`]) is left to the caller,
+/// which sends the batch's hops together (`queue_handlers`).
+pub async fn handle_in_batch(deps: &Deps, body: &str) -> Outcome {
     let Some(job) = QueueJob::parse(body) else {
         tracing::error!("unreadable dispatch job; leaving it for the dead-letter queue");
         return Outcome::Poison;
@@ -273,10 +292,38 @@ async fn held(
             {
                 crate::metrics::failed("cancelled");
                 super::callbacks::status_changed(deps, &r).await;
+                return Ok(Outcome::Done);
             }
-            Ok(Outcome::Done)
+            // No longer `accepted`: claimed before the cancel (a job back for its sending
+            // deadline), or finished. The deadline settles the one, the other is dropped.
+            super::deadline::redelivered(deps, job).await
         }
     }
+}
+
+/// A broadcast's message whose broadcast this process remembers held
+/// (`broadcasts::HoldMemo`), looked at without a claim. Unlike a claim, nothing showed
+/// the message still `accepted`: one that is not (a job back for its sending deadline, a
+/// duplicate of a finished one) goes where a refused claim goes.
+async fn held_unclaimed(
+    deps: &Deps,
+    job: &DispatchJob,
+    hold: BroadcastControl,
+) -> Result<Outcome, StoreError> {
+    if hold == BroadcastControl::Paused {
+        // A read that may lag (half the units): an answer a moment old costs at most one
+        // more look, since the hold keeps the message unclaimed either way and the
+        // deadline's own read is consistent.
+        let accepted = deps
+            .messages
+            .peek_message(&job.tenant_id, &job.message_id)
+            .await?
+            .is_some_and(|m| m.status == MessageStatus::Accepted);
+        if !accepted {
+            return super::deadline::redelivered(deps, job).await;
+        }
+    }
+    held(deps, job, hold).await
 }
 
 async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
@@ -297,27 +344,6 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 deps.clock.now(),
             )
             .await?;
-    }
-    // A broadcast's message whose broadcast this process found held a moment ago waits
-    // (or, cancelled, is cancelled) without a claim and its undo; one found held longer
-    // ago reads the broadcast first (`broadcasts::HoldMemo`).
-    if let Some(b) = &job.broadcast_id {
-        let now = deps.clock.now();
-        match deps.broadcast_holds.held(&job.tenant_id, b, now) {
-            Remembered::Held(hold) => return Ok(held(deps, job, hold).await?),
-            Remembered::Earlier => {
-                let hold = deps
-                    .broadcasts
-                    .get_broadcast(&job.tenant_id, b)
-                    .await?
-                    .and_then(|broadcast| broadcast.control);
-                deps.broadcast_holds.note(&job.tenant_id, b, hold, now);
-                if let Some(hold) = hold {
-                    return Ok(held(deps, job, hold).await?);
-                }
-            }
-            Remembered::Nothing => {}
-        }
     }
     let Some(tenant) = deps.tenants.tenant_for_access(&job.tenant_id).await? else {
         tracing::warn!("tenant gone; dropping");
@@ -367,6 +393,28 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         };
         crate::metrics::failed("tenant_inactive");
         return fail_unsent(deps, job, MessageStatus::Accepted, queued.price, error).await;
+    }
+    // A broadcast's message whose broadcast this process found held a moment ago waits
+    // (or, cancelled, is cancelled) without a claim and its undo; one found held longer
+    // ago reads the broadcast first (`broadcasts::HoldMemo`).
+    if let Some(b) = &job.broadcast_id {
+        let now = deps.clock.now();
+        let hold = match deps.broadcast_holds.held(&job.tenant_id, b, now) {
+            Remembered::Held(hold) => Some(hold),
+            Remembered::Earlier => {
+                let hold = deps
+                    .broadcasts
+                    .get_broadcast(&job.tenant_id, b)
+                    .await?
+                    .and_then(|broadcast| broadcast.control);
+                deps.broadcast_holds.note(&job.tenant_id, b, hold, now);
+                hold
+            }
+            Remembered::Nothing => None,
+        };
+        if let Some(hold) = hold {
+            return Ok(held_unclaimed(deps, job, hold).await?);
+        }
     }
     // A STOP may have arrived while the message waited in the queue: honour it.
     let category = job.content.template_ref().map(|t| t.category);

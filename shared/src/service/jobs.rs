@@ -144,6 +144,11 @@ pub enum Outcome {
     /// Unreadable or hit an unexpected error: leave it, so the queue's redrive parks it
     /// on the dead-letter queue after its receive limit.
     Poison,
+    /// Not due yet (a scheduled job's hop, a paused broadcast's look): put this body back
+    /// on the queue as a fresh message after the delay, then delete the one received. A
+    /// batch's hops go out together (`queue_handlers`, one `SendMessageBatch` per delay);
+    /// `dispatch::handle` sends a lone one itself.
+    Again(String, Duration),
 }
 
 /// SQS's longest visibility timeout.

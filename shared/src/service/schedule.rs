@@ -66,9 +66,10 @@ pub fn wait(send_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<Durati
     (at > now).then(|| (at - now).to_std().unwrap_or_default())
 }
 
-/// Puts a job that is not due yet back on the queue for one more hop (at most the
-/// configured hop, SQS's 15 minutes by default). The caller then deletes the job it
-/// received (`Done`); if this send fails, the received one is retried instead.
+/// A job that is not due yet goes back on the queue for one more hop (at most the
+/// configured hop, SQS's 15 minutes by default): [`Outcome::Again`], which the queue
+/// consumer sends (a batch's hops together, one `SendMessageBatch` per delay) before it
+/// deletes the job it received; if that send fails, the received one is retried instead.
 pub async fn wait_again(
     deps: &Deps,
     job: &QueueJob,
@@ -78,9 +79,8 @@ pub async fn wait_again(
         .to_body()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let hop = remaining.min(deps.settings.schedule_hop);
-    deps.queue.send_delayed(&body, hop).await?;
-    tracing::debug!(hop_secs = hop.as_secs(), "scheduled job not due yet");
-    Ok(Outcome::Done)
+    tracing::debug!(hop_secs = hop.as_secs(), "job not due yet");
+    Ok(Outcome::Again(body, hop))
 }
 
 #[cfg(test)]

@@ -464,14 +464,29 @@ async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates()
 struct Recording {
     inner: std::sync::Arc<dyn kirim::ports::DispatchQueue>,
     sent: std::sync::Mutex<Vec<(Value, Duration)>>,
+    /// Each send call: the port method and how many bodies it carried.
+    calls: std::sync::Mutex<Vec<(&'static str, usize)>>,
 }
 
 impl Recording {
-    fn note(&self, bodies: &[String], delay: Duration) {
+    fn new(inner: std::sync::Arc<dyn kirim::ports::DispatchQueue>) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Recording {
+            inner,
+            sent: Default::default(),
+            calls: Default::default(),
+        })
+    }
+
+    fn note(&self, call: &'static str, bodies: &[String], delay: Duration) {
+        self.calls.lock().unwrap().push((call, bodies.len()));
         let mut sent = self.sent.lock().unwrap();
         for b in bodies {
             sent.push((serde_json::from_str(b).unwrap(), delay));
         }
+    }
+
+    fn take_calls(&self) -> Vec<(&'static str, usize)> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
     }
 
     fn take(&self) -> Vec<(Value, Duration)> {
@@ -482,7 +497,7 @@ impl Recording {
 #[async_trait::async_trait]
 impl kirim::ports::DispatchQueue for Recording {
     async fn send(&self, body: &str) -> Result<(), kirim::store_error::StoreError> {
-        self.note(&[body.to_owned()], Duration::ZERO);
+        self.note("send", &[body.to_owned()], Duration::ZERO);
         self.inner.send(body).await
     }
     async fn send_delayed(
@@ -490,7 +505,7 @@ impl kirim::ports::DispatchQueue for Recording {
         body: &str,
         delay: Duration,
     ) -> Result<(), kirim::store_error::StoreError> {
-        self.note(&[body.to_owned()], delay);
+        self.note("send_delayed", &[body.to_owned()], delay);
         self.inner.send_delayed(body, delay).await
     }
     async fn send_batch_delayed(
@@ -498,7 +513,7 @@ impl kirim::ports::DispatchQueue for Recording {
         bodies: &[String],
         delay: Duration,
     ) -> Result<(), kirim::store_error::StoreError> {
-        self.note(bodies, delay);
+        self.note("send_batch_delayed", bodies, delay);
         self.inner.send_batch_delayed(bodies, delay).await
     }
     async fn receive(
@@ -544,10 +559,7 @@ async fn a_broadcasts_recipients_are_queued_at_its_numbers_pace_slice_after_slic
     settings.schedule_hop = Duration::from_secs(900);
     let clock = kirim_tests::ManualClock::new();
     let mut deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
-    let queue = std::sync::Arc::new(Recording {
-        inner: deps.queue.clone(),
-        sent: Default::default(),
-    });
+    let queue = Recording::new(deps.queue.clone());
     deps.queue = queue.clone();
     promo_broadcast(&deps, "127", 1000).await;
     let fan_out_job = |v: &Value| {
@@ -621,14 +633,12 @@ fn fan_out_job(v: &Value) -> kirim::service::jobs::FanoutJob {
 #[tokio::test]
 async fn a_paused_broadcasts_fan_out_queues_no_more_recipients_until_it_is_resumed() {
     use kirim::service::broadcasts;
+    use kirim::service::jobs::Outcome;
     let mut settings = kirim_tests::test_settings();
     settings.schedule_hop = Duration::from_secs(900);
     let clock = kirim_tests::ManualClock::new();
     let mut deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
-    let queue = std::sync::Arc::new(Recording {
-        inner: deps.queue.clone(),
-        sent: Default::default(),
-    });
+    let queue = Recording::new(deps.queue.clone());
     deps.queue = queue.clone();
     let (tenant, accepted) = promo_broadcast(&deps, "129", 25).await;
     let (first, _) = queue.take().pop().unwrap();
@@ -639,27 +649,33 @@ async fn a_paused_broadcasts_fan_out_queues_no_more_recipients_until_it_is_resum
             .enqueued
     };
 
+    // The job's answer while paused: to wait on the queue for another look, as it is.
+    let waits = |outcome: Outcome, job: &Value| match outcome {
+        Outcome::Again(body, delay) => {
+            assert_eq!(delay, broadcasts::PAUSED_RECHECK);
+            let again: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(&again, job, "the same job again");
+            again
+        }
+        other => panic!("not a wait on the queue: {other:?}"),
+    };
+
     // Paused before its fan-out ran: nothing recorded or queued; the job asks again later.
     broadcasts::pause(&deps, &tenant.id, &accepted.id)
         .await
         .unwrap();
-    broadcasts::fan_out_in_slices(&deps, &fan_out_job(&first), 10)
+    let outcome = broadcasts::fan_out_in_slices(&deps, &fan_out_job(&first), 10)
         .await
         .unwrap();
-    let (jobs, fanouts) = by_kind(&queue.take());
-    assert!(
-        jobs.is_empty(),
-        "no recipient queued while paused: {jobs:?}"
-    );
-    assert_eq!(fanouts.len(), 1, "the fan-out job waits on the queue");
-    assert_eq!(fanouts[0].1, broadcasts::PAUSED_RECHECK);
+    let again = waits(outcome, &first);
+    assert!(queue.take().is_empty(), "no recipient queued while paused");
     assert_eq!(enqueued().await, 0);
 
     // Resumed: the same job records and queues the first slice, then the next job.
     broadcasts::resume(&deps, &tenant.id, &accepted.id)
         .await
         .unwrap();
-    broadcasts::fan_out_in_slices(&deps, &fan_out_job(&fanouts[0].0), 10)
+    broadcasts::fan_out_in_slices(&deps, &fan_out_job(&again), 10)
         .await
         .unwrap();
     let (jobs, fanouts) = by_kind(&queue.take());
@@ -673,11 +689,11 @@ async fn a_paused_broadcasts_fan_out_queues_no_more_recipients_until_it_is_resum
         .unwrap();
     let next = fan_out_job(&fanouts[0].0);
     clock.advance(chrono::Duration::seconds(60));
-    broadcasts::fan_out_in_slices(&deps, &next, 10)
+    let outcome = broadcasts::fan_out_in_slices(&deps, &next, 10)
         .await
         .unwrap();
-    let (paused_jobs, waiting) = by_kind(&queue.take());
-    assert!(paused_jobs.is_empty());
+    let waiting = vec![(waits(outcome, &fanouts[0].0), Duration::ZERO)];
+    assert!(queue.take().is_empty(), "no recipient queued while paused");
     assert_eq!(enqueued().await, 10);
     broadcasts::resume(&deps, &tenant.id, &accepted.id)
         .await
@@ -720,10 +736,7 @@ async fn a_paused_broadcasts_messages_wait_on_the_hold_their_process_found_witho
     // As on Lambda: the read cache's TTL, which the memo of holds shares.
     let ttl = Duration::from_secs(5);
     deps.broadcast_holds = std::sync::Arc::new(broadcasts::HoldMemo::new(ttl));
-    let queue = std::sync::Arc::new(Recording {
-        inner: deps.queue.clone(),
-        sent: Default::default(),
-    });
+    let queue = Recording::new(deps.queue.clone());
     deps.queue = queue.clone();
     let (tenant, accepted) = promo_broadcast(&deps, "130", 3).await;
     let (first, _) = queue.take().pop().unwrap();
@@ -810,4 +823,154 @@ async fn a_paused_broadcasts_messages_wait_on_the_hold_their_process_found_witho
         status != MessageStatus::Accepted || attempts > 0,
         "claimed at once after this process's resume: {status:?}, {attempts}"
     );
+}
+
+#[tokio::test]
+async fn a_broadcast_message_claimed_before_its_broadcast_was_held_is_left_to_its_sending_deadline_not_dropped(
+) {
+    use kirim::domain::MessageStatus;
+    use kirim::ports::{BroadcastControl, Clock};
+    use kirim::service::jobs::Outcome;
+    use kirim::service::{broadcasts, dispatch};
+    let mut settings = kirim_tests::test_settings();
+    settings.schedule_hop = Duration::from_secs(900);
+    let deadline = settings.sending_deadline;
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
+    deps.broadcast_holds = std::sync::Arc::new(broadcasts::HoldMemo::new(Duration::from_secs(5)));
+    let queue = Recording::new(deps.queue.clone());
+    deps.queue = queue.clone();
+    let (tenant, accepted) = promo_broadcast(&deps, "131", 2).await;
+    let (first, _) = queue.take().pop().unwrap();
+    broadcasts::fan_out_in_slices(&deps, &fan_out_job(&first), 10)
+        .await
+        .unwrap();
+    let jobs: Vec<Value> = queue.take().into_iter().map(|(v, _)| v).collect();
+    let id =
+        |i: usize| kirim::domain::MessageId::from_trusted(jobs[i]["message_id"].as_str().unwrap());
+    let status = |i: usize| {
+        let (deps, tenant, id) = (&deps, tenant.id.clone(), id(i));
+        async move {
+            deps.messages
+                .get_message(&tenant, &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+        }
+    };
+    // Both claimed by a dispatcher whose call to Meta then timed out: `sending`, their
+    // jobs back for the sending deadline.
+    for i in 0..2 {
+        let claimed = deps
+            .broadcasts
+            .claim_broadcast_message(&tenant.id, &id(i), &accepted.id, clock.now())
+            .await
+            .unwrap();
+        assert!(matches!(claimed, kirim::ports::BroadcastClaim::Claimed(_)));
+    }
+    // The first broadcast's hold as this process remembers it: paused; then cancelled.
+    broadcasts::pause(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    deps.broadcast_holds.note(
+        &tenant.id,
+        &accepted.id,
+        Some(BroadcastControl::Paused),
+        clock.now(),
+    );
+    let outcome = dispatch::handle(&deps, &jobs[0].to_string()).await;
+    assert!(
+        matches!(outcome, Outcome::RetryAfter(_)),
+        "looked at again at its deadline, not waiting on the pause: {outcome:?}"
+    );
+    broadcasts::cancel(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    deps.broadcast_holds.note(
+        &tenant.id,
+        &accepted.id,
+        Some(BroadcastControl::Cancelled),
+        clock.now(),
+    );
+    let outcome = dispatch::handle(&deps, &jobs[1].to_string()).await;
+    assert!(
+        matches!(outcome, Outcome::RetryAfter(_)),
+        "kept for its deadline, not dropped: {outcome:?}"
+    );
+    assert_eq!(
+        status(1).await,
+        MessageStatus::Sending,
+        "neither cancelled nor refunded"
+    );
+    // Past the deadline with no word from Meta: failed, as any message whose send was
+    // ambiguous.
+    clock.advance(chrono::Duration::from_std(deadline).unwrap() + chrono::Duration::seconds(1));
+    deps.broadcast_holds.note(
+        &tenant.id,
+        &accepted.id,
+        Some(BroadcastControl::Cancelled),
+        clock.now(),
+    );
+    for (i, job) in jobs.iter().enumerate() {
+        assert_eq!(
+            dispatch::handle(&deps, &job.to_string()).await,
+            Outcome::Done
+        );
+        assert_eq!(status(i).await, MessageStatus::Failed);
+    }
+}
+
+#[tokio::test]
+async fn a_batchs_jobs_that_are_not_due_go_back_on_the_queue_in_one_send_on_lambda_and_locally() {
+    use kirim::service::broadcasts;
+    let mut settings = kirim_tests::test_settings();
+    settings.schedule_hop = Duration::from_secs(900);
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
+    let queue = Recording::new(deps.queue.clone());
+    deps.queue = queue.clone();
+    let (tenant, accepted) = promo_broadcast(&deps, "132", 6).await;
+    let (first, _) = queue.take().pop().unwrap();
+    broadcasts::fan_out_in_slices(&deps, &fan_out_job(&first), 10)
+        .await
+        .unwrap();
+    let bodies: Vec<String> = queue
+        .take()
+        .into_iter()
+        .map(|(v, _)| v.to_string())
+        .collect();
+    assert_eq!(bodies.len(), 6);
+    queue.take_calls();
+    // Paused: every look is a hop of `PAUSED_RECHECK`.
+    broadcasts::pause(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+
+    // On Lambda: a batch of three records, answered with no failure, their hops in one call.
+    // (An `SqsEvent`, as Lambda hands the dispatcher, read from its JSON.)
+    let event = serde_json::from_value(json!({
+        "Records": bodies[..3].iter().enumerate().map(|(i, b)| json!({
+            "messageId": format!("m{i}"), "receiptHandle": format!("r{i}"), "body": b,
+            "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+            "eventSource": "aws:sqs"
+        })).collect::<Vec<_>>()
+    }))
+    .unwrap();
+    let response = kirim::queue_handlers::dispatch_batch(&deps, event).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(queue.take_calls(), vec![("send_batch_delayed", 3)]);
+    let hops = queue.take();
+    assert_eq!(hops.len(), 3);
+    assert!(hops
+        .iter()
+        .all(|(_, delay)| *delay == broadcasts::PAUSED_RECHECK));
+
+    // Locally: the poller's batch likewise (the queue holds the six jobs and the three hops,
+    // not yet due).
+    kirim::queue_handlers::poll_once(&deps, Duration::ZERO).await;
+    let calls = queue.take_calls();
+    assert_eq!(calls.len(), 1, "one send for the batch: {calls:?}");
+    assert_eq!(calls[0].0, "send_batch_delayed");
+    assert!(calls[0].1 >= 3, "{calls:?}");
 }
