@@ -16,27 +16,36 @@ pub async fn dispatch_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
     });
     let outcomes = batch(deps, futures::future::join_all(work)).await;
     let outcomes = send_hops(deps, outcomes).await;
-    let mut response = SqsBatchResponse::default();
-    for (record, outcome) in event.records.iter().zip(outcomes) {
-        let failed = match outcome {
-            Outcome::Done => false,
-            Outcome::RetryAfter(delay) => {
-                if let Some(receipt) = record.receipt_handle.as_deref() {
-                    if let Err(e) = deps.queue.retry_after(receipt, delay).await {
-                        tracing::warn!(error = %e, "could not set retry delay; default visibility applies");
+    let acks = event
+        .records
+        .iter()
+        .zip(outcomes)
+        .map(|(record, outcome)| async move {
+            let failed = match outcome {
+                Outcome::Done => false,
+                Outcome::RetryAfter(delay) => {
+                    if let Some(receipt) = record.receipt_handle.as_deref() {
+                        if let Err(e) = deps.queue.retry_after(receipt, delay).await {
+                            tracing::warn!(error = %e, "could not set retry delay; default visibility applies");
+                        }
                     }
+                    true
                 }
-                true
-            }
-            // `send_hops` answered every hop (`Done` or `RetryAfter`).
-            Outcome::Poison | Outcome::Again(..) => true,
-        };
-        if failed {
-            let mut f = BatchItemFailure::default();
-            f.item_identifier = record.message_id.clone().unwrap_or_default();
-            response.batch_item_failures.push(f);
-        }
-    }
+                // `send_hops` answered every hop (`Done` or `RetryAfter`).
+                Outcome::Poison | Outcome::Again(..) => true,
+            };
+            failed.then(|| {
+                let mut f = BatchItemFailure::default();
+                f.item_identifier = record.message_id.clone().unwrap_or_default();
+                f
+            })
+        });
+    let mut response = SqsBatchResponse::default();
+    response.batch_item_failures = futures::future::join_all(acks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     response
 }
 
@@ -93,21 +102,27 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
         .map(|m| async move { dispatch::handle_in_batch(deps, &m.body).await });
     let outcomes = batch(deps, futures::future::join_all(work)).await;
     let outcomes = send_hops(deps, outcomes).await;
-    // As Lambda's event source: the batch's handled messages deleted in one call.
-    let mut done = Vec::new();
-    for (m, outcome) in received.into_iter().zip(outcomes) {
-        let result = match outcome {
-            Outcome::Done => {
-                done.push(m.receipt);
-                continue;
+    let acks = received
+        .into_iter()
+        .zip(outcomes)
+        .map(|(m, outcome)| async move {
+            let result = match outcome {
+                // Deleted with the rest of the batch, below.
+                Outcome::Done => return Some(m.receipt),
+                Outcome::RetryAfter(d) => deps.queue.retry_after(&m.receipt, d).await,
+                Outcome::Poison | Outcome::Again(..) => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "queue acknowledgement failed");
             }
-            Outcome::RetryAfter(d) => deps.queue.retry_after(&m.receipt, d).await,
-            Outcome::Poison | Outcome::Again(..) => Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "queue acknowledgement failed");
-        }
-    }
+            None
+        });
+    // As Lambda's event source: the batch's handled messages deleted in one call.
+    let done: Vec<String> = futures::future::join_all(acks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     if !done.is_empty() {
         if let Err(e) = deps.queue.delete_batch(&done).await {
             tracing::warn!(error = %e, "queue acknowledgement failed");

@@ -249,7 +249,8 @@ async fn handle_job(deps: &Deps, job: QueueJob) -> Outcome {
 
 /// A broadcast's message whose claim found the broadcast held. Paused: the job waits
 /// another hop on the queue (the message stays `accepted`). Cancelled: the message ends
-/// `cancelled` with its refund, conditional on it still being `accepted`.
+/// `cancelled` with its refund, conditional on it still being `accepted`; one that is not
+/// goes to `deadline::redelivered` (a `sending` one is settled by its sending deadline).
 async fn held(
     deps: &Deps,
     job: &DispatchJob,
@@ -529,7 +530,9 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             .release_unattempted(&job.tenant_id, &job.message_id, deps.clock.now(), slot)
             .await
         {
-            tracing::error!(error = %e, "could not release the claim");
+            // Not left `sending` with nothing sent (its deadline would fail it, charged):
+            // released for a retry instead, the job retried.
+            return Err(unclaim(deps, job, "rate_limiter_unavailable", e).await);
         }
         crate::metrics::retry("throttled");
         return Ok(Outcome::RetryAfter(delay));

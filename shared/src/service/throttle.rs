@@ -29,8 +29,17 @@ pub const MAX_WAIT: Duration = Duration::from_secs(1);
 pub const HORIZON: Duration = Duration::from_secs(900);
 
 /// A carried slot missed by more than this (its message came back late) is not used: a
-/// send then would fall between other messages' slots.
-pub const CARRY_TOLERANCE: Duration = Duration::from_millis(250);
+/// send then would fall between other messages' slots, and several late together would
+/// crowd a later second of Meta's past its tier. The pacing's own margin (`PACING`): at
+/// most about as many late sends as a second's pace leaves spare (3 at tier 80, 1 at 20,
+/// 30 at 1000).
+pub const CARRY_TOLERANCE: Duration = Duration::from_millis(30);
+
+/// The longest a dispatcher waits in-process for a slot carried to it: a message comes
+/// back one to two seconds before its slot (`until_slot`), since Lambda's event source may
+/// hold a visible message for its batching window (`MaximumBatchingWindowInSeconds: 1`)
+/// before handing it over, and a message that came back late would miss its slot.
+pub const CARRIED_WAIT: Duration = Duration::from_secs(2);
 
 /// Slots are paced at this share of the tier. Meta counts a rolling second on its own
 /// clock; evenly spaced sends at 97% of the tier leave ~30 ms for network jitter before
@@ -78,18 +87,18 @@ pub async fn acquire(
             .to_std()
             .is_ok_and(|late| late > CARRY_TOLERANCE)
     };
-    let at = match carried.filter(|at| !missed(at)) {
-        Some(at) => at,
+    let (at, longest) = match carried.filter(|at| !missed(at)) {
+        Some(at) => (at, CARRIED_WAIT),
         None => {
             let Some(at) = take_slot(deps, phone_number_id, pace(tier)).await? else {
                 metrics::throttle("limiter_full");
                 return Ok(Slot::Full);
             };
-            at
+            (at, MAX_WAIT)
         }
     };
     if let Ok(wait) = (at - deps.clock.now()).to_std() {
-        if wait > MAX_WAIT {
+        if wait > longest {
             metrics::throttle("limiter_full");
             return Ok(Slot::Later(at));
         }
@@ -101,11 +110,12 @@ pub async fn acquire(
     Ok(Slot::Go)
 }
 
-/// How long a message whose slot is at `at` stays away: the whole seconds before it, so it
-/// comes back up to a second early (SQS counts whole seconds) and waits for its slot.
+/// How long a message whose slot is at `at` stays away: the whole seconds before it (SQS
+/// counts whole seconds) less one, so it comes back one to two seconds early and waits for
+/// its slot (at most `CARRIED_WAIT`), even when the event source holds it a second.
 pub fn until_slot(deps: &Deps, at: DateTime<Utc>) -> Duration {
     let ahead = (at - deps.clock.now()).to_std().unwrap_or_default();
-    Duration::from_secs(ahead.as_secs())
+    Duration::from_secs(ahead.as_secs().saturating_sub(1))
 }
 
 /// The time of the send slot reserved for this message (`None`: the number is full for
@@ -521,10 +531,10 @@ mod tests {
         );
         let away = until_slot(&deps, at);
         assert!(
-            away <= ahead && away + Duration::from_secs(1) > ahead,
-            "{away:?}"
+            away + Duration::from_secs(1) <= ahead && away + CARRIED_WAIT > ahead,
+            "back one to two seconds before its slot: {away:?} for {ahead:?}"
         );
-        assert_eq!(away.subsec_nanos(), 0, "whole seconds, back a little early");
+        assert_eq!(away.subsec_nanos(), 0, "whole seconds");
         assert_eq!(slots.calls(), vec![(1, true)], "one reservation");
     }
 
@@ -538,6 +548,15 @@ mod tests {
             Slot::Go
         );
         assert!(slots.calls().is_empty(), "its own slot: no reservation");
+        // Back early, as `until_slot` brings it: it waits in-process for its own slot,
+        // longer than a fresh reservation would.
+        let early = Utc::now() + chrono::Duration::milliseconds(1_500);
+        assert_eq!(
+            acquire(&deps, "pn1", 80, Some(early)).await.unwrap(),
+            Slot::Go,
+            "a fresh slot this far ahead would be `Later`"
+        );
+        assert!(slots.calls().is_empty());
         let far = Utc::now() + chrono::Duration::seconds(3);
         assert_eq!(
             acquire(&deps, "pn1", 80, Some(far)).await.unwrap(),
@@ -545,7 +564,9 @@ mod tests {
             "back too early: the same slot, later"
         );
         assert!(slots.calls().is_empty());
-        let missed = Utc::now() - chrono::Duration::seconds(1);
+        // Late by more than the pacing's margin: not used (a send now would crowd a later
+        // second), a new slot instead.
+        let missed = Utc::now() - chrono::Duration::milliseconds(100);
         assert_eq!(
             acquire(&deps, "pn1", 80, Some(missed)).await.unwrap(),
             Slot::Go
