@@ -630,18 +630,65 @@ fn fan_out_job(v: &Value) -> kirim::service::jobs::FanoutJob {
     }
 }
 
-#[tokio::test]
-async fn a_paused_broadcasts_fan_out_queues_no_more_recipients_until_it_is_resumed() {
-    use kirim::service::broadcasts;
-    use kirim::service::jobs::Outcome;
+/// A tenant's broadcast of `n` recipients from number `number`, accepted in memory deps with
+/// a manual clock and deployed settings' 15-minute hops, its queue recorded, the hold memo
+/// on with Lambda's TTL when `memo` (the tests' deps have it off), and the first fan-out
+/// job as queued.
+struct Paced {
+    deps: kirim::service::Deps,
+    clock: std::sync::Arc<kirim_tests::ManualClock>,
+    queue: std::sync::Arc<Recording>,
+    tenant: kirim::ports::Tenant,
+    accepted: kirim::service::broadcasts::Accepted,
+    first: Value,
+}
+
+async fn paced(number: &str, n: usize, memo: bool) -> Paced {
     let mut settings = kirim_tests::test_settings();
     settings.schedule_hop = Duration::from_secs(900);
     let clock = kirim_tests::ManualClock::new();
     let mut deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
+    if memo {
+        deps.broadcast_holds = std::sync::Arc::new(kirim::service::broadcasts::HoldMemo::new(
+            kirim::wiring::READ_CACHE_TTL,
+        ));
+    }
     let queue = Recording::new(deps.queue.clone());
     deps.queue = queue.clone();
-    let (tenant, accepted) = promo_broadcast(&deps, "129", 25).await;
+    let (tenant, accepted) = promo_broadcast(&deps, number, n).await;
     let (first, _) = queue.take().pop().unwrap();
+    Paced {
+        deps,
+        clock,
+        queue,
+        tenant,
+        accepted,
+        first,
+    }
+}
+
+impl Paced {
+    /// Runs the first fan-out job (one slice of 10) and answers the dispatch jobs it queued.
+    async fn fan_out(&self) -> Vec<Value> {
+        kirim::service::broadcasts::fan_out_in_slices(&self.deps, &fan_out_job(&self.first), 10)
+            .await
+            .unwrap();
+        self.queue.take().into_iter().map(|(v, _)| v).collect()
+    }
+}
+
+#[tokio::test]
+async fn a_paused_broadcasts_fan_out_queues_no_more_recipients_until_it_is_resumed() {
+    use kirim::service::broadcasts;
+    use kirim::service::jobs::Outcome;
+    let Paced {
+        deps,
+        clock,
+        queue,
+        tenant,
+        accepted,
+        first,
+    } = paced("129", 25, false).await;
     let enqueued = || async {
         broadcasts::view(&deps, &tenant.id, &accepted.id)
             .await
@@ -729,26 +776,18 @@ async fn a_paused_broadcasts_messages_wait_on_the_hold_their_process_found_witho
     use kirim::ports::{BroadcastControl, Clock};
     use kirim::service::jobs::Outcome;
     use kirim::service::{broadcasts, dispatch};
-    let mut settings = kirim_tests::test_settings();
-    settings.schedule_hop = Duration::from_secs(900);
-    let clock = kirim_tests::ManualClock::new();
-    let mut deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
-    // As on Lambda: the read cache's TTL, which the memo of holds shares.
-    let ttl = Duration::from_secs(5);
-    deps.broadcast_holds = std::sync::Arc::new(broadcasts::HoldMemo::new(ttl));
-    let queue = Recording::new(deps.queue.clone());
-    deps.queue = queue.clone();
-    let (tenant, accepted) = promo_broadcast(&deps, "130", 3).await;
-    let (first, _) = queue.take().pop().unwrap();
-    broadcasts::fan_out_in_slices(&deps, &fan_out_job(&first), 10)
-        .await
-        .unwrap();
-    let jobs: Vec<String> = queue
-        .take()
-        .into_iter()
-        .map(|(v, _)| v.to_string())
-        .collect();
+    // As on Lambda: the memo of holds on, with the read cache's TTL.
+    let p = paced("130", 3, true).await;
+    let jobs: Vec<String> = p.fan_out().await.iter().map(Value::to_string).collect();
     assert_eq!(jobs.len(), 3);
+    let Paced {
+        deps,
+        clock,
+        queue,
+        tenant,
+        accepted,
+        ..
+    } = p;
     let message = |i: usize| {
         let v: Value = serde_json::from_str(&jobs[i]).unwrap();
         let id = kirim::domain::MessageId::from_trusted(v["message_id"].as_str().unwrap());
@@ -832,20 +871,16 @@ async fn a_broadcast_message_claimed_before_its_broadcast_was_held_is_left_to_it
     use kirim::ports::{BroadcastControl, Clock};
     use kirim::service::jobs::Outcome;
     use kirim::service::{broadcasts, dispatch};
-    let mut settings = kirim_tests::test_settings();
-    settings.schedule_hop = Duration::from_secs(900);
-    let deadline = settings.sending_deadline;
-    let clock = kirim_tests::ManualClock::new();
-    let mut deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
-    deps.broadcast_holds = std::sync::Arc::new(broadcasts::HoldMemo::new(Duration::from_secs(5)));
-    let queue = Recording::new(deps.queue.clone());
-    deps.queue = queue.clone();
-    let (tenant, accepted) = promo_broadcast(&deps, "131", 2).await;
-    let (first, _) = queue.take().pop().unwrap();
-    broadcasts::fan_out_in_slices(&deps, &fan_out_job(&first), 10)
-        .await
-        .unwrap();
-    let jobs: Vec<Value> = queue.take().into_iter().map(|(v, _)| v).collect();
+    let p = paced("131", 2, true).await;
+    let jobs = p.fan_out().await;
+    let deadline = p.deps.settings.sending_deadline;
+    let Paced {
+        deps,
+        clock,
+        tenant,
+        accepted,
+        ..
+    } = p;
     let id =
         |i: usize| kirim::domain::MessageId::from_trusted(jobs[i]["message_id"].as_str().unwrap());
     let status = |i: usize| {
@@ -924,23 +959,16 @@ async fn a_broadcast_message_claimed_before_its_broadcast_was_held_is_left_to_it
 #[tokio::test]
 async fn a_batchs_jobs_that_are_not_due_go_back_on_the_queue_in_one_send_on_lambda_and_locally() {
     use kirim::service::broadcasts;
-    let mut settings = kirim_tests::test_settings();
-    settings.schedule_hop = Duration::from_secs(900);
-    let clock = kirim_tests::ManualClock::new();
-    let mut deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
-    let queue = Recording::new(deps.queue.clone());
-    deps.queue = queue.clone();
-    let (tenant, accepted) = promo_broadcast(&deps, "132", 6).await;
-    let (first, _) = queue.take().pop().unwrap();
-    broadcasts::fan_out_in_slices(&deps, &fan_out_job(&first), 10)
-        .await
-        .unwrap();
-    let bodies: Vec<String> = queue
-        .take()
-        .into_iter()
-        .map(|(v, _)| v.to_string())
-        .collect();
+    let p = paced("132", 6, false).await;
+    let bodies: Vec<String> = p.fan_out().await.iter().map(Value::to_string).collect();
     assert_eq!(bodies.len(), 6);
+    let Paced {
+        deps,
+        queue,
+        tenant,
+        accepted,
+        ..
+    } = p;
     queue.take_calls();
     // Paused: every look is a hop of `PAUSED_RECHECK`.
     broadcasts::pause(&deps, &tenant.id, &accepted.id)
