@@ -729,7 +729,76 @@ async fn a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_on
     assert_ne!(sent.status, MessageStatus::Failed);
 }
 
+/// Sending control whose release of a claim turned away by a busy number fails (the store
+/// unavailable for that write).
+struct ReleaseFails(Arc<dyn kirim::ports::SendingControl>);
+
+#[async_trait]
+impl kirim::ports::SendingControl for ReleaseFails {
+    async fn release_unattempted(
+        &self,
+        _: &TenantId,
+        _: &MessageId,
+        _: DateTime<Utc>,
+        _: Option<kirim::domain::CarriedSlot>,
+    ) -> Result<kirim::ports::Transition, StoreError> {
+        Err(StoreError::Unavailable("throttled".into()))
+    }
+    async fn expire_sending(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        claimed_at: DateTime<Utc>,
+        error: &MessageError,
+        at: DateTime<Utc>,
+    ) -> Result<kirim::ports::Transition, StoreError> {
+        self.0
+            .expire_sending(tenant, id, claimed_at, error, at)
+            .await
+    }
+}
+
+async fn a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not_left_sending(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459922").await;
+    let mut deps = t.app.deps.clone();
+    deps.sending = Arc::new(ReleaseFails(deps.sending.clone()));
+    // The number booked about two seconds ahead by other sends: the message is turned away.
+    let pace = kirim::service::throttle::pace(deps.settings.meta_throughput);
+    deps.throughput
+        .reserve_slots(
+            &o.phone_number_id,
+            pace,
+            deps.clock.now(),
+            kirim::service::throttle::HORIZON,
+            pace * 2,
+        )
+        .await
+        .expect("the number booked");
+    let outcome = dispatch::handle(&deps, &job).await;
+    assert!(
+        matches!(outcome, Outcome::RetryAfter(_)),
+        "the job retried: {outcome:?}"
+    );
+    let back = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        back.status,
+        MessageStatus::Accepted,
+        "given back for a retry, not left `sending` with nothing sent"
+    );
+}
+
 on_both_backends!(
+    a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not_left_sending,
     a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_once,
     a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process,
     a_failure_before_meta_is_refunded_in_the_same_write_so_a_storage_failure_loses_no_refund_and_a_redelivery_gives_none_twice,
