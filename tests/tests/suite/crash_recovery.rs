@@ -670,19 +670,13 @@ async fn a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_o
     assert_eq!(t.sandbox_requests_to("60123459912").len(), 1, "sent once");
 }
 
-async fn a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_once_to_send_at_it(
-    backend: Backend,
-) {
-    let t = spawn_app(backend).await;
-    let o = t.onboard(5).await;
-    let tenant = TenantId::from_trusted(o.tenant_id.clone());
-    let (m, job) = accepted_with_job(&t, &tenant, "+60123459921").await;
-    // The number booked about two seconds ahead by other sends.
-    let deps = &t.app.deps;
+/// The number's send slots booked about two seconds ahead, as by other sends: a message
+/// dispatched now is turned away for later.
+async fn book_two_seconds_ahead(deps: &Deps, phone_number_id: &str) {
     let pace = kirim::service::throttle::pace(deps.settings.meta_throughput);
     deps.throughput
         .reserve_slots(
-            &o.phone_number_id,
+            phone_number_id,
             pace,
             deps.clock.now(),
             kirim::service::throttle::HORIZON,
@@ -690,6 +684,17 @@ async fn a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_on
         )
         .await
         .expect("the number booked");
+}
+
+async fn a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_once_to_send_at_it(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459921").await;
+    let deps = &t.app.deps;
+    book_two_seconds_ahead(deps, &o.phone_number_id).await;
 
     let first = dispatch::handle(deps, &job).await;
     let Outcome::RetryAfter(away) = first else {
@@ -767,18 +772,7 @@ async fn a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not
     let (m, job) = accepted_with_job(&t, &tenant, "+60123459922").await;
     let mut deps = t.app.deps.clone();
     deps.sending = Arc::new(ReleaseFails(deps.sending.clone()));
-    // The number booked about two seconds ahead by other sends: the message is turned away.
-    let pace = kirim::service::throttle::pace(deps.settings.meta_throughput);
-    deps.throughput
-        .reserve_slots(
-            &o.phone_number_id,
-            pace,
-            deps.clock.now(),
-            kirim::service::throttle::HORIZON,
-            pace * 2,
-        )
-        .await
-        .expect("the number booked");
+    book_two_seconds_ahead(&deps, &o.phone_number_id).await;
     let outcome = dispatch::handle(&deps, &job).await;
     assert!(
         matches!(outcome, Outcome::RetryAfter(_)),
