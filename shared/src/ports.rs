@@ -340,11 +340,15 @@ pub trait MessageStore: Send + Sync {
         at: DateTime<Utc>,
         refund: &LedgerEntry,
     ) -> Result<Transition, StoreError>;
-    /// Puts a message back to `accepted` from `sending` for a retry (conditional).
+    /// Puts a message back to `accepted` from `sending` for a retry, only if it is still
+    /// `sending` under the claim made at `claimed_at` (its `updated_at`): a release
+    /// repeated after its first write landed, or one that comes late, never gives back
+    /// another dispatcher's claim (which would let a third send it again).
     async fn release_for_retry(
         &self,
         tenant: &TenantId,
         id: &MessageId,
+        claimed_at: DateTime<Utc>,
         error: &MessageError,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError>;

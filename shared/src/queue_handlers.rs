@@ -10,24 +10,21 @@ use crate::service::{retention, Deps};
 /// (`ReportBatchItemFailures`), so one bad message never fails its batch. The batch's
 /// hops (jobs not due yet) go back on the queue together before the batch is answered.
 pub async fn dispatch_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
-    let work = event.records.iter().map(|record| async move {
+    let work = event.records.iter().map(|record| {
         let body = record.body.as_deref().unwrap_or_default();
-        dispatch::handle_in_batch(deps, body).await
+        handle_record(deps, record.receipt_handle.as_deref(), body)
     });
     let outcomes = batch(deps, futures::future::join_all(work)).await;
+    let hopped = hops_of(&outcomes);
     let outcomes = send_hops(deps, outcomes).await;
-    let acks = event
-        .records
-        .iter()
-        .zip(outcomes)
-        .map(|(record, outcome)| async move {
+    let acks = event.records.iter().zip(outcomes).zip(hopped).map(
+        |((record, outcome), hopped)| async move {
             let failed = match outcome {
                 Outcome::Done => false,
                 Outcome::RetryAfter(delay) => {
-                    if let Some(receipt) = record.receipt_handle.as_deref() {
-                        if let Err(e) = deps.queue.retry_after(receipt, delay).await {
-                            tracing::warn!(error = %e, "could not set retry delay; default visibility applies");
-                        }
+                    // A hop that could not be sent; any other retry's delay is set already.
+                    if let (true, Some(receipt)) = (hopped, record.receipt_handle.as_deref()) {
+                        set_retry(deps, receipt, delay).await;
                     }
                     true
                 }
@@ -39,7 +36,8 @@ pub async fn dispatch_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
                 f.item_identifier = record.message_id.clone().unwrap_or_default();
                 f
             })
-        });
+        },
+    );
     let mut response = SqsBatchResponse::default();
     response.batch_item_failures = futures::future::join_all(acks)
         .await
@@ -99,24 +97,25 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
     let n = received.len();
     let work = received
         .iter()
-        .map(|m| async move { dispatch::handle_in_batch(deps, &m.body).await });
+        .map(|m| handle_record(deps, Some(&m.receipt), &m.body));
     let outcomes = batch(deps, futures::future::join_all(work)).await;
+    let hopped = hops_of(&outcomes);
     let outcomes = send_hops(deps, outcomes).await;
-    let acks = received
-        .into_iter()
-        .zip(outcomes)
-        .map(|(m, outcome)| async move {
-            let result = match outcome {
-                // Deleted with the rest of the batch, below.
-                Outcome::Done => return Some(m.receipt),
-                Outcome::RetryAfter(d) => deps.queue.retry_after(&m.receipt, d).await,
-                Outcome::Poison | Outcome::Again(..) => Ok(()),
-            };
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "queue acknowledgement failed");
-            }
-            None
-        });
+    let acks =
+        received
+            .into_iter()
+            .zip(outcomes)
+            .zip(hopped)
+            .map(|((m, outcome), hopped)| async move {
+                match outcome {
+                    // Deleted with the rest of the batch, below.
+                    Outcome::Done => return Some(m.receipt),
+                    // A hop that could not be sent; any other retry's delay is set already.
+                    Outcome::RetryAfter(d) if hopped => set_retry(deps, &m.receipt, d).await,
+                    Outcome::RetryAfter(_) | Outcome::Poison | Outcome::Again(..) => {}
+                }
+                None
+            });
     // As Lambda's event source: the batch's handled messages deleted in one call.
     let done: Vec<String> = futures::future::join_all(acks)
         .await
@@ -129,6 +128,35 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
         }
     }
     n
+}
+
+/// Handles one received job of a batch. A retry's delay is set on the queue as soon as the
+/// job is answered, not when the whole batch is: it counts from now (a message turned away
+/// by a busy number comes back one to two seconds before its carried slot,
+/// `throttle::until_slot`), and the batch's slowest job (a slot waited for, Meta's answer)
+/// would make it late by as long as it takes.
+async fn handle_record(deps: &Deps, receipt: Option<&str>, body: &str) -> Outcome {
+    let outcome = dispatch::handle_in_batch(deps, body).await;
+    if let (Outcome::RetryAfter(delay), Some(receipt)) = (&outcome, receipt) {
+        set_retry(deps, receipt, *delay).await;
+    }
+    outcome
+}
+
+/// Which of a batch's outcomes are hops, before [`send_hops`] answers them.
+fn hops_of(outcomes: &[Outcome]) -> Vec<bool> {
+    outcomes
+        .iter()
+        .map(|o| matches!(o, Outcome::Again(..)))
+        .collect()
+}
+
+/// Makes a received job visible again after `delay`; if that fails, the queue's own
+/// visibility timeout brings it back later.
+async fn set_retry(deps: &Deps, receipt: &str, delay: std::time::Duration) {
+    if let Err(e) = deps.queue.retry_after(receipt, delay).await {
+        tracing::warn!(error = %e, "could not set retry delay; default visibility applies");
+    }
 }
 
 /// One dispatcher batch's shared writes: one `sent` count per tenant (`quality::batched`)

@@ -42,9 +42,80 @@ impl StoreError {
     }
 }
 
+/// How often an undo is tried ([`undo`]).
+pub const UNDO_ATTEMPTS: u32 = 3;
+
+/// An undo (a claim given back, nothing having gone to Meta) tried up to [`UNDO_ATTEMPTS`]
+/// times while its failure is worth a retry, 50 ms then 250 ms apart. One left undone
+/// leaves a message `sending` with nothing sent, for its sending deadline to fail,
+/// charged; a moment's throttling must not do that. Each try must be safe to repeat (a
+/// conditional write refused once its first try landed).
+pub async fn undo<T, F, Fut>(mut write: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut pause = std::time::Duration::from_millis(50);
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Err(e) if e.is_retryable() && attempt < UNDO_ATTEMPTS => {
+                tracing::warn!(error = %e, attempt, "an undo failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause *= 5;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::StoreError;
+
+    #[tokio::test]
+    async fn an_undo_is_tried_again_only_while_its_failure_is_worth_a_retry() {
+        let tries = std::cell::Cell::new(0);
+        let failing = |e: StoreError| {
+            let tries = &tries;
+            move || {
+                tries.set(tries.get() + 1);
+                let e = e.clone();
+                async move { Err::<(), _>(e) }
+            }
+        };
+        let unavailable = StoreError::Unavailable("throttled".into());
+        assert_eq!(
+            super::undo(failing(unavailable.clone())).await,
+            Err(unavailable)
+        );
+        assert_eq!(tries.get(), super::UNDO_ATTEMPTS);
+        tries.set(0);
+        let rejected = StoreError::Rejected("validation".into());
+        assert_eq!(super::undo(failing(rejected.clone())).await, Err(rejected));
+        assert_eq!(
+            tries.get(),
+            1,
+            "a refusal that will repeat is not tried again"
+        );
+        tries.set(0);
+        let mut left = 2;
+        let flaky = || {
+            tries.set(tries.get() + 1);
+            left -= 1;
+            let ok = left < 0;
+            async move {
+                if ok {
+                    Ok(7)
+                } else {
+                    Err(StoreError::Unavailable("blip".into()))
+                }
+            }
+        };
+        assert_eq!(super::undo(flaky).await, Ok(7));
+        assert_eq!(tries.get(), 3, "the third try lands");
+    }
 
     #[test]
     fn only_an_unavailable_backend_is_worth_a_retry() {

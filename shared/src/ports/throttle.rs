@@ -64,11 +64,15 @@ pub trait SendingControl: Send + Sync {
     /// `sending` → `accepted` for a claim that never reached Meta because the number's
     /// throughput was taken: the claim's attempt is given back (it was not an attempt).
     /// `slot`: a send slot reserved for the message ahead, kept on it for its next claim
-    /// (`MessageRecord::carried_slot`); `None` leaves what it carries.
+    /// (`MessageRecord::carried_slot`); `None` leaves what it carries. Only under the claim
+    /// made at `claimed_at` (its `updated_at`), as [`MessageStore::release_for_retry`].
+    ///
+    /// [`MessageStore::release_for_retry`]: crate::ports::MessageStore::release_for_retry
     async fn release_unattempted(
         &self,
         tenant: &TenantId,
         id: &MessageId,
+        claimed_at: DateTime<Utc>,
         at: DateTime<Utc>,
         slot: Option<CarriedSlot>,
     ) -> Result<Transition, StoreError>;

@@ -8,6 +8,7 @@
 //! `broadcasts` (for fan-out jobs); nothing
 //! depends on it but the queue handlers.
 
+use chrono::{DateTime, Utc};
 use tracing::Instrument;
 
 use crate::domain::{MessageError, MessageStatus, RetentionClass};
@@ -105,8 +106,17 @@ async fn fail(
     }
 }
 
-/// [`fail`] of a message in status `from` (`accepted`: not claimed by this job yet;
-/// `sending`: claimed, and refused by Meta). When the write fails nothing was written:
+/// Where a message that fails unsent stands.
+#[derive(Clone, Copy)]
+enum Unsent {
+    /// `accepted`: not claimed by this job yet (a check before the claim).
+    Queued,
+    /// `sending` under this job's claim, made at this time (its `updated_at`), and refused
+    /// by Meta.
+    Claimed(DateTime<Utc>),
+}
+
+/// [`fail`] of a message not sent ([`Unsent`]). When the write fails nothing was written:
 /// a claim is given back, and the job is retried (the checks, and a send that Meta
 /// refused, are safe to repeat). A check's failure refused because the message is no
 /// longer `accepted` (the checks ran on the job's facts, before the claim, for a message
@@ -115,21 +125,23 @@ async fn fail(
 async fn fail_unsent(
     deps: &Deps,
     job: &DispatchJob,
-    from: MessageStatus,
+    unsent: Unsent,
     price: i64,
     error: MessageError,
 ) -> Result<Outcome, Stopped> {
-    match fail(deps, job, from, price, error).await {
-        Ok(true) => Ok(Outcome::Done),
-        Ok(false) if from == MessageStatus::Accepted => {
-            Ok(super::deadline::redelivered(deps, job).await?)
-        }
-        Ok(false) => Ok(Outcome::Done),
-        Err(e) if from == MessageStatus::Sending => {
+    let from = match unsent {
+        Unsent::Queued => MessageStatus::Accepted,
+        Unsent::Claimed(_) => MessageStatus::Sending,
+    };
+    match (fail(deps, job, from, price, error).await, unsent) {
+        (Ok(true), _) => Ok(Outcome::Done),
+        (Ok(false), Unsent::Queued) => Ok(super::deadline::redelivered(deps, job).await?),
+        (Ok(false), Unsent::Claimed(_)) => Ok(Outcome::Done),
+        (Err(e), Unsent::Claimed(claimed_at)) => {
             tracing::error!(error = %e, "could not mark failed; retrying the job");
-            Err(unclaim(deps, job, "failure_not_recorded", e).await)
+            Err(unclaim(deps, job, claimed_at, "failure_not_recorded", e).await)
         }
-        Err(e) => {
+        (Err(e), Unsent::Queued) => {
             tracing::error!(error = %e, "could not mark failed; retrying the job");
             Err(e.into())
         }
@@ -165,15 +177,27 @@ impl From<ServiceError> for Stopped {
 /// refused send's failure could not be recorded, so a later delivery of the job can claim
 /// it again; answers the failure with its own
 /// class (a retryable one is retried, any other parks the job on the dead-letter queue).
-async fn unclaim(deps: &Deps, job: &DispatchJob, code: &str, cause: impl Into<Stopped>) -> Stopped {
+async fn unclaim(
+    deps: &Deps,
+    job: &DispatchJob,
+    claimed_at: DateTime<Utc>,
+    code: &str,
+    cause: impl Into<Stopped>,
+) -> Stopped {
     let error = MessageError {
         code: code.into(),
         title: "a dependency failed for a moment; will retry".into(),
     };
-    if let Err(e) = deps
-        .messages
-        .release_for_retry(&job.tenant_id, &job.message_id, &error, deps.clock.now())
-        .await
+    if let Err(e) = crate::store_error::undo(|| {
+        deps.messages.release_for_retry(
+            &job.tenant_id,
+            &job.message_id,
+            claimed_at,
+            &error,
+            deps.clock.now(),
+        )
+    })
+    .await
     {
         tracing::error!(error = %e, "could not release the claim");
     }
@@ -393,7 +417,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             }
         };
         crate::metrics::failed("tenant_inactive");
-        return fail_unsent(deps, job, MessageStatus::Accepted, queued.price, error).await;
+        return fail_unsent(deps, job, Unsent::Queued, queued.price, error).await;
     }
     // A broadcast's message whose broadcast this process found held a moment ago waits
     // (or, cancelled, is cancelled) without a claim and its undo; one found held longer
@@ -428,7 +452,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 title: "the recipient opted out before the message was sent".into(),
             };
             crate::metrics::failed("opted_out");
-            return fail_unsent(deps, job, MessageStatus::Accepted, queued.price, error).await;
+            return fail_unsent(deps, job, Unsent::Queued, queued.price, error).await;
         }
         Err(e) => return Err(e.into()),
     }
@@ -438,7 +462,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             title: "the tenant has no Meta access token".into(),
         };
         crate::metrics::failed("tenant_config");
-        return fail_unsent(deps, job, MessageStatus::Accepted, queued.price, error).await;
+        return fail_unsent(deps, job, Unsent::Queued, queued.price, error).await;
     };
     // The number it goes from: the one the send named, else the default. A number
     // removed since the message was accepted fails it (refunded) rather than send from a
@@ -452,7 +476,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     .into(),
             };
             crate::metrics::failed("tenant_config");
-            return fail_unsent(deps, job, MessageStatus::Accepted, queued.price, error).await;
+            return fail_unsent(deps, job, Unsent::Queued, queued.price, error).await;
         }
         Err(e) => return Err(e.into()),
     };
@@ -511,28 +535,37 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         .carried_slot
         .filter(|c| c.attempt == record.attempts)
         .map(|c| c.at);
-    let (slot, again) =
-        match super::throttle::acquire(deps, &from.phone_number_id, tier, carried).await {
-            Ok(super::throttle::Slot::Go) => (None, None),
-            Ok(super::throttle::Slot::Later(at)) => (
-                Some(crate::domain::CarriedSlot {
-                    at,
-                    attempt: record.attempts,
-                }),
-                Some(super::throttle::until_slot(deps, at)),
-            ),
-            Ok(super::throttle::Slot::Full) => (None, Some(super::throttle::full_retry_delay())),
-            Err(e) => return Err(unclaim(deps, job, "rate_limiter_unavailable", e).await),
-        };
+    let (slot, again) = match super::throttle::acquire(deps, &from.phone_number_id, tier, carried)
+        .await
+    {
+        Ok(super::throttle::Slot::Go) => (None, None),
+        Ok(super::throttle::Slot::Later(at)) => (
+            Some(crate::domain::CarriedSlot {
+                at,
+                attempt: record.attempts,
+            }),
+            Some(super::throttle::until_slot(deps, at)),
+        ),
+        Ok(super::throttle::Slot::Full) => (None, Some(super::throttle::full_retry_delay())),
+        Err(e) => {
+            return Err(unclaim(deps, job, record.updated_at, "rate_limiter_unavailable", e).await)
+        }
+    };
     if let Some(delay) = again {
         if let Err(e) = deps
             .sending
-            .release_unattempted(&job.tenant_id, &job.message_id, deps.clock.now(), slot)
+            .release_unattempted(
+                &job.tenant_id,
+                &job.message_id,
+                record.updated_at,
+                deps.clock.now(),
+                slot,
+            )
             .await
         {
             // Not left `sending` with nothing sent (its deadline would fail it, charged):
             // released for a retry instead, the job retried.
-            return Err(unclaim(deps, job, "rate_limiter_unavailable", e).await);
+            return Err(unclaim(deps, job, record.updated_at, "rate_limiter_unavailable", e).await);
         }
         crate::metrics::retry("throttled");
         return Ok(Outcome::RetryAfter(delay));
@@ -676,6 +709,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         .release_for_retry(
                             &job.tenant_id,
                             &job.message_id,
+                            record.updated_at,
                             &error,
                             deps.clock.now(),
                         )
@@ -692,7 +726,14 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     super::accounts::suspend_for_meta(deps, &job.tenant_id, &reason, "dispatcher")
                         .await;
                     crate::metrics::failed("tenant_stop");
-                    fail_unsent(deps, job, MessageStatus::Sending, record.price, error).await
+                    fail_unsent(
+                        deps,
+                        job,
+                        Unsent::Claimed(record.updated_at),
+                        record.price,
+                        error,
+                    )
+                    .await
                 }
                 _ => {
                     crate::metrics::failed(match class {
@@ -700,7 +741,14 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         ErrorClass::Suppress => "suppress",
                         _ => "permanent",
                     });
-                    fail_unsent(deps, job, MessageStatus::Sending, record.price, error).await
+                    fail_unsent(
+                        deps,
+                        job,
+                        Unsent::Claimed(record.updated_at),
+                        record.price,
+                        error,
+                    )
+                    .await
                 }
             }
         }

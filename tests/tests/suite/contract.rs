@@ -479,7 +479,7 @@ async fn a_message_released_for_retry_can_be_claimed_again_but_only_from_sending
     let now = Utc::now();
     assert_eq!(
         p.messages
-            .release_for_retry(&t.id, &m.id, &err, now)
+            .release_for_retry(&t.id, &m.id, m.updated_at, &err, now)
             .await
             .unwrap(),
         Transition::Refused
@@ -488,13 +488,17 @@ async fn a_message_released_for_retry_can_be_claimed_again_but_only_from_sending
         count_attempt: true,
         ..Default::default()
     };
-    p.messages
+    let Transition::Applied(claimed) = p
+        .messages
         .transition(&t.id, &m.id, MessageStatus::Sending, &claim, now)
         .await
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("first claim refused")
+    };
     assert!(matches!(
         p.messages
-            .release_for_retry(&t.id, &m.id, &err, now)
+            .release_for_retry(&t.id, &m.id, claimed.updated_at, &err, now)
             .await
             .unwrap(),
         Transition::Applied(_)
@@ -595,13 +599,20 @@ async fn listing_by_any_status_pages_through_exactly_the_messages_in_it(p: Ports
     }
     // A claimed message put back for a retry is `accepted` again.
     let released = want[&MessageStatus::Sending][0].clone();
+    let claimed_at = p
+        .messages
+        .get_message(&t.id, &released)
+        .await
+        .unwrap()
+        .expect("the claimed message")
+        .updated_at;
     let err = MessageError {
         code: 131000.into(),
         title: "try again".into(),
     };
     assert!(matches!(
         p.messages
-            .release_for_retry(&t.id, &released, &err, now)
+            .release_for_retry(&t.id, &released, claimed_at, &err, now)
             .await
             .unwrap(),
         Transition::Applied(_)

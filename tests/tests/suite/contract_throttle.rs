@@ -307,7 +307,7 @@ async fn a_throttled_claim_goes_back_to_accepted_without_costing_an_attempt(p: S
     let at = p.clock.now();
     let Transition::Applied(r) = p
         .sending
-        .release_unattempted(&t.id, &m.id, at, None)
+        .release_unattempted(&t.id, &m.id, m.updated_at, at, None)
         .await
         .expect("release")
     else {
@@ -317,12 +317,85 @@ async fn a_throttled_claim_goes_back_to_accepted_without_costing_an_attempt(p: S
     assert_eq!(r.attempts, 0, "the claim is given back");
     assert_eq!(
         p.sending
-            .release_unattempted(&t.id, &m.id, at, None)
+            .release_unattempted(&t.id, &m.id, m.updated_at, at, None)
             .await
             .expect("release"),
         Transition::Refused,
         "only a sending message is released"
     );
+}
+
+/// A release names the claim it gives back (its `updated_at`): one repeated after its first
+/// write landed (an SDK retry, the turn-away's fallback), or one that comes late, finds
+/// another dispatcher's claim and leaves it, or a third could claim and send it again.
+async fn a_release_gives_back_only_the_claim_it_was_made_for(p: Stores) {
+    let t = onboarded(&p).await;
+    let first = claimed(&p, &t.id).await;
+    assert!(matches!(
+        p.sending
+            .release_unattempted(&t.id, &first.id, first.updated_at, p.clock.now(), None)
+            .await
+            .expect("release"),
+        Transition::Applied(_)
+    ));
+    // Another dispatcher claims it (a duplicate job), a moment later.
+    p.clock.advance(chrono::Duration::milliseconds(5));
+    let claim = StatusChange {
+        count_attempt: true,
+        ..Default::default()
+    };
+    let Transition::Applied(second) = p
+        .messages
+        .transition(
+            &t.id,
+            &first.id,
+            MessageStatus::Sending,
+            &claim,
+            p.clock.now(),
+        )
+        .await
+        .expect("claim")
+    else {
+        panic!("the second claim refused");
+    };
+    let err = MessageError {
+        code: "rate_limiter_unavailable".into(),
+        title: "try again".into(),
+    };
+    assert_eq!(
+        p.sending
+            .release_unattempted(&t.id, &first.id, first.updated_at, p.clock.now(), None)
+            .await
+            .expect("release"),
+        Transition::Refused,
+        "the first claim's release repeated"
+    );
+    assert_eq!(
+        p.messages
+            .release_for_retry(&t.id, &first.id, first.updated_at, &err, p.clock.now())
+            .await
+            .expect("release"),
+        Transition::Refused,
+        "the first claim's fallback"
+    );
+    let held = p
+        .messages
+        .get_message(&t.id, &first.id)
+        .await
+        .expect("read")
+        .expect("message");
+    assert_eq!(
+        (held.status, held.updated_at),
+        (MessageStatus::Sending, second.updated_at),
+        "still the second claim's"
+    );
+    assert!(matches!(
+        p.messages
+            .release_for_retry(&t.id, &first.id, second.updated_at, &err, p.clock.now())
+            .await
+            .expect("release"),
+        Transition::Applied(_)
+    ));
 }
 
 async fn a_released_claim_carries_the_slot_reserved_for_it_to_its_next_claim(p: Stores) {
@@ -334,7 +407,7 @@ async fn a_released_claim_carries_the_slot_reserved_for_it_to_its_next_claim(p: 
     };
     let Transition::Applied(r) = p
         .sending
-        .release_unattempted(&t.id, &m.id, p.clock.now(), Some(slot))
+        .release_unattempted(&t.id, &m.id, m.updated_at, p.clock.now(), Some(slot))
         .await
         .expect("release")
     else {
@@ -371,7 +444,7 @@ async fn a_released_claim_carries_the_slot_reserved_for_it_to_its_next_claim(p: 
     );
     // Released again without a slot (the number full beyond the horizon): it keeps it.
     p.sending
-        .release_unattempted(&t.id, &m.id, p.clock.now(), None)
+        .release_unattempted(&t.id, &m.id, next.updated_at, p.clock.now(), None)
         .await
         .expect("release");
     assert_eq!(again(&p).await.carried_slot, Some(slot));
@@ -440,6 +513,7 @@ crate::contract::contract!(
     concurrent_runs_and_single_slots_never_share_a_slot,
     a_tenants_throughput_tier_is_stored_and_an_unknown_tenant_is_not_found,
     a_throttled_claim_goes_back_to_accepted_without_costing_an_attempt,
+    a_release_gives_back_only_the_claim_it_was_made_for,
     a_released_claim_carries_the_slot_reserved_for_it_to_its_next_claim,
     a_sending_message_expires_only_under_the_claim_that_was_seen,
 );

@@ -267,10 +267,13 @@ impl MessageStore for Flaky {
         &self,
         tenant: &TenantId,
         id: &MessageId,
+        claimed_at: DateTime<Utc>,
         error: &MessageError,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
-        self.inner.release_for_retry(tenant, id, error, at).await
+        self.inner
+            .release_for_retry(tenant, id, claimed_at, error, at)
+            .await
     }
     async fn set_wamid(
         &self,
@@ -745,6 +748,7 @@ impl kirim::ports::SendingControl for ReleaseFails {
         _: &TenantId,
         _: &MessageId,
         _: DateTime<Utc>,
+        _: DateTime<Utc>,
         _: Option<kirim::domain::CarriedSlot>,
     ) -> Result<kirim::ports::Transition, StoreError> {
         Err(StoreError::Unavailable("throttled".into()))
@@ -791,7 +795,111 @@ async fn a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not
     );
 }
 
+/// A queue that notes when each retry delay was set, then passes it on.
+struct TimedRetries {
+    inner: Arc<dyn DispatchQueue>,
+    set: Mutex<Vec<(String, std::time::Instant)>>,
+}
+
+#[async_trait]
+impl DispatchQueue for TimedRetries {
+    async fn send(&self, body: &str) -> Result<(), StoreError> {
+        self.inner.send(body).await
+    }
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, StoreError> {
+        self.inner.receive(max, wait).await
+    }
+    async fn delete(&self, receipt: &str) -> Result<(), StoreError> {
+        self.inner.delete(receipt).await
+    }
+    async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
+        self.set
+            .lock()
+            .map_err(|_| StoreError::Unavailable("poisoned".into()))?
+            .push((receipt.to_owned(), std::time::Instant::now()));
+        self.inner.retry_after(receipt, delay).await
+    }
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.inner.dead_letters(max).await
+    }
+    async fn redrive(&self, ids: Option<&[String]>, max: usize) -> Result<Redriven, StoreError> {
+        self.inner.redrive(ids, max).await
+    }
+}
+
+/// The retry delay of a message turned away by a busy number counts from when it was
+/// turned away (it comes back one to two seconds before its carried slot): it is set as
+/// soon as the message is answered, not after its batch's slowest job (here a send that
+/// waits for Meta's answer until the timeout), or the message would come back late and miss
+/// its slot.
+async fn a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_slowest_job(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let busy = t.onboard(5).await;
+    let other = t.onboard(5).await;
+    let busy_tenant = TenantId::from_trusted(busy.tenant_id.clone());
+    let other_tenant = TenantId::from_trusted(other.tenant_id.clone());
+    let (_, away_job) = accepted_with_job(&t, &busy_tenant, "+60123459923").await;
+    // A recipient ending 0005: the sandbox answers after its slow delay.
+    let (slow, slow_job) = accepted_with_job(&t, &other_tenant, "+60123450005").await;
+    let mut deps = t.app.deps.clone();
+    let timed = Arc::new(TimedRetries {
+        inner: deps.queue.clone(),
+        set: Mutex::default(),
+    });
+    deps.queue = timed.clone();
+    book_two_seconds_ahead(&deps, &busy.phone_number_id).await;
+
+    // One Lambda batch of both jobs, as the event source hands it over.
+    let records: Vec<_> = [("away", &away_job), ("slow", &slow_job)]
+        .iter()
+        .map(|(id, body)| {
+            json!({
+                "messageId": id, "receiptHandle": format!("receipt-{id}"), "body": body,
+                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+                "eventSource": "aws:sqs"
+            })
+        })
+        .collect();
+    let event = serde_json::from_value(json!({ "Records": records })).expect("an SQS event");
+    let response = kirim::queue_handlers::dispatch_batch(&deps, event).await;
+
+    // Both come back: the one turned away for its slot, the slow one because Meta did not
+    // answer within the timeout (700 ms here), left for its sending deadline.
+    let failures: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failures, vec!["away", "slow"]);
+    let waited = deps
+        .messages
+        .get_message(&other_tenant, &slow.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        waited.status,
+        MessageStatus::Sending,
+        "the slow one went to Meta"
+    );
+    let set = timed.set.lock().unwrap().clone();
+    let at = |receipt: &str| {
+        set.iter()
+            .find(|(r, _)| r == receipt)
+            .map(|(_, at)| *at)
+            .unwrap_or_else(|| panic!("a retry delay for {receipt}: {set:?}"))
+    };
+    let ahead = at("receipt-slow").saturating_duration_since(at("receipt-away"));
+    assert!(
+        ahead >= Duration::from_millis(400),
+        "set while the slow send still waited for Meta, not with it ({ahead:?} before)"
+    );
+}
+
 on_both_backends!(
+    a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_slowest_job,
     a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not_left_sending,
     a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_once,
     a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process,

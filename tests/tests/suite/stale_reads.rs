@@ -97,10 +97,13 @@ impl MessageStore for Behind {
         &self,
         tenant: &TenantId,
         id: &MessageId,
+        claimed_at: DateTime<Utc>,
         error: &MessageError,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
-        self.inner.release_for_retry(tenant, id, error, at).await
+        self.inner
+            .release_for_retry(tenant, id, claimed_at, error, at)
+            .await
     }
     async fn set_wamid(
         &self,

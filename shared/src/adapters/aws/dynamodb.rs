@@ -1133,6 +1133,7 @@ impl MessageStore for DynamoStore {
         &self,
         tenant: &TenantId,
         id: &MessageId,
+        claimed_at: DateTime<Utc>,
         error: &MessageError,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
@@ -1147,9 +1148,11 @@ impl MessageStore for DynamoStore {
             .update_expression(
                 "SET #status = :acc, #error = :e, updated_at = :at REMOVE gsi1pk, gsi1sk",
             )
-            // An expired message cannot be revived (as in `transition` and in memory).
+            // Only this claim (`expire_sending`'s condition); an expired message cannot be
+            // revived (as in `transition` and in memory).
             .condition_expression(
-                "#status = :sending AND (attribute_not_exists(#ttl) OR #ttl > :now)",
+                "#status = :sending AND updated_at = :claimed \
+                 AND (attribute_not_exists(#ttl) OR #ttl > :now)",
             )
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#error", "error")
@@ -1161,6 +1164,10 @@ impl MessageStore for DynamoStore {
             .expression_attribute_values(
                 ":at",
                 s(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            )
+            .expression_attribute_values(
+                ":claimed",
+                s(claimed_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
             )
             .return_values(ReturnValue::AllNew)
             .send()

@@ -785,6 +785,7 @@ impl MessageStore for MemoryStore {
         &self,
         tenant: &TenantId,
         id: &MessageId,
+        claimed_at: DateTime<Utc>,
         error: &MessageError,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
@@ -797,7 +798,7 @@ impl MessageStore for MemoryStore {
         else {
             return Ok(Transition::Refused);
         };
-        if m.status != MessageStatus::Sending {
+        if m.status != MessageStatus::Sending || m.updated_at != claimed_at {
             return Ok(Transition::Refused);
         }
         let m = Arc::make_mut(m);

@@ -319,11 +319,12 @@ impl BroadcastStore for DynamoStore {
         let hold = match self.get_broadcast(tenant, broadcast).await {
             Ok(b) => b.and_then(|b| b.control),
             Err(e) => {
-                if let Err(undo) = self
-                    .unclaim_broadcast_message(tenant, message, &record, at)
-                    .await
+                if let Err(undo) = crate::store_error::undo(|| {
+                    self.unclaim_broadcast_message(tenant, message, &record, at)
+                })
+                .await
                 {
-                    tracing::warn!(error = %undo, "a broadcast claim whose hold could not be read was not given back");
+                    tracing::error!(error = %undo, "a broadcast claim whose hold could not be read was not given back");
                 }
                 return Err(e);
             }
@@ -331,16 +332,10 @@ impl BroadcastStore for DynamoStore {
         match hold {
             None => Ok(BroadcastClaim::Claimed(Box::new(record))),
             Some(hold) => {
-                // Tried twice: a claim left standing would leave the message `sending`
-                // with nothing sent, for its sending deadline to settle.
-                if let Err(e) = self
-                    .unclaim_broadcast_message(tenant, message, &record, at)
-                    .await
-                {
-                    tracing::warn!(error = %e, "giving a held broadcast claim back failed; trying again");
+                crate::store_error::undo(|| {
                     self.unclaim_broadcast_message(tenant, message, &record, at)
-                        .await?;
-                }
+                })
+                .await?;
                 Ok(BroadcastClaim::Held(hold))
             }
         }

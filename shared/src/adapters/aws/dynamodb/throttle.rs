@@ -238,6 +238,7 @@ impl SendingControl for DynamoStore {
         &self,
         tenant: &TenantId,
         id: &MessageId,
+        claimed_at: DateTime<Utc>,
         at: DateTime<Utc>,
         slot: Option<CarriedSlot>,
     ) -> Result<Transition, StoreError> {
@@ -258,11 +259,15 @@ impl SendingControl for DynamoStore {
                 "SET #status = :acc, updated_at = :at REMOVE gsi1pk, gsi1sk ADD attempts :minus"
             })
             .set_expression_attribute_values(carried.map(|v| [(":slot".to_owned(), v)].into()))
-            .condition_expression("#status = :sending AND attempts > :zero")
+            // Only this claim, as `expire_sending`.
+            .condition_expression(
+                "#status = :sending AND attempts > :zero AND updated_at = :claimed",
+            )
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
             .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))
             .expression_attribute_values(":at", stamp(at))
+            .expression_attribute_values(":claimed", stamp(claimed_at))
             .expression_attribute_values(":minus", n(-1))
             .expression_attribute_values(":zero", n(0))
             .return_values(ReturnValue::AllNew)

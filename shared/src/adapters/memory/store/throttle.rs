@@ -56,6 +56,7 @@ impl SendingControl for MemoryStore {
         &self,
         tenant: &TenantId,
         id: &MessageId,
+        claimed_at: DateTime<Utc>,
         at: DateTime<Utc>,
         slot: Option<CarriedSlot>,
     ) -> Result<Transition, StoreError> {
@@ -63,7 +64,7 @@ impl SendingControl for MemoryStore {
         let Some(m) = s.messages.get_mut(message_key(&(tenant, id))) else {
             return Ok(Transition::Refused);
         };
-        if m.status != MessageStatus::Sending || m.attempts == 0 {
+        if m.status != MessageStatus::Sending || m.attempts == 0 || m.updated_at != claimed_at {
             return Ok(Transition::Refused);
         }
         let m = std::sync::Arc::make_mut(m);
