@@ -48,10 +48,12 @@ pub async fn dispatch_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
 }
 
 /// Sends a batch's hops ([`Outcome::Again`]): those with the same delay (in SQS's whole
-/// seconds) together, one `SendMessageBatch` per ten instead of a `SendMessage` each.
-/// Each hop becomes `Done` once sent, or `RetryAfter` the backoff when its send failed
-/// (the job received is then retried; a partly sent batch leaves duplicates of the sent
-/// ones, which the conditional moves of the message drop when it comes due).
+/// seconds) together, one `SendMessageBatch` per ten (or per 256 KiB of bodies) instead
+/// of a `SendMessage` each. Each hop becomes `Done` once sent, or `RetryAfter` the backoff
+/// when its send failed (the job received is then retried). Entries SQS refused on its
+/// side are sent again alone once (`SqsQueue`); a batch still partly sent after that
+/// leaves duplicates of the sent ones, which the conditional moves of the message drop
+/// when it comes due.
 async fn send_hops(deps: &Deps, mut outcomes: Vec<Outcome>) -> Vec<Outcome> {
     let mut by_delay: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
     for (i, o) in outcomes.iter().enumerate() {

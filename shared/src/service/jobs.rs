@@ -134,8 +134,9 @@ impl QueueJob {
     }
 }
 
-/// What the queue should do with a message after one attempt at it.
-#[derive(Debug, Clone, PartialEq)]
+/// What the queue should do with a message after one attempt at it. Its `Debug` leaves
+/// out a hop's job body (a message's content and unmasked recipient).
+#[derive(Clone, PartialEq)]
 pub enum Outcome {
     /// Finished (sent, failed for good, or a duplicate): delete it from the queue.
     Done,
@@ -149,6 +150,21 @@ pub enum Outcome {
     /// batch's hops go out together (`queue_handlers`, one `SendMessageBatch` per delay);
     /// `dispatch::handle` sends a lone one itself.
     Again(String, Duration),
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Done => f.write_str("Done"),
+            Outcome::RetryAfter(d) => f.debug_tuple("RetryAfter").field(d).finish(),
+            Outcome::Poison => f.write_str("Poison"),
+            Outcome::Again(body, d) => f
+                .debug_tuple("Again")
+                .field(&format_args!("<job, {} bytes>", body.len()))
+                .field(d)
+                .finish(),
+        }
+    }
 }
 
 /// SQS's longest visibility timeout.
@@ -167,6 +183,18 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
 mod tests {
     use super::*;
     use crate::domain::TemplateCategory;
+
+    #[test]
+    fn a_hops_debug_shows_neither_its_content_nor_its_recipient() {
+        let body = serde_json::to_string(&QueueJob::Send(send_job())).expect("a job");
+        assert!(body.contains("+60123456789") && body.contains("\"hi\""));
+        let shown = format!("{:?}", Outcome::Again(body.clone(), Duration::from_secs(30)));
+        assert_eq!(shown, format!("Again(<job, {} bytes>, 30s)", body.len()));
+        assert_eq!(
+            format!("{:?}", Outcome::RetryAfter(Duration::from_millis(500))),
+            "RetryAfter(500ms)"
+        );
+    }
 
     fn send_job() -> DispatchJob {
         DispatchJob {

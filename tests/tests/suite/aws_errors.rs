@@ -75,3 +75,92 @@ async fn a_queue_that_does_not_exist_is_a_misconfiguration_not_retried() {
     assert!(matches!(err, StoreError::Misconfigured(_)), "{err:?}");
     assert!(!err.is_retryable());
 }
+
+/// A stand-in for SQS's `SendMessageBatch` that notes each call's entry ids and answers with
+/// `refuse(call, id)`: `Some(sender_fault)` refuses that entry, `None` takes it.
+async fn scripted_sqs(
+    refuse: fn(usize, &str) -> Option<bool>,
+) -> (String, Arc<std::sync::Mutex<Vec<Vec<String>>>>) {
+    let calls: Arc<std::sync::Mutex<Vec<Vec<String>>>> = Arc::default();
+    let noted = calls.clone();
+    let app = axum::Router::new().fallback(move |body: String| {
+        let noted = noted.clone();
+        async move {
+            let request: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let ids: Vec<String> = request["Entries"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e["Id"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let call = {
+                let mut calls = noted.lock().unwrap();
+                calls.push(ids.clone());
+                calls.len()
+            };
+            let (mut ok, mut failed) = (Vec::new(), Vec::new());
+            for id in &ids {
+                match refuse(call, id) {
+                    Some(sender_fault) => failed.push(serde_json::json!({
+                        "Id": id, "SenderFault": sender_fault, "Code": "InternalError",
+                        "Message": "scripted"
+                    })),
+                    None => ok.push(serde_json::json!({
+                        "Id": id, "MessageId": format!("m-{call}-{id}"),
+                        "MD5OfMessageBody": "00000000000000000000000000000000"
+                    })),
+                }
+            }
+            (
+                [("content-type", "application/x-amz-json-1.0")],
+                serde_json::json!({ "Successful": ok, "Failed": failed }).to_string(),
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), calls)
+}
+
+#[tokio::test]
+async fn a_batch_entry_sqs_refused_on_its_side_is_sent_again_alone_and_one_refused_as_ours_is_not()
+{
+    let bodies: Vec<String> = (0..3).map(|i| format!("job-{i}")).collect();
+    // SQS's side (an internal error) for entry 1 on the first call: only it goes again.
+    let (url, calls) = scripted_sqs(|call, id| (call == 1 && id == "1").then_some(false)).await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let queue = SqsQueue::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        format!("{url}/000000000000/DispatchQueue"),
+        None,
+    );
+    queue
+        .send_batch_delayed(&bodies, std::time::Duration::from_secs(3))
+        .await
+        .expect("queued on the second call");
+    assert_eq!(
+        calls.lock().unwrap().clone(),
+        vec![vec!["0", "1", "2"], vec!["1"]],
+        "the refused entry alone, the others not twice"
+    );
+
+    // Refused as the sender's fault: the same again would be refused, so not tried again.
+    let (url, calls) = scripted_sqs(|_, id| (id == "2").then_some(true)).await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let queue = SqsQueue::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        format!("{url}/000000000000/DispatchQueue"),
+        None,
+    );
+    let err = queue
+        .send_batch_delayed(&bodies, std::time::Duration::from_secs(3))
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, StoreError::Rejected(_)), "{err:?}");
+    assert_eq!(calls.lock().unwrap().len(), 1);
+}

@@ -963,6 +963,31 @@ async fn a_delayed_batch_stays_hidden_until_it_is_due_then_arrives_whole(p: Port
     assert_eq!(got, want, "every delayed one, once due");
 }
 
+/// Large jobs (a template's components may take most of a 256 KiB request) sent together,
+/// as a dispatcher batch's hops are: SQS refuses a batch whose bodies together pass the
+/// queue's largest message, so they go in as many calls as that takes, and all arrive.
+async fn jobs_whose_bodies_together_pass_one_batchs_bytes_are_all_queued(p: Ports) {
+    let bodies: Vec<String> = (0..6)
+        .map(|i| format!("big-{i}-{}", "x".repeat(200 * 1024)))
+        .collect();
+    p.queue
+        .send_batch_delayed(&bodies, Duration::from_secs(1))
+        .await
+        .expect("queued");
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..20 {
+        for m in p.queue.receive(10, Duration::from_secs(1)).await.unwrap() {
+            p.queue.delete(&m.receipt).await.unwrap();
+            got.push(m.body);
+        }
+        if got.len() >= bodies.len() {
+            break;
+        }
+    }
+    got.sort();
+    assert_eq!(got, bodies, "each once");
+}
+
 async fn a_batch_of_received_messages_is_deleted_in_one_call(p: Ports) {
     let bodies: Vec<String> = (0..12).map(|i| format!("batch-{i}")).collect();
     p.queue.send_batch(&bodies).await.unwrap();
@@ -1159,6 +1184,7 @@ contract!(
     a_peeked_message_stays_as_it_was_read_while_the_stored_one_moves_on,
     queued_messages_come_back_until_deleted_and_end_on_the_dead_letter_queue,
     a_batch_of_received_messages_is_deleted_in_one_call,
+    jobs_whose_bodies_together_pass_one_batchs_bytes_are_all_queued,
     a_delayed_batch_stays_hidden_until_it_is_due_then_arrives_whole,
     parked_messages_are_listed_in_place_and_redriven_by_id_or_all_at_once,
     secrets_keep_the_previous_version_during_rotation,

@@ -63,6 +63,29 @@ fn delay_seconds(delay: Duration) -> i32 {
     delay.as_secs_f64().ceil().clamp(0.0, 900.0) as i32
 }
 
+/// The most bytes of message bodies one `SendMessageBatch` carries: SQS refuses a batch
+/// whose bodies together exceed the queue's largest message (`BatchRequestTooLong`), 256 KiB
+/// on a queue made before August 2025 (1 MiB since), whatever the count.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// `bodies` in runs SQS takes as one batch each: at most ten, and at most [`BATCH_BYTES`]
+/// together (a body larger than that alone in its run).
+fn batches(bodies: &[String]) -> Vec<&[String]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, b) in bodies.iter().enumerate() {
+        if i > start && (i - start == 10 || bytes + b.len() > BATCH_BYTES) {
+            out.push(&bodies[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += b.len();
+    }
+    if start < bodies.len() {
+        out.push(&bodies[start..]);
+    }
+    out
+}
+
 /// The entries of a batch call SQS refused, as one error (none: `Ok`). SQS says whose
 /// fault each refusal is: ours will repeat (`Rejected`), its own may not (`Unavailable`).
 fn batch_refusals(
@@ -122,28 +145,38 @@ impl DispatchQueue for SqsQueue {
         delay: Duration,
     ) -> Result<(), StoreError> {
         let secs = delay_seconds(delay);
-        for chunk in bodies.chunks(10) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message_body(b)
-                        .set_delay_seconds((secs > 0).then_some(secs))
-                        .build()
-                        .map_err(|e| StoreError::Corrupt(format!("sqs batch entry: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let out = self
-                .client
-                .send_message_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| classify("sqs send batch", e))?;
-            batch_refusals("sqs send batch", out.failed(), chunk.len())?;
+        for chunk in batches(bodies) {
+            // Entry ids are the bodies' places in the chunk; a retry sends only the
+            // entries SQS refused on its side (the others are queued: sending them again
+            // would queue them twice).
+            let mut left: Vec<usize> = (0..chunk.len()).collect();
+            for attempt in 1..=2 {
+                let entries = left
+                    .iter()
+                    .map(|&i| {
+                        SendMessageBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message_body(&chunk[i])
+                            .set_delay_seconds((secs > 0).then_some(secs))
+                            .build()
+                            .map_err(|e| StoreError::Corrupt(format!("sqs batch entry: {e}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let out = self
+                    .client
+                    .send_message_batch()
+                    .queue_url(&self.url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| classify("sqs send batch", e))?;
+                let failed = out.failed();
+                if attempt == 2 || failed.is_empty() || failed.iter().any(|f| f.sender_fault()) {
+                    batch_refusals("sqs send batch", failed, left.len())?;
+                    break;
+                }
+                left = failed.iter().filter_map(|f| f.id().parse().ok()).collect();
+            }
         }
         Ok(())
     }
@@ -357,5 +390,32 @@ impl SqsQueue {
                 tracing::warn!(error = %classify("sqs release dlq", e), "a dead letter stays hidden until its hold lapses");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{batches, BATCH_BYTES};
+
+    #[test]
+    fn a_batch_is_cut_at_ten_bodies_or_at_sqss_bytes_whichever_comes_first() {
+        let lens = |runs: Vec<&[String]>| runs.iter().map(|r| r.len()).collect::<Vec<_>>();
+        let small: Vec<String> = (0..23).map(|i| format!("job-{i}")).collect();
+        assert_eq!(lens(batches(&small)), vec![10, 10, 3]);
+        assert!(batches(&[]).is_empty());
+        // Four bodies of 100 KiB: two fit, a third would pass 256 KiB.
+        let big: Vec<String> = (0..4).map(|_| "x".repeat(100 * 1024)).collect();
+        assert_eq!(lens(batches(&big)), vec![2, 2]);
+        // One larger than the limit goes alone; the small ones around it are not held back.
+        let mixed = vec![
+            "a".to_owned(),
+            "y".repeat(BATCH_BYTES + 1),
+            "b".to_owned(),
+            "c".to_owned(),
+        ];
+        assert_eq!(lens(batches(&mixed)), vec![1, 1, 2]);
+        // Exactly the limit fits in one.
+        let exact = vec!["z".repeat(BATCH_BYTES / 2), "z".repeat(BATCH_BYTES / 2)];
+        assert_eq!(lens(batches(&exact)), vec![2]);
     }
 }
