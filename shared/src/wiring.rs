@@ -375,12 +375,9 @@ pub fn aws_sdk_loader() -> aws_config::ConfigLoader {
     aws_config::from_env().http_client(aws_https_client())
 }
 
-/// The one HTTPS client of every AWS client: rustls on `ring`.
+/// The one HTTPS client of every AWS client: reqwest on rustls and `ring`.
 fn aws_https_client() -> aws_sdk_dynamodb::config::SharedHttpClient {
-    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https()
+    crate::adapters::aws::http::shared_client()
 }
 
 /// A Lambda's AWS SDK configuration from the variables Lambda sets for every function:

@@ -188,7 +188,10 @@ mod tests {
     fn a_hops_debug_shows_neither_its_content_nor_its_recipient() {
         let body = serde_json::to_string(&QueueJob::Send(send_job())).expect("a job");
         assert!(body.contains("+60123456789") && body.contains("\"hi\""));
-        let shown = format!("{:?}", Outcome::Again(body.clone(), Duration::from_secs(30)));
+        let shown = format!(
+            "{:?}",
+            Outcome::Again(body.clone(), Duration::from_secs(30))
+        );
         assert_eq!(shown, format!("Again(<job, {} bytes>, 30s)", body.len()));
         assert_eq!(
             format!("{:?}", Outcome::RetryAfter(Duration::from_millis(500))),

@@ -164,3 +164,54 @@ async fn a_batch_entry_sqs_refused_on_its_side_is_sent_again_alone_and_one_refus
     assert!(matches!(err, StoreError::Rejected(_)), "{err:?}");
     assert_eq!(calls.lock().unwrap().len(), 1);
 }
+
+/// The SDK's HTTP client (reqwest, `adapters/aws/http.rs`) keeps the SDK's error classes:
+/// an endpoint nothing listens on, and one that takes the connection and never answers
+/// (with the SDK's read timeout set), are failures a retry can get past, not a
+/// misconfiguration and not a hang.
+#[tokio::test]
+async fn an_aws_endpoint_that_refuses_or_never_answers_is_retryable_not_a_hang() {
+    let queue_at = |sdk: &aws_config::SdkConfig, url: &str| {
+        SqsQueue::new(
+            aws_sdk_sqs::Client::new(sdk),
+            format!("{url}/000000000000/DispatchQueue"),
+            None,
+        )
+    };
+    // Nothing listening: the port was free a moment ago.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        l.local_addr().expect("its address")
+    };
+    let url = format!("http://{closed}");
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let err = queue_at(&sdk, &url).send("{}").await.expect_err("refused");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+
+    // Silent: connections taken and held, never answered.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let url = format!("http://{}", silent.local_addr().expect("its address"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url))
+        .await
+        .to_builder()
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .read_timeout(std::time::Duration::from_millis(200))
+                .build(),
+        )
+        .build();
+    let err = queue_at(&sdk, &url)
+        .send("{}")
+        .await
+        .expect_err("timed out");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("timeout"), "{err}");
+}

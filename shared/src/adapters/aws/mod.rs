@@ -4,6 +4,7 @@
 //! through the one [`classify`] below.
 
 mod dynamodb;
+pub mod http;
 mod kms;
 mod secrets_manager;
 mod sqs;
