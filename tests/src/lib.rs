@@ -42,52 +42,68 @@ fn workspace_root() -> PathBuf {
 }
 
 static MOTO: OnceCell<String> = OnceCell::const_new();
+static MOTO_AUTH: OnceCell<String> = OnceCell::const_new();
 
 /// The moto endpoint: `KIRIM_TEST_MOTO_URL` (the test command starts moto and sets it),
 /// or a moto server started from the project's `.venv` for this test process.
 pub async fn moto_endpoint() -> String {
-    MOTO.get_or_init(|| async {
-        if let Ok(url) = std::env::var("KIRIM_TEST_MOTO_URL") {
+    MOTO.get_or_init(|| own_moto("KIRIM_TEST_MOTO_URL"))
+        .await
+        .clone()
+}
+
+/// A second moto server, for the tests that turn on its IAM authentication (moto then
+/// checks every request's SigV4 signature and its caller's policy, for every client of that
+/// server: never the shared one). `KIRIM_TEST_MOTO_AUTH_URL`, or one started for this test
+/// process.
+pub async fn moto_auth_endpoint() -> String {
+    MOTO_AUTH
+        .get_or_init(|| own_moto("KIRIM_TEST_MOTO_AUTH_URL"))
+        .await
+        .clone()
+}
+
+/// `var`'s moto server, or one started from the project's `.venv`, stopped when this test
+/// process ends.
+async fn own_moto(var: &str) -> String {
+    if let Ok(url) = std::env::var(var) {
+        return url;
+    }
+    let python = workspace_root().join(".venv/bin/python");
+    let launcher = workspace_root().join("scripts/moto_server.py");
+    assert!(
+        python.exists(),
+        "moto is not installed: run ./scripts/test (it installs moto into .venv), \
+         or set {var} to a running moto server"
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    // The wrapper stops moto when this test process ends.
+    let script = format!(
+        "{} {} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
+         while kill -0 {} 2>/dev/null; do sleep 1; done; kill $m",
+        python.display(),
+        launcher.display(),
+        std::process::id()
+    );
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start moto");
+    // Reap the wrapper when it ends, so it never lingers as a zombie.
+    std::thread::spawn(move || child.wait());
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if reqwest::get(format!("{url}/moto-api/")).await.is_ok() {
             return url;
         }
-        let python = workspace_root().join(".venv/bin/python");
-        let launcher = workspace_root().join("scripts/moto_server.py");
-        assert!(
-            python.exists(),
-            "moto is not installed: run ./scripts/test (it installs moto into .venv), \
-             or set KIRIM_TEST_MOTO_URL to a running moto server"
-        );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        // The wrapper stops moto when this test process ends.
-        let script = format!(
-            "{} {} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
-             while kill -0 {} 2>/dev/null; do sleep 1; done; kill $m",
-            python.display(),
-            launcher.display(),
-            std::process::id()
-        );
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start moto");
-        // Reap the wrapper when it ends, so it never lingers as a zombie.
-        std::thread::spawn(move || child.wait());
-        let url = format!("http://127.0.0.1:{port}");
-        for _ in 0..100 {
-            if reqwest::get(format!("{url}/moto-api/")).await.is_ok() {
-                return url;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("moto did not start on {url}");
-    })
-    .await
-    .clone()
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("moto did not start on {url}");
 }
 
 /// SDK configuration pointing at moto.

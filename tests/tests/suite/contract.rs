@@ -73,12 +73,18 @@ pub(crate) async fn aws() -> Ports {
 /// [`aws`], and its table's client and name: for a test that writes an item as no adapter
 /// would.
 pub(crate) async fn aws_and_table() -> (Ports, aws_sdk_dynamodb::Client, String) {
-    let sdk = moto_sdk().await;
-    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
+    aws_on(&moto_sdk().await).await
+}
+
+/// [`aws_and_table`] on the emulator `sdk` points at, with its credentials.
+pub(crate) async fn aws_on(
+    sdk: &aws_config::SdkConfig,
+) -> (Ports, aws_sdk_dynamodb::Client, String) {
+    let stack = kirim_infra::bootstrap::ensure_stack(sdk, &unique_stack())
         .await
         .expect("stack in moto");
     let clock = ManualClock::new();
-    let table = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = aws_sdk_dynamodb::Client::new(sdk);
     let ports = ports(
         Arc::new(DynamoStore::new(
             table.clone(),
@@ -86,12 +92,12 @@ pub(crate) async fn aws_and_table() -> (Ports, aws_sdk_dynamodb::Client, String)
             clock.clone(),
         )),
         Arc::new(SqsQueue::new(
-            aws_sdk_sqs::Client::new(&sdk),
+            aws_sdk_sqs::Client::new(sdk),
             stack.queue_url("DispatchQueue").unwrap_or_default(),
             stack.queue_url("DispatchDeadLetterQueue"),
         )),
         Arc::new(SecretsManagerStore::new(
-            aws_sdk_secretsmanager::Client::new(&sdk),
+            aws_sdk_secretsmanager::Client::new(sdk),
         )),
         clock,
     );

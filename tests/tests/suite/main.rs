@@ -52,6 +52,7 @@ mod optouts;
 mod privacy;
 mod quality;
 mod retention;
+mod signed_requests;
 mod spans;
 mod stale_reads;
 mod stepped_audit;

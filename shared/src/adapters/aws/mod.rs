@@ -95,8 +95,10 @@ const MISCONFIGURED_CODES: &[&str] = &[
 ];
 
 /// The class of an error the service answered, from its error code first and its HTTP
-/// status second: 429 and 5xx are retryable, every other 4xx is rejected. An answer with
-/// neither (a garbled response) is retried.
+/// status second: 429 and 5xx are retryable, 401 and 403 are this process's credentials or
+/// grants (an answer whose code the SDK could not read, as an emulator's XML error to a JSON
+/// client), every other 4xx is rejected. An answer with neither (a garbled response) is
+/// retried.
 pub(crate) fn class_of(code: Option<&str>, status: Option<u16>) -> Class {
     if let Some(code) = code {
         if RETRYABLE_CODES.contains(&code) {
@@ -108,6 +110,7 @@ pub(crate) fn class_of(code: Option<&str>, status: Option<u16>) -> Class {
     }
     match status {
         Some(429) => Class::Retryable,
+        Some(401 | 403) => Class::Misconfigured,
         Some(s) if (400..500).contains(&s) => Class::Rejected,
         _ => Class::Retryable,
     }
@@ -282,6 +285,18 @@ mod tests {
             let e = classify("op", answered(code, 400));
             assert!(matches!(e, StoreError::Misconfigured(_)), "{code}: {e:?}");
             assert!(!e.is_retryable());
+        }
+        // Forbidden or unauthorised with no code the SDK could read.
+        for status in [401, 403] {
+            assert_eq!(
+                class_of(None, Some(status)),
+                Class::Misconfigured,
+                "{status}"
+            );
+            assert_eq!(
+                class_of(Some("SomethingNew"), Some(status)),
+                Class::Misconfigured
+            );
         }
     }
 
