@@ -372,7 +372,9 @@ pub async fn lambda_deps(function: Function) -> Result<Deps, ConfigError> {
 /// uses: rustls on `ring`. The SDK crates are built without their default client
 /// (`Cargo.toml`), so a client made from any other loader has no HTTP client at all.
 pub fn aws_sdk_loader() -> aws_config::ConfigLoader {
-    aws_config::from_env().http_client(aws_https_client())
+    aws_config::from_env()
+        .http_client(aws_https_client())
+        .retry_config(crate::adapters::aws::http::retry_config())
 }
 
 /// The one HTTPS client of every AWS client: reqwest on rustls and `ring`.
@@ -405,7 +407,8 @@ pub fn lambda_sdk_config<F: Fn(&str) -> Option<String>>(
         .credentials_provider(
             aws_credential_types::provider::SharedCredentialsProvider::new(credentials),
         )
-        .http_client(aws_https_client());
+        .http_client(aws_https_client())
+        .retry_config(crate::adapters::aws::http::retry_config());
     if let Some(endpoint) = env.optional("AWS_ENDPOINT_URL") {
         sdk = sdk.endpoint_url(endpoint);
     }

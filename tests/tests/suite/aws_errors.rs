@@ -77,7 +77,8 @@ async fn a_queue_that_does_not_exist_is_a_misconfiguration_not_retried() {
 }
 
 /// A stand-in for SQS's `SendMessageBatch` that notes each call's entry ids and answers with
-/// `refuse(call, id)`: `Some(sender_fault)` refuses that entry, `None` takes it.
+/// `refuse(call, id)`: `Some(sender_fault)` refuses that entry, `None` takes it. A refusal
+/// of entry `"7"` names entry `"70"` instead (an id the call never sent).
 async fn scripted_sqs(
     refuse: fn(usize, &str) -> Option<bool>,
 ) -> (String, Arc<std::sync::Mutex<Vec<Vec<String>>>>) {
@@ -104,7 +105,8 @@ async fn scripted_sqs(
             for id in &ids {
                 match refuse(call, id) {
                     Some(sender_fault) => failed.push(serde_json::json!({
-                        "Id": id, "SenderFault": sender_fault, "Code": "InternalError",
+                        "Id": if id == "7" { "70" } else { id },
+                        "SenderFault": sender_fault, "Code": "InternalError",
                         "Message": "scripted"
                     })),
                     None => ok.push(serde_json::json!({
@@ -163,6 +165,154 @@ async fn a_batch_entry_sqs_refused_on_its_side_is_sent_again_alone_and_one_refus
         .expect_err("refused");
     assert!(matches!(err, StoreError::Rejected(_)), "{err:?}");
     assert_eq!(calls.lock().unwrap().len(), 1);
+
+    // Refused on SQS's side twice: an error to retry, after the one resend, naming the
+    // chunk's size.
+    let (url, calls) = scripted_sqs(|_, id| (id == "0").then_some(false)).await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let queue = SqsQueue::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        format!("{url}/000000000000/DispatchQueue"),
+        None,
+    );
+    let err = queue
+        .send_batch_delayed(&bodies, std::time::Duration::from_secs(3))
+        .await
+        .expect_err("refused twice");
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("1 of 3 refused"), "{err}");
+    assert_eq!(
+        calls.lock().unwrap().clone(),
+        vec![vec!["0", "1", "2"], vec!["0"]]
+    );
+}
+
+#[tokio::test]
+async fn a_batch_refusal_naming_an_entry_never_sent_fails_the_batch_rather_than_guess() {
+    let bodies: Vec<String> = (0..8).map(|i| format!("job-{i}")).collect();
+    // Entry 7's refusal names "70": which entry is unqueued is unknown, so none is sent
+    // again alone (nor does anything panic); the caller's retry sends the batch again.
+    let (url, calls) = scripted_sqs(|call, id| (call == 1 && id == "7").then_some(false)).await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let queue = SqsQueue::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        format!("{url}/000000000000/DispatchQueue"),
+        None,
+    );
+    let err = queue
+        .send_batch_delayed(&bodies, std::time::Duration::ZERO)
+        .await
+        .expect_err("unknown entry");
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(calls.lock().unwrap().len(), 1, "no resend of a guess");
+}
+
+/// A stand-in DynamoDB that answers `500 InternalServerError` to its first call and an empty
+/// `GetItem` after, counting calls.
+async fn dynamodb_failing_once() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().fallback(move || {
+        let call = counted.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            let (status, body) = if call == 1 {
+                (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"scripted"}"#,
+                )
+            } else {
+                (axum::http::StatusCode::OK, "{}")
+            };
+            (
+                status,
+                [("content-type", "application/x-amz-json-1.0")],
+                body,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), calls)
+}
+
+/// The SDK closes a connection after a transient answer only through its own HTTP client;
+/// ours cannot, and says so (`http::retry_config`), or every 5xx would also log an ERROR
+/// line ("unable to mark the connection for closure") to CloudWatch.
+#[tokio::test]
+async fn a_transient_aws_answer_is_retried_without_an_error_line_about_its_connection() {
+    kirim_tests::capture_logs();
+    let (url, calls) = dynamodb_failing_once().await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        "Table",
+        ManualClock::new(),
+    );
+    let found = store
+        .get_tenant(&TenantId::generate())
+        .await
+        .expect("answered on the retry");
+    assert_eq!(found, None);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let logs = kirim_tests::captured_logs();
+    assert!(
+        !logs.contains("unable to mark the connection"),
+        "an error line about the connection: {logs}"
+    );
+}
+
+/// A response whose headers came and whose body stopped: the SDK's stalled-stream
+/// protection (on by default) fails the attempt, as with the SDK's own client, instead of
+/// the call waiting for the Lambda's timeout. (Its grace period, 5 s by default, is 1 s
+/// here, and one attempt.)
+#[tokio::test]
+async fn a_response_body_that_stops_arriving_fails_its_attempt_instead_of_hanging() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let url = format!("http://{}", stalled.local_addr().expect("its address"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut socket, _)) = stalled.accept().await {
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\n\
+                      content-length: 100\r\n\r\n{",
+                )
+                .await;
+            held.push(socket);
+        }
+    });
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url))
+        .await
+        .to_builder()
+        .stalled_stream_protection(
+            aws_config::stalled_stream_protection::StalledStreamProtectionConfig::enabled()
+                .grace_period(std::time::Duration::from_secs(1))
+                .build(),
+        )
+        .retry_config(kirim::adapters::aws::http::retry_config().with_max_attempts(1))
+        .build();
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        "Table",
+        ManualClock::new(),
+    );
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        store.get_tenant(&TenantId::generate()),
+    )
+    .await
+    .expect("the attempt failed, it did not hang");
+    let err = answer.expect_err("a stalled body");
+    assert!(err.is_retryable(), "{err:?}");
 }
 
 /// The SDK's HTTP client (reqwest, `adapters/aws/http.rs`) keeps the SDK's error classes:
@@ -214,4 +364,47 @@ async fn an_aws_endpoint_that_refuses_or_never_answers_is_retryable_not_a_hang()
         .expect_err("timed out");
     assert!(err.is_retryable(), "{err:?}");
     assert!(err.to_string().contains("timeout"), "{err}");
+}
+
+/// An answer that takes its time (here 4 s, past the 1 s grace period and 1 s window the
+/// test gives the SDK's stalled-stream protection; on Lambda 5 s) is waited for: the
+/// request's body was read to its end, so the SDK does not take the wait for a stalled
+/// upload and cut the call as a timeout.
+#[tokio::test]
+async fn a_slow_answer_is_waited_for_not_cut_as_a_stalled_upload() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().fallback(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+            ([("content-type", "application/x-amz-json-1.0")], "{}")
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let url = format!("http://{}", listener.local_addr().expect("its address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url))
+        .await
+        .to_builder()
+        .stalled_stream_protection(
+            aws_config::stalled_stream_protection::StalledStreamProtectionConfig::enabled()
+                .grace_period(std::time::Duration::from_secs(1))
+                .build(),
+        )
+        .build();
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        "Table",
+        ManualClock::new(),
+    );
+    let found = store
+        .get_tenant(&TenantId::generate())
+        .await
+        .expect("the slow answer");
+    assert_eq!(found, None);
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one attempt, not cut");
 }

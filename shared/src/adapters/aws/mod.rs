@@ -325,8 +325,11 @@ mod tests {
             "bad uri".into(),
         ));
         assert_eq!(class_of_sdk(&invalid), Class::Rejected);
-        let refused = SdkError::<GetItemError, Status>::response_error("html", Status(403));
+        let refused = SdkError::<GetItemError, Status>::response_error("html", Status(400));
         assert_eq!(class_of_sdk(&refused), Class::Rejected);
+        // Forbidden, in a body the SDK could not read: this process's grants.
+        let forbidden = SdkError::<GetItemError, Status>::response_error("html", Status(403));
+        assert_eq!(class_of_sdk(&forbidden), Class::Misconfigured);
     }
 
     #[test]

@@ -172,10 +172,27 @@ impl DispatchQueue for SqsQueue {
                     .map_err(|e| classify("sqs send batch", e))?;
                 let failed = out.failed();
                 if attempt == 2 || failed.is_empty() || failed.iter().any(|f| f.sender_fault()) {
-                    batch_refusals("sqs send batch", failed, left.len())?;
+                    batch_refusals("sqs send batch", failed, chunk.len())?;
                     break;
                 }
-                left = failed.iter().filter_map(|f| f.id().parse().ok()).collect();
+                // Only ids this call sent, each once; a refusal naming anything else leaves
+                // unknown which entries are queued: the whole chunk fails (its caller sends
+                // it again: a duplicate at worst, never a body lost).
+                let mut again: Vec<usize> = failed
+                    .iter()
+                    .filter_map(|f| f.id().parse().ok())
+                    .filter(|i| left.contains(i))
+                    .collect();
+                again.sort_unstable();
+                again.dedup();
+                if again.len() != failed.len() {
+                    return Err(StoreError::Unavailable(format!(
+                        "sqs send batch: {} of {} refusals name no entry sent",
+                        failed.len() - again.len(),
+                        failed.len()
+                    )));
+                }
+                left = again;
             }
         }
         Ok(())
