@@ -705,15 +705,20 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     } else {
                         "transient"
                     });
-                    deps.messages
-                        .release_for_retry(
+                    // Tried again while the store's failure is worth it, as every undo is
+                    // (`store_error::undo`): a release left undone keeps the message
+                    // `sending` with nothing sent, for its deadline to fail it unrefunded.
+                    // Repeatable: conditional on this claim.
+                    crate::store_error::undo(|| {
+                        deps.messages.release_for_retry(
                             &job.tenant_id,
                             &job.message_id,
                             record.updated_at,
                             &error,
                             deps.clock.now(),
                         )
-                        .await?;
+                    })
+                    .await?;
                     let base = if class == ErrorClass::Delayed {
                         deps.settings.dispatch_backoff.saturating_mul(2)
                     } else {

@@ -185,6 +185,8 @@ struct Flaky {
     die_on_insert: AtomicBool,
     /// The next wamid index write fails (then the flag clears).
     fail_index_once: AtomicBool,
+    /// The next release for a retry fails (then the flag clears).
+    fail_release_once: AtomicBool,
 }
 
 impl Flaky {
@@ -194,6 +196,7 @@ impl Flaky {
             fail_refund: AtomicBool::new(false),
             die_on_insert: AtomicBool::new(false),
             fail_index_once: AtomicBool::new(false),
+            fail_release_once: AtomicBool::new(false),
         })
     }
 }
@@ -271,6 +274,9 @@ impl MessageStore for Flaky {
         error: &MessageError,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
+        if self.fail_release_once.swap(false, Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("storage blinked".into()));
+        }
         self.inner
             .release_for_retry(tenant, id, claimed_at, error, at)
             .await
@@ -673,6 +679,43 @@ async fn a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_o
     assert_eq!(t.sandbox_requests_to("60123459912").len(), 1, "sent once");
 }
 
+/// Meta refused for a moment (131000) and the release of the claim for the retry blinked:
+/// it is tried again at once, or the message would stay `sending` with nothing sent until
+/// its deadline failed it, charged.
+async fn a_release_for_a_retry_that_fails_once_is_tried_again_not_left_sending(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123450004").await;
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.fail_release_once.store(true, Ordering::SeqCst);
+    let mut blinking = t.app.deps.clone();
+    blinking.messages = flaky.clone();
+    let outcome = dispatch::handle(&blinking, &job).await;
+    assert!(
+        matches!(outcome, Outcome::RetryAfter(_)),
+        "the job retried: {outcome:?}"
+    );
+    assert!(
+        !flaky.fail_release_once.load(Ordering::SeqCst),
+        "the first release failed"
+    );
+    let back = t
+        .app
+        .deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        back.status,
+        MessageStatus::Accepted,
+        "released for its retry, not left `sending`"
+    );
+    assert_eq!(back.attempts, 1);
+}
+
 /// The number's send slots booked about two seconds ahead, as by other sends: a message
 /// dispatched now is turned away for later.
 async fn book_two_seconds_ahead(deps: &Deps, phone_number_id: &str) {
@@ -899,6 +942,7 @@ async fn a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_
 }
 
 on_both_backends!(
+    a_release_for_a_retry_that_fails_once_is_tried_again_not_left_sending,
     a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_slowest_job,
     a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not_left_sending,
     a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_once,
