@@ -258,6 +258,8 @@ pub struct StatusChange {
     pub error: Option<MessageError>,
     /// Adds one to `attempts` (a dispatch claim).
     pub count_attempt: bool,
+    /// Records the claim's token ([`MessageRecord::claim`]; a dispatch claim).
+    pub claim: Option<String>,
 }
 
 impl StatusChange {
@@ -275,6 +277,9 @@ impl StatusChange {
         }
         if self.count_attempt {
             m.attempts += 1;
+        }
+        if self.claim.is_some() {
+            m.claim = self.claim.clone();
         }
     }
 }

@@ -189,6 +189,12 @@ pub struct MessageRecord {
     /// instead of asking again. Internal; no view shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carried_slot: Option<CarriedSlot>,
+    /// The token of the dispatcher claim that last moved it to `sending`, unique to that
+    /// claim: a claim whose write landed but whose answer was lost, and whose retry its own
+    /// write then refused, knows the message for its own by it (`service::dispatch`).
+    /// Internal; no view shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
 }
 
 /// A send slot reserved for a message ahead of its next claim: the slot's time, and the

@@ -991,6 +991,7 @@ pub async fn fan_out_in_slices(
                 from: b.from.clone(),
                 pricing: None,
                 carried_slot: None,
+                claim: None,
             };
             deps.broadcasts.insert_broadcast_message(&record).await?;
             let body = QueueJob::Send(DispatchJob {

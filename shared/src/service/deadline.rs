@@ -60,11 +60,20 @@ pub fn recheck_after(deps: &Deps, claimed_at: DateTime<Utc>) -> Duration {
 /// `sending` past the deadline it fails; still `sending` within it, it is checked again
 /// later; anything else is a finished message or a duplicate: dropped.
 pub async fn redelivered(deps: &Deps, job: &DispatchJob) -> Result<Outcome, StoreError> {
-    let Some(m) = deps
+    let found = deps
         .messages
         .get_message(&job.tenant_id, &job.message_id)
-        .await?
-    else {
+        .await?;
+    redelivered_as(deps, job, found).await
+}
+
+/// [`redelivered`], with the message as the caller just read it (`None`: not there).
+pub async fn redelivered_as(
+    deps: &Deps,
+    job: &DispatchJob,
+    found: Option<crate::domain::MessageRecord>,
+) -> Result<Outcome, StoreError> {
+    let Some(m) = found else {
         return Ok(unrecorded(deps, job.message_id.as_str()));
     };
     if m.status == MessageStatus::Accepted {

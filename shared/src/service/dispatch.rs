@@ -481,8 +481,12 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         Err(e) => return Err(e.into()),
     };
     let now = deps.clock.now();
+    // This claim's own token: if its write lands and the answer is lost, the store's retry
+    // of it is refused by that very write, and the message is found `sending` under it.
+    let claim_token = crate::domain::new_id();
     let claim = StatusChange {
         count_attempt: true,
+        claim: Some(claim_token.clone()),
         ..Default::default()
     };
     // The claim: only an `accepted` message moves to `sending`. A duplicate job that
@@ -522,7 +526,23 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     };
     let record = match claimed {
         Transition::Applied(r) => r,
-        Transition::Refused => return Ok(super::deadline::redelivered(deps, job).await?),
+        Transition::Refused => {
+            let found = deps
+                .messages
+                .get_message(&job.tenant_id, &job.message_id)
+                .await?;
+            match found {
+                // Claimed by this very job: its write landed, its answer did not.
+                Some(m)
+                    if m.status == MessageStatus::Sending
+                        && m.claim.as_deref() == Some(claim_token.as_str()) =>
+                {
+                    tracing::info!("the claim's answer was lost; the message is this job's");
+                    Box::new(m)
+                }
+                found => return Ok(super::deadline::redelivered_as(deps, job, found).await?),
+            }
+        }
     };
     // The number's throughput, shared with every other dispatcher: wait briefly for a
     // slot, or give the claim back (not an attempt) and come back for the slot reserved

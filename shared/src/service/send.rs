@@ -265,6 +265,7 @@ async fn accept(
         from: Some(sender.phone_number_id.clone()),
         pricing: None,
         carried_slot: None,
+        claim: None,
     };
     // The job is queued BEFORE the message and its debit are written: a process that dies
     // in between leaves a job without a message, which the dispatcher drops once it is

@@ -159,6 +159,7 @@ async fn apply_to(
         wamid: Some(report.wamid.to_string()),
         error,
         count_attempt: false,
+        claim: None,
     };
     // The first status to carry Meta's pricing moves the message, prices it and counts it
     // in one write. Refused: it was priced or moved meanwhile; then as below.

@@ -183,6 +183,7 @@ fn message_expiring(
         from: None,
         pricing: None,
         carried_slot: None,
+        claim: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

@@ -67,6 +67,7 @@ fn message(p: &Stores, t: &TenantId) -> (MessageRecord, LedgerEntry) {
         from: None,
         pricing: None,
         carried_slot: None,
+        claim: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

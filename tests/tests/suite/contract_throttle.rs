@@ -50,6 +50,7 @@ async fn claimed(p: &Stores, t: &TenantId) -> MessageRecord {
         from: None,
         pricing: None,
         carried_slot: None,
+        claim: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

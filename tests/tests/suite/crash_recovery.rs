@@ -187,6 +187,9 @@ struct Flaky {
     fail_index_once: AtomicBool,
     /// The next release for a retry fails (then the flag clears).
     fail_release_once: AtomicBool,
+    /// The next claim (a move to `sending`) lands, but its answer is lost and the store's
+    /// retry of it is what answers: refused, by the claim itself (then the flag clears).
+    lose_claim_answer_once: AtomicBool,
 }
 
 impl Flaky {
@@ -197,6 +200,7 @@ impl Flaky {
             die_on_insert: AtomicBool::new(false),
             fail_index_once: AtomicBool::new(false),
             fail_release_once: AtomicBool::new(false),
+            lose_claim_answer_once: AtomicBool::new(false),
         })
     }
 }
@@ -235,6 +239,11 @@ impl MessageStore for Flaky {
         change: &StatusChange,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
+        if to == MessageStatus::Sending && self.lose_claim_answer_once.swap(false, Ordering::SeqCst)
+        {
+            let landed = self.inner.transition(tenant, id, to, change, at).await?;
+            assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
+        }
         self.inner.transition(tenant, id, to, change, at).await
     }
     async fn fail_and_refund(
@@ -541,6 +550,7 @@ async fn a_job_that_arrives_before_its_message_waits_for_it_and_one_whose_send_d
         from: None,
         pricing: None,
         carried_slot: None,
+        claim: None,
     };
     let debit = kirim::service::ledger::debit(
         &t.app.deps,
@@ -714,6 +724,36 @@ async fn a_release_for_a_retry_that_fails_once_is_tried_again_not_left_sending(b
         "released for its retry, not left `sending`"
     );
     assert_eq!(back.attempts, 1);
+}
+
+/// A claim whose write landed but whose answer was lost (the SDK's retry of it is then
+/// refused by that very write) is known for this job's own by its token: the message is
+/// sent, once, not left `sending` for its deadline to fail it, charged and never sent.
+async fn a_claim_whose_answer_was_lost_is_known_for_its_own_and_sent_once(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459932").await;
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.lose_claim_answer_once.store(true, Ordering::SeqCst);
+    let mut lossy = t.app.deps.clone();
+    lossy.messages = flaky.clone();
+    assert_eq!(dispatch::handle(&lossy, &job).await, Outcome::Done);
+    assert!(!flaky.lose_claim_answer_once.load(Ordering::SeqCst));
+    let sent = t
+        .app
+        .deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent.status, MessageStatus::Sent);
+    assert_eq!(sent.attempts, 1);
+    assert_eq!(t.sandbox_requests_to("60123459932").len(), 1, "sent once");
+    // A duplicate of the job, with a claim of its own, is still turned away.
+    assert_eq!(dispatch::handle(&t.app.deps, &job).await, Outcome::Done);
+    assert_eq!(t.sandbox_requests_to("60123459932").len(), 1, "not twice");
 }
 
 /// The number's send slots booked about two seconds ahead, as by other sends: a message
@@ -942,6 +982,7 @@ async fn a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_
 }
 
 on_both_backends!(
+    a_claim_whose_answer_was_lost_is_known_for_its_own_and_sent_once,
     a_release_for_a_retry_that_fails_once_is_tried_again_not_left_sending,
     a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_slowest_job,
     a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not_left_sending,

@@ -474,6 +474,10 @@ impl DynamoStore {
             set.push("wamid = :w");
             values.insert(":w".into(), s(w.clone()));
         }
+        if let Some(c) = &change.claim {
+            set.push("claim = :claim");
+            values.insert(":claim".into(), s(c.clone()));
+        }
         if let Some(e) = &change.error {
             set.push("#error = :e");
             let v = serde_dynamo::to_attribute_value(e)

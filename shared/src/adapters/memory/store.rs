@@ -1215,6 +1215,7 @@ mod tests {
                 from: None,
                 pricing: None,
                 carried_slot: None,
+                claim: None,
             };
             (
                 (TenantId::from_trusted(t), MessageId::from_trusted(id)),
