@@ -600,6 +600,18 @@ pub trait DispatchQueue: Send + Sync {
         }
         Ok(())
     }
+    /// [`Self::send_batch_delayed`], answering for each body whether it was queued: SQS
+    /// takes or refuses a batch's entries one by one, so some may be queued when others
+    /// are not (a caller that retried them all would queue those twice). By default all
+    /// or none, as `send_batch_delayed` answers.
+    async fn send_batch_delayed_each(
+        &self,
+        bodies: &[String],
+        delay: Duration,
+    ) -> Vec<Result<(), StoreError>> {
+        let sent = self.send_batch_delayed(bodies, delay).await;
+        bodies.iter().map(|_| sent.clone()).collect()
+    }
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, StoreError>;
     async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
     /// Deletes several received messages at once (SQS batches of 10, as Lambda's event

@@ -50,10 +50,9 @@ pub async fn dispatch_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
 /// Sends a batch's hops ([`Outcome::Again`]): those with the same delay (in SQS's whole
 /// seconds) together, one `SendMessageBatch` per ten (or per 256 KiB of bodies) instead
 /// of a `SendMessage` each. Each hop becomes `Done` once sent, or `RetryAfter` the backoff
-/// when its send failed (the job received is then retried). Entries SQS refused on its
-/// side are sent again alone once (`SqsQueue`); a batch still partly sent after that
-/// leaves duplicates of the sent ones, which the conditional moves of the message drop
-/// when it comes due.
+/// when its own send failed (that job received is then retried); SQS answers each entry,
+/// so one refused body does not send the others' jobs round again. Entries SQS refused on
+/// its side are sent again alone once (`SqsQueue`).
 async fn send_hops(deps: &Deps, mut outcomes: Vec<Outcome>) -> Vec<Outcome> {
     let mut by_delay: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
     for (i, o) in outcomes.iter().enumerate() {
@@ -74,12 +73,20 @@ async fn send_hops(deps: &Deps, mut outcomes: Vec<Outcome>) -> Vec<Outcome> {
             .collect();
         let sent = deps
             .queue
-            .send_batch_delayed(&bodies, std::time::Duration::from_secs(secs))
+            .send_batch_delayed_each(&bodies, std::time::Duration::from_secs(secs))
             .await;
+        // One answer a body; a short answer (no queue gives one) leaves the rest failed.
+        let mut sent = sent.into_iter();
         for i in indices {
-            outcomes[i] = match &sent {
-                Ok(()) => Outcome::Done,
-                Err(e) => dispatch::hop_failed(deps, e),
+            outcomes[i] = match sent.next() {
+                Some(Ok(())) => Outcome::Done,
+                Some(Err(e)) => dispatch::hop_failed(deps, &e),
+                None => dispatch::hop_failed(
+                    deps,
+                    &crate::store_error::StoreError::Unavailable(
+                        "the queue answered fewer bodies than sent".into(),
+                    ),
+                ),
             };
         }
     }
@@ -251,4 +258,91 @@ pub async fn poll_callbacks_once(deps: &Deps, wait: std::time::Duration) -> usiz
         }
     }
     received.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::ports::{DeadLetter, DispatchQueue, Received, Redriven, SystemClock};
+    use crate::store_error::StoreError;
+
+    /// A queue that takes every body but those containing "refused", noting what it took.
+    #[derive(Default)]
+    struct RefusesSome(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl DispatchQueue for RefusesSome {
+        async fn send(&self, body: &str) -> Result<(), StoreError> {
+            self.0.lock().unwrap().push(body.to_owned());
+            Ok(())
+        }
+        async fn send_batch_delayed_each(
+            &self,
+            bodies: &[String],
+            _delay: Duration,
+        ) -> Vec<Result<(), StoreError>> {
+            bodies
+                .iter()
+                .map(|b| {
+                    if b.contains("refused") {
+                        Err(StoreError::Rejected("refused".into()))
+                    } else {
+                        self.0.lock().unwrap().push(b.clone());
+                        Ok(())
+                    }
+                })
+                .collect()
+        }
+        async fn receive(&self, _: usize, _: Duration) -> Result<Vec<Received>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn delete(&self, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn retry_after(&self, _: &str, _: Duration) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn dead_letters(&self, _: usize) -> Result<Vec<DeadLetter>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn redrive(&self, _: Option<&[String]>, _: usize) -> Result<Redriven, StoreError> {
+            Ok(Redriven {
+                moved: Vec::new(),
+                more: false,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_hop_retries_its_own_job_only_and_the_others_are_done() {
+        let mut deps =
+            crate::wiring::memory_deps(Settings::default(), Arc::new(SystemClock)).unwrap();
+        let queue = Arc::new(RefusesSome::default());
+        deps.queue = queue.clone();
+        let later = Duration::from_secs(30);
+        let outcomes = send_hops(
+            &deps,
+            vec![
+                Outcome::Again("one".into(), later),
+                Outcome::Again("refused".into(), later),
+                Outcome::Done,
+                Outcome::Again("two".into(), later),
+            ],
+        )
+        .await;
+        assert_eq!(outcomes[0], Outcome::Done);
+        assert!(
+            matches!(outcomes[1], Outcome::RetryAfter(_)),
+            "{outcomes:?}"
+        );
+        assert_eq!(outcomes[2], Outcome::Done);
+        assert_eq!(outcomes[3], Outcome::Done);
+        assert_eq!(*queue.0.lock().unwrap(), vec!["one", "two"]);
+    }
 }

@@ -166,6 +166,32 @@ async fn a_batch_entry_sqs_refused_on_its_side_is_sent_again_alone_and_one_refus
     assert!(matches!(err, StoreError::Rejected(_)), "{err:?}");
     assert_eq!(calls.lock().unwrap().len(), 1);
 
+    // Each body answered: one refused as ours fails alone, one refused on SQS's side is
+    // sent again alone and taken, the third was taken at once.
+    let (url, calls) = scripted_sqs(|call, id| match (call, id) {
+        (_, "1") => Some(true),
+        (1, "2") => Some(false),
+        _ => None,
+    })
+    .await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let queue = SqsQueue::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        format!("{url}/000000000000/DispatchQueue"),
+        None,
+    );
+    let each = queue
+        .send_batch_delayed_each(&bodies, std::time::Duration::from_secs(3))
+        .await;
+    assert_eq!(each.len(), 3);
+    assert_eq!(each[0], Ok(()));
+    assert!(matches!(each[1], Err(StoreError::Rejected(_))), "{each:?}");
+    assert_eq!(each[2], Ok(()));
+    assert_eq!(
+        calls.lock().unwrap().clone(),
+        vec![vec!["0", "1", "2"], vec!["2"]]
+    );
+
     // Refused on SQS's side twice: an error to retry, after the one resend, naming the
     // chunk's size.
     let (url, calls) = scripted_sqs(|_, id| (id == "0").then_some(false)).await;

@@ -32,6 +32,93 @@ pub struct SqsQueue {
 }
 
 impl SqsQueue {
+    /// One `SendMessageBatch` of a chunk ([`batches`]), each body answered. Entry ids are
+    /// the bodies' places in the chunk. SQS takes or refuses entries one by one: one it
+    /// refused on its own side is sent again alone, once (the others are queued: sending
+    /// them again would queue them twice); one refused as the sender's fault is not (it
+    /// would be refused again). A refusal naming an entry this call did not send leaves
+    /// unknown which are queued: every entry still in question fails (a duplicate at worst
+    /// when its caller sends it again, never a body lost).
+    async fn send_chunk(&self, chunk: &[String], secs: i32) -> Vec<Result<(), StoreError>> {
+        let mut results: Vec<Result<(), StoreError>> = vec![Ok(()); chunk.len()];
+        let mut left: Vec<usize> = (0..chunk.len()).collect();
+        let fail_all =
+            |results: &mut Vec<Result<(), StoreError>>, left: &[usize], e: StoreError| {
+                for &i in left {
+                    results[i] = Err(e.clone());
+                }
+            };
+        for attempt in 1..=2 {
+            let entries = left
+                .iter()
+                .map(|&i| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message_body(&chunk[i])
+                        .set_delay_seconds((secs > 0).then_some(secs))
+                        .build()
+                        .map_err(|e| StoreError::Corrupt(format!("sqs batch entry: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>();
+            let entries = match entries {
+                Ok(entries) => entries,
+                Err(e) => {
+                    fail_all(&mut results, &left, e);
+                    return results;
+                }
+            };
+            let out = match self
+                .client
+                .send_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    fail_all(&mut results, &left, classify("sqs send batch", e));
+                    return results;
+                }
+            };
+            let failed = out.failed();
+            if failed.is_empty() {
+                return results;
+            }
+            let mut named: Vec<(usize, bool)> = Vec::with_capacity(failed.len());
+            for f in failed {
+                match f.id().parse::<usize>() {
+                    Ok(i) if left.contains(&i) && !named.iter().any(|&(j, _)| j == i) => {
+                        named.push((i, f.sender_fault()))
+                    }
+                    _ => {
+                        let e = StoreError::Unavailable(format!(
+                            "sqs send batch: a refusal names no entry sent ({} refused)",
+                            failed.len()
+                        ));
+                        fail_all(&mut results, &left, e);
+                        return results;
+                    }
+                }
+            }
+            let detail = refusal_detail("sqs send batch", failed, chunk.len());
+            let mut again = Vec::new();
+            for (i, ours) in named {
+                if ours {
+                    results[i] = Err(StoreError::Rejected(detail.clone()));
+                } else if attempt == 1 {
+                    again.push(i);
+                } else {
+                    results[i] = Err(StoreError::Unavailable(detail.clone()));
+                }
+            }
+            if again.is_empty() {
+                return results;
+            }
+            left = again;
+        }
+        results
+    }
     /// The IAM actions this adapter calls (`crate::iam` grants them per function).
     /// `send` and `send_batch` (SendMessageBatch is authorised as SendMessage).
     pub const SEND: &'static [&'static str] = &["sqs:SendMessage"];
@@ -96,17 +183,23 @@ fn batch_refusals(
     if failed.is_empty() {
         return Ok(());
     }
-    let codes: Vec<&str> = failed.iter().map(|f| f.code()).collect();
-    let detail = format!(
-        "{what}: {} of {of} refused ({})",
-        failed.len(),
-        codes.join(",")
-    );
+    let detail = refusal_detail(what, failed, of);
     Err(if failed.iter().any(|f| f.sender_fault()) {
         StoreError::Rejected(detail)
     } else {
         StoreError::Unavailable(detail)
     })
+}
+
+/// What SQS said of a batch call's refused entries, for logs: how many of the call's,
+/// and their codes (never their bodies).
+fn refusal_detail(what: &str, failed: &[BatchResultErrorEntry], of: usize) -> String {
+    let codes: Vec<&str> = failed.iter().map(|f| f.code()).collect();
+    format!(
+        "{what}: {} of {of} refused ({})",
+        failed.len(),
+        codes.join(",")
+    )
 }
 
 #[async_trait]
@@ -144,58 +237,24 @@ impl DispatchQueue for SqsQueue {
         bodies: &[String],
         delay: Duration,
     ) -> Result<(), StoreError> {
+        self.send_batch_delayed_each(bodies, delay)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+            .map_or(Ok(()), Err)
+    }
+
+    async fn send_batch_delayed_each(
+        &self,
+        bodies: &[String],
+        delay: Duration,
+    ) -> Vec<Result<(), StoreError>> {
         let secs = delay_seconds(delay);
+        let mut results = Vec::with_capacity(bodies.len());
         for chunk in batches(bodies) {
-            // Entry ids are the bodies' places in the chunk; a retry sends only the
-            // entries SQS refused on its side (the others are queued: sending them again
-            // would queue them twice).
-            let mut left: Vec<usize> = (0..chunk.len()).collect();
-            for attempt in 1..=2 {
-                let entries = left
-                    .iter()
-                    .map(|&i| {
-                        SendMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .message_body(&chunk[i])
-                            .set_delay_seconds((secs > 0).then_some(secs))
-                            .build()
-                            .map_err(|e| StoreError::Corrupt(format!("sqs batch entry: {e}")))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                let out = self
-                    .client
-                    .send_message_batch()
-                    .queue_url(&self.url)
-                    .set_entries(Some(entries))
-                    .send()
-                    .await
-                    .map_err(|e| classify("sqs send batch", e))?;
-                let failed = out.failed();
-                if attempt == 2 || failed.is_empty() || failed.iter().any(|f| f.sender_fault()) {
-                    batch_refusals("sqs send batch", failed, chunk.len())?;
-                    break;
-                }
-                // Only ids this call sent, each once; a refusal naming anything else leaves
-                // unknown which entries are queued: the whole chunk fails (its caller sends
-                // it again: a duplicate at worst, never a body lost).
-                let mut again: Vec<usize> = failed
-                    .iter()
-                    .filter_map(|f| f.id().parse().ok())
-                    .filter(|i| left.contains(i))
-                    .collect();
-                again.sort_unstable();
-                again.dedup();
-                if again.len() != failed.len() {
-                    return Err(StoreError::Unavailable(format!(
-                        "sqs send batch: {} of {} refusals name no entry sent",
-                        failed.len() - again.len(),
-                        failed.len()
-                    )));
-                }
-                left = again;
-            }
+            results.extend(self.send_chunk(chunk, secs).await);
         }
-        Ok(())
+        results
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, StoreError> {
