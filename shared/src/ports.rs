@@ -1128,12 +1128,13 @@ pub trait BroadcastStore: Send + Sync {
     /// The dispatcher's claim of a broadcast's message: `accepted → sending` (counting an
     /// attempt), only if the broadcast has no hold: a hold written before the claim is
     /// always seen, and a held message is left `accepted` exactly as it was (its attempts
-    /// and history).
+    /// and history). `claim` is the claim's own token ([`MessageRecord::claim`]).
     async fn claim_broadcast_message(
         &self,
         tenant: &TenantId,
         message: &MessageId,
         broadcast: &str,
+        claim: &str,
         at: DateTime<Utc>,
     ) -> Result<BroadcastClaim, StoreError>;
     /// The tenant's live broadcasts, newest first, older than the broadcast `before` (a

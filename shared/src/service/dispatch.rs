@@ -497,7 +497,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         Some(b) => {
             match deps
                 .broadcasts
-                .claim_broadcast_message(&job.tenant_id, &job.message_id, b, now)
+                .claim_broadcast_message(&job.tenant_id, &job.message_id, b, &claim_token, now)
                 .await?
             {
                 BroadcastClaim::Claimed(r) => {
@@ -538,6 +538,28 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         && m.claim.as_deref() == Some(claim_token.as_str()) =>
                 {
                     tracing::info!("the claim's answer was lost; the message is this job's");
+                    if job.broadcast_id.is_some() {
+                        // A broadcast's claim is checked against its hold after it lands,
+                        // which this one never was: given back (not an attempt) and claimed
+                        // afresh in a moment, hold check and all.
+                        let claimed_at = m.updated_at;
+                        if let Err(e) = crate::store_error::undo(|| {
+                            deps.sending.release_unattempted(
+                                &job.tenant_id,
+                                &job.message_id,
+                                claimed_at,
+                                deps.clock.now(),
+                                None,
+                            )
+                        })
+                        .await
+                        {
+                            return Err(
+                                unclaim(deps, job, claimed_at, "claim_answer_lost", e).await
+                            );
+                        }
+                        return Ok(Outcome::RetryAfter(std::time::Duration::from_millis(500)));
+                    }
                     Box::new(m)
                 }
                 found => return Ok(super::deadline::redelivered_as(deps, job, found).await?),

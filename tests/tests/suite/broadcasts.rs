@@ -899,7 +899,7 @@ async fn a_broadcast_message_claimed_before_its_broadcast_was_held_is_left_to_it
     for i in 0..2 {
         let claimed = deps
             .broadcasts
-            .claim_broadcast_message(&tenant.id, &id(i), &accepted.id, clock.now())
+            .claim_broadcast_message(&tenant.id, &id(i), &accepted.id, "c1", clock.now())
             .await
             .unwrap();
         assert!(matches!(claimed, kirim::ports::BroadcastClaim::Claimed(_)));
@@ -1001,4 +1001,174 @@ async fn a_batchs_jobs_that_are_not_due_go_back_on_the_queue_in_one_send_on_lamb
     assert_eq!(calls.len(), 1, "one send for the batch: {calls:?}");
     assert_eq!(calls[0].0, "send_batch_delayed");
     assert!(calls[0].1 >= 3, "{calls:?}");
+}
+
+/// A broadcast store whose next claim lands but whose answer is lost: the store's retry of
+/// it is what answers (refused, by the claim itself).
+struct LostClaimAnswer {
+    inner: std::sync::Arc<dyn kirim::ports::BroadcastStore>,
+    once: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl kirim::ports::BroadcastStore for LostClaimAnswer {
+    async fn create_broadcast(
+        &self,
+        broadcast: &kirim::ports::Broadcast,
+        recipients: &[kirim::domain::PhoneNumber],
+        debit: &kirim::ports::LedgerEntry,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.inner
+            .create_broadcast(broadcast, recipients, debit)
+            .await
+    }
+    async fn get_broadcast(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        id: &str,
+    ) -> Result<Option<kirim::ports::Broadcast>, kirim::store_error::StoreError> {
+        self.inner.get_broadcast(tenant, id).await
+    }
+    async fn broadcast_recipients(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        id: &str,
+    ) -> Result<Option<Vec<kirim::domain::PhoneNumber>>, kirim::store_error::StoreError> {
+        self.inner.broadcast_recipients(tenant, id).await
+    }
+    async fn broadcast_progress(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        id: &str,
+        enqueued: usize,
+        done: bool,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.inner
+            .broadcast_progress(tenant, id, enqueued, done)
+            .await
+    }
+    async fn start_broadcast(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        id: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.inner.start_broadcast(tenant, id, at).await
+    }
+    async fn cancel_scheduled_broadcast(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        id: &str,
+        refund: &kirim::ports::LedgerEntry,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.inner
+            .cancel_scheduled_broadcast(tenant, id, refund, at)
+            .await
+    }
+    async fn set_broadcast_control(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        id: &str,
+        from: &[Option<kirim::ports::BroadcastControl>],
+        to: Option<kirim::ports::BroadcastControl>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.inner
+            .set_broadcast_control(tenant, id, from, to, at)
+            .await
+    }
+    async fn claim_broadcast_message(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        message: &kirim::domain::MessageId,
+        broadcast: &str,
+        claim: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<kirim::ports::BroadcastClaim, kirim::store_error::StoreError> {
+        if self.once.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            let landed = self
+                .inner
+                .claim_broadcast_message(tenant, message, broadcast, claim, at)
+                .await?;
+            assert!(matches!(landed, kirim::ports::BroadcastClaim::Claimed(_)));
+        }
+        self.inner
+            .claim_broadcast_message(tenant, message, broadcast, claim, at)
+            .await
+    }
+    async fn list_broadcasts(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<(Vec<kirim::ports::Broadcast>, Option<String>), kirim::store_error::StoreError>
+    {
+        self.inner.list_broadcasts(tenant, limit, before).await
+    }
+    async fn broadcast_messages(
+        &self,
+        broadcast: &kirim::ports::Broadcast,
+        limit: usize,
+        after: Option<&kirim::domain::MessageId>,
+    ) -> Result<
+        (
+            Vec<kirim::domain::MessageRecord>,
+            Option<kirim::domain::MessageId>,
+        ),
+        kirim::store_error::StoreError,
+    > {
+        self.inner.broadcast_messages(broadcast, limit, after).await
+    }
+    async fn insert_broadcast_message(
+        &self,
+        record: &kirim::domain::MessageRecord,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.inner.insert_broadcast_message(record).await
+    }
+    async fn broadcast_counts(
+        &self,
+        broadcast: &kirim::ports::Broadcast,
+    ) -> Result<std::collections::BTreeMap<String, usize>, kirim::store_error::StoreError> {
+        self.inner.broadcast_counts(broadcast).await
+    }
+}
+
+/// A broadcast message's claim that landed but whose answer was lost is known for the job's
+/// own by its token; since its broadcast's hold was never checked after it, it is given back
+/// (not an attempt) and claimed afresh, not left `sending` for its deadline.
+#[tokio::test]
+async fn a_broadcast_claim_whose_answer_was_lost_is_given_back_and_claimed_afresh() {
+    use kirim::domain::MessageStatus;
+    use kirim::service::dispatch;
+    use kirim::service::jobs::Outcome;
+    let p = paced("132", 1, false).await;
+    let jobs = p.fan_out().await;
+    let mut deps = p.deps.clone();
+    deps.broadcasts = std::sync::Arc::new(LostClaimAnswer {
+        inner: p.deps.broadcasts.clone(),
+        once: std::sync::atomic::AtomicBool::new(true),
+    });
+    let id = kirim::domain::MessageId::from_trusted(jobs[0]["message_id"].as_str().unwrap());
+    let message = || async {
+        let m = p
+            .deps
+            .messages
+            .get_message(&p.tenant.id, &id)
+            .await
+            .unwrap()
+            .unwrap();
+        (m.status, m.attempts)
+    };
+    let outcome = dispatch::handle(&deps, &jobs[0].to_string()).await;
+    assert!(
+        matches!(outcome, Outcome::RetryAfter(_)),
+        "tried again soon: {outcome:?}"
+    );
+    assert_eq!(message().await, (MessageStatus::Accepted, 0), "given back");
+    // Claimed afresh (its attempt counted; Meta is not reachable from these deps, so it
+    // is then given back for a retry, as any transient failure).
+    dispatch::handle(&deps, &jobs[0].to_string()).await;
+    let (_, attempts) = message().await;
+    assert_eq!(attempts, 1, "claimed afresh");
 }

@@ -63,7 +63,7 @@ async fn a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_an
         let (p, t, b, id) = (&p, &t, &b, ids[i].clone());
         async move {
             p.broadcasts
-                .claim_broadcast_message(&t.id, &id, &b.id, p.clock.now())
+                .claim_broadcast_message(&t.id, &id, &b.id, "c1", p.clock.now())
                 .await
                 .unwrap()
         }
@@ -175,7 +175,7 @@ async fn on_dynamodb_a_claim_whose_hold_cannot_be_read_is_given_back_untouched()
         .unwrap();
     let err = p
         .broadcasts
-        .claim_broadcast_message(&t.id, &ids[0], &b.id, p.clock.now())
+        .claim_broadcast_message(&t.id, &ids[0], &b.id, "c1", p.clock.now())
         .await
         .expect_err("the hold cannot be read");
     assert!(

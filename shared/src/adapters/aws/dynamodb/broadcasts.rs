@@ -265,6 +265,7 @@ impl BroadcastStore for DynamoStore {
         tenant: &TenantId,
         message: &MessageId,
         broadcast: &str,
+        claim: &str,
         at: DateTime<Utc>,
     ) -> Result<BroadcastClaim, StoreError> {
         // The claim as a plain conditional update that answers the claimed message, then
@@ -289,8 +290,8 @@ impl BroadcastStore for DynamoStore {
             .set_key(Some(keys::message(tenant, message).attrs()))
             .update_expression(
                 // `sending` has no status index entry (keys.rs).
-                "SET #status = :to, updated_at = :at, events = list_append(events, :ev) \
-                 REMOVE gsi1pk, gsi1sk ADD attempts :one",
+                "SET #status = :to, updated_at = :at, events = list_append(events, :ev), \
+                 claim = :claim REMOVE gsi1pk, gsi1sk ADD attempts :one",
             )
             .condition_expression(
                 "#status = :accepted AND (attribute_not_exists(#ttl) OR #ttl > :now)",
@@ -302,6 +303,7 @@ impl BroadcastStore for DynamoStore {
             .expression_attribute_values(":at", s(rfc3339(at)))
             .expression_attribute_values(":ev", AttributeValue::L(vec![event]))
             .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":claim", s(claim))
             .expression_attribute_values(":now", n(self.now_secs()))
             .return_values(ReturnValue::AllNew)
             .send()

@@ -165,6 +165,7 @@ impl BroadcastStore for MemoryStore {
         tenant: &TenantId,
         message: &MessageId,
         broadcast: &str,
+        claim: &str,
         at: DateTime<Utc>,
     ) -> Result<BroadcastClaim, StoreError> {
         let mut s = self.lock()?;
@@ -193,6 +194,7 @@ impl BroadcastStore for MemoryStore {
         m.status = MessageStatus::Sending;
         m.updated_at = at;
         m.attempts += 1;
+        m.claim = Some(claim.to_owned());
         m.events.push(StatusEvent {
             status: MessageStatus::Sending,
             at,
