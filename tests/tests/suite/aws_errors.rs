@@ -76,6 +76,16 @@ async fn a_queue_that_does_not_exist_is_a_misconfiguration_not_retried() {
     assert!(!err.is_retryable());
 }
 
+/// The dispatch queue of a scripted SQS at `url`.
+async fn scripted_queue(url: &str) -> SqsQueue {
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(url)).await;
+    SqsQueue::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        format!("{url}/000000000000/DispatchQueue"),
+        None,
+    )
+}
+
 /// A stand-in for SQS's `SendMessageBatch` that notes each call's entry ids and answers with
 /// `refuse(call, id)`: `Some(sender_fault)` refuses that entry, `None` takes it. A refusal
 /// of entry `"7"` names entry `"70"` instead (an id the call never sent).
@@ -135,12 +145,7 @@ async fn a_batch_entry_sqs_refused_on_its_side_is_sent_again_alone_and_one_refus
     let bodies: Vec<String> = (0..3).map(|i| format!("job-{i}")).collect();
     // SQS's side (an internal error) for entry 1 on the first call: only it goes again.
     let (url, calls) = scripted_sqs(|call, id| (call == 1 && id == "1").then_some(false)).await;
-    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
-    let queue = SqsQueue::new(
-        aws_sdk_sqs::Client::new(&sdk),
-        format!("{url}/000000000000/DispatchQueue"),
-        None,
-    );
+    let queue = scripted_queue(&url).await;
     queue
         .send_batch_delayed(&bodies, std::time::Duration::from_secs(3))
         .await
@@ -153,12 +158,7 @@ async fn a_batch_entry_sqs_refused_on_its_side_is_sent_again_alone_and_one_refus
 
     // Refused as the sender's fault: the same again would be refused, so not tried again.
     let (url, calls) = scripted_sqs(|_, id| (id == "2").then_some(true)).await;
-    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
-    let queue = SqsQueue::new(
-        aws_sdk_sqs::Client::new(&sdk),
-        format!("{url}/000000000000/DispatchQueue"),
-        None,
-    );
+    let queue = scripted_queue(&url).await;
     let err = queue
         .send_batch_delayed(&bodies, std::time::Duration::from_secs(3))
         .await
@@ -174,12 +174,7 @@ async fn a_batch_entry_sqs_refused_on_its_side_is_sent_again_alone_and_one_refus
         _ => None,
     })
     .await;
-    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
-    let queue = SqsQueue::new(
-        aws_sdk_sqs::Client::new(&sdk),
-        format!("{url}/000000000000/DispatchQueue"),
-        None,
-    );
+    let queue = scripted_queue(&url).await;
     let each = queue
         .send_batch_delayed_each(&bodies, std::time::Duration::from_secs(3))
         .await;
@@ -195,12 +190,7 @@ async fn a_batch_entry_sqs_refused_on_its_side_is_sent_again_alone_and_one_refus
     // Refused on SQS's side twice: an error to retry, after the one resend, naming the
     // chunk's size.
     let (url, calls) = scripted_sqs(|_, id| (id == "0").then_some(false)).await;
-    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
-    let queue = SqsQueue::new(
-        aws_sdk_sqs::Client::new(&sdk),
-        format!("{url}/000000000000/DispatchQueue"),
-        None,
-    );
+    let queue = scripted_queue(&url).await;
     let err = queue
         .send_batch_delayed(&bodies, std::time::Duration::from_secs(3))
         .await
@@ -219,12 +209,7 @@ async fn a_batch_refusal_naming_an_entry_never_sent_fails_the_batch_rather_than_
     // Entry 7's refusal names "70": which entry is unqueued is unknown, so none is sent
     // again alone (nor does anything panic); the caller's retry sends the batch again.
     let (url, calls) = scripted_sqs(|call, id| (call == 1 && id == "7").then_some(false)).await;
-    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
-    let queue = SqsQueue::new(
-        aws_sdk_sqs::Client::new(&sdk),
-        format!("{url}/000000000000/DispatchQueue"),
-        None,
-    );
+    let queue = scripted_queue(&url).await;
     let err = queue
         .send_batch_delayed(&bodies, std::time::Duration::ZERO)
         .await
