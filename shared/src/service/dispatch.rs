@@ -537,7 +537,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     if m.status == MessageStatus::Sending
                         && m.claim.as_deref() == Some(claim_token.as_str()) =>
                 {
-                    tracing::info!("the claim's answer was lost; the message is this job's");
+                    tracing::warn!("the claim's answer was lost; the message is this job's");
                     if job.broadcast_id.is_some() {
                         // A broadcast's claim is checked against its hold after it lands,
                         // which this one never was: given back (not an attempt) and claimed

@@ -419,3 +419,41 @@ async fn a_slow_answer_is_waited_for_not_cut_as_a_stalled_upload() {
     assert_eq!(found, None);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "one attempt, not cut");
 }
+
+/// An `https` endpoint is spoken to in TLS: the first bytes on the wire are a TLS
+/// handshake record (a ClientHello), not a plain HTTP request, whatever build features
+/// decide which TLS stack reqwest links. (Nothing here reaches AWS; the certificate check
+/// is rustls's, against the roots compiled in.)
+#[tokio::test]
+async fn an_https_aws_endpoint_is_spoken_to_in_tls() {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let url = format!("https://{}", listener.local_addr().expect("its address"));
+    let first = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("a connection");
+        let mut head = [0u8; 6];
+        socket.read_exact(&mut head).await.expect("its first bytes");
+        head
+        // Dropped: the handshake fails and the call with it.
+    });
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url))
+        .await
+        .to_builder()
+        .retry_config(kirim::adapters::aws::http::retry_config().with_max_attempts(1))
+        .build();
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        "Table",
+        ManualClock::new(),
+    );
+    let err = store
+        .get_tenant(&TenantId::generate())
+        .await
+        .expect_err("no TLS server there");
+    assert!(err.is_retryable(), "{err:?}");
+    let head = first.await.expect("the listener");
+    // A handshake record (22), TLS 1.x (3, _), then a ClientHello (1) after the length.
+    assert_eq!((head[0], head[1], head[5]), (0x16, 0x03, 0x01), "{head:?}");
+}
