@@ -1,6 +1,7 @@
 //! Event handlers for the non-HTTP Lambdas (and local mode's poller and schedule).
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use tracing::Instrument;
 
 use crate::service::dispatch;
 use crate::service::jobs::Outcome;
@@ -145,9 +146,10 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
 /// `throttle::until_slot`), and the batch's slowest job (a slot waited for, Meta's answer)
 /// would make it late by as long as it takes.
 async fn handle_record(deps: &Deps, receipt: Option<&str>, body: &str) -> Outcome {
-    let outcome = dispatch::handle_in_batch(deps, body).await;
+    let (outcome, span) = dispatch::handle_in_span(deps, body).await;
     if let (Outcome::RetryAfter(delay), Some(receipt)) = (&outcome, receipt) {
-        set_retry(deps, receipt, *delay).await;
+        // Under the job's span: a failure to set it names the job.
+        set_retry(deps, receipt, *delay).instrument(span).await;
     }
     outcome
 }

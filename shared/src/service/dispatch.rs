@@ -226,9 +226,15 @@ pub fn hop_failed(deps: &Deps, e: &StoreError) -> Outcome {
 /// [`handle`] for a job of a batch: a hop ([`Outcome::Again`]) is left to the caller,
 /// which sends the batch's hops together (`queue_handlers`).
 pub async fn handle_in_batch(deps: &Deps, body: &str) -> Outcome {
+    handle_in_span(deps, body).await.0
+}
+
+/// [`handle_in_batch`], and the job's span (its ids), for what the caller does about the
+/// outcome (a retry delay set on the queue) to log under.
+pub async fn handle_in_span(deps: &Deps, body: &str) -> (Outcome, tracing::Span) {
     let Some(job) = QueueJob::parse(body) else {
         tracing::error!("unreadable dispatch job; leaving it for the dead-letter queue");
-        return Outcome::Poison;
+        return (Outcome::Poison, tracing::Span::none());
     };
     let span = match &job {
         QueueJob::Send(j) => {
@@ -241,7 +247,8 @@ pub async fn handle_in_batch(deps: &Deps, body: &str) -> Outcome {
             tracing::info_span!("job", kind = "status_callback", tenant_id = %j.tenant_id, message_id = %j.message_id)
         }
     };
-    handle_job(deps, job).instrument(span).await
+    let outcome = handle_job(deps, job).instrument(span.clone()).await;
+    (outcome, span)
 }
 
 async fn handle_job(deps: &Deps, job: QueueJob) -> Outcome {

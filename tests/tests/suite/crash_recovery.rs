@@ -995,3 +995,56 @@ on_both_backends!(
     a_fan_out_job_whose_broadcast_is_not_recorded_waits_then_is_dropped,
     a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_once_to_send_at_it,
 );
+
+/// A queue whose retry delays cannot be set.
+struct NoRetryDelays(Arc<dyn DispatchQueue>);
+
+#[async_trait]
+impl DispatchQueue for NoRetryDelays {
+    async fn send(&self, body: &str) -> Result<(), StoreError> {
+        self.0.send(body).await
+    }
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, StoreError> {
+        self.0.receive(max, wait).await
+    }
+    async fn delete(&self, receipt: &str) -> Result<(), StoreError> {
+        self.0.delete(receipt).await
+    }
+    async fn retry_after(&self, _receipt: &str, _delay: Duration) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("the queue blinked".into()))
+    }
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.0.dead_letters(max).await
+    }
+    async fn redrive(&self, ids: Option<&[String]>, max: usize) -> Result<Redriven, StoreError> {
+        self.0.redrive(ids, max).await
+    }
+}
+
+/// A retry delay that could not be set is logged under its job's span: the line names
+/// the message (the queue's own visibility timeout brings the job back later).
+#[tokio::test]
+async fn a_retry_delay_that_cannot_be_set_is_logged_with_its_jobs_ids() {
+    kirim_tests::capture_logs();
+    let t = spawn_app(Backend::Memory).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    // 0004: Meta answers 131000 (transient): the job is retried.
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123450004").await;
+    let mut deps = t.app.deps.clone();
+    deps.queue = Arc::new(NoRetryDelays(deps.queue.clone()));
+    let event = serde_json::from_value(json!({ "Records": [{
+        "messageId": "m1", "receiptHandle": "receipt-m1", "body": job,
+        "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+        "eventSource": "aws:sqs"
+    }]}))
+    .expect("an SQS event");
+    let response = kirim::queue_handlers::dispatch_batch(&deps, event).await;
+    assert_eq!(response.batch_item_failures.len(), 1);
+    let logs = kirim_tests::captured_logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("could not set retry delay") && l.contains(m.id.as_str()))
+        .unwrap_or_else(|| panic!("a line naming {}: {logs}", m.id.as_str()));
+    assert!(line.contains(&o.tenant_id), "{line}");
+}
