@@ -457,3 +457,60 @@ async fn an_https_aws_endpoint_is_spoken_to_in_tls() {
     // A handshake record (22), TLS 1.x (3, _), then a ClientHello (1) after the length.
     assert_eq!((head[0], head[1], head[5]), (0x16, 0x03, 0x01), "{head:?}");
 }
+
+/// An `https` endpoint whose certificate no trusted root signed (here one made at test
+/// time for `localhost`) is refused in the handshake: the AWS client checks certificates
+/// against the roots compiled in, and sends nothing over a connection it does not trust.
+#[tokio::test]
+async fn an_aws_endpoint_with_a_certificate_no_trusted_root_signed_is_refused() {
+    use std::sync::Arc;
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(made.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![made.cert.der().clone()], key)
+    .expect("a server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let port = listener.local_addr().expect("its address").port();
+    let handshake = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.expect("a connection");
+        acceptor
+            .accept(socket)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    let url = format!("https://localhost:{port}");
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url))
+        .await
+        .to_builder()
+        .retry_config(kirim::adapters::aws::http::retry_config().with_max_attempts(1))
+        .build();
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        "Table",
+        ManualClock::new(),
+    );
+    store
+        .get_tenant(&TenantId::generate())
+        .await
+        .expect_err("an untrusted certificate");
+    let refused = handshake
+        .await
+        .expect("the listener")
+        .expect_err("the client broke off the handshake");
+    eprintln!("REFUSED {refused}");
+    assert!(
+        refused.to_lowercase().contains("unknown")
+            || refused.to_lowercase().contains("certificate"),
+        "{refused}"
+    );
+}
