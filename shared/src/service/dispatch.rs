@@ -204,6 +204,66 @@ async fn unclaim(
     cause.into()
 }
 
+/// A claim the store refused: this job's own after all when the message is `sending`
+/// under its token (the claim's write landed and its answer was lost, so the store's retry
+/// of it was refused by that very write), else a redelivery ([`deadline::redelivered`]).
+/// `Ok(record)`: go on and send it. A broadcast's own claim is given back instead and
+/// claimed afresh in a moment: its broadcast's hold is read after a claim lands, and this
+/// one's never was.
+///
+/// [`deadline::redelivered`]: super::deadline::redelivered
+async fn refused_claim(
+    deps: &Deps,
+    job: &DispatchJob,
+    token: &str,
+) -> Result<Result<Box<crate::domain::MessageRecord>, Outcome>, Stopped> {
+    let found = deps
+        .messages
+        .get_message(&job.tenant_id, &job.message_id)
+        .await?;
+    match found {
+        Some(m) if m.status == MessageStatus::Sending && m.claim.as_deref() == Some(token) => {
+            tracing::warn!("the claim's answer was lost; the message is this job's");
+            if job.broadcast_id.is_none() {
+                return Ok(Ok(Box::new(m)));
+            }
+            give_back_unattempted(deps, job, m.updated_at, None, "claim_answer_lost").await?;
+            Ok(Err(Outcome::RetryAfter(std::time::Duration::from_millis(
+                500,
+            ))))
+        }
+        found => Ok(Err(super::deadline::redelivered_as(deps, job, found).await?)),
+    }
+}
+
+/// Gives back the claim made at `claimed_at` without counting it as an attempt
+/// (`release_unattempted`, tried again while the store's failure is worth it, as every
+/// undo), keeping `slot` for the next claim. If that cannot be written, the message is not
+/// left `sending` with nothing sent (its deadline would fail it, charged): it is released
+/// for a retry instead ([`unclaim`]), and the job retried.
+async fn give_back_unattempted(
+    deps: &Deps,
+    job: &DispatchJob,
+    claimed_at: DateTime<Utc>,
+    slot: Option<crate::domain::CarriedSlot>,
+    code: &str,
+) -> Result<(), Stopped> {
+    let given = crate::store_error::undo(|| {
+        deps.sending.release_unattempted(
+            &job.tenant_id,
+            &job.message_id,
+            claimed_at,
+            deps.clock.now(),
+            slot,
+        )
+    })
+    .await;
+    match given {
+        Ok(_) => Ok(()),
+        Err(e) => Err(unclaim(deps, job, claimed_at, code, e).await),
+    }
+}
+
 /// Handles one dispatch-queue message, in a span carrying its ids (and the id of the
 /// request that accepted it). `Done` deletes it; the caller maps the others onto SQS.
 pub async fn handle(deps: &Deps, body: &str) -> Outcome {
@@ -533,45 +593,10 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     };
     let record = match claimed {
         Transition::Applied(r) => r,
-        Transition::Refused => {
-            let found = deps
-                .messages
-                .get_message(&job.tenant_id, &job.message_id)
-                .await?;
-            match found {
-                // Claimed by this very job: its write landed, its answer did not.
-                Some(m)
-                    if m.status == MessageStatus::Sending
-                        && m.claim.as_deref() == Some(claim_token.as_str()) =>
-                {
-                    tracing::warn!("the claim's answer was lost; the message is this job's");
-                    if job.broadcast_id.is_some() {
-                        // A broadcast's claim is checked against its hold after it lands,
-                        // which this one never was: given back (not an attempt) and claimed
-                        // afresh in a moment, hold check and all.
-                        let claimed_at = m.updated_at;
-                        if let Err(e) = crate::store_error::undo(|| {
-                            deps.sending.release_unattempted(
-                                &job.tenant_id,
-                                &job.message_id,
-                                claimed_at,
-                                deps.clock.now(),
-                                None,
-                            )
-                        })
-                        .await
-                        {
-                            return Err(
-                                unclaim(deps, job, claimed_at, "claim_answer_lost", e).await
-                            );
-                        }
-                        return Ok(Outcome::RetryAfter(std::time::Duration::from_millis(500)));
-                    }
-                    Box::new(m)
-                }
-                found => return Ok(super::deadline::redelivered_as(deps, job, found).await?),
-            }
-        }
+        Transition::Refused => match refused_claim(deps, job, &claim_token).await? {
+            Ok(own) => own,
+            Err(outcome) => return Ok(outcome),
+        },
     };
     // The number's throughput, shared with every other dispatcher: wait briefly for a
     // slot, or give the claim back (not an attempt) and come back for the slot reserved
@@ -601,21 +626,14 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         }
     };
     if let Some(delay) = again {
-        if let Err(e) = deps
-            .sending
-            .release_unattempted(
-                &job.tenant_id,
-                &job.message_id,
-                record.updated_at,
-                deps.clock.now(),
-                slot,
-            )
-            .await
-        {
-            // Not left `sending` with nothing sent (its deadline would fail it, charged):
-            // released for a retry instead, the job retried.
-            return Err(unclaim(deps, job, record.updated_at, "rate_limiter_unavailable", e).await);
-        }
+        give_back_unattempted(
+            deps,
+            job,
+            record.updated_at,
+            slot,
+            "rate_limiter_unavailable",
+        )
+        .await?;
         crate::metrics::retry("throttled");
         return Ok(Outcome::RetryAfter(delay));
     }

@@ -119,6 +119,7 @@ impl SqsQueue {
         }
         results
     }
+
     /// The IAM actions this adapter calls (`crate::iam` grants them per function).
     /// `send` and `send_batch` (SendMessageBatch is authorised as SendMessage).
     pub const SEND: &'static [&'static str] = &["sqs:SendMessage"];
