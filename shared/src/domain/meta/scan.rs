@@ -71,7 +71,12 @@ impl<'a> Cursor<'a> {
     fn skip_plain(&mut self) {
         let bytes = self.text.as_bytes();
         loop {
-            let run = bytes.get(self.at..self.at + 8).map_or(0, plain_prefix);
+            // A `match`, not `map_or`: at opt-level `z` the combinator stays a call per word
+            // (2% of a webhook's time in perf), and `plain_prefix` is not inlined into it.
+            let run = match bytes.get(self.at..self.at + 8) {
+                Some(word) => plain_prefix(word),
+                None => 0,
+            };
             if run == 0 {
                 return;
             }
