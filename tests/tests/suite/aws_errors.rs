@@ -12,6 +12,16 @@ use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
 use super::contract::{aws, key_for, onboarded, tenant};
 
+/// A store on an SDK configuration pointed at a scripted server (the table's name is
+/// whatever that server answers for).
+fn store_on(sdk: &aws_config::SdkConfig) -> DynamoStore {
+    DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(sdk),
+        "Table",
+        ManualClock::new(),
+    )
+}
+
 #[tokio::test]
 async fn a_table_that_does_not_exist_is_a_misconfiguration_not_retried() {
     let sdk = moto_sdk().await;
@@ -258,11 +268,7 @@ async fn a_transient_aws_answer_is_retried_without_an_error_line_about_its_conne
     kirim_tests::capture_logs();
     let (url, calls) = dynamodb_failing_once().await;
     let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        "Table",
-        ManualClock::new(),
-    );
+    let store = store_on(&sdk);
     let found = store
         .get_tenant(&TenantId::generate())
         .await
@@ -311,11 +317,7 @@ async fn a_response_body_that_stops_arriving_fails_its_attempt_instead_of_hangin
         )
         .retry_config(kirim::adapters::aws::http::retry_config().with_max_attempts(1))
         .build();
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        "Table",
-        ManualClock::new(),
-    );
+    let store = store_on(&sdk);
     let answer = tokio::time::timeout(
         std::time::Duration::from_secs(60),
         store.get_tenant(&TenantId::generate()),
@@ -407,11 +409,7 @@ async fn a_slow_answer_is_waited_for_not_cut_as_a_stalled_upload() {
                 .build(),
         )
         .build();
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        "Table",
-        ManualClock::new(),
-    );
+    let store = store_on(&sdk);
     let found = store
         .get_tenant(&TenantId::generate())
         .await
@@ -443,11 +441,7 @@ async fn an_https_aws_endpoint_is_spoken_to_in_tls() {
         .to_builder()
         .retry_config(kirim::adapters::aws::http::retry_config().with_max_attempts(1))
         .build();
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        "Table",
-        ManualClock::new(),
-    );
+    let store = store_on(&sdk);
     let err = store
         .get_tenant(&TenantId::generate())
         .await
@@ -494,11 +488,7 @@ async fn an_aws_endpoint_with_a_certificate_no_trusted_root_signed_is_refused() 
         .to_builder()
         .retry_config(kirim::adapters::aws::http::retry_config().with_max_attempts(1))
         .build();
-    let store = DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
-        "Table",
-        ManualClock::new(),
-    );
+    let store = store_on(&sdk);
     store
         .get_tenant(&TenantId::generate())
         .await
