@@ -651,6 +651,44 @@ async fn listing_by_any_status_pages_through_exactly_the_messages_in_it(p: Ports
     }
 }
 
+/// A filtered page that fills in the middle of what the store read for it goes on exactly
+/// after its last message: none of the matches read past the full page is skipped. Newest
+/// first: delivered, read, delivered, delivered, in pages of two (the store reads two
+/// messages at a time for a page of two: the first read finds one match, the second two).
+async fn a_status_page_filled_midway_through_a_read_skips_no_match(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    let now = p.clock.now();
+    let mut delivered = Vec::new();
+    for last in [
+        MessageStatus::Delivered,
+        MessageStatus::Delivered,
+        MessageStatus::Read,
+        MessageStatus::Delivered,
+    ] {
+        let (m, d) = message(&p, &t.id, 3600);
+        p.messages.insert_with_debit(&m, &d).await.unwrap();
+        for to in [MessageStatus::Sent, last] {
+            let moved = p
+                .messages
+                .transition(&t.id, &m.id, to, &StatusChange::default(), now)
+                .await
+                .unwrap();
+            assert!(matches!(moved, Transition::Applied(_)), "{to:?}");
+        }
+        if last == MessageStatus::Delivered {
+            delivered.insert(0, m.id.clone());
+        }
+        p.clock.advance(chrono::Duration::milliseconds(3));
+    }
+    for limit in [1, 2, 3] {
+        assert_eq!(
+            listed(&p, &t.id, MessageStatus::Delivered, limit).await,
+            delivered,
+            "pages of {limit}"
+        );
+    }
+}
+
 async fn messages_page_newest_first_with_cursors_and_time_bounds(p: Ports) {
     let t = onboarded(&p, 100).await;
     let mut ids = Vec::new();
@@ -1177,6 +1215,7 @@ pub(crate) use contract;
 
 contract!(
     listing_by_any_status_pages_through_exactly_the_messages_in_it,
+    a_status_page_filled_midway_through_a_read_skips_no_match,
     a_tenant_is_found_by_id_phone_number_and_key_hash,
     a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing,
     a_debit_records_the_message_and_the_ledger_entry_together,

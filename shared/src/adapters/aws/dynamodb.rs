@@ -1039,11 +1039,11 @@ impl MessageStore for DynamoStore {
                 .send()
                 .await
                 .map_err(|e| classify("dynamodb query", e))?;
-            let mut items = out.items.unwrap_or_default().into_iter();
-            for item in items.by_ref() {
-                if messages.len() == limit {
-                    break;
-                }
+            let mut items = out.items.unwrap_or_default().into_iter().peekable();
+            // Only as many as the page has room for: one taken past it would be skipped,
+            // since the cursor goes on after the last one returned.
+            while messages.len() < limit {
+                let Some(item) = items.next() else { break };
                 let key: Item = [keys::PK, keys::SK]
                     .iter()
                     .filter_map(|k| item.get(*k).map(|v| ((*k).to_owned(), v.clone())))
@@ -1051,7 +1051,7 @@ impl MessageStore for DynamoStore {
                 messages.push(from_item::<MessageRecord>(item)?);
                 next_cursor = Some(key);
             }
-            let more_here = items.next().is_some();
+            let more_here = items.peek().is_some();
             match out.last_evaluated_key {
                 // This page's matches filled the page: go on after the last one returned
                 // (a key on the table, which a filtered listing queries).
