@@ -259,6 +259,20 @@ pub(super) fn day_start(d: NaiveDate) -> String {
     format!("{}T00:00:00Z", d.format("%Y-%m-%d"))
 }
 
+/// A form's day, `YYYY-MM-DD` with a four-digit year, as the API's own `day` reads it.
+/// chrono alone also takes a signed year of five or more digits, up to its last date, whose
+/// next day does not exist: such a day is no day here.
+pub(super) fn form_day(v: &str) -> Option<NaiveDate> {
+    NaiveDate::parse_from_str(v, "%Y-%m-%d")
+        .ok()
+        .filter(|_| v.len() == 10)
+}
+
+/// The start of the day after `d` (the end of a one-day range), if there is one.
+fn next_day_start(d: NaiveDate) -> Option<String> {
+    d.succ_opt().map(day_start)
+}
+
 pub(super) fn query(pairs: &[(&str, &str)]) -> String {
     let mut s = url::form_urlencoded::Serializer::new(String::new());
     for (k, v) in pairs {
@@ -685,12 +699,12 @@ async fn render_messages(
     let mut since = String::new();
     let mut until = String::new();
     if !date.is_empty() {
-        match NaiveDate::parse_from_str(&date, "%Y-%m-%d") {
-            Ok(d) => {
-                since = day_start(d);
-                until = day_start(d + Duration::days(1));
+        match form_day(&date).and_then(|d| Some((day_start(d), next_day_start(d)?))) {
+            Some((start, end)) => {
+                since = start;
+                until = end;
             }
-            Err(_) => {
+            None => {
                 status = StatusCode::BAD_REQUEST;
                 n = Some(Notice::Problem(
                     "the date must be a day (YYYY-MM-DD)".into(),
@@ -1308,20 +1322,23 @@ async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
     let (action, from, to, cursor) = (get("action"), get("since"), get("until"), get("cursor"));
     let mut n = None;
     let mut status = StatusCode::OK;
-    let parse = |d: &str, plus: i64| {
-        NaiveDate::parse_from_str(d, "%Y-%m-%d")
-            .map(|d| day_start(d + Duration::days(plus)))
-            .ok()
+    let parse = |d: &str, next: bool| {
+        let d = form_day(d)?;
+        if next {
+            next_day_start(d)
+        } else {
+            Some(day_start(d))
+        }
     };
     let since = if from.is_empty() {
         Some(String::new())
     } else {
-        parse(&from, 0)
+        parse(&from, false)
     };
     let until = if to.is_empty() {
         Some(String::new())
     } else {
-        parse(&to, 1)
+        parse(&to, true)
     };
     let mut events = Vec::new();
     let mut next = None;

@@ -17,7 +17,7 @@ use chrono::{Duration, NaiveDate, Utc};
 use maud::{html, Markup};
 use serde_json::Value;
 
-use super::pages::{failed, problem, query, text, Ctx};
+use super::pages::{failed, form_day, problem, query, text, Ctx};
 use super::views::{frame, page, Notice};
 use super::{may, ConsoleState};
 use crate::domain::Role;
@@ -45,7 +45,7 @@ async fn usage(
         if v.is_empty() {
             Some(default)
         } else {
-            NaiveDate::parse_from_str(&v, "%Y-%m-%d").ok()
+            form_day(&v)
         }
     };
     let (from, to) = (

@@ -423,6 +423,34 @@ async fn usage_and_phone_numbers_show_what_the_api_has_and_say_so_when_it_has_no
     }
 }
 
+/// A day past chrono's last date (a signed year of six digits, which chrono's `%Y` reads)
+/// and other days that are not `YYYY-MM-DD` are a 400 with the page, on the messages, audit
+/// and usage pages alike, and the pages still answer afterwards.
+async fn a_day_the_calendar_cannot_end_is_a_400_on_every_dated_page(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (admin, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &admin).await;
+    let last = "%2B262142-12-31";
+    for page in [
+        format!("/console/messages?date={last}"),
+        format!("/console/audit?until={last}"),
+        format!("/console/audit?since={last}"),
+        "/console/messages?date=2026-1-05".to_owned(),
+        "/console/audit?until=02026-01-05".to_owned(),
+    ] {
+        let p = web.get(&page).await;
+        assert_eq!(p.status, 400, "{page}: {}", p.html);
+        assert!(p.html.contains("YYYY-MM-DD"), "{page}: {}", p.html);
+    }
+    if usage::usage_available(Role::Admin) {
+        let p = web.get(&format!("/console/usage?to={last}")).await;
+        assert_eq!(p.status, 400, "{}", p.html);
+    }
+    assert_eq!(web.get("/console/messages?date=2026-12-02").await.status, 200);
+    assert_eq!(web.get("/console/audit?until=2026-12-02").await.status, 200);
+}
+
 /// An operator names and schedules a campaign, finds it in the list and cancels it
 /// (refunded); a second cancel is a move that does not apply.
 async fn a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console(b: Backend) {
@@ -492,6 +520,7 @@ async fn a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console(b: 
 }
 
 on_both_backends!(
+    a_day_the_calendar_cannot_end_is_a_400_on_every_dated_page,
     a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console,
     the_templates_page_lists_the_catalogue_and_only_an_admin_may_sync_it,
     an_operator_creates_a_campaign_from_pasted_numbers_and_sees_its_results_and_failures,
