@@ -447,7 +447,10 @@ async fn a_day_the_calendar_cannot_end_is_a_400_on_every_dated_page(b: Backend) 
         let p = web.get(&format!("/console/usage?to={last}")).await;
         assert_eq!(p.status, 400, "{}", p.html);
     }
-    assert_eq!(web.get("/console/messages?date=2026-12-02").await.status, 200);
+    assert_eq!(
+        web.get("/console/messages?date=2026-12-02").await.status,
+        200
+    );
     assert_eq!(web.get("/console/audit?until=2026-12-02").await.status, 200);
 }
 

@@ -768,6 +768,125 @@ async fn messages_page_newest_first_with_cursors_and_time_bounds(p: Ports) {
     );
 }
 
+/// A cursor is a position among the tenant's messages: under another status filter or
+/// other bounds it goes on after the same message, and a range that holds nothing (its
+/// `until` at or before its `since`, or a cursor under its `since`) is an empty last page.
+async fn a_messages_cursor_goes_on_after_its_message_under_any_filter_and_bounds(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    let mut ids = Vec::new();
+    let mut at = Vec::new();
+    for i in 0..5 {
+        let (m, d) = message(&p, &t.id, 3600);
+        p.messages.insert_with_debit(&m, &d).await.unwrap();
+        if i % 2 == 1 {
+            let moved = p
+                .messages
+                .transition(
+                    &t.id,
+                    &m.id,
+                    MessageStatus::Failed,
+                    &StatusChange::default(),
+                    p.clock.now(),
+                )
+                .await
+                .unwrap();
+            assert!(matches!(moved, Transition::Applied(_)));
+        }
+        ids.push(m.id.clone());
+        at.push(m.created_at);
+        p.clock.advance(chrono::Duration::seconds(1));
+    }
+    let page = |q: MessageQuery| {
+        let p = &p;
+        let t = &t;
+        async move {
+            let page = p.messages.list_messages(&t.id, &q).await.unwrap();
+            let got: Vec<MessageId> = page.messages.into_iter().map(|m| m.id).collect();
+            (got, page.next_cursor)
+        }
+    };
+    // Newest first: 4, 3 (failed), then the cursor after 3.
+    let (first, cursor) = page(MessageQuery {
+        limit: 2,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(first, vec![ids[4].clone(), ids[3].clone()]);
+    let cursor = cursor.expect("a next page");
+    let after = |q: MessageQuery| MessageQuery {
+        cursor: Some(cursor.clone()),
+        ..q
+    };
+    let failed = page(after(MessageQuery {
+        status: Some(MessageStatus::Failed),
+        limit: 10,
+        ..Default::default()
+    }))
+    .await;
+    assert_eq!(
+        failed,
+        (vec![ids[1].clone()], None),
+        "the failed ones after 3"
+    );
+    let accepted = page(after(MessageQuery {
+        status: Some(MessageStatus::Accepted),
+        limit: 10,
+        ..Default::default()
+    }))
+    .await;
+    assert_eq!(accepted.0, vec![ids[2].clone(), ids[0].clone()]);
+    let under_since = page(after(MessageQuery {
+        since: Some(at[3]),
+        limit: 10,
+        ..Default::default()
+    }))
+    .await;
+    assert_eq!(under_since, (vec![], None), "nothing after 3 from 3 on");
+    let above_until = page(after(MessageQuery {
+        until: Some(at[1]),
+        limit: 10,
+        ..Default::default()
+    }))
+    .await;
+    assert_eq!(
+        above_until.0,
+        vec![ids[0].clone()],
+        "the range starts at its top"
+    );
+    // A failed listing's cursor goes on in the unfiltered listing too.
+    let (one, failed_cursor) = page(MessageQuery {
+        status: Some(MessageStatus::Failed),
+        limit: 1,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(one, vec![ids[3].clone()]);
+    let rest = page(MessageQuery {
+        cursor: failed_cursor,
+        limit: 10,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(rest.0, vec![ids[2].clone(), ids[1].clone(), ids[0].clone()]);
+    for (since, until) in [(at[3], at[1]), (at[2], at[2])] {
+        for status in [
+            None,
+            Some(MessageStatus::Failed),
+            Some(MessageStatus::Accepted),
+        ] {
+            let empty = page(MessageQuery {
+                since: Some(since),
+                until: Some(until),
+                status,
+                limit: 10,
+                ..Default::default()
+            })
+            .await;
+            assert_eq!(empty, (vec![], None), "{since} .. {until}, {status:?}");
+        }
+    }
+}
+
 async fn expired_items_are_invisible_then_removed_by_the_sweep(p: Ports) {
     let t = onboarded(&p, 10).await;
     let (m, d) = message(&p, &t.id, 60);
@@ -1216,6 +1335,7 @@ pub(crate) use contract;
 contract!(
     listing_by_any_status_pages_through_exactly_the_messages_in_it,
     a_status_page_filled_midway_through_a_read_skips_no_match,
+    a_messages_cursor_goes_on_after_its_message_under_any_filter_and_bounds,
     a_tenant_is_found_by_id_phone_number_and_key_hash,
     a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing,
     a_debit_records_the_message_and_the_ledger_entry_together,

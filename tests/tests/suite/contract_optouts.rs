@@ -255,6 +255,25 @@ async fn opt_outs_list_in_pages_with_a_cursor_and_only_the_tenants_own(p: Stores
             .unwrap_err(),
         StoreError::InvalidCursor
     );
+    // A cursor of another listing (the tenant's messages) is no opt-out's position.
+    let t = onboarded(&p, 10).await;
+    for _ in 0..2 {
+        let (m, d) = message(&p, &t);
+        p.messages.insert_with_debit(&m, &d).await.unwrap();
+    }
+    let q = MessageQuery {
+        limit: 1,
+        ..Default::default()
+    };
+    let messages = p.messages.list_messages(&t, &q).await.unwrap();
+    let cursor = messages.next_cursor.expect("a second page of messages");
+    assert_eq!(
+        p.opt_outs
+            .list_opt_outs(&t, 2, Some(&cursor))
+            .await
+            .unwrap_err(),
+        StoreError::InvalidCursor
+    );
 }
 
 async fn an_idempotent_insert_writes_once_and_then_answers_the_existing_record(p: Stores) {

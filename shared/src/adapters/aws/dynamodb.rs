@@ -239,6 +239,29 @@ fn decode_cursor(cursor: &str, tenant: &TenantId) -> Result<Item, StoreError> {
     Ok(flat.into_iter().map(|(k, v)| (k, s(v))).collect())
 }
 
+/// The sort key a cursor of the tenant's own items goes on after, if it is one of theirs
+/// that begins with `prefix` (then what follows it, for the caller to parse). A cursor's
+/// key is only a position: the listing rebuilds the start key for the query it runs, so a
+/// cursor from another filter or a hand-made one is never handed to DynamoDB as it is
+/// (which refuses a start key of another shape or outside the key condition: a 500).
+fn cursor_sort_key<'c>(item: &'c Item, tenant: &TenantId, prefix: &str) -> Option<&'c str> {
+    let pk = item.get(keys::PK).and_then(|v| v.as_s().ok());
+    if pk.is_some_and(|pk| *pk != keys::tenant_pk(tenant)) {
+        return None;
+    }
+    item.get(keys::SK)
+        .and_then(|v| v.as_s().ok())
+        .and_then(|sk| sk.strip_prefix(prefix))
+}
+
+/// The message a messages cursor goes on after (older ones come next).
+fn message_cursor(cursor: &str, tenant: &TenantId) -> Result<MessageId, StoreError> {
+    let item = decode_cursor(cursor, tenant)?;
+    cursor_sort_key(&item, tenant, keys::MESSAGE_PREFIX)
+        .and_then(MessageId::parse)
+        .ok_or(StoreError::InvalidCursor)
+}
+
 impl crate::adapters::cache::LaggingView for DynamoStore {
     fn lagging_view(store: &Arc<Self>) -> Arc<Self> {
         Arc::new(store.lagging())
@@ -991,6 +1014,20 @@ impl MessageStore for DynamoStore {
     ) -> Result<MessagePage, StoreError> {
         let (lo, hi) = keys::message_range(q.since, q.until);
         let limit = q.limit.clamp(1, 100);
+        let after = q
+            .cursor
+            .as_deref()
+            .map(|c| message_cursor(c, tenant))
+            .transpose()?
+            .map(|id| keys::message(tenant, &id).sk);
+        // Nothing lies in an empty range, or below a cursor at or under its low end
+        // (DynamoDB refuses a BETWEEN whose bounds are the wrong way round).
+        if lo > hi || after.as_ref().is_some_and(|a| *a <= lo) {
+            return Ok(MessagePage {
+                messages: Vec::new(),
+                next_cursor: None,
+            });
+        }
         let mut req = self
             .client
             .query()
@@ -1000,9 +1037,26 @@ impl MessageStore for DynamoStore {
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_values(":now", n(self.now_secs()))
             .expression_attribute_values(":lo", s(lo))
-            .expression_attribute_values(":hi", s(hi));
+            .expression_attribute_values(":hi", s(hi.clone()));
         let live = "(attribute_not_exists(#ttl) OR #ttl > :now)";
         let mut filtered = false;
+        // The start key for this query: the table's key, and the index's where the query
+        // reads the status index (whose sort key is the message's). A cursor above the
+        // range's top starts at the top.
+        let mut start: Option<Item> = after.filter(|a| *a <= hi).map(|sk| {
+            let mut key = Item::from([
+                (keys::PK.to_owned(), s(keys::tenant_pk(tenant))),
+                (keys::SK.to_owned(), s(sk.clone())),
+            ]);
+            if let Some(st) = q.status.filter(|st| keys::message_status_indexed(*st)) {
+                key.insert(
+                    keys::GSI1PK.to_owned(),
+                    s(keys::message_status_gsi1_pk(tenant, st)),
+                );
+                key.insert(keys::GSI1SK.to_owned(), s(sk));
+            }
+            key
+        });
         req = match q.status {
             Some(st) if keys::message_status_indexed(st) => req
                 .index_name(GSI1)
@@ -1022,10 +1076,6 @@ impl MessageStore for DynamoStore {
                 .filter_expression(live)
                 .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
                 .expression_attribute_values(":pk", s(keys::tenant_pk(tenant))),
-        };
-        let mut start = match &q.cursor {
-            Some(c) => Some(decode_cursor(c, tenant)?),
-            None => None,
         };
         // A filtered listing reads on through pages of `limit` messages until it has
         // `limit` matches, at most `FILTERED_PAGES` pages a request (the cursor goes on).

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 use super::keys::{self, tenant_pk};
-use super::{decode_cursor, encode_cursor, Item};
+use super::{decode_cursor, encode_cursor, message_cursor, Item};
 
 fn msg_sk(id: &MessageId) -> String {
     keys::message(&TenantId::generate(), id).sk
@@ -144,6 +144,33 @@ proptest! {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_messages_cursor_is_a_message_of_the_caller_s_or_invalid(
+        (own, cursor) in (tenant(), tenant()).prop_flat_map(|(own, other)| {
+            (Just(own.clone()), crafted(own, other))
+        })
+    ) {
+        match message_cursor(&cursor, &own) {
+            Err(e) => prop_assert_eq!(e, StoreError::InvalidCursor),
+            Ok(id) => {
+                let key = decode_cursor(&cursor, &own).unwrap();
+                prop_assert_eq!(
+                    key.get("sk").and_then(|v| v.as_s().ok()),
+                    Some(&msg_sk(&id))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_messages_cursor_reads_back_as_its_message_whatever_index_wrote_it(
+        (own, key) in tenant().prop_flat_map(|own| (Just(own.clone()), last_key(own)))
+    ) {
+        let cursor = encode_cursor(&key).unwrap();
+        let id = message_cursor(&cursor, &own).unwrap();
+        prop_assert_eq!(Some(&msg_sk(&id)), key.get("sk").and_then(|v| v.as_s().ok()));
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub const OPT_OUT_PREFIX: &str = "OPTOUT#";
 pub const USER_PREFIX: &str = "USER#";
 pub const PENDING_PREFIX: &str = "PENDING#";
 pub const ADDR_PREFIX: &str = "ADDR#";
-const MESSAGE_PREFIX: &str = "MSG#";
+pub const MESSAGE_PREFIX: &str = "MSG#";
 const IDEM_PREFIX: &str = "IDEM#";
 const QSTAT_PREFIX: &str = "QSTAT#";
 /// A tenant's broadcasts, in its `TENANT#{t}` partition.

@@ -10,7 +10,8 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{
-    classify, decode_cursor, encode_cursor, from_item, keys, n, s, to_item, DynamoStore, Item,
+    classify, cursor_sort_key, decode_cursor, encode_cursor, from_item, keys, n, s, to_item,
+    DynamoStore, Item,
 };
 use crate::domain::{OptOut, OptOutKey, OptOutScope, TenantId};
 use crate::ports::{OptOutPage, OptOutStore};
@@ -152,7 +153,17 @@ impl OptOutStore for DynamoStore {
         cursor: Option<&str>,
     ) -> Result<OptOutPage, StoreError> {
         let limit = limit.clamp(1, 100);
-        let start = cursor.map(|c| decode_cursor(c, tenant)).transpose()?;
+        // The cursor's key is only a position: rebuilt from the opt-out it names, so a
+        // hand-made one never reaches DynamoDB as a start key outside the query.
+        let start = cursor
+            .map(|c| {
+                let item = decode_cursor(c, tenant)?;
+                cursor_sort_key(&item, tenant, keys::OPT_OUT_PREFIX)
+                    .and_then(OptOutKey::parse)
+                    .map(|key| keys::opt_out(tenant, &key).attrs())
+                    .ok_or(StoreError::InvalidCursor)
+            })
+            .transpose()?;
         // One more than asked: a next cursor only when there is a next page.
         let out = self
             .client
