@@ -232,7 +232,7 @@ async fn accept(
     // A session text only within 24 hours of the user's last message to the number it
     // goes from (Meta would answer 131047): refused before any debit.
     if matches!(content, Content::Text { .. }) {
-        super::contacts::check_window(deps, tenant_id, &tenant.phone_number_id, &to).await?;
+        super::contacts::check_window(deps, tenant_id, &sender.phone_number_id, &to).await?;
     }
     super::quality::check_send(deps, tenant_id, category).await?;
     let now = deps.clock.now();

@@ -152,6 +152,59 @@ async fn a_send_from_a_second_number_reaches_the_sandbox_with_that_numbers_id(b:
     assert_eq!(requests[0].phone_number_id, second);
 }
 
+/// A session text's 24-hour window is the sending number's: a user who wrote to the
+/// second number opens it for sends from that number, not from the default, and the
+/// other way round.
+async fn a_session_text_goes_only_from_the_number_the_user_wrote_to(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let second = fresh_number();
+    let (s, body) = add_number(
+        &app,
+        &t.tenant_id,
+        json!({"phone_number_id": second, "waba_id": "1000001", "display_phone_number": "+1 555-010-2031"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let text = |to: &str, from: Option<&str>| {
+        let mut body = json!({"to": to, "text": {"body": "Your parcel is here"}});
+        if let Some(f) = from {
+            body["from"] = json!(f);
+        }
+        call(
+            &app,
+            reqwest::Method::POST,
+            &t.key,
+            "/v1/messages",
+            Some(body),
+        )
+    };
+    // The user wrote to the second number only.
+    app.user_wrote(&second, "+60123452201").await;
+    let (s, body) = text("+60123452201", None).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("outside_customer_service_window")),
+        "not from the default: {body}"
+    );
+    let (s, body) = text("+60123452201", Some(&second)).await;
+    assert_eq!(s, 202, "from the number written to: {body}");
+    // And one who wrote to the default only.
+    app.user_wrote(&t.phone_number_id, "+60123452202").await;
+    let (s, body) = text("+60123452202", Some(&second)).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("outside_customer_service_window")),
+        "not from the second: {body}"
+    );
+    assert_eq!(text("+60123452202", None).await.0, 202);
+    assert_eq!(
+        app.credits(&t.key).await,
+        8,
+        "the refused ones cost nothing"
+    );
+}
+
 async fn a_send_from_a_number_not_the_tenants_is_refused_as_unknown_sender_with_nothing_debited(
     b: Backend,
 ) {
@@ -632,6 +685,7 @@ async fn a_number_on_another_waba_brings_its_catalogue_which_decides_its_sends(b
 }
 
 on_both_backends!(
+    a_session_text_goes_only_from_the_number_the_user_wrote_to,
     a_number_on_another_waba_brings_its_catalogue_which_decides_its_sends,
     a_send_from_a_second_number_reaches_the_sandbox_with_that_numbers_id,
     a_send_from_a_number_not_the_tenants_is_refused_as_unknown_sender_with_nothing_debited,
