@@ -335,7 +335,8 @@ pub trait MessageStore: Send + Sync {
     /// by `refund.amount` and `refund` is recorded. Both or neither: a process killed at
     /// any point keeps credits equal to the ledger. A message fails once, so its refund
     /// happens at most once. `Refused` (nothing written) when the message is gone or not
-    /// `from`; `NotFound` (nothing written) when the tenant is gone.
+    /// `from`; `NotFound` (nothing written) when the tenant is gone. Without a `refund` (a
+    /// free message: nothing to give back) the move alone, on the same condition.
     async fn fail_and_refund(
         &self,
         tenant: &TenantId,
@@ -343,7 +344,7 @@ pub trait MessageStore: Send + Sync {
         from: MessageStatus,
         change: &StatusChange,
         at: DateTime<Utc>,
-        refund: &LedgerEntry,
+        refund: Option<&LedgerEntry>,
     ) -> Result<Transition, StoreError>;
     /// Puts a message back to `accepted` from `sending` for a retry, only if it is still
     /// `sending` under the claim made at `claimed_at` (its `updated_at`): a release

@@ -79,24 +79,19 @@ async fn fail(
         "message not accepted by meta",
         now,
     );
-    let outcome = match &refund {
-        Some(r) => {
-            deps.messages
-                .fail_and_refund(&job.tenant_id, &job.message_id, from, &change, now, r)
-                .await?
-        }
-        None => {
-            deps.messages
-                .transition(
-                    &job.tenant_id,
-                    &job.message_id,
-                    MessageStatus::Failed,
-                    &change,
-                    now,
-                )
-                .await?
-        }
-    };
+    // Only from `from`, free or not: a check made before the claim must never fail a
+    // message another dispatcher has claimed or Meta has accepted.
+    let outcome = deps
+        .messages
+        .fail_and_refund(
+            &job.tenant_id,
+            &job.message_id,
+            from,
+            &change,
+            now,
+            refund.as_ref(),
+        )
+        .await?;
     match outcome {
         Transition::Applied(record) => {
             super::callbacks::status_changed(deps, &record).await;

@@ -68,7 +68,7 @@ async fn a_failure_and_its_refund_are_written_together_and_never_twice(p: Ports)
                 MessageStatus::Accepted,
                 &failure(),
                 p.clock.now(),
-                &refund_of(&p, &m)
+                Some(&refund_of(&p, &m))
             )
             .await
             .unwrap(),
@@ -84,7 +84,7 @@ async fn a_failure_and_its_refund_are_written_together_and_never_twice(p: Ports)
             MessageStatus::Sending,
             &failure(),
             p.clock.now(),
-            &refund_of(&p, &m),
+            Some(&refund_of(&p, &m)),
         )
         .await
         .unwrap()
@@ -112,7 +112,7 @@ async fn a_failure_and_its_refund_are_written_together_and_never_twice(p: Ports)
                 MessageStatus::Sending,
                 &failure(),
                 p.clock.now(),
-                &refund_of(&p, &m)
+                Some(&refund_of(&p, &m))
             )
             .await
             .unwrap(),
@@ -143,7 +143,7 @@ async fn a_message_meta_accepted_or_an_unknown_one_is_never_refunded(p: Ports) {
                 MessageStatus::Sending,
                 &failure(),
                 p.clock.now(),
-                &refund_of(&p, &m)
+                Some(&refund_of(&p, &m))
             )
             .await
             .unwrap(),
@@ -163,7 +163,7 @@ async fn a_message_meta_accepted_or_an_unknown_one_is_never_refunded(p: Ports) {
                 MessageStatus::Accepted,
                 &failure(),
                 p.clock.now(),
-                &refund_of(&p, &unknown)
+                Some(&refund_of(&p, &unknown))
             )
             .await
             .unwrap(),
@@ -196,7 +196,7 @@ async fn a_refunding_failure_for_a_tenant_that_is_gone_writes_nothing(p: Ports) 
                 MessageStatus::Accepted,
                 &failure(),
                 p.clock.now(),
-                &refund
+                Some(&refund)
             )
             .await
             .unwrap_err(),
@@ -215,7 +215,71 @@ async fn a_refunding_failure_for_a_tenant_that_is_gone_writes_nothing(p: Ports) 
     assert_eq!(balance_and_refunds(&p, &t.id).await, (0, 0));
 }
 
+/// A free message (nothing to refund) fails on the same condition as a paid one: only
+/// from the status the caller names, never one claimed by another dispatcher or sent.
+async fn a_free_message_fails_only_from_the_status_named_and_refunds_nothing(p: Ports) {
+    let t = onboarded(&p, 2).await;
+    let (m, d) = message(&p, &t.id, 3600);
+    p.messages.insert_with_debit(&m, &d).await.unwrap();
+    let fail_from = |from: MessageStatus| {
+        let (p, t, id) = (&p, &t, m.id.clone());
+        async move {
+            p.messages
+                .fail_and_refund(&t.id, &id, from, &failure(), p.clock.now(), None)
+                .await
+                .unwrap()
+        }
+    };
+    let status = || async {
+        p.messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+    };
+    let before = balance_and_refunds(&p, &t.id).await;
+    for (to, refused_from) in [
+        (MessageStatus::Sending, MessageStatus::Accepted),
+        (MessageStatus::Sent, MessageStatus::Sending),
+    ] {
+        p.messages
+            .transition(&t.id, &m.id, to, &StatusChange::default(), p.clock.now())
+            .await
+            .unwrap();
+        assert_eq!(fail_from(refused_from).await, Transition::Refused, "{to:?}");
+        assert_eq!(status().await, to);
+    }
+    assert_eq!(balance_and_refunds(&p, &t.id).await, before);
+
+    let (free, d) = message(&p, &t.id, 3600);
+    p.messages.insert_with_debit(&free, &d).await.unwrap();
+    let before = balance_and_refunds(&p, &t.id).await;
+    let Transition::Applied(failed) = p
+        .messages
+        .fail_and_refund(
+            &t.id,
+            &free.id,
+            MessageStatus::Accepted,
+            &failure(),
+            p.clock.now(),
+            None,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("an accepted message fails from accepted");
+    };
+    assert_eq!(failed.status, MessageStatus::Failed);
+    assert_eq!(
+        balance_and_refunds(&p, &t.id).await,
+        before,
+        "nothing given back, no refund entry"
+    );
+}
+
 contract!(
+    a_free_message_fails_only_from_the_status_named_and_refunds_nothing,
     a_failure_and_its_refund_are_written_together_and_never_twice,
     a_message_meta_accepted_or_an_unknown_one_is_never_refunded,
     a_refunding_failure_for_a_tenant_that_is_gone_writes_nothing,

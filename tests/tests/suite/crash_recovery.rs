@@ -253,7 +253,7 @@ impl MessageStore for Flaky {
         from: MessageStatus,
         change: &StatusChange,
         at: DateTime<Utc>,
-        refund: &LedgerEntry,
+        refund: Option<&LedgerEntry>,
     ) -> Result<Transition, StoreError> {
         if self.fail_refund.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("storage is down".into()));

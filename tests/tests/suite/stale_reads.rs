@@ -74,7 +74,7 @@ impl MessageStore for Behind {
         from: MessageStatus,
         change: &StatusChange,
         at: DateTime<Utc>,
-        refund: &LedgerEntry,
+        refund: Option<&LedgerEntry>,
     ) -> Result<Transition, StoreError> {
         self.inner
             .fail_and_refund(tenant, id, from, change, at, refund)

@@ -454,6 +454,41 @@ impl DynamoStore {
         Ok(TransactWriteItem::builder().update(u).build())
     }
 
+    /// Moves a message to `to` if its status is one of `from` (and it has not expired): one
+    /// conditional update.
+    async fn move_status(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        to: MessageStatus,
+        from: &[MessageStatus],
+        change: &StatusChange,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let Some(u) = self.status_update(tenant, id, to, from, change, at)? else {
+            return Ok(Transition::Refused);
+        };
+        let req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::message(tenant, id).attrs()))
+            .update_expression(u.expression)
+            .condition_expression(u.condition)
+            .set_expression_attribute_names(Some(u.names))
+            .set_expression_attribute_values(Some(u.values))
+            .return_values(ReturnValue::AllNew);
+        match req.send().await {
+            Ok(out) => Ok(Transition::Applied(Box::new(from_item(
+                out.attributes.unwrap_or_default(),
+            )?))),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(Transition::Refused)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
     /// The update that moves a message to `to` from one of `preds` (and not expired),
     /// applying `change`; `None` when no status may precede `to`.
     fn status_update(
@@ -1134,29 +1169,8 @@ impl MessageStore for DynamoStore {
         change: &StatusChange,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
-        let Some(u) = self.status_update(tenant, id, to, to.allowed_predecessors(), change, at)?
-        else {
-            return Ok(Transition::Refused);
-        };
-        let req = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(keys::message(tenant, id).attrs()))
-            .update_expression(u.expression)
-            .condition_expression(u.condition)
-            .set_expression_attribute_names(Some(u.names))
-            .set_expression_attribute_values(Some(u.values))
-            .return_values(ReturnValue::AllNew);
-        match req.send().await {
-            Ok(out) => Ok(Transition::Applied(Box::new(from_item(
-                out.attributes.unwrap_or_default(),
-            )?))),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(Transition::Refused)
-            }
-            Err(e) => Err(classify("dynamodb update", e)),
-        }
+        self.move_status(tenant, id, to, to.allowed_predecessors(), change, at)
+            .await
     }
 
     async fn fail_and_refund(
@@ -1166,11 +1180,16 @@ impl MessageStore for DynamoStore {
         from: MessageStatus,
         change: &StatusChange,
         at: DateTime<Utc>,
-        refund: &LedgerEntry,
+        refund: Option<&LedgerEntry>,
     ) -> Result<Transition, StoreError> {
         if !REFUNDABLE.contains(&from) {
             return Ok(Transition::Refused);
         }
+        let Some(refund) = refund else {
+            return self
+                .move_status(tenant, id, MessageStatus::Failed, &[from], change, at)
+                .await;
+        };
         self.transition_with_refund(
             tenant,
             id,

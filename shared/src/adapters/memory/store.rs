@@ -753,7 +753,7 @@ impl MessageStore for MemoryStore {
         from: MessageStatus,
         change: &StatusChange,
         at: DateTime<Utc>,
-        refund: &LedgerEntry,
+        refund: Option<&LedgerEntry>,
     ) -> Result<Transition, StoreError> {
         // One lock for the status, the balance and the entry: the memory backend's atomic
         // step, as one transaction is on DynamoDB.
@@ -767,12 +767,14 @@ impl MessageStore for MemoryStore {
         if !refundable {
             return Ok(Transition::Refused);
         }
-        let t = s
-            .tenants
-            .get_mut(&refund.tenant_id)
-            .ok_or(StoreError::NotFound)?;
-        t.credits = t.credits.saturating_add(refund.amount);
-        s.ledger.push(refund.clone());
+        if let Some(refund) = refund {
+            let t = s
+                .tenants
+                .get_mut(&refund.tenant_id)
+                .ok_or(StoreError::NotFound)?;
+            t.credits = t.credits.saturating_add(refund.amount);
+            s.ledger.push(refund.clone());
+        }
         let Some(m) = s.messages.get_mut(message_key(&(tenant, id))) else {
             return Ok(Transition::Refused);
         };
