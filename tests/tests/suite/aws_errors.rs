@@ -504,3 +504,79 @@ async fn an_aws_endpoint_with_a_certificate_no_trusted_root_signed_is_refused() 
         "{refused}"
     );
 }
+
+/// A stand-in DynamoDB whose first `TransactWriteItems` is cancelled for a conflict with
+/// another transaction on its first item (as a send's debit on the tenant item is), and
+/// whose later ones succeed; it counts them.
+async fn dynamodb_conflicting_once() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let transaction = headers
+            .get("x-amz-target")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.ends_with(".TransactWriteItems"));
+        let call = if transaction {
+            counted.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            0
+        };
+        async move {
+            let (status, body) = if call == 1 {
+                (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","message":"Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict, None, None]","CancellationReasons":[{"Code":"TransactionConflict","Message":"Transaction is ongoing for the item"},{"Code":"None"},{"Code":"None"}]}"#,
+                )
+            } else {
+                (axum::http::StatusCode::OK, "{}")
+            };
+            (
+                status,
+                [("content-type", "application/x-amz-json-1.0")],
+                body,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), calls)
+}
+
+/// Every send debits the tenant item in a transaction, so a write of the tenant's own
+/// that meets one is cancelled with nothing written: removing a number and switching the
+/// default go again, as the send's own debit does, instead of answering 503.
+#[tokio::test]
+async fn a_number_change_cancelled_by_a_sends_debit_goes_again() {
+    use kirim::ports::{PhoneNumberRecord, PhoneNumberStore};
+    let (url, calls) = dynamodb_conflicting_once().await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let store = store_on(&sdk);
+    let t = TenantId::generate();
+    store
+        .remove_phone_number(&t, "106540352242922")
+        .await
+        .expect("removed on the second try");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    let (url, calls) = dynamodb_conflicting_once().await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let store = store_on(&sdk);
+    let number = PhoneNumberRecord {
+        tenant_id: t.clone(),
+        phone_number_id: "106540352242922".into(),
+        waba_id: "1000001".into(),
+        display_phone_number: None,
+        quality: kirim::domain::TemplateQuality::Unknown,
+        throughput_per_sec: None,
+        added_at: chrono::Utc::now(),
+    };
+    store
+        .set_default_number(&t, &number)
+        .await
+        .expect("switched on the second try");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -613,7 +613,9 @@ impl DynamoStore {
 
     async fn add_credits(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
         let items = vec![self.credit_update(entry, false)?, self.ledger_put(entry)?];
-        match self.transact(items).await {
+        // The tenant item is in every send's debit: a top-up or refund that meets one is
+        // cancelled with nothing written, and goes again.
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => self.balance(&entry.tenant_id).await,
             Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
                 Err(StoreError::NotFound)

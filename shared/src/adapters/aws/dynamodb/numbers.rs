@@ -177,7 +177,8 @@ impl PhoneNumberStore for DynamoStore {
             TransactWriteItem::builder().delete(number).build(),
             TransactWriteItem::builder().delete(route).build(),
         ];
-        match self.transact(items).await {
+        // The tenant item is in every send's debit: retried on a conflict with one.
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(()),
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
                 "the number is the default or is not the tenant's".into(),
@@ -221,7 +222,8 @@ impl PhoneNumberStore for DynamoStore {
             TransactWriteItem::builder().update(exists).build(),
             TransactWriteItem::builder().update(update).build(),
         ];
-        match self.transact(items).await {
+        // The tenant item is in every send's debit: retried on a conflict with one.
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(()),
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
                 "the number is not the tenant's, or the tenant is closed".into(),
