@@ -154,8 +154,9 @@ pub(super) async fn rotate_key(
     Path(id): Path<String>,
     OptionalJsonBody(req): OptionalJsonBody<Rotate>,
 ) -> ApiResult {
+    let id = super::minted_path(&id)?;
     let (minted, old): (apikeys::Minted, KeyView) =
-        apikeys::rotate(&s.deps, ctx.tenant_id(), &id, req).await?;
+        apikeys::rotate(&s.deps, ctx.tenant_id(), id, req).await?;
     let mut body = minted_json(&minted);
     let details = json!({"key_id": id, "new_key_id": minted.record.id});
     body["previous"] = json!(old);
@@ -171,7 +172,8 @@ pub(super) async fn revoke_key(
     ctx: TenantCtx,
     Path(id): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
-    apikeys::revoke(&s.deps, ctx.tenant_id(), &id).await?;
+    let id = super::minted_path(&id)?;
+    apikeys::revoke(&s.deps, ctx.tenant_id(), id).await?;
     Ok(noted(
         empty(StatusCode::NO_CONTENT),
         None,

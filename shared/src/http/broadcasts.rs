@@ -178,9 +178,7 @@ async fn retry_failed(
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    if ulid::Ulid::from_string(&id).is_err() {
-        return Err(ApiError::not_found());
-    }
+    super::minted_path(&id)?;
     let req: RetryRequest = if body.is_empty() {
         RetryRequest::default()
     } else {
@@ -209,9 +207,7 @@ async fn recipients_csv(
     ctx: TenantCtx,
     Path(id): Path<String>,
 ) -> ApiResult {
-    if ulid::Ulid::from_string(&id).is_err() {
-        return Err(ApiError::not_found());
-    }
+    super::minted_path(&id)?;
     let deps = s.deps.clone();
     let b = deps
         .broadcasts
@@ -309,9 +305,7 @@ async fn moved(
     Path(id): Path<String>,
     what: Move,
 ) -> ApiResult {
-    if ulid::Ulid::from_string(&id).is_err() {
-        return Err(ApiError::not_found());
-    }
+    super::minted_path(&id)?;
     let (d, t) = (&s.deps, ctx.tenant_id());
     let view = match what {
         Move::Pause => broadcasts::pause(d, t, &id).await?,
@@ -323,9 +317,7 @@ async fn moved(
 }
 
 async fn get_one(State(s): State<AppState>, ctx: TenantCtx, Path(id): Path<String>) -> ApiResult {
-    if ulid::Ulid::from_string(&id).is_err() {
-        return Err(ApiError::not_found());
-    }
+    super::minted_path(&id)?;
     let view = broadcasts::view(&s.deps, ctx.tenant_id(), &id).await?;
     Ok(Json(view).into_response())
 }

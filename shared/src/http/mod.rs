@@ -300,6 +300,22 @@ pub(crate) fn tenant_path(id: &str) -> Result<TenantId, ApiError> {
     TenantId::parse(id).ok_or_else(ApiError::not_found)
 }
 
+/// A path's id of a record Kirim minted (an API key, a user, a broadcast: a ULID).
+/// Anything else names nothing (`404`), before it reaches a store key (DynamoDB refuses a
+/// sort key over 1 KB: a 500).
+pub(crate) fn minted_path(id: &str) -> Result<&str, ApiError> {
+    ulid::Ulid::from_string(id)
+        .map(|_| id)
+        .map_err(|_| ApiError::not_found())
+}
+
+/// A path's phone number id: Meta's numeric id, or no number (`404`).
+pub(crate) fn number_path(id: &str) -> Result<&str, ApiError> {
+    crate::service::accounts::check_numeric_id("phone_number_id", id)
+        .map(|()| id)
+        .map_err(|_| ApiError::not_found())
+}
+
 async fn top_up(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -57,7 +57,8 @@ async fn remove(
     Path((id, phone_number_id)): Path<(String, String)>,
 ) -> ApiResult {
     let id = tenant_path(&id)?;
-    numbers::remove(&s.deps, &id, &phone_number_id).await?;
+    let phone_number_id = super::number_path(&phone_number_id)?;
+    numbers::remove(&s.deps, &id, phone_number_id).await?;
     Ok(noted(
         empty(StatusCode::NO_CONTENT),
         Some(&id),
@@ -75,7 +76,8 @@ async fn set_default(
     ctx: TenantCtx,
     Path(phone_number_id): Path<String>,
 ) -> ApiResult {
-    let n = numbers::set_default(&s.deps, &ctx.tenant, &phone_number_id).await?;
+    let phone_number_id = super::number_path(&phone_number_id)?;
+    let n = numbers::set_default(&s.deps, &ctx.tenant, phone_number_id).await?;
     let body = json!({"phone_number_id": n.phone_number_id, "waba_id": n.waba_id, "default": true});
     Ok(noted(
         Json(body).into_response(),

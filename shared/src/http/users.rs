@@ -46,7 +46,7 @@ async fn delete_user(
     ctx: TenantCtx,
     Path(id): Path<String>,
 ) -> ApiResult {
-    users::delete(&s.deps, ctx.tenant_id(), &id).await?;
+    users::delete(&s.deps, ctx.tenant_id(), super::minted_path(&id)?).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -56,7 +56,7 @@ async fn unlock_user(
     ctx: TenantCtx,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let user = users::unlock(&s.deps, ctx.tenant_id(), &id).await?;
+    let user = users::unlock(&s.deps, ctx.tenant_id(), super::minted_path(&id)?).await?;
     let res = Json(user).into_response();
     Ok(super::admin::noted(res, None, json!({"user_id": id})))
 }

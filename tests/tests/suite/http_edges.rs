@@ -229,6 +229,70 @@ async fn another_tenants_message_answers_404(b: Backend) {
     assert_eq!(list["messages"].as_array().map(Vec::len), Some(0));
 }
 
+/// Ids in a path that are no id Kirim or Meta makes (too long for a store key, or not of
+/// the id's kind) name nothing: `404`, and nothing changes.
+async fn path_ids_of_the_wrong_kind_or_length_answer_404_and_change_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(2).await;
+    let keys_before: Value = app
+        .http
+        .get(app.url("/v1/api-keys"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let long = "7".repeat(2_000);
+    let word = "not-an-id".to_owned();
+    for id in [&long, &word] {
+        for (method, path, token) in [
+            ("DELETE", format!("/v1/users/{id}"), t.key.as_str()),
+            ("POST", format!("/v1/users/{id}/unlock"), t.key.as_str()),
+            ("DELETE", format!("/v1/api-keys/{id}"), t.key.as_str()),
+            ("POST", format!("/v1/api-keys/{id}/rotate"), t.key.as_str()),
+            (
+                "PUT",
+                format!("/v1/phone-numbers/{id}/default"),
+                t.key.as_str(),
+            ),
+            (
+                "DELETE",
+                format!("/v1/platform/tenants/{}/phone-numbers/{id}", t.tenant_id),
+                OPERATOR_TOKEN,
+            ),
+            ("GET", format!("/v1/broadcasts/{id}"), t.key.as_str()),
+        ] {
+            let res = app
+                .http
+                .request(method.parse().unwrap(), app.url(&path))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let (s, c, body) = error_of(res).await;
+            assert_eq!(
+                (s, c.as_str()),
+                (404, "not_found"),
+                "{method} {}: {body}",
+                &path[..path.len().min(60)]
+            );
+        }
+    }
+    let keys_after: Value = app
+        .http
+        .get(app.url("/v1/api-keys"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys_before, keys_after, "no key rotated or revoked");
+}
+
 async fn onboarding_the_same_phone_number_twice_is_a_conflict(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(0).await;
@@ -501,6 +565,7 @@ async fn a_meta_webhook_body_up_to_one_mib_is_read_and_a_larger_one_is_refused(b
 }
 
 on_both_backends!(
+    path_ids_of_the_wrong_kind_or_length_answer_404_and_change_nothing,
     during_an_app_secret_rotation_both_the_new_and_the_previous_secret_verify,
     bad_send_requests_answer_precise_errors_and_change_nothing,
     a_send_without_credits_answers_402_and_records_nothing,
