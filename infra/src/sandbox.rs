@@ -621,6 +621,25 @@ struct InboundIn {
     button: Option<String>,
 }
 
+/// A wamid shaped as Meta's: `wamid.` and base64 of `1c 18`, the user's digits with
+/// their length, `15 02 00 11 18 12`, 18 hexadecimal characters of the message's own id,
+/// and `00`. The number is in it (as in Meta's), so whatever logs a whole wamid is
+/// seen to undo the masking of phone numbers.
+pub fn meta_wamid(digits: &str) -> String {
+    use base64::Engine;
+    let digits = &digits.as_bytes()[..digits.len().min(0x7f)];
+    let mut raw = vec![0x1c, 0x18, digits.len() as u8];
+    raw.extend_from_slice(digits);
+    raw.extend_from_slice(&[0x15, 0x02, 0x00, 0x11, 0x18, 0x12]);
+    let id = format!("{:018X}", rand::rng().random::<u128>() >> 56);
+    raw.extend_from_slice(id.as_bytes());
+    raw.push(0);
+    format!(
+        "wamid.{}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
+}
+
 /// `POST /_sandbox/inbound`: one user's message to a business number, as Meta's signed
 /// webhook (see the module docs). Answers `{"delivered":bool,"webhook":<the body sent>}`.
 async fn post_inbound(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
@@ -652,7 +671,7 @@ async fn post_inbound(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
             .insert((m.phone_number_id.clone(), f.clone()), Instant::now());
     }
     let now = Utc::now().timestamp();
-    let wamid = format!("wamid.sandbox.in.{}", rand::rng().random::<u64>());
+    let wamid = meta_wamid(from.as_deref().unwrap_or_default());
     let mut message = json!({
         "id": wamid,
         "timestamp": now.to_string(),
@@ -1042,7 +1061,7 @@ impl Inner {
             tokio::time::sleep(self.slow_delay).await;
         }
 
-        let wamid = format!("wamid.{}", ulid::Ulid::new());
+        let wamid = meta_wamid(&digits);
         tracing::info!(
             phone_number_id,
             recipient,

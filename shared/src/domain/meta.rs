@@ -49,6 +49,11 @@ impl Wamid {
     pub fn parse(s: &str) -> Option<Self> {
         (!s.is_empty() && s.len() <= MAX_WAMID && !has_control(s)).then(|| Self(s.to_owned()))
     }
+    /// What a log line may show of it ([`crate::domain::wamid_tail`]: Meta's wamid holds
+    /// the recipient's number).
+    pub fn for_logs(&self) -> &str {
+        crate::domain::wamid_tail(&self.0)
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -30,7 +30,7 @@ pub use optout::{
     keyword, Keyword, OptOut, OptOutKey, OptOutScope, OptOutSource, UserId, BY_META, MAX_USER_ID,
     START_WORDS, STOP_WORDS,
 };
-pub use phone::{mask_phone, PhoneNumber, PhoneNumberError};
+pub use phone::{mask_phone, wamid_tail, PhoneNumber, PhoneNumberError};
 pub use retention::{
     parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION,
     CUSTOMER_SERVICE_WINDOW, LOGIN_FAILURES_RETENTION, SEND_SLOT_RETENTION,

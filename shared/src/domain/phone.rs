@@ -63,6 +63,22 @@ pub fn mask_phone(raw: &str) -> String {
     format!("{head}****{tail}")
 }
 
+/// How much of a wamid a log line shows: its end.
+const WAMID_LOG_TAIL: usize = 12;
+
+/// The part of a wamid safe for logs: its last 12 characters (nothing of one shorter than
+/// 25, or not ASCII). Meta's wamid is base64 of a small structure that begins with the
+/// recipient's number (`wamid.HBgLMTY1…` is `1c 18 0b` then `16…`, the number's digits),
+/// so a whole wamid in a log line would undo the masking of `to`; its end is the
+/// message's own id at Meta, enough to find the wamid the API answers for a message.
+pub fn wamid_tail(wamid: &str) -> &str {
+    let n = wamid.len();
+    if n <= 2 * WAMID_LOG_TAIL || !wamid.is_ascii() {
+        return "";
+    }
+    &wamid[n - WAMID_LOG_TAIL..]
+}
+
 impl From<PhoneNumber> for String {
     fn from(p: PhoneNumber) -> Self {
         p.0
@@ -91,6 +107,18 @@ impl fmt::Display for PhoneNumber {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_wamid_in_logs_is_its_tail_which_holds_none_of_the_number() {
+        // A wamid as Meta mints them: base64 of 1c 18 0b, the 11 digits, then the id.
+        let wamid = "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBI5QTNDQTVCM0Q0Q0Q2RTY3RTcA";
+        let tail = super::wamid_tail(wamid);
+        assert_eq!(tail, "M0Q0Q2RTY3RTcA".get(2..).unwrap_or_default());
+        assert!(!tail.contains("MTY1MDM4Nzk0Mzk"));
+        assert_eq!(super::wamid_tail("wamid.short"), "");
+        assert_eq!(super::wamid_tail("wamid.ééééééééééééééééééééé"), "");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

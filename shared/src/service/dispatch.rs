@@ -703,7 +703,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     tracing::warn!(error = %e, "kept statuses not applied yet");
                 }
             }
-            tracing::info!(wamid = %accepted.wamid, to = %log_to, "sent to meta");
+            tracing::info!(wamid = %crate::domain::wamid_tail(&accepted.wamid), to = %log_to, "sent to meta");
             Ok(Outcome::Done)
         }
         Err(MetaSendError::Timeout) => {

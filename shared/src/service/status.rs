@@ -256,7 +256,7 @@ async fn keep(
     };
     let new = deps.pending.put_pending_status(&pending).await?;
     // Per status: DEBUG (a webhook request logs at most one INFO line; README "Logs").
-    tracing::debug!(wamid = %report.wamid, status = report.status.as_str(), new, "status for a wamid not known yet; kept");
+    tracing::debug!(wamid = %report.wamid.for_logs(), status = report.status.as_str(), new, "status for a wamid not known yet; kept");
     let found = resolve(deps, tenant, report).await?;
     if found.is_some() {
         // Applied by the caller now; the kept copy is no longer needed.
@@ -315,7 +315,7 @@ pub async fn apply_kept(deps: &Deps, wamid: &str) -> Result<usize, ServiceError>
         deps.pending.delete_pending_status(&p).await?;
     }
     if applied > 0 {
-        tracing::info!(wamid = %wamid, applied, "kept statuses applied");
+        tracing::info!(wamid = %crate::domain::wamid_tail(wamid), applied, "kept statuses applied");
     }
     Ok(applied)
 }

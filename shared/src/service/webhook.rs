@@ -200,7 +200,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 } else {
                     tracing::info_span!(
                         "status",
-                        wamid = %report.wamid,
+                        wamid = %report.wamid.for_logs(),
                         tenant_id = tracing::field::Empty,
                         message_id = tracing::field::Empty,
                     )
@@ -209,7 +209,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                     let tenant = owners.of(report.phone_number_id.as_deref()).await;
                     // The request's span gets the wamid with the tenant, in one record
                     // (lines logged while the owner is looked up carry neither yet).
-                    let wamid = report.wamid.as_str();
+                    let wamid = report.wamid.for_logs();
                     match (single, &tenant) {
                         (true, Ok(Some(t))) => crate::telemetry::record_ids([
                             ("wamid", wamid),

@@ -44,7 +44,19 @@ async fn secrets_content_and_full_numbers_never_reach_logs_or_responses(b: Backe
         .as_str()
         .unwrap()
         .to_owned();
-    app.wait_status(&key, &id, "read").await;
+    let sent = app.wait_status(&key, &id, "read").await;
+    // The sandbox's wamids are shaped as Meta's, which carry the recipient's number.
+    let wamid = sent["wamid"].as_str().unwrap_or_default().to_owned();
+    let raw = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(wamid.trim_start_matches("wamid."))
+            .unwrap_or_default()
+    };
+    assert!(
+        String::from_utf8_lossy(&raw).contains("60199990123"),
+        "a Meta-shaped wamid: {wamid}"
+    );
     // Bad requests that carry secrets and content in odd places.
     let bodies = [
         json!({"to": to, "text": {"body": [marker]}}),
@@ -175,6 +187,13 @@ async fn secrets_content_and_full_numbers_never_reach_logs_or_responses(b: Backe
         "full phone numbers are masked in logs"
     );
     assert!(logs.contains("+6019****0123"));
+    // Nor inside a wamid: its start (the number's part) never reaches a line, its end does.
+    let head = &wamid["wamid.".len()..][..20];
+    assert!(!logs.contains(head), "a wamid's number part in the logs");
+    assert!(
+        logs.contains(kirim::domain::wamid_tail(&wamid)),
+        "the capture works: the wamid's tail is logged"
+    );
 }
 
 mod memory_backend {
