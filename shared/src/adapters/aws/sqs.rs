@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -147,6 +148,23 @@ impl SqsQueue {
 
 /// A delay as SQS's `DelaySeconds`: whole seconds rounded up (a message is never visible
 /// early), at most 15 minutes.
+/// A JSON body as SQS takes it. SQS refuses a message holding a character outside XML's
+/// set (`InvalidMessageContents`: only tab, line feed, carriage return, U+0020–U+D7FF,
+/// U+E000–U+FFFD and U+10000 up). serde_json escapes the control characters but writes the
+/// noncharacters U+FFFE and U+FFFF as they are, and a session text or a template parameter
+/// may hold them: a send that could never be queued, answered 503 forever. In JSON they
+/// can only stand inside a string, where `\ufffe` / `\uffff` read back as the same
+/// character, so the job is unchanged.
+fn sqs_safe(body: &str) -> Cow<'_, str> {
+    if !body.contains(['\u{FFFE}', '\u{FFFF}']) {
+        return Cow::Borrowed(body);
+    }
+    Cow::Owned(
+        body.replace('\u{FFFE}', "\\ufffe")
+            .replace('\u{FFFF}', "\\uffff"),
+    )
+}
+
 fn delay_seconds(delay: Duration) -> i32 {
     delay.as_secs_f64().ceil().clamp(0.0, 900.0) as i32
 }
@@ -209,7 +227,7 @@ impl DispatchQueue for SqsQueue {
         self.client
             .send_message()
             .queue_url(&self.url)
-            .message_body(body)
+            .message_body(sqs_safe(body))
             .send()
             .await
             .map(|_| ())
@@ -221,7 +239,7 @@ impl DispatchQueue for SqsQueue {
         self.client
             .send_message()
             .queue_url(&self.url)
-            .message_body(body)
+            .message_body(sqs_safe(body))
             .delay_seconds(secs)
             .send()
             .await
@@ -252,6 +270,13 @@ impl DispatchQueue for SqsQueue {
     ) -> Vec<Result<(), StoreError>> {
         let secs = delay_seconds(delay);
         let mut results = Vec::with_capacity(bodies.len());
+        let escaped: Vec<String>;
+        let bodies = if bodies.iter().any(|b| matches!(sqs_safe(b), Cow::Owned(_))) {
+            escaped = bodies.iter().map(|b| sqs_safe(b).into_owned()).collect();
+            &escaped[..]
+        } else {
+            bodies
+        };
         for chunk in batches(bodies) {
             results.extend(self.send_chunk(chunk, secs).await);
         }
@@ -472,7 +497,41 @@ impl SqsQueue {
 
 #[cfg(test)]
 mod tests {
-    use super::{batches, BATCH_BYTES};
+    use super::{batches, sqs_safe, BATCH_BYTES};
+    use proptest::prelude::*;
+
+    /// SQS's characters (`SendMessage`'s `MessageBody`).
+    fn sqs_takes(c: char) -> bool {
+        matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
+            || c >= '\u{10000}'
+    }
+
+    proptest! {
+        #![proptest_config(crate::props::config(2_000))]
+
+        #[test]
+        fn any_text_in_a_json_body_reaches_sqs_in_its_characters_and_reads_back_whole(
+            text in prop_oneof![
+                any::<String>(),
+                proptest::collection::vec(
+                    prop_oneof![Just('\u{FFFE}'), Just('\u{FFFF}'), Just('a'), Just('"'), Just('\\'), any::<char>()],
+                    0..40,
+                ).prop_map(|v| v.into_iter().collect::<String>()),
+            ]
+        ) {
+            let body = serde_json::json!({"text": {"body": text}}).to_string();
+            let safe = sqs_safe(&body);
+            prop_assert!(safe.chars().all(sqs_takes), "{safe:?}");
+            let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+            prop_assert_eq!(back["text"]["body"].as_str(), Some(text.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_body_without_noncharacters_is_sent_as_it_is() {
+        let body = r#"{"text":{"body":"Terima kasih \ud83d\ude00 😀"}}"#;
+        assert!(matches!(sqs_safe(body), std::borrow::Cow::Borrowed(b) if b == body));
+    }
 
     #[test]
     fn a_batch_is_cut_at_ten_bodies_or_at_sqss_bytes_whichever_comes_first() {
