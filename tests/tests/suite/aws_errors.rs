@@ -580,3 +580,96 @@ async fn a_number_change_cancelled_by_a_sends_debit_goes_again() {
         .expect("switched on the second try");
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// A stand-in DynamoDB for one sweep page: its `Scan` finds two expired idempotency
+/// records; of their `DeleteItem`s, the one for `rewritten` is refused on its condition
+/// (the record was used afresh after the scan read it, so its `ttl` moved on), the other
+/// succeeds. It keeps each `DeleteItem` request's body.
+async fn dynamodb_with_a_record_rewritten_after_the_scan(
+    tenant: &TenantId,
+    rewritten: &str,
+    expired: &str,
+) -> (String, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    let deletes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = deletes.clone();
+    let pk = format!("TENANT#{}", tenant.as_str());
+    let (rewritten, expired) = (format!("IDEM#{rewritten}"), format!("IDEM#{expired}"));
+    let app = axum::Router::new().fallback(
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let target = headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let item = |sk: &str| {
+                serde_json::json!({"pk": {"S": pk}, "sk": {"S": sk}, "ttl": {"N": "1000"}})
+            };
+            let (status, answer) = if target.ends_with(".Scan") {
+                (
+                    axum::http::StatusCode::OK,
+                    serde_json::json!({"Items": [item(&rewritten), item(&expired)], "Count": 2, "ScannedCount": 2}),
+                )
+            } else if target.ends_with(".DeleteItem") {
+                let refused = req["Key"]["sk"]["S"] == rewritten.as_str();
+                seen.lock().unwrap().push(req);
+                if refused {
+                    (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        serde_json::json!({"__type": "com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException", "message": "The conditional request failed"}),
+                    )
+                } else {
+                    (axum::http::StatusCode::OK, serde_json::json!({}))
+                }
+            } else {
+                (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    serde_json::json!({"__type": "com.amazon.coral.validate#ValidationException", "message": "not scripted"}),
+                )
+            };
+            async move {
+                (
+                    status,
+                    [("content-type", "application/x-amz-json-1.0")],
+                    answer.to_string(),
+                )
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), deletes)
+}
+
+/// The sweep deletes an expired item only if it is still expired when the delete lands:
+/// a record rewritten in place after the scan read it (an idempotency key used afresh) is
+/// kept, and is not counted as deleted.
+#[tokio::test]
+async fn the_sweep_keeps_an_item_rewritten_after_its_scan_read_it_expired() {
+    use kirim::ports::RetentionStore;
+    let tenant = TenantId::generate();
+    let (url, deletes) =
+        dynamodb_with_a_record_rewritten_after_the_scan(&tenant, "used-again", "stale").await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let store = store_on(&sdk);
+    let now = chrono::DateTime::from_timestamp(2_000, 0).expect("a time");
+    let page = store
+        .sweep_page(now, None, 100)
+        .await
+        .expect("a refused delete is no error");
+    assert_eq!(
+        page.deleted.values().sum::<usize>(),
+        1,
+        "only the one still expired: {:?}",
+        page.deleted
+    );
+    let deletes = deletes.lock().unwrap().clone();
+    assert_eq!(deletes.len(), 2, "{deletes:?}");
+    for d in &deletes {
+        assert_eq!(d["ConditionExpression"], "#ttl <= :now", "{d}");
+        assert_eq!(d["ExpressionAttributeValues"][":now"]["N"], "2000", "{d}");
+    }
+}

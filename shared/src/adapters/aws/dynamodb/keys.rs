@@ -57,6 +57,8 @@ const EMAIL_SK: &str = "EMAIL";
 const CHECKPOINT_SK: &str = "CHECKPOINT";
 const STATUS_CALLBACK_SK: &str = "SETTINGS#STATUS_CALLBACK";
 const TWO_FACTOR_SK: &str = "SETTINGS#2FA";
+/// A tenant's settings items (the status callback, the 2FA requirement).
+pub const SETTINGS_PREFIX: &str = "SETTINGS#";
 const FAIL_SK: &str = "FAIL";
 
 /// Sort key prefixes the adapters query with `begins_with`.

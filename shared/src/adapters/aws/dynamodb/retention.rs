@@ -74,6 +74,18 @@ fn class_of(pk: &str, sk: &str) -> RetentionClass {
     )
 }
 
+/// What the close-out reads of a configuration item (the rest is dropped as each page
+/// arrives: a user's or a key's whole record is not needed to give it a TTL).
+const CLOSE_OUT_ATTRS: &[&str] = &[
+    keys::PK,
+    keys::SK,
+    TTL_ATTR,
+    "revoked",
+    "key_hash",
+    "email",
+    "phone_number_id",
+];
+
 impl DynamoStore {
     /// Deletes a phone-number route only while it names `tenant`; `false` if it did not.
     async fn delete_route_of(&self, tenant: &TenantId, pnid: &str) -> Result<bool, StoreError> {
@@ -125,6 +137,46 @@ impl DynamoStore {
                 .filter_map(|w| w.delete_request.map(|d| d.key))
                 .collect();
             gone.extend(chunk.iter().filter(|k| !left.contains(k)).cloned());
+        }
+        Ok(gone)
+    }
+
+    /// Deletes the expired items at `keys`, each only if it is still expired at `now_s`
+    /// (a conditional `DeleteItem`, 16 at a time). The scan that found them can be a
+    /// moment old, or behind the latest write: an item rewritten in place since, with a
+    /// new `ttl` (an idempotency key used afresh, a customer-service window reopened, a
+    /// failed-login counter started again), is kept. `BatchWriteItem` cannot carry the
+    /// condition. Answers the keys this call deleted.
+    async fn delete_expired(&self, keys: Vec<Item>, now_s: i64) -> Result<Vec<Item>, StoreError> {
+        use futures::StreamExt;
+        let deletes = keys.into_iter().map(|key| async move {
+            let res = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .set_key(Some(key.clone()))
+                .condition_expression("#ttl <= :now")
+                .expression_attribute_names("#ttl", TTL_ATTR)
+                .expression_attribute_values(":now", n(now_s))
+                .send()
+                .await;
+            match res {
+                Ok(_) => Ok(Some(key)),
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(classify("dynamodb delete", e)),
+            }
+        });
+        let results: Vec<Result<Option<Item>, StoreError>> = futures::stream::iter(deletes)
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut gone = Vec::new();
+        for r in results {
+            gone.extend(r?);
         }
         Ok(gone)
     }
@@ -230,7 +282,7 @@ impl RetentionStore for DynamoStore {
                 }
             }
         }
-        for key in self.delete_keys(expired).await? {
+        for key in self.delete_expired(expired, now_s).await? {
             if let (Some(pk), Some(sk)) = (str_attr(&key, keys::PK), str_attr(&key, keys::SK)) {
                 let class = if marks.contains(&(pk.to_owned(), sk.to_owned())) {
                     RetentionClass::PendingStatus
@@ -284,20 +336,37 @@ impl RetentionStore for DynamoStore {
         if str_attr(&tenant_item, "status") != Some("closed") {
             return Ok(counts); // only a closed tenant is closed out
         }
-        // The tenant's partition: keys, opt-outs, users, settings get a TTL.
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", s(pk.clone()))
-            .consistent_read(true)
-            .into_paginator()
-            .items()
-            .send();
+        // The tenant's configuration gets a TTL: keys, users, numbers, opt-outs, settings.
+        // Read by their sort-key prefixes, a page at a time: never the partition's
+        // messages, ledger or usage (two years of them and more, their own TTLs), which a
+        // Lambda could neither hold nor read in one run. What the page does for each item is
+        // idempotent, so a run cut short is finished by the next.
         let mut items = Vec::new();
-        while let Some(item) = pages.next().await {
-            items.push(item.map_err(|e| classify("dynamodb query", e))?);
+        for prefix in [
+            keys::API_KEY_PREFIX,
+            keys::USER_PREFIX,
+            keys::NUMBER_PREFIX,
+            keys::OPT_OUT_PREFIX,
+            keys::SETTINGS_PREFIX,
+        ] {
+            let mut pages = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                .expression_attribute_values(":pk", s(pk.clone()))
+                .expression_attribute_values(":p", s(prefix))
+                .consistent_read(true)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| classify("dynamodb query", e))?;
+                items.extend(page.items.unwrap_or_default().into_iter().map(|item| {
+                    item.into_iter()
+                        .filter(|(k, _)| CLOSE_OUT_ATTRS.contains(&k.as_str()))
+                        .collect::<Item>()
+                }));
+            }
         }
         for item in items {
             let Some(sk) = str_attr(&item, keys::SK) else {
