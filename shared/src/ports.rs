@@ -1013,6 +1013,19 @@ pub struct Broadcast {
     pub control: Option<BroadcastControl>,
 }
 
+impl Broadcast {
+    /// When its recipient list expires if nothing deleted it before (the backstop of
+    /// [`crate::domain::BROADCAST_LIST_RETENTION`]): counted from its start, `send_at` for a
+    /// scheduled one (up to 35 days ahead), not from its creation.
+    pub fn list_expires_at(&self) -> i64 {
+        let from = self
+            .send_at
+            .map_or(self.created_at, |at| at.max(self.created_at));
+        from.timestamp()
+            .saturating_add(crate::domain::BROADCAST_LIST_RETENTION.as_secs() as i64)
+    }
+}
+
 /// A hold on a broadcast, checked by every claim of one of its messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1098,6 +1111,18 @@ pub trait BroadcastStore: Send + Sync {
         enqueued: usize,
         done: bool,
     ) -> Result<(), StoreError>;
+    /// Closes a broadcast whose recipient list is gone before its fan-out finished (the
+    /// list's backstop passed during a long pause): only if it is `fanning_out` with exactly
+    /// `enqueued` recipients queued, atomically marks it `enqueued` and refunds `refund`
+    /// (the recipients never queued: credits and ledger entry). `false`: it was not in that
+    /// state (another run closed it or got further); nothing written.
+    async fn close_broadcast_unsent(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        enqueued: usize,
+        refund: &LedgerEntry,
+    ) -> Result<bool, StoreError>;
     /// Moves a scheduled broadcast to `fanning_out` (recording `started_at`), only if it
     /// is still `scheduled`: `false` otherwise (cancelled, or a duplicate trigger).
     async fn start_broadcast(

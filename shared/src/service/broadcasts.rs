@@ -938,6 +938,29 @@ pub async fn fan_out_in_slices(
         .broadcast_recipients(&job.tenant_id, &job.broadcast_id)
         .await?
     else {
+        // The list is gone before every recipient was queued (its backstop passed during
+        // a pause of days): the ones never queued are refunded as the broadcast closes,
+        // in one write, so a recipient is either queued or paid back.
+        let unsent = b.accepted.saturating_sub(b.enqueued);
+        if unsent > 0 {
+            let amount = b.price_each.saturating_mul(unsent as i64);
+            let refund = ledger::cancel_refund_entry(
+                deps,
+                &job.tenant_id,
+                &Charge::Broadcast(b.id.clone()),
+                amount,
+                "broadcast recipient list expired before they were queued",
+                deps.clock.now(),
+            );
+            if deps
+                .broadcasts
+                .close_broadcast_unsent(&job.tenant_id, &b.id, b.enqueued, &refund)
+                .await?
+            {
+                tracing::warn!(broadcast_id = %b.id, unsent, refunded = amount, "broadcast list gone before its fan-out finished; the rest refunded");
+            }
+            return Ok(Outcome::Done);
+        }
         deps.broadcasts
             .broadcast_progress(&job.tenant_id, &b.id, b.enqueued, true)
             .await?;

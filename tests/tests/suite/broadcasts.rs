@@ -395,6 +395,47 @@ async fn promo_broadcast(
     (tenant, accepted)
 }
 
+/// A fan-out that finds its recipient list gone (its backstop passed while it was paused
+/// for days) closes the broadcast and refunds the recipients never queued.
+#[tokio::test]
+async fn a_fan_out_whose_list_is_gone_refunds_the_recipients_never_queued() {
+    use kirim::service::broadcasts;
+    use kirim::service::jobs::QueueJob;
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let (tenant, accepted) = promo_broadcast(&deps, "128", 7).await;
+    let balance = || async {
+        deps.tenants
+            .get_tenant(&tenant.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .credits
+    };
+    assert_eq!(balance().await, 0, "seven debited");
+    let first = deps
+        .queue
+        .receive(10, Duration::from_millis(500))
+        .await
+        .unwrap()
+        .remove(0);
+    let Some(QueueJob::BroadcastFanout(job)) = QueueJob::parse(&first.body) else {
+        panic!("not a fan-out job")
+    };
+    broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
+    // Its next slice comes eight days late.
+    clock.advance(chrono::Duration::days(8));
+    broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
+    assert_eq!(balance().await, 4, "the four never queued are refunded");
+    let view = broadcasts::view(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!(view.enqueued, 3);
+    // Again (a redelivered job): nothing more.
+    broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
+    assert_eq!(balance().await, 4);
+}
+
 #[tokio::test]
 async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates() {
     use kirim::service::broadcasts;
@@ -1045,6 +1086,17 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
     ) -> Result<(), kirim::store_error::StoreError> {
         self.inner
             .broadcast_progress(tenant, id, enqueued, done)
+            .await
+    }
+    async fn close_broadcast_unsent(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        id: &str,
+        enqueued: usize,
+        refund: &kirim::ports::LedgerEntry,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.inner
+            .close_broadcast_unsent(tenant, id, enqueued, refund)
             .await
     }
     async fn start_broadcast(

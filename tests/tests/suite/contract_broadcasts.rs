@@ -144,8 +144,121 @@ async fn a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_an
     assert_eq!((third.status, third.attempts), (MessageStatus::Accepted, 0));
 }
 
+/// A scheduled broadcast's recipient list lasts its backstop from its start, not from its
+/// creation (a broadcast may be scheduled 35 days ahead); and one whose list is gone closes
+/// only from where its fan-out stood, refunding the recipients never queued, once.
+async fn a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    let now = p.clock.now();
+    let phones: Vec<kirim::domain::PhoneNumber> = ["+60123450001", "+60123450002", "+60123450003"]
+        .iter()
+        .map(|s| kirim::domain::PhoneNumber::parse(s).unwrap())
+        .collect();
+    let b = Broadcast {
+        id: kirim::domain::new_id(),
+        tenant_id: t.id.clone(),
+        template: TemplateRef {
+            name: "promo".into(),
+            language: "en".into(),
+            category: TemplateCategory::Utility,
+        },
+        accepted: 3,
+        skipped_opted_out: 0,
+        invalid: 0,
+        duplicates: 0,
+        price_each: 2,
+        status: BroadcastStatus::Scheduled,
+        enqueued: 0,
+        created_at: now,
+        expires_at: Some(now.timestamp() + 90 * 86_400),
+        name: None,
+        from: None,
+        send_at: Some(now + Duration::days(30)),
+        started_at: None,
+        ended_at: None,
+        control: None,
+    };
+    let (_, mut debit) = message(&p, &t.id, 3600);
+    debit.amount = -6;
+    debit.message_id = None;
+    p.broadcasts
+        .create_broadcast(&b, &phones, &debit)
+        .await
+        .unwrap();
+    let credits = || async { p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits };
+    let after_debit = credits().await;
+    // Day 30 and a bit: due, the list is still there.
+    p.clock.advance(Duration::days(30) + Duration::minutes(1));
+    assert_eq!(
+        p.broadcasts
+            .broadcast_recipients(&t.id, &b.id)
+            .await
+            .unwrap()
+            .map(|l| l.len()),
+        Some(3),
+        "the list outlives the schedule"
+    );
+    assert!(p
+        .broadcasts
+        .start_broadcast(&t.id, &b.id, p.clock.now())
+        .await
+        .unwrap());
+    p.broadcasts
+        .broadcast_progress(&t.id, &b.id, 1, false)
+        .await
+        .unwrap();
+    // Eight days later (a long pause), the list's backstop has passed.
+    p.clock.advance(Duration::days(8));
+    assert_eq!(
+        p.broadcasts
+            .broadcast_recipients(&t.id, &b.id)
+            .await
+            .unwrap(),
+        None
+    );
+    let refund = |amount: i64| {
+        let (_, mut r) = message(&p, &t.id, 3600);
+        r.kind = LedgerKind::Refund;
+        r.amount = amount;
+        r.message_id = None;
+        r
+    };
+    assert!(
+        !p.broadcasts
+            .close_broadcast_unsent(&t.id, &b.id, 0, &refund(6))
+            .await
+            .unwrap(),
+        "not from where its fan-out stood"
+    );
+    assert_eq!(credits().await, after_debit);
+    assert!(p
+        .broadcasts
+        .close_broadcast_unsent(&t.id, &b.id, 1, &refund(4))
+        .await
+        .unwrap());
+    assert!(
+        !p.broadcasts
+            .close_broadcast_unsent(&t.id, &b.id, 1, &refund(4))
+            .await
+            .unwrap(),
+        "once"
+    );
+    assert_eq!(credits().await, after_debit + 4);
+    let closed = p
+        .broadcasts
+        .get_broadcast(&t.id, &b.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (closed.status, closed.enqueued),
+        (BroadcastStatus::Enqueued, 1)
+    );
+}
+
 contract!(
     a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_and_a_held_one_stays_as_it_was,
+    a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once,
 );
 
 /// On DynamoDB the claim and the read of its broadcast's hold are two calls: a claim whose

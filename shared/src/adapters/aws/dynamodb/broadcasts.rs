@@ -13,10 +13,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, ReturnValue, TransactWrite
 use chrono::{DateTime, Utc};
 
 use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, TTL_ATTR};
-use crate::domain::{
-    MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId,
-    BROADCAST_LIST_RETENTION,
-};
+use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
     Broadcast, BroadcastClaim, BroadcastControl, BroadcastStatus, BroadcastStore, LedgerEntry,
 };
@@ -45,10 +42,7 @@ impl BroadcastStore for DynamoStore {
             "phones".to_owned(),
             AttributeValue::L(recipients.iter().map(|p| s(p.to_string())).collect()),
         );
-        list.insert(
-            TTL_ATTR.to_owned(),
-            n(broadcast.created_at.timestamp() + BROADCAST_LIST_RETENTION.as_secs() as i64),
-        );
+        list.insert(TTL_ATTR.to_owned(), n(broadcast.list_expires_at()));
         let items = vec![
             self.credit_update(debit, true)?,
             self.ledger_put(debit)?,
@@ -141,6 +135,36 @@ impl BroadcastStore for DynamoStore {
                 .map_err(|e| classify("dynamodb delete", e))?;
         }
         Ok(())
+    }
+
+    async fn close_broadcast_unsent(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        enqueued: usize,
+        refund: &LedgerEntry,
+    ) -> Result<bool, StoreError> {
+        let u = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::broadcast(tenant, id).attrs()))
+            .update_expression("SET #status = :done")
+            .condition_expression("#status = :fanning AND enqueued = :n")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":done", s(BroadcastStatus::Enqueued.as_str()))
+            .expression_attribute_values(":fanning", s(BroadcastStatus::FanningOut.as_str()))
+            .expression_attribute_values(":n", n(enqueued as i64))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+        let items = vec![
+            TransactWriteItem::builder().update(u).build(),
+            self.credit_update(refund, false)?,
+            self.ledger_put(refund)?,
+        ];
+        match self.transact_retrying_conflicts(items).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => Ok(false),
+            Err(e) => Err(e.into_store_error()),
+        }
     }
 
     async fn start_broadcast(

@@ -7,10 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{message_key, MemoryStore};
-use crate::domain::{
-    MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId,
-    BROADCAST_LIST_RETENTION,
-};
+use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
     Broadcast, BroadcastClaim, BroadcastControl, BroadcastStatus, BroadcastStore, LedgerEntry,
 };
@@ -38,8 +35,7 @@ impl BroadcastStore for MemoryStore {
         }
         tenant.credits += debit.amount;
         s.ledger.push(debit.clone());
-        let list_expires =
-            broadcast.created_at.timestamp() + BROADCAST_LIST_RETENTION.as_secs() as i64;
+        let list_expires = broadcast.list_expires_at();
         s.broadcast_lists
             .insert(key.clone(), (recipients.to_vec(), list_expires));
         s.broadcasts.insert(key, broadcast.clone());
@@ -86,6 +82,32 @@ impl BroadcastStore for MemoryStore {
             s.broadcast_lists.remove(&key);
         }
         Ok(())
+    }
+
+    async fn close_broadcast_unsent(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        enqueued: usize,
+        refund: &LedgerEntry,
+    ) -> Result<bool, StoreError> {
+        // One lock for the status, the balance and the entry, as one transaction.
+        let mut s = self.lock()?;
+        let key = (tenant.clone(), id.to_owned());
+        let open = s
+            .broadcasts
+            .get(&key)
+            .is_some_and(|b| b.status == BroadcastStatus::FanningOut && b.enqueued == enqueued);
+        if !open {
+            return Ok(false);
+        }
+        let t = s.tenants.get_mut(tenant).ok_or(StoreError::NotFound)?;
+        t.credits = t.credits.saturating_add(refund.amount);
+        s.ledger.push(refund.clone());
+        if let Some(b) = s.broadcasts.get_mut(&key) {
+            b.status = BroadcastStatus::Enqueued;
+        }
+        Ok(true)
     }
 
     async fn start_broadcast(
