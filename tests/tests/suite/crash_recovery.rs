@@ -772,6 +772,52 @@ async fn book_two_seconds_ahead(deps: &Deps, phone_number_id: &str) {
         .expect("the number booked");
 }
 
+/// A number booked past the horizon (several campaigns on it) turns a message away
+/// without a slot: it goes back on the queue as a fresh message, not the same one made
+/// visible again, whose receives count toward the dead-letter queue's limit (a message
+/// parked there still `accepted` would stay debited and unsent).
+async fn a_message_turned_away_by_a_number_full_past_the_horizon_goes_back_as_a_fresh_queue_message(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459924").await;
+    let deps = &t.app.deps;
+    let pace = kirim::service::throttle::pace(deps.settings.meta_throughput);
+    let horizon = kirim::service::throttle::HORIZON;
+    deps.throughput
+        .reserve_slots(
+            &o.phone_number_id,
+            pace,
+            deps.clock.now(),
+            horizon * 2,
+            pace * (horizon.as_secs() as u32 + 10),
+        )
+        .await
+        .expect("the number booked past the horizon")
+        .expect("granted");
+    for round in 0..12 {
+        let outcome = dispatch::handle_in_batch(deps, &job).await;
+        let Outcome::Again(body, delay) = outcome else {
+            panic!("round {round}: a fresh queue message, not {outcome:?}")
+        };
+        assert_eq!(body, job, "the same job");
+        assert!(delay <= Duration::from_secs(2), "{delay:?}");
+    }
+    let held = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (held.status, held.attempts),
+        (MessageStatus::Accepted, 0),
+        "twelve turns away, no attempt spent"
+    );
+}
+
 async fn a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_once_to_send_at_it(
     backend: Backend,
 ) {
@@ -994,6 +1040,7 @@ on_both_backends!(
     a_broadcast_whose_fan_out_job_cannot_be_queued_records_and_charges_nothing,
     a_fan_out_job_whose_broadcast_is_not_recorded_waits_then_is_dropped,
     a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_once_to_send_at_it,
+    a_message_turned_away_by_a_number_full_past_the_horizon_goes_back_as_a_fresh_queue_message,
 );
 
 /// A queue whose retry delays cannot be set.
