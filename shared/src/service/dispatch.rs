@@ -742,7 +742,11 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         title: title.clone(),
                     },
                 ),
-                MetaSendError::Protocol(status) if *status >= 500 => (
+                // 503 without Meta's error body: the service did not take the request
+                // (RFC 9110), so it is safe to send again. Any other 5xx we cannot read
+                // (a proxy's 502 or 504, a bare 500) is ambiguous, as a timeout is: Meta
+                // may have the message, and it is never sent twice (below).
+                MetaSendError::Protocol(status) if *status == 503 => (
                     ErrorClass::Transient,
                     MessageError {
                         code: "meta_unavailable".into(),

@@ -772,6 +772,79 @@ async fn book_two_seconds_ahead(deps: &Deps, phone_number_id: &str) {
         .expect("the number booked");
 }
 
+/// Meta's API behind a proxy that answers an HTTP status without Meta's error body, and
+/// counts the sends.
+struct BareStatus(u16, std::sync::atomic::AtomicUsize);
+
+#[async_trait]
+impl kirim::ports::MetaClient for BareStatus {
+    async fn send_message(
+        &self,
+        _phone_number_id: &str,
+        _token: &kirim::secret::Secret,
+        _body: &serde_json::Value,
+    ) -> Result<kirim::ports::MetaAccepted, kirim::ports::MetaSendError> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        Err(kirim::ports::MetaSendError::Protocol(self.0))
+    }
+    async fn list_templates(
+        &self,
+        _waba_id: &str,
+        _token: &kirim::secret::Secret,
+        _after: Option<&str>,
+    ) -> Result<kirim::domain::template::MetaTemplatePage, kirim::ports::MetaSendError> {
+        Ok(Default::default())
+    }
+}
+
+/// A 502 or 504 (a gateway's: Meta may have taken the message behind it) is ambiguous, as
+/// a timeout is: the message is left `sending` for the webhook or its deadline, never sent
+/// again. A bare 503 (the service took nothing) is tried again.
+async fn a_gateways_5xx_leaves_the_message_sending_and_is_never_resent_but_a_503_is_retried(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    for (status, to) in [(502, "+60123459931"), (504, "+60123459933")] {
+        let (m, job) = accepted_with_job(&t, &tenant, to).await;
+        let meta = Arc::new(BareStatus(status, Default::default()));
+        let mut deps = t.app.deps.clone();
+        deps.meta = meta.clone();
+        let first = dispatch::handle_in_batch(&deps, &job).await;
+        assert!(
+            matches!(first, Outcome::RetryAfter(_)),
+            "{status}: {first:?}"
+        );
+        let left = deps
+            .messages
+            .get_message(&tenant, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(left.status, MessageStatus::Sending, "{status}");
+        // The job again (its recheck): not sent a second time.
+        dispatch::handle_in_batch(&deps, &job).await;
+        assert_eq!(meta.1.load(Ordering::SeqCst), 1, "{status}: sent once");
+    }
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459934").await;
+    let meta = Arc::new(BareStatus(503, Default::default()));
+    let mut deps = t.app.deps.clone();
+    deps.meta = meta.clone();
+    dispatch::handle_in_batch(&deps, &job).await;
+    let back = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (back.status, back.error.map(|e| e.code.to_string())),
+        (MessageStatus::Accepted, Some("meta_unavailable".to_owned())),
+        "put back for another try"
+    );
+}
+
 /// A number booked past the horizon (several campaigns on it) turns a message away
 /// without a slot: it goes back on the queue as a fresh message, not the same one made
 /// visible again, whose receives count toward the dead-letter queue's limit (a message
@@ -1041,6 +1114,7 @@ on_both_backends!(
     a_fan_out_job_whose_broadcast_is_not_recorded_waits_then_is_dropped,
     a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_once_to_send_at_it,
     a_message_turned_away_by_a_number_full_past_the_horizon_goes_back_as_a_fresh_queue_message,
+    a_gateways_5xx_leaves_the_message_sending_and_is_never_resent_but_a_503_is_retried,
 );
 
 /// A queue whose retry delays cannot be set.
