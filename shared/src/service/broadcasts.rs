@@ -545,7 +545,9 @@ pub async fn retry_failed(
     let template = TemplateIn {
         name: b.template.name.clone(),
         language: b.template.language.clone(),
-        category: Some(b.template.category),
+        // The catalogue's category now (Meta may have recategorised the template since:
+        // naming the old one would refuse every retry), which also prices the retry.
+        category: None,
         components,
     };
     let campaign = CampaignIn {
@@ -614,10 +616,11 @@ pub fn csv_pending_row(phone: &PhoneNumber, status: &str) -> String {
     format!("{phone},{status},,,,,,\n")
 }
 
-/// A spreadsheet would run a cell starting with `=`, `+`, `-` or `@` as a formula: such
-/// text (Meta's titles are outside Kirim's control) is prefixed with a quote.
+/// A spreadsheet would run a cell starting with `=`, `+`, `-`, `@`, a tab or a carriage
+/// return as a formula (OWASP's list): such text (Meta's titles are outside Kirim's
+/// control) is prefixed with a quote.
 fn csv_safe(v: &str) -> String {
-    if v.starts_with(['=', '+', '-', '@']) {
+    if v.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{v}")
     } else {
         v.to_owned()
@@ -1077,6 +1080,17 @@ pub async fn fan_out_in_slices(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_export_cell_a_spreadsheet_would_run_as_a_formula_starts_with_a_quote() {
+        for v in ["=HYPERLINK(\"x\")", "+1", "-1", "@SUM(A1)", "\t=1", "\r=1"] {
+            assert_eq!(super::csv_safe(v), format!("'{v}"), "{v:?}");
+        }
+        assert_eq!(
+            super::csv_safe("Message undeliverable"),
+            "Message undeliverable"
+        );
+    }
     use super::*;
 
     #[test]

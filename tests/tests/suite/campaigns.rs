@@ -617,6 +617,15 @@ async fn results_show_failures_with_hints_the_csv_and_a_retry_of_only_retryable_
         call(&app, &other.key, Method::POST, &retry, None).await.0,
         404
     );
+    // Meta recategorised the template meanwhile: the retry goes as the catalogue has it
+    // now (naming the first broadcast's category would refuse it).
+    app.sandbox_template(
+        "1000001",
+        "order_update",
+        "en_US",
+        json!({"category": "marketing"}),
+    )
+    .await;
     let before = app.credits(&t.key).await;
     let (status, retried) = call(
         &app,
