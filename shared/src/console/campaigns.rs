@@ -362,15 +362,9 @@ fn broadcast_request(f: &Form, file: Option<&[u8]>) -> Result<Value, String> {
             )
         }
     };
-    let parameters: Vec<Value> = get("parameters")
-        .lines()
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(|p| json!({"type": "text", "text": p}))
-        .collect();
     let mut template = json!({"name": name, "language": language});
-    if !parameters.is_empty() {
-        template["components"] = json!([{"type": "body", "parameters": parameters}]);
+    if let Some(components) = body_components(get("parameters")) {
+        template["components"] = components;
     }
     let mut req = json!({"template": template, "recipients": recipients});
     if NAME_AND_SEND_AT {
@@ -556,6 +550,12 @@ async fn render_results(
                 @for (action, label) in &moves {
                     form.inline method="post" action=(format!("/console/campaigns/{}/{action}", segment(id))) {
                         (csrf(&ctx.csrf))
+                        @if *action == "retry-failed" {
+                            // Kirim keeps no message content: a template's parameters come
+                            // again with the retry.
+                            label for="r-parameters" { "Body parameters for the retry, one a line, in order (as many as the template has)" }
+                            textarea #r-parameters name="parameters" rows="2" {}
+                        }
                         button.danger[*action == "cancel"] type="submit" { (label) }
                     }
                 }
@@ -614,16 +614,28 @@ fn not_available() -> Response {
     )
 }
 
+/// A form's body parameters (one a line, in order) as a template's `components`; `None`
+/// when there are none.
+fn body_components(lines: &str) -> Option<Value> {
+    let parameters: Vec<Value> = lines
+        .lines()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| json!({"type": "text", "text": p}))
+        .collect();
+    (!parameters.is_empty()).then(|| json!([{"type": "body", "parameters": parameters}]))
+}
+
 async fn act(
     State(s): S,
     ctx: Ctx,
     Path((id, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let f = parse_form(&body);
-    if let Err(r) = checked(&s, &ctx, f).await {
-        return r;
-    }
+    let f = match checked(&s, &ctx, parse_form(&body)).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     let Some((action, _, _)) = ACTIONS.iter().find(|(a, _, _)| *a == action) else {
         return error_page(StatusCode::NOT_FOUND, "There is no such page.");
     };
@@ -640,7 +652,12 @@ async fn act(
         };
     }
     let uri = format!("/v1/broadcasts/{}/{action}", segment(&id));
-    let a = s.api.call(&ctx.who, Method::POST, &uri, None, None).await;
+    // A retry carries the template's body parameters again (the API's `components`).
+    let req = (*action == "retry-failed")
+        .then(|| body_components(f.get("parameters").map_or("", String::as_str)))
+        .flatten()
+        .map(|components| json!({ "components": components }));
+    let a = s.api.call(&ctx.who, Method::POST, &uri, req, None).await;
     if a.ok() {
         let (to, note) = match *action {
             "retry-failed" => (text(&a.body, "id").to_owned(), "campaign_retried"),

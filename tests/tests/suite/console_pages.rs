@@ -229,6 +229,60 @@ async fn an_operator_creates_a_campaign_from_pasted_numbers_and_sees_its_results
     );
 }
 
+/// The retry of a campaign's failures from its page carries the template's parameters
+/// again (Kirim keeps no content): with them it makes the retry campaign; without them the
+/// API's refusal shows on the page, nothing paid.
+async fn a_campaign_s_failures_are_retried_from_its_page_with_the_template_s_parameters(
+    b: Backend,
+) {
+    if !campaigns::action_available(Role::Operator, "retry-failed") {
+        return;
+    }
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/campaigns").await.csrf();
+    // A recipient ending 0004: Meta's transient error, every try (a retryable failure).
+    let made = web
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &csrf),
+                ("template", "order_update:en_US"),
+                ("parameters", "ORDER-8"),
+                ("numbers", "+60123450004"),
+            ],
+        )
+        .await;
+    let id = campaign_of(&made);
+    let settled = broadcast_when(&app, &t.key, &id, |b| b["counts"]["failed"] == 1).await;
+    assert_eq!(settled["counts"]["failed"], 1, "{settled}");
+    let page = web.get(&format!("/console/campaigns/{id}")).await;
+    assert!(page.html.contains(r#"name="parameters""#), "{}", page.html);
+    let csrf = page.csrf();
+    let before = app.credits(&t.key).await;
+    let bare = web
+        .post(
+            &format!("/console/campaigns/{id}/retry-failed"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(bare.status, 422, "{}", bare.html);
+    assert!(bare.html.contains("Not done:"), "{}", bare.html);
+    assert_eq!(app.credits(&t.key).await, before, "nothing paid");
+    let retried = web
+        .post(
+            &format!("/console/campaigns/{id}/retry-failed"),
+            &[("csrf", &csrf), ("parameters", "ORDER-8")],
+        )
+        .await;
+    let new_id = campaign_of(&retried);
+    assert_ne!(new_id, id);
+    assert!(retried.location().ends_with("done=campaign_retried"));
+    assert_eq!(app.credits(&t.key).await, before - 1);
+}
+
 async fn a_campaign_is_created_from_an_uploaded_csv_file(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(10).await;
@@ -524,6 +578,7 @@ async fn a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console(b: 
 
 on_both_backends!(
     a_day_the_calendar_cannot_end_is_a_400_on_every_dated_page,
+    a_campaign_s_failures_are_retried_from_its_page_with_the_template_s_parameters,
     a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console,
     the_templates_page_lists_the_catalogue_and_only_an_admin_may_sync_it,
     an_operator_creates_a_campaign_from_pasted_numbers_and_sees_its_results_and_failures,
