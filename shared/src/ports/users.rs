@@ -65,8 +65,15 @@ pub struct SessionRecord {
 /// IPv6 address by its /64).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LoginCounter {
-    EmailAtAddress { email_hash: String, addr: String },
+    EmailAtAddress {
+        email_hash: String,
+        addr: String,
+    },
     Address(String),
+    /// Wrong TOTP codes for one user (by the SHA-256 of its email), from any address:
+    /// only a caller who gave the right password reaches the code, so one spread over many
+    /// addresses still meets one counter (a code is one of a million, three accepted).
+    Totp(String),
 }
 
 /// Growing delays: the first `free` failures cost nothing; failure `free + k` makes the
@@ -100,10 +107,16 @@ impl LoginPolicy {
         window_secs: crate::domain::LOGIN_FAILURES_RETENTION.as_secs() as i64,
     };
 
+    /// Per user, wrong TOTP codes from anywhere: five, then the same growth (about a
+    /// hundred guesses a day at most, where the per-address counters allowed that per
+    /// address).
+    pub const TOTP: LoginPolicy = Self::EMAIL_AT_ADDRESS;
+
     pub fn of(counter: &LoginCounter) -> LoginPolicy {
         match counter {
             LoginCounter::EmailAtAddress { .. } => Self::EMAIL_AT_ADDRESS,
             LoginCounter::Address(_) => Self::ADDRESS,
+            LoginCounter::Totp(_) => Self::TOTP,
         }
     }
 

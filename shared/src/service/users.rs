@@ -7,7 +7,9 @@
 //! counter lets an attempt through by a conditional update *before* the password is
 //! checked, so concurrent guesses cannot slip past a delay. Nobody can lock a user out
 //! from another address; an admin can clear a user's counters (`unlock`). A TOTP time
-//! step is accepted at most once per user (a conditional write of the last step).
+//! step is accepted at most once per user (a conditional write of the last step), and a
+//! user's wrong codes are counted per user, from any address (`LoginCounter::Totp`): only
+//! a caller who has the password reaches them, so that counter may slow the user.
 
 use std::sync::LazyLock;
 
@@ -413,11 +415,34 @@ pub async fn login(
             released().await?;
             return Err(LoginError::TotpRequired);
         };
+        // The user's own counter of wrong codes, whatever the address: the per-address
+        // counters alone let a caller who has the password guess codes from many.
+        let totp_counter = LoginCounter::Totp(token_hash(&user.email));
+        let totp_policy = LoginPolicy::of(&totp_counter);
+        if let LoginGate::Locked { until } = deps
+            .users
+            .begin_login(&totp_counter, now_secs, &totp_policy)
+            .await?
+        {
+            released().await?;
+            crate::metrics::limited("login");
+            tracing::info!(
+                outcome = "denied",
+                reason = "totp_rate_limited",
+                "login refused"
+            );
+            return Err(LoginError::RateLimited {
+                retry_after_secs: (until - now_secs).max(1),
+            });
+        }
         let stored = user.totp_secret.as_deref().unwrap_or_default();
         let Some(seed) = seed_cipher::open(deps, tenant, id, stored).await? else {
             // Tampered, another user's, or its data key refused by KMS: refused like a
-            // wrong code.
+            // wrong code (not counted as the user's guess: no code was checked).
             tracing::warn!(user_id = %id, "the stored TOTP seed does not open");
+            deps.users
+                .login_released(&totp_counter, now_secs, &totp_policy)
+                .await?;
             return failed("totp", LoginError::TotpRequired).await;
         };
         let step = matching_step(&totp_for(seed.seed(), &user.email)?, code, now);
@@ -426,8 +451,12 @@ pub async fn login(
             None => false,
         };
         if !accepted {
+            deps.users
+                .login_failed(&totp_counter, now_secs, &totp_policy)
+                .await?;
             return failed("totp", LoginError::TotpRequired).await;
         }
+        deps.users.clear_login_counter(&totp_counter).await?;
         reseal_if_legacy(deps, tenant, id, stored, &seed).await;
     }
     // Right from here: this email's counter at this address starts again; the

@@ -181,7 +181,7 @@ async fn failed_logins_cost_nothing_at_first_then_delays_that_double(p: Ports) {
     let elsewhere = LoginCounter::EmailAtAddress {
         email_hash: match &c {
             LoginCounter::EmailAtAddress { email_hash, .. } => email_hash.clone(),
-            LoginCounter::Address(_) => unreachable!(),
+            LoginCounter::Address(_) | LoginCounter::Totp(_) => unreachable!(),
         },
         addr: "203.0.113.9".into(),
     };

@@ -297,6 +297,51 @@ async fn a_login_whose_data_key_kms_refuses_fails_closed_and_changes_nothing(b: 
     assert_eq!(s, 200, "{body}");
 }
 
+/// Wrong codes for one user from many addresses meet one counter (only a caller with the
+/// password reaches the code): five, then even the right code waits, from a fresh address
+/// too; an admin's unlock clears it.
+async fn wrong_totp_codes_from_many_addresses_slow_that_user_and_an_unlock_clears_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, id, seed) = two_factor_user(&app, &t.key).await;
+    let deps = &app.app.deps;
+    let valid: Vec<String> = [0, 30, 60]
+        .iter()
+        .map(|d| totp(&seed).generate(now_secs() + d - 30))
+        .collect();
+    let wrong = (0..1_000_000)
+        .map(|n| format!("{n:06}"))
+        .find(|c| !valid.contains(c))
+        .unwrap_or_default();
+    let req = |code: &str| users::LoginRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        totp_code: Some(code.to_owned()),
+    };
+    let from = |i: u8| Some(std::net::IpAddr::from([203, 0, 113, i]));
+    for i in 1..=5 {
+        let answer = users::login(deps, req(&wrong), from(i)).await;
+        assert!(
+            matches!(answer, Err(users::LoginError::TotpRequired)),
+            "guess {i}: {:?}",
+            answer.err()
+        );
+    }
+    let right = totp(&seed).generate(now_secs() + 30);
+    let slowed = users::login(deps, req(&right), from(6)).await;
+    assert!(
+        matches!(slowed, Err(users::LoginError::RateLimited { .. })),
+        "a sixth address meets the user's counter: {:?}",
+        slowed.err()
+    );
+    let tenant = TenantId::from_trusted(t.tenant_id.clone());
+    users::unlock(deps, &tenant, &id).await.unwrap();
+    assert!(
+        users::login(deps, req(&right), from(7)).await.is_ok(),
+        "unlocked: the right code signs in"
+    );
+}
+
 /// Data keys that cannot be had right now (KMS throttled or unreachable).
 struct Unreachable;
 
@@ -387,6 +432,7 @@ async fn an_enrolment_without_a_usable_key_stores_nothing(b: Backend) {
 }
 
 on_both_backends!(
+    wrong_totp_codes_from_many_addresses_slow_that_user_and_an_unlock_clears_it,
     an_enrolled_seed_is_stored_sealed_and_a_login_with_its_code_still_works,
     a_plain_seed_stored_before_sealing_still_confirms_and_logs_in_and_is_sealed_again,
     a_tampered_sealed_seed_refuses_the_login_with_the_usual_401_and_no_seed,

@@ -23,6 +23,7 @@ fn counter_key(counter: &LoginCounter) -> keys::Key {
             keys::login_failures_of_email(email_hash, addr)
         }
         LoginCounter::Address(addr) => keys::login_failures_of_address(addr),
+        LoginCounter::Totp(email_hash) => keys::login_totp_failures(email_hash),
     }
 }
 
@@ -314,7 +315,17 @@ impl UserStore for DynamoStore {
                 .await
                 .map_err(|e| classify("dynamodb delete", e))?;
         }
-        Ok(rows.len())
+        // And the user's wrong TOTP codes, from anywhere.
+        let totp = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::login_totp_failures(email_hash).attrs()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb delete", e))?;
+        Ok(rows.len() + usize::from(totp.attributes.is_some_and(|a| !a.is_empty())))
     }
 
     async fn set_pending_totp(

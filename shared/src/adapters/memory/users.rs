@@ -192,7 +192,9 @@ impl UserStore for MemoryStore {
         let mut s = self.lock()?;
         let mut live = 0;
         s.users.login.retain(|k, c| match k {
-            LoginCounter::EmailAtAddress { email_hash: h, .. } if h == email_hash => {
+            LoginCounter::EmailAtAddress { email_hash: h, .. } | LoginCounter::Totp(h)
+                if h == email_hash =>
+            {
                 if c.expires > now {
                     live += 1;
                 }
@@ -388,6 +390,7 @@ impl UsersState {
                     keys::login_failures_of_email(email_hash, addr)
                 }
                 LoginCounter::Address(addr) => keys::login_failures_of_address(addr),
+                LoginCounter::Totp(email_hash) => keys::login_totp_failures(email_hash),
             };
             let a = serde_json::json!({"failures": c.failures, "blocked_until": c.blocked_until});
             item(key, Some(c.expires), a);

@@ -60,6 +60,7 @@ const TWO_FACTOR_SK: &str = "SETTINGS#2FA";
 /// A tenant's settings items (the status callback, the 2FA requirement).
 pub const SETTINGS_PREFIX: &str = "SETTINGS#";
 const FAIL_SK: &str = "FAIL";
+const TOTP_FAIL_SK: &str = "TOTP";
 
 /// Sort key prefixes the adapters query with `begins_with`.
 pub const API_KEY_PREFIX: &str = "APIKEY#";
@@ -147,7 +148,7 @@ pub enum ItemKind {
     /// `RETENTION` / `CHECKPOINT`: the sweep's saved position.
     RetentionCheckpoint,
     /// `LOGINFAIL#{sha256(email)}` / `ADDR#{address}`: failed logins for one email from
-    /// one source address.
+    /// one source address; `/ TOTP`: the user's wrong TOTP codes from any address.
     LoginFailuresOfEmail,
     /// `LOGINADDR#{address}` / `FAIL`: failed logins from one source address.
     LoginFailuresOfAddress,
@@ -275,7 +276,9 @@ impl ItemKind {
                 (_, SESSION_SK) if pk.starts_with(SESSION) => Session,
                 (RETENTION, CHECKPOINT_SK) => RetentionCheckpoint,
                 (_, FAIL_SK) if pk.starts_with(LOGINADDR) => LoginFailuresOfAddress,
-                _ if pk.starts_with(LOGINFAIL) && has(ADDR_PREFIX) => LoginFailuresOfEmail,
+                _ if pk.starts_with(LOGINFAIL) && (has(ADDR_PREFIX) || sk == TOTP_FAIL_SK) => {
+                    LoginFailuresOfEmail
+                }
                 _ => return None,
             }
         };
@@ -679,6 +682,11 @@ pub fn login_failures_of_email(email_hash: &str, addr: &str) -> Key {
         login_failures_of_email_pk(email_hash),
         format!("{ADDR_PREFIX}{addr}"),
     )
+}
+
+/// One user's wrong TOTP codes (from any address), in its email's partition.
+pub fn login_totp_failures(email_hash: &str) -> Key {
+    Key::new(login_failures_of_email_pk(email_hash), TOTP_FAIL_SK)
 }
 
 pub fn login_failures_of_address(addr: &str) -> Key {
