@@ -58,7 +58,7 @@ pub const HINTS: &[(Code, &str)] = &[
     (Code::Kirim("enqueue_failed"), "Kirim could not queue the message. It was not sent and was refunded; send it again."),
     (Code::Kirim("meta_token_missing"), "The account has no Meta access token. It was refunded; ask your provider to set the token."),
     (Code::Kirim("meta_unreachable"), "Kirim could not reach Meta after several tries. It was refunded; send it again later."),
-    (Code::Kirim("meta_unavailable"), "Meta answered with a server error after several tries. It was refunded; send it again later."),
+    (Code::Kirim("meta_unavailable"), "Meta answered that it was unavailable (503) after several tries. It was refunded; send it again later."),
     (Code::Kirim("opt_out_check_failed"), "A check before sending failed for a moment. Kirim retries automatically; nothing to do."),
     (Code::Kirim("meta_token_unreadable"), "The account's Meta access token could not be read for a moment. Kirim retries automatically; nothing to do."),
     (Code::Kirim("rate_limiter_unavailable"), "The sending-rate check failed for a moment. Kirim retries automatically; nothing to do."),

@@ -172,28 +172,33 @@ pub fn campaign_status(b: &Broadcast, counts: &BTreeMap<String, usize>) -> &'sta
 }
 
 /// Recipients of a `text/csv` upload: the `phone` column (header row required, any
-/// column order, case-insensitive header).
+/// column order, case-insensitive header). Only that column is read as text: the other
+/// columns may be in any encoding (a spreadsheet's "CSV" is often Windows-1252, a name
+/// like "José" not UTF-8), and a phone cell that is not UTF-8 is no phone number (the
+/// recipient is then counted invalid, as any other).
 pub fn recipients_from_csv(body: &[u8]) -> Result<Vec<String>, ServiceError> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
         .from_reader(body);
     let headers = reader
-        .headers()
+        .byte_headers()
         .map_err(|_| ServiceError::InvalidRequest("the CSV has no readable header row".into()))?;
     let col = headers
         .iter()
-        .position(|h| h.eq_ignore_ascii_case("phone"))
+        .position(|h| h.eq_ignore_ascii_case(b"phone"))
         .ok_or_else(|| ServiceError::InvalidRequest("the CSV needs a `phone` column".into()))?;
     let mut out = Vec::new();
-    for (i, row) in reader.records().enumerate() {
+    for (i, row) in reader.byte_records().enumerate() {
         let row = row.map_err(|_| {
             ServiceError::InvalidRequest(format!("CSV row {} is not readable", i + 2))
         })?;
         if out.len() >= MAX_RECIPIENTS {
             return Err(too_many());
         }
-        out.push(row.get(col).unwrap_or_default().to_owned());
+        let cell = row.get(col).unwrap_or_default();
+        // (The reader trims ASCII spaces of byte records; a text cell, any space.)
+        out.push(String::from_utf8_lossy(cell).trim().to_owned());
     }
     Ok(out)
 }
@@ -1080,6 +1085,19 @@ pub async fn fan_out_in_slices(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_csv_whose_other_columns_are_not_utf8_still_gives_its_phones() {
+        // Windows-1252, as a spreadsheet saves "CSV": é is the byte E9.
+        let body =
+            b"\xef\xbb\xbfname,Phone\r\nJos\xe9,+60123450001\r\n\"Ng, Mei\",+60123450002\r\n";
+        assert_eq!(
+            super::recipients_from_csv(body).unwrap(),
+            vec!["+60123450001".to_owned(), "+60123450002".to_owned()]
+        );
+        let bad_phone = b"phone\n+6012\xff\n";
+        assert_eq!(super::recipients_from_csv(bad_phone).unwrap().len(), 1);
+    }
 
     #[test]
     fn an_export_cell_a_spreadsheet_would_run_as_a_formula_starts_with_a_quote() {
