@@ -898,6 +898,18 @@ pub async fn fan_out_in_slices(
     slice: usize,
 ) -> Result<Outcome, StoreError> {
     if let Some(wait) = super::schedule::wait(job.send_at, deps.clock.now()) {
+        // As a scheduled message's job: once in a while it looks, and a cancelled
+        // broadcast's job (it carries the template's parameters) ends then.
+        if super::schedule::looks_now(wait, deps.settings.schedule_hop) {
+            let b = deps
+                .broadcasts
+                .get_broadcast(&job.tenant_id, &job.broadcast_id)
+                .await?;
+            if b.is_some_and(|b| b.status == BroadcastStatus::Cancelled) {
+                tracing::info!(broadcast_id = %job.broadcast_id, "scheduled broadcast cancelled; its job dropped");
+                return Ok(Outcome::Done);
+            }
+        }
         let again = QueueJob::BroadcastFanout(job.clone());
         return super::schedule::wait_again(deps, &again, wait).await;
     }

@@ -60,6 +60,18 @@ pub fn parse_send_at(raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Ser
     Ok(at)
 }
 
+/// A waiting job looks at its record once in this many hops (every 2 hours at SQS's
+/// 15-minute hop): a cancelled one is then dropped, and with it the content it carries.
+pub const LOOK_EVERY_HOPS: u128 = 8;
+
+/// Whether a job still waiting `wait`, in hops of `hop`, looks at its record on this hop:
+/// when the hops it has left are a multiple of [`LOOK_EVERY_HOPS`]. Counted from `send_at`,
+/// so it needs no counter in the job.
+pub fn looks_now(wait: Duration, hop: Duration) -> bool {
+    let hop = hop.as_millis().max(1);
+    wait.as_millis().div_ceil(hop).is_multiple_of(LOOK_EVERY_HOPS)
+}
+
 /// How long a job due at `send_at` still waits, at `now`: `None` when it is due.
 pub fn wait(send_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<Duration> {
     let at = send_at?;
@@ -91,6 +103,16 @@ mod tests {
         DateTime::parse_from_rfc3339("2026-11-30T10:00:00Z")
             .unwrap()
             .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_waiting_job_looks_once_in_eight_hops_counted_from_its_send_at() {
+        let hop = Duration::from_secs(900);
+        let looks: Vec<u64> = (1..=40)
+            .filter(|n| looks_now(Duration::from_secs(n * 900 - 5), hop))
+            .collect();
+        assert_eq!(looks, vec![8, 16, 24, 32, 40]);
+        assert!(!looks_now(Duration::from_secs(1), hop));
     }
 
     #[test]

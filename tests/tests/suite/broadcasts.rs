@@ -395,6 +395,133 @@ async fn promo_broadcast(
     (tenant, accepted)
 }
 
+/// A scheduled message's job looks at the message once in `LOOK_EVERY_HOPS` hops: after
+/// a cancel it is dropped then (with the content it carries) instead of hopping on to its
+/// `send_at`; between looks, and while the message still waits, it hops on.
+#[tokio::test]
+async fn a_cancelled_scheduled_jobs_are_dropped_at_their_next_look() {
+    use kirim::ports::Clock;
+    use kirim::service::jobs::Outcome;
+    use kirim::service::{dispatch, schedule, send};
+    let clock = kirim_tests::ManualClock::new();
+    let settings = kirim_tests::test_settings();
+    let hop = settings.schedule_hop;
+    let deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
+    let (tenant, _) = promo_broadcast(&deps, "129", 1).await;
+    let top_up: kirim::service::accounts::TopUp =
+        serde_json::from_value(json!({"amount": 5, "reference": "test"})).unwrap();
+    kirim::service::accounts::top_up(&deps, &tenant.id, top_up)
+        .await
+        .unwrap();
+    // Drain the broadcast's own jobs.
+    while !deps
+        .queue
+        .receive(10, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_empty()
+    {}
+    let send_at = clock.now() + chrono::Duration::hours(3);
+    let req: send::SendRequest = serde_json::from_value(json!({
+        "to": "+60123450777",
+        "template": {"name": "promo", "language": "en"},
+        "send_at": send_at.to_rfc3339(),
+    }))
+    .unwrap();
+    let Ok(send::Accepted::New(m)) = send::send_once(&deps, &tenant.id, req, None).await else {
+        panic!("the scheduled send was accepted")
+    };
+    let job = deps
+        .queue
+        .receive(10, Duration::from_millis(500))
+        .await
+        .unwrap()
+        .remove(0)
+        .body;
+    // `hops` hops of the test's hop before send_at.
+    let at_hops = |hops: u32| {
+        let to = send_at - chrono::Duration::from_std(hop * hops).unwrap();
+        clock.advance(to - clock.now());
+    };
+    let looks = schedule::LOOK_EVERY_HOPS as u32;
+    at_hops(looks * 4);
+    assert!(
+        matches!(
+            dispatch::handle_in_batch(&deps, &job).await,
+            Outcome::Again(..)
+        ),
+        "a look at a message still waiting: it hops on"
+    );
+    send::cancel_scheduled(&deps, &tenant.id, &m.id)
+        .await
+        .unwrap();
+    at_hops(looks * 3 + 1);
+    assert!(
+        matches!(
+            dispatch::handle_in_batch(&deps, &job).await,
+            Outcome::Again(..)
+        ),
+        "no look on this hop"
+    );
+    at_hops(looks * 3);
+    assert_eq!(
+        dispatch::handle_in_batch(&deps, &job).await,
+        Outcome::Done,
+        "dropped at the next look"
+    );
+
+    // A scheduled broadcast's fan-out job, the same way.
+    let template: kirim::service::send::TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
+    let send_at = clock.now() + chrono::Duration::hours(3);
+    let campaign = kirim::service::broadcasts::CampaignIn {
+        send_at: Some(send_at.to_rfc3339()),
+        ..Default::default()
+    };
+    let b = kirim::service::broadcasts::create_campaign(
+        &deps,
+        &tenant.id,
+        template,
+        vec!["+60123450778".into()],
+        campaign,
+    )
+    .await
+    .unwrap();
+    let fan_out = deps
+        .queue
+        .receive(10, Duration::from_millis(500))
+        .await
+        .unwrap()
+        .remove(0)
+        .body;
+    let Some(kirim::service::jobs::QueueJob::BroadcastFanout(fan_out)) =
+        kirim::service::jobs::QueueJob::parse(&fan_out)
+    else {
+        panic!("a fan-out job")
+    };
+    let at_hops = |hops: u32| {
+        let to = send_at - chrono::Duration::from_std(hop * hops).unwrap();
+        clock.advance(to - clock.now());
+    };
+    kirim::service::broadcasts::cancel(&deps, &tenant.id, &b.id)
+        .await
+        .unwrap();
+    at_hops(looks * 3 + 1);
+    assert!(matches!(
+        kirim::service::broadcasts::fan_out_in_slices(&deps, &fan_out, 10)
+            .await
+            .unwrap(),
+        Outcome::Again(..)
+    ));
+    at_hops(looks * 3);
+    assert_eq!(
+        kirim::service::broadcasts::fan_out_in_slices(&deps, &fan_out, 10)
+            .await
+            .unwrap(),
+        Outcome::Done
+    );
+}
+
 /// A fan-out that finds its recipient list gone (its backstop passed while it was paused
 /// for days) closes the broadcast and refunds the recipients never queued.
 #[tokio::test]
