@@ -69,7 +69,9 @@ pub const LOOK_EVERY_HOPS: u128 = 8;
 /// so it needs no counter in the job.
 pub fn looks_now(wait: Duration, hop: Duration) -> bool {
     let hop = hop.as_millis().max(1);
-    wait.as_millis().div_ceil(hop).is_multiple_of(LOOK_EVERY_HOPS)
+    wait.as_millis()
+        .div_ceil(hop)
+        .is_multiple_of(LOOK_EVERY_HOPS)
 }
 
 /// How long a job due at `send_at` still waits, at `now`: `None` when it is due.

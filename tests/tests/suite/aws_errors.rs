@@ -141,12 +141,7 @@ async fn scripted_sqs(
             )
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port");
-    let addr = listener.local_addr().expect("its address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), calls)
+    (serve(app).await, calls)
 }
 
 #[tokio::test]
@@ -228,6 +223,16 @@ async fn a_batch_refusal_naming_an_entry_never_sent_fails_the_batch_rather_than_
     assert_eq!(calls.lock().unwrap().len(), 1, "no resend of a guess");
 }
 
+/// Serves a stand-in AWS endpoint on loopback; its URL.
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = listener.local_addr().expect("its address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
 /// A stand-in DynamoDB that answers `500 InternalServerError` to its first call and an empty
 /// `GetItem` after, counting calls.
 async fn dynamodb_failing_once() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
@@ -252,12 +257,7 @@ async fn dynamodb_failing_once() -> (String, Arc<std::sync::atomic::AtomicUsize>
             )
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port");
-    let addr = listener.local_addr().expect("its address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), calls)
+    (serve(app).await, calls)
 }
 
 /// The SDK closes a connection after a transient answer only through its own HTTP client;
@@ -538,12 +538,7 @@ async fn dynamodb_conflicting_once() -> (String, Arc<std::sync::atomic::AtomicUs
             )
         }
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port");
-    let addr = listener.local_addr().expect("its address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), calls)
+    (serve(app).await, calls)
 }
 
 /// Every send debits the tenant item in a transaction, so a write of the tenant's own
@@ -636,12 +631,7 @@ async fn dynamodb_with_a_record_rewritten_after_the_scan(
             }
         },
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a port");
-    let addr = listener.local_addr().expect("its address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), deletes)
+    (serve(app).await, deletes)
 }
 
 /// The sweep deletes an expired item only if it is still expired when the delete lands:
