@@ -81,10 +81,10 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
     check_numeric_id("phone_number_id", &req.phone_number_id)?;
     check_text("meta_access_token", &req.meta_access_token, 4096)?;
     let credits = req.credits.unwrap_or(0);
-    if credits < 0 {
-        return Err(ServiceError::InvalidRequest(
-            "credits must be zero or more".into(),
-        ));
+    if !(0..=MAX_CREDITS_AT_ONCE).contains(&credits) {
+        return Err(ServiceError::InvalidRequest(format!(
+            "credits must be a whole number from 0 to {MAX_CREDITS_AT_ONCE}"
+        )));
     }
     let now = deps.clock.now();
     let id = TenantId::generate();
@@ -149,11 +149,15 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
     Ok((tenant, key))
 }
 
+/// The most credits one top-up (or a tenant's opening balance) adds: far from the
+/// balance's `i64` limit, which DynamoDB's `ADD` would pass without a word.
+pub const MAX_CREDITS_AT_ONCE: i64 = 1_000_000_000;
+
 pub async fn top_up(deps: &Deps, tenant: &TenantId, req: TopUp) -> Result<i64, ServiceError> {
-    if req.amount <= 0 || req.amount > 1_000_000_000 {
-        return Err(ServiceError::InvalidRequest(
-            "amount must be a whole number from 1 to 1000000000".into(),
-        ));
+    if req.amount <= 0 || req.amount > MAX_CREDITS_AT_ONCE {
+        return Err(ServiceError::InvalidRequest(format!(
+            "amount must be a whole number from 1 to {MAX_CREDITS_AT_ONCE}"
+        )));
     }
     check_text("reference", &req.reference, 200)?;
     let now = deps.clock.now();
@@ -231,8 +235,23 @@ pub async fn close(
 /// Meta says the tenant's account cannot send (token expired, account locked or
 /// blocked): suspend the tenant, so its next sends answer `tenant_suspended` instead of
 /// failing one by one, until the operator fixes it and resumes. `by` names the system
-/// part that saw it (for the audit trail). Never fails the caller.
+/// part that saw it (for the audit trail). Never fails the caller: a failure is logged
+/// (the dispatcher's caller fails the message anyway); [`try_suspend_for_meta`] answers it.
 pub async fn suspend_for_meta(deps: &Deps, tenant: &TenantId, reason: &str, by: &str) {
+    if let Err(e) = try_suspend_for_meta(deps, tenant, reason, by).await {
+        tracing::error!(tenant_id = %tenant, error = %e, "could not suspend tenant");
+    }
+}
+
+/// [`suspend_for_meta`], answering a storage failure: Meta's account webhook must not be
+/// acknowledged until the suspension is written (Meta then delivers it again). A tenant
+/// closed already has nothing to pause: done.
+pub async fn try_suspend_for_meta(
+    deps: &Deps,
+    tenant: &TenantId,
+    reason: &str,
+    by: &str,
+) -> Result<(), crate::store_error::StoreError> {
     let reason: String = reason.chars().take(300).collect();
     let now = deps.clock.now();
     match deps
@@ -258,8 +277,9 @@ pub async fn suspend_for_meta(deps: &Deps, tenant: &TenantId, reason: &str, by: 
         }
         // Closed already: nothing to pause.
         Err(crate::store_error::StoreError::Conflict(_)) => {}
-        Err(e) => tracing::error!(tenant_id = %tenant, error = %e, "could not suspend tenant"),
+        Err(e) => return Err(e),
     }
+    Ok(())
 }
 
 /// Replaces the tenant's IP allow-list; answers the stored (canonical) list.

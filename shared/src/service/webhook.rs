@@ -335,8 +335,10 @@ async fn account_update(deps: &Deps, update: &AccountUpdate) -> Result<usize, Se
         Some(b) => format!("meta account_update: {} ({b})", update.event),
         None => format!("meta account_update: {}", update.event),
     };
+    // Each written before the webhook is acknowledged: a failure answers 500, so Meta
+    // delivers it again (suspending twice changes nothing).
     for t in &tenants {
-        super::accounts::suspend_for_meta(deps, t, &reason, "webhook").await;
+        super::accounts::try_suspend_for_meta(deps, t, &reason, "webhook").await?;
     }
     Ok(tenants.len())
 }

@@ -892,3 +892,90 @@ async fn user_wrote(deps: &kirim::service::Deps, tenant: &kirim::ports::Tenant) 
         .await
         .unwrap();
 }
+
+/// The tenant store, whose status changes fail (storage unavailable).
+struct StatusChangesFail(std::sync::Arc<dyn kirim::ports::TenantStore>);
+
+#[async_trait::async_trait]
+impl kirim::ports::TenantStore for StatusChangesFail {
+    async fn create_tenant(
+        &self,
+        tenant: &kirim::ports::Tenant,
+        key: &kirim::ports::ApiKeyRecord,
+        initial: Option<&kirim::ports::LedgerEntry>,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.create_tenant(tenant, key, initial).await
+    }
+    async fn get_tenant(
+        &self,
+        id: &kirim::domain::TenantId,
+    ) -> Result<Option<kirim::ports::Tenant>, kirim::store_error::StoreError> {
+        self.0.get_tenant(id).await
+    }
+    async fn tenant_by_phone_number_id(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<kirim::domain::TenantId>, kirim::store_error::StoreError> {
+        self.0.tenant_by_phone_number_id(phone_number_id).await
+    }
+    async fn api_key_by_hash(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<kirim::ports::ApiKeyRecord>, kirim::store_error::StoreError> {
+        self.0.api_key_by_hash(key_hash).await
+    }
+    async fn tenants_by_waba(
+        &self,
+        waba_id: &str,
+    ) -> Result<Vec<kirim::domain::TenantId>, kirim::store_error::StoreError> {
+        self.0.tenants_by_waba(waba_id).await
+    }
+    async fn set_ip_allowlist(
+        &self,
+        id: &kirim::domain::TenantId,
+        cidrs: &[String],
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.set_ip_allowlist(id, cidrs).await
+    }
+    async fn set_request_limits(
+        &self,
+        id: &kirim::domain::TenantId,
+        limits: kirim::domain::RequestLimits,
+    ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
+        self.0.set_request_limits(id, limits).await
+    }
+    async fn set_status(
+        &self,
+        _id: &kirim::domain::TenantId,
+        _to: kirim::ports::TenantStatus,
+        _reason: Option<&str>,
+        _at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable(
+            "storage is down".into(),
+        ))
+    }
+}
+
+/// Meta's account restriction is acknowledged only once the suspension is written: a
+/// storage failure is an error of the webhook (answered 500, so Meta delivers it again),
+/// not an item counted as applied.
+#[tokio::test]
+async fn an_account_restriction_that_cannot_be_written_is_not_acknowledged() {
+    use kirim::service::{accounts, webhook};
+    let mut deps =
+        kirim::wiring::memory_deps(kirim_tests::test_settings(), ManualClock::new()).unwrap();
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai",
+        "waba_id": "7011", "phone_number_id": "7011001", "meta_access_token": "EAAG"}))
+    .unwrap();
+    accounts::create_tenant(&deps, req).await.unwrap();
+    deps.tenants = std::sync::Arc::new(StatusChangesFail(deps.tenants.clone()));
+    let body = json!({"object": "whatsapp_business_account",
+        "entry": [{"id": "7011", "time": 1700000000, "changes": [{"field": "account_update",
+        "value": {"event": "ACCOUNT_RESTRICTION", "restriction_info": [
+            {"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": 1900000000}]}}]}]});
+    let summary = webhook::apply(&deps, body.to_string().as_bytes())
+        .await
+        .unwrap();
+    assert_eq!((summary.errors, summary.applied), (1, 0));
+}
