@@ -305,6 +305,9 @@ async fn onboarding_the_same_phone_number_twice_is_a_conflict(b: Backend) {
         json!({"name":"x","waba_id":"abc","phone_number_id":"1","meta_access_token":"t"}),
         json!({"name":"","waba_id":"1","phone_number_id":"1","meta_access_token":"t"}),
         json!({"name":"x","waba_id":"1","phone_number_id":"1","meta_access_token":"t","credits":-1}),
+        // Past one top-up's most: a balance near i64's limit would overflow on DynamoDB.
+        json!({"name":"x","waba_id":"1","phone_number_id":"1","meta_access_token":"t","credits":1_000_000_001_i64}),
+        json!({"name":"x","waba_id":"1","phone_number_id":"1","meta_access_token":"t","credits":i64::MAX}),
     ] {
         let res = app
             .http
