@@ -548,7 +548,8 @@ async fn render_results(
         @if !moves.is_empty() {
             div.actions {
                 @for (action, label) in &moves {
-                    form.inline method="post" action=(format!("/console/campaigns/{}/{action}", segment(id))) {
+                    // The retry's form asks for the parameters: label, field and button stacked.
+                    form.inline[*action != "retry-failed"].stack[*action == "retry-failed"] method="post" action=(format!("/console/campaigns/{}/{action}", segment(id))) {
                         (csrf(&ctx.csrf))
                         @if *action == "retry-failed" {
                             // Kirim keeps no message content: a template's parameters come
