@@ -233,20 +233,31 @@ async fn serve(app: axum::Router) -> String {
     format!("http://{addr}")
 }
 
-/// A stand-in DynamoDB that answers `500 InternalServerError` to its first call and an empty
-/// `GetItem` after, counting calls.
-async fn dynamodb_failing_once() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+/// A stand-in DynamoDB whose first call of `operation` (of any, without one) is answered
+/// `status` with `body`, and every other call `{}`; it counts the calls of `operation`.
+async fn dynamodb_refusing_first(
+    operation: Option<&'static str>,
+    status: axum::http::StatusCode,
+    body: &'static str,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
-    let app = axum::Router::new().fallback(move || {
-        let call = counted.fetch_add(1, Ordering::SeqCst) + 1;
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let counts = operation.is_none_or(|op| {
+            headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.strip_suffix(op).is_some_and(|t| t.ends_with('.')))
+        });
+        let call = if counts {
+            counted.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            0
+        };
         async move {
             let (status, body) = if call == 1 {
-                (
-                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"scripted"}"#,
-                )
+                (status, body)
             } else {
                 (axum::http::StatusCode::OK, "{}")
             };
@@ -258,6 +269,17 @@ async fn dynamodb_failing_once() -> (String, Arc<std::sync::atomic::AtomicUsize>
         }
     });
     (serve(app).await, calls)
+}
+
+/// A stand-in DynamoDB that answers `500 InternalServerError` to its first call and an
+/// empty `GetItem` after, counting calls.
+async fn dynamodb_failing_once() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    dynamodb_refusing_first(
+        None,
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"scripted"}"#,
+    )
+    .await
 }
 
 /// The SDK closes a connection after a transient answer only through its own HTTP client;
@@ -509,36 +531,12 @@ async fn an_aws_endpoint_with_a_certificate_no_trusted_root_signed_is_refused() 
 /// another transaction on its first item (as a send's debit on the tenant item is), and
 /// whose later ones succeed; it counts them.
 async fn dynamodb_conflicting_once() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
-    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
-        let transaction = headers
-            .get("x-amz-target")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.ends_with(".TransactWriteItems"));
-        let call = if transaction {
-            counted.fetch_add(1, Ordering::SeqCst) + 1
-        } else {
-            0
-        };
-        async move {
-            let (status, body) = if call == 1 {
-                (
-                    axum::http::StatusCode::BAD_REQUEST,
-                    r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","message":"Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict, None, None]","CancellationReasons":[{"Code":"TransactionConflict","Message":"Transaction is ongoing for the item"},{"Code":"None"},{"Code":"None"}]}"#,
-                )
-            } else {
-                (axum::http::StatusCode::OK, "{}")
-            };
-            (
-                status,
-                [("content-type", "application/x-amz-json-1.0")],
-                body,
-            )
-        }
-    });
-    (serve(app).await, calls)
+    dynamodb_refusing_first(
+        Some("TransactWriteItems"),
+        axum::http::StatusCode::BAD_REQUEST,
+        r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","message":"Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict, None, None]","CancellationReasons":[{"Code":"TransactionConflict","Message":"Transaction is ongoing for the item"},{"Code":"None"},{"Code":"None"}]}"#,
+    )
+    .await
 }
 
 /// Every send debits the tenant item in a transaction, so a write of the tenant's own

@@ -9,13 +9,14 @@ use kirim::ports::*;
 use super::contract::{aws, aws_and_table, contract, memory, message, onboarded, Ports};
 use kirim::domain::MessageId;
 
-/// A tenant's running broadcast with `n` recorded messages, `accepted`.
-async fn broadcast_with_messages(p: &Ports, n: usize) -> (Tenant, Broadcast, Vec<MessageId>) {
-    let t = onboarded(p, 100).await;
-    let now = p.clock.now();
-    let b = Broadcast {
+/// A running broadcast of `tenant`'s to three recipients at a credit each, none queued.
+fn running_broadcast(
+    tenant: &kirim::domain::TenantId,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Broadcast {
+    Broadcast {
         id: kirim::domain::new_id(),
-        tenant_id: t.id.clone(),
+        tenant_id: tenant.clone(),
         template: TemplateRef {
             name: "promo".into(),
             language: "en".into(),
@@ -36,7 +37,14 @@ async fn broadcast_with_messages(p: &Ports, n: usize) -> (Tenant, Broadcast, Vec
         started_at: Some(now),
         ended_at: None,
         control: None,
-    };
+    }
+}
+
+/// A tenant's running broadcast with `n` recorded messages, `accepted`.
+async fn broadcast_with_messages(p: &Ports, n: usize) -> (Tenant, Broadcast, Vec<MessageId>) {
+    let t = onboarded(p, 100).await;
+    let now = p.clock.now();
+    let b = running_broadcast(&t.id, now);
     let (_, mut debit) = message(p, &t.id, 3600);
     debit.amount = -3;
     debit.message_id = None;
@@ -155,28 +163,12 @@ async fn a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once
         .map(|s| kirim::domain::PhoneNumber::parse(s).unwrap())
         .collect();
     let b = Broadcast {
-        id: kirim::domain::new_id(),
-        tenant_id: t.id.clone(),
-        template: TemplateRef {
-            name: "promo".into(),
-            language: "en".into(),
-            category: TemplateCategory::Utility,
-        },
-        accepted: 3,
-        skipped_opted_out: 0,
-        invalid: 0,
-        duplicates: 0,
         price_each: 2,
         status: BroadcastStatus::Scheduled,
-        enqueued: 0,
-        created_at: now,
         expires_at: Some(now.timestamp() + 90 * 86_400),
-        name: None,
-        from: None,
         send_at: Some(now + Duration::days(30)),
         started_at: None,
-        ended_at: None,
-        control: None,
+        ..running_broadcast(&t.id, now)
     };
     let (_, mut debit) = message(&p, &t.id, 3600);
     debit.amount = -6;
