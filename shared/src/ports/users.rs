@@ -136,10 +136,25 @@ impl LoginPolicy {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoginGate {
-    /// The attempt may go on: check the credentials now.
-    Allowed,
+    /// The attempt may go on: check the credentials now, then end the attempt with
+    /// `login_failed` or `login_released`, handing back the ticket.
+    Allowed(LoginTicket),
     /// No attempt until this time (epoch seconds).
     Locked { until: i64 },
+}
+
+/// How an attempt was let through a counter, and so how it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginTicket {
+    /// Within the free failures: the attempt was counted as a failure as it began, so
+    /// that parallel attempts meet the count at once (no more than `free` of them, then
+    /// one held one, get through). A failure keeps the count; any other end gives it
+    /// back. An attempt that never ends (a crash) stays counted: it errs toward slowing.
+    Counted,
+    /// Past the free failures: the attempt holds the counter (`hold_secs`) so that no
+    /// other goes through. A failure counts and sets the next delay; any other end gives
+    /// the hold back.
+    Holding,
 }
 
 #[async_trait]
@@ -157,29 +172,35 @@ pub trait UserStore: Send + Sync {
     async fn delete_user(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError>;
 
     /// Lets a login attempt through `counter` if it allows one at `now`, atomically:
-    /// within the free failures always; past them only when the last delay has passed
-    /// and no other attempt is in flight (it then holds the counter for
-    /// `policy.hold_secs`). Otherwise `Locked` with the time the next may come.
+    /// while the failures counted (attempts in flight among them) are fewer than
+    /// `policy.free`, counting this one (`LoginTicket::Counted`); past them only when the
+    /// last delay has passed and no other attempt holds the counter (this one then holds
+    /// it for `policy.hold_secs`, `LoginTicket::Holding`). Otherwise `Locked` with the
+    /// time the next may come.
     async fn begin_login(
         &self,
         counter: &LoginCounter,
         now: i64,
         policy: &LoginPolicy,
     ) -> Result<LoginGate, StoreError>;
-    /// Counts a failure (an atomic increment; a counter past its window starts again)
-    /// and sets when the next attempt may come. Answers the failures counted.
+    /// The attempt failed: counted (an atomic increment unless the gate counted it
+    /// already; a counter past its window, or cleared meanwhile, starts again at one),
+    /// and the next attempt's time set. Answers the failures counted.
     async fn login_failed(
         &self,
         counter: &LoginCounter,
         now: i64,
         policy: &LoginPolicy,
+        ticket: LoginTicket,
     ) -> Result<i64, StoreError>;
-    /// An attempt that was not a failure ends: the hold it took (if any) is given back.
+    /// An attempt that was not a failure ends: the count or the hold it took is given
+    /// back.
     async fn login_released(
         &self,
         counter: &LoginCounter,
         now: i64,
         policy: &LoginPolicy,
+        ticket: LoginTicket,
     ) -> Result<(), StoreError>;
     /// Deletes the counter (a successful login from that address for that email).
     async fn clear_login_counter(&self, counter: &LoginCounter) -> Result<(), StoreError>;

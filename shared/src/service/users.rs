@@ -5,7 +5,8 @@
 //! address, with growing delays (`ports::LoginPolicy`), the same for emails no user has:
 //! an unknown email answers exactly like a wrong password, after the same work. Each
 //! counter lets an attempt through by a conditional update *before* the password is
-//! checked, so concurrent guesses cannot slip past a delay. Nobody can lock a user out
+//! checked, counting it there (`LoginTicket`), so concurrent guesses cannot slip past a
+//! delay or the free count. Nobody can lock a user out
 //! from another address; an admin can clear a user's counters (`unlock`). A TOTP time
 //! step is accepted at most once per user (a conditional write of the last step), and a
 //! user's wrong codes are counted per user, from any address (`LoginCounter::Totp`): only
@@ -21,7 +22,7 @@ use subtle::ConstantTimeEq;
 use totp_rs::{Algorithm, TOTP};
 
 use crate::domain::{new_id, RetentionClass, Role, TenantId};
-use crate::ports::{LoginCounter, LoginGate, LoginPolicy, SessionRecord, UserRecord};
+use crate::ports::{LoginCounter, LoginGate, LoginPolicy, LoginTicket, SessionRecord, UserRecord};
 use crate::secret::{token_hash, Secret};
 
 use super::caller::Caller;
@@ -353,42 +354,47 @@ pub async fn login(
     let now = deps.clock.now();
     let now_secs = now.timestamp();
     let counters = counters(&req.email, addr);
-    for (i, c) in counters.iter().enumerate() {
-        if let LoginGate::Locked { until } = deps
+    // Each counter the attempt passed, with how it passed.
+    let mut passed: Vec<(&LoginCounter, LoginTicket)> = Vec::with_capacity(counters.len());
+    for c in &counters {
+        match deps
             .users
             .begin_login(c, now_secs, &LoginPolicy::of(c))
             .await?
         {
-            // Give back the holds the earlier counters took.
-            for earlier in &counters[..i] {
-                let policy = LoginPolicy::of(earlier);
-                deps.users
-                    .login_released(earlier, now_secs, &policy)
-                    .await?;
+            LoginGate::Allowed(ticket) => passed.push((c, ticket)),
+            LoginGate::Locked { until } => {
+                // Give back what the earlier counters took.
+                for (earlier, ticket) in &passed {
+                    let policy = LoginPolicy::of(earlier);
+                    deps.users
+                        .login_released(earlier, now_secs, &policy, *ticket)
+                        .await?;
+                }
+                crate::metrics::limited("login");
+                tracing::info!(outcome = "denied", reason = "rate_limited", "login refused");
+                return Err(LoginError::RateLimited {
+                    retry_after_secs: (until - now_secs).max(1),
+                });
             }
-            crate::metrics::limited("login");
-            tracing::info!(outcome = "denied", reason = "rate_limited", "login refused");
-            return Err(LoginError::RateLimited {
-                retry_after_secs: (until - now_secs).max(1),
-            });
         }
     }
     let failed = |reason: &'static str, err: LoginError| {
-        let counters = &counters;
+        let passed = &passed;
         async move {
             tracing::info!(outcome = "denied", reason, "login refused");
-            for c in counters {
+            for (c, ticket) in passed {
                 deps.users
-                    .login_failed(c, now_secs, &LoginPolicy::of(c))
+                    .login_failed(c, now_secs, &LoginPolicy::of(c), *ticket)
                     .await?;
             }
             Err::<LoggedIn, LoginError>(err)
         }
     };
     let released = || async {
-        for c in &counters {
+        for (c, ticket) in &passed {
             deps.users
-                .login_released(c, now_secs, &LoginPolicy::of(c))
+                .login_released(c, now_secs, &LoginPolicy::of(c), *ticket)
                 .await?;
         }
         Ok::<(), LoginError>(())
@@ -419,29 +425,32 @@ pub async fn login(
         // counters alone let a caller who has the password guess codes from many.
         let totp_counter = LoginCounter::Totp(token_hash(&user.email));
         let totp_policy = LoginPolicy::of(&totp_counter);
-        if let LoginGate::Locked { until } = deps
+        let totp_ticket = match deps
             .users
             .begin_login(&totp_counter, now_secs, &totp_policy)
             .await?
         {
-            released().await?;
-            crate::metrics::limited("login");
-            tracing::info!(
-                outcome = "denied",
-                reason = "totp_rate_limited",
-                "login refused"
-            );
-            return Err(LoginError::RateLimited {
-                retry_after_secs: (until - now_secs).max(1),
-            });
-        }
+            LoginGate::Allowed(ticket) => ticket,
+            LoginGate::Locked { until } => {
+                released().await?;
+                crate::metrics::limited("login");
+                tracing::info!(
+                    outcome = "denied",
+                    reason = "totp_rate_limited",
+                    "login refused"
+                );
+                return Err(LoginError::RateLimited {
+                    retry_after_secs: (until - now_secs).max(1),
+                });
+            }
+        };
         let stored = user.totp_secret.as_deref().unwrap_or_default();
         let Some(seed) = seed_cipher::open(deps, tenant, id, stored).await? else {
             // Tampered, another user's, or its data key refused by KMS: refused like a
             // wrong code (not counted as the user's guess: no code was checked).
             tracing::warn!(user_id = %id, "the stored TOTP seed does not open");
             deps.users
-                .login_released(&totp_counter, now_secs, &totp_policy)
+                .login_released(&totp_counter, now_secs, &totp_policy, totp_ticket)
                 .await?;
             return failed("totp", LoginError::TotpRequired).await;
         };
@@ -452,7 +461,7 @@ pub async fn login(
         };
         if !accepted {
             deps.users
-                .login_failed(&totp_counter, now_secs, &totp_policy)
+                .login_failed(&totp_counter, now_secs, &totp_policy, totp_ticket)
                 .await?;
             return failed("totp", LoginError::TotpRequired).await;
         }

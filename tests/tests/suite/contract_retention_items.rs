@@ -506,7 +506,7 @@ async fn failed_login_counters_are_swept_a_day_after_their_last_failure(p: Ports
     for c in [at("198.51.100.7"), address.clone()] {
         let now = p.clock.now().timestamp();
         p.users
-            .login_failed(&c, now, &LoginPolicy::of(&c))
+            .login_failed(&c, now, &LoginPolicy::of(&c), LoginTicket::Holding)
             .await
             .unwrap();
     }
@@ -514,7 +514,7 @@ async fn failed_login_counters_are_swept_a_day_after_their_last_failure(p: Ports
     let later = at("203.0.113.9");
     let now = p.clock.now().timestamp();
     p.users
-        .login_failed(&later, now, &LoginPolicy::of(&later))
+        .login_failed(&later, now, &LoginPolicy::of(&later), LoginTicket::Holding)
         .await
         .unwrap();
     // A day after the first two failures, those two go; the later one stays.

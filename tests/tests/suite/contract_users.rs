@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::Duration;
 use kirim::domain::Role;
 use kirim::ports::{
-    Clock, LoginCounter, LoginGate, LoginPolicy, SessionRecord, Tenant, UserRecord,
+    Clock, LoginCounter, LoginGate, LoginPolicy, LoginTicket, SessionRecord, Tenant, UserRecord,
 };
 use kirim::store_error::StoreError;
 
@@ -143,11 +143,10 @@ fn at(email: &str, addr: &str) -> LoginCounter {
 async fn fail(p: &Ports, c: &LoginCounter, now: i64, n: usize) {
     let policy = LoginPolicy::of(c);
     for _ in 0..n {
-        assert_eq!(
-            p.users.begin_login(c, now, &policy).await.unwrap(),
-            LoginGate::Allowed
-        );
-        p.users.login_failed(c, now, &policy).await.unwrap();
+        let LoginGate::Allowed(ticket) = p.users.begin_login(c, now, &policy).await.unwrap() else {
+            panic!("attempt refused")
+        };
+        p.users.login_failed(c, now, &policy, ticket).await.unwrap();
     }
 }
 
@@ -165,9 +164,15 @@ async fn failed_logins_cost_nothing_at_first_then_delays_that_double(p: Ports) {
     for delay in [2, 4, 8] {
         assert_eq!(
             p.users.begin_login(&c, t, &policy).await.unwrap(),
-            LoginGate::Allowed
+            LoginGate::Allowed(LoginTicket::Holding)
         );
-        assert!(p.users.login_failed(&c, t, &policy).await.unwrap() > policy.free);
+        assert!(
+            p.users
+                .login_failed(&c, t, &policy, LoginTicket::Holding)
+                .await
+                .unwrap()
+                > policy.free
+        );
         assert_eq!(
             p.users
                 .begin_login(&c, t + delay - 1, &policy)
@@ -190,22 +195,28 @@ async fn failed_logins_cost_nothing_at_first_then_delays_that_double(p: Ports) {
             .begin_login(&elsewhere, t - 1, &policy)
             .await
             .unwrap(),
-        LoginGate::Allowed
+        LoginGate::Allowed(LoginTicket::Counted)
     );
     assert_eq!(
         p.users
             .begin_login(&at(&email(), "198.51.100.7"), t - 1, &policy)
             .await
             .unwrap(),
-        LoginGate::Allowed
+        LoginGate::Allowed(LoginTicket::Counted)
     );
     // A day after the last failure the counter starts again.
     let day = policy.window_secs;
     assert_eq!(
         p.users.begin_login(&c, t + day, &policy).await.unwrap(),
-        LoginGate::Allowed
+        LoginGate::Allowed(LoginTicket::Counted)
     );
-    assert_eq!(p.users.login_failed(&c, t + day, &policy).await.unwrap(), 1);
+    assert_eq!(
+        p.users
+            .login_failed(&c, t + day, &policy, LoginTicket::Counted)
+            .await
+            .unwrap(),
+        1
+    );
 }
 
 async fn past_the_free_failures_concurrent_attempts_get_one_through_at_a_time(p: Ports) {
@@ -223,16 +234,91 @@ async fn past_the_free_failures_concurrent_attempts_get_one_through_at_a_time(p:
         .collect();
     let mut allowed = 0;
     for task in tasks {
-        if task.await.unwrap().unwrap() == LoginGate::Allowed {
+        if task.await.unwrap().unwrap() == LoginGate::Allowed(LoginTicket::Holding) {
             allowed += 1;
         }
     }
     assert_eq!(allowed, 1, "one attempt in flight past the free failures");
     // An attempt that was not a failure gives its hold back.
-    p.users.login_released(&c, t, &policy).await.unwrap();
+    p.users
+        .login_released(&c, t, &policy, LoginTicket::Holding)
+        .await
+        .unwrap();
     assert_eq!(
         p.users.begin_login(&c, t, &policy).await.unwrap(),
-        LoginGate::Allowed
+        LoginGate::Allowed(LoginTicket::Holding)
+    );
+}
+
+async fn parallel_attempts_within_the_free_failures_are_counted_as_they_begin(p: Ports) {
+    let c = at(&email(), "198.51.100.9");
+    let policy = LoginPolicy::EMAIL_AT_ADDRESS;
+    let now = p.clock.now().timestamp();
+    // A burst before any attempt has failed: the free ones, then one holding the counter.
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let users: Arc<dyn kirim::ports::UserStore> = p.users.clone();
+            let c = c.clone();
+            tokio::spawn(async move { users.begin_login(&c, now, &policy).await })
+        })
+        .collect();
+    let mut tickets = Vec::new();
+    for task in tasks {
+        if let LoginGate::Allowed(ticket) = task.await.unwrap().unwrap() {
+            tickets.push(ticket);
+        }
+    }
+    let counted = tickets
+        .iter()
+        .filter(|t| **t == LoginTicket::Counted)
+        .count();
+    assert_eq!(counted, policy.free as usize, "{tickets:?}");
+    assert_eq!(tickets.len(), counted + 1, "{tickets:?}");
+    // Attempts that end without failing give their count and hold back.
+    for ticket in tickets {
+        p.users
+            .login_released(&c, now, &policy, ticket)
+            .await
+            .unwrap();
+    }
+    for _ in 0..policy.free {
+        assert_eq!(
+            p.users.begin_login(&c, now, &policy).await.unwrap(),
+            LoginGate::Allowed(LoginTicket::Counted)
+        );
+    }
+}
+
+async fn a_counted_attempt_that_fails_is_counted_once(p: Ports) {
+    let c = LoginCounter::Address("198.51.100.10".into());
+    let policy = LoginPolicy::ADDRESS;
+    let now = p.clock.now().timestamp();
+    for n in 1..=3 {
+        assert_eq!(
+            p.users.begin_login(&c, now, &policy).await.unwrap(),
+            LoginGate::Allowed(LoginTicket::Counted)
+        );
+        assert_eq!(
+            p.users
+                .login_failed(&c, now, &policy, LoginTicket::Counted)
+                .await
+                .unwrap(),
+            n
+        );
+    }
+    // Cleared between the gate and the failure (a success elsewhere, an admin's
+    // unlock): the failure starts the counter again.
+    assert_eq!(
+        p.users.begin_login(&c, now, &policy).await.unwrap(),
+        LoginGate::Allowed(LoginTicket::Counted)
+    );
+    p.users.clear_login_counter(&c).await.unwrap();
+    assert_eq!(
+        p.users
+            .login_failed(&c, now, &policy, LoginTicket::Counted)
+            .await
+            .unwrap(),
+        1
     );
 }
 
@@ -257,7 +343,7 @@ async fn clearing_an_emails_counters_clears_every_address_and_nothing_else(p: Po
     for c in [&a, &b] {
         assert_eq!(
             p.users.begin_login(c, now, &policy).await.unwrap(),
-            LoginGate::Allowed
+            LoginGate::Allowed(LoginTicket::Counted)
         );
     }
     assert!(matches!(
@@ -267,7 +353,7 @@ async fn clearing_an_emails_counters_clears_every_address_and_nothing_else(p: Po
     p.users.clear_login_counter(&other).await.unwrap();
     assert_eq!(
         p.users.begin_login(&other, now, &policy).await.unwrap(),
-        LoginGate::Allowed
+        LoginGate::Allowed(LoginTicket::Counted)
     );
 }
 
@@ -358,6 +444,8 @@ contract!(
     a_session_is_invisible_once_expired_and_marked_when_revoked,
     failed_logins_cost_nothing_at_first_then_delays_that_double,
     past_the_free_failures_concurrent_attempts_get_one_through_at_a_time,
+    parallel_attempts_within_the_free_failures_are_counted_as_they_begin,
+    a_counted_attempt_that_fails_is_counted_once,
     clearing_an_emails_counters_clears_every_address_and_nothing_else,
     a_totp_step_is_accepted_once_and_confirmation_needs_the_pending_secret,
     the_two_factor_requirement_is_per_tenant_and_off_by_default,

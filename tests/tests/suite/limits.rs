@@ -415,6 +415,26 @@ async fn failures_from_one_address_never_slow_the_same_email_from_another(p: Por
     assert_eq!(login(&http, &email, PASSWORD, ELSEWHERE).await.status, 200);
 }
 
+async fn a_burst_of_parallel_guesses_gets_no_more_checks_than_guesses_one_by_one(p: Ports) {
+    let http = Http::new(p).await;
+    let (_, email, _) = with_user(&http).await;
+    // Sixteen wrong passwords at once, before any of them has failed: the five free
+    // attempts and one past them are checked, the rest are refused unchecked.
+    let guesses = (0..16).map(|_| login(&http, &email, "not the password", HOME));
+    let answers = futures::future::join_all(guesses).await;
+    let checked = answers.iter().filter(|a| a.status == 401).count();
+    let refused = answers
+        .iter()
+        .filter(|a| a.status == 429 && a.code() == "rate_limited")
+        .count();
+    assert_eq!((checked, refused), (6, 10));
+    // Six failures: slowed as six failures one by one would be.
+    let a = login(&http, &email, PASSWORD, HOME).await;
+    assert_eq!((a.status, a.retry_after()), (429, Some(2)));
+    http.advance(Duration::seconds(2));
+    assert_eq!(login(&http, &email, PASSWORD, HOME).await.status, 200);
+}
+
 async fn an_admin_unlocks_a_user_and_another_tenants_user_is_not_found(p: Ports) {
     let http = Http::new(p).await;
     let (key, email, id) = with_user(&http).await;
@@ -473,6 +493,7 @@ contract!(
     an_unsigned_webhook_flood_from_one_address_gets_429_while_meta_still_gets_200,
     an_unknown_email_answers_exactly_like_a_wrong_password_and_is_slowed_alike,
     failures_from_one_address_never_slow_the_same_email_from_another,
+    a_burst_of_parallel_guesses_gets_no_more_checks_than_guesses_one_by_one,
     an_admin_unlocks_a_user_and_another_tenants_user_is_not_found,
 );
 

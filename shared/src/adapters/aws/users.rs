@@ -14,7 +14,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, ReturnValue, TransactWrite
 use super::classify;
 use super::dynamodb::{from_item, keys, n, s, to_item, CancelReason, DynamoStore, Item, TTL_ATTR};
 use crate::domain::TenantId;
-use crate::ports::{LoginCounter, LoginGate, LoginPolicy, SessionRecord, UserRecord, UserStore};
+use crate::ports::{
+    LoginCounter, LoginGate, LoginPolicy, LoginTicket, SessionRecord, UserRecord, UserStore,
+};
 use crate::store_error::StoreError;
 
 fn counter_key(counter: &LoginCounter) -> keys::Key {
@@ -192,29 +194,41 @@ impl UserStore for DynamoStore {
         policy: &LoginPolicy,
     ) -> Result<LoginGate, StoreError> {
         let values = [
+            (":one", n(1)),
             (":now", n(now)),
             (":free", n(policy.free)),
             (":hold", n(now + policy.hold_secs)),
             (":ttl", n(now + policy.window_secs)),
         ];
-        // Within the free failures (or no live counter): let it through.
-        let free = (
-            "SET #ttl = if_not_exists(#ttl, :ttl)",
-            "attribute_not_exists(failures) OR failures < :free OR #ttl <= :now",
+        // Within the free failures (or no counter yet): counted as it begins, so that
+        // parallel attempts meet the count at once.
+        let count = (
+            "ADD failures :one SET #ttl = :ttl",
+            "attribute_not_exists(failures) OR (failures < :free AND #ttl > :now)",
+            LoginTicket::Counted,
         );
         // Past them, once the delay has passed: one attempt, holding the counter.
         let held = (
             "SET blocked_until = :hold",
             "failures >= :free AND #ttl > :now \
              AND (attribute_not_exists(blocked_until) OR blocked_until <= :now)",
+            LoginTicket::Holding,
         );
-        for (expr, cond) in [free, held, free] {
+        // A counter past its window: this attempt starts it again.
+        let restart = (
+            "SET failures = :one, #ttl = :ttl REMOVE blocked_until",
+            "#ttl <= :now",
+            LoginTicket::Counted,
+        );
+        // Each refusal can be a race with another attempt that moved the counter on;
+        // the second round settles it.
+        for (expr, cond, ticket) in [count, held, restart, count, held] {
             if self
                 .update_counter(counter, expr, cond, &values)
                 .await?
                 .is_some()
             {
-                return Ok(LoginGate::Allowed);
+                return Ok(LoginGate::Allowed(ticket));
             }
         }
         let until = self
@@ -231,6 +245,7 @@ impl UserStore for DynamoStore {
         counter: &LoginCounter,
         now: i64,
         policy: &LoginPolicy,
+        ticket: LoginTicket,
     ) -> Result<i64, StoreError> {
         let values = [
             (":one", n(1)),
@@ -238,21 +253,29 @@ impl UserStore for DynamoStore {
             (":first", n(now + policy.delay_after(1))),
             (":ttl", n(now + policy.window_secs)),
         ];
-        // A new counter (or one past its window) starts at one; a live one adds one.
+        // A new counter (or one past its window, or cleared since the gate) starts at
+        // one; a live one adds one, or keeps the count the gate already made.
         let fresh = (
             "SET failures = :one, blocked_until = :first, #ttl = :ttl",
             "attribute_not_exists(failures) OR #ttl <= :now",
         );
-        let more = ("ADD failures :one SET #ttl = :ttl", "#ttl > :now");
+        let more = match ticket {
+            LoginTicket::Holding => ("ADD failures :one SET #ttl = :ttl", "#ttl > :now"),
+            LoginTicket::Counted => (
+                "SET #ttl = :ttl",
+                "attribute_exists(failures) AND #ttl > :now",
+            ),
+        };
         let mut failures = None;
-        for (expr, cond) in [fresh, more, fresh] {
+        for (expr, cond) in [more, fresh, more] {
             if let Some(item) = self.update_counter(counter, expr, cond, &values).await? {
                 failures = number_of(&item, "failures");
                 break;
             }
         }
-        let failures =
-            failures.ok_or_else(|| StoreError::Unavailable("login counter contended".into()))?;
+        let failures = failures
+            .ok_or_else(|| StoreError::Unavailable("login counter contended".into()))?
+            .max(1);
         let delay = policy.delay_after(failures);
         if failures > 1 && delay > 0 {
             // Later than what is set, or replacing this attempt's own hold.
@@ -276,15 +299,23 @@ impl UserStore for DynamoStore {
         counter: &LoginCounter,
         now: i64,
         policy: &LoginPolicy,
+        ticket: LoginTicket,
     ) -> Result<(), StoreError> {
-        self.update_counter(
-            counter,
-            "SET blocked_until = :now",
-            "blocked_until = :hold",
-            &[(":now", n(now)), (":hold", n(now + policy.hold_secs))],
-        )
-        .await
-        .map(|_| ())
+        let (expr, cond, values) = match ticket {
+            LoginTicket::Counted => (
+                "ADD failures :less",
+                "failures > :zero AND #ttl > :now",
+                vec![(":less", n(-1)), (":zero", n(0)), (":now", n(now))],
+            ),
+            LoginTicket::Holding => (
+                "SET blocked_until = :now",
+                "blocked_until = :hold",
+                vec![(":now", n(now)), (":hold", n(now + policy.hold_secs))],
+            ),
+        };
+        self.update_counter(counter, expr, cond, &values)
+            .await
+            .map(|_| ())
     }
 
     async fn clear_login_counter(&self, counter: &LoginCounter) -> Result<(), StoreError> {

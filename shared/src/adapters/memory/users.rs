@@ -6,7 +6,9 @@ use async_trait::async_trait;
 
 use super::MemoryStore;
 use crate::domain::TenantId;
-use crate::ports::{LoginCounter, LoginGate, LoginPolicy, SessionRecord, UserRecord, UserStore};
+use crate::ports::{
+    LoginCounter, LoginGate, LoginPolicy, LoginTicket, SessionRecord, UserRecord, UserStore,
+};
 use crate::store_error::StoreError;
 
 #[derive(Default)]
@@ -118,24 +120,35 @@ impl UserStore for MemoryStore {
         policy: &LoginPolicy,
     ) -> Result<LoginGate, StoreError> {
         let mut s = self.lock()?;
-        let c = s.users.login.entry(counter.clone()).or_insert(Counter {
-            expires: now + policy.window_secs,
-            ..Counter::default()
-        });
-        let live = c.expires > now;
+        let c = s.users.login.entry(counter.clone()).or_default();
         match c.failures {
-            Some(f) if live && f >= policy.free => {
+            // Within the free failures: counted as it begins.
+            Some(f) if c.expires > now && f < policy.free => {
+                c.failures = Some(f + 1);
+                c.expires = now + policy.window_secs;
+                Ok(LoginGate::Allowed(LoginTicket::Counted))
+            }
+            // Past them: one at a time, once the delay has passed.
+            Some(_) if c.expires > now => {
                 let until = c.blocked_until.unwrap_or(0);
                 if until <= now {
                     c.blocked_until = Some(now + policy.hold_secs);
-                    Ok(LoginGate::Allowed)
+                    Ok(LoginGate::Allowed(LoginTicket::Holding))
                 } else {
                     Ok(LoginGate::Locked {
                         until: until.max(now + 1),
                     })
                 }
             }
-            _ => Ok(LoginGate::Allowed),
+            // No live counter: this attempt starts one.
+            _ => {
+                *c = Counter {
+                    failures: Some(1),
+                    blocked_until: None,
+                    expires: now + policy.window_secs,
+                };
+                Ok(LoginGate::Allowed(LoginTicket::Counted))
+            }
         }
     }
 
@@ -144,11 +157,13 @@ impl UserStore for MemoryStore {
         counter: &LoginCounter,
         now: i64,
         policy: &LoginPolicy,
+        ticket: LoginTicket,
     ) -> Result<i64, StoreError> {
         let mut s = self.lock()?;
         let c = s.users.login.entry(counter.clone()).or_default();
-        let failures = match c.failures {
-            Some(f) if c.expires > now => f + 1,
+        let failures = match (c.failures, ticket) {
+            (Some(f), LoginTicket::Counted) if c.expires > now => f.max(1),
+            (Some(f), LoginTicket::Holding) if c.expires > now => f + 1,
             _ => {
                 c.blocked_until = Some(now + policy.delay_after(1));
                 1
@@ -172,11 +187,21 @@ impl UserStore for MemoryStore {
         counter: &LoginCounter,
         now: i64,
         policy: &LoginPolicy,
+        ticket: LoginTicket,
     ) -> Result<(), StoreError> {
         let mut s = self.lock()?;
         if let Some(c) = s.users.login.get_mut(counter) {
-            if c.blocked_until == Some(now + policy.hold_secs) {
-                c.blocked_until = Some(now);
+            match ticket {
+                LoginTicket::Counted => {
+                    if let Some(f) = c.failures.filter(|f| *f > 0 && c.expires > now) {
+                        c.failures = Some(f - 1);
+                    }
+                }
+                LoginTicket::Holding => {
+                    if c.blocked_until == Some(now + policy.hold_secs) {
+                        c.blocked_until = Some(now);
+                    }
+                }
             }
         }
         Ok(())
