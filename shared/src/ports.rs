@@ -198,10 +198,42 @@ pub trait ApiKeyStore: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
+/// A top-up's `Idempotency-Key`: the first request's fingerprint and the ledger entry it
+/// wrote, kept for the idempotency retention (24 h). Stored as an idempotency item of
+/// the tenant (`IDEM#TOPUP#{sha256(key)}`), apart from the tenant's own send keys.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TopUpKeyRecord {
+    pub tenant_id: TenantId,
+    pub key_hash: String,
+    /// SHA-256 of the canonical request JSON.
+    pub fingerprint: String,
+    /// The ledger entry the first request wrote.
+    pub entry_id: String,
+    pub created_at: DateTime<Utc>,
+    /// Epoch seconds (DynamoDB TTL); after it the key may be used afresh.
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TopUpOnce {
+    /// Credited and recorded, with the key's record; the new balance.
+    Applied(i64),
+    /// The key has a live record: nothing written.
+    Earlier(TopUpKeyRecord),
+}
+
 #[async_trait]
 pub trait Ledger: Send + Sync {
     /// Adds credits and records the top-up; answers the new balance.
     async fn top_up(&self, entry: &LedgerEntry) -> Result<i64, StoreError>;
+    /// `top_up` plus the key's record, in one atomic write whose condition is that no live
+    /// record for the key exists: concurrent requests with one key credit once, the
+    /// others get `Earlier`. `NotFound` if no such tenant.
+    async fn top_up_once(
+        &self,
+        entry: &LedgerEntry,
+        key: &TopUpKeyRecord,
+    ) -> Result<TopUpOnce, StoreError>;
     /// Undoes a debit (a message that never reached Meta); answers the new balance.
     async fn refund(&self, entry: &LedgerEntry) -> Result<i64, StoreError>;
     async fn entries(&self, tenant: &TenantId) -> Result<Vec<LedgerEntry>, StoreError>;

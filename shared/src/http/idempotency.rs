@@ -1,12 +1,14 @@
-//! `POST /v1/messages` with an optional `Idempotency-Key`: the extractor that reads the
-//! key and fingerprints the body, and the one shape of the 202 answer (a replay answers
-//! the first response again, marked `Idempotent-Replayed: true` as Stripe does).
+//! An optional `Idempotency-Key` (`POST /v1/messages`, a platform top-up): the extractor
+//! that reads the key and fingerprints the body, and the one shape of the send's 202
+//! answer (a replay answers the first response again, marked `Idempotent-Replayed: true`
+//! as Stripe does).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::error::ApiError;
@@ -17,13 +19,16 @@ use crate::service::send::{Accepted, SendRequest};
 
 pub const HEADER: &str = "idempotency-key";
 
-/// A parsed send request and, when the header is present, its key and fingerprint.
-pub struct SendBody {
-    pub req: SendRequest,
+/// A parsed JSON body and, when the header is present, its key and fingerprint.
+pub struct Keyed<T> {
+    pub req: T,
     pub idem: Option<Idempotent>,
 }
 
-impl<S: Send + Sync> FromRequest<S> for SendBody {
+/// `POST /v1/messages`'s body.
+pub type SendBody = Keyed<SendRequest>;
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Keyed<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
@@ -54,7 +59,7 @@ impl<S: Send + Sync> FromRequest<S> for SendBody {
         if bytes.is_empty() {
             return Err(ApiError::invalid("a JSON body is required"));
         }
-        let req: SendRequest = parse_json(&bytes)?;
+        let req: T = parse_json(&bytes)?;
         let idem = match key {
             None => None,
             Some(key) => {
@@ -66,8 +71,14 @@ impl<S: Send + Sync> FromRequest<S> for SendBody {
                 })
             }
         };
-        Ok(SendBody { req, idem })
+        Ok(Keyed { req, idem })
     }
+}
+
+/// Marks a replay's answer as Stripe does.
+pub fn mark_replayed(res: &mut Response) {
+    res.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
 }
 
 /// `202 {"id","status":"accepted"}`, for a new message and for a replay alike.
@@ -82,8 +93,7 @@ pub fn accepted_response(accepted: Accepted) -> Response {
     )
         .into_response();
     if replayed {
-        res.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        mark_replayed(&mut res);
     }
     res
 }

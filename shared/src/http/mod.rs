@@ -319,13 +319,17 @@ pub(crate) fn number_path(id: &str) -> Result<&str, ApiError> {
 async fn top_up(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    JsonBody(req): JsonBody<accounts::TopUp>,
+    body: idempotency::Keyed<accounts::TopUp>,
 ) -> ApiResult {
     let tenant = tenant_path(&id)?;
-    let details = json!({"amount": req.amount, "reference": req.reference});
-    let balance = accounts::top_up(&s.deps, &tenant, req).await?;
-    let body = json!({"tenant_id": tenant, "balance": balance});
-    let res = (StatusCode::CREATED, Json(body)).into_response();
+    let mut details = json!({"amount": body.req.amount, "reference": body.req.reference});
+    let done = accounts::top_up(&s.deps, &tenant, body.req, body.idem.as_ref()).await?;
+    let answer = json!({"tenant_id": tenant, "balance": done.balance});
+    let mut res = (StatusCode::CREATED, Json(answer)).into_response();
+    if done.replayed {
+        idempotency::mark_replayed(&mut res);
+        details["replayed"] = json!(true);
+    }
     Ok(admin::noted(res, Some(&tenant), details))
 }
 

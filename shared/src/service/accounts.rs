@@ -5,10 +5,13 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{new_id, RetentionClass, Role, TenantId};
-use crate::ports::{ApiKeyRecord, LedgerEntry, LedgerKind, Tenant, TenantStatus};
+use crate::ports::{
+    ApiKeyRecord, LedgerEntry, LedgerKind, Tenant, TenantStatus, TopUpKeyRecord, TopUpOnce,
+};
 use crate::secret::{token_hash, Secret};
 
 use super::errors::ServiceError;
+use super::idempotency::Idempotent;
 use super::Deps;
 
 #[derive(Deserialize)]
@@ -153,7 +156,24 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
 /// balance's `i64` limit, which DynamoDB's `ADD` would pass without a word.
 pub const MAX_CREDITS_AT_ONCE: i64 = 1_000_000_000;
 
-pub async fn top_up(deps: &Deps, tenant: &TenantId, req: TopUp) -> Result<i64, ServiceError> {
+/// What a top-up answers: the balance, and whether this was a replay of an earlier
+/// request with the same `Idempotency-Key` (then nothing was credited now).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ToppedUp {
+    pub balance: i64,
+    pub replayed: bool,
+}
+
+/// Adds credits. With an `Idempotency-Key` (Stripe's semantics, as on sends): the same
+/// key and body within 24 hours credit once and answer again, with the balance as it is
+/// now; the same key with another body is `409 idempotency_key_reused`. A refused request
+/// keeps no key.
+pub async fn top_up(
+    deps: &Deps,
+    tenant: &TenantId,
+    req: TopUp,
+    idem: Option<&Idempotent>,
+) -> Result<ToppedUp, ServiceError> {
     if req.amount <= 0 || req.amount > MAX_CREDITS_AT_ONCE {
         return Err(ServiceError::InvalidRequest(format!(
             "amount must be a whole number from 1 to {MAX_CREDITS_AT_ONCE}"
@@ -171,9 +191,48 @@ pub async fn top_up(deps: &Deps, tenant: &TenantId, req: TopUp) -> Result<i64, S
         at: now,
         expires_at: deps.settings.retention.expiry(RetentionClass::Billing, now),
     };
-    let balance = deps.ledger.top_up(&entry).await?;
-    tracing::info!(tenant_id = %tenant, amount = req.amount, "credits topped up");
-    Ok(balance)
+    let Some(idem) = idem else {
+        let balance = deps.ledger.top_up(&entry).await?;
+        tracing::info!(tenant_id = %tenant, amount = req.amount, "credits topped up");
+        return Ok(ToppedUp {
+            balance,
+            replayed: false,
+        });
+    };
+    let key = TopUpKeyRecord {
+        tenant_id: tenant.clone(),
+        key_hash: idem.key.hash(),
+        fingerprint: idem.fingerprint.clone(),
+        entry_id: entry.id.clone(),
+        created_at: now,
+        expires_at: deps
+            .settings
+            .retention
+            .expiry(RetentionClass::Idempotency, now),
+    };
+    match deps.ledger.top_up_once(&entry, &key).await? {
+        TopUpOnce::Applied(balance) => {
+            tracing::info!(tenant_id = %tenant, amount = req.amount, "credits topped up");
+            Ok(ToppedUp {
+                balance,
+                replayed: false,
+            })
+        }
+        TopUpOnce::Earlier(earlier) if earlier.fingerprint == idem.fingerprint => {
+            let balance = deps
+                .tenants
+                .get_tenant(tenant)
+                .await?
+                .ok_or(ServiceError::NotFound)?
+                .credits;
+            tracing::info!(tenant_id = %tenant, entry_id = %earlier.entry_id, "top-up replayed");
+            Ok(ToppedUp {
+                balance,
+                replayed: true,
+            })
+        }
+        TopUpOnce::Earlier(_) => Err(ServiceError::IdempotencyKeyReused),
+    }
 }
 
 #[derive(Deserialize)]

@@ -410,7 +410,7 @@ async fn a_cancelled_scheduled_jobs_are_dropped_at_their_next_look() {
     let (tenant, _) = promo_broadcast(&deps, "129", 1).await;
     let top_up: kirim::service::accounts::TopUp =
         serde_json::from_value(json!({"amount": 5, "reference": "test"})).unwrap();
-    kirim::service::accounts::top_up(&deps, &tenant.id, top_up)
+    kirim::service::accounts::top_up(&deps, &tenant.id, top_up, None)
         .await
         .unwrap();
     // Drain the broadcast's own jobs.

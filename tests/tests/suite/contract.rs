@@ -328,6 +328,87 @@ async fn a_top_up_for_an_unknown_tenant_is_not_found(p: Ports) {
     );
 }
 
+fn keyed_top_up(p: &Ports, t: &TenantId, amount: i64, key: &str) -> (LedgerEntry, TopUpKeyRecord) {
+    let now = p.clock.now();
+    let entry = LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: t.clone(),
+        amount,
+        kind: LedgerKind::TopUp,
+        reference: Some("INV-7".into()),
+        message_id: None,
+        at: now,
+        expires_at: None,
+    };
+    let record = TopUpKeyRecord {
+        tenant_id: t.clone(),
+        key_hash: kirim::secret::token_hash(key),
+        fingerprint: format!("body-{amount}"),
+        entry_id: entry.id.clone(),
+        created_at: now,
+        expires_at: Some(now.timestamp() + 86_400),
+    };
+    (entry, record)
+}
+
+async fn concurrent_top_ups_with_one_key_credit_once_and_the_others_see_the_first(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let attempts: Vec<_> = (0..8)
+        .map(|_| {
+            let (entry, key) = keyed_top_up(&p, &t.id, 40, "inv-7-retry");
+            let ledger = p.ledger.clone();
+            tokio::spawn(async move { (ledger.top_up_once(&entry, &key).await, entry.id) })
+        })
+        .collect();
+    let (mut applied, mut earlier) = (Vec::new(), Vec::new());
+    for a in attempts {
+        match a.await.unwrap() {
+            (Ok(TopUpOnce::Applied(balance)), id) => applied.push((balance, id)),
+            (Ok(TopUpOnce::Earlier(record)), _) => earlier.push(record.entry_id),
+            (Err(e), _) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(applied.len(), 1, "exactly one credits");
+    let (balance, first) = applied.remove(0);
+    assert_eq!(balance, 40);
+    assert!(earlier.iter().all(|id| *id == first), "{earlier:?}");
+    assert_eq!(
+        p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits,
+        40
+    );
+    let entries = p.ledger.entries(&t.id).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        vec![first]
+    );
+    // Another key credits again; the first key, once expired, may be used afresh.
+    let (entry, key) = keyed_top_up(&p, &t.id, 2, "inv-8");
+    assert_eq!(
+        p.ledger.top_up_once(&entry, &key).await.unwrap(),
+        TopUpOnce::Applied(42)
+    );
+    p.clock.advance(chrono::Duration::seconds(86_401));
+    let (entry, key) = keyed_top_up(&p, &t.id, 1, "inv-7-retry");
+    assert_eq!(
+        p.ledger.top_up_once(&entry, &key).await.unwrap(),
+        TopUpOnce::Applied(43)
+    );
+}
+
+async fn a_keyed_top_up_for_an_unknown_tenant_keeps_no_key(p: Ports) {
+    let nobody = TenantId::generate();
+    let (entry, key) = keyed_top_up(&p, &nobody, 5, "inv-9");
+    assert_eq!(
+        p.ledger.top_up_once(&entry, &key).await.unwrap_err(),
+        StoreError::NotFound
+    );
+    // Nothing was kept: the same key is not answered as an earlier request.
+    assert_eq!(
+        p.ledger.top_up_once(&entry, &key).await.unwrap_err(),
+        StoreError::NotFound
+    );
+}
+
 async fn concurrent_debits_never_take_the_balance_below_zero(p: Ports) {
     let t = onboarded(&p, 0).await;
     let top = LedgerEntry {
@@ -1340,6 +1421,8 @@ contract!(
     a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing,
     a_debit_records_the_message_and_the_ledger_entry_together,
     a_top_up_for_an_unknown_tenant_is_not_found,
+    concurrent_top_ups_with_one_key_credit_once_and_the_others_see_the_first,
+    a_keyed_top_up_for_an_unknown_tenant_keeps_no_key,
     concurrent_debits_never_take_the_balance_below_zero,
     statuses_move_only_forward_and_failed_yields_only_to_delivered_or_read,
     a_message_released_for_retry_can_be_claimed_again_but_only_from_sending,

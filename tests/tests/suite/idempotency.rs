@@ -1,4 +1,5 @@
-//! `Idempotency-Key` on `POST /v1/messages`, end to end on both backends.
+//! `Idempotency-Key` on `POST /v1/messages` and on a platform top-up, end to end on both
+//! backends.
 
 use kirim::config::Backend;
 use kirim_tests::{spawn_app, TestApp, OPERATOR_TOKEN};
@@ -194,6 +195,127 @@ async fn twenty_concurrent_posts_with_one_key_make_one_message_and_one_debit(b: 
     assert_eq!(messages(&app, &t.key).await.len(), 1, "one message");
 }
 
+async fn top_up(app: &TestApp, tenant: &str, idem: Option<&str>, body: Value) -> reqwest::Response {
+    let mut req = app
+        .http
+        .post(app.url(&format!("/v1/platform/tenants/{tenant}/credits")))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&body);
+    if let Some(k) = idem {
+        req = req.header("Idempotency-Key", k);
+    }
+    req.send().await.unwrap()
+}
+
+async fn a_retried_top_up_with_its_key_credits_once(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(3).await;
+    let body = json!({"amount": 500, "reference": "INV-2026-0042"});
+    let first = top_up(&app, &t.tenant_id, Some("INV-2026-0042"), body.clone()).await;
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["balance"], 503);
+    // The retry after a timeout, with the body's keys in another order: no second credit.
+    let again = top_up(
+        &app,
+        &t.tenant_id,
+        Some("INV-2026-0042"),
+        json!({"reference": "INV-2026-0042", "amount": 500}),
+    )
+    .await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(app.credits(&t.key).await, 503);
+    // The same key with another amount: 409, nothing credited.
+    let res = top_up(
+        &app,
+        &t.tenant_id,
+        Some("INV-2026-0042"),
+        json!({"amount": 5000, "reference": "INV-2026-0042"}),
+    )
+    .await;
+    assert_eq!(res.status(), 409);
+    let err: Value = res.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "idempotency_key_reused");
+    assert_eq!(app.credits(&t.key).await, 503);
+    // A replay answers the balance as it is now (a send debited one meanwhile).
+    assert_eq!(post(&app, &t.key, None, BODY).await.status(), 202);
+    let later: Value = top_up(&app, &t.tenant_id, Some("INV-2026-0042"), body.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(later["balance"], 502);
+    // Another tenant's top-up may use the same key; without a key each request credits.
+    let other = app.onboard(0).await;
+    let res = top_up(&app, &other.tenant_id, Some("INV-2026-0042"), body.clone()).await;
+    assert_eq!(res.status(), 201);
+    for _ in 0..2 {
+        assert_eq!(
+            top_up(&app, &t.tenant_id, None, body.clone())
+                .await
+                .status(),
+            201
+        );
+    }
+    assert_eq!(app.credits(&t.key).await, 1502);
+}
+
+async fn a_refused_top_up_keeps_no_key(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    for bad in ["", "tab\there"] {
+        let res = top_up(
+            &app,
+            &t.tenant_id,
+            Some(bad),
+            json!({"amount": 5, "reference": "x"}),
+        )
+        .await;
+        assert_eq!(res.status(), 400, "{bad:?}");
+    }
+    // A bad amount with a key: 400, and the key stays free for the corrected request.
+    let res = top_up(
+        &app,
+        &t.tenant_id,
+        Some("INV-9"),
+        json!({"amount": 0, "reference": "INV-9"}),
+    )
+    .await;
+    assert_eq!(res.status(), 400);
+    let res = top_up(
+        &app,
+        &t.tenant_id,
+        Some("INV-9"),
+        json!({"amount": 9, "reference": "INV-9"}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    assert!(res.headers().get("idempotent-replayed").is_none());
+    assert_eq!(app.credits(&t.key).await, 9);
+    // An unknown tenant with a key: 404, nothing kept.
+    let nobody = "01J9Z7X1A2B3C4D5E6F7G8H9JK";
+    for _ in 0..2 {
+        let res = top_up(
+            &app,
+            nobody,
+            Some("INV-10"),
+            json!({"amount": 9, "reference": "INV-10"}),
+        )
+        .await;
+        assert_eq!(res.status(), 404);
+    }
+}
+
 on_both_backends!(
     an_idempotent_retry_answers_the_same_id_and_debits_once,
     the_same_key_with_another_body_is_409_idempotency_key_reused,
@@ -201,4 +323,6 @@ on_both_backends!(
     a_refused_request_stores_nothing_so_the_retry_after_a_top_up_goes_through,
     twenty_concurrent_posts_with_one_key_make_one_message_and_one_debit,
     a_replay_answers_the_first_response_after_the_credits_ran_out,
+    a_retried_top_up_with_its_key_credits_once,
+    a_refused_top_up_keeps_no_key,
 );

@@ -19,7 +19,8 @@ use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, Statu
 use crate::ports::{
     ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery, Clock,
     Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, ParkedAudit, QualityCounter,
-    QualityCounts, QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
+    QualityCounts, QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, TopUpKeyRecord,
+    TopUpOnce, Transition,
 };
 use crate::store_error::StoreError;
 
@@ -945,6 +946,14 @@ impl ApiKeyStore for DynamoStore {
 impl Ledger for DynamoStore {
     async fn top_up(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
         self.add_credits(entry).await
+    }
+
+    async fn top_up_once(
+        &self,
+        entry: &LedgerEntry,
+        key: &TopUpKeyRecord,
+    ) -> Result<TopUpOnce, StoreError> {
+        self.top_up_with_key(entry, key).await
     }
 
     async fn refund(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {

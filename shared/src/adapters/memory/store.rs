@@ -23,7 +23,8 @@ mod throttle;
 use crate::ports::{
     ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery, Clock,
     Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, ParkedAudit, QualityCounter,
-    QualityCounts, QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, Transition,
+    QualityCounts, QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, TopUpKeyRecord,
+    TopUpOnce, Transition,
 };
 
 /// A message's key in [`State::messages`], so that a lookup borrows the tenant and the id
@@ -346,6 +347,8 @@ pub(super) struct State {
     windows: BTreeMap<(TenantId, String, String), (DateTime<Utc>, i64)>,
     /// (tenant, key hash) → idempotency record: one a keyed send.
     idempotency: Shards<(TenantId, String), crate::ports::IdempotencyRecord>,
+    /// (tenant, key hash) → a top-up's key record.
+    top_up_keys: HashMap<(TenantId, String), TopUpKeyRecord>,
     pub(super) users: super::users::UsersState,
     /// Closed tenants already closed out: when, and the TTLs their items were given.
     closed_out: HashMap<TenantId, (DateTime<Utc>, crate::ports::CloseOutTtls)>,
@@ -604,6 +607,30 @@ impl Ledger for MemoryStore {
         let balance = tenant.credits;
         s.ledger.push(entry.clone());
         Ok(balance)
+    }
+
+    async fn top_up_once(
+        &self,
+        entry: &LedgerEntry,
+        key: &TopUpKeyRecord,
+    ) -> Result<TopUpOnce, StoreError> {
+        // The key's check and the credit under the one lock, as DynamoDB's transaction.
+        let mut s = self.lock()?;
+        let at = (key.tenant_id.clone(), key.key_hash.clone());
+        if let Some(earlier) = s.top_up_keys.get(&at) {
+            if self.live(earlier.expires_at) {
+                return Ok(TopUpOnce::Earlier(earlier.clone()));
+            }
+        }
+        let tenant = s
+            .tenants
+            .get_mut(&entry.tenant_id)
+            .ok_or(StoreError::NotFound)?;
+        tenant.credits = tenant.credits.saturating_add(entry.amount);
+        let balance = tenant.credits;
+        s.ledger.push(entry.clone());
+        s.top_up_keys.insert(at, key.clone());
+        Ok(TopUpOnce::Applied(balance))
     }
 
     async fn refund(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {

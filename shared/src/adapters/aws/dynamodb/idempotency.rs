@@ -9,7 +9,9 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 
 use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, TTL_ATTR};
 use crate::domain::{MessageId, MessageRecord, TenantId};
-use crate::ports::{IdempotencyRecord, IdempotencyStore, IdempotentInsert, LedgerEntry};
+use crate::ports::{
+    IdempotencyRecord, IdempotencyStore, IdempotentInsert, LedgerEntry, TopUpKeyRecord, TopUpOnce,
+};
 use crate::store_error::StoreError;
 
 const CCF: CancelReason = CancelReason::ConditionalCheckFailed;
@@ -21,6 +23,45 @@ impl DynamoStore {
             &keys::idempotency(&key.tenant_id, &key.key_hash).pairs(),
             key.expires_at,
         )?;
+        self.key_record_put(item)
+    }
+
+    /// A top-up's credit, its ledger entry and its key's record, in one transaction (the
+    /// `Ledger::top_up_once` of this store).
+    pub(super) async fn top_up_with_key(
+        &self,
+        entry: &LedgerEntry,
+        key: &TopUpKeyRecord,
+    ) -> Result<TopUpOnce, StoreError> {
+        let at = keys::top_up_key(&key.tenant_id, &key.key_hash);
+        let record = to_item(key, &at.pairs(), key.expires_at)?;
+        // Order matters: the reasons of a cancelled transaction come back in this order.
+        let items = vec![
+            self.credit_update(entry, false)?,
+            self.ledger_put(entry)?,
+            self.key_record_put(record)?,
+        ];
+        // A send's debit on the tenant item cancels the transaction with nothing
+        // written: it goes again.
+        let failed = match self.transact_retrying_conflicts(items).await {
+            Ok(()) => return Ok(TopUpOnce::Applied(self.balance(&entry.tenant_id).await?)),
+            Err(e) => e,
+        };
+        if failed.reason(2) == Some(&CCF) {
+            // The key is taken: answer its record (read after the refused write).
+            let earlier: Option<TopUpKeyRecord> = self.get(at).await?.map(from_item).transpose()?;
+            return earlier
+                .map(TopUpOnce::Earlier)
+                .ok_or_else(|| StoreError::Unavailable("top-up key contended; try again".into()));
+        }
+        if failed.reason(0) == Some(&CCF) {
+            return Err(StoreError::NotFound);
+        }
+        Err(failed.into_store_error())
+    }
+
+    /// A key's record, on the condition that no live one exists.
+    fn key_record_put(&self, item: super::Item) -> Result<TransactWriteItem, StoreError> {
         // An expired record (TTL passed, not yet swept) counts as absent.
         let put = Put::builder()
             .table_name(&self.table)

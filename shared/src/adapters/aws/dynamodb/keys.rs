@@ -509,6 +509,12 @@ pub fn idempotency(t: &TenantId, key_hash: &str) -> Key {
     Key::new(tenant_pk(t), format!("{IDEM_PREFIX}{key_hash}"))
 }
 
+/// `TENANT#{t}` / `IDEM#TOPUP#{sha256(key)}`: a platform operator's top-up key for the
+/// tenant, an idempotency item apart from the tenant's send keys (a hash has no `#`).
+pub fn top_up_key(t: &TenantId, key_hash: &str) -> Key {
+    Key::new(tenant_pk(t), format!("{IDEM_PREFIX}TOPUP#{key_hash}"))
+}
+
 pub fn broadcast(t: &TenantId, id: &str) -> Key {
     Key::new(tenant_pk(t), format!("{BROADCAST_PREFIX}{id}"))
 }
@@ -807,6 +813,7 @@ mod tests {
         );
         assert_eq!(class("AUDIT#platform", "PARKED#01J"), Some(C::Audit));
         assert_eq!(class(t, "IDEM#ab"), Some(C::Idempotency));
+        assert_eq!(class(t, "IDEM#TOPUP#ab"), Some(C::Idempotency));
         assert_eq!(
             class("WAMID#w", "PENDING#delivered#1700000000"),
             Some(C::PendingStatus),

@@ -59,6 +59,9 @@ impl RetentionStore for MemoryStore {
         sweep!(page, K::Idempotency, s.idempotency, |_, r| live(
             r.expires_at
         ));
+        sweep!(page, K::Idempotency, s.top_up_keys, |_, r| live(
+            r.expires_at
+        ));
         sweep!(page, K::SendSlot, s.rate, |_, r| r.1 > now);
         sweep!(page, K::Template, s.templates, |_, t| live(t.expires_at));
         sweep!(page, K::UserPairing, s.pairings, |_, p| live(p.1));
@@ -317,6 +320,13 @@ impl RetentionStore for MemoryStore {
         for ((t, hash), r) in s.idempotency.iter() {
             item(
                 keys::idempotency(t, hash),
+                r.expires_at,
+                to_value(r).unwrap_or_default(),
+            );
+        }
+        for ((t, hash), r) in &s.top_up_keys {
+            item(
+                keys::top_up_key(t, hash),
                 r.expires_at,
                 to_value(r).unwrap_or_default(),
             );
