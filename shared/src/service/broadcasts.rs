@@ -1045,6 +1045,7 @@ pub async fn fan_out_in_slices(
                 send_at: None,
                 broadcast_id: Some(b.id.clone()),
                 facts: Some(super::jobs::MessageFacts::of(&record)),
+                retry_at: None,
             })
             .to_body()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;

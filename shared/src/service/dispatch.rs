@@ -414,6 +414,10 @@ async fn held_unclaimed(
 }
 
 async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
+    // A retry whose backoff is longer than one hop waits out the rest on the queue.
+    if let Some(wait) = super::schedule::wait(job.retry_at, deps.clock.now()) {
+        return Ok(super::schedule::wait_again(deps, &QueueJob::Send(job.clone()), wait).await?);
+    }
     // A scheduled message: not due yet, it waits another hop on the queue; due, it
     // becomes `accepted` (a conditional write: refused when a duplicate job did it
     // already, or when it was cancelled, which the claim below then refuses too).
@@ -815,7 +819,18 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     } else {
                         deps.settings.dispatch_backoff
                     };
-                    Ok(Outcome::RetryAfter(backoff(base, record.attempts)))
+                    // As a fresh queue message, not the same one made visible again: every
+                    // receive of one message counts toward the redrive to the dead-letter
+                    // queue (10), and an attempt on a busy number takes two (one turned
+                    // away for its slot, one that sends). Across 8 attempts the same
+                    // message would be parked there, `accepted`, debited and unsent.
+                    let delay = backoff(base, record.attempts);
+                    let mut again = job.clone();
+                    again.retry_at = chrono::Duration::from_std(delay)
+                        .ok()
+                        .filter(|_| delay > deps.settings.schedule_hop)
+                        .and_then(|d| deps.clock.now().checked_add_signed(d));
+                    Ok(super::schedule::wait_again(deps, &QueueJob::Send(again), delay).await?)
                 }
                 ErrorClass::TenantStop => {
                     let reason = format!("meta error {}: {}", error.code, error.title);

@@ -38,6 +38,11 @@ pub struct DispatchJob {
     /// Absent on jobs written before it existed: the dispatcher reads the message then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<MessageFacts>,
+    /// A retry's backoff longer than one hop: not to be tried before this time. A retry
+    /// goes back as a fresh queue message (`dispatch`), so that no one message collects
+    /// receives toward the dead-letter redrive across attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 /// A message's facts that never change after acceptance: who it goes to, from which of
@@ -212,6 +217,7 @@ mod tests {
                 from: None,
                 price: 1,
             }),
+            retry_at: None,
         }
     }
 

@@ -280,6 +280,7 @@ async fn accept(
         send_at,
         broadcast_id: None,
         facts: Some(super::jobs::MessageFacts::of(&record)),
+        retry_at: None,
     });
     let body = job
         .to_body()
@@ -357,6 +358,7 @@ async fn queue_again_if_never_claimed(
         send_at: m.send_at,
         broadcast_id: None,
         facts: Some(super::jobs::MessageFacts::of(&m)),
+        retry_at: None,
     });
     let body = job
         .to_body()

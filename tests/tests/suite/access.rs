@@ -752,10 +752,11 @@ async fn a_secret_store_failure_before_the_claim_leaves_the_message_retryable() 
     secrets
         .failing
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    // The retry claims it again and reaches the (here unreachable) Meta API.
+    // The retry claims it again and reaches the (here unreachable) Meta API: retried
+    // as a fresh queue message.
     assert!(matches!(
-        dispatch::handle(&deps, &queued[0].body).await,
-        kirim::service::jobs::Outcome::RetryAfter(_)
+        dispatch::handle_in_batch(&deps, &queued[0].body).await,
+        kirim::service::jobs::Outcome::Again(..)
     ));
     let m = deps
         .messages

@@ -701,10 +701,10 @@ async fn a_release_for_a_retry_that_fails_once_is_tried_again_not_left_sending(b
     flaky.fail_release_once.store(true, Ordering::SeqCst);
     let mut blinking = t.app.deps.clone();
     blinking.messages = flaky.clone();
-    let outcome = dispatch::handle(&blinking, &job).await;
+    let outcome = dispatch::handle_in_batch(&blinking, &job).await;
     assert!(
-        matches!(outcome, Outcome::RetryAfter(_)),
-        "the job retried: {outcome:?}"
+        matches!(outcome, Outcome::Again(..)),
+        "the job retried, as a fresh queue message: {outcome:?}"
     );
     assert!(
         !flaky.fail_release_once.load(Ordering::SeqCst),
@@ -939,6 +939,80 @@ async fn a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_on
     assert_ne!(sent.status, MessageStatus::Failed);
 }
 
+/// Meta refusing for a moment on every try, on a number so busy that each attempt is first
+/// turned away for a slot ahead: two receives an attempt. Every receive of one queue
+/// message counts toward the redrive to the dead-letter queue (10), where a message still
+/// `accepted` would stay debited and unsent; a retry goes back as a fresh queue message,
+/// so the message ends `failed` and refunded after its attempts instead.
+#[tokio::test]
+async fn a_message_retried_on_a_busy_number_ends_failed_and_refunded_never_parked_by_the_redrive() {
+    use kirim::service::{accounts, send};
+    let clock = ManualClock::new();
+    let mut settings = kirim_tests::test_settings();
+    settings.dispatch_max_attempts = 8;
+    let deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
+    // Meta is unreachable in these deps: every attempt is a transient failure.
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
+        "phone_number_id": "125", "meta_access_token": "EAAG", "credits": 2}))
+    .unwrap();
+    let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
+    let wrote = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
+    kirim::service::contacts::user_wrote(
+        &deps,
+        &tenant.id,
+        &tenant.phone_number_id,
+        &[wrote],
+        None,
+    )
+    .await
+    .unwrap();
+    let msg: SendRequest =
+        serde_json::from_value(json!({"to": "+60123456789", "text": {"body": "hi"}})).unwrap();
+    let record = send::send(&deps, &tenant.id, msg).await.unwrap();
+    // The queue as SQS keeps it: each queue message with the receives it has had.
+    let mut queue: std::collections::VecDeque<(String, u32)> = deps
+        .queue
+        .receive(10, Duration::ZERO)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.body, 0))
+        .collect();
+    let mut deliveries = 0;
+    while let Some((body, receives)) = queue.pop_front() {
+        deliveries += 1;
+        assert!(deliveries < 200, "the message never settled");
+        let receives = receives + 1;
+        assert!(
+            receives < 10,
+            "a queue message received {receives} times: redriven to the dead-letter queue"
+        );
+        book_two_seconds_ahead(&deps, &tenant.phone_number_id).await;
+        let advance = |d: Duration| clock.advance(chrono::Duration::from_std(d).unwrap());
+        match dispatch::handle_in_batch(&deps, &body).await {
+            Outcome::Done => {}
+            Outcome::RetryAfter(d) => {
+                advance(d);
+                queue.push_back((body, receives));
+            }
+            Outcome::Again(next, d) => {
+                advance(d);
+                queue.push_back((next, 0));
+            }
+            Outcome::Poison => panic!("poison"),
+        }
+    }
+    let m = deps
+        .messages
+        .get_message(&tenant.id, &record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((m.status, m.attempts), (MessageStatus::Failed, 8));
+    let balance = deps.tenants.get_tenant(&tenant.id).await.unwrap().unwrap();
+    assert_eq!(balance.credits, 2, "refunded");
+}
+
 /// Sending control whose release of a claim turned away by a busy number fails (the store
 /// unavailable for that write).
 struct ReleaseFails(Arc<dyn kirim::ports::SendingControl>);
@@ -1150,8 +1224,21 @@ async fn a_retry_delay_that_cannot_be_set_is_logged_with_its_jobs_ids() {
     let t = spawn_app(Backend::Memory).await;
     let o = t.onboard(5).await;
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
-    // 0004: Meta answers 131000 (transient): the job is retried.
-    let (m, job) = accepted_with_job(&t, &tenant, "+60123450004").await;
+    // A redelivery of a job whose message another delivery is sending: looked at again
+    // later, by the retry delay.
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123450001").await;
+    t.app
+        .deps
+        .messages
+        .transition(
+            &tenant,
+            &m.id,
+            MessageStatus::Sending,
+            &StatusChange::default(),
+            t.app.deps.clock.now(),
+        )
+        .await
+        .expect("the message sending");
     let mut deps = t.app.deps.clone();
     deps.queue = Arc::new(NoRetryDelays(deps.queue.clone()));
     let event = serde_json::from_value(json!({ "Records": [{
