@@ -217,6 +217,8 @@ const CONSOLE: &[Grant] = &[
     // The settings page sets or removes a tenant's status-callback secret.
     on(CallbackSecrets, SecretsManagerStore::WRITE),
     on(CallbackSecrets, SecretsManagerStore::DELETE),
+    // The catalogue page's "Sync with Meta" reads Meta with the tenant's own token.
+    on(MetaTokens, SecretsManagerStore::READ),
 ];
 
 const RETENTION: &[Grant] = &[

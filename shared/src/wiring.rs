@@ -131,11 +131,12 @@ impl Function {
             (_, Some((queue, dlq))) => self.granted(queue) || self.granted(dlq),
             // Whoever the key policy lets seal or open TOTP seeds (admin_api, console).
             (Port::DataKeys, None) => self.granted(Resource::TotpSeedKey),
-            // The dispatcher sends to Meta; admin_api (onboarding, `POST /v1/templates/sync`)
-            // and retention (the daily sync) read the template catalogue from it.
+            // The dispatcher sends to Meta; admin_api (onboarding, `POST /v1/templates/sync`),
+            // the console (its catalogue page's sync) and retention (the daily sync) read the
+            // template catalogue from it.
             (_, None) => matches!(
                 self,
-                Function::Dispatcher | Function::AdminApi | Function::Retention
+                Function::Dispatcher | Function::AdminApi | Function::Console | Function::Retention
             ),
         }
     }
@@ -590,6 +591,24 @@ mod tests {
         let err = env.finish().expect_err("no DLQ URLs").to_string();
         assert!(err.contains("KIRIM_DISPATCH_DLQ_URL"), "{err}");
         assert!(err.contains("KIRIM_STATUS_CALLBACK_DLQ_URL"), "{err}");
+    }
+
+    #[test]
+    fn every_function_that_syncs_a_catalogue_talks_to_meta_and_may_read_the_tenants_token() {
+        // Onboarding and `POST /v1/templates/sync` (admin_api), the catalogue page's sync
+        // button (console), the daily sync (retention), and the sends (dispatcher).
+        for function in Function::ALL {
+            let syncs = matches!(
+                function,
+                Function::AdminApi | Function::Console | Function::Retention | Function::Dispatcher
+            );
+            assert_eq!(function.uses_port(Port::Meta), syncs, "{function:?}");
+            let reads_tokens = function.grants().iter().any(|g| {
+                matches!(g.resource, Resource::MetaTokens | Resource::TenantSecrets)
+                    && g.actions.contains(&"secretsmanager:GetSecretValue")
+            });
+            assert_eq!(reads_tokens, syncs, "{function:?}");
+        }
     }
 
     #[test]
