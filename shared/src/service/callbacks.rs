@@ -76,10 +76,12 @@ pub async fn status_changed(deps: &Deps, record: &MessageRecord) {
         status: record.status,
         at,
         sequence,
-        error: record
-            .error
-            .clone()
-            .filter(|_| record.status == MessageStatus::Failed),
+        error: record.error.clone().filter(|_| {
+            matches!(
+                record.status,
+                MessageStatus::Failed | MessageStatus::Cancelled
+            )
+        }),
         client_reference: record.client_reference.clone(),
     };
     let body = match QueueJob::StatusCallback(job).to_body() {
@@ -248,7 +250,7 @@ pub struct CallbackUpdate {
     pub secret: Option<String>,
 }
 
-fn secret_name(deps: &Deps, tenant: &TenantId) -> String {
+pub(crate) fn secret_name(deps: &Deps, tenant: &TenantId) -> String {
     format!(
         "{}tenants/{}/status-callback-secret",
         deps.settings.secret_prefix, tenant

@@ -107,9 +107,10 @@ pub async fn redelivered_as(
         )
         .await?
     {
-        Transition::Applied(_) => {
+        Transition::Applied(failed) => {
             metrics::failed(OUTCOME_UNKNOWN);
             tracing::warn!(to = %m.to.masked(), "sending deadline passed without a status; marked failed, not refunded");
+            super::callbacks::status_changed(deps, &failed).await;
         }
         // A webhook or another dispatcher settled it meanwhile: theirs stands.
         Transition::Refused => {}

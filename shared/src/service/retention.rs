@@ -212,6 +212,11 @@ async fn close_out(deps: &Deps, id: &TenantId) -> Result<Option<ClosedOut>, Serv
         .store()
         .delete_secret(&tenant.meta_token_secret)
         .await?;
+    // And the status callback's signing secret, set or not.
+    deps.secrets
+        .store()
+        .delete_secret(&super::callbacks::secret_name(deps, id))
+        .await?;
     let counts = deps.retention.close_out(id, ttls, now).await?;
     tracing::info!(
         tenant_id = %id,

@@ -417,6 +417,7 @@ pub async fn cancel_scheduled(
     {
         crate::ports::Transition::Applied(record) => {
             tracing::info!(message_id = %id, "scheduled message cancelled and refunded");
+            super::callbacks::status_changed(deps, &record).await;
             Ok(*record)
         }
         crate::ports::Transition::Refused => Err(refused()),

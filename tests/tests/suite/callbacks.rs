@@ -348,8 +348,90 @@ async fn the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400(b: 
     assert!(!captured_logs().contains(CALLBACK_SECRET));
 }
 
+/// The tenant hears of every end, not only Meta's: a message the sending deadline failed
+/// (`outcome_unknown`: Meta never confirmed it) and a scheduled message cancelled.
+async fn a_deadline_failure_and_a_cancelled_scheduled_message_reach_the_callback(b: Backend) {
+    let mut cfg = local_config(b).await;
+    cfg.settings.sending_deadline = Duration::from_secs(2);
+    let app = kirim_tests::spawn_with(cfg).await;
+    // Statuses go nowhere: nothing but the deadline settles the message.
+    app.app
+        .sandbox
+        .set_webhook_url("http://127.0.0.1:9/nowhere".into());
+    let t = app.onboard(5).await;
+    let (url, r) = receiver(0).await;
+    let (status, _) =
+        set_callback(&app, &t.key, json!({"url": url, "secret": CALLBACK_SECRET})).await;
+    assert_eq!(status, 200);
+    // 0005: Meta answers too late; the message stays `sending` until the deadline.
+    let unknown = app.send_ok(&t.key, "+60123450005").await;
+    let send_at = (chrono::Utc::now() + chrono::Duration::minutes(30)).to_rfc3339();
+    let res = app
+        .http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&t.key)
+        .json(
+            &json!({"to": "+60123450302", "send_at": send_at, "template": {
+            "name": "order_update", "language": "en_US", "category": "utility",
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": "A-1"}]}]}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let scheduled = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .http
+        .delete(app.url(&format!("/v1/messages/{scheduled}")))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let view = app.wait_status(&t.key, &unknown, "failed").await;
+    assert_eq!(view["error"]["code"], "outcome_unknown", "{view}");
+    let got = r.wait_for(&["failed", "cancelled"]).await;
+    let bodies: Vec<Value> = got
+        .iter()
+        .filter_map(|g| serde_json::from_str(&g.body).ok())
+        .collect();
+    let of = |id: &str| {
+        bodies
+            .iter()
+            .find(|b| b["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("a callback for {id}: {bodies:?}"))
+    };
+    let failed = of(&unknown);
+    assert_eq!(
+        (
+            &failed["status"],
+            &failed["sequence"],
+            &failed["error"]["code"]
+        ),
+        (&json!("failed"), &json!(2), &json!("outcome_unknown"))
+    );
+    let cancelled = of(&scheduled);
+    assert_eq!(
+        (
+            &cancelled["status"],
+            &cancelled["sequence"],
+            &cancelled["error"]["code"]
+        ),
+        (&json!("cancelled"), &json!(2), &json!("cancelled"))
+    );
+    for g in &got {
+        let expected = sign_with(CALLBACK_SECRET, g.body.as_bytes());
+        assert_eq!(g.signature, expected);
+    }
+}
+
 on_both_backends!(
     every_status_change_reaches_the_callback_signed_even_after_the_receiver_was_down,
     a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_read,
     the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400,
+    a_deadline_failure_and_a_cancelled_scheduled_message_reach_the_callback,
 );

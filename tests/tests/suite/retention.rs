@@ -459,6 +459,17 @@ async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
     let session = user_session(&app, &t.key).await;
     let (st, _) = call(&app, "PUT", "/v1/opt-outs/%2B60123456666", &t.key, None).await;
     assert!(st == 200 || st == 201);
+    let (st, _) = call(
+        &app,
+        "PUT",
+        "/v1/settings/status-callback",
+        &t.key,
+        Some(
+            json!({"url": "https://hooks.example.com/kirim", "secret": "whsec_closing_0123456789"}),
+        ),
+    )
+    .await;
+    assert_eq!(st, 200);
     let id = app.send_ok(&t.key, "+60123457777").await;
     app.wait_status(&t.key, &id, "read").await;
     let (st, _) = call(
@@ -578,6 +589,21 @@ async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
     assert!(
         !matches!(secret, Ok(Some(_))),
         "the Meta token is scheduled for deletion"
+    );
+    let callback_secret = format!(
+        "{}tenants/{}/status-callback-secret",
+        app.app.deps.settings.secret_prefix, t.tenant_id
+    );
+    let secret = app
+        .app
+        .deps
+        .secrets
+        .store()
+        .get_secret(&callback_secret)
+        .await;
+    assert!(
+        !matches!(secret, Ok(Some(_))),
+        "the status callback's secret is scheduled for deletion"
     );
     // The number can be onboarded again.
     let (st, _) = call(
