@@ -411,7 +411,10 @@ async fn create(State(s): S, ctx: Ctx, req: Request) -> Response {
             segment(text(&a.body, "id"))
         ));
     }
-    if matches!(a.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+    // A role's refusal is its own page; any other 403 (the account suspended) says why.
+    if a.status == StatusCode::UNAUTHORIZED
+        || (a.status == StatusCode::FORBIDDEN && a.code() == "forbidden")
+    {
         return failed(&a);
     }
     let (status, n) = problem(&a);

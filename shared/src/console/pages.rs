@@ -1467,7 +1467,9 @@ async fn render_settings(
             div { label for="cb-url" { "URL (https)" } input #cb-url type="url" name="url" value=(url); }
             div {
                 label for="cb-secret" { "Signing secret (at least 16 characters; leave empty to keep the current one)" }
-                input #cb-secret type="password" name="secret" autocomplete="off";
+                // Not the console password: `off` is ignored for password fields, and a
+                // password manager would fill in the user's own.
+                input #cb-secret type="password" name="secret" autocomplete="new-password";
             }
             @if cb.body["secret_set"].as_bool() == Some(true) { p.hint { "A secret is set." } }
             button type="submit" name="op" value="save" { "Save callback" }

@@ -190,7 +190,16 @@ pub fn error_page(status: StatusCode, text: &str) -> Response {
 
 /// The message statuses in their order, with the fill pattern that tells them apart
 /// without colour.
-pub const STATUSES: [&str; 6] = ["accepted", "sending", "sent", "delivered", "read", "failed"];
+pub const STATUSES: [&str; 8] = [
+    "scheduled",
+    "accepted",
+    "sending",
+    "sent",
+    "delivered",
+    "read",
+    "failed",
+    "cancelled",
+];
 
 fn pattern(prefix: &str, status: &str) -> Markup {
     let id = format!("{prefix}-{status}");

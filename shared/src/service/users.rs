@@ -415,6 +415,10 @@ pub async fn login(
     if !verify_password(password, Some(user.password_hash.clone())).await? {
         return failed("invalid_credentials", LoginError::InvalidCredentials).await;
     }
+    // A closed tenant's users are no users: answered and counted as an unknown email is.
+    if !tenant_open(deps, tenant).await? {
+        return failed("tenant_closed", LoginError::InvalidCredentials).await;
+    }
     if user.totp_confirmed {
         let Some(code) = req.totp_code.as_deref().map(str::trim) else {
             // The usual first step of a 2FA login: not a failure.
@@ -528,6 +532,12 @@ pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, Se
         .get_user(&session.tenant_id, &session.user_id)
         .await?
         .ok_or(ServiceError::Unauthenticated)?;
+    // A closed (or removed) tenant's sessions end with it, as its API keys do: the API
+    // refuses them anyway, and a console that still took them would send its user from
+    // the sign-in page to a page that refuses them, and back, forever.
+    if !tenant_open(deps, &session.tenant_id).await? {
+        return Err(ServiceError::Unauthenticated);
+    }
     let enrollment_only =
         !user.totp_confirmed && deps.users.two_factor_required(&session.tenant_id).await?;
     Ok(Caller::Session {
@@ -536,6 +546,16 @@ pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, Se
         role: session.role,
         enrollment_only,
     })
+}
+
+/// Whether the tenant exists and is not closed (the warm process's tenant, as every
+/// access check reads it).
+async fn tenant_open(deps: &Deps, tenant: &TenantId) -> Result<bool, ServiceError> {
+    Ok(deps
+        .tenants
+        .tenant_for_access(tenant)
+        .await?
+        .is_some_and(|t| t.status != crate::ports::TenantStatus::Closed))
 }
 
 fn session_user(caller: &Caller) -> Result<(&TenantId, &str), ServiceError> {

@@ -458,6 +458,92 @@ async fn an_admin_unlocks_a_user_from_the_users_page(b: Backend) {
     assert_eq!(op.get("/console/users").await.status, 403);
 }
 
+async fn the_pages_say_what_is_so_a_suspension_every_status_and_no_password_to_fill(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (admin, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &admin).await;
+    // The callback's secret is not a password for a password manager to fill in.
+    let settings = web.get("/console/settings").await;
+    assert!(
+        settings.html.contains(
+            r#"id="cb-secret" type="password" name="secret" autocomplete="new-password""#
+        ),
+        "{}",
+        settings.html
+    );
+    // Every status can be filtered on, scheduled and cancelled included.
+    let messages = web.get("/console/messages").await;
+    for status in ["scheduled", "cancelled"] {
+        assert!(
+            messages
+                .html
+                .contains(&format!(r#"<option value="{status}""#)),
+            "{status}"
+        );
+    }
+    // A suspended account's campaign is refused for that reason, not for the role.
+    let (st, _) = call(
+        &app,
+        "POST",
+        &format!("/v1/platform/tenants/{}/suspend", t.tenant_id),
+        Some(kirim_tests::OPERATOR_TOKEN),
+        Some(json!({"reason": "unpaid invoice"})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let form = web.get("/console/campaigns").await;
+    let refused = web
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &form.csrf()),
+                ("template", "order_update:en_US"),
+                ("parameters", "ORDER-7"),
+                ("numbers", "+60123450011"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+    assert!(refused.html.contains("suspended"), "{}", refused.html);
+    assert!(!refused.html.contains("Your role does not allow this"));
+}
+
+async fn a_closed_tenants_user_is_signed_out_not_sent_round_in_circles(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (admin, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &admin).await;
+    assert_eq!(web.get("/console/").await.status, 200);
+    let (st, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/platform/tenants/{}", t.tenant_id),
+        Some(kirim_tests::OPERATOR_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    // The session ends with the tenant: the sign-in page shows its form, instead of
+    // sending the browser back to pages that refuse it (a redirect loop).
+    let page = web.get("/console/").await;
+    assert_eq!((page.status, page.location()), (303, "/console/login"));
+    assert_eq!(web.get("/console/login").await.status, 200);
+    // And the user cannot sign in again: answered as an unknown email is.
+    let (st, body) = call(
+        &app,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(json!({"email": admin, "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(
+        (st, &body["error"]["code"]),
+        (401, &json!("invalid_credentials"))
+    );
+}
+
 async fn usage_and_phone_numbers_show_what_the_api_has_and_say_so_when_it_has_not(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -587,4 +673,6 @@ on_both_backends!(
     a_failed_message_shows_what_its_failure_means_and_what_to_do,
     an_admin_unlocks_a_user_from_the_users_page,
     usage_and_phone_numbers_show_what_the_api_has_and_say_so_when_it_has_not,
+    a_closed_tenants_user_is_signed_out_not_sent_round_in_circles,
+    the_pages_say_what_is_so_a_suspension_every_status_and_no_password_to_fill,
 );

@@ -386,7 +386,7 @@ async fn a_session_stops_authenticating_when_its_twelve_hours_pass() {
     use kirim::service::{auth, users};
     let clock = kirim_tests::ManualClock::new();
     let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
-    let tenant = kirim::domain::TenantId::generate();
+    let tenant = open_tenant(&deps).await;
     let email = unique_email();
     let req: users::NewUser =
         serde_json::from_value(json!({"email": email, "role": "operator", "password": PASSWORD}))
@@ -421,9 +421,23 @@ async fn a_session_stops_authenticating_when_its_twelve_hours_pass() {
         .is_err());
 }
 
+/// A tenant onboarded in `deps` (its users may log in only while it is open).
+async fn open_tenant(deps: &kirim::service::Deps) -> kirim::domain::TenantId {
+    let phone_number_id = (100_000_000 + ulid::Ulid::new().random() % 900_000_000).to_string();
+    let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({
+        "name": "Kedai", "waba_id": "1", "phone_number_id": phone_number_id,
+        "meta_access_token": "EAAG", "credits": 0}))
+    .unwrap();
+    kirim::service::accounts::create_tenant(deps, req)
+        .await
+        .unwrap()
+        .0
+        .id
+}
+
 async fn logged_in_operator(deps: &kirim::service::Deps) -> kirim::secret::Secret {
     use kirim::service::users;
-    let tenant = kirim::domain::TenantId::generate();
+    let tenant = open_tenant(deps).await;
     let email = unique_email();
     let req: users::NewUser =
         serde_json::from_value(json!({"email": email, "role": "operator", "password": PASSWORD}))
