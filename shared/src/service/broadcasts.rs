@@ -124,11 +124,14 @@ pub fn retryable(code: &ErrorCode) -> bool {
     match code {
         ErrorCode::Meta(c) => matches!(
             c,
-            1 | 2 | 4 | 80007 | 130429 | 131000 | 131016 | 131056 | 131057
+            1 | 2 | 4 | 17 | 32 | 613 | 80007 | 130429 | 131000 | 131016 | 131056 | 131057
         ),
         ErrorCode::Kirim(c) => matches!(
             c.as_str(),
-            "meta_unavailable" | "meta_unreachable" | super::deadline::OUTCOME_UNKNOWN
+            "meta_unavailable"
+                | "meta_unreachable"
+                | super::dispatch::META_REFUSED_UNREADABLE
+                | super::deadline::OUTCOME_UNKNOWN
         ),
     }
 }

@@ -38,18 +38,25 @@ pub enum ErrorClass {
     TenantStop,
 }
 
+/// A refusal (an HTTP 4xx) that came without Meta's error body.
+pub const META_REFUSED_UNREADABLE: &str = "meta_refused_unreadable";
+
 pub fn classify(code: i64, http_status: u16) -> ErrorClass {
     use ErrorClass::*;
     match code {
-        1 | 2 | 4 | 80007 | 130429 | 131000 | 131016 | 131057 => Transient,
+        // Graph API rate limits (4 app, 17 user, 32 page, 613 calls per hour; 80007 and
+        // 130429 WhatsApp's) and Meta's own transient failures.
+        1 | 2 | 4 | 17 | 32 | 613 | 80007 | 130429 | 131000 | 131016 | 131057 => Transient,
         131056 => Delayed,
         131050 => Suppress,
-        0 | 190 | 131031 | 368 | 131048 => TenantStop,
+        // Token, account restricted or locked, payment problem, quality block.
+        0 | 190 | 131031 | 131042 | 368 | 131048 => TenantStop,
         100 | 131008 | 131009 | 131021 | 131026 | 131047 | 131051 | 131052 | 131053 | 132000
         | 132001 | 132005 | 132007 | 132012 | 132015 | 132016 | 133010 | 135000 => Permanent,
-        // Unknown codes: a 5xx is worth another try; anything else is not, so an unknown
-        // rejection can never cause a burst of repeated sends.
-        _ if http_status >= 500 => Transient,
+        // Unknown codes: a 5xx or a 429 (a rate limit by its HTTP status) is worth another
+        // try; anything else is not, so an unknown rejection can never cause a burst of
+        // repeated sends.
+        _ if http_status >= 500 || http_status == 429 => Transient,
         _ => Permanent,
     }
 }
@@ -778,6 +785,17 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         title: "could not connect to meta".into(),
                     },
                 ),
+                // A 4xx without Meta's error body (a proxy's, or Meta's own unreadable
+                // one): the request was refused, not taken, so another try cannot send
+                // twice; after the tries it fails, refunded, instead of waiting out the
+                // sending deadline unrefunded.
+                MetaSendError::Protocol(status) if (400..500).contains(status) => (
+                    ErrorClass::Transient,
+                    MessageError {
+                        code: META_REFUSED_UNREADABLE.into(),
+                        title: format!("meta answered http {status} without a reason"),
+                    },
+                ),
                 _ => {
                     tracing::warn!(error = %err, "unreadable meta answer; left sending");
                     crate::metrics::retry("ambiguous");
@@ -896,6 +914,10 @@ mod tests {
             (131031, TenantStop),
             (368, TenantStop),
             (131048, TenantStop),
+            (131042, TenantStop),
+            (17, Transient),
+            (32, Transient),
+            (613, Transient),
         ];
         for (code, class) in table {
             assert_eq!(classify(*code, 400), *class, "code {code}");
@@ -906,8 +928,9 @@ mod tests {
     fn retry_failed_picks_exactly_the_codes_the_dispatcher_retries() {
         use crate::domain::ErrorCode;
         for code in [
-            1, 2, 4, 80007, 100, 130429, 131000, 131008, 131016, 131026, 131031, 131047, 131048,
-            131050, 131051, 131056, 131057, 132000, 132001, 132015, 133010, 190, 368,
+            1, 2, 4, 17, 32, 613, 80007, 100, 130429, 131000, 131008, 131016, 131026, 131031,
+            131042, 131047, 131048, 131050, 131051, 131056, 131057, 132000, 132001, 132015, 133010,
+            190, 368,
         ] {
             let retried = matches!(classify(code, 400), Transient | Delayed);
             assert_eq!(
@@ -919,6 +942,7 @@ mod tests {
         for (code, retryable) in [
             ("meta_unreachable", true),
             ("meta_unavailable", true),
+            ("meta_refused_unreadable", true),
             ("outcome_unknown", true),
             ("recipient_opted_out", false),
             ("tenant_suspended", false),
@@ -933,8 +957,9 @@ mod tests {
     }
 
     #[test]
-    fn unknown_codes_retry_only_on_server_errors() {
+    fn unknown_codes_retry_only_on_server_errors_and_rate_limits() {
         assert_eq!(classify(999_999, 503), Transient);
+        assert_eq!(classify(999_999, 429), Transient);
         assert_eq!(classify(999_999, 400), Permanent);
     }
 }

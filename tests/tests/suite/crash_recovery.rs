@@ -845,6 +845,56 @@ async fn a_gateways_5xx_leaves_the_message_sending_and_is_never_resent_but_a_503
     );
 }
 
+/// A 4xx without Meta's error body (a proxy's, or Meta's rate limit unreadable) was
+/// refused, not taken: it is tried again, and after the tries it fails refunded, instead
+/// of waiting out the sending deadline unrefunded as an ambiguous answer would.
+async fn a_4xx_without_metas_body_is_retried_then_failed_and_refunded_never_left_sending(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let attempts = t.app.deps.settings.dispatch_max_attempts;
+    for (status, to) in [(400, "+60123459935"), (429, "+60123459936")] {
+        let (m, mut job) = accepted_with_job(&t, &tenant, to).await;
+        let meta = Arc::new(BareStatus(status, Default::default()));
+        let mut deps = t.app.deps.clone();
+        deps.meta = meta.clone();
+        for _ in 0..20 {
+            match dispatch::handle_in_batch(&deps, &job).await {
+                Outcome::Again(next, delay) => {
+                    tokio::time::sleep(delay).await;
+                    job = next;
+                }
+                Outcome::RetryAfter(delay) => tokio::time::sleep(delay).await,
+                Outcome::Done => break,
+                Outcome::Poison => panic!("{status}: poison"),
+            }
+        }
+        let end = deps
+            .messages
+            .get_message(&tenant, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (end.status, end.error.map(|e| e.code.to_string())),
+            (
+                MessageStatus::Failed,
+                Some("meta_refused_unreadable".to_owned())
+            ),
+            "{status}"
+        );
+        assert_eq!(
+            meta.1.load(Ordering::SeqCst),
+            attempts as usize,
+            "{status}: every try"
+        );
+    }
+    let (sum, refunds) = ledger_of(&t, &tenant).await;
+    assert_eq!((sum, refunds.len()), (5, 2), "both refunded");
+}
+
 /// A number booked past the horizon (several campaigns on it) turns a message away
 /// without a slot: it goes back on the queue as a fresh message, not the same one made
 /// visible again, whose receives count toward the dead-letter queue's limit (a message
@@ -1189,6 +1239,7 @@ on_both_backends!(
     a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_once_to_send_at_it,
     a_message_turned_away_by_a_number_full_past_the_horizon_goes_back_as_a_fresh_queue_message,
     a_gateways_5xx_leaves_the_message_sending_and_is_never_resent_but_a_503_is_retried,
+    a_4xx_without_metas_body_is_retried_then_failed_and_refunded_never_left_sending,
 );
 
 /// A queue whose retry delays cannot be set.
