@@ -162,11 +162,15 @@ pub fn parse_template_page(body: &Value) -> Option<MetaTemplatePage> {
         .and_then(|p| p.get("next"))
         .and_then(Value::as_str)
         .is_some_and(|n| !n.is_empty());
-    page.after = paging
-        .and_then(|p| p.pointer("/cursors/after"))
-        .and_then(Value::as_str)
-        .filter(|a| has_next && !a.is_empty() && a.len() <= 1024)
-        .map(str::to_owned);
+    if has_next {
+        // A next page that cannot be followed is no complete list: unreadable, so that
+        // the sync removes nothing rather than everything on the pages it never read.
+        let after = paging
+            .and_then(|p| p.pointer("/cursors/after"))
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty() && a.len() <= 1024)?;
+        page.after = Some(after.to_owned());
+    }
     Some(page)
 }
 
@@ -312,6 +316,15 @@ mod tests {
         let last = json!({"data": [], "paging": {"cursors": {"before": "A", "after": "B"}}});
         assert_eq!(parse_template_page(&last).unwrap().after, None);
         assert!(parse_template_page(&json!({"error": {}})).is_none());
+        // A next page named without a cursor to read it by is no complete list.
+        for paging in [
+            json!({"next": "https://graph/x"}),
+            json!({"cursors": {"after": ""}, "next": "https://graph/x"}),
+            json!({"cursors": {"after": "a".repeat(1025)}, "next": "https://graph/x"}),
+        ] {
+            let body = json!({"data": [], "paging": paging});
+            assert!(parse_template_page(&body).is_none(), "{paging}");
+        }
     }
 
     #[test]

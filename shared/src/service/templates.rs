@@ -187,8 +187,17 @@ pub async fn sync_waba(deps: &Deps, tenant: &Tenant, waba: &str) -> Result<Synce
             out.synced += 1;
         }
         match page.after {
-            Some(next) if after.as_deref() != Some(next.as_str()) => after = Some(next),
-            _ => break,
+            // The same cursor again would read the same page forever: not a complete
+            // list, so nothing is removed.
+            Some(next) if after.as_deref() == Some(next.as_str()) => {
+                return Err(ServiceError::MetaUnavailable(format!(
+                    "meta's template list repeated its page {pages}; {} templates were synced, \
+                     none removed: the previous catalogue is still used",
+                    out.synced
+                )));
+            }
+            Some(next) => after = Some(next),
+            None => break,
         }
     }
     let mut cursor = None;

@@ -520,6 +520,72 @@ async fn a_sync_failing_half_way_keeps_the_previous_catalogue_and_says_what_it_s
     );
 }
 
+/// Meta, answering the same page, with the same cursor, however it is asked.
+struct SamePageForever;
+
+#[async_trait]
+impl MetaClient for SamePageForever {
+    async fn send_message(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: &Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        Err(MetaSendError::Timeout)
+    }
+    async fn list_templates(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: Option<&str>,
+    ) -> Result<MetaTemplatePage, MetaSendError> {
+        Ok(MetaTemplatePage {
+            templates: vec![MetaTemplate {
+                name: "order_update".into(),
+                language: "en_US".into(),
+                category: TemplateCategory::Utility,
+                status: TemplateStatus::Approved,
+                quality: TemplateQuality::Green,
+                body_parameters: 1,
+                meta_id: None,
+            }],
+            skipped: 0,
+            after: Some("again".into()),
+        })
+    }
+}
+
+async fn a_template_list_that_repeats_its_page_removes_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let mut deps = app.app.deps.clone();
+    deps.meta = Arc::new(SamePageForever);
+    let tenant = deps
+        .tenants
+        .get_tenant(&kirim::domain::TenantId::parse(&t.tenant_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = templates::sync(&deps, &tenant)
+        .await
+        .expect_err("an endless list is no complete one");
+    let api = kirim::http::error::ApiError::from(err);
+    assert_eq!((api.status.as_u16(), api.code), (502, "meta_unavailable"));
+    // The rest of the catalogue (on pages never read) is all still there.
+    let all = deps
+        .templates
+        .list_templates(
+            WABA,
+            &TemplateQuery {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.templates.len(), 5);
+}
+
 async fn a_template_webhook_for_a_waba_no_tenant_has_is_ignored_with_200(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -610,5 +676,6 @@ on_both_backends!(
     a_sync_answers_its_counts_and_removes_what_meta_no_longer_lists,
     a_sync_failing_half_way_keeps_the_previous_catalogue_and_says_what_it_synced,
     a_template_webhook_for_a_waba_no_tenant_has_is_ignored_with_200,
+    a_template_list_that_repeats_its_page_removes_nothing,
     the_daily_schedule_syncs_every_active_tenants_catalogue,
 );
