@@ -150,7 +150,13 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
         Ok(None) => return Outcome::Done, // turned off meanwhile
         Err(e) => return retry(&e.to_string()),
     };
-    let secret = match deps.secrets.current(&setting.secret_name).await {
+    // A secret set in the last few minutes is read afresh: another instance's cached
+    // copy of the old one would sign with it for up to the cache's TTL (5 minutes).
+    let secret = match deps
+        .secrets
+        .current_unless_changed(&setting.secret_name, setting.updated_at, deps.clock.now())
+        .await
+    {
         Ok(Some(s)) => s,
         Ok(None) => {
             tracing::warn!("status callback secret missing; not sent");

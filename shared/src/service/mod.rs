@@ -290,6 +290,45 @@ impl SecretCache {
         &self.store
     }
 
+    /// How long a read may be served from the cache.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The current version, read afresh (and cached anew) when it may have changed after
+    /// this process cached it: `changed_at` (when whatever names the secret last changed)
+    /// is within one `ttl` of `now`. Otherwise as [`Self::current`].
+    pub async fn current_unless_changed(
+        &self,
+        name: &str,
+        changed_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Secret>, StoreError> {
+        let ttl = chrono::Duration::from_std(self.ttl).unwrap_or(chrono::Duration::MAX);
+        if self.ttl.is_zero() || now.signed_duration_since(changed_at) >= ttl {
+            return self.current(name).await;
+        }
+        // A copy read well after the change is good for its TTL (the margin covers the
+        // clocks of two instances).
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((at, v, _)) = cache[0].get(name) {
+                let read_at = chrono::Duration::from_std(at.elapsed())
+                    .ok()
+                    .and_then(|age| now.checked_sub_signed(age));
+                let after = changed_at.checked_add_signed(chrono::Duration::seconds(5));
+                if at.elapsed() < self.ttl && read_at.zip(after).is_some_and(|(r, after)| r > after)
+                {
+                    return Ok(v.clone());
+                }
+            }
+        }
+        let v = self.store.get_secret(name).await?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache[0].insert(name.to_owned(), (Instant::now(), v.clone(), None));
+        }
+        Ok(v)
+    }
+
     async fn read(
         &self,
         name: &str,

@@ -551,6 +551,67 @@ async fn a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until
     assert_linked(&other, &t, 11).await;
 }
 
+/// A secret another process set (a status callback's, through the settings route on
+/// another instance) is used at once by a process that cached the old one, when what
+/// names it says it changed recently; a copy read well after the change serves from the
+/// cache.
+#[tokio::test]
+async fn a_secret_changed_elsewhere_is_read_afresh_while_its_change_is_recent() {
+    use chrono::Utc;
+    use kirim::secret::Secret;
+    use kirim::service::SecretCache;
+    let store: Arc<dyn SecretStore> = Arc::new(MemorySecrets::default());
+    let name = "kirim/tenants/t/status-callback-secret";
+    let put = |v: &'static str| {
+        let store = store.clone();
+        async move { store.put_secret(name, &Secret::new(v)).await.unwrap() }
+    };
+    async fn read(cache: &SecretCache, changed_at: chrono::DateTime<Utc>) -> Option<String> {
+        cache
+            .current_unless_changed(
+                "kirim/tenants/t/status-callback-secret",
+                changed_at,
+                Utc::now(),
+            )
+            .await
+            .unwrap()
+            .map(|s| s.expose().to_owned())
+    }
+    let cache = SecretCache::new(store.clone(), Duration::from_secs(300));
+    put("old-secret-0123456789").await;
+    assert!(cache.current(name).await.unwrap().is_some());
+    // Another process puts the new one: the cache alone would keep the old one 5 minutes.
+    put("new-secret-0123456789").await;
+    let changed = Utc::now();
+    assert_eq!(
+        cache
+            .current(name)
+            .await
+            .unwrap()
+            .map(|s| s.expose().to_owned())
+            .as_deref(),
+        Some("old-secret-0123456789"),
+        "cached"
+    );
+    assert_eq!(
+        read(&cache, changed).await.as_deref(),
+        Some("new-secret-0123456789")
+    );
+    // A change a minute ago, read since: served from the cache.
+    let cache = SecretCache::new(store.clone(), Duration::from_secs(300));
+    let a_minute_ago = Utc::now() - chrono::Duration::minutes(1);
+    assert_eq!(
+        read(&cache, a_minute_ago).await.as_deref(),
+        Some("new-secret-0123456789")
+    );
+    put("third-secret-0123456789").await;
+    assert_eq!(
+        read(&cache, a_minute_ago).await.as_deref(),
+        Some("new-secret-0123456789"),
+        "from the cache"
+    );
+}
+
 on_both_backends!(
     a_template_a_callback_setting_and_a_numbers_owner_changed_by_another_process_are_seen_after_five_seconds,
     a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until_another_moves_it,
