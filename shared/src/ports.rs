@@ -198,17 +198,19 @@ pub trait ApiKeyStore: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
-/// A top-up's `Idempotency-Key`: the first request's fingerprint and the ledger entry it
-/// wrote, kept for the idempotency retention (24 h). Stored as an idempotency item of
-/// the tenant (`IDEM#TOPUP#{sha256(key)}`), apart from the tenant's own send keys.
+/// An `Idempotency-Key` of a platform top-up or a broadcast: the first request's
+/// fingerprint and what it created (the ledger entry, the broadcast), kept for the
+/// idempotency retention (24 h), written in the same atomic write as what it created.
+/// Stored as an idempotency item of the tenant (`IDEM#TOPUP#{sha256(key)}`,
+/// `IDEM#BCAST#{sha256(key)}`), apart from the tenant's send keys and from each other.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TopUpKeyRecord {
+pub struct RequestKeyRecord {
     pub tenant_id: TenantId,
     pub key_hash: String,
-    /// SHA-256 of the canonical request JSON.
+    /// SHA-256 of the canonical request.
     pub fingerprint: String,
-    /// The ledger entry the first request wrote.
-    pub entry_id: String,
+    /// What the first request created: a ledger entry's or a broadcast's id.
+    pub first_id: String,
     pub created_at: DateTime<Utc>,
     /// Epoch seconds (DynamoDB TTL); after it the key may be used afresh.
     pub expires_at: Option<i64>,
@@ -219,7 +221,7 @@ pub enum TopUpOnce {
     /// Credited and recorded, with the key's record; the new balance.
     Applied(i64),
     /// The key has a live record: nothing written.
-    Earlier(TopUpKeyRecord),
+    Earlier(RequestKeyRecord),
 }
 
 #[async_trait]
@@ -232,7 +234,7 @@ pub trait Ledger: Send + Sync {
     async fn top_up_once(
         &self,
         entry: &LedgerEntry,
-        key: &TopUpKeyRecord,
+        key: &RequestKeyRecord,
     ) -> Result<TopUpOnce, StoreError>;
     /// Undoes a debit (a message that never reached Meta); answers the new balance.
     async fn refund(&self, entry: &LedgerEntry) -> Result<i64, StoreError>;
@@ -1112,6 +1114,14 @@ impl BroadcastStatus {
     }
 }
 
+#[derive(Clone, Debug, PartialEq)]
+pub enum BroadcastOnce {
+    /// The broadcast, its list, its debit and the key's record were written together.
+    Created,
+    /// The key has a live record: nothing written.
+    Earlier(RequestKeyRecord),
+}
+
 /// Broadcasts and their uploaded recipient lists (deleted once every one is enqueued).
 #[async_trait]
 pub trait BroadcastStore: Send + Sync {
@@ -1124,6 +1134,22 @@ pub trait BroadcastStore: Send + Sync {
         recipients: &[crate::domain::PhoneNumber],
         debit: &LedgerEntry,
     ) -> Result<(), StoreError>;
+    /// `create_broadcast` plus the key's record, in the same atomic write, on the
+    /// condition that no live record for the key exists: concurrent requests with one key
+    /// create one broadcast, the others get `Earlier` (nothing written).
+    async fn create_broadcast_once(
+        &self,
+        broadcast: &Broadcast,
+        recipients: &[crate::domain::PhoneNumber],
+        debit: &LedgerEntry,
+        key: &RequestKeyRecord,
+    ) -> Result<BroadcastOnce, StoreError>;
+    /// The live record of a broadcast's key, if any.
+    async fn broadcast_key(
+        &self,
+        tenant: &TenantId,
+        key_hash: &str,
+    ) -> Result<Option<RequestKeyRecord>, StoreError>;
     async fn get_broadcast(
         &self,
         tenant: &TenantId,

@@ -244,6 +244,8 @@ fn create_form(ctx: &Ctx, templates: &[Value], typed: &Form) -> Markup {
         } @else {
             form.stack #new-campaign method="post" action="/console/campaigns" enctype="multipart/form-data" {
                 (csrf(&ctx.csrf))
+                // One key per form shown: a double-click or a resubmission makes one campaign.
+                input type="hidden" name="idempotency_key" value=(crate::domain::new_id());
                 @if NAME_AND_SEND_AT {
                     div { label for="c-name" { "Name (optional)" } input #c-name type="text" name="name" maxlength="100" value=(typed("name")); }
                 }
@@ -401,9 +403,13 @@ async fn create(State(s): S, ctx: Ctx, req: Request) -> Response {
             return render_campaigns(&s, &ctx, &none, &f, StatusCode::BAD_REQUEST, n).await;
         }
     };
+    let key = f
+        .get("idempotency_key")
+        .map(String::as_str)
+        .filter(|k| !k.is_empty());
     let a = s
         .api
-        .call(&ctx.who, Method::POST, "/v1/broadcasts", Some(req), None)
+        .call(&ctx.who, Method::POST, "/v1/broadcasts", Some(req), key)
         .await;
     if a.ok() {
         return redirect(&format!(
@@ -555,6 +561,7 @@ async fn render_results(
                     form.inline[*action != "retry-failed"].stack[*action == "retry-failed"] method="post" action=(format!("/console/campaigns/{}/{action}", segment(id))) {
                         (csrf(&ctx.csrf))
                         @if *action == "retry-failed" {
+                            input type="hidden" name="idempotency_key" value=(crate::domain::new_id());
                             // Kirim keeps no message content: a template's parameters come
                             // again with the retry.
                             label for="r-parameters" { "Body parameters for the retry, one a line, in order (as many as the template has)" }
@@ -661,7 +668,11 @@ async fn act(
         .then(|| body_components(f.get("parameters").map_or("", String::as_str)))
         .flatten()
         .map(|components| json!({ "components": components }));
-    let a = s.api.call(&ctx.who, Method::POST, &uri, req, None).await;
+    let key = (*action == "retry-failed")
+        .then(|| f.get("idempotency_key").map(String::as_str))
+        .flatten()
+        .filter(|k| !k.is_empty());
+    let a = s.api.call(&ctx.who, Method::POST, &uri, req, key).await;
     if a.ok() {
         let (to, note) = match *action {
             "retry-failed" => (text(&a.body, "id").to_owned(), "campaign_retried"),

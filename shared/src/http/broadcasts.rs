@@ -84,12 +84,18 @@ async fn create(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_ascii_lowercase();
+    let key = super::idempotency::key_of(&headers)?;
     let (template, recipients, campaign) = if content_type.starts_with("text/csv") {
         let template = template_from_query(&q)?;
+        // The upload as sent: its query (in order) and the SHA-256 of its bytes.
+        let sorted: std::collections::BTreeMap<_, _> = q.iter().collect();
+        let what = json!({"route": "broadcasts.csv", "query": sorted,
+            "body_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))});
         let campaign = CampaignIn {
             name: q.get("name").cloned(),
             send_at: q.get("send_at").cloned(),
             from: q.get("from").cloned(),
+            key: super::idempotency::keyed(key, &what),
         };
         (template, broadcasts::recipients_from_csv(&body)?, campaign)
     } else {
@@ -102,19 +108,33 @@ async fn create(
             return Err(ApiError::invalid("a JSON body is required"));
         }
         let req: BroadcastRequest = parse_json(&body)?;
+        let what = match &key {
+            Some(_) => {
+                let value: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|_| ApiError::invalid("malformed JSON"))?;
+                json!({"route": "broadcasts", "body": value})
+            }
+            None => serde_json::Value::Null,
+        };
         let campaign = CampaignIn {
             name: req.name,
             send_at: req.send_at,
             from: req.from,
+            key: super::idempotency::keyed(key, &what),
         };
         (req.template, req.recipients, campaign)
     };
     let accepted =
         broadcasts::create_campaign(&s.deps, ctx.tenant_id(), template, recipients, campaign)
             .await?;
-    let details = json!({"broadcast_id": accepted.id, "accepted": accepted.accepted,
+    let mut details = json!({"broadcast_id": accepted.id, "accepted": accepted.accepted,
         "status": accepted.status});
-    let res = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+    let replayed = accepted.replayed;
+    let mut res = (StatusCode::ACCEPTED, Json(accepted)).into_response();
+    if replayed {
+        super::idempotency::mark_replayed(&mut res);
+        details["replayed"] = json!(true);
+    }
     Ok(noted(res, None, details))
 }
 
@@ -176,18 +196,28 @@ async fn retry_failed(
     State(s): State<AppState>,
     ctx: TenantCtx,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     super::minted_path(&id)?;
+    let key = super::idempotency::key_of(&headers)?;
     let req: RetryRequest = if body.is_empty() {
         RetryRequest::default()
     } else {
         parse_json(&body)?
     };
-    let retried = broadcasts::retry_failed(&s.deps, ctx.tenant_id(), &id, req.components).await?;
-    let details = json!({"broadcast_id": retried.id, "retry_of": retried.retry_of,
+    let what = json!({"route": "retry-failed", "id": id, "components": req.components});
+    let key = super::idempotency::keyed(key, &what);
+    let retried =
+        broadcasts::retry_failed(&s.deps, ctx.tenant_id(), &id, req.components, key).await?;
+    let mut details = json!({"broadcast_id": retried.id, "retry_of": retried.retry_of,
         "accepted": retried.accepted});
-    let res = (StatusCode::ACCEPTED, Json(retried)).into_response();
+    let replayed = retried.replayed;
+    let mut res = (StatusCode::ACCEPTED, Json(retried)).into_response();
+    if replayed {
+        super::idempotency::mark_replayed(&mut res);
+        details["replayed"] = json!(true);
+    }
     Ok(noted(res, None, details))
 }
 

@@ -32,19 +32,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Keyed<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let key = match req.headers().get(HEADER) {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .and_then(|k| IdempotencyKey::parse(k).ok())
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            "Idempotency-Key must be 1 to 255 printable ASCII characters",
-                        )
-                    })?,
-            ),
-        };
+        let key = key_of(req.headers())?;
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
@@ -73,6 +61,31 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Keyed<T> {
         };
         Ok(Keyed { req, idem })
     }
+}
+
+/// The request's `Idempotency-Key`, if it sent one: 1 to 255 printable ASCII characters,
+/// else `400 invalid_request`.
+pub fn key_of(headers: &axum::http::HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    match headers.get(HEADER) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|k| IdempotencyKey::parse(k).ok())
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid("Idempotency-Key must be 1 to 255 printable ASCII characters")
+            }),
+    }
+}
+
+/// The key with the fingerprint of what the request asks (`what`: a route's own
+/// canonical view of its request, so that one key on two routes never matches).
+pub fn keyed(key: Option<IdempotencyKey>, what: &serde_json::Value) -> Option<Idempotent> {
+    key.map(|key| Idempotent {
+        key,
+        fingerprint: request_fingerprint(what),
+    })
 }
 
 /// Marks a replay's answer as Stripe does.

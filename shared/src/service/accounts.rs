@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{new_id, RetentionClass, Role, TenantId};
 use crate::ports::{
-    ApiKeyRecord, LedgerEntry, LedgerKind, Tenant, TenantStatus, TopUpKeyRecord, TopUpOnce,
+    ApiKeyRecord, LedgerEntry, LedgerKind, RequestKeyRecord, Tenant, TenantStatus, TopUpOnce,
 };
 use crate::secret::{token_hash, Secret};
 
@@ -199,11 +199,11 @@ pub async fn top_up(
             replayed: false,
         });
     };
-    let key = TopUpKeyRecord {
+    let key = RequestKeyRecord {
         tenant_id: tenant.clone(),
         key_hash: idem.key.hash(),
         fingerprint: idem.fingerprint.clone(),
-        entry_id: entry.id.clone(),
+        first_id: entry.id.clone(),
         created_at: now,
         expires_at: deps
             .settings
@@ -225,7 +225,7 @@ pub async fn top_up(
                 .await?
                 .ok_or(ServiceError::NotFound)?
                 .credits;
-            tracing::info!(tenant_id = %tenant, entry_id = %earlier.entry_id, "top-up replayed");
+            tracing::info!(tenant_id = %tenant, entry_id = %earlier.first_id, "top-up replayed");
             Ok(ToppedUp {
                 balance,
                 replayed: true,

@@ -18,7 +18,9 @@ use crate::domain::{
     ErrorCode, MessageId, MessageRecord, MessageStatus, PhoneNumber, RetentionClass, StatusEvent,
     TemplateRef, TenantId,
 };
-use crate::ports::{Broadcast, BroadcastControl, BroadcastStatus, TenantStatus};
+use crate::ports::{
+    Broadcast, BroadcastControl, BroadcastOnce, BroadcastStatus, RequestKeyRecord, TenantStatus,
+};
 use crate::store_error::StoreError;
 
 use super::errors::ServiceError;
@@ -59,6 +61,8 @@ pub struct CampaignIn {
     pub send_at: Option<String>,
     /// The tenant's phone number to send from; the default one without it.
     pub from: Option<String>,
+    /// The request's `Idempotency-Key` and fingerprint, if it gave one.
+    pub key: Option<super::idempotency::Idempotent>,
 }
 
 /// The longest campaign name.
@@ -75,6 +79,9 @@ pub struct Accepted {
     pub invalid_count: usize,
     /// The first invalid entries as given (numbers are the tenant's own data).
     pub invalid: Vec<String>,
+    /// An earlier request's broadcast, answered again for the same `Idempotency-Key`.
+    #[serde(skip)]
+    pub replayed: bool,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -248,6 +255,11 @@ pub async fn create_campaign(
     raw: Vec<String>,
     campaign: CampaignIn,
 ) -> Result<Accepted, ServiceError> {
+    // An earlier request with the key answers first, whatever changed since (the credits,
+    // an opt-out, the template): Stripe's semantics, as on sends.
+    if let Some(earlier) = earlier_broadcast(deps, tenant_id, campaign.key.as_ref()).await? {
+        return Ok(replay_of(&earlier));
+    }
     let requested = parse_template(template)?;
     if raw.len() > MAX_RECIPIENTS {
         return Err(too_many());
@@ -376,9 +388,38 @@ pub async fn create_campaign(
     }
     let charge = Charge::Broadcast(id.clone());
     let debit = ledger::debit(deps, tenant_id, &charge, total, now);
-    deps.broadcasts
-        .create_broadcast(&broadcast, &recipients, &debit)
-        .await?;
+    match &campaign.key {
+        None => {
+            deps.broadcasts
+                .create_broadcast(&broadcast, &recipients, &debit)
+                .await?
+        }
+        Some(idem) => {
+            let key = RequestKeyRecord {
+                tenant_id: tenant_id.clone(),
+                key_hash: idem.key.hash(),
+                fingerprint: idem.fingerprint.clone(),
+                first_id: id.clone(),
+                created_at: now,
+                expires_at: deps
+                    .settings
+                    .retention
+                    .expiry(RetentionClass::Idempotency, now),
+            };
+            match deps
+                .broadcasts
+                .create_broadcast_once(&broadcast, &recipients, &debit, &key)
+                .await?
+            {
+                BroadcastOnce::Created => {}
+                // A concurrent request with the key got there first (its fan-out job
+                // queued above finds no broadcast and is dropped).
+                BroadcastOnce::Earlier(earlier) => {
+                    return replay_of_record(deps, tenant_id, idem, &earlier).await;
+                }
+            }
+        }
+    }
     tracing::info!(broadcast_id = %id, accepted = recipients.len(), "broadcast accepted");
     invalid.truncate(MAX_INVALID_SHOWN);
     Ok(Accepted {
@@ -393,7 +434,78 @@ pub async fn create_campaign(
         duplicates,
         invalid_count: broadcast.invalid,
         invalid,
+        replayed: false,
     })
+}
+
+/// The broadcast an earlier request with this key created, if there was one; `409
+/// idempotency_key_reused` if that request's body was another.
+async fn earlier_broadcast(
+    deps: &Deps,
+    tenant: &TenantId,
+    idem: Option<&super::idempotency::Idempotent>,
+) -> Result<Option<Broadcast>, ServiceError> {
+    let Some(idem) = idem else {
+        return Ok(None);
+    };
+    match deps
+        .broadcasts
+        .broadcast_key(tenant, &idem.key.hash())
+        .await?
+    {
+        None => Ok(None),
+        Some(earlier) => broadcast_of_record(deps, tenant, idem, &earlier)
+            .await
+            .map(Some),
+    }
+}
+
+async fn broadcast_of_record(
+    deps: &Deps,
+    tenant: &TenantId,
+    idem: &super::idempotency::Idempotent,
+    earlier: &RequestKeyRecord,
+) -> Result<Broadcast, ServiceError> {
+    if earlier.fingerprint != idem.fingerprint {
+        return Err(ServiceError::IdempotencyKeyReused);
+    }
+    // Gone only if it expired (2 years) while its key did not (24 hours): never.
+    deps.broadcasts
+        .get_broadcast(tenant, &earlier.first_id)
+        .await?
+        .ok_or(ServiceError::NotFound)
+}
+
+async fn replay_of_record(
+    deps: &Deps,
+    tenant: &TenantId,
+    idem: &super::idempotency::Idempotent,
+    earlier: &RequestKeyRecord,
+) -> Result<Accepted, ServiceError> {
+    Ok(replay_of(
+        &broadcast_of_record(deps, tenant, idem, earlier).await?,
+    ))
+}
+
+/// The first answer again, from the broadcast it created. Its invalid entries are not
+/// kept anywhere (they are whatever the request held), so a replay lists none; their
+/// count stands.
+fn replay_of(b: &Broadcast) -> Accepted {
+    tracing::info!(broadcast_id = %b.id, "broadcast request replayed");
+    Accepted {
+        id: b.id.clone(),
+        status: if b.send_at.is_some() {
+            "scheduled"
+        } else {
+            "sending"
+        },
+        accepted: b.accepted,
+        skipped_opted_out: b.skipped_opted_out,
+        duplicates: b.duplicates,
+        invalid_count: b.invalid,
+        invalid: Vec::new(),
+        replayed: true,
+    }
 }
 
 pub async fn view(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, ServiceError> {
@@ -508,6 +620,9 @@ pub struct Retried {
     pub skipped_opted_out: usize,
     /// The broadcast retried.
     pub retry_of: String,
+    /// An earlier request's retry, answered again for the same `Idempotency-Key`.
+    #[serde(skip)]
+    pub replayed: bool,
 }
 
 /// `POST /v1/broadcasts/{id}/retry-failed`: a new broadcast of the same template and
@@ -521,12 +636,24 @@ pub async fn retry_failed(
     tenant: &TenantId,
     id: &str,
     components: Vec<serde_json::Value>,
+    key: Option<super::idempotency::Idempotent>,
 ) -> Result<Retried, ServiceError> {
     let b = deps
         .broadcasts
         .get_broadcast(tenant, id)
         .await?
         .ok_or(ServiceError::NotFound)?;
+    if let Some(earlier) = earlier_broadcast(deps, tenant, key.as_ref()).await? {
+        let replay = replay_of(&earlier);
+        return Ok(Retried {
+            id: replay.id,
+            accepted: replay.accepted,
+            status: replay.status,
+            skipped_opted_out: replay.skipped_opted_out,
+            retry_of: b.id,
+            replayed: true,
+        });
+    }
     let mut recipients = Vec::new();
     let mut after: Option<MessageId> = None;
     loop {
@@ -569,6 +696,7 @@ pub async fn retry_failed(
         send_at: None,
         // The same sender (it must still be one of the tenant's numbers).
         from: b.from.clone(),
+        key,
     };
     let accepted = create_campaign(deps, tenant, template, recipients, campaign).await?;
     Ok(Retried {
@@ -577,6 +705,7 @@ pub async fn retry_failed(
         status: accepted.status,
         skipped_opted_out: accepted.skipped_opted_out,
         retry_of: b.id,
+        replayed: accepted.replayed,
     })
 }
 

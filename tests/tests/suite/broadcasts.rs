@@ -1190,6 +1190,24 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
             .create_broadcast(broadcast, recipients, debit)
             .await
     }
+    async fn create_broadcast_once(
+        &self,
+        broadcast: &kirim::ports::Broadcast,
+        recipients: &[kirim::domain::PhoneNumber],
+        debit: &kirim::ports::LedgerEntry,
+        key: &kirim::ports::RequestKeyRecord,
+    ) -> Result<kirim::ports::BroadcastOnce, kirim::store_error::StoreError> {
+        self.inner
+            .create_broadcast_once(broadcast, recipients, debit, key)
+            .await
+    }
+    async fn broadcast_key(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        key_hash: &str,
+    ) -> Result<Option<kirim::ports::RequestKeyRecord>, kirim::store_error::StoreError> {
+        self.inner.broadcast_key(tenant, key_hash).await
+    }
     async fn get_broadcast(
         &self,
         tenant: &kirim::domain::TenantId,

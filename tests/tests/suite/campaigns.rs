@@ -627,16 +627,31 @@ async fn results_show_failures_with_hints_the_csv_and_a_retry_of_only_retryable_
     )
     .await;
     let before = app.credits(&t.key).await;
-    let (status, retried) = call(
-        &app,
-        &t.key,
-        Method::POST,
-        &retry,
-        Some(json!({"components": template_of("utility")["components"]})),
-    )
-    .await;
-    assert_eq!(status, 202, "{retried}");
+    // Sent twice with one Idempotency-Key (the console's form carries one): one retry.
+    let keyed_retry = || async {
+        let res = app
+            .http
+            .post(app.url(&retry))
+            .bearer_auth(&t.key)
+            .header("Idempotency-Key", "retry-form-1")
+            .json(&json!({"components": template_of("utility")["components"]}))
+            .send()
+            .await
+            .unwrap();
+        let replayed = res.headers().get("idempotent-replayed").is_some();
+        (
+            res.status().as_u16(),
+            replayed,
+            res.json::<Value>().await.unwrap(),
+        )
+    };
+    let (status, replayed, retried) = keyed_retry().await;
+    assert_eq!((status, replayed), (202, false), "{retried}");
     assert_eq!(retried["accepted"], 1, "{retried}");
+    let (status, replayed, again) = keyed_retry().await;
+    assert_eq!((status, replayed), (202, true), "{again}");
+    assert_eq!(again["id"], retried["id"]);
+    assert_eq!(again["retry_of"], id.as_str());
     assert_eq!(app.credits(&t.key).await, before - 1);
     let new_id = retried["id"].as_str().unwrap_or_default().to_owned();
     let csv = recipients_csv(&app, &t.key, &new_id).await;

@@ -509,6 +509,41 @@ async fn the_pages_say_what_is_so_a_suspension_every_status_and_no_password_to_f
     assert!(!refused.html.contains("Your role does not allow this"));
 }
 
+async fn a_double_submitted_campaign_form_makes_one_campaign_and_one_debit(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let form = web.get("/console/campaigns").await;
+    let marker = r#"name="idempotency_key" value=""#;
+    let start = form.html.find(marker).expect("the form's key") + marker.len();
+    let key = form.html[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!key.is_empty());
+    let csrf = form.csrf();
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("idempotency_key", key.as_str()),
+        ("template", "order_update:en_US"),
+        ("parameters", "ORDER-7"),
+        ("numbers", "+60123450011\n+60123450001"),
+    ];
+    let first = web.post("/console/campaigns", &fields).await;
+    assert_eq!(first.status, 303, "{}", first.html);
+    let credits = app.credits(&t.key).await;
+    // The second click (or a resubmission after a slow answer): the same campaign.
+    let second = web.post("/console/campaigns", &fields).await;
+    assert_eq!(second.status, 303, "{}", second.html);
+    assert_eq!(second.location(), first.location());
+    assert_eq!(app.credits(&t.key).await, credits, "one debit");
+    // The next form shown has a key of its own.
+    let next = web.get("/console/campaigns").await;
+    assert!(!next.html.contains(&key));
+}
+
 async fn a_closed_tenants_user_is_signed_out_not_sent_round_in_circles(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -674,5 +709,6 @@ on_both_backends!(
     an_admin_unlocks_a_user_from_the_users_page,
     usage_and_phone_numbers_show_what_the_api_has_and_say_so_when_it_has_not,
     a_closed_tenants_user_is_signed_out_not_sent_round_in_circles,
+    a_double_submitted_campaign_form_makes_one_campaign_and_one_debit,
     the_pages_say_what_is_so_a_suspension_every_status_and_no_password_to_fill,
 );

@@ -328,7 +328,12 @@ async fn a_top_up_for_an_unknown_tenant_is_not_found(p: Ports) {
     );
 }
 
-fn keyed_top_up(p: &Ports, t: &TenantId, amount: i64, key: &str) -> (LedgerEntry, TopUpKeyRecord) {
+fn keyed_top_up(
+    p: &Ports,
+    t: &TenantId,
+    amount: i64,
+    key: &str,
+) -> (LedgerEntry, RequestKeyRecord) {
     let now = p.clock.now();
     let entry = LedgerEntry {
         id: kirim::domain::new_id(),
@@ -340,11 +345,11 @@ fn keyed_top_up(p: &Ports, t: &TenantId, amount: i64, key: &str) -> (LedgerEntry
         at: now,
         expires_at: None,
     };
-    let record = TopUpKeyRecord {
+    let record = RequestKeyRecord {
         tenant_id: t.clone(),
         key_hash: kirim::secret::token_hash(key),
         fingerprint: format!("body-{amount}"),
-        entry_id: entry.id.clone(),
+        first_id: entry.id.clone(),
         created_at: now,
         expires_at: Some(now.timestamp() + 86_400),
     };
@@ -364,7 +369,7 @@ async fn concurrent_top_ups_with_one_key_credit_once_and_the_others_see_the_firs
     for a in attempts {
         match a.await.unwrap() {
             (Ok(TopUpOnce::Applied(balance)), id) => applied.push((balance, id)),
-            (Ok(TopUpOnce::Earlier(record)), _) => earlier.push(record.entry_id),
+            (Ok(TopUpOnce::Earlier(record)), _) => earlier.push(record.first_id),
             (Err(e), _) => panic!("{e:?}"),
         }
     }

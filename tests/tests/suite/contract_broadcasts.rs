@@ -248,9 +248,70 @@ async fn a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once
     );
 }
 
+async fn concurrent_broadcasts_with_one_key_make_one_broadcast_and_one_debit(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    let now = p.clock.now();
+    let phones: Vec<kirim::domain::PhoneNumber> = ["+60123450001", "+60123450002", "+60123450003"]
+        .iter()
+        .map(|s| kirim::domain::PhoneNumber::parse(s).unwrap())
+        .collect();
+    let key_hash = kirim::secret::token_hash("campaign-form-1");
+    let attempts: Vec<_> = (0..6)
+        .map(|_| {
+            let b = running_broadcast(&t.id, now);
+            let (_, mut debit) = message(&p, &t.id, 3600);
+            debit.amount = -3;
+            debit.message_id = None;
+            let key = RequestKeyRecord {
+                tenant_id: t.id.clone(),
+                key_hash: key_hash.clone(),
+                fingerprint: "the-form".into(),
+                first_id: b.id.clone(),
+                created_at: now,
+                expires_at: Some(now.timestamp() + 86_400),
+            };
+            let (store, phones) = (p.broadcasts.clone(), phones.clone());
+            tokio::spawn(async move {
+                let r = store.create_broadcast_once(&b, &phones, &debit, &key).await;
+                (r, b.id)
+            })
+        })
+        .collect();
+    let (mut created, mut earlier) = (Vec::new(), Vec::new());
+    for a in attempts {
+        match a.await.unwrap() {
+            (Ok(BroadcastOnce::Created), id) => created.push(id),
+            (Ok(BroadcastOnce::Earlier(r)), _) => earlier.push(r.first_id),
+            (Err(e), _) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(created.len(), 1, "one broadcast");
+    assert!(earlier.iter().all(|id| *id == created[0]), "{earlier:?}");
+    assert_eq!(
+        p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits,
+        97,
+        "one debit"
+    );
+    assert_eq!(
+        p.broadcasts
+            .broadcast_key(&t.id, &key_hash)
+            .await
+            .unwrap()
+            .map(|r| r.first_id),
+        Some(created[0].clone())
+    );
+    // A day on, the key is forgotten and may be used afresh.
+    p.clock.advance(Duration::days(1) + Duration::seconds(1));
+    assert_eq!(
+        p.broadcasts.broadcast_key(&t.id, &key_hash).await.unwrap(),
+        None
+    );
+}
+
 contract!(
     a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_and_a_held_one_stays_as_it_was,
     a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once,
+    concurrent_broadcasts_with_one_key_make_one_broadcast_and_one_debit,
 );
 
 /// On DynamoDB the claim and the read of its broadcast's hold are two calls: a claim whose

@@ -316,6 +316,88 @@ async fn a_refused_top_up_keeps_no_key(b: Backend) {
     }
 }
 
+async fn post_broadcast(
+    app: &TestApp,
+    key: &str,
+    idem: Option<&str>,
+    body: Value,
+) -> reqwest::Response {
+    let mut req = app
+        .http
+        .post(app.url("/v1/broadcasts"))
+        .bearer_auth(key)
+        .json(&body);
+    if let Some(k) = idem {
+        req = req.header("Idempotency-Key", k);
+    }
+    req.send().await.unwrap()
+}
+
+fn campaign(recipients: &[&str]) -> Value {
+    json!({"name": "Raya", "recipients": recipients, "template": {"name": "promo_sale",
+        "language": "en_US", "category": "marketing",
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "RAYA-30"}]}]}})
+}
+
+async fn a_double_submitted_broadcast_with_its_key_is_one_broadcast_and_one_debit(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(50).await;
+    let body = campaign(&["+60123456101", "+60123456102", "not-a-number"]);
+    // A double click: both at once.
+    let (first, second) = tokio::join!(
+        post_broadcast(&app, &t.key, Some("form-7"), body.clone()),
+        post_broadcast(&app, &t.key, Some("form-7"), body.clone()),
+    );
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (202, 202)
+    );
+    let replays = [&first, &second]
+        .iter()
+        .filter(|r| r.headers().get("idempotent-replayed").is_some())
+        .count();
+    assert_eq!(replays, 1, "one of them is the replay");
+    let (first, second): (Value, Value) =
+        (first.json().await.unwrap(), second.json().await.unwrap());
+    assert_eq!(first["id"], second["id"], "one broadcast");
+    assert_eq!(first["accepted"], 2);
+    assert_eq!(second["invalid_count"], 1);
+    let after_one = app.credits(&t.key).await;
+    // Later, the same key and body: the same answer, no debit.
+    let again = post_broadcast(&app, &t.key, Some("form-7"), body.clone()).await;
+    assert_eq!(again.status(), 202);
+    assert!(again.headers().get("idempotent-replayed").is_some());
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(app.credits(&t.key).await, after_one);
+    // The same key with other recipients: 409; without a key: a second broadcast.
+    let other = post_broadcast(&app, &t.key, Some("form-7"), campaign(&["+60123456103"])).await;
+    assert_eq!(other.status(), 409);
+    let err: Value = other.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "idempotency_key_reused");
+    let unkeyed: Value = post_broadcast(&app, &t.key, None, body.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(unkeyed["id"], first["id"]);
+    let list: Value = app
+        .http
+        .get(app.url("/v1/broadcasts"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["broadcasts"].as_array().map(Vec::len),
+        Some(2),
+        "{list}"
+    );
+}
+
 on_both_backends!(
     an_idempotent_retry_answers_the_same_id_and_debits_once,
     the_same_key_with_another_body_is_409_idempotency_key_reused,
@@ -325,4 +407,5 @@ on_both_backends!(
     a_replay_answers_the_first_response_after_the_credits_ran_out,
     a_retried_top_up_with_its_key_credits_once,
     a_refused_top_up_keeps_no_key,
+    a_double_submitted_broadcast_with_its_key_is_one_broadcast_and_one_debit,
 );

@@ -19,7 +19,7 @@ use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, Statu
 use crate::ports::{
     ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery, Clock,
     Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, ParkedAudit, QualityCounter,
-    QualityCounts, QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, TopUpKeyRecord,
+    QualityCounts, QualityStats, RequestKeyRecord, StatusChange, Tenant, TenantStatus, TenantStore,
     TopUpOnce, Transition,
 };
 use crate::store_error::StoreError;
@@ -951,7 +951,7 @@ impl Ledger for DynamoStore {
     async fn top_up_once(
         &self,
         entry: &LedgerEntry,
-        key: &TopUpKeyRecord,
+        key: &RequestKeyRecord,
     ) -> Result<TopUpOnce, StoreError> {
         self.top_up_with_key(entry, key).await
     }

@@ -23,7 +23,7 @@ mod throttle;
 use crate::ports::{
     ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery, Clock,
     Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, ParkedAudit, QualityCounter,
-    QualityCounts, QualityStats, StatusChange, Tenant, TenantStatus, TenantStore, TopUpKeyRecord,
+    QualityCounts, QualityStats, RequestKeyRecord, StatusChange, Tenant, TenantStatus, TenantStore,
     TopUpOnce, Transition,
 };
 
@@ -347,8 +347,9 @@ pub(super) struct State {
     windows: BTreeMap<(TenantId, String, String), (DateTime<Utc>, i64)>,
     /// (tenant, key hash) → idempotency record: one a keyed send.
     idempotency: Shards<(TenantId, String), crate::ports::IdempotencyRecord>,
-    /// (tenant, key hash) → a top-up's key record.
-    top_up_keys: HashMap<(TenantId, String), TopUpKeyRecord>,
+    /// (tenant, `TOPUP#` or `BCAST#` and the key's hash) → a top-up's or a broadcast's key
+    /// record.
+    pub(super) request_keys: HashMap<(TenantId, String), RequestKeyRecord>,
     pub(super) users: super::users::UsersState,
     /// Closed tenants already closed out: when, and the TTLs their items were given.
     closed_out: HashMap<TenantId, (DateTime<Utc>, crate::ports::CloseOutTtls)>,
@@ -612,12 +613,12 @@ impl Ledger for MemoryStore {
     async fn top_up_once(
         &self,
         entry: &LedgerEntry,
-        key: &TopUpKeyRecord,
+        key: &RequestKeyRecord,
     ) -> Result<TopUpOnce, StoreError> {
         // The key's check and the credit under the one lock, as DynamoDB's transaction.
         let mut s = self.lock()?;
-        let at = (key.tenant_id.clone(), key.key_hash.clone());
-        if let Some(earlier) = s.top_up_keys.get(&at) {
+        let at = (key.tenant_id.clone(), format!("TOPUP#{}", key.key_hash));
+        if let Some(earlier) = s.request_keys.get(&at) {
             if self.live(earlier.expires_at) {
                 return Ok(TopUpOnce::Earlier(earlier.clone()));
             }
@@ -629,7 +630,7 @@ impl Ledger for MemoryStore {
         tenant.credits = tenant.credits.saturating_add(entry.amount);
         let balance = tenant.credits;
         s.ledger.push(entry.clone());
-        s.top_up_keys.insert(at, key.clone());
+        s.request_keys.insert(at, key.clone());
         Ok(TopUpOnce::Applied(balance))
     }
 

@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, TTL_ATTR};
 use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
-    Broadcast, BroadcastClaim, BroadcastControl, BroadcastStatus, BroadcastStore, LedgerEntry,
+    Broadcast, BroadcastClaim, BroadcastControl, BroadcastOnce, BroadcastStatus, BroadcastStore,
+    LedgerEntry, RequestKeyRecord,
 };
 use crate::store_error::StoreError;
 
@@ -24,14 +25,16 @@ fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
-#[async_trait]
-impl BroadcastStore for DynamoStore {
-    async fn create_broadcast(
+impl DynamoStore {
+    /// The broadcast, its list, its debit and (with a key) the key's record: one
+    /// transaction.
+    async fn write_broadcast(
         &self,
         broadcast: &Broadcast,
         recipients: &[PhoneNumber],
         debit: &LedgerEntry,
-    ) -> Result<(), StoreError> {
+        key: Option<&RequestKeyRecord>,
+    ) -> Result<BroadcastOnce, StoreError> {
         let item = to_item(
             broadcast,
             &keys::broadcast(&broadcast.tenant_id, &broadcast.id).pairs(),
@@ -43,22 +46,84 @@ impl BroadcastStore for DynamoStore {
             AttributeValue::L(recipients.iter().map(|p| s(p.to_string())).collect()),
         );
         list.insert(TTL_ATTR.to_owned(), n(broadcast.list_expires_at()));
-        let items = vec![
+        // Order matters: the reasons of a cancelled transaction come back in this order.
+        let mut items = vec![
             self.credit_update(debit, true)?,
             self.ledger_put(debit)?,
             self.put(item, Some("attribute_not_exists(pk)"))?,
             self.put(list, Some("attribute_not_exists(pk)"))?,
         ];
-        match self.transact_retrying_conflicts(items).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
-                Err(StoreError::InsufficientCredits)
-            }
-            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
-                Err(StoreError::Conflict("broadcast exists".into()))
-            }
-            Err(e) => Err(e.into_store_error()),
+        if let Some(k) = key {
+            let record = to_item(
+                k,
+                &keys::broadcast_key(&k.tenant_id, &k.key_hash).pairs(),
+                k.expires_at,
+            )?;
+            items.push(self.key_record_put(record)?);
         }
+        let failed = match self.transact_retrying_conflicts(items).await {
+            Ok(()) => return Ok(BroadcastOnce::Created),
+            Err(e) => e,
+        };
+        if let Some(k) =
+            key.filter(|_| failed.reason(4) == Some(&CancelReason::ConditionalCheckFailed))
+        {
+            // The key is taken: answer its record (read after the refused write).
+            let earlier: Option<RequestKeyRecord> = self
+                .get(keys::broadcast_key(&k.tenant_id, &k.key_hash))
+                .await?
+                .map(from_item)
+                .transpose()?;
+            return earlier.map(BroadcastOnce::Earlier).ok_or_else(|| {
+                StoreError::Unavailable("broadcast key contended; try again".into())
+            });
+        }
+        if failed.reason(0) == Some(&CancelReason::ConditionalCheckFailed) {
+            return Err(StoreError::InsufficientCredits);
+        }
+        if failed.any(CancelReason::ConditionalCheckFailed) {
+            return Err(StoreError::Conflict("broadcast exists".into()));
+        }
+        Err(failed.into_store_error())
+    }
+}
+
+#[async_trait]
+impl BroadcastStore for DynamoStore {
+    async fn create_broadcast(
+        &self,
+        broadcast: &Broadcast,
+        recipients: &[PhoneNumber],
+        debit: &LedgerEntry,
+    ) -> Result<(), StoreError> {
+        self.write_broadcast(broadcast, recipients, debit, None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn create_broadcast_once(
+        &self,
+        broadcast: &Broadcast,
+        recipients: &[PhoneNumber],
+        debit: &LedgerEntry,
+        key: &RequestKeyRecord,
+    ) -> Result<BroadcastOnce, StoreError> {
+        self.write_broadcast(broadcast, recipients, debit, Some(key))
+            .await
+    }
+
+    async fn broadcast_key(
+        &self,
+        tenant: &TenantId,
+        key_hash: &str,
+    ) -> Result<Option<RequestKeyRecord>, StoreError> {
+        let now = self.now_secs();
+        Ok(self
+            .get(keys::broadcast_key(tenant, key_hash))
+            .await?
+            .map(from_item::<RequestKeyRecord>)
+            .transpose()?
+            .filter(|r| r.expires_at.is_none_or(|e| e > now)))
     }
 
     async fn get_broadcast(

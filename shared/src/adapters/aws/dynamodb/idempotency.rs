@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, TTL_ATTR};
 use crate::domain::{MessageId, MessageRecord, TenantId};
 use crate::ports::{
-    IdempotencyRecord, IdempotencyStore, IdempotentInsert, LedgerEntry, TopUpKeyRecord, TopUpOnce,
+    IdempotencyRecord, IdempotencyStore, IdempotentInsert, LedgerEntry, RequestKeyRecord, TopUpOnce,
 };
 use crate::store_error::StoreError;
 
@@ -31,7 +31,7 @@ impl DynamoStore {
     pub(super) async fn top_up_with_key(
         &self,
         entry: &LedgerEntry,
-        key: &TopUpKeyRecord,
+        key: &RequestKeyRecord,
     ) -> Result<TopUpOnce, StoreError> {
         let at = keys::top_up_key(&key.tenant_id, &key.key_hash);
         let record = to_item(key, &at.pairs(), key.expires_at)?;
@@ -49,7 +49,8 @@ impl DynamoStore {
         };
         if failed.reason(2) == Some(&CCF) {
             // The key is taken: answer its record (read after the refused write).
-            let earlier: Option<TopUpKeyRecord> = self.get(at).await?.map(from_item).transpose()?;
+            let earlier: Option<RequestKeyRecord> =
+                self.get(at).await?.map(from_item).transpose()?;
             return earlier
                 .map(TopUpOnce::Earlier)
                 .ok_or_else(|| StoreError::Unavailable("top-up key contended; try again".into()));
@@ -61,7 +62,10 @@ impl DynamoStore {
     }
 
     /// A key's record, on the condition that no live one exists.
-    fn key_record_put(&self, item: super::Item) -> Result<TransactWriteItem, StoreError> {
+    pub(super) fn key_record_put(
+        &self,
+        item: super::Item,
+    ) -> Result<TransactWriteItem, StoreError> {
         // An expired record (TTL passed, not yet swept) counts as absent.
         let put = Put::builder()
             .table_name(&self.table)

@@ -515,6 +515,12 @@ pub fn top_up_key(t: &TenantId, key_hash: &str) -> Key {
     Key::new(tenant_pk(t), format!("{IDEM_PREFIX}TOPUP#{key_hash}"))
 }
 
+/// `TENANT#{t}` / `IDEM#BCAST#{sha256(key)}`: a broadcast's key (`POST /v1/broadcasts`,
+/// `retry-failed`), apart from the send and top-up keys.
+pub fn broadcast_key(t: &TenantId, key_hash: &str) -> Key {
+    Key::new(tenant_pk(t), format!("{IDEM_PREFIX}BCAST#{key_hash}"))
+}
+
 pub fn broadcast(t: &TenantId, id: &str) -> Key {
     Key::new(tenant_pk(t), format!("{BROADCAST_PREFIX}{id}"))
 }

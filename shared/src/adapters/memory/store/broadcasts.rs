@@ -9,19 +9,28 @@ use chrono::{DateTime, Utc};
 use super::{message_key, MemoryStore};
 use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
-    Broadcast, BroadcastClaim, BroadcastControl, BroadcastStatus, BroadcastStore, LedgerEntry,
+    Broadcast, BroadcastClaim, BroadcastControl, BroadcastOnce, BroadcastStatus, BroadcastStore,
+    LedgerEntry, RequestKeyRecord,
 };
 use crate::store_error::StoreError;
 
-#[async_trait]
-impl BroadcastStore for MemoryStore {
-    async fn create_broadcast(
+impl MemoryStore {
+    /// The broadcast, its list, its debit and (with a key) the key's record, under the
+    /// one lock, as DynamoDB writes them in one transaction.
+    fn write_broadcast(
         &self,
         broadcast: &Broadcast,
         recipients: &[PhoneNumber],
         debit: &LedgerEntry,
-    ) -> Result<(), StoreError> {
+        request_key: Option<&RequestKeyRecord>,
+    ) -> Result<BroadcastOnce, StoreError> {
         let mut s = self.lock()?;
+        let at = request_key.map(|k| (k.tenant_id.clone(), format!("BCAST#{}", k.key_hash)));
+        if let Some(earlier) = at.as_ref().and_then(|at| s.request_keys.get(at)) {
+            if self.live(earlier.expires_at) {
+                return Ok(BroadcastOnce::Earlier(earlier.clone()));
+            }
+        }
         let key = (broadcast.tenant_id.clone(), broadcast.id.clone());
         if s.broadcasts.contains_key(&key) {
             return Err(StoreError::Conflict("broadcast exists".into()));
@@ -39,7 +48,45 @@ impl BroadcastStore for MemoryStore {
         s.broadcast_lists
             .insert(key.clone(), (recipients.to_vec(), list_expires));
         s.broadcasts.insert(key, broadcast.clone());
-        Ok(())
+        if let (Some(at), Some(k)) = (at, request_key) {
+            s.request_keys.insert(at, k.clone());
+        }
+        Ok(BroadcastOnce::Created)
+    }
+}
+
+#[async_trait]
+impl BroadcastStore for MemoryStore {
+    async fn create_broadcast(
+        &self,
+        broadcast: &Broadcast,
+        recipients: &[PhoneNumber],
+        debit: &LedgerEntry,
+    ) -> Result<(), StoreError> {
+        self.write_broadcast(broadcast, recipients, debit, None)
+            .map(|_| ())
+    }
+
+    async fn create_broadcast_once(
+        &self,
+        broadcast: &Broadcast,
+        recipients: &[PhoneNumber],
+        debit: &LedgerEntry,
+        key: &RequestKeyRecord,
+    ) -> Result<BroadcastOnce, StoreError> {
+        self.write_broadcast(broadcast, recipients, debit, Some(key))
+    }
+
+    async fn broadcast_key(
+        &self,
+        tenant: &TenantId,
+        key_hash: &str,
+    ) -> Result<Option<RequestKeyRecord>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.request_keys
+            .get(&(tenant.clone(), format!("BCAST#{key_hash}")))
+            .filter(|r| self.live(r.expires_at))
+            .cloned())
     }
 
     async fn get_broadcast(

@@ -59,7 +59,7 @@ impl RetentionStore for MemoryStore {
         sweep!(page, K::Idempotency, s.idempotency, |_, r| live(
             r.expires_at
         ));
-        sweep!(page, K::Idempotency, s.top_up_keys, |_, r| live(
+        sweep!(page, K::Idempotency, s.request_keys, |_, r| live(
             r.expires_at
         ));
         sweep!(page, K::SendSlot, s.rate, |_, r| r.1 > now);
@@ -324,9 +324,9 @@ impl RetentionStore for MemoryStore {
                 to_value(r).unwrap_or_default(),
             );
         }
-        for ((t, hash), r) in &s.top_up_keys {
+        for ((t, scoped), r) in &s.request_keys {
             item(
-                keys::top_up_key(t, hash),
+                keys::idempotency(t, scoped),
                 r.expires_at,
                 to_value(r).unwrap_or_default(),
             );
