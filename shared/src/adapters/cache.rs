@@ -377,12 +377,11 @@ impl<S: TemplateStore + 'static> TemplateStore for ReadCache<S> {
         name: &str,
         language: &str,
         change: TemplateChange,
-        at: DateTime<Utc>,
-        expires_at: Option<i64>,
+        stamp: crate::ports::ChangeStamp,
     ) -> Result<Option<CatalogueTemplate>, StoreError> {
         let r = self
             .inner
-            .update_template(waba_id, name, language, change, at, expires_at)
+            .update_template(waba_id, name, language, change, stamp)
             .await;
         self.forget_template(waba_id, name, language);
         r

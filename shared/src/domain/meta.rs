@@ -238,6 +238,9 @@ pub struct TemplateUpdate {
     /// As the catalogue writes it (`en_US`: Meta's webhooks may write `en-US`).
     pub language: String,
     pub change: TemplateChange,
+    /// Meta's time of the change (the entry's `time`, epoch seconds), to apply the changes
+    /// of one field in Meta's order whatever order they arrive in.
+    pub meta_time: Option<i64>,
 }
 
 /// Meta's `phone_number_quality_update` for one business number: what it says of the
@@ -487,8 +490,9 @@ pub fn parse_tree(raw: &[u8]) -> Result<Vec<MetaEvent>, NotJson> {
             events.push(unknown("entry", ""));
             continue;
         };
+        let time = entry.get("time").and_then(Value::as_i64);
         for change in changes {
-            read_change(&waba_id, change, &mut events);
+            read_change(&waba_id, time, change, &mut events);
         }
     }
     Ok(events)
@@ -505,14 +509,14 @@ fn lenient<T: DeserializeOwned>(v: &Value) -> Option<T> {
     T::deserialize(v).ok()
 }
 
-fn read_change(waba_id: &str, change: &Value, events: &mut Vec<MetaEvent>) {
+fn read_change(waba_id: &str, time: Option<i64>, change: &Value, events: &mut Vec<MetaEvent>) {
     let field = change.get("field").and_then(Value::as_str).unwrap_or("");
     let Some(value) = change.get("value").filter(|v| v.is_object()) else {
         events.push(unknown("change", field));
         return;
     };
     if TEMPLATE_FIELDS.contains(&field) {
-        let event = template_update(waba_id, field, value).map(MetaEvent::Template);
+        let event = template_update(waba_id, time, field, value).map(MetaEvent::Template);
         events.push(event.unwrap_or_else(|| unknown("change", field)));
         return;
     }
@@ -620,7 +624,12 @@ const TEMPLATE_FIELDS: [&str; 3] = [
 ];
 
 /// One template webhook's change; `None` for a shape or value Kirim does not understand.
-fn template_update(waba_id: &str, field: &str, value: &Value) -> Option<TemplateUpdate> {
+fn template_update(
+    waba_id: &str,
+    time: Option<i64>,
+    field: &str,
+    value: &Value,
+) -> Option<TemplateUpdate> {
     let t: TemplateChangeIn = lenient(value)?;
     let language = t.message_template_language.replace('-', "_");
     if waba_id.is_empty() || !valid_name(&t.message_template_name) || !valid_language(&language) {
@@ -647,6 +656,7 @@ fn template_update(waba_id: &str, field: &str, value: &Value) -> Option<Template
         name: t.message_template_name,
         language,
         change,
+        meta_time: time.filter(|t| *t > 0),
     })
 }
 

@@ -57,6 +57,26 @@ pub struct TemplatePage {
     pub next: Option<(String, String)>,
 }
 
+/// When a template change is written: `at` (its `updated_at`), the catalogue's new
+/// expiry, and Meta's time of the change when the webhook gave one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangeStamp {
+    pub at: DateTime<Utc>,
+    pub expires_at: Option<i64>,
+    pub meta_time: Option<i64>,
+}
+
+impl ChangeStamp {
+    /// A change without Meta's time (applied whatever came before).
+    pub fn new(at: DateTime<Utc>, expires_at: Option<i64>) -> Self {
+        Self {
+            at,
+            expires_at,
+            meta_time: None,
+        }
+    }
+}
+
 #[async_trait]
 pub trait TemplateStore: Send + Sync {
     /// Stores (or replaces) a template: a sync's result.
@@ -76,15 +96,17 @@ pub trait TemplateStore: Send + Sync {
     ) -> Result<TemplatePage, StoreError>;
     /// Applies one of Meta's changes (not `Removed`) to a template only if the catalogue
     /// has it (a conditional write: a webhook never creates a template it knows nothing
-    /// else of), refreshing `updated_at` and `expires_at`. `None` if there is none.
+    /// else of), refreshing `updated_at` and `expires_at`. With `meta_time` (Meta's time
+    /// of the change), only if no change of that field with a later Meta time was applied
+    /// since the template was last written by a sync (a redelivered older webhook never
+    /// undoes a newer one). `None` if there is none, or it is older.
     async fn update_template(
         &self,
         waba_id: &str,
         name: &str,
         language: &str,
         change: TemplateChange,
-        at: DateTime<Utc>,
-        expires_at: Option<i64>,
+        stamp: ChangeStamp,
     ) -> Result<Option<CatalogueTemplate>, StoreError>;
     /// Removes a template; `false` if there was none.
     async fn delete_template(

@@ -22,7 +22,9 @@ use crate::domain::{
     Content, RetentionClass, TemplateCategory, TemplateChange, TemplateQuality, TemplateRef,
     TemplateStatus, TenantId,
 };
-use crate::ports::{CatalogueTemplate, MetaSendError, TemplateQuery, Tenant, TenantStatus};
+use crate::ports::{
+    CatalogueTemplate, ChangeStamp, MetaSendError, TemplateQuery, Tenant, TenantStatus,
+};
 
 use super::errors::ServiceError;
 use super::Deps;
@@ -346,7 +348,17 @@ pub async fn apply(deps: &Deps, update: &TemplateUpdate) -> Result<Applied, Serv
                 .retention
                 .expiry(RetentionClass::Messages, now);
             deps.templates
-                .update_template(waba, name, language, change, now, expires_at)
+                .update_template(
+                    waba,
+                    name,
+                    language,
+                    change,
+                    ChangeStamp {
+                        at: now,
+                        expires_at,
+                        meta_time: update.meta_time,
+                    },
+                )
                 .await?
                 .is_some()
         }

@@ -283,8 +283,7 @@ async fn a_template_a_callback_setting_and_a_numbers_owner_changed_by_another_pr
             "order_update",
             "en",
             kirim::domain::TemplateChange::Status(kirim::domain::TemplateStatus::Paused),
-            clock.now(),
-            None,
+            kirim::ports::ChangeStamp::new(clock.now(), None),
         )
         .await
         .unwrap();

@@ -205,8 +205,7 @@ async fn a_change_applies_only_to_a_template_the_catalogue_has(p: Ports) {
             "promo_sale",
             "en_US",
             TemplateChange::Status(TemplateStatus::Paused),
-            at,
-            exp,
+            kirim::ports::ChangeStamp::new(at, exp),
         )
         .await
         .unwrap();
@@ -229,7 +228,13 @@ async fn a_change_applies_only_to_a_template_the_catalogue_has(p: Ports) {
     ] {
         let got = p
             .templates
-            .update_template("3001", "promo_sale", "en_US", change, at, exp)
+            .update_template(
+                "3001",
+                "promo_sale",
+                "en_US",
+                change,
+                kirim::ports::ChangeStamp::new(at, exp),
+            )
             .await
             .unwrap()
             .expect("updated");
@@ -277,8 +282,7 @@ async fn an_expired_template_is_invisible_and_never_changed(p: Ports) {
             "old",
             "en",
             TemplateChange::Status(TemplateStatus::Approved),
-            at,
-            Some(at.timestamp() + 100),
+            kirim::ports::ChangeStamp::new(at, Some(at.timestamp() + 100)),
         )
         .await
         .unwrap();
@@ -288,7 +292,52 @@ async fn an_expired_template_is_invisible_and_never_changed(p: Ports) {
     );
 }
 
+async fn a_webhook_older_than_its_fields_last_change_changes_nothing(p: Ports) {
+    p.templates
+        .put_template(&template(&p, "5001", "promo_sale", "en_US"))
+        .await
+        .unwrap();
+    let at = p.clock.now();
+    let stamp = |meta_time| ChangeStamp {
+        at,
+        expires_at: Some(at.timestamp() + 5000),
+        meta_time: Some(meta_time),
+    };
+    let apply = |change, meta_time| {
+        let p = &p;
+        async move {
+            p.templates
+                .update_template("5001", "promo_sale", "en_US", change, stamp(meta_time))
+                .await
+                .unwrap()
+        }
+    };
+    // Paused at Meta's time 200, then a redelivered approval of time 100: still paused.
+    let paused = TemplateChange::Status(TemplateStatus::Paused);
+    assert!(apply(paused, 200).await.is_some());
+    let approved = TemplateChange::Status(TemplateStatus::Approved);
+    assert_eq!(apply(approved, 100).await, None, "older: refused");
+    let now = p
+        .templates
+        .get_template("5001", "promo_sale", "en_US")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.status, TemplateStatus::Paused);
+    // Another field keeps its own order; the same time again applies.
+    let recategorised = TemplateChange::Category(TemplateCategory::Marketing);
+    assert!(apply(recategorised, 150).await.is_some());
+    assert!(apply(approved, 200).await.is_some());
+    // A sync writes the template whole: Meta's times start again.
+    p.templates
+        .put_template(&template(&p, "5001", "promo_sale", "en_US"))
+        .await
+        .unwrap();
+    assert!(apply(paused, 50).await.is_some());
+}
+
 contract!(
+    a_webhook_older_than_its_fields_last_change_changes_nothing,
     a_template_is_kept_per_waba_name_and_language_and_replaced_whole,
     a_catalogue_lists_in_name_then_language_order_filtered_and_paged,
     a_change_applies_only_to_a_template_the_catalogue_has,

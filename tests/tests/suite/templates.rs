@@ -586,6 +586,42 @@ async fn a_template_list_that_repeats_its_page_removes_nothing(b: Backend) {
     assert_eq!(all.templates.len(), 5);
 }
 
+async fn a_redelivered_older_template_webhook_never_undoes_a_newer_one(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let note = |time: i64, event: &str| {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "time": time, "changes": [
+        {"field": "message_template_status_update", "value": {"event": event, "message_template_id": 9,
+            "message_template_name": "order_update", "message_template_language": "en_US", "reason": "NONE"}}]}]})
+    };
+    // Meta pauses the template (time 200); its earlier approval (time 100) comes again
+    // late, as a body Meta delivers again after a 500 does.
+    assert_eq!(app.post_webhook(&note(200, "PAUSED")).await.status(), 200);
+    assert_eq!(app.post_webhook(&note(100, "APPROVED")).await.status(), 200);
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/messages",
+        send_body("+60123464101", template_of("utility")),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("template_not_approved")),
+        "still paused: {body}"
+    );
+    // Meta's reinstatement, later still, applies.
+    assert_eq!(app.post_webhook(&note(300, "APPROVED")).await.status(), 200);
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/messages",
+        send_body("+60123464102", template_of("utility")),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+}
+
 async fn a_template_webhook_for_a_waba_no_tenant_has_is_ignored_with_200(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -677,5 +713,6 @@ on_both_backends!(
     a_sync_failing_half_way_keeps_the_previous_catalogue_and_says_what_it_synced,
     a_template_webhook_for_a_waba_no_tenant_has_is_ignored_with_200,
     a_template_list_that_repeats_its_page_removes_nothing,
+    a_redelivered_older_template_webhook_never_undoes_a_newer_one,
     the_daily_schedule_syncs_every_active_tenants_catalogue,
 );

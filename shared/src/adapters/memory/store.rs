@@ -365,6 +365,9 @@ pub(super) struct State {
     rate: HashMap<String, (i64, i64)>,
     /// (WABA, template name, language) → the catalogue's template, ordered for paging.
     templates: BTreeMap<(String, String, String), crate::ports::CatalogueTemplate>,
+    /// (WABA, template name, language) → Meta's time of each field's last applied change
+    /// (DynamoDB's `status_meta_at`, ...); a sync's put or a removal forgets them.
+    pub(super) template_meta_at: HashMap<(String, String, String), HashMap<&'static str, i64>>,
     /// (tenant, phone number id) → one of its phone numbers.
     pub(super) numbers: BTreeMap<(TenantId, String), crate::ports::PhoneNumberRecord>,
     /// (tenant, day, category, type) → a usage row and its expiry (epoch seconds).

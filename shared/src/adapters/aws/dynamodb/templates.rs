@@ -12,11 +12,10 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use chrono::{DateTime, Utc};
 
 use super::{classify, from_item, keys, n, s, to_item, DynamoStore, Item, TTL_ATTR};
 use crate::domain::TemplateChange;
-use crate::ports::{CatalogueTemplate, TemplatePage, TemplateQuery, TemplateStore};
+use crate::ports::{CatalogueTemplate, ChangeStamp, TemplatePage, TemplateQuery, TemplateStore};
 use crate::store_error::StoreError;
 
 /// Items read per Query request while filling a page.
@@ -119,9 +118,13 @@ impl TemplateStore for DynamoStore {
         name: &str,
         language: &str,
         change: TemplateChange,
-        at: DateTime<Utc>,
-        expires_at: Option<i64>,
+        stamp: ChangeStamp,
     ) -> Result<Option<CatalogueTemplate>, StoreError> {
+        let ChangeStamp {
+            at,
+            expires_at,
+            meta_time,
+        } = stamp;
         let (attr, value) = match change {
             TemplateChange::Status(v) => ("status", v.as_str()),
             TemplateChange::Category(v) => ("category", v.as_str()),
@@ -130,25 +133,37 @@ impl TemplateStore for DynamoStore {
                 return Err(StoreError::Corrupt("a removal is not an update".into()))
             }
         };
+        let live = "attribute_exists(pk) AND (attribute_not_exists(#ttl) OR #ttl > :now)";
+        // Meta's time of the field's last change, beside it (`status_meta_at`, ...): an
+        // older change is refused. A sync's put replaces the item, and with it these.
+        let mut set = "SET #f = :v, updated_at = :at".to_owned();
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::template(waba_id, name, language).attrs()))
-            .condition_expression(
-                "attribute_exists(pk) AND (attribute_not_exists(#ttl) OR #ttl > :now)",
-            )
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_names("#f", attr)
             .expression_attribute_values(":now", n(self.now_secs()))
             .expression_attribute_values(":v", s(value))
             .expression_attribute_values(":at", super::dyn_value(&at)?)
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
+        req = match meta_time {
+            Some(t) => {
+                set.push_str(", #mt = :mt");
+                req.condition_expression(format!(
+                    "{live} AND (attribute_not_exists(#mt) OR #mt <= :mt)"
+                ))
+                .expression_attribute_names("#mt", format!("{attr}_meta_at"))
+                .expression_attribute_values(":mt", n(t))
+            }
+            None => req.condition_expression(live),
+        };
         req = match expires_at {
             Some(t) => req
-                .update_expression("SET #f = :v, updated_at = :at, expires_at = :exp, #ttl = :exp")
+                .update_expression(format!("{set}, expires_at = :exp, #ttl = :exp"))
                 .expression_attribute_values(":exp", n(t)),
-            None => req.update_expression("SET #f = :v, updated_at = :at REMOVE expires_at, #ttl"),
+            None => req.update_expression(format!("{set} REMOVE expires_at, #ttl")),
         };
         match req.send().await {
             Ok(out) => out.attributes.map(from_item).transpose(),

@@ -1,11 +1,10 @@
 //! `TemplateStore` on the memory store: the same rules as DynamoDB, under the one lock.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 
 use super::MemoryStore;
 use crate::domain::TemplateChange;
-use crate::ports::{CatalogueTemplate, TemplatePage, TemplateQuery, TemplateStore};
+use crate::ports::{CatalogueTemplate, ChangeStamp, TemplatePage, TemplateQuery, TemplateStore};
 use crate::store_error::StoreError;
 
 fn key(waba_id: &str, name: &str, language: &str) -> (String, String, String) {
@@ -21,10 +20,9 @@ pub(crate) fn matches(t: &CatalogueTemplate, q: &TemplateQuery) -> bool {
 impl TemplateStore for MemoryStore {
     async fn put_template(&self, template: &CatalogueTemplate) -> Result<(), StoreError> {
         let mut s = self.lock()?;
-        s.templates.insert(
-            key(&template.waba_id, &template.name, &template.language),
-            template.clone(),
-        );
+        let at = key(&template.waba_id, &template.name, &template.language);
+        s.template_meta_at.remove(&at);
+        s.templates.insert(at, template.clone());
         Ok(())
     }
 
@@ -76,17 +74,39 @@ impl TemplateStore for MemoryStore {
         name: &str,
         language: &str,
         change: TemplateChange,
-        at: DateTime<Utc>,
-        expires_at: Option<i64>,
+        stamp: ChangeStamp,
     ) -> Result<Option<CatalogueTemplate>, StoreError> {
+        let ChangeStamp {
+            at,
+            expires_at,
+            meta_time,
+        } = stamp;
         let mut s = self.lock()?;
-        let Some(t) = s
+        let at_key = key(waba_id, name, language);
+        let field = match change {
+            TemplateChange::Status(_) => "status",
+            TemplateChange::Category(_) => "category",
+            TemplateChange::Quality(_) => "quality",
+            TemplateChange::Removed => {
+                return Err(StoreError::Corrupt("a removal is not an update".into()))
+            }
+        };
+        let state = &mut *s;
+        let Some(t) = state
             .templates
-            .get_mut(&key(waba_id, name, language))
+            .get_mut(&at_key)
             .filter(|t| self.live(t.expires_at))
         else {
             return Ok(None);
         };
+        // Meta's time of the field's last change, as DynamoDB keeps it beside the field.
+        let times = state.template_meta_at.entry(at_key).or_default();
+        if let Some(t) = meta_time {
+            if times.get(field).is_some_and(|last| *last > t) {
+                return Ok(None);
+            }
+            times.insert(field, t);
+        }
         let updated = CatalogueTemplate {
             updated_at: at,
             expires_at,
@@ -103,8 +123,10 @@ impl TemplateStore for MemoryStore {
         language: &str,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
+        let at = key(waba_id, name, language);
+        s.template_meta_at.remove(&at);
         Ok(s.templates
-            .remove(&key(waba_id, name, language))
+            .remove(&at)
             .is_some_and(|t| self.live(t.expires_at)))
     }
 }
