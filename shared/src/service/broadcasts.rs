@@ -137,7 +137,7 @@ pub fn retryable(code: &ErrorCode) -> bool {
             c.as_str(),
             "meta_unavailable"
                 | "meta_unreachable"
-                | super::dispatch::META_REFUSED_UNREADABLE
+                | super::errors::META_REFUSED_UNREADABLE
                 | super::deadline::OUTCOME_UNKNOWN
         ),
     }

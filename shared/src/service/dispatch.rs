@@ -38,9 +38,6 @@ pub enum ErrorClass {
     TenantStop,
 }
 
-/// A refusal (an HTTP 4xx) that came without Meta's error body.
-pub const META_REFUSED_UNREADABLE: &str = "meta_refused_unreadable";
-
 pub fn classify(code: i64, http_status: u16) -> ErrorClass {
     use ErrorClass::*;
     match code {
@@ -792,7 +789,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 MetaSendError::Protocol(status) if (400..500).contains(status) => (
                     ErrorClass::Transient,
                     MessageError {
-                        code: META_REFUSED_UNREADABLE.into(),
+                        code: super::errors::META_REFUSED_UNREADABLE.into(),
                         title: format!("meta answered http {status} without a reason"),
                     },
                 ),

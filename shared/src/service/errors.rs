@@ -84,3 +84,8 @@ impl From<StoreError> for ServiceError {
         }
     }
 }
+
+/// A message's failure code for a refusal (an HTTP 4xx) that came without Meta's error
+/// body: retried, then failed refunded (`dispatch`); a later try may fix it
+/// (`broadcasts::retryable`).
+pub const META_REFUSED_UNREADABLE: &str = "meta_refused_unreadable";
