@@ -59,6 +59,29 @@ struct MetaErrorBody {
 /// The template fields a sync reads (Meta answers only `id`, `name`... without them).
 const TEMPLATE_FIELDS: &str = "id,name,language,category,status,components,quality_score";
 
+/// The most of a send's answer read (Meta's is a few hundred bytes).
+pub const MAX_SEND_ANSWER: usize = 64 * 1024;
+/// The most of a template page read (100 templates with their components).
+pub const MAX_TEMPLATE_PAGE: usize = 8 * 1024 * 1024;
+
+/// The answer's body, read up to `cap` bytes: a longer one is not Meta's answer
+/// (`Protocol`), and is not read into memory whole. A body that stops arriving is a
+/// timeout (the client's).
+async fn body_capped(mut res: reqwest::Response, cap: usize) -> Result<Vec<u8>, MetaSendError> {
+    let status = res.status().as_u16();
+    if res.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(MetaSendError::Protocol(status));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = res.chunk().await.map_err(|_| MetaSendError::Timeout)? {
+        if body.len() + chunk.len() > cap {
+            return Err(MetaSendError::Protocol(status));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// Meta's error answer, as a send error.
 fn api_error(status: u16, bytes: &[u8]) -> MetaSendError {
     match serde_json::from_slice::<ErrorEnvelope>(bytes) {
@@ -99,7 +122,7 @@ impl MetaClient for MetaGraphClient {
                 }
             })?;
         let status = res.status().as_u16();
-        let bytes = res.bytes().await.map_err(|_| MetaSendError::Timeout)?;
+        let bytes = body_capped(res, MAX_SEND_ANSWER).await?;
         if (200..300).contains(&status) {
             let ok: Accepted =
                 serde_json::from_slice(&bytes).map_err(|_| MetaSendError::Protocol(status))?;
@@ -143,12 +166,62 @@ impl MetaClient for MetaGraphClient {
                 }
             })?;
         let status = res.status().as_u16();
-        let bytes = res.bytes().await.map_err(|_| MetaSendError::Timeout)?;
+        let bytes = body_capped(res, MAX_TEMPLATE_PAGE).await?;
         if (200..300).contains(&status) {
             let body: serde_json::Value =
                 serde_json::from_slice(&bytes).map_err(|_| MetaSendError::Protocol(status))?;
             return parse_template_page(&body).ok_or(MetaSendError::Protocol(status));
         }
         Err(api_error(status, &bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback server answering every request with `status` and `body`.
+    async fn answering(status: u16, body: Vec<u8>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("its address");
+        let app = axum::Router::new().fallback(move || {
+            let body = body.clone();
+            async move {
+                (
+                    axum::http::StatusCode::from_u16(status).expect("a status"),
+                    body,
+                )
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn an_answer_longer_than_metas_is_not_read_whole_and_is_not_a_send() {
+        let token = Secret::new("EAAG");
+        let huge = vec![b'x'; MAX_SEND_ANSWER + 1];
+        for status in [200, 400] {
+            let base = answering(status, huge.clone()).await;
+            let meta =
+                MetaGraphClient::new(&base, "v23.0", Duration::from_secs(5)).expect("a client");
+            let got = meta
+                .send_message("123", &token, &serde_json::json!({}))
+                .await;
+            assert_eq!(got, Err(MetaSendError::Protocol(status)));
+        }
+        // Meta's own answer, well under the cap, reads as before.
+        let ok = br#"{"messaging_product":"whatsapp","messages":[{"id":"wamid.A"}]}"#.to_vec();
+        let base = answering(200, ok).await;
+        let meta = MetaGraphClient::new(&base, "v23.0", Duration::from_secs(5)).expect("a client");
+        let got = meta
+            .send_message("123", &token, &serde_json::json!({}))
+            .await
+            .expect("accepted");
+        assert_eq!(got.wamid, "wamid.A");
     }
 }

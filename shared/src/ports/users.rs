@@ -83,6 +83,10 @@ pub enum LoginCounter {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoginPolicy {
     pub free: i64,
+    /// Whether an attempt within the free failures is counted as it begins (so that a
+    /// burst of parallel attempts meets the count): per email, where a burst is guessing.
+    /// Not per address, where a burst is an office signing in at once.
+    pub count_at_gate: bool,
     pub base_delay_secs: i64,
     pub max_delay_secs: i64,
     pub hold_secs: i64,
@@ -93,6 +97,7 @@ impl LoginPolicy {
     /// Per (email, source address): five tries, then 1 s, 2 s, 4 s ... up to 15 minutes.
     pub const EMAIL_AT_ADDRESS: LoginPolicy = LoginPolicy {
         free: 5,
+        count_at_gate: true,
         base_delay_secs: 1,
         max_delay_secs: 15 * 60,
         hold_secs: 10,
@@ -101,6 +106,7 @@ impl LoginPolicy {
     /// Per source address (every email tried from it): twenty, then the same growth.
     pub const ADDRESS: LoginPolicy = LoginPolicy {
         free: 20,
+        count_at_gate: false,
         base_delay_secs: 1,
         max_delay_secs: 15 * 60,
         hold_secs: 10,
@@ -155,6 +161,10 @@ pub enum LoginTicket {
     /// other goes through. A failure counts and sets the next delay; any other end gives
     /// the hold back.
     Holding,
+    /// Within the free failures of a counter that does not count at the gate
+    /// (`LoginPolicy::count_at_gate`): nothing taken. A failure counts; any other end
+    /// has nothing to give back.
+    Free,
 }
 
 #[async_trait]

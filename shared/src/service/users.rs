@@ -350,27 +350,102 @@ pub async fn login(
     req: LoginRequest,
     addr: Option<std::net::IpAddr>,
 ) -> Result<LoggedIn, LoginError> {
-    let password = Secret::new(req.password);
     let now = deps.clock.now();
-    let now_secs = now.timestamp();
     let counters = counters(&req.email, addr);
-    // Each counter the attempt passed, with how it passed.
-    let mut passed: Vec<(&LoginCounter, LoginTicket)> = Vec::with_capacity(counters.len());
-    for c in &counters {
+    let taken = Taken::default();
+    let result = attempt(deps, req, now, &counters, &taken).await;
+    if let Err(LoginError::Service(e)) = &result {
+        // A store, KMS or Secrets Manager failure part-way is not the caller's failure:
+        // what the gates took and nothing settled yet is given back (best effort; a
+        // count that cannot be given back stays, erring toward slowing).
+        tracing::warn!(error = %e, "login stopped part-way; its counts given back");
+        for (c, ticket) in taken.drain() {
+            let policy = LoginPolicy::of(&c);
+            if let Err(e) = deps
+                .users
+                .login_released(&c, now.timestamp(), &policy, ticket)
+                .await
+            {
+                tracing::warn!(error = %e, "a login count could not be given back");
+            }
+        }
+    }
+    result
+}
+
+/// What the gates of one login attempt let it through with and nothing has settled yet
+/// (a failure counted, a release, a clear).
+#[derive(Default)]
+struct Taken(std::sync::Mutex<Vec<(LoginCounter, LoginTicket)>>);
+
+impl Taken {
+    fn push(&self, counter: &LoginCounter, ticket: LoginTicket) {
+        if let Ok(mut t) = self.0.lock() {
+            t.push((counter.clone(), ticket));
+        }
+    }
+    /// Takes one counter's ticket out: it is being settled.
+    fn settle(&self, counter: &LoginCounter) {
+        if let Ok(mut t) = self.0.lock() {
+            t.retain(|(c, _)| c != counter);
+        }
+    }
+    /// Takes every ticket out: they are being settled.
+    fn drain(&self) -> Vec<(LoginCounter, LoginTicket)> {
+        self.0
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default()
+    }
+}
+
+/// Counts the attempt's failure on every counter it still holds a ticket of.
+async fn count_failure(
+    deps: &Deps,
+    taken: &Taken,
+    now_secs: i64,
+    reason: &'static str,
+    err: LoginError,
+) -> Result<LoggedIn, LoginError> {
+    tracing::info!(outcome = "denied", reason, "login refused");
+    for (c, ticket) in taken.drain() {
+        deps.users
+            .login_failed(&c, now_secs, &LoginPolicy::of(&c), ticket)
+            .await?;
+    }
+    Err(err)
+}
+
+/// Gives back what the attempt still holds: it ended without failing.
+async fn give_back(deps: &Deps, taken: &Taken, now_secs: i64) -> Result<(), LoginError> {
+    for (c, ticket) in taken.drain() {
+        deps.users
+            .login_released(&c, now_secs, &LoginPolicy::of(&c), ticket)
+            .await?;
+    }
+    Ok(())
+}
+
+/// [`login`] past its setup: every ticket a gate gives is kept in `taken` until settled.
+async fn attempt(
+    deps: &Deps,
+    req: LoginRequest,
+    now: DateTime<Utc>,
+    counters: &[LoginCounter; 2],
+    taken: &Taken,
+) -> Result<LoggedIn, LoginError> {
+    let password = Secret::new(req.password);
+    let now_secs = now.timestamp();
+    for c in counters {
         match deps
             .users
             .begin_login(c, now_secs, &LoginPolicy::of(c))
             .await?
         {
-            LoginGate::Allowed(ticket) => passed.push((c, ticket)),
+            LoginGate::Allowed(ticket) => taken.push(c, ticket),
             LoginGate::Locked { until } => {
                 // Give back what the earlier counters took.
-                for (earlier, ticket) in &passed {
-                    let policy = LoginPolicy::of(earlier);
-                    deps.users
-                        .login_released(earlier, now_secs, &policy, *ticket)
-                        .await?;
-                }
+                give_back(deps, taken, now_secs).await?;
                 crate::metrics::limited("login");
                 tracing::info!(outcome = "denied", reason = "rate_limited", "login refused");
                 return Err(LoginError::RateLimited {
@@ -379,26 +454,8 @@ pub async fn login(
             }
         }
     }
-    let failed = |reason: &'static str, err: LoginError| {
-        let passed = &passed;
-        async move {
-            tracing::info!(outcome = "denied", reason, "login refused");
-            for (c, ticket) in passed {
-                deps.users
-                    .login_failed(c, now_secs, &LoginPolicy::of(c), *ticket)
-                    .await?;
-            }
-            Err::<LoggedIn, LoginError>(err)
-        }
-    };
-    let released = || async {
-        for (c, ticket) in &passed {
-            deps.users
-                .login_released(c, now_secs, &LoginPolicy::of(c), *ticket)
-                .await?;
-        }
-        Ok::<(), LoginError>(())
-    };
+    let failed =
+        |reason: &'static str, err: LoginError| count_failure(deps, taken, now_secs, reason, err);
     let email = normalise_email(&req.email);
     let user = match &email {
         Some(e) if password.expose().chars().count() <= MAX_PASSWORD => {
@@ -422,7 +479,7 @@ pub async fn login(
     if user.totp_confirmed {
         let Some(code) = req.totp_code.as_deref().map(str::trim) else {
             // The usual first step of a 2FA login: not a failure.
-            released().await?;
+            give_back(deps, taken, now_secs).await?;
             return Err(LoginError::TotpRequired);
         };
         // The user's own counter of wrong codes, whatever the address: the per-address
@@ -436,7 +493,7 @@ pub async fn login(
         {
             LoginGate::Allowed(ticket) => ticket,
             LoginGate::Locked { until } => {
-                released().await?;
+                give_back(deps, taken, now_secs).await?;
                 crate::metrics::limited("login");
                 tracing::info!(
                     outcome = "denied",
@@ -448,11 +505,13 @@ pub async fn login(
                 });
             }
         };
+        taken.push(&totp_counter, totp_ticket);
         let stored = user.totp_secret.as_deref().unwrap_or_default();
         let Some(seed) = seed_cipher::open(deps, tenant, id, stored).await? else {
             // Tampered, another user's, or its data key refused by KMS: refused like a
             // wrong code (not counted as the user's guess: no code was checked).
             tracing::warn!(user_id = %id, "the stored TOTP seed does not open");
+            taken.settle(&totp_counter);
             deps.users
                 .login_released(&totp_counter, now_secs, &totp_policy, totp_ticket)
                 .await?;
@@ -464,17 +523,16 @@ pub async fn login(
             None => false,
         };
         if !accepted {
-            deps.users
-                .login_failed(&totp_counter, now_secs, &totp_policy, totp_ticket)
-                .await?;
+            // Counted on the user's own counter too (`failed` counts every ticket held).
             return failed("totp", LoginError::TotpRequired).await;
         }
+        taken.settle(&totp_counter);
         deps.users.clear_login_counter(&totp_counter).await?;
         reseal_if_legacy(deps, tenant, id, stored, &seed).await;
     }
     // Right from here: this email's counter at this address starts again; the
     // address's own counter keeps its failures (other emails tried from it).
-    released().await?;
+    give_back(deps, taken, now_secs).await?;
     deps.users.clear_login_counter(&counters[1]).await?;
     let token = Secret::generate(SESSION_PREFIX);
     let ttl = deps

@@ -894,8 +894,13 @@ async fn user_wrote(deps: &kirim::service::Deps, tenant: &kirim::ports::Tenant) 
         .unwrap();
 }
 
-/// The tenant store, whose status changes fail (storage unavailable).
-struct StatusChangesFail(std::sync::Arc<dyn kirim::ports::TenantStore>);
+/// The tenant store, whose status changes fail (storage unavailable), and whose reads of
+/// a tenant fail too when `reads` is set.
+pub(crate) struct StatusChangesFail(pub std::sync::Arc<dyn kirim::ports::TenantStore>, pub bool);
+
+fn storage_down() -> kirim::store_error::StoreError {
+    kirim::store_error::StoreError::Unavailable("storage is down".into())
+}
 
 #[async_trait::async_trait]
 impl kirim::ports::TenantStore for StatusChangesFail {
@@ -911,6 +916,9 @@ impl kirim::ports::TenantStore for StatusChangesFail {
         &self,
         id: &kirim::domain::TenantId,
     ) -> Result<Option<kirim::ports::Tenant>, kirim::store_error::StoreError> {
+        if self.1 {
+            return Err(storage_down());
+        }
         self.0.get_tenant(id).await
     }
     async fn tenant_by_phone_number_id(
@@ -952,9 +960,7 @@ impl kirim::ports::TenantStore for StatusChangesFail {
         _reason: Option<&str>,
         _at: chrono::DateTime<chrono::Utc>,
     ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
-        Err(kirim::store_error::StoreError::Unavailable(
-            "storage is down".into(),
-        ))
+        Err(storage_down())
     }
 }
 
@@ -970,7 +976,7 @@ async fn an_account_restriction_that_cannot_be_written_is_not_acknowledged() {
         "waba_id": "7011", "phone_number_id": "7011001", "meta_access_token": "EAAG"}))
     .unwrap();
     accounts::create_tenant(&deps, req).await.unwrap();
-    deps.tenants = std::sync::Arc::new(StatusChangesFail(deps.tenants.clone()));
+    deps.tenants = std::sync::Arc::new(StatusChangesFail(deps.tenants.clone(), false));
     let body = json!({"object": "whatsapp_business_account",
         "entry": [{"id": "7011", "time": 1700000000, "changes": [{"field": "account_update",
         "value": {"event": "ACCOUNT_RESTRICTION", "restriction_info": [

@@ -290,8 +290,8 @@ async fn parallel_attempts_within_the_free_failures_are_counted_as_they_begin(p:
 }
 
 async fn a_counted_attempt_that_fails_is_counted_once(p: Ports) {
-    let c = LoginCounter::Address("198.51.100.10".into());
-    let policy = LoginPolicy::ADDRESS;
+    let c = at(&email(), "198.51.100.10");
+    let policy = LoginPolicy::EMAIL_AT_ADDRESS;
     let now = p.clock.now().timestamp();
     for n in 1..=3 {
         assert_eq!(
@@ -319,6 +319,79 @@ async fn a_counted_attempt_that_fails_is_counted_once(p: Ports) {
             .await
             .unwrap(),
         1
+    );
+}
+
+async fn an_addresss_counter_lets_a_burst_of_sign_ins_through_within_its_free_failures(p: Ports) {
+    // An office behind one address signing in at once: in flight is not failed.
+    let c = LoginCounter::Address("198.51.100.11".into());
+    let policy = LoginPolicy::ADDRESS;
+    let now = p.clock.now().timestamp();
+    let tasks: Vec<_> = (0..30)
+        .map(|_| {
+            let users: Arc<dyn kirim::ports::UserStore> = p.users.clone();
+            let c = c.clone();
+            tokio::spawn(async move { users.begin_login(&c, now, &policy).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            LoginGate::Allowed(LoginTicket::Free)
+        );
+    }
+}
+
+async fn a_counters_window_runs_from_its_last_failure_not_its_last_attempt(p: Ports) {
+    let c = at(&email(), "198.51.100.12");
+    let policy = LoginPolicy::EMAIL_AT_ADDRESS;
+    let t0 = p.clock.now().timestamp();
+    fail(&p, &c, t0, 4).await;
+    // Attempts that succeed all day long (each counted, then given back)...
+    for hour in 1..24 {
+        let t = t0 + hour * 3600;
+        let LoginGate::Allowed(ticket) = p.users.begin_login(&c, t, &policy).await.unwrap() else {
+            panic!("refused at hour {hour}")
+        };
+        p.users
+            .login_released(&c, t, &policy, ticket)
+            .await
+            .unwrap();
+    }
+    // ...do not keep the four failures alive: a day after the last one, they are gone.
+    let later = t0 + policy.window_secs + 1;
+    let LoginGate::Allowed(ticket) = p.users.begin_login(&c, later, &policy).await.unwrap() else {
+        panic!("refused")
+    };
+    assert_eq!(
+        p.users
+            .login_failed(&c, later, &policy, ticket)
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+async fn a_counted_failure_never_cuts_short_another_attempts_hold(p: Ports) {
+    let c = at(&email(), "198.51.100.13");
+    let policy = LoginPolicy::EMAIL_AT_ADDRESS;
+    let now = p.clock.now().timestamp();
+    fail(&p, &c, now - 100, 4).await;
+    // A is counted (the fifth), B takes the hold past the free ones, then A fails.
+    let a = p.users.begin_login(&c, now, &policy).await.unwrap();
+    assert_eq!(a, LoginGate::Allowed(LoginTicket::Counted));
+    let b = p.users.begin_login(&c, now, &policy).await.unwrap();
+    assert_eq!(b, LoginGate::Allowed(LoginTicket::Holding));
+    p.users
+        .login_failed(&c, now, &policy, LoginTicket::Counted)
+        .await
+        .unwrap();
+    // B is still in flight: nothing else goes through until its hold ends.
+    assert_eq!(
+        p.users.begin_login(&c, now + 1, &policy).await.unwrap(),
+        LoginGate::Locked {
+            until: now + policy.hold_secs
+        }
     );
 }
 
@@ -446,6 +519,9 @@ contract!(
     past_the_free_failures_concurrent_attempts_get_one_through_at_a_time,
     parallel_attempts_within_the_free_failures_are_counted_as_they_begin,
     a_counted_attempt_that_fails_is_counted_once,
+    an_addresss_counter_lets_a_burst_of_sign_ins_through_within_its_free_failures,
+    a_counters_window_runs_from_its_last_failure_not_its_last_attempt,
+    a_counted_failure_never_cuts_short_another_attempts_hold,
     clearing_an_emails_counters_clears_every_address_and_nothing_else,
     a_totp_step_is_accepted_once_and_confirmation_needs_the_pending_secret,
     the_two_factor_requirement_is_per_tenant_and_off_by_default,

@@ -304,7 +304,11 @@ async fn wrong_totp_codes_from_many_addresses_slow_that_user_and_an_unlock_clear
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
     let (email, id, seed) = two_factor_user(&app, &t.key).await;
-    let deps = &app.app.deps;
+    // One second for every attempt: each failure's delay is from its attempt's start, and
+    // an attempt (argon2) may take a second on a loaded machine.
+    let mut frozen = app.app.deps.clone();
+    frozen.clock = kirim_tests::ManualClock::new();
+    let deps = &frozen;
     let valid: Vec<String> = [0, 30, 60]
         .iter()
         .map(|d| totp(&seed).generate(now_secs() + d - 30))

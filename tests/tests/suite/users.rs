@@ -421,6 +421,45 @@ async fn a_session_stops_authenticating_when_its_twelve_hours_pass() {
         .is_err());
 }
 
+/// A login that storage stops part-way (here: reading the user's tenant) is not the
+/// caller's failure: what its gates counted is given back, so it costs nothing.
+#[tokio::test]
+async fn a_login_stopped_part_way_by_storage_gives_back_what_its_gates_counted() {
+    use kirim::service::users::{self, LoginError};
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let tenant = open_tenant(&deps).await;
+    let email = unique_email();
+    let req: users::NewUser =
+        serde_json::from_value(json!({"email": email, "role": "operator", "password": PASSWORD}))
+            .unwrap();
+    users::create(&deps, &tenant, req).await.unwrap();
+    let login = |deps: &kirim::service::Deps, password: &str| {
+        let req: users::LoginRequest =
+            serde_json::from_value(json!({"email": email, "password": password})).unwrap();
+        let deps = deps.clone();
+        async move { users::login(&deps, req, "198.51.100.20".parse().ok()).await }
+    };
+    let mut broken = deps.clone();
+    broken.tenants =
+        std::sync::Arc::new(super::access::StatusChangesFail(deps.tenants.clone(), true));
+    for _ in 0..8 {
+        assert!(matches!(
+            login(&broken, PASSWORD).await,
+            Err(LoginError::Service(_))
+        ));
+    }
+    // Nothing was counted: five wrong passwords are still free, the right one works.
+    for _ in 0..5 {
+        assert!(matches!(
+            login(&deps, "not the password").await,
+            Err(LoginError::InvalidCredentials)
+        ));
+    }
+    clock.advance(chrono::Duration::seconds(1));
+    assert!(login(&deps, PASSWORD).await.is_ok());
+}
+
 /// A tenant onboarded in `deps` (its users may log in only while it is open).
 async fn open_tenant(deps: &kirim::service::Deps) -> kirim::domain::TenantId {
     let phone_number_id = (100_000_000 + ulid::Ulid::new().random() % 900_000_000).to_string();

@@ -202,10 +202,17 @@ impl UserStore for DynamoStore {
         ];
         // Within the free failures (or no counter yet): counted as it begins, so that
         // parallel attempts meet the count at once.
+        // (Its window still runs from the last failure: the TTL is set only when new.)
         let count = (
-            "ADD failures :one SET #ttl = :ttl",
+            "ADD failures :one SET #ttl = if_not_exists(#ttl, :ttl)",
             "attribute_not_exists(failures) OR (failures < :free AND #ttl > :now)",
             LoginTicket::Counted,
+        );
+        // A counter that does not count at the gate: let it through, taking nothing.
+        let free = (
+            "SET #ttl = if_not_exists(#ttl, :ttl)",
+            "attribute_not_exists(failures) OR failures < :free OR #ttl <= :now",
+            LoginTicket::Free,
         );
         // Past them, once the delay has passed: one attempt, holding the counter.
         let held = (
@@ -222,7 +229,12 @@ impl UserStore for DynamoStore {
         );
         // Each refusal can be a race with another attempt that moved the counter on;
         // the second round settles it.
-        for (expr, cond, ticket) in [count, held, restart, count, held] {
+        let steps = if policy.count_at_gate {
+            vec![count, held, restart, count, held]
+        } else {
+            vec![free, held, free]
+        };
+        for (expr, cond, ticket) in steps {
             if self
                 .update_counter(counter, expr, cond, &values)
                 .await?
@@ -260,7 +272,9 @@ impl UserStore for DynamoStore {
             "attribute_not_exists(failures) OR #ttl <= :now",
         );
         let more = match ticket {
-            LoginTicket::Holding => ("ADD failures :one SET #ttl = :ttl", "#ttl > :now"),
+            LoginTicket::Holding | LoginTicket::Free => {
+                ("ADD failures :one SET #ttl = :ttl", "#ttl > :now")
+            }
             LoginTicket::Counted => (
                 "SET #ttl = :ttl",
                 "attribute_exists(failures) AND #ttl > :now",
@@ -278,12 +292,18 @@ impl UserStore for DynamoStore {
             .max(1);
         let delay = policy.delay_after(failures);
         if failures > 1 && delay > 0 {
-            // Later than what is set, or replacing this attempt's own hold.
+            // Later than what is set, or (a holding attempt) replacing its own hold;
+            // never another attempt's hold.
+            let condition = if ticket == LoginTicket::Holding {
+                "attribute_not_exists(blocked_until) OR blocked_until < :until \
+                 OR blocked_until = :hold"
+            } else {
+                "attribute_not_exists(blocked_until) OR blocked_until < :until"
+            };
             self.update_counter(
                 counter,
                 "SET blocked_until = :until",
-                "attribute_not_exists(blocked_until) OR blocked_until < :until \
-                 OR blocked_until = :hold",
+                condition,
                 &[
                     (":until", n(now + delay)),
                     (":hold", n(now + policy.hold_secs)),
@@ -301,13 +321,16 @@ impl UserStore for DynamoStore {
         policy: &LoginPolicy,
         ticket: LoginTicket,
     ) -> Result<(), StoreError> {
+        if ticket == LoginTicket::Free {
+            return Ok(());
+        }
         let (expr, cond, values) = match ticket {
             LoginTicket::Counted => (
                 "ADD failures :less",
                 "failures > :zero AND #ttl > :now",
                 vec![(":less", n(-1)), (":zero", n(0)), (":now", n(now))],
             ),
-            LoginTicket::Holding => (
+            LoginTicket::Holding | LoginTicket::Free => (
                 "SET blocked_until = :now",
                 "blocked_until = :hold",
                 vec![(":now", n(now)), (":hold", n(now + policy.hold_secs))],

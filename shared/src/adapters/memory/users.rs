@@ -120,12 +120,29 @@ impl UserStore for MemoryStore {
         policy: &LoginPolicy,
     ) -> Result<LoginGate, StoreError> {
         let mut s = self.lock()?;
+        let live = s
+            .users
+            .login
+            .get(counter)
+            .is_some_and(|c| c.failures.is_some() && c.expires > now);
+        if !live && !policy.count_at_gate {
+            // Nothing to count against: let through. (DynamoDB's conditional update leaves
+            // an item with only its TTL when there was none: so does this.)
+            s.users.login.entry(counter.clone()).or_insert(Counter {
+                expires: now + policy.window_secs,
+                ..Counter::default()
+            });
+            return Ok(LoginGate::Allowed(LoginTicket::Free));
+        }
         let c = s.users.login.entry(counter.clone()).or_default();
         match c.failures {
-            // Within the free failures: counted as it begins.
+            // Within the free failures: counted as it begins, where the counter counts
+            // at the gate (its window still runs from its last failure).
             Some(f) if c.expires > now && f < policy.free => {
+                if !policy.count_at_gate {
+                    return Ok(LoginGate::Allowed(LoginTicket::Free));
+                }
                 c.failures = Some(f + 1);
-                c.expires = now + policy.window_secs;
                 Ok(LoginGate::Allowed(LoginTicket::Counted))
             }
             // Past them: one at a time, once the delay has passed.
@@ -163,7 +180,7 @@ impl UserStore for MemoryStore {
         let c = s.users.login.entry(counter.clone()).or_default();
         let failures = match (c.failures, ticket) {
             (Some(f), LoginTicket::Counted) if c.expires > now => f.max(1),
-            (Some(f), LoginTicket::Holding) if c.expires > now => f + 1,
+            (Some(f), LoginTicket::Holding | LoginTicket::Free) if c.expires > now => f + 1,
             _ => {
                 c.blocked_until = Some(now + policy.delay_after(1));
                 1
@@ -174,8 +191,11 @@ impl UserStore for MemoryStore {
         let delay = policy.delay_after(failures);
         if failures > 1 && delay > 0 {
             let until = now + delay;
-            let hold = now + policy.hold_secs;
-            if c.blocked_until.is_none_or(|b| b < until || b == hold) {
+            // Only a holding attempt replaces its own hold; another attempt's stands.
+            let own_hold = (ticket == LoginTicket::Holding).then_some(now + policy.hold_secs);
+            if c.blocked_until
+                .is_none_or(|b| b < until || Some(b) == own_hold)
+            {
                 c.blocked_until = Some(until);
             }
         }
@@ -202,6 +222,7 @@ impl UserStore for MemoryStore {
                         c.blocked_until = Some(now);
                     }
                 }
+                LoginTicket::Free => {}
             }
         }
         Ok(())
