@@ -135,6 +135,17 @@ impl SecretStore for SecretsManagerStore {
         {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => Ok(()),
+            // Already scheduled for deletion (a close-out that stopped part-way and runs
+            // again): AWS answers InvalidRequest; the deletion stands, so done.
+            Err(SdkError::ServiceError(e))
+                if e.err().is_invalid_request_exception()
+                    && e.err()
+                        .meta()
+                        .message()
+                        .is_some_and(|m| m.contains("delet")) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(classify("secretsmanager delete", e)),
         }
     }
