@@ -164,6 +164,15 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
         }
         Err(e) => return retry(&e.to_string()),
     };
+    if let Some(left) = breaker::open_for(&job.tenant_id) {
+        // The receiver failed its last tries: this one is not made (no connection, no
+        // wait), and counts as a failed try, so a receiver that stays down costs the
+        // others' callbacks nothing.
+        return retry(&format!(
+            "receiver failing; not tried for another {}s",
+            left.as_secs().max(1)
+        ));
+    }
     let body = body_of(job);
     let Some(sig) = signature(&secret, body.as_bytes()) else {
         return Outcome::Done;
@@ -182,6 +191,7 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
     .await
     {
         Delivery::Delivered => {
+            breaker::succeeded(&job.tenant_id);
             tracing::info!(
                 status = job.status.as_str(),
                 attempt,
@@ -193,7 +203,51 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
             tracing::warn!(reason = %e, "status callback target refused");
             Outcome::Done
         }
-        Delivery::Retry(why) => retry(&why),
+        Delivery::Retry(why) => {
+            breaker::failed(&job.tenant_id);
+            retry(&why)
+        }
+    }
+}
+
+/// A circuit breaker per tenant, in the warm process: after [`breaker::TRIPS`] tries
+/// in a row that a tenant's receiver did not answer with 2xx (a timeout, a refused
+/// connection, a 5xx), its callbacks are not tried for [`breaker::COOL_DOWN`]; then one
+/// try decides again. A receiver that hangs each try for the whole timeout would
+/// otherwise hold every batch it is in (other tenants' callbacks with it) that long.
+mod breaker {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    use std::time::{Duration, Instant};
+
+    use crate::domain::TenantId;
+
+    pub const TRIPS: u32 = 3;
+    pub const COOL_DOWN: Duration = Duration::from_secs(60);
+
+    /// Tenant → failed tries in a row and when the last one failed.
+    static STATE: LazyLock<Mutex<HashMap<TenantId, (u32, Instant)>>> =
+        LazyLock::new(Default::default);
+
+    /// How much longer the tenant's receiver is not tried, if its breaker is open.
+    pub fn open_for(tenant: &TenantId) -> Option<Duration> {
+        let state = STATE.lock().ok()?;
+        let (fails, last) = state.get(tenant)?;
+        let left = COOL_DOWN.checked_sub(last.elapsed())?;
+        (*fails >= TRIPS && !left.is_zero()).then_some(left)
+    }
+
+    pub fn failed(tenant: &TenantId) {
+        if let Ok(mut state) = STATE.lock() {
+            let entry = state.entry(tenant.clone()).or_insert((0, Instant::now()));
+            *entry = (entry.0.saturating_add(1), Instant::now());
+        }
+    }
+
+    pub fn succeeded(tenant: &TenantId) {
+        if let Ok(mut state) = STATE.lock() {
+            state.remove(tenant);
+        }
     }
 }
 

@@ -429,6 +429,63 @@ async fn a_deadline_failure_and_a_cancelled_scheduled_message_reach_the_callback
     }
 }
 
+/// A receiver that accepts connections and never answers holds each try for the whole
+/// timeout. After three such tries in a row its tenant's callbacks are not tried for a
+/// while (no connection, no wait), so they stop holding the batches other tenants'
+/// callbacks share with them.
+#[tokio::test]
+async fn a_receiver_that_keeps_hanging_is_not_tried_for_a_while() {
+    use kirim::domain::{MessageId, MessageStatus};
+    use kirim::service::callbacks;
+    use kirim::service::jobs::{CallbackJob, QueueJob};
+    let app = spawn_app(kirim::config::Backend::Memory).await;
+    let t = app.onboard(1).await;
+    // Accepts, counts, and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let seen = connections.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let (status, body) =
+        set_callback(&app, &t.key, json!({"url": url, "secret": CALLBACK_SECRET})).await;
+    assert_eq!(status, 200, "{body}");
+    let mut deps = app.app.deps.clone();
+    let mut settings = (*deps.settings).clone();
+    settings.callback_timeout = Duration::from_millis(300);
+    deps.settings = Arc::new(settings);
+    let job = || {
+        QueueJob::StatusCallback(CallbackJob {
+            tenant_id: kirim::domain::TenantId::from_trusted(t.tenant_id.clone()),
+            message_id: MessageId::generate(),
+            status: MessageStatus::Sent,
+            at: chrono::Utc::now(),
+            sequence: 1,
+            error: None,
+            client_reference: None,
+        })
+        .to_body()
+        .unwrap()
+    };
+    for _ in 0..6 {
+        let outcome = callbacks::handle_batch(&deps, &[(job(), 1)]).await;
+        assert!(
+            matches!(outcome[..], [Outcome::RetryAfter(_)]),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        3,
+        "three hanging tries, then none"
+    );
+}
+
 on_both_backends!(
     every_status_change_reaches_the_callback_signed_even_after_the_receiver_was_down,
     a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_read,
