@@ -471,6 +471,20 @@ impl<S: PhoneNumberStore + 'static> PhoneNumberStore for ReadCache<S> {
         r
     }
 
+    async fn learn_display_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        display: &str,
+    ) -> Result<bool, StoreError> {
+        let r = self
+            .inner
+            .learn_display_number(tenant, phone_number_id, display)
+            .await;
+        self.forget_number(tenant, phone_number_id);
+        r
+    }
+
     async fn set_number_quality(
         &self,
         tenant: &TenantId,

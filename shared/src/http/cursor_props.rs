@@ -81,6 +81,7 @@ impl World {
                 phone_number_id: format!("200{n}"),
                 meta_access_token: "token".into(),
                 credits: Some(1_000),
+                display_phone_number: None,
             },
         )
         .await

@@ -86,6 +86,14 @@ pub trait PhoneNumberStore: Send + Sync {
         tenant: &TenantId,
         number: &PhoneNumberRecord,
     ) -> Result<(), StoreError>;
+    /// Records the number's display number (as Meta shows it), only if the number item
+    /// exists and has none; `false` otherwise.
+    async fn learn_display_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        display: &str,
+    ) -> Result<bool, StoreError>;
     /// Sets the number's quality and (when given) throughput, only if the number item
     /// exists; `None` if it does not.
     async fn set_number_quality(

@@ -23,6 +23,9 @@ pub struct NewTenant {
     pub meta_access_token: String,
     #[serde(default, deserialize_with = "crate::domain::fields::non_null_integer")]
     pub credits: Option<i64>,
+    /// The number as Meta shows it: how Meta's `phone_number_quality_update` names it.
+    #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
+    pub display_phone_number: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +70,22 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// A phone number as Meta shows it (`display_phone_number`): digits, spaces, `+ - ( )`.
+pub(crate) fn check_display(v: &str) -> Result<(), ServiceError> {
+    let ok = !v.is_empty()
+        && v.len() <= 32
+        && v.bytes()
+            .all(|b| b.is_ascii_digit() || b" +-()".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::InvalidRequest(
+            "display_phone_number must be a phone number as Meta shows it (digits, spaces, + - ( ))"
+                .into(),
+        ))
+    }
+}
+
 pub(crate) fn check_numeric_id(field: &str, v: &str) -> Result<(), ServiceError> {
     if v.is_empty() || v.len() > 32 || !v.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ServiceError::InvalidRequest(format!(
@@ -83,6 +102,9 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
     check_numeric_id("waba_id", &req.waba_id)?;
     check_numeric_id("phone_number_id", &req.phone_number_id)?;
     check_text("meta_access_token", &req.meta_access_token, 4096)?;
+    if let Some(d) = &req.display_phone_number {
+        check_display(d)?;
+    }
     let credits = req.credits.unwrap_or(0);
     if !(0..=MAX_CREDITS_AT_ONCE).contains(&credits) {
         return Err(ServiceError::InvalidRequest(format!(
@@ -143,6 +165,17 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
         return Err(e.into());
     }
     tracing::info!(tenant_id = %id, "tenant onboarded");
+    if let Some(display) = &req.display_phone_number {
+        // On the number item the onboarding wrote; without it, Meta's quality webhooks
+        // (which name a number only as it is shown) cannot find the number.
+        if let Err(e) = deps
+            .numbers
+            .learn_display_number(&id, &tenant.phone_number_id, display)
+            .await
+        {
+            tracing::warn!(tenant_id = %id, error = %e, "display number not recorded at onboarding");
+        }
+    }
     // Its template catalogue, read from Meta now so that it can send at once. Meta being
     // down does not undo the onboarding: the daily sync, or the tenant's admin with
     // `POST /v1/templates/sync`, reads it later.

@@ -115,21 +115,6 @@ async fn open_tenant(deps: &Deps, id: &TenantId) -> Result<Tenant, ServiceError>
     Ok(tenant)
 }
 
-fn check_display(v: &str) -> Result<(), ServiceError> {
-    let ok = !v.is_empty()
-        && v.len() <= 32
-        && v.bytes()
-            .all(|b| b.is_ascii_digit() || b" +-()".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(ServiceError::InvalidRequest(
-            "display_phone_number must be a phone number as Meta shows it (digits, spaces, + - ( ))"
-                .into(),
-        ))
-    }
-}
-
 /// The operator adds a number to a tenant. A number already on any tenant: `Conflict`.
 /// A number on a WABA the tenant had no number on has that WABA's catalogue synced (a
 /// failed sync is logged; `POST /v1/templates/sync` tries again).
@@ -141,7 +126,7 @@ pub async fn add(
     check_numeric_id("phone_number_id", &req.phone_number_id)?;
     check_numeric_id("waba_id", &req.waba_id)?;
     if let Some(d) = &req.display_phone_number {
-        check_display(d)?;
+        super::accounts::check_display(d)?;
     }
     let tenant = open_tenant(deps, tenant_id).await?;
     let known_wabas = wabas(deps, &tenant).await?;

@@ -491,6 +491,54 @@ async fn a_quality_webhook_updates_that_numbers_quality_and_throughput(b: Backen
     assert_eq!(body["summary"]["ignored"], 1, "{body}");
 }
 
+/// Meta's `phone_number_quality_update` names a number only as it is shown: a tenant
+/// onboarded with its number's display has that number found by it.
+async fn an_onboarded_numbers_display_lets_metas_quality_webhook_find_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let pnid = fresh_number();
+    let waba = "7001001";
+    let onboard = |display: Value| {
+        let app = &app;
+        let pnid = pnid.clone();
+        async move {
+            call(
+                app,
+                reqwest::Method::POST,
+                OPERATOR_TOKEN,
+                "/v1/platform/tenants",
+                Some(
+                    json!({"name": "Kedai Shown", "waba_id": waba, "phone_number_id": pnid,
+                    "meta_access_token": "EAAG", "display_phone_number": display}),
+                ),
+            )
+            .await
+        }
+    };
+    let (s, body) = onboard(json!("call me")).await;
+    assert_eq!(
+        (s, &body["error"]["code"]),
+        (400, &json!("invalid_request"))
+    );
+    let (s, body) = onboard(json!("+60 3-7000 1234")).await;
+    assert_eq!(s, 201, "{body}");
+    let key = body["admin_api_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let shown = numbers(&app, &key).await;
+    assert_eq!(shown[0]["display_phone_number"], "+60 3-7000 1234");
+    let note = json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": 1_764_460_000,
+        "changes": [{"field": "phone_number_quality_update", "value":
+            {"display_phone_number": "60370001234", "event": "THROUGHPUT_UPGRADE", "quality_rating": "GREEN"}}]}]});
+    assert_eq!(app.post_webhook(&note).await.status(), 200);
+    let n = numbers(&app, &key).await;
+    assert_eq!(
+        (n[0]["quality"].clone(), n[0]["throughput_per_sec"].clone()),
+        (json!("green"), json!(1000)),
+        "{n:?}"
+    );
+}
+
 async fn pricing_is_kept_on_a_read_message_and_counted_once_in_usage(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(10).await;
@@ -693,6 +741,7 @@ on_both_backends!(
     the_default_number_is_never_removed_and_removals_are_audited,
     an_admin_switches_the_default_number_and_sends_without_from_go_from_it,
     a_quality_webhook_updates_that_numbers_quality_and_throughput,
+    an_onboarded_numbers_display_lets_metas_quality_webhook_find_it,
     pricing_is_kept_on_a_read_message_and_counted_once_in_usage,
     a_replayed_delivered_with_its_pricing_leaves_the_message_counted_once,
     usage_refuses_bad_dates_and_ranges,

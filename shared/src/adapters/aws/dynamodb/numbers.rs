@@ -232,6 +232,36 @@ impl PhoneNumberStore for DynamoStore {
         }
     }
 
+    async fn learn_display_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        display: &str,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::phone_number(tenant, phone_number_id).attrs()))
+            .update_expression("SET display_phone_number = :d")
+            // A number written without one may carry it as NULL.
+            .condition_expression(
+                "attribute_exists(pk) AND (attribute_not_exists(display_phone_number) \
+                 OR attribute_type(display_phone_number, :null))",
+            )
+            .expression_attribute_values(":d", s(display.to_owned()))
+            .expression_attribute_values(":null", s("NULL".to_owned()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
     async fn set_number_quality(
         &self,
         tenant: &TenantId,

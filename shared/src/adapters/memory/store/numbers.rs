@@ -141,6 +141,20 @@ impl PhoneNumberStore for MemoryStore {
         Ok(())
     }
 
+    async fn learn_display_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        display: &str,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        Ok(s.numbers
+            .get_mut(&key(tenant, phone_number_id))
+            .filter(|n| n.display_phone_number.is_none())
+            .map(|n| n.display_phone_number = Some(display.to_owned()))
+            .is_some())
+    }
+
     async fn set_number_quality(
         &self,
         tenant: &TenantId,
