@@ -463,11 +463,15 @@ impl MetaClient for FailsAfterOnePage {
     }
 }
 
-async fn a_sync_failing_half_way_keeps_the_previous_catalogue_and_says_what_it_synced(b: Backend) {
-    let app = spawn_app(b).await;
-    let t = app.onboard(5).await;
+/// Syncs `t`'s catalogue from `meta`, which must fail: the error as the API answers it,
+/// and the deps used (to look at the catalogue after).
+async fn failed_sync(
+    app: &TestApp,
+    t: &kirim_tests::Onboarded,
+    meta: Arc<dyn MetaClient>,
+) -> (kirim::http::error::ApiError, kirim::service::Deps) {
     let mut deps = app.app.deps.clone();
-    deps.meta = Arc::new(FailsAfterOnePage);
+    deps.meta = meta;
     let tenant = deps
         .tenants
         .get_tenant(&kirim::domain::TenantId::parse(&t.tenant_id).unwrap())
@@ -476,17 +480,13 @@ async fn a_sync_failing_half_way_keeps_the_previous_catalogue_and_says_what_it_s
         .unwrap();
     let err = templates::sync(&deps, &tenant)
         .await
-        .expect_err("meta failed on page 2");
-    let api = kirim::http::error::ApiError::from(err);
-    assert_eq!((api.status.as_u16(), api.code), (502, "meta_unavailable"));
-    assert!(
-        api.message.contains("131000") && api.message.contains("1 templates were synced"),
-        "{}",
-        api.message
-    );
-    // The page read was applied; nothing was removed: every send still decided as before.
-    let all = deps
-        .templates
+        .expect_err("the sync fails");
+    (kirim::http::error::ApiError::from(err), deps)
+}
+
+/// How many templates the catalogue of the sandbox's WABA has.
+async fn catalogue_size(deps: &kirim::service::Deps) -> usize {
+    deps.templates
         .list_templates(
             WABA,
             &TemplateQuery {
@@ -495,8 +495,23 @@ async fn a_sync_failing_half_way_keeps_the_previous_catalogue_and_says_what_it_s
             },
         )
         .await
-        .unwrap();
-    assert_eq!(all.templates.len(), 5);
+        .unwrap()
+        .templates
+        .len()
+}
+
+async fn a_sync_failing_half_way_keeps_the_previous_catalogue_and_says_what_it_synced(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (api, deps) = failed_sync(&app, &t, Arc::new(FailsAfterOnePage)).await;
+    assert_eq!((api.status.as_u16(), api.code), (502, "meta_unavailable"));
+    assert!(
+        api.message.contains("131000") && api.message.contains("1 templates were synced"),
+        "{}",
+        api.message
+    );
+    // The page read was applied; nothing was removed: every send still decided as before.
+    assert_eq!(catalogue_size(&deps).await, 5);
     let order = deps
         .templates
         .get_template(WABA, "order_update", "en_US")
@@ -558,32 +573,11 @@ impl MetaClient for SamePageForever {
 async fn a_template_list_that_repeats_its_page_removes_nothing(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
-    let mut deps = app.app.deps.clone();
-    deps.meta = Arc::new(SamePageForever);
-    let tenant = deps
-        .tenants
-        .get_tenant(&kirim::domain::TenantId::parse(&t.tenant_id).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    let err = templates::sync(&deps, &tenant)
-        .await
-        .expect_err("an endless list is no complete one");
-    let api = kirim::http::error::ApiError::from(err);
+    // An endless list is no complete one.
+    let (api, deps) = failed_sync(&app, &t, Arc::new(SamePageForever)).await;
     assert_eq!((api.status.as_u16(), api.code), (502, "meta_unavailable"));
     // The rest of the catalogue (on pages never read) is all still there.
-    let all = deps
-        .templates
-        .list_templates(
-            WABA,
-            &TemplateQuery {
-                limit: 100,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(all.templates.len(), 5);
+    assert_eq!(catalogue_size(&deps).await, 5);
 }
 
 async fn a_redelivered_older_template_webhook_never_undoes_a_newer_one(b: Backend) {

@@ -386,12 +386,7 @@ async fn a_session_stops_authenticating_when_its_twelve_hours_pass() {
     use kirim::service::{auth, users};
     let clock = kirim_tests::ManualClock::new();
     let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
-    let tenant = open_tenant(&deps).await;
-    let email = unique_email();
-    let req: users::NewUser =
-        serde_json::from_value(json!({"email": email, "role": "operator", "password": PASSWORD}))
-            .unwrap();
-    let view = users::create(&deps, &tenant, req).await.unwrap();
+    let (tenant, email, view) = operator_in_open_tenant(&deps).await;
     let req: users::LoginRequest =
         serde_json::from_value(json!({"email": email, "password": PASSWORD})).unwrap();
     let session = users::login(&deps, req, None).await.unwrap();
@@ -428,12 +423,7 @@ async fn a_login_stopped_part_way_by_storage_gives_back_what_its_gates_counted()
     use kirim::service::users::{self, LoginError};
     let clock = kirim_tests::ManualClock::new();
     let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
-    let tenant = open_tenant(&deps).await;
-    let email = unique_email();
-    let req: users::NewUser =
-        serde_json::from_value(json!({"email": email, "role": "operator", "password": PASSWORD}))
-            .unwrap();
-    users::create(&deps, &tenant, req).await.unwrap();
+    let (_, email, _) = operator_in_open_tenant(&deps).await;
     let login = |deps: &kirim::service::Deps, password: &str| {
         let req: users::LoginRequest =
             serde_json::from_value(json!({"email": email, "password": password})).unwrap();
@@ -474,14 +464,27 @@ async fn open_tenant(deps: &kirim::service::Deps) -> kirim::domain::TenantId {
         .id
 }
 
-async fn logged_in_operator(deps: &kirim::service::Deps) -> kirim::secret::Secret {
+/// An operator of a tenant onboarded in `deps`: (tenant, email, the user).
+async fn operator_in_open_tenant(
+    deps: &kirim::service::Deps,
+) -> (
+    kirim::domain::TenantId,
+    String,
+    kirim::service::users::UserView,
+) {
     use kirim::service::users;
     let tenant = open_tenant(deps).await;
     let email = unique_email();
     let req: users::NewUser =
         serde_json::from_value(json!({"email": email, "role": "operator", "password": PASSWORD}))
             .unwrap();
-    users::create(deps, &tenant, req).await.unwrap();
+    let view = users::create(deps, &tenant, req).await.unwrap();
+    (tenant, email, view)
+}
+
+async fn logged_in_operator(deps: &kirim::service::Deps) -> kirim::secret::Secret {
+    use kirim::service::users;
+    let (_, email, _) = operator_in_open_tenant(deps).await;
     let req: users::LoginRequest =
         serde_json::from_value(json!({"email": email, "password": PASSWORD})).unwrap();
     users::login(deps, req, None).await.unwrap().token
