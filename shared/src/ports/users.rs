@@ -84,8 +84,10 @@ pub enum LoginCounter {
 pub struct LoginPolicy {
     pub free: i64,
     /// Whether an attempt within the free failures is counted as it begins (so that a
-    /// burst of parallel attempts meets the count): per email, where a burst is guessing.
-    /// Not per address, where a burst is an office signing in at once.
+    /// burst of parallel attempts meets the count; a success gives it back). Every
+    /// counter of Kirim's does: per address too, or a burst over many emails from one
+    /// address would all be checked. A store keeps the other way (`LoginTicket::Free`)
+    /// for a counter that only counts failures.
     pub count_at_gate: bool,
     pub base_delay_secs: i64,
     pub max_delay_secs: i64,
@@ -106,7 +108,7 @@ impl LoginPolicy {
     /// Per source address (every email tried from it): twenty, then the same growth.
     pub const ADDRESS: LoginPolicy = LoginPolicy {
         free: 20,
-        count_at_gate: false,
+        count_at_gate: true,
         base_delay_secs: 1,
         max_delay_secs: 15 * 60,
         hold_secs: 10,
@@ -183,7 +185,8 @@ pub trait UserStore: Send + Sync {
 
     /// Lets a login attempt through `counter` if it allows one at `now`, atomically:
     /// while the failures counted (attempts in flight among them) are fewer than
-    /// `policy.free`, counting this one (`LoginTicket::Counted`); past them only when the
+    /// `policy.free`, counting this one (`LoginTicket::Counted`; with
+    /// `policy.count_at_gate` off, taking nothing: `LoginTicket::Free`); past them only when the
     /// last delay has passed and no other attempt holds the counter (this one then holds
     /// it for `policy.hold_secs`, `LoginTicket::Holding`). Otherwise `Locked` with the
     /// time the next may come.

@@ -164,7 +164,11 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
         }
         Err(e) => return retry(&e.to_string()),
     };
-    if let Some(left) = breaker::open_for(&job.tenant_id) {
+    // Open for this receiver (a new URL starts afresh), unless this is the job's last
+    // try: a job is never given up without one.
+    let at_receiver = breaker::Receiver::of(&job.tenant_id, &setting.url);
+    let last_try = attempt >= deps.settings.callback_max_attempts;
+    if let Some(left) = breaker::open_for(&at_receiver).filter(|_| !last_try) {
         // The receiver failed its last tries: this one is not made (no connection, no
         // wait), and counts as a failed try, so a receiver that stays down costs the
         // others' callbacks nothing.
@@ -191,7 +195,7 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
     .await
     {
         Delivery::Delivered => {
-            breaker::succeeded(&job.tenant_id);
+            breaker::succeeded(&at_receiver);
             tracing::info!(
                 status = job.status.as_str(),
                 attempt,
@@ -204,16 +208,16 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
             Outcome::Done
         }
         Delivery::Retry(why) => {
-            breaker::failed(&job.tenant_id);
+            breaker::failed(&at_receiver);
             retry(&why)
         }
     }
 }
 
-/// A circuit breaker per tenant, in the warm process: after [`breaker::TRIPS`] tries
-/// in a row that a tenant's receiver did not answer with 2xx (a timeout, a refused
-/// connection, a 5xx), its callbacks are not tried for [`breaker::COOL_DOWN`]; then one
-/// try decides again. A receiver that hangs each try for the whole timeout would
+/// A circuit breaker per receiver (tenant and URL), in the warm process: after
+/// [`breaker::TRIPS`] tries in a row that it did not answer with 2xx (a timeout, a
+/// refused connection, a 5xx), its callbacks are not tried for [`breaker::COOL_DOWN`]
+/// (except a job's last try); then tries decide again. A receiver that hangs each try for the whole timeout would
 /// otherwise hold every batch it is in (other tenants' callbacks with it) that long.
 mod breaker {
     use std::collections::HashMap;
@@ -225,28 +229,40 @@ mod breaker {
     pub const TRIPS: u32 = 3;
     pub const COOL_DOWN: Duration = Duration::from_secs(60);
 
-    /// Tenant → failed tries in a row and when the last one failed.
-    static STATE: LazyLock<Mutex<HashMap<TenantId, (u32, Instant)>>> =
+    /// A tenant's receiver: its tenant and URL (a URL set anew starts closed).
+    #[derive(Clone, PartialEq, Eq, Hash)]
+    pub struct Receiver(TenantId, String);
+
+    impl Receiver {
+        pub fn of(tenant: &TenantId, url: &str) -> Self {
+            Self(tenant.clone(), url.to_owned())
+        }
+    }
+
+    /// Receiver → failed tries in a row and when the last one failed.
+    static STATE: LazyLock<Mutex<HashMap<Receiver, (u32, Instant)>>> =
         LazyLock::new(Default::default);
 
-    /// How much longer the tenant's receiver is not tried, if its breaker is open.
-    pub fn open_for(tenant: &TenantId) -> Option<Duration> {
+    /// How much longer the receiver is not tried, if its breaker is open. Once the
+    /// cool-down is over, tries go through until one of them decides (a failure opens it
+    /// again, a success closes it).
+    pub fn open_for(receiver: &Receiver) -> Option<Duration> {
         let state = STATE.lock().ok()?;
-        let (fails, last) = state.get(tenant)?;
+        let (fails, last) = state.get(receiver)?;
         let left = COOL_DOWN.checked_sub(last.elapsed())?;
         (*fails >= TRIPS && !left.is_zero()).then_some(left)
     }
 
-    pub fn failed(tenant: &TenantId) {
+    pub fn failed(receiver: &Receiver) {
         if let Ok(mut state) = STATE.lock() {
-            let entry = state.entry(tenant.clone()).or_insert((0, Instant::now()));
+            let entry = state.entry(receiver.clone()).or_insert((0, Instant::now()));
             *entry = (entry.0.saturating_add(1), Instant::now());
         }
     }
 
-    pub fn succeeded(tenant: &TenantId) {
+    pub fn succeeded(receiver: &Receiver) {
         if let Ok(mut state) = STATE.lock() {
-            state.remove(tenant);
+            state.remove(receiver);
         }
     }
 }

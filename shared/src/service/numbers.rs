@@ -246,7 +246,14 @@ pub async fn sender(
     from: Option<&str>,
 ) -> Result<PhoneNumberRecord, ServiceError> {
     let id = from.unwrap_or(&tenant.phone_number_id);
-    match deps.numbers.get_phone_number(&tenant.id, id).await? {
+    // Not Meta's numeric id: no number of anyone's, asked of no store (DynamoDB refuses a
+    // key over 1 KB with a 500).
+    let lookup = if super::accounts::check_numeric_id("from", id).is_ok() {
+        deps.numbers.get_phone_number(&tenant.id, id).await?
+    } else {
+        None
+    };
+    match lookup {
         Some(n) => Ok(n),
         None if id == tenant.phone_number_id => Ok(from_tenant(tenant)),
         None => Err(ServiceError::UnknownSender(format!(

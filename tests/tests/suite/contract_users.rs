@@ -322,10 +322,12 @@ async fn a_counted_attempt_that_fails_is_counted_once(p: Ports) {
     );
 }
 
-async fn an_addresss_counter_lets_a_burst_of_sign_ins_through_within_its_free_failures(p: Ports) {
-    // An office behind one address signing in at once: in flight is not failed.
+async fn a_counter_that_does_not_count_at_its_gate_lets_a_burst_through_taking_nothing(p: Ports) {
     let c = LoginCounter::Address("198.51.100.11".into());
-    let policy = LoginPolicy::ADDRESS;
+    let policy = LoginPolicy {
+        count_at_gate: false,
+        ..LoginPolicy::ADDRESS
+    };
     let now = p.clock.now().timestamp();
     let tasks: Vec<_> = (0..30)
         .map(|_| {
@@ -519,7 +521,7 @@ contract!(
     past_the_free_failures_concurrent_attempts_get_one_through_at_a_time,
     parallel_attempts_within_the_free_failures_are_counted_as_they_begin,
     a_counted_attempt_that_fails_is_counted_once,
-    an_addresss_counter_lets_a_burst_of_sign_ins_through_within_its_free_failures,
+    a_counter_that_does_not_count_at_its_gate_lets_a_burst_through_taking_nothing,
     a_counters_window_runs_from_its_last_failure_not_its_last_attempt,
     a_counted_failure_never_cuts_short_another_attempts_hold,
     clearing_an_emails_counters_clears_every_address_and_nothing_else,

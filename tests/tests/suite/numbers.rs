@@ -211,7 +211,14 @@ async fn a_send_from_a_number_not_the_tenants_is_refused_as_unknown_sender_with_
     let app = spawn_app(b).await;
     let t = app.onboard(10).await;
     let other = app.onboard(10).await;
-    for from in [other.phone_number_id.as_str(), "999", "not a number"] {
+    // Also one over DynamoDB's 1 KB key (a 500 there when it was asked).
+    let long = "9".repeat(1100);
+    for from in [
+        other.phone_number_id.as_str(),
+        "999",
+        "not a number",
+        long.as_str(),
+    ] {
         let (s, body) = send_from(&app, &t.key, "+60123452101", Some(from)).await;
         assert_eq!(s, 422, "{from}: {body}");
         assert_eq!(body["error"]["code"], "unknown_sender");
@@ -226,6 +233,15 @@ async fn a_send_from_a_number_not_the_tenants_is_refused_as_unknown_sender_with_
     .await;
     assert_eq!(s, 422, "{body}");
     assert_eq!(body["error"]["code"], "unknown_sender");
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        &t.key,
+        "/v1/broadcasts",
+        Some(json!({"template": template_of("utility"), "recipients": ["+60123452102"], "from": long})),
+    )
+    .await;
+    assert_eq!((s, &body["error"]["code"]), (422, &json!("unknown_sender")));
     assert_eq!(app.credits(&t.key).await, 10, "nothing debited");
     assert!(app.sandbox_requests_to("60123452101").is_empty());
 }
