@@ -25,6 +25,26 @@ impl IdempotencyKey {
     pub fn hash(&self) -> String {
         hex::encode(Sha256::digest(self.0.as_bytes()))
     }
+
+    /// The fingerprint of a request sent with this key: HMAC-SHA256, keyed by the key
+    /// itself, of the request's canonical JSON (keys sorted, no whitespace), so that two
+    /// bodies that differ only in key order or spacing match. Keyed, not a bare hash: a
+    /// body whose unknown part is small (a 6-digit code) could be found again from a bare
+    /// SHA-256 in the table by trying every value; the key is never stored (only its
+    /// SHA-256).
+    pub fn fingerprint(&self, body: &serde_json::Value) -> String {
+        use hmac::{Hmac, Mac};
+        let mut out = String::new();
+        canonical(body, &mut out);
+        match Hmac::<Sha256>::new_from_slice(self.0.as_bytes()) {
+            Ok(mut mac) => {
+                mac.update(out.as_bytes());
+                hex::encode(mac.finalize().into_bytes())
+            }
+            // HMAC takes a key of any length; not reached.
+            Err(_) => hex::encode(Sha256::digest(format!("{}\n{out}", self.0).as_bytes())),
+        }
+    }
 }
 
 /// Keys are chosen by clients and may carry anything; logs get the hash prefix only.
@@ -67,17 +87,35 @@ fn canonical(v: &serde_json::Value, out: &mut String) {
     }
 }
 
-/// SHA-256 hex of the request's canonical JSON (keys sorted, no whitespace): two bodies
-/// that differ only in key order or spacing have the same fingerprint.
-pub fn request_fingerprint(body: &serde_json::Value) -> String {
-    let mut out = String::new();
-    canonical(body, &mut out);
-    hex::encode(Sha256::digest(out.as_bytes()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_key() -> IdempotencyKey {
+        IdempotencyKey::parse("order-42").expect("a key")
+    }
+
+    #[test]
+    fn a_fingerprint_needs_the_key_so_a_stored_one_does_not_give_a_short_body_away() {
+        // An authentication template's code: a bare SHA-256 of the body in the table
+        // would be found again by trying the million codes.
+        let body = |code: &str| {
+            serde_json::json!({"to": "+60123456789", "template": {"name": "login_code",
+                "components": [{"type": "body", "parameters": [{"type": "text", "text": code}]}]}})
+        };
+        let fp = test_key().fingerprint(&body("123456"));
+        let mut canonical_body = String::new();
+        canonical(&body("123456"), &mut canonical_body);
+        assert_ne!(fp, hex::encode(Sha256::digest(canonical_body.as_bytes())));
+        let other = IdempotencyKey::parse("order-43").expect("a key");
+        assert_ne!(
+            fp,
+            other.fingerprint(&body("123456")),
+            "another key, another fingerprint"
+        );
+        assert_eq!(fp, test_key().fingerprint(&body("123456")));
+        assert_ne!(fp, test_key().fingerprint(&body("123457")));
+    }
 
     #[test]
     fn keys_are_one_to_255_printable_ascii_characters() {
@@ -108,8 +146,8 @@ mod tests {
             serde_json::from_str(r#"{ "text" : {"body":"hi"},  "to":"+60123456789" }"#).unwrap();
         let c: serde_json::Value =
             serde_json::from_str(r#"{"to":"+60123456789","text":{"body":"hi!"}}"#).unwrap();
-        assert_eq!(request_fingerprint(&a), request_fingerprint(&b));
-        assert_ne!(request_fingerprint(&a), request_fingerprint(&c));
+        assert_eq!(test_key().fingerprint(&a), test_key().fingerprint(&b));
+        assert_ne!(test_key().fingerprint(&a), test_key().fingerprint(&c));
     }
 
     // ---- properties (issue 14): keys and bodies are the client's ----
@@ -216,15 +254,15 @@ mod tests {
         fn a_fingerprint_ignores_key_order_and_spacing_and_sees_every_value(
             v in exact_json(), leaf in any::<usize>()
         ) {
-            let fp = request_fingerprint(&v);
+            let fp = test_key().fingerprint(&v);
             let again: Value = serde_json::from_str(&reordered(&v)).unwrap();
-            prop_assert_eq!(request_fingerprint(&again), fp.clone());
+            prop_assert_eq!(test_key().fingerprint(&again), fp.clone());
             let pretty: Value = serde_json::from_str(&serde_json::to_string_pretty(&v).unwrap()).unwrap();
-            prop_assert_eq!(request_fingerprint(&pretty), fp.clone());
+            prop_assert_eq!(test_key().fingerprint(&pretty), fp.clone());
             let mut changed = v.clone();
             let mut n = leaf % 64;
             if change_leaf(&mut changed, &mut n) {
-                prop_assert_ne!(request_fingerprint(&changed), fp, "{} and {}", v, changed);
+                prop_assert_ne!(test_key().fingerprint(&changed), fp, "{} and {}", v, changed);
             }
         }
     }

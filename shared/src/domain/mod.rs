@@ -19,7 +19,7 @@ mod status;
 pub mod template;
 
 pub use allowlist::{AllowListError, IpAllowList, MAX_CIDRS};
-pub use idempotency::{request_fingerprint, IdempotencyKey, IdempotencyKeyError};
+pub use idempotency::{IdempotencyKey, IdempotencyKeyError};
 pub use ids::{new_id, ulid_at, MessageId, TenantId};
 pub use limits::{LimitSettings, RequestLimits, MAX_BURST, MAX_REQUESTS_PER_SEC, TENANT_FACTOR};
 pub use message::{

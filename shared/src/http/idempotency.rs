@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::extract::parse_json;
-use crate::domain::{request_fingerprint, IdempotencyKey};
+use crate::domain::IdempotencyKey;
 use crate::service::idempotency::Idempotent;
 use crate::service::send::{Accepted, SendRequest};
 
@@ -54,8 +54,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Keyed<T> {
                 let value: serde_json::Value = serde_json::from_slice(&bytes)
                     .map_err(|_| ApiError::invalid("malformed JSON"))?;
                 Some(Idempotent {
+                    fingerprint: key.fingerprint(&value),
                     key,
-                    fingerprint: request_fingerprint(&value),
                 })
             }
         };
@@ -83,8 +83,8 @@ pub fn key_of(headers: &axum::http::HeaderMap) -> Result<Option<IdempotencyKey>,
 /// canonical view of its request, so that one key on two routes never matches).
 pub fn keyed(key: Option<IdempotencyKey>, what: &serde_json::Value) -> Option<Idempotent> {
     key.map(|key| Idempotent {
+        fingerprint: key.fingerprint(what),
         key,
-        fingerprint: request_fingerprint(what),
     })
 }
 

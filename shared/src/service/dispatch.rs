@@ -677,10 +677,13 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         Ok(accepted) => {
             crate::metrics::sent();
             super::quality::count_sent(deps, &job.tenant_id).await;
-            let expires = deps
-                .settings
-                .retention
-                .expiry(RetentionClass::Messages, record.created_at);
+            // The index lives as long as its message (a broadcast's message carries its
+            // broadcast's expiry, later than its own creation's).
+            let expires = record.expires_at.or_else(|| {
+                deps.settings
+                    .retention
+                    .expiry(RetentionClass::Messages, record.created_at)
+            });
             // The wamid's index and the `sent` move (the wamid on the message rides with
             // it: one write fewer) are written together, one round trip instead of two.
             // Neither needs the other first: a webhook finds the message by the callback

@@ -17,7 +17,7 @@ use super::Deps;
 #[derive(Clone, Debug)]
 pub struct Idempotent {
     pub key: IdempotencyKey,
-    /// SHA-256 of the canonical request JSON (`domain::request_fingerprint`).
+    /// HMAC-SHA256 of the canonical request JSON, keyed by the key (`IdempotencyKey::fingerprint`).
     pub fingerprint: String,
 }
 

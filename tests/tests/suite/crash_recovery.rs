@@ -15,8 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kirim::config::Backend;
 use kirim::domain::{
-    request_fingerprint, ErrorCode, IdempotencyKey, MessageError, MessageId, MessageRecord,
-    MessageStatus, TenantId,
+    ErrorCode, IdempotencyKey, MessageError, MessageId, MessageRecord, MessageStatus, TenantId,
 };
 use kirim::ports::{
     DeadLetter, DispatchQueue, LedgerEntry, LedgerKind, MessagePage, MessageQuery, MessageStore,
@@ -69,9 +68,10 @@ async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_proc
         "template": {"name": "order_update", "language": "en_US", "category": "utility",
                      "components": [{"type": "body", "parameters": [{"type": "text", "text": "A-1"}]}]},
     });
+    let key = IdempotencyKey::parse("order-a-1").expect("a key");
     let idem = Idempotent {
-        key: IdempotencyKey::parse("order-a-1").expect("a key"),
-        fingerprint: request_fingerprint(&body),
+        fingerprint: key.fingerprint(&body),
+        key,
     };
     let mut crashed = t.app.deps.clone();
     crashed.queue = Arc::new(LostJobs);

@@ -64,6 +64,9 @@ impl RetentionStore for MemoryStore {
         ));
         sweep!(page, K::SendSlot, s.rate, |_, r| r.1 > now);
         sweep!(page, K::Template, s.templates, |_, t| live(t.expires_at));
+        // Meta's times of a template's changes go with it (on DynamoDB, its attributes).
+        let templates = &s.templates;
+        s.template_meta_at.retain(|k, _| templates.contains_key(k));
         sweep!(page, K::UserPairing, s.pairings, |_, p| live(p.1));
         sweep!(page, K::ServiceWindow, s.windows, |_, w| live(Some(w.1)));
         page.count(K::Session.class(), s.users.remove_expired(now));
