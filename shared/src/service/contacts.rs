@@ -88,16 +88,21 @@ pub async fn user_wrote(
 }
 
 /// `422 outside_customer_service_window` unless `to` (or its paired user id) wrote to the
-/// tenant's number `phone_number_id` less than 24 hours ago. The expiry is checked here
-/// too: DynamoDB deletes expired items lazily.
+/// tenant's number `phone_number_id` less than 24 hours before the text goes out (now, or
+/// its `send_at`). The expiry is checked here too: DynamoDB deletes expired items lazily.
 pub async fn check_window(
     deps: &Deps,
     tenant: &TenantId,
     phone_number_id: &str,
     to: &PhoneNumber,
+    send_at: Option<DateTime<Utc>>,
 ) -> Result<(), ServiceError> {
-    let now = deps.clock.now();
-    let open = |at: DateTime<Utc>| at.checked_add_signed(window()).is_some_and(|end| now < end);
+    // Open when it goes out: now, or at a scheduled send's `send_at`.
+    let when = send_at.unwrap_or_else(|| deps.clock.now());
+    let open = |at: DateTime<Utc>| {
+        at.checked_add_signed(window())
+            .is_some_and(|end| when < end)
+    };
     let phone = OptOutKey::Phone(to.clone());
     if let Some(at) = deps
         .contacts

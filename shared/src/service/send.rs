@@ -230,9 +230,11 @@ async fn accept(
     let category = content.template_ref().map(|t| t.category);
     optouts::check(deps, tenant_id, &to, category).await?;
     // A session text only within 24 hours of the user's last message to the number it
-    // goes from (Meta would answer 131047): refused before any debit.
+    // goes from, when it goes out (Meta would answer 131047, unrefunded): refused before
+    // any debit. A scheduled one must still be in the window at its `send_at`.
     if matches!(content, Content::Text { .. }) {
-        super::contacts::check_window(deps, tenant_id, &sender.phone_number_id, &to).await?;
+        super::contacts::check_window(deps, tenant_id, &sender.phone_number_id, &to, send_at)
+            .await?;
     }
     super::quality::check_send(deps, tenant_id, category).await?;
     let now = deps.clock.now();

@@ -198,9 +198,30 @@ async fn a_session_text_goes_only_from_the_number_the_user_wrote_to(b: Backend) 
         "not from the second: {body}"
     );
     assert_eq!(text("+60123452202", None).await.0, 202);
+    // A scheduled text is judged at its send_at: within the window now, not then.
+    let scheduled = |send_at: chrono::DateTime<chrono::Utc>| {
+        call(
+            &app,
+            reqwest::Method::POST,
+            &t.key,
+            "/v1/messages",
+            Some(
+                json!({"to": "+60123452202", "text": {"body": "Your parcel is here"},
+                "send_at": send_at.to_rfc3339()}),
+            ),
+        )
+    };
+    let (s, body) = scheduled(chrono::Utc::now() + chrono::Duration::hours(25)).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("outside_customer_service_window")),
+        "the window has closed by then: {body}"
+    );
+    let (s, body) = scheduled(chrono::Utc::now() + chrono::Duration::hours(2)).await;
+    assert_eq!(s, 202, "{body}");
     assert_eq!(
         app.credits(&t.key).await,
-        8,
+        7,
         "the refused ones cost nothing"
     );
 }
