@@ -66,6 +66,12 @@ pub struct ChangeStamp {
     pub meta_time: Option<i64>,
 }
 
+/// How long before a sync's read a change of Meta's may have happened and still not be in
+/// what the sync read (Meta's list lagging its events, and the two clocks apart): a sync
+/// stamps each field with its time less this, so a webhook redelivered late with an older
+/// change does not undo what the sync wrote, and one that may be newer still applies.
+pub const SYNC_STAMP_MARGIN_SECS: i64 = 300;
+
 impl ChangeStamp {
     /// A change without Meta's time (applied whatever came before).
     pub fn new(at: DateTime<Utc>, expires_at: Option<i64>) -> Self {
@@ -79,7 +85,8 @@ impl ChangeStamp {
 
 #[async_trait]
 pub trait TemplateStore: Send + Sync {
-    /// Stores (or replaces) a template: a sync's result.
+    /// Stores (or replaces) a template: a sync's result. Each field's Meta time becomes the
+    /// template's `updated_at` less [`SYNC_STAMP_MARGIN_SECS`].
     async fn put_template(&self, template: &CatalogueTemplate) -> Result<(), StoreError>;
     /// A live template, if the catalogue has it.
     async fn get_template(

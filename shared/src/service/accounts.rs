@@ -168,12 +168,15 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
     if let Some(display) = &req.display_phone_number {
         // On the number item the onboarding wrote; without it, Meta's quality webhooks
         // (which name a number only as it is shown) cannot find the number.
-        if let Err(e) = deps
-            .numbers
-            .learn_display_number(&id, &tenant.phone_number_id, display)
-            .await
+        // Tried again while the store's failure is worth it: the tenant exists now, and
+        // no route sets the onboarded number's display afterwards.
+        if let Err(e) = crate::store_error::undo(|| {
+            deps.numbers
+                .learn_display_number(&id, &tenant.phone_number_id, display)
+        })
+        .await
         {
-            tracing::warn!(tenant_id = %id, error = %e, "display number not recorded at onboarding");
+            tracing::error!(tenant_id = %id, error = %e, "display number not recorded at onboarding");
         }
     }
     // Its template catalogue, read from Meta now so that it can send at once. Meta being

@@ -303,8 +303,15 @@ async fn a_webhook_older_than_its_fields_last_change_changes_nothing(p: Ports) {
         expires_at: Some(at.timestamp() + 5000),
         meta_time: Some(meta_time),
     };
-    let apply = |change, meta_time| {
+    // Meta's times, from the sync's own.
+    let base = at.timestamp();
+    let apply = |change, meta_time: i64| {
         let p = &p;
+        let meta_time = if meta_time < 1_000_000 {
+            base + meta_time
+        } else {
+            meta_time
+        };
         async move {
             p.templates
                 .update_template("5001", "promo_sale", "en_US", change, stamp(meta_time))
@@ -328,12 +335,13 @@ async fn a_webhook_older_than_its_fields_last_change_changes_nothing(p: Ports) {
     let recategorised = TemplateChange::Category(TemplateCategory::Marketing);
     assert!(apply(recategorised, 150).await.is_some());
     assert!(apply(approved, 200).await.is_some());
-    // A sync writes the template whole: Meta's times start again.
-    p.templates
-        .put_template(&template(&p, "5001", "promo_sale", "en_US"))
-        .await
-        .unwrap();
-    assert!(apply(paused, 50).await.is_some());
+    // A sync writes the template whole, stamped a little before it read: a late webhook
+    // from before that changes nothing; one that may be newer still applies.
+    let synced = template(&p, "5001", "promo_sale", "en_US");
+    let read_at = synced.updated_at.timestamp();
+    p.templates.put_template(&synced).await.unwrap();
+    assert_eq!(apply(paused, read_at - 3600).await, None);
+    assert!(apply(paused, read_at - 60).await.is_some());
 }
 
 contract!(

@@ -583,8 +583,10 @@ async fn a_template_list_that_repeats_its_page_removes_nothing(b: Backend) {
 async fn a_redelivered_older_template_webhook_never_undoes_a_newer_one(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
+    // Meta's times: after the onboarding's sync.
+    let now = chrono::Utc::now().timestamp();
     let note = |time: i64, event: &str| {
-        json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "time": time, "changes": [
+        json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "time": now + time, "changes": [
         {"field": "message_template_status_update", "value": {"event": event, "message_template_id": 9,
             "message_template_name": "order_update", "message_template_language": "en_US", "reason": "NONE"}}]}]})
     };
@@ -619,8 +621,9 @@ async fn a_redelivered_older_template_webhook_never_undoes_a_newer_one(b: Backen
 async fn a_template_webhook_for_a_waba_no_tenant_has_is_ignored_with_200(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
+    let now = chrono::Utc::now().timestamp();
     let note = |waba: &str| {
-        json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": 1, "changes": [
+        json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": now, "changes": [
         {"field": "message_template_status_update", "value": {"event": "DISABLED", "message_template_id": 9,
             "message_template_name": "order_update", "message_template_language": "en_US", "reason": "NONE"}}]}]})
     };

@@ -25,7 +25,11 @@ const READ_PAGE: i32 = 100;
 impl TemplateStore for DynamoStore {
     async fn put_template(&self, template: &CatalogueTemplate) -> Result<(), StoreError> {
         let key = keys::template(&template.waba_id, &template.name, &template.language);
-        let item = to_item(template, &key.pairs(), template.expires_at)?;
+        let mut item = to_item(template, &key.pairs(), template.expires_at)?;
+        let stamp = template.updated_at.timestamp() - crate::ports::SYNC_STAMP_MARGIN_SECS;
+        for field in ["status", "category", "quality"] {
+            item.insert(format!("{field}_meta_at"), n(stamp));
+        }
         self.client
             .put_item()
             .table_name(&self.table)

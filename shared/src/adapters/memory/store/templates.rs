@@ -21,7 +21,14 @@ impl TemplateStore for MemoryStore {
     async fn put_template(&self, template: &CatalogueTemplate) -> Result<(), StoreError> {
         let mut s = self.lock()?;
         let at = key(&template.waba_id, &template.name, &template.language);
-        s.template_meta_at.remove(&at);
+        let stamp = template.updated_at.timestamp() - crate::ports::SYNC_STAMP_MARGIN_SECS;
+        s.template_meta_at.insert(
+            at.clone(),
+            ["status", "category", "quality"]
+                .into_iter()
+                .map(|f| (f, stamp))
+                .collect(),
+        );
         s.templates.insert(at, template.clone());
         Ok(())
     }
