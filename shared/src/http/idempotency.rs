@@ -98,7 +98,7 @@ pub fn mark_replayed(res: &mut Response) {
 pub fn accepted_response(accepted: Accepted) -> Response {
     let (id, status, replayed) = match accepted {
         Accepted::New(record) => (record.id, record.status.as_str(), false),
-        Accepted::Replayed(id) => (id, "accepted", true),
+        Accepted::Replayed(id, status) => (id, status, true),
     };
     let mut res = (
         StatusCode::ACCEPTED,

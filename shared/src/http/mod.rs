@@ -364,7 +364,7 @@ async fn post_message(
             "to": record.to.masked(),
             "template": record.template.as_ref().map(|t| t.name.clone()),
         }),
-        send::Accepted::Replayed(id) => json!({"message_id": id, "replayed": true}),
+        send::Accepted::Replayed(id, _) => json!({"message_id": id, "replayed": true}),
     };
     Ok(admin::noted(
         idempotency::accepted_response(accepted),

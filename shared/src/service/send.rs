@@ -120,7 +120,7 @@ pub async fn send(
 ) -> Result<MessageRecord, ServiceError> {
     match send_once(deps, tenant_id, req, None).await? {
         Accepted::New(record) => Ok(*record),
-        Accepted::Replayed(_) => Err(ServiceError::Internal("replay without a key".into())),
+        Accepted::Replayed(..) => Err(ServiceError::Internal("replay without a key".into())),
     }
 }
 
@@ -129,7 +129,9 @@ pub async fn send(
 #[derive(Debug)]
 pub enum Accepted {
     New(Box<MessageRecord>),
-    Replayed(MessageId),
+    /// The first message's id and the status the first answer gave (`accepted`, or
+    /// `scheduled` for a scheduled send).
+    Replayed(MessageId, &'static str),
 }
 
 /// `send`, with an optional idempotency key (see `service::idempotency`).
@@ -147,17 +149,30 @@ pub async fn send_once(
     req: SendRequest,
     idem: Option<&Idempotent>,
 ) -> Result<Accepted, ServiceError> {
-    let send_at = req
-        .send_at
-        .as_deref()
-        .map(|raw| super::schedule::parse_send_at(raw, deps.clock.now()))
-        .transpose()?;
+    let raw_send_at = req.send_at.clone();
     let from = req.from.clone();
     let (to, draft, client_reference) = parse(req)?;
     let tenant = super::auth::load_tenant(deps, tenant_id).await?;
     if tenant.status != TenantStatus::Active {
         return Err(ServiceError::TenantSuspended);
     }
+    let send_at = match raw_send_at
+        .as_deref()
+        .map(|raw| super::schedule::parse_send_at(raw, deps.clock.now()))
+        .transpose()
+    {
+        Ok(at) => at,
+        // A retry of a scheduled send that got through answers it, even once its send_at
+        // is less than a minute away (or past).
+        Err(e) => {
+            if let Some(k) = idem {
+                if let Some(first) = idempotency::earlier(deps, tenant_id, k).await? {
+                    return replayed(deps, &tenant, from.as_deref(), first, &draft).await;
+                }
+            }
+            return Err(e);
+        }
+    };
     let Some(k) = idem else {
         return accept(
             deps,
@@ -184,7 +199,7 @@ pub async fn send_once(
     )
     .await
     {
-        Ok(Accepted::Replayed(id)) => id,
+        Ok(Accepted::Replayed(id, _)) => id,
         Err(e) if !matches!(e, ServiceError::IdempotencyKeyReused) => {
             match idempotency::earlier(deps, tenant_id, k).await? {
                 Some(id) => id,
@@ -193,15 +208,31 @@ pub async fn send_once(
         }
         other => return other,
     };
-    // The first answer again, even if its number was removed since (its message then
-    // fails as `sender_removed` at dispatch).
-    let waba = match super::numbers::sending_from(deps, &tenant, from.as_deref()).await {
+    replayed(deps, &tenant, from.as_deref(), first, &replay_draft).await
+}
+
+/// The first answer again, even if its number was removed since (its message then fails
+/// as `sender_removed` at dispatch); its job queued again if it never got claimed.
+async fn replayed(
+    deps: &Deps,
+    tenant: &crate::ports::Tenant,
+    from: Option<&str>,
+    first: MessageId,
+    draft: &Draft,
+) -> Result<Accepted, ServiceError> {
+    let waba = match super::numbers::sending_from(deps, tenant, from).await {
         Ok(n) => n.waba_id,
         Err(ServiceError::UnknownSender(_)) => tenant.waba_id.clone(),
         Err(e) => return Err(e),
     };
-    queue_again_if_never_claimed(deps, tenant_id, &waba, &first, &replay_draft).await?;
-    Ok(Accepted::Replayed(first))
+    queue_again_if_never_claimed(deps, &tenant.id, &waba, &first, draft).await?;
+    let scheduled = deps
+        .messages
+        .get_message(&tenant.id, &first)
+        .await?
+        .is_some_and(|m| m.send_at.is_some());
+    let status = if scheduled { "scheduled" } else { "accepted" };
+    Ok(Accepted::Replayed(first, status))
 }
 
 /// The checks, the queued job and the atomic write of a send by an active `tenant`.
@@ -316,7 +347,9 @@ async fn accept(
                 // A concurrent request with the same key won the write (the job queued
                 // above finds no message and is dropped).
                 IdempotentInsert::Existing(existing) => {
-                    return idempotency::answer(&existing, k).map(Accepted::Replayed)
+                    // (`send_once` answers it with the first answer's status.)
+                    return idempotency::answer(&existing, k)
+                        .map(|first| Accepted::Replayed(first, "accepted"));
                 }
             }
         }

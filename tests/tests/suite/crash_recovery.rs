@@ -989,6 +989,50 @@ async fn a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_on
     assert_ne!(sent.status, MessageStatus::Failed);
 }
 
+/// A scheduled send whose answer was lost, retried with its key when its `send_at` is
+/// less than a minute away: the first answer again (`scheduled`), not a 400 that would
+/// have the client send it anew.
+#[tokio::test]
+async fn a_retried_scheduled_send_answers_as_first_even_once_its_send_at_is_near() {
+    use kirim::service::accounts;
+    let clock = ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
+        "phone_number_id": "126", "meta_access_token": "EAAG", "credits": 2}))
+    .unwrap();
+    let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
+    let wrote = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
+    kirim::service::contacts::user_wrote(
+        &deps,
+        &tenant.id,
+        &tenant.phone_number_id,
+        &[wrote],
+        None,
+    )
+    .await
+    .unwrap();
+    let send_at = (kirim::ports::Clock::now(&*clock) + chrono::Duration::seconds(90)).to_rfc3339();
+    let body = json!({"to": "+60123456789", "text": {"body": "hi"}, "send_at": send_at});
+    let key = IdempotencyKey::parse("scheduled-1").expect("a key");
+    let idem = Idempotent {
+        fingerprint: key.fingerprint(&body),
+        key,
+    };
+    let req = || serde_json::from_value::<SendRequest>(body.clone()).expect("a send request");
+    let Ok(Accepted::New(first)) = send_once(&deps, &tenant.id, req(), Some(&idem)).await else {
+        panic!("the first is accepted")
+    };
+    clock.advance(chrono::Duration::seconds(45));
+    match send_once(&deps, &tenant.id, req(), Some(&idem)).await {
+        Ok(Accepted::Replayed(id, status)) => {
+            assert_eq!((id, status), (first.id.clone(), "scheduled"));
+        }
+        other => panic!("the first answer again, not {other:?}"),
+    }
+    let balance = deps.tenants.get_tenant(&tenant.id).await.unwrap().unwrap();
+    assert_eq!(balance.credits, 1, "one debit");
+}
+
 /// Meta refusing for a moment on every try, on a number so busy that each attempt is first
 /// turned away for a slot ahead: two receives an attempt. Every receive of one queue
 /// message counts toward the redrive to the dead-letter queue (10), where a message still
