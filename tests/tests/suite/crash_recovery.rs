@@ -989,28 +989,31 @@ async fn a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_on
     assert_ne!(sent.status, MessageStatus::Failed);
 }
 
+/// A tenant onboarded in `deps` with 2 credits on the number `phone_number_id`, whose
+/// user +60123456789 has just written to it (so a session text may go).
+async fn tenant_a_user_wrote_to(deps: &Deps, phone_number_id: &str) -> kirim::ports::Tenant {
+    let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({
+        "name": "Kedai", "waba_id": "1", "phone_number_id": phone_number_id,
+        "meta_access_token": "EAAG", "credits": 2}))
+    .unwrap();
+    let (tenant, _) = kirim::service::accounts::create_tenant(deps, req)
+        .await
+        .unwrap();
+    let wrote = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
+    kirim::service::contacts::user_wrote(deps, &tenant.id, &tenant.phone_number_id, &[wrote], None)
+        .await
+        .unwrap();
+    tenant
+}
+
 /// A scheduled send whose answer was lost, retried with its key when its `send_at` is
 /// less than a minute away: the first answer again (`scheduled`), not a 400 that would
 /// have the client send it anew.
 #[tokio::test]
 async fn a_retried_scheduled_send_answers_as_first_even_once_its_send_at_is_near() {
-    use kirim::service::accounts;
     let clock = ManualClock::new();
     let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
-    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
-        "phone_number_id": "126", "meta_access_token": "EAAG", "credits": 2}))
-    .unwrap();
-    let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
-    let wrote = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
-    kirim::service::contacts::user_wrote(
-        &deps,
-        &tenant.id,
-        &tenant.phone_number_id,
-        &[wrote],
-        None,
-    )
-    .await
-    .unwrap();
+    let tenant = tenant_a_user_wrote_to(&deps, "126").await;
     let send_at = (kirim::ports::Clock::now(&*clock) + chrono::Duration::seconds(90)).to_rfc3339();
     let body = json!({"to": "+60123456789", "text": {"body": "hi"}, "send_at": send_at});
     let key = IdempotencyKey::parse("scheduled-1").expect("a key");
@@ -1040,26 +1043,13 @@ async fn a_retried_scheduled_send_answers_as_first_even_once_its_send_at_is_near
 /// so the message ends `failed` and refunded after its attempts instead.
 #[tokio::test]
 async fn a_message_retried_on_a_busy_number_ends_failed_and_refunded_never_parked_by_the_redrive() {
-    use kirim::service::{accounts, send};
+    use kirim::service::send;
     let clock = ManualClock::new();
     let mut settings = kirim_tests::test_settings();
     settings.dispatch_max_attempts = 8;
     let deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
     // Meta is unreachable in these deps: every attempt is a transient failure.
-    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
-        "phone_number_id": "125", "meta_access_token": "EAAG", "credits": 2}))
-    .unwrap();
-    let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
-    let wrote = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
-    kirim::service::contacts::user_wrote(
-        &deps,
-        &tenant.id,
-        &tenant.phone_number_id,
-        &[wrote],
-        None,
-    )
-    .await
-    .unwrap();
+    let tenant = tenant_a_user_wrote_to(&deps, "125").await;
     let msg: SendRequest =
         serde_json::from_value(json!({"to": "+60123456789", "text": {"body": "hi"}})).unwrap();
     let record = send::send(&deps, &tenant.id, msg).await.unwrap();
