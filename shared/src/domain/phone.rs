@@ -49,6 +49,42 @@ impl PhoneNumber {
     pub fn masked(&self) -> String {
         mask_phone(&self.0)
     }
+
+    /// The other form WhatsApp knows the same mobile subscriber by, in the three countries
+    /// where the number a business dials and the `wa_id` Meta's webhooks carry differ:
+    /// - Mexico: `+52` and ten digits ↔ `+521` and the same ten (the `1` mobile prefix,
+    ///   dropped from dialling in 2019, stayed in WhatsApp's ids);
+    /// - Argentina: `+54` and ten digits ↔ `+549` and the same ten (the `9` of mobiles
+    ///   dialled from abroad);
+    /// - Brazil: `+55`, a two-digit area code, `9` and eight digits ↔ `+55`, the area code
+    ///   and the eight digits, when those begin with 6–9 (mobiles before the ninth digit
+    ///   was added, 2012–2016, which older WhatsApp accounts keep).
+    ///
+    /// `None` elsewhere (Malaysia among them: one form). Opt-outs and the 24-hour window
+    /// are matched under both forms, so a STOP sent from `521…` blocks a send to `52…`.
+    pub fn whatsapp_alias(&self) -> Option<PhoneNumber> {
+        let d = self.digits();
+        let b = d.as_bytes();
+        let other = match (b.len(), d.get(..2)?) {
+            (12, "52") if b[2] != b'1' => format!("521{}", &d[2..]),
+            (13, "52") if b[2] == b'1' && b[3] != b'1' => format!("52{}", &d[3..]),
+            (12, "54") if b[2] != b'9' => format!("549{}", &d[2..]),
+            (13, "54") if b[2] == b'9' && b[3] != b'9' => format!("54{}", &d[3..]),
+            (12, "55") if b[2] != b'0' && b[3] != b'0' && (b'6'..=b'9').contains(&b[4]) => {
+                format!("{}9{}", &d[..4], &d[4..])
+            }
+            (13, "55")
+                if b[2] != b'0'
+                    && b[3] != b'0'
+                    && b[4] == b'9'
+                    && (b'6'..=b'9').contains(&b[5]) =>
+            {
+                format!("{}{}", &d[..4], &d[5..])
+            }
+            _ => return None,
+        };
+        Self::from_digits(&other).ok()
+    }
 }
 
 /// Masks the middle of anything phone-like, keeping a prefix of up to 5 and the last 4
@@ -162,7 +198,55 @@ mod tests {
         assert_eq!(mask_phone("+60123456789"), "+6012****6789");
     }
 
+    #[test]
+    fn mexican_argentine_and_brazilian_mobiles_have_their_whatsapp_form_and_back() {
+        let alias = |s: &str| {
+            PhoneNumber::parse(s)
+                .unwrap()
+                .whatsapp_alias()
+                .map(String::from)
+        };
+        for (dialled, wa) in [
+            ("+525512345678", "+5215512345678"),
+            ("+541112345678", "+5491112345678"),
+            ("+551187654321", "+5511987654321"),
+            ("+552196543210", "+5521996543210"),
+        ] {
+            assert_eq!(alias(dialled).as_deref(), Some(wa), "{dialled}");
+            assert_eq!(alias(wa).as_deref(), Some(dialled), "{wa}");
+        }
+        for single in [
+            "+60123456789",    // Malaysia: one form
+            "+14155550100",    // North America
+            "+551123456789",   // a São Paulo landline (begins 2–5)
+            "+5511912345678",  // a mobile issued with its ninth digit (91…)
+            "+52155123456",    // Mexico, too short
+            "+52155123456789", // Mexico, too long
+            "+5401234567890",  // not a ten-digit Argentine number
+        ] {
+            assert_eq!(alias(single), None, "{single}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn a_whatsapp_alias_is_another_valid_number_whose_alias_is_the_first(
+            s in prop_oneof![valid(), crate::props::re("\\+5[245][0-9]{10,11}")],
+        ) {
+            let p = PhoneNumber::parse(&s).unwrap();
+            if let Some(a) = p.whatsapp_alias() {
+                prop_assert_ne!(&a, &p);
+                prop_assert_eq!(a.whatsapp_alias(), Some(p.clone()));
+                prop_assert_eq!(&a.digits()[a.digits().len() - 8..], &p.digits()[p.digits().len() - 8..]);
+            }
+        }
+
+        #[test]
+        fn every_mexican_ten_digit_mobile_has_its_521_form(n in "[2-9][0-9]{9}") {
+            let p = PhoneNumber::parse(&format!("+52{n}")).unwrap();
+            prop_assert_eq!(p.whatsapp_alias().map(String::from), Some(format!("+521{n}")));
+        }
+
         #[test]
         fn every_valid_e164_number_round_trips(cc in 1u8..=9, rest in "[0-9]{7,14}") {
             let s = format!("+{cc}{rest}");

@@ -36,20 +36,31 @@ pub async fn learn_pairing(
     Ok(())
 }
 
-/// Every key a user is known by: the given ones and, for each, the paired one Kirim
-/// learnt (deduplicated, in that order).
+/// The key and, for a phone WhatsApp knows by a second form (Mexico, Argentina,
+/// Brazil: [`PhoneNumber::whatsapp_alias`]), that form's key.
+pub fn phone_forms(key: &OptOutKey) -> impl Iterator<Item = OptOutKey> {
+    let alias = match key {
+        OptOutKey::Phone(p) => p.whatsapp_alias().map(OptOutKey::Phone),
+        OptOutKey::User(_) => None,
+    };
+    std::iter::once(key.clone()).chain(alias)
+}
+
+/// Every key a user is known by: the given ones, each phone's other WhatsApp form, and
+/// for each of those the paired one Kirim learnt (deduplicated, in that order).
 pub async fn keys_of(
     deps: &Deps,
     tenant: &TenantId,
     given: &[OptOutKey],
 ) -> Result<Vec<OptOutKey>, ServiceError> {
     let mut keys: Vec<OptOutKey> = Vec::new();
-    for k in given {
-        if !keys.contains(k) {
-            keys.push(k.clone());
+    for k in given.iter().flat_map(phone_forms) {
+        if !keys.contains(&k) {
+            keys.push(k);
         }
     }
-    for k in given {
+    let own = keys.clone();
+    for k in &own {
         if let Some(other) = deps.contacts.paired_key(tenant, k).await? {
             if !keys.contains(&other) {
                 keys.push(other);
@@ -103,24 +114,27 @@ pub async fn check_window(
         at.checked_add_signed(window())
             .is_some_and(|end| when < end)
     };
-    let phone = OptOutKey::Phone(to.clone());
-    if let Some(at) = deps
-        .contacts
-        .last_inbound(tenant, phone_number_id, &phone)
-        .await?
-    {
-        if open(at) {
-            return Ok(());
-        }
-    }
-    if let Some(user) = deps.contacts.paired_key(tenant, &phone).await? {
+    // The number as given, then its other WhatsApp form (Meta records an inbound under
+    // the `wa_id`, `521…` for a Mexican mobile dialled as `52…`), each with its user id.
+    for phone in phone_forms(&OptOutKey::Phone(to.clone())) {
         if let Some(at) = deps
             .contacts
-            .last_inbound(tenant, phone_number_id, &user)
+            .last_inbound(tenant, phone_number_id, &phone)
             .await?
         {
             if open(at) {
                 return Ok(());
+            }
+        }
+        if let Some(user) = deps.contacts.paired_key(tenant, &phone).await? {
+            if let Some(at) = deps
+                .contacts
+                .last_inbound(tenant, phone_number_id, &user)
+                .await?
+            {
+                if open(at) {
+                    return Ok(());
+                }
             }
         }
     }

@@ -16,8 +16,8 @@ use crate::ports::OptOutPage;
 use super::errors::ServiceError;
 use super::Deps;
 
-/// `422 recipient_opted_out` if `to`, or the user id Kirim knows it by, has opted out of
-/// this kind of message (`category` `None`: a session text).
+/// `422 recipient_opted_out` if `to`, its other WhatsApp form, or the user id Kirim knows
+/// either by, has opted out of this kind of message (`category` `None`: a session text).
 pub async fn check(
     deps: &Deps,
     tenant: &TenantId,
@@ -54,18 +54,32 @@ async fn check_reading(
     category: Option<TemplateCategory>,
     read: Read,
 ) -> Result<(), ServiceError> {
-    let phone = OptOutKey::Phone(to.clone());
+    // The number as given, then its other WhatsApp form if it has one (Mexico, Argentina,
+    // Brazil): a STOP arrives from the `wa_id`, which may be the other form.
+    for phone in super::contacts::phone_forms(&OptOutKey::Phone(to.clone())) {
+        check_key(deps, tenant, &phone, category, read).await?;
+    }
+    Ok(())
+}
+
+async fn check_key(
+    deps: &Deps,
+    tenant: &TenantId,
+    phone: &OptOutKey,
+    category: Option<TemplateCategory>,
+    read: Read,
+) -> Result<(), ServiceError> {
     // The phone's opt-out and its pairing are read together: one round trip to the store
     // instead of two on every send and every dispatch (BENCHMARKS.md "Round trips"). The
     // pairing is then read even when the phone alone refuses (rarely: refusals are few);
     // an opt-out found refuses even if the pairing's read failed, as before.
     let paired = async {
         match read {
-            Read::Consistent => deps.contacts.paired_key(tenant, &phone).await,
-            Read::MayLag => deps.contacts.peek_paired_key(tenant, &phone).await,
+            Read::Consistent => deps.contacts.paired_key(tenant, phone).await,
+            Read::MayLag => deps.contacts.peek_paired_key(tenant, phone).await,
         }
     };
-    let (phone_blocks, paired) = tokio::join!(blocks(deps, tenant, &phone, category, read), paired);
+    let (phone_blocks, paired) = tokio::join!(blocks(deps, tenant, phone, category, read), paired);
     if phone_blocks? {
         return Err(ServiceError::RecipientOptedOut);
     }

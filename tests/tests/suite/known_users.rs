@@ -375,8 +375,30 @@ async fn a_session_text_outside_the_window_is_refused_and_inside_it_is_sent(b: B
     app.wait_status(&t.key, &id, "read").await;
 }
 
+async fn a_user_writing_from_their_whatsapp_id_opens_the_window_for_the_number_as_dialled(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    // Meta's inbound names a Mexican mobile by its wa_id, `521…`; the business texts
+    // the number as it is dialled, `+52…`.
+    app.user_wrote(&t.phone_number_id, "+5215512349999").await;
+    let text = json!({"to": "+525512349999", "text": {"body": "Your parcel is here"}});
+    let (s, body) = call(&app, "POST", "/v1/messages", &t.key, Some(text)).await;
+    assert_eq!(s, 202, "{body}");
+    // Another Mexican number did not write: its window stays shut.
+    let text = json!({"to": "+525512348888", "text": {"body": "Your parcel is here"}});
+    let (s, body) = call(&app, "POST", "/v1/messages", &t.key, Some(text)).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("outside_customer_service_window")),
+        "{body}"
+    );
+}
+
 on_both_backends!(
     a_stop_from_a_user_known_only_by_id_opts_out_that_id,
+    a_user_writing_from_their_whatsapp_id_opens_the_window_for_the_number_as_dialled,
     a_stop_with_a_phone_and_a_user_id_records_both_and_either_key_finds_it,
     a_send_to_a_phone_whose_user_id_opted_out_is_refused_with_no_debit,
     a_status_and_an_inbound_message_without_a_phone_are_accepted_not_skipped,

@@ -566,8 +566,70 @@ async fn a_body_whose_first_change_is_malformed_still_applies_its_second_a_stop(
     assert_eq!(opt_out_of(&app, &t.key, "+60123457012").await.0, 200);
 }
 
+async fn a_stop_from_a_whatsapp_id_blocks_sends_to_the_number_as_dialled_until_start(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    // Meta's webhooks name a Mexican mobile `521…` (its wa_id) and an older Brazilian
+    // account without the ninth digit; a business dials `+52…` and `+55…9…`.
+    inbound(
+        &app,
+        &t.phone_number_id,
+        vec![
+            text_from("5215512345678", "STOP"),
+            text_from("551187654321", "STOP"),
+        ],
+    )
+    .await;
+    for dialled in ["+525512345678", "+5511987654321"] {
+        let (s, body) = send(&app, &t.key, template(dialled, "utility")).await;
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (422, Some("recipient_opted_out")),
+            "{dialled}: {body}"
+        );
+        let (s, view) = opt_out_of(&app, &t.key, dialled).await;
+        assert_eq!(
+            (s, view["source"].as_str()),
+            (200, Some("keyword")),
+            "{view}"
+        );
+    }
+    assert_eq!(app.credits(&t.key).await, 5, "nothing debited");
+    // An opt-out made through the API under the dialled form holds for the other too.
+    let res = app
+        .http
+        .put(app.url("/v1/opt-outs/%2B5491112345678"))
+        .bearer_auth(&t.key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    assert_eq!(
+        send(&app, &t.key, template("+541112345678", "utility"))
+            .await
+            .0,
+        422
+    );
+    // START from the WhatsApp form lifts it for the dialled one.
+    inbound(
+        &app,
+        &t.phone_number_id,
+        vec![
+            json!({"from":"5215512345678","id":format!("wamid.in.{}", ulid::Ulid::new()),
+            "timestamp":"1700000100","type":"text","text":{"body":"START"}}),
+        ],
+    )
+    .await;
+    app.send_ok(&t.key, "+525512345678").await;
+    assert_eq!(opt_out_of(&app, &t.key, "+525512345678").await.0, 404);
+    // Numbers of one form only are untouched by the other country's rule.
+    app.send_ok(&t.key, "+601187654321").await;
+}
+
 on_both_backends!(
     stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arrive,
+    a_stop_from_a_whatsapp_id_blocks_sends_to_the_number_as_dialled_until_start,
     a_body_whose_first_change_is_malformed_still_applies_its_second_a_stop,
     an_inbound_stop_blocks_the_next_send_with_422_and_no_debit_until_start,
     a_sentence_that_merely_contains_stop_changes_nothing,
