@@ -200,6 +200,21 @@ pub struct Backends<S> {
 }
 
 impl Deps {
+    /// Whether the tenant is there and not closed (the access read: warm-cached up to the
+    /// read cache's TTL). A closed tenant's items are given their last TTL by the
+    /// close-out; Meta's webhooks must not write it new ones (a whole-item write after the
+    /// close-out would keep one for good).
+    pub async fn tenant_is_open(
+        &self,
+        id: &crate::domain::TenantId,
+    ) -> Result<bool, errors::ServiceError> {
+        Ok(self
+            .tenants
+            .tenant_for_access(id)
+            .await?
+            .is_some_and(|t| t.status != crate::ports::TenantStatus::Closed))
+    }
+
     /// The one constructor: every field, from one set of backends.
     pub fn new<S: Stores>(b: Backends<S>) -> Self {
         let store = b.store;

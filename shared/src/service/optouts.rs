@@ -357,6 +357,10 @@ pub async fn marketing_stopped_for(
     message: &MessageId,
     recipient: Option<&PhoneNumber>,
 ) -> Result<(), ServiceError> {
+    // A closed tenant takes no new opt-out (the close-out gives its items their last TTL).
+    if !deps.tenant_is_open(tenant).await? {
+        return Ok(());
+    }
     let phone = match recipient {
         Some(p) => p.clone(),
         None => match deps.messages.get_message(tenant, message).await? {

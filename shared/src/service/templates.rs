@@ -323,19 +323,23 @@ pub enum Applied {
     Yes,
     /// The catalogue does not have the template (the next sync reads it).
     NotInCatalogue,
-    /// No tenant has this WABA: ignored.
+    /// No open tenant has this WABA: ignored.
     UnknownWaba,
 }
 
 /// Applies one of Meta's template webhooks to the catalogue.
 pub async fn apply(deps: &Deps, update: &TemplateUpdate) -> Result<Applied, ServiceError> {
-    if deps
-        .tenants
-        .tenants_by_waba(&update.waba_id)
-        .await?
-        .is_empty()
-    {
-        tracing::info!(waba_id = %update.waba_id, "template webhook for a WABA no tenant has; ignored");
+    // Only a WABA with an open tenant: a closed tenant's catalogue keeps the TTL its last
+    // change gave it, and expires with its other data.
+    let mut open = false;
+    for t in deps.tenants.tenants_by_waba(&update.waba_id).await? {
+        if deps.tenant_is_open(&t).await? {
+            open = true;
+            break;
+        }
+    }
+    if !open {
+        tracing::info!(waba_id = %update.waba_id, "template webhook for a WABA no open tenant has; ignored");
         return Ok(Applied::UnknownWaba);
     }
     let (waba, name, language) = (&update.waba_id, &update.name, &update.language);

@@ -122,6 +122,21 @@ impl<'e> Owners<'_, 'e> {
         };
         Ok(self.known.get(at).and_then(|(_, t)| t.as_ref()))
     }
+
+    /// [`Self::of`], unless that tenant is closed: a closed tenant takes no more opt-outs,
+    /// pairings or inbound times (its items were given, or are about to be given, their
+    /// last TTL by the close-out, and a whole-item write after it would keep one for good).
+    /// Only for the rare inbound paths: the tenant's status is the warm-cached read.
+    async fn open(
+        &mut self,
+        phone_number_id: Option<&'e str>,
+    ) -> Result<Option<&TenantId>, ServiceError> {
+        let deps = self.deps;
+        match self.of(phone_number_id).await? {
+            Some(t) if deps.tenant_is_open(t).await? => Ok(Some(t)),
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Applies every event of a verified notification. One bad item never drops the rest.
@@ -243,7 +258,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 let span =
                     tracing::info_span!("user_preference", tenant_id = tracing::field::Empty);
                 let result = async {
-                    let tenant = owners.of(pref.phone_number_id.as_deref()).await?;
+                    let tenant = owners.open(pref.phone_number_id.as_deref()).await?;
                     if let Some(t) = tenant {
                         crate::telemetry::record_tenant(t.as_str());
                         pairs.learn(deps, t, &pref.phone, &pref.user_id).await?;
@@ -264,7 +279,7 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
             MetaEvent::Inbound(message) => {
                 let span = tracing::info_span!("inbound", tenant_id = tracing::field::Empty);
                 let result = async {
-                    let tenant = owners.of(message.phone_number_id.as_deref()).await?;
+                    let tenant = owners.open(message.phone_number_id.as_deref()).await?;
                     if let (Some(t), Some(pnid)) = (tenant, &message.phone_number_id) {
                         crate::telemetry::record_tenant(t.as_str());
                         pairs

@@ -976,8 +976,77 @@ async fn a_sweep_cut_short_resumes_from_its_checkpoint(b: Backend) {
     assert!(!again.resumed, "a finished pass starts over");
 }
 
+async fn a_closed_tenant_takes_no_opt_out_or_template_change_from_metas_webhooks(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let id = app.send_ok(&t.key, "+60123458888").await;
+    app.wait_status(&t.key, &id, "read").await;
+    let wamid = app.message(&t.key, &id).await["wamid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!wamid.is_empty());
+    let (st, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/platform/tenants/{}", t.tenant_id),
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    // Until the close-out removes its route, Meta's webhooks still reach the closed
+    // tenant's number: a STOP, a 131050 and a user preference change nothing (a whole-item
+    // opt-out written after the close-out gave its items their TTL would keep one for good).
+    let now = Utc::now().timestamp();
+    let value = json!({"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "60300000000", "phone_number_id": t.phone_number_id},
+        "messages": [{"from": "60123458888", "id": format!("wamid.in.{}", ulid::Ulid::new()),
+            "timestamp": now.to_string(), "type": "text", "text": {"body": "STOP"}}],
+        "statuses": [{"id": wamid, "status": "failed", "timestamp": now.to_string(),
+            "recipient_id": "60123458889", "errors": [{"code": 131050, "title": "stopped"}]}]});
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "1000001", "changes": [
+        {"field": "messages", "value": value},
+        {"field": "user_preferences", "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "60300000000", "phone_number_id": t.phone_number_id},
+            "user_preferences": [{"wa_id": "60123458887", "detail": "User requested to stop marketing messages",
+                "category": "marketing_messages", "value": "stop", "timestamp": now}]}},
+        {"field": "message_template_status_update", "value": {"event": "DISABLED",
+            "message_template_id": 9, "message_template_name": "order_update",
+            "message_template_language": "en_US", "reason": "NONE"}}]}]});
+    let res = app.post_webhook(&body).await;
+    assert_eq!(res.status(), 200);
+    let answer: Value = res.json().await.unwrap_or_default();
+    assert_eq!(answer["summary"]["errors"], 0, "{answer}");
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).expect("id");
+    for phone in ["+60123458888", "+60123458889", "+60123458887"] {
+        let key = kirim::domain::OptOutKey::parse(phone).expect("key");
+        assert_eq!(
+            app.app
+                .deps
+                .opt_outs
+                .get_opt_out(&tenant, &key)
+                .await
+                .expect("read"),
+            None,
+            "{phone}: no opt-out for a closed tenant"
+        );
+    }
+    // Its WABA has no open tenant: the catalogue keeps what it had (and its TTL).
+    let template = app
+        .app
+        .deps
+        .templates
+        .get_template("1000001", "order_update", "en_US")
+        .await
+        .expect("read")
+        .expect("still in the catalogue");
+    assert_eq!(template.status, kirim::domain::TemplateStatus::Approved);
+}
+
 on_both_backends!(
     every_stored_item_carries_the_ttl_of_its_class,
+    a_closed_tenant_takes_no_opt_out_or_template_change_from_metas_webhooks,
     no_content_reaches_a_table_a_queue_or_a_log_line,
     a_closed_tenant_is_closed_out_once_by_the_retention_run,
     the_export_streams_the_tenants_metadata_as_json_lines,
