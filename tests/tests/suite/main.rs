@@ -42,6 +42,7 @@ mod cost_proxy;
 mod crash_recovery;
 mod deadletters;
 mod e2e;
+mod gateway_routes;
 mod http_edges;
 mod idempotency;
 mod known_users;

@@ -1,0 +1,180 @@
+//! On AWS a request reaches a function only through a route of API Gateway's HTTP API
+//! (`template.yaml`'s `HttpApi` events); local mode serves every route on one router, so
+//! nothing else would notice a route missing there. Every rule of the access table must
+//! be routed, by the route API Gateway would choose, to a function whose router serves it.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use kirim::http::access::ROUTES;
+use kirim::wiring::Function;
+use serde_yaml::Value;
+use tower::ServiceExt;
+
+const TEMPLATE: &str = include_str!("../../../template.yaml");
+
+/// One `HttpApi` event: the function's logical id, the method (`ANY` too) and path.
+#[derive(Debug, Clone)]
+struct GatewayRoute {
+    function: String,
+    method: String,
+    path: String,
+}
+
+fn gateway_routes() -> Vec<GatewayRoute> {
+    let doc: Value = serde_yaml::from_str(TEMPLATE).expect("template.yaml parses");
+    let mut out = Vec::new();
+    let resources = doc["Resources"].as_mapping().expect("Resources");
+    for (id, r) in resources {
+        let Some(events) = r["Properties"]["Events"].as_mapping() else {
+            continue;
+        };
+        for (_, e) in events {
+            if e["Type"].as_str() != Some("HttpApi") {
+                continue;
+            }
+            out.push(GatewayRoute {
+                function: id.as_str().unwrap_or_default().to_owned(),
+                method: e["Properties"]["Method"]
+                    .as_str()
+                    .unwrap_or("ANY")
+                    .to_uppercase(),
+                path: e["Properties"]["Path"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            });
+        }
+    }
+    out
+}
+
+/// How specifically an HTTP API route's path matches `path`, if it does: API Gateway
+/// prefers the most literal segments, then a `{param}` over a greedy `{proxy+}`.
+fn specificity(route: &str, path: &str) -> Option<(usize, usize)> {
+    let r: Vec<&str> = route.trim_start_matches('/').split('/').collect();
+    let p: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (mut literal, mut params) = (0, 0);
+    for (i, seg) in r.iter().enumerate() {
+        if seg.starts_with('{') && seg.ends_with("+}") {
+            return (p.len() > i).then_some((literal, params));
+        }
+        let got = p.get(i)?;
+        if seg.starts_with('{') {
+            params += 1;
+        } else if seg == got {
+            literal += 1;
+        } else {
+            return None;
+        }
+    }
+    (r.len() == p.len()).then_some((literal, params + 1))
+}
+
+/// The route API Gateway would pick for `method path`, if any.
+fn chosen<'a>(routes: &'a [GatewayRoute], method: &str, path: &str) -> Option<&'a GatewayRoute> {
+    routes
+        .iter()
+        .filter(|r| r.method == method || r.method == "ANY")
+        .filter_map(|r| specificity(&r.path, path).map(|s| (s, r.method == method, r)))
+        .max_by_key(|(s, exact, _)| (*s, *exact))
+        .map(|(_, _, r)| r)
+}
+
+#[test]
+fn the_gateway_s_route_choice_is_modelled_as_aws_documents_it() {
+    let routes = vec![
+        GatewayRoute {
+            function: "A".into(),
+            method: "ANY".into(),
+            path: "/v1/{proxy+}".into(),
+        },
+        GatewayRoute {
+            function: "B".into(),
+            method: "GET".into(),
+            path: "/v1/things/{id}".into(),
+        },
+        GatewayRoute {
+            function: "C".into(),
+            method: "GET".into(),
+            path: "/v1/things/mine".into(),
+        },
+    ];
+    let pick = |m: &str, p: &str| chosen(&routes, m, p).map(|r| r.function.as_str());
+    assert_eq!(pick("GET", "/v1/things/mine"), Some("C"));
+    assert_eq!(pick("GET", "/v1/things/x"), Some("B"));
+    assert_eq!(pick("POST", "/v1/things/x"), Some("A"));
+    assert_eq!(pick("GET", "/v1/things/x/pause"), Some("A"));
+    assert_eq!(pick("GET", "/v1"), None);
+    assert_eq!(pick("GET", "/v2/things"), None);
+}
+
+#[tokio::test]
+async fn every_route_of_the_access_table_reaches_a_function_that_serves_it_on_aws() {
+    let routes = gateway_routes();
+    assert!(
+        routes.len() > 10,
+        "the template's HttpApi events: {routes:?}"
+    );
+    let deps = || {
+        kirim::wiring::memory_deps(
+            kirim_tests::test_settings(),
+            Arc::new(kirim::ports::SystemClock),
+        )
+        .expect("memory deps")
+    };
+    let mut missing = Vec::new();
+    for rule in ROUTES {
+        // A path as a client would send it: each `{param}` a plausible value.
+        let path: String = rule
+            .path
+            .split('/')
+            .map(|s| {
+                if s.starts_with('{') {
+                    "01J9Z8Q4S7YF2K3M5N6P7R8T9W"
+                } else {
+                    s
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let Some(route) = chosen(&routes, rule.method, &path) else {
+            missing.push(format!(
+                "{} {}: no API Gateway route",
+                rule.method, rule.path
+            ));
+            continue;
+        };
+        let req = || {
+            Request::builder()
+                .method(Method::from_bytes(rule.method.as_bytes()).expect("method"))
+                .uri(&path)
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .expect("request")
+        };
+        let status = if route.function == Function::SendApi.logical_id() {
+            kirim::http::send_api_router(deps()).oneshot(req()).await
+        } else if route.function == Function::AdminApi.logical_id() {
+            kirim::http::admin_api_router(deps()).oneshot(req()).await
+        } else if route.function == Function::Webhook.logical_id() {
+            kirim::http::webhook_router(deps()).oneshot(req()).await
+        } else {
+            missing.push(format!(
+                "{} {}: routed to {}, which serves no API route",
+                rule.method, rule.path, route.function
+            ));
+            continue;
+        }
+        .expect("infallible")
+        .status();
+        if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+            missing.push(format!(
+                "{} {}: routed by {} {} to {}, whose router answers {status}",
+                rule.method, rule.path, route.method, route.path, route.function
+            ));
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
