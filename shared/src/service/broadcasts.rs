@@ -296,7 +296,15 @@ pub async fn create_campaign(
     let (mut valid, mut invalid, mut duplicates) = (Vec::new(), Vec::new(), 0usize);
     for r in &raw {
         match PhoneNumber::parse(r.trim()) {
-            Ok(p) if seen.insert(p.to_string()) => valid.push(p),
+            // A number and its other WhatsApp form (Mexico, Argentina, Brazil) are one
+            // user: the second is a duplicate, not a second message and debit.
+            Ok(p) if !seen.contains(&p) => {
+                if let Some(alias) = p.whatsapp_alias() {
+                    seen.insert(alias);
+                }
+                seen.insert(p.clone());
+                valid.push(p);
+            }
             Ok(_) => duplicates += 1,
             Err(_) => invalid.push(r.chars().take(32).collect::<String>()),
         }
