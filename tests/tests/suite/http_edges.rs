@@ -523,9 +523,10 @@ async fn during_an_app_secret_rotation_both_the_new_and_the_previous_secret_veri
     );
 }
 
-/// Meta batches statuses: its webhook reads bodies up to 1 MiB (four times an API body's
-/// limit), refuses larger ones with the error shape, and a refused body changes nothing.
-async fn a_meta_webhook_body_up_to_one_mib_is_read_and_a_larger_one_is_refused(b: Backend) {
+/// Meta batches statuses, in bodies of up to 3 MB by its documentation: its webhook reads
+/// bodies up to 3 MiB (twelve times an API body's limit), refuses larger ones with the
+/// error shape, and a refused body changes nothing.
+async fn a_meta_webhook_body_up_to_three_mib_is_read_and_a_larger_one_is_refused(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(2).await;
     let id = app.send_ok(&t.key, "+60123450007").await; // fails at once: a stable state
@@ -549,8 +550,8 @@ async fn a_meta_webhook_body_up_to_one_mib_is_read_and_a_larger_one_is_refused(b
             .body(body)
             .send()
     };
-    // 1.1 MiB: refused before anything is applied.
-    let res = post(body_of(1100 * 1024)).await.unwrap();
+    // 3.1 MiB: refused before anything is applied.
+    let res = post(body_of(3174 * 1024)).await.unwrap();
     let (status, code, full) = error_of(res).await;
     assert_eq!(
         (status, code.as_str()),
@@ -558,8 +559,9 @@ async fn a_meta_webhook_body_up_to_one_mib_is_read_and_a_larger_one_is_refused(b
         "{full}"
     );
     assert_eq!(app.message(&t.key, &id).await["status"], "failed");
-    // 600 KiB (over an API body's 256 KiB): read, verified and applied as any other.
-    let res = post(body_of(600 * 1024)).await.unwrap();
+    // 2.9 MB (over an API body's 256 KiB, and the 1 MiB once refused): read, verified and
+    // applied as any other.
+    let res = post(body_of(2_900_000)).await.unwrap();
     assert_eq!(res.status(), 200);
     let answer: Value = res.json().await.unwrap();
     assert_eq!(answer["received"], true, "{answer}");
@@ -578,5 +580,5 @@ on_both_backends!(
     forged_or_unsigned_webhooks_are_refused_and_change_nothing,
     the_subscription_handshake_echoes_the_challenge_only_for_the_right_token,
     every_response_has_a_request_id_and_unknown_routes_answer_the_error_shape,
-    a_meta_webhook_body_up_to_one_mib_is_read_and_a_larger_one_is_refused,
+    a_meta_webhook_body_up_to_three_mib_is_read_and_a_larger_one_is_refused,
 );
