@@ -152,7 +152,14 @@ async fn apply_to(
         ))
         .await?;
     }
-    if seen.is_some_and(|m| !to.may_still_follow(m.status)) {
+    if let Some(m) = seen.filter(|m| !to.may_still_follow(m.status)) {
+        // Overtaken (a `delivered` after the `read`), yet it may be the first status to
+        // carry Meta's pricing: counted once all the same (the store's condition decides).
+        // A repeat of the stored status is not (Meta's `sent` after the dispatcher's):
+        // the moves after it carry the pricing with them in the one write, as before.
+        if let Some(pricing) = report.pricing.as_ref().filter(|_| m.status != to) {
+            Box::pin(super::usage::record_on(deps, m, pricing, at)).await?;
+        }
         return Ok(Applied::NoChange);
     }
     let change = StatusChange {

@@ -224,6 +224,71 @@ async fn a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_i
     );
 }
 
+/// Meta prices a message on whichever status it chooses and keeps no order: a `read`
+/// without pricing may come first, and the overtaken `delivered` after it carry the price.
+/// Seen read already, the `delivered` moves nothing, yet its pricing is counted, once.
+async fn an_overtaken_status_that_is_the_first_to_carry_the_pricing_still_counts_it_once(
+    b: Backend,
+) {
+    let (_, deps, clock) = two_processes(b).await;
+    let t = tenant(10);
+    deps.tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let (m, debit) = message_for(&t.id, clock.now());
+    deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+    let wamid = format!("wamid.{}", ulid::Ulid::new());
+    deps.messages
+        .transition(
+            &t.id,
+            &m.id,
+            MessageStatus::Sending,
+            &StatusChange::default(),
+            clock.now(),
+        )
+        .await
+        .unwrap();
+    let sent = StatusChange {
+        wamid: Some(wamid.clone()),
+        ..Default::default()
+    };
+    deps.messages
+        .transition(&t.id, &m.id, MessageStatus::Sent, &sent, clock.now())
+        .await
+        .unwrap();
+    assert_eq!(
+        status::apply(&deps, Some(&t.id), &report(&m, &wamid, "read", false))
+            .await
+            .unwrap(),
+        Applied::Yes
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            status::apply(&deps, Some(&t.id), &report(&m, &wamid, "delivered", true))
+                .await
+                .unwrap(),
+            Applied::NoChange,
+            "read stays read"
+        );
+    }
+    let stored = deps
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, MessageStatus::Read);
+    assert!(stored.pricing.is_some(), "priced by the overtaken status");
+    let day = clock.now().date_naive();
+    let usage = deps.usage.usage(&t.id, day, day).await.unwrap();
+    assert_eq!(
+        usage.iter().map(|u| u.messages).sum::<i64>(),
+        1,
+        "counted once: {usage:?}"
+    );
+}
+
 /// The dispatcher runs its checks before the claim on the facts its job carries, without
 /// reading the message; for a message an earlier delivery of the job claimed (an
 /// ambiguous send waiting for Meta or the sending deadline), a failing check is refused
@@ -304,6 +369,7 @@ async fn a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sen
 }
 
 on_both_backends!(
+    an_overtaken_status_that_is_the_first_to_carry_the_pricing_still_counts_it_once,
     a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_it_once,
     a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sending_deadline,
 );
