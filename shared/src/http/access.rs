@@ -348,7 +348,11 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             }
             let mutating = parts.method != Method::GET && parts.method != Method::HEAD;
             let res = next.run(Request::from_parts(parts, body)).await;
-            if mutating {
+            // A request its handler refused for its rate (a login from a locked-out
+            // address) is not audited, as one refused here: a flood of them, with no
+            // credentials needed, must not become a flood of writes to a tenant's chain.
+            // The failures that led to the lock-out were audited one by one.
+            if mutating && res.status() != StatusCode::TOO_MANY_REQUESTS {
                 let note = res
                     .extensions()
                     .get::<AuditNote>()
@@ -357,10 +361,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 let status = res.status();
                 let outcome = if status.is_success() {
                     AuditOutcome::Success
-                } else if status == StatusCode::UNAUTHORIZED
-                    || status == StatusCode::FORBIDDEN
-                    || status == StatusCode::TOO_MANY_REQUESTS
-                {
+                } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                     AuditOutcome::Denied
                 } else {
                     AuditOutcome::Error
@@ -410,7 +411,15 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                     actor_id,
                     action,
                     ip,
-                    outcome: AuditOutcome::Denied,
+                    // Refused credentials or role are `denied`; the check failing for
+                    // want of storage or a secret (503, 500) is an `error`, as elsewhere.
+                    outcome: if res.status() == StatusCode::UNAUTHORIZED
+                        || res.status() == StatusCode::FORBIDDEN
+                    {
+                        AuditOutcome::Denied
+                    } else {
+                        AuditOutcome::Error
+                    },
                     details: serde_json::json!({"reason": code, "status": res.status().as_u16()}),
                 },
             )

@@ -33,7 +33,13 @@ async fn create_user(
     JsonBody(req): JsonBody<NewUser>,
 ) -> ApiResult {
     let user = users::create(&s.deps, ctx.tenant_id(), req).await?;
-    Ok((StatusCode::CREATED, Json(user)).into_response())
+    // The audit trail names who was added, and with which role (never the email).
+    let details = json!({"user_id": user.id, "role": user.role});
+    Ok(super::admin::noted(
+        (StatusCode::CREATED, Json(user)).into_response(),
+        None,
+        details,
+    ))
 }
 
 async fn list_users(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
@@ -47,7 +53,11 @@ async fn delete_user(
     Path(id): Path<String>,
 ) -> ApiResult {
     users::delete(&s.deps, ctx.tenant_id(), super::minted_path(&id)?).await?;
-    Ok(empty(StatusCode::NO_CONTENT))
+    Ok(super::admin::noted(
+        empty(StatusCode::NO_CONTENT),
+        None,
+        json!({"user_id": id}),
+    ))
 }
 
 /// `POST /v1/users/{id}/unlock`: clears the user's failed-login counters.
@@ -90,15 +100,20 @@ async fn login(
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> Response {
     let addr = client.and_then(|c| c.0 .0);
+    let email = users::normalise_email(&req.email);
+    let res = login_response(&s, req, addr).await;
+    // Refused for its rate (a locked-out address): not audited (`access::authorize`), so
+    // no lookup of whose login it was either.
+    if res.status() == StatusCode::TOO_MANY_REQUESTS {
+        return res;
+    }
     // Whose login this was, for the audit trail (the tenant's chain, both outcomes).
-    let who = match users::normalise_email(&req.email) {
+    let who = match email {
         Some(e) => s.deps.users.user_by_email(&e).await.ok().flatten(),
         None => None,
     };
-    let res = login_response(&s, req, addr).await;
     let result = match res.status() {
         StatusCode::OK => "ok",
-        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
         _ => res
             .extensions()
             .get::<super::error::ErrorInfo>()
@@ -171,5 +186,11 @@ async fn put_two_factor(
     ctx: TenantCtx,
     JsonBody(req): JsonBody<TwoFactorSetting>,
 ) -> ApiResult {
-    Ok(Json(users::set_two_factor_setting(&s.deps, ctx.tenant_id(), req).await?).into_response())
+    let set = users::set_two_factor_setting(&s.deps, ctx.tenant_id(), req).await?;
+    let details = json!({"required": set.required});
+    Ok(super::admin::noted(
+        Json(set).into_response(),
+        None,
+        details,
+    ))
 }

@@ -207,6 +207,50 @@ async fn logins_are_audited_on_the_users_tenant_with_both_outcomes(b: Backend) {
     );
 }
 
+/// "Who added, removed or changed whom": a user's creation names the user and the role,
+/// its deletion the user, the tenant's 2FA requirement what it was set to.
+async fn user_and_2fa_changes_are_audited_with_what_they_changed(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let user: Value = app.http.post(app.url("/v1/users")).bearer_auth(&t.key)
+        .json(&json!({"email": "ali@kedai.example", "role": "read_only", "password": "correct horse battery"}))
+        .send().await.unwrap().json().await.unwrap();
+    let id = user["id"].as_str().unwrap_or_default().to_owned();
+    let res = app
+        .http
+        .delete(app.url(&format!("/v1/users/{id}")))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let res = app
+        .http
+        .put(app.url("/v1/settings/2fa"))
+        .bearer_auth(&t.key)
+        .json(&json!({"required": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let page = get(&app, &t.key, "/v1/audit?action=POST%20/v1/users").await;
+    let created = &page["events"][0]["details"];
+    assert_eq!(
+        (created["user_id"].as_str(), created["role"].as_str()),
+        (Some(id.as_str()), Some("read_only")),
+        "{page}"
+    );
+    assert!(!page.to_string().contains("ali@kedai"), "never the email");
+    let page = get(&app, &t.key, "/v1/audit?action=DELETE%20/v1/users/%7Bid%7D").await;
+    assert_eq!(
+        page["events"][0]["details"]["user_id"],
+        id.as_str(),
+        "{page}"
+    );
+    let page = get(&app, &t.key, "/v1/audit?action=PUT%20/v1/settings/2fa").await;
+    assert_eq!(page["events"][0]["details"]["required"], true, "{page}");
+}
+
 /// An audit log whose next `failures` appends (event writes) fail with `error`
 /// (contention or an outage), and whose next `head_failures` head writes do; everything
 /// else goes to the real one.
@@ -641,6 +685,7 @@ async fn two_processes_appending_to_one_chain_at_once_never_fork_it(b: Backend) 
 }
 
 on_both_backends!(
+    user_and_2fa_changes_are_audited_with_what_they_changed,
     an_event_parked_on_a_chain_nobody_appends_to_is_linked_in_by_the_retention_job,
     an_event_left_beyond_its_head_is_listed_verified_as_in_flight_and_anchored_by_the_next_append,
     an_event_beyond_the_head_that_does_not_verify_is_never_anchored_and_later_events_park,

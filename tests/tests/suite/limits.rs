@@ -487,8 +487,33 @@ async fn an_admin_unlocks_a_user_and_another_tenants_user_is_not_found(p: Ports)
     assert_eq!(events[1]["details"]["status"], 404);
 }
 
+/// A login needs no credentials: a flood of them from a locked-out address must not become
+/// a flood of writes to the tenant's audit chain (or reads to find whose email it named).
+/// The failures that locked the address out are audited, each; the refusals after are not.
+async fn a_login_flood_from_a_locked_out_address_writes_nothing(p: Ports) {
+    let http = Http::new(p).await;
+    let (_, email, _) = with_user(&http).await;
+    for i in 0..5 {
+        let a = login(&http, &email, "not the password", HOME).await;
+        assert_eq!(a.status, 401, "{i}");
+    }
+    let a = login(&http, &email, "not the password", HOME).await;
+    assert_eq!((a.status, a.code()), (429, "rate_limited"));
+    let before = http.p.retention.stored_items().await.unwrap().len();
+    for i in 0..20 {
+        let a = login(&http, &email, "not the password", HOME).await;
+        assert_eq!(a.status, 429, "{i}");
+    }
+    assert_eq!(
+        http.p.retention.stored_items().await.unwrap().len(),
+        before,
+        "refused logins wrote nothing"
+    );
+}
+
 contract!(
     a_key_over_its_limit_gets_429_with_retry_after_and_another_tenant_is_unaffected,
+    a_login_flood_from_a_locked_out_address_writes_nothing,
     the_operators_limits_route_changes_a_tenants_limit_and_refuses_bad_limits,
     an_unsigned_webhook_flood_from_one_address_gets_429_while_meta_still_gets_200,
     an_unknown_email_answers_exactly_like_a_wrong_password_and_is_slowed_alike,
