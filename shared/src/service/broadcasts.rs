@@ -1038,15 +1038,24 @@ pub async fn fan_out_in_slices(
     slice: usize,
 ) -> Result<Outcome, StoreError> {
     if let Some(wait) = super::schedule::wait(job.send_at, deps.clock.now()) {
-        // As a scheduled message's job: once in a while it looks, and a cancelled
-        // broadcast's job (it carries the template's parameters) ends then.
-        if super::schedule::looks_now(wait, deps.settings.schedule_hop) {
+        // As a scheduled message's job: once in a while (and on its first hops) it looks,
+        // and a cancelled broadcast's job (it carries the template's parameters) ends
+        // then; so does the job of a request that recorded nothing (refused after its job
+        // was queued: `402`, a lost `Idempotency-Key` race), once past the write's grace.
+        if super::schedule::looks_at(deps, &job.broadcast_id, wait) {
             let b = deps
                 .broadcasts
                 .get_broadcast(&job.tenant_id, &job.broadcast_id)
                 .await?;
-            if b.is_some_and(|b| b.status == BroadcastStatus::Cancelled) {
-                tracing::info!(broadcast_id = %job.broadcast_id, "scheduled broadcast cancelled; its job dropped");
+            let gone = match b {
+                Some(b) => b.status == BroadcastStatus::Cancelled,
+                None => {
+                    super::deadline::age_of(deps, &job.broadcast_id)
+                        >= super::deadline::UNRECORDED_GRACE
+                }
+            };
+            if gone {
+                tracing::info!(broadcast_id = %job.broadcast_id, "scheduled broadcast cancelled or never recorded; its job dropped");
                 return Ok(Outcome::Done);
             }
         }

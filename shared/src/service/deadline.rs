@@ -31,19 +31,25 @@ pub const UNRECORDED_GRACE: Duration = Duration::from_secs(120);
 /// nothing was charged, so nothing is sent). A message or broadcast id is a ULID of its
 /// acceptance time; one that is not is treated as old.
 pub fn unrecorded(deps: &Deps, id: &str) -> Outcome {
-    let accepted_at = ulid::Ulid::from_string(id)
-        .ok()
-        .map(|u| DateTime::<Utc>::from(u.datetime()));
-    // A sender's clock a little ahead of this one's counts as just accepted.
-    let age = accepted_at.map_or(Duration::MAX, |at| {
-        (deps.clock.now() - at).to_std().unwrap_or_default()
-    });
+    let age = age_of(deps, id);
     if age >= UNRECORDED_GRACE {
         tracing::info!(id, "nothing recorded for this job; dropping it");
         return Outcome::Done;
     }
     // Soon at first (the write usually lands within milliseconds), then less often.
     Outcome::RetryAfter(age.clamp(Duration::from_millis(500), Duration::from_secs(30)))
+}
+
+/// How long ago the message or broadcast `id` (a ULID of its acceptance time) was
+/// accepted; an id that is not a ULID counts as old. A sender's clock a little ahead of
+/// this one's counts as just accepted.
+pub fn age_of(deps: &Deps, id: &str) -> Duration {
+    ulid::Ulid::from_string(id)
+        .ok()
+        .map(|u| DateTime::<Utc>::from(u.datetime()))
+        .map_or(Duration::MAX, |at| {
+            (deps.clock.now() - at).to_std().unwrap_or_default()
+        })
 }
 
 /// When to look again at a message claimed at `claimed_at` that is still `sending`.

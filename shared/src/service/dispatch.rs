@@ -427,18 +427,28 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     // already, or when it was cancelled, which the claim below then refuses too).
     if job.send_at.is_some() {
         if let Some(wait) = super::schedule::wait(job.send_at, deps.clock.now()) {
-            // Once in a while the wait looks at the message: a cancelled one's job, which
-            // carries its content, is dropped then instead of hopping on until `send_at`
-            // (up to 35 days). Only a message read as no longer `scheduled` drops it; one
-            // not found keeps waiting, as before (the claim at `send_at` decides).
-            if super::schedule::looks_now(wait, deps.settings.schedule_hop) {
+            // Once in a while (and on its first hops) the wait looks at the message: a
+            // cancelled one's job, which carries its content, is dropped then instead of
+            // hopping on until `send_at` (up to 35 days); so is the job of a request that
+            // recorded nothing (refused after its job was queued), once past the grace
+            // for its write.
+            if super::schedule::looks_at(deps, job.message_id.as_str(), wait) {
                 let m = deps
                     .messages
                     .get_message(&job.tenant_id, &job.message_id)
                     .await?;
-                if m.is_some_and(|m| m.status != MessageStatus::Scheduled) {
-                    tracing::info!("scheduled message no longer waiting; its job dropped");
-                    return Ok(Outcome::Done);
+                match m {
+                    Some(m) if m.status != MessageStatus::Scheduled => {
+                        tracing::info!("scheduled message no longer waiting; its job dropped");
+                        return Ok(Outcome::Done);
+                    }
+                    None if super::deadline::age_of(deps, job.message_id.as_str())
+                        >= super::deadline::UNRECORDED_GRACE =>
+                    {
+                        tracing::info!("scheduled message never recorded; its job dropped");
+                        return Ok(Outcome::Done);
+                    }
+                    _ => {}
                 }
             }
             let again = QueueJob::Send(job.clone());

@@ -74,6 +74,20 @@ pub fn looks_now(wait: Duration, hop: Duration) -> bool {
         .is_multiple_of(LOOK_EVERY_HOPS)
 }
 
+/// Whether a job for the record `id` (a message or a broadcast), still waiting `wait`,
+/// looks at that record on this hop: every [`LOOK_EVERY_HOPS`] hops ([`looks_now`]), and
+/// on its first hops, while `id` is younger than two hops past the grace for its write. A
+/// request refused after its job
+/// was queued (the job goes first: `402`, a lost `Idempotency-Key` race) recorded nothing,
+/// and its job, which carries the content, is dropped at its first look
+/// ([`super::deadline::UNRECORDED_GRACE`]) instead of hopping on until `send_at` (up to 35
+/// days).
+pub fn looks_at(deps: &super::Deps, id: &str, wait: Duration) -> bool {
+    let hop = deps.settings.schedule_hop;
+    let young = super::deadline::UNRECORDED_GRACE.saturating_add(hop.saturating_mul(2));
+    looks_now(wait, hop) || super::deadline::age_of(deps, id) < young
+}
+
 /// How long a job due at `send_at` still waits, at `now`: `None` when it is due.
 pub fn wait(send_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<Duration> {
     let at = send_at?;

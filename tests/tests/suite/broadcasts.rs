@@ -525,6 +525,86 @@ async fn a_cancelled_scheduled_jobs_are_dropped_at_their_next_look() {
     );
 }
 
+/// A send's (and a broadcast's) job is queued before the request's debit: a scheduled one
+/// refused then (`402`) recorded nothing, and its job, which carries the content, is
+/// dropped at its first hop past the grace for the write, not kept until `send_at`.
+#[tokio::test]
+async fn a_refused_scheduled_requests_job_is_dropped_at_its_first_look_not_kept_until_send_at() {
+    use kirim::ports::Clock;
+    use kirim::service::jobs::{Outcome, QueueJob};
+    use kirim::service::{broadcasts, dispatch, send};
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let (tenant, _) = promo_broadcast(&deps, "130", 1).await;
+    while !deps
+        .queue
+        .receive(10, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_empty()
+    {}
+    // The credits are spent: both scheduled requests are refused with 402.
+    let send_at = clock.now() + chrono::Duration::days(30);
+    let req: send::SendRequest = serde_json::from_value(json!({
+        "to": "+60123450779",
+        "template": {"name": "promo", "language": "en"},
+        "send_at": send_at.to_rfc3339(),
+    }))
+    .unwrap();
+    assert!(matches!(
+        send::send_once(&deps, &tenant.id, req, None).await,
+        Err(kirim::service::errors::ServiceError::InsufficientCredits)
+    ));
+    let template: send::TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
+    let campaign = broadcasts::CampaignIn {
+        send_at: Some(send_at.to_rfc3339()),
+        ..Default::default()
+    };
+    assert!(matches!(
+        broadcasts::create_campaign(
+            &deps,
+            &tenant.id,
+            template,
+            vec!["+60123450780".into()],
+            campaign
+        )
+        .await,
+        Err(kirim::service::errors::ServiceError::InsufficientCredits)
+    ));
+    let jobs = deps
+        .queue
+        .receive(10, Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 2, "each job was queued before its refusal");
+    // Its first hop, within the grace for the write: it hops on.
+    for job in &jobs {
+        match QueueJob::parse(&job.body) {
+            Some(QueueJob::Send(_)) => assert!(matches!(
+                dispatch::handle_in_batch(&deps, &job.body).await,
+                Outcome::Again(..)
+            )),
+            Some(QueueJob::BroadcastFanout(f)) => assert!(matches!(
+                broadcasts::fan_out_in_slices(&deps, &f, 10).await.unwrap(),
+                Outcome::Again(..)
+            )),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The next, past the grace (120 s): nothing was recorded, so each is dropped.
+    clock.advance(chrono::Duration::seconds(120));
+    for job in &jobs {
+        let outcome = match QueueJob::parse(&job.body) {
+            Some(QueueJob::BroadcastFanout(f)) => {
+                broadcasts::fan_out_in_slices(&deps, &f, 10).await.unwrap()
+            }
+            _ => dispatch::handle_in_batch(&deps, &job.body).await,
+        };
+        assert_eq!(outcome, Outcome::Done, "{}", job.body.len());
+    }
+}
+
 /// A fan-out that finds its recipient list gone (its backstop passed while it was paused
 /// for days) closes the broadcast and refunds the recipients never queued.
 #[tokio::test]
