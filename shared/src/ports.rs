@@ -1045,7 +1045,19 @@ pub struct Broadcast {
     /// claim of each of its messages is conditional on there being none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<BroadcastControl>,
+    /// The broadcast whose failures this one retries (`retry-failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
+    /// The broadcast that retried this one's failures: set once, by the retry's own
+    /// creating write (a condition that it was not yet set), so a broadcast is retried
+    /// once. Retry the retry for what failed again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_by: Option<String>,
 }
+
+/// The `Conflict` of a broadcast's creating write whose retry mark was refused: the
+/// broadcast it retries was retried already (or is gone).
+pub const ALREADY_RETRIED: &str = "this broadcast's failures were retried already";
 
 impl Broadcast {
     /// When its recipient list expires if nothing deleted it before (the backstop of

@@ -530,7 +530,8 @@ async fn render_results(
         .filter(|(action, _, applies)| {
             action_available(ctx.role, action)
                 && if applies.is_empty() {
-                    failed_count > 0
+                    // A campaign is retried once: then its retry's page retries the rest.
+                    failed_count > 0 && b["retried_by"].is_null()
                 } else {
                     applies.contains(&state)
                 }
@@ -553,6 +554,12 @@ async fn render_results(
             dt { "Skipped (opted out)" } dd { (num("skipped_opted_out")) }
             @if b.get("duplicates").is_some() { dt { "Duplicates dropped" } dd { (num("duplicates")) } }
             @if b.get("invalid_count").is_some() { dt { "Invalid numbers" } dd { (num("invalid_count")) } }
+            @if let Some(of) = b["retry_of"].as_str() {
+                dt { "Retries" } dd { a href=(format!("/console/campaigns/{}", segment(of))) { (of) } }
+            }
+            @if let Some(by) = b["retried_by"].as_str() {
+                dt { "Retried by" } dd #campaign-retried-by { a href=(format!("/console/campaigns/{}", segment(by))) { (by) } }
+            }
         }
         @if !moves.is_empty() {
             div.actions {

@@ -93,9 +93,10 @@ async fn create(
             "body_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))});
         let campaign = CampaignIn {
             name: q.get("name").cloned(),
-            send_at: q.get("send_at").cloned(),
+            send_at: q.get("send_at").map(|v| offset_plus(v)),
             from: q.get("from").cloned(),
             key: super::idempotency::keyed(key, &what),
+            retry_of: None,
         };
         (template, broadcasts::recipients_from_csv(&body)?, campaign)
     } else {
@@ -121,6 +122,7 @@ async fn create(
             send_at: req.send_at,
             from: req.from,
             key: super::idempotency::keyed(key, &what),
+            retry_of: None,
         };
         (req.template, req.recipients, campaign)
     };
@@ -350,4 +352,45 @@ async fn get_one(State(s): State<AppState>, ctx: TenantCtx, Path(id): Path<Strin
     super::minted_path(&id)?;
     let view = broadcasts::view(&s.deps, ctx.tenant_id(), &id).await?;
     Ok(Json(view).into_response())
+}
+
+/// A `send_at` from a query string, where an unencoded `+` of its offset
+/// (`2026-12-01T09:00:00+08:00`) arrives decoded as a space: the space before a closing
+/// `hh:mm` is that `+` again. (`%2B08:00` and `Z` arrive as they are.)
+fn offset_plus(v: &str) -> String {
+    let b = v.as_bytes();
+    let n = b.len();
+    let offset = n >= 6
+        && b[n - 6] == b' '
+        && b[n - 5].is_ascii_digit()
+        && b[n - 4].is_ascii_digit()
+        && b[n - 3] == b':'
+        && b[n - 2].is_ascii_digit()
+        && b[n - 1].is_ascii_digit();
+    if offset {
+        format!("{}+{}", &v[..n - 6], &v[n - 5..])
+    } else {
+        v.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod offset_tests {
+    #[test]
+    fn a_query_s_offset_plus_decoded_as_a_space_is_read_as_plus() {
+        assert_eq!(
+            super::offset_plus("2026-12-01T09:00:00 08:00"),
+            "2026-12-01T09:00:00+08:00"
+        );
+        for same in [
+            "2026-12-01T09:00:00+08:00",
+            "2026-12-01T09:00:00Z",
+            "2026-12-01T09:00:00-05:00",
+            "tomorrow",
+            "",
+            " 8:00",
+        ] {
+            assert_eq!(super::offset_plus(same), same);
+        }
+    }
 }

@@ -63,6 +63,8 @@ pub struct CampaignIn {
     pub from: Option<String>,
     /// The request's `Idempotency-Key` and fingerprint, if it gave one.
     pub key: Option<super::idempotency::Idempotent>,
+    /// The broadcast this one retries (set by `retry_failed` only).
+    pub retry_of: Option<String>,
 }
 
 /// The longest campaign name.
@@ -109,6 +111,10 @@ pub struct View {
     /// Its failed messages by error code, most frequent first, each with the hint a
     /// person can act on.
     pub failures: Vec<Failure>,
+    /// The broadcast whose failures it retries, if it is a retry.
+    pub retry_of: Option<String>,
+    /// The broadcast that retried its failures (a broadcast is retried once).
+    pub retried_by: Option<String>,
 }
 
 /// Failed messages of one error code.
@@ -264,6 +270,7 @@ pub async fn create_campaign(
     if raw.len() > MAX_RECIPIENTS {
         return Err(too_many());
     }
+    let campaign_retry_of = campaign.retry_of;
     let name = campaign.name.map(|n| n.trim().to_owned());
     if name.as_ref().is_some_and(|n| {
         n.is_empty() || n.chars().count() > MAX_NAME || n.chars().any(char::is_control)
@@ -366,6 +373,8 @@ pub async fn create_campaign(
         started_at: if send_at.is_some() { None } else { Some(now) },
         ended_at: None,
         control: None,
+        retry_of: campaign_retry_of,
+        retried_by: None,
     };
     // The fan-out job is queued BEFORE the broadcast and its debit are written (as a
     // send's job is): a failed enqueue writes nothing, and a process that dies in between
@@ -554,6 +563,8 @@ pub async fn view(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Serv
         invalid_count: b.invalid,
         enqueued: b.enqueued,
         counts,
+        retry_of: b.retry_of,
+        retried_by: b.retried_by,
     })
 }
 
@@ -662,6 +673,10 @@ pub async fn retry_failed(
             replayed: true,
         });
     }
+    // Once: a second retry would message (and charge for) the same recipients again.
+    if let Some(by) = &b.retried_by {
+        return Err(retried_already(by));
+    }
     let mut recipients = Vec::new();
     let mut after: Option<MessageId> = None;
     loop {
@@ -705,8 +720,21 @@ pub async fn retry_failed(
         // The same sender (it must still be one of the tenant's numbers).
         from: b.from.clone(),
         key,
+        retry_of: Some(b.id.clone()),
     };
-    let accepted = create_campaign(deps, tenant, template, recipients, campaign).await?;
+    let accepted = match create_campaign(deps, tenant, template, recipients, campaign).await {
+        Ok(a) => a,
+        // Another retry of it was written first (its creating write marked this one).
+        Err(ServiceError::Conflict(m)) if m == crate::ports::ALREADY_RETRIED => {
+            let by = deps
+                .broadcasts
+                .get_broadcast(tenant, &b.id)
+                .await?
+                .and_then(|b| b.retried_by);
+            return Err(retried_already(by.as_deref().unwrap_or("another")));
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Retried {
         id: accepted.id,
         accepted: accepted.accepted,
@@ -715,6 +743,12 @@ pub async fn retry_failed(
         retry_of: b.id,
         replayed: accepted.replayed,
     })
+}
+
+fn retried_already(by: &str) -> ServiceError {
+    ServiceError::Conflict(format!(
+        "this broadcast's failures were retried already, by broadcast {by}: retry that one's failures instead"
+    ))
 }
 
 /// The header of `recipients.csv`.
@@ -1373,6 +1407,8 @@ mod tests {
             started_at: None,
             ended_at: None,
             control: None,
+            retry_of: None,
+            retried_by: None,
         };
         assert_eq!(message_id(&b, 7), message_id(&b, 7));
         assert_ne!(message_id(&b, 7), message_id(&b, 8));

@@ -659,6 +659,29 @@ async fn results_show_failures_with_hints_the_csv_and_a_retry_of_only_retryable_
     assert!(csv.contains("+60123450004"), "{csv}");
     let new_view = broadcast_view(&app, &t.key, &new_id).await;
     assert_eq!(new_view["name"], "Raya promo (retry)");
+    assert_eq!(new_view["retry_of"], id.as_str());
+    // Retried once: another retry (another form, another key) would message the same
+    // recipients again. It is refused, naming the retry, and charges nothing.
+    let (status, body) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        &retry,
+        Some(json!({"components": template_of("utility")["components"]})),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&new_id)),
+        "{body}"
+    );
+    assert_eq!(app.credits(&t.key).await, before - 1);
+    assert_eq!(
+        broadcast_view(&app, &t.key, &id).await["retried_by"],
+        new_id.as_str()
+    );
 
     // The list: newest first, filtered by status, paged; another tenant sees none.
     let (_, list) = call(&app, &t.key, Method::GET, "/v1/broadcasts", None).await;

@@ -281,6 +281,20 @@ async fn a_campaign_s_failures_are_retried_from_its_page_with_the_template_s_par
     assert_ne!(new_id, id);
     assert!(retried.location().ends_with("done=campaign_retried"));
     assert_eq!(app.credits(&t.key).await, before - 1);
+    // Retried once: the page names the retry and offers no second one.
+    let page = web.get(&format!("/console/campaigns/{id}")).await;
+    assert!(page.html.contains("campaign-retried-by"), "{}", page.html);
+    assert!(page.html.contains(&new_id), "{}", page.html);
+    assert!(!page.html.contains("Retry failed messages"), "{}", page.html);
+    // A page loaded before the retry still posts: the API's refusal shows, nothing paid.
+    let again = web
+        .post(
+            &format!("/console/campaigns/{id}/retry-failed"),
+            &[("csrf", &csrf), ("parameters", "ORDER-8")],
+        )
+        .await;
+    assert_eq!(again.status, 409, "{}", again.html);
+    assert_eq!(app.credits(&t.key).await, before - 1);
 }
 
 async fn a_campaign_is_created_from_an_uploaded_csv_file(b: Backend) {

@@ -37,6 +37,8 @@ fn running_broadcast(
         started_at: Some(now),
         ended_at: None,
         control: None,
+        retry_of: None,
+        retried_by: None,
     }
 }
 
@@ -308,8 +310,73 @@ async fn concurrent_broadcasts_with_one_key_make_one_broadcast_and_one_debit(p: 
     );
 }
 
+/// Retries of one broadcast written at once (two people, two forms, two keys): one is
+/// written and marks the broadcast; the others are refused whole, nothing debited.
+async fn concurrent_retries_of_one_broadcast_write_one_and_debit_once(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    let now = p.clock.now();
+    let original = running_broadcast(&t.id, now);
+    let (_, mut debit) = message(&p, &t.id, 3600);
+    debit.amount = -3;
+    debit.message_id = None;
+    p.broadcasts
+        .create_broadcast(&original, &[], &debit)
+        .await
+        .unwrap();
+    let phone = kirim::domain::PhoneNumber::parse("+60123450004").unwrap();
+    let attempts: Vec<_> = (0..5)
+        .map(|_| {
+            let mut b = running_broadcast(&t.id, now);
+            b.accepted = 1;
+            b.retry_of = Some(original.id.clone());
+            let (_, mut debit) = message(&p, &t.id, 3600);
+            debit.amount = -1;
+            debit.message_id = None;
+            let (store, phone) = (p.broadcasts.clone(), phone.clone());
+            tokio::spawn(async move {
+                let r = store.create_broadcast(&b, &[phone], &debit).await;
+                (r, b.id)
+            })
+        })
+        .collect();
+    let mut written = Vec::new();
+    for a in attempts {
+        match a.await.unwrap() {
+            (Ok(()), id) => written.push(id),
+            (Err(kirim::store_error::StoreError::Conflict(m)), _) => {
+                assert_eq!(m, ALREADY_RETRIED)
+            }
+            (Err(e), _) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(written.len(), 1, "one retry");
+    let marked = p
+        .broadcasts
+        .get_broadcast(&t.id, &original.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(marked.retried_by.as_deref(), Some(written[0].as_str()));
+    assert_eq!(
+        p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits,
+        96,
+        "the broadcast and one retry debited"
+    );
+    // A retry of a broadcast that is not there is refused the same way.
+    let mut b = running_broadcast(&t.id, now);
+    b.retry_of = Some(kirim::domain::new_id());
+    let (_, mut debit) = message(&p, &t.id, 3600);
+    debit.amount = -1;
+    debit.message_id = None;
+    assert!(matches!(
+        p.broadcasts.create_broadcast(&b, &[phone], &debit).await,
+        Err(kirim::store_error::StoreError::Conflict(_))
+    ));
+}
+
 contract!(
     a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_and_a_held_one_stays_as_it_was,
+    concurrent_retries_of_one_broadcast_write_one_and_debit_once,
     a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once,
     concurrent_broadcasts_with_one_key_make_one_broadcast_and_one_debit,
 );

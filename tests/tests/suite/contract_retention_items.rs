@@ -353,6 +353,8 @@ async fn broadcast(p: &Ports, t: &TenantId, expires_in: i64, created_ago: i64) -
         started_at: None,
         ended_at: None,
         control: None,
+        retry_of: None,
+        retried_by: None,
     };
     let debit = LedgerEntry {
         amount: -2,

@@ -16,7 +16,7 @@ use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore,
 use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
     Broadcast, BroadcastClaim, BroadcastControl, BroadcastOnce, BroadcastStatus, BroadcastStore,
-    LedgerEntry, RequestKeyRecord,
+    LedgerEntry, RequestKeyRecord, ALREADY_RETRIED,
 };
 use crate::store_error::StoreError;
 
@@ -61,6 +61,22 @@ impl DynamoStore {
             )?;
             items.push(self.key_record_put(record)?);
         }
+        // A retry marks the broadcast it retries, only if nothing retried it yet: of two
+        // retries of one broadcast, one is written.
+        let retry_mark_at = items.len();
+        if let Some(original) = &broadcast.retry_of {
+            let u = Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(
+                    keys::broadcast(&broadcast.tenant_id, original).attrs(),
+                ))
+                .update_expression("SET retried_by = :by")
+                .condition_expression("attribute_exists(pk) AND attribute_not_exists(retried_by)")
+                .expression_attribute_values(":by", s(broadcast.id.clone()))
+                .build()
+                .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+            items.push(TransactWriteItem::builder().update(u).build());
+        }
         let failed = match self.transact_retrying_conflicts(items).await {
             Ok(()) => return Ok(BroadcastOnce::Created),
             Err(e) => e,
@@ -77,6 +93,11 @@ impl DynamoStore {
             return earlier.map(BroadcastOnce::Earlier).ok_or_else(|| {
                 StoreError::Unavailable("broadcast key contended; try again".into())
             });
+        }
+        if broadcast.retry_of.is_some()
+            && failed.reason(retry_mark_at) == Some(&CancelReason::ConditionalCheckFailed)
+        {
+            return Err(StoreError::Conflict(ALREADY_RETRIED.into()));
         }
         if failed.reason(0) == Some(&CancelReason::ConditionalCheckFailed) {
             return Err(StoreError::InsufficientCredits);

@@ -10,7 +10,7 @@ use super::{message_key, MemoryStore};
 use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
     Broadcast, BroadcastClaim, BroadcastControl, BroadcastOnce, BroadcastStatus, BroadcastStore,
-    LedgerEntry, RequestKeyRecord,
+    LedgerEntry, RequestKeyRecord, ALREADY_RETRIED,
 };
 use crate::store_error::StoreError;
 
@@ -35,6 +35,16 @@ impl MemoryStore {
         if s.broadcasts.contains_key(&key) {
             return Err(StoreError::Conflict("broadcast exists".into()));
         }
+        // A retry is written only while the broadcast it retries was retried by none.
+        let original = broadcast
+            .retry_of
+            .as_ref()
+            .map(|o| (broadcast.tenant_id.clone(), o.clone()));
+        if let Some(o) = &original {
+            if s.broadcasts.get(o).is_none_or(|b| b.retried_by.is_some()) {
+                return Err(StoreError::Conflict(ALREADY_RETRIED.into()));
+            }
+        }
         let tenant = s
             .tenants
             .get_mut(&broadcast.tenant_id)
@@ -43,6 +53,9 @@ impl MemoryStore {
             return Err(StoreError::InsufficientCredits);
         }
         tenant.credits += debit.amount;
+        if let Some(b) = original.and_then(|o| s.broadcasts.get_mut(&o)) {
+            b.retried_by = Some(broadcast.id.clone());
+        }
         s.ledger.push(debit.clone());
         let list_expires = broadcast.list_expires_at();
         s.broadcast_lists
