@@ -55,7 +55,14 @@ pub struct Settings {
     /// The longest wait of one hop of a scheduled job on the queue (SQS delays are at
     /// most 15 minutes; a job due later goes back on the queue hop by hop).
     pub schedule_hop: Duration,
+    /// About how many bytes one response of `GET /v1/account/export` carries before it
+    /// ends with a `next` cursor (a Lambda response is buffered whole, at most 6 MB).
+    pub export_page_bytes: usize,
 }
+
+/// [`Settings::export_page_bytes`] by default: 3 MiB, under Lambda's 6 MB response once
+/// base64-encoded by API Gateway's payload.
+pub const EXPORT_PAGE_BYTES: usize = 3 << 20;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -82,6 +89,7 @@ impl Default for Settings {
             meta_throughput: 80,
             limits: LimitSettings::default(),
             schedule_hop: Duration::from_secs(900),
+            export_page_bytes: EXPORT_PAGE_BYTES,
         }
     }
 }
@@ -254,6 +262,9 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             schedule_hop: self
                 .duration("KIRIM_SCHEDULE_HOP", d.schedule_hop)
                 .clamp(Duration::from_secs(1), d.schedule_hop),
+            export_page_bytes: self
+                .number("KIRIM_EXPORT_PAGE_BYTES", d.export_page_bytes)
+                .clamp(4096, EXPORT_PAGE_BYTES),
             callbacks_allow_private: self
                 .number("KIRIM_CALLBACKS_ALLOW_PRIVATE", d.callbacks_allow_private),
             callback_backoff: self.duration("KIRIM_CALLBACK_BACKOFF", d.callback_backoff),

@@ -5,14 +5,18 @@
 //! of days at a time over the billing retention) still retained.
 //!
 //! It pages through the stores (100 items a page) while the body streams, so an export
-//! never holds a tenant's whole history in memory. The lines are the API's own views:
+//! never holds a tenant's whole history in memory. On Lambda a response is buffered whole
+//! (at most 6 MB) and must end within API Gateway's 30 s: a response therefore stops after
+//! about `KIRIM_EXPORT_PAGE_BYTES` (3 MiB) or 20 s, with a last line
+//! `{"type":"next","cursor"}`, and `?cursor=` continues from there (the cursor is where the
+//! walk stood: a section and its store's cursor). The lines are the API's own views:
 //! never message content (none is stored) and never secrets (key hashes, secret names).
 //! A storage error after the first line cannot change the status any more: the stream then
 //! ends with a `{"type":"error"}` line, and a client must treat an export without the
 //! closing `{"type":"end"}` line as incomplete.
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -41,6 +45,17 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/v1/account/export", get(export))
 }
 
+/// How long one response may take before it ends with a `next` cursor (API Gateway ends
+/// a request at 30 s).
+const TIME_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
+/// The longest store cursor a `next` cursor may carry (a forged one is refused, not
+/// handed to the store).
+const MAX_INNER_CURSOR: usize = 256;
+
+/// Where the walk stands: the section and its store's cursor. Serialised (JSON, then
+/// base64url) as the `next` line's cursor.
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+#[serde(tag = "s", content = "c", rename_all = "snake_case")]
 enum Step {
     Header,
     Messages(Option<String>),
@@ -180,26 +195,107 @@ async fn page(deps: &Deps, tenant: &TenantId, step: Step) -> Result<(String, Ste
     Ok((out, next))
 }
 
-async fn export(State(s): State<AppState>, ctx: TenantCtx) -> Response {
+impl Step {
+    fn cursor(&self) -> String {
+        use base64::Engine;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    /// A cursor this export made, else `None` (a store cursor must be short printable
+    /// ASCII, as the stores make them).
+    fn from_cursor(raw: &str) -> Option<Step> {
+        use base64::Engine;
+        if raw.len() > 2 * MAX_INNER_CURSOR {
+            return None;
+        }
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(raw)
+            .ok()?;
+        let step: Step = serde_json::from_slice(&json).ok()?;
+        let inner_ok = |c: &Option<String>| {
+            c.as_deref().is_none_or(|c| {
+                !c.is_empty()
+                    && c.len() <= MAX_INNER_CURSOR
+                    && c.bytes().all(|b| b.is_ascii_graphic())
+            })
+        };
+        let ok = match &step {
+            Step::Messages(c) | Step::OptOuts(c) => inner_ok(c),
+            Step::Ledger(c) => {
+                inner_ok(c)
+                    && c.as_deref()
+                        .is_none_or(|c| ulid::Ulid::from_string(c).is_ok())
+            }
+            Step::Header | Step::Done => false,
+            Step::Audit(_) | Step::Numbers | Step::Usage(_) | Step::End => true,
+        };
+        ok.then_some(step)
+    }
+}
+
+/// Where one response stands: the next step, the bytes written, and when it began.
+struct Walk {
+    step: Option<Step>,
+    bytes: usize,
+    started: std::time::Instant,
+}
+
+async fn export(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let mut first = Step::Header;
+    for (k, v) in &params {
+        match (k.as_str(), Step::from_cursor(v)) {
+            ("cursor", Some(step)) => first = step,
+            ("cursor", None) => {
+                return super::error::ApiError::invalid(
+                    "cursor is not one this export gave (take it from the `next` line)",
+                )
+                .into_response()
+            }
+            _ => {
+                return super::error::ApiError::invalid(format!(
+                    "unknown query parameter `{}`; the export takes only cursor",
+                    k.chars().take(40).collect::<String>()
+                ))
+                .into_response()
+            }
+        }
+    }
     let deps = s.deps.clone();
     let tenant = ctx.tenant_id().clone();
-    let body = stream::unfold(Some(Step::Header), move |step| {
+    let budget = deps.settings.export_page_bytes;
+    let walk = Walk {
+        step: Some(first),
+        bytes: 0,
+        started: std::time::Instant::now(),
+    };
+    let body = stream::unfold(walk, move |mut walk| {
         let deps = deps.clone();
         let tenant = tenant.clone();
         async move {
-            let step = step?;
+            let step = walk.step.take()?;
             if matches!(step, Step::Done) {
                 return None;
             }
+            // This response has carried its share: the rest comes with the cursor.
+            if walk.bytes >= budget || walk.started.elapsed() >= TIME_BUDGET {
+                let text = line("next", json!({"cursor": step.cursor()}));
+                return Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), walk));
+            }
             match page(&deps, &tenant, step).await {
-                Ok((text, next)) => Some((
-                    Ok::<_, std::convert::Infallible>(Bytes::from(text)),
-                    Some(next),
-                )),
+                Ok((text, next)) => {
+                    walk.bytes += text.len();
+                    walk.step = Some(next);
+                    Some((Ok(Bytes::from(text)), walk))
+                }
                 Err(e) => {
                     tracing::error!(tenant_id = %tenant, error = %e, "export stopped by a storage error");
                     let text = line("error", json!({"code": "unavailable"}));
-                    Some((Ok(Bytes::from(text)), None))
+                    Some((Ok(Bytes::from(text)), walk))
                 }
             }
         }
@@ -209,4 +305,48 @@ async fn export(State(s): State<AppState>, ctx: TenantCtx) -> Response {
         Body::from_stream(body),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Step;
+    use base64::Engine;
+
+    fn encoded(json: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    #[test]
+    fn a_cursor_the_export_made_reads_back_as_its_step() {
+        for step in [
+            Step::Messages(Some("01J9Z8Q4S7YF2K3M5N6P7R8T9W".into())),
+            Step::Messages(None),
+            Step::OptOuts(Some("+60123456789".into())),
+            Step::Audit(Some(42)),
+            Step::Ledger(Some("01J9Z8Q4S7YF2K3M5N6P7R8T9W".into())),
+            Step::Numbers,
+            Step::Usage(chrono::NaiveDate::from_ymd_opt(2026, 1, 2).unwrap_or_default()),
+            Step::End,
+        ] {
+            assert_eq!(Step::from_cursor(&step.cursor()), Some(step));
+        }
+    }
+
+    #[test]
+    fn a_forged_cursor_is_refused_before_any_store_sees_it() {
+        let long = "x".repeat(300);
+        for bad in [
+            String::new(),
+            "not base64 !".into(),
+            encoded(r#"{"s":"header"}"#),
+            encoded(r#"{"s":"done"}"#),
+            encoded(r#"{"s":"ledger","c":"not-a-ulid"}"#),
+            encoded(&format!(r#"{{"s":"messages","c":"{long}"}}"#)),
+            encoded(r#"{"s":"messages","c":"with space"}"#),
+            encoded(r#"{"s":"messages","c":""}"#),
+            encoded(r#"{"s":"audit","c":-1}"#),
+        ] {
+            assert_eq!(Step::from_cursor(&bad), None, "{bad}");
+        }
+    }
 }

@@ -285,7 +285,11 @@ async fn a_campaign_s_failures_are_retried_from_its_page_with_the_template_s_par
     let page = web.get(&format!("/console/campaigns/{id}")).await;
     assert!(page.html.contains("campaign-retried-by"), "{}", page.html);
     assert!(page.html.contains(&new_id), "{}", page.html);
-    assert!(!page.html.contains("Retry failed messages"), "{}", page.html);
+    assert!(
+        !page.html.contains("Retry failed messages"),
+        "{}",
+        page.html
+    );
     // A page loaded before the retry still posts: the API's refusal shows, nothing paid.
     let again = web
         .post(

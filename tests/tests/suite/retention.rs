@@ -1044,8 +1044,66 @@ async fn a_closed_tenant_takes_no_opt_out_or_template_change_from_metas_webhooks
     assert_eq!(template.status, kirim::domain::TemplateStatus::Approved);
 }
 
+/// On Lambda a response is buffered whole (6 MB at most) and must end within 30 s: an
+/// export larger than one response's share ends with a `next` cursor, and following the
+/// cursors gives every line once, the header first and `end` last.
+async fn an_export_larger_than_one_response_continues_by_its_cursor(b: Backend) {
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.settings.export_page_bytes = 1500;
+    let app = kirim_tests::spawn_with(cfg).await;
+    let (t, ids) = exercise(&app, "EXPORT-PAGED").await;
+    let get = |path: String| {
+        let (http, url, key) = (app.http.clone(), app.url(&path), t.key.clone());
+        async move {
+            let res = http.get(url).bearer_auth(key).send().await.expect("export");
+            let status = res.status().as_u16();
+            (status, res.text().await.unwrap_or_default())
+        }
+    };
+    let mut lines: Vec<Value> = Vec::new();
+    let mut path = "/v1/account/export".to_owned();
+    let mut responses = 0;
+    loop {
+        let (status, text) = get(path.clone()).await;
+        assert_eq!(status, 200, "{text}");
+        responses += 1;
+        assert!(responses < 50, "the cursors lead to the end");
+        let mut page: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
+            .collect();
+        let last = page.pop().expect("a line");
+        lines.extend(page);
+        match last["type"].as_str() {
+            Some("next") => {
+                let cursor = last["cursor"].as_str().expect("a cursor");
+                path = format!("/v1/account/export?cursor={cursor}");
+            }
+            Some("end") => break,
+            other => panic!("a response ends with next or end, not {other:?}"),
+        }
+    }
+    assert!(responses >= 3, "{responses} responses");
+    let count = |kind: &str| lines.iter().filter(|l| l["type"] == kind).count();
+    assert_eq!(lines[0]["type"], "export");
+    assert_eq!(count("export"), 1);
+    assert_eq!(count("message"), ids.len(), "each message once");
+    assert!(count("ledger_entry") >= 5);
+    assert_eq!(count("phone_number"), 1);
+    // A cursor the export did not give, or another parameter: 400, nothing read.
+    for bad in [
+        "?cursor=not-a-cursor",
+        "?cursor=eyJzIjoiaGVhZGVyIn0",
+        "?from=2020-01-01",
+    ] {
+        let (status, text) = get(format!("/v1/account/export{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {text}");
+    }
+}
+
 on_both_backends!(
     every_stored_item_carries_the_ttl_of_its_class,
+    an_export_larger_than_one_response_continues_by_its_cursor,
     a_closed_tenant_takes_no_opt_out_or_template_change_from_metas_webhooks,
     no_content_reaches_a_table_a_queue_or_a_log_line,
     a_closed_tenant_is_closed_out_once_by_the_retention_run,
