@@ -435,7 +435,16 @@ fn scan_status<'a>(c: &mut scan::Cursor<'a>) -> Option<StatusParts<'a>> {
 fn scan_timestamp(c: &mut scan::Cursor<'_>) -> Option<Option<i64>> {
     Some(match c.peek()? {
         b'"' => c.str()?.trim().parse().ok(),
-        b'-' | b'0'..=b'9' => c.number()?.parse().ok(),
+        b'-' | b'0'..=b'9' => {
+            let text = c.number()?;
+            // serde_json reads `-0` as the float -0.0, no integer: no timestamp, as the tree
+            // reader says (not 1970, whose usage day would have expired already).
+            if text == "-0" {
+                None
+            } else {
+                text.parse().ok()
+            }
+        }
         _ => {
             c.skip()?;
             None
@@ -505,7 +514,13 @@ fn unknown(piece: &'static str, field: &str) -> MetaEvent {
     })
 }
 
+/// An object of Meta's read into `T`, leniently (unknown fields ignored); anything but an
+/// object is none. (serde reads a struct from an array by position too: a status given as
+/// `["wamid.X","read"]` would have become a `read`.)
 fn lenient<T: DeserializeOwned>(v: &Value) -> Option<T> {
+    if !v.is_object() {
+        return None;
+    }
     T::deserialize(v).ok()
 }
 
@@ -1118,6 +1133,34 @@ mod tests {
         assert!(matches!(&e[1], MetaEvent::Unknown(_)));
         assert!(matches!(&e[2], MetaEvent::Unknown(_)));
         assert!(matches!(&e[3], MetaEvent::Status(s) if s.status == MetaStatus::Read));
+    }
+
+    #[test]
+    fn an_item_given_as_a_list_is_skipped_never_read_by_position() {
+        // serde would read a struct from an array by position: a "read" status, a STOP.
+        let e = events(messages_change(json!({
+            "statuses": [["wamid.X", "read"]],
+            "messages": [["60123456789", "wamid.in", "1700000000", "text"]],
+        })));
+        assert!(
+            e.iter().all(|e| matches!(e, MetaEvent::Unknown(_))),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_status_timestamp_of_minus_zero_is_no_timestamp_for_either_reader() {
+        let body = messages_change(json!({
+            "statuses": [{"id": "wamid.A", "status": "read", "timestamp": 0}]
+        }))
+        .to_string()
+        .replace("\"timestamp\":0", "\"timestamp\":-0");
+        assert!(body.contains(":-0"), "{body}");
+        let e = parse_notification(body.as_bytes()).unwrap();
+        let MetaEvent::Status(s) = &e[0] else {
+            panic!("{e:?}")
+        };
+        assert_eq!(s.timestamp, None);
     }
 
     #[test]

@@ -325,10 +325,13 @@ async fn find(
         let Some(tenant) = deps.tenants.get_tenant(&t).await? else {
             return Ok(None);
         };
-        return Ok(sender(deps, &tenant, Some(pnid))
-            .await
-            .ok()
-            .map(|n| (tenant, n)));
+        // Not one of the tenant's numbers: ignored. A storage failure is an error (the
+        // webhook answers 500 and Meta delivers the update again), never "ignored".
+        return match sender(deps, &tenant, Some(pnid)).await {
+            Ok(n) => Ok(Some((tenant, n))),
+            Err(ServiceError::UnknownSender(_)) => Ok(None),
+            Err(e) => Err(e),
+        };
     }
     let Some(display) = update.display_phone_number.as_deref().map(digits) else {
         return Ok(None);

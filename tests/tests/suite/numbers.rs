@@ -783,3 +783,90 @@ on_both_backends!(
     a_replayed_delivered_with_its_pricing_leaves_the_message_counted_once,
     usage_refuses_bad_dates_and_ranges,
 );
+
+/// Phone numbers, except that reading one fails (DynamoDB throttled).
+struct NumberReadsFail(std::sync::Arc<dyn kirim::ports::PhoneNumberStore>);
+
+#[async_trait::async_trait]
+impl kirim::ports::PhoneNumberStore for NumberReadsFail {
+    async fn add_phone_number(
+        &self,
+        n: &kirim::ports::PhoneNumberRecord,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.add_phone_number(n).await
+    }
+    async fn put_phone_number_if_absent(
+        &self,
+        n: &kirim::ports::PhoneNumberRecord,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.0.put_phone_number_if_absent(n).await
+    }
+    async fn get_phone_number(
+        &self,
+        _: &kirim::domain::TenantId,
+        _: &str,
+    ) -> Result<Option<kirim::ports::PhoneNumberRecord>, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable(
+            "dynamodb throttled".into(),
+        ))
+    }
+    async fn list_phone_numbers(
+        &self,
+        t: &kirim::domain::TenantId,
+    ) -> Result<Vec<kirim::ports::PhoneNumberRecord>, kirim::store_error::StoreError> {
+        self.0.list_phone_numbers(t).await
+    }
+    async fn remove_phone_number(
+        &self,
+        t: &kirim::domain::TenantId,
+        id: &str,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.remove_phone_number(t, id).await
+    }
+    async fn set_default_number(
+        &self,
+        t: &kirim::domain::TenantId,
+        n: &kirim::ports::PhoneNumberRecord,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.set_default_number(t, n).await
+    }
+    async fn learn_display_number(
+        &self,
+        t: &kirim::domain::TenantId,
+        id: &str,
+        display: &str,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.0.learn_display_number(t, id, display).await
+    }
+    async fn set_number_quality(
+        &self,
+        t: &kirim::domain::TenantId,
+        id: &str,
+        q: kirim::domain::TemplateQuality,
+        throughput: Option<u32>,
+    ) -> Result<Option<kirim::ports::PhoneNumberRecord>, kirim::store_error::StoreError> {
+        self.0.set_number_quality(t, id, q, throughput).await
+    }
+}
+
+/// A quality update whose number cannot be read for want of storage is an error (the
+/// webhook answers 500: Meta delivers it again), not "a number no tenant has" (200: lost).
+#[tokio::test]
+async fn a_quality_update_whose_number_storage_cannot_read_is_an_error_not_ignored() {
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock).unwrap();
+    let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai",
+        "waba_id": "1000001", "phone_number_id": "2000009", "meta_access_token": "EAAG", "credits": 1}))
+    .unwrap();
+    kirim::service::accounts::create_tenant(&deps, req)
+        .await
+        .unwrap();
+    deps.numbers = std::sync::Arc::new(NumberReadsFail(deps.numbers.clone()));
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "1000001", "time": 1_764_460_000,
+        "changes": [{"field": "phone_number_quality_update",
+            "value": {"phone_number_id": "2000009", "event": "FLAGGED"}}]}]});
+    let summary = kirim::service::webhook::apply(&deps, body.to_string().as_bytes())
+        .await
+        .unwrap();
+    assert_eq!((summary.errors, summary.ignored), (1, 0), "{summary:?}");
+}
