@@ -247,7 +247,13 @@ async fn recipients_csv(
         .await
         .map_err(crate::service::errors::ServiceError::from)?
         .ok_or_else(ApiError::not_found)?;
-    let body = stream::unfold(CsvStep::Header, move |step| {
+    // The ids of the messages written out: a recipient whose message was recorded while
+    // the walk went on (the fan-out runs meanwhile) is then not listed again as pending.
+    let start = (
+        CsvStep::Header,
+        std::collections::HashSet::<MessageId>::new(),
+    );
+    let body = stream::unfold(start, move |(step, mut emitted)| {
         let deps = deps.clone();
         let b = b.clone();
         async move {
@@ -261,7 +267,12 @@ async fn recipients_csv(
                         .await
                     {
                         Ok((page, next)) => (
-                            page.iter().map(broadcasts::csv_row).collect::<String>(),
+                            page.iter()
+                                .map(|m| {
+                                    emitted.insert(m.id.clone());
+                                    broadcasts::csv_row(m)
+                                })
+                                .collect::<String>(),
                             match next {
                                 Some(n) => CsvStep::Messages(Some(n)),
                                 None => CsvStep::Pending,
@@ -284,10 +295,14 @@ async fn recipients_csv(
                         .broadcast_recipients(&b.tenant_id, &b.id)
                         .await
                     {
+                        // Those the broadcast had not reached when the request came,
+                        // less any whose message the walk above wrote out.
                         Ok(Some(list)) => list
                             .iter()
+                            .enumerate()
                             .skip(b.enqueued)
-                            .map(|p| broadcasts::csv_pending_row(p, status))
+                            .filter(|(i, _)| !emitted.contains(&broadcasts::message_id(&b, *i)))
+                            .map(|(_, p)| broadcasts::csv_pending_row(p, status))
                             .collect::<String>(),
                         Ok(None) => String::new(),
                         Err(e) => {
@@ -298,7 +313,10 @@ async fn recipients_csv(
                     (rows, CsvStep::Done)
                 }
             };
-            Some((Ok::<_, std::convert::Infallible>(Bytes::from(text)), next))
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(text)),
+                (next, emitted),
+            ))
         }
     });
     let disposition = format!("attachment; filename=\"broadcast-{id}-recipients.csv\"");

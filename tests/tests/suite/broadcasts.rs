@@ -605,6 +605,80 @@ async fn a_refused_scheduled_requests_job_is_dropped_at_its_first_look_not_kept_
     }
 }
 
+/// `recipients.csv` lists each recipient once, also while the fan-out goes on: one whose
+/// message is recorded between the request and the walk's reaching it is written out with
+/// its message, not again as a pending recipient.
+#[tokio::test]
+async fn recipients_csv_lists_each_recipient_once_while_the_fan_out_goes_on() {
+    use kirim::service::jobs::QueueJob;
+    use kirim::service::{accounts, broadcasts, send::TemplateIn};
+    use tower::ServiceExt;
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
+        "phone_number_id": "131", "meta_access_token": "EAAG", "credits": 10}))
+    .unwrap();
+    let (tenant, key) = accounts::create_tenant(&deps, req).await.unwrap();
+    deps.templates
+        .put_template(&kirim::ports::CatalogueTemplate {
+            waba_id: "1".into(),
+            name: "promo".into(),
+            language: "en".into(),
+            category: kirim::domain::TemplateCategory::Utility,
+            status: kirim::domain::TemplateStatus::Approved,
+            quality: kirim::domain::TemplateQuality::Green,
+            body_parameters: 0,
+            meta_id: None,
+            updated_at: chrono::Utc::now(),
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    let template: TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
+    let recipients: Vec<String> = (0..5).map(|i| format!("+6012345{i:04}")).collect();
+    let accepted = broadcasts::create(&deps, &tenant.id, template, recipients, None)
+        .await
+        .unwrap();
+    let job = deps
+        .queue
+        .receive(10, Duration::from_millis(500))
+        .await
+        .unwrap()
+        .remove(0)
+        .body;
+    let Some(QueueJob::BroadcastFanout(fan_out)) = QueueJob::parse(&job) else {
+        panic!("a fan-out job")
+    };
+    // The request reads the broadcast (nothing recorded yet)...
+    let res = kirim::http::send_api_router(deps.clone())
+        .oneshot(
+            axum::http::Request::builder()
+                .uri(format!("/v1/broadcasts/{}/recipients.csv", accepted.id))
+                .header("authorization", format!("Bearer {}", key.expose()))
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // ...then the fan-out records its first slice before the body is read (the list
+    // stays: the rest go in the next slice).
+    broadcasts::fan_out_in_slices(&deps, &fan_out, 2)
+        .await
+        .unwrap();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let csv = String::from_utf8(bytes.to_vec()).unwrap();
+    for i in 0..5 {
+        let phone = format!("+6012345{i:04}");
+        assert_eq!(csv.matches(&phone).count(), 1, "{phone}: {csv}");
+    }
+    assert_eq!(csv.lines().count(), 6, "{csv}");
+    assert_eq!(csv.matches(",accepted,").count(), 5, "{csv}");
+}
+
 /// A fan-out that finds its recipient list gone (its backstop passed while it was paused
 /// for days) closes the broadcast and refunds the recipients never queued.
 #[tokio::test]
