@@ -491,10 +491,17 @@ impl<S: PhoneNumberStore + 'static> PhoneNumberStore for ReadCache<S> {
         phone_number_id: &str,
         quality: TemplateQuality,
         throughput_per_sec: Option<u32>,
+        meta_time: Option<i64>,
     ) -> Result<Option<PhoneNumberRecord>, StoreError> {
         let r = self
             .inner
-            .set_number_quality(tenant, phone_number_id, quality, throughput_per_sec)
+            .set_number_quality(
+                tenant,
+                phone_number_id,
+                quality,
+                throughput_per_sec,
+                meta_time,
+            )
             .await;
         self.forget_number(tenant, phone_number_id);
         r

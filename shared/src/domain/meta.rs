@@ -260,6 +260,9 @@ pub struct NumberQualityUpdate {
     /// `throughput.level` when given (`HIGH`: 1000 a second, `STANDARD`: 80), else
     /// `THROUGHPUT_UPGRADE`: 1000.
     pub throughput_per_sec: Option<u32>,
+    /// Meta's time of the change (the entry's `time`, epoch seconds), when given: an older
+    /// update than the one applied is refused.
+    pub meta_time: Option<i64>,
 }
 
 /// A piece of a notification Kirim did not understand: skipped alone and counted.
@@ -536,7 +539,7 @@ fn read_change(waba_id: &str, time: Option<i64>, change: &Value, events: &mut Ve
         return;
     }
     if field == "phone_number_quality_update" {
-        let event = number_quality(waba_id, value).map(MetaEvent::NumberQuality);
+        let event = number_quality(waba_id, time, value).map(MetaEvent::NumberQuality);
         events.push(event.unwrap_or_else(|| unknown("change", field)));
         return;
     }
@@ -676,7 +679,7 @@ fn template_update(
 }
 
 /// One `phone_number_quality_update`; `None` when it names no number Kirim could find.
-fn number_quality(waba_id: &str, value: &Value) -> Option<NumberQualityUpdate> {
+fn number_quality(waba_id: &str, time: Option<i64>, value: &Value) -> Option<NumberQualityUpdate> {
     let q: NumberQualityIn = lenient(value)?;
     let numeric = |s: String| {
         (!s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit())).then_some(s)
@@ -725,6 +728,7 @@ fn number_quality(waba_id: &str, value: &Value) -> Option<NumberQualityUpdate> {
         event: event.chars().take(64).collect(),
         quality,
         throughput_per_sec,
+        meta_time: time.filter(|t| *t > 0),
     })
 }
 

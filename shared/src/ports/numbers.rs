@@ -25,6 +25,10 @@ pub struct PhoneNumberRecord {
     #[serde(default)]
     pub throughput_per_sec: Option<u32>,
     pub added_at: DateTime<Utc>,
+    /// Meta's time (the webhook entry's `time`) of the quality update last applied: an
+    /// older one, delivered again or late, is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality_meta_at: Option<i64>,
 }
 
 impl PhoneNumberRecord {
@@ -39,6 +43,7 @@ impl PhoneNumberRecord {
             quality: TemplateQuality::Unknown,
             throughput_per_sec: None,
             added_at: tenant.created_at,
+            quality_meta_at: None,
         }
     }
 }
@@ -95,13 +100,16 @@ pub trait PhoneNumberStore: Send + Sync {
         display: &str,
     ) -> Result<bool, StoreError>;
     /// Sets the number's quality and (when given) throughput, only if the number item
-    /// exists; `None` if it does not.
+    /// exists and, given Meta's time of the change (`meta_time`), no later change of
+    /// Meta's was applied (a conditional write: webhooks arrive in any order, and again);
+    /// `None` if it was not set.
     async fn set_number_quality(
         &self,
         tenant: &TenantId,
         phone_number_id: &str,
         quality: TemplateQuality,
         throughput_per_sec: Option<u32>,
+        meta_time: Option<i64>,
     ) -> Result<Option<PhoneNumberRecord>, StoreError>;
 }
 

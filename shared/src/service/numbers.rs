@@ -139,6 +139,7 @@ pub async fn add(
         quality: TemplateQuality::Unknown,
         throughput_per_sec: None,
         added_at: deps.clock.now(),
+        quality_meta_at: None,
     };
     deps.numbers
         .add_phone_number(&record)
@@ -293,7 +294,13 @@ pub async fn apply_quality(
     let throughput = update.throughput_per_sec.or(number.throughput_per_sec);
     match deps
         .numbers
-        .set_number_quality(&tenant.id, &number.phone_number_id, quality, throughput)
+        .set_number_quality(
+            &tenant.id,
+            &number.phone_number_id,
+            quality,
+            throughput,
+            update.meta_time,
+        )
         .await?
     {
         Some(_) => {

@@ -194,6 +194,7 @@ fn number_of(t: &Tenant, id: &str, clock: &ManualClock) -> PhoneNumberRecord {
         quality: kirim::domain::TemplateQuality::Green,
         throughput_per_sec: Some(80),
         added_at: clock.now(),
+        quality_meta_at: None,
     }
 }
 
@@ -345,6 +346,7 @@ async fn a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_n
             &id,
             kirim::domain::TemplateQuality::Yellow,
             Some(250),
+            None,
         )
         .await
         .unwrap();
@@ -403,7 +405,8 @@ async fn the_default_sender_has_its_item_from_onboarding_and_is_read_once_within
             &t.id,
             &t.phone_number_id,
             kirim::domain::TemplateQuality::Green,
-            Some(250)
+            Some(250),
+            None
         )
         .await
         .unwrap()

@@ -18,6 +18,7 @@ fn number(p: &Ports, t: &TenantId, id: &str, waba: &str) -> PhoneNumberRecord {
         quality: TemplateQuality::Unknown,
         throughput_per_sec: None,
         added_at: p.clock.now(),
+        quality_meta_at: None,
     }
 }
 
@@ -142,7 +143,7 @@ async fn a_numbers_quality_changes_only_on_a_number_that_exists(p: Ports) {
     let id = fresh_id();
     assert_eq!(
         p.numbers
-            .set_number_quality(&t.id, &id, TemplateQuality::Red, Some(1000))
+            .set_number_quality(&t.id, &id, TemplateQuality::Red, Some(1000), None)
             .await
             .unwrap(),
         None
@@ -158,7 +159,7 @@ async fn a_numbers_quality_changes_only_on_a_number_that_exists(p: Ports) {
         .unwrap();
     let n = p
         .numbers
-        .set_number_quality(&t.id, &id, TemplateQuality::Red, Some(1000))
+        .set_number_quality(&t.id, &id, TemplateQuality::Red, Some(1000), None)
         .await
         .unwrap()
         .unwrap();
@@ -176,6 +177,62 @@ async fn a_numbers_quality_changes_only_on_a_number_that_exists(p: Ports) {
         (n.quality, n.throughput_per_sec),
         (TemplateQuality::Red, Some(1000))
     );
+}
+
+/// Meta's quality webhooks arrive in any order, and again after a `500`: an update older
+/// (by Meta's time) than the one applied is refused, so a late FLAGGED never undoes a
+/// newer UNFLAGGED, nor a late STANDARD a newer HIGH throughput.
+async fn an_older_quality_update_never_undoes_a_newer_one(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let id = fresh_id();
+    p.numbers
+        .add_phone_number(&number(&p, &t.id, &id, "1"))
+        .await
+        .unwrap();
+    let set = |q, tp, at| {
+        let (numbers, t, id) = (p.numbers.clone(), t.id.clone(), id.clone());
+        async move {
+            numbers
+                .set_number_quality(&t, &id, q, tp, at)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(set(TemplateQuality::Green, Some(1000), Some(200))
+        .await
+        .is_some());
+    assert_eq!(
+        set(TemplateQuality::Red, Some(80), Some(100)).await,
+        None,
+        "older: refused"
+    );
+    let n = p
+        .numbers
+        .get_phone_number(&t.id, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (n.quality, n.throughput_per_sec),
+        (TemplateQuality::Green, Some(1000))
+    );
+    // The same time again (a redelivery) and a later one apply.
+    assert!(set(TemplateQuality::Green, Some(1000), Some(200))
+        .await
+        .is_some());
+    let n = set(TemplateQuality::Yellow, None, Some(300)).await.unwrap();
+    assert_eq!(
+        (n.quality, n.throughput_per_sec),
+        (TemplateQuality::Yellow, None)
+    );
+    assert_eq!(
+        set(TemplateQuality::Red, None, Some(250)).await,
+        None,
+        "older than the last: refused"
+    );
+    // An update without Meta's time cannot be ordered: applied, keeping the last time.
+    assert!(set(TemplateQuality::Red, None, None).await.is_some());
+    assert_eq!(set(TemplateQuality::Green, None, Some(299)).await, None);
 }
 
 async fn priced(
@@ -391,5 +448,6 @@ contract!(
     the_default_number_is_never_removed_and_a_removed_number_frees_its_route,
     the_default_moves_only_to_a_number_of_the_tenants,
     a_numbers_quality_changes_only_on_a_number_that_exists,
+    an_older_quality_update_never_undoes_a_newer_one,
     metas_pricing_is_counted_once_per_message_by_day_category_and_type,
 );

@@ -844,8 +844,11 @@ impl kirim::ports::PhoneNumberStore for NumberReadsFail {
         id: &str,
         q: kirim::domain::TemplateQuality,
         throughput: Option<u32>,
+        meta_time: Option<i64>,
     ) -> Result<Option<kirim::ports::PhoneNumberRecord>, kirim::store_error::StoreError> {
-        self.0.set_number_quality(t, id, q, throughput).await
+        self.0
+            .set_number_quality(t, id, q, throughput, meta_time)
+            .await
     }
 }
 

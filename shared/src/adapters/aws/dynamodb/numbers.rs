@@ -268,21 +268,35 @@ impl PhoneNumberStore for DynamoStore {
         phone_number_id: &str,
         quality: TemplateQuality,
         throughput_per_sec: Option<u32>,
+        meta_time: Option<i64>,
     ) -> Result<Option<PhoneNumberRecord>, StoreError> {
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::phone_number(tenant, phone_number_id).attrs()))
-            .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":q", dyn_value(&quality)?)
             .return_values(ReturnValue::AllNew);
-        req = match throughput_per_sec {
-            Some(t) => req
-                .update_expression("SET quality = :q, throughput_per_sec = :t")
-                .expression_attribute_values(":t", n(i64::from(t))),
-            None => req.update_expression("SET quality = :q REMOVE throughput_per_sec"),
+        let mut set = vec!["quality = :q"];
+        if let Some(t) = throughput_per_sec {
+            set.push("throughput_per_sec = :t");
+            req = req.expression_attribute_values(":t", n(i64::from(t)));
+        }
+        req = match meta_time {
+            Some(at) => {
+                set.push("quality_meta_at = :mt");
+                req.condition_expression(
+                    "attribute_exists(pk) AND (attribute_not_exists(quality_meta_at) OR quality_meta_at <= :mt)",
+                )
+                .expression_attribute_values(":mt", n(at))
+            }
+            None => req.condition_expression("attribute_exists(pk)"),
         };
+        let mut update = format!("SET {}", set.join(", "));
+        if throughput_per_sec.is_none() {
+            update.push_str(" REMOVE throughput_per_sec");
+        }
+        req = req.update_expression(update);
         match req.send().await {
             Ok(out) => Ok(Some(from_item(out.attributes.unwrap_or_default())?)),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {

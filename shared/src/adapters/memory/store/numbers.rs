@@ -161,13 +161,23 @@ impl PhoneNumberStore for MemoryStore {
         phone_number_id: &str,
         quality: TemplateQuality,
         throughput_per_sec: Option<u32>,
+        meta_time: Option<i64>,
     ) -> Result<Option<PhoneNumberRecord>, StoreError> {
         let mut s = self.lock()?;
-        Ok(s.numbers.get_mut(&key(tenant, phone_number_id)).map(|n| {
-            n.quality = quality;
-            n.throughput_per_sec = throughput_per_sec;
-            n.clone()
-        }))
+        let Some(n) = s.numbers.get_mut(&key(tenant, phone_number_id)) else {
+            return Ok(None);
+        };
+        if let (Some(at), Some(seen)) = (meta_time, n.quality_meta_at) {
+            if seen > at {
+                return Ok(None); // Meta changed it later: this one is older
+            }
+        }
+        n.quality = quality;
+        n.throughput_per_sec = throughput_per_sec;
+        if meta_time.is_some() {
+            n.quality_meta_at = meta_time;
+        }
+        Ok(Some(n.clone()))
     }
 }
 
