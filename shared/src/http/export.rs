@@ -79,6 +79,19 @@ fn line(kind: &str, v: impl Serialize) -> String {
     s
 }
 
+/// The first day of usage rows exported: usage rows are billing records, so every day the
+/// billing retention keeps.
+fn usage_start(deps: &Deps) -> NaiveDate {
+    let now = deps.clock.now();
+    let kept_days = deps
+        .settings
+        .retention
+        .expiry(RetentionClass::Billing, now)
+        .map(|e| (e - now.timestamp()) / 86_400 + 1)
+        .unwrap_or(3_660);
+    now.date_naive() - chrono::Duration::days(kept_days.clamp(0, 36_600))
+}
+
 /// One page of lines and the step after it.
 async fn page(deps: &Deps, tenant: &TenantId, step: Step) -> Result<(String, Step), StoreError> {
     let mut out = String::new();
@@ -160,19 +173,14 @@ async fn page(deps: &Deps, tenant: &TenantId, step: Step) -> Result<(String, Ste
             for n in &numbers {
                 out.push_str(&line("phone_number", n));
             }
-            // Usage rows are billing records: every day the billing retention keeps.
-            let now = deps.clock.now();
-            let kept_days = deps
-                .settings
-                .retention
-                .expiry(RetentionClass::Billing, now)
-                .map(|e| (e - now.timestamp()) / 86_400 + 1)
-                .unwrap_or(3_660);
-            Step::Usage(now.date_naive() - chrono::Duration::days(kept_days))
+            Step::Usage(usage_start(deps))
         }
         Step::Usage(from) => {
             let today = deps.clock.now().date_naive();
-            let to = (from + chrono::Duration::days(USAGE_DAYS - 1)).min(today);
+            let to = from
+                .checked_add_signed(chrono::Duration::days(USAGE_DAYS - 1))
+                .unwrap_or(today)
+                .min(today);
             let mut rows = deps.usage.usage(tenant, from, to).await?;
             rows.sort_by(|a, b| {
                 (a.date, &a.category, &a.pricing_type).cmp(&(b.date, &b.category, &b.pricing_type))
@@ -203,8 +211,9 @@ impl Step {
     }
 
     /// A cursor this export made, else `None` (a store cursor must be short printable
-    /// ASCII, as the stores make them).
-    fn from_cursor(raw: &str) -> Option<Step> {
+    /// ASCII, as the stores make them, and is then the store's to judge; a usage day must
+    /// lie between `first_day` and `today`).
+    fn from_cursor(raw: &str, first_day: NaiveDate, today: NaiveDate) -> Option<Step> {
         use base64::Engine;
         if raw.len() > 2 * MAX_INNER_CURSOR {
             return None;
@@ -228,7 +237,8 @@ impl Step {
                         .is_none_or(|c| ulid::Ulid::from_string(c).is_ok())
             }
             Step::Header | Step::Done => false,
-            Step::Audit(_) | Step::Numbers | Step::Usage(_) | Step::End => true,
+            Step::Usage(d) => (first_day..=today).contains(d),
+            Step::Audit(_) | Step::Numbers | Step::End => true,
         };
         ok.then_some(step)
     }
@@ -247,8 +257,9 @@ async fn export(
     Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
     let mut first = Step::Header;
+    let (first_day, today) = (usage_start(&s.deps), s.deps.clock.now().date_naive());
     for (k, v) in &params {
-        match (k.as_str(), Step::from_cursor(v)) {
+        match (k.as_str(), Step::from_cursor(v, first_day, today)) {
             ("cursor", Some(step)) => first = step,
             ("cursor", None) => {
                 return super::error::ApiError::invalid(
@@ -268,10 +279,27 @@ async fn export(
     let deps = s.deps.clone();
     let tenant = ctx.tenant_id().clone();
     let budget = deps.settings.export_page_bytes;
+    let started = std::time::Instant::now();
+    // The first page is read before the answer's status is sent: a store cursor the store
+    // does not take is `400`, and a store that fails at once is `503`, not a `200` with an
+    // `error` line.
+    let (head, next) = match page(&deps, &tenant, first).await {
+        Ok(p) => p,
+        Err(StoreError::InvalidCursor) => {
+            return super::error::ApiError::invalid(
+                "cursor is not one this export gave (take it from the `next` line)",
+            )
+            .into_response()
+        }
+        Err(e) => {
+            return super::error::ApiError::from(crate::service::errors::ServiceError::from(e))
+                .into_response()
+        }
+    };
     let walk = Walk {
-        step: Some(first),
-        bytes: 0,
-        started: std::time::Instant::now(),
+        step: Some(next),
+        bytes: head.len(),
+        started,
     };
     let body = stream::unfold(walk, move |mut walk| {
         let deps = deps.clone();
@@ -300,9 +328,10 @@ async fn export(
             }
         }
     });
+    let head = stream::once(async move { Ok::<_, std::convert::Infallible>(Bytes::from(head)) });
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(body),
+        Body::from_stream(futures::StreamExt::chain(head, body)),
     )
         .into_response()
 }
@@ -311,6 +340,10 @@ async fn export(
 mod tests {
     use super::Step;
     use base64::Engine;
+
+    fn day(y: i32, m: u32, d: u32) -> chrono::NaiveDate {
+        chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap_or_default()
+    }
 
     fn encoded(json: &str) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
@@ -325,10 +358,13 @@ mod tests {
             Step::Audit(Some(42)),
             Step::Ledger(Some("01J9Z8Q4S7YF2K3M5N6P7R8T9W".into())),
             Step::Numbers,
-            Step::Usage(chrono::NaiveDate::from_ymd_opt(2026, 1, 2).unwrap_or_default()),
+            Step::Usage(day(2026, 1, 2)),
             Step::End,
         ] {
-            assert_eq!(Step::from_cursor(&step.cursor()), Some(step));
+            assert_eq!(
+                Step::from_cursor(&step.cursor(), day(2020, 1, 1), day(2026, 12, 2)),
+                Some(step)
+            );
         }
     }
 
@@ -345,8 +381,18 @@ mod tests {
             encoded(r#"{"s":"messages","c":"with space"}"#),
             encoded(r#"{"s":"messages","c":""}"#),
             encoded(r#"{"s":"audit","c":-1}"#),
+            // A day far out of range (chrono's `+` on it would overflow), or out of the
+            // retention, or ahead of today.
+            encoded(r#"{"s":"usage","c":"+262142-06-01"}"#),
+            encoded(r#"{"s":"usage","c":"-262143-01-01"}"#),
+            encoded(r#"{"s":"usage","c":"2019-12-31"}"#),
+            encoded(r#"{"s":"usage","c":"2026-12-03"}"#),
         ] {
-            assert_eq!(Step::from_cursor(&bad), None, "{bad}");
+            assert_eq!(
+                Step::from_cursor(&bad, day(2020, 1, 1), day(2026, 12, 2)),
+                None,
+                "{bad}"
+            );
         }
     }
 }

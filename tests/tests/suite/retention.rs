@@ -1094,6 +1094,11 @@ async fn an_export_larger_than_one_response_continues_by_its_cursor(b: Backend) 
     for bad in [
         "?cursor=not-a-cursor",
         "?cursor=eyJzIjoiaGVhZGVyIn0",
+        // A messages cursor the store never made; an opt-outs one; a usage day
+        // far out of range.
+        "?cursor=eyJzIjoibWVzc2FnZXMiLCJjIjoibm90LWEtY3Vyc29yIn0",
+        "?cursor=eyJzIjoib3B0X291dHMiLCJjIjoibm9ib2R5In0",
+        "?cursor=eyJzIjoidXNhZ2UiLCJjIjoiKzI2MjE0Mi0wNi0wMSJ9",
         "?from=2020-01-01",
     ] {
         let (status, text) = get(format!("/v1/account/export{bad}")).await;
