@@ -351,8 +351,11 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             // A request its handler refused for its rate (a login from a locked-out
             // address) is not audited, as one refused here: a flood of them, with no
             // credentials needed, must not become a flood of writes to a tenant's chain.
-            // The failures that led to the lock-out were audited one by one.
-            if mutating && res.status() != StatusCode::TOO_MANY_REQUESTS {
+            // The failures that led to the lock-out were audited one by one. A handler
+            // that notes its 429 (a user's locked second factor, after a right password)
+            // has it audited.
+            let noted = res.extensions().get::<AuditNote>().is_some();
+            if mutating && (res.status() != StatusCode::TOO_MANY_REQUESTS || noted) {
                 let note = res
                     .extensions()
                     .get::<AuditNote>()
@@ -361,7 +364,10 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 let status = res.status();
                 let outcome = if status.is_success() {
                     AuditOutcome::Success
-                } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                } else if status == StatusCode::UNAUTHORIZED
+                    || status == StatusCode::FORBIDDEN
+                    || status == StatusCode::TOO_MANY_REQUESTS
+                {
                     AuditOutcome::Denied
                 } else {
                     AuditOutcome::Error

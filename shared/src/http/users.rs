@@ -71,6 +71,11 @@ async fn unlock_user(
     Ok(super::admin::noted(res, None, json!({"user_id": id})))
 }
 
+/// Marks a login refused because the user's second factor is locked (the password was
+/// right): audited, unlike an address's lock-out.
+#[derive(Clone, Copy)]
+struct TotpLockedOut;
+
 fn login_error(e: LoginError) -> Response {
     match e {
         LoginError::InvalidCredentials => ApiError::new(
@@ -90,6 +95,15 @@ fn login_error(e: LoginError) -> Response {
             u64::try_from(retry_after_secs).unwrap_or(1),
         )
         .into_response(),
+        LoginError::TotpLocked { retry_after_secs } => {
+            let mut res = ApiError::rate_limited(
+                "too many wrong codes for this user; try again after Retry-After seconds",
+                u64::try_from(retry_after_secs).unwrap_or(1),
+            )
+            .into_response();
+            res.extensions_mut().insert(TotpLockedOut);
+            res
+        }
         LoginError::Service(e) => ApiError::from(e).into_response(),
     }
 }
@@ -102,9 +116,11 @@ async fn login(
     let addr = client.and_then(|c| c.0 .0);
     let email = users::normalise_email(&req.email);
     let res = login_response(&s, req, addr).await;
-    // Refused for its rate (a locked-out address): not audited (`access::authorize`), so
-    // no lookup of whose login it was either.
-    if res.status() == StatusCode::TOO_MANY_REQUESTS {
+    // Refused for its address's rate (no credentials needed): not audited
+    // (`access::authorize` skips a 429 that carries no note), so no lookup of whose login it
+    // was either. A user's second factor locked after a right password is audited.
+    let totp_locked = res.extensions().get::<TotpLockedOut>().is_some();
+    if res.status() == StatusCode::TOO_MANY_REQUESTS && !totp_locked {
         return res;
     }
     // Whose login this was, for the audit trail (the tenant's chain, both outcomes).
@@ -114,6 +130,7 @@ async fn login(
     };
     let result = match res.status() {
         StatusCode::OK => "ok",
+        _ if totp_locked => "totp_rate_limited",
         _ => res
             .extensions()
             .get::<super::error::ErrorInfo>()

@@ -123,6 +123,10 @@ pub enum LoginError {
     TotpRequired,
     #[error("too many failed attempts")]
     RateLimited { retry_after_secs: i64 },
+    /// The password was right, but the user's wrong codes locked the second factor for a
+    /// while: audited (unlike an address locked out, which needs no credentials).
+    #[error("too many wrong codes")]
+    TotpLocked { retry_after_secs: i64 },
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
@@ -500,7 +504,7 @@ async fn attempt(
                     reason = "totp_rate_limited",
                     "login refused"
                 );
-                return Err(LoginError::RateLimited {
+                return Err(LoginError::TotpLocked {
                     retry_after_secs: (until - now_secs).max(1),
                 });
             }

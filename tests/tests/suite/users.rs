@@ -339,7 +339,59 @@ async fn a_tenant_requiring_2fa_confines_users_without_it_to_enrollment(b: Backe
     assert_eq!(s, 200, "enrolled: the same session is a full one");
 }
 
+/// A right password with wrong codes until the user's second factor locks: each refusal
+/// after the lock is audited (the password was right: a sign of a stolen one), unlike a
+/// flood from an address locked out, which needs no credentials.
+async fn a_locked_second_factor_after_a_right_password_is_audited(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (email, id) = new_user(&app, &t.key, "operator").await;
+    let token = login_ok(&app, &email).await;
+    let _totp = enable_2fa(&app, &token).await;
+    let mut locked = None;
+    // From a new address each time (as a spread-out attacker would): no address locks.
+    for i in 0..12u8 {
+        let from = reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, 20 + i]))
+            .build()
+            .unwrap();
+        let res = from
+            .post(app.url("/v1/auth/login"))
+            .json(&json!({"email": email, "password": PASSWORD, "totp_code": "000000"}))
+            .send()
+            .await
+            .unwrap();
+        let s = res.status().as_u16();
+        let b: Value = res.json().await.unwrap_or(Value::Null);
+        if s == 429 {
+            locked = Some(b);
+            break;
+        }
+        assert_eq!(s, 401, "{b}");
+    }
+    let locked = locked.expect("the second factor locks");
+    assert!(
+        locked["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("wrong codes")),
+        "{locked}"
+    );
+    let (_, page) = call(
+        &app,
+        "GET",
+        "/v1/audit?action=POST%20/v1/auth/login",
+        Some(&t.key),
+        None,
+    )
+    .await;
+    let first = &page["events"][0];
+    assert_eq!(first["details"]["result"], "totp_rate_limited", "{page}");
+    assert_eq!(first["outcome"], "denied");
+    assert_eq!(first["actor"]["id"], id.as_str());
+}
+
 on_both_backends!(
+    a_locked_second_factor_after_a_right_password_is_audited,
     a_console_user_logs_in_acts_with_its_role_enables_2fa_and_logs_out,
     a_wrong_password_and_an_unknown_email_answer_alike_over_http,
     another_tenants_users_answer_404_and_a_deleted_users_sessions_end,
