@@ -530,8 +530,11 @@ async fn render_results(
         .filter(|(action, _, applies)| {
             action_available(ctx.role, action)
                 && if applies.is_empty() {
-                    // A campaign is retried once: then its retry's page retries the rest.
-                    failed_count > 0 && b["retried_by"].is_null()
+                    // A campaign is retried once, when it has completed (or was
+                    // cancelled): then its retry's page retries the rest.
+                    failed_count > 0
+                        && b["retried_by"].is_null()
+                        && matches!(state, "completed" | "cancelled")
                 } else {
                     applies.contains(&state)
                 }

@@ -678,12 +678,22 @@ pub async fn retry_failed(
         return Err(retried_already(by));
     }
     let mut recipients = Vec::new();
+    let mut unsettled = 0usize;
     let mut after: Option<MessageId> = None;
     loop {
         let (page, next) = deps
             .broadcasts
             .broadcast_messages(&b, PAGE, after.as_ref())
             .await?;
+        unsettled += page
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m.status,
+                    MessageStatus::Scheduled | MessageStatus::Accepted | MessageStatus::Sending
+                )
+            })
+            .count();
         recipients.extend(
             page.iter()
                 .filter(|m| m.status == MessageStatus::Failed)
@@ -694,6 +704,19 @@ pub async fn retry_failed(
             Some(n) => after = Some(n),
             None => break,
         }
+    }
+    // Retried once, so only once every message is settled: a message still waiting or
+    // being sent (a transient error's backoff, an ambiguous send until its deadline) may
+    // yet fail retryably, and would then have no retry.
+    let fanning_out = matches!(
+        b.status,
+        BroadcastStatus::Scheduled | BroadcastStatus::FanningOut
+    ) && b.control != Some(BroadcastControl::Cancelled);
+    if unsettled > 0 || fanning_out {
+        return Err(ServiceError::Conflict(format!(
+            "this broadcast is still sending ({unsettled} of its messages not settled yet): \
+             retry its failures once it has completed"
+        )));
     }
     if recipients.is_empty() {
         return Err(ServiceError::Conflict(

@@ -679,6 +679,85 @@ async fn recipients_csv_lists_each_recipient_once_while_the_fan_out_goes_on() {
     assert_eq!(csv.matches(",accepted,").count(), 5, "{csv}");
 }
 
+/// A broadcast is retried once, so only once every message is settled: one still waiting
+/// or being sent (a backoff, an ambiguous send until its deadline) may yet fail retryably
+/// and would then have no retry. Until then `retry-failed` answers 409 and makes nothing.
+#[tokio::test]
+async fn a_broadcast_still_sending_is_not_retried_until_every_message_is_settled() {
+    use kirim::domain::{MessageError, MessageStatus};
+    use kirim::ports::{StatusChange, Transition};
+    use kirim::service::{broadcasts, errors::ServiceError};
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let (tenant, accepted) = promo_broadcast(&deps, "132", 2).await;
+    let job = deps
+        .queue
+        .receive(10, Duration::from_millis(500))
+        .await
+        .unwrap()
+        .remove(0)
+        .body;
+    let Some(kirim::service::jobs::QueueJob::BroadcastFanout(fan_out)) =
+        kirim::service::jobs::QueueJob::parse(&job)
+    else {
+        panic!("a fan-out job")
+    };
+    broadcasts::fan_out_in_slices(&deps, &fan_out, 10)
+        .await
+        .unwrap();
+    let b = deps
+        .broadcasts
+        .get_broadcast(&tenant.id, &accepted.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let fail = |i: usize| {
+        let (deps, tenant, id) = (&deps, tenant.id.clone(), broadcasts::message_id(&b, i));
+        async move {
+            let change = StatusChange {
+                error: Some(MessageError {
+                    code: 131000_i64.into(),
+                    title: "Something went wrong".into(),
+                }),
+                ..Default::default()
+            };
+            for to in [MessageStatus::Sending, MessageStatus::Failed] {
+                let moved = deps
+                    .messages
+                    .transition(&tenant, &id, to, &change, deps.clock.now())
+                    .await
+                    .unwrap();
+                assert!(matches!(moved, Transition::Applied(_)), "{to:?}");
+            }
+        }
+    };
+    // One failed retryably; the other still `accepted` (its job not yet dispatched).
+    fail(0).await;
+    let early = broadcasts::retry_failed(&deps, &tenant.id, &accepted.id, Vec::new(), None).await;
+    assert!(
+        matches!(&early, Err(ServiceError::Conflict(m)) if m.contains("still sending")),
+        "{early:?}"
+    );
+    let stored = deps
+        .broadcasts
+        .get_broadcast(&tenant.id, &accepted.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.retried_by, None, "nothing was made");
+    // Both settled: the retry takes both.
+    fail(1).await;
+    let top_up: kirim::service::accounts::TopUp =
+        serde_json::from_value(json!({"amount": 5, "reference": "test"})).unwrap();
+    kirim::service::accounts::top_up(&deps, &tenant.id, top_up, None)
+        .await
+        .unwrap();
+    let retried = broadcasts::retry_failed(&deps, &tenant.id, &accepted.id, Vec::new(), None)
+        .await
+        .unwrap();
+    assert_eq!(retried.accepted, 2);
+}
+
 /// A fan-out that finds its recipient list gone (its backstop passed while it was paused
 /// for days) closes the broadcast and refunds the recipients never queued.
 #[tokio::test]
