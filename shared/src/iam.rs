@@ -135,6 +135,9 @@ const SEND_API: &[Grant] = &[
     STATE[2],
     // Accepted messages and broadcast fan-outs.
     on(DispatchQueue, SqsQueue::SEND),
+    // A scheduled message cancelled (`DELETE /v1/messages/{id}`) queues its `cancelled`
+    // status callback.
+    on(CallbackQueue, SqsQueue::SEND),
     // A bearer token is compared with the operator token before it is looked up as a key.
     on(OperatorToken, SecretsManagerStore::READ),
     // Audit events are appended here: the chain's head is signed.

@@ -180,6 +180,26 @@ async fn a_message_travels_through_functions_wired_only_with_the_ports_they_decl
     assert!(outcomes.iter().all(|o| *o == Outcome::Done), "{outcomes:?}");
     assert_eq!(delivered.load(Ordering::SeqCst), 2);
 
+    // send_api again: a scheduled message, cancelled while it waits, queues its
+    // `cancelled` callback (DELETE /v1/messages/{id} is send_api's).
+    let send_at =
+        (kirim::ports::Clock::now(clock.as_ref()) + chrono::Duration::minutes(10)).to_rfc3339();
+    let msg: send::SendRequest = serde_json::from_value(
+        json!({"to": "+60123456789", "text": {"body": "later"}, "send_at": send_at}),
+    )
+    .unwrap();
+    let scheduled = send::send(&send_api, &tenant.id, msg).await.unwrap();
+    send::cancel_scheduled(&send_api, &tenant.id, &scheduled.id)
+        .await
+        .unwrap();
+    let cancelled = callback_queue.receive(10, Duration::ZERO).await.unwrap();
+    assert_eq!(cancelled.len(), 1, "the cancel's callback was queued");
+    assert!(
+        cancelled[0].body.contains("cancelled"),
+        "{}",
+        cancelled[0].body
+    );
+
     // retention: the daily run.
     let retention = deps_for(Function::Retention);
     kirim::queue_handlers::scheduled_retention(&retention)
