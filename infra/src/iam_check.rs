@@ -376,6 +376,20 @@ mod tests {
         );
     }
 
+    /// The retained table is unreadable in part without these: the audit key checks its
+    /// chains' heads, the KMS key and the old TOTP key open its users' TOTP seeds. A stack
+    /// deleted or a resource replaced must not take them with it.
+    #[test]
+    fn the_keys_the_retained_table_needs_are_retained_with_it() {
+        let doc: Value = serde_yaml::from_str(TEMPLATE).expect("template");
+        for id in ["Table", "AuditKeySecret", "TotpKeySecret", "TotpSeedKey"] {
+            let r = &doc["Resources"][id];
+            for policy in ["DeletionPolicy", "UpdateReplacePolicy"] {
+                assert_eq!(r[policy].as_str(), Some("Retain"), "{id}: {policy}");
+            }
+        }
+    }
+
     #[test]
     fn every_function_deploys_the_one_binary_and_names_itself_in_kirim_function() {
         let doc: Value = serde_yaml::from_str(TEMPLATE).expect("template");
