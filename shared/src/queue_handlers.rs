@@ -177,17 +177,27 @@ async fn batch<F: std::future::Future>(deps: &Deps, work: F) -> F::Output {
     crate::service::quality::batched(deps, crate::service::throttle::pooled(work)).await
 }
 
+/// How long the scheduled run may take in all: the retention function's timeout is 900 s;
+/// the sweep stops at 600 s (`retention::Limits`) and the template sync after it at 840 s
+/// from the start, a minute before Lambda would end the invocation as failed (which would
+/// raise the errors alarm and have EventBridge run it all again).
+pub const SCHEDULED_RUN_BUDGET: std::time::Duration = std::time::Duration::from_secs(840);
+
 /// The scheduled retention run (EventBridge on AWS, a timer locally).
 pub async fn scheduled_retention(deps: &Deps) -> Result<retention::RetentionReport, String> {
+    let until = tokio::time::Instant::now() + SCHEDULED_RUN_BUDGET;
     let report = retention::run(deps).await.map_err(|e| e.to_string())?;
     // The daily template catalogue sync, for the active tenants the sweep came across
-    // (bounded: `templates::MAX_SCHEDULED` WABAs a run; failures wait for the next run).
-    let synced = crate::service::templates::sync_scheduled(deps, &report.active_tenants).await;
+    // (bounded: `templates::MAX_SCHEDULED` WABAs and the run's time; failures and the
+    // rest wait for the next run).
+    let synced =
+        crate::service::templates::sync_scheduled(deps, &report.active_tenants, until).await;
     tracing::info!(
         wabas = synced.wabas,
         failed = synced.failed,
         synced = synced.synced,
         removed = synced.removed,
+        out_of_time = synced.out_of_time,
         "scheduled template sync"
     );
     Ok(report)

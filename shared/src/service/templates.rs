@@ -265,14 +265,26 @@ pub struct ScheduledSync {
     pub failed: usize,
     pub synced: usize,
     pub removed: usize,
+    /// The run's time ran out before every WABA was synced (the rest wait for the next).
+    pub out_of_time: bool,
 }
 
 /// Syncs the catalogue of each WABA of the active tenants' numbers once (at most
-/// [`MAX_SCHEDULED`]); a failure is logged and counted, never fatal.
-pub async fn sync_scheduled(deps: &Deps, tenants: &[TenantId]) -> ScheduledSync {
+/// [`MAX_SCHEDULED`]), until `until`: no WABA is begun after it, and one still reading
+/// Meta then is cut short (counted as failed; a sync cut short removes nothing). A failure
+/// is logged and counted, never fatal.
+pub async fn sync_scheduled(
+    deps: &Deps,
+    tenants: &[TenantId],
+    until: tokio::time::Instant,
+) -> ScheduledSync {
     let mut done = ScheduledSync::default();
     let mut wabas = HashSet::new();
     for id in tenants {
+        if tokio::time::Instant::now() >= until {
+            done.out_of_time = true;
+            break;
+        }
         if wabas.len() >= MAX_SCHEDULED {
             tracing::info!(
                 max = MAX_SCHEDULED,
@@ -301,15 +313,21 @@ pub async fn sync_scheduled(deps: &Deps, tenants: &[TenantId]) -> ScheduledSync 
             if wabas.len() >= MAX_SCHEDULED || !wabas.insert(waba.clone()) {
                 continue;
             }
-            match sync_waba(deps, &tenant, &waba).await {
-                Ok(s) => {
+            match tokio::time::timeout_at(until, sync_waba(deps, &tenant, &waba)).await {
+                Ok(Ok(s)) => {
                     done.wabas += 1;
                     done.synced += s.synced;
                     done.removed += s.removed;
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(tenant_id = %id, waba_id = %waba, error = %e, "scheduled template sync failed");
                     done.failed += 1;
+                }
+                Err(_) => {
+                    tracing::warn!(tenant_id = %id, waba_id = %waba, "scheduled template sync cut short: the run's time is up");
+                    done.failed += 1;
+                    done.out_of_time = true;
+                    return done;
                 }
             }
         }

@@ -713,3 +713,59 @@ on_both_backends!(
     a_redelivered_older_template_webhook_never_undoes_a_newer_one,
     the_daily_schedule_syncs_every_active_tenants_catalogue,
 );
+
+/// Meta, taking its time over every page of templates (a slow or hanging Graph API).
+struct SlowMeta(std::time::Duration);
+
+#[async_trait]
+impl MetaClient for SlowMeta {
+    async fn send_message(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: &Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        Err(MetaSendError::Timeout)
+    }
+    async fn list_templates(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: Option<&str>,
+    ) -> Result<MetaTemplatePage, MetaSendError> {
+        tokio::time::sleep(self.0).await;
+        Ok(MetaTemplatePage::default())
+    }
+}
+
+/// The daily sync runs after the sweep in the retention function (900 s timeout): it
+/// stops at the run's deadline, begins no WABA after it and cuts short the one reading
+/// Meta then, instead of running on until Lambda ends the invocation as failed.
+#[tokio::test(start_paused = true)]
+async fn the_scheduled_template_sync_stops_at_the_runs_deadline() {
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock).unwrap();
+    let mut tenants = Vec::new();
+    for i in 0..3 {
+        let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({
+            "name": "Kedai", "waba_id": format!("{}", 7_000_000 + i),
+            "phone_number_id": format!("{}", 8_000_000 + i), "meta_access_token": "EAAG", "credits": 1}))
+        .unwrap();
+        let (t, _) = kirim::service::accounts::create_tenant(&deps, req)
+            .await
+            .unwrap();
+        tenants.push(t.id);
+    }
+    deps.meta = Arc::new(SlowMeta(std::time::Duration::from_millis(400)));
+    let started = tokio::time::Instant::now();
+    let until = started + std::time::Duration::from_millis(600);
+    let done = templates::sync_scheduled(&deps, &tenants, until).await;
+    // (Paused time: the sleeps advance it exactly.) The first WABA is synced by 400 ms,
+    // the second cut short at 600 ms, the third never begun.
+    assert_eq!((done.wabas, done.failed), (1, 1), "{done:?}");
+    assert!(done.out_of_time);
+    assert_eq!(
+        tokio::time::Instant::now() - started,
+        std::time::Duration::from_millis(600)
+    );
+}
