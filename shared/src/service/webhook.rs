@@ -331,6 +331,12 @@ impl Pairs {
         if self.0.contains(&pair) {
             return Ok(());
         }
+        // A closed tenant learns no more pairings (a status of its messages may still come
+        // until the close-out): a pairing written now would outlive its retention. Read
+        // only when a pairing is about to be written (the warm-cached access read).
+        if !deps.tenant_is_open(tenant).await? {
+            return Ok(());
+        }
         super::contacts::learn_pairing(deps, tenant, p, u).await?;
         self.0.insert(pair);
         Ok(())

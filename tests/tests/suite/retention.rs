@@ -1004,7 +1004,8 @@ async fn a_closed_tenant_takes_no_opt_out_or_template_change_from_metas_webhooks
         "messages": [{"from": "60123458888", "id": format!("wamid.in.{}", ulid::Ulid::new()),
             "timestamp": now.to_string(), "type": "text", "text": {"body": "STOP"}}],
         "statuses": [{"id": wamid, "status": "failed", "timestamp": now.to_string(),
-            "recipient_id": "60123458889", "errors": [{"code": 131050, "title": "stopped"}]}]});
+            "recipient_id": "60123458889", "recipient_user_id": "MY.1349120865530274",
+            "errors": [{"code": 131050, "title": "stopped"}]}]});
     let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "1000001", "changes": [
         {"field": "messages", "value": value},
         {"field": "user_preferences", "value": {"messaging_product": "whatsapp",
@@ -1032,6 +1033,17 @@ async fn a_closed_tenant_takes_no_opt_out_or_template_change_from_metas_webhooks
             "{phone}: no opt-out for a closed tenant"
         );
     }
+    // Nor a pairing from the status's phone and user id (it would outlive the close-out).
+    let phone = kirim::domain::OptOutKey::parse("+60123458889").expect("key");
+    assert_eq!(
+        app.app
+            .deps
+            .contacts
+            .paired_key(&tenant, &phone)
+            .await
+            .expect("read"),
+        None
+    );
     // Its WABA has no open tenant: the catalogue keeps what it had (and its TTL).
     let template = app
         .app
