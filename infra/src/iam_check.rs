@@ -390,6 +390,33 @@ mod tests {
         }
     }
 
+    /// The webhook's Function URL is public: its concurrency can be capped by a parameter
+    /// (0: none), so a flood of forged requests cannot take the account's whole concurrency.
+    #[test]
+    fn the_public_webhook_s_concurrency_is_capped_by_a_parameter() {
+        let doc: Value = serde_yaml::from_str(TEMPLATE).expect("template");
+        let props = function_props(&doc, Function::Webhook.logical_id()).expect("webhook");
+        assert_eq!(
+            props["FunctionUrlConfig"]["AuthType"].as_str(),
+            Some("NONE"),
+            "the reason for the cap"
+        );
+        let reserved = format!("{:?}", props["ReservedConcurrentExecutions"]);
+        assert!(
+            reserved.contains("CapsWebhookConcurrency")
+                && reserved.contains("WebhookReservedConcurrency"),
+            "{reserved}"
+        );
+        assert_eq!(
+            doc["Parameters"]["WebhookReservedConcurrency"]["Default"].as_u64(),
+            Some(0)
+        );
+        assert!(
+            doc["Conditions"]["CapsWebhookConcurrency"].is_mapping()
+                || !doc["Conditions"]["CapsWebhookConcurrency"].is_null()
+        );
+    }
+
     #[test]
     fn every_function_deploys_the_one_binary_and_names_itself_in_kirim_function() {
         let doc: Value = serde_yaml::from_str(TEMPLATE).expect("template");
