@@ -217,6 +217,9 @@ pub struct AccountUpdate {
     pub waba_id: String,
     pub event: String,
     pub ban_state: Option<String>,
+    /// Meta's time of the event (the entry's `time`), when given: a tenant resumed after
+    /// it is not suspended again by it delivered late or again.
+    pub meta_time: Option<i64>,
 }
 
 impl AccountUpdate {
@@ -549,6 +552,7 @@ fn read_change(waba_id: &str, time: Option<i64>, change: &Value, events: &mut Ve
                 waba_id: waba_id.to_owned(),
                 event: a.event.unwrap_or_default(),
                 ban_state: a.ban_info.and_then(|b| b.waba_ban_state),
+                meta_time: time.filter(|t| *t > 0),
             })),
             None => events.push(unknown("change", field)),
         }

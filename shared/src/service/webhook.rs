@@ -357,11 +357,26 @@ async fn account_update(deps: &Deps, update: &AccountUpdate) -> Result<usize, Se
         None => format!("meta account_update: {}", update.event),
     };
     // Each written before the webhook is acknowledged: a failure answers 500, so Meta
-    // delivers it again (suspending twice changes nothing).
+    // delivers it again. A tenant suspended already is left as it is (no second
+    // suspension, no second audit event), and one whose status changed after Meta's event
+    // (the operator resumed it, having fixed the cause) is not suspended again by the
+    // event delivered late or again.
+    let mut paused = 0;
     for t in &tenants {
+        let Some(tenant) = deps.tenants.get_tenant(t).await? else {
+            continue;
+        };
+        let resumed_since = matches!(
+            (update.meta_time, tenant.status_changed_at),
+            (Some(at), Some(changed)) if changed.timestamp() > at
+        );
+        if tenant.status != crate::ports::TenantStatus::Active || resumed_since {
+            continue;
+        }
         super::accounts::try_suspend_for_meta(deps, t, &reason, "webhook").await?;
+        paused += 1;
     }
-    Ok(tenants.len())
+    Ok(paused)
 }
 
 #[cfg(test)]

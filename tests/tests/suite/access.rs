@@ -570,6 +570,45 @@ async fn metas_account_restriction_pauses_every_tenant_on_that_waba_only(b: Back
             .contains("ACCOUNT_RESTRICTION"),
         "{audit}"
     );
+    // The operator fixes the cause and resumes the tenant; Meta then delivers the old
+    // restriction again (as after a 500): the resume stands, and nothing is audited twice.
+    let tenant_id = restricted["tenant"]["id"].as_str().unwrap_or_default();
+    let (s, _) = call(
+        &app,
+        "POST",
+        &format!("/v1/platform/tenants/{tenant_id}/resume"),
+        Some(OPERATOR_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let res = app.post_webhook(&update("7001", json!({"event": "ACCOUNT_RESTRICTION",
+        "restriction_info": [{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": 1900000000}]}))).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["summary"]["ignored"], 1);
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(key), None).await.1["status"],
+        "active",
+        "the resume after Meta's event stands"
+    );
+    let (_, again) = call(
+        &app,
+        "GET",
+        "/v1/audit?action=tenant.suspend",
+        Some(key),
+        None,
+    )
+    .await;
+    assert_eq!(again["events"].as_array().map(Vec::len), Some(1), "{again}");
+    // A later restriction (Meta's time after the resume) suspends it again.
+    let later = json!({"object": "whatsapp_business_account",
+        "entry": [{"id": "7001", "time": chrono::Utc::now().timestamp() + 5,
+            "changes": [{"field": "account_update", "value": {"event": "ACCOUNT_VIOLATION"}}]}]});
+    assert_eq!(app.post_webhook(&later).await.status(), 200);
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(key), None).await.1["status"],
+        "suspended"
+    );
 }
 
 on_both_backends!(
