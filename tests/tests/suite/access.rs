@@ -542,8 +542,9 @@ async fn metas_account_restriction_pauses_every_tenant_on_that_waba_only(b: Back
         "active"
     );
 
-    let res = app.post_webhook(&update("7001", json!({"event": "ACCOUNT_RESTRICTION",
-        "restriction_info": [{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": 1900000000}]}))).await;
+    let restriction = json!({"event": "ACCOUNT_RESTRICTION",
+        "restriction_info": [{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": 1900000000}]});
+    let res = app.post_webhook(&update("7001", restriction.clone())).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["summary"]["applied"], 1);
     let (_, account) = call(&app, "GET", "/v1/account", Some(key), None).await;
@@ -555,14 +556,8 @@ async fn metas_account_restriction_pauses_every_tenant_on_that_waba_only(b: Back
         "active",
         "another WABA is untouched"
     );
-    let (_, audit) = call(
-        &app,
-        "GET",
-        "/v1/audit?action=tenant.suspend",
-        Some(key),
-        None,
-    )
-    .await;
+    let suspensions = "/v1/audit?action=tenant.suspend";
+    let (_, audit) = call(&app, "GET", suspensions, Some(key), None).await;
     assert!(
         audit["events"][0]["details"]["reason"]
             .as_str()
@@ -582,8 +577,7 @@ async fn metas_account_restriction_pauses_every_tenant_on_that_waba_only(b: Back
     )
     .await;
     assert_eq!(s, 200);
-    let res = app.post_webhook(&update("7001", json!({"event": "ACCOUNT_RESTRICTION",
-        "restriction_info": [{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": 1900000000}]}))).await;
+    let res = app.post_webhook(&update("7001", restriction)).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["summary"]["ignored"], 1);
     assert_eq!(
@@ -591,14 +585,7 @@ async fn metas_account_restriction_pauses_every_tenant_on_that_waba_only(b: Back
         "active",
         "the resume after Meta's event stands"
     );
-    let (_, again) = call(
-        &app,
-        "GET",
-        "/v1/audit?action=tenant.suspend",
-        Some(key),
-        None,
-    )
-    .await;
+    let (_, again) = call(&app, "GET", suspensions, Some(key), None).await;
     assert_eq!(again["events"].as_array().map(Vec::len), Some(1), "{again}");
     // A later restriction (Meta's time after the resume) suspends it again.
     let later = json!({"object": "whatsapp_business_account",

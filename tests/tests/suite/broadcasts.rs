@@ -368,11 +368,30 @@ async fn promo_broadcast(
     number: &str,
     n: usize,
 ) -> (kirim::ports::Tenant, kirim::service::broadcasts::Accepted) {
-    use kirim::service::{accounts, broadcasts, send::TemplateIn};
+    use kirim::service::{broadcasts, send::TemplateIn};
+    let (tenant, _) = promo_tenant(deps, number, n as i64).await;
+    let template: TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en", "category": "utility"}))
+            .unwrap();
+    let recipients: Vec<String> = (0..n).map(|i| format!("+601234{i:04}9")).collect();
+    let accepted = broadcasts::create(deps, &tenant.id, template, recipients, None)
+        .await
+        .unwrap();
+    (tenant, accepted)
+}
+
+/// A tenant (phone number id `number`, `credits`) with an approved utility template
+/// `promo` in its catalogue, written as a sync would (no Meta here); and its admin key.
+async fn promo_tenant(
+    deps: &kirim::service::Deps,
+    number: &str,
+    credits: i64,
+) -> (kirim::ports::Tenant, kirim::secret::Secret) {
+    use kirim::service::accounts;
     let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
-        "phone_number_id": number, "meta_access_token": "EAAG", "credits": n}))
+        "phone_number_id": number, "meta_access_token": "EAAG", "credits": credits}))
     .unwrap();
-    let (tenant, _) = accounts::create_tenant(deps, req).await.unwrap();
+    let (tenant, key) = accounts::create_tenant(deps, req).await.unwrap();
     deps.templates
         .put_template(&kirim::ports::CatalogueTemplate {
             waba_id: "1".into(),
@@ -388,14 +407,7 @@ async fn promo_broadcast(
         })
         .await
         .unwrap();
-    let template: TemplateIn =
-        serde_json::from_value(json!({"name": "promo", "language": "en", "category": "utility"}))
-            .unwrap();
-    let recipients: Vec<String> = (0..n).map(|i| format!("+601234{i:04}9")).collect();
-    let accepted = broadcasts::create(deps, &tenant.id, template, recipients, None)
-        .await
-        .unwrap();
-    (tenant, accepted)
+    (tenant, key)
 }
 
 /// A scheduled message's job looks at the message once in `LOOK_EVERY_HOPS` hops: after
@@ -611,29 +623,11 @@ async fn a_refused_scheduled_requests_job_is_dropped_at_its_first_look_not_kept_
 #[tokio::test]
 async fn recipients_csv_lists_each_recipient_once_while_the_fan_out_goes_on() {
     use kirim::service::jobs::QueueJob;
-    use kirim::service::{accounts, broadcasts, send::TemplateIn};
+    use kirim::service::{broadcasts, send::TemplateIn};
     use tower::ServiceExt;
     let clock = kirim_tests::ManualClock::new();
     let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
-    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
-        "phone_number_id": "131", "meta_access_token": "EAAG", "credits": 10}))
-    .unwrap();
-    let (tenant, key) = accounts::create_tenant(&deps, req).await.unwrap();
-    deps.templates
-        .put_template(&kirim::ports::CatalogueTemplate {
-            waba_id: "1".into(),
-            name: "promo".into(),
-            language: "en".into(),
-            category: kirim::domain::TemplateCategory::Utility,
-            status: kirim::domain::TemplateStatus::Approved,
-            quality: kirim::domain::TemplateQuality::Green,
-            body_parameters: 0,
-            meta_id: None,
-            updated_at: chrono::Utc::now(),
-            expires_at: None,
-        })
-        .await
-        .unwrap();
+    let (tenant, key) = promo_tenant(&deps, "131", 10).await;
     let template: TemplateIn =
         serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
     let recipients: Vec<String> = (0..5).map(|i| format!("+6012345{i:04}")).collect();
