@@ -380,6 +380,32 @@ async fn promo_broadcast(
     (tenant, accepted)
 }
 
+/// Empties the dispatch queue (the jobs a set-up queued).
+async fn drain(deps: &kirim::service::Deps) {
+    while !deps
+        .queue
+        .receive(10, Duration::from_millis(50))
+        .await
+        .unwrap()
+        .is_empty()
+    {}
+}
+
+/// The next job on the dispatch queue, which must be a broadcast's fan-out.
+async fn next_fan_out(deps: &kirim::service::Deps) -> kirim::service::jobs::FanoutJob {
+    let body = deps
+        .queue
+        .receive(10, Duration::from_millis(500))
+        .await
+        .unwrap()
+        .remove(0)
+        .body;
+    match kirim::service::jobs::QueueJob::parse(&body) {
+        Some(kirim::service::jobs::QueueJob::BroadcastFanout(job)) => job,
+        other => panic!("a fan-out job, not {other:?}"),
+    }
+}
+
 /// A tenant (phone number id `number`, `credits`) with an approved utility template
 /// `promo` in its catalogue, written as a sync would (no Meta here); and its admin key.
 async fn promo_tenant(
@@ -429,13 +455,7 @@ async fn a_cancelled_scheduled_jobs_are_dropped_at_their_next_look() {
         .await
         .unwrap();
     // Drain the broadcast's own jobs.
-    while !deps
-        .queue
-        .receive(10, Duration::from_millis(50))
-        .await
-        .unwrap()
-        .is_empty()
-    {}
+    drain(&deps).await;
     let send_at = clock.now() + chrono::Duration::hours(3);
     let req: send::SendRequest = serde_json::from_value(json!({
         "to": "+60123450777",
@@ -502,18 +522,7 @@ async fn a_cancelled_scheduled_jobs_are_dropped_at_their_next_look() {
     )
     .await
     .unwrap();
-    let fan_out = deps
-        .queue
-        .receive(10, Duration::from_millis(500))
-        .await
-        .unwrap()
-        .remove(0)
-        .body;
-    let Some(kirim::service::jobs::QueueJob::BroadcastFanout(fan_out)) =
-        kirim::service::jobs::QueueJob::parse(&fan_out)
-    else {
-        panic!("a fan-out job")
-    };
+    let fan_out = next_fan_out(&deps).await;
     let at_hops = |hops: u32| {
         let to = send_at - chrono::Duration::from_std(hop * hops).unwrap();
         clock.advance(to - clock.now());
@@ -548,13 +557,7 @@ async fn a_refused_scheduled_requests_job_is_dropped_at_its_first_look_not_kept_
     let clock = kirim_tests::ManualClock::new();
     let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
     let (tenant, _) = promo_broadcast(&deps, "130", 1).await;
-    while !deps
-        .queue
-        .receive(10, Duration::from_millis(50))
-        .await
-        .unwrap()
-        .is_empty()
-    {}
+    drain(&deps).await;
     // The credits are spent: both scheduled requests are refused with 402.
     let send_at = clock.now() + chrono::Duration::days(30);
     let req: send::SendRequest = serde_json::from_value(json!({
@@ -622,7 +625,6 @@ async fn a_refused_scheduled_requests_job_is_dropped_at_its_first_look_not_kept_
 /// its message, not again as a pending recipient.
 #[tokio::test]
 async fn recipients_csv_lists_each_recipient_once_while_the_fan_out_goes_on() {
-    use kirim::service::jobs::QueueJob;
     use kirim::service::{broadcasts, send::TemplateIn};
     use tower::ServiceExt;
     let clock = kirim_tests::ManualClock::new();
@@ -634,16 +636,7 @@ async fn recipients_csv_lists_each_recipient_once_while_the_fan_out_goes_on() {
     let accepted = broadcasts::create(&deps, &tenant.id, template, recipients, None)
         .await
         .unwrap();
-    let job = deps
-        .queue
-        .receive(10, Duration::from_millis(500))
-        .await
-        .unwrap()
-        .remove(0)
-        .body;
-    let Some(QueueJob::BroadcastFanout(fan_out)) = QueueJob::parse(&job) else {
-        panic!("a fan-out job")
-    };
+    let fan_out = next_fan_out(&deps).await;
     // The request reads the broadcast (nothing recorded yet)...
     let res = kirim::http::send_api_router(deps.clone())
         .oneshot(
@@ -684,18 +677,7 @@ async fn a_broadcast_still_sending_is_not_retried_until_every_message_is_settled
     let clock = kirim_tests::ManualClock::new();
     let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
     let (tenant, accepted) = promo_broadcast(&deps, "132", 2).await;
-    let job = deps
-        .queue
-        .receive(10, Duration::from_millis(500))
-        .await
-        .unwrap()
-        .remove(0)
-        .body;
-    let Some(kirim::service::jobs::QueueJob::BroadcastFanout(fan_out)) =
-        kirim::service::jobs::QueueJob::parse(&job)
-    else {
-        panic!("a fan-out job")
-    };
+    let fan_out = next_fan_out(&deps).await;
     broadcasts::fan_out_in_slices(&deps, &fan_out, 10)
         .await
         .unwrap();
