@@ -54,6 +54,9 @@ pub fn console_router(deps: Deps, options: ConsoleOptions) -> Router {
             options,
         })
         .layer(axum::middleware::from_fn(security::headers))
+        .layer(axum::middleware::from_fn(
+            crate::http::error::request_id_header,
+        ))
 }
 
 /// Whether `role` may call the API route `method path` (a path template of

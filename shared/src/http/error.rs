@@ -327,6 +327,28 @@ fn answered(mut res: Response, header: Result<HeaderValue, String>) -> Response 
     res
 }
 
+/// The `x-request-id` header alone (the Lambda's request id when present, else a new
+/// one), for routes that keep their own answers (the console's HTML pages, the sandbox's
+/// Meta-shaped errors): API.md promises the header on every response. An answer that has
+/// one already keeps it.
+pub async fn request_id_header(
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(crate::domain::new_id);
+    let mut res = next.run(req).await;
+    if !res.headers().contains_key("x-request-id") {
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            res.headers_mut().insert("x-request-id", v);
+        }
+    }
+    res
+}
+
 pub fn empty(status: StatusCode) -> Response {
     Response::builder()
         .status(status)

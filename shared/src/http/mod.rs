@@ -94,8 +94,9 @@ fn finish_serving(
         state: meta_state,
         inner: Router::new()
             .fallback_service(api)
-            // Extra routes keep their own answers (the sandbox speaks Meta's error shape).
-            .merge(extra),
+            // Extra routes keep their own answers (the sandbox speaks Meta's error shape),
+            // with the request id's header.
+            .merge(extra.layer(axum::middleware::from_fn(error::request_id_header))),
     }
 }
 

@@ -452,6 +452,12 @@ async fn every_response_has_a_request_id_and_unknown_routes_answer_the_error_sha
     )
     .await;
     assert_eq!((s, c.as_str()), (401, "unauthenticated"));
+    // The routes that keep their own answers too: the console's pages, the sandbox's.
+    for path in ["/console/login", "/_sandbox/messages"] {
+        let res = app.http.get(app.url(path)).send().await.unwrap();
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+        assert!(res.headers().contains_key("x-request-id"), "{path}");
+    }
 }
 
 async fn during_an_app_secret_rotation_both_the_new_and_the_previous_secret_verify(b: Backend) {
