@@ -331,10 +331,7 @@ fn answered(mut res: Response, header: Result<HeaderValue, String>) -> Response 
 /// one), for routes that keep their own answers (the console's HTML pages, the sandbox's
 /// Meta-shaped errors): API.md promises the header on every response. An answer that has
 /// one already keeps it.
-pub async fn request_id_header(
-    req: Request,
-    next: axum::middleware::Next,
-) -> Response {
+pub async fn request_id_header(req: Request, next: axum::middleware::Next) -> Response {
     let id = req
         .extensions()
         .get::<RequestId>()

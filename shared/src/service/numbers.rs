@@ -160,8 +160,10 @@ pub async fn add(
     Ok(record)
 }
 
-/// The operator removes a number. The default number (so also the last one) is never
-/// removed: `Conflict` (make another one the default first).
+/// The operator removes a number; never the last one (`Conflict`). Removing the default
+/// number makes another the default first (the lowest phone number id of the rest): each
+/// step a conditional write, so a removal cut short between them leaves the tenant with
+/// its new default and the old number, and is simply asked again.
 pub async fn remove(
     deps: &Deps,
     tenant_id: &TenantId,
@@ -169,11 +171,19 @@ pub async fn remove(
 ) -> Result<(), ServiceError> {
     let tenant = open_tenant(deps, tenant_id).await?;
     if phone_number_id == tenant.phone_number_id {
-        return Err(ServiceError::Conflict(
-            "this is the account's default number (a tenant keeps at least one); make another \
-             number the default first"
-                .into(),
-        ));
+        let next = records(deps, &tenant)
+            .await?
+            .into_iter()
+            .find(|n| n.phone_number_id != phone_number_id);
+        let Some(next) = next else {
+            return Err(ServiceError::Conflict(
+                "this is the account's last number (a tenant keeps at least one); add another \
+                 first"
+                    .into(),
+            ));
+        };
+        set_default(deps, &tenant, &next.phone_number_id).await?;
+        tracing::info!(tenant_id = %tenant_id, phone_number_id = %next.phone_number_id, "default moved to remove the old one");
     }
     if deps
         .numbers

@@ -320,7 +320,7 @@ async fn a_number_owned_by_another_tenant_cannot_be_added_and_bad_input_is_refus
     assert_eq!(s, 403);
 }
 
-async fn the_default_number_is_never_removed_and_removals_are_audited(b: Backend) {
+async fn the_last_number_is_never_removed_and_removals_are_audited(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(10).await;
     let path = |n: &str| format!("/v1/platform/tenants/{}/phone-numbers/{n}", t.tenant_id);
@@ -329,7 +329,7 @@ async fn the_default_number_is_never_removed_and_removals_are_audited(b: Backend
         let app = &app;
         async move { call(app, reqwest::Method::DELETE, OPERATOR_TOKEN, &p, None).await }
     };
-    // The last number is the default: never removed.
+    // The last number: never removed.
     let (s, body) = del(t.phone_number_id.clone()).await;
     assert_eq!(s, 409, "{body}");
     assert_eq!(body["error"]["code"], "conflict");
@@ -344,26 +344,38 @@ async fn the_default_number_is_never_removed_and_removals_are_audited(b: Backend
         .0,
         201
     );
+    // The default, with another left (API.md: "never the last one"): removed, and the
+    // other becomes the default.
+    let first = t.phone_number_id.clone();
+    assert_eq!(del(first.clone()).await.0, 204);
+    assert_eq!(del(first.clone()).await.0, 404);
+    let left = numbers(&app, &t.key).await;
+    assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(
-        del(t.phone_number_id.clone()).await.0,
-        409,
-        "still the default"
+        (
+            left[0]["phone_number_id"].as_str(),
+            left[0]["default"].as_bool()
+        ),
+        (Some(second.as_str()), Some(true))
     );
-    assert_eq!(del(second.clone()).await.0, 204);
-    assert_eq!(del(second.clone()).await.0, 404);
-    assert_eq!(numbers(&app, &t.key).await.len(), 1);
-    let (s, body) = send_from(&app, &t.key, "+60123452201", Some(&second)).await;
+    assert_eq!(del(second.clone()).await.0, 409, "now the last one");
+    let (s, body) = send_from(&app, &t.key, "+60123452201", Some(&first)).await;
     assert_eq!(
         (s, body["error"]["code"].clone()),
         (422, json!("unknown_sender"))
     );
+    // Sends without `from` go from the new default.
+    let (s, body) = send_from(&app, &t.key, "+60123452202", None).await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default();
+    assert_eq!(app.message(&t.key, id).await["from"], second.as_str());
     // The removed number is free for another tenant.
     let other = app.onboard(0).await;
     assert_eq!(
         add_number(
             &app,
             &other.tenant_id,
-            json!({"phone_number_id": second, "waba_id": "1000001"})
+            json!({"phone_number_id": first, "waba_id": "1000001"})
         )
         .await
         .0,
@@ -391,7 +403,14 @@ async fn the_default_number_is_never_removed_and_removals_are_audited(b: Backend
         "DELETE /v1/platform/tenants/{id}/phone-numbers/{phone_number_id}",
     ] {
         assert!(
-            actions.contains(&(action.to_owned(), second.clone())),
+            actions.contains(&(
+                action.to_owned(),
+                if action.starts_with("POST") {
+                    second.clone()
+                } else {
+                    first.clone()
+                }
+            )),
             "{action} in {actions:?}"
         );
     }
@@ -775,7 +794,7 @@ on_both_backends!(
     a_send_from_a_second_number_reaches_the_sandbox_with_that_numbers_id,
     a_send_from_a_number_not_the_tenants_is_refused_as_unknown_sender_with_nothing_debited,
     a_number_owned_by_another_tenant_cannot_be_added_and_bad_input_is_refused,
-    the_default_number_is_never_removed_and_removals_are_audited,
+    the_last_number_is_never_removed_and_removals_are_audited,
     an_admin_switches_the_default_number_and_sends_without_from_go_from_it,
     a_quality_webhook_updates_that_numbers_quality_and_throughput,
     an_onboarded_numbers_display_lets_metas_quality_webhook_find_it,
