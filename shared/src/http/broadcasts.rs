@@ -42,6 +42,7 @@ fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiErr
             "template_name"
                 | "template_language"
                 | "template_category"
+                | "template_components"
                 | "name"
                 | "send_at"
                 | "from"
@@ -64,11 +65,22 @@ fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiErr
             })
         })
         .transpose()?;
+    // The template's components as a JSON body would carry them (a JSON array, URL-encoded):
+    // a CSV upload can send a template whose body takes parameters.
+    let components = match q.get("template_components") {
+        Some(raw) => serde_json::from_str::<Vec<serde_json::Value>>(raw).map_err(|_| {
+            ApiError::invalid(
+                "template_components must be a JSON array of components, as `template.components` \
+                 in a JSON body (URL-encoded)",
+            )
+        })?,
+        None => Vec::new(),
+    };
     Ok(TemplateIn {
         name: get("template_name")?,
         language: get("template_language")?,
         category,
-        components: Vec::new(),
+        components,
     })
 }
 

@@ -238,6 +238,13 @@ async fn bad_broadcast_uploads_answer_400_and_change_nothing(b: Backend) {
         post_csv(
             &app,
             &t.key,
+            &format!("{q}&template_components=%7Bnot%20a%20list%7D"),
+            "phone\n+60123455001\n".into(),
+        )
+        .await,
+        post_csv(
+            &app,
+            &t.key,
             q,
             format!(
                 "phone\n{}",
@@ -268,6 +275,64 @@ async fn bad_broadcast_uploads_answer_400_and_change_nothing(b: Backend) {
         );
     }
     assert_eq!(app.credits(&t.key).await, 5);
+}
+
+/// A CSV upload carries the template's components in the query (`template_components`,
+/// a URL-encoded JSON array, as `template.components` in a JSON body): a template whose
+/// body takes a parameter is sent with it.
+async fn a_csv_broadcast_sends_a_template_with_parameters_from_the_query(b: Backend) {
+    let app = app_with(b, 80).await;
+    let t = app.onboard(5).await;
+    let components = json!([{"type": "body", "parameters": [{"type": "text", "text": "CSV-7"}]}]);
+    let q = format!(
+        "template_name=promo_sale&template_language=en_US&template_components={}",
+        url_encode(&components.to_string())
+    );
+    let (s, body) = post_csv(
+        &app,
+        &t.key,
+        &q,
+        "phone\n+60123455101\n+60123455102\n".into(),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(body["accepted"], 2);
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    wait_read(&app, &t.key, &id, 2).await;
+    for digits in ["60123455101", "60123455102"] {
+        let reqs = app.sandbox_requests_to(digits);
+        assert_eq!(reqs.len(), 1, "{digits}");
+        assert_eq!(
+            reqs[0].request["template"]["components"][0]["parameters"][0]["text"],
+            "CSV-7"
+        );
+    }
+    // Without them, the template's parameter count is not met: refused, nothing paid.
+    let (s, body) = post_csv(
+        &app,
+        &t.key,
+        "template_name=promo_sale&template_language=en_US",
+        "phone\n+60123455103\n".into(),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("template_parameters_mismatch")),
+        "{body}"
+    );
+    assert_eq!(app.credits(&t.key).await, 3);
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 async fn a_csv_broadcast_completes_with_every_recipient_read(b: Backend, n: usize) {
@@ -329,6 +394,10 @@ mod memory_backend {
         super::bad_broadcast_uploads_answer_400_and_change_nothing(Memory).await
     }
     #[tokio::test]
+    async fn a_csv_broadcast_sends_a_template_with_parameters_from_the_query() {
+        super::a_csv_broadcast_sends_a_template_with_parameters_from_the_query(Memory).await
+    }
+    #[tokio::test]
     async fn a_1000_recipient_csv_broadcast_completes_with_every_recipient_read() {
         super::a_csv_broadcast_completes_with_every_recipient_read(Memory, 1000).await
     }
@@ -351,6 +420,10 @@ mod aws_backend_on_moto {
     #[tokio::test]
     async fn bad_broadcast_uploads_answer_400_and_change_nothing() {
         super::bad_broadcast_uploads_answer_400_and_change_nothing(Aws).await
+    }
+    #[tokio::test]
+    async fn a_csv_broadcast_sends_a_template_with_parameters_from_the_query() {
+        super::a_csv_broadcast_sends_a_template_with_parameters_from_the_query(Aws).await
     }
     #[tokio::test]
     async fn a_100_recipient_csv_broadcast_completes_with_every_recipient_read() {
