@@ -3,7 +3,8 @@
 //! it becomes `failed` with `outcome_unknown`, not refunded: Meta may well have sent
 //! (and charged for) it, and Kirim cannot tell; a refund could pay for a delivered
 //! message. The queue message that timed out stays on the queue and comes back at the
-//! deadline (at most 12 hours at a time, SQS's visibility limit) to make this check;
+//! deadline (at most 11 h 55 min at a time: SQS refuses a visibility beyond 12 hours from
+//! the receive) to make this check;
 //! it never sends again, because only an `accepted` message can be claimed.
 
 use std::time::Duration;
@@ -122,4 +123,24 @@ pub async fn redelivered_as(
         Transition::Refused => {}
     }
     Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQS refuses a visibility beyond 12 hours from the receive: the recheck of a claim
+    /// made a moment ago under a 24 h deadline must ask for less, or it is refused on every
+    /// receive and the job ends on the dead-letter queue, its message `sending` for good.
+    #[test]
+    fn a_recheck_never_asks_sqs_for_the_whole_twelve_hours() {
+        let clock = std::sync::Arc::new(crate::ports::SystemClock);
+        let mut settings = crate::config::Settings::default();
+        settings.sending_deadline = Duration::from_secs(24 * 3600);
+        let deps = crate::wiring::memory_deps(settings, clock.clone()).expect("deps");
+        let now = crate::ports::Clock::now(clock.as_ref());
+        let wait = recheck_after(&deps, now - chrono::Duration::seconds(10));
+        assert!(wait <= Duration::from_secs(43_200 - 300), "{wait:?}");
+        assert!(wait >= Duration::from_secs(11 * 3600), "{wait:?}");
+    }
 }

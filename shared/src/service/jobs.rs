@@ -172,11 +172,15 @@ impl std::fmt::Debug for Outcome {
     }
 }
 
-/// SQS's longest visibility timeout.
-pub const MAX_DELAY: Duration = Duration::from_secs(43_200);
+/// The longest delay asked of SQS's visibility timeout: its limit is 12 hours *from the
+/// message's receive*, and a `ChangeMessageVisibility` beyond it is refused (the message
+/// then comes back after the queue's default, 360 s, and a 24 h sending deadline asked for
+/// 12 h on every receive was refused every time, until the redrive limit parked the job).
+/// A job is handled within its Lambda's 60 s of its receive: 5 minutes under the limit.
+pub const MAX_DELAY: Duration = Duration::from_secs(43_200 - 300);
 
-/// Exponential backoff from `base`, doubling per attempt, ±20% jitter, capped at SQS's
-/// 12-hour visibility limit.
+/// Exponential backoff from `base`, doubling per attempt, ±20% jitter, capped under SQS's
+/// 12-hour visibility limit ([`MAX_DELAY`]).
 pub fn backoff(base: Duration, attempt: u32) -> Duration {
     let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
     let raw = base.saturating_mul(factor).min(MAX_DELAY);

@@ -350,8 +350,10 @@ impl DispatchQueue for SqsQueue {
     }
 
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
-        // SQS counts whole seconds, at most 12 hours.
-        let secs = delay.as_secs_f64().ceil().min(43_200.0) as i32;
+        // SQS counts whole seconds, at most 12 hours from the receive: capped a little under
+        // (`jobs::MAX_DELAY`), as a longer one is refused, not cut.
+        let cap = crate::service::jobs::MAX_DELAY.as_secs_f64();
+        let secs = delay.as_secs_f64().ceil().min(cap) as i32;
         self.client
             .change_message_visibility()
             .queue_url(&self.url)
