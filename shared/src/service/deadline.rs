@@ -135,8 +135,10 @@ mod tests {
     #[test]
     fn a_recheck_never_asks_sqs_for_the_whole_twelve_hours() {
         let clock = std::sync::Arc::new(crate::ports::SystemClock);
-        let mut settings = crate::config::Settings::default();
-        settings.sending_deadline = Duration::from_secs(24 * 3600);
+        let settings = crate::config::Settings {
+            sending_deadline: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        };
         let deps = crate::wiring::memory_deps(settings, clock.clone()).expect("deps");
         let now = crate::ports::Clock::now(clock.as_ref());
         let wait = recheck_after(&deps, now - chrono::Duration::seconds(10));
