@@ -59,6 +59,17 @@ struct MetaErrorBody {
 /// The template fields a sync reads (Meta answers only `id`, `name`... without them).
 const TEMPLATE_FIELDS: &str = "id,name,language,category,status,components,quality_score";
 
+/// A request that could not be made with the tenant's token (it holds characters a header
+/// cannot carry): answered as Meta answers an invalid token (190), so the tenant's sends
+/// stop and are refunded until the token is replaced.
+fn unusable_token() -> MetaSendError {
+    MetaSendError::Api {
+        http_status: 401,
+        code: 190,
+        title: "the access token cannot be sent (it holds characters a header cannot carry)".into(),
+    }
+}
+
 /// The most of a send's answer read (Meta's is a few hundred bytes).
 pub const MAX_SEND_ANSWER: usize = 64 * 1024;
 /// The most of a template page read (100 templates with their components).
@@ -114,7 +125,14 @@ impl MetaClient for MetaGraphClient {
             .send()
             .await
             .map_err(|e| {
-                if e.is_connect() {
+                if e.is_builder() {
+                    // The request could not even be made: the token holds what a header
+                    // cannot carry (a line break from a pasted file). It never left, and
+                    // never will with this token: as Meta's "token invalid" (190), which
+                    // stops the tenant's sends and refunds, never an ambiguous timeout
+                    // that would charge for a message never sent.
+                    unusable_token()
+                } else if e.is_connect() {
                     MetaSendError::Connection("connect failed".into())
                 } else {
                     // The request may have left: ambiguous, never blindly retried.
@@ -159,7 +177,9 @@ impl MetaClient for MetaGraphClient {
             .send()
             .await
             .map_err(|e| {
-                if e.is_connect() {
+                if e.is_builder() {
+                    unusable_token()
+                } else if e.is_connect() {
                     MetaSendError::Connection("connect failed".into())
                 } else {
                     MetaSendError::Timeout
@@ -215,6 +235,16 @@ mod tests {
             assert_eq!(got, Err(MetaSendError::Protocol(status)));
         }
         // Meta's own answer, well under the cap, reads as before.
+        // A token a header cannot carry (a pasted line break): never sent, never ambiguous.
+        let base = answering(200, b"{}".to_vec()).await;
+        let meta = MetaGraphClient::new(&base, "v23.0", Duration::from_secs(5)).expect("a client");
+        let got = meta
+            .send_message("123", &Secret::new("EAAG\n"), &serde_json::json!({}))
+            .await;
+        assert!(
+            matches!(got, Err(MetaSendError::Api { code: 190, .. })),
+            "{got:?}"
+        );
         let ok = br#"{"messaging_product":"whatsapp","messages":[{"id":"wamid.A"}]}"#.to_vec();
         let base = answering(200, ok).await;
         let meta = MetaGraphClient::new(&base, "v23.0", Duration::from_secs(5)).expect("a client");

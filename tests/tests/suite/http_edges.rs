@@ -308,6 +308,9 @@ async fn onboarding_the_same_phone_number_twice_is_a_conflict(b: Backend) {
         // Past one top-up's most: a balance near i64's limit would overflow on DynamoDB.
         json!({"name":"x","waba_id":"1","phone_number_id":"1","meta_access_token":"t","credits":1_000_000_001_i64}),
         json!({"name":"x","waba_id":"1","phone_number_id":"1","meta_access_token":"t","credits":i64::MAX}),
+        // A token a header cannot carry (a pasted file's line break, a space).
+        json!({"name":"x","waba_id":"1","phone_number_id":"1","meta_access_token":"EAAG\n"}),
+        json!({"name":"x","waba_id":"1","phone_number_id":"1","meta_access_token":"EAAG abc"}),
     ] {
         let res = app
             .http
