@@ -880,6 +880,23 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         ErrorClass::Suppress => "suppress",
                         _ => "permanent",
                     });
+                    // Meta's 131050 in its answer (as in a status webhook): the recipient
+                    // stopped marketing messages, so no more marketing to them (the hint
+                    // promises it), not a refused, refunded try every time.
+                    // Best effort: the message's own failure and refund below must not wait
+                    // on it (a storage error here would leave the claim for the deadline).
+                    if class == ErrorClass::Suppress {
+                        if let Err(e) = Box::pin(super::optouts::marketing_stopped_for(
+                            deps,
+                            &job.tenant_id,
+                            &job.message_id,
+                            Some(&record.to),
+                        ))
+                        .await
+                        {
+                            tracing::warn!(error = %e, "marketing opt-out from 131050 not recorded");
+                        }
+                    }
                     fail_unsent(
                         deps,
                         job,

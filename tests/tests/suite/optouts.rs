@@ -765,3 +765,77 @@ async fn a_webhook_whose_stop_cannot_be_stored_answers_500_and_its_redelivery_ap
         .unwrap()
         .is_some());
 }
+
+/// Meta, answering every send with 131050 (the user stopped marketing messages) at once.
+struct StoppedMarketing;
+
+#[async_trait::async_trait]
+impl kirim::ports::MetaClient for StoppedMarketing {
+    async fn send_message(
+        &self,
+        _: &str,
+        _: &kirim::secret::Secret,
+        _: &Value,
+    ) -> Result<kirim::ports::MetaAccepted, kirim::ports::MetaSendError> {
+        Err(kirim::ports::MetaSendError::Api {
+            http_status: 400,
+            code: 131050,
+            title: "Unable to deliver message. User has stopped marketing messages".into(),
+        })
+    }
+    async fn list_templates(
+        &self,
+        _: &str,
+        _: &kirim::secret::Secret,
+        _: Option<&str>,
+    ) -> Result<kirim::domain::template::MetaTemplatePage, kirim::ports::MetaSendError> {
+        Ok(Default::default())
+    }
+}
+
+/// 131050 in Meta's answer to a send (not only in a status webhook): the message fails,
+/// refunded, and the recipient is opted out of marketing, as the hint promises.
+#[tokio::test]
+async fn a_131050_in_metas_answer_opts_the_recipient_out_of_marketing() {
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock).unwrap();
+    deps.meta = std::sync::Arc::new(StoppedMarketing);
+    let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai",
+        "waba_id": "1", "phone_number_id": "133", "meta_access_token": "EAAG", "credits": 2}))
+    .unwrap();
+    let (tenant, _) = kirim::service::accounts::create_tenant(&deps, req)
+        .await
+        .unwrap();
+    let to = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
+    kirim::service::contacts::user_wrote(&deps, &tenant.id, "133", &[to.clone()], None)
+        .await
+        .unwrap();
+    let msg: kirim::service::send::SendRequest =
+        serde_json::from_value(json!({"to": "+60123456789", "text": {"body": "hi"}})).unwrap();
+    let record = kirim::service::send::send(&deps, &tenant.id, msg)
+        .await
+        .unwrap();
+    let job = deps
+        .queue
+        .receive(10, Duration::from_millis(500))
+        .await
+        .unwrap()
+        .remove(0)
+        .body;
+    kirim::service::dispatch::handle(&deps, &job).await;
+    let m = deps
+        .messages
+        .get_message(&tenant.id, &record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.status, kirim::domain::MessageStatus::Failed);
+    let opt = deps
+        .opt_outs
+        .get_opt_out(&tenant.id, &to)
+        .await
+        .unwrap()
+        .expect("an opt-out");
+    assert_eq!(opt.scope, kirim::domain::OptOutScope::Marketing);
+    assert_eq!(opt.source, kirim::domain::OptOutSource::Meta131050);
+}
