@@ -807,7 +807,7 @@ async fn a_131050_in_metas_answer_opts_the_recipient_out_of_marketing() {
         .await
         .unwrap();
     let to = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
-    kirim::service::contacts::user_wrote(&deps, &tenant.id, "133", &[to.clone()], None)
+    kirim::service::contacts::user_wrote(&deps, &tenant.id, "133", std::slice::from_ref(&to), None)
         .await
         .unwrap();
     let msg: kirim::service::send::SendRequest =
