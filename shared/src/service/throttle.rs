@@ -303,9 +303,13 @@ impl Drop for Leading<'_> {
     }
 }
 
-/// When a message whose number was full comes back: soon, spread out.
+/// When a message whose number was full comes back: 30 to 60 s, spread out. A full
+/// number has more than [`HORIZON`] (15 minutes) of sends booked ahead, so a message cannot
+/// be sent sooner by asking sooner; asking every 1-2 s (as before) cost a claim, a refused
+/// slot write, a give-back and a queue round trip each time, for every waiting message,
+/// and took the dispatcher's few concurrent batches from every other tenant's messages.
 pub fn full_retry_delay() -> Duration {
-    Duration::from_millis(1000 + rand::random::<u64>() % 1000)
+    Duration::from_millis(30_000 + rand::random::<u64>() % 30_000)
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -333,6 +337,18 @@ pub async fn set_throughput(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_message_whose_number_is_full_comes_back_in_half_a_minute_to_a_minute() {
+        // Over 15 minutes are booked ahead: asking every second or two only churns.
+        for _ in 0..200 {
+            let d = super::full_retry_delay();
+            assert!(
+                d >= Duration::from_secs(30) && d < Duration::from_secs(60),
+                "{d:?}"
+            );
+        }
+    }
     use super::*;
     use std::sync::Arc;
 
