@@ -592,18 +592,19 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             match deps
                 .broadcasts
                 .claim_broadcast_message(&job.tenant_id, &job.message_id, b, &claim_token, now)
-                .await?
+                .await
             {
-                BroadcastClaim::Claimed(r) => {
+                Ok(BroadcastClaim::Claimed(r)) => {
                     deps.broadcast_holds.note(&job.tenant_id, b, None, now);
-                    Transition::Applied(r)
+                    Ok(Transition::Applied(r))
                 }
-                BroadcastClaim::Refused => Transition::Refused,
-                BroadcastClaim::Held(hold) => {
+                Ok(BroadcastClaim::Refused) => Ok(Transition::Refused),
+                Ok(BroadcastClaim::Held(hold)) => {
                     deps.broadcast_holds
                         .note(&job.tenant_id, b, Some(hold), now);
                     return Ok(held(deps, job, hold).await?);
                 }
+                Err(e) => Err(e),
             }
         }
         None => {
@@ -615,9 +616,18 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     &claim,
                     now,
                 )
-                .await?
+                .await
         }
     };
+    // A claim whose answer did not come may have landed (a lost answer, the store's own
+    // retries then throttled): read back as a refused claim is, the message says whose it
+    // is. Ours (`sending` under this attempt's token): it goes on; still `accepted`: tried
+    // again soon. Left to a retry instead, a landed claim would be taken for another's by
+    // the next job (its new token) and wait for the deadline: failed, unrefunded, unsent.
+    let claimed = claimed.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the claim's answer did not come; reading the message back");
+        Transition::Refused
+    });
     let record = match claimed {
         Transition::Applied(r) => r,
         Transition::Refused => match refused_claim(deps, job, &claim_token).await? {

@@ -21,10 +21,13 @@ use kirim::store_error::StoreError;
 use crate::caches::two_processes;
 use crate::contract::{key_for, message_for, tenant};
 
-/// The real message store, except that a peek answers `snapshot`.
+/// The real message store, except that a peek answers `snapshot` (when given), and, with
+/// `lose_claim_answer`, a claim (a move to `sending`) is written but answered with an error
+/// (its answer lost, the store's own retries throttled).
 struct Behind {
     inner: Arc<dyn MessageStore>,
-    snapshot: MessageRecord,
+    snapshot: Option<MessageRecord>,
+    lose_claim_answer: bool,
 }
 
 #[async_trait]
@@ -45,10 +48,13 @@ impl MessageStore for Behind {
     }
     async fn peek_message(
         &self,
-        _tenant: &TenantId,
-        _id: &MessageId,
+        tenant: &TenantId,
+        id: &MessageId,
     ) -> Result<Option<std::sync::Arc<MessageRecord>>, StoreError> {
-        Ok(Some(std::sync::Arc::new(self.snapshot.clone())))
+        match &self.snapshot {
+            Some(m) => Ok(Some(std::sync::Arc::new(m.clone()))),
+            None => self.inner.peek_message(tenant, id).await,
+        }
     }
     async fn list_messages(
         &self,
@@ -65,7 +71,12 @@ impl MessageStore for Behind {
         change: &StatusChange,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
-        self.inner.transition(tenant, id, to, change, at).await
+        let moved = self.inner.transition(tenant, id, to, change, at).await;
+        if self.lose_claim_answer && to == MessageStatus::Sending {
+            moved?;
+            return Err(StoreError::Unavailable("the answer was lost".into()));
+        }
+        moved
     }
     async fn fail_and_refund(
         &self,
@@ -181,7 +192,8 @@ async fn a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_i
         .unwrap();
     deps.messages = Arc::new(Behind {
         inner: deps.messages.clone(),
-        snapshot: m.clone(),
+        snapshot: Some(m.clone()),
+        lose_claim_answer: false,
     });
 
     let delivered = report(&m, &wamid, "delivered", true);
@@ -289,6 +301,81 @@ async fn an_overtaken_status_that_is_the_first_to_carry_the_pricing_still_counts
     );
 }
 
+/// A claim written whose answer is lost: the job reads the message back, finds it
+/// `sending` under its own claim token, and sends it, once. (Left to a retry, the next job's
+/// new token would take the claim for another's and wait for the deadline: failed,
+/// unrefunded, never sent.)
+async fn a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_is_sent(b: Backend) {
+    let (_, mut deps, _) = two_processes(b).await;
+    deps.meta = Arc::new(Accepting);
+    deps.queue = Arc::new(kirim::adapters::memory::MemoryQueue::new(
+        std::time::Duration::from_secs(360),
+        10,
+    ));
+    let pnid = format!("{}", 300_000 + kirim_tests::rand_u32() % 600_000);
+    let req: kirim::service::accounts::NewTenant = serde_json::from_value(serde_json::json!({
+        "name": "Kedai", "waba_id": "1", "phone_number_id": pnid,
+        "meta_access_token": "EAAG", "credits": 2}))
+    .unwrap();
+    let (t, _) = kirim::service::accounts::create_tenant(&deps, req)
+        .await
+        .unwrap();
+    let to = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
+    kirim::service::contacts::user_wrote(&deps, &t.id, &pnid, std::slice::from_ref(&to), None)
+        .await
+        .unwrap();
+    let msg: kirim::service::send::SendRequest =
+        serde_json::from_value(serde_json::json!({"to": "+60123456789", "text": {"body": "hi"}}))
+            .unwrap();
+    let m = kirim::service::send::send(&deps, &t.id, msg).await.unwrap();
+    let job = deps
+        .queue
+        .receive(10, std::time::Duration::from_millis(500))
+        .await
+        .unwrap()
+        .remove(0)
+        .body;
+    deps.messages = Arc::new(Behind {
+        inner: deps.messages.clone(),
+        snapshot: None,
+        lose_claim_answer: true,
+    });
+    kirim::service::dispatch::handle(&deps, &job).await;
+    let stored = deps
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, MessageStatus::Sent, "{:?}", stored.error);
+    assert_eq!(stored.attempts, 1);
+}
+
+/// Meta, accepting every message.
+struct Accepting;
+
+#[async_trait]
+impl MetaClient for Accepting {
+    async fn send_message(
+        &self,
+        _: &str,
+        _: &kirim::secret::Secret,
+        _: &serde_json::Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        Ok(MetaAccepted {
+            wamid: format!("wamid.{}", ulid::Ulid::new()),
+        })
+    }
+    async fn list_templates(
+        &self,
+        _: &str,
+        _: &kirim::secret::Secret,
+        _: Option<&str>,
+    ) -> Result<kirim::domain::template::MetaTemplatePage, MetaSendError> {
+        Ok(Default::default())
+    }
+}
+
 /// The dispatcher runs its checks before the claim on the facts its job carries, without
 /// reading the message; for a message an earlier delivery of the job claimed (an
 /// ambiguous send waiting for Meta or the sending deadline), a failing check is refused
@@ -369,6 +456,7 @@ async fn a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sen
 }
 
 on_both_backends!(
+    a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_is_sent,
     an_overtaken_status_that_is_the_first_to_carry_the_pricing_still_counts_it_once,
     a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_it_once,
     a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sending_deadline,
