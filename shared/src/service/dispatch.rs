@@ -620,14 +620,31 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         }
     };
     // A claim whose answer did not come may have landed (a lost answer, the store's own
-    // retries then throttled): read back as a refused claim is, the message says whose it
-    // is. Ours (`sending` under this attempt's token): it goes on; still `accepted`: tried
-    // again soon. Left to a retry instead, a landed claim would be taken for another's by
-    // the next job (its new token) and wait for the deadline: failed, unrefunded, unsent.
-    let claimed = claimed.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "the claim's answer did not come; reading the message back");
-        Transition::Refused
-    });
+    // retries then throttled): the message read back says whose it is. Ours (`sending`
+    // under this attempt's token): it goes on, as a refused claim found to be ours does.
+    // Left to a retry, a landed claim would be taken for another's by the next job (its
+    // new token) and wait for the deadline: failed, unrefunded, unsent. Anything else:
+    // the error stands, with its own backoff (or parking, if it is not worth retrying),
+    // never a quick retry that would spend the job's receives.
+    let claimed = match claimed {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "the claim's answer did not come; reading the message back");
+            let ours = deps
+                .messages
+                .get_message(&job.tenant_id, &job.message_id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|m| {
+                    m.status == MessageStatus::Sending && m.claim.as_deref() == Some(&claim_token)
+                });
+            if !ours {
+                return Err(e.into());
+            }
+            Transition::Refused
+        }
+    };
     let record = match claimed {
         Transition::Applied(r) => r,
         Transition::Refused => match refused_claim(deps, job, &claim_token).await? {
