@@ -117,6 +117,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET", "/v1/users", Tenant(Admin)),
     rule("POST", "/v1/users", Tenant(Admin)),
     rule("DELETE", "/v1/users/{id}", Tenant(Admin)),
+    rule("PATCH", "/v1/users/{id}", Tenant(Admin)),
     rule("POST", "/v1/users/{id}/unlock", Tenant(Admin)),
     rule("POST", "/v1/auth/login", Public),
     rule("POST", "/v1/auth/logout", Session),

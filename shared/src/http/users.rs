@@ -12,13 +12,13 @@ use super::error::{empty, ApiError};
 use super::extract::JsonBody;
 use super::{ApiResult, AppState};
 use crate::service::users::{
-    self, ConfirmRequest, LoginError, LoginRequest, NewUser, TwoFactorSetting,
+    self, ConfirmRequest, LoginError, LoginRequest, NewUser, RoleChange, TwoFactorSetting,
 };
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/users", get(list_users).post(create_user))
-        .route("/v1/users/{id}", delete(delete_user))
+        .route("/v1/users/{id}", delete(delete_user).patch(change_role))
         .route("/v1/users/{id}/unlock", post(unlock_user))
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/logout", post(logout))
@@ -52,11 +52,33 @@ async fn delete_user(
     ctx: TenantCtx,
     Path(id): Path<String>,
 ) -> ApiResult {
-    users::delete(&s.deps, ctx.tenant_id(), super::minted_path(&id)?).await?;
+    let id = super::minted_path(&id)?;
+    users::delete(&s.deps, ctx.tenant_id(), &ctx.caller, id).await?;
     Ok(super::admin::noted(
         empty(StatusCode::NO_CONTENT),
         None,
         json!({"user_id": id}),
+    ))
+}
+
+/// `PATCH /v1/users/{id}` `{"role"}`: the audit trail keeps the role before and after.
+async fn change_role(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<RoleChange>,
+) -> ApiResult {
+    let id = super::minted_path(&id)?;
+    let changed = users::set_role(&s.deps, ctx.tenant_id(), &ctx.caller, id, req).await?;
+    let details = json!({
+        "user_id": id,
+        "role": changed.user.role,
+        "previous_role": changed.previous,
+    });
+    Ok(super::admin::noted(
+        Json(changed.user).into_response(),
+        None,
+        details,
     ))
 }
 

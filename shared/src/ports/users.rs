@@ -182,6 +182,14 @@ pub trait UserStore: Send + Sync {
     async fn list_users(&self, tenant: &TenantId) -> Result<Vec<UserRecord>, StoreError>;
     /// Deletes the user and its email claim; `false` if the tenant has no such user.
     async fn delete_user(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError>;
+    /// Gives the user `role`, atomically, and answers the role it had; `None` if the tenant
+    /// has no such user (nothing written).
+    async fn set_user_role(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        role: Role,
+    ) -> Result<Option<Role>, StoreError>;
 
     /// Lets a login attempt through `counter` if it allows one at `now`, atomically:
     /// while the failures counted (attempts in flight among them) are fewer than

@@ -310,6 +310,66 @@ pub async fn unlock(deps: &Deps, tenant: &TenantId, id: &str) -> Result<UserView
     Ok(UserView::of(&user))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleChange {
+    pub role: Role,
+}
+
+/// `Conflict` if the caller is the console user `id` itself.
+fn refuse_own(caller: &Caller, id: &str, why: &str) -> Result<(), ServiceError> {
+    match caller {
+        Caller::Session { user_id, .. } if user_id == id => {
+            Err(ServiceError::Conflict(why.to_owned()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A user's new role, and the one it had.
+pub struct RoleChanged {
+    pub user: UserView,
+    pub previous: Role,
+}
+
+/// Gives a user of the tenant another role (one conditional write). It bites on the
+/// user's next request: a session's role is the user's, read on every request. A
+/// console user cannot change their own role (another admin can), so that nobody locks
+/// themselves out of the admin pages by a slip. Another tenant's user is `NotFound`.
+pub async fn set_role(
+    deps: &Deps,
+    tenant: &TenantId,
+    caller: &Caller,
+    id: &str,
+    req: RoleChange,
+) -> Result<RoleChanged, ServiceError> {
+    refuse_own(
+        caller,
+        id,
+        "you cannot change your own role; another admin can",
+    )?;
+    let previous = deps
+        .users
+        .set_user_role(tenant, id, req.role)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    let user = deps
+        .users
+        .get_user(tenant, id)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    tracing::info!(
+        user_id = %id,
+        role = req.role.as_str(),
+        previous = previous.as_str(),
+        "user's role changed"
+    );
+    Ok(RoleChanged {
+        user: UserView::of(&user),
+        previous,
+    })
+}
+
 /// The counters a login from `addr` for `email` goes through (address first: it is the
 /// wider one). `email` is whatever was typed, normalised when it can be.
 fn counters(email: &str, addr: Option<std::net::IpAddr>) -> [LoginCounter; 2] {
@@ -337,8 +397,16 @@ fn counters(email: &str, addr: Option<std::net::IpAddr>) -> [LoginCounter; 2] {
 const MAX_EMAIL_KEY: usize = 320;
 
 /// Deletes the user; its sessions stop authenticating (they are checked against the
-/// user on every request). Another tenant's user is `NotFound`.
-pub async fn delete(deps: &Deps, tenant: &TenantId, id: &str) -> Result<(), ServiceError> {
+/// user on every request). Another tenant's user is `NotFound`. A console user cannot
+/// remove themselves (another admin can): one click would end their own session and could
+/// leave the tenant without a console admin.
+pub async fn delete(
+    deps: &Deps,
+    tenant: &TenantId,
+    caller: &Caller,
+    id: &str,
+) -> Result<(), ServiceError> {
+    refuse_own(caller, id, "you cannot remove yourself; another admin can")?;
     if !deps.users.delete_user(tenant, id).await? {
         return Err(ServiceError::NotFound);
     }
@@ -602,10 +670,12 @@ pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, Se
     }
     let enrollment_only =
         !user.totp_confirmed && deps.users.two_factor_required(&session.tenant_id).await?;
+    // The user's role, not the one the session was opened with: a role change bites on
+    // the next request.
     Ok(Caller::Session {
         tenant_id: session.tenant_id,
         user_id: session.user_id,
-        role: session.role,
+        role: user.role,
         enrollment_only,
     })
 }

@@ -80,6 +80,56 @@ async fn an_email_belongs_to_one_user_across_all_tenants(p: Ports) {
     );
 }
 
+async fn a_users_role_changes_in_place_and_answers_the_role_it_had(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let other = onboarded(&p, 0).await;
+    let e = email();
+    let u = user(&p, &t, &e);
+    p.users.create_user(&u).await.unwrap();
+    assert_eq!(
+        p.users
+            .set_user_role(&t.id, &u.id, Role::Admin)
+            .await
+            .unwrap(),
+        Some(Role::Operator)
+    );
+    assert_eq!(
+        p.users
+            .set_user_role(&t.id, &u.id, Role::ReadOnly)
+            .await
+            .unwrap(),
+        Some(Role::Admin)
+    );
+    // Another tenant's user, or none: nothing written, nothing created.
+    assert_eq!(
+        p.users
+            .set_user_role(&other.id, &u.id, Role::Admin)
+            .await
+            .unwrap(),
+        None
+    );
+    let nobody = kirim::domain::new_id();
+    assert_eq!(
+        p.users
+            .set_user_role(&t.id, &nobody, Role::Admin)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(p.users.get_user(&t.id, &nobody).await.unwrap(), None);
+    assert_eq!(p.users.get_user(&other.id, &u.id).await.unwrap(), None);
+    // Only the role changed, and the email still finds the user.
+    let changed = UserRecord {
+        role: Role::ReadOnly,
+        ..u.clone()
+    };
+    assert_eq!(
+        p.users.get_user(&t.id, &u.id).await.unwrap(),
+        Some(changed.clone())
+    );
+    assert_eq!(p.users.user_by_email(&e).await.unwrap(), Some(changed));
+}
+
 async fn a_session_is_invisible_once_expired_and_marked_when_revoked(p: Ports) {
     let t = onboarded(&p, 0).await;
     let now = p.clock.now();
@@ -516,6 +566,7 @@ async fn touching_a_session_records_its_last_use(p: Ports) {
 contract!(
     touching_a_session_records_its_last_use,
     an_email_belongs_to_one_user_across_all_tenants,
+    a_users_role_changes_in_place_and_answers_the_role_it_had,
     a_session_is_invisible_once_expired_and_marked_when_revoked,
     failed_logins_cost_nothing_at_first_then_delays_that_double,
     past_the_free_failures_concurrent_attempts_get_one_through_at_a_time,

@@ -390,8 +390,119 @@ async fn a_locked_second_factor_after_a_right_password_is_audited(b: Backend) {
     assert_eq!(first["actor"]["id"], id.as_str());
 }
 
+async fn patch_role(app: &TestApp, token: &str, id: &str, body: Value) -> (u16, Value) {
+    call(
+        app,
+        "PATCH",
+        &format!("/v1/users/{id}"),
+        Some(token),
+        Some(body),
+    )
+    .await
+}
+
+async fn an_admin_changes_a_users_role_and_it_bites_on_their_open_session(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let other = app.onboard(5).await;
+    let (email, id) = new_user(&app, &t.key, "operator").await;
+    let session = login_ok(&app, &email).await;
+    let (s, _) = call(&app, "GET", "/v1/users", Some(&session), None).await;
+    assert_eq!(s, 403, "an operator lists no users");
+
+    // Refused changes change nothing: a role that is none, another field, another
+    // tenant's admin, a role too low, an id that is none.
+    for bad in [
+        json!({"role": "owner"}),
+        json!({"role": "admin", "email": "x@example.com"}),
+        json!({"role": null}),
+        json!({}),
+    ] {
+        let (s, body) = patch_role(&app, &t.key, &id, bad.clone()).await;
+        assert_eq!((s, code(&body)), (400, "invalid_request"), "{bad}: {body}");
+    }
+    let (s, body) = patch_role(&app, &other.key, &id, json!({"role": "admin"})).await;
+    assert_eq!(
+        (s, code(&body)),
+        (404, "not_found"),
+        "another tenant's user"
+    );
+    let (s, body) = patch_role(&app, &session, &id, json!({"role": "admin"})).await;
+    assert_eq!(
+        (s, code(&body)),
+        (403, "forbidden"),
+        "an operator changes no role"
+    );
+    let (s, _) = patch_role(&app, &t.key, "not-an-id", json!({"role": "admin"})).await;
+    assert_eq!(s, 404);
+    let (s, _) = patch_role(
+        &app,
+        &t.key,
+        &kirim::domain::new_id(),
+        json!({"role": "admin"}),
+    )
+    .await;
+    assert_eq!(s, 404, "no such user");
+    let (_, list) = call(&app, "GET", "/v1/users", Some(&t.key), None).await;
+    assert_eq!(list["users"][0]["role"], "operator", "{list}");
+
+    // Made an admin: the session open since before lists users at once.
+    let (s, body) = patch_role(&app, &t.key, &id, json!({"role": "admin"})).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        (body["id"].as_str(), body["role"].as_str()),
+        (Some(id.as_str()), Some("admin"))
+    );
+    assert!(!body.to_string().contains("argon2"), "{body}");
+    let (s, _) = call(&app, "GET", "/v1/users", Some(&session), None).await;
+    assert_eq!(s, 200, "the new role applies to the open session");
+    // Nobody changes their own role (another admin can).
+    let (s, body) = patch_role(&app, &session, &id, json!({"role": "read_only"})).await;
+    assert_eq!((s, code(&body)), (409, "conflict"), "{body}");
+    // Made read-only: the same session sends nothing from its next request.
+    let (s, _) = patch_role(&app, &t.key, &id, json!({"role": "read_only"})).await;
+    assert_eq!(s, 200);
+    let res = app.send_template(&session, "+60123450001").await;
+    assert_eq!(res.status(), 403, "a read_only user cannot send");
+    let (s, _) = call(&app, "GET", "/v1/account", Some(&session), None).await;
+    assert_eq!(s, 200, "still signed in");
+
+    // The audit trail keeps the role before and after.
+    let (_, page) = call(
+        &app,
+        "GET",
+        "/v1/audit?action=PATCH%20/v1/users/%7Bid%7D",
+        Some(&t.key),
+        None,
+    )
+    .await;
+    let events = page["events"].as_array().unwrap();
+    let changed: Vec<_> = events
+        .iter()
+        .filter(|e| e["outcome"] == "success")
+        .map(|e| {
+            let d = &e["details"];
+            (
+                d["user_id"].as_str().unwrap_or_default().to_owned(),
+                d["previous_role"].as_str().unwrap_or_default().to_owned(),
+                d["role"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        changed.contains(&(id.clone(), "operator".into(), "admin".into()))
+            && changed.contains(&(id.clone(), "admin".into(), "read_only".into())),
+        "{page}"
+    );
+    assert!(
+        !page.to_string().contains(&email.to_lowercase()),
+        "never the email"
+    );
+}
+
 on_both_backends!(
     a_locked_second_factor_after_a_right_password_is_audited,
+    an_admin_changes_a_users_role_and_it_bites_on_their_open_session,
     a_console_user_logs_in_acts_with_its_role_enables_2fa_and_logs_out,
     a_wrong_password_and_an_unknown_email_answer_alike_over_http,
     another_tenants_users_answer_404_and_a_deleted_users_sessions_end,

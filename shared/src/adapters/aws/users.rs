@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Delete, ReturnValue, TransactWrite
 
 use super::classify;
 use super::dynamodb::{from_item, keys, n, s, to_item, CancelReason, DynamoStore, Item, TTL_ATTR};
-use crate::domain::TenantId;
+use crate::domain::{Role, TenantId};
 use crate::ports::{
     LoginCounter, LoginGate, LoginPolicy, LoginTicket, SessionRecord, UserRecord, UserStore,
 };
@@ -184,6 +184,37 @@ impl UserStore for DynamoStore {
             Ok(()) => Ok(true),
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Ok(false),
             Err(e) => Err(e.into_store_error()),
+        }
+    }
+
+    async fn set_user_role(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        role: Role,
+    ) -> Result<Option<Role>, StoreError> {
+        // `role` is one of DynamoDB's reserved words.
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::user(tenant, id).attrs()))
+            .update_expression("SET #role = :role")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#role", "role")
+            .expression_attribute_values(":role", s(role.as_str()))
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(out) => {
+                let old: UserRecord = from_item(out.attributes.unwrap_or_default())?;
+                Ok(Some(old.role))
+            }
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(None)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
         }
     }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 
 use super::MemoryStore;
-use crate::domain::TenantId;
+use crate::domain::{Role, TenantId};
 use crate::ports::{
     LoginCounter, LoginGate, LoginPolicy, LoginTicket, SessionRecord, UserRecord, UserStore,
 };
@@ -111,6 +111,19 @@ impl UserStore for MemoryStore {
             }
             None => Ok(false),
         }
+    }
+
+    async fn set_user_role(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        role: Role,
+    ) -> Result<Option<Role>, StoreError> {
+        let mut s = self.lock()?;
+        Ok(s.users
+            .users
+            .get_mut(&(tenant.clone(), id.to_owned()))
+            .map(|u| std::mem::replace(&mut u.role, role)))
     }
 
     async fn begin_login(
