@@ -637,7 +637,7 @@ fn not_available() -> Response {
 
 /// A form's body parameters (one a line, in order) as a template's `components`; `None`
 /// when there are none.
-fn body_components(lines: &str) -> Option<Value> {
+pub(super) fn body_components(lines: &str) -> Option<Value> {
     let parameters: Vec<Value> = lines
         .lines()
         .map(str::trim)

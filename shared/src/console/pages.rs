@@ -52,6 +52,7 @@ pub(super) fn routes() -> Router<ConsoleState> {
         .route("/console/users", get(users).post(add_user))
         .route("/console/users/{id}/remove", post(remove_user))
         .route("/console/users/{id}/unlock", post(unlock_user))
+        .route("/console/users/{id}/role", post(change_role))
         .route("/console/audit", get(audit))
         .route("/console/settings", get(settings))
         .route("/console/settings/ip-allowlist", post(put_allowlist))
@@ -82,6 +83,8 @@ pub(super) struct Ctx {
     pub(super) who: Who,
     pub(super) token: String,
     pub(super) role: Role,
+    /// The signed-in user's id.
+    pub(super) user_id: String,
     pub(super) csrf: String,
 }
 
@@ -123,6 +126,7 @@ impl FromRequestParts<ConsoleState> for Ctx {
         let Caller::Session {
             role,
             enrollment_only,
+            user_id,
             ..
         } = caller
         else {
@@ -144,6 +148,7 @@ impl FromRequestParts<ConsoleState> for Ctx {
             csrf: csrf_token(&key, "session", &token),
             token,
             role,
+            user_id,
         })
     }
 }
@@ -204,6 +209,7 @@ pub(super) fn done(q: &HashMap<String, String>) -> Option<Notice> {
         "two_factor_on" => "Two-factor authentication is on for your sign-ins.",
         "signed_out" => "You are signed out.",
         "user_unlocked" => "The user's failed sign-ins were cleared; they can sign in again now.",
+        "role_changed" => "The user's role was changed; it applies from their next click.",
         "campaign_created" => {
             "The campaign was accepted. Its numbers below fill in as messages are sent."
         }
@@ -228,7 +234,9 @@ pub(super) fn failed(a: &Answer) -> Response {
     match a.status {
         StatusCode::UNAUTHORIZED => redirect("/console/login"),
         StatusCode::NOT_FOUND => error_page(StatusCode::NOT_FOUND, "There is no such item."),
-        StatusCode::FORBIDDEN => error_page(
+        // Only the role check's refusal is about the role: a suspended tenant, an address
+        // or the 2FA requirement say what they are.
+        StatusCode::FORBIDDEN if a.code() == "forbidden" => error_page(
             StatusCode::FORBIDDEN,
             "Your role does not allow this; nothing was changed.",
         ),
@@ -679,19 +687,25 @@ async fn dashboard(State(s): S, ctx: Ctx, q: Q) -> Response {
 // ------------------------------------------------------------------ messages
 
 async fn messages(State(s): S, ctx: Ctx, q: Q) -> Response {
-    render_messages(&s, &ctx, &q.0, StatusCode::OK, done(&q.0)).await
+    render_messages(&s, &ctx, &q.0, &HashMap::new(), StatusCode::OK, done(&q.0)).await
 }
 
 /// Pages of 100 messages searched for a number at once.
 const NUMBER_PAGES: usize = 10;
 
+/// The messages page for the filters `q`; the send form shows `sent` (a refused send's
+/// form, as typed).
 async fn render_messages(
     s: &ConsoleState,
     ctx: &Ctx,
     q: &HashMap<String, String>,
+    sent: &Form,
     status: StatusCode,
     n: Option<Notice>,
 ) -> Response {
+    let typed = |k: &str| sent.get(k).map_or("", String::as_str);
+    let typed_or =
+        |k: &str, default: &'static str| sent.get(k).map_or(default, String::as_str).to_owned();
     let get = |k: &str| q.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
     let (st, date, cursor) = (get("status"), get("date"), get("cursor"));
     let mut status = status;
@@ -799,19 +813,25 @@ async fn render_messages(
             form.stack method="post" action="/console/messages" {
                 (csrf(&ctx.csrf))
                 input type="hidden" name="idempotency_key" value=(crate::domain::new_id());
-                div { label for="to" { "To (E.164, e.g. +60123456789)" } input #to type="tel" name="to" required; }
-                div { label for="template" { "Template name" } input #template type="text" name="template" required; }
-                div { label for="language" { "Language" } input #language type="text" name="language" value="en_US" required; }
+                div { label for="to" { "To (E.164, e.g. +60123456789)" } input #to type="tel" name="to" value=(typed("to")) required; }
+                div { label for="template" { "Template name" } input #template type="text" name="template" value=(typed("template")) required; }
+                div { label for="language" { "Language" } input #language type="text" name="language" value=(typed_or("language", "en_US")) required; }
                 div {
                     label for="category" { "Category" }
                     select #category name="category" {
-                        option value="utility" { "utility" }
-                        option value="marketing" { "marketing" }
-                        option value="authentication" { "authentication" }
+                        // Left out, the catalogue's category applies (the API checks one
+                        // that is given against it).
+                        option value="" { "as in the catalogue" }
+                        @for c in ["utility", "marketing", "authentication"] {
+                            option value=(c) selected[typed("category") == c] { (c) }
+                        }
                     }
                 }
-                div { label for="parameter" { "Body parameter (optional)" } input #parameter type="text" name="parameter"; }
-                div { label for="client_reference" { "Your reference (optional)" } input #client_reference type="text" name="client_reference"; }
+                div {
+                    label for="parameters" { "Body parameters, one a line, in order (as many as the template has)" }
+                    textarea #parameters name="parameters" rows="2" { (typed("parameters")) }
+                }
+                div { label for="client_reference" { "Your reference (optional)" } input #client_reference type="text" name="client_reference" value=(typed("client_reference")); }
                 button type="submit" { "Send" }
             }
         }
@@ -835,12 +855,14 @@ async fn send_message(State(s): S, ctx: Ctx, body: Bytes) -> Response {
     let mut template = json!({
         "name": field(&f, "template"),
         "language": field(&f, "language"),
-        "category": field(&f, "category"),
     });
-    let param = field(&f, "parameter");
-    if !param.is_empty() {
-        template["components"] =
-            json!([{"type": "body", "parameters": [{"type": "text", "text": param}]}]);
+    let category = field(&f, "category");
+    if !category.is_empty() {
+        template["category"] = json!(category);
+    }
+    let parameters = f.get("parameters").map_or("", String::as_str);
+    if let Some(components) = super::campaigns::body_components(parameters) {
+        template["components"] = components;
     }
     let mut req = json!({"to": field(&f, "to"), "template": template});
     let reference = field(&f, "client_reference");
@@ -862,7 +884,12 @@ async fn send_message(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         return failed(&a);
     }
     let (status, n) = problem(&a);
-    render_messages(&s, &ctx, &HashMap::new(), status, n).await
+    // The form comes back as it was typed (with a new idempotency key: this one's
+    // refusal is the answer it keeps).
+    let mut typed = f;
+    typed.remove("idempotency_key");
+    typed.remove("csrf");
+    render_messages(&s, &ctx, &HashMap::new(), &typed, status, n).await
 }
 
 async fn message(State(s): S, ctx: Ctx, Path(id): Path<String>, q: Q) -> Response {
@@ -1028,11 +1055,21 @@ async fn remove_opt_out(State(s): S, ctx: Ctx, body: Bytes) -> Response {
 // ------------------------------------------------------------------ API keys
 
 fn role_select(id: &str) -> Markup {
+    role_choice(id, None)
+}
+
+/// The role choice, with `selected` (a role's API name) chosen.
+fn role_choice(id: &str, selected: Option<&str>) -> Markup {
+    let roles = [
+        ("read_only", "read-only"),
+        ("operator", "operator"),
+        ("admin", "admin"),
+    ];
     html! {
         select id=(id) name="role" {
-            option value="read_only" { "read-only" }
-            option value="operator" { "operator" }
-            option value="admin" { "admin" }
+            @for (value, label) in roles {
+                option value=(value) selected[selected == Some(value)] { (label) }
+            }
         }
     }
 }
@@ -1220,11 +1257,12 @@ async fn render_users(
     }
     let list = a.body["users"].as_array().cloned().unwrap_or_default();
     let can_unlock = ctx.may("POST", "/v1/users/{id}/unlock");
+    let can_change_role = ctx.may("PATCH", "/v1/users/{id}");
     let body = html! {
         h2 { "Add a user" }
-        p.hint { "A user's role is chosen when they are added; to change it, remove the user
-            and add them again with the new role. " @if can_unlock { "Unlock clears a user's failed
-            sign-ins, so that they can sign in again at once." } }
+        p.hint { @if can_change_role { "A user's new role applies from their next click. You
+            cannot change your own role or remove yourself: another admin can. " } @if can_unlock { "Unlock clears a
+            user's failed sign-ins, so that they can sign in again at once." } }
         form.stack method="post" action="/console/users" {
             (csrf(&ctx.csrf))
             div { label for="user-email" { "Email" } input #user-email type="email" name="email" autocomplete="off" required; }
@@ -1244,15 +1282,26 @@ async fn render_users(
                         tr {
                             td { (text(u, "email")) } td { (text(u, "role")) } td { (text(u, "two_factor")) } td { (when(&u["created_at"])) }
                             td {
+                                @if can_change_role && text(u, "id") != ctx.user_id {
+                                    @let select_id = format!("role-{}", text(u, "id"));
+                                    form.inline method="post" action=(format!("/console/users/{}/role", segment(text(u, "id")))) {
+                                        (csrf(&ctx.csrf))
+                                        label for=(select_id) { "New role" }
+                                        (role_choice(&select_id, Some(text(u, "role"))))
+                                        button type="submit" aria-label=(format!("Change the role of {}", text(u, "email"))) { "Change role" }
+                                    }
+                                }
                                 @if can_unlock {
                                     form.inline method="post" action=(format!("/console/users/{}/unlock", segment(text(u, "id")))) {
                                         (csrf(&ctx.csrf))
                                         button type="submit" aria-label=(format!("Unlock {}", text(u, "email"))) { "Unlock" }
                                     }
                                 }
-                                form.inline method="post" action=(format!("/console/users/{}/remove", segment(text(u, "id")))) {
-                                    (csrf(&ctx.csrf))
-                                    button.danger type="submit" aria-label=(format!("Remove {}", text(u, "email"))) { "Remove" }
+                                @if text(u, "id") != ctx.user_id {
+                                    form.inline method="post" action=(format!("/console/users/{}/remove", segment(text(u, "id")))) {
+                                        (csrf(&ctx.csrf))
+                                        button.danger type="submit" aria-label=(format!("Remove {}", text(u, "email"))) { "Remove" }
+                                    }
                                 }
                             }
                         }
@@ -1303,6 +1352,27 @@ async fn unlock_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes)
     failed(&a)
 }
 
+async fn change_role(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
+    let f = match form(&s, &ctx, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let uri = format!("/v1/users/{}", segment(&id));
+    let req = json!({"role": field(&f, "role")});
+    let a = s
+        .api
+        .call(&ctx.who, Method::PATCH, &uri, Some(req), None)
+        .await;
+    if a.ok() {
+        return redirect("/console/users?done=role_changed");
+    }
+    if a.status == StatusCode::UNAUTHORIZED || a.status == StatusCode::NOT_FOUND {
+        return failed(&a);
+    }
+    let (status, n) = problem(&a);
+    render_users(&s, &ctx, status, n).await
+}
+
 async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
     if let Err(r) = form(&s, &ctx, &body).await {
         return r;
@@ -1311,6 +1381,10 @@ async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes)
     let a = s.api.call(&ctx.who, Method::DELETE, &uri, None, None).await;
     if a.ok() {
         return redirect("/console/users?done=user_removed");
+    }
+    if a.status == StatusCode::CONFLICT {
+        let (status, n) = problem(&a);
+        return render_users(&s, &ctx, status, n).await;
     }
     failed(&a)
 }
@@ -1569,4 +1643,40 @@ async fn put_two_factor(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         )
         .await;
     settings_result(&s, &ctx, a, "two_factor_setting").await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn text_of(res: Response) -> String {
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_refusal_that_is_not_the_role_check_is_not_called_a_role_problem() {
+        let answer = |code: &str, message: &str| Answer {
+            status: StatusCode::FORBIDDEN,
+            body: json!({"error": {"code": code, "message": message}}),
+        };
+        let suspended = text_of(failed(&answer(
+            "tenant_suspended",
+            "this account is suspended; contact your provider",
+        )))
+        .await;
+        assert!(
+            suspended.contains("this account is suspended"),
+            "{suspended}"
+        );
+        assert!(!suspended.contains("Your role does not allow this"));
+        let role = text_of(failed(&answer(
+            "forbidden",
+            "your role does not allow this",
+        )))
+        .await;
+        assert!(role.contains("Your role does not allow this"), "{role}");
+    }
 }

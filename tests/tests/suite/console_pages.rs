@@ -476,6 +476,188 @@ async fn an_admin_unlocks_a_user_from_the_users_page(b: Backend) {
     assert_eq!(op.get("/console/users").await.status, 403);
 }
 
+async fn an_admin_changes_a_users_role_from_the_users_page_but_not_their_own(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (admin, admin_id) = new_user(&app, &t.key, "admin").await;
+    let (staff, id) = new_user(&app, &t.key, "read_only").await;
+    let mut web = sign_in(&app, &admin).await;
+    let users = web.get("/console/users").await;
+    assert!(
+        users.html.contains(&format!("/console/users/{id}/role")),
+        "{}",
+        users.html
+    );
+    assert!(
+        !users
+            .html
+            .contains(&format!("/console/users/{admin_id}/role")),
+        "no role control on one's own row"
+    );
+    let csrf = users.csrf();
+    let path = format!("/console/users/{id}/role");
+    assert_eq!(
+        web.post(&path, &[("role", "operator")]).await.status,
+        403,
+        "no CSRF token"
+    );
+    let bad = web.post(&path, &[("csrf", &csrf), ("role", "owner")]).await;
+    assert_eq!(bad.status, 400, "{}", bad.html);
+    assert!(bad.html.contains("Not done:"), "{}", bad.html);
+    let own = web
+        .post(
+            &format!("/console/users/{admin_id}/role"),
+            &[("csrf", &csrf), ("role", "read_only")],
+        )
+        .await;
+    assert_eq!(own.status, 409, "{}", own.html);
+    assert!(own.html.contains("another admin can"), "{}", own.html);
+    let done = web
+        .post(&path, &[("csrf", &csrf), ("role", "operator")])
+        .await;
+    assert_eq!(done.status, 303, "{}", done.html);
+    assert_eq!(done.location(), "/console/users?done=role_changed");
+    let page = web.get("/console/users?done=role_changed").await;
+    assert!(page.html.contains("role was changed"), "{}", page.html);
+    assert!(
+        page.html.contains(r#"<option value="operator" selected>"#),
+        "the row shows the new role chosen: {}",
+        page.html
+    );
+    let (_, list) = call(&app, "GET", "/v1/users", Some(&t.key), None).await;
+    let changed = list["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == id.as_str())
+        .cloned();
+    assert_eq!(changed.unwrap()["role"], "operator");
+    // The user, now an operator, is offered a new campaign (read-only is not).
+    let mut op = sign_in(&app, &staff).await;
+    let campaigns = op.get("/console/campaigns").await;
+    assert!(
+        campaigns.html.contains("New campaign"),
+        "{}",
+        campaigns.html
+    );
+    assert_eq!(op.get("/console/users").await.status, 403);
+}
+
+async fn the_send_form_takes_the_catalogues_category_and_keeps_a_refused_form_as_typed(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let page = web.get("/console/messages").await;
+    let csrf = page.csrf();
+    // Too many parameters: refused, and the form comes back as typed.
+    let refused = web
+        .post(
+            "/console/messages",
+            &[
+                ("csrf", &csrf),
+                ("idempotency_key", &kirim::domain::new_id()),
+                ("to", "+60123450021"),
+                ("template", "promo_sale"),
+                ("language", "en_US"),
+                ("category", ""),
+                ("parameters", "RAYA20\nextra"),
+                ("client_reference", "order-77"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.html);
+    assert!(refused.html.contains("body parameters"), "{}", refused.html);
+    for typed in [
+        r#"value="+60123450021""#,
+        r#"value="promo_sale""#,
+        r#"value="order-77""#,
+        "RAYA20\nextra</textarea>",
+    ] {
+        assert!(
+            refused.html.contains(typed),
+            "{typed} kept: {}",
+            refused.html
+        );
+    }
+    // A marketing template with the category left to the catalogue goes.
+    let sent = web
+        .post(
+            "/console/messages",
+            &[
+                ("csrf", &csrf),
+                ("idempotency_key", &kirim::domain::new_id()),
+                ("to", "+60123450021"),
+                ("template", "promo_sale"),
+                ("language", "en_US"),
+                ("category", ""),
+                ("parameters", "RAYA20\n"),
+            ],
+        )
+        .await;
+    assert_eq!(sent.status, 303, "{}", sent.html);
+    let id = sent
+        .location()
+        .strip_prefix("/console/messages/")
+        .and_then(|r| r.split('?').next())
+        .unwrap_or_default()
+        .to_owned();
+    let m = app.message(&t.key, &id).await;
+    assert_eq!(m["template"]["category"], "marketing", "{m}");
+    assert_eq!(app.credits(&t.key).await, 4, "one debit");
+}
+
+async fn a_console_admin_cannot_remove_themselves_but_another_admin_can(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (first, first_id) = new_user(&app, &t.key, "admin").await;
+    let (second, second_id) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &first).await;
+    let users = web.get("/console/users").await;
+    assert!(!users
+        .html
+        .contains(&format!("/console/users/{first_id}/remove")));
+    assert!(users
+        .html
+        .contains(&format!("/console/users/{second_id}/remove")));
+    let csrf = users.csrf();
+    let own = web
+        .post(
+            &format!("/console/users/{first_id}/remove"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(own.status, 409, "{}", own.html);
+    assert!(own.html.contains("another admin can"), "{}", own.html);
+    let token = super::users::login_ok(&app, &first).await;
+    let (s, b) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/users/{first_id}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (409, Some("conflict")),
+        "{b}"
+    );
+    let mut other = sign_in(&app, &second).await;
+    let csrf = other.get("/console/users").await.csrf();
+    let removed = other
+        .post(
+            &format!("/console/users/{first_id}/remove"),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(removed.status, 303, "{}", removed.html);
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&token), None).await.0,
+        401
+    );
+}
+
 async fn the_pages_say_what_is_so_a_suspension_every_status_and_no_password_to_fill(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(10).await;
@@ -725,6 +907,9 @@ on_both_backends!(
     the_campaign_form_refuses_a_post_without_its_csrf_token_and_a_read_only_user,
     a_failed_message_shows_what_its_failure_means_and_what_to_do,
     an_admin_unlocks_a_user_from_the_users_page,
+    an_admin_changes_a_users_role_from_the_users_page_but_not_their_own,
+    the_send_form_takes_the_catalogues_category_and_keeps_a_refused_form_as_typed,
+    a_console_admin_cannot_remove_themselves_but_another_admin_can,
     usage_and_phone_numbers_show_what_the_api_has_and_say_so_when_it_has_not,
     a_closed_tenants_user_is_signed_out_not_sent_round_in_circles,
     a_double_submitted_campaign_form_makes_one_campaign_and_one_debit,
