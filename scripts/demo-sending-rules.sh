@@ -6,7 +6,8 @@
 # Start local mode first, with known secrets:
 #   KIRIM_OPERATOR_TOKEN=op_demo KIRIM_META_APP_SECRET=demo-app-secret cargo run --bin kirim-local
 # then: scripts/demo-sending-rules.sh
-# Needs curl and python3 (for JSON and the webhook's HMAC).
+# Needs curl and python3 (for JSON and the webhook's HMAC). The test suite runs it against
+# local mode (`demo_script.rs`), so it keeps working as the API changes.
 set -euo pipefail
 
 BASE="${KIRIM_URL:-http://127.0.0.1:3000}"
@@ -32,7 +33,9 @@ webhook() { # body: a Meta notification, signed like Meta does
 inbound() { # from-digits text
     webhook "{\"object\":\"whatsapp_business_account\",\"entry\":[{\"id\":\"1000001\",\"changes\":[{\"field\":\"messages\",\"value\":{\"messaging_product\":\"whatsapp\",\"metadata\":{\"display_phone_number\":\"60300000000\",\"phone_number_id\":\"$PNID\"},\"messages\":[{\"from\":\"$1\",\"id\":\"wamid.demo$RANDOM\",\"timestamp\":\"$(date +%s)\",\"type\":\"text\",\"text\":{\"body\":\"$2\"}}]}}]}]}"
 }
-SEND='{"to":"+60123456789","template":{"name":"order_update","language":"en","category":"utility"}}'
+# The sandbox's catalogue (API.md): order_update, en_US, utility, one body parameter.
+SEND='{"to":"+60123456789","template":{"name":"order_update","language":"en_US","category":"utility","components":[{"type":"body","parameters":[{"type":"text","text":"ORDER-42"}]}]}}'
+COMPONENTS=$(python3 -c 'import json,urllib.parse; print(urllib.parse.quote(json.dumps([{"type":"body","parameters":[{"type":"text","text":"RAYA-30"}]}])))')
 
 say "Onboard a tenant with 3 credits (phone_number_id $PNID)"
 KEY=$(curl -s -X POST "$BASE/v1/platform/tenants" -H "Authorization: Bearer $OP" -H 'content-type: application/json' \
@@ -61,7 +64,7 @@ say "Top up 1,000 credits, then broadcast to a 1,000-row CSV"
 post "/v1/platform/tenants/$(curl -s "$BASE/v1/account" -H "Authorization: Bearer $KEY" | json 'd["id"]')/credits" "$OP" \
     '{"amount":1000,"reference":"INV-DEMO-1"}'
 python3 -c 'print("name,phone"); [print(f"Customer {i},+6013{i:06}9") for i in range(1000)]' > /tmp/kirim-demo.csv
-BROADCAST=$(curl -s -X POST "$BASE/v1/broadcasts?template_name=raya_sale&template_language=ms&template_category=utility" \
+BROADCAST=$(curl -s -X POST "$BASE/v1/broadcasts?template_name=order_update&template_language=en_US&template_components=$COMPONENTS" \
     -H "Authorization: Bearer $KEY" -H 'content-type: text/csv' --data-binary @/tmp/kirim-demo.csv)
 echo "$BROADCAST"
 ID=$(echo "$BROADCAST" | json 'd["id"]')

@@ -1,7 +1,7 @@
 //! `/v1/broadcasts`: a JSON list of recipients, or a `text/csv` upload with a `phone`
 //! column (the template then comes in the query: `template_name`, `template_language`,
-//! `template_category` (optional), and `from` (optional); CSV broadcasts carry no template components, so they
-//! send templates whose body takes no parameters).
+//! `template_category` (optional), `template_components` (optional: the components as
+//! URL-encoded JSON), `name`, `send_at` and `from` (optional)).
 
 use std::collections::HashMap;
 

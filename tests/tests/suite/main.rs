@@ -41,6 +41,7 @@ mod contract_users;
 mod cost_proxy;
 mod crash_recovery;
 mod deadletters;
+mod demo_script;
 mod e2e;
 mod gateway_routes;
 mod http_edges;
