@@ -56,6 +56,9 @@ pub struct CloseOutCounts {
     pub sessions_deleted: usize,
     pub items_given_ttl: usize,
     pub phone_route_removed: bool,
+    /// The close-out reached its deadline before it was done (the tenant is not marked
+    /// closed out): the next call goes on.
+    pub cut_short: bool,
 }
 
 /// One stored item as the table holds it: keys, TTL, every attribute (as JSON).
@@ -90,12 +93,15 @@ pub trait RetentionStore: Send + Sync {
     /// console sessions, removes its phone-number route (only if it still names this tenant),
     /// gives its active configuration and its audit head their TTLs, and finally gives the
     /// tenant item its TTL and `closed_out_at` (only if it is `closed`). Every step is
-    /// idempotent, so a run cut short is finished by the next one.
+    /// idempotent, so a run cut short is finished by the next one. Past `deadline` it
+    /// stops (`cut_short`), but only after its first part (the API keys' first page), so
+    /// that every call makes progress; it holds no more than a page of items at a time.
     async fn close_out(
         &self,
         tenant: &TenantId,
         ttls: CloseOutTtls,
         now: DateTime<Utc>,
+        deadline: std::time::Instant,
     ) -> Result<CloseOutCounts, StoreError>;
     /// Whether the tenant was closed out (the marker the sweep skips).
     async fn closed_out_at(&self, tenant: &TenantId) -> Result<Option<DateTime<Utc>>, StoreError>;

@@ -132,10 +132,23 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         }
         report.active_tenants.extend(page.active_tenants);
         suspended.extend(page.suspended_tenants);
+        let mut cut_short = false;
         for tenant in &page.closed_tenants {
-            if let Some(done) = close_out(deps, tenant).await? {
+            if let Some(done) = close_out(deps, tenant, started + limits.max_time).await? {
+                cut_short = done.counts.cut_short;
                 report.closed_out.push(done);
+                if cut_short {
+                    break;
+                }
             }
+        }
+        if cut_short {
+            // Out of time inside a close-out: the next run starts at this page again and
+            // goes on with it (every step of a close-out is idempotent).
+            deps.retention
+                .save_checkpoint(cursor.as_deref(), deps.clock.now())
+                .await?;
+            break;
         }
         cursor = page.next;
         deps.retention
@@ -190,7 +203,11 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
 }
 
 /// Finishes closing one closed tenant; `None` if it is not closed (or not there).
-async fn close_out(deps: &Deps, id: &TenantId) -> Result<Option<ClosedOut>, ServiceError> {
+async fn close_out(
+    deps: &Deps,
+    id: &TenantId,
+    deadline: Instant,
+) -> Result<Option<ClosedOut>, ServiceError> {
     let Some(tenant) = deps.tenants.get_tenant(id).await? else {
         return Ok(None);
     };
@@ -217,12 +234,13 @@ async fn close_out(deps: &Deps, id: &TenantId) -> Result<Option<ClosedOut>, Serv
         .store()
         .delete_secret(&super::callbacks::secret_name(deps, id))
         .await?;
-    let counts = deps.retention.close_out(id, ttls, now).await?;
+    let counts = deps.retention.close_out(id, ttls, now, deadline).await?;
     tracing::info!(
         tenant_id = %id,
         keys_revoked = counts.keys_revoked,
         sessions_deleted = counts.sessions_deleted,
         phone_route_removed = counts.phone_route_removed,
+        cut_short = counts.cut_short,
         "closed tenant closed out"
     );
     Ok(Some(ClosedOut {

@@ -20,6 +20,11 @@ fn entry(t: &TenantId, at: DateTime<Utc>, expires_in: i64) -> LedgerEntry {
     }
 }
 
+/// A close-out deadline it never meets.
+fn later() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(3600)
+}
+
 async fn onboarded(p: &Stores) -> Tenant {
     let t = crate::contract::tenant(5);
     p.tenants
@@ -93,7 +98,11 @@ async fn a_closed_tenant_is_named_until_closed_out_and_closing_out_is_idempotent
         config: now.timestamp() + 10,
         audit_head: now.timestamp() + 10,
     };
-    let first = p.retention.close_out(&t.id, ttls, now).await.unwrap();
+    let first = p
+        .retention
+        .close_out(&t.id, ttls, now, later())
+        .await
+        .unwrap();
     assert_eq!(first.keys_revoked, 1);
     assert!(first.phone_route_removed);
     assert_eq!(
@@ -109,7 +118,11 @@ async fn a_closed_tenant_is_named_until_closed_out_and_closing_out_is_idempotent
         .await
         .unwrap()
         .is_some());
-    let again = p.retention.close_out(&t.id, ttls, now).await.unwrap();
+    let again = p
+        .retention
+        .close_out(&t.id, ttls, now, later())
+        .await
+        .unwrap();
     assert_eq!(
         (again.keys_revoked, again.phone_route_removed),
         (0, false),
@@ -141,6 +154,57 @@ async fn a_closed_tenant_is_named_until_closed_out_and_closing_out_is_idempotent
     assert!(p.tenants.get_tenant(&other.id).await.unwrap().is_some());
 }
 
+async fn a_close_out_past_its_deadline_does_its_first_part_and_the_next_call_finishes_it(
+    p: Stores,
+) {
+    let t = onboarded(&p).await;
+    let now = p.clock.now();
+    p.tenants
+        .set_status(&t.id, TenantStatus::Closed, Some("bye"), now)
+        .await
+        .unwrap();
+    let ttls = CloseOutTtls {
+        tenant: now.timestamp() + 100,
+        config: now.timestamp() + 10,
+        audit_head: now.timestamp() + 10,
+    };
+    let first = p
+        .retention
+        .close_out(&t.id, ttls, now, std::time::Instant::now())
+        .await
+        .unwrap();
+    assert!(first.cut_short, "{first:?}");
+    assert_eq!(first.keys_revoked, 1, "its first part is done: {first:?}");
+    assert_eq!(
+        p.retention.closed_out_at(&t.id).await.unwrap(),
+        None,
+        "not marked closed out"
+    );
+    assert!(
+        p.tenants
+            .tenant_by_phone_number_id(&t.phone_number_id)
+            .await
+            .unwrap()
+            .is_some(),
+        "its route is removed with the rest, later"
+    );
+    assert_eq!(
+        full_pass(&p).await.closed_tenants,
+        vec![t.id.clone()],
+        "still named to the sweep"
+    );
+    let second = p
+        .retention
+        .close_out(&t.id, ttls, now, later())
+        .await
+        .unwrap();
+    assert!(!second.cut_short, "{second:?}");
+    assert_eq!(second.keys_revoked, 0, "revoked once");
+    assert!(second.phone_route_removed);
+    assert!(p.retention.closed_out_at(&t.id).await.unwrap().is_some());
+    assert!(full_pass(&p).await.closed_tenants.is_empty());
+}
+
 async fn an_active_tenant_is_never_closed_out(p: Stores) {
     let t = onboarded(&p).await;
     let now = p.clock.now();
@@ -149,7 +213,11 @@ async fn an_active_tenant_is_never_closed_out(p: Stores) {
         config: now.timestamp(),
         audit_head: now.timestamp(),
     };
-    let counts = p.retention.close_out(&t.id, ttls, now).await.unwrap();
+    let counts = p
+        .retention
+        .close_out(&t.id, ttls, now, later())
+        .await
+        .unwrap();
     assert_eq!(counts, CloseOutCounts::default(), "nothing changed");
     assert_eq!(
         p.retention.closed_out_at(&t.id).await.unwrap(),
@@ -214,6 +282,7 @@ crate::contract::contract!(
     a_closed_tenant_is_named_until_closed_out_and_closing_out_is_idempotent,
     a_sweep_names_active_and_suspended_tenants_apart_and_neither_as_closed,
     an_active_tenant_is_never_closed_out,
+    a_close_out_past_its_deadline_does_its_first_part_and_the_next_call_finishes_it,
     the_checkpoint_is_saved_read_back_and_cleared,
     ledger_entries_page_in_time_order_and_skip_expired_ones,
 );

@@ -574,7 +574,15 @@ where
         config: now.timestamp() + TTL,
         audit_head: now.timestamp() + TTL,
     };
-    p.retention.close_out(&closed.id, ttls, now).await.unwrap();
+    p.retention
+        .close_out(
+            &closed.id,
+            ttls,
+            now,
+            std::time::Instant::now() + std::time::Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
     (closed, open)
 }
 

@@ -452,6 +452,68 @@ async fn no_content_reaches_a_table_a_queue_or_a_log_line(b: Backend) {
     }
 }
 
+async fn a_run_out_of_time_inside_a_close_out_stops_there_and_the_next_run_finishes_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (st, _) = call(&app, "PUT", "/v1/opt-outs/%2B60123456666", &t.key, None).await;
+    assert!(st == 200 || st == 201);
+    let (st, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/platform/tenants/{}", t.tenant_id),
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let id = kirim::domain::TenantId::parse(&t.tenant_id).expect("id");
+    let deps = &app.app.deps;
+    let out_of_time = kirim::service::retention::Limits {
+        max_time: Duration::ZERO,
+        ..Default::default()
+    };
+    let first = kirim::service::retention::run_with(deps, out_of_time)
+        .await
+        .expect("run");
+    assert!(!first.complete, "stopped inside the close-out");
+    let done = first
+        .closed_out
+        .iter()
+        .find(|c| c.tenant_id == id)
+        .expect("its close-out began");
+    assert!(done.counts.cut_short, "{:?}", done.counts);
+    assert_eq!(deps.retention.closed_out_at(&id).await.expect("read"), None);
+    let second = kirim::service::retention::run_with(deps, Default::default())
+        .await
+        .expect("run");
+    let done = second
+        .closed_out
+        .iter()
+        .find(|c| c.tenant_id == id)
+        .expect("finished by the next run");
+    assert!(!done.counts.cut_short, "{:?}", done.counts);
+    assert!(deps
+        .retention
+        .closed_out_at(&id)
+        .await
+        .expect("read")
+        .is_some());
+    // Every configuration item of the tenant has its TTL now, the opt-out included.
+    let untimed: Vec<String> = all_items(&app, b)
+        .await
+        .into_iter()
+        .filter(|r| {
+            r.pk == format!("TENANT#{}", t.tenant_id)
+                && ["APIKEY#", "OPTOUT#", "USER#", "SETTINGS#"]
+                    .iter()
+                    .any(|p| r.sk.starts_with(p))
+                && r.ttl.is_none()
+        })
+        .map(|r| r.sk)
+        .collect();
+    assert!(untimed.is_empty(), "{untimed:?}");
+}
+
 async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(10).await;
@@ -1124,6 +1186,7 @@ on_both_backends!(
     a_closed_tenant_takes_no_opt_out_or_template_change_from_metas_webhooks,
     no_content_reaches_a_table_a_queue_or_a_log_line,
     a_closed_tenant_is_closed_out_once_by_the_retention_run,
+    a_run_out_of_time_inside_a_close_out_stops_there_and_the_next_run_finishes_it,
     the_export_streams_the_tenants_metadata_as_json_lines,
     expired_items_are_invisible_then_swept_and_counted_per_class,
     a_sweep_cut_short_resumes_from_its_checkpoint,

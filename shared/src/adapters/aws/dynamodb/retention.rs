@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 
 use super::keys::{self, ItemKind, Key};
 use super::{n, s, ttl_of, DynamoStore, Item, TTL_ATTR};
@@ -76,6 +77,9 @@ fn class_of(pk: &str, sk: &str) -> RetentionClass {
 
 /// What the close-out reads of a configuration item (the rest is dropped as each page
 /// arrives: a user's or a key's whole record is not needed to give it a TTL).
+/// How many of a closed tenant's items a close-out handles at once.
+const CLOSE_OUT_CONCURRENCY: usize = 16;
+
 const CLOSE_OUT_ATTRS: &[&str] = &[
     keys::PK,
     keys::SK,
@@ -182,6 +186,79 @@ impl DynamoStore {
     }
 
     /// `SET ttl` on an existing item that has none; `false` if it has one or is absent.
+    /// A closed tenant's configuration item `item` (its close-out attributes): what its
+    /// kind needs first (a key revoked and its hash copy given the TTL, a user's email claim
+    /// given it, a number's route removed), then the item's own TTL, last. Counts what changed.
+    async fn close_out_item(
+        &self,
+        tenant: &TenantId,
+        tenant_item: &Item,
+        item: Item,
+        ttls: CloseOutTtls,
+        now: DateTime<Utc>,
+    ) -> Result<CloseOutCounts, StoreError> {
+        let mut counts = CloseOutCounts::default();
+        let pk = keys::tenant_pk(tenant);
+        let Some(sk) = str_attr(&item, keys::SK) else {
+            return Ok(counts);
+        };
+        match ItemKind::of_key(&pk, sk) {
+            Some(ItemKind::ApiKeyOfTenant) => {
+                let key_id = keys::api_key_id_of(sk).unwrap_or_default();
+                let revoked = matches!(item.get("revoked"), Some(AttributeValue::Bool(true)));
+                if !revoked && self.revoke_api_key(tenant, key_id, now).await?.is_some() {
+                    counts.keys_revoked += 1;
+                }
+                if let Some(hash) = str_attr(&item, "key_hash") {
+                    if self
+                        .set_ttl_if_absent(keys::api_key_by_hash(hash), ttls.config)
+                        .await?
+                    {
+                        counts.items_given_ttl += 1;
+                    }
+                }
+            }
+            Some(ItemKind::User) => {
+                if let Some(email) = str_attr(&item, "email") {
+                    if self
+                        .set_ttl_if_absent(keys::email_claim(email), ttls.config)
+                        .await?
+                    {
+                        counts.items_given_ttl += 1;
+                    }
+                }
+            }
+            Some(ItemKind::PhoneNumber) => {
+                // Its route, only while it still names this tenant; the default number's
+                // (every tenant has its item since the WABA index moved onto number items)
+                // at the end of the close-out, where it is counted.
+                if let Some(pnid) = str_attr(&item, "phone_number_id") {
+                    if str_attr(tenant_item, "phone_number_id") != Some(pnid) {
+                        self.delete_route_of(tenant, pnid).await?;
+                    }
+                }
+            }
+            Some(ItemKind::OptOut | ItemKind::StatusCallback | ItemKind::TwoFactorSetting) => {}
+            // Messages, ledger, idempotency, counters, broadcasts: their own TTL; the
+            // tenant: last.
+            _ => return Ok(counts),
+        }
+        if ttl_of(&item).is_none()
+            && self
+                .set_ttl_if_absent(
+                    Key {
+                        pk,
+                        sk: sk.to_owned(),
+                    },
+                    ttls.config,
+                )
+                .await?
+        {
+            counts.items_given_ttl += 1;
+        }
+        Ok(counts)
+    }
+
     async fn set_ttl_if_absent(&self, key: Key, ttl: i64) -> Result<bool, StoreError> {
         let res = self
             .client
@@ -327,6 +404,7 @@ impl RetentionStore for DynamoStore {
         tenant: &TenantId,
         ttls: CloseOutTtls,
         now: DateTime<Utc>,
+        deadline: std::time::Instant,
     ) -> Result<CloseOutCounts, StoreError> {
         let mut counts = CloseOutCounts::default();
         let pk = keys::tenant_pk(tenant);
@@ -337,11 +415,13 @@ impl RetentionStore for DynamoStore {
             return Ok(counts); // only a closed tenant is closed out
         }
         // The tenant's configuration gets a TTL: keys, users, numbers, opt-outs, settings.
-        // Read by their sort-key prefixes, a page at a time: never the partition's
-        // messages, ledger or usage (two years of them and more, their own TTLs), which a
-        // Lambda could neither hold nor read in one run. What the page does for each item is
-        // idempotent, so a run cut short is finished by the next.
-        let mut items = Vec::new();
+        // Read by their sort-key prefixes and handled a page at a time (nothing held beyond
+        // a page: a marketing tenant may have hundreds of thousands of opt-outs), never the
+        // partition's messages, ledger or usage (two years of them and more, their own
+        // TTLs). What is done for each item is idempotent, its own TTL set last, so a
+        // close-out cut short at `deadline` (after its first page at least) is finished by
+        // the next call.
+        let mut first_page = true;
         for prefix in [
             keys::API_KEY_PREFIX,
             keys::USER_PREFIX,
@@ -349,82 +429,45 @@ impl RetentionStore for DynamoStore {
             keys::OPT_OUT_PREFIX,
             keys::SETTINGS_PREFIX,
         ] {
-            let mut pages = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
-                .expression_attribute_values(":pk", s(pk.clone()))
-                .expression_attribute_values(":p", s(prefix))
-                .consistent_read(true)
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| classify("dynamodb query", e))?;
-                items.extend(page.items.unwrap_or_default().into_iter().map(|item| {
+            let mut start: Option<Item> = None;
+            loop {
+                if !first_page && std::time::Instant::now() >= deadline {
+                    counts.cut_short = true;
+                    return Ok(counts);
+                }
+                first_page = false;
+                let page = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                    .expression_attribute_values(":pk", s(pk.clone()))
+                    .expression_attribute_values(":p", s(prefix))
+                    .consistent_read(true)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await
+                    .map_err(|e| classify("dynamodb query", e))?;
+                let items = page.items.unwrap_or_default().into_iter().map(|item| {
                     item.into_iter()
                         .filter(|(k, _)| CLOSE_OUT_ATTRS.contains(&k.as_str()))
                         .collect::<Item>()
-                }));
-            }
-        }
-        for item in items {
-            let Some(sk) = str_attr(&item, keys::SK) else {
-                continue;
-            };
-            match ItemKind::of_key(&pk, sk) {
-                Some(ItemKind::ApiKeyOfTenant) => {
-                    let key_id = keys::api_key_id_of(sk).unwrap_or_default();
-                    let revoked = matches!(item.get("revoked"), Some(AttributeValue::Bool(true)));
-                    if !revoked && self.revoke_api_key(tenant, key_id, now).await?.is_some() {
-                        counts.keys_revoked += 1;
-                    }
-                    if let Some(hash) = str_attr(&item, "key_hash") {
-                        if self
-                            .set_ttl_if_absent(keys::api_key_by_hash(hash), ttls.config)
-                            .await?
-                        {
-                            counts.items_given_ttl += 1;
-                        }
-                    }
+                });
+                // A few at a time: one by one, a page of opt-outs would take minutes.
+                let done: Vec<Result<CloseOutCounts, StoreError>> = futures::stream::iter(items)
+                    .map(|item| self.close_out_item(tenant, &tenant_item, item, ttls, now))
+                    .buffer_unordered(CLOSE_OUT_CONCURRENCY)
+                    .collect()
+                    .await;
+                for c in done {
+                    let c = c?;
+                    counts.keys_revoked += c.keys_revoked;
+                    counts.items_given_ttl += c.items_given_ttl;
                 }
-                Some(ItemKind::User) => {
-                    if let Some(email) = str_attr(&item, "email") {
-                        if self
-                            .set_ttl_if_absent(keys::email_claim(email), ttls.config)
-                            .await?
-                        {
-                            counts.items_given_ttl += 1;
-                        }
-                    }
+                start = page.last_evaluated_key.filter(|k| !k.is_empty());
+                if start.is_none() {
+                    break;
                 }
-                Some(ItemKind::PhoneNumber) => {
-                    // Its route, only while it still names this tenant; the default
-                    // number's (every tenant has its item since the WABA index moved
-                    // onto number items) below, where it is counted.
-                    if let Some(pnid) = str_attr(&item, "phone_number_id") {
-                        if str_attr(&tenant_item, "phone_number_id") != Some(pnid) {
-                            self.delete_route_of(tenant, pnid).await?;
-                        }
-                    }
-                }
-                Some(ItemKind::OptOut | ItemKind::StatusCallback | ItemKind::TwoFactorSetting) => {}
-                // Messages, ledger, idempotency, counters, broadcasts: their own TTL; the
-                // tenant: last.
-                _ => continue,
-            }
-            if ttl_of(&item).is_none()
-                && self
-                    .set_ttl_if_absent(
-                        Key {
-                            pk: pk.clone(),
-                            sk: sk.to_owned(),
-                        },
-                        ttls.config,
-                    )
-                    .await?
-            {
-                counts.items_given_ttl += 1;
             }
         }
         // Console sessions live in their own partitions: one filtered scan finds them.
