@@ -231,9 +231,35 @@ async fn refused_claim(
                 500,
             ))))
         }
-        found => Ok(Err(super::deadline::redelivered_as(deps, job, found).await?)),
+        found => {
+            // Past `sending` with its wamid: a job back because the statuses kept for the
+            // wamid could not be applied after the send (or a duplicate delivery, which
+            // then finds none: one read).
+            if let Some(wamid) = found
+                .as_ref()
+                .filter(|m| {
+                    matches!(
+                        m.status,
+                        MessageStatus::Sent
+                            | MessageStatus::Delivered
+                            | MessageStatus::Read
+                            | MessageStatus::Failed
+                    )
+                })
+                .and_then(|m| m.wamid.as_deref())
+            {
+                if let Err(e) = super::status::apply_kept(deps, wamid).await {
+                    tracing::warn!(error = %e, "kept statuses not applied yet; the job comes back for them");
+                    return Ok(Err(Outcome::RetryAfter(KEPT_RETRY)));
+                }
+            }
+            Ok(Err(super::deadline::redelivered_as(deps, job, found).await?))
+        }
     }
 }
+
+/// When a job comes back for the statuses kept for its wamid that could not be applied.
+const KEPT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Gives back the claim made at `claimed_at` without counting it as an attempt
 /// (`release_unattempted`, tried again while the store's failure is worth it, as every
@@ -771,12 +797,15 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             };
             // Statuses Meta sent before the wamid was recorded apply now (read only when
             // the index said some were kept: no read in the usual case).
+            tracing::info!(wamid = %crate::domain::wamid_tail(&accepted.wamid), to = %log_to, "sent to meta");
             if kept {
                 if let Err(e) = super::status::apply_kept(deps, &accepted.wamid).await {
-                    tracing::warn!(error = %e, "kept statuses not applied yet");
+                    // Meta was answered 200 for them and sends them no more: the job comes
+                    // back (its claim refused then, `refused_claim`) and applies them.
+                    tracing::warn!(error = %e, "kept statuses not applied yet; the job comes back for them");
+                    return Ok(Outcome::RetryAfter(KEPT_RETRY));
                 }
             }
-            tracing::info!(wamid = %crate::domain::wamid_tail(&accepted.wamid), to = %log_to, "sent to meta");
             Ok(Outcome::Done)
         }
         Err(MetaSendError::Timeout) => {

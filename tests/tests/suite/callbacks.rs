@@ -296,6 +296,88 @@ async fn a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_r
     );
 }
 
+/// Kept statuses whose first read fails (a throttled `Query`), then come from the store.
+struct FailingOnce {
+    inner: Arc<dyn kirim::ports::PendingStatusStore>,
+    failures: AtomicUsize,
+}
+
+#[async_trait]
+impl kirim::ports::PendingStatusStore for FailingOnce {
+    async fn put_pending_status(
+        &self,
+        status: &kirim::ports::PendingStatus,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.inner.put_pending_status(status).await
+    }
+    async fn pending_statuses(
+        &self,
+        wamid: &str,
+    ) -> Result<Vec<kirim::ports::PendingStatus>, kirim::store_error::StoreError> {
+        if self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(kirim::store_error::StoreError::Unavailable(
+                "throttled".into(),
+            ));
+        }
+        self.inner.pending_statuses(wamid).await
+    }
+    async fn delete_pending_status(
+        &self,
+        status: &kirim::ports::PendingStatus,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.inner.delete_pending_status(status).await
+    }
+}
+
+async fn kept_statuses_that_cannot_be_applied_after_the_send_bring_the_job_back_for_them(
+    b: Backend,
+) {
+    let mut cfg = local_config(b).await;
+    cfg.pollers = 0;
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(3).await;
+    let id = app.send_ok(&t.key, "+60123450302").await;
+    let wamid = format!("wamid.early.{}", ulid::Ulid::new());
+    let now = chrono::Utc::now().timestamp();
+    let note = json!({"object":"whatsapp_business_account","entry":[{"id":"1000001","changes":[{"field":"messages","value":{
+    "messaging_product":"whatsapp",
+    "metadata":{"display_phone_number":"60300000000","phone_number_id":t.phone_number_id},
+    "statuses":[{"id":wamid,"status":"delivered","timestamp":(now + 1).to_string(),"recipient_id":"60123450302"}]}}]}]});
+    assert_eq!(app.post_webhook(&note).await.status(), 200);
+    let deps = app.app.deps.clone();
+    let mut flaky = deps.clone();
+    flaky.meta = Arc::new(FixedWamid(wamid.clone()));
+    flaky.pending = Arc::new(FailingOnce {
+        inner: deps.pending.clone(),
+        failures: AtomicUsize::new(1),
+    });
+    let jobs = deps
+        .queue
+        .receive(10, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    let first = dispatch::handle(&flaky, &jobs[0].body).await;
+    assert!(
+        matches!(first, Outcome::RetryAfter(_)),
+        "not dropped: {first:?}"
+    );
+    assert_eq!(app.message(&t.key, &id).await["status"], "sent");
+    // The same job again: its claim is refused (sent once), and the kept status applies.
+    assert_eq!(dispatch::handle(&flaky, &jobs[0].body).await, Outcome::Done);
+    assert_eq!(app.message(&t.key, &id).await["status"], "delivered");
+    assert!(deps
+        .pending
+        .pending_statuses(&wamid)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400(b: Backend) {
     capture_logs();
     // As outside local mode: https and public targets only.
@@ -489,6 +571,7 @@ async fn a_receiver_that_keeps_hanging_is_not_tried_for_a_while() {
 on_both_backends!(
     every_status_change_reaches_the_callback_signed_even_after_the_receiver_was_down,
     a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_read,
+    kept_statuses_that_cannot_be_applied_after_the_send_bring_the_job_back_for_them,
     the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400,
     a_deadline_failure_and_a_cancelled_scheduled_message_reach_the_callback,
 );
