@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -78,7 +78,12 @@ type S = State<ConsoleState>;
 
 pub(super) fn routes() -> Router<ConsoleState> {
     Router::new()
-        .route("/console/campaigns", get(campaigns).post(create))
+        .route(
+            "/console/campaigns",
+            get(campaigns)
+                .post(create)
+                .layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+        )
         .route("/console/campaigns/open", get(open))
         .route("/console/campaigns/{id}", get(results))
         .route("/console/campaigns/{id}/recipients.csv", get(export))
@@ -272,7 +277,7 @@ fn create_form(ctx: &Ctx, templates: &[Value], typed: &Form) -> Markup {
                         textarea #c-numbers name="numbers" rows="5" { (typed("numbers")) }
                     }
                     div {
-                        label for="c-file" { "Or a CSV file with a phone column (at most 10,000 rows)" }
+                        label for="c-file" { "Or a CSV file with a phone column (at most 10,000 rows, 2 MiB)" }
                         input #c-file type="file" name="file" accept=".csv,text/csv";
                     }
                 }
@@ -286,6 +291,27 @@ fn create_form(ctx: &Ctx, templates: &[Value], typed: &Form) -> Markup {
                 button type="submit" { "Create campaign" }
             }
         }
+    }
+}
+
+/// A campaign form's body at most (multipart: the CSV file and the fields). On Lambda a
+/// request is at most 6 MB, and API Gateway sends an upload base64-encoded (4/3 larger).
+pub const UPLOAD_LIMIT: usize = 2 * 1024 * 1024;
+
+fn too_large() -> Response {
+    error_page(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "The file is larger than 2 MiB; nothing was sent. Upload a CSV with the phone column \
+         (other columns are not needed), at most 10,000 rows.",
+    )
+}
+
+/// A multipart read's failure: too large, or unreadable.
+fn upload_error(e: &axum::extract::multipart::MultipartError) -> Response {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large()
+    } else {
+        bad_upload()
     }
 }
 
@@ -319,8 +345,9 @@ async fn read_form(s: &ConsoleState, req: Request) -> Result<(Form, Option<Vec<u
         match mp.next_field().await {
             Ok(Some(part)) => {
                 let name = part.name().unwrap_or("").to_owned();
-                let Ok(bytes) = part.bytes().await else {
-                    return Err(bad_upload());
+                let bytes = match part.bytes().await {
+                    Ok(b) => b,
+                    Err(e) => return Err(upload_error(&e)),
                 };
                 if name == "file" {
                     file = Some(bytes.to_vec()).filter(|b| !b.is_empty());
@@ -329,10 +356,54 @@ async fn read_form(s: &ConsoleState, req: Request) -> Result<(Form, Option<Vec<u
                 }
             }
             Ok(None) => break,
-            Err(_) => return Err(bad_upload()),
+            Err(e) => return Err(upload_error(&e)),
         }
     }
     Ok((f, file))
+}
+
+/// Pasted numbers: one a line, or separated by commas or semicolons; within a line a new
+/// number starts at each `+`, and the spaces, dashes, dots and brackets people write numbers
+/// with are dropped (`+60 12-345 6789` is `+60123456789`). What is still no E.164 number
+/// the API names as invalid.
+fn pasted_numbers(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in text.split(['\n', '\r', ',', ';']) {
+        let mut current = String::new();
+        for token in entry.split_whitespace() {
+            if token.starts_with('+') && !current.is_empty() {
+                out.push(std::mem::take(&mut current));
+            }
+            current.extend(
+                token
+                    .chars()
+                    .filter(|c| !matches!(c, '-' | '.' | '(' | ')')),
+            );
+        }
+        if !current.is_empty() {
+            out.push(current);
+        }
+    }
+    out
+}
+
+/// How many of a campaign's invalid entries its page names (the count says the rest).
+const INVALID_SHOWN: usize = 20;
+
+/// What a campaign's page says of the `count` entries that were no number (`invalid`,
+/// the first of them).
+fn invalid_text(invalid: &[&str], count: usize) -> String {
+    let named: Vec<&str> = invalid.iter().take(INVALID_SHOWN).copied().collect();
+    let count = count.max(named.len());
+    let mut text = format!(
+        "{count} of the entries were not valid E.164 numbers and were not sent: {}",
+        named.join(", ")
+    );
+    if count > named.len() {
+        text.push_str(&format!(" and {} more", count - named.len()));
+    }
+    text.push('.');
+    text
 }
 
 /// The broadcast request a campaign form asks for, or what to tell the person.
@@ -341,11 +412,7 @@ fn broadcast_request(f: &Form, file: Option<&[u8]>) -> Result<Value, String> {
     let Some((name, language)) = get("template").split_once(':') else {
         return Err("choose a template".into());
     };
-    let pasted: Vec<String> = get("numbers")
-        .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
-        .filter(|p| !p.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let pasted = pasted_numbers(get("numbers"));
     let recipients = match (file, pasted.is_empty()) {
         (Some(_), false) => {
             return Err("give either pasted numbers or a CSV file, not both".into());
@@ -412,10 +479,32 @@ async fn create(State(s): S, ctx: Ctx, req: Request) -> Response {
         .call(&ctx.who, Method::POST, "/v1/broadcasts", Some(req), key)
         .await;
     if a.ok() {
-        return redirect(&format!(
-            "/console/campaigns/{}?done=campaign_created",
-            segment(text(&a.body, "id"))
-        ));
+        let id = text(&a.body, "id").to_owned();
+        let invalid: Vec<&str> = a.body["invalid"]
+            .as_array()
+            .map(|l| l.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if invalid.is_empty() {
+            return redirect(&format!(
+                "/console/campaigns/{}?done=campaign_created",
+                segment(&id)
+            ));
+        }
+        // The entries that are no number are named on the results page, shown at once
+        // (the API answers them this once and nothing keeps them; not put in a URL).
+        let count = a.body["invalid_count"]
+            .as_u64()
+            .and_then(|c| usize::try_from(c).ok())
+            .unwrap_or(invalid.len());
+        let n = done(&HashMap::from([(
+            "done".to_owned(),
+            "campaign_created".to_owned(),
+        )]))
+        .map(|n| match n {
+            Notice::Done(text) => Notice::Done(format!("{text} {}", invalid_text(&invalid, count))),
+            other => other,
+        });
+        return render_results(&s, &ctx, &id, StatusCode::OK, n).await;
     }
     // A role's refusal is its own page; any other 403 (the account suspended) says why.
     if a.status == StatusCode::UNAUTHORIZED
@@ -443,7 +532,8 @@ async fn results(
     Path(id): Path<String>,
     q: Query<HashMap<String, String>>,
 ) -> Response {
-    render_results(&s, &ctx, &id, StatusCode::OK, done(&q.0)).await
+    let n = done(&q.0);
+    render_results(&s, &ctx, &id, StatusCode::OK, n).await
 }
 
 /// A campaign's failures by code: the API's `failures` when it lists them, else counted

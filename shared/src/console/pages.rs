@@ -83,8 +83,9 @@ pub(super) struct Ctx {
     pub(super) who: Who,
     pub(super) token: String,
     pub(super) role: Role,
-    /// The signed-in user's id.
+    /// The signed-in user's id and tenant.
     pub(super) user_id: String,
+    pub(super) tenant_id: crate::domain::TenantId,
     pub(super) csrf: String,
 }
 
@@ -127,7 +128,7 @@ impl FromRequestParts<ConsoleState> for Ctx {
             role,
             enrollment_only,
             user_id,
-            ..
+            tenant_id,
         } = caller
         else {
             return Err(redirect("/console/login"));
@@ -149,6 +150,7 @@ impl FromRequestParts<ConsoleState> for Ctx {
             token,
             role,
             user_id,
+            tenant_id,
         })
     }
 }
@@ -496,13 +498,25 @@ async fn logout(State(s): S, ctx: Ctx, body: Bytes) -> Response {
 
 // ------------------------------------------------------------------ 2FA
 
-async fn two_factor(ctx: Ctx, q: Q) -> Response {
+async fn two_factor(State(s): S, ctx: Ctx, q: Q) -> Response {
+    let me = match crate::service::users::get(&s.deps, &ctx.tenant_id, &ctx.user_id).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, "console: the user could not be read");
+            return unavailable();
+        }
+    };
     let body = html! {
         p { "Two-factor authentication asks for a code from an authenticator app (such as
             Google Authenticator, 1Password or Aegis) each time you sign in." }
-        form.stack method="post" action="/console/2fa/enroll" {
-            (csrf(&ctx.csrf))
-            button type="submit" { "Set up two-factor authentication" }
+        @if me.totp_enabled {
+            p { strong { "It is on for your sign-ins." } " It cannot be replaced from here (so a
+                stolen session cannot replace it); an admin can remove and add you again." }
+        } @else {
+            form.stack method="post" action="/console/2fa/enroll" {
+                (csrf(&ctx.csrf))
+                button type="submit" { "Set up two-factor authentication" }
+            }
         }
     };
     page(

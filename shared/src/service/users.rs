@@ -294,6 +294,15 @@ pub async fn list(deps: &Deps, tenant: &TenantId) -> Result<Vec<UserView>, Servi
         .collect())
 }
 
+/// One user of the tenant, as shown; another tenant's is `NotFound`.
+pub async fn get(deps: &Deps, tenant: &TenantId, id: &str) -> Result<UserView, ServiceError> {
+    deps.users
+        .get_user(tenant, id)
+        .await?
+        .map(|u| UserView::of(&u))
+        .ok_or(ServiceError::NotFound)
+}
+
 /// Clears the failed-login counters of the user's email, from every address, so the
 /// user can log in again at once. Another tenant's user is `NotFound`.
 pub async fn unlock(deps: &Deps, tenant: &TenantId, id: &str) -> Result<UserView, ServiceError> {

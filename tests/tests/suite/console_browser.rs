@@ -176,7 +176,7 @@ async fn in_a_browser_a_user_signs_in_with_totp_sends_a_message_manages_a_key_an
     click(&c, "a[href='/console/messages']").await;
     fill(&c, "#to", "+60123456789").await;
     fill(&c, "#template", "order_update").await;
-    fill(&c, "#parameter", "ORDER-42").await;
+    fill(&c, "#parameters", "ORDER-42").await;
     click(&c, "form.stack button[type=submit]").await;
     let status = find(&c, "#message-status")
         .await

@@ -14,8 +14,16 @@ use super::access::call;
 use super::console::{sign_in, Page};
 use super::users::{new_user, PASSWORD};
 
-/// The id in a `/console/campaigns/{id}?...` redirect.
+/// The id in a `/console/campaigns/{id}?...` redirect, or on the results page shown at once
+/// (when some entries were invalid).
 fn campaign_of(p: &Page) -> String {
+    let marker = r#"<dd id="campaign-id">"#;
+    if p.status == 200 {
+        if let Some(at) = p.html.find(marker) {
+            let rest = &p.html[at + marker.len()..];
+            return rest.split('<').next().unwrap_or_default().to_owned();
+        }
+    }
     assert_eq!(p.status, 303, "{}", p.html);
     let loc = p.location();
     let rest = loc
@@ -351,7 +359,95 @@ async fn a_campaign_is_created_from_an_uploaded_csv_file(b: Backend) {
         .await;
     assert_eq!(both.status, 400);
     assert!(both.html.contains("not both"));
+    // A file over the form's 2 MiB: said so, not "reload the page".
+    let mut big = b"phone,notes\n".to_vec();
+    while big.len() <= kirim::console::campaigns::UPLOAD_LIMIT {
+        big.extend_from_slice(b"+60123450025,a long note nobody needs for sending\n");
+    }
+    let large = web
+        .post_multipart("/console/campaigns", &fields, &[("file", "list.csv", &big)])
+        .await;
+    assert_eq!(large.status, 413, "{}", large.html);
+    assert!(large.html.contains("larger than 2 MiB"), "{}", large.html);
     assert_eq!(app.credits(&t.key).await, before);
+}
+
+async fn pasted_numbers_may_be_written_as_people_write_them_and_the_invalid_ones_are_named(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/campaigns").await.csrf();
+    let numbers =
+        "+60 12-345 0031\n+60123450032 +60123450033; (+60) 12.345.0034\n0123450035, +6012x";
+    let made = web
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &csrf),
+                ("template", "order_update:en_US"),
+                ("parameters", "ORDER-9"),
+                ("numbers", numbers),
+                ("idempotency_key", &kirim::domain::new_id()),
+            ],
+        )
+        .await;
+    assert_eq!(made.status, 200, "shown at once: {}", made.html);
+    assert!(
+        made.html.contains(
+            "2 of the entries were not valid E.164 numbers and were not sent: 0123450035, +6012x."
+        ),
+        "{}",
+        made.html
+    );
+    let (_, list) = call(&app, "GET", "/v1/broadcasts", Some(&t.key), None).await;
+    let id = list["broadcasts"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (_, view) = call(
+        &app,
+        "GET",
+        &format!("/v1/broadcasts/{id}"),
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!(view["accepted"], 4, "{view}");
+    assert_eq!(view["invalid_count"], 2, "{view}");
+    assert_eq!(app.credits(&t.key).await, 10 - 4);
+}
+
+async fn the_two_factor_page_offers_set_up_only_to_a_user_without_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "read_only").await;
+    let mut web = sign_in(&app, &email).await;
+    let page = web.get("/console/2fa").await;
+    assert!(page.html.contains("/console/2fa/enroll"), "{}", page.html);
+    // Enrolled through the API with the same session, then the page says it is on.
+    let token = web.session();
+    let (_, e) = call(&app, "POST", "/v1/auth/2fa/enroll", Some(&token), None).await;
+    let totp = super::console::totp_of(e["secret"].as_str().unwrap_or_default());
+    let code = totp.generate(chrono::Utc::now().timestamp() as u64);
+    let (st, _) = call(
+        &app,
+        "POST",
+        "/v1/auth/2fa/confirm",
+        Some(&token),
+        Some(json!({"totp_code": code})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let page = web.get("/console/2fa").await;
+    assert!(!page.html.contains("/console/2fa/enroll"), "{}", page.html);
+    assert!(
+        page.html.contains("It is on for your sign-ins"),
+        "{}",
+        page.html
+    );
 }
 
 async fn the_campaign_form_refuses_a_post_without_its_csrf_token_and_a_read_only_user(b: Backend) {
@@ -910,6 +1006,8 @@ on_both_backends!(
     an_admin_changes_a_users_role_from_the_users_page_but_not_their_own,
     the_send_form_takes_the_catalogues_category_and_keeps_a_refused_form_as_typed,
     a_console_admin_cannot_remove_themselves_but_another_admin_can,
+    pasted_numbers_may_be_written_as_people_write_them_and_the_invalid_ones_are_named,
+    the_two_factor_page_offers_set_up_only_to_a_user_without_it,
     usage_and_phone_numbers_show_what_the_api_has_and_say_so_when_it_has_not,
     a_closed_tenants_user_is_signed_out_not_sent_round_in_circles,
     a_double_submitted_campaign_form_makes_one_campaign_and_one_debit,
