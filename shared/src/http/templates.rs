@@ -88,7 +88,9 @@ async fn list(
 async fn sync(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
     // Every WABA the tenant's numbers sit on.
     let wabas = crate::service::numbers::wabas(&s.deps, &ctx.tenant).await?;
-    let synced = templates::sync_all(&s.deps, &ctx.tenant, &wabas).await?;
+    let synced =
+        templates::sync_all_within(&s.deps, &ctx.tenant, &wabas, templates::REQUEST_SYNC_TIME)
+            .await?;
     let res = Json(synced).into_response();
     Ok(super::admin::noted(
         res,

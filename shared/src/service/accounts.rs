@@ -169,9 +169,17 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
         .create_tenant(&tenant, &record, initial.as_ref())
         .await
     {
-        // Leave no orphan secret behind a refused onboarding.
-        let _ = deps.secrets.store().delete_secret(&secret_name).await;
-        return Err(e.into());
+        // An answer lost after the write landed (the SDK gave up) is read back: the tenant
+        // then exists and keeps its token. Otherwise no orphan secret is left behind.
+        let landed = match &e {
+            crate::store_error::StoreError::Conflict(_) => false,
+            _ => matches!(deps.tenants.get_tenant(&id).await, Ok(Some(_))),
+        };
+        if !landed {
+            let _ = deps.secrets.store().delete_secret(&secret_name).await;
+            return Err(e.into());
+        }
+        tracing::warn!(tenant_id = %id, error = %e, "onboarding's write answered an error but landed");
     }
     tracing::info!(tenant_id = %id, "tenant onboarded");
     if let Some(display) = &req.display_phone_number {
@@ -189,9 +197,18 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
         }
     }
     // Its template catalogue, read from Meta now so that it can send at once. Meta being
-    // down does not undo the onboarding: the daily sync, or the tenant's admin with
-    // `POST /v1/templates/sync`, reads it later.
-    if let Err(e) = super::templates::sync(deps, &tenant).await {
+    // down or slow does not undo the onboarding, nor hold its answer (the only copy of the
+    // admin key) past API Gateway's 30 s: the daily sync, or the tenant's admin with
+    // `POST /v1/templates/sync`, reads the rest later.
+    let wabas = [tenant.waba_id.clone()];
+    if let Err(e) = super::templates::sync_all_within(
+        deps,
+        &tenant,
+        &wabas,
+        super::templates::ONBOARDING_SYNC_TIME,
+    )
+    .await
+    {
         tracing::warn!(tenant_id = %id, error = %e, "template catalogue not synced at onboarding");
     }
     Ok((tenant, key))

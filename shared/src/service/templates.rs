@@ -135,6 +135,32 @@ pub async fn sync_all(
     Ok(total)
 }
 
+/// How long a sync made inside a request may read Meta: API Gateway gives up at 30 s.
+pub const REQUEST_SYNC_TIME: std::time::Duration = std::time::Duration::from_secs(20);
+/// At onboarding, whose answer carries the only copy of the tenant's first admin key.
+pub const ONBOARDING_SYNC_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`sync_all`], given up after `within`: what was read by then is kept and nothing is
+/// removed (removal comes only after a whole list); the daily sync finishes it.
+pub async fn sync_all_within(
+    deps: &Deps,
+    tenant: &Tenant,
+    wabas: &[String],
+    within: std::time::Duration,
+) -> Result<Synced, ServiceError> {
+    match tokio::time::timeout(within, sync_all(deps, tenant, wabas)).await {
+        Ok(done) => done,
+        Err(_) => {
+            tracing::warn!(tenant_id = %tenant.id, "template sync cut short by its deadline");
+            Err(ServiceError::MetaUnavailable(format!(
+                "Meta's template list was not read within {} s; the templates read so far \
+                 are kept and none was removed: the daily sync finishes it",
+                within.as_secs()
+            )))
+        }
+    }
+}
+
 /// [`sync`] of one WABA of the tenant's, with the tenant's token.
 pub async fn sync_waba(deps: &Deps, tenant: &Tenant, waba: &str) -> Result<Synced, ServiceError> {
     let token = deps

@@ -769,3 +769,119 @@ async fn the_scheduled_template_sync_stops_at_the_runs_deadline() {
         std::time::Duration::from_millis(600)
     );
 }
+
+/// Onboarding answers the tenant's first admin key, shown once: a slow Meta may not hold
+/// that answer past API Gateway's 30 s (a 504 would lose the key and leave the number
+/// taken). The catalogue read is given up after 10 s; the tenant is onboarded.
+#[tokio::test(start_paused = true)]
+async fn onboarding_answers_its_key_within_ten_seconds_however_slow_metas_template_list_is() {
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock).unwrap();
+    deps.meta = Arc::new(SlowMeta(std::time::Duration::from_secs(3600)));
+    let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({
+        "name": "Kedai", "waba_id": "7100001", "phone_number_id": "8100001",
+        "meta_access_token": "EAAG", "credits": 1}))
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let (tenant, key) = kirim::service::accounts::create_tenant(&deps, req)
+        .await
+        .expect("onboarded");
+    assert_eq!(
+        tokio::time::Instant::now() - started,
+        templates::ONBOARDING_SYNC_TIME
+    );
+    assert!(key.expose().starts_with("kirim_"));
+    assert!(deps.tenants.get_tenant(&tenant.id).await.unwrap().is_some());
+}
+
+/// A tenant store whose onboarding write lands but whose answer is lost (the SDK gave up).
+struct AnswerLost(Arc<dyn kirim::ports::TenantStore>);
+
+#[async_trait]
+impl kirim::ports::TenantStore for AnswerLost {
+    async fn create_tenant(
+        &self,
+        tenant: &kirim::ports::Tenant,
+        key: &kirim::ports::ApiKeyRecord,
+        initial: Option<&kirim::ports::LedgerEntry>,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.create_tenant(tenant, key, initial).await?;
+        Err(kirim::store_error::StoreError::Unavailable(
+            "the answer was lost".into(),
+        ))
+    }
+    async fn get_tenant(
+        &self,
+        id: &kirim::domain::TenantId,
+    ) -> Result<Option<kirim::ports::Tenant>, kirim::store_error::StoreError> {
+        self.0.get_tenant(id).await
+    }
+    async fn tenant_by_phone_number_id(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<kirim::domain::TenantId>, kirim::store_error::StoreError> {
+        self.0.tenant_by_phone_number_id(phone_number_id).await
+    }
+    async fn api_key_by_hash(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<kirim::ports::ApiKeyRecord>, kirim::store_error::StoreError> {
+        self.0.api_key_by_hash(key_hash).await
+    }
+    async fn tenants_by_waba(
+        &self,
+        waba_id: &str,
+    ) -> Result<Vec<kirim::domain::TenantId>, kirim::store_error::StoreError> {
+        self.0.tenants_by_waba(waba_id).await
+    }
+    async fn set_ip_allowlist(
+        &self,
+        id: &kirim::domain::TenantId,
+        cidrs: &[String],
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.set_ip_allowlist(id, cidrs).await
+    }
+    async fn set_request_limits(
+        &self,
+        id: &kirim::domain::TenantId,
+        limits: kirim::domain::RequestLimits,
+    ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
+        self.0.set_request_limits(id, limits).await
+    }
+    async fn set_status(
+        &self,
+        id: &kirim::domain::TenantId,
+        to: kirim::ports::TenantStatus,
+        reason: Option<&str>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
+        self.0.set_status(id, to, reason, at).await
+    }
+}
+
+#[tokio::test]
+async fn an_onboarding_whose_write_landed_but_whose_answer_was_lost_keeps_its_token_and_answers_the_key(
+) {
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock).unwrap();
+    deps.tenants = Arc::new(AnswerLost(deps.tenants.clone()));
+    let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({
+        "name": "Kedai", "waba_id": "7100002", "phone_number_id": "8100002",
+        "meta_access_token": "EAAG-kept", "credits": 1}))
+    .unwrap();
+    let (tenant, key) = kirim::service::accounts::create_tenant(&deps, req)
+        .await
+        .expect("the landed write is the tenant's");
+    assert!(key.expose().starts_with("kirim_"));
+    let token = deps
+        .secrets
+        .store()
+        .get_secret(&tenant.meta_token_secret)
+        .await
+        .unwrap();
+    assert_eq!(
+        token.map(|t| t.expose().to_owned()),
+        Some("EAAG-kept".to_owned()),
+        "its Meta token is not deleted"
+    );
+}
