@@ -162,6 +162,17 @@ pub trait TenantStore: Send + Sync {
         reason: Option<&str>,
         at: DateTime<Utc>,
     ) -> Result<Tenant, StoreError>;
+    /// Suspends the tenant on Meta's word (with `reason`), atomically, only while it is
+    /// `active` and its status last changed at `seen` (`None`: never): what Meta said
+    /// about a tenant as it was then, not about one the operator has resumed (or anyone
+    /// suspended) since. `None` if that condition failed (nothing written).
+    async fn suspend_if_unchanged(
+        &self,
+        id: &TenantId,
+        reason: &str,
+        at: DateTime<Utc>,
+        seen: Option<DateTime<Utc>>,
+    ) -> Result<Option<Tenant>, StoreError>;
 }
 
 /// A tenant's API keys. Each key is stored twice, atomically: under its hash (for

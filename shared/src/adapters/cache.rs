@@ -264,6 +264,18 @@ impl<S: TenantStore + 'static> TenantStore for ReadCache<S> {
         self.forget_tenant(id);
         r
     }
+
+    async fn suspend_if_unchanged(
+        &self,
+        id: &TenantId,
+        reason: &str,
+        at: DateTime<Utc>,
+        seen: Option<DateTime<Utc>>,
+    ) -> Result<Option<Tenant>, StoreError> {
+        let r = self.inner.suspend_if_unchanged(id, reason, at, seen).await;
+        self.forget_tenant(id);
+        r
+    }
 }
 
 #[async_trait]

@@ -355,32 +355,43 @@ pub async fn close(
 
 /// Meta says the tenant's account cannot send (token expired, account locked or
 /// blocked): suspend the tenant, so its next sends answer `tenant_suspended` instead of
-/// failing one by one, until the operator fixes it and resumes. `by` names the system
-/// part that saw it (for the audit trail). Never fails the caller: a failure is logged
-/// (the dispatcher's caller fails the message anyway); [`try_suspend_for_meta`] answers it.
-pub async fn suspend_for_meta(deps: &Deps, tenant: &TenantId, reason: &str, by: &str) {
-    if let Err(e) = try_suspend_for_meta(deps, tenant, reason, by).await {
+/// failing one by one, until the operator fixes it and resumes. `seen` is when the
+/// tenant's status last changed as the caller read it: a tenant resumed (or suspended)
+/// since is left as it is, atomically (`TenantStore::suspend_if_unchanged`), so a send
+/// made with the old token, or Meta's late word, does not undo the operator's resume.
+/// `by` names the system part that saw it (for the audit trail). Never fails the caller:
+/// a failure is logged (the dispatcher's caller fails the message anyway);
+/// [`try_suspend_for_meta`] answers it.
+pub async fn suspend_for_meta(
+    deps: &Deps,
+    tenant: &TenantId,
+    reason: &str,
+    by: &str,
+    seen: Option<chrono::DateTime<chrono::Utc>>,
+) {
+    if let Err(e) = try_suspend_for_meta(deps, tenant, reason, by, seen).await {
         tracing::error!(tenant_id = %tenant, error = %e, "could not suspend tenant");
     }
 }
 
 /// [`suspend_for_meta`], answering a storage failure: Meta's account webhook must not be
 /// acknowledged until the suspension is written (Meta then delivers it again). A tenant
-/// closed already has nothing to pause: done.
+/// no longer active as `seen` (closed, suspended or resumed since) is left: done.
 pub async fn try_suspend_for_meta(
     deps: &Deps,
     tenant: &TenantId,
     reason: &str,
     by: &str,
+    seen: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<(), crate::store_error::StoreError> {
     let reason: String = reason.chars().take(300).collect();
     let now = deps.clock.now();
     match deps
         .tenants
-        .set_status(tenant, TenantStatus::Suspended, Some(&reason), now)
-        .await
+        .suspend_if_unchanged(tenant, &reason, now, seen)
+        .await?
     {
-        Ok(_) => {
+        Some(_) => {
             tracing::warn!(tenant_id = %tenant, reason = %reason, "tenant suspended on meta's signal");
             super::audit::record_or_park(
                 deps,
@@ -396,9 +407,9 @@ pub async fn try_suspend_for_meta(
             )
             .await;
         }
-        // Closed already: nothing to pause.
-        Err(crate::store_error::StoreError::Conflict(_)) => {}
-        Err(e) => return Err(e),
+        None => {
+            tracing::info!(tenant_id = %tenant, "not suspended on meta's signal: its status changed since");
+        }
     }
     Ok(())
 }

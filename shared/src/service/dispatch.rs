@@ -576,7 +576,17 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         }
         Err(e) => return Err(e.into()),
     }
-    let Some(token) = deps.secrets.current(&tenant.meta_token_secret).await? else {
+    // Read afresh for a while after the tenant's status changed: a token replaced before
+    // a resume is the one sent with, not a copy cached from before it.
+    let Some(token) = deps
+        .secrets
+        .current_unless_changed(
+            &tenant.meta_token_secret,
+            tenant.status_changed_at.unwrap_or(tenant.created_at),
+            deps.clock.now(),
+        )
+        .await?
+    else {
         let error = MessageError {
             code: "meta_token_missing".into(),
             title: "the tenant has no Meta access token".into(),
@@ -918,8 +928,14 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 }
                 ErrorClass::TenantStop => {
                     let reason = format!("meta error {}: {}", error.code, error.title);
-                    super::accounts::suspend_for_meta(deps, &job.tenant_id, &reason, "dispatcher")
-                        .await;
+                    super::accounts::suspend_for_meta(
+                        deps,
+                        &job.tenant_id,
+                        &reason,
+                        "dispatcher",
+                        tenant.status_changed_at,
+                    )
+                    .await;
                     crate::metrics::failed("tenant_stop");
                     fail_unsent(
                         deps,

@@ -373,7 +373,14 @@ async fn account_update(deps: &Deps, update: &AccountUpdate) -> Result<usize, Se
         if tenant.status != crate::ports::TenantStatus::Active || resumed_since {
             continue;
         }
-        super::accounts::try_suspend_for_meta(deps, t, &reason, "webhook").await?;
+        super::accounts::try_suspend_for_meta(
+            deps,
+            t,
+            &reason,
+            "webhook",
+            tenant.status_changed_at,
+        )
+        .await?;
         paused += 1;
     }
     Ok(paused)

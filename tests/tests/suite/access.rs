@@ -988,6 +988,15 @@ impl kirim::ports::TenantStore for StatusChangesFail {
     ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
         Err(storage_down())
     }
+    async fn suspend_if_unchanged(
+        &self,
+        _id: &kirim::domain::TenantId,
+        _reason: &str,
+        _at: chrono::DateTime<chrono::Utc>,
+        _seen: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Option<kirim::ports::Tenant>, kirim::store_error::StoreError> {
+        Err(storage_down())
+    }
 }
 
 /// Meta's account restriction is acknowledged only once the suspension is written: a

@@ -255,6 +255,83 @@ async fn a_tenant_is_found_by_id_phone_number_and_key_hash(p: Ports) {
     assert_eq!(p.tenants.api_key_by_hash("nope").await.unwrap(), None);
 }
 
+async fn metas_suspension_applies_only_to_an_active_tenant_unchanged_since_it_was_read(p: Ports) {
+    let t = tenant(0);
+    p.tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let seen = p.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(seen.status_changed_at, None);
+    let now = p.clock.now();
+    // The operator suspends and resumes it meanwhile: Meta's word on the tenant as it was
+    // before changes nothing.
+    p.tenants
+        .set_status(&t.id, TenantStatus::Suspended, Some("checking"), now)
+        .await
+        .unwrap();
+    let resumed = p
+        .tenants
+        .set_status(
+            &t.id,
+            TenantStatus::Active,
+            Some("fixed"),
+            now + chrono::Duration::seconds(1),
+        )
+        .await
+        .unwrap();
+    let later = now + chrono::Duration::seconds(2);
+    assert_eq!(
+        p.tenants
+            .suspend_if_unchanged(&t.id, "meta error 190", later, seen.status_changed_at)
+            .await
+            .unwrap(),
+        None
+    );
+    let after = p.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.status, after.status_reason.as_deref()),
+        (TenantStatus::Active, Some("fixed"))
+    );
+    // As it is now: suspended, once.
+    let suspended = p
+        .tenants
+        .suspend_if_unchanged(&t.id, "meta error 190", later, resumed.status_changed_at)
+        .await
+        .unwrap()
+        .expect("suspended");
+    assert_eq!(suspended.status, TenantStatus::Suspended);
+    assert_eq!(suspended.status_reason.as_deref(), Some("meta error 190"));
+    assert_eq!(suspended.status_changed_at, Some(later));
+    assert_eq!(
+        p.tenants
+            .suspend_if_unchanged(&t.id, "again", later, resumed.status_changed_at)
+            .await
+            .unwrap(),
+        None,
+        "suspended already: left"
+    );
+    // Never changed, as read: suspended; an unknown tenant: nothing.
+    let fresh = tenant(0);
+    p.tenants
+        .create_tenant(&fresh, &key_for(&fresh), None)
+        .await
+        .unwrap();
+    assert!(p
+        .tenants
+        .suspend_if_unchanged(&fresh.id, "meta", later, None)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        p.tenants
+            .suspend_if_unchanged(&tenant(0).id, "meta", later, None)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 async fn a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing(p: Ports) {
     let first = onboarded(&p, 0).await;
     let mut second = tenant(5);
@@ -1425,6 +1502,7 @@ contract!(
     a_status_page_filled_midway_through_a_read_skips_no_match,
     a_messages_cursor_goes_on_after_its_message_under_any_filter_and_bounds,
     a_tenant_is_found_by_id_phone_number_and_key_hash,
+    metas_suspension_applies_only_to_an_active_tenant_unchanged_since_it_was_read,
     a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing,
     a_debit_records_the_message_and_the_ledger_entry_together,
     a_top_up_for_an_unknown_tenant_is_not_found,

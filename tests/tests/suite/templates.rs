@@ -857,6 +857,15 @@ impl kirim::ports::TenantStore for AnswerLost {
     ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
         self.0.set_status(id, to, reason, at).await
     }
+    async fn suspend_if_unchanged(
+        &self,
+        id: &kirim::domain::TenantId,
+        reason: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        seen: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Option<kirim::ports::Tenant>, kirim::store_error::StoreError> {
+        self.0.suspend_if_unchanged(id, reason, at, seen).await
+    }
 }
 
 #[tokio::test]

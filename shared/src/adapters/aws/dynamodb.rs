@@ -793,6 +793,48 @@ impl TenantStore for DynamoStore {
             Err(e) => Err(classify("dynamodb update", e)),
         }
     }
+
+    async fn suspend_if_unchanged(
+        &self,
+        id: &TenantId,
+        reason: &str,
+        at: DateTime<Utc>,
+        seen: Option<DateTime<Utc>>,
+    ) -> Result<Option<Tenant>, StoreError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::tenant(id).attrs()))
+            .update_expression("SET #status = :to, status_reason = :r, status_changed_at = :at")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":to", dyn_value(&TenantStatus::Suspended)?)
+            .expression_attribute_values(":r", dyn_value(&Some(reason))?)
+            .expression_attribute_values(":at", dyn_value(&at)?)
+            .expression_attribute_values(":active", dyn_value(&TenantStatus::Active)?)
+            .return_values(ReturnValue::AllNew);
+        req = match seen {
+            Some(seen) => req
+                .condition_expression(
+                    "attribute_exists(pk) AND #status = :active AND status_changed_at = :seen",
+                )
+                .expression_attribute_values(":seen", dyn_value(&seen)?),
+            // Never changed: no time, or a null one.
+            None => req
+                .condition_expression(
+                    "attribute_exists(pk) AND #status = :active AND \
+                     (attribute_not_exists(status_changed_at) OR attribute_type(status_changed_at, :null))",
+                )
+                .expression_attribute_values(":null", AttributeValue::S("NULL".into())),
+        };
+        match req.send().await {
+            Ok(out) => from_item(out.attributes.unwrap_or_default()).map(Some),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(None)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
 }
 
 pub(super) fn dyn_value<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {

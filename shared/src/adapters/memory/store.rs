@@ -508,6 +508,26 @@ impl TenantStore for MemoryStore {
         t.status_changed_at = Some(at);
         Ok(t.clone())
     }
+
+    async fn suspend_if_unchanged(
+        &self,
+        id: &TenantId,
+        reason: &str,
+        at: DateTime<Utc>,
+        seen: Option<DateTime<Utc>>,
+    ) -> Result<Option<Tenant>, StoreError> {
+        let mut s = self.lock()?;
+        let Some(t) = s.tenants.get_mut(id) else {
+            return Ok(None);
+        };
+        if t.status != TenantStatus::Active || t.status_changed_at != seen {
+            return Ok(None);
+        }
+        t.status = TenantStatus::Suspended;
+        t.status_reason = Some(reason.to_owned());
+        t.status_changed_at = Some(at);
+        Ok(Some(t.clone()))
+    }
 }
 
 impl State {
