@@ -23,6 +23,19 @@ where
     T::deserialize(de).map(Some)
 }
 
+/// A phone number field: whatever JSON it holds is taken, and what is not a string reads
+/// as an empty one, so that it is answered as the invalid phone number it is
+/// (`invalid_phone_number`, as API.md asks for anything not E.164), not as a malformed body.
+pub fn phone_text<'de, D>(de: D) -> Result<String, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    Ok(match serde_json::Value::deserialize(de)? {
+        serde_json::Value::String(s) => s,
+        _ => String::new(),
+    })
+}
+
 /// A field that must be present and may be `null` (`{"url": null}`). Without `default`,
 /// a missing field is an error.
 pub fn nullable_required<'de, D, T>(de: D) -> Result<Option<T>, D::Error>

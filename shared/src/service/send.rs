@@ -21,6 +21,7 @@ use super::Deps;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
+    #[serde(deserialize_with = "crate::domain::fields::phone_text")]
     pub to: String,
     #[serde(default, deserialize_with = "crate::domain::fields::non_null")]
     pub template: Option<TemplateIn>,
@@ -225,7 +226,12 @@ async fn replayed(
         Err(ServiceError::UnknownSender(_)) => tenant.waba_id.clone(),
         Err(e) => return Err(e),
     };
-    queue_again_if_never_claimed(deps, &tenant.id, &waba, &first, draft).await?;
+    // The first answer stands whatever happens here: a template refused or the queue
+    // unreachable since is no reason to answer "refused, nothing debited" for a message
+    // that was accepted and debited (its own job goes on, and decides).
+    if let Err(e) = queue_again_if_never_claimed(deps, &tenant.id, &waba, &first, draft).await {
+        tracing::warn!(message_id = %first, error = %e, "a replayed message's job was not queued again");
+    }
     let scheduled = deps
         .messages
         .get_message(&tenant.id, &first)
@@ -359,9 +365,9 @@ async fn accept(
     Ok(Accepted::New(Box::new(record)))
 }
 
-/// A replayed message still `accepted` and never attempted may be one whose first
-/// request died between its write and its enqueue (a crash, a Lambda timeout): it has no
-/// queue job and would wait, charged, forever. The replay carries the same body (the key
+/// A replayed message still `accepted` and never attempted may be one whose job never
+/// reached the dispatcher (lost with its process, or dropped as unrecorded before a slow
+/// write landed): it would wait, charged, forever. The replay carries the same body (the key
 /// matched its fingerprint), so it queues the job again. A second job for a message that
 /// is queued already is harmless: only an `accepted` message can be claimed, so the
 /// dispatcher drops the job that comes second.
@@ -375,7 +381,9 @@ async fn queue_again_if_never_claimed(
     let Some(m) = deps.messages.get_message(tenant_id, id).await? else {
         return Ok(());
     };
-    if !matches!(m.status, MessageStatus::Accepted | MessageStatus::Scheduled) || m.attempts > 0 {
+    // Not a scheduled one: its job waits on the queue, hopping until `send_at` with the
+    // content, and every replay would add another such job.
+    if m.status != MessageStatus::Accepted || m.attempts > 0 {
         return Ok(());
     }
     // The same body as the first request (the key's fingerprint says so), resolved

@@ -49,10 +49,16 @@ async fn bad_send_requests_answer_precise_errors_and_change_nothing(b: Backend) 
             400,
             "invalid_request",
         ),
+        // Not a string: no E.164 number either (API.md: anything else is this code).
         (
-            br#"{"to":12345,"text":{"body":"x"}}"#.to_vec(),
+            br#"{"to":60123456789,"text":{"body":"x"}}"#.to_vec(),
             400,
-            "invalid_request",
+            "invalid_phone_number",
+        ),
+        (
+            br#"{"to":null,"text":{"body":"x"}}"#.to_vec(),
+            400,
+            "invalid_phone_number",
         ),
         (
             br#"{"to":"0123456789","text":{"body":"x"}}"#.to_vec(),

@@ -178,6 +178,34 @@ async fn a_replay_answers_the_first_response_after_the_credits_ran_out(b: Backen
     assert_eq!(messages(&app, &t.key).await.len(), 1, "one message");
 }
 
+async fn a_replay_answers_the_first_response_after_its_template_was_paused(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let send_at = (chrono::Utc::now() + chrono::Duration::minutes(30))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let body = format!(
+        r#"{{"to":"+60123458002","send_at":"{send_at}","template":{{"name":"promo_sale","language":"en_US","components":[{{"type":"body","parameters":[{{"type":"text","text":"RAYA"}}]}}]}}}}"#
+    );
+    let first = post(&app, &t.key, Some("promo-later"), &body).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["status"], "scheduled", "{first}");
+    app.sandbox_template(
+        "1000001",
+        "promo_sale",
+        "en_US",
+        json!({"status": "paused"}),
+    )
+    .await;
+    // Without the key the template is refused now; with it, the first answer stands.
+    assert_eq!(post(&app, &t.key, None, &body).await.status(), 422);
+    let again = post(&app, &t.key, Some("promo-later"), &body).await;
+    assert_eq!(again.status(), 202);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again, first, "the first response again");
+    assert_eq!(app.credits(&t.key).await, 4, "debited once");
+}
+
 async fn twenty_concurrent_posts_with_one_key_make_one_message_and_one_debit(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(50).await;
@@ -399,6 +427,7 @@ async fn a_double_submitted_broadcast_with_its_key_is_one_broadcast_and_one_debi
 }
 
 on_both_backends!(
+    a_replay_answers_the_first_response_after_its_template_was_paused,
     an_idempotent_retry_answers_the_same_id_and_debits_once,
     the_same_key_with_another_body_is_409_idempotency_key_reused,
     bad_idempotency_keys_are_400_and_change_nothing,
