@@ -84,8 +84,9 @@ fn to() -> BoxedStrategy<Part> {
             let valid = is_e164(&s);
             Part::new(json!(s), true, valid)
         }),
-        1 => not_a_string().prop_map(|v| Part::new(v, false, false)),
-        1 => Just(Part::new(Value::Null, false, false)),
+        // Not a string, or null: read, and then no E.164 number (`invalid_phone_number`).
+        1 => not_a_string().prop_map(|v| Part::new(v, true, false)),
+        1 => Just(Part::new(Value::Null, true, false)),
         1 => Just(Part::absent(false)),
     ]
     .boxed()
