@@ -404,8 +404,12 @@ impl<S: TemplateStore + 'static> TemplateStore for ReadCache<S> {
         waba_id: &str,
         name: &str,
         language: &str,
+        unchanged_since: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError> {
-        let r = self.inner.delete_template(waba_id, name, language).await;
+        let r = self
+            .inner
+            .delete_template(waba_id, name, language, unchanged_since)
+            .await;
         self.forget_template(waba_id, name, language);
         r
     }

@@ -115,11 +115,14 @@ pub trait TemplateStore: Send + Sync {
         change: TemplateChange,
         stamp: ChangeStamp,
     ) -> Result<Option<CatalogueTemplate>, StoreError>;
-    /// Removes a template; `false` if there was none.
+    /// Removes a template; `false` if there was none. With `unchanged_since`, only while
+    /// its `updated_at` is still that one (as the caller read it): a template written
+    /// since (by another sync, or a webhook) is kept, and answered `false`.
     async fn delete_template(
         &self,
         waba_id: &str,
         name: &str,
         language: &str,
+        unchanged_since: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError>;
 }

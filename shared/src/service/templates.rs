@@ -172,6 +172,7 @@ pub async fn sync_waba(deps: &Deps, tenant: &Tenant, waba: &str) -> Result<Synce
                 "the account has no Meta access token; nothing was synced".into(),
             )
         })?;
+    let started = deps.clock.now();
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let mut out = Synced::default();
     let mut skipped = 0usize;
@@ -237,10 +238,14 @@ pub async fn sync_waba(deps: &Deps, tenant: &Tenant, waba: &str) -> Result<Synce
         };
         let page = deps.templates.list_templates(waba, &q).await?;
         for t in &page.templates {
+            // Not listed by Meta when this sync read the list: removed, unless written
+            // since this sync began (another sync read a newer list, or a webhook said
+            // something), and only as it was read here (a conditional delete).
             if !seen.contains(&(t.name.clone(), t.language.clone()))
+                && t.updated_at < started
                 && deps
                     .templates
-                    .delete_template(waba, &t.name, &t.language)
+                    .delete_template(waba, &t.name, &t.language, Some(t.updated_at))
                     .await?
             {
                 out.removed += 1;
@@ -388,7 +393,11 @@ pub async fn apply(deps: &Deps, update: &TemplateUpdate) -> Result<Applied, Serv
     }
     let (waba, name, language) = (&update.waba_id, &update.name, &update.language);
     let found = match update.change {
-        TemplateChange::Removed => deps.templates.delete_template(waba, name, language).await?,
+        TemplateChange::Removed => {
+            deps.templates
+                .delete_template(waba, name, language, None)
+                .await?
+        }
         change => {
             let now = deps.clock.now();
             let expires_at = deps

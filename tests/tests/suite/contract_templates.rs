@@ -67,16 +67,36 @@ async fn a_template_is_kept_per_waba_name_and_language_and_replaced_whole(p: Por
             .get_template("1001", "order_update", "en_US")
             .await
             .unwrap(),
-        Some(replaced)
+        Some(replaced.clone())
     );
+    // A delete conditioned on a time it no longer has (written since): kept.
+    let stale = replaced.updated_at - chrono::Duration::seconds(1);
+    assert!(!p
+        .templates
+        .delete_template("1001", "order_update", "en_US", Some(stale))
+        .await
+        .unwrap());
     assert!(p
         .templates
-        .delete_template("1001", "order_update", "en_US")
+        .get_template("1001", "order_update", "en_US")
+        .await
+        .unwrap()
+        .is_some());
+    // As read: removed.
+    assert!(p
+        .templates
+        .delete_template("1001", "order_update", "en_US", Some(replaced.updated_at))
+        .await
+        .unwrap());
+    p.templates.put_template(&replaced).await.unwrap();
+    assert!(p
+        .templates
+        .delete_template("1001", "order_update", "en_US", None)
         .await
         .unwrap());
     assert!(!p
         .templates
-        .delete_template("1001", "order_update", "en_US")
+        .delete_template("1001", "order_update", "en_US", None)
         .await
         .unwrap());
     assert_eq!(

@@ -665,7 +665,7 @@ async fn the_daily_schedule_syncs_every_active_tenants_catalogue(b: Backend) {
     let deps = &app.app.deps;
     assert!(deps
         .templates
-        .delete_template(WABA, "promo_sale", "en_US")
+        .delete_template(WABA, "promo_sale", "en_US", None)
         .await
         .unwrap());
     let (s, body) = post(
@@ -892,5 +892,112 @@ async fn an_onboarding_whose_write_landed_but_whose_answer_was_lost_keeps_its_to
         token.map(|t| t.expose().to_owned()),
         Some("EAAG-kept".to_owned()),
         "its Meta token is not deleted"
+    );
+}
+
+fn stored_template(name: &str, at: chrono::DateTime<chrono::Utc>) -> CatalogueTemplate {
+    CatalogueTemplate {
+        waba_id: "7200001".into(),
+        name: name.into(),
+        language: "en_US".into(),
+        category: TemplateCategory::Utility,
+        status: TemplateStatus::Approved,
+        quality: TemplateQuality::Green,
+        body_parameters: 0,
+        meta_id: None,
+        updated_at: at,
+        expires_at: None,
+    }
+}
+
+/// Meta's list as it was when this sync read it (one template), while another sync,
+/// which read a newer list, writes a template approved meanwhile.
+struct ListWhileAnotherSyncWrites {
+    clock: Arc<kirim_tests::ManualClock>,
+    store: Arc<dyn kirim::ports::TemplateStore>,
+}
+
+#[async_trait]
+impl MetaClient for ListWhileAnotherSyncWrites {
+    async fn send_message(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: &Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        Err(MetaSendError::Timeout)
+    }
+    async fn list_templates(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: Option<&str>,
+    ) -> Result<MetaTemplatePage, MetaSendError> {
+        self.clock.advance(chrono::Duration::seconds(1));
+        let newer = stored_template("approved_meanwhile", kirim::ports::Clock::now(&*self.clock));
+        self.store
+            .put_template(&newer)
+            .await
+            .expect("the other sync's write");
+        Ok(MetaTemplatePage {
+            templates: vec![MetaTemplate {
+                name: "kept".into(),
+                language: "en_US".into(),
+                category: TemplateCategory::Utility,
+                status: TemplateStatus::Approved,
+                quality: TemplateQuality::Green,
+                body_parameters: 0,
+                meta_id: None,
+            }],
+            skipped: 0,
+            after: None,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_sync_never_removes_a_template_another_sync_wrote_after_it_began() {
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({
+        "name": "Kedai", "waba_id": "7200001", "phone_number_id": "8200001",
+        "meta_access_token": "EAAG", "credits": 1}))
+    .unwrap();
+    let (tenant, _) = kirim::service::accounts::create_tenant(&deps, req)
+        .await
+        .unwrap();
+    let before = kirim::ports::Clock::now(&*clock) - chrono::Duration::hours(1);
+    deps.templates
+        .put_template(&stored_template("gone_at_meta", before))
+        .await
+        .unwrap();
+    deps.meta = Arc::new(ListWhileAnotherSyncWrites {
+        clock: clock.clone(),
+        store: deps.templates.clone(),
+    });
+    let synced = templates::sync(&deps, &tenant).await.unwrap();
+    assert_eq!((synced.synced, synced.removed), (1, 1), "{synced:?}");
+    let names: Vec<String> = deps
+        .templates
+        .list_templates(
+            "7200001",
+            &TemplateQuery {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .templates
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert!(
+        names.contains(&"approved_meanwhile".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"kept".to_owned()) && !names.contains(&"gone_at_meta".to_owned()),
+        "{names:?}"
     );
 }

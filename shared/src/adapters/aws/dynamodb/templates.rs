@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
+use chrono::{DateTime, Utc};
 
 use super::{classify, from_item, keys, n, s, to_item, DynamoStore, Item, TTL_ATTR};
 use crate::domain::TemplateChange;
@@ -183,15 +184,19 @@ impl TemplateStore for DynamoStore {
         waba_id: &str,
         name: &str,
         language: &str,
+        unchanged_since: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError> {
-        let res = self
+        let mut req = self
             .client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(keys::template(waba_id, name, language).attrs()))
-            .condition_expression("attribute_exists(pk)")
-            .send()
-            .await;
-        written("dynamodb delete", res)
+            .set_key(Some(keys::template(waba_id, name, language).attrs()));
+        req = match unchanged_since {
+            Some(at) => req
+                .condition_expression("attribute_exists(pk) AND updated_at = :seen")
+                .expression_attribute_values(":seen", super::dyn_value(&at)?),
+            None => req.condition_expression("attribute_exists(pk)"),
+        };
+        written("dynamodb delete", req.send().await)
     }
 }

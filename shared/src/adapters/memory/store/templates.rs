@@ -1,6 +1,7 @@
 //! `TemplateStore` on the memory store: the same rules as DynamoDB, under the one lock.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use super::MemoryStore;
 use crate::domain::TemplateChange;
@@ -128,9 +129,15 @@ impl TemplateStore for MemoryStore {
         waba_id: &str,
         name: &str,
         language: &str,
+        unchanged_since: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
         let at = key(waba_id, name, language);
+        if let Some(seen) = unchanged_since {
+            if s.templates.get(&at).is_some_and(|t| t.updated_at != seen) {
+                return Ok(false);
+            }
+        }
         s.template_meta_at.remove(&at);
         Ok(s.templates
             .remove(&at)
