@@ -508,6 +508,27 @@ async fn a_suspended_tenant_cannot_send_until_resumed_and_a_closed_one_cannot_au
     );
     let (s, body) = call(&app, "POST", &tenant("/resume"), Some(OPERATOR_TOKEN), None).await;
     assert_eq!((s, code(&body)), (409, "conflict"), "closing is final");
+    // No new money and no settings for a closed account either.
+    for (method, path, body) in [
+        (
+            "POST",
+            tenant("/credits"),
+            json!({"amount": 100, "reference": "INV-late"}),
+        ),
+        (
+            "PUT",
+            tenant("/ip-allowlist"),
+            json!({"cidrs": ["203.0.113.0/24"]}),
+        ),
+        (
+            "PUT",
+            tenant("/limits"),
+            json!({"requests_per_sec": 10, "burst": 20}),
+        ),
+    ] {
+        let (s, answer) = call(&app, method, &path, Some(OPERATOR_TOKEN), Some(body)).await;
+        assert_eq!((s, code(&answer)), (409, "conflict"), "{path}: {answer}");
+    }
 }
 
 async fn metas_account_restriction_pauses_every_tenant_on_that_waba_only(b: Backend) {

@@ -405,6 +405,67 @@ async fn a_top_up_for_an_unknown_tenant_is_not_found(p: Ports) {
     );
 }
 
+async fn a_closed_tenant_takes_no_top_up_or_setting_but_its_refunds(p: Ports) {
+    let t = tenant(5);
+    p.tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    p.tenants
+        .set_status(&t.id, TenantStatus::Closed, Some("bye"), p.clock.now())
+        .await
+        .unwrap();
+    let entry = |kind: LedgerKind| LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: t.id.clone(),
+        amount: 2,
+        kind,
+        reference: None,
+        message_id: None,
+        at: Utc::now(),
+        expires_at: None,
+    };
+    assert!(matches!(
+        p.ledger.top_up(&entry(LedgerKind::TopUp)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let (keyed, record) = keyed_top_up(&p, &t.id, 3, "INV-closed");
+    assert!(matches!(
+        p.ledger.top_up_once(&keyed, &record).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        p.tenants
+            .set_ip_allowlist(&t.id, &["203.0.113.0/24".into()])
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        p.tenants
+            .set_request_limits(
+                &t.id,
+                kirim::domain::RequestLimits {
+                    requests_per_sec: 10,
+                    burst: 20
+                }
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let after = p.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(after.credits, 5, "nothing credited");
+    assert!(after.ip_allowlist.is_empty() && after.request_limits.is_none());
+    assert!(
+        p.ledger.entries(&t.id).await.unwrap().is_empty(),
+        "no entry"
+    );
+    // A refund of what was debited goes back, closed or not.
+    assert_eq!(
+        p.ledger.refund(&entry(LedgerKind::Refund)).await.unwrap(),
+        7
+    );
+}
+
 fn keyed_top_up(
     p: &Ports,
     t: &TenantId,
@@ -1506,6 +1567,7 @@ contract!(
     a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing,
     a_debit_records_the_message_and_the_ledger_entry_together,
     a_top_up_for_an_unknown_tenant_is_not_found,
+    a_closed_tenant_takes_no_top_up_or_setting_but_its_refunds,
     concurrent_top_ups_with_one_key_credit_once_and_the_others_see_the_first,
     a_keyed_top_up_for_an_unknown_tenant_keeps_no_key,
     concurrent_debits_never_take_the_balance_below_zero,

@@ -435,19 +435,25 @@ impl DynamoStore {
     pub(super) fn credit_update(
         &self,
         entry: &LedgerEntry,
-        guard: bool,
+        guard: CreditGuard,
     ) -> Result<TransactWriteItem, StoreError> {
         let mut u = Update::builder()
             .table_name(&self.table)
             .set_key(Some(keys::tenant(&entry.tenant_id).attrs()))
             .update_expression("ADD credits :amt")
             .expression_attribute_values(":amt", n(entry.amount));
-        u = if guard {
+        u = match guard {
             // Never below zero: the debit applies only if the balance covers it.
-            u.condition_expression("attribute_exists(pk) AND credits >= :need")
-                .expression_attribute_values(":need", n(-entry.amount))
-        } else {
-            u.condition_expression("attribute_exists(pk)")
+            CreditGuard::Debit => u
+                .condition_expression("attribute_exists(pk) AND credits >= :need")
+                .expression_attribute_values(":need", n(-entry.amount)),
+            // Closed is final: no new money for a closed account.
+            CreditGuard::TopUp => u
+                .condition_expression("attribute_exists(pk) AND #status <> :closed")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?),
+            // A refund gives back what was debited, closed or not.
+            CreditGuard::Refund => u.condition_expression("attribute_exists(pk)"),
         };
         let u = u
             .build()
@@ -591,7 +597,7 @@ impl DynamoStore {
         // exists), [2] the refund entry: all or nothing.
         let items = vec![
             TransactWriteItem::builder().update(status).build(),
-            self.credit_update(refund, false)?,
+            self.credit_update(refund, CreditGuard::Refund)?,
             self.ledger_put(refund)?,
         ];
         match self.transact_retrying_conflicts(items).await {
@@ -612,16 +618,29 @@ impl DynamoStore {
         }
     }
 
-    async fn add_credits(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
-        let items = vec![self.credit_update(entry, false)?, self.ledger_put(entry)?];
+    async fn add_credits(
+        &self,
+        entry: &LedgerEntry,
+        guard: CreditGuard,
+    ) -> Result<i64, StoreError> {
+        let items = vec![self.credit_update(entry, guard)?, self.ledger_put(entry)?];
         // The tenant item is in every send's debit: a top-up or refund that meets one is
         // cancelled with nothing written, and goes again.
         match self.transact_retrying_conflicts(items).await {
             Ok(()) => self.balance(&entry.tenant_id).await,
             Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
-                Err(StoreError::NotFound)
+                Err(self.why_refused(&entry.tenant_id).await)
             }
             Err(e) => Err(e.into_store_error()),
+        }
+    }
+
+    /// Why a write conditioned on the tenant existing and not being closed was refused.
+    pub(super) async fn why_refused(&self, id: &TenantId) -> StoreError {
+        match self.get_tenant(id).await {
+            Ok(None) => StoreError::NotFound,
+            Ok(Some(_)) => StoreError::Conflict("the tenant is closed".into()),
+            Err(e) => e,
         }
     }
 }
@@ -718,14 +737,17 @@ impl TenantStore for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(keys::tenant(id).attrs()))
             .update_expression("SET ip_allowlist = :l")
-            .condition_expression("attribute_exists(pk)")
+            // Closed is final.
+            .condition_expression("attribute_exists(pk) AND #status <> :closed")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
             .expression_attribute_values(":l", list)
             .send()
             .await;
         match res {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Err(StoreError::NotFound)
+                Err(self.why_refused(id).await)
             }
             Err(e) => Err(classify("dynamodb update", e)),
         }
@@ -744,7 +766,10 @@ impl TenantStore for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(keys::tenant(id).attrs()))
             .update_expression("SET request_limits = :l")
-            .condition_expression("attribute_exists(pk)")
+            // Closed is final.
+            .condition_expression("attribute_exists(pk) AND #status <> :closed")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
             .expression_attribute_values(":l", value)
             .return_values(ReturnValue::AllNew)
             .send()
@@ -752,7 +777,7 @@ impl TenantStore for DynamoStore {
         match res {
             Ok(out) => from_item(out.attributes.unwrap_or_default()),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Err(StoreError::NotFound)
+                Err(self.why_refused(id).await)
             }
             Err(e) => Err(classify("dynamodb update", e)),
         }
@@ -835,6 +860,17 @@ impl TenantStore for DynamoStore {
             Err(e) => Err(classify("dynamodb update", e)),
         }
     }
+}
+
+/// What a change of a tenant's credits is conditioned on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum CreditGuard {
+    /// A debit: the balance covers it.
+    Debit,
+    /// A top-up: the tenant is not closed.
+    TopUp,
+    /// A refund: the tenant exists.
+    Refund,
 }
 
 pub(super) fn dyn_value<T: Serialize>(v: &T) -> Result<AttributeValue, StoreError> {
@@ -987,7 +1023,7 @@ impl ApiKeyStore for DynamoStore {
 #[async_trait]
 impl Ledger for DynamoStore {
     async fn top_up(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
-        self.add_credits(entry).await
+        self.add_credits(entry, CreditGuard::TopUp).await
     }
 
     async fn top_up_once(
@@ -999,7 +1035,7 @@ impl Ledger for DynamoStore {
     }
 
     async fn refund(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
-        self.add_credits(entry).await
+        self.add_credits(entry, CreditGuard::Refund).await
     }
 
     async fn entries(&self, tenant: &TenantId) -> Result<Vec<LedgerEntry>, StoreError> {
@@ -1055,7 +1091,7 @@ impl MessageStore for DynamoStore {
             record.expires_at,
         )?;
         let items = vec![
-            self.credit_update(debit, true)?,
+            self.credit_update(debit, CreditGuard::Debit)?,
             self.ledger_put(debit)?,
             self.put(m, Some("attribute_not_exists(pk)"))?,
         ];

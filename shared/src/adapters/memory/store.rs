@@ -475,7 +475,7 @@ impl TenantStore for MemoryStore {
 
     async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError> {
         let mut s = self.lock()?;
-        let t = s.tenants.get_mut(id).ok_or(StoreError::NotFound)?;
+        let t = open_tenant(&mut s.tenants, id)?;
         t.ip_allowlist = cidrs.to_vec();
         Ok(())
     }
@@ -486,7 +486,7 @@ impl TenantStore for MemoryStore {
         limits: crate::domain::RequestLimits,
     ) -> Result<Tenant, StoreError> {
         let mut s = self.lock()?;
-        let t = s.tenants.get_mut(id).ok_or(StoreError::NotFound)?;
+        let t = open_tenant(&mut s.tenants, id)?;
         t.request_limits = Some(limits);
         Ok(t.clone())
     }
@@ -528,6 +528,18 @@ impl TenantStore for MemoryStore {
         t.status_changed_at = Some(at);
         Ok(Some(t.clone()))
     }
+}
+
+/// A tenant that exists and is not closed (closed is final: no top-up, no setting).
+fn open_tenant<'a>(
+    tenants: &'a mut HashMap<TenantId, Tenant>,
+    id: &TenantId,
+) -> Result<&'a mut Tenant, StoreError> {
+    let t = tenants.get_mut(id).ok_or(StoreError::NotFound)?;
+    if t.status == TenantStatus::Closed {
+        return Err(StoreError::Conflict("the tenant is closed".into()));
+    }
+    Ok(t)
 }
 
 impl State {
@@ -623,10 +635,7 @@ impl ApiKeyStore for MemoryStore {
 impl Ledger for MemoryStore {
     async fn top_up(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
         let mut s = self.lock()?;
-        let tenant = s
-            .tenants
-            .get_mut(&entry.tenant_id)
-            .ok_or(StoreError::NotFound)?;
+        let tenant = open_tenant(&mut s.tenants, &entry.tenant_id)?;
         tenant.credits = tenant.credits.saturating_add(entry.amount);
         let balance = tenant.credits;
         s.ledger.push(entry.clone());
@@ -646,10 +655,7 @@ impl Ledger for MemoryStore {
                 return Ok(TopUpOnce::Earlier(earlier.clone()));
             }
         }
-        let tenant = s
-            .tenants
-            .get_mut(&entry.tenant_id)
-            .ok_or(StoreError::NotFound)?;
+        let tenant = open_tenant(&mut s.tenants, &entry.tenant_id)?;
         tenant.credits = tenant.credits.saturating_add(entry.amount);
         let balance = tenant.credits;
         s.ledger.push(entry.clone());
@@ -658,7 +664,16 @@ impl Ledger for MemoryStore {
     }
 
     async fn refund(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
-        self.top_up(entry).await
+        // What was debited goes back, closed or not.
+        let mut s = self.lock()?;
+        let tenant = s
+            .tenants
+            .get_mut(&entry.tenant_id)
+            .ok_or(StoreError::NotFound)?;
+        tenant.credits = tenant.credits.saturating_add(entry.amount);
+        let balance = tenant.credits;
+        s.ledger.push(entry.clone());
+        Ok(balance)
     }
 
     async fn entries(&self, tenant: &TenantId) -> Result<Vec<LedgerEntry>, StoreError> {

@@ -48,7 +48,7 @@ impl DynamoStore {
         list.insert(TTL_ATTR.to_owned(), n(broadcast.list_expires_at()));
         // Order matters: the reasons of a cancelled transaction come back in this order.
         let mut items = vec![
-            self.credit_update(debit, true)?,
+            self.credit_update(debit, super::CreditGuard::Debit)?,
             self.ledger_put(debit)?,
             self.put(item, Some("attribute_not_exists(pk)"))?,
             self.put(list, Some("attribute_not_exists(pk)"))?,
@@ -243,7 +243,7 @@ impl BroadcastStore for DynamoStore {
             .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
         let items = vec![
             TransactWriteItem::builder().update(u).build(),
-            self.credit_update(refund, false)?,
+            self.credit_update(refund, super::CreditGuard::Refund)?,
             self.ledger_put(refund)?,
         ];
         match self.transact_retrying_conflicts(items).await {
@@ -304,7 +304,7 @@ impl BroadcastStore for DynamoStore {
             .map_err(|e| StoreError::Corrupt(format!("delete: {e}")))?;
         let items = vec![
             TransactWriteItem::builder().update(u).build(),
-            self.credit_update(refund, false)?,
+            self.credit_update(refund, super::CreditGuard::Refund)?,
             self.ledger_put(refund)?,
             TransactWriteItem::builder().delete(del).build(),
         ];

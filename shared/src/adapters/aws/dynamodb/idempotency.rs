@@ -37,7 +37,7 @@ impl DynamoStore {
         let record = to_item(key, &at.pairs(), key.expires_at)?;
         // Order matters: the reasons of a cancelled transaction come back in this order.
         let items = vec![
-            self.credit_update(entry, false)?,
+            self.credit_update(entry, super::CreditGuard::TopUp)?,
             self.ledger_put(entry)?,
             self.key_record_put(record)?,
         ];
@@ -56,7 +56,7 @@ impl DynamoStore {
                 .ok_or_else(|| StoreError::Unavailable("top-up key contended; try again".into()));
         }
         if failed.reason(0) == Some(&CCF) {
-            return Err(StoreError::NotFound);
+            return Err(self.why_refused(&entry.tenant_id).await);
         }
         Err(failed.into_store_error())
     }
@@ -96,7 +96,7 @@ impl IdempotencyStore for DynamoStore {
         let mut attempt = 0u64;
         loop {
             let items = vec![
-                self.credit_update(debit, true)?,
+                self.credit_update(debit, super::CreditGuard::Debit)?,
                 self.ledger_put(debit)?,
                 self.put(m.clone(), Some("attribute_not_exists(pk)"))?,
                 self.idempotency_put(key)?,
