@@ -617,6 +617,14 @@ pub struct Received {
 #[async_trait]
 pub trait DispatchQueue: Send + Sync {
     async fn send(&self, body: &str) -> Result<(), StoreError>;
+    /// Sends `body` as one of `group`'s messages (a tenant's): on SQS the standard queue's
+    /// `MessageGroupId`, which makes it a fair queue, so that one tenant's backlog does
+    /// not hold back the other tenants' messages (delivery order is otherwise as `send`'s).
+    /// Queues without groups send it as `send` does.
+    async fn send_in_group(&self, group: &str, body: &str) -> Result<(), StoreError> {
+        let _ = group;
+        self.send(body).await
+    }
     /// Sends several at once (SQS batches of 10); all or an error.
     async fn send_batch(&self, bodies: &[String]) -> Result<(), StoreError> {
         for b in bodies {

@@ -91,7 +91,13 @@ pub async fn status_changed(deps: &Deps, record: &MessageRecord) {
             return;
         }
     };
-    if let Err(e) = deps.callback_queue.send(&body).await {
+    // The tenant's share of the queue: a tenant with a backlog (a slow receiver, a large
+    // campaign) does not hold back other tenants' callbacks.
+    if let Err(e) = deps
+        .callback_queue
+        .send_in_group(record.tenant_id.as_str(), &body)
+        .await
+    {
         tracing::warn!(error = %e, "status callback not queued");
     }
 }

@@ -575,3 +575,146 @@ on_both_backends!(
     the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400,
     a_deadline_failure_and_a_cancelled_scheduled_message_reach_the_callback,
 );
+
+/// A callback queue that records each message's group (and keeps nothing else).
+#[derive(Default)]
+struct Groups(Mutex<Vec<(Option<String>, String)>>);
+
+#[async_trait]
+impl kirim::ports::DispatchQueue for Groups {
+    async fn send(&self, body: &str) -> Result<(), kirim::store_error::StoreError> {
+        self.0.lock().unwrap().push((None, body.to_owned()));
+        Ok(())
+    }
+    async fn send_in_group(
+        &self,
+        group: &str,
+        body: &str,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((Some(group.to_owned()), body.to_owned()));
+        Ok(())
+    }
+    async fn receive(
+        &self,
+        _: usize,
+        _: Duration,
+    ) -> Result<Vec<kirim::ports::Received>, kirim::store_error::StoreError> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _: &str) -> Result<(), kirim::store_error::StoreError> {
+        Ok(())
+    }
+    async fn retry_after(
+        &self,
+        _: &str,
+        _: Duration,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        Ok(())
+    }
+    async fn dead_letters(
+        &self,
+        _: usize,
+    ) -> Result<Vec<kirim::ports::DeadLetter>, kirim::store_error::StoreError> {
+        Ok(Vec::new())
+    }
+    async fn redrive(
+        &self,
+        _: Option<&[String]>,
+        _: usize,
+    ) -> Result<kirim::ports::Redriven, kirim::store_error::StoreError> {
+        Ok(kirim::ports::Redriven {
+            moved: Vec::new(),
+            more: false,
+        })
+    }
+}
+
+/// One tenant's backlog must not hold back another's callbacks: each is queued in its
+/// tenant's group (on SQS, a fair queue's `MessageGroupId`).
+#[tokio::test]
+async fn a_status_callback_is_queued_in_its_tenants_group() {
+    let app = spawn_app(Backend::Memory).await;
+    let t = app.onboard(3).await;
+    let (status, _) = set_callback(
+        &app,
+        &t.key,
+        json!({"url": "https://hooks.example.com/kirim", "secret": CALLBACK_SECRET}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let id = app.send_ok(&t.key, "+60123450303").await;
+    let mut deps = app.app.deps.clone();
+    let groups = Arc::new(Groups::default());
+    deps.callback_queue = groups.clone();
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    let message = kirim::domain::MessageId::from_trusted(id.as_str());
+    let mut record = deps
+        .messages
+        .get_message(&tenant, &message)
+        .await
+        .unwrap()
+        .unwrap();
+    record.status = kirim::domain::MessageStatus::Sent;
+    kirim::service::callbacks::status_changed(&deps, &record).await;
+    let queued = groups.0.lock().unwrap().clone();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].0.as_deref(), Some(t.tenant_id.as_str()));
+    assert!(queued[0].1.contains(&id));
+}
+
+/// On SQS the group is the message's `MessageGroupId` (what makes a standard queue a fair
+/// one), and the callback queues keep what they hold a week, and two when parked (a
+/// dead-letter queue counts from the original enqueue: kept no longer than its source, it
+/// would drop a callback parked after days of retries at once).
+#[tokio::test]
+async fn on_sqs_a_callback_carries_its_group_and_parked_ones_outlive_their_queue() {
+    use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName as Q};
+    use kirim::ports::DispatchQueue;
+    let sdk = kirim_tests::moto_sdk().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &kirim_tests::unique_stack())
+        .await
+        .expect("stack");
+    let url = stack.queue_url("StatusCallbackQueue").expect("queue");
+    let queue = kirim::adapters::aws::SqsQueue::new(sqs.clone(), url.clone(), None);
+    queue
+        .send_in_group("01M8TENANTGROUP", r#"{"kind":"x"}"#)
+        .await
+        .expect("sent");
+    let got = sqs
+        .receive_message()
+        .queue_url(&url)
+        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .expect("received");
+    let m = got.messages().first().expect("a message");
+    assert_eq!(
+        m.attributes()
+            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+            .map(String::as_str),
+        Some("01M8TENANTGROUP")
+    );
+    let retention = |url: String| {
+        let sqs = sqs.clone();
+        async move {
+            sqs.get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(Q::MessageRetentionPeriod)
+                .send()
+                .await
+                .expect("attributes")
+                .attributes()
+                .and_then(|a| a.get(&Q::MessageRetentionPeriod).cloned())
+        }
+    };
+    assert_eq!(retention(url).await.as_deref(), Some("604800"));
+    let dlq = stack
+        .queue_url("StatusCallbackDeadLetterQueue")
+        .expect("dlq");
+    assert_eq!(retention(dlq).await.as_deref(), Some("1209600"));
+}

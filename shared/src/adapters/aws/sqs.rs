@@ -234,6 +234,18 @@ impl DispatchQueue for SqsQueue {
             .map_err(|e| classify("sqs send", e))
     }
 
+    async fn send_in_group(&self, group: &str, body: &str) -> Result<(), StoreError> {
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(sqs_safe(body))
+            .message_group_id(group)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("sqs send", e))
+    }
+
     async fn send_delayed(&self, body: &str, delay: Duration) -> Result<(), StoreError> {
         let secs = delay_seconds(delay);
         self.client
