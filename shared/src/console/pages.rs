@@ -1256,14 +1256,16 @@ async fn revoke_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
 // ------------------------------------------------------------------ users
 
 async fn users(State(s): S, ctx: Ctx, q: Q) -> Response {
-    render_users(&s, &ctx, StatusCode::OK, done(&q.0)).await
+    render_users(&s, &ctx, StatusCode::OK, done(&q.0), "").await
 }
 
+/// The users page; the add form shows `email` (a refused addition's, as typed).
 async fn render_users(
     s: &ConsoleState,
     ctx: &Ctx,
     status: StatusCode,
     n: Option<Notice>,
+    email: &str,
 ) -> Response {
     let a = s.api.get(&ctx.who, "/v1/users").await;
     if !a.ok() {
@@ -1279,7 +1281,7 @@ async fn render_users(
             user's failed sign-ins, so that they can sign in again at once." } }
         form.stack method="post" action="/console/users" {
             (csrf(&ctx.csrf))
-            div { label for="user-email" { "Email" } input #user-email type="email" name="email" autocomplete="off" required; }
+            div { label for="user-email" { "Email" } input #user-email type="email" name="email" value=(email) autocomplete="off" required; }
             div { label for="user-role" { "Role" } (role_select("user-role")) }
             div {
                 label for="user-password" { "First password (12 to 128 characters)" }
@@ -1351,7 +1353,7 @@ async fn add_user(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         return failed(&a);
     }
     let (status, n) = problem(&a);
-    render_users(&s, &ctx, status, n).await
+    render_users(&s, &ctx, status, n, field(&f, "email")).await
 }
 
 async fn unlock_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
@@ -1384,7 +1386,7 @@ async fn change_role(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes)
         return failed(&a);
     }
     let (status, n) = problem(&a);
-    render_users(&s, &ctx, status, n).await
+    render_users(&s, &ctx, status, n, "").await
 }
 
 async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
@@ -1398,7 +1400,7 @@ async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes)
     }
     if a.status == StatusCode::CONFLICT {
         let (status, n) = problem(&a);
-        return render_users(&s, &ctx, status, n).await;
+        return render_users(&s, &ctx, status, n, "").await;
     }
     failed(&a)
 }

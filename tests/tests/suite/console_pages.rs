@@ -600,6 +600,24 @@ async fn an_admin_changes_a_users_role_from_the_users_page_but_not_their_own(b: 
     let bad = web.post(&path, &[("csrf", &csrf), ("role", "owner")]).await;
     assert_eq!(bad.status, 400, "{}", bad.html);
     assert!(bad.html.contains("Not done:"), "{}", bad.html);
+    // A refused addition keeps the email typed.
+    let short = web
+        .post(
+            "/console/users",
+            &[
+                ("csrf", &csrf),
+                ("email", "kept.typed@example.com"),
+                ("role", "operator"),
+                ("password", "short"),
+            ],
+        )
+        .await;
+    assert_eq!(short.status, 400, "{}", short.html);
+    assert!(
+        short.html.contains(r#"value="kept.typed@example.com""#),
+        "{}",
+        short.html
+    );
     let own = web
         .post(
             &format!("/console/users/{admin_id}/role"),
