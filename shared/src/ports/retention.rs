@@ -53,7 +53,6 @@ pub struct CloseOutTtls {
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CloseOutCounts {
     pub keys_revoked: usize,
-    pub sessions_deleted: usize,
     pub items_given_ttl: usize,
     pub phone_route_removed: bool,
     /// The close-out reached its deadline before it was done (the tenant is not marked
@@ -89,8 +88,9 @@ pub trait RetentionStore: Send + Sync {
         next: Option<&str>,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
-    /// Finishes a closed tenant's closing: revokes both copies of its API keys, deletes its
-    /// console sessions, removes its phone-number route (only if it still names this tenant),
+    /// Finishes a closed tenant's closing: revokes both copies of its API keys (its console
+    /// sessions stopped authenticating at the closing and expire by their TTL), removes its
+    /// phone-number route (only if it still names this tenant),
     /// gives its active configuration and its audit head their TTLs, and finally gives the
     /// tenant item its TTL and `closed_out_at` (only if it is `closed`). Every step is
     /// idempotent, so a run cut short is finished by the next one. Past `deadline` it

@@ -376,14 +376,14 @@ pub async fn suspend_for_meta(
 
 /// [`suspend_for_meta`], answering a storage failure: Meta's account webhook must not be
 /// acknowledged until the suspension is written (Meta then delivers it again). A tenant
-/// no longer active as `seen` (closed, suspended or resumed since) is left: done.
+/// no longer active as `seen` (closed, suspended or resumed since) is left: `false`.
 pub async fn try_suspend_for_meta(
     deps: &Deps,
     tenant: &TenantId,
     reason: &str,
     by: &str,
     seen: Option<chrono::DateTime<chrono::Utc>>,
-) -> Result<(), crate::store_error::StoreError> {
+) -> Result<bool, crate::store_error::StoreError> {
     let reason: String = reason.chars().take(300).collect();
     let now = deps.clock.now();
     match deps
@@ -406,12 +406,13 @@ pub async fn try_suspend_for_meta(
                 },
             )
             .await;
+            Ok(true)
         }
         None => {
             tracing::info!(tenant_id = %tenant, "not suspended on meta's signal: its status changed since");
+            Ok(false)
         }
     }
-    Ok(())
 }
 
 /// Replaces the tenant's IP allow-list; answers the stored (canonical) list.

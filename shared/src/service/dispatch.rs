@@ -249,8 +249,9 @@ async fn refused_claim(
                 .and_then(|m| m.wamid.as_deref())
             {
                 if let Err(e) = super::status::apply_kept(deps, wamid).await {
-                    tracing::warn!(error = %e, "kept statuses not applied yet; the job comes back for them");
-                    return Ok(Err(Outcome::RetryAfter(KEPT_RETRY)));
+                    if let Some(again) = kept_again(&e) {
+                        return Ok(Err(again));
+                    }
                 }
             }
             Ok(Err(super::deadline::redelivered_as(deps, job, found).await?))
@@ -260,6 +261,23 @@ async fn refused_claim(
 
 /// When a job comes back for the statuses kept for its wamid that could not be applied.
 const KEPT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a job does when the statuses kept for its wamid could not be applied: back in
+/// [`KEPT_RETRY`] while the failure is one a retry may fix (storage unavailable or
+/// throttled); otherwise (a kept item that cannot be read) done, logged, rather than
+/// cycling toward the dead-letter queue with the message's content.
+fn kept_again(e: &ServiceError) -> Option<Outcome> {
+    match e {
+        ServiceError::Unavailable(store) if store.is_retryable() => {
+            tracing::warn!(error = %e, "kept statuses not applied yet; the job comes back for them");
+            Some(Outcome::RetryAfter(KEPT_RETRY))
+        }
+        _ => {
+            tracing::error!(error = %e, "kept statuses cannot be applied; left to their expiry");
+            None
+        }
+    }
+}
 
 /// Gives back the claim made at `claimed_at` without counting it as an attempt
 /// (`release_unattempted`, tried again while the store's failure is worth it, as every
@@ -812,8 +830,9 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 if let Err(e) = super::status::apply_kept(deps, &accepted.wamid).await {
                     // Meta was answered 200 for them and sends them no more: the job comes
                     // back (its claim refused then, `refused_claim`) and applies them.
-                    tracing::warn!(error = %e, "kept statuses not applied yet; the job comes back for them");
-                    return Ok(Outcome::RetryAfter(KEPT_RETRY));
+                    if let Some(again) = kept_again(&e) {
+                        return Ok(again);
+                    }
                 }
             }
             Ok(Outcome::Done)
@@ -985,6 +1004,18 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kept_statuses_bring_their_job_back_only_for_a_failure_a_retry_may_fix() {
+        use crate::store_error::StoreError;
+        let throttled = ServiceError::Unavailable(StoreError::Unavailable("throttled".into()));
+        assert!(matches!(
+            super::kept_again(&throttled),
+            Some(Outcome::RetryAfter(d)) if d == super::KEPT_RETRY
+        ));
+        let unreadable = ServiceError::Internal("a kept item that cannot be read".into());
+        assert!(super::kept_again(&unreadable).is_none());
+    }
+
     use super::*;
     use ErrorClass::*;
 

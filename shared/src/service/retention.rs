@@ -238,7 +238,6 @@ async fn close_out(
     tracing::info!(
         tenant_id = %id,
         keys_revoked = counts.keys_revoked,
-        sessions_deleted = counts.sessions_deleted,
         phone_route_removed = counts.phone_route_removed,
         cut_short = counts.cut_short,
         "closed tenant closed out"

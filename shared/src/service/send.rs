@@ -226,11 +226,16 @@ async fn replayed(
         Err(ServiceError::UnknownSender(_)) => tenant.waba_id.clone(),
         Err(e) => return Err(e),
     };
-    // The first answer stands whatever happens here: a template refused or the queue
-    // unreachable since is no reason to answer "refused, nothing debited" for a message
-    // that was accepted and debited (its own job goes on, and decides).
-    if let Err(e) = queue_again_if_never_claimed(deps, &tenant.id, &waba, &first, draft).await {
-        tracing::warn!(message_id = %first, error = %e, "a replayed message's job was not queued again");
+    // The first answer stands when the request is refused here: a template paused or
+    // removed since is no reason to answer "refused, nothing debited" for a message that
+    // was accepted and debited (its own job goes on, and decides). A queue that cannot be
+    // reached is answered `503`: the client tries again, and that replay queues it.
+    match queue_again_if_never_claimed(deps, &tenant.id, &waba, &first, draft).await {
+        Ok(()) => {}
+        Err(e @ ServiceError::Unavailable(_)) => return Err(e),
+        Err(e) => {
+            tracing::warn!(message_id = %first, error = %e, "a replayed message's job was not queued again");
+        }
     }
     let scheduled = deps
         .messages

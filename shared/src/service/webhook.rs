@@ -363,25 +363,33 @@ async fn account_update(deps: &Deps, update: &AccountUpdate) -> Result<usize, Se
     // event delivered late or again.
     let mut paused = 0;
     for t in &tenants {
-        let Some(tenant) = deps.tenants.get_tenant(t).await? else {
-            continue;
-        };
-        let resumed_since = matches!(
-            (update.meta_time, tenant.status_changed_at),
-            (Some(at), Some(changed)) if changed.timestamp() > at
-        );
-        if tenant.status != crate::ports::TenantStatus::Active || resumed_since {
-            continue;
+        // Read, decide and suspend on the status as read (a conditional write); a status
+        // changed between the read and the write is read again and decided again, so a
+        // resume older than Meta's event does not make its ban be dropped.
+        for _ in 0..3 {
+            let Some(tenant) = deps.tenants.get_tenant(t).await? else {
+                break;
+            };
+            let resumed_since = matches!(
+                (update.meta_time, tenant.status_changed_at),
+                (Some(at), Some(changed)) if changed.timestamp() > at
+            );
+            if tenant.status != crate::ports::TenantStatus::Active || resumed_since {
+                break;
+            }
+            if super::accounts::try_suspend_for_meta(
+                deps,
+                t,
+                &reason,
+                "webhook",
+                tenant.status_changed_at,
+            )
+            .await?
+            {
+                paused += 1;
+                break;
+            }
         }
-        super::accounts::try_suspend_for_meta(
-            deps,
-            t,
-            &reason,
-            "webhook",
-            tenant.status_changed_at,
-        )
-        .await?;
-        paused += 1;
     }
     Ok(paused)
 }

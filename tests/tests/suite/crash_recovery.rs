@@ -82,6 +82,17 @@ async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_proc
     };
     assert_eq!(t.credits(&o.key).await, 4, "the first request was charged");
 
+    // A retry while the queue is down: 503 (try again), not the first 202 with the job
+    // still missing, which would leave the message waiting, charged, for good.
+    let mut queue_down = t.app.deps.clone();
+    queue_down.queue = Arc::new(Kept::refusing());
+    let req: SendRequest = serde_json::from_value(body.clone()).expect("a send request");
+    assert!(matches!(
+        send_once(&queue_down, &tenant, req, Some(&idem)).await,
+        Err(kirim::service::errors::ServiceError::Unavailable(_))
+    ));
+    assert_eq!(t.credits(&o.key).await, 4, "nothing charged again");
+
     let res = t
         .http
         .post(t.url("/v1/messages"))

@@ -566,7 +566,10 @@ async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
     assert_eq!(done.len(), 1, "one closed tenant: {report}");
     assert_eq!(done[0]["tenant_id"], t.tenant_id.as_str());
     assert_eq!(done[0]["keys_revoked"], 1);
-    assert_eq!(done[0]["sessions_deleted"], 1);
+    assert!(
+        done[0].get("sessions_deleted").is_none(),
+        "sessions are not looked for (no scan of the table): {report}"
+    );
     assert_eq!(done[0]["phone_route_removed"], true);
     assert_eq!(report["complete"], true);
     for class in RetentionClass::ALL {
@@ -629,10 +632,14 @@ async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
             format!("PHONE#{}", t.phone_number_id),
             "the phone route is gone"
         );
-        assert!(
-            !(row.pk.starts_with("SESSION#") && row.attrs["tenant_id"] == t.tenant_id.as_str()),
-            "the tenant's sessions are gone"
-        );
+        if row.pk.starts_with("SESSION#") && row.attrs["tenant_id"] == t.tenant_id.as_str() {
+            // Left to their own TTL: 12 hours from their login at most.
+            let ttl = row.ttl.expect("a session carries its TTL");
+            assert!(
+                ttl <= Utc::now().timestamp() + 12 * 3600,
+                "a session expires within 12 h"
+            );
+        }
     }
     assert!(
         rows.iter()
@@ -640,7 +647,10 @@ async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
         "other tenants keep theirs"
     );
     let (st, _) = call(&app, "GET", "/v1/account", &session, None).await;
-    assert_eq!(st, 401, "the session is gone");
+    assert_eq!(
+        st, 401,
+        "the closed tenant's session no longer authenticates"
+    );
     let secret = app
         .app
         .deps

@@ -278,11 +278,10 @@ impl DynamoStore {
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",
         "dynamodb:DeleteItem",
-        "dynamodb:BatchWriteItem",
     ];
     /// On the table's index (`gsi1`): queries only.
     pub const INDEX_READ: &'static [&'static str] = &["dynamodb:Query"];
-    /// The retention sweep (and a tenant's sessions at close-out): the only scans.
+    /// The retention sweep (and the stored-item view for checks): the only scans.
     pub const SWEEP: &'static [&'static str] = &["dynamodb:Scan"];
 
     pub fn new(client: Client, table: impl Into<String>, clock: Arc<dyn Clock>) -> Self {

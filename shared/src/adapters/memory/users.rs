@@ -395,12 +395,6 @@ impl UserStore for MemoryStore {
 
 /// For the retention close-out and the stored-item view (`store/retention.rs`).
 impl UsersState {
-    pub(crate) fn delete_sessions_of(&mut self, tenant: &TenantId) -> usize {
-        let before = self.sessions.len();
-        self.sessions.retain(|_, s| &s.tenant_id != tenant);
-        before - self.sessions.len()
-    }
-
     /// Removes a closed-out tenant's users, their email claims and its settings.
     pub(crate) fn remove_tenant(&mut self, tenant: &TenantId) -> usize {
         let before = self.users.len() + self.emails.len() + self.two_factor_required.len();

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
+use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
@@ -75,11 +75,11 @@ fn class_of(pk: &str, sk: &str) -> RetentionClass {
     )
 }
 
-/// What the close-out reads of a configuration item (the rest is dropped as each page
-/// arrives: a user's or a key's whole record is not needed to give it a TTL).
 /// How many of a closed tenant's items a close-out handles at once.
 const CLOSE_OUT_CONCURRENCY: usize = 16;
 
+/// What the close-out reads of a configuration item (the rest is dropped as each page
+/// arrives: a user's or a key's whole record is not needed to give it a TTL).
 const CLOSE_OUT_ATTRS: &[&str] = &[
     keys::PK,
     keys::SK,
@@ -103,46 +103,6 @@ impl DynamoStore {
             .send()
             .await;
         written("dynamodb delete", res)
-    }
-
-    /// Deletes the keys in chunks of 25 (DynamoDB's limit), resubmitting unprocessed ones up
-    /// to five times. Answers the keys that are gone.
-    async fn delete_keys(&self, keys: Vec<Item>) -> Result<Vec<Item>, StoreError> {
-        let mut gone = Vec::new();
-        for chunk in keys.chunks(25) {
-            let reqs = chunk
-                .iter()
-                .map(|k| {
-                    DeleteRequest::builder()
-                        .set_key(Some(k.clone()))
-                        .build()
-                        .map(|d| WriteRequest::builder().delete_request(d).build())
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut pending = Some(HashMap::from([(self.table.clone(), reqs)]));
-            for _ in 0..5 {
-                let Some(p) = pending.take().filter(|p| !p.is_empty()) else {
-                    break;
-                };
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .set_request_items(Some(p))
-                    .send()
-                    .await
-                    .map_err(|e| classify("dynamodb batch write", e))?;
-                pending = out.unprocessed_items;
-            }
-            let left: Vec<Item> = pending
-                .and_then(|mut p| p.remove(&self.table))
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|w| w.delete_request.map(|d| d.key))
-                .collect();
-            gone.extend(chunk.iter().filter(|k| !left.contains(k)).cloned());
-        }
-        Ok(gone)
     }
 
     /// Deletes the expired items at `keys`, each only if it is still expired at `now_s`
@@ -185,7 +145,6 @@ impl DynamoStore {
         Ok(gone)
     }
 
-    /// `SET ttl` on an existing item that has none; `false` if it has one or is absent.
     /// A closed tenant's configuration item `item` (its close-out attributes): what its
     /// kind needs first (a key revoked and its hash copy given the TTL, a user's email claim
     /// given it, a number's route removed), then the item's own TTL, last. Counts what changed.
@@ -259,6 +218,7 @@ impl DynamoStore {
         Ok(counts)
     }
 
+    /// `SET ttl` on an existing item that has none; `false` if it has one or is absent.
     async fn set_ttl_if_absent(&self, key: Key, ttl: i64) -> Result<bool, StoreError> {
         let res = self
             .client
@@ -274,17 +234,15 @@ impl DynamoStore {
         written("dynamodb update", res)
     }
 
-    /// Every item; with a tenant, only that tenant's sessions (their keys).
-    async fn scan_all(&self, sessions_of: Option<&TenantId>) -> Result<Vec<Item>, StoreError> {
-        let mut req = self.client.scan().table_name(&self.table);
-        if let Some(tenant) = sessions_of {
-            req = req
-                .filter_expression("sk = :session AND tenant_id = :t")
-                .projection_expression("pk, sk")
-                .expression_attribute_values(":session", s(keys::SESSION_SK))
-                .expression_attribute_values(":t", s(tenant.as_str()));
-        }
-        let mut pages = req.into_paginator().items().send();
+    /// Every item (read-only; for checks and operators' audits).
+    async fn scan_all(&self) -> Result<Vec<Item>, StoreError> {
+        let mut pages = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .into_paginator()
+            .items()
+            .send();
         let mut items = Vec::new();
         while let Some(item) = pages.next().await {
             items.push(item.map_err(|e| classify("dynamodb scan", e))?);
@@ -470,17 +428,9 @@ impl RetentionStore for DynamoStore {
                 }
             }
         }
-        // Console sessions live in their own partitions: one filtered scan finds them.
-        let sessions = self.scan_all(Some(tenant)).await?;
-        let session_keys: Vec<Item> = sessions
-            .into_iter()
-            .map(|i| {
-                i.into_iter()
-                    .filter(|(k, _)| k == keys::PK || k == keys::SK)
-                    .collect()
-            })
-            .collect();
-        counts.sessions_deleted = self.delete_keys(session_keys).await?.len();
+        // Console sessions are not looked for (they live in their own partitions: only a
+        // scan of the whole table would find them): a closed tenant's sessions stop
+        // authenticating at the closing, and each expires by its TTL within 12 hours.
         // The phone-number route, only while it still names this tenant.
         if let Some(pnid) = str_attr(&tenant_item, "phone_number_id") {
             counts.phone_route_removed = self.delete_route_of(tenant, pnid).await?;
@@ -534,7 +484,7 @@ impl RetentionStore for DynamoStore {
 
     async fn stored_items(&self) -> Result<Vec<StoredItem>, StoreError> {
         Ok(self
-            .scan_all(None)
+            .scan_all()
             .await?
             .into_iter()
             .map(|item| StoredItem {

@@ -171,7 +171,6 @@ impl RetentionStore for MemoryStore {
             counts.cut_short = true;
             return Ok(counts);
         }
-        counts.sessions_deleted = s.users.delete_sessions_of(tenant);
         if s.phones.get(&t.phone_number_id) == Some(tenant) {
             s.phones.remove(&t.phone_number_id);
             counts.phone_route_removed = true;
