@@ -359,6 +359,16 @@ impl<S: TemplateStore + 'static> TemplateStore for ReadCache<S> {
         r
     }
 
+    async fn put_template_unless_newer(
+        &self,
+        template: &CatalogueTemplate,
+        since: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let r = self.inner.put_template_unless_newer(template, since).await;
+        self.forget_template(&template.waba_id, &template.name, &template.language);
+        r
+    }
+
     async fn get_template(
         &self,
         waba_id: &str,

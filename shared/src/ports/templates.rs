@@ -88,6 +88,14 @@ pub trait TemplateStore: Send + Sync {
     /// Stores (or replaces) a template: a sync's result. Each field's Meta time becomes the
     /// template's `updated_at` less [`SYNC_STAMP_MARGIN_SECS`].
     async fn put_template(&self, template: &CatalogueTemplate) -> Result<(), StoreError>;
+    /// [`Self::put_template`] for a sync that began at `since`: only if the stored one
+    /// was last written before then (by an older sync or webhook), so that a sync never
+    /// overwrites what a later-started sync, or a webhook since, wrote. `false` if kept.
+    async fn put_template_unless_newer(
+        &self,
+        template: &CatalogueTemplate,
+        since: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// A live template, if the catalogue has it.
     async fn get_template(
         &self,

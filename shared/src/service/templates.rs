@@ -210,8 +210,10 @@ pub async fn sync_waba(deps: &Deps, tenant: &Tenant, waba: &str) -> Result<Synce
             if !seen.insert((t.name.clone(), t.language.clone())) {
                 continue;
             }
+            // Not over what a later-started sync (which read a newer list) or a webhook
+            // wrote since this sync began.
             deps.templates
-                .put_template(&catalogue_entry(waba, t, now, expires_at))
+                .put_template_unless_newer(&catalogue_entry(waba, t, now, expires_at), started)
                 .await?;
             out.synced += 1;
         }

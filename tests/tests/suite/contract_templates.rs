@@ -364,7 +364,61 @@ async fn a_webhook_older_than_its_fields_last_change_changes_nothing(p: Ports) {
     assert!(apply(paused, read_at - 60).await.is_some());
 }
 
+async fn a_syncs_put_never_replaces_what_was_written_after_the_sync_began(p: Ports) {
+    let began = p.clock.now();
+    let mut stale = template(&p, "4001", "order_update", "en_US");
+    stale.updated_at = began + Duration::seconds(2);
+    // Nothing stored, or stored before the sync began: written.
+    assert!(p
+        .templates
+        .put_template_unless_newer(&stale, began)
+        .await
+        .unwrap());
+    // A webhook's change after the sync began: this sync's older read does not replace it.
+    let changed = p
+        .templates
+        .update_template(
+            "4001",
+            "order_update",
+            "en_US",
+            TemplateChange::Status(TemplateStatus::Paused),
+            kirim::ports::ChangeStamp::new(began + Duration::seconds(3), stale.expires_at),
+        )
+        .await
+        .unwrap();
+    assert!(changed.is_some());
+    assert!(!p
+        .templates
+        .put_template_unless_newer(&stale, began)
+        .await
+        .unwrap());
+    let stored = p
+        .templates
+        .get_template("4001", "order_update", "en_US")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, TemplateStatus::Paused);
+    // A sync that began after it: written.
+    let mut later = stale.clone();
+    later.updated_at = began + Duration::seconds(5);
+    assert!(p
+        .templates
+        .put_template_unless_newer(&later, began + Duration::seconds(4))
+        .await
+        .unwrap());
+    assert_eq!(
+        p.templates
+            .get_template("4001", "order_update", "en_US")
+            .await
+            .unwrap()
+            .map(|t| t.status),
+        Some(TemplateStatus::Approved)
+    );
+}
+
 contract!(
+    a_syncs_put_never_replaces_what_was_written_after_the_sync_began,
     a_webhook_older_than_its_fields_last_change_changes_nothing,
     a_template_is_kept_per_waba_name_and_language_and_replaced_whole,
     a_catalogue_lists_in_name_then_language_order_filtered_and_paged,

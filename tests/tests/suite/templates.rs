@@ -934,9 +934,19 @@ impl MetaClient for ListWhileAnotherSyncWrites {
         _: Option<&str>,
     ) -> Result<MetaTemplatePage, MetaSendError> {
         self.clock.advance(chrono::Duration::seconds(1));
-        let newer = stored_template("approved_meanwhile", kirim::ports::Clock::now(&*self.clock));
+        let now = kirim::ports::Clock::now(&*self.clock);
+        let newer = stored_template("approved_meanwhile", now);
         self.store
             .put_template(&newer)
+            .await
+            .expect("the other sync's write");
+        // And it read `kept` paused since: this sync's older list says approved.
+        let paused = CatalogueTemplate {
+            status: TemplateStatus::Paused,
+            ..stored_template("kept", now)
+        };
+        self.store
+            .put_template(&paused)
             .await
             .expect("the other sync's write");
         Ok(MetaTemplatePage {
@@ -956,7 +966,7 @@ impl MetaClient for ListWhileAnotherSyncWrites {
 }
 
 #[tokio::test]
-async fn a_sync_never_removes_a_template_another_sync_wrote_after_it_began() {
+async fn a_sync_never_removes_or_overwrites_a_template_another_sync_wrote_after_it_began() {
     let clock = kirim_tests::ManualClock::new();
     let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
     let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({
@@ -999,5 +1009,16 @@ async fn a_sync_never_removes_a_template_another_sync_wrote_after_it_began() {
     assert!(
         names.contains(&"kept".to_owned()) && !names.contains(&"gone_at_meta".to_owned()),
         "{names:?}"
+    );
+    let kept = deps
+        .templates
+        .get_template("7200001", "kept", "en_US")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        kept.status,
+        TemplateStatus::Paused,
+        "the later-started sync's write stands"
     );
 }

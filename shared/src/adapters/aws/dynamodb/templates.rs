@@ -25,20 +25,37 @@ const READ_PAGE: i32 = 100;
 #[async_trait]
 impl TemplateStore for DynamoStore {
     async fn put_template(&self, template: &CatalogueTemplate) -> Result<(), StoreError> {
-        let key = keys::template(&template.waba_id, &template.name, &template.language);
-        let mut item = to_item(template, &key.pairs(), template.expires_at)?;
-        let stamp = template.updated_at.timestamp() - crate::ports::SYNC_STAMP_MARGIN_SECS;
-        for field in ["status", "category", "quality"] {
-            item.insert(format!("{field}_meta_at"), n(stamp));
-        }
         self.client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item))
+            .set_item(Some(template_item(template)?))
             .send()
             .await
             .map_err(|e| classify("dynamodb put", e))?;
         Ok(())
+    }
+
+    async fn put_template_unless_newer(
+        &self,
+        template: &CatalogueTemplate,
+        since: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(template_item(template)?))
+            .condition_expression("attribute_not_exists(written_ms) OR written_ms < :since")
+            .expression_attribute_values(":since", n(since.timestamp_millis()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(classify("dynamodb put", e)),
+        }
     }
 
     async fn get_template(
@@ -141,7 +158,7 @@ impl TemplateStore for DynamoStore {
         let live = "attribute_exists(pk) AND (attribute_not_exists(#ttl) OR #ttl > :now)";
         // Meta's time of the field's last change, beside it (`status_meta_at`, ...): an
         // older change is refused. A sync's put replaces the item, and with it these.
-        let mut set = "SET #f = :v, updated_at = :at".to_owned();
+        let mut set = "SET #f = :v, updated_at = :at, written_ms = :ms".to_owned();
         let mut req = self
             .client
             .update_item()
@@ -152,6 +169,7 @@ impl TemplateStore for DynamoStore {
             .expression_attribute_values(":now", n(self.now_secs()))
             .expression_attribute_values(":v", s(value))
             .expression_attribute_values(":at", super::dyn_value(&at)?)
+            .expression_attribute_values(":ms", n(at.timestamp_millis()))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
         req = match meta_time {
             Some(t) => {
@@ -199,4 +217,21 @@ impl TemplateStore for DynamoStore {
         };
         written("dynamodb delete", req.send().await)
     }
+}
+
+/// A catalogue template's item: with Meta's times of its fields as the sync's read time
+/// (less a margin), and `written_ms` (when it was written, epoch ms: what a later sync's
+/// conditional put compares).
+fn template_item(template: &CatalogueTemplate) -> Result<Item, StoreError> {
+    let key = keys::template(&template.waba_id, &template.name, &template.language);
+    let mut item = to_item(template, &key.pairs(), template.expires_at)?;
+    let stamp = template.updated_at.timestamp() - crate::ports::SYNC_STAMP_MARGIN_SECS;
+    for field in ["status", "category", "quality"] {
+        item.insert(format!("{field}_meta_at"), n(stamp));
+    }
+    item.insert(
+        "written_ms".into(),
+        n(template.updated_at.timestamp_millis()),
+    );
+    Ok(item)
 }

@@ -21,17 +21,22 @@ pub(crate) fn matches(t: &CatalogueTemplate, q: &TemplateQuery) -> bool {
 impl TemplateStore for MemoryStore {
     async fn put_template(&self, template: &CatalogueTemplate) -> Result<(), StoreError> {
         let mut s = self.lock()?;
-        let at = key(&template.waba_id, &template.name, &template.language);
-        let stamp = template.updated_at.timestamp() - crate::ports::SYNC_STAMP_MARGIN_SECS;
-        s.template_meta_at.insert(
-            at.clone(),
-            ["status", "category", "quality"]
-                .into_iter()
-                .map(|f| (f, stamp))
-                .collect(),
-        );
-        s.templates.insert(at, template.clone());
+        insert_template(&mut s, template);
         Ok(())
+    }
+
+    async fn put_template_unless_newer(
+        &self,
+        template: &CatalogueTemplate,
+        since: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let at = key(&template.waba_id, &template.name, &template.language);
+        if s.templates.get(&at).is_some_and(|t| t.updated_at >= since) {
+            return Ok(false);
+        }
+        insert_template(&mut s, template);
+        Ok(true)
     }
 
     async fn get_template(
@@ -143,4 +148,19 @@ impl TemplateStore for MemoryStore {
             .remove(&at)
             .is_some_and(|t| self.live(t.expires_at)))
     }
+}
+
+/// Stores a template as a sync does: each field's Meta time as its `updated_at` less the
+/// margin.
+fn insert_template(s: &mut super::State, template: &CatalogueTemplate) {
+    let at = key(&template.waba_id, &template.name, &template.language);
+    let stamp = template.updated_at.timestamp() - crate::ports::SYNC_STAMP_MARGIN_SECS;
+    s.template_meta_at.insert(
+        at.clone(),
+        ["status", "category", "quality"]
+            .into_iter()
+            .map(|f| (f, stamp))
+            .collect(),
+    );
+    s.templates.insert(at, template.clone());
 }
