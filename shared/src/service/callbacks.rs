@@ -332,7 +332,7 @@ pub struct CallbackUpdate {
     pub secret: Option<String>,
 }
 
-pub(crate) fn secret_name(deps: &Deps, tenant: &TenantId) -> String {
+pub fn secret_name(deps: &Deps, tenant: &TenantId) -> String {
     format!(
         "{}tenants/{}/status-callback-secret",
         deps.settings.secret_prefix, tenant
@@ -383,8 +383,12 @@ pub async fn put_setting(
     };
     let url = callback_http::validate_url(&raw_url, deps.settings.callbacks_allow_private)
         .map_err(|e| ServiceError::InvalidRequest(e.to_string()))?;
+    // The secret it replaces, if any: put back should the setting's write fail, so that
+    // a `500` leaves the callback signed as the tenant still expects.
+    let mut replaced = None;
     match update.secret {
         Some(secret) => {
+            replaced = deps.secrets.store().get_secret(&name).await?;
             deps.secrets.put(&name, &Secret::new(secret)).await?;
         }
         None => {
@@ -403,10 +407,17 @@ pub async fn put_setting(
     let setting = StatusCallback {
         tenant_id: tenant.clone(),
         url: url.to_string(),
-        secret_name: name,
+        secret_name: name.clone(),
         updated_at: deps.clock.now(),
     };
-    deps.status_callbacks.put_status_callback(&setting).await?;
+    if let Err(e) = deps.status_callbacks.put_status_callback(&setting).await {
+        if let Some(old) = replaced {
+            if let Err(undo) = crate::store_error::undo(|| deps.secrets.put(&name, &old)).await {
+                tracing::error!(error = %undo, "the callback secret could not be put back");
+            }
+        }
+        return Err(e.into());
+    }
     tracing::info!(
         host = url.host_str().unwrap_or_default(),
         "status callback set"

@@ -718,3 +718,62 @@ async fn on_sqs_a_callback_carries_its_group_and_parked_ones_outlive_their_queue
         .expect("dlq");
     assert_eq!(retention(dlq).await.as_deref(), Some("1209600"));
 }
+
+/// A callback-setting store whose writes fail (storage unavailable); reads go through.
+struct SettingWritesFail(Arc<dyn kirim::ports::StatusCallbackStore>);
+
+#[async_trait]
+impl kirim::ports::StatusCallbackStore for SettingWritesFail {
+    async fn put_status_callback(
+        &self,
+        _: &kirim::ports::StatusCallback,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable(
+            "storage is down".into(),
+        ))
+    }
+    async fn get_status_callback(
+        &self,
+        tenant: &kirim::domain::TenantId,
+    ) -> Result<Option<kirim::ports::StatusCallback>, kirim::store_error::StoreError> {
+        self.0.get_status_callback(tenant).await
+    }
+    async fn delete_status_callback(
+        &self,
+        tenant: &kirim::domain::TenantId,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.0.delete_status_callback(tenant).await
+    }
+}
+
+/// A new secret whose setting could not be saved (the admin was answered an error) does
+/// not sign the callbacks: the one the tenant's receiver still checks against is put back.
+#[tokio::test]
+async fn a_callback_secret_change_that_fails_half_way_leaves_the_old_secret_signing() {
+    use kirim::service::callbacks::{put_setting, CallbackUpdate};
+    let app = spawn_app(Backend::Memory).await;
+    let t = app.onboard(3).await;
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    let update = |secret: &str| -> CallbackUpdate {
+        serde_json::from_value(json!({"url": "https://hooks.example.com/kirim", "secret": secret}))
+            .unwrap()
+    };
+    let deps = app.app.deps.clone();
+    put_setting(&deps, &tenant, update("whsec_the_first_secret_0001"))
+        .await
+        .expect("set");
+    let mut failing = deps.clone();
+    failing.status_callbacks = Arc::new(SettingWritesFail(deps.status_callbacks.clone()));
+    assert!(
+        put_setting(&failing, &tenant, update("whsec_the_second_secret_002"))
+            .await
+            .is_err(),
+        "answered an error"
+    );
+    let name = kirim::service::callbacks::secret_name(&deps, &tenant);
+    let current = deps.secrets.store().get_secret(&name).await.unwrap();
+    assert_eq!(
+        current.map(|s| s.expose().to_owned()),
+        Some("whsec_the_first_secret_0001".to_owned())
+    );
+}
