@@ -662,3 +662,86 @@ async fn the_sweep_keeps_an_item_rewritten_after_its_scan_read_it_expired() {
         assert_eq!(d["ExpressionAttributeValues"][":now"]["N"], "2000", "{d}");
     }
 }
+
+/// A redrive whose second batch SQS refuses: the first batch's jobs are on the source queue,
+/// so they leave the dead-letter queue (moved once); the refused ones stay parked. (It
+/// used to put every one back, the sent ones too, so the next redrive sent those again.)
+#[tokio::test]
+async fn a_redrive_refused_in_part_moves_what_was_sent_once_and_keeps_the_rest_parked() {
+    use aws_sdk_sqs::types::QueueAttributeName as Q;
+    use std::time::Duration;
+    let sdk = moto_sdk().await;
+    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &unique_stack())
+        .await
+        .expect("stack in moto");
+    let url = stack.queue_url("DispatchQueue").expect("queue");
+    let dlq = stack.queue_url("DispatchDeadLetterQueue").expect("dlq");
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue = SqsQueue::new(sqs.clone(), url.clone(), Some(dlq));
+    // Ten small jobs and one of 2 KiB, parked after their receives.
+    let big = "x".repeat(2048);
+    for i in 0..10 {
+        queue.send(&format!("small-{i}")).await.expect("sent");
+    }
+    queue.send(&big).await.expect("sent");
+    let mut parked = 0;
+    for _ in 0..40 {
+        let got = queue
+            .receive(10, Duration::from_millis(200))
+            .await
+            .expect("received");
+        for m in got {
+            queue
+                .retry_after(&m.receipt, Duration::ZERO)
+                .await
+                .expect("released");
+        }
+        parked = queue.dead_letters(20).await.expect("listed").len();
+        if parked == 11 {
+            break;
+        }
+    }
+    assert_eq!(parked, 11);
+    // The source now refuses bodies over 1 KiB: the batch holding the big one is refused.
+    sqs.set_queue_attributes()
+        .queue_url(&url)
+        .attributes(Q::MaximumMessageSize, "1024")
+        .send()
+        .await
+        .expect("attributes");
+    let first = queue.redrive(None, 100).await.expect("a part was moved");
+    assert!(
+        !first.moved.is_empty() && first.moved.len() < 11,
+        "{first:?}"
+    );
+    assert!(first.more, "some are left");
+    let mut arrived = Vec::new();
+    loop {
+        let got = queue
+            .receive(10, Duration::from_millis(500))
+            .await
+            .expect("received");
+        if got.is_empty() {
+            break;
+        }
+        for m in got {
+            queue.delete(&m.receipt).await.expect("deleted");
+            arrived.push(m.body);
+        }
+    }
+    assert_eq!(
+        arrived.len(),
+        first.moved.len(),
+        "each moved one arrived once"
+    );
+    let parked = queue.dead_letters(20).await.expect("listed");
+    assert_eq!(
+        parked.len() + first.moved.len(),
+        11,
+        "none lost, none twice"
+    );
+    assert!(
+        parked.iter().any(|d| d.body == big),
+        "the refused one stays parked"
+    );
+}

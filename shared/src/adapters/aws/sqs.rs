@@ -408,24 +408,45 @@ impl DispatchQueue for SqsQueue {
         }
         let more = ids.is_none() && !rest.is_empty();
         self.release(dlq, &rest).await;
-        // Back to the source first: a failure here leaves them parked (released).
+        // Back to the source first, each answered on its own (SQS takes a batch's entries,
+        // and a call's batches, one by one): one not sent stays parked (released); one sent
+        // leaves the dead-letter queue, and is moved whatever else failed (released too, it
+        // would be moved again: a duplicate).
         let bodies: Vec<String> = chosen.iter().map(|h| h.letter.body.clone()).collect();
-        if let Err(e) = self.send_batch(&bodies).await {
-            self.release(dlq, &chosen).await;
-            return Err(e);
-        }
+        let sent = self.send_batch_delayed_each(&bodies, Duration::ZERO).await;
         let mut moved = Vec::with_capacity(chosen.len());
-        for h in chosen {
-            self.client
+        let mut unsent = Vec::new();
+        let mut failure = None;
+        for (h, sent) in chosen.into_iter().zip(sent) {
+            if let Err(e) = sent {
+                failure.get_or_insert(e);
+                unsent.push(h);
+                continue;
+            }
+            // On the source queue now: a delete that fails leaves it parked too, seen again
+            // once its hold ends (a duplicate the consumers' checks make harmless); the
+            // others go on.
+            if let Err(e) = self
+                .client
                 .delete_message()
                 .queue_url(dlq)
                 .receipt_handle(&h.receipt)
                 .send()
                 .await
-                .map_err(|e| classify("sqs delete dlq", e))?;
+            {
+                tracing::warn!(error = %classify("sqs delete dlq", e), "a redriven dead letter stays parked");
+            }
             moved.push(h.letter.id);
         }
-        Ok(Redriven { moved, more })
+        self.release(dlq, &unsent).await;
+        match failure {
+            // Nothing moved: the caller hears why.
+            Some(e) if moved.is_empty() => Err(e),
+            _ => Ok(Redriven {
+                moved,
+                more: more || !unsent.is_empty(),
+            }),
+        }
     }
 }
 
