@@ -809,10 +809,7 @@ impl TenantStore for DynamoStore {
             Ok(out) => from_item(out.attributes.unwrap_or_default()),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 // Which condition failed only shapes the error; nothing was written.
-                match self.get_tenant(id).await? {
-                    None => Err(StoreError::NotFound),
-                    Some(_) => Err(StoreError::Conflict("the tenant is closed".into())),
-                }
+                Err(self.why_refused(id).await)
             }
             Err(e) => Err(classify("dynamodb update", e)),
         }

@@ -49,13 +49,7 @@ impl TemplateStore for DynamoStore {
             .expression_attribute_values(":since", n(since.timestamp_millis()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(classify("dynamodb put", e)),
-        }
+        written("dynamodb put", res)
     }
 
     async fn get_template(
