@@ -143,8 +143,10 @@ pub enum Delivery {
     Refused(TargetError),
 }
 
-/// Resolves `url`'s host to the addresses it may be connected to.
-async fn checked_address(url: &Url, allow_private: bool) -> Result<SocketAddr, Delivery> {
+/// Resolves `url`'s host to the addresses it may be connected to: every address the name
+/// has, in the resolver's order, once each (the connection tries the next when one does
+/// not answer, as a browser would), or none if any of them is not public.
+async fn checked_addresses(url: &Url, allow_private: bool) -> Result<Vec<SocketAddr>, Delivery> {
     let port = url
         .port_or_known_default()
         .ok_or(Delivery::Refused(TargetError::Invalid))?;
@@ -157,14 +159,26 @@ async fn checked_address(url: &Url, allow_private: bool) -> Result<SocketAddr, D
         },
         None => return Err(Delivery::Refused(TargetError::Invalid)),
     };
-    // Every address must be public: a name that also resolves inside is refused.
+    connectable(addrs, allow_private)
+}
+
+/// The addresses a callback may connect to, of those a name resolved to: all of them,
+/// without repeats, when every one is public (a name that also resolves inside is
+/// refused); an empty answer is a lookup to try again.
+fn connectable(addrs: Vec<SocketAddr>, allow_private: bool) -> Result<Vec<SocketAddr>, Delivery> {
     if !allow_private && addrs.iter().any(|a| !is_public_ip(a.ip())) {
         return Err(Delivery::Refused(TargetError::NonPublic));
     }
-    addrs
-        .into_iter()
-        .next()
-        .ok_or(Delivery::Retry(TargetError::Unresolvable.to_string()))
+    let mut unique: Vec<SocketAddr> = Vec::with_capacity(addrs.len());
+    for a in addrs {
+        if !unique.contains(&a) {
+            unique.push(a);
+        }
+    }
+    if unique.is_empty() {
+        return Err(Delivery::Retry(TargetError::Unresolvable.to_string()));
+    }
+    Ok(unique)
 }
 
 /// POSTs `body` to `raw_url` with `headers`, to a checked address only.
@@ -182,7 +196,7 @@ pub async fn post(
     // The name's lookup counts toward the timeout too: a DNS server that never answers
     // must not hold a batch (and other tenants' callbacks in it) longer than a receiver.
     let started = tokio::time::Instant::now();
-    let addr = match tokio::time::timeout(timeout, checked_address(&url, allow_private)).await {
+    let addrs = match tokio::time::timeout(timeout, checked_addresses(&url, allow_private)).await {
         Ok(Ok(a)) => a,
         Ok(Err(d)) => return d,
         Err(_) => return Delivery::Retry(TargetError::Unresolvable.to_string()),
@@ -196,8 +210,9 @@ pub async fn post(
         .timeout(timeout)
         .connect_timeout(timeout);
     if let Some(url::Host::Domain(d)) = url.host() {
-        // Connect to the address checked above, keep the name for TLS and Host.
-        builder = builder.resolve(d, addr);
+        // Connect only to the addresses checked above (the next if one does not answer),
+        // keep the name for TLS and Host.
+        builder = builder.resolve_to_addrs(d, &addrs);
     }
     let client = match builder.build() {
         Ok(c) => c,
@@ -351,7 +366,7 @@ mod tests {
         // `localhost` would be refused by name; an IP literal checks the same path.
         let url = Url::parse("https://127.0.0.1:9/x").unwrap();
         assert_eq!(
-            checked_address(&url, false).await,
+            checked_addresses(&url, false).await,
             Err(Delivery::Refused(TargetError::NonPublic))
         );
         assert_eq!(
@@ -364,6 +379,48 @@ mod tests {
             )
             .await,
             Delivery::Refused(TargetError::NonPublic)
+        );
+    }
+
+    fn at(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn every_public_address_of_a_name_is_kept_in_order_for_the_connection_to_fall_back_to() {
+        let resolved = vec![
+            at("[2606:4700::1111]:443"),
+            at("203.0.113.9:443"),
+            at("8.8.8.8:443"),
+            at("203.0.113.9:443"),
+        ];
+        // 203.0.113.0/24 is documentation space (not public): with it the name is refused.
+        assert_eq!(
+            connectable(resolved.clone(), false),
+            Err(Delivery::Refused(TargetError::NonPublic))
+        );
+        let public = vec![
+            at("[2606:4700::1111]:443"),
+            at("1.1.1.1:443"),
+            at("8.8.8.8:443"),
+            at("1.1.1.1:443"),
+        ];
+        assert_eq!(
+            connectable(public, false),
+            Ok(vec![
+                at("[2606:4700::1111]:443"),
+                at("1.1.1.1:443"),
+                at("8.8.8.8:443")
+            ])
+        );
+        assert_eq!(
+            connectable(resolved, true).map(|a| a.len()),
+            Ok(3),
+            "local mode keeps private addresses too"
+        );
+        assert_eq!(
+            connectable(vec![], false),
+            Err(Delivery::Retry(TargetError::Unresolvable.to_string()))
         );
     }
 }
