@@ -34,6 +34,7 @@ use super::api::{segment, Answer};
 use super::pages::{
     checked, done, failed, parse_form, problem, query, redirect, text, when, Ctx, Form,
 };
+use super::senders::Senders;
 use super::views::{csrf, error_page, frame, page, status_chart, Notice};
 use super::{may, ConsoleState};
 use crate::domain::Role;
@@ -115,12 +116,18 @@ async fn campaigns(State(s): S, ctx: Ctx, q: Query<HashMap<String, String>>) -> 
     render_campaigns(&s, &ctx, &q.0, &Form::new(), StatusCode::OK, done(&q.0)).await
 }
 
-/// The approved templates of the catalogue (a few pages), for the picker.
-async fn approved_templates(s: &ConsoleState, ctx: &Ctx) -> Result<Vec<Value>, Answer> {
+/// The approved templates of the catalogue (a few pages) of `waba` (empty: the default
+/// number's), for the picker, and whether there were more than it reads.
+async fn approved_templates(
+    s: &ConsoleState,
+    ctx: &Ctx,
+    waba: &str,
+) -> Result<(Vec<Value>, bool), Answer> {
     let mut out = Vec::new();
     let mut cursor = String::new();
     for _ in 0..TEMPLATE_PAGES {
         let qs = query(&[
+            ("waba_id", waba),
             ("status", "approved"),
             ("limit", "100"),
             ("cursor", &cursor),
@@ -132,10 +139,10 @@ async fn approved_templates(s: &ConsoleState, ctx: &Ctx) -> Result<Vec<Value>, A
         out.extend(a.body["templates"].as_array().cloned().unwrap_or_default());
         match a.body["next_cursor"].as_str() {
             Some(c) => cursor = c.to_owned(),
-            None => break,
+            None => return Ok((out, false)),
         }
     }
-    Ok(out)
+    Ok((out, true))
 }
 
 async fn render_campaigns(
@@ -164,16 +171,25 @@ async fn render_campaigns(
         None
     };
     let can_create = ctx.may("POST", "/v1/broadcasts");
-    let templates = if can_create {
-        match approved_templates(s, ctx).await {
-            Ok(t) => t,
+    let (senders, templates) = if can_create {
+        let senders = Senders::read(s, ctx).await;
+        // The sender chosen above the form (`?from=`), or the one a refused form had.
+        let asked = q
+            .get("from")
+            .or_else(|| typed.get("from"))
+            .map_or("", |v| v.trim());
+        let from = senders.known(asked).to_owned();
+        match approved_templates(s, ctx, senders.waba_of(&from)).await {
+            Ok(t) => (senders, Some((from, t))),
             Err(a) => return failed(&a),
         }
     } else {
-        Vec::new()
+        (Senders::empty(), None)
     };
     let body = html! {
-        @if can_create { (create_form(ctx, &templates, typed)) }
+        @if let Some((from, (list, more))) = &templates {
+            (create_form(ctx, &senders, from, list, *more, typed))
+        }
         h2 { "Campaigns" }
         @match list {
             Some(l) => (l),
@@ -238,11 +254,26 @@ fn list_table(body: &Value, st: &str) -> Markup {
     }
 }
 
-fn create_form(ctx: &Ctx, templates: &[Value], typed: &Form) -> Markup {
+fn create_form(
+    ctx: &Ctx,
+    senders: &Senders,
+    from: &str,
+    templates: &[Value],
+    more: bool,
+    typed: &Form,
+) -> Markup {
     let typed = |k: &str| typed.get(k).map(String::as_str).unwrap_or("");
     let chosen = typed("template");
     html! {
         h2 { "New campaign" }
+        @if senders.several() {
+            // The templates a campaign may use are its sender's WABA's: choosing the
+            // sender shows them (a page load, no script).
+            form.filters #campaign-sender method="get" action="/console/campaigns" {
+                (senders.select("c-from", "from", from))
+                button type="submit" { "Show its templates" }
+            }
+        }
         @if templates.is_empty() {
             p.hint { "There is no approved template in the catalogue yet; see "
                 a href="/console/templates" { "Templates" } "." }
@@ -251,6 +282,10 @@ fn create_form(ctx: &Ctx, templates: &[Value], typed: &Form) -> Markup {
                 (csrf(&ctx.csrf))
                 // One key per form shown: a double-click or a resubmission makes one campaign.
                 input type="hidden" name="idempotency_key" value=(crate::domain::new_id());
+                @if senders.several() {
+                    input type="hidden" name="from" value=(from);
+                    p.hint #campaign-from { "Sent from " (senders.describe(from)) "." }
+                }
                 @if NAME_AND_SEND_AT {
                     div { label for="c-name" { "Name (optional)" } input #c-name type="text" name="name" maxlength="100" value=(typed("name")); }
                 }
@@ -264,6 +299,9 @@ fn create_form(ctx: &Ctx, templates: &[Value], typed: &Form) -> Markup {
                                 (t["body_parameters"].as_u64().unwrap_or(0)) " body parameters)"
                             }
                         }
+                    }
+                    @if more {
+                        p.hint #template-picker-cut { "The first " (TEMPLATE_PAGES * 100) " approved templates by name are offered here; a campaign with another one can be created with the API (POST /v1/broadcasts)." }
                     }
                 }
                 div {
@@ -436,6 +474,9 @@ fn broadcast_request(f: &Form, file: Option<&[u8]>) -> Result<Value, String> {
         template["components"] = components;
     }
     let mut req = json!({"template": template, "recipients": recipients});
+    if !get("from").is_empty() {
+        req["from"] = json!(get("from"));
+    }
     if NAME_AND_SEND_AT {
         if !get("name").is_empty() {
             req["name"] = json!(get("name"));

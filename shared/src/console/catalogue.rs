@@ -44,7 +44,16 @@ async fn render(
 ) -> Response {
     let get = |k: &str| q.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
     let (st, category, cursor) = (get("status"), get("category"), get("cursor"));
+    let wabas: Vec<String> = super::senders::Senders::read(s, ctx)
+        .await
+        .wabas()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    // Which account's catalogue (empty: the default number's); offered with several.
+    let waba = get("waba_id");
     let qs = query(&[
+        ("waba_id", &waba),
         ("status", &st),
         ("category", &category),
         ("limit", "50"),
@@ -73,6 +82,15 @@ async fn render(
             }
         }
         form.filters method="get" action="/console/templates" {
+            @if wabas.len() > 1 {
+                div {
+                    label for="t-waba" { "WhatsApp Business Account" }
+                    select #t-waba name="waba_id" {
+                        option value="" selected[waba.is_empty()] { "the default number's" }
+                        @for w in &wabas { option value=(w) selected[&waba == w] { (w) } }
+                    }
+                }
+            }
             div {
                 label for="t-status" { "Status" }
                 select #t-status name="status" {
@@ -110,7 +128,7 @@ async fn render(
             }
         }
         @if let Some(c) = &next {
-            p { a href=(format!("/console/templates?{}", query(&[("status", &st), ("category", &category), ("cursor", c)]))) { "More templates" } }
+            p { a href=(format!("/console/templates?{}", query(&[("waba_id", &waba), ("status", &st), ("category", &category), ("cursor", c)]))) { "More templates" } }
         }
     };
     page(

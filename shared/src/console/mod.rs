@@ -14,6 +14,7 @@ pub mod campaigns;
 mod catalogue;
 mod pages;
 pub mod security;
+mod senders;
 pub mod usage;
 mod views;
 

@@ -785,6 +785,11 @@ async fn render_messages(
         }
     }
     let can_send = ctx.may("POST", "/v1/messages");
+    let senders = if can_send {
+        super::senders::Senders::read(s, ctx).await
+    } else {
+        super::senders::Senders::empty()
+    };
     let body = html! {
         form.filters method="get" action="/console/messages" {
             div {
@@ -827,6 +832,7 @@ async fn render_messages(
             form.stack method="post" action="/console/messages" {
                 (csrf(&ctx.csrf))
                 input type="hidden" name="idempotency_key" value=(crate::domain::new_id());
+                (senders.select("from", "from", typed("from")))
                 div { label for="to" { "To (E.164, e.g. +60123456789)" } input #to type="tel" name="to" value=(typed("to")) required; }
                 div { label for="template" { "Template name" } input #template type="text" name="template" value=(typed("template")) required; }
                 div { label for="language" { "Language" } input #language type="text" name="language" value=(typed_or("language", "en_US")) required; }
@@ -879,6 +885,10 @@ async fn send_message(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         template["components"] = components;
     }
     let mut req = json!({"to": field(&f, "to"), "template": template});
+    let from = field(&f, "from");
+    if !from.is_empty() {
+        req["from"] = json!(from);
+    }
     let reference = field(&f, "client_reference");
     if !reference.is_empty() {
         req["client_reference"] = json!(reference);

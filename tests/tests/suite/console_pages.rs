@@ -1011,7 +1011,151 @@ async fn a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console(b: 
     );
 }
 
+/// A tenant whose numbers sit on two WABAs chooses the sender on the send and campaign
+/// forms, the campaign's template picker offers the sender's WABA's catalogue, and the
+/// templates page shows either catalogue.
+async fn with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_catalogue(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let one = web.get("/console/messages").await;
+    assert_eq!(one.status, 200, "{}", one.html);
+    assert!(
+        !one.html.contains(r#"name="from""#),
+        "one number: no choice offered"
+    );
+    let campaigns = web.get("/console/campaigns").await;
+    assert!(!campaigns.html.contains("campaign-sender"));
+
+    let waba = format!("{}", 6_000_000 + kirim_tests::rand_u32() % 900_000);
+    let second = format!("{}", 3_000_000 + kirim_tests::rand_u32() % 900_000);
+    let (s, body) = call(
+        &app,
+        "POST",
+        &format!("/v1/platform/tenants/{}/phone-numbers", t.tenant_id),
+        Some(kirim_tests::OPERATOR_TOKEN),
+        Some(json!({"phone_number_id": second, "waba_id": waba, "display_phone_number": "+1 555-010-2040"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    // On the second number's WABA, Meta pauses order_update.
+    app.sandbox_template(&waba, "order_update", "en_US", json!({"status": "paused"}))
+        .await;
+
+    // The send form offers both numbers, the default chosen; a send from the second goes
+    // from it.
+    let page = web.get("/console/messages").await;
+    assert!(
+        page.html.contains(&format!(
+            r#"<option value="{}" selected>"#,
+            t.phone_number_id
+        )),
+        "{}",
+        page.html
+    );
+    assert!(page.html.contains(&format!(
+        r#"<option value="{second}">+1 555-010-2040 ({second})</option>"#
+    )));
+    let sent = web
+        .post(
+            "/console/messages",
+            &[
+                ("csrf", &page.csrf()),
+                ("idempotency_key", &kirim::domain::new_id()),
+                ("from", &second),
+                ("to", "+60123450031"),
+                ("template", "promo_sale"),
+                ("language", "en_US"),
+                ("category", ""),
+                ("parameters", "RAYA20"),
+            ],
+        )
+        .await;
+    assert_eq!(sent.status, 303, "{}", sent.html);
+    let id = sent
+        .location()
+        .strip_prefix("/console/messages/")
+        .and_then(|r| r.split('?').next())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(app.message(&t.key, &id).await["from"], second.as_str());
+
+    // The campaign picker: the default number's catalogue, until the second is chosen.
+    let default = web.get("/console/campaigns").await;
+    assert!(default.html.contains("campaign-sender"), "{}", default.html);
+    assert!(default.html.contains(r#"value="order_update:en_US""#));
+    let chosen = web.get(&format!("/console/campaigns?from={second}")).await;
+    assert_eq!(chosen.status, 200, "{}", chosen.html);
+    assert!(
+        !chosen.html.contains(r#"value="order_update:en_US""#),
+        "paused on the second number's WABA: {}",
+        chosen.html
+    );
+    assert!(chosen.html.contains(r#"value="promo_sale:en_US""#));
+    assert!(chosen.html.contains(&format!(
+        r#"<input type="hidden" name="from" value="{second}">"#
+    )));
+    assert!(chosen
+        .html
+        .contains(&format!("Sent from +1 555-010-2040 ({second}).")));
+    let made = web
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &chosen.csrf()),
+                ("from", &second),
+                ("template", "promo_sale:en_US"),
+                ("parameters", "RAYA20"),
+                ("numbers", "+60123450032"),
+            ],
+        )
+        .await;
+    let campaign = campaign_of(&made);
+    let settled = broadcast_when(&app, &t.key, &campaign, |b| b["counts"]["read"] == 1).await;
+    assert_eq!(settled["counts"]["read"], 1, "{settled}");
+    let requests = app.sandbox_requests_to("60123450032");
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].phone_number_id, second);
+    // A template the sender's WABA has paused is refused, as typed.
+    let refused = web
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &chosen.csrf()),
+                ("from", &second),
+                ("template", "order_update:en_US"),
+                ("parameters", "A-1"),
+                ("numbers", "+60123450033"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 422, "{}", refused.html);
+    assert!(refused.html.contains(&format!(
+        r#"<input type="hidden" name="from" value="{second}">"#
+    )));
+
+    // The templates page shows either WABA's catalogue.
+    let list = web.get("/console/templates?status=approved").await;
+    assert!(list.html.contains(r#"id="t-waba""#), "{}", list.html);
+    assert!(list.html.contains("order_update"));
+    let other = web
+        .get(&format!(
+            "/console/templates?status=approved&waba_id={waba}"
+        ))
+        .await;
+    assert_eq!(other.status, 200, "{}", other.html);
+    assert!(!other.html.contains("order_update"), "{}", other.html);
+    assert!(other.html.contains("promo_sale"));
+    assert!(other
+        .html
+        .contains(&format!(r#"<option value="{waba}" selected>"#)));
+}
+
 on_both_backends!(
+    with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_catalogue,
     a_day_the_calendar_cannot_end_is_a_400_on_every_dated_page,
     a_campaign_s_failures_are_retried_from_its_page_with_the_template_s_parameters,
     a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console,

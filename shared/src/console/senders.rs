@@ -1,0 +1,168 @@
+//! The account's sending numbers as the console offers them: a "Send from" choice on the
+//! send form and the campaign form, and a WABA choice on the templates page, shown only
+//! when the account has more than one (`GET /v1/phone-numbers`). With one number (most
+//! accounts) nothing changes: sends go from the default, as a send without `from` does.
+
+use maud::{html, Markup};
+use serde_json::Value;
+
+use super::pages::{text, Ctx};
+use super::usage::PHONE_NUMBERS;
+use super::ConsoleState;
+
+/// The account's numbers, in the API's order (by id), or none when they cannot be read
+/// (the role may not, or the API has not the route): the forms then send from the default.
+pub(super) struct Senders(Vec<Value>);
+
+impl Senders {
+    pub(super) fn empty() -> Senders {
+        Senders(Vec::new())
+    }
+
+    pub(super) async fn read(s: &ConsoleState, ctx: &Ctx) -> Senders {
+        if !ctx.may("GET", PHONE_NUMBERS) {
+            return Senders(Vec::new());
+        }
+        let a = s.api.get(&ctx.who, PHONE_NUMBERS).await;
+        if !a.ok() {
+            return Senders(Vec::new());
+        }
+        Senders(
+            a.body["phone_numbers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Whether there is a choice to offer.
+    pub(super) fn several(&self) -> bool {
+        self.0.len() > 1
+    }
+
+    /// `from` when it is one of the account's numbers, else empty (the default).
+    pub(super) fn known<'a>(&self, from: &'a str) -> &'a str {
+        if self.find(from).is_some() {
+            from
+        } else {
+            ""
+        }
+    }
+
+    fn find(&self, from: &str) -> Option<&Value> {
+        self.0
+            .iter()
+            .find(|n| !from.is_empty() && text(n, "phone_number_id") == from)
+    }
+
+    /// The WABA of the number `from` (empty: the default number's, which needs no
+    /// `waba_id`).
+    pub(super) fn waba_of(&self, from: &str) -> &str {
+        self.find(from).map_or("", |n| text(n, "waba_id"))
+    }
+
+    /// The account's WABAs, each once, in the numbers' order.
+    pub(super) fn wabas(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for n in &self.0 {
+            let w = text(n, "waba_id");
+            if !w.is_empty() && !out.contains(&w) {
+                out.push(w);
+            }
+        }
+        out
+    }
+
+    /// A number as a person reads it: its display number (or id) and "default".
+    fn label(n: &Value) -> String {
+        let id = text(n, "phone_number_id");
+        let shown = n["display_phone_number"]
+            .as_str()
+            .filter(|d| !d.is_empty())
+            .map_or_else(|| id.to_owned(), |d| format!("{d} ({id})"));
+        if n["default"].as_bool() == Some(true) {
+            format!("{shown}, default")
+        } else {
+            shown
+        }
+    }
+
+    /// A `select` of the numbers named `name` (value: the phone number id; the default
+    /// selected when `chosen` is none of them), or nothing with one number.
+    pub(super) fn select(&self, id: &str, name: &str, chosen: &str) -> Markup {
+        if !self.several() {
+            return html! {};
+        }
+        let chosen = self.known(chosen);
+        html! {
+            div {
+                label for=(id) { "Send from" }
+                select id=(id) name=(name) {
+                    @for n in &self.0 {
+                        @let value = text(n, "phone_number_id");
+                        @let picked = if chosen.is_empty() { n["default"].as_bool() == Some(true) } else { value == chosen };
+                        option value=(value) selected[picked] { (Self::label(n)) }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The label of the number `from` (the default's when none is chosen).
+    pub(super) fn describe(&self, from: &str) -> String {
+        let n = self
+            .find(from)
+            .or_else(|| self.0.iter().find(|n| n["default"].as_bool() == Some(true)));
+        n.map(Self::label).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn two() -> Senders {
+        Senders(vec![
+            json!({"phone_number_id": "111", "waba_id": "9", "display_phone_number": "+60 12-345", "default": true}),
+            json!({"phone_number_id": "222", "waba_id": "8", "display_phone_number": null, "default": false}),
+            json!({"phone_number_id": "333", "waba_id": "9", "display_phone_number": "", "default": false}),
+        ])
+    }
+
+    #[test]
+    fn a_choice_of_sender_is_offered_only_with_several_numbers_and_names_the_default() {
+        let one = Senders(vec![
+            json!({"phone_number_id": "111", "waba_id": "9", "default": true}),
+        ]);
+        assert_eq!(one.select("f", "from", "").into_string(), "");
+        let html = two().select("f", "from", "").into_string();
+        assert!(
+            html.contains(r#"<option value="111" selected>+60 12-345 (111), default</option>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<option value="222">222</option>"#),
+            "{html}"
+        );
+        let html = two().select("f", "from", "222").into_string();
+        assert!(html.contains(r#"<option value="222" selected>"#), "{html}");
+        assert!(!html.contains(r#"<option value="111" selected>"#), "{html}");
+        // Someone else's number (or a typo) is not kept: the default is selected.
+        let html = two().select("f", "from", "999").into_string();
+        assert!(html.contains(r#"<option value="111" selected>"#), "{html}");
+    }
+
+    #[test]
+    fn a_numbers_waba_is_found_by_its_id_and_each_waba_is_listed_once() {
+        let s = two();
+        assert_eq!(s.waba_of("222"), "8");
+        assert_eq!(s.waba_of(""), "");
+        assert_eq!(s.waba_of("999"), "");
+        assert_eq!(s.wabas(), vec!["9", "8"]);
+        assert_eq!(s.known("999"), "");
+        assert_eq!(s.known("333"), "333");
+        assert_eq!(s.describe(""), "+60 12-345 (111), default");
+        assert_eq!(s.describe("333"), "333");
+    }
+}
