@@ -137,6 +137,26 @@ impl SqsQueue {
         "sqs:ChangeMessageVisibility",
     ];
 
+    /// One `SendMessage`: in a message group (a fair queue's tenant) and after a delay
+    /// when given.
+    async fn send_one(
+        &self,
+        body: &str,
+        group: Option<&str>,
+        delay_secs: Option<i32>,
+    ) -> Result<(), StoreError> {
+        self.client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(sqs_safe(body))
+            .set_message_group_id(group.map(str::to_owned))
+            .set_delay_seconds(delay_secs)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("sqs send", e))
+    }
+
     pub fn new(client: Client, url: impl Into<String>, dlq_url: Option<String>) -> Self {
         Self {
             client,
@@ -224,39 +244,15 @@ fn refusal_detail(what: &str, failed: &[BatchResultErrorEntry], of: usize) -> St
 #[async_trait]
 impl DispatchQueue for SqsQueue {
     async fn send(&self, body: &str) -> Result<(), StoreError> {
-        self.client
-            .send_message()
-            .queue_url(&self.url)
-            .message_body(sqs_safe(body))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| classify("sqs send", e))
+        self.send_one(body, None, None).await
     }
 
     async fn send_in_group(&self, group: &str, body: &str) -> Result<(), StoreError> {
-        self.client
-            .send_message()
-            .queue_url(&self.url)
-            .message_body(sqs_safe(body))
-            .message_group_id(group)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| classify("sqs send", e))
+        self.send_one(body, Some(group), None).await
     }
 
     async fn send_delayed(&self, body: &str, delay: Duration) -> Result<(), StoreError> {
-        let secs = delay_seconds(delay);
-        self.client
-            .send_message()
-            .queue_url(&self.url)
-            .message_body(sqs_safe(body))
-            .delay_seconds(secs)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| classify("sqs send", e))
+        self.send_one(body, None, Some(delay_seconds(delay))).await
     }
 
     async fn send_batch(&self, bodies: &[String]) -> Result<(), StoreError> {
