@@ -208,8 +208,9 @@ pub struct CarriedSlot {
 
 /// Meta's `pricing` object on a status webhook: its pricing model (`PMP`), category
 /// (`marketing`, `utility`, `authentication`, `service`, ...) and type (`regular`,
-/// `free_customer_service`, `free_entry_point`). Each is a short word of letters, digits
-/// and underscores (`Pricing::parse` refuses anything else), so it can sit in a key.
+/// `free_customer_service`, `free_entry_point`). Each is a short word of letters, digits,
+/// underscores and hyphens (Meta writes `authentication-international` with one;
+/// `Pricing::parse` refuses anything else), so it can sit in a key (`#` separates).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pricing {
     pub pricing_model: String,
@@ -226,7 +227,8 @@ impl Pricing {
         let word = |s: &str| {
             !s.is_empty()
                 && s.len() <= 64
-                && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         };
         (word(pricing_model) && word(category) && word(pricing_type)).then(|| Pricing {
             pricing_model: pricing_model.to_owned(),
@@ -249,6 +251,11 @@ mod tests {
         );
         assert!(Pricing::parse("PMP", "", "regular").is_none());
         assert!(Pricing::parse("PMP", "utility#x", "regular").is_none());
+        // Meta's dearer authentication rate is written with a hyphen: counted, not dropped.
+        assert_eq!(
+            Pricing::parse("PMP", "AUTHENTICATION-INTERNATIONAL", "regular").map(|p| p.category),
+            Some("authentication-international".to_owned())
+        );
         assert!(Pricing::parse(&"a".repeat(65), "utility", "regular").is_none());
     }
 
@@ -258,14 +265,14 @@ mod tests {
         /// and checking the lower-cased words (the definition before that saving).
         #[test]
         fn pricing_reads_as_lower_casing_then_checking_the_words_would(
-            model in crate::props::re("[A-Za-z0-9_#é ]{0,66}"),
-            category in crate::props::re("[A-Za-z0-9_#é ]{0,66}"),
-            kind in crate::props::re("[A-Za-z0-9_#é ]{0,66}"),
+            model in crate::props::re("[A-Za-z0-9_#é -]{0,66}"),
+            category in crate::props::re("[A-Za-z0-9_#é -]{0,66}"),
+            kind in crate::props::re("[A-Za-z0-9_#é -]{0,66}"),
         ) {
             let word = |s: &str| {
                 (!s.is_empty()
                     && s.len() <= 64
-                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                    && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
                 .then(|| s.to_owned())
             };
             let before = (|| {

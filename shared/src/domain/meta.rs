@@ -1073,6 +1073,28 @@ mod tests {
     }
 
     #[test]
+    fn metas_hyphenated_authentication_international_category_is_read_by_both_readers() {
+        let body = messages_change(json!({
+            "metadata": {"phone_number_id": "pn1"},
+            "statuses": [
+                {"id":"wamid.A","status":"delivered","timestamp":"1","recipient_id":"60123456789",
+                 "pricing":{"billable":true,"pricing_model":"PMP","category":"authentication-international","type":"regular"}},
+            ]
+        }));
+        let want = Pricing::parse("PMP", "authentication-international", "regular");
+        assert!(want.is_some());
+        for ev in [
+            parse_notification(body.to_string().as_bytes()).unwrap(),
+            parse_tree(body.to_string().as_bytes()).unwrap(),
+        ] {
+            let [MetaEvent::Status(a)] = &ev[..] else {
+                panic!("{ev:?}")
+            };
+            assert_eq!(a.pricing, want);
+        }
+    }
+
+    #[test]
     fn phone_number_quality_updates_say_quality_and_throughput() {
         let change = |value: Value| json!({"entry":[{"id":"waba1","changes":[{"field":"phone_number_quality_update","value":value}]}]});
         let ev = events(change(

@@ -908,6 +908,7 @@ fn plain_status() -> BoxedStrategy<Value> {
                 "marketing",
                 "utility",
                 "authentication",
+                "authentication-international",
                 "service",
                 "x",
             ]),

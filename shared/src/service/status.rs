@@ -152,12 +152,21 @@ async fn apply_to(
         ))
         .await?;
     }
+    // Meta charges a message when it is delivered, and its `delivered` or `read` status
+    // carries the pricing then ("at least one of them", Meta's pricing page); a `sent`
+    // status's pricing is not a charge yet and is not counted, on any path. So a message
+    // counts once, on the day of its first `delivered` or `read` that carried a pricing,
+    // whichever way it was found and whatever order Meta's statuses came in.
+    let pricing = report
+        .pricing
+        .as_ref()
+        .filter(|_| matches!(to, MessageStatus::Delivered | MessageStatus::Read));
     if let Some(m) = seen.filter(|m| !to.may_still_follow(m.status)) {
         // Overtaken (a `delivered` after the `read`), yet it may be the first status to
         // carry Meta's pricing: counted once all the same (the store's condition decides).
-        // A repeat of the stored status is not (Meta's `sent` after the dispatcher's):
-        // the moves after it carry the pricing with them in the one write, as before.
-        if let Some(pricing) = report.pricing.as_ref().filter(|_| m.status != to) {
+        // A message already priced as read is not written again (a refused write costs
+        // a unit too).
+        if let Some(pricing) = pricing.filter(|_| m.pricing.is_none()) {
             Box::pin(super::usage::record_on(deps, m, pricing, at)).await?;
         }
         return Ok(Applied::NoChange);
@@ -170,7 +179,7 @@ async fn apply_to(
     };
     // The first status to carry Meta's pricing moves the message, prices it and counts it
     // in one write. Refused: it was priced or moved meanwhile; then as below.
-    if let (Some(pricing), Some(m)) = (&report.pricing, seen) {
+    if let (Some(pricing), Some(m)) = (pricing, seen) {
         if m.pricing.is_none() {
             let priced = super::usage::priced(deps, m, pricing, at);
             if deps
@@ -198,7 +207,7 @@ async fn apply_to(
             // Meta's pricing, counted once whichever status carries it first: the moved
             // record says whether it was (no extra read). Last, so that a failure here
             // (answered 500: Meta delivers again) never loses the callback above.
-            if let Some(pricing) = &report.pricing {
+            if let Some(pricing) = pricing {
                 super::usage::record_on(deps, &record, pricing, at).await?;
             }
             tracing::debug!(status = to.as_str(), "status applied");
@@ -207,7 +216,7 @@ async fn apply_to(
         Transition::Refused => {
             // A repeated or overtaken status may still be the first to carry the pricing
             // (the dispatcher itself moves a message to `sent`).
-            if let Some(pricing) = &report.pricing {
+            if let Some(pricing) = pricing {
                 Box::pin(super::usage::record(
                     deps, tenant_id, message_id, pricing, at,
                 ))

@@ -455,7 +455,92 @@ async fn a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sen
     }
 }
 
+/// Meta charges a message when it is delivered: a `sent` status's pricing is counted on no
+/// path (Meta's `sent` before the dispatcher's, found by our id or by its wamid), and the
+/// `delivered` one is, once, whichever way it finds the message.
+async fn only_a_delivered_or_read_status_counts_metas_pricing_on_every_path(b: Backend) {
+    let (_, deps, clock) = two_processes(b).await;
+    let t = tenant(10);
+    deps.tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let (m, debit) = message_for(&t.id, clock.now());
+    deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+    let wamid = format!("wamid.{}", ulid::Ulid::new());
+    deps.messages
+        .transition(
+            &t.id,
+            &m.id,
+            MessageStatus::Sending,
+            &StatusChange::default(),
+            clock.now(),
+        )
+        .await
+        .unwrap();
+    deps.messages
+        .index_wamid(&t.id, &m.id, &wamid, m.expires_at)
+        .await
+        .unwrap();
+    let by_wamid = |status: &str| {
+        let mut r = report(&m, &wamid, status, true);
+        r.callback = None;
+        r
+    };
+    let counted = || {
+        let (usage, t) = (deps.usage.clone(), t.id.clone());
+        let day = clock.now().date_naive();
+        async move {
+            usage
+                .usage(&t, day, day)
+                .await
+                .unwrap()
+                .iter()
+                .map(|u| u.messages)
+                .sum::<i64>()
+        }
+    };
+    // Meta's `sent` comes before the dispatcher recorded it: it moves the message, and its
+    // pricing is not a charge yet.
+    assert_eq!(
+        status::apply(&deps, Some(&t.id), &report(&m, &wamid, "sent", true))
+            .await
+            .unwrap(),
+        Applied::Yes
+    );
+    // Again, found by its wamid (no id echoed): refused, and not counted either.
+    assert_eq!(
+        status::apply(&deps, Some(&t.id), &by_wamid("sent"))
+            .await
+            .unwrap(),
+        Applied::NoChange
+    );
+    let stored = deps
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, MessageStatus::Sent);
+    assert_eq!(stored.pricing, None, "not priced by a sent status");
+    assert_eq!(counted().await, 0);
+    // Delivered, found by its wamid: priced and counted, once.
+    for r in [by_wamid("delivered"), report(&m, &wamid, "delivered", true)] {
+        status::apply(&deps, Some(&t.id), &r).await.unwrap();
+    }
+    let stored = deps
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, MessageStatus::Delivered);
+    assert!(stored.pricing.is_some());
+    assert_eq!(counted().await, 1);
+}
+
 on_both_backends!(
+    only_a_delivered_or_read_status_counts_metas_pricing_on_every_path,
     a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_is_sent,
     an_overtaken_status_that_is_the_first_to_carry_the_pricing_still_counts_it_once,
     a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_it_once,
