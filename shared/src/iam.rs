@@ -164,6 +164,9 @@ const ADMIN_API: &[Grant] = &[
     // failed onboarding, a callback turned off and the retention run's close-out.
     on(TenantSecrets, SecretsManagerStore::WRITE),
     on(TenantSecrets, SecretsManagerStore::DELETE),
+    // A callback secret being replaced is read first, to be put back if the setting's
+    // write fails (`callbacks::put_setting`).
+    on(CallbackSecrets, SecretsManagerStore::READ),
     // Dead letters: listed and redriven (received, sent back to the source, deleted).
     on(DispatchDlq, SqsQueue::DEAD_LETTERS),
     on(DispatchQueue, SqsQueue::SEND),
@@ -220,6 +223,8 @@ const CONSOLE: &[Grant] = &[
     // The settings page sets or removes a tenant's status-callback secret.
     on(CallbackSecrets, SecretsManagerStore::WRITE),
     on(CallbackSecrets, SecretsManagerStore::DELETE),
+    // ... and reads the one it replaces, to put it back if the setting's write fails.
+    on(CallbackSecrets, SecretsManagerStore::READ),
     // The catalogue page's "Sync with Meta" reads Meta with the tenant's own token.
     on(MetaTokens, SecretsManagerStore::READ),
 ];
