@@ -1,19 +1,24 @@
 //! Each Lambda gets only the ports `wiring::Function::uses` declares (the rest refuse,
-//! as `NotWired`). A message travels through all six functions wired exactly so, over
-//! one memory backend: if a function needed a port it does not declare, a step fails.
+//! as `NotWired`), and only the secrets its IAM grants cover (`Granted`: moto's policy
+//! allows everything, so this is where a missing `GetSecretValue` shows). A message
+//! travels through the functions wired exactly so, over one memory backend: if a function
+//! needed a port or a secret it is not given, a step fails.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use kirim::adapters::aws::SecretsManagerStore;
 use kirim::adapters::memory::{MemoryQueue, MemorySecrets, MemoryStore};
 use kirim::domain::MessageStatus;
-use kirim::ports::{DispatchQueue, MetaAccepted, MetaClient, MetaSendError};
+use kirim::iam::Resource;
+use kirim::ports::{DispatchQueue, MetaAccepted, MetaClient, MetaSendError, SecretStore};
 use kirim::secret::Secret;
 use kirim::service::dispatch;
 use kirim::service::jobs::Outcome;
 use kirim::service::{accounts, callbacks, send, webhook, Backends, Deps};
+use kirim::store_error::StoreError;
 use kirim::wiring::{Function, NotWired, Port};
 use kirim_tests::{test_settings, ManualClock};
 use serde_json::{json, Value};
@@ -40,6 +45,84 @@ impl MetaClient for FixedWamid {
         _after: Option<&str>,
     ) -> Result<kirim::domain::template::MetaTemplatePage, MetaSendError> {
         Ok(Default::default())
+    }
+}
+
+/// The secret store as a function's role sees it on AWS: a call on a secret its grants
+/// (`iam::Function::needs`, which `template.yaml` must match) do not cover is refused, as
+/// Secrets Manager's AccessDenied would be (`Misconfigured`). moto grants everything.
+struct Granted {
+    inner: Arc<MemorySecrets>,
+    function: Function,
+    prefix: String,
+}
+
+impl Granted {
+    /// The resources a grant on any of which covers the secret `name`.
+    fn resources(&self, name: &str) -> Vec<Resource> {
+        let rest = name.strip_prefix(&self.prefix).unwrap_or(name);
+        if let Some(tenant_secret) = rest.strip_prefix("tenants/") {
+            let mut out = vec![Resource::TenantSecrets];
+            if tenant_secret.ends_with("/meta-token") {
+                out.push(Resource::MetaTokens);
+            } else if tenant_secret.ends_with("/status-callback-secret") {
+                out.push(Resource::CallbackSecrets);
+            }
+            return out;
+        }
+        match rest {
+            "audit-key" => vec![Resource::AuditKey],
+            "operator-token" => vec![Resource::OperatorToken],
+            "meta-app-secret" => vec![Resource::MetaAppSecret],
+            "meta-verify-token" => vec![Resource::MetaVerifyToken],
+            "console-csrf-key" => vec![Resource::ConsoleCsrfKey],
+            "totp-key" => vec![Resource::TotpKey],
+            other => panic!("a secret no grant names: {other}"),
+        }
+    }
+
+    fn check(&self, name: &str, actions: &[&str]) -> Result<(), StoreError> {
+        let needs = self.function.needs();
+        let granted = self.resources(name).iter().any(|r| {
+            needs
+                .get(r)
+                .is_some_and(|a| actions.iter().all(|x| a.contains(x)))
+        });
+        if granted {
+            Ok(())
+        } else {
+            Err(StoreError::Misconfigured(format!(
+                "{} may not {actions:?} on {name}",
+                self.function.name()
+            )))
+        }
+    }
+}
+
+#[async_trait]
+impl SecretStore for Granted {
+    async fn put_secret(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
+        self.check(name, SecretsManagerStore::WRITE)?;
+        self.inner.put_secret(name, value).await
+    }
+    async fn get_secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+        self.check(name, SecretsManagerStore::READ)?;
+        self.inner.get_secret(name).await
+    }
+    async fn get_previous_secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+        self.check(name, SecretsManagerStore::READ)?;
+        self.inner.get_previous_secret(name).await
+    }
+    async fn rotated_at(
+        &self,
+        name: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        self.check(name, SecretsManagerStore::READ)?;
+        self.inner.rotated_at(name).await
+    }
+    async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
+        self.check(name, SecretsManagerStore::DELETE)?;
+        self.inner.delete_secret(name).await
     }
 }
 
@@ -94,7 +177,11 @@ async fn a_message_travels_through_functions_wired_only_with_the_ports_they_decl
             store: store.clone(),
             queue: queue_or_refusal(Port::DispatchQueue, &queue),
             callback_queue: queue_or_refusal(Port::CallbackQueue, &callback_queue),
-            secrets: secrets.clone(),
+            secrets: Arc::new(Granted {
+                inner: secrets.clone(),
+                function: f,
+                prefix: test_settings().secret_prefix,
+            }),
             data_keys: if f.uses_port(Port::DataKeys) {
                 data_keys.clone()
             } else {
@@ -119,6 +206,13 @@ async fn a_message_travels_through_functions_wired_only_with_the_ports_they_decl
         serde_json::from_value(json!({"url": url, "secret": "whsec_wired_callback_secret_0123"}))
             .unwrap();
     callbacks::put_setting(&admin, &tenant.id, update)
+        .await
+        .unwrap();
+    // The console's settings page replaces the secret (reading the one it replaces).
+    let update: callbacks::CallbackUpdate =
+        serde_json::from_value(json!({"url": url, "secret": "whsec_wired_callback_secret_4567"}))
+            .unwrap();
+    callbacks::put_setting(&deps_for(Function::Console), &tenant.id, update)
         .await
         .unwrap();
 
