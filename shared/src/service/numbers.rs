@@ -152,7 +152,18 @@ pub async fn add(
         })?;
     tracing::info!(tenant_id = %tenant_id, phone_number_id = %record.phone_number_id, "phone number added");
     if !known_wabas.contains(&record.waba_id) {
-        match super::templates::sync_waba(deps, &tenant, &record.waba_id).await {
+        // Bounded as at onboarding: the number is added whatever Meta does, and the answer
+        // (and the call's audit event, recorded after it) must not wait past API Gateway's
+        // 30 s for a slow or long catalogue; the daily sync reads the rest.
+        let wabas = [record.waba_id.clone()];
+        match super::templates::sync_all_within(
+            deps,
+            &tenant,
+            &wabas,
+            super::templates::ONBOARDING_SYNC_TIME,
+        )
+        .await
+        {
             Ok(s) => tracing::info!(synced = s.synced, "new WABA's catalogue synced"),
             Err(e) => tracing::warn!(error = %e, "new WABA's catalogue not synced"),
         }

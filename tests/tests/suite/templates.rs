@@ -794,6 +794,37 @@ async fn onboarding_answers_its_key_within_ten_seconds_however_slow_metas_templa
     assert!(deps.tenants.get_tenant(&tenant.id).await.unwrap().is_some());
 }
 
+/// A number on a new WABA brings that WABA's catalogue, read as at onboarding: within 10 s
+/// however slow Meta is, so that the operator's answer (and the call's audit event, written
+/// after it) is not lost to API Gateway's 30 s; the number is added all the same.
+#[tokio::test(start_paused = true)]
+async fn a_number_on_a_new_waba_is_added_within_ten_seconds_however_slow_metas_template_list_is() {
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock).unwrap();
+    let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({
+        "name": "Kedai", "waba_id": "7200001", "phone_number_id": "8200001",
+        "meta_access_token": "EAAG", "credits": 1}))
+    .unwrap();
+    let (tenant, _) = kirim::service::accounts::create_tenant(&deps, req)
+        .await
+        .expect("onboarded");
+    deps.meta = Arc::new(SlowMeta(std::time::Duration::from_secs(3600)));
+    let started = tokio::time::Instant::now();
+    let req: kirim::service::numbers::NewNumber =
+        serde_json::from_value(json!({"phone_number_id": "8200002", "waba_id": "7200002"}))
+            .unwrap();
+    let added = kirim::service::numbers::add(&deps, &tenant.id, req)
+        .await
+        .expect("added");
+    assert_eq!(
+        tokio::time::Instant::now() - started,
+        templates::ONBOARDING_SYNC_TIME
+    );
+    assert_eq!(added.waba_id, "7200002");
+    let listed = kirim::service::numbers::list(&deps, &tenant).await.unwrap();
+    assert!(listed.iter().any(|n| n.phone_number_id == "8200002"));
+}
+
 /// A tenant store whose onboarding write lands but whose answer is lost (the SDK gave up).
 struct AnswerLost(Arc<dyn kirim::ports::TenantStore>);
 
