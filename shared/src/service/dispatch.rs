@@ -461,10 +461,49 @@ async fn held_unclaimed(
     held(deps, job, hold).await
 }
 
+/// The hold on a broadcast's message's broadcast as this process remembers it, read again
+/// when it was found held longer ago (`broadcasts::HoldMemo`), and, with `read_unknown`,
+/// also when this process never found it held; none when it is not held.
+async fn hold_of(
+    deps: &Deps,
+    job: &DispatchJob,
+    read_unknown: bool,
+) -> Result<Option<BroadcastControl>, StoreError> {
+    let Some(b) = &job.broadcast_id else {
+        return Ok(None);
+    };
+    let now = deps.clock.now();
+    Ok(match deps.broadcast_holds.held(&job.tenant_id, b, now) {
+        Remembered::Held(hold) => Some(hold),
+        Remembered::Nothing if !read_unknown => None,
+        Remembered::Earlier | Remembered::Nothing => {
+            let hold = deps
+                .broadcasts
+                .get_broadcast(&job.tenant_id, b)
+                .await?
+                .and_then(|broadcast| broadcast.control);
+            deps.broadcast_holds.note(&job.tenant_id, b, hold, now);
+            hold
+        }
+    })
+}
+
 async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
-    // A retry whose backoff is longer than one hop waits out the rest on the queue.
+    // A retry whose backoff is longer than one hop waits out the rest on the queue, unless
+    // its tenant was suspended or closed, or its broadcast cancelled, meanwhile: then it
+    // goes on below now and is failed or cancelled (refunded) as every queued message of
+    // theirs is, rather than sent after a resume when its backoff ends.
     if let Some(wait) = super::schedule::wait(job.retry_at, deps.clock.now()) {
-        return Ok(super::schedule::wait_again(deps, &QueueJob::Send(job.clone()), wait).await?);
+        let active = deps
+            .tenants
+            .tenant_for_access(&job.tenant_id)
+            .await?
+            .is_some_and(|t| t.status == TenantStatus::Active);
+        // (A broadcast's is read: a hop is 15 minutes, and only long backoffs take them.)
+        if active && hold_of(deps, job, true).await? != Some(BroadcastControl::Cancelled) {
+            let again = QueueJob::Send(job.clone());
+            return Ok(super::schedule::wait_again(deps, &again, wait).await?);
+        }
     }
     // A scheduled message: not due yet, it waits another hop on the queue; due, it
     // becomes `accepted` (a conditional write: refused when a duplicate job did it
@@ -560,24 +599,8 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     // A broadcast's message whose broadcast this process found held a moment ago waits
     // (or, cancelled, is cancelled) without a claim and its undo; one found held longer
     // ago reads the broadcast first (`broadcasts::HoldMemo`).
-    if let Some(b) = &job.broadcast_id {
-        let now = deps.clock.now();
-        let hold = match deps.broadcast_holds.held(&job.tenant_id, b, now) {
-            Remembered::Held(hold) => Some(hold),
-            Remembered::Earlier => {
-                let hold = deps
-                    .broadcasts
-                    .get_broadcast(&job.tenant_id, b)
-                    .await?
-                    .and_then(|broadcast| broadcast.control);
-                deps.broadcast_holds.note(&job.tenant_id, b, hold, now);
-                hold
-            }
-            Remembered::Nothing => None,
-        };
-        if let Some(hold) = hold {
-            return Ok(held_unclaimed(deps, job, hold).await?);
-        }
+    if let Some(hold) = hold_of(deps, job, false).await? {
+        return Ok(held_unclaimed(deps, job, hold).await?);
     }
     // A STOP may have arrived while the message waited in the queue: honour it.
     let category = job.content.template_ref().map(|t| t.category);

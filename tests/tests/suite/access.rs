@@ -709,6 +709,88 @@ async fn a_message_queued_before_a_suspension_fails_refunded_without_reaching_me
     );
 }
 
+/// A message waiting out a long retry backoff on the queue (hops of up to 15 minutes) is
+/// not sent after a suspension and a resume within its wait: the first hop after the
+/// suspension fails it, refunded, as every queued message of the tenant's.
+#[tokio::test]
+async fn a_message_in_a_long_retry_backoff_fails_refunded_at_its_next_hop_after_a_suspension() {
+    use kirim::ports::TenantStatus;
+    use kirim::service::jobs::Outcome;
+    use kirim::service::{accounts, dispatch, send};
+    let clock = ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
+        "phone_number_id": "124", "meta_access_token": "EAAG", "credits": 2}))
+    .unwrap();
+    let (tenant, _) = accounts::create_tenant(&deps, req).await.unwrap();
+    user_wrote(&deps, &tenant).await;
+    let msg: send::SendRequest =
+        serde_json::from_value(json!({"to": "+60123456789", "text": {"body": "hi"}})).unwrap();
+    let record = send::send(&deps, &tenant.id, msg).await.unwrap();
+    let queued = deps
+        .queue
+        .receive(10, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1);
+    // The job as a transient failure sends it back: not to be tried for an hour.
+    let mut job: serde_json::Value = serde_json::from_str(&queued[0].body).unwrap();
+    let retry_at = kirim::ports::Clock::now(clock.as_ref()) + chrono::Duration::hours(1);
+    job["retry_at"] = json!(retry_at.to_rfc3339());
+    let body = job.to_string();
+    assert!(
+        matches!(
+            dispatch::handle_in_batch(&deps, &body).await,
+            Outcome::Again(..)
+        ),
+        "an active tenant's retry waits out its backoff"
+    );
+    for suspended in [true, false] {
+        let status = if suspended {
+            TenantStatus::Suspended
+        } else {
+            TenantStatus::Active
+        };
+        accounts::set_status(&deps, &tenant.id, status, Some("audit".into()))
+            .await
+            .unwrap();
+        if suspended {
+            // Its next hop comes while the tenant is suspended.
+            assert_eq!(dispatch::handle(&deps, &body).await, Outcome::Done);
+        }
+    }
+    let m = deps
+        .messages
+        .get_message(&tenant.id, &record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.status, kirim::domain::MessageStatus::Failed);
+    assert_eq!(m.error.unwrap().code, "tenant_suspended");
+    let credits = deps
+        .tenants
+        .get_tenant(&tenant.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .credits;
+    assert_eq!(credits, 2, "refunded");
+    // Resumed before the backoff ended: a later hop of the job sends nothing.
+    assert!(matches!(
+        dispatch::handle_in_batch(&deps, &body).await,
+        Outcome::Again(..) | Outcome::Done
+    ));
+    clock.advance(chrono::Duration::hours(2));
+    assert_eq!(dispatch::handle(&deps, &body).await, Outcome::Done);
+    let m = deps
+        .messages
+        .get_message(&tenant.id, &record.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.status, kirim::domain::MessageStatus::Failed, "never sent");
+}
+
 /// A secret store that can be made to fail, to test what a claim does on failure.
 #[derive(Default)]
 struct FlakySecrets {
