@@ -306,21 +306,44 @@ pub struct ScheduledSync {
 /// [`MAX_SCHEDULED`]), until `until`: no WABA is begun after it, and one still reading
 /// Meta then is cut short (counted as failed; a sync cut short removes nothing). A failure
 /// is logged and counted, never fatal.
+///
+/// With more tenants than a run reaches, each run begins further on: the tenants in id
+/// order, from `day × MAX_SCHEDULED` on (wrapping), so that every tenant's WABAs are
+/// synced within a few days, and their catalogue's expiry renewed, instead of the same
+/// first ones every day.
 pub async fn sync_scheduled(
     deps: &Deps,
     tenants: &[TenantId],
     until: tokio::time::Instant,
 ) -> ScheduledSync {
+    sync_scheduled_at_most(deps, tenants, until, MAX_SCHEDULED).await
+}
+
+/// [`sync_scheduled`] with `max` WABAs a run.
+pub async fn sync_scheduled_at_most(
+    deps: &Deps,
+    tenants: &[TenantId],
+    until: tokio::time::Instant,
+    max: usize,
+) -> ScheduledSync {
     let mut done = ScheduledSync::default();
     let mut wabas = HashSet::new();
-    for id in tenants {
+    let mut order: Vec<&TenantId> = tenants.iter().collect();
+    order.sort();
+    order.dedup();
+    if !order.is_empty() {
+        let day = usize::try_from(deps.clock.now().timestamp().div_euclid(86_400)).unwrap_or(0);
+        let start = (day % order.len()).wrapping_mul(max % order.len()) % order.len();
+        order.rotate_left(start);
+    }
+    for id in order {
         if tokio::time::Instant::now() >= until {
             done.out_of_time = true;
             break;
         }
-        if wabas.len() >= MAX_SCHEDULED {
+        if wabas.len() >= max {
             tracing::info!(
-                max = MAX_SCHEDULED,
+                max,
                 "template sync budget reached; the rest wait for the next run"
             );
             break;
@@ -343,7 +366,7 @@ pub async fn sync_scheduled(
             }
         }
         for waba in own {
-            if wabas.len() >= MAX_SCHEDULED || !wabas.insert(waba.clone()) {
+            if wabas.len() >= max || !wabas.insert(waba.clone()) {
                 continue;
             }
             match tokio::time::timeout_at(until, sync_waba(deps, &tenant, &waba)).await {

@@ -770,6 +770,66 @@ async fn the_scheduled_template_sync_stops_at_the_runs_deadline() {
     );
 }
 
+/// Meta, noting which WABAs' templates were listed.
+#[derive(Default)]
+struct ListedWabas(std::sync::Mutex<Vec<String>>);
+
+#[async_trait]
+impl MetaClient for ListedWabas {
+    async fn send_message(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: &Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        Err(MetaSendError::Timeout)
+    }
+    async fn list_templates(
+        &self,
+        waba: &str,
+        _: &Secret,
+        _: Option<&str>,
+    ) -> Result<MetaTemplatePage, MetaSendError> {
+        self.0.lock().unwrap().push(waba.to_owned());
+        Ok(MetaTemplatePage::default())
+    }
+}
+
+/// More active tenants than a run syncs: the next day's run begins where the last left
+/// off, so every WABA is synced (and its catalogue's expiry renewed) within days, not the
+/// same first ones every day.
+#[tokio::test]
+async fn the_daily_template_sync_takes_turns_when_there_are_more_wabas_than_a_run_syncs() {
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let mut tenants = Vec::new();
+    for i in 0..3 {
+        let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({
+            "name": "Kedai", "waba_id": format!("{}", 7_300_000 + i),
+            "phone_number_id": format!("{}", 8_300_000 + i), "meta_access_token": "EAAG", "credits": 1}))
+        .unwrap();
+        let (t, _) = kirim::service::accounts::create_tenant(&deps, req)
+            .await
+            .unwrap();
+        tenants.push(t.id);
+    }
+    let meta = Arc::new(ListedWabas::default());
+    deps.meta = meta.clone();
+    let until = || tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut per_day = Vec::new();
+    for _ in 0..2 {
+        let done = templates::sync_scheduled_at_most(&deps, &tenants, until(), 2).await;
+        assert_eq!(done.wabas, 2, "{done:?}");
+        per_day.push(std::mem::take(&mut *meta.0.lock().unwrap()));
+        clock.advance(chrono::Duration::days(1));
+    }
+    assert_ne!(per_day[0], per_day[1], "each day begins elsewhere");
+    let mut synced: Vec<String> = per_day.concat();
+    synced.sort();
+    synced.dedup();
+    assert_eq!(synced, vec!["7300000", "7300001", "7300002"], "{per_day:?}");
+}
+
 /// Onboarding answers the tenant's first admin key, shown once: a slow Meta may not hold
 /// that answer past API Gateway's 30 s (a 504 would lose the key and leave the number
 /// taken). The catalogue read is given up after 10 s; the tenant is onboarded.
