@@ -186,7 +186,10 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         complete = report.complete,
         "retention run finished"
     );
-    audit::record(
+    // Parked if the platform chain cannot take it now (linked by a later append): the
+    // run's work is done, and failing it here would answer 503 for a finished sweep, skip
+    // the template sync after it and have EventBridge run it all again.
+    audit::record_or_park(
         deps,
         Draft {
             tenant: None,
@@ -198,7 +201,7 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
             details: serde_json::to_value(&report).unwrap_or_default(),
         },
     )
-    .await?;
+    .await;
     Ok(report)
 }
 

@@ -684,7 +684,28 @@ async fn two_processes_appending_to_one_chain_at_once_never_fork_it(b: Backend) 
     );
 }
 
+/// The retention run's own audit event, when the platform chain cannot take it, is parked:
+/// the run's work is done and it answers its report, not an error (which would skip the
+/// template sync after it and have the schedule run it all again).
+async fn a_retention_run_whose_audit_event_cannot_be_appended_parks_it_and_reports(b: Backend) {
+    let app = spawn_app(b).await;
+    let _t = app.onboard(1).await;
+    let down = failing(
+        &app,
+        usize::MAX,
+        StoreError::Unavailable("throttled".into()),
+    );
+    let report = kirim::service::retention::run(&down).await;
+    assert!(report.is_ok(), "{:?}", report.err());
+    let (_, parked) = down.audit.tip(audit::PLATFORM_CHAIN).await.unwrap();
+    assert!(
+        parked,
+        "the run's event waits in the platform chain's outbox"
+    );
+}
+
 on_both_backends!(
+    a_retention_run_whose_audit_event_cannot_be_appended_parks_it_and_reports,
     user_and_2fa_changes_are_audited_with_what_they_changed,
     an_event_parked_on_a_chain_nobody_appends_to_is_linked_in_by_the_retention_job,
     an_event_left_beyond_its_head_is_listed_verified_as_in_flight_and_anchored_by_the_next_append,
