@@ -239,7 +239,7 @@ pub trait UserStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Confirms the pending secret `secret` with a code of time step `step`: only if that
     /// secret is still the pending one and `step` is later than the last accepted step.
-    /// `false` if those conditions fail.
+    /// `false` if those conditions fail (or the user is gone).
     async fn confirm_totp(
         &self,
         tenant: &TenantId,
@@ -257,7 +257,7 @@ pub trait UserStore: Send + Sync {
         new: &str,
     ) -> Result<bool, StoreError>;
     /// Records `step` as used if it is later than the last accepted step; `false` if not
-    /// (a replayed or older code).
+    /// (a replayed or older code, or the user is gone).
     async fn accept_totp_step(
         &self,
         tenant: &TenantId,

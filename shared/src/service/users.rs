@@ -772,6 +772,10 @@ pub async fn confirm(
     )
     .ok_or_else(|| invalid("totp_code does not match"))?;
     if !deps.users.confirm_totp(tenant, id, stored, step).await? {
+        // Removed meanwhile: the session's user is gone, as on its next request.
+        if deps.users.get_user(tenant, id).await?.is_none() {
+            return Err(ServiceError::Unauthenticated);
+        }
         return Err(invalid(
             "totp_code does not match (codes are accepted once; wait for the next one)",
         ));

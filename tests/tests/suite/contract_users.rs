@@ -521,6 +521,13 @@ async fn a_totp_step_is_accepted_once_and_confirmation_needs_the_pending_secret(
         p.users.set_pending_totp(&t.id, "ghost", "X").await,
         Err(StoreError::NotFound)
     ));
+    // A user removed while their code was being checked: refused alike, not an error.
+    assert!(!p.users.accept_totp_step(&t.id, "ghost", 102).await.unwrap());
+    assert!(!p
+        .users
+        .confirm_totp(&t.id, "ghost", "SECRETTWO", 102)
+        .await
+        .unwrap());
 }
 
 async fn the_two_factor_requirement_is_per_tenant_and_off_by_default(p: Ports) {

@@ -287,7 +287,9 @@ impl UserStore for MemoryStore {
         step: i64,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
-        let u = s.users.user_mut(tenant, id)?;
+        let Ok(u) = s.users.user_mut(tenant, id) else {
+            return Ok(false);
+        };
         if u.totp_confirmed || u.totp_secret.as_deref() != Some(secret) || u.last_totp_step >= step
         {
             return Ok(false);
@@ -322,7 +324,9 @@ impl UserStore for MemoryStore {
         step: i64,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
-        let u = s.users.user_mut(tenant, id)?;
+        let Ok(u) = s.users.user_mut(tenant, id) else {
+            return Ok(false);
+        };
         if u.last_totp_step >= step {
             return Ok(false);
         }
