@@ -42,6 +42,7 @@ pub(super) fn routes() -> Router<ConsoleState> {
         .route("/console/2fa", get(two_factor))
         .route("/console/2fa/enroll", post(enroll))
         .route("/console/2fa/confirm", post(confirm))
+        .route("/console/password", post(change_password))
         .route("/console/messages", get(messages).post(send_message))
         .route("/console/messages/{id}", get(message))
         .route("/console/opt-outs", get(opt_outs).post(add_opt_out))
@@ -210,6 +211,9 @@ pub(super) fn done(q: &HashMap<String, String>) -> Option<Notice> {
         "two_factor_setting" => "The two-factor requirement was saved.",
         "two_factor_on" => "Two-factor authentication is on for your sign-ins.",
         "signed_out" => "You are signed out.",
+        "password_changed" => {
+            "Your password was changed and you were signed out everywhere: sign in with the new one."
+        }
         "user_unlocked" => "The user's failed sign-ins were cleared; they can sign in again now.",
         "role_changed" => "The user's role was changed; it applies from their next click.",
         "campaign_created" => {
@@ -499,6 +503,16 @@ async fn logout(State(s): S, ctx: Ctx, body: Bytes) -> Response {
 // ------------------------------------------------------------------ 2FA
 
 async fn two_factor(State(s): S, ctx: Ctx, q: Q) -> Response {
+    render_two_factor(&s, &ctx, StatusCode::OK, done(&q.0)).await
+}
+
+/// The two-factor page (and the password form on it), with `n` said.
+async fn render_two_factor(
+    s: &ConsoleState,
+    ctx: &Ctx,
+    status: StatusCode,
+    n: Option<Notice>,
+) -> Response {
     let me = match crate::service::users::get(&s.deps, &ctx.tenant_id, &ctx.user_id).await {
         Ok(u) => u,
         Err(e) => {
@@ -518,16 +532,61 @@ async fn two_factor(State(s): S, ctx: Ctx, q: Q) -> Response {
                 button type="submit" { "Set up two-factor authentication" }
             }
         }
+        h2 { "Your password" }
+        form.stack #change-password method="post" action="/console/password" {
+            (csrf(&ctx.csrf))
+            div {
+                label for="current_password" { "Current password" }
+                input #current_password type="password" name="current_password" autocomplete="current-password" required;
+            }
+            div {
+                label for="new_password" { "New password (12 to 128 characters)" }
+                input #new_password type="password" name="new_password" autocomplete="new-password" minlength="12" maxlength="128" required;
+            }
+            p.hint { "Changing it signs you out everywhere, this browser too: sign in again with the new one." }
+            button type="submit" { "Change password" }
+        }
     };
     page(
-        StatusCode::OK,
-        frame(
-            "Two-factor",
-            &ctx.chrome("/console/2fa"),
-            done(&q.0).as_ref(),
-            body,
-        ),
+        status,
+        frame("Two-factor", &ctx.chrome("/console/2fa"), n.as_ref(), body),
     )
+}
+
+async fn change_password(State(s): S, ctx: Ctx, body: Bytes) -> Response {
+    let f = match form(&s, &ctx, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    // Not trimmed: a password is what was typed.
+    let typed = |k: &str| f.get(k).map_or("", String::as_str);
+    let a = s
+        .api
+        .call(
+            &ctx.who,
+            Method::POST,
+            "/v1/auth/password",
+            Some(json!({
+                "current_password": typed("current_password"),
+                "new_password": typed("new_password"),
+            })),
+            None,
+        )
+        .await;
+    if a.ok() {
+        // Every session of the user ended, this one too.
+        let mut res = redirect("/console/login?done=password_changed");
+        res.headers_mut().append(
+            header::SET_COOKIE,
+            set_cookie(SESSION_COOKIE, "", s.options.secure_cookies, Some(0)),
+        );
+        return res;
+    }
+    if a.status == StatusCode::UNAUTHORIZED {
+        return failed(&a);
+    }
+    let (status, n) = problem(&a);
+    render_two_factor(&s, &ctx, status, n).await
 }
 
 fn confirm_form(ctx: &Ctx) -> Markup {

@@ -121,6 +121,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/v1/users/{id}/unlock", Tenant(Admin)),
     rule("POST", "/v1/auth/login", Public),
     rule("POST", "/v1/auth/logout", Session),
+    rule("POST", "/v1/auth/password", Session),
     rule("POST", "/v1/auth/2fa/enroll", Session),
     rule("POST", "/v1/auth/2fa/confirm", Session),
     rule("GET", "/v1/settings/2fa", Tenant(Admin)),

@@ -12,7 +12,8 @@ use super::error::{empty, ApiError};
 use super::extract::JsonBody;
 use super::{ApiResult, AppState};
 use crate::service::users::{
-    self, ConfirmRequest, LoginError, LoginRequest, NewUser, RoleChange, TwoFactorSetting,
+    self, ConfirmRequest, LoginError, LoginRequest, NewUser, PasswordChange, RoleChange,
+    TwoFactorSetting,
 };
 
 pub(super) fn routes() -> Router<AppState> {
@@ -22,6 +23,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/users/{id}/unlock", post(unlock_user))
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/logout", post(logout))
+        .route("/v1/auth/password", post(change_password))
         .route("/v1/auth/2fa/enroll", post(enroll))
         .route("/v1/auth/2fa/confirm", post(confirm))
         .route("/v1/settings/2fa", get(get_two_factor).put(put_two_factor))
@@ -195,6 +197,17 @@ async fn logout(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
         .map(str::trim)
         .unwrap_or_default();
     users::logout(&s.deps, token).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+async fn change_password(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    client: Option<axum::Extension<super::extract::ClientIp>>,
+    JsonBody(req): JsonBody<PasswordChange>,
+) -> ApiResult {
+    let addr = client.and_then(|c| c.0 .0);
+    users::change_password(&s.deps, &ctx.caller, req, addr).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 

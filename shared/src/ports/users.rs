@@ -29,6 +29,10 @@ pub struct UserRecord {
     #[serde(default)]
     pub last_totp_step: i64,
     pub created_at: DateTime<Utc>,
+    /// Sessions opened at or before this time no longer authenticate: set when the user
+    /// changes their password (every session ends, on every device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_after: Option<DateTime<Utc>>,
 }
 
 impl fmt::Debug for UserRecord {
@@ -190,6 +194,17 @@ pub trait UserStore: Send + Sync {
         id: &str,
         role: Role,
     ) -> Result<Option<Role>, StoreError>;
+    /// Replaces the user's password hash `old` with `new` and ends their sessions opened
+    /// until `at` (`sessions_after`), in one conditional write; `false` if the user is gone
+    /// or their hash is no longer `old` (changed meanwhile): nothing written.
+    async fn set_password(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        old: &str,
+        new: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
 
     /// Lets a login attempt through `counter` if it allows one at `now`, atomically:
     /// while the failures counted (attempts in flight among them) are fewer than

@@ -65,6 +65,14 @@ pub struct LoginRequest {
     pub totp_code: Option<String>,
 }
 
+/// `POST /v1/auth/password`: the signed-in user's own password, changed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    pub current_password: String,
+    pub new_password: String,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmRequest {
@@ -273,6 +281,7 @@ pub async fn create(
         totp_confirmed: false,
         last_totp_step: 0,
         created_at: now,
+        sessions_after: None,
     };
     deps.users.create_user(&user).await.map_err(|e| match e {
         crate::store_error::StoreError::Conflict(_) => {
@@ -671,6 +680,13 @@ pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, Se
         .get_user(&session.tenant_id, &session.user_id)
         .await?
         .ok_or(ServiceError::Unauthenticated)?;
+    // Opened before the user's password changed: ended with it.
+    if user
+        .sessions_after
+        .is_some_and(|after| session.created_at <= after)
+    {
+        return Err(ServiceError::Unauthenticated);
+    }
     // A closed (or removed) tenant's sessions end with it, as its API keys do: the API
     // refuses them anyway, and a console that still took them would send its user from
     // the sign-in page to a page that refuses them, and back, forever.
@@ -687,6 +703,126 @@ pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, Se
         role: user.role,
         enrollment_only,
     })
+}
+
+/// The signed-in user changes their own password (a session only: an API key is no user,
+/// `Forbidden`). The current password is checked as a login checks it, through the same
+/// counters (email at the address, and the address): a stolen session cannot guess it
+/// faster than a sign-in could (`RateLimited`), and a wrong one is `400` with nothing
+/// changed. The new hash replaces the one checked in one conditional write that also ends
+/// every session of the user, this one included, on every device: they sign in again with
+/// the new password (`Conflict` if it was changed meanwhile).
+pub async fn change_password(
+    deps: &Deps,
+    caller: &Caller,
+    req: PasswordChange,
+    addr: Option<std::net::IpAddr>,
+) -> Result<(), ServiceError> {
+    let (tenant, id) = session_user(caller)?;
+    check_password(&req.new_password).map_err(|_| {
+        invalid(format!(
+            "new_password must be {MIN_PASSWORD} to {MAX_PASSWORD} characters"
+        ))
+    })?;
+    if req.new_password == req.current_password {
+        return Err(invalid("new_password must differ from current_password"));
+    }
+    let user = deps
+        .users
+        .get_user(tenant, id)
+        .await?
+        .ok_or(ServiceError::Unauthenticated)?;
+    let now = deps.clock.now();
+    let now_secs = now.timestamp();
+    let counters = counters(&user.email, addr);
+    let taken = Taken::default();
+    let checked = check_current(
+        deps,
+        &user,
+        req.current_password,
+        &counters,
+        &taken,
+        now_secs,
+    )
+    .await;
+    if let Err(e) = &checked {
+        if !matches!(
+            e,
+            ServiceError::InvalidRequest(_) | ServiceError::RateLimited { .. }
+        ) {
+            // Stopped part-way (a store failure): what the gates took is given back.
+            let _ = give_back(deps, &taken, now_secs).await;
+        }
+    }
+    checked?;
+    let hash = hash_password(Secret::new(req.new_password)).await?;
+    if !deps
+        .users
+        .set_password(tenant, id, &user.password_hash, &hash, now)
+        .await?
+    {
+        return Err(ServiceError::Conflict(
+            "the password was changed meanwhile; sign in again".into(),
+        ));
+    }
+    tracing::info!(user_id = %id, "password changed; the user's sessions ended");
+    Ok(())
+}
+
+/// The current password of a change, through the login counters.
+async fn check_current(
+    deps: &Deps,
+    user: &UserRecord,
+    current: String,
+    counters: &[LoginCounter; 2],
+    taken: &Taken,
+    now_secs: i64,
+) -> Result<(), ServiceError> {
+    for c in counters {
+        match deps
+            .users
+            .begin_login(c, now_secs, &LoginPolicy::of(c))
+            .await?
+        {
+            LoginGate::Allowed(ticket) => taken.push(c, ticket),
+            LoginGate::Locked { until } => {
+                give_back(deps, taken, now_secs).await.map_err(service)?;
+                crate::metrics::limited("login");
+                return Err(ServiceError::RateLimited {
+                    retry_after_secs: u64::try_from((until - now_secs).max(1)).unwrap_or(1),
+                });
+            }
+        }
+    }
+    let right = current.chars().count() <= MAX_PASSWORD
+        && verify_password(Secret::new(current), Some(user.password_hash.clone())).await?;
+    if !right {
+        count_failure(
+            deps,
+            taken,
+            now_secs,
+            "wrong_current_password",
+            LoginError::InvalidCredentials,
+        )
+        .await
+        .map(|_| ())
+        .or_else(|e| match e {
+            LoginError::InvalidCredentials => Ok(()),
+            other => Err(service(other)),
+        })?;
+        return Err(invalid("current_password does not match"));
+    }
+    give_back(deps, taken, now_secs).await.map_err(service)?;
+    deps.users.clear_login_counter(&counters[1]).await?;
+    Ok(())
+}
+
+/// A login step's failure as a service error (only store failures reach here).
+fn service(e: LoginError) -> ServiceError {
+    match e {
+        LoginError::Service(e) => e,
+        other => ServiceError::Internal(other.to_string()),
+    }
 }
 
 /// Whether the tenant exists and is not closed (the warm process's tenant, as every

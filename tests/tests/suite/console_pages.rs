@@ -450,6 +450,80 @@ async fn the_two_factor_page_offers_set_up_only_to_a_user_without_it(b: Backend)
     );
 }
 
+async fn a_user_changes_their_password_from_the_console_and_signs_in_again_with_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "read_only").await;
+    let mut web = sign_in(&app, &email).await;
+    let mut other = sign_in(&app, &email).await;
+    let page = web.get("/console/2fa").await;
+    assert!(
+        page.html.contains(r#"action="/console/password""#),
+        "{}",
+        page.html
+    );
+    let csrf = page.csrf();
+    const NEW: &str = "a console passphrase, long enough";
+    assert_eq!(
+        web.post(
+            "/console/password",
+            &[("current_password", PASSWORD), ("new_password", NEW)]
+        )
+        .await
+        .status,
+        403,
+        "no CSRF token"
+    );
+    let wrong = web
+        .post(
+            "/console/password",
+            &[
+                ("csrf", &csrf),
+                ("current_password", "not the password"),
+                ("new_password", NEW),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status, 400, "{}", wrong.html);
+    assert!(
+        wrong.html.contains("current_password does not match"),
+        "{}",
+        wrong.html
+    );
+    assert!(!wrong.html.contains("not the password"), "never shown back");
+    let changed = web
+        .post(
+            "/console/password",
+            &[
+                ("csrf", &csrf),
+                ("current_password", PASSWORD),
+                ("new_password", NEW),
+            ],
+        )
+        .await;
+    assert_eq!(changed.status, 303, "{}", changed.html);
+    assert_eq!(changed.location(), "/console/login?done=password_changed");
+    // Signed out here and in the other browser.
+    for browser in [&mut web, &mut other] {
+        let after = browser.get("/console/messages").await;
+        assert_eq!(after.status, 303, "{}", after.html);
+        assert!(
+            after.location().starts_with("/console/login"),
+            "{}",
+            after.location()
+        );
+    }
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(json!({"email": email, "password": NEW})),
+    )
+    .await;
+    assert_eq!(s, 200, "the new password signs in");
+}
+
 async fn the_campaign_form_refuses_a_post_without_its_csrf_token_and_a_read_only_user(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(10).await;
@@ -1155,6 +1229,7 @@ async fn with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_
 }
 
 on_both_backends!(
+    a_user_changes_their_password_from_the_console_and_signs_in_again_with_it,
     with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_catalogue,
     a_day_the_calendar_cannot_end_is_a_400_on_every_dated_page,
     a_campaign_s_failures_are_retried_from_its_page_with_the_template_s_parameters,

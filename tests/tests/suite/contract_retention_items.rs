@@ -677,6 +677,7 @@ async fn with_users(p: &Ports) -> (Tenant, Tenant) {
                 totp_confirmed: false,
                 last_totp_step: 0,
                 created_at: now,
+                sessions_after: None,
             };
             users.create_user(&user).await.unwrap();
         }

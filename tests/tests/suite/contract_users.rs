@@ -23,6 +23,7 @@ fn user(p: &Ports, t: &Tenant, email: &str) -> UserRecord {
         totp_confirmed: false,
         last_totp_step: 0,
         created_at: p.clock.now(),
+        sessions_after: None,
     }
 }
 
@@ -530,6 +531,47 @@ async fn a_totp_step_is_accepted_once_and_confirmation_needs_the_pending_secret(
         .unwrap());
 }
 
+async fn a_password_is_replaced_only_over_the_hash_that_was_checked(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let u = user(&p, &t, &email());
+    p.users.create_user(&u).await.unwrap();
+    let at = p.clock.now();
+    assert!(
+        !p.users
+            .set_password(&t.id, &u.id, "$argon2id$another", "$argon2id$new", at)
+            .await
+            .unwrap(),
+        "changed meanwhile: nothing written"
+    );
+    assert!(p
+        .users
+        .set_password(&t.id, &u.id, &u.password_hash, "$argon2id$new", at)
+        .await
+        .unwrap());
+    let stored = p.users.get_user(&t.id, &u.id).await.unwrap().unwrap();
+    assert_eq!(stored.password_hash, "$argon2id$new");
+    assert_eq!(stored.sessions_after, Some(at));
+    assert!(!p
+        .users
+        .set_password(&t.id, &u.id, &u.password_hash, "$argon2id$third", at)
+        .await
+        .unwrap());
+    assert!(!p
+        .users
+        .set_password(&t.id, "ghost", "x", "y", at)
+        .await
+        .unwrap());
+    assert_eq!(
+        p.users
+            .get_user(&t.id, &u.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        "$argon2id$new"
+    );
+}
+
 async fn the_two_factor_requirement_is_per_tenant_and_off_by_default(p: Ports) {
     let t = onboarded(&p, 0).await;
     let other = onboarded(&p, 0).await;
@@ -571,6 +613,7 @@ async fn touching_a_session_records_its_last_use(p: Ports) {
 }
 
 contract!(
+    a_password_is_replaced_only_over_the_hash_that_was_checked,
     touching_a_session_records_its_last_use,
     an_email_belongs_to_one_user_across_all_tenants,
     a_users_role_changes_in_place_and_answers_the_role_it_had,

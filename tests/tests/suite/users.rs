@@ -500,7 +500,88 @@ async fn an_admin_changes_a_users_role_and_it_bites_on_their_open_session(b: Bac
     );
 }
 
+async fn change_password(app: &TestApp, token: &str, current: &str, new: &str) -> (u16, Value) {
+    call(
+        app,
+        "POST",
+        "/v1/auth/password",
+        Some(token),
+        Some(json!({"current_password": current, "new_password": new})),
+    )
+    .await
+}
+
+async fn a_user_changes_their_password_and_every_session_of_theirs_ends(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (email, _) = new_user(&app, &t.key, "read_only").await;
+    let here = login_ok(&app, &email).await;
+    let elsewhere = login_ok(&app, &email).await;
+    let works = |token: String| {
+        let app = &app;
+        async move { call(app, "GET", "/v1/messages", Some(&token), None).await.0 }
+    };
+    const NEW: &str = "a brand new passphrase, long enough";
+    // Refused, nothing changed: an API key (no user), bad bodies, a short or unchanged new
+    // password, a wrong current one.
+    assert_eq!(change_password(&app, &t.key, PASSWORD, NEW).await.0, 403);
+    for body in [
+        json!({"current_password": PASSWORD}),
+        json!({"current_password": PASSWORD, "new_password": NEW, "extra": 1}),
+        json!({"current_password": PASSWORD, "new_password": 42}),
+    ] {
+        let (s, b) = call(&app, "POST", "/v1/auth/password", Some(&here), Some(body)).await;
+        assert_eq!(s, 400, "{b}");
+    }
+    let (s, b) = change_password(&app, &here, PASSWORD, "too short").await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{b}"
+    );
+    assert_eq!(
+        change_password(&app, &here, PASSWORD, PASSWORD).await.0,
+        400
+    );
+    let (s, b) = change_password(&app, &here, "not my password at all", NEW).await;
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("current_password")),
+        "{b}"
+    );
+    assert!(!b.to_string().contains("not my password"), "never echoed");
+    assert_eq!(works(here.clone()).await, 200, "a refusal ends nothing");
+    assert_eq!(login(&app, &email, PASSWORD, None).await.0, 200);
+
+    // Changed: this session and the other one end; the old password no longer signs in.
+    let (s, b) = change_password(&app, &here, PASSWORD, NEW).await;
+    assert_eq!(s, 204, "{b}");
+    assert_eq!(works(here).await, 401);
+    assert_eq!(works(elsewhere).await, 401);
+    assert_eq!(login(&app, &email, PASSWORD, None).await.0, 401);
+    let (s, b) = login(&app, &email, NEW, None).await;
+    assert_eq!(s, 200, "{b}");
+    let fresh = b["token"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(works(fresh.clone()).await, 200);
+
+    // A session guessing the current password meets the sign-in's own limits.
+    let mut limited = false;
+    for _ in 0..12 {
+        let (s, res) = change_password(&app, &fresh, "a guess that is wrong", PASSWORD).await;
+        if s == 429 {
+            limited = true;
+            break;
+        }
+        assert_eq!(s, 400, "{res}");
+    }
+    assert!(limited, "guesses are rate-limited as sign-ins are");
+    assert_eq!(works(fresh).await, 200, "guessing changed nothing");
+}
+
 on_both_backends!(
+    a_user_changes_their_password_and_every_session_of_theirs_ends,
     a_locked_second_factor_after_a_right_password_is_audited,
     an_admin_changes_a_users_role_and_it_bites_on_their_open_session,
     a_console_user_logs_in_acts_with_its_role_enables_2fa_and_logs_out,

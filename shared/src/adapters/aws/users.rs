@@ -218,6 +218,36 @@ impl UserStore for DynamoStore {
         }
     }
 
+    async fn set_password(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        old: &str,
+        new: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        // `sessions_after` as serde writes a `DateTime<Utc>` (RFC 3339), so it reads back.
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::user(tenant, id).attrs()))
+            .update_expression("SET password_hash = :new, sessions_after = :at")
+            .condition_expression("attribute_exists(pk) AND password_hash = :old")
+            .expression_attribute_values(":new", s(new))
+            .expression_attribute_values(":old", s(old))
+            .expression_attribute_values(":at", AttributeValue::S(at.to_rfc3339()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
     async fn begin_login(
         &self,
         counter: &LoginCounter,

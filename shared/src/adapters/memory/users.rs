@@ -279,6 +279,26 @@ impl UserStore for MemoryStore {
         Ok(())
     }
 
+    async fn set_password(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        old: &str,
+        new: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let Ok(u) = s.users.user_mut(tenant, id) else {
+            return Ok(false);
+        };
+        if u.password_hash != old {
+            return Ok(false);
+        }
+        u.password_hash = new.to_owned();
+        u.sessions_after = Some(at);
+        Ok(true)
+    }
+
     async fn confirm_totp(
         &self,
         tenant: &TenantId,
