@@ -234,8 +234,9 @@ tokio::task_local! {
 /// first of them then reserves one run of slots for all the waiters at once (one write,
 /// `Throughput::reserve_slots`), handing each its slot in the run. Ten messages for one
 /// number cost two or three writes instead of ten. A run that does not fit within
-/// `MAX_WAIT` is refused whole and its messages reserve one by one, as outside a batch:
-/// the number's pace is the same either way.
+/// `HORIZON` is refused whole and its messages reserve one by one, as outside a batch
+/// (a slot further ahead than `MAX_WAIT` is carried either way): the number's pace is the
+/// same either way.
 pub async fn pooled<F: Future>(work: F) -> F::Output {
     LINES.scope(Mutex::default(), work).await
 }
