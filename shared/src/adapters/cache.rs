@@ -515,7 +515,7 @@ impl<S: PhoneNumberStore + 'static> PhoneNumberStore for ReadCache<S> {
         &self,
         tenant: &TenantId,
         phone_number_id: &str,
-        quality: TemplateQuality,
+        quality: Option<TemplateQuality>,
         throughput_per_sec: Option<u32>,
         meta_time: Option<i64>,
     ) -> Result<Option<PhoneNumberRecord>, StoreError> {

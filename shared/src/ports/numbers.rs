@@ -25,10 +25,15 @@ pub struct PhoneNumberRecord {
     #[serde(default)]
     pub throughput_per_sec: Option<u32>,
     pub added_at: DateTime<Utc>,
-    /// Meta's time (the webhook entry's `time`) of the quality update last applied: an
-    /// older one, delivered again or late, is refused.
+    /// Meta's time (the webhook entry's `time`) of the quality rating last applied: an
+    /// older one, delivered again or late, is refused. (On items written before
+    /// `throughput_meta_at`, the time of both.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quality_meta_at: Option<i64>,
+    /// Meta's time of the throughput last applied: each field keeps its own, so that an
+    /// update of one never refuses or undoes an older-dated update of the other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput_meta_at: Option<i64>,
 }
 
 impl PhoneNumberRecord {
@@ -44,6 +49,7 @@ impl PhoneNumberRecord {
             throughput_per_sec: None,
             added_at: tenant.created_at,
             quality_meta_at: None,
+            throughput_meta_at: None,
         }
     }
 }
@@ -99,15 +105,17 @@ pub trait PhoneNumberStore: Send + Sync {
         phone_number_id: &str,
         display: &str,
     ) -> Result<bool, StoreError>;
-    /// Sets the number's quality and (when given) throughput, only if the number item
-    /// exists and, given Meta's time of the change (`meta_time`), no later change of
-    /// Meta's was applied (a conditional write: webhooks arrive in any order, and again);
-    /// `None` if it was not set.
+    /// Sets what a quality update of Meta's carries of the number, its quality and/or its
+    /// throughput, each only if the number item exists and, given Meta's time of the change
+    /// (`meta_time`), no later change of that field was applied (each field its own
+    /// conditional write and its own time: webhooks arrive in any order, and again). A
+    /// field not given is left as it is. The number after the last write that applied;
+    /// `None` if none did.
     async fn set_number_quality(
         &self,
         tenant: &TenantId,
         phone_number_id: &str,
-        quality: TemplateQuality,
+        quality: Option<TemplateQuality>,
         throughput_per_sec: Option<u32>,
         meta_time: Option<i64>,
     ) -> Result<Option<PhoneNumberRecord>, StoreError>;

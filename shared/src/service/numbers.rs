@@ -140,6 +140,7 @@ pub async fn add(
         throughput_per_sec: None,
         added_at: deps.clock.now(),
         quality_meta_at: None,
+        throughput_meta_at: None,
     };
     deps.numbers
         .add_phone_number(&record)
@@ -311,25 +312,25 @@ pub async fn apply_quality(
         return Ok(Applied::Ignored);
     }
     materialise(deps, &tenant).await?;
-    let quality = update.quality.unwrap_or(number.quality);
-    let throughput = update.throughput_per_sec.or(number.throughput_per_sec);
+    // Only what the event says: the other field is left as it is, not written back from a
+    // read that may be a moment old (a newer change of it could be undone).
     match deps
         .numbers
         .set_number_quality(
             &tenant.id,
             &number.phone_number_id,
-            quality,
-            throughput,
+            update.quality,
+            update.throughput_per_sec,
             update.meta_time,
         )
         .await?
     {
-        Some(_) => {
+        Some(n) => {
             tracing::info!(
                 tenant_id = %tenant.id,
                 phone_number_id = %number.phone_number_id,
-                quality = quality.as_str(),
-                throughput_per_sec = throughput,
+                quality = n.quality.as_str(),
+                throughput_per_sec = n.throughput_per_sec,
                 "phone number quality updated"
             );
             Ok(Applied::Yes)

@@ -567,6 +567,7 @@ async fn a_number_change_cancelled_by_a_sends_debit_goes_again() {
         throughput_per_sec: None,
         added_at: chrono::Utc::now(),
         quality_meta_at: None,
+        throughput_meta_at: None,
     };
     store
         .set_default_number(&t, &number)

@@ -195,6 +195,7 @@ fn number_of(t: &Tenant, id: &str, clock: &ManualClock) -> PhoneNumberRecord {
         throughput_per_sec: Some(80),
         added_at: clock.now(),
         quality_meta_at: None,
+        throughput_meta_at: None,
     }
 }
 
@@ -344,7 +345,7 @@ async fn a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_n
         .set_number_quality(
             &t.id,
             &id,
-            kirim::domain::TemplateQuality::Yellow,
+            Some(kirim::domain::TemplateQuality::Yellow),
             Some(250),
             None,
         )
@@ -404,7 +405,7 @@ async fn the_default_sender_has_its_item_from_onboarding_and_is_read_once_within
         .set_number_quality(
             &t.id,
             &t.phone_number_id,
-            kirim::domain::TemplateQuality::Green,
+            Some(kirim::domain::TemplateQuality::Green),
             Some(250),
             None
         )

@@ -19,6 +19,7 @@ fn number(p: &Ports, t: &TenantId, id: &str, waba: &str) -> PhoneNumberRecord {
         throughput_per_sec: None,
         added_at: p.clock.now(),
         quality_meta_at: None,
+        throughput_meta_at: None,
     }
 }
 
@@ -143,7 +144,7 @@ async fn a_numbers_quality_changes_only_on_a_number_that_exists(p: Ports) {
     let id = fresh_id();
     assert_eq!(
         p.numbers
-            .set_number_quality(&t.id, &id, TemplateQuality::Red, Some(1000), None)
+            .set_number_quality(&t.id, &id, Some(TemplateQuality::Red), Some(1000), None)
             .await
             .unwrap(),
         None
@@ -159,7 +160,7 @@ async fn a_numbers_quality_changes_only_on_a_number_that_exists(p: Ports) {
         .unwrap();
     let n = p
         .numbers
-        .set_number_quality(&t.id, &id, TemplateQuality::Red, Some(1000), None)
+        .set_number_quality(&t.id, &id, Some(TemplateQuality::Red), Some(1000), None)
         .await
         .unwrap()
         .unwrap();
@@ -180,8 +181,10 @@ async fn a_numbers_quality_changes_only_on_a_number_that_exists(p: Ports) {
 }
 
 /// Meta's quality webhooks arrive in any order, and again after a `500`: an update older
-/// (by Meta's time) than the one applied is refused, so a late FLAGGED never undoes a
-/// newer UNFLAGGED, nor a late STANDARD a newer HIGH throughput.
+/// (by Meta's time) than the one applied to the same field is refused, so a late FLAGGED
+/// never undoes a newer UNFLAGGED, nor a late STANDARD a newer HIGH throughput. Each field
+/// keeps its own time: a newer throughput never refuses an older-dated quality change (nor
+/// the other way round), and a field an update does not carry is left as it is.
 async fn an_older_quality_update_never_undoes_a_newer_one(p: Ports) {
     let t = onboarded(&p, 0).await;
     let id = fresh_id();
@@ -189,7 +192,7 @@ async fn an_older_quality_update_never_undoes_a_newer_one(p: Ports) {
         .add_phone_number(&number(&p, &t.id, &id, "1"))
         .await
         .unwrap();
-    let set = |q, tp, at| {
+    let set = |q: Option<TemplateQuality>, tp: Option<u32>, at: Option<i64>| {
         let (numbers, t, id) = (p.numbers.clone(), t.id.clone(), id.clone());
         async move {
             numbers
@@ -198,41 +201,46 @@ async fn an_older_quality_update_never_undoes_a_newer_one(p: Ports) {
                 .unwrap()
         }
     };
-    assert!(set(TemplateQuality::Green, Some(1000), Some(200))
-        .await
-        .is_some());
+    let stored = || {
+        let (numbers, t, id) = (p.numbers.clone(), t.id.clone(), id.clone());
+        async move {
+            let n = numbers.get_phone_number(&t, &id).await.unwrap().unwrap();
+            (n.quality, n.throughput_per_sec)
+        }
+    };
+    use TemplateQuality::*;
+    assert!(set(Some(Green), Some(1000), Some(200)).await.is_some());
     assert_eq!(
-        set(TemplateQuality::Red, Some(80), Some(100)).await,
+        set(Some(Red), Some(80), Some(100)).await,
         None,
-        "older: refused"
+        "older in both fields: refused"
     );
-    let n = p
-        .numbers
-        .get_phone_number(&t.id, &id)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (n.quality, n.throughput_per_sec),
-        (TemplateQuality::Green, Some(1000))
-    );
+    assert_eq!(stored().await, (Green, Some(1000)));
     // The same time again (a redelivery) and a later one apply.
-    assert!(set(TemplateQuality::Green, Some(1000), Some(200))
-        .await
-        .is_some());
-    let n = set(TemplateQuality::Yellow, None, Some(300)).await.unwrap();
+    assert!(set(Some(Green), Some(1000), Some(200)).await.is_some());
+    let n = set(Some(Yellow), None, Some(300)).await.unwrap();
     assert_eq!(
         (n.quality, n.throughput_per_sec),
-        (TemplateQuality::Yellow, None)
+        (Yellow, Some(1000)),
+        "a quality-only update leaves the throughput"
     );
     assert_eq!(
-        set(TemplateQuality::Red, None, Some(250)).await,
+        set(Some(Red), None, Some(250)).await,
         None,
-        "older than the last: refused"
+        "older than the last quality: refused"
     );
+    // A throughput dated between them is not older than the last throughput (200): it
+    // applies, and leaves the quality.
+    let n = set(None, Some(80), Some(250)).await.unwrap();
+    assert_eq!((n.quality, n.throughput_per_sec), (Yellow, Some(80)));
+    // Newer throughput first, then an older-dated FLAGGED: the quality still changes.
+    assert!(set(None, Some(1000), Some(400)).await.is_some());
+    assert!(set(Some(Red), None, Some(350)).await.is_some());
+    assert_eq!(stored().await, (Red, Some(1000)));
     // An update without Meta's time cannot be ordered: applied, keeping the last time.
-    assert!(set(TemplateQuality::Red, None, None).await.is_some());
-    assert_eq!(set(TemplateQuality::Green, None, Some(299)).await, None);
+    assert!(set(Some(Green), None, None).await.is_some());
+    assert_eq!(set(Some(Yellow), None, Some(349)).await, None);
+    assert_eq!(stored().await, (Green, Some(1000)));
 }
 
 async fn priced(

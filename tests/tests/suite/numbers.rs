@@ -861,7 +861,7 @@ impl kirim::ports::PhoneNumberStore for NumberReadsFail {
         &self,
         t: &kirim::domain::TenantId,
         id: &str,
-        q: kirim::domain::TemplateQuality,
+        q: Option<kirim::domain::TemplateQuality>,
         throughput: Option<u32>,
         meta_time: Option<i64>,
     ) -> Result<Option<kirim::ports::PhoneNumberRecord>, kirim::store_error::StoreError> {

@@ -266,44 +266,38 @@ impl PhoneNumberStore for DynamoStore {
         &self,
         tenant: &TenantId,
         phone_number_id: &str,
-        quality: TemplateQuality,
+        quality: Option<TemplateQuality>,
         throughput_per_sec: Option<u32>,
         meta_time: Option<i64>,
     ) -> Result<Option<PhoneNumberRecord>, StoreError> {
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(keys::phone_number(tenant, phone_number_id).attrs()))
-            .expression_attribute_values(":q", dyn_value(&quality)?)
-            .return_values(ReturnValue::AllNew);
-        let mut set = vec!["quality = :q"];
-        if let Some(t) = throughput_per_sec {
-            set.push("throughput_per_sec = :t");
-            req = req.expression_attribute_values(":t", n(i64::from(t)));
-        }
-        req = match meta_time {
-            Some(at) => {
-                set.push("quality_meta_at = :mt");
-                req.condition_expression(
-                    "attribute_exists(pk) AND (attribute_not_exists(quality_meta_at) OR quality_meta_at <= :mt)",
+        // Each field its own conditional write on its own time (an event carrying both is
+        // rare: Meta's quality webhooks come a few times a month).
+        let mut written = None;
+        if let Some(q) = quality {
+            let set = self
+                .set_number_field(
+                    tenant,
+                    phone_number_id,
+                    ("quality", dyn_value(&q)?),
+                    "quality_meta_at",
+                    meta_time,
                 )
-                .expression_attribute_values(":mt", n(at))
-            }
-            None => req.condition_expression("attribute_exists(pk)"),
-        };
-        let mut update = format!("SET {}", set.join(", "));
-        if throughput_per_sec.is_none() {
-            update.push_str(" REMOVE throughput_per_sec");
+                .await?;
+            written = set.or(written);
         }
-        req = req.update_expression(update);
-        match req.send().await {
-            Ok(out) => Ok(Some(from_item(out.attributes.unwrap_or_default())?)),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(None)
-            }
-            Err(e) => Err(classify("dynamodb update", e)),
+        if let Some(t) = throughput_per_sec {
+            let set = self
+                .set_number_field(
+                    tenant,
+                    phone_number_id,
+                    ("throughput_per_sec", n(i64::from(t))),
+                    "throughput_meta_at",
+                    meta_time,
+                )
+                .await?;
+            written = set.or(written);
         }
+        Ok(written)
     }
 }
 
@@ -382,5 +376,46 @@ impl UsageStore for DynamoStore {
             }
         }
         Ok(out)
+    }
+}
+
+impl DynamoStore {
+    /// `SET {field} = value[, {at} = meta_time]` on a number that exists, unless its `at`
+    /// says Meta changed that field later; the number as written, `None` if refused.
+    async fn set_number_field(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        (field, value): (&str, aws_sdk_dynamodb::types::AttributeValue),
+        at: &str,
+        meta_time: Option<i64>,
+    ) -> Result<Option<PhoneNumberRecord>, StoreError> {
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::phone_number(tenant, phone_number_id).attrs()))
+            .expression_attribute_names("#f", field)
+            .expression_attribute_values(":v", value)
+            .return_values(ReturnValue::AllNew);
+        req = match meta_time {
+            Some(mt) => req
+                .update_expression("SET #f = :v, #at = :mt")
+                .condition_expression(
+                    "attribute_exists(pk) AND (attribute_not_exists(#at) OR #at <= :mt)",
+                )
+                .expression_attribute_names("#at", at)
+                .expression_attribute_values(":mt", n(mt)),
+            None => req
+                .update_expression("SET #f = :v")
+                .condition_expression("attribute_exists(pk)"),
+        };
+        match req.send().await {
+            Ok(out) => Ok(Some(from_item(out.attributes.unwrap_or_default())?)),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(None)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
     }
 }

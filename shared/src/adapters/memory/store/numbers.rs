@@ -159,7 +159,7 @@ impl PhoneNumberStore for MemoryStore {
         &self,
         tenant: &TenantId,
         phone_number_id: &str,
-        quality: TemplateQuality,
+        quality: Option<TemplateQuality>,
         throughput_per_sec: Option<u32>,
         meta_time: Option<i64>,
     ) -> Result<Option<PhoneNumberRecord>, StoreError> {
@@ -167,17 +167,25 @@ impl PhoneNumberStore for MemoryStore {
         let Some(n) = s.numbers.get_mut(&key(tenant, phone_number_id)) else {
             return Ok(None);
         };
-        if let (Some(at), Some(seen)) = (meta_time, n.quality_meta_at) {
-            if seen > at {
-                return Ok(None); // Meta changed it later: this one is older
+        // Meta changed that field later: this one is older.
+        let newer =
+            |seen: Option<i64>| matches!((meta_time, seen), (Some(at), Some(seen)) if seen > at);
+        let mut applied = false;
+        if let Some(q) = quality {
+            if !newer(n.quality_meta_at) {
+                n.quality = q;
+                n.quality_meta_at = meta_time.or(n.quality_meta_at);
+                applied = true;
             }
         }
-        n.quality = quality;
-        n.throughput_per_sec = throughput_per_sec;
-        if meta_time.is_some() {
-            n.quality_meta_at = meta_time;
+        if let Some(t) = throughput_per_sec {
+            if !newer(n.throughput_meta_at) {
+                n.throughput_per_sec = Some(t);
+                n.throughput_meta_at = meta_time.or(n.throughput_meta_at);
+                applied = true;
+            }
         }
-        Ok(Some(n.clone()))
+        Ok(applied.then(|| n.clone()))
     }
 }
 
