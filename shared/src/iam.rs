@@ -239,6 +239,8 @@ const RETENTION: &[Grant] = &[
     on(AuditKey, SecretsManagerStore::READ),
     // The daily template catalogue sync reads Meta with each tenant's own token.
     on(MetaTokens, SecretsManagerStore::READ),
+    // A message its lost dispatch job left unsent, settled, has its status callback queued.
+    on(CallbackQueue, SqsQueue::SEND),
 ];
 
 impl Function {

@@ -573,11 +573,20 @@ mod tests {
                 "{function:?}"
             );
         }
-        // Retention needs nothing but its table.
-        let mut env = EnvReader::new(env_of(&[("KIRIM_TABLE", "t")]));
+        // Retention needs its table and the callback queue (a lost job's message settled
+        // has its callback queued), no dispatch queue and no dead-letter queue.
+        let mut env = EnvReader::new(env_of(&[
+            ("KIRIM_TABLE", "t"),
+            ("KIRIM_STATUS_CALLBACK_QUEUE_URL", "https://sqs/c"),
+        ]));
         let res = AwsResources::from_env(&mut env, Function::Retention);
-        env.finish().expect("the table is enough");
-        assert!(res.dispatch_queue.is_none() && res.status_callback_queue.is_none());
+        env.finish()
+            .expect("the table and the callback queue are enough");
+        assert!(res.dispatch_queue.is_none());
+        assert!(res
+            .status_callback_queue
+            .as_ref()
+            .is_some_and(|q| q.dlq_url.is_none()));
     }
 
     #[test]

@@ -39,6 +39,12 @@ pub enum RetentionClass {
 
 /// How long an uploaded recipient list may outlive an unfinished fan-out (not configurable).
 pub const BROADCAST_LIST_RETENTION: Duration = Duration::from_secs(7 * DAY);
+/// How long a message may stay `accepted` or `sending` without a move before the daily
+/// retention run takes its dispatch job for lost and settles it (not configurable): longer
+/// than the dispatch queue keeps a job (4 days), so no job that could still come is
+/// overtaken; every live job moves its message (a claim, a give-back, a retry) far more
+/// often, and a paused broadcast's messages are left to their broadcast.
+pub const UNSENT_STALE_AFTER: Duration = Duration::from_secs(5 * DAY);
 /// How long a number's send slot outlives its last reservation (not configurable).
 pub const SEND_SLOT_RETENTION: Duration = Duration::from_secs(3600);
 /// How long a failed-login counter outlives its last failure (not configurable).

@@ -24,6 +24,10 @@ pub struct SweepPage {
     /// Suspended tenants found on this page (their audit chains are checked with the
     /// active tenants'; nothing of Meta's is synced for them).
     pub suspended_tenants: Vec<TenantId>,
+    /// Messages still `accepted` or `sending` whose last move is older than
+    /// `domain::UNSENT_STALE_AFTER` (tenant, message id): their dispatch job was lost (parked
+    /// on the dead-letter queue and expired there), for the run to settle.
+    pub stale_messages: Vec<(TenantId, String)>,
     /// Where the next page starts; `None` when the pass over the table is complete.
     pub next: Option<String>,
 }
@@ -73,7 +77,7 @@ pub struct StoredItem {
 pub trait RetentionStore: Send + Sync {
     /// Examines at most `page_size` items from `start` (a checkpoint from an earlier page;
     /// `None` = the table's beginning), deletes those whose TTL is at or before `now`, and
-    /// names the closed tenants that are not closed out yet.
+    /// names the closed tenants that are not closed out yet and the stale unsent messages.
     async fn sweep_page(
         &self,
         now: DateTime<Utc>,

@@ -146,3 +146,113 @@ mod tests {
         assert!(wait >= Duration::from_secs(11 * 3600), "{wait:?}");
     }
 }
+
+/// The code of a message whose dispatch job was lost before it was sent.
+pub const DISPATCH_LOST: &str = "dispatch_lost";
+
+/// How the daily run settled a message whose job was lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Still `accepted`: failed `dispatch_lost`, refunded (it was never sent).
+    Refunded,
+    /// Still `sending`: failed `outcome_unknown`, not refunded (as at the sending deadline).
+    OutcomeUnknown,
+}
+
+/// A message the retention sweep found `accepted` or `sending` without a move for
+/// [`crate::domain::UNSENT_STALE_AFTER`]: its dispatch job is gone (parked on the
+/// dead-letter queue and expired there; a live job moves its message far more often), so
+/// nothing else would ever settle it. Read again first (it may have moved since the scan);
+/// a paused broadcast's message is left to its broadcast. Each end is a conditional write
+/// on what was read, so a job that does come after all finds the message settled (and
+/// drops itself), or settles it first.
+pub async fn settle_lost(
+    deps: &super::Deps,
+    tenant: &crate::domain::TenantId,
+    id: &crate::domain::MessageId,
+) -> Result<Option<Settled>, StoreError> {
+    let Some(m) = deps.messages.get_message(tenant, id).await? else {
+        return Ok(None);
+    };
+    let now = deps.clock.now();
+    let stale = chrono::Duration::from_std(crate::domain::UNSENT_STALE_AFTER)
+        .unwrap_or_else(|_| chrono::Duration::days(5));
+    if now - m.updated_at < stale {
+        return Ok(None);
+    }
+    if let Some(b) = &m.broadcast_id {
+        let held = deps
+            .broadcasts
+            .get_broadcast(tenant, b)
+            .await?
+            .and_then(|b| b.control);
+        if held == Some(crate::ports::BroadcastControl::Paused) {
+            return Ok(None);
+        }
+    }
+    let settled = match m.status {
+        MessageStatus::Accepted => {
+            let error = MessageError {
+                code: DISPATCH_LOST.into(),
+                title: "the message's dispatch job was lost before it was sent; refunded".into(),
+            };
+            let refund = super::ledger::refund_entry(
+                deps,
+                tenant,
+                &super::ledger::Charge::Message(id.clone()),
+                m.price,
+                "message not sent: its dispatch job was lost",
+                now,
+            );
+            let change = crate::ports::StatusChange {
+                error: Some(error),
+                ..Default::default()
+            };
+            match deps
+                .messages
+                .fail_and_refund(
+                    tenant,
+                    id,
+                    MessageStatus::Accepted,
+                    &change,
+                    now,
+                    refund.as_ref(),
+                )
+                .await?
+            {
+                Transition::Applied(r) => Some((r, Settled::Refunded)),
+                Transition::Refused => None,
+            }
+        }
+        MessageStatus::Sending => {
+            let error = MessageError {
+                code: OUTCOME_UNKNOWN.into(),
+                title: "meta never confirmed the message and its dispatch job was lost; it may \
+                        or may not have been delivered, so it is not refunded"
+                    .into(),
+            };
+            match deps
+                .sending
+                .expire_sending(tenant, id, m.updated_at, &error, now)
+                .await?
+            {
+                Transition::Applied(r) => Some((r, Settled::OutcomeUnknown)),
+                Transition::Refused => None,
+            }
+        }
+        _ => None,
+    };
+    let Some((record, how)) = settled else {
+        return Ok(None);
+    };
+    metrics::failed(match how {
+        Settled::Refunded => DISPATCH_LOST,
+        Settled::OutcomeUnknown => OUTCOME_UNKNOWN,
+    });
+    tracing::warn!(
+        tenant_id = %tenant, message_id = %id, to = %record.to.masked(), outcome = ?how,
+        "message left unsent by a lost dispatch job; settled"
+    );
+    super::callbacks::status_changed(deps, &record).await;
+    Ok(Some(how))
+}

@@ -38,9 +38,19 @@ pub struct RetentionReport {
     pub closed_out: Vec<ClosedOut>,
     /// Parked audit events linked into their chains (every chain with some, first).
     pub audit_parked: audit::DrainReport,
+    /// Messages left unsent by a lost dispatch job (`accepted` or `sending` without a move
+    /// for `domain::UNSENT_STALE_AFTER`), settled: failed `dispatch_lost` and refunded, or
+    /// failed `outcome_unknown`.
+    pub unsent_settled: UnsentSettled,
     /// Active tenants the sweep came across (the daily template sync's list; not reported).
     #[serde(skip)]
     pub active_tenants: Vec<TenantId>,
+}
+
+#[derive(Serialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnsentSettled {
+    pub refunded: usize,
+    pub outcome_unknown: usize,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -114,6 +124,7 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         complete: false,
         closed_out: Vec::new(),
         audit_parked: audit::DrainReport::default(),
+        unsent_settled: UnsentSettled::default(),
         active_tenants: Vec::new(),
     };
     // First: cheap (an index of the few chains with parked events), and what a quiet chain
@@ -132,6 +143,20 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         }
         report.active_tenants.extend(page.active_tenants);
         suspended.extend(page.suspended_tenants);
+        for (tenant, id) in &page.stale_messages {
+            let Some(id) = crate::domain::MessageId::parse(id) else {
+                continue;
+            };
+            // One message's failure is logged and left to the next run, not the run's.
+            match super::deadline::settle_lost(deps, tenant, &id).await {
+                Ok(Some(super::deadline::Settled::Refunded)) => report.unsent_settled.refunded += 1,
+                Ok(Some(super::deadline::Settled::OutcomeUnknown)) => {
+                    report.unsent_settled.outcome_unknown += 1;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "a stale unsent message was not settled"),
+            }
+        }
         let mut cut_short = false;
         for tenant in &page.closed_tenants {
             if let Some(done) = close_out(deps, tenant, started + limits.max_time).await? {

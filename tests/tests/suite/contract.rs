@@ -154,7 +154,7 @@ pub(crate) fn message_for(
     message_expiring(t, now, 3600)
 }
 
-fn message_expiring(
+pub(crate) fn message_expiring(
     t: &TenantId,
     now: chrono::DateTime<Utc>,
     expires_in_secs: i64,

@@ -10,7 +10,7 @@ use super::contract::{aws, aws_and_table, contract, memory, message, onboarded, 
 use kirim::domain::MessageId;
 
 /// A running broadcast of `tenant`'s to three recipients at a credit each, none queued.
-fn running_broadcast(
+pub(crate) fn running_broadcast(
     tenant: &kirim::domain::TenantId,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Broadcast {

@@ -1269,7 +1269,131 @@ async fn a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_
     );
 }
 
+/// A message whose dispatch job is gone for good (parked on the dead-letter queue, which
+/// keeps a job a day, and expired there) would stay `accepted`, charged, or `sending`
+/// forever. The daily retention run settles one that has not moved for five days: an
+/// `accepted` one fails `dispatch_lost`, refunded; a `sending` one fails `outcome_unknown`,
+/// as at the sending deadline. A message that moved since, or a newer one, is left.
+async fn the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent(b: Backend) {
+    use kirim::ports::Clock;
+    let (_, deps, clock) = crate::caches::two_processes(b).await;
+    let t = crate::contract::tenant(10);
+    deps.tenants
+        .create_tenant(&t, &crate::contract::key_for(&t), None)
+        .await
+        .unwrap();
+    let now = clock.now();
+    let month = 30 * 24 * 3600;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (m, debit) = crate::contract::message_expiring(&t.id, now, month);
+        deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+        ids.push(m.id);
+    }
+    deps.messages
+        .transition(
+            &t.id,
+            &ids[1],
+            MessageStatus::Sending,
+            &StatusChange {
+                count_attempt: true,
+                claim: Some("c".into()),
+                ..Default::default()
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    // A paused broadcast's message waits as long as its broadcast does: left alone.
+    let mut b = crate::contract_broadcasts::running_broadcast(&t.id, now);
+    b.expires_at = Some(now.timestamp() + month);
+    let (_, mut debit) = crate::contract::message_expiring(&t.id, now, month);
+    debit.message_id = None;
+    deps.broadcasts
+        .create_broadcast(&b, &[], &debit)
+        .await
+        .unwrap();
+    let (mut held, _) = crate::contract::message_expiring(&t.id, now, month);
+    held.broadcast_id = Some(b.id.clone());
+    assert!(deps
+        .broadcasts
+        .insert_broadcast_message(&held)
+        .await
+        .unwrap());
+    assert!(deps
+        .broadcasts
+        .set_broadcast_control(
+            &t.id,
+            &b.id,
+            &[None],
+            Some(kirim::ports::BroadcastControl::Paused),
+            now
+        )
+        .await
+        .unwrap());
+    let credits = |deps: &Deps| {
+        let (tenants, id) = (deps.tenants.clone(), t.id.clone());
+        async move { tenants.get_tenant(&id).await.unwrap().unwrap().credits }
+    };
+    let before = credits(&deps).await;
+    // Four days on, a job could still come: nothing is settled.
+    clock.advance(chrono::Duration::days(4));
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(report.unsent_settled, Default::default());
+    clock.advance(chrono::Duration::days(2));
+    let (fresh, debit) = crate::contract::message_expiring(&t.id, clock.now(), month);
+    deps.messages
+        .insert_with_debit(&fresh, &debit)
+        .await
+        .unwrap();
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(
+        (
+            report.unsent_settled.refunded,
+            report.unsent_settled.outcome_unknown
+        ),
+        (1, 1),
+        "{report:?}"
+    );
+    let get = |id: &MessageId| {
+        let (messages, t, id) = (deps.messages.clone(), t.id.clone(), id.clone());
+        async move { messages.get_message(&t, &id).await.unwrap().unwrap() }
+    };
+    let lost = get(&ids[0]).await;
+    assert_eq!(lost.status, MessageStatus::Failed);
+    assert_eq!(
+        lost.error.map(|e| e.code),
+        Some(ErrorCode::from("dispatch_lost"))
+    );
+    let sending = get(&ids[1]).await;
+    assert_eq!(sending.status, MessageStatus::Failed);
+    assert_eq!(
+        sending.error.map(|e| e.code),
+        Some(ErrorCode::from("outcome_unknown"))
+    );
+    assert_eq!(
+        credits(&deps).await,
+        before,
+        "the unsent one refunded, once"
+    );
+    assert_eq!(
+        get(&fresh.id).await.status,
+        MessageStatus::Accepted,
+        "a new one is left"
+    );
+    assert_eq!(
+        get(&held.id).await.status,
+        MessageStatus::Accepted,
+        "a paused one is left"
+    );
+    // Run again: nothing more.
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(report.unsent_settled, Default::default());
+    assert_eq!(credits(&deps).await, before);
+}
+
 on_both_backends!(
+    the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent,
     a_claim_whose_answer_was_lost_is_known_for_its_own_and_sent_once,
     a_release_for_a_retry_that_fails_once_is_tried_again_not_left_sending,
     a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_slowest_job,

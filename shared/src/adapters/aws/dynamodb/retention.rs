@@ -268,7 +268,9 @@ impl RetentionStore for DynamoStore {
             .filter_expression(
                 "#ttl <= :now OR (sk = :tenant AND #status = :closed \
                  AND attribute_not_exists(closed_out_at)) \
-                 OR (sk = :tenant AND #status IN (:active, :suspended))",
+                 OR (sk = :tenant AND #status IN (:active, :suspended)) \
+                 OR (begins_with(sk, :msg) AND #status IN (:accepted, :sending) \
+                 AND updated_at < :stale)",
             )
             .projection_expression("pk, sk, #ttl, #status, message_id")
             .expression_attribute_names("#ttl", TTL_ATTR)
@@ -278,6 +280,14 @@ impl RetentionStore for DynamoStore {
             .expression_attribute_values(":closed", s("closed"))
             .expression_attribute_values(":active", s("active"))
             .expression_attribute_values(":suspended", s("suspended"))
+            .expression_attribute_values(":msg", s(keys::MESSAGE_PREFIX))
+            .expression_attribute_values(":accepted", s("accepted"))
+            .expression_attribute_values(":sending", s("sending"))
+            // As messages store it (RFC 3339, UTC, `Z`): strings that compare as times.
+            .expression_attribute_values(
+                ":stale",
+                s((now - stale_after()).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            )
             .set_exclusive_start_key(start.and_then(decode_key))
             .send()
             .await
@@ -307,6 +317,14 @@ impl RetentionStore for DynamoStore {
                     .map(|(k, v)| (k.to_owned(), s(v)))
                     .collect();
                 expired.push(key);
+            } else if ItemKind::of_key(pk, sk) == Some(ItemKind::Message) {
+                // Matched for being stale and unsent (the filter's last clause).
+                if let (Some(t), Some(id)) = (
+                    keys::tenant_of_pk(pk),
+                    sk.strip_prefix(keys::MESSAGE_PREFIX),
+                ) {
+                    page.stale_messages.push((t, id.to_owned()));
+                }
             } else if ItemKind::of_key(pk, sk) == Some(ItemKind::Tenant) {
                 if let Some(t) = keys::tenant_of_pk(pk) {
                     match str_attr(&item, "status") {
@@ -497,4 +515,10 @@ impl RetentionStore for DynamoStore {
             })
             .collect())
     }
+}
+
+/// [`crate::domain::UNSENT_STALE_AFTER`] as a time span.
+fn stale_after() -> chrono::Duration {
+    chrono::Duration::from_std(crate::domain::UNSENT_STALE_AFTER)
+        .unwrap_or_else(|_| chrono::Duration::days(5))
 }

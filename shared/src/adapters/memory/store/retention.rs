@@ -106,6 +106,18 @@ impl RetentionStore for MemoryStore {
                 page.count(K::Tenant.class(), 1);
             }
         }
+        let stale = now.saturating_sub(crate::domain::UNSENT_STALE_AFTER.as_secs() as i64);
+        page.stale_messages = s
+            .messages
+            .values()
+            .filter(|m| {
+                matches!(
+                    m.status,
+                    crate::domain::MessageStatus::Accepted | crate::domain::MessageStatus::Sending
+                ) && m.updated_at.timestamp() < stale
+            })
+            .map(|m| (m.tenant_id.clone(), m.id.to_string()))
+            .collect();
         page.closed_tenants = s
             .tenants
             .values()
