@@ -920,8 +920,9 @@ pub trait AuditLog: Send + Sync {
     /// event is appended with the two plain writes below instead.
     async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError>;
     /// The first of an append's two plain writes: writes `event` only if its chain has no
-    /// event at its `seq` (expired or not), without moving the head. `Conflict` if it has
-    /// (another append's event, anchored or still in flight).
+    /// event at its `seq` (expired or not), or has this very event (same id: a retried
+    /// write whose first answer was lost), without moving the head. `Conflict` if it has
+    /// another (another append's event, anchored or still in flight).
     async fn put_event(&self, event: &AuditEvent) -> Result<(), StoreError>;
     /// The second: moves `chain`'s head to `to` only if it is at sequence number `from`
     /// (`None`: the chain has no head), or is already exactly `to` (`seq` and `hash`: a

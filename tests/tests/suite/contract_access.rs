@@ -372,8 +372,13 @@ async fn an_audit_event_is_written_before_its_head_and_the_head_follows_it_once(
         p.audit.list(&chain, &all).await.unwrap().0,
         vec![first.clone()]
     );
+    // The same event again (the SDK retrying a write whose answer was lost): taken, as the
+    // write it repeats, not refused as another append's (which would record it twice).
+    p.audit.put_event(&first).await.unwrap();
+    assert_eq!(p.audit.event(&chain, 1).await.unwrap(), Some(first.clone()));
     // Its place is taken: another event for it is refused, nothing overwritten.
     let rival = event(&chain, 1, kirim::service::audit::GENESIS, t0);
+    assert_ne!(rival.id, first.id);
     assert!(matches!(
         p.audit.put_event(&rival).await,
         Err(StoreError::Conflict(_))

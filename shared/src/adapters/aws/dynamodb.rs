@@ -1533,7 +1533,12 @@ impl AuditLog for DynamoStore {
             .put_item()
             .table_name(&self.table)
             .set_item(Some(audit_event_item(event)?))
-            .condition_expression("attribute_not_exists(pk)")
+            // Or this very event (its id is unique): the SDK retrying a write whose first
+            // answer was lost must not be told another append took the place, or the
+            // caller would append the event a second time after "theirs".
+            .condition_expression("attribute_not_exists(pk) OR #id = :id")
+            .expression_attribute_names("#id", "id")
+            .expression_attribute_values(":id", s(event.id.clone()))
             .send()
             .await;
         match res {
