@@ -766,14 +766,17 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         )
         .await?;
         crate::metrics::retry("throttled");
-        if slot.is_none() {
+        if slot.is_none() || carried.is_some() {
             // The number is booked past the horizon: as a fresh queue message, not the
             // same one made visible again. A wait for the number is not an attempt, but
             // every receive of one message counts toward the queue's redrive to the
             // dead-letter queue (10), where a message still `accepted` would stay debited
             // and unsent; a number kept full for minutes (several campaigns on it) would
             // use those receives up in seconds. A message with a slot carried ahead comes
-            // back once, for it, at the delay set at once (below).
+            // back once, for it, at the delay set at once (below); one that came back for
+            // its carried slot and missed it (its batch picked up late: the dispatchers
+            // busy with other tenants) carries the next as a fresh message too, so that
+            // missing slot after slot never spends the one message's receives.
             let again = QueueJob::Send(job.clone());
             return Ok(super::schedule::wait_again(deps, &again, delay).await?);
         }

@@ -1000,6 +1000,46 @@ async fn a_message_turned_away_by_a_busy_number_keeps_its_slot_and_comes_back_on
     assert_ne!(sent.status, MessageStatus::Failed);
 }
 
+/// A message that comes back for its carried slot too late (its batch picked up late, the
+/// dispatchers busy) and is turned away again carries the next slot as a fresh queue message,
+/// not the same one made visible again: missing slot after slot must not spend one SQS
+/// message's receives toward the dead-letter queue, where it would stay `accepted`, unsent.
+async fn a_message_that_missed_its_carried_slot_carries_the_next_as_a_fresh_queue_message(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459931").await;
+    let deps = &t.app.deps;
+    book_two_seconds_ahead(deps, &o.phone_number_id).await;
+    let first = dispatch::handle_in_batch(deps, &job).await;
+    let Outcome::RetryAfter(away) = first else {
+        panic!("turned away for later: {first:?}")
+    };
+    // Back a second or more after its slot (it was sent away one to two seconds early),
+    // the number booked ahead again meanwhile.
+    tokio::time::sleep(away + Duration::from_secs(3)).await;
+    book_two_seconds_ahead(deps, &o.phone_number_id).await;
+    let second = dispatch::handle_in_batch(deps, &job).await;
+    let Outcome::Again(body, delay) = second else {
+        panic!("the next slot carried as a fresh queue message, not {second:?}")
+    };
+    assert_eq!(body, job, "the same job");
+    assert!(delay <= Duration::from_secs(3), "{delay:?}");
+    let held = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((held.status, held.attempts), (MessageStatus::Accepted, 0));
+    assert!(
+        held.carried_slot.is_some(),
+        "the new slot kept on the message"
+    );
+}
+
 /// A tenant onboarded in `deps` with 2 credits on the number `phone_number_id`, whose
 /// user +60123456789 has just written to it (so a session text may go).
 async fn tenant_a_user_wrote_to(deps: &Deps, phone_number_id: &str) -> kirim::ports::Tenant {
@@ -1393,6 +1433,7 @@ async fn the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent(b
 }
 
 on_both_backends!(
+    a_message_that_missed_its_carried_slot_carries_the_next_as_a_fresh_queue_message,
     the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent,
     a_claim_whose_answer_was_lost_is_known_for_its_own_and_sent_once,
     a_release_for_a_retry_that_fails_once_is_tried_again_not_left_sending,
