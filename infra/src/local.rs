@@ -220,6 +220,15 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         .local_addr()
         .map_err(|e| LocalError::Bind(cfg.listen.clone(), e))?;
     let base_url = format!("http://{addr}");
+    if !addr.ip().is_loopback() {
+        // Local mode speaks plain http: session cookies (bearer tokens for 12 hours) and the
+        // sign-in's sealed password cookie cross the network in clear from here.
+        tracing::warn!(
+            %addr,
+            "local mode listens beyond loopback over plain http: console sessions and API \
+             keys cross the network unencrypted; put TLS in front or keep KIRIM_LISTEN on 127.0.0.1"
+        );
+    }
 
     let mut generated = Vec::new();
     let secrets = LocalSecrets {
