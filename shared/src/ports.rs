@@ -1065,6 +1065,10 @@ pub struct Broadcast {
     /// claim of each of its messages is conditional on there being none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control: Option<BroadcastControl>,
+    /// When a person last paused, resumed or cancelled it: the retention run leaves its
+    /// messages alone for `domain::UNSENT_STALE_AFTER` after (a pause keeps them unmoved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_at: Option<DateTime<Utc>>,
     /// The broadcast whose failures this one retries (`retry-failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<String>,

@@ -88,6 +88,9 @@ pub(super) struct Ctx {
     pub(super) user_id: String,
     pub(super) tenant_id: crate::domain::TenantId,
     pub(super) csrf: String,
+    /// The tenant requires 2FA and the user has not set it up: the 2FA page and sign-out
+    /// only.
+    pub(super) enrollment_only: bool,
 }
 
 impl Ctx {
@@ -152,6 +155,7 @@ impl FromRequestParts<ConsoleState> for Ctx {
             role,
             user_id,
             tenant_id,
+            enrollment_only,
         })
     }
 }
@@ -532,6 +536,7 @@ async fn render_two_factor(
                 button type="submit" { "Set up two-factor authentication" }
             }
         }
+        @if !ctx.enrollment_only {
         h2 { "Your password" }
         form.stack #change-password method="post" action="/console/password" {
             (csrf(&ctx.csrf))
@@ -545,6 +550,7 @@ async fn render_two_factor(
             }
             p.hint { "Changing it signs you out everywhere, this browser too: sign in again with the new one." }
             button type="submit" { "Change password" }
+        }
         }
     };
     page(

@@ -29,10 +29,12 @@ pub struct UserRecord {
     #[serde(default)]
     pub last_totp_step: i64,
     pub created_at: DateTime<Utc>,
-    /// Sessions opened at or before this time no longer authenticate: set when the user
-    /// changes their password (every session ends, on every device).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sessions_after: Option<DateTime<Utc>>,
+    /// How many times the user changed their password. A session carries the version its
+    /// sign-in checked the password of; one of an older version no longer authenticates
+    /// (a change ends every session, on every device, and a sign-in racing the change
+    /// with the old password opens a session already ended). No clock is compared.
+    #[serde(default)]
+    pub password_version: u32,
 }
 
 impl fmt::Debug for UserRecord {
@@ -61,6 +63,9 @@ pub struct SessionRecord {
     /// first use after login. Idle sessions end (`service::users::SESSION_IDLE`).
     #[serde(default)]
     pub last_seen_at: Option<DateTime<Utc>>,
+    /// The user's `password_version` when the sign-in checked the password.
+    #[serde(default)]
+    pub password_version: u32,
 }
 
 /// A counter of failed logins (API.md "Limits on use"): one per (email, source address)
@@ -194,16 +199,16 @@ pub trait UserStore: Send + Sync {
         id: &str,
         role: Role,
     ) -> Result<Option<Role>, StoreError>;
-    /// Replaces the user's password hash `old` with `new` and ends their sessions opened
-    /// until `at` (`sessions_after`), in one conditional write; `false` if the user is gone
-    /// or their hash is no longer `old` (changed meanwhile): nothing written.
+    /// Replaces the user's password hash `old` with `new` and adds one to their
+    /// `password_version` (ending every session of theirs), in one conditional write;
+    /// `false` if the user is gone or their hash is no longer `old` (changed meanwhile):
+    /// nothing written.
     async fn set_password(
         &self,
         tenant: &TenantId,
         id: &str,
         old: &str,
         new: &str,
-        at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
     /// Lets a login attempt through `counter` if it allows one at `now`, atomically:

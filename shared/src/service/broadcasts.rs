@@ -375,6 +375,7 @@ pub async fn create_campaign(
         control: None,
         retry_of: campaign_retry_of,
         retried_by: None,
+        control_at: None,
     };
     // The fan-out job is queued BEFORE the broadcast and its debit are written (as a
     // send's job is): a failed enqueue writes nothing, and a process that dies in between
@@ -1432,6 +1433,7 @@ mod tests {
             control: None,
             retry_of: None,
             retried_by: None,
+            control_at: None,
         };
         assert_eq!(message_id(&b, 7), message_id(&b, 7));
         assert_ne!(message_id(&b, 7), message_id(&b, 8));

@@ -163,7 +163,8 @@ pub enum Settled {
 /// [`crate::domain::UNSENT_STALE_AFTER`]: its dispatch job is gone (parked on the
 /// dead-letter queue and expired there; a live job moves its message far more often), so
 /// nothing else would ever settle it. Read again first (it may have moved since the scan);
-/// a paused broadcast's message is left to its broadcast. Each end is a conditional write
+/// a paused broadcast's message is left to its broadcast, and so is a broadcast's paused or
+/// resumed within that time (a pause leaves its messages unmoved). Each end is a conditional write
 /// on what was read, so a job that does come after all finds the message settled (and
 /// drops itself), or settles it first.
 pub async fn settle_lost(
@@ -181,12 +182,17 @@ pub async fn settle_lost(
         return Ok(None);
     }
     if let Some(b) = &m.broadcast_id {
-        let held = deps
+        // Paused: its messages wait unmoved as long as it does. Resumed (or paused) less
+        // than the stale time ago: its messages' jobs may only now come back for them.
+        let waiting = deps
             .broadcasts
             .get_broadcast(tenant, b)
             .await?
-            .and_then(|b| b.control);
-        if held == Some(crate::ports::BroadcastControl::Paused) {
+            .is_some_and(|b| {
+                b.control == Some(crate::ports::BroadcastControl::Paused)
+                    || b.control_at.is_some_and(|at| now - at < stale)
+            });
+        if waiting {
             return Ok(None);
         }
     }

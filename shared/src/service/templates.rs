@@ -307,10 +307,11 @@ pub struct ScheduledSync {
 /// Meta then is cut short (counted as failed; a sync cut short removes nothing). A failure
 /// is logged and counted, never fatal.
 ///
-/// With more tenants than a run reaches, each run begins further on: the tenants in id
-/// order, from `day × MAX_SCHEDULED` on (wrapping), so that every tenant's WABAs are
-/// synced within a few days, and their catalogue's expiry renewed, instead of the same
-/// first ones every day.
+/// With more tenants than a run reaches (by its WABA budget or its time), each day takes
+/// them in another order (each tenant's place is a hash of the day and its id): every
+/// tenant comes early in some run, so its WABAs are synced and their catalogue's expiry
+/// renewed within days, whatever the number of tenants or of WABAs each has, instead of
+/// the same first ones every day. No state is kept.
 pub async fn sync_scheduled(
     deps: &Deps,
     tenants: &[TenantId],
@@ -328,15 +329,18 @@ pub async fn sync_scheduled_at_most(
 ) -> ScheduledSync {
     let mut done = ScheduledSync::default();
     let mut wabas = HashSet::new();
-    let mut order: Vec<&TenantId> = tenants.iter().collect();
+    let day = deps.clock.now().timestamp().div_euclid(86_400);
+    let place = |id: &TenantId| {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(day.to_be_bytes());
+        h.update(id.as_str().as_bytes());
+        h.finalize()
+    };
+    let mut order: Vec<(_, &TenantId)> = tenants.iter().map(|id| (place(id), id)).collect();
     order.sort();
-    order.dedup();
-    if !order.is_empty() {
-        let day = usize::try_from(deps.clock.now().timestamp().div_euclid(86_400)).unwrap_or(0);
-        let start = (day % order.len()).wrapping_mul(max % order.len()) % order.len();
-        order.rotate_left(start);
-    }
-    for id in order {
+    order.dedup_by(|a, b| a.1 == b.1);
+    for (_, id) in order {
         if tokio::time::Instant::now() >= until {
             done.out_of_time = true;
             break;

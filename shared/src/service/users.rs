@@ -281,7 +281,7 @@ pub async fn create(
         totp_confirmed: false,
         last_totp_step: 0,
         created_at: now,
-        sessions_after: None,
+        password_version: 0,
     };
     deps.users.create_user(&user).await.map_err(|e| match e {
         crate::store_error::StoreError::Conflict(_) => {
@@ -640,6 +640,7 @@ async fn attempt(
         expires_at: now + ttl,
         revoked: false,
         last_seen_at: None,
+        password_version: user.password_version,
     };
     deps.users.put_session(&session).await?;
     let totp_enrollment_required =
@@ -680,11 +681,8 @@ pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, Se
         .get_user(&session.tenant_id, &session.user_id)
         .await?
         .ok_or(ServiceError::Unauthenticated)?;
-    // Opened before the user's password changed: ended with it.
-    if user
-        .sessions_after
-        .is_some_and(|after| session.created_at <= after)
-    {
+    // Opened with a password the user has changed since: ended with it.
+    if session.password_version < user.password_version {
         return Err(ServiceError::Unauthenticated);
     }
     // A closed (or removed) tenant's sessions end with it, as its API keys do: the API
@@ -706,7 +704,7 @@ pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, Se
 }
 
 /// The signed-in user changes their own password (a session only: an API key is no user,
-/// `Forbidden`). The current password is checked as a login checks it, through the same
+/// `Forbidden`; a session confined to setting up 2FA, `TotpEnrollmentRequired`). The current password is checked as a login checks it, through the same
 /// counters (email at the address, and the address): a stolen session cannot guess it
 /// faster than a sign-in could (`RateLimited`), and a wrong one is `400` with nothing
 /// changed. The new hash replaces the one checked in one conditional write that also ends
@@ -718,6 +716,16 @@ pub async fn change_password(
     req: PasswordChange,
     addr: Option<std::net::IpAddr>,
 ) -> Result<(), ServiceError> {
+    // A session confined to setting up 2FA (the tenant requires it) sets it up first.
+    if matches!(
+        caller,
+        Caller::Session {
+            enrollment_only: true,
+            ..
+        }
+    ) {
+        return Err(ServiceError::TotpEnrollmentRequired);
+    }
     let (tenant, id) = session_user(caller)?;
     check_password(&req.new_password).map_err(|_| {
         invalid(format!(
@@ -758,7 +766,7 @@ pub async fn change_password(
     let hash = hash_password(Secret::new(req.new_password)).await?;
     if !deps
         .users
-        .set_password(tenant, id, &user.password_hash, &hash, now)
+        .set_password(tenant, id, &user.password_hash, &hash)
         .await?
     {
         return Err(ServiceError::Conflict(

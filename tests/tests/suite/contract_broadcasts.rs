@@ -39,6 +39,7 @@ pub(crate) fn running_broadcast(
         control: None,
         retry_of: None,
         retried_by: None,
+        control_at: None,
     }
 }
 

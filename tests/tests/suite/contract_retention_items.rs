@@ -355,6 +355,7 @@ async fn broadcast(p: &Ports, t: &TenantId, expires_in: i64, created_ago: i64) -
         control: None,
         retry_of: None,
         retried_by: None,
+        control_at: None,
     };
     let debit = LedgerEntry {
         amount: -2,
@@ -541,6 +542,7 @@ async fn an_expired_session_is_swept_as_a_session_and_a_live_one_stays(p: Ports)
             expires_at: now + Duration::seconds(expires_in),
             revoked: false,
             last_seen_at: None,
+            password_version: 0,
         };
         p.users.put_session(&session).await.unwrap();
         hashes.push(session.token_hash);
@@ -677,7 +679,7 @@ async fn with_users(p: &Ports) -> (Tenant, Tenant) {
                 totp_confirmed: false,
                 last_totp_step: 0,
                 created_at: now,
-                sessions_after: None,
+                password_version: 0,
             };
             users.create_user(&user).await.unwrap();
         }

@@ -23,7 +23,7 @@ fn user(p: &Ports, t: &Tenant, email: &str) -> UserRecord {
         totp_confirmed: false,
         last_totp_step: 0,
         created_at: p.clock.now(),
-        sessions_after: None,
+        password_version: 0,
     }
 }
 
@@ -143,6 +143,7 @@ async fn a_session_is_invisible_once_expired_and_marked_when_revoked(p: Ports) {
         expires_at: now + Duration::hours(12),
         revoked: false,
         last_seen_at: None,
+        password_version: 0,
     };
     p.users.put_session(&session).await.unwrap();
     assert!(matches!(
@@ -535,30 +536,38 @@ async fn a_password_is_replaced_only_over_the_hash_that_was_checked(p: Ports) {
     let t = onboarded(&p, 0).await;
     let u = user(&p, &t, &email());
     p.users.create_user(&u).await.unwrap();
-    let at = p.clock.now();
     assert!(
         !p.users
-            .set_password(&t.id, &u.id, "$argon2id$another", "$argon2id$new", at)
+            .set_password(&t.id, &u.id, "$argon2id$another", "$argon2id$new")
             .await
             .unwrap(),
         "changed meanwhile: nothing written"
     );
+    assert_eq!(
+        p.users
+            .get_user(&t.id, &u.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_version,
+        0
+    );
     assert!(p
         .users
-        .set_password(&t.id, &u.id, &u.password_hash, "$argon2id$new", at)
+        .set_password(&t.id, &u.id, &u.password_hash, "$argon2id$new")
         .await
         .unwrap());
     let stored = p.users.get_user(&t.id, &u.id).await.unwrap().unwrap();
     assert_eq!(stored.password_hash, "$argon2id$new");
-    assert_eq!(stored.sessions_after, Some(at));
+    assert_eq!(stored.password_version, 1);
     assert!(!p
         .users
-        .set_password(&t.id, &u.id, &u.password_hash, "$argon2id$third", at)
+        .set_password(&t.id, &u.id, &u.password_hash, "$argon2id$third")
         .await
         .unwrap());
-    assert!(!p
+    assert!(p
         .users
-        .set_password(&t.id, "ghost", "x", "y", at)
+        .set_password(&t.id, &u.id, "$argon2id$new", "$argon2id$third")
         .await
         .unwrap());
     assert_eq!(
@@ -567,9 +576,14 @@ async fn a_password_is_replaced_only_over_the_hash_that_was_checked(p: Ports) {
             .await
             .unwrap()
             .unwrap()
-            .password_hash,
-        "$argon2id$new"
+            .password_version,
+        2
     );
+    assert!(!p
+        .users
+        .set_password(&t.id, "ghost", "x", "y")
+        .await
+        .unwrap());
 }
 
 async fn the_two_factor_requirement_is_per_tenant_and_off_by_default(p: Ports) {
@@ -595,6 +609,7 @@ async fn touching_a_session_records_its_last_use(p: Ports) {
         expires_at: now + Duration::hours(12),
         revoked: false,
         last_seen_at: None,
+        password_version: 0,
     };
     p.users.put_session(&session).await.unwrap();
     let at = now + Duration::minutes(5);

@@ -1430,6 +1430,30 @@ async fn the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent(b
     let report = kirim::service::retention::run(&deps).await.unwrap();
     assert_eq!(report.unsent_settled, Default::default());
     assert_eq!(credits(&deps).await, before);
+    // Resumed after six days: its job may only now come back for the message, so the
+    // run leaves it for the stale time from the resume, then settles it if it never came.
+    assert!(deps
+        .broadcasts
+        .set_broadcast_control(
+            &t.id,
+            &b.id,
+            &[Some(kirim::ports::BroadcastControl::Paused)],
+            None,
+            clock.now()
+        )
+        .await
+        .unwrap());
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(
+        report.unsent_settled,
+        Default::default(),
+        "just resumed: left"
+    );
+    assert_eq!(get(&held.id).await.status, MessageStatus::Accepted);
+    clock.advance(chrono::Duration::days(6));
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(report.unsent_settled.refunded, 2, "{report:?}");
+    assert_eq!(get(&held.id).await.status, MessageStatus::Failed);
 }
 
 on_both_backends!(

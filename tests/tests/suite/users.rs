@@ -580,7 +580,83 @@ async fn a_user_changes_their_password_and_every_session_of_theirs_ends(b: Backe
     assert_eq!(works(fresh).await, 200, "guessing changed nothing");
 }
 
+/// A sign-in with the old password that checked it just before a change landed (two argon2
+/// runs take a while) opens a session of the old password's version: ended already, whatever
+/// the clocks say.
+async fn a_sign_in_racing_a_password_change_with_the_old_password_opens_no_lasting_session(
+    b: Backend,
+) {
+    use kirim::ports::SessionRecord;
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (email, id) = new_user(&app, &t.key, "read_only").await;
+    let here = login_ok(&app, &email).await;
+    let deps = &app.app.deps;
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    // What the racing sign-in read: the user before the change.
+    let before = deps.users.get_user(&tenant, &id).await.unwrap().unwrap();
+    let (s, b) =
+        change_password(&app, &here, PASSWORD, "a brand new passphrase, long enough").await;
+    assert_eq!(s, 204, "{b}");
+    // Its session is written after the change, with the version it checked.
+    let token = kirim::secret::Secret::generate(kirim::service::users::SESSION_PREFIX);
+    let now = kirim::ports::Clock::now(deps.clock.as_ref());
+    deps.users
+        .put_session(&SessionRecord {
+            token_hash: kirim::secret::token_hash(token.expose()),
+            tenant_id: tenant.clone(),
+            user_id: id.clone(),
+            role: before.role,
+            created_at: now + chrono::Duration::seconds(1),
+            expires_at: now + chrono::Duration::hours(12),
+            revoked: false,
+            last_seen_at: None,
+            password_version: before.password_version,
+        })
+        .await
+        .unwrap();
+    let (s, _) = call(&app, "GET", "/v1/messages", Some(token.expose()), None).await;
+    assert_eq!(
+        s, 401,
+        "a session of the old password does not authenticate"
+    );
+}
+
+/// A tenant that requires 2FA confines a user without it to setting it up: the password
+/// change waits too (as every route but enrol, confirm and sign-out).
+async fn a_session_confined_to_setting_up_2fa_cannot_change_the_password(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let (s, _) = call(
+        &app,
+        "PUT",
+        "/v1/settings/2fa",
+        Some(&t.key),
+        Some(json!({"required": true})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let token = login_ok(&app, &email).await;
+    let (s, b) = change_password(
+        &app,
+        &token,
+        PASSWORD,
+        "a brand new passphrase, long enough",
+    )
+    .await;
+    assert_eq!(s, 403, "{b}");
+    assert_eq!(b["error"]["code"], "totp_enrollment_required", "{b}");
+    assert_eq!(
+        login(&app, &email, PASSWORD, None).await.0,
+        200,
+        "unchanged"
+    );
+}
+
 on_both_backends!(
+    a_sign_in_racing_a_password_change_with_the_old_password_opens_no_lasting_session,
+    a_session_confined_to_setting_up_2fa_cannot_change_the_password,
     a_user_changes_their_password_and_every_session_of_theirs_ends,
     a_locked_second_factor_after_a_right_password_is_audited,
     an_admin_changes_a_users_role_and_it_bites_on_their_open_session,

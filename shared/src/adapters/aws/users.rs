@@ -224,19 +224,21 @@ impl UserStore for DynamoStore {
         id: &str,
         old: &str,
         new: &str,
-        at: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, StoreError> {
-        // `sessions_after` as serde writes a `DateTime<Utc>` (RFC 3339), so it reads back.
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::user(tenant, id).attrs()))
-            .update_expression("SET password_hash = :new, sessions_after = :at")
+            .update_expression(
+                "SET password_hash = :new, \
+                 password_version = if_not_exists(password_version, :zero) + :one",
+            )
             .condition_expression("attribute_exists(pk) AND password_hash = :old")
             .expression_attribute_values(":new", s(new))
             .expression_attribute_values(":old", s(old))
-            .expression_attribute_values(":at", AttributeValue::S(at.to_rfc3339()))
+            .expression_attribute_values(":zero", AttributeValue::N("0".into()))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
             .send()
             .await;
         match res {

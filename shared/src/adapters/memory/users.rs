@@ -285,7 +285,6 @@ impl UserStore for MemoryStore {
         id: &str,
         old: &str,
         new: &str,
-        at: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
         let Ok(u) = s.users.user_mut(tenant, id) else {
@@ -295,7 +294,7 @@ impl UserStore for MemoryStore {
             return Ok(false);
         }
         u.password_hash = new.to_owned();
-        u.sessions_after = Some(at);
+        u.password_version = u.password_version.saturating_add(1);
         Ok(true)
     }
 

@@ -351,14 +351,14 @@ impl BroadcastStore for DynamoStore {
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_values(":cancelled", s(BroadcastStatus::Cancelled.as_str()))
             .expression_attribute_values(":now", n(self.now_secs()));
+        req = req.expression_attribute_values(":at", s(rfc3339(at)));
         req = match to {
-            None => req.update_expression("REMOVE control"),
+            None => req.update_expression("SET control_at = :at REMOVE control"),
             Some(BroadcastControl::Cancelled) => req
-                .update_expression("SET control = :to, ended_at = :at")
-                .expression_attribute_values(":to", s(BroadcastControl::Cancelled.as_str()))
-                .expression_attribute_values(":at", s(rfc3339(at))),
+                .update_expression("SET control = :to, ended_at = :at, control_at = :at")
+                .expression_attribute_values(":to", s(BroadcastControl::Cancelled.as_str())),
             Some(c) => req
-                .update_expression("SET control = :to")
+                .update_expression("SET control = :to, control_at = :at")
                 .expression_attribute_values(":to", s(c.as_str())),
         };
         match req.send().await {

@@ -236,6 +236,7 @@ impl BroadcastStore for MemoryStore {
             return Ok(false);
         }
         b.control = to;
+        b.control_at = Some(at);
         if to == Some(BroadcastControl::Cancelled) {
             b.ended_at = Some(at);
         }
