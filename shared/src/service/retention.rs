@@ -246,10 +246,19 @@ async fn close_out(
     let closed_at = tenant.status_changed_at.unwrap_or(now);
     let r = &deps.settings.retention;
     let from_closing = |class| r.expiry(class, closed_at).unwrap_or(closed_at.timestamp());
+    // The chain's head lives as long as its newest event: events appended after the
+    // closing (the close call's own, calls refused before the close-out) outlive the
+    // closing + Audit, and a head gone before them would have the next append start the
+    // chain again at 1.
+    let newest_event = deps
+        .audit
+        .head(&id.to_string())
+        .await?
+        .and_then(|h| h.expires_at);
     let ttls = CloseOutTtls {
         tenant: from_closing(RetentionClass::Billing),
         config: from_closing(RetentionClass::Messages),
-        audit_head: from_closing(RetentionClass::Audit),
+        audit_head: from_closing(RetentionClass::Audit).max(newest_event.unwrap_or(0)),
     };
     // Secrets Manager keeps a deleted secret for its recovery window (7 days), then
     // removes it; deleting one already scheduled (or gone) succeeds.

@@ -552,6 +552,14 @@ async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
         .expect("get")
         .expect("tenant");
     let closed_at = tenant.status_changed_at.expect("closing time").timestamp();
+    // A call refused after the closing, before the close-out: on the tenant's chain, later.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    kirim::service::audit::record(
+        &app.app.deps,
+        crate::stepped_audit::draft_on(&tenant.id, "GET /v1/account"),
+    )
+    .await
+    .expect("recorded");
 
     let (st, report) = call(
         &app,
@@ -645,6 +653,28 @@ async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
         rows.iter()
             .any(|r| r.pk == format!("PHONE#{}", other.phone_number_id)),
         "other tenants keep theirs"
+    );
+    // The chain's head outlives its newest event (the close call's own, written after the
+    // closing): a head gone first would have a later append start the chain again at 1.
+    let chain = format!("AUDIT#{}", t.tenant_id);
+    let newest = rows
+        .iter()
+        .filter(|r| r.pk == chain && r.sk.starts_with("EVENT#"))
+        .filter_map(|r| r.ttl)
+        .max()
+        .expect("the tenant's audit events");
+    assert!(
+        newest > closed_at + r.audit.as_secs() as i64 - 60,
+        "{newest}"
+    );
+    let head = rows
+        .iter()
+        .find(|r| r.pk == chain && r.sk == "HEAD")
+        .expect("the chain's head");
+    assert!(
+        head.ttl.is_some_and(|ttl| ttl >= newest),
+        "head {:?} against the newest event {newest}",
+        head.ttl
     );
     let (st, _) = call(&app, "GET", "/v1/account", &session, None).await;
     assert_eq!(
