@@ -700,6 +700,16 @@ pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceErro
             }
             Err(e) => {
                 deps.audit_heads.forget(&chain);
+                // The write may have landed with its answer lost (every retry of the SDK's
+                // failed after): then the event is in, beyond the head, and parking a copy
+                // would record it twice once both are linked. Read its place: ours there, it
+                // is recorded (the next append anchors it, as any event left beyond a head).
+                if let Ok(Some(there)) = deps.audit.event(&chain, event.seq).await {
+                    if there.id == event.id {
+                        tracing::warn!(error = %e, "audit event written, its answer lost; left for the next append to anchor");
+                        return Ok(event);
+                    }
+                }
                 return Err(e.into());
             }
         }

@@ -601,11 +601,56 @@ struct Between {
 
 #[async_trait]
 impl Steps for Between {
-    async fn after_event(&self) {
+    async fn after_event(&self) -> Result<(), StoreError> {
         if let Some((other, draft)) = self.then.lock().await.take() {
             audit::record(&other, draft).await.unwrap();
         }
+        Ok(())
     }
+}
+
+/// An audit log whose next event write lands but answers an error (every retry of the
+/// SDK's failed after it).
+struct AnswerLost(AtomicUsize);
+
+#[async_trait]
+impl Steps for AnswerLost {
+    async fn after_event(&self) -> Result<(), StoreError> {
+        match take(&self.0) {
+            true => Err(StoreError::Unavailable("the answer was lost".into())),
+            false => Ok(()),
+        }
+    }
+}
+
+/// An event whose write landed with its answer lost is recorded once: found in its place,
+/// not parked as well (linked in beside it, it would be in the chain twice).
+async fn an_event_whose_write_landed_with_its_answer_lost_is_recorded_once_not_parked_too(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let mut deps = app.app.deps.clone();
+    deps.audit = Arc::new(Stepped {
+        inner: deps.audit.clone(),
+        steps: AnswerLost(AtomicUsize::new(1)),
+    });
+    audit::record_or_park(&deps, draft(&t, "POST /v1/answer-lost")).await;
+    let (_, parked) = deps.audit.tip(&t.tenant_id).await.unwrap();
+    assert!(!parked, "not parked: it is in");
+    // The next append anchors it and goes after it.
+    audit::record(&deps, draft(&t, "POST /v1/after"))
+        .await
+        .unwrap();
+    let q = AuditQuery {
+        limit: 100,
+        action: Some("POST /v1/answer-lost".into()),
+        ..Default::default()
+    };
+    let (events, _) = deps.audit.list(&t.tenant_id, &q).await.unwrap();
+    assert_eq!(events.len(), 1, "recorded once");
+    let v = get(&app, &t.key, "/v1/audit/verify").await;
+    assert_eq!(v["valid"], true, "{v}");
 }
 
 async fn an_append_that_finds_another_processs_event_between_its_two_writes_anchors_it_and_appends_after_it(
@@ -705,6 +750,7 @@ async fn a_retention_run_whose_audit_event_cannot_be_appended_parks_it_and_repor
 }
 
 on_both_backends!(
+    an_event_whose_write_landed_with_its_answer_lost_is_recorded_once_not_parked_too,
     a_retention_run_whose_audit_event_cannot_be_appended_parks_it_and_reports,
     user_and_2fa_changes_are_audited_with_what_they_changed,
     an_event_parked_on_a_chain_nobody_appends_to_is_linked_in_by_the_retention_job,

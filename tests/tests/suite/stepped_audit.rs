@@ -33,8 +33,11 @@ pub(crate) trait Steps: Send + Sync + 'static {
     async fn before_event(&self) -> Result<(), StoreError> {
         Ok(())
     }
-    /// After an event was written by `put_event`, before its answer.
-    async fn after_event(&self) {}
+    /// After an event was written by `put_event`, before its answer: an error is the
+    /// answer (the write landed, its answer lost).
+    async fn after_event(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Before the head is moved (`advance_head`): an error is the write's answer.
     async fn before_head(&self) -> Result<(), StoreError> {
         Ok(())
@@ -65,8 +68,7 @@ impl<S: Steps> AuditLog for Stepped<S> {
     async fn put_event(&self, event: &AuditEvent) -> Result<(), StoreError> {
         self.steps.before_event().await?;
         self.inner.put_event(event).await?;
-        self.steps.after_event().await;
-        Ok(())
+        self.steps.after_event().await
     }
     async fn advance_head(
         &self,
