@@ -250,11 +250,16 @@ async fn close_out(
     // closing (the close call's own, calls refused before the close-out) outlive the
     // closing + Audit, and a head gone before them would have the next append start the
     // chain again at 1.
-    let newest_event = deps
+    let chain = id.to_string();
+    let head = deps.audit.head(&chain).await?;
+    // And one left beyond the head (its append's head write failed, or its answer was
+    // lost): a closed tenant's chain is not repaired, so it would stay there.
+    let beyond = deps
         .audit
-        .head(&id.to_string())
+        .event(&chain, head.as_ref().map_or(1, |h| h.seq + 1))
         .await?
-        .and_then(|h| h.expires_at);
+        .and_then(|e| e.expires_at);
+    let newest_event = head.and_then(|h| h.expires_at).max(beyond);
     let ttls = CloseOutTtls {
         tenant: from_closing(RetentionClass::Billing),
         config: from_closing(RetentionClass::Messages),

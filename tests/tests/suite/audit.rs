@@ -296,7 +296,7 @@ fn failing(app: &TestApp, failures: usize, error: StoreError) -> kirim::service:
 
 /// A process whose head writes fail (`Unavailable`) after its event writes succeed: as if
 /// it crashed between its two writes.
-fn head_write_failing(app: &TestApp) -> kirim::service::Deps {
+pub(crate) fn head_write_failing(app: &TestApp) -> kirim::service::Deps {
     let mut deps = app.app.deps.clone();
     deps.audit = Arc::new(Stepped {
         inner: deps.audit.clone(),

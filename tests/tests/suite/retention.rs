@@ -552,10 +552,11 @@ async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
         .expect("get")
         .expect("tenant");
     let closed_at = tenant.status_changed_at.expect("closing time").timestamp();
-    // A call refused after the closing, before the close-out: on the tenant's chain, later.
+    // A call refused after the closing, before the close-out: on the tenant's chain, later,
+    // and left beyond its head (its head write failed): a closed chain is not repaired.
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     kirim::service::audit::record(
-        &app.app.deps,
+        &crate::audit::head_write_failing(&app),
         crate::stepped_audit::draft_on(&tenant.id, "GET /v1/account"),
     )
     .await
