@@ -704,12 +704,13 @@ pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, Se
 }
 
 /// The signed-in user changes their own password (a session only: an API key is no user,
-/// `Forbidden`; a session confined to setting up 2FA, `TotpEnrollmentRequired`). The current password is checked as a login checks it, through the same
-/// counters (email at the address, and the address): a stolen session cannot guess it
-/// faster than a sign-in could (`RateLimited`), and a wrong one is `400` with nothing
-/// changed. The new hash replaces the one checked in one conditional write that also ends
-/// every session of the user, this one included, on every device: they sign in again with
-/// the new password (`Conflict` if it was changed meanwhile).
+/// `Forbidden`; a session confined to setting up 2FA, `TotpEnrollmentRequired`). The
+/// current password is checked as a login checks it, through the same counters (email at
+/// the address, and the address): a stolen session cannot guess it faster than a sign-in
+/// could (`RateLimited`), and a wrong one is `400` with nothing changed. The new hash
+/// replaces the one checked in one conditional write that also adds one to the user's
+/// `password_version`, ending every session of theirs, this one included, on every device:
+/// they sign in again with the new password (`Conflict` if it was changed meanwhile).
 pub async fn change_password(
     deps: &Deps,
     caller: &Caller,
