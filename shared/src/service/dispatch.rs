@@ -830,11 +830,24 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             match moved? {
                 Transition::Applied(sent) => super::callbacks::status_changed(deps, &sent).await,
                 // Something moved it further first (a webhook, the deadline): the wamid
-                // goes on the message alone.
+                // goes on the message alone. Or this very move landed with its answer lost
+                // (the store's retry then refused by it): read back, a message found `sent`
+                // has its callback queued here, since Meta's own `sent` (a repeat then)
+                // moves nothing. Callbacks are at least once: a webhook's `sent` that won
+                // the race queued one too.
                 Transition::Refused => {
                     deps.messages
                         .set_wamid(&job.tenant_id, &job.message_id, &accepted.wamid, expires)
-                        .await?
+                        .await?;
+                    if let Ok(Some(m)) = deps
+                        .messages
+                        .get_message(&job.tenant_id, &job.message_id)
+                        .await
+                    {
+                        if m.status == MessageStatus::Sent {
+                            super::callbacks::status_changed(deps, &m).await;
+                        }
+                    }
                 }
             }
             let kept = match kept {

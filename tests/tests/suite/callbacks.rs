@@ -17,18 +17,18 @@ use kirim::service::jobs::Outcome;
 use kirim_tests::{capture_logs, captured_logs, local_config, sign_with, spawn_app, TestApp};
 use serde_json::{json, Value};
 
-const CALLBACK_SECRET: &str = "whsec_test_callback_secret_0123456789";
+pub(crate) const CALLBACK_SECRET: &str = "whsec_test_callback_secret_0123456789";
 
 /// One POST the receiver accepted: its signature and timestamp headers and raw body.
 #[derive(Clone, Debug)]
-struct Got {
+pub(crate) struct Got {
     signature: String,
     timestamp: String,
-    body: String,
+    pub(crate) body: String,
 }
 
 #[derive(Clone, Default)]
-struct Receiver {
+pub(crate) struct Receiver {
     got: Arc<Mutex<Vec<Got>>>,
     /// Requests still to answer 503 (the receiver is "down").
     down_for: Arc<AtomicUsize>,
@@ -61,7 +61,7 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: String) -> St
 }
 
 /// A receiver on a free loopback port that answers 503 to its first `down_for` requests.
-async fn receiver(down_for: usize) -> (String, Receiver) {
+pub(crate) async fn receiver(down_for: usize) -> (String, Receiver) {
     let r = Receiver::default();
     r.down_for.store(down_for, Ordering::SeqCst);
     let app = axum::Router::new()
@@ -77,7 +77,7 @@ async fn receiver(down_for: usize) -> (String, Receiver) {
 
 impl Receiver {
     /// Waits until callbacks for all of `statuses` arrived (or a deadline passes).
-    async fn wait_for(&self, statuses: &[&str]) -> Vec<Got> {
+    pub(crate) async fn wait_for(&self, statuses: &[&str]) -> Vec<Got> {
         for _ in 0..200 {
             let got = self.got.lock().map(|g| g.clone()).unwrap_or_default();
             let seen: Vec<String> = got.iter().map(status_of).collect();
@@ -90,14 +90,14 @@ impl Receiver {
     }
 }
 
-fn status_of(g: &Got) -> String {
+pub(crate) fn status_of(g: &Got) -> String {
     serde_json::from_str::<Value>(&g.body)
         .ok()
         .and_then(|v| v["status"].as_str().map(str::to_owned))
         .unwrap_or_default()
 }
 
-async fn set_callback(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn set_callback(app: &TestApp, key: &str, body: Value) -> (u16, Value) {
     let res = app
         .http
         .put(app.url("/v1/settings/status-callback"))

@@ -201,6 +201,8 @@ struct Flaky {
     /// The next claim (a move to `sending`) lands, but its answer is lost and the store's
     /// retry of it is what answers: refused, by the claim itself (then the flag clears).
     lose_claim_answer_once: AtomicBool,
+    /// The same for the next move to `sent`.
+    lose_sent_answer_once: AtomicBool,
 }
 
 impl Flaky {
@@ -212,6 +214,7 @@ impl Flaky {
             fail_index_once: AtomicBool::new(false),
             fail_release_once: AtomicBool::new(false),
             lose_claim_answer_once: AtomicBool::new(false),
+            lose_sent_answer_once: AtomicBool::new(false),
         })
     }
 }
@@ -250,8 +253,12 @@ impl MessageStore for Flaky {
         change: &StatusChange,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
-        if to == MessageStatus::Sending && self.lose_claim_answer_once.swap(false, Ordering::SeqCst)
-        {
+        let lose = match to {
+            MessageStatus::Sending => Some(&self.lose_claim_answer_once),
+            MessageStatus::Sent => Some(&self.lose_sent_answer_once),
+            _ => None,
+        };
+        if lose.is_some_and(|l| l.swap(false, Ordering::SeqCst)) {
             let landed = self.inner.transition(tenant, id, to, change, at).await?;
             assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
         }
@@ -765,6 +772,39 @@ async fn a_claim_whose_answer_was_lost_is_known_for_its_own_and_sent_once(backen
     // A duplicate of the job, with a claim of its own, is still turned away.
     assert_eq!(dispatch::handle(&t.app.deps, &job).await, Outcome::Done);
     assert_eq!(t.sandbox_requests_to("60123459932").len(), 1, "not twice");
+}
+
+/// The `sent` move landed but its answer was lost (the store's retry of it refused by that
+/// very write): the dispatcher reads the message back and queues its `sent` callback, which
+/// Meta's own `sent` webhook (a repeat of the stored status) would not, leaving the tenant a
+/// gap in its callbacks.
+async fn a_sent_move_whose_answer_was_lost_still_has_its_sent_callback(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let (url, receiver) = crate::callbacks::receiver(0).await;
+    let (s, b) = crate::callbacks::set_callback(
+        &t,
+        &o.key,
+        json!({"url": url, "secret": crate::callbacks::CALLBACK_SECRET}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459942").await;
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.lose_sent_answer_once.store(true, Ordering::SeqCst);
+    let mut lossy = t.app.deps.clone();
+    lossy.messages = flaky.clone();
+    assert_eq!(dispatch::handle(&lossy, &job).await, Outcome::Done);
+    assert!(!flaky.lose_sent_answer_once.load(Ordering::SeqCst));
+    let got = receiver.wait_for(&["sent", "read"]).await;
+    let statuses: Vec<String> = got
+        .iter()
+        .filter(|g| g.body.contains(m.id.as_str()))
+        .map(crate::callbacks::status_of)
+        .collect();
+    assert!(statuses.iter().any(|s| s == "sent"), "{statuses:?}");
+    assert_eq!(t.sandbox_requests_to("60123459942").len(), 1, "sent once");
 }
 
 /// The number's send slots booked about two seconds ahead, as by other sends: a message
@@ -1457,6 +1497,7 @@ async fn the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent(b
 }
 
 on_both_backends!(
+    a_sent_move_whose_answer_was_lost_still_has_its_sent_callback,
     a_message_that_missed_its_carried_slot_carries_the_next_as_a_fresh_queue_message,
     the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent,
     a_claim_whose_answer_was_lost_is_known_for_its_own_and_sent_once,
