@@ -60,6 +60,10 @@ pub struct Settings {
     pub export_page_bytes: usize,
 }
 
+/// The longest `KIRIM_META_TIMEOUT`: a call to Meta must end well inside the dispatcher's
+/// 60 s Lambda timeout (with its slot wait and its writes).
+pub const MAX_META_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// [`Settings::export_page_bytes`] by default: 3 MiB, under Lambda's 6 MB response once
 /// base64-encoded by API Gateway's payload.
 pub const EXPORT_PAGE_BYTES: usize = 3 << 20;
@@ -221,13 +225,14 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         r.billing = self.duration("KIRIM_RETENTION_BILLING", r.billing);
         r.idempotency = self.duration("KIRIM_RETENTION_IDEMPOTENCY", r.idempotency);
         let prefix = self.or("KIRIM_SECRET_PREFIX", &d.secret_prefix);
+        let (meta_timeout, sending_deadline) = self.send_timing(&d);
         Settings {
             retention: r,
             dispatch_max_attempts: self
                 .number("KIRIM_DISPATCH_MAX_ATTEMPTS", d.dispatch_max_attempts)
                 .max(1),
             dispatch_backoff: self.duration("KIRIM_DISPATCH_BACKOFF", d.dispatch_backoff),
-            meta_timeout: self.duration("KIRIM_META_TIMEOUT", d.meta_timeout),
+            meta_timeout,
             meta_base_url: self.or("KIRIM_META_BASE_URL", &d.meta_base_url),
             meta_version: self.or("KIRIM_META_API_VERSION", &d.meta_version),
             prices: self.prices(),
@@ -258,7 +263,7 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             ),
             audit_key_secret: self.or("KIRIM_AUDIT_KEY_SECRET_ID", &format!("{prefix}audit-key")),
             rotation_grace: self.duration("KIRIM_ROTATION_GRACE", d.rotation_grace),
-            sending_deadline: self.duration("KIRIM_SENDING_DEADLINE", d.sending_deadline),
+            sending_deadline,
             schedule_hop: self
                 .duration("KIRIM_SCHEDULE_HOP", d.schedule_hop)
                 .clamp(Duration::from_secs(1), d.schedule_hop),
@@ -293,6 +298,34 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             authentication: one("KIRIM_PRICE_AUTHENTICATION"),
             session: one("KIRIM_PRICE_SESSION"),
         }
+    }
+
+    /// `KIRIM_META_TIMEOUT` [10s] (more than 0, at most [`MAX_META_TIMEOUT`]: the
+    /// dispatcher's Lambda runs 60 s, and a call must end inside it) and
+    /// `KIRIM_SENDING_DEADLINE` [24h] (at least the Meta timeout plus 5 s: a deadline any
+    /// shorter could fail a claimed message as `outcome_unknown` while Meta is still
+    /// answering it). Out of range: named, and the default kept.
+    fn send_timing(&mut self, d: &Settings) -> (Duration, Duration) {
+        let raw = self.optional("KIRIM_META_TIMEOUT");
+        let mut meta = self.duration("KIRIM_META_TIMEOUT", d.meta_timeout);
+        if meta.is_zero() || meta > MAX_META_TIMEOUT {
+            self.problems.push(format!(
+                "KIRIM_META_TIMEOUT={} must be more than 0 and at most 30s (the dispatcher's \
+                 Lambda runs 60 s)",
+                raw.unwrap_or_default()
+            ));
+            meta = d.meta_timeout;
+        }
+        let raw = self.optional("KIRIM_SENDING_DEADLINE");
+        let mut deadline = self.duration("KIRIM_SENDING_DEADLINE", d.sending_deadline);
+        if deadline < meta + Duration::from_secs(5) {
+            self.problems.push(format!(
+                "KIRIM_SENDING_DEADLINE={} must be at least the Meta timeout plus 5s",
+                raw.unwrap_or_default()
+            ));
+            deadline = d.sending_deadline;
+        }
+        (meta, deadline)
     }
 
     /// A price `name` was set (or defaulted) to, kept within 0 to 1000000 credits.
@@ -386,6 +419,49 @@ mod tests {
         assert!(err.contains("KIRIM_RETENTION_MESSAGES"));
         assert!(err.contains("KIRIM_DISPATCH_MAX_ATTEMPTS"));
         assert!(err.contains("KIRIM_TABLE"));
+    }
+
+    #[test]
+    fn a_meta_timeout_past_the_dispatchers_lambda_or_a_deadline_inside_one_call_is_refused() {
+        let read = |vars: &[(&str, &str)]| {
+            let env: HashMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let mut r = EnvReader::new(move |k| env.get(k).cloned());
+            let s = r.settings();
+            (s.meta_timeout, s.sending_deadline, r.finish())
+        };
+        let (meta, deadline, ok) = read(&[
+            ("KIRIM_META_TIMEOUT", "5s"),
+            ("KIRIM_SENDING_DEADLINE", "12s"),
+        ]);
+        assert_eq!(
+            (meta, deadline),
+            (Duration::from_secs(5), Duration::from_secs(12))
+        );
+        assert!(ok.is_ok());
+        for (vars, blamed) in [
+            (vec![("KIRIM_META_TIMEOUT", "90s")], "KIRIM_META_TIMEOUT"),
+            (vec![("KIRIM_META_TIMEOUT", "0s")], "KIRIM_META_TIMEOUT"),
+            (
+                vec![("KIRIM_SENDING_DEADLINE", "12s")],
+                "KIRIM_SENDING_DEADLINE",
+            ),
+            (
+                vec![
+                    ("KIRIM_META_TIMEOUT", "25s"),
+                    ("KIRIM_SENDING_DEADLINE", "20s"),
+                ],
+                "KIRIM_SENDING_DEADLINE",
+            ),
+        ] {
+            let (meta, deadline, res) = read(&vars);
+            let err = res.expect_err("refused").to_string();
+            assert!(err.contains(blamed), "{vars:?}: {err}");
+            assert!(meta <= MAX_META_TIMEOUT && !meta.is_zero());
+            assert!(deadline >= meta + Duration::from_secs(5));
+        }
     }
 
     #[test]
@@ -530,8 +606,6 @@ mod tests {
                 (DURATIONS[2], s.retention.billing, defaults.retention.billing),
                 (DURATIONS[3], s.retention.idempotency, defaults.retention.idempotency),
                 (DURATIONS[4], s.dispatch_backoff, defaults.dispatch_backoff),
-                (DURATIONS[5], s.meta_timeout, defaults.meta_timeout),
-                (DURATIONS[6], s.sending_deadline, defaults.sending_deadline),
                 (DURATIONS[7], s.callback_backoff, defaults.callback_backoff),
                 (DURATIONS[8], s.callback_timeout, defaults.callback_timeout),
             ];
@@ -548,6 +622,27 @@ mod tests {
                         prop_assert!(problems.contains(&format!("{name}={v} ")), "{} not named: {}", name, problems);
                     }
                 }
+            }
+            // The Meta timeout and the sending deadline: taken in their ranges, else
+            // named (when set and read) and the default kept.
+            let parsed = |name: &str| {
+                env.get(name)
+                    .filter(|v| !v.trim().is_empty())
+                    .and_then(|v| parse_duration(v))
+            };
+            let meta = parsed(DURATIONS[5])
+                .filter(|m| !m.is_zero() && *m <= MAX_META_TIMEOUT)
+                .unwrap_or(defaults.meta_timeout);
+            prop_assert_eq!(s.meta_timeout, meta);
+            if parsed(DURATIONS[5]).is_some_and(|m| m != meta) {
+                prop_assert!(problems.contains("KIRIM_META_TIMEOUT="), "{}", problems);
+            }
+            let deadline = parsed(DURATIONS[6])
+                .filter(|d| *d >= meta + Duration::from_secs(5))
+                .unwrap_or(defaults.sending_deadline);
+            prop_assert_eq!(s.sending_deadline, deadline);
+            if parsed(DURATIONS[6]).is_some_and(|d| d != deadline) {
+                prop_assert!(problems.contains("KIRIM_SENDING_DEADLINE="), "{}", problems);
             }
             prop_assert!(s.dispatch_max_attempts >= 1);
             prop_assert!((1..=9).contains(&s.callback_max_attempts));
