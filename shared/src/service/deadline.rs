@@ -202,33 +202,17 @@ pub async fn settle_lost(
                 code: DISPATCH_LOST.into(),
                 title: "the message's dispatch job was lost before it was sent; refunded".into(),
             };
-            let refund = super::ledger::refund_entry(
+            super::dispatch::fail_and_refund(
                 deps,
                 tenant,
-                &super::ledger::Charge::Message(id.clone()),
+                id,
+                MessageStatus::Accepted,
                 m.price,
+                error,
                 "message not sent: its dispatch job was lost",
-                now,
-            );
-            let change = crate::ports::StatusChange {
-                error: Some(error),
-                ..Default::default()
-            };
-            match deps
-                .messages
-                .fail_and_refund(
-                    tenant,
-                    id,
-                    MessageStatus::Accepted,
-                    &change,
-                    now,
-                    refund.as_ref(),
-                )
-                .await?
-            {
-                Transition::Applied(r) => Some((r, Settled::Refunded)),
-                Transition::Refused => None,
-            }
+            )
+            .await?
+            .map(|r| (r, Settled::Refunded))
         }
         MessageStatus::Sending => {
             let error = MessageError {
@@ -259,6 +243,9 @@ pub async fn settle_lost(
         tenant_id = %tenant, message_id = %id, to = %record.to.masked(), outcome = ?how,
         "message left unsent by a lost dispatch job; settled"
     );
-    super::callbacks::status_changed(deps, &record).await;
+    // The refunded one's callback was queued with its write (`dispatch::fail_and_refund`).
+    if how == Settled::OutcomeUnknown {
+        super::callbacks::status_changed(deps, &record).await;
+    }
     Ok(Some(how))
 }

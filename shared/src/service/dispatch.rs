@@ -69,39 +69,56 @@ async fn fail(
     price: i64,
     error: MessageError,
 ) -> Result<bool, StoreError> {
+    let failed = fail_and_refund(
+        deps,
+        &job.tenant_id,
+        &job.message_id,
+        from,
+        price,
+        error,
+        "message not accepted by meta",
+    )
+    .await?;
+    Ok(failed.is_some())
+}
+
+/// Fails the message `id`, still `from`, with `error` and refunds its `price` (`reason` on
+/// the ledger) in one conditional write, and queues its status callback; the failed
+/// message, or `None` if it was no longer `from` (nothing written). Only from `from`, free
+/// or not: a check made before the claim must never fail a message another dispatcher has
+/// claimed or Meta has accepted.
+pub(super) async fn fail_and_refund(
+    deps: &Deps,
+    tenant: &crate::domain::TenantId,
+    id: &crate::domain::MessageId,
+    from: MessageStatus,
+    price: i64,
+    error: MessageError,
+    reason: &str,
+) -> Result<Option<Box<crate::domain::MessageRecord>>, StoreError> {
     let change = StatusChange {
         error: Some(error),
         ..Default::default()
     };
     let now = deps.clock.now();
-    let charge = Charge::Message(job.message_id.clone());
     let refund = ledger::refund_entry(
         deps,
-        &job.tenant_id,
-        &charge,
+        tenant,
+        &Charge::Message(id.clone()),
         price,
-        "message not accepted by meta",
+        reason,
         now,
     );
-    // Only from `from`, free or not: a check made before the claim must never fail a
-    // message another dispatcher has claimed or Meta has accepted.
-    let outcome = deps
+    match deps
         .messages
-        .fail_and_refund(
-            &job.tenant_id,
-            &job.message_id,
-            from,
-            &change,
-            now,
-            refund.as_ref(),
-        )
-        .await?;
-    match outcome {
+        .fail_and_refund(tenant, id, from, &change, now, refund.as_ref())
+        .await?
+    {
         Transition::Applied(record) => {
             super::callbacks::status_changed(deps, &record).await;
-            Ok(true)
+            Ok(Some(record))
         }
-        Transition::Refused => Ok(false),
+        Transition::Refused => Ok(None),
     }
 }
 
