@@ -369,7 +369,14 @@ async fn find(
         return Ok(None);
     }
     for t in deps.tenants.tenants_by_waba(&update.waba_id).await? {
-        let Some(tenant) = deps.tenants.get_tenant(&t).await? else {
+        // A closed tenant's numbers stay (with their TTLs) after its close-out freed them:
+        // the number may be another tenant's on this WABA now, with the same display.
+        let Some(tenant) = deps
+            .tenants
+            .get_tenant(&t)
+            .await?
+            .filter(|t| t.status != TenantStatus::Closed)
+        else {
             continue;
         };
         for n in records(deps, &tenant).await? {

@@ -581,6 +581,7 @@ async fn an_onboarded_numbers_display_lets_metas_quality_webhook_find_it(b: Back
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    let old = body["tenant"]["id"].as_str().unwrap_or_default().to_owned();
     let shown = numbers(&app, &key).await;
     assert_eq!(shown[0]["display_phone_number"], "+60 3-7000 1234");
     let note = json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": 1_764_460_000,
@@ -593,6 +594,40 @@ async fn an_onboarded_numbers_display_lets_metas_quality_webhook_find_it(b: Back
         (json!("green"), json!(1000)),
         "{n:?}"
     );
+
+    // The tenant is closed and closed out, and the number, with its display, onboarded
+    // again for another tenant on the WABA: Meta's next update by display is the new
+    // owner's, not dropped at the closed tenant's leftover record.
+    let (s, _) = call(
+        &app,
+        reqwest::Method::DELETE,
+        OPERATOR_TOKEN,
+        &format!("/v1/platform/tenants/{old}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _) = call(
+        &app,
+        reqwest::Method::POST,
+        OPERATOR_TOKEN,
+        "/v1/platform/retention/run",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, body) = onboard(json!("+60 3-7000 1234")).await;
+    assert_eq!(s, 201, "the number is free again: {body}");
+    let key = body["admin_api_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let note = json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": 1_764_460_100,
+        "changes": [{"field": "phone_number_quality_update", "value":
+            {"display_phone_number": "60370001234", "event": "FLAGGED", "current_limit": "TIER_1K"}}]}]});
+    assert_eq!(app.post_webhook(&note).await.status(), 200);
+    let n = numbers(&app, &key).await;
+    assert_eq!(n[0]["quality"], json!("red"), "{n:?}");
 }
 
 async fn pricing_is_kept_on_a_read_message_and_counted_once_in_usage(b: Backend) {
