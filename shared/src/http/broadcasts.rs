@@ -259,8 +259,22 @@ async fn recipients_csv(
         .await
         .map_err(crate::service::errors::ServiceError::from)?
         .ok_or_else(ApiError::not_found)?;
+    // The recipients the broadcast had not reached yet, read before the walk: the fan-out
+    // goes on meanwhile, and records messages the walk may have passed already (their ids
+    // are not in recipient order), and deletes the list once it is done; read after the
+    // walk, those recipients would be in neither part.
+    let pending = if b.enqueued < b.accepted {
+        deps.broadcasts
+            .broadcast_recipients(&b.tenant_id, &b.id)
+            .await
+            .map_err(crate::service::errors::ServiceError::from)?
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let pending = std::sync::Arc::new(pending);
     // The ids of the messages written out: a recipient whose message was recorded while
-    // the walk went on (the fan-out runs meanwhile) is then not listed again as pending.
+    // the walk went on is then not listed again as pending.
     let start = (
         CsvStep::Header,
         std::collections::HashSet::<MessageId>::new(),
@@ -268,6 +282,7 @@ async fn recipients_csv(
     let body = stream::unfold(start, move |(step, mut emitted)| {
         let deps = deps.clone();
         let b = b.clone();
+        let pending = pending.clone();
         async move {
             let (text, next) = match step {
                 CsvStep::Done => return None,
@@ -302,26 +317,15 @@ async fn recipients_csv(
                     } else {
                         "accepted"
                     };
-                    let rows = match deps
-                        .broadcasts
-                        .broadcast_recipients(&b.tenant_id, &b.id)
-                        .await
-                    {
-                        // Those the broadcast had not reached when the request came,
-                        // less any whose message the walk above wrote out.
-                        Ok(Some(list)) => list
-                            .iter()
-                            .enumerate()
-                            .skip(b.enqueued)
-                            .filter(|(i, _)| !emitted.contains(&broadcasts::message_id(&b, *i)))
-                            .map(|(_, p)| broadcasts::csv_pending_row(p, status))
-                            .collect::<String>(),
-                        Ok(None) => String::new(),
-                        Err(e) => {
-                            tracing::error!(broadcast_id = %b.id, error = %e, "recipients.csv stopped");
-                            return None;
-                        }
-                    };
+                    // Those the broadcast had not reached when the request came, less
+                    // any whose message the walk above wrote out.
+                    let rows = pending
+                        .iter()
+                        .enumerate()
+                        .skip(b.enqueued)
+                        .filter(|(i, _)| !emitted.contains(&broadcasts::message_id(&b, *i)))
+                        .map(|(_, p)| broadcasts::csv_pending_row(p, status))
+                        .collect::<String>();
                     (rows, CsvStep::Done)
                 }
             };

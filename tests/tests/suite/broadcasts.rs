@@ -739,6 +739,64 @@ async fn recipients_csv_lists_each_recipient_once_while_the_fan_out_goes_on() {
     assert_eq!(csv.matches(",accepted,").count(), 5, "{csv}");
 }
 
+/// `recipients.csv` lists every recipient also when the whole fan-out runs, and its list
+/// is deleted, while the body is being read: after the walk of the messages has passed
+/// (their ids are not in recipient order), before the pending recipients are written.
+#[tokio::test]
+async fn recipients_csv_lists_every_recipient_when_the_fan_out_finishes_during_the_walk() {
+    use futures::StreamExt;
+    use kirim::service::{broadcasts, send::TemplateIn};
+    use tower::ServiceExt;
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let (tenant, key) = promo_tenant(&deps, "134", 10).await;
+    let template: TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
+    let recipients: Vec<String> = (0..5).map(|i| format!("+6012346{i:04}")).collect();
+    let accepted = broadcasts::create(&deps, &tenant.id, template, recipients, None)
+        .await
+        .unwrap();
+    let fan_out = next_fan_out(&deps).await;
+    let res = kirim::http::send_api_router(deps.clone())
+        .oneshot(
+            axum::http::Request::builder()
+                .uri(format!("/v1/broadcasts/{}/recipients.csv", accepted.id))
+                .header("authorization", format!("Bearer {}", key.expose()))
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body().into_data_stream();
+    // The header, then the walk's one page: no message recorded yet.
+    let mut csv = String::new();
+    for _ in 0..2 {
+        let chunk = body.next().await.expect("a chunk").expect("bytes");
+        csv.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    // The whole fan-out runs now, and its list goes.
+    broadcasts::fan_out_in_slices(&deps, &fan_out, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        deps.broadcasts
+            .broadcast_recipients(&tenant.id, &accepted.id)
+            .await
+            .unwrap(),
+        None,
+        "the fan-out is done"
+    );
+    while let Some(chunk) = body.next().await {
+        csv.push_str(std::str::from_utf8(&chunk.expect("bytes")).unwrap());
+    }
+    for i in 0..5 {
+        let phone = format!("+6012346{i:04}");
+        assert_eq!(csv.matches(&phone).count(), 1, "{phone}: {csv}");
+    }
+    assert_eq!(csv.lines().count(), 6, "{csv}");
+}
+
 /// A broadcast is retried once, so only once every message is settled: one still waiting
 /// or being sent (a backoff, an ambiguous send until its deadline) may yet fail retryably
 /// and would then have no retry. Until then `retry-failed` answers 409 and makes nothing.
