@@ -1712,3 +1712,78 @@ async fn a_broadcast_claim_whose_answer_was_lost_is_given_back_and_claimed_afres
     let (_, attempts) = message().await;
     assert_eq!(attempts, 1, "claimed afresh");
 }
+
+/// A broadcast's message waiting out a long retry backoff on the queue (hops of up to 15
+/// minutes) is cancelled, refunded, at its next hop once another process cancelled its
+/// broadcast, not sent when the backoff ends; while the broadcast goes on, it hops on.
+#[tokio::test]
+async fn a_broadcast_message_in_a_long_retry_backoff_is_cancelled_refunded_at_its_next_hop() {
+    use kirim::domain::MessageStatus;
+    use kirim::ports::Clock;
+    use kirim::service::jobs::Outcome;
+    use kirim::service::{broadcasts, dispatch};
+    // The memo of holds off, as in another process than the one that cancels: the hop
+    // reads the broadcast.
+    let p = paced("133", 2, false).await;
+    let jobs = p.fan_out().await;
+    assert_eq!(jobs.len(), 2);
+    let Paced {
+        deps,
+        clock,
+        queue,
+        tenant,
+        accepted,
+        ..
+    } = p;
+    let credits = |deps: &kirim::service::Deps| {
+        let deps = deps.clone();
+        let tenant = tenant.id.clone();
+        async move {
+            deps.tenants
+                .get_tenant(&tenant)
+                .await
+                .unwrap()
+                .unwrap()
+                .credits
+        }
+    };
+    let before = credits(&deps).await;
+    // The job as a transient failure sends it back: not to be tried for an hour.
+    let mut job = jobs[0].clone();
+    job["retry_at"] = json!((clock.now() + chrono::Duration::hours(1)).to_rfc3339());
+    let body = job.to_string();
+    assert!(
+        matches!(
+            dispatch::handle_in_batch(&deps, &body).await,
+            Outcome::Again(..)
+        ),
+        "a retry of a broadcast that goes on waits out its backoff"
+    );
+    queue.take();
+    broadcasts::cancel(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!(dispatch::handle_in_batch(&deps, &body).await, Outcome::Done);
+    assert!(queue.take().is_empty(), "no further hop");
+    let id = kirim::domain::MessageId::from_trusted(job["message_id"].as_str().unwrap());
+    let m = deps
+        .messages
+        .get_message(&tenant.id, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.status, MessageStatus::Cancelled);
+    assert_eq!(m.error.unwrap().code, "cancelled");
+    assert_eq!(credits(&deps).await, before + m.price, "refunded");
+    // The backoff's end sends nothing and refunds nothing twice.
+    clock.advance(chrono::Duration::hours(2));
+    assert_eq!(dispatch::handle(&deps, &body).await, Outcome::Done);
+    let m = deps
+        .messages
+        .get_message(&tenant.id, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.status, MessageStatus::Cancelled, "never sent");
+    assert_eq!(credits(&deps).await, before + m.price);
+}
