@@ -84,7 +84,8 @@ pub fn parse_template(t: TemplateIn) -> Result<TemplateRequest, ServiceError> {
     }
     Ok(TemplateRequest {
         name: t.name,
-        language: t.language,
+        // As the catalogue keeps Meta's codes (`en_US`), whichever separator was sent.
+        language: t.language.replace('-', "_"),
         category: t.category,
         components: t.components,
     })
@@ -168,7 +169,7 @@ pub async fn send_once(
         Err(e) => {
             if let Some(k) = idem {
                 if let Some(first) = idempotency::earlier(deps, tenant_id, k).await? {
-                    return replayed(deps, &tenant, from.as_deref(), first, &draft).await;
+                    return replayed(deps, &tenant, first, &draft).await;
                 }
             }
             return Err(e);
@@ -209,7 +210,7 @@ pub async fn send_once(
         }
         other => return other,
     };
-    replayed(deps, &tenant, from.as_deref(), first, &replay_draft).await
+    replayed(deps, &tenant, first, &replay_draft).await
 }
 
 /// The first answer again, even if its number was removed since (its message then fails
@@ -217,20 +218,14 @@ pub async fn send_once(
 async fn replayed(
     deps: &Deps,
     tenant: &crate::ports::Tenant,
-    from: Option<&str>,
     first: MessageId,
     draft: &Draft,
 ) -> Result<Accepted, ServiceError> {
-    let waba = match super::numbers::sending_from(deps, tenant, from).await {
-        Ok(n) => n.waba_id,
-        Err(ServiceError::UnknownSender(_)) => tenant.waba_id.clone(),
-        Err(e) => return Err(e),
-    };
     // The first answer stands when the request is refused here: a template paused or
     // removed since is no reason to answer "refused, nothing debited" for a message that
     // was accepted and debited (its own job goes on, and decides). A queue that cannot be
     // reached is answered `503`: the client tries again, and that replay queues it.
-    match queue_again_if_never_claimed(deps, &tenant.id, &waba, &first, draft).await {
+    match queue_again_if_never_claimed(deps, tenant, &first, draft).await {
         Ok(()) => {}
         Err(e @ ServiceError::Unavailable(_)) => return Err(e),
         Err(e) => {
@@ -378,11 +373,11 @@ async fn accept(
 /// dispatcher drops the job that comes second.
 async fn queue_again_if_never_claimed(
     deps: &Deps,
-    tenant_id: &TenantId,
-    waba_id: &str,
+    tenant: &crate::ports::Tenant,
     id: &MessageId,
     draft: &Draft,
 ) -> Result<(), ServiceError> {
+    let tenant_id = &tenant.id;
     let Some(m) = deps.messages.get_message(tenant_id, id).await? else {
         return Ok(());
     };
@@ -391,6 +386,14 @@ async fn queue_again_if_never_claimed(
     if m.status != MessageStatus::Accepted || m.attempts > 0 {
         return Ok(());
     }
+    // The catalogue of the number the message was accepted from, not of the one the
+    // request would pick now (the default may have changed since). One removed since:
+    // the default's (the job fails as `sender_removed` at dispatch either way).
+    let waba_id = &match super::numbers::sending_from(deps, tenant, m.from.as_deref()).await {
+        Ok(n) => n.waba_id,
+        Err(ServiceError::UnknownSender(_)) => tenant.waba_id.clone(),
+        Err(e) => return Err(e),
+    };
     // The same body as the first request (the key's fingerprint says so), resolved
     // against the catalogue as it was then; a template refused since then is refused
     // again here (the message stays `accepted` until the client sends again).

@@ -136,6 +136,84 @@ async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_proc
     assert_eq!(t.sandbox_requests_to("60123459901").len(), 1, "still once");
 }
 
+/// A retry that queues a lost job again resolves the template against the catalogue of
+/// the number the message was accepted from, not the number the request would go from
+/// now: the default switched meanwhile to a number on another WABA, where the template
+/// is paused, and the message still goes.
+async fn a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accepted_from(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let body = json!({
+        "to": "+60123459911",
+        "template": {"name": "order_update", "language": "en_US", "category": "utility",
+                     "components": [{"type": "body", "parameters": [{"type": "text", "text": "A-2"}]}]},
+    });
+    let key = IdempotencyKey::parse("order-a-2").expect("a key");
+    let idem = Idempotent {
+        fingerprint: key.fingerprint(&body),
+        key,
+    };
+    let mut crashed = t.app.deps.clone();
+    crashed.queue = Arc::new(LostJobs);
+    let req: SendRequest = serde_json::from_value(body.clone()).expect("a send request");
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let Ok(Accepted::New(first)) = send_once(&crashed, &tenant, req, Some(&idem)).await else {
+        panic!("the first request was accepted");
+    };
+    // A second number on another WABA, where Meta paused the template, becomes the
+    // default.
+    let (second, waba) = (
+        format!("{}", 4_000_000 + kirim_tests::rand_u32() % 900_000),
+        "7002002",
+    );
+    let res = t
+        .http
+        .post(t.url(&format!(
+            "/v1/platform/tenants/{}/phone-numbers",
+            o.tenant_id
+        )))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"phone_number_id": second, "waba_id": waba}))
+        .send()
+        .await
+        .expect("added");
+    assert_eq!(res.status(), 201);
+    // (Paused in Kirim's catalogue by Meta's webhook: the sandbox knows a number's WABA
+    // by its token only, and this tenant's one token reaches both.)
+    let note = json!({"object": "whatsapp_business_account", "entry": [{"id": waba,
+        "time": chrono::Utc::now().timestamp() + 60, "changes": [
+        {"field": "message_template_status_update", "value": {"event": "PAUSED", "message_template_id": 9,
+            "message_template_name": "order_update", "message_template_language": "en_US", "reason": "NONE"}}]}]});
+    assert_eq!(t.post_webhook(&note).await.status(), 200);
+    let res = t
+        .http
+        .put(t.url(&format!("/v1/phone-numbers/{second}/default")))
+        .bearer_auth(&o.key)
+        .send()
+        .await
+        .expect("the default");
+    assert_eq!(res.status(), 200);
+    let res = t
+        .http
+        .post(t.url("/v1/messages"))
+        .bearer_auth(&o.key)
+        .header("Idempotency-Key", "order-a-2")
+        .json(&body)
+        .send()
+        .await
+        .expect("the retry");
+    assert_eq!(res.status(), 202);
+    let m = t.wait_status(&o.key, first.id.as_str(), "read").await;
+    assert_eq!(m["status"], "read", "sent after the retry: {m}");
+    assert_eq!(
+        m["from"],
+        o.phone_number_id.as_str(),
+        "from the number it was accepted from"
+    );
+}
+
 /// A queue that keeps every job it is given (and may refuse them): what a test then
 /// delivers to the dispatcher by hand, in the order it chooses.
 #[derive(Default)]
@@ -1497,6 +1575,7 @@ async fn the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent(b
 }
 
 on_both_backends!(
+    a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accepted_from,
     a_sent_move_whose_answer_was_lost_still_has_its_sent_callback,
     a_message_that_missed_its_carried_slot_carries_the_next_as_a_fresh_queue_message,
     the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent,

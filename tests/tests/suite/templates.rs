@@ -701,7 +701,36 @@ async fn the_daily_schedule_syncs_every_active_tenants_catalogue(b: Backend) {
     );
 }
 
+/// A language code written with a dash (`en-US`, as BCP 47 writes it) is the catalogue's
+/// `en_US`, as Meta's own list and webhooks write it: the send is accepted and sent, not
+/// refused as a template the catalogue lacks.
+async fn a_template_language_written_with_a_dash_is_the_catalogues_underscore_code(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let order = json!({"name": "order_update", "language": "en-US", "components": one_param()});
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/messages",
+        send_body("+60123462101", order),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    app.wait_status(&t.key, &id, "read").await;
+    let promo = json!({"name": "promo_sale", "language": "en-US", "components": one_param()});
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/broadcasts",
+        json!({"template": promo, "recipients": ["+60123462102"]}),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+}
+
 on_both_backends!(
+    a_template_language_written_with_a_dash_is_the_catalogues_underscore_code,
     onboarding_syncs_the_catalogue_which_lists_with_filters_and_pages,
     every_refusal_code_refuses_a_send_or_broadcast_with_nothing_debited_or_stored,
     a_template_paused_by_metas_webhook_is_then_refused_as_not_approved,
