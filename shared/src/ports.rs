@@ -461,9 +461,11 @@ pub struct OptOutPage {
 #[async_trait]
 pub trait OptOutStore: Send + Sync {
     /// Records the opt-out and answers what is stored, and whether the key had no
-    /// opt-out before (a new one). Never narrows: a `marketing` opt-out leaves an existing
-    /// `all` one in place (and answers that one); an `all` one replaces whatever was
-    /// there. A conditional write, no read first. An opt-out without a key is refused.
+    /// opt-out before (a new one). Folds it into the key's opt-out ([`OptOut::folded`]):
+    /// never narrows (a `marketing` opt-out leaves an existing `all` one in place, and
+    /// answers that one; an `all` one widens a `marketing` one) and never moves the time
+    /// back. A conditional write of what was read (retried when it changed meanwhile).
+    /// An opt-out without a key is refused.
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError>;
     async fn get_opt_out(
         &self,
@@ -490,13 +492,15 @@ pub trait OptOutStore: Send + Sync {
         key: &OptOutKey,
         at: i64,
     ) -> Result<bool, StoreError>;
-    /// Removes the opt-out if it is of `scope` (a conditional delete): a `resume` of
-    /// marketing never removes an `all` opt-out. `false` if nothing was removed.
+    /// Removes the opt-out if it is of `scope` and not newer than time `at` (a
+    /// conditional delete): a `resume` of marketing never removes an `all` opt-out, nor
+    /// one made after it. `false` if nothing was removed.
     async fn delete_opt_out_of_scope(
         &self,
         tenant: &TenantId,
         key: &OptOutKey,
         scope: OptOutScope,
+        at: i64,
     ) -> Result<bool, StoreError>;
     /// Removes the opt-out; `false` if there was none.
     async fn delete_opt_out(&self, tenant: &TenantId, key: &OptOutKey) -> Result<bool, StoreError>;

@@ -198,8 +198,11 @@ pub struct OptOut {
     /// The API key id that added it, or `meta`.
     pub created_by: String,
     pub created_at: DateTime<Utc>,
-    /// Meta's timestamp (epoch seconds) of the STOP reply that made it, if a reply did:
-    /// a START only undoes a STOP that is not newer than itself.
+    /// When the recipient's choice it records was made (epoch seconds): Meta's time of
+    /// the STOP reply, the marketing preference or the 131050 status that made it, else
+    /// the time it was recorded (an API call). A START (or a `resume`) only removes an
+    /// opt-out that is not newer than itself. Absent on opt-outs stored before every one
+    /// carried a time: any START removes those.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta_timestamp: Option<i64>,
 }
@@ -214,10 +217,37 @@ impl OptOut {
         }
     }
 
-    /// Whether a STOP reply of Meta's time `at` may replace this opt-out's time: never
-    /// with an older one, so a late START cannot undo the newest STOP.
+    /// Whether a START (or a `resume`) of time `at` may remove this opt-out: it is not
+    /// newer than `at`, so a late START cannot undo a newer STOP. One stored without a
+    /// time (before every opt-out carried one) may be removed by any.
     pub fn replies_not_newer_than(&self, at: i64) -> bool {
         self.meta_timestamp.is_none_or(|t| t <= at)
+    }
+
+    /// What to store when `new` is recorded over `existing` (`None`: `existing` stands
+    /// as it is). One item folds every opt-out of its key: the wider scope (`all` over
+    /// `marketing`) is kept, with its own source and author, of the same scope the newer
+    /// one's; the time is the newest, so a START removes it only when it is newer than
+    /// every opt-out folded in (erring, as a STOP always does, toward not messaging).
+    pub fn folded(existing: Option<&OptOut>, new: &OptOut) -> Option<OptOut> {
+        let Some(old) = existing else {
+            return Some(new.clone());
+        };
+        let new_wins = match (old.scope, new.scope) {
+            (OptOutScope::All, OptOutScope::Marketing) => false,
+            (OptOutScope::Marketing, OptOutScope::All) => true,
+            _ => new.meta_timestamp >= old.meta_timestamp,
+        };
+        let mut out = if new_wins { new.clone() } else { old.clone() };
+        out.meta_timestamp = old.meta_timestamp.max(new.meta_timestamp);
+        // A user id or phone one of them learnt is kept.
+        out.phone = out
+            .phone
+            .or_else(|| old.phone.clone().or(new.phone.clone()));
+        out.user_id = out
+            .user_id
+            .or_else(|| old.user_id.clone().or(new.user_id.clone()));
+        (&out != old).then_some(out)
     }
 }
 

@@ -1038,6 +1038,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                             &job.tenant_id,
                             &job.message_id,
                             Some(&record.to),
+                            None,
                         ))
                         .await
                         {

@@ -174,6 +174,7 @@ pub async fn add(
     by: &str,
     meta_timestamp: Option<i64>,
 ) -> Result<OptOut, ServiceError> {
+    let now = deps.clock.now();
     let opt_out = OptOut {
         tenant_id: tenant.clone(),
         phone: who.phone,
@@ -181,8 +182,10 @@ pub async fn add(
         scope,
         source,
         created_by: by.to_owned(),
-        created_at: deps.clock.now(),
-        meta_timestamp,
+        created_at: now,
+        // Every opt-out carries the time of the choice it records: Meta's, else now (an
+        // API call's), so a START older than it never removes it.
+        meta_timestamp: Some(meta_timestamp.unwrap_or_else(|| now.timestamp())),
     };
     let Some(key) = opt_out.key() else {
         return Err(ServiceError::InvalidRequest(
@@ -326,17 +329,22 @@ pub async fn apply_preference(
                 OptOutScope::Marketing,
                 OptOutSource::MetaUserPreferences,
                 BY_META,
-                None,
+                pref.timestamp,
             )
             .await?;
             Ok(Inbound::OptedOut)
         }
         Preference::ResumeMarketing => {
+            // In Meta's time order across deliveries too: a redelivered older `resume`
+            // never removes a newer `stop`.
+            let at = pref
+                .timestamp
+                .unwrap_or_else(|| deps.clock.now().timestamp());
             let mut removed = false;
             for k in super::contacts::keys_of(deps, tenant, &who.keys()).await? {
                 removed |= deps
                     .opt_outs
-                    .delete_opt_out_of_scope(tenant, &k, OptOutScope::Marketing)
+                    .delete_opt_out_of_scope(tenant, &k, OptOutScope::Marketing, at)
                     .await?;
             }
             Ok(if removed {
@@ -348,14 +356,15 @@ pub async fn apply_preference(
     }
 }
 
-/// Meta's 131050 on a status of `message`: its recipient stopped marketing messages.
-/// The recipient is the status's own (`recipient`), else the message's. Never narrows
-/// an `all` opt-out.
+/// Meta's 131050 on a status of `message` (of Meta's time `at`, if it gave one; else
+/// now): its recipient stopped marketing messages. The recipient is the status's own
+/// (`recipient`), else the message's. Never narrows an `all` opt-out.
 pub async fn marketing_stopped_for(
     deps: &Deps,
     tenant: &TenantId,
     message: &MessageId,
     recipient: Option<&PhoneNumber>,
+    at: Option<i64>,
 ) -> Result<(), ServiceError> {
     // A closed tenant takes no new opt-out (the close-out gives its items their last TTL).
     if !deps.tenant_is_open(tenant).await? {
@@ -375,7 +384,7 @@ pub async fn marketing_stopped_for(
         OptOutScope::Marketing,
         OptOutSource::Meta131050,
         BY_META,
-        None,
+        at,
     )
     .await
     .map(|_| ())

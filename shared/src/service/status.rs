@@ -149,6 +149,7 @@ async fn apply_to(
             tenant_id,
             message_id,
             report.recipient.as_ref(),
+            report.timestamp,
         ))
         .await?;
     }

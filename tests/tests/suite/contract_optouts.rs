@@ -484,7 +484,8 @@ async fn a_start_removes_only_a_stop_that_is_not_newer_and_a_stop_never_moves_ti
         .await
         .unwrap());
     assert_eq!(p.opt_outs.get_opt_out(&t, &to).await.unwrap(), None);
-    // An opt-out made through the API has no reply time: any START removes it.
+    // An opt-out stored without a time (before every one carried one): any START
+    // removes it.
     p.opt_outs
         .put_opt_out(&opt_out(&p, &t, "+60123450400", OptOutScope::All))
         .await
@@ -494,6 +495,106 @@ async fn a_start_removes_only_a_stop_that_is_not_newer_and_a_stop_never_moves_ti
         .delete_opt_out_not_newer_than(&t, &to, 1)
         .await
         .unwrap());
+}
+
+/// One key's item folds every opt-out recorded under it: the widest scope, the newest
+/// time. A marketing opt-out newer than an `all` one leaves `all` in place but moves its
+/// time on; an older `all` widens a newer marketing one and keeps the newer time; so a
+/// START or a `resume` removes it only when newer than every one of them.
+async fn an_opt_out_keeps_the_widest_scope_and_the_newest_time_of_those_folded_in(p: Stores) {
+    let t = onboarded(&p, 0).await;
+    let to = key("+60123450700");
+    let at = |scope: OptOutScope, source: OptOutSource, time: i64| OptOut {
+        source,
+        created_by: "meta".into(),
+        meta_timestamp: Some(time),
+        ..opt_out(&p, &t, "+60123450700", scope)
+    };
+    // A STOP at 100, then a 131050 marketing opt-out at 300.
+    let stop = at(OptOutScope::All, OptOutSource::Keyword, 100);
+    assert_eq!(
+        p.opt_outs.put_opt_out(&stop).await.unwrap(),
+        (stop.clone(), true)
+    );
+    let (stored, new) = p
+        .opt_outs
+        .put_opt_out(&at(OptOutScope::Marketing, OptOutSource::Meta131050, 300))
+        .await
+        .unwrap();
+    assert!(!new);
+    assert_eq!(
+        (stored.scope, stored.source, stored.meta_timestamp),
+        (OptOutScope::All, OptOutSource::Keyword, Some(300)),
+        "all, of its STOP, at the newer time"
+    );
+    assert_eq!(p.opt_outs.get_opt_out(&t, &to).await.unwrap(), Some(stored));
+    // A START at 200 (after the STOP, before the marketing opt-out) removes nothing; a
+    // marketing `resume` at 400 neither (the item is `all`).
+    assert!(!p
+        .opt_outs
+        .delete_opt_out_not_newer_than(&t, &to, 200)
+        .await
+        .unwrap());
+    assert!(!p
+        .opt_outs
+        .delete_opt_out_of_scope(&t, &to, OptOutScope::Marketing, 400)
+        .await
+        .unwrap());
+    assert!(p
+        .opt_outs
+        .delete_opt_out_not_newer_than(&t, &to, 300)
+        .await
+        .unwrap());
+
+    // A marketing preference at 500, then a late STOP of 450: widened to `all`, at 500.
+    let pref = at(
+        OptOutScope::Marketing,
+        OptOutSource::MetaUserPreferences,
+        500,
+    );
+    p.opt_outs.put_opt_out(&pref).await.unwrap();
+    let (stored, _) = p
+        .opt_outs
+        .put_opt_out(&at(OptOutScope::All, OptOutSource::Keyword, 450))
+        .await
+        .unwrap();
+    assert_eq!(
+        (stored.scope, stored.source, stored.meta_timestamp),
+        (OptOutScope::All, OptOutSource::Keyword, Some(500))
+    );
+    assert_eq!(p.opt_outs.get_opt_out(&t, &to).await.unwrap(), Some(stored));
+    // Recording the same again changes nothing and is not new.
+    let again = p.opt_outs.get_opt_out(&t, &to).await.unwrap().unwrap();
+    assert_eq!(
+        p.opt_outs.put_opt_out(&again).await.unwrap(),
+        (again, false)
+    );
+}
+
+/// A marketing `resume` removes a marketing opt-out only when not older than it: a
+/// redelivered older `resume` leaves a newer `stop` in place.
+async fn a_resume_removes_only_a_marketing_opt_out_not_newer_than_itself(p: Stores) {
+    let t = onboarded(&p, 0).await;
+    let to = key("+60123450710");
+    let stop = OptOut {
+        source: OptOutSource::MetaUserPreferences,
+        created_by: "meta".into(),
+        meta_timestamp: Some(200),
+        ..opt_out(&p, &t, "+60123450710", OptOutScope::Marketing)
+    };
+    p.opt_outs.put_opt_out(&stop).await.unwrap();
+    assert!(!p
+        .opt_outs
+        .delete_opt_out_of_scope(&t, &to, OptOutScope::Marketing, 100)
+        .await
+        .unwrap());
+    assert_eq!(p.opt_outs.get_opt_out(&t, &to).await.unwrap(), Some(stop));
+    assert!(p
+        .opt_outs
+        .delete_opt_out_of_scope(&t, &to, OptOutScope::Marketing, 200)
+        .await
+        .unwrap());
+    assert_eq!(p.opt_outs.get_opt_out(&t, &to).await.unwrap(), None);
 }
 
 macro_rules! contract {
@@ -535,12 +636,12 @@ async fn an_opt_out_by_user_id_is_stored_under_it_and_a_scoped_delete_removes_on
     let k = key("MY.8000000001");
     assert!(!p
         .opt_outs
-        .delete_opt_out_of_scope(&t, &k, OptOutScope::All)
+        .delete_opt_out_of_scope(&t, &k, OptOutScope::All, i64::MAX)
         .await
         .unwrap());
     assert!(p
         .opt_outs
-        .delete_opt_out_of_scope(&t, &k, OptOutScope::Marketing)
+        .delete_opt_out_of_scope(&t, &k, OptOutScope::Marketing, i64::MAX)
         .await
         .unwrap());
     assert_eq!(p.opt_outs.get_opt_out(&t, &k).await.unwrap(), None);
@@ -552,7 +653,7 @@ async fn an_opt_out_by_user_id_is_stored_under_it_and_a_scoped_delete_removes_on
     p.opt_outs.put_opt_out(&all).await.unwrap();
     assert!(!p
         .opt_outs
-        .delete_opt_out_of_scope(&t, &k, OptOutScope::Marketing)
+        .delete_opt_out_of_scope(&t, &k, OptOutScope::Marketing, i64::MAX)
         .await
         .unwrap());
     assert!(p.opt_outs.get_opt_out(&t, &k).await.unwrap().is_some());
@@ -576,6 +677,8 @@ contract!(
     an_opt_out_is_stored_read_back_and_removed_once,
     a_start_removes_only_a_stop_that_is_not_newer_and_a_stop_never_moves_time_back,
     a_marketing_opt_out_never_narrows_an_all_one_but_all_widens_marketing,
+    an_opt_out_keeps_the_widest_scope_and_the_newest_time_of_those_folded_in,
+    a_resume_removes_only_a_marketing_opt_out_not_newer_than_itself,
     opt_outs_list_in_pages_with_a_cursor_and_only_the_tenants_own,
     an_idempotent_insert_writes_once_and_then_answers_the_existing_record,
     an_idempotent_insert_without_credits_writes_nothing_not_even_the_key,

@@ -255,6 +255,37 @@ async fn user_preferences_stop_and_resume_marketing_but_a_resume_never_removes_a
     .await;
     let (_, o) = call(&app, "GET", &opt_out_path("+60123470005"), &t.key, None).await;
     assert_eq!(o["scope"], "all");
+
+    // In Meta's time order across deliveries: a stop, then a resume Meta stamped before
+    // it (a body redelivered late) leaves the stop in place; a later resume removes it.
+    let at = |value: &str, ts: i64| {
+        json!({"user_preferences": [{"wa_id": "60123470006", "category": "marketing_messages",
+            "value": value, "timestamp": ts}]})
+    };
+    let ts = chrono::Utc::now().timestamp();
+    change(&app, &t.phone_number_id, "user_preferences", at("stop", ts)).await;
+    change(
+        &app,
+        &t.phone_number_id,
+        "user_preferences",
+        at("resume", ts - 60),
+    )
+    .await;
+    let (st, o) = call(&app, "GET", &opt_out_path("+60123470006"), &t.key, None).await;
+    assert_eq!(
+        (st, o["scope"].as_str()),
+        (200, Some("marketing")),
+        "an older resume undoes no newer stop: {o}"
+    );
+    change(
+        &app,
+        &t.phone_number_id,
+        "user_preferences",
+        at("resume", ts + 1),
+    )
+    .await;
+    let (st, _) = call(&app, "GET", &opt_out_path("+60123470006"), &t.key, None).await;
+    assert_eq!(st, 404);
 }
 
 async fn a_button_reply_whose_title_is_a_stop_word_opts_out(b: Backend) {

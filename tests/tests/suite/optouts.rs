@@ -542,6 +542,34 @@ async fn stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arriv
     assert_eq!(status, 200, "{o}");
 }
 
+/// An opt-out made through the API records the time it was made: a START Meta stamped
+/// before it (redelivered late, or delayed) leaves it in place; a START after it removes
+/// it, as it would a STOP's.
+async fn an_api_opt_out_outlives_an_older_start_that_arrives_after_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(1).await;
+    let pn = t.phone_number_id.as_str();
+    let (from, phone) = ("60123457031", "+60123457031");
+    let res = app
+        .http
+        .put(app.url(&format!("/v1/opt-outs/{phone}")))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let now = chrono::Utc::now().timestamp();
+    let summary = inbound(&app, pn, vec![text_at(from, "START", now - 3600)]).await;
+    assert_eq!(summary["summary"]["applied"], 0, "{summary}");
+    assert_eq!(
+        opt_out_of(&app, &t.key, phone).await.0,
+        200,
+        "still opted out"
+    );
+    inbound(&app, pn, vec![text_at(from, "START", now + 5)]).await;
+    assert_eq!(opt_out_of(&app, &t.key, phone).await.0, 404);
+}
+
 async fn a_body_whose_first_change_is_malformed_still_applies_its_second_a_stop(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(1).await;
@@ -629,6 +657,7 @@ async fn a_stop_from_a_whatsapp_id_blocks_sends_to_the_number_as_dialled_until_s
 
 on_both_backends!(
     stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arrive,
+    an_api_opt_out_outlives_an_older_start_that_arrives_after_it,
     a_stop_from_a_whatsapp_id_blocks_sends_to_the_number_as_dialled_until_start,
     a_body_whose_first_change_is_malformed_still_applies_its_second_a_stop,
     an_inbound_stop_blocks_the_next_send_with_422_and_no_debit_until_start,
@@ -686,9 +715,10 @@ impl kirim::ports::OptOutStore for FailingWrites {
         t: &kirim::domain::TenantId,
         p: &kirim::domain::OptOutKey,
         scope: kirim::domain::OptOutScope,
+        at: i64,
     ) -> Result<bool, kirim::store_error::StoreError> {
         self.check()?;
-        self.inner.delete_opt_out_of_scope(t, p, scope).await
+        self.inner.delete_opt_out_of_scope(t, p, scope, at).await
     }
     async fn delete_opt_out(
         &self,

@@ -6,7 +6,6 @@ use crate::adapters::aws::written;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 use super::{
@@ -23,49 +22,39 @@ impl OptOutStore for DynamoStore {
         let key = opt_out
             .key()
             .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
-        let item = to_item(
-            opt_out,
-            &keys::opt_out(&opt_out.tenant_id, &key).pairs(),
-            None,
-        )?;
-        // `all` replaces anything; `marketing` never narrows an existing `all`.
-        for _ in 0..3 {
+        let pairs = keys::opt_out(&opt_out.tenant_id, &key).pairs();
+        // Folded into what is stored (`OptOut::folded`), written only if that is still
+        // what is stored: its scope and time, or its absence.
+        for _ in 0..4 {
+            let existing = self.get_opt_out(&opt_out.tenant_id, &key).await?;
+            let Some(stored) = OptOut::folded(existing.as_ref(), opt_out) else {
+                return Ok((existing.unwrap_or_else(|| opt_out.clone()), false));
+            };
             let mut req = self
                 .client
                 .put_item()
                 .table_name(&self.table)
-                .set_item(Some(item.clone()))
-                // The old item, if any, tells whether this opt-out is new.
-                .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld);
-            if opt_out.scope == OptOutScope::Marketing {
-                req = req
-                    .condition_expression("attribute_not_exists(pk) OR #scope = :marketing")
-                    .expression_attribute_names("#scope", "scope")
-                    .expression_attribute_values(":marketing", s(OptOutScope::Marketing.as_str()));
-            } else if let Some(at) = opt_out.meta_timestamp {
-                // A reply's STOP never moves the newest STOP's time back.
-                req = req
-                    .condition_expression(
-                        "attribute_not_exists(pk) OR attribute_not_exists(meta_timestamp) \
-                         OR meta_timestamp <= :at",
-                    )
-                    .expression_attribute_values(":at", n(at));
-            }
-            match req.send().await {
-                Ok(out) => {
-                    let was_new = out.attributes().is_none_or(|a| a.is_empty());
-                    return Ok((opt_out.clone(), was_new));
-                }
-                Err(SdkError::ServiceError(e))
-                    if e.err().is_conditional_check_failed_exception() =>
-                {
-                    // A wider opt-out is in place: answer it (unless it was just removed).
-                    if let Some(existing) = self.get_opt_out(&opt_out.tenant_id, &key).await? {
-                        return Ok((existing, false));
+                .set_item(Some(to_item(&stored, &pairs, None)?));
+            req = match &existing {
+                None => req.condition_expression("attribute_not_exists(pk)"),
+                Some(old) => {
+                    let req = req
+                        .expression_attribute_names("#scope", "scope")
+                        .expression_attribute_values(":scope", s(old.scope.as_str()));
+                    match old.meta_timestamp {
+                        Some(at) => req
+                            .condition_expression("#scope = :scope AND meta_timestamp = :at")
+                            .expression_attribute_values(":at", n(at)),
+                        None => req.condition_expression(
+                            "#scope = :scope AND attribute_not_exists(meta_timestamp)",
+                        ),
                     }
                 }
-                Err(e) => return Err(classify("dynamodb put", e)),
+            };
+            if written("dynamodb put", req.send().await)? {
+                return Ok((stored, existing.is_none()));
             }
+            // Changed meanwhile: fold into what is there now.
         }
         Err(StoreError::Unavailable(
             "opt-out changed concurrently".into(),
@@ -120,15 +109,20 @@ impl OptOutStore for DynamoStore {
         tenant: &TenantId,
         key: &OptOutKey,
         scope: OptOutScope,
+        at: i64,
     ) -> Result<bool, StoreError> {
         let res = self
             .client
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(keys::opt_out(tenant, key).attrs()))
-            .condition_expression("attribute_exists(pk) AND #scope = :scope")
+            .condition_expression(
+                "attribute_exists(pk) AND #scope = :scope AND \
+                 (attribute_not_exists(meta_timestamp) OR meta_timestamp <= :at)",
+            )
             .expression_attribute_names("#scope", "scope")
             .expression_attribute_values(":scope", s(scope.as_str()))
+            .expression_attribute_values(":at", n(at))
             .send()
             .await;
         written("dynamodb delete", res)

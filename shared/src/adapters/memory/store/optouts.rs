@@ -15,19 +15,15 @@ impl OptOutStore for MemoryStore {
             .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
         let mut s = self.lock()?;
         let key = (opt_out.tenant_id.clone(), key.to_string());
-        if let Some(existing) = s.opt_outs.get(&key) {
-            if opt_out.scope == OptOutScope::Marketing && existing.scope == OptOutScope::All {
-                return Ok((existing.clone(), false));
+        let existing = s.opt_outs.get(&key);
+        let was_new = existing.is_none();
+        match OptOut::folded(existing, opt_out) {
+            Some(stored) => {
+                s.opt_outs.insert(key, stored.clone());
+                Ok((stored, was_new))
             }
-            // A reply's STOP never moves the newest STOP's time back.
-            if let Some(at) = opt_out.meta_timestamp {
-                if !existing.replies_not_newer_than(at) {
-                    return Ok((existing.clone(), false));
-                }
-            }
+            None => Ok((existing.cloned().unwrap_or_else(|| opt_out.clone()), false)),
         }
-        let was_new = s.opt_outs.insert(key, opt_out.clone()).is_none();
-        Ok((opt_out.clone(), was_new))
     }
 
     async fn get_opt_out(
@@ -58,11 +54,14 @@ impl OptOutStore for MemoryStore {
         tenant: &TenantId,
         key: &OptOutKey,
         scope: OptOutScope,
+        at: i64,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
         let key = (tenant.clone(), key.to_string());
         match s.opt_outs.get(&key) {
-            Some(o) if o.scope == scope => Ok(s.opt_outs.remove(&key).is_some()),
+            Some(o) if o.scope == scope && o.replies_not_newer_than(at) => {
+                Ok(s.opt_outs.remove(&key).is_some())
+            }
             _ => Ok(false),
         }
     }
