@@ -20,6 +20,9 @@ use super::access::call;
 use super::console::totp_of;
 use super::users::{new_user, PASSWORD};
 
+/// The password the first browser test changes to.
+const NEW_PASSWORD: &str = "a new and longer passphrase";
+
 fn webdriver_url() -> Option<String> {
     match std::env::var("KIRIM_TEST_WEBDRIVER_URL") {
         Ok(u) if !u.is_empty() => Some(u),
@@ -164,10 +167,30 @@ async fn in_a_browser_a_user_signs_in_with_totp_sends_a_message_manages_a_key_an
     click(&c, "main form button[type=submit]").await;
     find(&c, ".notice.done").await;
 
-    // Sign out, and in again: password, then the code.
-    click(&c, ".signout button").await;
-    find(&c, "#email").await;
-    sign_in_form(&c, &app, &email).await;
+    // Change the password on the same page: every session of the user ends, this one
+    // too; back at the sign-in page, the old password is refused and the new one, then
+    // the code, signs in.
+    c.goto(&app.url("/console/2fa")).await.expect("the page");
+    find(&c, "#change-password").await;
+    screenshot(&c, "password").await;
+    fill(&c, "#current_password", PASSWORD).await;
+    fill(&c, "#new_password", NEW_PASSWORD).await;
+    click(&c, "#change-password button[type=submit]").await;
+    let notice = find(&c, ".notice.done").await.text().await.expect("notice");
+    assert!(notice.contains("password was changed"), "{notice}");
+    assert_eq!(path(&c).await, "/console/login");
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(json!({"email": email, "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!(s, 401, "the old password no longer signs in");
+    fill(&c, "#email", &email).await;
+    fill(&c, "#password", NEW_PASSWORD).await;
+    click(&c, "form button[type=submit]").await;
     fill(&c, "#totp_code", &totp.generate(now + 30)).await;
     click(&c, "form button[type=submit]").await;
     find(&c, "#credits").await;
