@@ -84,11 +84,21 @@ pub async fn apply(
     tenant: Option<&TenantId>,
     report: &StatusReport,
 ) -> Result<Applied, ServiceError> {
+    Ok(apply_owned(deps, tenant, report).await?.0)
+}
+
+/// [`apply`], and the tenant whose message the status was found to be (none: no message
+/// known), which is not the number's owner `tenant` when the number moved since.
+pub async fn apply_owned(
+    deps: &Deps,
+    tenant: Option<&TenantId>,
+    report: &StatusReport,
+) -> Result<(Applied, Option<TenantId>), ServiceError> {
     let found = match resolve(deps, tenant, report).await? {
         Some(found) => found,
         None => match keep(deps, tenant, report).await? {
             Some(found) => found,
-            None => return Ok(Applied::UnknownMessage),
+            None => return Ok((Applied::UnknownMessage, None)),
         },
     };
     let (tenant_id, message_id) = found.ids();
@@ -97,7 +107,8 @@ pub async fn apply(
     if tenant != Some(tenant_id) {
         crate::telemetry::record_tenant(tenant_id.as_str());
     }
-    apply_to(deps, tenant_id, message_id, report, found.seen()).await
+    let applied = apply_to(deps, tenant_id, message_id, report, found.seen()).await?;
+    Ok((applied, Some(tenant_id.clone())))
 }
 
 /// `seen`: the message as just read, if it was; the read may be a moment behind, so

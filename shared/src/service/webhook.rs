@@ -235,12 +235,17 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                         (false, _) => {}
                     }
                     let tenant = tenant?;
-                    if let Some(t) = tenant {
+                    let (applied, owner) = super::status::apply_owned(deps, tenant, report).await?;
+                    // The pairing is the message's tenant's: a number moved to another
+                    // tenant still brings statuses of its former owner's messages, whose
+                    // customers are not the new owner's. A status of no known message
+                    // teaches the number's owner.
+                    if let Some(t) = owner.as_ref().or(tenant) {
                         pairs
                             .learn(deps, t, &report.recipient, &report.recipient_user_id)
                             .await?;
                     }
-                    super::status::apply(deps, tenant, report).await
+                    Ok::<_, ServiceError>(applied)
                 }
                 .instrument(span)
                 .await;

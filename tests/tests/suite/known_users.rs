@@ -427,7 +427,93 @@ async fn a_user_writing_from_their_whatsapp_id_opens_the_window_for_the_number_a
     );
 }
 
+/// A number moved from one tenant to another still brings statuses of its former owner's
+/// messages: the customer pairing such a status carries is the former owner's (whose
+/// message it is), never written into the new owner's data.
+async fn a_status_of_a_moved_numbers_earlier_message_teaches_its_pairing_to_the_messages_tenant(
+    b: Backend,
+) {
+    use kirim::domain::{OptOutKey, PhoneNumber, TenantId};
+    let app = spawn_app(b).await;
+    let a = app.onboard(5).await;
+    let b_ = app.onboard(5).await;
+    let moved = a.phone_number_id.clone();
+    let id = app.send_ok(&a.key, "+60123470041").await;
+    let m = app.wait_status(&a.key, &id, "read").await;
+    let wamid = m["wamid"].as_str().unwrap_or_default().to_owned();
+    // A gets another number as its default; the first moves to B.
+    let other = format!("{}", 5_000_000 + kirim_tests::rand_u32() % 900_000);
+    let platform = |method: &str, path: String, body: Option<Value>| {
+        let app = &app;
+        let method = method.to_owned();
+        async move {
+            call(app, &method, &path, kirim_tests::OPERATOR_TOKEN, body)
+                .await
+                .0
+        }
+    };
+    let numbers = |t: &str| format!("/v1/platform/tenants/{t}/phone-numbers");
+    assert_eq!(
+        platform(
+            "POST",
+            numbers(&a.tenant_id),
+            Some(json!({"phone_number_id": other, "waba_id": "1000001"}))
+        )
+        .await,
+        201
+    );
+    let (s, _) = call(
+        &app,
+        "PUT",
+        &format!("/v1/phone-numbers/{other}/default"),
+        &a.key,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        platform("DELETE", format!("{}/{moved}", numbers(&a.tenant_id)), None).await,
+        204
+    );
+    assert_eq!(
+        platform(
+            "POST",
+            numbers(&b_.tenant_id),
+            Some(json!({"phone_number_id": moved, "waba_id": "1000001"}))
+        )
+        .await,
+        201
+    );
+    // A status of A's message, through the number now B's, naming the customer both ways.
+    change(
+        &app,
+        &moved,
+        "messages",
+        json!({"statuses": [{"id": wamid, "status": "read",
+        "timestamp": now().to_string(), "recipient_id": "60123470041",
+        "recipient_user_id": "MY.7000000041"}]}),
+    )
+    .await;
+    let phone = OptOutKey::Phone(PhoneNumber::parse("+60123470041").unwrap());
+    let paired = |t: &str| {
+        let deps = app.app.deps.clone();
+        let t = TenantId::from_trusted(t.to_owned());
+        let phone = phone.clone();
+        async move { deps.contacts.paired_key(&t, &phone).await.unwrap() }
+    };
+    assert_eq!(
+        paired(&b_.tenant_id).await,
+        None,
+        "nothing of A's customer at B"
+    );
+    assert_eq!(
+        paired(&a.tenant_id).await.map(|k| k.to_string()),
+        Some("MY.7000000041".to_owned())
+    );
+}
+
 on_both_backends!(
+    a_status_of_a_moved_numbers_earlier_message_teaches_its_pairing_to_the_messages_tenant,
     a_stop_from_a_user_known_only_by_id_opts_out_that_id,
     a_user_writing_from_their_whatsapp_id_opens_the_window_for_the_number_as_dialled,
     a_stop_with_a_phone_and_a_user_id_records_both_and_either_key_finds_it,
