@@ -28,6 +28,10 @@ pub struct SweepPage {
     /// `domain::UNSENT_STALE_AFTER` (tenant, message id): their dispatch job was lost (parked
     /// on the dead-letter queue and expired there), for the run to settle.
     pub stale_messages: Vec<(TenantId, String)>,
+    /// Broadcasts still `scheduled` or fanning out after their recipient list's backstop
+    /// (`Broadcast::list_expires_at`) passed (tenant, broadcast id): their fan-out job was
+    /// lost, for the run to close (`broadcasts::settle_lost`).
+    pub stale_broadcasts: Vec<(TenantId, String)>,
     /// Where the next page starts; `None` when the pass over the table is complete.
     pub next: Option<String>,
 }

@@ -1166,31 +1166,8 @@ pub async fn fan_out_in_slices(
         .await?
     else {
         // The list is gone before every recipient was queued (its backstop passed during
-        // a pause of days): the ones never queued are refunded as the broadcast closes,
-        // in one write, so a recipient is either queued or paid back.
-        let unsent = b.accepted.saturating_sub(b.enqueued);
-        if unsent > 0 {
-            let amount = b.price_each.saturating_mul(unsent as i64);
-            let refund = ledger::cancel_refund_entry(
-                deps,
-                &job.tenant_id,
-                &Charge::Broadcast(b.id.clone()),
-                amount,
-                "broadcast recipient list expired before they were queued",
-                deps.clock.now(),
-            );
-            if deps
-                .broadcasts
-                .close_broadcast_unsent(&job.tenant_id, &b.id, b.enqueued, &refund)
-                .await?
-            {
-                tracing::warn!(broadcast_id = %b.id, unsent, refunded = amount, "broadcast list gone before its fan-out finished; the rest refunded");
-            }
-            return Ok(Outcome::Done);
-        }
-        deps.broadcasts
-            .broadcast_progress(&job.tenant_id, &b.id, b.enqueued, true)
-            .await?;
+        // a pause of days).
+        close_unrecorded(deps, &b).await?;
         return Ok(Outcome::Done);
     };
     let start = b.enqueued.min(list.len());
@@ -1301,6 +1278,100 @@ pub async fn fan_out_in_slices(
         deps.queue.send_delayed(&body, wait).await?;
     }
     Ok(Outcome::Done)
+}
+
+/// How many recipients a fan-out records and queues between two progress writes at most
+/// (its progress every 200, in queue batches of up to 10).
+const RECORDED_PAST_PROGRESS: usize = 210;
+
+/// Closes a fanning-out broadcast whose recipient list is gone before every recipient
+/// was recorded: those never recorded are refunded as it closes, in one conditional write
+/// (only if it is still fanning out with the progress read), so a recipient is either
+/// recorded (then sent, or settled with its own refund) or paid back, never both. The
+/// recipients a fan-out recorded past its last progress write are counted out of the
+/// refund by their messages (their ids follow from their positions). Answers how many
+/// were refunded, `None` when it was not closed here (it moved on, or another closed it).
+pub async fn close_unrecorded(deps: &Deps, b: &Broadcast) -> Result<Option<usize>, StoreError> {
+    let end = b
+        .accepted
+        .min(b.enqueued.saturating_add(RECORDED_PAST_PROGRESS));
+    let mut recorded = 0;
+    for i in b.enqueued..end {
+        if deps
+            .messages
+            .get_message(&b.tenant_id, &message_id(b, i))
+            .await?
+            .is_some()
+        {
+            recorded += 1;
+        }
+    }
+    let unsent = b
+        .accepted
+        .saturating_sub(b.enqueued)
+        .saturating_sub(recorded);
+    if unsent == 0 {
+        deps.broadcasts
+            .broadcast_progress(&b.tenant_id, &b.id, b.enqueued, true)
+            .await?;
+        return Ok(Some(0));
+    }
+    let amount = b.price_each.saturating_mul(unsent as i64);
+    let refund = ledger::cancel_refund_entry(
+        deps,
+        &b.tenant_id,
+        &Charge::Broadcast(b.id.clone()),
+        amount,
+        "broadcast recipients never queued: their list expired first",
+        deps.clock.now(),
+    );
+    if !deps
+        .broadcasts
+        .close_broadcast_unsent(&b.tenant_id, &b.id, b.enqueued, &refund)
+        .await?
+    {
+        return Ok(None);
+    }
+    tracing::warn!(broadcast_id = %b.id, unsent, refunded = amount, "broadcast list gone before its fan-out finished; the rest refunded");
+    Ok(Some(unsent))
+}
+
+/// A broadcast the retention sweep found still `scheduled` or fanning out after its
+/// recipient list's backstop passed (`Broadcast::list_expires_at`): its fan-out job is
+/// gone (parked on the dead-letter queue and expired there), or it would have found the
+/// list gone and closed it. Read again first; then started if it was scheduled, and
+/// closed with the never-recorded recipients refunded, exactly as the fan-out would have
+/// (a job that does come back after all finds it closed). Answers how many recipients
+/// were refunded, `None` if it was left.
+pub async fn settle_lost(
+    deps: &Deps,
+    tenant: &TenantId,
+    id: &str,
+) -> Result<Option<usize>, StoreError> {
+    let Some(mut b) = deps.broadcasts.get_broadcast(tenant, id).await? else {
+        return Ok(None);
+    };
+    let now = deps.clock.now();
+    if b.list_expires_at() > now.timestamp()
+        || deps
+            .broadcasts
+            .broadcast_recipients(tenant, id)
+            .await?
+            .is_some()
+    {
+        return Ok(None);
+    }
+    match b.status {
+        BroadcastStatus::Scheduled => {
+            if !deps.broadcasts.start_broadcast(tenant, id, now).await? {
+                return Ok(None);
+            }
+            b.status = BroadcastStatus::FanningOut;
+        }
+        BroadcastStatus::FanningOut => {}
+        BroadcastStatus::Enqueued | BroadcastStatus::Cancelled => return Ok(None),
+    }
+    close_unrecorded(deps, &b).await
 }
 
 #[cfg(test)]

@@ -40,7 +40,8 @@ pub struct RetentionReport {
     pub audit_parked: audit::DrainReport,
     /// Messages left unsent by a lost dispatch job (`accepted` or `sending` without a move
     /// for `domain::UNSENT_STALE_AFTER`), settled: failed `dispatch_lost` and refunded, or
-    /// failed `outcome_unknown`.
+    /// failed `outcome_unknown`; and campaigns a lost fan-out job left unfinished, closed
+    /// with their never-recorded recipients refunded.
     pub unsent_settled: UnsentSettled,
     /// Active tenants the sweep came across (the daily template sync's list; not reported).
     #[serde(skip)]
@@ -51,6 +52,11 @@ pub struct RetentionReport {
 pub struct UnsentSettled {
     pub refunded: usize,
     pub outcome_unknown: usize,
+    /// Campaigns a lost fan-out job left `scheduled` or sending past their recipient
+    /// list's backstop, closed (`broadcasts::settle_lost`).
+    pub campaigns_closed: usize,
+    /// Their recipients never recorded, refunded as they closed.
+    pub campaign_recipients_refunded: usize,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -155,6 +161,16 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "a stale unsent message was not settled"),
+            }
+        }
+        for (tenant, id) in &page.stale_broadcasts {
+            match super::broadcasts::settle_lost(deps, tenant, id).await {
+                Ok(Some(refunded)) => {
+                    report.unsent_settled.campaigns_closed += 1;
+                    report.unsent_settled.campaign_recipients_refunded += refunded;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "a stale campaign was not closed"),
             }
         }
         let mut cut_short = false;

@@ -1427,6 +1427,140 @@ async fn a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_
     );
 }
 
+/// A campaign whose fan-out job is gone for good (parked on the dead-letter queue and
+/// expired there) would stay `scheduled` or sending, every recipient charged, forever.
+/// Once its recipient list's backstop passes (7 days after the later of its creation and
+/// its `send_at`: a live fan-out would have found the list gone and closed it), the daily
+/// retention run closes it as the fan-out would: the recipients never recorded are
+/// refunded; those recorded past its last progress write are not (their messages go on,
+/// or are settled with their own refund).
+async fn the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinished(b: Backend) {
+    use kirim::ports::{BroadcastStatus, Clock};
+    let (_, deps, clock) = crate::caches::two_processes(b).await;
+    let t = crate::contract::tenant(20);
+    deps.tenants
+        .create_tenant(&t, &crate::contract::key_for(&t), None)
+        .await
+        .unwrap();
+    let now = clock.now();
+    let month = 30 * 24 * 3600;
+    let list = |n: usize| -> Vec<kirim::domain::PhoneNumber> {
+        (0..n)
+            .map(|i| kirim::domain::PhoneNumber::parse(&format!("+6012347{i:04}")).unwrap())
+            .collect()
+    };
+    let debit_of = |n: i64| {
+        let (_, mut debit) = crate::contract::message_expiring(&t.id, now, month);
+        debit.message_id = None;
+        debit.amount = -n;
+        debit
+    };
+    // Fanning out, 5 recipients, its job lost after recording two past its progress.
+    let mut sending = crate::contract_broadcasts::running_broadcast(&t.id, now);
+    sending.accepted = 5;
+    sending.expires_at = Some(now.timestamp() + month);
+    deps.broadcasts
+        .create_broadcast(&sending, &list(5), &debit_of(5))
+        .await
+        .unwrap();
+    for i in 0..2 {
+        let (mut m, _) = crate::contract::message_expiring(&t.id, now, month);
+        m.id = kirim::service::broadcasts::message_id(&sending, i);
+        m.broadcast_id = Some(sending.id.clone());
+        assert!(deps.broadcasts.insert_broadcast_message(&m).await.unwrap());
+    }
+    // Scheduled a day ahead, 3 recipients, its job lost before it was due.
+    let mut scheduled = crate::contract_broadcasts::running_broadcast(&t.id, now);
+    scheduled.status = BroadcastStatus::Scheduled;
+    scheduled.started_at = None;
+    scheduled.send_at = Some(now + chrono::Duration::days(1));
+    scheduled.expires_at = Some(now.timestamp() + month);
+    deps.broadcasts
+        .create_broadcast(&scheduled, &list(3), &debit_of(3))
+        .await
+        .unwrap();
+    let credits = || {
+        let (tenants, id) = (deps.tenants.clone(), t.id.clone());
+        async move { tenants.get_tenant(&id).await.unwrap().unwrap().credits }
+    };
+    let status = |id: String| {
+        let (broadcasts, t) = (deps.broadcasts.clone(), t.id.clone());
+        async move {
+            broadcasts
+                .get_broadcast(&t, &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+        }
+    };
+    let before = credits().await;
+    // Six days on, the lists are still kept: a fan-out could still come. (The two
+    // recorded messages, unmoved for 5 days, are settled on their own: refunded.)
+    clock.advance(chrono::Duration::days(6));
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(
+        (
+            report.unsent_settled.refunded,
+            report.unsent_settled.campaigns_closed
+        ),
+        (2, 0),
+        "{report:?}"
+    );
+    let before = before + 2;
+    // Seven: the sending one's list is gone; eight: the scheduled one's.
+    clock.advance(chrono::Duration::days(1) + chrono::Duration::seconds(1));
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(
+        (
+            report.unsent_settled.campaigns_closed,
+            report.unsent_settled.campaign_recipients_refunded
+        ),
+        (1, 3),
+        "{report:?}"
+    );
+    assert_eq!(credits().await, before + 3, "the three never recorded");
+    assert_eq!(status(sending.id.clone()).await, BroadcastStatus::Enqueued);
+    assert_eq!(
+        status(scheduled.id.clone()).await,
+        BroadcastStatus::Scheduled
+    );
+    clock.advance(chrono::Duration::days(1));
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(
+        (
+            report.unsent_settled.campaigns_closed,
+            report.unsent_settled.campaign_recipients_refunded
+        ),
+        (1, 3),
+        "{report:?}"
+    );
+    assert_eq!(credits().await, before + 6);
+    assert_eq!(
+        status(scheduled.id.clone()).await,
+        BroadcastStatus::Enqueued
+    );
+    // Once: a later run finds nothing more, and a fan-out job that comes back after all
+    // finds its campaign closed.
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(report.unsent_settled.campaigns_closed, 0, "{report:?}");
+    let job = kirim::service::jobs::FanoutJob {
+        tenant_id: t.id.clone(),
+        broadcast_id: sending.id.clone(),
+        content: kirim::domain::Content::Template {
+            template: sending.template.clone(),
+            components: Vec::new(),
+        },
+        request_id: None,
+        send_at: None,
+        paced_from: None,
+    };
+    kirim::service::broadcasts::fan_out_in_slices(&deps, &job, 10)
+        .await
+        .unwrap();
+    assert_eq!(credits().await, before + 6, "nothing refunded twice");
+}
+
 /// A message whose dispatch job is gone for good (parked on the dead-letter queue, which
 /// keeps a job a day, and expired there) would stay `accepted`, charged, or `sending`
 /// forever. The daily retention run settles one that has not moved for five days: an
@@ -1575,6 +1709,7 @@ async fn the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent(b
 }
 
 on_both_backends!(
+    the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinished,
     a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accepted_from,
     a_sent_move_whose_answer_was_lost_still_has_its_sent_callback,
     a_message_that_missed_its_carried_slot_carries_the_next_as_a_fresh_queue_message,

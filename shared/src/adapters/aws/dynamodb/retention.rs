@@ -17,7 +17,8 @@ use super::{n, s, ttl_of, DynamoStore, Item, TTL_ATTR};
 use crate::adapters::aws::classify;
 use crate::domain::{RetentionClass, TenantId};
 use crate::ports::{
-    ApiKeyStore, CloseOutCounts, CloseOutTtls, RetentionStore, StoredItem, SweepPage,
+    ApiKeyStore, BroadcastStatus, CloseOutCounts, CloseOutTtls, RetentionStore, StoredItem,
+    SweepPage,
 };
 use crate::store_error::StoreError;
 
@@ -270,7 +271,10 @@ impl RetentionStore for DynamoStore {
                  AND attribute_not_exists(closed_out_at)) \
                  OR (sk = :tenant AND #status IN (:active, :suspended)) \
                  OR (begins_with(sk, :msg) AND #status IN (:accepted, :sending) \
-                 AND updated_at < :stale)",
+                 AND updated_at < :stale) \
+                 OR (begins_with(sk, :bc) AND #status IN (:scheduled, :fanning_out) \
+                 AND created_at <= :list_cut \
+                 AND (attribute_not_exists(send_at) OR send_at <= :list_cut))",
             )
             .projection_expression("pk, sk, #ttl, #status, message_id")
             .expression_attribute_names("#ttl", TTL_ATTR)
@@ -287,6 +291,15 @@ impl RetentionStore for DynamoStore {
             .expression_attribute_values(
                 ":stale",
                 s((now - stale_after()).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            )
+            .expression_attribute_values(":bc", s(keys::BROADCAST_PREFIX))
+            .expression_attribute_values(":scheduled", s(BroadcastStatus::Scheduled.as_str()))
+            .expression_attribute_values(":fanning_out", s(BroadcastStatus::FanningOut.as_str()))
+            // A broadcast's list expires `BROADCAST_LIST_RETENTION` after the later of its
+            // creation and its `send_at` (`Broadcast::list_expires_at`); times as stored.
+            .expression_attribute_values(
+                ":list_cut",
+                s((now - list_retention()).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
             )
             .set_exclusive_start_key(start.and_then(decode_key))
             .send()
@@ -324,6 +337,14 @@ impl RetentionStore for DynamoStore {
                     sk.strip_prefix(keys::MESSAGE_PREFIX),
                 ) {
                     page.stale_messages.push((t, id.to_owned()));
+                }
+            } else if ItemKind::of_key(pk, sk) == Some(ItemKind::Broadcast) {
+                // Matched for a list backstop passed while still to be fanned out.
+                if let (Some(t), Some(id)) = (
+                    keys::tenant_of_pk(pk),
+                    sk.strip_prefix(keys::BROADCAST_PREFIX),
+                ) {
+                    page.stale_broadcasts.push((t, id.to_owned()));
                 }
             } else if ItemKind::of_key(pk, sk) == Some(ItemKind::Tenant) {
                 if let Some(t) = keys::tenant_of_pk(pk) {
@@ -518,6 +539,11 @@ impl RetentionStore for DynamoStore {
 }
 
 /// [`crate::domain::UNSENT_STALE_AFTER`] as a time span.
+fn list_retention() -> chrono::Duration {
+    chrono::Duration::from_std(crate::domain::BROADCAST_LIST_RETENTION)
+        .unwrap_or_else(|_| chrono::Duration::days(7))
+}
+
 fn stale_after() -> chrono::Duration {
     chrono::Duration::from_std(crate::domain::UNSENT_STALE_AFTER)
         .unwrap_or_else(|_| chrono::Duration::days(5))

@@ -118,6 +118,18 @@ impl RetentionStore for MemoryStore {
             })
             .map(|m| (m.tenant_id.clone(), m.id.to_string()))
             .collect();
+        page.stale_broadcasts = s
+            .broadcasts
+            .values()
+            .filter(|b| {
+                matches!(
+                    b.status,
+                    crate::ports::BroadcastStatus::Scheduled
+                        | crate::ports::BroadcastStatus::FanningOut
+                ) && b.list_expires_at() <= now
+            })
+            .map(|b| (b.tenant_id.clone(), b.id.clone()))
+            .collect();
         page.closed_tenants = s
             .tenants
             .values()
