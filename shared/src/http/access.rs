@@ -61,6 +61,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/v1/platform/tenants/{id}/suspend", Platform),
     rule("POST", "/v1/platform/tenants/{id}/resume", Platform),
     rule("PUT", "/v1/platform/tenants/{id}/ip-allowlist", Platform),
+    rule("POST", "/v1/platform/tenants/{id}/api-keys", Platform),
     rule("PUT", "/v1/platform/tenants/{id}/throughput", Platform),
     rule("PUT", "/v1/platform/tenants/{id}/limits", Platform),
     rule("POST", "/v1/platform/tenants/{id}/phone-numbers", Platform),

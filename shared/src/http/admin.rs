@@ -148,6 +148,21 @@ pub(super) async fn create_key(
     Ok(noted(res, None, details))
 }
 
+/// `POST /v1/platform/tenants/{id}/api-keys`: the operator mints a key for a tenant (a
+/// tenant that lost or revoked every admin credential gets back in); audited on the
+/// tenant's chain.
+pub(super) async fn create_tenant_key(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<NewKey>,
+) -> ApiResult {
+    let id = tenant_path(&id)?;
+    let minted = apikeys::create_for_operator(&s.deps, &id, req).await?;
+    let res = (StatusCode::CREATED, Json(minted_json(&minted))).into_response();
+    let details = json!({"key_id": minted.record.id, "role": minted.record.role});
+    Ok(noted(res, Some(&id), details))
+}
+
 pub(super) async fn rotate_key(
     State(s): State<AppState>,
     ctx: TenantCtx,

@@ -238,6 +238,10 @@ fn admin_api_routes() -> Router<AppState> {
             put(admin::put_tenant_allowlist),
         )
         .route(
+            "/v1/platform/tenants/{id}/api-keys",
+            post(admin::create_tenant_key),
+        )
+        .route(
             "/v1/platform/tenants/{id}/throughput",
             put(admin::put_tenant_throughput),
         )

@@ -140,6 +140,23 @@ pub async fn create(deps: &Deps, tenant: &TenantId, req: NewKey) -> Result<Minte
     Ok(minted)
 }
 
+/// The platform operator's key for a tenant (`POST /v1/platform/tenants/{id}/api-keys`):
+/// the way back in for a tenant that lost or revoked every admin credential. As
+/// [`create`], for a tenant that exists and is not closed (`404`, `409`).
+pub async fn create_for_operator(
+    deps: &Deps,
+    tenant: &TenantId,
+    req: NewKey,
+) -> Result<Minted, ServiceError> {
+    match deps.tenants.get_tenant(tenant).await? {
+        None => Err(ServiceError::NotFound),
+        Some(t) if t.status == crate::ports::TenantStatus::Closed => Err(ServiceError::Conflict(
+            "the tenant is closed; a closed tenant takes no new key".into(),
+        )),
+        Some(_) => create(deps, tenant, req).await,
+    }
+}
+
 pub async fn list(deps: &Deps, tenant: &TenantId) -> Result<Vec<KeyView>, ServiceError> {
     let now = deps.clock.now();
     Ok(deps

@@ -619,7 +619,107 @@ async fn metas_account_restriction_pauses_every_tenant_on_that_waba_only(b: Back
     );
 }
 
+/// A tenant that revoked its only admin key (nothing stops an admin key revoking itself)
+/// has no way back in by itself: the platform operator mints it a key, shown once and
+/// audited on the tenant's chain. Not for a closed or unknown tenant, not with a tenant's
+/// key, not from a bad body.
+async fn the_operator_mints_a_key_for_a_tenant_that_revoked_its_last_admin_key(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(3).await;
+    let (_, keys) = call(&app, "GET", "/v1/api-keys", Some(&t.key), None).await;
+    let own = keys["api_keys"][0]["id"].as_str().unwrap().to_owned();
+    let (s, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/api-keys/{own}"),
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _) = call(&app, "GET", "/v1/account", Some(&t.key), None).await;
+    assert_eq!(s, 401, "locked out");
+    let path = |id: &str| format!("/v1/platform/tenants/{id}/api-keys");
+    let body = json!({"name": "rescue", "role": "admin"});
+    let (s, b_) = call(
+        &app,
+        "POST",
+        &path(&t.tenant_id),
+        Some(&t.key),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!((s, code(&b_)), (401, "unauthenticated"), "{b_}");
+    let (s, b_) = call(
+        &app,
+        "POST",
+        &path(&t.tenant_id),
+        Some(OPERATOR_TOKEN),
+        Some(json!({"name": "rescue", "role": "owner"})),
+    )
+    .await;
+    assert_eq!((s, code(&b_)), (400, "invalid_request"), "{b_}");
+    let (s, minted) = call(
+        &app,
+        "POST",
+        &path(&t.tenant_id),
+        Some(OPERATOR_TOKEN),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(s, 201, "{minted}");
+    assert_eq!(minted["role"], "admin");
+    let key = minted["key"].as_str().unwrap().to_owned();
+    let (s, keys) = call(&app, "GET", "/v1/api-keys", Some(&key), None).await;
+    assert_eq!(s, 200, "the rescued tenant manages its keys again");
+    assert!(
+        !keys.to_string().contains(&key),
+        "the key is shown once: {keys}"
+    );
+    let (_, audit) = call(&app, "GET", "/v1/audit", Some(&key), None).await;
+    let event = audit["events"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|e| e["action"] == "POST /v1/platform/tenants/{id}/api-keys")
+        })
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(event["details"]["key_id"], minted["id"], "{audit}");
+    assert_eq!(event["actor"]["type"], "operator", "{event}");
+    // Unknown and closed tenants take none.
+    let unknown = kirim::domain::TenantId::generate();
+    let (s, _) = call(
+        &app,
+        "POST",
+        &path(unknown.as_str()),
+        Some(OPERATOR_TOKEN),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/platform/tenants/{}", t.tenant_id),
+        Some(OPERATOR_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, b_) = call(
+        &app,
+        "POST",
+        &path(&t.tenant_id),
+        Some(OPERATOR_TOKEN),
+        Some(body),
+    )
+    .await;
+    assert_eq!((s, code(&b_)), (409, "conflict"), "{b_}");
+}
+
 on_both_backends!(
+    the_operator_mints_a_key_for_a_tenant_that_revoked_its_last_admin_key,
     previous_credentials_are_accepted_only_within_the_rotation_grace,
     api_keys_are_shown_once_rotated_with_a_grace_period_and_revoked_at_once,
     another_tenants_keys_answer_404_on_every_route_that_takes_an_id,
