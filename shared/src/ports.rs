@@ -1281,11 +1281,33 @@ pub trait BroadcastStore: Send + Sync {
     /// Stores a broadcast's message (already paid for); `false` if it exists already
     /// (a resumed fan-out).
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError>;
-    /// How many of the broadcast's messages are in each status.
-    async fn broadcast_counts(
-        &self,
-        broadcast: &Broadcast,
-    ) -> Result<std::collections::BTreeMap<String, usize>, StoreError>;
+    /// How many of the broadcast's messages are in each status, and its failed ones by
+    /// error code: one pass over its messages.
+    async fn broadcast_tally(&self, broadcast: &Broadcast) -> Result<BroadcastTally, StoreError>;
+}
+
+/// What one pass over a broadcast's messages counts ([`BroadcastStore::broadcast_tally`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BroadcastTally {
+    /// Messages by status (`as_str`).
+    pub counts: std::collections::BTreeMap<String, usize>,
+    /// Failed messages by error code: the first one's error (its title) and how many.
+    pub failures: std::collections::BTreeMap<String, (crate::domain::MessageError, usize)>,
+}
+
+impl BroadcastTally {
+    /// Counts one live message of the broadcast.
+    pub fn add(&mut self, status: &str, error: Option<&crate::domain::MessageError>) {
+        *self.counts.entry(status.to_owned()).or_default() += 1;
+        if status == crate::domain::MessageStatus::Failed.as_str() {
+            if let Some(e) = error {
+                self.failures
+                    .entry(e.code.to_string())
+                    .or_insert_with(|| (e.clone(), 0))
+                    .1 += 1;
+            }
+        }
+    }
 }
 mod callbacks;
 pub use callbacks::*;

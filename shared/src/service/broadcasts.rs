@@ -532,16 +532,29 @@ pub async fn view(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Serv
         .get_broadcast(tenant, id)
         .await?
         .ok_or(ServiceError::NotFound)?;
-    let mut counts = deps.broadcasts.broadcast_counts(&b).await?;
+    Ok(view_of(deps, b).await?)
+}
+
+/// The view of a broadcast as read: its messages counted by status, and the failed ones
+/// by code with their hints, in one pass over them.
+async fn view_of(deps: &Deps, b: Broadcast) -> Result<View, StoreError> {
+    let tally = deps.broadcasts.broadcast_tally(&b).await?;
+    let mut counts = tally.counts;
     for st in COUNTED {
         counts.entry(st.as_str().to_owned()).or_insert(0);
     }
     let status = campaign_status(&b, &counts);
-    let failures = if counts.get("failed").copied().unwrap_or(0) > 0 {
-        failures_of(deps, &b).await?
-    } else {
-        Vec::new()
-    };
+    let mut failures: Vec<Failure> = tally
+        .failures
+        .into_values()
+        .map(|(e, count)| Failure {
+            hint: crate::domain::hints::hint(&e.code),
+            code: e.code,
+            title: e.title,
+            count,
+        })
+        .collect();
+    failures.sort_by_key(|f| std::cmp::Reverse(f.count));
     Ok(View {
         failures,
         status,
@@ -569,39 +582,6 @@ pub async fn view(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Serv
     })
 }
 
-/// Its failed messages grouped by code (one pass over its messages, page by page: the
-/// memory held is one page and one entry per distinct code).
-async fn failures_of(deps: &Deps, b: &Broadcast) -> Result<Vec<Failure>, StoreError> {
-    let mut by_code: BTreeMap<String, Failure> = BTreeMap::new();
-    let mut after: Option<MessageId> = None;
-    loop {
-        let (page, next) = deps
-            .broadcasts
-            .broadcast_messages(b, PAGE, after.as_ref())
-            .await?;
-        for m in page.iter().filter(|m| m.status == MessageStatus::Failed) {
-            if let Some(e) = &m.error {
-                by_code
-                    .entry(e.code.to_string())
-                    .or_insert_with(|| Failure {
-                        code: e.code.clone(),
-                        title: e.title.clone(),
-                        hint: crate::domain::hints::hint(&e.code),
-                        count: 0,
-                    })
-                    .count += 1;
-            }
-        }
-        match next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
-    }
-    let mut out: Vec<Failure> = by_code.into_values().collect();
-    out.sort_by_key(|f| std::cmp::Reverse(f.count));
-    Ok(out)
-}
-
 /// `GET /v1/broadcasts`: newest first, optionally only those in `status`. A page holds
 /// at most `limit` broadcasts (fewer when filtered) and the cursor to continue.
 pub async fn list(
@@ -620,9 +600,11 @@ pub async fn list(
         .broadcasts
         .list_broadcasts(tenant, limit, cursor)
         .await?;
+    // Each as the list read it (not read again: one whose TTL passed meanwhile is still
+    // listed, not a 404 for the whole page).
     let mut out = Vec::new();
     for b in page {
-        let v = view(deps, tenant, &b.id).await?;
+        let v = view_of(deps, b).await?;
         if status.is_none_or(|s| s == v.status) {
             out.push(v);
         }

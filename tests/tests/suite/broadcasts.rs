@@ -1666,11 +1666,11 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
     ) -> Result<bool, kirim::store_error::StoreError> {
         self.inner.insert_broadcast_message(record).await
     }
-    async fn broadcast_counts(
+    async fn broadcast_tally(
         &self,
         broadcast: &kirim::ports::Broadcast,
-    ) -> Result<std::collections::BTreeMap<String, usize>, kirim::store_error::StoreError> {
-        self.inner.broadcast_counts(broadcast).await
+    ) -> Result<kirim::ports::BroadcastTally, kirim::store_error::StoreError> {
+        self.inner.broadcast_tally(broadcast).await
     }
 }
 

@@ -554,6 +554,22 @@ async fn results_show_failures_with_hints_the_csv_and_a_retry_of_only_retryable_
     let mut codes: Vec<i64> = failures.iter().filter_map(|f| f["code"].as_i64()).collect();
     codes.sort();
     assert_eq!(codes, [131000, 131026, 132001], "{view}");
+    // The list's item is the same view, failures and all (counted in the same one pass
+    // over the campaign's messages).
+    let res = app
+        .http
+        .get(app.url("/v1/broadcasts"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    let list: Value = res.json().await.unwrap();
+    let listed = list["broadcasts"]
+        .as_array()
+        .and_then(|l| l.iter().find(|b| b["id"] == id.as_str()).cloned())
+        .unwrap_or(Value::Null);
+    assert_eq!(listed["failures"], view["failures"], "{list}");
+    assert_eq!(listed["counts"], view["counts"], "{list}");
     for f in &failures {
         assert_eq!(f["count"], 1, "{f}");
         assert!(f["title"].is_string(), "{f}");

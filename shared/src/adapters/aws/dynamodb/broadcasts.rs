@@ -5,18 +5,17 @@
 //! Query of the tenant's partition, filtered by `broadcast_id`.
 
 use crate::adapters::aws::written;
-use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, Delete, ReturnValue, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 
-use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, TTL_ATTR};
+use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, Item, TTL_ATTR};
 use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
     Broadcast, BroadcastClaim, BroadcastControl, BroadcastOnce, BroadcastStatus, BroadcastStore,
-    LedgerEntry, RequestKeyRecord, ALREADY_RETRIED,
+    BroadcastTally, LedgerEntry, RequestKeyRecord, ALREADY_RETRIED,
 };
 use crate::store_error::StoreError;
 
@@ -559,10 +558,7 @@ impl BroadcastStore for DynamoStore {
         written("dynamodb put", res)
     }
 
-    async fn broadcast_counts(
-        &self,
-        broadcast: &Broadcast,
-    ) -> Result<BTreeMap<String, usize>, StoreError> {
+    async fn broadcast_tally(&self, broadcast: &Broadcast) -> Result<BroadcastTally, StoreError> {
         let (lo, hi) =
             keys::message_range_of_ms(broadcast.created_at.timestamp_millis().max(0) as u64);
         let mut pages = self
@@ -571,9 +567,10 @@ impl BroadcastStore for DynamoStore {
             .table_name(&self.table)
             .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
             .filter_expression("broadcast_id = :b")
-            .projection_expression("#status, #ttl")
+            .projection_expression("#status, #ttl, #error")
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_names("#error", "error")
             .expression_attribute_values(":pk", s(keys::tenant_pk(&broadcast.tenant_id)))
             .expression_attribute_values(":lo", s(lo))
             .expression_attribute_values(":hi", s(hi))
@@ -581,17 +578,28 @@ impl BroadcastStore for DynamoStore {
             .into_paginator()
             .items()
             .send();
-        let mut counts = BTreeMap::new();
+        /// A message's error, as the message item stores it.
+        #[derive(serde::Deserialize)]
+        struct ErrorOf {
+            #[serde(default)]
+            error: Option<crate::domain::MessageError>,
+        }
+        let mut tally = BroadcastTally::default();
         while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| classify("dynamodb query", e))?;
+            let mut item = item.map_err(|e| classify("dynamodb query", e))?;
             if !self.live(&item) {
                 continue;
             }
-            if let Some(st) = item.get("status").and_then(|v| v.as_s().ok()) {
-                *counts.entry(st.clone()).or_default() += 1;
-            }
+            let Some(st) = item.get("status").and_then(|v| v.as_s().ok()).cloned() else {
+                continue;
+            };
+            let error = match item.remove("error") {
+                Some(e) => from_item::<ErrorOf>(Item::from([("error".to_owned(), e)]))?.error,
+                None => None,
+            };
+            tally.add(&st, error.as_ref());
         }
-        Ok(counts)
+        Ok(tally)
     }
 }
 

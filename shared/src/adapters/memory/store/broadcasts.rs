@@ -1,8 +1,6 @@
 //! `BroadcastStore` on the memory store, under the one lock. The uploaded list is kept
 //! apart from its broadcast, with the same 7-day backstop expiry as on DynamoDB.
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -10,7 +8,7 @@ use super::{message_key, MemoryStore};
 use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
     Broadcast, BroadcastClaim, BroadcastControl, BroadcastOnce, BroadcastStatus, BroadcastStore,
-    LedgerEntry, RequestKeyRecord, ALREADY_RETRIED,
+    BroadcastTally, LedgerEntry, RequestKeyRecord, ALREADY_RETRIED,
 };
 use crate::store_error::StoreError;
 
@@ -354,19 +352,16 @@ impl BroadcastStore for MemoryStore {
         Ok(true)
     }
 
-    async fn broadcast_counts(
-        &self,
-        broadcast: &Broadcast,
-    ) -> Result<BTreeMap<String, usize>, StoreError> {
+    async fn broadcast_tally(&self, broadcast: &Broadcast) -> Result<BroadcastTally, StoreError> {
         let s = self.lock()?;
-        let mut counts = BTreeMap::new();
+        let mut tally = BroadcastTally::default();
         for m in s.messages.values().filter(|m| {
             m.tenant_id == broadcast.tenant_id
                 && m.broadcast_id.as_deref() == Some(broadcast.id.as_str())
                 && self.live(m.expires_at)
         }) {
-            *counts.entry(m.status.as_str().to_owned()).or_default() += 1;
+            tally.add(m.status.as_str(), m.error.as_ref());
         }
-        Ok(counts)
+        Ok(tally)
     }
 }
