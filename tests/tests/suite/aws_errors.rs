@@ -746,3 +746,68 @@ async fn a_redrive_refused_in_part_moves_what_was_sent_once_and_keeps_the_rest_p
         "the refused one stays parked"
     );
 }
+
+/// A stand-in DynamoDB whose first `TransactWriteItems` answers `500` (as a transaction
+/// that committed but whose answer was lost looks to the client) and every call after
+/// `{}`; it keeps each `TransactWriteItems` body.
+async fn dynamodb_losing_the_first_transact_answer(
+) -> (String, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    let app = axum::Router::new().fallback(
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let transact = headers
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.ends_with(".TransactWriteItems"));
+            let first = transact && {
+                let mut b = seen.lock().unwrap();
+                b.push(serde_json::from_slice(&body).unwrap_or_default());
+                b.len() == 1
+            };
+            async move {
+                let (status, body) = if first {
+                    (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"scripted"}"#,
+                    )
+                } else {
+                    (axum::http::StatusCode::OK, "{}")
+                };
+                (
+                    status,
+                    [("content-type", "application/x-amz-json-1.0")],
+                    body,
+                )
+            }
+        },
+    );
+    (serve(app).await, bodies)
+}
+
+/// A send's debit transaction whose answer is lost (a 5xx, a dropped connection) is sent
+/// again by the SDK with the same `ClientRequestToken`, so DynamoDB answers the retry of a
+/// transaction that committed with success (within 10 minutes) instead of refusing it on
+/// its own conditions: a message recorded and charged is never answered as refused
+/// (`402`/`409`) and then sent again by the client. (moto ignores the token; this checks
+/// what the SDK sends.)
+#[tokio::test]
+async fn a_transaction_the_sdk_retries_carries_the_same_client_request_token() {
+    let (url, bodies) = dynamodb_losing_the_first_transact_answer().await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let store = store_on(&sdk);
+    let t = tenant(5);
+    let (m, debit) = super::contract::message_expiring(&t.id, chrono::Utc::now(), 3600);
+    kirim::ports::MessageStore::insert_with_debit(&store, &m, &debit)
+        .await
+        .expect("answered on the retry");
+    let bodies = bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 2, "sent twice: {bodies:?}");
+    let token = |b: &serde_json::Value| b["ClientRequestToken"].as_str().map(str::to_owned);
+    assert!(
+        token(&bodies[0]).is_some_and(|t| !t.is_empty()),
+        "{}",
+        bodies[0]
+    );
+    assert_eq!(token(&bodies[0]), token(&bodies[1]));
+}
