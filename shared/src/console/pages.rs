@@ -1530,21 +1530,34 @@ async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
             n = Some(Notice::Problem("dates must be days (YYYY-MM-DD)".into()));
         }
     }
+    // A long chain is verified over several requests: each page offers to go on.
+    let mut verify_next: Option<String> = None;
     if q.0.contains_key("verify") && n.is_none() {
-        let v = s.api.get(&ctx.who, "/v1/audit/verify").await;
-        if !v.ok() {
+        let path = match q.0.get("verify_cursor") {
+            Some(c) => format!("/v1/audit/verify?{}", query(&[("cursor", c)])),
+            None => "/v1/audit/verify".to_owned(),
+        };
+        let v = s.api.get(&ctx.who, &path).await;
+        if v.status == StatusCode::BAD_REQUEST {
+            (status, n) = problem(&v);
+        } else if !v.ok() {
             return failed(&v);
-        }
-        let checked = v.body["checked"].as_i64().unwrap_or(0);
-        n = Some(if v.body["valid"].as_bool() == Some(true) {
-            Notice::Done(format!(
-                "The audit chain is intact ({checked} events checked)."
-            ))
         } else {
-            Notice::Problem(format!(
-                "the audit chain does not verify ({checked} events checked)"
-            ))
-        });
+            let checked = v.body["checked"].as_i64().unwrap_or(0);
+            verify_next = v.body["next_cursor"].as_str().map(str::to_owned);
+            n = Some(match v.body["valid"].as_bool() {
+                Some(true) if verify_next.is_some() => Notice::Done(format!(
+                    "No break in the first {checked} events; the chain is longer than one \
+                     check: continue below."
+                )),
+                Some(true) => Notice::Done(format!(
+                    "The audit chain is intact ({checked} events checked)."
+                )),
+                _ => Notice::Problem(format!(
+                    "the audit chain does not verify ({checked} events checked)"
+                )),
+            });
+        }
     }
     let body = html! {
         form.filters method="get" action="/console/audit" {
@@ -1555,7 +1568,12 @@ async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
         }
         form.filters method="get" action="/console/audit" {
             input type="hidden" name="verify" value="1";
-            button.quiet type="submit" { "Verify the chain" }
+            @if let Some(c) = &verify_next {
+                input type="hidden" name="verify_cursor" value=(c);
+                button.quiet #verify-continue type="submit" { "Continue verifying" }
+            } @else {
+                button.quiet type="submit" { "Verify the chain" }
+            }
         }
         div.table-wrap {
             table #audit {

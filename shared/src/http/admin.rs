@@ -235,8 +235,25 @@ pub(super) async fn list_audit(
     Ok(Json(json!({"events": events, "next_cursor": next_cursor})).into_response())
 }
 
-pub(super) async fn verify_audit(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
-    let report = audit::verify(&s.deps, ctx.tenant_id()).await?;
+/// `GET /v1/audit/verify[?cursor=]`: a long chain is checked over several requests, each
+/// answering the next one's cursor until `complete`.
+pub(super) async fn verify_audit(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let mut cursor = None;
+    for (k, v) in &params {
+        match k.as_str() {
+            "cursor" => cursor = Some(v.as_str()),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "invalid query parameter `{other}`"
+                )))
+            }
+        }
+    }
+    let report = audit::verify(&s.deps, ctx.tenant_id(), cursor).await?;
     Ok(Json(report).into_response())
 }
 

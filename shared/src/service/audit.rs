@@ -811,6 +811,12 @@ pub struct VerifyReport {
     /// How long the oldest of them has waited, in seconds (absent when none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oldest_parked_age_seconds: Option<i64>,
+    /// Whether the whole chain was checked. `false`: a long chain's check stopped at its
+    /// request's budget with nothing wrong so far; `next_cursor` continues it.
+    pub complete: bool,
+    /// Continues an incomplete check (`GET /v1/audit/verify?cursor=`): signed, for an hour.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -826,6 +832,8 @@ impl VerifyReport {
             reason: None,
             parked: 0,
             oldest_parked_age_seconds: None,
+            complete: true,
+            next_cursor: None,
         }
     }
 
@@ -837,6 +845,8 @@ impl VerifyReport {
             reason: Some(reason),
             parked: 0,
             oldest_parked_age_seconds: None,
+            complete: true,
+            next_cursor: None,
         }
     }
 }
@@ -858,6 +868,17 @@ impl ChainCheck {
             now,
             checked: 0,
             last: None,
+            broken: None,
+        }
+    }
+
+    /// A check that goes on after event `seq` of hash `hash`, `checked` events checked
+    /// before (a verification's earlier requests).
+    fn resumed(now: i64, checked: usize, seq: u64, hash: String) -> Self {
+        Self {
+            now,
+            checked,
+            last: Some((seq, hash)),
             broken: None,
         }
     }
@@ -978,22 +999,142 @@ const PARKED_COUNTED: usize = 1000;
 /// Events read per page while verifying.
 const VERIFY_PAGE: usize = 500;
 
+/// How much of a chain one verification request checks before it answers with a cursor.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifyBudget {
+    /// Events read per page.
+    pub page_size: usize,
+    /// Pages at most.
+    pub pages: usize,
+    /// Wall time at most (the HTTP call must answer within API Gateway's 30 s).
+    pub time: std::time::Duration,
+}
+
+impl VerifyBudget {
+    /// One HTTP request's: 400 pages (200,000 events) or 20 s.
+    pub const HTTP: Self = Self {
+        page_size: VERIFY_PAGE,
+        pages: 400,
+        time: std::time::Duration::from_secs(20),
+    };
+}
+
+/// How long a verification's cursor may be used: later, events after it may have expired
+/// meanwhile, so the check starts again from the chain's oldest.
+const VERIFY_CURSOR_SECS: i64 = 3600;
+
+/// Where an incomplete verification stopped: the last event checked and how many were.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyCursor {
+    seq: u64,
+    hash: String,
+    checked: usize,
+    issued: i64,
+}
+
+fn cursor_message(chain: &str, c: &VerifyCursor) -> String {
+    serde_json::json!([
+        "kirim-audit-verify/1",
+        chain,
+        c.seq,
+        c.hash,
+        c.checked,
+        c.issued
+    ])
+    .to_string()
+}
+
+impl VerifyCursor {
+    /// `seq.hash.checked.issued.mac`, signed with the audit key for the chain.
+    fn encode(&self, chain: &str, key: Option<&Secret>) -> String {
+        let empty = Secret::new("");
+        let mac = mac(key.unwrap_or(&empty), &cursor_message(chain, self)).unwrap_or_default();
+        format!(
+            "{}.{}.{}.{}.{}",
+            self.seq, self.hash, self.checked, self.issued, mac
+        )
+    }
+
+    /// A cursor this chain's verification issued within the hour, else `InvalidRequest`.
+    fn decode(text: &str, chain: &str, keys: &[Secret], now: i64) -> Result<Self, ServiceError> {
+        let invalid = || {
+            ServiceError::InvalidRequest(
+                "invalid cursor: pass next_cursor as it was answered, within the hour".into(),
+            )
+        };
+        let parts: Vec<&str> = text.split('.').collect();
+        let [seq, hash, checked, issued, sig] = parts.as_slice() else {
+            return Err(invalid());
+        };
+        let c = Self {
+            seq: seq.parse().map_err(|_| invalid())?,
+            hash: (*hash).to_owned(),
+            checked: checked.parse().map_err(|_| invalid())?,
+            issued: issued.parse().map_err(|_| invalid())?,
+        };
+        let message = cursor_message(chain, &c);
+        let empty = [Secret::new("")];
+        let keys = if keys.is_empty() { &empty[..] } else { keys };
+        if !keys.iter().any(|k| mac_matches(k, &message, sig)) {
+            return Err(invalid());
+        }
+        if !(0..=VERIFY_CURSOR_SECS).contains(&(now - c.issued)) {
+            return Err(ServiceError::InvalidRequest(
+                "the cursor is over an hour old (events may have expired since): verify again \
+                 from the start"
+                    .into(),
+            ));
+        }
+        Ok(c)
+    }
+}
+
 /// Verifies a tenant's whole retained chain, a page at a time (memory stays bounded
-/// whatever the chain's length). Events beyond the head that was read are left for the
-/// next verification: appended since, or in flight (written, the head not moved to them
-/// yet: [`record`]); so is a chain's first event while the chain has no head.
-pub async fn verify(deps: &Deps, tenant: &TenantId) -> Result<VerifyReport, ServiceError> {
+/// whatever the chain's length), within one HTTP request's budget ([`verify_within`]).
+pub async fn verify(
+    deps: &Deps,
+    tenant: &TenantId,
+    cursor: Option<&str>,
+) -> Result<VerifyReport, ServiceError> {
+    verify_within(deps, tenant, cursor, VerifyBudget::HTTP).await
+}
+
+/// [`verify`] within `budget`: a chain longer than it is checked over several requests,
+/// each answering `complete: false` and a cursor (signed with the audit key, so a request
+/// can only go on where a verification stopped) until the last checks the head. Events
+/// beyond the head that was read are left for the next verification: appended since, or in
+/// flight (written, the head not moved to them yet: [`record`]); so is a chain's first
+/// event while the chain has no head.
+pub async fn verify_within(
+    deps: &Deps,
+    tenant: &TenantId,
+    cursor: Option<&str>,
+    budget: VerifyBudget,
+) -> Result<VerifyReport, ServiceError> {
+    let started = std::time::Instant::now();
     let chain = chain_of(Some(tenant));
-    let head = deps.audit.head(&chain).await?;
     let keys = audit_keys(deps).await?;
-    let mut check = ChainCheck::new(deps.clock.now().timestamp());
-    let mut after = None;
+    let now = deps.clock.now().timestamp();
+    let resume = cursor
+        .map(|c| VerifyCursor::decode(c, &chain, &keys, now))
+        .transpose()?;
+    let head = deps.audit.head(&chain).await?;
+    let (mut check, mut after) = match &resume {
+        Some(c) => (
+            ChainCheck::resumed(now, c.checked, c.seq, c.hash.clone()),
+            Some(c.seq),
+        ),
+        None => (ChainCheck::new(now), None),
+    };
     let mut first_in_flight = false;
+    let mut pages = 0;
     // The event right after the head read, if any: in flight, or appended since.
     let mut beyond: Option<AuditEvent> = None;
     'pages: loop {
-        let page = deps.audit.ascending(&chain, after, VERIFY_PAGE).await?;
-        let full = page.len() == VERIFY_PAGE;
+        let page_size = budget.page_size.max(1);
+        let page = deps.audit.ascending(&chain, after, page_size).await?;
+        pages += 1;
+        let full = page.len() == page_size;
         // No head, and only the first event: its head is still to be written.
         if head.is_none() && after.is_none() && page.len() == 1 && page[0].seq == 1 {
             first_in_flight = true;
@@ -1012,6 +1153,21 @@ pub async fn verify(deps: &Deps, tenant: &TenantId) -> Result<VerifyReport, Serv
         }
         if !full {
             break;
+        }
+        // More to read: beyond this request's budget, the next request goes on from here.
+        if pages >= budget.pages || started.elapsed() >= budget.time {
+            if let Some((seq, hash)) = check.last.clone() {
+                let c = VerifyCursor {
+                    seq,
+                    hash,
+                    checked: check.checked,
+                    issued: now,
+                };
+                let mut report = VerifyReport::valid(check.checked);
+                report.complete = false;
+                report.next_cursor = Some(c.encode(&chain, keys.first()));
+                return Ok(report);
+            }
         }
     }
     let mut report = check.finish(&chain, head.as_ref(), &keys);

@@ -102,7 +102,7 @@ async fn sends_mutations_and_denials_are_audited_in_a_verifiable_chain(b: Backen
         );
     }
     let v = get(&app, &t.key, "/v1/audit/verify").await;
-    assert_eq!(v, json!({"valid": true, "checked": 5}));
+    assert_eq!(v, json!({"valid": true, "checked": 5, "complete": true}));
 
     // Filters and cursor pagination.
     let sends = get(&app, &t.key, "/v1/audit?action=POST%20/v1/messages").await;
@@ -173,7 +173,7 @@ async fn concurrent_calls_produce_one_gapless_chain(b: Backend) {
         assert_eq!(r.status(), 202);
     }
     let v = get(&app, &t.key, "/v1/audit/verify").await;
-    assert_eq!(v, json!({"valid": true, "checked": 21}));
+    assert_eq!(v, json!({"valid": true, "checked": 21, "complete": true}));
 }
 
 async fn logins_are_audited_on_the_users_tenant_with_both_outcomes(b: Backend) {
@@ -354,7 +354,7 @@ async fn an_event_the_chain_cannot_take_is_parked_and_linked_in_by_the_next_appe
     );
     assert_eq!(
         get(&app, &t.key, "/v1/audit/verify").await,
-        json!({"valid": true, "checked": 4})
+        json!({"valid": true, "checked": 4, "complete": true})
     );
 }
 
@@ -378,7 +378,7 @@ async fn an_event_parked_on_a_chain_nobody_appends_to_is_linked_in_by_the_retent
     clock.advance(chrono::Duration::hours(1));
     assert_eq!(
         get(&app, &t.key, "/v1/audit/verify").await,
-        json!({"valid": true, "checked": 1, "parked": 1, "oldest_parked_age_seconds": 3600}),
+        json!({"valid": true, "checked": 1, "complete": true, "parked": 1, "oldest_parked_age_seconds": 3600}),
         "not silently valid while an event waits"
     );
 
@@ -396,7 +396,7 @@ async fn an_event_parked_on_a_chain_nobody_appends_to_is_linked_in_by_the_retent
     );
     assert_eq!(
         get(&app, &t.key, "/v1/audit/verify").await,
-        json!({"valid": true, "checked": 2}),
+        json!({"valid": true, "checked": 2, "complete": true}),
         "verified and counted, nothing waits"
     );
     // A second run finds nothing to do.
@@ -439,7 +439,7 @@ async fn an_event_left_beyond_its_head_is_listed_verified_as_in_flight_and_ancho
     );
     assert_eq!(
         get(&app, &t.key, "/v1/audit/verify").await,
-        json!({"valid": true, "checked": 1}),
+        json!({"valid": true, "checked": 1, "complete": true}),
         "in flight is not a break, and not checked yet"
     );
     // Any process's next append anchors it first, then appends after it.
@@ -449,7 +449,7 @@ async fn an_event_left_beyond_its_head_is_listed_verified_as_in_flight_and_ancho
     assert_eq!(deps.audit.head(&chain).await.unwrap().unwrap().seq, 3);
     assert_eq!(
         get(&app, &t.key, "/v1/audit/verify").await,
-        json!({"valid": true, "checked": 3})
+        json!({"valid": true, "checked": 3, "complete": true})
     );
 
     // A chain's first event, with no head at all yet.
@@ -458,12 +458,12 @@ async fn an_event_left_beyond_its_head_is_listed_verified_as_in_flight_and_ancho
         .await
         .unwrap();
     assert_eq!(deps.audit.head(tenant.as_str()).await.unwrap(), None);
-    let v = audit::verify(deps, &tenant).await.unwrap();
+    let v = audit::verify(deps, &tenant, None).await.unwrap();
     assert_eq!((v.valid, v.checked), (true, 0), "{v:?}");
     audit::record(deps, draft_on(&tenant, "POST /v1/second"))
         .await
         .unwrap();
-    let v = audit::verify(deps, &tenant).await.unwrap();
+    let v = audit::verify(deps, &tenant, None).await.unwrap();
     assert_eq!((v.valid, v.checked), (true, 2), "{v:?}");
 }
 
@@ -518,7 +518,7 @@ async fn an_event_left_beyond_the_head_of_a_quiet_chain_is_anchored_by_the_reten
     }
     assert_eq!(
         get(&app, &t.key, "/v1/audit/verify").await,
-        json!({"valid": true, "checked": 2})
+        json!({"valid": true, "checked": 2, "complete": true})
     );
 }
 
@@ -579,7 +579,7 @@ async fn an_event_beyond_the_head_that_does_not_verify_is_never_anchored_and_lat
             Some(head.clone()),
             "{variant}: never anchored"
         );
-        let v = audit::verify(deps, &tenant).await.unwrap();
+        let v = audit::verify(deps, &tenant, None).await.unwrap();
         assert_eq!(
             (v.valid, v.checked, v.broken_at, v.parked),
             (false, 1, Some(2), 2),
@@ -694,7 +694,7 @@ async fn an_append_that_finds_another_processs_event_between_its_two_writes_anch
     );
     assert_eq!(
         get(&app, &t.key, "/v1/audit/verify").await,
-        json!({"valid": true, "checked": 3})
+        json!({"valid": true, "checked": 3, "complete": true})
     );
 }
 
@@ -725,7 +725,7 @@ async fn two_processes_appending_to_one_chain_at_once_never_fork_it(b: Backend) 
     );
     assert_eq!(
         get(&app, &t.key, "/v1/audit/verify").await,
-        json!({"valid": true, "checked": 21})
+        json!({"valid": true, "checked": 21, "complete": true})
     );
 }
 
@@ -749,7 +749,93 @@ async fn a_retention_run_whose_audit_event_cannot_be_appended_parks_it_and_repor
     );
 }
 
+/// A chain longer than one request's budget is verified over several: each answers
+/// `complete: false` and a cursor until the last checks the head; the cursor is signed
+/// (an edited one, or another chain's, is refused `400`) and lasts an hour.
+async fn a_long_chain_is_verified_over_several_requests_each_going_on_from_a_signed_cursor(
+    b: Backend,
+) {
+    use kirim::service::audit::VerifyBudget;
+    let app = spawn_app(b).await;
+    let deps = &app.app.deps;
+    let tenant = TenantId::generate();
+    for n in 0..7 {
+        audit::record(deps, draft_on(&tenant, &format!("POST /v1/messages#{n}")))
+            .await
+            .unwrap();
+    }
+    let budget = VerifyBudget {
+        page_size: 2,
+        pages: 2,
+        time: std::time::Duration::from_secs(60),
+    };
+    let mut cursor: Option<String> = None;
+    let mut rounds = Vec::new();
+    loop {
+        let v = audit::verify_within(deps, &tenant, cursor.as_deref(), budget)
+            .await
+            .unwrap();
+        assert!(v.valid, "{v:?}");
+        rounds.push((v.checked, v.complete));
+        match v.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(rounds, [(4, false), (7, true)]);
+    // Over HTTP, the budget is large: one request, complete.
+    let key = app.onboard(0).await;
+    let v = get(&app, &key.key, "/v1/audit/verify").await;
+    assert_eq!(v["complete"], true, "{v}");
+    // A cursor edited, or another chain's, or garbage: 400, nothing checked.
+    let first = audit::verify_within(deps, &tenant, None, budget)
+        .await
+        .unwrap()
+        .next_cursor
+        .unwrap();
+    let edited = first.replacen('4', "6", 1);
+    for bad in [edited.as_str(), "1.2.3", "x"] {
+        assert!(
+            matches!(
+                audit::verify_within(deps, &tenant, Some(bad), budget).await,
+                Err(kirim::service::errors::ServiceError::InvalidRequest(_))
+            ),
+            "{bad}"
+        );
+    }
+    let other = TenantId::generate();
+    assert!(audit::verify_within(deps, &other, Some(&first), budget)
+        .await
+        .is_err());
+    let (s, body) = {
+        let res = app
+            .http
+            .get(app.url("/v1/audit/verify?cursor=x"))
+            .bearer_auth(&key.key)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json::<Value>().await.unwrap())
+    };
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (s, _) = {
+        let res = app
+            .http
+            .get(app.url("/v1/audit/verify?page=2"))
+            .bearer_auth(&key.key)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), ())
+    };
+    assert_eq!(s, 400, "unknown parameters are refused");
+}
+
 on_both_backends!(
+    a_long_chain_is_verified_over_several_requests_each_going_on_from_a_signed_cursor,
     an_event_whose_write_landed_with_its_answer_lost_is_recorded_once_not_parked_too,
     a_retention_run_whose_audit_event_cannot_be_appended_parks_it_and_reports,
     user_and_2fa_changes_are_audited_with_what_they_changed,
@@ -795,13 +881,13 @@ async fn a_drain_out_of_time_leaves_its_chains_to_the_next_run_and_says_it_is_no
         report(audit::drain_all(&deps, spent).await.unwrap()),
         json!({"chains": 0, "linked": 0, "still_parked": 0, "complete": false})
     );
-    assert_eq!(audit::verify(&deps, &tenant).await.unwrap().parked, 1);
+    assert_eq!(audit::verify(&deps, &tenant, None).await.unwrap().parked, 1);
     let ample = std::time::Instant::now() + std::time::Duration::from_secs(600);
     assert_eq!(
         report(audit::drain_all(&deps, ample).await.unwrap()),
         json!({"chains": 1, "linked": 1, "still_parked": 0, "complete": true})
     );
-    let v = audit::verify(&deps, &tenant).await.unwrap();
+    let v = audit::verify(&deps, &tenant, None).await.unwrap();
     assert_eq!((v.valid, v.checked, v.parked), (true, 1, 0));
 }
 
@@ -853,15 +939,18 @@ async fn the_chain_still_verifies_after_its_oldest_events_expire() {
     for n in 3..5 {
         audit::record(&deps, draft(n)).await.unwrap();
     }
-    assert_eq!(audit::verify(&deps, &tenant).await.unwrap().checked, 5);
+    assert_eq!(
+        audit::verify(&deps, &tenant, None).await.unwrap().checked,
+        5
+    );
     clock.advance(chrono::Duration::minutes(30));
-    let r = audit::verify(&deps, &tenant).await.unwrap();
+    let r = audit::verify(&deps, &tenant, None).await.unwrap();
     assert!(r.valid);
     assert_eq!(r.checked, 2, "the three oldest expired");
     let run = kirim::service::retention::run(&deps).await.unwrap();
     assert_eq!(run.deleted["audit"], 3, "{run:?}");
     assert!(
-        audit::verify(&deps, &tenant).await.unwrap().valid,
+        audit::verify(&deps, &tenant, None).await.unwrap().valid,
         "also once they are deleted"
     );
 }
@@ -897,7 +986,10 @@ async fn deleting_the_oldest_events_wiping_or_rehashing_a_chain_in_dynamodb_fail
         let t = app.onboard(5).await;
         app.send_ok(&t.key, "+60123450400").await;
         app.send_ok(&t.key, "+60123450401").await;
-        assert_eq!(verify(&t).await, json!({"valid": true, "checked": 3}));
+        assert_eq!(
+            verify(&t).await,
+            json!({"valid": true, "checked": 3, "complete": true})
+        );
         t
     };
 

@@ -387,7 +387,9 @@ async fn an_audit_append_is_two_plain_writes_of_one_unit_each() {
     let (put, head) = (&append["DynamoDB.PutItem"], &append["DynamoDB.UpdateItem"]);
     assert_eq!((put.calls, put.wcu, head.calls, head.wcu), (1, 1.0, 1, 1.0));
     assert!(e.signature.is_some(), "the event carries its own signature");
-    let v = kirim::service::audit::verify(&deps, &tenant).await.unwrap();
+    let v = kirim::service::audit::verify(&deps, &tenant, None)
+        .await
+        .unwrap();
     assert_eq!((v.valid, v.checked), (true, 2));
 }
 
