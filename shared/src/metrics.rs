@@ -320,6 +320,11 @@ pub fn throttle(source: &str) {
     count("Throttles", ("Source", source));
 }
 
+/// A status callback given up after its last attempt (left to the dead-letter queue).
+pub fn callback_given_up() {
+    count("CallbacksGivenUp", ("Queue", "status_callback"));
+}
+
 /// How long after Meta's status timestamp the webhook was applied.
 pub fn webhook_lag(status: &str, lag_ms: i64) {
     emit(

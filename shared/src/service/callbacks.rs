@@ -138,10 +138,22 @@ async fn deliver(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
 }
 
 async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
+    // Past its last attempt (given up, back for the queue's last receives): parked on the
+    // dead-letter queue by the queue's own redrive, without another try.
+    if attempt > deps.settings.callback_max_attempts {
+        tracing::warn!(
+            attempt,
+            "status callback given up; left to the dead-letter queue"
+        );
+        return Outcome::Poison;
+    }
     let retry = |why: &str| {
         if attempt >= deps.settings.callback_max_attempts {
-            tracing::warn!(attempt, reason = %why, "status callback given up");
-            Outcome::Done
+            // Not deleted: kept on the dead-letter queue (14 days), listed and redriven
+            // with the operator's dead-letter routes, rather than lost with a log line.
+            tracing::warn!(attempt, reason = %why, "status callback given up; left to the dead-letter queue");
+            crate::metrics::callback_given_up();
+            Outcome::Poison
         } else {
             tracing::info!(attempt, reason = %why, "status callback will be retried");
             Outcome::RetryAfter(backoff(deps.settings.callback_backoff, attempt))

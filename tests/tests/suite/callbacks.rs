@@ -568,6 +568,65 @@ async fn a_receiver_that_keeps_hanging_is_not_tried_for_a_while() {
     );
 }
 
+/// A callback whose receiver still fails at the last attempt is not deleted with a log
+/// line: it is left to the queue (`Poison`), whose redrive parks it on the dead-letter
+/// queue for the operator to list and redrive; the receives past the last attempt make no
+/// further try.
+#[tokio::test]
+async fn a_callback_given_up_is_left_to_the_dead_letter_queue_not_deleted() {
+    use kirim::domain::{MessageId, MessageStatus};
+    use kirim::service::callbacks;
+    use kirim::service::jobs::{CallbackJob, QueueJob};
+    let app = spawn_app(kirim::config::Backend::Memory).await;
+    let t = app.onboard(1).await;
+    let tries = Arc::new(AtomicUsize::new(0));
+    let seen = tries.clone();
+    let receiver = axum::Router::new().fallback(move || {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async { StatusCode::SERVICE_UNAVAILABLE }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let (status, body) =
+        set_callback(&app, &t.key, json!({"url": url, "secret": CALLBACK_SECRET})).await;
+    assert_eq!(status, 200, "{body}");
+    let mut deps = app.app.deps.clone();
+    let mut settings = (*deps.settings).clone();
+    settings.callback_max_attempts = 2;
+    deps.settings = Arc::new(settings);
+    let job = QueueJob::StatusCallback(CallbackJob {
+        tenant_id: kirim::domain::TenantId::from_trusted(t.tenant_id.clone()),
+        message_id: MessageId::generate(),
+        status: MessageStatus::Delivered,
+        at: chrono::Utc::now(),
+        sequence: 3,
+        error: None,
+        client_reference: None,
+    })
+    .to_body()
+    .unwrap();
+    let outcome = callbacks::handle_batch(&deps, &[(job.clone(), 1)]).await;
+    assert!(
+        matches!(outcome[..], [Outcome::RetryAfter(_)]),
+        "{outcome:?}"
+    );
+    let outcome = callbacks::handle_batch(&deps, &[(job.clone(), 2)]).await;
+    assert_eq!(
+        outcome,
+        [Outcome::Poison],
+        "the last attempt failed: parked"
+    );
+    assert_eq!(tries.load(Ordering::SeqCst), 2);
+    let outcome = callbacks::handle_batch(&deps, &[(job, 3)]).await;
+    assert_eq!(outcome, [Outcome::Poison]);
+    assert_eq!(
+        tries.load(Ordering::SeqCst),
+        2,
+        "no try past the last attempt"
+    );
+}
+
 on_both_backends!(
     every_status_change_reaches_the_callback_signed_even_after_the_receiver_was_down,
     a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_read,
