@@ -372,10 +372,17 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
             secure_cookies: false,
         },
     );
-    let sandbox_routes = Router::new()
-        .nest("/_sandbox/graph", sandbox.graph_router())
-        .merge(sandbox.inspect_router())
-        .merge(console);
+    // The sandbox's routes only while it is the Meta this process talks to: they sign
+    // webhooks with the app secret for anyone who calls them (an inbound STOP, a template's
+    // status), and list every message sent, so with a real Meta they are not served.
+    let sandbox_routes = if cfg.meta_base_url.is_none() {
+        Router::new()
+            .nest("/_sandbox/graph", sandbox.graph_router())
+            .merge(sandbox.inspect_router())
+            .merge(console)
+    } else {
+        console
+    };
     // Served as it is: Meta's notifications are answered before any route lookup.
     let router = kirim::http::app(deps.clone(), sandbox_routes);
 

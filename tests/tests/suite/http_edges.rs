@@ -597,3 +597,39 @@ on_both_backends!(
     every_response_has_a_request_id_and_unknown_routes_answer_the_error_shape,
     a_meta_webhook_body_up_to_three_mib_is_read_and_a_larger_one_is_refused,
 );
+
+/// Local mode pointed at a real Meta (`KIRIM_META_BASE_URL`) serves none of the sandbox's
+/// routes: they sign webhooks with the app secret for whoever calls them (a forged inbound
+/// STOP, a template's status) and list every message sent. With the sandbox as Meta (the
+/// default), they are there.
+#[tokio::test]
+async fn local_mode_serves_the_sandboxs_routes_only_while_the_sandbox_is_its_meta() {
+    let mut cfg = kirim_tests::local_config(Backend::Memory).await;
+    cfg.meta_base_url = Some("http://127.0.0.1:9".into());
+    let app = kirim_tests::spawn_with(cfg).await;
+    for (method, path) in [
+        (reqwest::Method::POST, "/_sandbox/inbound"),
+        (reqwest::Method::GET, "/_sandbox/messages"),
+        (
+            reqwest::Method::GET,
+            "/_sandbox/graph/v23.0/1/message_templates",
+        ),
+    ] {
+        let res = app
+            .http
+            .request(method.clone(), app.url(path))
+            .body(r#"{"phone_number_id":"1","from":"60123456789","text":"STOP"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "{method} {path}");
+    }
+    let app = spawn_app(Backend::Memory).await;
+    let res = app
+        .http
+        .get(app.url("/_sandbox/messages"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
