@@ -60,6 +60,10 @@ pub struct Settings {
     pub export_page_bytes: usize,
 }
 
+/// The shortest `KIRIM_RETENTION_MESSAGES`: longer than `domain::UNSENT_STALE_AFTER`, so
+/// a message whose dispatch job was lost is still there to be settled and refunded.
+pub const MIN_MESSAGES_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The longest `KIRIM_META_TIMEOUT`: a call to Meta must end well inside the dispatcher's
 /// 60 s Lambda timeout (with its slot wait and its writes).
 pub const MAX_META_TIMEOUT: Duration = Duration::from_secs(30);
@@ -220,7 +224,17 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
     pub fn settings(&mut self) -> Settings {
         let d = Settings::default();
         let mut r = RetentionConfig::default();
-        r.messages = self.duration("KIRIM_RETENTION_MESSAGES", r.messages);
+        let raw = self.optional("KIRIM_RETENTION_MESSAGES");
+        let messages = self.duration("KIRIM_RETENTION_MESSAGES", r.messages);
+        if messages < MIN_MESSAGES_RETENTION {
+            self.problems.push(format!(
+                "KIRIM_RETENTION_MESSAGES={} must be at least 7d (a message must outlive the 5 \
+                 days after which one whose dispatch job was lost is settled and refunded)",
+                raw.unwrap_or_default()
+            ));
+        } else {
+            r.messages = messages;
+        }
         r.audit = self.duration("KIRIM_RETENTION_AUDIT", r.audit);
         r.billing = self.duration("KIRIM_RETENTION_BILLING", r.billing);
         r.idempotency = self.duration("KIRIM_RETENTION_IDEMPOTENCY", r.idempotency);
@@ -465,6 +479,25 @@ mod tests {
     }
 
     #[test]
+    fn a_message_retention_shorter_than_a_week_refuses_to_start() {
+        for (value, refused) in [("6d", true), ("0s", true), ("7d", false), ("30d", false)] {
+            let mut r = EnvReader::new(move |k| {
+                (k == "KIRIM_RETENTION_MESSAGES").then(|| value.to_owned())
+            });
+            let s = r.settings();
+            let res = r.finish();
+            assert_eq!(res.is_err(), refused, "{value}");
+            if refused {
+                assert!(res
+                    .unwrap_err()
+                    .to_string()
+                    .contains("KIRIM_RETENTION_MESSAGES"));
+                assert_eq!(s.retention.messages.as_secs(), 730 * 86_400);
+            }
+        }
+    }
+
+    #[test]
     fn defaults_match_the_published_contract() {
         let mut r = EnvReader::new(|_| None);
         let s = r.settings();
@@ -600,8 +633,20 @@ mod tests {
                 }
             }
             let defaults = Settings::default();
+            // At least `MIN_MESSAGES_RETENTION`, else named and the default kept.
+            let messages = env.get(DURATIONS[0]).filter(|v| !v.trim().is_empty());
+            match messages.map(|v| parse_duration(v)) {
+                None => prop_assert_eq!(s.retention.messages, defaults.retention.messages),
+                Some(Some(d)) if d >= MIN_MESSAGES_RETENTION => {
+                    prop_assert_eq!(s.retention.messages, d);
+                    prop_assert!(!problems.contains("KIRIM_RETENTION_MESSAGES="), "{}", problems);
+                }
+                Some(_) => {
+                    prop_assert_eq!(s.retention.messages, defaults.retention.messages);
+                    prop_assert!(problems.contains("KIRIM_RETENTION_MESSAGES="), "{}", problems);
+                }
+            }
             let read = [
-                (DURATIONS[0], s.retention.messages, defaults.retention.messages),
                 (DURATIONS[1], s.retention.audit, defaults.retention.audit),
                 (DURATIONS[2], s.retention.billing, defaults.retention.billing),
                 (DURATIONS[3], s.retention.idempotency, defaults.retention.idempotency),

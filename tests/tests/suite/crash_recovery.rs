@@ -1205,6 +1205,53 @@ async fn a_retried_scheduled_send_answers_as_first_even_once_its_send_at_is_near
     assert_eq!(balance.credits, 1, "one debit");
 }
 
+/// A scheduled message is kept its retention from when it is to be sent, not from its
+/// acceptance: with a retention shorter than its wait, it would be gone (its job then
+/// dropped, charged and never sent) before its `send_at`.
+#[tokio::test]
+async fn a_scheduled_message_is_kept_its_retention_from_its_send_at() {
+    let clock = ManualClock::new();
+    let mut settings = kirim_tests::test_settings();
+    settings.retention.messages = std::time::Duration::from_secs(7 * 24 * 3600);
+    let deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
+    let tenant = tenant_a_user_wrote_to(&deps, "127").await;
+    let now = kirim::ports::Clock::now(&*clock);
+    let send_at = now + chrono::Duration::days(30);
+    deps.templates
+        .put_template(&kirim::ports::CatalogueTemplate {
+            waba_id: tenant.waba_id.clone(),
+            name: "promo".into(),
+            language: "en".into(),
+            category: kirim::domain::TemplateCategory::Utility,
+            status: kirim::domain::TemplateStatus::Approved,
+            quality: kirim::domain::TemplateQuality::Green,
+            body_parameters: 0,
+            meta_id: None,
+            updated_at: now,
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    let body = json!({"to": "+60123456789", "template": {"name": "promo", "language": "en"},
+        "send_at": send_at.to_rfc3339()});
+    let req: SendRequest = serde_json::from_value(body).expect("a send request");
+    let m = match send_once(&deps, &tenant.id, req, None).await {
+        Ok(Accepted::New(m)) => m,
+        other => panic!("accepted, not {other:?}"),
+    };
+    let week = 7 * 24 * 3600;
+    assert_eq!(m.expires_at, Some(send_at.timestamp() + week));
+    clock.advance(chrono::Duration::days(29));
+    assert!(
+        deps.messages
+            .get_message(&tenant.id, &m.id)
+            .await
+            .unwrap()
+            .is_some(),
+        "still there the day before it is sent"
+    );
+}
+
 /// Meta refusing for a moment on every try, on a number so busy that each attempt is first
 /// turned away for a slot ahead: two receives an attempt. Every receive of one queue
 /// message counts toward the redrive to the dead-letter queue (10), where a message still
