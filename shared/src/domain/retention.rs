@@ -39,6 +39,11 @@ pub enum RetentionClass {
 
 /// How long an uploaded recipient list may outlive an unfinished fan-out (not configurable).
 pub const BROADCAST_LIST_RETENTION: Duration = Duration::from_secs(7 * DAY);
+/// How long after its list's backstop a campaign still fanning out is taken for one whose
+/// fan-out job was lost (`broadcasts::settle_lost`): longer than a fan-out that read the list
+/// just before it expired can still be recording it (a Lambda runs 15 minutes at most), so
+/// the close never refunds recipients a live fan-out goes on to record.
+pub const LOST_FANOUT_MARGIN: Duration = Duration::from_secs(3600);
 /// How long a message may stay `accepted` or `sending` without a move before the daily
 /// retention run takes its dispatch job for lost and settles it (not configurable): longer
 /// than the dispatch queue keeps a job (4 days), so no job that could still come is

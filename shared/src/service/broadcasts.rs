@@ -1318,8 +1318,9 @@ pub async fn close_unrecorded(deps: &Deps, b: &Broadcast) -> Result<Option<usize
     Ok(Some(unsent))
 }
 
-/// A broadcast the retention sweep found still `scheduled` or fanning out after its
-/// recipient list's backstop passed (`Broadcast::list_expires_at`): its fan-out job is
+/// A broadcast the retention sweep found still `scheduled` or fanning out an hour
+/// (`domain::LOST_FANOUT_MARGIN`) after its recipient list's backstop passed
+/// (`Broadcast::list_expires_at`): its fan-out job is
 /// gone (parked on the dead-letter queue and expired there), or it would have found the
 /// list gone and closed it. Read again first; then started if it was scheduled, and
 /// closed with the never-recorded recipients refunded, exactly as the fan-out would have
@@ -1334,7 +1335,8 @@ pub async fn settle_lost(
         return Ok(None);
     };
     let now = deps.clock.now();
-    if b.list_expires_at() > now.timestamp()
+    let margin = crate::domain::LOST_FANOUT_MARGIN.as_secs() as i64;
+    if b.list_expires_at().saturating_add(margin) > now.timestamp()
         || deps
             .broadcasts
             .broadcast_recipients(tenant, id)

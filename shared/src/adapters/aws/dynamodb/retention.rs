@@ -539,9 +539,12 @@ impl RetentionStore for DynamoStore {
 }
 
 /// [`crate::domain::UNSENT_STALE_AFTER`] as a time span.
+/// A campaign's list backstop and the margin after it (`broadcasts::settle_lost`).
 fn list_retention() -> chrono::Duration {
-    chrono::Duration::from_std(crate::domain::BROADCAST_LIST_RETENTION)
-        .unwrap_or_else(|_| chrono::Duration::days(7))
+    chrono::Duration::from_std(
+        crate::domain::BROADCAST_LIST_RETENTION + crate::domain::LOST_FANOUT_MARGIN,
+    )
+    .unwrap_or_else(|_| chrono::Duration::days(7))
 }
 
 fn stale_after() -> chrono::Duration {

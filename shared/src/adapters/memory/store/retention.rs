@@ -126,7 +126,10 @@ impl RetentionStore for MemoryStore {
                     b.status,
                     crate::ports::BroadcastStatus::Scheduled
                         | crate::ports::BroadcastStatus::FanningOut
-                ) && b.list_expires_at() <= now
+                ) && b
+                    .list_expires_at()
+                    .saturating_add(crate::domain::LOST_FANOUT_MARGIN.as_secs() as i64)
+                    <= now
             })
             .map(|b| (b.tenant_id.clone(), b.id.clone()))
             .collect();
