@@ -39,7 +39,9 @@
 //! is never cached for them, and a number or a tenant just added is never taken for
 //! absent). A template's or a callback setting's absence is cached as before (a template
 //! synced or a callback set by another process a moment ago bites within the TTL and about
-//! a second more, as any change to them).
+//! a second more, as any change to them); but the callback sender, whose job exists because
+//! a process found the setting, confirms its absence consistently before dropping the job
+//! (`StatusCallbackStore::get_status_callback_fresh`).
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -340,6 +342,16 @@ impl<S: StatusCallbackStore + 'static> StatusCallbackStore for ReadCache<S> {
             return Ok(s);
         }
         let s = self.lagging.get_status_callback(tenant).await?;
+        self.callbacks.put(tenant.clone(), s.clone(), now);
+        Ok(s)
+    }
+
+    async fn get_status_callback_fresh(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<StatusCallback>, StoreError> {
+        let now = self.now();
+        let s = self.inner.get_status_callback(tenant).await?;
         self.callbacks.put(tenant.clone(), s.clone(), now);
         Ok(s)
     }

@@ -67,6 +67,14 @@ pub trait StatusCallbackStore: Send + Sync {
         &self,
         tenant: &TenantId,
     ) -> Result<Option<StatusCallback>, StoreError>;
+    /// The setting as last written (a consistent read, past any cache): what a callback
+    /// job, queued because another process found the setting, confirms an absence with.
+    async fn get_status_callback_fresh(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Option<StatusCallback>, StoreError> {
+        self.get_status_callback(tenant).await
+    }
     /// `false` if there was none.
     async fn delete_status_callback(&self, tenant: &TenantId) -> Result<bool, StoreError>;
 }

@@ -165,7 +165,20 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
         .await
     {
         Ok(Some(s)) => s,
-        Ok(None) => return Outcome::Done, // turned off meanwhile
+        // The job was queued because a process found a setting: an absence read a moment
+        // behind (a setting just made), or cached, is confirmed before the job is dropped.
+        Ok(None) => match deps
+            .status_callbacks
+            .get_status_callback_fresh(&job.tenant_id)
+            .await
+        {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                tracing::info!("status callbacks turned off meanwhile; not sent");
+                return Outcome::Done;
+            }
+            Err(e) => return retry(&e.to_string()),
+        },
         Err(e) => return retry(&e.to_string()),
     };
     // A secret set in the last few minutes is read afresh: another instance's cached

@@ -568,6 +568,84 @@ async fn a_receiver_that_keeps_hanging_is_not_tried_for_a_while() {
     );
 }
 
+/// Callback settings whose ordinary read is a moment behind: a setting just made reads as
+/// absent (an eventually consistent read, or a cached absence).
+struct LaggingSettings(Arc<dyn kirim::ports::StatusCallbackStore>);
+
+#[async_trait]
+impl kirim::ports::StatusCallbackStore for LaggingSettings {
+    async fn put_status_callback(
+        &self,
+        setting: &kirim::ports::StatusCallback,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.put_status_callback(setting).await
+    }
+    async fn get_status_callback(
+        &self,
+        _: &kirim::domain::TenantId,
+    ) -> Result<Option<kirim::ports::StatusCallback>, kirim::store_error::StoreError> {
+        Ok(None)
+    }
+    async fn get_status_callback_fresh(
+        &self,
+        tenant: &kirim::domain::TenantId,
+    ) -> Result<Option<kirim::ports::StatusCallback>, kirim::store_error::StoreError> {
+        self.0.get_status_callback_fresh(tenant).await
+    }
+    async fn delete_status_callback(
+        &self,
+        tenant: &kirim::domain::TenantId,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.0.delete_status_callback(tenant).await
+    }
+}
+
+/// A callback job exists because a process found the tenant's setting: a sender whose own
+/// read of it lags (a setting made a moment ago) confirms the absence with a consistent
+/// read and delivers, instead of dropping the job without a trace.
+#[tokio::test]
+async fn a_callback_whose_setting_reads_absent_a_moment_after_it_was_set_is_still_delivered() {
+    use kirim::domain::{MessageId, MessageStatus};
+    use kirim::service::callbacks;
+    use kirim::service::jobs::{CallbackJob, QueueJob};
+    let app = spawn_app(kirim::config::Backend::Memory).await;
+    let t = app.onboard(1).await;
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let seen = delivered.clone();
+    let receiver = axum::Router::new().fallback(move || {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async { StatusCode::OK }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let (status, body) =
+        set_callback(&app, &t.key, json!({"url": url, "secret": CALLBACK_SECRET})).await;
+    assert_eq!(status, 200, "{body}");
+    let mut deps = app.app.deps.clone();
+    deps.status_callbacks = Arc::new(LaggingSettings(deps.status_callbacks.clone()));
+    let job = QueueJob::StatusCallback(CallbackJob {
+        tenant_id: kirim::domain::TenantId::from_trusted(t.tenant_id.clone()),
+        message_id: MessageId::generate(),
+        status: MessageStatus::Sent,
+        at: chrono::Utc::now(),
+        sequence: 1,
+        error: None,
+        client_reference: None,
+    })
+    .to_body()
+    .unwrap();
+    assert_eq!(
+        callbacks::handle_batch(&deps, &[(job, 1)]).await,
+        [Outcome::Done]
+    );
+    assert_eq!(
+        delivered.load(Ordering::SeqCst),
+        1,
+        "delivered, not dropped"
+    );
+}
+
 /// A callback whose receiver still fails at the last attempt is not deleted with a log
 /// line: it is left to the queue (`Poison`), whose redrive parks it on the dead-letter
 /// queue for the operator to list and redrive; the receives past the last attempt make no
