@@ -399,6 +399,12 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
                 d.webhook_refill_secs,
                 3_600,
             ),
+            bad_credentials: positive("KIRIM_LIMIT_BAD_CREDENTIALS", d.bad_credentials, 10_000),
+            bad_credentials_refill_secs: positive(
+                "KIRIM_LIMIT_BAD_CREDENTIALS_REFILL_SECS",
+                d.bad_credentials_refill_secs,
+                3_600,
+            ),
         }
     }
 

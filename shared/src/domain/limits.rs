@@ -75,6 +75,10 @@ pub struct LimitSettings {
     pub webhook_bad_signatures: u32,
     /// ...and then one more every this many seconds.
     pub webhook_refill_secs: u32,
+    /// Requests refused for their credentials (`401`) an address may make in a burst...
+    pub bad_credentials: u32,
+    /// ...and then one more every this many seconds.
+    pub bad_credentials_refill_secs: u32,
 }
 
 impl Default for LimitSettings {
@@ -84,6 +88,8 @@ impl Default for LimitSettings {
             instances: 1,
             webhook_bad_signatures: 10,
             webhook_refill_secs: 6,
+            bad_credentials: 30,
+            bad_credentials_refill_secs: 2,
         }
     }
 }

@@ -183,6 +183,7 @@ pub struct Limits {
     principals: Limiter<Principal>,
     tenants: Limiter<String>,
     webhook: Limiter<IpAddr>,
+    credentials: Limiter<IpAddr>,
 }
 
 impl Limits {
@@ -192,6 +193,7 @@ impl Limits {
             principals: Limiter::default(),
             tenants: Limiter::default(),
             webhook: Limiter::default(),
+            credentials: Limiter::default(),
         }
     }
 
@@ -247,6 +249,37 @@ impl Limits {
     pub fn webhook_bad_signature(&self, addr: Option<IpAddr>, now: DateTime<Utc>) {
         if let Some(a) = addr {
             self.webhook.charge(&source(a), self.webhook_rate(), now);
+        }
+    }
+
+    fn credentials_rate(&self) -> Rate {
+        Rate::every(
+            self.settings.bad_credentials_refill_secs,
+            self.settings.bad_credentials,
+        )
+    }
+
+    /// Whether a request from `addr` may have its credentials checked at all: an address
+    /// that spent its allowance of refused credentials is refused before any lookup (and
+    /// before its refusal is audited: a flood must not become a flood of audit writes).
+    pub fn credentials_allowed(
+        &self,
+        addr: Option<IpAddr>,
+        now: DateTime<Utc>,
+    ) -> Result<(), RetryAfter> {
+        match addr {
+            Some(a) => self
+                .credentials
+                .peek(&source(a), self.credentials_rate(), now),
+            None => Ok(()),
+        }
+    }
+
+    /// A request from `addr` was refused for its credentials (`401`).
+    pub fn bad_credentials(&self, addr: Option<IpAddr>, now: DateTime<Utc>) {
+        if let Some(a) = addr {
+            self.credentials
+                .charge(&source(a), self.credentials_rate(), now);
         }
     }
 }

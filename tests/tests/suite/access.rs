@@ -226,7 +226,11 @@ fn concrete(path: &str) -> String {
 }
 
 async fn every_route_answers_every_kind_of_credential_as_the_access_table_says(b: Backend) {
-    let app = spawn_app(b).await;
+    // Hundreds of refused credentials from one address: its allowance raised so that every
+    // route answers its own refusal, not the address's wait.
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.settings.limits.bad_credentials = 10_000;
+    let app = kirim_tests::spawn_with(cfg).await;
     let a = app.onboard(0).await;
     let other = app.onboard(0).await;
     let (_, operator_key) = new_key(&app, &a.key, "operator").await;
@@ -719,6 +723,7 @@ async fn the_operator_mints_a_key_for_a_tenant_that_revoked_its_last_admin_key(b
 }
 
 on_both_backends!(
+    an_address_flooding_bad_credentials_waits_and_stops_writing_audit_events,
     the_operator_mints_a_key_for_a_tenant_that_revoked_its_last_admin_key,
     previous_credentials_are_accepted_only_within_the_rotation_grace,
     api_keys_are_shown_once_rotated_with_a_grace_period_and_revoked_at_once,
@@ -1319,4 +1324,50 @@ async fn an_access_check_the_secret_store_fails_is_audited_as_an_error_not_a_den
         kirim::ports::AuditOutcome::Error,
         "{event:?}"
     );
+}
+
+/// Refused credentials from one address (no key, an unknown key, a bad session) are each
+/// answered `401` and audited until the address's allowance is spent; then it waits
+/// (`429` with `Retry-After`) before any lookup, and nothing more is written to the
+/// platform audit chain. A valid key from that address waits too, for a few seconds.
+async fn an_address_flooding_bad_credentials_waits_and_stops_writing_audit_events(b: Backend) {
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.settings.limits.bad_credentials = 5;
+    cfg.settings.limits.bad_credentials_refill_secs = 3600;
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(0).await;
+    let platform = |app: &TestApp| {
+        let deps = app.app.deps.clone();
+        async move {
+            deps.audit
+                .head(kirim::service::audit::PLATFORM_CHAIN)
+                .await
+                .unwrap()
+                .map_or(0, |h| h.seq)
+        }
+    };
+    let before = platform(&app).await;
+    let mut answers = Vec::new();
+    for i in 0..12 {
+        let token = (i % 2 == 0).then_some("kirim_not_a_key");
+        answers.push(call(&app, "GET", "/v1/account", token, None).await.0);
+    }
+    assert_eq!(answers[..5], [401; 5], "{answers:?}");
+    assert!(answers[5..].iter().all(|s| *s == 429), "{answers:?}");
+    let res = app
+        .http
+        .get(app.url("/v1/account"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429, "the address waits, whatever it sends");
+    assert!(res.headers().get("retry-after").is_some());
+    assert_eq!(
+        platform(&app).await,
+        before + 5,
+        "only the five refusals audited"
+    );
+    // Health and login need no credentials and are not held.
+    assert_eq!(call(&app, "GET", "/health", None, None).await.0, 200);
 }
