@@ -129,6 +129,23 @@ pub const ROUTES: &[RouteRule] = &[
     rule("PUT", "/v1/settings/2fa", Tenant(Admin)),
 ];
 
+/// Whether a request path (as sent: `{param}`s filled in) is one of the table's routes,
+/// whatever the method: a method it does not have is `405`, not `404`.
+pub fn known_path(path: &str) -> bool {
+    let sent: Vec<&str> = path.split('/').collect();
+    ROUTES.iter().any(|r| {
+        let template: Vec<&str> = r.path.split('/').collect();
+        template.len() == sent.len()
+            && template.iter().zip(&sent).all(|(t, s)| {
+                if t.starts_with('{') {
+                    !s.is_empty()
+                } else {
+                    t == s
+                }
+            })
+    })
+}
+
 pub fn rule_for(method: &Method, path: &str) -> Option<&'static RouteRule> {
     ROUTES
         .iter()

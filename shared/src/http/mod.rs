@@ -80,7 +80,16 @@ fn finish_serving(
             access::authorize,
         ))
         .with_state(state)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") });
+        // No route here: a known path with another method is `405` (on AWS the API's
+        // `$default` route brings such requests to admin_api, whose router may not serve the
+        // path at all), anything else `404`.
+        .fallback(|uri: axum::http::Uri| async move {
+            if access::known_path(uri.path()) {
+                StatusCode::METHOD_NOT_ALLOWED.into_response()
+            } else {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
+            }
+        });
     // The layers every request passes wrap the router once, not each of its routes: a
     // `Router::layer` wraps every route in a boxed service of its own, which axum clones
     // (an allocation and the state's reference counts) on every request, one per layer

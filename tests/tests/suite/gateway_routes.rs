@@ -178,3 +178,58 @@ async fn every_route_of_the_access_table_reaches_a_function_that_serves_it_on_aw
     }
     assert!(missing.is_empty(), "{}", missing.join("\n"));
 }
+
+/// On AWS a request no route of the API takes (an unknown path, or a method its path does
+/// not have) goes to the API's `$default` route, admin_api: answered `404 not_found` or
+/// `405`, in the API's error shape with its `x-request-id`, as local mode answers them,
+/// not API Gateway's own bare `{"message":"Not Found"}`.
+#[tokio::test]
+async fn a_request_no_route_takes_reaches_admin_api_and_answers_in_the_api_s_shape() {
+    let doc: Value = serde_yaml::from_str(TEMPLATE).expect("template.yaml parses");
+    let events = &doc["Resources"][Function::AdminApi.logical_id()]["Properties"]["Events"];
+    let default = events
+        .as_mapping()
+        .into_iter()
+        .flatten()
+        .filter(|(_, e)| e["Type"].as_str() == Some("HttpApi"))
+        .filter(|(_, e)| e["Properties"]["Path"].is_null() && e["Properties"]["Method"].is_null())
+        .count();
+    assert_eq!(default, 1, "admin_api holds the $default route");
+    let deps = kirim::wiring::memory_deps(
+        kirim_tests::test_settings(),
+        Arc::new(kirim::ports::SystemClock),
+    )
+    .expect("memory deps");
+    for (method, path, status, code) in [
+        ("PATCH", "/v1/account", 405, "method_not_allowed"),
+        (
+            "PUT",
+            "/v1/messages/01J9Z8Q4S7YF2K3M5N6P7R8T9W",
+            405,
+            "method_not_allowed",
+        ),
+        ("GET", "/v1/nope", 404, "not_found"),
+        ("GET", "/v1/account/", 404, "not_found"),
+    ] {
+        let res = kirim::http::admin_api_router(deps.clone())
+            .oneshot(
+                Request::builder()
+                    .method(Method::from_bytes(method.as_bytes()).expect("method"))
+                    .uri(path)
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        assert_eq!(res.status().as_u16(), status, "{method} {path}");
+        assert!(
+            res.headers().contains_key("x-request-id"),
+            "{method} {path}"
+        );
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["error"]["code"], code, "{method} {path}: {v}");
+    }
+}
