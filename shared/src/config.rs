@@ -60,6 +60,10 @@ pub struct Settings {
     pub export_page_bytes: usize,
 }
 
+/// The longest `KIRIM_CALLBACK_TIMEOUT`: the default, so that the five callbacks of one
+/// message's life, tried one after another, fit the callback function's 60 s.
+pub const MAX_CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The shortest `KIRIM_RETENTION_MESSAGES`: longer than `domain::UNSENT_STALE_AFTER`, so
 /// a message whose dispatch job was lost is still there to be settled and refunded.
 pub const MIN_MESSAGES_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -290,7 +294,7 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
             callback_max_attempts: self
                 .number("KIRIM_CALLBACK_MAX_ATTEMPTS", d.callback_max_attempts)
                 .clamp(1, 9),
-            callback_timeout: self.duration("KIRIM_CALLBACK_TIMEOUT", d.callback_timeout),
+            callback_timeout: self.callback_timeout(&d),
             meta_throughput: self.throughput(d.meta_throughput),
             limits: self.limits(d.limits),
             secret_prefix: prefix,
@@ -319,6 +323,23 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
     /// `KIRIM_SENDING_DEADLINE` [24h] (at least the Meta timeout plus 5 s: a deadline any
     /// shorter could fail a claimed message as `outcome_unknown` while Meta is still
     /// answering it). Out of range: named, and the default kept.
+    /// `KIRIM_CALLBACK_TIMEOUT` [10s], more than 0 and at most [`MAX_CALLBACK_TIMEOUT`]:
+    /// a batch's callbacks of one message are tried one after another in the callback
+    /// function's 60 s, and a slow receiver that still answers trips no breaker.
+    fn callback_timeout(&mut self, d: &Settings) -> Duration {
+        let raw = self.optional("KIRIM_CALLBACK_TIMEOUT");
+        let t = self.duration("KIRIM_CALLBACK_TIMEOUT", d.callback_timeout);
+        if t.is_zero() || t > MAX_CALLBACK_TIMEOUT {
+            self.problems.push(format!(
+                "KIRIM_CALLBACK_TIMEOUT={} must be more than 0 and at most 10s (a message's \
+                 callbacks are tried one after another in the callback function's 60 s)",
+                raw.unwrap_or_default()
+            ));
+            return d.callback_timeout;
+        }
+        t
+    }
+
     fn send_timing(&mut self, d: &Settings) -> (Duration, Duration) {
         let raw = self.optional("KIRIM_META_TIMEOUT");
         let mut meta = self.duration("KIRIM_META_TIMEOUT", d.meta_timeout);
@@ -652,13 +673,25 @@ mod tests {
                     prop_assert!(problems.contains("KIRIM_RETENTION_MESSAGES="), "{}", problems);
                 }
             }
+            // More than 0 and at most `MAX_CALLBACK_TIMEOUT`, else named and the default kept.
+            let timeout = env.get(DURATIONS[8]).filter(|v| !v.trim().is_empty());
+            match timeout.map(|v| parse_duration(v)) {
+                None => prop_assert_eq!(s.callback_timeout, defaults.callback_timeout),
+                Some(Some(d)) if !d.is_zero() && d <= MAX_CALLBACK_TIMEOUT => {
+                    prop_assert_eq!(s.callback_timeout, d);
+                    prop_assert!(!problems.contains("KIRIM_CALLBACK_TIMEOUT="), "{}", problems);
+                }
+                Some(_) => {
+                    prop_assert_eq!(s.callback_timeout, defaults.callback_timeout);
+                    prop_assert!(problems.contains("KIRIM_CALLBACK_TIMEOUT="), "{}", problems);
+                }
+            }
             let read = [
                 (DURATIONS[1], s.retention.audit, defaults.retention.audit),
                 (DURATIONS[2], s.retention.billing, defaults.retention.billing),
                 (DURATIONS[3], s.retention.idempotency, defaults.retention.idempotency),
                 (DURATIONS[4], s.dispatch_backoff, defaults.dispatch_backoff),
                 (DURATIONS[7], s.callback_backoff, defaults.callback_backoff),
-                (DURATIONS[8], s.callback_timeout, defaults.callback_timeout),
             ];
             for (name, got, default) in read {
                 let set = env.get(name).filter(|v| !v.trim().is_empty());
