@@ -31,6 +31,9 @@ use super::Deps;
 
 pub const SIGNATURE_HEADER: &str = "x-kirim-signature";
 pub const TIMESTAMP_HEADER: &str = "x-kirim-timestamp";
+/// The signature over the attempt's timestamp and the body (`{timestamp}.{raw body}`):
+/// a receiver that checks it and refuses an old timestamp refuses a replayed callback.
+pub const TIMED_SIGNATURE_HEADER: &str = "x-kirim-signature-timed";
 
 /// A status's place in a message's life, for receivers to order callbacks by. `None`:
 /// not reported (accepted is the send's own answer; sending is internal).
@@ -121,7 +124,16 @@ pub fn body_of(job: &CallbackJob) -> String {
 
 /// `sha256=<hex HMAC-SHA256(secret, body)>`.
 pub fn signature(secret: &Secret, body: &[u8]) -> Option<String> {
+    timed_signature(secret, None, body)
+}
+
+/// `sha256=<hex HMAC-SHA256(secret, "{timestamp}." + body)>`, or over the body alone
+/// without a timestamp.
+pub fn timed_signature(secret: &Secret, timestamp: Option<i64>, body: &[u8]) -> Option<String> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).ok()?;
+    if let Some(t) = timestamp {
+        mac.update(format!("{t}.").as_bytes());
+    }
     mac.update(body);
     Some(format!(
         "sha256={}",
@@ -209,12 +221,17 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
         ));
     }
     let body = body_of(job);
-    let Some(sig) = signature(&secret, body.as_bytes()) else {
+    let now = deps.clock.now().timestamp();
+    let (Some(sig), Some(timed)) = (
+        signature(&secret, body.as_bytes()),
+        timed_signature(&secret, Some(now), body.as_bytes()),
+    ) else {
         return Outcome::Done;
     };
     let headers = [
         (SIGNATURE_HEADER, sig),
-        (TIMESTAMP_HEADER, deps.clock.now().timestamp().to_string()),
+        (TIMESTAMP_HEADER, now.to_string()),
+        (TIMED_SIGNATURE_HEADER, timed),
     ];
     match callback_http::post(
         &setting.url,

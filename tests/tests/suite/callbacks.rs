@@ -24,6 +24,7 @@ pub(crate) const CALLBACK_SECRET: &str = "whsec_test_callback_secret_0123456789"
 pub(crate) struct Got {
     signature: String,
     timestamp: String,
+    timed: String,
     pub(crate) body: String,
 }
 
@@ -54,6 +55,7 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: String) -> St
         got.push(Got {
             signature: header("x-kirim-signature"),
             timestamp: header("x-kirim-timestamp"),
+            timed: header("x-kirim-signature-timed"),
             body,
         });
     }
@@ -136,6 +138,16 @@ fn check_signed(got: &[Got], message_id: &str) {
             "X-Kirim-Signature is the HMAC-SHA256 of the raw body"
         );
         assert!(g.timestamp.parse::<i64>().is_ok(), "X-Kirim-Timestamp");
+        // The timed signature covers the timestamp too: a replay with a fresh timestamp
+        // header does not verify.
+        let timed = format!("{}.{}", g.timestamp, g.body);
+        assert_eq!(
+            g.timed,
+            sign_with(CALLBACK_SECRET, timed.as_bytes()),
+            "X-Kirim-Signature-Timed is the HMAC-SHA256 of `{{timestamp}}.{{raw body}}`"
+        );
+        let replayed = format!("{}.{}", g.timestamp.parse::<i64>().unwrap() + 600, g.body);
+        assert_ne!(g.timed, sign_with(CALLBACK_SECRET, replayed.as_bytes()));
         let v: Value = serde_json::from_str(&g.body).unwrap();
         assert_eq!(v["id"], message_id);
         assert_eq!(v["client_reference"], "order-42");
