@@ -1241,6 +1241,28 @@ async fn a_scheduled_message_is_kept_its_retention_from_its_send_at() {
     };
     let week = 7 * 24 * 3600;
     assert_eq!(m.expires_at, Some(send_at.timestamp() + week));
+    // A scheduled broadcast too (its messages copy its expiry).
+    let template: kirim::service::send::TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
+    let b = kirim::service::broadcasts::create_campaign(
+        &deps,
+        &tenant.id,
+        template,
+        vec!["+60123456780".to_owned()],
+        kirim::service::broadcasts::CampaignIn {
+            send_at: Some(send_at.to_rfc3339()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let stored = deps
+        .broadcasts
+        .get_broadcast(&tenant.id, &b.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.expires_at, Some(send_at.timestamp() + week));
     clock.advance(chrono::Duration::days(29));
     assert!(
         deps.messages

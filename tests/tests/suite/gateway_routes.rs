@@ -233,3 +233,17 @@ async fn a_request_no_route_takes_reaches_admin_api_and_answers_in_the_api_s_sha
         assert_eq!(v["error"]["code"], code, "{method} {path}: {v}");
     }
 }
+
+/// The template cannot deploy a message retention the functions refuse at start (every
+/// function would then fail its configuration check on its cold start).
+#[test]
+fn the_template_s_message_retention_parameter_allows_only_what_the_functions_accept() {
+    let doc: Value = serde_yaml::from_str(TEMPLATE).expect("template.yaml parses");
+    let min_days = doc["Parameters"]["RetentionMessagesDays"]["MinValue"]
+        .as_u64()
+        .expect("a MinValue");
+    assert!(
+        min_days * 86_400 >= kirim::config::MIN_MESSAGES_RETENTION.as_secs(),
+        "MinValue {min_days} days"
+    );
+}
