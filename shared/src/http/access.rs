@@ -345,19 +345,6 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     let action = format!("{} {}", rule.method, rule.path);
     let addr = req.extensions().get::<ClientIp>().and_then(|c| c.0);
     let ip = addr.map(|ip| ip.to_string());
-    // An address that spent its allowance of refused credentials waits, before any lookup
-    // and unaudited (its refusals so far were each audited): a flood of bad or missing
-    // keys must not become a flood of secret and key reads and of platform audit writes.
-    if rule.access != Access::Public {
-        if let Err(wait) = state
-            .limits
-            .credentials_allowed(addr, state.deps.clock.now())
-        {
-            crate::metrics::limited("bad_credentials");
-            tracing::info!(route = %path, method = %req.method(), outcome = "denied", reason = "rate_limited", "request refused");
-            return ApiError::from(ServiceError::from(wait)).into_response();
-        }
-    }
     let (mut parts, body) = req.into_parts();
     match check(&state, &parts, rule.access).await {
         Ok(ctx) => {
@@ -433,8 +420,19 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
         }
         Err(denial) => {
             let res = ApiError::from(denial.error).into_response();
+            // An address that spent its allowance of refused credentials has its next
+            // refusals answered `429`, unaudited (its refusals so far were each audited):
+            // a flood of bad or missing keys must not become a flood of platform audit
+            // writes. Its valid credentials still pass: another client behind the same
+            // address is not held by this one's.
             if res.status() == StatusCode::UNAUTHORIZED {
-                state.limits.bad_credentials(addr, state.deps.clock.now());
+                let now = state.deps.clock.now();
+                if let Err(wait) = state.limits.credentials_allowed(addr, now) {
+                    crate::metrics::limited("bad_credentials");
+                    tracing::info!(route = %path, method = %parts.method, outcome = "denied", reason = "rate_limited", "request refused");
+                    return ApiError::from(ServiceError::from(wait)).into_response();
+                }
+                state.limits.bad_credentials(addr, now);
             }
             let code = res
                 .extensions()
