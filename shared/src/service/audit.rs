@@ -1146,6 +1146,17 @@ pub async fn verify_within(
                 beyond = Some(e.clone()).filter(|e| e.seq == h.seq + 1);
                 break 'pages;
             }
+            // Resumed where an earlier request stopped, and the events right after it have
+            // expired since (the oldest end of a busy chain): the chain now starts here,
+            // checked as a first event is (its predecessor's expiry), not as a gap.
+            if check.checked > 0
+                && check.last.as_ref().is_some_and(|(seq, _)| e.seq > seq + 1)
+                && resume
+                    .as_ref()
+                    .is_some_and(|c| Some(c.seq) == check.last.as_ref().map(|l| l.0))
+            {
+                check.last = None;
+            }
             if !check.feed(e) {
                 break 'pages;
             }

@@ -916,6 +916,57 @@ async fn an_event_edited_in_dynamodb_fails_verification() {
 }
 
 /// The oldest events expire (2-year TTL, here shortened); the rest still verifies.
+/// A verification resumed after the events right after its cursor expired (the oldest end
+/// of a busy chain, between two requests) is not a break: the chain now starts later, and
+/// is checked as a chain's first retained event is.
+#[tokio::test]
+async fn a_resumed_verification_past_events_that_expired_meanwhile_still_verifies() {
+    use kirim::service::audit::VerifyBudget;
+    let clock = ManualClock::new();
+    let mut settings = kirim_tests::test_settings();
+    settings.retention.audit = std::time::Duration::from_secs(3600);
+    let deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
+    let tenant = TenantId::generate();
+    let draft = |n: u32| audit::Draft {
+        tenant: Some(tenant.clone()),
+        actor_type: "api_key",
+        actor_id: "k".into(),
+        action: format!("POST /v1/messages#{n}"),
+        ip: None,
+        outcome: kirim::ports::AuditOutcome::Success,
+        details: json!({}),
+    };
+    for n in 0..3 {
+        audit::record(&deps, draft(n)).await.unwrap();
+    }
+    clock.advance(chrono::Duration::minutes(40));
+    for n in 3..6 {
+        audit::record(&deps, draft(n)).await.unwrap();
+    }
+    let budget = VerifyBudget {
+        page_size: 2,
+        pages: 1,
+        time: std::time::Duration::from_secs(60),
+    };
+    let first = audit::verify_within(&deps, &tenant, None, budget)
+        .await
+        .unwrap();
+    assert_eq!((first.checked, first.complete), (2, false), "{first:?}");
+    // The first three expire before the verification goes on.
+    clock.advance(chrono::Duration::minutes(30));
+    let mut cursor = first.next_cursor;
+    let mut last = None;
+    while let Some(c) = cursor {
+        let v = audit::verify_within(&deps, &tenant, Some(&c), budget)
+            .await
+            .unwrap();
+        assert!(v.valid, "{v:?}");
+        cursor = v.next_cursor.clone();
+        last = Some(v);
+    }
+    assert!(last.is_some_and(|v| v.complete));
+}
+
 #[tokio::test]
 async fn the_chain_still_verifies_after_its_oldest_events_expire() {
     let clock = ManualClock::new();
