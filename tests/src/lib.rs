@@ -319,6 +319,28 @@ impl TestApp {
     }
 }
 
+/// An approved utility template of no parameters in a WABA's catalogue, as a sync writes
+/// one (tests put it there directly: no Meta to sync from).
+pub fn approved_template(
+    waba_id: &str,
+    name: &str,
+    language: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> kirim::ports::CatalogueTemplate {
+    kirim::ports::CatalogueTemplate {
+        waba_id: waba_id.to_owned(),
+        name: name.to_owned(),
+        language: language.to_owned(),
+        category: kirim::domain::TemplateCategory::Utility,
+        status: kirim::domain::TemplateStatus::Approved,
+        quality: kirim::domain::TemplateQuality::Green,
+        body_parameters: 0,
+        meta_id: None,
+        updated_at: at,
+        expires_at: None,
+    }
+}
+
 /// A template of the sandbox's catalogue for each category (each takes one body
 /// parameter), as a send's `template` object with its category given.
 pub fn template_of(category: &str) -> serde_json::Value {

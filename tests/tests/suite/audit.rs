@@ -916,12 +916,12 @@ async fn an_event_edited_in_dynamodb_fails_verification() {
 }
 
 /// The oldest events expire (2-year TTL, here shortened); the rest still verifies.
-/// A verification resumed after the events right after its cursor expired (the oldest end
-/// of a busy chain, between two requests) is not a break: the chain now starts later, and
-/// is checked as a chain's first retained event is.
-#[tokio::test]
-async fn a_resumed_verification_past_events_that_expired_meanwhile_still_verifies() {
-    use kirim::service::audit::VerifyBudget;
+/// Memory deps whose audit events are kept an hour, and a tenant's chain of `old` events
+/// then, 40 minutes later, `new` more: the clock, the deps and the tenant.
+async fn chain_kept_an_hour(
+    old: u32,
+    new: u32,
+) -> (std::sync::Arc<ManualClock>, kirim::service::Deps, TenantId) {
     let clock = ManualClock::new();
     let mut settings = kirim_tests::test_settings();
     settings.retention.audit = std::time::Duration::from_secs(3600);
@@ -936,13 +936,23 @@ async fn a_resumed_verification_past_events_that_expired_meanwhile_still_verifie
         outcome: kirim::ports::AuditOutcome::Success,
         details: json!({}),
     };
-    for n in 0..3 {
+    for n in 0..old {
         audit::record(&deps, draft(n)).await.unwrap();
     }
     clock.advance(chrono::Duration::minutes(40));
-    for n in 3..6 {
+    for n in old..old + new {
         audit::record(&deps, draft(n)).await.unwrap();
     }
+    (clock, deps, tenant)
+}
+
+/// A verification resumed after the events right after its cursor expired (the oldest end
+/// of a busy chain, between two requests) is not a break: the chain now starts later, and
+/// is checked as a chain's first retained event is.
+#[tokio::test]
+async fn a_resumed_verification_past_events_that_expired_meanwhile_still_verifies() {
+    use kirim::service::audit::VerifyBudget;
+    let (clock, deps, tenant) = chain_kept_an_hour(3, 3).await;
     let budget = VerifyBudget {
         page_size: 2,
         pages: 1,
@@ -969,27 +979,7 @@ async fn a_resumed_verification_past_events_that_expired_meanwhile_still_verifie
 
 #[tokio::test]
 async fn the_chain_still_verifies_after_its_oldest_events_expire() {
-    let clock = ManualClock::new();
-    let mut settings = kirim_tests::test_settings();
-    settings.retention.audit = std::time::Duration::from_secs(3600);
-    let deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
-    let tenant = TenantId::generate();
-    let draft = |n: u32| audit::Draft {
-        tenant: Some(tenant.clone()),
-        actor_type: "api_key",
-        actor_id: "k".into(),
-        action: format!("POST /v1/messages#{n}"),
-        ip: None,
-        outcome: kirim::ports::AuditOutcome::Success,
-        details: json!({}),
-    };
-    for n in 0..3 {
-        audit::record(&deps, draft(n)).await.unwrap();
-    }
-    clock.advance(chrono::Duration::minutes(40));
-    for n in 3..5 {
-        audit::record(&deps, draft(n)).await.unwrap();
-    }
+    let (clock, deps, tenant) = chain_kept_an_hour(3, 2).await;
     assert_eq!(
         audit::verify(&deps, &tenant, None).await.unwrap().checked,
         5

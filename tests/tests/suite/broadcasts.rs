@@ -492,18 +492,12 @@ async fn promo_tenant(
     .unwrap();
     let (tenant, key) = accounts::create_tenant(deps, req).await.unwrap();
     deps.templates
-        .put_template(&kirim::ports::CatalogueTemplate {
-            waba_id: "1".into(),
-            name: "promo".into(),
-            language: "en".into(),
-            category: kirim::domain::TemplateCategory::Utility,
-            status: kirim::domain::TemplateStatus::Approved,
-            quality: kirim::domain::TemplateQuality::Green,
-            body_parameters: 0,
-            meta_id: None,
-            updated_at: chrono::Utc::now(),
-            expires_at: None,
-        })
+        .put_template(&kirim_tests::approved_template(
+            "1",
+            "promo",
+            "en",
+            chrono::Utc::now(),
+        ))
         .await
         .unwrap();
     (tenant, key)

@@ -200,18 +200,7 @@ fn number_of(t: &Tenant, id: &str, clock: &ManualClock) -> PhoneNumberRecord {
 }
 
 fn template_of(t: &Tenant, clock: &ManualClock) -> CatalogueTemplate {
-    CatalogueTemplate {
-        waba_id: t.waba_id.clone(),
-        name: "order_update".into(),
-        language: "en".into(),
-        category: kirim::domain::TemplateCategory::Utility,
-        status: kirim::domain::TemplateStatus::Approved,
-        quality: kirim::domain::TemplateQuality::Green,
-        body_parameters: 0,
-        meta_id: None,
-        updated_at: clock.now(),
-        expires_at: None,
-    }
+    kirim_tests::approved_template(&t.waba_id, "order_update", "en", clock.now())
 }
 
 async fn template_status(deps: &Deps, t: &Tenant) -> Option<kirim::domain::TemplateStatus> {

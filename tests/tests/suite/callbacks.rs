@@ -612,21 +612,18 @@ impl kirim::ports::StatusCallbackStore for LaggingSettings {
     }
 }
 
-/// A callback job exists because a process found the tenant's setting: a sender whose own
-/// read of it lags (a setting made a moment ago) confirms the absence with a consistent
-/// read and delivers, instead of dropping the job without a trace.
-#[tokio::test]
-async fn a_callback_whose_setting_reads_absent_a_moment_after_it_was_set_is_still_delivered() {
-    use kirim::domain::{MessageId, MessageStatus};
-    use kirim::service::callbacks;
-    use kirim::service::jobs::{CallbackJob, QueueJob};
+/// A tenant of a memory app whose status callbacks go to a receiver answering every
+/// request `answer`; the app, the tenant and how many requests the receiver got.
+async fn tenant_with_a_receiver_answering(
+    answer: StatusCode,
+) -> (TestApp, kirim_tests::Onboarded, Arc<AtomicUsize>) {
     let app = spawn_app(kirim::config::Backend::Memory).await;
     let t = app.onboard(1).await;
-    let delivered = Arc::new(AtomicUsize::new(0));
-    let seen = delivered.clone();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
     let receiver = axum::Router::new().fallback(move || {
         seen.fetch_add(1, Ordering::SeqCst);
-        async { StatusCode::OK }
+        async move { answer }
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -634,19 +631,39 @@ async fn a_callback_whose_setting_reads_absent_a_moment_after_it_was_set_is_stil
     let (status, body) =
         set_callback(&app, &t.key, json!({"url": url, "secret": CALLBACK_SECRET})).await;
     assert_eq!(status, 200, "{body}");
-    let mut deps = app.app.deps.clone();
-    deps.status_callbacks = Arc::new(LaggingSettings(deps.status_callbacks.clone()));
-    let job = QueueJob::StatusCallback(CallbackJob {
+    (app, t, requests)
+}
+
+/// A queued callback job of the tenant's, for a message of its own, as its body.
+fn callback_job(
+    t: &kirim_tests::Onboarded,
+    status: kirim::domain::MessageStatus,
+    sequence: u32,
+) -> String {
+    use kirim::service::jobs::{CallbackJob, QueueJob};
+    QueueJob::StatusCallback(CallbackJob {
         tenant_id: kirim::domain::TenantId::from_trusted(t.tenant_id.clone()),
-        message_id: MessageId::generate(),
-        status: MessageStatus::Sent,
+        message_id: kirim::domain::MessageId::generate(),
+        status,
         at: chrono::Utc::now(),
-        sequence: 1,
+        sequence,
         error: None,
         client_reference: None,
     })
     .to_body()
-    .unwrap();
+    .unwrap()
+}
+
+/// A callback job exists because a process found the tenant's setting: a sender whose own
+/// read of it lags (a setting made a moment ago) confirms the absence with a consistent
+/// read and delivers, instead of dropping the job without a trace.
+#[tokio::test]
+async fn a_callback_whose_setting_reads_absent_a_moment_after_it_was_set_is_still_delivered() {
+    use kirim::service::callbacks;
+    let (app, t, delivered) = tenant_with_a_receiver_answering(StatusCode::OK).await;
+    let mut deps = app.app.deps.clone();
+    deps.status_callbacks = Arc::new(LaggingSettings(deps.status_callbacks.clone()));
+    let job = callback_job(&t, kirim::domain::MessageStatus::Sent, 1);
     assert_eq!(
         callbacks::handle_batch(&deps, &[(job, 1)]).await,
         [Outcome::Done]
@@ -664,38 +681,13 @@ async fn a_callback_whose_setting_reads_absent_a_moment_after_it_was_set_is_stil
 /// further try.
 #[tokio::test]
 async fn a_callback_given_up_is_left_to_the_dead_letter_queue_not_deleted() {
-    use kirim::domain::{MessageId, MessageStatus};
     use kirim::service::callbacks;
-    use kirim::service::jobs::{CallbackJob, QueueJob};
-    let app = spawn_app(kirim::config::Backend::Memory).await;
-    let t = app.onboard(1).await;
-    let tries = Arc::new(AtomicUsize::new(0));
-    let seen = tries.clone();
-    let receiver = axum::Router::new().fallback(move || {
-        seen.fetch_add(1, Ordering::SeqCst);
-        async { StatusCode::SERVICE_UNAVAILABLE }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, receiver).await });
-    let (status, body) =
-        set_callback(&app, &t.key, json!({"url": url, "secret": CALLBACK_SECRET})).await;
-    assert_eq!(status, 200, "{body}");
+    let (app, t, tries) = tenant_with_a_receiver_answering(StatusCode::SERVICE_UNAVAILABLE).await;
     let mut deps = app.app.deps.clone();
     let mut settings = (*deps.settings).clone();
     settings.callback_max_attempts = 2;
     deps.settings = Arc::new(settings);
-    let job = QueueJob::StatusCallback(CallbackJob {
-        tenant_id: kirim::domain::TenantId::from_trusted(t.tenant_id.clone()),
-        message_id: MessageId::generate(),
-        status: MessageStatus::Delivered,
-        at: chrono::Utc::now(),
-        sequence: 3,
-        error: None,
-        client_reference: None,
-    })
-    .to_body()
-    .unwrap();
+    let job = callback_job(&t, kirim::domain::MessageStatus::Delivered, 3);
     let outcome = callbacks::handle_batch(&deps, &[(job.clone(), 1)]).await;
     assert!(
         matches!(outcome[..], [Outcome::RetryAfter(_)]),

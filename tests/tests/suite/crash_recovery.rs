@@ -58,17 +58,22 @@ impl DispatchQueue for LostJobs {
     }
 }
 
-async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process(
-    backend: Backend,
-) {
-    let t = spawn_app(backend).await;
-    let o = t.onboard(5).await;
+/// The keyed send of `order_update` to `to` (reference `text`), accepted by a process
+/// that then died before its job left (its queue loses every job): the message is
+/// recorded and charged, and nothing will dispatch it. Answers the body and the message.
+async fn accepted_with_its_job_lost(
+    t: &TestApp,
+    o: &kirim_tests::Onboarded,
+    to: &str,
+    key: &str,
+    text: &str,
+) -> (serde_json::Value, kirim::domain::MessageRecord) {
     let body = json!({
-        "to": "+60123459901",
+        "to": to,
         "template": {"name": "order_update", "language": "en_US", "category": "utility",
-                     "components": [{"type": "body", "parameters": [{"type": "text", "text": "A-1"}]}]},
+                     "components": [{"type": "body", "parameters": [{"type": "text", "text": text}]}]},
     });
-    let key = IdempotencyKey::parse("order-a-1").expect("a key");
+    let key = IdempotencyKey::parse(key).expect("a key");
     let idem = Idempotent {
         fingerprint: key.fingerprint(&body),
         key,
@@ -79,6 +84,22 @@ async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_proc
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
     let Ok(Accepted::New(first)) = send_once(&crashed, &tenant, req, Some(&idem)).await else {
         panic!("the first request was accepted");
+    };
+    (body, *first)
+}
+
+async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let (body, first) =
+        accepted_with_its_job_lost(&t, &o, "+60123459901", "order-a-1", "A-1").await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let key = IdempotencyKey::parse("order-a-1").expect("a key");
+    let idem = Idempotent {
+        fingerprint: key.fingerprint(&body),
+        key,
     };
     assert_eq!(t.credits(&o.key).await, 4, "the first request was charged");
 
@@ -145,23 +166,8 @@ async fn a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accep
 ) {
     let t = spawn_app(backend).await;
     let o = t.onboard(5).await;
-    let body = json!({
-        "to": "+60123459911",
-        "template": {"name": "order_update", "language": "en_US", "category": "utility",
-                     "components": [{"type": "body", "parameters": [{"type": "text", "text": "A-2"}]}]},
-    });
-    let key = IdempotencyKey::parse("order-a-2").expect("a key");
-    let idem = Idempotent {
-        fingerprint: key.fingerprint(&body),
-        key,
-    };
-    let mut crashed = t.app.deps.clone();
-    crashed.queue = Arc::new(LostJobs);
-    let req: SendRequest = serde_json::from_value(body.clone()).expect("a send request");
-    let tenant = TenantId::from_trusted(o.tenant_id.clone());
-    let Ok(Accepted::New(first)) = send_once(&crashed, &tenant, req, Some(&idem)).await else {
-        panic!("the first request was accepted");
-    };
+    let (body, first) =
+        accepted_with_its_job_lost(&t, &o, "+60123459911", "order-a-2", "A-2").await;
     // A second number on another WABA, where Meta paused the template, becomes the
     // default.
     let (second, waba) = (
@@ -1218,18 +1224,12 @@ async fn a_scheduled_message_is_kept_its_retention_from_its_send_at() {
     let now = kirim::ports::Clock::now(&*clock);
     let send_at = now + chrono::Duration::days(30);
     deps.templates
-        .put_template(&kirim::ports::CatalogueTemplate {
-            waba_id: tenant.waba_id.clone(),
-            name: "promo".into(),
-            language: "en".into(),
-            category: kirim::domain::TemplateCategory::Utility,
-            status: kirim::domain::TemplateStatus::Approved,
-            quality: kirim::domain::TemplateQuality::Green,
-            body_parameters: 0,
-            meta_id: None,
-            updated_at: now,
-            expires_at: None,
-        })
+        .put_template(&kirim_tests::approved_template(
+            &tenant.waba_id,
+            "promo",
+            "en",
+            now,
+        ))
         .await
         .unwrap();
     let body = json!({"to": "+60123456789", "template": {"name": "promo", "language": "en"},
