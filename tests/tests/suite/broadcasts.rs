@@ -687,24 +687,32 @@ async fn a_refused_scheduled_requests_job_is_dropped_at_its_first_look_not_kept_
     }
 }
 
-/// `recipients.csv` lists each recipient once, also while the fan-out goes on: one whose
-/// message is recorded between the request and the walk's reaching it is written out with
-/// its message, not again as a pending recipient.
-#[tokio::test]
-async fn recipients_csv_lists_each_recipient_once_while_the_fan_out_goes_on() {
+/// A broadcast of `promo` from number `number` to 5 recipients (`{prefix}0000` to
+/// `{prefix}0004`), accepted and not fanned out yet, and a `recipients.csv` request made
+/// then (its body not read yet): the deps, the tenant, the broadcast's fan-out job and the
+/// response.
+async fn csv_requested_before_the_fan_out(
+    number: &str,
+    prefix: &str,
+) -> (
+    kirim::service::Deps,
+    kirim::ports::Tenant,
+    kirim::service::broadcasts::Accepted,
+    kirim::service::jobs::FanoutJob,
+    axum::response::Response,
+) {
     use kirim::service::{broadcasts, send::TemplateIn};
     use tower::ServiceExt;
     let clock = kirim_tests::ManualClock::new();
     let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
-    let (tenant, key) = promo_tenant(&deps, "131", 10).await;
+    let (tenant, key) = promo_tenant(&deps, number, 10).await;
     let template: TemplateIn =
         serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
-    let recipients: Vec<String> = (0..5).map(|i| format!("+6012345{i:04}")).collect();
+    let recipients: Vec<String> = (0..5).map(|i| format!("{prefix}{i:04}")).collect();
     let accepted = broadcasts::create(&deps, &tenant.id, template, recipients, None)
         .await
         .unwrap();
     let fan_out = next_fan_out(&deps).await;
-    // The request reads the broadcast (nothing recorded yet)...
     let res = kirim::http::send_api_router(deps.clone())
         .oneshot(
             axum::http::Request::builder()
@@ -716,6 +724,17 @@ async fn recipients_csv_lists_each_recipient_once_while_the_fan_out_goes_on() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    (deps, tenant, accepted, fan_out, res)
+}
+
+/// `recipients.csv` lists each recipient once, also while the fan-out goes on: one whose
+/// message is recorded between the request and the walk's reaching it is written out with
+/// its message, not again as a pending recipient.
+#[tokio::test]
+async fn recipients_csv_lists_each_recipient_once_while_the_fan_out_goes_on() {
+    use kirim::service::broadcasts;
+    // The request reads the broadcast (nothing recorded yet)...
+    let (deps, _, _, fan_out, res) = csv_requested_before_the_fan_out("131", "+6012345").await;
     // ...then the fan-out records its first slice before the body is read (the list
     // stays: the rest go in the next slice).
     broadcasts::fan_out_in_slices(&deps, &fan_out, 2)
@@ -739,29 +758,9 @@ async fn recipients_csv_lists_each_recipient_once_while_the_fan_out_goes_on() {
 #[tokio::test]
 async fn recipients_csv_lists_every_recipient_when_the_fan_out_finishes_during_the_walk() {
     use futures::StreamExt;
-    use kirim::service::{broadcasts, send::TemplateIn};
-    use tower::ServiceExt;
-    let clock = kirim_tests::ManualClock::new();
-    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
-    let (tenant, key) = promo_tenant(&deps, "134", 10).await;
-    let template: TemplateIn =
-        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
-    let recipients: Vec<String> = (0..5).map(|i| format!("+6012346{i:04}")).collect();
-    let accepted = broadcasts::create(&deps, &tenant.id, template, recipients, None)
-        .await
-        .unwrap();
-    let fan_out = next_fan_out(&deps).await;
-    let res = kirim::http::send_api_router(deps.clone())
-        .oneshot(
-            axum::http::Request::builder()
-                .uri(format!("/v1/broadcasts/{}/recipients.csv", accepted.id))
-                .header("authorization", format!("Bearer {}", key.expose()))
-                .body(axum::body::Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    use kirim::service::broadcasts;
+    let (deps, tenant, accepted, fan_out, res) =
+        csv_requested_before_the_fan_out("134", "+6012346").await;
     let mut body = res.into_body().into_data_stream();
     // The header, then the walk's one page: no message recorded yet.
     let mut csv = String::new();

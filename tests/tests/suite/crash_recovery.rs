@@ -58,6 +58,23 @@ impl DispatchQueue for LostJobs {
     }
 }
 
+/// `POST /v1/messages` of `body` with `key` as its `Idempotency-Key`.
+async fn post_keyed(
+    t: &TestApp,
+    api_key: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    t.http
+        .post(t.url("/v1/messages"))
+        .bearer_auth(api_key)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .expect("the retry")
+}
+
 /// The keyed send of `order_update` to `to` (reference `text`), accepted by a process
 /// that then died before its job left (its queue loses every job): the message is
 /// recorded and charged, and nothing will dispatch it. Answers the body and the message.
@@ -114,15 +131,7 @@ async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_proc
     ));
     assert_eq!(t.credits(&o.key).await, 4, "nothing charged again");
 
-    let res = t
-        .http
-        .post(t.url("/v1/messages"))
-        .bearer_auth(&o.key)
-        .header("Idempotency-Key", "order-a-1")
-        .json(&body)
-        .send()
-        .await
-        .expect("the retry");
+    let res = post_keyed(&t, &o.key, "order-a-1", &body).await;
     assert_eq!(res.status(), 202);
     assert_eq!(
         res.headers()
@@ -143,15 +152,7 @@ async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_proc
     assert_eq!(t.credits(&o.key).await, 4, "charged once");
 
     // Another retry of a message that is under way or done queues nothing more.
-    let again = t
-        .http
-        .post(t.url("/v1/messages"))
-        .bearer_auth(&o.key)
-        .header("Idempotency-Key", "order-a-1")
-        .json(&body)
-        .send()
-        .await
-        .expect("a later retry");
+    let again = post_keyed(&t, &o.key, "order-a-1", &body).await;
     assert_eq!(again.status(), 202);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(t.sandbox_requests_to("60123459901").len(), 1, "still once");
@@ -201,15 +202,7 @@ async fn a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accep
         .await
         .expect("the default");
     assert_eq!(res.status(), 200);
-    let res = t
-        .http
-        .post(t.url("/v1/messages"))
-        .bearer_auth(&o.key)
-        .header("Idempotency-Key", "order-a-2")
-        .json(&body)
-        .send()
-        .await
-        .expect("the retry");
+    let res = post_keyed(&t, &o.key, "order-a-2", &body).await;
     assert_eq!(res.status(), 202);
     let m = t.wait_status(&o.key, first.id.as_str(), "read").await;
     assert_eq!(m["status"], "read", "sent after the retry: {m}");
