@@ -138,8 +138,7 @@ async fn login(
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> Response {
     let addr = client.and_then(|c| c.0 .0);
-    let email = users::normalise_email(&req.email);
-    let res = login_response(&s, req, addr).await;
+    let (res, who) = login_response(&s, req, addr).await;
     // Refused for its address's rate (no credentials needed): not audited
     // (`access::authorize` skips a 429 that carries no note), so no lookup of whose login it
     // was either. A user's second factor locked after a right password is audited.
@@ -147,11 +146,8 @@ async fn login(
     if res.status() == StatusCode::TOO_MANY_REQUESTS && !totp_locked {
         return res;
     }
-    // Whose login this was, for the audit trail (the tenant's chain, both outcomes).
-    let who = match email {
-        Some(e) => s.deps.users.user_by_email(&e).await.ok().flatten(),
-        None => None,
-    };
+    // Whose login this was (as the attempt found the user: no second read), for the audit
+    // trail (the tenant's chain, both outcomes).
     let result = match res.status() {
         StatusCode::OK => "ok",
         _ if totp_locked => "totp_rate_limited",
@@ -162,8 +158,8 @@ async fn login(
     };
     let mut res = res;
     res.extensions_mut().insert(super::access::AuditNote {
-        tenant: who.as_ref().map(|u| u.tenant_id.clone()),
-        actor: who.as_ref().map(|u| ("user", u.id.clone())),
+        tenant: who.as_ref().map(|(tenant, _)| tenant.clone()),
+        actor: who.map(|(_, id)| ("user", id)),
         details: json!({"result": result}),
     });
     res
@@ -173,8 +169,9 @@ async fn login_response(
     s: &AppState,
     req: LoginRequest,
     addr: Option<std::net::IpAddr>,
-) -> Response {
-    match users::login(&s.deps, req, addr).await {
+) -> (Response, Option<(crate::domain::TenantId, String)>) {
+    let (result, who) = users::login_as(&s.deps, req, addr).await;
+    let res = match result {
         Ok(ok) => {
             let mut body = json!({
                 "token": ok.token.expose(),
@@ -186,7 +183,8 @@ async fn login_response(
             Json(body).into_response()
         }
         Err(e) => login_error(e),
-    }
+    };
+    (res, who)
 }
 
 async fn logout(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {

@@ -440,10 +440,31 @@ pub async fn login(
     req: LoginRequest,
     addr: Option<std::net::IpAddr>,
 ) -> Result<LoggedIn, LoginError> {
+    login_as(deps, req, addr).await.0
+}
+
+/// [`login`], and whose login it was (the user's tenant and id, when the email is a
+/// user's), for the audit trail: no second read of the user for it.
+pub async fn login_as(
+    deps: &Deps,
+    req: LoginRequest,
+    addr: Option<std::net::IpAddr>,
+) -> (Result<LoggedIn, LoginError>, Option<(TenantId, String)>) {
+    let mut who = None;
+    let result = login_once(deps, req, addr, &mut who).await;
+    (result, who)
+}
+
+async fn login_once(
+    deps: &Deps,
+    req: LoginRequest,
+    addr: Option<std::net::IpAddr>,
+    who: &mut Option<(TenantId, String)>,
+) -> Result<LoggedIn, LoginError> {
     let now = deps.clock.now();
     let counters = counters(&req.email, addr);
     let taken = Taken::default();
-    let result = attempt(deps, req, now, &counters, &taken).await;
+    let result = attempt(deps, req, now, &counters, &taken, who).await;
     if let Err(LoginError::Service(e)) = &result {
         // A store, KMS or Secrets Manager failure part-way is not the caller's failure:
         // what the gates took and nothing settled yet is given back (best effort; a
@@ -523,6 +544,7 @@ async fn attempt(
     now: DateTime<Utc>,
     counters: &[LoginCounter; 2],
     taken: &Taken,
+    who: &mut Option<(TenantId, String)>,
 ) -> Result<LoggedIn, LoginError> {
     let password = Secret::new(req.password);
     let now_secs = now.timestamp();
@@ -559,6 +581,7 @@ async fn attempt(
         return failed("invalid_credentials", LoginError::InvalidCredentials).await;
     };
     let (tenant, id) = (&user.tenant_id, user.id.as_str());
+    *who = Some((tenant.clone(), id.to_owned()));
     if !verify_password(password, Some(user.password_hash.clone())).await? {
         return failed("invalid_credentials", LoginError::InvalidCredentials).await;
     }
