@@ -1149,12 +1149,10 @@ pub async fn verify_within(
             // Resumed where an earlier request stopped, and the events right after it have
             // expired since (the oldest end of a busy chain): the chain now starts here,
             // checked as a first event is (its predecessor's expiry), not as a gap.
-            if check.checked > 0
-                && check.last.as_ref().is_some_and(|(seq, _)| e.seq > seq + 1)
-                && resume
-                    .as_ref()
-                    .is_some_and(|c| Some(c.seq) == check.last.as_ref().map(|l| l.0))
-            {
+            let at_resume = |(seq, _): &(u64, String)| {
+                resume.as_ref().is_some_and(|c| c.seq == *seq) && e.seq > seq + 1
+            };
+            if check.last.as_ref().is_some_and(at_resume) {
                 check.last = None;
             }
             if !check.feed(e) {

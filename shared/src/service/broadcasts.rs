@@ -363,11 +363,10 @@ pub async fn create_campaign(
         },
         enqueued: 0,
         created_at: now,
-        // Kept its retention from when it is to start (its messages copy it), as a
-        // scheduled message is: a retention shorter than its wait would lose it first.
+        // Its messages copy it.
         expires_at: deps.settings.retention.expiry(
             RetentionClass::Messages,
-            send_at.map_or(now, |at| at.max(now)),
+            super::schedule::starts(send_at, now),
         ),
         name,
         from: Some(sender.phone_number_id.clone()),

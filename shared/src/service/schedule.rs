@@ -88,6 +88,12 @@ pub fn looks_at(deps: &super::Deps, id: &str, wait: Duration) -> bool {
     looks_now(wait, hop) || super::deadline::age_of(deps, id) < young
 }
 
+/// When a message (or a campaign) accepted at `now` to start at `send_at` starts: what its
+/// retention counts from, so that a retention shorter than its wait never loses it first.
+pub fn starts(send_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> DateTime<Utc> {
+    send_at.map_or(now, |at| at.max(now))
+}
+
 /// How long a job due at `send_at` still waits, at `now`: `None` when it is due.
 pub fn wait(send_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<Duration> {
     let at = send_at?;

@@ -298,11 +298,9 @@ async fn accept(
         client_reference,
         created_at: now,
         updated_at: now,
-        // Kept its retention from when it is to be sent: a message scheduled further ahead
-        // than a short retention would otherwise be gone before its job comes for it.
         expires_at: retention.expiry(
             RetentionClass::Messages,
-            send_at.map_or(now, |at| at.max(now)),
+            super::schedule::starts(send_at, now),
         ),
         broadcast_id: None,
         send_at,

@@ -1489,6 +1489,20 @@ async fn a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_
     );
 }
 
+/// A tenant with `credits` on `b`'s stores, a manual clock and a process's deps.
+async fn tenant_on_a_manual_clock(
+    b: Backend,
+    credits: i64,
+) -> (Deps, std::sync::Arc<ManualClock>, kirim::ports::Tenant) {
+    let (_, deps, clock) = crate::caches::two_processes(b).await;
+    let t = crate::contract::tenant(credits);
+    deps.tenants
+        .create_tenant(&t, &crate::contract::key_for(&t), None)
+        .await
+        .unwrap();
+    (deps, clock, t)
+}
+
 /// A campaign whose fan-out job is gone for good (parked on the dead-letter queue and
 /// expired there) would stay `scheduled` or sending, every recipient charged, forever.
 /// Once its recipient list's backstop passes (7 days after the later of its creation and
@@ -1498,12 +1512,7 @@ async fn a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_
 /// or are settled with their own refund).
 async fn the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinished(b: Backend) {
     use kirim::ports::{BroadcastStatus, Clock};
-    let (_, deps, clock) = crate::caches::two_processes(b).await;
-    let t = crate::contract::tenant(20);
-    deps.tenants
-        .create_tenant(&t, &crate::contract::key_for(&t), None)
-        .await
-        .unwrap();
+    let (deps, clock, t) = tenant_on_a_manual_clock(b, 20).await;
     let now = clock.now();
     let month = 30 * 24 * 3600;
     let list = |n: usize| -> Vec<kirim::domain::PhoneNumber> {
@@ -1637,12 +1646,7 @@ async fn the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinishe
 /// as at the sending deadline. A message that moved since, or a newer one, is left.
 async fn the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent(b: Backend) {
     use kirim::ports::Clock;
-    let (_, deps, clock) = crate::caches::two_processes(b).await;
-    let t = crate::contract::tenant(10);
-    deps.tenants
-        .create_tenant(&t, &crate::contract::key_for(&t), None)
-        .await
-        .unwrap();
+    let (deps, clock, t) = tenant_on_a_manual_clock(b, 10).await;
     let now = clock.now();
     let month = 30 * 24 * 3600;
     let mut ids = Vec::new();
