@@ -19,6 +19,10 @@ use tokio::task::JoinHandle;
 use crate::bootstrap::ensure_stack;
 use crate::sandbox::{Sandbox, SandboxConfig};
 
+/// How often local mode queues again the status callbacks its queue refused (on AWS, the
+/// `RetentionFunction`'s one-minute schedule).
+pub const OWED_CALLBACKS_EVERY: Duration = Duration::from_secs(60);
+
 #[derive(Clone, Debug)]
 pub struct LocalConfig {
     pub listen: String,
@@ -400,6 +404,17 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
     tasks.push(tokio::spawn(async move {
         loop {
             kirim::queue_handlers::poll_callbacks_once(&d, Duration::from_secs(1)).await;
+        }
+    }));
+    // Status callbacks the queue refused, queued again (on AWS, a one-minute schedule).
+    let d = deps.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(OWED_CALLBACKS_EVERY);
+        loop {
+            tick.tick().await;
+            if let Err(e) = kirim::queue_handlers::owed_callbacks(&d).await {
+                tracing::warn!(error = %e, "owed status callbacks not drained");
+            }
         }
     }));
     let d = deps.clone();

@@ -187,6 +187,10 @@ pub const SCHEDULED_RUN_BUDGET: std::time::Duration = std::time::Duration::from_
 pub async fn scheduled_retention(deps: &Deps) -> Result<retention::RetentionReport, String> {
     let until = tokio::time::Instant::now() + SCHEDULED_RUN_BUDGET;
     let report = retention::run(deps).await.map_err(|e| e.to_string())?;
+    // Also here, should the minute's schedule be missing or failing.
+    if let Err(e) = owed_callbacks(deps).await {
+        tracing::warn!(error = %e, "owed status callbacks not drained");
+    }
     // The daily template catalogue sync, for the active tenants the sweep came across
     // (bounded: `templates::MAX_SCHEDULED` WABAs and the run's time; failures and the
     // rest wait for the next run).
@@ -201,6 +205,40 @@ pub async fn scheduled_retention(deps: &Deps) -> Result<retention::RetentionRepo
         "scheduled template sync"
     );
     Ok(report)
+}
+
+/// What the retention function's event asks for: the task named by the schedule's input
+/// (`{"task":"owed_callbacks"}`, the one-minute schedule), else the daily run.
+pub fn scheduled_task(event: &serde_json::Value) -> ScheduledTask {
+    match event.get("task").and_then(|t| t.as_str()) {
+        Some(OWED_CALLBACKS_TASK) => ScheduledTask::OwedCallbacks,
+        _ => ScheduledTask::Retention,
+    }
+}
+
+/// The input of the one-minute schedule (template.yaml `RetentionFunction` events).
+pub const OWED_CALLBACKS_TASK: &str = "owed_callbacks";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduledTask {
+    Retention,
+    OwedCallbacks,
+}
+
+/// The owed-callback drain (README "Status callbacks"): status callbacks the queue refused
+/// when their move was written, queued again.
+pub async fn owed_callbacks(deps: &Deps) -> Result<crate::service::callbacks::Requeued, String> {
+    let done = crate::service::callbacks::requeue_owed(deps)
+        .await
+        .map_err(|e| e.to_string())?;
+    if done.queued > 0 || done.left > 0 {
+        tracing::info!(
+            queued = done.queued,
+            left = done.left,
+            "owed status callbacks drained"
+        );
+    }
+    Ok(done)
 }
 
 /// The status-callback consumer (a `StatusCallbackFunction` on the StatusCallbackQueue,

@@ -1,4 +1,5 @@
-//! The `retention` Lambda: the daily EventBridge schedule → the retention run.
+//! The `retention` Lambda: the daily EventBridge schedule → the retention run; the
+//! one-minute schedule (input `{"task":"owed_callbacks"}`) → the owed-callback drain.
 //! Business rules live in the `kirim` crate; this file only wires.
 //! `run` is the whole function; `main.rs` and the multi-call `kirim-lambda` binary call it.
 
@@ -10,10 +11,18 @@ pub async fn run() -> Result<(), lambda_runtime::Error> {
     let deps = lambda_deps(Function::Retention).await?;
     let deps = &deps;
     lambda_runtime::run(service_fn(
-        move |_: LambdaEvent<serde_json::Value>| async move {
-            let report =
-                kirim::metrics::flushed(kirim::queue_handlers::scheduled_retention(deps)).await?;
-            Ok::<_, Error>(serde_json::to_value(report)?)
+        move |event: LambdaEvent<serde_json::Value>| async move {
+            use kirim::queue_handlers::{self as q, ScheduledTask};
+            match q::scheduled_task(&event.payload) {
+                ScheduledTask::OwedCallbacks => {
+                    let done = kirim::metrics::flushed(q::owed_callbacks(deps)).await?;
+                    Ok::<_, Error>(serde_json::to_value(done)?)
+                }
+                ScheduledTask::Retention => {
+                    let report = kirim::metrics::flushed(q::scheduled_retention(deps)).await?;
+                    Ok(serde_json::to_value(report)?)
+                }
+            }
         },
     ))
     .await

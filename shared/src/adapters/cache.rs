@@ -54,9 +54,9 @@ use chrono::{DateTime, Utc};
 use crate::domain::TemplateQuality;
 use crate::domain::{TemplateChange, TenantId};
 use crate::ports::{
-    ApiKeyRecord, ApiKeyStore, CatalogueTemplate, Clock, LedgerEntry, PhoneNumberRecord,
-    PhoneNumberStore, StatusCallback, StatusCallbackStore, TemplatePage, TemplateQuery,
-    TemplateStore, Tenant, TenantStatus, TenantStore,
+    ApiKeyRecord, ApiKeyStore, CatalogueTemplate, Clock, LedgerEntry, OwedCallback,
+    PhoneNumberRecord, PhoneNumberStore, StatusCallback, StatusCallbackStore, TemplatePage,
+    TemplateQuery, TemplateStore, Tenant, TenantStatus, TenantStore,
 };
 use crate::store_error::StoreError;
 
@@ -360,6 +360,19 @@ impl<S: StatusCallbackStore + 'static> StatusCallbackStore for ReadCache<S> {
         let r = self.inner.delete_status_callback(tenant).await;
         self.callbacks.forget(|t, _| t != tenant);
         r
+    }
+
+    // Owed callbacks are not cached: written and read only while the queue refuses.
+    async fn owe_callback(&self, owed: &OwedCallback) -> Result<(), StoreError> {
+        self.inner.owe_callback(owed).await
+    }
+
+    async fn owed_callbacks(&self, limit: usize) -> Result<Vec<OwedCallback>, StoreError> {
+        self.inner.owed_callbacks(limit).await
+    }
+
+    async fn forget_owed_callback(&self, owed: &OwedCallback) -> Result<(), StoreError> {
+        self.inner.forget_owed_callback(owed).await
     }
 }
 

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::TenantId;
+use crate::domain::{MessageId, TenantId};
 use crate::store_error::StoreError;
 
 /// A status Meta reported for a wamid no message is known by yet. Only what applying it
@@ -59,7 +59,25 @@ pub struct StatusCallback {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A status callback the queue refused (an SQS outage, throttling past the SDK's retries):
+/// kept in the table until the owed-callback drain queues it again (README "Status
+/// callbacks"). `body` is the queue message as it would have been sent: the tenant, the
+/// message id, the status, its time, Meta's error and the client's reference; no content,
+/// no recipient number. One per message and `sequence`: owing the same one twice keeps one.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OwedCallback {
+    pub tenant_id: TenantId,
+    pub message_id: MessageId,
+    pub sequence: u32,
+    pub body: String,
+    pub owed_at: DateTime<Utc>,
+    /// Epoch seconds (the `PendingStatus` retention class: as long as the queue would
+    /// have kept it).
+    pub expires_at: Option<i64>,
+}
+
 /// Tenants' status-callback settings: active configuration, kept while the tenant exists.
+/// And the callbacks owed to them: kept a week at most.
 #[async_trait]
 pub trait StatusCallbackStore: Send + Sync {
     async fn put_status_callback(&self, setting: &StatusCallback) -> Result<(), StoreError>;
@@ -77,4 +95,11 @@ pub trait StatusCallbackStore: Send + Sync {
     }
     /// `false` if there was none.
     async fn delete_status_callback(&self, tenant: &TenantId) -> Result<bool, StoreError>;
+    /// Keeps a callback the queue refused (an unconditional, idempotent write).
+    async fn owe_callback(&self, owed: &OwedCallback) -> Result<(), StoreError>;
+    /// Live owed callbacks, at most `limit`, read consistently (all tenants: what the
+    /// owed-callback drain queues again).
+    async fn owed_callbacks(&self, limit: usize) -> Result<Vec<OwedCallback>, StoreError>;
+    /// Forgets one (after it was queued); nothing if it is gone already.
+    async fn forget_owed_callback(&self, owed: &OwedCallback) -> Result<(), StoreError>;
 }

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::adapters::callback_http::{self, Delivery};
-use crate::domain::{MessageRecord, MessageStatus, TenantId};
-use crate::ports::StatusCallback;
+use crate::domain::{MessageRecord, MessageStatus, RetentionClass, TenantId};
+use crate::ports::{OwedCallback, StatusCallback};
 use crate::secret::Secret;
 
 use super::errors::ServiceError;
@@ -101,8 +101,82 @@ pub async fn status_changed(deps: &Deps, record: &MessageRecord) {
         .send_in_group(record.tenant_id.as_str(), &body)
         .await
     {
-        tracing::warn!(error = %e, "status callback not queued");
+        // The move is written and will not be made again (a redelivered status changes
+        // nothing): kept in the table, the callback is queued again by the drain.
+        tracing::warn!(error = %e, "status callback not queued; kept to be queued again");
+        owe(deps, record, sequence, body).await;
     }
+}
+
+/// Keeps a callback the queue refused, for [`requeue_owed`].
+async fn owe(deps: &Deps, record: &MessageRecord, sequence: u32, body: String) {
+    let now = deps.clock.now();
+    let owed = OwedCallback {
+        tenant_id: record.tenant_id.clone(),
+        message_id: record.id.clone(),
+        sequence,
+        body,
+        owed_at: now,
+        expires_at: deps
+            .settings
+            .retention
+            .expiry(RetentionClass::PendingStatus, now),
+    };
+    match deps.status_callbacks.owe_callback(&owed).await {
+        Ok(()) => crate::metrics::count("CallbacksOwed", ("Queue", "status_callback")),
+        Err(e) => {
+            crate::metrics::count("CallbacksLost", ("Queue", "status_callback"));
+            tracing::error!(error = %e, "status callback lost: neither queued nor kept");
+        }
+    }
+}
+
+/// What one owed-callback drain did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Requeued {
+    /// Queued again and forgotten.
+    pub queued: usize,
+    /// Still owed: the queue refused again (the drain stops at the first refusal), or
+    /// more than one drain takes were owed.
+    pub left: usize,
+}
+
+/// How many owed callbacks one drain queues at most (a minute's schedule: a backlog of an
+/// hour-long queue outage at 10,000 callbacks a minute drains in about an hour).
+pub const REQUEUE_MAX: usize = 10_000;
+const REQUEUE_PAGE: usize = 100;
+
+/// Queues again the callbacks the queue refused (the one-minute schedule, local mode's
+/// timer, and the daily retention run), oldest page first; each is forgotten once queued
+/// (a crash between the two queues it twice: delivery is at least once). Stops at the
+/// first refusal: the queue is still out, the rest wait for the next drain.
+pub async fn requeue_owed(deps: &Deps) -> Result<Requeued, ServiceError> {
+    let mut done = Requeued::default();
+    while done.queued < REQUEUE_MAX {
+        let page = deps
+            .status_callbacks
+            .owed_callbacks(REQUEUE_PAGE.min(REQUEUE_MAX - done.queued))
+            .await?;
+        let full = page.len() == REQUEUE_PAGE;
+        for (i, owed) in page.iter().enumerate() {
+            if let Err(e) = deps
+                .callback_queue
+                .send_in_group(owed.tenant_id.as_str(), &owed.body)
+                .await
+            {
+                tracing::warn!(error = %e, "owed status callbacks still not queued");
+                done.left = page.len() - i;
+                return Ok(done);
+            }
+            deps.status_callbacks.forget_owed_callback(owed).await?;
+            done.queued += 1;
+        }
+        if !full {
+            return Ok(done);
+        }
+    }
+    done.left = deps.status_callbacks.owed_callbacks(1).await?.len();
+    Ok(done)
 }
 
 /// The callback's body: exactly the bytes that are signed and sent.

@@ -610,6 +610,24 @@ impl kirim::ports::StatusCallbackStore for LaggingSettings {
     ) -> Result<bool, kirim::store_error::StoreError> {
         self.0.delete_status_callback(tenant).await
     }
+    async fn owe_callback(
+        &self,
+        owed: &kirim::ports::OwedCallback,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.owe_callback(owed).await
+    }
+    async fn owed_callbacks(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<kirim::ports::OwedCallback>, kirim::store_error::StoreError> {
+        self.0.owed_callbacks(limit).await
+    }
+    async fn forget_owed_callback(
+        &self,
+        owed: &kirim::ports::OwedCallback,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.forget_owed_callback(owed).await
+    }
 }
 
 /// A tenant of a memory app whose status callbacks go to a receiver answering every
@@ -715,6 +733,7 @@ on_both_backends!(
     kept_statuses_that_cannot_be_applied_after_the_send_bring_the_job_back_for_them,
     the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400,
     a_deadline_failure_and_a_cancelled_scheduled_message_reach_the_callback,
+    a_callback_the_queue_refused_is_kept_and_queued_by_the_drain_once_the_queue_is_back,
 );
 
 /// A callback queue that records each message's group (and keeps nothing else).
@@ -806,6 +825,135 @@ async fn a_status_callback_is_queued_in_its_tenants_group() {
     assert!(queued[0].1.contains(&id));
 }
 
+/// A callback queue that refuses every message while `refusing`, else records it in
+/// its group as [`Groups`] does.
+#[derive(Default)]
+struct Outage {
+    refusing: std::sync::atomic::AtomicBool,
+    queued: Groups,
+}
+
+#[async_trait]
+impl kirim::ports::DispatchQueue for Outage {
+    async fn send(&self, body: &str) -> Result<(), kirim::store_error::StoreError> {
+        self.send_in_group("", body).await
+    }
+    async fn send_in_group(
+        &self,
+        group: &str,
+        body: &str,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        if self.refusing.load(Ordering::SeqCst) {
+            return Err(kirim::store_error::StoreError::Unavailable(
+                "sqs: service unavailable".into(),
+            ));
+        }
+        self.queued.send_in_group(group, body).await
+    }
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<kirim::ports::Received>, kirim::store_error::StoreError> {
+        self.queued.receive(max, wait).await
+    }
+    async fn delete(&self, receipt: &str) -> Result<(), kirim::store_error::StoreError> {
+        self.queued.delete(receipt).await
+    }
+    async fn retry_after(
+        &self,
+        receipt: &str,
+        delay: Duration,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.queued.retry_after(receipt, delay).await
+    }
+    async fn dead_letters(
+        &self,
+        max: usize,
+    ) -> Result<Vec<kirim::ports::DeadLetter>, kirim::store_error::StoreError> {
+        self.queued.dead_letters(max).await
+    }
+    async fn redrive(
+        &self,
+        ids: Option<&[String]>,
+        max: usize,
+    ) -> Result<kirim::ports::Redriven, kirim::store_error::StoreError> {
+        self.queued.redrive(ids, max).await
+    }
+}
+
+/// A move is written once: a callback the queue refused then would never come again (a
+/// redelivered status changes nothing). It is kept in the table instead, and the drain (the
+/// retention function's one-minute schedule, local mode's timer) queues it once the queue
+/// takes messages again, in its tenant's group, and forgets it.
+async fn a_callback_the_queue_refused_is_kept_and_queued_by_the_drain_once_the_queue_is_back(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(3).await;
+    let (status, _) = set_callback(
+        &app,
+        &t.key,
+        json!({"url": "https://hooks.example.com/kirim", "secret": CALLBACK_SECRET}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let id = app.send_ok(&t.key, "+60123450304").await;
+    let mut deps = app.app.deps.clone();
+    let queue = Arc::new(Outage::default());
+    queue.refusing.store(true, Ordering::SeqCst);
+    deps.callback_queue = queue.clone();
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    let message = kirim::domain::MessageId::from_trusted(id.as_str());
+    let mut record = deps
+        .messages
+        .get_message(&tenant, &message)
+        .await
+        .unwrap()
+        .unwrap();
+    record.status = kirim::domain::MessageStatus::Delivered;
+    kirim::service::callbacks::status_changed(&deps, &record).await;
+    let owed = deps.status_callbacks.owed_callbacks(10).await.unwrap();
+    assert_eq!(owed.len(), 1, "kept: {owed:?}");
+    assert_eq!((&owed[0].message_id, owed[0].sequence), (&message, 3));
+
+    let drained = kirim::queue_handlers::owed_callbacks(&deps).await.unwrap();
+    assert_eq!(
+        (drained.queued, drained.left),
+        (0, 1),
+        "the queue is still out"
+    );
+    assert_eq!(
+        deps.status_callbacks
+            .owed_callbacks(10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    queue.refusing.store(false, Ordering::SeqCst);
+    let drained = kirim::queue_handlers::owed_callbacks(&deps).await.unwrap();
+    assert_eq!((drained.queued, drained.left), (1, 0));
+    let queued = queue.queued.0.lock().unwrap().clone();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].0.as_deref(), Some(t.tenant_id.as_str()));
+    match kirim::service::jobs::QueueJob::parse(&queued[0].1) {
+        Some(kirim::service::jobs::QueueJob::StatusCallback(job)) => {
+            assert_eq!((job.message_id, job.status), (message, record.status));
+        }
+        other => panic!("not a status callback: {other:?}"),
+    }
+    assert!(deps
+        .status_callbacks
+        .owed_callbacks(10)
+        .await
+        .unwrap()
+        .is_empty());
+    let drained = kirim::queue_handlers::owed_callbacks(&deps).await.unwrap();
+    assert_eq!((drained.queued, drained.left), (0, 0), "queued once");
+}
+
 /// On SQS the group is the message's `MessageGroupId` (what makes a standard queue a fair
 /// one), and the callback queues keep what they hold a week, and two when parked (a
 /// dead-letter queue counts from the original enqueue: kept no longer than its source, it
@@ -884,6 +1032,24 @@ impl kirim::ports::StatusCallbackStore for SettingWritesFail {
         tenant: &kirim::domain::TenantId,
     ) -> Result<bool, kirim::store_error::StoreError> {
         self.0.delete_status_callback(tenant).await
+    }
+    async fn owe_callback(
+        &self,
+        owed: &kirim::ports::OwedCallback,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.owe_callback(owed).await
+    }
+    async fn owed_callbacks(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<kirim::ports::OwedCallback>, kirim::store_error::StoreError> {
+        self.0.owed_callbacks(limit).await
+    }
+    async fn forget_owed_callback(
+        &self,
+        owed: &kirim::ports::OwedCallback,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.forget_owed_callback(owed).await
     }
 }
 

@@ -172,6 +172,67 @@ async fn a_status_callback_setting_is_set_read_replaced_and_removed_per_tenant(p
     );
 }
 
+fn owed(p: &Stores, t: &TenantId, sequence: u32) -> OwedCallback {
+    let now = p.clock.now();
+    let message_id = kirim::domain::MessageId::generate();
+    OwedCallback {
+        tenant_id: t.clone(),
+        body: format!(r#"{{"kind":"status_callback","message_id":"{message_id}"}}"#),
+        message_id,
+        sequence,
+        owed_at: now,
+        expires_at: Some((now + Duration::days(7)).timestamp()),
+    }
+}
+
+async fn a_callback_the_queue_refused_is_kept_once_listed_forgotten_and_expires_in_a_week(
+    p: Stores,
+) {
+    let a = TenantId::generate();
+    let b = TenantId::generate();
+    let sent = owed(&p, &a, 1);
+    let mut delivered = owed(&p, &a, 3);
+    delivered.message_id = sent.message_id.clone();
+    let other = owed(&p, &b, 4);
+    for o in [&sent, &delivered, &other, &sent] {
+        p.status_callbacks.owe_callback(o).await.unwrap();
+    }
+    let mut listed = p.status_callbacks.owed_callbacks(10).await.unwrap();
+    listed.sort_by_key(|o| (o.tenant_id.to_string(), o.sequence));
+    let mut want = vec![sent.clone(), delivered.clone(), other.clone()];
+    want.sort_by_key(|o| (o.tenant_id.to_string(), o.sequence));
+    assert_eq!(listed, want, "each kept once, as given, every tenant's");
+    assert_eq!(p.status_callbacks.owed_callbacks(2).await.unwrap().len(), 2);
+
+    p.status_callbacks
+        .forget_owed_callback(&sent)
+        .await
+        .unwrap();
+    p.status_callbacks
+        .forget_owed_callback(&sent)
+        .await
+        .unwrap(); // gone already: fine
+    let left = p.status_callbacks.owed_callbacks(10).await.unwrap();
+    assert_eq!(left.len(), 2);
+    assert!(!left.contains(&sent) && left.contains(&delivered));
+
+    p.clock.advance(Duration::days(8));
+    assert!(
+        p.status_callbacks
+            .owed_callbacks(10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "expired: not queued a week late"
+    );
+    let swept = sweep(&p).await.deleted;
+    assert_eq!(
+        swept.get("pending_status"),
+        Some(&2),
+        "swept under the kept statuses' class: {swept:?}"
+    );
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory_adapters {
@@ -188,4 +249,5 @@ contract!(
     kept_statuses_expire_with_their_retention_class,
     indexing_a_wamid_says_whether_a_status_was_kept_for_it_first,
     a_status_callback_setting_is_set_read_replaced_and_removed_per_tenant,
+    a_callback_the_queue_refused_is_kept_once_listed_forgotten_and_expires_in_a_week,
 );

@@ -247,3 +247,29 @@ fn the_template_s_message_retention_parameter_allows_only_what_the_functions_acc
         "MinValue {min_days} days"
     );
 }
+
+/// The retention function runs what each of its schedules asks for: the daily run from
+/// EventBridge's own scheduled event (no input), the owed-callback drain every minute from
+/// its schedule's input; the same code reads both (`queue_handlers::scheduled_task`).
+#[test]
+fn the_retention_functions_schedules_run_the_daily_sweep_and_the_minutes_callback_drain() {
+    use kirim::queue_handlers::{scheduled_task, ScheduledTask};
+    let doc: Value = serde_yaml::from_str(TEMPLATE).expect("template.yaml parses");
+    let events = &doc["Resources"]["RetentionFunction"]["Properties"]["Events"];
+    let daily = &events["Daily"]["Properties"];
+    assert_eq!(daily["Schedule"], "rate(1 day)");
+    assert!(daily.get("Input").is_none(), "{daily:?}");
+    // What EventBridge delivers for a schedule without an input.
+    let scheduled_event = serde_json::json!({
+        "version": "0", "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+        "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": "123456789012", "time": "2026-12-03T00:00:00Z", "region": "ap-southeast-1",
+        "resources": ["arn:aws:events:ap-southeast-1:123456789012:rule/daily"], "detail": {}
+    });
+    assert_eq!(scheduled_task(&scheduled_event), ScheduledTask::Retention);
+    let owed = &events["OwedCallbacks"]["Properties"];
+    assert_eq!(owed["Schedule"], "rate(1 minute)");
+    let input: serde_json::Value =
+        serde_json::from_str(owed["Input"].as_str().expect("an input")).expect("JSON input");
+    assert_eq!(scheduled_task(&input), ScheduledTask::OwedCallbacks);
+}

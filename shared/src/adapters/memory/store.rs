@@ -360,6 +360,8 @@ pub(super) struct State {
     pending: BTreeMap<(String, String), crate::ports::PendingStatus>,
     /// tenant → its status-callback setting.
     status_callbacks: HashMap<TenantId, crate::ports::StatusCallback>,
+    /// Status callbacks the queue refused, by their table sort key.
+    owed_callbacks: BTreeMap<String, crate::ports::OwedCallback>,
     /// Business phone number → the next free send slot (epoch microseconds) and the slot's
     /// expiry (epoch seconds: an idle number's slot expires, as on DynamoDB).
     rate: HashMap<String, (i64, i64)>,

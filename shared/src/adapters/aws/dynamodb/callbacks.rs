@@ -8,6 +8,10 @@
 //!   the wamid is not indexed yet). The dispatcher's `PutItem` of the index answers the
 //!   item it replaced (`ReturnValues = ALL_OLD`, no read units): only when that carried
 //!   the mark does it read the kept statuses, with a Query `begins_with(sk, "PENDING#")`.
+//! - A status callback the queue refused: `pk = CALLBACKOWED` (one partition for every
+//!   tenant: written only while the queue refuses), `sk = OWED#{tenant}#{message}#{sequence}`,
+//!   TTL per the `PendingStatus` retention class; read back with a consistent Query by the
+//!   owed-callback drain, deleted once queued.
 //! - A tenant's status-callback setting: `pk = TENANT#{tenant}`, `sk = SETTINGS#STATUS_CALLBACK`,
 //!   no TTL (active configuration). The signing secret is in Secrets Manager, not here.
 
@@ -16,7 +20,9 @@ use async_trait::async_trait;
 
 use super::{classify, from_item, keys, n, s, to_item, DynamoStore, TTL_ATTR};
 use crate::domain::TenantId;
-use crate::ports::{PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore};
+use crate::ports::{
+    OwedCallback, PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore,
+};
 use crate::store_error::StoreError;
 
 /// The attribute on a wamid's index item saying a status was kept for the wamid before
@@ -142,5 +148,39 @@ impl StatusCallbackStore for DynamoStore {
             .send()
             .await;
         written("dynamodb delete", res)
+    }
+
+    async fn owe_callback(&self, owed: &OwedCallback) -> Result<(), StoreError> {
+        let key = keys::owed_callback(&owed.tenant_id, &owed.message_id, owed.sequence);
+        let item = to_item(owed, &key.pairs(), owed.expires_at)?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb put", e))?;
+        Ok(())
+    }
+
+    async fn owed_callbacks(&self, limit: usize) -> Result<Vec<OwedCallback>, StoreError> {
+        self.query_prefix_at_most(
+            keys::owed_callbacks_pk().to_owned(),
+            keys::OWED_PREFIX,
+            limit,
+        )
+        .await
+    }
+
+    async fn forget_owed_callback(&self, owed: &OwedCallback) -> Result<(), StoreError> {
+        let key = keys::owed_callback(&owed.tenant_id, &owed.message_id, owed.sequence);
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key.attrs()))
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb delete", e))?;
+        Ok(())
     }
 }

@@ -38,6 +38,8 @@ const SESSION: &str = "SESSION#";
 const RETENTION: &str = "RETENTION";
 const LOGINFAIL: &str = "LOGINFAIL#";
 const LOGINADDR: &str = "LOGINADDR#";
+/// The one partition of status callbacks the queue refused (all tenants).
+const CALLBACK_OWED: &str = "CALLBACKOWED";
 // gsi1 partition prefixes.
 const WABA: &str = "WABA#";
 /// The sparse index partition of every parked audit event (all chains).
@@ -68,6 +70,7 @@ pub const LEDGER_PREFIX: &str = "LEDGER#";
 pub const OPT_OUT_PREFIX: &str = "OPTOUT#";
 pub const USER_PREFIX: &str = "USER#";
 pub const PENDING_PREFIX: &str = "PENDING#";
+pub const OWED_PREFIX: &str = "OWED#";
 pub const ADDR_PREFIX: &str = "ADDR#";
 pub const MESSAGE_PREFIX: &str = "MSG#";
 const IDEM_PREFIX: &str = "IDEM#";
@@ -110,6 +113,9 @@ pub enum ItemKind {
     WamidIndex,
     /// `WAMID#{wamid}` / `PENDING#{status}#{timestamp}`: a status kept until its wamid is known.
     PendingStatus,
+    /// `CALLBACKOWED` / `OWED#{tenant}#{message id}#{sequence}`: a status callback the queue
+    /// refused, until queued again.
+    OwedCallback,
     /// `TENANT#{tenant}` / `OPTOUT#{e164 or user id}`.
     OptOut,
     /// `TENANT#{tenant}` / `PAIR#{e164 or user id}`: the other key of one user.
@@ -163,7 +169,7 @@ pub enum ItemKind {
 }
 
 impl ItemKind {
-    pub const ALL: [ItemKind; 30] = [
+    pub const ALL: [ItemKind; 31] = [
         ItemKind::Tenant,
         ItemKind::PhoneRoute,
         ItemKind::ApiKeyByHash,
@@ -172,6 +178,7 @@ impl ItemKind {
         ItemKind::Message,
         ItemKind::WamidIndex,
         ItemKind::PendingStatus,
+        ItemKind::OwedCallback,
         ItemKind::OptOut,
         ItemKind::Idempotency,
         ItemKind::AuditEvent,
@@ -211,7 +218,8 @@ impl ItemKind {
             Tenant | LedgerEntry | UsageCounter => RetentionClass::Billing,
             AuditEvent | AuditParked => RetentionClass::Audit,
             Idempotency => RetentionClass::Idempotency,
-            PendingStatus => RetentionClass::PendingStatus,
+            // A callback owed lives as long as the queue would have kept it.
+            PendingStatus | OwedCallback => RetentionClass::PendingStatus,
             Session => RetentionClass::Session,
             QualityCounter => RetentionClass::Stats,
             BroadcastList => RetentionClass::BroadcastList,
@@ -275,6 +283,7 @@ impl ItemKind {
                 (_, EMAIL_SK) if pk.starts_with(EMAIL) => EmailClaim,
                 (_, SESSION_SK) if pk.starts_with(SESSION) => Session,
                 (RETENTION, CHECKPOINT_SK) => RetentionCheckpoint,
+                (CALLBACK_OWED, _) if has(OWED_PREFIX) => OwedCallback,
                 (_, FAIL_SK) if pk.starts_with(LOGINADDR) => LoginFailuresOfAddress,
                 _ if pk.starts_with(LOGINFAIL) && (has(ADDR_PREFIX) || sk == TOTP_FAIL_SK) => {
                     LoginFailuresOfEmail
@@ -503,6 +512,16 @@ pub fn pending_status(wamid: &str, status: &str, timestamp: i64) -> Key {
         wamid_pk(wamid),
         format!("{PENDING_PREFIX}{status}#{timestamp}"),
     )
+}
+
+/// A status callback owed: one per message and sequence (owing it again keeps one).
+pub fn owed_callback(t: &TenantId, m: &MessageId, sequence: u32) -> Key {
+    Key::new(CALLBACK_OWED, format!("{OWED_PREFIX}{t}#{m}#{sequence}"))
+}
+
+/// The partition of every owed status callback.
+pub fn owed_callbacks_pk() -> &'static str {
+    CALLBACK_OWED
 }
 
 pub fn idempotency(t: &TenantId, key_hash: &str) -> Key {
@@ -739,6 +758,7 @@ mod tests {
             ItemKind::Message => message(&t, &m),
             ItemKind::WamidIndex => wamid_index("wamid.HBgL=="),
             ItemKind::PendingStatus => pending_status("wamid.HBgL==", "delivered", 1_700_000_000),
+            ItemKind::OwedCallback => owed_callback(&t, &m, 3),
             ItemKind::OptOut => opt_out(&t, &OptOutKey::parse("+60123456789").unwrap()),
             ItemKind::UserPairing => user_pairing(&t, &OptOutKey::parse("US.1349120865").unwrap()),
             ItemKind::ServiceWindow => {
@@ -824,6 +844,11 @@ mod tests {
             class("WAMID#w", "PENDING#delivered#1700000000"),
             Some(C::PendingStatus),
             "a kept status is not a message"
+        );
+        assert_eq!(
+            class("CALLBACKOWED", "OWED#01J#01K#3"),
+            Some(C::PendingStatus),
+            "an owed callback is kept as long as its queue would have"
         );
         assert_eq!(class("SESSION#h", "SESSION"), Some(C::Session));
         assert_eq!(class(t, "QSTAT#2026-01-01"), Some(C::Stats));

@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use super::MemoryStore;
 use crate::adapters::aws::keys;
 use crate::domain::TenantId;
-use crate::ports::{PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore};
+use crate::ports::{
+    OwedCallback, PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore,
+};
 use crate::store_error::StoreError;
 
 /// A kept status's place: its wamid and the table's sort key (one status of one wamid at
@@ -77,4 +79,30 @@ impl StatusCallbackStore for MemoryStore {
     async fn delete_status_callback(&self, tenant: &TenantId) -> Result<bool, StoreError> {
         Ok(self.lock()?.status_callbacks.remove(tenant).is_some())
     }
+
+    async fn owe_callback(&self, owed: &OwedCallback) -> Result<(), StoreError> {
+        let key = owed_key(owed);
+        self.lock()?.owed_callbacks.insert(key, owed.clone());
+        Ok(())
+    }
+
+    async fn owed_callbacks(&self, limit: usize) -> Result<Vec<OwedCallback>, StoreError> {
+        let s = self.lock()?;
+        Ok(s.owed_callbacks
+            .values()
+            .filter(|o| self.live(o.expires_at))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn forget_owed_callback(&self, owed: &OwedCallback) -> Result<(), StoreError> {
+        self.lock()?.owed_callbacks.remove(&owed_key(owed));
+        Ok(())
+    }
+}
+
+/// An owed callback's sort key, as on DynamoDB (so both list in the same order).
+fn owed_key(owed: &OwedCallback) -> String {
+    keys::owed_callback(&owed.tenant_id, &owed.message_id, owed.sequence).sk
 }

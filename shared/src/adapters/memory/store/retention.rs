@@ -43,6 +43,9 @@ impl RetentionStore for MemoryStore {
         sweep!(page, K::Message, s.messages, |_, m| live(m.expires_at));
         sweep!(page, K::WamidIndex, s.wamids, |_, w| live(w.2));
         sweep!(page, K::PendingStatus, s.pending, |_, p| live(p.expires_at));
+        sweep!(page, K::OwedCallback, s.owed_callbacks, |_, o| live(
+            o.expires_at
+        ));
         // A wamid's mark alone (no index yet) counts as what it stands for: kept statuses.
         sweep!(page, K::PendingStatus, s.wamid_marks, |_, e| live(*e));
         sweep!(page, K::Broadcast, s.broadcasts, |_, b| live(b.expires_at));
@@ -290,6 +293,16 @@ impl RetentionStore for MemoryStore {
                 },
                 p.expires_at,
                 to_value(p).unwrap_or_default(),
+            );
+        }
+        for (sk, o) in &s.owed_callbacks {
+            item(
+                Key {
+                    pk: keys::owed_callbacks_pk().to_owned(),
+                    sk: sk.clone(),
+                },
+                o.expires_at,
+                to_value(o).unwrap_or_default(),
             );
         }
         for (chain, (head, events)) in &s.audit {
