@@ -153,14 +153,16 @@ pub const DISPATCH_LOST: &str = "dispatch_lost";
 /// How the daily run settled a message whose job was lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Settled {
-    /// Still `accepted`: failed `dispatch_lost`, refunded (it was never sent).
+    /// Still `accepted`: failed `dispatch_lost`, refunded (it was never sent); still
+    /// `scheduled`: cancelled `dispatch_lost`, refunded.
     Refunded,
     /// Still `sending`: failed `outcome_unknown`, not refunded (as at the sending deadline).
     OutcomeUnknown,
 }
 
 /// A message the retention sweep found `accepted` or `sending` without a move for
-/// [`crate::domain::UNSENT_STALE_AFTER`]: its dispatch job is gone (parked on the
+/// [`crate::domain::UNSENT_STALE_AFTER`], or still `scheduled` that long past its
+/// `send_at`: its dispatch job is gone (parked on the
 /// dead-letter queue and expired there; a live job moves its message far more often), so
 /// nothing else would ever settle it. Read again first (it may have moved since the scan);
 /// a paused broadcast's message is left to its broadcast, and so is a broadcast's paused or
@@ -178,7 +180,15 @@ pub async fn settle_lost(
     let now = deps.clock.now();
     let stale = chrono::Duration::from_std(crate::domain::UNSENT_STALE_AFTER)
         .unwrap_or_else(|_| chrono::Duration::days(5));
-    if now - m.updated_at < stale {
+    // A scheduled message waits unmoved until its `send_at`: stale only that long past it.
+    let since = match m.status {
+        MessageStatus::Scheduled => match m.send_at {
+            Some(at) => at,
+            None => return Ok(None),
+        },
+        _ => m.updated_at,
+    };
+    if now - since < stale {
         return Ok(None);
     }
     if let Some(b) = &m.broadcast_id {
@@ -213,6 +223,42 @@ pub async fn settle_lost(
             )
             .await?
             .map(|r| (r, Settled::Refunded))
+        }
+        // Never due to a dispatcher: it cannot fail (it never left for Meta), it is
+        // cancelled and refunded as a person's cancel would, with the lost job's code.
+        MessageStatus::Scheduled => {
+            let error = MessageError {
+                code: DISPATCH_LOST.into(),
+                title: "the message's dispatch job was lost before its send_at; cancelled and \
+                        refunded"
+                    .into(),
+            };
+            let refund = super::ledger::cancel_refund_entry(
+                deps,
+                tenant,
+                &super::ledger::Charge::Message(id.clone()),
+                m.price,
+                "scheduled message not sent: its dispatch job was lost",
+                now,
+            );
+            match deps
+                .messages
+                .cancel_with_refund(
+                    tenant,
+                    id,
+                    &[MessageStatus::Scheduled],
+                    &error,
+                    &refund,
+                    now,
+                )
+                .await?
+            {
+                Transition::Applied(r) => {
+                    super::callbacks::status_changed(deps, &r).await;
+                    Some((r, Settled::Refunded))
+                }
+                Transition::Refused => None,
+            }
         }
         MessageStatus::Sending => {
             let error = MessageError {

@@ -1781,8 +1781,60 @@ async fn the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent(b
     assert_eq!(get(&held.id).await.status, MessageStatus::Failed);
 }
 
+/// A scheduled message is charged when accepted and waits, unmoved, for its `send_at`: its
+/// job lost for good (parked on the dead-letter queue and expired there), it would stay
+/// `scheduled`, charged, long past its time. Five days past its `send_at` the daily run
+/// cancels it `dispatch_lost` and refunds it, once; one not that far past is left.
+async fn the_retention_run_settles_a_scheduled_message_whose_job_was_lost(b: Backend) {
+    use kirim::ports::Clock;
+    let (deps, clock, t) = tenant_on_a_manual_clock(b, 10).await;
+    let now = clock.now();
+    let month = 30 * 24 * 3600;
+    let mut ids = Vec::new();
+    for due_in_days in [1, 3] {
+        let (mut m, debit) = crate::contract::message_expiring(&t.id, now, month);
+        m.status = MessageStatus::Scheduled;
+        m.send_at = Some(now + chrono::Duration::days(due_in_days));
+        m.events = vec![kirim::domain::StatusEvent {
+            status: MessageStatus::Scheduled,
+            at: now,
+        }];
+        deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+        ids.push(m.id);
+    }
+    let credits = || {
+        let (tenants, id) = (deps.tenants.clone(), t.id.clone());
+        async move { tenants.get_tenant(&id).await.unwrap().unwrap().credits }
+    };
+    let charged = credits().await;
+    // Six days on: the first is five days past due, the second three; and long unmoved both.
+    clock.advance(chrono::Duration::days(6) + chrono::Duration::hours(1));
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(report.unsent_settled.refunded, 1, "{report:?}");
+    let get = |id: &MessageId| {
+        let (messages, t, id) = (deps.messages.clone(), t.id.clone(), id.clone());
+        async move { messages.get_message(&t, &id).await.unwrap().unwrap() }
+    };
+    let lost = get(&ids[0]).await;
+    assert_eq!(lost.status, MessageStatus::Cancelled);
+    assert_eq!(
+        lost.error.map(|e| e.code),
+        Some(ErrorCode::from("dispatch_lost"))
+    );
+    assert_eq!(credits().await, charged + lost.price, "refunded");
+    assert_eq!(
+        get(&ids[1]).await.status,
+        MessageStatus::Scheduled,
+        "not yet"
+    );
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(report.unsent_settled, Default::default(), "once");
+    assert_eq!(credits().await, charged + lost.price);
+}
+
 on_both_backends!(
     the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinished,
+    the_retention_run_settles_a_scheduled_message_whose_job_was_lost,
     a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accepted_from,
     a_sent_move_whose_answer_was_lost_still_has_its_sent_callback,
     a_message_that_missed_its_carried_slot_carries_the_next_as_a_fresh_queue_message,

@@ -272,6 +272,8 @@ impl RetentionStore for DynamoStore {
                  OR (sk = :tenant AND #status IN (:active, :suspended)) \
                  OR (begins_with(sk, :msg) AND #status IN (:accepted, :sending) \
                  AND updated_at < :stale) \
+                 OR (begins_with(sk, :msg) AND #status = :msg_scheduled \
+                 AND send_at < :stale) \
                  OR (begins_with(sk, :bc) AND #status IN (:scheduled, :fanning_out) \
                  AND created_at <= :list_cut \
                  AND (attribute_not_exists(send_at) OR send_at <= :list_cut))",
@@ -287,6 +289,7 @@ impl RetentionStore for DynamoStore {
             .expression_attribute_values(":msg", s(keys::MESSAGE_PREFIX))
             .expression_attribute_values(":accepted", s("accepted"))
             .expression_attribute_values(":sending", s("sending"))
+            .expression_attribute_values(":msg_scheduled", s("scheduled"))
             // As messages store it (RFC 3339, UTC, `Z`): strings that compare as times.
             .expression_attribute_values(
                 ":stale",
@@ -331,7 +334,8 @@ impl RetentionStore for DynamoStore {
                     .collect();
                 expired.push(key);
             } else if ItemKind::of_key(pk, sk) == Some(ItemKind::Message) {
-                // Matched for being stale and unsent (the filter's last clause).
+                // Matched for being stale and unsent (accepted or sending unmoved, or
+                // scheduled and long past due).
                 if let (Some(t), Some(id)) = (
                     keys::tenant_of_pk(pk),
                     sk.strip_prefix(keys::MESSAGE_PREFIX),

@@ -110,17 +110,19 @@ impl RetentionStore for MemoryStore {
             }
         }
         let stale = now.saturating_sub(crate::domain::UNSENT_STALE_AFTER.as_secs() as i64);
-        page.stale_messages = s
-            .messages
-            .values()
-            .filter(|m| {
-                matches!(
-                    m.status,
-                    crate::domain::MessageStatus::Accepted | crate::domain::MessageStatus::Sending
-                ) && m.updated_at.timestamp() < stale
-            })
-            .map(|m| (m.tenant_id.clone(), m.id.to_string()))
-            .collect();
+        page.stale_messages =
+            s.messages
+                .values()
+                .filter(|m| match m.status {
+                    crate::domain::MessageStatus::Accepted
+                    | crate::domain::MessageStatus::Sending => m.updated_at.timestamp() < stale,
+                    crate::domain::MessageStatus::Scheduled => {
+                        m.send_at.is_some_and(|at| at.timestamp() < stale)
+                    }
+                    _ => false,
+                })
+                .map(|m| (m.tenant_id.clone(), m.id.to_string()))
+                .collect();
         page.stale_broadcasts = s
             .broadcasts
             .values()
