@@ -67,6 +67,10 @@ pub const MAX_CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shortest `KIRIM_RETENTION_MESSAGES`: longer than `domain::UNSENT_STALE_AFTER`, so
 /// a message whose dispatch job was lost is still there to be settled and refunded.
 pub const MIN_MESSAGES_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The shortest `KIRIM_RETENTION_AUDIT` and `KIRIM_RETENTION_BILLING`: a day.
+pub const MIN_RECORDS_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// The shortest `KIRIM_RETENTION_IDEMPOTENCY`: an hour (a client's retries outlast less).
+pub const MIN_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(3600);
 
 /// The longest `KIRIM_META_TIMEOUT`: a call to Meta must end well inside the dispatcher's
 /// 60 s Lambda timeout (with its slot wait and its writes).
@@ -206,6 +210,40 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         }
     }
 
+    /// [`Self::duration`], no shorter than `min` (else named, and the default kept).
+    pub fn duration_at_least(&mut self, name: &str, default: Duration, min: Duration) -> Duration {
+        let d = self.duration(name, default);
+        if d < min {
+            self.problems.push(format!(
+                "{name}={} must be at least {}s (a bare number is seconds: 730d is two years)",
+                self.optional(name).unwrap_or_default(),
+                min.as_secs()
+            ));
+            return default;
+        }
+        d
+    }
+
+    /// An `http` or `https` URL with a host (no trailing `/`), else named and the default
+    /// kept: a base URL the client cannot even build a request on would fail every send
+    /// before it leaves, which is not Meta's answer about any tenant.
+    pub fn base_url(&mut self, name: &str, default: &str) -> String {
+        let Some(v) = self.optional(name) else {
+            return default.to_owned();
+        };
+        match reqwest::Url::parse(&v) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                v.trim().trim_end_matches('/').to_owned()
+            }
+            _ => {
+                self.problems.push(format!(
+                    "{name}={v} is not an http(s) URL with a host, like https://graph.facebook.com"
+                ));
+                default.to_owned()
+            }
+        }
+    }
+
     pub fn number<T: std::str::FromStr>(&mut self, name: &str, default: T) -> T {
         match self.optional(name) {
             None => default,
@@ -239,9 +277,16 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         } else {
             r.messages = messages;
         }
-        r.audit = self.duration("KIRIM_RETENTION_AUDIT", r.audit);
-        r.billing = self.duration("KIRIM_RETENTION_BILLING", r.billing);
-        r.idempotency = self.duration("KIRIM_RETENTION_IDEMPOTENCY", r.idempotency);
+        // A bare number is seconds: `KIRIM_RETENTION_BILLING=2557` would keep the 7-year
+        // records 42 minutes. Below these floors a value is a slip, not a policy.
+        r.audit = self.duration_at_least("KIRIM_RETENTION_AUDIT", r.audit, MIN_RECORDS_RETENTION);
+        r.billing =
+            self.duration_at_least("KIRIM_RETENTION_BILLING", r.billing, MIN_RECORDS_RETENTION);
+        r.idempotency = self.duration_at_least(
+            "KIRIM_RETENTION_IDEMPOTENCY",
+            r.idempotency,
+            MIN_IDEMPOTENCY_RETENTION,
+        );
         let prefix = self.or("KIRIM_SECRET_PREFIX", &d.secret_prefix);
         let (meta_timeout, sending_deadline) = self.send_timing(&d);
         Settings {
@@ -251,7 +296,7 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
                 .max(1),
             dispatch_backoff: self.duration("KIRIM_DISPATCH_BACKOFF", d.dispatch_backoff),
             meta_timeout,
-            meta_base_url: self.or("KIRIM_META_BASE_URL", &d.meta_base_url),
+            meta_base_url: self.base_url("KIRIM_META_BASE_URL", &d.meta_base_url),
             meta_version: self.or("KIRIM_META_API_VERSION", &d.meta_version),
             prices: self.prices(),
             quality: QualitySettings {
@@ -570,6 +615,57 @@ mod tests {
         assert_eq!(p, Prices::flat(0));
     }
 
+    #[test]
+    fn a_meta_base_url_without_a_scheme_or_host_is_refused_at_start() {
+        for bad in [
+            "127.0.0.1:3001",
+            "localhost:3001",
+            "ftp://graph.facebook.com",
+            "https://",
+        ] {
+            let mut r = EnvReader::new(|k| (k == "KIRIM_META_BASE_URL").then(|| bad.to_owned()));
+            let s = r.settings();
+            let err = r.finish().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("KIRIM_META_BASE_URL={bad} ")),
+                "{err}"
+            );
+            assert_eq!(s.meta_base_url, Settings::default().meta_base_url);
+        }
+        let mut r = EnvReader::new(|k| {
+            (k == "KIRIM_META_BASE_URL").then(|| "http://127.0.0.1:3001/".to_owned())
+        });
+        assert_eq!(r.settings().meta_base_url, "http://127.0.0.1:3001");
+        r.finish().expect("taken");
+    }
+
+    #[test]
+    fn a_billing_or_audit_retention_of_seconds_is_refused_not_kept_for_minutes() {
+        for (name, v) in [
+            ("KIRIM_RETENTION_BILLING", "2557"),
+            ("KIRIM_RETENTION_AUDIT", "0d"),
+            ("KIRIM_RETENTION_IDEMPOTENCY", "60s"),
+        ] {
+            let mut r = EnvReader::new(|k| (k == name).then(|| v.to_owned()));
+            let s = r.settings();
+            let err = r.finish().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{name}={v} must be at least")),
+                "{err}"
+            );
+            let d = RetentionConfig::default();
+            assert_eq!(
+                (
+                    s.retention.billing,
+                    s.retention.audit,
+                    s.retention.idempotency
+                ),
+                (d.billing, d.audit, d.idempotency),
+                "the defaults kept"
+            );
+        }
+    }
+
     // ---- properties (issue 14): the environment is outside input too ----
 
     use proptest::prelude::*;
@@ -687,16 +783,25 @@ mod tests {
                 }
             }
             let read = [
-                (DURATIONS[1], s.retention.audit, defaults.retention.audit),
-                (DURATIONS[2], s.retention.billing, defaults.retention.billing),
-                (DURATIONS[3], s.retention.idempotency, defaults.retention.idempotency),
-                (DURATIONS[4], s.dispatch_backoff, defaults.dispatch_backoff),
-                (DURATIONS[7], s.callback_backoff, defaults.callback_backoff),
+                (DURATIONS[1], s.retention.audit, defaults.retention.audit, MIN_RECORDS_RETENTION),
+                (DURATIONS[2], s.retention.billing, defaults.retention.billing, MIN_RECORDS_RETENTION),
+                (
+                    DURATIONS[3],
+                    s.retention.idempotency,
+                    defaults.retention.idempotency,
+                    MIN_IDEMPOTENCY_RETENTION,
+                ),
+                (DURATIONS[4], s.dispatch_backoff, defaults.dispatch_backoff, Duration::ZERO),
+                (DURATIONS[7], s.callback_backoff, defaults.callback_backoff, Duration::ZERO),
             ];
-            for (name, got, default) in read {
+            for (name, got, default, min) in read {
                 let set = env.get(name).filter(|v| !v.trim().is_empty());
                 match set.map(|v| (v, parse_duration(v))) {
                     None => prop_assert_eq!(got, default, "{} unset", name),
+                    Some((_, Some(d))) if d < min => {
+                        prop_assert_eq!(got, default, "{}", name);
+                        prop_assert!(problems.contains(&format!("{name}=")), "{} not named: {}", name, problems);
+                    }
                     Some((_, Some(d))) => {
                         prop_assert_eq!(got, d, "{}", name);
                         prop_assert!(!problems.contains(&format!("{name}=")), "{}", problems);
@@ -727,6 +832,18 @@ mod tests {
             prop_assert_eq!(s.sending_deadline, deadline);
             if parsed(DURATIONS[6]).is_some_and(|d| d != deadline) {
                 prop_assert!(problems.contains("KIRIM_SENDING_DEADLINE="), "{}", problems);
+            }
+            // An http(s) URL with a host, else named and the default kept.
+            match env.get("KIRIM_META_BASE_URL").filter(|v| !v.trim().is_empty()) {
+                None => prop_assert_eq!(&s.meta_base_url, &defaults.meta_base_url),
+                Some(v) => {
+                    let ok = reqwest::Url::parse(v)
+                        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+                    prop_assert_eq!(ok, !problems.contains("KIRIM_META_BASE_URL="), "{}", problems);
+                    if !ok {
+                        prop_assert_eq!(&s.meta_base_url, &defaults.meta_base_url);
+                    }
+                }
             }
             prop_assert!(s.dispatch_max_attempts >= 1);
             prop_assert!((1..=9).contains(&s.callback_max_attempts));

@@ -70,6 +70,33 @@ fn unusable_token() -> MetaSendError {
     }
 }
 
+/// The tenant's token as an `Authorization` header (marked sensitive); one a header cannot
+/// carry (a line break from a pasted file) is [`unusable_token`]: it never left, and never
+/// will with this token, so as Meta's "token invalid" (190), which stops the tenant's sends
+/// and refunds, never an ambiguous timeout that would charge for a message never sent.
+fn authorization(token: &Secret) -> Result<reqwest::header::HeaderValue, MetaSendError> {
+    let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        .map_err(|_| unusable_token())?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// A request that failed before an answer: one that could not even be built (with the
+/// token checked first, [`authorization`], only the platform's own URL is left to blame:
+/// it never left, retried, and nothing about the tenant), a connection that failed
+/// (never left, retried), or anything else (it may have left: ambiguous, never blindly
+/// retried).
+fn unanswered(e: reqwest::Error) -> MetaSendError {
+    if e.is_builder() {
+        tracing::error!("a request to Meta could not be built: check KIRIM_META_BASE_URL");
+        MetaSendError::Connection("the request could not be built".into())
+    } else if e.is_connect() {
+        MetaSendError::Connection("connect failed".into())
+    } else {
+        MetaSendError::Timeout
+    }
+}
+
 /// The most of a send's answer read (Meta's is a few hundred bytes).
 pub const MAX_SEND_ANSWER: usize = 64 * 1024;
 /// The most of a template page read (100 templates with their components).
@@ -77,14 +104,23 @@ pub const MAX_TEMPLATE_PAGE: usize = 8 * 1024 * 1024;
 
 /// The answer's body, read up to `cap` bytes: a longer one is not Meta's answer
 /// (`Protocol`), and is not read into memory whole. A body that stops arriving is a
-/// timeout (the client's).
+/// timeout (the client's) after a 2xx, an unreadable answer (`Protocol`) after anything else.
 async fn body_capped(mut res: reqwest::Response, cap: usize) -> Result<Vec<u8>, MetaSendError> {
     let status = res.status().as_u16();
     if res.content_length().is_some_and(|n| n > cap as u64) {
         return Err(MetaSendError::Protocol(status));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = res.chunk().await.map_err(|_| MetaSendError::Timeout)? {
+    // A 2xx whose body stops is ambiguous (Meta may have accepted: never blindly retried);
+    // any other status already says Meta did not take it: as an answer it could not read.
+    let unread = |_| {
+        if (200..300).contains(&status) {
+            MetaSendError::Timeout
+        } else {
+            MetaSendError::Protocol(status)
+        }
+    };
+    while let Some(chunk) = res.chunk().await.map_err(unread)? {
         if body.len() + chunk.len() > cap {
             return Err(MetaSendError::Protocol(status));
         }
@@ -120,25 +156,11 @@ impl MetaClient for MetaGraphClient {
         let res = self
             .http
             .post(url)
-            .bearer_auth(token.expose())
+            .header(reqwest::header::AUTHORIZATION, authorization(token)?)
             .json(body)
             .send()
             .await
-            .map_err(|e| {
-                if e.is_builder() {
-                    // The request could not even be made: the token holds what a header
-                    // cannot carry (a line break from a pasted file). It never left, and
-                    // never will with this token: as Meta's "token invalid" (190), which
-                    // stops the tenant's sends and refunds, never an ambiguous timeout
-                    // that would charge for a message never sent.
-                    unusable_token()
-                } else if e.is_connect() {
-                    MetaSendError::Connection("connect failed".into())
-                } else {
-                    // The request may have left: ambiguous, never blindly retried.
-                    MetaSendError::Timeout
-                }
-            })?;
+            .map_err(unanswered)?;
         let status = res.status().as_u16();
         let bytes = body_capped(res, MAX_SEND_ANSWER).await?;
         if (200..300).contains(&status) {
@@ -172,19 +194,11 @@ impl MetaClient for MetaGraphClient {
         let res = self
             .http
             .get(url)
-            .bearer_auth(token.expose())
+            .header(reqwest::header::AUTHORIZATION, authorization(token)?)
             .query(&query)
             .send()
             .await
-            .map_err(|e| {
-                if e.is_builder() {
-                    unusable_token()
-                } else if e.is_connect() {
-                    MetaSendError::Connection("connect failed".into())
-                } else {
-                    MetaSendError::Timeout
-                }
-            })?;
+            .map_err(unanswered)?;
         let status = res.status().as_u16();
         let bytes = body_capped(res, MAX_TEMPLATE_PAGE).await?;
         if (200..300).contains(&status) {
@@ -253,5 +267,61 @@ mod tests {
             .await
             .expect("accepted");
         assert_eq!(got.wamid, "wamid.A");
+    }
+
+    /// The platform's own URL a request cannot be built on (no scheme) says nothing about
+    /// any tenant: a retried connection failure, never Meta's "token invalid" (190), which
+    /// would suspend every tenant that sends.
+    #[tokio::test]
+    async fn a_base_url_no_request_can_be_built_on_is_a_connection_failure_not_metas_190() {
+        let meta =
+            MetaGraphClient::new("127.0.0.1:9", "v23.0", Duration::from_secs(5)).expect("a client");
+        let token = Secret::new("EAAG");
+        let got = meta
+            .send_message("123", &token, &serde_json::json!({}))
+            .await;
+        assert!(matches!(got, Err(MetaSendError::Connection(_))), "{got:?}");
+        let got = meta.list_templates("456", &token, None).await;
+        assert!(matches!(got, Err(MetaSendError::Connection(_))), "{got:?}");
+    }
+
+    /// A server that answers `status` with a body it announces but never finishes.
+    async fn answering_half(status: u16) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("its address");
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let head = format!("HTTP/1.1 {status} X\r\ncontent-length: 100\r\n\r\n{{\"err");
+                let _ = conn.write_all(head.as_bytes()).await;
+                // Closed with 94 bytes of the body still to come.
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    /// Meta's status line already said no: a body that stops arriving after a 4xx is an
+    /// unreadable answer (retried, then failed and refunded), not the ambiguous timeout a
+    /// 2xx's would be (left `sending`, charged).
+    #[tokio::test]
+    async fn a_refusal_whose_body_stops_is_an_unreadable_answer_and_only_a_2xxs_is_a_timeout() {
+        let token = Secret::new("EAAG");
+        for (status, want) in [
+            (400, MetaSendError::Protocol(400)),
+            (429, MetaSendError::Protocol(429)),
+            (200, MetaSendError::Timeout),
+        ] {
+            let base = answering_half(status).await;
+            let meta =
+                MetaGraphClient::new(&base, "v23.0", Duration::from_secs(5)).expect("a client");
+            let got = meta
+                .send_message("123", &token, &serde_json::json!({}))
+                .await;
+            assert_eq!(got, Err(want), "{status}");
+        }
     }
 }
