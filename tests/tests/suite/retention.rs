@@ -1221,8 +1221,100 @@ async fn an_export_larger_than_one_response_continues_by_its_cursor(b: Backend) 
     }
 }
 
+/// A secret store whose deletes of one tenant's secrets fail (a name outside the role's
+/// grant, say); everything else goes through.
+struct DeletesFailFor(std::sync::Arc<dyn kirim::ports::SecretStore>, String);
+
+#[async_trait::async_trait]
+impl kirim::ports::SecretStore for DeletesFailFor {
+    async fn put_secret(
+        &self,
+        name: &str,
+        value: &kirim::secret::Secret,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.put_secret(name, value).await
+    }
+    async fn get_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
+        self.0.get_secret(name).await
+    }
+    async fn get_previous_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
+        self.0.get_previous_secret(name).await
+    }
+    async fn rotated_at(
+        &self,
+        name: &str,
+    ) -> Result<Option<DateTime<Utc>>, kirim::store_error::StoreError> {
+        self.0.rotated_at(name).await
+    }
+    async fn delete_secret(&self, name: &str) -> Result<(), kirim::store_error::StoreError> {
+        if name.contains(&self.1) {
+            return Err(kirim::store_error::StoreError::Unavailable(
+                "AccessDeniedException".into(),
+            ));
+        }
+        self.0.delete_secret(name).await
+    }
+}
+
+/// One closed tenant whose close-out fails must not stop the run for every other one (nor
+/// the settling, the sweep's checkpoint and the template sync after it), day after day:
+/// it is counted, logged, and tried again when the sweep next comes across it.
+async fn a_close_out_that_fails_for_one_tenant_leaves_the_others_closed_out_and_the_run_complete(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let failing = app.onboard(10).await;
+    let other = app.onboard(10).await;
+    for t in [&failing, &other] {
+        let (st, _) = call(
+            &app,
+            "DELETE",
+            &format!("/v1/platform/tenants/{}", t.tenant_id),
+            OPERATOR_TOKEN,
+            None,
+        )
+        .await;
+        assert_eq!(st, 200);
+    }
+    let mut deps = app.app.deps.clone();
+    let store = deps.secrets.store().clone();
+    deps.secrets = std::sync::Arc::new(kirim::service::SecretCache::new(
+        std::sync::Arc::new(DeletesFailFor(store, failing.tenant_id.clone())),
+        Duration::ZERO,
+    ));
+    let report = kirim::service::retention::run(&deps)
+        .await
+        .expect("the run");
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.closed_out_failed, 1, "{report:?}");
+    let closed: Vec<String> = report
+        .closed_out
+        .iter()
+        .map(|c| c.tenant_id.to_string())
+        .collect();
+    assert_eq!(closed, vec![other.tenant_id.clone()]);
+    // Tried again by the next pass, which succeeds once the secret can be deleted.
+    let report = kirim::service::retention::run(&app.app.deps)
+        .await
+        .expect("the run");
+    assert_eq!(report.closed_out_failed, 0, "{report:?}");
+    let closed: Vec<String> = report
+        .closed_out
+        .iter()
+        .map(|c| c.tenant_id.to_string())
+        .collect();
+    assert_eq!(closed, vec![failing.tenant_id.clone()]);
+}
+
 on_both_backends!(
     every_stored_item_carries_the_ttl_of_its_class,
+    a_close_out_that_fails_for_one_tenant_leaves_the_others_closed_out_and_the_run_complete,
     an_export_larger_than_one_response_continues_by_its_cursor,
     a_closed_tenant_takes_no_opt_out_or_template_change_from_metas_webhooks,
     no_content_reaches_a_table_a_queue_or_a_log_line,
