@@ -160,8 +160,9 @@ const ADMIN_API: &[Grant] = &[
     // The template catalogue's sync reads Meta with the tenant's own token (onboarding,
     // `POST /v1/templates/sync`).
     on(MetaTokens, SecretsManagerStore::READ),
-    // Tenants' Meta tokens and callback secrets are written here, never read; removed on a
-    // failed onboarding, a callback turned off and the retention run's close-out.
+    // Tenants' Meta tokens and callback secrets are written here, never read; a Meta
+    // token is removed on a failed onboarding (a callback turned off keeps its secret,
+    // replaced by the next PUT; the retention run's close-out removes both).
     on(TenantSecrets, SecretsManagerStore::WRITE),
     on(TenantSecrets, SecretsManagerStore::DELETE),
     // A callback secret being replaced is read first, to be put back if the setting's
@@ -189,7 +190,8 @@ const DISPATCHER: &[Grant] = &[
     STATE[0],
     STATE[1],
     STATE[2],
-    on(TenantSecrets, SecretsManagerStore::READ),
+    // The sending tenant's Meta token; never a callback secret (the callback function's).
+    on(MetaTokens, SecretsManagerStore::READ),
     // Backoff between attempts is a visibility timeout; a broadcast's fan-out continues
     // on the same queue.
     on(DispatchQueue, SqsQueue::BACKOFF),
@@ -220,9 +222,9 @@ const CONSOLE: &[Grant] = &[
     on(TotpKey, SecretsManagerStore::READ),
     // Its actions pass the API's access middleware, which appends audit events.
     on(AuditKey, SecretsManagerStore::READ),
-    // The settings page sets or removes a tenant's status-callback secret.
+    // The settings page sets a tenant's status-callback secret (turning callbacks off
+    // keeps it: nothing here deletes a secret).
     on(CallbackSecrets, SecretsManagerStore::WRITE),
-    on(CallbackSecrets, SecretsManagerStore::DELETE),
     // ... and reads the one it replaces, to put it back if the setting's write fails.
     on(CallbackSecrets, SecretsManagerStore::READ),
     // The catalogue page's "Sync with Meta" reads Meta with the tenant's own token.

@@ -234,18 +234,53 @@ async fn a_request_no_route_takes_reaches_admin_api_and_answers_in_the_api_s_sha
     }
 }
 
-/// The template cannot deploy a message retention the functions refuse at start (every
-/// function would then fail its configuration check on its cold start).
+/// The template cannot deploy a value the functions refuse at start (every function would
+/// then fail its configuration check on its cold start): each numeric parameter that feeds
+/// their environment takes only whole numbers in the range the functions accept (a
+/// `Number` parameter would take `7.5`, and `"7.5d"` is no duration). The parameters'
+/// patterns are checked here with a JSON Schema `pattern` (ECMA regex, as CloudFormation's
+/// are Java's: these use only what both read alike), then through the functions' own
+/// configuration reader.
 #[test]
-fn the_template_s_message_retention_parameter_allows_only_what_the_functions_accept() {
+fn the_templates_numeric_parameters_allow_only_what_the_functions_accept() {
     let doc: Value = serde_yaml::from_str(TEMPLATE).expect("template.yaml parses");
-    let min_days = doc["Parameters"]["RetentionMessagesDays"]["MinValue"]
-        .as_u64()
-        .expect("a MinValue");
-    assert!(
-        min_days * 86_400 >= kirim::config::MIN_MESSAGES_RETENTION.as_secs(),
-        "MinValue {min_days} days"
-    );
+    let params = &doc["Parameters"];
+    let takes = |name: &str, v: &str| {
+        let pattern = params[name]["AllowedPattern"].as_str().expect("a pattern");
+        assert_eq!(params[name]["Type"], "String", "{name}");
+        let schema = serde_json::json!({"type": "string", "pattern": pattern});
+        jsonschema::validator_for(&schema)
+            .expect("a schema")
+            .is_valid(&serde_json::json!(v))
+    };
+    let starts = |var: &str, v: String| {
+        let mut r = kirim::config::EnvReader::new(|k| (k == var).then(|| v.clone()));
+        let _ = r.settings();
+        r.finish().is_ok()
+    };
+    let cases = [
+        ("RetentionMessagesDays", "KIRIM_RETENTION_MESSAGES", "d"),
+        ("RetentionAuditDays", "KIRIM_RETENTION_AUDIT", "d"),
+        ("RetentionBillingDays", "KIRIM_RETENTION_BILLING", "d"),
+        ("DispatchMaxAttempts", "KIRIM_DISPATCH_MAX_ATTEMPTS", ""),
+    ];
+    for (param, var, unit) in cases {
+        let default = params[param]["Default"].as_str().expect("a default");
+        assert!(takes(param, default), "{param}'s default");
+        for v in [
+            "0", "6", "7", "9", "10", "730", "2557", "99999", "7.5", "8.0", "-1", "1e3", " 7", "",
+        ] {
+            if takes(param, v) {
+                assert!(
+                    starts(var, format!("{v}{unit}")),
+                    "{param}={v} deploys functions that refuse {var}={v}{unit}"
+                );
+            }
+        }
+        assert!(!takes(param, "7.5") && !takes(param, "8.0"), "{param}");
+    }
+    assert!(!takes("RetentionMessagesDays", "6"));
+    assert!(takes("DispatchMaxAttempts", "9") && !takes("DispatchMaxAttempts", "10"));
 }
 
 /// The retention function runs what each of its schedules asks for: the daily run from
