@@ -215,6 +215,10 @@ pub(super) fn done(q: &HashMap<String, String>) -> Option<Notice> {
         "two_factor_setting" => "The two-factor requirement was saved.",
         "two_factor_on" => "Two-factor authentication is on for your sign-ins.",
         "signed_out" => "You are signed out.",
+        "signed_out_here" => {
+            "You are signed out in this browser. The server could not confirm the end of the \
+             session just now; it ends by itself after 30 idle minutes."
+        }
         "password_changed" => {
             "Your password was changed and you were signed out everywhere: sign in with the new one."
         }
@@ -493,10 +497,19 @@ async fn logout(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         .api
         .call(&ctx.who, Method::POST, "/v1/auth/logout", None, None)
         .await;
-    if !a.ok() && a.status != StatusCode::UNAUTHORIZED {
-        return failed(&a);
-    }
-    let mut res = redirect("/console/login?done=signed_out");
+    // The browser forgets the session whatever the server answered: a sign-out refused for
+    // a moment (the tenant's request limit, a storage error) must not leave a shared
+    // computer signed in. The page says when the server could not confirm the end.
+    let to = if a.ok() || a.status == StatusCode::UNAUTHORIZED {
+        "/console/login?done=signed_out"
+    } else {
+        tracing::warn!(
+            status = a.status.as_u16(),
+            "sign-out not confirmed by the API"
+        );
+        "/console/login?done=signed_out_here"
+    };
+    let mut res = redirect(to);
     res.headers_mut().append(
         header::SET_COOKIE,
         set_cookie(SESSION_COOKIE, "", s.options.secure_cookies, Some(0)),
@@ -789,6 +802,9 @@ async fn render_messages(
     let (st, date, cursor) = (get("status"), get("date"), get("cursor"));
     let mut status = status;
     let mut n = n;
+    // A filter the list cannot take (a bad day): the list is not read. Not `status`,
+    // which is also a refused send's answer, after which the list is shown as ever.
+    let mut bad_filter = false;
     let mut since = String::new();
     let mut until = String::new();
     if !date.is_empty() {
@@ -799,6 +815,7 @@ async fn render_messages(
             }
             None => {
                 status = StatusCode::BAD_REQUEST;
+                bad_filter = true;
                 n = Some(Notice::Problem(
                     "the date must be a day (YYYY-MM-DD)".into(),
                 ));
@@ -809,7 +826,7 @@ async fn render_messages(
     let mut list: Vec<Value> = Vec::new();
     let mut next: Option<String> = None;
     let mut searched = false;
-    if status != StatusCode::BAD_REQUEST {
+    if !bad_filter {
         // The API lists by status and time; a number is looked for in the pages it
         // answers (at most NUMBER_PAGES of 100), and "Older" goes on from there.
         let (limit, pages) = if number.is_empty() {
@@ -846,7 +863,7 @@ async fn render_messages(
                 Some(c) if list.len() < 50 => cursor = c.clone(),
                 _ => break,
             }
-            searched = i + 1 == pages;
+            searched = !number.is_empty() && i + 1 == pages;
         }
     }
     let can_send = ctx.may("POST", "/v1/messages");

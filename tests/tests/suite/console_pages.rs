@@ -793,6 +793,74 @@ async fn the_send_form_takes_the_catalogues_category_and_keeps_a_refused_form_as
     let m = app.message(&t.key, &id).await;
     assert_eq!(m["template"]["category"], "marketing", "{m}");
     assert_eq!(app.credits(&t.key).await, 4, "one debit");
+    // A send refused with 400 (a number that is none) still shows the list beside it.
+    let bad_number = web
+        .post(
+            "/console/messages",
+            &[
+                ("csrf", &csrf),
+                ("idempotency_key", &kirim::domain::new_id()),
+                ("to", "0123"),
+                ("template", "promo_sale"),
+                ("language", "en_US"),
+                ("category", ""),
+                ("parameters", "RAYA20\n"),
+            ],
+        )
+        .await;
+    assert_eq!(bad_number.status, 400, "{}", bad_number.html);
+    assert!(
+        bad_number.html.contains(&id),
+        "the tenant's messages listed, not \"No messages\": {}",
+        bad_number.html
+    );
+}
+
+/// Signing out forgets the session in the browser whatever the API answered: a sign-out
+/// refused for a moment (here the tenant's request limit) must not leave a shared computer
+/// signed in; the page says the server could not confirm the end. (The console's own rule,
+/// one backend: the limiter's refill outpaces the emulator's calls.)
+#[tokio::test]
+async fn a_sign_out_the_api_refuses_for_a_moment_still_forgets_the_session_in_the_browser() {
+    let app = spawn_app(Backend::Memory).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/messages").await.csrf();
+    let (st, _) = call(
+        &app,
+        "PUT",
+        &format!("/v1/platform/tenants/{}/limits", t.tenant_id),
+        Some(kirim_tests::OPERATOR_TOKEN),
+        Some(json!({"requests_per_sec": 1, "burst": 1})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let mut limited = false;
+    for _ in 0..20 {
+        let (st, _) = call(&app, "GET", "/v1/account", Some(&t.key), None).await;
+        if st == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "the tenant is at its limit");
+    let out = web.post("/console/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, 303, "{}", out.html);
+    assert_eq!(out.location(), "/console/login?done=signed_out_here");
+    assert!(
+        out.set_cookies()
+            .iter()
+            .any(|c| c.starts_with("kirim_session=;") && c.contains("Max-Age=0")),
+        "{:?}",
+        out.set_cookies()
+    );
+    let page = web.get("/console/login?done=signed_out_here").await;
+    assert!(
+        page.html.contains("signed out in this browser"),
+        "{}",
+        page.html
+    );
 }
 
 async fn a_console_admin_cannot_remove_themselves_but_another_admin_can(b: Backend) {
