@@ -241,7 +241,7 @@ pub async fn settle_lost(
                 "scheduled message not sent: its dispatch job was lost",
                 now,
             );
-            match deps
+            let moved = match deps
                 .messages
                 .cancel_with_refund(
                     tenant,
@@ -251,8 +251,15 @@ pub async fn settle_lost(
                     &refund,
                     now,
                 )
-                .await?
+                .await
             {
+                Ok(t) => t,
+                Err(e) => {
+                    let to = MessageStatus::Cancelled;
+                    super::dispatch::written_after_all(deps, tenant, id, to, now, e).await?
+                }
+            };
+            match moved {
                 Transition::Applied(r) => {
                     super::callbacks::status_changed(deps, &r).await;
                     Some((r, Settled::Refunded))

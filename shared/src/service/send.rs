@@ -457,7 +457,7 @@ pub async fn cancel_scheduled(
         "scheduled message cancelled",
         now,
     );
-    match deps
+    let moved = match deps
         .messages
         .cancel_with_refund(
             tenant_id,
@@ -467,8 +467,15 @@ pub async fn cancel_scheduled(
             &refund,
             now,
         )
-        .await?
+        .await
     {
+        Ok(t) => t,
+        Err(e) => {
+            let to = MessageStatus::Cancelled;
+            super::dispatch::written_after_all(deps, tenant_id, id, to, now, e).await?
+        }
+    };
+    match moved {
         crate::ports::Transition::Applied(record) => {
             tracing::info!(message_id = %id, "scheduled message cancelled and refunded");
             super::callbacks::status_changed(deps, &record).await;

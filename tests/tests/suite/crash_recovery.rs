@@ -280,6 +280,9 @@ struct Flaky {
     lose_claim_answer_once: AtomicBool,
     /// The same for the next move to `sent`.
     lose_sent_answer_once: AtomicBool,
+    /// The next failure with its refund is written, but answers an error (on DynamoDB, the
+    /// transaction committed and the read of what it wrote failed; then the flag clears).
+    lose_refund_answer_once: AtomicBool,
 }
 
 impl Flaky {
@@ -292,6 +295,7 @@ impl Flaky {
             fail_release_once: AtomicBool::new(false),
             lose_claim_answer_once: AtomicBool::new(false),
             lose_sent_answer_once: AtomicBool::new(false),
+            lose_refund_answer_once: AtomicBool::new(false),
         })
     }
 }
@@ -353,9 +357,15 @@ impl MessageStore for Flaky {
         if self.fail_refund.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable("storage is down".into()));
         }
-        self.inner
+        let moved = self
+            .inner
             .fail_and_refund(tenant, id, from, change, at, refund)
-            .await
+            .await;
+        if self.lose_refund_answer_once.swap(false, Ordering::SeqCst) {
+            assert!(matches!(moved, Ok(Transition::Applied(_))), "{moved:?}");
+            return Err(StoreError::Unavailable("the read after the commit".into()));
+        }
+        moved
     }
     async fn cancel_with_refund(
         &self,
@@ -531,6 +541,54 @@ async fn a_failure_before_meta_is_refunded_in_the_same_write_so_a_storage_failur
         t.sandbox_requests_to("60123459911").is_empty(),
         "never sent"
     );
+}
+
+/// A failure with its refund that was written but answered an error (on DynamoDB, the
+/// transaction committed and the read of what it wrote failed) is read back and carried
+/// on: its `failed` callback is queued, once, and the refund is the transaction's one.
+/// Taken for not written, the job came back, found the message settled and dropped itself:
+/// the tenant never heard of the failure.
+async fn a_refunded_failure_whose_answer_was_lost_still_has_its_failed_callback(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let res = t
+        .http
+        .put(t.url("/v1/settings/status-callback"))
+        .bearer_auth(&o.key)
+        .json(&json!({"url": "https://hooks.example.com/kirim", "secret": "whsec_test_callback_0123456789"}))
+        .send()
+        .await
+        .expect("set");
+    assert_eq!(res.status(), 200);
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459912").await;
+    let res = t
+        .http
+        .post(t.url(&format!("/v1/platform/tenants/{}/suspend", o.tenant_id)))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"reason": "drill"}))
+        .send()
+        .await
+        .expect("suspend");
+    assert_eq!(res.status(), 200);
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.lose_refund_answer_once.store(true, Ordering::SeqCst);
+    let callbacks = Arc::new(Kept::default());
+    let mut deps = t.app.deps.clone();
+    deps.messages = flaky.clone();
+    deps.callback_queue = callbacks.clone();
+    assert_eq!(dispatch::handle(&deps, &job).await, Outcome::Done);
+    let body = callbacks.only();
+    assert!(
+        body.contains(m.id.as_str()) && body.contains(r#""status":"failed""#),
+        "{body}"
+    );
+    assert_eq!(t.credits(&o.key).await, 5, "refunded");
+    assert_eq!(ledger_of(&t, &tenant).await.1.len(), 1, "once");
+    // A redelivery of the job changes nothing and queues nothing more.
+    assert_eq!(dispatch::handle(&deps, &job).await, Outcome::Done);
+    assert_eq!(callbacks.bodies.lock().unwrap().len(), 1);
+    assert_eq!(t.credits(&o.key).await, 5);
 }
 
 async fn a_send_whose_job_cannot_be_queued_records_and_charges_nothing(backend: Backend) {
@@ -1833,6 +1891,7 @@ async fn the_retention_run_settles_a_scheduled_message_whose_job_was_lost(b: Bac
 }
 
 on_both_backends!(
+    a_refunded_failure_whose_answer_was_lost_still_has_its_failed_callback,
     the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinished,
     the_retention_run_settles_a_scheduled_message_whose_job_was_lost,
     a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accepted_from,
