@@ -13,7 +13,8 @@ use crate::service::{retention, Deps};
 pub async fn dispatch_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
     let work = event.records.iter().map(|record| {
         let body = record.body.as_deref().unwrap_or_default();
-        handle_record(deps, record.receipt_handle.as_deref(), body)
+        let receives = receive_count(record);
+        handle_record(deps, record.receipt_handle.as_deref(), body, receives)
     });
     let outcomes = batch(deps, futures::future::join_all(work)).await;
     let hopped = hops_of(&outcomes);
@@ -107,7 +108,7 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
     let n = received.len();
     let work = received
         .iter()
-        .map(|m| handle_record(deps, Some(&m.receipt), &m.body));
+        .map(|m| handle_record(deps, Some(&m.receipt), &m.body, m.receive_count));
     let outcomes = batch(deps, futures::future::join_all(work)).await;
     let hopped = hops_of(&outcomes);
     let outcomes = send_hops(deps, outcomes).await;
@@ -145,13 +146,42 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
 /// by a busy number comes back one to two seconds before its carried slot,
 /// `throttle::until_slot`), and the batch's slowest job (a slot waited for, Meta's answer)
 /// would make it late by as long as it takes.
-async fn handle_record(deps: &Deps, receipt: Option<&str>, body: &str) -> Outcome {
+///
+/// A job received again and again is retried further apart: from its second receive, no
+/// sooner than the dispatch backoff doubled per receive (30 s, 60 s, ... about 2 h 8 min
+/// in all before the redrive's 10th receive). Every retry of the same queue message counts
+/// toward the redrive, and what brings one back over and over is storage refusing (a
+/// throttled table while its capacity catches up): at the flat backoff the job was parked
+/// on the dead-letter queue after about 5 minutes of it. Meta's retries and a busy
+/// number's turn-aways are fresh queue messages, a longer delay of its own is kept.
+async fn handle_record(deps: &Deps, receipt: Option<&str>, body: &str, receives: u32) -> Outcome {
     let (outcome, span) = dispatch::handle_in_span(deps, body).await;
+    let outcome = match outcome {
+        Outcome::RetryAfter(delay) => Outcome::RetryAfter(delay.max(retry_floor(deps, receives))),
+        other => other,
+    };
     if let (Outcome::RetryAfter(delay), Some(receipt)) = (&outcome, receipt) {
         // Under the job's span: a failure to set it names the job.
         set_retry(deps, receipt, *delay).instrument(span).await;
     }
     outcome
+}
+
+/// The shortest retry of a job received `receives` times ([`handle_record`]).
+pub fn retry_floor(deps: &Deps, receives: u32) -> std::time::Duration {
+    if receives < 2 {
+        return std::time::Duration::ZERO;
+    }
+    crate::service::jobs::backoff(deps.settings.dispatch_backoff, receives - 1)
+}
+
+/// SQS's count of a record's receives (1 when it does not say).
+fn receive_count(record: &aws_lambda_events::sqs::SqsMessage) -> u32 {
+    record
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1)
 }
 
 /// Which of a batch's outcomes are hops, before [`send_hops`] answers them.
@@ -248,14 +278,7 @@ pub async fn status_callback_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResp
     let items: Vec<(String, u32)> = event
         .records
         .iter()
-        .map(|r| {
-            let count = r
-                .attributes
-                .get("ApproximateReceiveCount")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(1);
-            (r.body.clone().unwrap_or_default(), count)
-        })
+        .map(|r| (r.body.clone().unwrap_or_default(), receive_count(r)))
         .collect();
     let outcomes = crate::service::callbacks::handle_batch(deps, &items).await;
     let mut response = SqsBatchResponse::default();

@@ -1448,6 +1448,8 @@ async fn a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not
 struct TimedRetries {
     inner: Arc<dyn DispatchQueue>,
     set: Mutex<Vec<(String, std::time::Instant)>>,
+    /// Each retry's receipt and delay.
+    delays: Mutex<Vec<(String, Duration)>>,
 }
 
 #[async_trait]
@@ -1466,6 +1468,10 @@ impl DispatchQueue for TimedRetries {
             .lock()
             .map_err(|_| StoreError::Unavailable("poisoned".into()))?
             .push((receipt.to_owned(), std::time::Instant::now()));
+        self.delays
+            .lock()
+            .map_err(|_| StoreError::Unavailable("poisoned".into()))?
+            .push((receipt.to_owned(), delay));
         self.inner.retry_after(receipt, delay).await
     }
     async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, StoreError> {
@@ -1496,6 +1502,7 @@ async fn a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_
     let timed = Arc::new(TimedRetries {
         inner: deps.queue.clone(),
         set: Mutex::default(),
+        delays: Mutex::default(),
     });
     deps.queue = timed.clone();
     book_two_seconds_ahead(&deps, &busy.phone_number_id).await;
@@ -1544,6 +1551,66 @@ async fn a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_
     assert!(
         ahead >= Duration::from_millis(400),
         "set while the slow send still waited for Meta, not with it ({ahead:?} before)"
+    );
+}
+
+/// Every retry of one queue message counts toward the redrive (10 receives), and what
+/// brings a job back over and over is storage refusing (a throttled table while its
+/// capacity catches up). At a flat 30 s the job was parked on the dead-letter queue after
+/// about 5 minutes; from its second receive it is retried no sooner than the backoff
+/// doubled per receive (about 2 h in all), a longer delay of its own kept.
+#[tokio::test]
+async fn a_job_received_again_and_again_is_retried_further_apart_not_parked_in_minutes() {
+    let t = spawn_app(Backend::Memory).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459924").await;
+    // A job whose message is not recorded yet: retried in half a second on its own.
+    let job = job.replace(
+        m.id.as_str(),
+        &kirim::domain::MessageId::generate().to_string(),
+    );
+    let mut deps = t.app.deps.clone();
+    let mut settings = (*deps.settings).clone();
+    settings.dispatch_backoff = Duration::from_secs(30);
+    deps.settings = Arc::new(settings);
+    let timed = Arc::new(TimedRetries {
+        inner: deps.queue.clone(),
+        set: Mutex::default(),
+        delays: Mutex::default(),
+    });
+    deps.queue = timed.clone();
+    let records: Vec<_> = [("first", "1"), ("sixth", "6"), ("ninth", "9")]
+        .iter()
+        .map(|(id, receives)| {
+            json!({
+                "messageId": id, "receiptHandle": format!("receipt-{id}"), "body": job,
+                "attributes": {"ApproximateReceiveCount": receives}, "messageAttributes": {},
+                "eventSource": "aws:sqs"
+            })
+        })
+        .collect();
+    let event = serde_json::from_value(json!({ "Records": records })).expect("an SQS event");
+    let response = kirim::queue_handlers::dispatch_batch(&deps, event).await;
+    assert_eq!(response.batch_item_failures.len(), 3, "all retried");
+    let delays: std::collections::HashMap<String, Duration> =
+        timed.delays.lock().unwrap().iter().cloned().collect();
+    assert_eq!(
+        delays["receipt-first"],
+        Duration::from_millis(500),
+        "its own"
+    );
+    // 30 s doubled per receive after the first, ±20 %.
+    let sixth = delays["receipt-sixth"];
+    assert!((384..=576).contains(&sixth.as_secs()), "{sixth:?}");
+    let ninth = delays["receipt-ninth"];
+    assert!((3072..=4608).contains(&ninth.as_secs()), "{ninth:?}");
+    let total: u64 = (1..10)
+        .map(|n| kirim::queue_handlers::retry_floor(&deps, n).as_secs())
+        .sum();
+    assert!(
+        total >= 3600,
+        "an hour at least before the redrive: {total} s"
     );
 }
 
