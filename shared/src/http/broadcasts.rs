@@ -245,7 +245,10 @@ enum CsvStep {
 
 /// `recipients.csv`: the header, then the broadcast's messages page by page (one page in
 /// memory at a time), then recipients it has not reached yet (a scheduled broadcast's
-/// list). A storage error after the header ends the body early (a row is never cut).
+/// list). The first page is read before the answer's status is chosen (a storage error
+/// then is a `503`, not a `200` with a header alone); one after the body began aborts it
+/// (the transfer is cut off, on Lambda the invocation fails: a `5xx`), so a complete file
+/// is never mistaken for a truncated one.
 async fn recipients_csv(
     State(s): State<AppState>,
     ctx: TenantCtx,
@@ -273,13 +276,19 @@ async fn recipients_csv(
         Vec::new()
     };
     let pending = std::sync::Arc::new(pending);
+    let first = deps
+        .broadcasts
+        .broadcast_messages(&b, broadcasts::PAGE, None)
+        .await
+        .map_err(crate::service::errors::ServiceError::from)?;
     // The ids of the messages written out: a recipient whose message was recorded while
     // the walk went on is then not listed again as pending.
     let start = (
         CsvStep::Header,
         std::collections::HashSet::<MessageId>::new(),
+        Some(first),
     );
-    let body = stream::unfold(start, move |(step, mut emitted)| {
+    let body = stream::unfold(start, move |(step, mut emitted, mut first)| {
         let deps = deps.clone();
         let b = b.clone();
         let pending = pending.clone();
@@ -288,11 +297,15 @@ async fn recipients_csv(
                 CsvStep::Done => return None,
                 CsvStep::Header => (broadcasts::CSV_HEADER.to_owned(), CsvStep::Messages(None)),
                 CsvStep::Messages(after) => {
-                    match deps
-                        .broadcasts
-                        .broadcast_messages(&b, broadcasts::PAGE, after.as_ref())
-                        .await
-                    {
+                    let page = match first.take() {
+                        Some(read) => Ok(read),
+                        None => {
+                            deps.broadcasts
+                                .broadcast_messages(&b, broadcasts::PAGE, after.as_ref())
+                                .await
+                        }
+                    };
+                    match page {
                         Ok((page, next)) => (
                             page.iter()
                                 .map(|m| {
@@ -307,7 +320,9 @@ async fn recipients_csv(
                         ),
                         Err(e) => {
                             tracing::error!(broadcast_id = %b.id, error = %e, "recipients.csv stopped");
-                            return None;
+                            let cut =
+                                std::io::Error::other("storage error: recipients.csv cut off");
+                            return Some((Err(cut), (CsvStep::Done, emitted, None)));
                         }
                     }
                 }
@@ -329,10 +344,7 @@ async fn recipients_csv(
                     (rows, CsvStep::Done)
                 }
             };
-            Some((
-                Ok::<_, std::convert::Infallible>(Bytes::from(text)),
-                (next, emitted),
-            ))
+            Some((Ok(Bytes::from(text)), (next, emitted, first)))
         }
     });
     let disposition = format!("attachment; filename=\"broadcast-{id}-recipients.csv\"");

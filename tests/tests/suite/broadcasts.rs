@@ -727,6 +727,71 @@ async fn csv_requested_before_the_fan_out(
     (deps, tenant, accepted, fan_out, res)
 }
 
+/// A `recipients.csv` whose messages cannot be read is never a `200` that looks complete:
+/// the first page is read before the status (`503`), and a failure after the body began
+/// cuts the transfer off (on Lambda the invocation fails) instead of ending it cleanly.
+#[tokio::test]
+async fn a_recipients_csv_storage_cannot_read_is_a_503_or_a_cut_off_body_never_a_clean_200() {
+    use kirim::service::{broadcasts, send::TemplateIn};
+    use tower::ServiceExt;
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let (tenant, key) = promo_tenant(&deps, "132", 300).await;
+    let template: TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
+    let recipients: Vec<String> = (0..250).map(|i| format!("+6012346{i:04}")).collect();
+    let accepted = broadcasts::create(&deps, &tenant.id, template, recipients, None)
+        .await
+        .unwrap();
+    let fan_out = next_fan_out(&deps).await;
+    broadcasts::fan_out_in_slices(&deps, &fan_out, 250)
+        .await
+        .unwrap();
+    let request = |readable: usize| {
+        let mut d = deps.clone();
+        d.broadcasts = std::sync::Arc::new(LostClaimAnswer {
+            inner: deps.broadcasts.clone(),
+            once: std::sync::atomic::AtomicBool::new(false),
+            pages_read: Default::default(),
+            pages_readable: readable,
+        });
+        let uri = format!("/v1/broadcasts/{}/recipients.csv", accepted.id);
+        let auth = format!("Bearer {}", key.expose());
+        async move {
+            kirim::http::send_api_router(d)
+                .oneshot(
+                    axum::http::Request::builder()
+                        .uri(uri)
+                        .header("authorization", auth)
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let whole = request(usize::MAX).await;
+    assert_eq!(whole.status(), 200);
+    let csv = axum::body::to_bytes(whole.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&csv).lines().count(),
+        251,
+        "two pages"
+    );
+    let none = request(0).await;
+    assert_eq!(none.status(), 503, "nothing read: not a header alone");
+    let half = request(1).await;
+    assert_eq!(half.status(), 200, "the first page was read");
+    assert!(
+        axum::body::to_bytes(half.into_body(), 1 << 20)
+            .await
+            .is_err(),
+        "the second page failed: the body is cut off, not ended"
+    );
+}
+
 /// `recipients.csv` lists each recipient once, also while the fan-out goes on: one whose
 /// message is recorded between the request and the walk's reaching it is written out with
 /// its message, not again as a pending recipient.
@@ -1508,10 +1573,13 @@ async fn a_batchs_jobs_that_are_not_due_go_back_on_the_queue_in_one_send_on_lamb
 }
 
 /// A broadcast store whose next claim lands but whose answer is lost: the store's retry of
-/// it is what answers (refused, by the claim itself).
+/// it is what answers (refused, by the claim itself). And whose reads of a broadcast's
+/// messages fail once `pages_read` reach `pages_readable`.
 struct LostClaimAnswer {
     inner: std::sync::Arc<dyn kirim::ports::BroadcastStore>,
     once: std::sync::atomic::AtomicBool,
+    pages_read: std::sync::atomic::AtomicUsize,
+    pages_readable: usize,
 }
 
 #[async_trait::async_trait]
@@ -1651,6 +1719,14 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
         ),
         kirim::store_error::StoreError,
     > {
+        let read = self
+            .pages_read
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if read >= self.pages_readable {
+            return Err(kirim::store_error::StoreError::Unavailable(
+                "throttled".into(),
+            ));
+        }
         self.inner.broadcast_messages(broadcast, limit, after).await
     }
     async fn insert_broadcast_message(
@@ -1681,6 +1757,8 @@ async fn a_broadcast_claim_whose_answer_was_lost_is_given_back_and_claimed_afres
     deps.broadcasts = std::sync::Arc::new(LostClaimAnswer {
         inner: p.deps.broadcasts.clone(),
         once: std::sync::atomic::AtomicBool::new(true),
+        pages_read: Default::default(),
+        pages_readable: usize::MAX,
     });
     let id = kirim::domain::MessageId::from_trusted(jobs[0]["message_id"].as_str().unwrap());
     let message = || async {
