@@ -66,6 +66,10 @@ pub trait SendingControl: Send + Sync {
     /// `slot`: a send slot reserved for the message ahead, kept on it for its next claim
     /// (`MessageRecord::carried_slot`); `None` leaves what it carries. Only under the claim
     /// made at `claimed_at` (its `updated_at`), as [`MessageStore::release_for_retry`].
+    /// The `sending` event the claim appended goes too: `events` is how many the claimed
+    /// message has (the claim's last), and the release is refused unless it still has as
+    /// many (a message turned away every minute for an hour kept 60 of them, each a
+    /// larger item to write).
     ///
     /// [`MessageStore::release_for_retry`]: crate::ports::MessageStore::release_for_retry
     async fn release_unattempted(
@@ -73,6 +77,7 @@ pub trait SendingControl: Send + Sync {
         tenant: &TenantId,
         id: &MessageId,
         claimed_at: DateTime<Utc>,
+        events: usize,
         at: DateTime<Utc>,
         slot: Option<CarriedSlot>,
     ) -> Result<Transition, StoreError>;

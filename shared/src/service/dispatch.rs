@@ -270,7 +270,7 @@ async fn refused_claim(
             if job.broadcast_id.is_none() {
                 return Ok(Ok(Box::new(m)));
             }
-            give_back_unattempted(deps, job, m.updated_at, None, "claim_answer_lost").await?;
+            give_back_unattempted(deps, job, &m, None, "claim_answer_lost").await?;
             Ok(Err(Outcome::RetryAfter(std::time::Duration::from_millis(
                 500,
             ))))
@@ -331,15 +331,17 @@ fn kept_again(e: &ServiceError) -> Option<Outcome> {
 async fn give_back_unattempted(
     deps: &Deps,
     job: &DispatchJob,
-    claimed_at: DateTime<Utc>,
+    claimed: &crate::domain::MessageRecord,
     slot: Option<crate::domain::CarriedSlot>,
     code: &str,
 ) -> Result<(), Stopped> {
+    let claimed_at = claimed.updated_at;
     let given = crate::store_error::undo(|| {
         deps.sending.release_unattempted(
             &job.tenant_id,
             &job.message_id,
             claimed_at,
+            claimed.events.len(),
             deps.clock.now(),
             slot,
         )
@@ -791,31 +793,26 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         .carried_slot
         .filter(|c| c.attempt == record.attempts)
         .map(|c| c.at);
-    let (slot, again) = match super::throttle::acquire(deps, &from.phone_number_id, tier, carried)
-        .await
-    {
-        Ok(super::throttle::Slot::Go) => (None, None),
-        Ok(super::throttle::Slot::Later(at)) => (
-            Some(crate::domain::CarriedSlot {
-                at,
-                attempt: record.attempts,
-            }),
-            Some(super::throttle::until_slot(deps, at)),
-        ),
-        Ok(super::throttle::Slot::Full) => (None, Some(super::throttle::full_retry_delay())),
-        Err(e) => {
-            return Err(unclaim(deps, job, record.updated_at, "rate_limiter_unavailable", e).await)
-        }
-    };
+    let (slot, again) =
+        match super::throttle::acquire(deps, &from.phone_number_id, tier, carried).await {
+            Ok(super::throttle::Slot::Go) => (None, None),
+            Ok(super::throttle::Slot::Later(at)) => (
+                Some(crate::domain::CarriedSlot {
+                    at,
+                    attempt: record.attempts,
+                }),
+                Some(super::throttle::until_slot(deps, at)),
+            ),
+            Ok(super::throttle::Slot::Full) => (None, Some(super::throttle::full_retry_delay())),
+            Err(e) => {
+                // Nothing went to Meta: the claim is given back without spending an attempt
+                // (`KIRIM_DISPATCH_MAX_ATTEMPTS` counts requests to Meta), and the job retried.
+                give_back_unattempted(deps, job, &record, None, "rate_limiter_unavailable").await?;
+                return Err(e.into());
+            }
+        };
     if let Some(delay) = again {
-        give_back_unattempted(
-            deps,
-            job,
-            record.updated_at,
-            slot,
-            "rate_limiter_unavailable",
-        )
-        .await?;
+        give_back_unattempted(deps, job, &record, slot, "rate_limiter_unavailable").await?;
         crate::metrics::retry("throttled");
         if slot.is_none() || carried.is_some() {
             // The number is booked past the horizon: as a fresh queue message, not the

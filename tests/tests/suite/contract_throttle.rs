@@ -305,10 +305,22 @@ async fn a_throttled_claim_goes_back_to_accepted_without_costing_an_attempt(p: S
     let t = onboarded(&p).await;
     let m = claimed(&p, &t.id).await;
     assert_eq!(m.attempts, 1);
+    assert_eq!(
+        m.events.last().map(|e| e.status),
+        Some(MessageStatus::Sending)
+    );
     let at = p.clock.now();
+    // Told of another count of events than the message has: not the claim's state, refused.
+    assert_eq!(
+        p.sending
+            .release_unattempted(&t.id, &m.id, m.updated_at, m.events.len() + 1, at, None)
+            .await
+            .expect("release"),
+        Transition::Refused
+    );
     let Transition::Applied(r) = p
         .sending
-        .release_unattempted(&t.id, &m.id, m.updated_at, at, None)
+        .release_unattempted(&t.id, &m.id, m.updated_at, m.events.len(), at, None)
         .await
         .expect("release")
     else {
@@ -317,8 +329,13 @@ async fn a_throttled_claim_goes_back_to_accepted_without_costing_an_attempt(p: S
     assert_eq!(r.status, MessageStatus::Accepted);
     assert_eq!(r.attempts, 0, "the claim is given back");
     assert_eq!(
+        r.events,
+        m.events[..m.events.len() - 1],
+        "and its `sending` event: a turn-away leaves no trace in the history"
+    );
+    assert_eq!(
         p.sending
-            .release_unattempted(&t.id, &m.id, m.updated_at, at, None)
+            .release_unattempted(&t.id, &m.id, m.updated_at, m.events.len(), at, None)
             .await
             .expect("release"),
         Transition::Refused,
@@ -334,7 +351,14 @@ async fn a_release_gives_back_only_the_claim_it_was_made_for(p: Stores) {
     let first = claimed(&p, &t.id).await;
     assert!(matches!(
         p.sending
-            .release_unattempted(&t.id, &first.id, first.updated_at, p.clock.now(), None)
+            .release_unattempted(
+                &t.id,
+                &first.id,
+                first.updated_at,
+                first.events.len(),
+                p.clock.now(),
+                None,
+            )
             .await
             .expect("release"),
         Transition::Applied(_)
@@ -365,7 +389,14 @@ async fn a_release_gives_back_only_the_claim_it_was_made_for(p: Stores) {
     };
     assert_eq!(
         p.sending
-            .release_unattempted(&t.id, &first.id, first.updated_at, p.clock.now(), None)
+            .release_unattempted(
+                &t.id,
+                &first.id,
+                first.updated_at,
+                first.events.len(),
+                p.clock.now(),
+                None,
+            )
             .await
             .expect("release"),
         Transition::Refused,
@@ -408,7 +439,14 @@ async fn a_released_claim_carries_the_slot_reserved_for_it_to_its_next_claim(p: 
     };
     let Transition::Applied(r) = p
         .sending
-        .release_unattempted(&t.id, &m.id, m.updated_at, p.clock.now(), Some(slot))
+        .release_unattempted(
+            &t.id,
+            &m.id,
+            m.updated_at,
+            m.events.len(),
+            p.clock.now(),
+            Some(slot),
+        )
         .await
         .expect("release")
     else {
@@ -445,7 +483,14 @@ async fn a_released_claim_carries_the_slot_reserved_for_it_to_its_next_claim(p: 
     );
     // Released again without a slot (the number full beyond the horizon): it keeps it.
     p.sending
-        .release_unattempted(&t.id, &m.id, next.updated_at, p.clock.now(), None)
+        .release_unattempted(
+            &t.id,
+            &m.id,
+            next.updated_at,
+            next.events.len(),
+            p.clock.now(),
+            None,
+        )
         .await
         .expect("release");
     assert_eq!(again(&p).await.carried_slot, Some(slot));

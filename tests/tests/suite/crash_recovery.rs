@@ -1397,6 +1397,7 @@ impl kirim::ports::SendingControl for ReleaseFails {
         _: &TenantId,
         _: &MessageId,
         _: DateTime<Utc>,
+        _: usize,
         _: DateTime<Utc>,
         _: Option<kirim::domain::CarriedSlot>,
     ) -> Result<kirim::ports::Transition, StoreError> {

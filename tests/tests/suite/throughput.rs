@@ -305,7 +305,77 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Send slots that cannot be read (the limiter's item throttled).
+struct LimiterDown;
+
+#[async_trait::async_trait]
+impl kirim::ports::Throughput for LimiterDown {
+    async fn reserve_slots(
+        &self,
+        _: &str,
+        _: u32,
+        _: chrono::DateTime<chrono::Utc>,
+        _: Duration,
+        _: u32,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable(
+            "ProvisionedThroughputExceeded".into(),
+        ))
+    }
+    async fn set_throughput(
+        &self,
+        _: &kirim::domain::TenantId,
+        _: u32,
+    ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("down".into()))
+    }
+}
+
+/// A claim the limiter could not give a slot to never reached Meta: it is given back as
+/// not an attempt (`KIRIM_DISPATCH_MAX_ATTEMPTS` counts requests to Meta), and leaves no
+/// `sending` event behind, however many times the limiter fails; then the message is sent.
+async fn a_limiter_that_fails_spends_no_attempt_and_leaves_no_trace_in_the_history(b: Backend) {
+    let mut cfg = local_config(b).await;
+    cfg.pollers = 0;
+    let app = app_with(cfg).await;
+    let t = app.onboard(5).await;
+    let id = app.send_ok(&t.key, "+60133000010").await;
+    let mut down = app.app.deps.clone();
+    down.throughput = std::sync::Arc::new(LimiterDown);
+    let job = down
+        .queue
+        .receive(1, Duration::from_secs(2))
+        .await
+        .expect("received")
+        .pop()
+        .expect("the job");
+    for _ in 0..3 {
+        let outcome = kirim::service::dispatch::handle(&down, &job.body).await;
+        assert!(
+            matches!(outcome, kirim::service::jobs::Outcome::RetryAfter(_)),
+            "{outcome:?}"
+        );
+    }
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    let message = kirim::domain::MessageId::from_trusted(id.as_str());
+    let m = down
+        .messages
+        .get_message(&tenant, &message)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.status, kirim::domain::MessageStatus::Accepted);
+    assert_eq!(m.attempts, 0, "no attempt spent");
+    assert_eq!(m.events.len(), 1, "accepted alone: {:?}", m.events);
+    let outcome = kirim::service::dispatch::handle(&app.app.deps, &job.body).await;
+    assert_eq!(outcome, kirim::service::jobs::Outcome::Done);
+    let view = app.message(&t.key, &id).await;
+    assert_eq!(view["status"], "sent", "{view}");
+    assert_eq!(answered_for(&app, &t.phone_number_id).len(), 1);
+}
+
 on_both_backends!(
+    a_limiter_that_fails_spends_no_attempt_and_leaves_no_trace_in_the_history,
     two_dispatchers_together_keep_a_burst_at_the_numbers_rate_without_130429,
     the_operator_sets_a_tenants_throughput_tier,
     a_message_left_sending_fails_as_outcome_unknown_after_the_deadline_and_is_sent_once,

@@ -239,6 +239,7 @@ impl SendingControl for DynamoStore {
         tenant: &TenantId,
         id: &MessageId,
         claimed_at: DateTime<Utc>,
+        events: usize,
         at: DateTime<Utc>,
         slot: Option<CarriedSlot>,
     ) -> Result<Transition, StoreError> {
@@ -246,23 +247,32 @@ impl SendingControl for DynamoStore {
             .map(serde_dynamo::to_attribute_value)
             .transpose()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // The claim's `sending` event is the last of `events` (none to remove: none).
+        let last = match events.checked_sub(1) {
+            Some(i) => format!(", events[{i}]"),
+            None => String::new(),
+        };
+        // `accepted` has no status index entry (keys.rs).
+        let set = if carried.is_some() {
+            "SET #status = :acc, updated_at = :at, carried_slot = :slot"
+        } else {
+            "SET #status = :acc, updated_at = :at"
+        };
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::message(tenant, id).attrs()))
-            .update_expression(if carried.is_some() {
-                // `accepted` has no status index entry (keys.rs).
-                "SET #status = :acc, updated_at = :at, carried_slot = :slot \
-                 REMOVE gsi1pk, gsi1sk ADD attempts :minus"
-            } else {
-                "SET #status = :acc, updated_at = :at REMOVE gsi1pk, gsi1sk ADD attempts :minus"
-            })
+            .update_expression(format!(
+                "{set} REMOVE gsi1pk, gsi1sk{last} ADD attempts :minus"
+            ))
             .set_expression_attribute_values(carried.map(|v| [(":slot".to_owned(), v)].into()))
-            // Only this claim, as `expire_sending`.
+            // Only this claim, as `expire_sending`, and its events as the claim left them.
             .condition_expression(
-                "#status = :sending AND attempts > :zero AND updated_at = :claimed",
+                "#status = :sending AND attempts > :zero AND updated_at = :claimed \
+                 AND size(events) = :events",
             )
+            .expression_attribute_values(":events", n(events as i64))
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
             .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))

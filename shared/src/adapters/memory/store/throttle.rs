@@ -57,6 +57,7 @@ impl SendingControl for MemoryStore {
         tenant: &TenantId,
         id: &MessageId,
         claimed_at: DateTime<Utc>,
+        events: usize,
         at: DateTime<Utc>,
         slot: Option<CarriedSlot>,
     ) -> Result<Transition, StoreError> {
@@ -64,10 +65,16 @@ impl SendingControl for MemoryStore {
         let Some(m) = s.messages.get_mut(message_key(&(tenant, id))) else {
             return Ok(Transition::Refused);
         };
-        if m.status != MessageStatus::Sending || m.attempts == 0 || m.updated_at != claimed_at {
+        if m.status != MessageStatus::Sending
+            || m.attempts == 0
+            || m.updated_at != claimed_at
+            || m.events.len() != events
+        {
             return Ok(Transition::Refused);
         }
         let m = std::sync::Arc::make_mut(m);
+        // The claim's `sending` event, the last.
+        m.events.pop();
         m.status = MessageStatus::Accepted;
         m.attempts = m.attempts.saturating_sub(1);
         m.updated_at = at;
