@@ -1329,8 +1329,33 @@ async fn rotate_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
     if matches!(a.status, StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND) {
         return failed(&a);
     }
-    let (status, n) = problem(&a);
+    let (status, mut n) = problem(&a);
+    if a.status == StatusCode::CONFLICT {
+        // Most often the form sent twice (a double click, a reload): the first rotation's
+        // new key was shown to no one. Say what stands, not just "not done".
+        n = already_rotated(&s, &ctx, &id).await.or(n);
+    }
     render_keys(&s, &ctx, status, n, None).await
+}
+
+/// What to tell an admin whose rotation was refused because the key was rotated already:
+/// when the old key stops working, and which key replaced it (whose secret, if nobody
+/// copied it, is gone: rotate or revoke that one).
+async fn already_rotated(s: &ConsoleState, ctx: &Ctx, id: &str) -> Option<Notice> {
+    let a = s.api.get(&ctx.who, "/v1/api-keys").await;
+    let keys = a.body["api_keys"].as_array()?;
+    let old = keys.iter().find(|k| text(k, "id") == id)?;
+    let new_id = old["replaced_by"].as_str()?;
+    let new_name = keys
+        .iter()
+        .find(|k| text(k, "id") == new_id)
+        .map_or_else(|| new_id.to_owned(), |k| text(k, "name").to_owned());
+    Some(Notice::Problem(format!(
+        "This key was already rotated (the form sent twice, or another admin): it stops \
+         working at {}. Its replacement is “{new_name}”; if nobody copied that key when it \
+         was shown, rotate or revoke the replacement now.",
+        when(&old["expires_at"])
+    )))
 }
 
 async fn revoke_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {

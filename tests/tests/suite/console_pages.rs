@@ -816,6 +816,43 @@ async fn the_send_form_takes_the_catalogues_category_and_keeps_a_refused_form_as
     );
 }
 
+/// A rotation sent twice (a double click, a reload) rotates once; the second is refused
+/// and says what stands: when the old key stops working and which key replaced it, whose
+/// secret the first answer showed to no one.
+#[tokio::test]
+async fn a_rotation_sent_twice_says_the_key_was_already_rotated_and_names_its_replacement() {
+    let app = spawn_app(Backend::Memory).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &email).await;
+    let (st, made) = call(
+        &app,
+        "POST",
+        "/v1/api-keys",
+        Some(&t.key),
+        Some(json!({"name": "billing-sync", "role": "operator"})),
+    )
+    .await;
+    assert_eq!(st, 201, "{made}");
+    let id = made["id"].as_str().unwrap().to_owned();
+    let csrf = web.get("/console/api-keys").await.csrf();
+    let path = format!("/console/api-keys/{id}/rotate");
+    let first = web.post(&path, &[("csrf", &csrf)]).await;
+    assert_eq!(first.status, 201, "{}", first.html);
+    let second = web.post(&path, &[("csrf", &csrf)]).await;
+    assert_eq!(second.status, 409, "{}", second.html);
+    assert!(
+        second.html.contains("already rotated") && second.html.contains("stops working at 20"),
+        "{}",
+        second.html
+    );
+    assert!(
+        second.html.contains("Its replacement is “billing-sync”"),
+        "names the replacement: {}",
+        second.html
+    );
+}
+
 /// Signing out forgets the session in the browser whatever the API answered: a sign-out
 /// refused for a moment (here the tenant's request limit) must not leave a shared computer
 /// signed in; the page says the server could not confirm the end. (The console's own rule,
