@@ -33,6 +33,8 @@ pub struct Who {
 pub struct Answer {
     pub status: StatusCode,
     pub body: Value,
+    /// The answer's `Retry-After` (seconds), if it had one (a `429`).
+    pub retry_after: Option<u64>,
 }
 
 impl Answer {
@@ -90,6 +92,7 @@ impl Api {
         Answer {
             status: raw.status,
             body,
+            retry_after: raw.retry_after,
         }
     }
 
@@ -126,11 +129,17 @@ impl Api {
         };
         let status = res.status();
         let content_type = res.headers().get(header::CONTENT_TYPE).cloned();
+        let retry_after = res
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         match axum::body::to_bytes(res.into_body(), MAX_ANSWER).await {
             Ok(bytes) => Raw {
                 status,
                 content_type,
                 bytes: bytes.to_vec(),
+                retry_after,
             },
             Err(_) => internal("API answer unreadable"),
         }
@@ -143,6 +152,7 @@ pub struct Raw {
     pub status: StatusCode,
     pub content_type: Option<HeaderValue>,
     pub bytes: Vec<u8>,
+    pub retry_after: Option<u64>,
 }
 
 fn internal(why: &str) -> Raw {
@@ -151,5 +161,6 @@ fn internal(why: &str) -> Raw {
         status: StatusCode::INTERNAL_SERVER_ERROR,
         content_type: None,
         bytes: Vec::new(),
+        retry_after: None,
     }
 }

@@ -847,6 +847,7 @@ async fn export(State(s): S, ctx: Ctx, Path(id): Path<String>) -> Response {
         return failed(&Answer {
             status: raw.status,
             body,
+            retry_after: raw.retry_after,
         });
     }
     let mut res = raw.bytes.into_response();

@@ -485,6 +485,21 @@ async fn login(State(s): S, parts: Parts, body: Bytes) -> Response {
             Some(&Notice::Problem("the email or password is wrong".into())),
             StatusCode::UNAUTHORIZED,
         ),
+        (StatusCode::TOO_MANY_REQUESTS, _) => {
+            // The API's words name its header; a person gets the number, and so does the
+            // browser (the page's own `Retry-After`).
+            let wait = a.retry_after.unwrap_or(1);
+            let why = a.message();
+            let why = why.split("; try again").next().unwrap_or(&why).to_owned();
+            let n = Notice::Problem(format!(
+                "{why}; try again in {wait} second{}",
+                if wait == 1 { "" } else { "s" }
+            ));
+            let mut res = login_form(&token, Some(&n), StatusCode::TOO_MANY_REQUESTS);
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            res
+        }
         (status, _) => login_form(&token, Some(&Notice::Problem(a.message())), status),
     }
 }
@@ -1812,6 +1827,7 @@ mod tests {
         let answer = |code: &str, message: &str| Answer {
             status: StatusCode::FORBIDDEN,
             body: json!({"error": {"code": code, "message": message}}),
+            retry_after: None,
         };
         let suspended = text_of(failed(&answer(
             "tenant_suspended",

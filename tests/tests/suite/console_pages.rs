@@ -816,6 +816,49 @@ async fn the_send_form_takes_the_catalogues_category_and_keeps_a_refused_form_as
     );
 }
 
+/// Sign-ins refused for too many failures tell the person how long to wait, in seconds,
+/// not "after Retry-After seconds" (a header no person sees), and the page carries the
+/// header for the browser.
+#[tokio::test]
+async fn a_sign_in_held_for_too_many_failures_says_how_many_seconds_to_wait() {
+    let app = spawn_app(Backend::Memory).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = super::console::Browser::new(&app);
+    let csrf = web.get("/console/login").await.csrf();
+    let mut held = None;
+    for _ in 0..12 {
+        let page = web
+            .post(
+                "/console/login",
+                &[
+                    ("csrf", &csrf),
+                    ("email", &email),
+                    ("password", "wrong-password-1"),
+                ],
+            )
+            .await;
+        if page.status == 429 {
+            held = Some(page);
+            break;
+        }
+    }
+    let held = held.expect("held after repeated failures");
+    let wait: u64 = held
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After header");
+    assert!(wait >= 1, "{wait}");
+    assert!(
+        held.html.contains(&format!("try again in {wait} second")),
+        "{}",
+        held.html
+    );
+    assert!(!held.html.contains("Retry-After"), "{}", held.html);
+}
+
 /// A rotation sent twice (a double click, a reload) rotates once; the second is refused
 /// and says what stands: when the old key stops working and which key replaced it, whose
 /// secret the first answer showed to no one.
