@@ -21,7 +21,7 @@ pub async fn dispatch_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
     let outcomes = send_hops(deps, outcomes).await;
     let acks = event.records.iter().zip(outcomes).zip(hopped).map(
         |((record, outcome), hopped)| async move {
-            let failed = match outcome {
+            let failed = match floored(deps, outcome, receive_count(record)) {
                 Outcome::Done => false,
                 Outcome::RetryAfter(delay) => {
                     // A hop that could not be sent; any other retry's delay is set already.
@@ -118,7 +118,7 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
             .zip(outcomes)
             .zip(hopped)
             .map(|((m, outcome), hopped)| async move {
-                match outcome {
+                match floored(deps, outcome, m.receive_count) {
                     // Deleted with the rest of the batch, below.
                     Outcome::Done => return Some(m.receipt),
                     // A hop that could not be sent; any other retry's delay is set already.
@@ -147,19 +147,10 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
 /// `throttle::until_slot`), and the batch's slowest job (a slot waited for, Meta's answer)
 /// would make it late by as long as it takes.
 ///
-/// A job received again and again is retried further apart: from its second receive, no
-/// sooner than the dispatch backoff doubled per receive (30 s, 60 s, ... about 2 h 8 min
-/// in all before the redrive's 10th receive). Every retry of the same queue message counts
-/// toward the redrive, and what brings one back over and over is storage refusing (a
-/// throttled table while its capacity catches up): at the flat backoff the job was parked
-/// on the dead-letter queue after about 5 minutes of it. Meta's retries and a busy
-/// number's turn-aways are fresh queue messages, a longer delay of its own is kept.
+/// A storage retry received again and again is retried further apart: [`floored`].
 async fn handle_record(deps: &Deps, receipt: Option<&str>, body: &str, receives: u32) -> Outcome {
     let (outcome, span) = dispatch::handle_in_span(deps, body).await;
-    let outcome = match outcome {
-        Outcome::RetryAfter(delay) => Outcome::RetryAfter(delay.max(retry_floor(deps, receives))),
-        other => other,
-    };
+    let outcome = floored(deps, outcome, receives);
     if let (Outcome::RetryAfter(delay), Some(receipt)) = (&outcome, receipt) {
         // Under the job's span: a failure to set it names the job.
         set_retry(deps, receipt, *delay).instrument(span).await;
@@ -167,7 +158,25 @@ async fn handle_record(deps: &Deps, receipt: Option<&str>, body: &str, receives:
     outcome
 }
 
-/// The shortest retry of a job received `receives` times ([`handle_record`]).
+/// A storage retry (`RetryAfter` the dispatch backoff itself: what the dispatcher answers
+/// for a dependency that failed, and for a hop it could not queue) of a job received
+/// `receives` times: from its second receive, no sooner than the backoff doubled per
+/// receive (30 s, 60 s, ... about 2 h 8 min in all before the redrive's 10th receive).
+/// Every retry of one queue message counts toward the redrive, and what brings one back
+/// over and over is storage refusing (a throttled table while its capacity catches up):
+/// at the flat backoff the job was parked on the dead-letter queue after about 5 minutes
+/// of it. Any other delay is the job's own and kept: a turn-away's, to come back for the
+/// send slot reserved for it; a wait for its message; a sending deadline's recheck.
+pub fn floored(deps: &Deps, outcome: Outcome, receives: u32) -> Outcome {
+    match outcome {
+        Outcome::RetryAfter(d) if d == deps.settings.dispatch_backoff => {
+            Outcome::RetryAfter(d.max(retry_floor(deps, receives)))
+        }
+        other => other,
+    }
+}
+
+/// The shortest storage retry of a job received `receives` times ([`floored`]).
 pub fn retry_floor(deps: &Deps, receives: u32) -> std::time::Duration {
     if receives < 2 {
         return std::time::Duration::ZERO;

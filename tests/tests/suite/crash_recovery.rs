@@ -1559,15 +1559,20 @@ async fn a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_
 /// brings a job back over and over is storage refusing (a throttled table while its
 /// capacity catches up). At a flat 30 s the job was parked on the dead-letter queue after
 /// about 5 minutes; from its second receive it is retried no sooner than the backoff
-/// doubled per receive (about 2 h in all), a longer delay of its own kept.
+/// doubled per receive (about 2 h in all). A delay of the job's own (here a wait for its
+/// message) is kept as it is.
 #[tokio::test]
 async fn a_job_received_again_and_again_is_retried_further_apart_not_parked_in_minutes() {
     let t = spawn_app(Backend::Memory).await;
-    let o = t.onboard(5).await;
+    let o = t.onboard(10).await;
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
-    let (m, job) = accepted_with_job(&t, &tenant, "+60123459924").await;
+    let mut jobs = Vec::new();
+    for to in ["+60123459924", "+60123459925", "+60123459926"] {
+        jobs.push(accepted_with_job(&t, &tenant, to).await);
+    }
     // A job whose message is not recorded yet: retried in half a second on its own.
-    let job = job.replace(
+    let (m, job) = &jobs[0];
+    let unrecorded = job.replace(
         m.id.as_str(),
         &kirim::domain::MessageId::generate().to_string(),
     );
@@ -1575,31 +1580,54 @@ async fn a_job_received_again_and_again_is_retried_further_apart_not_parked_in_m
     let mut settings = (*deps.settings).clone();
     settings.dispatch_backoff = Duration::from_secs(30);
     deps.settings = Arc::new(settings);
+    let up = deps.clone();
+    // The tenants' Meta tokens cannot be read (Secrets Manager throttled): a storage retry.
+    deps.secrets = Arc::new(kirim::service::SecretCache::new(
+        Arc::new(SecretsDown),
+        Duration::ZERO,
+    ));
     let timed = Arc::new(TimedRetries {
         inner: deps.queue.clone(),
         set: Mutex::default(),
         delays: Mutex::default(),
     });
     deps.queue = timed.clone();
-    let records: Vec<_> = [("first", "1"), ("sixth", "6"), ("ninth", "9")]
-        .iter()
-        .map(|(id, receives)| {
-            json!({
-                "messageId": id, "receiptHandle": format!("receipt-{id}"), "body": job,
-                "attributes": {"ApproximateReceiveCount": receives}, "messageAttributes": {},
-                "eventSource": "aws:sqs"
+    let event = |records: &[(&str, &str, &String)]| {
+        let records: Vec<_> = records
+            .iter()
+            .map(|(id, receives, body)| {
+                json!({
+                    "messageId": id, "receiptHandle": format!("receipt-{id}"), "body": body,
+                    "attributes": {"ApproximateReceiveCount": receives},
+                    "messageAttributes": {}, "eventSource": "aws:sqs"
+                })
             })
-        })
-        .collect();
-    let event = serde_json::from_value(json!({ "Records": records })).expect("an SQS event");
-    let response = kirim::queue_handlers::dispatch_batch(&deps, event).await;
+            .collect();
+        serde_json::from_value(json!({ "Records": records })).expect("an SQS event")
+    };
+    let throttled = event(&[
+        ("first", "1", &jobs[0].1),
+        ("sixth", "6", &jobs[1].1),
+        ("ninth", "9", &jobs[2].1),
+    ]);
+    let response = kirim::queue_handlers::dispatch_batch(&deps, throttled).await;
     assert_eq!(response.batch_item_failures.len(), 3, "all retried");
+    let mut up = up;
+    up.queue = timed.clone();
+    let waiting = event(&[("waiting", "6", &unrecorded)]);
+    let response = kirim::queue_handlers::dispatch_batch(&up, waiting).await;
+    assert_eq!(response.batch_item_failures.len(), 1);
     let delays: std::collections::HashMap<String, Duration> =
         timed.delays.lock().unwrap().iter().cloned().collect();
     assert_eq!(
         delays["receipt-first"],
+        Duration::from_secs(30),
+        "the backoff"
+    );
+    assert_eq!(
+        delays["receipt-waiting"],
         Duration::from_millis(500),
-        "its own"
+        "its own, however often received"
     );
     // 30 s doubled per receive after the first, ±20 %.
     let sixth = delays["receipt-sixth"];
@@ -1613,6 +1641,31 @@ async fn a_job_received_again_and_again_is_retried_further_apart_not_parked_in_m
         total >= 3600,
         "an hour at least before the redrive: {total} s"
     );
+}
+
+/// A secret store that cannot be read (throttled).
+struct SecretsDown;
+
+#[async_trait]
+impl kirim::ports::SecretStore for SecretsDown {
+    async fn put_secret(&self, _: &str, _: &kirim::secret::Secret) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("ThrottlingException".into()))
+    }
+    async fn get_secret(&self, _: &str) -> Result<Option<kirim::secret::Secret>, StoreError> {
+        Err(StoreError::Unavailable("ThrottlingException".into()))
+    }
+    async fn get_previous_secret(
+        &self,
+        _: &str,
+    ) -> Result<Option<kirim::secret::Secret>, StoreError> {
+        Err(StoreError::Unavailable("ThrottlingException".into()))
+    }
+    async fn rotated_at(&self, _: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Err(StoreError::Unavailable("ThrottlingException".into()))
+    }
+    async fn delete_secret(&self, _: &str) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("ThrottlingException".into()))
+    }
 }
 
 /// A tenant with `credits` on `b`'s stores, a manual clock and a process's deps.
