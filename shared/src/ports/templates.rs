@@ -72,6 +72,11 @@ pub struct ChangeStamp {
 /// change does not undo what the sync wrote, and one that may be newer still applies.
 pub const SYNC_STAMP_MARGIN_SECS: i64 = 300;
 
+/// How long a removed template's tombstone refuses a sync's write of it (not
+/// configurable): far longer than a sync runs and Meta's list lags its webhooks; the next
+/// daily sync reads a list without it.
+pub const TEMPLATE_TOMBSTONE_SECS: i64 = 86_400;
+
 impl ChangeStamp {
     /// A change without Meta's time (applied whatever came before).
     pub fn new(at: DateTime<Utc>, expires_at: Option<i64>) -> Self {

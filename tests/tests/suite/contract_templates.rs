@@ -417,7 +417,77 @@ async fn a_syncs_put_never_replaces_what_was_written_after_the_sync_began(p: Por
     );
 }
 
+/// A template Meta deleted does not come back through a sync racing the removal: one that
+/// began before it (its page read before), or one that began after but read Meta's list
+/// lagging it (within the margin). A removal leaves a tombstone no reader sees, for a day;
+/// then Meta's list is the truth again.
+async fn a_removed_template_is_not_brought_back_by_a_sync_that_read_metas_list_before_it(p: Ports) {
+    let began = p.clock.now();
+    let mut t = template(&p, "5001", "promo_sale", "en_US");
+    t.expires_at = Some(began.timestamp() + 30 * 86_400);
+    p.templates.put_template(&t).await.unwrap();
+    // A sync begins; then Meta's DELETED webhook removes the template.
+    p.clock.advance(Duration::seconds(10));
+    let remove = || {
+        p.templates
+            .delete_template("5001", "promo_sale", "en_US", None)
+    };
+    assert!(remove().await.unwrap());
+    assert!(!remove().await.unwrap(), "removed once");
+    let get = || p.templates.get_template("5001", "promo_sale", "en_US");
+    assert_eq!(get().await.unwrap(), None);
+    assert_eq!(
+        names(&p, "5001", &TemplateQuery::default()).await.0,
+        Vec::<String>::new()
+    );
+    let paused = p
+        .templates
+        .update_template(
+            "5001",
+            "promo_sale",
+            "en_US",
+            TemplateChange::Status(TemplateStatus::Paused),
+            kirim::ports::ChangeStamp::new(p.clock.now(), t.expires_at),
+        )
+        .await
+        .unwrap();
+    assert_eq!(paused, None, "a webhook never revives it");
+    // The sync that began before the removal writes the page it read before it: refused.
+    let mut read_before = t.clone();
+    read_before.updated_at = began + Duration::seconds(5);
+    assert!(!p
+        .templates
+        .put_template_unless_newer(&read_before, began)
+        .await
+        .unwrap());
+    assert_eq!(get().await.unwrap(), None);
+    // A sync that began after it, a minute on, whose read of Meta's list still named it.
+    p.clock.advance(Duration::seconds(60));
+    let now = p.clock.now();
+    let mut lagging = t.clone();
+    lagging.updated_at = now;
+    assert!(!p
+        .templates
+        .put_template_unless_newer(&lagging, now - Duration::seconds(1))
+        .await
+        .unwrap());
+    assert_eq!(get().await.unwrap(), None);
+    // A day on, the tombstone is gone: what Meta lists is written.
+    p.clock.advance(Duration::days(1) + Duration::hours(1));
+    let now = p.clock.now();
+    let mut listed = t.clone();
+    listed.updated_at = now;
+    listed.expires_at = Some(now.timestamp() + 30 * 86_400);
+    assert!(p
+        .templates
+        .put_template_unless_newer(&listed, now - Duration::seconds(1))
+        .await
+        .unwrap());
+    assert_eq!(get().await.unwrap(), Some(listed));
+}
+
 contract!(
+    a_removed_template_is_not_brought_back_by_a_sync_that_read_metas_list_before_it,
     a_syncs_put_never_replaces_what_was_written_after_the_sync_began,
     a_webhook_older_than_its_fields_last_change_changes_nothing,
     a_template_is_kept_per_waba_name_and_language_and_replaced_whole,

@@ -663,11 +663,18 @@ async fn the_daily_schedule_syncs_every_active_tenants_catalogue(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
     let deps = &app.app.deps;
-    assert!(deps
+    // The catalogue lost it (expired, as if no sync had renewed it for its whole period;
+    // a removal would leave a tombstone that keeps a lagging sync from writing it back).
+    let mut lost = deps
         .templates
-        .delete_template(WABA, "promo_sale", "en_US", None)
+        .get_template(WABA, "promo_sale", "en_US")
         .await
-        .unwrap());
+        .unwrap()
+        .unwrap();
+    let now = chrono::Utc::now();
+    lost.updated_at = now - chrono::Duration::days(2);
+    lost.expires_at = Some(now.timestamp() - 60);
+    deps.templates.put_template(&lost).await.unwrap();
     let (s, body) = post(
         &app,
         &t.key,

@@ -370,6 +370,9 @@ pub(super) struct State {
     /// (WABA, template name, language) → Meta's time of each field's last applied change
     /// (DynamoDB's `status_meta_at`, ...); a sync's put or a removal forgets them.
     pub(super) template_meta_at: HashMap<(String, String, String), HashMap<&'static str, i64>>,
+    /// Removed templates' tombstones: when each was removed and when the tombstone expires
+    /// (epoch seconds), as DynamoDB keeps them on the template's key.
+    pub(super) template_removed: BTreeMap<(String, String, String), (i64, i64)>,
     /// (tenant, phone number id) → one of its phone numbers.
     pub(super) numbers: BTreeMap<(TenantId, String), crate::ports::PhoneNumberRecord>,
     /// (tenant, day, category, type) → a usage row and its expiry (epoch seconds).

@@ -6,6 +6,14 @@
 //! as a FilterExpression, read until the page is full. A webhook's change is an
 //! `UpdateItem` conditioned on the template existing and being live, so a webhook never
 //! creates a template.
+//!
+//! A removal (Meta's `DELETED`/`ARCHIVED` webhook, or a sync that no longer finds it)
+//! leaves a tombstone on the same key for a day ([`REMOVED_AT`], `written_ms`, TTL): no
+//! reader sees it, and it refuses a sync's put that began before the removal or read
+//! Meta's list less than [`SYNC_STAMP_MARGIN_SECS`] after it (Meta's list lags its
+//! webhooks), so a template deleted at Meta does not come back until the next sync.
+//!
+//! [`SYNC_STAMP_MARGIN_SECS`]: crate::ports::SYNC_STAMP_MARGIN_SECS
 
 use crate::adapters::aws::written;
 use std::collections::HashMap;
@@ -21,6 +29,11 @@ use crate::store_error::StoreError;
 
 /// Items read per Query request while filling a page.
 const READ_PAGE: i32 = 100;
+
+/// A removed template's tombstone: when it was removed (epoch seconds).
+pub(super) const REMOVED_AT: &str = "removed_at_s";
+
+use crate::ports::TEMPLATE_TOMBSTONE_SECS as TOMBSTONE_SECS;
 
 #[async_trait]
 impl TemplateStore for DynamoStore {
@@ -40,13 +53,23 @@ impl TemplateStore for DynamoStore {
         template: &CatalogueTemplate,
         since: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        // Not over a removal's tombstone made since the sync began, or within the margin
+        // before its read of Meta's list (an expired tombstone is none).
+        let read = template.updated_at.timestamp() - crate::ports::SYNC_STAMP_MARGIN_SECS;
         let res = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(template_item(template)?))
-            .condition_expression("attribute_not_exists(written_ms) OR written_ms < :since")
+            .condition_expression(
+                "(attribute_not_exists(written_ms) OR written_ms < :since) \
+                 AND (attribute_not_exists(#removed) OR #removed < :read OR #ttl <= :now)",
+            )
+            .expression_attribute_names("#removed", REMOVED_AT)
+            .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_values(":since", n(since.timestamp_millis()))
+            .expression_attribute_values(":read", n(read))
+            .expression_attribute_values(":now", n(self.now_secs()))
             .send()
             .await;
         written("dynamodb put", res)
@@ -60,6 +83,7 @@ impl TemplateStore for DynamoStore {
     ) -> Result<Option<CatalogueTemplate>, StoreError> {
         self.get_may_lag(keys::template(waba_id, name, language))
             .await?
+            .filter(|item| !item.contains_key(REMOVED_AT))
             .map(from_item)
             .transpose()
     }
@@ -70,7 +94,10 @@ impl TemplateStore for DynamoStore {
         query: &TemplateQuery,
     ) -> Result<TemplatePage, StoreError> {
         let limit = query.limit.clamp(1, 100);
-        let mut filters = vec!["(attribute_not_exists(#ttl) OR #ttl > :now)"];
+        let mut filters = vec![
+            "(attribute_not_exists(#ttl) OR #ttl > :now)",
+            "attribute_not_exists(removed_at_s)",
+        ];
         let mut values: HashMap<String, aws_sdk_dynamodb::types::AttributeValue> = HashMap::from([
             (":pk".to_owned(), s(keys::catalogue_pk(waba_id))),
             (":p".to_owned(), s(keys::TEMPLATE_PREFIX)),
@@ -149,7 +176,8 @@ impl TemplateStore for DynamoStore {
                 return Err(StoreError::Corrupt("a removal is not an update".into()))
             }
         };
-        let live = "attribute_exists(pk) AND (attribute_not_exists(#ttl) OR #ttl > :now)";
+        let live = "attribute_exists(pk) AND (attribute_not_exists(#ttl) OR #ttl > :now) \
+                    AND attribute_not_exists(removed_at_s)";
         // Meta's time of the field's last change, beside it (`status_meta_at`, ...): an
         // older change is refused. A sync's put replaces the item, and with it these.
         let mut set = "SET #f = :v, updated_at = :at, written_ms = :ms".to_owned();
@@ -198,18 +226,30 @@ impl TemplateStore for DynamoStore {
         language: &str,
         unchanged_since: Option<DateTime<Utc>>,
     ) -> Result<bool, StoreError> {
+        // A tombstone in its place (module docs), only over a live template.
+        let now = self.now_secs();
+        let live = "attribute_exists(pk) AND attribute_not_exists(#removed) \
+                    AND (attribute_not_exists(#ttl) OR #ttl > :now)";
         let mut req = self
             .client
-            .delete_item()
+            .update_item()
             .table_name(&self.table)
-            .set_key(Some(keys::template(waba_id, name, language).attrs()));
+            .set_key(Some(keys::template(waba_id, name, language).attrs()))
+            .update_expression(
+                "SET #removed = :now, written_ms = :ms, expires_at = :exp, #ttl = :exp",
+            )
+            .expression_attribute_names("#removed", REMOVED_AT)
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":ms", n(now.saturating_mul(1000)))
+            .expression_attribute_values(":exp", n(now.saturating_add(TOMBSTONE_SECS)));
         req = match unchanged_since {
             Some(at) => req
-                .condition_expression("attribute_exists(pk) AND updated_at = :seen")
+                .condition_expression(format!("{live} AND updated_at = :seen"))
                 .expression_attribute_values(":seen", super::dyn_value(&at)?),
-            None => req.condition_expression("attribute_exists(pk)"),
+            None => req.condition_expression(live),
         };
-        written("dynamodb delete", req.send().await)
+        written("dynamodb update", req.send().await)
     }
 }
 

@@ -67,6 +67,8 @@ impl RetentionStore for MemoryStore {
         ));
         sweep!(page, K::SendSlot, s.rate, |_, r| r.1 > now);
         sweep!(page, K::Template, s.templates, |_, t| live(t.expires_at));
+        // Removed templates' tombstones are template items (on DynamoDB, the same key).
+        sweep!(page, K::Template, s.template_removed, |_, r| r.1 > now);
         // Meta's times of a template's changes go with it (on DynamoDB, its attributes).
         let templates = &s.templates;
         s.template_meta_at.retain(|k, _| templates.contains_key(k));
@@ -410,6 +412,13 @@ impl RetentionStore for MemoryStore {
                 keys::template(&t.waba_id, &t.name, &t.language),
                 t.expires_at,
                 to_value(t).unwrap_or_default(),
+            );
+        }
+        for ((waba, name, language), (removed, expires)) in &s.template_removed {
+            item(
+                keys::template(waba, name, language),
+                Some(*expires),
+                json!({"removed_at_s": removed}),
             );
         }
         if let Some(next) = &s.checkpoint {

@@ -35,6 +35,17 @@ impl TemplateStore for MemoryStore {
         if s.templates.get(&at).is_some_and(|t| t.updated_at >= since) {
             return Ok(false);
         }
+        // A live tombstone of a removal since the sync began, or within the margin before
+        // its read of Meta's list, refuses it (as on DynamoDB).
+        let read = template.updated_at.timestamp() - crate::ports::SYNC_STAMP_MARGIN_SECS;
+        let now = self.clock.now().timestamp();
+        if let Some((removed, expires)) = s.template_removed.get(&at) {
+            if *expires > now
+                && (*removed >= read || removed.saturating_mul(1000) >= since.timestamp_millis())
+            {
+                return Ok(false);
+            }
+        }
         insert_template(&mut s, template);
         Ok(true)
     }
@@ -143,10 +154,22 @@ impl TemplateStore for MemoryStore {
                 return Ok(false);
             }
         }
+        let Some(live) = s.templates.get(&at).map(|t| self.live(t.expires_at)) else {
+            return Ok(false);
+        };
+        if !live {
+            return Ok(false);
+        }
         s.template_meta_at.remove(&at);
-        Ok(s.templates
-            .remove(&at)
-            .is_some_and(|t| self.live(t.expires_at)))
+        s.templates.remove(&at);
+        // Its tombstone, as on DynamoDB (`adapters::aws::dynamodb::templates`).
+        let now = self.clock.now().timestamp();
+        let tombstone = (
+            now,
+            now.saturating_add(crate::ports::TEMPLATE_TOMBSTONE_SECS),
+        );
+        s.template_removed.insert(at, tombstone);
+        Ok(true)
     }
 }
 
@@ -162,5 +185,6 @@ fn insert_template(s: &mut super::State, template: &CatalogueTemplate) {
             .map(|f| (f, stamp))
             .collect(),
     );
+    s.template_removed.remove(&at);
     s.templates.insert(at, template.clone());
 }
