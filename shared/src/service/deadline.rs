@@ -256,7 +256,7 @@ pub async fn settle_lost(
                 Ok(t) => t,
                 Err(e) => {
                     let to = MessageStatus::Cancelled;
-                    super::dispatch::written_after_all(deps, tenant, id, to, now, e).await?
+                    super::ledger::written_after_all(deps, tenant, id, to, now, e).await?
                 }
             };
             match moved {

@@ -115,7 +115,10 @@ pub(super) async fn fail_and_refund(
         .await
     {
         Ok(t) => t,
-        Err(e) => written_after_all(deps, tenant, id, MessageStatus::Failed, now, e).await?,
+        Err(e) => {
+            super::ledger::written_after_all(deps, tenant, id, MessageStatus::Failed, now, e)
+                .await?
+        }
     };
     match moved {
         Transition::Applied(record) => {
@@ -123,29 +126,6 @@ pub(super) async fn fail_and_refund(
             Ok(Some(record))
         }
         Transition::Refused => Ok(None),
-    }
-}
-
-/// A move with its refund that answered an error may be written all the same: on
-/// DynamoDB the transaction commits, then the read of what it wrote fails. Read back once
-/// more, a message at `to` since exactly `at` is that move's (its refund made with it,
-/// once), and what follows it (its status callback) is owed; a redelivery would find it
-/// settled and drop itself, and the callback would be lost. Otherwise (not written, or
-/// the read fails too) the error stands.
-pub(super) async fn written_after_all(
-    deps: &Deps,
-    tenant: &crate::domain::TenantId,
-    id: &crate::domain::MessageId,
-    to: MessageStatus,
-    at: chrono::DateTime<chrono::Utc>,
-    e: StoreError,
-) -> Result<Transition, StoreError> {
-    match deps.messages.get_message(tenant, id).await {
-        Ok(Some(m)) if m.status == to && m.updated_at == at => {
-            tracing::warn!(error = %e, "a move answered an error but was written; carried on");
-            Ok(Transition::Applied(Box::new(m)))
-        }
-        _ => Err(e),
     }
 }
 
@@ -474,7 +454,8 @@ async fn held(
                 Ok(t) => t,
                 Err(e) => {
                     let (t, id) = (&job.tenant_id, &job.message_id);
-                    written_after_all(deps, t, id, MessageStatus::Cancelled, now, e).await?
+                    super::ledger::written_after_all(deps, t, id, MessageStatus::Cancelled, now, e)
+                        .await?
                 }
             };
             if let Transition::Applied(r) = moved {

@@ -472,7 +472,7 @@ pub async fn cancel_scheduled(
         Ok(t) => t,
         Err(e) => {
             let to = MessageStatus::Cancelled;
-            super::dispatch::written_after_all(deps, tenant_id, id, to, now, e).await?
+            super::ledger::written_after_all(deps, tenant_id, id, to, now, e).await?
         }
     };
     match moved {
