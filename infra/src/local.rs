@@ -412,9 +412,7 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         let mut tick = tokio::time::interval(OWED_CALLBACKS_EVERY);
         loop {
             tick.tick().await;
-            if let Err(e) = kirim::queue_handlers::owed_callbacks(&d).await {
-                tracing::warn!(error = %e, "owed status callbacks not drained");
-            }
+            kirim::queue_handlers::owed_callbacks(&d).await;
         }
     }));
     let d = deps.clone();

@@ -227,9 +227,7 @@ pub async fn scheduled_retention(deps: &Deps) -> Result<retention::RetentionRepo
     let until = tokio::time::Instant::now() + SCHEDULED_RUN_BUDGET;
     let report = retention::run(deps).await.map_err(|e| e.to_string())?;
     // Also here, should the minute's schedule be missing or failing.
-    if let Err(e) = owed_callbacks(deps).await {
-        tracing::warn!(error = %e, "owed status callbacks not drained");
-    }
+    owed_callbacks(deps).await;
     // The daily template catalogue sync, for the active tenants the sweep came across
     // (bounded: `templates::MAX_SCHEDULED` WABAs and the run's time; failures and the
     // rest wait for the next run).
@@ -265,19 +263,27 @@ pub enum ScheduledTask {
 }
 
 /// The owed-callback drain (README "Status callbacks"): status callbacks the queue refused
-/// when their move was written, queued again.
-pub async fn owed_callbacks(deps: &Deps) -> Result<crate::service::callbacks::Requeued, String> {
-    let done = crate::service::callbacks::requeue_owed(deps)
-        .await
-        .map_err(|e| e.to_string())?;
-    if done.queued > 0 || done.left > 0 {
-        tracing::info!(
-            queued = done.queued,
-            left = done.left,
-            "owed status callbacks drained"
-        );
+/// when their move was written, queued again. Never fails its invocation: a storage error
+/// is logged and the next minute's drain goes on (a failed invocation would raise the
+/// retention function's errors alarm, and EventBridge would run it again at once).
+pub async fn owed_callbacks(deps: &Deps) -> crate::service::callbacks::Requeued {
+    match crate::service::callbacks::requeue_owed(deps).await {
+        Ok(done) => {
+            if done.queued > 0 || done.left > 0 || done.held_elsewhere > 0 {
+                tracing::info!(
+                    queued = done.queued,
+                    left = done.left,
+                    held_elsewhere = done.held_elsewhere,
+                    "owed status callbacks drained"
+                );
+            }
+            done
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "owed status callbacks not drained; the next drain goes on");
+            Default::default()
+        }
     }
-    Ok(done)
 }
 
 /// The status-callback consumer (a `StatusCallbackFunction` on the StatusCallbackQueue,

@@ -15,7 +15,7 @@ pub async fn run() -> Result<(), lambda_runtime::Error> {
             use kirim::queue_handlers::{self as q, ScheduledTask};
             match q::scheduled_task(&event.payload) {
                 ScheduledTask::OwedCallbacks => {
-                    let done = kirim::metrics::flushed(q::owed_callbacks(deps)).await?;
+                    let done = kirim::metrics::flushed(q::owed_callbacks(deps)).await;
                     Ok::<_, Error>(serde_json::to_value(done)?)
                 }
                 ScheduledTask::Retention => {

@@ -374,6 +374,14 @@ impl<S: StatusCallbackStore + 'static> StatusCallbackStore for ReadCache<S> {
     async fn forget_owed_callback(&self, owed: &OwedCallback) -> Result<(), StoreError> {
         self.inner.forget_owed_callback(owed).await
     }
+
+    async fn lease_owed_callback(
+        &self,
+        owed: &OwedCallback,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        self.inner.lease_owed_callback(owed, until).await
+    }
 }
 
 #[async_trait]

@@ -74,6 +74,10 @@ pub struct OwedCallback {
     /// Epoch seconds (the `PendingStatus` retention class: as long as the queue would
     /// have kept it).
     pub expires_at: Option<i64>,
+    /// Until when (epoch seconds) a drain holds it (between its lease and its queueing):
+    /// another drain running meanwhile passes it by instead of queueing it twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leased_until: Option<i64>,
 }
 
 /// Tenants' status-callback settings: active configuration, kept while the tenant exists.
@@ -97,9 +101,17 @@ pub trait StatusCallbackStore: Send + Sync {
     async fn delete_status_callback(&self, tenant: &TenantId) -> Result<bool, StoreError>;
     /// Keeps a callback the queue refused (an unconditional, idempotent write).
     async fn owe_callback(&self, owed: &OwedCallback) -> Result<(), StoreError>;
-    /// Live owed callbacks, at most `limit`, read consistently (all tenants: what the
-    /// owed-callback drain queues again).
+    /// Live owed callbacks no drain holds (unleased, or their lease passed), at most
+    /// `limit`, in key order, read consistently (all tenants: what the owed-callback drain
+    /// queues again).
     async fn owed_callbacks(&self, limit: usize) -> Result<Vec<OwedCallback>, StoreError>;
+    /// Holds one for a drain until `until` (epoch seconds), only if it is still owed and
+    /// no other drain holds it (a conditional write): `false` otherwise.
+    async fn lease_owed_callback(
+        &self,
+        owed: &OwedCallback,
+        until: i64,
+    ) -> Result<bool, StoreError>;
     /// Forgets one (after it was queued); nothing if it is gone already.
     async fn forget_owed_callback(&self, owed: &OwedCallback) -> Result<(), StoreError>;
 }

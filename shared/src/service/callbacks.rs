@@ -121,6 +121,7 @@ async fn owe(deps: &Deps, record: &MessageRecord, sequence: u32, body: String) {
             .settings
             .retention
             .expiry(RetentionClass::PendingStatus, now),
+        leased_until: None,
     };
     match deps.status_callbacks.owe_callback(&owed).await {
         Ok(()) => crate::metrics::count("CallbacksOwed", ("Queue", "status_callback")),
@@ -136,21 +137,32 @@ async fn owe(deps: &Deps, record: &MessageRecord, sequence: u32, body: String) {
 pub struct Requeued {
     /// Queued again and forgotten.
     pub queued: usize,
-    /// Still owed: the queue refused again (the drain stops at the first refusal), or
-    /// more than one drain takes were owed.
+    /// Still owed when it stopped: the queue refused again (the drain stops at the first
+    /// refusal), it ran out of its time, or more than one drain takes were owed.
     pub left: usize,
+    /// Passed by: another drain running at the same time held them.
+    pub held_elsewhere: usize,
 }
 
-/// How many owed callbacks one drain queues at most (a minute's schedule: a backlog of an
-/// hour-long queue outage at 10,000 callbacks a minute drains in about an hour).
+/// How many owed callbacks one drain queues at most.
 pub const REQUEUE_MAX: usize = 10_000;
+/// How long one drain runs at most: less than the minute between two, so that drains
+/// rarely overlap (and the leases keep those that do from queueing one callback twice).
+pub const REQUEUE_TIME: std::time::Duration = std::time::Duration::from_secs(50);
+/// How long a drain holds a callback it is about to queue: past a drain that stopped
+/// between its lease and its queueing, the next one takes the callback.
+const LEASE_SECS: i64 = 120;
 const REQUEUE_PAGE: usize = 100;
 
 /// Queues again the callbacks the queue refused (the one-minute schedule, local mode's
-/// timer, and the daily retention run), oldest page first; each is forgotten once queued
-/// (a crash between the two queues it twice: delivery is at least once). Stops at the
-/// first refusal: the queue is still out, the rest wait for the next drain.
+/// timer, and the daily retention run), in key order (by tenant), for at most
+/// [`REQUEUE_TIME`] and [`REQUEUE_MAX`]. Each is leased first (a conditional write: a
+/// drain running at the same time passes it by), then queued in its tenant's group, then
+/// forgotten; a process that stops between the queueing and the forgetting leaves it to be
+/// queued again after its lease (delivery is at least once). Stops at the first refusal:
+/// the queue is still out, the rest wait for the next drain.
 pub async fn requeue_owed(deps: &Deps) -> Result<Requeued, ServiceError> {
+    let until = tokio::time::Instant::now() + REQUEUE_TIME;
     let mut done = Requeued::default();
     while done.queued < REQUEUE_MAX {
         let page = deps
@@ -158,20 +170,41 @@ pub async fn requeue_owed(deps: &Deps) -> Result<Requeued, ServiceError> {
             .owed_callbacks(REQUEUE_PAGE.min(REQUEUE_MAX - done.queued))
             .await?;
         let full = page.len() == REQUEUE_PAGE;
+        let mut took = 0;
         for (i, owed) in page.iter().enumerate() {
+            if tokio::time::Instant::now() >= until {
+                done.left = page.len() - i;
+                return Ok(done);
+            }
+            let lease = deps.clock.now().timestamp().saturating_add(LEASE_SECS);
+            if !deps
+                .status_callbacks
+                .lease_owed_callback(owed, lease)
+                .await?
+            {
+                done.held_elsewhere += 1;
+                continue;
+            }
+            took += 1;
             if let Err(e) = deps
                 .callback_queue
                 .send_in_group(owed.tenant_id.as_str(), &owed.body)
                 .await
             {
+                // Its lease given up (kept as it was listed), for the next drain to take
+                // at once; should that write fail too, the lease passes in two minutes.
                 tracing::warn!(error = %e, "owed status callbacks still not queued");
+                if let Err(e) = deps.status_callbacks.owe_callback(owed).await {
+                    tracing::warn!(error = %e, "an owed callback's lease not given up");
+                }
                 done.left = page.len() - i;
                 return Ok(done);
             }
             deps.status_callbacks.forget_owed_callback(owed).await?;
             done.queued += 1;
         }
-        if !full {
+        // A page all held by another drain: the rest is that drain's, or the next one's.
+        if !full || took == 0 {
             return Ok(done);
         }
     }

@@ -628,6 +628,13 @@ impl kirim::ports::StatusCallbackStore for LaggingSettings {
     ) -> Result<(), kirim::store_error::StoreError> {
         self.0.forget_owed_callback(owed).await
     }
+    async fn lease_owed_callback(
+        &self,
+        owed: &kirim::ports::OwedCallback,
+        until: i64,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.0.lease_owed_callback(owed, until).await
+    }
 }
 
 /// A tenant of a memory app whose status callbacks go to a receiver answering every
@@ -734,6 +741,7 @@ on_both_backends!(
     the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400,
     a_deadline_failure_and_a_cancelled_scheduled_message_reach_the_callback,
     a_callback_the_queue_refused_is_kept_and_queued_by_the_drain_once_the_queue_is_back,
+    two_drains_at_once_queue_each_owed_callback_once,
 );
 
 /// A callback queue that records each message's group (and keeps nothing else).
@@ -917,7 +925,7 @@ async fn a_callback_the_queue_refused_is_kept_and_queued_by_the_drain_once_the_q
     assert_eq!(owed.len(), 1, "kept: {owed:?}");
     assert_eq!((&owed[0].message_id, owed[0].sequence), (&message, 3));
 
-    let drained = kirim::queue_handlers::owed_callbacks(&deps).await.unwrap();
+    let drained = kirim::queue_handlers::owed_callbacks(&deps).await;
     assert_eq!(
         (drained.queued, drained.left),
         (0, 1),
@@ -933,7 +941,7 @@ async fn a_callback_the_queue_refused_is_kept_and_queued_by_the_drain_once_the_q
     );
 
     queue.refusing.store(false, Ordering::SeqCst);
-    let drained = kirim::queue_handlers::owed_callbacks(&deps).await.unwrap();
+    let drained = kirim::queue_handlers::owed_callbacks(&deps).await;
     assert_eq!((drained.queued, drained.left), (1, 0));
     let queued = queue.queued.0.lock().unwrap().clone();
     assert_eq!(queued.len(), 1, "{queued:?}");
@@ -950,8 +958,96 @@ async fn a_callback_the_queue_refused_is_kept_and_queued_by_the_drain_once_the_q
         .await
         .unwrap()
         .is_empty());
-    let drained = kirim::queue_handlers::owed_callbacks(&deps).await.unwrap();
+    let drained = kirim::queue_handlers::owed_callbacks(&deps).await;
     assert_eq!((drained.queued, drained.left), (0, 0), "queued once");
+}
+
+/// A callback queue whose sends take a moment (each yields), recording every body.
+#[derive(Default)]
+struct Slow(Groups);
+
+#[async_trait]
+impl kirim::ports::DispatchQueue for Slow {
+    async fn send(&self, body: &str) -> Result<(), kirim::store_error::StoreError> {
+        self.send_in_group("", body).await
+    }
+    async fn send_in_group(
+        &self,
+        group: &str,
+        body: &str,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.0.send_in_group(group, body).await
+    }
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<kirim::ports::Received>, kirim::store_error::StoreError> {
+        self.0.receive(max, wait).await
+    }
+    async fn delete(&self, receipt: &str) -> Result<(), kirim::store_error::StoreError> {
+        self.0.delete(receipt).await
+    }
+    async fn retry_after(
+        &self,
+        receipt: &str,
+        delay: Duration,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.retry_after(receipt, delay).await
+    }
+    async fn dead_letters(
+        &self,
+        max: usize,
+    ) -> Result<Vec<kirim::ports::DeadLetter>, kirim::store_error::StoreError> {
+        self.0.dead_letters(max).await
+    }
+    async fn redrive(
+        &self,
+        ids: Option<&[String]>,
+        max: usize,
+    ) -> Result<kirim::ports::Redriven, kirim::store_error::StoreError> {
+        self.0.redrive(ids, max).await
+    }
+}
+
+/// Two drains at once (the minute's schedule overlapping the last one, or the daily run's)
+/// queue each owed callback once: each is leased before it is queued.
+async fn two_drains_at_once_queue_each_owed_callback_once(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(3).await;
+    let mut deps = app.app.deps.clone();
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    for i in 0..150u32 {
+        let message_id = kirim::domain::MessageId::generate();
+        let owed = kirim::ports::OwedCallback {
+            tenant_id: tenant.clone(),
+            body: format!(r#"{{"kind":"status_callback","n":{i},"m":"{message_id}"}}"#),
+            message_id,
+            sequence: 1,
+            owed_at: chrono::Utc::now(),
+            expires_at: Some(chrono::Utc::now().timestamp() + 3600),
+            leased_until: None,
+        };
+        deps.status_callbacks.owe_callback(&owed).await.unwrap();
+    }
+    let queue = Arc::new(Slow::default());
+    deps.callback_queue = queue.clone();
+    let (a, b2) = tokio::join!(
+        kirim::service::callbacks::requeue_owed(&deps),
+        kirim::service::callbacks::requeue_owed(&deps)
+    );
+    let (a, b2) = (a.unwrap(), b2.unwrap());
+    assert_eq!(a.queued + b2.queued, 150, "{a:?} {b2:?}");
+    let queued = queue.0 .0.lock().unwrap().clone();
+    let distinct: std::collections::BTreeSet<&String> = queued.iter().map(|(_, b)| b).collect();
+    assert_eq!((queued.len(), distinct.len()), (150, 150), "each once");
+    assert!(deps
+        .status_callbacks
+        .owed_callbacks(10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// On SQS the group is the message's `MessageGroupId` (what makes a standard queue a fair
@@ -1050,6 +1146,13 @@ impl kirim::ports::StatusCallbackStore for SettingWritesFail {
         owed: &kirim::ports::OwedCallback,
     ) -> Result<(), kirim::store_error::StoreError> {
         self.0.forget_owed_callback(owed).await
+    }
+    async fn lease_owed_callback(
+        &self,
+        owed: &kirim::ports::OwedCallback,
+        until: i64,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.0.lease_owed_callback(owed, until).await
     }
 }
 

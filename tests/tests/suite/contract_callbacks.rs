@@ -182,6 +182,7 @@ fn owed(p: &Stores, t: &TenantId, sequence: u32) -> OwedCallback {
         sequence,
         owed_at: now,
         expires_at: Some((now + Duration::days(7)).timestamp()),
+        leased_until: None,
     }
 }
 
@@ -215,6 +216,36 @@ async fn a_callback_the_queue_refused_is_kept_once_listed_forgotten_and_expires_
     let left = p.status_callbacks.owed_callbacks(10).await.unwrap();
     assert_eq!(left.len(), 2);
     assert!(!left.contains(&sent) && left.contains(&delivered));
+    assert!(
+        !p.status_callbacks
+            .lease_owed_callback(&sent, p.clock.now().timestamp() + 60)
+            .await
+            .unwrap(),
+        "one no longer owed is not leased"
+    );
+
+    // A lease holds one from other drains until it passes; a second lease meanwhile fails.
+    let until = p.clock.now().timestamp() + 120;
+    assert!(p
+        .status_callbacks
+        .lease_owed_callback(&other, until)
+        .await
+        .unwrap());
+    assert!(!p
+        .status_callbacks
+        .lease_owed_callback(&other, until)
+        .await
+        .unwrap());
+    let unheld = p.status_callbacks.owed_callbacks(10).await.unwrap();
+    assert_eq!(unheld, vec![delivered.clone()], "a held one is passed by");
+    p.clock.advance(Duration::seconds(121));
+    let after = p.status_callbacks.owed_callbacks(10).await.unwrap();
+    assert_eq!(after.len(), 2, "its lease passed: owed again");
+    assert!(p
+        .status_callbacks
+        .lease_owed_callback(&other, until + 600)
+        .await
+        .unwrap());
 
     p.clock.advance(Duration::days(8));
     assert!(

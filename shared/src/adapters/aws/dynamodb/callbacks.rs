@@ -164,12 +164,64 @@ impl StatusCallbackStore for DynamoStore {
     }
 
     async fn owed_callbacks(&self, limit: usize) -> Result<Vec<OwedCallback>, StoreError> {
-        self.query_prefix_at_most(
-            keys::owed_callbacks_pk().to_owned(),
-            keys::OWED_PREFIX,
-            limit,
-        )
-        .await
+        // `Limit` per request: a backlog of thousands is not read a megabyte at a time.
+        let now = self.now_secs();
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+                .expression_attribute_values(":pk", s(keys::owed_callbacks_pk()))
+                .expression_attribute_values(":p", s(keys::OWED_PREFIX))
+                .set_exclusive_start_key(start.take())
+                .limit(limit.clamp(1, 1000) as i32)
+                .send()
+                .await
+                .map_err(|e| classify("dynamodb query", e))?;
+            for item in page.items.unwrap_or_default() {
+                if !self.live(&item) {
+                    continue;
+                }
+                let owed: OwedCallback = from_item(item)?;
+                if owed.leased_until.is_none_or(|t| t <= now) {
+                    out.push(owed);
+                    if out.len() >= limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            start = page.last_evaluated_key;
+            if start.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn lease_owed_callback(
+        &self,
+        owed: &OwedCallback,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let key = keys::owed_callback(&owed.tenant_id, &owed.message_id, owed.sequence);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key.attrs()))
+            .update_expression("SET leased_until = :until")
+            .condition_expression(
+                "attribute_exists(pk) AND (attribute_not_exists(leased_until) \
+                 OR leased_until <= :now)",
+            )
+            .expression_attribute_values(":until", n(until))
+            .expression_attribute_values(":now", n(self.now_secs()))
+            .send()
+            .await;
+        written("dynamodb update", res)
     }
 
     async fn forget_owed_callback(&self, owed: &OwedCallback) -> Result<(), StoreError> {

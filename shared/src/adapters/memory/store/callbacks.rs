@@ -88,12 +88,29 @@ impl StatusCallbackStore for MemoryStore {
 
     async fn owed_callbacks(&self, limit: usize) -> Result<Vec<OwedCallback>, StoreError> {
         let s = self.lock()?;
+        let now = self.clock.now().timestamp();
         Ok(s.owed_callbacks
             .values()
-            .filter(|o| self.live(o.expires_at))
+            .filter(|o| self.live(o.expires_at) && o.leased_until.is_none_or(|t| t <= now))
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn lease_owed_callback(
+        &self,
+        owed: &OwedCallback,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let now = self.clock.now().timestamp();
+        match s.owed_callbacks.get_mut(&owed_key(owed)) {
+            Some(o) if o.leased_until.is_none_or(|t| t <= now) => {
+                o.leased_until = Some(until);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn forget_owed_callback(&self, owed: &OwedCallback) -> Result<(), StoreError> {
