@@ -62,12 +62,22 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>, well_formed: bool
     }
 }
 
+/// One JSON value, and nothing after it but whitespace: `{…}garbage` or `{…}{…}` is
+/// malformed, as `serde_json::from_slice` (which a keyed send's fingerprint reads) has it.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
         ApiError::invalid(describe(&e, well_formed))
-    })
+    })?;
+    de.end().map_err(|e| {
+        ApiError::invalid(format!(
+            "malformed JSON: more after the body's value at line {} column {}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    Ok(value)
 }
 
 async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {

@@ -156,6 +156,14 @@ pub async fn send_once(
     let (to, draft, client_reference) = parse(req)?;
     let tenant = super::auth::load_tenant(deps, tenant_id).await?;
     if tenant.status != TenantStatus::Active {
+        // A retry of a send accepted before the suspension answers it, as every other
+        // refusal does (the message goes on to the dispatcher, which fails and refunds it
+        // while the tenant is suspended).
+        if let Some(k) = idem {
+            if let Some(first) = idempotency::earlier(deps, tenant_id, k).await? {
+                return replayed(deps, &tenant, first, &draft).await;
+            }
+        }
         return Err(ServiceError::TenantSuspended);
     }
     let send_at = match raw_send_at

@@ -44,6 +44,17 @@ async fn bad_send_requests_answer_precise_errors_and_change_nothing(b: Backend) 
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
         (b"{not json".to_vec(), 400, "invalid_request"),
         (b"".to_vec(), 400, "invalid_request"),
+        // More after the value: one request's body, not the first of several.
+        (
+            br#"{"to":"+60123456789","text":{"body":"x"}} x"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            br#"{"to":"+60123456789","text":{"body":"x"}}{"to":"+60123456780"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
         (
             br#"{"to":"+60123456789","text":{"body":"x"},"admin":true}"#.to_vec(),
             400,

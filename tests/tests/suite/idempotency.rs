@@ -178,6 +178,48 @@ async fn a_replay_answers_the_first_response_after_the_credits_ran_out(b: Backen
     assert_eq!(messages(&app, &t.key).await.len(), 1, "one message");
 }
 
+/// A send accepted, its answer lost, the tenant suspended meanwhile (by the operator, or
+/// by Meta's 190 on that very message): the retry answers the first `202`, as after every
+/// other refusal; a new request is refused `403 tenant_suspended`, nothing written.
+async fn a_replay_answers_the_first_response_after_the_tenant_was_suspended(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(3).await;
+    let first = post(&app, &t.key, Some("before-suspension"), BODY).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/platform/tenants/{}/suspend", t.tenant_id)))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"reason": "drill"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let again = post(&app, &t.key, Some("before-suspension"), BODY).await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    let other = BODY.replace("A-1", "A-2");
+    assert_eq!(
+        post(&app, &t.key, Some("before-suspension"), &other)
+            .await
+            .status(),
+        409
+    );
+    let fresh = post(&app, &t.key, Some("after-suspension"), BODY).await;
+    assert_eq!(fresh.status(), 403);
+    let body: Value = fresh.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "tenant_suspended", "{body}");
+}
+
 async fn a_replay_answers_the_first_response_after_its_template_was_paused(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -427,6 +469,7 @@ async fn a_double_submitted_broadcast_with_its_key_is_one_broadcast_and_one_debi
 }
 
 on_both_backends!(
+    a_replay_answers_the_first_response_after_the_tenant_was_suspended,
     a_replay_answers_the_first_response_after_its_template_was_paused,
     an_idempotent_retry_answers_the_same_id_and_debits_once,
     the_same_key_with_another_body_is_409_idempotency_key_reused,
