@@ -236,7 +236,9 @@ impl OptOut {
         let new_wins = match (old.scope, new.scope) {
             (OptOutScope::All, OptOutScope::Marketing) => false,
             (OptOutScope::Marketing, OptOutScope::All) => true,
-            _ => new.meta_timestamp >= old.meta_timestamp,
+            // Strictly newer: the same choice delivered again (Meta's duplicates, a body
+            // redelivered after a 500) changes nothing, its first record and time kept.
+            _ => new.meta_timestamp > old.meta_timestamp,
         };
         let mut out = if new_wins { new.clone() } else { old.clone() };
         out.meta_timestamp = old.meta_timestamp.max(new.meta_timestamp);
@@ -318,6 +320,31 @@ mod tests {
         }
         let u = OptOutKey::parse("US.13491208655302741918").unwrap();
         assert!(!u.masked().contains("13491208655302741918"));
+    }
+
+    #[test]
+    fn the_same_stop_delivered_again_changes_nothing_and_a_newer_one_moves_the_time() {
+        let first: OptOut = serde_json::from_value(serde_json::json!({
+            "tenant_id": "01JABCDEFGHJKMNPQRSTVWXYZ0", "phone": "+60123456789",
+            "scope": "all", "source": "keyword", "created_by": "meta",
+            "created_at": "2026-01-01T00:00:00Z", "meta_timestamp": 1_700_000_100
+        }))
+        .unwrap();
+        let again = OptOut {
+            created_at: first.created_at + chrono::Duration::hours(1),
+            ..first.clone()
+        };
+        assert_eq!(
+            OptOut::folded(Some(&first), &again),
+            None,
+            "kept as first recorded"
+        );
+        let newer = OptOut {
+            meta_timestamp: Some(1_700_000_200),
+            ..again.clone()
+        };
+        let folded = OptOut::folded(Some(&first), &newer).expect("a newer STOP");
+        assert_eq!(folded.meta_timestamp, Some(1_700_000_200));
     }
 
     #[test]
