@@ -290,6 +290,9 @@ pub struct SecretCache {
     /// The current versions and, apart, the previous ones, by name (looked up by `&str`:
     /// no key is built for a hit).
     cache: Mutex<[HashMap<String, CacheEntry>; 2]>,
+    /// When each name's current version was last read afresh past the cache
+    /// ([`Self::refresh_current`]).
+    refreshed: Mutex<HashMap<String, Instant>>,
 }
 
 impl SecretCache {
@@ -298,7 +301,38 @@ impl SecretCache {
             store,
             ttl,
             cache: Mutex::new([HashMap::new(), HashMap::new()]),
+            refreshed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The current version read afresh from the store (and cached anew), at most once
+    /// `every` per name in this process: `None` when it was read afresh less than `every`
+    /// ago, or there is no cache to be behind. For a credential a caller presented that
+    /// the cached copy refused: it may have been rotated since the copy was read (Meta's
+    /// app secret is reset at Meta first, then stored), and a flood of forged ones costs
+    /// the store one read per `every`.
+    pub async fn refresh_current(
+        &self,
+        name: &str,
+        every: Duration,
+    ) -> Result<Option<Option<Secret>>, StoreError> {
+        if self.ttl.is_zero() {
+            return Ok(None);
+        }
+        {
+            let Ok(mut refreshed) = self.refreshed.lock() else {
+                return Ok(None);
+            };
+            if refreshed.get(name).is_some_and(|at| at.elapsed() < every) {
+                return Ok(None);
+            }
+            refreshed.insert(name.to_owned(), Instant::now());
+        }
+        let v = self.store.get_secret(name).await?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache[0].insert(name.to_owned(), (Instant::now(), v.clone(), None));
+        }
+        Ok(Some(v))
     }
 
     pub fn store(&self) -> &Arc<dyn SecretStore> {

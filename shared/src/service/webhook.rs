@@ -35,12 +35,26 @@ pub async fn verify_signature<H: AsRef<[u8]> + ?Sized>(
     if signed(deps.secrets.current(name).await?) {
         return Ok(true);
     }
-    Ok(signed(
+    if signed(
         deps.secrets
             .previous_within(name, deps.settings.rotation_grace, deps.clock.now())
             .await?,
+    ) {
+        return Ok(true);
+    }
+    // Neither: the secret may have been rotated since this process cached it (reset at
+    // Meta, then stored), so read it afresh, at most every `SECRET_REFRESH_EVERY`.
+    Ok(signed(
+        deps.secrets
+            .refresh_current(name, SECRET_REFRESH_EVERY)
+            .await?
+            .flatten(),
     ))
 }
+
+/// How often a process reads the app secret afresh for a signature its cached copy
+/// refused (a forged one costs no more than this).
+pub const SECRET_REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The subscription handshake: the challenge back if the verify token matches.
 pub async fn verify_subscription(
