@@ -465,7 +465,11 @@ pub trait OptOutStore: Send + Sync {
     /// never narrows (a `marketing` opt-out leaves an existing `all` one in place, and
     /// answers that one; an `all` one widens a `marketing` one) and never moves the time
     /// back. A conditional write of what was read (retried when it changed meanwhile).
-    /// An opt-out without a key is refused.
+    /// An opt-out without a key is refused. One that the key's opting back in overrides
+    /// ([`OptedIn::overrides`]: a START as new or newer) is not stored (answered as not
+    /// new); the check travels with the write (on DynamoDB, one transaction).
+    ///
+    /// [`OptedIn::overrides`]: crate::domain::OptedIn::overrides
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError>;
     async fn get_opt_out(
         &self,
@@ -486,6 +490,9 @@ pub trait OptOutStore: Send + Sync {
     /// Removes the opt-out only if it was not made by a STOP reply newer than Meta's
     /// time `at` (a START reply of that time): a conditional delete, so a START never
     /// undoes a newer STOP whatever order they arrive in. `false` if nothing was removed.
+    /// First it records the opting back in at `at` (`OptedIn::all_at`, the newest kept,
+    /// for 7 days), which [`put_opt_out`](Self::put_opt_out) refuses an older opt-out
+    /// under: an older STOP arriving after it does not opt the user out again.
     async fn delete_opt_out_not_newer_than(
         &self,
         tenant: &TenantId,
@@ -494,7 +501,8 @@ pub trait OptOutStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Removes the opt-out if it is of `scope` and not newer than time `at` (a
     /// conditional delete): a `resume` of marketing never removes an `all` opt-out, nor
-    /// one made after it. `false` if nothing was removed.
+    /// one made after it. `false` if nothing was removed. First it records the opting
+    /// back in to `scope` at `at` (a `marketing` one: `OptedIn::marketing_at`).
     async fn delete_opt_out_of_scope(
         &self,
         tenant: &TenantId,

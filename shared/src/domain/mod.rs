@@ -27,14 +27,14 @@ pub use message::{
     TemplateCategory, TemplateRef,
 };
 pub use optout::{
-    keyword, Keyword, OptOut, OptOutKey, OptOutScope, OptOutSource, UserId, BY_META, MAX_USER_ID,
-    START_WORDS, STOP_WORDS,
+    keyword, Keyword, OptOut, OptOutKey, OptOutScope, OptOutSource, OptedIn, UserId, BY_META,
+    MAX_USER_ID, START_WORDS, STOP_WORDS,
 };
 pub use phone::{mask_phone, wamid_tail, PhoneNumber, PhoneNumberError};
 pub use retention::{
     parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION,
-    CUSTOMER_SERVICE_WINDOW, LOGIN_FAILURES_RETENTION, LOST_FANOUT_MARGIN, SEND_SLOT_RETENTION,
-    UNSENT_STALE_AFTER,
+    CUSTOMER_SERVICE_WINDOW, LOGIN_FAILURES_RETENTION, LOST_FANOUT_MARGIN, OPTED_IN_RETENTION,
+    SEND_SLOT_RETENTION, UNSENT_STALE_AFTER,
 };
 pub use role::Role;
 pub use status::{MessageStatus, StatusError};

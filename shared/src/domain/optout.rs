@@ -207,6 +207,33 @@ pub struct OptOut {
     pub meta_timestamp: Option<i64>,
 }
 
+/// When a user last opted back in under one key, as Meta timed it: a START reply
+/// (`all_at`), a `resume` of marketing (`marketing_at`). Kept a while (as long as Meta may
+/// still deliver an older webhook again), so that an older STOP arriving after a newer
+/// START (a redelivery, or two bodies out of order) does not opt the user out again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OptedIn {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marketing_at: Option<i64>,
+}
+
+impl OptedIn {
+    /// Whether this opting back in is newer than the opt-out `o` records, so that `o`
+    /// must not be stored: a START overrides an older STOP of any scope, a marketing
+    /// `resume` an older marketing stop. Of the same second, the one that arrives last
+    /// stands (as a START removes a STOP of its second). An opt-out without a time is
+    /// never overridden.
+    pub fn overrides(&self, o: &OptOut) -> bool {
+        let Some(ts) = o.meta_timestamp else {
+            return false;
+        };
+        self.all_at.is_some_and(|at| at > ts)
+            || (o.scope == OptOutScope::Marketing && self.marketing_at.is_some_and(|at| at > ts))
+    }
+}
+
 impl OptOut {
     /// What it is stored under: the phone when known, else the user id.
     pub fn key(&self) -> Option<OptOutKey> {

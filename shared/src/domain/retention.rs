@@ -50,6 +50,9 @@ pub const LOST_FANOUT_MARGIN: Duration = Duration::from_secs(3600);
 /// overtaken; every live job moves its message (a claim, a give-back, a retry) far more
 /// often, and a paused broadcast's messages are left to their broadcast.
 pub const UNSENT_STALE_AFTER: Duration = Duration::from_secs(5 * DAY);
+/// How long a user's opting back in (START, a marketing `resume`) is kept against an older
+/// STOP delivered after it (not configurable): as long as Meta retries a webhook.
+pub const OPTED_IN_RETENTION: Duration = Duration::from_secs(7 * DAY);
 /// How long a number's send slot outlives its last reservation (not configurable).
 pub const SEND_SLOT_RETENTION: Duration = Duration::from_secs(3600);
 /// How long a failed-login counter outlives its last failure (not configurable).

@@ -597,6 +597,66 @@ async fn a_resume_removes_only_a_marketing_opt_out_not_newer_than_itself(p: Stor
     assert_eq!(p.opt_outs.get_opt_out(&t, &to).await.unwrap(), None);
 }
 
+/// A START (or a marketing `resume`) is remembered: an opt-out Meta timed before it, put
+/// after it, is not stored; one timed after it is. A marketing resume holds back only an
+/// older marketing opt-out, never an `all` one. It expires with its class.
+async fn an_opting_back_in_holds_back_an_older_opt_out_put_after_it(p: Stores) {
+    let t = onboarded(&p, 0).await;
+    let timed = |to: &str, scope, at: i64| OptOut {
+        meta_timestamp: Some(at),
+        source: OptOutSource::Keyword,
+        ..opt_out(&p, &t, to, scope)
+    };
+    let k = key("+60123456701");
+    let stop = timed("+60123456701", OptOutScope::All, 100);
+    assert!(p.opt_outs.put_opt_out(&stop).await.unwrap().1);
+    assert!(p
+        .opt_outs
+        .delete_opt_out_not_newer_than(&t, &k, 200)
+        .await
+        .unwrap());
+    let (_, new) = p.opt_outs.put_opt_out(&stop).await.unwrap();
+    assert!(!new, "the older STOP again: held back");
+    assert_eq!(p.opt_outs.get_opt_out(&t, &k).await.unwrap(), None);
+    let newer = timed("+60123456701", OptOutScope::All, 300);
+    assert!(
+        p.opt_outs.put_opt_out(&newer).await.unwrap().1,
+        "a newer STOP"
+    );
+    assert!(p.opt_outs.get_opt_out(&t, &k).await.unwrap().is_some());
+    // A START with nothing to remove is remembered all the same.
+    let k2 = key("+60123456702");
+    assert!(!p
+        .opt_outs
+        .delete_opt_out_not_newer_than(&t, &k2, 500)
+        .await
+        .unwrap());
+    let late = timed("+60123456702", OptOutScope::Marketing, 400);
+    assert!(!p.opt_outs.put_opt_out(&late).await.unwrap().1);
+    assert_eq!(p.opt_outs.get_opt_out(&t, &k2).await.unwrap(), None);
+    // A marketing resume holds back an older marketing stop, not an older `all` STOP.
+    let k3 = key("+60123456703");
+    assert!(!p
+        .opt_outs
+        .delete_opt_out_of_scope(&t, &k3, OptOutScope::Marketing, 500)
+        .await
+        .unwrap());
+    let marketing = timed("+60123456703", OptOutScope::Marketing, 400);
+    assert!(!p.opt_outs.put_opt_out(&marketing).await.unwrap().1);
+    let all = timed("+60123456703", OptOutScope::All, 400);
+    assert!(p.opt_outs.put_opt_out(&all).await.unwrap().1);
+    // An opt-out without a time (stored before every one carried one) is never held back,
+    // and a week on the START is forgotten.
+    p.clock.advance(chrono::Duration::days(8));
+    assert!(
+        p.opt_outs
+            .put_opt_out(&timed("+60123456702", OptOutScope::All, 450))
+            .await
+            .unwrap()
+            .1
+    );
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory_adapters {
@@ -673,6 +733,7 @@ async fn an_opt_out_by_user_id_is_stored_under_it_and_a_scoped_delete_removes_on
 }
 
 contract!(
+    an_opting_back_in_holds_back_an_older_opt_out_put_after_it,
     an_opt_out_by_user_id_is_stored_under_it_and_a_scoped_delete_removes_only_that_scope,
     an_opt_out_is_stored_read_back_and_removed_once,
     a_start_removes_only_a_stop_that_is_not_newer_and_a_stop_never_moves_time_back,

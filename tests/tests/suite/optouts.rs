@@ -542,6 +542,33 @@ async fn stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arriv
     assert_eq!(status, 200, "{o}");
 }
 
+/// An older STOP that arrives after a newer START (Meta delivering the STOP's body again
+/// after a 500, or two bodies out of order) does not opt the user out again: the START is
+/// remembered for as long as Meta retries. A STOP newer than the START still does.
+async fn an_older_stop_arriving_after_a_newer_start_leaves_the_user_opted_in(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(1).await;
+    let pn = t.phone_number_id.as_str();
+    let (from, phone) = ("60123457012", "+60123457012");
+    inbound(&app, pn, vec![text_at(from, "STOP", 1_700_000_100)]).await;
+    assert_eq!(opt_out_of(&app, &t.key, phone).await.0, 200);
+    inbound(&app, pn, vec![text_at(from, "START", 1_700_000_200)]).await;
+    assert_eq!(opt_out_of(&app, &t.key, phone).await.0, 404);
+    // The first body again: the user's latest word was START.
+    inbound(&app, pn, vec![text_at(from, "STOP", 1_700_000_100)]).await;
+    assert_eq!(
+        opt_out_of(&app, &t.key, phone).await.0,
+        404,
+        "still opted in"
+    );
+    // Never seen before, yet older than the START: the same.
+    inbound(&app, pn, vec![text_at(from, "BERHENTI", 1_700_000_150)]).await;
+    assert_eq!(opt_out_of(&app, &t.key, phone).await.0, 404);
+    // A newer STOP opts them out.
+    inbound(&app, pn, vec![text_at(from, "STOP", 1_700_000_300)]).await;
+    assert_eq!(opt_out_of(&app, &t.key, phone).await.0, 200);
+}
+
 /// An opt-out made through the API records the time it was made: a START Meta stamped
 /// before it (redelivered late, or delayed) leaves it in place; a START after it removes
 /// it, as it would a STOP's.
@@ -656,6 +683,7 @@ async fn a_stop_from_a_whatsapp_id_blocks_sends_to_the_number_as_dialled_until_s
 }
 
 on_both_backends!(
+    an_older_stop_arriving_after_a_newer_start_leaves_the_user_opted_in,
     stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arrive,
     an_api_opt_out_outlives_an_older_start_that_arrives_after_it,
     a_stop_from_a_whatsapp_id_blocks_sends_to_the_number_as_dialled_until_start,

@@ -271,13 +271,15 @@ impl crate::adapters::cache::LaggingView for DynamoStore {
 
 impl DynamoStore {
     /// The IAM actions this adapter calls (`crate::iam` grants them per function).
-    /// TransactWriteItems is authorised per item by PutItem, UpdateItem and DeleteItem.
+    /// TransactWriteItems is authorised per item by PutItem, UpdateItem, DeleteItem and
+    /// ConditionCheckItem.
     pub const GET: &'static [&'static str] = &["dynamodb:GetItem"];
     pub const READ: &'static [&'static str] = &["dynamodb:GetItem", "dynamodb:Query"];
     pub const WRITE: &'static [&'static str] = &[
         "dynamodb:PutItem",
         "dynamodb:UpdateItem",
         "dynamodb:DeleteItem",
+        "dynamodb:ConditionCheckItem",
     ];
     /// On the table's index (`gsi1`): queries only.
     pub const INDEX_READ: &'static [&'static str] = &["dynamodb:Query"];

@@ -341,6 +341,8 @@ pub(super) struct State {
     quality: BTreeMap<(TenantId, chrono::NaiveDate), (QualityCounts, Option<i64>)>,
     /// (tenant, E.164 or user id) → opt-out, ordered for paging.
     opt_outs: BTreeMap<(TenantId, String), crate::domain::OptOut>,
+    /// When each user last opted back in, and when that record expires (epoch seconds).
+    opted_in: BTreeMap<(TenantId, String), (crate::domain::OptedIn, i64)>,
     /// (tenant, one key of a user) → the user's other key and the pairing's expiry.
     pairings: BTreeMap<(TenantId, String), (crate::domain::OptOutKey, Option<i64>)>,
     /// (tenant, phone number id, the user's key) → when the user last wrote, and expiry.

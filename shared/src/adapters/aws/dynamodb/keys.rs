@@ -68,6 +68,8 @@ const TOTP_FAIL_SK: &str = "TOTP";
 pub const API_KEY_PREFIX: &str = "APIKEY#";
 pub const LEDGER_PREFIX: &str = "LEDGER#";
 pub const OPT_OUT_PREFIX: &str = "OPTOUT#";
+/// When a user last opted back in, in the tenant's partition.
+pub const OPT_IN_PREFIX: &str = "OPTIN#";
 pub const USER_PREFIX: &str = "USER#";
 pub const PENDING_PREFIX: &str = "PENDING#";
 pub const OWED_PREFIX: &str = "OWED#";
@@ -118,6 +120,9 @@ pub enum ItemKind {
     OwedCallback,
     /// `TENANT#{tenant}` / `OPTOUT#{e164 or user id}`.
     OptOut,
+    /// `TENANT#{tenant}` / `OPTIN#{e164 or user id}`: when the user last opted back in
+    /// (START, a marketing `resume`), against an older STOP delivered after it.
+    OptedIn,
     /// `TENANT#{tenant}` / `PAIR#{e164 or user id}`: the other key of one user.
     UserPairing,
     /// `TENANT#{tenant}` / `WINDOW#{phone_number_id}#{e164 or user id}`: when the user
@@ -169,7 +174,7 @@ pub enum ItemKind {
 }
 
 impl ItemKind {
-    pub const ALL: [ItemKind; 31] = [
+    pub const ALL: [ItemKind; 32] = [
         ItemKind::Tenant,
         ItemKind::PhoneRoute,
         ItemKind::ApiKeyByHash,
@@ -180,6 +185,7 @@ impl ItemKind {
         ItemKind::PendingStatus,
         ItemKind::OwedCallback,
         ItemKind::OptOut,
+        ItemKind::OptedIn,
         ItemKind::Idempotency,
         ItemKind::AuditEvent,
         ItemKind::AuditHead,
@@ -218,8 +224,9 @@ impl ItemKind {
             Tenant | LedgerEntry | UsageCounter => RetentionClass::Billing,
             AuditEvent | AuditParked => RetentionClass::Audit,
             Idempotency => RetentionClass::Idempotency,
-            // A callback owed lives as long as the queue would have kept it.
-            PendingStatus | OwedCallback => RetentionClass::PendingStatus,
+            // A callback owed lives as long as the queue would have kept it; an opting back
+            // in as long as Meta may deliver an older webhook again.
+            PendingStatus | OwedCallback | OptedIn => RetentionClass::PendingStatus,
             Session => RetentionClass::Session,
             QualityCounter => RetentionClass::Stats,
             BroadcastList => RetentionClass::BroadcastList,
@@ -246,6 +253,7 @@ impl ItemKind {
                 _ if has(LEDGER_PREFIX) => LedgerEntry,
                 _ if has(MESSAGE_PREFIX) => Message,
                 _ if has(OPT_OUT_PREFIX) => OptOut,
+                _ if has(OPT_IN_PREFIX) => OptedIn,
                 _ if has(IDEM_PREFIX) => Idempotency,
                 _ if has(QSTAT_PREFIX) => QualityCounter,
                 _ if has(BROADCAST_PREFIX) => Broadcast,
@@ -587,6 +595,11 @@ pub fn opt_out(t: &TenantId, key: &OptOutKey) -> Key {
     Key::new(tenant_pk(t), format!("{OPT_OUT_PREFIX}{key}"))
 }
 
+/// When the user under `key` last opted back in.
+pub fn opted_in(t: &TenantId, key: &OptOutKey) -> Key {
+    Key::new(tenant_pk(t), format!("{OPT_IN_PREFIX}{key}"))
+}
+
 /// The pairing item under one of a user's keys (it holds the other).
 pub fn user_pairing(t: &TenantId, key: &OptOutKey) -> Key {
     Key::new(tenant_pk(t), format!("{PAIR_PREFIX}{key}"))
@@ -760,6 +773,7 @@ mod tests {
             ItemKind::PendingStatus => pending_status("wamid.HBgL==", "delivered", 1_700_000_000),
             ItemKind::OwedCallback => owed_callback(&t, &m, 3),
             ItemKind::OptOut => opt_out(&t, &OptOutKey::parse("+60123456789").unwrap()),
+            ItemKind::OptedIn => opted_in(&t, &OptOutKey::parse("+60123456789").unwrap()),
             ItemKind::UserPairing => user_pairing(&t, &OptOutKey::parse("US.1349120865").unwrap()),
             ItemKind::ServiceWindow => {
                 service_window(&t, "1234567890", &OptOutKey::parse("+60123456789").unwrap())

@@ -1,6 +1,12 @@
 //! `OptOutStore` on the one table: `pk = TENANT#{tenant}`, `sk = OPTOUT#{e164 or user id}`, no TTL
 //! (active configuration, kept while the tenant exists). Listing is a Query on the
 //! tenant's partition with `begins_with(sk, "OPTOUT#")`, in phone-number order.
+//!
+//! Beside each key's opt-out, when the user last opted back in: `sk = OPTIN#{key}`,
+//! `all_at` (a START's Meta time) and `marketing_at` (a marketing `resume`'s), the newest
+//! kept, TTL `OPTED_IN_RETENTION` (7 days) from the last write. Written before the START's
+//! conditional delete; an opt-out with a time is put in one transaction with a
+//! `ConditionCheck` that no opting back in as new or newer overrides it.
 
 use crate::adapters::aws::written;
 use std::collections::HashMap;
@@ -8,13 +14,15 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 
+use super::transact::CancelReason;
 use super::{
     classify, cursor_sort_key, decode_cursor, encode_cursor, from_item, keys, n, s, to_item,
-    DynamoStore, Item,
+    DynamoStore, Item, TTL_ATTR,
 };
 use crate::domain::{OptOut, OptOutKey, OptOutScope, TenantId};
 use crate::ports::{OptOutPage, OptOutStore};
 use crate::store_error::StoreError;
+use aws_sdk_dynamodb::types::TransactWriteItem;
 
 #[async_trait]
 impl OptOutStore for DynamoStore {
@@ -30,9 +38,7 @@ impl OptOutStore for DynamoStore {
             let Some(stored) = OptOut::folded(existing.as_ref(), opt_out) else {
                 return Ok((existing.unwrap_or_else(|| opt_out.clone()), false));
             };
-            let mut req = self
-                .client
-                .put_item()
+            let mut req = aws_sdk_dynamodb::types::Put::builder()
                 .table_name(&self.table)
                 .set_item(Some(to_item(&stored, &pairs, None)?));
             req = match &existing {
@@ -51,8 +57,37 @@ impl OptOutStore for DynamoStore {
                     }
                 }
             };
-            if written("dynamodb put", req.send().await)? {
-                return Ok((stored, existing.is_none()));
+            let put = req
+                .build()
+                .map_err(|e| StoreError::Corrupt(format!("put: {e}")))?;
+            // Without a time nothing overrides it: a plain conditional put.
+            let Some(ts) = opt_out.meta_timestamp else {
+                let mut plain = self
+                    .client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(put.item))
+                    .set_condition_expression(put.condition_expression)
+                    .set_expression_attribute_names(put.expression_attribute_names);
+                plain = plain.set_expression_attribute_values(put.expression_attribute_values);
+                if written("dynamodb put", plain.send().await)? {
+                    return Ok((stored, existing.is_none()));
+                }
+                continue;
+            };
+            let check = self.not_opted_in_since(&opt_out.tenant_id, &key, opt_out.scope, ts)?;
+            let items = vec![
+                TransactWriteItem::builder().condition_check(check).build(),
+                TransactWriteItem::builder().put(put).build(),
+            ];
+            match self.transact_retrying_conflicts(items).await {
+                Ok(()) => return Ok((stored, existing.is_none())),
+                // The user opted back in as late or later: not stored.
+                Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
+                    return Ok((existing.unwrap_or_else(|| opt_out.clone()), false));
+                }
+                Err(e) if e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) => {}
+                Err(e) => return Err(e.into_store_error()),
             }
             // Changed meanwhile: fold into what is there now.
         }
@@ -89,6 +124,7 @@ impl OptOutStore for DynamoStore {
         key: &OptOutKey,
         at: i64,
     ) -> Result<bool, StoreError> {
+        self.opt_back_in(tenant, key, OptOutScope::All, at).await?;
         let res = self
             .client
             .delete_item()
@@ -111,6 +147,7 @@ impl OptOutStore for DynamoStore {
         scope: OptOutScope,
         at: i64,
     ) -> Result<bool, StoreError> {
+        self.opt_back_in(tenant, key, scope, at).await?;
         let res = self
             .client
             .delete_item()
@@ -199,5 +236,71 @@ impl OptOutStore for DynamoStore {
             opt_outs,
             next_cursor,
         })
+    }
+}
+
+/// The attribute of an opting back in to `scope`.
+fn opted_in_field(scope: OptOutScope) -> &'static str {
+    match scope {
+        OptOutScope::All => "all_at",
+        OptOutScope::Marketing => "marketing_at",
+    }
+}
+
+impl DynamoStore {
+    /// Records an opting back in to `scope` at `at`, unless a newer one is recorded (a
+    /// refused write is that: nothing to do).
+    async fn opt_back_in(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+        scope: OptOutScope,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let expires = self.now_secs() + crate::domain::OPTED_IN_RETENTION.as_secs() as i64;
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::opted_in(tenant, key).attrs()))
+            .update_expression("SET #f = :at, #ttl = :exp")
+            .condition_expression("attribute_not_exists(#f) OR #f < :at OR #ttl <= :now")
+            .expression_attribute_names("#f", opted_in_field(scope))
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":at", n(at))
+            .expression_attribute_values(":exp", n(expires))
+            .expression_attribute_values(":now", n(self.now_secs()))
+            .send()
+            .await;
+        written("dynamodb update", res).map(|_| ())
+    }
+
+    /// The condition that no live opting back in overrides an opt-out of `scope` made at
+    /// `ts` (`OptedIn::overrides`): for an item that does not exist, true.
+    fn not_opted_in_since(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+        scope: OptOutScope,
+        ts: i64,
+    ) -> Result<aws_sdk_dynamodb::types::ConditionCheck, StoreError> {
+        // (DynamoDB refuses redundant parentheses.)
+        let all = "(attribute_not_exists(all_at) OR all_at <= :ts)";
+        let condition = match scope {
+            OptOutScope::All => format!("{all} OR #ttl <= :now"),
+            OptOutScope::Marketing => format!(
+                "({all} AND (attribute_not_exists(marketing_at) OR marketing_at <= :ts)) \
+                 OR #ttl <= :now"
+            ),
+        };
+        aws_sdk_dynamodb::types::ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::opted_in(tenant, key).attrs()))
+            .condition_expression(condition)
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":ts", n(ts))
+            .expression_attribute_values(":now", n(self.now_secs()))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("condition check: {e}")))
     }
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::MemoryStore;
-use crate::domain::{OptOut, OptOutKey, OptOutScope, TenantId};
+use crate::domain::{OptOut, OptOutKey, OptOutScope, OptedIn, TenantId};
 use crate::ports::{OptOutPage, OptOutStore};
 use crate::store_error::StoreError;
 
@@ -15,7 +15,15 @@ impl OptOutStore for MemoryStore {
             .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
         let mut s = self.lock()?;
         let key = (opt_out.tenant_id.clone(), key.to_string());
+        let now = self.clock.now().timestamp();
+        let overridden = s
+            .opted_in
+            .get(&key)
+            .is_some_and(|(o, expires)| *expires > now && o.overrides(opt_out));
         let existing = s.opt_outs.get(&key);
+        if overridden {
+            return Ok((existing.cloned().unwrap_or_else(|| opt_out.clone()), false));
+        }
         let was_new = existing.is_none();
         match OptOut::folded(existing, opt_out) {
             Some(stored) => {
@@ -43,6 +51,7 @@ impl OptOutStore for MemoryStore {
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
         let key = (tenant.clone(), key.to_string());
+        self.opt_back_in(&mut s, &key, OptOutScope::All, at);
         match s.opt_outs.get(&key) {
             Some(o) if o.replies_not_newer_than(at) => Ok(s.opt_outs.remove(&key).is_some()),
             _ => Ok(false),
@@ -58,6 +67,7 @@ impl OptOutStore for MemoryStore {
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
         let key = (tenant.clone(), key.to_string());
+        self.opt_back_in(&mut s, &key, scope, at);
         match s.opt_outs.get(&key) {
             Some(o) if o.scope == scope && o.replies_not_newer_than(at) => {
                 Ok(s.opt_outs.remove(&key).is_some())
@@ -104,5 +114,34 @@ impl OptOutStore for MemoryStore {
             opt_outs,
             next_cursor,
         })
+    }
+}
+
+impl MemoryStore {
+    /// Records an opting back in to `scope` at `at` (the newest kept), as DynamoDB does.
+    fn opt_back_in(
+        &self,
+        s: &mut super::State,
+        key: &(TenantId, String),
+        scope: OptOutScope,
+        at: i64,
+    ) {
+        let now = self.clock.now();
+        let expires = now.timestamp() + crate::domain::OPTED_IN_RETENTION.as_secs() as i64;
+        let entry = s
+            .opted_in
+            .entry(key.clone())
+            .or_insert((OptedIn::default(), expires));
+        if entry.1 <= now.timestamp() {
+            *entry = (OptedIn::default(), expires);
+        }
+        let field = match scope {
+            OptOutScope::All => &mut entry.0.all_at,
+            OptOutScope::Marketing => &mut entry.0.marketing_at,
+        };
+        if field.is_none_or(|t| t < at) {
+            *field = Some(at);
+            entry.1 = expires;
+        }
     }
 }

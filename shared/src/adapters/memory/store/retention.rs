@@ -43,6 +43,7 @@ impl RetentionStore for MemoryStore {
         sweep!(page, K::Message, s.messages, |_, m| live(m.expires_at));
         sweep!(page, K::WamidIndex, s.wamids, |_, w| live(w.2));
         sweep!(page, K::PendingStatus, s.pending, |_, p| live(p.expires_at));
+        sweep!(page, K::OptedIn, s.opted_in, |_, o| o.1 > now);
         sweep!(page, K::OwedCallback, s.owed_callbacks, |_, o| live(
             o.expires_at
         ));
@@ -347,6 +348,15 @@ impl RetentionStore for MemoryStore {
                 item(
                     keys::opt_out(t, &k),
                     config_ttl(t),
+                    to_value(o).unwrap_or_default(),
+                );
+            }
+        }
+        for ((t, key), (o, exp)) in &s.opted_in {
+            if let Some(k) = crate::domain::OptOutKey::parse(key) {
+                item(
+                    keys::opted_in(t, &k),
+                    Some(*exp),
                     to_value(o).unwrap_or_default(),
                 );
             }
