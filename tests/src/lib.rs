@@ -499,3 +499,89 @@ impl TestApp {
             .expect("webhook request")
     }
 }
+
+/// Which secrets a [`ScriptedSecrets`] refuses (as Secrets Manager throttled or denied).
+#[derive(Clone, Debug, Default)]
+pub enum Refuse {
+    #[default]
+    Nothing,
+    Every,
+    /// Names that contain this.
+    Containing(String),
+}
+
+impl Refuse {
+    fn refuses(&self, name: &str) -> Result<(), kirim::store_error::StoreError> {
+        let refused = match self {
+            Refuse::Nothing => false,
+            Refuse::Every => true,
+            Refuse::Containing(part) => name.contains(part.as_str()),
+        };
+        if refused {
+            return Err(kirim::store_error::StoreError::Unavailable(
+                "secrets manager: ThrottlingException".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A secret store over `inner` whose reads or deletes of the named secrets fail, and which
+/// counts reads of current versions: one stand-in for the tests' unreadable or undeletable
+/// secrets.
+pub struct ScriptedSecrets {
+    pub inner: Arc<dyn kirim::ports::SecretStore>,
+    pub reads: Refuse,
+    pub deletes: Refuse,
+    /// Reads of current versions (`get_secret`) so far.
+    pub read_count: std::sync::atomic::AtomicUsize,
+}
+
+impl ScriptedSecrets {
+    pub fn over(inner: Arc<dyn kirim::ports::SecretStore>) -> Self {
+        Self {
+            inner,
+            reads: Refuse::Nothing,
+            deletes: Refuse::Nothing,
+            read_count: Default::default(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl kirim::ports::SecretStore for ScriptedSecrets {
+    async fn put_secret(
+        &self,
+        name: &str,
+        value: &kirim::secret::Secret,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.inner.put_secret(name, value).await
+    }
+    async fn get_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
+        self.read_count
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.reads.refuses(name)?;
+        self.inner.get_secret(name).await
+    }
+    async fn get_previous_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
+        self.reads.refuses(name)?;
+        self.inner.get_previous_secret(name).await
+    }
+    async fn rotated_at(
+        &self,
+        name: &str,
+    ) -> Result<Option<DateTime<Utc>>, kirim::store_error::StoreError> {
+        self.reads.refuses(name)?;
+        self.inner.rotated_at(name).await
+    }
+    async fn delete_secret(&self, name: &str) -> Result<(), kirim::store_error::StoreError> {
+        self.deletes.refuses(name)?;
+        self.inner.delete_secret(name).await
+    }
+}

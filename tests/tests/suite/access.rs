@@ -1230,46 +1230,6 @@ async fn an_account_restriction_that_cannot_be_written_is_not_acknowledged() {
     assert_eq!((summary.errors, summary.applied), (1, 0));
 }
 
-/// Secrets, except that the operator token cannot be read (Secrets Manager throttled).
-struct OperatorTokenUnreadable(kirim::adapters::memory::MemorySecrets);
-
-#[async_trait::async_trait]
-impl kirim::ports::SecretStore for OperatorTokenUnreadable {
-    async fn put_secret(
-        &self,
-        name: &str,
-        value: &kirim::secret::Secret,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.put_secret(name, value).await
-    }
-    async fn get_secret(
-        &self,
-        name: &str,
-    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
-        if name == kirim_tests::test_settings().operator_token_secret {
-            return Err(kirim::store_error::StoreError::Unavailable(
-                "secrets manager throttled".into(),
-            ));
-        }
-        self.0.get_secret(name).await
-    }
-    async fn get_previous_secret(
-        &self,
-        name: &str,
-    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
-        self.0.get_previous_secret(name).await
-    }
-    async fn rotated_at(
-        &self,
-        name: &str,
-    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, kirim::store_error::StoreError> {
-        self.0.rotated_at(name).await
-    }
-    async fn delete_secret(&self, name: &str) -> Result<(), kirim::store_error::StoreError> {
-        self.0.delete_secret(name).await
-    }
-}
-
 /// An access check that fails for want of a secret is an outage, not a refused
 /// credential: `503`, audited as an `error` (a burst of them must not read, in the audit
 /// trail, as a burst of forged tokens).
@@ -1291,7 +1251,12 @@ async fn an_access_check_the_secret_store_fails_is_audited_as_an_error_not_a_den
             .unwrap();
     }
     deps.secrets = std::sync::Arc::new(kirim::service::SecretCache::new(
-        std::sync::Arc::new(OperatorTokenUnreadable(secrets)),
+        std::sync::Arc::new(kirim_tests::ScriptedSecrets {
+            reads: kirim_tests::Refuse::Containing(
+                kirim_tests::test_settings().operator_token_secret,
+            ),
+            ..kirim_tests::ScriptedSecrets::over(std::sync::Arc::new(secrets))
+        }),
         std::time::Duration::ZERO,
     ));
     let res = kirim::http::admin_api_router(deps.clone())

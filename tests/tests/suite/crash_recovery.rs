@@ -1583,7 +1583,10 @@ async fn a_job_received_again_and_again_is_retried_further_apart_not_parked_in_m
     let up = deps.clone();
     // The tenants' Meta tokens cannot be read (Secrets Manager throttled): a storage retry.
     deps.secrets = Arc::new(kirim::service::SecretCache::new(
-        Arc::new(SecretsDown),
+        Arc::new(kirim_tests::ScriptedSecrets {
+            reads: kirim_tests::Refuse::Every,
+            ..kirim_tests::ScriptedSecrets::over(deps.secrets.store().clone())
+        }),
         Duration::ZERO,
     ));
     let timed = Arc::new(TimedRetries {
@@ -1641,31 +1644,6 @@ async fn a_job_received_again_and_again_is_retried_further_apart_not_parked_in_m
         total >= 3600,
         "an hour at least before the redrive: {total} s"
     );
-}
-
-/// A secret store that cannot be read (throttled).
-struct SecretsDown;
-
-#[async_trait]
-impl kirim::ports::SecretStore for SecretsDown {
-    async fn put_secret(&self, _: &str, _: &kirim::secret::Secret) -> Result<(), StoreError> {
-        Err(StoreError::Unavailable("ThrottlingException".into()))
-    }
-    async fn get_secret(&self, _: &str) -> Result<Option<kirim::secret::Secret>, StoreError> {
-        Err(StoreError::Unavailable("ThrottlingException".into()))
-    }
-    async fn get_previous_secret(
-        &self,
-        _: &str,
-    ) -> Result<Option<kirim::secret::Secret>, StoreError> {
-        Err(StoreError::Unavailable("ThrottlingException".into()))
-    }
-    async fn rotated_at(&self, _: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
-        Err(StoreError::Unavailable("ThrottlingException".into()))
-    }
-    async fn delete_secret(&self, _: &str) -> Result<(), StoreError> {
-        Err(StoreError::Unavailable("ThrottlingException".into()))
-    }
 }
 
 /// A tenant with `credits` on `b`'s stores, a manual clock and a process's deps.

@@ -480,45 +480,6 @@ async fn every_response_has_a_request_id_and_unknown_routes_answer_the_error_sha
     }
 }
 
-/// A secret store that counts reads of current versions.
-struct CountedReads(
-    std::sync::Arc<dyn kirim::ports::SecretStore>,
-    std::sync::atomic::AtomicUsize,
-);
-
-#[async_trait::async_trait]
-impl kirim::ports::SecretStore for CountedReads {
-    async fn put_secret(
-        &self,
-        name: &str,
-        value: &kirim::secret::Secret,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.put_secret(name, value).await
-    }
-    async fn get_secret(
-        &self,
-        name: &str,
-    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
-        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.get_secret(name).await
-    }
-    async fn get_previous_secret(
-        &self,
-        name: &str,
-    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
-        self.0.get_previous_secret(name).await
-    }
-    async fn rotated_at(
-        &self,
-        name: &str,
-    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, kirim::store_error::StoreError> {
-        self.0.rotated_at(name).await
-    }
-    async fn delete_secret(&self, name: &str) -> Result<(), kirim::store_error::StoreError> {
-        self.0.delete_secret(name).await
-    }
-}
-
 /// Meta's app secret is reset at Meta first, then stored: a warm instance whose cached
 /// copy (5 minutes) predates the store's new one reads it afresh for a signature the copy
 /// refuses, instead of answering Meta 401 for minutes (STOPs late); forged signatures
@@ -528,9 +489,8 @@ async fn a_secret_stored_after_the_cached_copy_verifies_at_once_and_forgeries_co
     use std::sync::atomic::Ordering;
     let app = spawn_app(Backend::Memory).await;
     let mut deps = app.app.deps.clone();
-    let counted = std::sync::Arc::new(CountedReads(
+    let counted = std::sync::Arc::new(kirim_tests::ScriptedSecrets::over(
         deps.secrets.store().clone(),
-        Default::default(),
     ));
     deps.secrets = std::sync::Arc::new(kirim::service::SecretCache::new(
         counted.clone(),
@@ -548,21 +508,21 @@ async fn a_secret_stored_after_the_cached_copy_verifies_at_once_and_forgeries_co
     };
     assert!(verify("test-app-secret").await, "cached now");
     counted
-        .0
+        .inner
         .put_secret(
             &deps.settings.meta_app_secret,
             &kirim::secret::Secret::new("reset-at-meta"),
         )
         .await
         .unwrap();
-    let reads = counted.1.load(Ordering::SeqCst);
+    let reads = counted.read_count.load(Ordering::SeqCst);
     assert!(verify("reset-at-meta").await, "read afresh");
-    assert_eq!(counted.1.load(Ordering::SeqCst), reads + 1);
+    assert_eq!(counted.read_count.load(Ordering::SeqCst), reads + 1);
     for _ in 0..5 {
         assert!(!verify("forged").await);
     }
     assert_eq!(
-        counted.1.load(Ordering::SeqCst),
+        counted.read_count.load(Ordering::SeqCst),
         reads + 1,
         "no more reads within 10 s"
     );

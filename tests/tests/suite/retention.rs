@@ -1221,47 +1221,6 @@ async fn an_export_larger_than_one_response_continues_by_its_cursor(b: Backend) 
     }
 }
 
-/// A secret store whose deletes of one tenant's secrets fail (a name outside the role's
-/// grant, say); everything else goes through.
-struct DeletesFailFor(std::sync::Arc<dyn kirim::ports::SecretStore>, String);
-
-#[async_trait::async_trait]
-impl kirim::ports::SecretStore for DeletesFailFor {
-    async fn put_secret(
-        &self,
-        name: &str,
-        value: &kirim::secret::Secret,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.put_secret(name, value).await
-    }
-    async fn get_secret(
-        &self,
-        name: &str,
-    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
-        self.0.get_secret(name).await
-    }
-    async fn get_previous_secret(
-        &self,
-        name: &str,
-    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
-        self.0.get_previous_secret(name).await
-    }
-    async fn rotated_at(
-        &self,
-        name: &str,
-    ) -> Result<Option<DateTime<Utc>>, kirim::store_error::StoreError> {
-        self.0.rotated_at(name).await
-    }
-    async fn delete_secret(&self, name: &str) -> Result<(), kirim::store_error::StoreError> {
-        if name.contains(&self.1) {
-            return Err(kirim::store_error::StoreError::Unavailable(
-                "AccessDeniedException".into(),
-            ));
-        }
-        self.0.delete_secret(name).await
-    }
-}
-
 /// One closed tenant whose close-out fails must not stop the run for every other one (nor
 /// the settling, the sweep's checkpoint and the template sync after it), day after day:
 /// it is counted, logged, and tried again when the sweep next comes across it.
@@ -1285,7 +1244,10 @@ async fn a_close_out_that_fails_for_one_tenant_leaves_the_others_closed_out_and_
     let mut deps = app.app.deps.clone();
     let store = deps.secrets.store().clone();
     deps.secrets = std::sync::Arc::new(kirim::service::SecretCache::new(
-        std::sync::Arc::new(DeletesFailFor(store, failing.tenant_id.clone())),
+        std::sync::Arc::new(kirim_tests::ScriptedSecrets {
+            deletes: kirim_tests::Refuse::Containing(failing.tenant_id.clone()),
+            ..kirim_tests::ScriptedSecrets::over(store)
+        }),
         Duration::ZERO,
     ));
     let report = kirim::service::retention::run(&deps)
