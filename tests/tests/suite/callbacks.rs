@@ -834,10 +834,11 @@ async fn a_status_callback_is_queued_in_its_tenants_group() {
 }
 
 /// A callback queue that refuses every message while `refusing`, else records it in
-/// its group as [`Groups`] does.
+/// its group as [`Groups`] does (each send taking a moment when `slow`).
 #[derive(Default)]
 struct Outage {
     refusing: std::sync::atomic::AtomicBool,
+    slow: bool,
     queued: Groups,
 }
 
@@ -855,6 +856,9 @@ impl kirim::ports::DispatchQueue for Outage {
             return Err(kirim::store_error::StoreError::Unavailable(
                 "sqs: service unavailable".into(),
             ));
+        }
+        if self.slow {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         self.queued.send_in_group(group, body).await
     }
@@ -962,55 +966,6 @@ async fn a_callback_the_queue_refused_is_kept_and_queued_by_the_drain_once_the_q
     assert_eq!((drained.queued, drained.left), (0, 0), "queued once");
 }
 
-/// A callback queue whose sends take a moment (each yields), recording every body.
-#[derive(Default)]
-struct Slow(Groups);
-
-#[async_trait]
-impl kirim::ports::DispatchQueue for Slow {
-    async fn send(&self, body: &str) -> Result<(), kirim::store_error::StoreError> {
-        self.send_in_group("", body).await
-    }
-    async fn send_in_group(
-        &self,
-        group: &str,
-        body: &str,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        self.0.send_in_group(group, body).await
-    }
-    async fn receive(
-        &self,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<kirim::ports::Received>, kirim::store_error::StoreError> {
-        self.0.receive(max, wait).await
-    }
-    async fn delete(&self, receipt: &str) -> Result<(), kirim::store_error::StoreError> {
-        self.0.delete(receipt).await
-    }
-    async fn retry_after(
-        &self,
-        receipt: &str,
-        delay: Duration,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.retry_after(receipt, delay).await
-    }
-    async fn dead_letters(
-        &self,
-        max: usize,
-    ) -> Result<Vec<kirim::ports::DeadLetter>, kirim::store_error::StoreError> {
-        self.0.dead_letters(max).await
-    }
-    async fn redrive(
-        &self,
-        ids: Option<&[String]>,
-        max: usize,
-    ) -> Result<kirim::ports::Redriven, kirim::store_error::StoreError> {
-        self.0.redrive(ids, max).await
-    }
-}
-
 /// Two drains at once (the minute's schedule overlapping the last one, or the daily run's)
 /// queue each owed callback once: each is leased before it is queued.
 async fn two_drains_at_once_queue_each_owed_callback_once(b: Backend) {
@@ -1031,7 +986,10 @@ async fn two_drains_at_once_queue_each_owed_callback_once(b: Backend) {
         };
         deps.status_callbacks.owe_callback(&owed).await.unwrap();
     }
-    let queue = Arc::new(Slow::default());
+    let queue = Arc::new(Outage {
+        slow: true,
+        ..Default::default()
+    });
     deps.callback_queue = queue.clone();
     let (a, b2) = tokio::join!(
         kirim::service::callbacks::requeue_owed(&deps),
@@ -1039,7 +997,7 @@ async fn two_drains_at_once_queue_each_owed_callback_once(b: Backend) {
     );
     let (a, b2) = (a.unwrap(), b2.unwrap());
     assert_eq!(a.queued + b2.queued, 150, "{a:?} {b2:?}");
-    let queued = queue.0 .0.lock().unwrap().clone();
+    let queued = queue.queued.0.lock().unwrap().clone();
     let distinct: std::collections::BTreeSet<&String> = queued.iter().map(|(_, b)| b).collect();
     assert_eq!((queued.len(), distinct.len()), (150, 150), "each once");
     assert!(deps
