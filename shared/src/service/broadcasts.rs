@@ -1278,17 +1278,17 @@ pub async fn close_unrecorded(deps: &Deps, b: &Broadcast) -> Result<Option<usize
     let end = b
         .accepted
         .min(b.enqueued.saturating_add(RECORDED_PAST_PROGRESS));
-    let mut recorded = 0;
-    for i in b.enqueued..end {
-        if deps
-            .messages
-            .get_message(&b.tenant_id, &message_id(b, i))
-            .await?
-            .is_some()
-        {
-            recorded += 1;
-        }
-    }
+    // Up to RECORDED_PAST_PROGRESS reads, 16 at a time (one after another they took a
+    // second and more on DynamoDB).
+    use futures::TryStreamExt;
+    let recorded: usize = futures::stream::iter(b.enqueued..end)
+        .map(|i| {
+            let id = message_id(b, i);
+            async move { deps.messages.get_message(&b.tenant_id, &id).await }
+        })
+        .buffer_unordered(16)
+        .try_fold(0, |n, m| async move { Ok(n + usize::from(m.is_some())) })
+        .await?;
     let unsent = b
         .accepted
         .saturating_sub(b.enqueued)
