@@ -1305,10 +1305,17 @@ async fn create_key(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         .await;
     if a.ok() {
         let once = shown_once("Your new key", text(&a.body, "key"));
-        let n = Some(Notice::Done(format!(
-            "Key “{}” created.",
-            text(&a.body, "name")
-        )));
+        let name = text(&a.body, "name");
+        let twin = twin_of(&s, &ctx, text(&a.body, "id"), name).await;
+        let n = Some(Notice::Done(match twin {
+            // Most often the form sent twice (a double click, a reload): the first answer's
+            // key was shown to no one, and works.
+            Some(created) => format!(
+                "Key “{name}” created. Another active key of that name was created at \
+                 {created}: if nobody copied it, revoke it."
+            ),
+            None => format!("Key “{name}” created."),
+        }));
         return render_keys(&s, &ctx, StatusCode::CREATED, n, Some(once)).await;
     }
     if a.status == StatusCode::UNAUTHORIZED {
@@ -1351,6 +1358,23 @@ async fn rotate_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
         n = already_rotated(&s, &ctx, &id).await.or(n);
     }
     render_keys(&s, &ctx, status, n, None).await
+}
+
+/// When another active key named `name` than `id` was created in the last minute, if one
+/// was (the list as the API answers it).
+async fn twin_of(s: &ConsoleState, ctx: &Ctx, id: &str, name: &str) -> Option<String> {
+    let a = s.api.get(&ctx.who, "/v1/api-keys").await;
+    let recent = Utc::now() - chrono::Duration::minutes(1);
+    a.body["api_keys"].as_array()?.iter().find_map(|k| {
+        let created = k["created_at"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())?;
+        (text(k, "id") != id
+            && text(k, "name") == name
+            && text(k, "status") == "active"
+            && created.with_timezone(&Utc) > recent)
+            .then(|| when(&k["created_at"]))
+    })
 }
 
 /// What to tell an admin whose rotation was refused because the key was rotated already:

@@ -859,6 +859,41 @@ async fn a_sign_in_held_for_too_many_failures_says_how_many_seconds_to_wait() {
     assert!(!held.html.contains("Retry-After"), "{}", held.html);
 }
 
+/// A key form sent twice (a double click, a reload) makes two keys, the first shown to no
+/// one: the second page says another active key of that name was just made, to revoke if
+/// nobody copied it. A key of another name says nothing of the kind.
+#[tokio::test]
+async fn a_key_form_sent_twice_says_another_key_of_that_name_was_just_made() {
+    let app = spawn_app(Backend::Memory).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/api-keys").await.csrf();
+    let first = [
+        ("csrf", csrf.as_str()),
+        ("name", "crm-sync"),
+        ("role", "operator"),
+    ];
+    let page = web.post("/console/api-keys", &first).await;
+    assert_eq!(page.status, 201, "{}", page.html);
+    assert!(!page.html.contains("Another active key"), "{}", page.html);
+    let page = web.post("/console/api-keys", &first).await;
+    assert_eq!(page.status, 201, "{}", page.html);
+    assert!(
+        page.html
+            .contains("Another active key of that name was created at 20"),
+        "{}",
+        page.html
+    );
+    let other = [
+        ("csrf", csrf.as_str()),
+        ("name", "billing"),
+        ("role", "operator"),
+    ];
+    let page = web.post("/console/api-keys", &other).await;
+    assert!(!page.html.contains("Another active key"), "{}", page.html);
+}
+
 /// A rotation sent twice (a double click, a reload) rotates once; the second is refused
 /// and says what stands: when the old key stops working and which key replaced it, whose
 /// secret the first answer showed to no one.
