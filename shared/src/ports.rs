@@ -466,8 +466,9 @@ pub trait OptOutStore: Send + Sync {
     /// answers that one; an `all` one widens a `marketing` one) and never moves the time
     /// back. A conditional write of what was read (retried when it changed meanwhile).
     /// An opt-out without a key is refused. One that the key's opting back in overrides
-    /// ([`OptedIn::overrides`]: a START as new or newer) is not stored (answered as not
-    /// new); the check travels with the write (on DynamoDB, one transaction).
+    /// ([`OptedIn::overrides`]: a newer START; of the same second, the later arrival
+    /// stands) is not stored (answered as not new); the check travels with the write (on
+    /// DynamoDB, one transaction).
     ///
     /// [`OptedIn::overrides`]: crate::domain::OptedIn::overrides
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError>;

@@ -159,7 +159,8 @@ async fn handle_record(deps: &Deps, receipt: Option<&str>, body: &str, receives:
 }
 
 /// A storage retry (`RetryAfter` the dispatch backoff itself: what the dispatcher answers
-/// for a dependency that failed, and for a hop it could not queue) of a job received
+/// for a dependency that failed, and for a hop it could not queue; or
+/// [`dispatch::KEPT_RETRY`], a job back for kept statuses storage refused) of a job received
 /// `receives` times: from its second receive, no sooner than the backoff doubled per
 /// receive (30 s, 60 s, ... about 2 h 8 min in all before the redrive's 10th receive).
 /// Every retry of one queue message counts toward the redrive, and what brings one back
@@ -169,7 +170,9 @@ async fn handle_record(deps: &Deps, receipt: Option<&str>, body: &str, receives:
 /// send slot reserved for it; a wait for its message; a sending deadline's recheck.
 pub fn floored(deps: &Deps, outcome: Outcome, receives: u32) -> Outcome {
     match outcome {
-        Outcome::RetryAfter(d) if d == deps.settings.dispatch_backoff => {
+        Outcome::RetryAfter(d)
+            if d == deps.settings.dispatch_backoff || d == dispatch::KEPT_RETRY =>
+        {
             Outcome::RetryAfter(d.max(retry_floor(deps, receives)))
         }
         other => other,

@@ -283,8 +283,9 @@ async fn refused_claim(
     }
 }
 
-/// When a job comes back for the statuses kept for its wamid that could not be applied.
-const KEPT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+/// When a job comes back for the statuses kept for its wamid that could not be applied
+/// (storage refusing: a storage retry, `queue_handlers::floored`).
+pub const KEPT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a job does when the statuses kept for its wamid could not be applied: back in
 /// [`KEPT_RETRY`] while the failure is one a retry may fix (storage unavailable or

@@ -655,6 +655,28 @@ async fn an_opting_back_in_holds_back_an_older_opt_out_put_after_it(p: Stores) {
             .unwrap()
             .1
     );
+    // A resume over an expired record (TTL deletion lags) starts a fresh week: the old
+    // START is not carried into it.
+    let k4 = key("+60123456704");
+    assert!(!p
+        .opt_outs
+        .delete_opt_out_not_newer_than(&t, &k4, 1000)
+        .await
+        .unwrap());
+    p.clock.advance(chrono::Duration::days(8));
+    assert!(!p
+        .opt_outs
+        .delete_opt_out_of_scope(&t, &k4, OptOutScope::Marketing, 2000)
+        .await
+        .unwrap());
+    assert!(
+        p.opt_outs
+            .put_opt_out(&timed("+60123456704", OptOutScope::All, 500))
+            .await
+            .unwrap()
+            .1,
+        "the expired START holds nothing back"
+    );
 }
 
 macro_rules! contract {

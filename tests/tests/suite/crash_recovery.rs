@@ -1637,6 +1637,16 @@ async fn a_job_received_again_and_again_is_retried_further_apart_not_parked_in_m
     assert!((384..=576).contains(&sixth.as_secs()), "{sixth:?}");
     let ninth = delays["receipt-ninth"];
     assert!((3072..=4608).contains(&ninth.as_secs()), "{ninth:?}");
+    // A job back for kept statuses storage refused is a storage retry too.
+    let kept = kirim::queue_handlers::floored(
+        &deps,
+        Outcome::RetryAfter(kirim::service::dispatch::KEPT_RETRY),
+        6,
+    );
+    assert!(
+        matches!(kept, Outcome::RetryAfter(d) if d.as_secs() >= 384),
+        "{kept:?}"
+    );
     let total: u64 = (1..10)
         .map(|n| kirim::queue_handlers::retry_floor(&deps, n).as_secs())
         .sum();

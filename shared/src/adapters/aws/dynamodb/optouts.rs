@@ -6,7 +6,8 @@
 //! `all_at` (a START's Meta time) and `marketing_at` (a marketing `resume`'s), the newest
 //! kept, TTL `OPTED_IN_RETENTION` (7 days) from the last write. Written before the START's
 //! conditional delete; an opt-out with a time is put in one transaction with a
-//! `ConditionCheck` that no opting back in as new or newer overrides it.
+//! `ConditionCheck` that no newer opting back in overrides it (of the same second, the
+//! later arrival stands).
 
 use crate::adapters::aws::written;
 use std::collections::HashMap;
@@ -249,7 +250,8 @@ fn opted_in_field(scope: OptOutScope) -> &'static str {
 
 impl DynamoStore {
     /// Records an opting back in to `scope` at `at`, unless a newer one is recorded (a
-    /// refused write is that: nothing to do).
+    /// refused write is that: nothing to do). Over a record that expired (TTL deletion
+    /// lags), a fresh one: its other field is not carried into a new week (as in memory).
     async fn opt_back_in(
         &self,
         tenant: &TenantId,
@@ -257,22 +259,43 @@ impl DynamoStore {
         scope: OptOutScope,
         at: i64,
     ) -> Result<(), StoreError> {
-        let expires = self.now_secs() + crate::domain::OPTED_IN_RETENTION.as_secs() as i64;
+        let now = self.now_secs();
+        let expires = now + crate::domain::OPTED_IN_RETENTION.as_secs() as i64;
+        let field = opted_in_field(scope);
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::opted_in(tenant, key).attrs()))
             .update_expression("SET #f = :at, #ttl = :exp")
-            .condition_expression("attribute_not_exists(#f) OR #f < :at OR #ttl <= :now")
-            .expression_attribute_names("#f", opted_in_field(scope))
+            .condition_expression(
+                "(attribute_not_exists(#f) OR #f < :at) AND (attribute_not_exists(#ttl) OR #ttl > :now)",
+            )
+            .expression_attribute_names("#f", field)
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_values(":at", n(at))
             .expression_attribute_values(":exp", n(expires))
-            .expression_attribute_values(":now", n(self.now_secs()))
+            .expression_attribute_values(":now", n(now))
             .send()
             .await;
-        written("dynamodb update", res).map(|_| ())
+        if written("dynamodb update", res)? {
+            return Ok(());
+        }
+        // Refused: a newer one is live (nothing to do), or the record expired.
+        let mut item = keys::opted_in(tenant, key).attrs();
+        item.insert(field.to_owned(), n(at));
+        item.insert(TTL_ATTR.to_owned(), n(expires));
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("#ttl <= :now")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":now", n(now))
+            .send()
+            .await;
+        written("dynamodb put", res).map(|_| ())
     }
 
     /// The condition that no live opting back in overrides an opt-out of `scope` made at
