@@ -172,14 +172,28 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
         // An answer lost after the write landed (the SDK gave up) is read back: the tenant
         // then exists and keeps its token. Otherwise no orphan secret is left behind.
         let landed = match &e {
-            crate::store_error::StoreError::Conflict(_) => false,
-            _ => matches!(deps.tenants.get_tenant(&id).await, Ok(Some(_))),
+            crate::store_error::StoreError::Conflict(_) => Ok(false),
+            _ => deps.tenants.get_tenant(&id).await.map(|t| t.is_some()),
         };
-        if !landed {
-            let _ = deps.secrets.store().delete_secret(&secret_name).await;
-            return Err(e.into());
+        match landed {
+            Ok(true) => {
+                tracing::warn!(tenant_id = %id, error = %e, "onboarding's write answered an error but landed");
+            }
+            Ok(false) => {
+                let _ = deps.secrets.store().delete_secret(&secret_name).await;
+                if matches!(e, crate::store_error::StoreError::Conflict(_)) {
+                    return Err(owned_elsewhere(deps, &tenant.phone_number_id).await);
+                }
+                return Err(e.into());
+            }
+            // Not known whether it landed: the token is kept (a tenant that exists must
+            // not lose it), and the tenant id is logged for the operator to find; a retry
+            // of the onboarding then names it in its 409.
+            Err(read) => {
+                tracing::error!(tenant_id = %id, phone_number_id = %tenant.phone_number_id, error = %e, read_error = %read, "onboarding's write failed and could not be read back; its token is kept");
+                return Err(e.into());
+            }
         }
-        tracing::warn!(tenant_id = %id, error = %e, "onboarding's write answered an error but landed");
     }
     tracing::info!(tenant_id = %id, "tenant onboarded");
     if let Some(display) = &req.display_phone_number {
@@ -212,6 +226,22 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
         tracing::warn!(tenant_id = %id, error = %e, "template catalogue not synced at onboarding");
     }
     Ok((tenant, key))
+}
+
+/// The onboarding's `409` for a number another tenant has: naming that tenant (an operator
+/// route), so an onboarding whose first answer was lost can be found and closed, or given a
+/// key (`POST /v1/platform/tenants/{id}/api-keys`), instead of being refused blind.
+async fn owned_elsewhere(deps: &Deps, phone_number_id: &str) -> ServiceError {
+    match deps
+        .tenants
+        .tenant_by_phone_number_id(phone_number_id)
+        .await
+    {
+        Ok(Some(owner)) => {
+            ServiceError::Conflict(format!("phone_number_id already belongs to tenant {owner}"))
+        }
+        _ => ServiceError::Conflict("phone_number_id already belongs to a tenant".into()),
+    }
 }
 
 /// The most credits one top-up (or a tenant's opening balance) adds: far from the

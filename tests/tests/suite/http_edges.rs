@@ -480,6 +480,38 @@ async fn every_response_has_a_request_id_and_unknown_routes_answer_the_error_sha
     }
 }
 
+/// An onboarding of a number another tenant has is refused `409` naming that tenant (an
+/// operator route): an onboarding whose answer was lost is then found, to close or to give
+/// a key, rather than refused blind on every retry.
+async fn an_onboarding_of_a_taken_number_names_the_tenant_that_has_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let first = app.onboard(1).await;
+    let res = app
+        .http
+        .post(app.url("/v1/platform/tenants"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({
+            "name": "Kedai Runcit Sdn Bhd",
+            "waba_id": "1000001",
+            "phone_number_id": first.phone_number_id,
+            "meta_access_token": "EAAG-test-meta-token",
+            "credits": 1,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&first.tenant_id),
+        "{body}"
+    );
+}
+
 /// Meta's app secret is reset at Meta first, then stored: a warm instance whose cached
 /// copy (5 minutes) predates the store's new one reads it afresh for a signature the copy
 /// refuses, instead of answering Meta 401 for minutes (STOPs late); forged signatures
@@ -646,6 +678,7 @@ async fn a_meta_webhook_body_up_to_three_mib_is_read_and_a_larger_one_is_refused
 on_both_backends!(
     path_ids_of_the_wrong_kind_or_length_answer_404_and_change_nothing,
     during_an_app_secret_rotation_both_the_new_and_the_previous_secret_verify,
+    an_onboarding_of_a_taken_number_names_the_tenant_that_has_it,
     bad_send_requests_answer_precise_errors_and_change_nothing,
     a_send_without_credits_answers_402_and_records_nothing,
     credentials_are_checked_and_roles_separated,
