@@ -929,8 +929,9 @@ async fn a_number_on_a_new_waba_is_added_within_ten_seconds_however_slow_metas_t
     assert!(listed.iter().any(|n| n.phone_number_id == "8200002"));
 }
 
-/// A tenant store whose onboarding write lands but whose answer is lost (the SDK gave up).
-struct AnswerLost(Arc<dyn kirim::ports::TenantStore>);
+/// A tenant store whose onboarding write lands but whose answer is lost (the SDK gave up),
+/// and, when `.1`, whose tenants cannot be read either (storage throttled).
+struct AnswerLost(Arc<dyn kirim::ports::TenantStore>, bool);
 
 #[async_trait]
 impl kirim::ports::TenantStore for AnswerLost {
@@ -949,6 +950,11 @@ impl kirim::ports::TenantStore for AnswerLost {
         &self,
         id: &kirim::domain::TenantId,
     ) -> Result<Option<kirim::ports::Tenant>, kirim::store_error::StoreError> {
+        if self.1 {
+            return Err(kirim::store_error::StoreError::Unavailable(
+                "throttled".into(),
+            ));
+        }
         self.0.get_tenant(id).await
     }
     async fn tenant_by_phone_number_id(
@@ -1008,7 +1014,7 @@ async fn an_onboarding_whose_write_landed_but_whose_answer_was_lost_keeps_its_to
 ) {
     let clock = kirim_tests::ManualClock::new();
     let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock).unwrap();
-    deps.tenants = Arc::new(AnswerLost(deps.tenants.clone()));
+    deps.tenants = Arc::new(AnswerLost(deps.tenants.clone(), false));
     let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({
         "name": "Kedai", "waba_id": "7100002", "phone_number_id": "8100002",
         "meta_access_token": "EAAG-kept", "credits": 1}))
@@ -1028,6 +1034,50 @@ async fn an_onboarding_whose_write_landed_but_whose_answer_was_lost_keeps_its_to
         Some("EAAG-kept".to_owned()),
         "its Meta token is not deleted"
     );
+}
+
+/// An onboarding whose write failed and whose read-back failed too may or may not have
+/// made the tenant: it answers an error, and keeps the Meta token (a tenant that exists
+/// must not lose it); a retry is then told which tenant has the number (409).
+#[tokio::test]
+async fn an_onboarding_whose_write_cannot_be_read_back_keeps_its_token_and_a_retry_names_it() {
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock).unwrap();
+    let inner = deps.tenants.clone();
+    deps.tenants = Arc::new(AnswerLost(inner.clone(), true));
+    let req = || -> kirim::service::accounts::NewTenant {
+        serde_json::from_value(json!({
+            "name": "Kedai", "waba_id": "7100003", "phone_number_id": "8100003",
+            "meta_access_token": "EAAG-unknown", "credits": 1}))
+        .unwrap()
+    };
+    assert!(kirim::service::accounts::create_tenant(&deps, req())
+        .await
+        .is_err());
+    let owner = inner
+        .tenant_by_phone_number_id("8100003")
+        .await
+        .unwrap()
+        .expect("the write landed");
+    let tenant = inner.get_tenant(&owner).await.unwrap().unwrap();
+    let token = deps
+        .secrets
+        .store()
+        .get_secret(&tenant.meta_token_secret)
+        .await
+        .unwrap();
+    assert_eq!(
+        token.map(|t| t.expose().to_owned()),
+        Some("EAAG-unknown".to_owned()),
+        "kept: the tenant exists"
+    );
+    deps.tenants = inner;
+    match kirim::service::accounts::create_tenant(&deps, req()).await {
+        Err(kirim::service::errors::ServiceError::Conflict(m)) => {
+            assert!(m.contains(owner.as_str()), "{m}")
+        }
+        other => panic!("not a conflict naming the tenant: {:?}", other.map(|_| ())),
+    }
 }
 
 fn stored_template(name: &str, at: chrono::DateTime<chrono::Utc>) -> CatalogueTemplate {
