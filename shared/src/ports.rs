@@ -120,10 +120,23 @@ pub trait TenantStore: Send + Sync {
     /// item ([`PhoneNumberRecord::default_of`]: what finds the tenant by its WABA, see
     /// [`tenants_by_waba`](Self::tenants_by_waba)), its first API key and the opening
     /// top-up record in one atomic write. Fails with `Conflict` if the phone number id
-    /// already belongs to a tenant.
+    /// already belongs to a tenant. The number's item without a display number: see
+    /// [`onboard`](Self::onboard).
     async fn create_tenant(
         &self,
         tenant: &Tenant,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+    ) -> Result<(), StoreError> {
+        self.onboard(tenant, None, key, initial).await
+    }
+    /// [`create_tenant`](Self::create_tenant) with the number's display number (as Meta
+    /// shows it) on its item, in the same atomic write: Meta's quality webhooks name a
+    /// number only by it, and no route sets the onboarded number's display afterwards.
+    async fn onboard(
+        &self,
+        tenant: &Tenant,
+        display_phone_number: Option<&str>,
         key: &ApiKeyRecord,
         initial: Option<&LedgerEntry>,
     ) -> Result<(), StoreError>;

@@ -171,13 +171,16 @@ impl<S> ReadCache<S> {
 
 #[async_trait]
 impl<S: TenantStore + 'static> TenantStore for ReadCache<S> {
-    async fn create_tenant(
+    async fn onboard(
         &self,
         tenant: &Tenant,
+        display_phone_number: Option<&str>,
         key: &ApiKeyRecord,
         initial: Option<&LedgerEntry>,
     ) -> Result<(), StoreError> {
-        self.inner.create_tenant(tenant, key, initial).await
+        self.inner
+            .onboard(tenant, display_phone_number, key, initial)
+            .await
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {

@@ -166,7 +166,12 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
         .await?;
     if let Err(e) = deps
         .tenants
-        .create_tenant(&tenant, &record, initial.as_ref())
+        .onboard(
+            &tenant,
+            req.display_phone_number.as_deref(),
+            &record,
+            initial.as_ref(),
+        )
         .await
     {
         // An answer lost after the write landed (the SDK gave up) is read back: the tenant
@@ -196,20 +201,6 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
         }
     }
     tracing::info!(tenant_id = %id, "tenant onboarded");
-    if let Some(display) = &req.display_phone_number {
-        // On the number item the onboarding wrote; without it, Meta's quality webhooks
-        // (which name a number only as it is shown) cannot find the number.
-        // Tried again while the store's failure is worth it: the tenant exists now, and
-        // no route sets the onboarded number's display afterwards.
-        if let Err(e) = crate::store_error::undo(|| {
-            deps.numbers
-                .learn_display_number(&id, &tenant.phone_number_id, display)
-        })
-        .await
-        {
-            tracing::error!(tenant_id = %id, error = %e, "display number not recorded at onboarding");
-        }
-    }
     // Its template catalogue, read from Meta now so that it can send at once. Meta being
     // down or slow does not undo the onboarding, nor hold its answer (the only copy of the
     // admin key) past API Gateway's 30 s: the daily sync, or the tenant's admin with

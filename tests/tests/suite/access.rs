@@ -1138,13 +1138,14 @@ fn storage_down() -> kirim::store_error::StoreError {
 
 #[async_trait::async_trait]
 impl kirim::ports::TenantStore for StatusChangesFail {
-    async fn create_tenant(
+    async fn onboard(
         &self,
         tenant: &kirim::ports::Tenant,
+        display: Option<&str>,
         key: &kirim::ports::ApiKeyRecord,
         initial: Option<&kirim::ports::LedgerEntry>,
     ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.create_tenant(tenant, key, initial).await
+        self.0.onboard(tenant, display, key, initial).await
     }
     async fn get_tenant(
         &self,

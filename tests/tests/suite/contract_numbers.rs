@@ -72,6 +72,44 @@ async fn a_number_is_one_tenants_at_most_and_its_route_names_that_tenant(p: Port
     );
 }
 
+/// The onboarding's display number lands with the tenant, in its one write: Meta's quality
+/// webhooks name a number only by it, and no later step can lose it.
+async fn an_onboarded_numbers_display_is_written_in_the_tenants_one_write(p: Ports) {
+    let t = super::contract::tenant(0);
+    p.tenants
+        .onboard(
+            &t,
+            Some("+60 3-1234 5678"),
+            &super::contract::key_for(&t),
+            None,
+        )
+        .await
+        .unwrap();
+    let n = p
+        .numbers
+        .get_phone_number(&t.id, &t.phone_number_id)
+        .await
+        .unwrap()
+        .expect("the number's item");
+    assert_eq!(n.display_phone_number.as_deref(), Some("+60 3-1234 5678"));
+    assert_eq!(n.waba_id, t.waba_id);
+    // Known already: a later learning changes nothing.
+    assert!(!p
+        .numbers
+        .learn_display_number(&t.id, &t.phone_number_id, "+60 3-0000 0000")
+        .await
+        .unwrap());
+    // Without one, the item has none (and it can be learnt).
+    let u = onboarded(&p, 0).await;
+    let m = p
+        .numbers
+        .get_phone_number(&u.id, &u.phone_number_id)
+        .await
+        .unwrap()
+        .expect("the number's item");
+    assert_eq!(m.display_phone_number, None);
+}
+
 async fn the_default_number_is_never_removed_and_a_removed_number_frees_its_route(p: Ports) {
     let t = onboarded(&p, 0).await;
     let id = fresh_id();
@@ -453,6 +491,7 @@ async fn the_status_first_carrying_pricing_moves_prices_and_counts_the_message_i
 contract!(
     the_status_first_carrying_pricing_moves_prices_and_counts_the_message_in_one_write,
     a_number_is_one_tenants_at_most_and_its_route_names_that_tenant,
+    an_onboarded_numbers_display_is_written_in_the_tenants_one_write,
     the_default_number_is_never_removed_and_a_removed_number_frees_its_route,
     the_default_moves_only_to_a_number_of_the_tenants,
     a_numbers_quality_changes_only_on_a_number_that_exists,

@@ -935,13 +935,14 @@ struct AnswerLost(Arc<dyn kirim::ports::TenantStore>, bool);
 
 #[async_trait]
 impl kirim::ports::TenantStore for AnswerLost {
-    async fn create_tenant(
+    async fn onboard(
         &self,
         tenant: &kirim::ports::Tenant,
+        display: Option<&str>,
         key: &kirim::ports::ApiKeyRecord,
         initial: Option<&kirim::ports::LedgerEntry>,
     ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.create_tenant(tenant, key, initial).await?;
+        self.0.onboard(tenant, display, key, initial).await?;
         Err(kirim::store_error::StoreError::Unavailable(
             "the answer was lost".into(),
         ))

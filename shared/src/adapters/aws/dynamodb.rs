@@ -648,9 +648,10 @@ impl DynamoStore {
 
 #[async_trait]
 impl TenantStore for DynamoStore {
-    async fn create_tenant(
+    async fn onboard(
         &self,
         tenant: &Tenant,
+        display_phone_number: Option<&str>,
         key: &ApiKeyRecord,
         initial: Option<&LedgerEntry>,
     ) -> Result<(), StoreError> {
@@ -660,7 +661,9 @@ impl TenantStore for DynamoStore {
         let t = to_item(tenant, &keys::tenant(&tenant.id).pairs(), None)?;
         let mut route: Item = keys::phone_route(&tenant.phone_number_id).attrs();
         route.insert("tenant_id".into(), s(tenant.id.to_string()));
-        let number = self.number_item(&crate::ports::PhoneNumberRecord::default_of(tenant))?;
+        let mut number = crate::ports::PhoneNumberRecord::default_of(tenant);
+        number.display_phone_number = display_phone_number.map(str::to_owned);
+        let number = self.number_item(&number)?;
         let mut items = vec![
             self.put(t, Some("attribute_not_exists(pk)"))?,
             self.put(route, Some("attribute_not_exists(pk)"))?,

@@ -423,9 +423,10 @@ impl MemoryStore {
 
 #[async_trait]
 impl TenantStore for MemoryStore {
-    async fn create_tenant(
+    async fn onboard(
         &self,
         tenant: &Tenant,
+        display_phone_number: Option<&str>,
         key: &ApiKeyRecord,
         initial: Option<&LedgerEntry>,
     ) -> Result<(), StoreError> {
@@ -437,7 +438,8 @@ impl TenantStore for MemoryStore {
         }
         s.phones
             .insert(tenant.phone_number_id.clone(), tenant.id.clone());
-        let number = crate::ports::PhoneNumberRecord::default_of(tenant);
+        let mut number = crate::ports::PhoneNumberRecord::default_of(tenant);
+        number.display_phone_number = display_phone_number.map(str::to_owned);
         s.numbers
             .insert((tenant.id.clone(), tenant.phone_number_id.clone()), number);
         s.tenants.insert(tenant.id.clone(), tenant.clone());
