@@ -187,14 +187,18 @@ async fn login_response(
     (res, who)
 }
 
-async fn logout(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
-    let token = headers
+/// The request's bearer token (a session's, on the session routes); empty if none.
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .unwrap_or_default();
-    users::logout(&s.deps, token).await?;
+        .unwrap_or_default()
+}
+
+async fn logout(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
+    users::logout(&s.deps, bearer(&headers)).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
@@ -221,9 +225,10 @@ async fn enroll(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
 async fn confirm(
     State(s): State<AppState>,
     ctx: TenantCtx,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<ConfirmRequest>,
 ) -> ApiResult {
-    users::confirm(&s.deps, &ctx.caller, req).await?;
+    users::confirm(&s.deps, &ctx.caller, bearer(&headers), req).await?;
     Ok(Json(json!({"totp_enabled": true})).into_response())
 }
 

@@ -66,6 +66,13 @@ pub struct SessionRecord {
     /// The user's `password_version` when the sign-in checked the password.
     #[serde(default)]
     pub password_version: u32,
+    /// Whether this session proved a second factor: a code at its sign-in, or the 2FA
+    /// confirmation made in it. A session opened with a password alone stays confined
+    /// to enrolment (where the tenant requires 2FA) even after its user confirmed 2FA in
+    /// another session. `None` on sessions stored before it was recorded: they go by
+    /// the user's `totp_confirmed`, as then (at most 12 h after a deploy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub second_factor: Option<bool>,
 }
 
 /// A counter of failed logins (API.md "Limits on use"): one per (email, source address)
@@ -294,6 +301,9 @@ pub trait UserStore: Send + Sync {
     /// Records that the session was used at `at` (its idle clock restarts). A missing
     /// session is not an error.
     async fn touch_session(&self, token_hash: &str, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Records that the session proved a second factor (`second_factor`): the 2FA
+    /// confirmation made in it. A missing session is not an error.
+    async fn mark_second_factor(&self, token_hash: &str) -> Result<(), StoreError>;
 
     /// Whether the tenant requires every console user to use 2FA (default `false`).
     async fn two_factor_required(&self, tenant: &TenantId) -> Result<bool, StoreError>;

@@ -664,6 +664,8 @@ async fn attempt(
         revoked: false,
         last_seen_at: None,
         password_version: user.password_version,
+        // A code was checked above exactly when the user has 2FA.
+        second_factor: Some(user.totp_confirmed),
     };
     deps.users.put_session(&session).await?;
     let totp_enrollment_required =
@@ -714,8 +716,10 @@ pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, Se
     if !tenant_open(deps, &session.tenant_id).await? {
         return Err(ServiceError::Unauthenticated);
     }
-    let enrollment_only =
-        !user.totp_confirmed && deps.users.two_factor_required(&session.tenant_id).await?;
+    // The session's own proof, not the user's: a session opened with a password alone
+    // stays confined when its user confirms 2FA in another one (its sign-in gave no code).
+    let proven = session.second_factor.unwrap_or(user.totp_confirmed);
+    let enrollment_only = !proven && deps.users.two_factor_required(&session.tenant_id).await?;
     // The user's role, not the one the session was opened with: a role change bites on
     // the next request.
     Ok(Caller::Session {
@@ -886,9 +890,7 @@ pub async fn enroll(deps: &Deps, caller: &Caller) -> Result<Enrollment, ServiceE
         .await?
         .ok_or(ServiceError::Unauthenticated)?;
     if user.totp_confirmed {
-        return Err(ServiceError::Conflict(
-            "two-factor authentication is already enabled".into(),
-        ));
+        return Err(ServiceError::Conflict(already_enabled(caller).into()));
     }
     let secret = match totp_rs::Secret::generate_secret().to_encoded() {
         totp_rs::Secret::Encoded(s) => s,
@@ -907,9 +909,13 @@ pub async fn enroll(deps: &Deps, caller: &Caller) -> Result<Enrollment, ServiceE
 }
 
 /// Confirms the pending secret with a current code; from then on every login needs one.
+/// The session it is made in (`session_token`) has proved a second factor: a full one
+/// from its next request. The user's other sessions, opened with a password alone, are
+/// not (where the tenant requires 2FA they stay confined until signed in with a code).
 pub async fn confirm(
     deps: &Deps,
     caller: &Caller,
+    session_token: &str,
     req: ConfirmRequest,
 ) -> Result<(), ServiceError> {
     let (tenant, id) = session_user(caller)?;
@@ -919,9 +925,7 @@ pub async fn confirm(
         .await?
         .ok_or(ServiceError::Unauthenticated)?;
     if user.totp_confirmed {
-        return Err(ServiceError::Conflict(
-            "two-factor authentication is already enabled".into(),
-        ));
+        return Err(ServiceError::Conflict(already_enabled(caller).into()));
     }
     let Some(stored) = user.totp_secret.as_deref() else {
         return Err(ServiceError::Conflict(
@@ -950,7 +954,26 @@ pub async fn confirm(
     }
     reseal_if_legacy(deps, tenant, id, stored, &seed).await;
     tracing::info!(user_id = %id, "2fa enabled");
+    // Tried again while the store's failure is worth it; if it still fails, 2FA is on and
+    // this session stays confined: its user signs in again, with a code.
+    let session = token_hash(session_token.trim());
+    if let Err(e) = crate::store_error::undo(|| deps.users.mark_second_factor(&session)).await {
+        tracing::warn!(user_id = %id, error = %e, "2fa enabled; the session not marked");
+    }
     Ok(())
+}
+
+/// The `409` of an enrolment or confirmation for a user whose 2FA is on: a session still
+/// confined to enrolment (opened with a password alone; 2FA was confirmed in another)
+/// signs in again with a code.
+fn already_enabled(caller: &Caller) -> &'static str {
+    match caller {
+        Caller::Session {
+            enrollment_only: true,
+            ..
+        } => "two-factor authentication is already enabled (in another session): sign in again with a code",
+        _ => "two-factor authentication is already enabled",
+    }
 }
 
 /// Seals a seed that opened as plain (stored before sealing) or `v1` (the Secrets

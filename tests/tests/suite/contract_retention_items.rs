@@ -543,6 +543,7 @@ async fn an_expired_session_is_swept_as_a_session_and_a_live_one_stays(p: Ports)
             revoked: false,
             last_seen_at: None,
             password_version: 0,
+            second_factor: None,
         };
         p.users.put_session(&session).await.unwrap();
         hashes.push(session.token_hash);

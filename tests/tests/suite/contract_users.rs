@@ -144,6 +144,7 @@ async fn a_session_is_invisible_once_expired_and_marked_when_revoked(p: Ports) {
         revoked: false,
         last_seen_at: None,
         password_version: 0,
+        second_factor: None,
     };
     p.users.put_session(&session).await.unwrap();
     assert!(matches!(
@@ -169,6 +170,26 @@ async fn a_session_is_invisible_once_expired_and_marked_when_revoked(p: Ports) {
             .revoked
     );
     p.users.revoke_session("no-such-hash").await.unwrap();
+    // A second factor proved in the session is recorded on it; a missing one is no error.
+    p.users
+        .mark_second_factor(&session.token_hash)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.users
+            .session_by_hash(&session.token_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .second_factor,
+        Some(true)
+    );
+    p.users.mark_second_factor("no-such-hash").await.unwrap();
+    assert_eq!(
+        p.users.session_by_hash("no-such-hash").await.unwrap(),
+        None,
+        "marking writes no session"
+    );
 
     p.clock.advance(Duration::hours(12));
     assert_eq!(
@@ -610,6 +631,7 @@ async fn touching_a_session_records_its_last_use(p: Ports) {
         revoked: false,
         last_seen_at: None,
         password_version: 0,
+        second_factor: None,
     };
     p.users.put_session(&session).await.unwrap();
     let at = now + Duration::minutes(5);

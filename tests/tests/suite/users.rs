@@ -339,6 +339,61 @@ async fn a_tenant_requiring_2fa_confines_users_without_it_to_enrollment(b: Backe
     assert_eq!(s, 200, "enrolled: the same session is a full one");
 }
 
+/// Where the tenant requires 2FA, a session opened with a password alone is confined to
+/// enrolment; its user confirming 2FA in another session does not make it a full one (a
+/// stolen password's session would otherwise wait for the owner to enrol): it signs in
+/// again, with a code.
+async fn confirming_2fa_in_one_session_leaves_the_users_password_only_sessions_confined(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (s, _) = call(
+        &app,
+        "PUT",
+        "/v1/settings/2fa",
+        Some(&t.key),
+        Some(json!({"required": true})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let owner = login_ok(&app, &email).await;
+    let other = login_ok(&app, &email).await;
+    let totp = enable_2fa(&app, &owner).await;
+    let (s, _) = call(&app, "GET", "/v1/account", Some(&owner), None).await;
+    assert_eq!(s, 200, "the session that confirmed is a full one");
+    let (s, b) = call(&app, "GET", "/v1/account", Some(&other), None).await;
+    assert_eq!(
+        (s, code(&b)),
+        (403, "totp_enrollment_required"),
+        "the other gave no code: {b}"
+    );
+    let (s, b) = call(&app, "POST", "/v1/auth/2fa/enroll", Some(&other), None).await;
+    assert_eq!((s, code(&b)), (409, "conflict"));
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sign in again with a code"),
+        "{b}"
+    );
+    // Signed in again with a code: a full session.
+    let (s, b) = login(
+        &app,
+        &email,
+        PASSWORD,
+        Some(&totp.generate(now_secs() + 30)),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let again = b["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&again), None).await.0,
+        200
+    );
+}
+
 /// A right password with wrong codes until the user's second factor locks: each refusal
 /// after the lock is audited (the password was right: a sign of a stolen one), unlike a
 /// flood from an address locked out, which needs no credentials.
@@ -612,6 +667,7 @@ async fn a_sign_in_racing_a_password_change_with_the_old_password_opens_no_lasti
             revoked: false,
             last_seen_at: None,
             password_version: before.password_version,
+            second_factor: None,
         })
         .await
         .unwrap();
@@ -664,6 +720,7 @@ on_both_backends!(
     a_wrong_password_and_an_unknown_email_answer_alike_over_http,
     another_tenants_users_answer_404_and_a_deleted_users_sessions_end,
     a_tenant_requiring_2fa_confines_users_without_it_to_enrollment,
+    confirming_2fa_in_one_session_leaves_the_users_password_only_sessions_confined,
     an_ip_allow_list_applies_to_api_keys_but_not_to_console_sessions,
 );
 

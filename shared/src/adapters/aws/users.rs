@@ -598,6 +598,26 @@ impl UserStore for DynamoStore {
         }
     }
 
+    async fn mark_second_factor(&self, token_hash: &str) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::session(token_hash).attrs()))
+            .update_expression("SET second_factor = :t")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(())
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
     async fn two_factor_required(&self, tenant: &TenantId) -> Result<bool, StoreError> {
         Ok(self
             .get(keys::two_factor_setting(tenant))

@@ -393,6 +393,13 @@ impl UserStore for MemoryStore {
         Ok(())
     }
 
+    async fn mark_second_factor(&self, token_hash: &str) -> Result<(), StoreError> {
+        if let Some(s) = self.lock()?.users.sessions.get_mut(token_hash) {
+            s.second_factor = Some(true);
+        }
+        Ok(())
+    }
+
     async fn two_factor_required(&self, tenant: &TenantId) -> Result<bool, StoreError> {
         Ok(self
             .lock()?
