@@ -180,6 +180,12 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
 struct Denial {
     error: ServiceError,
     caller: Option<Caller>,
+    /// Refused before any per-key or per-tenant limit counted the request (a valid
+    /// credential of the wrong kind for the route, or an API key from an address its
+    /// tenant's allow-list refuses): counted against the address as refused credentials
+    /// are, so a flood of them (a leaked key used from elsewhere) is not a flood of audit
+    /// writes to the tenant's chain.
+    by_address: bool,
 }
 
 /// Counts the request against its key (or console user) and its tenant, with the
@@ -205,6 +211,7 @@ fn admit(state: &AppState, tenant: &TenantRecord, caller: &Caller) -> Result<(),
             Denial {
                 error: wait.into(),
                 caller: Some(caller.clone()),
+                by_address: false,
             }
         })
 }
@@ -214,6 +221,7 @@ impl From<ServiceError> for Denial {
         Denial {
             error,
             caller: None,
+            by_address: false,
         }
     }
 }
@@ -222,6 +230,15 @@ fn deny(error: ServiceError, caller: &Caller) -> Denial {
     Denial {
         error,
         caller: Some(caller.clone()),
+        by_address: false,
+    }
+}
+
+/// A refusal no per-key or per-tenant limit has counted: see [`Denial::by_address`].
+fn deny_unmetered(error: ServiceError, caller: &Caller) -> Denial {
+    Denial {
+        by_address: true,
+        ..deny(error, caller)
     }
 }
 
@@ -236,7 +253,7 @@ async fn check(
         Access::Platform => match authenticate(deps, bearer(parts)).await? {
             Caller::Operator => Ok(None),
             c @ (Caller::ApiKey { .. } | Caller::Session { .. }) => {
-                Err(deny(ServiceError::Forbidden, &c))
+                Err(deny_unmetered(ServiceError::Forbidden, &c))
             }
         },
         Access::Tenant(required) => {
@@ -244,7 +261,7 @@ async fn check(
             let tenant_id = match &caller {
                 Caller::ApiKey { tenant_id, .. } | Caller::Session { tenant_id, .. } => tenant_id,
                 // The operator token is not a tenant credential.
-                Caller::Operator => return Err(deny(ServiceError::Forbidden, &caller)),
+                Caller::Operator => return Err(deny_unmetered(ServiceError::Forbidden, &caller)),
             };
             let tenant = match deps
                 .tenants
@@ -262,7 +279,7 @@ async fn check(
                 let allowed = IpAllowList::parse(&tenant.ip_allowlist)
                     .map_err(|e| ServiceError::Internal(format!("stored allow-list: {e}")))?;
                 if !allowed.allows(ip) {
-                    return Err(deny(ServiceError::IpNotAllowed, &caller));
+                    return Err(deny_unmetered(ServiceError::IpNotAllowed, &caller));
                 }
             }
             // Limits on use: after authentication (and the allow-list, so a foreign
@@ -278,7 +295,7 @@ async fn check(
             let caller = authenticate(deps, bearer(parts)).await?;
             let Caller::Session { tenant_id, .. } = &caller else {
                 // API keys and the operator token are not console sessions.
-                return Err(deny(ServiceError::Forbidden, &caller));
+                return Err(deny_unmetered(ServiceError::Forbidden, &caller));
             };
             let tenant = match deps
                 .tenants
@@ -419,13 +436,16 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             ApiError::from(error).into_response()
         }
         Err(denial) => {
+            let by_address = denial.by_address;
             let res = ApiError::from(denial.error).into_response();
             // An address that spent its allowance of refused credentials has its next
             // refusals answered `429`, unaudited (its refusals so far were each audited):
             // a flood of bad or missing keys must not become a flood of platform audit
             // writes. Its valid credentials still pass: another client behind the same
-            // address is not held by this one's.
-            if res.status() == StatusCode::UNAUTHORIZED {
+            // address is not held by this one's. A valid credential refused before any
+            // limit counted it (the wrong kind for the route, or a key from an address its
+            // allow-list refuses) is counted the same way.
+            if res.status() == StatusCode::UNAUTHORIZED || by_address {
                 let now = state.deps.clock.now();
                 if let Err(wait) = state.limits.credentials_allowed(addr, now) {
                     crate::metrics::limited("bad_credentials");

@@ -724,6 +724,7 @@ async fn the_operator_mints_a_key_for_a_tenant_that_revoked_its_last_admin_key(b
 
 on_both_backends!(
     an_address_flooding_bad_credentials_waits_and_stops_writing_audit_events,
+    a_leaked_key_flooding_from_a_refused_address_waits_and_stops_writing_audit_events,
     the_operator_mints_a_key_for_a_tenant_that_revoked_its_last_admin_key,
     previous_credentials_are_accepted_only_within_the_rotation_grace,
     api_keys_are_shown_once_rotated_with_a_grace_period_and_revoked_at_once,
@@ -1290,6 +1291,62 @@ async fn an_access_check_the_secret_store_fails_is_audited_as_an_error_not_a_den
         kirim::ports::AuditOutcome::Error,
         "{event:?}"
     );
+}
+
+/// A valid key used from an address its tenant's allow-list refuses (a leaked key), or a
+/// tenant key on an operator route, is refused before any per-key limit counts it: such
+/// refusals are counted against the address as refused credentials are, so a flood of them
+/// is answered `429` and stops writing to the tenant's audit chain (which the tenant's own
+/// sends append to).
+async fn a_leaked_key_flooding_from_a_refused_address_waits_and_stops_writing_audit_events(
+    b: Backend,
+) {
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.settings.limits.bad_credentials = 5;
+    cfg.settings.limits.bad_credentials_refill_secs = 3600;
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(0).await;
+    let (s, _) = call(
+        &app,
+        "PUT",
+        "/v1/settings/ip-allowlist",
+        Some(&t.key),
+        Some(json!({"cidrs": ["203.0.113.0/24"]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let deps = app.app.deps.clone();
+    let chain = |id: String| {
+        let deps = deps.clone();
+        async move { deps.audit.head(&id).await.unwrap().map_or(0, |h| h.seq) }
+    };
+    let before = chain(t.tenant_id.clone()).await;
+    let mut answers = Vec::new();
+    for i in 0..12 {
+        let (m, p) = if i % 2 == 0 {
+            ("GET", "/v1/account")
+        } else {
+            ("POST", "/v1/platform/tenants")
+        };
+        answers.push(call(&app, m, p, Some(&t.key), Some(json!({}))).await.0);
+    }
+    assert_eq!(answers[..5], [403; 5], "{answers:?}");
+    assert!(answers[5..].iter().all(|s| *s == 429), "{answers:?}");
+    assert_eq!(
+        chain(t.tenant_id.clone()).await,
+        before + 5,
+        "only the five refusals audited on the tenant's chain"
+    );
+    // The operator's token from the same address is not held, and lifts the lock-out.
+    let (s, b_) = call(
+        &app,
+        "PUT",
+        &format!("/v1/platform/tenants/{}/ip-allowlist", t.tenant_id),
+        Some(OPERATOR_TOKEN),
+        Some(json!({"cidrs": []})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b_}");
 }
 
 /// Refused credentials from one address (no key, an unknown key, a bad session) are each
