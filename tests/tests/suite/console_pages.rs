@@ -1241,6 +1241,30 @@ async fn a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console(b: 
     assert!(page.html.contains("Year-end sale") && page.html.contains(">Cancel<"));
     let list = web.get("/console/campaigns").await;
     assert!(list.html.contains("Year-end sale"), "listed by name");
+    // A read-only user's forged cancel is the API's to refuse: refused, and audited.
+    let (viewer, _) = new_user(&app, &t.key, "read_only").await;
+    let mut watcher = sign_in(&app, &viewer).await;
+    let watcher_csrf = watcher.get("/console/campaigns").await.csrf();
+    let refused = watcher
+        .post(
+            &format!("/console/campaigns/{id}/cancel"),
+            &[("csrf", &watcher_csrf)],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.html);
+    assert!(refused.html.contains("Your role does not allow this"));
+    let (s, audit) = call(
+        &app,
+        "GET",
+        "/v1/audit?action=POST%20/v1/broadcasts/%7Bid%7D/cancel",
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{audit}");
+    let events = audit["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(events.len(), 1, "{audit}");
+    assert_eq!(events[0]["outcome"], "denied", "{audit}");
     let cancelled = web
         .post(
             &format!("/console/campaigns/{id}/cancel"),
