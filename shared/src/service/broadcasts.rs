@@ -944,6 +944,7 @@ pub async fn pause(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Ser
         .broadcasts
         .set_broadcast_control(tenant, id, &[None], Some(BroadcastControl::Paused), now)
         .await?
+        && !moved_here(deps, tenant, id, Some(BroadcastControl::Paused), now).await?
     {
         return Err(conflict(
             "the broadcast changed meanwhile; it was not paused",
@@ -951,6 +952,23 @@ pub async fn pause(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Ser
     }
     tracing::info!(broadcast_id = %id, "broadcast paused");
     view(deps, tenant, id).await
+}
+
+/// Whether a control move refused by its condition was this very move: written, with its
+/// answer lost, and the SDK's retry of it refused by it (a plain conditional update is not
+/// idempotent). The broadcast then holds the control it set at this move's exact time.
+async fn moved_here(
+    deps: &Deps,
+    tenant: &TenantId,
+    id: &str,
+    to: Option<BroadcastControl>,
+    at: DateTime<Utc>,
+) -> Result<bool, ServiceError> {
+    Ok(deps
+        .broadcasts
+        .get_broadcast(tenant, id)
+        .await?
+        .is_some_and(|b| b.control == to && b.control_at == Some(at)))
 }
 
 /// `POST /v1/broadcasts/{id}/resume` (paused): its waiting messages go out again, and its
@@ -968,6 +986,7 @@ pub async fn resume(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Se
         .broadcasts
         .set_broadcast_control(tenant, id, &[Some(BroadcastControl::Paused)], None, now)
         .await?
+        && !moved_here(deps, tenant, id, None, now).await?
     {
         return Err(conflict(
             "the broadcast changed meanwhile; it was not resumed",
@@ -1028,6 +1047,7 @@ pub async fn cancel(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Se
             now,
         )
         .await?
+        && !moved_here(deps, tenant, id, Some(BroadcastControl::Cancelled), now).await?
     {
         return Err(conflict(
             "the broadcast changed meanwhile; it was not cancelled",
@@ -1135,7 +1155,20 @@ pub async fn fan_out_in_slices(
                 .start_broadcast(&job.tenant_id, &b.id, now)
                 .await?
             {
-                return Ok(Outcome::Done);
+                // Cancelled meanwhile, or started by a duplicate trigger (which goes on):
+                // nothing for this job. Unless the start was this very write, its answer
+                // lost and the SDK's retry refused by it: then no other job would fan it
+                // out, and it goes on here.
+                let ours = deps
+                    .broadcasts
+                    .get_broadcast(&job.tenant_id, &b.id)
+                    .await?
+                    .is_some_and(|seen| {
+                        seen.status == BroadcastStatus::FanningOut && seen.started_at == Some(now)
+                    });
+                if !ours {
+                    return Ok(Outcome::Done);
+                }
             }
             b.status = BroadcastStatus::FanningOut;
             b.started_at = Some(now);

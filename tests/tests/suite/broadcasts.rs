@@ -754,6 +754,7 @@ async fn a_recipients_csv_storage_cannot_read_is_a_503_or_a_cut_off_body_never_a
             once: std::sync::atomic::AtomicBool::new(false),
             pages_read: Default::default(),
             pages_readable: readable,
+            lost_moves: false,
         });
         let uri = format!("/v1/broadcasts/{}/recipients.csv", accepted.id);
         let auth = format!("Bearer {}", key.expose());
@@ -1580,6 +1581,9 @@ struct LostClaimAnswer {
     once: std::sync::atomic::AtomicBool,
     pages_read: std::sync::atomic::AtomicUsize,
     pages_readable: usize,
+    /// Every start and control move lands, and its answer is lost: the SDK's retry of it
+    /// is what the caller hears (refused by the write that landed).
+    lost_moves: bool,
 }
 
 #[async_trait::async_trait]
@@ -1654,6 +1658,9 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
         id: &str,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, kirim::store_error::StoreError> {
+        if self.lost_moves {
+            assert!(self.inner.start_broadcast(tenant, id, at).await?);
+        }
         self.inner.start_broadcast(tenant, id, at).await
     }
     async fn cancel_scheduled_broadcast(
@@ -1675,6 +1682,14 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
         to: Option<kirim::ports::BroadcastControl>,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, kirim::store_error::StoreError> {
+        if self.lost_moves
+            && !self
+                .inner
+                .set_broadcast_control(tenant, id, from, to, at)
+                .await?
+        {
+            return Ok(false);
+        }
         self.inner
             .set_broadcast_control(tenant, id, from, to, at)
             .await
@@ -1759,6 +1774,7 @@ async fn a_broadcast_claim_whose_answer_was_lost_is_given_back_and_claimed_afres
         once: std::sync::atomic::AtomicBool::new(true),
         pages_read: Default::default(),
         pages_readable: usize::MAX,
+        lost_moves: false,
     });
     let id = kirim::domain::MessageId::from_trusted(jobs[0]["message_id"].as_str().unwrap());
     let message = || async {
@@ -1782,6 +1798,69 @@ async fn a_broadcast_claim_whose_answer_was_lost_is_given_back_and_claimed_afres
     dispatch::handle(&deps, &jobs[0].to_string()).await;
     let (_, attempts) = message().await;
     assert_eq!(attempts, 1, "claimed afresh");
+}
+
+/// A scheduled broadcast's start, and a pause, resume and cancel, are plain conditional
+/// writes: one that landed with its answer lost has the SDK's retry refused by it. The
+/// start then goes on fanning out (no other job would: the campaign would sit `sending`,
+/// paid, with nothing queued, until its settlement a week later), and the moves answer
+/// what they did, not `409`.
+#[tokio::test]
+async fn a_campaigns_start_or_move_whose_answer_was_lost_goes_on_and_answers_what_it_did() {
+    use kirim::ports::Clock;
+    use kirim::service::broadcasts;
+    use kirim::service::jobs::Outcome;
+    let clock = kirim_tests::ManualClock::new();
+    let real = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let (tenant, _) = promo_tenant(&real, "134", 20).await;
+    let mut deps = real.clone();
+    deps.broadcasts = std::sync::Arc::new(LostClaimAnswer {
+        inner: real.broadcasts.clone(),
+        once: std::sync::atomic::AtomicBool::new(false),
+        pages_read: Default::default(),
+        pages_readable: usize::MAX,
+        lost_moves: true,
+    });
+    let template: kirim::service::send::TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
+    let campaign = broadcasts::CampaignIn {
+        send_at: Some((clock.now() + chrono::Duration::minutes(10)).to_rfc3339()),
+        ..Default::default()
+    };
+    let recipients: Vec<String> = (0..3).map(|i| format!("+6012347{i:04}")).collect();
+    let b = broadcasts::create_campaign(&deps, &tenant.id, template, recipients, campaign)
+        .await
+        .unwrap();
+    let fan_out = next_fan_out(&deps).await;
+    clock.advance(chrono::Duration::minutes(11));
+    assert_eq!(
+        broadcasts::fan_out_in_slices(&deps, &fan_out, 10)
+            .await
+            .unwrap(),
+        Outcome::Done
+    );
+    let started = real
+        .broadcasts
+        .get_broadcast(&tenant.id, &b.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        started.status,
+        kirim::ports::BroadcastStatus::Enqueued,
+        "fanned out by the job whose start's answer was lost"
+    );
+    let paused = broadcasts::pause(&deps, &tenant.id, &b.id).await.unwrap();
+    assert_eq!(paused.status, "paused");
+    let resumed = broadcasts::resume(&deps, &tenant.id, &b.id).await.unwrap();
+    assert_eq!(resumed.status, "sending");
+    let cancelled = broadcasts::cancel(&deps, &tenant.id, &b.id).await.unwrap();
+    assert_eq!(cancelled.status, "cancelled");
+    // A move that truly does not apply is still refused.
+    assert!(matches!(
+        broadcasts::pause(&deps, &tenant.id, &b.id).await,
+        Err(kirim::service::errors::ServiceError::Conflict(_))
+    ));
 }
 
 /// A broadcast's message waiting out a long retry backoff on the queue (hops of up to 15
