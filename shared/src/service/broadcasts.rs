@@ -1195,7 +1195,14 @@ pub async fn fan_out_in_slices(
     // the throughput limiter and given back again and again, each time paying its reads,
     // claim and release). Unknown rate (a read failed): queued at once, as the limiter
     // still holds the number to its tier.
-    let pace = sending_pace(deps, &job.tenant_id, b.from.as_deref()).await;
+    // A cancelled one's recipients are queued at once: the dispatcher only ends each
+    // `cancelled` and refunds it, sending nothing, so the number's pace has nothing to
+    // hold (10,000 at tier 20 would otherwise trickle their refunds in over 9 minutes).
+    let pace = if b.control == Some(BroadcastControl::Cancelled) {
+        None
+    } else {
+        sending_pace(deps, &job.tenant_id, b.from.as_deref()).await
+    };
     let paced_from = job.paced_from.filter(|at| *at > now).unwrap_or(now);
     // Each second of the pace gets `pace` recipients, due together at its start; a queue
     // batch (at most SQS's 10) never spans two seconds, so no second is offered more than

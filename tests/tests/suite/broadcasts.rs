@@ -1131,7 +1131,7 @@ async fn a_broadcasts_recipients_are_queued_at_its_numbers_pace_slice_after_slic
     let mut deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
     let queue = Recording::new(deps.queue.clone());
     deps.queue = queue.clone();
-    promo_broadcast(&deps, "127", 1000).await;
+    let (tenant, accepted) = promo_broadcast(&deps, "127", 1000).await;
     let fan_out_job = |v: &Value| {
         let Some(QueueJob::BroadcastFanout(job)) = QueueJob::parse(&v.to_string()) else {
             panic!("not a fan-out job")
@@ -1165,18 +1165,37 @@ async fn a_broadcasts_recipients_are_queued_at_its_numbers_pace_slice_after_slic
 
     // Delivered on time: its 200 recipients continue the same pace.
     clock.advance(chrono::Duration::seconds(13));
-    broadcasts::fan_out_in_slices(&deps, &fan_out_job(next_job), 800)
+    broadcasts::fan_out_in_slices(&deps, &fan_out_job(next_job), 150)
         .await
         .unwrap();
     let sent = queue.take();
-    assert_eq!(sent.len(), 200, "the last 200, no further fan-out job");
-    for (i, (_, delay)) in sent.iter().enumerate() {
+    assert_eq!(sent.len(), 151, "150 and the fan-out job for the last 50");
+    let (jobs, next): (Vec<_>, Vec<_>) = sent
+        .iter()
+        .partition(|(v, _)| v["kind"] != broadcasts::FANOUT_KIND);
+    for (i, (_, delay)) in jobs.iter().enumerate() {
         assert_eq!(
             *delay,
             Duration::from_secs(30 + (i / 19) as u64),
             "recipient {i}"
         );
     }
+    // Cancelled: its last recipients are queued at once, to be ended `cancelled` and
+    // refunded by the dispatcher (nothing is sent, so the number's pace holds nothing).
+    broadcasts::cancel(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    let (next_job, _) = next[0];
+    broadcasts::fan_out_in_slices(&deps, &fan_out_job(next_job), 150)
+        .await
+        .unwrap();
+    let sent = queue.take();
+    assert_eq!(sent.len(), 50, "the last 50, no further fan-out job");
+    assert!(
+        sent.iter().all(|(_, delay)| delay.is_zero()),
+        "queued at once: {:?}",
+        sent.iter().map(|(_, d)| *d).collect::<Vec<_>>()
+    );
 }
 
 /// The queued jobs of `sent` by kind: the dispatch jobs' message ids, and the fan-out jobs
