@@ -615,7 +615,21 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     };
     // A suspended or closed tenant's queued messages are not sent: they fail at once,
     // refunded, rather than wait on the queue (where they would reach the dead-letter
-    // queue with their content). The client may send again after a resume.
+    // queue with their content). The client may send again after a resume. The warm
+    // cache's word (up to its TTL old) is asked of the table before a message fails on
+    // it: a message accepted just after a resume, by a process that saw the resume, is
+    // not failed here for a suspension this process still remembers.
+    let tenant = if tenant.status == TenantStatus::Active {
+        tenant
+    } else {
+        match deps.tenants.get_tenant(&job.tenant_id).await? {
+            Some(fresh) => fresh,
+            None => {
+                tracing::warn!("tenant gone; dropping");
+                return Ok(Outcome::Done);
+            }
+        }
+    };
     if tenant.status != TenantStatus::Active {
         let error = if tenant.status == TenantStatus::Closed {
             MessageError {
