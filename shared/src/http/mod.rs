@@ -526,11 +526,22 @@ async fn meta_notify_body(
     sig: Option<axum::http::HeaderValue>,
     body: axum::body::Body,
 ) -> ApiResult {
-    let body = extract::body_at_most(body, WEBHOOK_MAX_BODY).await?;
+    // An address that spent its allowance of unsigned requests is answered before its body
+    // is read (up to 3 MiB each); a body over the limit is no signed notification of
+    // Meta's and is counted as one with a bad signature.
     if let Err(wait) = s.limits.webhook_allowed(addr, s.deps.clock.now()) {
         crate::metrics::limited("webhook_bad_signatures");
         return Err(crate::service::errors::ServiceError::from(wait).into());
     }
+    let body = match extract::body_at_most(body, WEBHOOK_MAX_BODY).await {
+        Ok(body) => body,
+        Err(e) => {
+            if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+                s.limits.webhook_bad_signature(addr, s.deps.clock.now());
+            }
+            return Err(e);
+        }
+    };
     let sig = sig.as_ref().map(axum::http::HeaderValue::as_bytes);
     if !webhook::verify_signature(&s.deps, &body, sig).await? {
         s.limits.webhook_bad_signature(addr, s.deps.clock.now());

@@ -561,6 +561,47 @@ async fn in_local_mode_a_flooding_peer_is_refused_while_another_peers_signed_web
     assert_eq!(signed.status(), 200, "127.0.0.1 is another source");
 }
 
+/// Bodies over the webhook's 3 MiB are no signed notification of Meta's: each is counted
+/// as a bad signature, so a flood of them is answered `429` (before its bodies are read)
+/// like any other unsigned flood, while another address's signed webhook passes.
+async fn a_peer_flooding_oversized_webhook_bodies_is_refused_like_bad_signatures(
+    b: kirim::config::Backend,
+) {
+    let app = kirim_tests::spawn_app(b).await;
+    let flooder = reqwest::Client::builder()
+        .local_address("127.0.0.3".parse::<std::net::IpAddr>().ok())
+        .build()
+        .unwrap();
+    let body = vec![b' '; 3 * 1024 * 1024 + 1];
+    let mut answers = Vec::new();
+    for _ in 0..30 {
+        let res = flooder
+            .post(app.url("/webhooks/meta"))
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", "sha256=00")
+            .body(body.clone())
+            .send()
+            .await;
+        // The server may answer before it has read the whole body and close the
+        // connection under the client's feet: that is an answer too, but no status.
+        let Ok(res) = res else { continue };
+        let status = res.status().as_u16();
+        answers.push(status);
+        if status == 429 {
+            assert!(res.headers().contains_key("retry-after"));
+            break;
+        }
+        assert_eq!(status, 413, "{answers:?}");
+    }
+    assert_eq!(answers.last(), Some(&429), "{answers:?}");
+    assert!(answers.len() <= 12, "ten in a burst: {answers:?}");
+    let signed = app
+        .post_webhook(&json!({"object": "whatsapp_business_account", "entry": []}))
+        .await;
+    assert_eq!(signed.status(), 200, "127.0.0.1 is another source");
+}
+
 on_both_backends!(
     in_local_mode_a_flooding_peer_is_refused_while_another_peers_signed_webhook_passes,
+    a_peer_flooding_oversized_webhook_bodies_is_refused_like_bad_signatures,
 );
