@@ -75,7 +75,12 @@ impl std::fmt::Debug for LocalClock {
 
 impl LocalConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let mut env = EnvReader::new(|k| std::env::var(k).ok());
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// [`Self::from_env`] from any source of variables (tests give their own).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut env = EnvReader::new(lookup);
         let mut settings = env.settings();
         // Local default: the embedded sandbox, unless KIRIM_META_BASE_URL says otherwise.
         // Local mode: status callbacks may go to http and loopback receivers.
@@ -103,8 +108,12 @@ impl LocalConfig {
                 "KIRIM_SANDBOX_RATE_LIMIT",
                 SandboxConfig::DEFAULT_RATE_LIMIT_PER_SEC,
             ),
-            retention_interval: env
-                .duration("KIRIM_RETENTION_INTERVAL", Duration::from_secs(86_400)),
+            // Zero would panic the retention task's timer (and stop the cleanup, unseen).
+            retention_interval: env.duration_at_least(
+                "KIRIM_RETENTION_INTERVAL",
+                Duration::from_secs(86_400),
+                Duration::from_secs(1),
+            ),
             pollers: env.number("KIRIM_LOCAL_POLLERS", 2usize).max(1),
             clock: LocalClock::default(),
             read_cache_ttl: env.duration("KIRIM_READ_CACHE_TTL", Duration::ZERO),
@@ -447,4 +456,32 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         secrets,
         tasks,
     })
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    fn with(vars: &[(&str, &str)]) -> Result<LocalConfig, ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        LocalConfig::from_lookup(move |k| {
+            vars.iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn a_zero_retention_interval_is_refused_at_start_not_left_to_panic_the_cleanup_task() {
+        let err = with(&[("KIRIM_RETENTION_INTERVAL", "0s")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("KIRIM_RETENTION_INTERVAL=0s"), "{err}");
+        let ok = with(&[("KIRIM_RETENTION_INTERVAL", "90s")]).map(|c| c.retention_interval);
+        assert_eq!(ok.ok(), Some(Duration::from_secs(90)));
+    }
 }

@@ -254,6 +254,22 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         }
     }
 
+    /// [`Self::number`] within `lo..=hi` (else named, and the default kept): a value past
+    /// them is a slip the platform would otherwise act on silently (a threshold of `NaN`
+    /// flags nobody, a negative one everyone).
+    pub fn number_within<T>(&mut self, name: &str, default: T, lo: T, hi: T) -> T
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let v = self.number(name, default);
+        if (lo..=hi).contains(&v) {
+            return v;
+        }
+        self.problems
+            .push(format!("{name}={v} must be from {lo} to {hi}"));
+        default
+    }
+
     pub fn finish(self) -> Result<(), ConfigError> {
         if self.problems.is_empty() {
             Ok(())
@@ -291,22 +307,31 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         let (meta_timeout, sending_deadline) = self.send_timing(&d);
         Settings {
             retention: r,
-            dispatch_max_attempts: self
-                .number("KIRIM_DISPATCH_MAX_ATTEMPTS", d.dispatch_max_attempts)
-                .max(1),
+            // Below the dispatch queue's maxReceiveCount (10), as the template allows: the
+            // dispatcher fails a message itself before SQS parks it.
+            dispatch_max_attempts: self.number_within(
+                "KIRIM_DISPATCH_MAX_ATTEMPTS",
+                d.dispatch_max_attempts,
+                1,
+                9,
+            ),
             dispatch_backoff: self.duration("KIRIM_DISPATCH_BACKOFF", d.dispatch_backoff),
             meta_timeout,
             meta_base_url: self.base_url("KIRIM_META_BASE_URL", &d.meta_base_url),
             meta_version: self.or("KIRIM_META_API_VERSION", &d.meta_version),
             prices: self.prices(),
             quality: QualitySettings {
-                opt_out_threshold: self.number(
+                opt_out_threshold: self.number_within(
                     "KIRIM_QUALITY_OPT_OUT_THRESHOLD",
                     d.quality.opt_out_threshold,
+                    0.0,
+                    1.0,
                 ),
-                undeliverable_threshold: self.number(
+                undeliverable_threshold: self.number_within(
                     "KIRIM_QUALITY_UNDELIVERABLE_THRESHOLD",
                     d.quality.undeliverable_threshold,
+                    0.0,
+                    1.0,
                 ),
                 min_volume: self.number("KIRIM_QUALITY_MIN_VOLUME", d.quality.min_volume),
                 pause_marketing: self
@@ -845,8 +870,26 @@ mod tests {
                     }
                 }
             }
-            prop_assert!(s.dispatch_max_attempts >= 1);
+            prop_assert!((1..=9).contains(&s.dispatch_max_attempts));
             prop_assert!((1..=9).contains(&s.callback_max_attempts));
+            // Thresholds are fractions: anything else (NaN, negative, above 1) is named.
+            for (name, got) in [
+                ("KIRIM_QUALITY_OPT_OUT_THRESHOLD", s.quality.opt_out_threshold),
+                ("KIRIM_QUALITY_UNDELIVERABLE_THRESHOLD", s.quality.undeliverable_threshold),
+            ] {
+                prop_assert!((0.0..=1.0).contains(&got), "{} = {}", name, got);
+                let set = env.get(name).and_then(|v| v.trim().parse::<f64>().ok());
+                if set.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+                    prop_assert!(problems.contains(&format!("{name}=")), "{} not named: {}", name, problems);
+                }
+            }
+            if env
+                .get("KIRIM_DISPATCH_MAX_ATTEMPTS")
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .is_some_and(|v| !(1..=9).contains(&v))
+            {
+                prop_assert!(problems.contains("KIRIM_DISPATCH_MAX_ATTEMPTS="), "{}", problems);
+            }
             prop_assert!(crate::ports::THROUGHPUT_TIERS.contains(&s.meta_throughput));
             for p in [s.prices.marketing, s.prices.utility, s.prices.authentication, s.prices.session] {
                 prop_assert!((0..=1_000_000).contains(&p));
