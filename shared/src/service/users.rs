@@ -691,8 +691,11 @@ pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, Se
         .await?
         .filter(|s| !s.revoked && s.expires_at > now)
         .ok_or(ServiceError::Unauthenticated)?;
+    // The last use recorded; a later one within its minute was not (uses are recorded
+    // at most once a minute), so the session is idle for 30 minutes only a minute after
+    // that: it ends between 30 and 31 idle minutes, never before 30.
     let last_use = session.last_seen_at.unwrap_or(session.created_at);
-    if now - last_use >= SESSION_IDLE {
+    if now - last_use >= SESSION_IDLE + SESSION_TOUCH_EVERY {
         // Ended for good: a later request cannot revive it.
         deps.users.revoke_session(&hash).await?;
         tracing::info!(user_id = %session.user_id, reason = "idle", "session ended");

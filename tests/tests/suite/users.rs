@@ -867,6 +867,31 @@ async fn logged_in_operator(deps: &kirim::service::Deps) -> kirim::secret::Secre
     users::login(deps, req, None).await.unwrap().token
 }
 
+/// Uses are recorded at most once a minute; one not recorded still counts: a session used
+/// 59 s after its sign-in is not ended 29 min 1 s after that use.
+#[tokio::test]
+async fn a_session_is_never_ended_before_thirty_minutes_after_its_last_use() {
+    use kirim::service::auth;
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let token = logged_in_operator(&deps).await;
+    clock.advance(chrono::Duration::seconds(59));
+    assert!(auth::authenticate(&deps, Some(token.expose()))
+        .await
+        .is_ok());
+    clock.advance(chrono::Duration::minutes(29) + chrono::Duration::seconds(30));
+    assert!(
+        auth::authenticate(&deps, Some(token.expose()))
+            .await
+            .is_ok(),
+        "29 min 30 s after its last use: still signed in"
+    );
+    clock.advance(chrono::Duration::minutes(31));
+    assert!(auth::authenticate(&deps, Some(token.expose()))
+        .await
+        .is_err());
+}
+
 #[tokio::test]
 async fn a_session_left_idle_for_thirty_minutes_ends_and_stays_ended() {
     use kirim::service::auth;
@@ -887,14 +912,14 @@ async fn a_session_left_idle_for_thirty_minutes_ends_and_stays_ended() {
             .is_ok(),
         "each use restarts the idle clock"
     );
-    clock.advance(chrono::Duration::minutes(30));
+    clock.advance(chrono::Duration::minutes(31));
     assert!(
         auth::authenticate(&deps, Some(token.expose()))
             .await
             .is_err(),
-        "30 idle minutes end the session"
+        "30 idle minutes end the session (within the minute uses are recorded in)"
     );
-    clock.advance(chrono::Duration::minutes(-30));
+    clock.advance(chrono::Duration::minutes(-31));
     assert!(
         auth::authenticate(&deps, Some(token.expose()))
             .await
