@@ -276,6 +276,20 @@ async fn repair(
     let Some(e) = deps.audit.event(chain, seq).await? else {
         return Ok(None);
     };
+    if head.is_none() {
+        // A chain's first event is written with its head in one transaction ([`record`]),
+        // so events without a head are never in flight: the head was created meanwhile
+        // (read again, and try again), or it was deleted. Anchoring the first event again
+        // would let whoever deleted the head and the newest events have the chain rebuilt
+        // over the rest, unnoticed: it is never done.
+        if deps.audit.head(chain).await?.is_some() {
+            return Ok(None);
+        }
+        tracing::error!(chain = %chain, "AUDIT CHAIN HAS EVENTS BUT NO HEAD: not re-anchored; the chain parks its events until its head is restored");
+        return Err(StoreError::Corrupt(
+            "the audit chain has events but no head".into(),
+        ));
+    }
     if !may_anchor(chain, &e, head, keys) {
         tracing::error!(chain = %chain, seq, "AUDIT EVENT BEYOND THE HEAD DOES NOT VERIFY: not anchored; the chain parks its events until it is removed");
         return Err(StoreError::Corrupt(format!(
@@ -668,6 +682,46 @@ pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceErro
             continue;
         }
         let (event, new_head) = next_event(deps, &chain, &content, head.as_ref(), key);
+        if head.is_none() {
+            // A chain's first event and its head in one transaction (once a chain): never an
+            // event without a head, so one found so is a deleted head ([`repair`]).
+            let first = AuditLink {
+                event: &event,
+                expected: None,
+                signature: new_head.signature.clone(),
+                parked: None,
+            };
+            match deps.audit.append(&first).await {
+                Ok(()) => {
+                    deps.audit_heads
+                        .wrote(&chain, new_head, read_at, deps.clock.now());
+                    return Ok(event);
+                }
+                // Begun meanwhile by another append (or it has events and no head: the
+                // repair says so): read again.
+                Err(StoreError::Conflict(_)) => {
+                    match repair(deps, &chain, None, &keys).await {
+                        Ok(_) | Err(StoreError::Conflict(_)) => pause().await,
+                        Err(e) => {
+                            deps.audit_heads.forget(&chain);
+                            return Err(e.into());
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    deps.audit_heads.forget(&chain);
+                    // Landed with its answer lost: the event (and its head) are in.
+                    if let Ok(Some(there)) = deps.audit.event(&chain, event.seq).await {
+                        if there.id == event.id {
+                            tracing::warn!(error = %e, "audit chain's first event written, its answer lost");
+                            return Ok(event);
+                        }
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
         match deps.audit.put_event(&event).await {
             Ok(()) => {
                 match settle_head(deps, &chain, head.as_ref().map(|h| h.seq), &new_head).await {
@@ -1103,8 +1157,8 @@ pub async fn verify(
 /// each answering `complete: false` and a cursor (signed with the audit key, so a request
 /// can only go on where a verification stopped) until the last checks the head. Events
 /// beyond the head that was read are left for the next verification: appended since, or in
-/// flight (written, the head not moved to them yet: [`record`]); so is a chain's first
-/// event while the chain has no head.
+/// flight (written, the head not moved to them yet: [`record`]). A chain with events and no
+/// head is broken (its first event is written with its head, in one transaction).
 pub async fn verify_within(
     deps: &Deps,
     tenant: &TenantId,
@@ -1126,7 +1180,6 @@ pub async fn verify_within(
         ),
         None => (ChainCheck::new(now), None),
     };
-    let mut first_in_flight = false;
     let mut pages = 0;
     // The event right after the head read, if any: in flight, or appended since.
     let mut beyond: Option<AuditEvent> = None;
@@ -1135,12 +1188,8 @@ pub async fn verify_within(
         let page = deps.audit.ascending(&chain, after, page_size).await?;
         pages += 1;
         let full = page.len() == page_size;
-        // No head, and only the first event: its head is still to be written.
-        if head.is_none() && after.is_none() && page.len() == 1 && page[0].seq == 1 {
-            first_in_flight = true;
-            beyond = page.into_iter().next();
-            break;
-        }
+        // Events and no head: a chain's first event is written with its head in one
+        // transaction, so this is never one in flight (the check ends "the head is gone").
         for e in &page {
             if let Some(h) = head.as_ref().filter(|h| e.seq > h.seq) {
                 beyond = Some(e.clone()).filter(|e| e.seq == h.seq + 1);
@@ -1205,7 +1254,7 @@ pub async fn verify_within(
     report.oldest_parked_age_seconds = parked
         .first()
         .map(|p| (deps.clock.now() - p.at).num_seconds().max(0));
-    if head.is_none() && report.valid && report.parked == 0 && !first_in_flight {
+    if head.is_none() && report.valid && report.parked == 0 {
         // A tenant's onboarding is audited on its chain: a tenant younger than the audit
         // retention without a chain lost it.
         if let Some(t) = deps.tenants.get_tenant(tenant).await? {

@@ -452,14 +452,21 @@ async fn an_event_left_beyond_its_head_is_listed_verified_as_in_flight_and_ancho
         json!({"valid": true, "checked": 3, "complete": true})
     );
 
-    // A chain's first event, with no head at all yet.
+    // A chain's first event is written with its head, in one transaction: never in flight.
     let tenant = TenantId::generate();
     audit::record(&crashed, draft_on(&tenant, "POST /v1/first"))
         .await
         .unwrap();
-    assert_eq!(deps.audit.head(tenant.as_str()).await.unwrap(), None);
+    assert_eq!(
+        deps.audit
+            .head(tenant.as_str())
+            .await
+            .unwrap()
+            .map(|h| h.seq),
+        Some(1)
+    );
     let v = audit::verify(deps, &tenant, None).await.unwrap();
-    assert_eq!((v.valid, v.checked), (true, 0), "{v:?}");
+    assert_eq!((v.valid, v.checked), (true, 1), "{v:?}");
     audit::record(deps, draft_on(&tenant, "POST /v1/second"))
         .await
         .unwrap();
@@ -913,6 +920,51 @@ async fn an_event_edited_in_dynamodb_fails_verification() {
     let v = get(&app, &t.key, "/v1/audit/verify").await;
     assert_eq!(v["valid"], false, "{v}");
     assert_eq!(v["broken_at"], 2);
+}
+
+/// Someone with table access but not the audit key deletes a chain's head and its newest
+/// events: a chain's first event is written with its head, so events without a head are
+/// never in flight. Verification says the head is gone, and the chain's next appends do not
+/// rebuild a head over what is left (which would hide the deletion for good): they park.
+#[tokio::test]
+async fn a_deleted_head_and_newest_events_are_caught_and_never_re_anchored() {
+    let app = spawn_app(Backend::Aws).await;
+    let t = app.onboard(5).await;
+    app.send_ok(&t.key, "+60123450101").await;
+    app.send_ok(&t.key, "+60123450102").await;
+    assert_eq!(get(&app, &t.key, "/v1/audit/verify").await["valid"], true);
+    let sdk = kirim_tests::moto_sdk().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    let delete = |sk: String| {
+        let ddb = ddb.clone();
+        let table = format!("{}-Table", app.stack);
+        let pk = format!("AUDIT#{}", t.tenant_id);
+        async move {
+            ddb.delete_item()
+                .table_name(table)
+                .key("pk", Av::S(pk))
+                .key("sk", Av::S(sk))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    // The onboarding (1) and two sends (2, 3): the head and events 2 and 3 go; event 1
+    // alone looks like a chain's first event.
+    delete("HEAD".into()).await;
+    delete(format!("EVENT#{:016}", 3)).await;
+    delete(format!("EVENT#{:016}", 2)).await;
+    let v = get(&app, &t.key, "/v1/audit/verify").await;
+    assert_eq!(v["valid"], false, "{v}");
+    // Appends do not anchor event 1 again and go on from it.
+    app.send_ok(&t.key, "+60123450103").await;
+    let deps = &app.app.deps;
+    assert_eq!(deps.audit.head(&t.tenant_id).await.unwrap(), None);
+    let (_, parked) = deps.audit.tip(&t.tenant_id).await.unwrap();
+    assert!(parked, "the send's event waits, parked");
+    let v = get(&app, &t.key, "/v1/audit/verify").await;
+    assert_eq!(v["valid"], false, "{v}");
 }
 
 /// The oldest events expire (2-year TTL, here shortened); the rest still verifies.
