@@ -921,6 +921,11 @@ pub struct ParkedAudit {
     pub outcome: AuditOutcome,
     pub details: String,
     pub expires_at: Option<i64>,
+    /// HMAC-SHA256 with the audit key over every field above (`audit::parked_signature`):
+    /// a holder of the key parked it. `None` when the key could not be read at the time
+    /// (and on items parked before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -89,7 +89,20 @@ impl Content {
         }
     }
 
-    fn of_parked(p: &ParkedAudit) -> Self {
+    /// A parked event's content, as `keys` find it ([`parked_trust`]): one parked without a
+    /// signature (the key unreadable then) is marked `"parked_unsigned": true`, one whose
+    /// signature does not verify (written into the outbox by someone without the key)
+    /// `"parked_forged": true`, in its `details` — so a planted event can enter a chain only
+    /// marked, under the chain's own hash and signature, and a forged one breaks `verify`.
+    fn of_parked(p: &ParkedAudit, keys: &[Secret]) -> Self {
+        let details = match parked_trust(p, keys) {
+            ParkedTrust::Signed => p.details.clone(),
+            ParkedTrust::Unsigned => marked(&p.details, PARKED_UNSIGNED),
+            ParkedTrust::Forged => {
+                tracing::error!(chain = %p.chain, parked_id = %p.id, action = %p.action, "AUDIT PARKED EVENT DOES NOT VERIFY: linked marked parked_forged");
+                marked(&p.details, PARKED_FORGED)
+            }
+        };
         Self {
             at: p.at,
             actor_type: p.actor_type.clone(),
@@ -97,8 +110,75 @@ impl Content {
             action: p.action.clone(),
             ip: p.ip.clone(),
             outcome: p.outcome,
-            details: p.details.clone(),
+            details,
         }
+    }
+}
+
+/// The mark on a linked parked event that carried no signature.
+pub const PARKED_UNSIGNED: &str = "parked_unsigned";
+/// The mark on a linked parked event whose signature did not verify: a forgery.
+pub const PARKED_FORGED: &str = "parked_forged";
+
+/// `details` (canonical JSON text) with `mark: true` added.
+fn marked(details: &str, mark: &str) -> String {
+    let mut v = match serde_json::from_str::<serde_json::Value>(details) {
+        Ok(serde_json::Value::Object(m)) => m,
+        Ok(other) => serde_json::Map::from_iter([("details".to_owned(), other)]),
+        Err(_) => serde_json::Map::from_iter([("details".to_owned(), details.into())]),
+    };
+    v.insert(mark.to_owned(), true.into());
+    serde_json::Value::Object(v).to_string()
+}
+
+/// Whether `details` carries `mark: true` at its top level (read only when its text
+/// might: verification walks every event).
+fn is_marked(details: &str, mark: &str) -> bool {
+    details.contains(mark)
+        && serde_json::from_str::<serde_json::Value>(details)
+            .is_ok_and(|v| v.get(mark) == Some(&serde_json::Value::Bool(true)))
+}
+
+enum ParkedTrust {
+    Signed,
+    Unsigned,
+    Forged,
+}
+
+fn parked_message(p: &ParkedAudit) -> String {
+    serde_json::json!([
+        "kirim-audit-parked/1",
+        p.chain,
+        p.id,
+        p.at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        p.actor_type,
+        p.actor_id,
+        p.action,
+        p.ip,
+        p.outcome,
+        p.details,
+        p.expires_at,
+    ])
+    .to_string()
+}
+
+/// The hex HMAC-SHA256 of a parked event under `key` (`ParkedAudit::signature`).
+pub fn parked_signature(key: &Secret, p: &ParkedAudit) -> Option<String> {
+    mac(key, &parked_message(p))
+}
+
+/// Whether a holder of one of `keys` parked `p` (with no key configured nothing is signed,
+/// and every parked event is taken as it is).
+fn parked_trust(p: &ParkedAudit, keys: &[Secret]) -> ParkedTrust {
+    if keys.is_empty() {
+        return ParkedTrust::Signed;
+    }
+    match &p.signature {
+        None => ParkedTrust::Unsigned,
+        Some(sig) if keys.iter().any(|k| mac_matches(k, &parked_message(p), sig)) => {
+            ParkedTrust::Signed
+        }
+        Some(_) => ParkedTrust::Forged,
     }
 }
 
@@ -489,7 +569,7 @@ async fn drain_with(deps: &Deps, chain: &str, keys: &[Secret]) -> Result<usize, 
             match link_parked(
                 deps,
                 chain,
-                &Content::of_parked(p),
+                &Content::of_parked(p, keys),
                 head.as_ref(),
                 &p.id,
                 keys.first(),
@@ -793,10 +873,17 @@ pub async fn record_or_park(deps: &Deps, draft: Draft) {
         outcome: draft.outcome,
         details: draft.details.to_string(),
         expires_at: deps.settings.retention.expiry(RetentionClass::Audit, at),
+        signature: None,
     };
     let Err(e) = record(deps, draft).await else {
         return;
     };
+    // Signed, so that the drain links in only what a holder of the key parked (unsigned
+    // when the key cannot be read now: then it is linked marked so).
+    let mut parked = parked;
+    if let Ok(keys) = audit_keys(deps).await {
+        parked.signature = keys.first().and_then(|k| parked_signature(k, &parked));
+    }
     match deps.audit.park(&parked).await {
         Ok(()) => tracing::warn!(
             error = %e, action = %parked.action, parked_id = %parked.id,
@@ -944,6 +1031,11 @@ impl ChainCheck {
         }
         let problem = if hash_of(e) != e.hash {
             Some(format!("event {} does not match its hash", e.seq))
+        } else if is_marked(&e.details, PARKED_FORGED) {
+            Some(format!(
+                "event {} was planted in the chain's outbox: its parked signature does not verify",
+                e.seq
+            ))
         } else {
             match &self.last {
                 Some((seq, _)) if e.seq != seq + 1 => {

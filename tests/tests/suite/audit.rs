@@ -352,6 +352,10 @@ async fn an_event_the_chain_cannot_take_is_parked_and_linked_in_by_the_next_appe
             "POST /v1/platform/tenants"
         ]
     );
+    // Parked signed with the audit key: linked as they were, unmarked.
+    for e in page["events"].as_array().unwrap() {
+        assert!(e["details"].get("parked_unsigned").is_none(), "{e}");
+    }
     assert_eq!(
         get(&app, &t.key, "/v1/audit/verify").await,
         json!({"valid": true, "checked": 4, "complete": true})
@@ -841,7 +845,82 @@ async fn a_long_chain_is_verified_over_several_requests_each_going_on_from_a_sig
     assert_eq!(s, 400, "unknown parameters are refused");
 }
 
+/// Someone with table access but not the audit key writes an event into a chain's outbox:
+/// the next append links it in (nothing parked is ever dropped) but marked: one whose
+/// parked signature does not verify `parked_forged`, and verification breaks there; one
+/// with none (parked while the key could not be read) `parked_unsigned`. A parked event
+/// the platform signed is linked as it is.
+async fn a_planted_parked_event_is_linked_only_marked_and_a_forged_one_breaks_verification(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let deps = &app.app.deps;
+    let at = deps.clock.now();
+    let planted = |n: u32, signature: Option<String>| ParkedAudit {
+        chain: t.tenant_id.clone(),
+        id: ulid::Ulid::from_datetime(at.into()).to_string(),
+        at,
+        actor_type: "api_key".into(),
+        actor_id: format!("k{n}"),
+        action: format!("DELETE /v1/planted/{n}"),
+        ip: None,
+        outcome: kirim::ports::AuditOutcome::Success,
+        details: json!({"status": 204}).to_string(),
+        expires_at: Some(at.timestamp() + 3600),
+        signature,
+    };
+    // Parked by the platform: signed with the audit key.
+    let key = deps
+        .secrets
+        .current(&deps.settings.audit_key_secret)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ours = planted(1, None);
+    ours.signature = audit::parked_signature(&key, &ours);
+    deps.audit.park(&ours).await.unwrap();
+    deps.audit.park(&planted(2, None)).await.unwrap();
+    app.send_ok(&t.key, "+60123450104").await;
+    let listed = get(&app, &t.key, "/v1/audit?limit=10").await;
+    let details = |action: &str| {
+        listed["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["action"] == action)
+            .map(|e| e["details"].clone())
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(details("DELETE /v1/planted/1"), json!({"status": 204}));
+    assert_eq!(
+        details("DELETE /v1/planted/2"),
+        json!({"status": 204, "parked_unsigned": true})
+    );
+    let v = get(&app, &t.key, "/v1/audit/verify").await;
+    assert_eq!(v["valid"], true, "unsigned is marked, not a break: {v}");
+
+    deps.audit
+        .park(&planted(3, Some("00".repeat(32))))
+        .await
+        .unwrap();
+    app.send_ok(&t.key, "+60123450105").await;
+    let listed = get(&app, &t.key, "/v1/audit?limit=10").await;
+    let forged = listed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "DELETE /v1/planted/3")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(forged["details"]["parked_forged"], true, "{listed}");
+    let v = get(&app, &t.key, "/v1/audit/verify").await;
+    assert_eq!(v["valid"], false, "{v}");
+    assert_eq!(v["broken_at"], forged["seq"], "{v}");
+}
+
 on_both_backends!(
+    a_planted_parked_event_is_linked_only_marked_and_a_forged_one_breaks_verification,
     a_long_chain_is_verified_over_several_requests_each_going_on_from_a_signed_cursor,
     an_event_whose_write_landed_with_its_answer_lost_is_recorded_once_not_parked_too,
     a_retention_run_whose_audit_event_cannot_be_appended_parks_it_and_reports,
@@ -879,6 +958,7 @@ async fn a_drain_out_of_time_leaves_its_chains_to_the_next_run_and_says_it_is_no
             outcome: kirim::ports::AuditOutcome::Success,
             details: "{}".into(),
             expires_at: Some(at.timestamp() + 3600),
+            signature: None,
         })
         .await
         .unwrap();

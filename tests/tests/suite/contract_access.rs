@@ -447,6 +447,7 @@ fn parked(chain: &str, id: &str, p: &Ports) -> ParkedAudit {
         outcome: AuditOutcome::Success,
         details: "{}".into(),
         expires_at: Some(p.clock.now().timestamp() + 3600),
+        signature: None,
     }
 }
 

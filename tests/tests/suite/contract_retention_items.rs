@@ -221,6 +221,7 @@ async fn an_expired_parked_audit_event_is_swept_as_audit_and_a_live_one_stays(p:
         outcome: AuditOutcome::Success,
         details: "{}".into(),
         expires_at: in_secs(&p, expires_in),
+        signature: None,
     };
     p.audit.park(&parked("01JA", TTL)).await.unwrap();
     p.audit.park(&parked("01JB", LIVE)).await.unwrap();
@@ -249,6 +250,7 @@ async fn chains_with_parked_audit_events_are_listed_once_each_until_linked_in_or
         outcome: AuditOutcome::Success,
         details: "{}".into(),
         expires_at: in_secs(&p, expires_in),
+        signature: None,
     };
     assert_eq!(
         p.audit.parked_chains(None, 10).await.unwrap(),
