@@ -32,7 +32,8 @@ use serde_json::{json, Value};
 
 use super::api::{segment, Answer};
 use super::pages::{
-    checked, done, failed, parse_form, problem, query, redirect, text, when, Ctx, Form,
+    checked, done, failed, form_again, form_key, parse_form, problem, query, redirect, text,
+    unknown_outcome, when, Ctx, Form,
 };
 use super::senders::Senders;
 use super::views::{csrf, error_page, frame, page, status_chart, Notice};
@@ -262,6 +263,7 @@ fn create_form(
     more: bool,
     typed: &Form,
 ) -> Markup {
+    let key = form_key(typed);
     let typed = |k: &str| typed.get(k).map(String::as_str).unwrap_or("");
     let chosen = typed("template");
     html! {
@@ -280,8 +282,9 @@ fn create_form(
         } @else {
             form.stack #new-campaign method="post" action="/console/campaigns" enctype="multipart/form-data" {
                 (csrf(&ctx.csrf))
-                // One key per form shown: a double-click or a resubmission makes one campaign.
-                input type="hidden" name="idempotency_key" value=(crate::domain::new_id());
+                // One key per form shown: a double-click or a resubmission makes one campaign
+                // (the same key again when the form comes back after an unknown outcome).
+                input type="hidden" name="idempotency_key" value=(key);
                 @if senders.several() {
                     input type="hidden" name="from" value=(from);
                     p.hint #campaign-from { "Sent from " (senders.describe(from)) "." }
@@ -545,7 +548,25 @@ async fn create(State(s): S, ctx: Ctx, req: Request) -> Response {
             Notice::Done(text) => Notice::Done(format!("{text} {}", invalid_text(&invalid, count))),
             other => other,
         });
-        return render_results(&s, &ctx, &id, StatusCode::OK, n).await;
+        let shown = render_results(&s, &ctx, &id, StatusCode::OK, n.clone()).await;
+        if shown.status() == StatusCode::OK {
+            return shown;
+        }
+        // Made, but its page could not be read just now (a limit, an outage): said so on a
+        // page of its own (no API call), never as an error that invites a second campaign.
+        let link = format!("/console/campaigns/{}", segment(&id));
+        let body = html! {
+            p { "Its page could not be shown just now. " a #campaign-link href=(link) { "Open campaign " (id) } "." }
+        };
+        return page(
+            StatusCode::OK,
+            frame(
+                "Campaign accepted",
+                &ctx.chrome("/console/campaigns"),
+                n.as_ref(),
+                body,
+            ),
+        );
     }
     // A role's refusal is its own page; any other 403 (the account suspended) says why.
     if a.status == StatusCode::UNAUTHORIZED
@@ -553,8 +574,19 @@ async fn create(State(s): S, ctx: Ctx, req: Request) -> Response {
     {
         return failed(&a);
     }
-    let (status, n) = problem(&a);
-    render_campaigns(&s, &ctx, &none, &f, status, n).await
+    let (status, n) = if a.status.is_server_error() {
+        (
+            a.status,
+            Some(match file {
+                Some(_) => unknown_outcome("the campaign (attach the same file again)"),
+                None => unknown_outcome("the campaign"),
+            }),
+        )
+    } else {
+        problem(&a)
+    };
+    let typed = form_again(&a, f);
+    render_campaigns(&s, &ctx, &none, &typed, status, n).await
 }
 
 async fn open(q: Query<HashMap<String, String>>, _ctx: Ctx) -> Response {

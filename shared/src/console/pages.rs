@@ -262,6 +262,37 @@ pub(super) fn problem(a: &Answer) -> (StatusCode, Option<Notice>) {
     (a.status, Some(Notice::Problem(a.message())))
 }
 
+/// A keyed form the API did not take, as it comes back: with the same idempotency key when
+/// the outcome is not known (a `5xx`: it may have been done, its answer lost), so sending
+/// it again does it at most once; with a new one otherwise (the API refused it, and keeps
+/// no key for a refusal; or the key was used with another body: a new key is a new
+/// request). The `csrf` field goes in any case (the page has its own).
+pub(super) fn form_again(a: &Answer, mut form: Form) -> Form {
+    if !a.status.is_server_error() {
+        form.remove("idempotency_key");
+    }
+    form.remove("csrf");
+    form
+}
+
+/// The problem line for a keyed form whose outcome is not known (a `5xx`): not "nothing
+/// was changed", which may be untrue, but that sending it again is safe.
+pub(super) fn unknown_outcome(what: &str) -> Notice {
+    Notice::Problem(format!(
+        "Something went wrong on our side, and we cannot tell whether {what} was done. \
+         Sending this form again is safe: it is done at most once."
+    ))
+}
+
+/// The idempotency key a keyed form carries: the one it came back with, else a new one.
+pub(super) fn form_key(typed: &Form) -> String {
+    typed
+        .get("idempotency_key")
+        .filter(|k| !k.is_empty())
+        .cloned()
+        .unwrap_or_else(crate::domain::new_id)
+}
+
 pub(super) fn text<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or("")
 }
@@ -928,7 +959,7 @@ async fn render_messages(
             h2 { "Send a template message" }
             form.stack method="post" action="/console/messages" {
                 (csrf(&ctx.csrf))
-                input type="hidden" name="idempotency_key" value=(crate::domain::new_id());
+                input type="hidden" name="idempotency_key" value=(form_key(sent));
                 (senders.select("from", "from", typed("from")))
                 div { label for="to" { "To (E.164, e.g. +60123456789)" } input #to type="tel" name="to" value=(typed("to")) required; }
                 div { label for="template" { "Template name" } input #template type="text" name="template" value=(typed("template")) required; }
@@ -1004,12 +1035,13 @@ async fn send_message(State(s): S, ctx: Ctx, body: Bytes) -> Response {
     if a.status == StatusCode::UNAUTHORIZED {
         return failed(&a);
     }
-    let (status, n) = problem(&a);
-    // The form comes back as it was typed (with a new idempotency key: this one's
-    // refusal is the answer it keeps).
-    let mut typed = f;
-    typed.remove("idempotency_key");
-    typed.remove("csrf");
+    let (status, n) = if a.status.is_server_error() {
+        (a.status, Some(unknown_outcome("the message")))
+    } else {
+        problem(&a)
+    };
+    // The form comes back as it was typed (the same key if the outcome is not known).
+    let typed = form_again(&a, f);
     render_messages(&s, &ctx, &HashMap::new(), &typed, status, n).await
 }
 
@@ -1838,6 +1870,59 @@ async fn put_two_factor(State(s): S, ctx: Ctx, body: Bytes) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(status: StatusCode) -> Answer {
+        Answer {
+            status,
+            body: Value::Null,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn a_keyed_form_comes_back_with_its_key_only_when_the_outcome_is_not_known() {
+        let typed: Form = [
+            ("idempotency_key", "01KEY"),
+            ("csrf", "token"),
+            ("to", "+60123450001"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        for unknown in [
+            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::GATEWAY_TIMEOUT,
+        ] {
+            let again = form_again(&answer(unknown), typed.clone());
+            assert_eq!(
+                form_key(&again),
+                "01KEY",
+                "{unknown}: sent again, done once"
+            );
+            assert!(!again.contains_key("csrf"));
+            assert_eq!(again.get("to").map(String::as_str), Some("+60123450001"));
+        }
+        for refused in [
+            StatusCode::BAD_REQUEST,
+            StatusCode::PAYMENT_REQUIRED,
+            StatusCode::CONFLICT,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            StatusCode::TOO_MANY_REQUESTS,
+        ] {
+            let again = form_again(&answer(refused), typed.clone());
+            assert_ne!(form_key(&again), "01KEY", "{refused}: a new request");
+            assert_eq!(again.get("to").map(String::as_str), Some("+60123450001"));
+        }
+        assert!(!form_key(&Form::new()).is_empty());
+        let Notice::Problem(said) = unknown_outcome("the campaign") else {
+            panic!("a problem line")
+        };
+        assert!(
+            said.contains("safe") && !said.contains("nothing was changed"),
+            "{said}"
+        );
+    }
 
     async fn text_of(res: Response) -> String {
         let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)

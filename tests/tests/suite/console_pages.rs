@@ -1200,6 +1200,61 @@ async fn a_day_the_calendar_cannot_end_is_a_400_on_every_dated_page(b: Backend) 
     assert_eq!(web.get("/console/audit?until=2026-12-02").await.status, 200);
 }
 
+/// A campaign the API accepted whose page then cannot be read (here the user's request
+/// limit, spent by the create) is said to be accepted, with a link to it, never shown as an
+/// error that invites a second campaign (and a second debit).
+async fn a_campaign_accepted_whose_page_cannot_be_read_is_said_accepted_not_failed(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/campaigns").await.csrf();
+    let limits = format!("/v1/platform/tenants/{}/limits", t.tenant_id);
+    let (s, body) = call(
+        &app,
+        "PUT",
+        &limits,
+        Some(kirim_tests::OPERATOR_TOKEN),
+        Some(json!({"requests_per_sec": 1, "burst": 1})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    // A full bucket of one request: the create's.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let made = web
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &csrf),
+                ("template", "order_update:en_US"),
+                ("parameters", "ORDER-21"),
+                ("numbers", "+60123450061\nnot-a-number"),
+                ("idempotency_key", &kirim::domain::new_id()),
+            ],
+        )
+        .await;
+    assert_eq!(made.status, 200, "{}", made.html);
+    assert!(
+        made.html.contains("The campaign was accepted"),
+        "{}",
+        made.html
+    );
+    assert!(made.html.contains("campaign-link"), "{}", made.html);
+    assert!(!made.html.contains("nothing was changed"), "{}", made.html);
+    let (s, _) = call(
+        &app,
+        "PUT",
+        &limits,
+        Some(kirim_tests::OPERATOR_TOKEN),
+        Some(json!({"requests_per_sec": 100, "burst": 200})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, list) = call(&app, "GET", "/v1/broadcasts", Some(&t.key), None).await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["broadcasts"].as_array().map(Vec::len), Some(1), "{list}");
+}
+
 /// An operator names and schedules a campaign, finds it in the list and cancels it
 /// (refunded); a second cancel is a move that does not apply.
 async fn a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console(b: Backend) {
@@ -1436,6 +1491,7 @@ async fn with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_
 }
 
 on_both_backends!(
+    a_campaign_accepted_whose_page_cannot_be_read_is_said_accepted_not_failed,
     a_user_changes_their_password_from_the_console_and_signs_in_again_with_it,
     with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_catalogue,
     a_day_the_calendar_cannot_end_is_a_400_on_every_dated_page,
