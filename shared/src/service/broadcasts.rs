@@ -166,9 +166,13 @@ pub const COUNTED: [MessageStatus; 7] = [
 /// `completed` once every message was handed over or ended, `cancelled` if cancelled.
 pub fn campaign_status(b: &Broadcast, counts: &BTreeMap<String, usize>) -> &'static str {
     let open = |st: MessageStatus| counts.get(st.as_str()).copied().unwrap_or(0);
+    // Every recipient queued and every message handed to Meta or ended: nothing is left
+    // to hold, whatever the hold says (a pause that came after the last claim).
+    let done = b.status == BroadcastStatus::Enqueued
+        && open(MessageStatus::Accepted) + open(MessageStatus::Sending) == 0;
     match b.control {
         Some(BroadcastControl::Cancelled) => return "cancelled",
-        Some(BroadcastControl::Paused) if b.status != BroadcastStatus::Cancelled => {
+        Some(BroadcastControl::Paused) if b.status != BroadcastStatus::Cancelled && !done => {
             return "paused"
         }
         _ => {}
@@ -1503,8 +1507,36 @@ mod tests {
     }
 
     #[test]
-    fn message_ids_are_derived_from_the_broadcast_and_position() {
-        let b = Broadcast {
+    fn a_campaign_paused_after_its_last_claim_reads_completed_once_nothing_is_open() {
+        let mut b = broadcast();
+        b.status = BroadcastStatus::Enqueued;
+        b.control = Some(BroadcastControl::Paused);
+        let counts = |sending: usize, accepted: usize| {
+            BTreeMap::from([
+                ("sending".to_owned(), sending),
+                ("accepted".to_owned(), accepted),
+                ("sent".to_owned(), 3),
+            ])
+        };
+        assert_eq!(
+            campaign_status(&b, &counts(1, 0)),
+            "paused",
+            "one on its way"
+        );
+        assert_eq!(campaign_status(&b, &counts(0, 2)), "paused", "held");
+        assert_eq!(campaign_status(&b, &counts(0, 0)), "completed");
+        b.status = BroadcastStatus::FanningOut;
+        assert_eq!(
+            campaign_status(&b, &counts(0, 0)),
+            "paused",
+            "recipients still to queue"
+        );
+        b.control = Some(BroadcastControl::Cancelled);
+        assert_eq!(campaign_status(&b, &counts(0, 0)), "cancelled");
+    }
+
+    fn broadcast() -> Broadcast {
+        Broadcast {
             id: crate::domain::new_id(),
             tenant_id: TenantId::generate(),
             template: TemplateRef {
@@ -1530,7 +1562,12 @@ mod tests {
             retry_of: None,
             retried_by: None,
             control_at: None,
-        };
+        }
+    }
+
+    #[test]
+    fn message_ids_are_derived_from_the_broadcast_and_position() {
+        let b = broadcast();
         assert_eq!(message_id(&b, 7), message_id(&b, 7));
         assert_ne!(message_id(&b, 7), message_id(&b, 8));
         let u = ulid::Ulid::from_string(message_id(&b, 0).as_str()).unwrap();

@@ -1252,7 +1252,11 @@ async fn a_campaign_accepted_whose_page_cannot_be_read_is_said_accepted_not_fail
     assert_eq!(s, 200);
     let (s, list) = call(&app, "GET", "/v1/broadcasts", Some(&t.key), None).await;
     assert_eq!(s, 200, "{list}");
-    assert_eq!(list["broadcasts"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(
+        list["broadcasts"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
 }
 
 /// An operator names and schedules a campaign, finds it in the list and cancels it
