@@ -335,6 +335,16 @@ fn caller_tenant(caller: Option<&Caller>) -> Option<TenantId> {
     }
 }
 
+/// The tenant an operator route's path names (`/v1/platform/tenants/{id}/…`), if its
+/// `{id}` is a well-formed tenant id.
+fn tenant_in_path(route: &str, path: &str) -> Option<TenantId> {
+    const PREFIX: &str = "/v1/platform/tenants/{id}";
+    if !route.starts_with(PREFIX) {
+        return None;
+    }
+    path.split('/').nth(4).and_then(TenantId::parse)
+}
+
 /// The one gate: looks the matched route up in [`ROUTES`] and checks the caller. Every
 /// refusal and every mutating call is written to the audit trail.
 pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -381,6 +391,9 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 parts.extensions.insert(ctx);
             }
             let mutating = parts.method != Method::GET && parts.method != Method::HEAD;
+            let about = (rule.access == Access::Platform)
+                .then(|| tenant_in_path(rule.path, parts.uri.path()))
+                .flatten();
             let res = next.run(Request::from_parts(parts, body)).await;
             // A request its handler refused for its rate (a login from a locked-out
             // address) is not audited, as one refused here: a flood of them, with no
@@ -412,10 +425,21 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 };
                 details.insert("status".into(), status.as_u16().into());
                 let (actor_type, actor_id) = note.actor.unwrap_or_else(|| actor(caller.as_ref()));
+                // The operator's call about a tenant goes in that tenant's chain, refused
+                // or failed too (a success names it itself): if the tenant exists, so that
+                // no chain is begun for an id that is no tenant's.
+                let named = match (tenant.or(note.tenant), about) {
+                    (Some(t), _) => Some(t),
+                    (None, Some(id)) => match state.deps.tenants.get_tenant(&id).await {
+                        Ok(Some(_)) => Some(id),
+                        _ => None,
+                    },
+                    (None, None) => None,
+                };
                 audit::record_or_park(
                     &state.deps,
                     audit::Draft {
-                        tenant: tenant.or(note.tenant),
+                        tenant: named,
                         actor_type,
                         actor_id,
                         action,

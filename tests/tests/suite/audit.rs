@@ -919,7 +919,51 @@ async fn a_planted_parked_event_is_linked_only_marked_and_a_forged_one_breaks_ve
     assert_eq!(v["broken_at"], forged["seq"], "{v}");
 }
 
+/// The operator's calls about a tenant are in its audit trail, refused ones too (a bad
+/// body, a closed tenant's top-up); a call about an id that is no tenant's begins no chain.
+async fn the_operators_refused_calls_about_a_tenant_are_in_its_trail(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let credits = format!("/v1/platform/tenants/{}/credits", t.tenant_id);
+    let res = app
+        .http
+        .post(app.url(&credits))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"amount": -5, "reference": "oops"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let page = get(
+        &app,
+        &t.key,
+        "/v1/audit?action=POST%20/v1/platform/tenants/%7Bid%7D/credits",
+    )
+    .await;
+    let events = page["events"].as_array().cloned().unwrap_or_default();
+    assert_eq!(events.len(), 1, "{page}");
+    assert_eq!(events[0]["outcome"], "error");
+    assert_eq!(events[0]["actor"]["type"], "operator");
+    assert_eq!(events[0]["details"]["status"], 400);
+    // An id that is no tenant's: the platform chain, no chain of its own.
+    let nobody = TenantId::generate();
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/platform/tenants/{nobody}/credits")))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(&json!({"amount": 5, "reference": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(
+        app.app.deps.audit.head(nobody.as_str()).await.unwrap(),
+        None
+    );
+}
+
 on_both_backends!(
+    the_operators_refused_calls_about_a_tenant_are_in_its_trail,
     a_planted_parked_event_is_linked_only_marked_and_a_forged_one_breaks_verification,
     a_long_chain_is_verified_over_several_requests_each_going_on_from_a_signed_cursor,
     an_event_whose_write_landed_with_its_answer_lost_is_recorded_once_not_parked_too,
