@@ -209,11 +209,21 @@ async fn apply_to(
             }
         }
     }
-    match deps
+    let moved_to = match deps
         .messages
         .transition(tenant_id, message_id, to, &change, at)
-        .await?
+        .await
     {
+        Ok(t) => t,
+        // Every try failed, yet the first may have landed (its answer lost): read back, and a
+        // message holding this very move has its callback queued and is answered 200 (Meta's
+        // redelivery would find it moved and queue none).
+        Err(e) => match this_move(deps, tenant_id, message_id, to, at).await {
+            Some(record) => Transition::Applied(Box::new(record)),
+            None => return Err(e.into()),
+        },
+    };
+    match moved_to {
         Transition::Applied(record) => {
             moved(deps, &record, report).await;
             // Meta's pricing, counted once whichever status carries it first: the moved
@@ -226,6 +236,13 @@ async fn apply_to(
             Ok(Applied::Yes)
         }
         Transition::Refused => {
+            // Refused by this very move, landed with its answer lost (a plain conditional
+            // update: the store's retry of it is what answered): its callback is queued here,
+            // or never. An overtaken status holds another time and queues none; the same
+            // report delivered again past a stale read may queue it twice (at least once).
+            if let Some(record) = this_move(deps, tenant_id, message_id, to, at).await {
+                super::callbacks::status_changed(deps, &record).await;
+            }
             // A repeated or overtaken status may still be the first to carry the pricing
             // (the dispatcher itself moves a message to `sent`).
             if let Some(pricing) = pricing {
@@ -237,6 +254,31 @@ async fn apply_to(
             Ok(Applied::NoChange)
         }
     }
+}
+
+/// The message, read back, if it holds this very move: at `to`, its event for `to` at this
+/// report's time (a duplicate delivery of the same report holds it too: its callback may
+/// then go twice, as callbacks are at least once). `None` on a read that fails.
+async fn this_move(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    message_id: &MessageId,
+    to: MessageStatus,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Option<MessageRecord> {
+    let m = deps
+        .messages
+        .get_message(tenant_id, message_id)
+        .await
+        .ok()
+        .flatten()?;
+    let holds = m.status == to
+        && m.events
+            .iter()
+            .rev()
+            .find(|e| e.status == to)
+            .is_some_and(|e| e.at == at);
+    holds.then_some(m)
 }
 
 /// What follows a move: the tenant's status callback, and an undeliverable failure

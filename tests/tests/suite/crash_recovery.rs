@@ -283,6 +283,10 @@ struct Flaky {
     /// The next failure with its refund is written, but answers an error (on DynamoDB, the
     /// transaction committed and the read of what it wrote failed; then the flag clears).
     lose_refund_answer_once: AtomicBool,
+    /// The next move to `read` lands, and its answer is lost: `Some(true)` the store's
+    /// retry of it answers (refused, by the move itself), `Some(false)` every try failed
+    /// (an error). Then it clears.
+    lose_read_answer_once: Mutex<Option<bool>>,
 }
 
 impl Flaky {
@@ -296,6 +300,7 @@ impl Flaky {
             lose_claim_answer_once: AtomicBool::new(false),
             lose_sent_answer_once: AtomicBool::new(false),
             lose_refund_answer_once: AtomicBool::new(false),
+            lose_read_answer_once: Mutex::new(None),
         })
     }
 }
@@ -342,6 +347,21 @@ impl MessageStore for Flaky {
         if lose.is_some_and(|l| l.swap(false, Ordering::SeqCst)) {
             let landed = self.inner.transition(tenant, id, to, change, at).await?;
             assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
+        }
+        let read_lost = match to {
+            MessageStatus::Read => self
+                .lose_read_answer_once
+                .lock()
+                .ok()
+                .and_then(|mut l| l.take()),
+            _ => None,
+        };
+        if let Some(retried) = read_lost {
+            let landed = self.inner.transition(tenant, id, to, change, at).await?;
+            assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
+            if !retried {
+                return Err(StoreError::Unavailable("every try timed out".into()));
+            }
         }
         self.inner.transition(tenant, id, to, change, at).await
     }
@@ -940,6 +960,66 @@ async fn a_sent_move_whose_answer_was_lost_still_has_its_sent_callback(backend: 
         .collect();
     assert!(statuses.iter().any(|s| s == "sent"), "{statuses:?}");
     assert_eq!(t.sandbox_requests_to("60123459942").len(), 1, "sent once");
+}
+
+/// Meta's `read` moves the message with a plain conditional update: one that landed with
+/// its answer lost is refused by itself on the store's retry, or answers an error after
+/// every try. Either way the message holds this very move, and its callback is queued (the
+/// error answered 200: Meta's redelivery would find the message read and queue none).
+async fn a_read_whose_answer_was_lost_still_has_its_read_callback(backend: Backend) {
+    use kirim::domain::meta::{MetaStatus, StatusReport, Wamid};
+    use kirim::service::status;
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let res = t
+        .http
+        .put(t.url("/v1/settings/status-callback"))
+        .bearer_auth(&o.key)
+        .json(&json!({"url": "https://hooks.example.com/kirim", "secret": "whsec_test_callback_0123456789"}))
+        .send()
+        .await
+        .expect("set");
+    assert_eq!(res.status(), 200);
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    for (i, retried) in [(0, true), (1, false)] {
+        let (m, job) = accepted_with_job(&t, &tenant, &format!("+6012345996{i}")).await;
+        assert_eq!(dispatch::handle(&t.app.deps, &job).await, Outcome::Done);
+        let sent = t
+            .app
+            .deps
+            .messages
+            .get_message(&tenant, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        let wamid = sent.wamid.clone().expect("sent");
+        let flaky = Flaky::over(&t.app.deps);
+        *flaky.lose_read_answer_once.lock().unwrap() = Some(retried);
+        let callbacks = Arc::new(Kept::default());
+        let mut deps = t.app.deps.clone();
+        deps.messages = flaky.clone();
+        deps.callback_queue = callbacks.clone();
+        let read = StatusReport {
+            phone_number_id: None,
+            wamid: Wamid::parse(&wamid).expect("a wamid"),
+            status: MetaStatus::parse("read").expect("a status"),
+            timestamp: Some(chrono::Utc::now().timestamp() + 2),
+            callback: Some(m.id.clone()),
+            recipient: None,
+            recipient_user_id: None,
+            errors: Vec::new(),
+            pricing: None,
+        };
+        status::apply(&deps, Some(&tenant), &read)
+            .await
+            .expect("answered 200");
+        assert!(flaky.lose_read_answer_once.lock().unwrap().is_none());
+        let body = callbacks.only();
+        assert!(
+            body.contains(m.id.as_str()) && body.contains(r#""status":"read""#),
+            "retried: {retried}: {body}"
+        );
+    }
 }
 
 /// The number's send slots booked about two seconds ahead, as by other sends: a message
@@ -2005,6 +2085,7 @@ on_both_backends!(
     the_retention_run_settles_a_scheduled_message_whose_job_was_lost,
     a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accepted_from,
     a_sent_move_whose_answer_was_lost_still_has_its_sent_callback,
+    a_read_whose_answer_was_lost_still_has_its_read_callback,
     a_message_that_missed_its_carried_slot_carries_the_next_as_a_fresh_queue_message,
     the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent,
     a_claim_whose_answer_was_lost_is_known_for_its_own_and_sent_once,
