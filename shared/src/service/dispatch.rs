@@ -523,15 +523,27 @@ async fn hold_of(
     })
 }
 
+/// The tenant for a dispatch decision: the warm cache's (up to its TTL old), unless it says
+/// the tenant is not active: then the table's. A message accepted just after a resume, by
+/// a process that saw the resume, is neither failed nor hurried out of its retry backoff
+/// for a suspension this process still remembers.
+async fn tenant_to_dispatch(
+    deps: &Deps,
+    id: &crate::domain::TenantId,
+) -> Result<Option<crate::ports::Tenant>, StoreError> {
+    match deps.tenants.tenant_for_access(id).await? {
+        Some(t) if t.status == TenantStatus::Active => Ok(Some(t)),
+        _ => deps.tenants.get_tenant(id).await,
+    }
+}
+
 async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     // A retry whose backoff is longer than one hop waits out the rest on the queue, unless
     // its tenant was suspended or closed, or its broadcast cancelled, meanwhile: then it
     // goes on below now and is failed or cancelled (refunded) as every queued message of
     // theirs is, rather than sent after a resume when its backoff ends.
     if let Some(wait) = super::schedule::wait(job.retry_at, deps.clock.now()) {
-        let active = deps
-            .tenants
-            .tenant_for_access(&job.tenant_id)
+        let active = tenant_to_dispatch(deps, &job.tenant_id)
             .await?
             .is_some_and(|t| t.status == TenantStatus::Active);
         // (A broadcast's is read: a hop is 15 minutes, and only long backoffs take them.)
@@ -582,7 +594,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             )
             .await?;
     }
-    let Some(tenant) = deps.tenants.tenant_for_access(&job.tenant_id).await? else {
+    let Some(tenant) = tenant_to_dispatch(deps, &job.tenant_id).await? else {
         tracing::warn!("tenant gone; dropping");
         return Ok(Outcome::Done);
     };
@@ -615,21 +627,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     };
     // A suspended or closed tenant's queued messages are not sent: they fail at once,
     // refunded, rather than wait on the queue (where they would reach the dead-letter
-    // queue with their content). The client may send again after a resume. The warm
-    // cache's word (up to its TTL old) is asked of the table before a message fails on
-    // it: a message accepted just after a resume, by a process that saw the resume, is
-    // not failed here for a suspension this process still remembers.
-    let tenant = if tenant.status == TenantStatus::Active {
-        tenant
-    } else {
-        match deps.tenants.get_tenant(&job.tenant_id).await? {
-            Some(fresh) => fresh,
-            None => {
-                tracing::warn!("tenant gone; dropping");
-                return Ok(Outcome::Done);
-            }
-        }
-    };
+    // queue with their content). The client may send again after a resume.
     if tenant.status != TenantStatus::Active {
         let error = if tenant.status == TenantStatus::Closed {
             MessageError {

@@ -250,6 +250,51 @@ async fn a_message_accepted_after_a_resume_is_not_failed_for_the_suspension_a_wa
                 .is_some_and(|e| e.code == "tenant_suspended")),
         "{stored:?}"
     );
+
+    // A message waiting out a retry backoff is not hurried out of it either (the warm
+    // process still has the tenant suspended: its clock has not moved): it waits on.
+    assert_eq!(
+        cached
+            .tenants
+            .tenant_for_access(&t.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        TenantStatus::Suspended
+    );
+    let (mut waiting, debit) = crate::contract::message_for(&t.id, clock.now());
+    waiting.id = kirim::domain::MessageId::from_trusted(ulid::Ulid::new().to_string());
+    other
+        .messages
+        .insert_with_debit(&waiting, &debit)
+        .await
+        .unwrap();
+    let job = QueueJob::Send(DispatchJob {
+        tenant_id: t.id.clone(),
+        message_id: waiting.id.clone(),
+        content: Content::Text { body: "hi".into() },
+        request_id: None,
+        send_at: None,
+        broadcast_id: None,
+        facts: Some(MessageFacts::of(&waiting)),
+        retry_at: Some(clock.now() + chrono::Duration::hours(1)),
+    });
+    let outcome = kirim::service::dispatch::handle_in_batch(&cached, &job.to_body().unwrap()).await;
+    assert!(
+        matches!(outcome, kirim::service::jobs::Outcome::Again(_, _)),
+        "{outcome:?}"
+    );
+    let stored = other
+        .messages
+        .get_message(&t.id, &waiting.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (stored.status, stored.attempts),
+        (MessageStatus::Accepted, 0)
+    );
 }
 
 fn number_of(t: &Tenant, id: &str, clock: &ManualClock) -> PhoneNumberRecord {
