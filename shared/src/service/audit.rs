@@ -1320,6 +1320,18 @@ pub async fn verify_within(
             }
         }
     }
+    // No head when it was read, yet events: the chain's first append (its event and head,
+    // one transaction) may have landed between the two reads. Then it is checked again from
+    // the start, with the head; only a chain still without one is "the head is gone".
+    if head.is_none() && resume.is_none() && check.last.is_some() {
+        if let Some(now_head) = deps.audit.head(&chain).await? {
+            tracing::debug!(
+                seq = now_head.seq,
+                "the chain began while it was verified; again"
+            );
+            return Box::pin(verify_within(deps, tenant, None, budget)).await;
+        }
+    }
     let mut report = check.finish(&chain, head.as_ref(), &keys);
     // A legitimate event beyond the head is always the next link, signed: one that is not
     // was written by someone without the audit key (and jams the chain: appends park after

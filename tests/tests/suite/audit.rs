@@ -919,6 +919,38 @@ async fn a_planted_parked_event_is_linked_only_marked_and_a_forged_one_breaks_ve
     assert_eq!(v["broken_at"], forged["seq"], "{v}");
 }
 
+/// Another process begins the chain (its first event and head, one transaction) between
+/// verification's read of the head and of the events.
+struct BeginsAfterHeadRead(tokio::sync::Mutex<Option<(kirim::service::Deps, audit::Draft)>>);
+
+#[async_trait]
+impl Steps for BeginsAfterHeadRead {
+    async fn after_head_read(&self) {
+        if let Some((other, draft)) = self.0.lock().await.take() {
+            audit::record(&other, draft).await.unwrap();
+        }
+    }
+}
+
+/// A chain begun while it is verified (no head when the head was read, its first event by
+/// the time the events were) is not "the head is gone": it is checked again, with its head.
+#[tokio::test]
+async fn a_chain_begun_while_it_is_verified_is_not_reported_headless() {
+    let clock = ManualClock::new();
+    let real = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock).unwrap();
+    let tenant = TenantId::generate();
+    let mut deps = real.clone();
+    deps.audit = Arc::new(Stepped {
+        inner: real.audit.clone(),
+        steps: BeginsAfterHeadRead(tokio::sync::Mutex::new(Some((
+            real.clone(),
+            draft_on(&tenant, "POST /v1/first"),
+        )))),
+    });
+    let v = audit::verify(&deps, &tenant, None).await.unwrap();
+    assert_eq!((v.valid, v.checked), (true, 1), "{v:?}");
+}
+
 /// The operator's calls about a tenant are in its audit trail, refused ones too (a bad
 /// body, a closed tenant's top-up); a call about an id that is no tenant's begins no chain.
 async fn the_operators_refused_calls_about_a_tenant_are_in_its_trail(b: Backend) {

@@ -44,6 +44,8 @@ pub(crate) trait Steps: Send + Sync + 'static {
     }
     /// When the chain's tip (head and parked events) is read before an append.
     fn on_tip(&self) {}
+    /// After the chain's head was read (`head`), before its answer is used.
+    async fn after_head_read(&self) {}
 }
 
 /// The real log `inner`, with `steps` run at each step.
@@ -55,7 +57,9 @@ pub(crate) struct Stepped<S> {
 #[async_trait]
 impl<S: Steps> AuditLog for Stepped<S> {
     async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
-        self.inner.head(chain).await
+        let head = self.inner.head(chain).await;
+        self.steps.after_head_read().await;
+        head
     }
     async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError> {
         self.steps.on_tip();
