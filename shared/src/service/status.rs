@@ -218,10 +218,7 @@ async fn apply_to(
         // Every try failed, yet the first may have landed (its answer lost): read back, and a
         // message holding this very move has its callback queued and is answered 200 (Meta's
         // redelivery would find it moved and queue none).
-        Err(e) => match this_move(deps, tenant_id, message_id, to, at).await {
-            Some(record) => Transition::Applied(Box::new(record)),
-            None => return Err(e.into()),
-        },
+        Err(e) => Box::pin(landed_or(deps, tenant_id, message_id, to, at, e)).await?,
     };
     match moved_to {
         Transition::Applied(record) => {
@@ -240,9 +237,8 @@ async fn apply_to(
             // update: the store's retry of it is what answered): its callback is queued here,
             // or never. An overtaken status holds another time and queues none; the same
             // report delivered again past a stale read may queue it twice (at least once).
-            if let Some(record) = this_move(deps, tenant_id, message_id, to, at).await {
-                super::callbacks::status_changed(deps, &record).await;
-            }
+            // (Boxed, as the other rare paths: the webhook's future stays a status's size.)
+            Box::pin(call_back_if_this_move(deps, tenant_id, message_id, to, at)).await;
             // A repeated or overtaken status may still be the first to carry the pricing
             // (the dispatcher itself moves a message to `sent`).
             if let Some(pricing) = pricing {
@@ -253,6 +249,34 @@ async fn apply_to(
             }
             Ok(Applied::NoChange)
         }
+    }
+}
+
+/// The callback of this very move, if the message, read back, holds it.
+async fn call_back_if_this_move(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    message_id: &MessageId,
+    to: MessageStatus,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    if let Some(record) = this_move(deps, tenant_id, message_id, to, at).await {
+        super::callbacks::status_changed(deps, &record).await;
+    }
+}
+
+/// A move that answered `e`: applied after all if the message, read back, holds it.
+async fn landed_or(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    message_id: &MessageId,
+    to: MessageStatus,
+    at: chrono::DateTime<chrono::Utc>,
+    e: crate::store_error::StoreError,
+) -> Result<Transition, ServiceError> {
+    match this_move(deps, tenant_id, message_id, to, at).await {
+        Some(record) => Ok(Transition::Applied(Box::new(record))),
+        None => Err(e.into()),
     }
 }
 
