@@ -1,7 +1,8 @@
 //! Status callbacks to tenants (API.md "Settings → status-callback").
 //!
 //! Every status change of a message from `sent` on (sent, delivered, read, failed), by the
-//! dispatcher or the webhook, is queued on the StatusCallbackQueue and POSTed from there
+//! dispatcher or the webhook, and a failure or cancellation before Meta, is queued on the
+//! StatusCallbackQueue and POSTed from there
 //! to the tenant's URL as `{"id","status","at","sequence","error"?,"client_reference"?}`
 //! (no content, no recipient number), signed `X-Kirim-Signature: sha256=<hex
 //! HMAC-SHA256(secret, raw body)>`, with `X-Kirim-Timestamp` (epoch seconds of the
@@ -535,10 +536,13 @@ pub async fn put_setting(
     // The secret it replaces, if any: put back should the setting's write fail, so that
     // a `500` leaves the callback signed as the tenant still expects.
     let mut replaced = None;
+    let mut ours = None;
     match update.secret {
         Some(secret) => {
             replaced = deps.secrets.store().get_secret(&name).await?;
-            deps.secrets.put(&name, &Secret::new(secret)).await?;
+            let secret = Secret::new(secret);
+            deps.secrets.put(&name, &secret).await?;
+            ours = Some(secret);
         }
         None => {
             if deps
@@ -560,7 +564,13 @@ pub async fn put_setting(
         updated_at: deps.clock.now(),
     };
     if let Err(e) = deps.status_callbacks.put_status_callback(&setting).await {
-        if let Some(old) = replaced {
+        // Put back only over this request's own secret: another admin's change made
+        // meanwhile (and answered 200) is the one the receiver checks now.
+        let still_ours = match (&ours, deps.secrets.store().get_secret(&name).await) {
+            (Some(ours), Ok(Some(now))) => now.expose() == ours.expose(),
+            _ => false,
+        };
+        if let Some(old) = replaced.filter(|_| still_ours) {
             if let Err(undo) = crate::store_error::undo(|| deps.secrets.put(&name, &old)).await {
                 tracing::error!(error = %undo, "the callback secret could not be put back");
             }

@@ -1063,7 +1063,11 @@ async fn on_sqs_a_callback_carries_its_group_and_parked_ones_outlive_their_queue
 }
 
 /// A callback-setting store whose writes fail (storage unavailable); reads go through.
-struct SettingWritesFail(Arc<dyn kirim::ports::StatusCallbackStore>);
+struct SettingWritesFail(
+    Arc<dyn kirim::ports::StatusCallbackStore>,
+    /// Another admin's change, made (and answered) before this write fails.
+    tokio::sync::Mutex<Option<(kirim::service::Deps, kirim::domain::TenantId)>>,
+);
 
 #[async_trait]
 impl kirim::ports::StatusCallbackStore for SettingWritesFail {
@@ -1071,6 +1075,15 @@ impl kirim::ports::StatusCallbackStore for SettingWritesFail {
         &self,
         _: &kirim::ports::StatusCallback,
     ) -> Result<(), kirim::store_error::StoreError> {
+        if let Some((other, tenant)) = self.1.lock().await.take() {
+            let update: kirim::service::callbacks::CallbackUpdate = serde_json::from_value(
+                json!({"url": "https://hooks.example.com/kirim", "secret": "whsec_the_other_admins_003"}),
+            )
+            .unwrap();
+            kirim::service::callbacks::put_setting(&other, &tenant, update)
+                .await
+                .unwrap();
+        }
         Err(kirim::store_error::StoreError::Unavailable(
             "storage is down".into(),
         ))
@@ -1131,7 +1144,10 @@ async fn a_callback_secret_change_that_fails_half_way_leaves_the_old_secret_sign
         .await
         .expect("set");
     let mut failing = deps.clone();
-    failing.status_callbacks = Arc::new(SettingWritesFail(deps.status_callbacks.clone()));
+    failing.status_callbacks = Arc::new(SettingWritesFail(
+        deps.status_callbacks.clone(),
+        Default::default(),
+    ));
     assert!(
         put_setting(&failing, &tenant, update("whsec_the_second_secret_002"))
             .await
@@ -1143,5 +1159,23 @@ async fn a_callback_secret_change_that_fails_half_way_leaves_the_old_secret_sign
     assert_eq!(
         current.map(|s| s.expose().to_owned()),
         Some("whsec_the_first_secret_0001".to_owned())
+    );
+    // Another admin's change lands (and is answered 200) while this one's setting write
+    // fails: this one's undo does not put the first secret back over theirs.
+    let mut failing = deps.clone();
+    failing.status_callbacks = Arc::new(SettingWritesFail(
+        deps.status_callbacks.clone(),
+        tokio::sync::Mutex::new(Some((deps.clone(), tenant.clone()))),
+    ));
+    assert!(
+        put_setting(&failing, &tenant, update("whsec_the_fourth_secret_04"))
+            .await
+            .is_err()
+    );
+    let current = deps.secrets.store().get_secret(&name).await.unwrap();
+    assert_eq!(
+        current.map(|s| s.expose().to_owned()),
+        Some("whsec_the_other_admins_003".to_owned()),
+        "the other admin's secret, as they were told"
     );
 }
