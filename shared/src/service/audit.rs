@@ -95,15 +95,12 @@ impl Content {
     /// `"parked_forged": true`, in its `details` — so a planted event can enter a chain only
     /// marked, under the chain's own hash and signature, and a forged one breaks `verify`.
     fn of_parked(p: &ParkedAudit, keys: &[Secret]) -> Self {
-        // Each linked with its outbox id (`parked_id`): one put back after it was linked
-        // (a replay of a signed item) repeats it, which `verify` reports.
-        let details = with(&p.details, PARKED_ID, p.id.clone().into());
         let details = match parked_trust(p, keys) {
-            ParkedTrust::Signed => details,
-            ParkedTrust::Unsigned => with(&details, PARKED_UNSIGNED, true.into()),
+            ParkedTrust::Signed => p.details.clone(),
+            ParkedTrust::Unsigned => marked(&p.details, PARKED_UNSIGNED),
             ParkedTrust::Forged => {
                 tracing::error!(chain = %p.chain, parked_id = %p.id, action = %p.action, "AUDIT PARKED EVENT DOES NOT VERIFY: linked marked parked_forged");
-                with(&details, PARKED_FORGED, true.into())
+                marked(&p.details, PARKED_FORGED)
             }
         };
         Self {
@@ -123,30 +120,15 @@ pub const PARKED_UNSIGNED: &str = "parked_unsigned";
 /// The mark on a linked parked event whose signature did not verify: a forgery.
 pub const PARKED_FORGED: &str = "parked_forged";
 
-/// The details key a linked parked event carries its outbox id under.
-pub const PARKED_ID: &str = "parked_id";
-
-/// `details` (canonical JSON text) with `key: value` added.
-fn with(details: &str, key: &str, value: serde_json::Value) -> String {
+/// `details` (canonical JSON text) with `mark: true` added.
+fn marked(details: &str, mark: &str) -> String {
     let mut v = match serde_json::from_str::<serde_json::Value>(details) {
         Ok(serde_json::Value::Object(m)) => m,
         Ok(other) => serde_json::Map::from_iter([("details".to_owned(), other)]),
         Err(_) => serde_json::Map::from_iter([("details".to_owned(), details.into())]),
     };
-    v.insert(key.to_owned(), value);
+    v.insert(mark.to_owned(), true.into());
     serde_json::Value::Object(v).to_string()
-}
-
-/// The outbox id a linked parked event carries (read only when its text might).
-fn parked_id(details: &str) -> Option<String> {
-    if !details.contains(PARKED_ID) {
-        return None;
-    }
-    serde_json::from_str::<serde_json::Value>(details)
-        .ok()?
-        .get(PARKED_ID)?
-        .as_str()
-        .map(str::to_owned)
 }
 
 /// Whether `details` carries `mark: true` at its top level (read only when its text
@@ -1019,9 +1001,6 @@ pub struct ChainCheck {
     checked: usize,
     last: Option<(u64, String)>,
     broken: Option<(u64, String)>,
-    /// The parked events linked in so far (`parked_id` → its `seq`): one linked twice was
-    /// put back into the outbox after it was linked (a replay).
-    parked: std::collections::HashMap<String, u64>,
 }
 
 impl ChainCheck {
@@ -1031,7 +1010,6 @@ impl ChainCheck {
             checked: 0,
             last: None,
             broken: None,
-            parked: Default::default(),
         }
     }
 
@@ -1043,7 +1021,6 @@ impl ChainCheck {
             checked,
             last: Some((seq, hash)),
             broken: None,
-            parked: Default::default(),
         }
     }
 
@@ -1057,14 +1034,6 @@ impl ChainCheck {
         } else if is_marked(&e.details, PARKED_FORGED) {
             Some(format!(
                 "event {} was planted in the chain's outbox: its parked signature does not verify",
-                e.seq
-            ))
-        } else if let Some(first) =
-            parked_id(&e.details).and_then(|id| self.parked.insert(id, e.seq))
-        {
-            Some(format!(
-                "event {} repeats the parked event linked as event {first}: put back into the \
-                 outbox after it was linked",
                 e.seq
             ))
         } else {

@@ -892,14 +892,10 @@ async fn a_planted_parked_event_is_linked_only_marked_and_a_forged_one_breaks_ve
             .map(|e| e["details"].clone())
             .unwrap_or(Value::Null)
     };
+    assert_eq!(details("DELETE /v1/planted/1"), json!({"status": 204}));
     assert_eq!(
-        details("DELETE /v1/planted/1"),
-        json!({"status": 204, "parked_id": ours.id})
-    );
-    let unsigned = details("DELETE /v1/planted/2");
-    assert_eq!(
-        (&unsigned["status"], &unsigned["parked_unsigned"]),
-        (&json!(204), &json!(true))
+        details("DELETE /v1/planted/2"),
+        json!({"status": 204, "parked_unsigned": true})
     );
     let v = get(&app, &t.key, "/v1/audit/verify").await;
     assert_eq!(v["valid"], true, "unsigned is marked, not a break: {v}");
@@ -921,24 +917,6 @@ async fn a_planted_parked_event_is_linked_only_marked_and_a_forged_one_breaks_ve
     let v = get(&app, &t.key, "/v1/audit/verify").await;
     assert_eq!(v["valid"], false, "{v}");
     assert_eq!(v["broken_at"], forged["seq"], "{v}");
-
-    // Another tenant: the platform's signed item put back into the outbox after it was
-    // linked (a replay) is linked again repeating its outbox id, and verification breaks.
-    let u = app.onboard(5).await;
-    let mut signed = planted(4, None);
-    signed.chain = u.tenant_id.clone();
-    signed.signature = audit::parked_signature(&key, &signed);
-    deps.audit.park(&signed).await.unwrap();
-    app.send_ok(&u.key, "+60123450106").await;
-    assert_eq!(get(&app, &u.key, "/v1/audit/verify").await["valid"], true);
-    deps.audit.park(&signed).await.unwrap();
-    app.send_ok(&u.key, "+60123450107").await;
-    let v = get(&app, &u.key, "/v1/audit/verify").await;
-    assert_eq!(v["valid"], false, "{v}");
-    assert!(
-        v["reason"].as_str().unwrap_or_default().contains("repeats"),
-        "{v}"
-    );
 }
 
 /// Another process begins the chain (its first event and head, one transaction) between
