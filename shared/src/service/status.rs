@@ -194,11 +194,13 @@ async fn apply_to(
     if let (Some(pricing), Some(m)) = (pricing, seen) {
         if m.pricing.is_none() {
             let priced = super::usage::priced(deps, m, pricing, at);
-            if deps
-                .usage
-                .transition_priced(&priced, to, &change, at)
-                .await?
-            {
+            let written = match deps.usage.transition_priced(&priced, to, &change, at).await {
+                Ok(written) => written,
+                Err(e) => {
+                    return Box::pin(after_error(deps, tenant_id, message_id, to, at, e)).await
+                }
+            };
+            if written {
                 // The write answers no attributes: the record it made from the one read.
                 let mut record = m.clone();
                 change.apply_to(&mut record, to, at);
@@ -215,10 +217,7 @@ async fn apply_to(
         .await
     {
         Ok(t) => t,
-        // Every try failed, yet the first may have landed (its answer lost): read back, and a
-        // message holding this very move has its callback queued and is answered 200 (Meta's
-        // redelivery would find it moved and queue none).
-        Err(e) => Box::pin(landed_or(deps, tenant_id, message_id, to, at, e)).await?,
+        Err(e) => return Box::pin(after_error(deps, tenant_id, message_id, to, at, e)).await,
     };
     match moved_to {
         Transition::Applied(record) => {
@@ -265,17 +264,24 @@ async fn call_back_if_this_move(
     }
 }
 
-/// A move that answered `e`: applied after all if the message, read back, holds it.
-async fn landed_or(
+/// A move (priced or not) that answered `e` after every try: the first may have landed,
+/// its answer lost. Read back, a message holding this very move has its callback queued and
+/// the webhook is answered 200 (Meta's redelivery would find it moved and queue none); only
+/// the callback: a quality count or a pricing may have been made by an earlier delivery of
+/// the same report, and is not made twice. Else the error.
+async fn after_error(
     deps: &Deps,
     tenant_id: &TenantId,
     message_id: &MessageId,
     to: MessageStatus,
     at: chrono::DateTime<chrono::Utc>,
     e: crate::store_error::StoreError,
-) -> Result<Transition, ServiceError> {
+) -> Result<Applied, ServiceError> {
     match this_move(deps, tenant_id, message_id, to, at).await {
-        Some(record) => Ok(Transition::Applied(Box::new(record))),
+        Some(record) => {
+            super::callbacks::status_changed(deps, &record).await;
+            Ok(Applied::Yes)
+        }
         None => Err(e.into()),
     }
 }

@@ -962,11 +962,45 @@ async fn a_sent_move_whose_answer_was_lost_still_has_its_sent_callback(backend: 
     assert_eq!(t.sandbox_requests_to("60123459942").len(), 1, "sent once");
 }
 
+/// A priced status's move (one transaction with its usage) that lands and then answers an
+/// error after every try.
+struct PricedAnswerLost(Arc<dyn kirim::ports::UsageStore>);
+
+#[async_trait]
+impl kirim::ports::UsageStore for PricedAnswerLost {
+    async fn record_pricing(
+        &self,
+        priced: &kirim::ports::PricedMessage<'_>,
+    ) -> Result<bool, StoreError> {
+        self.0.record_pricing(priced).await
+    }
+    async fn transition_priced(
+        &self,
+        priced: &kirim::ports::PricedMessage<'_>,
+        to: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        assert!(self.0.transition_priced(priced, to, change, at).await?);
+        Err(StoreError::Unavailable("every try timed out".into()))
+    }
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<Vec<kirim::ports::UsageRow>, StoreError> {
+        self.0.usage(tenant, from, to).await
+    }
+}
+
 /// Meta's `read` moves the message with a plain conditional update: one that landed with
 /// its answer lost is refused by itself on the store's retry, or answers an error after
 /// every try. Either way the message holds this very move, and its callback is queued (the
 /// error answered 200: Meta's redelivery would find the message read and queue none).
-async fn a_read_whose_answer_was_lost_still_has_its_read_callback(backend: Backend) {
+async fn a_webhook_move_whose_answer_was_lost_still_has_its_callback_priced_or_not(
+    backend: Backend,
+) {
     use kirim::domain::meta::{MetaStatus, StatusReport, Wamid};
     use kirim::service::status;
     let t = spawn_app(backend).await;
@@ -1020,6 +1054,42 @@ async fn a_read_whose_answer_was_lost_still_has_its_read_callback(backend: Backe
             "retried: {retried}: {body}"
         );
     }
+
+    // Meta's first `delivered` carries the pricing: the move, the pricing and the usage
+    // row are one transaction; landed, its every try answering an error, the same.
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459969").await;
+    assert_eq!(dispatch::handle(&t.app.deps, &job).await, Outcome::Done);
+    let sent = t
+        .app
+        .deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let callbacks = Arc::new(Kept::default());
+    let mut deps = t.app.deps.clone();
+    deps.usage = Arc::new(PricedAnswerLost(t.app.deps.usage.clone()));
+    deps.callback_queue = callbacks.clone();
+    let delivered = StatusReport {
+        phone_number_id: None,
+        wamid: Wamid::parse(sent.wamid.as_deref().expect("sent")).expect("a wamid"),
+        status: MetaStatus::parse("delivered").expect("a status"),
+        timestamp: Some(chrono::Utc::now().timestamp() + 2),
+        callback: Some(m.id.clone()),
+        recipient: None,
+        recipient_user_id: None,
+        errors: Vec::new(),
+        pricing: kirim::domain::Pricing::parse("PMP", "utility", "regular"),
+    };
+    status::apply(&deps, Some(&tenant), &delivered)
+        .await
+        .expect("answered 200");
+    let body = callbacks.only();
+    assert!(
+        body.contains(m.id.as_str()) && body.contains(r#""status":"delivered""#),
+        "{body}"
+    );
 }
 
 /// The number's send slots booked about two seconds ahead, as by other sends: a message
@@ -2085,7 +2155,7 @@ on_both_backends!(
     the_retention_run_settles_a_scheduled_message_whose_job_was_lost,
     a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accepted_from,
     a_sent_move_whose_answer_was_lost_still_has_its_sent_callback,
-    a_read_whose_answer_was_lost_still_has_its_read_callback,
+    a_webhook_move_whose_answer_was_lost_still_has_its_callback_priced_or_not,
     a_message_that_missed_its_carried_slot_carries_the_next_as_a_fresh_queue_message,
     the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent,
     a_claim_whose_answer_was_lost_is_known_for_its_own_and_sent_once,
