@@ -49,8 +49,9 @@ impl Answer {
     /// The API's message for a person; never internals (the API hides them too).
     pub fn message(&self) -> String {
         if self.status.is_server_error() {
-            return "Something went wrong on our side; nothing was changed. Try again later."
-                .into();
+            // Not "nothing was changed": a write's answer may have been lost after it landed
+            // (its form, sent again with the same key, is done at most once).
+            return "Something went wrong on our side. Try again later.".into();
         }
         self.body["error"]["message"]
             .as_str()
