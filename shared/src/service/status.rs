@@ -232,12 +232,10 @@ async fn apply_to(
             Ok(Applied::Yes)
         }
         Transition::Refused => {
-            // Refused by this very move, landed with its answer lost (a plain conditional
-            // update: the store's retry of it is what answered): its callback is queued here,
-            // or never. An overtaken status holds another time and queues none; the same
-            // report delivered again past a stale read may queue it twice (at least once).
-            // (Boxed, as the other rare paths: the webhook's future stays a status's size.)
-            Box::pin(call_back_if_this_move(deps, tenant_id, message_id, to, at)).await;
+            // (Refused by this very move, landed with its answer lost and the store's retry
+            // refused by it, would lose its callback here: told apart from the same report
+            // delivered again, which is refused as well, it could be only by a token of the
+            // write's own. Callbacks stay exactly once in that common case; see README.)
             // A repeated or overtaken status may still be the first to carry the pricing
             // (the dispatcher itself moves a message to `sent`).
             if let Some(pricing) = pricing {
@@ -248,19 +246,6 @@ async fn apply_to(
             }
             Ok(Applied::NoChange)
         }
-    }
-}
-
-/// The callback of this very move, if the message, read back, holds it.
-async fn call_back_if_this_move(
-    deps: &Deps,
-    tenant_id: &TenantId,
-    message_id: &MessageId,
-    to: MessageStatus,
-    at: chrono::DateTime<chrono::Utc>,
-) {
-    if let Some(record) = this_move(deps, tenant_id, message_id, to, at).await {
-        super::callbacks::status_changed(deps, &record).await;
     }
 }
 
