@@ -224,16 +224,20 @@ async fn a_message_accepted_after_a_resume_is_not_failed_for_the_suspension_a_wa
         .unwrap();
     let (m, debit) = crate::contract::message_for(&t.id, clock.now());
     other.messages.insert_with_debit(&m, &debit).await.unwrap();
-    let job = QueueJob::Send(DispatchJob {
-        tenant_id: t.id.clone(),
-        message_id: m.id.clone(),
-        content: Content::Text { body: "hi".into() },
-        request_id: None,
-        send_at: None,
-        broadcast_id: None,
-        facts: Some(MessageFacts::of(&m)),
-        retry_at: None,
-    });
+    // The message's dispatch job, `retry_at` its backoff's end.
+    let job_of = |m: &kirim::domain::MessageRecord, retry_at| {
+        QueueJob::Send(DispatchJob {
+            tenant_id: t.id.clone(),
+            message_id: m.id.clone(),
+            content: Content::Text { body: "hi".into() },
+            request_id: None,
+            send_at: None,
+            broadcast_id: None,
+            facts: Some(MessageFacts::of(m)),
+            retry_at,
+        })
+    };
+    let job = job_of(&m, None);
     // Meta is not wired in these deps: the send itself goes no further than its checks.
     let _ = kirim::service::dispatch::handle(&cached, &job.to_body().unwrap()).await;
     let stored = other
@@ -270,16 +274,7 @@ async fn a_message_accepted_after_a_resume_is_not_failed_for_the_suspension_a_wa
         .insert_with_debit(&waiting, &debit)
         .await
         .unwrap();
-    let job = QueueJob::Send(DispatchJob {
-        tenant_id: t.id.clone(),
-        message_id: waiting.id.clone(),
-        content: Content::Text { body: "hi".into() },
-        request_id: None,
-        send_at: None,
-        broadcast_id: None,
-        facts: Some(MessageFacts::of(&waiting)),
-        retry_at: Some(clock.now() + chrono::Duration::hours(1)),
-    });
+    let job = job_of(&waiting, Some(clock.now() + chrono::Duration::hours(1)));
     let outcome = kirim::service::dispatch::handle_in_batch(&cached, &job.to_body().unwrap()).await;
     assert!(
         matches!(outcome, kirim::service::jobs::Outcome::Again(_, _)),
