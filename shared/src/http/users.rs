@@ -1,7 +1,7 @@
 //! Console users, login and 2FA handlers. Access is checked by `access::authorize`.
 
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -189,12 +189,7 @@ async fn login_response(
 
 /// The request's bearer token (a session's, on the session routes); empty if none.
 fn bearer(headers: &HeaderMap) -> &str {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or_default()
+    super::extract::bearer_of(headers).unwrap_or_default()
 }
 
 async fn logout(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
