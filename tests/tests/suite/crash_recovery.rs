@@ -1015,17 +1015,18 @@ async fn a_webhook_move_whose_answer_was_lost_still_has_its_callback_priced_or_n
     .await;
     assert_eq!(s, 200, "{b}");
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
-    let (m, job) = accepted_with_job(&t, &tenant, "+60123459961").await;
-    assert_eq!(dispatch::handle(&t.app.deps, &job).await, Outcome::Done);
-    let sent = t
-        .app
-        .deps
-        .messages
-        .get_message(&tenant, &m.id)
-        .await
-        .unwrap()
-        .unwrap();
-    let wamid = sent.wamid.clone().expect("sent");
+    // A message accepted and sent (as the app's dispatcher does), and its wamid.
+    let sent = |to: &'static str| {
+        let (t, tenant) = (&t, &tenant);
+        async move {
+            let (m, job) = accepted_with_job(t, tenant, to).await;
+            assert_eq!(dispatch::handle(&t.app.deps, &job).await, Outcome::Done);
+            let stored = t.app.deps.messages.get_message(tenant, &m.id).await;
+            let wamid = stored.unwrap().and_then(|s| s.wamid).expect("sent");
+            (m, wamid)
+        }
+    };
+    let (m, wamid) = sent("+60123459961").await;
     let flaky = Flaky::over(&t.app.deps);
     flaky.lose_read_answer_once.store(true, Ordering::SeqCst);
     let callbacks = Arc::new(Kept::default());
@@ -1045,23 +1046,14 @@ async fn a_webhook_move_whose_answer_was_lost_still_has_its_callback_priced_or_n
 
     // Meta's first `delivered` carries the pricing: the move, the pricing and the usage
     // row are one transaction; landed, its every try answering an error, the same.
-    let (m, job) = accepted_with_job(&t, &tenant, "+60123459969").await;
-    assert_eq!(dispatch::handle(&t.app.deps, &job).await, Outcome::Done);
-    let sent = t
-        .app
-        .deps
-        .messages
-        .get_message(&tenant, &m.id)
-        .await
-        .unwrap()
-        .unwrap();
+    let (m, wamid) = sent("+60123459969").await;
     let callbacks = Arc::new(Kept::default());
     let mut deps = t.app.deps.clone();
     deps.usage = Arc::new(PricedAnswerLost(t.app.deps.usage.clone()));
     deps.callback_queue = callbacks.clone();
     let delivered = report(
         &m.id,
-        sent.wamid.as_deref().expect("sent"),
+        &wamid,
         "delivered",
         kirim::domain::Pricing::parse("PMP", "utility", "regular"),
     );
