@@ -880,6 +880,30 @@ pub struct AuditHead {
     pub expires_at: Option<i64>,
     /// `None`: written without a key (before anchoring, or with no audit key configured).
     pub signature: Option<String>,
+    /// When the head item itself expires: none while its tenant is open; set by the
+    /// close-out, raised by every later move to its new event's expiry (a head gone before
+    /// its newest events would make the chain look cut).
+    pub ttl: Option<i64>,
+}
+
+impl AuditHead {
+    /// The head that anchors `event` after `prev`, with `signature`. A head with an expiry
+    /// of its own keeps it at least until `event` expires.
+    pub fn anchoring(
+        event: &AuditEvent,
+        prev: Option<&AuditHead>,
+        signature: Option<String>,
+    ) -> Self {
+        Self {
+            seq: event.seq,
+            hash: event.hash.clone(),
+            expires_at: event.expires_at,
+            signature,
+            ttl: prev
+                .and_then(|h| h.ttl)
+                .map(|t| event.expires_at.map_or(t, |e| t.max(e))),
+        }
+    }
 }
 
 /// One event appended to a chain, with the new head's signature; `parked`: the id of the
@@ -902,6 +926,11 @@ impl<'a> AuditLink<'a> {
             signature: None,
             parked: None,
         }
+    }
+
+    /// The head this link moves its chain to.
+    pub fn head(&self) -> AuditHead {
+        AuditHead::anchoring(self.event, self.expected, self.signature.clone())
     }
 }
 

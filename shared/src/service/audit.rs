@@ -287,19 +287,20 @@ fn next_event(
     };
     event.hash = hash_of(&event);
     event.signature = key.and_then(|k| event_signature(k, &event));
-    let new_head = head_at(chain, &event, key);
+    let new_head = head_at(chain, &event, key, head);
     (event, new_head)
 }
 
-/// The head that anchors `event`, checkpoint-signed with `key`.
-fn head_at(chain: &str, event: &AuditEvent, key: Option<&Secret>) -> AuditHead {
-    AuditHead {
-        seq: event.seq,
-        hash: event.hash.clone(),
-        expires_at: event.expires_at,
-        signature: key
-            .and_then(|k| checkpoint_signature(k, chain, event.seq, &event.hash, event.expires_at)),
-    }
+/// The head that anchors `event` after `prev`, checkpoint-signed with `key`.
+fn head_at(
+    chain: &str,
+    event: &AuditEvent,
+    key: Option<&Secret>,
+    prev: Option<&AuditHead>,
+) -> AuditHead {
+    let signature =
+        key.and_then(|k| checkpoint_signature(k, chain, event.seq, &event.hash, event.expires_at));
+    AuditHead::anchoring(event, prev, signature)
 }
 
 /// One attempt to link the parked event `parked` (its outbox item's id) after `head`: one
@@ -376,7 +377,7 @@ async fn repair(
             "audit event {seq} beyond the chain's head does not verify"
         )));
     }
-    let to = head_at(chain, &e, keys.first());
+    let to = head_at(chain, &e, keys.first(), head);
     deps.audit
         .advance_head(chain, head.map(|h| h.seq), &to)
         .await?;
@@ -1423,6 +1424,7 @@ mod tests {
             hash: e.hash.clone(),
             expires_at: e.expires_at,
             signature: checkpoint_signature(&key(), "t", e.seq, &e.hash, e.expires_at),
+            ttl: None,
         }
     }
 

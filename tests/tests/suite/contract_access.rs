@@ -353,6 +353,7 @@ fn head_of(e: &AuditEvent) -> AuditHead {
         hash: e.hash.clone(),
         expires_at: e.expires_at,
         signature: Some(format!("{:064}", e.seq)),
+        ttl: None,
     }
 }
 
@@ -484,6 +485,7 @@ async fn a_parked_audit_event_is_kept_in_order_and_linked_in_exactly_once(p: Por
             hash: first.hash.clone(),
             expires_at: first.expires_at,
             signature: Some("ab".repeat(32)),
+            ttl: None,
         }
     );
     assert_eq!(p.audit.parked(&chain, 10).await.unwrap(), vec![b.clone()]);

@@ -277,6 +277,80 @@ async fn ledger_entries_page_in_time_order_and_skip_expired_ones(p: Stores) {
     assert_eq!(seen.len(), 4, "the expired entry is skipped");
 }
 
+/// The close-out gives a chain's head a TTL; every later move raises it to its new event's
+/// expiry, and a move from a head read before the close-out (no TTL then) is refused, so
+/// the head is read again and never left expiring before the chain's newest event.
+async fn a_closed_out_chains_head_follows_its_newest_event_and_a_head_read_before_is_refused(
+    p: Stores,
+) {
+    use super::contract_retention_items::audit_event;
+    use kirim::store_error::StoreError;
+    let t = onboarded(&p).await;
+    let chain = t.id.to_string();
+    let first = audit_event(&p, &chain, 1, 60);
+    p.audit.append(&AuditLink::new(&first, None)).await.unwrap();
+    let before = p.audit.head(&chain).await.unwrap().unwrap();
+    assert_eq!(before.ttl, None, "an open tenant's head never expires");
+    let now = p.clock.now();
+    p.tenants
+        .set_status(&t.id, TenantStatus::Closed, Some("bye"), now)
+        .await
+        .unwrap();
+    let ttls = CloseOutTtls {
+        tenant: now.timestamp() + 100,
+        config: now.timestamp() + 10,
+        audit_head: now.timestamp() + 60,
+    };
+    p.retention
+        .close_out(&t.id, ttls, now, later())
+        .await
+        .unwrap();
+    let closed = p.audit.head(&chain).await.unwrap().unwrap();
+    assert_eq!(closed.ttl, Some(now.timestamp() + 60));
+
+    let second = audit_event(&p, &chain, 2, 3600);
+    assert!(matches!(
+        p.audit
+            .append(&AuditLink::new(&second, Some(&before)))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    p.audit
+        .append(&AuditLink::new(&second, Some(&closed)))
+        .await
+        .unwrap();
+    let moved = p.audit.head(&chain).await.unwrap().unwrap();
+    assert_eq!((moved.seq, moved.ttl), (2, second.expires_at));
+
+    // The second write of an append (the head after its event) alike.
+    let third = audit_event(&p, &chain, 3, 7200);
+    p.audit.put_event(&third).await.unwrap();
+    let stale = AuditHead {
+        ttl: None,
+        ..moved.clone()
+    };
+    assert!(matches!(
+        p.audit
+            .advance_head(
+                &chain,
+                Some(2),
+                &AuditHead::anchoring(&third, Some(&stale), None)
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    p.audit
+        .advance_head(
+            &chain,
+            Some(2),
+            &AuditHead::anchoring(&third, Some(&moved), None),
+        )
+        .await
+        .unwrap();
+    let last = p.audit.head(&chain).await.unwrap().unwrap();
+    assert_eq!((last.seq, last.ttl), (3, third.expires_at));
+}
+
 crate::contract::contract!(
     a_sweep_removes_only_expired_items_and_counts_them_per_class,
     a_closed_tenant_is_named_until_closed_out_and_closing_out_is_idempotent,
@@ -285,4 +359,5 @@ crate::contract::contract!(
     a_close_out_past_its_deadline_does_its_first_part_and_the_next_call_finishes_it,
     the_checkpoint_is_saved_read_back_and_cleared,
     ledger_entries_page_in_time_order_and_skip_expired_ones,
+    a_closed_out_chains_head_follows_its_newest_event_and_a_head_read_before_is_refused,
 );

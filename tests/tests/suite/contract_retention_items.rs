@@ -180,7 +180,7 @@ async fn an_expired_idempotency_key_is_swept_as_idempotency_and_a_live_one_stays
     assert!(stored(&p, &tenant_pk(&t.id), &format!("IDEM#{}", hashes[1])).await);
 }
 
-fn audit_event(p: &Ports, chain: &str, seq: u64, expires_in: i64) -> AuditEvent {
+pub(crate) fn audit_event(p: &Ports, chain: &str, seq: u64, expires_in: i64) -> AuditEvent {
     AuditEvent {
         chain: chain.into(),
         seq,

@@ -732,6 +732,54 @@ async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
     assert_eq!(again["closed_out"], json!([]), "{again}");
 }
 
+/// The close-out gives a closed tenant's chain head a TTL from the events it has then; an
+/// event appended later (an operator's refused call about the tenant) expires later, so the
+/// head must follow it, or about two years on the head would expire before the chain's
+/// newest events and the chain would read as cut.
+async fn a_closed_out_tenants_chain_head_outlives_events_appended_after_the_close_out(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let path = format!("/v1/platform/tenants/{}", t.tenant_id);
+    let (st, _) = call(&app, "DELETE", &path, OPERATOR_TOKEN, None).await;
+    assert_eq!(st, 200);
+    let run = "/v1/platform/retention/run";
+    let (st, report) = call(&app, "POST", run, OPERATOR_TOKEN, None).await;
+    assert_eq!(st, 200, "{report}");
+    assert_eq!(report["closed_out"][0]["tenant_id"], t.tenant_id.as_str());
+    let chain = format!("AUDIT#{}", t.tenant_id);
+    let head_ttl = |rows: &[Row]| {
+        rows.iter()
+            .find(|r| r.pk == chain && r.sk == "HEAD")
+            .and_then(|r| r.ttl)
+    };
+    let closed_out = head_ttl(&all_items(&app, b).await).expect("the close-out's head TTL");
+
+    // Later (expiries are in whole seconds), two events on the closed tenant's chain.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let id = kirim::domain::TenantId::parse(&t.tenant_id).expect("id");
+    for action in [
+        "GET /v1/platform/tenants/{id}",
+        "POST /v1/platform/tenants/{id}/credits",
+    ] {
+        kirim::service::audit::record(&app.app.deps, crate::stepped_audit::draft_on(&id, action))
+            .await
+            .expect("recorded");
+    }
+    let rows = all_items(&app, b).await;
+    let newest = rows
+        .iter()
+        .filter(|r| r.pk == chain && r.sk.starts_with("EVENT#"))
+        .filter_map(|r| r.ttl)
+        .max()
+        .expect("the chain's events");
+    assert!(newest > closed_out, "{newest} after {closed_out}");
+    assert_eq!(
+        head_ttl(&rows),
+        Some(newest),
+        "the head expires with its newest event"
+    );
+}
+
 async fn the_export_streams_the_tenants_metadata_as_json_lines(b: Backend) {
     let app = spawn_app(b).await;
     let marker = format!("EXPORT-MARK-{}", ulid::Ulid::new());
@@ -1281,6 +1329,7 @@ on_both_backends!(
     a_closed_tenant_takes_no_opt_out_or_template_change_from_metas_webhooks,
     no_content_reaches_a_table_a_queue_or_a_log_line,
     a_closed_tenant_is_closed_out_once_by_the_retention_run,
+    a_closed_out_tenants_chain_head_outlives_events_appended_after_the_close_out,
     a_run_out_of_time_inside_a_close_out_stops_there_and_the_next_run_finishes_it,
     the_export_streams_the_tenants_metadata_as_json_lines,
     expired_items_are_invisible_then_swept_and_counted_per_class,

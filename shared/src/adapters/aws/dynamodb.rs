@@ -157,6 +157,7 @@ fn audit_head_of(item: &Item) -> Result<AuditHead, StoreError> {
             hash,
             expires_at: num("event_expires_at"),
             signature: text("signature"),
+            ttl: ttl_of(item),
         }),
         _ => Err(StoreError::Corrupt("audit head".into())),
     }
@@ -174,12 +175,27 @@ fn audit_event_item(event: &AuditEvent) -> Result<Item, StoreError> {
     Ok(item)
 }
 
-/// What moving a chain's head to `to` sets and removes (`:seq`, `:hash`, `#hash` named for
-/// conditions too).
+/// What moving a chain's head to `to` sets and removes (`:seq`, `:hash`, `#hash` and
+/// `#ttl` named for conditions too). The item's own TTL is set only when `to` has one (its
+/// tenant closed out), never removed; `absent_ttl` is the condition that a head read
+/// without one still has none (a close-out between the read and the move must not have
+/// its TTL left below the new event's expiry).
 struct HeadUpdate {
     expression: String,
     names: HashMap<String, String>,
     values: Item,
+    absent_ttl: &'static str,
+}
+
+impl HeadUpdate {
+    /// The names `condition` and the update use (DynamoDB refuses a name left unused).
+    fn names_with(&self, condition: &str) -> HashMap<String, String> {
+        let mut names = self.names.clone();
+        if !condition.contains("#ttl") && !self.expression.contains("#ttl") {
+            names.remove("#ttl");
+        }
+        names
+    }
 }
 
 fn audit_head_update(to: &AuditHead) -> HeadUpdate {
@@ -203,14 +219,26 @@ fn audit_head_update(to: &AuditHead) -> HeadUpdate {
         }
         None => remove.push("signature"),
     }
+    if let Some(t) = to.ttl {
+        set.push("#ttl = :ttl");
+        values.insert(":ttl".into(), n(t));
+    }
     let mut expression = format!("SET {}", set.join(", "));
     if !remove.is_empty() {
         expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
     }
     HeadUpdate {
         expression,
-        names: HashMap::from([("#hash".to_owned(), "hash".to_owned())]),
+        names: HashMap::from([
+            ("#hash".to_owned(), "hash".to_owned()),
+            ("#ttl".to_owned(), TTL_ATTR.to_owned()),
+        ]),
         values,
+        absent_ttl: if to.ttl.is_none() {
+            " AND attribute_not_exists(#ttl)"
+        } else {
+            ""
+        },
     }
 }
 
@@ -1483,25 +1511,20 @@ impl AuditLog for DynamoStore {
 
     async fn append(&self, link: &AuditLink<'_>) -> Result<(), StoreError> {
         let event = link.event;
-        let mut update = audit_head_update(&AuditHead {
-            seq: event.seq,
-            hash: event.hash.clone(),
-            expires_at: event.expires_at,
-            signature: link.signature.clone(),
-        });
+        let mut update = audit_head_update(&link.head());
         // The head moves only from the link this event was computed against.
         let condition = match link.expected {
-            None => "attribute_not_exists(pk)",
+            None => "attribute_not_exists(pk)".to_owned(),
             Some(h) => {
                 update.values.insert(":old".into(), n(h.seq as i64));
-                "seq = :old"
+                format!("seq = :old{}", update.absent_ttl)
             }
         };
         let head = Update::builder()
             .table_name(&self.table)
             .set_key(Some(keys::audit_head(&event.chain).attrs()))
+            .set_expression_attribute_names(Some(update.names_with(&condition)))
             .update_expression(update.expression)
-            .set_expression_attribute_names(Some(update.names))
             .set_expression_attribute_values(Some(update.values))
             .condition_expression(condition)
             .build()
@@ -1564,10 +1587,13 @@ impl AuditLog for DynamoStore {
         let mut update = audit_head_update(to);
         // From the head the event was computed against, or a repeat of this very move.
         let condition = match from {
-            None => "attribute_not_exists(pk) OR (seq = :seq AND #hash = :hash)",
+            None => "attribute_not_exists(pk) OR (seq = :seq AND #hash = :hash)".to_owned(),
             Some(old) => {
                 update.values.insert(":old".into(), n(old as i64));
-                "seq = :old OR (seq = :seq AND #hash = :hash)"
+                format!(
+                    "(seq = :old{}) OR (seq = :seq AND #hash = :hash)",
+                    update.absent_ttl
+                )
             }
         };
         let res = self
@@ -1575,8 +1601,8 @@ impl AuditLog for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::audit_head(chain).attrs()))
+            .set_expression_attribute_names(Some(update.names_with(&condition)))
             .update_expression(update.expression)
-            .set_expression_attribute_names(Some(update.names))
             .set_expression_attribute_values(Some(update.values))
             .condition_expression(condition)
             .send()

@@ -984,9 +984,18 @@ impl AuditLog for MemoryStore {
         let event = link.event;
         let mut s = self.lock()?;
         let (current, taken) = s.audit.get(&event.chain).map_or((None, false), |(h, ev)| {
-            (h.as_ref().map(|h| h.seq), ev.contains_key(&event.seq))
+            (
+                h.as_ref().map(|h| (h.seq, h.ttl)),
+                ev.contains_key(&event.seq),
+            )
         });
-        if current != link.expected.map(|h| h.seq) || taken {
+        // As on DynamoDB: from the head read, and one read without an expiry has none yet.
+        let moved = match (current, link.expected) {
+            (None, None) => false,
+            (Some((seq, ttl)), Some(h)) => seq != h.seq || (h.ttl.is_none() && ttl.is_some()),
+            _ => true,
+        };
+        if moved || taken {
             return Err(StoreError::Conflict("audit chain moved".into()));
         }
         if let Some(id) = link.parked {
@@ -995,12 +1004,7 @@ impl AuditLog for MemoryStore {
                 return Err(StoreError::Conflict("parked audit event gone".into()));
             }
         }
-        let head = AuditHead {
-            seq: event.seq,
-            hash: event.hash.clone(),
-            expires_at: event.expires_at,
-            signature: link.signature.clone(),
-        };
+        let head = link.head();
         let entry = s.audit.entry(event.chain.clone()).or_default();
         entry.0 = Some(head);
         entry.1.insert(event.seq, event.clone());
@@ -1031,13 +1035,15 @@ impl AuditLog for MemoryStore {
         let mut s = self.lock()?;
         let (head, _) = s.audit.entry(chain.to_owned()).or_default();
         let current = head.as_ref().map(|h| h.seq);
+        let gained_ttl = to.ttl.is_none() && head.as_ref().is_some_and(|h| h.ttl.is_some());
         let repeat = head
             .as_ref()
             .is_some_and(|h| h.seq == to.seq && h.hash == to.hash);
-        if current != from && !repeat {
+        if (current != from || gained_ttl) && !repeat {
             return Err(StoreError::Conflict("audit chain moved".into()));
         }
-        *head = Some(to.clone());
+        let ttl = to.ttl.or(head.as_ref().and_then(|h| h.ttl));
+        *head = Some(AuditHead { ttl, ..to.clone() });
         Ok(())
     }
 

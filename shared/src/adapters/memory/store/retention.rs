@@ -101,8 +101,9 @@ impl RetentionStore for MemoryStore {
                 // Users, their email claims and the 2FA setting.
                 page.count(K::User.class(), s.users.remove_tenant(&t));
             }
-            if expired(Some(ttls.audit_head)) {
-                let chain = t.to_string();
+            let chain = t.to_string();
+            let head_ttl = s.audit.get(&chain).and_then(|(h, _)| h.as_ref()?.ttl);
+            if expired(head_ttl.or(Some(ttls.audit_head))) {
                 if s.audit.get(&chain).is_some_and(|(_, ev)| ev.is_empty()) {
                     s.audit.remove(&chain);
                     page.count(K::AuditHead.class(), 1);
@@ -214,6 +215,9 @@ impl RetentionStore for MemoryStore {
         s.phones.retain(|_, owner| owner != tenant);
         if t.status == TenantStatus::Closed && !s.closed_out.contains_key(tenant) {
             s.closed_out.insert(tenant.clone(), (now, ttls));
+            if let Some((Some(head), _)) = s.audit.get_mut(tenant.as_str()) {
+                head.ttl.get_or_insert(ttls.audit_head);
+            }
             counts.items_given_ttl = 1;
         }
         Ok(counts)
@@ -311,13 +315,10 @@ impl RetentionStore for MemoryStore {
             );
         }
         for (chain, (head, events)) in &s.audit {
-            let head_ttl = TenantId::parse(chain)
-                .and_then(|t| closed(&t))
-                .map(|x| x.audit_head);
             if let Some(head) = head {
                 item(
                     keys::audit_head(chain),
-                    head_ttl,
+                    head.ttl,
                     json!({"seq": head.seq, "hash": head.hash, "event_expires_at": head.expires_at, "signature": head.signature}),
                 );
             }
