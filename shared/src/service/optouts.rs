@@ -80,29 +80,48 @@ async fn check_key(
         }
     };
     let (phone_blocks, paired) = tokio::join!(blocks(deps, tenant, phone, category, read), paired);
-    if phone_blocks? {
+    if phone_blocks?.is_some() {
         return Err(ServiceError::RecipientOptedOut);
     }
     if let Some(user) = paired? {
-        if blocks(deps, tenant, &user, category, read).await? {
+        if let Some(o) = blocks(deps, tenant, &user, category, read).await? {
+            if let OptOutKey::Phone(p) = phone {
+                Box::pin(keep_under_phone(deps, o, p)).await;
+            }
             return Err(ServiceError::RecipientOptedOut);
         }
     }
     Ok(())
 }
 
+/// The opt-out a user id (opted out before Kirim knew its phone) has, stored under the
+/// phone it is now paired with, so the block outlives the pairing (a refused user writes
+/// no statuses to renew it). Only on a refusal; a failure is logged, the next refusal
+/// tries again.
+async fn keep_under_phone(deps: &Deps, by_user: OptOut, phone: &PhoneNumber) {
+    let tenant = by_user.tenant_id.clone();
+    let o = OptOut {
+        phone: Some(phone.clone()),
+        ..by_user
+    };
+    if let Err(e) = deps.opt_outs.put_opt_out(&o).await {
+        tracing::warn!(tenant_id = %tenant, error = %e, "a user id's opt-out not yet kept under its phone: the next refusal tries again");
+    }
+}
+
+/// The opt-out under `key` that blocks `category`, if any.
 async fn blocks(
     deps: &Deps,
     tenant: &TenantId,
     key: &OptOutKey,
     category: Option<TemplateCategory>,
     read: Read,
-) -> Result<bool, ServiceError> {
+) -> Result<Option<OptOut>, ServiceError> {
     let found = match read {
         Read::Consistent => deps.opt_outs.get_opt_out(tenant, key).await?,
         Read::MayLag => deps.opt_outs.peek_opt_out(tenant, key).await?,
     };
-    Ok(matches!(found, Some(o) if o.scope.blocks(category)))
+    Ok(found.filter(|o| o.scope.blocks(category)))
 }
 
 /// Parses a `{phone}` path segment (already percent-decoded): E.164 with `+`.
@@ -175,6 +194,20 @@ pub async fn add(
     meta_timestamp: Option<i64>,
 ) -> Result<OptOut, ServiceError> {
     let now = deps.clock.now();
+    // A user known only by id whose phone Kirim has paired with it: the opt-out records
+    // the phone too, so it is stored under the phone and blocks sends to it for good (the
+    // pairing expires with the Messages class, and a refused user writes no more statuses
+    // to renew it).
+    let mut who = who;
+    if let (None, Some(u)) = (&who.phone, &who.user_id) {
+        if let Some(OptOutKey::Phone(p)) = deps
+            .contacts
+            .paired_key(tenant, &OptOutKey::User(u.clone()))
+            .await?
+        {
+            who.phone = Some(p);
+        }
+    }
     let opt_out = OptOut {
         tenant_id: tenant.clone(),
         phone: who.phone,

@@ -512,6 +512,75 @@ async fn a_status_of_a_moved_numbers_earlier_message_teaches_its_pairing_to_the_
     );
 }
 
+/// A status naming the recipient both ways (teaches Kirim the pairing).
+async fn pair(app: &TestApp, pnid: &str, phone: &str, user_id: &str) {
+    let summary = change(app, pnid, "messages", json!({"statuses": [{
+        "id": format!("wamid.{}", ulid::Ulid::new()), "status": "delivered", "timestamp": now().to_string(),
+        "recipient_id": phone, "recipient_user_id": user_id}]})).await;
+    assert_eq!(summary["skipped"], 0, "{summary}");
+}
+
+/// Pairings expire with the Messages class, and a user whose sends are refused writes no
+/// statuses to renew theirs: an opt-out by user id holds on after its pairing is gone,
+/// whether the STOP came after the pairing was learnt or before.
+async fn an_opt_out_by_user_id_still_blocks_the_paired_phone_after_the_pairing_expires(b: Backend) {
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.settings.retention.messages = std::time::Duration::from_secs(3);
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(5).await;
+    let pnid = t.phone_number_id.clone();
+    // Paired first, then the STOP by id.
+    pair(&app, &pnid, "60123470051", "MY.7000000051").await;
+    change(
+        &app,
+        &pnid,
+        "messages",
+        json!({"messages": [stop_from(None, Some("MY.7000000051"), now())]}),
+    )
+    .await;
+    // The STOP by id first, paired later; the first refused send keeps it under the phone.
+    change(
+        &app,
+        &pnid,
+        "messages",
+        json!({"messages": [stop_from(None, Some("MY.7000000052"), now())]}),
+    )
+    .await;
+    pair(&app, &pnid, "60123470052", "MY.7000000052").await;
+    for phone in ["+60123470051", "+60123470052"] {
+        let (s, body) = send_template(&app, &t.key, phone).await;
+        assert_eq!(s, 422, "{phone}: {body}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(4100)).await;
+    let (s, report) = call(
+        &app,
+        "POST",
+        "/v1/platform/retention/run",
+        kirim_tests::OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{report}");
+    // The catalogue expires with the Messages class too: read again from Meta.
+    let (s, synced) = call(&app, "POST", "/v1/templates/sync", &t.key, None).await;
+    assert_eq!(s, 200, "{synced}");
+    let before = app.credits(&t.key).await;
+    for phone in ["+60123470051", "+60123470052"] {
+        let (s, body) = send_template(&app, &t.key, phone).await;
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (422, Some("recipient_opted_out")),
+            "{phone}, its pairing expired: {body}"
+        );
+    }
+    assert_eq!(app.credits(&t.key).await, before, "nothing debited");
+    // Opting in by the phone opts the user in.
+    let (s, _) = call(&app, "DELETE", &opt_out_path("+60123470051"), &t.key, None).await;
+    assert_eq!(s, 204);
+    let (s, _) = send_template(&app, &t.key, "+60123470051").await;
+    assert_eq!(s, 202);
+}
+
 on_both_backends!(
     a_status_of_a_moved_numbers_earlier_message_teaches_its_pairing_to_the_messages_tenant,
     a_stop_from_a_user_known_only_by_id_opts_out_that_id,
@@ -523,4 +592,5 @@ on_both_backends!(
     a_button_reply_whose_title_is_a_stop_word_opts_out,
     the_opt_out_routes_take_a_user_id_and_refuse_anything_else,
     a_session_text_outside_the_window_is_refused_and_inside_it_is_sent,
+    an_opt_out_by_user_id_still_blocks_the_paired_phone_after_the_pairing_expires,
 );
