@@ -212,12 +212,16 @@ pub async fn remove(
     Ok(())
 }
 
-/// An admin makes one of the tenant's numbers the default.
+/// An admin makes one of the tenant's numbers the default. The tenant is read afresh (the
+/// caller's may be a warm copy up to 5 s old): a copy from before another process moved
+/// the default would answer "already the default" without writing, or store the item of
+/// a number just removed again.
 pub async fn set_default(
     deps: &Deps,
     tenant: &Tenant,
     phone_number_id: &str,
 ) -> Result<PhoneNumberRecord, ServiceError> {
+    let tenant = &open_tenant(deps, &tenant.id).await?;
     if tenant.phone_number_id == phone_number_id {
         return sender(deps, tenant, None).await;
     }

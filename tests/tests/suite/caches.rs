@@ -527,6 +527,50 @@ async fn the_default_sender_has_its_item_from_onboarding_and_is_read_once_within
     );
 }
 
+/// An admin's default change goes by the tenant as it is, not a warm copy: after another
+/// process moved the default away from X and removed X, a stale copy neither answers
+/// "X is already the default" without writing nor stores X's item again.
+async fn a_default_change_through_a_warm_copy_of_the_tenant_reads_it_afresh(b: Backend) {
+    let (cached, other, clock) = two_processes(b).await;
+    let stale = tenant(10);
+    other
+        .tenants
+        .create_tenant(&stale, &key_for(&stale), None)
+        .await
+        .unwrap();
+    let (y, z) = (
+        format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000),
+        format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000),
+    );
+    for id in [&y, &z] {
+        other
+            .numbers
+            .add_phone_number(&number_of(&stale, id, &clock))
+            .await
+            .unwrap();
+    }
+    let x = stale.phone_number_id.clone();
+    numbers::set_default(&other, &stale, &y).await.unwrap();
+    numbers::remove(&other, &stale.id, &x).await.unwrap();
+
+    assert!(
+        matches!(
+            numbers::set_default(&cached, &stale, &x).await,
+            Err(ServiceError::NotFound)
+        ),
+        "X is no longer the tenant's"
+    );
+    let set = numbers::set_default(&cached, &stale, &z).await.unwrap();
+    assert_eq!(set.phone_number_id, z);
+    assert_eq!(
+        other.numbers.get_phone_number(&stale.id, &x).await.unwrap(),
+        None,
+        "the removed number's item is not stored again"
+    );
+    let now = other.tenants.get_tenant(&stale.id).await.unwrap().unwrap();
+    assert_eq!(now.phone_number_id, z);
+}
+
 async fn a_sender_removed_through_the_same_process_is_refused_at_once(b: Backend) {
     let (cached, _other, clock) = two_processes(b).await;
     let t = tenant(10);
@@ -712,6 +756,7 @@ async fn a_secret_changed_elsewhere_is_read_afresh_while_its_change_is_recent() 
 }
 
 on_both_backends!(
+    a_default_change_through_a_warm_copy_of_the_tenant_reads_it_afresh,
     a_template_a_callback_setting_and_a_numbers_owner_changed_by_another_process_are_seen_after_five_seconds,
     a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until_another_moves_it,
     a_sender_changed_by_another_process_is_seen_within_five_seconds_and_a_new_one_at_once,

@@ -141,6 +141,40 @@ async fn the_default_number_is_never_removed_and_a_removed_number_frees_its_rout
         .unwrap();
 }
 
+/// A number item whose route is gone (or is another tenant's now) is still removed, and
+/// another tenant's route is left in place.
+async fn a_number_without_its_route_is_removed_and_another_tenants_route_stays(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let (gone, taken) = (fresh_id(), fresh_id());
+    for id in [&gone, &taken] {
+        assert!(p
+            .numbers
+            .put_phone_number_if_absent(&number(&p, &t.id, id, "1"))
+            .await
+            .unwrap());
+    }
+    let other = onboarded(&p, 0).await;
+    p.numbers
+        .add_phone_number(&number(&p, &other.id, &taken, "1"))
+        .await
+        .unwrap();
+    for id in [&gone, &taken] {
+        p.numbers.remove_phone_number(&t.id, id).await.unwrap();
+        assert_eq!(p.numbers.get_phone_number(&t.id, id).await.unwrap(), None);
+    }
+    assert_eq!(
+        p.tenants.tenant_by_phone_number_id(&taken).await.unwrap(),
+        Some(other.id.clone()),
+        "the other tenant's route stays"
+    );
+    assert!(p
+        .numbers
+        .get_phone_number(&other.id, &taken)
+        .await
+        .unwrap()
+        .is_some());
+}
+
 async fn the_default_moves_only_to_a_number_of_the_tenants(p: Ports) {
     let t = onboarded(&p, 0).await;
     let id = fresh_id();
@@ -489,6 +523,7 @@ async fn the_status_first_carrying_pricing_moves_prices_and_counts_the_message_i
 }
 
 contract!(
+    a_number_without_its_route_is_removed_and_another_tenants_route_stays,
     the_status_first_carrying_pricing_moves_prices_and_counts_the_message_in_one_write,
     a_number_is_one_tenants_at_most_and_its_route_names_that_tenant,
     an_onboarded_numbers_display_is_written_in_the_tenants_one_write,

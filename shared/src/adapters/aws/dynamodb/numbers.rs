@@ -164,26 +164,44 @@ impl PhoneNumberStore for DynamoStore {
                 .condition_expression("attribute_exists(pk)")
                 .build(),
         )?;
+        // The route if it is the tenant's (or already gone); another tenant's is left.
         let route = built(
             Delete::builder()
                 .table_name(&self.table)
                 .set_key(Some(keys::phone_route(phone_number_id).attrs()))
-                .condition_expression("tenant_id = :t")
+                .condition_expression("attribute_not_exists(pk) OR tenant_id = :t")
                 .expression_attribute_values(":t", s(tenant.as_str()))
                 .build(),
         )?;
-        let items = vec![
+        let mut items = vec![
             TransactWriteItem::builder().update(not_default).build(),
             TransactWriteItem::builder().delete(number).build(),
             TransactWriteItem::builder().delete(route).build(),
         ];
-        // The tenant item is in every send's debit: retried on a conflict with one.
-        match self.transact_retrying_conflicts(items).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
-                "the number is the default or is not the tenant's".into(),
-            )),
-            Err(e) => Err(e.into_store_error()),
+        loop {
+            // The tenant item is in every send's debit: retried on a conflict with one.
+            match self.transact_retrying_conflicts(items.clone()).await {
+                Ok(()) => return Ok(()),
+                // Only the route refused: it is another tenant's now (the number was
+                // onboarded there after its route went): the item goes without it.
+                Err(e)
+                    if items.len() == 3
+                        && e.reason(2) == Some(&CancelReason::ConditionalCheckFailed)
+                        && !matches!(
+                            (e.reason(0), e.reason(1)),
+                            (Some(CancelReason::ConditionalCheckFailed), _)
+                                | (_, Some(CancelReason::ConditionalCheckFailed))
+                        ) =>
+                {
+                    items.truncate(2);
+                }
+                Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
+                    return Err(StoreError::Conflict(
+                        "the number is the default or is not the tenant's".into(),
+                    ))
+                }
+                Err(e) => return Err(e.into_store_error()),
+            }
         }
     }
 
