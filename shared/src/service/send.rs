@@ -377,11 +377,13 @@ async fn accept(
 }
 
 /// A replayed message still `accepted` and never attempted may be one whose job never
-/// reached the dispatcher (lost with its process, or dropped as unrecorded before a slow
-/// write landed): it would wait, charged, forever. The replay carries the same body (the key
-/// matched its fingerprint), so it queues the job again. A second job for a message that
-/// is queued already is harmless: only an `accepted` message can be claimed, so the
-/// dispatcher drops the job that comes second.
+/// reached the dispatcher (dropped as unrecorded before a slow write landed, or parked):
+/// it would wait, charged, forever. The replay carries the same body (the key matched its
+/// fingerprint), so it queues the job again — only once the message is older than
+/// [`UNRECORDED_GRACE`](super::deadline::UNRECORDED_GRACE): before that its first job
+/// cannot have been dropped (it is queued before the message is written), and a second
+/// job would claim the message as soon as a failed attempt released it for its backoff,
+/// sending again at once (concurrent replays of one key would each add one).
 async fn queue_again_if_never_claimed(
     deps: &Deps,
     tenant: &crate::ports::Tenant,
@@ -389,6 +391,9 @@ async fn queue_again_if_never_claimed(
     draft: &Draft,
 ) -> Result<(), ServiceError> {
     let tenant_id = &tenant.id;
+    if super::deadline::age_of(deps, id.as_str()) < super::deadline::UNRECORDED_GRACE {
+        return Ok(());
+    }
     let Some(m) = deps.messages.get_message(tenant_id, id).await? else {
         return Ok(());
     };

@@ -105,6 +105,32 @@ async fn accepted_with_its_job_lost(
     (body, *first)
 }
 
+/// The app's services as they are once a message accepted now is past
+/// `deadline::UNRECORDED_GRACE` (a replay queues its job again only then).
+fn past_the_grace(t: &TestApp) -> Deps {
+    let clock = ManualClock::new();
+    clock.advance(chrono::Duration::seconds(121));
+    let mut later = t.app.deps.clone();
+    later.clock = clock;
+    later
+}
+
+async fn replay(
+    deps: &Deps,
+    o: &kirim_tests::Onboarded,
+    body: &serde_json::Value,
+    key: &str,
+) -> Result<Accepted, kirim::service::errors::ServiceError> {
+    let key = IdempotencyKey::parse(key).expect("a key");
+    let idem = Idempotent {
+        fingerprint: key.fingerprint(body),
+        key,
+    };
+    let req: SendRequest = serde_json::from_value(body.clone()).expect("a send request");
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    send_once(deps, &tenant, req, Some(&idem)).await
+}
+
 async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process(
     backend: Backend,
 ) {
@@ -112,25 +138,10 @@ async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_proc
     let o = t.onboard(5).await;
     let (body, first) =
         accepted_with_its_job_lost(&t, &o, "+60123459901", "order-a-1", "A-1").await;
-    let tenant = TenantId::from_trusted(o.tenant_id.clone());
-    let key = IdempotencyKey::parse("order-a-1").expect("a key");
-    let idem = Idempotent {
-        fingerprint: key.fingerprint(&body),
-        key,
-    };
     assert_eq!(t.credits(&o.key).await, 4, "the first request was charged");
 
-    // A retry while the queue is down: 503 (try again), not the first 202 with the job
-    // still missing, which would leave the message waiting, charged, for good.
-    let mut queue_down = t.app.deps.clone();
-    queue_down.queue = Arc::new(Kept::refusing());
-    let req: SendRequest = serde_json::from_value(body.clone()).expect("a send request");
-    assert!(matches!(
-        send_once(&queue_down, &tenant, req, Some(&idem)).await,
-        Err(kirim::service::errors::ServiceError::Unavailable(_))
-    ));
-    assert_eq!(t.credits(&o.key).await, 4, "nothing charged again");
-
+    // A retry while the message is young answers the first 202 and queues nothing: its
+    // first job may still come (it was queued before the message was written).
     let res = post_keyed(&t, &o.key, "order-a-1", &body).await;
     assert_eq!(res.status(), 202);
     assert_eq!(
@@ -145,15 +156,31 @@ async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_proc
         first.id.as_str(),
         "the retry answers the same id"
     );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(t.sandbox_requests_to("60123459901").is_empty());
 
+    // Past the grace, a retry while the queue is down: 503 (try again), not the first 202
+    // with the job still missing, which would leave the message waiting, charged, for good.
+    let later = past_the_grace(&t);
+    let mut queue_down = later.clone();
+    queue_down.queue = Arc::new(Kept::refusing());
+    assert!(matches!(
+        replay(&queue_down, &o, &body, "order-a-1").await,
+        Err(kirim::service::errors::ServiceError::Unavailable(_))
+    ));
+    assert_eq!(t.credits(&o.key).await, 4, "nothing charged again");
+
+    let Ok(Accepted::Replayed(id, _)) = replay(&later, &o, &body, "order-a-1").await else {
+        panic!("the first answer again");
+    };
+    assert_eq!(id, first.id);
     let m = t.wait_status(&o.key, first.id.as_str(), "read").await;
     assert_eq!(m["status"], "read", "the message was sent after the retry");
     assert_eq!(t.sandbox_requests_to("60123459901").len(), 1, "sent once");
     assert_eq!(t.credits(&o.key).await, 4, "charged once");
 
     // Another retry of a message that is under way or done queues nothing more.
-    let again = post_keyed(&t, &o.key, "order-a-1", &body).await;
-    assert_eq!(again.status(), 202);
+    assert!(replay(&later, &o, &body, "order-a-1").await.is_ok());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(t.sandbox_requests_to("60123459901").len(), 1, "still once");
 }
@@ -202,8 +229,9 @@ async fn a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accep
         .await
         .expect("the default");
     assert_eq!(res.status(), 200);
-    let res = post_keyed(&t, &o.key, "order-a-2", &body).await;
-    assert_eq!(res.status(), 202);
+    assert!(replay(&past_the_grace(&t), &o, &body, "order-a-2")
+        .await
+        .is_ok());
     let m = t.wait_status(&o.key, first.id.as_str(), "read").await;
     assert_eq!(m["status"], "read", "sent after the retry: {m}");
     assert_eq!(

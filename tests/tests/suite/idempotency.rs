@@ -265,6 +265,41 @@ async fn twenty_concurrent_posts_with_one_key_make_one_message_and_one_debit(b: 
     assert_eq!(messages(&app, &t.key).await.len(), 1, "one message");
 }
 
+/// Replays while the first job is still on its way queue nothing more: a second job would
+/// claim the message as soon as a failed attempt released it for its backoff, sending again
+/// at once (burning the attempts against a number Meta asked to wait).
+async fn concurrent_replays_queue_no_second_job_that_would_skip_the_backoff(b: Backend) {
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.settings.dispatch_backoff = std::time::Duration::from_secs(60);
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(50).await;
+    // 0004: Meta's 131000 (transient) on every try.
+    let body = BODY.replace("+60123458001", "+60123450004");
+    let posts = (0..10).map(|_| post(&app, &t.key, Some("burst-transient"), &body));
+    for res in futures::future::join_all(posts).await {
+        assert_eq!(res.status(), 202);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.sandbox_requests_to("60123450004").is_empty() && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Time for any second job to be picked up and claim the released message.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        app.sandbox_requests_to("60123450004").len(),
+        1,
+        "one attempt, then the 60 s backoff"
+    );
+    let list = messages(&app, &t.key).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        list[0]["status"], "accepted",
+        "waiting for its retry: {}",
+        list[0]
+    );
+}
+
 async fn top_up(app: &TestApp, tenant: &str, idem: Option<&str>, body: Value) -> reqwest::Response {
     let mut req = app
         .http
@@ -469,6 +504,7 @@ async fn a_double_submitted_broadcast_with_its_key_is_one_broadcast_and_one_debi
 }
 
 on_both_backends!(
+    concurrent_replays_queue_no_second_job_that_would_skip_the_backoff,
     a_replay_answers_the_first_response_after_the_tenant_was_suspended,
     a_replay_answers_the_first_response_after_its_template_was_paused,
     an_idempotent_retry_answers_the_same_id_and_debits_once,

@@ -103,11 +103,11 @@ impl RetentionStore for MemoryStore {
             }
             let chain = t.to_string();
             let head_ttl = s.audit.get(&chain).and_then(|(h, _)| h.as_ref()?.ttl);
-            if expired(head_ttl.or(Some(ttls.audit_head))) {
-                if s.audit.get(&chain).is_some_and(|(_, ev)| ev.is_empty()) {
-                    s.audit.remove(&chain);
-                    page.count(K::AuditHead.class(), 1);
-                }
+            if expired(head_ttl.or(Some(ttls.audit_head)))
+                && s.audit.get(&chain).is_some_and(|(_, ev)| ev.is_empty())
+            {
+                s.audit.remove(&chain);
+                page.count(K::AuditHead.class(), 1);
             }
             if expired(Some(ttls.tenant)) && s.tenants.remove(&t).is_some() {
                 page.count(K::Tenant.class(), 1);
