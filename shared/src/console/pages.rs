@@ -206,7 +206,7 @@ pub(super) fn done(q: &HashMap<String, String>) -> Option<Notice> {
         "sent" => "The message was accepted and queued for sending.",
         "opt_out_added" => "The number is opted out.",
         "opt_out_removed" => "The opt-out was removed.",
-        "key_revoked" => "The key was revoked; it is refused from the next request.",
+        "key_revoked" => "The key was revoked; every server refuses it within 5 seconds.",
         "user_added" => "The user was added.",
         "user_removed" => "The user was removed; their sessions have ended.",
         "allowlist" => "The IP allow-list was saved.",
@@ -586,7 +586,14 @@ async fn render_two_factor(
     let body = html! {
         p { "Two-factor authentication asks for a code from an authenticator app (such as
             Google Authenticator, 1Password or Aegis) each time you sign in." }
-        @if me.totp_enabled {
+        @if me.totp_enabled && ctx.enrollment_only {
+            p { strong { "It is on for your sign-ins now," } " but this sign-in was made before it
+                was (in another session): sign out and sign in again with a code from your app." }
+            form method="post" action="/console/logout" {
+                (csrf(&ctx.csrf))
+                button type="submit" { "Sign out" }
+            }
+        } @else if me.totp_enabled {
             p { strong { "It is on for your sign-ins." } " It cannot be replaced from here (so a
                 stolen session cannot replace it); an admin can remove and add you again." }
         } @else {

@@ -212,7 +212,9 @@ impl Step {
 
     /// A cursor this export made, else `None` (a store cursor must be short printable
     /// ASCII, as the stores make them, and is then the store's to judge; a usage day must
-    /// lie between `first_day` and `today`).
+    /// not be after `today`, and one before `first_day` — the export began before a UTC
+    /// midnight, or before the billing retention changed — continues from `first_day`, up
+    /// to [`USAGE_CURSOR_SLACK_DAYS`] before it; one further back is no cursor it made).
     fn from_cursor(raw: &str, first_day: NaiveDate, today: NaiveDate) -> Option<Step> {
         use base64::Engine;
         if raw.len() > 2 * MAX_INNER_CURSOR {
@@ -237,12 +239,21 @@ impl Step {
                         .is_none_or(|c| ulid::Ulid::from_string(c).is_ok())
             }
             Step::Header | Step::Done => false,
-            Step::Usage(d) => (first_day..=today).contains(d),
+            Step::Usage(d) => {
+                let oldest = first_day - chrono::Duration::days(USAGE_CURSOR_SLACK_DAYS);
+                (oldest..=today).contains(d)
+            }
             Step::Audit(_) | Step::Numbers | Step::End => true,
         };
-        ok.then_some(step)
+        ok.then_some(match step {
+            Step::Usage(d) => Step::Usage(d.max(first_day)),
+            other => other,
+        })
     }
 }
+
+/// How far before the first usage day a usage cursor may point ([`Step::from_cursor`]).
+const USAGE_CURSOR_SLACK_DAYS: i64 = 31;
 
 /// Where one response stands: the next step, the bytes written, and when it began.
 struct Walk {
@@ -368,6 +379,17 @@ mod tests {
         }
     }
 
+    /// An export whose usage cursor was made before a UTC midnight (the first day kept has
+    /// moved on a day since) goes on from the first day, not `400`.
+    #[test]
+    fn a_usage_cursor_from_before_midnight_continues_from_the_first_day_kept() {
+        let before = Step::Usage(day(2019, 12, 31));
+        assert_eq!(
+            Step::from_cursor(&before.cursor(), day(2020, 1, 1), day(2026, 12, 2)),
+            Some(Step::Usage(day(2020, 1, 1)))
+        );
+    }
+
     #[test]
     fn a_forged_cursor_is_refused_before_any_store_sees_it() {
         let long = "x".repeat(300);
@@ -385,7 +407,7 @@ mod tests {
             // retention, or ahead of today.
             encoded(r#"{"s":"usage","c":"+262142-06-01"}"#),
             encoded(r#"{"s":"usage","c":"-262143-01-01"}"#),
-            encoded(r#"{"s":"usage","c":"2019-12-31"}"#),
+            encoded(r#"{"s":"usage","c":"2019-11-30"}"#),
             encoded(r#"{"s":"usage","c":"2026-12-03"}"#),
         ] {
             assert_eq!(

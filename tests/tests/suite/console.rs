@@ -151,6 +151,11 @@ impl<'a> Browser<'a> {
 
 /// Signs `email` in (no 2FA) and answers the browser holding the session cookie.
 pub(crate) async fn sign_in<'a>(app: &'a TestApp, email: &str) -> Browser<'a> {
+    sign_in_to(app, email, "/console/").await
+}
+
+/// [`sign_in`], sent on to `landing` (`/console/2fa` where 2FA is required and not set up).
+pub(crate) async fn sign_in_to<'a>(app: &'a TestApp, email: &str, landing: &str) -> Browser<'a> {
     let mut b = Browser::new(app);
     let login = b.get("/console/login").await;
     assert_eq!(login.status, 200);
@@ -162,7 +167,7 @@ pub(crate) async fn sign_in<'a>(app: &'a TestApp, email: &str) -> Browser<'a> {
         )
         .await;
     assert_eq!(res.status, 303, "{}", res.html);
-    assert_eq!(res.location(), "/console/");
+    assert_eq!(res.location(), landing);
     assert!(b.session().starts_with("kirimsess_"));
     b
 }

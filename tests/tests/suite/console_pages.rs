@@ -450,6 +450,49 @@ async fn the_two_factor_page_offers_set_up_only_to_a_user_without_it(b: Backend)
     );
 }
 
+/// Where the tenant requires 2FA, a password-only console sign-in is confined to the 2FA
+/// page; when its user turned 2FA on from another session meanwhile, the page says to sign
+/// in again with a code (it cannot set up again), instead of sending them to an admin.
+async fn a_sign_in_made_before_its_user_turned_on_2fa_elsewhere_is_told_to_sign_in_again(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (st, _) = call(
+        &app,
+        "PUT",
+        "/v1/settings/2fa",
+        Some(&t.key),
+        Some(json!({"required": true})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (email, _) = new_user(&app, &t.key, "read_only").await;
+    let mut web = super::console::sign_in_to(&app, &email, "/console/2fa").await;
+    let other = super::console::sign_in_to(&app, &email, "/console/2fa").await;
+    let token = other.session();
+    let (_, e) = call(&app, "POST", "/v1/auth/2fa/enroll", Some(&token), None).await;
+    let totp = super::console::totp_of(e["secret"].as_str().unwrap_or_default());
+    let code = totp.generate(chrono::Utc::now().timestamp() as u64);
+    let (st, _) = call(
+        &app,
+        "POST",
+        "/v1/auth/2fa/confirm",
+        Some(&token),
+        Some(json!({"totp_code": code})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    let page = web.get("/console/2fa").await;
+    assert!(
+        page.html.contains("sign in again with a code"),
+        "{}",
+        page.html
+    );
+    assert!(!page.html.contains("/console/2fa/enroll"), "{}", page.html);
+    assert!(!page.html.contains("an admin can remove"), "{}", page.html);
+}
+
 async fn a_user_changes_their_password_from_the_console_and_signs_in_again_with_it(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -1495,6 +1538,7 @@ async fn with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_
 }
 
 on_both_backends!(
+    a_sign_in_made_before_its_user_turned_on_2fa_elsewhere_is_told_to_sign_in_again,
     a_campaign_accepted_whose_page_cannot_be_read_is_said_accepted_not_failed,
     a_user_changes_their_password_from_the_console_and_signs_in_again_with_it,
     with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_catalogue,
