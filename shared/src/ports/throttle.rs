@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{Tenant, Transition};
-use crate::domain::{CarriedSlot, MessageError, MessageId, TenantId};
+use crate::domain::{CarriedSlot, MessageError, MessageId, MessageRecord, MessageStatus, TenantId};
 use crate::store_error::StoreError;
 
 /// Meta's messaging throughput tiers, in messages per second per business phone number.
@@ -83,7 +83,9 @@ pub trait SendingControl: Send + Sync {
     ) -> Result<Transition, StoreError>;
     /// `sending` → `failed` with `error`, only if the message is still `sending` under
     /// the claim made at `claimed_at` (its `updated_at`): a settling webhook or a newer
-    /// claim always wins.
+    /// claim always wins. The same move again (this `at`, this `error`: a write whose answer
+    /// was lost, retried) answers `Applied` with the message as it left it
+    /// ([`expired_by`]), so the callback it owes is still queued.
     async fn expire_sending(
         &self,
         tenant: &TenantId,
@@ -92,4 +94,10 @@ pub trait SendingControl: Send + Sync {
         error: &MessageError,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError>;
+}
+
+/// Whether `m` is as [`SendingControl::expire_sending`] with `error` at `at` left it: its
+/// `at` (to the nanosecond) is the move's own token.
+pub fn expired_by(m: &MessageRecord, error: &MessageError, at: DateTime<Utc>) -> bool {
+    m.status == MessageStatus::Failed && m.updated_at == at && m.error.as_ref() == Some(error)
 }

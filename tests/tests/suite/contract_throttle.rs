@@ -524,6 +524,25 @@ async fn a_sending_message_expires_only_under_the_claim_that_was_seen(p: Stores)
     };
     assert_eq!(r.status, MessageStatus::Failed);
     assert_eq!(r.error, Some(error.clone()));
+    // The same move again (an SDK retry of a write whose answer was lost) is answered as
+    // applied, so the callback it owes is queued; another deadline run's move is not.
+    assert_eq!(
+        p.sending
+            .expire_sending(&t.id, &m.id, m.updated_at, &error, at)
+            .await
+            .expect("expire"),
+        Transition::Applied(r.clone()),
+        "this very move, repeated"
+    );
+    let later = at + chrono::Duration::milliseconds(3);
+    assert_eq!(
+        p.sending
+            .expire_sending(&t.id, &m.id, m.updated_at, &error, later)
+            .await
+            .expect("expire"),
+        Transition::Refused,
+        "another move's"
+    );
     let stored = p
         .messages
         .get_message(&t.id, &m.id)

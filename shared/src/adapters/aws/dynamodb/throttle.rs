@@ -30,7 +30,8 @@ use chrono::{DateTime, Utc};
 
 use super::{classify, from_item, keys, n, s, DynamoStore, TTL_ATTR};
 use crate::domain::{
-    CarriedSlot, MessageError, MessageId, MessageStatus, StatusEvent, TenantId, SEND_SLOT_RETENTION,
+    CarriedSlot, MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId,
+    SEND_SLOT_RETENTION,
 };
 use crate::ports::{
     micros_to_time, slot_interval_micros, SendingControl, Tenant, Throughput, Transition,
@@ -325,8 +326,22 @@ impl SendingControl for DynamoStore {
             .expression_attribute_values(":claimed", stamp(claimed_at))
             .expression_attribute_values(":ev", AttributeValue::L(vec![event]))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
+        // Refused because this very move landed already (the SDK retrying a write whose
+        // answer was lost): its `at` is this call's own, so it is answered as applied, and
+        // its caller queues the callback the move owes.
+        if let Err(SdkError::ServiceError(e)) = &res {
+            if let aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) = e.err() {
+                if let Some(old) = c.item() {
+                    let record: MessageRecord = from_item(old.clone())?;
+                    if crate::ports::expired_by(&record, error, at) {
+                        return Ok(Transition::Applied(Box::new(record)));
+                    }
+                }
+            }
+        }
         applied_or_refused(res)
     }
 }

@@ -96,6 +96,9 @@ impl SendingControl for MemoryStore {
         let Some(m) = s.messages.get_mut(message_key(&(tenant, id))) else {
             return Ok(Transition::Refused);
         };
+        if crate::ports::expired_by(m, error, at) {
+            return Ok(Transition::Applied(Box::new((**m).clone())));
+        }
         if m.status != MessageStatus::Sending || m.updated_at != claimed_at {
             return Ok(Transition::Refused);
         }
