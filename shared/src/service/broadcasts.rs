@@ -1257,6 +1257,7 @@ pub async fn fan_out_in_slices(
                 broadcast_id: Some(b.id.clone()),
                 facts: Some(super::jobs::MessageFacts::of(&record)),
                 retry_at: None,
+                recheck: false,
             })
             .to_body()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;

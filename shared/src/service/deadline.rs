@@ -16,7 +16,7 @@ use crate::metrics;
 use crate::ports::Transition;
 use crate::store_error::StoreError;
 
-use super::jobs::{DispatchJob, Outcome, MAX_DELAY};
+use super::jobs::{DispatchJob, Outcome, QueueJob, MAX_DELAY};
 use super::Deps;
 
 pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
@@ -60,6 +60,41 @@ pub fn recheck_after(deps: &Deps, claimed_at: DateTime<Utc>) -> Duration {
         .sending_deadline
         .saturating_sub(age)
         .clamp(Duration::from_millis(100), MAX_DELAY)
+}
+
+/// The job that looks again at a message Meta's answer left `sending` under the claim
+/// made at `claimed_at`, when the sending deadline is due: a fresh queue message
+/// ([`DispatchJob::recheck`], no content) in place of the one received.
+pub fn recheck_hop(deps: &Deps, job: &DispatchJob, claimed_at: DateTime<Utc>) -> Outcome {
+    let delay = recheck_after(deps, claimed_at);
+    let again = DispatchJob {
+        content: crate::domain::Content::Text {
+            body: String::new(),
+        },
+        recheck: true,
+        retry_at: None,
+        send_at: None,
+        ..job.clone()
+    };
+    match QueueJob::Send(again).to_body() {
+        Ok(body) => Outcome::Again(body, delay),
+        // (Never: a job that was read serialises.) The one received comes back instead.
+        Err(_) => Outcome::RetryAfter(delay),
+    }
+}
+
+/// A recheck job ([`recheck_hop`]): a message still `sending` fails at the deadline (or is
+/// looked at again before it); one in any other state was settled (or is another job's
+/// to claim: a recheck carries no content and never claims): the job is done.
+pub async fn recheck(deps: &Deps, job: &DispatchJob) -> Result<Outcome, StoreError> {
+    let found = deps
+        .messages
+        .get_message(&job.tenant_id, &job.message_id)
+        .await?;
+    match found {
+        Some(m) if m.status == MessageStatus::Sending => redelivered_as(deps, job, Some(m)).await,
+        _ => Ok(Outcome::Done),
+    }
 }
 
 /// A queue message whose message was not claimable when read. Missing: see

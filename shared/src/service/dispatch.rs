@@ -538,6 +538,9 @@ async fn tenant_to_dispatch(
 }
 
 async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
+    if job.recheck {
+        return Ok(Box::pin(super::deadline::recheck(deps, job)).await?);
+    }
     // A retry whose backoff is longer than one hop waits out the rest on the queue, unless
     // its tenant was suspended or closed, or its broadcast cancelled, meanwhile: then it
     // goes on below now and is failed or cancelled (refunded) as every queued message of
@@ -925,10 +928,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             // message if no webhook settled it by then (see `deadline`).
             tracing::warn!(to = %log_to, "meta timeout; left sending for the webhook to settle");
             crate::metrics::retry("ambiguous");
-            Ok(Outcome::RetryAfter(super::deadline::recheck_after(
-                deps,
-                record.updated_at,
-            )))
+            Ok(super::deadline::recheck_hop(deps, job, record.updated_at))
         }
         Err(err) => {
             let (class, error) = match &err {
@@ -975,10 +975,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 _ => {
                     tracing::warn!(error = %err, "unreadable meta answer; left sending");
                     crate::metrics::retry("ambiguous");
-                    return Ok(Outcome::RetryAfter(super::deadline::recheck_after(
-                        deps,
-                        record.updated_at,
-                    )));
+                    return Ok(super::deadline::recheck_hop(deps, job, record.updated_at));
                 }
             };
             tracing::warn!(to = %log_to, code = %error.code, class = ?class, attempt = record.attempts, "meta refused");

@@ -43,6 +43,14 @@ pub struct DispatchJob {
     /// receives toward the dead-letter redrive across attempts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<DateTime<Utc>>,
+    /// The look, due at the sending deadline, at a message Meta's answer left `sending`
+    /// (a timeout, an unreadable 5xx): a fresh queue message with its own receives (the
+    /// one received had spent some: rechecks reusing it could reach the redrive's limit,
+    /// and be expired on the one-day DLQ by its first enqueue time), with no content (the
+    /// attempt is made: the content leaves the queue), never claimed
+    /// (`deadline::recheck`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recheck: bool,
 }
 
 /// A message's facts that never change after acceptance: who it goes to, from which of
@@ -222,6 +230,7 @@ mod tests {
                 price: 1,
             }),
             retry_at: None,
+            recheck: false,
         }
     }
 

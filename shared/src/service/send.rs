@@ -331,6 +331,7 @@ async fn accept(
         broadcast_id: None,
         facts: Some(super::jobs::MessageFacts::of(&record)),
         retry_at: None,
+        recheck: false,
     });
     let body = job
         .to_body()
@@ -426,6 +427,7 @@ async fn queue_again_if_never_claimed(
         broadcast_id: None,
         facts: Some(super::jobs::MessageFacts::of(&m)),
         retry_at: None,
+        recheck: false,
     });
     let body = job
         .to_body()

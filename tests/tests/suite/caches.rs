@@ -235,6 +235,7 @@ async fn a_message_accepted_after_a_resume_is_not_failed_for_the_suspension_a_wa
             broadcast_id: None,
             facts: Some(MessageFacts::of(m)),
             retry_at,
+            recheck: false,
         })
     };
     let job = job_of(&m, None);

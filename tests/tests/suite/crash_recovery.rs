@@ -1136,6 +1136,40 @@ impl kirim::ports::MetaClient for BareStatus {
     }
 }
 
+/// A recheck job carries no content: whatever the message's state it never claims or
+/// sends it (an `accepted` message is another job's to send); it only settles `sending`.
+async fn a_recheck_job_never_claims_or_sends_a_message(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459935").await;
+    let Some(kirim::service::jobs::QueueJob::Send(mut recheck)) =
+        kirim::service::jobs::QueueJob::parse(&job)
+    else {
+        panic!("a send job");
+    };
+    recheck.recheck = true;
+    recheck.content = kirim::domain::Content::Text {
+        body: String::new(),
+    };
+    let body = kirim::service::jobs::QueueJob::Send(recheck)
+        .to_body()
+        .expect("a body");
+    let meta = Arc::new(BareStatus(502, Default::default()));
+    let mut deps = t.app.deps.clone();
+    deps.meta = meta.clone();
+    let outcome = dispatch::handle_in_batch(&deps, &body).await;
+    assert!(matches!(outcome, Outcome::Done), "{outcome:?}");
+    let left = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(left.status, MessageStatus::Accepted);
+    assert_eq!(meta.1.load(Ordering::SeqCst), 0, "nothing sent");
+}
+
 /// A 502 or 504 (a gateway's: Meta may have taken the message behind it) is ambiguous, as
 /// a timeout is: the message is left `sending` for the webhook or its deadline, never sent
 /// again. A bare 503 (the service took nothing) is tried again.
@@ -1151,10 +1185,9 @@ async fn a_gateways_5xx_leaves_the_message_sending_and_is_never_resent_but_a_503
         let mut deps = t.app.deps.clone();
         deps.meta = meta.clone();
         let first = dispatch::handle_in_batch(&deps, &job).await;
-        assert!(
-            matches!(first, Outcome::RetryAfter(_)),
-            "{status}: {first:?}"
-        );
+        let Outcome::Again(recheck, _) = first else {
+            panic!("{status}: a recheck job of its own, not {first:?}");
+        };
         let left = deps
             .messages
             .get_message(&tenant, &m.id)
@@ -1162,7 +1195,11 @@ async fn a_gateways_5xx_leaves_the_message_sending_and_is_never_resent_but_a_503
             .unwrap()
             .unwrap();
         assert_eq!(left.status, MessageStatus::Sending, "{status}");
-        // The job again (its recheck): not sent a second time.
+        // Its recheck, and the job again (a duplicate delivery): not sent a second time.
+        assert!(matches!(
+            dispatch::handle_in_batch(&deps, &recheck).await,
+            Outcome::RetryAfter(_)
+        ));
         dispatch::handle_in_batch(&deps, &job).await;
         assert_eq!(meta.1.load(Ordering::SeqCst), 1, "{status}: sent once");
     }
@@ -1604,11 +1641,17 @@ struct TimedRetries {
     set: Mutex<Vec<(String, std::time::Instant)>>,
     /// Each retry's receipt and delay.
     delays: Mutex<Vec<(String, Duration)>>,
+    /// Each body sent (hops included).
+    sent: Mutex<Vec<String>>,
 }
 
 #[async_trait]
 impl DispatchQueue for TimedRetries {
     async fn send(&self, body: &str) -> Result<(), StoreError> {
+        self.sent
+            .lock()
+            .map_err(|_| StoreError::Unavailable("poisoned".into()))?
+            .push(body.to_owned());
         self.inner.send(body).await
     }
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, StoreError> {
@@ -1657,6 +1700,7 @@ async fn a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_
         inner: deps.queue.clone(),
         set: Mutex::default(),
         delays: Mutex::default(),
+        sent: Mutex::default(),
     });
     deps.queue = timed.clone();
     book_two_seconds_ahead(&deps, &busy.phone_number_id).await;
@@ -1674,15 +1718,34 @@ async fn a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_
         .collect();
     let event = serde_json::from_value(json!({ "Records": records })).expect("an SQS event");
     let response = kirim::queue_handlers::dispatch_batch(&deps, event).await;
+    let answered = std::time::Instant::now();
 
-    // Both come back: the one turned away for its slot, the slow one because Meta did not
-    // answer within the timeout (700 ms here), left for its sending deadline.
+    // The one turned away comes back for its slot; the slow one, which Meta did not answer
+    // within the timeout (700 ms here), is left for its sending deadline: its recheck goes
+    // on the queue as a job of its own (its own receives), without the content.
     let failures: Vec<_> = response
         .batch_item_failures
         .iter()
         .map(|f| f.item_identifier.as_str())
         .collect();
-    assert_eq!(failures, vec!["away", "slow"]);
+    assert_eq!(failures, vec!["away"]);
+    let sent = timed.sent.lock().unwrap().clone();
+    let rechecks: Vec<_> = sent
+        .iter()
+        .filter_map(|b| match kirim::service::jobs::QueueJob::parse(b) {
+            Some(kirim::service::jobs::QueueJob::Send(j)) if j.recheck => Some(j),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rechecks.len(), 1, "{sent:?}");
+    assert_eq!(rechecks[0].message_id, slow.id);
+    assert_eq!(
+        rechecks[0].content,
+        kirim::domain::Content::Text {
+            body: String::new()
+        },
+        "no content on the queue after the attempt"
+    );
     let waited = deps
         .messages
         .get_message(&other_tenant, &slow.id)
@@ -1701,7 +1764,7 @@ async fn a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_
             .map(|(_, at)| *at)
             .unwrap_or_else(|| panic!("a retry delay for {receipt}: {set:?}"))
     };
-    let ahead = at("receipt-slow").saturating_duration_since(at("receipt-away"));
+    let ahead = answered.saturating_duration_since(at("receipt-away"));
     assert!(
         ahead >= Duration::from_millis(400),
         "set while the slow send still waited for Meta, not with it ({ahead:?} before)"
@@ -1746,6 +1809,7 @@ async fn a_job_received_again_and_again_is_retried_further_apart_not_parked_in_m
         inner: deps.queue.clone(),
         set: Mutex::default(),
         delays: Mutex::default(),
+        sent: Mutex::default(),
     });
     deps.queue = timed.clone();
     let event = |records: &[(&str, &str, &String)]| {
@@ -2153,6 +2217,7 @@ async fn the_retention_run_settles_a_scheduled_message_whose_job_was_lost(b: Bac
 }
 
 on_both_backends!(
+    a_recheck_job_never_claims_or_sends_a_message,
     a_refunded_failure_whose_answer_was_lost_still_has_its_failed_callback,
     the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinished,
     the_retention_run_settles_a_scheduled_message_whose_job_was_lost,

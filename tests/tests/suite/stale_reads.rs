@@ -433,6 +433,7 @@ async fn a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sen
             broadcast_id: None,
             facts: with_facts.then(|| MessageFacts::of(&m)),
             retry_at: None,
+            recheck: false,
         });
         let outcome = dispatch::handle(&deps, &job.to_body().unwrap()).await;
         assert!(
