@@ -744,6 +744,9 @@ pub struct Redriven {
     pub moved: Vec<String>,
     /// Whether more may be left to move (only when every one was asked for).
     pub more: bool,
+    /// Dead-letter ids found and chosen but refused by the source queue's send: still
+    /// parked.
+    pub unsent: Vec<String>,
 }
 
 #[async_trait]

@@ -405,7 +405,7 @@ mod tests {
         async fn redrive(&self, _: Option<&[String]>, _: usize) -> Result<Redriven, StoreError> {
             Ok(Redriven {
                 moved: Vec::new(),
-                more: false,
+                ..Default::default()
             })
         }
     }

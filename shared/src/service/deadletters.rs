@@ -130,6 +130,9 @@ pub struct RedriveReport {
     pub ids: Vec<String>,
     /// Asked-for ids not parked (any more) on the queue.
     pub not_found: Vec<String>,
+    /// Ids found but not taken back by the source queue this time (its send refused
+    /// them): still parked; call again.
+    pub still_parked: Vec<String>,
     /// More may be left: call again (only when every one was asked for).
     pub more: bool,
 }
@@ -167,7 +170,7 @@ pub async fn redrive(deps: &Deps, req: RedriveRequest) -> Result<RedriveReport, 
     let not_found = ids
         .unwrap_or_default()
         .into_iter()
-        .filter(|i| !moved.moved.contains(i))
+        .filter(|i| !moved.moved.contains(i) && !moved.unsent.contains(i))
         .collect::<Vec<_>>();
     tracing::info!(
         queue = req.queue.as_str(),
@@ -181,6 +184,7 @@ pub async fn redrive(deps: &Deps, req: RedriveRequest) -> Result<RedriveReport, 
         redriven: moved.moved.len(),
         ids: moved.moved,
         not_found,
+        still_parked: moved.unsent,
         more: moved.more,
     })
 }

@@ -793,10 +793,7 @@ impl kirim::ports::DispatchQueue for Groups {
         _: Option<&[String]>,
         _: usize,
     ) -> Result<kirim::ports::Redriven, kirim::store_error::StoreError> {
-        Ok(kirim::ports::Redriven {
-            moved: Vec::new(),
-            more: false,
-        })
+        Ok(kirim::ports::Redriven::default())
     }
 }
 

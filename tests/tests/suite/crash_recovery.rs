@@ -53,7 +53,7 @@ impl DispatchQueue for LostJobs {
     async fn redrive(&self, _ids: Option<&[String]>, _max: usize) -> Result<Redriven, StoreError> {
         Ok(Redriven {
             moved: Vec::new(),
-            more: false,
+            ..Default::default()
         })
     }
 }

@@ -124,7 +124,7 @@ async fn a_job_parked_after_its_message_was_sent_is_redriven_and_nothing_is_sent
     assert_eq!(status, 200, "{report}");
     assert_eq!(
         report,
-        json!({"queue": "dispatch", "redriven": 1, "ids": [dl], "not_found": [], "more": false})
+        json!({"queue": "dispatch", "redriven": 1, "ids": [dl], "not_found": [], "still_parked": [], "more": false})
     );
     let (_, empty) = operator(&app, "GET", "/v1/platform/dead-letters", None).await;
     assert_eq!(empty, json!({"dead_letters": []}));
@@ -225,6 +225,72 @@ async fn bad_dead_letter_requests_get_a_precise_400_and_move_nothing(backend: Ba
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["redriven"], 1);
     assert_eq!(report["more"], false);
+}
+
+/// A queue whose redrive moved one asked-for dead letter and had another refused by the
+/// source queue's send (it stays parked).
+struct PartlyRefused(std::sync::Arc<dyn DispatchQueue>);
+
+#[async_trait::async_trait]
+impl DispatchQueue for PartlyRefused {
+    async fn send(&self, body: &str) -> Result<(), kirim::store_error::StoreError> {
+        self.0.send(body).await
+    }
+    async fn receive(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<kirim::ports::Received>, kirim::store_error::StoreError> {
+        self.0.receive(max, wait).await
+    }
+    async fn delete(&self, receipt: &str) -> Result<(), kirim::store_error::StoreError> {
+        self.0.delete(receipt).await
+    }
+    async fn retry_after(
+        &self,
+        receipt: &str,
+        delay: Duration,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.retry_after(receipt, delay).await
+    }
+    async fn dead_letters(
+        &self,
+        max: usize,
+    ) -> Result<Vec<kirim::ports::DeadLetter>, kirim::store_error::StoreError> {
+        self.0.dead_letters(max).await
+    }
+    async fn redrive(
+        &self,
+        _: Option<&[String]>,
+        _: usize,
+    ) -> Result<kirim::ports::Redriven, kirim::store_error::StoreError> {
+        Ok(kirim::ports::Redriven {
+            moved: vec!["moved-1".into()],
+            more: false,
+            unsent: vec!["refused-1".into()],
+        })
+    }
+}
+
+/// A dead letter the source queue refused to take back is still parked: reported as
+/// such, not as `not_found` (which says it is gone).
+#[tokio::test]
+async fn a_dead_letter_the_queue_refused_to_take_back_is_reported_still_parked_not_missing() {
+    let app = app_without_pollers(Backend::Memory).await;
+    let mut deps = app.app.deps.clone();
+    deps.queue = std::sync::Arc::new(PartlyRefused(deps.queue.clone()));
+    let report = kirim::service::deadletters::redrive(
+        &deps,
+        kirim::service::deadletters::RedriveRequest {
+            queue: kirim::service::deadletters::QueueName::Dispatch,
+            ids: Some(vec!["moved-1".into(), "refused-1".into(), "gone-1".into()]),
+        },
+    )
+    .await
+    .expect("a report");
+    assert_eq!(report.ids, vec!["moved-1".to_owned()]);
+    assert_eq!(report.still_parked, vec!["refused-1".to_owned()]);
+    assert_eq!(report.not_found, vec!["gone-1".to_owned()]);
 }
 
 on_both_backends!(

@@ -440,7 +440,8 @@ impl DispatchQueue for SqsQueue {
             Some(e) if moved.is_empty() => Err(e),
             _ => Ok(Redriven {
                 moved,
-                more: more || !unsent.is_empty(),
+                more: more || (ids.is_none() && !unsent.is_empty()),
+                unsent: unsent.into_iter().map(|h| h.letter.id).collect(),
             }),
         }
     }

@@ -235,7 +235,11 @@ impl DispatchQueue for MemoryQueue {
         s.dead = kept;
         drop(s);
         self.notify.notify_waiters();
-        Ok(Redriven { moved, more })
+        Ok(Redriven {
+            moved,
+            more,
+            unsent: Vec::new(),
+        })
     }
 }
 
