@@ -1059,6 +1059,62 @@ async fn on_sqs_a_callback_carries_its_group_and_parked_ones_outlive_their_queue
     assert_eq!(retention(dlq).await.as_deref(), Some("1209600"));
 }
 
+/// A parked status callback is redriven in its tenant's message group, as it was sent:
+/// a tenant's backlog after a receiver's outage stays paced fairly with the others'.
+#[tokio::test]
+async fn on_sqs_a_redriven_callback_goes_back_in_its_tenants_group() {
+    use aws_sdk_sqs::types::MessageSystemAttributeName;
+    use kirim::ports::DispatchQueue;
+    let sdk = kirim_tests::moto_sdk().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &kirim_tests::unique_stack())
+        .await
+        .expect("stack");
+    let url = stack.queue_url("StatusCallbackQueue").expect("queue");
+    let dlq = stack
+        .queue_url("StatusCallbackDeadLetterQueue")
+        .expect("dlq");
+    let queue = kirim::adapters::aws::SqsQueue::new(sqs.clone(), url.clone(), Some(dlq));
+    queue
+        .send_in_group("01M8TENANTREDRIVE", r#"{"kind":"x"}"#)
+        .await
+        .expect("sent");
+    // Received and given up until the redrive parks it.
+    for _ in 0..20 {
+        let got = queue
+            .receive(10, std::time::Duration::from_millis(300))
+            .await
+            .expect("received");
+        if got.is_empty() {
+            break;
+        }
+        for m in got {
+            queue
+                .retry_after(&m.receipt, std::time::Duration::ZERO)
+                .await
+                .expect("visible again");
+        }
+    }
+    assert_eq!(queue.dead_letters(10).await.expect("listed").len(), 1);
+    let moved = queue.redrive(None, 10).await.expect("redriven");
+    assert_eq!(moved.moved.len(), 1, "{moved:?}");
+    let got = sqs
+        .receive_message()
+        .queue_url(&url)
+        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .expect("received");
+    let m = got.messages().first().expect("the callback, back");
+    assert_eq!(
+        m.attributes()
+            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+            .map(String::as_str),
+        Some("01M8TENANTREDRIVE")
+    );
+}
+
 /// A callback-setting store whose writes fail (storage unavailable); reads go through.
 struct SettingWritesFail(
     Arc<dyn kirim::ports::StatusCallbackStore>,

@@ -23,6 +23,9 @@ const MAX_SCAN: usize = 1000;
 struct Held {
     letter: DeadLetter,
     receipt: String,
+    /// Its message group (a fair queue's tenant), kept when SQS parked it: a redrive sends
+    /// it back in the same group.
+    group: Option<String>,
 }
 
 /// The dispatch queue on SQS, with its dead-letter queue (redrive is SQS's own).
@@ -408,8 +411,20 @@ impl DispatchQueue for SqsQueue {
         // and a call's batches, one by one): one not sent stays parked (released); one sent
         // leaves the dead-letter queue, and is moved whatever else failed (released too, it
         // would be moved again: a duplicate).
-        let bodies: Vec<String> = chosen.iter().map(|h| h.letter.body.clone()).collect();
-        let sent = self.send_batch_delayed_each(&bodies, Duration::ZERO).await;
+        // A letter of a message group (a status callback: its tenant) goes back in its
+        // group, one `SendMessage` each (a batch's entries here carry none), so a tenant's
+        // redriven backlog is still paced fairly with the others'.
+        let (grouped, plain): (Vec<Held>, Vec<Held>) =
+            chosen.into_iter().partition(|h| h.group.is_some());
+        let bodies: Vec<String> = plain.iter().map(|h| h.letter.body.clone()).collect();
+        let mut sent = self.send_batch_delayed_each(&bodies, Duration::ZERO).await;
+        for h in &grouped {
+            sent.push(
+                self.send_one(&h.letter.body, h.group.as_deref(), None)
+                    .await,
+            );
+        }
+        let chosen: Vec<Held> = plain.into_iter().chain(grouped).collect();
         let mut moved = Vec::with_capacity(chosen.len());
         let mut unsent = Vec::new();
         let mut failure = None;
@@ -463,6 +478,7 @@ impl SqsQueue {
                 .wait_time_seconds(1)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+                .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
                 .send()
                 .await;
             let out = match out {
@@ -499,6 +515,7 @@ impl SqsQueue {
                         sent_at,
                     },
                     receipt: receipt.to_owned(),
+                    group: attr(MessageSystemAttributeName::MessageGroupId),
                 });
             }
             if held.len() == before {
