@@ -214,6 +214,9 @@ const CONSOLE: &[Grant] = &[
     STATE[2],
     // The send form queues the message like `POST /v1/messages`.
     on(DispatchQueue, SqsQueue::SEND),
+    // A message or campaign cancelled from its pages queues its `cancelled` status
+    // callbacks, as through the API (without, each was left owed for a later run).
+    on(CallbackQueue, SqsQueue::SEND),
     on(ConsoleCsrfKey, SecretsManagerStore::READ),
     // Its sign-in and 2FA pages call the users API in process: TOTP seeds are sealed
     // and opened (and `v1:` seeds resealed).
