@@ -305,6 +305,7 @@ pub(super) async fn redrive_dead_letters(
         "requested": requested,
         "redriven": report.redriven,
         "not_found": report.not_found.len(),
+        "still_parked": report.still_parked.len(),
         "more": report.more,
     });
     Ok(noted(Json(report).into_response(), None, details))

@@ -2,10 +2,12 @@
 //! is settled by Meta's status webhook. If none comes within `KIRIM_SENDING_DEADLINE`
 //! it becomes `failed` with `outcome_unknown`, not refunded: Meta may well have sent
 //! (and charged for) it, and Kirim cannot tell; a refund could pay for a delivered
-//! message. The queue message that timed out stays on the queue and comes back at the
-//! deadline (at most 11 h 55 min at a time: SQS refuses a visibility beyond 12 hours from
-//! the receive) to make this check;
-//! it never sends again, because only an `accepted` message can be claimed.
+//! message. The job that found the message `sending` (the one that timed out, a duplicate
+//! delivery, a job whose dispatcher died after its claim) is replaced by a recheck job
+//! with no content ([`recheck_hop`]), which comes back at the deadline (at most 11 h 55
+//! min at a time: SQS refuses a visibility beyond 12 hours from the receive) to make this
+//! check; it never sends again: a recheck never claims, and only an `accepted` message
+//! can be claimed.
 
 use std::time::Duration;
 
@@ -97,6 +99,32 @@ pub async fn recheck(deps: &Deps, job: &DispatchJob) -> Result<Outcome, StoreErr
     }
 }
 
+/// `expire_sending` at now. A write that landed but whose tries all ended in an error
+/// (its answer lost, then throttled) is read back: found as this move left it
+/// ([`expired_by`](crate::ports::expired_by)), it is applied, and its callback is owed.
+async fn expire(
+    deps: &Deps,
+    tenant: &crate::domain::TenantId,
+    id: &crate::domain::MessageId,
+    claimed_at: DateTime<Utc>,
+    error: &MessageError,
+) -> Result<Transition, StoreError> {
+    let at = deps.clock.now();
+    match deps
+        .sending
+        .expire_sending(tenant, id, claimed_at, error, at)
+        .await
+    {
+        Ok(t) => Ok(t),
+        Err(e) => match deps.messages.get_message(tenant, id).await {
+            Ok(Some(m)) if crate::ports::expired_by(&m, error, at) => {
+                Ok(Transition::Applied(Box::new(m)))
+            }
+            _ => Err(e),
+        },
+    }
+}
+
 /// A queue message whose message was not claimable when read. Missing: see
 /// [`unrecorded`]; `accepted` (it appeared or came back since): tried again soon; still
 /// `sending` past the deadline it fails; still `sending` within it, it is checked again
@@ -130,6 +158,11 @@ pub async fn redelivered_as(
     let claimed_at = m.updated_at;
     let age = (deps.clock.now() - claimed_at).to_std().unwrap_or_default();
     if age < deps.settings.sending_deadline {
+        // A job with content (a duplicate delivery, or one whose dispatcher died after
+        // the claim) leaves the queue for a recheck job of its own, as after a timeout.
+        if !job.recheck {
+            return Ok(recheck_hop(deps, job, claimed_at));
+        }
         return Ok(Outcome::RetryAfter(recheck_after(deps, claimed_at)));
     }
     let error = MessageError {
@@ -138,17 +171,7 @@ pub async fn redelivered_as(
                 not have been delivered, so it is not refunded"
             .into(),
     };
-    match deps
-        .sending
-        .expire_sending(
-            &job.tenant_id,
-            &job.message_id,
-            claimed_at,
-            &error,
-            deps.clock.now(),
-        )
-        .await?
-    {
+    match expire(deps, &job.tenant_id, &job.message_id, claimed_at, &error).await? {
         Transition::Applied(failed) => {
             metrics::failed(OUTCOME_UNKNOWN);
             tracing::warn!(to = %m.to.masked(), "sending deadline passed without a status; marked failed, not refunded");
@@ -309,11 +332,7 @@ pub async fn settle_lost(
                         or may not have been delivered, so it is not refunded"
                     .into(),
             };
-            match deps
-                .sending
-                .expire_sending(tenant, id, m.updated_at, &error, now)
-                .await?
-            {
+            match expire(deps, tenant, id, m.updated_at, &error).await? {
                 Transition::Applied(r) => Some((r, Settled::OutcomeUnknown)),
                 Transition::Refused => None,
             }

@@ -924,8 +924,8 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         Err(MetaSendError::Timeout) => {
             // Ambiguous: Meta may have it. Never blindly resent; the status webhook
             // (matched by biz_opaque_callback_data) settles it.
-            // The same queue message comes back at the sending deadline to fail the
-            // message if no webhook settled it by then (see `deadline`).
+            // A recheck job of its own, without content, comes back at the sending
+            // deadline to fail the message if no webhook settled it by then (`deadline`).
             tracing::warn!(to = %log_to, "meta timeout; left sending for the webhook to settle");
             crate::metrics::retry("ambiguous");
             Ok(super::deadline::recheck_hop(deps, job, record.updated_at))

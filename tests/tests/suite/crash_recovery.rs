@@ -1195,12 +1195,17 @@ async fn a_gateways_5xx_leaves_the_message_sending_and_is_never_resent_but_a_503
             .unwrap()
             .unwrap();
         assert_eq!(left.status, MessageStatus::Sending, "{status}");
-        // Its recheck, and the job again (a duplicate delivery): not sent a second time.
+        // Its recheck, and the job again (a duplicate delivery): not sent a second time;
+        // the duplicate, which carries the content, leaves the queue for a recheck too.
         assert!(matches!(
             dispatch::handle_in_batch(&deps, &recheck).await,
             Outcome::RetryAfter(_)
         ));
-        dispatch::handle_in_batch(&deps, &job).await;
+        let again = dispatch::handle_in_batch(&deps, &job).await;
+        let Outcome::Again(body, _) = again else {
+            panic!("{status}: the duplicate becomes a recheck, not {again:?}");
+        };
+        assert!(body.contains(r#""recheck":true"#), "{body}");
         assert_eq!(meta.1.load(Ordering::SeqCst), 1, "{status}: sent once");
     }
     let (m, job) = accepted_with_job(&t, &tenant, "+60123459934").await;
@@ -1574,6 +1579,84 @@ async fn a_message_retried_on_a_busy_number_ends_failed_and_refunded_never_parke
     assert_eq!((m.status, m.attempts), (MessageStatus::Failed, 8));
     let balance = deps.tenants.get_tenant(&tenant.id).await.unwrap().unwrap();
     assert_eq!(balance.credits, 2, "refunded");
+}
+
+/// Sending control whose deadline failure lands but answers an error after every try (its
+/// answer lost, then throttled).
+struct ExpiryAnswerLost(Arc<dyn kirim::ports::SendingControl>);
+
+#[async_trait]
+impl kirim::ports::SendingControl for ExpiryAnswerLost {
+    async fn release_unattempted(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        claimed_at: DateTime<Utc>,
+        events: usize,
+        at: DateTime<Utc>,
+        slot: Option<kirim::domain::CarriedSlot>,
+    ) -> Result<kirim::ports::Transition, StoreError> {
+        self.0
+            .release_unattempted(tenant, id, claimed_at, events, at, slot)
+            .await
+    }
+    async fn expire_sending(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        claimed_at: DateTime<Utc>,
+        error: &MessageError,
+        at: DateTime<Utc>,
+    ) -> Result<kirim::ports::Transition, StoreError> {
+        self.0
+            .expire_sending(tenant, id, claimed_at, error, at)
+            .await?;
+        Err(StoreError::Unavailable("throttled".into()))
+    }
+}
+
+/// The sending deadline's failure that landed while every try answered an error still
+/// queues its `failed` callback (read back, found as this very move left it).
+async fn a_deadline_failure_whose_answer_was_lost_still_has_its_failed_callback(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (s, b) = crate::callbacks::set_callback(
+        &t,
+        &o.key,
+        json!({"url": "https://hooks.example.com/kirim", "secret": crate::callbacks::CALLBACK_SECRET}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459936").await;
+    let mut deps = t.app.deps.clone();
+    deps.meta = Arc::new(BareStatus(504, Default::default()));
+    let Outcome::Again(recheck, _) = dispatch::handle_in_batch(&deps, &job).await else {
+        panic!("a recheck job");
+    };
+    // At the deadline (here: at once), with the write's answer lost.
+    let mut settings = (*deps.settings).clone();
+    settings.sending_deadline = Duration::ZERO;
+    deps.settings = Arc::new(settings);
+    deps.sending = Arc::new(ExpiryAnswerLost(deps.sending.clone()));
+    let callbacks = Arc::new(Kept::default());
+    deps.callback_queue = callbacks.clone();
+    assert_eq!(
+        dispatch::handle_in_batch(&deps, &recheck).await,
+        Outcome::Done
+    );
+    let body = callbacks.only();
+    assert!(
+        body.contains(m.id.as_str()) && body.contains(r#""status":"failed""#),
+        "{body}"
+    );
+    let failed = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, MessageStatus::Failed);
 }
 
 /// Sending control whose release of a claim turned away by a busy number fails (the store
@@ -2217,6 +2300,7 @@ async fn the_retention_run_settles_a_scheduled_message_whose_job_was_lost(b: Bac
 }
 
 on_both_backends!(
+    a_deadline_failure_whose_answer_was_lost_still_has_its_failed_callback,
     a_recheck_job_never_claims_or_sends_a_message,
     a_refunded_failure_whose_answer_was_lost_still_has_its_failed_callback,
     the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinished,
@@ -2276,21 +2360,12 @@ async fn a_retry_delay_that_cannot_be_set_is_logged_with_its_jobs_ids() {
     let t = spawn_app(Backend::Memory).await;
     let o = t.onboard(5).await;
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
-    // A redelivery of a job whose message another delivery is sending: looked at again
-    // later, by the retry delay.
+    // A job whose message is not recorded yet: looked at again in half a second, by the
+    // retry delay.
     let (m, job) = accepted_with_job(&t, &tenant, "+60123450001").await;
-    t.app
-        .deps
-        .messages
-        .transition(
-            &tenant,
-            &m.id,
-            MessageStatus::Sending,
-            &StatusChange::default(),
-            t.app.deps.clock.now(),
-        )
-        .await
-        .expect("the message sending");
+    let unrecorded = kirim::domain::MessageId::generate();
+    let job = job.replace(m.id.as_str(), unrecorded.as_str());
+    let m = unrecorded;
     let mut deps = t.app.deps.clone();
     deps.queue = Arc::new(NoRetryDelays(deps.queue.clone()));
     let event = serde_json::from_value(json!({ "Records": [{
@@ -2304,7 +2379,7 @@ async fn a_retry_delay_that_cannot_be_set_is_logged_with_its_jobs_ids() {
     let logs = kirim_tests::captured_logs();
     let line = logs
         .lines()
-        .find(|l| l.contains("could not set retry delay") && l.contains(m.id.as_str()))
-        .unwrap_or_else(|| panic!("a line naming {}: {logs}", m.id.as_str()));
+        .find(|l| l.contains("could not set retry delay") && l.contains(m.as_str()))
+        .unwrap_or_else(|| panic!("a line naming {}: {logs}", m.as_str()));
     assert!(line.contains(&o.tenant_id), "{line}");
 }
