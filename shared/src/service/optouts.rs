@@ -94,12 +94,28 @@ async fn check_key(
     Ok(())
 }
 
-/// The opt-out a user id (opted out before Kirim knew its phone) has, stored under the
+/// The opt-out a user id (opted out before Kirim knew its phone) has, copied under the
 /// phone it is now paired with, so the block outlives the pairing (a refused user writes
-/// no statuses to renew it). Only on a refusal; a failure is logged, the next refusal
-/// tries again.
+/// no statuses to renew it). Only on a refusal, and only if a consistent read still finds
+/// it (the dispatcher's reads may lag behind a `DELETE` the tenant just made). A failure
+/// is logged; the next refusal tries again.
 async fn keep_under_phone(deps: &Deps, by_user: OptOut, phone: &PhoneNumber) {
     let tenant = by_user.tenant_id.clone();
+    let Some(u) = by_user.user_id.clone() else {
+        return;
+    };
+    let by_user = match deps
+        .opt_outs
+        .get_opt_out(&tenant, &OptOutKey::User(u))
+        .await
+    {
+        Ok(Some(o)) => o,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(tenant_id = %tenant, error = %e, "a user id's opt-out not yet kept under its phone: the next refusal tries again");
+            return;
+        }
+    };
     let o = OptOut {
         phone: Some(phone.clone()),
         ..by_user
@@ -194,20 +210,21 @@ pub async fn add(
     meta_timestamp: Option<i64>,
 ) -> Result<OptOut, ServiceError> {
     let now = deps.clock.now();
-    // A user known only by id whose phone Kirim has paired with it: the opt-out records
-    // the phone too, so it is stored under the phone and blocks sends to it for good (the
-    // pairing expires with the Messages class, and a refused user writes no more statuses
-    // to renew it).
-    let mut who = who;
-    if let (None, Some(u)) = (&who.phone, &who.user_id) {
-        if let Some(OptOutKey::Phone(p)) = deps
+    // A user known only by id whose phone Kirim has paired with it: stored under the id
+    // (it follows the user to a new phone), and a copy under the phone, which blocks sends
+    // to it for good (the pairing expires with the Messages class, and a refused user
+    // writes no more statuses to renew it).
+    let paired_phone = match (&who.phone, &who.user_id) {
+        (None, Some(u)) => match deps
             .contacts
             .paired_key(tenant, &OptOutKey::User(u.clone()))
             .await?
         {
-            who.phone = Some(p);
-        }
-    }
+            Some(OptOutKey::Phone(p)) => Some(p),
+            _ => None,
+        },
+        _ => None,
+    };
     let opt_out = OptOut {
         tenant_id: tenant.clone(),
         phone: who.phone,
@@ -226,6 +243,14 @@ pub async fn add(
         ));
     };
     let (stored, was_new) = deps.opt_outs.put_opt_out(&opt_out).await?;
+    if let Some(p) = paired_phone {
+        deps.opt_outs
+            .put_opt_out(&OptOut {
+                phone: Some(p),
+                ..opt_out.clone()
+            })
+            .await?;
+    }
     // A recipient's own new opt-out counts against the tenant's quality (once: Meta
     // retries webhooks, and a second STOP changes nothing).
     if was_new && by == BY_META {

@@ -547,7 +547,28 @@ async fn an_opt_out_by_user_id_still_blocks_the_paired_phone_after_the_pairing_e
     )
     .await;
     pair(&app, &pnid, "60123470052", "MY.7000000052").await;
-    for phone in ["+60123470051", "+60123470052"] {
+    // Paired, the STOP by id, then the user's new phone paired: the id's opt-out follows.
+    pair(&app, &pnid, "60123470053", "MY.7000000053").await;
+    change(
+        &app,
+        &pnid,
+        "messages",
+        json!({"messages": [stop_from(None, Some("MY.7000000053"), now())]}),
+    )
+    .await;
+    pair(&app, &pnid, "60123470054", "MY.7000000053").await;
+    let (s, o) = call(&app, "GET", &opt_out_path("MY.7000000053"), &t.key, None).await;
+    assert_eq!(
+        (s, o["user_id"].as_str()),
+        (200, Some("MY.7000000053")),
+        "{o}"
+    );
+    for phone in [
+        "+60123470051",
+        "+60123470052",
+        "+60123470053",
+        "+60123470054",
+    ] {
         let (s, body) = send_template(&app, &t.key, phone).await;
         assert_eq!(s, 422, "{phone}: {body}");
     }
@@ -565,7 +586,12 @@ async fn an_opt_out_by_user_id_still_blocks_the_paired_phone_after_the_pairing_e
     let (s, synced) = call(&app, "POST", "/v1/templates/sync", &t.key, None).await;
     assert_eq!(s, 200, "{synced}");
     let before = app.credits(&t.key).await;
-    for phone in ["+60123470051", "+60123470052"] {
+    for phone in [
+        "+60123470051",
+        "+60123470052",
+        "+60123470053",
+        "+60123470054",
+    ] {
         let (s, body) = send_template(&app, &t.key, phone).await;
         assert_eq!(
             (s, body["error"]["code"].as_str()),
