@@ -403,12 +403,17 @@ enum Settled {
 
 /// The second write of an append: the head from `from` to `to`, retried (the event is in:
 /// the head should follow).
-async fn settle_head(deps: &Deps, chain: &str, from: Option<u64>, to: &AuditHead) -> Settled {
+/// A head still at `from` that gained an expiry meanwhile (its tenant's close-out ran
+/// between the read and this move) is moved with that expiry raised (`to` changes).
+async fn settle_head(deps: &Deps, chain: &str, from: Option<u64>, to: &mut AuditHead) -> Settled {
     for attempt in 1..=HEAD_ATTEMPTS {
         match deps.audit.advance_head(chain, from, to).await {
             Ok(()) => return Settled::Ours,
             Err(StoreError::Conflict(_)) => match deps.audit.head(chain).await {
                 Ok(Some(h)) if h.seq >= to.seq => return Settled::Passed,
+                Ok(Some(h)) if Some(h.seq) == from && h.ttl.is_some() && to.ttl.is_none() => {
+                    to.ttl = h.ttl.map(|t| to.expires_at.map_or(t, |e| t.max(e)));
+                }
                 Ok(_) => {
                     tracing::warn!(chain = %chain, seq = to.seq, "audit head neither before nor past its new event: left for the next append");
                     return Settled::Behind;
@@ -805,7 +810,8 @@ pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceErro
         }
         match deps.audit.put_event(&event).await {
             Ok(()) => {
-                match settle_head(deps, &chain, head.as_ref().map(|h| h.seq), &new_head).await {
+                let mut new_head = new_head;
+                match settle_head(deps, &chain, head.as_ref().map(|h| h.seq), &mut new_head).await {
                     Settled::Ours => {
                         deps.audit_heads
                             .wrote(&chain, new_head, read_at, deps.clock.now());

@@ -994,7 +994,50 @@ async fn the_operators_refused_calls_about_a_tenant_are_in_its_trail(b: Backend)
     );
 }
 
+/// A process that remembers a chain's head from before its tenant's close-out (which gave
+/// the head a TTL) appends after it: the head's move, refused for the TTL it did not know,
+/// is made again with the TTL raised, not left behind its event.
+async fn an_append_after_a_head_remembered_from_before_the_close_out_moves_the_head_with_its_ttl(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let id = TenantId::parse(&t.tenant_id).expect("id");
+    let proc = another_process(&app);
+    audit::record(&proc, draft(&t, "POST /v1/before"))
+        .await
+        .unwrap();
+    let deps = &app.app.deps;
+    let now = deps.clock.now();
+    deps.tenants
+        .set_status(&id, kirim::ports::TenantStatus::Closed, Some("bye"), now)
+        .await
+        .unwrap();
+    let ttls = kirim::ports::CloseOutTtls {
+        tenant: now.timestamp() + 100,
+        config: now.timestamp() + 10,
+        audit_head: now.timestamp() + 60,
+    };
+    let later = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    deps.retention
+        .close_out(&id, ttls, now, later)
+        .await
+        .unwrap();
+    let e = audit::record(&proc, draft(&t, "POST /v1/after"))
+        .await
+        .unwrap();
+    let head = deps.audit.head(&t.tenant_id).await.unwrap().unwrap();
+    assert_eq!(head.seq, e.seq, "the head follows its event");
+    assert!(
+        head.ttl.is_some_and(|ttl| Some(ttl) >= e.expires_at),
+        "{:?} against {:?}",
+        head.ttl,
+        e.expires_at
+    );
+}
+
 on_both_backends!(
+    an_append_after_a_head_remembered_from_before_the_close_out_moves_the_head_with_its_ttl,
     the_operators_refused_calls_about_a_tenant_are_in_its_trail,
     a_planted_parked_event_is_linked_only_marked_and_a_forged_one_breaks_verification,
     a_long_chain_is_verified_over_several_requests_each_going_on_from_a_signed_cursor,

@@ -301,14 +301,22 @@ async fn a_closed_out_chains_head_follows_its_newest_event_and_a_head_read_befor
         config: now.timestamp() + 10,
         audit_head: now.timestamp() + 60,
     };
+    // An event appended after the TTLs were computed (the close-out pages the tenant's
+    // keys before it reaches the head): the head's TTL is that event's expiry, not less.
+    let between = audit_event(&p, &chain, 2, 120);
+    p.audit
+        .append(&AuditLink::new(&between, Some(&before)))
+        .await
+        .unwrap();
+    let before = p.audit.head(&chain).await.unwrap().unwrap();
     p.retention
         .close_out(&t.id, ttls, now, later())
         .await
         .unwrap();
     let closed = p.audit.head(&chain).await.unwrap().unwrap();
-    assert_eq!(closed.ttl, Some(now.timestamp() + 60));
+    assert_eq!(closed.ttl, between.expires_at);
 
-    let second = audit_event(&p, &chain, 2, 3600);
+    let second = audit_event(&p, &chain, 3, 3600);
     assert!(matches!(
         p.audit
             .append(&AuditLink::new(&second, Some(&before)))
@@ -320,10 +328,10 @@ async fn a_closed_out_chains_head_follows_its_newest_event_and_a_head_read_befor
         .await
         .unwrap();
     let moved = p.audit.head(&chain).await.unwrap().unwrap();
-    assert_eq!((moved.seq, moved.ttl), (2, second.expires_at));
+    assert_eq!((moved.seq, moved.ttl), (3, second.expires_at));
 
     // The second write of an append (the head after its event) alike.
-    let third = audit_event(&p, &chain, 3, 7200);
+    let third = audit_event(&p, &chain, 4, 7200);
     p.audit.put_event(&third).await.unwrap();
     let stale = AuditHead {
         ttl: None,
@@ -333,7 +341,7 @@ async fn a_closed_out_chains_head_follows_its_newest_event_and_a_head_read_befor
         p.audit
             .advance_head(
                 &chain,
-                Some(2),
+                Some(3),
                 &AuditHead::anchoring(&third, Some(&stale), None)
             )
             .await,
@@ -342,13 +350,13 @@ async fn a_closed_out_chains_head_follows_its_newest_event_and_a_head_read_befor
     p.audit
         .advance_head(
             &chain,
-            Some(2),
+            Some(3),
             &AuditHead::anchoring(&third, Some(&moved), None),
         )
         .await
         .unwrap();
     let last = p.audit.head(&chain).await.unwrap().unwrap();
-    assert_eq!((last.seq, last.ttl), (3, third.expires_at));
+    assert_eq!((last.seq, last.ttl), (4, third.expires_at));
 }
 
 crate::contract::contract!(

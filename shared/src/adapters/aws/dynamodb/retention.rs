@@ -235,6 +235,42 @@ impl DynamoStore {
         written("dynamodb update", res)
     }
 
+    /// The chain head's TTL, if it has none: `ttl`, or its newest event's expiry when that
+    /// is later (an append since `ttl` was computed; the close-out pages the tenant's keys
+    /// in between). A head moved meanwhile is read again.
+    async fn set_head_ttl_if_absent(&self, chain: &str, ttl: i64) -> Result<bool, StoreError> {
+        let mut ttl = ttl;
+        for _ in 0..3 {
+            let res = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(keys::audit_head(chain).attrs()))
+                .update_expression("SET #ttl = :ttl")
+                .condition_expression(
+                    "attribute_exists(pk) AND attribute_not_exists(#ttl) \
+                     AND (attribute_not_exists(event_expires_at) OR event_expires_at <= :ttl)",
+                )
+                .expression_attribute_names("#ttl", TTL_ATTR)
+                .expression_attribute_values(":ttl", n(ttl))
+                .send()
+                .await;
+            if written("dynamodb update", res)? {
+                return Ok(true);
+            }
+            let head = self.get(keys::audit_head(chain)).await?;
+            let newest = head.as_ref().and_then(|h| match h.get("event_expires_at") {
+                Some(AttributeValue::N(v)) => v.parse::<i64>().ok(),
+                _ => None,
+            });
+            match (head, newest) {
+                (Some(h), Some(e)) if !h.contains_key(TTL_ATTR) && e > ttl => ttl = e,
+                _ => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
     /// Every item (read-only; for checks and operators' audits).
     async fn scan_all(&self) -> Result<Vec<Item>, StoreError> {
         let mut pages = self
@@ -479,7 +515,7 @@ impl RetentionStore for DynamoStore {
             counts.phone_route_removed = self.delete_route_of(tenant, pnid).await?;
         }
         if self
-            .set_ttl_if_absent(keys::audit_head(tenant.as_str()), ttls.audit_head)
+            .set_head_ttl_if_absent(tenant.as_str(), ttls.audit_head)
             .await?
         {
             counts.items_given_ttl += 1;

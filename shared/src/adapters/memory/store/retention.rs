@@ -216,7 +216,11 @@ impl RetentionStore for MemoryStore {
         if t.status == TenantStatus::Closed && !s.closed_out.contains_key(tenant) {
             s.closed_out.insert(tenant.clone(), (now, ttls));
             if let Some((Some(head), _)) = s.audit.get_mut(tenant.as_str()) {
-                head.ttl.get_or_insert(ttls.audit_head);
+                // Or its newest event's expiry, if an append since made it later.
+                let ttl = ttls
+                    .audit_head
+                    .max(head.expires_at.unwrap_or(ttls.audit_head));
+                head.ttl.get_or_insert(ttl);
             }
             counts.items_given_ttl = 1;
         }
