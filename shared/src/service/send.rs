@@ -82,6 +82,9 @@ pub fn parse_template(t: TemplateIn) -> Result<TemplateRequest, ServiceError> {
     if t.components.len() > 20 || t.components.iter().any(|c| !c.is_object()) {
         return Err(invalid("template.components must be at most 20 objects"));
     }
+    for (i, c) in t.components.iter().enumerate() {
+        check_component(i, c)?;
+    }
     Ok(TemplateRequest {
         name: t.name,
         // As the catalogue keeps Meta's codes (`en_US`), whichever separator was sent.
@@ -89,6 +92,60 @@ pub fn parse_template(t: TemplateIn) -> Result<TemplateRequest, ServiceError> {
         category: t.category,
         components: t.components,
     })
+}
+
+/// The longest text parameter Meta takes (its `TextParameter.maxLength`).
+const MAX_TEXT_PARAMETER: usize = 32_768;
+
+/// What Meta's spec requires of a template component, checked before anything is debited
+/// (Meta would refuse the send, and the message fail after its charge): a `type`; a
+/// button's `sub_type` and `index`; `parameters` an array of objects with a `type`, a
+/// `text` one's text a string of at most 32,768 characters. The error names the path,
+/// never the value.
+fn check_component(i: usize, c: &serde_json::Value) -> Result<(), ServiceError> {
+    let at = |what: &str| format!("template.components[{i}]{what}");
+    let kind = c.get("type").and_then(|v| v.as_str()).ok_or_else(|| {
+        invalid(&format!(
+            "{} must be a string (header, body or button)",
+            at(".type")
+        ))
+    })?;
+    if kind.eq_ignore_ascii_case("button")
+        && (!c.get("sub_type").is_some_and(|v| v.is_string())
+            || !c.get("index").is_some_and(|v| v.is_string() || v.is_u64()))
+    {
+        return Err(invalid(&format!(
+            "{} needs a sub_type and an index (Meta's button component)",
+            at("")
+        )));
+    }
+    let Some(params) = c.get("parameters") else {
+        return Ok(());
+    };
+    let params = params
+        .as_array()
+        .ok_or_else(|| invalid(&format!("{} must be an array", at(".parameters"))))?;
+    for (j, p) in params.iter().enumerate() {
+        let here = |what: &str| at(&format!(".parameters[{j}]{what}"));
+        let ptype = p.get("type").and_then(|v| v.as_str()).ok_or_else(|| {
+            invalid(&format!(
+                "{} must be an object with a string type",
+                here("")
+            ))
+        })?;
+        if ptype.eq_ignore_ascii_case("text")
+            && !p
+                .get("text")
+                .and_then(|v| v.as_str())
+                .is_some_and(|t| t.chars().count() <= MAX_TEXT_PARAMETER)
+        {
+            return Err(invalid(&format!(
+                "{} must be a string of at most 32768 characters",
+                here(".text")
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Parses and bounds-checks a request into (recipient, content). Limits follow Meta's.

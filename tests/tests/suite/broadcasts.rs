@@ -1503,10 +1503,10 @@ async fn a_broadcast_message_claimed_before_its_broadcast_was_held_is_left_to_it
         Some(BroadcastControl::Paused),
         clock.now(),
     );
-    let outcome = dispatch::handle(&deps, &jobs[0].to_string()).await;
+    let outcome = dispatch::handle_in_batch(&deps, &jobs[0].to_string()).await;
     assert!(
-        matches!(outcome, Outcome::RetryAfter(_)),
-        "looked at again at its deadline, not waiting on the pause: {outcome:?}"
+        matches!(&outcome, Outcome::Again(body, _) if body.contains(r#""recheck":true"#)),
+        "looked at again at its deadline (a recheck job), not waiting on the pause: {outcome:?}"
     );
     broadcasts::cancel(&deps, &tenant.id, &accepted.id)
         .await
@@ -1517,10 +1517,10 @@ async fn a_broadcast_message_claimed_before_its_broadcast_was_held_is_left_to_it
         Some(BroadcastControl::Cancelled),
         clock.now(),
     );
-    let outcome = dispatch::handle(&deps, &jobs[1].to_string()).await;
+    let outcome = dispatch::handle_in_batch(&deps, &jobs[1].to_string()).await;
     assert!(
-        matches!(outcome, Outcome::RetryAfter(_)),
-        "kept for its deadline, not dropped: {outcome:?}"
+        matches!(&outcome, Outcome::Again(body, _) if body.contains(r#""recheck":true"#)),
+        "kept for its deadline (a recheck job), not dropped: {outcome:?}"
     );
     assert_eq!(
         status(1).await,

@@ -38,6 +38,14 @@ async fn post_raw(app: &TestApp, key: &str, body: impl Into<reqwest::Body>) -> r
         .unwrap()
 }
 
+/// A template send to a good number with `components` as given.
+fn template_with(components: &str) -> Vec<u8> {
+    format!(
+        r#"{{"to":"+60123456789","template":{{"name":"order_update","language":"en_US","category":"utility","components":{components}}}}}"#
+    )
+    .into_bytes()
+}
+
 async fn bad_send_requests_answer_precise_errors_and_change_nothing(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -96,6 +104,46 @@ async fn bad_send_requests_answer_precise_errors_and_change_nothing(b: Backend) 
             .into_bytes(),
             413,
             "payload_too_large",
+        ),
+        // Template components of shapes Meta's spec refuses: refused before any debit,
+        // not accepted, charged and failed by Meta.
+        (
+            template_with(r#"[{"type":"body","parameters":["x",1]}]"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            template_with(r#"[{"type":"body","parameters":[{"text":"no type"}]}]"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            template_with(r#"[{"parameters":[{"type":"text","text":"x"}]}]"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            template_with(r#"[{"type":"body","parameters":{"type":"text","text":"x"}}]"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            template_with(r#"[{"type":"body","parameters":[{"type":"text","text":7}]}]"#),
+            400,
+            "invalid_request",
+        ),
+        (
+            template_with(&format!(
+                r#"[{{"type":"body","parameters":[{{"type":"text","text":"{}"}}]}}]"#,
+                "a".repeat(32_769)
+            )),
+            400,
+            "invalid_request",
+        ),
+        (
+            template_with(r#"[{"type":"button","parameters":[{"type":"payload","payload":"p"}]}]"#),
+            400,
+            "invalid_request",
         ),
     ];
     for (body, status, code) in cases {
