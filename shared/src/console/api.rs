@@ -53,10 +53,24 @@ impl Answer {
             // (its form, sent again with the same key, is done at most once).
             return "Something went wrong on our side. Try again later.".into();
         }
-        self.body["error"]["message"]
+        let said = self.body["error"]["message"]
             .as_str()
             .map(str::to_owned)
-            .unwrap_or_else(|| "The request was refused.".into())
+            .unwrap_or_else(|| "The request was refused.".into());
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            // The API's words name its header, which a person does not see: the number.
+            let why = said
+                .split("; retry after")
+                .next()
+                .and_then(|w| w.split("; try again").next())
+                .unwrap_or(&said);
+            let wait = self.retry_after.unwrap_or(1);
+            return format!(
+                "{why}; try again in {wait} second{}",
+                if wait == 1 { "" } else { "s" }
+            );
+        }
+        said
     }
 }
 

@@ -254,6 +254,14 @@ pub(super) fn failed(a: &Answer) -> Response {
             StatusCode::FORBIDDEN,
             "Your role does not allow this; nothing was changed.",
         ),
+        StatusCode::TOO_MANY_REQUESTS => {
+            let mut res = error_page(StatusCode::TOO_MANY_REQUESTS, &a.message());
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(a.retry_after.unwrap_or(1)),
+            );
+            res
+        }
         s => error_page(s, &a.message()),
     }
 }
@@ -1884,6 +1892,30 @@ mod tests {
             body: Value::Null,
             retry_after: None,
         }
+    }
+
+    /// A 429 on any page says how long to wait in words, and tells the browser too: the
+    /// API's text names a header a person does not see.
+    #[test]
+    fn a_rate_limited_answer_says_the_wait_in_seconds_and_sets_retry_after() {
+        let a = Answer {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            body: json!({"error": {"code": "rate_limited",
+                "message": "too many requests; retry after the number of seconds in Retry-After"}}),
+            retry_after: Some(7),
+        };
+        assert_eq!(a.message(), "too many requests; try again in 7 seconds");
+        let (status, notice) = problem(&a);
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(matches!(notice, Some(Notice::Problem(m)) if m.ends_with("in 7 seconds")));
+        let page = failed(&a);
+        assert_eq!(page.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            page.headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("7")
+        );
     }
 
     #[test]
