@@ -215,6 +215,44 @@ async fn a_refunding_failure_for_a_tenant_that_is_gone_writes_nothing(p: Ports) 
     assert_eq!(balance_and_refunds(&p, &t.id).await, (0, 0));
 }
 
+/// A cancel whose refund's tenant is gone writes nothing either: not the cancel without
+/// its refund.
+async fn a_refunding_cancel_for_a_tenant_that_is_gone_writes_nothing(p: Ports) {
+    let t = onboarded(&p, 1).await;
+    let (m, d) = message(&p, &t.id, 3600);
+    p.messages.insert_with_debit(&m, &d).await.unwrap();
+    let mut refund = refund_of(&p, &m);
+    refund.tenant_id = kirim::domain::TenantId::generate();
+    assert_eq!(
+        p.messages
+            .cancel_with_refund(
+                &t.id,
+                &m.id,
+                &[MessageStatus::Accepted],
+                &MessageError {
+                    code: "cancelled".into(),
+                    title: "cancelled".into(),
+                },
+                &refund,
+                p.clock.now(),
+            )
+            .await
+            .unwrap_err(),
+        StoreError::NotFound
+    );
+    assert_eq!(
+        p.messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        MessageStatus::Accepted,
+        "not cancelled without its refund"
+    );
+    assert_eq!(balance_and_refunds(&p, &t.id).await, (0, 0));
+}
+
 /// A free message (nothing to refund) fails on the same condition as a paid one: only
 /// from the status the caller names, never one claimed by another dispatcher or sent.
 async fn a_free_message_fails_only_from_the_status_named_and_refunds_nothing(p: Ports) {
@@ -283,4 +321,5 @@ contract!(
     a_failure_and_its_refund_are_written_together_and_never_twice,
     a_message_meta_accepted_or_an_unknown_one_is_never_refunded,
     a_refunding_failure_for_a_tenant_that_is_gone_writes_nothing,
+    a_refunding_cancel_for_a_tenant_that_is_gone_writes_nothing,
 );

@@ -896,6 +896,11 @@ impl MessageStore for MemoryStore {
     ) -> Result<Transition, StoreError> {
         let mut s = self.lock()?;
         let now = self.clock.now().timestamp();
+        // As DynamoDB's one transaction: the refund's tenant gone, nothing is written
+        // (looked up before the message changes).
+        if !s.tenants.contains_key(&refund.tenant_id) {
+            return Err(StoreError::NotFound);
+        }
         let Some(m) = s
             .messages
             .get_mut(message_key(&(tenant, id)))
@@ -915,7 +920,10 @@ impl MessageStore for MemoryStore {
             at,
         });
         let record = m.clone();
-        let t = s.tenants.get_mut(tenant).ok_or(StoreError::NotFound)?;
+        let t = s
+            .tenants
+            .get_mut(&refund.tenant_id)
+            .ok_or(StoreError::NotFound)?;
         t.credits = t.credits.saturating_add(refund.amount);
         s.ledger.push(refund.clone());
         Ok(Transition::Applied(Box::new(record)))
