@@ -404,15 +404,19 @@ enum Settled {
 /// The second write of an append: the head from `from` to `to`, retried (the event is in:
 /// the head should follow).
 /// A head still at `from` that gained an expiry meanwhile (its tenant's close-out ran
-/// between the read and this move) is moved with that expiry raised (`to` changes).
+/// between the read and this move) is moved with that expiry raised (`to` changes; that
+/// try does not count as one of its attempts).
 async fn settle_head(deps: &Deps, chain: &str, from: Option<u64>, to: &mut AuditHead) -> Settled {
-    for attempt in 1..=HEAD_ATTEMPTS {
+    let mut attempt = 0;
+    while attempt < HEAD_ATTEMPTS {
+        attempt += 1;
         match deps.audit.advance_head(chain, from, to).await {
             Ok(()) => return Settled::Ours,
             Err(StoreError::Conflict(_)) => match deps.audit.head(chain).await {
                 Ok(Some(h)) if h.seq >= to.seq => return Settled::Passed,
                 Ok(Some(h)) if Some(h.seq) == from && h.ttl.is_some() && to.ttl.is_none() => {
                     to.ttl = h.ttl.map(|t| to.expires_at.map_or(t, |e| t.max(e)));
+                    attempt -= 1;
                 }
                 Ok(_) => {
                     tracing::warn!(chain = %chain, seq = to.seq, "audit head neither before nor past its new event: left for the next append");

@@ -76,6 +76,8 @@ pub fn recheck_hop(deps: &Deps, job: &DispatchJob, claimed_at: DateTime<Utc>) ->
         recheck: true,
         retry_at: None,
         send_at: None,
+        // Nor the recipient: a recheck reads the message.
+        facts: None,
         ..job.clone()
     };
     match QueueJob::Send(again).to_body() {

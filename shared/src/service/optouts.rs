@@ -244,10 +244,11 @@ pub async fn add(
     };
     let (stored, was_new) = deps.opt_outs.put_opt_out(&opt_out).await?;
     if let Some(p) = paired_phone {
+        // The id's opt-out as stored (folded: a `marketing` stop never narrows an `all`).
         deps.opt_outs
             .put_opt_out(&OptOut {
                 phone: Some(p),
-                ..opt_out.clone()
+                ..stored.clone()
             })
             .await?;
     }

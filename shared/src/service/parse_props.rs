@@ -147,7 +147,12 @@ fn template() -> BoxedStrategy<Part> {
         }),
         1 => prop::collection::vec(props::any_json(), 1..4)
             .prop_map(|c| {
-                let ok = c.iter().all(Value::is_object);
+                let ok = c.iter().all(component_ok);
+                (Some(Value::Array(c)), true, ok)
+            }),
+        2 => prop::collection::vec(shaped_component(), 1..4)
+            .prop_map(|c| {
+                let ok = c.iter().all(component_ok);
                 (Some(Value::Array(c)), true, ok)
             }),
         1 => Just((Some(json!({"type": "body"})), false, true)),
@@ -175,6 +180,60 @@ fn template() -> BoxedStrategy<Part> {
 }
 
 /// A Meta template component (passed through as given).
+/// Components about the shapes Meta's spec requires, good and bad.
+fn shaped_component() -> BoxedStrategy<Value> {
+    let long = |n: usize| "a".repeat(n);
+    prop::sample::select(vec![
+        json!({"type": "button", "sub_type": "url", "index": 0,
+            "parameters": [{"type": "text", "text": "x"}]}),
+        json!({"type": "BUTTON", "sub_type": "quick_reply", "index": "1",
+            "parameters": [{"type": "payload", "payload": "p"}]}),
+        json!({"type": "button", "sub_type": "url", "parameters": [{"type": "text", "text": "x"}]}),
+        json!({"type": "button", "index": 0, "parameters": [{"type": "text", "text": "x"}]}),
+        json!({"type": "header", "parameters": [{"type": "image", "image": {"link": "https://e.x/a.jpg"}}]}),
+        json!({"type": "body"}),
+        json!({"type": "body", "parameters": "x"}),
+        json!({"type": "body", "parameters": [1]}),
+        json!({"type": "body", "parameters": [{"text": "untyped"}]}),
+        json!({"type": "body", "parameters": [{"type": "text", "text": 7}]}),
+        json!({"type": "body", "parameters": [{"type": "text", "text": long(32_768)}]}),
+        json!({"type": "body", "parameters": [{"type": "text", "text": long(32_769)}]}),
+        json!({"parameters": []}),
+        json!({"type": 7}),
+    ])
+    .boxed()
+}
+
+/// The shape Meta's spec requires of a component (written apart from
+/// `send::check_component`): a string `type`; a button's `sub_type` (a string) and `index`
+/// (a string or a whole number); `parameters`, if any, an array of objects with a string
+/// `type`, a `text` one's `text` a string of at most 32,768 characters.
+fn component_ok(c: &Value) -> bool {
+    let Some(kind) = c.get("type").and_then(Value::as_str) else {
+        return false;
+    };
+    if kind.eq_ignore_ascii_case("button")
+        && !(c.get("sub_type").is_some_and(Value::is_string)
+            && c.get("index").is_some_and(|i| i.is_string() || i.is_u64()))
+    {
+        return false;
+    }
+    match c.get("parameters") {
+        None => true,
+        Some(Value::Array(ps)) => ps
+            .iter()
+            .all(|p| match p.get("type").and_then(Value::as_str) {
+                Some(t) if t.eq_ignore_ascii_case("text") => p
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| s.chars().count() <= 32_768),
+                Some(_) => true,
+                None => false,
+            }),
+        Some(_) => false,
+    }
+}
+
 fn component() -> BoxedStrategy<Value> {
     re("[\\p{L}\\p{N} ]{8,30}")
         .prop_map(|p| json!({"type": "body", "parameters": [{"type": "text", "text": p}]}))
@@ -289,7 +348,7 @@ fn template_ok(name: &str, language: &str, components: &[Value]) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphabetic() || c == '_' || c == '-')
         && components.len() <= 20
-        && components.iter().all(Value::is_object)
+        && components.iter().all(component_ok)
 }
 
 proptest! {

@@ -134,10 +134,9 @@ fn check_component(i: usize, c: &serde_json::Value) -> Result<(), ServiceError> 
             ))
         })?;
         if ptype.eq_ignore_ascii_case("text")
-            && !p
-                .get("text")
+            && p.get("text")
                 .and_then(|v| v.as_str())
-                .is_some_and(|t| t.chars().count() <= MAX_TEXT_PARAMETER)
+                .is_none_or(|t| t.chars().count() > MAX_TEXT_PARAMETER)
         {
             return Err(invalid(&format!(
                 "{} must be a string of at most 32768 characters",

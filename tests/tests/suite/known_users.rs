@@ -563,6 +563,13 @@ async fn an_opt_out_by_user_id_still_blocks_the_paired_phone_after_the_pairing_e
         (200, Some("MY.7000000053")),
         "{o}"
     );
+    // A narrower opt-out by id later (marketing) copies the id's opt-out as it stands
+    // (`all`), never a narrower one, under the phone.
+    let body = Some(json!({"scope": "marketing"}));
+    let (s, o) = call(&app, "PUT", &opt_out_path("MY.7000000053"), &t.key, body).await;
+    assert!(s == 200 || s == 201, "{s}: {o}");
+    let (s, o) = call(&app, "GET", &opt_out_path("+60123470054"), &t.key, None).await;
+    assert_eq!((s, o["scope"].as_str()), (200, Some("all")), "{o}");
     for phone in [
         "+60123470051",
         "+60123470052",
