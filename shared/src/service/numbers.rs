@@ -231,7 +231,12 @@ pub async fn set_default(
         .await?
         .ok_or(ServiceError::NotFound)?;
     materialise(deps, tenant).await?;
-    deps.numbers.set_default_number(&tenant.id, &number).await?;
+    match deps.numbers.set_default_number(&tenant.id, &number).await {
+        // The number's item is gone (removed since a warm copy of it was read; the tenant
+        // was read afresh above, so it is not closed): no longer the tenant's.
+        Err(StoreError::Conflict(_)) => return Err(ServiceError::NotFound),
+        other => other?,
+    }
     tracing::info!(tenant_id = %tenant.id, phone_number_id, "default phone number set");
     Ok(number)
 }

@@ -570,6 +570,19 @@ async fn a_default_change_through_a_warm_copy_of_the_tenant_reads_it_afresh(b: B
     );
     let now = other.tenants.get_tenant(&stale.id).await.unwrap().unwrap();
     assert_eq!(now.phone_number_id, z);
+    // A number this process read (warm) and the other removed since: 404, not 409.
+    assert!(
+        numbers::sender(&cached, &now, Some(&y)).await.is_ok(),
+        "read, remembered"
+    );
+    numbers::remove(&other, &stale.id, &y).await.unwrap();
+    assert!(
+        matches!(
+            numbers::set_default(&cached, &stale, &y).await,
+            Err(ServiceError::NotFound)
+        ),
+        "no longer the tenant's"
+    );
 }
 
 async fn a_sender_removed_through_the_same_process_is_refused_at_once(b: Backend) {
