@@ -252,6 +252,49 @@ async fn a_numbers_quality_changes_only_on_a_number_that_exists(p: Ports) {
     );
 }
 
+/// A number item written when one `quality_meta_at` timed both fields (a throughput, no
+/// `throughput_meta_at`) refuses an older-dated throughput by that time; an item that never
+/// had a throughput takes the first one whatever its quality's time.
+async fn an_older_throughput_never_undoes_one_an_older_item_timed_by_its_quality(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let (old, fresh) = (fresh_id(), fresh_id());
+    let mut legacy = number(&p, &t.id, &old, "1");
+    legacy.throughput_per_sec = Some(1000);
+    legacy.quality_meta_at = Some(200);
+    assert!(p.numbers.put_phone_number_if_absent(&legacy).await.unwrap());
+    assert_eq!(
+        p.numbers
+            .set_number_quality(&t.id, &old, None, Some(80), Some(100))
+            .await
+            .unwrap(),
+        None,
+        "older than the item's time of both"
+    );
+    let n = p
+        .numbers
+        .get_phone_number(&t.id, &old)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.throughput_per_sec, Some(1000));
+    assert!(p
+        .numbers
+        .set_number_quality(&t.id, &old, None, Some(80), Some(300))
+        .await
+        .unwrap()
+        .is_some());
+    let mut never = number(&p, &t.id, &fresh, "1");
+    never.quality_meta_at = Some(200);
+    assert!(p.numbers.put_phone_number_if_absent(&never).await.unwrap());
+    let n = p
+        .numbers
+        .set_number_quality(&t.id, &fresh, None, Some(80), Some(100))
+        .await
+        .unwrap()
+        .expect("the first throughput it has");
+    assert_eq!(n.throughput_per_sec, Some(80));
+}
+
 /// Meta's quality webhooks arrive in any order, and again after a `500`: an update older
 /// (by Meta's time) than the one applied to the same field is refused, so a late FLAGGED
 /// never undoes a newer UNFLAGGED, nor a late STANDARD a newer HIGH throughput. Each field
@@ -523,6 +566,7 @@ async fn the_status_first_carrying_pricing_moves_prices_and_counts_the_message_i
 }
 
 contract!(
+    an_older_throughput_never_undoes_one_an_older_item_timed_by_its_quality,
     a_number_without_its_route_is_removed_and_another_tenants_route_stays,
     the_status_first_carrying_pricing_moves_prices_and_counts_the_message_in_one_write,
     a_number_is_one_tenants_at_most_and_its_route_names_that_tenant,

@@ -299,6 +299,7 @@ impl PhoneNumberStore for DynamoStore {
                     ("quality", dyn_value(&q)?),
                     "quality_meta_at",
                     meta_time,
+                    false,
                 )
                 .await?;
             written = set.or(written);
@@ -311,6 +312,7 @@ impl PhoneNumberStore for DynamoStore {
                     ("throughput_per_sec", n(i64::from(t))),
                     "throughput_meta_at",
                     meta_time,
+                    true,
                 )
                 .await?;
             written = set.or(written);
@@ -400,6 +402,8 @@ impl UsageStore for DynamoStore {
 impl DynamoStore {
     /// `SET {field} = value[, {at} = meta_time]` on a number that exists, unless its `at`
     /// says Meta changed that field later; the number as written, `None` if refused.
+    /// `legacy`: an item that has the field but no `at` of its own (written when one
+    /// `quality_meta_at` timed both fields) goes by `quality_meta_at`.
     async fn set_number_field(
         &self,
         tenant: &TenantId,
@@ -407,6 +411,7 @@ impl DynamoStore {
         (field, value): (&str, aws_sdk_dynamodb::types::AttributeValue),
         at: &str,
         meta_time: Option<i64>,
+        legacy: bool,
     ) -> Result<Option<PhoneNumberRecord>, StoreError> {
         let mut req = self
             .client
@@ -419,15 +424,22 @@ impl DynamoStore {
         req = match meta_time {
             Some(mt) => req
                 .update_expression("SET #f = :v, #at = :mt")
-                .condition_expression(
-                    "attribute_exists(pk) AND (attribute_not_exists(#at) OR #at <= :mt)",
-                )
+                .condition_expression(if legacy {
+                    "attribute_exists(pk) AND (#at <= :mt OR (attribute_not_exists(#at) \
+                     AND (attribute_not_exists(#f) OR attribute_type(#f, :nul) \
+                     OR attribute_not_exists(quality_meta_at) OR quality_meta_at <= :mt)))"
+                } else {
+                    "attribute_exists(pk) AND (attribute_not_exists(#at) OR #at <= :mt)"
+                })
                 .expression_attribute_names("#at", at)
                 .expression_attribute_values(":mt", n(mt)),
             None => req
                 .update_expression("SET #f = :v")
                 .condition_expression("attribute_exists(pk)"),
         };
+        if legacy && meta_time.is_some() {
+            req = req.expression_attribute_values(":nul", s("NULL"));
+        }
         match req.send().await {
             Ok(out) => Ok(Some(from_item(out.attributes.unwrap_or_default())?)),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {

@@ -179,7 +179,12 @@ impl PhoneNumberStore for MemoryStore {
             }
         }
         if let Some(t) = throughput_per_sec {
-            if !newer(n.throughput_meta_at) {
+            // An item with a throughput but no time of its own (written when one
+            // `quality_meta_at` timed both) goes by `quality_meta_at`, as on DynamoDB.
+            let seen = n
+                .throughput_meta_at
+                .or_else(|| n.throughput_per_sec.and(n.quality_meta_at));
+            if !newer(seen) {
                 n.throughput_per_sec = Some(t);
                 n.throughput_meta_at = meta_time.or(n.throughput_meta_at);
                 applied = true;
