@@ -459,6 +459,14 @@ async fn queue_again_if_never_claimed(
     if m.status != MessageStatus::Accepted || m.attempts > 0 {
         return Ok(());
     }
+    // Turned away by a busy number (given back unattempted, its job on the queue for its
+    // slot) within the grace: its job is there.
+    let idle = (deps.clock.now() - m.updated_at)
+        .to_std()
+        .unwrap_or_default();
+    if idle < super::deadline::UNRECORDED_GRACE {
+        return Ok(());
+    }
     // The catalogue of the number the message was accepted from, not of the one the
     // request would pick now (the default may have changed since). One removed since:
     // the default's (the job fails as `sender_removed` at dispatch either way).

@@ -185,6 +185,62 @@ async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_proc
     assert_eq!(t.sandbox_requests_to("60123459901").len(), 1, "still once");
 }
 
+/// A message a busy number just gave back (unattempted, its job on the queue for its slot)
+/// is not queued again by a replay, even past the grace of its acceptance: only a message
+/// idle for the grace may have lost its job.
+async fn a_replay_queues_nothing_for_a_message_a_busy_number_just_gave_back(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (body, first) =
+        accepted_with_its_job_lost(&t, &o, "+60123459937", "order-a-3", "A-3").await;
+    // 100 s after acceptance a dispatcher finds the number busy and gives it back.
+    let clock = ManualClock::new();
+    clock.advance(chrono::Duration::seconds(100));
+    let mut dispatcher = t.app.deps.clone();
+    dispatcher.clock = clock.clone();
+    book_two_seconds_ahead(&dispatcher, &o.phone_number_id).await;
+    let job = kirim::service::jobs::QueueJob::Send(kirim::service::jobs::DispatchJob {
+        tenant_id: tenant.clone(),
+        message_id: first.id.clone(),
+        content: kirim::domain::Content::Text {
+            body: "unused".into(),
+        },
+        request_id: None,
+        send_at: None,
+        broadcast_id: None,
+        facts: Some(kirim::service::jobs::MessageFacts::of(&first)),
+        retry_at: None,
+        recheck: false,
+    })
+    .to_body()
+    .expect("a job");
+    let turned = dispatch::handle_in_batch(&dispatcher, &job).await;
+    assert!(matches!(turned, Outcome::RetryAfter(_)), "{turned:?}");
+    let back = t
+        .app
+        .deps
+        .messages
+        .get_message(&tenant, &first.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((back.status, back.attempts), (MessageStatus::Accepted, 0));
+    // A replay 121 s after acceptance, 21 s after the give-back: nothing queued.
+    let kept = Arc::new(Kept::default());
+    let mut replaying = past_the_grace(&t);
+    replaying.queue = kept.clone();
+    let r = replay(&replaying, &o, &body, "order-a-3").await;
+    assert!(matches!(r, Ok(Accepted::Replayed(..))), "{r:?}");
+    // (The replay's own attempt queued a job for a new id first, as every send does,
+    // dropped as unrecorded: not this message's.)
+    let bodies = kept.bodies.lock().unwrap().clone();
+    assert!(
+        !bodies.iter().any(|b| b.contains(first.id.as_str())),
+        "no second job for the message: {bodies:?}"
+    );
+}
+
 /// A retry that queues a lost job again resolves the template against the catalogue of
 /// the number the message was accepted from, not the number the request would go from
 /// now: the default switched meanwhile to a number on another WABA, where the template
@@ -2300,6 +2356,7 @@ async fn the_retention_run_settles_a_scheduled_message_whose_job_was_lost(b: Bac
 }
 
 on_both_backends!(
+    a_replay_queues_nothing_for_a_message_a_busy_number_just_gave_back,
     a_deadline_failure_whose_answer_was_lost_still_has_its_failed_callback,
     a_recheck_job_never_claims_or_sends_a_message,
     a_refunded_failure_whose_answer_was_lost_still_has_its_failed_callback,
