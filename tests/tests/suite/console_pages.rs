@@ -420,6 +420,16 @@ async fn pasted_numbers_may_be_written_as_people_write_them_and_the_invalid_ones
     assert_eq!(app.credits(&t.key).await, 10 - 4);
 }
 
+/// Enrols and confirms 2FA through the API with the session `token`.
+async fn turn_on_2fa(app: &TestApp, token: &str) {
+    let (_, e) = call(app, "POST", "/v1/auth/2fa/enroll", Some(token), None).await;
+    let totp = super::console::totp_of(e["secret"].as_str().unwrap_or_default());
+    let code = totp.generate(chrono::Utc::now().timestamp() as u64);
+    let body = Some(json!({"totp_code": code}));
+    let (st, _) = call(app, "POST", "/v1/auth/2fa/confirm", Some(token), body).await;
+    assert_eq!(st, 200);
+}
+
 async fn the_two_factor_page_offers_set_up_only_to_a_user_without_it(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -428,19 +438,7 @@ async fn the_two_factor_page_offers_set_up_only_to_a_user_without_it(b: Backend)
     let page = web.get("/console/2fa").await;
     assert!(page.html.contains("/console/2fa/enroll"), "{}", page.html);
     // Enrolled through the API with the same session, then the page says it is on.
-    let token = web.session();
-    let (_, e) = call(&app, "POST", "/v1/auth/2fa/enroll", Some(&token), None).await;
-    let totp = super::console::totp_of(e["secret"].as_str().unwrap_or_default());
-    let code = totp.generate(chrono::Utc::now().timestamp() as u64);
-    let (st, _) = call(
-        &app,
-        "POST",
-        "/v1/auth/2fa/confirm",
-        Some(&token),
-        Some(json!({"totp_code": code})),
-    )
-    .await;
-    assert_eq!(st, 200);
+    turn_on_2fa(&app, &web.session()).await;
     let page = web.get("/console/2fa").await;
     assert!(!page.html.contains("/console/2fa/enroll"), "{}", page.html);
     assert!(
@@ -470,19 +468,7 @@ async fn a_sign_in_made_before_its_user_turned_on_2fa_elsewhere_is_told_to_sign_
     let (email, _) = new_user(&app, &t.key, "read_only").await;
     let mut web = super::console::sign_in_to(&app, &email, "/console/2fa").await;
     let other = super::console::sign_in_to(&app, &email, "/console/2fa").await;
-    let token = other.session();
-    let (_, e) = call(&app, "POST", "/v1/auth/2fa/enroll", Some(&token), None).await;
-    let totp = super::console::totp_of(e["secret"].as_str().unwrap_or_default());
-    let code = totp.generate(chrono::Utc::now().timestamp() as u64);
-    let (st, _) = call(
-        &app,
-        "POST",
-        "/v1/auth/2fa/confirm",
-        Some(&token),
-        Some(json!({"totp_code": code})),
-    )
-    .await;
-    assert_eq!(st, 200);
+    turn_on_2fa(&app, &other.session()).await;
     let page = web.get("/console/2fa").await;
     assert!(
         page.html.contains("sign in again with a code"),

@@ -542,6 +542,13 @@ async fn accepted_with_job(
     (m, kept.only())
 }
 
+/// Sets the tenant's status callback to `url` (asserting it was taken).
+async fn with_callbacks(t: &TestApp, o: &kirim_tests::Onboarded, url: &str) {
+    let body = json!({"url": url, "secret": crate::callbacks::CALLBACK_SECRET});
+    let (s, b) = crate::callbacks::set_callback(t, &o.key, body).await;
+    assert_eq!(s, 200, "{b}");
+}
+
 /// The ledger of a tenant as the store has it: (sum of amounts, refund entries).
 async fn ledger_of(t: &TestApp, tenant: &TenantId) -> (i64, Vec<LedgerEntry>) {
     let entries = t.app.deps.ledger.entries(tenant).await.expect("the ledger");
@@ -645,13 +652,7 @@ async fn a_refunded_failure_whose_answer_was_lost_still_has_its_failed_callback(
     let t = spawn_app(backend).await;
     let o = t.onboard(5).await;
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
-    let (s, b) = crate::callbacks::set_callback(
-        &t,
-        &o.key,
-        json!({"url": "https://hooks.example.com/kirim", "secret": crate::callbacks::CALLBACK_SECRET}),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
+    with_callbacks(&t, &o, "https://hooks.example.com/kirim").await;
     let (m, job) = accepted_with_job(&t, &tenant, "+60123459912").await;
     let res = t
         .http
@@ -1008,13 +1009,7 @@ async fn a_sent_move_whose_answer_was_lost_still_has_its_sent_callback(backend: 
     let t = spawn_app(backend).await;
     let o = t.onboard(5).await;
     let (url, receiver) = crate::callbacks::receiver(0).await;
-    let (s, b) = crate::callbacks::set_callback(
-        &t,
-        &o.key,
-        json!({"url": url, "secret": crate::callbacks::CALLBACK_SECRET}),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
+    with_callbacks(&t, &o, &url).await;
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
     let (m, job) = accepted_with_job(&t, &tenant, "+60123459942").await;
     let flaky = Flaky::over(&t.app.deps);
@@ -1091,13 +1086,7 @@ async fn a_webhook_move_whose_answer_was_lost_still_has_its_callback_priced_or_n
     };
     let t = spawn_app(backend).await;
     let o = t.onboard(5).await;
-    let (s, b) = crate::callbacks::set_callback(
-        &t,
-        &o.key,
-        json!({"url": "https://hooks.example.com/kirim", "secret": crate::callbacks::CALLBACK_SECRET}),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
+    with_callbacks(&t, &o, "https://hooks.example.com/kirim").await;
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
     // A message accepted and sent (as the app's dispatcher does), and its wamid.
     let sent = |to: &'static str| {
@@ -1677,13 +1666,7 @@ async fn a_deadline_failure_whose_answer_was_lost_still_has_its_failed_callback(
     let t = spawn_app(backend).await;
     let o = t.onboard(5).await;
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
-    let (s, b) = crate::callbacks::set_callback(
-        &t,
-        &o.key,
-        json!({"url": "https://hooks.example.com/kirim", "secret": crate::callbacks::CALLBACK_SECRET}),
-    )
-    .await;
-    assert_eq!(s, 200, "{b}");
+    with_callbacks(&t, &o, "https://hooks.example.com/kirim").await;
     let (m, job) = accepted_with_job(&t, &tenant, "+60123459936").await;
     let mut deps = t.app.deps.clone();
     deps.meta = Arc::new(BareStatus(504, Default::default()));
