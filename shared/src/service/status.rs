@@ -197,7 +197,16 @@ async fn apply_to(
             let written = match deps.usage.transition_priced(&priced, to, &change, at).await {
                 Ok(written) => written,
                 Err(e) => {
-                    return Box::pin(after_error(deps, tenant_id, message_id, to, at, e)).await
+                    return Box::pin(after_error(
+                        deps,
+                        tenant_id,
+                        message_id,
+                        to,
+                        at,
+                        Some(pricing),
+                        e,
+                    ))
+                    .await
                 }
             };
             if written {
@@ -217,7 +226,9 @@ async fn apply_to(
         .await
     {
         Ok(t) => t,
-        Err(e) => return Box::pin(after_error(deps, tenant_id, message_id, to, at, e)).await,
+        Err(e) => {
+            return Box::pin(after_error(deps, tenant_id, message_id, to, at, pricing, e)).await
+        }
     };
     match moved_to {
         Transition::Applied(record) => {
@@ -251,20 +262,25 @@ async fn apply_to(
 
 /// A move (priced or not) that answered `e` after every try: the first may have landed,
 /// its answer lost. Read back, a message holding this very move has its callback queued and
-/// the webhook is answered 200 (Meta's redelivery would find it moved and queue none); only
-/// the callback: a quality count or a pricing may have been made by an earlier delivery of
-/// the same report, and is not made twice. Else the error.
+/// the webhook is answered 200 (Meta's redelivery would find it moved and queue none), and
+/// the report's `pricing` is counted if the message has none yet (the store's condition
+/// counts it once; a priced move that landed holds it already). Not the quality count: it
+/// may have been made by an earlier delivery of the same report. Else the error.
 async fn after_error(
     deps: &Deps,
     tenant_id: &TenantId,
     message_id: &MessageId,
     to: MessageStatus,
     at: chrono::DateTime<chrono::Utc>,
+    pricing: Option<&crate::domain::Pricing>,
     e: crate::store_error::StoreError,
 ) -> Result<Applied, ServiceError> {
     match this_move(deps, tenant_id, message_id, to, at).await {
         Some(record) => {
             super::callbacks::status_changed(deps, &record).await;
+            if let Some(p) = pricing.filter(|_| record.pricing.is_none()) {
+                super::usage::record_on(deps, &record, p, at).await?;
+            }
             Ok(Applied::Yes)
         }
         None => Err(e.into()),

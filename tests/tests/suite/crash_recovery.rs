@@ -1138,6 +1138,40 @@ async fn a_webhook_move_whose_answer_was_lost_still_has_its_callback_priced_or_n
         body.contains(m.id.as_str()) && body.contains(r#""status":"delivered""#),
         "{body}"
     );
+
+    // A `read` carrying the message's first pricing, found by its wamid (no echoed id):
+    // the plain move, landed with its answer lost; read back, its pricing is counted too
+    // (the webhook answers 200, so Meta never delivers it again).
+    let (m, wamid) = sent("+60123459970").await;
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.lose_read_answer_once.store(true, Ordering::SeqCst);
+    let callbacks = Arc::new(Kept::default());
+    let mut deps = t.app.deps.clone();
+    deps.messages = flaky.clone();
+    deps.callback_queue = callbacks.clone();
+    let read = StatusReport {
+        callback: None,
+        ..report(
+            &m.id,
+            &wamid,
+            "read",
+            kirim::domain::Pricing::parse("PMP", "utility", "regular"),
+        )
+    };
+    status::apply(&deps, Some(&tenant), &read)
+        .await
+        .expect("answered 200");
+    assert!(!flaky.lose_read_answer_once.load(Ordering::SeqCst));
+    assert!(callbacks.only().contains(r#""status":"read""#));
+    let priced = t
+        .app
+        .deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(priced.pricing.is_some(), "the pricing counted: {priced:?}");
 }
 
 /// The number's send slots booked about two seconds ahead, as by other sends: a message
