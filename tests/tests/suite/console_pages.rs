@@ -969,8 +969,6 @@ async fn a_sign_out_the_api_refuses_for_a_moment_still_forgets_the_session_in_th
     let app = spawn_app(Backend::Memory).await;
     let t = app.onboard(5).await;
     let (email, _) = new_user(&app, &t.key, "operator").await;
-    let mut web = sign_in(&app, &email).await;
-    let csrf = web.get("/console/messages").await.csrf();
     let (st, _) = call(
         &app,
         "PUT",
@@ -980,17 +978,29 @@ async fn a_sign_out_the_api_refuses_for_a_moment_still_forgets_the_session_in_th
     )
     .await;
     assert_eq!(st, 200);
-    let mut limited = false;
-    for _ in 0..20 {
-        let (st, _) = call(&app, "GET", "/v1/account", Some(&t.key), None).await;
-        if st == 429 {
-            limited = true;
-            break;
+    // The limit refills a request a second: on a busy machine the sign-out may come after
+    // a refill and go through (then signed out everywhere, which is right): tried again.
+    let mut tries = 0;
+    let (mut web, out) = loop {
+        tries += 1;
+        let mut web = sign_in(&app, &email).await;
+        let csrf = web.get("/console/messages").await.csrf();
+        let mut limited = false;
+        for _ in 0..20 {
+            let (st, _) = call(&app, "GET", "/v1/account", Some(&t.key), None).await;
+            if st == 429 {
+                limited = true;
+                break;
+            }
         }
-    }
-    assert!(limited, "the tenant is at its limit");
-    let out = web.post("/console/logout", &[("csrf", &csrf)]).await;
-    assert_eq!(out.status, 303, "{}", out.html);
+        assert!(limited, "the tenant is at its limit");
+        let out = web.post("/console/logout", &[("csrf", &csrf)]).await;
+        assert_eq!(out.status, 303, "{}", out.html);
+        if out.location() == "/console/login?done=signed_out_here" || tries == 5 {
+            break (web, out);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    };
     assert_eq!(out.location(), "/console/login?done=signed_out_here");
     assert!(
         out.set_cookies()
