@@ -194,7 +194,16 @@ pub async fn remove(
                     .into(),
             ));
         };
-        set_default(deps, &tenant, &next.phone_number_id).await?;
+        // The next number removed meanwhile (by another instance): this one stays the
+        // default; asked again, the remove picks another.
+        set_default(deps, &tenant, &next.phone_number_id)
+            .await
+            .map_err(|e| match e {
+                ServiceError::NotFound => ServiceError::Conflict(
+                    "the number the default was moving to was removed meanwhile; try again".into(),
+                ),
+                e => e,
+            })?;
         tracing::info!(tenant_id = %tenant_id, phone_number_id = %next.phone_number_id, "default moved to remove the old one");
     }
     if deps

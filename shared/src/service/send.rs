@@ -460,10 +460,13 @@ async fn queue_again_if_never_claimed(
         return Ok(());
     }
     // Turned away by a busy number (given back unattempted, its job on the queue for its
-    // slot) within the grace: its job is there.
-    let idle = (deps.clock.now() - m.updated_at)
-        .to_std()
-        .unwrap_or_default();
+    // slot, up to 15 minutes ahead) within the grace of the later of the give-back and its
+    // slot: its job is there.
+    let last = m
+        .carried_slot
+        .as_ref()
+        .map_or(m.updated_at, |c| c.at.max(m.updated_at));
+    let idle = (deps.clock.now() - last).to_std().unwrap_or_default();
     if idle < super::deadline::UNRECORDED_GRACE {
         return Ok(());
     }

@@ -194,12 +194,24 @@ async fn a_replay_queues_nothing_for_a_message_a_busy_number_just_gave_back(back
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
     let (body, first) =
         accepted_with_its_job_lost(&t, &o, "+60123459937", "order-a-3", "A-3").await;
-    // 100 s after acceptance a dispatcher finds the number busy and gives it back.
+    // 100 s after acceptance a dispatcher finds the number booked five minutes ahead and
+    // gives it back, its slot carried (about 400 s after acceptance).
     let clock = ManualClock::new();
     clock.advance(chrono::Duration::seconds(100));
     let mut dispatcher = t.app.deps.clone();
     dispatcher.clock = clock.clone();
-    book_two_seconds_ahead(&dispatcher, &o.phone_number_id).await;
+    let pace = kirim::service::throttle::pace(dispatcher.settings.meta_throughput);
+    dispatcher
+        .throughput
+        .reserve_slots(
+            &o.phone_number_id,
+            pace,
+            dispatcher.clock.now(),
+            kirim::service::throttle::HORIZON,
+            pace * 300,
+        )
+        .await
+        .expect("the number booked");
     let job = kirim::service::jobs::QueueJob::Send(kirim::service::jobs::DispatchJob {
         tenant_id: tenant.clone(),
         message_id: first.id.clone(),
@@ -226,9 +238,14 @@ async fn a_replay_queues_nothing_for_a_message_a_busy_number_just_gave_back(back
         .unwrap()
         .unwrap();
     assert_eq!((back.status, back.attempts), (MessageStatus::Accepted, 0));
-    // A replay 121 s after acceptance, 21 s after the give-back: nothing queued.
+    assert!(back.carried_slot.is_some(), "{back:?}");
+    // A replay 250 s after acceptance, 150 s after the give-back, before its slot: nothing
+    // queued (its job waits for the slot).
     let kept = Arc::new(Kept::default());
-    let mut replaying = past_the_grace(&t);
+    let later = ManualClock::new();
+    later.advance(chrono::Duration::seconds(250));
+    let mut replaying = t.app.deps.clone();
+    replaying.clock = later;
     replaying.queue = kept.clone();
     let r = replay(&replaying, &o, &body, "order-a-3").await;
     assert!(matches!(r, Ok(Accepted::Replayed(..))), "{r:?}");
