@@ -1009,9 +1009,26 @@ async fn two_drains_at_once_queue_each_owed_callback_once(b: Backend) {
 /// one), and the callback queues keep what they hold a week, and two when parked (a
 /// dead-letter queue counts from the original enqueue: kept no longer than its source, it
 /// would drop a callback parked after days of retries at once).
+/// The message group of the next message received from the queue at `url`.
+async fn group_of_next(sqs: &aws_sdk_sqs::Client, url: &str) -> Option<String> {
+    use aws_sdk_sqs::types::MessageSystemAttributeName as A;
+    let got = sqs
+        .receive_message()
+        .queue_url(url)
+        .message_system_attribute_names(A::MessageGroupId)
+        .wait_time_seconds(2)
+        .send()
+        .await
+        .expect("received");
+    let m = got.messages().first().expect("a message");
+    m.attributes()
+        .and_then(|a| a.get(&A::MessageGroupId))
+        .cloned()
+}
+
 #[tokio::test]
 async fn on_sqs_a_callback_carries_its_group_and_parked_ones_outlive_their_queue() {
-    use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName as Q};
+    use aws_sdk_sqs::types::QueueAttributeName as Q;
     use kirim::ports::DispatchQueue;
     let sdk = kirim_tests::moto_sdk().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
@@ -1024,19 +1041,8 @@ async fn on_sqs_a_callback_carries_its_group_and_parked_ones_outlive_their_queue
         .send_in_group("01M8TENANTGROUP", r#"{"kind":"x"}"#)
         .await
         .expect("sent");
-    let got = sqs
-        .receive_message()
-        .queue_url(&url)
-        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-        .wait_time_seconds(2)
-        .send()
-        .await
-        .expect("received");
-    let m = got.messages().first().expect("a message");
     assert_eq!(
-        m.attributes()
-            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
-            .map(String::as_str),
+        group_of_next(&sqs, &url).await.as_deref(),
         Some("01M8TENANTGROUP")
     );
     let retention = |url: String| {
@@ -1063,7 +1069,6 @@ async fn on_sqs_a_callback_carries_its_group_and_parked_ones_outlive_their_queue
 /// a tenant's backlog after a receiver's outage stays paced fairly with the others'.
 #[tokio::test]
 async fn on_sqs_a_redriven_callback_goes_back_in_its_tenants_group() {
-    use aws_sdk_sqs::types::MessageSystemAttributeName;
     use kirim::ports::DispatchQueue;
     let sdk = kirim_tests::moto_sdk().await;
     let sqs = aws_sdk_sqs::Client::new(&sdk);
@@ -1098,20 +1103,10 @@ async fn on_sqs_a_redriven_callback_goes_back_in_its_tenants_group() {
     assert_eq!(queue.dead_letters(10).await.expect("listed").len(), 1);
     let moved = queue.redrive(None, 10).await.expect("redriven");
     assert_eq!(moved.moved.len(), 1, "{moved:?}");
-    let got = sqs
-        .receive_message()
-        .queue_url(&url)
-        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-        .wait_time_seconds(2)
-        .send()
-        .await
-        .expect("received");
-    let m = got.messages().first().expect("the callback, back");
     assert_eq!(
-        m.attributes()
-            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
-            .map(String::as_str),
-        Some("01M8TENANTREDRIVE")
+        group_of_next(&sqs, &url).await.as_deref(),
+        Some("01M8TENANTREDRIVE"),
+        "the callback, back in its group"
     );
 }
 

@@ -1682,40 +1682,6 @@ async fn a_message_retried_on_a_busy_number_ends_failed_and_refunded_never_parke
     assert_eq!(balance.credits, 2, "refunded");
 }
 
-/// Sending control whose deadline failure lands but answers an error after every try (its
-/// answer lost, then throttled).
-struct ExpiryAnswerLost(Arc<dyn kirim::ports::SendingControl>);
-
-#[async_trait]
-impl kirim::ports::SendingControl for ExpiryAnswerLost {
-    async fn release_unattempted(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        claimed_at: DateTime<Utc>,
-        events: usize,
-        at: DateTime<Utc>,
-        slot: Option<kirim::domain::CarriedSlot>,
-    ) -> Result<kirim::ports::Transition, StoreError> {
-        self.0
-            .release_unattempted(tenant, id, claimed_at, events, at, slot)
-            .await
-    }
-    async fn expire_sending(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        claimed_at: DateTime<Utc>,
-        error: &MessageError,
-        at: DateTime<Utc>,
-    ) -> Result<kirim::ports::Transition, StoreError> {
-        self.0
-            .expire_sending(tenant, id, claimed_at, error, at)
-            .await?;
-        Err(StoreError::Unavailable("throttled".into()))
-    }
-}
-
 /// The sending deadline's failure that landed while every try answered an error still
 /// queues its `failed` callback (read back, found as this very move left it).
 async fn a_deadline_failure_whose_answer_was_lost_still_has_its_failed_callback(backend: Backend) {
@@ -1733,7 +1699,11 @@ async fn a_deadline_failure_whose_answer_was_lost_still_has_its_failed_callback(
     let mut settings = (*deps.settings).clone();
     settings.sending_deadline = Duration::ZERO;
     deps.settings = Arc::new(settings);
-    deps.sending = Arc::new(ExpiryAnswerLost(deps.sending.clone()));
+    deps.sending = Arc::new(SendingFaults {
+        inner: deps.sending.clone(),
+        release_fails: false,
+        expiry_answer_lost: true,
+    });
     let callbacks = Arc::new(Kept::default());
     deps.callback_queue = callbacks.clone();
     assert_eq!(
@@ -1754,22 +1724,33 @@ async fn a_deadline_failure_whose_answer_was_lost_still_has_its_failed_callback(
     assert_eq!(failed.status, MessageStatus::Failed);
 }
 
-/// Sending control whose release of a claim turned away by a busy number fails (the store
-/// unavailable for that write).
-struct ReleaseFails(Arc<dyn kirim::ports::SendingControl>);
+/// Sending control with a failure played: `release_fails`, a release of a claim turned
+/// away by a busy number fails (the store unavailable for that write); `expiry_answer_lost`,
+/// the deadline failure lands but answers an error after every try (its answer lost, then
+/// throttled).
+struct SendingFaults {
+    inner: Arc<dyn kirim::ports::SendingControl>,
+    release_fails: bool,
+    expiry_answer_lost: bool,
+}
 
 #[async_trait]
-impl kirim::ports::SendingControl for ReleaseFails {
+impl kirim::ports::SendingControl for SendingFaults {
     async fn release_unattempted(
         &self,
-        _: &TenantId,
-        _: &MessageId,
-        _: DateTime<Utc>,
-        _: usize,
-        _: DateTime<Utc>,
-        _: Option<kirim::domain::CarriedSlot>,
+        tenant: &TenantId,
+        id: &MessageId,
+        claimed_at: DateTime<Utc>,
+        events: usize,
+        at: DateTime<Utc>,
+        slot: Option<kirim::domain::CarriedSlot>,
     ) -> Result<kirim::ports::Transition, StoreError> {
-        Err(StoreError::Unavailable("throttled".into()))
+        if self.release_fails {
+            return Err(StoreError::Unavailable("throttled".into()));
+        }
+        self.inner
+            .release_unattempted(tenant, id, claimed_at, events, at, slot)
+            .await
     }
     async fn expire_sending(
         &self,
@@ -1779,9 +1760,14 @@ impl kirim::ports::SendingControl for ReleaseFails {
         error: &MessageError,
         at: DateTime<Utc>,
     ) -> Result<kirim::ports::Transition, StoreError> {
-        self.0
+        let moved = self
+            .inner
             .expire_sending(tenant, id, claimed_at, error, at)
-            .await
+            .await?;
+        if self.expiry_answer_lost {
+            return Err(StoreError::Unavailable("throttled".into()));
+        }
+        Ok(moved)
     }
 }
 
@@ -1793,7 +1779,11 @@ async fn a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
     let (m, job) = accepted_with_job(&t, &tenant, "+60123459922").await;
     let mut deps = t.app.deps.clone();
-    deps.sending = Arc::new(ReleaseFails(deps.sending.clone()));
+    deps.sending = Arc::new(SendingFaults {
+        inner: deps.sending.clone(),
+        release_fails: true,
+        expiry_answer_lost: false,
+    });
     book_two_seconds_ahead(&deps, &o.phone_number_id).await;
     let outcome = dispatch::handle(&deps, &job).await;
     assert!(
