@@ -485,6 +485,12 @@ pub trait OptOutStore: Send + Sync {
     ///
     /// [`OptedIn::overrides`]: crate::domain::OptedIn::overrides
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError>;
+    /// [`put_opt_out`](Self::put_opt_out) of a copy of the opt-out stored under `of`
+    /// (a user id's, under the phone it is paired with), only while that one still exists:
+    /// the check travels with the write (on DynamoDB a `ConditionCheck` in the put's
+    /// transaction), so a copy never revives an opt-out the tenant has just removed.
+    /// `false` if it was gone (nothing written).
+    async fn put_opt_out_copy(&self, copy: &OptOut, of: &OptOutKey) -> Result<bool, StoreError>;
     async fn get_opt_out(
         &self,
         tenant: &TenantId,

@@ -106,7 +106,7 @@ async fn keep_under_phone(deps: &Deps, by_user: OptOut, phone: &PhoneNumber) {
     };
     let by_user = match deps
         .opt_outs
-        .get_opt_out(&tenant, &OptOutKey::User(u))
+        .get_opt_out(&tenant, &OptOutKey::User(u.clone()))
         .await
     {
         Ok(Some(o)) => o,
@@ -116,11 +116,13 @@ async fn keep_under_phone(deps: &Deps, by_user: OptOut, phone: &PhoneNumber) {
             return;
         }
     };
+    let of = OptOutKey::User(u);
     let o = OptOut {
         phone: Some(phone.clone()),
         ..by_user
     };
-    if let Err(e) = deps.opt_outs.put_opt_out(&o).await {
+    // Only while the id's opt-out is still there: a `DELETE` since the read above wins.
+    if let Err(e) = deps.opt_outs.put_opt_out_copy(&o, &of).await {
         tracing::warn!(tenant_id = %tenant, error = %e, "a user id's opt-out not yet kept under its phone: the next refusal tries again");
     }
 }
@@ -244,12 +246,16 @@ pub async fn add(
     };
     let (stored, was_new) = deps.opt_outs.put_opt_out(&opt_out).await?;
     if let Some(p) = paired_phone {
-        // The id's opt-out as stored (folded: a `marketing` stop never narrows an `all`).
+        // The id's opt-out as stored (folded: a `marketing` stop never narrows an `all`),
+        // while it is stored: a `DELETE` of it meanwhile is not undone under the phone.
         deps.opt_outs
-            .put_opt_out(&OptOut {
-                phone: Some(p),
-                ..stored.clone()
-            })
+            .put_opt_out_copy(
+                &OptOut {
+                    phone: Some(p),
+                    ..stored.clone()
+                },
+                &key,
+            )
             .await?;
     }
     // A recipient's own new opt-out counts against the tenant's quality (once: Meta
@@ -278,10 +284,16 @@ pub async fn get(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<OptO
 }
 
 /// Removes the opt-out under `key` and the one under its paired key: afterwards the user
-/// is reachable by either.
+/// is reachable by either. The user id's first: a copy of it under the phone is written
+/// only while it exists ([`OptOutStore::put_opt_out_copy`]), so one racing this removal
+/// lands before the id's delete, and the phone's delete after it removes it too.
+///
+/// [`OptOutStore::put_opt_out_copy`]: crate::ports::OptOutStore::put_opt_out_copy
 pub async fn remove(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<(), ServiceError> {
     let mut removed = false;
-    for k in super::contacts::keys_of(deps, tenant, std::slice::from_ref(key)).await? {
+    let mut keys = super::contacts::keys_of(deps, tenant, std::slice::from_ref(key)).await?;
+    keys.sort_by_key(|k| matches!(k, OptOutKey::Phone(_)));
+    for k in keys {
         removed |= deps.opt_outs.delete_opt_out(tenant, &k).await?;
     }
     if removed {

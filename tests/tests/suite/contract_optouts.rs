@@ -754,7 +754,71 @@ async fn an_opt_out_by_user_id_is_stored_under_it_and_a_scoped_delete_removes_on
     assert_eq!(rest.opt_outs[0].key(), Some(k));
 }
 
+/// A user id's opt-out copied under its paired phone only while it is stored: the check
+/// travels with the write, so a copy racing the tenant's `DELETE` of the id never revives
+/// the block under the phone.
+async fn a_copy_under_the_phone_is_written_only_while_the_user_ids_opt_out_exists(p: Stores) {
+    let t = onboarded(&p, 0).await;
+    let id = key("MY.8000000002");
+    let by_id = OptOut {
+        phone: None,
+        user_id: kirim::domain::UserId::parse("MY.8000000002"),
+        meta_timestamp: Some(p.clock.now().timestamp()),
+        ..opt_out(&p, &t, "+60123450610", OptOutScope::All)
+    };
+    p.opt_outs.put_opt_out(&by_id).await.unwrap();
+    let copy = OptOut {
+        phone: Some(phone("+60123450610")),
+        ..by_id.clone()
+    };
+    let under_phone = key("+60123450610");
+    // Stored: copied, and read back under the phone.
+    assert!(p.opt_outs.put_opt_out_copy(&copy, &id).await.unwrap());
+    assert_eq!(
+        p.opt_outs
+            .get_opt_out(&t, &under_phone)
+            .await
+            .unwrap()
+            .map(|o| o.scope),
+        Some(OptOutScope::All)
+    );
+    // Removed (the id, then the phone), then a copy of what was read before: refused,
+    // nothing written under the phone.
+    assert!(p.opt_outs.delete_opt_out(&t, &id).await.unwrap());
+    assert!(p.opt_outs.delete_opt_out(&t, &under_phone).await.unwrap());
+    assert!(!p.opt_outs.put_opt_out_copy(&copy, &id).await.unwrap());
+    assert_eq!(
+        p.opt_outs.get_opt_out(&t, &under_phone).await.unwrap(),
+        None
+    );
+    // Without a time (an opt-out from before times were kept), the same.
+    let untimed = OptOut {
+        meta_timestamp: None,
+        ..copy.clone()
+    };
+    assert!(!p.opt_outs.put_opt_out_copy(&untimed, &id).await.unwrap());
+    assert_eq!(
+        p.opt_outs.get_opt_out(&t, &under_phone).await.unwrap(),
+        None
+    );
+    // Another tenant's opt-out under the same id is not a source for this tenant's copy.
+    let other = onboarded(&p, 0).await;
+    p.opt_outs
+        .put_opt_out(&OptOut {
+            tenant_id: other.clone(),
+            ..by_id.clone()
+        })
+        .await
+        .unwrap();
+    assert!(!p.opt_outs.put_opt_out_copy(&copy, &id).await.unwrap());
+    assert_eq!(
+        p.opt_outs.get_opt_out(&t, &under_phone).await.unwrap(),
+        None
+    );
+}
+
 contract!(
+    a_copy_under_the_phone_is_written_only_while_the_user_ids_opt_out_exists,
     an_opting_back_in_holds_back_an_older_opt_out_put_after_it,
     an_opt_out_by_user_id_is_stored_under_it_and_a_scoped_delete_removes_only_that_scope,
     an_opt_out_is_stored_read_back_and_removed_once,

@@ -682,7 +682,126 @@ async fn a_stop_from_a_whatsapp_id_blocks_sends_to_the_number_as_dialled_until_s
     app.send_ok(&t.key, "+601187654321").await;
 }
 
+/// A user id's opt-out is copied under its paired phone (at the STOP, and on a send it
+/// refuses) only while it is stored: a tenant's `DELETE` of it landing between the
+/// service's read and the copy is never undone under the phone, on either path.
+async fn an_opt_out_removed_while_it_is_copied_under_the_phone_stays_removed(b: Backend) {
+    use kirim::domain::{OptOutKey, OptOutScope, OptOutSource, PhoneNumber, TenantId, UserId};
+    use kirim::service::optouts;
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let tenant = TenantId::from_trusted(t.tenant_id.clone());
+    let mut deps = app.app.deps.clone();
+    deps.opt_outs = std::sync::Arc::new(FailingWrites {
+        inner: deps.opt_outs.clone(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+        delete_source_first: true,
+        race_copy: None,
+    });
+    let pair = |phone: &str, id: &str| {
+        let deps = deps.clone();
+        let tenant = tenant.clone();
+        let (phone, id) = (
+            PhoneNumber::parse(phone).unwrap(),
+            UserId::parse(id).unwrap(),
+        );
+        async move {
+            deps.contacts
+                .pair_user(&tenant, &phone, &id, None)
+                .await
+                .unwrap()
+        }
+    };
+    let by_id = |id: &str| optouts::Recipient {
+        phone: None,
+        user_id: UserId::parse(id),
+    };
+    let stored = |key: &str| {
+        let deps = deps.clone();
+        let tenant = tenant.clone();
+        let key = OptOutKey::parse(key).unwrap();
+        async move { deps.opt_outs.get_opt_out(&tenant, &key).await.unwrap() }
+    };
+    // The STOP's path: paired first, then the opt-out by id, removed before its copy.
+    pair("+60123457101", "MY.7000000101").await;
+    optouts::add(
+        &deps,
+        &tenant,
+        by_id("MY.7000000101"),
+        OptOutScope::All,
+        OptOutSource::Api,
+        "key_1",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(stored("MY.7000000101").await, None, "removed meanwhile");
+    assert_eq!(
+        stored("+60123457101").await,
+        None,
+        "not revived under the phone"
+    );
+    // The refused send's path: the opt-out by id first, paired later; the send is
+    // refused, and the copy finds the id's opt-out removed meanwhile.
+    optouts::add(
+        &app.app.deps,
+        &tenant,
+        by_id("MY.7000000102"),
+        OptOutScope::All,
+        OptOutSource::Api,
+        "key_1",
+        None,
+    )
+    .await
+    .unwrap();
+    pair("+60123457102", "MY.7000000102").await;
+    let phone = PhoneNumber::parse("+60123457102").unwrap();
+    assert!(optouts::check(&deps, &tenant, &phone, None).await.is_err());
+    assert_eq!(stored("MY.7000000102").await, None, "removed meanwhile");
+    assert_eq!(
+        stored("+60123457102").await,
+        None,
+        "not revived under the phone"
+    );
+    let res = app.send_template(&t.key, "+60123457102").await;
+    assert_eq!(res.status().as_u16(), 202, "reachable again");
+    // The tenant's `DELETE` by the phone, with a refused send's copy landing just before
+    // the id's delete: the id goes first, so the phone's delete after it takes the copy.
+    pair("+60123457103", "MY.7000000103").await;
+    let o = optouts::add(
+        &app.app.deps,
+        &tenant,
+        by_id("MY.7000000103"),
+        OptOutScope::All,
+        OptOutSource::Api,
+        "key_1",
+        None,
+    )
+    .await
+    .unwrap();
+    let copy = kirim::domain::OptOut {
+        phone: PhoneNumber::parse("+60123457103").ok(),
+        ..o
+    };
+    let mut racing = app.app.deps.clone();
+    racing.opt_outs = std::sync::Arc::new(FailingWrites {
+        inner: racing.opt_outs.clone(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+        delete_source_first: false,
+        race_copy: Some((copy, OptOutKey::parse("MY.7000000103").unwrap())),
+    });
+    let by_phone = OptOutKey::parse("+60123457103").unwrap();
+    optouts::remove(&racing, &tenant, &by_phone).await.unwrap();
+    assert_eq!(stored("MY.7000000103").await, None);
+    assert_eq!(
+        stored("+60123457103").await,
+        None,
+        "the racing copy removed too"
+    );
+}
+
 on_both_backends!(
+    an_opt_out_removed_while_it_is_copied_under_the_phone_stays_removed,
     an_older_stop_arriving_after_a_newer_start_leaves_the_user_opted_in,
     stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arrive,
     an_api_opt_out_outlives_an_older_start_that_arrives_after_it,
@@ -696,10 +815,16 @@ on_both_backends!(
     the_opt_out_routes_add_read_list_and_remove_within_each_role,
 );
 
-/// An opt-out store whose writes fail (storage unavailable) until told otherwise.
+/// An opt-out store whose writes fail (storage unavailable) until told otherwise; with
+/// `delete_source_first`, a copy's source is deleted just before the copy is written (the
+/// tenant's `DELETE` landing between the service's read and its copy); with `race_copy`,
+/// a delete of the copy's source first writes the copy (a refused send's copy landing
+/// just before it).
 struct FailingWrites {
     inner: std::sync::Arc<dyn kirim::ports::OptOutStore>,
     failing: std::sync::atomic::AtomicBool,
+    delete_source_first: bool,
+    race_copy: Option<(kirim::domain::OptOut, kirim::domain::OptOutKey)>,
 }
 
 impl FailingWrites {
@@ -721,6 +846,17 @@ impl kirim::ports::OptOutStore for FailingWrites {
     ) -> Result<(kirim::domain::OptOut, bool), kirim::store_error::StoreError> {
         self.check()?;
         self.inner.put_opt_out(o).await
+    }
+    async fn put_opt_out_copy(
+        &self,
+        o: &kirim::domain::OptOut,
+        of: &kirim::domain::OptOutKey,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.check()?;
+        if self.delete_source_first {
+            self.inner.delete_opt_out(&o.tenant_id, of).await?;
+        }
+        self.inner.put_opt_out_copy(o, of).await
     }
     async fn get_opt_out(
         &self,
@@ -754,6 +890,9 @@ impl kirim::ports::OptOutStore for FailingWrites {
         p: &kirim::domain::OptOutKey,
     ) -> Result<bool, kirim::store_error::StoreError> {
         self.check()?;
+        if let Some((copy, of)) = self.race_copy.as_ref().filter(|(_, of)| of == p) {
+            self.inner.put_opt_out_copy(copy, of).await?;
+        }
         self.inner.delete_opt_out(t, p).await
     }
     async fn list_opt_outs(
@@ -788,6 +927,8 @@ async fn a_webhook_whose_stop_cannot_be_stored_answers_500_and_its_redelivery_ap
     let failing = std::sync::Arc::new(FailingWrites {
         inner: deps.opt_outs.clone(),
         failing: std::sync::atomic::AtomicBool::new(true),
+        delete_source_first: false,
+        race_copy: None,
     });
     deps.opt_outs = failing.clone();
     let body = json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages",

@@ -28,73 +28,13 @@ use aws_sdk_dynamodb::types::TransactWriteItem;
 #[async_trait]
 impl OptOutStore for DynamoStore {
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError> {
-        let key = opt_out
-            .key()
-            .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
-        let pairs = keys::opt_out(&opt_out.tenant_id, &key).pairs();
-        // Folded into what is stored (`OptOut::folded`), written only if that is still
-        // what is stored: its scope and time, or its absence.
-        for _ in 0..4 {
-            let existing = self.get_opt_out(&opt_out.tenant_id, &key).await?;
-            let Some(stored) = OptOut::folded(existing.as_ref(), opt_out) else {
-                return Ok((existing.unwrap_or_else(|| opt_out.clone()), false));
-            };
-            let mut req = aws_sdk_dynamodb::types::Put::builder()
-                .table_name(&self.table)
-                .set_item(Some(to_item(&stored, &pairs, None)?));
-            req = match &existing {
-                None => req.condition_expression("attribute_not_exists(pk)"),
-                Some(old) => {
-                    let req = req
-                        .expression_attribute_names("#scope", "scope")
-                        .expression_attribute_values(":scope", s(old.scope.as_str()));
-                    match old.meta_timestamp {
-                        Some(at) => req
-                            .condition_expression("#scope = :scope AND meta_timestamp = :at")
-                            .expression_attribute_values(":at", n(at)),
-                        None => req.condition_expression(
-                            "#scope = :scope AND attribute_not_exists(meta_timestamp)",
-                        ),
-                    }
-                }
-            };
-            let put = req
-                .build()
-                .map_err(|e| StoreError::Corrupt(format!("put: {e}")))?;
-            // Without a time nothing overrides it: a plain conditional put.
-            let Some(ts) = opt_out.meta_timestamp else {
-                let mut plain = self
-                    .client
-                    .put_item()
-                    .table_name(&self.table)
-                    .set_item(Some(put.item))
-                    .set_condition_expression(put.condition_expression)
-                    .set_expression_attribute_names(put.expression_attribute_names);
-                plain = plain.set_expression_attribute_values(put.expression_attribute_values);
-                if written("dynamodb put", plain.send().await)? {
-                    return Ok((stored, existing.is_none()));
-                }
-                continue;
-            };
-            let check = self.not_opted_in_since(&opt_out.tenant_id, &key, opt_out.scope, ts)?;
-            let items = vec![
-                TransactWriteItem::builder().condition_check(check).build(),
-                TransactWriteItem::builder().put(put).build(),
-            ];
-            match self.transact_retrying_conflicts(items).await {
-                Ok(()) => return Ok((stored, existing.is_none())),
-                // The user opted back in as late or later: not stored.
-                Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
-                    return Ok((existing.unwrap_or_else(|| opt_out.clone()), false));
-                }
-                Err(e) if e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) => {}
-                Err(e) => return Err(e.into_store_error()),
-            }
-            // Changed meanwhile: fold into what is there now.
-        }
-        Err(StoreError::Unavailable(
-            "opt-out changed concurrently".into(),
-        ))
+        self.put_folded(opt_out, None)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("an opt-out put without a source refused".into()))
+    }
+
+    async fn put_opt_out_copy(&self, copy: &OptOut, of: &OptOutKey) -> Result<bool, StoreError> {
+        Ok(self.put_folded(copy, Some(of)).await?.is_some())
     }
 
     async fn get_opt_out(
@@ -296,6 +236,105 @@ impl DynamoStore {
             .send()
             .await;
         written("dynamodb put", res).map(|_| ())
+    }
+
+    /// [`OptOutStore::put_opt_out`], and with `source` only while the opt-out under
+    /// `source` still exists (a `ConditionCheck` in the put's transaction): `None` when it
+    /// is gone, nothing written.
+    async fn put_folded(
+        &self,
+        opt_out: &OptOut,
+        source: Option<&OptOutKey>,
+    ) -> Result<Option<(OptOut, bool)>, StoreError> {
+        let key = opt_out
+            .key()
+            .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
+        let pairs = keys::opt_out(&opt_out.tenant_id, &key).pairs();
+        // Folded into what is stored (`OptOut::folded`), written only if that is still
+        // what is stored: its scope and time, or its absence.
+        for _ in 0..4 {
+            let existing = self.get_opt_out(&opt_out.tenant_id, &key).await?;
+            let Some(stored) = OptOut::folded(existing.as_ref(), opt_out) else {
+                return Ok(Some((existing.unwrap_or_else(|| opt_out.clone()), false)));
+            };
+            let mut req = aws_sdk_dynamodb::types::Put::builder()
+                .table_name(&self.table)
+                .set_item(Some(to_item(&stored, &pairs, None)?));
+            req = match &existing {
+                None => req.condition_expression("attribute_not_exists(pk)"),
+                Some(old) => {
+                    let req = req
+                        .expression_attribute_names("#scope", "scope")
+                        .expression_attribute_values(":scope", s(old.scope.as_str()));
+                    match old.meta_timestamp {
+                        Some(at) => req
+                            .condition_expression("#scope = :scope AND meta_timestamp = :at")
+                            .expression_attribute_values(":at", n(at)),
+                        None => req.condition_expression(
+                            "#scope = :scope AND attribute_not_exists(meta_timestamp)",
+                        ),
+                    }
+                }
+            };
+            let put = req
+                .build()
+                .map_err(|e| StoreError::Corrupt(format!("put: {e}")))?;
+            // Without a time or a source nothing else is checked: a plain conditional put.
+            if opt_out.meta_timestamp.is_none() && source.is_none() {
+                let mut plain = self
+                    .client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(put.item))
+                    .set_condition_expression(put.condition_expression)
+                    .set_expression_attribute_names(put.expression_attribute_names);
+                plain = plain.set_expression_attribute_values(put.expression_attribute_values);
+                if written("dynamodb put", plain.send().await)? {
+                    return Ok(Some((stored, existing.is_none())));
+                }
+                continue;
+            }
+            let mut items = Vec::with_capacity(3);
+            let source_at = source.map(|_| items.len());
+            if let Some(of) = source {
+                let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(keys::opt_out(&opt_out.tenant_id, of).attrs()))
+                    .condition_expression("attribute_exists(pk)")
+                    .build()
+                    .map_err(|e| StoreError::Corrupt(format!("condition check: {e}")))?;
+                items.push(TransactWriteItem::builder().condition_check(check).build());
+            }
+            let opted_in_at = match opt_out.meta_timestamp {
+                Some(ts) => {
+                    let check =
+                        self.not_opted_in_since(&opt_out.tenant_id, &key, opt_out.scope, ts)?;
+                    items.push(TransactWriteItem::builder().condition_check(check).build());
+                    Some(items.len() - 1)
+                }
+                None => None,
+            };
+            let put_at = items.len();
+            items.push(TransactWriteItem::builder().put(put).build());
+            let refused = |e: &super::transact::TransactError, at: Option<usize>| {
+                at.is_some_and(|i| e.reason(i) == Some(&CancelReason::ConditionalCheckFailed))
+            };
+            match self.transact_retrying_conflicts(items).await {
+                Ok(()) => return Ok(Some((stored, existing.is_none()))),
+                // The source is gone: nothing written.
+                Err(e) if refused(&e, source_at) => return Ok(None),
+                // The user opted back in as late or later: not stored.
+                Err(e) if refused(&e, opted_in_at) => {
+                    return Ok(Some((existing.unwrap_or_else(|| opt_out.clone()), false)));
+                }
+                Err(e) if refused(&e, Some(put_at)) => {}
+                Err(e) => return Err(e.into_store_error()),
+            }
+            // Changed meanwhile: fold into what is there now.
+        }
+        Err(StoreError::Unavailable(
+            "opt-out changed concurrently".into(),
+        ))
     }
 
     /// The condition that no live opting back in overrides an opt-out of `scope` made at

@@ -10,28 +10,12 @@ use crate::store_error::StoreError;
 #[async_trait]
 impl OptOutStore for MemoryStore {
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError> {
-        let key = opt_out
-            .key()
-            .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
-        let mut s = self.lock()?;
-        let key = (opt_out.tenant_id.clone(), key.to_string());
-        let now = self.clock.now().timestamp();
-        let overridden = s
-            .opted_in
-            .get(&key)
-            .is_some_and(|(o, expires)| *expires > now && o.overrides(opt_out));
-        let existing = s.opt_outs.get(&key);
-        if overridden {
-            return Ok((existing.cloned().unwrap_or_else(|| opt_out.clone()), false));
-        }
-        let was_new = existing.is_none();
-        match OptOut::folded(existing, opt_out) {
-            Some(stored) => {
-                s.opt_outs.insert(key, stored.clone());
-                Ok((stored, was_new))
-            }
-            None => Ok((existing.cloned().unwrap_or_else(|| opt_out.clone()), false)),
-        }
+        self.put_folded(opt_out, None)?
+            .ok_or_else(|| StoreError::Corrupt("an opt-out put without a source refused".into()))
+    }
+
+    async fn put_opt_out_copy(&self, copy: &OptOut, of: &OptOutKey) -> Result<bool, StoreError> {
+        Ok(self.put_folded(copy, Some(of))?.is_some())
     }
 
     async fn get_opt_out(
@@ -143,5 +127,49 @@ impl MemoryStore {
             *field = Some(at);
             entry.1 = expires;
         }
+    }
+}
+
+impl MemoryStore {
+    /// `put_opt_out`, and with `source` only while the opt-out under `source` exists
+    /// (under the same lock): `None` when it is gone, nothing written.
+    fn put_folded(
+        &self,
+        opt_out: &OptOut,
+        source: Option<&OptOutKey>,
+    ) -> Result<Option<(OptOut, bool)>, StoreError> {
+        let key = opt_out
+            .key()
+            .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
+        let mut s = self.lock()?;
+        if let Some(of) = source {
+            if !s
+                .opt_outs
+                .contains_key(&(opt_out.tenant_id.clone(), of.to_string()))
+            {
+                return Ok(None);
+            }
+        }
+        let key = (opt_out.tenant_id.clone(), key.to_string());
+        let now = self.clock.now().timestamp();
+        let overridden = s
+            .opted_in
+            .get(&key)
+            .is_some_and(|(o, expires)| *expires > now && o.overrides(opt_out));
+        let existing = s.opt_outs.get(&key);
+        if overridden {
+            return Ok(Some((
+                existing.cloned().unwrap_or_else(|| opt_out.clone()),
+                false,
+            )));
+        }
+        let was_new = existing.is_none();
+        Ok(Some(match OptOut::folded(existing, opt_out) {
+            Some(stored) => {
+                s.opt_outs.insert(key, stored.clone());
+                (stored, was_new)
+            }
+            None => (existing.cloned().unwrap_or_else(|| opt_out.clone()), false),
+        }))
     }
 }
