@@ -141,8 +141,9 @@ async fn create(
     let accepted =
         broadcasts::create_campaign(&s.deps, ctx.tenant_id(), template, recipients, campaign)
             .await?;
+    // (`status` in an event's details is the HTTP status: the middleware's.)
     let mut details = json!({"broadcast_id": accepted.id, "accepted": accepted.accepted,
-        "status": accepted.status});
+        "broadcast_status": accepted.status});
     let replayed = accepted.replayed;
     let mut res = (StatusCode::ACCEPTED, Json(accepted)).into_response();
     if replayed {
@@ -390,7 +391,7 @@ async fn moved(
         Move::Resume => broadcasts::resume(d, t, &id).await?,
         Move::Cancel => broadcasts::cancel(d, t, &id).await?,
     };
-    let details = json!({"broadcast_id": view.id, "status": view.status});
+    let details = json!({"broadcast_id": view.id, "broadcast_status": view.status});
     Ok(noted(Json(view).into_response(), None, details))
 }
 

@@ -411,7 +411,8 @@ async fn cancel_message(
 ) -> ApiResult {
     let id = MessageId::parse(&id).ok_or_else(ApiError::not_found)?;
     let m = send::cancel_scheduled(&s.deps, ctx.tenant_id(), &id).await?;
-    let details = json!({"message_id": m.id, "status": m.status.as_str()});
+    // (`status` in an event's details is the HTTP status: the middleware's.)
+    let details = json!({"message_id": m.id, "message_status": m.status.as_str()});
     Ok(admin::noted(
         Json(MessageView::from(&m)).into_response(),
         None,

@@ -277,11 +277,17 @@ fn next_event(
         prev_hash: head.map_or_else(|| GENESIS.to_owned(), |h| h.hash.clone()),
         hash: String::new(),
         // From the time it is linked (not when it happened), so expiry never decreases
-        // along the chain, also for a parked event linked in late.
-        expires_at: deps
-            .settings
-            .retention
-            .expiry(RetentionClass::Audit, deps.clock.now()),
+        // along the chain, also for a parked event linked in late; and never before its
+        // predecessor's (another process's clock may be a moment ahead of this one's).
+        expires_at: match (
+            deps.settings
+                .retention
+                .expiry(RetentionClass::Audit, deps.clock.now()),
+            head.and_then(|h| h.expires_at),
+        ) {
+            (Some(at), Some(prev)) => Some(at.max(prev)),
+            (at, _) => at,
+        },
         prev_expires_at: head.and_then(|h| h.expires_at),
         signature: None,
     };
@@ -1012,7 +1018,13 @@ pub struct ChainCheck {
     checked: usize,
     last: Option<(u64, String)>,
     broken: Option<(u64, String)>,
+    /// The action a chain's event 1 must be, if any: a tenant's chain begins with its
+    /// onboarding ([`ONBOARDING`]).
+    first_action: Option<&'static str>,
 }
+
+/// The action of a tenant's onboarding, its chain's first event.
+pub const ONBOARDING: &str = "POST /v1/platform/tenants";
 
 impl ChainCheck {
     pub fn new(now: i64) -> Self {
@@ -1021,7 +1033,17 @@ impl ChainCheck {
             checked: 0,
             last: None,
             broken: None,
+            first_action: None,
         }
+    }
+
+    /// A check of a chain whose event 1 must be `action`: a tenant's chain begins with its
+    /// onboarding, so an event 1 that is anything else is a chain begun again after its
+    /// events and head were all deleted (the next audited call finds no chain and starts
+    /// one).
+    pub fn beginning_with(mut self, action: &'static str) -> Self {
+        self.first_action = Some(action);
+        self
     }
 
     /// A check that goes on after event `seq` of hash `hash`, `checked` events checked
@@ -1032,6 +1054,7 @@ impl ChainCheck {
             checked,
             last: Some((seq, hash)),
             broken: None,
+            first_action: None,
         }
     }
 
@@ -1059,6 +1082,10 @@ impl ChainCheck {
                 None if e.seq == 1 && e.prev_hash != GENESIS => {
                     Some("event 1 does not start the chain".into())
                 }
+                None if e.seq == 1 && self.first_action.is_some_and(|a| e.action != a) => Some(
+                    "event 1 is not the tenant's onboarding: the chain was begun again after its events and head were deleted"
+                        .into(),
+                ),
                 None if e.seq > 1 && e.prev_expires_at.is_some_and(|x| x > self.now) => Some(
                     format!("events before {} were deleted before they expired", e.seq),
                 ),
@@ -1281,6 +1308,11 @@ pub async fn verify_within(
             ChainCheck::resumed(now, c.checked, c.seq, c.hash.clone()),
             Some(c.seq),
         ),
+        // A tenant's chain begins with its onboarding (a chain is begun only for an
+        // existing tenant: [`crate::http::access`]).
+        None if deps.tenants.get_tenant(tenant).await?.is_some() => {
+            (ChainCheck::new(now).beginning_with(ONBOARDING), None)
+        }
         None => (ChainCheck::new(now), None),
     };
     let mut pages = 0;
@@ -1370,20 +1402,15 @@ pub async fn verify_within(
         .first()
         .map(|p| (deps.clock.now() - p.at).num_seconds().max(0));
     if head.is_none() && report.valid && report.parked == 0 {
-        // A tenant's onboarding is audited on its chain: a tenant younger than the audit
-        // retention without a chain lost it.
-        if let Some(t) = deps.tenants.get_tenant(tenant).await? {
-            let kept = deps
-                .settings
-                .retention
-                .expiry(RetentionClass::Audit, t.created_at);
-            if kept.is_some_and(|x| x > deps.clock.now().timestamp()) {
-                return Ok(VerifyReport::broken(
-                    0,
-                    None,
-                    "the tenant's audit chain is missing".into(),
-                ));
-            }
+        // A tenant's onboarding is audited on its chain, and an open tenant's head has no
+        // expiry (only a close-out gives it one, and a closed tenant verifies nothing):
+        // an existing tenant without a chain lost it, however old the tenant.
+        if deps.tenants.get_tenant(tenant).await?.is_some() {
+            return Ok(VerifyReport::broken(
+                0,
+                None,
+                "the tenant's audit chain is missing".into(),
+            ));
         }
     }
     Ok(report)

@@ -1036,7 +1036,86 @@ async fn an_append_after_a_head_remembered_from_before_the_close_out_moves_the_h
     );
 }
 
+/// A handler's own note of what it left (a cancelled message, a paused campaign) is kept
+/// beside the HTTP status, not overwritten by it.
+async fn a_cancel_is_audited_with_the_messages_status_beside_the_http_status(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let send_at = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let res = app
+        .http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&t.key)
+        .json(
+            &json!({"to": "+60123450410", "send_at": send_at, "template": {
+            "name": "order_update", "language": "en_US", "category": "utility",
+            "components": [{"type": "body", "parameters": [{"type": "text", "text": "A"}]}]}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = app
+        .http
+        .delete(app.url(&format!("/v1/messages/{id}")))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let page = get(&app, &t.key, "/v1/audit").await;
+    let cancel = &page["events"][0];
+    assert_eq!(cancel["action"], "DELETE /v1/messages/{id}", "{page}");
+    assert_eq!(
+        (
+            cancel["details"]["status"].clone(),
+            cancel["details"]["message_status"].clone()
+        ),
+        (json!(200), json!("cancelled")),
+        "{cancel}"
+    );
+}
+
+/// Two processes' clocks differ by a moment: an event linked by the one behind never
+/// expires before its predecessor, so retention never deletes the chain out of order and
+/// verification never finds a gap between the two expiries.
+#[tokio::test]
+async fn an_event_linked_by_a_clock_behind_its_predecessors_never_expires_before_it() {
+    let clock = ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let tenant = TenantId::generate();
+    audit::record(&deps, draft_on(&tenant, "POST /v1/a"))
+        .await
+        .unwrap();
+    clock.advance(chrono::Duration::seconds(-2));
+    audit::record(&deps, draft_on(&tenant, "POST /v1/b"))
+        .await
+        .unwrap();
+    let events = deps
+        .audit
+        .ascending(tenant.as_str(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(
+        events[1].expires_at >= events[0].expires_at,
+        "{:?} then {:?}",
+        events[0].expires_at,
+        events[1].expires_at
+    );
+    // Past the second's expiry by its own clock, before the first's.
+    let retention = deps.settings.retention.audit;
+    clock.advance(chrono::Duration::from_std(retention).unwrap() + chrono::Duration::seconds(1));
+    let v = audit::verify(&deps, &tenant, None).await.unwrap();
+    assert!(v.valid, "{v:?}");
+}
+
 on_both_backends!(
+    a_cancel_is_audited_with_the_messages_status_beside_the_http_status,
     an_append_after_a_head_remembered_from_before_the_close_out_moves_the_head_with_its_ttl,
     the_operators_refused_calls_about_a_tenant_are_in_its_trail,
     a_planted_parked_event_is_linked_only_marked_and_a_forged_one_breaks_verification,
@@ -1247,6 +1326,37 @@ async fn the_chain_still_verifies_after_its_oldest_events_expire() {
     );
 }
 
+/// An open tenant's chain head never expires, so a tenant older than the audit retention
+/// whose head and events are all gone lost its chain too (its events may have expired; its
+/// head may not have).
+#[tokio::test]
+async fn a_tenant_older_than_the_audit_retention_without_a_chain_fails_verification() {
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    let mut cfg = kirim_tests::local_config(Backend::Aws).await;
+    cfg.settings.retention.audit = std::time::Duration::from_secs(2);
+    let app = kirim_tests::spawn_with(cfg).await;
+    let sdk = kirim_tests::moto_sdk().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = format!("{}-Table", app.stack);
+    let t = app.onboard(5).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    for sk in ["HEAD".to_owned(), format!("EVENT#{:016}", 1)] {
+        ddb.delete_item()
+            .table_name(&table)
+            .key("pk", Av::S(format!("AUDIT#{}", t.tenant_id)))
+            .key("sk", Av::S(sk))
+            .send()
+            .await
+            .unwrap();
+    }
+    let v = get(&app, &t.key, "/v1/audit/verify").await;
+    assert_eq!(
+        (v["valid"].clone(), v["reason"].clone()),
+        (json!(false), json!("the tenant's audit chain is missing")),
+        "{v}"
+    );
+}
+
 /// Someone with write access to the table, but not to the audit key, deletes or rewrites
 /// events in DynamoDB: each is reported with its reason.
 #[tokio::test]
@@ -1312,6 +1422,22 @@ async fn deleting_the_oldest_events_wiping_or_rehashing_a_chain_in_dynamodb_fail
     delete(t.tenant_id.clone(), "HEAD".into()).await.unwrap();
     let v = verify(&t).await;
     assert_eq!(v["reason"], "the tenant's audit chain is missing", "{v}");
+    // The tenant's next audited call begins a chain again (it finds none), signed and
+    // linked as any: its first event is not the onboarding, which gives the wipe away.
+    app.send_ok(&t.key, "+60123450402").await;
+    let v = verify(&t).await;
+    assert_eq!(
+        (v["valid"].clone(), v["broken_at"].clone()),
+        (json!(false), json!(1)),
+        "{v}"
+    );
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not the tenant's onboarding"),
+        "{v}"
+    );
 
     // An edit with every later hash recomputed and the head moved to match: only the
     // head's signature, which needs the audit key, gives it away.
