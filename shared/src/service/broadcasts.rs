@@ -1061,6 +1061,25 @@ pub async fn cancel(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Se
     view(deps, tenant, id).await
 }
 
+/// A closed tenant's campaign that waits (scheduled, or paused) is cancelled, refunded, as
+/// the tenant's queued messages are failed: never started, nor fanned out into a closed
+/// account. `true` if it was cancelled here; `false` for an open tenant's, or one that
+/// changed meanwhile (the job's next look decides again).
+async fn cancel_if_closed(deps: &Deps, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+    if !super::dispatch::tenant_closed(deps, tenant).await? {
+        return Ok(false);
+    }
+    match cancel(deps, tenant, id).await {
+        Ok(_) => {
+            tracing::info!(broadcast_id = %id, "a closed tenant's waiting broadcast cancelled, refunded");
+            Ok(true)
+        }
+        Err(ServiceError::Unavailable(e)) => Err(e),
+        Err(ServiceError::Internal(m)) => Err(StoreError::Corrupt(m)),
+        Err(_) => Ok(false),
+    }
+}
+
 /// How long a paused broadcast's queued message, and its fan-out job, wait before they
 /// look at the hold again (at most the schedule hop: tests use a short one).
 pub const PAUSED_RECHECK: Duration = Duration::from_secs(30);
@@ -1123,6 +1142,9 @@ pub async fn fan_out_in_slices(
                 tracing::info!(broadcast_id = %job.broadcast_id, "scheduled broadcast cancelled or never recorded; its job dropped");
                 return Ok(Outcome::Done);
             }
+            if cancel_if_closed(deps, &job.tenant_id, &job.broadcast_id).await? {
+                return Ok(Outcome::Done);
+            }
         }
         let again = QueueJob::BroadcastFanout(job.clone());
         return super::schedule::wait_again(deps, &again, wait).await;
@@ -1139,12 +1161,22 @@ pub async fn fan_out_in_slices(
     // would only wait on the queue, each coming back every `PAUSED_RECHECK` to look at the
     // hold); this job asks again as often. A scheduled one paused is not started. A
     // cancelled one goes on, so that each recipient ends `cancelled` with its refund.
-    if b.control == Some(BroadcastControl::Paused)
+    let waits = b.control == Some(BroadcastControl::Paused)
         && matches!(
             b.status,
             BroadcastStatus::Scheduled | BroadcastStatus::FanningOut
-        )
+        );
+    // Waiting (paused, or due and not started): a closed tenant's is cancelled, refunded,
+    // instead of started or kept paused (a cancelled one that was fanning out goes on below,
+    // each of its recipients `cancelled` with its refund).
+    if (waits || b.status == BroadcastStatus::Scheduled)
+        && cancel_if_closed(deps, &job.tenant_id, &b.id).await?
     {
+        let Some(now) = deps.broadcasts.get_broadcast(&job.tenant_id, &b.id).await? else {
+            return Ok(Outcome::Done);
+        };
+        b = now;
+    } else if waits {
         let again = QueueJob::BroadcastFanout(job.clone());
         return super::schedule::wait_again(deps, &again, PAUSED_RECHECK).await;
     }

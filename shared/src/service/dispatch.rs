@@ -523,11 +523,22 @@ async fn hold_of(
     })
 }
 
+/// Whether the tenant is closed (a closed tenant's waiting messages and campaigns end at
+/// their job's next look instead of waiting for their `send_at`).
+pub(crate) async fn tenant_closed(
+    deps: &Deps,
+    id: &crate::domain::TenantId,
+) -> Result<bool, StoreError> {
+    Ok(tenant_to_dispatch(deps, id)
+        .await?
+        .is_some_and(|t| t.status == TenantStatus::Closed))
+}
+
 /// The tenant for a dispatch decision: the warm cache's (up to its TTL old), unless it says
 /// the tenant is not active: then the table's. A message accepted just after a resume, by
 /// a process that saw the resume, is neither failed nor hurried out of its retry backoff
 /// for a suspension this process still remembers.
-async fn tenant_to_dispatch(
+pub(crate) async fn tenant_to_dispatch(
     deps: &Deps,
     id: &crate::domain::TenantId,
 ) -> Result<Option<crate::ports::Tenant>, StoreError> {
@@ -565,6 +576,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             // hopping on until `send_at` (up to 35 days); so is the job of a request that
             // recorded nothing (refused after its job was queued), once past the grace
             // for its write.
+            let mut closed = false;
             if super::schedule::looks_at(deps, job.message_id.as_str(), wait) {
                 let m = deps
                     .messages
@@ -583,9 +595,17 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     }
                     _ => {}
                 }
+                // A closed tenant's (closing is final): it goes on below now, and is
+                // failed `tenant_closed`, refunded, rather than wait up to 35 days with its
+                // content on the queue. A suspension decides nothing yet: the message is
+                // sent if the tenant is active at its `send_at` (README, "Scheduled sends").
+                closed = tenant_closed(deps, &job.tenant_id).await?;
             }
-            let again = QueueJob::Send(job.clone());
-            return Ok(super::schedule::wait_again(deps, &again, wait).await?);
+            if !closed {
+                let again = QueueJob::Send(job.clone());
+                return Ok(super::schedule::wait_again(deps, &again, wait).await?);
+            }
+            tracing::info!("a closed tenant's scheduled message ends before its time");
         }
         deps.messages
             .transition(

@@ -875,7 +875,98 @@ async fn a_thousand_scheduled_recipients_all_finish_once_and_the_credits_reconci
     );
 }
 
+/// Closing is final: a closed tenant's scheduled message and scheduled campaign end at
+/// their job's next look, refunded (the message `failed` with `tenant_closed`, the campaign
+/// `cancelled`), instead of waiting for their `send_at` with their content on the queue and
+/// being started into a closed account.
+async fn a_closed_tenants_scheduled_message_and_campaign_end_refunded_before_their_time(
+    b: Backend,
+) {
+    use kirim::domain::{MessageId, MessageStatus, TenantId};
+    let (app, clock) = app_with_clock(b).await;
+    let t = app.onboard(10).await;
+    let (status, body) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        "/v1/messages",
+        Some(
+            json!({"to": "+60123459311", "template": template_of("utility"),
+                    "send_at": in_minutes(&clock, 600)}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = MessageId::parse(body["id"].as_str().unwrap_or_default()).unwrap();
+    let to = ["+60123459312", "+60123459313", "+60123459314"];
+    let (status, body) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        "/v1/broadcasts",
+        Some(json!({"template": template_of("utility"), "recipients": to,
+                    "send_at": in_minutes(&clock, 600)})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let bid = body["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(app.credits(&t.key).await, 6);
+    let res = app
+        .http
+        .delete(app.url(&format!("/v1/platform/tenants/{}", t.tenant_id)))
+        .bearer_auth(kirim_tests::OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let deps = &app.app.deps;
+    let tenant = TenantId::from_trusted(t.tenant_id.clone());
+    let mut ended = (None, None, 0);
+    for _ in 0..150 {
+        let m = deps
+            .messages
+            .get_message(&tenant, &id)
+            .await
+            .unwrap()
+            .unwrap();
+        let b = deps
+            .broadcasts
+            .get_broadcast(&tenant, &bid)
+            .await
+            .unwrap()
+            .unwrap();
+        let credits = deps
+            .tenants
+            .get_tenant(&tenant)
+            .await
+            .unwrap()
+            .unwrap()
+            .credits;
+        ended = (
+            Some((m.status, m.error.map(|e| e.code.to_string()))),
+            Some(b.status.as_str()),
+            credits,
+        );
+        if m.status == MessageStatus::Failed && ended.1 == Some("cancelled") && credits == 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ended,
+        (
+            Some((MessageStatus::Failed, Some("tenant_closed".to_owned()))),
+            Some("cancelled"),
+            10
+        ),
+        "both ended, refunded, long before their send_at"
+    );
+    assert_eq!(app.sandbox_requests_to("60123459311").len(), 0);
+    assert_eq!(sandbox_count(&app, &to), 0);
+}
+
 on_both_backends!(
+    a_closed_tenants_scheduled_message_and_campaign_end_refunded_before_their_time,
     a_scheduled_broadcast_starts_after_its_send_at_and_not_before,
     cancelling_a_scheduled_broadcast_refunds_it_exactly_and_sends_nothing,
     a_scheduled_message_waits_then_is_sent_once,
