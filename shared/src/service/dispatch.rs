@@ -877,6 +877,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 wamid: Some(accepted.wamid.clone()),
                 ..Default::default()
             };
+            let sent_at = deps.clock.now();
             let (kept, moved) = tokio::join!(
                 deps.messages.index_wamid(
                     &job.tenant_id,
@@ -889,21 +890,21 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     &job.message_id,
                     MessageStatus::Sent,
                     &change,
-                    deps.clock.now(),
+                    sent_at,
                 ),
             );
-            match moved? {
-                Transition::Applied(sent) => super::callbacks::status_changed(deps, &sent).await,
+            match moved {
+                Ok(Transition::Applied(sent)) => {
+                    super::callbacks::status_changed(deps, &sent).await
+                }
                 // Something moved it further first (a webhook, the deadline): the wamid
                 // goes on the message alone. Or this very move landed with its answer lost
                 // (the store's retry then refused by it): read back, a message found `sent`
                 // has its callback queued here, since Meta's own `sent` (a repeat then)
                 // moves nothing. Callbacks are at least once: a webhook's `sent` that won
-                // the race queued one too.
-                Transition::Refused => {
-                    deps.messages
-                        .set_wamid(&job.tenant_id, &job.message_id, &accepted.wamid, expires)
-                        .await?;
+                // the race queued one too. The callback first: a failed wamid write (the
+                // job retried, its claim refused then) does not skip it.
+                Ok(Transition::Refused) => {
                     if let Ok(Some(m)) = deps
                         .messages
                         .get_message(&job.tenant_id, &job.message_id)
@@ -913,6 +914,28 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                             super::callbacks::status_changed(deps, &m).await;
                         }
                     }
+                    deps.messages
+                        .set_wamid(&job.tenant_id, &job.message_id, &accepted.wamid, expires)
+                        .await?;
+                }
+                // Every try answered an error, but the move may have landed (a timeout after
+                // its commit): read back, a message holding this very move (`sent` at this
+                // time) has its callback queued and goes on as moved; a retried job would
+                // find its claim refused and queue none, and Meta's own `sent` moves nothing.
+                Err(e) => {
+                    let Some(sent) = super::status::this_move(
+                        deps,
+                        &job.tenant_id,
+                        &job.message_id,
+                        MessageStatus::Sent,
+                        sent_at,
+                    )
+                    .await
+                    else {
+                        return Err(e.into());
+                    };
+                    tracing::warn!(error = %e, "the sent move answered an error but landed");
+                    super::callbacks::status_changed(deps, &sent).await;
                 }
             }
             let kept = match kept {

@@ -290,7 +290,7 @@ async fn after_error(
 /// The message, read back, if it holds this very move: at `to`, its event for `to` at this
 /// report's time (a duplicate delivery of the same report holds it too: its callback may
 /// then go twice, as callbacks are at least once). `None` on a read that fails.
-async fn this_move(
+pub(crate) async fn this_move(
     deps: &Deps,
     tenant_id: &TenantId,
     message_id: &MessageId,

@@ -387,6 +387,8 @@ struct Flaky {
     /// The next move to `read` lands, and every try of it answers an error (then the flag
     /// clears).
     lose_read_answer_once: AtomicBool,
+    /// The same for the next move to `sent`.
+    lose_sent_every_answer_once: AtomicBool,
 }
 
 impl Flaky {
@@ -401,6 +403,7 @@ impl Flaky {
             lose_sent_answer_once: AtomicBool::new(false),
             lose_refund_answer_once: AtomicBool::new(false),
             lose_read_answer_once: AtomicBool::new(false),
+            lose_sent_every_answer_once: AtomicBool::new(false),
         })
     }
 }
@@ -448,7 +451,12 @@ impl MessageStore for Flaky {
             let landed = self.inner.transition(tenant, id, to, change, at).await?;
             assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
         }
-        if to == MessageStatus::Read && self.lose_read_answer_once.swap(false, Ordering::SeqCst) {
+        let every = match to {
+            MessageStatus::Read => Some(&self.lose_read_answer_once),
+            MessageStatus::Sent => Some(&self.lose_sent_every_answer_once),
+            _ => None,
+        };
+        if every.is_some_and(|l| l.swap(false, Ordering::SeqCst)) {
             let landed = self.inner.transition(tenant, id, to, change, at).await?;
             assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
             return Err(StoreError::Unavailable("every try timed out".into()));
@@ -1043,6 +1051,35 @@ async fn a_sent_move_whose_answer_was_lost_still_has_its_sent_callback(backend: 
         .collect();
     assert!(statuses.iter().any(|s| s == "sent"), "{statuses:?}");
     assert_eq!(t.sandbox_requests_to("60123459942").len(), 1, "sent once");
+}
+
+/// The `sent` move lands and every try of it answers an error (a timeout after its commit):
+/// read back, the message holds this very move, so its callback is queued and the job goes
+/// on as sent (a retried job would find its claim refused and queue none, and Meta's own
+/// `sent` webhook, a repeat, moves nothing).
+async fn a_sent_move_that_landed_but_answered_errors_still_has_its_sent_callback(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let (url, receiver) = crate::callbacks::receiver(0).await;
+    with_callbacks(&t, &o, &url).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459943").await;
+    let flaky = Flaky::over(&t.app.deps);
+    flaky
+        .lose_sent_every_answer_once
+        .store(true, Ordering::SeqCst);
+    let mut lossy = t.app.deps.clone();
+    lossy.messages = flaky.clone();
+    assert_eq!(dispatch::handle(&lossy, &job).await, Outcome::Done);
+    assert!(!flaky.lose_sent_every_answer_once.load(Ordering::SeqCst));
+    let got = receiver.wait_for(&["sent", "read"]).await;
+    let statuses: Vec<String> = got
+        .iter()
+        .filter(|g| g.body.contains(m.id.as_str()))
+        .map(crate::callbacks::status_of)
+        .collect();
+    assert!(statuses.iter().any(|s| s == "sent"), "{statuses:?}");
+    assert_eq!(t.sandbox_requests_to("60123459943").len(), 1, "sent once");
 }
 
 /// A priced status's move (one transaction with its usage) that lands and then answers an
@@ -2393,6 +2430,7 @@ on_both_backends!(
     the_retention_run_settles_a_scheduled_message_whose_job_was_lost,
     a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accepted_from,
     a_sent_move_whose_answer_was_lost_still_has_its_sent_callback,
+    a_sent_move_that_landed_but_answered_errors_still_has_its_sent_callback,
     a_webhook_move_whose_answer_was_lost_still_has_its_callback_priced_or_not,
     a_message_that_missed_its_carried_slot_carries_the_next_as_a_fresh_queue_message,
     the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent,
