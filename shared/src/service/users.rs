@@ -940,20 +940,52 @@ pub async fn confirm(
         return Err(invalid("totp_code does not match"));
     };
     let now = deps.clock.now();
+    let now_secs = now.timestamp();
+    // Wrong codes meet the user's own counter, the one a login's codes meet: a session
+    // opened with a stolen password alone must not guess its way to a pending secret's
+    // code (which would turn 2FA on and make that session a full one).
+    let counter = LoginCounter::Totp(token_hash(&user.email));
+    let policy = LoginPolicy::of(&counter);
+    let ticket = match deps.users.begin_login(&counter, now_secs, &policy).await? {
+        LoginGate::Allowed(ticket) => ticket,
+        LoginGate::Locked { until } => {
+            crate::metrics::limited("login");
+            tracing::info!(user_id = %id, outcome = "denied", reason = "totp_rate_limited", "2fa confirmation refused");
+            return Err(ServiceError::RateLimited {
+                retry_after_secs: u64::try_from((until - now_secs).max(1)).unwrap_or(1),
+            });
+        }
+    };
     let step = matching_step(
         &totp_for(seed.seed(), &user.email)?,
         req.totp_code.trim(),
         now,
-    )
-    .ok_or_else(|| invalid("totp_code does not match"))?;
-    if !deps.users.confirm_totp(tenant, id, stored, step).await? {
+    );
+    let confirmed = match step {
+        Some(step) => deps.users.confirm_totp(tenant, id, stored, step).await?,
+        None => false,
+    };
+    if !confirmed {
         // Removed meanwhile: the session's user is gone, as on its next request.
-        if deps.users.get_user(tenant, id).await?.is_none() {
+        if step.is_some() && deps.users.get_user(tenant, id).await?.is_none() {
+            deps.users
+                .login_released(&counter, now_secs, &policy, ticket)
+                .await?;
             return Err(ServiceError::Unauthenticated);
         }
-        return Err(invalid(
-            "totp_code does not match (codes are accepted once; wait for the next one)",
-        ));
+        deps.users
+            .login_failed(&counter, now_secs, &policy, ticket)
+            .await?;
+        return Err(invalid(if step.is_some() {
+            "totp_code does not match (codes are accepted once; wait for the next one)"
+        } else {
+            "totp_code does not match"
+        }));
+    }
+    // A right code clears the counter, as at login.
+    if let Err(e) = deps.users.clear_login_counter(&counter).await {
+        // 2FA is on: a count not cleared only shortens the user's next wrong codes.
+        tracing::warn!(user_id = %id, error = %e, "2fa enabled; its wrong codes not cleared");
     }
     reseal_if_legacy(deps, tenant, id, stored, &seed).await;
     tracing::info!(user_id = %id, "2fa enabled");

@@ -710,7 +710,71 @@ async fn a_session_confined_to_setting_up_2fa_cannot_change_the_password(b: Back
     );
 }
 
+/// Wrong codes at the 2FA confirmation meet the user's own counter of wrong codes, as a
+/// login's do: a session opened with a stolen password alone cannot guess its way to a
+/// pending secret's code (which would turn 2FA on and make that session a full one).
+async fn wrong_codes_at_the_2fa_confirmation_are_limited_as_a_logins_are(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let owner = login_ok(&app, &email).await;
+    let (s, e) = call(&app, "POST", "/v1/auth/2fa/enroll", Some(&owner), None).await;
+    assert_eq!(s, 200, "{e}");
+    let pending = totp(e["secret"].as_str().unwrap());
+    let thief = login_ok(&app, &email).await;
+    let mut answers = Vec::new();
+    for n in 0..10 {
+        let wrong = format!(
+            "{:06}",
+            (pending.generate(now_secs()).parse::<u32>().unwrap() + 1 + n) % 1_000_000
+        );
+        let (s, b) = call(
+            &app,
+            "POST",
+            "/v1/auth/2fa/confirm",
+            Some(&thief),
+            Some(json!({"totp_code": wrong})),
+        )
+        .await;
+        answers.push((s, code(&b).to_owned()));
+        if s == 429 {
+            break;
+        }
+    }
+    assert_eq!(
+        answers[..5],
+        vec![(400, "invalid_request".to_owned()); 5],
+        "five wrong codes free: {answers:?}"
+    );
+    assert_eq!(
+        answers.last(),
+        Some(&(429, "rate_limited".to_owned())),
+        "then the user's wrong codes wait: {answers:?}"
+    );
+    // While it waits, the right code is refused too: guessing gains nothing.
+    let (s, _) = call(
+        &app,
+        "POST",
+        "/v1/auth/2fa/confirm",
+        Some(&thief),
+        Some(json!({"totp_code": pending.generate(now_secs())})),
+    )
+    .await;
+    assert_eq!(s, 429);
+    let (s, list) = call(&app, "GET", "/v1/users", Some(&t.key), None).await;
+    assert_eq!(s, 200, "{list}");
+    let me = list["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == email.to_lowercase().as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(me["totp_enabled"], false, "{me}");
+}
+
 on_both_backends!(
+    wrong_codes_at_the_2fa_confirmation_are_limited_as_a_logins_are,
     a_sign_in_racing_a_password_change_with_the_old_password_opens_no_lasting_session,
     a_session_confined_to_setting_up_2fa_cannot_change_the_password,
     a_user_changes_their_password_and_every_session_of_theirs_ends,
