@@ -714,7 +714,14 @@ async fn a_session_confined_to_setting_up_2fa_cannot_change_the_password(b: Back
 /// login's do: a session opened with a stolen password alone cannot guess its way to a
 /// pending secret's code (which would turn 2FA on and make that session a full one).
 async fn wrong_codes_at_the_2fa_confirmation_are_limited_as_a_logins_are(b: Backend) {
-    let app = spawn_app(b).await;
+    use kirim::ports::Clock;
+    // A clock that stands still: the wait a 429 names has not passed at the next request,
+    // however slow the machine.
+    let clock = kirim_tests::ManualClock::new();
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.clock = kirim_infra::local::LocalClock(clock.clone());
+    let app = kirim_tests::spawn_with(cfg).await;
+    let now_secs = || clock.now().timestamp() as u64;
     let t = app.onboard(5).await;
     let (email, _) = new_user(&app, &t.key, "operator").await;
     let owner = login_ok(&app, &email).await;
