@@ -445,9 +445,12 @@ pub async fn handle_batch(deps: &Deps, items: &[(String, u32)]) -> Vec<Outcome> 
         let mut held: Option<Duration> = None;
         let mut out = Vec::with_capacity(group.len());
         for (i, job, attempt) in group {
+            // Held back behind an earlier one that failed, unless this is its last attempt:
+            // a callback is never given up without a try (receivers keep the highest
+            // `sequence`, so one out of order then is harmless).
             let outcome = match held {
-                Some(d) => Outcome::RetryAfter(d),
-                None => deliver(deps, &job, attempt).await,
+                Some(d) if attempt < deps.settings.callback_max_attempts => Outcome::RetryAfter(d),
+                _ => deliver(deps, &job, attempt).await,
             };
             if let Outcome::RetryAfter(d) = outcome {
                 held.get_or_insert(d);

@@ -734,6 +734,66 @@ async fn a_callback_given_up_is_left_to_the_dead_letter_queue_not_deleted() {
     );
 }
 
+/// A message's later callback is held back behind an earlier one that failed in the same
+/// batch, except at its own last attempt: it is tried then (and given up, counted, if that
+/// fails too), never given up untried.
+#[tokio::test]
+async fn a_callback_held_back_behind_a_failing_one_still_gets_its_last_try() {
+    use kirim::domain::{MessageId, MessageStatus, TenantId};
+    use kirim::service::callbacks;
+    use kirim::service::jobs::{CallbackJob, QueueJob};
+    let (app, t, tries) = tenant_with_a_receiver_answering(StatusCode::SERVICE_UNAVAILABLE).await;
+    let mut deps = app.app.deps.clone();
+    let mut settings = (*deps.settings).clone();
+    settings.callback_max_attempts = 2;
+    deps.settings = Arc::new(settings);
+    let message_id = MessageId::generate();
+    let job = |status: MessageStatus, sequence: u32| {
+        QueueJob::StatusCallback(CallbackJob {
+            tenant_id: TenantId::from_trusted(t.tenant_id.clone()),
+            message_id: message_id.clone(),
+            status,
+            at: chrono::Utc::now(),
+            sequence,
+            error: None,
+            client_reference: None,
+        })
+        .to_body()
+        .unwrap()
+    };
+    // `sent` on its first receive, `delivered` on its last (it was queued earlier).
+    let outcome = callbacks::handle_batch(
+        &deps,
+        &[
+            (job(MessageStatus::Sent, 1), 1),
+            (job(MessageStatus::Delivered, 3), 2),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(outcome[..], [Outcome::RetryAfter(_), Outcome::Poison]),
+        "{outcome:?}"
+    );
+    assert_eq!(tries.load(Ordering::SeqCst), 2, "each tried once");
+    // Not at its last attempt, it is held back untried.
+    let outcome = callbacks::handle_batch(
+        &deps,
+        &[
+            (job(MessageStatus::Sent, 1), 1),
+            (job(MessageStatus::Delivered, 3), 1),
+        ],
+    )
+    .await;
+    assert!(
+        matches!(
+            outcome[..],
+            [Outcome::RetryAfter(_), Outcome::RetryAfter(_)]
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(tries.load(Ordering::SeqCst), 3, "only the first tried");
+}
+
 on_both_backends!(
     every_status_change_reaches_the_callback_signed_even_after_the_receiver_was_down,
     a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_read,
