@@ -69,6 +69,12 @@ async fn fail(
     price: i64,
     error: MessageError,
 ) -> Result<bool, StoreError> {
+    // The refund's reason on the 7-year ledger: Meta's refusal (a numeric code), or why it
+    // was never sent (`tenant_suspended`, `recipient_opted_out`, ...).
+    let reason = match &error.code {
+        crate::domain::ErrorCode::Meta(_) => "message not accepted by meta".to_owned(),
+        crate::domain::ErrorCode::Kirim(code) => format!("message not sent: {code}"),
+    };
     let failed = fail_and_refund(
         deps,
         &job.tenant_id,
@@ -76,7 +82,7 @@ async fn fail(
         from,
         price,
         error,
-        "message not accepted by meta",
+        &reason,
     )
     .await?;
     Ok(failed.is_some())

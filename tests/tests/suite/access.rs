@@ -813,6 +813,20 @@ async fn a_message_queued_before_a_suspension_fails_refunded_without_reaching_me
         2,
         "refunded"
     );
+    // The billing record says why (kept 7 years, in the tenant's export).
+    let refunds: Vec<Option<String>> = deps
+        .ledger
+        .entries(&tenant.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == kirim::ports::LedgerKind::Refund)
+        .map(|e| e.reference)
+        .collect();
+    assert_eq!(
+        refunds,
+        vec![Some("message not sent: tenant_suspended".to_owned())]
+    );
 }
 
 /// A message waiting out a long retry backoff on the queue (hops of up to 15 minutes) is

@@ -452,9 +452,14 @@ async fn a_closed_tenant_takes_no_top_up_or_setting_but_its_refunds(p: Ports) {
             .await,
         Err(StoreError::Conflict(_))
     ));
+    assert!(matches!(
+        p.throughput.set_throughput(&t.id, 1000).await,
+        Err(StoreError::Conflict(_))
+    ));
     let after = p.tenants.get_tenant(&t.id).await.unwrap().unwrap();
     assert_eq!(after.credits, 5, "nothing credited");
     assert!(after.ip_allowlist.is_empty() && after.request_limits.is_none());
+    assert_eq!(after.throughput_per_sec, None, "no tier set");
     assert!(
         p.ledger.entries(&t.id).await.unwrap().is_empty(),
         "no entry"

@@ -217,6 +217,36 @@ async fn a_tenant_can_be_suspended_and_resumed_but_closing_is_final(p: Ports) {
         .await
         .unwrap();
     assert_eq!((r.status, r.status_reason), (TenantStatus::Active, None));
+    // The same status again (a resume of an active tenant): only the reason changes, not
+    // the time of the last change (Meta's late word about the account is judged by it).
+    let changed = r.status_changed_at;
+    let again = p
+        .tenants
+        .set_status(
+            &t.id,
+            TenantStatus::Active,
+            Some("checked"),
+            now + chrono::Duration::seconds(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            again.status,
+            again.status_reason.as_deref(),
+            again.status_changed_at
+        ),
+        (TenantStatus::Active, Some("checked"), changed)
+    );
+    assert_eq!(
+        p.tenants
+            .get_tenant(&t.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status_changed_at,
+        changed
+    );
     p.tenants
         .set_status(&t.id, TenantStatus::Closed, Some("contract ended"), now)
         .await

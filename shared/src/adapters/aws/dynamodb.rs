@@ -822,30 +822,60 @@ impl TenantStore for DynamoStore {
         reason: Option<&str>,
         at: DateTime<Utc>,
     ) -> Result<Tenant, StoreError> {
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(keys::tenant(id).attrs()))
-            .update_expression("SET #status = :to, status_reason = :r, status_changed_at = :at")
-            // Closed is terminal.
-            .condition_expression("attribute_exists(pk) AND #status <> :closed")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":to", dyn_value(&to)?)
-            .expression_attribute_values(":r", dyn_value(&reason)?)
-            .expression_attribute_values(":at", dyn_value(&at)?)
-            .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
-        match res {
-            Ok(out) => from_item(out.attributes.unwrap_or_default()),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                // Which condition failed only shapes the error; nothing was written.
-                Err(self.why_refused(id).await)
+        // A change of status moves its time; the same status again (a resume of an active
+        // tenant, a second suspension) changes only the reason, so Meta's late word about
+        // the account, judged by that time, is not taken for older than a change there was
+        // not. Each a conditional write; closed is terminal (closing again changes nothing).
+        for _ in 0..3 {
+            let change = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(keys::tenant(id).attrs()))
+                .update_expression("SET #status = :to, status_reason = :r, status_changed_at = :at")
+                .condition_expression(
+                    "attribute_exists(pk) AND #status <> :closed AND #status <> :to",
+                )
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":to", dyn_value(&to)?)
+                .expression_attribute_values(":r", dyn_value(&reason)?)
+                .expression_attribute_values(":at", dyn_value(&at)?)
+                .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
+                .return_values(ReturnValue::AllNew)
+                .send()
+                .await;
+            match change {
+                Ok(out) => return from_item(out.attributes.unwrap_or_default()),
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() => {}
+                Err(e) => return Err(classify("dynamodb update", e)),
             }
-            Err(e) => Err(classify("dynamodb update", e)),
+            if to == TenantStatus::Closed {
+                break;
+            }
+            let same = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(keys::tenant(id).attrs()))
+                .update_expression("SET status_reason = :r")
+                .condition_expression("attribute_exists(pk) AND #status = :to")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":to", dyn_value(&to)?)
+                .expression_attribute_values(":r", dyn_value(&reason)?)
+                .return_values(ReturnValue::AllNew)
+                .send()
+                .await;
+            match same {
+                Ok(out) => return from_item(out.attributes.unwrap_or_default()),
+                // Changed between the two writes (or closed, or gone): once more.
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() => {}
+                Err(e) => return Err(classify("dynamodb update", e)),
+            }
         }
+        // Which condition failed only shapes the error; nothing was written.
+        Err(self.why_refused(id).await)
     }
 
     async fn suspend_if_unchanged(

@@ -512,9 +512,12 @@ impl TenantStore for MemoryStore {
         if t.status == TenantStatus::Closed {
             return Err(StoreError::Conflict("the tenant is closed".into()));
         }
+        // The same status again (a resume of an active tenant): only the reason changes.
+        if t.status != to {
+            t.status_changed_at = Some(at);
+        }
         t.status = to;
         t.status_reason = reason.map(str::to_owned);
-        t.status_changed_at = Some(at);
         Ok(t.clone())
     }
 

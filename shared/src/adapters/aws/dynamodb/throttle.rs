@@ -34,7 +34,8 @@ use crate::domain::{
     SEND_SLOT_RETENTION,
 };
 use crate::ports::{
-    micros_to_time, slot_interval_micros, SendingControl, Tenant, Throughput, Transition,
+    micros_to_time, slot_interval_micros, SendingControl, Tenant, TenantStatus, Throughput,
+    Transition,
 };
 use crate::store_error::StoreError;
 
@@ -201,7 +202,10 @@ impl Throughput for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(keys::tenant(tenant).attrs()))
             .update_expression("SET throughput_per_sec = :v")
-            .condition_expression("attribute_exists(pk)")
+            // Closed is final.
+            .condition_expression("attribute_exists(pk) AND #status <> :closed")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":closed", super::dyn_value(&TenantStatus::Closed)?)
             .expression_attribute_values(":v", n(i64::from(per_sec)))
             .return_values(ReturnValue::AllNew)
             .send()
@@ -209,7 +213,7 @@ impl Throughput for DynamoStore {
         match res {
             Ok(out) => from_item(out.attributes.unwrap_or_default()),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Err(StoreError::NotFound)
+                Err(self.why_refused(tenant).await)
             }
             Err(e) => Err(classify("dynamodb update", e)),
         }

@@ -44,7 +44,8 @@ impl Throughput for MemoryStore {
 
     async fn set_throughput(&self, tenant: &TenantId, per_sec: u32) -> Result<Tenant, StoreError> {
         let mut s = self.lock()?;
-        let t = s.tenants.get_mut(tenant).ok_or(StoreError::NotFound)?;
+        // Closed is final (as DynamoDB's condition).
+        let t = super::open_tenant(&mut s.tenants, tenant)?;
         t.throughput_per_sec = Some(per_sec);
         Ok(t.clone())
     }
