@@ -780,7 +780,58 @@ async fn wrong_codes_at_the_2fa_confirmation_are_limited_as_a_logins_are(b: Back
     assert_eq!(me["totp_enabled"], false, "{me}");
 }
 
+/// A tenant has at most 200 console users (a bound on clutter, counted at creation): the
+/// 201st answers `400 invalid_request` and is not stored.
+async fn the_two_hundred_and_first_user_of_a_tenant_is_refused(b: Backend) {
+    use kirim::ports::UserRecord;
+    use kirim::service::users;
+    let app = spawn_app(b).await;
+    let t = app.onboard(1).await;
+    let deps = &app.app.deps;
+    let tenant = kirim::domain::TenantId::from_trusted(t.tenant_id.clone());
+    // Stored directly (hashing 200 passwords would only slow the test).
+    let stamp = kirim::domain::new_id().to_lowercase();
+    for n in 0..users::MAX_USERS {
+        deps.users
+            .create_user(&UserRecord {
+                id: kirim::domain::new_id(),
+                tenant_id: tenant.clone(),
+                email: format!("u{n}.{stamp}@example.com"),
+                role: kirim::domain::Role::ReadOnly,
+                password_hash: "x".into(),
+                totp_secret: None,
+                totp_confirmed: false,
+                last_totp_step: 0,
+                created_at: chrono::Utc::now(),
+                password_version: 0,
+            })
+            .await
+            .unwrap();
+    }
+    let (s, body) = call(
+        &app,
+        "POST",
+        "/v1/users",
+        Some(&t.key),
+        Some(json!({"email": format!("one.more.{stamp}@example.com"), "role": "operator", "password": PASSWORD})),
+    )
+    .await;
+    assert_eq!((s, code(&body)), (400, "invalid_request"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 200 users"),
+        "{body}"
+    );
+    assert_eq!(
+        deps.users.list_users(&tenant).await.unwrap().len(),
+        users::MAX_USERS
+    );
+}
+
 on_both_backends!(
+    the_two_hundred_and_first_user_of_a_tenant_is_refused,
     wrong_codes_at_the_2fa_confirmation_are_limited_as_a_logins_are,
     a_sign_in_racing_a_password_change_with_the_old_password_opens_no_lasting_session,
     a_session_confined_to_setting_up_2fa_cannot_change_the_password,
