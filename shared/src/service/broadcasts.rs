@@ -1269,7 +1269,10 @@ pub async fn fan_out_in_slices(
                 attempts: 0,
                 price: b.price_each,
                 client_reference: None,
-                created_at: now,
+                // Accepted (and debited) with its campaign, as its id says: listed by that
+                // time (`since`/`until`), as a scheduled single send is by its acceptance.
+                // Its `accepted` event is when it was recorded here.
+                created_at: b.created_at,
                 updated_at: now,
                 expires_at: b.expires_at,
                 broadcast_id: Some(b.id.clone()),

@@ -965,7 +965,78 @@ async fn a_closed_tenants_scheduled_message_and_campaign_end_refunded_before_the
     assert_eq!(sandbox_count(&app, &to), 0);
 }
 
+/// `since`/`until` select messages by their acceptance (the time in their id): a
+/// campaign's recipients by the campaign's, however much later they are recorded at its
+/// `send_at`; the same on both backends.
+async fn a_campaigns_messages_are_listed_by_the_campaigns_acceptance_not_their_fan_out(b: Backend) {
+    use kirim::ports::Clock;
+    let (app, clock) = app_with_clock(b).await;
+    let t = app.onboard(10).await;
+    let accepted = clock.now();
+    let to = ["+60123459321", "+60123459322"];
+    let (status, body) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        "/v1/broadcasts",
+        Some(json!({"template": template_of("utility"), "recipients": to,
+                    "send_at": in_minutes(&clock, 30)})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    clock.advance(chrono::Duration::minutes(30));
+    for _ in 0..150 {
+        if broadcast_view(&app, &t.key, &id).await["counts"]["read"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = |since: chrono::DateTime<chrono::Utc>, until: chrono::DateTime<chrono::Utc>| {
+        let app = &app;
+        let key = t.key.clone();
+        let q = format!(
+            "/v1/messages?since={}&until={}",
+            since.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+            until.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        );
+        async move {
+            let (s, page) = call(app, &key, Method::GET, &q, None).await;
+            assert_eq!(s, 200, "{page}");
+            page["messages"].as_array().map_or(0, Vec::len)
+        }
+    };
+    let minute = chrono::Duration::minutes(1);
+    assert_eq!(
+        listed(accepted - minute, accepted + minute).await,
+        2,
+        "listed by the campaign's acceptance"
+    );
+    assert_eq!(
+        listed(
+            accepted + chrono::Duration::minutes(29),
+            clock.now() + minute
+        )
+        .await,
+        0,
+        "not by their fan-out"
+    );
+    // Each shows the campaign's acceptance as its `created_at`, inside the range it is
+    // listed by; its `accepted` event is the fan-out's.
+    let (_, page) = call(&app, &t.key, Method::GET, "/v1/messages", None).await;
+    for m in page["messages"].as_array().unwrap() {
+        let created = chrono::DateTime::parse_from_rfc3339(m["created_at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert!(
+            (created - accepted).num_seconds().abs() < 2,
+            "{m}: created with the campaign"
+        );
+    }
+}
+
 on_both_backends!(
+    a_campaigns_messages_are_listed_by_the_campaigns_acceptance_not_their_fan_out,
     a_closed_tenants_scheduled_message_and_campaign_end_refunded_before_their_time,
     a_scheduled_broadcast_starts_after_its_send_at_and_not_before,
     cancelling_a_scheduled_broadcast_refunds_it_exactly_and_sends_nothing,

@@ -543,6 +543,15 @@ impl TenantStore for MemoryStore {
 }
 
 /// A tenant that exists and is not closed (closed is final: no top-up, no setting).
+/// When a message was accepted, in epoch milliseconds: the time in its id (a ULID),
+/// else its record's creation.
+fn accepted_ms(m: &MessageRecord) -> i64 {
+    ulid::Ulid::from_string(m.id.as_str()).map_or_else(
+        |_| m.created_at.timestamp_millis(),
+        |u| i64::try_from(u.timestamp_ms()).unwrap_or(i64::MAX),
+    )
+}
+
 fn open_tenant<'a>(
     tenants: &'a mut HashMap<TenantId, Tenant>,
     id: &TenantId,
@@ -780,8 +789,16 @@ impl MessageStore for MemoryStore {
             .filter(|m| after.as_ref().is_none_or(|a| &m.id < a))
             .filter(|m| self.live(m.expires_at))
             .filter(|m| q.status.is_none_or(|st| m.status == st))
-            .filter(|m| q.since.is_none_or(|t| m.created_at >= t))
-            .filter(|m| q.until.is_none_or(|t| m.created_at < t));
+            // By the time in the id (its acceptance: for a campaign's recipients, the
+            // campaign's), to the millisecond, as DynamoDB's key range selects.
+            .filter(|m| {
+                q.since
+                    .is_none_or(|t| accepted_ms(m) >= t.timestamp_millis())
+            })
+            .filter(|m| {
+                q.until
+                    .is_none_or(|t| accepted_ms(m) < t.timestamp_millis())
+            });
         let messages: Vec<MessageRecord> = matching
             .by_ref()
             .take(limit)
