@@ -402,6 +402,21 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             // that notes its 429 (a user's locked second factor, after a right password)
             // has it audited.
             let noted = res.extensions().get::<AuditNote>().is_some();
+            // A public route's request refused before its handler noted anything (a login
+            // body that is not JSON, too large, of unknown fields): no credentials needed,
+            // so counted against its address as refused credentials are, and once the
+            // address's allowance is spent answered as it is, unaudited: a flood of them
+            // must not become a flood of platform audit writes, nor skip the login limits'
+            // spirit by never reaching them.
+            if mutating && rule.access == Access::Public && !noted && res.status().is_client_error()
+            {
+                let now = state.deps.clock.now();
+                if state.limits.credentials_allowed(addr, now).is_err() {
+                    crate::metrics::limited("bad_credentials");
+                    return res;
+                }
+                state.limits.bad_credentials(addr, now);
+            }
             if mutating && (res.status() != StatusCode::TOO_MANY_REQUESTS || noted) {
                 let note = res
                     .extensions()

@@ -511,7 +511,48 @@ async fn a_login_flood_from_a_locked_out_address_writes_nothing(p: Ports) {
     );
 }
 
+/// Malformed login bodies (not JSON, unknown fields, too large) need no credentials and
+/// never reach the login's own limits: they count against their address as refused
+/// credentials do, and once its allowance is spent they are answered as they are (400,
+/// 413) without an audit write each.
+async fn a_flood_of_malformed_login_bodies_from_one_address_stops_writing(p: Ports) {
+    let http = Http::new(p).await;
+    let bad = |n: usize| {
+        let http = &http;
+        async move {
+            let body = match n % 3 {
+                0 => Body::from("{not json"),
+                1 => Body::from(json!({"email": "x", "password": "y", "extra": 1}).to_string()),
+                _ => Body::from(vec![b'a'; 300 * 1024]),
+            };
+            let req = Request::builder()
+                .method("POST")
+                .uri("/v1/auth/login")
+                .header("content-type", "application/json")
+                .body(body)
+                .unwrap();
+            http.send(req, HOME).await
+        }
+    };
+    // The address's allowance of refused credentials (30 by default), each audited.
+    for n in 0..30 {
+        let a = bad(n).await;
+        assert!(a.status == 400 || a.status == 413, "{n}: {}", a.status);
+    }
+    let before = http.p.retention.stored_items().await.unwrap().len();
+    for n in 0..30 {
+        let a = bad(n).await;
+        assert!(a.status == 400 || a.status == 413, "{n}: {}", a.status);
+    }
+    assert_eq!(
+        http.p.retention.stored_items().await.unwrap().len(),
+        before,
+        "past the allowance, malformed logins wrote nothing"
+    );
+}
+
 contract!(
+    a_flood_of_malformed_login_bodies_from_one_address_stops_writing,
     a_key_over_its_limit_gets_429_with_retry_after_and_another_tenant_is_unaffected,
     a_login_flood_from_a_locked_out_address_writes_nothing,
     the_operators_limits_route_changes_a_tenants_limit_and_refuses_bad_limits,
