@@ -130,8 +130,9 @@ pub struct Failure {
 pub const PAGE: usize = 200;
 
 /// Whether a later try may fix a failure: Meta's transient and throughput errors (the
-/// codes the dispatcher retries), Meta unreachable or answering 5xx, and a timeout
-/// whose outcome stayed unknown (such a message may have arrived: its hint says so).
+/// codes the dispatcher retries), Meta unreachable or answering 5xx, a timeout whose
+/// outcome stayed unknown (such a message may have arrived: its hint says so), and a
+/// dispatch job lost before the message was sent (never sent, refunded).
 /// Not opt-outs, undeliverable numbers, template errors or account problems.
 pub fn retryable(code: &ErrorCode) -> bool {
     match code {
@@ -145,6 +146,7 @@ pub fn retryable(code: &ErrorCode) -> bool {
                 | "meta_unreachable"
                 | super::errors::META_REFUSED_UNREADABLE
                 | super::deadline::OUTCOME_UNKNOWN
+                | super::deadline::DISPATCH_LOST
         ),
     }
 }
@@ -1453,6 +1455,16 @@ mod tests {
         );
         let bad_phone = b"phone\n+6012\xff\n";
         assert_eq!(super::recipients_from_csv(bad_phone).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_lost_dispatch_job_is_retryable_and_an_opt_out_is_not() {
+        use crate::domain::ErrorCode;
+        assert!(super::retryable(&ErrorCode::from("dispatch_lost")));
+        assert!(super::retryable(&ErrorCode::from("outcome_unknown")));
+        assert!(super::retryable(&ErrorCode::Meta(130429)));
+        assert!(!super::retryable(&ErrorCode::from("recipient_opted_out")));
+        assert!(!super::retryable(&ErrorCode::Meta(131026)));
     }
 
     #[test]
