@@ -356,6 +356,77 @@ mod tests {
         assert!(names.contains(&"st/operator-token".to_owned()));
     }
 
+    /// Each log line the README tells operators to alarm on is counted from every function's
+    /// log group, and alarmed on; so is a lost status callback.
+    #[test]
+    fn the_audit_trails_alarm_lines_and_lost_callbacks_have_alarms() {
+        let doc: Value = serde_yaml::from_str(TEMPLATE).unwrap();
+        let log_groups: Vec<String> = resources(&doc, "AWS::Logs::LogGroup")
+            .into_iter()
+            .filter(|(_, p)| {
+                untagged(p.get("LogGroupName").unwrap())
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("/aws/lambda/"))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(log_groups.len(), 7, "{log_groups:?}");
+        let filters = resources(&doc, "AWS::Logs::MetricFilter");
+        for group in &log_groups {
+            let f = filters
+                .iter()
+                .find(|(_, p)| untagged(p.get("LogGroupName").unwrap()).as_str() == Some(group))
+                .unwrap_or_else(|| panic!("no metric filter on {group}"));
+            let pattern = f.1.get("FilterPattern").and_then(Value::as_str).unwrap();
+            // The phrases `service::audit` logs at error level.
+            for phrase in ["AUDIT EVENT LOST", "DOES NOT VERIFY"] {
+                assert!(pattern.contains(phrase), "{group}: {pattern}");
+            }
+        }
+        let alarmed: Vec<String> = resources(&doc, "AWS::CloudWatch::Alarm")
+            .into_iter()
+            .filter_map(|(_, p)| Some(p.get("MetricName")?.as_str()?.to_owned()))
+            .collect();
+        for metric in ["AuditIntegrity", "CallbacksLost"] {
+            assert!(alarmed.iter().any(|m| m == metric), "{metric}: {alarmed:?}");
+        }
+        let code = include_str!("../../shared/src/service/audit.rs");
+        for phrase in ["AUDIT EVENT LOST", "DOES NOT VERIFY"] {
+            assert!(code.contains(phrase), "the code still logs {phrase}");
+        }
+    }
+
+    /// The HTTP API's stage-wide route throttle is above one tenant's default allowance
+    /// (else one tenant's burst gets API Gateway's bare 429 for every tenant), and both
+    /// queue-driven functions take the reserved concurrency parameter.
+    #[test]
+    fn the_stage_throttle_admits_a_tenants_allowance_and_queue_functions_can_reserve() {
+        let doc: Value = serde_yaml::from_str(TEMPLATE).unwrap();
+        let params = doc.get("Parameters").unwrap();
+        let default = |name: &str| {
+            params
+                .get(name)
+                .and_then(|p| p.get("Default"))
+                .and_then(Value::as_u64)
+                .unwrap()
+        };
+        let per_key = u64::from(kirim::domain::RequestLimits::DEFAULT.requests_per_sec);
+        assert!(
+            default("ApiThrottleRate") >= per_key * 4,
+            "a tenant's allowance"
+        );
+        assert!(default("ApiThrottleBurst") >= default("ApiThrottleRate"));
+        let functions = resources(&doc, "AWS::Serverless::Function");
+        for name in ["DispatcherFunction", "StatusCallbackFunction"] {
+            let f = &functions.iter().find(|(k, _)| k == name).unwrap().1;
+            let reserved = format!("{:?}", f.get("ReservedConcurrentExecutions").unwrap());
+            assert!(
+                reserved.contains("QueueReservedConcurrency"),
+                "{name}: {reserved}"
+            );
+        }
+    }
+
     /// A tagged value's inner value (`!Sub "…"` → "…", `!Ref X` → "X").
     fn untagged(v: &Value) -> &Value {
         match v {
