@@ -83,6 +83,14 @@ fn canonical(v: &serde_json::Value, out: &mut String) {
             }
             out.push(']');
         }
+        // A whole number written as a float (`500.0`) is the number the API reads it as
+        // (`fields::integer` takes both): the same body, so the same fingerprint.
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
+                out.push_str(itoa::Buffer::new().format(f as i64));
+            }
+            _ => out.push_str(&n.to_string()),
+        },
         other => out.push_str(&other.to_string()),
     }
 }
@@ -93,6 +101,18 @@ mod tests {
 
     fn test_key() -> IdempotencyKey {
         IdempotencyKey::parse("order-42").expect("a key")
+    }
+
+    #[test]
+    fn a_whole_number_written_as_a_float_is_the_same_body() {
+        let k = test_key();
+        let int = serde_json::json!({"amount": 500, "reference": "INV-7"});
+        let float: serde_json::Value =
+            serde_json::from_str(r#"{"reference":"INV-7","amount":500.0}"#).unwrap();
+        assert_eq!(k.fingerprint(&int), k.fingerprint(&float));
+        let other: serde_json::Value =
+            serde_json::from_str(r#"{"reference":"INV-7","amount":500.5}"#).unwrap();
+        assert_ne!(k.fingerprint(&int), k.fingerprint(&other));
     }
 
     #[test]
