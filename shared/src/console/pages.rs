@@ -1265,12 +1265,18 @@ async fn render_keys(
     once: Option<Markup>,
 ) -> Response {
     let a = s.api.get(&ctx.who, "/v1/api-keys").await;
-    if !a.ok() {
+    // A key just made is shown whatever the list's read does: it is shown this once, and
+    // an error page in its place would leave a working key nobody has seen.
+    let listed = a.ok();
+    if !listed && once.is_none() {
         return failed(&a);
     }
     let keys = a.body["api_keys"].as_array().cloned().unwrap_or_default();
     let body = html! {
         @if let Some(o) = once { (o) }
+        @if !listed {
+            p.notice role="status" { "The list of keys could not be read just now: copy the key above, then reload this page to see the list." }
+        }
         h2 { "Create a key" }
         form.stack method="post" action="/console/api-keys" {
             (csrf(&ctx.csrf))
@@ -1308,7 +1314,7 @@ async fn render_keys(
                             }
                         }
                     }
-                    @if keys.is_empty() { tr { td colspan="6" { "No keys." } } }
+                    @if keys.is_empty() && listed { tr { td colspan="6" { "No keys." } } }
                 }
             }
         }

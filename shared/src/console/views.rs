@@ -202,7 +202,8 @@ pub const STATUSES: [&str; 8] = [
 ];
 
 fn pattern(prefix: &str, status: &str) -> Markup {
-    let id = format!("{prefix}-{status}");
+    // Its own namespace: a page may use `{prefix}-{status}` for other elements (a count).
+    let id = format!("{prefix}-pattern-{status}");
     html! {
         @match status {
             "accepted" => pattern id=(id) width="8" height="8" patternUnits="userSpaceOnUse" {
@@ -259,7 +260,7 @@ pub fn status_chart(id: &str, caption: &str, counts: &[(&str, u64)]) -> Markup {
                     @let y = 5 + row * i as u64;
                     @let w = if *n == 0 { 0 } else { (n * 380 / max).max(2) };
                     text x="0" y=(y + 19) font-size="14" fill="#111" { (s) }
-                    rect x="100" y=(y + 4) width=(w) height="20" fill=(format!("url(#{id}-{s})")) stroke="#111" stroke-width="1" {}
+                    rect x="100" y=(y + 4) width=(w) height="20" fill=(format!("url(#{id}-pattern-{s})")) stroke="#111" stroke-width="1" {}
                     text x=(110 + w) y=(y + 19) font-size="14" fill="#111" { (n) }
                 }
             }

@@ -153,6 +153,17 @@ async fn an_operator_creates_a_campaign_from_pasted_numbers_and_sees_its_results
         page.html
     );
     assert!(page.html.contains("<svg"), "a chart");
+    // Every id once (a bar's `url(#…)` fill finds its pattern, not a count of that name).
+    let mut ids: Vec<&str> = page
+        .html
+        .split(" id=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    let all = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "duplicate ids: {}", page.html);
     assert!(
         page.html.contains("read 1") && page.html.contains("failed 1"),
         "the chart's text says the numbers"
@@ -1242,6 +1253,71 @@ async fn a_day_the_calendar_cannot_end_is_a_400_on_every_dated_page(b: Backend) 
 /// A campaign the API accepted whose page then cannot be read (here the user's request
 /// limit, spent by the create) is said to be accepted, with a link to it, never shown as an
 /// error that invites a second campaign (and a second debit).
+/// A key made or rotated from the console is shown on the page that answers it even when
+/// that page cannot read the list of keys just then (here: the tenant's request limit spent
+/// by the create): it is shown this once, and an error page in its place would leave a
+/// working key nobody has seen.
+async fn a_new_or_rotated_key_is_shown_even_when_the_key_list_cannot_be_read(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/api-keys").await.csrf();
+    let (s, keys) = call(&app, "GET", "/v1/api-keys", Some(&t.key), None).await;
+    assert_eq!(s, 200, "{keys}");
+    let first = keys["api_keys"][0]["id"].as_str().unwrap().to_owned();
+    let limits = format!("/v1/platform/tenants/{}/limits", t.tenant_id);
+    let set = |rate: u32, burst: u32| {
+        let app = &app;
+        let limits = limits.clone();
+        async move {
+            let (s, body) = call(
+                app,
+                "PUT",
+                &limits,
+                Some(kirim_tests::OPERATOR_TOKEN),
+                Some(json!({"requests_per_sec": rate, "burst": burst})),
+            )
+            .await;
+            assert_eq!(s, 200, "{body}");
+        }
+    };
+    set(1, 1).await;
+    // A full bucket of one request: the create's (the rotate's, below).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let made = web
+        .post(
+            "/console/api-keys",
+            &[
+                ("csrf", &csrf),
+                ("name", "Integration"),
+                ("role", "operator"),
+            ],
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.html);
+    assert!(made.html.contains("id=\"new-key\""), "{}", made.html);
+    assert!(made.html.contains("kirim_"), "the secret: {}", made.html);
+    assert!(
+        made.html.contains("could not be read just now"),
+        "{}",
+        made.html
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let rotated = web
+        .post(
+            &format!("/console/api-keys/{first}/rotate"),
+            &[("csrf", &csrf), ("grace_period_hours", "24")],
+        )
+        .await;
+    assert_eq!(rotated.status, 201, "{}", rotated.html);
+    assert!(rotated.html.contains("id=\"new-key\""), "{}", rotated.html);
+    set(100, 200).await;
+    let (s, keys) = call(&app, "GET", "/v1/api-keys", Some(&t.key), None).await;
+    assert_eq!(s, 200, "{keys}");
+    assert_eq!(keys["api_keys"].as_array().map(Vec::len), Some(3), "{keys}");
+}
+
 async fn a_campaign_accepted_whose_page_cannot_be_read_is_said_accepted_not_failed(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(10).await;
@@ -1536,6 +1612,7 @@ async fn with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_
 on_both_backends!(
     a_sign_in_made_before_its_user_turned_on_2fa_elsewhere_is_told_to_sign_in_again,
     a_campaign_accepted_whose_page_cannot_be_read_is_said_accepted_not_failed,
+    a_new_or_rotated_key_is_shown_even_when_the_key_list_cannot_be_read,
     a_user_changes_their_password_from_the_console_and_signs_in_again_with_it,
     with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_catalogue,
     a_day_the_calendar_cannot_end_is_a_400_on_every_dated_page,
