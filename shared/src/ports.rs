@@ -485,8 +485,9 @@ pub trait OptOutStore: Send + Sync {
     ///
     /// [`OptedIn::overrides`]: crate::domain::OptedIn::overrides
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError>;
-    /// [`put_opt_out`](Self::put_opt_out) of a copy of the opt-out stored under `of`
-    /// (a user id's, under the phone it is paired with), only while that one still exists:
+    /// [`put_opt_out`](Self::put_opt_out) of a copy of the opt-out stored under `of`, kept
+    /// under its other key ([`OptOut::copy_key`]: a user id's under the phone it is paired
+    /// with, a phone's under the user id Meta named with it), only while that one exists:
     /// the check travels with the write (on DynamoDB a `ConditionCheck` in the put's
     /// transaction), so a copy never revives an opt-out the tenant has just removed.
     /// `false` if it was gone (nothing written).

@@ -244,6 +244,15 @@ impl OptOut {
         }
     }
 
+    /// The key a copy of the opt-out stored under `of` is kept under: its other key (the
+    /// user id's copy under the phone, the phone's under the user id), if it has one.
+    pub fn copy_key(&self, of: &OptOutKey) -> Option<OptOutKey> {
+        match of {
+            OptOutKey::Phone(_) => self.user_id.clone().map(OptOutKey::User),
+            OptOutKey::User(_) => self.phone.clone().map(OptOutKey::Phone),
+        }
+    }
+
     /// Whether a START (or a `resume`) of time `at` may remove this opt-out: it is not
     /// newer than `at`, so a late START cannot undo a newer STOP. One stored without a
     /// time (before every opt-out carried one) may be removed by any.

@@ -245,6 +245,13 @@ pub async fn add(
         ));
     };
     let (stored, was_new) = deps.opt_outs.put_opt_out(&opt_out).await?;
+    // Meta named both (a STOP from a phone, with its user id): also kept under the id, so
+    // it follows the user to a new phone Meta later pairs the id with (the phone's item
+    // alone is found from the id only while the id is paired with this phone). Written
+    // only while the phone's is stored, as the copy below.
+    if let (Some(_), OptOutKey::Phone(_)) = (&stored.user_id, &key) {
+        deps.opt_outs.put_opt_out_copy(&stored, &key).await?;
+    }
     if let Some(p) = paired_phone {
         // The id's opt-out as stored (folded: a `marketing` stop never narrows an `all`),
         // while it is stored: a `DELETE` of it meanwhile is not undone under the phone.

@@ -614,7 +614,38 @@ async fn an_opt_out_by_user_id_still_blocks_the_paired_phone_after_the_pairing_e
     assert_eq!(s, 202);
 }
 
+/// A STOP that names both the phone and the user id follows the user to a new phone: Meta
+/// keeps the user id, and a send to the phone it is paired with later is refused.
+async fn a_stop_naming_phone_and_user_id_follows_the_user_to_a_new_phone(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let pnid = t.phone_number_id.clone();
+    change(
+        &app,
+        &pnid,
+        "messages",
+        json!({"messages": [stop_from(Some("60123470061"), Some("MY.7000000061"), now())]}),
+    )
+    .await;
+    let before = app.credits(&t.key).await;
+    // The user's new phone, paired with the same user id by a status.
+    pair(&app, &pnid, "60123470062", "MY.7000000061").await;
+    let (s, body) = send_template(&app, &t.key, "+60123470062").await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("recipient_opted_out")),
+        "{body}"
+    );
+    assert_eq!(app.credits(&t.key).await, before, "nothing debited");
+    let (s, o) = call(&app, "GET", &opt_out_path("MY.7000000061"), &t.key, None).await;
+    assert_eq!(s, 200, "{o}");
+    // The old phone stays blocked too.
+    let (s, _) = send_template(&app, &t.key, "+60123470061").await;
+    assert_eq!(s, 422);
+}
+
 on_both_backends!(
+    a_stop_naming_phone_and_user_id_follows_the_user_to_a_new_phone,
     a_status_of_a_moved_numbers_earlier_message_teaches_its_pairing_to_the_messages_tenant,
     a_stop_from_a_user_known_only_by_id_opts_out_that_id,
     a_user_writing_from_their_whatsapp_id_opens_the_window_for_the_number_as_dialled,

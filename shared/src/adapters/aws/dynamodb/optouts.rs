@@ -246,9 +246,11 @@ impl DynamoStore {
         opt_out: &OptOut,
         source: Option<&OptOutKey>,
     ) -> Result<Option<(OptOut, bool)>, StoreError> {
-        let key = opt_out
-            .key()
-            .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
+        let key = match source {
+            Some(of) => opt_out.copy_key(of),
+            None => opt_out.key(),
+        }
+        .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
         let pairs = keys::opt_out(&opt_out.tenant_id, &key).pairs();
         // Folded into what is stored (`OptOut::folded`), written only if that is still
         // what is stored: its scope and time, or its absence.

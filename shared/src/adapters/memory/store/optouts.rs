@@ -138,9 +138,11 @@ impl MemoryStore {
         opt_out: &OptOut,
         source: Option<&OptOutKey>,
     ) -> Result<Option<(OptOut, bool)>, StoreError> {
-        let key = opt_out
-            .key()
-            .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
+        let key = match source {
+            Some(of) => opt_out.copy_key(of),
+            None => opt_out.key(),
+        }
+        .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
         let mut s = self.lock()?;
         if let Some(of) = source {
             if !s
