@@ -21,7 +21,11 @@ impl MetaGraphClient {
     pub fn new(base_url: &str, version: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .connect_timeout(connect_timeout(timeout))
+            // Never followed: a 3xx is an answer that took nothing (a redirected POST would
+            // be resent as a bodiless GET, without the token on another host, and whatever
+            // answered it read as Meta's answer to the send).
+            .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(90))
             .build()?;
         Ok(Self {
@@ -30,6 +34,14 @@ impl MetaGraphClient {
             version: version.to_owned(),
         })
     }
+}
+
+/// How long a connection to Meta may take: under the whole request's `timeout`, so that a
+/// connection that never opens fails as a connection (it never left: retried, then
+/// refunded) before the request's own timeout, which is ambiguous, can fire: at most 5 s,
+/// and at most half the request's time.
+pub fn connect_timeout(timeout: Duration) -> Duration {
+    Duration::from_secs(5).min(timeout / 2)
 }
 
 #[derive(Deserialize)]
@@ -267,6 +279,52 @@ mod tests {
             .await
             .expect("accepted");
         assert_eq!(got.wamid, "wamid.A");
+    }
+
+    /// A connection that never opens fails as one (never left: retried, then refunded),
+    /// before the request's own timeout (ambiguous: charged, never resent) could fire.
+    #[test]
+    fn a_connection_gives_up_before_the_request_does() {
+        for secs in [1, 3, 5, 10, 30] {
+            let t = Duration::from_secs(secs);
+            assert!(connect_timeout(t) < t, "{secs}s");
+            assert!(connect_timeout(t) <= Duration::from_secs(5));
+        }
+        assert!(connect_timeout(Duration::from_millis(700)) < Duration::from_millis(700));
+    }
+
+    /// A redirect is never followed: the send is not resent elsewhere (as a bodiless GET,
+    /// without its token), and the 3xx is the answer: one request, refused unread.
+    #[tokio::test]
+    async fn a_redirect_is_an_answer_not_followed() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let hits = Arc::new(AtomicUsize::new(0));
+        let seen = hits.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("its address");
+        let app = axum::Router::new().fallback(move || {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                (
+                    axum::http::StatusCode::FOUND,
+                    [(axum::http::header::LOCATION, "/elsewhere")],
+                    "",
+                )
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let meta = MetaGraphClient::new(&format!("http://{addr}"), "v23.0", Duration::from_secs(5))
+            .expect("a client");
+        let got = meta
+            .send_message("123", &Secret::new("EAAG"), &serde_json::json!({}))
+            .await;
+        assert_eq!(got, Err(MetaSendError::Protocol(302)));
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "not followed");
     }
 
     /// The platform's own URL a request cannot be built on (no scheme) says nothing about

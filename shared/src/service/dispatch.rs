@@ -1014,7 +1014,8 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                 // one): the request was refused, not taken, so another try cannot send
                 // twice; after the tries it fails, refunded, instead of waiting out the
                 // sending deadline unrefunded.
-                MetaSendError::Protocol(status) if (400..500).contains(status) => (
+                // A 3xx (never followed) took nothing either.
+                MetaSendError::Protocol(status) if (300..500).contains(status) => (
                     ErrorClass::Transient,
                     MessageError {
                         code: super::errors::META_REFUSED_UNREADABLE.into(),
