@@ -212,7 +212,8 @@ mod tests {
                     Value::Null => Value::Bool(false),
                     Value::Bool(b) => Value::Bool(!b),
                     Value::String(s) => Value::String(format!("{s}x")),
-                    Value::Number(x) if x.as_i64() == Some(0) => Value::from(1),
+                    // Another number, also by value (`0.0` is `0`: the same amount).
+                    Value::Number(x) if x.as_f64() == Some(0.0) => Value::from(1),
                     Value::Number(_) => Value::from(0),
                     _ => Value::Null,
                 };

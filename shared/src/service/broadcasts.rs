@@ -1068,7 +1068,7 @@ pub async fn cancel(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Se
 /// account. `true` if it was cancelled here; `false` for an open tenant's, or one that
 /// changed meanwhile (the job's next look decides again).
 async fn cancel_if_closed(deps: &Deps, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
-    if !super::dispatch::tenant_closed(deps, tenant).await? {
+    if !super::accounts::tenant_closed(deps, tenant).await? {
         return Ok(false);
     }
     match cancel(deps, tenant, id).await {

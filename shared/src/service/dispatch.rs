@@ -529,30 +529,7 @@ async fn hold_of(
     })
 }
 
-/// Whether the tenant is closed (a closed tenant's waiting messages and campaigns end at
-/// their job's next look instead of waiting for their `send_at`).
-pub(crate) async fn tenant_closed(
-    deps: &Deps,
-    id: &crate::domain::TenantId,
-) -> Result<bool, StoreError> {
-    Ok(tenant_to_dispatch(deps, id)
-        .await?
-        .is_some_and(|t| t.status == TenantStatus::Closed))
-}
-
-/// The tenant for a dispatch decision: the warm cache's (up to its TTL old), unless it says
-/// the tenant is not active: then the table's. A message accepted just after a resume, by
-/// a process that saw the resume, is neither failed nor hurried out of its retry backoff
-/// for a suspension this process still remembers.
-pub(crate) async fn tenant_to_dispatch(
-    deps: &Deps,
-    id: &crate::domain::TenantId,
-) -> Result<Option<crate::ports::Tenant>, StoreError> {
-    match deps.tenants.tenant_for_access(id).await? {
-        Some(t) if t.status == TenantStatus::Active => Ok(Some(t)),
-        _ => deps.tenants.get_tenant(id).await,
-    }
-}
+use super::accounts::{tenant_closed, tenant_to_dispatch};
 
 async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     if job.recheck {
