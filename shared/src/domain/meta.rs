@@ -856,6 +856,11 @@ fn inbound(
     contacts: &[(Option<PhoneNumber>, Option<UserId>)],
 ) -> Option<InboundMessage> {
     let m: InboundIn = lenient(item)?;
+    // Meta's system notice (a user changed their number: `from` is the number left) is no
+    // message from the user: it opens no window and teaches no pairing.
+    if m.kind.as_deref() == Some("system") {
+        return None;
+    }
     // The first place that holds a reply decides: typed text, a template's quick-reply
     // button (payload or text), an interactive button reply (id or title).
     let request = if let Some(t) = &m.text {
@@ -978,6 +983,9 @@ struct ErrorIn {
 
 #[derive(Deserialize)]
 struct InboundIn {
+    /// `system` for Meta's own notices (`user_changed_number`...): not the user writing.
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
     #[serde(default)]
     from: Option<String>,
     #[serde(default)]

@@ -644,7 +644,32 @@ async fn a_stop_naming_phone_and_user_id_follows_the_user_to_a_new_phone(b: Back
     assert_eq!(s, 422);
 }
 
+/// Meta's `user_changed_number` system notice comes `from` the number the user left: it is
+/// no message from the user, so it opens no customer-service window for that number.
+async fn a_user_changed_number_notice_opens_no_window_for_the_number_left(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    change(
+        &app,
+        &t.phone_number_id,
+        "messages",
+        json!({"messages": [{"from": "60123470071", "id": format!("wamid.sys.{}", ulid::Ulid::new()),
+            "timestamp": now().to_string(), "type": "system",
+            "system": {"body": "User A changed from 60123470071 to 60123470072",
+                       "wa_id": "60123470072", "type": "user_changed_number"}}]}),
+    )
+    .await;
+    let text = json!({"to": "+60123470071", "text": {"body": "Your parcel is here"}});
+    let (s, body) = call(&app, "POST", "/v1/messages", &t.key, Some(text)).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("outside_customer_service_window")),
+        "{body}"
+    );
+}
+
 on_both_backends!(
+    a_user_changed_number_notice_opens_no_window_for_the_number_left,
     a_stop_naming_phone_and_user_id_follows_the_user_to_a_new_phone,
     a_status_of_a_moved_numbers_earlier_message_teaches_its_pairing_to_the_messages_tenant,
     a_stop_from_a_user_known_only_by_id_opts_out_that_id,
