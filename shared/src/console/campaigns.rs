@@ -154,6 +154,10 @@ async fn render_campaigns(
     status: StatusCode,
     n: Option<Notice>,
 ) -> Response {
+    // A form whose outcome is not known comes back with its key (`form_again`): it is
+    // shown whatever the page's other reads do, or a reload would make a new key and a
+    // second campaign.
+    let keyed = typed.contains_key("idempotency_key");
     let list = if list_available(ctx.role) {
         let get = |k: &str| q.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
         let (st, cursor) = (get("status"), get("cursor"));
@@ -166,6 +170,9 @@ async fn render_campaigns(
             StatusCode::BAD_REQUEST => {
                 Some(html! { p.notice.problem role="alert" { "Not done: " (a.message()) } })
             }
+            _ if keyed => Some(html! {
+                p.notice #campaign-list-unreadable role="status" { "The list of campaigns could not be read just now." }
+            }),
             _ => return failed(&a),
         }
     } else {
@@ -182,6 +189,18 @@ async fn render_campaigns(
         let from = senders.known(asked).to_owned();
         match approved_templates(s, ctx, senders.waba_of(&from)).await {
             Ok(t) => (senders, Some((from, t))),
+            // The catalogue unread: the template the form came back with is offered alone.
+            Err(_) if keyed => {
+                let chosen = typed.get("template").map_or("", |v| v.trim());
+                let kept: Vec<Value> = chosen
+                    .split_once(':')
+                    .map(|(name, language)| {
+                        serde_json::json!({"name": name, "language": language, "kept": true})
+                    })
+                    .into_iter()
+                    .collect();
+                (senders, Some((from, (kept, false))))
+            }
             Err(a) => return failed(&a),
         }
     } else {
@@ -298,8 +317,12 @@ fn create_form(
                         @for t in templates {
                             @let value = format!("{}:{}", text(t, "name"), text(t, "language"));
                             option value=(value) selected[chosen == value] {
-                                (text(t, "name")) " (" (text(t, "language")) ", " (text(t, "category")) ", "
-                                (t["body_parameters"].as_u64().unwrap_or(0)) " body parameters)"
+                                @if t["kept"] == true {
+                                    (text(t, "name")) " (" (text(t, "language")) ", as chosen: the catalogue could not be read just now)"
+                                } @else {
+                                    (text(t, "name")) " (" (text(t, "language")) ", " (text(t, "category")) ", "
+                                    (t["body_parameters"].as_u64().unwrap_or(0)) " body parameters)"
+                                }
                             }
                         }
                     }

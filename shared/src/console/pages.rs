@@ -887,6 +887,11 @@ async fn render_messages(
     let mut list: Vec<Value> = Vec::new();
     let mut next: Option<String> = None;
     let mut searched = false;
+    // A send whose outcome is not known comes back with its key (`form_again`): that form
+    // is shown whatever the list's read does, or a reload would make a new key and a
+    // second message.
+    let keyed = sent.contains_key("idempotency_key");
+    let mut unlisted = false;
     if !bad_filter {
         // The API lists by status and time; a number is looked for in the pages it
         // answers (at most NUMBER_PAGES of 100), and "Older" goes on from there.
@@ -907,6 +912,9 @@ async fn render_messages(
             let a = s.api.get(&ctx.who, &format!("/v1/messages?{qs}")).await;
             if a.status == StatusCode::BAD_REQUEST {
                 (status, n) = problem(&a);
+                break;
+            } else if !a.ok() && keyed {
+                unlisted = true;
                 break;
             } else if !a.ok() {
                 return failed(&a);
@@ -948,6 +956,9 @@ async fn render_messages(
         }
         @if searched && next.is_some() {
             p.hint { "Searched " (NUMBER_PAGES * 100) " messages for this number; “Older messages” searches on." }
+        }
+        @if unlisted {
+            p.notice #messages-unavailable role="status" { "The list of messages could not be read just now." }
         }
         div.table-wrap {
             table #messages {

@@ -389,6 +389,8 @@ struct Flaky {
     lose_read_answer_once: AtomicBool,
     /// The same for the next move to `sent`.
     lose_sent_every_answer_once: AtomicBool,
+    /// Every listing fails (storage unavailable).
+    fail_list: AtomicBool,
 }
 
 impl Flaky {
@@ -404,6 +406,7 @@ impl Flaky {
             lose_refund_answer_once: AtomicBool::new(false),
             lose_read_answer_once: AtomicBool::new(false),
             lose_sent_every_answer_once: AtomicBool::new(false),
+            fail_list: AtomicBool::new(false),
         })
     }
 }
@@ -432,6 +435,9 @@ impl MessageStore for Flaky {
         tenant: &TenantId,
         query: &MessageQuery,
     ) -> Result<MessagePage, StoreError> {
+        if self.fail_list.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("dynamodb throttled".into()));
+        }
         self.inner.list_messages(tenant, query).await
     }
     async fn transition(
@@ -706,6 +712,131 @@ async fn a_refunded_failure_whose_answer_was_lost_still_has_its_failed_callback(
     assert_eq!(dispatch::handle(&deps, &job).await, Outcome::Done);
     assert_eq!(callbacks.bodies.lock().unwrap().len(), 1);
     assert_eq!(t.credits(&o.key).await, 5);
+}
+
+/// The console's send form whose outcome is not known (the API answered 5xx: here its job
+/// could not be queued) comes back with the same key, saying sending it again is safe, also
+/// when the page's list of messages cannot be read just then: an error page in its place
+/// would lose the key, and a reload would send a second message.
+async fn a_console_send_of_unknown_outcome_keeps_its_key_when_the_list_cannot_be_read(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let (email, _) = crate::users::new_user(&t, &o.key, "operator").await;
+    let mut web = crate::console::sign_in(&t, &email).await;
+    let csrf = web.get("/console/messages").await.csrf();
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.fail_list.store(true, Ordering::SeqCst);
+    let mut down = t.app.deps.clone();
+    down.queue = Arc::new(Kept::refusing());
+    down.messages = flaky;
+    let console = kirim::console::console_router(
+        down,
+        kirim::console::ConsoleOptions {
+            secure_cookies: false,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, console).await });
+    let cookie = web
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let key = kirim::domain::new_id();
+    let res = reqwest::Client::new()
+        .post(format!("{base}/console/messages"))
+        .header("cookie", cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("idempotency_key", key.as_str()),
+            ("to", "+60123459951"),
+            ("template", "order_update"),
+            ("language", "en_US"),
+            ("category", ""),
+            ("parameters", "ORDER-1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let html = res.text().await.unwrap();
+    assert!(status >= 500, "{status}: {html}");
+    assert!(
+        html.contains(&format!("value=\"{key}\"")),
+        "the same key: {html}"
+    );
+    assert!(html.contains("Sending this form again is safe"), "{html}");
+    assert!(html.contains("could not be read just now"), "{html}");
+}
+
+/// The same for a campaign: its form comes back with its key and its template (offered
+/// alone: the catalogue could not be read either) when the page's reads fail after the
+/// create's 5xx (here the tenant's request limit, one request, spent by the create).
+async fn a_console_campaign_of_unknown_outcome_keeps_its_key_and_template_when_the_page_cannot_read(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let (email, _) = crate::users::new_user(&t, &o.key, "operator").await;
+    let mut web = crate::console::sign_in(&t, &email).await;
+    let csrf = web.get("/console/campaigns").await.csrf();
+    let mut down = t.app.deps.clone();
+    down.queue = Arc::new(Kept::refusing());
+    let console = kirim::console::console_router(
+        down,
+        kirim::console::ConsoleOptions {
+            secure_cookies: false,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, console).await });
+    let res = t
+        .http
+        .put(t.url(&format!("/v1/platform/tenants/{}/limits", o.tenant_id)))
+        .bearer_auth(kirim_tests::OPERATOR_TOKEN)
+        .json(&serde_json::json!({"requests_per_sec": 1, "burst": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let cookie = web
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let key = kirim::domain::new_id();
+    let res = reqwest::Client::new()
+        .post(format!("{base}/console/campaigns"))
+        .header("cookie", cookie)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("idempotency_key", key.as_str()),
+            ("template", "order_update:en_US"),
+            ("parameters", "ORDER-2"),
+            ("numbers", "+60123459952"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let html = res.text().await.unwrap();
+    assert!(status >= 500, "{status}: {html}");
+    assert!(
+        html.contains(&format!("value=\"{key}\"")),
+        "the same key: {html}"
+    );
+    assert!(html.contains("Sending this form again is safe"), "{html}");
+    assert!(
+        html.contains("value=\"order_update:en_US\""),
+        "its template: {html}"
+    );
 }
 
 async fn a_send_whose_job_cannot_be_queued_records_and_charges_nothing(backend: Backend) {
@@ -2442,6 +2573,8 @@ on_both_backends!(
     a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process,
     a_failure_before_meta_is_refunded_in_the_same_write_so_a_storage_failure_loses_no_refund_and_a_redelivery_gives_none_twice,
     a_send_whose_job_cannot_be_queued_records_and_charges_nothing,
+    a_console_send_of_unknown_outcome_keeps_its_key_when_the_list_cannot_be_read,
+    a_console_campaign_of_unknown_outcome_keeps_its_key_and_template_when_the_page_cannot_read,
     a_job_that_arrives_before_its_message_waits_for_it_and_one_whose_send_died_is_dropped_unsent,
     a_broadcast_whose_fan_out_job_cannot_be_queued_records_and_charges_nothing,
     a_fan_out_job_whose_broadcast_is_not_recorded_waits_then_is_dropped,
