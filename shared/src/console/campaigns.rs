@@ -187,10 +187,19 @@ async fn render_campaigns(
             .or_else(|| typed.get("from"))
             .map_or("", |v| v.trim());
         let from = senders.known(asked).to_owned();
-        match approved_templates(s, ctx, senders.waba_of(&from)).await {
-            Ok(t) => (senders, Some((from, t))),
+        // A keyed form's sender the numbers' read could not confirm: kept as chosen, and its
+        // template with it (the default number's catalogue is not its catalogue).
+        let unconfirmed = keyed && !senders.several() && !asked.is_empty();
+        let from = if unconfirmed { asked.to_owned() } else { from };
+        let catalogue = if unconfirmed {
+            None
+        } else {
+            Some(approved_templates(s, ctx, senders.waba_of(&from)).await)
+        };
+        match catalogue {
+            Some(Ok(t)) => (senders, Some((from, t))),
             // The catalogue unread: the template the form came back with is offered alone.
-            Err(_) if keyed => {
+            None | Some(Err(_)) if keyed => {
                 let chosen = typed.get("template").map_or("", |v| v.trim());
                 let kept: Vec<Value> = chosen
                     .split_once(':')
@@ -201,7 +210,8 @@ async fn render_campaigns(
                     .collect();
                 (senders, Some((from, (kept, false))))
             }
-            Err(a) => return failed(&a),
+            None => (senders, Some((from, (Vec::new(), false)))),
+            Some(Err(a)) => return failed(&a),
         }
     } else {
         (Senders::empty(), None)
@@ -307,6 +317,8 @@ fn create_form(
                 @if senders.several() {
                     input type="hidden" name="from" value=(from);
                     p.hint #campaign-from { "Sent from " (senders.describe(from)) "." }
+                } @else {
+                    (Senders::kept("from", from))
                 }
                 @if NAME_AND_SEND_AT {
                     div { label for="c-name" { "Name (optional)" } input #c-name type="text" name="name" maxlength="100" value=(typed("name")); }

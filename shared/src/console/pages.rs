@@ -974,7 +974,7 @@ async fn render_messages(
                             td { (when(&m["created_at"])) }
                         }
                     }
-                    @if list.is_empty() { tr { td colspan="5" { "No messages." } } }
+                    @if list.is_empty() && !unlisted { tr { td colspan="5" { "No messages." } } }
                 }
             }
         }

@@ -91,7 +91,7 @@ impl Senders {
     /// selected when `chosen` is none of them), or nothing with one number.
     pub(super) fn select(&self, id: &str, name: &str, chosen: &str) -> Markup {
         if !self.several() {
-            return html! {};
+            return Self::kept(name, chosen);
         }
         let chosen = self.known(chosen);
         html! {
@@ -104,6 +104,18 @@ impl Senders {
                         option value=(value) selected[picked] { (Self::label(n)) }
                     }
                 }
+            }
+        }
+    }
+
+    /// A form that comes back with a sender chosen (its outcome not known: the same key)
+    /// while the numbers cannot be read: the choice is kept as it was, or sending it again
+    /// would send from the default, a body its key refuses (or a second message).
+    pub(super) fn kept(name: &str, chosen: &str) -> Markup {
+        html! {
+            @if !chosen.is_empty() {
+                input type="hidden" name=(name) value=(chosen);
+                p.hint #sender-kept { "Sent from " (chosen) " (as chosen: the account's numbers could not be read just now)." }
             }
         }
     }

@@ -408,7 +408,13 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             // address's allowance is spent answered as it is, unaudited: a flood of them
             // must not become a flood of platform audit writes, nor skip the login limits'
             // spirit by never reaching them.
-            if mutating && rule.access == Access::Public && !noted && res.status().is_client_error()
+            // (Not the login's own 429 for a locked-out address: unaudited already, and
+            // counting it would spend the allowance other clients behind the address share.)
+            if mutating
+                && rule.access == Access::Public
+                && !noted
+                && res.status().is_client_error()
+                && res.status() != StatusCode::TOO_MANY_REQUESTS
             {
                 let now = state.deps.clock.now();
                 if state.limits.credentials_allowed(addr, now).is_err() {

@@ -278,14 +278,15 @@ fn next_event(
         hash: String::new(),
         // From the time it is linked (not when it happened), so expiry never decreases
         // along the chain, also for a parked event linked in late; and never before its
-        // predecessor's (another process's clock may be a moment ahead of this one's).
+        // predecessor's by a clock a moment behind another process's (up to
+        // `CLOCK_SKEW_SECS`: a retention shortened since is not held off by it).
         expires_at: match (
             deps.settings
                 .retention
                 .expiry(RetentionClass::Audit, deps.clock.now()),
             head.and_then(|h| h.expires_at),
         ) {
-            (Some(at), Some(prev)) => Some(at.max(prev)),
+            (Some(at), Some(prev)) if prev > at && prev - at <= CLOCK_SKEW_SECS => Some(prev),
             (at, _) => at,
         },
         prev_expires_at: head.and_then(|h| h.expires_at),
@@ -1018,13 +1019,22 @@ pub struct ChainCheck {
     checked: usize,
     last: Option<(u64, String)>,
     broken: Option<(u64, String)>,
-    /// The action a chain's event 1 must be, if any: a tenant's chain begins with its
-    /// onboarding ([`ONBOARDING`]).
-    first_action: Option<&'static str>,
+    /// The actions a chain's event 1 may be, if any: a tenant's chain begins with its
+    /// onboarding ([`BEGINNINGS`]).
+    first_action: Option<&'static [&'static str]>,
 }
+
+/// How far behind another process's clock an event's own may be and still take its
+/// predecessor's expiry (a retention shortened since makes a larger gap: not held off).
+const CLOCK_SKEW_SECS: i64 = 300;
 
 /// The action of a tenant's onboarding, its chain's first event.
 pub const ONBOARDING: &str = "POST /v1/platform/tenants";
+
+/// What a tenant's chain may begin with: its onboarding, or (an onboarding whose answer was
+/// an error though the tenant was made: audited on the platform chain, with no tenant to
+/// name) the operator's key for it, README's way to recover such a tenant.
+pub const BEGINNINGS: &[&str] = &[ONBOARDING, "POST /v1/platform/tenants/{id}/api-keys"];
 
 impl ChainCheck {
     pub fn new(now: i64) -> Self {
@@ -1041,8 +1051,8 @@ impl ChainCheck {
     /// onboarding, so an event 1 that is anything else is a chain begun again after its
     /// events and head were all deleted (the next audited call finds no chain and starts
     /// one).
-    pub fn beginning_with(mut self, action: &'static str) -> Self {
-        self.first_action = Some(action);
+    pub fn beginning_with(mut self, actions: &'static [&'static str]) -> Self {
+        self.first_action = Some(actions);
         self
     }
 
@@ -1082,10 +1092,16 @@ impl ChainCheck {
                 None if e.seq == 1 && e.prev_hash != GENESIS => {
                     Some("event 1 does not start the chain".into())
                 }
-                None if e.seq == 1 && self.first_action.is_some_and(|a| e.action != a) => Some(
+                None if e.seq == 1
+                    && self
+                        .first_action
+                        .is_some_and(|a| !a.contains(&e.action.as_str())) =>
+                {
+                    Some(
                     "event 1 is not the tenant's onboarding: the chain was begun again after its events and head were deleted"
                         .into(),
-                ),
+                    )
+                }
                 None if e.seq > 1 && e.prev_expires_at.is_some_and(|x| x > self.now) => Some(
                     format!("events before {} were deleted before they expired", e.seq),
                 ),
@@ -1311,7 +1327,7 @@ pub async fn verify_within(
         // A tenant's chain begins with its onboarding (a chain is begun only for an
         // existing tenant: [`crate::http::access`]).
         None if deps.tenants.get_tenant(tenant).await?.is_some() => {
-            (ChainCheck::new(now).beginning_with(ONBOARDING), None)
+            (ChainCheck::new(now).beginning_with(BEGINNINGS), None)
         }
         None => (ChainCheck::new(now), None),
     };
@@ -1467,6 +1483,29 @@ mod tests {
 
     fn check(events: &[AuditEvent], h: &AuditHead) -> VerifyReport {
         verify_chain("t", events, Some(h), &[key()], NOW)
+    }
+
+    /// A tenant's chain begins with its onboarding, or the operator's key for a tenant whose
+    /// onboarding answered an error (README's recovery); anything else as event 1 is a chain
+    /// begun again after it was deleted whole.
+    #[test]
+    fn a_tenant_chain_begins_with_its_onboarding_or_the_recovery_key() {
+        let first = |action: &str| {
+            let mut e = chain(1).remove(0);
+            e.expires_at = Some(NOW + 3600);
+            e.action = action.into();
+            e.hash = hash_of(&e);
+            e
+        };
+        for (action, valid) in [
+            (ONBOARDING, true),
+            ("POST /v1/platform/tenants/{id}/api-keys", true),
+            ("POST /v1/messages", false),
+            ("POST /v1/platform/tenants/{id}/credits", false),
+        ] {
+            let mut check = ChainCheck::new(NOW).beginning_with(BEGINNINGS);
+            assert_eq!(check.feed(&first(action)), valid, "{action}");
+        }
     }
 
     #[test]

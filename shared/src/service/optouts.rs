@@ -299,6 +299,17 @@ pub async fn get(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<OptO
 pub async fn remove(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<(), ServiceError> {
     let mut removed = false;
     let mut keys = super::contacts::keys_of(deps, tenant, std::slice::from_ref(key)).await?;
+    // A user id's opt-out follows the user to the phone its id is paired with now (copied
+    // there on a refused send): removed with it, whichever key the DELETE names.
+    for k in keys.clone() {
+        if let OptOutKey::User(_) = &k {
+            if let Some(p) = deps.contacts.paired_key(tenant, &k).await? {
+                if !keys.contains(&p) {
+                    keys.push(p);
+                }
+            }
+        }
+    }
     keys.sort_by_key(|k| matches!(k, OptOutKey::Phone(_)));
     for k in keys {
         removed |= deps.opt_outs.delete_opt_out(tenant, &k).await?;

@@ -1112,6 +1112,31 @@ async fn an_event_linked_by_a_clock_behind_its_predecessors_never_expires_before
     clock.advance(chrono::Duration::from_std(retention).unwrap() + chrono::Duration::seconds(1));
     let v = audit::verify(&deps, &tenant, None).await.unwrap();
     assert!(v.valid, "{v:?}");
+    // A retention shortened since is not held off by the predecessor's later expiry (only a
+    // clock a moment behind is).
+    let other = TenantId::generate();
+    audit::record(&deps, draft_on(&other, "POST /v1/c"))
+        .await
+        .unwrap();
+    let mut shorter = (*deps.settings).clone();
+    shorter.retention.audit = retention / 2;
+    let mut deps = deps.clone();
+    deps.settings = std::sync::Arc::new(shorter);
+    audit::record(&deps, draft_on(&other, "POST /v1/d"))
+        .await
+        .unwrap();
+    let events = deps
+        .audit
+        .ascending(other.as_str(), None, 10)
+        .await
+        .unwrap();
+    let last = events.last().unwrap();
+    let expected = kirim::ports::Clock::now(&*clock).timestamp() + (retention / 2).as_secs() as i64;
+    assert!(
+        last.expires_at.is_some_and(|x| (x - expected).abs() <= 1),
+        "{:?} against {expected}",
+        last.expires_at
+    );
 }
 
 on_both_backends!(

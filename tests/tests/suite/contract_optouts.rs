@@ -817,7 +817,57 @@ async fn a_copy_under_the_phone_is_written_only_while_the_user_ids_opt_out_exist
     );
 }
 
+/// A phone's opt-out copied under the user id Meta named with it is listed under that id:
+/// pages follow the keys they are kept under, each once (the copy also names the phone).
+async fn a_copy_under_a_user_id_is_listed_once_under_its_own_key(p: Stores) {
+    let t = onboarded(&p, 0).await;
+    let both = OptOut {
+        user_id: kirim::domain::UserId::parse("MY.8000000003"),
+        meta_timestamp: Some(p.clock.now().timestamp()),
+        ..opt_out(&p, &t, "+60123450620", OptOutScope::All)
+    };
+    let (stored, _) = p.opt_outs.put_opt_out(&both).await.unwrap();
+    assert!(p
+        .opt_outs
+        .put_opt_out_copy(&stored, &key("+60123450620"))
+        .await
+        .unwrap());
+    let other = OptOut {
+        phone: None,
+        user_id: kirim::domain::UserId::parse("MY.8000000004"),
+        ..both.clone()
+    };
+    p.opt_outs.put_opt_out(&other).await.unwrap();
+    let copy = p
+        .opt_outs
+        .get_opt_out(&t, &key("MY.8000000003"))
+        .await
+        .unwrap()
+        .expect("kept under the id");
+    assert_eq!(
+        copy.phone,
+        Some(phone("+60123450620")),
+        "and names the phone"
+    );
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..10 {
+        let page = p
+            .opt_outs
+            .list_opt_outs(&t, 1, cursor.as_deref())
+            .await
+            .unwrap();
+        seen.extend(page.opt_outs.into_iter().map(|o| (o.phone, o.user_id)));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
 contract!(
+    a_copy_under_a_user_id_is_listed_once_under_its_own_key,
     a_copy_under_the_phone_is_written_only_while_the_user_ids_opt_out_exists,
     an_opting_back_in_holds_back_an_older_opt_out_put_after_it,
     an_opt_out_by_user_id_is_stored_under_it_and_a_scoped_delete_removes_only_that_scope,

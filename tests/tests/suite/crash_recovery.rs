@@ -795,6 +795,20 @@ async fn a_console_campaign_of_unknown_outcome_keeps_its_key_and_template_when_t
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, console).await });
+    // A second number, chosen on the form: kept as chosen when the numbers cannot be read.
+    let second = format!("{}", 6_000_000 + kirim_tests::rand_u32() % 900_000);
+    let res = t
+        .http
+        .post(t.url(&format!(
+            "/v1/platform/tenants/{}/phone-numbers",
+            o.tenant_id
+        )))
+        .bearer_auth(kirim_tests::OPERATOR_TOKEN)
+        .json(&serde_json::json!({"phone_number_id": second, "waba_id": "1000001"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
     let res = t
         .http
         .put(t.url(&format!("/v1/platform/tenants/{}/limits", o.tenant_id)))
@@ -818,6 +832,7 @@ async fn a_console_campaign_of_unknown_outcome_keeps_its_key_and_template_when_t
         .form(&[
             ("csrf", csrf.as_str()),
             ("idempotency_key", key.as_str()),
+            ("from", second.as_str()),
             ("template", "order_update:en_US"),
             ("parameters", "ORDER-2"),
             ("numbers", "+60123459952"),
@@ -836,6 +851,10 @@ async fn a_console_campaign_of_unknown_outcome_keeps_its_key_and_template_when_t
     assert!(
         html.contains("value=\"order_update:en_US\""),
         "its template: {html}"
+    );
+    assert!(
+        html.contains(&format!("name=\"from\" value=\"{second}\"")),
+        "its sender: {html}"
     );
 }
 

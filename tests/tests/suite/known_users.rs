@@ -642,6 +642,14 @@ async fn a_stop_naming_phone_and_user_id_follows_the_user_to_a_new_phone(b: Back
     // The old phone stays blocked too.
     let (s, _) = send_template(&app, &t.key, "+60123470061").await;
     assert_eq!(s, 422);
+    // Removed by the phone of the STOP: gone under the id and under the phone it followed
+    // the user to as well.
+    let (s, _) = call(&app, "DELETE", &opt_out_path("+60123470061"), &t.key, None).await;
+    assert_eq!(s, 204);
+    let (s, body) = send_template(&app, &t.key, "+60123470062").await;
+    assert_eq!(s, 202, "{body}");
+    let (s, _) = call(&app, "GET", &opt_out_path("MY.7000000061"), &t.key, None).await;
+    assert_eq!(s, 404);
 }
 
 /// Meta's `user_changed_number` system notice comes `from` the number the user left: it is

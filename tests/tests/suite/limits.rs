@@ -509,6 +509,16 @@ async fn a_login_flood_from_a_locked_out_address_writes_nothing(p: Ports) {
         before,
         "refused logins wrote nothing"
     );
+    // The lock-out's own 429s do not spend the address's allowance of refused credentials,
+    // which other clients behind it share: a bad key from it is still a 401 (audited).
+    for i in 0..15 {
+        let a = login(&http, &email, "not the password", HOME).await;
+        assert_eq!(a.status, 429, "{i}");
+    }
+    let a = http
+        .call("GET", "/v1/account", Some("kirim_not_a_key"), None, HOME)
+        .await;
+    assert_eq!((a.status, a.code()), (401, "unauthenticated"));
 }
 
 /// Malformed login bodies (not JSON, unknown fields, too large) need no credentials and

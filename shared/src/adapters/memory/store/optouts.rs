@@ -86,14 +86,20 @@ impl OptOutStore for MemoryStore {
         let mut matching = s
             .opt_outs
             .iter()
-            .filter(|((t, phone), _)| t == tenant && after.as_ref().is_none_or(|a| phone > a))
-            .map(|(_, o)| o);
-        let opt_outs: Vec<OptOut> = matching.by_ref().take(limit.max(1)).cloned().collect();
+            .filter(|((t, key), _)| t == tenant && after.as_ref().is_none_or(|a| key > a));
+        let page: Vec<(&String, &OptOut)> = matching
+            .by_ref()
+            .take(limit.max(1))
+            .map(|((_, key), o)| (key, o))
+            .collect();
+        // The cursor is the key the last one is kept under (a copy under a user id may also
+        // name a phone: its own `key()` would be the phone's, and the page would repeat).
         let next_cursor = if matching.next().is_some() {
-            opt_outs.last().and_then(OptOut::key).map(|k| k.to_string())
+            page.last().map(|(key, _)| (*key).clone())
         } else {
             None
         };
+        let opt_outs: Vec<OptOut> = page.into_iter().map(|(_, o)| o.clone()).collect();
         Ok(OptOutPage {
             opt_outs,
             next_cursor,

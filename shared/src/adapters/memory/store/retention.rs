@@ -348,8 +348,9 @@ impl RetentionStore for MemoryStore {
                 json!({"sent": c.sent, "opt_outs": c.opt_outs, "undeliverable": c.undeliverable}),
             );
         }
-        for ((t, _), o) in &s.opt_outs {
-            if let Some(k) = o.key() {
+        // Under the key it is kept under (a copy under a user id may also name a phone).
+        for ((t, key), o) in &s.opt_outs {
+            if let Some(k) = crate::domain::OptOutKey::parse(key) {
                 item(
                     keys::opt_out(t, &k),
                     config_ttl(t),
