@@ -16,9 +16,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 venv="${KIRIM_VENV:-.venv}"
 
-if [[ ! -x "${venv}/bin/python" ]]; then
+if ! "${venv}/bin/python" -m pip --version >/dev/null 2>&1; then
     echo "cfn-lint.sh: creating venv at ${venv}" >&2
-    python3 -m venv "${venv}"
+    python3 -m venv --clear "${venv}" || {
+        echo "cfn-lint.sh: python3 cannot make a venv: install python3-venv (sudo apt-get install python3-venv)" >&2
+        exit 1
+    }
 fi
 
 installed="$("${venv}/bin/cfn-lint" --version 2>/dev/null || true)"

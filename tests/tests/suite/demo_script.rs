@@ -12,7 +12,16 @@ async fn the_sending_rules_demo_script_runs_as_the_readme_shows() {
         .output()
         .is_err()
     {
-        panic!("python3 is needed to run the demo script (scripts/test installs it)");
+        panic!(
+            "python3 is needed to run the demo script (with curl; README, \"The two commands\")"
+        );
+    }
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("curl is needed to run the demo script (README, \"The two commands\")");
     }
     let app = spawn_app(Backend::Memory).await;
     let script = concat!(
