@@ -1295,6 +1295,7 @@ pub async fn fan_out_in_slices(
                 facts: Some(super::jobs::MessageFacts::of(&record)),
                 retry_at: None,
                 recheck: false,
+                refused: None,
             })
             .to_body()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;

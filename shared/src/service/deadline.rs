@@ -74,6 +74,7 @@ pub fn recheck_hop(deps: &Deps, job: &DispatchJob, claimed_at: DateTime<Utc>) ->
             body: String::new(),
         },
         recheck: true,
+        refused: None,
         retry_at: None,
         send_at: None,
         // Nor the recipient: a recheck reads the message.

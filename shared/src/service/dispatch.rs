@@ -162,17 +162,72 @@ async fn fail_unsent(
         Unsent::Queued => MessageStatus::Accepted,
         Unsent::Claimed(_) => MessageStatus::Sending,
     };
-    match (fail(deps, job, from, price, error).await, unsent) {
+    match (fail(deps, job, from, price, error.clone()).await, unsent) {
         (Ok(true), _) => Ok(Outcome::Done),
         (Ok(false), Unsent::Queued) => Ok(super::deadline::redelivered(deps, job).await?),
         (Ok(false), Unsent::Claimed(_)) => Ok(Outcome::Done),
         (Err(e), Unsent::Claimed(claimed_at)) => {
-            tracing::error!(error = %e, "could not mark failed; retrying the job");
-            Err(unclaim(deps, job, claimed_at, "failure_not_recorded", e).await)
+            tracing::error!(error = %e, "could not mark failed; the refusal goes back on the queue");
+            refusal_unrecorded(deps, job, claimed_at, error, e).await
         }
         (Err(e), Unsent::Queued) => {
             tracing::error!(error = %e, "could not mark failed; retrying the job");
             Err(e.into())
+        }
+    }
+}
+
+/// Meta refused the claimed message finally (or on its last allowed attempt) and its
+/// `failed` write failed: the claim is given back (`accepted`, `failure_not_recorded`) and
+/// the refusal goes back on the queue in a fresh job ([`DispatchJob::refused`]), which
+/// fails the message with Meta's reason, refunded, without asking Meta again. Retried as
+/// it was, the job would claim the message afresh and send it once more: past
+/// `KIRIM_DISPATCH_MAX_ATTEMPTS`, and with Meta's reason lost if a check before the claim
+/// failed it first (a suspension meanwhile). A release that cannot be written leaves the
+/// job retried as before (the claim still stands, so the retry's claim is refused and the
+/// sending deadline settles it); a release refused finds the claim no longer this job's
+/// (settled since): nothing more to do.
+///
+/// [`DispatchJob::refused`]: super::jobs::DispatchJob::refused
+async fn refusal_unrecorded(
+    deps: &Deps,
+    job: &DispatchJob,
+    claimed_at: DateTime<Utc>,
+    refusal: MessageError,
+    cause: StoreError,
+) -> Result<Outcome, Stopped> {
+    let error = MessageError {
+        code: "failure_not_recorded".into(),
+        title: "a dependency failed for a moment; will retry".into(),
+    };
+    let released = crate::store_error::undo(|| {
+        deps.messages.release_for_retry(
+            &job.tenant_id,
+            &job.message_id,
+            claimed_at,
+            &error,
+            deps.clock.now(),
+        )
+    })
+    .await;
+    match released {
+        Ok(Transition::Applied(_)) => {
+            let again = DispatchJob {
+                refused: Some(refusal),
+                retry_at: None,
+                ..job.clone()
+            };
+            Ok(super::schedule::wait_again(
+                deps,
+                &QueueJob::Send(again),
+                deps.settings.dispatch_backoff,
+            )
+            .await?)
+        }
+        Ok(Transition::Refused) => Ok(Outcome::Done),
+        Err(e) => {
+            tracing::error!(error = %e, "could not release the claim");
+            Err(cause.into())
         }
     }
 }
@@ -202,9 +257,9 @@ impl From<ServiceError> for Stopped {
     }
 }
 
-/// Puts a claimed message back to `accepted` when the throughput limiter failed or a
-/// refused send's failure could not be recorded, so a later delivery of the job can claim
-/// it again; answers the failure with its own
+/// Puts a claimed message back to `accepted` when the throughput limiter failed and the
+/// claim could not be given back unattempted, so a later delivery of the job can claim it
+/// again; answers the failure with its own
 /// class (a retryable one is retried, any other parks the job on the dead-letter queue).
 async fn unclaim(
     deps: &Deps,
@@ -631,6 +686,12 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             super::jobs::MessageFacts::of(&m)
         }
     };
+    // Meta refused it finally when an earlier delivery sent it, and that failure could not
+    // be written then (`refusal_unrecorded`): it fails now with Meta's reason, refunded,
+    // before any check that would give another reason, and is never sent again.
+    if let Some(refusal) = &job.refused {
+        return fail_unsent(deps, job, Unsent::Queued, queued.price, refusal.clone()).await;
+    }
     // A suspended or closed tenant's queued messages are not sent: they fail at once,
     // refunded, rather than wait on the queue (where they would reach the dead-letter
     // queue with their content). The client may send again after a resume.

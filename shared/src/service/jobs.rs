@@ -51,6 +51,12 @@ pub struct DispatchJob {
     /// (`deadline::recheck`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recheck: bool,
+    /// Meta's final refusal of the attempt an earlier delivery of this job made, whose
+    /// `failed` write (with its refund) could not be made: that claim was given back, and
+    /// this job fails the message with Meta's reason, refunded, without asking Meta again
+    /// (`dispatch`). Absent on every other job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<crate::domain::MessageError>,
 }
 
 /// A message's facts that never change after acceptance: who it goes to, from which of
@@ -231,6 +237,7 @@ mod tests {
             }),
             retry_at: None,
             recheck: false,
+            refused: None,
         }
     }
 

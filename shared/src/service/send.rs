@@ -388,6 +388,7 @@ async fn accept(
         facts: Some(super::jobs::MessageFacts::of(&record)),
         retry_at: None,
         recheck: false,
+        refused: None,
     });
     let body = job
         .to_body()
@@ -495,6 +496,7 @@ async fn queue_again_if_never_claimed(
         facts: Some(super::jobs::MessageFacts::of(&m)),
         retry_at: None,
         recheck: false,
+        refused: None,
     });
     let body = job
         .to_body()

@@ -236,6 +236,7 @@ async fn a_message_accepted_after_a_resume_is_not_failed_for_the_suspension_a_wa
             facts: Some(MessageFacts::of(m)),
             retry_at,
             recheck: false,
+            refused: None,
         })
     };
     let job = job_of(&m, None);

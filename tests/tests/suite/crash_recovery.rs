@@ -224,6 +224,7 @@ async fn a_replay_queues_nothing_for_a_message_a_busy_number_just_gave_back(back
         facts: Some(kirim::service::jobs::MessageFacts::of(&first)),
         retry_at: None,
         recheck: false,
+        refused: None,
     })
     .to_body()
     .expect("a job");
@@ -1564,6 +1565,142 @@ async fn a_4xx_without_metas_body_is_retried_then_failed_and_refunded_never_left
     assert_eq!((sum, refunds.len()), (5, 2), "both refunded");
 }
 
+/// Meta's API answering every send with its error `code`, counting the sends.
+struct Refusing(i64, std::sync::atomic::AtomicUsize);
+
+#[async_trait]
+impl kirim::ports::MetaClient for Refusing {
+    async fn send_message(
+        &self,
+        _phone_number_id: &str,
+        _token: &kirim::secret::Secret,
+        _body: &serde_json::Value,
+    ) -> Result<kirim::ports::MetaAccepted, kirim::ports::MetaSendError> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        Err(kirim::ports::MetaSendError::Api {
+            http_status: 400,
+            code: self.0,
+            title: "refused for the test".into(),
+        })
+    }
+    async fn list_templates(
+        &self,
+        _waba_id: &str,
+        _token: &kirim::secret::Secret,
+        _after: Option<&str>,
+    ) -> Result<kirim::domain::template::MetaTemplatePage, kirim::ports::MetaSendError> {
+        Ok(Default::default())
+    }
+}
+
+/// Meta's final refusal (a permanent code, or a transient one on the last allowed attempt)
+/// whose `failed` write fails: the claim is given back and the refusal rides a fresh job,
+/// which fails the message with Meta's code, refunded, without a request more — also when
+/// the tenant was suspended meanwhile. Retried as it was, the job claimed the message
+/// afresh and sent it again: past `KIRIM_DISPATCH_MAX_ATTEMPTS`, and failed
+/// `tenant_suspended` instead of with Meta's reason.
+async fn a_final_refusal_whose_failure_cannot_be_written_is_never_sent_again_and_keeps_metas_code(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let max = t.app.deps.settings.dispatch_max_attempts;
+    for (code, to) in [(131026, "+60123459937"), (131000, "+60123459938")] {
+        let (m, mut job) = accepted_with_job(&t, &tenant, to).await;
+        let first_job = job.clone();
+        let meta = Arc::new(Refusing(code, Default::default()));
+        let flaky = Flaky::over(&t.app.deps);
+        let mut deps = t.app.deps.clone();
+        deps.meta = meta.clone();
+        deps.messages = flaky.clone();
+        let mut given_back = false;
+        for _ in 0..20 {
+            let before = deps
+                .messages
+                .get_message(&tenant, &m.id)
+                .await
+                .unwrap()
+                .unwrap();
+            // Storage fails where the last attempt's failure is written, once.
+            let last = code == 131026 || before.attempts + 1 == max;
+            if last && !given_back {
+                flaky.fail_refund.store(true, Ordering::SeqCst);
+            }
+            let outcome = dispatch::handle_in_batch(&deps, &job).await;
+            if flaky.fail_refund.swap(false, Ordering::SeqCst) {
+                given_back = true;
+                let Outcome::Again(next, _) = outcome else {
+                    panic!("{code}: the refusal goes back on the queue: {outcome:?}");
+                };
+                let back = deps
+                    .messages
+                    .get_message(&tenant, &m.id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(back.status, MessageStatus::Accepted, "{code}: given back");
+                assert_eq!(t.credits(&o.key).await, 4, "{code}: still charged");
+                assert!(next.contains(r#""refused""#), "{code}: {next}");
+                job = next;
+                // The tenant is suspended before the refusal's job comes back.
+                let res = t
+                    .http
+                    .post(t.url(&format!("/v1/platform/tenants/{}/suspend", o.tenant_id)))
+                    .bearer_auth(OPERATOR_TOKEN)
+                    .json(&json!({"reason": "drill"}))
+                    .send()
+                    .await
+                    .expect("suspend");
+                assert_eq!(res.status(), 200);
+                continue;
+            }
+            match outcome {
+                Outcome::Again(next, delay) => {
+                    tokio::time::sleep(delay).await;
+                    job = next;
+                }
+                Outcome::RetryAfter(delay) => tokio::time::sleep(delay).await,
+                Outcome::Done => break,
+                Outcome::Poison => panic!("{code}: poison"),
+            }
+        }
+        assert!(given_back, "{code}: the failure's write failed once");
+        let end = deps
+            .messages
+            .get_message(&tenant, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (end.status, end.error.map(|e| e.code)),
+            (MessageStatus::Failed, Some(ErrorCode::Meta(code))),
+            "{code}: failed with Meta's reason"
+        );
+        let sends = if code == 131026 { 1 } else { max as usize };
+        assert_eq!(
+            meta.1.load(Ordering::SeqCst),
+            sends,
+            "{code}: no request more"
+        );
+        assert_eq!(t.credits(&o.key).await, 5, "{code}: refunded");
+        // The job first received, delivered again, sends nothing and refunds nothing.
+        assert_eq!(dispatch::handle(&deps, &first_job).await, Outcome::Done);
+        assert_eq!(meta.1.load(Ordering::SeqCst), sends, "{code}: never again");
+        assert_eq!(t.credits(&o.key).await, 5, "{code}: refunded once");
+        let res = t
+            .http
+            .post(t.url(&format!("/v1/platform/tenants/{}/resume", o.tenant_id)))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .expect("resume");
+        assert_eq!(res.status(), 200);
+    }
+    let (sum, refunds) = ledger_of(&t, &tenant).await;
+    assert_eq!((sum, refunds.len()), (5, 2), "both refunded once");
+}
+
 /// A number booked past the horizon (several campaigns on it) turns a message away
 /// without a slot: it goes back on the queue as a fresh message, not the same one made
 /// visible again, whose receives count toward the dead-letter queue's limit (a message
@@ -2601,6 +2738,7 @@ on_both_backends!(
     a_message_turned_away_by_a_number_full_past_the_horizon_goes_back_as_a_fresh_queue_message,
     a_gateways_5xx_leaves_the_message_sending_and_is_never_resent_but_a_503_is_retried,
     a_4xx_without_metas_body_is_retried_then_failed_and_refunded_never_left_sending,
+    a_final_refusal_whose_failure_cannot_be_written_is_never_sent_again_and_keeps_metas_code,
 );
 
 /// A queue whose retry delays cannot be set.
