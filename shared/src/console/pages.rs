@@ -543,7 +543,19 @@ async fn login(State(s): S, parts: Parts, body: Bytes) -> Response {
     }
 }
 
-async fn logout(State(s): S, ctx: Ctx, body: Bytes) -> Response {
+async fn logout(State(s): S, ctx: Result<Ctx, Response>, body: Bytes) -> Response {
+    // The session could not be checked (a storage error reading it, the CSRF key
+    // unreadable) or is no longer one: the browser forgets it all the same, so a shared
+    // computer is not left signed in until storage recovers. Nothing is asked of the API
+    // without the form's CSRF proof; the page says the end was not confirmed (the session
+    // still ends after its idle time).
+    let ctx = match ctx {
+        Ok(ctx) => ctx,
+        Err(_) => {
+            tracing::warn!("sign-out without a checked session; forgotten in this browser");
+            return forget_session(&s, "/console/login?done=signed_out_here");
+        }
+    };
     if let Err(r) = form(&s, &ctx, &body).await {
         return r;
     }
@@ -563,6 +575,11 @@ async fn logout(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         );
         "/console/login?done=signed_out_here"
     };
+    forget_session(&s, to)
+}
+
+/// A redirect to `to` that deletes the session cookie.
+fn forget_session(s: &ConsoleState, to: &str) -> Response {
     let mut res = redirect(to);
     res.headers_mut().append(
         header::SET_COOKIE,

@@ -1028,6 +1028,35 @@ async fn a_sign_out_the_api_refuses_for_a_moment_still_forgets_the_session_in_th
     );
 }
 
+/// A sign-out whose session the console cannot check (here its CSRF key unreadable; a
+/// storage error reading the session answers the same) still makes the browser forget the
+/// session: the error page in its place left a shared computer signed in.
+async fn a_sign_out_the_console_cannot_check_still_forgets_the_session_in_the_browser(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/messages").await.csrf();
+    let name = kirim::console::csrf_key_name(&app.app.deps.settings);
+    app.app
+        .deps
+        .secrets
+        .store()
+        .delete_secret(&name)
+        .await
+        .expect("the key deleted");
+    let out = web.post("/console/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, 303, "{}", out.html);
+    assert_eq!(out.location(), "/console/login?done=signed_out_here");
+    assert!(
+        out.set_cookies()
+            .iter()
+            .any(|c| c.starts_with("kirim_session=;") && c.contains("Max-Age=0")),
+        "{:?}",
+        out.set_cookies()
+    );
+}
+
 async fn a_console_admin_cannot_remove_themselves_but_another_admin_can(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -1610,6 +1639,7 @@ async fn with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_
 }
 
 on_both_backends!(
+    a_sign_out_the_console_cannot_check_still_forgets_the_session_in_the_browser,
     a_sign_in_made_before_its_user_turned_on_2fa_elsewhere_is_told_to_sign_in_again,
     a_campaign_accepted_whose_page_cannot_be_read_is_said_accepted_not_failed,
     a_new_or_rotated_key_is_shown_even_when_the_key_list_cannot_be_read,
