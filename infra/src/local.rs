@@ -73,6 +73,9 @@ impl std::fmt::Debug for LocalClock {
     }
 }
 
+/// The longest cache time local mode takes (`KIRIM_READ_CACHE_TTL`, `KIRIM_SECRET_CACHE_TTL`).
+const DAY: Duration = Duration::from_secs(86_400);
+
 impl LocalConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
@@ -85,7 +88,10 @@ impl LocalConfig {
         // Local default: the embedded sandbox, unless KIRIM_META_BASE_URL says otherwise.
         // Local mode: status callbacks may go to http and loopback receivers.
         settings.callbacks_allow_private = env.number("KIRIM_CALLBACKS_ALLOW_PRIVATE", true);
-        let meta_base_url = env.optional("KIRIM_META_BASE_URL");
+        // Set: the checked and normalised value (trimmed, no trailing `/`), not the raw one.
+        let meta_base_url = env
+            .optional("KIRIM_META_BASE_URL")
+            .map(|_| settings.meta_base_url.clone());
         if meta_base_url.is_none() {
             settings.meta_base_url = String::new();
         }
@@ -116,9 +122,13 @@ impl LocalConfig {
             ),
             pollers: env.number("KIRIM_LOCAL_POLLERS", 2usize).max(1),
             clock: LocalClock::default(),
-            read_cache_ttl: env.duration("KIRIM_READ_CACHE_TTL", Duration::ZERO),
+            read_cache_ttl: env.duration_at_most("KIRIM_READ_CACHE_TTL", Duration::ZERO, DAY),
             totp_kms_key: env.optional(kirim::wiring::TOTP_KMS_KEY_ENV),
-            secret_cache_ttl: env.duration("KIRIM_SECRET_CACHE_TTL", Duration::from_secs(5)),
+            secret_cache_ttl: env.duration_at_most(
+                "KIRIM_SECRET_CACHE_TTL",
+                Duration::from_secs(5),
+                DAY,
+            ),
             settings,
         };
         env.finish()?;
@@ -483,5 +493,26 @@ mod config_tests {
         assert!(err.contains("KIRIM_RETENTION_INTERVAL=0s"), "{err}");
         let ok = with(&[("KIRIM_RETENTION_INTERVAL", "90s")]).map(|c| c.retention_interval);
         assert_eq!(ok.ok(), Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn a_meta_base_url_is_used_as_checked_trimmed_and_without_its_trailing_slash() {
+        let cfg =
+            with(&[("KIRIM_META_BASE_URL", "http://127.0.0.1:3001/ ")]).map(|c| c.meta_base_url);
+        assert_eq!(cfg.ok().flatten().as_deref(), Some("http://127.0.0.1:3001"));
+        let sandbox = with(&[]).map(|c| c.meta_base_url);
+        assert_eq!(sandbox.ok(), Some(None), "unset: the embedded sandbox");
+    }
+
+    #[test]
+    fn a_cache_time_beyond_a_day_is_refused_at_start_not_left_to_panic_a_cached_read() {
+        for name in ["KIRIM_READ_CACHE_TTL", "KIRIM_SECRET_CACHE_TTL"] {
+            let err = with(&[(name, "100000000d")])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(&format!("{name}=100000000d")), "{err}");
+            assert!(with(&[(name, "1d")]).is_ok(), "{name}");
+        }
     }
 }

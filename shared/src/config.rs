@@ -64,9 +64,12 @@ pub struct Settings {
 /// message's life, tried one after another, fit the callback function's 60 s.
 pub const MAX_CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The shortest `KIRIM_RETENTION_MESSAGES`: longer than `domain::UNSENT_STALE_AFTER`, so
-/// a message whose dispatch job was lost is still there to be settled and refunded.
-pub const MIN_MESSAGES_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The shortest `KIRIM_RETENTION_MESSAGES`: two weeks, longer than a campaign's recipient
+/// list, the margin before its lost fan-out is closed and the wait before its lost messages
+/// are settled together (`domain::BROADCAST_LIST_RETENTION` + `LOST_FANOUT_MARGIN` +
+/// `UNSENT_STALE_AFTER`), so that a campaign or message whose job was lost is still there
+/// to be settled and refunded.
+pub const MIN_MESSAGES_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
 /// The shortest `KIRIM_RETENTION_AUDIT` and `KIRIM_RETENTION_BILLING`: a day.
 pub const MIN_RECORDS_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// The shortest `KIRIM_RETENTION_IDEMPOTENCY`: an hour (a client's retries outlast less).
@@ -224,6 +227,21 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         d
     }
 
+    /// [`Self::duration`], no longer than `max` (else named, and the default kept): a cache
+    /// time beyond any use would overflow the clock arithmetic of the first cached read.
+    pub fn duration_at_most(&mut self, name: &str, default: Duration, max: Duration) -> Duration {
+        let d = self.duration(name, default);
+        if d > max {
+            self.problems.push(format!(
+                "{name}={} must be at most {}s",
+                self.optional(name).unwrap_or_default(),
+                max.as_secs()
+            ));
+            return default;
+        }
+        d
+    }
+
     /// An `http` or `https` URL with a host (no trailing `/`), else named and the default
     /// kept: a base URL the client cannot even build a request on would fail every send
     /// before it leaves, which is not Meta's answer about any tenant.
@@ -286,8 +304,9 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         let messages = self.duration("KIRIM_RETENTION_MESSAGES", r.messages);
         if messages < MIN_MESSAGES_RETENTION {
             self.problems.push(format!(
-                "KIRIM_RETENTION_MESSAGES={} must be at least 7d (a message must outlive the 5 \
-                 days after which one whose dispatch job was lost is settled and refunded)",
+                "KIRIM_RETENTION_MESSAGES={} must be at least 14d (a campaign and its messages \
+                 must outlive the days after which one whose job was lost is settled and \
+                 refunded)",
                 raw.unwrap_or_default()
             ));
         } else {
@@ -298,11 +317,25 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         r.audit = self.duration_at_least("KIRIM_RETENTION_AUDIT", r.audit, MIN_RECORDS_RETENTION);
         r.billing =
             self.duration_at_least("KIRIM_RETENTION_BILLING", r.billing, MIN_RECORDS_RETENTION);
-        r.idempotency = self.duration_at_least(
+        let idempotency = self.duration_at_least(
             "KIRIM_RETENTION_IDEMPOTENCY",
             r.idempotency,
             MIN_IDEMPOTENCY_RETENTION,
         );
+        // A key must not outlive the message or campaign it answers with: a replay would
+        // answer an id that is gone (or 404), and the client send again without its key.
+        if idempotency > r.messages {
+            self.problems.push(format!(
+                "KIRIM_RETENTION_IDEMPOTENCY={} must not be longer than the messages' \
+                 retention (KIRIM_RETENTION_MESSAGES, {}d): a replay would answer a message \
+                 that is gone",
+                self.optional("KIRIM_RETENTION_IDEMPOTENCY")
+                    .unwrap_or_default(),
+                r.messages.as_secs() / 86_400
+            ));
+        } else {
+            r.idempotency = idempotency;
+        }
         let prefix = self.or("KIRIM_SECRET_PREFIX", &d.secret_prefix);
         let (meta_timeout, sending_deadline) = self.send_timing(&d);
         Settings {
@@ -576,8 +609,44 @@ mod tests {
     }
 
     #[test]
-    fn a_message_retention_shorter_than_a_week_refuses_to_start() {
-        for (value, refused) in [("6d", true), ("0s", true), ("7d", false), ("30d", false)] {
+    fn the_message_retention_floor_outlasts_every_settling_of_a_lost_job() {
+        use crate::domain::{BROADCAST_LIST_RETENTION, LOST_FANOUT_MARGIN, UNSENT_STALE_AFTER};
+        assert!(
+            MIN_MESSAGES_RETENTION
+                > BROADCAST_LIST_RETENTION + LOST_FANOUT_MARGIN + UNSENT_STALE_AFTER
+        );
+    }
+
+    #[test]
+    fn an_idempotency_retention_longer_than_the_messages_refuses_to_start() {
+        for (messages, idempotency, refused) in [
+            ("14d", "30d", true),
+            ("14d", "14d", false),
+            ("730d", "30d", false),
+        ] {
+            let mut r = EnvReader::new(move |k| match k {
+                "KIRIM_RETENTION_MESSAGES" => Some(messages.to_owned()),
+                "KIRIM_RETENTION_IDEMPOTENCY" => Some(idempotency.to_owned()),
+                _ => None,
+            });
+            let s = r.settings();
+            let res = r.finish();
+            assert_eq!(res.is_err(), refused, "{messages} {idempotency}");
+            if refused {
+                let e = res.unwrap_err().to_string();
+                assert!(e.contains("KIRIM_RETENTION_IDEMPOTENCY=30d"), "{e}");
+                assert_eq!(
+                    s.retention.idempotency.as_secs(),
+                    86_400,
+                    "the default kept"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_retention_shorter_than_two_weeks_refuses_to_start() {
+        for (value, refused) in [("13d", true), ("0s", true), ("14d", false), ("30d", false)] {
             let mut r = EnvReader::new(move |k| {
                 (k == "KIRIM_RETENTION_MESSAGES").then(|| value.to_owned())
             });
@@ -824,6 +893,11 @@ mod tests {
                 match set.map(|v| (v, parse_duration(v))) {
                     None => prop_assert_eq!(got, default, "{} unset", name),
                     Some((_, Some(d))) if d < min => {
+                        prop_assert_eq!(got, default, "{}", name);
+                        prop_assert!(problems.contains(&format!("{name}=")), "{} not named: {}", name, problems);
+                    }
+                    // An idempotency key may not outlive the messages it answers with.
+                    Some((_, Some(d))) if name == DURATIONS[3] && d > s.retention.messages => {
                         prop_assert_eq!(got, default, "{}", name);
                         prop_assert!(problems.contains(&format!("{name}=")), "{} not named: {}", name, problems);
                     }

@@ -268,7 +268,8 @@ fn the_templates_numeric_parameters_allow_only_what_the_functions_accept() {
         let default = params[param]["Default"].as_str().expect("a default");
         assert!(takes(param, default), "{param}'s default");
         for v in [
-            "0", "6", "7", "9", "10", "730", "2557", "99999", "7.5", "8.0", "-1", "1e3", " 7", "",
+            "0", "6", "7", "9", "10", "13", "14", "730", "2557", "99999", "7.5", "8.0", "-1",
+            "1e3", " 7", "",
         ] {
             if takes(param, v) {
                 assert!(
@@ -279,7 +280,7 @@ fn the_templates_numeric_parameters_allow_only_what_the_functions_accept() {
         }
         assert!(!takes(param, "7.5") && !takes(param, "8.0"), "{param}");
     }
-    assert!(!takes("RetentionMessagesDays", "6"));
+    assert!(!takes("RetentionMessagesDays", "13") && takes("RetentionMessagesDays", "14"));
     assert!(takes("DispatchMaxAttempts", "9") && !takes("DispatchMaxAttempts", "10"));
 }
 
