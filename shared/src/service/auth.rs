@@ -10,8 +10,8 @@ use super::errors::ServiceError;
 use super::Deps;
 
 /// Resolves a bearer token. Operator tokens are compared in constant time against the
-/// current value and, for `rotation_grace` after a rotation, the previous one; API keys
-/// are looked up by hash.
+/// current value (read afresh when the cached copy refuses one) and, for `rotation_grace`
+/// after a rotation, the previous one; API keys are looked up by hash.
 pub async fn authenticate(deps: &Deps, token: Option<&str>) -> Result<Caller, ServiceError> {
     let token = token
         .filter(|t| !t.is_empty() && t.len() <= 512)
@@ -30,6 +30,20 @@ pub async fn authenticate(deps: &Deps, token: Option<&str>) -> Result<Caller, Se
     .flatten()
     {
         if s.matches(token) {
+            return Ok(Caller::Operator);
+        }
+    }
+    // Not an API key (they all carry the prefix): the operator token may have been rotated
+    // since this process cached it, so it is read afresh, at most every
+    // `SECRET_REFRESH_EVERY` (as the webhook's app secret): a new token works at once on
+    // every warm instance, and a flood of wrong ones costs one read per interval.
+    if !token.starts_with(super::apikeys::KEY_PREFIX) {
+        let fresh = deps
+            .secrets
+            .refresh_current(name, super::webhook::SECRET_REFRESH_EVERY)
+            .await?
+            .flatten();
+        if fresh.is_some_and(|s| s.matches(token)) {
             return Ok(Caller::Operator);
         }
     }

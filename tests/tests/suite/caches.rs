@@ -709,6 +709,48 @@ async fn a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until
     assert_linked(&other, &t, 11).await;
 }
 
+/// A new operator token stored elsewhere (the provider's rotation, `put-secret-value`)
+/// authenticates at once on a warm process that cached the old one: refused by the cached
+/// copy, the token is read afresh (at most every 10 s), as Meta's app secret is. It was
+/// refused for up to 5 minutes (the secret cache's time), exactly when an operator
+/// rotating a leaked token needs the platform routes.
+#[tokio::test]
+async fn a_rotated_operator_token_works_at_once_on_a_process_that_cached_the_old_one() {
+    use kirim::secret::Secret;
+    use kirim::service::SecretCache;
+    let mut deps =
+        kirim::wiring::memory_deps(kirim_tests::test_settings(), ManualClock::new()).unwrap();
+    let store = deps.secrets.store().clone();
+    deps.secrets = Arc::new(SecretCache::new(store.clone(), Duration::from_secs(300)));
+    let name = deps.settings.operator_token_secret.clone();
+    store
+        .put_secret(&name, &Secret::new("op_first_0123456789"))
+        .await
+        .unwrap();
+    assert_eq!(
+        auth::authenticate(&deps, Some("op_first_0123456789"))
+            .await
+            .unwrap(),
+        auth::Caller::Operator
+    );
+    store
+        .put_secret(&name, &Secret::new("op_second_0123456789"))
+        .await
+        .unwrap();
+    assert_eq!(
+        auth::authenticate(&deps, Some("op_second_0123456789"))
+            .await
+            .map_err(|e| e.to_string()),
+        Ok(auth::Caller::Operator),
+        "the new token at once"
+    );
+    // An unknown API key is not taken for an operator token: refused, as before.
+    assert!(matches!(
+        auth::authenticate(&deps, Some("kirim_unknown_0123456789")).await,
+        Err(ServiceError::Unauthenticated)
+    ));
+}
+
 /// A secret another process set (a status callback's, through the settings route on
 /// another instance) is used at once by a process that cached the old one, when what
 /// names it says it changed recently; a copy read well after the change serves from the
