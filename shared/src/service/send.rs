@@ -413,11 +413,25 @@ async fn accept(
         None => deps.messages.insert_with_debit(&record, &debit).await?,
         Some(k) => {
             let key = idempotency::record(deps, tenant_id, k, &id, now);
-            match deps
+            let inserted = match deps
                 .idempotency
                 .insert_with_debit_once(&record, &debit, &key)
-                .await?
+                .await
             {
+                Ok(inserted) => inserted,
+                // The write may have landed with its answer lost (a timeout after the
+                // commit): the key then names this very message, and this request's
+                // answer is the first one, not a replay (`send_once` reads the key for any
+                // other error and answers what it names).
+                Err(e) => match idempotency::earlier(deps, tenant_id, k).await {
+                    Ok(Some(first)) if first == id => {
+                        tracing::warn!(error = %e, "the send's write answered an error but landed");
+                        IdempotentInsert::Inserted
+                    }
+                    _ => return Err(e.into()),
+                },
+            };
+            match inserted {
                 IdempotentInsert::Inserted => {}
                 // A concurrent request with the same key won the write (the job queued
                 // above finds no message and is dropped).

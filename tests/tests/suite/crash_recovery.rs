@@ -131,6 +131,75 @@ async fn replay(
     send_once(deps, &tenant, req, Some(&idem)).await
 }
 
+/// An idempotent insert that lands and answers an error (a timeout after the commit).
+struct LandedUnanswered(Arc<dyn kirim::ports::IdempotencyStore>);
+
+#[async_trait]
+impl kirim::ports::IdempotencyStore for LandedUnanswered {
+    async fn insert_with_debit_once(
+        &self,
+        record: &MessageRecord,
+        debit: &LedgerEntry,
+        key: &kirim::ports::IdempotencyRecord,
+    ) -> Result<kirim::ports::IdempotentInsert, StoreError> {
+        let landed = self.0.insert_with_debit_once(record, debit, key).await?;
+        assert!(matches!(landed, kirim::ports::IdempotentInsert::Inserted));
+        Err(StoreError::Unavailable("timed out after the commit".into()))
+    }
+    async fn release_idempotency(
+        &self,
+        tenant: &TenantId,
+        key_hash: &str,
+        message_id: &kirim::domain::MessageId,
+    ) -> Result<(), StoreError> {
+        self.0
+            .release_idempotency(tenant, key_hash, message_id)
+            .await
+    }
+    async fn get_idempotency(
+        &self,
+        tenant: &TenantId,
+        key_hash: &str,
+    ) -> Result<Option<kirim::ports::IdempotencyRecord>, StoreError> {
+        self.0.get_idempotency(tenant, key_hash).await
+    }
+}
+
+/// A keyed send whose write landed but answered an error is this request's own first
+/// answer (a new message: no `Idempotent-Replayed`, audited with its details), not a
+/// replay of itself; a real replay after it still is one.
+async fn a_keyed_send_whose_write_landed_unanswered_is_answered_as_new_not_as_a_replay(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let body = json!({
+        "to": "+60123459939",
+        "template": {"name": "order_update", "language": "en_US", "category": "utility",
+                     "components": [{"type": "body", "parameters": [{"type": "text", "text": "A-1"}]}]},
+    });
+    let key = IdempotencyKey::parse("landed-unanswered-1").expect("a key");
+    let idem = Idempotent {
+        fingerprint: key.fingerprint(&body),
+        key,
+    };
+    let mut deps = t.app.deps.clone();
+    deps.idempotency = Arc::new(LandedUnanswered(t.app.deps.idempotency.clone()));
+    let req: SendRequest = serde_json::from_value(body.clone()).expect("a send request");
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let first = send_once(&deps, &tenant, req, Some(&idem)).await;
+    let Ok(Accepted::New(m)) = first else {
+        panic!("answered as new: {first:?}");
+    };
+    assert_eq!(t.credits(&o.key).await, 4, "charged once");
+    let again = replay(&t.app.deps, &o, &body, "landed-unanswered-1").await;
+    assert!(
+        matches!(&again, Ok(Accepted::Replayed(id, _)) if *id == m.id),
+        "{again:?}"
+    );
+    assert_eq!(t.credits(&o.key).await, 4, "still once");
+}
+
 async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process(
     backend: Backend,
 ) {
@@ -2739,6 +2808,7 @@ on_both_backends!(
     a_gateways_5xx_leaves_the_message_sending_and_is_never_resent_but_a_503_is_retried,
     a_4xx_without_metas_body_is_retried_then_failed_and_refunded_never_left_sending,
     a_final_refusal_whose_failure_cannot_be_written_is_never_sent_again_and_keeps_metas_code,
+    a_keyed_send_whose_write_landed_unanswered_is_answered_as_new_not_as_a_replay,
 );
 
 /// A queue whose retry delays cannot be set.
