@@ -1417,3 +1417,45 @@ async fn an_address_flooding_bad_credentials_waits_and_stops_writing_audit_event
     // Health and login need no credentials and are not held.
     assert_eq!(call(&app, "GET", "/health", None, None).await.0, 200);
 }
+
+/// The README's access table names every route in the row of exactly the access the route
+/// table gives it, and nothing else: a reader deciding which key a client needs reads it.
+#[test]
+fn the_readmes_access_table_names_every_route_under_its_access_and_no_other() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let table = readme
+        .split("| access | routes |")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("the access table");
+    let rows: Vec<(&str, &str)> = table
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells.len() >= 3 && !cells[1].starts_with("---")).then(|| (cells[1], cells[2]))
+        })
+        .collect();
+    let label = |a: Access| match a {
+        Access::Public => "anyone",
+        Access::Meta => "Meta (its signature or verify token)",
+        Access::Platform => "platform operator token",
+        Access::Tenant(kirim::domain::Role::ReadOnly) => "`read_only`",
+        Access::Tenant(kirim::domain::Role::Operator) => "`operator`",
+        Access::Tenant(kirim::domain::Role::Admin) => "`admin`",
+        Access::Session => "a console session of any role (its own; not an API key)",
+    };
+    let mut named = 0;
+    for rule in ROUTES {
+        let entry = format!("`{} {}`", rule.method, rule.path);
+        let rows_naming: Vec<&str> = rows
+            .iter()
+            .filter(|(_, routes)| routes.split(", ").any(|r| r == entry))
+            .map(|(access, _)| *access)
+            .collect();
+        assert_eq!(rows_naming, vec![label(rule.access)], "{entry}");
+        named += 1;
+    }
+    let listed: usize = rows.iter().map(|(_, r)| r.split(", ").count()).sum();
+    assert_eq!(listed, named, "the table lists only the routes there are");
+}
