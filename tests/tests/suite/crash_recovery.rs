@@ -784,6 +784,27 @@ async fn a_refunded_failure_whose_answer_was_lost_still_has_its_failed_callback(
     assert_eq!(t.credits(&o.key).await, 5);
 }
 
+/// A console served on `deps` (a fault in them) on a port of its own: its address and the
+/// cookie header of `web`'s session, signed in on the app's own console.
+async fn console_on(deps: Deps, web: &crate::console::Browser<'_>) -> (String, String) {
+    let console = kirim::console::console_router(
+        deps,
+        kirim::console::ConsoleOptions {
+            secure_cookies: false,
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, console).await });
+    let cookie = web
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    (base, cookie)
+}
+
 /// The console's send form whose outcome is not known (the API answered 5xx: here its job
 /// could not be queued) comes back with the same key, saying sending it again is safe, also
 /// when the page's list of messages cannot be read just then: an error page in its place
@@ -801,21 +822,7 @@ async fn a_console_send_of_unknown_outcome_keeps_its_key_when_the_list_cannot_be
     let mut down = t.app.deps.clone();
     down.queue = Arc::new(Kept::refusing());
     down.messages = flaky;
-    let console = kirim::console::console_router(
-        down,
-        kirim::console::ConsoleOptions {
-            secure_cookies: false,
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, console).await });
-    let cookie = web
-        .cookies
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let (base, cookie) = console_on(down, &web).await;
     let key = kirim::domain::new_id();
     let res = reqwest::Client::new()
         .post(format!("{base}/console/messages"))
@@ -856,15 +863,7 @@ async fn a_console_campaign_of_unknown_outcome_keeps_its_key_and_template_when_t
     let csrf = web.get("/console/campaigns").await.csrf();
     let mut down = t.app.deps.clone();
     down.queue = Arc::new(Kept::refusing());
-    let console = kirim::console::console_router(
-        down,
-        kirim::console::ConsoleOptions {
-            secure_cookies: false,
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, console).await });
+    let (base, cookie) = console_on(down, &web).await;
     // A second number, chosen on the form: kept as chosen when the numbers cannot be read.
     let second = format!("{}", 6_000_000 + kirim_tests::rand_u32() % 900_000);
     let res = t
@@ -889,12 +888,6 @@ async fn a_console_campaign_of_unknown_outcome_keeps_its_key_and_template_when_t
         .unwrap();
     assert_eq!(res.status(), 200);
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
-    let cookie = web
-        .cookies
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ");
     let key = kirim::domain::new_id();
     let res = reqwest::Client::new()
         .post(format!("{base}/console/campaigns"))
