@@ -234,6 +234,53 @@ fn client_ip_from_peer(mut req: Request) -> Request {
     req
 }
 
+/// Serves each request to its end in a task of its own, as Lambda runs every invocation to
+/// its end: hyper drops a request's future when its client hangs up, which would cancel a
+/// write half made (a send's audit event after its message was recorded). The task keeps
+/// the request's own scope (its id on every line and queued job): the whole request,
+/// layers included, runs inside it.
+#[derive(Clone)]
+struct ToCompletion<S>(S);
+
+impl<S> tower::Service<Request> for ToCompletion<S>
+where
+    S: tower::Service<
+            Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let served = tokio::spawn(self.0.call(req));
+        Box::pin(async move {
+            match served.await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    tracing::error!(error = %e, "a request's task ended without an answer");
+                    Ok(axum::response::IntoResponse::into_response(
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    ))
+                }
+            }
+        })
+    }
+}
+
 /// Starts local mode and answers once it is serving.
 pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
@@ -452,7 +499,10 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
     )));
     tasks.push(tokio::spawn(async move {
         let svc = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(
-            tower::ServiceExt::<Request>::map_request(router, client_ip_from_peer),
+            ToCompletion(tower::ServiceExt::<Request>::map_request(
+                router,
+                client_ip_from_peer,
+            )),
         );
         if let Err(e) = axum::serve(listener, svc).await {
             tracing::error!(error = %e, "server stopped");
@@ -466,6 +516,36 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         secrets,
         tasks,
     })
+}
+
+#[cfg(test)]
+mod to_completion_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test]
+    async fn a_request_whose_client_hung_up_is_still_served_to_its_end() {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let slow = tower::service_fn(move |_req: Request| {
+            let flag = flag.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                flag.store(true, Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(axum::response::Response::new(
+                    axum::body::Body::empty(),
+                ))
+            }
+        });
+        let mut svc = ToCompletion(slow);
+        let req = Request::new(axum::body::Body::empty());
+        let answer = tower::Service::call(&mut svc, req);
+        // The client hangs up: hyper drops the answer's future.
+        let hung_up = tokio::time::timeout(Duration::from_millis(5), answer).await;
+        assert!(hung_up.is_err(), "still serving");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(done.load(Ordering::SeqCst), "served to its end");
+    }
 }
 
 #[cfg(test)]
