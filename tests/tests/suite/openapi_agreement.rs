@@ -455,3 +455,50 @@ on_both_backends!(
     a_csv_uploads_template_category_is_one_of_the_three_names_exactly,
     the_status_callbacks_url_is_required_and_its_secret_checked_whatever_the_url,
 );
+
+/// The document as JSON.
+fn openapi_doc() -> Value {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi.yaml"))
+        .expect("openapi.yaml is readable");
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("openapi.yaml is YAML");
+    serde_json::to_value(yaml).expect("openapi.yaml is JSON-compatible")
+}
+
+/// Every route a credential reaches documents `429`: every key and session request is
+/// counted (per key and tenant), and every credential refused past the address's allowance
+/// is answered 429, the operator's included. A tenant route's `403` names the codes the
+/// access check answers there (`ip_not_allowed`, `totp_enrollment_required`), not only
+/// `forbidden`: generated clients read these.
+#[test]
+fn every_credentialed_route_documents_429_and_a_tenant_routes_403_names_the_access_codes() {
+    use kirim::http::access::{Access, ROUTES};
+    let doc = openapi_doc();
+    for rule in ROUTES {
+        if matches!(rule.access, Access::Public | Access::Meta) {
+            continue;
+        }
+        let pointer = format!(
+            "/paths/{}/{}/responses",
+            rule.path.replace('~', "~0").replace('/', "~1"),
+            rule.method.to_lowercase()
+        );
+        let responses = doc
+            .pointer(&pointer)
+            .unwrap_or_else(|| panic!("{} {} documented", rule.method, rule.path));
+        assert!(
+            responses.get("429").is_some(),
+            "{} {}: 429",
+            rule.method,
+            rule.path
+        );
+        if let Access::Tenant(_) = rule.access {
+            let forbidden = responses["403"]["$ref"].as_str().unwrap_or("inline");
+            assert!(
+                forbidden.ends_with("/TenantForbidden") || forbidden.ends_with("/SendForbidden"),
+                "{} {}: 403 is {forbidden}",
+                rule.method,
+                rule.path
+            );
+        }
+    }
+}
