@@ -141,14 +141,39 @@ async fn body_capped(mut res: reqwest::Response, cap: usize) -> Result<Vec<u8>, 
     Ok(body)
 }
 
-/// Meta's error answer, as a send error.
-fn api_error(status: u16, bytes: &[u8]) -> MetaSendError {
+/// The most of Meta's error text kept (as of a status webhook's error title).
+pub const MAX_ERROR_TITLE: usize = 200;
+
+/// What a refused access token's error says, in place of Meta's own text: the Graph API
+/// echoes a malformed token in its message ("Malformed access token EAAG…"), and the title
+/// is stored on the message, shown by the API and the export, sent in status callbacks,
+/// and made the tenant's suspension reason (logged and audited).
+pub const TOKEN_REFUSED_TITLE: &str =
+    "meta refused the access token (expired, revoked or malformed)";
+
+/// Meta's error answer to a request made with `token`, as a send error. Its text is kept
+/// without the token (a refused token's codes get a fixed title; any other that quotes it
+/// has it redacted) and cut to [`MAX_ERROR_TITLE`] characters.
+fn api_error(status: u16, bytes: &[u8], token: &Secret) -> MetaSendError {
     match serde_json::from_slice::<ErrorEnvelope>(bytes) {
-        Ok(env) => MetaSendError::Api {
-            http_status: status,
-            code: env.error.code,
-            title: env.error.error_user_title.unwrap_or(env.error.message),
-        },
+        Ok(env) => {
+            let code = env.error.code;
+            let title = if matches!(code, 0 | 102 | 190) {
+                TOKEN_REFUSED_TITLE.to_owned()
+            } else {
+                let text = env.error.error_user_title.unwrap_or(env.error.message);
+                let text = match token.expose().trim() {
+                    t if t.len() >= 8 => text.replace(t, "<redacted>"),
+                    _ => text,
+                };
+                text.chars().take(MAX_ERROR_TITLE).collect()
+            };
+            MetaSendError::Api {
+                http_status: status,
+                code,
+                title,
+            }
+        }
         Err(_) => MetaSendError::Protocol(status),
     }
 }
@@ -186,7 +211,7 @@ impl MetaClient for MetaGraphClient {
                 .ok_or(MetaSendError::Protocol(status))?;
             return Ok(MetaAccepted { wamid });
         }
-        Err(api_error(status, &bytes))
+        Err(api_error(status, &bytes, token))
     }
 
     async fn list_templates(
@@ -218,7 +243,7 @@ impl MetaClient for MetaGraphClient {
                 serde_json::from_slice(&bytes).map_err(|_| MetaSendError::Protocol(status))?;
             return parse_template_page(&body).ok_or(MetaSendError::Protocol(status));
         }
-        Err(api_error(status, &bytes))
+        Err(api_error(status, &bytes, token))
     }
 }
 
@@ -279,6 +304,41 @@ mod tests {
             .await
             .expect("accepted");
         assert_eq!(got.wamid, "wamid.A");
+    }
+
+    /// Meta's text about a refused token never carries the token (the Graph API echoes a
+    /// malformed one), nor does any other error text that quotes it; a long text is cut.
+    #[tokio::test]
+    async fn metas_error_text_never_carries_the_token_and_is_cut() {
+        let token = Secret::new("EAAGmalformedtoken0123456789\"");
+        let answers = [
+            (190, format!("Malformed access token {}", token.expose())),
+            (
+                100,
+                format!("Invalid parameter near {} here", token.expose()),
+            ),
+            (131000, "x".repeat(5000)),
+        ];
+        for (code, message) in answers {
+            let body = serde_json::json!({"error": {"message": message, "type": "OAuthException",
+                "code": code, "fbtrace_id": "A"}});
+            let base = answering(400, body.to_string().into_bytes()).await;
+            let meta =
+                MetaGraphClient::new(&base, "v23.0", Duration::from_secs(5)).expect("a client");
+            for got in [
+                meta.send_message("123", &token, &serde_json::json!({}))
+                    .await
+                    .map(|_| ()),
+                meta.list_templates("1", &token, None).await.map(|_| ()),
+            ] {
+                let Err(MetaSendError::Api { title, code: c, .. }) = got else {
+                    panic!("{code}: {got:?}");
+                };
+                assert_eq!(c, code);
+                assert!(!title.contains("EAAGmalformed"), "{code}: {title}");
+                assert!(title.chars().count() <= MAX_ERROR_TITLE, "{code}");
+            }
+        }
     }
 
     /// A connection that never opens fails as one (never left: retried, then refunded),
