@@ -205,10 +205,20 @@ fn shaped_component() -> BoxedStrategy<Value> {
 }
 
 /// The shape Meta's spec requires of a component (written apart from
-/// `send::check_component`): a string `type`; a button's `sub_type` (a string) and `index`
+/// `send::check_component`): nested at most 16 levels; a string `type`; a button's `sub_type` (a string) and `index`
 /// (a string or a whole number); `parameters`, if any, an array of objects with a string
 /// `type`, a `text` one's `text` a string of at most 32,768 characters.
 fn component_ok(c: &Value) -> bool {
+    fn depth(v: &Value) -> usize {
+        match v {
+            Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+            Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    if depth(c) > 16 {
+        return false;
+    }
     let Some(kind) = c.get("type").and_then(Value::as_str) else {
         return false;
     };

@@ -94,6 +94,19 @@ pub fn parse_template(t: TemplateIn) -> Result<TemplateRequest, ServiceError> {
     })
 }
 
+/// The deepest a template component may nest (Meta's deepest, an interactive button's
+/// action, is a few levels), far below what a queue job can carry.
+const MAX_COMPONENT_DEPTH: usize = 16;
+
+/// How many levels of arrays and objects `v` nests (a scalar: 0).
+fn nesting(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(nesting).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(nesting).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// The longest text parameter Meta takes (its `TextParameter.maxLength`).
 const MAX_TEXT_PARAMETER: usize = 32_768;
 
@@ -104,6 +117,15 @@ const MAX_TEXT_PARAMETER: usize = 32_768;
 /// never the value.
 fn check_component(i: usize, c: &serde_json::Value) -> Result<(), ServiceError> {
     let at = |what: &str| format!("template.components[{i}]{what}");
+    // The queue job carries the component deeper than a request may (a CSV upload's query
+    // holds it at the second level, a job at the fourth), and a job nested past the JSON
+    // reader's limit (128) could never be read: accepted, charged, and parked unsent.
+    if nesting(c) > MAX_COMPONENT_DEPTH {
+        return Err(invalid(&format!(
+            "{} is nested more than {MAX_COMPONENT_DEPTH} levels deep",
+            at("")
+        )));
+    }
     let kind = c.get("type").and_then(|v| v.as_str()).ok_or_else(|| {
         invalid(&format!(
             "{} must be a string (header, body or button)",

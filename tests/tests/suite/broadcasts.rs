@@ -323,6 +323,54 @@ async fn a_csv_broadcast_sends_a_template_with_parameters_from_the_query(b: Back
     assert_eq!(app.credits(&t.key).await, 3);
 }
 
+/// A component nested deeper than a queue job can carry (a CSV upload's query holds it
+/// two levels down, its job four) is refused with the request, nothing paid: accepted, its
+/// fan-out job could never be read (parked, the campaign charged for a week), nor could
+/// the send job of a single message that nested it so.
+async fn a_template_component_nested_too_deep_is_refused_before_anything_is_paid(b: Backend) {
+    let app = app_with(b, 80).await;
+    let t = app.onboard(5).await;
+    let pad = format!("{}{}", "[".repeat(124), "]".repeat(124));
+    let deep =
+        format!(r#"[{{"type":"body","parameters":[{{"type":"text","text":"x"}}],"pad":{pad}}}]"#);
+    let q = format!(
+        "template_name=promo_sale&template_language=en_US&template_components={}",
+        url_encode(&deep)
+    );
+    let (s, body) = post_csv(&app, &t.key, &q, "phone\n+60123455111\n".into()).await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("template.components[0]")),
+        "{body}"
+    );
+    // A JSON send with a component nested past the bound.
+    let components: Value = serde_json::from_str(&format!(
+        r#"[{{"type":"body","parameters":[{{"type":"text","text":"x"}}],"pad":{}{}}}]"#,
+        "[".repeat(20),
+        "]".repeat(20)
+    ))
+    .unwrap();
+    let (s, body) = post_json(
+        &app,
+        &t.key,
+        json!({"template": {"name": "promo_sale", "language": "en_US", "components": components},
+               "recipients": ["+60123455112"]}),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    assert_eq!(app.credits(&t.key).await, 5, "nothing paid");
+}
+
 /// Percent-encodes everything but unreserved characters (RFC 3986).
 fn url_encode(s: &str) -> String {
     s.bytes()
@@ -398,6 +446,10 @@ mod memory_backend {
         super::a_csv_broadcast_sends_a_template_with_parameters_from_the_query(Memory).await
     }
     #[tokio::test]
+    async fn a_template_component_nested_too_deep_is_refused_before_anything_is_paid() {
+        super::a_template_component_nested_too_deep_is_refused_before_anything_is_paid(Memory).await
+    }
+    #[tokio::test]
     async fn a_1000_recipient_csv_broadcast_completes_with_every_recipient_read() {
         super::a_csv_broadcast_completes_with_every_recipient_read(Memory, 1000).await
     }
@@ -424,6 +476,10 @@ mod aws_backend_on_moto {
     #[tokio::test]
     async fn a_csv_broadcast_sends_a_template_with_parameters_from_the_query() {
         super::a_csv_broadcast_sends_a_template_with_parameters_from_the_query(Aws).await
+    }
+    #[tokio::test]
+    async fn a_template_component_nested_too_deep_is_refused_before_anything_is_paid() {
+        super::a_template_component_nested_too_deep_is_refused_before_anything_is_paid(Aws).await
     }
     #[tokio::test]
     async fn a_100_recipient_csv_broadcast_completes_with_every_recipient_read() {
