@@ -234,11 +234,12 @@ fn client_ip_from_peer(mut req: Request) -> Request {
     req
 }
 
-/// Serves each request to its end in a task of its own, as Lambda runs every invocation to
-/// its end: hyper drops a request's future when its client hangs up, which would cancel a
-/// write half made (a send's audit event after its message was recorded). The task keeps
-/// the request's own scope (its id on every line and queued job): the whole request,
-/// layers included, runs inside it.
+/// Serves each request to its end, as Lambda runs every invocation to its end: hyper drops a
+/// request's future when its client hangs up, which would cancel a write half made (a
+/// send's audit event after its message was recorded). A request's future dropped before
+/// it finished goes on in a task of its own ([`ServedToEnd`]), with the request's own scope
+/// (its id on every line and queued job): the whole request, layers included, is that
+/// future. A request served to its end costs nothing more than the box it is polled in.
 #[derive(Clone)]
 struct ToCompletion<S>(S);
 
@@ -254,9 +255,7 @@ where
 {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
+    type Future = ServedToEnd<S::Future>;
 
     fn poll_ready(
         &mut self,
@@ -266,18 +265,43 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let served = tokio::spawn(self.0.call(req));
-        Box::pin(async move {
-            match served.await {
-                Ok(answer) => answer,
-                Err(e) => {
-                    tracing::error!(error = %e, "a request's task ended without an answer");
-                    Ok(axum::response::IntoResponse::into_response(
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                    ))
-                }
+        ServedToEnd(Some(Box::pin(self.0.call(req))))
+    }
+}
+
+/// A request's future that, dropped before it finished (its client gone), is finished in a
+/// task of its own instead of cancelled.
+struct ServedToEnd<F: std::future::Future + Send + 'static>(Option<std::pin::Pin<Box<F>>>);
+
+impl<F: std::future::Future + Send + 'static> std::future::Future for ServedToEnd<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let Some(fut) = self.0.as_mut() else {
+            // Answered already: never polled again by hyper.
+            return std::task::Poll::Pending;
+        };
+        let answer = fut.as_mut().poll(cx);
+        if answer.is_ready() {
+            self.0 = None;
+        }
+        answer
+    }
+}
+
+impl<F: std::future::Future + Send + 'static> Drop for ServedToEnd<F> {
+    fn drop(&mut self) {
+        if let Some(rest) = self.0.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                tracing::debug!("the client left before its answer; the request goes on");
+                runtime.spawn(async move {
+                    let _ = rest.await;
+                });
             }
-        })
+        }
     }
 }
 
@@ -545,6 +569,10 @@ mod to_completion_tests {
         assert!(hung_up.is_err(), "still serving");
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(done.load(Ordering::SeqCst), "served to its end");
+        // A client that waits gets its answer as before.
+        done.store(false, Ordering::SeqCst);
+        let answer = tower::Service::call(&mut svc, Request::new(axum::body::Body::empty())).await;
+        assert!(answer.is_ok() && done.load(Ordering::SeqCst));
     }
 }
 
