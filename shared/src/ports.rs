@@ -1267,7 +1267,8 @@ pub trait BroadcastStore: Send + Sync {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<Vec<crate::domain::PhoneNumber>>, StoreError>;
-    /// Records fan-out progress; `done` also deletes the recipient list.
+    /// Records fan-out progress; `done` also deletes the recipient list. A broadcast that
+    /// is gone (expired under a running fan-out) records nothing, and is not an error.
     async fn broadcast_progress(
         &self,
         tenant: &TenantId,
@@ -1279,7 +1280,8 @@ pub trait BroadcastStore: Send + Sync {
     /// list's backstop passed during a long pause): only if it is `fanning_out` with exactly
     /// `enqueued` recipients queued, atomically marks it `enqueued` and refunds `refund`
     /// (the recipients never queued: credits and ledger entry). `false`: it was not in that
-    /// state (another run closed it or got further); nothing written.
+    /// state (another run closed it or got further); nothing written. `NotFound` (nothing
+    /// written) when the refund's tenant is gone.
     async fn close_broadcast_unsent(
         &self,
         tenant: &TenantId,
@@ -1297,7 +1299,8 @@ pub trait BroadcastStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Atomically, only if it is still `scheduled`: marks the broadcast `cancelled`,
     /// refunds `refund` (credits and ledger entry) and deletes its recipient list.
-    /// `false`: it was not scheduled; nothing written.
+    /// `false`: it was not scheduled; nothing written. `NotFound` (nothing written) when the
+    /// refund's tenant is gone.
     async fn cancel_scheduled_broadcast(
         &self,
         tenant: &TenantId,

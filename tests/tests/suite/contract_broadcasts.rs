@@ -8,6 +8,7 @@ use kirim::ports::*;
 
 use super::contract::{aws, aws_and_table, contract, memory, message, onboarded, Ports};
 use kirim::domain::MessageId;
+use kirim::store_error::StoreError;
 
 /// A running broadcast of `tenant`'s to three recipients at a credit each, none queued.
 pub(crate) fn running_broadcast(
@@ -115,6 +116,8 @@ async fn a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_an
     assert_eq!(after.status, MessageStatus::Accepted);
     assert_eq!(after.attempts, before.attempts, "no attempt counted");
     assert_eq!(after.events, before.events, "its history does not grow");
+    assert_eq!(after.updated_at, before.updated_at, "nor its time move");
+    assert_eq!(after, before, "exactly as it was");
 
     // Resumed: claimed.
     assert!(p
@@ -128,7 +131,60 @@ async fn a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_an
         )
         .await
         .unwrap());
-    assert!(matches!(claim(1).await, BroadcastClaim::Claimed(_)));
+    let BroadcastClaim::Claimed(resumed) = claim(1).await else {
+        panic!("a resumed broadcast's message is claimed")
+    };
+    // Given back for a retry (it keeps that claim's token), then held again: as it was,
+    // its earlier claim's token too.
+    let err = kirim::domain::MessageError {
+        code: "130429".into(),
+        title: "rate limited".into(),
+    };
+    p.clock.advance(Duration::seconds(1));
+    p.messages
+        .release_for_retry(&t.id, &ids[1], resumed.updated_at, &err, p.clock.now())
+        .await
+        .unwrap();
+    let released = p
+        .messages
+        .get_message(&t.id, &ids[1])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(released.claim.as_deref(), Some("c1"));
+    assert!(p
+        .broadcasts
+        .set_broadcast_control(&t.id, &b.id, &[None], Some(BroadcastControl::Paused), now)
+        .await
+        .unwrap());
+    p.clock.advance(Duration::seconds(30));
+    let again = p
+        .broadcasts
+        .claim_broadcast_message(&t.id, &ids[1], &b.id, "c2", p.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(again, BroadcastClaim::Held(BroadcastControl::Paused));
+    let held = p
+        .messages
+        .get_message(&t.id, &ids[1])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        held, released,
+        "exactly as it was, its earlier claim's token too"
+    );
+    assert!(p
+        .broadcasts
+        .set_broadcast_control(
+            &t.id,
+            &b.id,
+            &[Some(BroadcastControl::Paused)],
+            None,
+            p.clock.now()
+        )
+        .await
+        .unwrap());
 
     // Cancelled: held as cancelled, left `accepted` for its refund.
     assert!(p
@@ -248,6 +304,89 @@ async fn a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once
     assert_eq!(
         (closed.status, closed.enqueued),
         (BroadcastStatus::Enqueued, 1)
+    );
+}
+
+/// A broadcast's refund naming a tenant that is gone writes nothing and says `NotFound`, as
+/// a message's does: the cancel (or close) with its refund is one write, never the cancel
+/// without the refund (a retry then found it cancelled, and the refund was lost).
+async fn a_broadcasts_refund_for_a_tenant_that_is_gone_writes_nothing(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    let now = p.clock.now();
+    let phones: Vec<kirim::domain::PhoneNumber> = ["+60123450001", "+60123450002"]
+        .iter()
+        .map(|s| kirim::domain::PhoneNumber::parse(s).unwrap())
+        .collect();
+    let scheduled = Broadcast {
+        price_each: 2,
+        status: BroadcastStatus::Scheduled,
+        expires_at: Some(now.timestamp() + 90 * 86_400),
+        send_at: Some(now + Duration::days(1)),
+        started_at: None,
+        ..running_broadcast(&t.id, now)
+    };
+    let fanning = running_broadcast(&t.id, now);
+    for b in [&scheduled, &fanning] {
+        let (_, mut debit) = message(&p, &t.id, 3600);
+        debit.amount = -4;
+        debit.message_id = None;
+        p.broadcasts
+            .create_broadcast(b, &phones, &debit)
+            .await
+            .unwrap();
+    }
+    let credits = p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits;
+    let (_, mut refund) = message(&p, &t.id, 3600);
+    refund.kind = LedgerKind::Refund;
+    refund.amount = 4;
+    refund.message_id = None;
+    refund.tenant_id = kirim::domain::TenantId::generate();
+    assert_eq!(
+        p.broadcasts
+            .cancel_scheduled_broadcast(&t.id, &scheduled.id, &refund, now)
+            .await
+            .unwrap_err(),
+        StoreError::NotFound
+    );
+    assert_eq!(
+        p.broadcasts
+            .close_broadcast_unsent(&t.id, &fanning.id, 0, &refund)
+            .await
+            .unwrap_err(),
+        StoreError::NotFound
+    );
+    let status = |id: String| {
+        let p = &p;
+        let t = &t;
+        async move {
+            p.broadcasts
+                .get_broadcast(&t.id, &id)
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(
+        status(scheduled.id.clone()).await,
+        BroadcastStatus::Scheduled
+    );
+    assert_eq!(
+        status(fanning.id.clone()).await,
+        BroadcastStatus::FanningOut
+    );
+    assert_eq!(
+        p.broadcasts
+            .broadcast_recipients(&t.id, &scheduled.id)
+            .await
+            .unwrap()
+            .map(|l| l.len()),
+        Some(2),
+        "the list kept"
+    );
+    assert_eq!(
+        p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits,
+        credits
     );
 }
 
@@ -380,6 +519,7 @@ contract!(
     concurrent_retries_of_one_broadcast_write_one_and_debit_once,
     a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once,
     concurrent_broadcasts_with_one_key_make_one_broadcast_and_one_debit,
+    a_broadcasts_refund_for_a_tenant_that_is_gone_writes_nothing,
 );
 
 /// On DynamoDB the claim and the read of its broadcast's hold are two calls: a claim whose

@@ -248,6 +248,10 @@ impl BroadcastStore for DynamoStore {
         match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(true),
             Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => Ok(false),
+            // The refund's tenant is gone: nothing written, as for a message's refund.
+            Err(e) if e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) => {
+                Err(StoreError::NotFound)
+            }
             Err(e) => Err(e.into_store_error()),
         }
     }
@@ -310,6 +314,10 @@ impl BroadcastStore for DynamoStore {
         match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(true),
             Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => Ok(false),
+            // The refund's tenant is gone: nothing written, as for a message's refund.
+            Err(e) if e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) => {
+                Err(StoreError::NotFound)
+            }
             Err(e) => Err(e.into_store_error()),
         }
     }
@@ -414,16 +422,28 @@ impl BroadcastStore for DynamoStore {
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":claim", s(claim))
             .expression_attribute_values(":now", n(self.now_secs()))
-            .return_values(ReturnValue::AllNew)
+            // The message as it was: a hold found gives the claim back exactly so (its
+            // `updated_at` and `claim` too, as in memory, where a held claim writes nothing);
+            // the claimed one is the same write applied to it here.
+            .return_values(ReturnValue::AllOld)
             .send()
             .await;
-        let record = match claimed {
+        let before: MessageRecord = match claimed {
             Ok(out) => from_item(out.attributes.unwrap_or_default())?,
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 return Ok(BroadcastClaim::Refused)
             }
             Err(e) => return Err(classify("dynamodb update", e)),
         };
+        let mut record = before.clone();
+        record.status = sending;
+        record.updated_at = at;
+        record.events.push(StatusEvent {
+            status: sending,
+            at,
+        });
+        record.claim = Some(claim.to_owned());
+        record.attempts = record.attempts.saturating_add(1);
         // A read that fails leaves the hold unknown: the claim is given back as for a hold
         // (nothing was handed to Meta), so the retried job finds the message `accepted`
         // again instead of `sending` with no send behind it.
@@ -431,7 +451,7 @@ impl BroadcastStore for DynamoStore {
             Ok(b) => b.and_then(|b| b.control),
             Err(e) => {
                 if let Err(undo) = crate::store_error::undo(|| {
-                    self.unclaim_broadcast_message(tenant, message, &record, at)
+                    self.unclaim_broadcast_message(tenant, message, &before, claim, at)
                 })
                 .await
                 {
@@ -444,7 +464,7 @@ impl BroadcastStore for DynamoStore {
             None => Ok(BroadcastClaim::Claimed(Box::new(record))),
             Some(hold) => {
                 crate::store_error::undo(|| {
-                    self.unclaim_broadcast_message(tenant, message, &record, at)
+                    self.unclaim_broadcast_message(tenant, message, &before, claim, at)
                 })
                 .await?;
                 Ok(BroadcastClaim::Held(hold))
@@ -604,37 +624,53 @@ impl BroadcastStore for DynamoStore {
 }
 
 impl DynamoStore {
-    /// Gives a broadcast message's claim back, exactly as it was before the claim: back to
-    /// `accepted`, the attempt and the claim's `sending` event taken off again (a paused
-    /// broadcast's messages are looked at every 30 s; their history must not grow with
-    /// each look). Conditional on the claim being the message's latest write, so only the
-    /// claim's holder can undo it; a refused condition (moved on meanwhile) is not an
-    /// error.
+    /// Gives a broadcast message's claim back, exactly as it was before the claim
+    /// (`before`): back to `accepted`, the attempt and the claim's `sending` event taken off
+    /// again, its `updated_at` and `claim` as they were (a paused broadcast's messages are
+    /// looked at every 30 s; their history must not grow, nor their time move, with each
+    /// look). Conditional on the claim (`claim`, made at `at`) being the message's latest
+    /// write, so only the claim's holder can undo it; a refused condition (moved on
+    /// meanwhile) is not an error.
     async fn unclaim_broadcast_message(
         &self,
         tenant: &TenantId,
         message: &MessageId,
-        claimed: &MessageRecord,
+        before: &MessageRecord,
+        claim: &str,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let last = claimed.events.len().saturating_sub(1);
-        let released = self
+        let last = before.events.len();
+        let update = match &before.claim {
+            Some(_) => format!(
+                "SET #status = :acc, updated_at = :was, claim = :was_claim \
+                 REMOVE events[{last}] ADD attempts :minus"
+            ),
+            None => format!(
+                "SET #status = :acc, updated_at = :was REMOVE claim, events[{last}] \
+                 ADD attempts :minus"
+            ),
+        };
+        let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::message(tenant, message).attrs()))
-            .update_expression(format!(
-                "SET #status = :acc REMOVE events[{last}] ADD attempts :minus"
-            ))
-            .condition_expression("#status = :sending AND updated_at = :at AND size(events) = :len")
+            .update_expression(update)
+            .condition_expression(
+                "#status = :sending AND updated_at = :at AND claim = :claim AND size(events) = :len",
+            )
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
             .expression_attribute_values(":sending", s(MessageStatus::Sending.as_str()))
             .expression_attribute_values(":at", s(rfc3339(at)))
-            .expression_attribute_values(":len", n(claimed.events.len() as i64))
-            .expression_attribute_values(":minus", n(-1))
-            .send()
-            .await;
+            .expression_attribute_values(":was", s(rfc3339(before.updated_at)))
+            .expression_attribute_values(":claim", s(claim))
+            .expression_attribute_values(":len", n(before.events.len() as i64 + 1))
+            .expression_attribute_values(":minus", n(-1));
+        if let Some(was) = &before.claim {
+            req = req.expression_attribute_values(":was_claim", s(was));
+        }
+        let released = req.send().await;
         match released {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {

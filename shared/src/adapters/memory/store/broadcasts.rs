@@ -133,7 +133,14 @@ impl BroadcastStore for MemoryStore {
     ) -> Result<(), StoreError> {
         let mut s = self.lock()?;
         let key = (tenant.clone(), id.to_owned());
-        let b = s.broadcasts.get_mut(&key).ok_or(StoreError::NotFound)?;
+        // Gone (expired under a running fan-out): nothing to record, as on DynamoDB, whose
+        // condition refused then reads as another run having got further.
+        let Some(b) = s.broadcasts.get_mut(&key) else {
+            if done {
+                s.broadcast_lists.remove(&key);
+            }
+            return Ok(());
+        };
         b.enqueued = b.enqueued.max(enqueued);
         if done {
             b.status = crate::ports::BroadcastStatus::Enqueued;
@@ -159,7 +166,11 @@ impl BroadcastStore for MemoryStore {
         if !open {
             return Ok(false);
         }
-        let t = s.tenants.get_mut(tenant).ok_or(StoreError::NotFound)?;
+        // As DynamoDB's transaction: the refund's tenant gone, nothing is written.
+        let t = s
+            .tenants
+            .get_mut(&refund.tenant_id)
+            .ok_or(StoreError::NotFound)?;
         t.credits = t.credits.saturating_add(refund.amount);
         s.ledger.push(refund.clone());
         if let Some(b) = s.broadcasts.get_mut(&key) {
@@ -205,10 +216,18 @@ impl BroadcastStore for MemoryStore {
         if b.status != BroadcastStatus::Scheduled {
             return Ok(false);
         }
-        b.status = BroadcastStatus::Cancelled;
-        b.ended_at = Some(at);
-        let t = s.tenants.get_mut(tenant).ok_or(StoreError::NotFound)?;
-        t.credits = t.credits.saturating_add(refund.amount);
+        // As DynamoDB's transaction: the refund's tenant gone, nothing is written (looked
+        // up before the broadcast changes).
+        if !s.tenants.contains_key(&refund.tenant_id) {
+            return Err(StoreError::NotFound);
+        }
+        if let Some(b) = s.broadcasts.get_mut(&key) {
+            b.status = BroadcastStatus::Cancelled;
+            b.ended_at = Some(at);
+        }
+        if let Some(t) = s.tenants.get_mut(&refund.tenant_id) {
+            t.credits = t.credits.saturating_add(refund.amount);
+        }
         s.ledger.push(refund.clone());
         s.broadcast_lists.remove(&key);
         Ok(true)
