@@ -10,6 +10,31 @@ use super::error::ApiError;
 use super::AppState;
 use crate::service::auth::{authenticate, Caller};
 
+/// Path parameters, as axum's `Path`, with the contract's error for one that cannot be
+/// read (percent-encoding that decodes to invalid UTF-8, `%FF`): every id Kirim mints or
+/// Meta gives is UTF-8, so such an id is one it never issued (`404`); an opt-out key is
+/// neither a phone nor a user id (`400 invalid_phone_number`). axum's own answer was a bare
+/// `400 invalid_request` the document does not list.
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(_) if parts.uri.path().starts_with("/v1/opt-outs/") => {
+                Err(crate::service::errors::ServiceError::InvalidPhoneNumber.into())
+            }
+            Err(_) => Err(ApiError::not_found()),
+        }
+    }
+}
+
 /// The largest request body accepted (API.md): larger is `413 payload_too_large`.
 pub const MAX_BODY: usize = 256 * 1024;
 

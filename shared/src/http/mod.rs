@@ -20,11 +20,13 @@ mod views;
 
 use std::collections::HashMap;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
+use extract::Path;
 use serde_json::json;
 
 use crate::domain::{MessageId, MessageStatus, TenantId};

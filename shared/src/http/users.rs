@@ -1,6 +1,8 @@
 //! Console users, login and 2FA handlers. Access is checked by `access::authorize`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};

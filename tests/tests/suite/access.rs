@@ -1459,3 +1459,52 @@ fn the_readmes_access_table_names_every_route_under_its_access_and_no_other() {
     let listed: usize = rows.iter().map(|(_, r)| r.split(", ").count()).sum();
     assert_eq!(listed, named, "the table lists only the routes there are");
 }
+
+/// A path parameter that decodes to invalid UTF-8 (`%FF`) is an id Kirim never issued:
+/// `404 not_found` on every route that takes one (`400 invalid_phone_number` for an
+/// opt-out key, which is neither a phone nor a user id), as the document says, not axum's
+/// bare `400` — and nothing changes.
+#[tokio::test]
+async fn a_path_id_that_is_not_utf8_answers_as_an_id_never_issued() {
+    let app = kirim_tests::spawn_app(Backend::Memory).await;
+    let t = app.onboard(5).await;
+    let mut checked = 0;
+    for rule in ROUTES {
+        if !rule.path.contains('{') {
+            continue;
+        }
+        let token = match rule.access {
+            Access::Platform => OPERATOR_TOKEN,
+            Access::Tenant(_) => t.key.as_str(),
+            _ => continue,
+        };
+        let path = rule
+            .path
+            .split('/')
+            .map(|seg| match seg.find('{') {
+                Some(i) => {
+                    let end = seg.find('}').map_or(seg.len(), |e| e + 1);
+                    format!("{}%FF{}", &seg[..i], &seg[end..])
+                }
+                None => seg.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let body = matches!(rule.method, "POST" | "PUT" | "PATCH").then(|| json!({}));
+        let (status, answer) = call(&app, rule.method, &path, Some(token), body).await;
+        let want = if rule.path.starts_with("/v1/opt-outs/") {
+            (400, "invalid_phone_number")
+        } else {
+            (404, "not_found")
+        };
+        assert_eq!(
+            (status, code(&answer)),
+            want,
+            "{} {path}: {answer}",
+            rule.method
+        );
+        checked += 1;
+    }
+    assert!(checked > 20, "{checked}");
+    assert_eq!(app.credits(&t.key).await, 5, "nothing changed");
+}
