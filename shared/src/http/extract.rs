@@ -35,6 +35,36 @@ where
     }
 }
 
+/// The query string, as axum's `Query`, refusing a parameter given more than once
+/// (`?limit=1000&limit=10`): serde keeps the last silently, so a request read one way by
+/// its sender was answered another (a refused page size taken, one status filter of two
+/// applied). `400 invalid_request` naming the parameter, as an unknown one is.
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let raw = parts.uri.query().unwrap_or("");
+        let mut seen = std::collections::HashSet::new();
+        for (k, _) in url::form_urlencoded::parse(raw.as_bytes()) {
+            if !seen.insert(k.clone()) {
+                return Err(ApiError::invalid(format!(
+                    "query parameter `{k}` given more than once"
+                )));
+            }
+        }
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(_) => Err(ApiError::invalid("the query string cannot be read")),
+        }
+    }
+}
+
 /// The largest request body accepted (API.md): larger is `413 payload_too_large`.
 pub const MAX_BODY: usize = 256 * 1024;
 

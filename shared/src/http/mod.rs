@@ -20,13 +20,13 @@ mod views;
 
 use std::collections::HashMap;
 
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use extract::Path;
+use extract::{Path, Query};
 use serde_json::json;
 
 use crate::domain::{MessageId, MessageStatus, TenantId};

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use super::extract::Query;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};

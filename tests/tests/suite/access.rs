@@ -1508,3 +1508,40 @@ async fn a_path_id_that_is_not_utf8_answers_as_an_id_never_issued() {
     assert!(checked > 20, "{checked}");
     assert_eq!(app.credits(&t.key).await, 5, "nothing changed");
 }
+
+/// A query parameter given twice is refused, naming it, as an unknown one is: serde kept
+/// the last silently, so `limit=1000&limit=10` (1000 alone is refused) answered 10, and
+/// `status=failed&status=read` filtered on `read` alone.
+#[tokio::test]
+async fn a_query_parameter_given_twice_is_refused_naming_it() {
+    let app = kirim_tests::spawn_app(Backend::Memory).await;
+    let t = app.onboard(5).await;
+    for path in [
+        "/v1/messages?limit=1000&limit=10",
+        "/v1/messages?status=failed&status=read",
+        "/v1/opt-outs?limit=5&limit=5",
+        "/v1/audit?limit=1&limit=2",
+    ] {
+        let (status, body) = call(&app, "GET", path, Some(&t.key), None).await;
+        assert_eq!(
+            (status, code(&body)),
+            (400, "invalid_request"),
+            "{path}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("given more than once")),
+            "{path}: {body}"
+        );
+    }
+    let (status, _) = call(
+        &app,
+        "GET",
+        "/v1/messages?limit=10&status=read",
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "each once: as before");
+}
