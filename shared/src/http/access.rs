@@ -146,10 +146,16 @@ pub fn known_path(path: &str) -> bool {
     })
 }
 
+/// The route `method path` (a path template), if the table has it. `HEAD` is `GET`'s
+/// (RFC 9110: a server that answers GET answers HEAD; the router serves it with GET's
+/// handler and no body), with GET's access.
 pub fn rule_for(method: &Method, path: &str) -> Option<&'static RouteRule> {
-    ROUTES
-        .iter()
-        .find(|r| r.path == path && r.method == method.as_str())
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    ROUTES.iter().find(|r| r.path == path && r.method == method)
 }
 
 /// The authenticated tenant caller of a tenant route, set by [`authorize`].

@@ -1545,3 +1545,33 @@ async fn a_query_parameter_given_twice_is_refused_naming_it() {
     .await;
     assert_eq!(status, 200, "each once: as before");
 }
+
+/// `HEAD` on a `GET` route is that route, with its access, and no body (RFC 9110: a server
+/// that answers GET answers HEAD): it answered 405 as a method the table did not open.
+#[tokio::test]
+async fn head_on_a_get_route_answers_as_get_does_without_a_body() {
+    let app = kirim_tests::spawn_app(Backend::Memory).await;
+    let t = app.onboard(5).await;
+    let head = |token: Option<String>| {
+        let mut req = app.http.head(app.url("/v1/account"));
+        if let Some(tok) = token {
+            req = req.bearer_auth(tok);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.bytes().await.unwrap().len())
+        }
+    };
+    assert_eq!(head(Some(t.key.clone())).await, (200, 0));
+    assert_eq!(head(None).await.0, 401, "its access: GET's");
+    let (status, _) = call(
+        &app,
+        "HEAD",
+        "/v1/messages/01J9Z8Q4S7YF2K3M5N6P7R8T9W",
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+}

@@ -1028,6 +1028,41 @@ async fn a_sign_out_the_api_refuses_for_a_moment_still_forgets_the_session_in_th
     );
 }
 
+/// Secrets that cannot be read (Secrets Manager unavailable).
+struct SecretsDown;
+
+#[async_trait::async_trait]
+impl kirim::ports::SecretStore for SecretsDown {
+    async fn put_secret(
+        &self,
+        _: &str,
+        _: &kirim::secret::Secret,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("down".into()))
+    }
+    async fn get_secret(
+        &self,
+        _: &str,
+    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("down".into()))
+    }
+    async fn get_previous_secret(
+        &self,
+        _: &str,
+    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("down".into()))
+    }
+    async fn rotated_at(
+        &self,
+        _: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("down".into()))
+    }
+    async fn delete_secret(&self, _: &str) -> Result<(), kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("down".into()))
+    }
+}
+
 /// A sign-out whose session the console cannot check (here its CSRF key unreadable; a
 /// storage error reading the session answers the same) still makes the browser forget the
 /// session: the error page in its place left a shared computer signed in.
@@ -1037,23 +1072,38 @@ async fn a_sign_out_the_console_cannot_check_still_forgets_the_session_in_the_br
     let (email, _) = new_user(&app, &t.key, "operator").await;
     let mut web = sign_in(&app, &email).await;
     let csrf = web.get("/console/messages").await.csrf();
-    let name = kirim::console::csrf_key_name(&app.app.deps.settings);
-    app.app
-        .deps
-        .secrets
-        .store()
-        .delete_secret(&name)
+    let mut down = app.app.deps.clone();
+    down.secrets = std::sync::Arc::new(kirim::service::SecretCache::new(
+        std::sync::Arc::new(SecretsDown),
+        Duration::ZERO,
+    ));
+    let (base, cookie) = crate::crash_recovery::console_on(down, &web).await;
+    let out = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{base}/console/logout"))
+        .header("cookie", cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
         .await
-        .expect("the key deleted");
-    let out = web.post("/console/logout", &[("csrf", &csrf)]).await;
-    assert_eq!(out.status, 303, "{}", out.html);
-    assert_eq!(out.location(), "/console/login?done=signed_out_here");
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(
+        out.headers()["location"].to_str().unwrap(),
+        "/console/login?done=signed_out_here"
+    );
+    let cookies: Vec<&str> = out
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     assert!(
-        out.set_cookies()
+        cookies
             .iter()
             .any(|c| c.starts_with("kirim_session=;") && c.contains("Max-Age=0")),
-        "{:?}",
-        out.set_cookies()
+        "{cookies:?}"
     );
 }
 

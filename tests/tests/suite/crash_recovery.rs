@@ -786,7 +786,7 @@ async fn a_refunded_failure_whose_answer_was_lost_still_has_its_failed_callback(
 
 /// A console served on `deps` (a fault in them) on a port of its own: its address and the
 /// cookie header of `web`'s session, signed in on the app's own console.
-async fn console_on(deps: Deps, web: &crate::console::Browser<'_>) -> (String, String) {
+pub(crate) async fn console_on(deps: Deps, web: &crate::console::Browser<'_>) -> (String, String) {
     let console = kirim::console::console_router(
         deps,
         kirim::console::ConsoleOptions {
