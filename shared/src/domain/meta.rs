@@ -661,7 +661,9 @@ fn template_update(
         "message_template_status_update" => {
             let event = t.event?;
             match event.to_ascii_uppercase().as_str() {
-                "DELETED" | "PENDING_DELETION" | "ARCHIVED" => TemplateChange::Removed,
+                // Archived is a status (`archived`), ordered by Meta's time as every
+                // status is: an unarchive restores it, and a late archive never undoes it.
+                "DELETED" | "PENDING_DELETION" => TemplateChange::Removed,
                 _ => TemplateChange::Status(TemplateStatus::from_meta(&event)?),
             }
         }

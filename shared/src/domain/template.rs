@@ -23,6 +23,9 @@ pub enum TemplateStatus {
     Rejected,
     Paused,
     Disabled,
+    /// Archived at Meta (by the business, or by Meta after a year unused): not sendable,
+    /// and restored by an unarchive (Meta's `UNARCHIVED`), so kept, not removed.
+    Archived,
 }
 
 impl TemplateStatus {
@@ -33,6 +36,7 @@ impl TemplateStatus {
             TemplateStatus::Rejected => "rejected",
             TemplateStatus::Paused => "paused",
             TemplateStatus::Disabled => "disabled",
+            TemplateStatus::Archived => "archived",
         }
     }
 
@@ -44,6 +48,7 @@ impl TemplateStatus {
             "rejected" => Some(TemplateStatus::Rejected),
             "paused" => Some(TemplateStatus::Paused),
             "disabled" => Some(TemplateStatus::Disabled),
+            "archived" => Some(TemplateStatus::Archived),
             _ => None,
         }
     }
@@ -52,11 +57,15 @@ impl TemplateStatus {
     /// any case. `None` for a state that is not a catalogue status (`DELETED`, ...).
     pub fn from_meta(s: &str) -> Option<Self> {
         match s.to_ascii_uppercase().as_str() {
-            "APPROVED" | "REINSTATED" => Some(TemplateStatus::Approved),
+            // An unarchived template is back to the status it had before its archiving
+            // (Meta), which for one that was sent until it was archived is `approved`; a
+            // sync (daily, or `POST /v1/templates/sync`) reads any other.
+            "APPROVED" | "REINSTATED" | "UNARCHIVED" => Some(TemplateStatus::Approved),
             "PENDING" | "IN_APPEAL" => Some(TemplateStatus::Pending),
             "REJECTED" => Some(TemplateStatus::Rejected),
             "PAUSED" => Some(TemplateStatus::Paused),
             "DISABLED" => Some(TemplateStatus::Disabled),
+            "ARCHIVED" => Some(TemplateStatus::Archived),
             _ => None,
         }
     }

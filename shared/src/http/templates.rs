@@ -48,7 +48,7 @@ async fn list(
             "status" => {
                 q.status = Some(TemplateStatus::parse(v).ok_or_else(|| {
                     ApiError::invalid(
-                        "status must be approved, pending, rejected, paused or disabled",
+                        "status must be approved, pending, rejected, paused, disabled or archived",
                     )
                 })?)
             }

@@ -618,6 +618,54 @@ async fn a_redelivered_older_template_webhook_never_undoes_a_newer_one(b: Backen
     assert_eq!(s, 202, "{body}");
 }
 
+/// A template archived at Meta cannot be sent, and one unarchived can again at once (it
+/// was removed, the unarchive skipped as unknown: refused `template_not_found` until a sync
+/// more than 5 minutes later); an archive delivered again late never undoes the unarchive.
+async fn an_archived_template_is_refused_until_meta_unarchives_it_and_a_late_archive_changes_nothing(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let now = chrono::Utc::now().timestamp();
+    let note = |time: i64, event: &str| {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "time": now + time, "changes": [
+        {"field": "message_template_status_update", "value": {"event": event, "message_template_id": 9,
+            "message_template_name": "order_update", "message_template_language": "en_US", "reason": "NONE"}}]}]})
+    };
+    let send = |to: &'static str| {
+        let (app, key) = (&app, t.key.clone());
+        async move {
+            post(
+                app,
+                &key,
+                "/v1/messages",
+                send_body(to, template_of("utility")),
+            )
+            .await
+        }
+    };
+    assert_eq!(app.post_webhook(&note(100, "ARCHIVED")).await.status(), 200);
+    let (s, body) = send("+60123464111").await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("template_not_approved")),
+        "archived: {body}"
+    );
+    let (s, listed) = get(&app, &t.key, "/v1/templates?status=archived").await;
+    assert_eq!(s, 200, "{listed}");
+    assert_eq!(listed["templates"][0]["name"], "order_update", "{listed}");
+    assert_eq!(
+        app.post_webhook(&note(200, "UNARCHIVED")).await.status(),
+        200
+    );
+    let (s, body) = send("+60123464112").await;
+    assert_eq!(s, 202, "unarchived: {body}");
+    // The archive, delivered again after a 500, is older than the unarchive.
+    assert_eq!(app.post_webhook(&note(100, "ARCHIVED")).await.status(), 200);
+    let (s, body) = send("+60123464113").await;
+    assert_eq!(s, 202, "still sendable: {body}");
+}
+
 async fn a_template_webhook_for_a_waba_no_tenant_has_is_ignored_with_200(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -747,6 +795,7 @@ on_both_backends!(
     a_template_webhook_for_a_waba_no_tenant_has_is_ignored_with_200,
     a_template_list_that_repeats_its_page_removes_nothing,
     a_redelivered_older_template_webhook_never_undoes_a_newer_one,
+    an_archived_template_is_refused_until_meta_unarchives_it_and_a_late_archive_changes_nothing,
     the_daily_schedule_syncs_every_active_tenants_catalogue,
 );
 

@@ -7,7 +7,7 @@
 //! `UpdateItem` conditioned on the template existing and being live, so a webhook never
 //! creates a template.
 //!
-//! A removal (Meta's `DELETED`/`ARCHIVED` webhook, or a sync that no longer finds it)
+//! A removal (Meta's `DELETED`/`PENDING_DELETION` webhook, or a sync that no longer finds it)
 //! leaves a tombstone on the same key for a day ([`REMOVED_AT`], `written_ms`, TTL): no
 //! reader sees it, and it refuses a sync's put that began before the removal or read
 //! Meta's list less than [`SYNC_STAMP_MARGIN_SECS`] after it (Meta's list lags its
