@@ -200,6 +200,15 @@ impl Recipient {
     }
 }
 
+/// The time an opt-out or an opting back in is ordered by: Meta's time of the user's
+/// choice, never later than now (a clock ahead of ours, or a bad timestamp, would order a
+/// START after every opt-out made for days: an operator's PUT answered 200 and stored
+/// nothing, and the user's real STOPs were refused), else now.
+fn choice_time(deps: &Deps, meta: Option<i64>) -> i64 {
+    let now = deps.clock.now().timestamp();
+    meta.map_or(now, |t| t.min(now))
+}
+
 /// Records an opt-out (`meta_timestamp`: Meta's time of the STOP reply that asked for
 /// it, if one did). It is stored under the phone when known, else the user id.
 pub async fn add(
@@ -237,7 +246,7 @@ pub async fn add(
         created_at: now,
         // Every opt-out carries the time of the choice it records: Meta's, else now (an
         // API call's), so a START older than it never removes it.
-        meta_timestamp: Some(meta_timestamp.unwrap_or_else(|| now.timestamp())),
+        meta_timestamp: Some(choice_time(deps, meta_timestamp)),
     };
     let Some(key) = opt_out.key() else {
         return Err(ServiceError::InvalidRequest(
@@ -359,9 +368,7 @@ pub async fn apply_inbound(
     if who.keys().is_empty() {
         return Ok(Inbound::Nothing);
     }
-    let at = msg
-        .timestamp
-        .unwrap_or_else(|| deps.clock.now().timestamp());
+    let at = choice_time(deps, msg.timestamp);
     match word {
         Keyword::Stop => {
             add(
@@ -426,9 +433,7 @@ pub async fn apply_preference(
         Preference::ResumeMarketing => {
             // In Meta's time order across deliveries too: a redelivered older `resume`
             // never removes a newer `stop`.
-            let at = pref
-                .timestamp
-                .unwrap_or_else(|| deps.clock.now().timestamp());
+            let at = choice_time(deps, pref.timestamp);
             let mut removed = false;
             for k in super::contacts::keys_of(deps, tenant, &who.keys()).await? {
                 removed |= deps

@@ -499,6 +499,40 @@ fn text_at(from: &str, body: &str, at: i64) -> Value {
     m
 }
 
+/// A START whose Meta time is ahead of Kirim's clock (skew, a bad timestamp) is ordered as
+/// of now: an opt-out the tenant records a moment later is stored (it answered 200 and
+/// stored nothing, the START "newer" for as long as its mark lasts), and so is the user's
+/// own STOP after it.
+async fn a_start_stamped_in_the_future_does_not_outrank_the_opt_outs_after_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(1).await;
+    let pn = t.phone_number_id.as_str();
+    let (from, phone) = ("60123457021", "+60123457021");
+    let ahead = chrono::Utc::now().timestamp() + 3600;
+    inbound(&app, pn, vec![text_at(from, "START", ahead)]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let res = app
+        .http
+        .put(app.url(&format!("/v1/opt-outs/{phone}")))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(opt_out_of(&app, &t.key, phone).await.0, 200, "stored");
+    // The user's STOP, and a START after it, in Meta's time now.
+    let now = chrono::Utc::now().timestamp();
+    let (from2, phone2) = ("60123457022", "+60123457022");
+    inbound(&app, pn, vec![text_at(from2, "START", ahead)]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    inbound(&app, pn, vec![text_at(from2, "STOP", now + 1)]).await;
+    assert_eq!(
+        opt_out_of(&app, &t.key, phone2).await.0,
+        200,
+        "the STOP stored"
+    );
+}
+
 async fn stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arrive(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(1).await;
@@ -801,6 +835,7 @@ async fn an_opt_out_removed_while_it_is_copied_under_the_phone_stays_removed(b: 
 }
 
 on_both_backends!(
+    a_start_stamped_in_the_future_does_not_outrank_the_opt_outs_after_it,
     an_opt_out_removed_while_it_is_copied_under_the_phone_stays_removed,
     an_older_stop_arriving_after_a_newer_start_leaves_the_user_opted_in,
     stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arrive,
