@@ -163,9 +163,14 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
-    /// Meta's time of the status, else `fallback`.
+    /// Meta's time of the status, else `fallback` (now): also for a time no status can
+    /// have — more than 30 days before now (Meta retries a webhook for 7) or more than 5
+    /// minutes after it, `0` among them — which would file the message's event, and the
+    /// usage row of its charge, on a day that expired at once or that no report covers.
     pub fn at(&self, fallback: DateTime<Utc>) -> DateTime<Utc> {
+        let now = fallback.timestamp();
         self.timestamp
+            .filter(|t| *t > now.saturating_sub(30 * 86_400) && *t <= now.saturating_add(300))
             .and_then(|t| Utc.timestamp_opt(t, 0).single())
             .unwrap_or(fallback)
     }
@@ -1057,6 +1062,46 @@ mod tests {
 
     fn events(v: Value) -> Vec<MetaEvent> {
         parse_notification(v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_status_time_no_status_can_have_is_taken_as_now() {
+        let now = Utc
+            .timestamp_opt(1_800_000_000, 0)
+            .single()
+            .unwrap_or_default();
+        let body = messages_change(json!({
+            "metadata": {"phone_number_id": "pn1"},
+            "statuses": [{"id":"wamid.A","status":"delivered","timestamp":"1","recipient_id":"60123456789"}]
+        }));
+        let ev = events(body);
+        let [MetaEvent::Status(report)] = &ev[..] else {
+            panic!("{ev:?}")
+        };
+        let at = |t: Option<i64>| {
+            let mut r = report.clone();
+            r.timestamp = t;
+            r.at(now).timestamp()
+        };
+        assert_eq!(
+            at(Some(1_800_000_000 - 3600)),
+            1_800_000_000 - 3600,
+            "Meta's"
+        );
+        assert_eq!(
+            at(Some(1_800_000_000 + 60)),
+            1_800_000_000 + 60,
+            "a clock a bit ahead"
+        );
+        for bad in [
+            Some(0),
+            Some(-5),
+            Some(1_800_000_000 + 3600),
+            Some(1_700_000_000),
+            None,
+        ] {
+            assert_eq!(at(bad), 1_800_000_000, "{bad:?}");
+        }
     }
 
     #[test]
