@@ -829,12 +829,12 @@ async fn dashboard(State(s): S, ctx: Ctx, q: Q) -> Response {
         (numbers)
         h2 { "Messages by status" }
         @if truncated { p.hint { "Counted from the most recent " (DASHBOARD_PAGES * 100) " messages only." } }
-        (status_chart("today", &format!("Today ({})", today.format("%Y-%m-%d")), &counts(&today_counts)))
-        (status_chart("week", &format!("Last 7 days ({} to {})", first.format("%Y-%m-%d"), today.format("%Y-%m-%d")), &counts(&week)))
+        (status_chart("today", &format!("Today ({} UTC)", today.format("%Y-%m-%d")), &counts(&today_counts)))
+        (status_chart("week", &format!("Last 7 days ({} to {} UTC)", first.format("%Y-%m-%d"), today.format("%Y-%m-%d")), &counts(&week)))
         div.table-wrap {
             table {
                 caption { "Messages by status" }
-                thead { tr { th scope="col" { "Status" } th scope="col" { "Today" } th scope="col" { "Last 7 days" } } }
+                thead { tr { th scope="col" { "Status" } th scope="col" { "Today (UTC)" } th scope="col" { "Last 7 days (UTC)" } } }
                 tbody {
                     @for st in STATUSES {
                         tr { th scope="row" { (st) } td { (today_counts.get(st).copied().unwrap_or(0)) } td { (week.get(st).copied().unwrap_or(0)) } }
