@@ -177,6 +177,9 @@ pub async fn sync_waba(deps: &Deps, tenant: &Tenant, waba: &str) -> Result<Synce
     let mut out = Synced::default();
     let mut skipped = 0usize;
     let mut after: Option<String> = None;
+    // Every cursor followed: one Meta gives again (A, B, A...) would read the same pages
+    // until the page cap, every day.
+    let mut cursors: HashSet<String> = HashSet::new();
     let mut pages = 0usize;
     loop {
         if pages >= MAX_PAGES {
@@ -212,15 +215,20 @@ pub async fn sync_waba(deps: &Deps, tenant: &Tenant, waba: &str) -> Result<Synce
             }
             // Not over what a later-started sync (which read a newer list) or a webhook
             // wrote since this sync began.
-            deps.templates
+            // Counted only when stored: one a later write keeps (a webhook since, a
+            // removal's tombstone) is not this sync's to report.
+            if deps
+                .templates
                 .put_template_unless_newer(&catalogue_entry(waba, t, now, expires_at), started)
-                .await?;
-            out.synced += 1;
+                .await?
+            {
+                out.synced += 1;
+            }
         }
         match page.after {
-            // The same cursor again would read the same page forever: not a complete
-            // list, so nothing is removed.
-            Some(next) if after.as_deref() == Some(next.as_str()) => {
+            // A cursor already followed would read the same pages forever: not a
+            // complete list, so nothing is removed.
+            Some(next) if !cursors.insert(next.clone()) => {
                 return Err(ServiceError::MetaUnavailable(format!(
                     "meta's template list repeated its page {pages}; {} templates were synced, \
                      none removed: the previous catalogue is still used",
