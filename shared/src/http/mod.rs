@@ -477,7 +477,9 @@ async fn list_messages(
 
 async fn meta_verify(
     State(s): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
+    // Meta's handshake: anything but its three parameters answers 403 (openapi), so axum's
+    // own reading, not the API's (which refuses a repeated parameter with 400).
+    axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
 ) -> ApiResult {
     let ok = webhook::verify_subscription(
         &s.deps,

@@ -330,7 +330,20 @@ impl SecretCache {
         }
         let v = self.store.get_secret(name).await?;
         if let Ok(mut cache) = self.cache.lock() {
-            cache[0].insert(name.to_owned(), (Instant::now(), v.clone(), None));
+            let was = cache[0]
+                .insert(name.to_owned(), (Instant::now(), v.clone(), None))
+                .map(|(_, old, _)| old);
+            // A new current version made the one cached before it the previous one: the
+            // cached previous (and its rotation time) is read afresh too, so a caller
+            // still on the old value keeps its grace window.
+            let same = match (was.flatten(), &v) {
+                (Some(old), Some(new)) => old.expose() == new.expose(),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                cache[1].remove(name);
+            }
         }
         Ok(Some(v))
     }

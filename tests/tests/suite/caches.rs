@@ -744,6 +744,14 @@ async fn a_rotated_operator_token_works_at_once_on_a_process_that_cached_the_old
         Ok(auth::Caller::Operator),
         "the new token at once"
     );
+    // The old one keeps its grace window (the cached previous version was read afresh).
+    assert_eq!(
+        auth::authenticate(&deps, Some("op_first_0123456789"))
+            .await
+            .map_err(|e| e.to_string()),
+        Ok(auth::Caller::Operator),
+        "the old token within the rotation grace"
+    );
     // An unknown API key is not taken for an operator token: refused, as before.
     assert!(matches!(
         auth::authenticate(&deps, Some("kirim_unknown_0123456789")).await,
