@@ -294,6 +294,11 @@ impl<F: std::future::Future + Send + 'static> std::future::Future for ServedToEn
 
 impl<F: std::future::Future + Send + 'static> Drop for ServedToEnd<F> {
     fn drop(&mut self) {
+        // Dropped while its handler panics: nothing left to finish (polled again, the
+        // future would only panic again).
+        if std::thread::panicking() {
+            return;
+        }
         if let Some(rest) = self.0.take() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 tracing::debug!("the client left before its answer; the request goes on");

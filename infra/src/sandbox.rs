@@ -520,7 +520,9 @@ async fn put_template(
     let checked = (
         one_of(
             &change.status,
-            &["approved", "pending", "rejected", "paused", "disabled"],
+            &[
+                "approved", "pending", "rejected", "paused", "disabled", "archived",
+            ],
         ),
         one_of(
             &change.category,

@@ -24,7 +24,9 @@ pub(super) fn routes() -> Router<ConsoleState> {
         .route("/console/templates/sync", post(sync))
 }
 
-const STATUSES: [&str; 5] = ["approved", "pending", "rejected", "paused", "disabled"];
+const STATUSES: [&str; 6] = [
+    "approved", "pending", "rejected", "paused", "disabled", "archived",
+];
 const CATEGORIES: [&str; 3] = ["marketing", "utility", "authentication"];
 
 async fn templates(

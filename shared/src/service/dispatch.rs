@@ -178,15 +178,16 @@ async fn fail_unsent(
 }
 
 /// Meta refused the claimed message finally (or on its last allowed attempt) and its
-/// `failed` write failed: the claim is given back (`accepted`, `failure_not_recorded`) and
-/// the refusal goes back on the queue in a fresh job ([`DispatchJob::refused`]), which
-/// fails the message with Meta's reason, refunded, without asking Meta again. Retried as
-/// it was, the job would claim the message afresh and send it once more: past
-/// `KIRIM_DISPATCH_MAX_ATTEMPTS`, and with Meta's reason lost if a check before the claim
-/// failed it first (a suspension meanwhile). A release that cannot be written leaves the
-/// job retried as before (the claim still stands, so the retry's claim is refused and the
-/// sending deadline settles it); a release refused finds the claim no longer this job's
-/// (settled since): nothing more to do.
+/// `failed` write failed: the refusal goes on the queue first, in a fresh job
+/// ([`DispatchJob::refused`], without the content: it is never sent), then the claim is
+/// given back (`accepted`, `failure_not_recorded`); that job fails the message with
+/// Meta's reason, refunded, without asking Meta again. Retried as it was, the job would
+/// claim the message afresh and send it once more: past `KIRIM_DISPATCH_MAX_ATTEMPTS`, and
+/// with Meta's reason lost if a check before the claim failed it first (a suspension
+/// meanwhile). Queued first, so a release whose answer was lost (refused on its retry,
+/// having landed) still has the job behind it. A refusal that cannot be queued falls back
+/// to giving the claim back and retrying the job (one more request, which Meta refuses
+/// again); a release that cannot be written leaves the claim for the sending deadline.
 ///
 /// [`DispatchJob::refused`]: super::jobs::DispatchJob::refused
 async fn refusal_unrecorded(
@@ -196,11 +197,33 @@ async fn refusal_unrecorded(
     refusal: MessageError,
     cause: StoreError,
 ) -> Result<Outcome, Stopped> {
+    let again = DispatchJob {
+        content: crate::domain::Content::Text {
+            body: String::new(),
+        },
+        refused: Some(refusal),
+        retry_at: None,
+        send_at: None,
+        recheck: false,
+        ..job.clone()
+    };
+    let queued = match QueueJob::Send(again).to_body() {
+        Ok(body) => {
+            deps.queue
+                .send_delayed(&body, deps.settings.dispatch_backoff)
+                .await
+        }
+        Err(e) => Err(StoreError::Corrupt(e.to_string())),
+    };
+    if let Err(e) = queued {
+        tracing::error!(error = %e, "the refusal could not be queued; retrying the job");
+        return Err(unclaim(deps, job, claimed_at, "failure_not_recorded", cause).await);
+    }
     let error = MessageError {
         code: "failure_not_recorded".into(),
         title: "a dependency failed for a moment; will retry".into(),
     };
-    let released = crate::store_error::undo(|| {
+    if let Err(e) = crate::store_error::undo(|| {
         deps.messages.release_for_retry(
             &job.tenant_id,
             &job.message_id,
@@ -209,27 +232,11 @@ async fn refusal_unrecorded(
             deps.clock.now(),
         )
     })
-    .await;
-    match released {
-        Ok(Transition::Applied(_)) => {
-            let again = DispatchJob {
-                refused: Some(refusal),
-                retry_at: None,
-                ..job.clone()
-            };
-            Ok(super::schedule::wait_again(
-                deps,
-                &QueueJob::Send(again),
-                deps.settings.dispatch_backoff,
-            )
-            .await?)
-        }
-        Ok(Transition::Refused) => Ok(Outcome::Done),
-        Err(e) => {
-            tracing::error!(error = %e, "could not release the claim");
-            Err(cause.into())
-        }
+    .await
+    {
+        tracing::error!(error = %e, "could not release the claim; left to the sending deadline");
     }
+    Ok(Outcome::Done)
 }
 
 /// Why one attempt at a job stopped early, and whether a retry could help.
@@ -258,7 +265,8 @@ impl From<ServiceError> for Stopped {
 }
 
 /// Puts a claimed message back to `accepted` when the throughput limiter failed and the
-/// claim could not be given back unattempted, so a later delivery of the job can claim it
+/// claim could not be given back unattempted, or a refusal whose failure could not be
+/// written could not be queued either, so a later delivery of the job can claim it
 /// again; answers the failure with its own
 /// class (a retryable one is retried, any other parks the job on the dead-letter queue).
 async fn unclaim(

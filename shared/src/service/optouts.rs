@@ -206,7 +206,10 @@ impl Recipient {
 /// nothing, and the user's real STOPs were refused), else now.
 fn choice_time(deps: &Deps, meta: Option<i64>) -> i64 {
     let now = deps.clock.now().timestamp();
-    meta.map_or(now, |t| t.min(now))
+    // More than 30 days old (`0`, a bad timestamp): no choice Meta still delivers, so now,
+    // as a status's time is taken (`StatusReport::at`).
+    meta.filter(|t| *t > now.saturating_sub(30 * 86_400))
+        .map_or(now, |t| t.min(now))
 }
 
 /// Records an opt-out (`meta_timestamp`: Meta's time of the STOP reply that asked for

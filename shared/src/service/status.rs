@@ -160,7 +160,8 @@ async fn apply_to(
             tenant_id,
             message_id,
             report.recipient.as_ref(),
-            report.timestamp,
+            // The status's time as the rest of it is taken (`StatusReport::at`).
+            Some(at.timestamp()),
         ))
         .await?;
     }

@@ -461,6 +461,9 @@ struct Flaky {
     lose_sent_every_answer_once: AtomicBool,
     /// Every listing fails (storage unavailable).
     fail_list: AtomicBool,
+    /// The next release for a retry lands, and answers an error (then the flag clears):
+    /// its retry is refused by it.
+    lose_release_answer_once: AtomicBool,
 }
 
 impl Flaky {
@@ -477,6 +480,7 @@ impl Flaky {
             lose_read_answer_once: AtomicBool::new(false),
             lose_sent_every_answer_once: AtomicBool::new(false),
             fail_list: AtomicBool::new(false),
+            lose_release_answer_once: AtomicBool::new(false),
         })
     }
 }
@@ -584,6 +588,14 @@ impl MessageStore for Flaky {
     ) -> Result<Transition, StoreError> {
         if self.fail_release_once.swap(false, Ordering::SeqCst) {
             return Err(StoreError::Unavailable("storage blinked".into()));
+        }
+        if self.lose_release_answer_once.swap(false, Ordering::SeqCst) {
+            let landed = self
+                .inner
+                .release_for_retry(tenant, id, claimed_at, error, at)
+                .await?;
+            assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
+            return Err(StoreError::Unavailable("the answer was lost".into()));
         }
         self.inner
             .release_for_retry(tenant, id, claimed_at, error, at)
@@ -1656,11 +1668,12 @@ impl kirim::ports::MetaClient for Refusing {
 }
 
 /// Meta's final refusal (a permanent code, or a transient one on the last allowed attempt)
-/// whose `failed` write fails: the claim is given back and the refusal rides a fresh job,
-/// which fails the message with Meta's code, refunded, without a request more — also when
-/// the tenant was suspended meanwhile. Retried as it was, the job claimed the message
-/// afresh and sent it again: past `KIRIM_DISPATCH_MAX_ATTEMPTS`, and failed
-/// `tenant_suspended` instead of with Meta's reason.
+/// whose `failed` write fails: the refusal is queued in a fresh job (without the content),
+/// the claim given back, and that job fails the message with Meta's code, refunded, without
+/// a request more — also when the tenant was suspended meanwhile. Retried as it was, the job
+/// claimed the message afresh and sent it again: past `KIRIM_DISPATCH_MAX_ATTEMPTS`, and
+/// failed `tenant_suspended` instead of with Meta's reason. A refusal the queue will not
+/// take falls back to the retry (one more request, refused again, then failed as usual).
 async fn a_final_refusal_whose_failure_cannot_be_written_is_never_sent_again_and_keeps_metas_code(
     backend: Backend,
 ) {
@@ -1668,14 +1681,31 @@ async fn a_final_refusal_whose_failure_cannot_be_written_is_never_sent_again_and
     let o = t.onboard(5).await;
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
     let max = t.app.deps.settings.dispatch_max_attempts;
+    let suspend = |on: bool| {
+        let (t, id) = (&t, o.tenant_id.clone());
+        async move {
+            let what = if on { "suspend" } else { "resume" };
+            let res = t
+                .http
+                .post(t.url(&format!("/v1/platform/tenants/{id}/{what}")))
+                .bearer_auth(OPERATOR_TOKEN)
+                .json(&json!({"reason": "drill"}))
+                .send()
+                .await
+                .expect("the operator's call");
+            assert_eq!(res.status(), 200, "{what}");
+        }
+    };
     for (code, to) in [(131026, "+60123459937"), (131000, "+60123459938")] {
         let (m, mut job) = accepted_with_job(&t, &tenant, to).await;
         let first_job = job.clone();
         let meta = Arc::new(Refusing(code, Default::default()));
         let flaky = Flaky::over(&t.app.deps);
+        let refusals = Arc::new(Kept::default());
         let mut deps = t.app.deps.clone();
         deps.meta = meta.clone();
         deps.messages = flaky.clone();
+        deps.queue = refusals.clone();
         let mut given_back = false;
         for _ in 0..20 {
             let before = deps
@@ -1692,9 +1722,7 @@ async fn a_final_refusal_whose_failure_cannot_be_written_is_never_sent_again_and
             let outcome = dispatch::handle_in_batch(&deps, &job).await;
             if flaky.fail_refund.swap(false, Ordering::SeqCst) {
                 given_back = true;
-                let Outcome::Again(next, _) = outcome else {
-                    panic!("{code}: the refusal goes back on the queue: {outcome:?}");
-                };
+                assert_eq!(outcome, Outcome::Done, "{code}");
                 let back = deps
                     .messages
                     .get_message(&tenant, &m.id)
@@ -1703,18 +1731,11 @@ async fn a_final_refusal_whose_failure_cannot_be_written_is_never_sent_again_and
                     .unwrap();
                 assert_eq!(back.status, MessageStatus::Accepted, "{code}: given back");
                 assert_eq!(t.credits(&o.key).await, 4, "{code}: still charged");
-                assert!(next.contains(r#""refused""#), "{code}: {next}");
-                job = next;
+                job = refusals.only();
+                assert!(job.contains(r#""refused""#), "{code}: {job}");
+                assert!(!job.contains("A-1"), "{code}: no content: {job}");
                 // The tenant is suspended before the refusal's job comes back.
-                let res = t
-                    .http
-                    .post(t.url(&format!("/v1/platform/tenants/{}/suspend", o.tenant_id)))
-                    .bearer_auth(OPERATOR_TOKEN)
-                    .json(&json!({"reason": "drill"}))
-                    .send()
-                    .await
-                    .expect("suspend");
-                assert_eq!(res.status(), 200);
+                suspend(true).await;
                 continue;
             }
             match outcome {
@@ -1750,17 +1771,68 @@ async fn a_final_refusal_whose_failure_cannot_be_written_is_never_sent_again_and
         assert_eq!(dispatch::handle(&deps, &first_job).await, Outcome::Done);
         assert_eq!(meta.1.load(Ordering::SeqCst), sends, "{code}: never again");
         assert_eq!(t.credits(&o.key).await, 5, "{code}: refunded once");
-        let res = t
-            .http
-            .post(t.url(&format!("/v1/platform/tenants/{}/resume", o.tenant_id)))
-            .bearer_auth(OPERATOR_TOKEN)
-            .send()
-            .await
-            .expect("resume");
-        assert_eq!(res.status(), 200);
+        suspend(false).await;
     }
+    // The queue refusing the refusal's job: the claim is given back and the job retried, as
+    // before (Meta refuses the one request more), never left sending.
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459940").await;
+    let meta = Arc::new(Refusing(131026, Default::default()));
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.fail_refund.store(true, Ordering::SeqCst);
+    let mut deps = t.app.deps.clone();
+    deps.meta = meta.clone();
+    deps.messages = flaky.clone();
+    deps.queue = Arc::new(Kept::refusing());
+    assert!(matches!(
+        dispatch::handle_in_batch(&deps, &job).await,
+        Outcome::RetryAfter(_)
+    ));
+    flaky.fail_refund.store(false, Ordering::SeqCst);
+    assert_eq!(dispatch::handle_in_batch(&deps, &job).await, Outcome::Done);
+    let end = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (end.status, end.error.map(|e| e.code)),
+        (MessageStatus::Failed, Some(ErrorCode::Meta(131026)))
+    );
+    assert_eq!(
+        meta.1.load(Ordering::SeqCst),
+        2,
+        "one request more, refused again"
+    );
+    // A release that landed with its answer lost (its retry refused by it): the refusal's
+    // job, queued first, still fails the message with Meta's code.
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459941").await;
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.fail_refund.store(true, Ordering::SeqCst);
+    flaky.lose_release_answer_once.store(true, Ordering::SeqCst);
+    let refusals = Arc::new(Kept::default());
+    let mut deps = t.app.deps.clone();
+    deps.meta = Arc::new(Refusing(131026, Default::default()));
+    deps.messages = flaky.clone();
+    deps.queue = refusals.clone();
+    assert_eq!(dispatch::handle_in_batch(&deps, &job).await, Outcome::Done);
+    flaky.fail_refund.store(false, Ordering::SeqCst);
+    assert_eq!(
+        dispatch::handle_in_batch(&deps, &refusals.only()).await,
+        Outcome::Done
+    );
+    let end = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (end.status, end.error.map(|e| e.code)),
+        (MessageStatus::Failed, Some(ErrorCode::Meta(131026)))
+    );
     let (sum, refunds) = ledger_of(&t, &tenant).await;
-    assert_eq!((sum, refunds.len()), (5, 2), "both refunded once");
+    assert_eq!((sum, refunds.len()), (5, 4), "each refunded once");
 }
 
 /// A number booked past the horizon (several campaigns on it) turns a message away

@@ -531,6 +531,14 @@ async fn a_start_stamped_in_the_future_does_not_outrank_the_opt_outs_after_it(b:
         200,
         "the STOP stored"
     );
+    // A START stamped 0 (no time Meta still delivers) counts as now: it lifts that STOP.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    inbound(&app, pn, vec![text_at(from2, "START", 0)]).await;
+    assert_eq!(
+        opt_out_of(&app, &t.key, phone2).await.0,
+        404,
+        "opted in again"
+    );
 }
 
 async fn stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arrive(b: Backend) {
