@@ -546,9 +546,11 @@ async fn stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arriv
     let t = app.onboard(1).await;
     let pn = t.phone_number_id.as_str();
     let (from, phone) = ("60123457011", "+60123457011");
-    inbound(&app, pn, vec![text_at(from, "STOP", 1_700_000_200)]).await;
+    // Meta's times an hour back: within the window Meta still delivers (older counts as now).
+    let base = chrono::Utc::now().timestamp() - 3600;
+    inbound(&app, pn, vec![text_at(from, "STOP", base + 200)]).await;
     // A START Meta stamped before that STOP arrives late: it undoes nothing.
-    let summary = inbound(&app, pn, vec![text_at(from, "START", 1_700_000_100)]).await;
+    let summary = inbound(&app, pn, vec![text_at(from, "START", base + 100)]).await;
     assert_eq!(summary["summary"]["applied"], 0, "{summary}");
     assert_eq!(
         opt_out_of(&app, &t.key, phone).await.0,
@@ -556,7 +558,7 @@ async fn stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arriv
         "still opted out"
     );
     // A later START does.
-    inbound(&app, pn, vec![text_at(from, "START", 1_700_000_300)]).await;
+    inbound(&app, pn, vec![text_at(from, "START", base + 300)]).await;
     assert_eq!(opt_out_of(&app, &t.key, phone).await.0, 404);
     // One body listing a newer START before an older STOP: Meta's order wins, so the
     // user ends opted in...
@@ -564,8 +566,8 @@ async fn stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arriv
         &app,
         pn,
         vec![
-            text_at(from, "MULA", 1_700_000_500),
-            text_at(from, "STOP", 1_700_000_400),
+            text_at(from, "MULA", base + 500),
+            text_at(from, "STOP", base + 400),
         ],
     )
     .await;
@@ -575,8 +577,8 @@ async fn stop_and_start_apply_in_metas_timestamp_order_whatever_order_they_arriv
         &app,
         pn,
         vec![
-            text_at(from, "BERHENTI", 1_700_000_700),
-            text_at(from, "START", 1_700_000_600),
+            text_at(from, "BERHENTI", base + 700),
+            text_at(from, "START", base + 600),
         ],
     )
     .await;
@@ -592,22 +594,23 @@ async fn an_older_stop_arriving_after_a_newer_start_leaves_the_user_opted_in(b: 
     let t = app.onboard(1).await;
     let pn = t.phone_number_id.as_str();
     let (from, phone) = ("60123457012", "+60123457012");
-    inbound(&app, pn, vec![text_at(from, "STOP", 1_700_000_100)]).await;
+    let base = chrono::Utc::now().timestamp() - 3600;
+    inbound(&app, pn, vec![text_at(from, "STOP", base + 100)]).await;
     assert_eq!(opt_out_of(&app, &t.key, phone).await.0, 200);
-    inbound(&app, pn, vec![text_at(from, "START", 1_700_000_200)]).await;
+    inbound(&app, pn, vec![text_at(from, "START", base + 200)]).await;
     assert_eq!(opt_out_of(&app, &t.key, phone).await.0, 404);
     // The first body again: the user's latest word was START.
-    inbound(&app, pn, vec![text_at(from, "STOP", 1_700_000_100)]).await;
+    inbound(&app, pn, vec![text_at(from, "STOP", base + 100)]).await;
     assert_eq!(
         opt_out_of(&app, &t.key, phone).await.0,
         404,
         "still opted in"
     );
     // Never seen before, yet older than the START: the same.
-    inbound(&app, pn, vec![text_at(from, "BERHENTI", 1_700_000_150)]).await;
+    inbound(&app, pn, vec![text_at(from, "BERHENTI", base + 150)]).await;
     assert_eq!(opt_out_of(&app, &t.key, phone).await.0, 404);
     // A newer STOP opts them out.
-    inbound(&app, pn, vec![text_at(from, "STOP", 1_700_000_300)]).await;
+    inbound(&app, pn, vec![text_at(from, "STOP", base + 300)]).await;
     assert_eq!(opt_out_of(&app, &t.key, phone).await.0, 200);
 }
 
