@@ -162,6 +162,11 @@ pub struct StatusReport {
     pub pricing: Option<Pricing>,
 }
 
+/// How old (seconds) a time Meta gives for a status or a user's choice may be and still be
+/// taken as Meta's: 30 days (Meta retries a webhook for 7); older (`0`, a bad timestamp)
+/// is taken as the time it arrived (`StatusReport::at`, `optouts::choice_time`).
+pub const OLDEST_META_TIME_SECS: i64 = 30 * 86_400;
+
 impl StatusReport {
     /// Meta's time of the status, else `fallback` (now): also for a time no status can
     /// have — more than 30 days before now (Meta retries a webhook for 7) or more than 5
@@ -170,7 +175,9 @@ impl StatusReport {
     pub fn at(&self, fallback: DateTime<Utc>) -> DateTime<Utc> {
         let now = fallback.timestamp();
         self.timestamp
-            .filter(|t| *t > now.saturating_sub(30 * 86_400) && *t <= now.saturating_add(300))
+            .filter(|t| {
+                *t > now.saturating_sub(OLDEST_META_TIME_SECS) && *t <= now.saturating_add(300)
+            })
             .and_then(|t| Utc.timestamp_opt(t, 0).single())
             .unwrap_or(fallback)
     }

@@ -219,23 +219,7 @@ async fn refusal_unrecorded(
         tracing::error!(error = %e, "the refusal could not be queued; retrying the job");
         return Err(unclaim(deps, job, claimed_at, "failure_not_recorded", cause).await);
     }
-    let error = MessageError {
-        code: "failure_not_recorded".into(),
-        title: "a dependency failed for a moment; will retry".into(),
-    };
-    if let Err(e) = crate::store_error::undo(|| {
-        deps.messages.release_for_retry(
-            &job.tenant_id,
-            &job.message_id,
-            claimed_at,
-            &error,
-            deps.clock.now(),
-        )
-    })
-    .await
-    {
-        tracing::error!(error = %e, "could not release the claim; left to the sending deadline");
-    }
+    release(deps, job, claimed_at, "failure_not_recorded").await;
     Ok(Outcome::Done)
 }
 
@@ -276,6 +260,14 @@ async fn unclaim(
     code: &str,
     cause: impl Into<Stopped>,
 ) -> Stopped {
+    release(deps, job, claimed_at, code).await;
+    cause.into()
+}
+
+/// Gives the claim made at `claimed_at` back (`accepted`, with `code` as its error), tried
+/// again while the store's failure is worth it (`store_error::undo`); one that cannot be
+/// written is logged and left to the sending deadline.
+async fn release(deps: &Deps, job: &DispatchJob, claimed_at: DateTime<Utc>, code: &str) {
     let error = MessageError {
         code: code.into(),
         title: "a dependency failed for a moment; will retry".into(),
@@ -293,7 +285,6 @@ async fn unclaim(
     {
         tracing::error!(error = %e, "could not release the claim");
     }
-    cause.into()
 }
 
 /// A claim the store refused: this job's own after all when the message is `sending`

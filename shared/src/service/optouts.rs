@@ -208,7 +208,7 @@ fn choice_time(deps: &Deps, meta: Option<i64>) -> i64 {
     let now = deps.clock.now().timestamp();
     // More than 30 days old (`0`, a bad timestamp): no choice Meta still delivers, so now,
     // as a status's time is taken (`StatusReport::at`).
-    meta.filter(|t| *t > now.saturating_sub(30 * 86_400))
+    meta.filter(|t| *t > now.saturating_sub(crate::domain::meta::OLDEST_META_TIME_SECS))
         .map_or(now, |t| t.min(now))
 }
 
