@@ -312,6 +312,17 @@ pub fn failed(error_class: &str) {
     count("MessagesFailed", ("ErrorClass", error_class));
 }
 
+/// `n` messages ended at once with `error_class` (a cancelled campaign's recipients never
+/// queued).
+pub fn failed_n(error_class: &str, n: usize) {
+    emit(
+        "MessagesFailed",
+        Unit::Count,
+        n as f64,
+        &[("ErrorClass", error_class)],
+    );
+}
+
 pub fn retry(reason: &str) {
     count("DispatchRetries", ("Reason", reason));
 }

@@ -1228,6 +1228,23 @@ pub enum BroadcastOnce {
     Earlier(RequestKeyRecord),
 }
 
+/// The most messages [`BroadcastStore::record_cancelled`] writes at once: a DynamoDB
+/// transaction's 100 items less the broadcast, the balance and the ledger entry.
+pub const CANCELLED_PER_WRITE: usize = 97;
+
+/// What [`BroadcastStore::record_cancelled`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelledRecipients {
+    /// The messages, the refund and the progress were written together.
+    Written,
+    /// The broadcast is not fanning out, cancelled, with the progress given (another run
+    /// got further, or closed it): nothing written.
+    Moved,
+    /// These messages (their positions in the slice given) exist already (a fan-out that
+    /// did not know of the cancel recorded them): nothing written.
+    Recorded(Vec<usize>),
+}
+
 /// Broadcasts and their uploaded recipient lists (deleted once every one is enqueued).
 #[async_trait]
 pub trait BroadcastStore: Send + Sync {
@@ -1289,6 +1306,22 @@ pub trait BroadcastStore: Send + Sync {
         enqueued: usize,
         refund: &LedgerEntry,
     ) -> Result<bool, StoreError>;
+    /// The recipients `from..to` of a cancelled broadcast, never queued, closed at once
+    /// instead of one queue job each: atomically, only if the broadcast is `fanning_out`,
+    /// cancelled, with exactly `from` recipients queued, stores `messages` (those of the
+    /// range, already `cancelled`; each only if it does not exist), refunds `refund` (their
+    /// price: credits and ledger entry) and moves the progress to `to`. Nothing is written
+    /// when it answers `Moved` or `Recorded`; `NotFound` (nothing written) when the refund's
+    /// tenant is gone. At most [`CANCELLED_PER_WRITE`] messages (one DynamoDB transaction).
+    async fn record_cancelled(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        from: usize,
+        to: usize,
+        messages: &[MessageRecord],
+        refund: Option<&LedgerEntry>,
+    ) -> Result<CancelledRecipients, StoreError>;
     /// Moves a scheduled broadcast to `fanning_out` (recording `started_at`), only if it
     /// is still `scheduled`: `false` otherwise (cancelled, or a duplicate trigger).
     async fn start_broadcast(

@@ -19,7 +19,8 @@ use crate::domain::{
     TemplateRef, TenantId,
 };
 use crate::ports::{
-    Broadcast, BroadcastControl, BroadcastOnce, BroadcastStatus, RequestKeyRecord, TenantStatus,
+    Broadcast, BroadcastControl, BroadcastOnce, BroadcastStatus, CancelledRecipients,
+    RequestKeyRecord, TenantStatus, CANCELLED_PER_WRITE,
 };
 use crate::store_error::StoreError;
 
@@ -399,6 +400,8 @@ pub async fn create_campaign(
     let body = job
         .to_body()
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    // As a send: a balance that cannot pay refuses it before its fan-out job is queued.
+    ledger::refuse_unpayable(deps, &tenant, total).await?;
     let queued = match super::schedule::wait(send_at, now) {
         Some(wait) => {
             deps.queue
@@ -1224,6 +1227,9 @@ pub async fn fan_out_in_slices(
         close_unrecorded(deps, &b).await?;
         return Ok(Outcome::Done);
     };
+    if b.control == Some(BroadcastControl::Cancelled) {
+        return close_cancelled(deps, job, &b, &list, slice).await;
+    }
     let start = b.enqueued.min(list.len());
     let end = (start + slice.max(1)).min(list.len());
     let now = deps.clock.now();
@@ -1233,14 +1239,7 @@ pub async fn fan_out_in_slices(
     // the throughput limiter and given back again and again, each time paying its reads,
     // claim and release). Unknown rate (a read failed): queued at once, as the limiter
     // still holds the number to its tier.
-    // A cancelled one's recipients are queued at once: the dispatcher only ends each
-    // `cancelled` and refunds it, sending nothing, so the number's pace has nothing to
-    // hold (10,000 at tier 20 would otherwise trickle their refunds in over 9 minutes).
-    let pace = if b.control == Some(BroadcastControl::Cancelled) {
-        None
-    } else {
-        sending_pace(deps, &job.tenant_id, b.from.as_deref()).await
-    };
+    let pace = sending_pace(deps, &job.tenant_id, b.from.as_deref()).await;
     let paced_from = job.paced_from.filter(|at| *at > now).unwrap_or(now);
     // Each second of the pace gets `pace` recipients, due together at its start; a queue
     // batch (at most SQS's 10) never spans two seconds, so no second is offered more than
@@ -1255,35 +1254,8 @@ pub async fn fan_out_in_slices(
         }
         let mut bodies = Vec::with_capacity(upto - done);
         for (offset, to) in list[done..upto].iter().enumerate() {
-            let id = message_id(&b, done + offset);
-            let record = MessageRecord {
-                id: id.clone(),
-                tenant_id: job.tenant_id.clone(),
-                to: to.clone(),
-                template: Some(b.template.clone()),
-                status: MessageStatus::Accepted,
-                error: None,
-                events: vec![StatusEvent {
-                    status: MessageStatus::Accepted,
-                    at: now,
-                }],
-                wamid: None,
-                attempts: 0,
-                price: b.price_each,
-                client_reference: None,
-                // Accepted (and debited) with its campaign, as its id says: listed by that
-                // time (`since`/`until`), as a scheduled single send is by its acceptance.
-                // Its `accepted` event is when it was recorded here.
-                created_at: b.created_at,
-                updated_at: now,
-                expires_at: b.expires_at,
-                broadcast_id: Some(b.id.clone()),
-                send_at: None,
-                from: b.from.clone(),
-                pricing: None,
-                carried_slot: None,
-                claim: None,
-            };
+            let record = recipient_message(&b, done + offset, to, now);
+            let id = record.id.clone();
             deps.broadcasts.insert_broadcast_message(&record).await?;
             let body = QueueJob::Send(DispatchJob {
                 tenant_id: job.tenant_id.clone(),
@@ -1296,6 +1268,7 @@ pub async fn fan_out_in_slices(
                 retry_at: None,
                 recheck: false,
                 refused: None,
+                key_hash: None,
             })
             .to_body()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -1342,6 +1315,145 @@ pub async fn fan_out_in_slices(
             .to_body()
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         deps.queue.send_delayed(&body, wait).await?;
+    }
+    Ok(Outcome::Done)
+}
+
+/// The message of the broadcast's recipient at `index`, `accepted` when recorded at `now`.
+fn recipient_message(
+    b: &Broadcast,
+    index: usize,
+    to: &PhoneNumber,
+    now: DateTime<Utc>,
+) -> MessageRecord {
+    MessageRecord {
+        id: message_id(b, index),
+        tenant_id: b.tenant_id.clone(),
+        to: to.clone(),
+        template: Some(b.template.clone()),
+        status: MessageStatus::Accepted,
+        error: None,
+        events: vec![StatusEvent {
+            status: MessageStatus::Accepted,
+            at: now,
+        }],
+        wamid: None,
+        attempts: 0,
+        price: b.price_each,
+        client_reference: None,
+        // Accepted (and debited) with its campaign, as its id says: listed by that
+        // time (`since`/`until`), as a scheduled single send is by its acceptance.
+        // Its `accepted` event is when it was recorded here.
+        created_at: b.created_at,
+        updated_at: now,
+        expires_at: b.expires_at,
+        broadcast_id: Some(b.id.clone()),
+        send_at: None,
+        from: b.from.clone(),
+        pricing: None,
+        carried_slot: None,
+        claim: None,
+    }
+}
+
+/// A cancelled broadcast's recipients not queued yet, the next `slice` of them: recorded
+/// `cancelled` and refunded, [`CANCELLED_PER_WRITE`] at a time in one conditional write
+/// each (`BroadcastStore::record_cancelled`), instead of one job each on the queue every
+/// tenant's sends share: a cancelled campaign of 10,000 put 10,000 jobs ahead of every
+/// other tenant's messages, and as many refund writes on one balance. Exactly as the
+/// dispatcher would have ended them (status, error, refund, counts, `recipients.csv`),
+/// without a status callback each (none of them was ever queued). A recipient that a
+/// fan-out which did not know of the cancel recorded meanwhile keeps its message: its own
+/// job cancels and refunds it, and it is not in this write's refund. The rest continues in
+/// a fresh queue message, as a fan-out does; one that finds the progress moved (another
+/// run, or this write's own answer lost) looks again in a fresh one.
+async fn close_cancelled(
+    deps: &Deps,
+    job: &FanoutJob,
+    b: &Broadcast,
+    list: &[PhoneNumber],
+    slice: usize,
+) -> Result<Outcome, StoreError> {
+    let start = b.enqueued.min(list.len());
+    let end = (start + slice.max(1)).min(list.len());
+    let now = deps.clock.now();
+    let mut closed = 0usize;
+    let mut done = start;
+    while done < end {
+        let upto = (done + CANCELLED_PER_WRITE).min(end);
+        let mut messages: Vec<MessageRecord> = (done..upto)
+            .map(|i| {
+                let mut m = recipient_message(b, i, &list[i], now);
+                m.status = MessageStatus::Cancelled;
+                m.error = Some(super::send::cancelled_error());
+                m.events.push(StatusEvent {
+                    status: MessageStatus::Cancelled,
+                    at: now,
+                });
+                m
+            })
+            .collect();
+        loop {
+            let amount = b.price_each.saturating_mul(messages.len() as i64);
+            let refund = (!messages.is_empty()).then(|| {
+                ledger::cancel_refund_entry(
+                    deps,
+                    &b.tenant_id,
+                    &Charge::Broadcast(b.id.clone()),
+                    amount,
+                    "broadcast cancelled before these recipients were queued",
+                    now,
+                )
+            });
+            match deps
+                .broadcasts
+                .record_cancelled(&b.tenant_id, &b.id, done, upto, &messages, refund.as_ref())
+                .await?
+            {
+                CancelledRecipients::Written => break,
+                CancelledRecipients::Moved => {
+                    tracing::info!(broadcast_id = %b.id, "cancelled broadcast's progress moved; looking again");
+                    let body = QueueJob::BroadcastFanout(job.clone())
+                        .to_body()
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    deps.queue.send_delayed(&body, Duration::ZERO).await?;
+                    return Ok(Outcome::Done);
+                }
+                CancelledRecipients::Recorded(positions) => {
+                    // Recorded by another run: left to their own jobs, out of this refund.
+                    let before = messages.len();
+                    let mut at = 0usize;
+                    messages.retain(|_| {
+                        let keep = !positions.contains(&at);
+                        at += 1;
+                        keep
+                    });
+                    if messages.len() == before {
+                        return Err(StoreError::Corrupt(
+                            "record_cancelled named no message of its slice".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        closed += messages.len();
+        done = upto;
+    }
+    if closed > 0 {
+        crate::metrics::failed_n("cancelled", closed);
+    }
+    let finished = end == list.len();
+    deps.broadcasts
+        .broadcast_progress(&b.tenant_id, &b.id, end, finished)
+        .await?;
+    tracing::info!(broadcast_id = %b.id, closed, enqueued = end, total = list.len(), "cancelled broadcast's unqueued recipients closed, refunded");
+    if !finished {
+        let mut next = job.clone();
+        next.paced_from = None;
+        let body = QueueJob::BroadcastFanout(next)
+            .to_body()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        deps.queue.send_delayed(&body, Duration::ZERO).await?;
     }
     Ok(Outcome::Done)
 }

@@ -55,6 +55,21 @@ pub fn age_of(deps: &Deps, id: &str) -> Duration {
         })
 }
 
+/// Whether the job's request came with an `Idempotency-Key` that names another message:
+/// that request lost the key to it (a replay, a concurrent retry) and never records this
+/// job's message (the key's record and its message are one write, and the key outlives
+/// any request by hours). One read, only for a keyed job that found no message.
+async fn lost_to_its_key(deps: &Deps, job: &DispatchJob) -> Result<bool, StoreError> {
+    let Some(hash) = job.key_hash.as_deref() else {
+        return Ok(false);
+    };
+    Ok(deps
+        .idempotency
+        .get_idempotency(&job.tenant_id, hash)
+        .await?
+        .is_some_and(|r| r.message_id != job.message_id))
+}
+
 /// When to look again at a message claimed at `claimed_at` that is still `sending`.
 pub fn recheck_after(deps: &Deps, claimed_at: DateTime<Utc>) -> Duration {
     let age = (deps.clock.now() - claimed_at).to_std().unwrap_or_default();
@@ -75,6 +90,7 @@ pub fn recheck_hop(deps: &Deps, job: &DispatchJob, claimed_at: DateTime<Utc>) ->
         },
         recheck: true,
         refused: None,
+        key_hash: None,
         retry_at: None,
         send_at: None,
         // Nor the recipient: a recheck reads the message.
@@ -147,6 +163,10 @@ pub async fn redelivered_as(
     found: Option<crate::domain::MessageRecord>,
 ) -> Result<Outcome, StoreError> {
     let Some(m) = found else {
+        if lost_to_its_key(deps, job).await? {
+            tracing::info!("another request with this job's Idempotency-Key recorded its message; dropping the job");
+            return Ok(Outcome::Done);
+        }
         return Ok(unrecorded(deps, job.message_id.as_str()));
     };
     if m.status == MessageStatus::Accepted {

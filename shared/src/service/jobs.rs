@@ -57,6 +57,12 @@ pub struct DispatchJob {
     /// (`dispatch`). Absent on every other job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<crate::domain::MessageError>,
+    /// The SHA-256 of the `Idempotency-Key` its request came with (never the key): a job
+    /// that finds no message while the key names another one belongs to a request that
+    /// lost to it (a replay, a concurrent retry), and is dropped at its first look instead
+    /// of waiting out `deadline::UNRECORDED_GRACE` (`deadline::redelivered_as`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_hash: Option<String>,
 }
 
 /// A message's facts that never change after acceptance: who it goes to, from which of
@@ -238,6 +244,7 @@ mod tests {
             retry_at: None,
             recheck: false,
             refused: None,
+            key_hash: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! broadcast. The balance itself moves only inside the stores' atomic writes (a debit
 //! travels with the message or broadcast it pays for; credits never go below zero).
 //!
-//! Depends on no other service module.
+//! Depends on `errors` only.
 
 use chrono::{DateTime, Utc};
 
@@ -53,6 +53,26 @@ fn entry(
         message_id: charge.message_id(),
         at,
         expires_at: deps.settings.retention.expiry(RetentionClass::Billing, at),
+    }
+}
+
+/// `InsufficientCredits` when a fresh read of the tenant's balance cannot pay `price`, read
+/// only when `tenant` (as the access check read it, possibly a few seconds old) says it
+/// cannot: a request its debit would refuse is refused before its queue job is sent. The
+/// balance never decides a debit here: the debit's own condition does (credits ≥ 0).
+pub async fn refuse_unpayable(
+    deps: &Deps,
+    tenant: &crate::ports::Tenant,
+    price: i64,
+) -> Result<(), super::errors::ServiceError> {
+    if tenant.credits >= price {
+        return Ok(());
+    }
+    match deps.tenants.get_tenant(&tenant.id).await? {
+        Some(fresh) if fresh.credits < price => {
+            Err(super::errors::ServiceError::InsufficientCredits)
+        }
+        _ => Ok(()),
     }
 }
 

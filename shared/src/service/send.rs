@@ -411,10 +411,17 @@ async fn accept(
         retry_at: None,
         recheck: false,
         refused: None,
+        key_hash: idem.map(|k| k.key.hash()),
     });
     let body = job
         .to_body()
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    // A balance that cannot pay is refused before a job is queued: the job would find no
+    // message and be received again and again until `deadline::UNRECORDED_GRACE` (about
+    // ten receives on the queue every tenant shares, per refused request). The access read
+    // may be a few seconds old, so it only decides whether to look: the refusal is a
+    // fresh read's, and a send it lets through is still decided by the debit's condition.
+    super::ledger::refuse_unpayable(deps, tenant, price).await?;
     // A scheduled message's job waits on the queue itself, in hops of at most
     // `schedule_hop` (`service::schedule`).
     let queued = match super::schedule::wait(send_at, now) {
@@ -533,6 +540,7 @@ async fn queue_again_if_never_claimed(
         retry_at: None,
         recheck: false,
         refused: None,
+        key_hash: None,
     });
     let body = job
         .to_body()

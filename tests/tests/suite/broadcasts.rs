@@ -423,6 +423,153 @@ async fn a_csv_broadcast_completes_with_every_recipient_read(b: Backend, n: usiz
     );
 }
 
+/// A campaign cancelled while its recipients were being queued: the rest are recorded
+/// `cancelled` and refunded by its fan-out, 97 to a write, with no queue job each on the
+/// queue every tenant's sends share (10,000 jobs ahead of every other tenant's messages,
+/// and as many refund writes on one balance, before). A recipient that a fan-out which did
+/// not know of the cancel recorded keeps its message, out of that refund. The campaign
+/// reads as the dispatcher would have left it: cancelled, every recipient counted and
+/// listed in `recipients.csv`.
+async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_job_each(b: Backend) {
+    use kirim::ports::{BroadcastControl, BroadcastStatus, LedgerEntry, LedgerKind};
+    use kirim::service::broadcasts;
+    let app = kirim_tests::spawn_app(b).await;
+    let t = app.onboard(1000).await;
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    let mut deps = app.app.deps.clone();
+    let queue = Recording::new(deps.queue.clone());
+    deps.queue = queue.clone();
+    let now = chrono::Utc::now();
+    let n = 150;
+    let phones: Vec<kirim::domain::PhoneNumber> = (0..n)
+        .map(|i| kirim::domain::PhoneNumber::parse(&format!("+601234{i:04}7")).unwrap())
+        .collect();
+    let b = kirim::ports::Broadcast {
+        accepted: n,
+        ..super::contract_broadcasts::running_broadcast(&tenant, now)
+    };
+    let debit = LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: tenant.clone(),
+        amount: -(n as i64),
+        kind: LedgerKind::Debit,
+        reference: Some(format!("broadcast {}", b.id)),
+        message_id: None,
+        at: now,
+        expires_at: None,
+    };
+    deps.broadcasts
+        .create_broadcast(&b, &phones, &debit)
+        .await
+        .unwrap();
+    let before = app.credits(&t.key).await;
+    // Recipient 120 was recorded by a fan-out that had not seen the cancel yet.
+    let straggler = broadcasts::message_id(&b, 120);
+    let mut rec = kirim::domain::MessageRecord {
+        id: straggler.clone(),
+        to: phones[120].clone(),
+        broadcast_id: Some(b.id.clone()),
+        created_at: b.created_at,
+        ..super::contract::message_for(&tenant, now).0
+    };
+    rec.price = 1;
+    assert!(deps
+        .broadcasts
+        .insert_broadcast_message(&rec)
+        .await
+        .unwrap());
+    assert!(deps
+        .broadcasts
+        .set_broadcast_control(
+            &tenant,
+            &b.id,
+            &[None],
+            Some(BroadcastControl::Cancelled),
+            now
+        )
+        .await
+        .unwrap());
+    let job = kirim::service::jobs::FanoutJob {
+        tenant_id: tenant.clone(),
+        broadcast_id: b.id.clone(),
+        content: kirim::domain::Content::Template {
+            template: b.template.clone(),
+            components: vec![],
+        },
+        request_id: None,
+        send_at: None,
+        paced_from: None,
+    };
+    broadcasts::fan_out_in_slices(&deps, &job, 1000)
+        .await
+        .unwrap();
+    assert!(queue.take().is_empty(), "no queue job for any of them");
+    assert_eq!(
+        app.credits(&t.key).await,
+        before + n as i64 - 1,
+        "refunded but the straggler, whose own job refunds it"
+    );
+    let closed = deps
+        .broadcasts
+        .get_broadcast(&tenant, &b.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (closed.status, closed.enqueued),
+        (BroadcastStatus::Enqueued, n)
+    );
+    assert_eq!(
+        deps.broadcasts
+            .broadcast_recipients(&tenant, &b.id)
+            .await
+            .unwrap(),
+        None,
+        "the list deleted, as at any fan-out's end"
+    );
+    let client = reqwest::Client::new();
+    let view: Value = client
+        .get(app.url(&format!("/v1/broadcasts/{}", b.id)))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["status"], "cancelled", "{view}");
+    assert_eq!(view["counts"]["cancelled"], n - 1, "{view}");
+    assert_eq!(view["counts"]["accepted"], 1, "{view}");
+    let csv = client
+        .get(app.url(&format!("/v1/broadcasts/{}/recipients.csv", b.id)))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), n, "one row per recipient");
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.split(',').nth(1) == Some("cancelled"))
+            .count(),
+        n - 1
+    );
+    let m = app
+        .message(&t.key, broadcasts::message_id(&b, 7).as_str())
+        .await;
+    assert_eq!(m["status"], "cancelled", "{m}");
+    assert_eq!(m["error"]["code"], "cancelled", "{m}");
+    // The job again (a duplicate delivery): nothing more.
+    broadcasts::fan_out_in_slices(&deps, &job, 1000)
+        .await
+        .unwrap();
+    assert!(queue.take().is_empty());
+    assert_eq!(app.credits(&t.key).await, before + n as i64 - 1);
+}
+
 mod memory_backend {
     use kirim::config::Backend::Memory;
     #[tokio::test]
@@ -436,6 +583,11 @@ mod memory_backend {
     #[tokio::test]
     async fn a_broadcast_the_balance_cannot_cover_is_refused_whole() {
         super::a_broadcast_the_balance_cannot_cover_is_refused_whole(Memory).await
+    }
+    #[tokio::test]
+    async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_job_each() {
+        super::a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_job_each(Memory)
+            .await
     }
     #[tokio::test]
     async fn bad_broadcast_uploads_answer_400_and_change_nothing() {
@@ -468,6 +620,11 @@ mod aws_backend_on_moto {
     #[tokio::test]
     async fn a_broadcast_the_balance_cannot_cover_is_refused_whole() {
         super::a_broadcast_the_balance_cannot_cover_is_refused_whole(Aws).await
+    }
+    #[tokio::test]
+    async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_job_each() {
+        super::a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_job_each(Aws)
+            .await
     }
     #[tokio::test]
     async fn bad_broadcast_uploads_answer_400_and_change_nothing() {
@@ -537,7 +694,7 @@ async fn next_fan_out(deps: &kirim::service::Deps) -> kirim::service::jobs::Fano
 
 /// A tenant (phone number id `number`, `credits`) with an approved utility template
 /// `promo` in its catalogue, written as a sync would (no Meta here); and its admin key.
-async fn promo_tenant(
+pub(crate) async fn promo_tenant(
     deps: &kirim::service::Deps,
     number: &str,
     credits: i64,
@@ -710,12 +867,56 @@ async fn a_refused_scheduled_requests_job_is_dropped_at_its_first_look_not_kept_
         .await,
         Err(kirim::service::errors::ServiceError::InsufficientCredits)
     ));
+    assert!(
+        deps.queue
+            .receive(10, Duration::from_millis(300))
+            .await
+            .unwrap()
+            .is_empty(),
+        "refused before any job was queued (a fresh read of the balance)"
+    );
+    // A request that died between its queued job and its write (or lost its debit to a
+    // concurrent one) leaves such jobs: a scheduled send's and a scheduled campaign's.
+    let content = kirim::domain::Content::Template {
+        template: kirim::domain::TemplateRef {
+            name: "promo".into(),
+            language: "en".into(),
+            category: kirim::domain::TemplateCategory::Utility,
+        },
+        components: vec![],
+    };
+    let orphan_send = QueueJob::Send(kirim::service::jobs::DispatchJob {
+        tenant_id: tenant.id.clone(),
+        message_id: kirim::domain::MessageId::from_trusted(
+            kirim::domain::ulid_at(clock.now()).to_string(),
+        ),
+        content: content.clone(),
+        request_id: None,
+        send_at: Some(send_at),
+        broadcast_id: None,
+        facts: None,
+        retry_at: None,
+        recheck: false,
+        refused: None,
+        key_hash: None,
+    });
+    let orphan_fan_out = QueueJob::BroadcastFanout(kirim::service::jobs::FanoutJob {
+        tenant_id: tenant.id.clone(),
+        broadcast_id: kirim::domain::ulid_at(clock.now()).to_string(),
+        content,
+        request_id: None,
+        send_at: Some(send_at),
+        paced_from: None,
+    });
+    for job in [orphan_send, orphan_fan_out] {
+        deps.queue.send(&job.to_body().unwrap()).await.unwrap();
+    }
     let jobs = deps
         .queue
         .receive(10, Duration::from_millis(500))
         .await
         .unwrap();
-    assert_eq!(jobs.len(), 2, "each job was queued before its refusal");
+    assert_eq!(jobs.len(), 2);
     // Its first hop, within the grace for the write: it hops on.
     for job in &jobs {
         match QueueJob::parse(&job.body) {
@@ -1236,8 +1437,8 @@ async fn a_broadcasts_recipients_are_queued_at_its_numbers_pace_slice_after_slic
             "recipient {i}"
         );
     }
-    // Cancelled: its last recipients are queued at once, to be ended `cancelled` and
-    // refunded by the dispatcher (nothing is sent, so the number's pace holds nothing).
+    // Cancelled: its last 50 are closed by the fan-out itself, `cancelled` and refunded,
+    // none queued (the number's pace has nothing to hold, and the queue nothing to carry).
     broadcasts::cancel(&deps, &tenant.id, &accepted.id)
         .await
         .unwrap();
@@ -1245,13 +1446,11 @@ async fn a_broadcasts_recipients_are_queued_at_its_numbers_pace_slice_after_slic
     broadcasts::fan_out_in_slices(&deps, &fan_out_job(next_job), 150)
         .await
         .unwrap();
-    let sent = queue.take();
-    assert_eq!(sent.len(), 50, "the last 50, no further fan-out job");
-    assert!(
-        sent.iter().all(|(_, delay)| delay.is_zero()),
-        "queued at once: {:?}",
-        sent.iter().map(|(_, d)| *d).collect::<Vec<_>>()
-    );
+    assert!(queue.take().is_empty(), "nothing queued");
+    let view = broadcasts::view(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!(view.counts["cancelled"], 50);
 }
 
 /// The queued jobs of `sent` by kind: the dispatch jobs' message ids, and the fan-out jobs
@@ -1725,6 +1924,19 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
     ) -> Result<bool, kirim::store_error::StoreError> {
         self.inner
             .close_broadcast_unsent(tenant, id, enqueued, refund)
+            .await
+    }
+    async fn record_cancelled(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        id: &str,
+        from: usize,
+        to: usize,
+        messages: &[kirim::domain::MessageRecord],
+        refund: Option<&kirim::ports::LedgerEntry>,
+    ) -> Result<kirim::ports::CancelledRecipients, kirim::store_error::StoreError> {
+        self.inner
+            .record_cancelled(tenant, id, from, to, messages, refund)
             .await
     }
     async fn start_broadcast(

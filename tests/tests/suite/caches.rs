@@ -237,6 +237,7 @@ async fn a_message_accepted_after_a_resume_is_not_failed_for_the_suspension_a_wa
             retry_at,
             recheck: false,
             refused: None,
+            key_hash: None,
         })
     };
     let job = job_of(&m, None);
@@ -820,7 +821,48 @@ async fn a_secret_changed_elsewhere_is_read_afresh_while_its_change_is_recent() 
     );
 }
 
+/// A request the balance cannot pay is refused before its queue job is sent, by a fresh
+/// read: a warm process that saw the balance empty still accepts at once after a top-up
+/// made through another (the cached copy only decides whether to look), and one that saw
+/// it full is not refused here at all (the debit's condition decides then).
+async fn a_balance_a_warm_copy_saw_empty_is_read_afresh_before_a_request_is_refused(b: Backend) {
+    let (cached, other, clock) = two_processes(b).await;
+    let t = tenant(0);
+    other
+        .tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let seen = auth::load_tenant(&cached, &t.id).await.unwrap();
+    assert_eq!(seen.credits, 0);
+    assert!(matches!(
+        kirim::service::ledger::refuse_unpayable(&cached, &seen, 1).await,
+        Err(ServiceError::InsufficientCredits)
+    ));
+    let top_up = LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: t.id.clone(),
+        amount: 5,
+        kind: LedgerKind::TopUp,
+        reference: None,
+        message_id: None,
+        at: clock.now(),
+        expires_at: None,
+    };
+    other.ledger.top_up(&top_up).await.unwrap();
+    let warm = auth::load_tenant(&cached, &t.id).await.unwrap();
+    assert_eq!(warm.credits, 0, "the warm copy still says empty");
+    kirim::service::ledger::refuse_unpayable(&cached, &warm, 5)
+        .await
+        .expect("paid for by the fresh balance");
+    assert!(matches!(
+        kirim::service::ledger::refuse_unpayable(&cached, &warm, 6).await,
+        Err(ServiceError::InsufficientCredits)
+    ));
+}
+
 on_both_backends!(
+    a_balance_a_warm_copy_saw_empty_is_read_afresh_before_a_request_is_refused,
     a_default_change_through_a_warm_copy_of_the_tenant_reads_it_afresh,
     a_template_a_callback_setting_and_a_numbers_owner_changed_by_another_process_are_seen_after_five_seconds,
     a_warm_process_appends_to_an_audit_chain_without_reading_its_head_until_another_moves_it,

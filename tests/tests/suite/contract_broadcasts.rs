@@ -514,7 +514,134 @@ async fn concurrent_retries_of_one_broadcast_write_one_and_debit_once(p: Ports) 
     ));
 }
 
+/// A cancelled broadcast's unqueued recipients closed in one write: only while it is
+/// fanning out, cancelled, from the progress given; a message already recorded refuses the
+/// whole write and is named; a gone refund tenant writes nothing; the write itself stores
+/// the messages, refunds them and moves the progress, once.
+async fn a_cancelled_broadcasts_unqueued_recipients_are_recorded_and_refunded_in_one_write_or_not_at_all(
+    p: Ports,
+) {
+    let (t, b, _) = broadcast_with_messages(&p, 0).await;
+    let credits = || async { p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits };
+    let before = credits().await;
+    let now = p.clock.now();
+    let cancelled = |i: usize| {
+        let (mut m, _) = message(&p, &t.id, 3600);
+        m.id = MessageId::from_trusted(
+            ulid::Ulid::from_parts(b.created_at.timestamp_millis() as u64, i as u128 + 1)
+                .to_string(),
+        );
+        m.broadcast_id = Some(b.id.clone());
+        m.status = MessageStatus::Cancelled;
+        m
+    };
+    let ms: Vec<_> = (0..3).map(cancelled).collect();
+    let refund = |amount: i64, tenant: &kirim::domain::TenantId| {
+        let (_, mut r) = message(&p, tenant, 3600);
+        r.kind = LedgerKind::Refund;
+        r.amount = amount;
+        r.message_id = None;
+        r
+    };
+    let write = |from: usize, ms: Vec<kirim::domain::MessageRecord>, r: LedgerEntry| {
+        let p = &p;
+        let (t, b) = (&t, &b);
+        async move {
+            p.broadcasts
+                .record_cancelled(&t.id, &b.id, from, from + 3, &ms, Some(&r))
+                .await
+        }
+    };
+    // Not cancelled: nothing.
+    assert_eq!(
+        write(0, ms.clone(), refund(3, &t.id)).await.unwrap(),
+        CancelledRecipients::Moved
+    );
+    assert!(p
+        .broadcasts
+        .set_broadcast_control(
+            &t.id,
+            &b.id,
+            &[None],
+            Some(BroadcastControl::Cancelled),
+            now
+        )
+        .await
+        .unwrap());
+    // Not from where its progress stands: nothing.
+    assert_eq!(
+        write(1, ms.clone(), refund(3, &t.id)).await.unwrap(),
+        CancelledRecipients::Moved
+    );
+    // The refund's tenant gone: nothing.
+    assert_eq!(
+        write(
+            0,
+            ms.clone(),
+            refund(3, &kirim::domain::TenantId::generate())
+        )
+        .await
+        .unwrap_err(),
+        StoreError::NotFound
+    );
+    // The second one recorded meanwhile (as `accepted`, by a fan-out that did not know):
+    // named, and nothing written.
+    let mut straggler = ms[1].clone();
+    straggler.status = MessageStatus::Accepted;
+    assert!(p
+        .broadcasts
+        .insert_broadcast_message(&straggler)
+        .await
+        .unwrap());
+    assert_eq!(
+        write(0, ms.clone(), refund(3, &t.id)).await.unwrap(),
+        CancelledRecipients::Recorded(vec![1])
+    );
+    for m in [&ms[0], &ms[2]] {
+        assert!(p
+            .messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .is_none());
+    }
+    assert_eq!(credits().await, before, "nothing refunded yet");
+    let read = || async {
+        p.broadcasts
+            .get_broadcast(&t.id, &b.id)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(read().await.enqueued, 0);
+    // Without it: written, refunded, the progress moved past all three.
+    let rest = vec![ms[0].clone(), ms[2].clone()];
+    assert_eq!(
+        write(0, rest.clone(), refund(2, &t.id)).await.unwrap(),
+        CancelledRecipients::Written
+    );
+    assert_eq!(credits().await, before + 2);
+    assert_eq!(read().await.enqueued, 3);
+    for (m, want) in [
+        (&ms[0], MessageStatus::Cancelled),
+        (&ms[1], MessageStatus::Accepted),
+        (&ms[2], MessageStatus::Cancelled),
+    ] {
+        let got = p.messages.get_message(&t.id, &m.id).await.unwrap().unwrap();
+        assert_eq!(got.status, want);
+    }
+    let tally = p.broadcasts.broadcast_tally(&read().await).await.unwrap();
+    assert_eq!(tally.counts.get("cancelled"), Some(&2));
+    // Again (an answer lost, a duplicate job): the progress moved, nothing twice.
+    assert_eq!(
+        write(0, rest, refund(2, &t.id)).await.unwrap(),
+        CancelledRecipients::Moved
+    );
+    assert_eq!(credits().await, before + 2);
+}
+
 contract!(
+    a_cancelled_broadcasts_unqueued_recipients_are_recorded_and_refunded_in_one_write_or_not_at_all,
     a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_and_a_held_one_stays_as_it_was,
     concurrent_retries_of_one_broadcast_write_one_and_debit_once,
     a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once,

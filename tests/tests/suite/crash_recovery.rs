@@ -294,6 +294,7 @@ async fn a_replay_queues_nothing_for_a_message_a_busy_number_just_gave_back(back
         retry_at: None,
         recheck: false,
         refused: None,
+        key_hash: None,
     })
     .to_body()
     .expect("a job");

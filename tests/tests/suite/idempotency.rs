@@ -503,6 +503,76 @@ async fn a_double_submitted_broadcast_with_its_key_is_one_broadcast_and_one_debi
     );
 }
 
+/// A keyed request that lost its key to an earlier one (a replay, a concurrent retry)
+/// queued its job before its write was refused: that job finds no message while the key
+/// names another, and is dropped at its first look instead of coming back about ten times
+/// over two minutes on the queue every tenant shares. A keyed job whose message is simply
+/// not written yet still waits for it.
+#[tokio::test]
+async fn a_replays_own_job_is_dropped_at_its_first_look() {
+    use kirim::service::jobs::{Outcome, QueueJob};
+    use kirim::service::{dispatch, idempotency::Idempotent, send};
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let (tenant, _) = super::broadcasts::promo_tenant(&deps, "131", 10).await;
+    let body = json!({"to": "+60123450781", "template": {"name": "promo", "language": "en"}});
+    let req = || serde_json::from_value::<send::SendRequest>(body.clone()).unwrap();
+    let key = kirim::domain::IdempotencyKey::parse("replayed-once").unwrap();
+    let idem = Idempotent {
+        fingerprint: key.fingerprint(&body),
+        key,
+    };
+    let Ok(send::Accepted::New(first)) =
+        send::send_once(&deps, &tenant.id, req(), Some(&idem)).await
+    else {
+        panic!("accepted")
+    };
+    let Ok(send::Accepted::Replayed(again, _)) =
+        send::send_once(&deps, &tenant.id, req(), Some(&idem)).await
+    else {
+        panic!("replayed")
+    };
+    assert_eq!(again, first.id);
+    let mut theirs = Vec::new();
+    loop {
+        let got = deps
+            .queue
+            .receive(10, std::time::Duration::from_millis(200))
+            .await
+            .unwrap();
+        if got.is_empty() {
+            break;
+        }
+        for m in got {
+            if let Some(QueueJob::Send(job)) = QueueJob::parse(&m.body) {
+                if job.message_id != first.id {
+                    theirs.push((job, m.body));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        theirs.len(),
+        1,
+        "the replay queued its own job before its write"
+    );
+    let (job, body) = &theirs[0];
+    assert_eq!(job.key_hash.as_deref(), Some(idem.key.hash().as_str()));
+    assert_eq!(dispatch::handle_in_batch(&deps, body).await, Outcome::Done);
+    // Its key naming nothing yet (the write not landed): it waits, as any job.
+    let mut waiting = job.clone();
+    waiting.key_hash = Some(
+        kirim::domain::IdempotencyKey::parse("not-written-yet")
+            .unwrap()
+            .hash(),
+    );
+    let waiting = QueueJob::Send(waiting).to_body().unwrap();
+    assert_ne!(
+        dispatch::handle_in_batch(&deps, &waiting).await,
+        Outcome::Done
+    );
+}
+
 on_both_backends!(
     concurrent_replays_queue_no_second_job_that_would_skip_the_backoff,
     a_replay_answers_the_first_response_after_the_tenant_was_suspended,

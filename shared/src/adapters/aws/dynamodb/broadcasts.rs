@@ -15,7 +15,7 @@ use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore,
 use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
     Broadcast, BroadcastClaim, BroadcastControl, BroadcastOnce, BroadcastStatus, BroadcastStore,
-    BroadcastTally, LedgerEntry, RequestKeyRecord, ALREADY_RETRIED,
+    BroadcastTally, CancelledRecipients, LedgerEntry, RequestKeyRecord, ALREADY_RETRIED,
 };
 use crate::store_error::StoreError;
 
@@ -253,6 +253,71 @@ impl BroadcastStore for DynamoStore {
                 Err(StoreError::NotFound)
             }
             Err(e) => Err(e.into_store_error()),
+        }
+    }
+
+    async fn record_cancelled(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        from: usize,
+        to: usize,
+        messages: &[MessageRecord],
+        refund: Option<&LedgerEntry>,
+    ) -> Result<CancelledRecipients, StoreError> {
+        let u = Update::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::broadcast(tenant, id).attrs()))
+            .update_expression("SET enqueued = :to")
+            .condition_expression(
+                "#status = :fanning AND #control = :cancelled AND enqueued = :from",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#control", "control")
+            .expression_attribute_values(":fanning", s(BroadcastStatus::FanningOut.as_str()))
+            .expression_attribute_values(":cancelled", s(BroadcastControl::Cancelled.as_str()))
+            .expression_attribute_values(":from", n(from as i64))
+            .expression_attribute_values(":to", n(to as i64))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+        let mut items = vec![TransactWriteItem::builder().update(u).build()];
+        if let Some(refund) = refund {
+            items.push(self.credit_update(refund, super::CreditGuard::Refund)?);
+            items.push(self.ledger_put(refund)?);
+        }
+        let first_message = items.len();
+        for m in messages {
+            let item = to_item(
+                m,
+                &keys::message_pairs(&m.tenant_id, m.status, &m.id),
+                m.expires_at,
+            )?;
+            items.push(self.put(item, Some("attribute_not_exists(pk)"))?);
+        }
+        match self.transact_retrying_conflicts(items).await {
+            Ok(()) => Ok(CancelledRecipients::Written),
+            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
+                Ok(CancelledRecipients::Moved)
+            }
+            // The refund's tenant is gone: nothing written, as for a message's refund.
+            Err(e)
+                if refund.is_some()
+                    && e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) =>
+            {
+                Err(StoreError::NotFound)
+            }
+            Err(e) => {
+                let recorded: Vec<usize> = (0..messages.len())
+                    .filter(|i| {
+                        e.reason(first_message + i) == Some(&CancelReason::ConditionalCheckFailed)
+                    })
+                    .collect();
+                if recorded.is_empty() {
+                    Err(e.into_store_error())
+                } else {
+                    Ok(CancelledRecipients::Recorded(recorded))
+                }
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use super::{message_key, MemoryStore};
 use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
     Broadcast, BroadcastClaim, BroadcastControl, BroadcastOnce, BroadcastStatus, BroadcastStore,
-    BroadcastTally, LedgerEntry, RequestKeyRecord, ALREADY_RETRIED,
+    BroadcastTally, CancelledRecipients, LedgerEntry, RequestKeyRecord, ALREADY_RETRIED,
 };
 use crate::store_error::StoreError;
 
@@ -177,6 +177,60 @@ impl BroadcastStore for MemoryStore {
             b.status = BroadcastStatus::Enqueued;
         }
         Ok(true)
+    }
+
+    async fn record_cancelled(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        from: usize,
+        to: usize,
+        messages: &[MessageRecord],
+        refund: Option<&LedgerEntry>,
+    ) -> Result<CancelledRecipients, StoreError> {
+        // One lock for the broadcast, the messages, the balance and the entry, as one
+        // transaction.
+        let mut s = self.lock()?;
+        let key = (tenant.clone(), id.to_owned());
+        let open = s.broadcasts.get(&key).is_some_and(|b| {
+            b.status == BroadcastStatus::FanningOut
+                && b.control == Some(BroadcastControl::Cancelled)
+                && b.enqueued == from
+        });
+        if !open {
+            return Ok(CancelledRecipients::Moved);
+        }
+        let recorded: Vec<usize> = messages
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| {
+                s.messages
+                    .contains_key(&(m.tenant_id.clone(), m.id.clone()))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if !recorded.is_empty() {
+            return Ok(CancelledRecipients::Recorded(recorded));
+        }
+        if let Some(refund) = refund {
+            // As DynamoDB's transaction: the refund's tenant gone, nothing is written.
+            let t = s
+                .tenants
+                .get_mut(&refund.tenant_id)
+                .ok_or(StoreError::NotFound)?;
+            t.credits = t.credits.saturating_add(refund.amount);
+            s.ledger.push(refund.clone());
+        }
+        for m in messages {
+            s.messages.insert(
+                (m.tenant_id.clone(), m.id.clone()),
+                std::sync::Arc::new(m.clone()),
+            );
+        }
+        if let Some(b) = s.broadcasts.get_mut(&key) {
+            b.enqueued = to;
+        }
+        Ok(CancelledRecipients::Written)
     }
 
     async fn start_broadcast(
