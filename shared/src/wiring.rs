@@ -278,7 +278,13 @@ pub fn aws_backends(
     let queue = |urls: &Option<QueueUrls>, port: Port| -> Arc<dyn DispatchQueue> {
         match (urls, &sqs) {
             (Some(q), Some(client)) => {
-                Arc::new(SqsQueue::new(client.clone(), &q.url, q.dlq_url.clone()))
+                let queue = SqsQueue::new(client.clone(), &q.url, q.dlq_url.clone());
+                // The dispatch queue is a fair queue by tenant (the callback queue's
+                // senders name the group themselves).
+                Arc::new(match port {
+                    Port::DispatchQueue => queue.fair_by_tenant(),
+                    _ => queue,
+                })
             }
             _ => Arc::new(NotWired::new(process, port)),
         }

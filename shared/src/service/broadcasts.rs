@@ -401,7 +401,14 @@ pub async fn create_campaign(
         .to_body()
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
     // As a send: a balance that cannot pay refuses it before its fan-out job is queued.
-    ledger::refuse_unpayable(deps, &tenant, total).await?;
+    // A concurrent request with the same key (its write landed after this one looked for
+    // it) may be what spent it: its answer then, as the key's write would have given.
+    if let Err(e) = ledger::refuse_unpayable(deps, &tenant, total).await {
+        if let Some(earlier) = earlier_broadcast(deps, tenant_id, campaign.key.as_ref()).await? {
+            return Ok(replay_of(&earlier));
+        }
+        return Err(e);
+    }
     let queued = match super::schedule::wait(send_at, now) {
         Some(wait) => {
             deps.queue
@@ -1420,11 +1427,17 @@ async fn close_cancelled(
                     return Ok(Outcome::Done);
                 }
                 CancelledRecipients::Recorded(positions) => {
-                    // Recorded by another run: left to their own jobs, out of this refund.
+                    // Recorded by another run, out of this write: each cancelled with its own
+                    // refund if still `accepted` (its job may never have been queued: a
+                    // slice recorded, then its queue send failed), as the dispatcher would.
                     let before = messages.len();
                     let mut at = 0usize;
-                    messages.retain(|_| {
+                    let mut recorded = Vec::new();
+                    messages.retain(|m| {
                         let keep = !positions.contains(&at);
+                        if !keep {
+                            recorded.push(m.id.clone());
+                        }
                         at += 1;
                         keep
                     });
@@ -1432,6 +1445,9 @@ async fn close_cancelled(
                         return Err(StoreError::Corrupt(
                             "record_cancelled named no message of its slice".into(),
                         ));
+                    }
+                    for id in recorded {
+                        closed += usize::from(cancel_recorded(deps, b, &id).await?);
                     }
                 }
             }
@@ -1456,6 +1472,48 @@ async fn close_cancelled(
         deps.queue.send_delayed(&body, Duration::ZERO).await?;
     }
     Ok(Outcome::Done)
+}
+
+/// A cancelled broadcast's message that a run which had not seen the cancel recorded:
+/// `cancelled` with its own refund in one conditional write if it is still `accepted`
+/// (exactly the dispatcher's cancel, callback included), so one whose job was never
+/// queued is not left charged and unsent. Claimed or ended already: left as it is (its
+/// sending deadline or its status settles it). `true` if cancelled here.
+async fn cancel_recorded(deps: &Deps, b: &Broadcast, id: &MessageId) -> Result<bool, StoreError> {
+    let now = deps.clock.now();
+    let refund = ledger::cancel_refund_entry(
+        deps,
+        &b.tenant_id,
+        &Charge::Message(id.clone()),
+        b.price_each,
+        "broadcast cancelled",
+        now,
+    );
+    let moved = match deps
+        .messages
+        .cancel_with_refund(
+            &b.tenant_id,
+            id,
+            &[MessageStatus::Accepted],
+            &super::send::cancelled_error(),
+            &refund,
+            now,
+        )
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            ledger::written_after_all(deps, &b.tenant_id, id, MessageStatus::Cancelled, now, e)
+                .await?
+        }
+    };
+    match moved {
+        crate::ports::Transition::Applied(r) => {
+            super::callbacks::status_changed(deps, &r).await;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// How many recipients a fan-out records and queues between two progress writes at most

@@ -129,6 +129,22 @@ pub enum QueueJob {
 /// The tag of a broadcast fan-out job.
 pub const FANOUT_KIND: &str = "broadcast_fanout";
 
+/// The tenant a queue message's body names (its top-level `tenant_id`), read without
+/// parsing the rest into a job: what a fair queue groups it by (`SqsQueue::fair_by_tenant`).
+/// `None` for a body that is not a JSON object naming one.
+pub fn tenant_of_body(body: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow, default)]
+        tenant_id: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_str::<Named<'_>>(body)
+        .ok()?
+        .tenant_id
+        .map(std::borrow::Cow::into_owned)
+        .filter(|t| !t.is_empty() && t.len() <= 128)
+}
+
 impl QueueJob {
     /// The body to put on the queue.
     pub fn to_body(&self) -> Result<String, serde_json::Error> {
@@ -211,6 +227,29 @@ pub fn backoff(base: Duration, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bodys_tenant_is_read_for_its_queue_group_and_nothing_else_is_taken_for_one() {
+        assert_eq!(
+            tenant_of_body(r#"{"kind":"send","content":{"x":[1,{"y":"z"}]},"tenant_id":"01M8T"}"#)
+                .as_deref(),
+            Some("01M8T")
+        );
+        assert_eq!(
+            tenant_of_body(r#"{"tenant_id":"a\"b"}"#).as_deref(),
+            Some("a\"b")
+        );
+        for body in [
+            "",
+            "[]",
+            "{}",
+            r#"{"tenant_id":7}"#,
+            r#"{"tenant_id":""}"#,
+            "{",
+        ] {
+            assert_eq!(tenant_of_body(body), None, "{body}");
+        }
+    }
     use crate::domain::TemplateCategory;
 
     #[test]

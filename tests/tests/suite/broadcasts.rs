@@ -427,7 +427,8 @@ async fn a_csv_broadcast_completes_with_every_recipient_read(b: Backend, n: usiz
 /// `cancelled` and refunded by its fan-out, 97 to a write, with no queue job each on the
 /// queue every tenant's sends share (10,000 jobs ahead of every other tenant's messages,
 /// and as many refund writes on one balance, before). A recipient that a fan-out which did
-/// not know of the cancel recorded keeps its message, out of that refund. The campaign
+/// not know of the cancel recorded (whose job may never have been queued: its slice's
+/// queue send failed) is cancelled with its own refund, out of that write's. The campaign
 /// reads as the dispatcher would have left it: cancelled, every recipient counted and
 /// listed in `recipients.csv`.
 async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_job_each(b: Backend) {
@@ -463,7 +464,8 @@ async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_jo
         .await
         .unwrap();
     let before = app.credits(&t.key).await;
-    // Recipient 120 was recorded by a fan-out that had not seen the cancel yet.
+    // Recipient 120 was recorded by a fan-out that had not seen the cancel yet, and its
+    // job never queued (that fan-out's queue send failed).
     let straggler = broadcasts::message_id(&b, 120);
     let mut rec = kirim::domain::MessageRecord {
         id: straggler.clone(),
@@ -506,8 +508,8 @@ async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_jo
     assert!(queue.take().is_empty(), "no queue job for any of them");
     assert_eq!(
         app.credits(&t.key).await,
-        before + n as i64 - 1,
-        "refunded but the straggler, whose own job refunds it"
+        before + n as i64,
+        "every one refunded, once"
     );
     let closed = deps
         .broadcasts
@@ -538,8 +540,8 @@ async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_jo
         .await
         .unwrap();
     assert_eq!(view["status"], "cancelled", "{view}");
-    assert_eq!(view["counts"]["cancelled"], n - 1, "{view}");
-    assert_eq!(view["counts"]["accepted"], 1, "{view}");
+    assert_eq!(view["counts"]["cancelled"], n, "{view}");
+    assert_eq!(view["counts"]["accepted"], 0, "{view}");
     let csv = client
         .get(app.url(&format!("/v1/broadcasts/{}/recipients.csv", b.id)))
         .bearer_auth(&t.key)
@@ -555,8 +557,10 @@ async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_jo
         rows.iter()
             .filter(|r| r.split(',').nth(1) == Some("cancelled"))
             .count(),
-        n - 1
+        n
     );
+    let m = app.message(&t.key, straggler.as_str()).await;
+    assert_eq!(m["status"], "cancelled", "{m}");
     let m = app
         .message(&t.key, broadcasts::message_id(&b, 7).as_str())
         .await;
@@ -567,7 +571,7 @@ async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_jo
         .await
         .unwrap();
     assert!(queue.take().is_empty());
-    assert_eq!(app.credits(&t.key).await, before + n as i64 - 1);
+    assert_eq!(app.credits(&t.key).await, before + n as i64);
 }
 
 mod memory_backend {
@@ -1012,6 +1016,7 @@ async fn a_recipients_csv_storage_cannot_read_is_a_503_or_a_cut_off_body_never_a
             pages_read: Default::default(),
             pages_readable: readable,
             lost_moves: false,
+            keys_missed: Default::default(),
         });
         let uri = format!("/v1/broadcasts/{}/recipients.csv", accepted.id);
         let auth = format!("Bearer {}", key.expose());
@@ -1847,6 +1852,57 @@ async fn a_batchs_jobs_that_are_not_due_go_back_on_the_queue_in_one_send_on_lamb
     assert!(calls[0].1 >= 3, "{calls:?}");
 }
 
+/// A keyed campaign retried while the first request with its key was still running: the
+/// retry looked for the key before the first's write landed, and the first then spent the
+/// balance. The retry answers with the first's broadcast (as the key's own write would
+/// have), not `402`, though the balance is refused before any job is queued.
+#[tokio::test]
+async fn a_keyed_campaign_retry_racing_its_first_request_answers_it_not_402() {
+    use kirim::service::broadcasts;
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock).unwrap();
+    let (tenant, _) = promo_tenant(&deps, "132", 2).await;
+    let body = json!({"template": {"name": "promo", "language": "en"},
+        "recipients": ["+60123450790", "+60123450791"]});
+    let key = kirim::domain::IdempotencyKey::parse("campaign-once").unwrap();
+    let campaign = broadcasts::CampaignIn {
+        key: Some(kirim::service::idempotency::Idempotent {
+            fingerprint: key.fingerprint(&body),
+            key,
+        }),
+        ..Default::default()
+    };
+    let create = |deps: kirim::service::Deps| {
+        let campaign = campaign.clone();
+        let body = body.clone();
+        let tenant = tenant.id.clone();
+        async move {
+            broadcasts::create_campaign(
+                &deps,
+                &tenant,
+                serde_json::from_value(body["template"].clone()).unwrap(),
+                serde_json::from_value(body["recipients"].clone()).unwrap(),
+                campaign,
+            )
+            .await
+        }
+    };
+    let first = create(deps.clone()).await.unwrap();
+    assert!(!first.replayed);
+    let mut racing = deps.clone();
+    racing.broadcasts = std::sync::Arc::new(LostClaimAnswer {
+        inner: deps.broadcasts.clone(),
+        once: std::sync::atomic::AtomicBool::new(false),
+        pages_read: Default::default(),
+        pages_readable: usize::MAX,
+        lost_moves: false,
+        keys_missed: std::sync::atomic::AtomicUsize::new(1),
+    });
+    let again = create(racing).await.expect("the first's answer, not 402");
+    assert!(again.replayed);
+    assert_eq!(again.id, first.id);
+}
+
 /// A broadcast store whose next claim lands but whose answer is lost: the store's retry of
 /// it is what answers (refused, by the claim itself). And whose reads of a broadcast's
 /// messages fail once `pages_read` reach `pages_readable`.
@@ -1858,6 +1914,9 @@ struct LostClaimAnswer {
     /// Every start and control move lands, and its answer is lost: the SDK's retry of it
     /// is what the caller hears (refused by the write that landed).
     lost_moves: bool,
+    /// How many of the next reads of an `Idempotency-Key`'s record answer none (a
+    /// concurrent request's write not landed yet when it was read).
+    keys_missed: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -1888,6 +1947,14 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
         tenant: &kirim::domain::TenantId,
         key_hash: &str,
     ) -> Result<Option<kirim::ports::RequestKeyRecord>, kirim::store_error::StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let missed = self
+            .keys_missed
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if missed {
+            return Ok(None);
+        }
         self.inner.broadcast_key(tenant, key_hash).await
     }
     async fn get_broadcast(
@@ -2062,6 +2129,7 @@ async fn a_broadcast_claim_whose_answer_was_lost_is_given_back_and_claimed_afres
         pages_read: Default::default(),
         pages_readable: usize::MAX,
         lost_moves: false,
+        keys_missed: Default::default(),
     });
     let id = kirim::domain::MessageId::from_trusted(jobs[0]["message_id"].as_str().unwrap());
     let message = || async {
@@ -2107,6 +2175,7 @@ async fn a_campaigns_start_or_move_whose_answer_was_lost_goes_on_and_answers_wha
         pages_read: Default::default(),
         pages_readable: usize::MAX,
         lost_moves: true,
+        keys_missed: Default::default(),
     });
     let template: kirim::service::send::TemplateIn =
         serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();

@@ -1070,7 +1070,7 @@ async fn two_drains_at_once_queue_each_owed_callback_once(b: Backend) {
 /// dead-letter queue counts from the original enqueue: kept no longer than its source, it
 /// would drop a callback parked after days of retries at once).
 /// The message group of the next message received from the queue at `url`.
-async fn group_of_next(sqs: &aws_sdk_sqs::Client, url: &str) -> Option<String> {
+pub(crate) async fn group_of_next(sqs: &aws_sdk_sqs::Client, url: &str) -> Option<String> {
     use aws_sdk_sqs::types::MessageSystemAttributeName as A;
     let got = sqs
         .receive_message()

@@ -297,3 +297,45 @@ on_both_backends!(
     a_job_parked_after_its_message_was_sent_is_redriven_and_nothing_is_sent_again,
     bad_dead_letter_requests_get_a_precise_400_and_move_nothing,
 );
+
+/// The dispatch queue is a fair queue by tenant on SQS: every job goes in the message
+/// group of the tenant it names (`MessageGroupId`), whichever way it is sent — alone,
+/// delayed (a hop), in a batch (a campaign's slice) — so one tenant's backlog does not
+/// hold back the other tenants' messages. A body that names no tenant goes without one.
+#[tokio::test]
+async fn on_sqs_every_dispatch_job_is_sent_in_its_tenants_message_group() {
+    use super::callbacks::group_of_next;
+    let sdk = kirim_tests::moto_sdk().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let stack = kirim_infra::bootstrap::ensure_stack(&sdk, &kirim_tests::unique_stack())
+        .await
+        .expect("stack");
+    let url = stack.queue_url("DispatchQueue").expect("queue");
+    let queue =
+        kirim::adapters::aws::SqsQueue::new(sqs.clone(), url.clone(), None).fair_by_tenant();
+    let job = |tenant: &str| format!(r#"{{"kind":"send","tenant_id":"{tenant}","n":1}}"#);
+    queue.send(&job("01M8TENANTA")).await.expect("sent");
+    assert_eq!(
+        group_of_next(&sqs, &url).await.as_deref(),
+        Some("01M8TENANTA")
+    );
+    queue
+        .send_delayed(&job("01M8TENANTB"), Duration::ZERO)
+        .await
+        .expect("sent");
+    assert_eq!(
+        group_of_next(&sqs, &url).await.as_deref(),
+        Some("01M8TENANTB")
+    );
+    queue
+        .send_batch_delayed(&[job("01M8TENANTC")], Duration::ZERO)
+        .await
+        .expect("sent");
+    assert_eq!(
+        group_of_next(&sqs, &url).await.as_deref(),
+        Some("01M8TENANTC"),
+        "a batch's entries too"
+    );
+    queue.send(r#"{"kind":"x"}"#).await.expect("sent");
+    assert_eq!(group_of_next(&sqs, &url).await, None);
+}

@@ -33,6 +33,8 @@ pub struct SqsQueue {
     client: Client,
     url: String,
     dlq_url: Option<String>,
+    /// Every message sent in its tenant's message group ([`Self::fair_by_tenant`]).
+    fair_by_tenant: bool,
 }
 
 impl SqsQueue {
@@ -59,6 +61,7 @@ impl SqsQueue {
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())
                         .message_body(&chunk[i])
+                        .set_message_group_id(self.group_for(&chunk[i], None))
                         .set_delay_seconds((secs > 0).then_some(secs))
                         .build()
                         .map_err(|e| StoreError::Corrupt(format!("sqs batch entry: {e}")))
@@ -152,7 +155,7 @@ impl SqsQueue {
             .send_message()
             .queue_url(&self.url)
             .message_body(sqs_safe(body))
-            .set_message_group_id(group.map(str::to_owned))
+            .set_message_group_id(self.group_for(body, group))
             .set_delay_seconds(delay_secs)
             .send()
             .await
@@ -165,6 +168,26 @@ impl SqsQueue {
             client,
             url: url.into(),
             dlq_url,
+            fair_by_tenant: false,
+        }
+    }
+
+    /// Sends every message in the message group of the tenant its body names (its
+    /// `tenant_id`): the standard queue becomes a fair queue, so that one tenant's backlog
+    /// (a campaign, a burst at its rate limit, a redrive) does not hold back the other
+    /// tenants' messages. For the dispatch queue, whose every send, hop and redrive then
+    /// carries it without a caller having to say so. A body naming none is sent without.
+    pub fn fair_by_tenant(mut self) -> Self {
+        self.fair_by_tenant = true;
+        self
+    }
+
+    /// The group `body` is sent in: the one given, else its tenant's on a fair queue.
+    fn group_for(&self, body: &str, given: Option<&str>) -> Option<String> {
+        match given {
+            Some(g) => Some(g.to_owned()),
+            None if self.fair_by_tenant => crate::service::jobs::tenant_of_body(body),
+            None => None,
         }
     }
 }
