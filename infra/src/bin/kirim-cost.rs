@@ -35,6 +35,8 @@
 //! `kirim-cost [--messages N] [--warmup W] [--batch B] [--latency MS]`
 //! `kirim-cost --broadcast N [--tier T] [--pollers P] [--pause S] [--latency MS] [--backend memory]`
 //!
+//! `--cancel 1` (with `--broadcast`) cancels the broadcast before its fan-out runs and
+//! counts what closing its recipients costs, per recipient (nothing is sent to Meta).
 //! `--pause S` (with `--broadcast`) pauses the broadcast once its first recipients are
 //! sent, counts what its waiting recipients cost for S seconds of the pause (per second),
 //! then resumes it and counts the rest as before: what a paused campaign costs by the hour.
@@ -86,12 +88,15 @@ struct Args {
     memory: bool,
     /// `--pause S`: the broadcast paused for S seconds once its first recipients are sent.
     pause: Option<u64>,
+    /// `--cancel 1`: the broadcast cancelled before its fan-out runs.
+    cancel: bool,
 }
 
 fn args() -> Result<Args, String> {
     let (mut messages, mut warmup, mut batch, mut latency) = (20, 2, 1, 5);
     let (mut broadcast, mut tier, mut pollers, mut memory) = (None, 1000, 1, false);
     let mut pause = None;
+    let mut cancel = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -117,6 +122,7 @@ fn args() -> Result<Args, String> {
             "--tier" if [20, 80, 1000].contains(&n) => tier = n as u32,
             "--pollers" if (1..=50).contains(&n) => pollers = n,
             "--pause" if (1..=3600).contains(&n) => pause = Some(n as u64),
+            "--cancel" => cancel = n > 0,
             _ => return Err(format!("unknown argument {flag} {value}")),
         }
     }
@@ -130,6 +136,7 @@ fn args() -> Result<Args, String> {
         pollers,
         memory,
         pause,
+        cancel,
     })
 }
 
@@ -182,9 +189,10 @@ async fn run() -> Result<(), String> {
         pollers,
         memory,
         pause,
+        cancel,
     } = args()?;
-    if pause.is_some() && broadcast.is_none() {
-        return Err("--pause needs --broadcast".into());
+    if (pause.is_some() || cancel) && broadcast.is_none() {
+        return Err("--pause and --cancel need --broadcast".into());
     }
     // Whole batches: the messages rounded up to a multiple of the batch.
     let rounds = messages.div_ceil(batch);
@@ -279,6 +287,7 @@ async fn run() -> Result<(), String> {
             tier,
             pollers,
             pause,
+            cancel,
         };
         return broadcast_run(&proxy, &client, &key, &mut hooks, &log, shape).await;
     }
@@ -398,6 +407,7 @@ struct BroadcastShape {
     tier: u32,
     pollers: usize,
     pause: Option<u64>,
+    cancel: bool,
 }
 
 /// Recipients sent before `--pause` pauses the broadcast.
@@ -416,12 +426,16 @@ async fn broadcast_run(
         tier,
         pollers,
         pause,
+        cancel,
     } = shape;
     let recipients: Vec<String> = (0..n).map(|m| format!("+6013{:07}9", m)).collect();
     proxy.gate(false);
     proxy.set_phase("broadcast");
     let id = client.broadcast(key, &recipients).await?;
     proxy.settle(QUIET, Duration::from_secs(60)).await;
+    if cancel {
+        return cancelled_run(proxy, client, key, &id, n).await;
+    }
     let log_start = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
     proxy.set_phase("fan-out and dispatch");
     let started = std::time::Instant::now();
@@ -476,6 +490,37 @@ async fn broadcast_run(
         drained.as_secs_f64(),
         n as f64 / drained.as_secs_f64(),
         throttled as f64 / n as f64
+    );
+    println!("## Per recipient\n");
+    print_table(&tally, n as f64);
+    Ok(())
+}
+
+/// `--cancel`: the broadcast `id` of `n` recipients, accepted with its queue held, is
+/// cancelled before its fan-out runs; then the queue is let go and what closing its
+/// recipients costs (each ends `cancelled`, refunded; nothing reaches Meta) is counted
+/// until the platform has made no call for two seconds.
+async fn cancelled_run(
+    proxy: &CountingProxy,
+    client: &Client,
+    key: &str,
+    id: &str,
+    n: usize,
+) -> Result<(), String> {
+    proxy.set_phase("cancel request");
+    client.broadcast_control(key, id, "cancel").await?;
+    proxy.settle(QUIET, Duration::from_secs(60)).await;
+    proxy.set_phase("cancelled fan-out");
+    let started = std::time::Instant::now();
+    proxy.gate(true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.settle(Duration::from_secs(2), Duration::from_secs(900)).await;
+    let took = started.elapsed().saturating_sub(Duration::from_secs(2));
+    let tally = proxy.take();
+    println!(
+        "kirim-cost: a broadcast of {n} recipients cancelled before its fan-out ran: closed \
+         in about {:.1} s\n",
+        took.as_secs_f64()
     );
     println!("## Per recipient\n");
     print_table(&tally, n as f64);
