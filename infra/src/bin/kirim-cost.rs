@@ -514,7 +514,9 @@ async fn cancelled_run(
     let started = std::time::Instant::now();
     proxy.gate(true);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    proxy.settle(Duration::from_secs(2), Duration::from_secs(900)).await;
+    proxy
+        .settle(Duration::from_secs(2), Duration::from_secs(900))
+        .await;
     let took = started.elapsed().saturating_sub(Duration::from_secs(2));
     let tally = proxy.take();
     println!(

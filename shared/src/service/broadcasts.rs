@@ -407,6 +407,18 @@ pub async fn create_campaign(
         if let Some(earlier) = earlier_broadcast(deps, tenant_id, campaign.key.as_ref()).await? {
             return Ok(replay_of(&earlier));
         }
+        // So may a concurrent retry of the same broadcast's failures: the creating write
+        // would have refused this one for that first (`ALREADY_RETRIED`, a `409`).
+        if let Some(original) = &broadcast.retry_of {
+            let retried = deps
+                .broadcasts
+                .get_broadcast(tenant_id, original)
+                .await?
+                .is_some_and(|o| o.retried_by.is_some());
+            if retried {
+                return Err(ServiceError::Conflict(crate::ports::ALREADY_RETRIED.into()));
+            }
+        }
         return Err(e);
     }
     let queued = match super::schedule::wait(send_at, now) {

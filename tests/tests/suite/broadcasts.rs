@@ -1118,6 +1118,75 @@ async fn recipients_csv_lists_every_recipient_when_the_fan_out_finishes_during_t
     assert_eq!(csv.lines().count(), 6, "{csv}");
 }
 
+/// Two retries of one broadcast's failures at once, the balance paying for one: the second,
+/// past its look at the broadcast (not retried yet) when the first was made, is refused as
+/// the retry it is (`409`, as the creating write's retry mark would), not as `402` by the
+/// balance the first just spent.
+#[tokio::test]
+async fn a_concurrent_second_retry_of_failures_is_a_conflict_not_402() {
+    use kirim::domain::{MessageError, MessageStatus};
+    use kirim::ports::StatusChange;
+    use kirim::service::{broadcasts, errors::ServiceError};
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let (tenant, accepted) = promo_broadcast(&deps, "134", 2).await;
+    let fan_out = next_fan_out(&deps).await;
+    broadcasts::fan_out_in_slices(&deps, &fan_out, 10)
+        .await
+        .unwrap();
+    let b = deps
+        .broadcasts
+        .get_broadcast(&tenant.id, &accepted.id)
+        .await
+        .unwrap()
+        .unwrap();
+    for i in 0..2 {
+        let change = StatusChange {
+            error: Some(MessageError {
+                code: 131000_i64.into(),
+                title: "Something went wrong".into(),
+            }),
+            ..Default::default()
+        };
+        for to in [MessageStatus::Sending, MessageStatus::Failed] {
+            deps.messages
+                .transition(
+                    &tenant.id,
+                    &broadcasts::message_id(&b, i),
+                    to,
+                    &change,
+                    kirim::ports::Clock::now(&*clock),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let top_up: kirim::service::accounts::TopUp =
+        serde_json::from_value(json!({"amount": 2, "reference": "test"})).unwrap();
+    kirim::service::accounts::top_up(&deps, &tenant.id, top_up, None)
+        .await
+        .unwrap();
+    broadcasts::retry_failed(&deps, &tenant.id, &accepted.id, Vec::new(), None)
+        .await
+        .unwrap();
+    // The second request, as it goes on from its own look at the broadcast.
+    let second = broadcasts::create_campaign(
+        &deps,
+        &tenant.id,
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap(),
+        vec!["+60123400009".into(), "+60123400019".into()],
+        broadcasts::CampaignIn {
+            retry_of: Some(accepted.id.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(&second, Err(ServiceError::Conflict(m)) if m == kirim::ports::ALREADY_RETRIED),
+        "{second:?}"
+    );
+}
+
 /// A broadcast is retried once, so only once every message is settled: one still waiting
 /// or being sent (a backoff, an ambiguous send until its deadline) may yet fail retryably
 /// and would then have no retry. Until then `retry-failed` answers 409 and makes nothing.
