@@ -548,9 +548,11 @@ pub async fn put_setting(
             ours = Some(secret);
         }
         None => {
+            // A consistent read, not the warm copy: a `DELETE` made a moment ago through
+            // another process must not leave this PUT reviving the secret it turned off.
             if deps
                 .status_callbacks
-                .get_status_callback(tenant)
+                .get_status_callback_fresh(tenant)
                 .await?
                 .is_none()
             {

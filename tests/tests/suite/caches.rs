@@ -861,7 +861,56 @@ async fn a_balance_a_warm_copy_saw_empty_is_read_afresh_before_a_request_is_refu
     ));
 }
 
+/// A url-only `PUT` of the status callback right after a `DELETE` made through another
+/// process is refused `400` (a secret is required once none is set), though this process's
+/// warm copy still has the old setting: the check reads the store, so the secret the
+/// tenant turned off does not sign callbacks again.
+async fn a_url_only_callback_put_after_a_delete_elsewhere_needs_a_secret_again(b: Backend) {
+    use kirim::service::callbacks::{put_setting, CallbackUpdate};
+    let (cached, other, _clock) = two_processes(b).await;
+    let t = tenant(0);
+    other
+        .tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let update = |url: Option<&str>, secret: Option<&str>| CallbackUpdate {
+        url: url.map(str::to_owned),
+        secret: secret.map(str::to_owned),
+    };
+    put_setting(
+        &other,
+        &t.id,
+        update(
+            Some("https://hooks.example.com/a"),
+            Some("a-secret-of-16-chars"),
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(cached
+        .status_callbacks
+        .get_status_callback(&t.id)
+        .await
+        .unwrap()
+        .is_some());
+    put_setting(&other, &t.id, update(None, None))
+        .await
+        .unwrap();
+    let revived = put_setting(
+        &cached,
+        &t.id,
+        update(Some("https://hooks.example.com/b"), None),
+    )
+    .await;
+    assert!(
+        matches!(&revived, Err(ServiceError::InvalidRequest(m)) if m.contains("secret is required")),
+        "{revived:?}"
+    );
+}
+
 on_both_backends!(
+    a_url_only_callback_put_after_a_delete_elsewhere_needs_a_secret_again,
     a_balance_a_warm_copy_saw_empty_is_read_afresh_before_a_request_is_refused,
     a_default_change_through_a_warm_copy_of_the_tenant_reads_it_afresh,
     a_template_a_callback_setting_and_a_numbers_owner_changed_by_another_process_are_seen_after_five_seconds,
