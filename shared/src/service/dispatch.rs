@@ -300,10 +300,11 @@ async fn refused_claim(
     job: &DispatchJob,
     token: &str,
 ) -> Result<Result<Box<crate::domain::MessageRecord>, Outcome>, Stopped> {
-    let found = deps
-        .messages
-        .get_message(&job.tenant_id, &job.message_id)
-        .await?;
+    // Tried again while worth it: a read that failed would send the job round again, and
+    // its next claim (a new token) would take this job's own landed claim for another's.
+    let found =
+        crate::store_error::undo(|| deps.messages.get_message(&job.tenant_id, &job.message_id))
+            .await?;
     match found {
         Some(m) if m.status == MessageStatus::Sending && m.claim.as_deref() == Some(token) => {
             tracing::warn!("the claim's answer was lost; the message is this job's");
@@ -820,19 +821,32 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         Ok(t) => t,
         Err(e) => {
             tracing::warn!(error = %e, "the claim's answer did not come; reading the message back");
-            let ours = deps
-                .messages
-                .get_message(&job.tenant_id, &job.message_id)
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|m| {
-                    m.status == MessageStatus::Sending && m.claim.as_deref() == Some(&claim_token)
-                });
-            if !ours {
-                return Err(e.into());
+            // Read back as an undo is written (tried again while worth it): a read that
+            // fails as the claim's answer did must not leave a landed claim unowned.
+            let found = crate::store_error::undo(|| {
+                deps.messages.get_message(&job.tenant_id, &job.message_id)
+            })
+            .await;
+            match found {
+                Ok(found) => {
+                    let ours = found.is_some_and(|m| {
+                        m.status == MessageStatus::Sending
+                            && m.claim.as_deref() == Some(&claim_token)
+                    });
+                    if !ours {
+                        return Err(e.into());
+                    }
+                    Transition::Refused
+                }
+                Err(read) => {
+                    // Whose it is stays unknown: a claim that may be this one is given back
+                    // (conditional on this claim's time: refused if it never landed), so
+                    // the retry finds the message `accepted` and claims it afresh.
+                    tracing::warn!(error = %read, "the claim's read-back failed too; giving back a claim that may be this job's");
+                    release(deps, job, now, "claim_answer_lost").await;
+                    return Err(e.into());
+                }
             }
-            Transition::Refused
         }
     };
     let record = match claimed {

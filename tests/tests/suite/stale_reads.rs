@@ -28,6 +28,8 @@ struct Behind {
     inner: Arc<dyn MessageStore>,
     snapshot: Option<MessageRecord>,
     lose_claim_answer: bool,
+    /// How many of the next `get_message` reads fail (`Unavailable`).
+    failed_reads: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait]
@@ -44,6 +46,14 @@ impl MessageStore for Behind {
         tenant: &TenantId,
         id: &MessageId,
     ) -> Result<Option<MessageRecord>, StoreError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .failed_reads
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(StoreError::Unavailable("throttled".into()));
+        }
         self.inner.get_message(tenant, id).await
     }
     async fn peek_message(
@@ -194,6 +204,7 @@ async fn a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_i
         inner: deps.messages.clone(),
         snapshot: Some(m.clone()),
         lose_claim_answer: false,
+        failed_reads: Default::default(),
     });
 
     let delivered = report(&m, &wamid, "delivered", true);
@@ -339,6 +350,7 @@ async fn a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_i
         inner: deps.messages.clone(),
         snapshot: None,
         lose_claim_answer: true,
+        failed_reads: Default::default(),
     });
     kirim::service::dispatch::handle(&deps, &job).await;
     let stored = deps
@@ -349,6 +361,70 @@ async fn a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_i
         .unwrap();
     assert_eq!(stored.status, MessageStatus::Sent, "{:?}", stored.error);
     assert_eq!(stored.attempts, 1);
+}
+
+/// A claim written whose answer is lost, and whose read-back fails too (throttled as the
+/// claim was): read again while worth it, the claim is found to be this job's and the
+/// message sent; when every read fails, the claim that may be this job's is given back, so
+/// the next delivery claims it afresh and sends it — never left `sending` under a token no
+/// job holds, for the deadline to fail unsent and unrefunded.
+async fn a_lost_claim_answer_whose_read_back_fails_is_still_sent_once(b: Backend) {
+    for failing in [1usize, 3] {
+        let (_, mut deps, _) = two_processes(b).await;
+        deps.meta = Arc::new(Accepting);
+        deps.queue = Arc::new(kirim::adapters::memory::MemoryQueue::new(
+            std::time::Duration::from_secs(360),
+            10,
+        ));
+        let pnid = format!("{}", 300_000 + kirim_tests::rand_u32() % 600_000);
+        let req: kirim::service::accounts::NewTenant = serde_json::from_value(serde_json::json!({
+            "name": "Kedai", "waba_id": "1", "phone_number_id": pnid,
+            "meta_access_token": "EAAG", "credits": 2}))
+        .unwrap();
+        let (t, _) = kirim::service::accounts::create_tenant(&deps, req)
+            .await
+            .unwrap();
+        let to = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
+        kirim::service::contacts::user_wrote(&deps, &t.id, &pnid, std::slice::from_ref(&to), None)
+            .await
+            .unwrap();
+        let msg: kirim::service::send::SendRequest = serde_json::from_value(
+            serde_json::json!({"to": "+60123456789", "text": {"body": "hi"}}),
+        )
+        .unwrap();
+        let m = kirim::service::send::send(&deps, &t.id, msg).await.unwrap();
+        let job = deps
+            .queue
+            .receive(10, std::time::Duration::from_millis(500))
+            .await
+            .unwrap()
+            .remove(0)
+            .body;
+        let plain = deps.messages.clone();
+        deps.messages = Arc::new(Behind {
+            inner: plain.clone(),
+            snapshot: None,
+            lose_claim_answer: true,
+            failed_reads: std::sync::atomic::AtomicUsize::new(failing),
+        });
+        kirim::service::dispatch::handle(&deps, &job).await;
+        let stored = plain.get_message(&t.id, &m.id).await.unwrap().unwrap();
+        if failing == 1 {
+            assert_eq!(stored.status, MessageStatus::Sent, "{:?}", stored.error);
+            continue;
+        }
+        assert_eq!(
+            stored.status,
+            MessageStatus::Accepted,
+            "given back: {:?}",
+            stored.error
+        );
+        // The job's next delivery, the store answering again.
+        deps.messages = plain.clone();
+        kirim::service::dispatch::handle(&deps, &job).await;
+        let stored = plain.get_message(&t.id, &m.id).await.unwrap().unwrap();
+        assert_eq!(stored.status, MessageStatus::Sent, "{:?}", stored.error);
+    }
 }
 
 /// Meta, accepting every message.
@@ -547,6 +623,7 @@ async fn only_a_delivered_or_read_status_counts_metas_pricing_on_every_path(b: B
 on_both_backends!(
     only_a_delivered_or_read_status_counts_metas_pricing_on_every_path,
     a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_is_sent,
+    a_lost_claim_answer_whose_read_back_fails_is_still_sent_once,
     an_overtaken_status_that_is_the_first_to_carry_the_pricing_still_counts_it_once,
     a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_it_once,
     a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sending_deadline,
