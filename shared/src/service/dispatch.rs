@@ -47,7 +47,7 @@ pub fn classify(code: i64, http_status: u16) -> ErrorClass {
         131056 => Delayed,
         131050 => Suppress,
         // Token, account restricted or locked, payment problem, quality block.
-        0 | 190 | 131031 | 131042 | 368 | 131048 => TenantStop,
+        c if super::errors::ACCOUNT_STOP_CODES.contains(&c) => TenantStop,
         100 | 131008 | 131009 | 131021 | 131026 | 131047 | 131051 | 131052 | 131053 | 132000
         | 132001 | 132005 | 132007 | 132012 | 132015 | 132016 | 133010 | 135000 => Permanent,
         // Unknown codes: a 5xx or a 429 (a rate limit by its HTTP status) is worth another

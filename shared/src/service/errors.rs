@@ -89,3 +89,9 @@ impl From<StoreError> for ServiceError {
 /// body: retried, then failed refunded (`dispatch`); a later try may fix it
 /// (`broadcasts::retryable`).
 pub const META_REFUSED_UNREADABLE: &str = "meta_refused_unreadable";
+
+/// Meta's codes that say the tenant's account cannot send at all (an invalid token, the
+/// account restricted, locked or unpaid, the number's spam limit): whether Meta answers a
+/// send with one (`dispatch::classify`) or reports it later in a `failed` status
+/// (`status`), the tenant is suspended until the operator resumes it.
+pub const ACCOUNT_STOP_CODES: &[i64] = &[0, 190, 131031, 131042, 368, 131048];

@@ -14,7 +14,7 @@
 //!   `limits`; `auth` (a token becomes a caller) → `users`; `accounts` (tenants, their status and suspension) → `audit`;
 //!   `contacts` (phone ↔ user-id pairings, when users last wrote: the 24-hour window) →
 //!   `errors` only; `optouts` → `quality`, `contacts`; `callbacks` (status callbacks to tenants) → `jobs`;
-//! - `status` (Meta's statuses applied, kept statuses) → `callbacks`, `optouts`,
+//! - `status` (Meta's statuses applied, kept statuses) → `accounts`, `callbacks`, `optouts`,
 //!   `quality`; `deadline` (the sending deadline) → `jobs`;
 //! - `templates` (the template catalogue: Meta's sync, its webhooks, the check of a
 //!   send against it) → `errors` only;

@@ -317,6 +317,16 @@ pub(crate) async fn this_move(
 /// counted (a failure is applied once, being terminal, so it is counted once).
 async fn moved(deps: &Deps, record: &MessageRecord, report: &StatusReport) {
     super::callbacks::status_changed(deps, record).await;
+    if record.status == MessageStatus::Failed {
+        if let Some(e) = report
+            .errors
+            .iter()
+            .find(|e| super::errors::ACCOUNT_STOP_CODES.contains(&e.code))
+        {
+            // Boxed, as the other rare paths here (the size of every status's future).
+            Box::pin(account_stopped(deps, record, report, e)).await;
+        }
+    }
     if record.status == MessageStatus::Failed
         && report
             .errors
@@ -325,6 +335,47 @@ async fn moved(deps: &Deps, record: &MessageRecord, report: &StatusReport) {
     {
         super::quality::count(deps, &record.tenant_id, QualityCounter::Undeliverable).await;
     }
+}
+
+/// A `failed` status carrying an account-level error (`errors::ACCOUNT_STOP_CODES`: Meta
+/// accepted the send, then reported that the account cannot send): the tenant is suspended,
+/// as when Meta answers a send with it, so its next sends answer `tenant_suspended` instead
+/// of being debited and failing one by one. Not a tenant that is no longer active, nor one
+/// resumed after Meta's time of the status (the operator's resume stands). Best effort: the
+/// failure is applied already (a redelivered body would not come back here), so a store
+/// error is logged; the next such status suspends it.
+async fn account_stopped(
+    deps: &Deps,
+    record: &MessageRecord,
+    report: &StatusReport,
+    error: &crate::domain::meta::MetaError,
+) {
+    let tenant = match deps.tenants.get_tenant(&record.tenant_id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "could not read the tenant to suspend it on meta's status");
+            return;
+        }
+    };
+    let at = report.at(deps.clock.now());
+    let resumed_since = tenant.status_changed_at.is_some_and(|changed| changed > at);
+    if tenant.status != crate::ports::TenantStatus::Active || resumed_since {
+        return;
+    }
+    // (The suspension keeps 300 characters of it, as for a send's answer.)
+    let reason = format!(
+        "meta error {} (status webhook): {}",
+        error.code, error.title
+    );
+    super::accounts::suspend_for_meta(
+        deps,
+        &record.tenant_id,
+        &reason,
+        "webhook",
+        tenant.status_changed_at,
+    )
+    .await;
 }
 
 /// Keeps a status that resolved to no message, then looks again (the dispatcher may have

@@ -427,6 +427,87 @@ async fn a_lost_claim_answer_whose_read_back_fails_is_still_sent_once(b: Backend
     }
 }
 
+/// Meta accepted a send, then reports it `failed` with an account-level error (131042, a
+/// payment problem) in a status webhook: the tenant is suspended, as when Meta answers a
+/// send with it (its next sends refused instead of debited and failed one by one), with
+/// Meta's code as the reason. A tenant the operator resumed after Meta's time of that
+/// status is left as the operator set it.
+async fn an_account_error_in_a_failed_status_suspends_the_tenant(b: Backend) {
+    for resumed_after in [false, true] {
+        let (_, deps, clock) = two_processes(b).await;
+        let t = tenant(10);
+        deps.tenants
+            .create_tenant(&t, &key_for(&t), None)
+            .await
+            .unwrap();
+        let (m, debit) = message_for(&t.id, clock.now());
+        deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+        let wamid = format!("wamid.{}", ulid::Ulid::new());
+        deps.messages
+            .transition(
+                &t.id,
+                &m.id,
+                MessageStatus::Sending,
+                &StatusChange::default(),
+                clock.now(),
+            )
+            .await
+            .unwrap();
+        deps.messages
+            .index_wamid(&t.id, &m.id, &wamid, m.expires_at)
+            .await
+            .unwrap();
+        let sent = StatusChange {
+            wamid: Some(wamid.clone()),
+            ..Default::default()
+        };
+        deps.messages
+            .transition(&t.id, &m.id, MessageStatus::Sent, &sent, clock.now())
+            .await
+            .unwrap();
+        let mut failed = report(&m, &wamid, "failed", false);
+        failed.errors = vec![kirim::domain::meta::MetaError {
+            code: 131042,
+            title: "Business eligibility payment issue".into(),
+        }];
+        if resumed_after {
+            for to in [TenantStatus::Suspended, TenantStatus::Active] {
+                deps.tenants
+                    .set_status(&t.id, to, Some("operator"), clock.now())
+                    .await
+                    .unwrap();
+            }
+            failed.timestamp = Some(clock.now().timestamp() - 60);
+        }
+        status::apply(&deps, Some(&t.id), &failed).await.unwrap();
+        let stored = deps
+            .messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.status, MessageStatus::Failed);
+        let after = deps.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+        if resumed_after {
+            assert_eq!(
+                after.status,
+                TenantStatus::Active,
+                "the operator's resume stands"
+            );
+            continue;
+        }
+        assert_eq!(after.status, TenantStatus::Suspended);
+        assert!(
+            after
+                .status_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("131042")),
+            "{:?}",
+            after.status_reason
+        );
+    }
+}
+
 /// Meta, accepting every message.
 struct Accepting;
 
@@ -624,6 +705,7 @@ on_both_backends!(
     only_a_delivered_or_read_status_counts_metas_pricing_on_every_path,
     a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_is_sent,
     a_lost_claim_answer_whose_read_back_fails_is_still_sent_once,
+    an_account_error_in_a_failed_status_suspends_the_tenant,
     an_overtaken_status_that_is_the_first_to_carry_the_pricing_still_counts_it_once,
     a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_it_once,
     a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sending_deadline,
