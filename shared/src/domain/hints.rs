@@ -47,6 +47,7 @@ pub const HINTS: &[(Code, &str)] = &[
     (Code::Meta(132015), "Meta paused this template because of low quality. Edit the template or use another one."),
     (Code::Meta(132016), "Meta disabled this template after repeated low quality. Create a new template."),
     (Code::Meta(133010), "The sending phone number is not registered with WhatsApp's Cloud API. Ask your provider to register it."),
+    (Code::Meta(102), "The Meta access session of this account is invalid or has expired (Meta's code 102), so the account was paused. Ask your provider to update the token and resume the account, then send again."),
     (Code::Meta(190), "The Meta access token of this account is invalid or has expired, so the account was paused. Ask your provider to update the token and resume the account, then send again."),
     (Code::Meta(368), "Meta temporarily blocked the account for policy violations, so it was paused. Review Meta's policy notice in Business Manager."),
     (Code::Kirim("recipient_opted_out"), "The customer asked not to receive messages from you (a STOP reply or an opt-out). Nothing was sent or charged; send again only if they opt back in."),

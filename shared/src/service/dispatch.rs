@@ -1220,6 +1220,7 @@ mod tests {
             (132001, Permanent),
             (131050, Suppress),
             (0, TenantStop),
+            (102, TenantStop),
             (190, TenantStop),
             (131031, TenantStop),
             (368, TenantStop),

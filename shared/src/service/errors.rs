@@ -94,4 +94,4 @@ pub const META_REFUSED_UNREADABLE: &str = "meta_refused_unreadable";
 /// account restricted, locked or unpaid, the number's spam limit): whether Meta answers a
 /// send with one (`dispatch::classify`) or reports it later in a `failed` status
 /// (`status`), the tenant is suspended until the operator resumes it.
-pub const ACCOUNT_STOP_CODES: &[i64] = &[0, 190, 131031, 131042, 368, 131048];
+pub const ACCOUNT_STOP_CODES: &[i64] = &[0, 102, 190, 131031, 131042, 368, 131048];
