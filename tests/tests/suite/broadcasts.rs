@@ -1118,14 +1118,38 @@ async fn recipients_csv_lists_every_recipient_when_the_fan_out_finishes_during_t
     assert_eq!(csv.lines().count(), 6, "{csv}");
 }
 
+/// Moves the message `id` of `tenant` to `sending`, then `failed` with Meta's 131000 (a
+/// failure a later try may fix), as the dispatcher leaves one whose tries ran out.
+async fn fail_retryably(
+    deps: &kirim::service::Deps,
+    tenant: &kirim::domain::TenantId,
+    id: impl std::borrow::Borrow<kirim::domain::MessageId>,
+) {
+    use kirim::domain::{MessageError, MessageStatus};
+    use kirim::ports::{StatusChange, Transition};
+    let change = StatusChange {
+        error: Some(MessageError {
+            code: 131000_i64.into(),
+            title: "Something went wrong".into(),
+        }),
+        ..Default::default()
+    };
+    for to in [MessageStatus::Sending, MessageStatus::Failed] {
+        let moved = deps
+            .messages
+            .transition(tenant, id.borrow(), to, &change, deps.clock.now())
+            .await
+            .unwrap();
+        assert!(matches!(moved, Transition::Applied(_)), "{to:?}");
+    }
+}
+
 /// Two retries of one broadcast's failures at once, the balance paying for one: the second,
 /// past its look at the broadcast (not retried yet) when the first was made, is refused as
 /// the retry it is (`409`, as the creating write's retry mark would), not as `402` by the
 /// balance the first just spent.
 #[tokio::test]
 async fn a_concurrent_second_retry_of_failures_is_a_conflict_not_402() {
-    use kirim::domain::{MessageError, MessageStatus};
-    use kirim::ports::StatusChange;
     use kirim::service::{broadcasts, errors::ServiceError};
     let clock = kirim_tests::ManualClock::new();
     let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
@@ -1141,25 +1165,7 @@ async fn a_concurrent_second_retry_of_failures_is_a_conflict_not_402() {
         .unwrap()
         .unwrap();
     for i in 0..2 {
-        let change = StatusChange {
-            error: Some(MessageError {
-                code: 131000_i64.into(),
-                title: "Something went wrong".into(),
-            }),
-            ..Default::default()
-        };
-        for to in [MessageStatus::Sending, MessageStatus::Failed] {
-            deps.messages
-                .transition(
-                    &tenant.id,
-                    &broadcasts::message_id(&b, i),
-                    to,
-                    &change,
-                    kirim::ports::Clock::now(&*clock),
-                )
-                .await
-                .unwrap();
-        }
+        fail_retryably(&deps, &tenant.id, &broadcasts::message_id(&b, i)).await;
     }
     let top_up: kirim::service::accounts::TopUp =
         serde_json::from_value(json!({"amount": 2, "reference": "test"})).unwrap();
@@ -1192,8 +1198,6 @@ async fn a_concurrent_second_retry_of_failures_is_a_conflict_not_402() {
 /// and would then have no retry. Until then `retry-failed` answers 409 and makes nothing.
 #[tokio::test]
 async fn a_broadcast_still_sending_is_not_retried_until_every_message_is_settled() {
-    use kirim::domain::{MessageError, MessageStatus};
-    use kirim::ports::{StatusChange, Transition};
     use kirim::service::{broadcasts, errors::ServiceError};
     let clock = kirim_tests::ManualClock::new();
     let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
@@ -1208,26 +1212,7 @@ async fn a_broadcast_still_sending_is_not_retried_until_every_message_is_settled
         .await
         .unwrap()
         .unwrap();
-    let fail = |i: usize| {
-        let (deps, tenant, id) = (&deps, tenant.id.clone(), broadcasts::message_id(&b, i));
-        async move {
-            let change = StatusChange {
-                error: Some(MessageError {
-                    code: 131000_i64.into(),
-                    title: "Something went wrong".into(),
-                }),
-                ..Default::default()
-            };
-            for to in [MessageStatus::Sending, MessageStatus::Failed] {
-                let moved = deps
-                    .messages
-                    .transition(&tenant, &id, to, &change, deps.clock.now())
-                    .await
-                    .unwrap();
-                assert!(matches!(moved, Transition::Applied(_)), "{to:?}");
-            }
-        }
-    };
+    let fail = |i: usize| fail_retryably(&deps, &tenant.id, broadcasts::message_id(&b, i));
     // One failed retryably; the other still `accepted` (its job not yet dispatched).
     fail(0).await;
     let early = broadcasts::retry_failed(&deps, &tenant.id, &accepted.id, Vec::new(), None).await;

@@ -152,6 +152,37 @@ impl MessageStore for Behind {
     }
 }
 
+/// A tenant with 10 credits and a message of it claimed (`sending`) with its wamid indexed,
+/// as the dispatcher leaves one right before it records `sent`.
+async fn claimed_with_wamid(
+    deps: &kirim::service::Deps,
+    clock: &Arc<kirim_tests::ManualClock>,
+) -> (Tenant, MessageRecord, String) {
+    let t = tenant(10);
+    deps.tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let (m, debit) = message_for(&t.id, clock.now());
+    deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+    let wamid = format!("wamid.{}", ulid::Ulid::new());
+    deps.messages
+        .transition(
+            &t.id,
+            &m.id,
+            MessageStatus::Sending,
+            &StatusChange::default(),
+            clock.now(),
+        )
+        .await
+        .unwrap();
+    deps.messages
+        .index_wamid(&t.id, &m.id, &wamid, m.expires_at)
+        .await
+        .unwrap();
+    (t, m, wamid)
+}
+
 fn report(m: &MessageRecord, wamid: &str, status: &str, pricing: bool) -> StatusReport {
     StatusReport {
         phone_number_id: None,
@@ -318,34 +349,7 @@ async fn an_overtaken_status_that_is_the_first_to_carry_the_pricing_still_counts
 /// unrefunded, never sent.)
 async fn a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_is_sent(b: Backend) {
     let (_, mut deps, _) = two_processes(b).await;
-    deps.meta = Arc::new(Accepting);
-    deps.queue = Arc::new(kirim::adapters::memory::MemoryQueue::new(
-        std::time::Duration::from_secs(360),
-        10,
-    ));
-    let pnid = format!("{}", 300_000 + kirim_tests::rand_u32() % 600_000);
-    let req: kirim::service::accounts::NewTenant = serde_json::from_value(serde_json::json!({
-        "name": "Kedai", "waba_id": "1", "phone_number_id": pnid,
-        "meta_access_token": "EAAG", "credits": 2}))
-    .unwrap();
-    let (t, _) = kirim::service::accounts::create_tenant(&deps, req)
-        .await
-        .unwrap();
-    let to = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
-    kirim::service::contacts::user_wrote(&deps, &t.id, &pnid, std::slice::from_ref(&to), None)
-        .await
-        .unwrap();
-    let msg: kirim::service::send::SendRequest =
-        serde_json::from_value(serde_json::json!({"to": "+60123456789", "text": {"body": "hi"}}))
-            .unwrap();
-    let m = kirim::service::send::send(&deps, &t.id, msg).await.unwrap();
-    let job = deps
-        .queue
-        .receive(10, std::time::Duration::from_millis(500))
-        .await
-        .unwrap()
-        .remove(0)
-        .body;
+    let (t, m, job) = text_queued(&mut deps).await;
     deps.messages = Arc::new(Behind {
         inner: deps.messages.clone(),
         snapshot: None,
@@ -371,35 +375,7 @@ async fn a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_i
 async fn a_lost_claim_answer_whose_read_back_fails_is_still_sent_once(b: Backend) {
     for failing in [1usize, 3] {
         let (_, mut deps, _) = two_processes(b).await;
-        deps.meta = Arc::new(Accepting);
-        deps.queue = Arc::new(kirim::adapters::memory::MemoryQueue::new(
-            std::time::Duration::from_secs(360),
-            10,
-        ));
-        let pnid = format!("{}", 300_000 + kirim_tests::rand_u32() % 600_000);
-        let req: kirim::service::accounts::NewTenant = serde_json::from_value(serde_json::json!({
-            "name": "Kedai", "waba_id": "1", "phone_number_id": pnid,
-            "meta_access_token": "EAAG", "credits": 2}))
-        .unwrap();
-        let (t, _) = kirim::service::accounts::create_tenant(&deps, req)
-            .await
-            .unwrap();
-        let to = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
-        kirim::service::contacts::user_wrote(&deps, &t.id, &pnid, std::slice::from_ref(&to), None)
-            .await
-            .unwrap();
-        let msg: kirim::service::send::SendRequest = serde_json::from_value(
-            serde_json::json!({"to": "+60123456789", "text": {"body": "hi"}}),
-        )
-        .unwrap();
-        let m = kirim::service::send::send(&deps, &t.id, msg).await.unwrap();
-        let job = deps
-            .queue
-            .receive(10, std::time::Duration::from_millis(500))
-            .await
-            .unwrap()
-            .remove(0)
-            .body;
+        let (t, m, job) = text_queued(&mut deps).await;
         let plain = deps.messages.clone();
         deps.messages = Arc::new(Behind {
             inner: plain.clone(),
@@ -435,28 +411,7 @@ async fn a_lost_claim_answer_whose_read_back_fails_is_still_sent_once(b: Backend
 async fn an_account_error_in_a_failed_status_suspends_the_tenant(b: Backend) {
     for resumed_after in [false, true] {
         let (_, deps, clock) = two_processes(b).await;
-        let t = tenant(10);
-        deps.tenants
-            .create_tenant(&t, &key_for(&t), None)
-            .await
-            .unwrap();
-        let (m, debit) = message_for(&t.id, clock.now());
-        deps.messages.insert_with_debit(&m, &debit).await.unwrap();
-        let wamid = format!("wamid.{}", ulid::Ulid::new());
-        deps.messages
-            .transition(
-                &t.id,
-                &m.id,
-                MessageStatus::Sending,
-                &StatusChange::default(),
-                clock.now(),
-            )
-            .await
-            .unwrap();
-        deps.messages
-            .index_wamid(&t.id, &m.id, &wamid, m.expires_at)
-            .await
-            .unwrap();
+        let (t, m, wamid) = claimed_with_wamid(&deps, &clock).await;
         let sent = StatusChange {
             wamid: Some(wamid.clone()),
             ..Default::default()
@@ -506,6 +461,42 @@ async fn an_account_error_in_a_failed_status_suspends_the_tenant(b: Backend) {
             after.status_reason
         );
     }
+}
+
+/// A tenant (Meta accepting everything, a memory queue) whose user wrote in, and a session
+/// text to them accepted: the tenant, the message and its job as queued.
+async fn text_queued(deps: &mut kirim::service::Deps) -> (Tenant, MessageRecord, String) {
+    deps.meta = Arc::new(Accepting);
+    deps.queue = Arc::new(kirim::adapters::memory::MemoryQueue::new(
+        std::time::Duration::from_secs(360),
+        10,
+    ));
+    let pnid = format!("{}", 300_000 + kirim_tests::rand_u32() % 600_000);
+    let req: kirim::service::accounts::NewTenant = serde_json::from_value(serde_json::json!({
+        "name": "Kedai", "waba_id": "1", "phone_number_id": pnid,
+        "meta_access_token": "EAAG", "credits": 2}))
+    .unwrap();
+    let (t, _) = kirim::service::accounts::create_tenant(&*deps, req)
+        .await
+        .unwrap();
+    let to = kirim::domain::OptOutKey::parse("+60123456789").unwrap();
+    kirim::service::contacts::user_wrote(&*deps, &t.id, &pnid, std::slice::from_ref(&to), None)
+        .await
+        .unwrap();
+    let msg: kirim::service::send::SendRequest =
+        serde_json::from_value(serde_json::json!({"to": "+60123456789", "text": {"body": "hi"}}))
+            .unwrap();
+    let m = kirim::service::send::send(&*deps, &t.id, msg)
+        .await
+        .unwrap();
+    let job = deps
+        .queue
+        .receive(10, std::time::Duration::from_millis(500))
+        .await
+        .unwrap()
+        .remove(0)
+        .body;
+    (t, m, job)
 }
 
 /// Meta, accepting every message.
@@ -622,28 +613,7 @@ async fn a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sen
 /// `delivered` one is, once, whichever way it finds the message.
 async fn only_a_delivered_or_read_status_counts_metas_pricing_on_every_path(b: Backend) {
     let (_, deps, clock) = two_processes(b).await;
-    let t = tenant(10);
-    deps.tenants
-        .create_tenant(&t, &key_for(&t), None)
-        .await
-        .unwrap();
-    let (m, debit) = message_for(&t.id, clock.now());
-    deps.messages.insert_with_debit(&m, &debit).await.unwrap();
-    let wamid = format!("wamid.{}", ulid::Ulid::new());
-    deps.messages
-        .transition(
-            &t.id,
-            &m.id,
-            MessageStatus::Sending,
-            &StatusChange::default(),
-            clock.now(),
-        )
-        .await
-        .unwrap();
-    deps.messages
-        .index_wamid(&t.id, &m.id, &wamid, m.expires_at)
-        .await
-        .unwrap();
+    let (t, m, wamid) = claimed_with_wamid(&deps, &clock).await;
     let by_wamid = |status: &str| {
         let mut r = report(&m, &wamid, status, true);
         r.callback = None;
