@@ -299,12 +299,24 @@ async fn refused_claim(
     deps: &Deps,
     job: &DispatchJob,
     token: &str,
+    claimed_at: DateTime<Utc>,
 ) -> Result<Result<Box<crate::domain::MessageRecord>, Outcome>, Stopped> {
     // Tried again while worth it: a read that failed would send the job round again, and
     // its next claim (a new token) would take this job's own landed claim for another's.
-    let found =
-        crate::store_error::undo(|| deps.messages.get_message(&job.tenant_id, &job.message_id))
-            .await?;
+    // Should every read fail, the claim that may be this job's (made at `claimed_at`) is
+    // given back, as when the claim's own answer never came.
+    let found = match crate::store_error::undo(|| {
+        deps.messages.get_message(&job.tenant_id, &job.message_id)
+    })
+    .await
+    {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "a refused claim's read-back failed; giving back a claim that may be this job's");
+            release(deps, job, claimed_at, "claim_answer_lost").await;
+            return Err(e.into());
+        }
+    };
     match found {
         Some(m) if m.status == MessageStatus::Sending && m.claim.as_deref() == Some(token) => {
             tracing::warn!("the claim's answer was lost; the message is this job's");
@@ -851,7 +863,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     };
     let record = match claimed {
         Transition::Applied(r) => r,
-        Transition::Refused => match refused_claim(deps, job, &claim_token).await? {
+        Transition::Refused => match refused_claim(deps, job, &claim_token, now).await? {
             Ok(own) => own,
             Err(outcome) => return Ok(outcome),
         },

@@ -202,9 +202,9 @@ async fn apply_to(
                         deps,
                         tenant_id,
                         message_id,
-                        to,
                         at,
                         Some(pricing),
+                        report,
                         e,
                     ))
                     .await
@@ -228,7 +228,10 @@ async fn apply_to(
     {
         Ok(t) => t,
         Err(e) => {
-            return Box::pin(after_error(deps, tenant_id, message_id, to, at, pricing, e)).await
+            return Box::pin(after_error(
+                deps, tenant_id, message_id, at, pricing, report, e,
+            ))
+            .await
         }
     };
     match moved_to {
@@ -271,14 +274,17 @@ async fn after_error(
     deps: &Deps,
     tenant_id: &TenantId,
     message_id: &MessageId,
-    to: MessageStatus,
     at: chrono::DateTime<chrono::Utc>,
     pricing: Option<&crate::domain::Pricing>,
+    report: &StatusReport,
     e: crate::store_error::StoreError,
 ) -> Result<Applied, ServiceError> {
+    let to = report.status.message_status();
     match this_move(deps, tenant_id, message_id, to, at).await {
         Some(record) => {
             super::callbacks::status_changed(deps, &record).await;
+            // The account-level error's suspension too (conditional, so never twice).
+            account_error(deps, &record, report).await;
             if let Some(p) = pricing.filter(|_| record.pricing.is_none()) {
                 super::usage::record_on(deps, &record, p, at).await?;
             }
@@ -317,16 +323,7 @@ pub(crate) async fn this_move(
 /// counted (a failure is applied once, being terminal, so it is counted once).
 async fn moved(deps: &Deps, record: &MessageRecord, report: &StatusReport) {
     super::callbacks::status_changed(deps, record).await;
-    if record.status == MessageStatus::Failed {
-        if let Some(e) = report
-            .errors
-            .iter()
-            .find(|e| super::errors::ACCOUNT_STOP_CODES.contains(&e.code))
-        {
-            // Boxed, as the other rare paths here (the size of every status's future).
-            Box::pin(account_stopped(deps, record, report, e)).await;
-        }
-    }
+    account_error(deps, record, report).await;
     if record.status == MessageStatus::Failed
         && report
             .errors
@@ -334,6 +331,21 @@ async fn moved(deps: &Deps, record: &MessageRecord, report: &StatusReport) {
             .any(|e| super::quality::UNDELIVERABLE_CODES.contains(&e.code))
     {
         super::quality::count(deps, &record.tenant_id, QualityCounter::Undeliverable).await;
+    }
+}
+
+/// [`account_stopped`] for a `failed` move whose report carries an account-level error.
+async fn account_error(deps: &Deps, record: &MessageRecord, report: &StatusReport) {
+    if record.status != MessageStatus::Failed {
+        return;
+    }
+    if let Some(e) = report
+        .errors
+        .iter()
+        .find(|e| super::errors::ACCOUNT_STOP_CODES.contains(&e.code))
+    {
+        // Boxed, as the other rare paths here (the size of every status's future).
+        Box::pin(account_stopped(deps, record, report, e)).await;
     }
 }
 

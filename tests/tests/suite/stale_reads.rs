@@ -30,6 +30,11 @@ struct Behind {
     lose_claim_answer: bool,
     /// How many of the next `get_message` reads fail (`Unavailable`).
     failed_reads: std::sync::atomic::AtomicUsize,
+    /// A claim is written and answered `Refused` (the store's retry of it, refused by that
+    /// very write).
+    claim_refused_by_itself: bool,
+    /// A move to `failed` is written but answered with an error.
+    lose_failed_answer: bool,
 }
 
 #[async_trait]
@@ -83,6 +88,14 @@ impl MessageStore for Behind {
     ) -> Result<Transition, StoreError> {
         let moved = self.inner.transition(tenant, id, to, change, at).await;
         if self.lose_claim_answer && to == MessageStatus::Sending {
+            moved?;
+            return Err(StoreError::Unavailable("the answer was lost".into()));
+        }
+        if self.claim_refused_by_itself && to == MessageStatus::Sending {
+            moved?;
+            return Ok(Transition::Refused);
+        }
+        if self.lose_failed_answer && to == MessageStatus::Failed {
             moved?;
             return Err(StoreError::Unavailable("the answer was lost".into()));
         }
@@ -236,6 +249,8 @@ async fn a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_i
         snapshot: Some(m.clone()),
         lose_claim_answer: false,
         failed_reads: Default::default(),
+        claim_refused_by_itself: false,
+        lose_failed_answer: false,
     });
 
     let delivered = report(&m, &wamid, "delivered", true);
@@ -355,6 +370,8 @@ async fn a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_i
         snapshot: None,
         lose_claim_answer: true,
         failed_reads: Default::default(),
+        claim_refused_by_itself: false,
+        lose_failed_answer: false,
     });
     kirim::service::dispatch::handle(&deps, &job).await;
     let stored = deps
@@ -373,15 +390,18 @@ async fn a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_i
 /// the next delivery claims it afresh and sends it — never left `sending` under a token no
 /// job holds, for the deadline to fail unsent and unrefunded.
 async fn a_lost_claim_answer_whose_read_back_fails_is_still_sent_once(b: Backend) {
-    for failing in [1usize, 3] {
+    // (reads failing, the claim's answer: lost, or refused by the claim's own write)
+    for (failing, refused) in [(1usize, false), (3, false), (3, true)] {
         let (_, mut deps, _) = two_processes(b).await;
         let (t, m, job) = text_queued(&mut deps).await;
         let plain = deps.messages.clone();
         deps.messages = Arc::new(Behind {
             inner: plain.clone(),
             snapshot: None,
-            lose_claim_answer: true,
+            lose_claim_answer: !refused,
             failed_reads: std::sync::atomic::AtomicUsize::new(failing),
+            claim_refused_by_itself: refused,
+            lose_failed_answer: false,
         });
         kirim::service::dispatch::handle(&deps, &job).await;
         let stored = plain.get_message(&t.id, &m.id).await.unwrap().unwrap();
@@ -409,8 +429,9 @@ async fn a_lost_claim_answer_whose_read_back_fails_is_still_sent_once(b: Backend
 /// Meta's code as the reason. A tenant the operator resumed after Meta's time of that
 /// status is left as the operator set it.
 async fn an_account_error_in_a_failed_status_suspends_the_tenant(b: Backend) {
-    for resumed_after in [false, true] {
-        let (_, deps, clock) = two_processes(b).await;
+    // (resumed by the operator after Meta's time, the failed move's answer lost)
+    for (resumed_after, answer_lost) in [(false, false), (true, false), (false, true)] {
+        let (_, mut deps, clock) = two_processes(b).await;
         let (t, m, wamid) = claimed_with_wamid(&deps, &clock).await;
         let sent = StatusChange {
             wamid: Some(wamid.clone()),
@@ -433,6 +454,16 @@ async fn an_account_error_in_a_failed_status_suspends_the_tenant(b: Backend) {
                     .unwrap();
             }
             failed.timestamp = Some(clock.now().timestamp() - 60);
+        }
+        if answer_lost {
+            deps.messages = Arc::new(Behind {
+                inner: deps.messages.clone(),
+                snapshot: None,
+                lose_claim_answer: false,
+                failed_reads: Default::default(),
+                claim_refused_by_itself: false,
+                lose_failed_answer: true,
+            });
         }
         status::apply(&deps, Some(&t.id), &failed).await.unwrap();
         let stored = deps
