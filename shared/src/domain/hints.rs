@@ -59,6 +59,7 @@ pub const HINTS: &[(Code, &str)] = &[
     (Code::Kirim("enqueue_failed"), "Kirim could not queue the message. It was not sent and was refunded; send it again."),
     (Code::Kirim("meta_token_missing"), "The account has no Meta access token. It was refunded; ask your provider to set the token."),
     (Code::Kirim("meta_unreachable"), "Kirim could not reach Meta after several tries. It was refunded; send it again later."),
+    (Code::Kirim("meta_transient_error"), "Meta answered with a temporary error on every try (its code and text are in the title). It was refunded; send it again later."),
     (Code::Kirim("meta_unavailable"), "Meta answered that it was unavailable (503) after several tries. It was refunded; send it again later."),
     (Code::Kirim("meta_refused_unreadable"), "Meta (or a proxy in front of it) refused the request without saying why, after several tries. It was refunded; send it again later, and tell your provider if it repeats."),
     (Code::Kirim("opt_out_check_failed"), "A check before sending failed for a moment. Kirim retries automatically; nothing to do."),

@@ -145,6 +145,7 @@ pub fn retryable(code: &ErrorCode) -> bool {
             c.as_str(),
             "meta_unavailable"
                 | "meta_unreachable"
+                | super::errors::META_TRANSIENT_ERROR
                 | super::errors::META_REFUSED_UNREADABLE
                 | super::deadline::OUTCOME_UNKNOWN
                 | super::deadline::DISPATCH_LOST

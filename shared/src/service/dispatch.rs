@@ -1185,12 +1185,30 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         job,
                         Unsent::Claimed(record.updated_at),
                         record.price,
-                        error,
+                        exhausted_error(class, error),
                     )
                     .await
                 }
             }
         }
+    }
+}
+
+/// The error a message fails with once Meta's refusals of class `class` end its tries. A
+/// code retried only for its HTTP status (an unknown one answered 5xx or 429) would read as
+/// a permanent refusal to `retry-failed` (`broadcasts::retryable` sees the code alone): such
+/// a failure is `meta_transient_error`, Meta's code and text kept in its title.
+fn exhausted_error(class: ErrorClass, error: MessageError) -> MessageError {
+    let transient = matches!(class, ErrorClass::Transient | ErrorClass::Delayed);
+    if !transient || super::broadcasts::retryable(&error.code) {
+        return error;
+    }
+    MessageError {
+        code: super::errors::META_TRANSIENT_ERROR.into(),
+        title: format!("meta error {}: {}", error.code, error.title)
+            .chars()
+            .take(crate::adapters::meta_graph::MAX_ERROR_TITLE)
+            .collect(),
     }
 }
 
@@ -1262,6 +1280,28 @@ mod tests {
                 "code {code}"
             );
         }
+        // An unknown code retried for its 5xx (or 429), its tries run out: retried by
+        // `retry-failed` too, with Meta's code in the title; a known one keeps its code.
+        let unknown = MessageError {
+            code: ErrorCode::Meta(999_999),
+            title: "Something new".into(),
+        };
+        let exhausted = exhausted_error(classify(999_999, 500), unknown.clone());
+        assert_eq!(
+            exhausted.code,
+            ErrorCode::from(super::super::errors::META_TRANSIENT_ERROR)
+        );
+        assert_eq!(exhausted.title, "meta error 999999: Something new");
+        assert!(super::super::broadcasts::retryable(&exhausted.code));
+        assert_eq!(
+            exhausted_error(classify(999_999, 400), unknown.clone()),
+            unknown
+        );
+        let known = MessageError {
+            code: ErrorCode::Meta(131000),
+            title: "Something went wrong".into(),
+        };
+        assert_eq!(exhausted_error(classify(131000, 500), known.clone()), known);
         for (code, retryable) in [
             ("meta_unreachable", true),
             ("meta_unavailable", true),

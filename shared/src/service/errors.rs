@@ -90,6 +90,11 @@ impl From<StoreError> for ServiceError {
 /// (`broadcasts::retryable`).
 pub const META_REFUSED_UNREADABLE: &str = "meta_refused_unreadable";
 
+/// A message's failure code once Meta answered a temporary error, known as one only by its
+/// HTTP status (an unknown code with a 5xx or 429), on every try (`dispatch`): Meta's code
+/// and text are kept in its title; a later try may fix it (`broadcasts::retryable`).
+pub const META_TRANSIENT_ERROR: &str = "meta_transient_error";
+
 /// Meta's codes that say the tenant's account cannot send at all (an invalid token, the
 /// account restricted, locked or unpaid, the number's spam limit): whether Meta answers a
 /// send with one (`dispatch::classify`) or reports it later in a `failed` status
