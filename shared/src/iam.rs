@@ -165,9 +165,10 @@ const ADMIN_API: &[Grant] = &[
     // replaced by the next PUT; the retention run's close-out removes both).
     on(TenantSecrets, SecretsManagerStore::WRITE),
     on(TenantSecrets, SecretsManagerStore::DELETE),
-    // A callback secret being replaced is read first, to be put back if the setting's
-    // write fails (`callbacks::put_setting`).
+    // A new callback secret is staged, then made current once its setting names it
+    // (`callbacks::put_setting`): which version is current is read to move the label.
     on(CallbackSecrets, SecretsManagerStore::READ),
+    on(CallbackSecrets, SecretsManagerStore::PROMOTE),
     // Dead letters: listed and redriven (received, sent back to the source, deleted).
     on(DispatchDlq, SqsQueue::DEAD_LETTERS),
     on(DispatchQueue, SqsQueue::SEND),
@@ -228,8 +229,10 @@ const CONSOLE: &[Grant] = &[
     // The settings page sets a tenant's status-callback secret (turning callbacks off
     // keeps it: nothing here deletes a secret).
     on(CallbackSecrets, SecretsManagerStore::WRITE),
-    // ... and reads the one it replaces, to put it back if the setting's write fails.
+    // ... staged, then made current once its setting names it (which version is current
+    // is read to move the label).
     on(CallbackSecrets, SecretsManagerStore::READ),
+    on(CallbackSecrets, SecretsManagerStore::PROMOTE),
     // The catalogue page's "Sync with Meta" reads Meta with the tenant's own token.
     on(MetaTokens, SecretsManagerStore::READ),
 ];

@@ -767,6 +767,21 @@ pub trait SecretStore: Send + Sync {
     /// the rotation time, from which the previous version's grace window runs.
     async fn rotated_at(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError>;
+    /// Stores `value` as a new version that is not yet the current one (Secrets Manager:
+    /// staged `AWSPENDING`), or creates the secret with it as its current version if
+    /// there is none; answers the new version's id. Nothing that reads the current
+    /// version sees it until [`Self::promote_secret`].
+    async fn stage_secret(&self, name: &str, value: &Secret) -> Result<String, StoreError>;
+    /// Makes `version` the current one (the one it replaces becomes the previous one);
+    /// nothing if it is current already.
+    async fn promote_secret(&self, name: &str, version: &str) -> Result<(), StoreError>;
+    /// One version by its id, whatever its stage; `None` if the secret or the version is
+    /// gone.
+    async fn get_secret_version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<Secret>, StoreError>;
 }
 
 pub trait Clock: Send + Sync {

@@ -584,4 +584,28 @@ impl kirim::ports::SecretStore for ScriptedSecrets {
         self.deletes.refuses(name)?;
         self.inner.delete_secret(name).await
     }
+    async fn stage_secret(
+        &self,
+        name: &str,
+        value: &kirim::secret::Secret,
+    ) -> Result<String, kirim::store_error::StoreError> {
+        self.inner.stage_secret(name, value).await
+    }
+    async fn promote_secret(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.inner.promote_secret(name, version).await
+    }
+    async fn get_secret_version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
+        self.read_count
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.reads.refuses(name)?;
+        self.inner.get_secret_version(name, version).await
+    }
 }

@@ -359,6 +359,20 @@ impl<S: StatusCallbackStore + 'static> StatusCallbackStore for ReadCache<S> {
         Ok(s)
     }
 
+    async fn set_status_callback_url(
+        &self,
+        tenant: &TenantId,
+        url: &str,
+        updated_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let r = self
+            .inner
+            .set_status_callback_url(tenant, url, updated_at)
+            .await;
+        self.callbacks.forget(|t, _| t != tenant);
+        r
+    }
+
     async fn delete_status_callback(&self, tenant: &TenantId) -> Result<bool, StoreError> {
         let r = self.inner.delete_status_callback(tenant).await;
         self.callbacks.forget(|t, _| t != tenant);

@@ -56,6 +56,11 @@ pub struct StatusCallback {
     pub tenant_id: TenantId,
     pub url: String,
     pub secret_name: String,
+    /// The version of that secret which signs (its id in the secret store), read by its
+    /// id: a secret stored for a change whose setting was never written signs nothing.
+    /// `None` on a setting written before versions were kept: the current version signs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_version: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -97,6 +102,14 @@ pub trait StatusCallbackStore: Send + Sync {
     ) -> Result<Option<StatusCallback>, StoreError> {
         self.get_status_callback(tenant).await
     }
+    /// Changes a setting's URL (and `updated_at`) only, keeping its secret: a conditional
+    /// write, `false` if there is no setting (turned off meanwhile).
+    async fn set_status_callback_url(
+        &self,
+        tenant: &TenantId,
+        url: &str,
+        updated_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// `false` if there was none.
     async fn delete_status_callback(&self, tenant: &TenantId) -> Result<bool, StoreError>;
     /// Keeps a callback the queue refused (an unconditional, idempotent write).

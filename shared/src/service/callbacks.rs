@@ -301,13 +301,7 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
         },
         Err(e) => return retry(&e.to_string()),
     };
-    // A secret set in the last few minutes is read afresh: another instance's cached
-    // copy of the old one would sign with it for up to the cache's TTL (5 minutes).
-    let secret = match deps
-        .secrets
-        .current_unless_changed(&setting.secret_name, setting.updated_at, deps.clock.now())
-        .await
-    {
+    let secret = match signing_secret(deps, &setting).await {
         Ok(Some(s)) => s,
         Ok(None) => {
             tracing::warn!("status callback secret missing; not sent");
@@ -423,6 +417,28 @@ mod breaker {
     }
 }
 
+/// The secret that signs a tenant's callbacks: the version its setting names (kept for
+/// good once read: a version never changes, and a new one comes with a new setting).
+async fn signing_secret(
+    deps: &Deps,
+    setting: &StatusCallback,
+) -> Result<Option<Secret>, crate::store_error::StoreError> {
+    if let Some(version) = &setting.secret_version {
+        if let Some(secret) = deps.secrets.version(&setting.secret_name, version).await? {
+            return Ok(Some(secret));
+        }
+        // Gone (Secrets Manager may delete a version that lost every label, e.g. after
+        // changes whose settings were never written): the current one, as before versions.
+        tracing::warn!("the callback secret's version is gone; signing with the current one");
+    }
+    // A setting from before versions were kept, changed in the last few minutes, is read
+    // afresh: another instance's cached copy of the old secret would sign with it for up
+    // to the cache's TTL (5 minutes).
+    deps.secrets
+        .current_unless_changed(&setting.secret_name, setting.updated_at, deps.clock.now())
+        .await
+}
+
 /// Delivers a received batch: `(body, receive count)` in, one outcome per item out (same
 /// order). A message's callbacks go oldest first, one at a time; once one is not
 /// delivered, its later ones wait for the same retry rather than overtake it.
@@ -536,25 +552,40 @@ pub async fn put_setting(
     };
     let url = callback_http::validate_url(&raw_url, deps.settings.callbacks_allow_private)
         .map_err(|e| ServiceError::InvalidRequest(e.to_string()))?;
-    // The secret it replaces, if any: put back should the setting's write fail, so that
-    // a `500` leaves the callback signed as the tenant still expects.
-    let mut replaced = None;
-    let mut ours = None;
+    let now = deps.clock.now();
     match update.secret {
         Some(secret) => {
-            replaced = deps.secrets.store().get_secret(&name).await?;
-            let secret = Secret::new(secret);
-            deps.secrets.put(&name, &secret).await?;
-            ours = Some(secret);
+            // The new secret is staged, not made current: until the setting naming its
+            // version is written, nothing signs with it (a failed write below leaves the
+            // callbacks signed as the receiver still expects, on every instance). Once the
+            // setting names it, it is made current too, for whatever reads the name.
+            let version = deps
+                .secrets
+                .store()
+                .stage_secret(&name, &Secret::new(secret))
+                .await?;
+            let setting = StatusCallback {
+                tenant_id: tenant.clone(),
+                url: url.to_string(),
+                secret_name: name.clone(),
+                secret_version: Some(version.clone()),
+                updated_at: now,
+            };
+            deps.status_callbacks.put_status_callback(&setting).await?;
+            if let Err(e) = deps.secrets.promote(&name, &version).await {
+                // Signing reads the version the setting names: only the name's current
+                // label lags, made current by the next change.
+                tracing::warn!(error = %e, "the new callback secret could not be made current");
+            }
         }
+        // The URL alone, on the setting as it is now (a conditional write): a `DELETE` made
+        // a moment ago through another process is not revived, and a secret another admin
+        // set meanwhile is kept.
         None => {
-            // A consistent read, not the warm copy: a `DELETE` made a moment ago through
-            // another process must not leave this PUT reviving the secret it turned off.
-            if deps
+            if !deps
                 .status_callbacks
-                .get_status_callback_fresh(tenant)
+                .set_status_callback_url(tenant, url.as_str(), now)
                 .await?
-                .is_none()
             {
                 return Err(ServiceError::InvalidRequest(
                     "secret is required with a url".into(),
@@ -562,32 +593,12 @@ pub async fn put_setting(
             }
         }
     }
-    let setting = StatusCallback {
-        tenant_id: tenant.clone(),
-        url: url.to_string(),
-        secret_name: name.clone(),
-        updated_at: deps.clock.now(),
-    };
-    if let Err(e) = deps.status_callbacks.put_status_callback(&setting).await {
-        // Put back only over this request's own secret: another admin's change made
-        // meanwhile (and answered 200) is the one the receiver checks now.
-        let still_ours = match (&ours, deps.secrets.store().get_secret(&name).await) {
-            (Some(ours), Ok(Some(now))) => now.expose() == ours.expose(),
-            _ => false,
-        };
-        if let Some(old) = replaced.filter(|_| still_ours) {
-            if let Err(undo) = crate::store_error::undo(|| deps.secrets.put(&name, &old)).await {
-                tracing::error!(error = %undo, "the callback secret could not be put back");
-            }
-        }
-        return Err(e.into());
-    }
     tracing::info!(
         host = url.host_str().unwrap_or_default(),
         "status callback set"
     );
     Ok(CallbackView {
-        url: Some(setting.url),
+        url: Some(url.to_string()),
         secret_set: true,
     })
 }

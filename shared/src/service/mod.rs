@@ -293,6 +293,9 @@ pub struct SecretCache {
     /// When each name's current version was last read afresh past the cache
     /// ([`Self::refresh_current`]).
     refreshed: Mutex<HashMap<String, Instant>>,
+    /// The last version read by its id, per name ([`Self::version`]): a version's value
+    /// never changes, so it is kept until another version of the name is asked for.
+    by_version: Mutex<HashMap<String, (String, Secret)>>,
 }
 
 impl SecretCache {
@@ -302,7 +305,26 @@ impl SecretCache {
             ttl,
             cache: Mutex::new([HashMap::new(), HashMap::new()]),
             refreshed: Mutex::new(HashMap::new()),
+            by_version: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// One version of `name` by its id (a status callback's secret, named by its
+    /// setting). Kept after the first read whatever the TTL: a version's value never
+    /// changes. `None` if the version is gone.
+    pub async fn version(&self, name: &str, version: &str) -> Result<Option<Secret>, StoreError> {
+        if let Ok(kept) = self.by_version.lock() {
+            if let Some((id, v)) = kept.get(name) {
+                if id == version {
+                    return Ok(Some(v.clone()));
+                }
+            }
+        }
+        let v = self.store.get_secret_version(name, version).await?;
+        if let (Some(v), Ok(mut kept)) = (&v, self.by_version.lock()) {
+            kept.insert(name.to_owned(), (version.to_owned(), v.clone()));
+        }
+        Ok(v)
     }
 
     /// The current version read afresh from the store (and cached anew), at most once
@@ -450,11 +472,23 @@ impl SecretCache {
 
     pub async fn put(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
         self.store.put_secret(name, value).await?;
+        self.forget(name);
+        Ok(())
+    }
+
+    /// [`SecretStore::promote_secret`], and this process's copies of the current and
+    /// previous versions forgotten.
+    pub async fn promote(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        let r = self.store.promote_secret(name, version).await;
+        self.forget(name);
+        r
+    }
+
+    fn forget(&self, name: &str) {
         if let Ok(mut cache) = self.cache.lock() {
             for versions in cache.iter_mut() {
                 versions.remove(name);
             }
         }
-        Ok(())
     }
 }

@@ -953,6 +953,27 @@ impl kirim::ports::SecretStore for FlakySecrets {
     async fn delete_secret(&self, name: &str) -> Result<(), kirim::store_error::StoreError> {
         self.inner.delete_secret(name).await
     }
+    async fn stage_secret(
+        &self,
+        name: &str,
+        value: &kirim::secret::Secret,
+    ) -> Result<String, kirim::store_error::StoreError> {
+        self.inner.stage_secret(name, value).await
+    }
+    async fn promote_secret(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.inner.promote_secret(name, version).await
+    }
+    async fn get_secret_version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
+        self.inner.get_secret_version(name, version).await
+    }
 }
 
 /// A message whose Meta token cannot be read is left `accepted` and unclaimed (the checks

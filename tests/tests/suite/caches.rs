@@ -371,6 +371,7 @@ async fn a_template_a_callback_setting_and_a_numbers_owner_changed_by_another_pr
             tenant_id: t.id.clone(),
             url: "https://example.com/kirim".into(),
             secret_name: "callback".into(),
+            secret_version: None,
             updated_at: clock.now(),
         })
         .await

@@ -604,6 +604,14 @@ impl kirim::ports::StatusCallbackStore for LaggingSettings {
     ) -> Result<Option<kirim::ports::StatusCallback>, kirim::store_error::StoreError> {
         self.0.get_status_callback_fresh(tenant).await
     }
+    async fn set_status_callback_url(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        url: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.0.set_status_callback_url(tenant, url, at).await
+    }
     async fn delete_status_callback(
         &self,
         tenant: &kirim::domain::TenantId,
@@ -1170,11 +1178,15 @@ async fn on_sqs_a_redriven_callback_goes_back_in_its_tenants_group() {
     );
 }
 
+/// What happens in the moment between a change's stored secret and its failed setting.
+type Meanwhile = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, ()> + Send>;
+
 /// A callback-setting store whose writes fail (storage unavailable); reads go through.
 struct SettingWritesFail(
     Arc<dyn kirim::ports::StatusCallbackStore>,
-    /// Another admin's change, made (and answered) before this write fails.
-    tokio::sync::Mutex<Option<(kirim::service::Deps, kirim::domain::TenantId)>>,
+    /// Run before this write fails: another admin's change (made and answered), a
+    /// callback delivered meanwhile.
+    tokio::sync::Mutex<Option<Meanwhile>>,
 );
 
 #[async_trait]
@@ -1183,14 +1195,8 @@ impl kirim::ports::StatusCallbackStore for SettingWritesFail {
         &self,
         _: &kirim::ports::StatusCallback,
     ) -> Result<(), kirim::store_error::StoreError> {
-        if let Some((other, tenant)) = self.1.lock().await.take() {
-            let update: kirim::service::callbacks::CallbackUpdate = serde_json::from_value(
-                json!({"url": "https://hooks.example.com/kirim", "secret": "whsec_the_other_admins_003"}),
-            )
-            .unwrap();
-            kirim::service::callbacks::put_setting(&other, &tenant, update)
-                .await
-                .unwrap();
+        if let Some(meanwhile) = self.1.lock().await.take() {
+            meanwhile().await;
         }
         Err(kirim::store_error::StoreError::Unavailable(
             "storage is down".into(),
@@ -1201,6 +1207,14 @@ impl kirim::ports::StatusCallbackStore for SettingWritesFail {
         tenant: &kirim::domain::TenantId,
     ) -> Result<Option<kirim::ports::StatusCallback>, kirim::store_error::StoreError> {
         self.0.get_status_callback(tenant).await
+    }
+    async fn set_status_callback_url(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        url: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.0.set_status_callback_url(tenant, url, at).await
     }
     async fn delete_status_callback(
         &self,
@@ -1235,26 +1249,41 @@ impl kirim::ports::StatusCallbackStore for SettingWritesFail {
     }
 }
 
-/// A new secret whose setting could not be saved (the admin was answered an error) does
-/// not sign the callbacks: the one the tenant's receiver still checks against is put back.
+/// A new secret whose setting could not be saved (the admin was answered an error) never
+/// signs a callback: not on a sender whose cached copy ran out in the moment between the
+/// secret's write and the setting's (Lambda's 5-minute cache, which then kept it), nor
+/// after. It was made current before the setting's write and put back after its failure,
+/// so a sender reading in between signed with it (and kept it up to 5 minutes); now it
+/// is staged, and senders read the version the setting names.
 #[tokio::test]
 async fn a_callback_secret_change_that_fails_half_way_leaves_the_old_secret_signing() {
-    use kirim::service::callbacks::{put_setting, CallbackUpdate};
+    use kirim::service::callbacks::{handle_batch, put_setting, CallbackUpdate};
+    use kirim::service::SecretCache;
     let app = spawn_app(Backend::Memory).await;
     let t = app.onboard(3).await;
     let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    let (url, receiver) = receiver(0).await;
     let update = |secret: &str| -> CallbackUpdate {
-        serde_json::from_value(json!({"url": "https://hooks.example.com/kirim", "secret": secret}))
-            .unwrap()
+        serde_json::from_value(json!({"url": url, "secret": secret})).unwrap()
     };
-    let deps = app.app.deps.clone();
-    put_setting(&deps, &tenant, update("whsec_the_first_secret_0001"))
+    let mut deps = app.app.deps.clone();
+    // A sender as on Lambda: secrets cached 5 minutes.
+    let store = deps.secrets.store().clone();
+    deps.secrets = Arc::new(SecretCache::new(store, Duration::from_secs(300)));
+    put_setting(&deps, &tenant, update(CALLBACK_SECRET))
         .await
         .expect("set");
+    let sender = deps.clone();
+    let sent = kirim::domain::MessageStatus::Sent;
+    let (first, second) = (callback_job(&t, sent, 1), callback_job(&t, sent, 2));
     let mut failing = deps.clone();
     failing.status_callbacks = Arc::new(SettingWritesFail(
         deps.status_callbacks.clone(),
-        Default::default(),
+        tokio::sync::Mutex::new(Some(Box::new(move || {
+            Box::pin(async move {
+                assert_eq!(handle_batch(&sender, &[(first, 1)]).await, [Outcome::Done]);
+            })
+        }))),
     ));
     assert!(
         put_setting(&failing, &tenant, update("whsec_the_second_secret_002"))
@@ -1262,28 +1291,52 @@ async fn a_callback_secret_change_that_fails_half_way_leaves_the_old_secret_sign
             .is_err(),
         "answered an error"
     );
-    let name = kirim::service::callbacks::secret_name(&deps, &tenant);
-    let current = deps.secrets.store().get_secret(&name).await.unwrap();
-    assert_eq!(
-        current.map(|s| s.expose().to_owned()),
-        Some("whsec_the_first_secret_0001".to_owned())
-    );
+    assert_eq!(handle_batch(&deps, &[(second, 1)]).await, [Outcome::Done]);
+    let got = receiver.wait_for(&["sent"]).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    for g in &got {
+        assert_eq!(
+            g.signature,
+            sign_with(CALLBACK_SECRET, g.body.as_bytes()),
+            "signed with the secret the receiver was told"
+        );
+    }
     // Another admin's change lands (and is answered 200) while this one's setting write
-    // fails: this one's undo does not put the first secret back over theirs.
+    // fails: theirs signs, as they were told.
+    let other = deps.clone();
+    let tenant2 = tenant.clone();
+    let url2 = url.clone();
     let mut failing = deps.clone();
     failing.status_callbacks = Arc::new(SettingWritesFail(
         deps.status_callbacks.clone(),
-        tokio::sync::Mutex::new(Some((deps.clone(), tenant.clone()))),
+        tokio::sync::Mutex::new(Some(Box::new(move || {
+            Box::pin(async move {
+                let update: CallbackUpdate = serde_json::from_value(
+                    json!({"url": url2, "secret": "whsec_the_other_admins_003"}),
+                )
+                .unwrap();
+                put_setting(&other, &tenant2, update).await.unwrap();
+            })
+        }))),
     ));
     assert!(
         put_setting(&failing, &tenant, update("whsec_the_fourth_secret_04"))
             .await
             .is_err()
     );
-    let current = deps.secrets.store().get_secret(&name).await.unwrap();
+    let third = callback_job(&t, sent, 3);
+    assert_eq!(handle_batch(&deps, &[(third, 1)]).await, [Outcome::Done]);
+    let got = receiver.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 3, "{got:?}");
     assert_eq!(
-        current.map(|s| s.expose().to_owned()),
-        Some("whsec_the_other_admins_003".to_owned()),
+        got[2].signature,
+        sign_with("whsec_the_other_admins_003", got[2].body.as_bytes()),
         "the other admin's secret, as they were told"
+    );
+    let name = kirim::service::callbacks::secret_name(&deps, &tenant);
+    assert_eq!(
+        deps.secrets.store().get_secret(&name).await.unwrap(),
+        Some(Secret::new("whsec_the_other_admins_003")),
+        "and it is the current version too"
     );
 }

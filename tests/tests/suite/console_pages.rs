@@ -1061,6 +1061,23 @@ impl kirim::ports::SecretStore for SecretsDown {
     async fn delete_secret(&self, _: &str) -> Result<(), kirim::store_error::StoreError> {
         Err(kirim::store_error::StoreError::Unavailable("down".into()))
     }
+    async fn stage_secret(
+        &self,
+        _: &str,
+        _: &kirim::secret::Secret,
+    ) -> Result<String, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("down".into()))
+    }
+    async fn promote_secret(&self, _: &str, _: &str) -> Result<(), kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("down".into()))
+    }
+    async fn get_secret_version(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("down".into()))
+    }
 }
 
 /// A sign-out whose session the console cannot check (here its CSRF key unreadable; a

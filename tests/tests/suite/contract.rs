@@ -1526,6 +1526,67 @@ async fn secrets_keep_the_previous_version_during_rotation(p: Ports) {
     p.secrets.store().delete_secret(&name).await.unwrap();
 }
 
+/// A staged version is read by its id and by nothing that reads the current one until it
+/// is promoted; a secret first written staged is current at once (there is nothing else);
+/// versions stay readable by id after others replace them.
+async fn a_staged_secret_version_is_current_only_once_promoted_and_read_by_id_meanwhile(p: Ports) {
+    let name = format!("kirim-test/{}/callback", ulid::Ulid::new());
+    let store = p.secrets.store();
+    let v1 = store.stage_secret(&name, &Secret::new("s1")).await.unwrap();
+    assert_eq!(
+        store.get_secret(&name).await.unwrap(),
+        Some(Secret::new("s1"))
+    );
+    let v2 = store.stage_secret(&name, &Secret::new("s2")).await.unwrap();
+    assert_ne!(v1, v2);
+    assert_eq!(
+        store.get_secret(&name).await.unwrap(),
+        Some(Secret::new("s1")),
+        "staged only: the current one is unchanged"
+    );
+    assert_eq!(
+        store.get_secret_version(&name, &v2).await.unwrap(),
+        Some(Secret::new("s2"))
+    );
+    store.promote_secret(&name, &v2).await.unwrap();
+    assert_eq!(
+        store.get_secret(&name).await.unwrap(),
+        Some(Secret::new("s2"))
+    );
+    assert_eq!(
+        store.get_previous_secret(&name).await.unwrap(),
+        Some(Secret::new("s1"))
+    );
+    // Promoting the current one again (a retried change) changes nothing.
+    store.promote_secret(&name, &v2).await.unwrap();
+    assert_eq!(
+        store.get_previous_secret(&name).await.unwrap(),
+        Some(Secret::new("s1"))
+    );
+    // A change whose setting was never written: staged, never promoted.
+    let v3 = store.stage_secret(&name, &Secret::new("s3")).await.unwrap();
+    assert_eq!(
+        store.get_secret(&name).await.unwrap(),
+        Some(Secret::new("s2"))
+    );
+    for (v, want) in [(&v1, "s1"), (&v2, "s2"), (&v3, "s3")] {
+        assert_eq!(
+            store.get_secret_version(&name, v).await.unwrap(),
+            Some(Secret::new(want))
+        );
+    }
+    assert_eq!(
+        store
+            .get_secret_version(&name, "00000000000000000000000000000000")
+            .await
+            .unwrap(),
+        None,
+        "an unknown version"
+    );
+    store.delete_secret(&name).await.unwrap();
+    assert_eq!(store.get_secret_version(&name, &v2).await.unwrap(), None);
+}
+
 /// Several processes provisioning the same new secret at once (local mode's starts, tests
 /// sharing one moto): every write succeeds and one of the values is current.
 async fn concurrent_first_writes_of_one_secret_all_succeed(p: Ports) {
@@ -1590,4 +1651,5 @@ contract!(
     parked_messages_are_listed_in_place_and_redriven_by_id_or_all_at_once,
     secrets_keep_the_previous_version_during_rotation,
     concurrent_first_writes_of_one_secret_all_succeed,
+    a_staged_secret_version_is_current_only_once_promoted_and_read_by_id_meanwhile,
 );

@@ -138,6 +138,7 @@ async fn a_status_callback_setting_is_set_read_replaced_and_removed_per_tenant(p
         tenant_id: a.clone(),
         url: "https://hooks.example.com/kirim".into(),
         secret_name: format!("kirim/tenants/{a}/status-callback-secret"),
+        secret_version: Some("0123456789abcdef0123456789abcdef".into()),
         updated_at: Utc::now(),
     };
     p.status_callbacks
@@ -170,6 +171,56 @@ async fn a_status_callback_setting_is_set_read_replaced_and_removed_per_tenant(p
         p.status_callbacks.get_status_callback(&a).await.unwrap(),
         None
     );
+}
+
+/// A `PUT` of the URL alone changes the URL and its time and nothing else (the secret's
+/// version another admin just set stays), and only on a setting that exists.
+async fn a_status_callback_url_is_changed_alone_and_only_on_a_setting_that_exists(p: Stores) {
+    let a = TenantId::generate();
+    let at = Utc::now();
+    assert!(
+        !p.status_callbacks
+            .set_status_callback_url(&a, "https://hooks.example.com/new", at)
+            .await
+            .unwrap(),
+        "no setting: refused"
+    );
+    assert_eq!(
+        p.status_callbacks
+            .get_status_callback_fresh(&a)
+            .await
+            .unwrap(),
+        None,
+        "and none made"
+    );
+    let setting = StatusCallback {
+        tenant_id: a.clone(),
+        url: "https://hooks.example.com/old".into(),
+        secret_name: format!("kirim/tenants/{a}/status-callback-secret"),
+        secret_version: Some("fedcba9876543210fedcba9876543210".into()),
+        updated_at: at - chrono::Duration::minutes(3),
+    };
+    p.status_callbacks
+        .put_status_callback(&setting)
+        .await
+        .unwrap();
+    assert!(p
+        .status_callbacks
+        .set_status_callback_url(&a, "https://hooks.example.com/new", at)
+        .await
+        .unwrap());
+    assert_eq!(
+        p.status_callbacks
+            .get_status_callback_fresh(&a)
+            .await
+            .unwrap(),
+        Some(StatusCallback {
+            url: "https://hooks.example.com/new".into(),
+            updated_at: at,
+            ..setting
+        })
+    );
+    p.status_callbacks.delete_status_callback(&a).await.unwrap();
 }
 
 fn owed(p: &Stores, t: &TenantId, sequence: u32) -> OwedCallback {
@@ -280,5 +331,6 @@ contract!(
     kept_statuses_expire_with_their_retention_class,
     indexing_a_wamid_says_whether_a_status_was_kept_for_it_first,
     a_status_callback_setting_is_set_read_replaced_and_removed_per_tenant,
+    a_status_callback_url_is_changed_alone_and_only_on_a_setting_that_exists,
     a_callback_the_queue_refused_is_kept_once_listed_forgotten_and_expires_in_a_week,
 );

@@ -744,6 +744,7 @@ async fn a_closed_out_tenants_status_callback_is_swept_as_active_config_and_an_o
                 tenant_id: t.id.clone(),
                 url: "https://hooks.example.com/kirim".into(),
                 secret_name: format!("kirim/tenants/{}/status-callback-secret", t.id),
+                secret_version: None,
                 updated_at: now,
             };
             callbacks.put_status_callback(&setting).await.unwrap();

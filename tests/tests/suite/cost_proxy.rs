@@ -251,6 +251,7 @@ async fn the_warm_cache_refreshes_what_may_lag_eventually_consistent_and_keys_an
             tenant_id: t.id.clone(),
             url: "https://example.com/kirim".into(),
             secret_name: "callback".into(),
+            secret_version: None,
             updated_at: chrono::Utc::now(),
         })
         .await

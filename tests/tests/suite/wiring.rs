@@ -124,6 +124,23 @@ impl SecretStore for Granted {
         self.check(name, SecretsManagerStore::DELETE)?;
         self.inner.delete_secret(name).await
     }
+    async fn stage_secret(&self, name: &str, value: &Secret) -> Result<String, StoreError> {
+        self.check(name, SecretsManagerStore::WRITE)?;
+        self.inner.stage_secret(name, value).await
+    }
+    async fn promote_secret(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        self.check(name, SecretsManagerStore::READ)?;
+        self.check(name, SecretsManagerStore::PROMOTE)?;
+        self.inner.promote_secret(name, version).await
+    }
+    async fn get_secret_version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<Secret>, StoreError> {
+        self.check(name, SecretsManagerStore::READ)?;
+        self.inner.get_secret_version(name, version).await
+    }
 }
 
 /// A callback receiver on a free loopback port, counting what it accepted.
@@ -208,13 +225,26 @@ async fn a_message_travels_through_functions_wired_only_with_the_ports_they_decl
     callbacks::put_setting(&admin, &tenant.id, update)
         .await
         .unwrap();
-    // The console's settings page replaces the secret (reading the one it replaces).
+    // The console's settings page replaces the secret (staged, then made current: which
+    // version is current is read to move the label).
     let update: callbacks::CallbackUpdate =
         serde_json::from_value(json!({"url": url, "secret": "whsec_wired_callback_secret_4567"}))
             .unwrap();
     callbacks::put_setting(&deps_for(Function::Console), &tenant.id, update)
         .await
         .unwrap();
+    let name = callbacks::secret_name(&admin, &tenant.id);
+    let current = deps_for(Function::StatusCallback)
+        .secrets
+        .store()
+        .get_secret(&name)
+        .await
+        .unwrap();
+    assert_eq!(
+        current.as_ref().map(|s| s.expose()),
+        Some("whsec_wired_callback_secret_4567"),
+        "made current (a failed promotion is only logged: its grant is checked here)"
+    );
 
     // send_api: the tenant sends; the job is queued.
     let send_api = deps_for(Function::SendApi);

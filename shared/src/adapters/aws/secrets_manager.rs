@@ -22,6 +22,9 @@ impl SecretsManagerStore {
         "secretsmanager:PutSecretValue",
         "secretsmanager:CreateSecret",
     ];
+    /// A staged version made current ([`SecretStore::promote_secret`]; it reads which
+    /// version is current first, so [`Self::READ`] too).
+    pub const PROMOTE: &'static [&'static str] = &["secretsmanager:UpdateSecretVersionStage"];
     pub const DELETE: &'static [&'static str] = &["secretsmanager:DeleteSecret"];
 
     pub fn new(client: Client) -> Self {
@@ -124,6 +127,115 @@ impl SecretStore for SecretsManagerStore {
             .and_then(|(_, at)| at))
     }
 
+    async fn stage_secret(&self, name: &str, value: &Secret) -> Result<String, StoreError> {
+        let staged = |name: &str| {
+            self.client
+                .put_secret_value()
+                .secret_id(name)
+                .secret_string(value.expose())
+                .version_stages("AWSPENDING")
+                .send()
+        };
+        match staged(name).await {
+            Ok(out) => version_id(out.version_id()),
+            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => {
+                match self
+                    .client
+                    .create_secret()
+                    .name(name)
+                    .secret_string(value.expose())
+                    .send()
+                    .await
+                {
+                    Ok(out) => version_id(out.version_id()),
+                    // Created by another writer meanwhile: staged beside theirs.
+                    Err(SdkError::ServiceError(e)) if e.err().is_resource_exists_exception() => {
+                        staged(name)
+                            .await
+                            .map_err(|e| classify("secretsmanager put", e))
+                            .and_then(|out| version_id(out.version_id()))
+                    }
+                    Err(e) => Err(classify("secretsmanager create", e)),
+                }
+            }
+            Err(e) => Err(classify("secretsmanager put", e)),
+        }
+    }
+
+    async fn promote_secret(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        // The label is moved from the version holding it, which must be named: read it,
+        // and again if another writer moved it in between (refused as a bad parameter).
+        let mut tries = 0;
+        loop {
+            let current = match self
+                .client
+                .get_secret_value()
+                .secret_id(name)
+                .version_stage("AWSCURRENT")
+                .send()
+                .await
+            {
+                Ok(out) => out.version_id().map(str::to_owned),
+                Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => {
+                    return Err(StoreError::NotFound)
+                }
+                Err(e) => return Err(classify("secretsmanager get", e)),
+            };
+            if current.as_deref() == Some(version) {
+                return Ok(());
+            }
+            match self
+                .client
+                .update_secret_version_stage()
+                .secret_id(name)
+                .version_stage("AWSCURRENT")
+                .move_to_version_id(version)
+                .set_remove_from_version_id(current)
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_invalid_parameter_exception() && tries < 2 =>
+                {
+                    tries += 1;
+                }
+                Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => {
+                    return Err(StoreError::NotFound)
+                }
+                Err(e) => return Err(classify("secretsmanager update version stage", e)),
+            }
+        }
+    }
+
+    async fn get_secret_version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<Secret>, StoreError> {
+        match self
+            .client
+            .get_secret_value()
+            .secret_id(name)
+            .version_id(version)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.secret_string().map(Secret::new)),
+            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => Ok(None),
+            Err(SdkError::ServiceError(e))
+                if e.err().is_invalid_request_exception()
+                    && e.err()
+                        .meta()
+                        .message()
+                        .is_some_and(|m| m.contains("delet")) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(classify("secretsmanager get", e)),
+        }
+    }
+
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
         match self
             .client
@@ -149,4 +261,10 @@ impl SecretStore for SecretsManagerStore {
             Err(e) => Err(classify("secretsmanager delete", e)),
         }
     }
+}
+
+/// The version id Secrets Manager answered a write with (always present on success).
+fn version_id(id: Option<&str>) -> Result<String, StoreError> {
+    id.map(str::to_owned)
+        .ok_or_else(|| StoreError::Corrupt("secretsmanager answered no version id".into()))
 }

@@ -1,5 +1,6 @@
-//! The secret store in memory (local mode, tests): a current and a previous version per
-//! name, like Secrets Manager's AWSCURRENT and AWSPREVIOUS.
+//! The secret store in memory (local mode, tests): versions by id per name, one of them
+//! current, one previous and one staged, like Secrets Manager's AWSCURRENT, AWSPREVIOUS
+//! and AWSPENDING.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,8 +12,27 @@ use crate::ports::SecretStore;
 use crate::secret::Secret;
 use crate::store_error::StoreError;
 
-/// A name's versions: the current one, when it was stored, and the previous one.
-type Versions = (Secret, DateTime<Utc>, Option<Secret>);
+/// A name's versions and which of them holds each stage.
+struct Versions {
+    by_id: HashMap<String, Secret>,
+    current: String,
+    /// When the current version became current.
+    current_at: DateTime<Utc>,
+    previous: Option<String>,
+}
+
+impl Versions {
+    fn get(&self, id: &str) -> Option<Secret> {
+        self.by_id.get(id).cloned()
+    }
+
+    fn promote(&mut self, id: &str) {
+        if self.current != id {
+            self.previous = Some(std::mem::replace(&mut self.current, id.to_owned()));
+            self.current_at = Utc::now();
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct MemorySecrets {
@@ -23,32 +43,88 @@ fn poisoned<T>(_: T) -> StoreError {
     StoreError::Unavailable("memory secrets lock poisoned".into())
 }
 
+/// A version id as Secrets Manager's are: unique, 32 to 64 characters.
+fn new_version() -> String {
+    format!("{:032x}", ulid::Ulid::new().0)
+}
+
+impl MemorySecrets {
+    /// Stores `value` as a new version of `name` (creating the name as current);
+    /// `true` if the name was new.
+    fn add(&self, name: &str, value: &Secret) -> Result<(String, bool), StoreError> {
+        let mut map = self.inner.lock().map_err(poisoned)?;
+        let id = new_version();
+        match map.get_mut(name) {
+            Some(versions) => {
+                versions.by_id.insert(id.clone(), value.clone());
+                Ok((id, false))
+            }
+            None => {
+                map.insert(
+                    name.to_owned(),
+                    Versions {
+                        by_id: HashMap::from([(id.clone(), value.clone())]),
+                        current: id.clone(),
+                        current_at: Utc::now(),
+                        previous: None,
+                    },
+                );
+                Ok((id, true))
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl SecretStore for MemorySecrets {
     async fn put_secret(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
-        let mut map = self.inner.lock().map_err(poisoned)?;
-        let previous = map.remove(name).map(|(cur, _, _)| cur);
-        map.insert(name.to_owned(), (value.clone(), Utc::now(), previous));
-        Ok(())
+        let (id, _) = self.add(name, value)?;
+        self.promote_secret(name, &id).await
     }
 
     async fn get_secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {
         let map = self.inner.lock().map_err(poisoned)?;
-        Ok(map.get(name).map(|(cur, _, _)| cur.clone()))
+        Ok(map.get(name).and_then(|v| v.get(&v.current)))
     }
 
     async fn get_previous_secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {
         let map = self.inner.lock().map_err(poisoned)?;
-        Ok(map.get(name).and_then(|(_, _, prev)| prev.clone()))
+        Ok(map
+            .get(name)
+            .and_then(|v| v.previous.as_deref().and_then(|p| v.get(p))))
     }
 
     async fn rotated_at(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
         let map = self.inner.lock().map_err(poisoned)?;
-        Ok(map.get(name).map(|(_, at, _)| *at))
+        Ok(map.get(name).map(|v| v.current_at))
     }
 
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
         self.inner.lock().map_err(poisoned)?.remove(name);
         Ok(())
+    }
+
+    async fn stage_secret(&self, name: &str, value: &Secret) -> Result<String, StoreError> {
+        Ok(self.add(name, value)?.0)
+    }
+
+    async fn promote_secret(&self, name: &str, version: &str) -> Result<(), StoreError> {
+        let mut map = self.inner.lock().map_err(poisoned)?;
+        match map.get_mut(name) {
+            Some(versions) if versions.by_id.contains_key(version) => {
+                versions.promote(version);
+                Ok(())
+            }
+            _ => Err(StoreError::NotFound),
+        }
+    }
+
+    async fn get_secret_version(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<Secret>, StoreError> {
+        let map = self.inner.lock().map_err(poisoned)?;
+        Ok(map.get(name).and_then(|v| v.get(version)))
     }
 }

@@ -138,6 +138,30 @@ impl StatusCallbackStore for DynamoStore {
             .transpose()
     }
 
+    async fn set_status_callback_url(
+        &self,
+        tenant: &TenantId,
+        url: &str,
+        updated_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::status_callback(tenant).attrs()))
+            .update_expression("SET #url = :url, updated_at = :at")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#url", "url")
+            .expression_attribute_values(":url", s(url))
+            .expression_attribute_values(
+                ":at",
+                s(updated_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            )
+            .send()
+            .await;
+        written("dynamodb update", res)
+    }
+
     async fn delete_status_callback(&self, tenant: &TenantId) -> Result<bool, StoreError> {
         let res = self
             .client

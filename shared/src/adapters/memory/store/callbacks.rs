@@ -2,6 +2,7 @@
 //! DynamoDB, under the one lock.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use super::MemoryStore;
 use crate::adapters::aws::keys;
@@ -74,6 +75,23 @@ impl StatusCallbackStore for MemoryStore {
         tenant: &TenantId,
     ) -> Result<Option<StatusCallback>, StoreError> {
         Ok(self.lock()?.status_callbacks.get(tenant).cloned())
+    }
+
+    async fn set_status_callback_url(
+        &self,
+        tenant: &TenantId,
+        url: &str,
+        updated_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        Ok(match s.status_callbacks.get_mut(tenant) {
+            Some(setting) => {
+                setting.url = url.to_owned();
+                setting.updated_at = updated_at;
+                true
+            }
+            None => false,
+        })
     }
 
     async fn delete_status_callback(&self, tenant: &TenantId) -> Result<bool, StoreError> {
