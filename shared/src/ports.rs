@@ -73,6 +73,24 @@ impl ApiKeyRecord {
     pub fn usable_at(&self, now: DateTime<Utc>) -> bool {
         !self.revoked && self.expires_at.is_none_or(|e| e > now)
     }
+
+    /// When it stops (or stopped) authenticating for good: its revocation or its expiry,
+    /// whichever comes first; `None` while it has neither.
+    pub fn ended_at(&self) -> Option<DateTime<Utc>> {
+        let revoked = self.revoked_at.filter(|_| self.revoked);
+        match (revoked, self.expires_at) {
+            (Some(r), Some(e)) => Some(r.min(e)),
+            (r, e) => r.or(e),
+        }
+    }
+
+    /// When both its copies expire (epoch seconds, the items' `ttl`):
+    /// [`ENDED_KEY_RETENTION`](crate::domain::ENDED_KEY_RETENTION) after it ended.
+    pub fn ttl(&self) -> Option<i64> {
+        let keep = crate::domain::ENDED_KEY_RETENTION.as_secs() as i64;
+        self.ended_at()
+            .map(|at| at.timestamp().saturating_add(keep))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -33,8 +33,8 @@ pub use optout::{
 pub use phone::{mask_phone, wamid_tail, PhoneNumber, PhoneNumberError};
 pub use retention::{
     parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION,
-    CUSTOMER_SERVICE_WINDOW, LOGIN_FAILURES_RETENTION, LOST_FANOUT_MARGIN, OPTED_IN_RETENTION,
-    SEND_SLOT_RETENTION, UNSENT_STALE_AFTER,
+    CUSTOMER_SERVICE_WINDOW, ENDED_KEY_RETENTION, LOGIN_FAILURES_RETENTION, LOST_FANOUT_MARGIN,
+    OPTED_IN_RETENTION, SEND_SLOT_RETENTION, UNSENT_STALE_AFTER,
 };
 pub use role::Role;
 pub use status::{MessageStatus, StatusError};

@@ -53,6 +53,10 @@ pub const UNSENT_STALE_AFTER: Duration = Duration::from_secs(5 * DAY);
 /// How long a user's opting back in (START, a marketing `resume`) is kept against an older
 /// STOP delivered after it (not configurable): as long as Meta retries a webhook.
 pub const OPTED_IN_RETENTION: Duration = Duration::from_secs(7 * DAY);
+/// How long an API key is kept after it ended (revoked, expired, or its rotation's grace
+/// over; not configurable): listed as ended meanwhile, then both copies expire, so a
+/// tenant that rotates its keys does not gather every key it ever had.
+pub const ENDED_KEY_RETENTION: Duration = Duration::from_secs(90 * DAY);
 /// How long a number's send slot outlives its last reservation (not configurable).
 pub const SEND_SLOT_RETENTION: Duration = Duration::from_secs(3600);
 /// How long a failed-login counter outlives its last failure (not configurable).

@@ -97,6 +97,133 @@ async fn a_revoked_key_is_revoked_under_both_lookups_and_never_for_another_tenan
     );
 }
 
+/// An ended key (revoked, expired, rotated out) is still listed, as ended, for 90 days
+/// after it ended; then it is gone from every lookup and the sweep removes both copies. A
+/// key that never ends stays. Before, ended keys were kept while the tenant existed, and
+/// every list (and every create, counting live keys) read them all.
+async fn an_ended_key_is_kept_ninety_days_after_it_ended_then_both_copies_go(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let start = p.clock.now();
+    let forever = key_for(&t);
+    let revoked = key_for(&t);
+    let mut expiring = key_for(&t);
+    expiring.expires_at = Some(start + Duration::days(1));
+    let rotated = key_for(&t);
+    for k in [&forever, &revoked, &expiring, &rotated] {
+        p.api_keys.put_api_key(k).await.unwrap();
+    }
+    p.api_keys
+        .revoke_api_key(&t.id, &revoked.id, start)
+        .await
+        .unwrap()
+        .expect("revoked");
+    let successor = key_for(&t);
+    p.api_keys
+        .rotate_api_key(&t.id, &rotated.id, &successor, start + Duration::hours(1))
+        .await
+        .unwrap();
+    // Both copies carry the end as their TTL.
+    let ttls = |items: Vec<kirim::ports::StoredItem>, k: &ApiKeyRecord| -> Vec<Option<i64>> {
+        items
+            .into_iter()
+            .filter(|i| {
+                (i.pk.starts_with("APIKEY#") || i.sk.starts_with("APIKEY#"))
+                    && i.attributes["id"] == k.id.as_str()
+            })
+            .map(|i| i.ttl)
+            .collect()
+    };
+    let day = 86_400;
+    let items = p.retention.stored_items().await.unwrap();
+    assert_eq!(
+        ttls(items.clone(), &revoked),
+        [Some(start.timestamp() + 90 * day); 2]
+    );
+    assert_eq!(
+        ttls(items.clone(), &rotated),
+        [Some(start.timestamp() + 3600 + 90 * day); 2]
+    );
+    assert_eq!(
+        ttls(items.clone(), &expiring),
+        [Some(start.timestamp() + 91 * day); 2]
+    );
+    assert_eq!(ttls(items, &forever), [None; 2]);
+
+    let present = |k: ApiKeyRecord| {
+        let p = &p;
+        let t = &t;
+        async move {
+            let listed = p.api_keys.list_api_keys(&t.id).await.unwrap();
+            let by_id = p.api_keys.get_api_key(&t.id, &k.id).await.unwrap();
+            let by_hash = p.tenants.api_key_by_hash(&k.key_hash).await.unwrap();
+            let in_list = listed.iter().any(|x| x.id == k.id);
+            assert_eq!(
+                (in_list, by_id.is_some()),
+                (by_hash.is_some(), by_hash.is_some()),
+                "every lookup agrees"
+            );
+            in_list
+        }
+    };
+    let all = [&forever, &revoked, &expiring, &rotated, &successor];
+    p.clock.advance(Duration::days(90) - Duration::minutes(1));
+    for k in all {
+        assert!(
+            present(k.clone()).await,
+            "still listed 90 days on: {}",
+            k.id
+        );
+    }
+    p.clock.advance(Duration::minutes(30));
+    assert!(
+        !present(revoked.clone()).await,
+        "90 days after its revocation"
+    );
+    assert!(
+        present(rotated.clone()).await,
+        "its grace ended an hour later"
+    );
+    assert_eq!(
+        p.api_keys
+            .revoke_api_key(&t.id, &revoked.id, p.clock.now())
+            .await
+            .unwrap(),
+        None,
+        "gone: nothing to revoke"
+    );
+    p.clock.advance(Duration::hours(1));
+    assert!(!present(rotated.clone()).await);
+    assert!(matches!(
+        p.api_keys
+            .rotate_api_key(&t.id, &rotated.id, &key_for(&t), p.clock.now())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(
+        present(expiring.clone()).await,
+        "expired a day after the start"
+    );
+    p.clock.advance(Duration::days(1));
+    assert!(!present(expiring.clone()).await);
+    assert!(present(forever.clone()).await && present(successor.clone()).await);
+
+    let swept = p
+        .retention
+        .sweep_page(p.clock.now(), None, 10_000)
+        .await
+        .unwrap();
+    assert!(swept.next.is_none(), "one page");
+    let items = p.retention.stored_items().await.unwrap();
+    for k in [&revoked, &rotated, &expiring] {
+        assert!(
+            ttls(items.clone(), k).is_empty(),
+            "both copies swept: {}",
+            k.id
+        );
+    }
+    assert_eq!(ttls(items, &forever).len(), 2);
+}
+
 async fn rotation_stores_the_new_key_and_ends_the_old_one_once(p: Ports) {
     let t = onboarded(&p, 0).await;
     let old = key_for(&t);
@@ -565,6 +692,7 @@ contract!(
     a_key_is_found_by_hash_and_by_id_only_within_its_tenant,
     a_revoked_key_is_revoked_under_both_lookups_and_never_for_another_tenant,
     rotation_stores_the_new_key_and_ends_the_old_one_once,
+    an_ended_key_is_kept_ninety_days_after_it_ended_then_both_copies_go,
     concurrent_rotations_of_one_key_let_exactly_one_succeed,
     an_allow_list_is_replaced_whole_and_needs_a_tenant,
     a_tenant_can_be_suspended_and_resumed_but_closing_is_final,

@@ -621,11 +621,22 @@ async fn a_closed_tenant_is_closed_out_once_by_the_retention_run(b: Backend) {
                 "the account record: 7 years from closing"
             );
             assert!(row.attrs["closed_out_at"].is_string());
-        } else if row.pk == mine
-            && ["APIKEY#", "OPTOUT#", "USER#"]
-                .iter()
-                .any(|p| row.sk.starts_with(p))
-        {
+        } else if row.pk == mine && row.sk.starts_with("APIKEY#") {
+            // Revoked by the close-out: its own 90 days from then, before the
+            // configuration's TTL.
+            let revoked_at = row.attrs["revoked_at"]
+                .as_str()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .expect("revoked at the close-out")
+                .timestamp();
+            let ended = revoked_at + kirim::domain::ENDED_KEY_RETENTION.as_secs() as i64;
+            assert_eq!(
+                row.ttl,
+                Some(ended.min(closed_at + messages)),
+                "{}: 90 days after its revocation",
+                row.sk
+            );
+        } else if row.pk == mine && ["OPTOUT#", "USER#"].iter().any(|p| row.sk.starts_with(p)) {
             assert_eq!(
                 row.ttl,
                 Some(closed_at + messages),

@@ -940,11 +940,16 @@ impl DynamoStore {
     /// The two copies of a key: under its hash (authentication) and in its tenant's
     /// partition (listing, management by id).
     fn api_key_puts(&self, key: &ApiKeyRecord) -> Result<Vec<TransactWriteItem>, StoreError> {
-        let auth = to_item(key, &keys::api_key_by_hash(&key.key_hash).pairs(), None)?;
+        // A key made with an expiry expires (as items) its retention after it ends.
+        let auth = to_item(
+            key,
+            &keys::api_key_by_hash(&key.key_hash).pairs(),
+            key.ttl(),
+        )?;
         let owned = to_item(
             key,
             &keys::api_key_of_tenant(&key.tenant_id, &key.id).pairs(),
-            None,
+            key.ttl(),
         )?;
         Ok(vec![
             self.put(auth, Some("attribute_not_exists(pk)"))?,
@@ -971,6 +976,9 @@ impl DynamoStore {
                 .set_key(Some(k.attrs()))
                 .update_expression(expr)
                 .condition_expression(condition);
+            if expr.contains("#ttl") {
+                u = u.expression_attribute_names("#ttl", TTL_ATTR);
+            }
             for (k, v) in values {
                 u = u.expression_attribute_values(*k, v.clone());
             }
@@ -1023,19 +1031,25 @@ impl ApiKeyStore for DynamoStore {
         if key.revoked {
             return Ok(Some(key));
         }
+        let mut revoked = key.clone();
+        revoked.revoked = true;
+        revoked.revoked_at = Some(at);
+        // Ended now (or at its expiry, if that came first): both copies expire its
+        // retention later.
+        let ttl = revoked.ttl().unwrap_or(i64::MAX);
         let items = self.api_key_updates(
             &key,
-            "SET revoked = :t, revoked_at = :at",
+            "SET revoked = :t, revoked_at = :at, #ttl = :ttl",
             "attribute_exists(pk)",
             &[
                 (":t", AttributeValue::Bool(true)),
                 (":at", dyn_value(&Some(at))?),
+                (":ttl", n(ttl)),
             ],
         )?;
         match self.transact(items).await {
             Ok(()) => {
-                key.revoked = true;
-                key.revoked_at = Some(at);
+                key = revoked;
                 Ok(Some(key))
             }
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Ok(None),
@@ -1055,11 +1069,15 @@ impl ApiKeyStore for DynamoStore {
             .await?
             .ok_or(StoreError::NotFound)?;
         let mut items = self.api_key_puts(new)?;
+        // Ends at the grace's end: both copies expire its retention later.
+        let mut ending = old.clone();
+        ending.expires_at = Some(old_expires_at);
+        let ttl = ending.ttl().unwrap_or(i64::MAX);
         // Only a live, never-rotated key may be rotated: two concurrent rotations
         // cannot both succeed.
         items.extend(self.api_key_updates(
             &old,
-            "SET expires_at = :e, replaced_by = :n",
+            "SET expires_at = :e, replaced_by = :n, #ttl = :ttl",
             "attribute_exists(pk) AND revoked = :f AND (attribute_not_exists(replaced_by) \
              OR attribute_type(replaced_by, :null))",
             &[
@@ -1067,6 +1085,7 @@ impl ApiKeyStore for DynamoStore {
                 (":n", s(new.id.clone())),
                 (":f", AttributeValue::Bool(false)),
                 (":null", s("NULL")),
+                (":ttl", n(ttl)),
             ],
         )?);
         match self.transact(items).await {

@@ -460,7 +460,12 @@ impl TenantStore for MemoryStore {
     }
 
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        Ok(self.lock()?.keys.get(key_hash).cloned())
+        Ok(self
+            .lock()?
+            .keys
+            .get(key_hash)
+            .filter(|k| self.live(k.ttl()))
+            .cloned())
     }
 
     async fn tenants_by_waba(&self, waba_id: &str) -> Result<Vec<TenantId>, StoreError> {
@@ -588,7 +593,7 @@ impl ApiKeyStore for MemoryStore {
         let mut keys: Vec<ApiKeyRecord> = s
             .keys
             .values()
-            .filter(|k| &k.tenant_id == tenant)
+            .filter(|k| &k.tenant_id == tenant && self.live(k.ttl()))
             .cloned()
             .collect();
         keys.sort_by(|a, b| a.id.cmp(&b.id));
@@ -600,7 +605,11 @@ impl ApiKeyStore for MemoryStore {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
-        Ok(self.lock()?.key_of_tenant(tenant, id).cloned())
+        Ok(self
+            .lock()?
+            .key_of_tenant(tenant, id)
+            .filter(|k| self.live(k.ttl()))
+            .cloned())
     }
 
     async fn revoke_api_key(
@@ -610,7 +619,11 @@ impl ApiKeyStore for MemoryStore {
         at: DateTime<Utc>,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
         let mut s = self.lock()?;
-        let Some(hash) = s.key_of_tenant(tenant, id).map(|k| k.key_hash.clone()) else {
+        let Some(hash) = s
+            .key_of_tenant(tenant, id)
+            .filter(|k| self.live(k.ttl()))
+            .map(|k| k.key_hash.clone())
+        else {
             return Ok(None);
         };
         let Some(k) = s.keys.get_mut(&hash) else {
@@ -631,7 +644,11 @@ impl ApiKeyStore for MemoryStore {
         old_expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut s = self.lock()?;
-        let Some(hash) = s.key_of_tenant(tenant, old_id).map(|k| k.key_hash.clone()) else {
+        let Some(hash) = s
+            .key_of_tenant(tenant, old_id)
+            .filter(|k| self.live(k.ttl()))
+            .map(|k| k.key_hash.clone())
+        else {
             return Err(StoreError::NotFound);
         };
         if s.keys.contains_key(&new.key_hash) || s.key_of_tenant(tenant, &new.id).is_some() {

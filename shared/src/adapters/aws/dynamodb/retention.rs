@@ -169,14 +169,19 @@ impl DynamoStore {
                 if !revoked && self.revoke_api_key(tenant, key_id, now).await?.is_some() {
                     counts.keys_revoked += 1;
                 }
-                if let Some(hash) = str_attr(&item, "key_hash") {
-                    if self
-                        .set_ttl_if_absent(keys::api_key_by_hash(hash), ttls.config)
-                        .await?
-                    {
+                // Both copies: the configuration's TTL, or the key's own if it ended
+                // long enough ago to expire first (its revocation just now set one).
+                let own = Key {
+                    pk: pk.clone(),
+                    sk: sk.to_owned(),
+                };
+                let hash = str_attr(&item, "key_hash").map(keys::api_key_by_hash);
+                for copy in hash.into_iter().chain([own]) {
+                    if self.set_ttl_if_earlier(copy, ttls.config).await? {
                         counts.items_given_ttl += 1;
                     }
                 }
+                return Ok(counts);
             }
             Some(ItemKind::User) => {
                 if let Some(email) = str_attr(&item, "email") {
@@ -221,13 +226,25 @@ impl DynamoStore {
 
     /// `SET ttl` on an existing item that has none; `false` if it has one or is absent.
     async fn set_ttl_if_absent(&self, key: Key, ttl: i64) -> Result<bool, StoreError> {
+        self.set_ttl_where(key, ttl, "attribute_not_exists(#ttl)")
+            .await
+    }
+
+    /// `SET ttl` on an existing item that has none or a later one (an ended API key's own
+    /// expiry, 90 days after it ended): the earlier of the two stands. `false` otherwise.
+    async fn set_ttl_if_earlier(&self, key: Key, ttl: i64) -> Result<bool, StoreError> {
+        self.set_ttl_where(key, ttl, "(attribute_not_exists(#ttl) OR #ttl > :ttl)")
+            .await
+    }
+
+    async fn set_ttl_where(&self, key: Key, ttl: i64, condition: &str) -> Result<bool, StoreError> {
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key.attrs()))
             .update_expression("SET #ttl = :ttl")
-            .condition_expression("attribute_exists(pk) AND attribute_not_exists(#ttl)")
+            .condition_expression(format!("attribute_exists(pk) AND {condition}"))
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_values(":ttl", n(ttl))
             .send()

@@ -60,6 +60,12 @@ impl RetentionStore for MemoryStore {
         sweep!(page, K::AuditParked, s.audit_parked, |_, p| live(
             p.expires_at
         ));
+        // An ended key's two copies, its retention after it ended.
+        let before = s.keys.len();
+        s.keys.retain(|_, k| live(k.ttl()));
+        let removed = before - s.keys.len();
+        page.count(K::ApiKeyByHash.class(), removed);
+        page.count(K::ApiKeyOfTenant.class(), removed);
         sweep!(page, K::Idempotency, s.idempotency, |_, r| live(
             r.expires_at
         ));
@@ -195,8 +201,10 @@ impl RetentionStore for MemoryStore {
         if t.status != TenantStatus::Closed {
             return Ok(counts); // only a closed tenant is closed out
         }
+        let now_secs = now.timestamp();
         for k in s.keys.values_mut().filter(|k| &k.tenant_id == tenant) {
-            if !k.revoked {
+            // As the table's adapter, which no longer finds a key past its own TTL.
+            if !k.revoked && k.ttl().is_none_or(|t| t > now_secs) {
                 k.revoked = true;
                 k.revoked_at = Some(now);
                 counts.keys_revoked += 1;
@@ -256,7 +264,11 @@ impl RetentionStore for MemoryStore {
         }
         for k in s.keys.values() {
             let a = to_value(k).unwrap_or_default();
-            let ttl = config_ttl(&k.tenant_id);
+            // The earlier of its own (an ended key's) and the close-out's.
+            let ttl = match (k.ttl(), config_ttl(&k.tenant_id)) {
+                (Some(own), Some(config)) => Some(own.min(config)),
+                (own, config) => own.or(config),
+            };
             item(keys::api_key_by_hash(&k.key_hash), ttl, a.clone());
             item(keys::api_key_of_tenant(&k.tenant_id, &k.id), ttl, a);
         }
