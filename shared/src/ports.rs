@@ -641,14 +641,6 @@ pub trait IdempotencyStore: Send + Sync {
         debit: &LedgerEntry,
         key: &IdempotencyRecord,
     ) -> Result<IdempotentInsert, StoreError>;
-    /// Forgets the key's record if it still names `message_id` (the message could not be
-    /// queued and was refunded: a retry with the key must be able to go through).
-    async fn release_idempotency(
-        &self,
-        tenant: &TenantId,
-        key_hash: &str,
-        message_id: &MessageId,
-    ) -> Result<(), StoreError>;
     /// The live record for a key, if any.
     async fn get_idempotency(
         &self,
@@ -829,6 +821,9 @@ pub enum MetaSendError {
         http_status: u16,
         code: i64,
         title: String,
+        /// Meta's own `is_transient` ("temporary: the request should be retried"), when
+        /// its error says: decides for a code Kirim's table does not know.
+        is_transient: Option<bool>,
     },
     /// The request may have reached Meta but no answer came in time: ambiguous.
     #[error("meta did not answer in time")]

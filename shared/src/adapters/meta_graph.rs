@@ -66,6 +66,16 @@ struct MetaErrorBody {
     message: String,
     #[serde(default)]
     error_user_title: Option<String>,
+    /// A value that is not a boolean reads as unsaid.
+    #[serde(default, deserialize_with = "lenient_bool")]
+    is_transient: Option<bool>,
+}
+
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Bool(b) => Some(b),
+        _ => None,
+    })
 }
 
 /// The template fields a sync reads (Meta answers only `id`, `name`... without them).
@@ -79,6 +89,7 @@ fn unusable_token() -> MetaSendError {
         http_status: 401,
         code: 190,
         title: "the access token cannot be sent (it holds characters a header cannot carry)".into(),
+        is_transient: None,
     }
 }
 
@@ -172,6 +183,7 @@ fn api_error(status: u16, bytes: &[u8], token: &Secret) -> MetaSendError {
                 http_status: status,
                 code,
                 title,
+                is_transient: env.error.is_transient,
             }
         }
         Err(_) => MetaSendError::Protocol(status),
@@ -304,6 +316,36 @@ mod tests {
             .await
             .expect("accepted");
         assert_eq!(got.wamid, "wamid.A");
+    }
+
+    /// Meta's `is_transient` is read from its error (a value not a boolean reads as
+    /// unsaid), for the dispatcher to decide on a code it does not know.
+    #[tokio::test]
+    async fn metas_is_transient_is_read_from_its_error() {
+        let token = Secret::new("EAAGtoken0123456789");
+        for (given, read) in [
+            (serde_json::json!(true), Some(true)),
+            (serde_json::json!(false), Some(false)),
+            (serde_json::json!("yes"), None),
+            (serde_json::Value::Null, None),
+        ] {
+            let mut error =
+                serde_json::json!({"message": "new", "code": 139999, "fbtrace_id": "A"});
+            if !given.is_null() {
+                error["is_transient"] = given.clone();
+            }
+            let body = serde_json::json!({ "error": error });
+            let base = answering(400, body.to_string().into_bytes()).await;
+            let meta =
+                MetaGraphClient::new(&base, "v23.0", Duration::from_secs(5)).expect("a client");
+            let got = meta
+                .send_message("123", &token, &serde_json::json!({}))
+                .await;
+            let Err(MetaSendError::Api { is_transient, .. }) = got else {
+                panic!("{given}: {got:?}");
+            };
+            assert_eq!(is_transient, read, "{given}");
+        }
     }
 
     /// Meta's text about a refused token never carries the token (the Graph API echoes a

@@ -39,6 +39,14 @@ pub enum ErrorClass {
 }
 
 pub fn classify(code: i64, http_status: u16) -> ErrorClass {
+    classify_reported(code, http_status, None)
+}
+
+/// [`classify`], with Meta's own `is_transient` where its error gave one: it decides for a
+/// code the table does not know (a new code Meta says to retry is retried though answered
+/// 4xx; one it says not to is not, though answered 5xx). A known code keeps its row:
+/// the table is what Meta's error reference says of it.
+pub fn classify_reported(code: i64, http_status: u16, is_transient: Option<bool>) -> ErrorClass {
     use ErrorClass::*;
     match code {
         // Graph API rate limits (4 app, 17 user, 32 page, 613 calls per hour; 80007 and
@@ -50,9 +58,12 @@ pub fn classify(code: i64, http_status: u16) -> ErrorClass {
         c if super::errors::ACCOUNT_STOP_CODES.contains(&c) => TenantStop,
         100 | 131008 | 131009 | 131021 | 131026 | 131047 | 131051 | 131052 | 131053 | 132000
         | 132001 | 132005 | 132007 | 132012 | 132015 | 132016 | 133010 | 135000 => Permanent,
-        // Unknown codes: a 5xx or a 429 (a rate limit by its HTTP status) is worth another
-        // try; anything else is not, so an unknown rejection can never cause a burst of
-        // repeated sends.
+        // Unknown codes: Meta's word, where it gave one (a bounded number of tries
+        // either way); else a 5xx or a 429 (a rate limit by its HTTP status) is worth
+        // another try and anything else is not, so an unknown rejection can never cause a
+        // burst of repeated sends.
+        _ if is_transient == Some(true) => Transient,
+        _ if is_transient == Some(false) => Permanent,
         _ if http_status >= 500 || http_status == 429 => Transient,
         _ => Permanent,
     }
@@ -1048,8 +1059,9 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     http_status,
                     code,
                     title,
+                    is_transient,
                 } => (
-                    classify(*code, *http_status),
+                    classify_reported(*code, *http_status, *is_transient),
                     MessageError {
                         code: (*code).into(),
                         title: title.clone(),
@@ -1320,7 +1332,13 @@ mod tests {
     }
 
     #[test]
-    fn unknown_codes_retry_only_on_server_errors_and_rate_limits() {
+    fn unknown_codes_retry_as_meta_says_else_only_on_server_errors_and_rate_limits() {
+        // Meta's own word decides for an unknown code, never for a known one.
+        assert_eq!(classify_reported(999_999, 400, Some(true)), Transient);
+        assert_eq!(classify_reported(999_999, 503, Some(false)), Permanent);
+        assert_eq!(classify_reported(999_999, 503, None), Transient);
+        assert_eq!(classify_reported(131026, 400, Some(true)), Permanent);
+        assert_eq!(classify_reported(131000, 500, Some(false)), Transient);
         assert_eq!(classify(999_999, 503), Transient);
         assert_eq!(classify(999_999, 429), Transient);
         assert_eq!(classify(999_999, 400), Permanent);

@@ -120,19 +120,53 @@ pub async fn sync(deps: &Deps, tenant: &Tenant) -> Result<Synced, ServiceError> 
 }
 
 /// [`sync`] for each of `wabas` (a tenant's numbers may sit on several), adding up what
-/// was synced; the first failure stops it (what was synced before stays).
+/// was synced; the first failure stops it (what was synced before stays, and the error
+/// says so).
 pub async fn sync_all(
     deps: &Deps,
     tenant: &Tenant,
     wabas: &[String],
 ) -> Result<Synced, ServiceError> {
-    let mut total = Synced::default();
-    for waba in wabas {
-        let done = sync_waba(deps, tenant, waba).await?;
-        total.synced += done.synced;
-        total.removed += done.removed;
+    sync_all_into(deps, tenant, wabas, &std::sync::Mutex::default()).await
+}
+
+/// [`sync_all`], adding each WABA's counts to `done` as it finishes: a later WABA's
+/// failure, or a caller that gives up waiting, can then say what the earlier ones synced
+/// and removed (a `502` that said "none removed" of the failing WABA hid the earlier
+/// WABAs' removals).
+async fn sync_all_into(
+    deps: &Deps,
+    tenant: &Tenant,
+    wabas: &[String],
+    done: &std::sync::Mutex<Synced>,
+) -> Result<Synced, ServiceError> {
+    let so_far = || done.lock().map(|d| *d).unwrap_or_default();
+    for (i, waba) in wabas.iter().enumerate() {
+        match sync_waba(deps, tenant, waba).await {
+            Ok(d) => {
+                if let Ok(mut total) = done.lock() {
+                    total.synced += d.synced;
+                    total.removed += d.removed;
+                }
+            }
+            Err(ServiceError::MetaUnavailable(why)) if i > 0 => {
+                return Err(ServiceError::MetaUnavailable(format!(
+                    "WABA {waba}: {why}; {}",
+                    earlier_wabas(so_far())
+                )))
+            }
+            Err(e) => return Err(e),
+        }
     }
-    Ok(total)
+    Ok(so_far())
+}
+
+/// What the WABAs synced before a failure did (kept: each WABA's sync is its own).
+fn earlier_wabas(done: Synced) -> String {
+    format!(
+        "the account's WABAs before it were synced: {} templates synced, {} removed",
+        done.synced, done.removed
+    )
 }
 
 /// How long a sync made inside a request may read Meta: API Gateway gives up at 30 s.
@@ -148,13 +182,21 @@ pub async fn sync_all_within(
     wabas: &[String],
     within: std::time::Duration,
 ) -> Result<Synced, ServiceError> {
-    match tokio::time::timeout(within, sync_all(deps, tenant, wabas)).await {
-        Ok(done) => done,
+    let done = std::sync::Mutex::default();
+    match tokio::time::timeout(within, sync_all_into(deps, tenant, wabas, &done)).await {
+        Ok(result) => result,
         Err(_) => {
             tracing::warn!(tenant_id = %tenant.id, "template sync cut short by its deadline");
+            let earlier = done.lock().map(|d| *d).unwrap_or_default();
+            let earlier = if earlier == Synced::default() {
+                String::new()
+            } else {
+                format!(" ({})", earlier_wabas(earlier))
+            };
             Err(ServiceError::MetaUnavailable(format!(
                 "Meta's template list was not read within {} s; the templates read so far \
-                 are kept and none was removed: the daily sync finishes it",
+                 are kept and none was removed from the WABA being read{earlier}: the daily \
+                 sync finishes it",
                 within.as_secs()
             )))
         }

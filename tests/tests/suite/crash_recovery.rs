@@ -146,16 +146,6 @@ impl kirim::ports::IdempotencyStore for LandedUnanswered {
         assert!(matches!(landed, kirim::ports::IdempotentInsert::Inserted));
         Err(StoreError::Unavailable("timed out after the commit".into()))
     }
-    async fn release_idempotency(
-        &self,
-        tenant: &TenantId,
-        key_hash: &str,
-        message_id: &kirim::domain::MessageId,
-    ) -> Result<(), StoreError> {
-        self.0
-            .release_idempotency(tenant, key_hash, message_id)
-            .await
-    }
     async fn get_idempotency(
         &self,
         tenant: &TenantId,
@@ -1656,6 +1646,7 @@ impl kirim::ports::MetaClient for Refusing {
             http_status: 400,
             code: self.0,
             title: "refused for the test".into(),
+            is_transient: None,
         })
     }
     async fn list_templates(
@@ -1666,6 +1657,90 @@ impl kirim::ports::MetaClient for Refusing {
     ) -> Result<kirim::domain::template::MetaTemplatePage, kirim::ports::MetaSendError> {
         Ok(Default::default())
     }
+}
+
+/// Meta's API answering every send with an error of its shape, counting the sends.
+struct Answering {
+    http_status: u16,
+    code: i64,
+    is_transient: Option<bool>,
+    sends: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl kirim::ports::MetaClient for Answering {
+    async fn send_message(
+        &self,
+        _phone_number_id: &str,
+        _token: &kirim::secret::Secret,
+        _body: &serde_json::Value,
+    ) -> Result<kirim::ports::MetaAccepted, kirim::ports::MetaSendError> {
+        self.sends.fetch_add(1, Ordering::SeqCst);
+        Err(kirim::ports::MetaSendError::Api {
+            http_status: self.http_status,
+            code: self.code,
+            title: "a code Kirim does not know".into(),
+            is_transient: self.is_transient,
+        })
+    }
+    async fn list_templates(
+        &self,
+        _waba_id: &str,
+        _token: &kirim::secret::Secret,
+        _after: Option<&str>,
+    ) -> Result<kirim::domain::template::MetaTemplatePage, kirim::ports::MetaSendError> {
+        Ok(Default::default())
+    }
+}
+
+/// A code Kirim's table does not know is retried, or failed and refunded, as Meta's own
+/// `is_transient` says, whatever the HTTP status; without it, by the status. Meta's field
+/// was not read: a new code Meta said to retry, answered 4xx, failed the message at once,
+/// and one it said not to retry, answered 5xx, was sent again and again.
+async fn an_unknown_meta_code_is_retried_as_metas_is_transient_says(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    for (i, (http_status, is_transient, retried)) in [
+        (400, Some(true), true),
+        (503, Some(false), false),
+        (400, None, false),
+        (500, None, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (m, job) = accepted_with_job(&t, &tenant, &format!("+6012345994{i}")).await;
+        let meta = Arc::new(Answering {
+            http_status,
+            code: 139_990 + i as i64,
+            is_transient,
+            sends: Default::default(),
+        });
+        let mut deps = t.app.deps.clone();
+        deps.meta = meta.clone();
+        let outcome = dispatch::handle_in_batch(&deps, &job).await;
+        let after = deps
+            .messages
+            .get_message(&tenant, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        let case = format!("http {http_status}, is_transient {is_transient:?}");
+        assert_eq!(meta.sends.load(Ordering::SeqCst), 1, "{case}");
+        if retried {
+            assert_eq!(after.status, MessageStatus::Accepted, "{case}: {outcome:?}");
+        } else {
+            assert_eq!(after.status, MessageStatus::Failed, "{case}");
+            assert_eq!(
+                after.error.map(|e| e.code.to_string()),
+                Some((139_990 + i as i64).to_string()),
+                "{case}"
+            );
+        }
+    }
+    let (_, refunds) = ledger_of(&t, &tenant).await;
+    assert_eq!(refunds.len(), 2, "the two failed ones refunded");
 }
 
 /// Meta's final refusal (a permanent code, or a transient one on the last allowed attempt)
@@ -2845,6 +2920,7 @@ async fn the_retention_run_settles_a_scheduled_message_whose_job_was_lost(b: Bac
 
 on_both_backends!(
     a_replay_queues_nothing_for_a_message_a_busy_number_just_gave_back,
+    an_unknown_meta_code_is_retried_as_metas_is_transient_says,
     a_deadline_failure_whose_answer_was_lost_still_has_its_failed_callback,
     a_recheck_job_never_claims_or_sends_a_message,
     a_refunded_failure_whose_answer_was_lost_still_has_its_failed_callback,

@@ -1026,6 +1026,7 @@ impl kirim::ports::MetaClient for StoppedMarketing {
             http_status: 400,
             code: 131050,
             title: "Unable to deliver message. User has stopped marketing messages".into(),
+            is_transient: None,
         })
     }
     async fn list_templates(

@@ -458,6 +458,7 @@ impl MetaClient for FailsAfterOnePage {
                 http_status: 500,
                 code: 131000,
                 title: "Something went wrong".into(),
+                is_transient: None,
             }),
         }
     }
@@ -532,6 +533,86 @@ async fn a_sync_failing_half_way_keeps_the_previous_catalogue_and_says_what_it_s
         .await
         .0,
         202
+    );
+}
+
+/// Meta as the sandbox for the sandbox's WABA, failing for any other.
+struct OtherWabasFail(Arc<dyn MetaClient>);
+
+#[async_trait]
+impl MetaClient for OtherWabasFail {
+    async fn send_message(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: &Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        Err(MetaSendError::Timeout)
+    }
+    async fn list_templates(
+        &self,
+        waba: &str,
+        token: &Secret,
+        after: Option<&str>,
+    ) -> Result<MetaTemplatePage, MetaSendError> {
+        if waba == WABA {
+            return self.0.list_templates(waba, token, after).await;
+        }
+        Err(MetaSendError::Api {
+            http_status: 500,
+            code: 131000,
+            title: "Something went wrong".into(),
+            is_transient: None,
+        })
+    }
+}
+
+/// A tenant's numbers on two WABAs, the second's list failing: the `502` says which WABA
+/// failed and what the first one's sync did, its removals included (it said "none
+/// removed", of the failing WABA only, while the first had removed templates).
+async fn a_sync_failing_at_a_later_waba_says_what_the_earlier_ones_synced_and_removed(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let mut deps = app.app.deps.clone();
+    let gone = CatalogueTemplate {
+        waba_id: WABA.into(),
+        name: "spring_sale".into(),
+        language: "en_US".into(),
+        category: TemplateCategory::Marketing,
+        status: TemplateStatus::Approved,
+        quality: TemplateQuality::Green,
+        body_parameters: 0,
+        meta_id: None,
+        updated_at: chrono::Utc::now() - chrono::Duration::minutes(10),
+        expires_at: None,
+    };
+    deps.templates.put_template(&gone).await.unwrap();
+    deps.meta = Arc::new(OtherWabasFail(deps.meta.clone()));
+    let tenant = deps
+        .tenants
+        .get_tenant(&kirim::domain::TenantId::parse(&t.tenant_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = templates::sync_all(&deps, &tenant, &[WABA.to_owned(), "7654321".to_owned()])
+        .await
+        .expect_err("the second WABA fails");
+    let api = kirim::http::error::ApiError::from(err);
+    assert_eq!((api.status.as_u16(), api.code), (502, "meta_unavailable"));
+    assert!(
+        api.message.contains("WABA 7654321")
+            && api.message.contains("131000")
+            && api.message.contains("5 templates synced, 1 removed"),
+        "{}",
+        api.message
+    );
+    assert_eq!(
+        deps.templates
+            .get_template(WABA, "spring_sale", "en_US")
+            .await
+            .unwrap(),
+        None,
+        "the first WABA's removal stands"
     );
 }
 
@@ -804,6 +885,7 @@ on_both_backends!(
     a_recategorised_template_changes_the_price_debited,
     a_sync_answers_its_counts_and_removes_what_meta_no_longer_lists,
     a_sync_failing_half_way_keeps_the_previous_catalogue_and_says_what_it_synced,
+    a_sync_failing_at_a_later_waba_says_what_the_earlier_ones_synced_and_removed,
     a_template_webhook_for_a_waba_no_tenant_has_is_ignored_with_200,
     a_template_list_that_repeats_its_page_removes_nothing,
     a_redelivered_older_template_webhook_never_undoes_a_newer_one,

@@ -140,6 +140,7 @@ impl<K: ShardKey, V> Shards<K, V> {
         }
     }
 
+    #[cfg(test)]
     pub(super) fn remove(&mut self, key: &K) {
         if let Some(map) = self.maps.get_mut(key.shard()) {
             map.remove(key);

@@ -4,11 +4,10 @@
 //! live record exists: concurrent requests with one key write exactly one message.
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 
-use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, TTL_ATTR};
-use crate::domain::{MessageId, MessageRecord, TenantId};
+use super::{from_item, keys, n, to_item, CancelReason, DynamoStore, TTL_ATTR};
+use crate::domain::{MessageRecord, TenantId};
 use crate::ports::{
     IdempotencyRecord, IdempotencyStore, IdempotentInsert, LedgerEntry, RequestKeyRecord, TopUpOnce,
 };
@@ -126,30 +125,6 @@ impl IdempotencyStore for DynamoStore {
             }
             let jitter = rand::random::<u64>() % 25;
             tokio::time::sleep(std::time::Duration::from_millis(10 * attempt + jitter)).await;
-        }
-    }
-
-    async fn release_idempotency(
-        &self,
-        tenant: &TenantId,
-        key_hash: &str,
-        message_id: &MessageId,
-    ) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(keys::idempotency(tenant, key_hash).attrs()))
-            .condition_expression("message_id = :m")
-            .expression_attribute_values(":m", s(message_id.to_string()))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(())
-            }
-            Err(e) => Err(classify("dynamodb delete", e)),
         }
     }
 

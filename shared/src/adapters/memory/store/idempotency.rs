@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use super::MemoryStore;
-use crate::domain::{MessageId, MessageRecord, TenantId};
+use crate::domain::{MessageRecord, TenantId};
 use crate::ports::{IdempotencyRecord, IdempotencyStore, IdempotentInsert, LedgerEntry};
 use crate::store_error::StoreError;
 
@@ -40,23 +40,6 @@ impl IdempotencyStore for MemoryStore {
             .insert(msg_key, std::sync::Arc::new(record.clone()));
         s.idempotency.insert(idem_key, key.clone());
         Ok(IdempotentInsert::Inserted)
-    }
-
-    async fn release_idempotency(
-        &self,
-        tenant: &TenantId,
-        key_hash: &str,
-        message_id: &MessageId,
-    ) -> Result<(), StoreError> {
-        let mut s = self.lock()?;
-        let key = (tenant.clone(), key_hash.to_owned());
-        if s.idempotency
-            .get(&key)
-            .is_some_and(|r| &r.message_id == message_id)
-        {
-            s.idempotency.remove(&key);
-        }
-        Ok(())
     }
 
     async fn get_idempotency(
