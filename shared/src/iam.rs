@@ -166,8 +166,8 @@ const ADMIN_API: &[Grant] = &[
     on(TenantSecrets, SecretsManagerStore::WRITE),
     on(TenantSecrets, SecretsManagerStore::DELETE),
     // A new callback secret is staged, then made current once its setting names it
-    // (`callbacks::put_setting`): which version is current is read to move the label.
-    on(CallbackSecrets, SecretsManagerStore::READ),
+    // (`callbacks::put_setting`): which version is current is described (its id, never
+    // a value: no callback secret is read here).
     on(CallbackSecrets, SecretsManagerStore::PROMOTE),
     // Dead letters: listed and redriven (received, sent back to the source, deleted).
     on(DispatchDlq, SqsQueue::DEAD_LETTERS),
@@ -230,8 +230,7 @@ const CONSOLE: &[Grant] = &[
     // keeps it: nothing here deletes a secret).
     on(CallbackSecrets, SecretsManagerStore::WRITE),
     // ... staged, then made current once its setting names it (which version is current
-    // is read to move the label).
-    on(CallbackSecrets, SecretsManagerStore::READ),
+    // is described: its id, never a value).
     on(CallbackSecrets, SecretsManagerStore::PROMOTE),
     // The catalogue page's "Sync with Meta" reads Meta with the tenant's own token.
     on(MetaTokens, SecretsManagerStore::READ),
@@ -339,6 +338,10 @@ mod tests {
         ("create_secret", &["secretsmanager:CreateSecret"]),
         ("delete_secret", &["secretsmanager:DeleteSecret"]),
         ("describe_secret", &["secretsmanager:DescribeSecret"]),
+        (
+            "update_secret_version_stage",
+            &["secretsmanager:UpdateSecretVersionStage"],
+        ),
         ("tag_resource", &["secretsmanager:TagResource"]),
         ("generate_data_key", &["kms:GenerateDataKey"]),
         ("decrypt", &["kms:Decrypt"]),
@@ -422,6 +425,7 @@ mod tests {
                     SecretsManagerStore::READ,
                     SecretsManagerStore::WRITE,
                     SecretsManagerStore::DELETE,
+                    SecretsManagerStore::PROMOTE,
                 ],
             ),
             (

@@ -31,9 +31,9 @@ impl Code {
 
 /// Every code Kirim knows, with its hint.
 pub const HINTS: &[(Code, &str)] = &[
-    (Code::Meta(130429), "Meta's sending limit for this phone number was reached. Kirim waited and retried while Meta refused the send; a message that still failed, or that Meta reported failed after accepting it, is not tried again: send it again later, more slowly, or ask Meta for a higher messaging tier."),
+    (Code::Meta(130429), "Meta's sending limit for this phone number was reached. A message still `accepted` is being retried: do not send it again. One that failed with it (after Kirim's tries, or reported failed by Meta after accepting it) is not tried again: send it again later, more slowly, or ask Meta for a higher messaging tier."),
     (Code::Meta(130472), "Meta held back this marketing message because the customer is part of a Meta experiment. Nothing to fix; do not resend it."),
-    (Code::Meta(131000), "Something went wrong at Meta. Kirim retried while Meta refused the send; a message that still failed, or that Meta reported failed after accepting it, is not tried again: send it again later."),
+    (Code::Meta(131000), "Something went wrong at Meta. A message still `accepted` is being retried: do not send it again. One that failed with it (after Kirim's tries, or reported failed by Meta after accepting it) is not tried again: send it again later."),
     (Code::Meta(131026), "The message could not be delivered: the number may not use WhatsApp, may not have accepted Meta's latest terms, or may run an old WhatsApp version. Check the number with the customer."),
     (Code::Meta(131042), "Meta reported a payment problem on the WhatsApp Business Account, so the account was paused. The account owner must fix the payment method in Meta Business Manager, then ask the provider to resume the account."),
     (Code::Meta(131047), "More than 24 hours have passed since the customer last wrote to you, so a free-text message is not allowed. Send an approved template instead."),
@@ -41,7 +41,7 @@ pub const HINTS: &[(Code, &str)] = &[
     (Code::Meta(131049), "Meta limited marketing messages to this customer for now, to keep engagement healthy. Do not retry right away; try again in a few days or with a different message."),
     (Code::Meta(131050), "The customer turned off marketing messages from you. Kirim will not send marketing templates to them; utility and authentication messages are still allowed."),
     (Code::Meta(131051), "Meta does not support this message type. Check the message's content."),
-    (Code::Meta(131056), "Too many messages to the same customer in a short time. Kirim retried later while Meta refused the send; a message that still failed, or that Meta reported failed after accepting it, is not tried again: space out messages to one customer and send it again later."),
+    (Code::Meta(131056), "Too many messages to the same customer in a short time. A message still `accepted` is being retried later: do not send it again. One that failed with it (after Kirim's tries, or reported failed by Meta after accepting it) is not tried again: space out messages to one customer and send it again later."),
     (Code::Meta(132000), "The number of parameters does not match the approved template. Give exactly one value for each placeholder of the template's body."),
     (Code::Meta(132001), "No approved template has this name and language. Check the template's name and language in Meta Business Manager (or GET /v1/templates)."),
     (Code::Meta(132015), "Meta paused this template because of low quality. Edit the template or use another one."),

@@ -427,9 +427,12 @@ async fn signing_secret(
         if let Some(secret) = deps.secrets.version(&setting.secret_name, version).await? {
             return Ok(Some(secret));
         }
-        // Gone (Secrets Manager may delete a version that lost every label, e.g. after
-        // changes whose settings were never written): the current one, as before versions.
-        tracing::warn!("the callback secret's version is gone; signing with the current one");
+        // Gone (Secrets Manager may delete a version that lost every label: a change whose
+        // promotion failed, then another whose setting was never written): the current one,
+        // which may not be the secret the receiver was told. An operator's to look at.
+        tracing::error!(
+            "the callback secret's version is gone; signing with the current one (set the secret again)"
+        );
     }
     // A setting from before versions were kept, changed in the last few minutes, is read
     // afresh: another instance's cached copy of the old secret would sign with it for up
@@ -572,7 +575,19 @@ pub async fn put_setting(
                 updated_at: now,
             };
             deps.status_callbacks.put_status_callback(&setting).await?;
-            if let Err(e) = deps.secrets.promote(&name, &version).await {
+            // Made current only while the setting still names it: of two admins' changes,
+            // the current label then follows the setting whichever promotes last.
+            let named = deps
+                .status_callbacks
+                .get_status_callback_fresh(tenant)
+                .await
+                .map(|s| s.and_then(|s| s.secret_version) == Some(version.clone()));
+            let promoted = match named {
+                Ok(true) => deps.secrets.promote(&name, &version).await,
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = promoted {
                 // Signing reads the version the setting names: only the name's current
                 // label lags, made current by the next change.
                 tracing::warn!(error = %e, "the new callback secret could not be made current");

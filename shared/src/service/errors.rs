@@ -91,7 +91,8 @@ impl From<StoreError> for ServiceError {
 pub const META_REFUSED_UNREADABLE: &str = "meta_refused_unreadable";
 
 /// A message's failure code once Meta answered a temporary error, known as one only by its
-/// HTTP status (an unknown code with a 5xx or 429), on every try (`dispatch`): Meta's code
+/// HTTP status or Meta's `is_transient` (an unknown code with a 5xx or 429, or marked
+/// transient), on every try (`dispatch`): Meta's code
 /// and text are kept in its title; a later try may fix it (`broadcasts::retryable`).
 pub const META_TRANSIENT_ERROR: &str = "meta_transient_error";
 

@@ -293,9 +293,8 @@ pub struct SecretCache {
     /// When each name's current version was last read afresh past the cache
     /// ([`Self::refresh_current`]).
     refreshed: Mutex<HashMap<String, Instant>>,
-    /// The last version read by its id, per name ([`Self::version`]): a version's value
-    /// never changes, so it is kept until another version of the name is asked for.
-    by_version: Mutex<HashMap<String, (String, Secret)>>,
+    /// The last version read by its id, per name, and when ([`Self::version`]).
+    by_version: Mutex<HashMap<String, (Instant, String, Secret)>>,
 }
 
 impl SecretCache {
@@ -310,19 +309,30 @@ impl SecretCache {
     }
 
     /// One version of `name` by its id (a status callback's secret, named by its
-    /// setting). Kept after the first read whatever the TTL: a version's value never
-    /// changes. `None` if the version is gone.
+    /// setting), kept for the TTL as any read: a version's value never changes, but the
+    /// secret may be deleted (a closed tenant's), and then stops signing within the TTL.
+    /// `None` if the version is gone.
     pub async fn version(&self, name: &str, version: &str) -> Result<Option<Secret>, StoreError> {
         if let Ok(kept) = self.by_version.lock() {
-            if let Some((id, v)) = kept.get(name) {
-                if id == version {
+            if let Some((at, id, v)) = kept.get(name) {
+                if id == version && at.elapsed() < self.ttl {
                     return Ok(Some(v.clone()));
                 }
             }
         }
         let v = self.store.get_secret_version(name, version).await?;
-        if let (Some(v), Ok(mut kept)) = (&v, self.by_version.lock()) {
-            kept.insert(name.to_owned(), (version.to_owned(), v.clone()));
+        if let Ok(mut kept) = self.by_version.lock() {
+            match &v {
+                Some(v) if !self.ttl.is_zero() => {
+                    kept.insert(
+                        name.to_owned(),
+                        (Instant::now(), version.to_owned(), v.clone()),
+                    );
+                }
+                _ => {
+                    kept.remove(name);
+                }
+            }
         }
         Ok(v)
     }

@@ -195,8 +195,8 @@ pub async fn sync_all_within(
             };
             Err(ServiceError::MetaUnavailable(format!(
                 "Meta's template list was not read within {} s; the templates read so far \
-                 are kept and none was removed from the WABA being read{earlier}: the daily \
-                 sync finishes it",
+                 are kept, and the removal of those Meta no longer lists may have begun for \
+                 the WABA being read{earlier}: the daily sync finishes it",
                 within.as_secs()
             )))
         }

@@ -292,11 +292,64 @@ async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
         .await
         .expect("broadcast");
     assert_eq!(res.status(), 202);
+    // And ended keys: one revoked, one rotated (its grace an hour), which expire 90 days
+    // after they ended; the rotation's new key, live, has no TTL.
+    for (name, end) in [("revoked", "DELETE"), ("rotated", "POST")] {
+        let (st, key) = call(
+            &app,
+            "POST",
+            "/v1/api-keys",
+            &t.key,
+            Some(json!({"name": name, "role": "operator"})),
+        )
+        .await;
+        assert_eq!(st, 201, "{key}");
+        let id = key["id"].as_str().expect("its id");
+        let (st, body) = match end {
+            "DELETE" => call(&app, "DELETE", &format!("/v1/api-keys/{id}"), &t.key, None).await,
+            _ => {
+                call(
+                    &app,
+                    "POST",
+                    &format!("/v1/api-keys/{id}/rotate"),
+                    &t.key,
+                    Some(json!({"grace_period_hours": 1})),
+                )
+                .await
+            }
+        };
+        assert!(st == 204 || st == 200 || st == 201, "{name}: {st} {body}");
+    }
     let t1 = Utc::now().timestamp();
     let retention = &app.app.deps.settings.retention;
     let mut seen = std::collections::BTreeSet::new();
     for row in all_items(&app, b).await {
         let class = class_of(&row.pk, &row.sk);
+        // An API key: none while it can work; once it ended, the end + 90 days.
+        if row.pk.starts_with("APIKEY#") || row.sk.starts_with("APIKEY#") {
+            let at = |k: &str| {
+                row.attrs[k]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.timestamp())
+            };
+            let revoked = (row.attrs["revoked"] == true)
+                .then(|| at("revoked_at"))
+                .flatten();
+            let end = match (revoked, at("expires_at")) {
+                (Some(r), Some(e)) => Some(r.min(e)),
+                (r, e) => r.or(e),
+            };
+            let keep = kirim::domain::ENDED_KEY_RETENTION.as_secs() as i64;
+            assert_eq!(row.ttl, end.map(|e| e + keep), "{} / {}", row.pk, row.sk);
+            seen.insert(format!("APIKEY ended: {}", end.is_some()));
+            if row.pk.starts_with("APIKEY#") {
+                seen.insert("APIKEY/APIKEY".to_owned());
+            } else {
+                seen.insert("TENANT/APIKEY".to_owned());
+            }
+            continue;
+        }
         // A number's send slot (renewed by every reservation: an hour after its last use)
         // and an uploaded list not yet deleted (a 7-day backstop) may be written after t1,
         // while the fan-out and the dispatcher go on: only bound them.
@@ -392,6 +445,8 @@ async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
         "TENANT/OPTOUT",
         "TENANT/USER",
         "APIKEY/APIKEY",
+        "APIKEY ended: true",
+        "APIKEY ended: false",
         "PHONE/PHONE",
         "EMAIL/EMAIL",
         "AUDIT/HEAD",

@@ -129,7 +129,6 @@ impl SecretStore for Granted {
         self.inner.stage_secret(name, value).await
     }
     async fn promote_secret(&self, name: &str, version: &str) -> Result<(), StoreError> {
-        self.check(name, SecretsManagerStore::READ)?;
         self.check(name, SecretsManagerStore::PROMOTE)?;
         self.inner.promote_secret(name, version).await
     }

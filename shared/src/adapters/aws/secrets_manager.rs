@@ -22,9 +22,12 @@ impl SecretsManagerStore {
         "secretsmanager:PutSecretValue",
         "secretsmanager:CreateSecret",
     ];
-    /// A staged version made current ([`SecretStore::promote_secret`]; it reads which
-    /// version is current first, so [`Self::READ`] too).
-    pub const PROMOTE: &'static [&'static str] = &["secretsmanager:UpdateSecretVersionStage"];
+    /// A staged version made current ([`SecretStore::promote_secret`]): which version is
+    /// current is described first (its id, never a value).
+    pub const PROMOTE: &'static [&'static str] = &[
+        "secretsmanager:DescribeSecret",
+        "secretsmanager:UpdateSecretVersionStage",
+    ];
     pub const DELETE: &'static [&'static str] = &["secretsmanager:DeleteSecret"];
 
     pub fn new(client: Client) -> Self {
@@ -167,19 +170,17 @@ impl SecretStore for SecretsManagerStore {
         // and again if another writer moved it in between (refused as a bad parameter).
         let mut tries = 0;
         loop {
-            let current = match self
-                .client
-                .get_secret_value()
-                .secret_id(name)
-                .version_stage("AWSCURRENT")
-                .send()
-                .await
-            {
-                Ok(out) => out.version_id().map(str::to_owned),
+            let current = match self.client.describe_secret().secret_id(name).send().await {
+                Ok(out) => out.version_ids_to_stages().and_then(|versions| {
+                    versions
+                        .iter()
+                        .find(|(_, stages)| stages.iter().any(|s| s == "AWSCURRENT"))
+                        .map(|(id, _)| id.clone())
+                }),
                 Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => {
                     return Err(StoreError::NotFound)
                 }
-                Err(e) => return Err(classify("secretsmanager get", e)),
+                Err(e) => return Err(classify("secretsmanager describe", e)),
             };
             if current.as_deref() == Some(version) {
                 return Ok(());
