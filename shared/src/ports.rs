@@ -1112,6 +1112,14 @@ pub trait QualityStats: Send + Sync {
     ) -> Result<(), StoreError> {
         self.bump_by(tenant, day, counter, 1, expires_at).await
     }
+    /// Takes one back from the tenant's `counter` of `day` (an event that turned out not
+    /// to be one), never below zero (a conditional write); nothing if the day has none.
+    async fn take_back(
+        &self,
+        tenant: &TenantId,
+        day: chrono::NaiveDate,
+        counter: QualityCounter,
+    ) -> Result<(), StoreError>;
     /// Sums the days `from..=to`.
     async fn totals(
         &self,

@@ -65,14 +65,26 @@ pub async fn of(deps: &Deps, tenant: &TenantId) -> Result<Quality, ServiceError>
 /// Counts one event for today. Best effort: a lost count must not fail a send or a
 /// webhook, so failures are logged.
 pub async fn count(deps: &Deps, tenant: &TenantId, counter: QualityCounter) {
-    let now = deps.clock.now();
-    let expires = deps.settings.retention.expiry(RetentionClass::Stats, now);
-    if let Err(e) = deps
-        .quality
-        .bump(tenant, now.date_naive(), counter, expires)
-        .await
-    {
+    count_on(deps, tenant, deps.clock.now().date_naive(), counter).await
+}
+
+/// [`count`] on the event's own `day` (a failure Meta reported, counted on the day of its
+/// status, so that a later `delivered` takes it back from the same day).
+pub async fn count_on(deps: &Deps, tenant: &TenantId, day: NaiveDate, counter: QualityCounter) {
+    let expires = deps
+        .settings
+        .retention
+        .expiry(RetentionClass::Stats, deps.clock.now());
+    if let Err(e) = deps.quality.bump(tenant, day, counter, expires).await {
         tracing::warn!(error = %e, counter = counter.attribute(), "quality counter not updated");
+    }
+}
+
+/// Takes back one event counted on `day` that turned out not to be one (a failure Meta
+/// then reported delivered). Best effort, as [`count`].
+pub async fn take_back(deps: &Deps, tenant: &TenantId, day: NaiveDate, counter: QualityCounter) {
+    if let Err(e) = deps.quality.take_back(tenant, day, counter).await {
+        tracing::warn!(error = %e, counter = counter.attribute(), "quality counter not taken back");
     }
 }
 

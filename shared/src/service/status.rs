@@ -320,17 +320,39 @@ pub(crate) async fn this_move(
 }
 
 /// What follows a move: the tenant's status callback, and an undeliverable failure
-/// counted (a failure is applied once, being terminal, so it is counted once).
+/// counted on its status's day (a failure is applied once, being terminal, so it is
+/// counted once), or taken back from that day when Meta then reports the message
+/// delivered or read (a `failed` is left only once, so it is taken back once).
 async fn moved(deps: &Deps, record: &MessageRecord, report: &StatusReport) {
     super::callbacks::status_changed(deps, record).await;
     account_error(deps, record, report).await;
-    if record.status == MessageStatus::Failed
-        && report
-            .errors
-            .iter()
-            .any(|e| super::quality::UNDELIVERABLE_CODES.contains(&e.code))
+    let undeliverable = |code: i64| super::quality::UNDELIVERABLE_CODES.contains(&code);
+    if record.status == MessageStatus::Failed && report.errors.iter().any(|e| undeliverable(e.code))
     {
-        super::quality::count(deps, &record.tenant_id, QualityCounter::Undeliverable).await;
+        let day = record.updated_at.date_naive();
+        super::quality::count_on(deps, &record.tenant_id, day, QualityCounter::Undeliverable).await;
+        return;
+    }
+    // The event before this move, if it was the failure.
+    let failed = record
+        .events
+        .iter()
+        .rev()
+        .nth(1)
+        .filter(|e| e.status == MessageStatus::Failed);
+    let was_undeliverable = record
+        .error
+        .as_ref()
+        .is_some_and(|e| matches!(e.code, crate::domain::ErrorCode::Meta(c) if undeliverable(c)));
+    if let (Some(failed), true) = (failed, was_undeliverable) {
+        if matches!(
+            record.status,
+            MessageStatus::Delivered | MessageStatus::Read
+        ) {
+            let day = failed.at.date_naive();
+            super::quality::take_back(deps, &record.tenant_id, day, QualityCounter::Undeliverable)
+                .await;
+        }
     }
 }
 

@@ -417,6 +417,64 @@ async fn a_syncs_put_never_replaces_what_was_written_after_the_sync_began(p: Por
     );
 }
 
+/// A webhook's change applied just before a sync began (Meta's time a moment before the
+/// sync read Meta's list, which lags its webhooks) is not undone by the sync's write: the
+/// template read `approved` again until the next daily sync, though Meta had paused it. A
+/// sync that read the list well after the change (past the margin) writes it.
+async fn a_syncs_put_never_undoes_a_webhook_change_made_just_before_it_read(p: Ports) {
+    let t0 = p.clock.now();
+    let stored = template(&p, "4101", "order_update", "en_US");
+    p.templates.put_template(&stored).await.unwrap();
+    p.clock.advance(Duration::minutes(5));
+    let paused_at = p.clock.now();
+    let paused = p
+        .templates
+        .update_template(
+            "4101",
+            "order_update",
+            "en_US",
+            TemplateChange::Status(TemplateStatus::Paused),
+            ChangeStamp {
+                at: paused_at,
+                expires_at: stored.expires_at,
+                meta_time: Some(paused_at.timestamp()),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(paused.is_some(), "{t0}");
+    // A sync beginning 2 s later reads Meta's list, still saying approved.
+    p.clock.advance(Duration::seconds(2));
+    let began = p.clock.now();
+    let mut lagging = stored.clone();
+    lagging.updated_at = began;
+    assert!(!p
+        .templates
+        .put_template_unless_newer(&lagging, began)
+        .await
+        .unwrap());
+    assert_eq!(status_4101(&p).await, Some(TemplateStatus::Paused));
+    // A sync reading Meta's list past the margin: Meta's list is the truth by then.
+    p.clock.advance(Duration::seconds(SYNC_STAMP_MARGIN_SECS));
+    let began = p.clock.now();
+    let mut later = stored.clone();
+    later.updated_at = began;
+    assert!(p
+        .templates
+        .put_template_unless_newer(&later, began)
+        .await
+        .unwrap());
+    assert_eq!(status_4101(&p).await, Some(TemplateStatus::Approved));
+}
+
+async fn status_4101(p: &Ports) -> Option<TemplateStatus> {
+    p.templates
+        .get_template("4101", "order_update", "en_US")
+        .await
+        .unwrap()
+        .map(|t| t.status)
+}
+
 /// A template Meta deleted does not come back through a sync racing the removal: one that
 /// began before it (its page read before), or one that began after but read Meta's list
 /// lagging it (within the margin). A removal leaves a tombstone no reader sees, for a day;
@@ -487,6 +545,7 @@ async fn a_removed_template_is_not_brought_back_by_a_sync_that_read_metas_list_b
 }
 
 contract!(
+    a_syncs_put_never_undoes_a_webhook_change_made_just_before_it_read,
     a_removed_template_is_not_brought_back_by_a_sync_that_read_metas_list_before_it,
     a_syncs_put_never_replaces_what_was_written_after_the_sync_began,
     a_webhook_older_than_its_fields_last_change_changes_nothing,

@@ -108,8 +108,49 @@ async fn recipients_opting_out_raise_the_opt_out_rate(b: Backend) {
     assert_eq!(q["flagged"], true);
 }
 
+/// Meta reported a message undeliverable, then delivered after all (`failed` may be
+/// followed by `delivered`): the undeliverable count is taken back, so a tenant is not
+/// flagged (nor its marketing paused) for a failure Meta withdrew. It stayed counted.
+async fn a_failure_meta_then_reports_delivered_is_no_longer_counted_undeliverable(b: Backend) {
+    let app = quality_app(b).await;
+    let t = app.onboard(10).await;
+    let mut wamids = Vec::new();
+    for to in ["+60123450001", "+60123460001"] {
+        let id = app.send_ok(&t.key, to).await;
+        let m = app.wait_status(&t.key, &id, "failed").await;
+        assert_eq!(m["error"]["code"], 131026);
+        wamids.push((id, m["wamid"].as_str().expect("its wamid").to_owned()));
+    }
+    let q = quality_once_sent(&app, &t.key, 2).await;
+    assert_eq!(q["undeliverable_rate"], 1.0, "{q}");
+    let (id, wamid) = &wamids[0];
+    let now = chrono::Utc::now().timestamp();
+    let delivered = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp", "metadata": {"display_phone_number": "603", "phone_number_id": t.phone_number_id},
+        "statuses": [{"id": wamid, "status": "delivered", "timestamp": now.to_string(), "recipient_id": "60123450001"}]}}]}]});
+    assert_eq!(app.post_webhook(&delivered).await.status(), 200);
+    app.wait_status(&t.key, id, "delivered").await;
+    // Meta delivers the same webhook again: taken back once only.
+    assert_eq!(app.post_webhook(&delivered).await.status(), 200);
+    let q = account(&app, &t.key).await["quality"].clone();
+    assert_eq!(
+        q,
+        json!({"opt_out_rate": 0.0, "undeliverable_rate": 0.5, "sent_7d": 2, "flagged": true}),
+        "one of two still undeliverable"
+    );
+    let read = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp", "metadata": {"display_phone_number": "603", "phone_number_id": t.phone_number_id},
+        "statuses": [{"id": wamids[1].1, "status": "read", "timestamp": now.to_string(), "recipient_id": "60123460001"}]}}]}]});
+    assert_eq!(app.post_webhook(&read).await.status(), 200);
+    app.wait_status(&t.key, &wamids[1].0, "read").await;
+    let q = account(&app, &t.key).await["quality"].clone();
+    assert_eq!(q["undeliverable_rate"], 0.0, "{q}");
+    assert_eq!(q["flagged"], false, "{q}");
+}
+
 on_both_backends!(
     undeliverable_messages_flag_the_tenant_and_pause_its_marketing_only,
+    a_failure_meta_then_reports_delivered_is_no_longer_counted_undeliverable,
     recipients_opting_out_raise_the_opt_out_rate,
 );
 
@@ -179,7 +220,52 @@ async fn a_dispatcher_batch_counts_its_sent_messages_with_one_write_per_tenant(p
     assert_eq!(sent(t.id.clone()).await, 6);
 }
 
+/// A count taken back goes down by one, never below zero, only on its own day and counter,
+/// and a day never counted is not made.
+async fn a_count_taken_back_goes_down_by_one_and_never_below_zero(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let today = p.clock.now().date_naive();
+    let yesterday = today - Duration::days(1);
+    let exp = Some(p.clock.now().timestamp() + 3600);
+    let u = QualityCounter::Undeliverable;
+    for _ in 0..2 {
+        p.quality.bump(&t.id, today, u, exp).await.unwrap();
+    }
+    p.quality
+        .bump(&t.id, today, QualityCounter::Sent, exp)
+        .await
+        .unwrap();
+    p.quality.take_back(&t.id, today, u).await.unwrap();
+    let day = |d| {
+        let p = &p;
+        let t = &t;
+        async move { p.quality.totals(&t.id, d, d).await.unwrap() }
+    };
+    assert_eq!(
+        day(today).await,
+        QualityCounts {
+            sent: 1,
+            opt_outs: 0,
+            undeliverable: 1
+        }
+    );
+    for _ in 0..3 {
+        p.quality.take_back(&t.id, today, u).await.unwrap();
+    }
+    assert_eq!(day(today).await.undeliverable, 0, "never below zero");
+    assert_eq!(day(today).await.sent, 1, "another counter untouched");
+    p.quality.take_back(&t.id, yesterday, u).await.unwrap();
+    assert_eq!(day(yesterday).await, QualityCounts::default());
+    p.quality.bump(&t.id, yesterday, u, exp).await.unwrap();
+    assert_eq!(
+        day(yesterday).await.undeliverable,
+        1,
+        "a day never counted was not made negative"
+    );
+}
+
 contract!(
+    a_count_taken_back_goes_down_by_one_and_never_below_zero,
     quality_counters_add_up_concurrently_per_day_and_expire,
     a_dispatcher_batch_counts_its_sent_messages_with_one_write_per_tenant,
 );

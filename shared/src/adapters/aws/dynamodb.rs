@@ -1876,6 +1876,27 @@ impl QualityStats for DynamoStore {
             .map_err(|e| classify("dynamodb update", e))
     }
 
+    async fn take_back(
+        &self,
+        tenant: &TenantId,
+        day: chrono::NaiveDate,
+        counter: QualityCounter,
+    ) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::quality_counter(tenant, day).attrs()))
+            .update_expression("ADD #c :minus")
+            .condition_expression("#c > :zero")
+            .expression_attribute_names("#c", counter.attribute())
+            .expression_attribute_values(":minus", n(-1))
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await;
+        crate::adapters::aws::written("dynamodb update", res).map(|_| ())
+    }
+
     async fn totals(
         &self,
         tenant: &TenantId,

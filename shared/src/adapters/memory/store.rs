@@ -1212,6 +1212,26 @@ impl QualityStats for MemoryStore {
         Ok(())
     }
 
+    async fn take_back(
+        &self,
+        tenant: &TenantId,
+        day: chrono::NaiveDate,
+        counter: QualityCounter,
+    ) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        if let Some((c, exp)) = s.quality.get_mut(&(tenant.clone(), day)) {
+            if self.live(*exp) {
+                let n = match counter {
+                    QualityCounter::Sent => &mut c.sent,
+                    QualityCounter::OptOut => &mut c.opt_outs,
+                    QualityCounter::Undeliverable => &mut c.undeliverable,
+                };
+                *n = n.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
     async fn totals(
         &self,
         tenant: &TenantId,

@@ -61,9 +61,14 @@ impl TemplateStore for DynamoStore {
             .put_item()
             .table_name(&self.table)
             .set_item(Some(template_item(template)?))
+            // Nor over a webhook's change Meta made less than the margin before the read
+            // (its list lags its webhooks): each field's Meta time at most the stamp.
             .condition_expression(
                 "(attribute_not_exists(written_ms) OR written_ms < :since) \
-                 AND (attribute_not_exists(#removed) OR #removed < :read OR #ttl <= :now)",
+                 AND (attribute_not_exists(#removed) OR #removed < :read OR #ttl <= :now) \
+                 AND (attribute_not_exists(status_meta_at) OR status_meta_at <= :read) \
+                 AND (attribute_not_exists(category_meta_at) OR category_meta_at <= :read) \
+                 AND (attribute_not_exists(quality_meta_at) OR quality_meta_at <= :read)",
             )
             .expression_attribute_names("#removed", REMOVED_AT)
             .expression_attribute_names("#ttl", TTL_ATTR)

@@ -36,8 +36,16 @@ impl TemplateStore for MemoryStore {
             return Ok(false);
         }
         // A live tombstone of a removal since the sync began, or within the margin before
-        // its read of Meta's list, refuses it (as on DynamoDB).
+        // its read of Meta's list, refuses it (as on DynamoDB); so does a webhook's change
+        // of a field that Meta made within the margin before the read.
         let read = template.updated_at.timestamp() - crate::ports::SYNC_STAMP_MARGIN_SECS;
+        if s.templates.contains_key(&at)
+            && s.template_meta_at
+                .get(&at)
+                .is_some_and(|times| times.values().any(|t| *t > read))
+        {
+            return Ok(false);
+        }
         let now = self.clock.now().timestamp();
         if let Some((removed, expires)) = s.template_removed.get(&at) {
             if *expires > now
