@@ -551,6 +551,15 @@ pub trait OptOutStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Removes the opt-out; `false` if there was none.
     async fn delete_opt_out(&self, tenant: &TenantId, key: &OptOutKey) -> Result<bool, StoreError>;
+    /// Removes the opt-outs under every one of `keys` (at most 25) in one atomic write,
+    /// whichever of them exist: a copy, written only while its source exists
+    /// ([`put_opt_out_copy`](Self::put_opt_out_copy)), lands either before it (and is
+    /// removed with it) or not at all, so nothing of a user's opt-out survives its removal.
+    async fn delete_opt_outs(
+        &self,
+        tenant: &TenantId,
+        keys: &[OptOutKey],
+    ) -> Result<(), StoreError>;
     async fn list_opt_outs(
         &self,
         tenant: &TenantId,

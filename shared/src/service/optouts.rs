@@ -302,14 +302,21 @@ pub async fn get(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<OptO
     Err(ServiceError::NotFound)
 }
 
-/// Removes the opt-out under `key` and the one under its paired key: afterwards the user
-/// is reachable by either. The user id's first: a copy of it under the phone is written
-/// only while it exists ([`OptOutStore::put_opt_out_copy`]), so one racing this removal
-/// lands before the id's delete, and the phone's delete after it removes it too.
+/// How many keys one removal looks at, at most (a phone's forms, its user id, the phone
+/// that id is paired with, and what their opt-outs name).
+const MAX_REMOVAL_KEYS: usize = 12;
+
+/// Removes the opt-out under `key` and those under its other keys: the key it is paired
+/// with, and the user id a phone's opt-out names (Meta named both; even once their
+/// pairing expired). Afterwards the user is reachable by
+/// either. All in one atomic write: a copy is written only while its source exists
+/// ([`OptOutStore::put_opt_out_copy`]), so one racing this removal (a STOP's copy from the
+/// phone to the id, a refused send's from the id to the phone) lands before it and goes
+/// with it, or is refused. (Deleted one by one, a copy landing between two deletes
+/// survived, and brought the opt-out back.)
 ///
 /// [`OptOutStore::put_opt_out_copy`]: crate::ports::OptOutStore::put_opt_out_copy
 pub async fn remove(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<(), ServiceError> {
-    let mut removed = false;
     let mut keys = super::contacts::keys_of(deps, tenant, std::slice::from_ref(key)).await?;
     // A user id's opt-out follows the user to the phone its id is paired with now (copied
     // there on a refused send): removed with it, whichever key the DELETE names.
@@ -322,16 +329,29 @@ pub async fn remove(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<(
             }
         }
     }
-    keys.sort_by_key(|k| matches!(k, OptOutKey::Phone(_)));
-    for k in keys {
-        removed |= deps.opt_outs.delete_opt_out(tenant, &k).await?;
+    // What each holds (consistent reads), and for a phone's, the user id it names (Meta
+    // named both: the id's copy goes with it, also once their pairing expired). Not the
+    // other way: a user id's opt-out copied under a phone no longer paired with it keeps
+    // that phone blocked until it is lifted by the phone (README "Opt-outs").
+    let mut found = false;
+    let mut i = 0;
+    while let Some(k) = keys.get(i).cloned() {
+        if let Some(o) = deps.opt_outs.get_opt_out(tenant, &k).await? {
+            found = true;
+            if let (OptOutKey::Phone(_), Some(other)) = (&k, o.copy_key(&k)) {
+                if !keys.contains(&other) && keys.len() < MAX_REMOVAL_KEYS {
+                    keys.push(other);
+                }
+            }
+        }
+        i += 1;
     }
-    if removed {
-        tracing::info!(to = %key.masked(), "opt-out removed");
-        Ok(())
-    } else {
-        Err(ServiceError::NotFound)
+    if !found {
+        return Err(ServiceError::NotFound);
     }
+    deps.opt_outs.delete_opt_outs(tenant, &keys).await?;
+    tracing::info!(to = %key.masked(), "opt-out removed");
+    Ok(())
 }
 
 pub async fn list(

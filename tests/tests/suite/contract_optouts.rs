@@ -843,7 +843,59 @@ async fn a_copy_under_a_user_id_is_listed_once_under_its_own_key(p: Stores) {
     assert_eq!(seen.len(), 3, "{seen:?}");
 }
 
+/// Several keys' opt-outs go in one write, whichever of them exist (a key named twice, or
+/// with nothing under it, changes nothing), and only the tenant's own.
+async fn opt_outs_under_several_keys_are_removed_at_once(p: Stores) {
+    let t = onboarded(&p, 0).await;
+    let other = onboarded(&p, 0).await;
+    for to in ["+60123456001", "+60123456002", "+60123456003"] {
+        p.opt_outs
+            .put_opt_out(&opt_out(&p, &t, to, OptOutScope::All))
+            .await
+            .unwrap();
+    }
+    p.opt_outs
+        .put_opt_out(&opt_out(&p, &other, "+60123456001", OptOutScope::All))
+        .await
+        .unwrap();
+    let key = |s: &str| OptOutKey::parse(s).unwrap();
+    p.opt_outs
+        .delete_opt_outs(
+            &t,
+            &[
+                key("+60123456001"),
+                key("+60123456002"),
+                key("+60123456001"),
+                key("+60123456999"),
+                key("MY.7000000999"),
+            ],
+        )
+        .await
+        .unwrap();
+    let get = |t: &TenantId, s: &str| {
+        let p = &p;
+        let t = t.clone();
+        let k = key(s);
+        async move { p.opt_outs.get_opt_out(&t, &k).await.unwrap().is_some() }
+    };
+    assert!(!get(&t, "+60123456001").await);
+    assert!(!get(&t, "+60123456002").await);
+    assert!(get(&t, "+60123456003").await, "a key not named stays");
+    assert!(get(&other, "+60123456001").await, "another tenant's stays");
+    p.opt_outs.delete_opt_outs(&t, &[]).await.unwrap();
+    let many: Vec<OptOutKey> = (0..26).map(|i| key(&format!("+601234561{i:02}"))).collect();
+    assert!(matches!(
+        p.opt_outs.delete_opt_outs(&t, &many).await,
+        Err(StoreError::Rejected(_))
+    ));
+    assert!(
+        get(&t, "+60123456003").await,
+        "a refused call removes nothing"
+    );
+}
+
 contract!(
+    opt_outs_under_several_keys_are_removed_at_once,
     a_copy_under_a_user_id_is_listed_once_under_its_own_key,
     a_copy_under_the_phone_is_written_only_while_the_user_ids_opt_out_exists,
     an_opting_back_in_holds_back_an_older_opt_out_put_after_it,

@@ -843,6 +843,63 @@ async fn an_opt_out_removed_while_it_is_copied_under_the_phone_stays_removed(b: 
         None,
         "the racing copy removed too"
     );
+    // A STOP from a phone naming its user id (no pairing kept: never made, or expired):
+    // stored under the phone and copied under the id. The tenant's `DELETE` by the phone
+    // removes both (the id's copy was left, listed, and came back under the phone at the
+    // user's next message).
+    let both = optouts::Recipient {
+        phone: PhoneNumber::parse("+60123457104").ok(),
+        user_id: UserId::parse("MY.7000000104"),
+    };
+    optouts::add(
+        &app.app.deps,
+        &tenant,
+        both,
+        OptOutScope::All,
+        OptOutSource::Keyword,
+        kirim::domain::BY_META,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(
+        stored("MY.7000000104").await.is_some(),
+        "copied under the id"
+    );
+    let by_phone = OptOutKey::parse("+60123457104").unwrap();
+    optouts::remove(&app.app.deps, &tenant, &by_phone)
+        .await
+        .unwrap();
+    assert_eq!(stored("+60123457104").await, None);
+    assert_eq!(stored("MY.7000000104").await, None, "its id's copy too");
+    // The same STOP's copy from the phone to the id landing while the `DELETE` runs
+    // (after the id was looked at, deleted one by one: it survived the removal).
+    let o = kirim::domain::OptOut {
+        tenant_id: tenant.clone(),
+        phone: PhoneNumber::parse("+60123457105").ok(),
+        user_id: UserId::parse("MY.7000000105"),
+        scope: OptOutScope::All,
+        source: OptOutSource::Keyword,
+        created_by: kirim::domain::BY_META.into(),
+        created_at: chrono::Utc::now(),
+        meta_timestamp: Some(chrono::Utc::now().timestamp()),
+    };
+    app.app.deps.opt_outs.put_opt_out(&o).await.unwrap();
+    let phone_key = OptOutKey::parse("+60123457105").unwrap();
+    let mut racing = app.app.deps.clone();
+    racing.opt_outs = std::sync::Arc::new(FailingWrites {
+        inner: racing.opt_outs.clone(),
+        failing: std::sync::atomic::AtomicBool::new(false),
+        delete_source_first: false,
+        race_copy: Some((o, phone_key.clone())),
+    });
+    optouts::remove(&racing, &tenant, &phone_key).await.unwrap();
+    assert_eq!(stored("+60123457105").await, None);
+    assert_eq!(
+        stored("MY.7000000105").await,
+        None,
+        "the STOP's racing copy under the id removed with it"
+    );
 }
 
 on_both_backends!(
@@ -940,6 +997,17 @@ impl kirim::ports::OptOutStore for FailingWrites {
             self.inner.put_opt_out_copy(copy, of).await?;
         }
         self.inner.delete_opt_out(t, p).await
+    }
+    async fn delete_opt_outs(
+        &self,
+        t: &kirim::domain::TenantId,
+        keys: &[kirim::domain::OptOutKey],
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.check()?;
+        if let Some((copy, of)) = self.race_copy.as_ref().filter(|(_, of)| keys.contains(of)) {
+            self.inner.put_opt_out_copy(copy, of).await?;
+        }
+        self.inner.delete_opt_outs(t, keys).await
     }
     async fn list_opt_outs(
         &self,

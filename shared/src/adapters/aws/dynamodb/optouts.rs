@@ -118,6 +118,40 @@ impl OptOutStore for DynamoStore {
         written("dynamodb delete", res)
     }
 
+    async fn delete_opt_outs(
+        &self,
+        tenant: &TenantId,
+        keys: &[OptOutKey],
+    ) -> Result<(), StoreError> {
+        if keys.len() > 25 {
+            return Err(StoreError::Rejected("at most 25 opt-outs at once".into()));
+        }
+        let mut unique: Vec<&OptOutKey> = Vec::with_capacity(keys.len());
+        for k in keys {
+            // A transaction may not name one item twice.
+            if !unique.contains(&k) {
+                unique.push(k);
+            }
+        }
+        let items = unique
+            .into_iter()
+            .map(|key| {
+                aws_sdk_dynamodb::types::Delete::builder()
+                    .table_name(&self.table)
+                    .set_key(Some(keys::opt_out(tenant, key).attrs()))
+                    .build()
+                    .map(|d| TransactWriteItem::builder().delete(d).build())
+                    .map_err(|e| StoreError::Corrupt(format!("delete: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.transact_retrying_conflicts(items)
+            .await
+            .map_err(|e| e.into_store_error())
+    }
+
     async fn list_opt_outs(
         &self,
         tenant: &TenantId,

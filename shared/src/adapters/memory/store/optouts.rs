@@ -67,6 +67,22 @@ impl OptOutStore for MemoryStore {
             .is_some())
     }
 
+    async fn delete_opt_outs(
+        &self,
+        tenant: &TenantId,
+        keys: &[OptOutKey],
+    ) -> Result<(), StoreError> {
+        if keys.len() > 25 {
+            return Err(StoreError::Rejected("at most 25 opt-outs at once".into()));
+        }
+        // Under the one lock, as DynamoDB's one transaction.
+        let mut s = self.lock()?;
+        for key in keys {
+            s.opt_outs.remove(&(tenant.clone(), key.to_string()));
+        }
+        Ok(())
+    }
+
     async fn list_opt_outs(
         &self,
         tenant: &TenantId,
