@@ -272,7 +272,13 @@ pub async fn settle_lost(
     if now - since < stale {
         return Ok(None);
     }
-    if let Some(b) = &m.broadcast_id {
+    // A message about to expire (its Messages retention, as short as 14 days) is settled
+    // whatever its broadcast does: the sweep would otherwise delete it unsent and never
+    // refunded, however long its campaign stays paused.
+    let expiring = m
+        .expires_at
+        .is_some_and(|at| at - now.timestamp() < stale.num_seconds());
+    if let Some(b) = m.broadcast_id.as_ref().filter(|_| !expiring) {
         // Paused: its messages wait unmoved as long as it does. Resumed (or paused) less
         // than the stale time ago: its messages' jobs may only now come back for them.
         let waiting = deps

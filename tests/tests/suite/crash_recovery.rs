@@ -2725,6 +2725,79 @@ async fn the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinishe
     assert_eq!(credits().await, before + 6, "nothing refunded twice");
 }
 
+/// A paused campaign's recorded messages wait as long as it does, but not past their own
+/// expiry: with the Messages retention at its 14-day minimum and the campaign paused
+/// longer, the sweep deleted them `accepted`, charged and never refunded. The run settles
+/// one within the stale time of its expiry (failed, refunded), whatever its campaign does.
+async fn a_paused_campaigns_message_about_to_expire_is_settled_and_refunded(b: Backend) {
+    use kirim::ports::Clock;
+    let (deps, clock, t) = tenant_on_a_manual_clock(b, 10).await;
+    let now = clock.now();
+    let day = 24 * 3600;
+    let mut broadcast = crate::contract_broadcasts::running_broadcast(&t.id, now);
+    broadcast.expires_at = Some(now.timestamp() + 30 * day);
+    let (_, mut debit) = crate::contract::message_expiring(&t.id, now, 30 * day);
+    debit.message_id = None;
+    deps.broadcasts
+        .create_broadcast(&broadcast, &[], &debit)
+        .await
+        .unwrap();
+    let (mut held, _) = crate::contract::message_expiring(&t.id, now, 14 * day);
+    held.broadcast_id = Some(broadcast.id.clone());
+    assert!(deps
+        .broadcasts
+        .insert_broadcast_message(&held)
+        .await
+        .unwrap());
+    assert!(deps
+        .broadcasts
+        .set_broadcast_control(
+            &t.id,
+            &broadcast.id,
+            &[None],
+            Some(kirim::ports::BroadcastControl::Paused),
+            now
+        )
+        .await
+        .unwrap());
+    let credits = || {
+        let (tenants, id) = (deps.tenants.clone(), t.id.clone());
+        async move { tenants.get_tenant(&id).await.unwrap().unwrap().credits }
+    };
+    let status = || {
+        let (messages, t, id) = (deps.messages.clone(), t.id.clone(), held.id.clone());
+        async move {
+            messages
+                .get_message(&t, &id)
+                .await
+                .unwrap()
+                .map(|m| m.status)
+        }
+    };
+    let before = credits().await;
+    // Paused for six days, eight left before it expires: it waits with its campaign.
+    clock.advance(chrono::Duration::days(6));
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(report.unsent_settled, Default::default());
+    assert_eq!(status().await, Some(MessageStatus::Accepted));
+    // Ten days: four left, within the stale time of its expiry: settled and refunded.
+    clock.advance(chrono::Duration::days(4));
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(report.unsent_settled.refunded, 1, "{report:?}");
+    assert_eq!(status().await, Some(MessageStatus::Failed));
+    // (The campaign itself was closed by then too, its list's backstop past: the
+    // recipients it never recorded refunded apart.)
+    let unrecorded = report.unsent_settled.campaign_recipients_refunded as i64 * held.price;
+    assert_eq!(
+        credits().await,
+        before + held.price + unrecorded,
+        "refunded"
+    );
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(report.unsent_settled, Default::default(), "once");
+    assert_eq!(credits().await, before + held.price + unrecorded);
+}
+
 /// A message whose dispatch job is gone for good (parked on the dead-letter queue, which
 /// keeps a job a day, and expired there) would stay `accepted`, charged, or `sending`
 /// forever. The daily retention run settles one that has not moved for five days: an
@@ -2921,6 +2994,7 @@ async fn the_retention_run_settles_a_scheduled_message_whose_job_was_lost(b: Bac
 on_both_backends!(
     a_replay_queues_nothing_for_a_message_a_busy_number_just_gave_back,
     an_unknown_meta_code_is_retried_as_metas_is_transient_says,
+    a_paused_campaigns_message_about_to_expire_is_settled_and_refunded,
     a_deadline_failure_whose_answer_was_lost_still_has_its_failed_callback,
     a_recheck_job_never_claims_or_sends_a_message,
     a_refunded_failure_whose_answer_was_lost_still_has_its_failed_callback,
