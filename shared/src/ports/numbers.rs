@@ -155,8 +155,9 @@ pub trait UsageStore: Send + Sync {
     /// was counted before (or there is no such message); nothing is written then.
     async fn record_pricing(&self, priced: &PricedMessage<'_>) -> Result<bool, StoreError>;
     /// [`record_pricing`](Self::record_pricing) folded into the status change that first
-    /// carries the pricing: moves the message to `to` (only from one of
-    /// `to.allowed_predecessors()`, not expired, applying `change`), sets its pricing and
+    /// carries the pricing: moves the message to `to` (only from one of `from` that
+    /// `to.allowed_predecessors()` has: the caller's read of the message, so that what it
+    /// builds from that read is what was moved; not expired, applying `change`), sets its pricing and
     /// adds it to its day's usage row, in ONE atomic write conditioned on the move being
     /// allowed AND the message having no pricing yet. `false`: nothing was written (the
     /// status did not allow the move, the message is priced already, or it is gone); the
@@ -164,6 +165,7 @@ pub trait UsageStore: Send + Sync {
     async fn transition_priced(
         &self,
         priced: &PricedMessage<'_>,
+        from: &[MessageStatus],
         to: MessageStatus,
         change: &StatusChange,
         at: DateTime<Utc>,

@@ -306,9 +306,7 @@ pub async fn get(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<OptO
 /// that id is paired with, and what their opt-outs name).
 const MAX_REMOVAL_KEYS: usize = 12;
 
-/// Removes the opt-out under `key` and those under its other keys: the key it is paired
-/// with, and the user id a phone's opt-out names (Meta named both; even once their
-/// pairing expired). Afterwards the user is reachable by
+/// Removes the opt-out under `key` and those under the keys it is paired with. Afterwards the user is reachable by
 /// either. All in one atomic write: a copy is written only while its source exists
 /// ([`OptOutStore::put_opt_out_copy`]), so one racing this removal (a STOP's copy from the
 /// phone to the id, a refused send's from the id to the phone) lands before it and goes
@@ -329,22 +327,16 @@ pub async fn remove(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<(
             }
         }
     }
-    // What each holds (consistent reads), and for a phone's, the user id it names (Meta
-    // named both: the id's copy goes with it, also once their pairing expired). Not the
-    // other way: a user id's opt-out copied under a phone no longer paired with it keeps
-    // that phone blocked until it is lifted by the phone (README "Opt-outs").
+    // Only keys paired now: an opt-out naming a key no longer paired with it (a recycled
+    // number's former owner's user id, a pairing expired) is left under that key, the
+    // safe side (README "Opt-outs"). Read consistently: none at all → 404.
+    keys.truncate(MAX_REMOVAL_KEYS);
     let mut found = false;
-    let mut i = 0;
-    while let Some(k) = keys.get(i).cloned() {
-        if let Some(o) = deps.opt_outs.get_opt_out(tenant, &k).await? {
+    for k in &keys {
+        if deps.opt_outs.get_opt_out(tenant, k).await?.is_some() {
             found = true;
-            if let (OptOutKey::Phone(_), Some(other)) = (&k, o.copy_key(&k)) {
-                if !keys.contains(&other) && keys.len() < MAX_REMOVAL_KEYS {
-                    keys.push(other);
-                }
-            }
+            break;
         }
-        i += 1;
     }
     if !found {
         return Err(ServiceError::NotFound);

@@ -195,7 +195,15 @@ async fn apply_to(
     if let (Some(pricing), Some(m)) = (pricing, seen) {
         if m.pricing.is_none() {
             let priced = super::usage::priced(deps, m, pricing, at);
-            let written = match deps.usage.transition_priced(&priced, to, &change, at).await {
+            // Only from the status read (which may be a moment behind): the record built
+            // below from that read is then what was moved (a `failed` the read missed
+            // refuses it, and the plain move below answers the message as it is).
+            let from = std::slice::from_ref(&m.status);
+            let written = match deps
+                .usage
+                .transition_priced(&priced, from, to, &change, at)
+                .await
+            {
                 Ok(written) => written,
                 Err(e) => {
                     return Box::pin(after_error(

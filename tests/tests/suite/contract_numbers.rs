@@ -501,6 +501,7 @@ async fn the_status_first_carrying_pricing_moves_prices_and_counts_the_message_i
                         credits: 2,
                         expires_at: expires,
                     },
+                    to.allowed_predecessors(),
                     to,
                     &StatusChange {
                         wamid: Some("wamid.X".into()),
@@ -541,6 +542,27 @@ async fn the_status_first_carrying_pricing_moves_prices_and_counts_the_message_i
     // A status that may not follow: refused, not priced.
     assert!(!moved(2, MessageStatus::Sending).await);
     assert_eq!(status(2).await, (MessageStatus::Sent, false));
+    // Only from the status the caller read: a read that says `failed` (a moment ahead, or
+    // behind) does not move a `sent` message, which `delivered` could otherwise follow.
+    assert!(!p
+        .usage
+        .transition_priced(
+            &PricedMessage {
+                tenant: &t.id,
+                message: &ids[2],
+                pricing: &utility,
+                day,
+                credits: 2,
+                expires_at: expires,
+            },
+            &[MessageStatus::Failed],
+            MessageStatus::Delivered,
+            &StatusChange::default(),
+            at,
+        )
+        .await
+        .unwrap());
+    assert_eq!(status(2).await, (MessageStatus::Sent, false));
     // No such message: nothing counted.
     let missing = kirim::domain::MessageId::from_trusted(ulid::Ulid::new().to_string());
     assert!(!p
@@ -554,6 +576,7 @@ async fn the_status_first_carrying_pricing_moves_prices_and_counts_the_message_i
                 credits: 2,
                 expires_at: expires,
             },
+            MessageStatus::Delivered.allowed_predecessors(),
             MessageStatus::Delivered,
             &StatusChange::default(),
             at,

@@ -820,7 +820,10 @@ async fn a_number_on_another_waba_brings_its_catalogue_which_decides_its_sends(b
     )
     .await;
     assert_eq!(s, 200, "{body}");
-    assert_eq!(body["synced"], 10, "two WABAs of five templates: {body}");
+    // Two WABAs of five templates, less promo_sale on the second: Meta paused it by webhook
+    // a moment ago, and a list read within 5 minutes of a change (Meta's list lags its
+    // webhooks) does not write over it.
+    assert_eq!(body["synced"], 9, "{body}");
 }
 
 on_both_backends!(

@@ -843,10 +843,9 @@ async fn an_opt_out_removed_while_it_is_copied_under_the_phone_stays_removed(b: 
         None,
         "the racing copy removed too"
     );
-    // A STOP from a phone naming its user id (no pairing kept: never made, or expired):
-    // stored under the phone and copied under the id. The tenant's `DELETE` by the phone
-    // removes both (the id's copy was left, listed, and came back under the phone at the
-    // user's next message).
+    // A STOP from a phone naming its user id, paired: stored under the phone and copied
+    // under the id. The tenant's `DELETE` by the phone removes both.
+    pair("+60123457104", "MY.7000000104").await;
     let both = optouts::Recipient {
         phone: PhoneNumber::parse("+60123457104").ok(),
         user_id: UserId::parse("MY.7000000104"),
@@ -873,7 +872,9 @@ async fn an_opt_out_removed_while_it_is_copied_under_the_phone_stays_removed(b: 
     assert_eq!(stored("+60123457104").await, None);
     assert_eq!(stored("MY.7000000104").await, None, "its id's copy too");
     // The same STOP's copy from the phone to the id landing while the `DELETE` runs
-    // (after the id was looked at, deleted one by one: it survived the removal).
+    // (deleted one by one, id first: a copy landing between the two survived, and came
+    // back under the phone at the next send or message).
+    pair("+60123457105", "MY.7000000105").await;
     let o = kirim::domain::OptOut {
         tenant_id: tenant.clone(),
         phone: PhoneNumber::parse("+60123457105").ok(),
@@ -899,6 +900,33 @@ async fn an_opt_out_removed_while_it_is_copied_under_the_phone_stays_removed(b: 
         stored("MY.7000000105").await,
         None,
         "the STOP's racing copy under the id removed with it"
+    );
+    // A number recycled: its former owner's STOP named their user id, no longer paired
+    // with it. The new owner's opt-out lifted by phone leaves the former owner's id
+    // blocked (the safe side).
+    let both = optouts::Recipient {
+        phone: PhoneNumber::parse("+60123457106").ok(),
+        user_id: UserId::parse("MY.7000000106"),
+    };
+    optouts::add(
+        &app.app.deps,
+        &tenant,
+        both,
+        OptOutScope::All,
+        OptOutSource::Keyword,
+        kirim::domain::BY_META,
+        None,
+    )
+    .await
+    .unwrap();
+    let by_phone = OptOutKey::parse("+60123457106").unwrap();
+    optouts::remove(&app.app.deps, &tenant, &by_phone)
+        .await
+        .unwrap();
+    assert_eq!(stored("+60123457106").await, None);
+    assert!(
+        stored("MY.7000000106").await.is_some(),
+        "the unpaired id keeps its own"
     );
 }
 

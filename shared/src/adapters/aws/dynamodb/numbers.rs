@@ -339,18 +339,16 @@ impl UsageStore for DynamoStore {
     async fn transition_priced(
         &self,
         priced: &PricedMessage<'_>,
+        from: &[MessageStatus],
         to: MessageStatus,
         change: &StatusChange,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let Some(u) = self.status_update(
-            priced.tenant,
-            priced.message,
-            to,
-            to.allowed_predecessors(),
-            change,
-            at,
-        )?
+        let from: Vec<MessageStatus> = from.iter().copied().filter(|f| to.may_follow(*f)).collect();
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let Some(u) = self.status_update(priced.tenant, priced.message, to, &from, change, at)?
         else {
             return Ok(false);
         };

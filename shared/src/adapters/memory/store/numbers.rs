@@ -214,6 +214,7 @@ impl UsageStore for MemoryStore {
     async fn transition_priced(
         &self,
         priced: &PricedMessage<'_>,
+        from: &[MessageStatus],
         to: MessageStatus,
         change: &StatusChange,
         at: DateTime<Utc>,
@@ -225,7 +226,7 @@ impl UsageStore for MemoryStore {
             .messages
             .get_mut(message_key(&(priced.tenant, priced.message)))
             .filter(|m| m.expires_at.is_none_or(|t| t > now))
-            .filter(|m| m.pricing.is_none() && to.may_follow(m.status))
+            .filter(|m| m.pricing.is_none() && to.may_follow(m.status) && from.contains(&m.status))
         else {
             return Ok(false);
         };
