@@ -339,7 +339,11 @@ pub async fn apply_quality(
             &number.phone_number_id,
             update.quality,
             update.throughput_per_sec,
-            update.meta_time,
+            // Never more than 5 minutes ahead of now: a skewed (or bogus) clock's time would
+            // hold off every later change of the number until then.
+            update.meta_time.map(|t| {
+                t.min(deps.clock.now().timestamp() + crate::ports::SYNC_STAMP_MARGIN_SECS)
+            }),
         )
         .await?
     {

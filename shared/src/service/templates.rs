@@ -492,9 +492,10 @@ pub async fn apply(deps: &Deps, update: &TemplateUpdate) -> Result<Applied, Serv
                     ChangeStamp {
                         at: now,
                         expires_at,
-                        // Never ahead of now by more than the sync's margin: a time from a
+                        // Never more than the sync's margin ahead of now: a time from a
                         // skewed (or bogus) clock would otherwise hold off every sync, and
-                        // every later webhook, of the template until that time.
+                        // every later webhook, of the template until that time (within the
+                        // margin, webhooks keep their own order).
                         meta_time: update
                             .meta_time
                             .map(|t| t.min(now.timestamp() + crate::ports::SYNC_STAMP_MARGIN_SECS)),
