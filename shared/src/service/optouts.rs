@@ -302,8 +302,8 @@ pub async fn get(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<OptO
     Err(ServiceError::NotFound)
 }
 
-/// How many keys one removal looks at, at most (a phone's forms, its user id, the phone
-/// that id is paired with, and what their opt-outs name).
+/// How many keys one removal looks at, at most (a phone's forms, the user id paired with
+/// them, and the phone that id is paired with).
 const MAX_REMOVAL_KEYS: usize = 12;
 
 /// Removes the opt-out under `key` and those under the keys it is paired with. Afterwards the user is reachable by
