@@ -77,8 +77,15 @@ impl ApiKeyRecord {
     /// When it stops (or stopped) authenticating for good: its revocation or its expiry,
     /// whichever comes first; `None` while it has neither.
     pub fn ended_at(&self) -> Option<DateTime<Utc>> {
-        let revoked = self.revoked_at.filter(|_| self.revoked);
-        match (revoked, self.expires_at) {
+        Self::end_of(self.revoked_at.filter(|_| self.revoked), self.expires_at)
+    }
+
+    /// A key's end from its revocation time (if revoked) and its expiry: the earlier.
+    pub fn end_of(
+        revoked_at: Option<DateTime<Utc>>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
+        match (revoked_at, expires_at) {
             (Some(r), Some(e)) => Some(r.min(e)),
             (r, e) => r.or(e),
         }
@@ -87,9 +94,13 @@ impl ApiKeyRecord {
     /// When both its copies expire (epoch seconds, the items' `ttl`):
     /// [`ENDED_KEY_RETENTION`](crate::domain::ENDED_KEY_RETENTION) after it ended.
     pub fn ttl(&self) -> Option<i64> {
+        self.ended_at().map(Self::ttl_after)
+    }
+
+    /// The items' `ttl` of a key that ended at `end`.
+    pub fn ttl_after(end: DateTime<Utc>) -> i64 {
         let keep = crate::domain::ENDED_KEY_RETENTION.as_secs() as i64;
-        self.ended_at()
-            .map(|at| at.timestamp().saturating_add(keep))
+        end.timestamp().saturating_add(keep)
     }
 }
 

@@ -32,6 +32,11 @@ pub struct SweepPage {
     /// (`Broadcast::list_expires_at`) passed (tenant, broadcast id): their fan-out job was
     /// lost, for the run to close (`broadcasts::settle_lost`).
     pub stale_broadcasts: Vec<(TenantId, String)>,
+    /// Ended API keys (revoked or expired) found without a TTL — written before ended keys
+    /// were given one — whose two copies this page gave their end +
+    /// [`ENDED_KEY_RETENTION`](crate::domain::ENDED_KEY_RETENTION) (the backfill; a store
+    /// that derives the TTL from the record has none to give).
+    pub ended_keys_given_ttl: usize,
     /// Where the next page starts; `None` when the pass over the table is complete.
     pub next: Option<String>,
 }

@@ -46,6 +46,9 @@ pub struct RetentionReport {
     /// failed `outcome_unknown`; and campaigns a lost fan-out job left unfinished, closed
     /// with their never-recorded recipients refunded.
     pub unsent_settled: UnsentSettled,
+    /// Ended API keys found without a TTL (written before ended keys were given one)
+    /// whose two copies this run gave their end + 90 days (`ENDED_KEY_RETENTION`).
+    pub ended_keys_given_ttl: usize,
     /// Active tenants the sweep came across (the daily template sync's list; not reported).
     #[serde(skip)]
     pub active_tenants: Vec<TenantId>,
@@ -135,6 +138,7 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         closed_out_failed: 0,
         audit_parked: audit::DrainReport::default(),
         unsent_settled: UnsentSettled::default(),
+        ended_keys_given_ttl: 0,
         active_tenants: Vec::new(),
     };
     // First: cheap (an index of the few chains with parked events), and what a quiet chain
@@ -158,6 +162,7 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
             *report.deleted.entry(class).or_default() += n;
             report.deleted_expired += n;
         }
+        report.ended_keys_given_ttl += page.ended_keys_given_ttl;
         report.active_tenants.extend(page.active_tenants);
         suspended.extend(page.suspended_tenants);
         for (tenant, id) in &page.stale_messages {
@@ -242,6 +247,7 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         deleted_expired = report.deleted_expired,
         deleted = ?report.deleted,
         closed_out = report.closed_out.len(),
+        ended_keys_given_ttl = report.ended_keys_given_ttl,
         audit_heads_repaired,
         audit_parked_linked = report.audit_parked.linked,
         audit_chains_still_parked = report.audit_parked.still_parked,

@@ -1467,3 +1467,124 @@ async fn a_poison_job_is_parked_on_the_encrypted_one_day_dlq_and_nowhere_else() 
         "content in a log line"
     );
 }
+
+/// Keys that ended before ended keys were given a TTL (stored then without one) get theirs
+/// from the next run: the end + 90 days on both copies, a key revoked before revocations
+/// recorded their time from the run; a live key keeps none. Only the table can hold such a
+/// key (the memory store derives the TTL from the record), so this one is on moto.
+#[tokio::test]
+async fn keys_that_ended_without_a_ttl_get_theirs_from_the_next_retention_run() {
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    let app = spawn_app(Backend::Aws).await;
+    let t = app.onboard(5).await;
+    let mut ids = std::collections::BTreeMap::new();
+    for name in ["revoked", "rotated", "revoked-untimed", "live"] {
+        let (st, key) = call(
+            &app,
+            "POST",
+            "/v1/api-keys",
+            &t.key,
+            Some(json!({"name": name, "role": "operator"})),
+        )
+        .await;
+        assert_eq!(st, 201, "{key}");
+        let id = key["id"].as_str().expect("its id").to_owned();
+        let (st, body) = match name {
+            "rotated" => {
+                call(
+                    &app,
+                    "POST",
+                    &format!("/v1/api-keys/{id}/rotate"),
+                    &t.key,
+                    Some(json!({"grace_period_hours": 1})),
+                )
+                .await
+            }
+            "live" => (204, Value::Null),
+            _ => call(&app, "DELETE", &format!("/v1/api-keys/{id}"), &t.key, None).await,
+        };
+        assert!(st == 204 || st == 200 || st == 201, "{name}: {st} {body}");
+        ids.insert(name, id);
+    }
+    // As an earlier release stored them: no TTL on either copy (and, for one, no
+    // revocation time).
+    let ddb = aws_sdk_dynamodb::Client::new(&moto_sdk().await);
+    let table = format!("{}-Table", app.stack);
+    let mine = format!("TENANT#{}", t.tenant_id);
+    let copies = |rows: &[Row], id: &str| -> Vec<(String, String, Option<i64>, Value)> {
+        let hash = rows
+            .iter()
+            .find(|r| r.pk == mine && r.sk == format!("APIKEY#{id}"))
+            .map(|r| r.attrs["key_hash"].as_str().unwrap_or_default().to_owned())
+            .expect("the tenant copy");
+        rows.iter()
+            .filter(|r| {
+                (r.pk == mine && r.sk == format!("APIKEY#{id}")) || r.pk == format!("APIKEY#{hash}")
+            })
+            .map(|r| (r.pk.clone(), r.sk.clone(), r.ttl, r.attrs.clone()))
+            .collect()
+    };
+    let rows = all_items(&app, Backend::Aws).await;
+    let mut ends = std::collections::BTreeMap::new();
+    for name in ["revoked", "rotated", "revoked-untimed"] {
+        let found = copies(&rows, &ids[name]);
+        assert_eq!(found.len(), 2, "{name}: both copies");
+        for (pk, sk, ttl, attrs) in found {
+            assert!(
+                ttl.is_some(),
+                "{name}: an ended key is written with its TTL"
+            );
+            let at = |k: &str| {
+                attrs[k]
+                    .as_str()
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.timestamp())
+            };
+            ends.insert(name, at("revoked_at").or(at("expires_at")));
+            let expr = if name == "revoked-untimed" {
+                "REMOVE #ttl, revoked_at"
+            } else {
+                "REMOVE #ttl"
+            };
+            ddb.update_item()
+                .table_name(&table)
+                .key("pk", Av::S(pk))
+                .key("sk", Av::S(sk))
+                .update_expression(expr)
+                .expression_attribute_names("#ttl", "ttl")
+                .send()
+                .await
+                .expect("the TTL removed");
+        }
+    }
+    let before = Utc::now().timestamp();
+    let report = kirim::service::retention::run(&app.app.deps)
+        .await
+        .expect("the run");
+    let after = Utc::now().timestamp();
+    assert!(report.complete, "{report:?}");
+    assert_eq!(report.ended_keys_given_ttl, 3, "{report:?}");
+    let keep = kirim::domain::ENDED_KEY_RETENTION.as_secs() as i64;
+    let rows = all_items(&app, Backend::Aws).await;
+    for name in ["revoked", "rotated"] {
+        let end = ends[name].expect("an end") + keep;
+        for (pk, sk, ttl, _) in copies(&rows, &ids[name]) {
+            assert_eq!(ttl, Some(end), "{name}: {pk} / {sk}");
+        }
+    }
+    for (pk, sk, ttl, _) in copies(&rows, &ids["revoked-untimed"]) {
+        let ttl = ttl.expect("given one");
+        assert!(
+            (before + keep..=after + keep).contains(&ttl),
+            "revoked at an unknown time: 90 days from the run ({pk} / {sk}: {ttl})"
+        );
+    }
+    for (pk, sk, ttl, _) in copies(&rows, &ids["live"]) {
+        assert_eq!(ttl, None, "a live key keeps none: {pk} / {sk}");
+    }
+    // Found once: the next run has none left to give.
+    let again = kirim::service::retention::run(&app.app.deps)
+        .await
+        .expect("the run");
+    assert_eq!(again.ended_keys_given_ttl, 0, "{again:?}");
+}

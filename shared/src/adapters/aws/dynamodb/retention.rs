@@ -17,8 +17,8 @@ use super::{n, s, ttl_of, DynamoStore, Item, TTL_ATTR};
 use crate::adapters::aws::classify;
 use crate::domain::{RetentionClass, TenantId};
 use crate::ports::{
-    ApiKeyStore, BroadcastStatus, CloseOutCounts, CloseOutTtls, RetentionStore, StoredItem,
-    SweepPage,
+    ApiKeyRecord, ApiKeyStore, BroadcastStatus, CloseOutCounts, CloseOutTtls, RetentionStore,
+    StoredItem, SweepPage,
 };
 use crate::store_error::StoreError;
 
@@ -74,6 +74,21 @@ fn class_of(pk: &str, sk: &str) -> RetentionClass {
         },
         ItemKind::class,
     )
+}
+
+/// The `ttl` an ended API key's copies should carry, from its tenant copy's stored
+/// `revoked`, `revoked_at` and `expires_at` (as `ApiKeyRecord` serializes them); `None`
+/// if it has not ended. A key revoked before revocations recorded their time counts as
+/// ended `now` (kept its full retention from the backfill).
+fn ended_key_ttl(item: &Item, now: DateTime<Utc>) -> Option<i64> {
+    let time = |k: &str| {
+        str_attr(item, k)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let revoked = matches!(item.get("revoked"), Some(AttributeValue::Bool(true)));
+    let revoked_at = revoked.then(|| time("revoked_at").unwrap_or(now));
+    ApiKeyRecord::end_of(revoked_at, time("expires_at")).map(ApiKeyRecord::ttl_after)
 }
 
 /// How many of a closed tenant's items a close-out handles at once.
@@ -329,9 +344,13 @@ impl RetentionStore for DynamoStore {
                  AND send_at < :stale) \
                  OR (begins_with(sk, :bc) AND #status IN (:scheduled, :fanning_out) \
                  AND created_at <= :list_cut \
-                 AND (attribute_not_exists(send_at) OR send_at <= :list_cut))",
+                 AND (attribute_not_exists(send_at) OR send_at <= :list_cut)) \
+                 OR (begins_with(sk, :apikey) AND attribute_not_exists(#ttl) \
+                 AND (revoked = :true OR attribute_type(expires_at, :str)))",
             )
-            .projection_expression("pk, sk, #ttl, #status, message_id")
+            .projection_expression(
+                "pk, sk, #ttl, #status, message_id, revoked, revoked_at, expires_at, key_hash",
+            )
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":now", n(now_s))
@@ -357,6 +376,11 @@ impl RetentionStore for DynamoStore {
                 ":list_cut",
                 s((now - list_retention()).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
             )
+            // A key ended before ended keys were given a TTL (the backfill): its tenant
+            // copy, which names its hash copy.
+            .expression_attribute_values(":apikey", s(keys::API_KEY_PREFIX))
+            .expression_attribute_values(":true", AttributeValue::Bool(true))
+            .expression_attribute_values(":str", s("S"))
             .set_exclusive_start_key(start.and_then(decode_key))
             .send()
             .await
@@ -367,6 +391,7 @@ impl RetentionStore for DynamoStore {
             ..SweepPage::default()
         };
         let mut expired = Vec::new();
+        let mut ended_keys = Vec::new();
         // Keys of wamid index items that are only the mark of kept statuses (no message
         // yet): they count as kept statuses.
         let mut marks = std::collections::HashSet::new();
@@ -403,6 +428,19 @@ impl RetentionStore for DynamoStore {
                 ) {
                     page.stale_broadcasts.push((t, id.to_owned()));
                 }
+            } else if ItemKind::of_key(pk, sk) == Some(ItemKind::ApiKeyOfTenant) {
+                // Matched for having ended without a TTL.
+                if let Some(ttl) = ended_key_ttl(&item, now) {
+                    let hash = str_attr(&item, "key_hash").map(keys::api_key_by_hash);
+                    ended_keys.push((
+                        hash,
+                        Key {
+                            pk: pk.to_owned(),
+                            sk: sk.to_owned(),
+                        },
+                        ttl,
+                    ));
+                }
             } else if ItemKind::of_key(pk, sk) == Some(ItemKind::Tenant) {
                 if let Some(t) = keys::tenant_of_pk(pk) {
                     match str_attr(&item, "status") {
@@ -411,6 +449,17 @@ impl RetentionStore for DynamoStore {
                         _ => page.closed_tenants.push(t),
                     }
                 }
+            }
+        }
+        for (hash, own, ttl) in ended_keys {
+            // The hash copy first: a failure between the two leaves the tenant copy
+            // without one, for the next pass to find again. The earlier TTL stands (a
+            // revocation or a close-out since the scan may have set one).
+            if let Some(hash) = hash {
+                self.set_ttl_if_earlier(hash, ttl).await?;
+            }
+            if self.set_ttl_if_earlier(own, ttl).await? {
+                page.ended_keys_given_ttl += 1;
             }
         }
         for key in self.delete_expired(expired, now_s).await? {
