@@ -32,12 +32,15 @@
 //!
 //! Templates, as Meta keeps them per WhatsApp Business Account (API.md "Template catalogue"):
 //! every WABA starts with the same catalogue ([`default_catalogue`]) until
-//! `PUT /_sandbox/templates/{waba_id}/{name}/{language}` `{"status"?,"category"?,"quality"?}`
-//! changes one template and sends Meta's matching signed webhook
-//! (`message_template_status_update`, `template_category_update`,
-//! `message_template_quality_update`). `GET /{version}/{waba_id}/message_templates` lists a
-//! catalogue in pages of at most [`TEMPLATE_PAGE_SIZE`] (small, so clients page), with Meta's
-//! `paging.cursors.after` and `paging.next`. A template send is checked against the catalogue
+//! `PUT /_sandbox/templates/{waba_id}/{name}/{language}`
+//! `{"status"?,"category"?,"quality"?,"body_parameters"?}` changes one template and sends
+//! Meta's matching signed webhook (`message_template_status_update`,
+//! `template_category_update`, `message_template_quality_update`; an edit of the body's
+//! parameter count sends none, as at Meta); one the WABA does not have is created when the
+//! change names its `category` (`PENDING` unless a `status` is given).
+//! `GET /{version}/{waba_id}/message_templates` lists a catalogue in pages of at most
+//! [`TEMPLATE_PAGE_SIZE`] (small, so clients page), with Meta's `paging.cursors.after` and
+//! `paging.next`, and Meta's `name` filter (here: that exact name). A template send is checked against the catalogue
 //! of the WABA whose templates its access token last listed (a Meta token belongs to one
 //! business), else of the sandbox's own WABA (`SandboxConfig::waba_id`): a template it does
 //! not have (or one not approved) answers 132001, a paused one 132015, a disabled one 132016,
@@ -456,7 +459,11 @@ async fn list_templates(
         }
         state.token_wabas.insert(token, waba_id.clone());
     }
-    let all = sandbox.templates(&waba_id);
+    // Meta's `name` filter (here: that name exactly).
+    let mut all = sandbox.templates(&waba_id);
+    if let Some(only) = params.get("name") {
+        all.retain(|t| &t.name == only);
+    }
     let end = start.saturating_add(limit).min(all.len());
     let data: Vec<Value> = all
         .get(start.min(all.len())..end)
@@ -496,7 +503,14 @@ struct TemplateChangeIn {
     category: Option<String>,
     #[serde(default)]
     quality: Option<String>,
+    /// An edit of its body: the number of `{{n}}` parameters it takes (no webhook says
+    /// so, as at Meta: a client reads the template again).
+    #[serde(default)]
+    body_parameters: Option<u32>,
 }
+
+/// Body parameters a sandbox template takes at most (Meta allows far more; enough here).
+const MAX_BODY_PARAMETERS: u32 = 20;
 
 fn one_of(value: &Option<String>, allowed: &[&str]) -> Result<Option<String>, String> {
     match value {
@@ -515,8 +529,16 @@ async fn put_template(
 ) -> Response {
     let bad = |m: String| (StatusCode::BAD_REQUEST, Json(invalid_parameter(&m))).into_response();
     let Ok(change) = serde_json::from_slice::<TemplateChangeIn>(&body) else {
-        return bad("give a JSON object with status, category and/or quality".into());
+        return bad(
+            "give a JSON object with status, category, quality and/or body_parameters".into(),
+        );
     };
+    if change
+        .body_parameters
+        .is_some_and(|n| n > MAX_BODY_PARAMETERS)
+    {
+        return bad(format!("body_parameters is at most {MAX_BODY_PARAMETERS}"));
+    }
     let checked = (
         one_of(
             &change.status,
@@ -541,17 +563,40 @@ async fn put_template(
             .catalogues
             .entry(waba_id.clone())
             .or_insert_with(default_catalogue);
+        // A template it does not have is created when the change names its category (as
+        // a business creates one at Meta: `PENDING` until a status is given).
+        if !catalogue
+            .iter()
+            .any(|t| t.name == name && t.language == language)
+        {
+            let valid = kirim::domain::template::valid_name(&name)
+                && kirim::domain::template::valid_language(&language);
+            match &category {
+                Some(c) if valid => {
+                    let id = 100 + catalogue.len() as u32;
+                    let mut t = SandboxTemplate::new(id, &name, c, "PENDING", 0);
+                    t.language = language.clone();
+                    catalogue.push(t);
+                }
+                _ => {
+                    let body = meta_error(
+                        132001,
+                        "(#132001) Template name does not exist in the translation",
+                        &format!("template name ({name}) does not exist in {language}"),
+                    );
+                    return (StatusCode::NOT_FOUND, Json(body)).into_response();
+                }
+            }
+        }
         let Some(t) = catalogue
             .iter_mut()
             .find(|t| t.name == name && t.language == language)
         else {
-            let body = meta_error(
-                132001,
-                "(#132001) Template name does not exist in the translation",
-                &format!("template name ({name}) does not exist in {language}"),
-            );
-            return (StatusCode::NOT_FOUND, Json(body)).into_response();
+            return (StatusCode::INTERNAL_SERVER_ERROR, "template vanished").into_response();
         };
+        if let Some(n) = change.body_parameters {
+            t.body_parameters = n;
+        }
         let before = t.clone();
         let base = json!({
             "message_template_id": t.id.parse::<u64>().unwrap_or_default(),

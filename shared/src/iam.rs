@@ -183,6 +183,8 @@ const WEBHOOK: &[Grant] = &[
     on(MetaAppSecret, SecretsManagerStore::READ),
     on(MetaVerifyToken, SecretsManagerStore::READ),
     on(CallbackQueue, SqsQueue::SEND),
+    // An approved template's re-read from Meta, for the dispatcher (it holds the tokens).
+    on(DispatchQueue, SqsQueue::SEND),
     // Meta's account_update suspends tenants, audited.
     on(AuditKey, SecretsManagerStore::READ),
 ];

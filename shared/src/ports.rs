@@ -872,6 +872,19 @@ pub trait MetaClient: Send + Sync {
         token: &Secret,
         after: Option<&str>,
     ) -> Result<crate::domain::template::MetaTemplatePage, MetaSendError>;
+    /// One page of the WABA's templates that holds every one named `name` on it (Meta's
+    /// `name` filter; the page may list others too: the caller picks). The default reads
+    /// the unfiltered list, a correct superset for a client without the filter.
+    async fn list_templates_named(
+        &self,
+        waba_id: &str,
+        token: &Secret,
+        name: &str,
+        after: Option<&str>,
+    ) -> Result<crate::domain::template::MetaTemplatePage, MetaSendError> {
+        let _ = name;
+        self.list_templates(waba_id, token, after).await
+    }
 }
 
 /// One audit event, a link of its chain (one chain per tenant, and `platform` for calls

@@ -232,11 +232,38 @@ impl MetaClient for MetaGraphClient {
         token: &Secret,
         after: Option<&str>,
     ) -> Result<MetaTemplatePage, MetaSendError> {
+        self.template_page(waba_id, token, None, after).await
+    }
+
+    async fn list_templates_named(
+        &self,
+        waba_id: &str,
+        token: &Secret,
+        name: &str,
+        after: Option<&str>,
+    ) -> Result<MetaTemplatePage, MetaSendError> {
+        self.template_page(waba_id, token, Some(name), after).await
+    }
+}
+
+impl MetaGraphClient {
+    /// One page of `GET /{version}/{waba_id}/message_templates`, with Meta's `name`
+    /// filter when given.
+    async fn template_page(
+        &self,
+        waba_id: &str,
+        token: &Secret,
+        name: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<MetaTemplatePage, MetaSendError> {
         let url = format!(
             "{}/{}/{}/message_templates",
             self.base_url, self.version, waba_id
         );
         let mut query = vec![("fields", TEMPLATE_FIELDS), ("limit", "100")];
+        if let Some(n) = name {
+            query.push(("name", n));
+        }
         if let Some(a) = after {
             query.push(("after", a));
         }

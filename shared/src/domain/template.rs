@@ -290,6 +290,11 @@ pub enum TemplateChange {
     Category(TemplateCategory),
     /// `message_template_quality_update`.
     Quality(TemplateQuality),
+    /// Its body's parameter count, as a re-read of the template from Meta after its
+    /// approval found it (no webhook carries a template's components: an edit approved
+    /// again may take another number of parameters). Ordered by the read's time, as
+    /// webhooks' changes are by Meta's.
+    BodyParameters(u32),
 }
 
 #[cfg(test)]

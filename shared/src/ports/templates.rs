@@ -34,6 +34,7 @@ impl CatalogueTemplate {
             TemplateChange::Status(s) => self.status = s,
             TemplateChange::Category(c) => self.category = c,
             TemplateChange::Quality(q) => self.quality = q,
+            TemplateChange::BodyParameters(n) => self.body_parameters = n,
             TemplateChange::Removed => {}
         }
         self
@@ -71,6 +72,10 @@ pub struct ChangeStamp {
 /// stamps each field with its time less this, so a webhook redelivered late with an older
 /// change does not undo what the sync wrote, and one that may be newer still applies.
 pub const SYNC_STAMP_MARGIN_SECS: i64 = 300;
+
+/// The fields whose changes are ordered by their time (Meta's, or a re-read's): each
+/// keeps it beside itself (`{field}_meta_at`), and a sync stamps them all.
+pub const TEMPLATE_TIMED_FIELDS: [&str; 4] = ["status", "category", "quality", "body_parameters"];
 
 /// How long a removed template's tombstone refuses a sync's write of it (not
 /// configurable): far longer than a sync runs and Meta's list lags its webhooks; the next

@@ -64,7 +64,8 @@ impl QueueName {
 pub struct DeadLetterView {
     pub queue: QueueName,
     pub id: String,
-    /// `send`, `broadcast_fanout`, `status_callback`, or `unreadable` (a poison body).
+    /// `send`, `broadcast_fanout`, `status_callback`, `template_refresh`, or `unreadable`
+    /// (a poison body).
     pub kind: &'static str,
     pub tenant_id: Option<String>,
     pub message_id: Option<String>,
@@ -77,6 +78,7 @@ impl DeadLetterView {
         let (kind, tenant_id, message_id) = match QueueJob::parse(&d.body) {
             Some(QueueJob::Send(j)) => ("send", Some(j.tenant_id), Some(j.message_id)),
             Some(QueueJob::BroadcastFanout(j)) => ("broadcast_fanout", Some(j.tenant_id), None),
+            Some(QueueJob::TemplateRefresh(j)) => ("template_refresh", Some(j.tenant_id), None),
             Some(QueueJob::StatusCallback(j)) => {
                 ("status_callback", Some(j.tenant_id), Some(j.message_id))
             }

@@ -460,6 +460,9 @@ pub async fn handle_in_span(deps: &Deps, body: &str) -> (Outcome, tracing::Span)
         QueueJob::StatusCallback(j) => {
             tracing::info_span!("job", kind = "status_callback", tenant_id = %j.tenant_id, message_id = %j.message_id)
         }
+        QueueJob::TemplateRefresh(j) => {
+            tracing::info_span!("job", kind = "template_refresh", tenant_id = %j.tenant_id, waba_id = %j.waba_id)
+        }
     };
     let outcome = handle_job(deps, job).instrument(span.clone()).await;
     (outcome, span)
@@ -469,6 +472,9 @@ async fn handle_job(deps: &Deps, job: QueueJob) -> Outcome {
     let result = match &job {
         QueueJob::Send(j) => dispatch(deps, j).await,
         QueueJob::BroadcastFanout(j) => super::broadcasts::fan_out(deps, j)
+            .await
+            .map_err(Stopped::from),
+        QueueJob::TemplateRefresh(j) => super::templates::refresh(deps, j)
             .await
             .map_err(Stopped::from),
         QueueJob::StatusCallback(_) => {

@@ -2,7 +2,7 @@
 //! ([`Outcome`]), and the retry backoff.
 //!
 //! One tagged enum, [`QueueJob`], is the wire format of both queues (the dispatch queue
-//! carries `send` and `broadcast_fanout` jobs, the status-callback queue carries
+//! carries `send`, `broadcast_fanout` and `template_refresh` jobs, the status-callback queue carries
 //! `status_callback` jobs). The dispatch queue is the only place message content lives
 //! until it is sent. Bodies written before the tag existed are still read.
 //!
@@ -117,6 +117,22 @@ pub struct CallbackJob {
     pub client_reference: Option<String>,
 }
 
+/// A template Meta approved (again), to be read back from Meta for what no webhook
+/// carries — its body's parameter count, changed by an edit — or, when the catalogue
+/// does not have it yet (a new template), whole (`templates::refresh`). No content.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TemplateRefreshJob {
+    /// The open tenant whose Meta token reads the WABA's list.
+    pub tenant_id: TenantId,
+    pub waba_id: String,
+    pub name: String,
+    pub language: String,
+    /// Meta's time of the approval (its webhook's), applied after a new template is
+    /// written from a list that may lag it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_meta_time: Option<i64>,
+}
+
 /// Every queue message, tagged by `kind`.
 #[derive(Clone, Serialize, Deserialize, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -124,6 +140,7 @@ pub enum QueueJob {
     Send(DispatchJob),
     BroadcastFanout(FanoutJob),
     StatusCallback(CallbackJob),
+    TemplateRefresh(TemplateRefreshJob),
 }
 
 /// The tag of a broadcast fan-out job.
@@ -170,7 +187,7 @@ impl QueueJob {
         match self {
             QueueJob::Send(j) => j.request_id.as_deref(),
             QueueJob::BroadcastFanout(j) => j.request_id.as_deref(),
-            QueueJob::StatusCallback(_) => None,
+            QueueJob::StatusCallback(_) | QueueJob::TemplateRefresh(_) => None,
         }
     }
 }
@@ -315,6 +332,13 @@ mod tests {
                 error: None,
                 client_reference: None,
             }),
+            QueueJob::TemplateRefresh(TemplateRefreshJob {
+                tenant_id: TenantId::generate(),
+                waba_id: "1000001".into(),
+                name: "order_update".into(),
+                language: "en_US".into(),
+                approved_meta_time: Some(1_700_000_000),
+            }),
         ];
         for job in jobs {
             let body = job.to_body().unwrap();
@@ -332,6 +356,18 @@ mod tests {
         .unwrap();
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["kind"], FANOUT_KIND);
+        // A template re-read names its tenant for the fair queue's group.
+        let body = QueueJob::TemplateRefresh(TemplateRefreshJob {
+            tenant_id: TenantId::generate(),
+            waba_id: "1".into(),
+            name: "n".into(),
+            language: "en".into(),
+            approved_meta_time: None,
+        })
+        .to_body()
+        .unwrap();
+        assert!(body.contains(r#""kind":"template_refresh""#), "{body}");
+        assert!(tenant_of_body(&body).is_some());
     }
 
     #[test]

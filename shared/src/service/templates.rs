@@ -27,6 +27,7 @@ use crate::ports::{
 };
 
 use super::errors::ServiceError;
+use super::jobs::{QueueJob, TemplateRefreshJob};
 use super::Deps;
 
 /// Pages of Meta's list read per sync at most (100 templates a page: beyond Meta's own
@@ -460,9 +461,12 @@ pub async fn apply(deps: &Deps, update: &TemplateUpdate) -> Result<Applied, Serv
     // Only a WABA with an open tenant: a closed tenant's catalogue keeps the TTL its last
     // change gave it, and expires with its other data.
     let mut open = false;
+    // The open tenant whose token reads the WABA's list again after an approval.
+    let mut refresher = None;
     for t in deps.tenants.tenants_by_waba(&update.waba_id).await? {
         if deps.tenant_is_open(&t).await? {
             open = true;
+            refresher = Some(t);
             break;
         }
     }
@@ -513,11 +517,167 @@ pub async fn apply(deps: &Deps, update: &TemplateUpdate) -> Result<Applied, Serv
         found,
         "template webhook"
     );
+    if update.change == TemplateChange::Status(TemplateStatus::Approved) {
+        if let Some(tenant) = refresher {
+            queue_refresh(deps, tenant, update).await;
+        }
+    }
     Ok(if found {
         Applied::Yes
     } else {
         Applied::NotInCatalogue
     })
+}
+
+/// Queues the re-read of a template Meta approved ([`refresh`]). Not the webhook's
+/// failure when it cannot be queued: the approval itself is applied, and the daily sync
+/// reads the template anyway (logged).
+async fn queue_refresh(deps: &Deps, tenant: TenantId, update: &TemplateUpdate) {
+    let job = QueueJob::TemplateRefresh(TemplateRefreshJob {
+        tenant_id: tenant,
+        waba_id: update.waba_id.clone(),
+        name: update.name.clone(),
+        language: update.language.clone(),
+        approved_meta_time: update.meta_time,
+    });
+    let queued = match job.to_body() {
+        Ok(body) => deps.queue.send(&body).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = queued {
+        tracing::warn!(waba_id = %update.waba_id, template = %update.name, error = %e,
+            "an approved template's re-read was not queued; the daily sync reads it");
+    }
+}
+
+/// Reads a template Meta approved back from Meta (`list_templates_named`) for what no
+/// webhook carries: an edit approved again may take another number of body parameters,
+/// and sends checked against the old count would be refused (or Meta would refuse them)
+/// until the daily sync. A template the catalogue has gets the count (ordered by the
+/// read's time, as a field's changes are: a sync's later read wins); one it does not have
+/// yet (created and approved since the last sync) is written whole, as a sync writes it,
+/// and the approval applied over it (Meta's list may still lag it).
+///
+/// Meta's answer decides the retry: a transient failure is tried again after the
+/// dispatch backoff (the queue's redrive parks it after its receive limit, visible as a
+/// `template_refresh` dead letter); a permanent one, a tenant no longer open or without a
+/// token, or a template Meta does not list (yet) ends the job: the daily sync reads it.
+pub async fn refresh(
+    deps: &Deps,
+    job: &TemplateRefreshJob,
+) -> Result<crate::service::jobs::Outcome, ServiceError> {
+    use crate::service::jobs::Outcome;
+    let Some(tenant) = deps.tenants.get_tenant(&job.tenant_id).await? else {
+        return Ok(Outcome::Done);
+    };
+    if tenant.status != TenantStatus::Active {
+        return Ok(Outcome::Done);
+    }
+    let Some(token) = deps.secrets.current(&tenant.meta_token_secret).await? else {
+        tracing::warn!("the tenant has no Meta access token; the template is not read again");
+        return Ok(Outcome::Done);
+    };
+    let read_at = deps.clock.now();
+    let mut after: Option<String> = None;
+    let mut cursors: HashSet<String> = HashSet::new();
+    let mut found = None;
+    for _ in 0..MAX_PAGES {
+        let page = match deps
+            .meta
+            .list_templates_named(&job.waba_id, &token, &job.name, after.as_deref())
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => {
+                // Meta's word where it gave one, else a 5xx or a 429; no answer at all.
+                let transient = match &e {
+                    MetaSendError::Api {
+                        http_status,
+                        is_transient,
+                        ..
+                    } => is_transient.unwrap_or(*http_status >= 500 || *http_status == 429),
+                    MetaSendError::Timeout | MetaSendError::Connection(_) => true,
+                    MetaSendError::Protocol(status) => *status >= 500,
+                };
+                if transient {
+                    tracing::warn!(error = %e, "an approved template was not read again; retrying");
+                    return Ok(Outcome::RetryAfter(deps.settings.dispatch_backoff));
+                }
+                tracing::warn!(error = %e, "an approved template was not read again; the daily sync reads it");
+                return Ok(Outcome::Done);
+            }
+        };
+        found = page
+            .templates
+            .into_iter()
+            .find(|t| t.name == job.name && t.language == job.language);
+        match page.after {
+            Some(next) if found.is_none() && cursors.insert(next.clone()) => after = Some(next),
+            _ => break,
+        }
+    }
+    let Some(t) = found else {
+        tracing::info!(template = %job.name, "an approved template is not in Meta's list yet; the daily sync reads it");
+        return Ok(Outcome::Done);
+    };
+    let now = deps.clock.now();
+    let expires_at = deps
+        .settings
+        .retention
+        .expiry(RetentionClass::Messages, now);
+    let (waba, name, language) = (&job.waba_id, &job.name, &job.language);
+    let body_parameters = t.body_parameters;
+    let outcome = match deps.templates.get_template(waba, name, language).await? {
+        Some(_) => deps
+            .templates
+            .update_template(
+                waba,
+                name,
+                language,
+                TemplateChange::BodyParameters(body_parameters),
+                ChangeStamp {
+                    at: now,
+                    expires_at,
+                    meta_time: Some(read_at.timestamp()),
+                },
+            )
+            .await?
+            .map(|_| "body parameters"),
+        None => {
+            let written = deps
+                .templates
+                .put_template_unless_newer(&catalogue_entry(waba, t, read_at, expires_at), read_at)
+                .await?;
+            if written {
+                // The approval, by Meta's time, over a list that may not show it yet.
+                deps.templates
+                    .update_template(
+                        waba,
+                        name,
+                        language,
+                        TemplateChange::Status(TemplateStatus::Approved),
+                        ChangeStamp {
+                            at: now,
+                            expires_at,
+                            meta_time: job.approved_meta_time.map(|t| {
+                                t.min(now.timestamp() + crate::ports::SYNC_STAMP_MARGIN_SECS)
+                            }),
+                        },
+                    )
+                    .await?;
+            }
+            written.then_some("added")
+        }
+    };
+    tracing::info!(
+        waba_id = %waba,
+        template = %name,
+        language = %language,
+        body_parameters,
+        written = outcome.unwrap_or("kept (a later write stands)"),
+        "approved template read again"
+    );
+    Ok(Outcome::Done)
 }
 
 /// One template as `GET /v1/templates` shows it.

@@ -544,7 +544,69 @@ async fn a_removed_template_is_not_brought_back_by_a_sync_that_read_metas_list_b
     assert_eq!(get().await.unwrap(), Some(listed));
 }
 
+/// A re-read's body parameter count (after an approval) is a field like Meta's others:
+/// stored as a number, ordered by its read's time (an older read, finishing last, changes
+/// nothing), and a sync that read Meta's list within the margin after it does not undo it.
+async fn a_re_read_body_count_applies_in_read_order_and_holds_off_a_lagging_sync(p: Ports) {
+    let stored = template(&p, "4201", "order_update", "en_US");
+    p.templates.put_template(&stored).await.unwrap();
+    p.clock.advance(Duration::minutes(6));
+    let p = &p;
+    let count = |n: u32, read: i64| async move {
+        let now = p.clock.now();
+        p.templates
+            .update_template(
+                "4201",
+                "order_update",
+                "en_US",
+                TemplateChange::BodyParameters(n),
+                ChangeStamp {
+                    at: now,
+                    expires_at: Some(now.timestamp() + 1000),
+                    meta_time: Some(read),
+                },
+            )
+            .await
+            .unwrap()
+            .map(|t| t.body_parameters)
+    };
+    let read = p.clock.now().timestamp();
+    assert_eq!(count(3, read).await, Some(3));
+    assert_eq!(count(2, read - 10).await, None, "an older read: refused");
+    let body = || async move {
+        p.templates
+            .get_template("4201", "order_update", "en_US")
+            .await
+            .unwrap()
+            .map(|t| t.body_parameters)
+    };
+    assert_eq!(body().await, Some(3));
+    // A sync beginning 2 s after the re-read, its list lagging (one parameter): kept.
+    p.clock.advance(Duration::seconds(2));
+    let began = p.clock.now();
+    let mut lagging = stored.clone();
+    lagging.updated_at = began;
+    assert!(!p
+        .templates
+        .put_template_unless_newer(&lagging, began)
+        .await
+        .unwrap());
+    assert_eq!(body().await, Some(3));
+    // Past the margin, Meta's list is the truth again.
+    p.clock.advance(Duration::seconds(SYNC_STAMP_MARGIN_SECS));
+    let began = p.clock.now();
+    let mut later = stored.clone();
+    later.updated_at = began;
+    assert!(p
+        .templates
+        .put_template_unless_newer(&later, began)
+        .await
+        .unwrap());
+    assert_eq!(body().await, Some(1));
+}
+
 contract!(
+    a_re_read_body_count_applies_in_read_order_and_holds_off_a_lagging_sync,
     a_syncs_put_never_undoes_a_webhook_change_made_just_before_it_read,
     a_removed_template_is_not_brought_back_by_a_sync_that_read_metas_list_before_it,
     a_syncs_put_never_replaces_what_was_written_after_the_sync_began,

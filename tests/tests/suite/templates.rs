@@ -877,7 +877,225 @@ async fn a_template_language_written_with_a_dash_is_the_catalogues_underscore_co
     assert_eq!(s, 202, "{body}");
 }
 
+/// The catalogue's view of one template, polled until `done` holds (the re-read runs on
+/// the dispatcher, after the webhook's answer) or 20 s pass.
+async fn template_until(
+    app: &TestApp,
+    key: &str,
+    name: &str,
+    language: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let (s, body) = get(app, key, "/v1/templates?limit=100").await;
+        assert_eq!(s, 200, "{body}");
+        last = body["templates"]
+            .as_array()
+            .and_then(|l| {
+                l.iter()
+                    .find(|t| t["name"] == name && t["language"] == language)
+                    .cloned()
+            })
+            .unwrap_or(Value::Null);
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    last
+}
+
+/// An edit at Meta approved again (its webhook carries no components): the template is
+/// read back from Meta, so sends take its new number of body parameters without a sync.
+async fn an_edited_template_approved_again_takes_its_new_body_parameters_without_a_sync(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let two = json!({"name": "order_update", "language": "en_US",
+        "components": [{"type": "body", "parameters": [
+            {"type": "text", "text": "P-1"}, {"type": "text", "text": "P-2"}]}]});
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/messages",
+        send_body("+60123461201", two.clone()),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("template_parameters_mismatch")),
+        "one parameter before the edit: {body}"
+    );
+    app.sandbox_template(
+        WABA,
+        "order_update",
+        "en_US",
+        json!({"body_parameters": 2, "status": "approved"}),
+    )
+    .await;
+    let seen = template_until(&app, &t.key, "order_update", "en_US", |v| {
+        v["body_parameters"] == 2
+    })
+    .await;
+    assert_eq!(seen["body_parameters"], 2, "read back from Meta: {seen}");
+    assert_eq!(seen["status"], "approved");
+    let (s, body) = post(&app, &t.key, "/v1/messages", send_body("+60123461202", two)).await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(
+        app.wait_status(&t.key, body["id"].as_str().unwrap(), "read")
+            .await["status"],
+        "read",
+        "Meta (the sandbox) takes two parameters now too"
+    );
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/messages",
+        send_body("+60123461203", template_of("utility")),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("template_parameters_mismatch")),
+        "the old count is refused before anything is debited: {body}"
+    );
+}
+
+/// A template created and approved at Meta since the last sync: its approval brings it
+/// into the catalogue (read from Meta), sendable without a sync.
+async fn a_new_template_approved_at_meta_joins_the_catalogue_without_a_sync(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    app.sandbox_template(
+        WABA,
+        "welcome_note",
+        "ms",
+        json!({"category": "utility", "body_parameters": 1}),
+    )
+    .await;
+    let (_, listed) = get(&app, &t.key, "/v1/templates?limit=100").await;
+    assert!(
+        !listed.to_string().contains("welcome_note"),
+        "pending at Meta, no webhook: not in the catalogue yet: {listed}"
+    );
+    app.sandbox_template(WABA, "welcome_note", "ms", json!({"status": "approved"}))
+        .await;
+    let seen = template_until(&app, &t.key, "welcome_note", "ms", |v| {
+        v["status"] == "approved"
+    })
+    .await;
+    assert_eq!(
+        (
+            seen["status"].as_str(),
+            seen["category"].as_str(),
+            seen["body_parameters"].as_u64()
+        ),
+        (Some("approved"), Some("utility"), Some(1)),
+        "{seen}"
+    );
+    let new = json!({"name": "welcome_note", "language": "ms",
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "P-1"}]}]});
+    let (s, body) = post(&app, &t.key, "/v1/messages", send_body("+60123461204", new)).await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(
+        app.wait_status(&t.key, body["id"].as_str().unwrap(), "read")
+            .await["status"],
+        "read"
+    );
+}
+
+/// Meta, answering every template read with one error.
+struct ListFails(MetaSendError);
+
+#[async_trait]
+impl MetaClient for ListFails {
+    async fn send_message(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: &Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        Err(MetaSendError::Timeout)
+    }
+    async fn list_templates(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: Option<&str>,
+    ) -> Result<MetaTemplatePage, MetaSendError> {
+        Err(self.0.clone())
+    }
+}
+
+/// An approved template's re-read that Meta fails is tried again only when Meta may
+/// answer later (its `is_transient`, a 5xx or 429, no answer); otherwise the job ends and
+/// the daily sync reads it. Either way the catalogue is unchanged.
+async fn a_template_re_read_is_retried_only_when_meta_may_answer_later(b: Backend) {
+    use kirim::service::jobs::{Outcome, TemplateRefreshJob};
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let api = |http_status: u16, is_transient: Option<bool>| MetaSendError::Api {
+        http_status,
+        code: 100,
+        title: "x".into(),
+        is_transient,
+    };
+    let job = TemplateRefreshJob {
+        tenant_id: kirim::domain::TenantId::parse(&t.tenant_id).unwrap(),
+        waba_id: WABA.into(),
+        name: "order_update".into(),
+        language: "en_US".into(),
+        approved_meta_time: None,
+    };
+    for (error, retried) in [
+        (api(500, None), true),
+        (api(429, None), true),
+        (api(400, Some(true)), true),
+        (api(503, Some(false)), false),
+        (api(400, None), false),
+        (MetaSendError::Timeout, true),
+        (MetaSendError::Connection("refused".into()), true),
+        (MetaSendError::Protocol(502), true),
+        (MetaSendError::Protocol(200), false),
+    ] {
+        let mut deps = app.app.deps.clone();
+        deps.meta = Arc::new(ListFails(error.clone()));
+        let outcome = templates::refresh(&deps, &job).await.expect("handled");
+        assert_eq!(
+            matches!(outcome, Outcome::RetryAfter(_)),
+            retried,
+            "{error:?}: {outcome:?}"
+        );
+        if !retried {
+            assert_eq!(outcome, Outcome::Done, "{error:?}");
+        }
+    }
+    let order = app
+        .app
+        .deps
+        .templates
+        .get_template(WABA, "order_update", "en_US")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(order.body_parameters, 1);
+    // A tenant no longer there: nothing to read with, done.
+    let gone = TemplateRefreshJob {
+        tenant_id: kirim::domain::TenantId::generate(),
+        ..job
+    };
+    assert_eq!(
+        templates::refresh(&app.app.deps, &gone).await.unwrap(),
+        Outcome::Done
+    );
+}
+
 on_both_backends!(
+    a_template_re_read_is_retried_only_when_meta_may_answer_later,
+    an_edited_template_approved_again_takes_its_new_body_parameters_without_a_sync,
+    a_new_template_approved_at_meta_joins_the_catalogue_without_a_sync,
     a_template_language_written_with_a_dash_is_the_catalogues_underscore_code,
     onboarding_syncs_the_catalogue_which_lists_with_filters_and_pages,
     every_refusal_code_refuses_a_send_or_broadcast_with_nothing_debited_or_stored,

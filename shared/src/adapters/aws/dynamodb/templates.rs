@@ -68,7 +68,9 @@ impl TemplateStore for DynamoStore {
                  AND (attribute_not_exists(#removed) OR #removed < :read OR #ttl <= :now) \
                  AND (attribute_not_exists(status_meta_at) OR status_meta_at <= :read) \
                  AND (attribute_not_exists(category_meta_at) OR category_meta_at <= :read) \
-                 AND (attribute_not_exists(quality_meta_at) OR quality_meta_at <= :read)",
+                 AND (attribute_not_exists(quality_meta_at) OR quality_meta_at <= :read) \
+                 AND (attribute_not_exists(body_parameters_meta_at) \
+                 OR body_parameters_meta_at <= :read)",
             )
             .expression_attribute_names("#removed", REMOVED_AT)
             .expression_attribute_names("#ttl", TTL_ATTR)
@@ -174,9 +176,10 @@ impl TemplateStore for DynamoStore {
             meta_time,
         } = stamp;
         let (attr, value) = match change {
-            TemplateChange::Status(v) => ("status", v.as_str()),
-            TemplateChange::Category(v) => ("category", v.as_str()),
-            TemplateChange::Quality(v) => ("quality", v.as_str()),
+            TemplateChange::Status(v) => ("status", s(v.as_str())),
+            TemplateChange::Category(v) => ("category", s(v.as_str())),
+            TemplateChange::Quality(v) => ("quality", s(v.as_str())),
+            TemplateChange::BodyParameters(v) => ("body_parameters", n(i64::from(v))),
             TemplateChange::Removed => {
                 return Err(StoreError::Corrupt("a removal is not an update".into()))
             }
@@ -194,7 +197,7 @@ impl TemplateStore for DynamoStore {
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_names("#f", attr)
             .expression_attribute_values(":now", n(self.now_secs()))
-            .expression_attribute_values(":v", s(value))
+            .expression_attribute_values(":v", value)
             .expression_attribute_values(":at", super::dyn_value(&at)?)
             .expression_attribute_values(":ms", n(at.timestamp_millis()))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
@@ -265,7 +268,7 @@ fn template_item(template: &CatalogueTemplate) -> Result<Item, StoreError> {
     let key = keys::template(&template.waba_id, &template.name, &template.language);
     let mut item = to_item(template, &key.pairs(), template.expires_at)?;
     let stamp = template.updated_at.timestamp() - crate::ports::SYNC_STAMP_MARGIN_SECS;
-    for field in ["status", "category", "quality"] {
+    for field in crate::ports::TEMPLATE_TIMED_FIELDS {
         item.insert(format!("{field}_meta_at"), n(stamp));
     }
     item.insert(

@@ -119,6 +119,7 @@ impl TemplateStore for MemoryStore {
             TemplateChange::Status(_) => "status",
             TemplateChange::Category(_) => "category",
             TemplateChange::Quality(_) => "quality",
+            TemplateChange::BodyParameters(_) => "body_parameters",
             TemplateChange::Removed => {
                 return Err(StoreError::Corrupt("a removal is not an update".into()))
             }
@@ -188,7 +189,7 @@ fn insert_template(s: &mut super::State, template: &CatalogueTemplate) {
     let stamp = template.updated_at.timestamp() - crate::ports::SYNC_STAMP_MARGIN_SECS;
     s.template_meta_at.insert(
         at.clone(),
-        ["status", "category", "quality"]
+        crate::ports::TEMPLATE_TIMED_FIELDS
             .into_iter()
             .map(|f| (f, stamp))
             .collect(),
