@@ -894,7 +894,65 @@ async fn opt_outs_under_several_keys_are_removed_at_once(p: Stores) {
     );
 }
 
+/// A closed tenant takes no opt-out and no copy of one: its close-out gives its opt-outs
+/// their TTL, and one written after (a webhook whose warm cache still saw the tenant open)
+/// would be kept for ever. What it had stays (to expire with the close-out's TTL).
+async fn a_closed_tenant_takes_no_opt_out_nor_a_copy_of_one(p: Stores) {
+    let t = onboarded(&p, 5).await;
+    let before = opt_out(&p, &t, "+60123450001", OptOutScope::All);
+    assert!(p.opt_outs.put_opt_out(&before).await.unwrap().1);
+    p.tenants
+        .set_status(&t, TenantStatus::Closed, Some("bye"), p.clock.now())
+        .await
+        .unwrap();
+    let mut late = opt_out(&p, &t, "+60123450002", OptOutScope::All);
+    late.meta_timestamp = Some(p.clock.now().timestamp());
+    let (answered, new) = p.opt_outs.put_opt_out(&late).await.unwrap();
+    assert!(!new, "not stored");
+    assert_eq!(answered.phone, late.phone);
+    assert_eq!(
+        p.opt_outs
+            .get_opt_out(&t, &key("+60123450002"))
+            .await
+            .unwrap(),
+        None
+    );
+    // A copy of the one it had, under a user id: refused too.
+    let copy = OptOut {
+        user_id: Some(kirim::domain::UserId::parse("MY.123456").unwrap()),
+        ..before.clone()
+    };
+    assert!(!p
+        .opt_outs
+        .put_opt_out_copy(&copy, &key("+60123450001"))
+        .await
+        .unwrap());
+    assert_eq!(
+        p.opt_outs
+            .get_opt_out(&t, &OptOutKey::User(copy.user_id.clone().unwrap()))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(p
+        .opt_outs
+        .get_opt_out(&t, &key("+60123450001"))
+        .await
+        .unwrap()
+        .is_some());
+    // Another tenant's (open) is stored as ever.
+    let other = onboarded(&p, 5).await;
+    assert!(
+        p.opt_outs
+            .put_opt_out(&opt_out(&p, &other, "+60123450002", OptOutScope::All))
+            .await
+            .unwrap()
+            .1
+    );
+}
+
 contract!(
+    a_closed_tenant_takes_no_opt_out_nor_a_copy_of_one,
     opt_outs_under_several_keys_are_removed_at_once,
     a_copy_under_a_user_id_is_listed_once_under_its_own_key,
     a_copy_under_the_phone_is_written_only_while_the_user_ids_opt_out_exists,

@@ -315,22 +315,25 @@ impl DynamoStore {
             let put = req
                 .build()
                 .map_err(|e| StoreError::Corrupt(format!("put: {e}")))?;
-            // Without a time or a source nothing else is checked: a plain conditional put.
-            if opt_out.meta_timestamp.is_none() && source.is_none() {
-                let mut plain = self
-                    .client
-                    .put_item()
-                    .table_name(&self.table)
-                    .set_item(Some(put.item))
-                    .set_condition_expression(put.condition_expression)
-                    .set_expression_attribute_names(put.expression_attribute_names);
-                plain = plain.set_expression_attribute_values(put.expression_attribute_values);
-                if written("dynamodb put", plain.send().await)? {
-                    return Ok(Some((stored, existing.is_none())));
-                }
-                continue;
-            }
-            let mut items = Vec::with_capacity(3);
+            let mut items = Vec::with_capacity(4);
+            // Never for a closed tenant: its close-out gives its opt-outs their TTL, and
+            // one written after it (a webhook whose warm cache still saw the tenant open)
+            // would have none, kept for ever. A tenant with no item (none in a contract
+            // test) does not refuse it.
+            let tenant_check = aws_sdk_dynamodb::types::ConditionCheck::builder()
+                .table_name(&self.table)
+                .set_key(Some(keys::tenant(&opt_out.tenant_id).attrs()))
+                .condition_expression("attribute_not_exists(pk) OR #status <> :closed")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":closed", s("closed"))
+                .build()
+                .map_err(|e| StoreError::Corrupt(format!("condition check: {e}")))?;
+            items.push(
+                TransactWriteItem::builder()
+                    .condition_check(tenant_check)
+                    .build(),
+            );
+            let tenant_at = Some(0);
             let source_at = source.map(|_| items.len());
             if let Some(of) = source {
                 let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
@@ -357,6 +360,12 @@ impl DynamoStore {
             };
             match self.transact_retrying_conflicts(items).await {
                 Ok(()) => return Ok(Some((stored, existing.is_none()))),
+                // The tenant is closed: nothing written (a copy: as if its source were gone).
+                Err(e) if refused(&e, tenant_at) => {
+                    return Ok(source
+                        .is_none()
+                        .then(|| (existing.unwrap_or_else(|| opt_out.clone()), false)));
+                }
                 // The source is gone: nothing written.
                 Err(e) if refused(&e, source_at) => return Ok(None),
                 // The user opted back in as late or later: not stored.

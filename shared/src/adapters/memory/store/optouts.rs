@@ -166,6 +166,19 @@ impl MemoryStore {
         }
         .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
         let mut s = self.lock()?;
+        // Never for a closed tenant (as on DynamoDB: its close-out's TTL would miss it).
+        if s.tenants
+            .get(&opt_out.tenant_id)
+            .is_some_and(|t| t.status == crate::ports::TenantStatus::Closed)
+        {
+            let kept = s
+                .opt_outs
+                .get(&(opt_out.tenant_id.clone(), key.to_string()))
+                .cloned();
+            return Ok(source
+                .is_none()
+                .then(|| (kept.unwrap_or_else(|| opt_out.clone()), false)));
+        }
         if let Some(of) = source {
             if !s
                 .opt_outs
