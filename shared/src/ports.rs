@@ -498,6 +498,11 @@ pub struct OptOutPage {
     pub next_cursor: Option<String>,
 }
 
+/// Opt-outs [`OptOutStore::delete_opt_outs`] removes at once at most: DynamoDB's
+/// `TransactWriteItems` takes 100 items; 25 is far above what one removal covers
+/// (`service::optouts`' 12 keys).
+pub const MAX_OPT_OUTS_REMOVED: usize = 25;
+
 /// A tenant's opt-outs: active configuration, kept (no TTL) while the tenant exists. Each
 /// is stored under its [`OptOut::key`] (the phone when known, else the user id).
 #[async_trait]
@@ -562,7 +567,8 @@ pub trait OptOutStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Removes the opt-out; `false` if there was none.
     async fn delete_opt_out(&self, tenant: &TenantId, key: &OptOutKey) -> Result<bool, StoreError>;
-    /// Removes the opt-outs under every one of `keys` (at most 25) in one atomic write,
+    /// Removes the opt-outs under every one of `keys` (at most [`MAX_OPT_OUTS_REMOVED`],
+    /// else `Rejected`) in one atomic write,
     /// whichever of them exist: a copy, written only while its source exists
     /// ([`put_opt_out_copy`](Self::put_opt_out_copy)), lands either before it (and is
     /// removed with it) or not at all, so nothing of a user's opt-out survives its removal.

@@ -305,6 +305,7 @@ pub async fn get(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<OptO
 /// How many keys one removal looks at, at most (a phone's forms, the user id paired with
 /// them, and the phone that id is paired with).
 const MAX_REMOVAL_KEYS: usize = 12;
+const _: () = assert!(MAX_REMOVAL_KEYS <= crate::ports::MAX_OPT_OUTS_REMOVED);
 
 /// Removes the opt-out under `key` and those under the keys it is paired with. Afterwards the user is reachable by
 /// either. All in one atomic write: a copy is written only while its source exists

@@ -44,14 +44,22 @@ impl SecretsManagerStore {
         name: &str,
         stage: &str,
     ) -> Result<Option<(Secret, Option<DateTime<Utc>>)>, StoreError> {
-        match self
-            .client
-            .get_secret_value()
-            .secret_id(name)
-            .version_stage(stage)
-            .send()
-            .await
-        {
+        self.read(name, Pick::Stage(stage)).await
+    }
+
+    /// One version's value (by its stage or its id) and its creation time; a secret that
+    /// is not there, or is scheduled for deletion, reads as `None`.
+    async fn read(
+        &self,
+        name: &str,
+        pick: Pick<'_>,
+    ) -> Result<Option<(Secret, Option<DateTime<Utc>>)>, StoreError> {
+        let req = self.client.get_secret_value().secret_id(name);
+        let req = match pick {
+            Pick::Stage(stage) => req.version_stage(stage),
+            Pick::Id(id) => req.version_id(id),
+        };
+        match req.send().await {
             Ok(out) => {
                 let created = out
                     .created_date()
@@ -72,6 +80,15 @@ impl SecretsManagerStore {
             Err(e) => Err(classify("secretsmanager get", e)),
         }
     }
+}
+
+/// Which version of a secret to read.
+#[derive(Clone, Copy)]
+enum Pick<'a> {
+    /// The version a staging label is on (`AWSCURRENT`, `AWSPREVIOUS`, `AWSPENDING`).
+    Stage(&'a str),
+    /// A version by its id.
+    Id(&'a str),
 }
 
 #[async_trait]
@@ -214,27 +231,7 @@ impl SecretStore for SecretsManagerStore {
         name: &str,
         version: &str,
     ) -> Result<Option<Secret>, StoreError> {
-        match self
-            .client
-            .get_secret_value()
-            .secret_id(name)
-            .version_id(version)
-            .send()
-            .await
-        {
-            Ok(out) => Ok(out.secret_string().map(Secret::new)),
-            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => Ok(None),
-            Err(SdkError::ServiceError(e))
-                if e.err().is_invalid_request_exception()
-                    && e.err()
-                        .meta()
-                        .message()
-                        .is_some_and(|m| m.contains("delet")) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(classify("secretsmanager get", e)),
-        }
+        Ok(self.read(name, Pick::Id(version)).await?.map(|(s, _)| s))
     }
 
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {

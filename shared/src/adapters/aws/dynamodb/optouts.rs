@@ -123,8 +123,11 @@ impl OptOutStore for DynamoStore {
         tenant: &TenantId,
         keys: &[OptOutKey],
     ) -> Result<(), StoreError> {
-        if keys.len() > 25 {
-            return Err(StoreError::Rejected("at most 25 opt-outs at once".into()));
+        if keys.len() > crate::ports::MAX_OPT_OUTS_REMOVED {
+            return Err(StoreError::Rejected(format!(
+                "at most {} opt-outs at once",
+                crate::ports::MAX_OPT_OUTS_REMOVED
+            )));
         }
         let mut unique: Vec<&OptOutKey> = Vec::with_capacity(keys.len());
         for k in keys {

@@ -72,8 +72,11 @@ impl OptOutStore for MemoryStore {
         tenant: &TenantId,
         keys: &[OptOutKey],
     ) -> Result<(), StoreError> {
-        if keys.len() > 25 {
-            return Err(StoreError::Rejected("at most 25 opt-outs at once".into()));
+        if keys.len() > crate::ports::MAX_OPT_OUTS_REMOVED {
+            return Err(StoreError::Rejected(format!(
+                "at most {} opt-outs at once",
+                crate::ports::MAX_OPT_OUTS_REMOVED
+            )));
         }
         // Under the one lock, as DynamoDB's one transaction.
         let mut s = self.lock()?;
