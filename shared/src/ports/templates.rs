@@ -135,7 +135,11 @@ pub trait TemplateStore: Send + Sync {
     ) -> Result<Option<CatalogueTemplate>, StoreError>;
     /// Removes a template; `false` if there was none. With `unchanged_since`, only while
     /// its `updated_at` is still that one (as the caller read it): a template written
-    /// since (by another sync, or a webhook) is kept, and answered `false`.
+    /// since (by another sync, or a webhook) is kept, and answered `false`. Removing one it
+    /// has, or (without `unchanged_since`: Meta's removal) one it does not have, leaves a
+    /// tombstone for [`TEMPLATE_TOMBSTONE_SECS`], seen by no read, that refuses a later
+    /// [`put_template_unless_newer`](Self::put_template_unless_newer) of a list read before
+    /// the removal or less than [`SYNC_STAMP_MARGIN_SECS`] after it.
     async fn delete_template(
         &self,
         waba_id: &str,

@@ -474,9 +474,11 @@ async fn handle_job(deps: &Deps, job: QueueJob) -> Outcome {
         QueueJob::BroadcastFanout(j) => super::broadcasts::fan_out(deps, j)
             .await
             .map_err(Stopped::from),
-        QueueJob::TemplateRefresh(j) => super::templates::refresh(deps, j)
-            .await
-            .map_err(Stopped::from),
+        QueueJob::TemplateRefresh(j) => match super::templates::refresh(deps, j).await {
+            Ok(None) => Ok(Outcome::Done),
+            Ok(Some(e)) => Ok(refresh_failed(deps, &e)),
+            Err(e) => Err(Stopped::from(e)),
+        },
         QueueJob::StatusCallback(_) => {
             tracing::error!(
                 "a status-callback job on the dispatch queue; leaving it for the dead-letter queue"
@@ -495,6 +497,33 @@ async fn handle_job(deps: &Deps, job: QueueJob) -> Outcome {
             tracing::error!(error = %e.detail, "dispatch error; leaving the job for the dead-letter queue");
             Outcome::Poison
         }
+    }
+}
+
+/// Meta failed an approved template's re-read (`templates::refresh`): tried again when
+/// Meta's error table says a later try may succeed (a rate limit, a transient or delayed
+/// code, Meta's `is_transient`, a 5xx or 429 of an unknown code, no answer); otherwise the
+/// job ends and the daily sync reads the template.
+fn refresh_failed(deps: &Deps, e: &MetaSendError) -> Outcome {
+    let again = match e {
+        MetaSendError::Api {
+            code,
+            http_status,
+            is_transient,
+            ..
+        } => matches!(
+            classify_reported(*code, *http_status, *is_transient),
+            ErrorClass::Transient | ErrorClass::Delayed
+        ),
+        MetaSendError::Timeout | MetaSendError::Connection(_) => true,
+        MetaSendError::Protocol(status) => *status >= 500,
+    };
+    if again {
+        tracing::warn!(error = %e, "an approved template was not read again; retrying");
+        Outcome::RetryAfter(deps.settings.dispatch_backoff)
+    } else {
+        tracing::warn!(error = %e, "an approved template was not read again; the daily sync reads it");
+        Outcome::Done
     }
 }
 

@@ -461,11 +461,18 @@ pub async fn apply(deps: &Deps, update: &TemplateUpdate) -> Result<Applied, Serv
     // Only a WABA with an open tenant: a closed tenant's catalogue keeps the TTL its last
     // change gave it, and expires with its other data.
     let mut open = false;
-    // The open tenant whose token reads the WABA's list again after an approval.
+    // An active tenant, whose token reads the WABA's list again after an approval (a
+    // suspended one's job would end unread; tenants may share a WABA).
     let mut refresher = None;
     for t in deps.tenants.tenants_by_waba(&update.waba_id).await? {
-        if deps.tenant_is_open(&t).await? {
-            open = true;
+        let Some(tenant) = deps.tenants.tenant_for_access(&t).await? else {
+            continue;
+        };
+        if tenant.status == TenantStatus::Closed {
+            continue;
+        }
+        open = true;
+        if tenant.status == TenantStatus::Active {
             refresher = Some(t);
             break;
         }
@@ -555,27 +562,30 @@ async fn queue_refresh(deps: &Deps, tenant: TenantId, update: &TemplateUpdate) {
 /// and sends checked against the old count would be refused (or Meta would refuse them)
 /// until the daily sync. A template the catalogue has gets the count (ordered by the
 /// read's time, as a field's changes are: a sync's later read wins); one it does not have
-/// yet (created and approved since the last sync) is written whole, as a sync writes it,
-/// and the approval applied over it (Meta's list may still lag it).
+/// yet (created and approved since the last sync) is written whole, as a sync writes it.
+/// Either way, while Meta's list says it is approved or still pending (the list lags its
+/// webhooks), the approval is applied again by Meta's time: a sync that read the list
+/// before the approval and wrote after the webhook (which found nothing to change) does
+/// not leave it pending; a newer change of its status (paused, rejected...) is kept, by
+/// the field's time, as always.
 ///
-/// Meta's answer decides the retry: a transient failure is tried again after the
-/// dispatch backoff (the queue's redrive parks it after its receive limit, visible as a
-/// `template_refresh` dead letter); a permanent one, a tenant no longer open or without a
-/// token, or a template Meta does not list (yet) ends the job: the daily sync reads it.
+/// `Ok(Some(e))`: Meta failed the read, nothing written; the dispatcher decides whether
+/// to try again (`dispatch`, by Meta's error table). A tenant no longer active or
+/// without a token, or a template Meta does not list (yet), ends it: the daily sync reads
+/// it.
 pub async fn refresh(
     deps: &Deps,
     job: &TemplateRefreshJob,
-) -> Result<crate::service::jobs::Outcome, ServiceError> {
-    use crate::service::jobs::Outcome;
+) -> Result<Option<MetaSendError>, ServiceError> {
     let Some(tenant) = deps.tenants.get_tenant(&job.tenant_id).await? else {
-        return Ok(Outcome::Done);
+        return Ok(None);
     };
     if tenant.status != TenantStatus::Active {
-        return Ok(Outcome::Done);
+        return Ok(None);
     }
     let Some(token) = deps.secrets.current(&tenant.meta_token_secret).await? else {
         tracing::warn!("the tenant has no Meta access token; the template is not read again");
-        return Ok(Outcome::Done);
+        return Ok(None);
     };
     let read_at = deps.clock.now();
     let mut after: Option<String> = None;
@@ -588,24 +598,7 @@ pub async fn refresh(
             .await
         {
             Ok(page) => page,
-            Err(e) => {
-                // Meta's word where it gave one, else a 5xx or a 429; no answer at all.
-                let transient = match &e {
-                    MetaSendError::Api {
-                        http_status,
-                        is_transient,
-                        ..
-                    } => is_transient.unwrap_or(*http_status >= 500 || *http_status == 429),
-                    MetaSendError::Timeout | MetaSendError::Connection(_) => true,
-                    MetaSendError::Protocol(status) => *status >= 500,
-                };
-                if transient {
-                    tracing::warn!(error = %e, "an approved template was not read again; retrying");
-                    return Ok(Outcome::RetryAfter(deps.settings.dispatch_backoff));
-                }
-                tracing::warn!(error = %e, "an approved template was not read again; the daily sync reads it");
-                return Ok(Outcome::Done);
-            }
+            Err(e) => return Ok(Some(e)),
         };
         found = page
             .templates
@@ -618,7 +611,7 @@ pub async fn refresh(
     }
     let Some(t) = found else {
         tracing::info!(template = %job.name, "an approved template is not in Meta's list yet; the daily sync reads it");
-        return Ok(Outcome::Done);
+        return Ok(None);
     };
     let now = deps.clock.now();
     let expires_at = deps
@@ -627,7 +620,13 @@ pub async fn refresh(
         .expiry(RetentionClass::Messages, now);
     let (waba, name, language) = (&job.waba_id, &job.name, &job.language);
     let body_parameters = t.body_parameters;
-    let outcome = match deps.templates.get_template(waba, name, language).await? {
+    let listed = t.status;
+    let stamp = |meta_time: Option<i64>| ChangeStamp {
+        at: now,
+        expires_at,
+        meta_time,
+    };
+    let written = match deps.templates.get_template(waba, name, language).await? {
         Some(_) => deps
             .templates
             .update_template(
@@ -635,49 +634,41 @@ pub async fn refresh(
                 name,
                 language,
                 TemplateChange::BodyParameters(body_parameters),
-                ChangeStamp {
-                    at: now,
-                    expires_at,
-                    meta_time: Some(read_at.timestamp()),
-                },
+                stamp(Some(read_at.timestamp())),
             )
             .await?
             .map(|_| "body parameters"),
-        None => {
-            let written = deps
-                .templates
-                .put_template_unless_newer(&catalogue_entry(waba, t, read_at, expires_at), read_at)
-                .await?;
-            if written {
-                // The approval, by Meta's time, over a list that may not show it yet.
-                deps.templates
-                    .update_template(
-                        waba,
-                        name,
-                        language,
-                        TemplateChange::Status(TemplateStatus::Approved),
-                        ChangeStamp {
-                            at: now,
-                            expires_at,
-                            meta_time: job.approved_meta_time.map(|t| {
-                                t.min(now.timestamp() + crate::ports::SYNC_STAMP_MARGIN_SECS)
-                            }),
-                        },
-                    )
-                    .await?;
-            }
-            written.then_some("added")
-        }
+        None => deps
+            .templates
+            .put_template_unless_newer(&catalogue_entry(waba, t, read_at, expires_at), read_at)
+            .await?
+            .then_some("added"),
     };
+    // The approval, by Meta's time, over a list (or a sync's write of one) that may not
+    // show it yet; never over a status Meta's list already moved past it.
+    if matches!(listed, TemplateStatus::Approved | TemplateStatus::Pending) {
+        deps.templates
+            .update_template(
+                waba,
+                name,
+                language,
+                TemplateChange::Status(TemplateStatus::Approved),
+                stamp(
+                    job.approved_meta_time
+                        .map(|t| t.min(now.timestamp() + crate::ports::SYNC_STAMP_MARGIN_SECS)),
+                ),
+            )
+            .await?;
+    }
     tracing::info!(
         waba_id = %waba,
         template = %name,
         language = %language,
         body_parameters,
-        written = outcome.unwrap_or("kept (a later write stands)"),
+        written = written.unwrap_or("kept (a later write stands)"),
         "approved template read again"
     );
-    Ok(Outcome::Done)
+    Ok(None)
 }
 
 /// One template as `GET /v1/templates` shows it.

@@ -605,7 +605,58 @@ async fn a_re_read_body_count_applies_in_read_order_and_holds_off_a_lagging_sync
     assert_eq!(body().await, Some(1));
 }
 
+/// Meta removes a template the catalogue does not have yet (created and approved since
+/// the last sync, its approval's re-read still to come): the removal leaves its tombstone
+/// all the same, so a write from a list read before it — or within the margin after —
+/// does not bring it in; nothing is counted as removed, and a day on it can be written.
+async fn a_removal_of_a_template_not_in_the_catalogue_still_holds_off_an_older_list(p: Ports) {
+    let began = p.clock.now();
+    assert!(
+        !p.templates
+            .delete_template("5101", "welcome_note", "ms", None)
+            .await
+            .unwrap(),
+        "nothing removed"
+    );
+    let get = || p.templates.get_template("5101", "welcome_note", "ms");
+    assert_eq!(get().await.unwrap(), None);
+    let listed = template(&p, "5101", "welcome_note", "ms");
+    assert!(!p
+        .templates
+        .put_template_unless_newer(&listed, began)
+        .await
+        .unwrap());
+    p.clock.advance(Duration::seconds(60));
+    let mut later = listed.clone();
+    later.updated_at = p.clock.now();
+    assert!(
+        !p.templates
+            .put_template_unless_newer(&later, p.clock.now())
+            .await
+            .unwrap(),
+        "a list read a minute after the removal may still name it"
+    );
+    assert_eq!(get().await.unwrap(), None);
+    // A second removal of the absent one changes nothing.
+    assert!(!p
+        .templates
+        .delete_template("5101", "welcome_note", "ms", None)
+        .await
+        .unwrap());
+    p.clock.advance(Duration::days(1) + Duration::hours(1));
+    let mut day_on = listed.clone();
+    day_on.updated_at = p.clock.now();
+    day_on.expires_at = Some(p.clock.now().timestamp() + 1000);
+    assert!(p
+        .templates
+        .put_template_unless_newer(&day_on, p.clock.now() - Duration::seconds(1))
+        .await
+        .unwrap());
+    assert_eq!(get().await.unwrap(), Some(day_on));
+}
+
 contract!(
+    a_removal_of_a_template_not_in_the_catalogue_still_holds_off_an_older_list,
     a_re_read_body_count_applies_in_read_order_and_holds_off_a_lagging_sync,
     a_syncs_put_never_undoes_a_webhook_change_made_just_before_it_read,
     a_removed_template_is_not_brought_back_by_a_sync_that_read_metas_list_before_it,

@@ -1030,15 +1030,17 @@ impl MetaClient for ListFails {
 }
 
 /// An approved template's re-read that Meta fails is tried again only when Meta may
-/// answer later (its `is_transient`, a 5xx or 429, no answer); otherwise the job ends and
-/// the daily sync reads it. Either way the catalogue is unchanged.
+/// answer later, by Meta's error table as a send's failure is (a rate limit or transient
+/// code whatever its HTTP status, Meta's `is_transient` for an unknown code, else a 5xx or
+/// 429; no answer); otherwise the job ends and the daily sync reads it. Either way the
+/// catalogue is unchanged.
 async fn a_template_re_read_is_retried_only_when_meta_may_answer_later(b: Backend) {
-    use kirim::service::jobs::{Outcome, TemplateRefreshJob};
+    use kirim::service::jobs::{Outcome, QueueJob, TemplateRefreshJob};
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
-    let api = |http_status: u16, is_transient: Option<bool>| MetaSendError::Api {
+    let api = |code: i64, http_status: u16, is_transient: Option<bool>| MetaSendError::Api {
         http_status,
-        code: 100,
+        code,
         title: "x".into(),
         is_transient,
     };
@@ -1049,12 +1051,16 @@ async fn a_template_re_read_is_retried_only_when_meta_may_answer_later(b: Backen
         language: "en_US".into(),
         approved_meta_time: None,
     };
+    let unknown = 999_001;
     for (error, retried) in [
-        (api(500, None), true),
-        (api(429, None), true),
-        (api(400, Some(true)), true),
-        (api(503, Some(false)), false),
-        (api(400, None), false),
+        (api(unknown, 500, None), true),
+        (api(unknown, 429, None), true),
+        (api(unknown, 400, Some(true)), true),
+        (api(unknown, 503, Some(false)), false),
+        (api(unknown, 400, None), false),
+        (api(4, 400, None), true),
+        (api(80007, 400, Some(false)), true),
+        (api(100, 500, None), false),
         (MetaSendError::Timeout, true),
         (MetaSendError::Connection("refused".into()), true),
         (MetaSendError::Protocol(502), true),
@@ -1062,7 +1068,8 @@ async fn a_template_re_read_is_retried_only_when_meta_may_answer_later(b: Backen
     ] {
         let mut deps = app.app.deps.clone();
         deps.meta = Arc::new(ListFails(error.clone()));
-        let outcome = templates::refresh(&deps, &job).await.expect("handled");
+        let body = QueueJob::TemplateRefresh(job.clone()).to_body().unwrap();
+        let outcome = kirim::service::dispatch::handle(&deps, &body).await;
         assert_eq!(
             matches!(outcome, Outcome::RetryAfter(_)),
             retried,
@@ -1088,12 +1095,90 @@ async fn a_template_re_read_is_retried_only_when_meta_may_answer_later(b: Backen
     };
     assert_eq!(
         templates::refresh(&app.app.deps, &gone).await.unwrap(),
-        Outcome::Done
+        None
     );
+}
+
+/// An approval whose webhook came while a sync that had read the template as pending was
+/// still writing: the webhook found nothing to change, the sync then wrote it pending; the
+/// re-read applies the approval again, by its Meta time.
+async fn an_approval_a_lagging_sync_wrote_over_is_applied_again_by_the_re_read(b: Backend) {
+    use kirim::service::jobs::TemplateRefreshJob;
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    app.sandbox_template(
+        WABA,
+        "pending_notice",
+        "en_US",
+        json!({"status": "approved"}),
+    )
+    .await;
+    let approved_at = chrono::Utc::now().timestamp();
+    template_until(&app, &t.key, "pending_notice", "en_US", |v| {
+        v["status"] == "approved"
+    })
+    .await;
+    // The lagging sync's write: pending, stamped 5 minutes before its read.
+    let deps = &app.app.deps;
+    let mut pending = deps
+        .templates
+        .get_template(WABA, "pending_notice", "en_US")
+        .await
+        .unwrap()
+        .unwrap();
+    pending.status = TemplateStatus::Pending;
+    pending.updated_at = deps.clock.now();
+    deps.templates.put_template(&pending).await.unwrap();
+    let job = TemplateRefreshJob {
+        tenant_id: kirim::domain::TenantId::parse(&t.tenant_id).unwrap(),
+        waba_id: WABA.into(),
+        name: "pending_notice".into(),
+        language: "en_US".into(),
+        approved_meta_time: Some(approved_at),
+    };
+    assert_eq!(templates::refresh(deps, &job).await.unwrap(), None);
+    let now = deps
+        .templates
+        .get_template(WABA, "pending_notice", "en_US")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.status, TemplateStatus::Approved);
+}
+
+/// Tenants sharing a WABA, the first suspended: an approval is read back with the active
+/// one's token (a suspended tenant's re-read would end unread).
+async fn a_shared_wabas_approval_is_read_back_with_an_active_tenants_token(b: Backend) {
+    let app = spawn_app(b).await;
+    let first = app.onboard(5).await;
+    let second = app.onboard(5).await;
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/platform/tenants/{}/suspend", first.tenant_id)))
+        .bearer_auth(kirim_tests::OPERATOR_TOKEN)
+        .json(&json!({"reason": "unpaid"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    app.sandbox_template(
+        WABA,
+        "order_update",
+        "en_US",
+        json!({"body_parameters": 2, "status": "approved"}),
+    )
+    .await;
+    let seen = template_until(&app, &second.key, "order_update", "en_US", |v| {
+        v["body_parameters"] == 2
+    })
+    .await;
+    assert_eq!(seen["body_parameters"], 2, "{seen}");
 }
 
 on_both_backends!(
     a_template_re_read_is_retried_only_when_meta_may_answer_later,
+    an_approval_a_lagging_sync_wrote_over_is_applied_again_by_the_re_read,
+    a_shared_wabas_approval_is_read_back_with_an_active_tenants_token,
     an_edited_template_approved_again_takes_its_new_body_parameters_without_a_sync,
     a_new_template_approved_at_meta_joins_the_catalogue_without_a_sync,
     a_template_language_written_with_a_dash_is_the_catalogues_underscore_code,

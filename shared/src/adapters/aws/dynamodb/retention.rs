@@ -451,14 +451,22 @@ impl RetentionStore for DynamoStore {
                 }
             }
         }
-        for (hash, own, ttl) in ended_keys {
-            // The hash copy first: a failure between the two leaves the tenant copy
-            // without one, for the next pass to find again. The earlier TTL stands (a
-            // revocation or a close-out since the scan may have set one).
-            if let Some(hash) = hash {
-                self.set_ttl_if_earlier(hash, ttl).await?;
-            }
-            if self.set_ttl_if_earlier(own, ttl).await? {
+        // 16 keys at once (a page may name hundreds). Per key, the hash copy first: a
+        // failure between the two leaves the tenant copy without one, for the next pass to
+        // find again. The earlier TTL stands (a revocation or a close-out since the scan
+        // may have set one).
+        let given: Vec<Result<bool, StoreError>> = futures::stream::iter(ended_keys)
+            .map(|(hash, own, ttl)| async move {
+                if let Some(hash) = hash {
+                    self.set_ttl_if_earlier(hash, ttl).await?;
+                }
+                self.set_ttl_if_earlier(own, ttl).await
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for g in given {
+            if g? {
                 page.ended_keys_given_ttl += 1;
             }
         }

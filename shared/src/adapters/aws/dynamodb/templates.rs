@@ -257,7 +257,31 @@ impl TemplateStore for DynamoStore {
                 .expression_attribute_values(":seen", super::dyn_value(&at)?),
             None => req.condition_expression(live),
         };
-        written("dynamodb update", req.send().await)
+        let removed = written("dynamodb update", req.send().await)?;
+        if !removed && unchanged_since.is_none() {
+            // Meta removed one the catalogue does not have (yet): its tombstone all the
+            // same, where nothing live is, so that a write from a list read before the
+            // removal (an approval's re-read, a sync) does not bring it in. Not counted.
+            let key = keys::template(waba_id, name, language);
+            let mut item = key.attrs();
+            item.insert(REMOVED_AT.into(), n(now));
+            item.insert("written_ms".into(), n(now.saturating_mul(1000)));
+            let exp = now.saturating_add(TOMBSTONE_SECS);
+            item.insert("expires_at".into(), n(exp));
+            item.insert(TTL_ATTR.into(), n(exp));
+            let res = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(pk) OR #ttl <= :now")
+                .expression_attribute_names("#ttl", TTL_ATTR)
+                .expression_attribute_values(":now", n(now))
+                .send()
+                .await;
+            written("dynamodb put", res)?;
+        }
+        Ok(removed)
     }
 }
 

@@ -163,20 +163,32 @@ impl TemplateStore for MemoryStore {
                 return Ok(false);
             }
         }
-        let Some(live) = s.templates.get(&at).map(|t| self.live(t.expires_at)) else {
-            return Ok(false);
-        };
-        if !live {
-            return Ok(false);
-        }
-        s.template_meta_at.remove(&at);
-        s.templates.remove(&at);
-        // Its tombstone, as on DynamoDB (`adapters::aws::dynamodb::templates`).
         let now = self.clock.now().timestamp();
         let tombstone = (
             now,
             now.saturating_add(crate::ports::TEMPLATE_TOMBSTONE_SECS),
         );
+        let live = s
+            .templates
+            .get(&at)
+            .is_some_and(|t| self.live(t.expires_at));
+        if !live {
+            // Meta removed one the catalogue does not have (yet): its tombstone all the
+            // same, where no live one is (as on DynamoDB). Not counted.
+            if unchanged_since.is_none()
+                && s.template_removed
+                    .get(&at)
+                    .is_none_or(|(_, expires)| *expires <= now)
+            {
+                s.templates.remove(&at);
+                s.template_meta_at.remove(&at);
+                s.template_removed.insert(at, tombstone);
+            }
+            return Ok(false);
+        }
+        s.template_meta_at.remove(&at);
+        s.templates.remove(&at);
+        // Its tombstone, as on DynamoDB (`adapters::aws::dynamodb::templates`).
         s.template_removed.insert(at, tombstone);
         Ok(true)
     }
