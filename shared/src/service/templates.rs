@@ -645,8 +645,11 @@ pub async fn refresh(
             .then_some("added"),
     };
     // The approval, by Meta's time, over a list (or a sync's write of one) that may not
-    // show it yet; never over a status Meta's list already moved past it.
-    if matches!(listed, TemplateStatus::Approved | TemplateStatus::Pending) {
+    // show it yet; never over a status Meta's list already moved past it, and only with
+    // Meta's time (without it, nothing could keep it from undoing a later change).
+    if job.approved_meta_time.is_some()
+        && matches!(listed, TemplateStatus::Approved | TemplateStatus::Pending)
+    {
         deps.templates
             .update_template(
                 waba,

@@ -478,6 +478,59 @@ async fn a_users_last_inbound_is_swept_as_a_service_window_a_day_later_and_a_new
     assert!(stored(&p, &pk, &sk("+60123459804")).await);
 }
 
+async fn an_expired_opting_back_in_is_swept_as_a_pending_status_and_a_live_one_stays(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let keep = kirim::domain::OPTED_IN_RETENTION.as_secs() as i64;
+    let start = |digits: &'static str| {
+        let p = &p;
+        let t = &t;
+        async move {
+            p.opt_outs
+                .delete_opt_out_not_newer_than(
+                    &t.id,
+                    &kirim::domain::OptOutKey::parse(digits).unwrap(),
+                    p.clock.now().timestamp(),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    // A START's time is kept 7 days; the second one's a little later.
+    start("+60123459811").await;
+    p.clock.advance(Duration::seconds(keep - TTL));
+    start("+60123459812").await;
+    swept_when_due(&p, TTL, &[("pending_status", 1)]).await;
+    let pk = tenant_pk(&t.id);
+    assert!(!stored(&p, &pk, "OPTIN#+60123459811").await);
+    assert!(stored(&p, &pk, "OPTIN#+60123459812").await);
+}
+
+async fn an_expired_usage_row_is_swept_as_billing_and_a_live_one_stays(p: Ports) {
+    let t = onboarded(&p, 10).await;
+    let pricing = kirim::domain::Pricing::parse("PMP", "utility", "regular").unwrap();
+    for (day, expires_in) in [("2026-01-01", TTL), ("2026-01-02", LIVE)] {
+        let (m, debit) = message(&p, &t.id, LIVE);
+        p.messages.insert_with_debit(&m, &debit).await.unwrap();
+        assert!(p
+            .usage
+            .record_pricing(&PricedMessage {
+                tenant: &t.id,
+                message: &m.id,
+                pricing: &pricing,
+                day: day.parse().unwrap(),
+                credits: 1,
+                expires_at: in_secs(&p, expires_in),
+            })
+            .await
+            .unwrap());
+        p.clock.advance(Duration::milliseconds(2));
+    }
+    swept_when_due(&p, TTL, &[("billing", 1)]).await;
+    let pk = tenant_pk(&t.id);
+    assert!(!stored(&p, &pk, "USAGE#2026-01-01#utility#regular").await);
+    assert!(stored(&p, &pk, "USAGE#2026-01-02#utility#regular").await);
+}
+
 async fn an_idle_send_slot_is_swept_as_a_send_slot_and_a_used_one_stays(p: Ports) {
     let wait = std::time::Duration::from_secs(1);
     let now = p.clock.now();
@@ -813,6 +866,8 @@ async fn the_sweeps_checkpoint_is_never_swept(p: Ports) {
 }
 
 contract!(
+    an_expired_opting_back_in_is_swept_as_a_pending_status_and_a_live_one_stays,
+    an_expired_usage_row_is_swept_as_billing_and_a_live_one_stays,
     an_expired_user_pairing_is_swept_as_messages_and_a_live_one_stays,
     a_users_last_inbound_is_swept_as_a_service_window_a_day_later_and_a_newer_one_stays,
     an_expired_template_is_swept_as_messages_and_a_live_one_stays,

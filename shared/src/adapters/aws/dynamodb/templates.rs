@@ -236,9 +236,53 @@ impl TemplateStore for DynamoStore {
     ) -> Result<bool, StoreError> {
         // A tombstone in its place (module docs), only over a live template.
         let now = self.now_secs();
+        let exp = now.saturating_add(TOMBSTONE_SECS);
+        let Some(at) = unchanged_since else {
+            // Meta's removal: the tombstone wherever no live one is — over a live template
+            // (answered `true`), and also where the catalogue has none (yet: created since
+            // the last sync), so that a write from a list read before the removal (an
+            // approval's re-read, a sync) does not bring it in. One write: a sync's put
+            // cannot land between a look and the tombstone.
+            let key = keys::template(waba_id, name, language);
+            let mut item = key.attrs();
+            item.insert(REMOVED_AT.into(), n(now));
+            item.insert("written_ms".into(), n(now.saturating_mul(1000)));
+            item.insert("expires_at".into(), n(exp));
+            item.insert(TTL_ATTR.into(), n(exp));
+            let res = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(#removed) OR #ttl <= :now")
+                .expression_attribute_names("#removed", REMOVED_AT)
+                .expression_attribute_names("#ttl", TTL_ATTR)
+                .expression_attribute_values(":now", n(now))
+                .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+                .send()
+                .await;
+            return match res {
+                // A live template was there (not one past its TTL).
+                Ok(out) => Ok(out.attributes.is_some_and(|old| {
+                    old.contains_key(keys::PK)
+                        && old
+                            .get(TTL_ATTR)
+                            .and_then(|v| v.as_n().ok())
+                            .and_then(|t| t.parse::<i64>().ok())
+                            .is_none_or(|t| t > now)
+                })),
+                // A live tombstone: removed already.
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() =>
+                {
+                    Ok(false)
+                }
+                Err(e) => Err(classify("dynamodb put", e)),
+            };
+        };
         let live = "attribute_exists(pk) AND attribute_not_exists(#removed) \
                     AND (attribute_not_exists(#ttl) OR #ttl > :now)";
-        let mut req = self
+        let req = self
             .client
             .update_item()
             .table_name(&self.table)
@@ -250,38 +294,10 @@ impl TemplateStore for DynamoStore {
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_values(":now", n(now))
             .expression_attribute_values(":ms", n(now.saturating_mul(1000)))
-            .expression_attribute_values(":exp", n(now.saturating_add(TOMBSTONE_SECS)));
-        req = match unchanged_since {
-            Some(at) => req
-                .condition_expression(format!("{live} AND updated_at = :seen"))
-                .expression_attribute_values(":seen", super::dyn_value(&at)?),
-            None => req.condition_expression(live),
-        };
-        let removed = written("dynamodb update", req.send().await)?;
-        if !removed && unchanged_since.is_none() {
-            // Meta removed one the catalogue does not have (yet): its tombstone all the
-            // same, where nothing live is, so that a write from a list read before the
-            // removal (an approval's re-read, a sync) does not bring it in. Not counted.
-            let key = keys::template(waba_id, name, language);
-            let mut item = key.attrs();
-            item.insert(REMOVED_AT.into(), n(now));
-            item.insert("written_ms".into(), n(now.saturating_mul(1000)));
-            let exp = now.saturating_add(TOMBSTONE_SECS);
-            item.insert("expires_at".into(), n(exp));
-            item.insert(TTL_ATTR.into(), n(exp));
-            let res = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(item))
-                .condition_expression("attribute_not_exists(pk) OR #ttl <= :now")
-                .expression_attribute_names("#ttl", TTL_ATTR)
-                .expression_attribute_values(":now", n(now))
-                .send()
-                .await;
-            written("dynamodb put", res)?;
-        }
-        Ok(removed)
+            .expression_attribute_values(":exp", n(exp))
+            .condition_expression(format!("{live} AND updated_at = :seen"))
+            .expression_attribute_values(":seen", super::dyn_value(&at)?);
+        written("dynamodb update", req.send().await)
     }
 }
 
