@@ -498,6 +498,10 @@ pub struct OptOutPage {
     pub next_cursor: Option<String>,
 }
 
+/// The `Conflict` a write refused for its tenant being closed answers (an opt-out put
+/// inside the warm caches' 5 s after the closing).
+pub const TENANT_CLOSED: &str = "the account is closed";
+
 /// Opt-outs [`OptOutStore::delete_opt_outs`] removes at once at most: DynamoDB's
 /// `TransactWriteItems` takes 100 items; 25 is far above what one removal covers
 /// (`service::optouts`' 12 keys).
@@ -516,6 +520,10 @@ pub trait OptOutStore: Send + Sync {
     /// ([`OptedIn::overrides`]: a newer START; of the same second, the later arrival
     /// stands) is not stored (answered as not new); the check travels with the write (on
     /// DynamoDB, one transaction).
+    ///
+    /// Never for a closed tenant (its close-out gives its opt-outs their TTL; one written
+    /// after would have none): `Conflict(`[`TENANT_CLOSED`]`)`, nothing written; the
+    /// check travels with the write too (a copy is refused the same way: `false`).
     ///
     /// [`OptedIn::overrides`]: crate::domain::OptedIn::overrides
     async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError>;

@@ -907,9 +907,11 @@ async fn a_closed_tenant_takes_no_opt_out_nor_a_copy_of_one(p: Stores) {
         .unwrap();
     let mut late = opt_out(&p, &t, "+60123450002", OptOutScope::All);
     late.meta_timestamp = Some(p.clock.now().timestamp());
-    let (answered, new) = p.opt_outs.put_opt_out(&late).await.unwrap();
-    assert!(!new, "not stored");
-    assert_eq!(answered.phone, late.phone);
+    assert_eq!(
+        p.opt_outs.put_opt_out(&late).await.unwrap_err(),
+        StoreError::Conflict(TENANT_CLOSED.into()),
+        "refused, said so"
+    );
     assert_eq!(
         p.opt_outs
             .get_opt_out(&t, &key("+60123450002"))

@@ -365,9 +365,10 @@ impl DynamoStore {
                 Ok(()) => return Ok(Some((stored, existing.is_none()))),
                 // The tenant is closed: nothing written (a copy: as if its source were gone).
                 Err(e) if refused(&e, tenant_at) => {
-                    return Ok(source
-                        .is_none()
-                        .then(|| (existing.unwrap_or_else(|| opt_out.clone()), false)));
+                    return match source {
+                        Some(_) => Ok(None),
+                        None => Err(StoreError::Conflict(crate::ports::TENANT_CLOSED.into())),
+                    };
                 }
                 // The source is gone: nothing written.
                 Err(e) if refused(&e, source_at) => return Ok(None),

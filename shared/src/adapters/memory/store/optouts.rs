@@ -174,13 +174,10 @@ impl MemoryStore {
             .get(&opt_out.tenant_id)
             .is_some_and(|t| t.status == crate::ports::TenantStatus::Closed)
         {
-            let kept = s
-                .opt_outs
-                .get(&(opt_out.tenant_id.clone(), key.to_string()))
-                .cloned();
-            return Ok(source
-                .is_none()
-                .then(|| (kept.unwrap_or_else(|| opt_out.clone()), false)));
+            return match source {
+                Some(_) => Ok(None),
+                None => Err(StoreError::Conflict(crate::ports::TENANT_CLOSED.into())),
+            };
         }
         if let Some(of) = source {
             if !s
