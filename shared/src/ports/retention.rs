@@ -107,8 +107,10 @@ pub trait RetentionStore: Send + Sync {
     /// gives its active configuration and its audit head their TTLs, and finally gives the
     /// tenant item its TTL and `closed_out_at` (only if it is `closed`). Every step is
     /// idempotent, so a run cut short is finished by the next one. Past `deadline` it
-    /// stops (`cut_short`), but only after its first part (the API keys' first page), so
-    /// that every call makes progress; it holds no more than a page of items at a time.
+    /// stops (`cut_short`), checked before each page but the first (a call begins again
+    /// at the API keys' first page: what is done costs a read); the run then keeps its
+    /// checkpoint at the sweep page that named the tenant, so the next run begins with this
+    /// close-out and its whole time budget. It holds no more than a page of items at a time.
     async fn close_out(
         &self,
         tenant: &TenantId,

@@ -34,7 +34,8 @@ pub struct RetentionReport {
     pub resumed: bool,
     /// Whether the pass over the table finished (else the next run continues it).
     pub complete: bool,
-    /// Closed tenants whose closing this run finished.
+    /// Closed tenants whose closing this run finished, or began and ran out of time inside
+    /// (`cut_short`: not marked closed out; the next run goes on and lists it again).
     pub closed_out: Vec<ClosedOut>,
     /// Closed tenants whose closing failed in this run (logged; tried again when the sweep
     /// next comes across them): one tenant's failure does not stop the run for the rest.
