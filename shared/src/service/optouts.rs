@@ -498,6 +498,13 @@ pub async fn marketing_stopped_for(
     )
     .await
     .map(|_| ())
+    .or_else(|e| match e {
+        // Closed since the look above (a warm cache's 5 s): no opt-out, as above; the
+        // status that carried the 131050 still applies (a dispatcher applying kept
+        // statuses would otherwise drop them).
+        ServiceError::Conflict(m) if m == crate::ports::TENANT_CLOSED => Ok(()),
+        e => Err(e),
+    })
 }
 
 #[cfg(test)]

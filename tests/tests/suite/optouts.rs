@@ -1181,3 +1181,144 @@ async fn a_131050_in_metas_answer_opts_the_recipient_out_of_marketing() {
     assert_eq!(opt.scope, kirim::domain::OptOutScope::Marketing);
     assert_eq!(opt.source, kirim::domain::OptOutSource::Meta131050);
 }
+
+/// The tenant store as a warm instance sees it within 5 s of a closing: every read says
+/// the tenant is still active (the store itself has it closed).
+struct SeesOpen(std::sync::Arc<dyn kirim::ports::TenantStore>);
+
+#[async_trait::async_trait]
+impl kirim::ports::TenantStore for SeesOpen {
+    async fn onboard(
+        &self,
+        tenant: &kirim::ports::Tenant,
+        display: Option<&str>,
+        key: &kirim::ports::ApiKeyRecord,
+        initial: Option<&kirim::ports::LedgerEntry>,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.onboard(tenant, display, key, initial).await
+    }
+    async fn get_tenant(
+        &self,
+        id: &kirim::domain::TenantId,
+    ) -> Result<Option<kirim::ports::Tenant>, kirim::store_error::StoreError> {
+        Ok(self.0.get_tenant(id).await?.map(|t| kirim::ports::Tenant {
+            status: kirim::ports::TenantStatus::Active,
+            ..t
+        }))
+    }
+    async fn tenant_by_phone_number_id(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<kirim::domain::TenantId>, kirim::store_error::StoreError> {
+        self.0.tenant_by_phone_number_id(phone_number_id).await
+    }
+    async fn api_key_by_hash(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<kirim::ports::ApiKeyRecord>, kirim::store_error::StoreError> {
+        self.0.api_key_by_hash(key_hash).await
+    }
+    async fn tenants_by_waba(
+        &self,
+        waba_id: &str,
+    ) -> Result<Vec<kirim::domain::TenantId>, kirim::store_error::StoreError> {
+        self.0.tenants_by_waba(waba_id).await
+    }
+    async fn set_ip_allowlist(
+        &self,
+        id: &kirim::domain::TenantId,
+        cidrs: &[String],
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.set_ip_allowlist(id, cidrs).await
+    }
+    async fn set_request_limits(
+        &self,
+        id: &kirim::domain::TenantId,
+        limits: kirim::domain::RequestLimits,
+    ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
+        self.0.set_request_limits(id, limits).await
+    }
+    async fn set_status(
+        &self,
+        id: &kirim::domain::TenantId,
+        to: kirim::ports::TenantStatus,
+        reason: Option<&str>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
+        self.0.set_status(id, to, reason, at).await
+    }
+    async fn suspend_if_unchanged(
+        &self,
+        id: &kirim::domain::TenantId,
+        reason: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        seen: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Option<kirim::ports::Tenant>, kirim::store_error::StoreError> {
+        self.0.suspend_if_unchanged(id, reason, at, seen).await
+    }
+}
+
+/// Within the 5 s a closing takes to reach a warm instance, an opt-out is refused by its
+/// own write (nothing stored): the API's says so (`409 conflict`, "the account is
+/// closed"), and a 131050 on a status is no opt-out and no error, so the status (one the
+/// dispatcher kept, or the webhook's) still applies.
+#[tokio::test]
+async fn an_opt_out_inside_a_closings_cache_window_is_refused_and_a_131050_still_lets_its_status_apply(
+) {
+    use kirim::domain::{OptOutKey, OptOutScope, OptOutSource, PhoneNumber};
+    use kirim::service::{accounts, errors::ServiceError, optouts};
+    let mut deps = kirim::wiring::memory_deps(
+        kirim_tests::test_settings(),
+        kirim_tests::ManualClock::new(),
+    )
+    .unwrap();
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai",
+        "waba_id": "7021", "phone_number_id": "7021001", "meta_access_token": "EAAG"}))
+    .unwrap();
+    let (created, _) = accounts::create_tenant(&deps, req).await.unwrap();
+    let tenant = created.id.clone();
+    deps.tenants
+        .set_status(
+            &tenant,
+            kirim::ports::TenantStatus::Closed,
+            Some("bye"),
+            deps.clock.now(),
+        )
+        .await
+        .unwrap();
+    deps.tenants = std::sync::Arc::new(SeesOpen(deps.tenants.clone()));
+    assert!(deps.tenant_is_open(&tenant).await.unwrap(), "a stale view");
+    let phone = PhoneNumber::parse("+60123450999").unwrap();
+    let key = OptOutKey::Phone(phone.clone());
+    let refused = optouts::add(
+        &deps,
+        &tenant,
+        optouts::Recipient::of(key.clone()),
+        OptOutScope::All,
+        OptOutSource::Api,
+        "key_1",
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&refused, ServiceError::Conflict(m) if m == kirim::ports::TENANT_CLOSED),
+        "{refused:?}"
+    );
+    let api = kirim::http::error::ApiError::from(refused);
+    assert_eq!((api.status.as_u16(), api.code), (409, "conflict"));
+    optouts::marketing_stopped_for(
+        &deps,
+        &tenant,
+        &kirim::domain::MessageId::generate(),
+        Some(&phone),
+        Some(deps.clock.now().timestamp()),
+    )
+    .await
+    .expect("no error: the status it came with still applies");
+    assert_eq!(
+        deps.opt_outs.get_opt_out(&tenant, &key).await.unwrap(),
+        None,
+        "nothing stored"
+    );
+}

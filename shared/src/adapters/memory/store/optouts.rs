@@ -169,16 +169,6 @@ impl MemoryStore {
         }
         .ok_or_else(|| StoreError::Rejected("an opt-out names no phone or user id".into()))?;
         let mut s = self.lock()?;
-        // Never for a closed tenant (as on DynamoDB: its close-out's TTL would miss it).
-        if s.tenants
-            .get(&opt_out.tenant_id)
-            .is_some_and(|t| t.status == crate::ports::TenantStatus::Closed)
-        {
-            return match source {
-                Some(_) => Ok(None),
-                None => Err(StoreError::Conflict(crate::ports::TENANT_CLOSED.into())),
-            };
-        }
         if let Some(of) = source {
             if !s
                 .opt_outs
@@ -194,6 +184,24 @@ impl MemoryStore {
             .get(&key)
             .is_some_and(|(o, expires)| *expires > now && o.overrides(opt_out));
         let existing = s.opt_outs.get(&key);
+        // As on DynamoDB: what changes nothing answers what is stored, before any check.
+        let Some(stored) = OptOut::folded(existing, opt_out) else {
+            return Ok(Some((
+                existing.cloned().unwrap_or_else(|| opt_out.clone()),
+                false,
+            )));
+        };
+        // Never for a closed tenant (as on DynamoDB, the write's first check: its
+        // close-out's TTL would miss it).
+        if s.tenants
+            .get(&opt_out.tenant_id)
+            .is_some_and(|t| t.status == crate::ports::TenantStatus::Closed)
+        {
+            return match source {
+                Some(_) => Ok(None),
+                None => Err(StoreError::Conflict(crate::ports::TENANT_CLOSED.into())),
+            };
+        }
         if overridden {
             return Ok(Some((
                 existing.cloned().unwrap_or_else(|| opt_out.clone()),
@@ -201,12 +209,7 @@ impl MemoryStore {
             )));
         }
         let was_new = existing.is_none();
-        Ok(Some(match OptOut::folded(existing, opt_out) {
-            Some(stored) => {
-                s.opt_outs.insert(key, stored.clone());
-                (stored, was_new)
-            }
-            None => (existing.cloned().unwrap_or_else(|| opt_out.clone()), false),
-        }))
+        s.opt_outs.insert(key, stored.clone());
+        Ok(Some((stored, was_new)))
     }
 }
