@@ -564,11 +564,12 @@ async fn put_template(
             .entry(waba_id.clone())
             .or_insert_with(default_catalogue);
         // A template it does not have is created when the change names its category (as
-        // a business creates one at Meta: `PENDING` until a status is given).
-        if !catalogue
+        // a business creates one at Meta: `PENDING` until a status is given; no category
+        // webhook, as at Meta).
+        let created = !catalogue
             .iter()
-            .any(|t| t.name == name && t.language == language)
-        {
+            .any(|t| t.name == name && t.language == language);
+        if created {
             let valid = kirim::domain::template::valid_name(&name)
                 && kirim::domain::template::valid_language(&language);
             match &category {
@@ -618,7 +619,7 @@ async fn put_template(
                 with(json!({"event": s, "reason": "NONE"})),
             ));
         }
-        if let Some(c) = category {
+        if let Some(c) = category.filter(|_| !created) {
             t.category = c.clone();
             hooks.push((
                 "template_category_update",

@@ -108,9 +108,10 @@ pub trait RetentionStore: Send + Sync {
     /// tenant item its TTL and `closed_out_at` (only if it is `closed`). Every step is
     /// idempotent, so a run cut short is finished by the next one. Past `deadline` it
     /// stops (`cut_short`), checked before each page but the first (a call begins again
-    /// at the API keys' first page: what is done costs a read); the run then keeps its
-    /// checkpoint at the sweep page that named the tenant, so the next run begins with this
-    /// close-out and its whole time budget. It holds no more than a page of items at a time.
+    /// at the API keys' first page: what is done costs a read, or a refused conditional
+    /// write for key copies, email claims and routes); the run then keeps its checkpoint at
+    /// the sweep page that named the tenant, so the next run begins with this close-out,
+    /// with what is left of its budget. It holds no more than a page of items at a time.
     async fn close_out(
         &self,
         tenant: &TenantId,

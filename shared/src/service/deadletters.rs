@@ -226,6 +226,18 @@ mod tests {
         assert!(!json.contains("SECRET-CONTENT"), "{json}");
         assert_eq!(v.kind, "send");
         assert_eq!(v.message_id.as_deref(), Some("01M8A4QYT0RBRC6R7KYPH4H27C"));
+        let refresh = DeadLetter {
+            body: serde_json::json!({"kind": "template_refresh",
+                "tenant_id": "01M8A4QYT0RBRC6R7KYPH4H27B", "waba_id": "1000001",
+                "name": "order_update", "language": "en_US"})
+            .to_string(),
+            ..d.clone()
+        };
+        let v = DeadLetterView::of(QueueName::Dispatch, &refresh);
+        assert_eq!(
+            (v.kind, v.tenant_id.as_deref(), v.message_id),
+            ("template_refresh", Some("01M8A4QYT0RBRC6R7KYPH4H27B"), None)
+        );
         let poison = DeadLetter {
             body: "not json SECRET-CONTENT".into(),
             ..d

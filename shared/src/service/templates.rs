@@ -450,7 +450,8 @@ pub async fn sync_scheduled_at_most(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
     Yes,
-    /// The catalogue does not have the template (the next sync reads it).
+    /// The catalogue does not have the template (an approval's re-read or the next sync
+    /// reads it).
     NotInCatalogue,
     /// No open tenant has this WABA: ignored.
     UnknownWaba,

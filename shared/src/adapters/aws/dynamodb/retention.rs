@@ -530,8 +530,8 @@ impl RetentionStore for DynamoStore {
         // a page: a marketing tenant may have hundreds of thousands of opt-outs), never the
         // partition's messages, ledger or usage (two years of them and more, their own
         // TTLs). What is done for each item is idempotent, its own TTL set last, so a
-        // close-out cut short at `deadline` (after its first page at least) is finished by
-        // the next call.
+        // close-out cut short at `deadline` (after its first page at least) is taken up
+        // again by the next run, which begins with it.
         let mut first_page = true;
         for prefix in [
             keys::API_KEY_PREFIX,
