@@ -410,6 +410,58 @@ mod tests {
         }
     }
 
+    /// A template read by name asks Meta for that name (its `name` filter) on the WABA's
+    /// list, with the fields and page size of the whole list and the cursor it is given;
+    /// the unfiltered list sends no `name`.
+    #[tokio::test]
+    async fn a_template_read_by_name_asks_meta_for_that_name() {
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("its address");
+        let log = seen.clone();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let log = log.clone();
+            async move {
+                if let Ok(mut l) = log.lock() {
+                    l.push((
+                        uri.path().to_owned(),
+                        uri.query().unwrap_or_default().to_owned(),
+                    ));
+                }
+                r#"{"data":[],"paging":{"cursors":{"before":"A","after":"B"}}}"#
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let meta = MetaGraphClient::new(&format!("http://{addr}"), "v23.0", Duration::from_secs(5))
+            .expect("a client");
+        let token = Secret::new("EAAGtoken0123456789");
+        meta.list_templates_named("1000001", &token, "order_update", Some("C1"))
+            .await
+            .expect("a page");
+        meta.list_templates("1000001", &token, None)
+            .await
+            .expect("a page");
+        let seen = seen.lock().map(|l| l.clone()).unwrap_or_default();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        let (path, query) = &seen[0];
+        assert_eq!(path, "/v23.0/1000001/message_templates");
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let has = |k: &str, v: &str| pairs.iter().any(|(a, b)| a == k && b == v);
+        assert!(has("name", "order_update"), "{query}");
+        assert!(has("after", "C1"), "{query}");
+        assert!(
+            has("limit", "100") && has("fields", TEMPLATE_FIELDS),
+            "{query}"
+        );
+        assert!(!seen[1].1.contains("name="), "{:?}", seen[1]);
+    }
+
     /// A connection that never opens fails as one (never left: retried, then refunded),
     /// before the request's own timeout (ambiguous: charged, never resent) could fire.
     #[test]
