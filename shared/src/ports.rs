@@ -507,6 +507,16 @@ pub const TENANT_CLOSED: &str = "the account is closed";
 /// (`service::optouts`' 12 keys).
 pub const MAX_OPT_OUTS_REMOVED: usize = 25;
 
+/// `Rejected` for more keys than [`OptOutStore::delete_opt_outs`] removes at once.
+pub fn check_opt_outs_removed(keys: &[OptOutKey]) -> Result<(), StoreError> {
+    if keys.len() > MAX_OPT_OUTS_REMOVED {
+        return Err(StoreError::Rejected(format!(
+            "at most {MAX_OPT_OUTS_REMOVED} opt-outs at once"
+        )));
+    }
+    Ok(())
+}
+
 /// A tenant's opt-outs: active configuration, kept (no TTL) while the tenant exists. Each
 /// is stored under its [`OptOut::key`] (the phone when known, else the user id).
 #[async_trait]

@@ -123,12 +123,7 @@ impl OptOutStore for DynamoStore {
         tenant: &TenantId,
         keys: &[OptOutKey],
     ) -> Result<(), StoreError> {
-        if keys.len() > crate::ports::MAX_OPT_OUTS_REMOVED {
-            return Err(StoreError::Rejected(format!(
-                "at most {} opt-outs at once",
-                crate::ports::MAX_OPT_OUTS_REMOVED
-            )));
-        }
+        crate::ports::check_opt_outs_removed(keys)?;
         let mut unique: Vec<&OptOutKey> = Vec::with_capacity(keys.len());
         for k in keys {
             // A transaction may not name one item twice.

@@ -72,12 +72,7 @@ impl OptOutStore for MemoryStore {
         tenant: &TenantId,
         keys: &[OptOutKey],
     ) -> Result<(), StoreError> {
-        if keys.len() > crate::ports::MAX_OPT_OUTS_REMOVED {
-            return Err(StoreError::Rejected(format!(
-                "at most {} opt-outs at once",
-                crate::ports::MAX_OPT_OUTS_REMOVED
-            )));
-        }
+        crate::ports::check_opt_outs_removed(keys)?;
         // Under the one lock, as DynamoDB's one transaction.
         let mut s = self.lock()?;
         for key in keys {
