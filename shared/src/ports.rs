@@ -623,6 +623,15 @@ pub trait ContactStore: Send + Sync {
         tenant: &TenantId,
         key: &OptOutKey,
     ) -> Result<Option<OptOutKey>, StoreError>;
+    /// Forgets the pairing stored under `key` while it still names `other` (a conditional
+    /// delete: a pairing of `key` written since stands). Only `key`'s own item: `other`'s
+    /// names the key it is paired with now. Answers whether it was removed.
+    async fn unpair(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+        other: &OptOutKey,
+    ) -> Result<bool, StoreError>;
     /// [`paired_key`](Self::paired_key), possibly a moment behind (as
     /// [`OptOutStore::peek_opt_out`]).
     async fn peek_paired_key(

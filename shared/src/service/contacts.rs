@@ -70,6 +70,62 @@ pub async fn keys_of(
     Ok(keys)
 }
 
+/// Whether `a` and `b` name one key (a phone in either of its WhatsApp forms).
+fn same_key(a: &OptOutKey, b: &OptOutKey) -> bool {
+    phone_forms(a).any(|f| &f == b)
+}
+
+/// The key `key` is paired with now: its pairing, unless the other key's own pairing
+/// names a third key. Meta pairs a user id with one phone at a time, so when the user's id
+/// was paired since with a new phone (or the phone with a new id: a recycled number), the
+/// old pairing is stale — the user left that phone. A stale pairing is forgotten (a
+/// conditional delete of `key`'s item alone), so the phone stops answering for the user it
+/// no longer belongs to. A pairing whose other half is missing is taken as it stands (it
+/// may be mid-write: both halves are written one after the other).
+pub async fn paired_now(
+    deps: &Deps,
+    tenant: &TenantId,
+    key: &OptOutKey,
+) -> Result<Option<OptOutKey>, ServiceError> {
+    let Some(other) = deps.contacts.paired_key(tenant, key).await? else {
+        return Ok(None);
+    };
+    match deps.contacts.paired_key(tenant, &other).await? {
+        Some(back) if !same_key(key, &back) => {
+            deps.contacts.unpair(tenant, key, &other).await?;
+            tracing::info!(key = %key.masked(), "a stale pairing forgotten");
+            Ok(None)
+        }
+        _ => Ok(Some(other)),
+    }
+}
+
+/// [`keys_of`] for a removal (a `DELETE`, a START, a `resume`): only pairings that hold
+/// now ([`paired_now`]), so lifting a recycled phone's block never lifts its former
+/// owner's, who is known under the same user id at another phone since. (A send's check
+/// follows every pairing it finds: the safe side.)
+pub async fn keys_paired_now(
+    deps: &Deps,
+    tenant: &TenantId,
+    given: &[OptOutKey],
+) -> Result<Vec<OptOutKey>, ServiceError> {
+    let mut keys: Vec<OptOutKey> = Vec::new();
+    for k in given.iter().flat_map(phone_forms) {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let own = keys.clone();
+    for k in &own {
+        if let Some(other) = paired_now(deps, tenant, k).await? {
+            if !keys.contains(&other) {
+                keys.push(other);
+            }
+        }
+    }
+    Ok(keys)
+}
+
 /// The user (by each key Meta gave) wrote to the tenant's number `phone_number_id` at
 /// Meta's `timestamp` (never later than now; now if Meta gave none). A time already
 /// outside the window is not recorded.

@@ -316,12 +316,13 @@ const _: () = assert!(MAX_REMOVAL_KEYS <= crate::ports::MAX_OPT_OUTS_REMOVED);
 ///
 /// [`OptOutStore::put_opt_out_copy`]: crate::ports::OptOutStore::put_opt_out_copy
 pub async fn remove(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<(), ServiceError> {
-    let mut keys = super::contacts::keys_of(deps, tenant, std::slice::from_ref(key)).await?;
+    let mut keys =
+        super::contacts::keys_paired_now(deps, tenant, std::slice::from_ref(key)).await?;
     // A user id's opt-out follows the user to the phone its id is paired with now (copied
     // there on a refused send): removed with it, whichever key the DELETE names.
     for k in keys.clone() {
         if let OptOutKey::User(_) = &k {
-            if let Some(p) = deps.contacts.paired_key(tenant, &k).await? {
+            if let Some(p) = super::contacts::paired_now(deps, tenant, &k).await? {
                 if !keys.contains(&p) {
                     keys.push(p);
                 }
@@ -329,8 +330,9 @@ pub async fn remove(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<(
         }
     }
     // Only keys paired now: an opt-out naming a key no longer paired with it (a recycled
-    // number's former owner's user id, a pairing expired) is left under that key, the
-    // safe side (README "Opt-outs"). Read consistently: none at all → 404.
+    // number's former owner's user id, paired with another phone since; a pairing expired)
+    // is left under that key, the safe side (README "Opt-outs"). Read consistently: none
+    // at all → 404.
     keys.truncate(MAX_REMOVAL_KEYS);
     let mut found = false;
     for k in &keys {
@@ -401,7 +403,7 @@ pub async fn apply_inbound(
         }
         Keyword::Start => {
             let mut removed = false;
-            for k in super::contacts::keys_of(deps, tenant, &who.keys()).await? {
+            for k in super::contacts::keys_paired_now(deps, tenant, &who.keys()).await? {
                 removed |= deps
                     .opt_outs
                     .delete_opt_out_not_newer_than(tenant, &k, at)
@@ -451,7 +453,7 @@ pub async fn apply_preference(
             // never removes a newer `stop`.
             let at = choice_time(deps, pref.timestamp);
             let mut removed = false;
-            for k in super::contacts::keys_of(deps, tenant, &who.keys()).await? {
+            for k in super::contacts::keys_paired_now(deps, tenant, &who.keys()).await? {
                 removed |= deps
                     .opt_outs
                     .delete_opt_out_of_scope(tenant, &k, OptOutScope::Marketing, at)

@@ -188,7 +188,58 @@ async fn a_user_who_wrote_only_by_id_opens_the_window_of_the_phone_it_is_paired_
     .unwrap());
 }
 
+async fn a_pairing_is_forgotten_only_while_it_names_the_key_given_and_only_its_own_half(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let phone = PhoneNumber::parse("+60123450505").unwrap();
+    let first = UserId::parse("MY.5550000505").unwrap();
+    let exp = Some(p.clock.now().timestamp() + 100);
+    p.contacts
+        .pair_user(&t.id, &phone, &first, exp)
+        .await
+        .unwrap();
+    // Naming another key: the pairing stands.
+    assert!(!p
+        .contacts
+        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000506"))
+        .await
+        .unwrap());
+    assert_eq!(
+        p.contacts
+            .paired_key(&t.id, &key("+60123450505"))
+            .await
+            .unwrap(),
+        Some(key("MY.5550000505"))
+    );
+    assert!(p
+        .contacts
+        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000505"))
+        .await
+        .unwrap());
+    assert_eq!(
+        p.contacts
+            .paired_key(&t.id, &key("+60123450505"))
+            .await
+            .unwrap(),
+        None
+    );
+    // The other half is its own item, untouched.
+    assert_eq!(
+        p.contacts
+            .paired_key(&t.id, &key("MY.5550000505"))
+            .await
+            .unwrap(),
+        Some(key("+60123450505"))
+    );
+    // Gone already: nothing to forget.
+    assert!(!p
+        .contacts
+        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000505"))
+        .await
+        .unwrap());
+}
+
 contract!(
+    a_pairing_is_forgotten_only_while_it_names_the_key_given_and_only_its_own_half,
     a_pairing_is_found_from_either_key_and_only_in_its_own_tenant,
     the_newest_inbound_time_is_kept_whatever_order_they_arrive_in_until_it_expires,
     a_session_text_is_allowed_for_24_hours_after_the_user_wrote_then_refused_with_nothing_debited,

@@ -645,14 +645,60 @@ async fn a_stop_naming_phone_and_user_id_follows_the_user_to_a_new_phone(b: Back
     // The old phone stays blocked too.
     let (s, _) = send_template(&app, &t.key, "+60123470061").await;
     assert_eq!(s, 422);
-    // Removed by the phone of the STOP: gone under the id and under the phone it followed
-    // the user to as well.
+    // Removed by the phone the user left (its new owner asks, say): that phone is
+    // reachable, and no longer answers for the user, who stays blocked at the new phone.
     let (s, _) = call(&app, "DELETE", &opt_out_path("+60123470061"), &t.key, None).await;
+    assert_eq!(s, 204);
+    let (s, body) = send_template(&app, &t.key, "+60123470061").await;
+    assert_eq!(s, 202, "the phone the user left: {body}");
+    let (s, body) = send_template(&app, &t.key, "+60123470062").await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("recipient_opted_out")),
+        "the user's phone now: {body}"
+    );
+    let (s, o) = call(&app, "GET", &opt_out_path("MY.7000000061"), &t.key, None).await;
+    assert_eq!(s, 200, "{o}");
+    let (s, _) = call(&app, "GET", &opt_out_path("+60123470061"), &t.key, None).await;
+    assert_eq!(s, 404);
+    // Removed by the user id: gone under the id and under the phone it followed the user to.
+    let (s, _) = call(&app, "DELETE", &opt_out_path("MY.7000000061"), &t.key, None).await;
     assert_eq!(s, 204);
     let (s, body) = send_template(&app, &t.key, "+60123470062").await;
     assert_eq!(s, 202, "{body}");
     let (s, _) = call(&app, "GET", &opt_out_path("MY.7000000061"), &t.key, None).await;
     assert_eq!(s, 404);
+}
+
+/// A START from a phone its opted-out user has left (Meta paired the user's id with a new
+/// phone since: the number was recycled) lifts that phone's block only, never the former
+/// owner's, at their new phone.
+async fn a_start_from_a_phone_the_user_left_lifts_only_that_phones_block(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let pnid = t.phone_number_id.clone();
+    change(
+        &app,
+        &pnid,
+        "messages",
+        json!({"messages": [stop_from(Some("60123470063"), Some("MY.7000000063"), now() - 5)]}),
+    )
+    .await;
+    pair(&app, &pnid, "60123470064", "MY.7000000063").await;
+    let mut start = stop_from(Some("60123470063"), None, now());
+    start["text"]["body"] = json!("START");
+    let summary = change(&app, &pnid, "messages", json!({"messages": [start]})).await;
+    assert_eq!(summary["applied"], 1, "{summary}");
+    let (s, body) = send_template(&app, &t.key, "+60123470063").await;
+    assert_eq!(s, 202, "the phone that wrote START: {body}");
+    let (s, body) = send_template(&app, &t.key, "+60123470064").await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("recipient_opted_out")),
+        "the former owner at their new phone: {body}"
+    );
+    let (s, o) = call(&app, "GET", &opt_out_path("MY.7000000063"), &t.key, None).await;
+    assert_eq!(s, 200, "{o}");
 }
 
 /// Meta's `user_changed_number` system notice comes `from` the number the user left: it is
@@ -682,6 +728,7 @@ async fn a_user_changed_number_notice_opens_no_window_for_the_number_left(b: Bac
 on_both_backends!(
     a_user_changed_number_notice_opens_no_window_for_the_number_left,
     a_stop_naming_phone_and_user_id_follows_the_user_to_a_new_phone,
+    a_start_from_a_phone_the_user_left_lifts_only_that_phones_block,
     a_status_of_a_moved_numbers_earlier_message_teaches_its_pairing_to_the_messages_tenant,
     a_stop_from_a_user_known_only_by_id_opts_out_that_id,
     a_user_writing_from_their_whatsapp_id_opens_the_window_for_the_number_as_dialled,

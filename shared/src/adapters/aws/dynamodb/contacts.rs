@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use async_trait::async_trait;
 
 use super::{classify, keys, n, s, DynamoStore, TTL_ATTR};
+use crate::adapters::aws::written;
 use crate::domain::{OptOutKey, PhoneNumber, TenantId, UserId};
 use crate::ports::ContactStore;
 use crate::store_error::StoreError;
@@ -67,6 +68,25 @@ impl ContactStore for DynamoStore {
             .await?
             .and_then(|i| i.get("other").and_then(|v| v.as_s().ok()).cloned())
             .and_then(|o| OptOutKey::parse(&o)))
+    }
+
+    async fn unpair(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+        other: &OptOutKey,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::user_pairing(tenant, key).attrs()))
+            .condition_expression("#other = :other")
+            .expression_attribute_names("#other", "other")
+            .expression_attribute_values(":other", s(other.to_string()))
+            .send()
+            .await;
+        written("dynamodb delete", res)
     }
 
     async fn peek_paired_key(

@@ -43,6 +43,22 @@ impl ContactStore for MemoryStore {
             .map(|(other, _)| other.clone()))
     }
 
+    async fn unpair(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+        other: &OptOutKey,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let k = (tenant.clone(), key.to_string());
+        // As DynamoDB's condition on the stored item: an expired one not yet swept counts.
+        if s.pairings.get(&k).is_some_and(|(o, _)| o == other) {
+            s.pairings.remove(&k);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     async fn record_inbound(
         &self,
         tenant: &TenantId,
