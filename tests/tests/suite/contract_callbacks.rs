@@ -106,6 +106,24 @@ async fn indexing_a_wamid_says_whether_a_status_was_kept_for_it_first(p: Stores)
             .unwrap(),
         "a status was kept for it: the dispatcher reads them"
     );
+    // Written again (the SDK's retry of a write whose answer was lost, the dispatcher's
+    // second try, `set_wamid`): the mark is still seen, else the kept status is lost.
+    assert!(
+        p.messages
+            .index_wamid(&t.id, &early.id, &w1, early.expires_at)
+            .await
+            .unwrap(),
+        "indexed again: the mark stays"
+    );
+    p.messages
+        .set_wamid(&t.id, &early.id, &w1, early.expires_at)
+        .await
+        .unwrap();
+    assert!(p
+        .messages
+        .index_wamid(&t.id, &early.id, &w1, early.expires_at)
+        .await
+        .unwrap());
     assert_eq!(
         p.messages.message_by_wamid(&w1).await.unwrap(),
         Some((t.id.clone(), early.id.clone()))
@@ -121,6 +139,18 @@ async fn indexing_a_wamid_says_whether_a_status_was_kept_for_it_first(p: Stores)
             .unwrap(),
         "none kept: no read"
     );
+    assert_eq!(
+        p.messages.message_by_wamid(&w2).await.unwrap(),
+        Some((t.id.clone(), plain.id.clone()))
+    );
+    // A status kept after the wamid was indexed marks the index item itself: seen too.
+    let read = kept(&p, &w2, "read", 1_700_000_020);
+    assert!(p.pending.put_pending_status(&read).await.unwrap());
+    assert!(p
+        .messages
+        .index_wamid(&t.id, &plain.id, &w2, plain.expires_at)
+        .await
+        .unwrap());
     assert_eq!(
         p.messages.message_by_wamid(&w2).await.unwrap(),
         Some((t.id.clone(), plain.id.clone()))

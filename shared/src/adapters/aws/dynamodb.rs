@@ -1449,23 +1449,31 @@ impl MessageStore for DynamoStore {
         wamid: &str,
         expires_at: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let mut idx: Item = keys::wamid_index(wamid).attrs();
-        idx.insert("tenant_id".into(), s(tenant.to_string()));
-        idx.insert("message_id".into(), s(id.to_string()));
-        if let Some(t) = expires_at {
-            idx.insert(TTL_ATTR.into(), n(t));
-        }
-        // The item as it was (free: no read units): a status kept before the wamid was
-        // known left its mark on it (`callbacks::PENDING_MARK`).
-        let out = self
+        // An update, not a put: a status kept before the wamid was known left its mark
+        // on the item (`callbacks::PENDING_MARK`), and the mark stays. The item as it was
+        // (free: no read units) tells whether one was kept; an SDK retry of a write whose
+        // answer was lost, or the caller's second try, sees the mark again (a put would
+        // have answered its own first write, unmarked, and the kept status was lost).
+        let up = self
             .client
-            .put_item()
+            .update_item()
             .table_name(&self.table)
-            .set_item(Some(idx))
-            .return_values(ReturnValue::AllOld)
+            .set_key(Some(keys::wamid_index(wamid).attrs()))
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":t", s(tenant.to_string()))
+            .expression_attribute_values(":m", s(id.to_string()))
+            .return_values(ReturnValue::AllOld);
+        // The index lives as long as its message (a mark alone had the kept status's).
+        let up = match expires_at {
+            Some(t) => up
+                .update_expression("SET tenant_id = :t, message_id = :m, #ttl = :exp")
+                .expression_attribute_values(":exp", n(t)),
+            None => up.update_expression("SET tenant_id = :t, message_id = :m REMOVE #ttl"),
+        };
+        let out = up
             .send()
             .await
-            .map_err(|e| classify("dynamodb put", e))?;
+            .map_err(|e| classify("dynamodb update", e))?;
         Ok(out
             .attributes()
             .is_some_and(|old| old.contains_key(callbacks::PENDING_MARK)))

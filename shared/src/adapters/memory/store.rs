@@ -330,7 +330,9 @@ pub(super) struct State {
     /// (tenant, broadcast id) → its uploaded list (until the fan-out is done) and the
     /// list's backstop expiry (epoch seconds), as on DynamoDB.
     pub(super) broadcast_lists: HashMap<(TenantId, String), (Vec<crate::domain::PhoneNumber>, i64)>,
-    pub(super) wamids: HashMap<String, (TenantId, MessageId, Option<i64>)>,
+    /// wamid → (tenant, message, expiry, whether a status was kept for it: the mark, as
+    /// on the table's index item).
+    pub(super) wamids: HashMap<String, (TenantId, MessageId, Option<i64>, bool)>,
     /// wamid → the expiry of the mark a status kept before the wamid was indexed left (on
     /// DynamoDB the `pending_kept` attribute of a not-yet-index item; the index's write
     /// replaces it and answers it).
@@ -978,8 +980,11 @@ impl MessageStore for MemoryStore {
         if let Some(m) = s.messages.get_mut(message_key(&(tenant, id))) {
             Arc::make_mut(m).wamid = Some(wamid.to_owned());
         }
-        s.wamids
-            .insert(wamid.to_owned(), (tenant.clone(), id.clone(), expires_at));
+        let marked = take_mark(&mut s, wamid);
+        s.wamids.insert(
+            wamid.to_owned(),
+            (tenant.clone(), id.clone(), expires_at, marked),
+        );
         Ok(())
     }
 
@@ -991,10 +996,13 @@ impl MessageStore for MemoryStore {
         expires_at: Option<i64>,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
-        s.wamids
-            .insert(wamid.to_owned(), (tenant.clone(), id.clone(), expires_at));
-        // As the table's `PutItem` with `ALL_OLD`: the mark, which the index replaces.
-        Ok(s.wamid_marks.remove(wamid).is_some())
+        // As the table's `UpdateItem` with `ALL_OLD`: the mark, which stays on the index.
+        let marked = take_mark(&mut s, wamid);
+        s.wamids.insert(
+            wamid.to_owned(),
+            (tenant.clone(), id.clone(), expires_at, marked),
+        );
+        Ok(marked)
     }
 
     async fn message_by_wamid(
@@ -1004,9 +1012,15 @@ impl MessageStore for MemoryStore {
         let s = self.lock()?;
         Ok(s.wamids
             .get(wamid)
-            .filter(|(_, _, exp)| self.live(*exp))
-            .map(|(t, m, _)| (t.clone(), m.clone())))
+            .filter(|(_, _, exp, _)| self.live(*exp))
+            .map(|(t, m, _, _)| (t.clone(), m.clone())))
     }
+}
+
+/// Whether a status was kept for `wamid` (its mark alone, taken into the index, or the
+/// index's own), as the table's index item answers it.
+fn take_mark(s: &mut State, wamid: &str) -> bool {
+    s.wamid_marks.remove(wamid).is_some() || s.wamids.get(wamid).is_some_and(|w| w.3)
 }
 
 #[async_trait]

@@ -5,9 +5,10 @@
 //!   retention class. Kept with `attribute_not_exists(pk) OR ttl <= now`, so a duplicate
 //!   writes nothing; then [`PENDING_MARK`] is set on the wamid's index item
 //!   (`WAMID#{wamid}` / `WAMID`, created as a mark alone, with the kept status's TTL, when
-//!   the wamid is not indexed yet). The dispatcher's `PutItem` of the index answers the
-//!   item it replaced (`ReturnValues = ALL_OLD`, no read units): only when that carried
-//!   the mark does it read the kept statuses, with a Query `begins_with(sk, "PENDING#")`.
+//!   the wamid is not indexed yet). The dispatcher's `UpdateItem` of the index answers the
+//!   item as it was (`ReturnValues = ALL_OLD`, no read units) and leaves the mark in place
+//!   (a retried write sees it again): only when that carried the mark does it read the
+//!   kept statuses, with a Query `begins_with(sk, "PENDING#")`.
 //! - A status callback the queue refused: `pk = CALLBACKOWED` (one partition for every
 //!   tenant: written only while the queue refuses), `sk = OWED#{tenant}#{message}#{sequence}`,
 //!   TTL per the `PendingStatus` retention class; read back with a consistent Query by the

@@ -25,10 +25,13 @@ impl PendingStatusStore for MemoryStore {
         let mut s = self.lock()?;
         // The mark (also for a duplicate), as on DynamoDB: on the wamid's index item if
         // there is one (nothing to sweep apart), else an item of its own.
-        if !s.wamids.contains_key(&status.wamid) {
-            s.wamid_marks
-                .entry(status.wamid.clone())
-                .or_insert(status.expires_at);
+        match s.wamids.get_mut(&status.wamid) {
+            Some(indexed) => indexed.3 = true,
+            None => {
+                s.wamid_marks
+                    .entry(status.wamid.clone())
+                    .or_insert(status.expires_at);
+            }
         }
         let key = pending_key(status);
         if let Some(existing) = s.pending.get(&key) {

@@ -300,12 +300,12 @@ impl RetentionStore for MemoryStore {
                 to_value(e).unwrap_or_default(),
             );
         }
-        for (w, (t, m, exp)) in &s.wamids {
-            item(
-                keys::wamid_index(w),
-                *exp,
-                json!({"tenant_id": t, "message_id": m}),
-            );
+        for (w, (t, m, exp, marked)) in &s.wamids {
+            let mut attrs = json!({"tenant_id": t, "message_id": m});
+            if *marked {
+                attrs["pending_kept"] = json!(true);
+            }
+            item(keys::wamid_index(w), *exp, attrs);
         }
         for (w, exp) in &s.wamid_marks {
             item(keys::wamid_index(w), *exp, json!({"pending_kept": true}));
