@@ -22,7 +22,7 @@ use super::error::ApiError;
 use super::extract::parse_json;
 use super::{ApiResult, AppState};
 use crate::domain::MessageId;
-use crate::ports::BroadcastStatus;
+use crate::ports::{BroadcastControl, BroadcastStatus};
 use crate::service::broadcasts::{self, BroadcastRequest, CampaignIn};
 use crate::service::send::TemplateIn;
 
@@ -330,7 +330,13 @@ async fn recipients_csv(
                     }
                 }
                 CsvStep::Pending => {
-                    let status = if b.status == BroadcastStatus::Scheduled {
+                    // A cancelled broadcast's never-queued recipients are recorded
+                    // `cancelled` (refunded) by its fan-out, never sent.
+                    let status = if b.status == BroadcastStatus::Cancelled
+                        || b.control == Some(BroadcastControl::Cancelled)
+                    {
+                        "cancelled"
+                    } else if b.status == BroadcastStatus::Scheduled {
                         "scheduled"
                     } else {
                         "accepted"

@@ -175,7 +175,11 @@ pub fn campaign_status(b: &Broadcast, counts: &BTreeMap<String, usize>) -> &'sta
     let done = b.status == BroadcastStatus::Enqueued
         && open(MessageStatus::Accepted) + open(MessageStatus::Sending) == 0;
     match b.control {
-        Some(BroadcastControl::Cancelled) => return "cancelled",
+        // A cancel that found nothing left to cancel (each message already on its way to
+        // Meta, or a stale count) ends as what happened: `completed`.
+        Some(BroadcastControl::Cancelled) if !(done && open(MessageStatus::Cancelled) == 0) => {
+            return "cancelled"
+        }
         Some(BroadcastControl::Paused) if b.status != BroadcastStatus::Cancelled && !done => {
             return "paused"
         }
@@ -1066,6 +1070,15 @@ pub async fn cancel(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Se
             v.status
         )));
     }
+    // Every recipient queued and none waiting for the dispatcher: each message is on its
+    // way to Meta (a send cannot be called back) or ended. A cancel would stop nothing
+    // and refund nothing, and the broadcast would read `cancelled` while it completes.
+    if b.status == BroadcastStatus::Enqueued && v.counts.get("accepted").copied().unwrap_or(0) == 0
+    {
+        return Err(conflict(
+            "every message of this broadcast is already on its way to Meta or ended; nothing is left to cancel",
+        ));
+    }
     if !deps
         .broadcasts
         .set_broadcast_control(
@@ -1765,6 +1778,39 @@ mod tests {
         );
         b.control = Some(BroadcastControl::Cancelled);
         assert_eq!(campaign_status(&b, &counts(0, 0)), "cancelled");
+    }
+
+    #[test]
+    fn a_campaign_cancelled_with_nothing_left_to_cancel_reads_completed_once_nothing_is_open() {
+        let mut b = broadcast();
+        b.status = BroadcastStatus::Enqueued;
+        b.control = Some(BroadcastControl::Cancelled);
+        let counts = |sending: usize, accepted: usize, cancelled: usize| {
+            BTreeMap::from([
+                ("sending".to_owned(), sending),
+                ("accepted".to_owned(), accepted),
+                ("cancelled".to_owned(), cancelled),
+                ("sent".to_owned(), 3),
+            ])
+        };
+        assert_eq!(
+            campaign_status(&b, &counts(0, 0, 0)),
+            "completed",
+            "every message sent: nothing was cancelled"
+        );
+        assert_eq!(campaign_status(&b, &counts(0, 0, 1)), "cancelled");
+        assert_eq!(
+            campaign_status(&b, &counts(0, 2, 0)),
+            "cancelled",
+            "two still to be closed as cancelled"
+        );
+        assert_eq!(campaign_status(&b, &counts(1, 0, 0)), "cancelled");
+        b.status = BroadcastStatus::FanningOut;
+        assert_eq!(
+            campaign_status(&b, &counts(0, 0, 0)),
+            "cancelled",
+            "recipients never queued"
+        );
     }
 
     fn broadcast() -> Broadcast {

@@ -1055,9 +1055,10 @@ async fn a_recipients_csv_storage_cannot_read_is_a_503_or_a_cut_off_body_never_a
     );
 }
 
-/// `recipients.csv` lists each recipient once, also while the fan-out goes on: one whose
-/// message is recorded between the request and the walk's reaching it is written out with
-/// its message, not again as a pending recipient.
+/// `recipients.csv` lists each recipient once, also while the fan-out goes on: a slice
+/// recorded after the request (which had read the first, empty page) is listed from the
+/// recipients pending at the request, each once. (A message the walk reaches on a later
+/// page: `recipients_csv_lists_a_message_recorded_after_the_request_once_on_a_later_page`.)
 #[tokio::test]
 async fn recipients_csv_lists_each_recipient_once_while_the_fan_out_goes_on() {
     use kirim::service::broadcasts;
@@ -1078,6 +1079,99 @@ async fn recipients_csv_lists_each_recipient_once_while_the_fan_out_goes_on() {
     }
     assert_eq!(csv.lines().count(), 6, "{csv}");
     assert_eq!(csv.matches(",accepted,").count(), 5, "{csv}");
+}
+
+/// A recipient whose message is recorded after the request read the broadcast, and which
+/// the walk of the messages then reaches on a later page, is written out once, with its
+/// message, and not again among the recipients still pending at the request.
+#[tokio::test]
+async fn recipients_csv_lists_a_message_recorded_after_the_request_once_on_a_later_page() {
+    use kirim::service::{broadcasts, send::TemplateIn};
+    use tower::ServiceExt;
+    let deps = kirim::wiring::memory_deps(
+        kirim_tests::test_settings(),
+        kirim_tests::ManualClock::new(),
+    )
+    .unwrap();
+    let (tenant, key) = promo_tenant(&deps, "135", 450).await;
+    let template: TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
+    let n = 2 * broadcasts::PAGE + 50;
+    let recipients: Vec<String> = (0..n).map(|i| format!("+6012347{i:04}")).collect();
+    let accepted = broadcasts::create(&deps, &tenant.id, template, recipients, None)
+        .await
+        .unwrap();
+    let fan_out = next_fan_out(&deps).await;
+    // A first slice, more than a page, recorded before the request.
+    broadcasts::fan_out_in_slices(&deps, &fan_out, broadcasts::PAGE + 50)
+        .await
+        .unwrap();
+    let res = kirim::http::send_api_router(deps.clone())
+        .oneshot(
+            axum::http::Request::builder()
+                .uri(format!("/v1/broadcasts/{}/recipients.csv", accepted.id))
+                .header("authorization", format!("Bearer {}", key.expose()))
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // The rest are recorded after the request (its first page read), before the walk
+    // goes on to the next pages.
+    broadcasts::fan_out_in_slices(&deps, &fan_out, broadcasts::PAGE + 50)
+        .await
+        .unwrap();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    let csv = String::from_utf8(bytes.to_vec()).unwrap();
+    for i in 0..n {
+        let phone = format!("+6012347{i:04}");
+        assert_eq!(csv.matches(&phone).count(), 1, "{phone}");
+    }
+    assert_eq!(csv.lines().count(), n + 1);
+}
+
+/// A cancelled campaign's recipients its fan-out has not closed yet are listed as what they
+/// become (`cancelled`, refunded), never as `accepted` messages on their way.
+#[tokio::test]
+async fn recipients_csv_lists_a_cancelled_campaigns_unqueued_recipients_as_cancelled() {
+    use kirim::service::broadcasts;
+    use tower::ServiceExt;
+    let deps = kirim::wiring::memory_deps(
+        kirim_tests::test_settings(),
+        kirim_tests::ManualClock::new(),
+    )
+    .unwrap();
+    let (tenant, key) = promo_tenant(&deps, "136", 10).await;
+    let template: kirim::service::send::TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
+    let recipients: Vec<String> = (0..3).map(|i| format!("+6012348{i:04}")).collect();
+    let accepted = broadcasts::create(&deps, &tenant.id, template, recipients, None)
+        .await
+        .unwrap();
+    let v = broadcasts::cancel(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!(v.status, "cancelled");
+    let res = kirim::http::send_api_router(deps.clone())
+        .oneshot(
+            axum::http::Request::builder()
+                .uri(format!("/v1/broadcasts/{}/recipients.csv", accepted.id))
+                .header("authorization", format!("Bearer {}", key.expose()))
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let csv = String::from_utf8(bytes.to_vec()).unwrap();
+    assert_eq!(csv.matches(",cancelled,").count(), 3, "{csv}");
+    assert_eq!(csv.matches(",accepted,").count(), 0, "{csv}");
 }
 
 /// `recipients.csv` lists every recipient also when the whole fan-out runs, and its list
@@ -1822,9 +1916,19 @@ async fn a_broadcast_message_claimed_before_its_broadcast_was_held_is_left_to_it
         matches!(&outcome, Outcome::Again(body, _) if body.contains(r#""recheck":true"#)),
         "looked at again at its deadline (a recheck job), not waiting on the pause: {outcome:?}"
     );
-    broadcasts::cancel(&deps, &tenant.id, &accepted.id)
+    // Cancelled as a cancel that raced the claims writes it (`broadcasts::cancel` itself
+    // refuses one that finds every message on its way: nothing left to cancel).
+    assert!(deps
+        .broadcasts
+        .set_broadcast_control(
+            &tenant.id,
+            &accepted.id,
+            &[None, Some(BroadcastControl::Paused)],
+            Some(BroadcastControl::Cancelled),
+            clock.now(),
+        )
         .await
-        .unwrap();
+        .unwrap());
     deps.broadcast_holds.note(
         &tenant.id,
         &accepted.id,
@@ -2346,4 +2450,88 @@ async fn a_broadcast_message_in_a_long_retry_backoff_is_cancelled_refunded_at_it
         .unwrap();
     assert_eq!(m.status, MessageStatus::Cancelled, "never sent");
     assert_eq!(credits(&deps).await, before + m.price);
+}
+
+/// A campaign whose every message is already on its way to Meta has nothing left to
+/// cancel: `409`, nothing refunded, and it completes as sent (it never reads `cancelled`).
+#[tokio::test]
+async fn a_campaign_whose_messages_are_all_on_their_way_cannot_be_cancelled_and_completes() {
+    use kirim::domain::MessageStatus;
+    use kirim::ports::StatusChange;
+    use kirim::service::broadcasts;
+    use kirim::service::errors::ServiceError;
+    use kirim::service::jobs::QueueJob;
+    let deps = kirim::wiring::memory_deps(
+        kirim_tests::test_settings(),
+        kirim_tests::ManualClock::new(),
+    )
+    .unwrap();
+    let (tenant, accepted) = promo_broadcast(&deps, "131", 2).await;
+    let job = next_fan_out(&deps).await;
+    broadcasts::fan_out_in_slices(&deps, &job, 10)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for r in deps
+        .queue
+        .receive(10, Duration::from_millis(500))
+        .await
+        .unwrap()
+    {
+        if let Some(QueueJob::Send(j)) = QueueJob::parse(&r.body) {
+            ids.push(j.message_id);
+        }
+    }
+    assert_eq!(ids.len(), 2, "both recipients queued");
+    let credits = || async {
+        deps.tenants
+            .get_tenant(&tenant.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .credits
+    };
+    let before = credits().await;
+    // The dispatcher claims both (as a batch does before calling Meta).
+    let move_all = |to: MessageStatus| {
+        let (deps, tenant, ids) = (&deps, &tenant, &ids);
+        async move {
+            for id in ids {
+                let moved = deps
+                    .messages
+                    .transition(
+                        &tenant.id,
+                        id,
+                        to,
+                        &StatusChange::default(),
+                        chrono::Utc::now(),
+                    )
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(moved, kirim::ports::Transition::Applied(_)),
+                    "{to:?}"
+                );
+            }
+        }
+    };
+    move_all(MessageStatus::Sending).await;
+    let refused = broadcasts::cancel(&deps, &tenant.id, &accepted.id).await;
+    assert!(
+        matches!(refused, Err(ServiceError::Conflict(_))),
+        "{refused:?}"
+    );
+    let view = broadcasts::view(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!(view.status, "sending");
+    move_all(MessageStatus::Sent).await;
+    let view = broadcasts::view(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        (view.status, view.counts.get("sent")),
+        ("completed", Some(&2))
+    );
+    assert_eq!(credits().await, before, "nothing refunded");
 }
