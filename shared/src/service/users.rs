@@ -284,6 +284,9 @@ pub async fn create(
         password_version: 0,
     };
     deps.users.create_user(&user).await.map_err(|e| match e {
+        crate::store_error::StoreError::Conflict(m) if m == crate::ports::TENANT_CLOSED => {
+            ServiceError::Conflict(m)
+        }
         crate::store_error::StoreError::Conflict(_) => {
             ServiceError::Conflict("a user with this email exists".into())
         }

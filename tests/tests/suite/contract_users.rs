@@ -649,7 +649,67 @@ async fn touching_a_session_records_its_last_use(p: Ports) {
     p.users.touch_session("no-such-hash", at).await.unwrap();
 }
 
+/// A closed tenant's close-out gives its keys, users and settings their TTL; none is
+/// written after it (a request a warm instance served with the tenant still cached open)
+/// without one: each write is refused, said so, and nothing is written. What it had stays.
+async fn a_closed_tenant_takes_no_new_key_user_or_setting(p: Ports) {
+    use kirim::ports::{StatusCallback, TenantStatus, TENANT_CLOSED};
+    let t = onboarded(&p, 0).await;
+    let kept = super::contract::key_for(&t);
+    p.api_keys.put_api_key(&kept).await.unwrap();
+    p.tenants
+        .set_status(&t.id, TenantStatus::Closed, Some("bye"), p.clock.now())
+        .await
+        .unwrap();
+    let closed = || StoreError::Conflict(TENANT_CLOSED.into());
+    let late = super::contract::key_for(&t);
+    assert_eq!(p.api_keys.put_api_key(&late).await, Err(closed()));
+    assert_eq!(p.api_keys.get_api_key(&t.id, &late.id).await.unwrap(), None);
+    assert_eq!(
+        p.api_keys
+            .rotate_api_key(&t.id, &kept.id, &late, p.clock.now())
+            .await,
+        Err(closed())
+    );
+    assert_eq!(p.api_keys.get_api_key(&t.id, &late.id).await.unwrap(), None);
+    assert_eq!(
+        p.api_keys
+            .get_api_key(&t.id, &kept.id)
+            .await
+            .unwrap()
+            .and_then(|k| k.replaced_by),
+        None,
+        "the kept key not rotated"
+    );
+    let e = email();
+    let u = user(&p, &t, &e);
+    assert_eq!(p.users.create_user(&u).await, Err(closed()));
+    assert_eq!(p.users.get_user(&t.id, &u.id).await.unwrap(), None);
+    assert_eq!(p.users.user_by_email(&e).await.unwrap(), None);
+    assert_eq!(
+        p.users.set_two_factor_required(&t.id, true).await,
+        Err(closed())
+    );
+    assert!(!p.users.two_factor_required(&t.id).await.unwrap());
+    let setting = StatusCallback {
+        tenant_id: t.id.clone(),
+        url: "https://hooks.example.com/kirim".into(),
+        secret_name: format!("kirim/tenants/{}/status-callback-secret", t.id),
+        secret_version: None,
+        updated_at: p.clock.now(),
+    };
+    assert_eq!(
+        p.status_callbacks.put_status_callback(&setting).await,
+        Err(closed())
+    );
+    assert_eq!(
+        p.status_callbacks.get_status_callback(&t.id).await.unwrap(),
+        None
+    );
+}
+
 contract!(
+    a_closed_tenant_takes_no_new_key_user_or_setting,
     a_password_is_replaced_only_over_the_hash_that_was_checked,
     touching_a_session_records_its_last_use,
     an_email_belongs_to_one_user_across_all_tenants,

@@ -387,6 +387,36 @@ impl DynamoStore {
         }
     }
 
+    /// A transaction's check that `tenant` is not closed: its close-out gives the items it
+    /// owns their TTL, and one written after it (a request served by a warm instance whose
+    /// cache still saw the tenant open) would have none, kept for ever. A tenant with no
+    /// item (none in a contract test) does not refuse the write. Put first in the
+    /// transaction: its refusal is reason 0 ([`Self::refused_as_closed`]).
+    pub(super) fn tenant_open_check(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::tenant(tenant).attrs()))
+            .condition_expression("attribute_not_exists(pk) OR #status <> :closed")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":closed", s("closed"))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("condition check: {e}")))?;
+        Ok(TransactWriteItem::builder().condition_check(check).build())
+    }
+
+    /// Whether a transaction led by [`Self::tenant_open_check`] was refused by it.
+    pub(super) fn refused_as_closed(e: &transact::TransactError) -> bool {
+        e.reason(0) == Some(&CancelReason::ConditionalCheckFailed)
+    }
+
+    /// `tenant_open_check`'s refusal as the callers answer it.
+    pub(super) fn tenant_closed() -> StoreError {
+        StoreError::Conflict(crate::ports::TENANT_CLOSED.into())
+    }
+
     pub(super) fn put(
         &self,
         item: Item,
@@ -994,8 +1024,11 @@ impl DynamoStore {
 #[async_trait]
 impl ApiKeyStore for DynamoStore {
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        match self.transact(self.api_key_puts(key)?).await {
+        let mut items = vec![self.tenant_open_check(&key.tenant_id)?];
+        items.extend(self.api_key_puts(key)?);
+        match self.transact(items).await {
             Ok(()) => Ok(()),
+            Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
                 Err(StoreError::Conflict("api key exists".into()))
             }
@@ -1068,7 +1101,8 @@ impl ApiKeyStore for DynamoStore {
             .get_api_key(tenant, old_id)
             .await?
             .ok_or(StoreError::NotFound)?;
-        let mut items = self.api_key_puts(new)?;
+        let mut items = vec![self.tenant_open_check(tenant)?];
+        items.extend(self.api_key_puts(new)?);
         // Ends at the grace's end: both copies expire its retention later.
         let mut ending = old.clone();
         ending.expires_at = Some(old_expires_at);
@@ -1090,6 +1124,7 @@ impl ApiKeyStore for DynamoStore {
         )?);
         match self.transact(items).await {
             Ok(()) => Ok(()),
+            Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
                 "the key is revoked or was already rotated".into(),
             )),

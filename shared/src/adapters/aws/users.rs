@@ -126,11 +126,13 @@ impl UserStore for DynamoStore {
         claim.insert("tenant_id".into(), s(user.tenant_id.to_string()));
         claim.insert("user_id".into(), s(user.id.clone()));
         let items = vec![
+            self.tenant_open_check(&user.tenant_id)?,
             self.put(item, Some("attribute_not_exists(pk)"))?,
             self.put(claim, Some("attribute_not_exists(pk)"))?,
         ];
         match self.transact(items).await {
             Ok(()) => Ok(()),
+            Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
                 Err(StoreError::Conflict("a user with this email exists".into()))
             }
@@ -631,14 +633,15 @@ impl UserStore for DynamoStore {
         tenant: &TenantId,
         required: bool,
     ) -> Result<(), StoreError> {
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(keys::two_factor_setting(tenant).attrs()))
-            .item("required", AttributeValue::Bool(required))
-            .send()
-            .await
-            .map_err(|e| classify("dynamodb put", e))?;
-        Ok(())
+        // With the tenant's check: a closed tenant's setting (given its TTL by the
+        // close-out) is never replaced by one without.
+        let mut item = keys::two_factor_setting(tenant).attrs();
+        item.insert("required".into(), AttributeValue::Bool(required));
+        let items = vec![self.tenant_open_check(tenant)?, self.put(item, None)?];
+        match self.transact(items).await {
+            Ok(()) => Ok(()),
+            Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
+            Err(e) => Err(e.into_store_error()),
+        }
     }
 }

@@ -583,6 +583,7 @@ impl State {
 impl ApiKeyStore for MemoryStore {
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         let mut s = self.lock()?;
+        refuse_if_closed(&s, &key.tenant_id)?;
         if s.keys.contains_key(&key.key_hash) || s.key_of_tenant(&key.tenant_id, &key.id).is_some()
         {
             return Err(StoreError::Conflict("api key exists".into()));
@@ -647,6 +648,7 @@ impl ApiKeyStore for MemoryStore {
         old_expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut s = self.lock()?;
+        refuse_if_closed(&s, tenant)?;
         let Some(hash) = s
             .key_of_tenant(tenant, old_id)
             .filter(|k| self.live(k.ttl()))
@@ -1015,6 +1017,19 @@ impl MessageStore for MemoryStore {
             .filter(|(_, _, exp, _)| self.live(*exp))
             .map(|(t, m, _, _)| (t.clone(), m.clone())))
     }
+}
+
+/// As DynamoDB's `tenant_open_check`: nothing of a closed tenant is written after its
+/// close-out could have given it its TTL (`Conflict(TENANT_CLOSED)`); a tenant with no
+/// record (none in a contract test) does not refuse it.
+pub(super) fn refuse_if_closed(s: &State, tenant: &TenantId) -> Result<(), StoreError> {
+    if s.tenants
+        .get(tenant)
+        .is_some_and(|t| t.status == crate::ports::TenantStatus::Closed)
+    {
+        return Err(StoreError::Conflict(crate::ports::TENANT_CLOSED.into()));
+    }
+    Ok(())
 }
 
 /// Whether a status was kept for `wamid` (its mark alone, taken into the index, or the

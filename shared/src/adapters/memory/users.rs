@@ -58,6 +58,7 @@ impl UsersState {
 impl UserStore for MemoryStore {
     async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
         let mut s = self.lock()?;
+        super::store::refuse_if_closed(&s, &user.tenant_id)?;
         let key = (user.tenant_id.clone(), user.id.clone());
         if s.users.emails.contains_key(&user.email) || s.users.users.contains_key(&key) {
             return Err(StoreError::Conflict("a user with this email exists".into()));
@@ -415,10 +416,9 @@ impl UserStore for MemoryStore {
         tenant: &TenantId,
         required: bool,
     ) -> Result<(), StoreError> {
-        self.lock()?
-            .users
-            .two_factor_required
-            .insert(tenant.clone(), required);
+        let mut s = self.lock()?;
+        super::store::refuse_if_closed(&s, tenant)?;
+        s.users.two_factor_required.insert(tenant.clone(), required);
         Ok(())
     }
 }

@@ -119,14 +119,17 @@ impl StatusCallbackStore for DynamoStore {
             &keys::status_callback(&setting.tenant_id).pairs(),
             None,
         )?;
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(|e| classify("dynamodb put", e))?;
-        Ok(())
+        // With the tenant's check: a closed tenant's setting (given its TTL by the
+        // close-out) is never replaced by one without.
+        let items = vec![
+            self.tenant_open_check(&setting.tenant_id)?,
+            self.put(item, None)?,
+        ];
+        match self.transact(items).await {
+            Ok(()) => Ok(()),
+            Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
+            Err(e) => Err(e.into_store_error()),
+        }
     }
 
     async fn get_status_callback(

@@ -318,19 +318,7 @@ impl DynamoStore {
             // one written after it (a webhook whose warm cache still saw the tenant open)
             // would have none, kept for ever. A tenant with no item (none in a contract
             // test) does not refuse it.
-            let tenant_check = aws_sdk_dynamodb::types::ConditionCheck::builder()
-                .table_name(&self.table)
-                .set_key(Some(keys::tenant(&opt_out.tenant_id).attrs()))
-                .condition_expression("attribute_not_exists(pk) OR #status <> :closed")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":closed", s("closed"))
-                .build()
-                .map_err(|e| StoreError::Corrupt(format!("condition check: {e}")))?;
-            items.push(
-                TransactWriteItem::builder()
-                    .condition_check(tenant_check)
-                    .build(),
-            );
+            items.push(self.tenant_open_check(&opt_out.tenant_id)?);
             let tenant_at = Some(0);
             let source_at = source.map(|_| items.len());
             if let Some(of) = source {

@@ -68,6 +68,7 @@ impl PendingStatusStore for MemoryStore {
 impl StatusCallbackStore for MemoryStore {
     async fn put_status_callback(&self, setting: &StatusCallback) -> Result<(), StoreError> {
         let mut s = self.lock()?;
+        super::refuse_if_closed(&s, &setting.tenant_id)?;
         s.status_callbacks
             .insert(setting.tenant_id.clone(), setting.clone());
         Ok(())
