@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -267,6 +267,10 @@ pub(super) fn failed(a: &Answer) -> Response {
 }
 
 pub(super) fn problem(a: &Answer) -> (StatusCode, Option<Notice>) {
+    // A `5xx` may have been done, its answer lost: never "not done".
+    if a.status.is_server_error() {
+        return (a.status, Some(Notice::Unknown(a.message())));
+    }
     (a.status, Some(Notice::Problem(a.message())))
 }
 
@@ -286,7 +290,7 @@ pub(super) fn form_again(a: &Answer, mut form: Form) -> Form {
 /// The problem line for a keyed form whose outcome is not known (a `5xx`): not "nothing
 /// was changed", which may be untrue, but that sending it again is safe.
 pub(super) fn unknown_outcome(what: &str) -> Notice {
-    Notice::Problem(format!(
+    Notice::Unknown(format!(
         "Something went wrong on our side, and we cannot tell whether {what} was done. \
          Sending this form again is safe: it is done at most once."
     ))
@@ -543,7 +547,12 @@ async fn login(State(s): S, parts: Parts, body: Bytes) -> Response {
     }
 }
 
-async fn logout(State(s): S, ctx: Result<Ctx, Response>, body: Bytes) -> Response {
+async fn logout(
+    State(s): S,
+    headers: HeaderMap,
+    ctx: Result<Ctx, Response>,
+    body: Bytes,
+) -> Response {
     // The session could not be checked (a storage error reading it, the CSRF key
     // unreadable) or is no longer one: the browser forgets it all the same, so a shared
     // computer is not left signed in until storage recovers. Nothing is asked of the API
@@ -551,6 +560,12 @@ async fn logout(State(s): S, ctx: Result<Ctx, Response>, body: Bytes) -> Respons
     // still ends after its idle time).
     let ctx = match ctx {
         Ok(ctx) => ctx,
+        // No session cookie came with it: nothing to forget (another site's form posting
+        // here, whose request the `SameSite=Strict` cookie does not go with, must not
+        // sign the user out).
+        Err(_) if cookie(&headers, SESSION_COOKIE).is_none() => {
+            return redirect("/console/login");
+        }
         Err(_) => {
             tracing::warn!("sign-out without a checked session; forgotten in this browser");
             return forget_session(&s, "/console/login?done=signed_out_here");

@@ -15,7 +15,11 @@ pub const CSS: &str = include_str!("console.css");
 #[derive(Clone, Debug)]
 pub enum Notice {
     Done(String),
+    /// Refused: nothing was changed.
     Problem(String),
+    /// The API answered `5xx`: a write may have landed with its answer lost, so the page
+    /// never says "not done".
+    Unknown(String),
 }
 
 /// What the frame needs to know of the signed-in user.
@@ -53,6 +57,7 @@ pub fn notice(n: Option<&Notice>) -> Markup {
         @match n {
             Some(Notice::Done(t)) => p.notice.done role="status" { (t) },
             Some(Notice::Problem(t)) => p.notice.problem role="alert" { "Not done: " (t) },
+            Some(Notice::Unknown(t)) => p.notice.problem role="alert" { "Outcome unknown: " (t) },
             None => {},
         }
     }

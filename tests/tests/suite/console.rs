@@ -354,6 +354,16 @@ async fn a_read_only_user_is_offered_no_changes_and_a_forged_post_is_refused(b: 
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
     let (email, _) = new_user(&app, &t.key, "read_only").await;
+    // An opt-out, so the list has a row an admin could remove.
+    let (s, _) = call(
+        &app,
+        "PUT",
+        "/v1/opt-outs/%2B60123459961",
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert!(s == 200 || s == 201, "{s}");
     let mut web = sign_in(&app, &email).await;
     let dash = web.get("/console/").await;
     assert_eq!(dash.status, 200);
@@ -364,7 +374,9 @@ async fn a_read_only_user_is_offered_no_changes_and_a_forged_post_is_refused(b: 
     assert_eq!(msgs.status, 200);
     assert!(!msgs.html.contains("Send a template message"));
     let opt = web.get("/console/opt-outs").await;
+    assert!(opt.html.contains("+60123459961"), "the row is listed");
     assert!(!opt.html.contains("Add an opt-out") && !opt.html.contains("Remove"));
+    assert!(!opt.html.contains("action=\"/console/opt-outs/remove\""));
     assert_eq!(web.get("/console/api-keys").await.status, 403);
     let csrf = dash.csrf();
     let before = api_keys(&app, &t.key).await;

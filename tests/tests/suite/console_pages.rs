@@ -1080,6 +1080,32 @@ impl kirim::ports::SecretStore for SecretsDown {
     }
 }
 
+/// A sign-out posted without the session cookie (another site's form: the `SameSite=Strict`
+/// cookie does not go with its request) forgets nothing: no cookie is cleared, so nobody
+/// can sign a user out from elsewhere.
+async fn a_sign_out_posted_without_the_session_cookie_clears_no_cookie(b: Backend) {
+    let app = spawn_app(b).await;
+    let out = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(app.url("/console/logout"))
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(
+        out.headers()["location"].to_str().unwrap(),
+        "/console/login"
+    );
+    assert!(
+        out.headers().get("set-cookie").is_none(),
+        "{:?}",
+        out.headers()
+    );
+}
+
 /// A sign-out whose session the console cannot check (here its CSRF key unreadable; a
 /// storage error reading the session answers the same) still makes the browser forget the
 /// session: the error page in its place left a shared computer signed in.
@@ -1707,6 +1733,7 @@ async fn with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_
 
 on_both_backends!(
     a_sign_out_the_console_cannot_check_still_forgets_the_session_in_the_browser,
+    a_sign_out_posted_without_the_session_cookie_clears_no_cookie,
     a_sign_in_made_before_its_user_turned_on_2fa_elsewhere_is_told_to_sign_in_again,
     a_campaign_accepted_whose_page_cannot_be_read_is_said_accepted_not_failed,
     a_new_or_rotated_key_is_shown_even_when_the_key_list_cannot_be_read,

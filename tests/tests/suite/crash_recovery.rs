@@ -850,6 +850,9 @@ async fn a_console_send_of_unknown_outcome_keeps_its_key_when_the_list_cannot_be
         "the same key: {html}"
     );
     assert!(html.contains("Sending this form again is safe"), "{html}");
+    // It may have been done: never "not done".
+    assert!(!html.contains("Not done"), "{html}");
+    assert!(html.contains("Outcome unknown:"), "{html}");
     assert!(html.contains("could not be read just now"), "{html}");
 }
 
@@ -914,6 +917,9 @@ async fn a_console_campaign_of_unknown_outcome_keeps_its_key_and_template_when_t
         "the same key: {html}"
     );
     assert!(html.contains("Sending this form again is safe"), "{html}");
+    // It may have been done: never "not done".
+    assert!(!html.contains("Not done"), "{html}");
+    assert!(html.contains("Outcome unknown:"), "{html}");
     assert!(
         html.contains("value=\"order_update:en_US\""),
         "its template: {html}"
