@@ -433,6 +433,18 @@ pub trait MessageStore: Send + Sync {
         at: DateTime<Utc>,
         refund: Option<&LedgerEntry>,
     ) -> Result<Transition, StoreError>;
+    /// Marks an `accepted`, never-attempted message as looked at `at` (its `updated_at`),
+    /// only while it is still as it was read (`accepted`, no attempt, `updated_at` =
+    /// `seen`). A replay that queues a lost job again wins this first: repeated or
+    /// concurrent replays queue at most one job per grace, since the mark restarts the
+    /// message's idle time. `false`: it moved, or another replay won.
+    async fn touch_unclaimed(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        seen: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// Puts a message back to `accepted` from `sending` for a retry, only if it is still
     /// `sending` under the claim made at `claimed_at` (its `updated_at`): a release
     /// repeated after its first write landed, or one that comes late, never gives back

@@ -2003,8 +2003,8 @@ mod tests {
             assert_eq!(again.get("to").map(String::as_str), Some("+60123450001"));
         }
         assert!(!form_key(&Form::new()).is_empty());
-        let Notice::Problem(said) = unknown_outcome("the campaign") else {
-            panic!("a problem line")
+        let Notice::Unknown(said) = unknown_outcome("the campaign") else {
+            panic!("an unknown-outcome line, never 'not done'")
         };
         assert!(
             said.contains("safe") && !said.contains("nothing was changed"),

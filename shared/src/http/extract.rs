@@ -182,12 +182,13 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
 }
 
 /// [`bearer`] from the headers alone (a handler that has them, not the parts).
+/// The scheme is matched without regard to case (RFC 9110 §11.1: `bearer` is `Bearer`).
 pub fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
+    let v = headers
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.to_str().ok())?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -230,3 +231,25 @@ pub async fn body_at_most(body: axum::body::Body, limit: usize) -> Result<Bytes,
 /// `requestContext.http.sourceIp` on Lambda. Never a forwarded header.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_of;
+    use axum::http::{header::AUTHORIZATION, HeaderMap, HeaderValue};
+
+    fn with(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case_and_nothing_else_is_a_token() {
+        assert_eq!(bearer_of(&with("Bearer kirim_abc")), Some("kirim_abc"));
+        assert_eq!(bearer_of(&with("bearer kirim_abc")), Some("kirim_abc"));
+        assert_eq!(bearer_of(&with("BEARER  kirim_abc ")), Some("kirim_abc"));
+        assert_eq!(bearer_of(&with("Basic a2lyaW0=")), None);
+        assert_eq!(bearer_of(&with("Bearerkirim_abc")), None);
+        assert_eq!(bearer_of(&HeaderMap::new()), None);
+    }
+}

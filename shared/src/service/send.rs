@@ -529,6 +529,18 @@ async fn queue_again_if_never_claimed(
         Draft::Text(body) => Content::Text { body: body.clone() },
         Draft::Template(t) => templates::resolve(deps, waba_id, t.clone()).await?,
     };
+    // One replay queues it, and only once a grace: the mark restarts its idle time, so a
+    // replay repeated (or made at once) while the job waits behind a backlog adds none,
+    // which would claim the message the moment a failed attempt released it, skipping
+    // its backoff.
+    let marked = deps.clock.now();
+    if !deps
+        .messages
+        .touch_unclaimed(tenant_id, id, m.updated_at, marked)
+        .await?
+    {
+        return Ok(());
+    }
     let job = QueueJob::Send(DispatchJob {
         tenant_id: tenant_id.clone(),
         message_id: id.clone(),
@@ -546,10 +558,15 @@ async fn queue_again_if_never_claimed(
         .to_body()
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
     // A job not due yet waits on the queue by itself (see `schedule`).
-    deps.queue
-        .send(&body)
-        .await
-        .map_err(ServiceError::Unavailable)?;
+    if let Err(e) = deps.queue.send(&body).await {
+        // Not queued: the mark is taken back (while it is still this replay's), so the
+        // client's next retry queues it rather than wait out another grace.
+        let _ = deps
+            .messages
+            .touch_unclaimed(tenant_id, id, marked, m.updated_at)
+            .await;
+        return Err(ServiceError::Unavailable(e));
+    }
     tracing::info!(message_id = %id, "replayed a message never claimed; queued it again");
     Ok(())
 }

@@ -244,6 +244,41 @@ async fn a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_proc
     assert_eq!(t.sandbox_requests_to("60123459901").len(), 1, "still once");
 }
 
+/// Past the grace, replays of a message whose job waits behind a backlog (or was lost)
+/// queue one job again, not one each: the first marks the message, which restarts its idle
+/// time; another job would claim the message the moment a failed attempt released it,
+/// skipping its backoff.
+async fn replays_past_the_grace_queue_its_job_again_once_not_once_each(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let (body, first) =
+        accepted_with_its_job_lost(&t, &o, "+60123459938", "order-a-4", "A-4").await;
+    let mut later = past_the_grace(&t);
+    let kept = Arc::new(Kept {
+        bodies: Mutex::default(),
+        refuse: false,
+    });
+    later.queue = kept.clone();
+    let replays = (0..4).map(|_| replay(&later, &o, &body, "order-a-4"));
+    for r in futures::future::join_all(replays).await {
+        assert!(
+            matches!(&r, Ok(Accepted::Replayed(id, _)) if *id == first.id),
+            "{r:?}"
+        );
+    }
+    assert!(replay(&later, &o, &body, "order-a-4").await.is_ok());
+    // (Each replay also queues a job for the new message it would have made — the job goes
+    // before the write — which the dispatcher drops as never recorded.)
+    let for_it = kept
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| b.contains(first.id.as_str()))
+        .count();
+    assert_eq!(for_it, 1, "one job for it");
+}
+
 /// A message a busy number just gave back (unattempted, its job on the queue for its slot)
 /// is not queued again by a replay, even past the grace of its acceptance: only a message
 /// idle for the grace may have lost its job.
@@ -568,6 +603,15 @@ impl MessageStore for Flaky {
         self.inner
             .cancel_with_refund(tenant, id, from, error, refund, at)
             .await
+    }
+    async fn touch_unclaimed(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        seen: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.touch_unclaimed(tenant, id, seen, at).await
     }
     async fn release_for_retry(
         &self,
@@ -3025,6 +3069,7 @@ on_both_backends!(
     a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not_left_sending,
     a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_once,
     a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process,
+    replays_past_the_grace_queue_its_job_again_once_not_once_each,
     a_failure_before_meta_is_refunded_in_the_same_write_so_a_storage_failure_loses_no_refund_and_a_redelivery_gives_none_twice,
     a_send_whose_job_cannot_be_queued_records_and_charges_nothing,
     a_console_send_of_unknown_outcome_keeps_its_key_when_the_list_cannot_be_read,

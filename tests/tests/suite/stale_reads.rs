@@ -127,6 +127,15 @@ impl MessageStore for Behind {
             .cancel_with_refund(tenant, id, from, error, refund, at)
             .await
     }
+    async fn touch_unclaimed(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        seen: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.touch_unclaimed(tenant, id, seen, at).await
+    }
     async fn release_for_retry(
         &self,
         tenant: &TenantId,

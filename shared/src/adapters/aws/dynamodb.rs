@@ -1404,6 +1404,36 @@ impl MessageStore for DynamoStore {
         .await
     }
 
+    async fn touch_unclaimed(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        seen: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let stamp = |t: DateTime<Utc>| s(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::message(tenant, id).attrs()))
+            .update_expression("SET updated_at = :at")
+            .condition_expression(
+                "#status = :acc AND attempts = :zero AND updated_at = :seen \
+                 AND (attribute_not_exists(#ttl) OR #ttl > :now)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":acc", s(MessageStatus::Accepted.as_str()))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":seen", stamp(seen))
+            .expression_attribute_values(":at", stamp(at))
+            .expression_attribute_values(":now", n(self.now_secs()))
+            .send()
+            .await;
+        super::written("dynamodb update", res)
+    }
+
     async fn release_for_retry(
         &self,
         tenant: &TenantId,

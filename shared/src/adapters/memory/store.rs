@@ -900,6 +900,29 @@ impl MessageStore for MemoryStore {
         Ok(Transition::Applied(Box::new(m.clone())))
     }
 
+    async fn touch_unclaimed(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        seen: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let now = self.clock.now().timestamp();
+        let Some(m) = s
+            .messages
+            .get_mut(message_key(&(tenant, id)))
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+        else {
+            return Ok(false);
+        };
+        if m.status != MessageStatus::Accepted || m.attempts > 0 || m.updated_at != seen {
+            return Ok(false);
+        }
+        Arc::make_mut(m).updated_at = at;
+        Ok(true)
+    }
+
     async fn release_for_retry(
         &self,
         tenant: &TenantId,
