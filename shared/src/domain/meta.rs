@@ -192,6 +192,9 @@ impl StatusReport {
 #[derive(Clone, Debug, PartialEq)]
 pub struct InboundMessage {
     pub phone_number_id: Option<String>,
+    /// How Meta shows that number (`metadata.display_phone_number`): Kirim learns it for a
+    /// number stored without one, since Meta's quality updates name a number only so.
+    pub display_phone_number: Option<String>,
     /// The sender, when Meta names them by phone number (`from`, else the matching
     /// contact's `wa_id`).
     pub from: Option<PhoneNumber>,
@@ -576,6 +579,13 @@ fn read_change(waba_id: &str, time: Option<i64>, change: &Value, events: &mut Ve
         .and_then(Value::as_str)
         .filter(|p| !p.is_empty())
         .map(str::to_owned);
+    let display_phone_number = value
+        .get("metadata")
+        .and_then(|m| m.get("display_phone_number"))
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && d.len() <= 32)
+        .map(str::to_owned);
     let statuses = value.get("statuses");
     let messages = value.get("messages");
     let preferences = value.get("user_preferences");
@@ -595,9 +605,10 @@ fn read_change(waba_id: &str, time: Option<i64>, change: &Value, events: &mut Ve
                 for item in items {
                     let event = match piece {
                         "status" => status(item, &phone_number_id).map(MetaEvent::Status),
-                        "message" => {
-                            inbound(item, &phone_number_id, &contacts).map(MetaEvent::Inbound)
-                        }
+                        "message" => inbound(item, &phone_number_id, &contacts).map(|mut m| {
+                            m.display_phone_number = display_phone_number.clone();
+                            MetaEvent::Inbound(m)
+                        }),
                         _ => user_preference(item, &phone_number_id).map(MetaEvent::UserPreference),
                     };
                     events.push(event.unwrap_or_else(|| unknown(piece, field)));
@@ -909,6 +920,7 @@ fn inbound(
     }
     Some(InboundMessage {
         phone_number_id: phone_number_id.clone(),
+        display_phone_number: None,
         from,
         from_user_id,
         timestamp: m.timestamp.as_ref().and_then(epoch_seconds),

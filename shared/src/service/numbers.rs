@@ -304,6 +304,40 @@ pub async fn sender(
     }
 }
 
+/// Meta named the tenant's number `phone_number_id` as `display` (an inbound message's
+/// `metadata`): recorded on a number stored without a display (onboarded or added without
+/// one, or a default number from before numbers had items), once — Meta's quality updates
+/// name a number only by its display, so until then they could not find it. A cached read
+/// first: a number that has its display costs no write. Best effort (logged): the inbound
+/// message's own work does not wait on it.
+pub async fn learn_display(deps: &Deps, tenant: &TenantId, phone_number_id: &str, display: &str) {
+    if super::accounts::check_display(display).is_err()
+        || super::accounts::check_numeric_id("phone_number_id", phone_number_id).is_err()
+    {
+        return;
+    }
+    let result = async {
+        match deps
+            .numbers
+            .get_phone_number(tenant, phone_number_id)
+            .await?
+        {
+            Some(n) if n.display_phone_number.is_none() => {
+                deps.numbers
+                    .learn_display_number(tenant, phone_number_id, display)
+                    .await
+            }
+            _ => Ok(false),
+        }
+    }
+    .await;
+    match result {
+        Ok(true) => tracing::info!(%phone_number_id, "the number's display learnt from Meta"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(%phone_number_id, error = %e, "the number's display not learnt"),
+    }
+}
+
 /// What applying a quality webhook did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {

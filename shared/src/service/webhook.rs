@@ -171,6 +171,8 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
         known: Vec::new(),
     };
     let mut pairs = Pairs::default();
+    // Numbers whose display this body offered to learn already (once per body).
+    let mut learnt_display: HashSet<&str> = HashSet::new();
     // Account-level stops first, as before: a body that also carries statuses sees the
     // tenant suspended already.
     for event in &events {
@@ -301,6 +303,14 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                     let tenant = owners.open(message.phone_number_id.as_deref()).await?;
                     if let (Some(t), Some(pnid)) = (tenant, &message.phone_number_id) {
                         crate::telemetry::record_tenant(t.as_str());
+                        if let Some(display) = &message.display_phone_number {
+                            if learnt_display.insert(pnid.as_str()) {
+                                // Boxed: rare, and its future kept out of every
+                                // notification's (see the account update's note above).
+                                Box::pin(super::numbers::learn_display(deps, t, pnid, display))
+                                    .await;
+                            }
+                        }
                         pairs
                             .learn(deps, t, &message.from, &message.from_user_id)
                             .await?;

@@ -630,6 +630,75 @@ async fn an_onboarded_numbers_display_lets_metas_quality_webhook_find_it(b: Back
     assert_eq!(n[0]["quality"], json!("red"), "{n:?}");
 }
 
+/// A number onboarded without its display learns it from the first inbound message's
+/// `metadata` (Meta's quality updates name a number only as it is shown), once: a later
+/// body naming it otherwise changes nothing.
+async fn a_number_onboarded_without_its_display_learns_it_from_an_inbound_message(b: Backend) {
+    let app = spawn_app(b).await;
+    let pnid = fresh_number();
+    let waba = "7001002";
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        OPERATOR_TOKEN,
+        "/v1/platform/tenants",
+        Some(
+            json!({"name": "Kedai Unshown", "waba_id": waba, "phone_number_id": pnid,
+            "meta_access_token": "EAAG"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let key = body["admin_api_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        numbers(&app, &key).await[0]["display_phone_number"],
+        Value::Null
+    );
+    let quality = |time: i64| {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": time,
+        "changes": [{"field": "phone_number_quality_update", "value":
+            {"display_phone_number": "60370005678", "event": "THROUGHPUT_UPGRADE", "quality_rating": "GREEN"}}]}]})
+    };
+    // Not found by its display yet: ignored.
+    assert_eq!(
+        app.post_webhook(&quality(1_764_460_000)).await.status(),
+        200
+    );
+    assert_eq!(numbers(&app, &key).await[0]["quality"], json!("unknown"));
+    let hello = |display: &str| {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "changes": [{
+            "field": "messages", "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": display, "phone_number_id": pnid},
+            "messages": [{"from": "60123450555", "id": format!("wamid.in.{}", ulid::Ulid::new()),
+                "timestamp": chrono::Utc::now().timestamp().to_string(), "type": "text",
+                "text": {"body": "hello"}}]}}]}]})
+    };
+    assert_eq!(app.post_webhook(&hello("60370005678")).await.status(), 200);
+    assert_eq!(
+        numbers(&app, &key).await[0]["display_phone_number"],
+        "60370005678"
+    );
+    assert_eq!(app.post_webhook(&hello("60370009999")).await.status(), 200);
+    assert_eq!(
+        numbers(&app, &key).await[0]["display_phone_number"],
+        "60370005678",
+        "learnt once"
+    );
+    assert_eq!(
+        app.post_webhook(&quality(1_764_460_100)).await.status(),
+        200
+    );
+    let n = numbers(&app, &key).await;
+    assert_eq!(
+        (n[0]["quality"].clone(), n[0]["throughput_per_sec"].clone()),
+        (json!("green"), json!(1000)),
+        "{n:?}"
+    );
+}
+
 async fn pricing_is_kept_on_a_read_message_and_counted_once_in_usage(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(10).await;
@@ -836,6 +905,7 @@ on_both_backends!(
     an_admin_switches_the_default_number_and_sends_without_from_go_from_it,
     a_quality_webhook_updates_that_numbers_quality_and_throughput,
     an_onboarded_numbers_display_lets_metas_quality_webhook_find_it,
+    a_number_onboarded_without_its_display_learns_it_from_an_inbound_message,
     pricing_is_kept_on_a_read_message_and_counted_once_in_usage,
     a_replayed_delivered_with_its_pricing_leaves_the_message_counted_once,
     usage_refuses_bad_dates_and_ranges,
