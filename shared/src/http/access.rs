@@ -455,7 +455,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 // The operator's call about a tenant goes in that tenant's chain, refused
                 // or failed too (a success names it itself): if the tenant exists, so that
                 // no chain is begun for an id that is no tenant's.
-                let named = match (tenant.or(note.tenant), about) {
+                let mut named = match (tenant.or(note.tenant), about.clone()) {
                     (Some(t), _) => Some(t),
                     (None, Some(id)) => match state.deps.tenants.get_tenant(&id).await {
                         Ok(Some(_)) => Some(id),
@@ -463,6 +463,20 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                     },
                     (None, None) => None,
                 };
+                // A closed-out tenant's chain was given its last expiry by the close-out:
+                // an event there after it (a repeated close, a top-up refused years later)
+                // would outlive it, or, once its head has expired, begin a chain again
+                // with no expiry at all. The operator's call is recorded on the platform
+                // chain instead, naming the tenant. (Only the operator's calls can come
+                // now: the tenant's own credentials stopped at the closing.)
+                if about.is_some() {
+                    if let Some(t) = named.clone() {
+                        if matches!(state.deps.retention.closed_out_at(&t).await, Ok(Some(_))) {
+                            details.insert("tenant_id".into(), t.to_string().into());
+                            named = None;
+                        }
+                    }
+                }
                 audit::record_or_park(
                     &state.deps,
                     audit::Draft {

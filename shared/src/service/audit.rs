@@ -1082,15 +1082,28 @@ impl ChainCheck {
             ))
         } else {
             match &self.last {
-                Some((seq, _)) if e.seq != seq + 1 => {
-                    Some(format!("events {} to {} are missing", seq + 1, e.seq - 1))
-                }
+                Some((seq, _)) if e.seq != seq.saturating_add(1) => Some(format!(
+                    "events {} to {} are missing",
+                    seq.saturating_add(1),
+                    e.seq.saturating_sub(1)
+                )),
                 Some((seq, hash)) if &e.prev_hash != hash => {
                     Some(format!("event {} does not link to event {seq}", e.seq))
                 }
                 Some(_) => None,
                 None if e.seq == 1 && e.prev_hash != GENESIS => {
                     Some("event 1 does not start the chain".into())
+                }
+                // Parked without a signature, it proves nothing: anyone who can write the
+                // table could have put it in the outbox after deleting the chain.
+                None if e.seq == 1
+                    && self.first_action.is_some()
+                    && is_marked(&e.details, PARKED_UNSIGNED) =>
+                {
+                    Some(
+                        "event 1 was parked without a signature: the chain's beginning cannot be proven (it may have been begun again after its events and head were deleted)"
+                            .into(),
+                    )
                 }
                 None if e.seq == 1
                     && self
@@ -1417,7 +1430,15 @@ pub async fn verify_within(
     report.oldest_parked_age_seconds = parked
         .first()
         .map(|p| (deps.clock.now() - p.at).num_seconds().max(0));
-    if head.is_none() && report.valid && report.parked == 0 {
+    // Events waiting begin a chain only if the oldest is the tenant's onboarding, parked
+    // with a valid signature (its onboarding's event could not be linked then): anything
+    // else waiting in the outbox of a chain that is gone may have been put there after it
+    // was deleted, and would become its event 1 at the next call.
+    let waiting_beginning = parked.first().is_some_and(|p| {
+        BEGINNINGS.contains(&p.action.as_str())
+            && matches!(parked_trust(p, &keys), ParkedTrust::Signed)
+    });
+    if head.is_none() && report.valid && !waiting_beginning {
         // A tenant's onboarding is audited on its chain, and an open tenant's head has no
         // expiry (only a close-out gives it one, and a closed tenant verifies nothing):
         // an existing tenant without a chain lost it, however old the tenant.
@@ -1506,6 +1527,37 @@ mod tests {
             let mut check = ChainCheck::new(NOW).beginning_with(BEGINNINGS);
             assert_eq!(check.feed(&first(action)), valid, "{action}");
         }
+    }
+
+    /// An onboarding parked without a signature proves nothing as event 1 (anyone who can
+    /// write the table can put one in the outbox after deleting the chain); in the middle
+    /// of a chain, or on the platform chain, it stays a marked event.
+    #[test]
+    fn an_unsigned_parked_event_is_no_tenant_chains_beginning() {
+        let mut e = chain(1).remove(0);
+        e.expires_at = Some(NOW + 3600);
+        e.action = ONBOARDING.into();
+        e.details = marked(&e.details, PARKED_UNSIGNED);
+        e.hash = hash_of(&e);
+        let mut check = ChainCheck::new(NOW).beginning_with(BEGINNINGS);
+        assert!(!check.feed(&e));
+        let mut platform = ChainCheck::new(NOW);
+        assert!(platform.feed(&e));
+    }
+
+    /// A stored sequence number at the edge (a rewritten item) is a break reported, not an
+    /// overflow.
+    #[test]
+    fn a_rewritten_sequence_number_is_reported_not_overflowed() {
+        let c = chain(2);
+        let mut check = ChainCheck::new(NOW);
+        assert!(check.feed(&c[0]));
+        let mut zero = c[1].clone();
+        zero.seq = 0;
+        zero.hash = hash_of(&zero);
+        assert!(!check.feed(&zero));
+        let mut last = ChainCheck::resumed(NOW, 0, u64::MAX, c[0].hash.clone());
+        assert!(!last.feed(&c[1]));
     }
 
     #[test]

@@ -162,6 +162,63 @@ async fn an_unknown_key_is_audited_on_the_platform_chain(b: Backend) {
     );
 }
 
+/// The operator's call about a tenant already closed out (a repeated close, a late top-up)
+/// is recorded on the platform chain, naming the tenant: the tenant's chain had its last
+/// expiry from the close-out, and an event there after it would outlive it (or begin a
+/// chain again with none once its head has expired).
+async fn an_operators_call_about_a_closed_out_tenant_is_recorded_on_the_platform_chain(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let op = |method: reqwest::Method, path: String| {
+        let app = &app;
+        async move {
+            app.http
+                .request(method, app.url(&path))
+                .bearer_auth(kirim_tests::OPERATOR_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let close = format!("/v1/platform/tenants/{}", t.tenant_id);
+    assert_eq!(op(reqwest::Method::DELETE, close.clone()).await, 200);
+    assert_eq!(
+        op(reqwest::Method::POST, "/v1/platform/retention/run".into()).await,
+        200
+    );
+    let chain = t.tenant_id.clone();
+    let before = app.app.deps.audit.head(&chain).await.unwrap();
+    assert!(before.is_some(), "closed out with its chain");
+    op(reqwest::Method::DELETE, close).await;
+    assert_eq!(
+        app.app.deps.audit.head(&chain).await.unwrap(),
+        before,
+        "the tenant's chain is not appended to"
+    );
+    let (events, _) = app
+        .app
+        .deps
+        .audit
+        .list(
+            audit::PLATFORM_CHAIN,
+            &AuditQuery {
+                limit: 20,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "DELETE /v1/platform/tenants/{id}"
+                && e.details.contains(&t.tenant_id)),
+        "{events:?}"
+    );
+}
+
 async fn concurrent_calls_produce_one_gapless_chain(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(50).await;
@@ -1140,6 +1197,7 @@ async fn an_event_linked_by_a_clock_behind_its_predecessors_never_expires_before
 }
 
 on_both_backends!(
+    an_operators_call_about_a_closed_out_tenant_is_recorded_on_the_platform_chain,
     a_cancel_is_audited_with_the_messages_status_beside_the_http_status,
     an_append_after_a_head_remembered_from_before_the_close_out_moves_the_head_with_its_ttl,
     the_operators_refused_calls_about_a_tenant_are_in_its_trail,
@@ -1461,6 +1519,48 @@ async fn deleting_the_oldest_events_wiping_or_rehashing_a_chain_in_dynamodb_fail
             .as_str()
             .unwrap()
             .contains("not the tenant's onboarding"),
+        "{v}"
+    );
+
+    // Every event and the head, and an unsigned "onboarding" put in the chain's outbox (no
+    // audit key needed): not a beginning while it waits, nor once the next call links it.
+    let t = three_events().await;
+    for seq in 1..=3 {
+        delete(t.tenant_id.clone(), event_sk(seq)).await.unwrap();
+    }
+    delete(t.tenant_id.clone(), "HEAD".into()).await.unwrap();
+    let planted = kirim::ports::ParkedAudit {
+        chain: t.tenant_id.clone(),
+        id: ulid::Ulid::new().to_string(),
+        at: chrono::Utc::now(),
+        actor_type: "operator".into(),
+        actor_id: "operator".into(),
+        action: audit::ONBOARDING.into(),
+        ip: None,
+        outcome: kirim::ports::AuditOutcome::Success,
+        details: "{}".into(),
+        expires_at: None,
+        signature: None,
+    };
+    app.app.deps.audit.park(&planted).await.unwrap();
+    let v = verify(&t).await;
+    assert_eq!(
+        (v["valid"].clone(), v["reason"].clone()),
+        (json!(false), json!("the tenant's audit chain is missing")),
+        "waiting: {v}"
+    );
+    app.send_ok(&t.key, "+60123450403").await;
+    let v = verify(&t).await;
+    assert_eq!(
+        (v["valid"].clone(), v["broken_at"].clone()),
+        (json!(false), json!(1)),
+        "linked: {v}"
+    );
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("without a signature"),
         "{v}"
     );
 
