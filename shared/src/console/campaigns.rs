@@ -189,7 +189,9 @@ async fn render_campaigns(
         let from = senders.known(asked).to_owned();
         // A keyed form's sender the numbers' read could not confirm: kept as chosen, and its
         // template with it (the default number's catalogue is not its catalogue).
-        let unconfirmed = keyed && !senders.several() && !asked.is_empty();
+        // Likewise a sender asked for (`?from=`) while the numbers could not be read: kept,
+        // said so, never quietly the default number.
+        let unconfirmed = (keyed || senders.unread()) && !senders.several() && !asked.is_empty();
         let from = if unconfirmed { asked.to_owned() } else { from };
         let catalogue = if unconfirmed {
             None
@@ -305,7 +307,9 @@ fn create_form(
                 button type="submit" { "Show its templates" }
             }
         }
-        @if templates.is_empty() {
+        @if templates.is_empty() && senders.unread() {
+            p.hint #campaign-unread { "The account's numbers could not be read just now, so the sender's templates are not shown. Reload the page in a moment." }
+        } @else if templates.is_empty() {
             p.hint { "There is no approved template in the catalogue yet; see "
                 a href="/console/templates" { "Templates" } "." }
         } @else {

@@ -12,27 +12,35 @@ use super::ConsoleState;
 
 /// The account's numbers, in the API's order (by id), or none when they cannot be read
 /// (the role may not, or the API has not the route): the forms then send from the default.
-pub(super) struct Senders(Vec<Value>);
+/// The second field: the read failed (a `429`, a `5xx`), so whether there is a choice is
+/// not known — said on the page rather than shown as an account with one number.
+pub(super) struct Senders(Vec<Value>, bool);
 
 impl Senders {
     pub(super) fn empty() -> Senders {
-        Senders(Vec::new())
+        Senders(Vec::new(), false)
     }
 
     pub(super) async fn read(s: &ConsoleState, ctx: &Ctx) -> Senders {
         if !ctx.may("GET", PHONE_NUMBERS) {
-            return Senders(Vec::new());
+            return Senders::empty();
         }
         let a = s.api.get(&ctx.who, PHONE_NUMBERS).await;
         if !a.ok() {
-            return Senders(Vec::new());
+            return Senders(Vec::new(), true);
         }
         Senders(
             a.body["phone_numbers"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default(),
+            false,
         )
+    }
+
+    /// The numbers could not be read just now.
+    pub(super) fn unread(&self) -> bool {
+        self.1
     }
 
     /// Whether there is a choice to offer.
@@ -90,6 +98,11 @@ impl Senders {
     /// A `select` of the numbers named `name` (value: the phone number id; the default
     /// selected when `chosen` is none of them), or nothing with one number.
     pub(super) fn select(&self, id: &str, name: &str, chosen: &str) -> Markup {
+        if self.unread() && chosen.is_empty() {
+            return html! {
+                p.hint #sender-unread { "The account's numbers could not be read just now: this form sends from the default number. Reload the page to choose another." }
+            };
+        }
         if !self.several() {
             return Self::kept(name, chosen);
         }
@@ -135,18 +148,22 @@ mod tests {
     use serde_json::json;
 
     fn two() -> Senders {
-        Senders(vec![
-            json!({"phone_number_id": "111", "waba_id": "9", "display_phone_number": "+60 12-345", "default": true}),
-            json!({"phone_number_id": "222", "waba_id": "8", "display_phone_number": null, "default": false}),
-            json!({"phone_number_id": "333", "waba_id": "9", "display_phone_number": "", "default": false}),
-        ])
+        Senders(
+            vec![
+                json!({"phone_number_id": "111", "waba_id": "9", "display_phone_number": "+60 12-345", "default": true}),
+                json!({"phone_number_id": "222", "waba_id": "8", "display_phone_number": null, "default": false}),
+                json!({"phone_number_id": "333", "waba_id": "9", "display_phone_number": "", "default": false}),
+            ],
+            false,
+        )
     }
 
     #[test]
     fn a_choice_of_sender_is_offered_only_with_several_numbers_and_names_the_default() {
-        let one = Senders(vec![
-            json!({"phone_number_id": "111", "waba_id": "9", "default": true}),
-        ]);
+        let one = Senders(
+            vec![json!({"phone_number_id": "111", "waba_id": "9", "default": true})],
+            false,
+        );
         assert_eq!(one.select("f", "from", "").into_string(), "");
         let html = two().select("f", "from", "").into_string();
         assert!(
@@ -176,5 +193,20 @@ mod tests {
         assert_eq!(s.known("333"), "333");
         assert_eq!(s.describe(""), "+60 12-345 (111), default");
         assert_eq!(s.describe("333"), "333");
+    }
+
+    /// Numbers that could not be read are said so: never shown as an account with one
+    /// number, and a sender asked for is kept as chosen, not quietly the default.
+    #[test]
+    fn numbers_that_could_not_be_read_are_said_so_and_a_chosen_sender_is_kept() {
+        let unread = Senders(Vec::new(), true);
+        let html = unread.select("f", "from", "").into_string();
+        assert!(html.contains("could not be read just now"), "{html}");
+        let html = unread.select("f", "from", "222").into_string();
+        assert!(
+            html.contains(r#"name="from" value="222""#) && html.contains("as chosen"),
+            "{html}"
+        );
+        assert_eq!(Senders::empty().select("f", "from", "").into_string(), "");
     }
 }

@@ -105,6 +105,19 @@ pub struct Synced {
 
 fn meta_failure(e: &MetaSendError) -> String {
     match e {
+        // What the tenant's people can act on, not a bare number (an outage reads alike).
+        MetaSendError::Api { code: 0 | 102 | 190, .. } => {
+            "Meta refused the account's access token (invalid or expired): ask your provider to update it".into()
+        }
+        MetaSendError::Api {
+            code: code @ (10 | 200..=299),
+            ..
+        } => format!(
+            "Meta answered error {code} (a permission the account's access token lacks for this WhatsApp Business Account)"
+        ),
+        MetaSendError::Api { code: 4 | 17 | 32 | 613 | 80007, .. } => {
+            "Meta's rate limit for this account was reached: try again in a few minutes".into()
+        }
         MetaSendError::Api { code, .. } => format!("Meta answered error {code}"),
         MetaSendError::Timeout => "Meta did not answer in time".into(),
         MetaSendError::Connection(_) => "Meta could not be reached".into(),
@@ -739,6 +752,26 @@ mod tests {
         );
         for bad in ["", "order_update", "Order.en", "a.b.c", "x.e"] {
             assert_eq!(parse_cursor(bad), None, "{bad}");
+        }
+    }
+
+    /// A failed sync says what the tenant can act on: an expired token, a missing
+    /// permission, Meta's rate limit — not a bare number that reads like an outage; Meta's
+    /// text (which may carry the token) is never in it.
+    #[test]
+    fn a_sync_failure_names_a_token_a_permission_or_a_rate_limit() {
+        let api = |code: i64| MetaSendError::Api {
+            http_status: 400,
+            code,
+            title: "EAAG-secret-token in the text".into(),
+            is_transient: None,
+        };
+        assert!(meta_failure(&api(190)).contains("access token"));
+        assert!(meta_failure(&api(200)).contains("permission"));
+        assert!(meta_failure(&api(80007)).contains("rate limit"));
+        assert_eq!(meta_failure(&api(131000)), "Meta answered error 131000");
+        for code in [0, 10, 100, 190, 200, 80007, 131000] {
+            assert!(!meta_failure(&api(code)).contains("EAAG"), "{code}");
         }
     }
 }

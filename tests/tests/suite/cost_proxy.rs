@@ -180,6 +180,48 @@ async fn the_reads_that_may_lag_cost_half_a_unit_and_indexing_a_wamid_reads_noth
     assert_eq!(index["DynamoDB.UpdateItem"].wcu, 1.0);
 }
 
+/// A login's lookup of an email without a user makes the same reads, one after the other,
+/// as one with a user (two consistent `GetItem`s): its answer time does not tell whether
+/// an email has a user.
+#[tokio::test]
+async fn looking_up_an_unknown_email_reads_as_much_as_a_known_one() {
+    use kirim::ports::UserStore;
+    let (store, proxy) = store_behind_proxy().await;
+    let t = crate::contract::tenant(0);
+    let email = format!(
+        "u{}@example.com",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let user = kirim::ports::UserRecord {
+        id: kirim::domain::new_id(),
+        tenant_id: t.id.clone(),
+        email: email.clone(),
+        role: kirim::domain::Role::Operator,
+        password_hash: "$argon2id$not-a-real-hash".into(),
+        totp_secret: None,
+        totp_confirmed: false,
+        last_totp_step: 0,
+        created_at: chrono::Utc::now(),
+        password_version: 0,
+    };
+    store.create_user(&user).await.unwrap();
+    proxy.set_phase("known");
+    assert!(store.user_by_email(&email).await.unwrap().is_some());
+    proxy.set_phase("unknown");
+    assert!(store
+        .user_by_email("nobody@example.com")
+        .await
+        .unwrap()
+        .is_none());
+    proxy.set_phase("after");
+    let tally = proxy.take();
+    let reads = |phase: &str| {
+        let g = &tally[phase]["DynamoDB.GetItem"];
+        (g.calls, g.rcu, g.round_trips, tally[phase].len())
+    };
+    assert_eq!(reads("unknown"), reads("known"), "{tally:?}");
+}
+
 /// The tenant item carries no WABA index entry any more (issue #13): each debit rewrites
 /// the tenant item, which with an entry (the index projects ALL) was an index write too.
 /// The tenant is found by its WABA through its number's item, stored at onboarding.

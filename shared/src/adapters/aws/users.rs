@@ -118,6 +118,9 @@ impl DynamoStore {
     }
 }
 
+/// A tenant id no tenant has (not a ULID), for [`UserStore::user_by_email`]'s stand-in read.
+const NO_TENANT: &str = "-";
+
 #[async_trait]
 impl UserStore for DynamoStore {
     async fn create_user(&self, user: &UserRecord) -> Result<(), StoreError> {
@@ -153,6 +156,12 @@ impl UserStore for DynamoStore {
 
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
         let Some(claim) = self.get(keys::email_claim(email)).await? else {
+            // The same two consistent reads, one after the other, as for a user's email:
+            // a login's answer time must not tell whether an email has a user (an unknown
+            // email is answered exactly as a wrong password). A key no item has.
+            let _ = self
+                .get(keys::user(&TenantId::from_trusted(NO_TENANT), "-"))
+                .await?;
             return Ok(None);
         };
         let field = |k: &str| claim.get(k).and_then(|v| v.as_s().ok()).cloned();
