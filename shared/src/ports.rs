@@ -635,14 +635,23 @@ pub trait ContactStore: Send + Sync {
         tenant: &TenantId,
         key: &OptOutKey,
     ) -> Result<Option<OptOutKey>, StoreError>;
-    /// Forgets the pairing stored under `key` while it still names `other` (a conditional
-    /// delete: a pairing of `key` written since stands). Only `key`'s own item: `other`'s
-    /// names the key it is paired with now. Answers whether it was removed.
+    /// [`paired_key`](Self::paired_key) and when that half expires (epoch seconds; its TTL:
+    /// each write of a pairing renews it, so the half written last expires last).
+    async fn pairing(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<(OptOutKey, Option<i64>)>, StoreError>;
+    /// Forgets the pairing stored under `key` while it still names `other` and expires
+    /// before `newer` (the other half's expiry: that half was written after it), a
+    /// conditional delete, so a pairing of `key` written since stands. Only `key`'s own
+    /// item. Answers whether it was removed.
     async fn unpair(
         &self,
         tenant: &TenantId,
         key: &OptOutKey,
         other: &OptOutKey,
+        newer: i64,
     ) -> Result<bool, StoreError>;
     /// [`paired_key`](Self::paired_key), possibly a moment behind (as
     /// [`OptOutStore::peek_opt_out`]).

@@ -76,23 +76,25 @@ fn same_key(a: &OptOutKey, b: &OptOutKey) -> bool {
 }
 
 /// The key `key` is paired with now: its pairing, unless the other key's own pairing
-/// names a third key. Meta pairs a user id with one phone at a time, so when the user's id
-/// was paired since with a new phone (or the phone with a new id: a recycled number), the
-/// old pairing is stale — the user left that phone. A stale pairing is forgotten (a
-/// conditional delete of `key`'s item alone), so the phone stops answering for the user it
-/// no longer belongs to. A pairing whose other half is missing is taken as it stands (it
-/// may be mid-write: both halves are written one after the other).
+/// names a third key and was written after it. Meta pairs a user id with one phone at a
+/// time, so when the user's id was paired since with a new phone (or the phone with a new
+/// id: a recycled number), the old pairing is stale — the user left that phone. A stale
+/// pairing is forgotten (a conditional delete of `key`'s item alone, only while it is still
+/// the older), so the phone stops answering for the user it no longer belongs to. Which
+/// half is newer is told by their expiries (each write renews its half's): a half newer
+/// than the other is a pairing being written (its two halves go one after the other), and
+/// is followed; a pairing whose other half is missing is taken as it stands.
 pub async fn paired_now(
     deps: &Deps,
     tenant: &TenantId,
     key: &OptOutKey,
 ) -> Result<Option<OptOutKey>, ServiceError> {
-    let Some(other) = deps.contacts.paired_key(tenant, key).await? else {
+    let Some((other, mine)) = deps.contacts.pairing(tenant, key).await? else {
         return Ok(None);
     };
-    match deps.contacts.paired_key(tenant, &other).await? {
-        Some(back) if !same_key(key, &back) => {
-            deps.contacts.unpair(tenant, key, &other).await?;
+    match deps.contacts.pairing(tenant, &other).await? {
+        Some((back, Some(theirs))) if !same_key(key, &back) && mine.is_some_and(|m| m < theirs) => {
+            deps.contacts.unpair(tenant, key, &other, theirs).await?;
             tracing::info!(key = %key.masked(), "a stale pairing forgotten");
             Ok(None)
         }

@@ -319,8 +319,13 @@ pub async fn remove(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<(
     let mut keys =
         super::contacts::keys_paired_now(deps, tenant, std::slice::from_ref(key)).await?;
     // A user id's opt-out follows the user to the phone its id is paired with now (copied
-    // there on a refused send): removed with it, whichever key the DELETE names.
+    // there on a refused send): removed with it, whichever key the DELETE names. (A user
+    // id the DELETE named was followed already.)
+    let named: Vec<OptOutKey> = super::contacts::phone_forms(key).collect();
     for k in keys.clone() {
+        if named.contains(&k) {
+            continue;
+        }
         if let OptOutKey::User(_) = &k {
             if let Some(p) = super::contacts::paired_now(deps, tenant, &k).await? {
                 if !keys.contains(&p) {

@@ -188,19 +188,35 @@ async fn a_user_who_wrote_only_by_id_opens_the_window_of_the_phone_it_is_paired_
     .unwrap());
 }
 
-async fn a_pairing_is_forgotten_only_while_it_names_the_key_given_and_only_its_own_half(p: Ports) {
+async fn a_pairing_is_forgotten_only_while_it_names_the_key_given_is_the_older_and_only_its_own_half(
+    p: Ports,
+) {
     let t = onboarded(&p, 0).await;
     let phone = PhoneNumber::parse("+60123450505").unwrap();
     let first = UserId::parse("MY.5550000505").unwrap();
-    let exp = Some(p.clock.now().timestamp() + 100);
+    let exp = p.clock.now().timestamp() + 100;
     p.contacts
-        .pair_user(&t.id, &phone, &first, exp)
+        .pair_user(&t.id, &phone, &first, Some(exp))
         .await
         .unwrap();
+    assert_eq!(
+        p.contacts
+            .pairing(&t.id, &key("+60123450505"))
+            .await
+            .unwrap(),
+        Some((key("MY.5550000505"), Some(exp)))
+    );
     // Naming another key: the pairing stands.
     assert!(!p
         .contacts
-        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000506"))
+        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000506"), exp + 1)
+        .await
+        .unwrap());
+    // Not older than the half it is weighed against (written in the same second, or
+    // since): it stands.
+    assert!(!p
+        .contacts
+        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000505"), exp)
         .await
         .unwrap());
     assert_eq!(
@@ -212,7 +228,7 @@ async fn a_pairing_is_forgotten_only_while_it_names_the_key_given_and_only_its_o
     );
     assert!(p
         .contacts
-        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000505"))
+        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000505"), exp + 1)
         .await
         .unwrap());
     assert_eq!(
@@ -233,13 +249,79 @@ async fn a_pairing_is_forgotten_only_while_it_names_the_key_given_and_only_its_o
     // Gone already: nothing to forget.
     assert!(!p
         .contacts
-        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000505"))
+        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000505"), exp + 1)
         .await
         .unwrap());
 }
 
+/// A phone's pairing is followed while it holds: its user id's half names it back, or that
+/// half is the older (a pairing mid-write: its two halves are written one after the
+/// other). Once the user id was paired with another phone since, the phone's half is
+/// stale, and a removal's look forgets it.
+async fn a_phones_pairing_holds_until_its_user_is_paired_with_another_phone_since(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let now = p.clock.now().timestamp();
+    let (p1, p2) = (
+        PhoneNumber::parse("+60123450507").unwrap(),
+        PhoneNumber::parse("+60123450508").unwrap(),
+    );
+    let user = UserId::parse("MY.5550000507").unwrap();
+    // As the halves stand mid-write of the pairing (P2, U): P2's written, U's not yet
+    // (U still names P1, written earlier).
+    p.contacts
+        .pair_user(&t.id, &p2, &user, Some(now + 200))
+        .await
+        .unwrap();
+    p.contacts
+        .pair_user(&t.id, &p1, &user, Some(now + 100))
+        .await
+        .unwrap();
+    assert_eq!(
+        contacts::paired_now(&p, &t.id, &key("+60123450508"))
+            .await
+            .unwrap(),
+        Some(key("MY.5550000507")),
+        "the newer half is followed"
+    );
+    assert_eq!(
+        p.contacts
+            .paired_key(&t.id, &key("+60123450508"))
+            .await
+            .unwrap(),
+        Some(key("MY.5550000507")),
+        "and kept"
+    );
+    assert_eq!(
+        contacts::paired_now(&p, &t.id, &key("+60123450507"))
+            .await
+            .unwrap(),
+        Some(key("MY.5550000507")),
+        "both halves agree"
+    );
+    // The user is paired with P2 since: P1's half is stale.
+    p.contacts
+        .pair_user(&t.id, &p2, &user, Some(now + 300))
+        .await
+        .unwrap();
+    assert_eq!(
+        contacts::paired_now(&p, &t.id, &key("+60123450507"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        p.contacts
+            .paired_key(&t.id, &key("+60123450507"))
+            .await
+            .unwrap(),
+        None,
+        "forgotten"
+    );
+}
+
 contract!(
-    a_pairing_is_forgotten_only_while_it_names_the_key_given_and_only_its_own_half,
+    a_phones_pairing_holds_until_its_user_is_paired_with_another_phone_since,
+    a_pairing_is_forgotten_only_while_it_names_the_key_given_is_the_older_and_only_its_own_half,
     a_pairing_is_found_from_either_key_and_only_in_its_own_tenant,
     the_newest_inbound_time_is_kept_whatever_order_they_arrive_in_until_it_expires,
     a_session_text_is_allowed_for_24_hours_after_the_user_wrote_then_refused_with_nothing_debited,

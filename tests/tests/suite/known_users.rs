@@ -631,7 +631,9 @@ async fn a_stop_naming_phone_and_user_id_follows_the_user_to_a_new_phone(b: Back
     )
     .await;
     let before = app.credits(&t.key).await;
-    // The user's new phone, paired with the same user id by a status.
+    // The user's new phone, paired with the same user id by a status (a second later: which
+    // pairing is newer is told to the second).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     pair(&app, &pnid, "60123470062", "MY.7000000061").await;
     let (s, body) = send_template(&app, &t.key, "+60123470062").await;
     assert_eq!(
@@ -684,6 +686,7 @@ async fn a_start_from_a_phone_the_user_left_lifts_only_that_phones_block(b: Back
         json!({"messages": [stop_from(Some("60123470063"), Some("MY.7000000063"), now() - 5)]}),
     )
     .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     pair(&app, &pnid, "60123470064", "MY.7000000063").await;
     let mut start = stop_from(Some("60123470063"), None, now());
     start["text"]["body"] = json!("START");

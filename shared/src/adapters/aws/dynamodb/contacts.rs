@@ -70,20 +70,45 @@ impl ContactStore for DynamoStore {
             .and_then(|o| OptOutKey::parse(&o)))
     }
 
+    async fn pairing(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<(OptOutKey, Option<i64>)>, StoreError> {
+        let Some(item) = self.get(keys::user_pairing(tenant, key)).await? else {
+            return Ok(None);
+        };
+        let Some(other) = item
+            .get("other")
+            .and_then(|v| v.as_s().ok())
+            .and_then(|o| OptOutKey::parse(o))
+        else {
+            return Ok(None);
+        };
+        let ttl = item
+            .get(TTL_ATTR)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok());
+        Ok(Some((other, ttl)))
+    }
+
     async fn unpair(
         &self,
         tenant: &TenantId,
         key: &OptOutKey,
         other: &OptOutKey,
+        newer: i64,
     ) -> Result<bool, StoreError> {
         let res = self
             .client
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(keys::user_pairing(tenant, key).attrs()))
-            .condition_expression("#other = :other")
+            .condition_expression("#other = :other AND #ttl < :newer")
             .expression_attribute_names("#other", "other")
+            .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_values(":other", s(other.to_string()))
+            .expression_attribute_values(":newer", n(newer))
             .send()
             .await;
         written("dynamodb delete", res)

@@ -43,16 +43,34 @@ impl ContactStore for MemoryStore {
             .map(|(other, _)| other.clone()))
     }
 
+    async fn pairing(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<(OptOutKey, Option<i64>)>, StoreError> {
+        let now = self.now_secs();
+        let s = self.lock()?;
+        Ok(s.pairings
+            .get(&(tenant.clone(), key.to_string()))
+            .filter(|(_, exp)| exp.is_none_or(|t| t > now))
+            .cloned())
+    }
+
     async fn unpair(
         &self,
         tenant: &TenantId,
         key: &OptOutKey,
         other: &OptOutKey,
+        newer: i64,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
         let k = (tenant.clone(), key.to_string());
-        // As DynamoDB's condition on the stored item: an expired one not yet swept counts.
-        if s.pairings.get(&k).is_some_and(|(o, _)| o == other) {
+        // As DynamoDB's condition on the stored item: an expired one not yet swept counts;
+        // one without an expiry is never older.
+        if s.pairings
+            .get(&k)
+            .is_some_and(|(o, exp)| o == other && exp.is_some_and(|t| t < newer))
+        {
             s.pairings.remove(&k);
             return Ok(true);
         }
