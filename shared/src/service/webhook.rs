@@ -37,7 +37,11 @@ pub async fn verify_signature<H: AsRef<[u8]> + ?Sized>(
     }
     if signed(
         deps.secrets
-            .previous_within(name, deps.settings.rotation_grace, deps.clock.now())
+            .previous_within(
+                name,
+                deps.settings.rotation_grace.min(APP_SECRET_GRACE),
+                deps.clock.now(),
+            )
             .await?,
     ) {
         return Ok(true);
@@ -51,6 +55,14 @@ pub async fn verify_signature<H: AsRef<[u8]> + ?Sized>(
             .flatten(),
     ))
 }
+
+/// How long the previous app secret is still taken after a rotation, at most (less if
+/// `rotation_grace` is shorter). The runbook resets the secret at Meta first and then stores
+/// it, so Meta signs nothing with the previous one after the store; the grace only covers
+/// the other order (stored first, reset at Meta minutes later). Not the operator token's
+/// day: the usual reason to rotate an app secret is a leak, and a leaked secret taken for a
+/// day would let anyone forge statuses, opt-outs and account bans that long.
+pub const APP_SECRET_GRACE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// How often a process reads the app secret afresh for a signature its cached copy
 /// refused (a forged one costs no more than this).

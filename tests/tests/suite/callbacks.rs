@@ -225,6 +225,30 @@ impl MetaClient for FixedWamid {
     }
 }
 
+/// A status for a number no tenant has (another sender's number on a subscribed WhatsApp
+/// Business Account) is not kept: it is no message of Kirim's, and a kept status holds its
+/// wamid, which encodes the recipient's number, for 7 days.
+async fn a_status_for_a_number_no_tenant_has_is_not_kept(b: Backend) {
+    let app = spawn_app(b).await;
+    let wamid = format!("wamid.other.{}", ulid::Ulid::new());
+    let note = json!({"object":"whatsapp_business_account","entry":[{"id":"1000001","changes":[{"field":"messages","value":{
+    "messaging_product":"whatsapp",
+    "metadata":{"display_phone_number":"60300000999","phone_number_id":"909090909090"},
+    "statuses":[{"id":wamid,"status":"delivered","timestamp":chrono::Utc::now().timestamp().to_string(),"recipient_id":"60123450309"}]}}]}]});
+    let res = app.post_webhook(&note).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["summary"]["unknown"], 1, "{body}");
+    assert!(app
+        .app
+        .deps
+        .pending
+        .pending_statuses(&wamid)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_read(b: Backend) {
     capture_logs();
     // No queue pollers: the test runs the dispatcher itself, after the statuses came.
@@ -803,6 +827,7 @@ async fn a_callback_held_back_behind_a_failing_one_still_gets_its_last_try() {
 }
 
 on_both_backends!(
+    a_status_for_a_number_no_tenant_has_is_not_kept,
     every_status_change_reaches_the_callback_signed_even_after_the_receiver_was_down,
     a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_read,
     kept_statuses_that_cannot_be_applied_after_the_send_bring_the_job_back_for_them,

@@ -773,3 +773,40 @@ async fn local_mode_serves_the_sandboxs_routes_only_while_the_sandbox_is_its_met
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+
+/// A rotated Meta app secret's previous value signs for 15 minutes at most, whatever the
+/// rotation grace (a day, for the operator token): the usual reason to rotate it is a leak,
+/// and a leaked secret taken for a day would let anyone forge webhooks that long.
+#[tokio::test]
+async fn a_previous_app_secret_signs_for_fifteen_minutes_at_most() {
+    use kirim::secret::Secret;
+    let clock = kirim_tests::ManualClock::new();
+    let mut settings = kirim_tests::test_settings();
+    settings.rotation_grace = std::time::Duration::from_secs(24 * 3600);
+    let deps = kirim::wiring::memory_deps(settings, clock.clone()).unwrap();
+    let name = deps.settings.meta_app_secret.clone();
+    deps.secrets
+        .put(&name, &Secret::new("leaked-app-secret"))
+        .await
+        .unwrap();
+    deps.secrets
+        .put(&name, &Secret::new("new-app-secret"))
+        .await
+        .unwrap();
+    let body = br#"{"object":"whatsapp_business_account","entry":[]}"#;
+    let signed_by = |secret: &str| {
+        let deps = &deps;
+        let sig = sign(secret, body);
+        async move {
+            kirim::service::webhook::verify_signature(deps, body, Some(sig.as_str()))
+                .await
+                .unwrap()
+        }
+    };
+    assert!(signed_by("new-app-secret").await);
+    clock.advance(chrono::Duration::minutes(14));
+    assert!(signed_by("leaked-app-secret").await, "within 15 minutes");
+    clock.advance(chrono::Duration::minutes(2));
+    assert!(!signed_by("leaked-app-secret").await, "after 15 minutes");
+    assert!(signed_by("new-app-secret").await);
+}
