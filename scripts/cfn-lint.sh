@@ -4,7 +4,7 @@
 # The pin is deliberate: cfn-lint 1.54+ no longer applies the SAM transform and so
 # misses real mistakes in SAM templates (unknown event properties, a !Ref to a missing
 # resource inside a policy template, a misspelt ReportBatchItemFailures).
-# See shared/LOCAL-AWS.md ("Template checks"). Runs offline, needs no AWS credentials.
+# See the LOCAL-AWS.md beside the checkout ("Template checks"). Runs offline, needs no AWS credentials.
 #
 # Usage: scripts/cfn-lint.sh [extra cfn-lint args...]
 # Env:   KIRIM_VENV  venv directory (default: .venv at the workspace root)

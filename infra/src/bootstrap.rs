@@ -373,22 +373,52 @@ mod tests {
         assert_eq!(log_groups.len(), 7, "{log_groups:?}");
         let filters = resources(&doc, "AWS::Logs::MetricFilter");
         for group in &log_groups {
-            let f = filters
+            // The phrases `service::audit` logs at error level, in one filter of the group.
+            let audited = filters
                 .iter()
-                .find(|(_, p)| untagged(p.get("LogGroupName").unwrap()).as_str() == Some(group))
-                .unwrap_or_else(|| panic!("no metric filter on {group}"));
-            let pattern = f.1.get("FilterPattern").and_then(Value::as_str).unwrap();
-            // The phrases `service::audit` logs at error level.
-            for phrase in ["AUDIT EVENT LOST", "DOES NOT VERIFY"] {
-                assert!(pattern.contains(phrase), "{group}: {pattern}");
-            }
+                .filter(|(_, p)| untagged(p.get("LogGroupName").unwrap()).as_str() == Some(group))
+                .filter_map(|(_, p)| p.get("FilterPattern").and_then(Value::as_str))
+                .any(|pattern| {
+                    ["AUDIT EVENT LOST", "DOES NOT VERIFY"]
+                        .iter()
+                        .all(|phrase| pattern.contains(phrase))
+                });
+            assert!(audited, "no audit-integrity metric filter on {group}");
         }
         let alarmed: Vec<String> = resources(&doc, "AWS::CloudWatch::Alarm")
             .into_iter()
             .filter_map(|(_, p)| Some(p.get("MetricName")?.as_str()?.to_owned()))
             .collect();
-        for metric in ["AuditIntegrity", "CallbacksLost"] {
+        for metric in ["AuditIntegrity", "CallbacksLost", "WebhookNotApplied"] {
             assert!(alarmed.iter().any(|m| m == metric), "{metric}: {alarmed:?}");
+        }
+        // The webhook's phrase for a body answered 500, which its filter counts.
+        assert!(include_str!("../../shared/src/http/mod.rs").contains("webhook items not applied"));
+        let webhook_filter = filters
+            .iter()
+            .find(|(k, _)| k == "WebhookNotAppliedFilter")
+            .and_then(|(_, p)| p.get("FilterPattern").and_then(Value::as_str));
+        assert_eq!(webhook_filter, Some("\"webhook items not applied\""));
+        // Every function's whole-invocation failures are alarmed (an init failure fails
+        // every request it would have served).
+        let errors: Vec<String> = resources(&doc, "AWS::CloudWatch::Alarm")
+            .into_iter()
+            .filter(|(_, p)| p.get("MetricName").and_then(Value::as_str) == Some("Errors"))
+            .filter_map(|(_, p)| {
+                let d = p.get("Dimensions")?.as_sequence()?.first()?.get("Value")?;
+                Some(format!("{d:?}"))
+            })
+            .collect();
+        for f in [
+            "SendApiFunction",
+            "AdminApiFunction",
+            "WebhookFunction",
+            "DispatcherFunction",
+            "StatusCallbackFunction",
+            "RetentionFunction",
+            "ConsoleFunction",
+        ] {
+            assert!(errors.iter().any(|e| e.contains(f)), "{f}: {errors:?}");
         }
         let code = include_str!("../../shared/src/service/audit.rs");
         for phrase in ["AUDIT EVENT LOST", "DOES NOT VERIFY"] {

@@ -455,7 +455,11 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 // The operator's call about a tenant goes in that tenant's chain, refused
                 // or failed too (a success names it itself): if the tenant exists, so that
                 // no chain is begun for an id that is no tenant's.
-                let mut named = match (tenant.or(note.tenant), about.clone()) {
+                // The caller's own tenant (a key's, a session's) is open: its credentials
+                // stopped at the closing. Another named (the operator's call about one, a
+                // sign-in as one of its users) may be closed out.
+                let not_callers = tenant.is_none();
+                let mut named = match (tenant.or(note.tenant), about) {
                     (Some(t), _) => Some(t),
                     (None, Some(id)) => match state.deps.tenants.get_tenant(&id).await {
                         Ok(Some(_)) => Some(id),
@@ -467,9 +471,9 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 // an event there after it (a repeated close, a top-up refused years later)
                 // would outlive it, or, once its head has expired, begin a chain again
                 // with no expiry at all. The operator's call is recorded on the platform
-                // chain instead, naming the tenant. (Only the operator's calls can come
-                // now: the tenant's own credentials stopped at the closing.)
-                if about.is_some() {
+                // chain instead, naming the tenant (a sign-in attempt as one of its users
+                // too: their items live until the configuration's TTL).
+                if not_callers {
                     if let Some(t) = named.clone() {
                         if matches!(state.deps.retention.closed_out_at(&t).await, Ok(Some(_))) {
                             details.insert("tenant_id".into(), t.to_string().into());

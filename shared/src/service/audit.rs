@@ -1443,11 +1443,12 @@ pub async fn verify_within(
         // expiry (only a close-out gives it one, and a closed tenant verifies nothing):
         // an existing tenant without a chain lost it, however old the tenant.
         if deps.tenants.get_tenant(tenant).await?.is_some() {
-            return Ok(VerifyReport::broken(
-                0,
-                None,
-                "the tenant's audit chain is missing".into(),
-            ));
+            let reason = if parked.is_empty() {
+                "the tenant's audit chain is missing"
+            } else {
+                "the tenant's audit chain is missing, and what waits in its outbox does not begin it (not its onboarding, signed with the audit key)"
+            };
+            return Ok(VerifyReport::broken(0, None, reason.into()));
         }
     }
     Ok(report)

@@ -1544,9 +1544,12 @@ async fn deleting_the_oldest_events_wiping_or_rehashing_a_chain_in_dynamodb_fail
     };
     app.app.deps.audit.park(&planted).await.unwrap();
     let v = verify(&t).await;
-    assert_eq!(
-        (v["valid"].clone(), v["reason"].clone()),
-        (json!(false), json!("the tenant's audit chain is missing")),
+    assert_eq!(v["valid"], false, "waiting: {v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the tenant's audit chain is missing, and what waits"),
         "waiting: {v}"
     );
     app.send_ok(&t.key, "+60123450403").await;
