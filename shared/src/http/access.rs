@@ -455,10 +455,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 // The operator's call about a tenant goes in that tenant's chain, refused
                 // or failed too (a success names it itself): if the tenant exists, so that
                 // no chain is begun for an id that is no tenant's.
-                // The caller's own tenant (a key's, a session's) is open: its credentials
-                // stopped at the closing. Another named (the operator's call about one, a
-                // sign-in as one of its users) may be closed out.
-                let not_callers = tenant.is_none();
+                let operators = about.is_some();
                 let mut named = match (tenant.or(note.tenant), about) {
                     (Some(t), _) => Some(t),
                     (None, Some(id)) => match state.deps.tenants.get_tenant(&id).await {
@@ -471,9 +468,13 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 // an event there after it (a repeated close, a top-up refused years later)
                 // would outlive it, or, once its head has expired, begin a chain again
                 // with no expiry at all. The operator's call is recorded on the platform
-                // chain instead, naming the tenant (a sign-in attempt as one of its users
-                // too: their items live until the configuration's TTL).
-                if not_callers {
+                // chain instead, naming the tenant. (The operator's calls only: no other
+                // call can name a closed-out tenant for long — its keys and sessions
+                // stopped at the closing, and its users, whose sign-in attempts are
+                // audited on its chain, each moving its head's TTL on, expire with its
+                // configuration; a read here for every sign-in would also make a known
+                // email's answer slower than an unknown one's.)
+                if operators {
                     if let Some(t) = named.clone() {
                         if matches!(state.deps.retention.closed_out_at(&t).await, Ok(Some(_))) {
                             details.insert("tenant_id".into(), t.to_string().into());

@@ -3,8 +3,8 @@
 //! message's wamid is known are kept and applied once the dispatcher records it.
 //!
 //! A kept status holds no content (the `PendingStatus` retention class, 7 days); its
-//! wamid encodes the recipient's number, so only a status for a number a tenant has is
-//! kept. Applying it goes through the same forward-only transition, so a duplicate
+//! wamid encodes the recipient's number, so a status for a number no tenant has is kept
+//! only if it echoes one of Kirim's message ids. Applying it goes through the same forward-only transition, so a duplicate
 //! is kept once and applying it twice is refused.
 //!
 //! Depends on `callbacks`, `optouts` and `quality`; the webhook and the dispatcher
@@ -97,10 +97,14 @@ pub async fn apply_owned(
 ) -> Result<(Applied, Option<TenantId>), ServiceError> {
     let found = match resolve(deps, tenant, report).await? {
         Some(found) => found,
-        // A number no tenant has (another number on a subscribed WhatsApp Business
-        // Account, one removed): not kept. Its statuses are some other sender's, and a kept
-        // one holds the wamid, which encodes the recipient's number, for 7 days.
-        None if tenant.is_none() && report.phone_number_id.is_some() => {
+        // A number no tenant has and no message id of Kirim's echoed (another sender's
+        // number on a subscribed WhatsApp Business Account): not kept. A kept status holds
+        // the wamid, which encodes the recipient's number, for 7 days. (Kirim's own
+        // messages carry their id: one from a number removed since is still kept.)
+        None if tenant.is_none()
+            && report.phone_number_id.is_some()
+            && report.callback.is_none() =>
+        {
             return Ok((Applied::UnknownMessage, None))
         }
         None => match keep(deps, tenant, report).await? {

@@ -588,10 +588,8 @@ async fn attempt(
     if !verify_password(password, Some(user.password_hash.clone())).await? {
         return failed("invalid_credentials", LoginError::InvalidCredentials).await;
     }
-    // A closed tenant's users are no users: answered, counted and audited (on the platform
-    // chain: the tenant's had its last expiry from the close-out) as an unknown email is.
+    // A closed tenant's users are no users: answered and counted as an unknown email is.
     if !tenant_open(deps, tenant).await? {
-        *who = None;
         return failed("tenant_closed", LoginError::InvalidCredentials).await;
     }
     if user.totp_confirmed {

@@ -199,24 +199,27 @@ async fn a_pairing_is_forgotten_only_while_it_names_the_key_given_is_the_older_a
         .pair_user(&t.id, &phone, &first, Some(exp))
         .await
         .unwrap();
-    assert_eq!(
-        p.contacts
-            .pairing(&t.id, &key("+60123450505"))
-            .await
-            .unwrap(),
-        Some((key("MY.5550000505"), Some(exp)))
-    );
+    // The other key, and when this half was written (epoch milliseconds).
+    let (other, at) = p
+        .contacts
+        .pairing(&t.id, &key("+60123450505"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other, key("MY.5550000505"));
+    assert_eq!(at, Some(p.clock.now().timestamp_millis()));
+    let at = at.unwrap();
     // Naming another key: the pairing stands.
     assert!(!p
         .contacts
-        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000506"), exp + 1)
+        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000506"), at + 1)
         .await
         .unwrap());
-    // Not older than the half it is weighed against (written in the same second, or
+    // Not older than the half it is weighed against (written at the same time, or
     // since): it stands.
     assert!(!p
         .contacts
-        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000505"), exp)
+        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000505"), at)
         .await
         .unwrap());
     assert_eq!(
@@ -228,7 +231,7 @@ async fn a_pairing_is_forgotten_only_while_it_names_the_key_given_is_the_older_a
     );
     assert!(p
         .contacts
-        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000505"), exp + 1)
+        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000505"), at + 1)
         .await
         .unwrap());
     assert_eq!(
@@ -249,7 +252,7 @@ async fn a_pairing_is_forgotten_only_while_it_names_the_key_given_is_the_older_a
     // Gone already: nothing to forget.
     assert!(!p
         .contacts
-        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000505"), exp + 1)
+        .unpair(&t.id, &key("+60123450505"), &key("MY.5550000505"), at + 1)
         .await
         .unwrap());
 }
@@ -260,22 +263,19 @@ async fn a_pairing_is_forgotten_only_while_it_names_the_key_given_is_the_older_a
 /// stale, and a removal's look forgets it.
 async fn a_phones_pairing_holds_until_its_user_is_paired_with_another_phone_since(p: Ports) {
     let t = onboarded(&p, 0).await;
-    let now = p.clock.now().timestamp();
+    let exp = Some(p.clock.now().timestamp() + 3600);
     let (p1, p2) = (
         PhoneNumber::parse("+60123450507").unwrap(),
         PhoneNumber::parse("+60123450508").unwrap(),
     );
     let user = UserId::parse("MY.5550000507").unwrap();
     // As the halves stand mid-write of the pairing (P2, U): P2's written, U's not yet
-    // (U still names P1, written earlier).
-    p.contacts
-        .pair_user(&t.id, &p2, &user, Some(now + 200))
-        .await
-        .unwrap();
-    p.contacts
-        .pair_user(&t.id, &p1, &user, Some(now + 100))
-        .await
-        .unwrap();
+    // (U still names P1, written a second earlier). Built here by writing (P2, U) now and
+    // (P1, U) with the clock a second back.
+    p.contacts.pair_user(&t.id, &p2, &user, exp).await.unwrap();
+    p.clock.advance(Duration::seconds(-1));
+    p.contacts.pair_user(&t.id, &p1, &user, exp).await.unwrap();
+    p.clock.advance(Duration::seconds(1));
     assert_eq!(
         contacts::paired_now(&p, &t.id, &key("+60123450508"))
             .await
@@ -299,10 +299,8 @@ async fn a_phones_pairing_holds_until_its_user_is_paired_with_another_phone_sinc
         "both halves agree"
     );
     // The user is paired with P2 since: P1's half is stale.
-    p.contacts
-        .pair_user(&t.id, &p2, &user, Some(now + 300))
-        .await
-        .unwrap();
+    p.clock.advance(Duration::seconds(1));
+    p.contacts.pair_user(&t.id, &p2, &user, exp).await.unwrap();
     assert_eq!(
         contacts::paired_now(&p, &t.id, &key("+60123450507"))
             .await

@@ -345,6 +345,10 @@ impl DynamoStore {
         self.clock.now().timestamp()
     }
 
+    pub(super) fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
+
     pub(super) fn live(&self, item: &Item) -> bool {
         ttl_of(item).is_none_or(|t| t > self.now_secs())
     }

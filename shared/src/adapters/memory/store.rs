@@ -347,7 +347,7 @@ pub(super) struct State {
     /// When each user last opted back in, and when that record expires (epoch seconds).
     opted_in: BTreeMap<(TenantId, String), (crate::domain::OptedIn, i64)>,
     /// (tenant, one key of a user) → the user's other key and the pairing's expiry.
-    pairings: BTreeMap<(TenantId, String), (crate::domain::OptOutKey, Option<i64>)>,
+    pairings: BTreeMap<(TenantId, String), (crate::domain::OptOutKey, Option<i64>, i64)>,
     /// (tenant, phone number id, the user's key) → when the user last wrote, and expiry.
     windows: BTreeMap<(TenantId, String, String), (DateTime<Utc>, i64)>,
     /// (tenant, key hash) → idempotency record: one a keyed send.

@@ -17,6 +17,9 @@ use crate::domain::{OptOutKey, PhoneNumber, TenantId, UserId};
 use crate::ports::ContactStore;
 use crate::store_error::StoreError;
 
+/// A pairing half's write time (epoch milliseconds).
+const PAIRED_AT: &str = "paired_at";
+
 impl DynamoStore {
     async fn put_pairing(
         &self,
@@ -27,6 +30,8 @@ impl DynamoStore {
     ) -> Result<(), StoreError> {
         let mut item = keys::user_pairing(tenant, key).attrs();
         item.insert("other".into(), s(other.to_string()));
+        // When this half was written: which of two disagreeing halves is the newer.
+        item.insert(PAIRED_AT.into(), n(self.now_ms()));
         if let Some(t) = expires_at {
             item.insert(TTL_ATTR.into(), n(t));
         }
@@ -85,11 +90,11 @@ impl ContactStore for DynamoStore {
         else {
             return Ok(None);
         };
-        let ttl = item
-            .get(TTL_ATTR)
+        let at = item
+            .get(PAIRED_AT)
             .and_then(|v| v.as_n().ok())
             .and_then(|n| n.parse().ok());
-        Ok(Some((other, ttl)))
+        Ok(Some((other, at)))
     }
 
     async fn unpair(
@@ -104,9 +109,9 @@ impl ContactStore for DynamoStore {
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(keys::user_pairing(tenant, key).attrs()))
-            .condition_expression("#other = :other AND #ttl < :newer")
+            .condition_expression("#other = :other AND #at < :newer")
             .expression_attribute_names("#other", "other")
-            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_names("#at", PAIRED_AT)
             .expression_attribute_values(":other", s(other.to_string()))
             .expression_attribute_values(":newer", n(newer))
             .send()

@@ -22,11 +22,12 @@ impl ContactStore for MemoryStore {
             OptOutKey::Phone(phone.clone()),
             OptOutKey::User(user_id.clone()),
         );
+        let at = self.clock.now().timestamp_millis();
         let mut s = self.lock()?;
         s.pairings
-            .insert((tenant.clone(), p.to_string()), (u.clone(), expires_at));
+            .insert((tenant.clone(), p.to_string()), (u.clone(), expires_at, at));
         s.pairings
-            .insert((tenant.clone(), u.to_string()), (p, expires_at));
+            .insert((tenant.clone(), u.to_string()), (p, expires_at, at));
         Ok(())
     }
 
@@ -39,8 +40,8 @@ impl ContactStore for MemoryStore {
         let s = self.lock()?;
         Ok(s.pairings
             .get(&(tenant.clone(), key.to_string()))
-            .filter(|(_, exp)| exp.is_none_or(|t| t > now))
-            .map(|(other, _)| other.clone()))
+            .filter(|(_, exp, _)| exp.is_none_or(|t| t > now))
+            .map(|(other, _, _)| other.clone()))
     }
 
     async fn pairing(
@@ -52,8 +53,8 @@ impl ContactStore for MemoryStore {
         let s = self.lock()?;
         Ok(s.pairings
             .get(&(tenant.clone(), key.to_string()))
-            .filter(|(_, exp)| exp.is_none_or(|t| t > now))
-            .cloned())
+            .filter(|(_, exp, _)| exp.is_none_or(|t| t > now))
+            .map(|(other, _, at)| (other.clone(), Some(*at))))
     }
 
     async fn unpair(
@@ -65,11 +66,10 @@ impl ContactStore for MemoryStore {
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
         let k = (tenant.clone(), key.to_string());
-        // As DynamoDB's condition on the stored item: an expired one not yet swept counts;
-        // one without an expiry is never older.
+        // As DynamoDB's condition on the stored item: an expired one not yet swept counts.
         if s.pairings
             .get(&k)
-            .is_some_and(|(o, exp)| o == other && exp.is_some_and(|t| t < newer))
+            .is_some_and(|(o, _, at)| o == other && *at < newer)
         {
             s.pairings.remove(&k);
             return Ok(true);

@@ -379,7 +379,7 @@ impl RetentionStore for MemoryStore {
                 );
             }
         }
-        for ((t, key), (other, exp)) in &s.pairings {
+        for ((t, key), (other, exp, _)) in &s.pairings {
             if let Some(k) = crate::domain::OptOutKey::parse(key) {
                 item(
                     keys::user_pairing(t, &k),
