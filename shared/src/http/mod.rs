@@ -198,9 +198,13 @@ pub fn send_api_router(deps: Deps) -> Router {
     finish(send_api_routes(), deps)
 }
 
-/// Platform operator and administration routes (the admin_api Lambda).
+/// Platform operator and administration routes (the admin_api Lambda), and the send API's
+/// too: on AWS admin_api holds the HTTP API's `$default` route, which takes what no route
+/// of the API does — among them `HEAD` on the send API's `GET` routes (API Gateway routes
+/// by exact method), answered here as their `GET` is, as local mode answers them. (Its role
+/// has every grant the send API's handlers use.)
 pub fn admin_api_router(deps: Deps) -> Router {
-    finish(admin_api_routes(), deps)
+    finish(admin_api_routes().merge(send_api_routes()), deps)
 }
 
 /// Meta's webhook (the webhook Lambda).

@@ -139,6 +139,31 @@ async fn every_route_of_the_access_table_reaches_a_function_that_serves_it_on_aw
             })
             .collect::<Vec<_>>()
             .join("/");
+        // `HEAD` on a `GET` route answers as the `GET` does (README): API Gateway routes by
+        // exact method, so it takes an `ANY` route or the `$default` one, admin_api's.
+        // (Meta's subscription handshake is a `GET`; the webhook serves no `HEAD`.)
+        if rule.method == "GET" && rule.path != "/webhooks/meta" {
+            let to = chosen(&routes, "HEAD", &path)
+                .map_or(Function::AdminApi.logical_id(), |r| r.function.as_str());
+            if to != Function::AdminApi.logical_id() {
+                missing.push(format!("HEAD {}: routed to {to}", rule.path));
+            } else {
+                let status = kirim::http::admin_api_router(deps())
+                    .oneshot(
+                        Request::builder()
+                            .method(Method::HEAD)
+                            .uri(&path)
+                            .body(Body::empty())
+                            .expect("request"),
+                    )
+                    .await
+                    .expect("infallible")
+                    .status();
+                if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+                    missing.push(format!("HEAD {}: admin_api answers {status}", rule.path));
+                }
+            }
+        }
         let Some(route) = chosen(&routes, rule.method, &path) else {
             missing.push(format!(
                 "{} {}: no API Gateway route",
