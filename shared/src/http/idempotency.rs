@@ -66,6 +66,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Keyed<T> {
 /// The request's `Idempotency-Key`, if it sent one: 1 to 255 printable ASCII characters,
 /// else `400 invalid_request`.
 pub fn key_of(headers: &axum::http::HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    // One key a request: sent twice, local mode would read the first and API Gateway hands
+    // the function both joined with a comma (one key, another on each retry that adds its
+    // own) — refused the same everywhere instead.
+    if headers.get_all(HEADER).iter().nth(1).is_some() {
+        return Err(ApiError::invalid(
+            "send one Idempotency-Key header, not several",
+        ));
+    }
     match headers.get(HEADER) {
         None => Ok(None),
         Some(v) => v
@@ -109,4 +117,20 @@ pub fn accepted_response(accepted: Accepted) -> Response {
         mark_replayed(&mut res);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_of;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn one_idempotency_key_is_read_and_a_repeated_header_is_refused() {
+        let mut h = HeaderMap::new();
+        assert!(key_of(&h).unwrap().is_none());
+        h.insert("idempotency-key", HeaderValue::from_static("order-1"));
+        assert!(key_of(&h).unwrap().is_some());
+        h.append("idempotency-key", HeaderValue::from_static("retry-2"));
+        assert!(key_of(&h).is_err());
+    }
 }
