@@ -1182,7 +1182,8 @@ impl Inner {
         })
     }
 
-    /// Counts an attempt for `phone_number_id`; true when it is over the limit.
+    /// Counts an attempt for `phone_number_id` when it is let through; true when it is over
+    /// the limit (the last second already let `limit` through).
     fn over_rate_limit(&self, phone_number_id: &str) -> bool {
         let Ok(limit) = usize::try_from(self.rate_limit_per_sec) else {
             return false;
@@ -1211,12 +1212,13 @@ impl Inner {
         {
             window.pop_front();
         }
-        window.push_back(now);
-        // Only whether there are more than `limit` matters: keep the latest limit + 1.
-        while window.len() > limit.saturating_add(1) {
-            window.pop_front();
+        // Only messages let through count toward the rolling second, as at Meta: a sender
+        // refused above the limit still gets `limit` a second through, not none.
+        if window.len() >= limit {
+            return true;
         }
-        window.len() > limit
+        window.push_back(now);
+        false
     }
 
     /// Counts an attempt to a 0003 recipient; true while it should still be refused.
@@ -1962,6 +1964,25 @@ mod tests {
         // And the window rolls.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert_eq!(h.send_to("15551234567").await.0, 200);
+    }
+
+    /// Refused attempts do not count toward the rolling second: a sender that keeps
+    /// trying above the limit still gets the limit through each second, as at Meta.
+    #[tokio::test]
+    async fn attempts_refused_over_the_limit_do_not_hold_back_the_next_second() {
+        let h = harness_with(|cfg| cfg.rate_limit_per_sec = 3).await;
+        for _ in 0..3 {
+            assert_eq!(h.send_to("15551234568").await.0, 200);
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        for _ in 0..5 {
+            assert_eq!(h.send_to("15551234568").await.0, 429, "over the limit");
+        }
+        // A second after the first three (not after the refused ones): three more go.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for _ in 0..3 {
+            assert_eq!(h.send_to("15551234568").await.0, 200);
+        }
     }
 
     #[tokio::test]
