@@ -114,11 +114,13 @@ impl LocalConfig {
                 "KIRIM_SANDBOX_RATE_LIMIT",
                 SandboxConfig::DEFAULT_RATE_LIMIT_PER_SEC,
             ),
-            // Zero would panic the retention task's timer (and stop the cleanup, unseen).
-            retention_interval: env.duration_at_least(
+            // Zero would panic the retention task's timer (and stop the cleanup, unseen), and
+            // so would one past what the timer can add to now: at most a year.
+            retention_interval: env.duration_within(
                 "KIRIM_RETENTION_INTERVAL",
                 Duration::from_secs(86_400),
                 Duration::from_secs(1),
+                Duration::from_secs(366 * 86_400),
             ),
             pollers: env.number("KIRIM_LOCAL_POLLERS", 2usize).max(1),
             clock: LocalClock::default(),
@@ -606,6 +608,12 @@ mod config_tests {
         assert!(err.contains("KIRIM_RETENTION_INTERVAL=0s"), "{err}");
         let ok = with(&[("KIRIM_RETENTION_INTERVAL", "90s")]).map(|c| c.retention_interval);
         assert_eq!(ok.ok(), Some(Duration::from_secs(90)));
+        // Nor one the timer cannot add to now (it would panic on the first tick).
+        let err = with(&[("KIRIM_RETENTION_INTERVAL", "10000000000000000000")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("must be at most"), "{err}");
     }
 
     #[test]

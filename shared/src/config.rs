@@ -227,6 +227,26 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         d
     }
 
+    /// [`Self::duration`], from `min` to `max` (else named, and the default kept).
+    pub fn duration_within(
+        &mut self,
+        name: &str,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
+        let d = self.duration_at_least(name, default, min);
+        if d > max {
+            self.problems.push(format!(
+                "{name}={} must be at most {}s",
+                self.optional(name).unwrap_or_default(),
+                max.as_secs()
+            ));
+            return default;
+        }
+        d
+    }
+
     /// [`Self::duration`], no longer than `max` (else named, and the default kept): a cache
     /// time beyond any use would overflow the clock arithmetic of the first cached read.
     pub fn duration_at_most(&mut self, name: &str, default: Duration, max: Duration) -> Duration {
