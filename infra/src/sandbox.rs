@@ -15,9 +15,9 @@
 //! | 0008 | accepted, statuses out of order: read, read, delivered, delivered, sent, sent |
 //! | other | accepted, then sent, delivered, read |
 //!
-//! Before the recipient is looked at: no `Authorization: Bearer` token → 401 with code 190; more
-//! than `rate_limit_per_sec` attempts for one phone number id within a rolling second → 429 with
-//! code 130429; a body that is not JSON or fails the spec → 400 with code 100.
+//! Before the recipient is looked at: no `Authorization: Bearer` token → 401 with code 190; a
+//! request for a phone number id that had `rate_limit_per_sec` requests let through within the
+//! rolling second → 429 with code 130429 (a refused one does not count); a body that is not JSON or fails the spec → 400 with code 100.
 //!
 //! Every request is handled in its own task, so a client that gives up (the point of 0005) does
 //! not cancel it: the request is still recorded and its statuses still sent, as at Meta.

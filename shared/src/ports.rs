@@ -635,17 +635,18 @@ pub trait ContactStore: Send + Sync {
         tenant: &TenantId,
         key: &OptOutKey,
     ) -> Result<Option<OptOutKey>, StoreError>;
-    /// [`paired_key`](Self::paired_key) and when that half expires (epoch seconds; its TTL:
-    /// each write of a pairing renews it, so the half written last expires last).
+    /// [`paired_key`](Self::paired_key) and when that half was written (epoch
+    /// milliseconds; `None` for a half written before the time was recorded, stop 49).
     async fn pairing(
         &self,
         tenant: &TenantId,
         key: &OptOutKey,
     ) -> Result<Option<(OptOutKey, Option<i64>)>, StoreError>;
-    /// Forgets the pairing stored under `key` while it still names `other` and expires
-    /// before `newer` (the other half's expiry: that half was written after it), a
-    /// conditional delete, so a pairing of `key` written since stands. Only `key`'s own
-    /// item. Answers whether it was removed.
+    /// Forgets the pairing stored under `key` while it still names `other` and was written
+    /// before `newer` (the other half's write time: that half was written after it; a half
+    /// with no recorded time is older than any with one), a conditional delete, so a
+    /// pairing of `key` written since stands. Only `key`'s own item. Answers whether it
+    /// was removed.
     async fn unpair(
         &self,
         tenant: &TenantId,

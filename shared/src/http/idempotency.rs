@@ -69,9 +69,15 @@ pub fn key_of(headers: &axum::http::HeaderMap) -> Result<Option<IdempotencyKey>,
     // One key a request: sent twice, local mode would read the first and API Gateway hands
     // the function both joined with a comma (one key, another on each retry that adds its
     // own) — refused the same everywhere instead.
-    if headers.get_all(HEADER).iter().nth(1).is_some() {
+    // A comma is refused in a key for the same reason: on AWS a repeated header arrives as
+    // one value, its copies joined by commas.
+    let repeated = headers.get_all(HEADER).iter().nth(1).is_some()
+        || headers
+            .get(HEADER)
+            .is_some_and(|v| v.as_bytes().contains(&b','));
+    if repeated {
         return Err(ApiError::invalid(
-            "send one Idempotency-Key header, not several",
+            "send one Idempotency-Key header, with no comma in it",
         ));
     }
     match headers.get(HEADER) {
@@ -132,5 +138,12 @@ mod tests {
         assert!(key_of(&h).unwrap().is_some());
         h.append("idempotency-key", HeaderValue::from_static("retry-2"));
         assert!(key_of(&h).is_err());
+        // As API Gateway hands a repeated header to the function: one value, joined.
+        let mut joined = HeaderMap::new();
+        joined.insert(
+            "idempotency-key",
+            HeaderValue::from_static("order-1,retry-2"),
+        );
+        assert!(key_of(&joined).is_err());
     }
 }

@@ -81,9 +81,10 @@ fn same_key(a: &OptOutKey, b: &OptOutKey) -> bool {
 /// id: a recycled number), the old pairing is stale — the user left that phone. A stale
 /// pairing is forgotten (a conditional delete of `key`'s item alone, only while it is still
 /// the older), so the phone stops answering for the user it no longer belongs to. Which
-/// half is newer is told by their expiries (each write renews its half's): a half newer
-/// than the other is a pairing being written (its two halves go one after the other), and
-/// is followed; a pairing whose other half is missing is taken as it stands.
+/// half is newer is told by their write times (`paired_at`; a half from before it was
+/// recorded is the older): a half newer than the other is a pairing being written (its two
+/// halves go one after the other), and is followed; a pairing whose other half is missing,
+/// or with no time on either half, is taken as it stands.
 pub async fn paired_now(
     deps: &Deps,
     tenant: &TenantId,
@@ -93,7 +94,7 @@ pub async fn paired_now(
         return Ok(None);
     };
     match deps.contacts.pairing(tenant, &other).await? {
-        Some((back, Some(theirs))) if !same_key(key, &back) && mine.is_some_and(|m| m < theirs) => {
+        Some((back, Some(theirs))) if !same_key(key, &back) && mine.is_none_or(|m| m < theirs) => {
             deps.contacts.unpair(tenant, key, &other, theirs).await?;
             tracing::info!(key = %key.masked(), "a stale pairing forgotten");
             Ok(None)

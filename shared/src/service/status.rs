@@ -97,10 +97,11 @@ pub async fn apply_owned(
 ) -> Result<(Applied, Option<TenantId>), ServiceError> {
     let found = match resolve(deps, tenant, report).await? {
         Some(found) => found,
-        // A number no tenant has and no message id of Kirim's echoed (another sender's
-        // number on a subscribed WhatsApp Business Account): not kept. A kept status holds
-        // the wamid, which encodes the recipient's number, for 7 days. (Kirim's own
-        // messages carry their id: one from a number removed since is still kept.)
+        // A number no tenant has and no message id in Kirim's form echoed (another
+        // sender's number on a subscribed WhatsApp Business Account): not kept. A kept
+        // status holds the wamid, which encodes the recipient's number, for 7 days.
+        // (Kirim's own messages carry their id: one from a number removed since is still
+        // kept. Only the id's form is checked: there is no tenant to look it up in.)
         None if tenant.is_none()
             && report.phone_number_id.is_some()
             && report.callback.is_none() =>

@@ -247,6 +247,24 @@ async fn a_status_for_a_number_no_tenant_has_is_not_kept(b: Backend) {
         .await
         .unwrap()
         .is_empty());
+    // One that echoes a message id of Kirim's (a number removed while its messages were in
+    // flight) is kept, for the dispatcher to apply.
+    let ours = format!("wamid.ours.{}", ulid::Ulid::new());
+    let mut kept = note.clone();
+    kept["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = json!(ours);
+    kept["entry"][0]["changes"][0]["value"]["statuses"][0]["biz_opaque_callback_data"] =
+        json!(ulid::Ulid::new().to_string());
+    assert_eq!(app.post_webhook(&kept).await.status(), 200);
+    assert_eq!(
+        app.app
+            .deps
+            .pending
+            .pending_statuses(&ours)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 async fn a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_read(b: Backend) {

@@ -109,7 +109,8 @@ impl ContactStore for DynamoStore {
             .delete_item()
             .table_name(&self.table)
             .set_key(Some(keys::user_pairing(tenant, key).attrs()))
-            .condition_expression("#other = :other AND #at < :newer")
+            // A half from before write times were recorded is the older.
+            .condition_expression("#other = :other AND (attribute_not_exists(#at) OR #at < :newer)")
             .expression_attribute_names("#other", "other")
             .expression_attribute_names("#at", PAIRED_AT)
             .expression_attribute_values(":other", s(other.to_string()))
