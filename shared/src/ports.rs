@@ -1510,6 +1510,15 @@ pub trait BroadcastStore: Send + Sync {
     /// How many of the broadcast's messages are in each status, and its failed ones by
     /// error code: one pass over its messages.
     async fn broadcast_tally(&self, broadcast: &Broadcast) -> Result<BroadcastTally, StoreError>;
+    /// [`broadcast_tally`](Self::broadcast_tally) with every message written before it
+    /// counted (a consistent read on DynamoDB, twice the read units): for a decision that a
+    /// message recorded a moment ago must not escape (a cancel finding nothing to cancel).
+    async fn broadcast_tally_consistent(
+        &self,
+        broadcast: &Broadcast,
+    ) -> Result<BroadcastTally, StoreError> {
+        self.broadcast_tally(broadcast).await
+    }
 }
 
 /// What one pass over a broadcast's messages counts ([`BroadcastStore::broadcast_tally`]).

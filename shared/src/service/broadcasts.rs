@@ -1073,7 +1073,19 @@ pub async fn cancel(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Se
     // Every recipient queued and none waiting for the dispatcher: each message is on its
     // way to Meta (a send cannot be called back) or ended. A cancel would stop nothing
     // and refund nothing, and the broadcast would read `cancelled` while it completes.
-    if b.status == BroadcastStatus::Enqueued && v.counts.get("accepted").copied().unwrap_or(0) == 0
+    // The view's count may be a moment behind the fan-out's last writes: the refusal is
+    // made on a consistent count only.
+    if b.status == BroadcastStatus::Enqueued
+        && v.counts.get("accepted").copied().unwrap_or(0) == 0
+        && deps
+            .broadcasts
+            .broadcast_tally_consistent(&b)
+            .await?
+            .counts
+            .get(MessageStatus::Accepted.as_str())
+            .copied()
+            .unwrap_or(0)
+            == 0
     {
         return Err(conflict(
             "every message of this broadcast is already on its way to Meta or ended; nothing is left to cancel",

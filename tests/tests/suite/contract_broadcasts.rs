@@ -632,6 +632,13 @@ async fn a_cancelled_broadcasts_unqueued_recipients_are_recorded_and_refunded_in
     }
     let tally = p.broadcasts.broadcast_tally(&read().await).await.unwrap();
     assert_eq!(tally.counts.get("cancelled"), Some(&2));
+    // The consistent count (a cancel's) counts the same.
+    let consistent = p
+        .broadcasts
+        .broadcast_tally_consistent(&read().await)
+        .await
+        .unwrap();
+    assert_eq!(consistent.counts, tally.counts);
     // Again (an answer lost, a duplicate job): the progress moved, nothing twice.
     assert_eq!(
         write(0, rest, refund(2, &t.id)).await.unwrap(),

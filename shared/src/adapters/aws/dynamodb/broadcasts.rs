@@ -644,12 +644,31 @@ impl BroadcastStore for DynamoStore {
     }
 
     async fn broadcast_tally(&self, broadcast: &Broadcast) -> Result<BroadcastTally, StoreError> {
+        self.tally(broadcast, false).await
+    }
+
+    async fn broadcast_tally_consistent(
+        &self,
+        broadcast: &Broadcast,
+    ) -> Result<BroadcastTally, StoreError> {
+        self.tally(broadcast, true).await
+    }
+}
+
+impl DynamoStore {
+    /// One pass over a broadcast's messages ([`BroadcastStore::broadcast_tally`]).
+    async fn tally(
+        &self,
+        broadcast: &Broadcast,
+        consistent: bool,
+    ) -> Result<BroadcastTally, StoreError> {
         let (lo, hi) =
             keys::message_range_of_ms(broadcast.created_at.timestamp_millis().max(0) as u64);
         let mut pages = self
             .client
             .query()
             .table_name(&self.table)
+            .consistent_read(consistent)
             .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
             .filter_expression("broadcast_id = :b")
             .projection_expression("#status, #ttl, #error")
