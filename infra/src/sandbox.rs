@@ -425,8 +425,9 @@ fn template_offset(cursor: &str) -> Option<usize> {
 /// `GET /{version}/{waba_id}/message_templates?limit=&after=`: one page of the catalogue.
 async fn list_templates(
     State(sandbox): State<Sandbox>,
-    Path((version, waba_id)): Path<(String, String)>,
+    Path((_version, waba_id)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     headers: HeaderMap,
 ) -> Response {
     if !has_bearer_token(&headers) {
@@ -478,8 +479,26 @@ async fn list_templates(
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("graph.facebook.com");
+        // The path as it was asked (local mode serves the graph under `/_sandbox/graph`),
+        // with the request's `name` filter kept, as Meta's `next` keeps its query.
+        let name = params
+            .get("name")
+            .map(|n| {
+                let encoded: String = n
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => {
+                            char::from(b).to_string()
+                        }
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                format!("&name={encoded}")
+            })
+            .unwrap_or_default();
         paging["next"] = Value::from(format!(
-            "http://{host}/{version}/{waba_id}/message_templates?limit={limit}&after={}",
+            "http://{host}{}?limit={limit}&after={}{name}",
+            uri.path(),
             template_cursor(end)
         ));
     }
@@ -2153,6 +2172,17 @@ mod tests {
             if body["paging"].get("next").is_none() {
                 break;
             }
+            // Meta's `next` link, followed as a client does, answers the next page.
+            let next = body["paging"]["next"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let (s, followed) = h.post(h.http.get(&next).bearer_auth("t")).await;
+            assert_eq!(s, 200, "{next}: {followed}");
+            assert_eq!(
+                followed["paging"]["cursors"]["before"], body["paging"]["cursors"]["after"],
+                "{next}"
+            );
             after = body["paging"]["cursors"]["after"]
                 .as_str()
                 .map(str::to_owned);
