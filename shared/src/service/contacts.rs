@@ -46,6 +46,17 @@ pub fn phone_forms(key: &OptOutKey) -> impl Iterator<Item = OptOutKey> {
     std::iter::once(key.clone()).chain(alias)
 }
 
+/// The given keys and each phone's other WhatsApp form, deduplicated, in that order.
+fn forms_of(given: &[OptOutKey]) -> Vec<OptOutKey> {
+    let mut keys: Vec<OptOutKey> = Vec::new();
+    for k in given.iter().flat_map(phone_forms) {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    keys
+}
+
 /// Every key a user is known by: the given ones, each phone's other WhatsApp form, and
 /// for each of those the paired one Kirim learnt (deduplicated, in that order).
 pub async fn keys_of(
@@ -53,12 +64,7 @@ pub async fn keys_of(
     tenant: &TenantId,
     given: &[OptOutKey],
 ) -> Result<Vec<OptOutKey>, ServiceError> {
-    let mut keys: Vec<OptOutKey> = Vec::new();
-    for k in given.iter().flat_map(phone_forms) {
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
+    let mut keys = forms_of(given);
     let own = keys.clone();
     for k in &own {
         if let Some(other) = deps.contacts.paired_key(tenant, k).await? {
@@ -112,12 +118,7 @@ pub async fn keys_paired_now(
     tenant: &TenantId,
     given: &[OptOutKey],
 ) -> Result<Vec<OptOutKey>, ServiceError> {
-    let mut keys: Vec<OptOutKey> = Vec::new();
-    for k in given.iter().flat_map(phone_forms) {
-        if !keys.contains(&k) {
-            keys.push(k);
-        }
-    }
+    let mut keys = forms_of(given);
     let own = keys.clone();
     for k in &own {
         if let Some(other) = paired_now(deps, tenant, k).await? {
