@@ -389,7 +389,12 @@ mod tests {
             .into_iter()
             .filter_map(|(_, p)| Some(p.get("MetricName")?.as_str()?.to_owned()))
             .collect();
-        for metric in ["AuditIntegrity", "CallbacksLost", "WebhookNotApplied"] {
+        for metric in [
+            "AuditIntegrity",
+            "CallbacksLost",
+            "WebhookNotApplied",
+            "WebhookBadSignature",
+        ] {
             assert!(alarmed.iter().any(|m| m == metric), "{metric}: {alarmed:?}");
         }
         // The webhook's phrase for a body answered 500, which its filter counts.
@@ -399,6 +404,17 @@ mod tests {
             .find(|(k, _)| k == "WebhookNotAppliedFilter")
             .and_then(|(_, p)| p.get("FilterPattern").and_then(Value::as_str));
         assert_eq!(webhook_filter, Some("\"webhook items not applied\""));
+        // And its phrase for a body signed with another secret than the app's.
+        assert!(include_str!("../../shared/src/http/mod.rs")
+            .contains("\"webhook signature does not match the Meta app secret\""));
+        let bad_signature_filter = filters
+            .iter()
+            .find(|(k, _)| k == "WebhookBadSignatureFilter")
+            .and_then(|(_, p)| p.get("FilterPattern").and_then(Value::as_str));
+        assert_eq!(
+            bad_signature_filter,
+            Some("\"webhook signature does not match the Meta app secret\"")
+        );
         // Every function's whole-invocation failures are alarmed (an init failure fails
         // every request it would have served).
         let errors: Vec<String> = resources(&doc, "AWS::CloudWatch::Alarm")
