@@ -1313,6 +1313,7 @@ pub async fn fan_out_in_slices(
                 retry_at: None,
                 recheck: false,
                 refused: None,
+                refused_claim: None,
                 key_hash: None,
             })
             .to_body()

@@ -90,6 +90,7 @@ pub fn recheck_hop(deps: &Deps, job: &DispatchJob, claimed_at: DateTime<Utc>) ->
         },
         recheck: true,
         refused: None,
+        refused_claim: None,
         key_hash: None,
         retry_at: None,
         send_at: None,

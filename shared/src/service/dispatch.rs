@@ -198,7 +198,9 @@ async fn fail_unsent(
 /// meanwhile). Queued first, so a release whose answer was lost (refused on its retry,
 /// having landed) still has the job behind it. A refusal that cannot be queued falls back
 /// to giving the claim back and retrying the job (one more request, which Meta refuses
-/// again); a release that cannot be written leaves the claim for the sending deadline.
+/// again). A release that cannot be written leaves the message `sending` under the claim:
+/// the job carries the claim's time, and gives it back itself before it fails the message
+/// (the sending deadline would end it `outcome_unknown`, charged).
 ///
 /// [`DispatchJob::refused`]: super::jobs::DispatchJob::refused
 async fn refusal_unrecorded(
@@ -213,6 +215,7 @@ async fn refusal_unrecorded(
             body: String::new(),
         },
         refused: Some(refusal),
+        refused_claim: Some(claimed_at),
         retry_at: None,
         send_at: None,
         recheck: false,
@@ -275,14 +278,19 @@ async fn unclaim(
     cause.into()
 }
 
+/// The error a claim given back carries (`code`: why) until its next attempt.
+fn released(code: &str) -> MessageError {
+    MessageError {
+        code: code.into(),
+        title: "a dependency failed for a moment; will retry".into(),
+    }
+}
+
 /// Gives the claim made at `claimed_at` back (`accepted`, with `code` as its error), tried
 /// again while the store's failure is worth it (`store_error::undo`); one that cannot be
 /// written is logged and left to the sending deadline.
 async fn release(deps: &Deps, job: &DispatchJob, claimed_at: DateTime<Utc>, code: &str) {
-    let error = MessageError {
-        code: code.into(),
-        title: "a dependency failed for a moment; will retry".into(),
-    };
+    let error = released(code);
     if let Err(e) = crate::store_error::undo(|| {
         deps.messages.release_for_retry(
             &job.tenant_id,
@@ -717,6 +725,20 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         tracing::warn!("tenant gone; dropping");
         return Ok(Outcome::Done);
     };
+    // A refusal whose claim could not be given back when it was queued: given back now,
+    // only if the message is still `sending` under that claim (else this changes nothing),
+    // so that the failure below is written from `accepted`. An error retries the job.
+    if let (Some(_), Some(claimed_at)) = (&job.refused, job.refused_claim) {
+        deps.messages
+            .release_for_retry(
+                &job.tenant_id,
+                &job.message_id,
+                claimed_at,
+                &released("failure_not_recorded"),
+                deps.clock.now(),
+            )
+            .await?;
+    }
     // Every check runs BEFORE the claim, on the message's facts, so that only the
     // throughput slot stands between the claim and the call to Meta: a process killed
     // after the claim has most likely called Meta (the sending deadline then settles it),

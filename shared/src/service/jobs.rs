@@ -57,6 +57,14 @@ pub struct DispatchJob {
     /// (`dispatch`). Absent on every other job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<crate::domain::MessageError>,
+    /// With `refused`: the time of the claim Meta refused (its `updated_at`). When giving
+    /// that claim back failed too, the message is still `sending` under it: the refusal's
+    /// job gives it back first (conditional on that very claim; refused, changing nothing,
+    /// when it was given back), so the failure is written, refunded, instead of the sending
+    /// deadline ending it `outcome_unknown`, charged. Absent on every other job, and on
+    /// refusals queued before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_claim: Option<DateTime<Utc>>,
     /// The SHA-256 of the `Idempotency-Key` its request came with (never the key): a job
     /// that finds no message while the key names another one belongs to a request that
     /// lost to it (a replay, a concurrent retry), and is dropped at its first look instead
@@ -300,6 +308,7 @@ mod tests {
             retry_at: None,
             recheck: false,
             refused: None,
+            refused_claim: None,
             key_hash: None,
         }
     }

@@ -411,6 +411,7 @@ async fn accept(
         retry_at: None,
         recheck: false,
         refused: None,
+        refused_claim: None,
         key_hash: idem.map(|k| k.key.hash()),
     });
     let body = job
@@ -552,6 +553,7 @@ async fn queue_again_if_never_claimed(
         retry_at: None,
         recheck: false,
         refused: None,
+        refused_claim: None,
         key_hash: None,
     });
     let body = job

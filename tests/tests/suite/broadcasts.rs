@@ -902,6 +902,7 @@ async fn a_refused_scheduled_requests_job_is_dropped_at_its_first_look_not_kept_
         retry_at: None,
         recheck: false,
         refused: None,
+        refused_claim: None,
         key_hash: None,
     });
     let orphan_fan_out = QueueJob::BroadcastFanout(kirim::service::jobs::FanoutJob {

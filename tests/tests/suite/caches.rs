@@ -237,6 +237,7 @@ async fn a_message_accepted_after_a_resume_is_not_failed_for_the_suspension_a_wa
             retry_at,
             recheck: false,
             refused: None,
+            refused_claim: None,
             key_hash: None,
         })
     };

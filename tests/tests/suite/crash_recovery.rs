@@ -319,6 +319,7 @@ async fn a_replay_queues_nothing_for_a_message_a_busy_number_just_gave_back(back
         retry_at: None,
         recheck: false,
         refused: None,
+        refused_claim: None,
         key_hash: None,
     })
     .to_body()
@@ -472,6 +473,8 @@ struct Flaky {
     fail_index_once: AtomicBool,
     /// The next release for a retry fails (then the flag clears).
     fail_release_once: AtomicBool,
+    /// Every release for a retry fails while set (storage down, nothing written).
+    fail_release: AtomicBool,
     /// The next claim (a move to `sending`) lands, but its answer is lost and the store's
     /// retry of it is what answers: refused, by the claim itself (then the flag clears).
     lose_claim_answer_once: AtomicBool,
@@ -500,6 +503,7 @@ impl Flaky {
             die_on_insert: AtomicBool::new(false),
             fail_index_once: AtomicBool::new(false),
             fail_release_once: AtomicBool::new(false),
+            fail_release: AtomicBool::new(false),
             lose_claim_answer_once: AtomicBool::new(false),
             lose_sent_answer_once: AtomicBool::new(false),
             lose_refund_answer_once: AtomicBool::new(false),
@@ -621,7 +625,9 @@ impl MessageStore for Flaky {
         error: &MessageError,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError> {
-        if self.fail_release_once.swap(false, Ordering::SeqCst) {
+        if self.fail_release_once.swap(false, Ordering::SeqCst)
+            || self.fail_release.load(Ordering::SeqCst)
+        {
             return Err(StoreError::Unavailable("storage blinked".into()));
         }
         if self.lose_release_answer_once.swap(false, Ordering::SeqCst) {
@@ -1962,8 +1968,59 @@ async fn a_final_refusal_whose_failure_cannot_be_written_is_never_sent_again_and
         (end.status, end.error.map(|e| e.code)),
         (MessageStatus::Failed, Some(ErrorCode::Meta(131026)))
     );
+    // The release failing too (storage down for both writes): the message is left
+    // `sending` under the claim, and the refusal's job, carrying the claim's time, gives it
+    // back itself and fails it with Meta's code, refunded (the sending deadline would have
+    // ended it `outcome_unknown`, charged), without a request more.
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459942").await;
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.fail_refund.store(true, Ordering::SeqCst);
+    flaky.fail_release.store(true, Ordering::SeqCst);
+    let refusals = Arc::new(Kept::default());
+    let meta = Arc::new(Refusing(131026, Default::default()));
+    let mut deps = t.app.deps.clone();
+    deps.meta = meta.clone();
+    deps.messages = flaky.clone();
+    deps.queue = refusals.clone();
+    assert_eq!(dispatch::handle_in_batch(&deps, &job).await, Outcome::Done);
+    let stuck = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stuck.status,
+        MessageStatus::Sending,
+        "nothing could be written"
+    );
+    flaky.fail_refund.store(false, Ordering::SeqCst);
+    flaky.fail_release.store(false, Ordering::SeqCst);
+    let refusal = refusals.only();
+    assert_eq!(
+        dispatch::handle_in_batch(&deps, &refusal).await,
+        Outcome::Done
+    );
+    let end = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (end.status, end.error.map(|e| e.code)),
+        (MessageStatus::Failed, Some(ErrorCode::Meta(131026)))
+    );
+    assert_eq!(meta.1.load(Ordering::SeqCst), 1, "no request more");
     let (sum, refunds) = ledger_of(&t, &tenant).await;
-    assert_eq!((sum, refunds.len()), (5, 4), "each refunded once");
+    assert_eq!((sum, refunds.len()), (5, 5), "refunded once");
+    // Delivered again, the refusal's job gives back no later claim and refunds nothing.
+    assert_eq!(
+        dispatch::handle_in_batch(&deps, &refusal).await,
+        Outcome::Done
+    );
+    let (sum, refunds) = ledger_of(&t, &tenant).await;
+    assert_eq!((sum, refunds.len()), (5, 5), "refunded once");
 }
 
 /// A number booked past the horizon (several campaigns on it) turns a message away

@@ -623,6 +623,7 @@ async fn a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sen
             retry_at: None,
             recheck: false,
             refused: None,
+            refused_claim: None,
             key_hash: None,
         });
         // Left for its deadline: a recheck job of its own (this process has no queue to
