@@ -53,6 +53,10 @@
 //! entry; a `text` body, or a quick-reply `button` payload and text) and answers whether
 //! the platform took it. This opens the user's 24-hour customer-service window, and a
 //! `STOP` text or button opts them out, as at Meta.
+//!
+//! `POST /{version}/{waba_id}/subscribed_apps` subscribes "the app" to a WABA's webhooks
+//! (`{"success": true}`, as Meta answers) and `GET` on it lists the app once it was; the
+//! sandbox sends its webhooks either way ([`Sandbox::subscribed`] tells tests it was asked).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -273,6 +277,8 @@ struct SandboxState {
     /// that user to that number (`POST /_sandbox/inbound`): a session text sent within 24
     /// hours of it is priced `free_customer_service`.
     inbound: HashMap<(String, String), Instant>,
+    /// WABAs the app was subscribed to (`POST /{version}/{waba_id}/subscribed_apps`).
+    subscribed: std::collections::HashSet<String>,
 }
 
 impl Sandbox {
@@ -304,12 +310,17 @@ impl Sandbox {
         *lock(&self.inner.webhook_url) = Some(url);
     }
 
-    /// The Graph API: `POST /{version}/{phone_number_id}/messages` and
-    /// `GET /{version}/{waba_id}/message_templates`.
+    /// The Graph API: `POST /{version}/{phone_number_id}/messages`,
+    /// `GET /{version}/{waba_id}/message_templates` and `POST`/`GET
+    /// /{version}/{waba_id}/subscribed_apps`.
     pub fn graph_router(&self) -> Router {
         Router::new()
             .route("/{version}/{id}/messages", post(send_message))
             .route("/{version}/{id}/message_templates", get(list_templates))
+            .route(
+                "/{version}/{id}/subscribed_apps",
+                post(subscribe_app).get(subscribed_apps),
+            )
             .with_state(self.clone())
     }
 
@@ -325,6 +336,11 @@ impl Sandbox {
             )
             .route("/_sandbox/inbound", post(post_inbound))
             .with_state(self.clone())
+    }
+
+    /// Whether the app was subscribed to the WABA's webhooks (since the last reset).
+    pub fn subscribed(&self, waba_id: &str) -> bool {
+        lock(&self.inner.state).subscribed.contains(waba_id)
     }
 
     /// A WABA's catalogue as it stands.
@@ -410,6 +426,65 @@ const SERVICE_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
 async fn reset(State(sandbox): State<Sandbox>) -> Json<Value> {
     sandbox.reset();
     Json(json!({ "status": "ok" }))
+}
+
+/// The sandbox's answer to a Graph request without an access token.
+fn no_token() -> Response {
+    let body = meta_error(
+        190,
+        "Invalid OAuth access token - Cannot parse access token",
+        "The request has no Authorization: Bearer access token",
+    );
+    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+}
+
+/// The app the sandbox's tokens belong to, as Meta names a subscribed app.
+fn sandbox_app() -> Value {
+    json!({"whatsapp_business_api_data": {
+        "id": "1000000000000001",
+        "name": "Kirim sandbox app",
+        "link": "https://www.facebook.com/games/?app_id=1000000000000001",
+    }})
+}
+
+/// `POST /{version}/{waba_id}/subscribed_apps`: the app is subscribed to the WABA's
+/// webhooks (Meta's `{"success": true}`; asking again changes nothing). The sandbox sends
+/// its webhooks whether or not a WABA is subscribed; this records that it was asked.
+async fn subscribe_app(
+    State(sandbox): State<Sandbox>,
+    Path((_version, waba_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !has_bearer_token(&headers) {
+        return no_token();
+    }
+    if waba_id.is_empty() || !waba_id.bytes().all(|b| b.is_ascii_digit()) {
+        let body = invalid_parameter("Invalid parameter: WABA-ID must be a valid numeric string");
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
+    let mut state = lock(&sandbox.inner.state);
+    if state.subscribed.len() >= MAX_TRACKED_PHONE_NUMBERS {
+        state.subscribed.clear();
+    }
+    state.subscribed.insert(waba_id);
+    Json(json!({"success": true})).into_response()
+}
+
+/// `GET /{version}/{waba_id}/subscribed_apps`: the sandbox's app when it was subscribed.
+async fn subscribed_apps(
+    State(sandbox): State<Sandbox>,
+    Path((_version, waba_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !has_bearer_token(&headers) {
+        return no_token();
+    }
+    let data: Vec<Value> = if sandbox.subscribed(&waba_id) {
+        vec![sandbox_app()]
+    } else {
+        Vec::new()
+    };
+    Json(json!({ "data": data })).into_response()
 }
 
 /// A page cursor: the offset of the next template, hex-encoded (opaque, as Meta's are).
@@ -2138,6 +2213,33 @@ mod tests {
             let (status, body) = h.send_json(&message).await;
             assert_eq!(status, 200, "{body}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_app_is_subscribed_to_a_waba_as_meta_answers_and_listed_once_it_is() {
+        let h = harness().await;
+        let url = format!("{}/v23.0/1000042/subscribed_apps", h.base);
+        let (status, body) = h.post(h.http.get(&url).bearer_auth("t")).await;
+        assert_eq!((status, body), (200, json!({"data": []})));
+        let (status, body) = h.post(h.http.post(&url).json(&json!({}))).await;
+        assert_eq!(status, 401, "{body}");
+        assert_meta_error(&body, 190);
+        assert!(!h.sandbox.subscribed("1000042"), "not without a token");
+        let bad = format!("{}/v23.0/not-a-waba/subscribed_apps", h.base);
+        let (status, body) = h.post(h.http.post(&bad).bearer_auth("t")).await;
+        assert_eq!(status, 400, "{body}");
+        for _ in 0..2 {
+            let (status, body) = h.post(h.http.post(&url).bearer_auth("t")).await;
+            assert_eq!((status, body), (200, json!({"success": true})));
+        }
+        assert!(h.sandbox.subscribed("1000042"));
+        assert!(!h.sandbox.subscribed("1000043"), "only the WABA asked for");
+        let (status, body) = h.post(h.http.get(&url).bearer_auth("t")).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body["data"][0]["whatsapp_business_api_data"]["name"], "Kirim sandbox app",
+            "{body}"
+        );
     }
 
     async fn list_page(h: &Harness, waba: &str, after: Option<&str>) -> (u16, Value) {

@@ -940,6 +940,15 @@ pub trait MetaClient: Send + Sync {
         let _ = name;
         self.list_templates(waba_id, token, after).await
     }
+    /// Subscribes the app the token was issued to to the WABA's webhooks (`POST
+    /// /{version}/{waba_id}/subscribed_apps`): until then Meta sends the app none of the
+    /// WABA's statuses, inbound messages, template or account updates, whatever the app's
+    /// webhook fields say. Idempotent at Meta. The default, for a client that cannot (test
+    /// doubles), answers that it did not (`Protocol(501)`), never that it did.
+    async fn subscribe_app(&self, waba_id: &str, token: &Secret) -> Result<(), MetaSendError> {
+        let _ = (waba_id, token);
+        Err(MetaSendError::Protocol(501))
+    }
 }
 
 /// One audit event, a link of its chain (one chain per tenant, and `platform` for calls

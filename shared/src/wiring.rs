@@ -509,6 +509,9 @@ impl MetaClient for NotWired {
     ) -> Result<crate::domain::template::MetaTemplatePage, MetaSendError> {
         Err(MetaSendError::Connection(self.refusal()))
     }
+    async fn subscribe_app(&self, _waba_id: &str, _token: &Secret) -> Result<(), MetaSendError> {
+        Err(MetaSendError::Connection(self.refusal()))
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Meta's Graph API over reqwest (rustls). The one place that knows Meta's wire shapes
-//! for a send (the request body itself comes from `Content::to_meta_request`) and for a
-//! page of templates (read by `domain::template::parse_template_page`).
+//! for a send (the request body itself comes from `Content::to_meta_request`), for a
+//! page of templates (read by `domain::template::parse_template_page`) and for the app's
+//! subscription to a WABA's webhooks.
 
 use std::time::Duration;
 
@@ -244,6 +245,33 @@ impl MetaClient for MetaGraphClient {
     ) -> Result<MetaTemplatePage, MetaSendError> {
         self.template_page(waba_id, token, Some(name), after).await
     }
+
+    async fn subscribe_app(&self, waba_id: &str, token: &Secret) -> Result<(), MetaSendError> {
+        let url = format!(
+            "{}/{}/{}/subscribed_apps",
+            self.base_url, self.version, waba_id
+        );
+        let res = self
+            .http
+            .post(url)
+            .header(reqwest::header::AUTHORIZATION, authorization(token)?)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .map_err(unanswered)?;
+        let status = res.status().as_u16();
+        let bytes = body_capped(res, MAX_SEND_ANSWER).await?;
+        if (200..300).contains(&status) {
+            let body: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|_| MetaSendError::Protocol(status))?;
+            // Meta's `{"success": true}`; anything else did not say it subscribed.
+            return match body.get("success") {
+                Some(serde_json::Value::Bool(true)) => Ok(()),
+                _ => Err(MetaSendError::Protocol(status)),
+            };
+        }
+        Err(api_error(status, &bytes, token))
+    }
 }
 
 impl MetaGraphClient {
@@ -343,6 +371,44 @@ mod tests {
             .await
             .expect("accepted");
         assert_eq!(got.wamid, "wamid.A");
+    }
+
+    /// The app's subscription to a WABA is done only when Meta says `success: true`; a 2xx
+    /// that says otherwise, or Meta's error (its code kept), is not.
+    #[tokio::test]
+    async fn a_subscription_is_done_only_when_meta_says_success() {
+        let token = Secret::new("EAAGtoken0123456789");
+        let cases: [(u16, &[u8], Option<MetaSendError>); 4] = [
+            (200, br#"{"success":true}"#, None),
+            (
+                200,
+                br#"{"success":false}"#,
+                Some(MetaSendError::Protocol(200)),
+            ),
+            (200, b"not json", Some(MetaSendError::Protocol(200))),
+            (
+                403,
+                br#"{"error":{"message":"no permission","code":200,"fbtrace_id":"A"}}"#,
+                Some(MetaSendError::Api {
+                    http_status: 403,
+                    code: 200,
+                    title: "no permission".into(),
+                    is_transient: None,
+                }),
+            ),
+        ];
+        for (status, body, want) in cases {
+            let base = answering(status, body.to_vec()).await;
+            let meta =
+                MetaGraphClient::new(&base, "v23.0", Duration::from_secs(5)).expect("a client");
+            let got = meta.subscribe_app("1000001", &token).await;
+            assert_eq!(
+                got.err(),
+                want,
+                "{status} {}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     /// Meta's `is_transient` is read from its error (a value not a boolean reads as

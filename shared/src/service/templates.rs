@@ -217,7 +217,8 @@ pub async fn sync_all_within(
     }
 }
 
-/// [`sync`] of one WABA of the tenant's, with the tenant's token.
+/// [`sync`] of one WABA of the tenant's, with the tenant's token; the app's subscription
+/// to the WABA's webhooks is asked for beside it ([`subscribe`]).
 pub async fn sync_waba(deps: &Deps, tenant: &Tenant, waba: &str) -> Result<Synced, ServiceError> {
     let token = deps
         .secrets
@@ -228,6 +229,42 @@ pub async fn sync_waba(deps: &Deps, tenant: &Tenant, waba: &str) -> Result<Synce
                 "the account has no Meta access token; nothing was synced".into(),
             )
         })?;
+    let ((), synced) = tokio::join!(subscribe(deps, waba, &token), sync_with(deps, waba, &token));
+    synced
+}
+
+/// How long the app's subscription to a WABA may take at most: beside the catalogue's
+/// read, within the same budget (onboarding's 10 s), never holding it.
+pub const SUBSCRIBE_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Subscribes the platform's Meta app to the WABA's webhooks (`POST
+/// /{version}/{waba_id}/subscribed_apps`, idempotent at Meta): without it Meta sends no
+/// status, inbound message, template or account webhook of the WABA, whatever the app's
+/// webhook fields say. Asked wherever a WABA's catalogue is read (onboarding, a number on
+/// a new WABA, the admin's sync, the daily sync), so one that failed, or was removed in
+/// Meta's dashboard, is subscribed again within a day. A failure is logged and changes
+/// nothing else.
+async fn subscribe(deps: &Deps, waba: &str, token: &crate::secret::Secret) {
+    match tokio::time::timeout(SUBSCRIBE_TIME, deps.meta.subscribe_app(waba, token)).await {
+        Ok(Ok(())) => tracing::debug!(waba_id = %waba, "app subscribed to the WABA's webhooks"),
+        Ok(Err(e)) => tracing::warn!(
+            waba_id = %waba,
+            error = %meta_failure(&e),
+            "app not subscribed to the WABA's webhooks; the next sync asks again"
+        ),
+        Err(_) => tracing::warn!(
+            waba_id = %waba,
+            "app not subscribed to the WABA's webhooks (no answer in time); the next sync asks again"
+        ),
+    }
+}
+
+/// [`sync_waba`]'s read of the catalogue with the tenant's `token`.
+async fn sync_with(
+    deps: &Deps,
+    waba: &str,
+    token: &crate::secret::Secret,
+) -> Result<Synced, ServiceError> {
     let started = deps.clock.now();
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let mut out = Synced::default();
@@ -248,7 +285,7 @@ pub async fn sync_waba(deps: &Deps, tenant: &Tenant, waba: &str) -> Result<Synce
         pages += 1;
         let page = deps
             .meta
-            .list_templates(waba, &token, after.as_deref())
+            .list_templates(waba, token, after.as_deref())
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, pages, synced = out.synced, "template sync stopped");

@@ -1175,7 +1175,73 @@ async fn a_shared_wabas_approval_is_read_back_with_an_active_tenants_token(b: Ba
     assert_eq!(seen["body_parameters"], 2, "{seen}");
 }
 
+/// Meta sends a WABA's webhooks (statuses, STOPs, template and account updates) only to
+/// apps subscribed to it: onboarding subscribes the app to the tenant's WABA, adding a
+/// number on a new WABA subscribes that one, and the admin's sync (as the daily one) asks
+/// again, so a subscription removed at Meta comes back.
+async fn onboarding_a_new_waba_and_each_sync_subscribe_the_app_to_the_wabas_webhooks(b: Backend) {
+    let app = spawn_app(b).await;
+    let sandbox = &app.app.sandbox;
+    let (first, second) = ("1000771", "1000772");
+    let pnid = format!("{}", 100_000 + rand_digits());
+    let res = app
+        .http
+        .post(app.url("/v1/platform/tenants"))
+        .bearer_auth(kirim_tests::OPERATOR_TOKEN)
+        .json(
+            &json!({"name": "Kedai", "waba_id": first, "phone_number_id": pnid,
+            "meta_access_token": "EAAG-test-meta-token", "credits": 1}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let body: Value = res.json().await.unwrap();
+    let (tenant, key) = (
+        body["tenant"]["id"].as_str().unwrap().to_owned(),
+        body["admin_api_key"].as_str().unwrap().to_owned(),
+    );
+    assert!(sandbox.subscribed(first), "onboarding subscribed its WABA");
+    assert!(!sandbox.subscribed(second));
+    let res = app
+        .http
+        .post(app.url(&format!("/v1/platform/tenants/{tenant}/phone-numbers")))
+        .bearer_auth(kirim_tests::OPERATOR_TOKEN)
+        .json(
+            &json!({"phone_number_id": format!("{}", 100_000 + rand_digits()),
+            "waba_id": second}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        201,
+        "{}",
+        res.text().await.unwrap_or_default()
+    );
+    assert!(
+        sandbox.subscribed(second),
+        "a number on a new WABA subscribed it"
+    );
+    // Unsubscribed at Meta (here: the sandbox forgets): the admin's sync subscribes both.
+    sandbox.reset();
+    assert!(!sandbox.subscribed(first));
+    let (s, body) = post(&app, &key, "/v1/templates/sync", json!({})).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(sandbox.subscribed(first) && sandbox.subscribed(second));
+}
+
+fn rand_digits() -> u32 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 900_000)
+        .unwrap_or(7)
+}
+
 on_both_backends!(
+    onboarding_a_new_waba_and_each_sync_subscribe_the_app_to_the_wabas_webhooks,
     a_template_re_read_is_retried_only_when_meta_may_answer_later,
     an_approval_a_lagging_sync_wrote_over_is_applied_again_by_the_re_read,
     a_shared_wabas_approval_is_read_back_with_an_active_tenants_token,
@@ -1217,6 +1283,108 @@ impl MetaClient for SlowMeta {
     ) -> Result<MetaTemplatePage, MetaSendError> {
         tokio::time::sleep(self.0).await;
         Ok(MetaTemplatePage::default())
+    }
+}
+
+/// Meta refusing the app's subscription to a WABA, or never answering it, with the
+/// catalogue read as usual; counting the subscriptions asked for.
+#[derive(Default)]
+struct SubscriptionRefused {
+    hang: bool,
+    asked: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl MetaClient for SubscriptionRefused {
+    async fn send_message(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: &Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        Err(MetaSendError::Timeout)
+    }
+    async fn list_templates(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: Option<&str>,
+    ) -> Result<MetaTemplatePage, MetaSendError> {
+        Ok(MetaTemplatePage {
+            templates: vec![MetaTemplate {
+                name: "order_update".into(),
+                language: "en_US".into(),
+                category: TemplateCategory::Utility,
+                status: TemplateStatus::Approved,
+                quality: TemplateQuality::Green,
+                body_parameters: 1,
+                meta_id: None,
+            }],
+            skipped: 0,
+            after: None,
+        })
+    }
+    async fn subscribe_app(&self, waba_id: &str, _: &Secret) -> Result<(), MetaSendError> {
+        self.asked.lock().unwrap().push(waba_id.to_owned());
+        if self.hang {
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        }
+        Err(MetaSendError::Api {
+            http_status: 403,
+            code: 200,
+            title: "no permission".into(),
+            is_transient: None,
+        })
+    }
+}
+
+/// A subscription Meta refuses, or never answers, neither undoes nor holds the onboarding:
+/// the tenant is onboarded with its catalogue (a hanging one is given up after 5 s, within
+/// the onboarding's 10 s), and the next sync asks again.
+#[tokio::test(start_paused = true)]
+async fn a_subscription_meta_refuses_or_never_answers_neither_undoes_nor_holds_the_onboarding() {
+    for hang in [false, true] {
+        let clock = kirim_tests::ManualClock::new();
+        let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock).unwrap();
+        let meta = Arc::new(SubscriptionRefused {
+            hang,
+            ..Default::default()
+        });
+        deps.meta = meta.clone();
+        let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({
+            "name": "Kedai", "waba_id": "7500001", "phone_number_id": "8500001",
+            "meta_access_token": "EAAG", "credits": 1}))
+        .unwrap();
+        let started = tokio::time::Instant::now();
+        let (tenant, _) = kirim::service::accounts::create_tenant(&deps, req)
+            .await
+            .expect("onboarded");
+        let took = tokio::time::Instant::now() - started;
+        let most = if hang {
+            templates::SUBSCRIBE_TIME
+        } else {
+            std::time::Duration::ZERO
+        };
+        assert_eq!(took, most, "hang {hang}");
+        let listed = deps
+            .templates
+            .list_templates(
+                "7500001",
+                &TemplateQuery {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(listed.templates.len(), 1, "hang {hang}: synced");
+        assert_eq!(*meta.asked.lock().unwrap(), ["7500001"]);
+        templates::sync(&deps, &tenant).await.expect("a sync");
+        assert_eq!(
+            *meta.asked.lock().unwrap(),
+            ["7500001", "7500001"],
+            "asked again"
+        );
     }
 }
 
