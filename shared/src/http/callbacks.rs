@@ -31,8 +31,17 @@ async fn put_setting(
     JsonBody(update): JsonBody<CallbackUpdate>,
 ) -> ApiResult {
     let view = callbacks::put_setting(&s.deps, ctx.tenant_id(), update).await?;
-    // The audit trail learns the URL, never the secret.
-    let details = json!({"url": view.url});
+    // The audit trail learns the URL's host and its SHA-256, never the secret, nor the
+    // URL's path and query (a webhook relay's URL often carries its own token there, and
+    // the trail keeps it 2 years, unchangeable): the hash tells which URL it was to one
+    // who has it.
+    let details = match view.url.as_deref() {
+        Some(url) => json!({
+            "url_host": url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)),
+            "url_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(url.as_bytes())),
+        }),
+        None => json!({"url": null}),
+    };
     Ok(noted(Json(view).into_response(), None, details))
 }
 

@@ -830,11 +830,14 @@ async fn a_cancelled_scheduled_jobs_are_dropped_at_their_next_look() {
     );
 }
 
-/// A send's (and a broadcast's) job is queued before the request's debit: a scheduled one
-/// refused then (`402`) recorded nothing, and its job, which carries the content, is
-/// dropped at its first hop past the grace for the write, not kept until `send_at`.
+/// A scheduled request refused (`402`) queues no job. A scheduled send's or broadcast's
+/// job whose request recorded nothing (a process that died between queueing the job and
+/// writing the message, stood in for here by jobs the test queues itself) carries the
+/// content: it is dropped at its first hop past the grace for the write, not kept until
+/// `send_at`.
 #[tokio::test]
-async fn a_refused_scheduled_requests_job_is_dropped_at_its_first_look_not_kept_until_send_at() {
+async fn an_orphaned_scheduled_job_is_dropped_at_its_first_look_past_the_grace_not_kept_until_send_at(
+) {
     use kirim::ports::Clock;
     use kirim::service::jobs::{Outcome, QueueJob};
     use kirim::service::{broadcasts, dispatch, send};

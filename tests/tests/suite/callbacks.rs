@@ -465,10 +465,31 @@ async fn the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400(b: 
         set_callback(&app, &t.key, json!({"url": url, "secret": CALLBACK_SECRET})).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"url": url, "secret_set": true}));
-    // A new URL may keep the secret already set.
-    let (status, _) =
-        set_callback(&app, &t.key, json!({"url": "https://hooks.example.com/v2"})).await;
+    // A new URL may keep the secret already set. One carrying a token of the receiving
+    // service's in its query reaches the audit trail as its host and hash only.
+    let relay = "https://hooks.example.com/v2?token=relay-token-0123456789";
+    let (status, _) = set_callback(&app, &t.key, json!({"url": relay})).await;
     assert_eq!(status, 200);
+    let audit: Value = app
+        .http
+        .get(app.url("/v1/audit?action=PUT%20/v1/settings/status-callback"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let text = audit.to_string();
+    assert!(!text.contains("relay-token-0123456789"), "{text}");
+    assert!(!text.contains(CALLBACK_SECRET));
+    let details = &audit["events"][0]["details"];
+    assert_eq!(details["url_host"], "hooks.example.com", "{audit}");
+    assert_eq!(
+        details["url_sha256"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(relay.as_bytes())),
+        "{audit}"
+    );
     let res = app
         .http
         .delete(app.url("/v1/settings/status-callback"))

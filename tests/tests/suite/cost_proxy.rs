@@ -176,8 +176,7 @@ async fn the_reads_that_may_lag_cost_half_a_unit_and_indexing_a_wamid_reads_noth
     assert_eq!((get("get").calls, get("get").rcu), (1, 1.0), "consistent");
     let index = &tally["index"];
     assert_eq!(index.len(), 1, "one call: {index:?}");
-    assert_eq!(index["DynamoDB.UpdateItem"].rcu, 0.0);
-    assert_eq!(index["DynamoDB.UpdateItem"].wcu, 1.0);
+    assert_eq!(index["DynamoDB.UpdateItem"].wcu, 1.0, "no read before it");
 }
 
 /// A login's lookup of an email without a user makes the same reads, one after the other,

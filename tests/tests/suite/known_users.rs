@@ -592,6 +592,34 @@ async fn an_opt_out_by_user_id_still_blocks_the_paired_phone_after_the_pairing_e
     )
     .await;
     assert_eq!(s, 200, "{report}");
+    // The pairings are gone (nothing renewed them): what blocks below is the opt-outs alone.
+    use kirim::domain::{OptOutKey, PhoneNumber, TenantId, UserId};
+    let tenant = TenantId::from_trusted(t.tenant_id.clone());
+    for key in [
+        "+60123470051",
+        "+60123470052",
+        "+60123470053",
+        "+60123470054",
+        "MY.7000000051",
+        "MY.7000000052",
+        "MY.7000000053",
+    ] {
+        let key = if key.starts_with('+') {
+            OptOutKey::Phone(PhoneNumber::parse(key).unwrap())
+        } else {
+            OptOutKey::User(UserId::parse(key).unwrap())
+        };
+        assert_eq!(
+            app.app
+                .deps
+                .contacts
+                .paired_key(&tenant, &key)
+                .await
+                .unwrap(),
+            None,
+            "{key}: its pairing expired"
+        );
+    }
     // The catalogue expires with the Messages class too: read again from Meta.
     let (s, synced) = call(&app, "POST", "/v1/templates/sync", &t.key, None).await;
     assert_eq!(s, 200, "{synced}");

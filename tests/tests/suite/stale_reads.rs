@@ -403,6 +403,9 @@ async fn a_lost_claim_answer_whose_read_back_fails_is_still_sent_once(b: Backend
     for (failing, refused) in [(1usize, false), (3, false), (3, true)] {
         let (_, mut deps, _) = two_processes(b).await;
         let (t, m, job) = text_queued(&mut deps).await;
+        let meta = Arc::new(Accepting::default());
+        deps.meta = meta.clone();
+        let sends = || meta.sent.load(std::sync::atomic::Ordering::SeqCst);
         let plain = deps.messages.clone();
         deps.messages = Arc::new(Behind {
             inner: plain.clone(),
@@ -416,6 +419,7 @@ async fn a_lost_claim_answer_whose_read_back_fails_is_still_sent_once(b: Backend
         let stored = plain.get_message(&t.id, &m.id).await.unwrap().unwrap();
         if failing == 1 {
             assert_eq!(stored.status, MessageStatus::Sent, "{:?}", stored.error);
+            assert_eq!(sends(), 1, "sent once");
             continue;
         }
         assert_eq!(
@@ -424,11 +428,16 @@ async fn a_lost_claim_answer_whose_read_back_fails_is_still_sent_once(b: Backend
             "given back: {:?}",
             stored.error
         );
+        assert_eq!(sends(), 0, "given back unsent");
         // The job's next delivery, the store answering again.
         deps.messages = plain.clone();
         kirim::service::dispatch::handle(&deps, &job).await;
         let stored = plain.get_message(&t.id, &m.id).await.unwrap().unwrap();
         assert_eq!(stored.status, MessageStatus::Sent, "{:?}", stored.error);
+        assert_eq!(sends(), 1, "sent once");
+        // Delivered once more, the job sends nothing again.
+        kirim::service::dispatch::handle(&deps, &job).await;
+        assert_eq!(sends(), 1, "never twice");
     }
 }
 
@@ -506,7 +515,7 @@ async fn an_account_error_in_a_failed_status_suspends_the_tenant(b: Backend) {
 /// A tenant (Meta accepting everything, a memory queue) whose user wrote in, and a session
 /// text to them accepted: the tenant, the message and its job as queued.
 async fn text_queued(deps: &mut kirim::service::Deps) -> (Tenant, MessageRecord, String) {
-    deps.meta = Arc::new(Accepting);
+    deps.meta = Arc::new(Accepting::default());
     deps.queue = Arc::new(kirim::adapters::memory::MemoryQueue::new(
         std::time::Duration::from_secs(360),
         10,
@@ -539,8 +548,11 @@ async fn text_queued(deps: &mut kirim::service::Deps) -> (Tenant, MessageRecord,
     (t, m, job)
 }
 
-/// Meta, accepting every message.
-struct Accepting;
+/// Meta, accepting every message, counting them.
+#[derive(Default)]
+struct Accepting {
+    sent: std::sync::atomic::AtomicUsize,
+}
 
 #[async_trait]
 impl MetaClient for Accepting {
@@ -550,6 +562,7 @@ impl MetaClient for Accepting {
         _: &kirim::secret::Secret,
         _: &serde_json::Value,
     ) -> Result<MetaAccepted, MetaSendError> {
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(MetaAccepted {
             wamid: format!("wamid.{}", ulid::Ulid::new()),
         })
