@@ -32,8 +32,8 @@ use serde_json::{json, Value};
 
 use super::api::{segment, Answer};
 use super::pages::{
-    checked, done, failed, form_again, form_key, parse_form, problem, query, redirect, text,
-    unknown_outcome, when, Ctx, Form,
+    checked, confirm_page, confirmed, done, failed, form_again, form_key, parse_form, problem,
+    query, redirect, text, unknown_outcome, when, Confirm, Ctx, Form,
 };
 use super::senders::Senders;
 use super::views::{csrf, error_page, frame, page, status_chart, Notice};
@@ -54,7 +54,11 @@ pub const EXPORT: &str = "/v1/broadcasts/{id}/recipients.csv";
 pub const ACTIONS: [(&str, &str, &[&str]); 4] = [
     ("pause", "Pause", &["scheduled", "sending"]),
     ("resume", "Resume", &["paused"]),
-    ("cancel", "Cancel", &["scheduled", "sending", "paused"]),
+    (
+        "cancel",
+        "Cancel campaign",
+        &["scheduled", "sending", "paused"],
+    ),
     ("retry-failed", "Retry failed messages", &[]),
 ];
 
@@ -222,7 +226,8 @@ async fn render_campaigns(
         @if let Some((from, (list, more))) = &templates {
             (create_form(ctx, &senders, from, list, *more, typed))
         }
-        h2 { "Campaigns" }
+        // Under the page's own "Campaigns" title, a heading only after the form above.
+        @if templates.is_some() { h2 { "Campaigns" } }
         @match list {
             Some(l) => (l),
             None => p.hint #campaign-list-unavailable { "A list of campaigns is not available yet.
@@ -337,7 +342,8 @@ fn create_form(
                                     (text(t, "name")) " (" (text(t, "language")) ", as chosen: the catalogue could not be read just now)"
                                 } @else {
                                     (text(t, "name")) " (" (text(t, "language")) ", " (text(t, "category")) ", "
-                                    (t["body_parameters"].as_u64().unwrap_or(0)) " body parameters)"
+                                    @let n = t["body_parameters"].as_u64().unwrap_or(0);
+                                    (n) @if n == 1 { " body parameter)" } @else { " body parameters)" }
                                 }
                             }
                         }
@@ -867,6 +873,18 @@ async fn act(
     // as for every other console form.
     if !may(Role::Admin, "POST", &action_route(action)) {
         return not_available();
+    }
+    if *action == "cancel" && !confirmed(&f) {
+        let c = Confirm {
+            nav: "/console/campaigns",
+            question: "Cancel this campaign?".into(),
+            means: "Its recipients not sent yet are not sent, and their credits are refunded; \
+                    messages already sent stay sent. A cancelled campaign cannot be resumed.",
+            button: "Cancel the campaign",
+            back: format!("/console/campaigns/{}", segment(&id)),
+        };
+        let to = format!("/console/campaigns/{}/cancel", segment(&id));
+        return confirm_page(&ctx, c, &to, &[]);
     }
     let uri = format!("/v1/broadcasts/{}/{action}", segment(&id));
     // A retry carries the template's body parameters again (the API's `components`).

@@ -196,6 +196,49 @@ pub(super) async fn checked(s: &ConsoleState, ctx: &Ctx, f: Form) -> Result<Form
     Ok(f)
 }
 
+/// Whether a destructive form was sent from its confirmation page ([`confirm_page`]).
+pub(super) fn confirmed(f: &Form) -> bool {
+    field(f, "confirm") == "yes"
+}
+
+/// What a confirmation page asks: the question (its title), what doing it means, the
+/// button that does it, and where "Go back" leads.
+pub(super) struct Confirm<'a> {
+    pub(super) nav: &'a str,
+    pub(super) question: String,
+    pub(super) means: &'a str,
+    pub(super) button: &'a str,
+    pub(super) back: String,
+}
+
+/// The page between a destructive button and its action (a revocation, a removal, a
+/// campaign's cancel cannot be undone, and sat one click away beside harmless buttons):
+/// nothing is done until its form, the same fields (`keep`) with `confirm=yes` and the
+/// session's CSRF token, is sent to `action`. Plain HTML, as every console page.
+pub(super) fn confirm_page(
+    ctx: &Ctx,
+    c: Confirm<'_>,
+    action: &str,
+    keep: &[(&str, &str)],
+) -> Response {
+    let body = html! {
+        p { (c.means) }
+        form.stack method="post" action=(action) {
+            (csrf(&ctx.csrf))
+            @for (name, value) in keep { input type="hidden" name=(name) value=(value); }
+            input type="hidden" name="confirm" value="yes";
+            div.actions {
+                button.danger type="submit" { (c.button) }
+                a href=(c.back) { "Go back" }
+            }
+        }
+    };
+    page(
+        StatusCode::OK,
+        frame(&c.question, &ctx.chrome(c.nav), None, body),
+    )
+}
+
 pub(super) fn field<'a>(f: &'a Form, name: &str) -> &'a str {
     f.get(name).map(|v| v.trim()).unwrap_or("")
 }
@@ -368,7 +411,9 @@ async fn not_found() -> Response {
 
 // ------------------------------------------------------------------ sign-in
 
-fn login_form(csrf_value: &str, n: Option<&Notice>, status: StatusCode) -> Response {
+/// The sign-in page; `email` is what a refused attempt typed (kept, to be mended: never
+/// the password).
+fn login_form(csrf_value: &str, n: Option<&Notice>, status: StatusCode, email: &str) -> Response {
     page(
         status,
         bare(
@@ -377,7 +422,7 @@ fn login_form(csrf_value: &str, n: Option<&Notice>, status: StatusCode) -> Respo
             html! {
                 form.stack method="post" action="/console/login" {
                     (csrf(csrf_value))
-                    div { label for="email" { "Email" } input #email type="email" name="email" autocomplete="username" required; }
+                    div { label for="email" { "Email" } input #email type="email" name="email" value=(email) autocomplete="username" required; }
                     div { label for="password" { "Password" } input #password type="password" name="password" autocomplete="current-password" required; }
                     button type="submit" { "Sign in" }
                 }
@@ -431,6 +476,7 @@ async fn login_page(State(s): S, q: Q, parts: Parts) -> Response {
         &csrf_token(&key, "login", nonce.expose()),
         done(&q.0).as_ref(),
         StatusCode::OK,
+        "",
     );
     res.headers_mut().append(
         header::SET_COOKIE,
@@ -465,6 +511,7 @@ async fn login(State(s): S, parts: Parts, body: Bytes) -> Response {
                         "the sign-in took too long; enter your email and password again".into(),
                     )),
                     StatusCode::UNAUTHORIZED,
+                    "",
                 )
             }
         }
@@ -527,6 +574,7 @@ async fn login(State(s): S, parts: Parts, body: Bytes) -> Response {
             &token,
             Some(&Notice::Problem("the email or password is wrong".into())),
             StatusCode::UNAUTHORIZED,
+            &email,
         ),
         (StatusCode::TOO_MANY_REQUESTS, _) => {
             // The API's words name its header; a person gets the number, and so does the
@@ -538,12 +586,12 @@ async fn login(State(s): S, parts: Parts, body: Bytes) -> Response {
                 "{why}; try again in {wait} second{}",
                 if wait == 1 { "" } else { "s" }
             ));
-            let mut res = login_form(&token, Some(&n), StatusCode::TOO_MANY_REQUESTS);
+            let mut res = login_form(&token, Some(&n), StatusCode::TOO_MANY_REQUESTS, &email);
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(wait));
             res
         }
-        (status, _) => login_form(&token, Some(&Notice::Problem(a.message())), status),
+        (status, _) => login_form(&token, Some(&Notice::Problem(a.message())), status, &email),
     }
 }
 
@@ -1158,15 +1206,17 @@ async fn message(State(s): S, ctx: Ctx, Path(id): Path<String>, q: Q) -> Respons
 
 async fn opt_outs(State(s): S, ctx: Ctx, q: Q) -> Response {
     let cursor = q.0.get("cursor").cloned().unwrap_or_default();
-    render_opt_outs(&s, &ctx, &cursor, StatusCode::OK, done(&q.0)).await
+    render_opt_outs(&s, &ctx, &cursor, StatusCode::OK, done(&q.0), "").await
 }
 
+/// The opt-outs page; the add form shows `typed` (a refused addition's, as typed).
 async fn render_opt_outs(
     s: &ConsoleState,
     ctx: &Ctx,
     cursor: &str,
     status: StatusCode,
     n: Option<Notice>,
+    typed: &str,
 ) -> Response {
     let qs = query(&[("limit", "50"), ("cursor", cursor)]);
     let a = s.api.get(&ctx.who, &format!("/v1/opt-outs?{qs}")).await;
@@ -1180,7 +1230,7 @@ async fn render_opt_outs(
             h2 { "Add an opt-out" }
             form.stack method="post" action="/console/opt-outs" {
                 (csrf(&ctx.csrf))
-                div { label for="phone" { "Phone (E.164) or WhatsApp user id" } input #phone type="text" name="phone" required; }
+                div { label for="phone" { "Phone (E.164) or WhatsApp user id" } input #phone type="text" name="phone" value=(typed) required; }
                 div {
                     label for="scope" { "Scope" }
                     select #scope name="scope" {
@@ -1238,10 +1288,21 @@ async fn opt_out_action(s: &ConsoleState, ctx: &Ctx, body: &Bytes, method: Metho
     let phone = field(&f, "phone");
     if phone.is_empty() {
         let n = Some(Notice::Problem("enter a phone number".into()));
-        return render_opt_outs(s, ctx, "", StatusCode::BAD_REQUEST, n).await;
+        return render_opt_outs(s, ctx, "", StatusCode::BAD_REQUEST, n, "").await;
+    }
+    let removing = method == Method::DELETE;
+    if removing && !confirmed(&f) {
+        let c = Confirm {
+            nav: "/console/opt-outs",
+            question: format!("Remove the opt-out of {phone}?"),
+            means: "Messages to this recipient are sent again, marketing included. Remove an \
+                    opt-out only when the recipient asked to hear from you again.",
+            button: "Remove the opt-out",
+            back: "/console/opt-outs".into(),
+        };
+        return confirm_page(ctx, c, "/console/opt-outs/remove", &[("phone", phone)]);
     }
     let uri = format!("/v1/opt-outs/{}", segment(phone));
-    let removing = method == Method::DELETE;
     let req = (!removing).then(|| json!({"scope": field(&f, "scope")}));
     let a = s.api.call(&ctx.who, method, &uri, req, None).await;
     match a.status {
@@ -1250,7 +1311,8 @@ async fn opt_out_action(s: &ConsoleState, ctx: &Ctx, body: &Bytes, method: Metho
         StatusCode::UNAUTHORIZED => failed(&a),
         _ => {
             let (status, n) = problem(&a);
-            render_opt_outs(s, ctx, "", status, n).await
+            // A refused addition keeps what was typed, to be mended; a removal has none.
+            render_opt_outs(s, ctx, "", status, n, if removing { "" } else { phone }).await
         }
     }
 }
@@ -1267,6 +1329,14 @@ async fn remove_opt_out(State(s): S, ctx: Ctx, body: Bytes) -> Response {
 
 fn role_select(id: &str) -> Markup {
     role_choice(id, None)
+}
+
+/// A role as people read it (the choices' words: `read_only` is "read-only").
+fn role_label(role: &str) -> &str {
+    match role {
+        "read_only" => "read-only",
+        other => other,
+    }
 }
 
 /// The role choice, with `selected` (a role's API name) chosen.
@@ -1337,7 +1407,7 @@ async fn render_keys(
                         @let id = segment(text(k, "id"));
                         @let name = text(k, "name");
                         tr {
-                            td { (name) } td { (text(k, "role")) } td.status { (text(k, "status")) }
+                            td { (name) } td { (role_label(text(k, "role"))) } td.status { (text(k, "status")) }
                             td { (when(&k["created_at"])) } td { (when(&k["expires_at"])) }
                             td {
                                 @if text(k, "status") == "active" {
@@ -1351,6 +1421,7 @@ async fn render_keys(
                                 @if matches!(text(k, "status"), "active" | "expiring") {
                                     form.inline method="post" action=(format!("/console/api-keys/{id}/revoke")) {
                                         (csrf(&ctx.csrf))
+                                        input type="hidden" name="name" value=(name);
                                         button.danger type="submit" aria-label=(format!("Revoke {name}")) { "Revoke" }
                                     }
                                 }
@@ -1494,8 +1565,23 @@ async fn already_rotated(s: &ConsoleState, ctx: &Ctx, id: &str) -> Option<Notice
 }
 
 async fn revoke_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
-    if let Err(r) = form(&s, &ctx, &body).await {
-        return r;
+    let f = match form(&s, &ctx, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if !confirmed(&f) {
+        let name = field(&f, "name");
+        let c = Confirm {
+            nav: "/console/api-keys",
+            question: format!("Revoke the key “{name}”?"),
+            means: "Requests with this key are refused within 5 seconds, and a revoked key \
+                    cannot be turned back on: whatever uses it stops working until it is given \
+                    another key.",
+            button: "Revoke the key",
+            back: "/console/api-keys".into(),
+        };
+        let action = format!("/console/api-keys/{}/revoke", segment(&id));
+        return confirm_page(&ctx, c, &action, &[("name", name)]);
     }
     let uri = format!("/v1/api-keys/{}", segment(&id));
     let a = s.api.call(&ctx.who, Method::DELETE, &uri, None, None).await;
@@ -1548,7 +1634,7 @@ async fn render_users(
                 tbody {
                     @for u in &list {
                         tr {
-                            td { (text(u, "email")) } td { (text(u, "role")) } td { (text(u, "two_factor")) } td { (when(&u["created_at"])) }
+                            td { (text(u, "email")) @if text(u, "id") == ctx.user_id { " (you)" } } td { (role_label(text(u, "role"))) } td { (text(u, "two_factor")) } td { (when(&u["created_at"])) }
                             td {
                                 @if can_change_role && text(u, "id") != ctx.user_id {
                                     @let select_id = format!("role-{}", text(u, "id"));
@@ -1568,6 +1654,7 @@ async fn render_users(
                                 @if text(u, "id") != ctx.user_id {
                                     form.inline method="post" action=(format!("/console/users/{}/remove", segment(text(u, "id")))) {
                                         (csrf(&ctx.csrf))
+                                        input type="hidden" name="email" value=(text(u, "email"));
                                         button.danger type="submit" aria-label=(format!("Remove {}", text(u, "email"))) { "Remove" }
                                     }
                                 }
@@ -1642,8 +1729,22 @@ async fn change_role(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes)
 }
 
 async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
-    if let Err(r) = form(&s, &ctx, &body).await {
-        return r;
+    let f = match form(&s, &ctx, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if !confirmed(&f) {
+        let email = field(&f, "email");
+        let c = Confirm {
+            nav: "/console/users",
+            question: format!("Remove the user {email}?"),
+            means: "They are signed out at once and can no longer sign in; their entries in \
+                    the audit log stay. To let them back, add them again.",
+            button: "Remove the user",
+            back: "/console/users".into(),
+        };
+        let action = format!("/console/users/{}/remove", segment(&id));
+        return confirm_page(&ctx, c, &action, &[("email", email)]);
     }
     let uri = format!("/v1/users/{}", segment(&id));
     let a = s.api.call(&ctx.who, Method::DELETE, &uri, None, None).await;
@@ -1838,7 +1939,7 @@ async fn render_settings(
         h2 { "Two-factor authentication" }
         form.stack method="post" action="/console/settings/2fa" {
             (csrf(&ctx.csrf))
-            div {
+            div.check {
                 input #tf-required type="checkbox" name="required" value="true" checked[required];
                 label for="tf-required" { "Every console user must use two-factor authentication" }
             }

@@ -251,7 +251,9 @@ fn pattern(prefix: &str, status: &str) -> Markup {
 /// the same numbers follows for screen readers and copying.
 pub fn status_chart(id: &str, caption: &str, counts: &[(&str, u64)]) -> Markup {
     let max = counts.iter().map(|(_, n)| *n).max().unwrap_or(0).max(1);
-    let row = 30u64;
+    // Drawn 600 units wide and scaled to the page: its text is 20 units, so that at 375 px
+    // (about 340 px of chart) a label is still some 11 px.
+    let row = 34u64;
     let height = row * counts.len() as u64 + 10;
     let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
     html! {
@@ -263,10 +265,10 @@ pub fn status_chart(id: &str, caption: &str, counts: &[(&str, u64)]) -> Markup {
                 defs { @for (s, _) in counts { (pattern(id, s)) } }
                 @for (i, (s, n)) in counts.iter().enumerate() {
                     @let y = 5 + row * i as u64;
-                    @let w = if *n == 0 { 0 } else { (n * 380 / max).max(2) };
-                    text x="0" y=(y + 19) font-size="14" fill="#111" { (s) }
-                    rect x="100" y=(y + 4) width=(w) height="20" fill=(format!("url(#{id}-pattern-{s})")) stroke="#111" stroke-width="1" {}
-                    text x=(110 + w) y=(y + 19) font-size="14" fill="#111" { (n) }
+                    @let w = if *n == 0 { 0 } else { (n * 330 / max).max(2) };
+                    text x="0" y=(y + 23) font-size="20" fill="#111" { (s) }
+                    rect x="140" y=(y + 5) width=(w) height="24" fill=(format!("url(#{id}-pattern-{s})")) stroke="#111" stroke-width="1" {}
+                    text x=(150 + w) y=(y + 23) font-size="20" fill="#111" { (n) }
                 }
             }
         }

@@ -244,6 +244,12 @@ async fn the_console_sets_a_strict_http_only_session_cookie_and_its_security_hea
         .await;
     assert_eq!(res.status, 401);
     assert!(res.html.contains("email or password is wrong"));
+    assert!(
+        res.html.contains(&format!(r#"value="{email}""#)),
+        "the email typed is kept: {}",
+        res.html
+    );
+    assert!(!res.html.contains("wrong password!"), "never the password");
     assert!(other.session().is_empty());
 }
 
@@ -342,7 +348,7 @@ async fn another_tenants_ids_answer_404_in_the_console(b: Backend) {
     let revoke = web
         .post(
             &format!("/console/api-keys/{their_key_id}/revoke"),
-            &[("csrf", &csrf)],
+            &[("csrf", &csrf), ("confirm", "yes")],
         )
         .await;
     assert_eq!(revoke.status, 404);

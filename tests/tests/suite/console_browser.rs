@@ -225,7 +225,13 @@ async fn in_a_browser_a_user_signs_in_with_totp_sends_a_message_manages_a_key_an
     screenshot(&c, "api-keys").await;
     let (s, _) = call(&app, "GET", "/v1/account", Some(&key), None).await;
     assert_eq!(s, 200, "the new key works");
-    click(&c, "button[aria-label='Revoke browser key']").await;
+    // Revoking asks first: nothing is revoked until the confirmation's button.
+    click_and_wait_for_page(&c, "button[aria-label='Revoke browser key']").await;
+    let asked = c.source().await.unwrap_or_default();
+    assert!(asked.contains("Revoke the key “browser key”?"), "{asked}");
+    let (s, _) = call(&app, "GET", "/v1/account", Some(&key), None).await;
+    assert_eq!(s, 200, "not revoked yet");
+    click_and_wait_for_page(&c, "form:has(input[name=confirm]) button.danger").await;
     find(&c, "main:not(:has(#new-key)) .notice.done").await;
     let (s, _) = call(&app, "GET", "/v1/account", Some(&key), None).await;
     assert_eq!(s, 401, "the revoked key is refused");
@@ -467,6 +473,7 @@ async fn in_a_browser_an_operator_schedules_and_cancels_a_campaign_and_cannot_op
     assert!(list.contains("Weekend promo"), "listed by name");
     c.back().await.expect("back to the campaign");
     click_and_wait_for_page(&c, "form[action$='/cancel'] button[type=submit]").await;
+    click_and_wait_for_page(&c, "form:has(input[name=confirm]) button.danger").await;
     let status = find(&c, "#campaign-status")
         .await
         .text()

@@ -1167,7 +1167,7 @@ async fn a_console_admin_cannot_remove_themselves_but_another_admin_can(b: Backe
     let own = web
         .post(
             &format!("/console/users/{first_id}/remove"),
-            &[("csrf", &csrf)],
+            &[("csrf", &csrf), ("confirm", "yes")],
         )
         .await;
     assert_eq!(own.status, 409, "{}", own.html);
@@ -1188,10 +1188,29 @@ async fn a_console_admin_cannot_remove_themselves_but_another_admin_can(b: Backe
     );
     let mut other = sign_in(&app, &second).await;
     let csrf = other.get("/console/users").await.csrf();
+    // The Remove button asks first, naming the user, and removes nothing.
+    let asked = other
+        .post(
+            &format!("/console/users/{first_id}/remove"),
+            &[("csrf", &csrf), ("email", &first)],
+        )
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.html);
+    assert!(
+        asked.html.contains(&format!("Remove the user {first}?")),
+        "{}",
+        asked.html
+    );
+    assert!(asked.html.contains(r#"name="confirm" value="yes""#));
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&token), None).await.0,
+        200,
+        "not removed yet"
+    );
     let removed = other
         .post(
             &format!("/console/users/{first_id}/remove"),
-            &[("csrf", &csrf)],
+            &[("csrf", &csrf), ("confirm", "yes")],
         )
         .await;
     assert_eq!(removed.status, 303, "{}", removed.html);
@@ -1534,7 +1553,7 @@ async fn a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console(b: 
         "{}",
         page.html
     );
-    assert!(page.html.contains("Year-end sale") && page.html.contains(">Cancel<"));
+    assert!(page.html.contains("Year-end sale") && page.html.contains(">Cancel campaign<"));
     let list = web.get("/console/campaigns").await;
     assert!(list.html.contains("Year-end sale"), "listed by name");
     // A read-only user's forged cancel is the API's to refuse: refused, and audited.
@@ -1544,7 +1563,7 @@ async fn a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console(b: 
     let refused = watcher
         .post(
             &format!("/console/campaigns/{id}/cancel"),
-            &[("csrf", &watcher_csrf)],
+            &[("csrf", &watcher_csrf), ("confirm", "yes")],
         )
         .await;
     assert_eq!(refused.status, 403, "{}", refused.html);
@@ -1561,10 +1580,32 @@ async fn a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console(b: 
     let events = audit["events"].as_array().cloned().unwrap_or_default();
     assert_eq!(events.len(), 1, "{audit}");
     assert_eq!(events[0]["outcome"], "denied", "{audit}");
-    let cancelled = web
+    // The cancel asks first and cancels nothing.
+    let asked = web
         .post(
             &format!("/console/campaigns/{id}/cancel"),
             &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.html);
+    assert!(
+        asked.html.contains("Cancel this campaign?"),
+        "{}",
+        asked.html
+    );
+    let (_, view) = call(
+        &app,
+        "GET",
+        &format!("/v1/broadcasts/{id}"),
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_ne!(view["status"], "cancelled", "not yet: {view}");
+    let cancelled = web
+        .post(
+            &format!("/console/campaigns/{id}/cancel"),
+            &[("csrf", &csrf), ("confirm", "yes")],
         )
         .await;
     assert_eq!(cancelled.status, 303, "{}", cancelled.html);
@@ -1578,7 +1619,7 @@ async fn a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console(b: 
     let again = web
         .post(
             &format!("/console/campaigns/{id}/cancel"),
-            &[("csrf", &csrf)],
+            &[("csrf", &csrf), ("confirm", "yes")],
         )
         .await;
     assert_eq!(
