@@ -23,7 +23,8 @@ use crate::sandbox::{Sandbox, SandboxConfig};
 /// `RetentionFunction`'s one-minute schedule).
 pub const OWED_CALLBACKS_EVERY: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Debug)]
+/// No `Debug`: it holds the operator token and Meta's app secret as text.
+#[derive(Clone)]
 pub struct LocalConfig {
     pub listen: String,
     pub backend: Backend,

@@ -689,7 +689,8 @@ pub trait ContactStore: Send + Sync {
 pub struct IdempotencyRecord {
     pub tenant_id: TenantId,
     pub key_hash: String,
-    /// SHA-256 of the canonical request JSON.
+    /// HMAC-SHA256 of the canonical request JSON, keyed by the `Idempotency-Key`
+    /// (`domain::idempotency`).
     pub fingerprint: String,
     pub message_id: MessageId,
     pub created_at: DateTime<Utc>,
@@ -724,12 +725,23 @@ pub trait IdempotencyStore: Send + Sync {
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
 }
 
-/// One received queue message.
-#[derive(Clone, Debug)]
+/// One received queue message. Its `Debug` leaves the body out (a send job carries the
+/// message's content).
+#[derive(Clone)]
 pub struct Received {
     pub receipt: String,
     pub body: String,
     pub receive_count: u32,
+}
+
+impl std::fmt::Debug for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Received")
+            .field("receipt", &self.receipt)
+            .field("body", &format_args!("<{} bytes>", self.body.len()))
+            .field("receive_count", &self.receive_count)
+            .finish()
+    }
 }
 
 #[async_trait]

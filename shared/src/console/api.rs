@@ -21,11 +21,21 @@ pub struct Api {
     router: Router,
 }
 
-/// Who calls: the session token (none for sign-in) and the browser's address.
-#[derive(Clone, Debug)]
+/// Who calls: the session token (none for sign-in) and the browser's address. Its
+/// `Debug` shows the address only.
+#[derive(Clone)]
 pub struct Who {
     pub token: Option<String>,
     pub ip: Option<IpAddr>,
+}
+
+impl std::fmt::Debug for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Who")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("ip", &self.ip)
+            .finish()
+    }
 }
 
 /// An API answer: its status and JSON body (`Null` when empty).

@@ -45,7 +45,7 @@ impl PhoneNumber {
         &self.0[1..]
     }
 
-    /// `+6012****0100`: safe for logs.
+    /// `+60****0100`: safe for logs.
     pub fn masked(&self) -> String {
         mask_phone(&self.0)
     }
@@ -87,14 +87,17 @@ impl PhoneNumber {
     }
 }
 
-/// Masks the middle of anything phone-like, keeping a prefix of up to 5 and the last 4
-/// characters, and hiding at least 3 (a short number would otherwise show every digit).
+/// Masks the middle of anything phone-like, keeping a prefix of up to 3 characters (`+`
+/// and two digits: most of a country code) and the last 4, and hiding at least 4 (a short
+/// number would otherwise show every digit). A Malaysian mobile keeps 5 of its digits
+/// hidden, some 100,000 candidates (it kept 3, a thousand, before stop 50: logs and the
+/// audit trail keep it beside the tenant and the time for two years).
 pub fn mask_phone(raw: &str) -> String {
     let chars: Vec<char> = raw.chars().collect();
     if chars.len() <= 8 {
         return "*".repeat(chars.len());
     }
-    let head: String = chars[..5.min(chars.len() - 4 - 3)].iter().collect();
+    let head: String = chars[..3.min(chars.len() - 4 - 4)].iter().collect();
     let tail: String = chars[chars.len() - 4..].iter().collect();
     format!("{head}****{tail}")
 }
@@ -181,21 +184,27 @@ mod tests {
     }
 
     #[test]
-    fn masking_keeps_country_prefix_and_last_four_digits() {
-        assert_eq!(mask_phone("+60123450100"), "+6012****0100");
+    fn masking_keeps_a_country_prefix_and_the_last_four_digits_and_hides_the_rest() {
+        assert_eq!(mask_phone("+60123450100"), "+60****0100");
+        assert_eq!(mask_phone("+14155550123"), "+14****0123");
         assert_eq!(
             format!("{:?}", PhoneNumber::parse("+60123450100").unwrap()),
-            "PhoneNumber(+6012****0100)"
+            "PhoneNumber(+60****0100)"
         );
     }
 
     #[test]
-    fn a_short_number_s_masked_form_still_hides_three_digits() {
+    fn a_short_number_s_masked_form_still_hides_four_digits() {
         // Eight digits (the Cook Islands' +682 and five) once came out whole: +6825****1234.
-        assert_eq!(mask_phone("+68251234"), "+6****1234");
-        assert_eq!(mask_phone("+682512345"), "+68****2345");
-        assert_eq!(mask_phone("+6825123456"), "+682****3456");
-        assert_eq!(mask_phone("+60123456789"), "+6012****6789");
+        assert_eq!(mask_phone("+68251234"), "+****1234");
+        assert_eq!(mask_phone("+682512345"), "+6****2345");
+        assert_eq!(mask_phone("+6825123456"), "+68****3456");
+        assert_eq!(mask_phone("+60123456789"), "+60****6789");
+        for raw in ["+68251234", "+682512345", "+6825123456", "+60123456789"] {
+            let shown = mask_phone(raw).chars().filter(char::is_ascii_digit).count();
+            let digits = raw.chars().filter(char::is_ascii_digit).count();
+            assert!(digits - shown >= 4, "{raw}");
+        }
     }
 
     #[test]

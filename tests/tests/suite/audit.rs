@@ -89,7 +89,7 @@ async fn sends_mutations_and_denials_are_audited_in_a_verifiable_chain(b: Backen
     assert_eq!(events[3]["outcome"], "success");
     assert_eq!(events[3]["details"]["message_id"], id.as_str());
     assert_eq!(
-        events[3]["details"]["to"], "+6012****8888",
+        events[3]["details"]["to"], "+60****8888",
         "phone numbers masked"
     );
     assert_eq!(events[3]["ip"], "127.0.0.1");

@@ -186,7 +186,7 @@ async fn secrets_content_and_full_numbers_never_reach_logs_or_responses(b: Backe
         !logs.contains(to) && !logs.contains("60199990123"),
         "full phone numbers are masked in logs"
     );
-    assert!(logs.contains("+6019****0123"));
+    assert!(logs.contains("+60****0123"));
     // Nor inside a wamid: its start (the number's part) never reaches a line, its end does.
     let head = &wamid["wamid.".len()..][..20];
     assert!(!logs.contains(head), "a wamid's number part in the logs");
