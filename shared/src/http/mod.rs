@@ -554,12 +554,13 @@ async fn meta_notify_body(
     let sig = sig.as_ref().map(axum::http::HeaderValue::as_bytes);
     if !webhook::verify_signature(&s.deps, &body, sig).await? {
         s.limits.webhook_bad_signature(addr, s.deps.clock.now());
-        // A signed body whose signature is not the app secret's is most likely Meta's own
-        // after the secret was set or rotated wrongly: every status and opt-out is refused
-        // until it is mended, so it is logged (at most the address's allowance a minute)
-        // for the `WebhookBadSignature` alarm. An unsigned one is anyone's.
+        // A body with a well-formed HMAC-SHA256 that is not the app secret's may be Meta's
+        // own after the secret was set or rotated wrongly (then every status and opt-out
+        // is refused until it is mended): it is logged, with its sender (at most the
+        // address's allowance a minute), for the `WebhookBadSignature` alarm. An unsigned
+        // or malformed one is anyone's.
         let peer = addr.map(|a| a.to_string());
-        if sig.is_some() {
+        if crate::domain::signature::parse_signature_header(sig).is_some() {
             tracing::warn!(
                 peer = peer.as_deref().unwrap_or("unknown"),
                 "webhook signature does not match the Meta app secret"
@@ -567,7 +568,7 @@ async fn meta_notify_body(
         } else {
             tracing::debug!(
                 peer = peer.as_deref().unwrap_or("unknown"),
-                "webhook without a signature refused"
+                "webhook without a well-formed signature refused"
             );
         }
         return Err(ApiError::new(

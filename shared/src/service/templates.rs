@@ -229,13 +229,31 @@ pub async fn sync_waba(deps: &Deps, tenant: &Tenant, waba: &str) -> Result<Synce
                 "the account has no Meta access token; nothing was synced".into(),
             )
         })?;
-    let ((), synced) = tokio::join!(subscribe(deps, waba, &token), sync_with(deps, waba, &token));
-    synced
+    let sub = subscribe(deps, waba, &token);
+    let read = sync_with(deps, waba, &token);
+    tokio::pin!(sub, read);
+    tokio::select! {
+        synced = &mut read => {
+            // The read is what the caller waits for: the subscription gets a moment more,
+            // never a WABA's sync (one after another, within 20 s or the daily run's time).
+            if tokio::time::timeout(SUBSCRIBE_GRACE, &mut sub).await.is_err() {
+                tracing::warn!(
+                    waba_id = %waba,
+                    "app not subscribed to the WABA's webhooks (no answer in time); the next sync asks again"
+                );
+            }
+            synced
+        }
+        () = &mut sub => read.await,
+    }
 }
 
-/// How long the app's subscription to a WABA may take at most: beside the catalogue's
-/// read, within the same budget (onboarding's 10 s), never holding it.
+/// How long the app's subscription to a WABA may take at most, beside the catalogue's
+/// read (onboarding's 10 s budget)...
 pub const SUBSCRIBE_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+/// ...and at most this much longer than the read itself: a slow subscription never holds a
+/// sync of several WABAs past its budget.
+pub const SUBSCRIBE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Subscribes the platform's Meta app to the WABA's webhooks (`POST
 /// /{version}/{waba_id}/subscribed_apps`, idempotent at Meta): without it Meta sends no

@@ -537,7 +537,70 @@ async fn a_user_enrols_two_factor_from_a_qr_code_and_then_signs_in_with_a_code(b
     assert!(again.session().starts_with("kirimsess_"));
 }
 
+/// Removing an opt-out sends messages to that recipient again: the console asks first,
+/// naming the number, and removes only on its confirmation; an addition the API refuses
+/// keeps the number as typed, to be mended.
+async fn an_opt_out_is_removed_only_on_its_confirmation_and_a_refused_one_keeps_its_number(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let path = "/v1/opt-outs/%2B60123459962";
+    let (s, _) = call(&app, "PUT", path, Some(&t.key), None).await;
+    assert!(s == 200 || s == 201, "{s}");
+    let mut web = sign_in(&app, &email).await;
+    let page = web.get("/console/opt-outs").await;
+    let csrf = page.csrf();
+    let asked = web
+        .post(
+            "/console/opt-outs/remove",
+            &[("csrf", &csrf), ("phone", "+60123459962")],
+        )
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.html);
+    assert!(
+        asked.html.contains("Remove the opt-out of +60123459962?"),
+        "{}",
+        asked.html
+    );
+    assert_eq!(
+        call(&app, "GET", path, Some(&t.key), None).await.0,
+        200,
+        "not removed yet"
+    );
+    let removed = web
+        .post(
+            "/console/opt-outs/remove",
+            &[
+                ("csrf", &csrf),
+                ("phone", "+60123459962"),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(removed.status, 303, "{}", removed.html);
+    assert_eq!(call(&app, "GET", path, Some(&t.key), None).await.0, 404);
+    let refused = web
+        .post(
+            "/console/opt-outs",
+            &[
+                ("csrf", &csrf),
+                ("phone", "+60 12 not a number"),
+                ("scope", "all"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.html);
+    assert!(
+        refused.html.contains(r#"value="+60 12 not a number""#),
+        "kept as typed: {}",
+        refused.html
+    );
+}
+
 on_both_backends!(
+    an_opt_out_is_removed_only_on_its_confirmation_and_a_refused_one_keeps_its_number,
     the_console_sets_a_strict_http_only_session_cookie_and_its_security_headers,
     a_console_post_without_its_sessions_csrf_token_is_refused_and_changes_nothing,
     another_tenants_ids_answer_404_in_the_console,

@@ -2014,13 +2014,72 @@ async fn a_final_refusal_whose_failure_cannot_be_written_is_never_sent_again_and
     assert_eq!(meta.1.load(Ordering::SeqCst), 1, "no request more");
     let (sum, refunds) = ledger_of(&t, &tenant).await;
     assert_eq!((sum, refunds.len()), (5, 5), "refunded once");
-    // Delivered again, the refusal's job gives back no later claim and refunds nothing.
+    // Delivered again, the refusal's job refunds nothing more.
     assert_eq!(
         dispatch::handle_in_batch(&deps, &refusal).await,
         Outcome::Done
     );
     let (sum, refunds) = ledger_of(&t, &tenant).await;
     assert_eq!((sum, refunds.len()), (5, 5), "refunded once");
+    // The refused claim given back meanwhile and the message claimed afresh (a duplicate
+    // job's newer claim, whose send Meta may have taken): the refusal's job leaves that
+    // claim alone, failing and refunding nothing.
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459943").await;
+    let refusals = Arc::new(Kept::default());
+    deps.queue = refusals.clone();
+    flaky.fail_refund.store(true, Ordering::SeqCst);
+    flaky.fail_release.store(true, Ordering::SeqCst);
+    assert_eq!(dispatch::handle_in_batch(&deps, &job).await, Outcome::Done);
+    flaky.fail_refund.store(false, Ordering::SeqCst);
+    flaky.fail_release.store(false, Ordering::SeqCst);
+    let refusal = refusals.only();
+    let claimed = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.status, MessageStatus::Sending);
+    let back = MessageError {
+        code: "failure_not_recorded".into(),
+        title: "given back for the test".into(),
+    };
+    let later = claimed.updated_at + chrono::Duration::milliseconds(5);
+    assert!(matches!(
+        deps.messages
+            .release_for_retry(&tenant, &m.id, claimed.updated_at, &back, later)
+            .await
+            .unwrap(),
+        Transition::Applied(_)
+    ));
+    let again = later + chrono::Duration::milliseconds(5);
+    assert!(matches!(
+        deps.messages
+            .transition(
+                &tenant,
+                &m.id,
+                MessageStatus::Sending,
+                &Default::default(),
+                again
+            )
+            .await
+            .unwrap(),
+        Transition::Applied(_)
+    ));
+    dispatch::handle_in_batch(&deps, &refusal).await;
+    let after = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after.status, after.updated_at),
+        (MessageStatus::Sending, again),
+        "the newer claim stands"
+    );
+    let (_, refunds) = ledger_of(&t, &tenant).await;
+    assert_eq!(refunds.len(), 5, "nothing refunded for it");
 }
 
 /// A number booked past the horizon (several campaigns on it) turns a message away

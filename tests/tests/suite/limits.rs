@@ -574,7 +574,8 @@ async fn a_flood_of_malformed_login_bodies_from_one_address_stops_writing(p: Por
 
 /// A webhook signed with another secret than the app's is most likely Meta's after the
 /// secret was set or rotated wrongly: it is logged with its sender for the
-/// `WebhookBadSignature` alarm (infra/deploy.md). An unsigned one is anyone's and is not.
+/// `WebhookBadSignature` alarm (infra/deploy.md). An unsigned or malformed one is anyone's
+/// and is not.
 /// The line is the HTTP layer's, before any store: one backend shows it.
 #[tokio::test]
 async fn a_webhook_signed_with_another_secret_is_logged_for_the_alarm_and_an_unsigned_one_is_not() {
@@ -582,6 +583,7 @@ async fn a_webhook_signed_with_another_secret_is_logged_for_the_alarm_and_an_uns
     let http = Http::new(memory()).await;
     let forger = "192.0.2.141";
     let stranger = "192.0.2.142";
+    let prober = "192.0.2.143";
     let body = json!({"object": "whatsapp_business_account", "entry": []});
     let forged = signed(body.to_string().as_bytes(), "not-the-app-secret");
     assert_eq!(
@@ -589,6 +591,12 @@ async fn a_webhook_signed_with_another_secret_is_logged_for_the_alarm_and_an_uns
         401
     );
     assert_eq!(webhook(&http, &body, None, stranger).await.status, 401);
+    assert_eq!(
+        webhook(&http, &body, Some("sha256=00"), prober)
+            .await
+            .status,
+        401
+    );
     let logs = kirim_tests::captured_logs();
     let warned = |peer: &str| {
         logs.lines().any(|l| {
@@ -599,6 +607,7 @@ async fn a_webhook_signed_with_another_secret_is_logged_for_the_alarm_and_an_uns
     };
     assert!(warned(forger), "{logs}");
     assert!(!warned(stranger), "{logs}");
+    assert!(!warned(prober), "a malformed signature is anyone's: {logs}");
     assert!(!logs.contains("not-the-app-secret"));
     assert!(
         !logs.contains(&forged),
