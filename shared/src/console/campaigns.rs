@@ -267,18 +267,18 @@ fn list_table(body: &Value, st: &str) -> Markup {
             button type="submit" { "Filter" }
         }
         div.table-wrap {
-            table #campaigns {
+            table.stack #campaigns {
                 caption { "Campaigns, newest first" }
                 thead { tr { th scope="col" { "Campaign" } th scope="col" { "Status" } th scope="col" { "Recipients" } th scope="col" { "Send at" } th scope="col" { "Created" } } }
                 tbody {
                     @for b in &list {
                         @let id = text(b, "id");
                         tr {
-                            td { a href=(format!("/console/campaigns/{}", segment(id))) { (b["name"].as_str().filter(|n| !n.is_empty()).unwrap_or(id)) } }
-                            td.status { (text(b, "status")) }
-                            td { (b["total"].as_u64().or(b["accepted"].as_u64()).unwrap_or(0)) }
-                            td { (when(&b["send_at"])) }
-                            td { (when(&b["created_at"])) }
+                            td data-label="Campaign" { a href=(format!("/console/campaigns/{}", segment(id))) { (b["name"].as_str().filter(|n| !n.is_empty()).unwrap_or(id)) } }
+                            td.status data-label="Status" { (text(b, "status")) }
+                            td data-label="Recipients" { (b["total"].as_u64().or(b["accepted"].as_u64()).unwrap_or(0)) }
+                            td data-label="Send at" { (when(&b["send_at"])) }
+                            td data-label="Created" { (when(&b["created_at"])) }
                         }
                     }
                     @if list.is_empty() { tr { td colspan="5" { "No campaigns." } } }
@@ -804,16 +804,16 @@ async fn render_results(
             p { "No failed messages." }
         } @else {
             div.table-wrap {
-                table #campaign-failures {
+                table.stack #campaign-failures {
                     caption { "Failed messages by reason" }
                     thead { tr { th scope="col" { "Code" } th scope="col" { "Reason" } th scope="col" { "Messages" } th scope="col" { "What to do" } } }
                     tbody {
                         @for f in &fails {
                             tr {
-                                td { (f["code"].to_string().trim_matches('"')) }
-                                td { (text(f, "title")) }
-                                td { (f["count"].as_u64().unwrap_or(0)) }
-                                td.hint-cell { (text(f, "hint")) }
+                                td data-label="Code" { (f["code"].to_string().trim_matches('"')) }
+                                td data-label="Reason" { (text(f, "title")) }
+                                td data-label="Messages" { (f["count"].as_u64().unwrap_or(0)) }
+                                td.hint-cell data-label="What to do" { (text(f, "hint")) }
                             }
                         }
                     }

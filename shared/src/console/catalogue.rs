@@ -110,7 +110,7 @@ async fn render(
             button type="submit" { "Filter" }
         }
         div.table-wrap {
-            table #templates {
+            table.stack #templates {
                 caption { "Templates" }
                 thead { tr {
                     th scope="col" { "Name" } th scope="col" { "Language" } th scope="col" { "Category" }
@@ -120,9 +120,9 @@ async fn render(
                 tbody {
                     @for t in &list {
                         tr {
-                            td { (text(t, "name")) } td { (text(t, "language")) } td { (text(t, "category")) }
-                            td.status { (text(t, "status")) } td { (text(t, "quality")) }
-                            td { (t["body_parameters"].as_u64().unwrap_or(0)) } td { (when(&t["updated_at"])) }
+                            td data-label="Name" { (text(t, "name")) } td data-label="Language" { (text(t, "language")) } td data-label="Category" { (text(t, "category")) }
+                            td.status data-label="Status" { (text(t, "status")) } td data-label="Quality" { (text(t, "quality")) }
+                            td data-label="Body parameters" { (t["body_parameters"].as_u64().unwrap_or(0)) } td data-label="Updated" { (when(&t["updated_at"])) }
                         }
                     }
                     @if list.is_empty() { tr { td colspan="7" { "No templates." } } }

@@ -878,15 +878,26 @@ async fn dashboard(State(s): S, ctx: Ctx, q: Q) -> Response {
     let acc = &account.body;
     let quality = &acc["quality"];
     let pct = |v: &Value| format!("{:.1} %", v.as_f64().unwrap_or(0.0) * 100.0);
+    let sent_7d = quality["sent_7d"].as_u64().unwrap_or(0);
+    let min_volume = s.deps.settings.quality.min_volume;
     let body = html! {
         div.cards {
             div.card { div { "Credits" } div.big #credits { (acc["credits"].as_i64().unwrap_or(0)) } }
             div.card { div { "Account" } div.big { (text(acc, "status")) } }
             div.card { div { "Opt-out rate (7 days)" } div.big { (pct(&quality["opt_out_rate"])) } }
             div.card {
-                div { "Quality" }
-                div.big { @if quality["flagged"].as_bool() == Some(true) { "Flagged" } @else { "Good" } }
-                div.hint { "Undeliverable: " (pct(&quality["undeliverable_rate"])) }
+                div { "Quality (7 days)" }
+                // Rates of a few messages mislead: below the volume the watch judges from, it
+                // says so rather than "Good" beside a high rate.
+                div.big #quality {
+                    @if quality["flagged"].as_bool() == Some(true) { "Flagged" }
+                    @else if sent_7d < min_volume { "Too few to judge" }
+                    @else { "Good" }
+                }
+                div.hint {
+                    "Undeliverable: " (pct(&quality["undeliverable_rate"])) ". "
+                    (sent_7d) " sent in 7 days; judged from " (min_volume) "."
+                }
             }
         }
         (numbers)
@@ -1041,17 +1052,17 @@ async fn render_messages(
             p.notice #messages-unavailable role="status" { "The list of messages could not be read just now." }
         }
         div.table-wrap {
-            table #messages {
+            table.stack #messages {
                 caption { "Messages, newest first" }
                 thead { tr { th scope="col" { "Message" } th scope="col" { "To" } th scope="col" { "Template" } th scope="col" { "Status" } th scope="col" { "Created" } } }
                 tbody {
                     @for m in &list {
                         tr {
-                            td { a href=(format!("/console/messages/{}", segment(text(m, "id")))) { (text(m, "id")) } }
-                            td { (text(m, "to")) }
-                            td { (m["template"]["name"].as_str().unwrap_or("(session text)")) }
-                            td.status { (text(m, "status")) }
-                            td { (when(&m["created_at"])) }
+                            td data-label="Message" { a href=(format!("/console/messages/{}", segment(text(m, "id")))) { (text(m, "id")) } }
+                            td data-label="To" { (text(m, "to")) }
+                            td data-label="Template" { (m["template"]["name"].as_str().unwrap_or("(session text)")) }
+                            td.status data-label="Status" { (text(m, "status")) }
+                            td data-label="Created" { (when(&m["created_at"])) }
                         }
                     }
                     @if list.is_empty() && !unlisted { tr { td colspan="5" { "No messages." } } }
@@ -1242,16 +1253,16 @@ async fn render_opt_outs(
             }
         }
         div.table-wrap {
-            table #opt-outs {
+            table.stack #opt-outs {
                 caption { "Opted-out numbers" }
                 thead { tr { th scope="col" { "Phone" } th scope="col" { "User id" } th scope="col" { "Scope" } th scope="col" { "Source" } th scope="col" { "Since" } @if can_remove { th scope="col" { "Action" } } } }
                 tbody {
                     @for o in &list {
                         @let key = if o["phone"].is_string() { text(o, "phone") } else { text(o, "user_id") };
                         tr {
-                            td { (text(o, "phone")) } td { (text(o, "user_id")) } td { (text(o, "scope")) } td { (text(o, "source")) } td { (when(&o["created_at"])) }
+                            td data-label="Phone" { (text(o, "phone")) } td data-label="User id" { (text(o, "user_id")) } td data-label="Scope" { (text(o, "scope")) } td data-label="Source" { (text(o, "source")) } td data-label="Since" { (when(&o["created_at"])) }
                             @if can_remove {
-                                td {
+                                td data-label="Action" {
                                     form.inline method="post" action="/console/opt-outs/remove" {
                                         (csrf(&ctx.csrf))
                                         input type="hidden" name="phone" value=(key);
@@ -1399,7 +1410,7 @@ async fn render_keys(
             button type="submit" { "Create key" }
         }
         div.table-wrap {
-            table #api-keys {
+            table.stack #api-keys {
                 caption { "API keys" }
                 thead { tr { th scope="col" { "Name" } th scope="col" { "Role" } th scope="col" { "Status" } th scope="col" { "Created" } th scope="col" { "Expires" } th scope="col" { "Actions" } } }
                 tbody {
@@ -1407,9 +1418,9 @@ async fn render_keys(
                         @let id = segment(text(k, "id"));
                         @let name = text(k, "name");
                         tr {
-                            td { (name) } td { (role_label(text(k, "role"))) } td.status { (text(k, "status")) }
-                            td { (when(&k["created_at"])) } td { (when(&k["expires_at"])) }
-                            td {
+                            td data-label="Name" { (name) } td data-label="Role" { (role_label(text(k, "role"))) } td.status data-label="Status" { (text(k, "status")) }
+                            td data-label="Created" { (when(&k["created_at"])) } td data-label="Expires" { (when(&k["expires_at"])) }
+                            td data-label="Actions" {
                                 @if text(k, "status") == "active" {
                                     form.inline method="post" action=(format!("/console/api-keys/{id}/rotate")) {
                                         (csrf(&ctx.csrf))
@@ -1628,14 +1639,14 @@ async fn render_users(
             button type="submit" { "Add user" }
         }
         div.table-wrap {
-            table #users {
+            table.stack #users {
                 caption { "Users" }
                 thead { tr { th scope="col" { "Email" } th scope="col" { "Role" } th scope="col" { "Two-factor" } th scope="col" { "Added" } th scope="col" { "Action" } } }
                 tbody {
                     @for u in &list {
                         tr {
-                            td { (text(u, "email")) @if text(u, "id") == ctx.user_id { " (you)" } } td { (role_label(text(u, "role"))) } td { (text(u, "two_factor")) } td { (when(&u["created_at"])) }
-                            td {
+                            td data-label="Email" { (text(u, "email")) @if text(u, "id") == ctx.user_id { " (you)" } } td data-label="Role" { (role_label(text(u, "role"))) } td data-label="Two-factor" { (text(u, "two_factor")) } td data-label="Added" { (when(&u["created_at"])) }
+                            td data-label="Action" {
                                 @if can_change_role && text(u, "id") != ctx.user_id {
                                     @let select_id = format!("role-{}", text(u, "id"));
                                     form.inline method="post" action=(format!("/console/users/{}/role", segment(text(u, "id")))) {
@@ -1760,6 +1771,41 @@ async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes)
 
 // ------------------------------------------------------------------ audit
 
+/// The tenant's users (by email) and API keys (by name), by id, for the audit log.
+async fn actor_names(s: &ConsoleState, ctx: &Ctx) -> HashMap<String, String> {
+    let mut names = HashMap::new();
+    let users = s.api.get(&ctx.who, "/v1/users").await;
+    for u in users.body["users"].as_array().into_iter().flatten() {
+        names.insert(
+            text(u, "id").to_owned(),
+            format!("user {}", text(u, "email")),
+        );
+    }
+    let keys = s.api.get(&ctx.who, "/v1/api-keys").await;
+    for k in keys.body["api_keys"].as_array().into_iter().flatten() {
+        names.insert(
+            text(k, "id").to_owned(),
+            format!("key “{}”", text(k, "name")),
+        );
+    }
+    names
+}
+
+/// An audit event's details as people read them: `name: value` pairs (they hold ids,
+/// masked numbers, codes and reasons, never content or secrets: the API's promise).
+fn details_text(details: &Value) -> String {
+    let Some(map) = details.as_object() else {
+        return String::new();
+    };
+    map.iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k}: {s}"),
+            other => format!("{k}: {other}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
     let get = |k: &str| q.0.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
     let (action, from, to, cursor) = (get("action"), get("since"), get("until"), get("cursor"));
@@ -1808,6 +1854,13 @@ async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
             n = Some(Notice::Problem("dates must be days (YYYY-MM-DD)".into()));
         }
     }
+    // Who the ids are, as far as the tenant's users and keys still say (a removed user's
+    // or an ended key's id stays as it is).
+    let names = if events.is_empty() {
+        HashMap::new()
+    } else {
+        actor_names(&s, &ctx).await
+    };
     // A long chain is verified over several requests: each page offers to go on.
     let mut verify_next: Option<String> = None;
     if q.0.contains_key("verify") && n.is_none() {
@@ -1854,20 +1907,27 @@ async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
             }
         }
         div.table-wrap {
-            table #audit {
+            table.stack #audit {
                 caption { "Audit events, newest first" }
-                thead { tr { th scope="col" { "At" } th scope="col" { "Actor" } th scope="col" { "Action" } th scope="col" { "Outcome" } th scope="col" { "IP" } } }
+                thead { tr { th scope="col" { "At" } th scope="col" { "Actor" } th scope="col" { "Action" } th scope="col" { "Outcome" } th scope="col" { "Details" } th scope="col" { "IP" } } }
                 tbody {
                     @for e in &events {
+                        @let (kind, id) = (text(&e["actor"], "type"), text(&e["actor"], "id"));
                         tr {
-                            td { (when(&e["at"])) }
-                            td { (text(&e["actor"], "type")) " " (text(&e["actor"], "id")) }
-                            td { (text(e, "action")) }
-                            td { (text(e, "outcome")) }
-                            td { (e["ip"].as_str().unwrap_or("—")) }
+                            td data-label="At" { (when(&e["at"])) }
+                            td data-label="Actor" {
+                                @match names.get(id) {
+                                    Some(name) => { (name) br; span.hint { (id) } }
+                                    None => { (kind) " " (id) }
+                                }
+                            }
+                            td data-label="Action" { (text(e, "action")) }
+                            td data-label="Outcome" { (text(e, "outcome")) }
+                            td data-label="Details" { (details_text(&e["details"])) }
+                            td data-label="IP" { (e["ip"].as_str().unwrap_or("—")) }
                         }
                     }
-                    @if events.is_empty() { tr { td colspan="5" { "No events." } } }
+                    @if events.is_empty() { tr { td colspan="6" { "No events." } } }
                 }
             }
         }

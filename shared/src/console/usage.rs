@@ -100,14 +100,14 @@ async fn usage(
             }
             (totals(&rows))
             div.table-wrap {
-                table #usage {
+                table.stack #usage {
                     caption { "Usage by day" }
                     thead { tr { th scope="col" { "Day" } th scope="col" { "Category" } th scope="col" { "Pricing type" } th scope="col" { "Messages" } th scope="col" { "Credits" } } }
                     tbody {
                         @for r in &rows {
                             tr {
-                                td { (text(r, "date")) } td { (text(r, "category")) } td { (text(r, "pricing_type")) }
-                                td { (r["messages"].as_i64().unwrap_or(0)) } td { (r["credits"].as_i64().unwrap_or(0)) }
+                                td data-label="Day" { (text(r, "date")) } td data-label="Category" { (text(r, "category")) } td data-label="Pricing type" { (text(r, "pricing_type")) }
+                                td data-label="Messages" { (r["messages"].as_i64().unwrap_or(0)) } td data-label="Credits" { (r["credits"].as_i64().unwrap_or(0)) }
                             }
                         }
                         @if rows.is_empty() { tr { td colspan="5" { "No usage in these days." } } }
@@ -159,17 +159,17 @@ pub(super) async fn phone_numbers(s: &ConsoleState, ctx: &Ctx) -> Markup {
     html! {
         h2 { "Phone numbers" }
         div.table-wrap {
-            table #phone-numbers {
+            table.stack #phone-numbers {
                 caption { "Your sending phone numbers" }
                 thead { tr { th scope="col" { "Number" } th scope="col" { "Phone number id" } th scope="col" { "Default" } th scope="col" { "Quality" } th scope="col" { "Messages a second" } } }
                 tbody {
                     @for p in &list {
                         tr {
-                            td { (p["display_phone_number"].as_str().filter(|d| !d.is_empty()).unwrap_or("—")) }
-                            td { (text(p, "phone_number_id")) }
-                            td { @if p["default"].as_bool() == Some(true) { "default" } @else { "—" } }
-                            td { (text(p, "quality")) }
-                            td { (p["throughput_per_sec"].as_i64().unwrap_or(0)) }
+                            td data-label="Number" { (p["display_phone_number"].as_str().filter(|d| !d.is_empty()).unwrap_or("—")) }
+                            td data-label="Phone number id" { (text(p, "phone_number_id")) }
+                            td data-label="Default" { @if p["default"].as_bool() == Some(true) { "default" } @else { "—" } }
+                            td data-label="Quality" { (text(p, "quality")) }
+                            td data-label="Messages a second" { (p["throughput_per_sec"].as_i64().unwrap_or(0)) }
                         }
                     }
                     @if list.is_empty() { tr { td colspan="5" { "No phone numbers." } } }

@@ -226,6 +226,12 @@ async fn the_console_sets_a_strict_http_only_session_cookie_and_its_security_hea
     assert_eq!(dash.status, 200, "{}", dash.html);
     assert_security_headers(&dash);
     assert!(dash.html.contains(r#"id="credits">5<"#), "{}", dash.html);
+    // Nothing sent yet: no verdict on a handful of messages.
+    assert!(
+        dash.html.contains(r#"id="quality">Too few to judge<"#),
+        "{}",
+        dash.html
+    );
     let css = web.get("/console/assets/console.css").await;
     assert_eq!(css.status, 200);
     assert_security_headers(&css);

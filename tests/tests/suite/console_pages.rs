@@ -1772,7 +1772,39 @@ async fn with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_
         .contains(&format!(r#"<option value="{waba}" selected>"#)));
 }
 
+/// The audit log says who did what: a user by email, a key by name (the raw id beside
+/// it), and each event's details.
+async fn the_audit_log_names_its_actors_and_shows_each_events_details(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (admin, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &admin).await;
+    let csrf = web.get("/console/api-keys").await.csrf();
+    let made = web
+        .post(
+            "/console/api-keys",
+            &[("csrf", &csrf), ("name", "audit-ci"), ("role", "operator")],
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.html);
+    let page = web.get("/console/audit").await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert!(
+        page.html
+            .contains(&format!("user {}", admin.to_lowercase())),
+        "{}",
+        page.html
+    );
+    assert!(
+        page.html.contains("key “initial admin key”"),
+        "{}",
+        page.html
+    );
+    assert!(page.html.contains("status: 201"), "{}", page.html);
+}
+
 on_both_backends!(
+    the_audit_log_names_its_actors_and_shows_each_events_details,
     a_sign_out_the_console_cannot_check_still_forgets_the_session_in_the_browser,
     a_sign_out_posted_without_the_session_cookie_clears_no_cookie,
     a_sign_in_made_before_its_user_turned_on_2fa_elsewhere_is_told_to_sign_in_again,
