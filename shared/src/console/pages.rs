@@ -1032,6 +1032,18 @@ async fn render_messages(
     } else {
         super::senders::Senders::empty()
     };
+    // The approved templates of the default number's catalogue, suggested as the name is
+    // typed (the field stays free: another number's WABA has its own; a catalogue that
+    // cannot be read just now suggests nothing).
+    let suggested: Vec<Value> = if can_send && ctx.may("GET", "/v1/templates") {
+        let a = s
+            .api
+            .get(&ctx.who, "/v1/templates?status=approved&limit=100")
+            .await;
+        a.body["templates"].as_array().cloned().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let body = html! {
         form.filters method="get" action="/console/messages" {
             div {
@@ -1079,7 +1091,16 @@ async fn render_messages(
                 input type="hidden" name="idempotency_key" value=(form_key(sent));
                 (senders.select("from", "from", typed("from")))
                 div { label for="to" { "To (E.164, e.g. +60123456789)" } input #to type="tel" name="to" value=(typed("to")) required; }
-                div { label for="template" { "Template name" } input #template type="text" name="template" value=(typed("template")) required; }
+                div {
+                    label for="template" { "Template name" }
+                    input #template type="text" name="template" value=(typed("template")) list="template-names" autocomplete="off" required;
+                    datalist #template-names {
+                        @for t in &suggested {
+                            option value=(text(t, "name")) { (text(t, "name")) " (" (text(t, "language")) ", " (text(t, "category")) ")" }
+                        }
+                    }
+                    @if !suggested.is_empty() { p.hint { "Approved templates are suggested as you type." } }
+                }
                 div { label for="language" { "Language" } input #language type="text" name="language" value=(typed_or("language", "en_US")) required; }
                 div {
                     label for="category" { "Category" }
@@ -1154,6 +1175,16 @@ async fn send_message(State(s): S, ctx: Ctx, body: Bytes) -> Response {
     }
     let (status, n) = if a.status.is_server_error() {
         (a.status, Some(unknown_outcome("the message")))
+    } else if a.code() == "template_not_found" {
+        // The API's words name its routes; a person gets where to look.
+        (
+            a.status,
+            Some(Notice::Problem(
+                "that template (name and language) is not in your catalogue: pick one of the \
+                 suggested names, see the Templates page, or ask an admin to sync it from Meta"
+                    .into(),
+            )),
+        )
     } else {
         problem(&a)
     };

@@ -778,6 +778,34 @@ async fn the_send_form_takes_the_catalogues_category_and_keeps_a_refused_form_as
     let mut web = sign_in(&app, &email).await;
     let page = web.get("/console/messages").await;
     let csrf = page.csrf();
+    // The catalogue's approved templates are suggested as the name is typed.
+    assert!(
+        page.html.contains(r#"list="template-names""#)
+            && page.html.contains(r#"<option value="promo_sale">"#),
+        "{}",
+        page.html
+    );
+    // A name not in the catalogue: said in words an operator can act on, not API routes.
+    let unknown = web
+        .post(
+            "/console/messages",
+            &[
+                ("csrf", &csrf),
+                ("idempotency_key", &kirim::domain::new_id()),
+                ("to", "+60123450021"),
+                ("template", "promo_sael"),
+                ("language", "en_US"),
+                ("category", ""),
+                ("parameters", "RAYA20"),
+            ],
+        )
+        .await;
+    assert_eq!(unknown.status, 422, "{}", unknown.html);
+    assert!(
+        unknown.html.contains("not in your catalogue") && !unknown.html.contains("/v1/"),
+        "{}",
+        unknown.html
+    );
     // Too many parameters: refused, and the form comes back as typed.
     let refused = web
         .post(
