@@ -761,7 +761,7 @@ async fn render_results(
             }
             @if !b["send_at"].is_null() { dt { "Send at" } dd { (when(&b["send_at"])) } }
             dt { "Created" } dd { (when(&b["created_at"])) }
-            dt { "Accepted" } dd #campaign-accepted { (num("accepted").max(num("total"))) }
+            dt { "Recipients" } dd #campaign-accepted { (num("accepted").max(num("total"))) }
             dt { "Skipped (opted out)" } dd { (num("skipped_opted_out")) }
             @if b.get("duplicates").is_some() { dt { "Duplicates dropped" } dd { (num("duplicates")) } }
             @if b.get("invalid_count").is_some() { dt { "Invalid numbers" } dd { (num("invalid_count")) } }
@@ -791,6 +791,9 @@ async fn render_results(
             }
         }
         h2 { "Messages by status" }
+        @if state == "scheduled" {
+            p.hint #campaign-waiting { "Nothing is sent before " (when(&b["send_at"])) ": its recipients' messages are counted here from then." }
+        }
         (status_chart("campaign", "Messages of this campaign by status", &counts))
         div.table-wrap {
             table #campaign-counts {

@@ -1581,6 +1581,11 @@ async fn a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console(b: 
         "{}",
         page.html
     );
+    assert!(
+        page.html.contains(r#"id="campaign-waiting""#),
+        "a scheduled campaign says why its counts are empty: {}",
+        page.html
+    );
     assert!(page.html.contains("Year-end sale") && page.html.contains(">Cancel campaign<"));
     let list = web.get("/console/campaigns").await;
     assert!(list.html.contains("Year-end sale"), "listed by name");
