@@ -379,9 +379,13 @@ mod tests {
                 .filter(|(_, p)| untagged(p.get("LogGroupName").unwrap()).as_str() == Some(group))
                 .filter_map(|(_, p)| p.get("FilterPattern").and_then(Value::as_str))
                 .any(|pattern| {
-                    ["AUDIT EVENT LOST", "DOES NOT VERIFY"]
-                        .iter()
-                        .all(|phrase| pattern.contains(phrase))
+                    [
+                        "AUDIT EVENT LOST",
+                        "DOES NOT VERIFY",
+                        "AUDIT CHAIN HAS EVENTS BUT NO HEAD",
+                    ]
+                    .iter()
+                    .all(|phrase| pattern.contains(phrase))
                 });
             assert!(audited, "no audit-integrity metric filter on {group}");
         }
@@ -396,6 +400,15 @@ mod tests {
             "WebhookBadSignature",
         ] {
             assert!(alarmed.iter().any(|m| m == metric), "{metric}: {alarmed:?}");
+        }
+        // The audit trail's phrases, as `service::audit` logs them.
+        let audit = include_str!("../../shared/src/service/audit.rs");
+        for phrase in [
+            "AUDIT EVENT LOST",
+            "DOES NOT VERIFY",
+            "AUDIT CHAIN HAS EVENTS BUT NO HEAD",
+        ] {
+            assert!(audit.contains(phrase), "{phrase}");
         }
         // The webhook's phrase for a body answered 500, which its filter counts.
         assert!(include_str!("../../shared/src/http/mod.rs").contains("webhook items not applied"));

@@ -242,8 +242,36 @@ fn signature_matches(key: &Secret, chain: &str, head: &AuditHead, sig: &str) -> 
     )
 }
 
-/// The audit key (current first, then the previous one during its rotation).
+/// How long after a rotation of the audit key its previous version still vouches for an
+/// event or a parked item it signed: long enough for an event left beyond its head or
+/// parked just before the rotation to be anchored by the next daily retention run.
+pub fn previous_key_window(deps: &Deps) -> std::time::Duration {
+    deps.settings
+        .rotation_grace
+        .max(std::time::Duration::from_secs(2 * 86_400))
+}
+
+/// The audit keys that may write a chain (current first, then the previous one for
+/// [`previous_key_window`] after the rotation): what signs, and what an event or a parked
+/// item must be signed with to be anchored. A rotated-out key (the usual reason: it
+/// leaked) writes nothing after its window, even to a table someone can write to.
 async fn audit_keys(deps: &Deps) -> Result<Vec<Secret>, ServiceError> {
+    let name = &deps.settings.audit_key_secret;
+    Ok([
+        deps.secrets.current(name).await?,
+        deps.secrets
+            .previous_within(name, previous_key_window(deps), deps.clock.now())
+            .await?,
+    ]
+    .into_iter()
+    .flatten()
+    .collect())
+}
+
+/// Every audit key a head may have been signed with (current, then the previous one with
+/// no time limit: a quiet chain's head keeps the signature of the key that wrote it until
+/// its next event). Only what checks heads uses it, never what anchors.
+async fn head_keys(deps: &Deps) -> Result<Vec<Secret>, ServiceError> {
     let name = &deps.settings.audit_key_secret;
     Ok([
         deps.secrets.current(name).await?,
@@ -1326,7 +1354,9 @@ pub async fn verify_within(
 ) -> Result<VerifyReport, ServiceError> {
     let started = std::time::Instant::now();
     let chain = chain_of(Some(tenant));
-    let keys = audit_keys(deps).await?;
+    // Heads as any key that signed one; what may be anchored as what may write now.
+    let keys = head_keys(deps).await?;
+    let writers = audit_keys(deps).await?;
     let now = deps.clock.now().timestamp();
     let resume = cursor
         .map(|c| VerifyCursor::decode(c, &chain, &keys, now))
@@ -1409,7 +1439,8 @@ pub async fn verify_within(
     // was written by someone without the audit key (and jams the chain: appends park after
     // it). Unless the head has moved past it since (anchored meanwhile, e.g. by an older
     // version of this code, whose events carry no signature of their own).
-    if let Some(e) = beyond.filter(|e| report.valid && !may_anchor(&chain, e, head.as_ref(), &keys))
+    if let Some(e) =
+        beyond.filter(|e| report.valid && !may_anchor(&chain, e, head.as_ref(), &writers))
     {
         let now = deps.audit.head(&chain).await?;
         if now.is_none_or(|h| h.seq < e.seq) {
@@ -1436,7 +1467,7 @@ pub async fn verify_within(
     // was deleted, and would become its event 1 at the next call.
     let waiting_beginning = parked.first().is_some_and(|p| {
         BEGINNINGS.contains(&p.action.as_str())
-            && matches!(parked_trust(p, &keys), ParkedTrust::Signed)
+            && matches!(parked_trust(p, &writers), ParkedTrust::Signed)
     });
     if head.is_none() && report.valid && !waiting_beginning {
         // A tenant's onboarding is audited on its chain, and an open tenant's head has no

@@ -661,6 +661,67 @@ async fn an_event_beyond_the_head_that_does_not_verify_is_never_anchored_and_lat
     }
 }
 
+/// A rotated audit key (the usual reason: it leaked) vouches for what it signed only
+/// while what it signed before the rotation may still be waiting (an event left beyond its
+/// head, a parked one: `audit::previous_key_window`, 2 days at least): an event signed with
+/// it after that is never anchored, even by someone who can write the table.
+#[tokio::test]
+async fn a_rotated_out_audit_key_anchors_nothing_after_its_window() {
+    use kirim::secret::Secret;
+    let clock = ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let name = deps.settings.audit_key_secret.clone();
+    let old = Secret::new("old-audit-key-0123456789abcdef-leaked");
+    deps.secrets.put(&name, &old).await.unwrap();
+    let tenant = TenantId::generate();
+    let chain = tenant.to_string();
+    audit::record(&deps, draft_on(&tenant, "POST /v1/first"))
+        .await
+        .unwrap();
+    deps.secrets
+        .put(&name, &Secret::new("new-audit-key-0123456789abcdef-fresh"))
+        .await
+        .unwrap();
+    // An event written beyond the head with the old key.
+    let forge = |seq: u64| {
+        let deps = &deps;
+        let (chain, old) = (chain.clone(), old.clone());
+        async move {
+            let head = deps.audit.head(&chain).await.unwrap().unwrap();
+            let mut e = deps.audit.event(&chain, 1).await.unwrap().unwrap();
+            e.seq = seq;
+            e.id = kirim::domain::new_id();
+            e.action = format!("POST /v1/old-key-{seq}");
+            e.prev_hash = head.hash.clone();
+            e.prev_expires_at = head.expires_at;
+            e.hash = audit::hash_of(&e);
+            e.signature = audit::event_signature(&old, &e);
+            deps.audit.put_event(&e).await.unwrap();
+        }
+    };
+    // Within the window: what the old key signed just before the rotation is anchored.
+    forge(2).await;
+    audit::record(&deps, draft_on(&tenant, "POST /v1/second"))
+        .await
+        .unwrap();
+    assert_eq!(deps.audit.head(&chain).await.unwrap().unwrap().seq, 3);
+    // After it: refused, and the chain's later events park.
+    clock.advance(
+        chrono::Duration::from_std(audit::previous_key_window(&deps)).unwrap()
+            + chrono::Duration::minutes(1),
+    );
+    forge(4).await;
+    audit::record_or_park(&deps, draft_on(&tenant, "POST /v1/after")).await;
+    assert_eq!(
+        deps.audit.head(&chain).await.unwrap().unwrap().seq,
+        3,
+        "never anchored"
+    );
+    assert!(audit::drain(&deps, &chain).await.is_err());
+    let v = audit::verify(&deps, &tenant, None).await.unwrap();
+    assert_eq!((v.valid, v.broken_at), (false, Some(4)), "{v:?}");
+}
+
 /// An audit log that lets another process append between this one's two writes: after its
 /// first event is written, `then` runs before the head write.
 struct Between {
