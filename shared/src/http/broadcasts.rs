@@ -412,7 +412,7 @@ async fn get_one(State(s): State<AppState>, ctx: TenantCtx, Path(id): Path<Strin
 /// A `send_at` from a query string, where an unencoded `+` of its offset
 /// (`2026-12-01T09:00:00+08:00`) arrives decoded as a space: the space before a closing
 /// `hh:mm` is that `+` again. (`%2B08:00` and `Z` arrive as they are.)
-fn offset_plus(v: &str) -> String {
+pub(crate) fn offset_plus(v: &str) -> String {
     let b = v.as_bytes();
     let n = b.len();
     let offset = n >= 6

@@ -426,8 +426,10 @@ async fn cancel_message(
     ))
 }
 
+/// A query's RFC 3339 time (`since`, `until`); an offset whose `+` arrived as a space (a
+/// URL written by hand, unencoded: `+08:00` read as ` 08:00`) is read as the `+` it was.
 pub(crate) fn parse_time(name: &str, v: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
-    chrono::DateTime::parse_from_rfc3339(v)
+    chrono::DateTime::parse_from_rfc3339(&broadcasts::offset_plus(v))
         .map(|t| t.with_timezone(&chrono::Utc))
         .map_err(|_| ApiError::invalid(format!("{name} must be an RFC 3339 time")))
 }
@@ -649,5 +651,24 @@ mod meta_first_tests {
         let rule = access::rule_for(&axum::http::Method::POST, META_WEBHOOK)
             .expect("the access table lists Meta's webhook");
         assert_eq!(rule.access, access::Access::Meta);
+    }
+}
+
+#[cfg(test)]
+mod query_time_tests {
+    #[test]
+    fn a_query_time_whose_plus_arrived_as_a_space_is_read_with_its_offset() {
+        let want = chrono::DateTime::parse_from_rfc3339("2026-11-30T16:00:00Z")
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .ok();
+        for v in [
+            "2026-12-01T00:00:00+08:00",
+            "2026-12-01T00:00:00 08:00",
+            "2026-11-30T16:00:00Z",
+        ] {
+            assert_eq!(super::parse_time("since", v).ok(), want, "{v}");
+        }
+        assert!(super::parse_time("since", "2026-12-01 00:00:00").is_err());
+        assert!(super::parse_time("since", "yesterday").is_err());
     }
 }
