@@ -356,6 +356,33 @@ mod tests {
         assert!(names.contains(&"st/operator-token".to_owned()));
     }
 
+    /// Each dead-letter queue has an alarm on any letter and one on a new letter (a rise of
+    /// its count: CloudWatch notifies on a state change only, and a letter left to expire
+    /// keeps the first in `ALARM`).
+    #[test]
+    fn each_dead_letter_queue_alarms_on_any_letter_and_on_each_new_one() {
+        let doc: Value = serde_yaml::from_str(TEMPLATE).unwrap();
+        let alarms = resources(&doc, "AWS::CloudWatch::Alarm");
+        for queue in ["DispatchDeadLetterQueue", "StatusCallbackDeadLetterQueue"] {
+            let watching = |a: &Value| format!("{a:?}").contains(queue);
+            let any = alarms.iter().any(|(_, p)| {
+                watching(p) && p.get("Threshold").is_some() && p.get("Metrics").is_none()
+            });
+            let rise = alarms.iter().any(|(_, p)| {
+                watching(p)
+                    && p.get("Metrics")
+                        .and_then(Value::as_sequence)
+                        .is_some_and(|m| {
+                            m.iter().any(|x| {
+                                x.get("Expression").and_then(Value::as_str) == Some("DIFF(visible)")
+                            })
+                        })
+                    && p.get("AlarmActions").is_some()
+            });
+            assert!(any && rise, "{queue}: any {any}, rise {rise}");
+        }
+    }
+
     /// Each log line the README tells operators to alarm on is counted from every function's
     /// log group, and alarmed on; so is a lost status callback.
     #[test]

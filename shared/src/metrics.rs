@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `MessagesSent` | Count | `Outcome` = `sent` |
 //! | `MessagesFailed` | Count | `ErrorClass` (`permanent`, `tenant_stop`, `suppress`, `exhausted`, `outcome_unknown`, ...) |
-//! | `DispatchRetries` | Count | `Reason` (`transient`, `delayed`, `storage`, `throttled`, `ambiguous`) |
+//! | `DispatchRetries` | Count | `Reason` (`transient`, `delayed`, `storage`, `throttled`, `ambiguous`, `token_replaced`) |
 //! | `Throttles` | Count | `Source` (`limiter_wait`, `limiter_full`, `meta_130429`) |
 //! | `WebhookLag` | Milliseconds | `Status` (`sent`, `delivered`, `read`, `failed`) |
 //! | `RateLimited` | Count | `Scope` (`request`, `webhook_bad_signatures`, `login`) |

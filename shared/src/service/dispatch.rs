@@ -278,6 +278,27 @@ async fn unclaim(
     cause.into()
 }
 
+/// Meta refused the access token itself (expired, revoked, malformed: 190, 102, 0).
+fn is_token_refusal(error: &MessageError) -> bool {
+    matches!(error.code, crate::domain::ErrorCode::Meta(0 | 102 | 190))
+}
+
+/// Whether the tenant's token secret holds another token than `used` now, read afresh (at
+/// most once every `webhook::SECRET_REFRESH_EVERY` per process; between those, the copy
+/// the last read cached). A read that fails says no: the refusal stands as Meta's.
+async fn token_replaced(deps: &Deps, name: &str, used: &crate::secret::Secret) -> bool {
+    let fresh = match deps
+        .secrets
+        .refresh_current(name, super::webhook::SECRET_REFRESH_EVERY)
+        .await
+    {
+        Ok(Some(v)) => v,
+        Ok(None) => deps.secrets.current(name).await.ok().flatten(),
+        Err(_) => None,
+    };
+    fresh.is_some_and(|t| t.expose() != used.expose())
+}
+
 /// The error a claim given back carries (`code`: why) until its next attempt.
 fn released(code: &str) -> MessageError {
     MessageError {
@@ -1204,6 +1225,21 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         .filter(|_| delay > deps.settings.schedule_hop)
                         .and_then(|d| deps.clock.now().checked_add_signed(d));
                     Ok(super::schedule::wait_again(deps, &QueueJob::Send(again), delay).await?)
+                }
+                ErrorClass::TenantStop
+                    if is_token_refusal(&error)
+                        && token_replaced(deps, &tenant.meta_token_secret, &token).await =>
+                {
+                    // The operator replaced the token (and revoked the old one at Meta)
+                    // before this process's copy expired: the claim is given back and the
+                    // message tried again with the new token, never the tenant suspended
+                    // for a token it no longer has.
+                    tracing::warn!(
+                        "meta refused a token the account no longer has; retrying with its new one"
+                    );
+                    release(deps, job, record.updated_at, "meta_token_replaced").await;
+                    crate::metrics::retry("token_replaced");
+                    Ok(Outcome::RetryAfter(std::time::Duration::from_secs(1)))
                 }
                 ErrorClass::TenantStop => {
                     let reason = format!("meta error {}: {}", error.code, error.title);

@@ -762,6 +762,46 @@ async fn a_rotated_operator_token_works_at_once_on_a_process_that_cached_the_old
     ));
 }
 
+/// A new verify token stored (the runbook: change it here, then in Meta) answers Meta's
+/// "Verify and save" at once on a warm process that cached the old one: refused by the
+/// cached copy, it is read afresh (at most every 10 s). It was refused for up to the
+/// cache's 5 minutes.
+#[tokio::test]
+async fn a_changed_verify_token_answers_metas_handshake_at_once_on_a_warm_process() {
+    use kirim::secret::Secret;
+    use kirim::service::{webhook, SecretCache};
+    let mut deps =
+        kirim::wiring::memory_deps(kirim_tests::test_settings(), ManualClock::new()).unwrap();
+    let store = deps.secrets.store().clone();
+    deps.secrets = Arc::new(SecretCache::new(store.clone(), Duration::from_secs(300)));
+    let name = deps.settings.meta_verify_token_secret.clone();
+    store
+        .put_secret(&name, &Secret::new("verify-first-0123"))
+        .await
+        .unwrap();
+    let answers = |token: &'static str| {
+        let deps = &deps;
+        async move {
+            webhook::verify_subscription(deps, Some("subscribe"), Some(token))
+                .await
+                .unwrap()
+        }
+    };
+    assert!(answers("verify-first-0123").await);
+    store
+        .put_secret(&name, &Secret::new("verify-second-0123"))
+        .await
+        .unwrap();
+    assert!(answers("verify-second-0123").await, "the new token at once");
+    assert!(!answers("verify-first-0123").await, "the old one no more");
+    assert!(!answers("a-guess").await);
+    assert!(
+        !webhook::verify_subscription(&deps, Some("unsubscribe"), Some("verify-second-0123"))
+            .await
+            .unwrap()
+    );
+}
+
 /// A secret another process set (a status callback's, through the settings route on
 /// another instance) is used at once by a process that cached the old one, when what
 /// names it says it changed recently; a copy read well after the change serves from the

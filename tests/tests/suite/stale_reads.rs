@@ -725,7 +725,128 @@ async fn only_a_delivered_or_read_status_counts_metas_pricing_on_every_path(b: B
     assert_eq!(counted().await, 1);
 }
 
+/// Meta refusing one token (190, as for a token revoked at Meta) and taking any other.
+struct RefusesToken {
+    refused: String,
+    taken: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl MetaClient for RefusesToken {
+    async fn send_message(
+        &self,
+        _: &str,
+        token: &kirim::secret::Secret,
+        _: &serde_json::Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        if token.expose() == self.refused {
+            return Err(MetaSendError::Api {
+                http_status: 401,
+                code: 190,
+                title: "Error validating access token: the session was invalidated".into(),
+                is_transient: None,
+            });
+        }
+        self.taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(MetaAccepted {
+            wamid: format!("wamid.{}", ulid::Ulid::new()),
+        })
+    }
+    async fn list_templates(
+        &self,
+        _: &str,
+        _: &kirim::secret::Secret,
+        _: Option<&str>,
+    ) -> Result<kirim::domain::template::MetaTemplatePage, MetaSendError> {
+        Ok(Default::default())
+    }
+}
+
+/// The operator replaced a tenant's Meta token and revoked the old one at Meta while a warm
+/// dispatcher still held the old copy (cached up to 5 minutes): Meta's 190 for it is checked
+/// against the secret read afresh, and the message goes again with the new token, the
+/// tenant not suspended (it was, and the message failed, before).
+async fn a_token_replaced_while_a_warm_copy_held_the_old_one_is_sent_with_not_suspending(
+    b: Backend,
+) {
+    use kirim::service::dispatch;
+    use kirim::service::jobs::Outcome;
+    let (_, mut deps, clock) = two_processes(b).await;
+    let (t, m, job) = text_queued(&mut deps).await;
+    let store = deps.secrets.store().clone();
+    deps.secrets = Arc::new(kirim::service::SecretCache::new(
+        store.clone(),
+        std::time::Duration::from_secs(300),
+    ));
+    // Past the 5 minutes after onboarding in which the dispatcher reads the token afresh.
+    clock.advance(chrono::Duration::minutes(6));
+    let old = deps
+        .secrets
+        .current(&t.meta_token_secret)
+        .await
+        .unwrap()
+        .expect("the token, now cached");
+    store
+        .put_secret(
+            &t.meta_token_secret,
+            &kirim::secret::Secret::new("EAAG-the-new-token"),
+        )
+        .await
+        .unwrap();
+    let meta = Arc::new(RefusesToken {
+        refused: old.expose().to_owned(),
+        taken: Default::default(),
+    });
+    deps.meta = meta.clone();
+    let first = dispatch::handle(&deps, &job).await;
+    assert!(matches!(first, Outcome::RetryAfter(_)), "{first:?}");
+    let held = deps
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        held.status,
+        MessageStatus::Accepted,
+        "given back: {:?}",
+        held.error
+    );
+    let tenant = deps.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(tenant.status, TenantStatus::Active, "not suspended");
+    assert_eq!(dispatch::handle(&deps, &job).await, Outcome::Done);
+    let sent = deps
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent.status, MessageStatus::Sent);
+    assert_eq!(
+        meta.taken.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "sent once, with the new token"
+    );
+    // A token Meta refuses that is still the account's suspends as before.
+    let (t2, _, job2) = text_queued(&mut deps).await;
+    let current = deps
+        .secrets
+        .current(&t2.meta_token_secret)
+        .await
+        .unwrap()
+        .unwrap();
+    deps.meta = Arc::new(RefusesToken {
+        refused: current.expose().to_owned(),
+        taken: Default::default(),
+    });
+    clock.advance(chrono::Duration::minutes(6));
+    assert_eq!(dispatch::handle(&deps, &job2).await, Outcome::Done);
+    let tenant = deps.tenants.get_tenant(&t2.id).await.unwrap().unwrap();
+    assert_eq!(tenant.status, TenantStatus::Suspended);
+}
+
 on_both_backends!(
+    a_token_replaced_while_a_warm_copy_held_the_old_one_is_sent_with_not_suspending,
     only_a_delivered_or_read_status_counts_metas_pricing_on_every_path,
     a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_is_sent,
     a_lost_claim_answer_whose_read_back_fails_is_still_sent_once,
