@@ -84,8 +84,20 @@ impl LocalConfig {
 
     /// [`Self::from_env`] from any source of variables (tests give their own).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut env = EnvReader::new(lookup);
+        let mut env = EnvReader::new(lookup).allowing_short_retention();
         let mut settings = env.settings();
+        let r = &settings.retention;
+        if r.messages < kirim::config::MIN_MESSAGES_RETENTION
+            || r.audit < kirim::config::MIN_RECORDS_RETENTION
+            || r.billing < kirim::config::MIN_RECORDS_RETENTION
+        {
+            tracing::warn!(
+                messages_secs = r.messages.as_secs(),
+                audit_secs = r.audit.as_secs(),
+                billing_secs = r.billing.as_secs(),
+                "retention shorter than a deployment may keep (14d, 1d, 1d): for tests only"
+            );
+        }
         // Local default: the embedded sandbox, unless KIRIM_META_BASE_URL says otherwise.
         // Local mode: status callbacks may go to http and loopback receivers.
         settings.callbacks_allow_private = env.number("KIRIM_CALLBACKS_ALLOW_PRIVATE", true);
@@ -615,6 +627,60 @@ mod config_tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("must be at most"), "{err}");
+    }
+
+    /// API.md: retention periods are configuration. Local mode takes short ones (a test
+    /// watching data expire), a key's default memory following the messages'; a deployment
+    /// keeps its floors (`Settings` read without `allowing_short_retention`).
+    #[test]
+    fn local_mode_takes_short_retention_periods_a_deployment_refuses() {
+        let short = [
+            ("KIRIM_RETENTION_MESSAGES", "3s"),
+            ("KIRIM_RETENTION_AUDIT", "5s"),
+            ("KIRIM_RETENTION_BILLING", "7s"),
+        ];
+        let r = with(&short).map(|c| c.settings.retention);
+        let r = r.expect("local mode starts");
+        assert_eq!(
+            (r.messages, r.audit, r.billing, r.idempotency),
+            (
+                Duration::from_secs(3),
+                Duration::from_secs(5),
+                Duration::from_secs(7),
+                Duration::from_secs(3)
+            )
+        );
+        // A key's memory set longer than the messages' is still refused.
+        let err = with(&[
+            ("KIRIM_RETENTION_MESSAGES", "3s"),
+            ("KIRIM_RETENTION_IDEMPOTENCY", "1d"),
+        ])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("KIRIM_RETENTION_IDEMPOTENCY"), "{err}");
+        // Nothing is kept for no time at all.
+        assert!(with(&[("KIRIM_RETENTION_MESSAGES", "0s")]).is_err());
+        // A deployment's reading keeps the floors.
+        let mut strict = kirim::config::EnvReader::new(|k: &str| {
+            short
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        });
+        let _ = strict.settings();
+        let problems = strict
+            .finish()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        for name in [
+            "KIRIM_RETENTION_MESSAGES",
+            "KIRIM_RETENTION_AUDIT",
+            "KIRIM_RETENTION_BILLING",
+        ] {
+            assert!(problems.contains(name), "{name}: {problems}");
+        }
     }
 
     #[test]

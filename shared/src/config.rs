@@ -176,6 +176,9 @@ pub struct ConfigError(pub Vec<String>);
 pub struct EnvReader<F: Fn(&str) -> Option<String>> {
     get: F,
     problems: Vec<String>,
+    /// Retention periods below the floors a deployment keeps are taken (local mode, where
+    /// a test shortens them to watch data expire: API.md "Local mode and the sandbox").
+    short_retention: bool,
 }
 
 impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
@@ -183,7 +186,17 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         Self {
             get,
             problems: Vec::new(),
+            short_retention: false,
         }
+    }
+
+    /// Takes retention periods below [`MIN_MESSAGES_RETENTION`], [`MIN_RECORDS_RETENTION`]
+    /// and [`MIN_IDEMPOTENCY_RETENTION`] (any positive duration), and an
+    /// `Idempotency-Key`'s default memory shortened to the messages' retention when that is
+    /// shorter: local mode's, for tests that watch data expire. Lambda keeps the floors.
+    pub fn allowing_short_retention(mut self) -> Self {
+        self.short_retention = true;
+        self
     }
 
     pub fn optional(&self, name: &str) -> Option<String> {
@@ -322,7 +335,9 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         let mut r = RetentionConfig::default();
         let raw = self.optional("KIRIM_RETENTION_MESSAGES");
         let messages = self.duration("KIRIM_RETENTION_MESSAGES", r.messages);
-        if messages < MIN_MESSAGES_RETENTION {
+        let short = self.short_retention;
+        let floor = |min: Duration| if short { Duration::from_secs(1) } else { min };
+        if messages < floor(MIN_MESSAGES_RETENTION) {
             self.problems.push(format!(
                 "KIRIM_RETENTION_MESSAGES={} must be at least 14d (a campaign and its messages \
                  must outlive the days after which one whose job was lost is settled and \
@@ -334,14 +349,31 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         }
         // A bare number is seconds: `KIRIM_RETENTION_BILLING=2557` would keep the 7-year
         // records 42 minutes. Below these floors a value is a slip, not a policy.
-        r.audit = self.duration_at_least("KIRIM_RETENTION_AUDIT", r.audit, MIN_RECORDS_RETENTION);
-        r.billing =
-            self.duration_at_least("KIRIM_RETENTION_BILLING", r.billing, MIN_RECORDS_RETENTION);
+        r.audit = self.duration_at_least(
+            "KIRIM_RETENTION_AUDIT",
+            r.audit,
+            floor(MIN_RECORDS_RETENTION),
+        );
+        r.billing = self.duration_at_least(
+            "KIRIM_RETENTION_BILLING",
+            r.billing,
+            floor(MIN_RECORDS_RETENTION),
+        );
         let idempotency = self.duration_at_least(
             "KIRIM_RETENTION_IDEMPOTENCY",
             r.idempotency,
-            MIN_IDEMPOTENCY_RETENTION,
+            floor(MIN_IDEMPOTENCY_RETENTION),
         );
+        // Local mode with the messages kept shorter than a key's default day: the key is
+        // remembered as long as its message, not refused at start.
+        let idempotency = if short
+            && idempotency > r.messages
+            && self.optional("KIRIM_RETENTION_IDEMPOTENCY").is_none()
+        {
+            r.messages
+        } else {
+            idempotency
+        };
         // A key must not outlive the message or campaign it answers with: a replay would
         // answer an id that is gone (or 404), and the client send again without its key.
         if idempotency > r.messages {
