@@ -127,6 +127,19 @@ fn meta_failure(e: &MetaSendError) -> String {
     }
 }
 
+/// When a catalogue template written `now` expires: with the Messages class (renewed by
+/// every sync while a tenant of its WABA is active), never sooner than that class's floor
+/// on a deployment (`config::MIN_MESSAGES_RETENTION`). Local mode may keep messages for
+/// seconds (a test watching them expire): the catalogue, configuration rather than a
+/// message's metadata, is not emptied with them, which would refuse every send after.
+fn catalogue_expiry(deps: &Deps, now: chrono::DateTime<chrono::Utc>) -> Option<i64> {
+    let floor = i64::try_from(crate::config::MIN_MESSAGES_RETENTION.as_secs()).unwrap_or(i64::MAX);
+    deps.settings
+        .retention
+        .expiry(RetentionClass::Messages, now)
+        .map(|at| at.max(now.timestamp().saturating_add(floor)))
+}
+
 /// Reads the tenant's WABA's templates from Meta (every page) into the catalogue, then
 /// removes those Meta no longer lists.
 pub async fn sync(deps: &Deps, tenant: &Tenant) -> Result<Synced, ServiceError> {
@@ -316,10 +329,7 @@ async fn sync_with(
             })?;
         skipped += page.skipped;
         let now = deps.clock.now();
-        let expires_at = deps
-            .settings
-            .retention
-            .expiry(RetentionClass::Messages, now);
+        let expires_at = catalogue_expiry(deps, now);
         for t in page.templates {
             if !seen.insert((t.name.clone(), t.language.clone())) {
                 continue;
@@ -559,10 +569,7 @@ pub async fn apply(deps: &Deps, update: &TemplateUpdate) -> Result<Applied, Serv
         }
         change => {
             let now = deps.clock.now();
-            let expires_at = deps
-                .settings
-                .retention
-                .expiry(RetentionClass::Messages, now);
+            let expires_at = catalogue_expiry(deps, now);
             deps.templates
                 .update_template(
                     waba,
@@ -683,10 +690,7 @@ pub async fn refresh(
         return Ok(None);
     };
     let now = deps.clock.now();
-    let expires_at = deps
-        .settings
-        .retention
-        .expiry(RetentionClass::Messages, now);
+    let expires_at = catalogue_expiry(deps, now);
     let (waba, name, language) = (&job.waba_id, &job.name, &job.language);
     let body_parameters = t.body_parameters;
     let listed = t.status;

@@ -1388,7 +1388,41 @@ async fn a_close_out_that_fails_for_one_tenant_leaves_the_others_closed_out_and_
     assert_eq!(closed, vec![failing.tenant_id.clone()]);
 }
 
+/// Local mode with messages kept for seconds (a test watching data expire): a message is
+/// gone after it, removed by the run, while the catalogue (configuration, not a message's
+/// metadata) stays, so sends still go.
+async fn with_messages_kept_seconds_a_message_expires_and_sends_still_go(b: Backend) {
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.settings.retention.messages = Duration::from_secs(3);
+    cfg.settings.retention.idempotency = Duration::from_secs(3);
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(5).await;
+    let id = app.send_ok(&t.key, "+60123450981").await;
+    let m = app.wait_status(&t.key, &id, "read").await;
+    assert_eq!(m["status"], "read", "{m}");
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    let res = app
+        .http
+        .post(app.url("/v1/platform/retention/run"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let gone = app
+        .http
+        .get(app.url(&format!("/v1/messages/{id}")))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404, "expired");
+    let again = app.send_template(&t.key, "+60123450982").await;
+    assert_eq!(again.status(), 202, "the catalogue is still there");
+}
+
 on_both_backends!(
+    with_messages_kept_seconds_a_message_expires_and_sends_still_go,
     every_stored_item_carries_the_ttl_of_its_class,
     a_close_out_that_fails_for_one_tenant_leaves_the_others_closed_out_and_the_run_complete,
     an_export_larger_than_one_response_continues_by_its_cursor,
