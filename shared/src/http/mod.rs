@@ -538,15 +538,17 @@ async fn meta_notify_body(
     body: axum::body::Body,
 ) -> ApiResult {
     // An address that spent its allowance of bad signatures is answered before its body is
-    // read (up to 3 MiB each) when what it sends cannot be Meta's (no well-formed
-    // signature); one with a well-formed signature is still checked, and taken if it holds:
-    // Meta's own webhooks may share an address with a client that sent bad ones (local
-    // mode's sandbox posts from loopback, as tests do), and a signed notification is
-    // never refused for another's. A body over the limit is no signed notification of
-    // Meta's and is counted as one with a bad signature.
+    // read (up to 3 MiB each) or any HMAC is computed. Loopback alone, when what it sends is
+    // signed in form, is still checked, and taken if the signature holds: local mode's
+    // sandbox posts Meta's statuses from loopback, where a test client's forged webhooks
+    // come from too, and its signed notifications are never refused for another's. (Any
+    // other address could put a well-formed header on anything: the allowance must bound
+    // its reads and HMACs.) A body over the limit is no signed notification of Meta's and
+    // is counted as one with a bad signature.
     let spent = s.limits.webhook_allowed(addr, s.deps.clock.now()).err();
     let well_formed = crate::domain::signature::parse_signature_header(sig.as_ref()).is_some();
-    if let (Some(wait), false) = (spent, well_formed) {
+    let checked_anyway = well_formed && addr.is_some_and(|a| a.is_loopback());
+    if let (Some(wait), false) = (spent, checked_anyway) {
         crate::metrics::limited("webhook_bad_signatures");
         return Err(crate::service::errors::ServiceError::from(wait).into());
     }
