@@ -285,18 +285,21 @@ fn is_token_refusal(error: &MessageError) -> bool {
 
 /// Whether the tenant's token secret holds another token than `used` now, read afresh (at
 /// most once every `webhook::SECRET_REFRESH_EVERY` per process; between those, the copy
-/// the last read cached). A read that fails says no: the refusal stands as Meta's.
-async fn token_replaced(deps: &Deps, name: &str, used: &crate::secret::Secret) -> bool {
+/// the last read cached).
+async fn token_replaced(
+    deps: &Deps,
+    name: &str,
+    used: &crate::secret::Secret,
+) -> Result<bool, StoreError> {
     let fresh = match deps
         .secrets
         .refresh_current(name, super::webhook::SECRET_REFRESH_EVERY)
-        .await
+        .await?
     {
-        Ok(Some(v)) => v,
-        Ok(None) => deps.secrets.current(name).await.ok().flatten(),
-        Err(_) => None,
+        Some(v) => v,
+        None => deps.secrets.current(name).await?,
     };
-    fresh.is_some_and(|t| t.expose() != used.expose())
+    Ok(fresh.is_some_and(|t| t.expose() != used.expose()))
 }
 
 /// The error a claim given back carries (`code`: why) until its next attempt.
@@ -1226,22 +1229,42 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         .and_then(|d| deps.clock.now().checked_add_signed(d));
                     Ok(super::schedule::wait_again(deps, &QueueJob::Send(again), delay).await?)
                 }
-                ErrorClass::TenantStop
-                    if is_token_refusal(&error)
-                        && token_replaced(deps, &tenant.meta_token_secret, &token).await =>
-                {
-                    // The operator replaced the token (and revoked the old one at Meta)
-                    // before this process's copy expired: the claim is given back and the
-                    // message tried again with the new token, never the tenant suspended
-                    // for a token it no longer has.
-                    tracing::warn!(
-                        "meta refused a token the account no longer has; retrying with its new one"
-                    );
-                    release(deps, job, record.updated_at, "meta_token_replaced").await;
-                    crate::metrics::retry("token_replaced");
-                    Ok(Outcome::RetryAfter(std::time::Duration::from_secs(1)))
-                }
                 ErrorClass::TenantStop => {
+                    if is_token_refusal(&error) {
+                        match token_replaced(deps, &tenant.meta_token_secret, &token).await {
+                            // The operator replaced the token (and revoked the old one at
+                            // Meta) before this process's copy expired: the claim is given
+                            // back and the message tried again with the new token, as a
+                            // fresh queue message (a retry made visible again spends the
+                            // job's receives toward the dead-letter queue), never the
+                            // tenant suspended for a token it no longer has.
+                            Ok(true) => {
+                                tracing::warn!("meta refused a token the account no longer has; retrying with its new one");
+                                release(deps, job, record.updated_at, "meta_token_replaced").await;
+                                crate::metrics::retry("token_replaced");
+                                let again = QueueJob::Send(job.clone());
+                                return Ok(super::schedule::wait_again(
+                                    deps,
+                                    &again,
+                                    std::time::Duration::from_secs(1),
+                                )
+                                .await?);
+                            }
+                            Ok(false) => {}
+                            // Not known whether it was replaced: given back and retried
+                            // (a storage retry), not the tenant suspended meanwhile.
+                            Err(e) => {
+                                return Err(unclaim(
+                                    deps,
+                                    job,
+                                    record.updated_at,
+                                    "meta_token_unreadable",
+                                    e,
+                                )
+                                .await)
+                            }
+                        }
+                    }
                     let reason = format!("meta error {}: {}", error.code, error.title);
                     super::accounts::suspend_for_meta(
                         deps,
