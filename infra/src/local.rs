@@ -77,6 +77,10 @@ impl std::fmt::Debug for LocalClock {
 /// The longest cache time local mode takes (`KIRIM_READ_CACHE_TTL`, `KIRIM_SECRET_CACHE_TTL`).
 const DAY: Duration = Duration::from_secs(86_400);
 
+/// Local mode's allowance of refused credentials per address, unless
+/// `KIRIM_LIMIT_BAD_CREDENTIALS` says otherwise (its largest value).
+pub const LOCAL_BAD_CREDENTIALS: u32 = 10_000;
+
 impl LocalConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
@@ -101,6 +105,13 @@ impl LocalConfig {
         // Local default: the embedded sandbox, unless KIRIM_META_BASE_URL says otherwise.
         // Local mode: status callbacks may go to http and loopback receivers.
         settings.callbacks_allow_private = env.number("KIRIM_CALLBACKS_ALLOW_PRIVATE", true);
+        // Local mode: every client is on loopback, one address, and a test that walks the
+        // routes without (or with the wrong) credentials makes hundreds of refusals: the
+        // allowance of refused credentials per address (a deployment's 30, then one every
+        // 2 s) is raised unless set, so each is answered its own 401/403, not a 429.
+        if env.optional("KIRIM_LIMIT_BAD_CREDENTIALS").is_none() {
+            settings.limits.bad_credentials = LOCAL_BAD_CREDENTIALS;
+        }
         // Set: the checked and normalised value (trimmed, no trailing `/`), not the raw one.
         let meta_base_url = env
             .optional("KIRIM_META_BASE_URL")
@@ -627,6 +638,17 @@ mod config_tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("must be at most"), "{err}");
+    }
+
+    /// A test walking every route without credentials from loopback is answered each
+    /// route's refusal, not the address's 429: local mode's allowance is raised unless set.
+    #[test]
+    fn local_mode_raises_the_refused_credentials_allowance_unless_set() {
+        let raised = with(&[]).map(|c| c.settings.limits.bad_credentials);
+        assert_eq!(raised.ok(), Some(LOCAL_BAD_CREDENTIALS));
+        let set = with(&[("KIRIM_LIMIT_BAD_CREDENTIALS", "5")])
+            .map(|c| c.settings.limits.bad_credentials);
+        assert_eq!(set.ok(), Some(5));
     }
 
     /// API.md: retention periods are configuration. Local mode takes short ones (a test
