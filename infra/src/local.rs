@@ -99,7 +99,10 @@ impl LocalConfig {
                 messages_secs = r.messages.as_secs(),
                 audit_secs = r.audit.as_secs(),
                 billing_secs = r.billing.as_secs(),
-                "retention shorter than a deployment may keep (14d, 1d, 1d): for tests only"
+                "retention shorter than a deployment may keep (14d, 1d, 1d): for tests only; \
+                 a message or campaign still queued, retrying or fanning out when its retention \
+                 passes is dropped, charged and not refunded (keep messages longer than the \
+                 dispatch retries when a test sends to numbers that retry)"
             );
         }
         // Local default: the embedded sandbox, unless KIRIM_META_BASE_URL says otherwise.

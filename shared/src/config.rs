@@ -338,12 +338,19 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         let short = self.short_retention;
         let floor = |min: Duration| if short { Duration::from_secs(1) } else { min };
         if messages < floor(MIN_MESSAGES_RETENTION) {
-            self.problems.push(format!(
-                "KIRIM_RETENTION_MESSAGES={} must be at least 14d (a campaign and its messages \
-                 must outlive the days after which one whose job was lost is settled and \
-                 refunded)",
-                raw.unwrap_or_default()
-            ));
+            self.problems.push(if short {
+                format!(
+                    "KIRIM_RETENTION_MESSAGES={} must be at least 1s",
+                    raw.unwrap_or_default()
+                )
+            } else {
+                format!(
+                    "KIRIM_RETENTION_MESSAGES={} must be at least 14d (a campaign and its \
+                     messages must outlive the days after which one whose job was lost is \
+                     settled and refunded)",
+                    raw.unwrap_or_default()
+                )
+            });
         } else {
             r.messages = messages;
         }
@@ -379,11 +386,11 @@ impl<F: Fn(&str) -> Option<String>> EnvReader<F> {
         if idempotency > r.messages {
             self.problems.push(format!(
                 "KIRIM_RETENTION_IDEMPOTENCY={} must not be longer than the messages' \
-                 retention (KIRIM_RETENTION_MESSAGES, {}d): a replay would answer a message \
+                 retention (KIRIM_RETENTION_MESSAGES, {}s): a replay would answer a message \
                  that is gone",
                 self.optional("KIRIM_RETENTION_IDEMPOTENCY")
                     .unwrap_or_default(),
-                r.messages.as_secs() / 86_400
+                r.messages.as_secs()
             ));
         } else {
             r.idempotency = idempotency;

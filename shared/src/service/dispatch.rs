@@ -1251,8 +1251,10 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                                 .await?);
                             }
                             Ok(false) => {}
-                            // Not known whether it was replaced: given back and retried
-                            // (a storage retry), not the tenant suspended meanwhile.
+                            // Not known whether it was replaced: given back, the tenant not
+                            // suspended meanwhile; the job is retried when the store's
+                            // failure is one a retry may fix, else parked on the dead-letter
+                            // queue (alarmed; the lost-job settlement refunds it).
                             Err(e) => {
                                 return Err(unclaim(
                                     deps,
