@@ -428,14 +428,18 @@ async fn reset(State(sandbox): State<Sandbox>) -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// The sandbox's answer to a Graph request without an access token.
-fn no_token() -> Response {
-    let body = meta_error(
+/// Meta's error for a Graph request without an access token (190).
+fn no_token_body() -> Value {
+    meta_error(
         190,
         "Invalid OAuth access token - Cannot parse access token",
         "The request has no Authorization: Bearer access token",
-    );
-    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+    )
+}
+
+/// The sandbox's answer to a Graph request without an access token.
+fn no_token() -> Response {
+    (StatusCode::UNAUTHORIZED, Json(no_token_body())).into_response()
 }
 
 /// The app the sandbox's tokens belong to, as Meta names a subscribed app.
@@ -506,12 +510,7 @@ async fn list_templates(
     headers: HeaderMap,
 ) -> Response {
     if !has_bearer_token(&headers) {
-        let body = meta_error(
-            190,
-            "Invalid OAuth access token - Cannot parse access token",
-            "The request has no Authorization: Bearer access token",
-        );
-        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+        return no_token();
     }
     let limit = params
         .get("limit")
@@ -1110,12 +1109,7 @@ impl Inner {
                 outcome = "missing_token",
                 "sandbox answered"
             );
-            let body = meta_error(
-                190,
-                "Invalid OAuth access token - Cannot parse access token",
-                "The request has no Authorization: Bearer access token",
-            );
-            return (StatusCode::UNAUTHORIZED, body, None);
+            return (StatusCode::UNAUTHORIZED, no_token_body(), None);
         }
         if self.over_rate_limit(phone_number_id) {
             tracing::info!(

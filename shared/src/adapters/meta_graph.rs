@@ -203,16 +203,7 @@ impl MetaClient for MetaGraphClient {
             "{}/{}/{}/messages",
             self.base_url, self.version, phone_number_id
         );
-        let res = self
-            .http
-            .post(url)
-            .header(reqwest::header::AUTHORIZATION, authorization(token)?)
-            .json(body)
-            .send()
-            .await
-            .map_err(unanswered)?;
-        let status = res.status().as_u16();
-        let bytes = body_capped(res, MAX_SEND_ANSWER).await?;
+        let (status, bytes) = self.post_json(url, token, body).await?;
         if (200..300).contains(&status) {
             let ok: Accepted =
                 serde_json::from_slice(&bytes).map_err(|_| MetaSendError::Protocol(status))?;
@@ -251,16 +242,7 @@ impl MetaClient for MetaGraphClient {
             "{}/{}/{}/subscribed_apps",
             self.base_url, self.version, waba_id
         );
-        let res = self
-            .http
-            .post(url)
-            .header(reqwest::header::AUTHORIZATION, authorization(token)?)
-            .json(&serde_json::json!({}))
-            .send()
-            .await
-            .map_err(unanswered)?;
-        let status = res.status().as_u16();
-        let bytes = body_capped(res, MAX_SEND_ANSWER).await?;
+        let (status, bytes) = self.post_json(url, token, &serde_json::json!({})).await?;
         if (200..300).contains(&status) {
             let body: serde_json::Value =
                 serde_json::from_slice(&bytes).map_err(|_| MetaSendError::Protocol(status))?;
@@ -275,6 +257,26 @@ impl MetaClient for MetaGraphClient {
 }
 
 impl MetaGraphClient {
+    /// A `POST` of `body` with the tenant's token: the answer's status and its body (up
+    /// to [`MAX_SEND_ANSWER`]).
+    async fn post_json(
+        &self,
+        url: String,
+        token: &Secret,
+        body: &serde_json::Value,
+    ) -> Result<(u16, Vec<u8>), MetaSendError> {
+        let res = self
+            .http
+            .post(url)
+            .header(reqwest::header::AUTHORIZATION, authorization(token)?)
+            .json(body)
+            .send()
+            .await
+            .map_err(unanswered)?;
+        let status = res.status().as_u16();
+        Ok((status, body_capped(res, MAX_SEND_ANSWER).await?))
+    }
+
     /// One page of `GET /{version}/{waba_id}/message_templates`, with Meta's `name`
     /// filter when given.
     async fn template_page(
