@@ -1523,7 +1523,7 @@ async fn cancel_recorded(deps: &Deps, b: &Broadcast, id: &MessageId) -> Result<b
     let refund = ledger::cancel_refund_entry(
         deps,
         &b.tenant_id,
-        &Charge::Message(id.clone()),
+        &Charge::of_message(id, Some(&b.id)),
         b.price_each,
         "broadcast cancelled",
         now,

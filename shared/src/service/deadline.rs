@@ -304,6 +304,7 @@ pub async fn settle_lost(
                 deps,
                 tenant,
                 id,
+                m.broadcast_id.as_deref(),
                 MessageStatus::Accepted,
                 m.price,
                 error,
@@ -324,7 +325,7 @@ pub async fn settle_lost(
             let refund = super::ledger::cancel_refund_entry(
                 deps,
                 tenant,
-                &super::ledger::Charge::Message(id.clone()),
+                &super::ledger::Charge::of_message(id, m.broadcast_id.as_deref()),
                 m.price,
                 "scheduled message not sent: its dispatch job was lost",
                 now,

@@ -90,6 +90,7 @@ async fn fail(
         deps,
         &job.tenant_id,
         &job.message_id,
+        job.broadcast_id.as_deref(),
         from,
         price,
         error,
@@ -103,11 +104,14 @@ async fn fail(
 /// the ledger) in one conditional write, and queues its status callback; the failed
 /// message, or `None` if it was no longer `from` (nothing written). Only from `from`, free
 /// or not: a check made before the claim must never fail a message another dispatcher has
-/// claimed or Meta has accepted.
+/// claimed or Meta has accepted. `broadcast`: the campaign it belongs to (its refund names
+/// it on the ledger).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn fail_and_refund(
     deps: &Deps,
     tenant: &crate::domain::TenantId,
     id: &crate::domain::MessageId,
+    broadcast: Option<&str>,
     from: MessageStatus,
     price: i64,
     error: MessageError,
@@ -121,7 +125,7 @@ pub(super) async fn fail_and_refund(
     let refund = ledger::refund_entry(
         deps,
         tenant,
-        &Charge::Message(id.clone()),
+        &Charge::of_message(id, broadcast),
         price,
         reason,
         now,
@@ -585,7 +589,7 @@ async fn held(
             let refund = ledger::cancel_refund_entry(
                 deps,
                 &job.tenant_id,
-                &Charge::Message(job.message_id.clone()),
+                &Charge::of_message(&job.message_id, job.broadcast_id.as_deref()),
                 m.price,
                 "broadcast cancelled",
                 now,

@@ -16,12 +16,30 @@ use super::Deps;
 pub enum Charge {
     Message(MessageId),
     Broadcast(String),
+    /// One recipient of a broadcast (its refund): the message, and the campaign whose one
+    /// debit paid for it, so the 7-year ledger ties the refund to that debit after the
+    /// message and the campaign (2 years) are gone.
+    Recipient {
+        message: MessageId,
+        broadcast: String,
+    },
 }
 
 impl Charge {
+    /// A message's charge: its campaign's recipient when it has one.
+    pub fn of_message(id: &MessageId, broadcast: Option<&str>) -> Charge {
+        match broadcast {
+            Some(b) => Charge::Recipient {
+                message: id.clone(),
+                broadcast: b.to_owned(),
+            },
+            None => Charge::Message(id.clone()),
+        }
+    }
+
     fn message_id(&self) -> Option<MessageId> {
         match self {
-            Charge::Message(id) => Some(id.clone()),
+            Charge::Message(id) | Charge::Recipient { message: id, .. } => Some(id.clone()),
             Charge::Broadcast(_) => None,
         }
     }
@@ -29,8 +47,12 @@ impl Charge {
     fn reference(&self, reason: Option<&str>) -> Option<String> {
         match (self, reason) {
             (Charge::Message(_), r) => r.map(str::to_owned),
-            (Charge::Broadcast(id), None) => Some(format!("broadcast {id}")),
-            (Charge::Broadcast(id), Some(r)) => Some(format!("broadcast {id}: {r}")),
+            (Charge::Broadcast(id) | Charge::Recipient { broadcast: id, .. }, None) => {
+                Some(format!("broadcast {id}"))
+            }
+            (Charge::Broadcast(id) | Charge::Recipient { broadcast: id, .. }, Some(r)) => {
+                Some(format!("broadcast {id}: {r}"))
+            }
         }
     }
 }

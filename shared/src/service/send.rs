@@ -599,7 +599,7 @@ pub async fn cancel_scheduled(
     let refund = ledger::cancel_refund_entry(
         deps,
         tenant_id,
-        &Charge::Message(id.clone()),
+        &Charge::of_message(id, m.broadcast_id.as_deref()),
         m.price,
         "scheduled message cancelled",
         now,

@@ -574,8 +574,48 @@ async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_jo
     assert_eq!(app.credits(&t.key).await, before + n as i64);
 }
 
+/// A campaign recipient Meta refuses is refunded with a ledger entry naming both its
+/// message and its campaign (`broadcast {id}: …`): the 7-year ledger ties each refund to the
+/// campaign's one debit after the messages and the campaign (2 years) are gone.
+async fn a_campaign_recipients_refund_names_its_campaign_on_the_ledger(b: Backend) {
+    let app = app_with(b, 80).await;
+    let t = app.onboard(5).await;
+    // 0007: Meta answers 132001 (a permanent refusal): failed, refunded.
+    let (s, body) = post_json(
+        &app,
+        &t.key,
+        json!({"template": template(), "recipients": ["+60123450007"]}),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    let broadcast = body["id"].as_str().unwrap().to_owned();
+    let tenant = kirim::domain::TenantId::from_trusted(t.tenant_id.clone());
+    let mut refund = None;
+    for _ in 0..100 {
+        let entries = app.app.deps.ledger.entries(&tenant).await.unwrap();
+        refund = entries
+            .into_iter()
+            .find(|e| e.kind == kirim::ports::LedgerKind::Refund);
+        if refund.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refund = refund.expect("the refused recipient was refunded");
+    assert!(refund.message_id.is_some(), "{refund:?}");
+    assert_eq!(
+        refund.reference.as_deref(),
+        Some(format!("broadcast {broadcast}: message not accepted by meta").as_str()),
+        "{refund:?}"
+    );
+}
+
 mod memory_backend {
     use kirim::config::Backend::Memory;
+    #[tokio::test]
+    async fn a_campaign_recipients_refund_names_its_campaign_on_the_ledger() {
+        super::a_campaign_recipients_refund_names_its_campaign_on_the_ledger(Memory).await
+    }
     #[tokio::test]
     async fn a_json_broadcast_skips_invalid_duplicate_and_opted_out_numbers_and_pays_for_the_rest()
     {
@@ -613,6 +653,10 @@ mod memory_backend {
 
 mod aws_backend_on_moto {
     use kirim::config::Backend::Aws;
+    #[tokio::test]
+    async fn a_campaign_recipients_refund_names_its_campaign_on_the_ledger() {
+        super::a_campaign_recipients_refund_names_its_campaign_on_the_ledger(Aws).await
+    }
     #[tokio::test]
     async fn a_json_broadcast_skips_invalid_duplicate_and_opted_out_numbers_and_pays_for_the_rest()
     {
