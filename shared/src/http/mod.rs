@@ -545,10 +545,13 @@ async fn meta_notify_body(
     // other address could put a well-formed header on anything: the allowance must bound
     // its reads and HMACs.) A body over the limit is no signed notification of Meta's and
     // is counted as one with a bad signature.
+    // The header's form is looked at only off the ordinary path (an address past its
+    // allowance, a signature refused): a signed notification's is parsed once, where it
+    // is verified.
+    let well_formed = || crate::domain::signature::parse_signature_header(sig.as_ref()).is_some();
     let spent = s.limits.webhook_allowed(addr, s.deps.clock.now()).err();
-    let well_formed = crate::domain::signature::parse_signature_header(sig.as_ref()).is_some();
-    let checked_anyway = well_formed && addr.is_some_and(|a| a.is_loopback());
-    if let (Some(wait), false) = (spent, checked_anyway) {
+    let checked_anyway = || addr.is_some_and(|a| a.is_loopback()) && well_formed();
+    if let (Some(wait), false) = (spent, spent.is_some() && checked_anyway()) {
         crate::metrics::limited("webhook_bad_signatures");
         return Err(crate::service::errors::ServiceError::from(wait).into());
     }
@@ -574,7 +577,7 @@ async fn meta_notify_body(
         // address's allowance a minute), for the `WebhookBadSignature` alarm. An unsigned
         // or malformed one is anyone's.
         let peer = addr.map(|a| a.to_string());
-        if well_formed {
+        if well_formed() {
             tracing::warn!(
                 peer = peer.as_deref().unwrap_or("unknown"),
                 "webhook signature does not match the Meta app secret"
