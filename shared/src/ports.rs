@@ -375,7 +375,8 @@ impl StatusChange {
 pub trait MessageStore: Send + Sync {
     /// Atomically: debits `record.price` from the tenant's credits only if the balance
     /// stays ≥ 0, records the debit in the ledger, and stores the message.
-    /// `InsufficientCredits` when the balance is short; nothing is written then.
+    /// `InsufficientCredits` when the balance is short, `Conflict(`[`TENANT_CLOSED`]`)` when
+    /// the tenant is closed (the check travels with the debit); nothing is written then.
     async fn insert_with_debit(
         &self,
         record: &MessageRecord,
@@ -1394,7 +1395,8 @@ pub enum CancelledRecipients {
 #[async_trait]
 pub trait BroadcastStore: Send + Sync {
     /// Atomically: debits `debit` (only if the balance covers it), records the ledger
-    /// entry, stores the broadcast and its recipient list. `InsufficientCredits`: nothing
+    /// entry, stores the broadcast and its recipient list. `InsufficientCredits` or
+    /// `Conflict(`[`TENANT_CLOSED`]`)` (as [`MessageStore::insert_with_debit`]): nothing
     /// is written.
     async fn create_broadcast(
         &self,

@@ -49,7 +49,8 @@ pub const UNDO_ATTEMPTS: u32 = 3;
 /// times while its failure is worth a retry, 50 ms then 250 ms apart. One left undone
 /// leaves a message `sending` with nothing sent, for its sending deadline to fail,
 /// charged; a moment's throttling must not do that. Each try must be safe to repeat (a
-/// conditional write refused once its first try landed).
+/// conditional write refused once its first try landed). A read whose answer a committed
+/// write must not lose (the balance after a top-up) is tried the same way.
 pub async fn undo<T, F, Fut>(mut write: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
@@ -60,7 +61,7 @@ where
     loop {
         match write().await {
             Err(e) if e.is_retryable() && attempt < UNDO_ATTEMPTS => {
-                tracing::warn!(error = %e, attempt, "an undo failed; trying again");
+                tracing::warn!(error = %e, attempt, "an undo (or a read after a write) failed; trying again");
                 tokio::time::sleep(pause).await;
                 pause *= 5;
                 attempt += 1;

@@ -441,11 +441,11 @@ pub async fn create_campaign(
     let charge = Charge::Broadcast(id.clone());
     let debit = ledger::debit(deps, tenant_id, &charge, total, now);
     match &campaign.key {
-        None => {
-            deps.broadcasts
-                .create_broadcast(&broadcast, &recipients, &debit)
-                .await?
-        }
+        None => deps
+            .broadcasts
+            .create_broadcast(&broadcast, &recipients, &debit)
+            .await
+            .map_err(super::errors::debit_refusal)?,
         Some(idem) => {
             let key = RequestKeyRecord {
                 tenant_id: tenant_id.clone(),
@@ -461,7 +461,8 @@ pub async fn create_campaign(
             match deps
                 .broadcasts
                 .create_broadcast_once(&broadcast, &recipients, &debit, &key)
-                .await?
+                .await
+                .map_err(super::errors::debit_refusal)?
             {
                 BroadcastOnce::Created => {}
                 // A concurrent request with the key got there first (its fan-out job

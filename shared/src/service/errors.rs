@@ -85,6 +85,19 @@ impl From<StoreError> for ServiceError {
     }
 }
 
+/// A debit's refusal as the request answers it: one refused for the tenant being closed (a
+/// warm process's copy of the tenant, up to 5 s old, let the send or campaign through just
+/// after the closing; the debit's condition holds the line) answers as the closed tenant's
+/// keys answer from then on, `Unauthenticated`; any other as usual.
+pub fn debit_refusal(e: StoreError) -> ServiceError {
+    match e {
+        StoreError::Conflict(m) if m == crate::ports::TENANT_CLOSED => {
+            ServiceError::Unauthenticated
+        }
+        e => e.into(),
+    }
+}
+
 /// A message's failure code for a refusal (an HTTP 4xx) that came without Meta's error
 /// body: retried, then failed refunded (`dispatch`); a later try may fix it
 /// (`broadcasts::retryable`).
@@ -101,3 +114,24 @@ pub const META_TRANSIENT_ERROR: &str = "meta_transient_error";
 /// send with one (`dispatch::classify`) or reports it later in a `failed` status
 /// (`status`), the tenant is suspended until the operator resumes it.
 pub const ACCOUNT_STOP_CODES: &[i64] = &[0, 102, 190, 131031, 131042, 368, 131048];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_debit_refused_for_a_closed_tenant_answers_as_its_revoked_keys_do() {
+        assert!(matches!(
+            debit_refusal(StoreError::Conflict(crate::ports::TENANT_CLOSED.into())),
+            ServiceError::Unauthenticated
+        ));
+        assert!(matches!(
+            debit_refusal(StoreError::InsufficientCredits),
+            ServiceError::InsufficientCredits
+        ));
+        assert!(matches!(
+            debit_refusal(StoreError::Conflict("message exists".into())),
+            ServiceError::Conflict(_)
+        ));
+    }
+}

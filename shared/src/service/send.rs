@@ -440,7 +440,11 @@ async fn accept(
     let charge = Charge::Message(id.clone());
     let debit = ledger::debit(deps, tenant_id, &charge, price, now);
     match idem {
-        None => deps.messages.insert_with_debit(&record, &debit).await?,
+        None => deps
+            .messages
+            .insert_with_debit(&record, &debit)
+            .await
+            .map_err(super::errors::debit_refusal)?,
         Some(k) => {
             let key = idempotency::record(deps, tenant_id, k, &id, now);
             let inserted = match deps
@@ -458,7 +462,7 @@ async fn accept(
                         tracing::warn!(error = %e, "the send's write answered an error but landed");
                         IdempotentInsert::Inserted
                     }
-                    _ => return Err(e.into()),
+                    _ => return Err(super::errors::debit_refusal(e)),
                 },
             };
             match inserted {

@@ -388,6 +388,75 @@ async fn a_debit_records_the_message_and_the_ledger_entry_together(p: Ports) {
     assert!(kinds.contains(&LedgerKind::TopUp) && kinds.contains(&LedgerKind::Debit));
 }
 
+/// A warm process's copy of a tenant (5 s) may not know it was closed: the debit itself
+/// refuses a closed tenant, a message's, an idempotent one's and a campaign's, with the
+/// balance untouched, no ledger entry and nothing stored.
+async fn a_debit_of_a_closed_tenant_is_refused_as_closed_and_writes_nothing(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    p.tenants
+        .set_status(&t.id, TenantStatus::Closed, Some("bye"), p.clock.now())
+        .await
+        .unwrap();
+    let closed = StoreError::Conflict(kirim::ports::TENANT_CLOSED.into());
+    let (m, d) = message(&p, &t.id, 3600);
+    assert_eq!(
+        p.messages.insert_with_debit(&m, &d).await.unwrap_err(),
+        closed
+    );
+    let (m2, d2) = message(&p, &t.id, 3600);
+    let now = p.clock.now();
+    let key = IdempotencyRecord {
+        tenant_id: t.id.clone(),
+        key_hash: kirim::domain::IdempotencyKey::parse("after-close")
+            .unwrap()
+            .hash(),
+        fingerprint: "fp".into(),
+        message_id: m2.id.clone(),
+        created_at: now,
+        expires_at: Some(now.timestamp() + 86_400),
+    };
+    assert_eq!(
+        p.idempotency
+            .insert_with_debit_once(&m2, &d2, &key)
+            .await
+            .unwrap_err(),
+        closed
+    );
+    let b = crate::contract_broadcasts::running_broadcast(&t.id, now);
+    let (_, mut d3) = message(&p, &t.id, 3600);
+    d3.amount = -2;
+    d3.message_id = None;
+    let phones = [
+        PhoneNumber::parse("+60123456789").unwrap(),
+        PhoneNumber::parse("+60123456780").unwrap(),
+    ];
+    assert_eq!(
+        p.broadcasts
+            .create_broadcast(&b, &phones, &d3)
+            .await
+            .unwrap_err(),
+        closed
+    );
+    assert_eq!(p.messages.get_message(&t.id, &m.id).await.unwrap(), None);
+    assert_eq!(p.messages.get_message(&t.id, &m2.id).await.unwrap(), None);
+    assert_eq!(
+        p.idempotency
+            .get_idempotency(&t.id, &key.key_hash)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        p.broadcasts.get_broadcast(&t.id, &b.id).await.unwrap(),
+        None
+    );
+    assert!(p.ledger.entries(&t.id).await.unwrap().is_empty());
+    assert_eq!(
+        p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits,
+        100
+    );
+}
+
 async fn a_top_up_for_an_unknown_tenant_is_not_found(p: Ports) {
     let top = LedgerEntry {
         id: kirim::domain::new_id(),
@@ -1632,6 +1701,7 @@ contract!(
     metas_suspension_applies_only_to_an_active_tenant_unchanged_since_it_was_read,
     a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing,
     a_debit_records_the_message_and_the_ledger_entry_together,
+    a_debit_of_a_closed_tenant_is_refused_as_closed_and_writes_nothing,
     a_top_up_for_an_unknown_tenant_is_not_found,
     a_closed_tenant_takes_no_top_up_or_setting_but_its_refunds,
     concurrent_top_ups_with_one_key_credit_once_and_the_others_see_the_first,

@@ -506,10 +506,17 @@ impl DynamoStore {
             .update_expression("ADD credits :amt")
             .expression_attribute_values(":amt", n(entry.amount));
         u = match guard {
-            // Never below zero: the debit applies only if the balance covers it.
+            // Never below zero: the debit applies only if the balance covers it. Nor once
+            // the tenant is closed: a warm process's copy of the tenant (5 s) would let a
+            // send or a campaign through just after the closing (`debit_refused` tells
+            // the two apart).
             CreditGuard::Debit => u
-                .condition_expression("attribute_exists(pk) AND credits >= :need")
-                .expression_attribute_values(":need", n(-entry.amount)),
+                .condition_expression(
+                    "attribute_exists(pk) AND credits >= :need AND #status <> :closed",
+                )
+                .expression_attribute_values(":need", n(-entry.amount))
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?),
             // Closed is final: no new money for a closed account.
             CreditGuard::TopUp => u
                 .condition_expression("attribute_exists(pk) AND #status <> :closed")
@@ -690,11 +697,43 @@ impl DynamoStore {
         // The tenant item is in every send's debit: a top-up or refund that meets one is
         // cancelled with nothing written, and goes again.
         match self.transact_retrying_conflicts(items).await {
-            Ok(()) => self.balance(&entry.tenant_id).await,
+            Ok(()) => self.balance_after(entry).await,
             Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
                 Err(self.why_refused(&entry.tenant_id).await)
             }
             Err(e) => Err(e.into_store_error()),
+        }
+    }
+
+    /// The balance after `entry` was committed, read (with the SDK's retries, then up to
+    /// [`UNDO_ATTEMPTS`](crate::store_error::UNDO_ATTEMPTS) more): the credits were added
+    /// whatever this answers, so a read that still fails says so at ERROR with the entry,
+    /// for the operator who sees the request's `503` (a retry without an
+    /// `Idempotency-Key` would credit again).
+    pub(super) async fn balance_after(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
+        let read = crate::store_error::undo(|| self.balance(&entry.tenant_id)).await;
+        if let Err(e) = &read {
+            tracing::error!(
+                tenant_id = %entry.tenant_id,
+                entry_id = %entry.id,
+                amount = entry.amount,
+                error = %e,
+                "credits were added, but the balance could not be read after"
+            );
+        }
+        read
+    }
+
+    /// Why a debit's condition ([`CreditGuard::Debit`]) refused it, read after the refusal
+    /// (the 402 path only): the tenant is gone (`NotFound`), closed
+    /// (`Conflict(`[`TENANT_CLOSED`](crate::ports::TENANT_CLOSED)`)`), or its balance is
+    /// short.
+    pub(super) async fn debit_refused(&self, id: &TenantId) -> StoreError {
+        match self.get_tenant(id).await {
+            Ok(None) => StoreError::NotFound,
+            Ok(Some(t)) if t.status == TenantStatus::Closed => Self::tenant_closed(),
+            Ok(Some(_)) => StoreError::InsufficientCredits,
+            Err(e) => e,
         }
     }
 
@@ -1215,7 +1254,7 @@ impl MessageStore for DynamoStore {
         match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(()),
             Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
-                Err(StoreError::InsufficientCredits)
+                Err(self.debit_refused(&record.tenant_id).await)
             }
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
                 Err(StoreError::Conflict("message exists".into()))

@@ -758,10 +758,7 @@ impl MessageStore for MemoryStore {
             .tenants
             .get_mut(&record.tenant_id)
             .ok_or(StoreError::NotFound)?;
-        if tenant.credits < record.price {
-            return Err(StoreError::InsufficientCredits);
-        }
-        tenant.credits -= record.price;
+        debit_tenant(tenant, record.price)?;
         s.ledger.push(debit.clone());
         s.messages.insert(key, Arc::new(record.clone()));
         Ok(())
@@ -1040,6 +1037,20 @@ impl MessageStore for MemoryStore {
             .filter(|(_, _, exp, _)| self.live(*exp))
             .map(|(t, m, _, _)| (t.clone(), m.clone())))
     }
+}
+
+/// A debit's condition, as DynamoDB's: the tenant is not closed (a warm copy of it may
+/// not know yet: `Conflict(`[`TENANT_CLOSED`](crate::ports::TENANT_CLOSED)`)`) and its
+/// balance covers `price` (`InsufficientCredits`); then the debit.
+pub(super) fn debit_tenant(tenant: &mut Tenant, price: i64) -> Result<(), StoreError> {
+    if tenant.status == TenantStatus::Closed {
+        return Err(StoreError::Conflict(crate::ports::TENANT_CLOSED.into()));
+    }
+    if tenant.credits < price {
+        return Err(StoreError::InsufficientCredits);
+    }
+    tenant.credits -= price;
+    Ok(())
 }
 
 /// As DynamoDB's `tenant_open_check`: nothing of a closed tenant is written after its

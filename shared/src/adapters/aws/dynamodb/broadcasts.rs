@@ -99,7 +99,7 @@ impl DynamoStore {
             return Err(StoreError::Conflict(ALREADY_RETRIED.into()));
         }
         if failed.reason(0) == Some(&CancelReason::ConditionalCheckFailed) {
-            return Err(StoreError::InsufficientCredits);
+            return Err(self.debit_refused(&broadcast.tenant_id).await);
         }
         if failed.any(CancelReason::ConditionalCheckFailed) {
             return Err(StoreError::Conflict("broadcast exists".into()));

@@ -43,7 +43,7 @@ impl DynamoStore {
         // A send's debit on the tenant item cancels the transaction with nothing
         // written: it goes again.
         let failed = match self.transact_retrying_conflicts(items).await {
-            Ok(()) => return Ok(TopUpOnce::Applied(self.balance(&entry.tenant_id).await?)),
+            Ok(()) => return Ok(TopUpOnce::Applied(self.balance_after(entry).await?)),
             Err(e) => e,
         };
         if failed.reason(2) == Some(&CCF) {
@@ -111,7 +111,7 @@ impl IdempotencyStore for DynamoStore {
                     return Ok(IdempotentInsert::Existing(existing));
                 }
             } else if reason(0) == Some(&CCF) {
-                return Err(StoreError::InsufficientCredits);
+                return Err(self.debit_refused(&record.tenant_id).await);
             } else if reason(2) == Some(&CCF) {
                 return Err(StoreError::Conflict("message exists".into()));
             } else if !failed.any(CancelReason::TransactionConflict) {

@@ -47,10 +47,7 @@ impl MemoryStore {
             .tenants
             .get_mut(&broadcast.tenant_id)
             .ok_or(StoreError::NotFound)?;
-        if tenant.credits < -debit.amount {
-            return Err(StoreError::InsufficientCredits);
-        }
-        tenant.credits += debit.amount;
+        super::debit_tenant(tenant, -debit.amount)?;
         if let Some(b) = original.and_then(|o| s.broadcasts.get_mut(&o)) {
             b.retried_by = Some(broadcast.id.clone());
         }

@@ -31,10 +31,7 @@ impl IdempotencyStore for MemoryStore {
             .tenants
             .get_mut(&record.tenant_id)
             .ok_or(StoreError::NotFound)?;
-        if tenant.credits < record.price {
-            return Err(StoreError::InsufficientCredits);
-        }
-        tenant.credits -= record.price;
+        super::debit_tenant(tenant, record.price)?;
         s.ledger.push(debit.clone());
         s.messages
             .insert(msg_key, std::sync::Arc::new(record.clone()));
