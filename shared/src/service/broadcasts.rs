@@ -1269,7 +1269,20 @@ pub async fn fan_out_in_slices(
         .await?
     else {
         // The list is gone before every recipient was queued (its backstop passed during
-        // a pause of days).
+        // a pause of days). Gone by its expiry, a run that read it just before may still
+        // be recording its slice (a duplicate delivery, or a slow one): closing now would
+        // refund recipients that run then queues. Closed once no run can be
+        // ([`LOST_FANOUT_MARGIN`](crate::domain::LOST_FANOUT_MARGIN) past the expiry,
+        // far beyond a run's time), as the retention sweep's `settle_lost` waits too.
+        let closes_at = b
+            .list_expires_at()
+            .saturating_add(crate::domain::LOST_FANOUT_MARGIN.as_secs() as i64);
+        let now = deps.clock.now().timestamp();
+        if now >= b.list_expires_at() && now < closes_at {
+            let again = QueueJob::BroadcastFanout(job.clone());
+            let wait = Duration::from_secs(closes_at.saturating_sub(now).unsigned_abs());
+            return super::schedule::wait_again(deps, &again, wait).await;
+        }
         close_unrecorded(deps, &b).await?;
         return Ok(Outcome::Done);
     };

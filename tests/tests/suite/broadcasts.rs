@@ -1423,6 +1423,56 @@ async fn a_fan_out_whose_list_is_gone_refunds_the_recipients_never_queued() {
     assert_eq!(balance().await, 4);
 }
 
+/// A fan-out that finds its list gone just after the list's expiry does not close the
+/// broadcast yet: another run that read the list a moment before may still be recording
+/// its slice, and those recipients would be refunded and sent. It looks again once no
+/// run can be (an hour past the expiry), and then refunds the rest.
+#[tokio::test]
+async fn a_fan_out_finding_its_list_just_expired_waits_out_any_run_still_recording() {
+    use kirim::service::broadcasts;
+    use kirim::service::jobs::{Outcome, QueueJob};
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let (tenant, accepted) = promo_broadcast(&deps, "129", 7).await;
+    let balance = || async {
+        deps.tenants
+            .get_tenant(&tenant.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .credits
+    };
+    let first = deps
+        .queue
+        .receive(10, Duration::from_millis(500))
+        .await
+        .unwrap()
+        .remove(0);
+    let Some(QueueJob::BroadcastFanout(job)) = QueueJob::parse(&first.body) else {
+        panic!("not a fan-out job")
+    };
+    broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
+    // A minute past the list's seven days.
+    clock.advance(chrono::Duration::days(7) + chrono::Duration::minutes(1));
+    let outcome = broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
+    let Outcome::Again(_, hop) = outcome else {
+        panic!("closed at once: {outcome:?}")
+    };
+    assert!(hop > Duration::ZERO, "it comes back later");
+    assert_eq!(balance().await, 0, "nothing refunded yet");
+    let view = broadcasts::view(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!(view.status, "sending");
+    // Past the margin: closed, the four never queued refunded.
+    clock.advance(chrono::Duration::minutes(60));
+    assert_eq!(
+        broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap(),
+        Outcome::Done
+    );
+    assert_eq!(balance().await, 4);
+}
+
 #[tokio::test]
 async fn a_long_fan_out_continues_in_fresh_queue_messages_and_never_duplicates() {
     use kirim::service::broadcasts;
