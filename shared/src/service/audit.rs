@@ -268,20 +268,6 @@ async fn audit_keys(deps: &Deps) -> Result<Vec<Secret>, ServiceError> {
     .collect())
 }
 
-/// Every audit key a head may have been signed with (current, then the previous one with
-/// no time limit: a quiet chain's head keeps the signature of the key that wrote it until
-/// its next event). Only what checks heads uses it, never what anchors.
-async fn head_keys(deps: &Deps) -> Result<Vec<Secret>, ServiceError> {
-    let name = &deps.settings.audit_key_secret;
-    Ok([
-        deps.secrets.current(name).await?,
-        deps.secrets.previous(name).await?,
-    ]
-    .into_iter()
-    .flatten()
-    .collect())
-}
-
 /// `content` as the event after `head`, hashed and signed with `key` (its own signature),
 /// and the head that anchors it (checkpoint-signed with `key`).
 fn next_event(
@@ -731,20 +717,65 @@ pub async fn repair_heads(
             let keys = &keys;
             async move {
                 let repaired = match deps.audit.head(&chain).await {
-                    Ok(head) => repair(deps, &chain, head.as_ref(), keys).await,
+                    Ok(head) => repair(deps, &chain, head.as_ref(), keys)
+                        .await
+                        .map(|moved| (moved.is_some(), moved.or(head))),
                     Err(e) => Err(e),
                 };
-                repaired.unwrap_or_else(|e| {
-                    tracing::warn!(chain = %chain, error = %e, "audit head not checked or not repaired: the next run retries");
-                    None
-                })
-                .is_some()
+                match repaired {
+                    Ok((moved, head)) => {
+                        if let Some(h) = head {
+                            resign(deps, &chain, &h, keys).await;
+                        }
+                        moved
+                    }
+                    Err(e) => {
+                        tracing::warn!(chain = %chain, error = %e, "audit head not checked or not repaired: the next run retries");
+                        false
+                    }
+                }
             }
         })
         .buffer_unordered(REPAIRS_AT_ONCE)
         .filter(|repaired| std::future::ready(*repaired))
         .count()
         .await
+}
+
+/// A head only the previous audit key's signature matches (a quiet chain since a
+/// rotation), re-signed with the current key, if it has not moved meanwhile: heads are
+/// checked with the previous key only within [`previous_key_window`] (a leaked key,
+/// rotated out, could otherwise sign a forged head over a forged event forever), so the
+/// daily run re-signs them within it. A head no key matches is left for `verify` to
+/// report.
+async fn resign(deps: &Deps, chain: &str, head: &AuditHead, keys: &[Secret]) {
+    let (Some(sig), [current, previous]) = (&head.signature, keys) else {
+        return;
+    };
+    if signature_matches(current, chain, head, sig)
+        || !signature_matches(previous, chain, head, sig)
+    {
+        return;
+    }
+    let resigned = AuditHead {
+        signature: checkpoint_signature(current, chain, head.seq, &head.hash, head.expires_at),
+        ..head.clone()
+    };
+    match deps
+        .audit
+        .advance_head(chain, Some(head.seq), &resigned)
+        .await
+    {
+        Ok(()) => {
+            deps.audit_heads.forget(chain);
+            tracing::info!(chain = %chain, seq = head.seq, "audit head re-signed with the current audit key");
+        }
+        // Moved on meanwhile: signed with the current key by the append that moved it.
+        Err(StoreError::Conflict(_)) => {}
+        Err(e) => {
+            tracing::warn!(chain = %chain, error = %e, "audit head not re-signed: the next run retries");
+        }
+    }
 }
 
 /// Drains one chain's outbox a batch at a time until it is empty, a batch stalls
@@ -1354,9 +1385,11 @@ pub async fn verify_within(
 ) -> Result<VerifyReport, ServiceError> {
     let started = std::time::Instant::now();
     let chain = chain_of(Some(tenant));
-    // Heads as any key that signed one; what may be anchored as what may write now.
-    let keys = head_keys(deps).await?;
-    let writers = audit_keys(deps).await?;
+    // The keys that may write a chain now: the current one, and the previous one within
+    // its window after a rotation (the daily run re-signs quiet chains' heads within it:
+    // `resign`). Heads, cursors and events beyond the head are checked with them alike.
+    let keys = audit_keys(deps).await?;
+    let writers = &keys;
     let now = deps.clock.now().timestamp();
     let resume = cursor
         .map(|c| VerifyCursor::decode(c, &chain, &keys, now))
@@ -1440,7 +1473,7 @@ pub async fn verify_within(
     // it). Unless the head has moved past it since (anchored meanwhile, e.g. by an older
     // version of this code, whose events carry no signature of their own).
     if let Some(e) =
-        beyond.filter(|e| report.valid && !may_anchor(&chain, e, head.as_ref(), &writers))
+        beyond.filter(|e| report.valid && !may_anchor(&chain, e, head.as_ref(), writers))
     {
         let now = deps.audit.head(&chain).await?;
         if now.is_none_or(|h| h.seq < e.seq) {
@@ -1467,7 +1500,7 @@ pub async fn verify_within(
     // was deleted, and would become its event 1 at the next call.
     let waiting_beginning = parked.first().is_some_and(|p| {
         BEGINNINGS.contains(&p.action.as_str())
-            && matches!(parked_trust(p, &writers), ParkedTrust::Signed)
+            && matches!(parked_trust(p, writers), ParkedTrust::Signed)
     });
     if head.is_none() && report.valid && !waiting_beginning {
         // A tenant's onboarding is audited on its chain, and an open tenant's head has no

@@ -722,6 +722,76 @@ async fn a_rotated_out_audit_key_anchors_nothing_after_its_window() {
     assert_eq!((v.valid, v.broken_at), (false, Some(4)), "{v:?}");
 }
 
+/// A quiet chain's head, signed with the audit key before a rotation, is re-signed with
+/// the new key by the daily run within the previous key's window, and verifies after it;
+/// a head the rotated-out (leaked) key signs after the window, over an event it forged, no
+/// longer verifies: heads are checked with the previous key only within its window.
+async fn a_quiet_chains_head_is_re_signed_within_the_window_and_a_head_forged_with_the_old_key_after_it_fails(
+    b: Backend,
+) {
+    use kirim::secret::Secret;
+    let (_, deps, clock) = crate::caches::two_processes(b).await;
+    let name = deps.settings.audit_key_secret.clone();
+    let old = Secret::new("old-audit-key-0123456789abcdef-leaked");
+    deps.secrets.put(&name, &old).await.unwrap();
+    let tenant = TenantId::generate();
+    let chain = tenant.to_string();
+    audit::record(&deps, draft_on(&tenant, "POST /v1/first"))
+        .await
+        .unwrap();
+    let signed_old = deps.audit.head(&chain).await.unwrap().unwrap();
+    deps.secrets
+        .put(&name, &Secret::new("new-audit-key-0123456789abcdef-fresh"))
+        .await
+        .unwrap();
+    // The daily run, within the window: the head is re-signed, nothing else changes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    audit::repair_heads(&deps, std::slice::from_ref(&tenant), deadline).await;
+    let resigned = deps.audit.head(&chain).await.unwrap().unwrap();
+    assert_ne!(resigned.signature, signed_old.signature, "re-signed");
+    assert_eq!(
+        (resigned.seq, &resigned.hash, resigned.expires_at),
+        (signed_old.seq, &signed_old.hash, signed_old.expires_at)
+    );
+    clock.advance(
+        chrono::Duration::from_std(audit::previous_key_window(&deps)).unwrap()
+            + chrono::Duration::minutes(1),
+    );
+    let v = audit::verify(&deps, &tenant, None).await.unwrap();
+    assert!(v.valid, "the quiet chain still verifies: {v:?}");
+    // Someone with the leaked key and the table: an event after the head, and a head over
+    // it, both signed with the old key.
+    let mut e = deps.audit.event(&chain, 1).await.unwrap().unwrap();
+    e.seq = 2;
+    e.id = kirim::domain::new_id();
+    e.action = "POST /v1/forged".into();
+    e.prev_hash = resigned.hash.clone();
+    e.prev_expires_at = resigned.expires_at;
+    e.hash = audit::hash_of(&e);
+    e.signature = audit::event_signature(&old, &e);
+    deps.audit.put_event(&e).await.unwrap();
+    let forged = kirim::ports::AuditHead {
+        seq: 2,
+        hash: e.hash.clone(),
+        expires_at: e.expires_at,
+        signature: audit::checkpoint_signature(&old, &chain, 2, &e.hash, e.expires_at),
+        ttl: None,
+    };
+    deps.audit
+        .advance_head(&chain, Some(1), &forged)
+        .await
+        .unwrap();
+    let v = audit::verify(&deps, &tenant, None).await.unwrap();
+    assert!(
+        !v.valid,
+        "a head the old key signed after its window: {v:?}"
+    );
+    assert_eq!(
+        v.reason.as_deref(),
+        Some("the chain's head does not match its signature: rewritten")
+    );
+}
+
 /// An audit log that lets another process append between this one's two writes: after its
 /// first event is written, `then` runs before the head write.
 struct Between {
@@ -1258,6 +1328,7 @@ async fn an_event_linked_by_a_clock_behind_its_predecessors_never_expires_before
 }
 
 on_both_backends!(
+    a_quiet_chains_head_is_re_signed_within_the_window_and_a_head_forged_with_the_old_key_after_it_fails,
     an_operators_call_about_a_closed_out_tenant_is_recorded_on_the_platform_chain,
     a_cancel_is_audited_with_the_messages_status_beside_the_http_status,
     an_append_after_a_head_remembered_from_before_the_close_out_moves_the_head_with_its_ttl,
