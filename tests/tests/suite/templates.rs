@@ -1101,10 +1101,15 @@ async fn a_template_re_read_is_retried_only_when_meta_may_answer_later(b: Backen
 
 /// An approval whose webhook came while a sync that had read the template as pending was
 /// still writing: the webhook found nothing to change, the sync then wrote it pending; the
-/// re-read applies the approval again, by its Meta time.
+/// re-read applies the approval again, by its Meta time. No queue poller runs, so the
+/// webhook's own queued re-read cannot be what applies it.
 async fn an_approval_a_lagging_sync_wrote_over_is_applied_again_by_the_re_read(b: Backend) {
     use kirim::service::jobs::TemplateRefreshJob;
-    let app = spawn_app(b).await;
+    let cfg = kirim_infra::local::LocalConfig {
+        pollers: 0,
+        ..kirim_tests::local_config(b).await
+    };
+    let app = kirim_tests::spawn_with(cfg).await;
     let t = app.onboard(5).await;
     app.sandbox_template(
         WABA,
@@ -1129,6 +1134,17 @@ async fn an_approval_a_lagging_sync_wrote_over_is_applied_again_by_the_re_read(b
     pending.status = TemplateStatus::Pending;
     pending.updated_at = deps.clock.now();
     deps.templates.put_template(&pending).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        deps.templates
+            .get_template(WABA, "pending_notice", "en_US")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        TemplateStatus::Pending,
+        "nothing else applies it"
+    );
     let job = TemplateRefreshJob {
         tenant_id: kirim::domain::TenantId::parse(&t.tenant_id).unwrap(),
         waba_id: WABA.into(),
