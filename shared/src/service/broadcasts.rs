@@ -345,12 +345,14 @@ pub async fn create_campaign(
             Err(e) => return Err(e),
         }
     }
-    if recipients.is_empty() {
+    // No valid number at all is a bad request; valid numbers that have all opted out are
+    // not (the opt-outs are the platform's to honour): accepted with none to send, nothing
+    // debited, reported by its counts (API.md's `202` with `skipped_opted_out`), and
+    // completed by its fan-out.
+    if recipients.is_empty() && skipped == 0 {
         return Err(ServiceError::InvalidRequest(format!(
-            "no recipient can be sent to ({} invalid, {} duplicates, {} opted out)",
-            invalid.len(),
-            duplicates,
-            skipped
+            "no valid recipient ({} invalid)",
+            invalid.len()
         )));
     }
     let now = deps.clock.now();

@@ -610,8 +610,96 @@ async fn a_campaign_recipients_refund_names_its_campaign_on_the_ledger(b: Backen
     );
 }
 
+/// A broadcast whose valid numbers have all opted out is accepted (`202`, API.md's counts
+/// say what happened), debits nothing and completes with nothing sent; one with no valid
+/// number at all is a bad request that writes nothing.
+async fn a_broadcast_to_numbers_that_all_opted_out_is_accepted_with_none_to_send(b: Backend) {
+    let app = app_with(b, 80).await;
+    let t = app.onboard(0).await;
+    for phone in ["+60123456101", "+60123456102"] {
+        let res = app
+            .http
+            .put(app.url(&format!("/v1/opt-outs/{phone}")))
+            .bearer_auth(&t.key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let (s, body) = post_json(
+        &app,
+        &t.key,
+        json!({"template": template(),
+               "recipients": ["+60123456101", "+60123456102", "0123"]}),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(
+        (
+            body["accepted"].as_u64(),
+            body["skipped_opted_out"].as_u64(),
+            body["invalid_count"].as_u64()
+        ),
+        (Some(0), Some(2), Some(1)),
+        "{body}"
+    );
+    assert_eq!(app.credits(&t.key).await, 0, "nothing debited");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let mut view = Value::Null;
+    for _ in 0..300 {
+        view = app
+            .http
+            .get(app.url(&format!("/v1/broadcasts/{id}")))
+            .bearer_auth(&t.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if view["status"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(
+        (view["total"].as_u64(), view["skipped_opted_out"].as_u64()),
+        (Some(0), Some(2))
+    );
+    assert!(app.sandbox_requests_to("60123456101").is_empty());
+    // No valid number at all: 400, nothing written.
+    let (s, body) = post_json(
+        &app,
+        &t.key,
+        json!({"template": template(), "recipients": ["0123", "nope"]}),
+    )
+    .await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_request");
+    let listed: Value = app
+        .http
+        .get(app.url("/v1/broadcasts"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["broadcasts"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+}
+
 mod memory_backend {
     use kirim::config::Backend::Memory;
+    #[tokio::test]
+    async fn a_broadcast_to_numbers_that_all_opted_out_is_accepted_with_none_to_send() {
+        super::a_broadcast_to_numbers_that_all_opted_out_is_accepted_with_none_to_send(Memory).await
+    }
     #[tokio::test]
     async fn a_campaign_recipients_refund_names_its_campaign_on_the_ledger() {
         super::a_campaign_recipients_refund_names_its_campaign_on_the_ledger(Memory).await
@@ -653,6 +741,10 @@ mod memory_backend {
 
 mod aws_backend_on_moto {
     use kirim::config::Backend::Aws;
+    #[tokio::test]
+    async fn a_broadcast_to_numbers_that_all_opted_out_is_accepted_with_none_to_send() {
+        super::a_broadcast_to_numbers_that_all_opted_out_is_accepted_with_none_to_send(Aws).await
+    }
     #[tokio::test]
     async fn a_campaign_recipients_refund_names_its_campaign_on_the_ledger() {
         super::a_campaign_recipients_refund_names_its_campaign_on_the_ledger(Aws).await
