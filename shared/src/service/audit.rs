@@ -268,6 +268,21 @@ async fn audit_keys(deps: &Deps) -> Result<Vec<Secret>, ServiceError> {
     .collect())
 }
 
+/// Every audit key a head may have been signed with (current, then the previous one with
+/// no time limit: a quiet chain's head keeps the signature of the key that wrote it until
+/// its next event, or until the daily run re-signs it within the previous key's window,
+/// [`resign`]). Only what checks heads uses it, never what anchors.
+async fn head_keys(deps: &Deps) -> Result<Vec<Secret>, ServiceError> {
+    let name = &deps.settings.audit_key_secret;
+    Ok([
+        deps.secrets.current(name).await?,
+        deps.secrets.previous(name).await?,
+    ]
+    .into_iter()
+    .flatten()
+    .collect())
+}
+
 /// `content` as the event after `head`, hashed and signed with `key` (its own signature),
 /// and the head that anchors it (checkpoint-signed with `key`).
 fn next_event(
@@ -743,11 +758,12 @@ pub async fn repair_heads(
 }
 
 /// A head only the previous audit key's signature matches (a quiet chain since a
-/// rotation), re-signed with the current key, if it has not moved meanwhile: heads are
-/// checked with the previous key only within [`previous_key_window`] (a leaked key,
-/// rotated out, could otherwise sign a forged head over a forged event forever), so the
-/// daily run re-signs them within it. A head no key matches is left for `verify` to
-/// report.
+/// rotation), re-signed with the current key within [`previous_key_window`], if it has not
+/// moved meanwhile: heads are checked with the current and the previous key, so a quiet
+/// chain's head left signed with the previous key verified as rewritten after the next
+/// rotation. (After the window nothing is re-signed: a head the previous key signed then
+/// may be a leaked key's forgery, not to be endorsed with the current one.) A head no key
+/// matches is left for `verify` to report.
 async fn resign(deps: &Deps, chain: &str, head: &AuditHead, keys: &[Secret]) {
     let (Some(sig), [current, previous]) = (&head.signature, keys) else {
         return;
@@ -1385,11 +1401,9 @@ pub async fn verify_within(
 ) -> Result<VerifyReport, ServiceError> {
     let started = std::time::Instant::now();
     let chain = chain_of(Some(tenant));
-    // The keys that may write a chain now: the current one, and the previous one within
-    // its window after a rotation (the daily run re-signs quiet chains' heads within it:
-    // `resign`). Heads, cursors and events beyond the head are checked with them alike.
-    let keys = audit_keys(deps).await?;
-    let writers = &keys;
+    // Heads as any key that signed one; what may be anchored as what may write now.
+    let keys = head_keys(deps).await?;
+    let writers = &audit_keys(deps).await?;
     let now = deps.clock.now().timestamp();
     let resume = cursor
         .map(|c| VerifyCursor::decode(c, &chain, &keys, now))

@@ -91,6 +91,11 @@ pub async fn refuse_unpayable(
         return Ok(());
     }
     match deps.tenants.get_tenant(&tenant.id).await? {
+        // Closed since the access check's copy: as the debit would answer
+        // (`errors::debit_refusal`), and the closed account's keys from then on.
+        Some(fresh) if fresh.status == crate::ports::TenantStatus::Closed => {
+            Err(super::errors::ServiceError::Unauthenticated)
+        }
         Some(fresh) if fresh.credits < price => {
             Err(super::errors::ServiceError::InsufficientCredits)
         }
