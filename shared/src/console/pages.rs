@@ -133,6 +133,7 @@ impl FromRequestParts<ConsoleState> for Ctx {
             enrollment_only,
             user_id,
             tenant_id,
+            ..
         } = caller
         else {
             return Err(redirect("/console/login"));

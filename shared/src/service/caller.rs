@@ -24,6 +24,9 @@ pub enum Caller {
         /// The tenant requires 2FA and the user has not confirmed it yet: only the
         /// session routes (enroll, confirm, logout) are open.
         enrollment_only: bool,
+        /// When the session was opened (its sign-in): a 2FA enrolment needs a recent one
+        /// (`users::ENROLL_SIGNED_IN_WITHIN`).
+        signed_in_at: chrono::DateTime<chrono::Utc>,
     },
 }
 

@@ -733,6 +733,7 @@ pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, Se
         user_id: session.user_id,
         role: user.role,
         enrollment_only,
+        signed_in_at: session.created_at,
     })
 }
 
@@ -886,10 +887,25 @@ fn session_user(caller: &Caller) -> Result<(&TenantId, &str), ServiceError> {
     }
 }
 
+/// How recently a session must have been opened to start a 2FA enrolment. A stolen
+/// session token (a script's, a log's) could otherwise enrol the thief's own second
+/// factor, confirm it and lock the owner out of every later sign-in; a password change
+/// asks for the current password for the same reason. The owner signs in again.
+pub const ENROLL_SIGNED_IN_WITHIN: chrono::Duration = chrono::Duration::minutes(15);
+
 /// A new pending TOTP secret for the calling user (replacing an unconfirmed one).
-/// `Conflict` once 2FA is confirmed.
+/// `Conflict` once 2FA is confirmed, and for a session opened more than
+/// [`ENROLL_SIGNED_IN_WITHIN`] ago.
 pub async fn enroll(deps: &Deps, caller: &Caller) -> Result<Enrollment, ServiceError> {
     let (tenant, id) = session_user(caller)?;
+    if let Caller::Session { signed_in_at, .. } = caller {
+        if deps.clock.now() - *signed_in_at > ENROLL_SIGNED_IN_WITHIN {
+            tracing::info!(user_id = %id, outcome = "denied", reason = "sign_in_not_recent", "2fa enrollment refused");
+            return Err(ServiceError::Conflict(
+                "sign in again to set up two-factor authentication: it can only be started within 15 minutes of signing in".into(),
+            ));
+        }
+    }
     let user = deps
         .users
         .get_user(tenant, id)

@@ -880,6 +880,53 @@ async fn an_ip_allow_list_applies_to_api_keys_but_not_to_console_sessions(b: Bac
     );
 }
 
+/// A session token someone stole (from a script, a log) must not enrol the thief's own
+/// second factor and lock its owner out: a 2FA enrolment needs a sign-in of the last 15
+/// minutes; the owner, signing in again, enrols at once.
+#[tokio::test]
+async fn a_session_opened_over_fifteen_minutes_ago_cannot_start_a_2fa_enrolment() {
+    use kirim::service::{auth, users};
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let (tenant, email, view) = operator_in_open_tenant(&deps).await;
+    let login = || async {
+        let req: users::LoginRequest =
+            serde_json::from_value(json!({"email": email, "password": PASSWORD})).unwrap();
+        users::login(&deps, req, None).await.unwrap()
+    };
+    let old = login().await;
+    // Used now and then, never idle.
+    for _ in 0..2 {
+        clock.advance(chrono::Duration::minutes(8));
+        auth::authenticate(&deps, Some(old.token.expose()))
+            .await
+            .unwrap();
+    }
+    let caller = auth::authenticate(&deps, Some(old.token.expose()))
+        .await
+        .unwrap();
+    let refused = users::enroll(&deps, &caller).await;
+    assert!(
+        matches!(&refused, Err(kirim::service::errors::ServiceError::Conflict(m)) if m.contains("sign in again")),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    let user = deps
+        .users
+        .get_user(&tenant, &view.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(user.totp_secret.is_none(), "nothing pending");
+    let fresh = login().await;
+    let caller = auth::authenticate(&deps, Some(fresh.token.expose()))
+        .await
+        .unwrap();
+    users::enroll(&deps, &caller)
+        .await
+        .expect("a fresh sign-in enrols");
+}
+
 #[tokio::test]
 async fn a_session_stops_authenticating_when_its_twelve_hours_pass() {
     use kirim::service::{auth, users};
@@ -899,6 +946,7 @@ async fn a_session_stops_authenticating_when_its_twelve_hours_pass() {
             user_id: view.id.clone(),
             role: kirim::domain::Role::Operator,
             enrollment_only: false,
+            signed_in_at: deps.clock.now(),
         }
     );
     assert!(!format!("{:?}", session.token).contains(session.token.expose()));
