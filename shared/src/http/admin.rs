@@ -34,7 +34,7 @@ pub(super) async fn suspend_tenant(
     let reason = req.reason.clone();
     let t = accounts::set_status(&s.deps, &id, TenantStatus::Suspended, Some(req.reason)).await?;
     let res = Json(tenant_json(&t)).into_response();
-    Ok(noted(res, Some(&id), json!({"reason": reason})))
+    Ok(with_reason(&s, res, &id, "tenant.suspend", Some(reason)).await)
 }
 
 pub(super) async fn resume_tenant(
@@ -46,7 +46,7 @@ pub(super) async fn resume_tenant(
     let reason = body.reason;
     let t = accounts::set_status(&s.deps, &id, TenantStatus::Active, reason.clone()).await?;
     let res = Json(tenant_json(&t)).into_response();
-    Ok(noted(res, Some(&id), json!({"reason": reason})))
+    Ok(with_reason(&s, res, &id, "tenant.resume", reason).await)
 }
 
 pub(super) async fn close_tenant(
@@ -58,7 +58,36 @@ pub(super) async fn close_tenant(
     let reason = body.reason;
     let t = accounts::close(&s.deps, &id, reason.clone()).await?;
     let res = Json(tenant_json(&t)).into_response();
-    Ok(noted(res, Some(&id), json!({"reason": reason})))
+    Ok(with_reason(&s, res, &id, "tenant.close", reason).await)
+}
+
+/// An operator's suspend, resume or close: the request's own event, on the tenant's
+/// chain, says only whether a reason was given (the tenant's admins read that chain, and
+/// the operator's reason is not theirs to read: README, openapi), and the reason itself is
+/// audited on the platform chain, naming the tenant.
+async fn with_reason(
+    s: &AppState,
+    res: axum::response::Response,
+    id: &crate::domain::TenantId,
+    action: &str,
+    reason: Option<String>,
+) -> axum::response::Response {
+    if let Some(reason) = &reason {
+        crate::service::audit::record_or_park(
+            &s.deps,
+            crate::service::audit::Draft {
+                tenant: None,
+                actor_type: "operator",
+                actor_id: "platform".into(),
+                action: action.into(),
+                ip: None,
+                outcome: crate::ports::AuditOutcome::Success,
+                details: json!({"tenant_id": id.to_string(), "reason": reason}),
+            },
+        )
+        .await;
+    }
+    noted(res, Some(id), json!({"reason_given": reason.is_some()}))
 }
 
 pub(super) async fn put_tenant_throughput(

@@ -316,7 +316,9 @@ pub async fn get(deps: &Deps, tenant: &TenantId, id: &str) -> Result<UserView, S
 }
 
 /// Clears the failed-login counters of the user's email, from every address, so the
-/// user can log in again at once. Another tenant's user is `NotFound`.
+/// user can log in again at once from an address not itself held back (an address's own
+/// counter, past 20 failures of any emails, is kept: it may be a password sprayer's).
+/// Another tenant's user is `NotFound`.
 pub async fn unlock(deps: &Deps, tenant: &TenantId, id: &str) -> Result<UserView, ServiceError> {
     let user = deps
         .users

@@ -482,6 +482,30 @@ async fn a_suspended_tenant_cannot_send_until_resumed_and_a_closed_one_cannot_au
         "tenant_suspended"
     );
     assert_eq!(app.credits(&t.key).await, 3, "nothing debited");
+    // The operator's reason is audited on the platform chain, not shown to the tenant.
+    let (_, own) = call(&app, "GET", "/v1/audit?limit=100", Some(&t.key), None).await;
+    let suspension = own["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "POST /v1/platform/tenants/{id}/suspend")
+        .cloned()
+        .unwrap_or_else(|| panic!("the suspension on the tenant's chain: {own}"));
+    assert_eq!(suspension["details"]["reason_given"], true, "{suspension}");
+    assert!(!own.to_string().contains("invoice 2026-11"), "{own}");
+    let q = kirim::ports::AuditQuery {
+        limit: 100,
+        action: Some("tenant.suspend".into()),
+        ..Default::default()
+    };
+    let (platform, _) = app.app.deps.audit.list("platform", &q).await.unwrap();
+    assert!(
+        platform
+            .iter()
+            .any(|e| e.details.contains("invoice 2026-11 unpaid")
+                && e.details.contains(&t.tenant_id)),
+        "{platform:?}"
+    );
 
     let (s, _) = call(&app, "POST", &tenant("/resume"), Some(OPERATOR_TOKEN), None).await;
     assert_eq!(s, 200);
