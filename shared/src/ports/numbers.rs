@@ -64,7 +64,10 @@ fn unknown_quality() -> TemplateQuality {
 #[async_trait]
 pub trait PhoneNumberStore: Send + Sync {
     /// Claims the number's route and stores the number, atomically. `Conflict` if any
-    /// tenant (this one included) has the number already; nothing is written then.
+    /// tenant (this one included) has the number already, `Conflict(`[`TENANT_CLOSED`]`)`
+    /// if the tenant is closed (the check travels with the write); nothing is written then.
+    ///
+    /// [`TENANT_CLOSED`]: crate::ports::TENANT_CLOSED
     async fn add_phone_number(&self, number: &PhoneNumberRecord) -> Result<(), StoreError>;
     /// Stores the number item of a number whose route the tenant already holds (the
     /// number it was onboarded with), only if it has none yet; `false` if it had one.

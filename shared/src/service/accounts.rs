@@ -176,16 +176,23 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
     {
         // An answer lost after the write landed (the SDK gave up) is read back: the tenant
         // then exists and keeps its token. Otherwise no orphan secret is left behind.
+        // Read a moment later: an attempt the SDK gave up on (a timeout) may still be
+        // committing, and a token deleted under a tenant that then exists is lost.
         let landed = match &e {
             crate::store_error::StoreError::Conflict(_) => Ok(false),
-            _ => deps.tenants.get_tenant(&id).await.map(|t| t.is_some()),
+            _ => {
+                tokio::time::sleep(READ_BACK_AFTER).await;
+                deps.tenants.get_tenant(&id).await.map(|t| t.is_some())
+            }
         };
         match landed {
             Ok(true) => {
                 tracing::warn!(tenant_id = %id, error = %e, "onboarding's write answered an error but landed");
             }
             Ok(false) => {
-                let _ = deps.secrets.store().delete_secret(&secret_name).await;
+                if let Err(d) = deps.secrets.store().delete_secret(&secret_name).await {
+                    tracing::warn!(tenant_id = %id, error = %d, "onboarding failed; its token's secret was not deleted (an orphan to delete by hand)");
+                }
                 if matches!(e, crate::store_error::StoreError::Conflict(_)) {
                     return Err(owned_elsewhere(deps, &tenant.phone_number_id).await);
                 }
@@ -234,6 +241,9 @@ async fn owned_elsewhere(deps: &Deps, phone_number_id: &str) -> ServiceError {
         _ => ServiceError::Conflict("phone_number_id already belongs to a tenant".into()),
     }
 }
+
+/// How long a failed onboarding waits before reading back whether its write landed.
+const READ_BACK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The most credits one top-up (or a tenant's opening balance) adds: far from the
 /// balance's `i64` limit, which DynamoDB's `ADD` would pass without a word.

@@ -146,6 +146,10 @@ pub async fn add(
         .add_phone_number(&record)
         .await
         .map_err(|e| match e {
+            // Closed since the look above.
+            StoreError::Conflict(m) if m == crate::ports::TENANT_CLOSED => {
+                ServiceError::Conflict("the account is closed".into())
+            }
             StoreError::Conflict(_) => {
                 ServiceError::Conflict("this phone_number_id already belongs to a tenant".into())
             }

@@ -72,6 +72,30 @@ async fn a_number_is_one_tenants_at_most_and_its_route_names_that_tenant(p: Port
     );
 }
 
+/// A number added to a tenant closed since the caller looked is refused with nothing
+/// written: its route, written after the close-out passed the tenant's numbers, would hold
+/// the number for good.
+async fn a_number_is_never_added_to_a_closed_tenant(p: Ports) {
+    let a = onboarded(&p, 0).await;
+    p.tenants
+        .set_status(&a.id, TenantStatus::Closed, None, p.clock.now())
+        .await
+        .unwrap();
+    let id = fresh_id();
+    assert_eq!(
+        p.numbers
+            .add_phone_number(&number(&p, &a.id, &id, "2000003"))
+            .await
+            .unwrap_err(),
+        StoreError::Conflict(kirim::ports::TENANT_CLOSED.into())
+    );
+    assert_eq!(
+        p.tenants.tenant_by_phone_number_id(&id).await.unwrap(),
+        None
+    );
+    assert_eq!(p.numbers.get_phone_number(&a.id, &id).await.unwrap(), None);
+}
+
 /// The onboarding's display number lands with the tenant, in its one write: Meta's quality
 /// webhooks name a number only by it, and no later step can lose it.
 async fn an_onboarded_numbers_display_is_written_in_the_tenants_one_write(p: Ports) {
@@ -593,6 +617,7 @@ contract!(
     a_number_without_its_route_is_removed_and_another_tenants_route_stays,
     the_status_first_carrying_pricing_moves_prices_and_counts_the_message_in_one_write,
     a_number_is_one_tenants_at_most_and_its_route_names_that_tenant,
+    a_number_is_never_added_to_a_closed_tenant,
     an_onboarded_numbers_display_is_written_in_the_tenants_one_write,
     the_default_number_is_never_removed_and_a_removed_number_frees_its_route,
     the_default_moves_only_to_a_number_of_the_tenants,

@@ -93,12 +93,16 @@ impl PhoneNumberStore for DynamoStore {
     async fn add_phone_number(&self, number: &PhoneNumberRecord) -> Result<(), StoreError> {
         let mut route: Item = keys::phone_route(&number.phone_number_id).attrs();
         route.insert("tenant_id".into(), s(number.tenant_id.to_string()));
+        // Never for a closed tenant (the check travels with the write): a route written
+        // after its close-out passed the numbers would hold the number forever.
         let items = vec![
+            self.tenant_open_check(&number.tenant_id)?,
             self.put(route, Some("attribute_not_exists(pk)"))?,
             self.put(self.number_item(number)?, Some("attribute_not_exists(pk)"))?,
         ];
         match self.transact(items).await {
             Ok(()) => Ok(()),
+            Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
                 "phone_number_id already belongs to a tenant".into(),
             )),

@@ -48,6 +48,7 @@ fn key(t: &TenantId, id: &str) -> (TenantId, String) {
 impl PhoneNumberStore for MemoryStore {
     async fn add_phone_number(&self, number: &PhoneNumberRecord) -> Result<(), StoreError> {
         let mut s = self.lock()?;
+        super::refuse_if_closed(&s, &number.tenant_id)?;
         let k = key(&number.tenant_id, &number.phone_number_id);
         if s.phones.contains_key(&number.phone_number_id) || s.numbers.contains_key(&k) {
             return Err(StoreError::Conflict(
