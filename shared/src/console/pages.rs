@@ -26,7 +26,7 @@ use super::{may, ConsoleState};
 use crate::domain::Role;
 use crate::http::extract::ClientIp;
 use crate::secret::Secret;
-use crate::service::auth::{authenticate, Caller};
+use crate::service::auth::{authenticate, authenticate_console_session, Caller};
 use crate::service::errors::ServiceError;
 
 type S = State<ConsoleState>;
@@ -84,6 +84,8 @@ pub(super) struct Ctx {
     pub(super) who: Who,
     pub(super) token: String,
     pub(super) role: Role,
+    /// The signed-in user's email, named at the top of each page.
+    pub(super) email: String,
     /// The signed-in user's id and tenant.
     pub(super) user_id: String,
     pub(super) tenant_id: crate::domain::TenantId,
@@ -97,6 +99,7 @@ impl Ctx {
     pub(super) fn chrome<'a>(&'a self, current: &'a str) -> Chrome<'a> {
         Chrome {
             role: self.role,
+            email: &self.email,
             csrf: &self.csrf,
             current,
         }
@@ -120,7 +123,7 @@ impl FromRequestParts<ConsoleState> for Ctx {
         else {
             return Err(redirect("/console/login"));
         };
-        let caller = match authenticate(&s.deps, Some(&token)).await {
+        let (caller, email) = match authenticate_console_session(&s.deps, &token).await {
             Ok(c) => c,
             Err(ServiceError::Unauthenticated) => return Err(redirect("/console/login")),
             Err(e) => {
@@ -154,6 +157,7 @@ impl FromRequestParts<ConsoleState> for Ctx {
             csrf: csrf_token(&key, "session", &token),
             token,
             role,
+            email,
             user_id,
             tenant_id,
             enrollment_only,

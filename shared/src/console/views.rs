@@ -25,6 +25,8 @@ pub enum Notice {
 /// What the frame needs to know of the signed-in user.
 pub struct Chrome<'a> {
     pub role: Role,
+    /// Whom the page is for (the user's email: never a token).
+    pub email: &'a str,
     pub csrf: &'a str,
     pub current: &'a str,
 }
@@ -140,7 +142,7 @@ pub fn frame(title: &str, c: &Chrome, n: Option<&Notice>, content: Markup) -> Ma
                     }
                     form.signout method="post" action="/console/logout" {
                         (csrf(c.csrf))
-                        span.role { "Signed in as " (c.role.as_str().replace('_', "-")) }
+                        span.role { "Signed in as " span.who { (c.email) } " (" (c.role.as_str().replace('_', "-")) ")" }
                         button type="submit" { "Sign out" }
                     }
                 }

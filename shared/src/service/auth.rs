@@ -9,12 +9,27 @@ pub use super::caller::Caller;
 use super::errors::ServiceError;
 use super::Deps;
 
+/// The longest token looked up; a longer one is refused unread.
+const MAX_TOKEN: usize = 512;
+
+/// A console session token (only: nothing else is looked up) as [`authenticate`] resolves
+/// it, with the signed-in user's email, which the same reads give.
+pub async fn authenticate_console_session(
+    deps: &Deps,
+    token: &str,
+) -> Result<(Caller, String), ServiceError> {
+    if token.len() > MAX_TOKEN || !token.starts_with(super::users::SESSION_PREFIX) {
+        return Err(ServiceError::Unauthenticated);
+    }
+    super::users::session_and_email(deps, token).await
+}
+
 /// Resolves a bearer token. Operator tokens are compared in constant time against the
 /// current value (read afresh when the cached copy refuses one) and, for `rotation_grace`
 /// after a rotation, the previous one; API keys are looked up by hash.
 pub async fn authenticate(deps: &Deps, token: Option<&str>) -> Result<Caller, ServiceError> {
     let token = token
-        .filter(|t| !t.is_empty() && t.len() <= 512)
+        .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
         .ok_or(ServiceError::Unauthenticated)?;
     if token.starts_with(super::users::SESSION_PREFIX) {
         return super::users::authenticate_session(deps, token).await;

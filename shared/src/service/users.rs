@@ -688,6 +688,14 @@ async fn attempt(
 /// [`SESSION_IDLE`], and sessions of deleted users, do not authenticate. A session in
 /// use has its last use recorded (at most once a minute).
 pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, ServiceError> {
+    session_and_email(deps, token)
+        .await
+        .map(|(caller, _)| caller)
+}
+
+/// [`authenticate_session`], with the signed-in user's email (read by the same check, no
+/// other read): the console names whom a page is for.
+pub async fn session_and_email(deps: &Deps, token: &str) -> Result<(Caller, String), ServiceError> {
     let hash = token_hash(token);
     let now = deps.clock.now();
     let session = deps
@@ -730,13 +738,16 @@ pub async fn authenticate_session(deps: &Deps, token: &str) -> Result<Caller, Se
     let enrollment_only = !proven && deps.users.two_factor_required(&session.tenant_id).await?;
     // The user's role, not the one the session was opened with: a role change bites on
     // the next request.
-    Ok(Caller::Session {
-        tenant_id: session.tenant_id,
-        user_id: session.user_id,
-        role: user.role,
-        enrollment_only,
-        signed_in_at: session.created_at,
-    })
+    Ok((
+        Caller::Session {
+            tenant_id: session.tenant_id,
+            user_id: session.user_id,
+            role: user.role,
+            enrollment_only,
+            signed_in_at: session.created_at,
+        },
+        user.email,
+    ))
 }
 
 /// The signed-in user changes their own password (a session only: an API key is no user,

@@ -605,6 +605,29 @@ async fn an_opt_out_is_removed_only_on_its_confirmation_and_a_refused_one_keeps_
     );
 }
 
+/// Every page names whom it is for: the signed-in user's email and role, never only the
+/// role (two admins' pages told nothing apart), and never a token.
+async fn the_header_names_the_signed_in_users_email_and_role(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    for role in ["admin", "read_only"] {
+        let (email, _) = new_user(&app, &t.key, role).await;
+        let mut web = sign_in(&app, &email).await;
+        let dash = web.get("/console/").await;
+        assert_eq!(dash.status, 200, "{}", dash.html);
+        let shown = role.replace('_', "-");
+        let said = format!(
+            r#"Signed in as <span class="who">{}</span> ({shown})"#,
+            email.to_lowercase()
+        );
+        assert!(dash.html.contains(&said), "{said} in {}", dash.html);
+        assert!(
+            !dash.html.contains(&web.session()),
+            "never the session token"
+        );
+    }
+}
+
 on_both_backends!(
     an_opt_out_is_removed_only_on_its_confirmation_and_a_refused_one_keeps_its_number,
     the_console_sets_a_strict_http_only_session_cookie_and_its_security_headers,
@@ -613,4 +636,5 @@ on_both_backends!(
     a_read_only_user_is_offered_no_changes_and_a_forged_post_is_refused,
     signing_out_of_the_console_ends_the_session,
     a_user_enrols_two_factor_from_a_qr_code_and_then_signs_in_with_a_code,
+    the_header_names_the_signed_in_users_email_and_role,
 );
