@@ -54,6 +54,7 @@ pub fn console_router(deps: Deps, options: ConsoleOptions) -> Router {
             api,
             options,
         })
+        .layer(axum::middleware::from_fn(pages::errors_in_frame))
         .layer(axum::middleware::from_fn(security::headers))
         .layer(axum::middleware::from_fn(
             crate::http::error::request_id_header,

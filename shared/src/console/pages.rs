@@ -20,7 +20,7 @@ use super::security::{
     PENDING_COOKIE, PENDING_SECS, SESSION_COOKIE,
 };
 use super::views::{
-    bare, csrf, error_page, frame, page, qr_svg, status_chart, Chrome, Notice, STATUSES,
+    bare, csrf, error_page, frame, page, qr_svg, status_chart, Chrome, ErrorWords, Notice, STATUSES,
 };
 use super::{may, ConsoleState};
 use crate::domain::Role;
@@ -149,12 +149,22 @@ impl FromRequestParts<ConsoleState> for Ctx {
         let Some(key) = csrf_key(&s.deps).await else {
             return Err(unavailable());
         };
+        let csrf = csrf_token(&key, "session", &token);
+        if let Some(slot) = parts.extensions.get::<SignedIn>() {
+            // For an error page of this request: the frame of this user (`errors_in_frame`).
+            let _ = slot.0.set(Signed {
+                role,
+                email: email.clone(),
+                csrf: csrf.clone(),
+                enrollment_only,
+            });
+        }
         Ok(Ctx {
             who: Who {
                 token: Some(token.clone()),
                 ip: client_ip(parts),
             },
-            csrf: csrf_token(&key, "session", &token),
+            csrf,
             token,
             role,
             email,
@@ -163,6 +173,48 @@ impl FromRequestParts<ConsoleState> for Ctx {
             enrollment_only,
         })
     }
+}
+
+/// The signed-in user a request's [`Ctx`] found, if it found one: a slot the console's
+/// layer puts on each request and reads once the answer is made.
+#[derive(Clone, Default)]
+pub(super) struct SignedIn(std::sync::Arc<std::sync::OnceLock<Signed>>);
+
+struct Signed {
+    role: Role,
+    email: String,
+    csrf: String,
+    enrollment_only: bool,
+}
+
+/// An error page (`views::error_page`) of a request whose session was found is shown in
+/// that user's frame, with the navigation and sign-out, not stranded on a bare page. The
+/// user is the one the handler's own session check found (no other read, no other call);
+/// a request without a signed-in user (signed out, or a session confined to setting up
+/// 2FA, whose pages are the 2FA page and sign-out only) keeps the bare page.
+pub(super) async fn errors_in_frame(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let slot = SignedIn::default();
+    req.extensions_mut().insert(slot.clone());
+    let res = next.run(req).await;
+    let Some(words) = res.extensions().get::<ErrorWords>().cloned() else {
+        return res;
+    };
+    let Some(who) = slot.0.get().filter(|w| !w.enrollment_only) else {
+        return res;
+    };
+    let chrome = Chrome {
+        role: who.role,
+        email: &who.email,
+        csrf: &who.csrf,
+        current: "",
+    };
+    let (mut parts, _) = res.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let html = frame(words.title, &chrome, None, words.content()).into_string();
+    Response::from_parts(parts, axum::body::Body::from(html))
 }
 
 pub(super) type Form = HashMap<String, String>;
@@ -410,7 +462,11 @@ async fn css() -> Response {
     res
 }
 
-async fn not_found() -> Response {
+async fn not_found(State(s): S, mut parts: Parts) -> Response {
+    // Signed in: the page comes in the user's frame (`errors_in_frame`), found by the
+    // session check every page makes; signed out, the bare page (no redirect: a wrong
+    // address is said so).
+    let _ = Ctx::from_request_parts(&mut parts, &s).await;
     error_page(StatusCode::NOT_FOUND, "There is no such page.")
 }
 

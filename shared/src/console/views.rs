@@ -174,6 +174,24 @@ pub fn bare(title: &str, n: Option<&Notice>, content: Markup) -> Markup {
     }
 }
 
+/// An error page's words, kept on its answer: where the request had a signed-in user, the
+/// console's layer (`pages::errors_in_frame`) puts them in that user's frame, with the
+/// navigation, instead of the bare page (which knows nothing of the user).
+#[derive(Clone, Debug)]
+pub struct ErrorWords {
+    pub title: &'static str,
+    pub text: String,
+}
+
+impl ErrorWords {
+    pub fn content(&self) -> Markup {
+        html! {
+            p #error-text { (self.text) }
+            p { a href="/console/" { "Back to the console" } }
+        }
+    }
+}
+
 /// An error page that says what to do, never internals.
 pub fn error_page(status: StatusCode, text: &str) -> Response {
     let title = match status {
@@ -182,17 +200,13 @@ pub fn error_page(status: StatusCode, text: &str) -> Response {
         s if s.is_server_error() => "Something went wrong",
         _ => "Cannot do that",
     };
-    page(
-        status,
-        bare(
-            title,
-            None,
-            html! {
-                p { (text) }
-                p { a href="/console/" { "Back to the console" } }
-            },
-        ),
-    )
+    let words = ErrorWords {
+        title,
+        text: text.to_owned(),
+    };
+    let mut res = page(status, bare(title, None, words.content()));
+    res.extensions_mut().insert(words);
+    res
 }
 
 /// The message statuses in their order, with the fill pattern that tells them apart

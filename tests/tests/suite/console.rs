@@ -628,6 +628,56 @@ async fn the_header_names_the_signed_in_users_email_and_role(b: Backend) {
     }
 }
 
+/// The signed-in parts of a page: the console's navigation, the user, sign-out.
+fn has_frame(p: &Page, email: &str) -> bool {
+    p.html.contains(r#"<nav aria-label="Console">"#)
+        && p.html.contains(r#"action="/console/logout""#)
+        && p.html.contains(&email.to_lowercase())
+}
+
+/// An error page (a role's refusal, an item or page that is not there, a form refused for
+/// its CSRF token) of a signed-in user comes in the console's frame, with its navigation
+/// and sign-out: the user is not stranded. Signed out, it stays a bare page.
+async fn a_signed_in_users_error_pages_keep_the_navigation_and_sign_out(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "read_only").await;
+    let mut web = sign_in(&app, &email).await;
+    let refused = web.get("/console/api-keys").await;
+    assert_eq!(refused.status, 403, "{}", refused.html);
+    assert!(has_frame(&refused, &email), "{}", refused.html);
+    assert!(refused.html.contains("Your role does not allow this"));
+    assert!(
+        !refused.html.contains(r#"href="/console/api-keys""#),
+        "still only what the role may see: {}",
+        refused.html
+    );
+    let no_item = web.get("/console/messages/01NOSUCHMESSAGE").await;
+    assert_eq!(no_item.status, 404);
+    assert!(has_frame(&no_item, &email), "{}", no_item.html);
+    let no_page = web.get("/console/no-such-page").await;
+    assert_eq!(no_page.status, 404);
+    assert!(has_frame(&no_page, &email), "{}", no_page.html);
+    assert!(no_page.html.contains("There is no such page."));
+    let forged = web
+        .post("/console/opt-outs", &[("phone", "+60123450001")])
+        .await;
+    assert_eq!(forged.status, 403);
+    assert!(has_frame(&forged, &email), "{}", forged.html);
+    assert_security_headers(&forged);
+    // Its sign-out works from there.
+    let out = web
+        .post("/console/logout", &[("csrf", &no_page.csrf())])
+        .await;
+    assert_eq!(out.status, 303, "{}", out.html);
+    assert!(web.session().is_empty());
+    // Signed out: the bare page, nobody named.
+    let bare = Browser::new(&app).get("/console/no-such-page").await;
+    assert_eq!(bare.status, 404);
+    assert!(!bare.html.contains("<nav") && !bare.html.contains("Signed in as"));
+    assert!(bare.html.contains("There is no such page."));
+}
+
 on_both_backends!(
     an_opt_out_is_removed_only_on_its_confirmation_and_a_refused_one_keeps_its_number,
     the_console_sets_a_strict_http_only_session_cookie_and_its_security_headers,
@@ -637,4 +687,5 @@ on_both_backends!(
     signing_out_of_the_console_ends_the_session,
     a_user_enrols_two_factor_from_a_qr_code_and_then_signs_in_with_a_code,
     the_header_names_the_signed_in_users_email_and_role,
+    a_signed_in_users_error_pages_keep_the_navigation_and_sign_out,
 );
