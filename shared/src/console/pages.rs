@@ -8,7 +8,7 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use chrono::{Duration, NaiveDate, Utc};
 use maud::{html, Markup};
@@ -59,7 +59,9 @@ pub(super) fn routes() -> Router<ConsoleState> {
         .route("/console/settings/ip-allowlist", post(put_allowlist))
         .route("/console/settings/status-callback", post(put_callback))
         .route("/console/settings/2fa", post(put_two_factor))
-        .route("/console/{*rest}", get(not_found).post(not_found))
+        // No such page, whatever the method: the console's own 404 page (a known page with
+        // another method is a 405, as axum answers it).
+        .route("/console/{*rest}", any(not_found))
 }
 
 // ------------------------------------------------------------------ plumbing

@@ -678,6 +678,94 @@ async fn a_signed_in_users_error_pages_keep_the_navigation_and_sign_out(b: Backe
     assert!(bare.html.contains("There is no such page."));
 }
 
+/// A request to the console as the `console` Lambda gets it from API Gateway (HTTP API,
+/// `ANY /console/{proxy+}`): its status and body.
+async fn on_lambda(app: &TestApp, method: &str, path: &str, cookie: &str) -> (u16, String) {
+    use tower::ServiceExt;
+    let router = kirim::http::lambda::for_lambda(kirim::console::console_router(
+        app.app.deps.clone(),
+        kirim::console::ConsoleOptions {
+            secure_cookies: false,
+        },
+    ));
+    let route = "ANY /console/{proxy+}";
+    let cookies: Vec<&str> = cookie.split("; ").filter(|c| !c.is_empty()).collect();
+    let event = json!({
+        "version": "2.0", "routeKey": route, "rawPath": path, "rawQueryString": "",
+        "cookies": cookies, "headers": {},
+        "requestContext": {"accountId": "123456789012", "apiId": "api", "domainName": "api.example", "domainPrefix": "api",
+            "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "test"},
+            "requestId": "req-console", "routeKey": route, "stage": "$default", "time": "05/Dec/2026:00:00:00 +0000", "timeEpoch": 1796428800000i64},
+        "isBase64Encoded": false
+    })
+    .to_string();
+    let req = lambda_http::request::from_str(&event).unwrap();
+    let req = req.map(|b| axum::body::Body::from(b.to_vec()));
+    let res = router.oneshot(req).await.unwrap();
+    let status = res.status().as_u16();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A console path that is no page answers the console's own 404 page, whatever the method
+/// and whoever asks, in local mode (the console merged into the whole app) and on Lambda
+/// (the console function's router alone) alike; a page asked with a method it does not
+/// take is a 405 in both.
+async fn an_unknown_console_path_answers_the_consoles_404_page_in_local_mode_and_on_lambda_alike(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let web = sign_in(&app, &email).await;
+    let session = format!("kirim_session={}", web.session());
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for cookie in ["", session.as_str()] {
+        for (method, path, status) in [
+            ("GET", "/console/no-such-page", 404),
+            ("POST", "/console/no-such-page", 404),
+            ("PUT", "/console/no-such-page", 404),
+            ("DELETE", "/console/a/b/c", 404),
+            ("PATCH", "/console/messages/", 404),
+            ("DELETE", "/console/users", 405),
+            ("GET", "/console/logout", 405),
+        ] {
+            let local = http
+                .request(method.parse().unwrap(), app.url(path))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            let local = (
+                local.status().as_u16(),
+                local.text().await.unwrap_or_default(),
+            );
+            let lambda = on_lambda(&app, method, path, cookie).await;
+            let what = format!("{method} {path} (signed in: {})", !cookie.is_empty());
+            assert_eq!(local.0, status, "{what}: {}", local.1);
+            assert_eq!(lambda.0, status, "{what} on Lambda: {}", lambda.1);
+            if status == 404 {
+                for (host, html) in [("local", &local.1), ("Lambda", &lambda.1)] {
+                    assert!(
+                        html.contains("There is no such page."),
+                        "{what} {host}: {html}"
+                    );
+                    assert_eq!(
+                        html.contains(r#"<nav aria-label="Console">"#),
+                        !cookie.is_empty(),
+                        "{what} {host}: the frame only when signed in: {html}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 on_both_backends!(
     an_opt_out_is_removed_only_on_its_confirmation_and_a_refused_one_keeps_its_number,
     the_console_sets_a_strict_http_only_session_cookie_and_its_security_headers,
@@ -688,4 +776,5 @@ on_both_backends!(
     a_user_enrols_two_factor_from_a_qr_code_and_then_signs_in_with_a_code,
     the_header_names_the_signed_in_users_email_and_role,
     a_signed_in_users_error_pages_keep_the_navigation_and_sign_out,
+    an_unknown_console_path_answers_the_consoles_404_page_in_local_mode_and_on_lambda_alike,
 );
