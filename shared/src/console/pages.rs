@@ -324,7 +324,10 @@ pub(super) fn done(q: &HashMap<String, String>) -> Option<Notice> {
         "password_changed" => {
             "Your password was changed and you were signed out everywhere: sign in with the new one."
         }
-        "user_unlocked" => "The user's failed sign-ins were cleared; they can sign in again now.",
+        "user_unlocked" => {
+            "The user's failed sign-ins, if they had any, were cleared: if they were slowed \
+             down, they can sign in again now."
+        }
         "role_changed" => "The user's role was changed; it applies from their next click.",
         "campaign_created" => {
             "The campaign was accepted. Its numbers below fill in as messages are sent."
@@ -1720,8 +1723,11 @@ async fn render_users(
     let body = html! {
         h2 { "Add a user" }
         p.hint { @if can_change_role { "A user's new role applies from their next click. You
-            cannot change your own role or remove yourself: another admin can. " } @if can_unlock { "Unlock clears a
-            user's failed sign-ins, so that they can sign in again at once." } }
+            cannot change your own role or remove yourself: another admin can. " } @if can_unlock { "“Clear failed sign-ins”
+            forgets the wrong passwords counted against a user's email, from every address, and
+            their wrong two-factor codes: a user slowed down after them can sign in again at
+            once. Whether a user is slowed down just now is not shown here; clearing one who is
+            not changes nothing." } }
         form.stack method="post" action="/console/users" {
             (csrf(&ctx.csrf))
             div { label for="user-email" { "Email" } input #user-email type="email" name="email" value=(email) autocomplete="off" required; }
@@ -1753,7 +1759,7 @@ async fn render_users(
                                 @if can_unlock {
                                     form.inline method="post" action=(format!("/console/users/{}/unlock", segment(text(u, "id")))) {
                                         (csrf(&ctx.csrf))
-                                        button type="submit" aria-label=(format!("Unlock {}", text(u, "email"))) { "Unlock" }
+                                        button type="submit" aria-label=(format!("Clear the failed sign-ins of {}", text(u, "email"))) { "Clear failed sign-ins" }
                                     }
                                 }
                                 @if text(u, "id") != ctx.user_id {

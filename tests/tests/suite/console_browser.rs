@@ -394,7 +394,10 @@ async fn in_a_browser_an_admin_unlocks_a_user_and_a_read_only_user_sees_no_sync_
     click(&c, "a[href='/console/users']").await;
     click(
         &c,
-        &format!("button[aria-label='Unlock {}']", reader.to_lowercase()),
+        &format!(
+            "button[aria-label='Clear the failed sign-ins of {}']",
+            reader.to_lowercase()
+        ),
     )
     .await;
     let done = find(&c, ".notice.done").await.text().await.expect("notice");

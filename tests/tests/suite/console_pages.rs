@@ -686,6 +686,46 @@ async fn an_admin_unlocks_a_user_from_the_users_page(b: Backend) {
     assert_eq!(op.get("/console/users").await.status, 403);
 }
 
+/// Whether a user is slowed down after failed sign-ins is not known to the users list (it
+/// would be a read per user), so the page does not offer every user an "Unlock" as if each
+/// were locked: it offers to clear failed sign-ins, and says what that does.
+async fn the_users_page_offers_to_clear_failed_sign_ins_without_calling_anyone_locked(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (admin, _) = new_user(&app, &t.key, "admin").await;
+    let (other, id) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &admin).await;
+    let users = web.get("/console/users").await;
+    assert_eq!(users.status, 200, "{}", users.html);
+    assert!(!users.html.contains(">Unlock<"), "{}", users.html);
+    assert!(
+        users.html.contains(&format!(
+            r#"aria-label="Clear the failed sign-ins of {}">Clear failed sign-ins</button>"#,
+            other.to_lowercase()
+        )),
+        "{}",
+        users.html
+    );
+    assert!(users.html.contains(&format!("/console/users/{id}/unlock")));
+    assert!(
+        users
+            .html
+            .contains("Whether a user is slowed down just now is not shown here"),
+        "{}",
+        users.html
+    );
+    // Cleared for a user who had no failures: said as what it is.
+    let done = web
+        .post(
+            &format!("/console/users/{id}/unlock"),
+            &[("csrf", &users.csrf())],
+        )
+        .await;
+    assert_eq!(done.status, 303, "{}", done.html);
+    let page = web.get(done.location()).await;
+    assert!(page.html.contains("if they had any"), "{}", page.html);
+}
+
 async fn an_admin_changes_a_users_role_from_the_users_page_but_not_their_own(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -1854,6 +1894,7 @@ on_both_backends!(
     the_campaign_form_refuses_a_post_without_its_csrf_token_and_a_read_only_user,
     a_failed_message_shows_what_its_failure_means_and_what_to_do,
     an_admin_unlocks_a_user_from_the_users_page,
+    the_users_page_offers_to_clear_failed_sign_ins_without_calling_anyone_locked,
     an_admin_changes_a_users_role_from_the_users_page_but_not_their_own,
     the_send_form_takes_the_catalogues_category_and_keeps_a_refused_form_as_typed,
     a_console_admin_cannot_remove_themselves_but_another_admin_can,
