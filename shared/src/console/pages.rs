@@ -1014,8 +1014,6 @@ async fn render_messages(
     n: Option<Notice>,
 ) -> Response {
     let typed = |k: &str| sent.get(k).map_or("", String::as_str);
-    let typed_or =
-        |k: &str, default: &'static str| sent.get(k).map_or(default, String::as_str).to_owned();
     let get = |k: &str| q.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
     let (st, date, cursor) = (get("status"), get("date"), get("cursor"));
     let mut status = status;
@@ -1098,14 +1096,31 @@ async fn render_messages(
     } else {
         super::senders::Senders::empty()
     };
-    // The approved templates of the default number's catalogue, suggested as the name is
-    // typed (the field stays free: another number's WABA has its own; a catalogue that
-    // cannot be read just now suggests nothing).
-    let suggested: Vec<Value> = if can_send && ctx.may("GET", "/v1/templates") {
-        let a = s
-            .api
-            .get(&ctx.who, "/v1/templates?status=approved&limit=100")
-            .await;
+    // The sender the form is for: a refused form's, else (with several numbers) the one
+    // chosen above the form (`?from=`); none is the default number. With one number (or
+    // none read) only a refused form's, kept as it was (`Senders::select`).
+    let from = if senders.several() {
+        let asked = sent
+            .get("from")
+            .or_else(|| q.get("from"))
+            .map_or("", |v| v.trim());
+        senders.known(asked).to_owned()
+    } else {
+        typed("from").trim().to_owned()
+    };
+    // The approved templates of that sender's WABA (its catalogue: another WABA's are not
+    // its own), each with its language, suggested as the name is typed: one read, the
+    // first 100 by name. The field stays free (a template past them, or not synced yet); a
+    // sender the numbers' read could not confirm, or a catalogue that cannot be read just
+    // now, suggests nothing.
+    let sender_known = from.is_empty() || !senders.unread();
+    let suggested: Vec<Value> = if can_send && sender_known && ctx.may("GET", "/v1/templates") {
+        let qs = query(&[
+            ("waba_id", senders.waba_of(&from)),
+            ("status", "approved"),
+            ("limit", "100"),
+        ]);
+        let a = s.api.get(&ctx.who, &format!("/v1/templates?{qs}")).await;
         a.body["templates"].as_array().cloned().unwrap_or_default()
     } else {
         Vec::new()
@@ -1121,6 +1136,7 @@ async fn render_messages(
             }
             div { label for="f-date" { "Day (UTC)" } input #f-date type="date" name="date" value=(date); }
             div { label for="f-to" { "Number (E.164)" } input #f-to type="tel" name="to" value=(number); }
+            @if senders.several() && !from.is_empty() { input type="hidden" name="from" value=(from); }
             button type="submit" { "Filter" }
         }
         @if searched && next.is_some() {
@@ -1152,22 +1168,44 @@ async fn render_messages(
         }
         @if can_send {
             h2 { "Send a template message" }
-            form.stack method="post" action="/console/messages" {
+            @if senders.several() {
+                // The templates a message may use are its sender's WABA's: choosing the
+                // sender shows them (a page load, no script), as on the campaign form.
+                form.filters #send-sender method="get" action="/console/messages" {
+                    @for (k, v) in [("status", &st), ("date", &date), ("to", &number)] {
+                        @if !v.is_empty() { input type="hidden" name=(k) value=(v); }
+                    }
+                    (senders.select("from", "from", &from))
+                    button type="submit" { "Show its templates" }
+                }
+            }
+            form.stack #send method="post" action="/console/messages" {
                 (csrf(&ctx.csrf))
                 input type="hidden" name="idempotency_key" value=(form_key(sent));
-                (senders.select("from", "from", typed("from")))
+                @if senders.several() {
+                    input type="hidden" name="from" value=(from);
+                    p.hint #send-from { "Sent from " (senders.describe(&from)) "." }
+                } @else {
+                    (senders.select("from", "from", typed("from")))
+                }
                 div { label for="to" { "To (E.164, e.g. +60123456789)" } input #to type="tel" name="to" value=(typed("to")) required; }
                 div {
-                    label for="template" { "Template name" }
-                    input #template type="text" name="template" value=(typed("template")) list="template-names" autocomplete="off" required;
+                    label for="template" { "Template" }
+                    input #template type="text" name="template" value=(typed("template")) list="template-names" autocomplete="off" aria-describedby="template-hint" required;
                     datalist #template-names {
                         @for t in &suggested {
-                            option value=(text(t, "name")) { (text(t, "name")) " (" (text(t, "language")) ", " (text(t, "category")) ")" }
+                            @let n = t["body_parameters"].as_u64().unwrap_or(0);
+                            option value=(suggestion(text(t, "name"), text(t, "language"))) {
+                                (text(t, "category")) ", " (n) @if n == 1 { " body parameter" } @else { " body parameters" }
+                            }
                         }
                     }
-                    @if !suggested.is_empty() { p.hint { "Approved templates are suggested as you type." } }
+                    p.hint #template-hint {
+                        @if !suggested.is_empty() { "The sender's approved templates are suggested as you type, each with its language (“name · language”). " }
+                        "Or type a template's name and its language below."
+                    }
                 }
-                div { label for="language" { "Language" } input #language type="text" name="language" value=(typed_or("language", "en_US")) required; }
+                div { label for="language" { "Language (when the template above does not name it; en_US if left empty)" } input #language type="text" name="language" value=(typed("language")); }
                 div {
                     label for="category" { "Category" }
                     select #category name="category" {
@@ -1204,10 +1242,23 @@ async fn send_message(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let mut template = json!({
-        "name": field(&f, "template"),
-        "language": field(&f, "language"),
-    });
+    let (name, language) = match template_of(field(&f, "template"), field(&f, "language")) {
+        Ok(t) => t,
+        Err(why) => {
+            let typed = form_again_unsent(f);
+            let n = Some(Notice::Problem(why));
+            return render_messages(
+                &s,
+                &ctx,
+                &HashMap::new(),
+                &typed,
+                StatusCode::BAD_REQUEST,
+                n,
+            )
+            .await;
+        }
+    };
+    let mut template = json!({"name": name, "language": language});
     let category = field(&f, "category");
     if !category.is_empty() {
         template["category"] = json!(category);
@@ -1246,8 +1297,9 @@ async fn send_message(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         (
             a.status,
             Some(Notice::Problem(
-                "that template (name and language) is not in your catalogue: pick one of the \
-                 suggested names, see the Templates page, or ask an admin to sync it from Meta"
+                "that template (name and language) is not in the sender's catalogue: pick one \
+                 of the suggestions, see the Templates page, or ask an admin to sync it from \
+                 Meta"
                     .into(),
             )),
         )
@@ -1257,6 +1309,45 @@ async fn send_message(State(s): S, ctx: Ctx, body: Bytes) -> Response {
     // The form comes back as it was typed (the same key if the outcome is not known).
     let typed = form_again(&a, f);
     render_messages(&s, &ctx, &HashMap::new(), &typed, status, n).await
+}
+
+/// The separator of a suggestion's name and language: never in a template's name (Meta's
+/// are lower-case letters, digits and underscores).
+const NAME_LANGUAGE: &str = " · ";
+
+/// A suggestion of the send form: a template with its language, so that choosing it
+/// chooses both.
+fn suggestion(name: &str, language: &str) -> String {
+    format!("{name}{NAME_LANGUAGE}{language}")
+}
+
+/// The send form's template and language: a suggestion (`name · language`) names both; a
+/// bare name takes the language field (`en_US` when it is empty, as the field's first value
+/// was). A suggestion and a language field that say two languages are refused: which one
+/// was meant is not known.
+fn template_of(template: &str, language: &str) -> Result<(String, String), String> {
+    match template.split_once(NAME_LANGUAGE.trim()) {
+        Some((name, chosen)) => {
+            let (name, chosen) = (name.trim(), chosen.trim());
+            if !language.is_empty() && language != chosen {
+                return Err(format!(
+                    "the template chosen is in {chosen}, but the language says {language}: \
+                     empty the language field, or choose the template in {language}"
+                ));
+            }
+            Ok((name.to_owned(), chosen.to_owned()))
+        }
+        None if language.is_empty() => Ok((template.to_owned(), "en_US".to_owned())),
+        None => Ok((template.to_owned(), language.to_owned())),
+    }
+}
+
+/// A send form refused before any request: it comes back as typed, its key kept (an
+/// earlier sending of it may have had an unknown outcome: the same body again with the
+/// same key is still done at most once), without its CSRF field (the page has its own).
+fn form_again_unsent(mut form: Form) -> Form {
+    form.remove("csrf");
+    form
 }
 
 async fn message(State(s): S, ctx: Ctx, Path(id): Path<String>, q: Q) -> Response {

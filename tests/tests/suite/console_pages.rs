@@ -11,7 +11,7 @@ use kirim_tests::{spawn_app, TestApp};
 use serde_json::{json, Value};
 
 use super::access::call;
-use super::console::{sign_in, Page};
+use super::console::{sign_in, Browser, Page};
 use super::users::{new_user, PASSWORD};
 
 /// The id in a `/console/campaigns/{id}?...` redirect, or on the results page shown at once
@@ -726,6 +726,159 @@ async fn the_users_page_offers_to_clear_failed_sign_ins_without_calling_anyone_l
     assert!(page.html.contains("if they had any"), "{}", page.html);
 }
 
+/// The send form, sent with `template` and `language` to `to` (one body parameter).
+async fn send_form(
+    web: &mut Browser<'_>,
+    csrf: &str,
+    template: &str,
+    language: &str,
+    to: &str,
+) -> Page {
+    web.post(
+        "/console/messages",
+        &[
+            ("csrf", csrf),
+            ("idempotency_key", &kirim::domain::new_id()),
+            ("to", to),
+            ("template", template),
+            ("language", language),
+            ("category", ""),
+            ("parameters", "RAYA20"),
+        ],
+    )
+    .await
+}
+
+/// The send form suggests the sender's approved templates each with its language, so that
+/// choosing one chooses both (a template in two languages is two suggestions); a bare name
+/// still takes the language field; a suggestion and a language field that disagree are
+/// refused, as typed. With numbers on two WABAs, the suggestions are the chosen sender's.
+async fn the_send_forms_suggestions_carry_each_templates_language_and_follow_the_sender(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    // promo_sale in Malay too, on the default number's WABA.
+    app.sandbox_template(
+        "1000001",
+        "promo_sale",
+        "ms",
+        json!({"category": "marketing", "status": "approved", "body_parameters": 1}),
+    )
+    .await;
+    let (s, synced) = call(&app, "POST", "/v1/templates/sync", Some(&t.key), None).await;
+    assert_eq!(s, 200, "{synced}");
+    let mut web = sign_in(&app, &email).await;
+    let page = web.get("/console/messages").await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    for suggested in [
+        "order_update · en_US",
+        "promo_sale · en_US",
+        "promo_sale · ms",
+    ] {
+        assert!(
+            page.html
+                .contains(&format!(r#"<option value="{suggested}">"#)),
+            "{suggested}: {}",
+            page.html
+        );
+    }
+    let csrf = page.csrf();
+    let id_of = |sent: &Page| {
+        assert_eq!(sent.status, 303, "{}", sent.html);
+        sent.location()
+            .strip_prefix("/console/messages/")
+            .and_then(|r| r.split('?').next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // The suggestion chooses the language; the field left empty.
+    let malay = send_form(&mut web, &csrf, "promo_sale · ms", "", "+60123450041").await;
+    let id = id_of(&malay);
+    assert_eq!(app.message(&t.key, &id).await["template"]["language"], "ms");
+    let english = send_form(&mut web, &csrf, "promo_sale · en_US", "", "+60123450042").await;
+    let id = id_of(&english);
+    assert_eq!(
+        app.message(&t.key, &id).await["template"]["language"],
+        "en_US"
+    );
+    // A bare name: the language field, en_US when it is empty.
+    let bare = send_form(&mut web, &csrf, "promo_sale", "ms", "+60123450043").await;
+    let id = id_of(&bare);
+    assert_eq!(app.message(&t.key, &id).await["template"]["language"], "ms");
+    let bare = send_form(&mut web, &csrf, "order_update", "", "+60123450044").await;
+    let id = id_of(&bare);
+    assert_eq!(
+        app.message(&t.key, &id).await["template"]["language"],
+        "en_US"
+    );
+    // Two languages said: refused before any send, the form as typed.
+    let before = app.credits(&t.key).await;
+    let both = send_form(&mut web, &csrf, "promo_sale · ms", "en_US", "+60123450045").await;
+    assert_eq!(both.status, 400, "{}", both.html);
+    assert!(
+        both.html
+            .contains("the template chosen is in ms, but the language says en_US"),
+        "{}",
+        both.html
+    );
+    assert!(
+        both.html.contains(r#"value="promo_sale · ms""#),
+        "{}",
+        both.html
+    );
+    assert!(
+        both.html.contains(r#"value="+60123450045""#),
+        "{}",
+        both.html
+    );
+    assert_eq!(app.credits(&t.key).await, before, "nothing sent");
+
+    // A second number on another WABA, where Meta paused order_update: its suggestions
+    // are its catalogue's, once it is chosen.
+    let waba = format!("{}", 6_000_000 + kirim_tests::rand_u32() % 900_000);
+    let second = format!("{}", 3_000_000 + kirim_tests::rand_u32() % 900_000);
+    let (s, body) = call(
+        &app,
+        "POST",
+        &format!("/v1/platform/tenants/{}/phone-numbers", t.tenant_id),
+        Some(kirim_tests::OPERATOR_TOKEN),
+        Some(json!({"phone_number_id": second, "waba_id": waba, "display_phone_number": "+1 555-010-2041"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    app.sandbox_template(&waba, "order_update", "en_US", json!({"status": "paused"}))
+        .await;
+    let default = web.get("/console/messages").await;
+    assert!(
+        default.html.contains(r#"id="send-sender""#),
+        "{}",
+        default.html
+    );
+    assert!(default
+        .html
+        .contains(r#"<option value="order_update · en_US">"#));
+    let chosen = web.get(&format!("/console/messages?from={second}")).await;
+    assert_eq!(chosen.status, 200, "{}", chosen.html);
+    assert!(
+        !chosen
+            .html
+            .contains(r#"<option value="order_update · en_US">"#),
+        "paused on the second number's WABA: {}",
+        chosen.html
+    );
+    assert!(chosen
+        .html
+        .contains(r#"<option value="promo_sale · en_US">"#));
+    assert!(chosen.html.contains(&format!(
+        r#"<input type="hidden" name="from" value="{second}">"#
+    )));
+    assert!(chosen
+        .html
+        .contains(&format!("Sent from +1 555-010-2041 ({second}).")));
+}
+
 async fn an_admin_changes_a_users_role_from_the_users_page_but_not_their_own(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -821,7 +974,7 @@ async fn the_send_form_takes_the_catalogues_category_and_keeps_a_refused_form_as
     // The catalogue's approved templates are suggested as the name is typed.
     assert!(
         page.html.contains(r#"list="template-names""#)
-            && page.html.contains(r#"<option value="promo_sale">"#),
+            && page.html.contains(r#"<option value="promo_sale · en_US">"#),
         "{}",
         page.html
     );
@@ -842,7 +995,7 @@ async fn the_send_form_takes_the_catalogues_category_and_keeps_a_refused_form_as
         .await;
     assert_eq!(unknown.status, 422, "{}", unknown.html);
     assert!(
-        unknown.html.contains("not in your catalogue") && !unknown.html.contains("/v1/"),
+        unknown.html.contains("not in the sender's catalogue") && !unknown.html.contains("/v1/"),
         "{}",
         unknown.html
     );
@@ -1895,6 +2048,7 @@ on_both_backends!(
     a_failed_message_shows_what_its_failure_means_and_what_to_do,
     an_admin_unlocks_a_user_from_the_users_page,
     the_users_page_offers_to_clear_failed_sign_ins_without_calling_anyone_locked,
+    the_send_forms_suggestions_carry_each_templates_language_and_follow_the_sender,
     an_admin_changes_a_users_role_from_the_users_page_but_not_their_own,
     the_send_form_takes_the_catalogues_category_and_keeps_a_refused_form_as_typed,
     a_console_admin_cannot_remove_themselves_but_another_admin_can,
