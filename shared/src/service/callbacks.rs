@@ -353,6 +353,14 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
             );
             Outcome::Done
         }
+        // The host resolves to a non-public address now: DNS answers change (a migration,
+        // a split-horizon record, a registrar's parking 127.0.0.1), so it is tried again,
+        // with no connection made, and parked on the dead-letter queue after its last
+        // attempt rather than deleted. Not the receiver's failure: no breaker.
+        Delivery::Refused(e @ callback_http::TargetError::NonPublic) => {
+            tracing::warn!(reason = %e, "status callback target refused");
+            retry(&e.to_string())
+        }
         Delivery::Refused(e) => {
             tracing::warn!(reason = %e, "status callback target refused");
             Outcome::Done
@@ -417,8 +425,9 @@ mod breaker {
     }
 }
 
-/// The secret that signs a tenant's callbacks: the version its setting names (kept for
-/// good once read: a version never changes, and a new one comes with a new setting).
+/// The secret that signs a tenant's callbacks: the version its setting names (kept up to
+/// the secret cache's TTL once read: a version never changes, and a new one comes with a
+/// new setting).
 async fn signing_secret(
     deps: &Deps,
     setting: &StatusCallback,

@@ -805,6 +805,38 @@ async fn a_callback_given_up_is_left_to_the_dead_letter_queue_not_deleted() {
     );
 }
 
+/// A callback whose host resolves, at delivery, to a non-public address (DNS answers
+/// change: a migration, a parking record) is tried again, with no connection made, and
+/// parked on the dead-letter queue after its last attempt, not deleted.
+#[tokio::test]
+async fn a_callback_whose_host_now_resolves_to_a_private_address_is_retried_then_parked() {
+    use kirim::service::callbacks;
+    let (app, t, tries) = tenant_with_a_receiver_answering(StatusCode::OK).await;
+    // A name that now means loopback: refused once private targets are, as a name
+    // resolving to a private address is.
+    let (status, body) = set_callback(
+        &app,
+        &t.key,
+        json!({"url": "https://localhost:9/hook", "secret": CALLBACK_SECRET}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut deps = app.app.deps.clone();
+    let mut settings = (*deps.settings).clone();
+    settings.callbacks_allow_private = false;
+    settings.callback_max_attempts = 2;
+    deps.settings = Arc::new(settings);
+    let job = callback_job(&t, kirim::domain::MessageStatus::Delivered, 3);
+    let outcome = callbacks::handle_batch(&deps, &[(job.clone(), 1)]).await;
+    assert!(
+        matches!(outcome[..], [Outcome::RetryAfter(_)]),
+        "{outcome:?}"
+    );
+    let outcome = callbacks::handle_batch(&deps, &[(job, 2)]).await;
+    assert_eq!(outcome, [Outcome::Poison], "parked, not deleted");
+    assert_eq!(tries.load(Ordering::SeqCst), 0, "never connected");
+}
+
 /// A message's later callback is held back behind an earlier one that failed in the same
 /// batch, except at its own last attempt: it is tried then (and given up, counted, if that
 /// fails too), never given up untried.
