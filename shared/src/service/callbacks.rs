@@ -472,7 +472,16 @@ pub async fn handle_batch(deps: &Deps, items: &[(String, u32)]) -> Vec<Outcome> 
         group.sort_by_key(|(_, job, _)| job.sequence);
         let mut held: Option<Duration> = None;
         let mut out = Vec::with_capacity(group.len());
+        // A copy of a callback this batch already tried (the same `sequence`: a status
+        // applied twice, SQS delivering twice) takes that try's outcome instead of a
+        // second request: each try may take the whole callback timeout, and a group of
+        // copies at a slow receiver ran the batch past the function's timeout.
+        let mut tried: Option<(u32, Outcome)> = None;
         for (i, job, attempt) in group {
+            if let Some((_, outcome)) = tried.as_ref().filter(|(seq, _)| *seq == job.sequence) {
+                out.push((i, outcome.clone()));
+                continue;
+            }
             // Held back behind an earlier one that failed, unless this is its last attempt:
             // a callback is never given up without a try (receivers keep the highest
             // `sequence`, so one out of order then is harmless).
@@ -480,6 +489,8 @@ pub async fn handle_batch(deps: &Deps, items: &[(String, u32)]) -> Vec<Outcome> 
                 Some(d) if attempt < deps.settings.callback_max_attempts => Outcome::RetryAfter(d),
                 _ => deliver(deps, &job, attempt).await,
             };
+            // (A copy of one given up is tried itself: it may have attempts left.)
+            tried = (outcome != Outcome::Poison).then(|| (job.sequence, outcome.clone()));
             if let Outcome::RetryAfter(d) = outcome {
                 held.get_or_insert(d);
             }

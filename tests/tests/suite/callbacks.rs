@@ -837,6 +837,35 @@ async fn a_callback_whose_host_now_resolves_to_a_private_address_is_retried_then
     assert_eq!(tries.load(Ordering::SeqCst), 0, "never connected");
 }
 
+/// Copies of one callback in a batch (a status applied twice, SQS delivering twice) make
+/// one request and share its outcome: each try may take the whole callback timeout, and a
+/// group of copies at a slow receiver could run the batch past the function's timeout.
+#[tokio::test]
+async fn copies_of_a_callback_in_one_batch_make_one_request() {
+    use kirim::service::callbacks;
+    let (app, t, tries) = tenant_with_a_receiver_answering(StatusCode::OK).await;
+    let job = callback_job(&t, kirim::domain::MessageStatus::Delivered, 3);
+    let outcome = callbacks::handle_batch(
+        &app.app.deps,
+        &[(job.clone(), 1), (job.clone(), 2), (job, 1)],
+    )
+    .await;
+    assert_eq!(outcome, [Outcome::Done, Outcome::Done, Outcome::Done]);
+    assert_eq!(tries.load(Ordering::SeqCst), 1, "one request");
+    // A failing receiver: one try, every copy retried.
+    let (app, t, tries) = tenant_with_a_receiver_answering(StatusCode::SERVICE_UNAVAILABLE).await;
+    let job = callback_job(&t, kirim::domain::MessageStatus::Read, 4);
+    let outcome = callbacks::handle_batch(&app.app.deps, &[(job.clone(), 1), (job, 1)]).await;
+    assert!(
+        matches!(
+            outcome[..],
+            [Outcome::RetryAfter(_), Outcome::RetryAfter(_)]
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(tries.load(Ordering::SeqCst), 1);
+}
+
 /// A message's later callback is held back behind an earlier one that failed in the same
 /// batch, except at its own last attempt: it is tried then (and given up, counted, if that
 /// fails too), never given up untried.
