@@ -429,7 +429,9 @@ impl DispatchQueue for SqsQueue {
             }
         }
         let more = ids.is_none() && !rest.is_empty();
-        self.release(dlq, &rest).await;
+        // The letters not chosen are released after the chosen ones are moved: released
+        // first (up to a thousand), the chosen ones' 30 s hold could lapse before their
+        // move, for a retried call to move them again.
         // Back to the source first, each answered on its own (SQS takes a batch's entries,
         // and a call's batches, one by one): one not sent stays parked (released); one sent
         // leaves the dead-letter queue, and is moved whatever else failed (released too, it
@@ -472,6 +474,7 @@ impl DispatchQueue for SqsQueue {
             }
             moved.push(h.letter.id);
         }
+        unsent.extend(rest);
         self.release(dlq, &unsent).await;
         match failure {
             // Nothing moved: the caller hears why.
@@ -550,18 +553,48 @@ impl SqsQueue {
 
     /// Makes held dead letters visible again (best effort: otherwise they reappear when
     /// the hold lapses).
+    /// Makes held letters visible again, ten to a call (`ChangeMessageVisibilityBatch`):
+    /// one call each made releasing a redrive's thousand scanned letters take seconds. One
+    /// not released stays hidden until its hold lapses (logged).
     async fn release(&self, dlq: &str, held: &[Held]) {
-        for h in held {
-            if let Err(e) = self
+        use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry as Entry;
+        for chunk in held.chunks(10) {
+            let entries: Result<Vec<Entry>, _> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    Entry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(&h.receipt)
+                        .visibility_timeout(0)
+                        .build()
+                })
+                .collect();
+            let entries = match entries {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dead letters stay hidden until their hold lapses");
+                    continue;
+                }
+            };
+            match self
                 .client
-                .change_message_visibility()
+                .change_message_visibility_batch()
                 .queue_url(dlq)
-                .receipt_handle(&h.receipt)
-                .visibility_timeout(0)
+                .set_entries(Some(entries))
                 .send()
                 .await
             {
-                tracing::warn!(error = %classify("sqs release dlq", e), "a dead letter stays hidden until its hold lapses");
+                Ok(out) if !out.failed.is_empty() => {
+                    tracing::warn!(
+                        failed = out.failed.len(),
+                        "dead letters stay hidden until their hold lapses"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %classify("sqs release dlq", e), "dead letters stay hidden until their hold lapses");
+                }
             }
         }
     }
