@@ -1522,7 +1522,7 @@ async fn a_fan_out_whose_list_is_gone_refunds_the_recipients_never_queued() {
 #[tokio::test]
 async fn a_fan_out_finding_its_list_just_expired_waits_out_any_run_still_recording() {
     use kirim::service::broadcasts;
-    use kirim::service::jobs::{Outcome, QueueJob};
+    use kirim::service::jobs::Outcome;
     let clock = kirim_tests::ManualClock::new();
     let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
     let (tenant, accepted) = promo_broadcast(&deps, "129", 7).await;
@@ -1534,15 +1534,7 @@ async fn a_fan_out_finding_its_list_just_expired_waits_out_any_run_still_recordi
             .unwrap()
             .credits
     };
-    let first = deps
-        .queue
-        .receive(10, Duration::from_millis(500))
-        .await
-        .unwrap()
-        .remove(0);
-    let Some(QueueJob::BroadcastFanout(job)) = QueueJob::parse(&first.body) else {
-        panic!("not a fan-out job")
-    };
+    let job = next_fan_out(&deps).await;
     broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
     // A minute past the list's seven days.
     clock.advance(chrono::Duration::days(7) + chrono::Duration::minutes(1));
