@@ -21,6 +21,10 @@ pub enum TargetError {
     TooLong,
     #[error("the callback url points at a private, loopback or otherwise non-public address")]
     NonPublic,
+    /// The host's name resolves, now, to a non-public address (DNS answers change: the
+    /// delivery tries again later, unlike [`Self::NonPublic`], refused by the URL's text).
+    #[error("the callback host resolves to a private, loopback or otherwise non-public address")]
+    ResolvesNonPublic,
     #[error("the callback host could not be resolved")]
     Unresolvable,
 }
@@ -167,7 +171,7 @@ async fn checked_addresses(url: &Url, allow_private: bool) -> Result<Vec<SocketA
 /// refused); an empty answer is a lookup to try again.
 fn connectable(addrs: Vec<SocketAddr>, allow_private: bool) -> Result<Vec<SocketAddr>, Delivery> {
     if !allow_private && addrs.iter().any(|a| !is_public_ip(a.ip())) {
-        return Err(Delivery::Refused(TargetError::NonPublic));
+        return Err(Delivery::Refused(TargetError::ResolvesNonPublic));
     }
     let mut unique: Vec<SocketAddr> = Vec::with_capacity(addrs.len());
     for a in addrs {
@@ -363,11 +367,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_non_public_address_is_refused_before_any_connection() {
-        // `localhost` would be refused by name; an IP literal checks the same path.
-        let url = Url::parse("https://127.0.0.1:9/x").unwrap();
+        // A name that resolves to loopback (`localhost` is also refused by its text, before
+        // any lookup; here the lookup is what refuses it).
+        let url = Url::parse("https://localhost:9/x").unwrap();
         assert_eq!(
             checked_addresses(&url, false).await,
-            Err(Delivery::Refused(TargetError::NonPublic))
+            Err(Delivery::Refused(TargetError::ResolvesNonPublic))
         );
         assert_eq!(
             post(
@@ -397,7 +402,7 @@ mod tests {
         // 203.0.113.0/24 is documentation space (not public): with it the name is refused.
         assert_eq!(
             connectable(resolved.clone(), false),
-            Err(Delivery::Refused(TargetError::NonPublic))
+            Err(Delivery::Refused(TargetError::ResolvesNonPublic))
         );
         let public = vec![
             at("[2606:4700::1111]:443"),

@@ -357,7 +357,7 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
         // a split-horizon record, a registrar's parking 127.0.0.1), so it is tried again,
         // with no connection made, and parked on the dead-letter queue after its last
         // attempt rather than deleted. Not the receiver's failure: no breaker.
-        Delivery::Refused(e @ callback_http::TargetError::NonPublic) => {
+        Delivery::Refused(e @ callback_http::TargetError::ResolvesNonPublic) => {
             tracing::warn!(reason = %e, "status callback target refused");
             retry(&e.to_string())
         }
@@ -478,7 +478,12 @@ pub async fn handle_batch(deps: &Deps, items: &[(String, u32)]) -> Vec<Outcome> 
         // copies at a slow receiver ran the batch past the function's timeout.
         let mut tried: Option<(u32, Outcome)> = None;
         for (i, job, attempt) in group {
-            if let Some((_, outcome)) = tried.as_ref().filter(|(seq, _)| *seq == job.sequence) {
+            // (A copy at its last attempt takes only a delivery: never given up untried.)
+            let last = attempt >= deps.settings.callback_max_attempts;
+            if let Some((_, outcome)) = tried
+                .as_ref()
+                .filter(|(seq, o)| *seq == job.sequence && (!last || *o == Outcome::Done))
+            {
                 out.push((i, outcome.clone()));
                 continue;
             }
@@ -487,10 +492,14 @@ pub async fn handle_batch(deps: &Deps, items: &[(String, u32)]) -> Vec<Outcome> 
             // `sequence`, so one out of order then is harmless).
             let outcome = match held {
                 Some(d) if attempt < deps.settings.callback_max_attempts => Outcome::RetryAfter(d),
-                _ => deliver(deps, &job, attempt).await,
+                _ => {
+                    let outcome = deliver(deps, &job, attempt).await;
+                    // A try's outcome, for its copies (a copy of one given up is tried
+                    // itself: it may have attempts left).
+                    tried = (outcome != Outcome::Poison).then(|| (job.sequence, outcome.clone()));
+                    outcome
+                }
             };
-            // (A copy of one given up is tried itself: it may have attempts left.)
-            tried = (outcome != Outcome::Poison).then(|| (job.sequence, outcome.clone()));
             if let Outcome::RetryAfter(d) = outcome {
                 held.get_or_insert(d);
             }

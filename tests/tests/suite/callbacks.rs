@@ -805,15 +805,14 @@ async fn a_callback_given_up_is_left_to_the_dead_letter_queue_not_deleted() {
     );
 }
 
-/// A callback whose host resolves, at delivery, to a non-public address (DNS answers
-/// change: a migration, a parking record) is tried again, with no connection made, and
-/// parked on the dead-letter queue after its last attempt, not deleted.
+/// A callback whose URL is refused by its text at delivery (a local name, saved while
+/// private targets were allowed) cannot succeed: it ends without a try and is not parked.
+/// (One whose host *resolves* to a non-public address is tried again and parked after its
+/// last attempt, since DNS answers change: `callback_http`'s `ResolvesNonPublic`.)
 #[tokio::test]
-async fn a_callback_whose_host_now_resolves_to_a_private_address_is_retried_then_parked() {
+async fn a_callback_whose_url_is_refused_by_its_text_ends_untried_and_unparked() {
     use kirim::service::callbacks;
     let (app, t, tries) = tenant_with_a_receiver_answering(StatusCode::OK).await;
-    // A name that now means loopback: refused once private targets are, as a name
-    // resolving to a private address is.
     let (status, body) = set_callback(
         &app,
         &t.key,
@@ -824,16 +823,10 @@ async fn a_callback_whose_host_now_resolves_to_a_private_address_is_retried_then
     let mut deps = app.app.deps.clone();
     let mut settings = (*deps.settings).clone();
     settings.callbacks_allow_private = false;
-    settings.callback_max_attempts = 2;
     deps.settings = Arc::new(settings);
     let job = callback_job(&t, kirim::domain::MessageStatus::Delivered, 3);
-    let outcome = callbacks::handle_batch(&deps, &[(job.clone(), 1)]).await;
-    assert!(
-        matches!(outcome[..], [Outcome::RetryAfter(_)]),
-        "{outcome:?}"
-    );
-    let outcome = callbacks::handle_batch(&deps, &[(job, 2)]).await;
-    assert_eq!(outcome, [Outcome::Poison], "parked, not deleted");
+    let outcome = callbacks::handle_batch(&deps, &[(job, 1)]).await;
+    assert_eq!(outcome, [Outcome::Done]);
     assert_eq!(tries.load(Ordering::SeqCst), 0, "never connected");
 }
 
@@ -864,6 +857,41 @@ async fn copies_of_a_callback_in_one_batch_make_one_request() {
         "{outcome:?}"
     );
     assert_eq!(tries.load(Ordering::SeqCst), 1);
+    // Held behind a failing earlier callback, a copy at its last attempt is still tried
+    // (never given up untried), though its first copy was held without a try.
+    let mut deps = app.app.deps.clone();
+    let mut settings = (*deps.settings).clone();
+    settings.callback_max_attempts = 3;
+    deps.settings = Arc::new(settings);
+    let earlier = callback_job(&t, kirim::domain::MessageStatus::Sent, 2);
+    let later = callback_job(&t, kirim::domain::MessageStatus::Delivered, 3);
+    // The same message for all three.
+    let same = |body: &str, like: &str| {
+        let mut v: Value = serde_json::from_str(body).unwrap();
+        let l: Value = serde_json::from_str(like).unwrap();
+        v["message_id"] = l["message_id"].clone();
+        v.to_string()
+    };
+    let later = same(&later, &earlier);
+    let before = tries.load(Ordering::SeqCst);
+    let outcome =
+        callbacks::handle_batch(&deps, &[(earlier, 1), (later.clone(), 1), (later, 3)]).await;
+    assert!(
+        matches!(
+            outcome[..],
+            [
+                Outcome::RetryAfter(_),
+                Outcome::RetryAfter(_),
+                Outcome::Poison
+            ]
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        tries.load(Ordering::SeqCst) - before,
+        2,
+        "the earlier one and the last attempt's copy"
+    );
 }
 
 /// A message's later callback is held back behind an earlier one that failed in the same

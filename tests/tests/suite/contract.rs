@@ -1530,6 +1530,11 @@ async fn parked_messages_are_listed_in_place_and_redriven_by_id_or_all_at_once(p
         .unwrap();
     assert_eq!(moved.moved, vec![b.clone()]);
     assert!(!moved.more);
+    assert!(
+        moved.unsent.is_empty(),
+        "the letters left alone are not still_parked: {:?}",
+        moved.unsent
+    );
     let back = p.queue.receive(10, Duration::from_secs(1)).await.unwrap();
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].body, "b");
@@ -1542,6 +1547,7 @@ async fn parked_messages_are_listed_in_place_and_redriven_by_id_or_all_at_once(p
     // All, bounded per call: one, then the rest.
     let first = p.queue.redrive(None, 1).await.unwrap();
     assert_eq!((first.moved.len(), first.more), (1, true));
+    assert!(first.unsent.is_empty(), "{:?}", first.unsent);
     let rest = p.queue.redrive(None, 100).await.unwrap();
     assert_eq!((rest.moved.len(), rest.more), (1, false));
     assert!(p.queue.dead_letters(10).await.unwrap().is_empty());

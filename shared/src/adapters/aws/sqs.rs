@@ -474,6 +474,9 @@ impl DispatchQueue for SqsQueue {
             }
             moved.push(h.letter.id);
         }
+        // Only the chosen ones the source queue refused are `still_parked`, not the
+        // letters left alone (released with them).
+        let unsent_ids: Vec<String> = unsent.iter().map(|h| h.letter.id.clone()).collect();
         unsent.extend(rest);
         self.release(dlq, &unsent).await;
         match failure {
@@ -481,8 +484,8 @@ impl DispatchQueue for SqsQueue {
             Some(e) if moved.is_empty() => Err(e),
             _ => Ok(Redriven {
                 moved,
-                more: more || (ids.is_none() && !unsent.is_empty()),
-                unsent: unsent.into_iter().map(|h| h.letter.id).collect(),
+                more: more || (ids.is_none() && !unsent_ids.is_empty()),
+                unsent: unsent_ids,
             }),
         }
     }
