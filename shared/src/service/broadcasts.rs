@@ -329,6 +329,19 @@ pub async fn create_campaign(
         }
     }
     let category = Some(template_ref.category);
+    // A balance that cannot pay for even one recipient is refused before the opt-out
+    // lookups (a read or two each, up to 10,000 of them: a 402 must not cost that). A
+    // concurrent request with the same key may be what spent it: its answer then.
+    if !valid.is_empty() {
+        let price = deps.settings.prices.price_for(category);
+        if let Err(e) = ledger::refuse_unpayable(deps, &tenant, price).await {
+            if let Some(earlier) = earlier_broadcast(deps, tenant_id, campaign.key.as_ref()).await?
+            {
+                return Ok(replay_of(&earlier));
+            }
+            return Err(e);
+        }
+    }
     let checks = futures::stream::iter(valid.into_iter().map(|p| async move {
         let r = super::optouts::check(deps, tenant_id, &p, category).await;
         (p, r)

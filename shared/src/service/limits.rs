@@ -119,7 +119,14 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
             // A bucket whose time has passed is full again: dropping it loses nothing.
             map.retain(|_, t| *t > now);
             if map.len() >= self.cap {
-                map.clear();
+                // Still full (as many keys in debt as there is room for: addresses cycled
+                // to wash out the limits): the bucket nearest to full again makes room, so
+                // the ones that spent most of their allowance stay held (clearing them all
+                // reset every allowance for whoever brought the map to its cap).
+                let nearest = map.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone());
+                if let Some(k) = nearest {
+                    map.remove(&k);
+                }
             }
         }
         map.insert(key.clone(), tat);
@@ -453,5 +460,24 @@ mod tests {
             assert!(limiter.admit(&k, rate, later).is_ok());
         }
         assert!(limiter.len() <= 3);
+    }
+
+    /// Cycling through more addresses than the map holds does not wash out the limits:
+    /// an address that used up its allowance stays held while newcomers come and go.
+    #[test]
+    fn a_full_map_keeps_the_key_that_spent_its_allowance() {
+        let limiter: Limiter<u32> = Limiter::with_capacity(3);
+        let rate = Rate::per_sec(1, 5);
+        // Key 0 spends its whole burst.
+        for _ in 0..5 {
+            assert!(limiter.admit(&0, rate, t0()).is_ok());
+        }
+        assert!(limiter.admit(&0, rate, t0()).is_err());
+        // A hundred other keys, one request each, at the same moment.
+        for k in 1..=100 {
+            assert!(limiter.admit(&k, rate, t0()).is_ok());
+        }
+        assert!(limiter.len() <= 3);
+        assert!(limiter.admit(&0, rate, t0()).is_err(), "still held");
     }
 }

@@ -963,10 +963,6 @@ pub async fn confirm(
             "no enrollment pending: call POST /v1/auth/2fa/enroll first".into(),
         ));
     };
-    let Some(seed) = seed_cipher::open(deps, tenant, id, stored).await? else {
-        tracing::warn!(user_id = %id, "the stored TOTP seed does not open");
-        return Err(invalid("totp_code does not match"));
-    };
     let now = deps.clock.now();
     let now_secs = now.timestamp();
     // Wrong codes meet the user's own counter, the one a login's codes meet: a session
@@ -982,6 +978,24 @@ pub async fn confirm(
             return Err(ServiceError::RateLimited {
                 retry_after_secs: u64::try_from((until - now_secs).max(1)).unwrap_or(1),
             });
+        }
+    };
+    // Opened past the counter's gate (a KMS `Decrypt`): a locked-out guesser costs the
+    // account-wide KMS quota, which every 2FA sign-in needs, nothing.
+    let seed = match seed_cipher::open(deps, tenant, id, stored).await {
+        Ok(Some(seed)) => seed,
+        Ok(None) => {
+            tracing::warn!(user_id = %id, "the stored TOTP seed does not open");
+            deps.users
+                .login_released(&counter, now_secs, &policy, ticket)
+                .await?;
+            return Err(invalid("totp_code does not match"));
+        }
+        Err(e) => {
+            deps.users
+                .login_released(&counter, now_secs, &policy, ticket)
+                .await?;
+            return Err(e);
         }
     };
     let step = matching_step(

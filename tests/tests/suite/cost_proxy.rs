@@ -578,3 +578,43 @@ async fn a_dispatch_reads_the_opt_outs_together_and_writes_the_index_and_sent_to
         "two pairs of calls made together, the rest one at a time: {dispatch:?}"
     );
 }
+
+/// A campaign from a balance that cannot pay for one recipient is refused before its
+/// recipients' opt-outs are looked up (two reads each, up to 10,000 recipients): a `402`
+/// costs a handful of reads, not thousands.
+#[tokio::test]
+async fn a_campaign_the_balance_cannot_pay_is_refused_before_its_opt_out_lookups() {
+    use kirim::adapters::memory::MemorySecrets;
+    use kirim::service::{broadcasts, errors::ServiceError, send::TemplateIn};
+    use std::sync::Arc;
+
+    let (store, proxy) = store_behind_proxy().await;
+    let deps = crate::caches::deps(
+        Arc::new(store),
+        Arc::new(MemorySecrets::default()),
+        kirim_tests::ManualClock::new(),
+        std::time::Duration::ZERO,
+    );
+    let number = format!("{}", 3_000_000 + kirim_tests::rand_u32() % 900_000);
+    let (tenant, _) = crate::broadcasts::promo_tenant(&deps, &number, 0).await;
+    let template: TemplateIn = serde_json::from_value(
+        serde_json::json!({"name": "promo", "language": "en", "category": "utility"}),
+    )
+    .unwrap();
+    let recipients: Vec<String> = (0..100).map(|i| format!("+601234{i:04}8")).collect();
+    proxy.set_phase("campaign");
+    let refused = broadcasts::create(&deps, &tenant.id, template, recipients, None).await;
+    proxy.set_phase("after");
+    assert!(
+        matches!(refused, Err(ServiceError::InsufficientCredits)),
+        "{:?}",
+        refused.map(|a| a.id)
+    );
+    let tally = proxy.take();
+    let reads: u64 = tally["campaign"]
+        .iter()
+        .filter(|(op, _)| op.contains("Get") || op.contains("Query"))
+        .map(|(_, u)| u.calls)
+        .sum();
+    assert!(reads < 20, "{reads} reads for a refused campaign of 100");
+}

@@ -371,6 +371,56 @@ impl DataKeys for Unreachable {
     }
 }
 
+/// Past the wrong-code limit, a 2FA confirmation is refused before its seed is opened:
+/// a locked-out guesser's requests cost the account-wide KMS quota, which every 2FA
+/// sign-in needs, nothing (here KMS is unreachable, and the answer is still the 429).
+async fn a_confirmation_past_the_wrong_code_limit_is_refused_before_kms_is_asked(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let token = login_ok(&app, &email).await;
+    let (s, e) = call(&app, "POST", "/v1/auth/2fa/enroll", Some(&token), None).await;
+    assert_eq!(s, 200, "{e}");
+    let pending = totp(e["secret"].as_str().unwrap());
+    let deps = &app.app.deps;
+    let caller = kirim::service::auth::authenticate(deps, Some(&token))
+        .await
+        .unwrap();
+    let confirm = |deps: kirim::service::Deps, code: String| {
+        let (caller, token) = (caller.clone(), token.clone());
+        async move {
+            let req: users::ConfirmRequest =
+                serde_json::from_value(json!({"totp_code": code})).unwrap();
+            users::confirm(&deps, &caller, &token, req).await
+        }
+    };
+    let mut locked = false;
+    for n in 0..10u32 {
+        let wrong = format!(
+            "{:06}",
+            (pending.generate(now_secs()).parse::<u32>().unwrap() + 1 + n) % 1_000_000
+        );
+        if let Err(kirim::service::errors::ServiceError::RateLimited { .. }) =
+            confirm(deps.clone(), wrong).await
+        {
+            locked = true;
+            break;
+        }
+    }
+    assert!(locked, "the wrong codes' limit");
+    let mut unreachable = deps.clone();
+    unreachable.data_keys = Arc::new(Unreachable);
+    let answer = confirm(unreachable, pending.generate(now_secs())).await;
+    assert!(
+        matches!(
+            answer,
+            Err(kirim::service::errors::ServiceError::RateLimited { .. })
+        ),
+        "{:?}",
+        answer.err()
+    );
+}
+
 async fn a_login_while_kms_cannot_be_reached_is_a_retryable_error_not_a_refusal(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -450,4 +500,5 @@ on_both_backends!(
     a_login_whose_data_key_kms_refuses_fails_closed_and_changes_nothing,
     an_enrolment_without_a_usable_key_stores_nothing,
     a_login_while_kms_cannot_be_reached_is_a_retryable_error_not_a_refusal,
+    a_confirmation_past_the_wrong_code_limit_is_refused_before_kms_is_asked,
 );
