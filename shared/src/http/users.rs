@@ -102,6 +102,14 @@ async fn unlock_user(
 #[derive(Clone, Copy)]
 struct TotpLockedOut;
 
+fn address_locked(retry_after_secs: u64) -> Response {
+    ApiError::rate_limited(
+        "too many failed login attempts from this address; try again after Retry-After seconds",
+        retry_after_secs,
+    )
+    .into_response()
+}
+
 fn login_error(e: LoginError) -> Response {
     match e {
         LoginError::InvalidCredentials => ApiError::new(
@@ -116,11 +124,9 @@ fn login_error(e: LoginError) -> Response {
             "a valid code from your authenticator app is required (totp_code)",
         )
         .into_response(),
-        LoginError::RateLimited { retry_after_secs } => ApiError::rate_limited(
-            "too many failed login attempts from this address; try again after Retry-After seconds",
-            u64::try_from(retry_after_secs).unwrap_or(1),
-        )
-        .into_response(),
+        LoginError::RateLimited {
+            retry_after_secs, ..
+        } => address_locked(u64::try_from(retry_after_secs).unwrap_or(1)),
         LoginError::TotpLocked { retry_after_secs } => {
             let mut res = ApiError::rate_limited(
                 "too many wrong codes for this user; try again after Retry-After seconds",
@@ -172,7 +178,21 @@ async fn login_response(
     req: LoginRequest,
     addr: Option<std::net::IpAddr>,
 ) -> (Response, Option<(crate::domain::TenantId, String)>) {
+    // An address this instance saw locked out is refused here until its lock passes:
+    // asking the table again is five conditional writes refused (billed) and a read.
+    if let Some(wait) = s.limits.login_locked(addr, s.deps.clock.now()) {
+        crate::metrics::limited("login");
+        return (address_locked(wait), None);
+    }
     let (result, who) = users::login_as(&s.deps, req, addr).await;
+    if let Err(LoginError::RateLimited {
+        address_locked_until: Some(until),
+        ..
+    }) = &result
+    {
+        s.limits
+            .login_locked_until(addr, *until, s.deps.clock.now());
+    }
     let res = match result {
         Ok(ok) => {
             let mut body = json!({

@@ -191,6 +191,10 @@ pub struct Limits {
     tenants: Limiter<String>,
     webhook: Limiter<IpAddr>,
     credentials: Limiter<IpAddr>,
+    /// Addresses whose failed-login counter (in the table, shared by every instance)
+    /// answered locked, until when (epoch seconds): their sign-ins are refused here until
+    /// then without the counter's writes (each a conditional write refused, still billed).
+    login_locks: Mutex<HashMap<IpAddr, i64>>,
 }
 
 impl Limits {
@@ -201,7 +205,35 @@ impl Limits {
             tenants: Limiter::default(),
             webhook: Limiter::default(),
             credentials: Limiter::default(),
+            login_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How long sign-ins from `addr` are still refused (seconds), if its failed-login
+    /// counter was seen locked ([`Self::login_locked_until`]) and that has not passed.
+    /// The table's counter stays the authority; this only skips asking it again.
+    pub fn login_locked(&self, addr: Option<IpAddr>, now: DateTime<Utc>) -> Option<u64> {
+        let key = source(addr?);
+        let now = now.timestamp();
+        let map = self.login_locks.lock().ok()?;
+        let until = *map.get(&key)?;
+        (until > now).then(|| u64::try_from(until - now).unwrap_or(1).max(1))
+    }
+
+    /// `addr`'s failed-login counter answered locked until `until` (epoch seconds).
+    pub fn login_locked_until(&self, addr: Option<IpAddr>, until: i64, now: DateTime<Utc>) {
+        let Some(a) = addr else { return };
+        let Ok(mut map) = self.login_locks.lock() else {
+            return;
+        };
+        if map.len() >= MAX_BUCKETS {
+            let now = now.timestamp();
+            map.retain(|_, t| *t > now);
+            if map.len() >= MAX_BUCKETS {
+                return;
+            }
+        }
+        map.insert(source(a), until);
     }
 
     pub fn settings(&self) -> &LimitSettings {

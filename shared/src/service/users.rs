@@ -128,7 +128,12 @@ pub enum LoginError {
     #[error("a valid TOTP code is required")]
     TotpRequired,
     #[error("too many failed attempts")]
-    RateLimited { retry_after_secs: i64 },
+    RateLimited {
+        retry_after_secs: i64,
+        /// The address's own counter is what is locked (every email from it), until this
+        /// time (epoch seconds): `None` for an email's counter at the address.
+        address_locked_until: Option<i64>,
+    },
     /// The password was right, but the user's wrong codes locked the second factor for a
     /// while: audited (unlike an address locked out, which needs no credentials).
     #[error("too many wrong codes")]
@@ -563,6 +568,7 @@ async fn attempt(
                 tracing::info!(outcome = "denied", reason = "rate_limited", "login refused");
                 return Err(LoginError::RateLimited {
                     retry_after_secs: (until - now_secs).max(1),
+                    address_locked_until: matches!(c, LoginCounter::Address(_)).then_some(until),
                 });
             }
         }

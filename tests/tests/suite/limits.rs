@@ -550,6 +550,46 @@ async fn a_login_flood_from_a_locked_out_address_writes_nothing(p: Ports) {
     assert_eq!((a.status, a.code()), (401, "unauthenticated"));
 }
 
+/// An address whose failed-login counter answered locked is refused by the instance that
+/// saw it until the lock passes, without asking the table again (each ask is conditional
+/// writes refused, billed: a flood from a locked address could run a provisioned table's
+/// write capacity down). Here the table's counter is cleared behind the instance's back:
+/// the instance still refuses until the wait it named, then asks the table again.
+async fn a_locked_out_address_is_refused_without_asking_the_table_until_its_lock_passes(p: Ports) {
+    use kirim::ports::LoginCounter;
+    let http = Http::new(p).await;
+    let from = "198.51.100.77";
+    let mut wait = None;
+    for i in 0..40 {
+        let a = login(
+            &http,
+            &format!("nobody{i}@kedai.example"),
+            "x-password-x",
+            from,
+        )
+        .await;
+        if a.status == 429 {
+            wait = a.retry_after();
+            break;
+        }
+        assert_eq!(a.status, 401, "{i}");
+    }
+    let wait = wait.expect("the address locked out");
+    http.p
+        .users
+        .clear_login_counter(&LoginCounter::Address(from.to_owned()))
+        .await
+        .unwrap();
+    let a = login(&http, "someone@kedai.example", "x-password-x", from).await;
+    assert_eq!((a.status, a.code()), (429, "rate_limited"), "refused here");
+    assert!(a.retry_after().is_some());
+    http.p
+        .clock
+        .advance(chrono::Duration::seconds(wait as i64 + 1));
+    let a = login(&http, "someone@kedai.example", "x-password-x", from).await;
+    assert_eq!(a.status, 401, "past the lock, the table is asked again");
+}
+
 /// Malformed login bodies (not JSON, unknown fields, too large) need no credentials and
 /// never reach the login's own limits: they count against their address as refused
 /// credentials do, and once its allowance is spent they are answered as they are (400,
@@ -637,6 +677,7 @@ contract!(
     a_flood_of_malformed_login_bodies_from_one_address_stops_writing,
     a_key_over_its_limit_gets_429_with_retry_after_and_another_tenant_is_unaffected,
     a_login_flood_from_a_locked_out_address_writes_nothing,
+    a_locked_out_address_is_refused_without_asking_the_table_until_its_lock_passes,
     the_operators_limits_route_changes_a_tenants_limit_and_refuses_bad_limits,
     a_bad_signature_flood_from_one_address_gets_429_while_signed_notifications_still_get_200,
     an_unknown_email_answers_exactly_like_a_wrong_password_and_is_slowed_alike,
