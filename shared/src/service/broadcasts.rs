@@ -329,17 +329,25 @@ pub async fn create_campaign(
         }
     }
     let category = Some(template_ref.category);
-    // A balance that cannot pay for even one recipient is refused before the opt-out
-    // lookups (a read or two each, up to 10,000 of them: a 402 must not cost that). A
-    // concurrent request with the same key may be what spent it: its answer then.
+    // A balance that cannot pay for even one recipient is refused before every
+    // recipient's opt-out is looked up (a read or two each, up to 10,000: a 402 must not
+    // cost that): the lookups go one at a time until one recipient can be sent to, and
+    // that refuses it. One whose recipients have all opted out goes on (accepted with
+    // none to send, nothing to pay).
     if !valid.is_empty() {
         let price = deps.settings.prices.price_for(category);
         if let Err(e) = ledger::refuse_unpayable(deps, &tenant, price).await {
-            if let Some(earlier) = earlier_broadcast(deps, tenant_id, campaign.key.as_ref()).await?
-            {
-                return Ok(replay_of(&earlier));
+            for p in &valid {
+                match super::optouts::check(deps, tenant_id, p, category).await {
+                    Ok(()) => {
+                        let retry_of = campaign_retry_of.as_deref();
+                        return unpayable(deps, tenant_id, campaign.key.as_ref(), retry_of, e)
+                            .await;
+                    }
+                    Err(ServiceError::RecipientOptedOut) => {}
+                    Err(other) => return Err(other),
+                }
             }
-            return Err(e);
         }
     }
     let checks = futures::stream::iter(valid.into_iter().map(|p| async move {
@@ -424,22 +432,8 @@ pub async fn create_campaign(
     // A concurrent request with the same key (its write landed after this one looked for
     // it) may be what spent it: its answer then, as the key's write would have given.
     if let Err(e) = ledger::refuse_unpayable(deps, &tenant, total).await {
-        if let Some(earlier) = earlier_broadcast(deps, tenant_id, campaign.key.as_ref()).await? {
-            return Ok(replay_of(&earlier));
-        }
-        // So may a concurrent retry of the same broadcast's failures: the creating write
-        // would have refused this one for that first (`ALREADY_RETRIED`, a `409`).
-        if let Some(original) = &broadcast.retry_of {
-            let retried = deps
-                .broadcasts
-                .get_broadcast(tenant_id, original)
-                .await?
-                .is_some_and(|o| o.retried_by.is_some());
-            if retried {
-                return Err(ServiceError::Conflict(crate::ports::ALREADY_RETRIED.into()));
-            }
-        }
-        return Err(e);
+        let (key, retry_of) = (campaign.key.as_ref(), broadcast.retry_of.as_deref());
+        return unpayable(deps, tenant_id, key, retry_of, e).await;
     }
     let queued = match super::schedule::wait(send_at, now) {
         Some(wait) => {
@@ -508,6 +502,33 @@ pub async fn create_campaign(
 
 /// The broadcast an earlier request with this key created, if there was one; `409
 /// idempotency_key_reused` if that request's body was another.
+/// A campaign the balance cannot pay, as it is answered: a concurrent request with the same
+/// key may be what spent it (its answer then, as the key's write would have given), and so
+/// may a concurrent retry of the same broadcast's failures (the creating write would have
+/// refused this one for that first: `ALREADY_RETRIED`, a `409`); else `refused`.
+async fn unpayable(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    key: Option<&super::idempotency::Idempotent>,
+    retry_of: Option<&str>,
+    refused: ServiceError,
+) -> Result<Accepted, ServiceError> {
+    if let Some(earlier) = earlier_broadcast(deps, tenant_id, key).await? {
+        return Ok(replay_of(&earlier));
+    }
+    if let Some(original) = retry_of {
+        let retried = deps
+            .broadcasts
+            .get_broadcast(tenant_id, original)
+            .await?
+            .is_some_and(|o| o.retried_by.is_some());
+        if retried {
+            return Err(ServiceError::Conflict(crate::ports::ALREADY_RETRIED.into()));
+        }
+    }
+    Err(refused)
+}
+
 async fn earlier_broadcast(
     deps: &Deps,
     tenant: &TenantId,

@@ -24,7 +24,7 @@ use crate::domain::TenantId;
 use crate::ports::Tenant;
 
 /// Buckets one limiter keeps at most; beyond it, buckets that have refilled are dropped
-/// (a full bucket is the same as none), then all (see [`Limiter`]).
+/// (a full bucket is the same as none), then the one nearest to full (see [`Limiter`]).
 pub const MAX_BUCKETS: usize = 10_000;
 
 /// Refused: try again in this many whole seconds (at least one).

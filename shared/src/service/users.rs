@@ -988,20 +988,26 @@ pub async fn confirm(
     };
     // Opened past the counter's gate (a KMS `Decrypt`): a locked-out guesser costs the
     // account-wide KMS quota, which every 2FA sign-in needs, nothing.
-    let seed = match seed_cipher::open(deps, tenant, id, stored).await {
+    let opened = seed_cipher::open(deps, tenant, id, stored).await;
+    let seed = match opened {
         Ok(Some(seed)) => seed,
-        Ok(None) => {
-            tracing::warn!(user_id = %id, "the stored TOTP seed does not open");
-            deps.users
+        Ok(None) | Err(_) => {
+            // Not the caller's failure: the count is given back (a give-back that fails
+            // stays counted, erring toward slowing), and the answer is the seed's.
+            if let Err(r) = deps
+                .users
                 .login_released(&counter, now_secs, &policy, ticket)
-                .await?;
-            return Err(invalid("totp_code does not match"));
-        }
-        Err(e) => {
-            deps.users
-                .login_released(&counter, now_secs, &policy, ticket)
-                .await?;
-            return Err(e);
+                .await
+            {
+                tracing::warn!(user_id = %id, error = %r, "a 2fa confirmation's count could not be given back");
+            }
+            return match opened {
+                Err(e) => Err(e),
+                _ => {
+                    tracing::warn!(user_id = %id, "the stored TOTP seed does not open");
+                    Err(invalid("totp_code does not match"))
+                }
+            };
         }
     };
     let step = matching_step(
