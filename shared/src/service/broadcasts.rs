@@ -329,39 +329,33 @@ pub async fn create_campaign(
         }
     }
     let category = Some(template_ref.category);
-    // A balance that cannot pay for even one recipient is refused before every
-    // recipient's opt-out is looked up (a read or two each, up to 10,000: a 402 must not
-    // cost that): the lookups go one at a time until one recipient can be sent to, and
-    // that refuses it. One whose recipients have all opted out goes on (accepted with
-    // none to send, nothing to pay).
-    if !valid.is_empty() {
+    // A balance that cannot pay for even one recipient is refused at the first recipient
+    // the lookups find sendable, not after every recipient's opt-out was looked up (a read
+    // or two each, up to 10,000: a 402 must not cost that); the lookups are the one pass
+    // the campaign makes anyway, read as they come. One whose recipients have all opted
+    // out goes on (accepted with none to send, nothing to pay).
+    let mut unpayable_one = if valid.is_empty() {
+        None
+    } else {
         let price = deps.settings.prices.price_for(category);
-        if let Err(e) = ledger::refuse_unpayable(deps, &tenant, price).await {
-            for p in &valid {
-                match super::optouts::check(deps, tenant_id, p, category).await {
-                    Ok(()) => {
-                        let retry_of = campaign_retry_of.as_deref();
-                        return unpayable(deps, tenant_id, campaign.key.as_ref(), retry_of, e)
-                            .await;
-                    }
-                    Err(ServiceError::RecipientOptedOut) => {}
-                    Err(other) => return Err(other),
-                }
-            }
-        }
-    }
-    let checks = futures::stream::iter(valid.into_iter().map(|p| async move {
+        ledger::refuse_unpayable(deps, &tenant, price).await.err()
+    };
+    let mut checks = futures::stream::iter(valid.into_iter().map(|p| async move {
         let r = super::optouts::check(deps, tenant_id, &p, category).await;
         (p, r)
     }))
-    .buffered(LOOKUPS)
-    .collect::<Vec<_>>()
-    .await;
+    .buffered(LOOKUPS);
     let mut recipients = Vec::new();
     let mut skipped = 0usize;
-    for (p, r) in checks {
+    while let Some((p, r)) = checks.next().await {
         match r {
-            Ok(()) => recipients.push(p),
+            Ok(()) => {
+                if let Some(e) = unpayable_one.take() {
+                    let retry_of = campaign_retry_of.as_deref();
+                    return unpayable(deps, tenant_id, campaign.key.as_ref(), retry_of, e).await;
+                }
+                recipients.push(p);
+            }
             Err(ServiceError::RecipientOptedOut) => skipped += 1,
             Err(e) => return Err(e),
         }
@@ -500,8 +494,6 @@ pub async fn create_campaign(
     })
 }
 
-/// The broadcast an earlier request with this key created, if there was one; `409
-/// idempotency_key_reused` if that request's body was another.
 /// A campaign the balance cannot pay, as it is answered: a concurrent request with the same
 /// key may be what spent it (its answer then, as the key's write would have given), and so
 /// may a concurrent retry of the same broadcast's failures (the creating write would have
@@ -529,6 +521,8 @@ async fn unpayable(
     Err(refused)
 }
 
+/// The broadcast an earlier request with this key created, if there was one; `409
+/// idempotency_key_reused` if that request's body was another.
 async fn earlier_broadcast(
     deps: &Deps,
     tenant: &TenantId,

@@ -579,13 +579,15 @@ async fn a_dispatch_reads_the_opt_outs_together_and_writes_the_index_and_sent_to
     );
 }
 
-/// A campaign from a balance that cannot pay for one recipient is refused before its
-/// recipients' opt-outs are looked up (two reads each, up to 10,000 recipients): a `402`
-/// costs a handful of reads, not thousands.
+/// A campaign from a balance that cannot pay for one recipient is refused at the first
+/// recipient its opt-out lookups find sendable, not after all of them (two reads each, up
+/// to 10,000): a `402` costs a handful of reads, and no more than the lookups in flight past
+/// a run of opted-out recipients at the head of the list.
 #[tokio::test]
-async fn a_campaign_the_balance_cannot_pay_is_refused_before_its_opt_out_lookups() {
+async fn a_campaign_the_balance_cannot_pay_is_refused_at_its_first_sendable_recipient() {
     use kirim::adapters::memory::MemorySecrets;
-    use kirim::service::{broadcasts, errors::ServiceError, send::TemplateIn};
+    use kirim::domain::{OptOutKey, OptOutScope, OptOutSource};
+    use kirim::service::{broadcasts, errors::ServiceError, optouts, send::TemplateIn};
     use std::sync::Arc;
 
     let (store, proxy) = store_behind_proxy().await;
@@ -597,24 +599,48 @@ async fn a_campaign_the_balance_cannot_pay_is_refused_before_its_opt_out_lookups
     );
     let number = format!("{}", 3_000_000 + kirim_tests::rand_u32() % 900_000);
     let (tenant, _) = crate::broadcasts::promo_tenant(&deps, &number, 0).await;
-    let template: TemplateIn = serde_json::from_value(
-        serde_json::json!({"name": "promo", "language": "en", "category": "utility"}),
-    )
-    .unwrap();
     let recipients: Vec<String> = (0..100).map(|i| format!("+601234{i:04}8")).collect();
-    proxy.set_phase("campaign");
-    let refused = broadcasts::create(&deps, &tenant.id, template, recipients, None).await;
-    proxy.set_phase("after");
-    assert!(
-        matches!(refused, Err(ServiceError::InsufficientCredits)),
-        "{:?}",
-        refused.map(|a| a.id)
-    );
-    let tally = proxy.take();
-    let reads: u64 = tally["campaign"]
-        .iter()
-        .filter(|(op, _)| op.contains("Get") || op.contains("Query"))
-        .map(|(_, u)| u.calls)
-        .sum();
-    assert!(reads < 20, "{reads} reads for a refused campaign of 100");
+    // The first 30 have opted out.
+    for r in &recipients[..30] {
+        optouts::add(
+            &deps,
+            &tenant.id,
+            optouts::Recipient::of(OptOutKey::parse(r).unwrap()),
+            OptOutScope::All,
+            OptOutSource::Api,
+            "key_1",
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    let reads_of = |tally: &kirim_infra::cost::Tally, phase: &str| -> u64 {
+        tally[phase]
+            .iter()
+            .filter(|(op, _)| op.contains("Get") || op.contains("Query"))
+            .map(|(_, u)| u.calls)
+            .sum()
+    };
+    for (phase, list, most) in [
+        ("sendable first", recipients[30..].to_vec(), 40),
+        ("30 opted out first", recipients.clone(), 140),
+    ] {
+        let template: TemplateIn = serde_json::from_value(
+            serde_json::json!({"name": "promo", "language": "en", "category": "utility"}),
+        )
+        .unwrap();
+        proxy.set_phase(phase);
+        let refused = broadcasts::create(&deps, &tenant.id, template, list, None).await;
+        proxy.set_phase("after");
+        assert!(
+            matches!(refused, Err(ServiceError::InsufficientCredits)),
+            "{phase}: {:?}",
+            refused.map(|a| a.id)
+        );
+        let reads = reads_of(&proxy.take(), phase);
+        assert!(
+            reads < most,
+            "{phase}: {reads} reads for a refused campaign"
+        );
+    }
 }
