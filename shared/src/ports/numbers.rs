@@ -71,6 +71,8 @@ pub trait PhoneNumberStore: Send + Sync {
     async fn add_phone_number(&self, number: &PhoneNumberRecord) -> Result<(), StoreError>;
     /// Stores the number item of a number whose route the tenant already holds (the
     /// number it was onboarded with), only if it has none yet; `false` if it had one.
+    /// `Conflict(`[`TENANT_CLOSED`]`)` if the tenant is closed (the check travels with the
+    /// write).
     async fn put_phone_number_if_absent(
         &self,
         number: &PhoneNumberRecord,

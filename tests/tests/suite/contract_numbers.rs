@@ -94,6 +94,16 @@ async fn a_number_is_never_added_to_a_closed_tenant(p: Ports) {
         None
     );
     assert_eq!(p.numbers.get_phone_number(&a.id, &id).await.unwrap(), None);
+    // Nor the item of the number it was onboarded with (a tenant from before number
+    // items): written after the close-out, it would be kept forever.
+    let onboarding_number = number(&p, &a.id, &a.phone_number_id, &a.waba_id);
+    assert_eq!(
+        p.numbers
+            .put_phone_number_if_absent(&onboarding_number)
+            .await
+            .unwrap_err(),
+        StoreError::Conflict(kirim::ports::TENANT_CLOSED.into())
+    );
 }
 
 /// The onboarding's display number lands with the tenant, in its one write: Meta's quality

@@ -11,7 +11,6 @@
 //! Meta's pricing is counted by one transaction that sets `pricing` on the message only
 //! if it has none and ADDs to the row, so a repeated pricing counts nothing.
 
-use crate::adapters::aws::written;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{Delete, ReturnValue, TransactWriteItem, Update};
@@ -114,15 +113,19 @@ impl PhoneNumberStore for DynamoStore {
         &self,
         number: &PhoneNumberRecord,
     ) -> Result<bool, StoreError> {
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(self.number_item(number)?))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        written("dynamodb put", res)
+        // With the tenant-open check, as every write of configuration without a TTL: an
+        // item written after the close-out passed the tenant's numbers would be kept
+        // forever (its close-out gives TTLs only to what it finds).
+        let items = vec![
+            self.tenant_open_check(&number.tenant_id)?,
+            self.put(self.number_item(number)?, Some("attribute_not_exists(pk)"))?,
+        ];
+        match self.transact(items).await {
+            Ok(()) => Ok(true),
+            Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Ok(false),
+            Err(e) => Err(e.into_store_error()),
+        }
     }
 
     async fn get_phone_number(

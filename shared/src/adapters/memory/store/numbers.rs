@@ -66,6 +66,7 @@ impl PhoneNumberStore for MemoryStore {
         number: &PhoneNumberRecord,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
+        super::refuse_if_closed(&s, &number.tenant_id)?;
         let k = key(&number.tenant_id, &number.phone_number_id);
         if s.numbers.contains_key(&k) {
             return Ok(false);
