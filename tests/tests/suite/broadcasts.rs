@@ -1483,7 +1483,6 @@ async fn a_broadcast_still_sending_is_not_retried_until_every_message_is_settled
 #[tokio::test]
 async fn a_fan_out_whose_list_is_gone_refunds_the_recipients_never_queued() {
     use kirim::service::broadcasts;
-    use kirim::service::jobs::QueueJob;
     let clock = kirim_tests::ManualClock::new();
     let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
     let (tenant, accepted) = promo_broadcast(&deps, "128", 7).await;
@@ -1496,15 +1495,7 @@ async fn a_fan_out_whose_list_is_gone_refunds_the_recipients_never_queued() {
             .credits
     };
     assert_eq!(balance().await, 0, "seven debited");
-    let first = deps
-        .queue
-        .receive(10, Duration::from_millis(500))
-        .await
-        .unwrap()
-        .remove(0);
-    let Some(QueueJob::BroadcastFanout(job)) = QueueJob::parse(&first.body) else {
-        panic!("not a fan-out job")
-    };
+    let job = next_fan_out(&deps).await;
     broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
     // Its next slice comes eight days late.
     clock.advance(chrono::Duration::days(8));
