@@ -23,7 +23,8 @@ pub async fn dispatch_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
         |((record, outcome), hopped)| async move {
             let failed = match floored(deps, outcome, receive_count(record)) {
                 Outcome::Done => false,
-                Outcome::RetryAfter(delay) => {
+                // (`floored` left no `Backoff`.)
+                Outcome::RetryAfter(delay) | Outcome::Backoff(delay) => {
                     // A hop that could not be sent; any other retry's delay is set already.
                     if let (true, Some(receipt)) = (hopped, record.receipt_handle.as_deref()) {
                         set_retry(deps, receipt, delay).await;
@@ -122,8 +123,14 @@ pub async fn poll_once(deps: &Deps, wait: std::time::Duration) -> usize {
                     // Deleted with the rest of the batch, below.
                     Outcome::Done => return Some(m.receipt),
                     // A hop that could not be sent; any other retry's delay is set already.
-                    Outcome::RetryAfter(d) if hopped => set_retry(deps, &m.receipt, d).await,
-                    Outcome::RetryAfter(_) | Outcome::Poison | Outcome::Again(..) => {}
+                    // (`floored` left no `Backoff`.)
+                    Outcome::RetryAfter(d) | Outcome::Backoff(d) if hopped => {
+                        set_retry(deps, &m.receipt, d).await
+                    }
+                    Outcome::RetryAfter(_)
+                    | Outcome::Backoff(_)
+                    | Outcome::Poison
+                    | Outcome::Again(..) => {}
                 }
                 None
             });
@@ -158,23 +165,21 @@ async fn handle_record(deps: &Deps, receipt: Option<&str>, body: &str, receives:
     outcome
 }
 
-/// A storage retry (`RetryAfter` the dispatch backoff itself: what the dispatcher answers
-/// for a dependency that failed, and for a hop it could not queue; or
+/// A storage retry ([`Outcome::Backoff`]: what the dispatcher answers for a dependency that
+/// failed, and for a hop it could not queue, at the dispatch backoff; or
 /// [`dispatch::KEPT_RETRY`], a job back for kept statuses storage refused) of a job received
-/// `receives` times: from its second receive, no sooner than the backoff doubled per
+/// `receives` times, as a `RetryAfter`: from its second receive, no sooner than the backoff doubled per
 /// receive (30 s, 60 s, ... about 2 h 8 min in all before the redrive's 10th receive).
 /// Every retry of one queue message counts toward the redrive, and what brings one back
 /// over and over is storage refusing (a throttled table while its capacity catches up):
 /// at the flat backoff the job was parked on the dead-letter queue after about 5 minutes
-/// of it. Any other delay is the job's own and kept: a turn-away's, to come back for the
-/// send slot reserved for it; a wait for its message; a sending deadline's recheck.
+/// of it. A `RetryAfter` is the job's own delay and kept, whatever its length: a turn-away's,
+/// to come back for the send slot reserved for it; a wait for its message; a sending
+/// deadline's recheck. (Until stop 52 a storage retry was told by its delay being the
+/// backoff's: a wait for a message, capped at 30 s, was taken for one.)
 pub fn floored(deps: &Deps, outcome: Outcome, receives: u32) -> Outcome {
     match outcome {
-        Outcome::RetryAfter(d)
-            if d == deps.settings.dispatch_backoff || d == dispatch::KEPT_RETRY =>
-        {
-            Outcome::RetryAfter(d.max(retry_floor(deps, receives)))
-        }
+        Outcome::Backoff(d) => Outcome::RetryAfter(d.max(retry_floor(deps, receives))),
         other => other,
     }
 }
@@ -303,7 +308,7 @@ pub async fn status_callback_batch(deps: &Deps, event: SqsEvent) -> SqsBatchResp
     for (record, outcome) in event.records.iter().zip(outcomes) {
         let failed = match outcome {
             Outcome::Done => false,
-            Outcome::RetryAfter(delay) => {
+            Outcome::RetryAfter(delay) | Outcome::Backoff(delay) => {
                 if let Some(receipt) = record.receipt_handle.as_deref() {
                     if let Err(e) = deps.callback_queue.retry_after(receipt, delay).await {
                         tracing::warn!(error = %e, "could not set callback retry delay");
@@ -341,7 +346,9 @@ pub async fn poll_callbacks_once(deps: &Deps, wait: std::time::Duration) -> usiz
     for (m, outcome) in received.iter().zip(outcomes) {
         let result = match outcome {
             Outcome::Done => deps.callback_queue.delete(&m.receipt).await,
-            Outcome::RetryAfter(d) => deps.callback_queue.retry_after(&m.receipt, d).await,
+            Outcome::RetryAfter(d) | Outcome::Backoff(d) => {
+                deps.callback_queue.retry_after(&m.receipt, d).await
+            }
             Outcome::Poison | Outcome::Again(..) => Ok(()),
         };
         if let Err(e) = result {

@@ -34,13 +34,25 @@ pub const UNRECORDED_GRACE: Duration = Duration::from_secs(120);
 /// nothing was charged, so nothing is sent). A message or broadcast id is a ULID of its
 /// acceptance time; one that is not is treated as old.
 pub fn unrecorded(deps: &Deps, id: &str) -> Outcome {
-    let age = age_of(deps, id);
-    if age >= UNRECORDED_GRACE {
-        tracing::info!(id, "nothing recorded for this job; dropping it");
-        return Outcome::Done;
+    match unrecorded_wait(age_of(deps, id)) {
+        Some(wait) => Outcome::RetryAfter(wait),
+        None => {
+            tracing::info!(id, "nothing recorded for this job; dropping it");
+            Outcome::Done
+        }
     }
-    // Soon at first (the write usually lands within milliseconds), then less often.
-    Outcome::RetryAfter(age.clamp(Duration::from_millis(500), Duration::from_secs(30)))
+}
+
+/// How long a job whose message is `age` old and not recorded waits before it looks
+/// again; `None` once past [`UNRECORDED_GRACE`]. Soon at first (the write usually lands
+/// within milliseconds), then as long as the job has waited, up to a minute: the age at
+/// least doubles each receive, so the grace is passed by the 10th receive, the dispatch
+/// queue's `maxReceiveCount` (template.yaml), and a job whose request was refused after it
+/// was queued (a short balance at the debit) is dropped, not parked on the dead-letter
+/// queue. (Capped at 30 s it took 11 receives: it was dropped only because its 30 s wait
+/// was taken for a storage retry and floored, at the default backoff only.)
+pub fn unrecorded_wait(age: Duration) -> Option<Duration> {
+    (age < UNRECORDED_GRACE).then(|| age.clamp(Duration::from_millis(500), Duration::from_secs(60)))
 }
 
 /// How long ago the message or broadcast `id` (a ULID of its acceptance time) was
@@ -210,6 +222,25 @@ pub async fn redelivered_as(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The dispatch queue parks a message on its 11th receive (`maxReceiveCount: 10`).
+    #[test]
+    fn a_job_whose_message_was_never_recorded_is_dropped_within_the_queues_receives() {
+        for first_age_ms in [0u64, 1, 30, 499, 500, 900, 5_000, 59_000, 119_999] {
+            let mut age = Duration::from_millis(first_age_ms);
+            let mut receives = 1;
+            while let Some(wait) = unrecorded_wait(age) {
+                age += wait;
+                receives += 1;
+            }
+            assert!(
+                receives <= 10,
+                "first received at {first_age_ms} ms: dropped on receive {receives}"
+            );
+            assert!(age >= UNRECORDED_GRACE);
+        }
+        assert_eq!(unrecorded_wait(UNRECORDED_GRACE), None);
+    }
 
     /// SQS refuses a visibility beyond 12 hours from the receive: the recheck of a claim
     /// made a moment ago under a 24 h deadline must ask for less, or it is refused on every

@@ -415,7 +415,7 @@ fn kept_again(e: &ServiceError) -> Option<Outcome> {
     match e {
         ServiceError::Unavailable(store) if store.is_retryable() => {
             tracing::warn!(error = %e, "kept statuses not applied yet; the job comes back for them");
-            Some(Outcome::RetryAfter(KEPT_RETRY))
+            Some(Outcome::Backoff(KEPT_RETRY))
         }
         _ => {
             tracing::error!(error = %e, "kept statuses cannot be applied; left to their expiry");
@@ -470,7 +470,7 @@ pub async fn handle(deps: &Deps, body: &str) -> Outcome {
 pub fn hop_failed(deps: &Deps, e: &StoreError) -> Outcome {
     tracing::warn!(error = %e, "could not queue the job's next hop; retrying");
     crate::metrics::retry("storage");
-    Outcome::RetryAfter(deps.settings.dispatch_backoff)
+    Outcome::Backoff(deps.settings.dispatch_backoff)
 }
 
 /// [`handle`] for a job of a batch: a hop ([`Outcome::Again`]) is left to the caller,
@@ -527,7 +527,7 @@ async fn handle_job(deps: &Deps, job: QueueJob) -> Outcome {
         Err(e) if e.retryable => {
             tracing::warn!(error = %e.detail, "a dependency is unavailable; retrying");
             crate::metrics::retry("storage");
-            Outcome::RetryAfter(deps.settings.dispatch_backoff)
+            Outcome::Backoff(deps.settings.dispatch_backoff)
         }
         Err(e) => {
             tracing::error!(error = %e.detail, "dispatch error; leaving the job for the dead-letter queue");
@@ -556,7 +556,7 @@ fn refresh_failed(deps: &Deps, e: &MetaSendError) -> Outcome {
     };
     if again {
         tracing::warn!(error = %e, "an approved template was not read again; retrying");
-        Outcome::RetryAfter(deps.settings.dispatch_backoff)
+        Outcome::Backoff(deps.settings.dispatch_backoff)
     } else {
         tracing::warn!(error = %e, "an approved template was not read again; the daily sync reads it");
         Outcome::Done
@@ -1354,7 +1354,7 @@ mod tests {
         let throttled = ServiceError::Unavailable(StoreError::Unavailable("throttled".into()));
         assert!(matches!(
             super::kept_again(&throttled),
-            Some(Outcome::RetryAfter(d)) if d == super::KEPT_RETRY
+            Some(Outcome::Backoff(d)) if d == super::KEPT_RETRY
         ));
         let unreadable = ServiceError::Internal("a kept item that cannot be read".into());
         assert!(super::kept_again(&unreadable).is_none());

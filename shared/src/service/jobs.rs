@@ -206,8 +206,14 @@ impl QueueJob {
 pub enum Outcome {
     /// Finished (sent, failed for good, or a duplicate): delete it from the queue.
     Done,
-    /// Make it visible again after this delay.
+    /// Make it visible again after this delay: the job's own wait (a turn-away's carried
+    /// slot, a wait for its message, a deadline's recheck), kept as it is.
     RetryAfter(Duration),
+    /// A storage retry: a dependency failed (storage refusing or throttled, a hop that
+    /// could not be queued). Made visible again after at least this delay, further apart
+    /// from the job's second receive (`queue_handlers::floored`), so that a table catching
+    /// up on its capacity does not spend the job's receives in minutes.
+    Backoff(Duration),
     /// Unreadable or hit an unexpected error: leave it, so the queue's redrive parks it
     /// on the dead-letter queue after its receive limit.
     Poison,
@@ -223,6 +229,7 @@ impl std::fmt::Debug for Outcome {
         match self {
             Outcome::Done => f.write_str("Done"),
             Outcome::RetryAfter(d) => f.debug_tuple("RetryAfter").field(d).finish(),
+            Outcome::Backoff(d) => f.debug_tuple("Backoff").field(d).finish(),
             Outcome::Poison => f.write_str("Poison"),
             Outcome::Again(body, d) => f
                 .debug_tuple("Again")

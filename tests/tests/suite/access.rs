@@ -1029,7 +1029,7 @@ async fn a_secret_store_failure_before_the_claim_leaves_the_message_retryable() 
         .store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(matches!(
         dispatch::handle(&deps, &queued[0].body).await,
-        kirim::service::jobs::Outcome::RetryAfter(_)
+        kirim::service::jobs::Outcome::Backoff(_)
     ));
     let m = deps
         .messages

@@ -417,7 +417,7 @@ async fn kept_statuses_that_cannot_be_applied_after_the_send_bring_the_job_back_
     assert_eq!(jobs.len(), 1);
     let first = dispatch::handle(&flaky, &jobs[0].body).await;
     assert!(
-        matches!(first, Outcome::RetryAfter(_)),
+        matches!(first, Outcome::Backoff(_)),
         "not dropped: {first:?}"
     );
     assert_eq!(app.message(&t.key, &id).await["status"], "sent");

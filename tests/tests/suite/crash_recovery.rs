@@ -740,7 +740,7 @@ async fn a_failure_before_meta_is_refunded_in_the_same_write_so_a_storage_failur
     down.messages = flaky.clone();
     let first = dispatch::handle(&down, &job).await;
     assert!(
-        matches!(first, Outcome::RetryAfter(_)),
+        matches!(first, Outcome::Backoff(_)),
         "the job is retried: {first:?}"
     );
     let after = t
@@ -1662,7 +1662,9 @@ async fn a_4xx_without_metas_body_is_retried_then_failed_and_refunded_never_left
                     tokio::time::sleep(delay).await;
                     job = next;
                 }
-                Outcome::RetryAfter(delay) => tokio::time::sleep(delay).await,
+                Outcome::RetryAfter(delay) | Outcome::Backoff(delay) => {
+                    tokio::time::sleep(delay).await
+                }
                 Outcome::Done => break,
                 Outcome::Poison => panic!("{status}: poison"),
             }
@@ -1880,7 +1882,9 @@ async fn a_final_refusal_whose_failure_cannot_be_written_is_never_sent_again_and
                     tokio::time::sleep(delay).await;
                     job = next;
                 }
-                Outcome::RetryAfter(delay) => tokio::time::sleep(delay).await,
+                Outcome::RetryAfter(delay) | Outcome::Backoff(delay) => {
+                    tokio::time::sleep(delay).await
+                }
                 Outcome::Done => break,
                 Outcome::Poison => panic!("{code}: poison"),
             }
@@ -1922,7 +1926,7 @@ async fn a_final_refusal_whose_failure_cannot_be_written_is_never_sent_again_and
     deps.queue = Arc::new(Kept::refusing());
     assert!(matches!(
         dispatch::handle_in_batch(&deps, &job).await,
-        Outcome::RetryAfter(_)
+        Outcome::Backoff(_)
     ));
     flaky.fail_refund.store(false, Ordering::SeqCst);
     assert_eq!(dispatch::handle_in_batch(&deps, &job).await, Outcome::Done);
@@ -2365,7 +2369,7 @@ async fn a_message_retried_on_a_busy_number_ends_failed_and_refunded_never_parke
         let advance = |d: Duration| clock.advance(chrono::Duration::from_std(d).unwrap());
         match dispatch::handle_in_batch(&deps, &body).await {
             Outcome::Done => {}
-            Outcome::RetryAfter(d) => {
+            Outcome::RetryAfter(d) | Outcome::Backoff(d) => {
                 advance(d);
                 queue.push_back((body, receives));
             }
@@ -2492,7 +2496,7 @@ async fn a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not
     book_two_seconds_ahead(&deps, &o.phone_number_id).await;
     let outcome = dispatch::handle(&deps, &job).await;
     assert!(
-        matches!(outcome, Outcome::RetryAfter(_)),
+        matches!(outcome, Outcome::Backoff(_)),
         "the job retried: {outcome:?}"
     );
     let back = deps
@@ -2730,13 +2734,24 @@ async fn a_job_received_again_and_again_is_retried_further_apart_not_parked_in_m
     // A job back for kept statuses storage refused is a storage retry too.
     let kept = kirim::queue_handlers::floored(
         &deps,
-        Outcome::RetryAfter(kirim::service::dispatch::KEPT_RETRY),
+        Outcome::Backoff(kirim::service::dispatch::KEPT_RETRY),
         6,
     );
     assert!(
         matches!(kept, Outcome::RetryAfter(d) if d.as_secs() >= 384),
         "{kept:?}"
     );
+    // A job's own wait is kept, even one as long as the backoff (a wait for its message
+    // was taken for a storage retry by its length).
+    for own in [
+        Duration::from_secs(30),
+        kirim::service::dispatch::KEPT_RETRY,
+    ] {
+        assert_eq!(
+            kirim::queue_handlers::floored(&deps, Outcome::RetryAfter(own), 6),
+            Outcome::RetryAfter(own)
+        );
+    }
     let total: u64 = (1..10)
         .map(|n| kirim::queue_handlers::retry_floor(&deps, n).as_secs())
         .sum();

@@ -1071,7 +1071,7 @@ async fn a_template_re_read_is_retried_only_when_meta_may_answer_later(b: Backen
         let body = QueueJob::TemplateRefresh(job.clone()).to_body().unwrap();
         let outcome = kirim::service::dispatch::handle(&deps, &body).await;
         assert_eq!(
-            matches!(outcome, Outcome::RetryAfter(_)),
+            matches!(outcome, Outcome::Backoff(_)),
             retried,
             "{error:?}: {outcome:?}"
         );

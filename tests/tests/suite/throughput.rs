@@ -352,7 +352,7 @@ async fn a_limiter_that_fails_spends_no_attempt_and_leaves_no_trace_in_the_histo
     for _ in 0..3 {
         let outcome = kirim::service::dispatch::handle(&down, &job.body).await;
         assert!(
-            matches!(outcome, kirim::service::jobs::Outcome::RetryAfter(_)),
+            matches!(outcome, kirim::service::jobs::Outcome::Backoff(_)),
             "{outcome:?}"
         );
     }
