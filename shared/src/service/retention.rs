@@ -304,10 +304,17 @@ async fn close_out(
         .await?
         .and_then(|e| e.expires_at);
     let newest_event = head.and_then(|h| h.expires_at).max(beyond);
+    let config = from_closing(RetentionClass::Messages);
     let ttls = CloseOutTtls {
         tenant: from_closing(RetentionClass::Billing),
-        config: from_closing(RetentionClass::Messages),
-        audit_head: from_closing(RetentionClass::Audit).max(newest_event.unwrap_or(0)),
+        config,
+        // And at least as long as the users kept as config: a closed tenant's user can
+        // still try to sign in, and that attempt is audited on the tenant's chain. With
+        // the audit retention set shorter than the messages', a head gone before them
+        // had that append start the chain again with a head of no TTL, kept for good.
+        audit_head: from_closing(RetentionClass::Audit)
+            .max(config)
+            .max(newest_event.unwrap_or(0)),
     };
     // Secrets Manager keeps a deleted secret for its recovery window (7 days), then
     // removes it; deleting one already scheduled (or gone) succeeds.

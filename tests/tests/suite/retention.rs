@@ -846,6 +846,43 @@ async fn a_closed_out_tenants_chain_head_outlives_events_appended_after_the_clos
     );
 }
 
+/// With the audit retention shorter than the messages', a closed tenant's users (kept as
+/// config, for the messages' retention) outlive the audit class: the chain's head must
+/// outlive them, or a sign-in attempt after it expired would start the chain again with a
+/// head of no TTL, which no close-out comes back for.
+async fn a_closed_out_tenants_chain_head_outlives_its_users_when_audit_is_kept_shorter(b: Backend) {
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.settings.retention.audit = Duration::from_secs(24 * 3600);
+    let messages = cfg.settings.retention.messages.as_secs() as i64;
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(10).await;
+    user_session(&app, &t.key).await;
+    let path = format!("/v1/platform/tenants/{}", t.tenant_id);
+    let (st, _) = call(&app, "DELETE", &path, OPERATOR_TOKEN, None).await;
+    assert_eq!(st, 200);
+    let run = "/v1/platform/retention/run";
+    let (st, report) = call(&app, "POST", run, OPERATOR_TOKEN, None).await;
+    assert_eq!(st, 200, "{report}");
+    assert_eq!(report["closed_out"][0]["tenant_id"], t.tenant_id.as_str());
+    let rows = all_items(&app, b).await;
+    let chain = format!("AUDIT#{}", t.tenant_id);
+    let head = rows
+        .iter()
+        .find(|r| r.pk == chain && r.sk == "HEAD")
+        .and_then(|r| r.ttl)
+        .expect("the close-out's head TTL");
+    let users: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.pk == format!("TENANT#{}", t.tenant_id) && r.sk.starts_with("USER#"))
+        .map(|r| r.ttl.expect("a closed tenant's user expires"))
+        .collect();
+    assert!(!users.is_empty(), "the tenant's user");
+    for user in users {
+        assert!(user >= Utc::now().timestamp() + messages - 60, "{user}");
+        assert!(head >= user, "the head {head} outlives the user {user}");
+    }
+}
+
 async fn the_export_streams_the_tenants_metadata_as_json_lines(b: Backend) {
     let app = spawn_app(b).await;
     let marker = format!("EXPORT-MARK-{}", ulid::Ulid::new());
@@ -1430,6 +1467,7 @@ on_both_backends!(
     no_content_reaches_a_table_a_queue_or_a_log_line,
     a_closed_tenant_is_closed_out_once_by_the_retention_run,
     a_closed_out_tenants_chain_head_outlives_events_appended_after_the_close_out,
+    a_closed_out_tenants_chain_head_outlives_its_users_when_audit_is_kept_shorter,
     a_run_out_of_time_inside_a_close_out_stops_there_and_the_next_run_finishes_it,
     the_export_streams_the_tenants_metadata_as_json_lines,
     expired_items_are_invisible_then_swept_and_counted_per_class,
