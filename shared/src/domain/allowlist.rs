@@ -32,6 +32,25 @@ fn ipv4_if_mapped(net: IpNet) -> IpNet {
     }
 }
 
+/// One entry: an address in the standard library's strict form (no leading zeros, so
+/// `010.0.0.1` is refused rather than read as decimal where another reader takes it as
+/// octal), optionally `/` and a prefix length of plain digits. (ipnet's own parser read
+/// `010.0.0.1/8` as `10.0.0.0/8` while the bare `010.0.0.1` was refused.)
+fn cidr(raw: &str) -> Option<IpNet> {
+    let (addr, prefix) = match raw.split_once('/') {
+        Some((addr, prefix)) => (addr, Some(prefix)),
+        None => (raw, None),
+    };
+    let addr = addr.parse::<IpAddr>().ok()?;
+    match prefix {
+        None => Some(IpNet::from(addr)),
+        Some(p) if (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()) => {
+            IpNet::new(addr, p.parse().ok()?).ok()
+        }
+        Some(_) => None,
+    }
+}
+
 impl IpAllowList {
     /// Parses CIDRs (a bare address means a single host). Host bits are cleared, so
     /// `203.0.113.7/24` is stored as `203.0.113.0/24`; duplicates collapse.
@@ -42,10 +61,8 @@ impl IpAllowList {
         let mut nets = Vec::with_capacity(cidrs.len());
         for raw in cidrs {
             let raw = raw.as_ref().trim();
-            let net = raw
-                .parse::<IpNet>()
-                .or_else(|_| raw.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| AllowListError::InvalidCidr(raw.chars().take(64).collect()))?
+            let net = cidr(raw)
+                .ok_or_else(|| AllowListError::InvalidCidr(raw.chars().take(64).collect()))?
                 .trunc();
             let net = ipv4_if_mapped(net);
             if !nets.contains(&net) {
@@ -101,6 +118,31 @@ mod tests {
         assert!(l.allows(ip("2001:db8:1::5")));
         assert!(!l.allows(ip("2001:db9::1")));
         assert!(!l.allows(None), "an unknown client address is refused");
+    }
+
+    #[test]
+    fn an_entry_with_leading_zeros_or_an_odd_prefix_is_refused_in_every_form() {
+        for bad in [
+            "010.0.0.1",
+            "010.0.0.1/8",
+            "10.0.0.1/+8",
+            "10.0.0.1/",
+            "10.0.0.1/0008",
+            "10.0.0.1/33",
+            "2001:db8::/129",
+            "10.0.0.1/8/8",
+            "10.0.0.1 /8",
+        ] {
+            assert!(
+                matches!(
+                    IpAllowList::parse(&[bad]),
+                    Err(AllowListError::InvalidCidr(_))
+                ),
+                "{bad}"
+            );
+        }
+        let l = IpAllowList::parse(&["10.0.0.1/8", "10.0.0.1/08", "2001:db8::1/32"]).unwrap();
+        assert_eq!(l.to_strings(), ["10.0.0.0/8", "2001:db8::/32"]);
     }
 
     #[test]

@@ -138,8 +138,17 @@ pub(super) async fn put_tenant_allowlist(
     Ok(noted(res, Some(&id), json!({"cidrs": cidrs})))
 }
 
-pub(super) async fn get_allowlist(ctx: TenantCtx) -> ApiResult {
-    Ok(Json(json!({"cidrs": ctx.tenant.ip_allowlist})).into_response())
+/// As stored: the access check's tenant may be a warm instance's copy of up to 5 s, and a
+/// `PUT` answered by another instance would read back as the list it replaced.
+pub(super) async fn get_allowlist(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
+    let tenant = s
+        .deps
+        .tenants
+        .get_tenant(ctx.tenant_id())
+        .await
+        .map_err(crate::service::errors::ServiceError::from)?
+        .unwrap_or(ctx.tenant);
+    Ok(Json(json!({"cidrs": tenant.ip_allowlist})).into_response())
 }
 
 pub(super) async fn put_allowlist(

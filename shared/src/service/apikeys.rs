@@ -108,6 +108,16 @@ fn invalid(msg: impl Into<String>) -> ServiceError {
 }
 
 pub async fn create(deps: &Deps, tenant: &TenantId, req: NewKey) -> Result<Minted, ServiceError> {
+    create_within(deps, tenant, req, true).await
+}
+
+/// [`create`]; `capped`: whether [`MAX_LIVE_KEYS`] applies.
+async fn create_within(
+    deps: &Deps,
+    tenant: &TenantId,
+    req: NewKey,
+    capped: bool,
+) -> Result<Minted, ServiceError> {
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(invalid("name must be 1 to 100 characters"));
@@ -122,13 +132,16 @@ pub async fn create(deps: &Deps, tenant: &TenantId, req: NewKey) -> Result<Minte
             )))
         }
     };
-    let live = deps
-        .api_keys
-        .list_api_keys(tenant)
-        .await?
-        .iter()
-        .filter(|k| k.usable_at(now))
-        .count();
+    let live = if capped {
+        deps.api_keys
+            .list_api_keys(tenant)
+            .await?
+            .iter()
+            .filter(|k| k.usable_at(now))
+            .count()
+    } else {
+        0
+    };
     if live >= MAX_LIVE_KEYS {
         return Err(invalid(format!(
             "a tenant may hold at most {MAX_LIVE_KEYS} live keys; revoke one first"
@@ -142,7 +155,9 @@ pub async fn create(deps: &Deps, tenant: &TenantId, req: NewKey) -> Result<Minte
 
 /// The platform operator's key for a tenant (`POST /v1/platform/tenants/{id}/api-keys`):
 /// the way back in for a tenant that lost or revoked every admin credential. As
-/// [`create`], for a tenant that exists and is not closed (`404`, `409`).
+/// [`create`], for a tenant that exists and is not closed (`404`, `409`), except that an
+/// `admin` key is minted even at [`MAX_LIVE_KEYS`]: only an admin revokes keys, so a tenant
+/// at its cap whose admin key was lost (or whose console admin left) had no way back in.
 pub async fn create_for_operator(
     deps: &Deps,
     tenant: &TenantId,
@@ -153,7 +168,10 @@ pub async fn create_for_operator(
         Some(t) if t.status == crate::ports::TenantStatus::Closed => Err(ServiceError::Conflict(
             "the tenant is closed; a closed tenant takes no new key".into(),
         )),
-        Some(_) => create(deps, tenant, req).await,
+        Some(_) => {
+            let capped = req.role != Role::Admin;
+            create_within(deps, tenant, req, capped).await
+        }
     }
 }
 

@@ -746,10 +746,66 @@ async fn the_operator_mints_a_key_for_a_tenant_that_revoked_its_last_admin_key(b
     assert_eq!((s, code(&b_)), (409, "conflict"), "{b_}");
 }
 
+/// Only an admin revokes keys: a tenant at its 50 live keys whose admin key was lost had no
+/// way back in if the operator's admin key counted against the cap too.
+async fn the_operators_admin_key_is_minted_for_a_tenant_at_its_key_cap(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(3).await;
+    for i in 1..kirim::service::apikeys::MAX_LIVE_KEYS {
+        let (s, b_) = call(
+            &app,
+            "POST",
+            "/v1/api-keys",
+            Some(&t.key),
+            Some(json!({"name": format!("reader {i}"), "role": "read_only"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{b_}");
+    }
+    let path = format!("/v1/platform/tenants/{}/api-keys", t.tenant_id);
+    let at_cap = |role: &str| json!({"name": "rescue", "role": role});
+    let (s, b_) = call(
+        &app,
+        "POST",
+        &path,
+        Some(OPERATOR_TOKEN),
+        Some(at_cap("operator")),
+    )
+    .await;
+    assert_eq!((s, code(&b_)), (400, "invalid_request"), "{b_}");
+    let (s, minted) = call(
+        &app,
+        "POST",
+        &path,
+        Some(OPERATOR_TOKEN),
+        Some(at_cap("admin")),
+    )
+    .await;
+    assert_eq!(s, 201, "the way back in: {minted}");
+    let key = minted["key"].as_str().unwrap_or_default().to_owned();
+    let (s, keys) = call(&app, "GET", "/v1/api-keys", Some(&key), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        keys["api_keys"].as_array().map(Vec::len),
+        Some(kirim::service::apikeys::MAX_LIVE_KEYS + 1)
+    );
+    // The tenant's own admin still meets the cap.
+    let (s, b_) = call(
+        &app,
+        "POST",
+        "/v1/api-keys",
+        Some(&key),
+        Some(at_cap("admin")),
+    )
+    .await;
+    assert_eq!((s, code(&b_)), (400, "invalid_request"), "{b_}");
+}
+
 on_both_backends!(
     an_address_flooding_bad_credentials_waits_and_stops_writing_audit_events,
     a_leaked_key_flooding_from_a_refused_address_waits_and_stops_writing_audit_events,
     the_operator_mints_a_key_for_a_tenant_that_revoked_its_last_admin_key,
+    the_operators_admin_key_is_minted_for_a_tenant_at_its_key_cap,
     previous_credentials_are_accepted_only_within_the_rotation_grace,
     api_keys_are_shown_once_rotated_with_a_grace_period_and_revoked_at_once,
     another_tenants_keys_answer_404_on_every_route_that_takes_an_id,

@@ -903,6 +903,54 @@ async fn a_balance_a_warm_copy_saw_empty_is_read_afresh_before_a_request_is_refu
     ));
 }
 
+/// `GET /v1/settings/ip-allowlist` answers the list as stored: a `PUT` answered by another
+/// instance reads back at once on a warm one (whose access check still holds the old copy
+/// of the tenant, which lets the call in).
+async fn an_allow_list_replaced_through_another_process_reads_back_at_once(b: Backend) {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    let (cached, other, _clock) = two_processes(b).await;
+    let t = tenant(10);
+    let token = format!("kirim_{}", kirim::domain::new_id());
+    let key = ApiKeyRecord {
+        key_hash: kirim::secret::token_hash(&token),
+        ..key_for(&t)
+    };
+    other.tenants.create_tenant(&t, &key, None).await.unwrap();
+    let app: axum::Router = kirim::http::app(cached.clone(), axum::Router::new()).into();
+    let get = || async {
+        let mut req = Request::get("/v1/settings/ip-allowlist")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(kirim::http::extract::ClientIp("127.0.0.1".parse().ok()));
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["cidrs"].clone()
+    };
+    assert_eq!(
+        get().await,
+        serde_json::json!([]),
+        "warms the cached tenant"
+    );
+    let body = kirim::service::accounts::AllowListBody {
+        cidrs: vec!["127.0.0.1".into(), "10.0.0.0/8".into()],
+    };
+    kirim::service::accounts::set_ip_allowlist(&other, &t.id, body)
+        .await
+        .unwrap();
+    assert_eq!(
+        get().await,
+        serde_json::json!(["127.0.0.1/32", "10.0.0.0/8"]),
+        "as stored"
+    );
+}
+
 /// A url-only `PUT` of the status callback right after a `DELETE` made through another
 /// process is refused `400` (a secret is required once none is set), though this process's
 /// warm copy still has the old setting: the check reads the store, so the secret the
@@ -952,6 +1000,7 @@ async fn a_url_only_callback_put_after_a_delete_elsewhere_needs_a_secret_again(b
 }
 
 on_both_backends!(
+    an_allow_list_replaced_through_another_process_reads_back_at_once,
     a_url_only_callback_put_after_a_delete_elsewhere_needs_a_secret_again,
     a_balance_a_warm_copy_saw_empty_is_read_afresh_before_a_request_is_refused,
     a_default_change_through_a_warm_copy_of_the_tenant_reads_it_afresh,
