@@ -334,6 +334,16 @@ async fn release(deps: &Deps, job: &DispatchJob, claimed_at: DateTime<Utc>, code
     }
 }
 
+/// How long a message's wamid index lives: as long as its message (a broadcast's message
+/// carries its broadcast's expiry, later than its own creation's).
+fn index_expiry(deps: &Deps, record: &crate::domain::MessageRecord) -> Option<i64> {
+    record.expires_at.or_else(|| {
+        deps.settings
+            .retention
+            .expiry(RetentionClass::Messages, record.created_at)
+    })
+}
+
 /// A claim the store refused: this job's own after all when the message is `sending`
 /// under its token (the claim's write landed and its answer was lost, so the store's retry
 /// of it was refused by that very write), else a redelivery ([`deadline::redelivered`]).
@@ -377,9 +387,12 @@ async fn refused_claim(
         }
         found => {
             // Past `sending` with its wamid: a job back because the statuses kept for the
-            // wamid could not be applied after the send (or a duplicate delivery, which
-            // then finds none: one read).
-            if let Some(wamid) = found
+            // wamid could not be applied after the send, or because the wamid's index was
+            // not written after it (or a duplicate delivery, which then finds none: one
+            // read). The index is written again first (the same item, idempotent: one
+            // write, on this path only): a job whose index writes both failed was retried
+            // for it, and statuses without our callback data would never find the message.
+            if let Some((m, wamid)) = found
                 .as_ref()
                 .filter(|m| {
                     matches!(
@@ -390,8 +403,20 @@ async fn refused_claim(
                             | MessageStatus::Failed
                     )
                 })
-                .and_then(|m| m.wamid.as_deref())
+                .and_then(|m| Some((m, m.wamid.as_deref()?)))
             {
+                let expires = index_expiry(deps, m);
+                if let Err(e) = deps
+                    .messages
+                    .index_wamid(&job.tenant_id, &job.message_id, wamid, expires)
+                    .await
+                {
+                    if e.is_retryable() {
+                        tracing::warn!(error = %e, "wamid index not written again; retrying");
+                        return Ok(Err(Outcome::Backoff(deps.settings.dispatch_backoff)));
+                    }
+                    tracing::error!(error = %e, "wamid index not written again");
+                }
                 if let Err(e) = super::status::apply_kept(deps, wamid).await {
                     if let Some(again) = kept_again(&e) {
                         return Ok(Err(again));
@@ -1024,13 +1049,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         Ok(accepted) => {
             crate::metrics::sent();
             super::quality::count_sent(deps, &job.tenant_id).await;
-            // The index lives as long as its message (a broadcast's message carries its
-            // broadcast's expiry, later than its own creation's).
-            let expires = record.expires_at.or_else(|| {
-                deps.settings
-                    .retention
-                    .expiry(RetentionClass::Messages, record.created_at)
-            });
+            let expires = index_expiry(deps, &record);
             // The wamid's index and the `sent` move (the wamid on the message rides with
             // it: one write fewer) are written together, one round trip instead of two.
             // Neither needs the other first: a webhook finds the message by the callback

@@ -7,7 +7,7 @@
 //! waits for it, then is dropped: nothing charged, nothing sent), and a message that
 //! fails before Meta is refunded in the same atomic write as its `failed` status.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -469,8 +469,8 @@ struct Flaky {
     inner: Arc<dyn MessageStore>,
     fail_refund: AtomicBool,
     die_on_insert: AtomicBool,
-    /// The next wamid index write fails (then the flag clears).
-    fail_index_once: AtomicBool,
+    /// The next this many wamid index writes fail.
+    fail_index: AtomicU32,
     /// The next release for a retry fails (then the flag clears).
     fail_release_once: AtomicBool,
     /// Every release for a retry fails while set (storage down, nothing written).
@@ -501,7 +501,7 @@ impl Flaky {
             inner: deps.messages.clone(),
             fail_refund: AtomicBool::new(false),
             die_on_insert: AtomicBool::new(false),
-            fail_index_once: AtomicBool::new(false),
+            fail_index: AtomicU32::new(0),
             fail_release_once: AtomicBool::new(false),
             fail_release: AtomicBool::new(false),
             lose_claim_answer_once: AtomicBool::new(false),
@@ -658,7 +658,10 @@ impl MessageStore for Flaky {
         wamid: &str,
         expires_at: Option<i64>,
     ) -> Result<bool, StoreError> {
-        if self.fail_index_once.swap(false, Ordering::SeqCst) {
+        let failing = self
+            .fail_index
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if failing.is_ok() {
             return Err(StoreError::Unavailable("storage blinked".into()));
         }
         self.inner.index_wamid(tenant, id, wamid, expires_at).await
@@ -1205,12 +1208,13 @@ async fn a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_o
     let tenant = TenantId::from_trusted(o.tenant_id.clone());
     let (m, job) = accepted_with_job(&t, &tenant, "+60123459912").await;
     let flaky = Flaky::over(&t.app.deps);
-    flaky.fail_index_once.store(true, Ordering::SeqCst);
+    flaky.fail_index.store(1, Ordering::SeqCst);
     let mut blinking = t.app.deps.clone();
     blinking.messages = flaky.clone();
     assert_eq!(dispatch::handle(&blinking, &job).await, Outcome::Done);
-    assert!(
-        !flaky.fail_index_once.load(Ordering::SeqCst),
+    assert_eq!(
+        flaky.fail_index.load(Ordering::SeqCst),
+        0,
         "the first index write failed"
     );
     let sent = t
@@ -1229,6 +1233,44 @@ async fn a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_o
         "the wamid is indexed"
     );
     assert_eq!(t.sandbox_requests_to("60123459912").len(), 1, "sent once");
+}
+
+/// Both index writes beside the `sent` move fail: the job is retried, and its retry (whose
+/// claim is refused: the message is `sent`) writes the index, or statuses Meta sends
+/// without callback data would never find the message.
+async fn a_wamid_index_that_failed_twice_is_written_by_the_jobs_retry(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459913").await;
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.fail_index.store(2, Ordering::SeqCst);
+    let mut blinking = t.app.deps.clone();
+    blinking.messages = flaky.clone();
+    let first = dispatch::handle(&blinking, &job).await;
+    assert!(matches!(first, Outcome::Backoff(_)), "retried: {first:?}");
+    assert_eq!(flaky.fail_index.load(Ordering::SeqCst), 0);
+    let sent = t
+        .app
+        .deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent.status, MessageStatus::Sent);
+    let wamid = sent.wamid.expect("the wamid is on the message");
+    assert_eq!(
+        t.app.deps.messages.message_by_wamid(&wamid).await.unwrap(),
+        None
+    );
+    assert_eq!(dispatch::handle(&blinking, &job).await, Outcome::Done);
+    assert_eq!(
+        t.app.deps.messages.message_by_wamid(&wamid).await.unwrap(),
+        Some((tenant.clone(), m.id.clone())),
+        "the retry indexed the wamid"
+    );
+    assert_eq!(t.sandbox_requests_to("60123459913").len(), 1, "sent once");
 }
 
 /// Meta refused for a moment (131000) and the release of the claim for the retry blinked:
@@ -3199,6 +3241,7 @@ on_both_backends!(
     a_turned_away_messages_retry_delay_is_set_at_once_not_after_its_batchs_slowest_job,
     a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not_left_sending,
     a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_once,
+    a_wamid_index_that_failed_twice_is_written_by_the_jobs_retry,
     a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process,
     replays_past_the_grace_queue_its_job_again_once_not_once_each,
     a_failure_before_meta_is_refunded_in_the_same_write_so_a_storage_failure_loses_no_refund_and_a_redelivery_gives_none_twice,
