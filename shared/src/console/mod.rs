@@ -45,7 +45,8 @@ pub(crate) struct ConsoleState {
 /// calls is built here from the same deps: `http::app`'s routers and layers.
 pub fn console_router(deps: Deps, options: ConsoleOptions) -> Router {
     let api = api::Api::new(crate::http::app(deps.clone(), Router::new()).into());
-    pages::routes()
+    let secure = options.secure_cookies;
+    let router = pages::routes()
         .merge(catalogue::routes())
         .merge(campaigns::routes())
         .merge(usage::routes())
@@ -55,10 +56,18 @@ pub fn console_router(deps: Deps, options: ConsoleOptions) -> Router {
             options,
         })
         .layer(axum::middleware::from_fn(pages::errors_in_frame))
-        .layer(axum::middleware::from_fn(security::headers))
-        .layer(axum::middleware::from_fn(
-            crate::http::error::request_id_header,
-        ))
+        .layer(axum::middleware::from_fn(security::headers));
+    // Served over HTTPS only (API Gateway): browsers are told to keep to it, should a
+    // custom domain or a proxy in front ever also answer plain HTTP. Not in local mode's
+    // plain http, where a browser would then refuse `localhost` without TLS.
+    let router = if secure {
+        router.layer(axum::middleware::from_fn(security::strict_transport))
+    } else {
+        router
+    };
+    router.layer(axum::middleware::from_fn(
+        crate::http::error::request_id_header,
+    ))
 }
 
 /// Whether `role` may call the API route `method path` (a path template of

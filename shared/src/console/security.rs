@@ -171,6 +171,17 @@ pub fn set_cookie(name: &str, value: &str, secure: bool, max_age: Option<i64>) -
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("kirim_invalid=1"))
 }
 
+/// `Strict-Transport-Security` for a year on every answer of a console served over HTTPS
+/// (`ConsoleOptions::secure_cookies`).
+pub async fn strict_transport(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    res.headers_mut().insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    res
+}
+
 /// Adds the console's security headers to every answer.
 pub async fn headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
