@@ -390,6 +390,41 @@ mod tests {
         }
     }
 
+    /// Each function logs to a group of its own that exists before it can run: named after
+    /// the function, the group was made after it, and a run in between (the one-minute
+    /// schedule) had Lambda make one with no retention; on delete it went first. The
+    /// groups are kept, as the table is, and expire by their own retention.
+    #[test]
+    fn each_function_logs_to_its_own_retained_group_made_before_it() {
+        let doc: Value = serde_yaml::from_str(TEMPLATE).expect("template");
+        let mut groups = std::collections::HashSet::new();
+        for f in Function::ALL {
+            let props = function_props(&doc, f.logical_id()).expect("function");
+            let group = match &props["LoggingConfig"]["LogGroup"] {
+                Value::Tagged(t) if t.tag == "Ref" => {
+                    t.value.as_str().unwrap_or_default().to_owned()
+                }
+                other => panic!("{}: LoggingConfig.LogGroup is {other:?}", f.logical_id()),
+            };
+            assert!(groups.insert(group.clone()), "{group} shared");
+            let r = &doc["Resources"][group.as_str()];
+            assert_eq!(r["Type"].as_str(), Some("AWS::Logs::LogGroup"), "{group}");
+            let name = format!("{:?}", r["Properties"]["LogGroupName"]);
+            assert!(
+                !name.contains(f.logical_id()),
+                "{group} is named after its function: {name}"
+            );
+            assert_eq!(
+                r["Properties"]["RetentionInDays"].as_u64(),
+                Some(731),
+                "{group}"
+            );
+            for policy in ["DeletionPolicy", "UpdateReplacePolicy"] {
+                assert_eq!(r[policy].as_str(), Some("Retain"), "{group}: {policy}");
+            }
+        }
+    }
+
     /// The webhook's Function URL is public: its concurrency can be capped by a parameter
     /// (0: none), so a flood of forged requests cannot take the account's whole concurrency.
     #[test]
