@@ -316,8 +316,11 @@ fn released(code: &str) -> MessageError {
 
 /// Gives the claim made at `claimed_at` back (`accepted`, with `code` as its error), tried
 /// again while the store's failure is worth it (`store_error::undo`); one that cannot be
-/// written is logged and left to the sending deadline.
-async fn release(deps: &Deps, job: &DispatchJob, claimed_at: DateTime<Utc>, code: &str) {
+/// written is logged and left to the sending deadline, or to the job the caller queues
+/// ([`DispatchJob::refused_claim`]). Whether it was written.
+///
+/// [`DispatchJob::refused_claim`]: super::jobs::DispatchJob::refused_claim
+async fn release(deps: &Deps, job: &DispatchJob, claimed_at: DateTime<Utc>, code: &str) -> bool {
     let error = released(code);
     if let Err(e) = crate::store_error::undo(|| {
         deps.messages.release_for_retry(
@@ -331,7 +334,9 @@ async fn release(deps: &Deps, job: &DispatchJob, claimed_at: DateTime<Utc>, code
     .await
     {
         tracing::error!(error = %e, "could not release the claim");
+        return false;
     }
+    true
 }
 
 /// How long a message's wamid index lives: as long as its message (a broadcast's message
@@ -778,16 +783,22 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         tracing::warn!("tenant gone; dropping");
         return Ok(Outcome::Done);
     };
-    // A refusal whose claim could not be given back when it was queued: given back now,
-    // only if the message is still `sending` under that claim (else this changes nothing),
-    // so that the failure below is written from `accepted`. An error retries the job.
-    if let (Some(_), Some(claimed_at)) = (&job.refused, job.refused_claim) {
+    // A claim that could not be given back when this job was queued (a refusal's, or a
+    // retry's after Meta refused for a moment): given back now, only if the message is
+    // still `sending` under that claim (else this changes nothing), so that the failure
+    // below is written from `accepted`, or the retry can claim it. An error retries the job.
+    if let Some(claimed_at) = job.refused_claim {
+        let code = if job.refused.is_some() {
+            "failure_not_recorded"
+        } else {
+            "release_not_recorded"
+        };
         deps.messages
             .release_for_retry(
                 &job.tenant_id,
                 &job.message_id,
                 claimed_at,
-                &released("failure_not_recorded"),
+                &released(code),
                 deps.clock.now(),
             )
             .await?;
@@ -1223,8 +1234,11 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     // Tried again while the store's failure is worth it, as every undo is
                     // (`store_error::undo`): a release left undone keeps the message
                     // `sending` with nothing sent, for its deadline to fail it unrefunded.
-                    // Repeatable: conditional on this claim.
-                    crate::store_error::undo(|| {
+                    // Repeatable: conditional on this claim. Still not written, the retry
+                    // below carries the claim and gives it back first (retried as it
+                    // was, the job would find its claim refused and only wait for the
+                    // deadline: `outcome_unknown`, charged, for a message Meta refused).
+                    let given_back = crate::store_error::undo(|| {
                         deps.messages.release_for_retry(
                             &job.tenant_id,
                             &job.message_id,
@@ -1233,7 +1247,10 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                             deps.clock.now(),
                         )
                     })
-                    .await?;
+                    .await;
+                    if let Err(e) = &given_back {
+                        tracing::error!(error = %e, "could not give the claim back; the retry gives it back first");
+                    }
                     let base = if class == ErrorClass::Delayed {
                         deps.settings.dispatch_backoff.saturating_mul(2)
                     } else {
@@ -1246,6 +1263,9 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     // message would be parked there, `accepted`, debited and unsent.
                     let delay = backoff(base, record.attempts);
                     let mut again = job.clone();
+                    if given_back.is_err() {
+                        again.refused_claim = Some(record.updated_at);
+                    }
                     again.retry_at = chrono::Duration::from_std(delay)
                         .ok()
                         .filter(|_| delay > deps.settings.schedule_hop)
@@ -1263,9 +1283,15 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                             // tenant suspended for a token it no longer has.
                             Ok(true) => {
                                 tracing::warn!("meta refused a token the account no longer has; retrying with its new one");
-                                release(deps, job, record.updated_at, "meta_token_replaced").await;
+                                let given_back =
+                                    release(deps, job, record.updated_at, "meta_token_replaced")
+                                        .await;
                                 crate::metrics::retry("token_replaced");
-                                let again = QueueJob::Send(job.clone());
+                                let mut again = job.clone();
+                                if !given_back {
+                                    again.refused_claim = Some(record.updated_at);
+                                }
+                                let again = QueueJob::Send(again);
                                 return Ok(super::schedule::wait_again(
                                     deps,
                                     &again,

@@ -57,12 +57,13 @@ pub struct DispatchJob {
     /// (`dispatch`). Absent on every other job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<crate::domain::MessageError>,
-    /// With `refused`: the time of the claim Meta refused (its `updated_at`). When giving
-    /// that claim back failed too, the message is still `sending` under it: the refusal's
-    /// job gives it back first (conditional on that very claim; refused, changing nothing,
-    /// when it was given back), so the failure is written, refunded, instead of the sending
-    /// deadline ending it `outcome_unknown`, charged. Absent on every other job, and on
-    /// refusals queued before it existed.
+    /// The time of a claim Meta refused (its `updated_at`) that could not be given back:
+    /// the message is still `sending` under it, and this job gives it back first
+    /// (conditional on that very claim; refused, changing nothing, when it was given back),
+    /// so that the failure is written, refunded (with `refused`), or the retry claims the
+    /// message afresh (a transient refusal's retry, a replaced token's), instead of the
+    /// sending deadline ending it `outcome_unknown`, charged. Absent on every other job,
+    /// and on jobs queued before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_claim: Option<DateTime<Utc>>,
     /// The SHA-256 of the `Idempotency-Key` its request came with (never the key): a job

@@ -1310,6 +1310,64 @@ async fn a_release_for_a_retry_that_fails_once_is_tried_again_not_left_sending(b
     assert_eq!(back.attempts, 1);
 }
 
+/// Meta refused for a moment (130429) and storage refused the claim's release on every try:
+/// the retry goes on the queue carrying the claim and gives it back first, then sends.
+/// Retried as it was, the job found its claim refused and waited for the sending deadline,
+/// which ended the message `outcome_unknown`, charged, though Meta had taken nothing.
+async fn a_retry_whose_claim_could_not_be_given_back_gives_it_back_itself_and_sends(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123450003").await;
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.fail_release.store(true, Ordering::SeqCst);
+    let mut deps = t.app.deps.clone();
+    deps.messages = flaky.clone();
+    let Outcome::Again(retry, _) = dispatch::handle_in_batch(&deps, &job).await else {
+        panic!("the retry goes on the queue");
+    };
+    let stuck = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stuck.status,
+        MessageStatus::Sending,
+        "nothing could be written"
+    );
+    flaky.fail_release.store(false, Ordering::SeqCst);
+    let mut next = retry;
+    for _ in 0..5 {
+        match dispatch::handle_in_batch(&deps, &next).await {
+            Outcome::Again(body, _) => next = body,
+            Outcome::Done => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let end = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end.status, MessageStatus::Sent, "{:?}", end.error);
+    assert_eq!(
+        t.sandbox_requests_to("60123450003").len(),
+        3,
+        "refused twice, then taken once"
+    );
+    let (sum, refunds) = ledger_of(&t, &tenant).await;
+    assert_eq!(
+        (sum, refunds.len()),
+        (4, 0),
+        "charged once, nothing refunded"
+    );
+}
+
 /// A claim whose write landed but whose answer was lost (the SDK's retry of it is then
 /// refused by that very write) is known for this job's own by its token: the message is
 /// sent, once, not left `sending` for its deadline to fail it, charged and never sent.
@@ -3242,6 +3300,7 @@ on_both_backends!(
     a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not_left_sending,
     a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_once,
     a_wamid_index_that_failed_twice_is_written_by_the_jobs_retry,
+    a_retry_whose_claim_could_not_be_given_back_gives_it_back_itself_and_sends,
     a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process,
     replays_past_the_grace_queue_its_job_again_once_not_once_each,
     a_failure_before_meta_is_refunded_in_the_same_write_so_a_storage_failure_loses_no_refund_and_a_redelivery_gives_none_twice,
