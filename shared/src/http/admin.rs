@@ -56,8 +56,13 @@ pub(super) async fn close_tenant(
 ) -> ApiResult {
     let id = tenant_path(&id)?;
     let reason = body.reason;
-    let t = accounts::close(&s.deps, &id, reason.clone()).await?;
+    let (t, already) = accounts::close(&s.deps, &id, reason.clone()).await?;
     let res = Json(tenant_json(&t)).into_response();
+    if already {
+        // The tenant keeps its first closing and reason: a repeat's reason is audited on
+        // the platform chain as a repeat's, not as a second closing.
+        return Ok(with_reason(&s, res, &id, "tenant.close_repeated", reason).await);
+    }
     Ok(with_reason(&s, res, &id, "tenant.close", reason).await)
 }
 

@@ -367,20 +367,22 @@ pub async fn set_status(
 }
 
 /// Closes the account: its keys stop authenticating at once and sending is refused.
-/// Closing a closed tenant answers it again (idempotent). Its data then follows the
-/// retention rules.
+/// Closing a closed tenant answers it again (idempotent: it keeps its first closing and
+/// reason), with `true`: already closed. Its data then follows the retention rules.
 pub async fn close(
     deps: &Deps,
     id: &TenantId,
     reason: Option<String>,
-) -> Result<Tenant, ServiceError> {
+) -> Result<(Tenant, bool), ServiceError> {
     match set_status(deps, id, TenantStatus::Closed, reason).await {
-        Err(ServiceError::Conflict(_)) => deps
-            .tenants
-            .get_tenant(id)
-            .await?
-            .ok_or(ServiceError::NotFound),
-        other => other,
+        Err(ServiceError::Conflict(_)) => Ok((
+            deps.tenants
+                .get_tenant(id)
+                .await?
+                .ok_or(ServiceError::NotFound)?,
+            true,
+        )),
+        other => other.map(|t| (t, false)),
     }
 }
 

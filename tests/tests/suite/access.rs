@@ -527,13 +527,43 @@ async fn a_suspended_tenant_cannot_send_until_resumed_and_a_closed_one_cannot_au
         (401, "unauthenticated"),
         "a closed tenant's keys are refused"
     );
+    let (s, again) = call(
+        &app,
+        "DELETE",
+        &tenant(""),
+        Some(OPERATOR_TOKEN),
+        Some(json!({"reason": "changed my mind"})),
+    )
+    .await;
+    assert_eq!(s, 200, "closing again is harmless");
     assert_eq!(
-        call(&app, "DELETE", &tenant(""), Some(OPERATOR_TOKEN), None)
-            .await
-            .0,
-        200,
-        "closing again is harmless"
+        again["status_reason"], "contract ended",
+        "the first reason kept"
     );
+    // One closing on the platform chain; the repeat's reason as a repeat's.
+    let closings = |action: &str| {
+        let q = kirim::ports::AuditQuery {
+            limit: 100,
+            action: Some(action.into()),
+            ..Default::default()
+        };
+        let deps = app.app.deps.clone();
+        let id = t.tenant_id.clone();
+        async move {
+            let (events, _) = deps.audit.list("platform", &q).await.unwrap();
+            events
+                .into_iter()
+                .filter(|e| e.details.contains(&id))
+                .map(|e| e.details)
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = closings("tenant.close").await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].contains("contract ended"), "{first:?}");
+    let repeated = closings("tenant.close_repeated").await;
+    assert_eq!(repeated.len(), 1, "{repeated:?}");
+    assert!(repeated[0].contains("changed my mind"), "{repeated:?}");
     let (s, body) = call(&app, "POST", &tenant("/resume"), Some(OPERATOR_TOKEN), None).await;
     assert_eq!((s, code(&body)), (409, "conflict"), "closing is final");
     // No new money and no settings for a closed account either.
