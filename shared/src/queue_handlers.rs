@@ -436,7 +436,7 @@ mod tests {
         .await;
         assert_eq!(outcomes[0], Outcome::Done);
         assert!(
-            matches!(outcomes[1], Outcome::RetryAfter(_)),
+            matches!(outcomes[1], Outcome::Backoff(_)),
             "{outcomes:?}"
         );
         assert_eq!(outcomes[2], Outcome::Done);

@@ -444,10 +444,22 @@ mod tests {
         assert_eq!(slots.calls(), vec![(1, true), (9, true)]);
     }
 
+    /// A clock that stands still: a run asked for after the first slot's write starts one
+    /// interval after it, however long that write took on a loaded machine (with the
+    /// system's clock, a write slower than the interval started the run at its own `now`).
+    struct Frozen(chrono::DateTime<chrono::Utc>);
+
+    impl crate::ports::Clock for Frozen {
+        fn now(&self) -> chrono::DateTime<chrono::Utc> {
+            self.0
+        }
+    }
+
     #[tokio::test]
     async fn a_batchs_slots_for_one_number_are_distinct_and_one_interval_apart() {
         let slots = Recorded::new(false, false);
-        let deps = deps_with(slots.clone());
+        let mut deps = deps_with(slots.clone());
+        deps.clock = Arc::new(Frozen(chrono::Utc::now()));
         let per_sec = pace(80);
         let times = pooled(futures::future::join_all(
             (0..10).map(|_| take_slot(&deps, "pn1", per_sec)),
