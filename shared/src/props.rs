@@ -18,6 +18,10 @@ pub fn config(cases: u32) -> ProptestConfig {
 
 /// A string matching `pattern`. (A `&str` strategy compiles its regex for every value;
 /// this compiles it once.)
+/// A valid number's digits (no `+`), as a pattern: 8 to 15, the first not 0, and not
+/// Malaysia's `60` followed by a trunk `0` (`domain::PhoneNumber`).
+pub const VALID_DIGITS: &str = "(?:[1-57-9][0-9]{7,14}|6[1-9][0-9]{6,13}|60[1-9][0-9]{5,12})";
+
 pub fn re(pattern: &str) -> BoxedStrategy<String> {
     proptest::string::string_regex(pattern).unwrap().boxed()
 }

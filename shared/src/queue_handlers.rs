@@ -435,10 +435,7 @@ mod tests {
         )
         .await;
         assert_eq!(outcomes[0], Outcome::Done);
-        assert!(
-            matches!(outcomes[1], Outcome::Backoff(_)),
-            "{outcomes:?}"
-        );
+        assert!(matches!(outcomes[1], Outcome::Backoff(_)), "{outcomes:?}");
         assert_eq!(outcomes[2], Outcome::Done);
         assert_eq!(outcomes[3], Outcome::Done);
         assert_eq!(*queue.0.lock().unwrap(), vec!["one", "two"]);

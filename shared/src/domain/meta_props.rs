@@ -240,7 +240,7 @@ fn timestamp() -> BoxedStrategy<Option<(Value, Option<i64>)>> {
 /// A phone number as Meta writes it (digits, no `+`), and the E.164 it names, if any.
 fn meta_digits() -> BoxedStrategy<(String, Option<String>)> {
     prop_oneof![
-        re("[1-9][0-9]{7,14}").prop_map(|d| (d.clone(), Some(format!("+{d}")))),
+        re(crate::props::VALID_DIGITS).prop_map(|d| (d.clone(), Some(format!("+{d}")))),
         re("[0-9a-z+ -]{0,18}").prop_map(|d| {
             let e164 = PhoneNumber::parse(&format!("+{d}"))
                 .ok()

@@ -23,9 +23,14 @@ impl PhoneNumber {
     /// A number as Meta writes it (`to`, `wa_id`, `recipient_id`): the digits without the
     /// `+`, under the same rules as [`Self::parse`].
     pub fn from_digits(digits: &str) -> Result<Self, PhoneNumberError> {
+        // No Malaysian number's national part begins with the trunk `0`: `+600…` is the
+        // local `012…` written after the country code, which Meta may take and never
+        // deliver (and a `failed` status refunds nothing). Other countries are left alone:
+        // some (Italy's landlines, +39 06…) do begin with 0.
         let ok = (8..=15).contains(&digits.len())
             && digits.bytes().all(|b| b.is_ascii_digit())
-            && !digits.starts_with('0');
+            && !digits.starts_with('0')
+            && !digits.starts_with("600");
         if ok {
             let mut e164 = String::with_capacity(digits.len() + 1);
             e164.push('+');
@@ -165,6 +170,12 @@ mod tests {
     fn a_malaysian_mobile_number_parses() {
         let p = PhoneNumber::parse("+60123456789").unwrap();
         assert_eq!(p.digits(), "60123456789");
+        // A trunk 0 is refused after Malaysia's code only: Italy's landlines keep theirs.
+        assert!(PhoneNumber::parse("+390612345678").is_ok());
+        assert!(
+            PhoneNumber::parse("+6061234567").is_ok(),
+            "+60 6…: Melaka's landlines"
+        );
     }
 
     #[test]
@@ -174,6 +185,8 @@ mod tests {
             "+60 123456789",
             "+6012345678a",
             "+0123456789",
+            "+600123456789",
+            "+60012345678",
             "+1234567",
             "+1234567890123456",
             "",
@@ -259,6 +272,7 @@ mod tests {
         #[test]
         fn every_valid_e164_number_round_trips(cc in 1u8..=9, rest in "[0-9]{7,14}") {
             let s = format!("+{cc}{rest}");
+            prop_assume!(!s.starts_with("+600"), "Malaysia's trunk 0");
             let p = PhoneNumber::parse(&s).unwrap();
             prop_assert_eq!(p.as_str(), s.as_str());
             prop_assert!(!p.masked().contains(&rest[..rest.len() - 4]) || rest.len() <= 8);
@@ -277,9 +291,9 @@ mod tests {
         }
     }
 
-    /// `+`, a digit 1-9, then 7 to 14 digits.
+    /// `+`, a digit 1-9, then 7 to 14 digits; not Malaysia's `+60` with a trunk `0`.
     fn valid() -> BoxedStrategy<String> {
-        crate::props::re("\\+[1-9][0-9]{7,14}")
+        crate::props::re(&format!("\\+{}", crate::props::VALID_DIGITS))
     }
 
     /// Near misses of E.164: valid numbers with a character added, removed or changed
@@ -307,7 +321,8 @@ mod tests {
         .boxed()
     }
 
-    /// The rule, written out a second way: `+`, then 8 to 15 ASCII digits, the first not 0.
+    /// The rule, written out a second way: `+`, then 8 to 15 ASCII digits, the first not 0,
+    /// and not Malaysia's country code followed by a trunk 0.
     fn is_e164(s: &str) -> bool {
         let Some(digits) = s.strip_prefix('+') else {
             return false;
@@ -316,6 +331,7 @@ mod tests {
         digits.chars().all(|c| c.is_ascii_digit())
             && (8..=15).contains(&count)
             && digits.chars().next().is_some_and(|c| c != '0')
+            && !digits.starts_with("600")
     }
 
     proptest! {
