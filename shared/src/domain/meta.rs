@@ -232,16 +232,45 @@ pub struct AccountUpdate {
     pub waba_id: String,
     pub event: String,
     pub ban_state: Option<String>,
+    /// What an `ACCOUNT_RESTRICTION` restricts (`restriction_info[]`), each as Kirim could
+    /// read it; empty when Meta gave none readable.
+    pub restrictions: Vec<Restriction>,
     /// Meta's time of the event (the entry's `time`), when given: a tenant resumed after
     /// it is not suspended again by it delivered late or again.
     pub meta_time: Option<i64>,
 }
 
+/// One of an `ACCOUNT_RESTRICTION`'s `restriction_info[]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restriction {
+    /// `restriction_type` (`RESTRICTED_BIZ_INITIATED_MESSAGING`,
+    /// `RESTRICTED_CUSTOMER_INITIATED_MESSAGING`, `RESTRICTED_ADD_PHONE_NUMBER_ACTION`...).
+    pub kind: String,
+    /// `expiration` as Meta gave it (a time stamp, or epoch seconds as RFC 3339), if
+    /// readable: for the operator, who resumes the tenant.
+    pub expiration: Option<String>,
+}
+
+/// The restriction that stops the account's business-initiated messages (templates):
+/// the only one Kirim suspends a tenant for.
+pub const BIZ_INITIATED_RESTRICTION: &str = "RESTRICTED_BIZ_INITIATED_MESSAGING";
+
 impl AccountUpdate {
-    /// Whether Meta stopped (or is about to stop) the account from sending.
+    /// Whether Meta stopped (or is about to stop) the account from sending what Kirim
+    /// sends: business-initiated messages. An `ACCOUNT_RESTRICTION` does only when it
+    /// restricts them (or names no restriction Kirim could read: then it may, and the
+    /// account is treated as restricted); a restriction of customer-initiated messages or
+    /// of adding numbers alone does not.
     pub fn stops_sending(&self) -> bool {
         match self.event.as_str() {
-            "ACCOUNT_RESTRICTION" | "ACCOUNT_VIOLATION" | "ACCOUNT_DELETED" => true,
+            "ACCOUNT_RESTRICTION" => {
+                self.restrictions.is_empty()
+                    || self
+                        .restrictions
+                        .iter()
+                        .any(|r| r.kind == BIZ_INITIATED_RESTRICTION)
+            }
+            "ACCOUNT_VIOLATION" | "ACCOUNT_DELETED" => true,
             "DISABLED_UPDATE" => self.ban_state.as_deref() != Some("REINSTATE"),
             _ => false,
         }
@@ -567,6 +596,7 @@ fn read_change(waba_id: &str, time: Option<i64>, change: &Value, events: &mut Ve
                 waba_id: waba_id.to_owned(),
                 event: a.event.unwrap_or_default(),
                 ban_state: a.ban_info.and_then(|b| b.waba_ban_state),
+                restrictions: restrictions(a.restriction_info.as_ref()),
                 meta_time: time.filter(|t| *t > 0),
             })),
             None => events.push(unknown("change", field)),
@@ -948,6 +978,49 @@ struct AccountUpdateIn {
     event: Option<String>,
     #[serde(default)]
     ban_info: Option<BanInfoIn>,
+    /// Read item by item ([`restrictions`]): one odd item does not hide the others.
+    #[serde(default)]
+    restriction_info: Option<Value>,
+}
+
+/// An `account_update`'s `restriction_info[]`: each item with a readable
+/// `restriction_type` (upper-case letters, digits and `_`, at most 64), its `expiration`
+/// kept when it is a short printable time stamp or epoch seconds; other items are left out.
+fn restrictions(info: Option<&Value>) -> Vec<Restriction> {
+    let Some(items) = info.and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .take(16)
+        .filter_map(|item| {
+            let kind = item.get("restriction_type")?.as_str()?.trim();
+            let readable = !kind.is_empty()
+                && kind.len() <= 64
+                && kind
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            if !readable {
+                return None;
+            }
+            let expiration = match item.get("expiration") {
+                Some(Value::Number(n)) => n
+                    .as_i64()
+                    .and_then(|t| DateTime::from_timestamp(t, 0))
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                Some(Value::String(t)) => {
+                    let t = t.trim();
+                    (!t.is_empty() && t.len() <= 40 && t.bytes().all(|b| b.is_ascii_graphic()))
+                        .then(|| t.to_owned())
+                }
+                _ => None,
+            };
+            Some(Restriction {
+                kind: kind.to_owned(),
+                expiration,
+            })
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -1432,6 +1505,47 @@ mod tests {
             ..a.clone()
         };
         assert!(!reinstated.stops_sending());
+    }
+
+    #[test]
+    fn an_account_restriction_stops_sending_only_when_it_restricts_business_initiated_messages() {
+        let restriction = |info: Value| {
+            let body = json!({"entry":[{"id":"waba9","changes":[{"field":"account_update",
+                "value":{"event":"ACCOUNT_RESTRICTION","restriction_info":info}}]}]});
+            match events(body).as_slice() {
+                [MetaEvent::AccountUpdate(a)] => a.clone(),
+                e => panic!("{e:?}"),
+            }
+        };
+        let others = restriction(json!([
+            {"restriction_type":"RESTRICTED_ADD_PHONE_NUMBER_ACTION","expiration":"2026-04-19T13:59:20+0000"},
+            {"restriction_type":"RESTRICTED_CUSTOMER_INITIATED_MESSAGING","expiration":1900000000},
+            {"restriction_type":"restricted biz initiated messaging"},
+            "RESTRICTED_BIZ_INITIATED_MESSAGING"
+        ]));
+        assert_eq!(
+            others.restrictions,
+            vec![
+                Restriction {
+                    kind: "RESTRICTED_ADD_PHONE_NUMBER_ACTION".into(),
+                    expiration: Some("2026-04-19T13:59:20+0000".into()),
+                },
+                Restriction {
+                    kind: "RESTRICTED_CUSTOMER_INITIATED_MESSAGING".into(),
+                    expiration: Some("2030-03-17T17:46:40Z".into()),
+                },
+            ]
+        );
+        assert!(!others.stops_sending(), "{others:?}");
+        let templates = restriction(json!([
+            {"restriction_type":"RESTRICTED_CUSTOMER_INITIATED_MESSAGING"},
+            {"restriction_type":"RESTRICTED_BIZ_INITIATED_MESSAGING","expiration":{"odd":1}}
+        ]));
+        assert_eq!(templates.restrictions[1].expiration, None);
+        assert!(templates.stops_sending());
+        // Meta said the account is restricted, not how: it may be its templates.
+        assert!(restriction(json!(null)).stops_sending());
+        assert!(restriction(json!([{"expiration": 1}])).stops_sending());
     }
 
     #[test]

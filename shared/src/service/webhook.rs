@@ -400,18 +400,39 @@ impl Pairs {
     }
 }
 
-/// Meta restricted, disabled or banned the account (or is about to): pause every tenant
-/// on that WABA, as Meta would refuse their sends anyway. A reinstatement is left to the
-/// operator (who resumes the tenant). Answers how many tenants were paused.
+/// Meta restricted the account's business-initiated messages, or disabled or banned the
+/// account (or is about to): pause every tenant on that WABA, as Meta would refuse their
+/// sends anyway. A restriction of something else (customer-initiated messages, adding
+/// numbers) is logged, and pauses nothing. A reinstatement is left to the operator (who
+/// resumes the tenant). Answers how many tenants were paused.
 async fn account_update(deps: &Deps, update: &AccountUpdate) -> Result<usize, ServiceError> {
+    let restrictions = || {
+        update
+            .restrictions
+            .iter()
+            .map(|r| match &r.expiration {
+                Some(until) => format!("{} until {until}", r.kind),
+                None => r.kind.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if !update.stops_sending() || update.waba_id.is_empty() {
-        tracing::info!(event = %update.event, "account update needs no action");
+        if update.restrictions.is_empty() {
+            tracing::info!(event = %update.event, "account update needs no action");
+        } else {
+            tracing::warn!(
+                waba_id = %update.waba_id, event = %update.event, restrictions = %restrictions(),
+                "meta restricted the account, not its business-initiated messages: no tenant paused"
+            );
+        }
         return Ok(0);
     }
     let tenants = deps.tenants.tenants_by_waba(&update.waba_id).await?;
     let reason = match &update.ban_state {
         Some(b) => format!("meta account_update: {} ({b})", update.event),
-        None => format!("meta account_update: {}", update.event),
+        None if update.restrictions.is_empty() => format!("meta account_update: {}", update.event),
+        None => format!("meta account_update: {} ({})", update.event, restrictions()),
     };
     // Each written before the webhook is acknowledged: a failure answers 500, so Meta
     // delivers it again. A tenant suspended already is left as it is (no second

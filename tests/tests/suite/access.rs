@@ -677,6 +677,74 @@ async fn metas_account_restriction_pauses_every_tenant_on_that_waba_only(b: Back
     );
 }
 
+/// Meta restricts more than business-initiated messages: a restriction of
+/// customer-initiated messages or of adding phone numbers leaves templates sendable, so it
+/// suspends no tenant (it is logged); one that also restricts business-initiated messages
+/// does, its reason naming the restrictions.
+async fn metas_restriction_of_anything_but_business_initiated_messages_pauses_no_tenant(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let waba = format!("{}", 800_000 + kirim_tests::rand_u32() % 100_000);
+    let pnid = format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000);
+    let onboarded: Value = app
+        .http
+        .post(app.url("/v1/platform/tenants"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(
+            &json!({"name": "Kedai", "waba_id": waba, "phone_number_id": pnid,
+            "meta_access_token": "EAAG", "credits": 3}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = onboarded["admin_api_key"].as_str().unwrap();
+    let restriction = |info: Value| {
+        json!({"object": "whatsapp_business_account",
+        "entry": [{"id": waba, "time": chrono::Utc::now().timestamp() + 5,
+            "changes": [{"field": "account_update", "value": {"event": "ACCOUNT_RESTRICTION",
+                "restriction_info": info}}]}]})
+    };
+    let others = restriction(json!([
+        {"restriction_type": "RESTRICTED_ADD_PHONE_NUMBER_ACTION", "expiration": "2026-04-19T13:59:20+0000"},
+        {"restriction_type": "RESTRICTED_CUSTOMER_INITIATED_MESSAGING", "expiration": "2026-04-19T13:59:20+0000"}
+    ]));
+    let res = app.post_webhook(&others).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["summary"]["ignored"], 1);
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(key), None).await.1["status"],
+        "active"
+    );
+    assert_eq!(app.send_template(key, "+60123450100").await.status(), 202);
+
+    let templates = restriction(json!([
+        {"restriction_type": "RESTRICTED_CUSTOMER_INITIATED_MESSAGING"},
+        {"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": "2026-04-19T13:59:20+0000"}
+    ]));
+    let res = app.post_webhook(&templates).await;
+    assert_eq!(res.json::<Value>().await.unwrap()["summary"]["applied"], 1);
+    let (_, account) = call(&app, "GET", "/v1/account", Some(key), None).await;
+    assert_eq!(account["status"], "suspended", "{account}");
+    let (_, audit) = call(
+        &app,
+        "GET",
+        "/v1/audit?action=tenant.suspend",
+        Some(key),
+        None,
+    )
+    .await;
+    assert_eq!(
+        audit["events"][0]["details"]["reason"],
+        "meta account_update: ACCOUNT_RESTRICTION (RESTRICTED_CUSTOMER_INITIATED_MESSAGING, \
+         RESTRICTED_BIZ_INITIATED_MESSAGING until 2026-04-19T13:59:20+0000)",
+        "{audit}"
+    );
+}
+
 /// A tenant that revoked its only admin key (nothing stops an admin key revoking itself)
 /// has no way back in by itself: the platform operator mints it a key, shown once and
 /// audited on the tenant's chain. Not for a closed or unknown tenant, not with a tenant's
@@ -843,6 +911,7 @@ on_both_backends!(
     an_ip_allow_list_refuses_other_addresses_until_the_operator_rescues_the_tenant,
     a_suspended_tenant_cannot_send_until_resumed_and_a_closed_one_cannot_authenticate,
     metas_account_restriction_pauses_every_tenant_on_that_waba_only,
+    metas_restriction_of_anything_but_business_initiated_messages_pauses_no_tenant,
 );
 
 #[tokio::test]
