@@ -715,8 +715,10 @@ fn template_update(
             let event = t.event?;
             match event.to_ascii_uppercase().as_str() {
                 // Archived is a status (`archived`), ordered by Meta's time as every
-                // status is: an unarchive restores it, and a late archive never undoes it.
+                // status is: an unarchive restores it (the status Meta lists, read
+                // again), and a late archive never undoes it.
                 "DELETED" | "PENDING_DELETION" => TemplateChange::Removed,
+                "UNARCHIVED" => TemplateChange::Unarchived,
                 _ => TemplateChange::Status(TemplateStatus::from_meta(&event)?),
             }
         }

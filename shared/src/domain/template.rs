@@ -24,7 +24,8 @@ pub enum TemplateStatus {
     Paused,
     Disabled,
     /// Archived at Meta (by the business, or by Meta after a year unused): not sendable,
-    /// and restored by an unarchive (Meta's `UNARCHIVED`), so kept, not removed.
+    /// and restored by an unarchive (Meta's `UNARCHIVED`: [`TemplateChange::Unarchived`]),
+    /// so kept, not removed.
     Archived,
 }
 
@@ -54,13 +55,12 @@ impl TemplateStatus {
     }
 
     /// Meta's word for it (`status` of a listed template, `event` of a status webhook), in
-    /// any case. `None` for a state that is not a catalogue status (`DELETED`, ...).
+    /// any case. `None` for a state that is not a catalogue status (`DELETED`, ...), and
+    /// for `UNARCHIVED`, which names none: the template is back to whatever status it had
+    /// before its archiving (approved, paused, rejected...), which only Meta's list tells.
     pub fn from_meta(s: &str) -> Option<Self> {
         match s.to_ascii_uppercase().as_str() {
-            // An unarchived template is back to the status it had before its archiving
-            // (Meta), which for one that was sent until it was archived is `approved`; a
-            // sync (daily, or `POST /v1/templates/sync`) reads any other.
-            "APPROVED" | "REINSTATED" | "UNARCHIVED" => Some(TemplateStatus::Approved),
+            "APPROVED" | "REINSTATED" => Some(TemplateStatus::Approved),
             "PENDING" | "IN_APPEAL" => Some(TemplateStatus::Pending),
             "REJECTED" => Some(TemplateStatus::Rejected),
             "PAUSED" => Some(TemplateStatus::Paused),
@@ -295,6 +295,11 @@ pub enum TemplateChange {
     /// again may take another number of parameters). Ordered by the read's time, as
     /// webhooks' changes are by Meta's.
     BodyParameters(u32),
+    /// `message_template_status_update` `UNARCHIVED`: back to the status it had before its
+    /// archiving, which the webhook does not say. Not a write: the template stays
+    /// `archived` (not sendable) until its re-read from Meta's list applies the status
+    /// listed (`templates::refresh`), or a sync reads it.
+    Unarchived,
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ impl CatalogueTemplate {
             TemplateChange::Category(c) => self.category = c,
             TemplateChange::Quality(q) => self.quality = q,
             TemplateChange::BodyParameters(n) => self.body_parameters = n,
-            TemplateChange::Removed => {}
+            TemplateChange::Removed | TemplateChange::Unarchived => {}
         }
         self
     }

@@ -126,9 +126,10 @@ pub struct CallbackJob {
     pub client_reference: Option<String>,
 }
 
-/// A template Meta approved (again), to be read back from Meta for what no webhook
-/// carries — its body's parameter count, changed by an edit — or, when the catalogue
-/// does not have it yet (a new template), whole (`templates::refresh`). No content.
+/// A template Meta approved (again) or unarchived, to be read back from Meta for what no
+/// webhook carries — its body's parameter count, changed by an edit; an unarchived one's
+/// status — or, when the catalogue does not have it yet (a new template), whole
+/// (`templates::refresh`). No content.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TemplateRefreshJob {
     /// The open tenant whose Meta token reads the WABA's list.
@@ -137,9 +138,13 @@ pub struct TemplateRefreshJob {
     pub name: String,
     pub language: String,
     /// Meta's time of the approval (its webhook's), applied after a new template is
-    /// written from a list that may lag it.
+    /// written from a list that may lag it; of the unarchive, when `unarchived`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_meta_time: Option<i64>,
+    /// Meta unarchived the template (`UNARCHIVED`) rather than approved it: the status
+    /// Meta lists, whatever it is, is the one the template returned to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unarchived: bool,
 }
 
 /// Every queue message, tagged by `kind`.
@@ -355,6 +360,7 @@ mod tests {
                 name: "order_update".into(),
                 language: "en_US".into(),
                 approved_meta_time: Some(1_700_000_000),
+                unarchived: true,
             }),
         ];
         for job in jobs {
@@ -380,6 +386,7 @@ mod tests {
             name: "n".into(),
             language: "en".into(),
             approved_meta_time: None,
+            unarchived: false,
         })
         .to_body()
         .unwrap();

@@ -567,6 +567,13 @@ pub async fn apply(deps: &Deps, update: &TemplateUpdate) -> Result<Applied, Serv
                 .delete_template(waba, name, language, None)
                 .await?
         }
+        // Nothing written: the status it returned to is read from Meta's list (queued
+        // below); until then it stays `archived`, not sendable.
+        TemplateChange::Unarchived => deps
+            .templates
+            .get_template(waba, name, language)
+            .await?
+            .is_some(),
         change => {
             let now = deps.clock.now();
             let expires_at = catalogue_expiry(deps, now);
@@ -600,9 +607,15 @@ pub async fn apply(deps: &Deps, update: &TemplateUpdate) -> Result<Applied, Serv
         found,
         "template webhook"
     );
-    if update.change == TemplateChange::Status(TemplateStatus::Approved) {
+    if matches!(
+        update.change,
+        TemplateChange::Status(TemplateStatus::Approved) | TemplateChange::Unarchived
+    ) {
         if let Some(tenant) = refresher {
             queue_refresh(deps, tenant, update).await;
+        } else if update.change == TemplateChange::Unarchived {
+            tracing::info!(waba_id = %update.waba_id, template = %update.name,
+                "an unarchived template has no active tenant to read it again; archived until a sync");
         }
     }
     Ok(if found {
@@ -612,9 +625,10 @@ pub async fn apply(deps: &Deps, update: &TemplateUpdate) -> Result<Applied, Serv
     })
 }
 
-/// Queues the re-read of a template Meta approved ([`refresh`]). Not the webhook's
-/// failure when it cannot be queued: the approval itself is applied, and the daily sync
-/// reads the template anyway (logged).
+/// Queues the re-read of a template Meta approved or unarchived ([`refresh`]). Not the
+/// webhook's failure when it cannot be queued: the approval itself is applied (an
+/// unarchived template stays archived), and the daily sync reads the template anyway
+/// (logged).
 async fn queue_refresh(deps: &Deps, tenant: TenantId, update: &TemplateUpdate) {
     let job = QueueJob::TemplateRefresh(TemplateRefreshJob {
         tenant_id: tenant,
@@ -622,6 +636,7 @@ async fn queue_refresh(deps: &Deps, tenant: TenantId, update: &TemplateUpdate) {
         name: update.name.clone(),
         language: update.language.clone(),
         approved_meta_time: update.meta_time,
+        unarchived: update.change == TemplateChange::Unarchived,
     });
     let queued = match job.to_body() {
         Ok(body) => deps.queue.send(&body).await.map_err(|e| e.to_string()),
@@ -629,7 +644,7 @@ async fn queue_refresh(deps: &Deps, tenant: TenantId, update: &TemplateUpdate) {
     };
     if let Err(e) = queued {
         tracing::warn!(waba_id = %update.waba_id, template = %update.name, error = %e,
-            "an approved template's re-read was not queued; the daily sync reads it");
+            "a template's re-read was not queued; the daily sync reads it");
     }
 }
 
@@ -644,6 +659,11 @@ async fn queue_refresh(deps: &Deps, tenant: TenantId, update: &TemplateUpdate) {
 /// before the approval and wrote after the webhook (which found nothing to change) does
 /// not leave it pending; a newer change of its status (paused, rejected...) is kept, by
 /// the field's time, as always.
+///
+/// An unarchived template (`job.unarchived`) is back to the status it had before its
+/// archiving, which no webhook says: the status Meta lists (approved, paused, rejected...)
+/// is applied, by the unarchive's Meta time (else the read's), so a change Meta made
+/// after the unarchive still stands. Until then it stays `archived`, not sendable.
 ///
 /// `Ok(Some(e))`: Meta failed the read, nothing written; the dispatcher decides whether
 /// to try again (`dispatch`, by Meta's error table). A tenant no longer active or
@@ -686,7 +706,7 @@ pub async fn refresh(
         }
     }
     let Some(t) = found else {
-        tracing::info!(template = %job.name, "an approved template is not in Meta's list yet; the daily sync reads it");
+        tracing::info!(template = %job.name, "a template read again is not in Meta's list yet; the daily sync reads it");
         return Ok(None);
     };
     let now = deps.clock.now();
@@ -717,22 +737,34 @@ pub async fn refresh(
             .await?
             .then_some("added"),
     };
-    // The approval, by Meta's time, over a list (or a sync's write of one) that may not
-    // show it yet; never over a status Meta's list already moved past it, and only with
-    // Meta's time (without it, nothing could keep it from undoing a later change).
-    if job.approved_meta_time.is_some()
+    let meta_time = job
+        .approved_meta_time
+        .map(|t| t.min(now.timestamp() + crate::ports::SYNC_STAMP_MARGIN_SECS));
+    if job.unarchived {
+        // Whatever Meta lists is the status the unarchive restored (an `archived` one: a
+        // list lagging the unarchive, left archived, not sendable, for a sync to read).
+        deps.templates
+            .update_template(
+                waba,
+                name,
+                language,
+                TemplateChange::Status(listed),
+                stamp(meta_time.or(Some(read_at.timestamp()))),
+            )
+            .await?;
+    } else if meta_time.is_some()
         && matches!(listed, TemplateStatus::Approved | TemplateStatus::Pending)
     {
+        // The approval, by Meta's time, over a list (or a sync's write of one) that may
+        // not show it yet; never over a status Meta's list already moved past it, and only
+        // with Meta's time (without it, nothing could keep it from undoing a later change).
         deps.templates
             .update_template(
                 waba,
                 name,
                 language,
                 TemplateChange::Status(TemplateStatus::Approved),
-                stamp(
-                    job.approved_meta_time
-                        .map(|t| t.min(now.timestamp() + crate::ports::SYNC_STAMP_MARGIN_SECS)),
-                ),
+                stamp(meta_time),
             )
             .await?;
     }
@@ -741,8 +773,10 @@ pub async fn refresh(
         template = %name,
         language = %language,
         body_parameters,
+        status = listed.as_str(),
+        unarchived = job.unarchived,
         written = written.unwrap_or("kept (a later write stands)"),
-        "approved template read again"
+        "template read again"
     );
     Ok(None)
 }

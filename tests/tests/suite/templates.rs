@@ -711,8 +711,9 @@ async fn a_redelivered_older_template_webhook_never_undoes_a_newer_one(b: Backen
     assert_eq!(s, 202, "{body}");
 }
 
-/// A template archived at Meta cannot be sent, and one unarchived can again at once (it
-/// was removed, the unarchive skipped as unknown: refused `template_not_found` until a sync
+/// A template archived at Meta cannot be sent, and one unarchived can again once its
+/// re-read (queued by the unarchive, without a sync) finds it approved at Meta (it was
+/// removed, the unarchive skipped as unknown: refused `template_not_found` until a sync
 /// more than 5 minutes later); an archive delivered again late never undoes the unarchive.
 async fn an_archived_template_is_refused_until_meta_unarchives_it_and_a_late_archive_changes_nothing(
     b: Backend,
@@ -751,12 +752,93 @@ async fn an_archived_template_is_refused_until_meta_unarchives_it_and_a_late_arc
         app.post_webhook(&note(200, "UNARCHIVED")).await.status(),
         200
     );
+    let read = template_until(&app, &t.key, "order_update", "en_US", |v| {
+        v["status"] == "approved"
+    })
+    .await;
+    assert_eq!(read["status"], "approved", "{read}");
     let (s, body) = send("+60123464112").await;
     assert_eq!(s, 202, "unarchived: {body}");
     // The archive, delivered again after a 500, is older than the unarchive.
     assert_eq!(app.post_webhook(&note(100, "ARCHIVED")).await.status(), 200);
     let (s, body) = send("+60123464113").await;
     assert_eq!(s, 202, "still sendable: {body}");
+}
+
+/// Meta's `UNARCHIVED` names no status: the template is back to whichever it had before
+/// its archiving. Until its re-read applies the status Meta lists it stays archived, not
+/// sendable; then a template paused before its archiving is paused again, and only an
+/// approved one can be sent. No queue poller runs: the re-read is run here.
+async fn an_unarchived_template_takes_back_the_status_meta_lists_not_approved(b: Backend) {
+    use kirim::service::jobs::TemplateRefreshJob;
+    let cfg = kirim_infra::local::LocalConfig {
+        pollers: 0,
+        ..kirim_tests::local_config(b).await
+    };
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(5).await;
+    let deps = &app.app.deps;
+    let now = chrono::Utc::now().timestamp();
+    let note = |name: &str, time: i64, event: &str| {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": WABA, "time": now + time, "changes": [
+        {"field": "message_template_status_update", "value": {"event": event, "message_template_id": 9,
+            "message_template_name": name, "message_template_language": "en_US", "reason": "NONE"}}]}]})
+    };
+    let status = |name: &'static str| async move {
+        deps.templates
+            .get_template(WABA, name, "en_US")
+            .await
+            .unwrap()
+            .map(|t| t.status)
+    };
+    // `paused_promo` is paused at Meta, `order_update` approved.
+    assert_eq!(status("paused_promo").await, Some(TemplateStatus::Paused));
+    for name in ["paused_promo", "order_update"] {
+        for (time, event) in [(100, "ARCHIVED"), (200, "UNARCHIVED")] {
+            let res = app.post_webhook(&note(name, time, event)).await;
+            assert_eq!(res.status(), 200);
+        }
+        assert_eq!(status(name).await, Some(TemplateStatus::Archived), "{name}");
+    }
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/messages",
+        send_body("+60123464121", template_of("utility")),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("template_not_approved")),
+        "not sendable before its status is read: {body}"
+    );
+    for name in ["paused_promo", "order_update"] {
+        let job = TemplateRefreshJob {
+            tenant_id: kirim::domain::TenantId::parse(&t.tenant_id).unwrap(),
+            waba_id: WABA.into(),
+            name: name.into(),
+            language: "en_US".into(),
+            approved_meta_time: Some(now + 200),
+            unarchived: true,
+        };
+        assert_eq!(templates::refresh(deps, &job).await.unwrap(), None);
+    }
+    assert_eq!(status("paused_promo").await, Some(TemplateStatus::Paused));
+    assert_eq!(status("order_update").await, Some(TemplateStatus::Approved));
+    let (s, body) = post(
+        &app,
+        &t.key,
+        "/v1/messages",
+        send_body("+60123464122", template_of("utility")),
+    )
+    .await;
+    assert_eq!(s, 202, "{body}");
+    // The archive, delivered again late, is older than the status read for the unarchive.
+    let res = app
+        .post_webhook(&note("order_update", 100, "ARCHIVED"))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(status("order_update").await, Some(TemplateStatus::Approved));
 }
 
 async fn a_template_webhook_for_a_waba_no_tenant_has_is_ignored_with_200(b: Backend) {
@@ -1050,6 +1132,7 @@ async fn a_template_re_read_is_retried_only_when_meta_may_answer_later(b: Backen
         name: "order_update".into(),
         language: "en_US".into(),
         approved_meta_time: None,
+        unarchived: false,
     };
     let unknown = 999_001;
     for (error, retried) in [
@@ -1151,6 +1234,7 @@ async fn an_approval_a_lagging_sync_wrote_over_is_applied_again_by_the_re_read(b
         name: "pending_notice".into(),
         language: "en_US".into(),
         approved_meta_time: Some(approved_at),
+        unarchived: false,
     };
     assert_eq!(templates::refresh(deps, &job).await.unwrap(), None);
     let now = deps
@@ -1275,6 +1359,7 @@ on_both_backends!(
     a_template_list_that_repeats_its_page_removes_nothing,
     a_redelivered_older_template_webhook_never_undoes_a_newer_one,
     an_archived_template_is_refused_until_meta_unarchives_it_and_a_late_archive_changes_nothing,
+    an_unarchived_template_takes_back_the_status_meta_lists_not_approved,
     the_daily_schedule_syncs_every_active_tenants_catalogue,
 );
 

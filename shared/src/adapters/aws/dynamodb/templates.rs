@@ -180,8 +180,10 @@ impl TemplateStore for DynamoStore {
             TemplateChange::Category(v) => ("category", s(v.as_str())),
             TemplateChange::Quality(v) => ("quality", s(v.as_str())),
             TemplateChange::BodyParameters(v) => ("body_parameters", n(i64::from(v))),
-            TemplateChange::Removed => {
-                return Err(StoreError::Corrupt("a removal is not an update".into()))
+            TemplateChange::Removed | TemplateChange::Unarchived => {
+                return Err(StoreError::Corrupt(
+                    "a removal or an unarchive is not an update".into(),
+                ))
             }
         };
         let live = "attribute_exists(pk) AND (attribute_not_exists(#ttl) OR #ttl > :now) \

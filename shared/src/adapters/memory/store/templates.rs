@@ -120,8 +120,10 @@ impl TemplateStore for MemoryStore {
             TemplateChange::Category(_) => "category",
             TemplateChange::Quality(_) => "quality",
             TemplateChange::BodyParameters(_) => "body_parameters",
-            TemplateChange::Removed => {
-                return Err(StoreError::Corrupt("a removal is not an update".into()))
+            TemplateChange::Removed | TemplateChange::Unarchived => {
+                return Err(StoreError::Corrupt(
+                    "a removal or an unarchive is not an update".into(),
+                ))
             }
         };
         let state = &mut *s;
