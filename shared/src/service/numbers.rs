@@ -310,9 +310,11 @@ pub async fn sender(
 
 /// Meta named the tenant's number `phone_number_id` as `display` (an inbound message's
 /// `metadata`): recorded on a number stored without a display (onboarded or added without
-/// one, or a default number from before numbers had items), once — Meta's quality updates
-/// name a number only by its display, so until then they could not find it. A cached read
-/// first: a number that has its display costs no write. Best effort (logged): the inbound
+/// one), once — Meta's quality updates name a number only by its display, so until then
+/// they could not find it. A default number from before numbers had items has none to
+/// record it on: its item is written, with the display, while the tenant is open (the
+/// check travels with the write), as [`materialise`] writes it. A cached read first: a
+/// number that has its display costs no write. Best effort (logged): the inbound
 /// message's own work does not wait on it.
 pub async fn learn_display(deps: &Deps, tenant: &TenantId, phone_number_id: &str, display: &str) {
     if super::accounts::check_display(display).is_err()
@@ -331,7 +333,8 @@ pub async fn learn_display(deps: &Deps, tenant: &TenantId, phone_number_id: &str
                     .learn_display_number(tenant, phone_number_id, display)
                     .await
             }
-            _ => Ok(false),
+            Some(_) => Ok(false),
+            None => learn_default_display(deps, tenant, phone_number_id, display).await,
         }
     }
     .await;
@@ -339,6 +342,41 @@ pub async fn learn_display(deps: &Deps, tenant: &TenantId, phone_number_id: &str
         Ok(true) => tracing::info!(%phone_number_id, "the number's display learnt from Meta"),
         Ok(false) => {}
         Err(e) => tracing::warn!(%phone_number_id, error = %e, "the number's display not learnt"),
+    }
+}
+
+/// [`learn_display`] for a number with no item: the tenant's default number from before
+/// numbers had items gets its item, with the display (read afresh: only the default, and
+/// only while the tenant is open). Another number without an item (removed a moment ago)
+/// is left alone.
+async fn learn_default_display(
+    deps: &Deps,
+    tenant: &TenantId,
+    phone_number_id: &str,
+    display: &str,
+) -> Result<bool, StoreError> {
+    let Some(t) = deps.tenants.get_tenant(tenant).await? else {
+        return Ok(false);
+    };
+    if t.phone_number_id != phone_number_id || t.status == TenantStatus::Closed {
+        return Ok(false);
+    }
+    let number = PhoneNumberRecord {
+        display_phone_number: Some(display.to_owned()),
+        ..from_tenant(&t)
+    };
+    match deps.numbers.put_phone_number_if_absent(&number).await {
+        Ok(true) => Ok(true),
+        // Written since (a change to the tenant's numbers materialised it): recorded on it
+        // as on any item, if it has none.
+        Ok(false) => {
+            deps.numbers
+                .learn_display_number(tenant, phone_number_id, display)
+                .await
+        }
+        // Closed since the read: nothing of a closed tenant is written.
+        Err(StoreError::Conflict(m)) if m == crate::ports::TENANT_CLOSED => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

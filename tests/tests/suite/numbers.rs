@@ -911,6 +911,89 @@ on_both_backends!(
     usage_refuses_bad_dates_and_ranges,
 );
 
+/// A tenant from before numbers had items has none for its default number: the first
+/// inbound message naming the number's display writes its item, with that display, so
+/// Meta's quality updates (which name a number only by its display) find it. On DynamoDB,
+/// where such tenants are (the test deletes the item onboarding wrote).
+#[tokio::test]
+async fn a_legacy_default_number_without_an_item_learns_its_display_from_an_inbound_message() {
+    let app = spawn_app(Backend::Aws).await;
+    let pnid = fresh_number();
+    let waba = "7001003";
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        OPERATOR_TOKEN,
+        "/v1/platform/tenants",
+        Some(
+            json!({"name": "Kedai Lama", "waba_id": waba, "phone_number_id": pnid,
+            "meta_access_token": "EAAG"}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let key = body["admin_api_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let tenant_id = body["tenant"]["id"].as_str().unwrap_or_default().to_owned();
+    let sdk = kirim_tests::moto_sdk().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    let item_key = |sk: String| {
+        [
+            ("pk".to_owned(), Av::S(format!("TENANT#{tenant_id}"))),
+            ("sk".to_owned(), Av::S(sk)),
+        ]
+        .into_iter()
+        .collect::<std::collections::HashMap<_, _>>()
+    };
+    let table = format!("{}-Table", app.stack);
+    ddb.delete_item()
+        .table_name(&table)
+        .set_key(Some(item_key(format!("NUMBER#{pnid}"))))
+        .send()
+        .await
+        .unwrap();
+    let listed = numbers(&app, &key).await;
+    assert_eq!(
+        listed.len(),
+        1,
+        "the default, from the tenant item: {listed:?}"
+    );
+    assert_eq!(listed[0]["display_phone_number"], Value::Null);
+    let hello = json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "changes": [{
+        "field": "messages", "value": {"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "60370004321", "phone_number_id": pnid},
+        "messages": [{"from": "60123450556", "id": format!("wamid.in.{}", ulid::Ulid::new()),
+            "timestamp": chrono::Utc::now().timestamp().to_string(), "type": "text",
+            "text": {"body": "hello"}}]}}]}]});
+    assert_eq!(app.post_webhook(&hello).await.status(), 200);
+    let item = ddb
+        .get_item()
+        .table_name(&table)
+        .set_key(Some(item_key(format!("NUMBER#{pnid}"))))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap();
+    assert!(item.item.is_some(), "the default number's item is written");
+    assert_eq!(
+        numbers(&app, &key).await[0]["display_phone_number"],
+        "60370004321"
+    );
+    let quality = json!({"object": "whatsapp_business_account", "entry": [{"id": waba, "time": 1_764_460_000,
+        "changes": [{"field": "phone_number_quality_update", "value":
+            {"display_phone_number": "60370004321", "event": "FLAGGED", "quality_rating": "RED"}}]}]});
+    assert_eq!(app.post_webhook(&quality).await.status(), 200);
+    let n = numbers(&app, &key).await;
+    assert_eq!(
+        (n[0]["quality"].clone(), n[0]["default"].clone()),
+        (json!("red"), json!(true)),
+        "{n:?}"
+    );
+}
+
 /// Phone numbers, except that reading one fails (DynamoDB throttled).
 struct NumberReadsFail(std::sync::Arc<dyn kirim::ports::PhoneNumberStore>);
 
