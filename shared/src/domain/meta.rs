@@ -302,7 +302,8 @@ pub struct NumberQualityUpdate {
     /// Meta's event (`FLAGGED`, `UNFLAGGED`, `UPGRADE`, `DOWNGRADE`, `THROUGHPUT_UPGRADE`...).
     pub event: String,
     /// `quality_rating` when given (`GREEN`, `YELLOW`, `RED`), else what the event says:
-    /// `FLAGGED` is red, `UNFLAGGED` green.
+    /// `FLAGGED` is red; `UNFLAGGED` is unknown (Meta says only that the quality is no
+    /// longer low, not that it is high).
     pub quality: Option<TemplateQuality>,
     /// `throughput.level` when given (`HIGH`: 1000 a second, `STANDARD`: 80), else
     /// `THROUGHPUT_UPGRADE`: 1000.
@@ -766,7 +767,8 @@ fn number_quality(waba_id: &str, time: Option<i64>, value: &Value) -> Option<Num
         Some(r) => Some(TemplateQuality::from_meta(r)),
         None => match event.as_str() {
             "FLAGGED" => Some(TemplateQuality::Red),
-            "UNFLAGGED" => Some(TemplateQuality::Green),
+            // No longer low, which is not high: unknown until Meta rates it.
+            "UNFLAGGED" => Some(TemplateQuality::Unknown),
             _ => None,
         },
     };
@@ -1269,6 +1271,38 @@ mod tests {
         let ev = events(change(json!({"event":"FLAGGED"})));
         assert!(
             matches!(&ev[..], [MetaEvent::Unknown(u)] if u.field == "phone_number_quality_update")
+        );
+    }
+
+    #[test]
+    fn an_unflagged_number_is_no_longer_red_but_not_taken_for_green_unless_meta_rates_it() {
+        let quality = |value: Value| {
+            let body = json!({"entry":[{"id":"waba1","changes":[{"field":"phone_number_quality_update","value":value}]}]});
+            match &events(body)[..] {
+                [MetaEvent::NumberQuality(q)] => q.quality,
+                ev => panic!("{ev:?}"),
+            }
+        };
+        assert_eq!(
+            quality(
+                json!({"phone_number_id":"1002","event":"UNFLAGGED","current_limit":"TIER_1K"})
+            ),
+            Some(TemplateQuality::Unknown)
+        );
+        assert_eq!(
+            quality(json!({"phone_number_id":"1002","event":"UNFLAGGED","quality_rating":"GREEN"})),
+            Some(TemplateQuality::Green)
+        );
+        assert_eq!(
+            quality(
+                json!({"phone_number_id":"1002","event":"UNFLAGGED","quality_rating":"YELLOW"})
+            ),
+            Some(TemplateQuality::Yellow)
+        );
+        // A number whose quality Kirim knew red is then `unknown`, not left red.
+        assert_ne!(
+            quality(json!({"display_phone_number":"15550783881","event":"UNFLAGGED"})),
+            None
         );
     }
 
