@@ -150,6 +150,35 @@ async fn a_message_meta_accepted_or_an_unknown_one_is_never_refunded(p: Ports) {
         Transition::Refused,
         "a sent message is not refunded"
     );
+    // Nor when a caller names the status Meta's acceptance gave it: the guard of the
+    // statuses a refund may come from, not the status condition, refuses these.
+    for from in [
+        MessageStatus::Sent,
+        MessageStatus::Delivered,
+        MessageStatus::Read,
+    ] {
+        if from != MessageStatus::Sent {
+            p.messages
+                .transition(&t.id, &m.id, from, &StatusChange::default(), p.clock.now())
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            p.messages
+                .fail_and_refund(
+                    &t.id,
+                    &m.id,
+                    from,
+                    &failure(),
+                    p.clock.now(),
+                    Some(&refund_of(&p, &m))
+                )
+                .await
+                .unwrap(),
+            Transition::Refused,
+            "a {from:?} message is not refunded"
+        );
+    }
     let unknown = {
         let (mut u, _) = message(&p, &t.id, 3600);
         u.id = kirim::domain::MessageId::from_trusted(kirim::domain::new_id());
@@ -178,7 +207,7 @@ async fn a_message_meta_accepted_or_an_unknown_one_is_never_refunded(p: Ports) {
             .unwrap()
             .unwrap()
             .status,
-        MessageStatus::Sent
+        MessageStatus::Read
     );
 }
 
@@ -316,7 +345,38 @@ async fn a_free_message_fails_only_from_the_status_named_and_refunds_nothing(p: 
     );
 }
 
+/// A message past its expiry, not yet deleted (DynamoDB deletes expired items days later):
+/// whatever a store does with its refund, its answer says what it wrote. `Refused` after a
+/// committed refund had a cancel answer `409` for the refund it had just made.
+async fn a_refunding_failure_answers_what_it_wrote_for_a_message_past_its_expiry(p: Ports) {
+    let t = onboarded(&p, 1).await;
+    let (m, d) = message(&p, &t.id, 1);
+    p.messages.insert_with_debit(&m, &d).await.unwrap();
+    p.clock.advance(chrono::Duration::seconds(2));
+    let answer = p
+        .messages
+        .fail_and_refund(
+            &t.id,
+            &m.id,
+            MessageStatus::Accepted,
+            &failure(),
+            p.clock.now(),
+            Some(&refund_of(&p, &m)),
+        )
+        .await
+        .unwrap();
+    let written = balance_and_refunds(&p, &t.id).await;
+    match answer {
+        Transition::Applied(r) => {
+            assert_eq!(r.status, MessageStatus::Failed);
+            assert_eq!(written, (1, 1), "applied: refunded");
+        }
+        Transition::Refused => assert_eq!(written, (0, 0), "refused: nothing written"),
+    }
+}
+
 contract!(
+    a_refunding_failure_answers_what_it_wrote_for_a_message_past_its_expiry,
     a_free_message_fails_only_from_the_status_named_and_refunds_nothing,
     a_failure_and_its_refund_are_written_together_and_never_twice,
     a_message_meta_accepted_or_an_unknown_one_is_never_refunded,

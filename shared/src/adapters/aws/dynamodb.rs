@@ -353,6 +353,20 @@ impl DynamoStore {
         ttl_of(item).is_none_or(|t| t > self.now_secs())
     }
 
+    /// [`get`](Self::get) with expired items too (DynamoDB deletes them days later).
+    async fn get_unfiltered(&self, key: keys::Key) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key.attrs()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb get", e))?;
+        Ok(out.item)
+    }
+
     pub(super) async fn get(&self, key: keys::Key) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
@@ -680,11 +694,17 @@ impl DynamoStore {
             }
             Err(e) => return Err(e.into_store_error()),
         }
-        // A transaction answers no attributes: read the record the change wrote. Gone
-        // already (it expired meanwhile) leaves nothing to report.
-        match self.get_message(tenant, id).await? {
-            Some(m) => Ok(Transition::Applied(Box::new(m))),
-            None => Ok(Transition::Refused),
+        // A transaction answers no attributes: read the record the change wrote, expired
+        // or not (a message whose TTL passed in that instant is still the one written:
+        // `Refused` would tell the caller nothing was, and a cancel would answer `409` for
+        // the refund it just made). Deleted by TTL already (days after its expiry, in
+        // practice never here): the move was written all the same, so it is an error for
+        // the caller's read-back (`written_after_all`), not a refusal.
+        match self.get_unfiltered(keys::message(tenant, id)).await? {
+            Some(item) => Ok(Transition::Applied(Box::new(from_item(item)?))),
+            None => Err(StoreError::Unavailable(
+                "the refunded message could not be read back".into(),
+            )),
         }
     }
 
