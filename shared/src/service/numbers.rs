@@ -339,7 +339,7 @@ pub async fn learn_display(deps: &Deps, tenant: &TenantId, phone_number_id: &str
     }
     .await;
     match result {
-        Ok(true) => tracing::info!(%phone_number_id, "the number's display learnt from Meta"),
+        Ok(true) => tracing::debug!(%phone_number_id, "the number's display learnt from Meta"),
         Ok(false) => {}
         Err(e) => tracing::warn!(%phone_number_id, error = %e, "the number's display not learnt"),
     }

@@ -282,13 +282,25 @@ pub async fn add(
     if was_new && by == BY_META {
         super::quality::count(deps, tenant, crate::ports::QualityCounter::OptOut).await;
     }
-    tracing::info!(
-        tenant_id = %tenant,
-        to = %key.masked(),
-        scope = stored.scope.as_str(),
-        source = ?source,
-        "opt-out recorded"
-    );
+    // A recipient's STOP (Meta's webhook) is routine, one of many in a body: DEBUG, as
+    // the webhook's other per-item details (at most one INFO line a request).
+    if by == BY_META {
+        tracing::debug!(
+            tenant_id = %tenant,
+            to = %key.masked(),
+            scope = stored.scope.as_str(),
+            source = ?source,
+            "opt-out recorded"
+        );
+    } else {
+        tracing::info!(
+            tenant_id = %tenant,
+            to = %key.masked(),
+            scope = stored.scope.as_str(),
+            source = ?source,
+            "opt-out recorded"
+        );
+    }
     Ok(stored)
 }
 
@@ -415,7 +427,7 @@ pub async fn apply_inbound(
                     .await?;
             }
             if removed {
-                tracing::info!("opted back in");
+                tracing::debug!("opted back in");
                 Ok(Inbound::OptedIn)
             } else {
                 Ok(Inbound::Nothing)

@@ -101,11 +101,9 @@ pub async fn apply_owned(
         // sender's number on a subscribed WhatsApp Business Account): not kept. A kept
         // status holds the wamid, which encodes the recipient's number, for 7 days.
         // (Kirim's own messages carry their id: one from a number removed since is still
-        // kept. Only the id's form is checked: there is no tenant to look it up in.)
-        None if tenant.is_none()
-            && report.phone_number_id.is_some()
-            && report.callback.is_none() =>
-        {
+        // kept. Only the id's form is checked: there is no tenant to look it up in.) A
+        // status whose metadata names no number is held to the same rule (it was kept).
+        None if tenant.is_none() && report.callback.is_none() => {
             return Ok((Applied::UnknownMessage, None))
         }
         None => match keep(deps, tenant, report).await? {

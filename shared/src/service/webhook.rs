@@ -419,7 +419,7 @@ async fn account_update(deps: &Deps, update: &AccountUpdate) -> Result<usize, Se
     };
     if !update.stops_sending() || update.waba_id.is_empty() {
         if update.restrictions.is_empty() {
-            tracing::info!(event = %update.event, "account update needs no action");
+            tracing::debug!(event = %update.event, "account update needs no action");
         } else {
             tracing::warn!(
                 waba_id = %update.waba_id, event = %update.event, restrictions = %restrictions(),

@@ -247,6 +247,24 @@ async fn a_status_for_a_number_no_tenant_has_is_not_kept(b: Backend) {
         .await
         .unwrap()
         .is_empty());
+    // Nor one whose metadata names no number at all (it was kept for 7 days).
+    let unnamed = format!("wamid.unnamed.{}", ulid::Ulid::new());
+    let mut bare = note.clone();
+    bare["entry"][0]["changes"][0]["value"]["statuses"][0]["id"] = json!(unnamed);
+    bare["entry"][0]["changes"][0]["value"]["metadata"] =
+        json!({"display_phone_number":"60300000999"});
+    let res = app.post_webhook(&bare).await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        app.app
+            .deps
+            .pending
+            .pending_statuses(&unnamed)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not kept"
+    );
     // One that echoes a message id of Kirim's (a number removed while its messages were in
     // flight) is kept, for the dispatcher to apply.
     let ours = format!("wamid.ours.{}", ulid::Ulid::new());

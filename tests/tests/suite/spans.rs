@@ -99,6 +99,51 @@ async fn a_webhook_request_with_several_statuses_logs_at_most_one_info_line(b: B
     assert_eq!(kept.len(), 3, "one DEBUG line per status: {mine:?}");
 }
 
+/// Recipients' STOP and START replies are routine too: a body of several logs their
+/// opt-outs at DEBUG, not an INFO line each.
+async fn a_webhook_request_with_several_stop_replies_logs_at_most_one_info_line(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let at = (chrono::Utc::now().timestamp() - 5).to_string();
+    let messages: Vec<Value> = [
+        ("60123457701", "STOP"),
+        ("60123457702", "stop"),
+        ("60123457703", "START"),
+    ]
+    .iter()
+    .map(|(from, text)| {
+        serde_json::json!({"from": from, "id": format!("wamid.in{}", ulid::Ulid::new()),
+                "timestamp": at, "type": "text", "text": {"body": text}})
+    })
+    .collect();
+    let body = serde_json::json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp",
+        "metadata":{"display_phone_number":"60300000000","phone_number_id": t.phone_number_id},
+        "messages": messages
+    }}]}]});
+    let res = app.post_webhook(&body).await;
+    assert_eq!(res.status(), 200);
+    let request_id = res
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("x-request-id");
+    let summary: Value = res.json().await.unwrap_or_default();
+    assert_eq!(summary["summary"]["applied"], 2, "two opt-outs: {summary}");
+    let mine: Vec<Value> = lines_with(&[&request_id]);
+    let info: Vec<&Value> = mine.iter().filter(|l| l["level"] == "INFO").collect();
+    assert!(
+        info.len() <= 1,
+        "INFO lines of one webhook request: {info:?}"
+    );
+    let recorded = mine
+        .iter()
+        .filter(|l| l["level"] == "DEBUG" && l.to_string().contains("opt-out recorded"))
+        .count();
+    assert_eq!(recorded, 2, "one DEBUG line per opt-out: {mine:?}");
+}
+
 async fn a_webhook_of_one_status_carries_its_ids_on_the_request_s_span(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
@@ -137,5 +182,6 @@ async fn a_webhook_of_one_status_carries_its_ids_on_the_request_s_span(b: Backen
 on_both_backends!(
     a_failed_sends_log_line_carries_the_request_id_that_accepted_it,
     a_webhook_request_with_several_statuses_logs_at_most_one_info_line,
+    a_webhook_request_with_several_stop_replies_logs_at_most_one_info_line,
     a_webhook_of_one_status_carries_its_ids_on_the_request_s_span,
 );
