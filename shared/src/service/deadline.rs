@@ -207,7 +207,24 @@ pub async fn redelivered_as(
                 not have been delivered, so it is not refunded"
             .into(),
     };
-    match expire(deps, &job.tenant_id, &job.message_id, claimed_at, &error).await? {
+    let expired = match expire(deps, &job.tenant_id, &job.message_id, claimed_at, &error).await {
+        Ok(t) => t,
+        // The failure could not be written: a fresh recheck job comes back for it after
+        // the backoff. Retried as the message received, a job past the deadline spends
+        // receives it has few of (a recheck of a 24 h deadline is a day old: the
+        // dead-letter queue, which keeps a message one day from its first enqueue, would
+        // drop it at once), and the message would wait for the lost-job settlement.
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(error = %e, "the sending deadline's failure not written; looked at again");
+            crate::metrics::retry("storage");
+            return Ok(match recheck_hop(deps, job, claimed_at) {
+                Outcome::Again(body, _) => Outcome::Again(body, deps.settings.dispatch_backoff),
+                other => other,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    match expired {
         Transition::Applied(failed) => {
             metrics::failed(OUTCOME_UNKNOWN);
             tracing::warn!(to = %m.to.masked(), "sending deadline passed without a status; marked failed, not refunded");

@@ -2512,6 +2512,7 @@ async fn a_deadline_failure_whose_answer_was_lost_still_has_its_failed_callback(
         inner: deps.sending.clone(),
         release_fails: false,
         expiry_answer_lost: true,
+        expiry_fails: false,
     });
     let callbacks = Arc::new(Kept::default());
     deps.callback_queue = callbacks.clone();
@@ -2533,6 +2534,65 @@ async fn a_deadline_failure_whose_answer_was_lost_still_has_its_failed_callback(
     assert_eq!(failed.status, MessageStatus::Failed);
 }
 
+/// The deadline's failure cannot be written (storage refusing): the recheck job is replaced
+/// by a fresh one after the backoff, not retried as the day-old queue message it is (whose
+/// receives toward the dead-letter queue, which keeps a message a day from its first
+/// enqueue, would drop it there at once); the fresh one fails the message.
+async fn a_deadline_failure_that_cannot_be_written_comes_back_as_a_fresh_recheck(backend: Backend) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459937").await;
+    let mut deps = t.app.deps.clone();
+    deps.meta = Arc::new(BareStatus(504, Default::default()));
+    let Outcome::Again(recheck, _) = dispatch::handle_in_batch(&deps, &job).await else {
+        panic!("a recheck job");
+    };
+    let mut settings = (*deps.settings).clone();
+    settings.sending_deadline = Duration::ZERO;
+    deps.settings = Arc::new(settings);
+    let working = deps.sending.clone();
+    deps.sending = Arc::new(SendingFaults {
+        inner: working.clone(),
+        release_fails: false,
+        expiry_answer_lost: false,
+        expiry_fails: true,
+    });
+    let Outcome::Again(again, delay) = dispatch::handle_in_batch(&deps, &recheck).await else {
+        panic!("a fresh recheck job");
+    };
+    assert_eq!(delay, deps.settings.dispatch_backoff);
+    assert!(
+        !again.contains("content") || again.contains(r#""recheck":true"#),
+        "{again}"
+    );
+    let stuck = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stuck.status, MessageStatus::Sending);
+    deps.sending = working;
+    assert_eq!(
+        dispatch::handle_in_batch(&deps, &again).await,
+        Outcome::Done
+    );
+    let failed = deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (failed.status, failed.error.map(|e| e.code)),
+        (
+            MessageStatus::Failed,
+            Some(ErrorCode::from(kirim::service::deadline::OUTCOME_UNKNOWN))
+        )
+    );
+}
+
 /// Sending control with a failure played: `release_fails`, a release of a claim turned
 /// away by a busy number fails (the store unavailable for that write); `expiry_answer_lost`,
 /// the deadline failure lands but answers an error after every try (its answer lost, then
@@ -2541,6 +2601,8 @@ struct SendingFaults {
     inner: Arc<dyn kirim::ports::SendingControl>,
     release_fails: bool,
     expiry_answer_lost: bool,
+    /// The deadline failure's write fails (nothing written).
+    expiry_fails: bool,
 }
 
 #[async_trait]
@@ -2569,6 +2631,9 @@ impl kirim::ports::SendingControl for SendingFaults {
         error: &MessageError,
         at: DateTime<Utc>,
     ) -> Result<kirim::ports::Transition, StoreError> {
+        if self.expiry_fails {
+            return Err(StoreError::Unavailable("throttled".into()));
+        }
         let moved = self
             .inner
             .expire_sending(tenant, id, claimed_at, error, at)
@@ -2592,6 +2657,7 @@ async fn a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not
         inner: deps.sending.clone(),
         release_fails: true,
         expiry_answer_lost: false,
+        expiry_fails: false,
     });
     book_two_seconds_ahead(&deps, &o.phone_number_id).await;
     let outcome = dispatch::handle(&deps, &job).await;
@@ -3284,6 +3350,7 @@ on_both_backends!(
     an_unknown_meta_code_is_retried_as_metas_is_transient_says,
     a_paused_campaigns_message_about_to_expire_is_settled_and_refunded,
     a_deadline_failure_whose_answer_was_lost_still_has_its_failed_callback,
+    a_deadline_failure_that_cannot_be_written_comes_back_as_a_fresh_recheck,
     a_recheck_job_never_claims_or_sends_a_message,
     a_refunded_failure_whose_answer_was_lost_still_has_its_failed_callback,
     the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinished,
