@@ -1293,6 +1293,15 @@ pub struct Broadcast {
     /// once. Retry the retry for what failed again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_by: Option<String>,
+    /// Recipients never recorded, refunded when it was closed because its list was gone
+    /// ([`BroadcastStore::close_broadcast_unsent`]): they have no message, and the view
+    /// counts them `cancelled`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refunded_unsent: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The `Conflict` of a broadcast's creating write whose retry mark was refused: the
@@ -1442,16 +1451,19 @@ pub trait BroadcastStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Closes a broadcast whose recipient list is gone before its fan-out finished (the
     /// list's backstop passed during a long pause): only if it is `fanning_out` with exactly
-    /// `enqueued` recipients queued, atomically marks it `enqueued` and refunds `refund`
-    /// (the recipients never queued: credits and ledger entry). `false`: it was not in that
-    /// state (another run closed it or got further); nothing written. `NotFound` (nothing
-    /// written) when the refund's tenant is gone.
+    /// `enqueued` recipients queued, atomically marks it `enqueued`, records `unsent` (the
+    /// recipients never queued) as its `refunded_unsent` and `at` as its `ended_at`, and
+    /// refunds `refund` (their price: credits and ledger entry). `false`: it was not in
+    /// that state (another run closed it or got further); nothing written. `NotFound`
+    /// (nothing written) when the refund's tenant is gone.
     async fn close_broadcast_unsent(
         &self,
         tenant: &TenantId,
         id: &str,
         enqueued: usize,
+        unsent: usize,
         refund: &LedgerEntry,
+        at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
     /// The recipients `from..to` of a cancelled broadcast, never queued, closed at once
     /// instead of one queue job each: atomically, only if the broadcast is `fanning_out`,

@@ -164,10 +164,12 @@ pub const COUNTED: [MessageStatus; 7] = [
     MessageStatus::Cancelled,
 ];
 
-/// A broadcast's status as the API shows it: `paused` or `cancelled` when a person
-/// said so, else `scheduled` until it starts, `sending`
+/// A broadcast's status as the API shows it from its view's `counts`: `paused` or
+/// `cancelled` when a person said so, else `scheduled` until it starts, `sending`
 /// while recipients are being queued or any message is still on its way to Meta,
-/// `completed` once every message was handed over or ended, `cancelled` if cancelled.
+/// `completed` once every message was handed over or ended, `cancelled` if cancelled, or
+/// if some of its recipients were never sent because its list expired first (closed with
+/// them refunded: `refunded_unsent`, counted `cancelled`).
 pub fn campaign_status(b: &Broadcast, counts: &BTreeMap<String, usize>) -> &'static str {
     let open = |st: MessageStatus| counts.get(st.as_str()).copied().unwrap_or(0);
     // Every recipient queued and every message handed to Meta or ended: nothing is left
@@ -192,6 +194,9 @@ pub fn campaign_status(b: &Broadcast, counts: &BTreeMap<String, usize>) -> &'sta
         BroadcastStatus::Enqueued => {
             if open(MessageStatus::Accepted) + open(MessageStatus::Sending) > 0 {
                 "sending"
+            } else if b.refunded_unsent > 0 {
+                // Ended without these recipients: they will never be sent.
+                "cancelled"
             } else {
                 "completed"
             }
@@ -405,6 +410,7 @@ pub async fn create_campaign(
         control: None,
         retry_of: campaign_retry_of,
         retried_by: None,
+        refunded_unsent: 0,
         control_at: None,
     };
     // The fan-out job is queued BEFORE the broadcast and its debit are written (as a
@@ -601,12 +607,17 @@ pub async fn view(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Serv
 }
 
 /// The view of a broadcast as read: its messages counted by status, and the failed ones
-/// by code with their hints, in one pass over them.
+/// by code with their hints, in one pass over them. The recipients refunded unsent when
+/// its list expired first have no message: they are counted `cancelled` (never sent,
+/// refunded), so that the counts add up to its total.
 async fn view_of(deps: &Deps, b: Broadcast) -> Result<View, StoreError> {
     let tally = deps.broadcasts.broadcast_tally(&b).await?;
     let mut counts = tally.counts;
     for st in COUNTED {
         counts.entry(st.as_str().to_owned()).or_insert(0);
+    }
+    if let Some(n) = counts.get_mut(MessageStatus::Cancelled.as_str()) {
+        *n = n.saturating_add(b.refunded_unsent);
     }
     let status = campaign_status(&b, &counts);
     let mut failures: Vec<Failure> = tally
@@ -1636,17 +1647,18 @@ pub async fn close_unrecorded(deps: &Deps, b: &Broadcast) -> Result<Option<usize
         return Ok(Some(0));
     }
     let amount = b.price_each.saturating_mul(unsent as i64);
+    let now = deps.clock.now();
     let refund = ledger::cancel_refund_entry(
         deps,
         &b.tenant_id,
         &Charge::Broadcast(b.id.clone()),
         amount,
         "broadcast recipients never queued: their list expired first",
-        deps.clock.now(),
+        now,
     );
     if !deps
         .broadcasts
-        .close_broadcast_unsent(&b.tenant_id, &b.id, b.enqueued, &refund)
+        .close_broadcast_unsent(&b.tenant_id, &b.id, b.enqueued, unsent, &refund, now)
         .await?
     {
         return Ok(None);
@@ -1838,6 +1850,32 @@ mod tests {
     }
 
     #[test]
+    fn a_campaign_closed_with_recipients_refunded_unsent_reads_cancelled_once_nothing_is_open() {
+        let mut b = broadcast();
+        b.status = BroadcastStatus::Enqueued;
+        b.control = Some(BroadcastControl::Paused);
+        b.refunded_unsent = 3;
+        let counts = |sending: usize, accepted: usize| {
+            BTreeMap::from([
+                ("sending".to_owned(), sending),
+                ("accepted".to_owned(), accepted),
+                ("cancelled".to_owned(), 3),
+            ])
+        };
+        assert_eq!(
+            campaign_status(&b, &counts(0, 2)),
+            "paused",
+            "two recorded before the pause still held: a resume sends them"
+        );
+        assert_eq!(campaign_status(&b, &counts(0, 0)), "cancelled");
+        b.control = None;
+        assert_eq!(campaign_status(&b, &counts(1, 0)), "sending");
+        assert_eq!(campaign_status(&b, &counts(0, 0)), "cancelled");
+        b.refunded_unsent = 0;
+        assert_eq!(campaign_status(&b, &counts(0, 0)), "completed");
+    }
+
+    #[test]
     fn a_campaign_cancelled_with_nothing_left_to_cancel_reads_completed_once_nothing_is_open() {
         let mut b = broadcast();
         b.status = BroadcastStatus::Enqueued;
@@ -1896,6 +1934,7 @@ mod tests {
             control: None,
             retry_of: None,
             retried_by: None,
+            refunded_unsent: 0,
             control_at: None,
         }
     }

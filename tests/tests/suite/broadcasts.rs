@@ -2322,10 +2322,12 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
         tenant: &kirim::domain::TenantId,
         id: &str,
         enqueued: usize,
+        unsent: usize,
         refund: &kirim::ports::LedgerEntry,
+        at: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, kirim::store_error::StoreError> {
         self.inner
-            .close_broadcast_unsent(tenant, id, enqueued, refund)
+            .close_broadcast_unsent(tenant, id, enqueued, unsent, refund, at)
             .await
     }
     async fn record_cancelled(

@@ -40,6 +40,7 @@ pub(crate) fn running_broadcast(
         control: None,
         retry_of: None,
         retried_by: None,
+        refunded_unsent: 0,
         control_at: None,
     }
 }
@@ -276,7 +277,7 @@ async fn a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once
     };
     assert!(
         !p.broadcasts
-            .close_broadcast_unsent(&t.id, &b.id, 0, &refund(6))
+            .close_broadcast_unsent(&t.id, &b.id, 0, 3, &refund(6), p.clock.now())
             .await
             .unwrap(),
         "not from where its fan-out stood"
@@ -284,12 +285,12 @@ async fn a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once
     assert_eq!(credits().await, after_debit);
     assert!(p
         .broadcasts
-        .close_broadcast_unsent(&t.id, &b.id, 1, &refund(4))
+        .close_broadcast_unsent(&t.id, &b.id, 1, 2, &refund(4), p.clock.now())
         .await
         .unwrap());
     assert!(
         !p.broadcasts
-            .close_broadcast_unsent(&t.id, &b.id, 1, &refund(4))
+            .close_broadcast_unsent(&t.id, &b.id, 1, 2, &refund(4), p.clock.now())
             .await
             .unwrap(),
         "once"
@@ -304,6 +305,11 @@ async fn a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once
     assert_eq!(
         (closed.status, closed.enqueued),
         (BroadcastStatus::Enqueued, 1)
+    );
+    assert_eq!(
+        (closed.refunded_unsent, closed.ended_at),
+        (2, Some(p.clock.now())),
+        "the two never queued are recorded with the close"
     );
 }
 
@@ -350,7 +356,7 @@ async fn a_broadcasts_refund_for_a_tenant_that_is_gone_writes_nothing(p: Ports) 
     );
     assert_eq!(
         p.broadcasts
-            .close_broadcast_unsent(&t.id, &fanning.id, 0, &refund)
+            .close_broadcast_unsent(&t.id, &fanning.id, 0, 2, &refund, now)
             .await
             .unwrap_err(),
         StoreError::NotFound

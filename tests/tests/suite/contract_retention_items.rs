@@ -357,6 +357,7 @@ async fn broadcast(p: &Ports, t: &TenantId, expires_in: i64, created_ago: i64) -
         control: None,
         retry_of: None,
         retried_by: None,
+        refunded_unsent: 0,
         control_at: None,
     };
     let debit = LedgerEntry {

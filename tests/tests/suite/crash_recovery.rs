@@ -3077,6 +3077,82 @@ async fn the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinishe
     assert_eq!(credits().await, before + 6, "nothing refunded twice");
 }
 
+/// A campaign paused before its fan-out, whose recipient list then expired, is closed by
+/// the retention run with every recipient refunded. They never got a message, and the
+/// view showed it `completed` with every count 0 (and its refunded recipients nowhere).
+/// It ends `cancelled`, those recipients counted `cancelled`: the counts add up to its
+/// total, and it can no longer be resumed.
+async fn a_paused_campaign_whose_list_expired_ends_cancelled_with_counts_adding_up_to_its_total(
+    b: Backend,
+) {
+    use kirim::ports::{BroadcastStatus, Clock};
+    use kirim::service::broadcasts;
+    let (deps, clock, t) = tenant_on_a_manual_clock(b, 20).await;
+    let now = clock.now();
+    let month = 30 * 24 * 3600;
+    let list: Vec<kirim::domain::PhoneNumber> = (0..3)
+        .map(|i| kirim::domain::PhoneNumber::parse(&format!("+6012348{i:04}")).unwrap())
+        .collect();
+    let mut campaign = crate::contract_broadcasts::running_broadcast(&t.id, now);
+    campaign.status = BroadcastStatus::Scheduled;
+    campaign.started_at = None;
+    campaign.send_at = Some(now + chrono::Duration::days(1));
+    campaign.expires_at = Some(now.timestamp() + month);
+    let (_, mut debit) = crate::contract::message_expiring(&t.id, now, month);
+    debit.message_id = None;
+    debit.amount = -3;
+    deps.broadcasts
+        .create_broadcast(&campaign, &list, &debit)
+        .await
+        .unwrap();
+    let paused = broadcasts::pause(&deps, &t.id, &campaign.id).await.unwrap();
+    assert_eq!(paused.status, "paused");
+    // Past its list's backstop (a day to its send_at, seven after) and the hour's margin.
+    clock.advance(chrono::Duration::days(8) + chrono::Duration::minutes(61));
+    let report = kirim::service::retention::run(&deps).await.unwrap();
+    assert_eq!(
+        (
+            report.unsent_settled.campaigns_closed,
+            report.unsent_settled.campaign_recipients_refunded
+        ),
+        (1, 3),
+        "{report:?}"
+    );
+    let credits = deps
+        .tenants
+        .get_tenant(&t.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .credits;
+    assert_eq!(credits, 20, "every recipient refunded");
+    let view = broadcasts::view(&deps, &t.id, &campaign.id).await.unwrap();
+    assert_eq!(view.status, "cancelled", "{view:?}");
+    assert_eq!(view.total, 3);
+    assert_eq!(
+        view.counts.values().sum::<usize>(),
+        view.total,
+        "every recipient is counted: {view:?}"
+    );
+    assert_eq!(view.counts.get("cancelled"), Some(&3), "{view:?}");
+    assert!(view.completed_at.is_some(), "{view:?}");
+    let (listed, _) = broadcasts::list(&deps, &t.id, Some("cancelled"), 50, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(),
+        vec![campaign.id.as_str()],
+        "listed as cancelled"
+    );
+    assert!(
+        matches!(
+            broadcasts::resume(&deps, &t.id, &campaign.id).await,
+            Err(kirim::service::errors::ServiceError::Conflict(_))
+        ),
+        "nothing is left to resume"
+    );
+}
+
 /// A paused campaign's recorded messages wait as long as it does, but not past their own
 /// expiry: with the Messages retention at its 14-day minimum and the campaign paused
 /// longer, the sweep deleted them `accepted`, charged and never refunded. The run settles
@@ -3349,6 +3425,7 @@ on_both_backends!(
     a_replay_queues_nothing_for_a_message_a_busy_number_just_gave_back,
     an_unknown_meta_code_is_retried_as_metas_is_transient_says,
     a_paused_campaigns_message_about_to_expire_is_settled_and_refunded,
+    a_paused_campaign_whose_list_expired_ends_cancelled_with_counts_adding_up_to_its_total,
     a_deadline_failure_whose_answer_was_lost_still_has_its_failed_callback,
     a_deadline_failure_that_cannot_be_written_comes_back_as_a_fresh_recheck,
     a_recheck_job_never_claims_or_sends_a_message,

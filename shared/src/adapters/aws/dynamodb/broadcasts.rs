@@ -227,15 +227,19 @@ impl BroadcastStore for DynamoStore {
         tenant: &TenantId,
         id: &str,
         enqueued: usize,
+        unsent: usize,
         refund: &LedgerEntry,
+        at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let u = Update::builder()
             .table_name(&self.table)
             .set_key(Some(keys::broadcast(tenant, id).attrs()))
-            .update_expression("SET #status = :done")
+            .update_expression("SET #status = :done, refunded_unsent = :unsent, ended_at = :at")
             .condition_expression("#status = :fanning AND enqueued = :n")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":done", s(BroadcastStatus::Enqueued.as_str()))
+            .expression_attribute_values(":unsent", n(unsent as i64))
+            .expression_attribute_values(":at", s(rfc3339(at)))
             .expression_attribute_values(":fanning", s(BroadcastStatus::FanningOut.as_str()))
             .expression_attribute_values(":n", n(enqueued as i64))
             .build()

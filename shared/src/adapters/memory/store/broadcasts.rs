@@ -151,7 +151,9 @@ impl BroadcastStore for MemoryStore {
         tenant: &TenantId,
         id: &str,
         enqueued: usize,
+        unsent: usize,
         refund: &LedgerEntry,
+        at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         // One lock for the status, the balance and the entry, as one transaction.
         let mut s = self.lock()?;
@@ -172,6 +174,8 @@ impl BroadcastStore for MemoryStore {
         s.ledger.push(refund.clone());
         if let Some(b) = s.broadcasts.get_mut(&key) {
             b.status = BroadcastStatus::Enqueued;
+            b.refunded_unsent = unsent;
+            b.ended_at = Some(at);
         }
         Ok(true)
     }
