@@ -1563,11 +1563,21 @@ pub struct BroadcastTally {
     pub counts: std::collections::BTreeMap<String, usize>,
     /// Failed messages by error code: the first one's error (its title) and how many.
     pub failures: std::collections::BTreeMap<String, (crate::domain::MessageError, usize)>,
+    /// The latest time one of its messages was handed to Meta or ended (see
+    /// [`settled_at`]): once none is left open, when the broadcast completed.
+    pub settled_at: Option<DateTime<Utc>>,
 }
 
 impl BroadcastTally {
-    /// Counts one live message of the broadcast.
-    pub fn add(&mut self, status: &str, error: Option<&crate::domain::MessageError>) {
+    /// Counts one live message of the broadcast; `settled_at` is its own (see
+    /// [`settled_at`]).
+    pub fn add(
+        &mut self,
+        status: &str,
+        error: Option<&crate::domain::MessageError>,
+        settled_at: Option<DateTime<Utc>>,
+    ) {
+        self.settled_at = self.settled_at.max(settled_at);
         *self.counts.entry(status.to_owned()).or_default() += 1;
         if status == crate::domain::MessageStatus::Failed.as_str() {
             if let Some(e) = error {
@@ -1579,6 +1589,24 @@ impl BroadcastTally {
         }
     }
 }
+/// When a message was handed to Meta or ended, from its status events (`status`, `at`):
+/// its first event past `scheduled`, `accepted` and `sending`, which a later `delivered` or
+/// `read` does not move. `None` while it has none (still open).
+pub fn settled_at<'a>(
+    events: impl IntoIterator<Item = (&'a str, DateTime<Utc>)>,
+) -> Option<DateTime<Utc>> {
+    use crate::domain::MessageStatus as S;
+    events
+        .into_iter()
+        .filter(|(st, _)| {
+            ![S::Scheduled, S::Accepted, S::Sending]
+                .iter()
+                .any(|o| o.as_str() == *st)
+        })
+        .map(|(_, at)| at)
+        .min()
+}
+
 mod callbacks;
 pub use callbacks::*;
 mod data_keys;

@@ -634,10 +634,14 @@ async fn view_of(deps: &Deps, b: Broadcast) -> Result<View, StoreError> {
     Ok(View {
         failures,
         status,
-        completed_at: if status == "cancelled" {
-            b.ended_at
-        } else {
-            None
+        // Completed: when its last message was handed to Meta or ended (no write marks the
+        // moment). Closed with recipients refunded unsent: the close, or the last of its
+        // recorded messages settled after it.
+        completed_at: match status {
+            "completed" => tally.settled_at,
+            "cancelled" if b.refunded_unsent > 0 => b.ended_at.max(tally.settled_at),
+            "cancelled" => b.ended_at,
+            _ => None,
         },
         id: b.id,
         name: b.name,

@@ -1035,6 +1035,95 @@ async fn a_campaigns_messages_are_listed_by_the_campaigns_acceptance_not_their_f
     }
 }
 
+/// A completed campaign's `completed_at` was always null (no write marks the moment). It
+/// is when its last message was handed to Meta or ended, from its messages' events, and
+/// a later delivery or read of one does not move it.
+async fn a_completed_campaign_shows_when_its_last_message_was_handed_to_meta(b: Backend) {
+    use kirim::domain::{MessageError, MessageStatus};
+    use kirim::ports::{Clock, StatusChange};
+    use kirim::service::broadcasts;
+    let (deps, clock, t) = crate::crash_recovery::tenant_on_a_manual_clock(b, 20).await;
+    let now = clock.now();
+    let month = 30 * 24 * 3600;
+    let mut campaign = crate::contract_broadcasts::running_broadcast(&t.id, now);
+    campaign.accepted = 2;
+    campaign.expires_at = Some(now.timestamp() + month);
+    let list: Vec<kirim::domain::PhoneNumber> = (0..2)
+        .map(|i| kirim::domain::PhoneNumber::parse(&format!("+6012349{i:04}")).unwrap())
+        .collect();
+    let (_, mut debit) = crate::contract::message_expiring(&t.id, now, month);
+    debit.message_id = None;
+    debit.amount = -2;
+    deps.broadcasts
+        .create_broadcast(&campaign, &list, &debit)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let (mut m, _) = crate::contract::message_expiring(&t.id, now, month);
+        m.id = broadcasts::message_id(&campaign, i);
+        m.broadcast_id = Some(campaign.id.clone());
+        assert!(deps.broadcasts.insert_broadcast_message(&m).await.unwrap());
+        ids.push(m.id);
+    }
+    deps.broadcasts
+        .broadcast_progress(&t.id, &campaign.id, 2, true)
+        .await
+        .unwrap();
+    let at = |minutes: i64| now + chrono::Duration::minutes(minutes);
+    let moves = [
+        (0, MessageStatus::Sending, 1),
+        (1, MessageStatus::Sending, 1),
+        (0, MessageStatus::Sent, 2),
+        (1, MessageStatus::Failed, 3),
+    ];
+    let view = || broadcasts::view(&deps, &t.id, &campaign.id);
+    for (i, to, minute) in moves {
+        let v = view().await.unwrap();
+        assert_eq!(
+            (v.status, v.completed_at),
+            ("sending", None),
+            "a message still open"
+        );
+        let change = StatusChange {
+            error: (to == MessageStatus::Failed).then(|| MessageError {
+                code: kirim::domain::ErrorCode::Meta(131026),
+                title: "Message undeliverable".into(),
+            }),
+            ..Default::default()
+        };
+        let moved = deps
+            .messages
+            .transition(&t.id, &ids[i], to, &change, at(minute))
+            .await
+            .unwrap();
+        assert!(
+            matches!(moved, kirim::ports::Transition::Applied(_)),
+            "{moved:?}"
+        );
+    }
+    let v = view().await.unwrap();
+    assert_eq!(v.status, "completed");
+    assert_eq!(
+        v.completed_at,
+        Some(at(3)),
+        "the failure, the last to settle"
+    );
+    // Its sent message is delivered and read an hour on: completed when it was.
+    for (to, minute) in [(MessageStatus::Delivered, 60), (MessageStatus::Read, 90)] {
+        deps.messages
+            .transition(&t.id, &ids[0], to, &StatusChange::default(), at(minute))
+            .await
+            .unwrap();
+    }
+    let v = view().await.unwrap();
+    assert_eq!((v.status, v.completed_at), ("completed", Some(at(3))));
+    let (listed, _) = broadcasts::list(&deps, &t.id, None, 50, None)
+        .await
+        .unwrap();
+    assert_eq!(listed[0].completed_at, Some(at(3)), "listed the same");
+}
+
 on_both_backends!(
     a_campaigns_messages_are_listed_by_the_campaigns_acceptance_not_their_fan_out,
     a_closed_tenants_scheduled_message_and_campaign_end_refunded_before_their_time,
@@ -1047,4 +1136,5 @@ on_both_backends!(
     a_cancel_racing_the_dispatcher_never_leaves_a_message_both_sent_and_refunded,
     results_show_failures_with_hints_the_csv_and_a_retry_of_only_retryable_failures,
     a_broadcast_without_a_retryable_failure_has_nothing_to_retry,
+    a_completed_campaign_shows_when_its_last_message_was_handed_to_meta,
 );

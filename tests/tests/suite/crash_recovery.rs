@@ -2928,7 +2928,7 @@ async fn a_job_received_again_and_again_is_retried_further_apart_not_parked_in_m
 }
 
 /// A tenant with `credits` on `b`'s stores, a manual clock and a process's deps.
-async fn tenant_on_a_manual_clock(
+pub(crate) async fn tenant_on_a_manual_clock(
     b: Backend,
     credits: i64,
 ) -> (Deps, std::sync::Arc<ManualClock>, kirim::ports::Tenant) {

@@ -675,10 +675,11 @@ impl DynamoStore {
             .consistent_read(consistent)
             .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
             .filter_expression("broadcast_id = :b")
-            .projection_expression("#status, #ttl, #error")
+            .projection_expression("#status, #ttl, #error, #events")
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_names("#error", "error")
+            .expression_attribute_names("#events", "events")
             .expression_attribute_values(":pk", s(keys::tenant_pk(&broadcast.tenant_id)))
             .expression_attribute_values(":lo", s(lo))
             .expression_attribute_values(":hi", s(hi))
@@ -691,6 +692,17 @@ impl DynamoStore {
         struct ErrorOf {
             #[serde(default)]
             error: Option<crate::domain::MessageError>,
+        }
+        /// A message's status events, as the message item stores them.
+        #[derive(serde::Deserialize)]
+        struct EventsOf {
+            #[serde(default)]
+            events: Vec<EventAt>,
+        }
+        #[derive(serde::Deserialize)]
+        struct EventAt {
+            status: String,
+            at: DateTime<Utc>,
         }
         let mut tally = BroadcastTally::default();
         while let Some(item) = pages.next().await {
@@ -705,7 +717,16 @@ impl DynamoStore {
                 Some(e) => from_item::<ErrorOf>(Item::from([("error".to_owned(), e)]))?.error,
                 None => None,
             };
-            tally.add(&st, error.as_ref());
+            let settled = match item.remove("events") {
+                Some(e) => crate::ports::settled_at(
+                    from_item::<EventsOf>(Item::from([("events".to_owned(), e)]))?
+                        .events
+                        .iter()
+                        .map(|e| (e.status.as_str(), e.at)),
+                ),
+                None => None,
+            };
+            tally.add(&st, error.as_ref(), settled);
         }
         Ok(tally)
     }
