@@ -39,6 +39,8 @@ pub const MAX_INVALID_SHOWN: usize = 100;
 pub const FANOUT_SLICE: usize = 2_000;
 /// Opt-out lookups in flight at once while accepting a broadcast.
 const LOOKUPS: usize = 16;
+/// Broadcasts of a `GET /v1/broadcasts` page whose messages are tallied at once.
+const LIST_TALLIES: usize = 8;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -681,14 +683,19 @@ pub async fn list(
         .list_broadcasts(tenant, limit, cursor)
         .await?;
     // Each as the list read it (not read again: one whose TTL passed meanwhile is still
-    // listed, not a 404 for the whole page).
-    let mut out = Vec::new();
-    for b in page {
-        let v = view_of(deps, b).await?;
-        if status.is_none_or(|s| s == v.status) {
-            out.push(v);
-        }
-    }
+    // listed, not a 404 for the whole page). Each view walks all its broadcast's messages
+    // (a full Query on DynamoDB): a page of large campaigns tallied one after another could
+    // near API Gateway's 29 s, so they are tallied `LIST_TALLIES` at a time, in order.
+    use futures::TryStreamExt;
+    let views: Vec<View> = futures::stream::iter(page)
+        .map(|b| view_of(deps, b))
+        .buffered(LIST_TALLIES)
+        .try_collect()
+        .await?;
+    let out = views
+        .into_iter()
+        .filter(|v| status.is_none_or(|s| s == v.status))
+        .collect();
     Ok((out, next))
 }
 

@@ -1161,6 +1161,7 @@ async fn a_recipients_csv_storage_cannot_read_is_a_503_or_a_cut_off_body_never_a
             pages_readable: readable,
             lost_moves: false,
             keys_missed: Default::default(),
+            tallies: Default::default(),
         });
         let uri = format!("/v1/broadcasts/{}/recipients.csv", accepted.id);
         let auth = format!("Bearer {}", key.expose());
@@ -2232,6 +2233,7 @@ async fn a_keyed_campaign_retry_racing_its_first_request_answers_it_not_402() {
         pages_readable: usize::MAX,
         lost_moves: false,
         keys_missed: std::sync::atomic::AtomicUsize::new(1),
+        tallies: Default::default(),
     });
     let again = create(racing).await.expect("the first's answer, not 402");
     assert!(again.replayed);
@@ -2240,7 +2242,8 @@ async fn a_keyed_campaign_retry_racing_its_first_request_answers_it_not_402() {
 
 /// A broadcast store whose next claim lands but whose answer is lost: the store's retry of
 /// it is what answers (refused, by the claim itself). And whose reads of a broadcast's
-/// messages fail once `pages_read` reach `pages_readable`.
+/// messages fail once `pages_read` reach `pages_readable`; and which counts its tallies in
+/// flight at once.
 struct LostClaimAnswer {
     inner: std::sync::Arc<dyn kirim::ports::BroadcastStore>,
     once: std::sync::atomic::AtomicBool,
@@ -2252,6 +2255,16 @@ struct LostClaimAnswer {
     /// How many of the next reads of an `Idempotency-Key`'s record answer none (a
     /// concurrent request's write not landed yet when it was read).
     keys_missed: std::sync::atomic::AtomicUsize,
+    /// Its tallies in flight, and the most seen at once.
+    tallies: TalliesAtOnce,
+}
+
+/// A store's tallies in flight (each yields before it reads, so the others started with it
+/// are polled meanwhile), and the most seen at once.
+#[derive(Default)]
+struct TalliesAtOnce {
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -2445,8 +2458,80 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
         &self,
         broadcast: &kirim::ports::Broadcast,
     ) -> Result<kirim::ports::BroadcastTally, kirim::store_error::StoreError> {
-        self.inner.broadcast_tally(broadcast).await
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.tallies.in_flight.fetch_add(1, SeqCst) + 1;
+        self.tallies.most.fetch_max(now, SeqCst);
+        tokio::task::yield_now().await;
+        let tally = self.inner.broadcast_tally(broadcast).await;
+        self.tallies.in_flight.fetch_sub(1, SeqCst);
+        tally
     }
+}
+
+/// `GET /v1/broadcasts` tallied each listed campaign's messages one after another (a full
+/// Query each on DynamoDB): a page of 50 large campaigns could near API Gateway's 29 s. They
+/// are tallied several at once, and the page still lists them newest first, each with its
+/// own counts.
+#[tokio::test]
+async fn a_broadcast_list_tallies_its_campaigns_at_once_and_answers_them_in_order() {
+    use kirim::service::{broadcasts, send::TemplateIn};
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let (tenant, _) = promo_tenant(&deps, "133", 20).await;
+    let mut created = Vec::new();
+    for n in 1..=4usize {
+        let template: TemplateIn = serde_json::from_value(
+            json!({"name": "promo", "language": "en", "category": "utility"}),
+        )
+        .unwrap();
+        let recipients: Vec<String> = (0..n).map(|i| format!("+60123{n}{i:04}")).collect();
+        let accepted = broadcasts::create(&deps, &tenant.id, template, recipients, None)
+            .await
+            .unwrap();
+        let job = next_fan_out(&deps).await;
+        broadcasts::fan_out_in_slices(&deps, &job, 10)
+            .await
+            .unwrap();
+        // Its messages' dispatch jobs: not run, they stay `accepted`.
+        drain(&deps).await;
+        created.push((accepted.id, n));
+        clock.advance(chrono::Duration::seconds(1));
+    }
+    let mut watched = deps.clone();
+    let store = std::sync::Arc::new(LostClaimAnswer {
+        inner: deps.broadcasts.clone(),
+        once: std::sync::atomic::AtomicBool::new(false),
+        pages_read: Default::default(),
+        pages_readable: usize::MAX,
+        lost_moves: false,
+        keys_missed: Default::default(),
+        tallies: Default::default(),
+    });
+    watched.broadcasts = store.clone();
+    let (page, next) = broadcasts::list(&watched, &tenant.id, None, 50, None)
+        .await
+        .unwrap();
+    assert_eq!(next, None);
+    let listed: Vec<(String, usize, usize)> = page
+        .iter()
+        .map(|v| {
+            (
+                v.id.clone(),
+                v.total,
+                v.counts.get("accepted").copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    let want: Vec<(String, usize, usize)> = created
+        .iter()
+        .rev()
+        .map(|(id, n)| (id.clone(), *n, *n))
+        .collect();
+    assert_eq!(listed, want, "newest first, each with its own counts");
+    assert!(
+        store.tallies.most.load(std::sync::atomic::Ordering::SeqCst) > 1,
+        "tallied one after another"
+    );
 }
 
 /// A broadcast message's claim that landed but whose answer was lost is known for the job's
@@ -2467,6 +2552,7 @@ async fn a_broadcast_claim_whose_answer_was_lost_is_given_back_and_claimed_afres
         pages_readable: usize::MAX,
         lost_moves: false,
         keys_missed: Default::default(),
+        tallies: Default::default(),
     });
     let id = kirim::domain::MessageId::from_trusted(jobs[0]["message_id"].as_str().unwrap());
     let message = || async {
@@ -2513,6 +2599,7 @@ async fn a_campaigns_start_or_move_whose_answer_was_lost_goes_on_and_answers_wha
         pages_readable: usize::MAX,
         lost_moves: true,
         keys_missed: Default::default(),
+        tallies: Default::default(),
     });
     let template: kirim::service::send::TemplateIn =
         serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
