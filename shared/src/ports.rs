@@ -962,6 +962,18 @@ pub trait MetaClient: Send + Sync {
         let _ = (waba_id, token);
         Err(MetaSendError::Protocol(501))
     }
+    /// What Meta says of one business number (`GET /{version}/{phone_number_id}` with its
+    /// quality rating, throughput, display...): the daily sync's read. The default, for a
+    /// client that cannot (test doubles), answers that it did not read (`Protocol(501)`),
+    /// never a number Meta said nothing of.
+    async fn get_phone_number(
+        &self,
+        phone_number_id: &str,
+        token: &Secret,
+    ) -> Result<crate::domain::number::MetaPhoneNumber, MetaSendError> {
+        let _ = (phone_number_id, token);
+        Err(MetaSendError::Protocol(501))
+    }
 }
 
 /// One audit event, a link of its chain (one chain per tenant, and `platform` for calls

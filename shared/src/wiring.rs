@@ -512,6 +512,13 @@ impl MetaClient for NotWired {
     async fn subscribe_app(&self, _waba_id: &str, _token: &Secret) -> Result<(), MetaSendError> {
         Err(MetaSendError::Connection(self.refusal()))
     }
+    async fn get_phone_number(
+        &self,
+        _phone_number_id: &str,
+        _token: &Secret,
+    ) -> Result<crate::domain::number::MetaPhoneNumber, MetaSendError> {
+        Err(MetaSendError::Connection(self.refusal()))
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Meta's Graph API over reqwest (rustls). The one place that knows Meta's wire shapes
 //! for a send (the request body itself comes from `Content::to_meta_request`), for a
-//! page of templates (read by `domain::template::parse_template_page`) and for the app's
+//! page of templates (read by `domain::template::parse_template_page`), for a business
+//! number's description (read by `domain::number::parse_phone_number`) and for the app's
 //! subscription to a WABA's webhooks.
 
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Deserialize;
 
+use crate::domain::number::{parse_phone_number, MetaPhoneNumber};
 use crate::domain::template::{parse_template_page, MetaTemplatePage};
 use crate::ports::{MetaAccepted, MetaClient, MetaSendError};
 use crate::secret::Secret;
@@ -81,6 +83,21 @@ fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, 
 
 /// The template fields a sync reads (Meta answers only `id`, `name`... without them).
 const TEMPLATE_FIELDS: &str = "id,name,language,category,status,components,quality_score";
+
+/// The fields of a number the daily sync asks for. `throughput` and `messaging_limit_tier`
+/// are fields of Meta's phone number node that the OpenAPI description of
+/// `GET /{phone_number_id}` does not list (it lists `id`, `display_phone_number`,
+/// `verified_name`, `quality_rating` and, on request, `name_status` and
+/// `code_verification_status`, and shows a 100 "Invalid field requested" for others):
+/// should Meta refuse them so, the number is read again with [`NUMBER_FIELDS_DOCUMENTED`].
+pub const NUMBER_FIELDS: &str =
+    "id,display_phone_number,verified_name,quality_rating,throughput,messaging_limit_tier,name_status";
+/// The fields the OpenAPI description of `GET /{phone_number_id}` lists.
+pub const NUMBER_FIELDS_DOCUMENTED: &str =
+    "id,display_phone_number,verified_name,quality_rating,name_status";
+
+/// The most of a number's description read (Meta's is a few hundred bytes).
+pub const MAX_NUMBER_ANSWER: usize = 64 * 1024;
 
 /// A request that could not be made with the tenant's token (it holds characters a header
 /// cannot carry): answered as Meta answers an invalid token (190), so the tenant's sends
@@ -254,9 +271,53 @@ impl MetaClient for MetaGraphClient {
         }
         Err(api_error(status, &bytes, token))
     }
+
+    async fn get_phone_number(
+        &self,
+        phone_number_id: &str,
+        token: &Secret,
+    ) -> Result<MetaPhoneNumber, MetaSendError> {
+        match self
+            .number_with(phone_number_id, token, NUMBER_FIELDS)
+            .await
+        {
+            // Meta's "invalid parameter" to the undocumented fields: the documented ones.
+            Err(MetaSendError::Api { code: 100, .. }) => {
+                self.number_with(phone_number_id, token, NUMBER_FIELDS_DOCUMENTED)
+                    .await
+            }
+            other => other,
+        }
+    }
 }
 
 impl MetaGraphClient {
+    /// `GET /{version}/{phone_number_id}?fields=`: Meta's description of the number.
+    async fn number_with(
+        &self,
+        phone_number_id: &str,
+        token: &Secret,
+        fields: &str,
+    ) -> Result<MetaPhoneNumber, MetaSendError> {
+        let url = format!("{}/{}/{}", self.base_url, self.version, phone_number_id);
+        let res = self
+            .http
+            .get(url)
+            .header(reqwest::header::AUTHORIZATION, authorization(token)?)
+            .query(&[("fields", fields)])
+            .send()
+            .await
+            .map_err(unanswered)?;
+        let status = res.status().as_u16();
+        let bytes = body_capped(res, MAX_NUMBER_ANSWER).await?;
+        if (200..300).contains(&status) {
+            let body: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|_| MetaSendError::Protocol(status))?;
+            return parse_phone_number(&body).ok_or(MetaSendError::Protocol(status));
+        }
+        Err(api_error(status, &bytes, token))
+    }
+
     /// A `POST` of `body` with the tenant's token: the answer's status and its body (up
     /// to [`MAX_SEND_ANSWER`]).
     async fn post_json(
@@ -528,6 +589,82 @@ mod tests {
             "{query}"
         );
         assert!(!seen[1].1.contains("name="), "{:?}", seen[1]);
+    }
+
+    /// A number is read with the fields the sync needs; should Meta refuse the ones its
+    /// OpenAPI description does not list (100), it is read again with those it does, and
+    /// Meta's other errors are answered as they are (never a number Meta said nothing of).
+    #[tokio::test]
+    async fn a_number_is_read_with_its_fields_and_again_with_the_documented_ones_if_meta_refuses_them(
+    ) {
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let addr = listener.local_addr().expect("its address");
+        let log = seen.clone();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let log = log.clone();
+            async move {
+                let query = uri.query().unwrap_or_default().to_owned();
+                if let Ok(mut l) = log.lock() {
+                    l.push((uri.path().to_owned(), query.clone()));
+                }
+                let path = uri.path().to_owned();
+                if path.ends_with("/555") {
+                    return (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        r#"{"error":{"message":"Unsupported get request","code":803,"fbtrace_id":"A"}}"#,
+                    );
+                }
+                if query.contains("throughput") {
+                    return (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        r#"{"error":{"message":"Invalid field requested","code":100,"fbtrace_id":"A"}}"#,
+                    );
+                }
+                (
+                    axum::http::StatusCode::OK,
+                    r#"{"id":"123","display_phone_number":"+1 555-555-5555","quality_rating":"YELLOW"}"#,
+                )
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let meta = MetaGraphClient::new(&format!("http://{addr}"), "v23.0", Duration::from_secs(5))
+            .expect("a client");
+        let token = Secret::new("EAAGtoken0123456789");
+        let n = meta.get_phone_number("123", &token).await.expect("read");
+        assert_eq!(
+            n.quality,
+            Some(crate::domain::TemplateQuality::Yellow),
+            "{n:?}"
+        );
+        assert_eq!(n.display_phone_number.as_deref(), Some("+1 555-555-5555"));
+        let got = meta.get_phone_number("555", &token).await;
+        assert!(
+            matches!(got, Err(MetaSendError::Api { code: 803, .. })),
+            "{got:?}"
+        );
+        let seen = seen.lock().map(|l| l.clone()).unwrap_or_default();
+        let fields = |q: &str| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .find(|(k, _)| k == "fields")
+                .map(|(_, v)| v)
+                .unwrap_or_default()
+        };
+        let asked: Vec<(String, String)> =
+            seen.iter().map(|(p, q)| (p.clone(), fields(q))).collect();
+        assert_eq!(
+            asked,
+            [
+                ("/v23.0/123".to_owned(), NUMBER_FIELDS.to_owned()),
+                ("/v23.0/123".to_owned(), NUMBER_FIELDS_DOCUMENTED.to_owned()),
+                ("/v23.0/555".to_owned(), NUMBER_FIELDS.to_owned()),
+            ]
+        );
     }
 
     /// A connection that never opens fails as one (never left: retried, then refunded),

@@ -778,11 +778,13 @@ fn number_quality(waba_id: &str, time: Option<i64>, value: &Value) -> Option<Num
         .and_then(|t| t.get("level"))
         .and_then(Value::as_str)
         .map(str::to_ascii_uppercase);
-    let throughput_per_sec = match level.as_deref() {
-        Some("HIGH") => Some(1000),
-        Some("STANDARD") => Some(80),
-        _ if event == "THROUGHPUT_UPGRADE" => Some(1000),
-        _ => None,
+    let throughput_per_sec = match level
+        .as_deref()
+        .and_then(super::number::throughput_of_level)
+    {
+        Some(t) => Some(t),
+        None if event == "THROUGHPUT_UPGRADE" => Some(super::number::HIGH_THROUGHPUT_PER_SEC),
+        None => None,
     };
     Some(NumberQualityUpdate {
         waba_id: waba_id.to_owned(),

@@ -10,6 +10,7 @@ mod message;
 pub mod meta;
 #[cfg(test)]
 mod meta_props;
+pub mod number;
 mod optout;
 mod phone;
 mod retention;
