@@ -54,6 +54,19 @@
 //! the platform took it. This opens the user's 24-hour customer-service window, and a
 //! `STOP` text or button opts them out, as at Meta.
 //!
+//! Business numbers, as Meta describes them: `GET /{version}/{phone_number_id}?fields=`
+//! answers the number's `id`, `display_phone_number`, `verified_name` and `quality_rating`
+//! (Meta's defaults) and, asked for, `throughput` (`{"level": ...}`), `messaging_limit_tier`,
+//! `name_status`, `code_verification_status` and `status`; another field is refused with
+//! Meta's 100. Every number starts as [`SandboxNumber::of`] says (green, `STANDARD`, its
+//! display made from its id) until `PUT /_sandbox/phone-numbers/{phone_number_id}`
+//! `{"quality_rating"?,"throughput"?,"messaging_limit_tier"?,"name_status"?,
+//! "verified_name"?,"display_phone_number"?,"error"?}` (Meta's words: `GREEN`, `HIGH`...)
+//! changes it. It sends no webhook: what the platform learns of it, it learns by reading
+//! the number (a change whose webhook was lost, or one made before the number was added).
+//! `"error": code` makes every read of the number answer Meta's error with that code
+//! (`null` ends it).
+//!
 //! `POST /{version}/{waba_id}/subscribed_apps` subscribes "the app" to a WABA's webhooks
 //! (`{"success": true}`, as Meta answers) and `GET` on it lists the app once it was; the
 //! sandbox sends its webhooks either way ([`Sandbox::subscribed`] tells tests it was asked).
@@ -152,6 +165,71 @@ pub fn default_catalogue() -> Vec<SandboxTemplate> {
         SandboxTemplate::new(5, "pending_notice", "UTILITY", "PENDING", 0),
     ]
 }
+
+/// One business number of the sandbox, as Meta words it (`GREEN`, `HIGH`, `TIER_1K`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SandboxNumber {
+    pub display_phone_number: String,
+    pub verified_name: String,
+    pub quality_rating: String,
+    /// `throughput.level`: `STANDARD`, `HIGH` or `NOT_APPLICABLE`.
+    pub throughput: String,
+    pub messaging_limit_tier: String,
+    pub name_status: String,
+    /// Meta's error code every read of the number answers, while set.
+    pub error: Option<u32>,
+}
+
+impl SandboxNumber {
+    /// A number the sandbox was told nothing of: green, standard throughput, its display
+    /// made from its id.
+    pub fn of(phone_number_id: &str) -> Self {
+        SandboxNumber {
+            display_phone_number: display_phone_number(phone_number_id),
+            verified_name: "Kirim Sandbox".into(),
+            quality_rating: "GREEN".into(),
+            throughput: "STANDARD".into(),
+            messaging_limit_tier: "TIER_1K".into(),
+            name_status: "APPROVED".into(),
+            error: None,
+        }
+    }
+
+    /// The number as Meta answers it, with the fields asked for.
+    fn to_meta(&self, phone_number_id: &str, fields: &[&str]) -> Value {
+        let mut out = json!({
+            "id": phone_number_id,
+            "display_phone_number": self.display_phone_number,
+            "verified_name": self.verified_name,
+            "quality_rating": self.quality_rating,
+        });
+        for f in fields {
+            let v = match *f {
+                "throughput" => json!({"level": self.throughput}),
+                "messaging_limit_tier" => json!(self.messaging_limit_tier),
+                "name_status" => json!(self.name_status),
+                "code_verification_status" => json!("VERIFIED"),
+                "status" => json!("CONNECTED"),
+                _ => continue,
+            };
+            out[*f] = v;
+        }
+        out
+    }
+}
+
+/// The fields of a number `GET /{version}/{phone_number_id}` answers.
+const NUMBER_FIELDS: [&str; 9] = [
+    "id",
+    "display_phone_number",
+    "verified_name",
+    "quality_rating",
+    "throughput",
+    "messaging_limit_tier",
+    "name_status",
+    "code_verification_status",
+    "status",
+];
 
 /// Settings of a [`Sandbox`].
 #[derive(Clone)]
@@ -279,6 +357,9 @@ struct SandboxState {
     inbound: HashMap<(String, String), Instant>,
     /// WABAs the app was subscribed to (`POST /{version}/{waba_id}/subscribed_apps`).
     subscribed: std::collections::HashSet<String>,
+    /// Numbers changed by `PUT /_sandbox/phone-numbers/{id}`; the others are
+    /// [`SandboxNumber::of`].
+    numbers: HashMap<String, SandboxNumber>,
 }
 
 impl Sandbox {
@@ -311,8 +392,8 @@ impl Sandbox {
     }
 
     /// The Graph API: `POST /{version}/{phone_number_id}/messages`,
-    /// `GET /{version}/{waba_id}/message_templates` and `POST`/`GET
-    /// /{version}/{waba_id}/subscribed_apps`.
+    /// `GET /{version}/{waba_id}/message_templates`, `POST`/`GET
+    /// /{version}/{waba_id}/subscribed_apps` and `GET /{version}/{phone_number_id}`.
     pub fn graph_router(&self) -> Router {
         Router::new()
             .route("/{version}/{id}/messages", post(send_message))
@@ -321,11 +402,13 @@ impl Sandbox {
                 "/{version}/{id}/subscribed_apps",
                 post(subscribe_app).get(subscribed_apps),
             )
+            .route("/{version}/{id}", get(get_phone_number))
             .with_state(self.clone())
     }
 
     /// `GET /_sandbox/messages` (the outbox, oldest first), `POST /_sandbox/reset`,
-    /// `POST /_sandbox/inbound` and `PUT /_sandbox/templates/{waba_id}/{name}/{language}`.
+    /// `POST /_sandbox/inbound`, `PUT /_sandbox/templates/{waba_id}/{name}/{language}` and
+    /// `PUT /_sandbox/phone-numbers/{phone_number_id}`.
     pub fn inspect_router(&self) -> Router {
         Router::new()
             .route("/_sandbox/messages", get(list_messages))
@@ -335,7 +418,20 @@ impl Sandbox {
                 put(put_template),
             )
             .route("/_sandbox/inbound", post(post_inbound))
+            .route(
+                "/_sandbox/phone-numbers/{phone_number_id}",
+                put(put_phone_number),
+            )
             .with_state(self.clone())
+    }
+
+    /// A business number as it stands.
+    pub fn phone_number(&self, phone_number_id: &str) -> SandboxNumber {
+        lock(&self.inner.state)
+            .numbers
+            .get(phone_number_id)
+            .cloned()
+            .unwrap_or_else(|| SandboxNumber::of(phone_number_id))
     }
 
     /// Whether the app was subscribed to the WABA's webhooks (since the last reset).
@@ -362,7 +458,8 @@ impl Sandbox {
             .collect()
     }
 
-    /// Forgets the outbox, the 0003 counters, the rate-limit windows and changed catalogues;
+    /// Forgets the outbox, the 0003 counters, the rate-limit windows, changed catalogues
+    /// and changed numbers;
     /// statuses of earlier messages not yet sent are dropped.
     pub fn reset(&self) {
         let mut state = lock(&self.inner.state);
@@ -746,6 +843,185 @@ async fn put_template(
         delivered.push(json!({"field": field, "delivered": ok}));
     }
     Json(json!({"template": template.to_meta(), "webhooks": delivered})).into_response()
+}
+
+/// What `PUT /_sandbox/phone-numbers/{phone_number_id}` may change, in Meta's words.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NumberChangeIn {
+    #[serde(default)]
+    quality_rating: Option<String>,
+    #[serde(default)]
+    throughput: Option<String>,
+    #[serde(default)]
+    messaging_limit_tier: Option<String>,
+    #[serde(default)]
+    name_status: Option<String>,
+    #[serde(default)]
+    verified_name: Option<String>,
+    #[serde(default)]
+    display_phone_number: Option<String>,
+    /// Meta's error code for every read of the number; `null` ends it.
+    #[serde(default, deserialize_with = "some_or_null")]
+    error: Option<Option<u32>>,
+}
+
+/// A field given as `null` (`Some(None)`), apart from one not given (`None`).
+fn some_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
+}
+
+/// Numbers the sandbox keeps changes of at most; beyond it, all are forgotten (as its
+/// other tracked state is).
+const MAX_TRACKED_NUMBERS: usize = 1024;
+
+/// `PUT /_sandbox/phone-numbers/{phone_number_id}`: changes what Meta says of the number
+/// (no webhook is sent) and answers the number as `GET` would with every field.
+async fn put_phone_number(
+    State(sandbox): State<Sandbox>,
+    Path(phone_number_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, Json(invalid_parameter(&m))).into_response();
+    if phone_number_id.is_empty()
+        || phone_number_id.len() > 32
+        || !phone_number_id.bytes().all(|b| b.is_ascii_digit())
+    {
+        return bad("the phone number id must be numeric".into());
+    }
+    let Ok(change) = serde_json::from_slice::<NumberChangeIn>(&body) else {
+        return bad(
+            "give a JSON object with quality_rating, throughput, messaging_limit_tier, \
+             name_status, verified_name, display_phone_number and/or error"
+                .into(),
+        );
+    };
+    let checked = (
+        one_of(&change.quality_rating, &["green", "yellow", "red", "na"]),
+        one_of(&change.throughput, &["standard", "high", "not_applicable"]),
+        one_of(
+            &change.messaging_limit_tier,
+            &[
+                "tier_50",
+                "tier_250",
+                "tier_1k",
+                "tier_10k",
+                "tier_100k",
+                "tier_unlimited",
+            ],
+        ),
+        one_of(
+            &change.name_status,
+            &[
+                "approved",
+                "available_without_review",
+                "declined",
+                "expired",
+                "pending_review",
+                "none",
+            ],
+        ),
+    );
+    let (quality, throughput, tier, name_status) = match checked {
+        (Ok(q), Ok(t), Ok(l), Ok(n)) => (q, t, l, n),
+        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return bad(e),
+    };
+    if let Some(d) = &change.display_phone_number {
+        if d.is_empty()
+            || d.len() > 32
+            || !d
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b" +-()".contains(&b))
+        {
+            return bad("display_phone_number is digits, spaces and + - ( ) only".into());
+        }
+    }
+    let number = {
+        let mut state = lock(&sandbox.inner.state);
+        if state.numbers.len() >= MAX_TRACKED_NUMBERS
+            && !state.numbers.contains_key(&phone_number_id)
+        {
+            state.numbers.clear();
+        }
+        let n = state
+            .numbers
+            .entry(phone_number_id.clone())
+            .or_insert_with(|| SandboxNumber::of(&phone_number_id));
+        if let Some(q) = quality {
+            n.quality_rating = q;
+        }
+        if let Some(t) = throughput {
+            n.throughput = t;
+        }
+        if let Some(l) = tier {
+            n.messaging_limit_tier = l;
+        }
+        if let Some(s) = name_status {
+            n.name_status = s;
+        }
+        if let Some(v) = change.verified_name {
+            n.verified_name = v.chars().take(75).collect();
+        }
+        if let Some(d) = change.display_phone_number {
+            n.display_phone_number = d;
+        }
+        if let Some(e) = change.error {
+            n.error = e;
+        }
+        n.clone()
+    };
+    Json(number.to_meta(&phone_number_id, &NUMBER_FIELDS)).into_response()
+}
+
+/// `GET /{version}/{phone_number_id}?fields=`: the number as Meta describes it (its
+/// default fields, and those asked for); a field Meta does not have is refused (100).
+async fn get_phone_number(
+    State(sandbox): State<Sandbox>,
+    Path((_version, phone_number_id)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if !has_bearer_token(&headers) {
+        return no_token();
+    }
+    if phone_number_id.is_empty() || !phone_number_id.bytes().all(|b| b.is_ascii_digit()) {
+        let body = invalid_parameter("Invalid phone number ID format. Must be numeric.");
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
+    let fields: Vec<&str> = params
+        .get("fields")
+        .map(|f| {
+            f.split(',')
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(unknown) = fields.iter().find(|f| !NUMBER_FIELDS.contains(f)) {
+        let body = meta_error(
+            100,
+            "(#100) Tried accessing nonexisting field",
+            &format!("Tried accessing nonexisting field ({unknown}) on node type (WhatsAppBusinessPhoneNumber)"),
+        );
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
+    let number = sandbox.phone_number(&phone_number_id);
+    if let Some(code) = number.error {
+        let status = match code {
+            4 | 80007 | 130429 => StatusCode::TOO_MANY_REQUESTS,
+            190 => StatusCode::UNAUTHORIZED,
+            131000 => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let body = meta_error(
+            code,
+            &format!("(#{code}) Error"),
+            "the sandbox was told to refuse this number's reads",
+        );
+        return (status, Json(body)).into_response();
+    }
+    tracing::info!(phone_number_id, "sandbox described a number");
+    Json(number.to_meta(&phone_number_id, &fields)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -2234,6 +2510,65 @@ mod tests {
             body["data"][0]["whatsapp_business_api_data"]["name"], "Kirim sandbox app",
             "{body}"
         );
+    }
+
+    /// A number is described with Meta's default fields and those asked for; a change of
+    /// it (no webhook) is what the next read answers, and an error set for it is answered
+    /// until it is ended.
+    #[tokio::test]
+    async fn a_number_is_described_as_meta_does_and_answers_what_it_was_changed_to() {
+        let h = harness().await;
+        let read = |fields: &str| {
+            let url = format!("{}/v23.0/1000777?fields={fields}", h.base);
+            h.post(h.http.get(url).bearer_auth("t"))
+        };
+        let (status, body) = read("id,quality_rating").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            json!({"id": "1000777", "display_phone_number": "15551000777",
+                "verified_name": "Kirim Sandbox", "quality_rating": "GREEN"})
+        );
+        let (status, body) = read("quality_rating,bogus_field").await;
+        assert_eq!(status, 400, "{body}");
+        assert_meta_error(&body, 100);
+        let (status, body) = h
+            .post(h.http.get(format!("{}/v23.0/1000777", h.base)))
+            .await;
+        assert_eq!(status, 401, "{body}");
+        let put = |change: Value| {
+            let url = format!("{}/_sandbox/phone-numbers/1000777", h.base);
+            h.post(h.http.put(url).json(&change))
+        };
+        let (status, body) = put(json!({"quality_rating": "yellow", "throughput": "HIGH"})).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            put(json!({"throughput": "ludicrous"})).await.0,
+            400,
+            "refused"
+        );
+        let (_, body) = read("throughput,messaging_limit_tier,name_status").await;
+        assert_eq!(
+            (
+                &body["quality_rating"],
+                &body["throughput"],
+                &body["messaging_limit_tier"]
+            ),
+            (
+                &json!("YELLOW"),
+                &json!({"level": "HIGH"}),
+                &json!("TIER_1K")
+            ),
+            "{body}"
+        );
+        assert!(lock(&h.receiver.bodies).is_empty(), "no webhook");
+        assert_eq!(put(json!({"error": 131000})).await.0, 200);
+        let (status, body) = read("quality_rating").await;
+        assert_eq!(status, 500, "{body}");
+        assert_meta_error(&body, 131000);
+        assert_eq!(put(json!({"error": null})).await.0, 200);
+        assert_eq!(read("quality_rating").await.0, 200);
+        assert_eq!(h.sandbox.phone_number("1000777").throughput, "HIGH");
     }
 
     async fn list_page(h: &Harness, waba: &str, after: Option<&str>) -> (u16, Value) {
