@@ -236,17 +236,21 @@ pub async fn scheduled_retention(deps: &Deps) -> Result<retention::RetentionRepo
     let report = retention::run(deps).await.map_err(|e| e.to_string())?;
     // Also here, should the minute's schedule be missing or failing.
     owed_callbacks(deps).await;
-    // The daily template catalogue sync, for the active tenants the sweep came across
-    // (bounded: `templates::MAX_SCHEDULED` WABAs and the run's time; failures and the
-    // rest wait for the next run).
+    // The daily read of Meta for the active tenants the sweep came across: each one's
+    // numbers (quality, throughput, display) and its WABAs' template catalogues (bounded:
+    // `numbers::MAX_SCHEDULED_NUMBERS` numbers, `templates::MAX_SCHEDULED` WABAs and the
+    // run's time; failures and the rest wait for the next run).
     let synced =
-        crate::service::templates::sync_scheduled(deps, &report.active_tenants, until).await;
+        crate::service::daily_sync::sync_scheduled(deps, &report.active_tenants, until).await;
     tracing::info!(
         wabas = synced.wabas,
         failed = synced.failed,
         synced = synced.synced,
         removed = synced.removed,
         out_of_time = synced.out_of_time,
+        numbers_read = synced.numbers_read,
+        numbers_updated = synced.numbers_updated,
+        numbers_failed = synced.numbers_failed,
         "scheduled template sync"
     );
     Ok(report)

@@ -37,6 +37,7 @@ pub mod broadcasts;
 pub mod callbacks;
 pub mod caller;
 pub mod contacts;
+pub mod daily_sync;
 pub mod deadletters;
 pub mod deadline;
 pub mod dispatch;

@@ -3,6 +3,10 @@
 //! and Meta's `phone_number_quality_update` webhooks keep each one's quality and
 //! throughput.
 //!
+//! The daily sync also reads each number from Meta ([`sync_from_meta`]): a number whose
+//! quality or throughput Meta changed without a webhook reaching Kirim (or before it was
+//! added) is paced and shown as Meta has it within a day.
+//!
 //! The default number is the tenant item's `phone_number_id` (and `waba_id`). A tenant
 //! onboarded before it could have several numbers has no number item for it: [`list`]
 //! and [`sender`] read that one from the tenant item, and every change to the tenant's
@@ -486,4 +490,178 @@ async fn find(
         }
     }
     Ok(None)
+}
+
+/// Numbers the daily sync reads from Meta per run at most (one small request each).
+pub const MAX_SCHEDULED_NUMBERS: usize = 1000;
+
+/// What reading a tenant's numbers from Meta did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct NumbersRead {
+    /// Numbers Meta described.
+    pub read: usize,
+    /// Of those, numbers whose quality, throughput or display changed.
+    pub updated: usize,
+    /// Numbers not read (Meta's error, no answer in time, no token, a storage failure):
+    /// what was known of them is left as it was.
+    pub failed: usize,
+    /// The run's time ran out before every number was read.
+    pub out_of_time: bool,
+}
+
+/// Reads the tenant's numbers from Meta with its token (`GET /{phone_number_id}`), at most
+/// `max`, none begun after `until` (one still being read then is given up), and records
+/// what Meta says: the quality and throughput through [`PhoneNumberStore::
+/// set_number_quality`], stamped with the read's time less [`SYNC_STAMP_MARGIN_SECS`] (as
+/// the template sync stamps its writes), so that a webhook of Meta's newer than the read
+/// is never undone by it, and an older one redelivered later never undoes the read; the
+/// display, for a number that has none ([`learn_display`]). A field Meta leaves out, or
+/// says in a way Kirim does not know, is left as it is. A number Meta refuses to describe
+/// is logged and counted, its stored values kept, and the next one read.
+///
+/// [`PhoneNumberStore::set_number_quality`]: crate::ports::PhoneNumberStore::set_number_quality
+/// [`SYNC_STAMP_MARGIN_SECS`]: crate::ports::SYNC_STAMP_MARGIN_SECS
+pub async fn sync_from_meta(
+    deps: &Deps,
+    tenant: &Tenant,
+    until: tokio::time::Instant,
+    max: usize,
+) -> NumbersRead {
+    let mut done = NumbersRead::default();
+    if max == 0 {
+        return done;
+    }
+    let stored = match deps.numbers.list_phone_numbers(&tenant.id).await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(tenant_id = %tenant.id, error = %e, "numbers not listed for their read from Meta");
+            done.failed += 1;
+            return done;
+        }
+    };
+    // The default number from before numbers had items is read too (its item is written
+    // when something is learnt of it).
+    let legacy_default = !stored
+        .iter()
+        .any(|n| n.phone_number_id == tenant.phone_number_id);
+    let mut numbers = stored;
+    if legacy_default {
+        numbers.insert(0, from_tenant(tenant));
+    }
+    let token = match deps.secrets.current(&tenant.meta_token_secret).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            tracing::warn!(tenant_id = %tenant.id, "no Meta access token: the tenant's numbers not read");
+            done.failed += numbers.len().min(max);
+            return done;
+        }
+        Err(e) => {
+            tracing::warn!(tenant_id = %tenant.id, error = %e, "Meta access token not read: the tenant's numbers not read");
+            done.failed += numbers.len().min(max);
+            return done;
+        }
+    };
+    for number in numbers.iter().take(max) {
+        if tokio::time::Instant::now() >= until {
+            done.out_of_time = true;
+            break;
+        }
+        let pnid = &number.phone_number_id;
+        // Stamped with when the read began: what Meta answers is no older than that.
+        let started = deps.clock.now();
+        let read = match tokio::time::timeout_at(until, deps.meta.get_phone_number(pnid, &token))
+            .await
+        {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::warn!(tenant_id = %tenant.id, phone_number_id = %pnid, error = %e, "number not read from Meta; what is known of it is kept");
+                done.failed += 1;
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(tenant_id = %tenant.id, phone_number_id = %pnid, "number read from Meta cut short: the run's time is up");
+                done.failed += 1;
+                done.out_of_time = true;
+                break;
+            }
+        };
+        // An answer about another number is not this one's.
+        if read.id.as_deref().is_some_and(|id| id != pnid) {
+            tracing::warn!(tenant_id = %tenant.id, phone_number_id = %pnid, "Meta described another number; nothing recorded");
+            done.failed += 1;
+            continue;
+        }
+        done.read += 1;
+        let legacy = legacy_default && *pnid == tenant.phone_number_id;
+        match record_read(deps, tenant, number, legacy, &read, started).await {
+            Ok(true) => done.updated += 1,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(tenant_id = %tenant.id, phone_number_id = %pnid, error = %e, "number's read from Meta not recorded");
+                done.failed += 1;
+            }
+        }
+        tracing::debug!(
+            tenant_id = %tenant.id,
+            phone_number_id = %pnid,
+            messaging_limit_tier = read.messaging_limit_tier.as_deref(),
+            name_status = read.name_status.as_deref(),
+            "number read from Meta"
+        );
+    }
+    done
+}
+
+/// Writes what Meta's read of `number` (begun at `started`) said; `true` when it changed
+/// something.
+async fn record_read(
+    deps: &Deps,
+    tenant: &Tenant,
+    number: &PhoneNumberRecord,
+    legacy: bool,
+    read: &crate::domain::number::MetaPhoneNumber,
+    started: chrono::DateTime<chrono::Utc>,
+) -> Result<bool, ServiceError> {
+    let pnid = &number.phone_number_id;
+    let mut changed = false;
+    if let Some(display) = read
+        .display_phone_number
+        .as_deref()
+        .filter(|_| number.display_phone_number.is_none())
+    {
+        // Writes the legacy default number's item, with its display, as well.
+        learn_display(deps, &tenant.id, pnid, display).await;
+        changed = true;
+    }
+    // Only what Meta said; written even when it is what is stored, so that its time
+    // refuses an older webhook delivered late.
+    let (quality, throughput) = (read.quality, read.throughput_per_sec);
+    if quality.is_none() && throughput.is_none() {
+        return Ok(changed);
+    }
+    if legacy {
+        materialise(deps, tenant).await?;
+    }
+    let stamp = started.timestamp() - crate::ports::SYNC_STAMP_MARGIN_SECS;
+    match deps
+        .numbers
+        .set_number_quality(&tenant.id, pnid, quality, throughput, Some(stamp))
+        .await?
+    {
+        Some(n)
+            if n.quality != number.quality || n.throughput_per_sec != number.throughput_per_sec =>
+        {
+            tracing::info!(
+                tenant_id = %tenant.id,
+                phone_number_id = %pnid,
+                quality = n.quality.as_str(),
+                throughput_per_sec = n.throughput_per_sec,
+                "phone number quality read from Meta"
+            );
+            Ok(true)
+        }
+        Some(_) => Ok(changed),
+        // A newer webhook's, kept.
+        None => Ok(changed),
+    }
 }

@@ -895,6 +895,229 @@ async fn a_number_on_another_waba_brings_its_catalogue_which_decides_its_sends(b
     assert_eq!(body["synced"], 9, "{body}");
 }
 
+/// Changes what the sandbox's Meta says of a number (no webhook is sent).
+async fn meta_says(app: &TestApp, pnid: &str, change: Value) {
+    let res = app
+        .http
+        .put(app.url(&format!("/_sandbox/phone-numbers/{pnid}")))
+        .json(&change)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the sandbox took {change}");
+}
+
+/// The daily run's read of Meta, for one tenant; answers what it did.
+async fn daily_sync(app: &TestApp, tenant: &str) -> kirim::service::daily_sync::ScheduledSync {
+    let id = kirim::domain::TenantId::parse(tenant).unwrap();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    kirim::service::daily_sync::sync_scheduled(&app.app.deps, &[id], until).await
+}
+
+/// A phone_number_quality_update webhook about one number, as Meta timed it.
+fn quality_note(pnid: &str, time: i64, value: Value) -> Value {
+    let mut value = value;
+    value["phone_number_id"] = json!(pnid);
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "1000001", "time": time,
+        "changes": [{"field": "phone_number_quality_update", "value": value}]}]})
+}
+
+fn number_of(list: &[Value], pnid: &str) -> Value {
+    list.iter()
+        .find(|n| n["phone_number_id"] == pnid)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// A number already at Meta's high throughput when it was added (no webhook ever said
+/// so) is paced at Meta's rate once the daily sync has read it, and shows Meta's quality
+/// and display; the default number is read as well.
+async fn a_number_meta_reports_at_high_throughput_is_paced_at_metas_rate_after_the_daily_sync(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let second = fresh_number();
+    let (s, body) = add_number(
+        &app,
+        &t.tenant_id,
+        json!({"phone_number_id": second, "waba_id": "1000001"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    meta_says(
+        &app,
+        &second,
+        json!({"throughput": "HIGH", "quality_rating": "YELLOW", "display_phone_number": "+1 555-010-7777"}),
+    )
+    .await;
+    let before = number_of(&numbers(&app, &t.key).await, &second);
+    assert_eq!(
+        (&before["quality"], &before["throughput_per_sec"]),
+        (&json!("unknown"), &json!(80)),
+        "{before}"
+    );
+    let done = daily_sync(&app, &t.tenant_id).await;
+    assert_eq!((done.numbers_read, done.numbers_failed), (2, 0), "{done:?}");
+    let listed = numbers(&app, &t.key).await;
+    let n = number_of(&listed, &second);
+    assert_eq!(
+        (
+            &n["quality"],
+            &n["throughput_per_sec"],
+            &n["display_phone_number"]
+        ),
+        (&json!("yellow"), &json!(1000), &json!("+1 555-010-7777")),
+        "{n}"
+    );
+    // What the dispatcher paces its sends by.
+    let deps = &app.app.deps;
+    let tenant = deps
+        .tenants
+        .get_tenant(&kirim::domain::TenantId::parse(&t.tenant_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let record = kirim::service::numbers::sender(deps, &tenant, Some(&second))
+        .await
+        .unwrap();
+    assert_eq!(kirim::service::numbers::tier(deps, &tenant, &record), 1000);
+    // The default number, at the sandbox's green and standard throughput.
+    let d = number_of(&listed, &t.phone_number_id);
+    assert_eq!(
+        (&d["quality"], &d["throughput_per_sec"], &d["default"]),
+        (&json!("green"), &json!(80), &json!(true)),
+        "{d}"
+    );
+    assert!(
+        d["display_phone_number"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("1555")),
+        "{d}"
+    );
+}
+
+/// Meta's webhook newer than the daily read keeps its quality (the read is stamped with
+/// its own time, less the margin Meta's reads may lag by); one older than the read is
+/// replaced by what Meta said, and redelivered late after it, never undoes it.
+async fn an_older_read_of_meta_never_undoes_a_newer_quality_webhook(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let second = fresh_number();
+    let (s, body) = add_number(
+        &app,
+        &t.tenant_id,
+        json!({"phone_number_id": second, "waba_id": "1000001"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    for pnid in [&t.phone_number_id, &second] {
+        meta_says(
+            &app,
+            pnid,
+            json!({"quality_rating": "GREEN", "throughput": "HIGH"}),
+        )
+        .await;
+    }
+    let now = chrono::Utc::now().timestamp();
+    // Flagged just now, as the read is on its way: the read may not show it yet.
+    let res = app
+        .post_webhook(&quality_note(
+            &t.phone_number_id,
+            now,
+            json!({"event": "FLAGGED"}),
+        ))
+        .await;
+    assert_eq!(res.status(), 200);
+    // Flagged an hour ago: the read says what Meta thinks since.
+    let res = app
+        .post_webhook(&quality_note(
+            &second,
+            now - 3600,
+            json!({"event": "FLAGGED"}),
+        ))
+        .await;
+    assert_eq!(res.status(), 200);
+    let done = daily_sync(&app, &t.tenant_id).await;
+    assert_eq!(done.numbers_read, 2, "{done:?}");
+    let listed = numbers(&app, &t.key).await;
+    let d = number_of(&listed, &t.phone_number_id);
+    assert_eq!(
+        (&d["quality"], &d["throughput_per_sec"]),
+        (&json!("red"), &json!(1000)),
+        "the newer webhook's quality kept, the throughput it did not speak of read: {d}"
+    );
+    let n = number_of(&listed, &second);
+    assert_eq!(n["quality"], "green", "{n}");
+    // The hour-old flag delivered again: older than the read, refused.
+    let res = app
+        .post_webhook(&quality_note(
+            &second,
+            now - 3000,
+            json!({"event": "FLAGGED"}),
+        ))
+        .await;
+    assert_eq!(res.status(), 200);
+    let n = number_of(&numbers(&app, &t.key).await, &second);
+    assert_eq!(n["quality"], "green", "{n}");
+}
+
+/// Meta refusing to describe one number leaves what is known of it (quality, throughput,
+/// display) and the tenant's other numbers are read all the same.
+async fn a_meta_error_reading_one_number_leaves_its_stored_values_and_the_others_are_read(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (failing, other) = (fresh_number(), fresh_number());
+    for (pnid, display) in [(&failing, "+1 555-010-1111"), (&other, "+1 555-010-2222")] {
+        let (s, body) = add_number(
+            &app,
+            &t.tenant_id,
+            json!({"phone_number_id": pnid, "waba_id": "1000001", "display_phone_number": display}),
+        )
+        .await;
+        assert_eq!(s, 201, "{body}");
+    }
+    let an_hour_ago = chrono::Utc::now().timestamp() - 3600;
+    let res = app
+        .post_webhook(&quality_note(
+            &failing,
+            an_hour_ago,
+            json!({"event": "THROUGHPUT_UPGRADE", "quality_rating": "RED"}),
+        ))
+        .await;
+    assert_eq!(res.status(), 200);
+    meta_says(
+        &app,
+        &failing,
+        json!({"error": 131000, "quality_rating": "GREEN", "throughput": "STANDARD"}),
+    )
+    .await;
+    meta_says(&app, &other, json!({"throughput": "HIGH"})).await;
+    let done = daily_sync(&app, &t.tenant_id).await;
+    assert_eq!((done.numbers_read, done.numbers_failed), (2, 1), "{done:?}");
+    let listed = numbers(&app, &t.key).await;
+    let f = number_of(&listed, &failing);
+    assert_eq!(
+        (
+            &f["quality"],
+            &f["throughput_per_sec"],
+            &f["display_phone_number"]
+        ),
+        (&json!("red"), &json!(1000), &json!("+1 555-010-1111")),
+        "{f}"
+    );
+    let o = number_of(&listed, &other);
+    assert_eq!(
+        (&o["quality"], &o["throughput_per_sec"]),
+        (&json!("green"), &json!(1000)),
+        "{o}"
+    );
+    let d = number_of(&listed, &t.phone_number_id);
+    assert_eq!(d["quality"], "green", "{d}");
+}
+
 on_both_backends!(
     a_session_text_goes_only_from_the_number_the_user_wrote_to,
     a_number_on_another_waba_brings_its_catalogue_which_decides_its_sends,
@@ -909,6 +1132,9 @@ on_both_backends!(
     pricing_is_kept_on_a_read_message_and_counted_once_in_usage,
     a_replayed_delivered_with_its_pricing_leaves_the_message_counted_once,
     usage_refuses_bad_dates_and_ranges,
+    a_number_meta_reports_at_high_throughput_is_paced_at_metas_rate_after_the_daily_sync,
+    an_older_read_of_meta_never_undoes_a_newer_quality_webhook,
+    a_meta_error_reading_one_number_leaves_its_stored_values_and_the_others_are_read,
 );
 
 /// A tenant from before numbers had items has none for its default number: the first

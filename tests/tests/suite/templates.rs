@@ -1523,7 +1523,7 @@ async fn the_scheduled_template_sync_stops_at_the_runs_deadline() {
     deps.meta = Arc::new(SlowMeta(std::time::Duration::from_millis(400)));
     let started = tokio::time::Instant::now();
     let until = started + std::time::Duration::from_millis(600);
-    let done = templates::sync_scheduled(&deps, &tenants, until).await;
+    let done = kirim::service::daily_sync::sync_scheduled(&deps, &tenants, until).await;
     // (Paused time: the sleeps advance it exactly.) The first WABA is synced by 400 ms,
     // the second cut short at 600 ms, the third never begun.
     assert_eq!((done.wabas, done.failed), (1, 1), "{done:?}");
@@ -1592,7 +1592,8 @@ async fn the_daily_template_sync_takes_turns_when_there_are_more_wabas_than_a_ru
     let until = || tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut synced: Vec<String> = Vec::new();
     for _ in 0..60 {
-        let done = templates::sync_scheduled_at_most(&deps, &tenants, until(), 2).await;
+        let done =
+            kirim::service::daily_sync::sync_scheduled_at_most(&deps, &tenants, until(), 2).await;
         assert_eq!(done.wabas, 2, "{done:?}");
         synced.extend(std::mem::take(&mut *meta.0.lock().unwrap()));
         clock.advance(chrono::Duration::days(1));
