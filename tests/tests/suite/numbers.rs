@@ -1,6 +1,8 @@
 //! Several phone numbers per tenant, and Meta's pricing, end to end through local mode on
 //! both backends (API.md "Phone numbers (senders)", "Pricing as Meta reports it").
 
+use std::sync::Arc;
+
 use kirim::config::Backend;
 use kirim_tests::{spawn_app, template_of, TestApp, OPERATOR_TOKEN};
 use serde_json::{json, Value};
@@ -1308,4 +1310,103 @@ async fn a_quality_update_whose_number_storage_cannot_read_is_an_error_not_ignor
         .await
         .unwrap();
     assert_eq!((summary.errors, summary.ignored), (1, 0), "{summary:?}");
+}
+
+/// Meta describing every number at high throughput after `delay`, noting which it was
+/// asked for; its template lists are empty.
+#[derive(Default)]
+struct DescribingMeta {
+    delay: std::time::Duration,
+    asked: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl kirim::ports::MetaClient for DescribingMeta {
+    async fn send_message(
+        &self,
+        _: &str,
+        _: &kirim::secret::Secret,
+        _: &Value,
+    ) -> Result<kirim::ports::MetaAccepted, kirim::ports::MetaSendError> {
+        Err(kirim::ports::MetaSendError::Timeout)
+    }
+    async fn list_templates(
+        &self,
+        _: &str,
+        _: &kirim::secret::Secret,
+        _: Option<&str>,
+    ) -> Result<kirim::domain::template::MetaTemplatePage, kirim::ports::MetaSendError> {
+        Ok(Default::default())
+    }
+    async fn get_phone_number(
+        &self,
+        pnid: &str,
+        _: &kirim::secret::Secret,
+    ) -> Result<kirim::domain::number::MetaPhoneNumber, kirim::ports::MetaSendError> {
+        self.asked.lock().unwrap().push(pnid.to_owned());
+        tokio::time::sleep(self.delay).await;
+        Ok(kirim::domain::number::MetaPhoneNumber {
+            throughput_per_sec: Some(1000),
+            ..Default::default()
+        })
+    }
+}
+
+/// The daily read of numbers is bounded: no more numbers a run than its cap (the rest wait
+/// for another day's order), none begun after the run's deadline, and one still being read
+/// then given up (counted as failed, nothing written).
+#[tokio::test(start_paused = true)]
+async fn the_daily_number_reads_stop_at_the_runs_cap_and_deadline() {
+    let clock = kirim_tests::ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock).unwrap();
+    let mut tenants = Vec::new();
+    for i in 0..3 {
+        let req: kirim::service::accounts::NewTenant = serde_json::from_value(json!({
+            "name": "Kedai", "waba_id": format!("{}", 7_600_000 + i),
+            "phone_number_id": format!("{}", 8_600_000 + i), "meta_access_token": "EAAG", "credits": 1}))
+        .unwrap();
+        let (t, _) = kirim::service::accounts::create_tenant(&deps, req)
+            .await
+            .unwrap();
+        tenants.push(t.id);
+    }
+    let meta = Arc::new(DescribingMeta::default());
+    deps.meta = meta.clone();
+    let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    let done =
+        kirim::service::daily_sync::sync_scheduled_capped(&deps, &tenants, far(), 500, 2).await;
+    assert_eq!((done.numbers_read, done.numbers_failed), (2, 0), "{done:?}");
+    assert_eq!(done.wabas, 3, "the WABAs are synced all the same: {done:?}");
+    assert_eq!(meta.asked.lock().unwrap().len(), 2);
+
+    // Each read takes 400 ms; the run has 600: one read, one cut short, one never begun.
+    let meta = Arc::new(DescribingMeta {
+        delay: std::time::Duration::from_millis(400),
+        ..Default::default()
+    });
+    deps.meta = meta.clone();
+    let started = tokio::time::Instant::now();
+    let until = started + std::time::Duration::from_millis(600);
+    let done = kirim::service::daily_sync::sync_scheduled(&deps, &tenants, until).await;
+    assert_eq!((done.numbers_read, done.numbers_failed), (1, 1), "{done:?}");
+    assert!(done.out_of_time);
+    assert_eq!(
+        tokio::time::Instant::now() - started,
+        std::time::Duration::from_millis(600)
+    );
+    let paced_high = {
+        let mut n = 0;
+        for id in &tenants {
+            let t = deps.tenants.get_tenant(id).await.unwrap().unwrap();
+            let number = kirim::service::numbers::sender(&deps, &t, None)
+                .await
+                .unwrap();
+            if number.throughput_per_sec == Some(1000) {
+                n += 1;
+            }
+        }
+        n
+    };
+    // Two from the first run (each read number's), none more from the cut-short one.
+    assert_eq!(paced_high, 2);
 }
