@@ -6,6 +6,15 @@ use kirim::config::Backend;
 use kirim_tests::{captured_logs, spawn_app};
 use serde_json::Value;
 
+/// The request id an answer carries.
+fn request_id_of(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("x-request-id")
+}
+
 /// The captured JSON log lines that mention every one of `needles`.
 fn lines_with(needles: &[&str]) -> Vec<Value> {
     captured_logs()
@@ -21,12 +30,7 @@ async fn a_failed_sends_log_line_carries_the_request_id_that_accepted_it(b: Back
     // 0007: Meta answers 132001 (template does not exist), a permanent failure.
     let res = app.send_template(&t.key, "+60123450007").await;
     assert_eq!(res.status(), 202);
-    let request_id = res
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .expect("x-request-id");
+    let request_id = request_id_of(&res);
     let body: Value = res.json().await.unwrap();
     let id = body["id"].as_str().unwrap().to_owned();
     app.wait_status(&t.key, &id, "failed").await;
@@ -70,12 +74,7 @@ async fn a_webhook_request_with_several_statuses_logs_at_most_one_info_line(b: B
     }}]}]});
     let res = app.post_webhook(&body).await;
     assert_eq!(res.status(), 200);
-    let request_id = res
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .expect("x-request-id");
+    let request_id = request_id_of(&res);
     let mine: Vec<Value> = lines_with(&[&request_id]);
     let at_level = |level: &str| {
         mine.iter()
@@ -123,12 +122,7 @@ async fn a_webhook_request_with_several_stop_replies_logs_at_most_one_info_line(
     }}]}]});
     let res = app.post_webhook(&body).await;
     assert_eq!(res.status(), 200);
-    let request_id = res
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .expect("x-request-id");
+    let request_id = request_id_of(&res);
     let summary: Value = res.json().await.unwrap_or_default();
     assert_eq!(summary["summary"]["applied"], 2, "two opt-outs: {summary}");
     let mine: Vec<Value> = lines_with(&[&request_id]);
@@ -157,12 +151,7 @@ async fn a_webhook_of_one_status_carries_its_ids_on_the_request_s_span(b: Backen
     }}]}]});
     let res = app.post_webhook(&body).await;
     assert_eq!(res.status(), 200);
-    let request_id = res
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .expect("x-request-id");
+    let request_id = request_id_of(&res);
     // Logs carry a wamid's tail only (Meta's wamid holds the recipient's number).
     let tail = kirim::domain::wamid_tail(&wamid);
     assert!(!tail.is_empty());

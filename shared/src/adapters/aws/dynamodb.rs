@@ -368,16 +368,7 @@ impl DynamoStore {
     }
 
     pub(super) async fn get(&self, key: keys::Key) -> Result<Option<Item>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key.attrs()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| classify("dynamodb get", e))?;
-        Ok(out.item.filter(|i| self.live(i)))
+        Ok(self.get_unfiltered(key).await?.filter(|i| self.live(i)))
     }
 
     /// [`get`](Self::get), eventually consistent: half the read units, possibly a moment
