@@ -300,20 +300,41 @@ impl MetaGraphClient {
         fields: &str,
     ) -> Result<MetaPhoneNumber, MetaSendError> {
         let url = format!("{}/{}/{}", self.base_url, self.version, phone_number_id);
+        self.get_json(
+            url,
+            token,
+            &[("fields", fields)],
+            MAX_NUMBER_ANSWER,
+            parse_phone_number,
+        )
+        .await
+    }
+
+    /// A `GET` of `url` with `query` and the tenant's token: a 2xx's body (up to `cap`
+    /// bytes) read by `parse`, which a body it cannot read makes Meta's protocol error;
+    /// any other answer is Meta's error.
+    async fn get_json<T>(
+        &self,
+        url: String,
+        token: &Secret,
+        query: &[(&str, &str)],
+        cap: usize,
+        parse: fn(&serde_json::Value) -> Option<T>,
+    ) -> Result<T, MetaSendError> {
         let res = self
             .http
             .get(url)
             .header(reqwest::header::AUTHORIZATION, authorization(token)?)
-            .query(&[("fields", fields)])
+            .query(query)
             .send()
             .await
             .map_err(unanswered)?;
         let status = res.status().as_u16();
-        let bytes = body_capped(res, MAX_NUMBER_ANSWER).await?;
+        let bytes = body_capped(res, cap).await?;
         if (200..300).contains(&status) {
             let body: serde_json::Value =
                 serde_json::from_slice(&bytes).map_err(|_| MetaSendError::Protocol(status))?;
-            return parse_phone_number(&body).ok_or(MetaSendError::Protocol(status));
+            return parse(&body).ok_or(MetaSendError::Protocol(status));
         }
         Err(api_error(status, &bytes, token))
     }
@@ -358,22 +379,8 @@ impl MetaGraphClient {
         if let Some(a) = after {
             query.push(("after", a));
         }
-        let res = self
-            .http
-            .get(url)
-            .header(reqwest::header::AUTHORIZATION, authorization(token)?)
-            .query(&query)
-            .send()
+        self.get_json(url, token, &query, MAX_TEMPLATE_PAGE, parse_template_page)
             .await
-            .map_err(unanswered)?;
-        let status = res.status().as_u16();
-        let bytes = body_capped(res, MAX_TEMPLATE_PAGE).await?;
-        if (200..300).contains(&status) {
-            let body: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|_| MetaSendError::Protocol(status))?;
-            return parse_template_page(&body).ok_or(MetaSendError::Protocol(status));
-        }
-        Err(api_error(status, &bytes, token))
     }
 }
 

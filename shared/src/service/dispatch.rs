@@ -321,13 +321,22 @@ fn released(code: &str) -> MessageError {
 ///
 /// [`DispatchJob::refused_claim`]: super::jobs::DispatchJob::refused_claim
 async fn release(deps: &Deps, job: &DispatchJob, claimed_at: DateTime<Utc>, code: &str) -> bool {
-    let error = released(code);
+    release_with(deps, job, claimed_at, &released(code)).await
+}
+
+/// [`release`] with the error the message carries meanwhile.
+async fn release_with(
+    deps: &Deps,
+    job: &DispatchJob,
+    claimed_at: DateTime<Utc>,
+    error: &MessageError,
+) -> bool {
     if let Err(e) = crate::store_error::undo(|| {
         deps.messages.release_for_retry(
             &job.tenant_id,
             &job.message_id,
             claimed_at,
-            &error,
+            error,
             deps.clock.now(),
         )
     })
@@ -337,6 +346,23 @@ async fn release(deps: &Deps, job: &DispatchJob, claimed_at: DateTime<Utc>, code
         return false;
     }
     true
+}
+
+/// The job queued again after its claim made at `claimed_at` was given back, or, when it
+/// could not be ([`release`] said no), carrying that claim to give back first
+/// ([`DispatchJob::refused_claim`]).
+///
+/// [`DispatchJob::refused_claim`]: super::jobs::DispatchJob::refused_claim
+fn again_after_release(
+    job: &DispatchJob,
+    claimed_at: DateTime<Utc>,
+    given_back: bool,
+) -> DispatchJob {
+    let mut again = job.clone();
+    if !given_back {
+        again.refused_claim = Some(claimed_at);
+    }
+    again
 }
 
 /// How long a message's wamid index lives: as long as its message (a broadcast's message
@@ -1238,19 +1264,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     // below carries the claim and gives it back first (retried as it
                     // was, the job would find its claim refused and only wait for the
                     // deadline: `outcome_unknown`, charged, for a message Meta refused).
-                    let given_back = crate::store_error::undo(|| {
-                        deps.messages.release_for_retry(
-                            &job.tenant_id,
-                            &job.message_id,
-                            record.updated_at,
-                            &error,
-                            deps.clock.now(),
-                        )
-                    })
-                    .await;
-                    if let Err(e) = &given_back {
-                        tracing::error!(error = %e, "could not give the claim back; the retry gives it back first");
-                    }
+                    let given_back = release_with(deps, job, record.updated_at, &error).await;
                     let base = if class == ErrorClass::Delayed {
                         deps.settings.dispatch_backoff.saturating_mul(2)
                     } else {
@@ -1262,10 +1276,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     // away for its slot, one that sends). Across 8 attempts the same
                     // message would be parked there, `accepted`, debited and unsent.
                     let delay = backoff(base, record.attempts);
-                    let mut again = job.clone();
-                    if given_back.is_err() {
-                        again.refused_claim = Some(record.updated_at);
-                    }
+                    let mut again = again_after_release(job, record.updated_at, given_back);
                     again.retry_at = chrono::Duration::from_std(delay)
                         .ok()
                         .filter(|_| delay > deps.settings.schedule_hop)
@@ -1287,11 +1298,11 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                                     release(deps, job, record.updated_at, "meta_token_replaced")
                                         .await;
                                 crate::metrics::retry("token_replaced");
-                                let mut again = job.clone();
-                                if !given_back {
-                                    again.refused_claim = Some(record.updated_at);
-                                }
-                                let again = QueueJob::Send(again);
+                                let again = QueueJob::Send(again_after_release(
+                                    job,
+                                    record.updated_at,
+                                    given_back,
+                                ));
                                 return Ok(super::schedule::wait_again(
                                     deps,
                                     &again,
