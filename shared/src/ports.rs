@@ -504,10 +504,15 @@ pub trait MessageStore: Send + Sync {
     ) -> Result<Option<(TenantId, MessageId)>, StoreError>;
 }
 
-/// A page of opt-outs (ordered by phone number) and the cursor for the next one.
+/// A page of opt-outs (ordered by the key each is kept under) and the cursor for the next
+/// one.
 #[derive(Clone, Debug, Default)]
 pub struct OptOutPage {
     pub opt_outs: Vec<OptOut>,
+    /// The key each of `opt_outs` is kept under, in the same order: a copy under a user id
+    /// also names the phone it was paired with, and only this key removes it once the two
+    /// are no longer paired.
+    pub keys: Vec<crate::domain::OptOutKey>,
     pub next_cursor: Option<String>,
 }
 

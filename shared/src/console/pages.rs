@@ -1446,7 +1446,9 @@ async fn render_opt_outs(
                 thead { tr { th scope="col" { "Phone" } th scope="col" { "User id" } th scope="col" { "Scope" } th scope="col" { "Source" } th scope="col" { "Since" } @if can_remove { th scope="col" { "Action" } } } }
                 tbody {
                     @for o in &list {
-                        @let key = if o["phone"].is_string() { text(o, "phone") } else { text(o, "user_id") };
+                        // The key it is kept under: a copy under a user id also names the
+                        // phone, and only its own key removes it once the two are unpaired.
+                        @let key = text(o, "key");
                         tr {
                             td data-label="Phone" { (text(o, "phone")) } td data-label="User id" { (text(o, "user_id")) } td data-label="Scope" { (text(o, "scope")) } td data-label="Source" { (text(o, "source")) } td data-label="Since" { (when(&o["created_at"])) }
                             @if can_remove {

@@ -158,6 +158,7 @@ pub struct MessageError {
 pub struct MessageRecord {
     pub id: MessageId,
     pub tenant_id: TenantId,
+    #[serde(deserialize_with = "crate::domain::stored_phone")]
     pub to: PhoneNumber,
     pub template: Option<TemplateRef>,
     pub status: MessageStatus,

@@ -32,6 +32,7 @@ pub use optout::{
     MAX_USER_ID, START_WORDS, STOP_WORDS,
 };
 pub use phone::{mask_phone, wamid_tail, PhoneNumber, PhoneNumberError};
+pub(crate) use phone::{stored as stored_phone, stored_opt as stored_phone_opt};
 pub use retention::{
     parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION,
     CUSTOMER_SERVICE_WINDOW, ENDED_KEY_RETENTION, LOGIN_FAILURES_RETENTION, LOST_FANOUT_MARGIN,

@@ -69,6 +69,17 @@ impl OptOutKey {
         }
     }
 
+    /// [`Self::parse`] for a key already stored (an item's sort key, a cursor, a key an
+    /// existing opt-out may be under): a phone under [`PhoneNumber::parse_stored`]'s
+    /// rules, so one kept from before a rule was tightened still reads and is removable.
+    pub fn parse_stored(s: &str) -> Option<Self> {
+        if s.starts_with('+') {
+            PhoneNumber::parse_stored(s).ok().map(OptOutKey::Phone)
+        } else {
+            UserId::parse(s).map(OptOutKey::User)
+        }
+    }
+
     /// Masked for logs: a phone's middle digits, a user id's tail.
     pub fn masked(&self) -> String {
         match self {
@@ -189,7 +200,7 @@ pub const BY_META: &str = "meta";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptOut {
     pub tenant_id: TenantId,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::domain::stored_phone_opt")]
     pub phone: Option<PhoneNumber>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<UserId>,

@@ -27,10 +27,25 @@ impl PhoneNumber {
         // local `012…` written after the country code, which Meta may take and never
         // deliver (and a `failed` status refunds nothing). Other countries are left alone:
         // some (Italy's landlines, +39 06…) do begin with 0.
+        if digits.starts_with("600") {
+            return Err(PhoneNumberError);
+        }
+        Self::from_digits_stored(digits)
+    }
+
+    /// A number read back from storage or a queued job: the rules it was accepted under
+    /// before `+600…` was refused (stop 52). Opt-outs are kept for good and messages two
+    /// years, so one written then must still read (a list page holding it answered 500,
+    /// and the opt-out could not be removed). Never for input: use [`Self::parse`].
+    pub fn parse_stored(input: &str) -> Result<Self, PhoneNumberError> {
+        let digits = input.strip_prefix('+').ok_or(PhoneNumberError)?;
+        Self::from_digits_stored(digits)
+    }
+
+    fn from_digits_stored(digits: &str) -> Result<Self, PhoneNumberError> {
         let ok = (8..=15).contains(&digits.len())
             && digits.bytes().all(|b| b.is_ascii_digit())
-            && !digits.starts_with('0')
-            && !digits.starts_with("600");
+            && !digits.starts_with('0');
         if ok {
             let mut e164 = String::with_capacity(digits.len() + 1);
             e164.push('+');
@@ -134,6 +149,20 @@ impl<'de> Deserialize<'de> for PhoneNumber {
         let s = String::deserialize(d)?;
         PhoneNumber::parse(&s).map_err(serde::de::Error::custom)
     }
+}
+
+/// `#[serde(deserialize_with = "crate::domain::stored_phone")]` on a stored number:
+/// read under [`PhoneNumber::parse_stored`]'s rules.
+pub fn stored<'de, D: serde::Deserializer<'de>>(d: D) -> Result<PhoneNumber, D::Error> {
+    let s = String::deserialize(d)?;
+    PhoneNumber::parse_stored(&s).map_err(serde::de::Error::custom)
+}
+
+/// [`stored`] for an optional number.
+pub fn stored_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PhoneNumber>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| PhoneNumber::parse_stored(&s).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// Debug never prints the full number, so a stray `{:?}` cannot leak it into a log.

@@ -224,7 +224,7 @@ fn a_made_up_cursor_is_answered_200_or_400_and_never_shows_another_tenant_s_item
             // audit sequence number of a page. Anything else is not a cursor of ours.
             let could_be_ours = match list {
                 "messages" => MessageId::parse(&c).is_some(),
-                "opt_outs" => PhoneNumber::parse(&c).is_ok(),
+                "opt_outs" => PhoneNumber::parse_stored(&c).is_ok(),
                 _ => c.parse::<u64>().is_ok(),
             };
             if !could_be_ours {

@@ -51,8 +51,10 @@ pub(super) fn routes() -> Router<AppState> {
 /// a request at 30 s).
 const TIME_BUDGET: std::time::Duration = std::time::Duration::from_secs(20);
 /// The longest store cursor a `next` cursor may carry (a forged one is refused, not
-/// handed to the store).
-const MAX_INNER_CURSOR: usize = 256;
+/// handed to the store). DynamoDB's after an opt-out under the longest user id
+/// ([`crate::domain::MAX_USER_ID`]) is 263 characters: it was 256, and the export
+/// refused its own cursor there, for good (a page ends at the same place each time).
+const MAX_INNER_CURSOR: usize = 512;
 
 /// Where the walk stands: the section and its store's cursor. Serialised (JSON, then
 /// base64url) as the `next` line's cursor.
@@ -125,8 +127,8 @@ async fn page(deps: &Deps, tenant: &TenantId, step: Step) -> Result<(String, Ste
                 .opt_outs
                 .list_opt_outs(tenant, PAGE, cursor.as_deref())
                 .await?;
-            for o in &p.opt_outs {
-                out.push_str(&line("opt_out", OptOutView::from(o)));
+            for (o, k) in p.opt_outs.iter().zip(&p.keys) {
+                out.push_str(&line("opt_out", OptOutView::kept_under(o, k)));
             }
             match p.next_cursor {
                 Some(c) => Step::OptOuts(Some(c)),
@@ -381,6 +383,22 @@ mod tests {
         }
     }
 
+    /// DynamoDB's cursor after an opt-out under the longest user id Meta may send (its
+    /// pk and sk, as JSON, base64url) is one the export carries and takes back.
+    #[test]
+    fn the_cursor_after_an_opt_out_under_the_longest_user_id_reads_back() {
+        let user = format!("US.{}", "1".repeat(crate::domain::MAX_USER_ID - 3));
+        let store = encoded(&format!(
+            r#"{{"pk":"TENANT#01J9Z8Q4S7YF2K3M5N6P7R8T9W","sk":"OPTOUT#{user}"}}"#
+        ));
+        assert!(store.len() > 256, "{}", store.len());
+        let step = Step::OptOuts(Some(store));
+        assert_eq!(
+            Step::from_cursor(&step.cursor(), day(2020, 1, 1), day(2026, 12, 2)),
+            Some(step)
+        );
+    }
+
     /// An export whose usage cursor was made before a UTC midnight (the first day kept has
     /// moved on a day since) goes on from the first day, not `400`.
     #[test]
@@ -394,7 +412,7 @@ mod tests {
 
     #[test]
     fn a_forged_cursor_is_refused_before_any_store_sees_it() {
-        let long = "x".repeat(300);
+        let long = "x".repeat(super::MAX_INNER_CURSOR + 1);
         for bad in [
             String::new(),
             "not base64 !".into(),

@@ -21,7 +21,7 @@ use super::access::TenantCtx;
 use super::error::{empty, ApiError};
 use super::extract::parse_json;
 use super::{ApiResult, AppState};
-use crate::domain::{OptOut, OptOutScope, OptOutSource};
+use crate::domain::{OptOut, OptOutKey, OptOutScope, OptOutSource};
 use crate::service::optouts;
 
 pub(super) fn routes() -> Router<AppState> {
@@ -34,6 +34,10 @@ pub(super) fn routes() -> Router<AppState> {
 /// What leaves the system about an opt-out. Never inbound text (none is kept).
 #[derive(Serialize, Debug)]
 pub struct OptOutView {
+    /// The key it is kept under, which `GET` and `DELETE /v1/opt-outs/{key}` take: its
+    /// phone, or its user id for one known only by id and for the copy kept under the user
+    /// id Meta named with the phone.
+    pub key: String,
     /// `null` for a user known only by id.
     pub phone: Option<String>,
     /// Meta's business-scoped user id, when known (`null` otherwise).
@@ -45,9 +49,20 @@ pub struct OptOutView {
     pub created_at: DateTime<Utc>,
 }
 
+impl OptOutView {
+    /// The view of `o` as kept under `key`.
+    pub fn kept_under(o: &OptOut, key: &OptOutKey) -> Self {
+        Self {
+            key: key.to_string(),
+            ..Self::from(o)
+        }
+    }
+}
+
 impl From<&OptOut> for OptOutView {
     fn from(o: &OptOut) -> Self {
         Self {
+            key: o.key().map(|k| k.to_string()).unwrap_or_default(),
             phone: o.phone.as_ref().map(ToString::to_string),
             user_id: o.user_id.as_ref().map(ToString::to_string),
             scope: o.scope,
@@ -91,15 +106,20 @@ async fn list(
         }
     }
     let page = optouts::list(&s.deps, tenant, limit, cursor).await?;
-    let items: Vec<OptOutView> = page.opt_outs.iter().map(OptOutView::from).collect();
+    let items: Vec<OptOutView> = page
+        .opt_outs
+        .iter()
+        .zip(&page.keys)
+        .map(|(o, k)| OptOutView::kept_under(o, k))
+        .collect();
     Ok(Json(json!({"opt_outs": items, "next_cursor": page.next_cursor})).into_response())
 }
 
 async fn get_one(State(s): State<AppState>, ctx: TenantCtx, Path(key): Path<String>) -> ApiResult {
     let tenant = ctx.tenant_id();
-    let key = optouts::parse_key(&key)?;
+    let key = optouts::parse_existing_key(&key)?;
     let o = optouts::get(&s.deps, tenant, &key).await?;
-    Ok(Json(OptOutView::from(&o)).into_response())
+    Ok(Json(OptOutView::kept_under(&o, &key)).into_response())
 }
 
 async fn put_one(
@@ -118,9 +138,9 @@ async fn put_one(
             .unwrap_or(OptOutScope::All)
     };
     let (_, by) = ctx.caller.actor();
-    let who = optouts::Recipient::of(key);
+    let who = optouts::Recipient::of(key.clone());
     let o = optouts::add(&s.deps, tenant, who, scope, OptOutSource::Api, &by, None).await?;
-    Ok(Json(OptOutView::from(&o)).into_response())
+    Ok(Json(OptOutView::kept_under(&o, &key)).into_response())
 }
 
 async fn delete_one(
@@ -129,7 +149,7 @@ async fn delete_one(
     Path(key): Path<String>,
 ) -> ApiResult {
     let tenant = ctx.tenant_id();
-    let key = optouts::parse_key(&key)?;
+    let key = optouts::parse_existing_key(&key)?;
     optouts::remove(&s.deps, tenant, &key).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }

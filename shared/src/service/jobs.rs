@@ -78,6 +78,7 @@ pub struct DispatchJob {
 /// the tenant's numbers (`None`: the default) and what it was charged.
 #[derive(Clone, Serialize, Deserialize, Debug, PartialEq)]
 pub struct MessageFacts {
+    #[serde(deserialize_with = "crate::domain::stored_phone")]
     pub to: PhoneNumber,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,

@@ -152,11 +152,27 @@ pub fn parse_phone(raw: &str) -> Result<PhoneNumber, ServiceError> {
 /// period, then something else) is `400 invalid_request`; anything else that is neither
 /// is `400 invalid_phone_number`, as before user ids.
 pub fn parse_key(raw: &str) -> Result<OptOutKey, ServiceError> {
+    parse_key_with(raw, PhoneNumber::parse)
+}
+
+/// [`parse_key`] for reading or removing an opt-out that may already be kept: a phone
+/// under [`PhoneNumber::parse_stored`]'s rules, so one added before a rule was tightened
+/// (`+600…`, stop 52) can still be read and removed. Adding one keeps [`parse_key`].
+pub fn parse_existing_key(raw: &str) -> Result<OptOutKey, ServiceError> {
+    parse_key_with(raw, PhoneNumber::parse_stored)
+}
+
+fn parse_key_with(
+    raw: &str,
+    phone: fn(&str) -> Result<PhoneNumber, crate::domain::PhoneNumberError>,
+) -> Result<OptOutKey, ServiceError> {
     let b = raw.as_bytes();
     let looks_like_user_id =
         b.len() >= 3 && b[..2].iter().all(u8::is_ascii_alphabetic) && b[2] == b'.';
     if !looks_like_user_id {
-        return parse_phone(raw).map(OptOutKey::Phone);
+        return phone(raw)
+            .map(OptOutKey::Phone)
+            .map_err(|_| ServiceError::InvalidPhoneNumber);
     }
     OptOutKey::parse(raw).ok_or_else(|| {
         ServiceError::InvalidRequest(

@@ -85,9 +85,12 @@ pub fn expiry(deps: &Deps, day: NaiveDate) -> Option<i64> {
 
 fn day(name: &str, v: Option<&str>) -> Result<NaiveDate, ServiceError> {
     let v = v.ok_or_else(|| ServiceError::InvalidRequest(format!("{name} is required")))?;
+    // Four digits of year, unsigned: chrono's `%Y` also reads a signed year (`-002-12-31`
+    // is ten characters too), whose keys do not sort as its days do, and DynamoDB refused
+    // the reversed range with a 500.
     NaiveDate::parse_from_str(v, "%Y-%m-%d")
         .ok()
-        .filter(|_| v.len() == 10)
+        .filter(|_| v.len() == 10 && v.as_bytes()[..4].iter().all(u8::is_ascii_digit))
         .ok_or_else(|| ServiceError::InvalidRequest(format!("{name} must be a date YYYY-MM-DD")))
 }
 
@@ -140,9 +143,15 @@ mod tests {
             "yesterday",
             "2026-01-01T00:00:00Z",
             "",
+            "-002-12-31",
+            "+002-12-31",
         ] {
             assert!(range(Some(bad), Some("2026-12-31")).is_err(), "{bad}");
         }
         assert!(range(None, Some("2026-12-31")).is_err());
+        assert!(
+            range(Some("-002-12-31"), Some("-001-01-01")).is_err(),
+            "a signed year, its two days in order"
+        );
     }
 }

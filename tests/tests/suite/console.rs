@@ -794,7 +794,78 @@ async fn an_unknown_console_path_answers_the_consoles_404_page_in_local_mode_and
     }
 }
 
+/// A STOP naming a phone and a user id keeps the opt-out under both; once the two are no
+/// longer paired, the copy under the user id is removed only by that id. The list names
+/// the key each row is kept under, and the console's Remove of that row sends it (both
+/// rows sent the phone, and the copy could not be removed from the console).
+async fn the_console_removes_a_copy_kept_under_a_user_id_by_that_id(b: Backend) {
+    use kirim::domain::{OptOut, OptOutKey, OptOutScope, OptOutSource, PhoneNumber};
+    use kirim::domain::{TenantId, UserId};
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let both = OptOut {
+        tenant_id: TenantId::from_trusted(t.tenant_id.clone()),
+        phone: PhoneNumber::parse("+60123459963").ok(),
+        user_id: UserId::parse("MY.7000000963"),
+        scope: OptOutScope::All,
+        source: OptOutSource::Keyword,
+        created_by: kirim::domain::BY_META.into(),
+        created_at: chrono::Utc::now(),
+        meta_timestamp: Some(chrono::Utc::now().timestamp()),
+    };
+    let opt_outs = &app.app.deps.opt_outs;
+    let (stored, _) = opt_outs.put_opt_out(&both).await.unwrap();
+    let by_phone = OptOutKey::parse("+60123459963").unwrap();
+    assert!(opt_outs.put_opt_out_copy(&stored, &by_phone).await.unwrap());
+    // The phone's own opt-out removed (no pairing known): the copy stays, listed by its key.
+    assert_eq!(
+        call(
+            &app,
+            "DELETE",
+            "/v1/opt-outs/%2B60123459963",
+            Some(&t.key),
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    let (s, v) = call(&app, "GET", "/v1/opt-outs", Some(&t.key), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (
+            v["opt_outs"][0]["key"].as_str(),
+            v["opt_outs"][0]["phone"].as_str()
+        ),
+        (Some("MY.7000000963"), Some("+60123459963")),
+        "{v}"
+    );
+    let mut web = sign_in(&app, &email).await;
+    let page = web.get("/console/opt-outs").await;
+    assert!(
+        page.html
+            .contains(r#"<input type="hidden" name="phone" value="MY.7000000963">"#),
+        "{}",
+        page.html
+    );
+    let removed = web
+        .post(
+            "/console/opt-outs/remove",
+            &[
+                ("csrf", &page.csrf()),
+                ("phone", "MY.7000000963"),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(removed.status, 303, "{}", removed.html);
+    let (_, v) = call(&app, "GET", "/v1/opt-outs", Some(&t.key), None).await;
+    assert_eq!(v["opt_outs"], serde_json::json!([]), "{v}");
+}
+
 on_both_backends!(
+    the_console_removes_a_copy_kept_under_a_user_id_by_that_id,
     the_console_over_https_sends_strict_transport_security_and_local_mode_does_not,
     an_opt_out_is_removed_only_on_its_confirmation_and_a_refused_one_keeps_its_number,
     the_console_sets_a_strict_http_only_session_cookie_and_its_security_headers,

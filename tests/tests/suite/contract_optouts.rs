@@ -953,7 +953,74 @@ async fn a_closed_tenant_takes_no_opt_out_nor_a_copy_of_one(p: Stores) {
     );
 }
 
+/// Numbers accepted before `+600…` was refused (stop 52) are still in the table: an
+/// opt-out (kept for good), a message (two years), a campaign's list. Each reads back
+/// whole, pages on past it and is removed by its key; a page holding one answered 500 on
+/// DynamoDB, its cursor was refused and the campaign's list read as corrupt.
+async fn numbers_kept_from_before_the_trunk_zero_rule_still_read_back_page_on_and_go(p: Stores) {
+    let t = onboarded(&p, 10).await;
+    let old = PhoneNumber::parse_stored("+600123456789").unwrap();
+    assert!(
+        PhoneNumber::parse(old.as_str()).is_err(),
+        "refused as input now"
+    );
+    let mut o = opt_out(&p, &t, "+60123456701", OptOutScope::All);
+    o.phone = Some(old.clone());
+    p.opt_outs.put_opt_out(&o).await.unwrap();
+    p.opt_outs
+        .put_opt_out(&opt_out(&p, &t, "+60123456702", OptOutScope::All))
+        .await
+        .unwrap();
+    let first = p.opt_outs.list_opt_outs(&t, 1, None).await.unwrap();
+    assert_eq!(
+        first.opt_outs,
+        vec![o.clone()],
+        "it sorts first and reads whole"
+    );
+    let rest = p
+        .opt_outs
+        .list_opt_outs(&t, 1, first.next_cursor.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.opt_outs
+            .iter()
+            .map(|o| o.phone.as_ref().map(|p| p.as_str().to_owned()))
+            .collect::<Vec<_>>(),
+        vec![Some("+60123456702".to_owned())],
+        "its cursor pages on"
+    );
+    let by_old = OptOutKey::parse_stored(old.as_str()).unwrap();
+    assert_eq!(p.opt_outs.get_opt_out(&t, &by_old).await.unwrap(), Some(o));
+    assert!(p.opt_outs.delete_opt_out(&t, &by_old).await.unwrap());
+    assert_eq!(p.opt_outs.get_opt_out(&t, &by_old).await.unwrap(), None);
+
+    let (mut rec, debit) = message(&p, &t);
+    rec.to = old.clone();
+    p.messages.insert_with_debit(&rec, &debit).await.unwrap();
+    assert_eq!(
+        p.messages.get_message(&t, &rec.id).await.unwrap(),
+        Some(rec)
+    );
+
+    let now = p.clock.now();
+    let b = crate::contract_broadcasts::running_broadcast(&t, now);
+    let (_, mut debit) = message(&p, &t);
+    debit.amount = -3;
+    debit.message_id = None;
+    let list = vec![old, phone("+60123456703")];
+    p.broadcasts
+        .create_broadcast(&b, &list, &debit)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.broadcasts.broadcast_recipients(&t, &b.id).await.unwrap(),
+        Some(list)
+    );
+}
+
 contract!(
+    numbers_kept_from_before_the_trunk_zero_rule_still_read_back_page_on_and_go,
     a_closed_tenant_takes_no_opt_out_nor_a_copy_of_one,
     opt_outs_under_several_keys_are_removed_at_once,
     a_copy_under_a_user_id_is_listed_once_under_its_own_key,

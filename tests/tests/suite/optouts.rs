@@ -930,7 +930,50 @@ async fn an_opt_out_removed_while_it_is_copied_under_the_phone_stays_removed(b: 
     );
 }
 
+/// An opt-out added before `+600…` was refused (stop 52) is listed, read and removed
+/// through the API; adding one is refused as any bad number is.
+async fn an_opt_out_kept_from_before_the_trunk_zero_rule_is_listed_read_and_removed(b: Backend) {
+    use kirim::domain::{OptOut, OptOutScope, OptOutSource, PhoneNumber, TenantId};
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let old = OptOut {
+        tenant_id: TenantId::from_trusted(t.tenant_id.clone()),
+        phone: PhoneNumber::parse_stored("+600123456789").ok(),
+        user_id: None,
+        scope: OptOutScope::All,
+        source: OptOutSource::Api,
+        created_by: "key_1".into(),
+        created_at: chrono::Utc::now(),
+        meta_timestamp: None,
+    };
+    app.app.deps.opt_outs.put_opt_out(&old).await.unwrap();
+    let res = app
+        .http
+        .get(app.url("/v1/opt-outs"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["opt_outs"][0]["phone"], "+600123456789", "{v}");
+    assert_eq!(opt_out_of(&app, &t.key, "+600123456789").await.0, 200);
+    let url = app.url("/v1/opt-outs/%2B600123456789");
+    let res = app.http.put(&url).bearer_auth(&t.key).send().await.unwrap();
+    assert_eq!(res.status(), 400, "not added afresh");
+    let res = app
+        .http
+        .delete(&url)
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(opt_out_of(&app, &t.key, "+600123456789").await.0, 404);
+}
+
 on_both_backends!(
+    an_opt_out_kept_from_before_the_trunk_zero_rule_is_listed_read_and_removed,
     a_start_stamped_in_the_future_does_not_outrank_the_opt_outs_after_it,
     an_opt_out_removed_while_it_is_copied_under_the_phone_stays_removed,
     an_older_stop_arriving_after_a_newer_start_leaves_the_user_opted_in,

@@ -173,7 +173,7 @@ impl BroadcastStore for DynamoStore {
             .map(|v| {
                 v.as_s()
                     .ok()
-                    .and_then(|p| PhoneNumber::parse(p).ok())
+                    .and_then(|p| PhoneNumber::parse_stored(p).ok())
                     .ok_or_else(|| StoreError::Corrupt("broadcast list entry".into()))
             })
             .collect::<Result<Vec<_>, _>>()

@@ -72,7 +72,7 @@ impl ContactStore for DynamoStore {
             .get(keys::user_pairing(tenant, key))
             .await?
             .and_then(|i| i.get("other").and_then(|v| v.as_s().ok()).cloned())
-            .and_then(|o| OptOutKey::parse(&o)))
+            .and_then(|o| OptOutKey::parse_stored(&o)))
     }
 
     async fn pairing(
@@ -86,7 +86,7 @@ impl ContactStore for DynamoStore {
         let Some(other) = item
             .get("other")
             .and_then(|v| v.as_s().ok())
-            .and_then(|o| OptOutKey::parse(o))
+            .and_then(|o| OptOutKey::parse_stored(o))
         else {
             return Ok(None);
         };
@@ -129,7 +129,7 @@ impl ContactStore for DynamoStore {
             .get_eventually(keys::user_pairing(tenant, key))
             .await?
             .and_then(|i| i.get("other").and_then(|v| v.as_s().ok()).cloned())
-            .and_then(|o| OptOutKey::parse(&o)))
+            .and_then(|o| OptOutKey::parse_stored(&o)))
     }
 
     async fn record_inbound(

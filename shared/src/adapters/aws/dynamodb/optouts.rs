@@ -163,7 +163,7 @@ impl OptOutStore for DynamoStore {
             .map(|c| {
                 let item = decode_cursor(c, tenant)?;
                 cursor_sort_key(&item, tenant, keys::OPT_OUT_PREFIX)
-                    .and_then(OptOutKey::parse)
+                    .and_then(OptOutKey::parse_stored)
                     .map(|key| keys::opt_out(tenant, &key).attrs())
                     .ok_or(StoreError::InvalidCursor)
             })
@@ -200,13 +200,18 @@ impl OptOutStore for DynamoStore {
         };
         // A closed-out tenant's opt-outs carry a TTL: expired ones are not answered (a page
         // may then be short while a next cursor is set).
-        let opt_outs = items
-            .into_iter()
-            .filter(|i| self.live(i))
-            .map(from_item::<OptOut>)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut opt_outs = Vec::with_capacity(items.len());
+        let mut kept_under = Vec::with_capacity(items.len());
+        for item in items.into_iter().filter(|i| self.live(i)) {
+            let key = cursor_sort_key(&item, tenant, keys::OPT_OUT_PREFIX)
+                .and_then(OptOutKey::parse_stored)
+                .ok_or_else(|| StoreError::Corrupt("opt-out sort key".into()))?;
+            opt_outs.push(from_item::<OptOut>(item)?);
+            kept_under.push(key);
+        }
         Ok(OptOutPage {
             opt_outs,
+            keys: kept_under,
             next_cursor,
         })
     }

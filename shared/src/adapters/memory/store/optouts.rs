@@ -90,7 +90,7 @@ impl OptOutStore for MemoryStore {
         // The cursor is the last key (phone or user id) of the previous page.
         let after = match cursor {
             Some(c) => Some(
-                OptOutKey::parse(c)
+                OptOutKey::parse_stored(c)
                     .ok_or(StoreError::InvalidCursor)?
                     .to_string(),
             ),
@@ -113,9 +113,18 @@ impl OptOutStore for MemoryStore {
         } else {
             None
         };
-        let opt_outs: Vec<OptOut> = page.into_iter().map(|(_, o)| o.clone()).collect();
+        let mut opt_outs = Vec::with_capacity(page.len());
+        let mut keys = Vec::with_capacity(page.len());
+        for (key, o) in page {
+            keys.push(
+                OptOutKey::parse_stored(key)
+                    .ok_or_else(|| StoreError::Corrupt("opt-out key".into()))?,
+            );
+            opt_outs.push(o.clone());
+        }
         Ok(OptOutPage {
             opt_outs,
+            keys,
             next_cursor,
         })
     }

@@ -362,7 +362,7 @@ impl RetentionStore for MemoryStore {
         }
         // Under the key it is kept under (a copy under a user id may also name a phone).
         for ((t, key), o) in &s.opt_outs {
-            if let Some(k) = crate::domain::OptOutKey::parse(key) {
+            if let Some(k) = crate::domain::OptOutKey::parse_stored(key) {
                 item(
                     keys::opt_out(t, &k),
                     config_ttl(t),
@@ -371,7 +371,7 @@ impl RetentionStore for MemoryStore {
             }
         }
         for ((t, key), (o, exp)) in &s.opted_in {
-            if let Some(k) = crate::domain::OptOutKey::parse(key) {
+            if let Some(k) = crate::domain::OptOutKey::parse_stored(key) {
                 item(
                     keys::opted_in(t, &k),
                     Some(*exp),
@@ -380,7 +380,7 @@ impl RetentionStore for MemoryStore {
             }
         }
         for ((t, key), (other, exp, _)) in &s.pairings {
-            if let Some(k) = crate::domain::OptOutKey::parse(key) {
+            if let Some(k) = crate::domain::OptOutKey::parse_stored(key) {
                 item(
                     keys::user_pairing(t, &k),
                     *exp,
@@ -389,7 +389,7 @@ impl RetentionStore for MemoryStore {
             }
         }
         for ((t, pnid, key), (at, exp)) in &s.windows {
-            if let Some(k) = crate::domain::OptOutKey::parse(key) {
+            if let Some(k) = crate::domain::OptOutKey::parse_stored(key) {
                 item(
                     keys::service_window(t, pnid, &k),
                     Some(*exp),
