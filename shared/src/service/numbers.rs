@@ -119,6 +119,9 @@ async fn open_tenant(deps: &Deps, id: &TenantId) -> Result<Tenant, ServiceError>
     Ok(tenant)
 }
 
+/// How long adding a number waits for Meta's description of it.
+pub const NUMBER_READ_TIME: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The operator adds a number to a tenant. A number already on any tenant: `Conflict`.
 /// A number on a WABA the tenant had no number on has that WABA's catalogue synced (a
 /// failed sync is logged; `POST /v1/templates/sync` tries again).
@@ -160,6 +163,27 @@ pub async fn add(
             e => e.into(),
         })?;
     tracing::info!(tenant_id = %tenant_id, phone_number_id = %record.phone_number_id, "phone number added");
+    // What Meta says of the number (its throughput tier, quality, display), read at once:
+    // one at a higher tier was paced at the default until the next daily run. Bounded,
+    // and its failure only logged (the daily run reads it again).
+    let until = tokio::time::Instant::now() + NUMBER_READ_TIME;
+    let read = sync_one_from_meta(deps, &tenant, &record.phone_number_id, until).await;
+    tracing::debug!(
+        read = read.read,
+        updated = read.updated,
+        failed = read.failed,
+        "new number read from Meta"
+    );
+    let record = if read.updated > 0 {
+        deps.numbers
+            .get_phone_number(tenant_id, &record.phone_number_id)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(record)
+    } else {
+        record
+    };
     if !known_wabas.contains(&record.waba_id) {
         // Bounded as at onboarding: the number is added whatever Meta does, and the answer
         // (and the call's audit event, recorded after it) must not wait past API Gateway's
@@ -527,6 +551,28 @@ pub async fn sync_from_meta(
     until: tokio::time::Instant,
     max: usize,
 ) -> NumbersRead {
+    read_from_meta(deps, tenant, until, max, None).await
+}
+
+/// [`sync_from_meta`] of one number of the tenant's, just added: what Meta says of it
+/// (a number already at a higher throughput tier, its quality) is known at once, not at
+/// the next daily run or webhook.
+pub async fn sync_one_from_meta(
+    deps: &Deps,
+    tenant: &Tenant,
+    phone_number_id: &str,
+    until: tokio::time::Instant,
+) -> NumbersRead {
+    read_from_meta(deps, tenant, until, 1, Some(phone_number_id)).await
+}
+
+async fn read_from_meta(
+    deps: &Deps,
+    tenant: &Tenant,
+    until: tokio::time::Instant,
+    max: usize,
+    only: Option<&str>,
+) -> NumbersRead {
     let mut done = NumbersRead::default();
     if max == 0 {
         return done;
@@ -547,6 +593,9 @@ pub async fn sync_from_meta(
     let mut numbers = stored;
     if legacy_default {
         numbers.insert(0, from_tenant(tenant));
+    }
+    if let Some(only) = only {
+        numbers.retain(|n| n.phone_number_id == only);
     }
     let token = match deps.secrets.current(&tenant.meta_token_secret).await {
         Ok(Some(t)) => t,
