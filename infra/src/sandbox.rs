@@ -7,7 +7,7 @@
 //! |---|---|
 //! | 0001 | accepted, then a `failed` status with error 131026 |
 //! | 0002 | accepted, then `failed` with 131050 |
-//! | 0003 | error 130429 (HTTP 429) the first two times per (phone number id, recipient), then accepted |
+//! | 0003 | error 130429 (HTTP 429) twice, then accepted: every message, counted per (phone number id, recipient) |
 //! | 0004 | error 131000 (HTTP 500) on every try |
 //! | 0005 | answers after `slow_delay`, then as "other" |
 //! | 0006 | error 190, access token expired (HTTP 401) |
@@ -102,7 +102,7 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rate-limit windows kept before idle ones are pruned.
 const MAX_TRACKED_PHONE_NUMBERS: usize = 1024;
 const RATE_WINDOW: Duration = Duration::from_secs(1);
-/// How many answers of 130429 a 0003 recipient gets before it is accepted.
+/// How many answers of 130429 each message to a 0003 recipient gets before it is accepted.
 const THROTTLED_ATTEMPTS: u32 = 2;
 /// Templates per page of `GET /{version}/{waba_id}/message_templates` at most.
 pub const TEMPLATE_PAGE_SIZE: usize = 2;
@@ -341,7 +341,8 @@ struct SandboxState {
     epoch: u64,
     /// Sorted by arrival sequence number.
     outbox: VecDeque<(u64, ReceivedRequest)>,
-    /// Attempts so far per (phone number id, recipient digits), for 0003.
+    /// Attempts so far of the current message per (phone number id, recipient digits),
+    /// for 0003; removed when one is accepted.
     throttled: HashMap<(String, String), u32>,
     /// The most recent attempts per phone number id (at most the limit + 1).
     windows: HashMap<String, VecDeque<Instant>>,
@@ -1585,15 +1586,19 @@ impl Inner {
         false
     }
 
-    /// Counts an attempt to a 0003 recipient; true while it should still be refused.
+    /// Counts an attempt to a 0003 recipient; true while it should still be refused. The
+    /// attempt let through is accepted (nothing after this refuses a 0003 send), so the
+    /// count starts again there: every message gets its two 130429, not only the first.
     fn throttle_again(&self, phone_number_id: &str, digits: &str) -> bool {
         let mut state = lock(&self.state);
-        let attempts = state
-            .throttled
-            .entry((phone_number_id.to_string(), digits.to_string()))
-            .or_insert(0);
+        let key = (phone_number_id.to_string(), digits.to_string());
+        let attempts = state.throttled.entry(key.clone()).or_insert(0);
         *attempts = attempts.saturating_add(1);
-        *attempts <= THROTTLED_ATTEMPTS
+        if *attempts <= THROTTLED_ATTEMPTS {
+            return true;
+        }
+        state.throttled.remove(&key);
+        false
     }
 
     /// Adds a request to the outbox in arrival order; false if a reset happened meanwhile.
@@ -2161,7 +2166,20 @@ mod tests {
         assert_eq!(status, 200, "{body}");
         let statuses = h.wait_for_statuses(3).await;
         assert_eq!(status_names(&statuses), ["sent", "delivered", "read"]);
-        assert_eq!(h.send_to("15550000003").await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn every_message_to_a_number_ending_0003_is_throttled_twice_then_accepted() {
+        let h = harness().await;
+        for message in 1..=3 {
+            for _ in 0..2 {
+                let (status, body) = h.send_to("15550000003").await;
+                assert_eq!(status, 429, "message {message}: {body}");
+                assert_meta_error(&body, 130429);
+            }
+            let (status, body) = h.send_to("15550000003").await;
+            assert_eq!(status, 200, "message {message}: {body}");
+        }
     }
 
     #[tokio::test]
