@@ -43,9 +43,10 @@
 //! `paging.next`, and Meta's `name` filter (here: that exact name). A template send is checked against the catalogue
 //! of the WABA whose templates its access token last listed (a Meta token belongs to one
 //! business), else of the sandbox's own WABA (`SandboxConfig::waba_id`): a template it does
-//! not have (or one not approved) answers 132001, a paused one 132015, a disabled one 132016,
-//! another number of body parameters 132000. Like Meta, component `type` values are
-//! read in any case (`BODY`, `body`) and location coordinates as numbers or strings.
+//! not have (or one not approved: pending, rejected, archived) answers 132001, a paused one
+//! 132015, a disabled one 132016, another number of body parameters 132000. Like Meta,
+//! component `type` values are read in any case (`BODY`, `body`) and location coordinates
+//! as numbers or strings.
 //!
 //! A user writing in: `POST /_sandbox/inbound` `{"phone_number_id","from"?,"user_id"?,
 //! "text"?|"button"?}` sends Meta's signed `messages` webhook of one inbound message (now,
@@ -1184,10 +1185,15 @@ fn template_refusal(catalogue: &[SandboxTemplate], request: &Value) -> Option<(S
         .pointer("/language/code")
         .and_then(Value::as_str)
         .unwrap_or_default();
+    // Only an approved template is sent. Paused and disabled ones have Meta's own codes
+    // (132015, 132016); any other status (pending, rejected, archived, or one Meta adds)
+    // answers as a template Meta does not have, 132001 (HTTP 404): Meta documents no code
+    // of its own for an archived template, and 132001 is what it answers for a template
+    // that is not approved. Kirim treats them alike: not sendable.
     let Some(t) = catalogue
         .iter()
         .find(|t| t.name == name && t.language == language)
-        .filter(|t| !matches!(t.status.as_str(), "PENDING" | "REJECTED"))
+        .filter(|t| matches!(t.status.as_str(), "APPROVED" | "PAUSED" | "DISABLED"))
     else {
         return Some((StatusCode::NOT_FOUND, template_missing_error(request)));
     };
@@ -2484,6 +2490,56 @@ mod tests {
             .send_json(&template_named("15551234567", "promo_sale", one))
             .await;
         assert_eq!(got, 200, "{body}");
+    }
+
+    #[test]
+    fn only_approved_templates_are_sent_and_the_others_refused_with_metas_codes() {
+        let request = template_named(
+            "15551234567",
+            "t",
+            json!([{"type": "body", "parameters": [{"type": "text", "text": "x"}]}]),
+        );
+        for (status, refused) in [
+            ("APPROVED", None),
+            ("PENDING", Some((404, 132001))),
+            ("REJECTED", Some((404, 132001))),
+            ("ARCHIVED", Some((404, 132001))),
+            ("IN_APPEAL", Some((404, 132001))),
+            ("PAUSED", Some((400, 132015))),
+            ("DISABLED", Some((400, 132016))),
+        ] {
+            let catalogue = [SandboxTemplate::new(1, "t", "UTILITY", status, 1)];
+            let got = template_refusal(&catalogue, &request).map(|(http, body)| {
+                let code = body.pointer("/error/code").and_then(Value::as_u64);
+                (http.as_u16(), code.unwrap_or_default())
+            });
+            assert_eq!(got, refused, "{status}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_template_archived_through_the_sandbox_is_refused_until_approved_again() {
+        let h = harness().await;
+        let url = format!("{}/_sandbox/templates/{WABA}/promo_sale/en_US", h.base);
+        let one = json!([{"type": "body", "parameters": [{"type": "text", "text": "x"}]}]);
+        let message = template_named("15551234567", "promo_sale", one);
+        let send = || h.send_json(&message);
+
+        let (status, body) = h
+            .post(h.http.put(&url).json(&json!({"status": "archived"})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["template"]["status"], "ARCHIVED");
+        let (status, body) = send().await;
+        assert_eq!(status, 404, "{body}");
+        assert_meta_error(&body, 132001);
+
+        let (status, body) = h
+            .post(h.http.put(&url).json(&json!({"status": "approved"})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = send().await;
+        assert_eq!(status, 200, "{body}");
     }
 
     #[tokio::test]
