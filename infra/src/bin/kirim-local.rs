@@ -18,6 +18,9 @@ async fn main() -> std::process::ExitCode {
         }
     };
     let backend = cfg.backend;
+    // Its routes are served only while it is the Meta this process talks to (local::start):
+    // not with KIRIM_META_BASE_URL set.
+    let sandbox_served = cfg.meta_base_url.is_none();
     let app = match start(cfg).await {
         Ok(a) => a,
         Err(e) => {
@@ -29,10 +32,12 @@ async fn main() -> std::process::ExitCode {
         "Kirim local mode ({backend:?} backend) listening on {}",
         app.base_url
     );
-    println!(
-        "  Meta sandbox:   {}/_sandbox/graph  (outbox: {}/_sandbox/messages)",
-        app.base_url, app.base_url
-    );
+    if sandbox_served {
+        println!(
+            "  Meta sandbox:   {}/_sandbox/graph  (outbox: {}/_sandbox/messages)",
+            app.base_url, app.base_url
+        );
+    }
     // Generated secrets are printed once so the developer can use them; configured ones
     // are never echoed.
     for name in &app.secrets.generated {
