@@ -281,10 +281,10 @@ pub enum ScheduledTask {
 pub async fn owed_callbacks(deps: &Deps) -> crate::service::callbacks::Requeued {
     match crate::service::callbacks::requeue_owed(deps).await {
         Ok(done) => {
-            if done.queued > 0 || done.left > 0 || done.held_elsewhere > 0 {
+            if done.queued > 0 || done.more || done.held_elsewhere > 0 {
                 tracing::info!(
                     queued = done.queued,
-                    left = done.left,
+                    more = done.more,
                     held_elsewhere = done.held_elsewhere,
                     "owed status callbacks drained"
                 );

@@ -138,9 +138,12 @@ async fn owe(deps: &Deps, record: &MessageRecord, sequence: u32, body: String) {
 pub struct Requeued {
     /// Queued again and forgotten.
     pub queued: usize,
-    /// Still owed when it stopped: the queue refused again (the drain stops at the first
-    /// refusal), it ran out of its time, or more than one drain takes were owed.
-    pub left: usize,
+    /// Whether it stopped with callbacks still owed and no other drain holding them: the
+    /// queue refused again (the drain stops at the first refusal), it ran out of its time,
+    /// or more than one drain takes were owed. The next drain takes them. (Not a count:
+    /// counting a backlog would read all of it.) A drain that finds a whole page taken by
+    /// another one running at the same time leaves the rest to that one, or the next.
+    pub more: bool,
     /// Passed by: another drain running at the same time held them.
     pub held_elsewhere: usize,
 }
@@ -172,9 +175,9 @@ pub async fn requeue_owed(deps: &Deps) -> Result<Requeued, ServiceError> {
             .await?;
         let full = page.len() == REQUEUE_PAGE;
         let mut took = 0;
-        for (i, owed) in page.iter().enumerate() {
+        for owed in &page {
             if tokio::time::Instant::now() >= until {
-                done.left = page.len() - i;
+                done.more = true;
                 return Ok(done);
             }
             let lease = deps.clock.now().timestamp().saturating_add(LEASE_SECS);
@@ -198,7 +201,7 @@ pub async fn requeue_owed(deps: &Deps) -> Result<Requeued, ServiceError> {
                 if let Err(e) = deps.status_callbacks.owe_callback(owed).await {
                     tracing::warn!(error = %e, "an owed callback's lease not given up");
                 }
-                done.left = page.len() - i;
+                done.more = true;
                 return Ok(done);
             }
             deps.status_callbacks.forget_owed_callback(owed).await?;
@@ -209,7 +212,7 @@ pub async fn requeue_owed(deps: &Deps) -> Result<Requeued, ServiceError> {
             return Ok(done);
         }
     }
-    done.left = deps.status_callbacks.owed_callbacks(1).await?.len();
+    done.more = !deps.status_callbacks.owed_callbacks(1).await?.is_empty();
     Ok(done)
 }
 

@@ -981,6 +981,7 @@ on_both_backends!(
     a_deadline_failure_and_a_cancelled_scheduled_message_reach_the_callback,
     a_callback_the_queue_refused_is_kept_and_queued_by_the_drain_once_the_queue_is_back,
     two_drains_at_once_queue_each_owed_callback_once,
+    a_drain_that_stops_at_a_refusal_says_callbacks_are_still_owed,
 );
 
 /// A callback queue that records each message's group (and keeps nothing else).
@@ -1167,8 +1168,8 @@ async fn a_callback_the_queue_refused_is_kept_and_queued_by_the_drain_once_the_q
 
     let drained = kirim::queue_handlers::owed_callbacks(&deps).await;
     assert_eq!(
-        (drained.queued, drained.left),
-        (0, 1),
+        (drained.queued, drained.more),
+        (0, true),
         "the queue is still out"
     );
     assert_eq!(
@@ -1182,7 +1183,7 @@ async fn a_callback_the_queue_refused_is_kept_and_queued_by_the_drain_once_the_q
 
     queue.refusing.store(false, Ordering::SeqCst);
     let drained = kirim::queue_handlers::owed_callbacks(&deps).await;
-    assert_eq!((drained.queued, drained.left), (1, 0));
+    assert_eq!((drained.queued, drained.more), (1, false));
     let queued = queue.queued.0.lock().unwrap().clone();
     assert_eq!(queued.len(), 1, "{queued:?}");
     assert_eq!(queued[0].0.as_deref(), Some(t.tenant_id.as_str()));
@@ -1199,7 +1200,65 @@ async fn a_callback_the_queue_refused_is_kept_and_queued_by_the_drain_once_the_q
         .unwrap()
         .is_empty());
     let drained = kirim::queue_handlers::owed_callbacks(&deps).await;
-    assert_eq!((drained.queued, drained.left), (0, 0), "queued once");
+    assert_eq!((drained.queued, drained.more), (0, false), "queued once");
+}
+
+/// Keeps `n` callbacks owed to the tenant, as the queue would have refused them.
+async fn owe_many(deps: &kirim::service::Deps, tenant: &kirim::domain::TenantId, n: usize) {
+    for i in 0..n {
+        let message_id = kirim::domain::MessageId::generate();
+        let owed = kirim::ports::OwedCallback {
+            tenant_id: tenant.clone(),
+            body: format!(r#"{{"kind":"status_callback","n":{i},"m":"{message_id}"}}"#),
+            message_id,
+            sequence: 1,
+            owed_at: chrono::Utc::now(),
+            expires_at: Some(chrono::Utc::now().timestamp() + 3600),
+            leased_until: None,
+        };
+        deps.status_callbacks.owe_callback(&owed).await.unwrap();
+    }
+}
+
+/// A drain stopped by the queue's refusal says callbacks are still owed, however many
+/// (it used to count only what was left of its page: 100 of 150), and the next drain,
+/// the queue back, queues them all and says none are.
+async fn a_drain_that_stops_at_a_refusal_says_callbacks_are_still_owed(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(3).await;
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    let mut deps = app.app.deps.clone();
+    let queue = Arc::new(Outage::default());
+    queue.refusing.store(true, Ordering::SeqCst);
+    deps.callback_queue = queue.clone();
+    owe_many(&deps, &tenant, 150).await;
+    let drained = kirim::queue_handlers::owed_callbacks(&deps).await;
+    assert_eq!((drained.queued, drained.more), (0, true), "refused at once");
+    queue.refusing.store(false, Ordering::SeqCst);
+    let drained = kirim::queue_handlers::owed_callbacks(&deps).await;
+    assert_eq!((drained.queued, drained.more), (150, false));
+}
+
+/// A drain that queued its most says more are owed when there are (it used to say one
+/// was left, whatever the backlog), and none once the next drain queued the rest.
+#[tokio::test]
+async fn a_drain_that_stops_at_its_most_says_callbacks_are_still_owed() {
+    use kirim::service::callbacks::{requeue_owed, REQUEUE_MAX};
+    let app = spawn_app(Backend::Memory).await;
+    let t = app.onboard(3).await;
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    let mut deps = app.app.deps.clone();
+    let queue = Arc::new(Outage::default());
+    deps.callback_queue = queue.clone();
+    owe_many(&deps, &tenant, REQUEUE_MAX + 5).await;
+    let drained = requeue_owed(&deps).await.unwrap();
+    assert_eq!((drained.queued, drained.more), (REQUEUE_MAX, true));
+    let drained = requeue_owed(&deps).await.unwrap();
+    assert_eq!((drained.queued, drained.more), (5, false));
+    // Exactly its most owed: nothing more.
+    owe_many(&deps, &tenant, REQUEUE_MAX).await;
+    let drained = requeue_owed(&deps).await.unwrap();
+    assert_eq!((drained.queued, drained.more), (REQUEUE_MAX, false));
 }
 
 /// Two drains at once (the minute's schedule overlapping the last one, or the daily run's)
