@@ -103,7 +103,11 @@ pub trait StatusCallbackStore: Send + Sync {
         self.get_status_callback(tenant).await
     }
     /// Changes a setting's URL (and `updated_at`) only, keeping its secret: a conditional
-    /// write, `false` if there is no setting (turned off meanwhile).
+    /// write, `false` if there is no setting (turned off meanwhile). Never for a closed
+    /// tenant: `Conflict(`[`TENANT_CLOSED`]`)`, nothing written (as
+    /// [`Self::put_status_callback`]).
+    ///
+    /// [`TENANT_CLOSED`]: crate::ports::TENANT_CLOSED
     async fn set_status_callback_url(
         &self,
         tenant: &TenantId,

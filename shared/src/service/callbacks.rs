@@ -627,7 +627,7 @@ pub async fn put_setting(
         }
         // The URL alone, on the setting as it is now (a conditional write): a `DELETE` made
         // a moment ago through another process is not revived, and a secret another admin
-        // set meanwhile is kept.
+        // set meanwhile is kept. Refused for a closed tenant (409), as a whole setting.
         None => {
             if !deps
                 .status_callbacks

@@ -253,6 +253,54 @@ async fn a_status_callback_url_is_changed_alone_and_only_on_a_setting_that_exist
     p.status_callbacks.delete_status_callback(&a).await.unwrap();
 }
 
+/// A closed tenant's setting keeps the expiry its close-out gives it, and a `PUT` a warm
+/// instance still serves with the tenant cached open writes nothing: a change of the URL
+/// alone is refused like a whole setting's, said so, and the URL stays as it was.
+async fn a_closed_tenants_callback_url_is_not_changed_alone(p: Stores) {
+    use kirim::store_error::StoreError;
+    let t = onboarded(&p, 0).await;
+    let setting = StatusCallback {
+        tenant_id: t.id.clone(),
+        url: "https://hooks.example.com/old".into(),
+        secret_name: format!("kirim/tenants/{}/status-callback-secret", t.id),
+        secret_version: Some("00112233445566778899aabbccddeeff".into()),
+        updated_at: p.clock.now(),
+    };
+    p.status_callbacks
+        .put_status_callback(&setting)
+        .await
+        .unwrap();
+    p.tenants
+        .set_status(&t.id, TenantStatus::Closed, Some("bye"), p.clock.now())
+        .await
+        .unwrap();
+    assert_eq!(
+        p.status_callbacks
+            .set_status_callback_url(&t.id, "https://hooks.example.com/new", p.clock.now())
+            .await,
+        Err(StoreError::Conflict(TENANT_CLOSED.into()))
+    );
+    assert_eq!(
+        p.status_callbacks
+            .get_status_callback_fresh(&t.id)
+            .await
+            .unwrap(),
+        Some(setting),
+        "the URL as it was"
+    );
+    // With no setting at all, the closed tenant is what is said.
+    p.status_callbacks
+        .delete_status_callback(&t.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.status_callbacks
+            .set_status_callback_url(&t.id, "https://hooks.example.com/new", p.clock.now())
+            .await,
+        Err(StoreError::Conflict(TENANT_CLOSED.into()))
+    );
+}
+
 fn owed(p: &Stores, t: &TenantId, sequence: u32) -> OwedCallback {
     let now = p.clock.now();
     let message_id = kirim::domain::MessageId::generate();
@@ -362,5 +410,6 @@ contract!(
     indexing_a_wamid_says_whether_a_status_was_kept_for_it_first,
     a_status_callback_setting_is_set_read_replaced_and_removed_per_tenant,
     a_status_callback_url_is_changed_alone_and_only_on_a_setting_that_exists,
+    a_closed_tenants_callback_url_is_not_changed_alone,
     a_callback_the_queue_refused_is_kept_once_listed_forgotten_and_expires_in_a_week,
 );

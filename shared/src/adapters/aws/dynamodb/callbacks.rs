@@ -15,11 +15,15 @@
 //!   owed-callback drain, deleted once queued.
 //! - A tenant's status-callback setting: `pk = TENANT#{tenant}`, `sk = SETTINGS#STATUS_CALLBACK`,
 //!   no TTL (active configuration). The signing secret is in Secrets Manager, not here.
+//!   Every write of it (the whole setting, or its URL alone) is a transaction led by the
+//!   tenant-open check: refused for a closed tenant.
 
 use crate::adapters::aws::written;
 use async_trait::async_trait;
 
-use super::{classify, from_item, keys, n, s, to_item, DynamoStore, TTL_ATTR};
+use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
+
+use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, TTL_ATTR};
 use crate::domain::TenantId;
 use crate::ports::{
     OwedCallback, PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore,
@@ -148,9 +152,7 @@ impl StatusCallbackStore for DynamoStore {
         url: &str,
         updated_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, StoreError> {
-        let res = self
-            .client
-            .update_item()
+        let update = Update::builder()
             .table_name(&self.table)
             .set_key(Some(keys::status_callback(tenant).attrs()))
             .update_expression("SET #url = :url, updated_at = :at")
@@ -161,9 +163,20 @@ impl StatusCallbackStore for DynamoStore {
                 ":at",
                 s(updated_at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
             )
-            .send()
-            .await;
-        written("dynamodb update", res)
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+        // With the tenant's check, as the whole setting's write: a request a warm instance
+        // serves with a closed tenant still cached open changes nothing.
+        let items = vec![
+            self.tenant_open_check(tenant)?,
+            TransactWriteItem::builder().update(update).build(),
+        ];
+        match self.transact(items).await {
+            Ok(()) => Ok(true),
+            Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
+            Err(e) if e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) => Ok(false),
+            Err(e) => Err(e.into_store_error()),
+        }
     }
 
     async fn delete_status_callback(&self, tenant: &TenantId) -> Result<bool, StoreError> {

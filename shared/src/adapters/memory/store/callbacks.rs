@@ -88,6 +88,7 @@ impl StatusCallbackStore for MemoryStore {
         updated_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
+        super::refuse_if_closed(&s, tenant)?;
         Ok(match s.status_callbacks.get_mut(tenant) {
             Some(setting) => {
                 setting.url = url.to_owned();
