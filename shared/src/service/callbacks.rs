@@ -456,7 +456,9 @@ async fn signing_secret(
 
 /// Delivers a received batch: `(body, receive count)` in, one outcome per item out (same
 /// order). A message's callbacks go oldest first, one at a time; once one is not
-/// delivered, its later ones wait for the same retry rather than overtake it.
+/// delivered, its later ones wait for the same retry rather than overtake it. Copies of
+/// one callback make one request between them, so a message's group makes one per
+/// `sequence` at most and keeps within the function's time (`config::MAX_CALLBACK_TIMEOUT`).
 pub async fn handle_batch(deps: &Deps, items: &[(String, u32)]) -> Vec<Outcome> {
     let mut outcomes = vec![Outcome::Poison; items.len()];
     let mut groups: BTreeMap<String, Vec<(usize, CallbackJob, u32)>> = BTreeMap::new();
@@ -471,35 +473,52 @@ pub async fn handle_batch(deps: &Deps, items: &[(String, u32)]) -> Vec<Outcome> 
             }
         }
     }
+    let max_attempts = deps.settings.callback_max_attempts;
     let work = groups.into_values().map(|mut group| async move {
-        group.sort_by_key(|(_, job, _)| job.sequence);
+        // Oldest first; of copies of one callback, the one with the most attempts left
+        // first: it is the one tried (below), the others take its outcome.
+        group.sort_by_key(|(_, job, attempt)| (job.sequence, *attempt));
         let mut held: Option<Duration> = None;
         let mut out = Vec::with_capacity(group.len());
         // A copy of a callback this batch already tried (the same `sequence`: a status
         // applied twice, SQS delivering twice) takes that try's outcome instead of a
         // second request: each try may take the whole callback timeout, and a group of
-        // copies at a slow receiver ran the batch past the function's timeout.
+        // copies at a slow receiver ran the batch past the function's timeout. So a
+        // message's callbacks make one request each at most, however many copies (the
+        // five of `config::MAX_CALLBACK_TIMEOUT`'s budget).
         let mut tried: Option<(u32, Outcome)> = None;
         for (i, job, attempt) in group {
-            // (A copy at its last attempt takes only a delivery: never given up untried.)
-            let last = attempt >= deps.settings.callback_max_attempts;
-            if let Some((_, outcome)) = tried
-                .as_ref()
-                .filter(|(seq, o)| *seq == job.sequence && (!last || *o == Outcome::Done))
-            {
-                out.push((i, outcome.clone()));
+            if let Some((_, outcome)) = tried.as_ref().filter(|(seq, _)| *seq == job.sequence) {
+                let outcome = match outcome {
+                    // A copy at its last attempt of one that just failed is given up with
+                    // it, untried: the copy tried carries the callback on (it had attempts
+                    // left, its own last try made whatever the breaker says) or was given
+                    // up and parked itself.
+                    Outcome::RetryAfter(_) | Outcome::Poison if attempt >= max_attempts => {
+                        if attempt == max_attempts {
+                            tracing::warn!(
+                                attempt,
+                                "status callback given up with its copy just tried; left to the dead-letter queue"
+                            );
+                            crate::metrics::callback_given_up();
+                        }
+                        Outcome::Poison
+                    }
+                    o => o.clone(),
+                };
+                out.push((i, outcome));
                 continue;
             }
             // Held back behind an earlier one that failed, unless this is its last attempt:
             // a callback is never given up without a try (receivers keep the highest
             // `sequence`, so one out of order then is harmless).
             let outcome = match held {
-                Some(d) if attempt < deps.settings.callback_max_attempts => Outcome::RetryAfter(d),
+                Some(d) if attempt < max_attempts => Outcome::RetryAfter(d),
                 _ => {
                     let outcome = deliver(deps, &job, attempt).await;
-                    // A try's outcome, for its copies (a copy of one given up is tried
-                    // itself: it may have attempts left).
-                    tried = (outcome != Outcome::Poison).then(|| (job.sequence, outcome.clone()));
+                    // A try's outcome, for its copies (those after it have no more
+                    // attempts left than it had).
+                    tried = Some((job.sequence, outcome.clone()));
                     outcome
                 }
             };

@@ -912,6 +912,58 @@ async fn copies_of_a_callback_in_one_batch_make_one_request() {
     );
 }
 
+/// Copies of one callback at their last attempt (each would bypass the held-back rule and
+/// the breaker) make one request between them once a copy failed in the batch: each try
+/// may take the whole callback timeout, and a group of them ran the batch past the
+/// function's 60 s, so the whole batch came back. The copies are given up with the one
+/// tried (parked, as after any failed last try); a copy with attempts left is tried
+/// first, and the last-attempt copies then end with its failure instead of a request each.
+#[tokio::test]
+async fn copies_at_their_last_attempt_make_one_request_between_them_when_it_fails() {
+    use kirim::service::callbacks;
+    let (app, t, tries) = tenant_with_a_receiver_answering(StatusCode::SERVICE_UNAVAILABLE).await;
+    let mut deps = app.app.deps.clone();
+    let mut settings = (*deps.settings).clone();
+    settings.callback_max_attempts = 3;
+    deps.settings = Arc::new(settings);
+    let job = callback_job(&t, kirim::domain::MessageStatus::Delivered, 3);
+    let outcome = callbacks::handle_batch(&deps, &vec![(job, 3); 6]).await;
+    assert_eq!(outcome, vec![Outcome::Poison; 6], "all given up, parked");
+    assert_eq!(
+        tries.load(Ordering::SeqCst),
+        1,
+        "one request for six copies"
+    );
+    // A copy with attempts left among them, after them in the batch: it is the one tried
+    // (it goes on with its retries); the copies at their last attempt end with it.
+    let job = callback_job(&t, kirim::domain::MessageStatus::Read, 4);
+    let outcome =
+        callbacks::handle_batch(&deps, &[(job.clone(), 3), (job.clone(), 3), (job, 1)]).await;
+    assert!(
+        matches!(
+            outcome[..],
+            [Outcome::Poison, Outcome::Poison, Outcome::RetryAfter(_)]
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        tries.load(Ordering::SeqCst),
+        2,
+        "one request for three copies"
+    );
+    // Delivered once, every copy is done, whatever its attempt.
+    let (app, t, tries) = tenant_with_a_receiver_answering(StatusCode::OK).await;
+    let mut deps = app.app.deps.clone();
+    let mut settings = (*deps.settings).clone();
+    settings.callback_max_attempts = 3;
+    deps.settings = Arc::new(settings);
+    let job = callback_job(&t, kirim::domain::MessageStatus::Read, 4);
+    let outcome =
+        callbacks::handle_batch(&deps, &[(job.clone(), 3), (job.clone(), 4), (job, 1)]).await;
+    assert_eq!(outcome, [Outcome::Done, Outcome::Done, Outcome::Done]);
+    assert_eq!(tries.load(Ordering::SeqCst), 1);
+}
+
 /// A message's later callback is held back behind an earlier one that failed in the same
 /// batch, except at its own last attempt: it is tried then (and given up, counted, if that
 /// fails too), never given up untried.
