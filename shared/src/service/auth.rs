@@ -34,25 +34,39 @@ pub async fn authenticate(deps: &Deps, token: Option<&str>) -> Result<Caller, Se
     if token.starts_with(super::users::SESSION_PREFIX) {
         return super::users::authenticate_session(deps, token).await;
     }
-    let name = &deps.settings.operator_token_secret;
-    for s in [
-        deps.secrets.current(name).await?,
-        deps.secrets
-            .previous_within(name, deps.settings.rotation_grace, deps.clock.now())
-            .await?,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if s.matches(token) {
-            return Ok(Caller::Operator);
+    // An API key (every one carries the prefix) is looked up first: its requests do not
+    // depend on the operator token's secret being readable (Secrets Manager throttled or
+    // down answered `503` to every tenant's send once a warm copy lapsed). A prefixed
+    // token no key has is still compared with the operator token below.
+    let key_shaped = token.starts_with(super::apikeys::KEY_PREFIX);
+    if key_shaped {
+        if let Some(key) = deps.tenants.api_key_by_hash(&token_hash(token)).await? {
+            return api_key_caller(deps, key);
         }
     }
-    // Not an API key (they all carry the prefix): the operator token may have been rotated
-    // since this process cached it, so it is read afresh, at most every
-    // `SECRET_REFRESH_EVERY` (as the webhook's app secret): a new token works at once on
-    // every warm instance, and a flood of wrong ones costs one read per interval.
-    if !token.starts_with(super::apikeys::KEY_PREFIX) {
+    // A key-shaped token no key has is the operator's only if its secret says so: one
+    // that cannot be read then is not (`401`, never the `503` a key's caller would get).
+    let readable =
+        |r: Result<Option<crate::secret::Secret>, crate::store_error::StoreError>| match r {
+            Err(_) if key_shaped => Ok(None),
+            r => r,
+        };
+    let name = &deps.settings.operator_token_secret;
+    if readable(deps.secrets.current(name).await)?.is_some_and(|s| s.matches(token)) {
+        return Ok(Caller::Operator);
+    }
+    let previous = deps
+        .secrets
+        .previous_within(name, deps.settings.rotation_grace, deps.clock.now())
+        .await;
+    if readable(previous)?.is_some_and(|s| s.matches(token)) {
+        return Ok(Caller::Operator);
+    }
+    // Not an API key: the operator token may have been rotated since this process cached
+    // it, so it is read afresh, at most every `SECRET_REFRESH_EVERY` (as the webhook's app
+    // secret): a new token works on every warm instance within that interval, and a flood
+    // of wrong ones costs one read per interval.
+    if !key_shaped {
         let fresh = deps
             .secrets
             .refresh_current(name, super::webhook::SECRET_REFRESH_EVERY)
@@ -61,12 +75,19 @@ pub async fn authenticate(deps: &Deps, token: Option<&str>) -> Result<Caller, Se
         if fresh.is_some_and(|s| s.matches(token)) {
             return Ok(Caller::Operator);
         }
+    } else {
+        return Err(ServiceError::Unauthenticated);
     }
     let key = deps
         .tenants
         .api_key_by_hash(&token_hash(token))
         .await?
         .ok_or(ServiceError::Unauthenticated)?;
+    api_key_caller(deps, key)
+}
+
+/// The caller a found API key makes: none once it is revoked or expired.
+fn api_key_caller(deps: &Deps, key: crate::ports::ApiKeyRecord) -> Result<Caller, ServiceError> {
     let now = deps.clock.now();
     if key.revoked || key.expires_at.is_some_and(|e| e <= now) {
         return Err(ServiceError::Unauthenticated);

@@ -1155,6 +1155,39 @@ impl kirim::ports::SecretStore for FlakySecrets {
     }
 }
 
+/// An API key's request does not depend on the operator token's secret: with Secrets
+/// Manager refusing every read, the key still authenticates (it answered `503` to every
+/// tenant's request once a warm copy lapsed), while a token that is no key cannot be told
+/// from the operator's and answers `503`, and a key-shaped token no key has `401`.
+#[tokio::test]
+async fn an_api_key_authenticates_while_the_operator_tokens_secret_cannot_be_read() {
+    use kirim::service::{accounts, auth, SecretCache};
+    let clock = ManualClock::new();
+    let mut deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let secrets = std::sync::Arc::new(FlakySecrets::default());
+    deps.secrets =
+        std::sync::Arc::new(SecretCache::new(secrets.clone(), std::time::Duration::ZERO));
+    let req: accounts::NewTenant = serde_json::from_value(json!({"name": "Kedai", "waba_id": "1",
+        "phone_number_id": "125", "meta_access_token": "EAAG", "credits": 2}))
+    .unwrap();
+    let (tenant, key) = accounts::create_tenant(&deps, req).await.unwrap();
+    secrets
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(
+        auth::authenticate(&deps, Some(key.expose())).await,
+        Ok(auth::Caller::ApiKey { tenant_id, .. }) if tenant_id == tenant.id
+    ));
+    assert!(matches!(
+        auth::authenticate(&deps, Some("kirim_not-a-key-of-anyone")).await,
+        Err(kirim::service::errors::ServiceError::Unauthenticated)
+    ));
+    assert!(matches!(
+        auth::authenticate(&deps, Some("perhaps-the-operator")).await,
+        Err(kirim::service::errors::ServiceError::Unavailable(_))
+    ));
+}
+
 /// A message whose Meta token cannot be read is left `accepted` and unclaimed (the checks
 /// run before the claim), so the retry sends it (a claim left `sending` would be dropped as
 /// a duplicate: never sent).

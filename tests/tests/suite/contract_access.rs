@@ -97,6 +97,40 @@ async fn a_revoked_key_is_revoked_under_both_lookups_and_never_for_another_tenan
     );
 }
 
+/// Revokes at once (the console's and an API call, the close-out's) keep one `revoked_at`:
+/// each answers the key as it stays, and none writes over another's time.
+async fn concurrent_revokes_of_one_key_keep_the_first_ones_time(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let k = key_for(&t);
+    p.api_keys.put_api_key(&k).await.unwrap();
+    let start = p.clock.now();
+    let answers = futures::future::join_all((0..8).map(|i| {
+        let store = p.api_keys.clone();
+        let (tenant, id) = (t.id.clone(), k.id.clone());
+        async move {
+            store
+                .revoke_api_key(&tenant, &id, start + chrono::Duration::seconds(i))
+                .await
+                .unwrap()
+                .expect("the key, revoked")
+                .revoked_at
+        }
+    }))
+    .await;
+    let stored = p
+        .api_keys
+        .get_api_key(&t.id, &k.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at;
+    assert!(stored.is_some());
+    assert!(
+        answers.iter().all(|a| *a == stored),
+        "{answers:?} vs {stored:?}"
+    );
+}
+
 /// An ended key (revoked, expired, rotated out) is still listed, as ended, for 90 days
 /// after it ended; then it is gone from every lookup and the sweep removes both copies. A
 /// key that never ends stays. Before, ended keys were kept while the tenant existed, and
@@ -691,6 +725,7 @@ contract!(
     an_audit_chain_only_grows_from_its_current_head,
     a_key_is_found_by_hash_and_by_id_only_within_its_tenant,
     a_revoked_key_is_revoked_under_both_lookups_and_never_for_another_tenant,
+    concurrent_revokes_of_one_key_keep_the_first_ones_time,
     rotation_stores_the_new_key_and_ends_the_old_one_once,
     an_ended_key_is_kept_ninety_days_after_it_ended_then_both_copies_go,
     concurrent_rotations_of_one_key_let_exactly_one_succeed,

@@ -1127,9 +1127,13 @@ impl ApiKeyStore for DynamoStore {
         let items = self.api_key_updates(
             &key,
             "SET revoked = :t, revoked_at = :at, #ttl = :ttl",
-            "attribute_exists(pk)",
+            // Only a key not revoked yet: two revokes at once (the console's and an API
+            // call, or the close-out's) keep the first one's `revoked_at`, as one after
+            // the other does.
+            "attribute_exists(pk) AND revoked = :f",
             &[
                 (":t", AttributeValue::Bool(true)),
+                (":f", AttributeValue::Bool(false)),
                 (":at", dyn_value(&Some(at))?),
                 (":ttl", n(ttl)),
             ],
@@ -1139,7 +1143,10 @@ impl ApiKeyStore for DynamoStore {
                 key = revoked;
                 Ok(Some(key))
             }
-            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Ok(None),
+            // Revoked meanwhile (answered as it is), or gone.
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
+                Ok(self.get_api_key(tenant, id).await?.filter(|k| k.revoked))
+            }
             Err(e) => Err(e.into_store_error()),
         }
     }
