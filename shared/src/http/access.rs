@@ -323,6 +323,10 @@ async fn check(
 #[derive(Clone, Debug, Default)]
 pub struct AuditNote {
     pub tenant: Option<TenantId>,
+    /// A tenant the call may have made though it answers an error (an onboarding whose
+    /// write failed and could not be read back): the event goes to its chain if it exists
+    /// when the event is recorded, else to the platform chain.
+    pub maybe_tenant: Option<TenantId>,
     /// Who acted, when the handler knows better than the credential (a login).
     pub actor: Option<(&'static str, String)>,
     pub details: serde_json::Value,
@@ -454,7 +458,10 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 let (actor_type, actor_id) = note.actor.unwrap_or_else(|| actor(caller.as_ref()));
                 // The operator's call about a tenant goes in that tenant's chain, refused
                 // or failed too (a success names it itself): if the tenant exists, so that
-                // no chain is begun for an id that is no tenant's.
+                // no chain is begun for an id that is no tenant's. So does an onboarding
+                // that failed after its write may have landed: its tenant's chain begins
+                // with it, not with the operator's next call about the tenant.
+                let about = about.or(note.maybe_tenant);
                 let operators = about.is_some();
                 let mut named = match (tenant.or(note.tenant), about) {
                     (Some(t), _) => Some(t),

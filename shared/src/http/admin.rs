@@ -366,6 +366,7 @@ pub(super) fn noted(
         tenant: tenant.cloned(),
         actor: None,
         details,
+        maybe_tenant: None,
     });
     res
 }

@@ -303,7 +303,23 @@ async fn create_tenant(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<accounts::NewTenant>,
 ) -> ApiResult {
-    let (tenant, key) = accounts::create_tenant(&s.deps, req).await?;
+    let id = TenantId::generate();
+    let (tenant, key) = match accounts::create_tenant_as(&s.deps, id.clone(), req).await {
+        Ok(made) => made,
+        Err(e) => {
+            let mut res = ApiError::from(e).into_response();
+            // A server error may come after the write landed (its answer lost, and its
+            // read-back failed too): the tenant may exist, and its chain must begin with
+            // this onboarding (README, "The audit trail").
+            if res.status().is_server_error() {
+                res.extensions_mut().insert(access::AuditNote {
+                    maybe_tenant: Some(id),
+                    ..Default::default()
+                });
+            }
+            return Ok(res);
+        }
+    };
     let body = json!({
         "tenant": views::TenantView::from(&tenant),
         "admin_api_key": key.expose(),

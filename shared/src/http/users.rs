@@ -169,6 +169,7 @@ async fn login(
         tenant: who.as_ref().map(|(tenant, _)| tenant.clone()),
         actor: who.map(|(_, id)| ("user", id)),
         details: json!({"result": result}),
+        maybe_tenant: None,
     });
     res
 }

@@ -98,6 +98,17 @@ pub(crate) fn check_numeric_id(field: &str, v: &str) -> Result<(), ServiceError>
 /// Creates a tenant with an admin API key (returned once) and stores its Meta token in
 /// the secret store. The token is never returned or logged.
 pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secret), ServiceError> {
+    create_tenant_as(deps, TenantId::generate(), req).await
+}
+
+/// [`create_tenant`] under an id the caller chose (fresh: [`TenantId::generate`]), so
+/// that an error whose write may have landed still names the tenant it may have made
+/// (the onboarding's audit event goes to that tenant's chain if it exists).
+pub async fn create_tenant_as(
+    deps: &Deps,
+    id: TenantId,
+    req: NewTenant,
+) -> Result<(Tenant, Secret), ServiceError> {
     check_text("name", &req.name, 200)?;
     check_numeric_id("waba_id", &req.waba_id)?;
     check_numeric_id("phone_number_id", &req.phone_number_id)?;
@@ -121,7 +132,6 @@ pub async fn create_tenant(deps: &Deps, req: NewTenant) -> Result<(Tenant, Secre
         )));
     }
     let now = deps.clock.now();
-    let id = TenantId::generate();
     let secret_name = format!("{}tenants/{}/meta-token", deps.settings.secret_prefix, id);
     let tenant = Tenant {
         id: id.clone(),

@@ -1097,6 +1097,9 @@ pub struct ChainCheck {
     /// The actions a chain's event 1 may be, if any: a tenant's chain begins with its
     /// onboarding ([`BEGINNINGS`]).
     first_action: Option<&'static [&'static str]>,
+    /// Event 1 was a suspension on Meta's word ([`suspended_before_onboarding`]): event 2
+    /// must be the onboarding.
+    onboarding_next: bool,
 }
 
 /// How far behind another process's clock an event's own may be and still take its
@@ -1106,10 +1109,29 @@ const CLOCK_SKEW_SECS: i64 = 300;
 /// The action of a tenant's onboarding, its chain's first event.
 pub const ONBOARDING: &str = "POST /v1/platform/tenants";
 
-/// What a tenant's chain may begin with: its onboarding, or (an onboarding whose answer was
-/// an error though the tenant was made: audited on the platform chain, with no tenant to
-/// name) the operator's key for it, README's way to recover such a tenant.
+/// What a tenant's chain may begin with: its onboarding (an onboarding that answered an
+/// error is recorded on the chain of the tenant it may have made if that tenant exists by
+/// then: [`crate::http::access::AuditNote::maybe_tenant`]), or the operator's key for the
+/// tenant, README's way to recover one whose onboarding went to the platform chain all
+/// the same (the tenant could not be read then either).
 pub const BEGINNINGS: &[&str] = &[ONBOARDING, "POST /v1/platform/tenants/{id}/api-keys"];
+
+/// A tenant's chain may also begin with a suspension on Meta's word, if its onboarding
+/// follows as event 2: the onboarding's event is recorded when its request ends (after
+/// the template sync, up to 10 s), and an `account_update` in that window suspends the
+/// tenant first. Its onboarding is written once, when the tenant is made, so a chain
+/// begun again after a wipe can never have it as event 2.
+fn suspended_before_onboarding(e: &AuditEvent) -> bool {
+    e.action == "tenant.suspend" && e.actor_type == "system"
+}
+
+/// Whether `e` is the tenant's onboarding, as a chain's beginning must be: not parked
+/// without a signature (anyone who can write the table could have put it in the outbox).
+fn is_onboarding(e: &AuditEvent) -> bool {
+    e.action == ONBOARDING && !is_marked(&e.details, PARKED_UNSIGNED)
+}
+
+const NOT_FOLLOWED_BY_ONBOARDING: &str = "event 1, a suspension on Meta's word, is not followed by the tenant's onboarding: the chain was begun again after its events and head were deleted";
 
 impl ChainCheck {
     pub fn new(now: i64) -> Self {
@@ -1119,6 +1141,7 @@ impl ChainCheck {
             last: None,
             broken: None,
             first_action: None,
+            onboarding_next: false,
         }
     }
 
@@ -1140,6 +1163,7 @@ impl ChainCheck {
             last: Some((seq, hash)),
             broken: None,
             first_action: None,
+            onboarding_next: false,
         }
     }
 
@@ -1165,6 +1189,9 @@ impl ChainCheck {
                 Some((seq, hash)) if &e.prev_hash != hash => {
                     Some(format!("event {} does not link to event {seq}", e.seq))
                 }
+                Some(_) if self.onboarding_next && !is_onboarding(e) => {
+                    Some(NOT_FOLLOWED_BY_ONBOARDING.into())
+                }
                 Some(_) => None,
                 None if e.seq == 1 && e.prev_hash != GENESIS => {
                     Some("event 1 does not start the chain".into())
@@ -1183,7 +1210,8 @@ impl ChainCheck {
                 None if e.seq == 1
                     && self
                         .first_action
-                        .is_some_and(|a| !a.contains(&e.action.as_str())) =>
+                        .is_some_and(|a| !a.contains(&e.action.as_str()))
+                    && !suspended_before_onboarding(e) =>
                 {
                     Some(
                     "event 1 is not the tenant's onboarding: the chain was begun again after its events and head were deleted"
@@ -1200,6 +1228,12 @@ impl ChainCheck {
             self.broken = Some((e.seq, reason));
             return false;
         }
+        // Taken as event 1 without being a beginning: the suspension before onboarding.
+        self.onboarding_next = self.last.is_none()
+            && e.seq == 1
+            && self
+                .first_action
+                .is_some_and(|a| !a.contains(&e.action.as_str()));
         self.checked += 1;
         self.last = Some((e.seq, e.hash.clone()));
         true
@@ -1240,6 +1274,11 @@ impl ChainCheck {
             _ => {}
         }
         match self.last {
+            // The whole chain, and it is one event: a suspension whose onboarding is not
+            // there.
+            Some((seq, hash)) if seq == h.seq && hash == h.hash && self.onboarding_next => {
+                VerifyReport::broken(checked, Some(1), NOT_FOLLOWED_BY_ONBOARDING.into())
+            }
             Some((seq, hash)) if seq == h.seq && hash == h.hash => VerifyReport::valid(checked),
             Some((seq, _)) if seq < h.seq => VerifyReport::broken(
                 checked,
@@ -1453,8 +1492,10 @@ pub async fn verify_within(
         if !full {
             break;
         }
-        // More to read: beyond this request's budget, the next request goes on from here.
-        if pages >= budget.pages || started.elapsed() >= budget.time {
+        // More to read: beyond this request's budget, the next request goes on from here
+        // (not between a suspension as event 1 and the onboarding it needs next: a
+        // resumed check does not know it).
+        if (pages >= budget.pages || started.elapsed() >= budget.time) && !check.onboarding_next {
             if let Some((seq, hash)) = check.last.clone() {
                 let c = VerifyCursor {
                     seq,
@@ -1481,6 +1522,16 @@ pub async fn verify_within(
             return Box::pin(verify_within(deps, tenant, None, budget)).await;
         }
     }
+    let parked = deps.audit.parked(&chain, PARKED_COUNTED).await?;
+    // A suspension as event 1 whose onboarding is not linked yet: in flight right after
+    // it, or parked (its append failed), signed, first in the outbox.
+    if check.onboarding_next {
+        let in_flight = beyond.as_ref().is_some_and(is_onboarding);
+        let waiting = parked.first().is_some_and(|p| {
+            p.action == ONBOARDING && matches!(parked_trust(p, writers), ParkedTrust::Signed)
+        });
+        check.onboarding_next = !(in_flight || waiting);
+    }
     let mut report = check.finish(&chain, head.as_ref(), &keys);
     // A legitimate event beyond the head is always the next link, signed: one that is not
     // was written by someone without the audit key (and jams the chain: appends park after
@@ -1503,7 +1554,6 @@ pub async fn verify_within(
     }
     // Waiting events are not a break (nothing in the chain is wrong), but they are not in
     // the chain either: say how many and how long the oldest has waited.
-    let parked = deps.audit.parked(&chain, PARKED_COUNTED).await?;
     report.parked = parked.len();
     report.oldest_parked_age_seconds = parked
         .first()
@@ -1606,6 +1656,78 @@ mod tests {
             let mut check = ChainCheck::new(NOW).beginning_with(BEGINNINGS);
             assert_eq!(check.feed(&first(action)), valid, "{action}");
         }
+    }
+
+    /// A tenant's chain begun by a suspension on Meta's word (an `account_update` while its
+    /// onboarding's request was still syncing templates, before its event was recorded)
+    /// verifies when the onboarding follows as event 2; followed by anything else, or by
+    /// nothing, it is a chain begun again (a wipe's next event may be such a suspension,
+    /// but never the onboarding, which is written once, when the tenant is made).
+    #[test]
+    fn a_tenant_chain_may_begin_with_metas_suspension_only_when_its_onboarding_follows() {
+        // Two events, `first` and `second`, linked, live at `NOW`.
+        let pair = |first: (&str, &str), second: Option<(&str, &str, &str)>| {
+            let mut events = chain(if second.is_some() { 2 } else { 1 });
+            for (i, e) in events.iter_mut().enumerate() {
+                let (actor, action, details) = match i {
+                    0 => (first.0, first.1, "{}"),
+                    _ => second.unwrap(),
+                };
+                e.actor_type = actor.into();
+                e.action = action.into();
+                e.details = details.into();
+                e.expires_at = Some(NOW + 3600);
+            }
+            for i in 0..events.len() {
+                if i > 0 {
+                    events[i].prev_hash = events[i - 1].hash.clone();
+                    events[i].prev_expires_at = events[i - 1].expires_at;
+                }
+                events[i].hash = hash_of(&events[i]);
+            }
+            events
+        };
+        let verdict = |events: &[AuditEvent]| {
+            let mut check = ChainCheck::new(NOW).beginning_with(BEGINNINGS);
+            for e in events {
+                if !check.feed(e) {
+                    break;
+                }
+            }
+            check.finish("t", Some(&head(events.last().unwrap())), &[key()])
+        };
+        let suspension = ("system", "tenant.suspend");
+        let onboarding = ("operator", ONBOARDING, r#"{"status":201}"#);
+        let v = verdict(&pair(suspension, Some(onboarding)));
+        assert!(v.valid && v.checked == 2, "{v:?}");
+        for (second, why) in [
+            (
+                Some(("api_key", "POST /v1/messages", "{}")),
+                "another call next",
+            ),
+            (
+                Some(("operator", ONBOARDING, r#"{"parked_unsigned":true}"#)),
+                "an unsigned onboarding next",
+            ),
+            (None, "nothing next"),
+        ] {
+            let v = verdict(&pair(suspension, second));
+            assert_eq!(
+                (v.valid, v.broken_at),
+                (false, Some(second.map_or(1, |_| 2))),
+                "{why}: {v:?}"
+            );
+            assert!(
+                v.reason
+                    .unwrap()
+                    .contains("not followed by the tenant's onboarding"),
+                "{why}"
+            );
+        }
+        // Only the system's suspension: the operator knows the tenant's id only from the
+        // onboarding's answer, by when its event is recorded.
+        let v = verdict(&pair(("operator", "tenant.suspend"), Some(onboarding)));
+        assert_eq!((v.valid, v.broken_at), (false, Some(1)), "{v:?}");
     }
 
     /// An onboarding parked without a signature proves nothing as event 1 (anyone who can

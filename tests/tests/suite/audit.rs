@@ -1329,6 +1329,8 @@ async fn an_event_linked_by_a_clock_behind_its_predecessors_never_expires_before
 }
 
 on_both_backends!(
+    a_tenant_meta_suspends_while_it_is_onboarded_has_a_chain_that_verifies,
+    an_onboarding_whose_outcome_was_unknown_begins_the_chain_of_the_tenant_it_made,
     a_quiet_chains_head_is_re_signed_within_the_window_and_verifies_after_the_next_rotation,
     an_operators_call_about_a_closed_out_tenant_is_recorded_on_the_platform_chain,
     a_cancel_is_audited_with_the_messages_status_beside_the_http_status,
@@ -1741,5 +1743,226 @@ async fn deleting_the_oldest_events_wiping_or_rehashing_a_chain_in_dynamodb_fail
     assert_eq!(
         v["reason"], "the chain's head does not match its signature: rewritten",
         "{v}"
+    );
+}
+
+/// The app's tenant store, as an onboarding meets it: its write lands, and then either
+/// Meta suspends the tenant before the onboarding's request ends (an `account_update`
+/// while its templates sync: `suspend_with`), or the write's answer is lost and the
+/// read-back that follows fails too (`lose_answer`: the outcome is unknown).
+struct OnboardingWindow {
+    inner: Arc<dyn kirim::ports::TenantStore>,
+    suspend_with: Option<kirim::service::Deps>,
+    lose_answer: bool,
+    /// Tenant reads still to fail (the read-back after a lost answer).
+    failing_reads: AtomicUsize,
+}
+
+impl OnboardingWindow {
+    fn deps(app: &TestApp, suspend: bool, lose_answer: bool) -> kirim::service::Deps {
+        let mut deps = app.app.deps.clone();
+        deps.tenants = Arc::new(OnboardingWindow {
+            inner: app.app.deps.tenants.clone(),
+            suspend_with: suspend.then(|| app.app.deps.clone()),
+            lose_answer,
+            failing_reads: AtomicUsize::new(0),
+        });
+        deps
+    }
+}
+
+#[async_trait]
+impl kirim::ports::TenantStore for OnboardingWindow {
+    async fn onboard(
+        &self,
+        tenant: &kirim::ports::Tenant,
+        display: Option<&str>,
+        key: &kirim::ports::ApiKeyRecord,
+        initial: Option<&kirim::ports::LedgerEntry>,
+    ) -> Result<(), StoreError> {
+        self.inner.onboard(tenant, display, key, initial).await?;
+        if let Some(deps) = &self.suspend_with {
+            let suspended = kirim::service::accounts::try_suspend_for_meta(
+                deps,
+                &tenant.id,
+                "meta account_update: ACCOUNT_RESTRICTION",
+                "webhook",
+                None,
+            )
+            .await?;
+            assert!(suspended);
+        }
+        if self.lose_answer {
+            self.failing_reads.store(1, Ordering::SeqCst);
+            return Err(StoreError::Unavailable("the answer was lost".into()));
+        }
+        Ok(())
+    }
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<kirim::ports::Tenant>, StoreError> {
+        if take(&self.failing_reads) {
+            return Err(StoreError::Unavailable("throttled".into()));
+        }
+        self.inner.get_tenant(id).await
+    }
+    async fn tenant_by_phone_number_id(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<TenantId>, StoreError> {
+        self.inner.tenant_by_phone_number_id(phone_number_id).await
+    }
+    async fn api_key_by_hash(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<kirim::ports::ApiKeyRecord>, StoreError> {
+        self.inner.api_key_by_hash(key_hash).await
+    }
+    async fn tenants_by_waba(&self, waba_id: &str) -> Result<Vec<TenantId>, StoreError> {
+        self.inner.tenants_by_waba(waba_id).await
+    }
+    async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError> {
+        self.inner.set_ip_allowlist(id, cidrs).await
+    }
+    async fn set_request_limits(
+        &self,
+        id: &TenantId,
+        limits: kirim::domain::RequestLimits,
+    ) -> Result<kirim::ports::Tenant, StoreError> {
+        self.inner.set_request_limits(id, limits).await
+    }
+    async fn set_status(
+        &self,
+        id: &TenantId,
+        to: kirim::ports::TenantStatus,
+        reason: Option<&str>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<kirim::ports::Tenant, StoreError> {
+        self.inner.set_status(id, to, reason, at).await
+    }
+    async fn suspend_if_unchanged(
+        &self,
+        id: &TenantId,
+        reason: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        seen: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Option<kirim::ports::Tenant>, StoreError> {
+        self.inner.suspend_if_unchanged(id, reason, at, seen).await
+    }
+}
+
+/// `POST /v1/platform/tenants` through admin_api's router on `deps`: the status and body.
+async fn onboard_through(deps: &kirim::service::Deps, pnid: &str) -> (u16, Value) {
+    use tower::ServiceExt;
+    let body = json!({
+        "name": "Kedai", "waba_id": "1000001", "phone_number_id": pnid,
+        "meta_access_token": "EAAG-test-meta-token", "credits": 1});
+    let res = kirim::http::admin_api_router(deps.clone())
+        .oneshot(
+            axum::http::Request::builder()
+                .method("POST")
+                .uri("/v1/platform/tenants")
+                .header("authorization", format!("Bearer {OPERATOR_TOKEN}"))
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn new_pnid() -> String {
+    format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000)
+}
+
+/// Meta's `account_update` can suspend a tenant while its onboarding's request still syncs
+/// its templates, before the middleware records the onboarding: the suspension is the
+/// chain's event 1, the onboarding event 2, and the chain verifies (not "begun again").
+async fn a_tenant_meta_suspends_while_it_is_onboarded_has_a_chain_that_verifies(b: Backend) {
+    let app = spawn_app(b).await;
+    let deps = OnboardingWindow::deps(&app, true, false);
+    let (status, body) = onboard_through(&deps, &new_pnid()).await;
+    assert_eq!(status, 201, "{body}");
+    let key = body["admin_api_key"].as_str().unwrap();
+    let page = get(&app, key, "/v1/audit").await;
+    assert_eq!(
+        actions(&page),
+        vec!["POST /v1/platform/tenants", "tenant.suspend"],
+        "{page}"
+    );
+    assert_eq!(
+        get(&app, key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 2, "complete": true})
+    );
+}
+
+/// An onboarding whose write landed but whose answer was lost, and whose read-back failed
+/// too, answers an error; its event still begins the tenant's chain (the middleware finds
+/// the tenant), so the operator's next calls about it (a top-up, then a key) do not leave
+/// a chain that verifies as begun again.
+async fn an_onboarding_whose_outcome_was_unknown_begins_the_chain_of_the_tenant_it_made(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let deps = OnboardingWindow::deps(&app, false, true);
+    let pnid = new_pnid();
+    let (status, body) = onboard_through(&deps, &pnid).await;
+    assert_eq!(status, 503, "{body}");
+    let id = app
+        .app
+        .deps
+        .tenants
+        .tenant_by_phone_number_id(&pnid)
+        .await
+        .unwrap()
+        .expect("the write landed");
+    let operator = |path: String, body: Value| {
+        app.http
+            .post(app.url(&path))
+            .bearer_auth(OPERATOR_TOKEN)
+            .json(&body)
+            .send()
+    };
+    let res = operator(
+        format!("/v1/platform/tenants/{id}/credits"),
+        json!({"amount": 5, "reference": "INV-1"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = operator(
+        format!("/v1/platform/tenants/{id}/api-keys"),
+        json!({"name": "rescue", "role": "admin"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    let key: Value = res.json().await.unwrap();
+    let key = key["key"].as_str().unwrap();
+    let page = get(&app, key, "/v1/audit").await;
+    assert_eq!(
+        actions(&page),
+        vec![
+            "POST /v1/platform/tenants/{id}/api-keys",
+            "POST /v1/platform/tenants/{id}/credits",
+            "POST /v1/platform/tenants",
+        ],
+        "{page}"
+    );
+    let first = &page["events"][2];
+    assert_eq!(
+        (&first["outcome"], &first["details"]["status"]),
+        (&json!("error"), &json!(503)),
+        "{first}"
+    );
+    assert_eq!(
+        get(&app, key, "/v1/audit/verify").await,
+        json!({"valid": true, "checked": 3, "complete": true})
     );
 }
