@@ -407,18 +407,42 @@ async fn a_refused_top_up_keeps_no_key(b: Backend) {
     assert_eq!(res.status(), 201);
     assert!(res.headers().get("idempotent-replayed").is_none());
     assert_eq!(app.credits(&t.key).await, 9);
-    // An unknown tenant with a key: 404, nothing kept.
-    let nobody = "01J9Z7X1A2B3C4D5E6F7G8H9JK";
+    // An unknown tenant with a key: 404, and nothing kept. A kept key would answer its
+    // replay once a tenant of that id existed, so one is made (through the store: the API
+    // mints its own ids), and the same top-up then credits it, not replayed.
+    let nobody = kirim::domain::TenantId::generate();
     for _ in 0..2 {
         let res = top_up(
             &app,
-            nobody,
+            nobody.as_str(),
             Some("INV-10"),
             json!({"amount": 9, "reference": "INV-10"}),
         )
         .await;
         assert_eq!(res.status(), 404);
     }
+    let mut made = crate::contract::tenant(0);
+    made.id = nobody.clone();
+    app.app
+        .deps
+        .tenants
+        .create_tenant(&made, &crate::contract::key_for(&made), None)
+        .await
+        .unwrap();
+    let res = top_up(
+        &app,
+        nobody.as_str(),
+        Some("INV-10"),
+        json!({"amount": 9, "reference": "INV-10"}),
+    )
+    .await;
+    assert_eq!(res.status(), 201);
+    assert!(
+        res.headers().get("idempotent-replayed").is_none(),
+        "a key was kept"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["balance"], 9, "{body}");
 }
 
 async fn post_broadcast(
