@@ -70,6 +70,11 @@ fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiErr
     // The template's components as a JSON body would carry them (a JSON array, URL-encoded):
     // a CSV upload can send a template whose body takes parameters.
     let components = match q.get("template_components") {
+        Some(raw) if raw.len() > MAX_COMPONENTS_PARAM => {
+            return Err(ApiError::invalid(format!(
+                "template_components may be at most {MAX_COMPONENTS_PARAM} bytes"
+            )))
+        }
         Some(raw) => serde_json::from_str::<Vec<serde_json::Value>>(raw).map_err(|_| {
             ApiError::invalid(
                 "template_components must be a JSON array of components, as `template.components` \
@@ -85,6 +90,10 @@ fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiErr
         components,
     })
 }
+
+/// The longest `template_components` a CSV upload's query may carry (openapi's
+/// `maxLength`), decoded.
+const MAX_COMPONENTS_PARAM: usize = 8192;
 
 async fn create(
     State(s): State<AppState>,
@@ -291,10 +300,14 @@ async fn recipients_csv(
         std::collections::HashSet::<MessageId>::new(),
         Some(first),
     );
+    // The body is read after the handler returned, outside its request span: the request
+    // id goes with the stream for its error line.
+    let request_id = crate::telemetry::request_id();
     let body = stream::unfold(start, move |(step, mut emitted, mut first)| {
         let deps = deps.clone();
         let b = b.clone();
         let pending = pending.clone();
+        let request_id = request_id.clone();
         async move {
             let (text, next) = match step {
                 CsvStep::Done => return None,
@@ -322,7 +335,7 @@ async fn recipients_csv(
                             },
                         ),
                         Err(e) => {
-                            tracing::error!(broadcast_id = %b.id, error = %e, "recipients.csv stopped");
+                            tracing::error!(request_id = request_id.as_deref(), broadcast_id = %b.id, error = %e, "recipients.csv stopped");
                             let cut =
                                 std::io::Error::other("storage error: recipients.csv cut off");
                             return Some((Err(cut), (CsvStep::Done, emitted, None)));
@@ -447,5 +460,32 @@ mod offset_tests {
         ] {
             assert_eq!(super::offset_plus(same), same);
         }
+    }
+}
+
+#[cfg(test)]
+mod query_tests {
+    use std::collections::HashMap;
+
+    fn query(components: String) -> HashMap<String, String> {
+        HashMap::from([
+            ("template_name".to_owned(), "promo_sale".to_owned()),
+            ("template_language".to_owned(), "en_US".to_owned()),
+            ("template_components".to_owned(), components),
+        ])
+    }
+
+    /// openapi's `maxLength` holds: a longer `template_components` is refused, not read.
+    #[test]
+    fn template_components_longer_than_8192_bytes_are_refused() {
+        let param = |n: usize| {
+            let text = "x".repeat(n);
+            format!(r#"[{{"type":"body","parameters":[{{"type":"text","text":"{text}"}}]}}]"#)
+        };
+        let fits = param(super::MAX_COMPONENTS_PARAM - param(0).len());
+        assert_eq!(fits.len(), super::MAX_COMPONENTS_PARAM);
+        assert!(super::template_from_query(&query(fits.clone())).is_ok());
+        let over = param(super::MAX_COMPONENTS_PARAM + 1 - param(0).len());
+        assert!(super::template_from_query(&query(over)).is_err());
     }
 }

@@ -316,9 +316,13 @@ async fn export(
         bytes: head.len(),
         started,
     };
+    // The body is read after the handler returned, outside its request span: the request
+    // id goes with the stream for its error line.
+    let request_id = crate::telemetry::request_id();
     let body = stream::unfold(walk, move |mut walk| {
         let deps = deps.clone();
         let tenant = tenant.clone();
+        let request_id = request_id.clone();
         async move {
             let step = walk.step.take()?;
             if matches!(step, Step::Done) {
@@ -336,7 +340,7 @@ async fn export(
                     Some((Ok(Bytes::from(text)), walk))
                 }
                 Err(e) => {
-                    tracing::error!(tenant_id = %tenant, error = %e, "export stopped by a storage error");
+                    tracing::error!(request_id = request_id.as_deref(), tenant_id = %tenant, error = %e, "export stopped by a storage error");
                     let text = line("error", json!({"code": "unavailable"}));
                     Some((Ok(Bytes::from(text)), walk))
                 }

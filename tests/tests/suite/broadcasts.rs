@@ -1139,6 +1139,7 @@ async fn csv_requested_before_the_fan_out(
 async fn a_recipients_csv_storage_cannot_read_is_a_503_or_a_cut_off_body_never_a_clean_200() {
     use kirim::service::{broadcasts, send::TemplateIn};
     use tower::ServiceExt;
+    kirim_tests::capture_logs();
     let clock = kirim_tests::ManualClock::new();
     let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
     let (tenant, key) = promo_tenant(&deps, "132", 300).await;
@@ -1192,11 +1193,25 @@ async fn a_recipients_csv_storage_cannot_read_is_a_503_or_a_cut_off_body_never_a
     assert_eq!(none.status(), 503, "nothing read: not a header alone");
     let half = request(1).await;
     assert_eq!(half.status(), 200, "the first page was read");
+    let request_id = half
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("x-request-id");
     assert!(
         axum::body::to_bytes(half.into_body(), 1 << 20)
             .await
             .is_err(),
         "the second page failed: the body is cut off, not ended"
+    );
+    // Read after the handler returned, the stream's error line still names its request.
+    assert!(
+        kirim_tests::captured_logs()
+            .lines()
+            .any(|l| l.contains("recipients.csv stopped") && l.contains(&request_id)),
+        "{}",
+        kirim_tests::captured_logs()
     );
 }
 
