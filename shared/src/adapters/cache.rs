@@ -169,6 +169,31 @@ impl<S> ReadCache<S> {
     }
 }
 
+/// Slots pass straight through (never cached); a tier set through the cache drops the
+/// tenant it cached, as every other tenant write does: the same instance's next read (the
+/// numbers list, the dispatcher's pace) has the new tier at once.
+#[async_trait]
+impl<S: crate::ports::Throughput + 'static> crate::ports::Throughput for ReadCache<S> {
+    async fn reserve_slots(
+        &self,
+        key: &str,
+        per_sec: u32,
+        now: DateTime<Utc>,
+        max_wait: std::time::Duration,
+        count: u32,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner
+            .reserve_slots(key, per_sec, now, max_wait, count)
+            .await
+    }
+
+    async fn set_throughput(&self, tenant: &TenantId, per_sec: u32) -> Result<Tenant, StoreError> {
+        let r = self.inner.set_throughput(tenant, per_sec).await;
+        self.forget_tenant(tenant);
+        r
+    }
+}
+
 #[async_trait]
 impl<S: TenantStore + 'static> TenantStore for ReadCache<S> {
     async fn onboard(

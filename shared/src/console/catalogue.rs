@@ -158,14 +158,18 @@ fn synced(a: &Answer) -> (StatusCode, Notice) {
         );
     }
     if a.status == StatusCode::BAD_GATEWAY {
-        return (
-            StatusCode::BAD_GATEWAY,
-            Notice::Problem(
-                "Meta did not answer properly, so the catalogue below is the one Kirim read \
-                 before. Try again in a few minutes."
-                    .into(),
-            ),
-        );
+        // The API's words name the cause (an expired token, a missing permission, a sync cut
+        // short whose reads were kept), written for a person; without them, a general line.
+        let why = a.body["error"]["message"]
+            .as_str()
+            .filter(|m| !m.is_empty())
+            .map(|m| format!("Meta's answer stopped the sync: {m}."))
+            .unwrap_or_else(|| {
+                "Meta did not answer properly; the catalogue below is what Kirim has read. \
+                 Try again in a few minutes."
+                    .into()
+            });
+        return (StatusCode::BAD_GATEWAY, Notice::Problem(why));
     }
     let (status, n) = problem(a);
     (status, n.unwrap_or_else(|| Notice::Problem(a.message())))
@@ -184,4 +188,38 @@ async fn sync(State(s): State<ConsoleState>, ctx: Ctx, body: Bytes) -> Response 
     }
     let (status, n) = synced(&a);
     render(&s, &ctx, &HashMap::new(), status, Some(n)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: StatusCode, body: serde_json::Value) -> Answer {
+        Answer {
+            status,
+            body,
+            retry_after: None,
+        }
+    }
+
+    /// A sync Meta stopped says why, as the API does (an expired token is not fixed by
+    /// trying again in a few minutes); with no reason given, a general line.
+    #[test]
+    fn a_sync_meta_stopped_shows_the_apis_reason() {
+        let reason = "Meta refused the account's access token (invalid or expired): ask your provider to update it";
+        let (status, n) = synced(&answer(
+            StatusCode::BAD_GATEWAY,
+            serde_json::json!({"error": {"code": "meta_error", "message": reason}}),
+        ));
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(
+            matches!(&n, Notice::Problem(m) if m.contains(reason)),
+            "{n:?}"
+        );
+        let (_, n) = synced(&answer(StatusCode::BAD_GATEWAY, serde_json::json!({})));
+        assert!(
+            matches!(&n, Notice::Problem(m) if m.contains("Try again")),
+            "{n:?}"
+        );
+    }
 }

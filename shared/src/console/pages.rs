@@ -906,6 +906,7 @@ async fn dashboard(State(s): S, ctx: Ctx, q: Q) -> Response {
     let mut week: HashMap<String, u64> = HashMap::new();
     let mut cursor: Option<String> = None;
     let mut truncated = false;
+    let mut partial: Option<usize> = None;
     for i in 0..=DASHBOARD_PAGES {
         if i == DASHBOARD_PAGES {
             truncated = true;
@@ -918,6 +919,17 @@ async fn dashboard(State(s): S, ctx: Ctx, q: Q) -> Response {
             ("cursor", cursor.as_deref().unwrap_or("")),
         ]);
         let a = s.api.get(&ctx.who, &format!("/v1/messages?{qs}")).await;
+        // A later page refused (the user's request limit, a storage error): the counts so
+        // far are shown, said to be partial, rather than the page sign-in lands on failing.
+        if !a.ok() && i > 0 {
+            tracing::warn!(
+                status = a.status.as_u16(),
+                pages = i,
+                "dashboard counted part of the week"
+            );
+            partial = Some(i * 100);
+            break;
+        }
         if !a.ok() {
             return failed(&a);
         }
@@ -969,6 +981,7 @@ async fn dashboard(State(s): S, ctx: Ctx, q: Q) -> Response {
         (numbers)
         h2 { "Messages by status" }
         @if truncated { p.hint { "Counted from the most recent " (DASHBOARD_PAGES * 100) " messages only." } }
+        @if let Some(n) = partial { p.hint { "Counted from the most recent " (n) " messages only: the rest could not be read just now; reload to count them." } }
         (status_chart("today", &format!("Today ({} UTC)", today.format("%Y-%m-%d")), &counts(&today_counts)))
         (status_chart("week", &format!("Last 7 days ({} to {} UTC)", first.format("%Y-%m-%d"), today.format("%Y-%m-%d")), &counts(&week)))
         div.table-wrap {
@@ -1405,7 +1418,7 @@ async fn message(State(s): S, ctx: Ctx, Path(id): Path<String>, q: Q) -> Respons
 
 async fn opt_outs(State(s): S, ctx: Ctx, q: Q) -> Response {
     let cursor = q.0.get("cursor").cloned().unwrap_or_default();
-    render_opt_outs(&s, &ctx, &cursor, StatusCode::OK, done(&q.0), "").await
+    render_opt_outs(&s, &ctx, &cursor, StatusCode::OK, done(&q.0), ("", "")).await
 }
 
 /// The opt-outs page; the add form shows `typed` (a refused addition's, as typed).
@@ -1415,7 +1428,7 @@ async fn render_opt_outs(
     cursor: &str,
     status: StatusCode,
     n: Option<Notice>,
-    typed: &str,
+    (typed, typed_scope): (&str, &str),
 ) -> Response {
     let qs = query(&[("limit", "50"), ("cursor", cursor)]);
     let a = s.api.get(&ctx.who, &format!("/v1/opt-outs?{qs}")).await;
@@ -1434,7 +1447,7 @@ async fn render_opt_outs(
                     label for="scope" { "Scope" }
                     select #scope name="scope" {
                         option value="all" { "all messages" }
-                        option value="marketing" { "marketing only" }
+                        option value="marketing" selected[typed_scope == "marketing"] { "marketing only" }
                     }
                 }
                 button type="submit" { "Opt out" }
@@ -1489,7 +1502,8 @@ async fn opt_out_action(s: &ConsoleState, ctx: &Ctx, body: &Bytes, method: Metho
     let phone = field(&f, "phone");
     if phone.is_empty() {
         let n = Some(Notice::Problem("enter a phone number".into()));
-        return render_opt_outs(s, ctx, "", StatusCode::BAD_REQUEST, n, "").await;
+        let scope = field(&f, "scope");
+        return render_opt_outs(s, ctx, "", StatusCode::BAD_REQUEST, n, ("", scope)).await;
     }
     let removing = method == Method::DELETE;
     if removing && !confirmed(&f) {
@@ -1512,8 +1526,15 @@ async fn opt_out_action(s: &ConsoleState, ctx: &Ctx, body: &Bytes, method: Metho
         StatusCode::UNAUTHORIZED => failed(&a),
         _ => {
             let (status, n) = problem(&a);
-            // A refused addition keeps what was typed, to be mended; a removal has none.
-            render_opt_outs(s, ctx, "", status, n, if removing { "" } else { phone }).await
+            // A refused addition keeps what was typed and chosen, to be mended (its scope
+            // too: sent again as "all", a marketing opt-out would stop every message); a
+            // removal has none.
+            let typed = if removing {
+                ("", "")
+            } else {
+                (phone, field(&f, "scope"))
+            };
+            render_opt_outs(s, ctx, "", status, n, typed).await
         }
     }
 }
@@ -1795,7 +1816,7 @@ async fn revoke_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
 // ------------------------------------------------------------------ users
 
 async fn users(State(s): S, ctx: Ctx, q: Q) -> Response {
-    render_users(&s, &ctx, StatusCode::OK, done(&q.0), "").await
+    render_users(&s, &ctx, StatusCode::OK, done(&q.0), ("", "")).await
 }
 
 /// The users page; the add form shows `email` (a refused addition's, as typed).
@@ -1804,7 +1825,7 @@ async fn render_users(
     ctx: &Ctx,
     status: StatusCode,
     n: Option<Notice>,
-    email: &str,
+    (email, role): (&str, &str),
 ) -> Response {
     let a = s.api.get(&ctx.who, "/v1/users").await;
     if !a.ok() {
@@ -1824,7 +1845,7 @@ async fn render_users(
         form.stack method="post" action="/console/users" {
             (csrf(&ctx.csrf))
             div { label for="user-email" { "Email" } input #user-email type="email" name="email" value=(email) autocomplete="off" required; }
-            div { label for="user-role" { "Role" } (role_select("user-role")) }
+            div { label for="user-role" { "Role" } (role_choice("user-role", Some(role).filter(|r| !r.is_empty()))) }
             div {
                 label for="user-password" { "First password (12 to 128 characters)" }
                 input #user-password type="password" name="password" minlength="12" maxlength="128" autocomplete="new-password" required;
@@ -1896,7 +1917,9 @@ async fn add_user(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         return failed(&a);
     }
     let (status, n) = problem(&a);
-    render_users(&s, &ctx, status, n, field(&f, "email")).await
+    // What was typed and chosen is kept, to be mended (a role left to the first choice
+    // would add the user read-only when sent again).
+    render_users(&s, &ctx, status, n, (field(&f, "email"), field(&f, "role"))).await
 }
 
 async fn unlock_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
@@ -1929,7 +1952,7 @@ async fn change_role(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes)
         return failed(&a);
     }
     let (status, n) = problem(&a);
-    render_users(&s, &ctx, status, n, "").await
+    render_users(&s, &ctx, status, n, ("", "")).await
 }
 
 async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
@@ -1957,7 +1980,7 @@ async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes)
     }
     if a.status == StatusCode::CONFLICT {
         let (status, n) = problem(&a);
-        return render_users(&s, &ctx, status, n, "").await;
+        return render_users(&s, &ctx, status, n, ("", "")).await;
     }
     failed(&a)
 }
@@ -2077,8 +2100,17 @@ async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
                 Some(true) => Notice::Done(format!(
                     "The audit chain is intact ({checked} events checked)."
                 )),
+                // Where and why, as the API says: without them a break cannot be found.
                 _ => Notice::Problem(format!(
-                    "the audit chain does not verify ({checked} events checked)"
+                    "the audit chain does not verify ({checked} events checked){}{}",
+                    v.body["broken_at"]
+                        .as_i64()
+                        .map(|at| format!("; it breaks at event {at}"))
+                        .unwrap_or_default(),
+                    v.body["reason"]
+                        .as_str()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default()
                 )),
             });
         }

@@ -219,7 +219,7 @@ impl Deps {
     /// The one constructor: every field, from one set of backends.
     pub fn new<S: Stores>(b: Backends<S>) -> Self {
         let store = b.store;
-        // The warm-process read cache, one for the five ports it decorates (so a write
+        // The warm-process read cache, one for the six ports it decorates (so a write
         // through one drops what the others cached); its refreshes of templates, callback
         // settings, numbers and phone owners go through the store's lagging view.
         type Cached<S> = crate::adapters::cache::ReadCache<S>;
@@ -229,10 +229,12 @@ impl Deps {
             Arc<dyn StatusCallbackStore>,
             Arc<dyn TemplateStore>,
             Arc<dyn crate::ports::PhoneNumberStore>,
+            Arc<dyn crate::ports::Throughput>,
         );
-        let (tenants, api_keys, status_callbacks, templates, numbers): CachedPorts =
+        let (tenants, api_keys, status_callbacks, templates, numbers, throughput): CachedPorts =
             if b.read_cache_ttl.is_zero() {
                 (
+                    store.clone(),
                     store.clone(),
                     store.clone(),
                     store.clone(),
@@ -245,7 +247,7 @@ impl Deps {
                     b.read_cache_ttl,
                     b.clock.clone(),
                 ));
-                (c.clone(), c.clone(), c.clone(), c.clone(), c)
+                (c.clone(), c.clone(), c.clone(), c.clone(), c.clone(), c)
             };
         Deps {
             tenants,
@@ -260,7 +262,7 @@ impl Deps {
             opt_outs: store.clone(),
             contacts: store.clone(),
             idempotency: store.clone(),
-            throughput: store.clone(),
+            throughput,
             sending: store.clone(),
             pending: store.clone(),
             status_callbacks,

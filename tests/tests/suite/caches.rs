@@ -143,6 +143,34 @@ async fn a_key_revoked_through_the_same_process_is_refused_at_once(b: Backend) {
     assert!(auth::authenticate(&cached, Some(&token)).await.is_err());
 }
 
+/// A tier the operator sets through a warm process is read back by that process at once
+/// (the numbers list, the dispatcher's pace): its cached tenant is dropped, as every other
+/// tenant write through it drops it.
+async fn a_throughput_tier_set_through_the_same_process_is_read_at_once(b: Backend) {
+    let (cached, other, _clock) = two_processes(b).await;
+    let t = tenant(10);
+    other
+        .tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let warm = cached
+        .tenants
+        .tenant_for_access(&t.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(warm.throughput_per_sec, None);
+    cached.throughput.set_throughput(&t.id, 1000).await.unwrap();
+    let read = cached
+        .tenants
+        .tenant_for_access(&t.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.throughput_per_sec, Some(1000));
+}
+
 async fn a_suspension_by_another_process_bites_within_five_seconds_and_credits_are_never_cached(
     b: Backend,
 ) {
@@ -1000,6 +1028,7 @@ async fn a_url_only_callback_put_after_a_delete_elsewhere_needs_a_secret_again(b
 }
 
 on_both_backends!(
+    a_throughput_tier_set_through_the_same_process_is_read_at_once,
     an_allow_list_replaced_through_another_process_reads_back_at_once,
     a_url_only_callback_put_after_a_delete_elsewhere_needs_a_secret_again,
     a_balance_a_warm_copy_saw_empty_is_read_afresh_before_a_request_is_refused,

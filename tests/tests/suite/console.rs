@@ -864,7 +864,94 @@ async fn the_console_removes_a_copy_kept_under_a_user_id_by_that_id(b: Backend) 
     assert_eq!(v["opt_outs"], serde_json::json!([]), "{v}");
 }
 
+/// A refused form keeps what was chosen, not only what was typed: sent again as the page
+/// showed it, a marketing opt-out would stop every message and an admin would be added
+/// read-only.
+async fn a_refused_opt_out_or_user_keeps_its_chosen_scope_and_role(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/opt-outs").await.csrf();
+    let refused = web
+        .post(
+            "/console/opt-outs",
+            &[
+                ("csrf", &csrf),
+                ("phone", "+60 12 not a number"),
+                ("scope", "marketing"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.html);
+    assert!(
+        refused
+            .html
+            .contains(r#"<option value="marketing" selected>"#),
+        "{}",
+        refused.html
+    );
+    let csrf = web.get("/console/users").await.csrf();
+    let refused = web
+        .post(
+            "/console/users",
+            &[
+                ("csrf", &csrf),
+                ("email", "second-admin@example.com"),
+                ("role", "admin"),
+                ("password", "too short"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.html);
+    assert!(
+        refused.html.contains(r#"<option value="admin" selected>"#),
+        "{}",
+        refused.html
+    );
+    assert!(refused.html.contains("second-admin@example.com"));
+}
+
+/// The dashboard counts the week's messages over several pages of the list: a later page
+/// refused (here the user's request limit) leaves the counts read so far, said to be
+/// partial, not an error page where sign-in lands.
+async fn a_dashboard_whose_later_page_is_refused_shows_the_counts_so_far(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(200).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let tenant = kirim::domain::TenantId::from_trusted(t.tenant_id.clone());
+    for _ in 0..101 {
+        let (rec, debit) = crate::contract::message_for(&tenant, chrono::Utc::now());
+        app.app
+            .deps
+            .messages
+            .insert_with_debit(&rec, &debit)
+            .await
+            .unwrap();
+    }
+    let mut web = sign_in(&app, &email).await;
+    let (s, v) = call(
+        &app,
+        "PUT",
+        &format!("/v1/platform/tenants/{}/limits", t.tenant_id),
+        Some(kirim_tests::OPERATOR_TOKEN),
+        Some(serde_json::json!({"requests_per_sec": 1, "burst": 2})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let page = web.get("/console/").await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert!(
+        page.html
+            .contains("Counted from the most recent 100 messages only"),
+        "{}",
+        page.html
+    );
+}
+
 on_both_backends!(
+    a_dashboard_whose_later_page_is_refused_shows_the_counts_so_far,
+    a_refused_opt_out_or_user_keeps_its_chosen_scope_and_role,
     the_console_removes_a_copy_kept_under_a_user_id_by_that_id,
     the_console_over_https_sends_strict_transport_security_and_local_mode_does_not,
     an_opt_out_is_removed_only_on_its_confirmation_and_a_refused_one_keeps_its_number,
