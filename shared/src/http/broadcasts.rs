@@ -70,9 +70,9 @@ fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiErr
     // The template's components as a JSON body would carry them (a JSON array, URL-encoded):
     // a CSV upload can send a template whose body takes parameters.
     let components = match q.get("template_components") {
-        Some(raw) if raw.len() > MAX_COMPONENTS_PARAM => {
+        Some(raw) if raw.chars().count() > MAX_COMPONENTS_PARAM => {
             return Err(ApiError::invalid(format!(
-                "template_components may be at most {MAX_COMPONENTS_PARAM} bytes"
+                "template_components may be at most {MAX_COMPONENTS_PARAM} characters"
             )))
         }
         Some(raw) => serde_json::from_str::<Vec<serde_json::Value>>(raw).map_err(|_| {
@@ -91,8 +91,8 @@ fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiErr
     })
 }
 
-/// The longest `template_components` a CSV upload's query may carry (openapi's
-/// `maxLength`), decoded.
+/// The longest `template_components` a CSV upload's query may carry, in characters as
+/// openapi's `maxLength` counts them, decoded.
 const MAX_COMPONENTS_PARAM: usize = 8192;
 
 async fn create(
@@ -475,17 +475,20 @@ mod query_tests {
         ])
     }
 
-    /// openapi's `maxLength` holds: a longer `template_components` is refused, not read.
+    /// openapi's `maxLength` holds, counted in characters as JSON Schema counts them: a
+    /// longer `template_components` is refused, not read; Thai text at the limit (three
+    /// bytes a character) is taken.
     #[test]
-    fn template_components_longer_than_8192_bytes_are_refused() {
+    fn template_components_longer_than_8192_characters_are_refused() {
         let param = |n: usize| {
-            let text = "x".repeat(n);
+            let text = "ก".repeat(n);
             format!(r#"[{{"type":"body","parameters":[{{"type":"text","text":"{text}"}}]}}]"#)
         };
-        let fits = param(super::MAX_COMPONENTS_PARAM - param(0).len());
-        assert_eq!(fits.len(), super::MAX_COMPONENTS_PARAM);
+        let fits = param(super::MAX_COMPONENTS_PARAM - param(0).chars().count());
+        assert_eq!(fits.chars().count(), super::MAX_COMPONENTS_PARAM);
+        assert!(fits.len() > super::MAX_COMPONENTS_PARAM);
         assert!(super::template_from_query(&query(fits.clone())).is_ok());
-        let over = param(super::MAX_COMPONENTS_PARAM + 1 - param(0).len());
+        let over = param(super::MAX_COMPONENTS_PARAM + 1 - param(0).chars().count());
         assert!(super::template_from_query(&query(over)).is_err());
     }
 }

@@ -118,8 +118,10 @@ async fn list(
 async fn get_one(State(s): State<AppState>, ctx: TenantCtx, Path(key): Path<String>) -> ApiResult {
     let tenant = ctx.tenant_id();
     let key = optouts::parse_existing_key(&key)?;
-    let o = optouts::get(&s.deps, tenant, &key).await?;
-    Ok(Json(OptOutView::kept_under(&o, &key)).into_response())
+    // The key it is kept under, which may be another form of the one asked for, or the
+    // one paired with it.
+    let (o, kept) = optouts::get(&s.deps, tenant, &key).await?;
+    Ok(Json(OptOutView::kept_under(&o, &kept)).into_response())
 }
 
 async fn put_one(

@@ -490,17 +490,17 @@ pub async fn handle_batch(deps: &Deps, items: &[(String, u32)]) -> Vec<Outcome> 
         for (i, job, attempt) in group {
             if let Some((_, outcome)) = tried.as_ref().filter(|(seq, _)| *seq == job.sequence) {
                 let outcome = match outcome {
-                    // A copy at its last attempt of one that just failed is given up with
+                    // A copy at its last attempt of one that just failed is dropped with
                     // it, untried: the copy tried carries the callback on (it had attempts
                     // left, its own last try made whatever the breaker says) or was given
-                    // up and parked itself.
+                    // up and parked itself, counted then (so not counted here: the
+                    // callback is given up once, or is still alive).
                     Outcome::RetryAfter(_) | Outcome::Poison if attempt >= max_attempts => {
                         if attempt == max_attempts {
-                            tracing::warn!(
+                            tracing::info!(
                                 attempt,
-                                "status callback given up with its copy just tried; left to the dead-letter queue"
+                                "a copy of a status callback just tried, at its last attempt: left to the dead-letter queue"
                             );
-                            crate::metrics::callback_given_up();
                         }
                         Outcome::Poison
                     }

@@ -320,11 +320,16 @@ pub async fn add(
     Ok(stored)
 }
 
-/// The opt-out stored under `key`, else the one under the key it is paired with.
-pub async fn get(deps: &Deps, tenant: &TenantId, key: &OptOutKey) -> Result<OptOut, ServiceError> {
+/// The opt-out stored under `key`, else the one under the key it is paired with, and the
+/// key it was found under.
+pub async fn get(
+    deps: &Deps,
+    tenant: &TenantId,
+    key: &OptOutKey,
+) -> Result<(OptOut, OptOutKey), ServiceError> {
     for k in super::contacts::keys_of(deps, tenant, std::slice::from_ref(key)).await? {
         if let Some(o) = deps.opt_outs.get_opt_out(tenant, &k).await? {
-            return Ok(o);
+            return Ok((o, k));
         }
     }
     Err(ServiceError::NotFound)

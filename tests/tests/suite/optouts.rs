@@ -972,7 +972,26 @@ async fn an_opt_out_kept_from_before_the_trunk_zero_rule_is_listed_read_and_remo
     assert_eq!(opt_out_of(&app, &t.key, "+600123456789").await.0, 404);
 }
 
+/// An opt-out read by another form of its number (Mexico's `+52…` for one kept under
+/// `+521…`) names the key it is kept under, the one that removes it.
+async fn an_opt_out_read_by_the_numbers_other_form_names_the_key_it_is_kept_under(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let res = app
+        .http
+        .put(app.url("/v1/opt-outs/%2B5215512345678"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (s, v) = opt_out_of(&app, &t.key, "+525512345678").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["key"], "+5215512345678", "{v}");
+}
+
 on_both_backends!(
+    an_opt_out_read_by_the_numbers_other_form_names_the_key_it_is_kept_under,
     an_opt_out_kept_from_before_the_trunk_zero_rule_is_listed_read_and_removed,
     a_start_stamped_in_the_future_does_not_outrank_the_opt_outs_after_it,
     an_opt_out_removed_while_it_is_copied_under_the_phone_stays_removed,
