@@ -2169,7 +2169,22 @@ async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
 // ------------------------------------------------------------------ settings
 
 async fn settings(State(s): S, ctx: Ctx, q: Q) -> Response {
-    render_settings(&s, &ctx, StatusCode::OK, done(&q.0)).await
+    render_settings(
+        &s,
+        &ctx,
+        StatusCode::OK,
+        done(&q.0),
+        TypedSettings::default(),
+    )
+    .await
+}
+
+/// What a refused settings form had typed, shown again to be mended (not the stored value:
+/// fifteen networks pasted, one malformed, were all lost).
+#[derive(Default)]
+struct TypedSettings<'a> {
+    cidrs: Option<&'a str>,
+    url: Option<&'a str>,
 }
 
 async fn render_settings(
@@ -2177,6 +2192,7 @@ async fn render_settings(
     ctx: &Ctx,
     status: StatusCode,
     n: Option<Notice>,
+    typed: TypedSettings<'_>,
 ) -> Response {
     let allow = s.api.get(&ctx.who, "/v1/settings/ip-allowlist").await;
     if !allow.ok() {
@@ -2196,7 +2212,12 @@ async fn render_settings(
         .flatten()
         .filter_map(Value::as_str)
         .collect();
-    let url = cb.body["url"].as_str().unwrap_or("");
+    let stored_url = cb.body["url"].as_str().unwrap_or("");
+    let url = typed.url.unwrap_or(stored_url);
+    let networks = typed
+        .cidrs
+        .map(str::to_owned)
+        .unwrap_or_else(|| cidrs.join("\n"));
     let required = tf.body["required"].as_bool() == Some(true);
     let body = html! {
         h2 { "IP allow-list" }
@@ -2204,7 +2225,7 @@ async fn render_settings(
             empty allows any). Console sign-ins are not limited by it." }
         form.stack method="post" action="/console/settings/ip-allowlist" {
             (csrf(&ctx.csrf))
-            div { label for="cidrs" { "Allowed networks" } textarea #cidrs name="cidrs" rows="5" { (cidrs.join("\n")) } }
+            div { label for="cidrs" { "Allowed networks" } textarea #cidrs name="cidrs" rows="5" { (networks) } }
             button type="submit" { "Save allow-list" }
         }
         h2 { "Status callback" }
@@ -2219,7 +2240,7 @@ async fn render_settings(
             }
             @if cb.body["secret_set"].as_bool() == Some(true) { p.hint { "A secret is set." } }
             button type="submit" name="op" value="save" { "Save callback" }
-            @if !url.is_empty() { button.danger type="submit" name="op" value="off" { "Turn callbacks off" } }
+            @if !stored_url.is_empty() { button.danger type="submit" name="op" value="off" { "Turn callbacks off" } }
         }
         h2 { "Two-factor authentication" }
         form.stack method="post" action="/console/settings/2fa" {
@@ -2242,7 +2263,13 @@ async fn render_settings(
     )
 }
 
-async fn settings_result(s: &ConsoleState, ctx: &Ctx, a: Answer, ok: &str) -> Response {
+async fn settings_result(
+    s: &ConsoleState,
+    ctx: &Ctx,
+    a: Answer,
+    ok: &str,
+    typed: TypedSettings<'_>,
+) -> Response {
     if a.ok() {
         return redirect(&format!("/console/settings?done={ok}"));
     }
@@ -2250,7 +2277,7 @@ async fn settings_result(s: &ConsoleState, ctx: &Ctx, a: Answer, ok: &str) -> Re
         return failed(&a);
     }
     let (status, n) = problem(&a);
-    render_settings(s, ctx, status, n).await
+    render_settings(s, ctx, status, n, typed).await
 }
 
 async fn put_allowlist(State(s): S, ctx: Ctx, body: Bytes) -> Response {
@@ -2273,7 +2300,11 @@ async fn put_allowlist(State(s): S, ctx: Ctx, body: Bytes) -> Response {
             None,
         )
         .await;
-    settings_result(&s, &ctx, a, "allowlist").await
+    let typed = TypedSettings {
+        cidrs: Some(field(&f, "cidrs")),
+        ..TypedSettings::default()
+    };
+    settings_result(&s, &ctx, a, "allowlist", typed).await
 }
 
 async fn put_callback(State(s): S, ctx: Ctx, body: Bytes) -> Response {
@@ -2284,7 +2315,7 @@ async fn put_callback(State(s): S, ctx: Ctx, body: Bytes) -> Response {
     let path = "/v1/settings/status-callback";
     if field(&f, "op") == "off" {
         let a = s.api.call(&ctx.who, Method::DELETE, path, None, None).await;
-        return settings_result(&s, &ctx, a, "callback_off").await;
+        return settings_result(&s, &ctx, a, "callback_off", TypedSettings::default()).await;
     }
     let mut req = json!({"url": field(&f, "url")});
     let secret = f.get("secret").map(String::as_str).unwrap_or("");
@@ -2295,7 +2326,11 @@ async fn put_callback(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         .api
         .call(&ctx.who, Method::PUT, path, Some(req), None)
         .await;
-    settings_result(&s, &ctx, a, "callback").await
+    let typed = TypedSettings {
+        url: Some(field(&f, "url")),
+        ..TypedSettings::default()
+    };
+    settings_result(&s, &ctx, a, "callback", typed).await
 }
 
 async fn put_two_factor(State(s): S, ctx: Ctx, body: Bytes) -> Response {
@@ -2314,7 +2349,7 @@ async fn put_two_factor(State(s): S, ctx: Ctx, body: Bytes) -> Response {
             None,
         )
         .await;
-    settings_result(&s, &ctx, a, "two_factor_setting").await
+    settings_result(&s, &ctx, a, "two_factor_setting", TypedSettings::default()).await
 }
 
 #[cfg(test)]

@@ -949,7 +949,46 @@ async fn a_dashboard_whose_later_page_is_refused_shows_the_counts_so_far(b: Back
     );
 }
 
+/// A refused settings form shows what was typed, to be mended, not the stored value (a
+/// pasted list of networks with one malformed was lost whole).
+async fn a_refused_allow_list_or_callback_url_keeps_what_was_typed(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/settings").await.csrf();
+    let typed = "203.0.113.0/24\n198.51.100.7\n010.0.0.1/8";
+    let refused = web
+        .post(
+            "/console/settings/ip-allowlist",
+            &[("csrf", &csrf), ("cidrs", typed)],
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.html);
+    assert!(refused.html.contains(typed), "{}", refused.html);
+    let refused = web
+        .post(
+            "/console/settings/status-callback",
+            &[
+                ("csrf", &csrf),
+                ("op", "save"),
+                ("url", "ftp://hooks.example.com/kirim"),
+                ("secret", "a-secret-of-sixteen-plus"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.html);
+    assert!(
+        refused
+            .html
+            .contains(r#"value="ftp://hooks.example.com/kirim""#),
+        "{}",
+        refused.html
+    );
+}
+
 on_both_backends!(
+    a_refused_allow_list_or_callback_url_keeps_what_was_typed,
     a_dashboard_whose_later_page_is_refused_shows_the_counts_so_far,
     a_refused_opt_out_or_user_keeps_its_chosen_scope_and_role,
     the_console_removes_a_copy_kept_under_a_user_id_by_that_id,
