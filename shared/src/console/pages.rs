@@ -1549,10 +1549,6 @@ async fn remove_opt_out(State(s): S, ctx: Ctx, body: Bytes) -> Response {
 
 // ------------------------------------------------------------------ API keys
 
-fn role_select(id: &str) -> Markup {
-    role_choice(id, None)
-}
-
 /// A role as people read it (the choices' words: `read_only` is "read-only").
 fn role_label(role: &str) -> &str {
     match role {
@@ -1589,7 +1585,7 @@ fn shown_once(title: &str, key: &str) -> Markup {
 }
 
 async fn api_keys(State(s): S, ctx: Ctx, q: Q) -> Response {
-    render_keys(&s, &ctx, StatusCode::OK, done(&q.0), None).await
+    render_keys(&s, &ctx, StatusCode::OK, done(&q.0), None, [""; 3]).await
 }
 
 async fn render_keys(
@@ -1598,6 +1594,7 @@ async fn render_keys(
     status: StatusCode,
     n: Option<Notice>,
     once: Option<Markup>,
+    [typed_name, typed_role, typed_expiry]: [&str; 3],
 ) -> Response {
     let a = s.api.get(&ctx.who, "/v1/api-keys").await;
     // A key just made is shown whatever the list's read does: it is shown this once, and
@@ -1615,9 +1612,9 @@ async fn render_keys(
         h2 { "Create a key" }
         form.stack method="post" action="/console/api-keys" {
             (csrf(&ctx.csrf))
-            div { label for="key-name" { "Name" } input #key-name type="text" name="name" maxlength="100" required; }
-            div { label for="key-role" { "Role" } (role_select("key-role")) }
-            div { label for="key-expiry" { "Expires after (days, optional)" } input #key-expiry type="number" name="expires_in_days" min="1" max="3650"; }
+            div { label for="key-name" { "Name" } input #key-name type="text" name="name" maxlength="100" value=(typed_name) required; }
+            div { label for="key-role" { "Role" } (role_choice("key-role", Some(typed_role).filter(|r| !r.is_empty()))) }
+            div { label for="key-expiry" { "Expires after (days, optional)" } input #key-expiry type="number" name="expires_in_days" min="1" max="3650" value=(typed_expiry); }
             button type="submit" { "Create key" }
         }
         div.table-wrap {
@@ -1683,10 +1680,18 @@ async fn create_key(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         Err(r) => return r,
     };
     let mut req = json!({"name": field(&f, "name"), "role": field(&f, "role")});
+    // What was typed and chosen, shown again on a refusal to be mended.
+    let typed = [
+        field(&f, "name"),
+        field(&f, "role"),
+        field(&f, "expires_in_days"),
+    ];
     match number(&f, "expires_in_days", "expiry") {
         Ok(Some(d)) => req["expires_in_days"] = json!(d),
         Ok(None) => {}
-        Err(n) => return render_keys(&s, &ctx, StatusCode::BAD_REQUEST, Some(n), None).await,
+        Err(n) => {
+            return render_keys(&s, &ctx, StatusCode::BAD_REQUEST, Some(n), None, typed).await
+        }
     }
     let a = s
         .api
@@ -1705,13 +1710,13 @@ async fn create_key(State(s): S, ctx: Ctx, body: Bytes) -> Response {
             ),
             None => format!("Key “{name}” created."),
         }));
-        return render_keys(&s, &ctx, StatusCode::CREATED, n, Some(once)).await;
+        return render_keys(&s, &ctx, StatusCode::CREATED, n, Some(once), [""; 3]).await;
     }
     if a.status == StatusCode::UNAUTHORIZED {
         return failed(&a);
     }
     let (status, n) = problem(&a);
-    render_keys(&s, &ctx, status, n, None).await
+    render_keys(&s, &ctx, status, n, None, typed).await
 }
 
 async fn rotate_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
@@ -1723,7 +1728,9 @@ async fn rotate_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
     match number(&f, "grace_period_hours", "the grace period") {
         Ok(Some(h)) => req["grace_period_hours"] = json!(h),
         Ok(None) => {}
-        Err(n) => return render_keys(&s, &ctx, StatusCode::BAD_REQUEST, Some(n), None).await,
+        Err(n) => {
+            return render_keys(&s, &ctx, StatusCode::BAD_REQUEST, Some(n), None, [""; 3]).await
+        }
     }
     let uri = format!("/v1/api-keys/{}/rotate", segment(&id));
     let a = s
@@ -1735,7 +1742,7 @@ async fn rotate_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
         let n = Some(Notice::Done(
             "Key rotated; the old key works until its grace period ends.".into(),
         ));
-        return render_keys(&s, &ctx, StatusCode::CREATED, n, Some(once)).await;
+        return render_keys(&s, &ctx, StatusCode::CREATED, n, Some(once), [""; 3]).await;
     }
     if matches!(a.status, StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND) {
         return failed(&a);
@@ -1746,7 +1753,7 @@ async fn rotate_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
         // new key was shown to no one. Say what stands, not just "not done".
         n = already_rotated(&s, &ctx, &id).await.or(n);
     }
-    render_keys(&s, &ctx, status, n, None).await
+    render_keys(&s, &ctx, status, n, None, [""; 3]).await
 }
 
 /// When another active key named `name` than `id` was created in the last minute, if one

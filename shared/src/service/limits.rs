@@ -298,9 +298,10 @@ impl Limits {
         )
     }
 
-    /// Whether a request from `addr` may have its credentials checked at all: an address
-    /// that spent its allowance of refused credentials is refused before any lookup (and
-    /// before its refusal is audited: a flood must not become a flood of audit writes).
+    /// Whether a request from `addr` whose credentials were refused is answered `429`: an
+    /// address that spent its allowance of refused credentials is (its credentials are still
+    /// looked up, so valid ones pass), before its refusal is audited: a flood must not
+    /// become a flood of audit writes.
     pub fn credentials_allowed(
         &self,
         addr: Option<IpAddr>,

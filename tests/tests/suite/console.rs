@@ -910,6 +910,27 @@ async fn a_refused_opt_out_or_user_keeps_its_chosen_scope_and_role(b: Backend) {
         refused.html
     );
     assert!(refused.html.contains("second-admin@example.com"));
+    // A key the API refuses (an expiry past its 3650 days) keeps its name, role and expiry.
+    let csrf = web.get("/console/api-keys").await.csrf();
+    let refused = web
+        .post(
+            "/console/api-keys",
+            &[
+                ("csrf", &csrf),
+                ("name", "billing service"),
+                ("role", "operator"),
+                ("expires_in_days", "4000"),
+            ],
+        )
+        .await;
+    assert_eq!(refused.status, 400, "{}", refused.html);
+    for kept in [
+        r#"value="billing service""#,
+        r#"<option value="operator" selected>"#,
+        r#"value="4000""#,
+    ] {
+        assert!(refused.html.contains(kept), "{kept}: {}", refused.html);
+    }
 }
 
 /// The dashboard counts the week's messages over several pages of the list: a later page
