@@ -1416,6 +1416,19 @@ async fn an_event_edited_in_dynamodb_fails_verification() {
     let v = get(&app, &t.key, "/v1/audit/verify").await;
     assert_eq!(v["valid"], false, "{v}");
     assert_eq!(v["broken_at"], 2);
+    // The console's check says where and why, as the API does.
+    let (email, _) = crate::users::new_user(&app, &t.key, "admin").await;
+    let mut web = crate::console::sign_in(&app, &email).await;
+    let page = web.get("/console/audit?verify=1").await;
+    assert!(page.html.contains("it breaks at event 2"), "{}", page.html);
+    let reason = v["reason"].as_str().unwrap_or_default();
+    assert!(!reason.is_empty(), "{v}");
+    let shown = reason.replace('\'', "&#39;").replace('"', "&quot;");
+    assert!(
+        page.html.contains(reason) || page.html.contains(&shown),
+        "{reason}: {}",
+        page.html
+    );
 }
 
 /// Someone with table access but not the audit key deletes a chain's head and its newest
