@@ -143,6 +143,21 @@ pub const MAX_SEND_ANSWER: usize = 64 * 1024;
 /// The most of a template page read (100 templates with their components).
 pub const MAX_TEMPLATE_PAGE: usize = 8 * 1024 * 1024;
 
+/// `request` sent with the tenant's token: the answer's status and its body (up to `cap`).
+async fn answered(
+    request: reqwest::RequestBuilder,
+    token: &Secret,
+    cap: usize,
+) -> Result<(u16, Vec<u8>), MetaSendError> {
+    let res = request
+        .header(reqwest::header::AUTHORIZATION, authorization(token)?)
+        .send()
+        .await
+        .map_err(unanswered)?;
+    let status = res.status().as_u16();
+    Ok((status, body_capped(res, cap).await?))
+}
+
 /// The answer's body, read up to `cap` bytes: a longer one is not Meta's answer
 /// (`Protocol`), and is not read into memory whole. A body that stops arriving is a
 /// timeout (the client's) after a 2xx, an unreadable answer (`Protocol`) after anything else.
@@ -321,16 +336,7 @@ impl MetaGraphClient {
         cap: usize,
         parse: fn(&serde_json::Value) -> Option<T>,
     ) -> Result<T, MetaSendError> {
-        let res = self
-            .http
-            .get(url)
-            .header(reqwest::header::AUTHORIZATION, authorization(token)?)
-            .query(query)
-            .send()
-            .await
-            .map_err(unanswered)?;
-        let status = res.status().as_u16();
-        let bytes = body_capped(res, cap).await?;
+        let (status, bytes) = answered(self.http.get(url).query(query), token, cap).await?;
         if (200..300).contains(&status) {
             let body: serde_json::Value =
                 serde_json::from_slice(&bytes).map_err(|_| MetaSendError::Protocol(status))?;
@@ -347,16 +353,7 @@ impl MetaGraphClient {
         token: &Secret,
         body: &serde_json::Value,
     ) -> Result<(u16, Vec<u8>), MetaSendError> {
-        let res = self
-            .http
-            .post(url)
-            .header(reqwest::header::AUTHORIZATION, authorization(token)?)
-            .json(body)
-            .send()
-            .await
-            .map_err(unanswered)?;
-        let status = res.status().as_u16();
-        Ok((status, body_capped(res, MAX_SEND_ANSWER).await?))
+        answered(self.http.post(url).json(body), token, MAX_SEND_ANSWER).await
     }
 
     /// One page of `GET /{version}/{waba_id}/message_templates`, with Meta's `name`
