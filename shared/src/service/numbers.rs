@@ -167,7 +167,7 @@ pub async fn add(
     // one at a higher tier was paced at the default until the next daily run. Bounded,
     // and its failure only logged (the daily run reads it again).
     let until = tokio::time::Instant::now() + NUMBER_READ_TIME;
-    let read = sync_one_from_meta(deps, &tenant, &record.phone_number_id, until).await;
+    let read = sync_one_from_meta(deps, &tenant, &record, until).await;
     tracing::debug!(
         read = read.read,
         updated = read.updated,
@@ -551,38 +551,17 @@ pub async fn sync_from_meta(
     until: tokio::time::Instant,
     max: usize,
 ) -> NumbersRead {
-    read_from_meta(deps, tenant, until, max, None).await
-}
-
-/// [`sync_from_meta`] of one number of the tenant's, just added: what Meta says of it
-/// (a number already at a higher throughput tier, its quality) is known at once, not at
-/// the next daily run or webhook.
-pub async fn sync_one_from_meta(
-    deps: &Deps,
-    tenant: &Tenant,
-    phone_number_id: &str,
-    until: tokio::time::Instant,
-) -> NumbersRead {
-    read_from_meta(deps, tenant, until, 1, Some(phone_number_id)).await
-}
-
-async fn read_from_meta(
-    deps: &Deps,
-    tenant: &Tenant,
-    until: tokio::time::Instant,
-    max: usize,
-    only: Option<&str>,
-) -> NumbersRead {
-    let mut done = NumbersRead::default();
     if max == 0 {
-        return done;
+        return NumbersRead::default();
     }
     let stored = match deps.numbers.list_phone_numbers(&tenant.id).await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(tenant_id = %tenant.id, error = %e, "numbers not listed for their read from Meta");
-            done.failed += 1;
-            return done;
+            return NumbersRead {
+                failed: 1,
+                ..NumbersRead::default()
+            };
         }
     };
     // The default number from before numbers had items is read too (its item is written
@@ -594,9 +573,32 @@ async fn read_from_meta(
     if legacy_default {
         numbers.insert(0, from_tenant(tenant));
     }
-    if let Some(only) = only {
-        numbers.retain(|n| n.phone_number_id == only);
-    }
+    read_from_meta(deps, tenant, &numbers, legacy_default, until, max).await
+}
+
+/// [`sync_from_meta`] of one number of the tenant's, just added (its item, as written):
+/// what Meta says of it (a number already at a higher throughput tier, its quality) is
+/// known at once, not at the next daily run or webhook.
+pub async fn sync_one_from_meta(
+    deps: &Deps,
+    tenant: &Tenant,
+    number: &PhoneNumberRecord,
+    until: tokio::time::Instant,
+) -> NumbersRead {
+    read_from_meta(deps, tenant, std::slice::from_ref(number), false, until, 1).await
+}
+
+/// Reads `numbers` (at most `max`) from Meta and records what it says; `legacy_default`:
+/// the tenant's default number among them has no item of its own yet.
+async fn read_from_meta(
+    deps: &Deps,
+    tenant: &Tenant,
+    numbers: &[PhoneNumberRecord],
+    legacy_default: bool,
+    until: tokio::time::Instant,
+    max: usize,
+) -> NumbersRead {
+    let mut done = NumbersRead::default();
     let token = match deps.secrets.current(&tenant.meta_token_secret).await {
         Ok(Some(t)) => t,
         Ok(None) => {
