@@ -62,21 +62,21 @@ pub async fn authenticate(deps: &Deps, token: Option<&str>) -> Result<Caller, Se
     if readable(previous)?.is_some_and(|s| s.matches(token)) {
         return Ok(Caller::Operator);
     }
+    // A key-shaped token was looked up above; none is the operator's fresh token either.
+    if key_shaped {
+        return Err(ServiceError::Unauthenticated);
+    }
     // Not an API key: the operator token may have been rotated since this process cached
     // it, so it is read afresh, at most every `SECRET_REFRESH_EVERY` (as the webhook's app
     // secret): a new token works on every warm instance within that interval, and a flood
     // of wrong ones costs one read per interval.
-    if !key_shaped {
-        let fresh = deps
-            .secrets
-            .refresh_current(name, super::webhook::SECRET_REFRESH_EVERY)
-            .await?
-            .flatten();
-        if fresh.is_some_and(|s| s.matches(token)) {
-            return Ok(Caller::Operator);
-        }
-    } else {
-        return Err(ServiceError::Unauthenticated);
+    let fresh = deps
+        .secrets
+        .refresh_current(name, super::webhook::SECRET_REFRESH_EVERY)
+        .await?
+        .flatten();
+    if fresh.is_some_and(|s| s.matches(token)) {
+        return Ok(Caller::Operator);
     }
     let key = deps
         .tenants
