@@ -1177,7 +1177,10 @@ async fn render_messages(
             }
         }
         @if let Some(c) = &next {
-            p { a href=(format!("/console/messages?{}", query(&[("status", &st), ("date", &date), ("to", &number), ("cursor", c)]))) { "Older messages" } }
+            // The sender chosen above the send form goes on with the list (as the filters
+            // carry it), or the next page's form would be the default number's again.
+            @let sender = if senders.several() { from.as_str() } else { "" };
+            p { a href=(format!("/console/messages?{}", query(&[("status", &st), ("date", &date), ("to", &number), ("from", sender), ("cursor", c)]))) { "Older messages" } }
         }
         @if can_send {
             h2 { "Send a template message" }

@@ -1858,6 +1858,51 @@ async fn a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console(b: 
 /// A tenant whose numbers sit on two WABAs chooses the sender on the send and campaign
 /// forms, the campaign's template picker offers the sender's WABA's catalogue, and the
 /// templates page shows either catalogue.
+async fn older_messages_keep_the_sender_chosen_above_the_send_form(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(60).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let waba = format!("{}", 6_000_000 + kirim_tests::rand_u32() % 900_000);
+    let second = format!("{}", 3_000_000 + kirim_tests::rand_u32() % 900_000);
+    let (s, body) = call(
+        &app,
+        "POST",
+        &format!("/v1/platform/tenants/{}/phone-numbers", t.tenant_id),
+        Some(kirim_tests::OPERATOR_TOKEN),
+        Some(json!({"phone_number_id": second, "waba_id": waba, "display_phone_number": "+1 555-010-2043"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    // More than one page of the list (50).
+    for i in 0..51 {
+        app.send_ok(&t.key, &format!("+6012345{:04}", 1000 + i))
+            .await;
+    }
+    let mut web = sign_in(&app, &email).await;
+    let page = web.get(&format!("/console/messages?from={second}")).await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    let older = page
+        .html
+        .split("href=\"")
+        .map(|h| {
+            h.split('"')
+                .next()
+                .unwrap_or_default()
+                .replace("&amp;", "&")
+        })
+        .find(|h| h.starts_with("/console/messages?") && h.contains("cursor="))
+        .unwrap_or_else(|| panic!("no link to older messages: {}", page.html));
+    assert!(older.contains(&format!("from={second}")), "{older}");
+    let next = web.get(&older).await;
+    assert_eq!(next.status, 200, "{}", next.html);
+    assert!(next.html.contains(&format!(
+        r#"<input type="hidden" name="from" value="{second}">"#
+    )));
+    assert!(next
+        .html
+        .contains(&format!("Sent from +1 555-010-2043 ({second}).")));
+}
+
 async fn with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_catalogue(
     b: Backend,
 ) {
@@ -2058,4 +2103,5 @@ on_both_backends!(
     a_closed_tenants_user_is_signed_out_not_sent_round_in_circles,
     a_double_submitted_campaign_form_makes_one_campaign_and_one_debit,
     the_pages_say_what_is_so_a_suspension_every_status_and_no_password_to_fill,
+    older_messages_keep_the_sender_chosen_above_the_send_form,
 );
