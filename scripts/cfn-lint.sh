@@ -16,6 +16,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 venv="${KIRIM_VENV:-.venv}"
 
+# Run alone, the venv's setup takes turns with other runs on the lock file scripts/test
+# uses (flock, from util-linux); scripts/test, already holding it, says so
+# (KIRIM_VENV_LOCK_HELD=1): a second lock on the same file from here would wait for ever.
+if [[ -z "${KIRIM_VENV_LOCK_HELD:-}" ]] && command -v flock >/dev/null 2>&1; then
+    mkdir -p "$(dirname "${venv}")"
+    exec {lock_fd}>"${venv}.lock"
+    if ! flock -n "${lock_fd}"; then
+        echo "cfn-lint.sh: waiting for another run's python tool setup (${venv}.lock)" >&2
+        flock "${lock_fd}"
+    fi
+fi
+
 if ! "${venv}/bin/python" -m pip --version >/dev/null 2>&1; then
     echo "cfn-lint.sh: creating venv at ${venv}" >&2
     python3 -m venv --clear "${venv}" || {
