@@ -217,7 +217,11 @@ pub async fn ensure_stack(
             continue;
         };
         let mut req = sqs.set_queue_attributes().queue_url(&q.url);
-        for key in ["VisibilityTimeout", "MessageRetentionPeriod"] {
+        for key in [
+            "VisibilityTimeout",
+            "MessageRetentionPeriod",
+            "MaximumMessageSize",
+        ] {
             if let Ok(v) = text(props, key) {
                 req = req.attributes(QueueAttributeName::from(key), v);
             }
@@ -354,6 +358,30 @@ mod tests {
             .map(|(l, p)| secret_name(p, "st", l))
             .collect();
         assert!(names.contains(&"st/operator-token".to_owned()));
+    }
+
+    /// A send's job carries its request's content (up to the API's 256 KiB body) and an
+    /// envelope: the dispatch queue and its dead-letter queue take SQS's largest message
+    /// (a queue made before August 2025 keeps the old 256 KiB until the template says so),
+    /// or a request just under the body limit would be refused for good at the enqueue.
+    #[test]
+    fn the_dispatch_queues_take_a_job_larger_than_the_apis_largest_body() {
+        let doc: Value = serde_yaml::from_str(TEMPLATE).unwrap();
+        let queues = resources(&doc, "AWS::SQS::Queue");
+        for name in ["DispatchQueue", "DispatchDeadLetterQueue"] {
+            let (_, props) = queues
+                .iter()
+                .find(|(l, _)| l == name)
+                .unwrap_or_else(|| panic!("{name} declared"));
+            let size: usize = text(props, "MaximumMessageSize")
+                .unwrap_or_else(|_| panic!("{name} declares MaximumMessageSize"))
+                .parse()
+                .unwrap();
+            assert!(
+                size >= kirim::http::extract::MAX_BODY + 64 * 1024,
+                "{name}: {size} B leaves no room for a job's envelope"
+            );
+        }
     }
 
     /// Each dead-letter queue has an alarm on any letter and one on a new letter (a rise of

@@ -447,7 +447,7 @@ pub async fn create_campaign(
     };
     if let Err(e) = queued {
         tracing::error!(broadcast_id = %id, error = %e, "broadcast not queued; nothing recorded or charged");
-        return Err(ServiceError::Unavailable(e));
+        return Err(e.into());
     }
     let charge = Charge::Broadcast(id.clone());
     let debit = ledger::debit(deps, tenant_id, &charge, total, now);

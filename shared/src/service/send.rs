@@ -435,7 +435,10 @@ async fn accept(
     };
     if let Err(e) = queued {
         tracing::error!(error = %e, "enqueue failed; nothing recorded or charged");
-        return Err(ServiceError::Unavailable(e));
+        // A queue down for a moment is a 503 (retry with the same key); one that refuses
+        // the job for good (a sender fault) is a 500: the same request would be refused
+        // the same way for ever.
+        return Err(e.into());
     }
     let charge = Charge::Message(id.clone());
     let debit = ledger::debit(deps, tenant_id, &charge, price, now);
@@ -571,7 +574,7 @@ async fn queue_again_if_never_claimed(
             .messages
             .touch_unclaimed(tenant_id, id, marked, m.updated_at)
             .await;
-        return Err(ServiceError::Unavailable(e));
+        return Err(e.into());
     }
     tracing::info!(message_id = %id, "replayed a message never claimed; queued it again");
     Ok(())

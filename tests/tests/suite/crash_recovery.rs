@@ -257,6 +257,7 @@ async fn replays_past_the_grace_queue_its_job_again_once_not_once_each(backend: 
     let kept = Arc::new(Kept {
         bodies: Mutex::default(),
         refuse: false,
+        for_good: false,
     });
     later.queue = kept.clone();
     let replays = (0..4).map(|_| replay(&later, &o, &body, "order-a-4"));
@@ -411,12 +412,48 @@ async fn a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accep
     );
 }
 
+/// A job the queue refuses for good (SQS's sender fault, as a job larger than the queue
+/// takes) is a 500 with nothing charged or recorded, not a 503 telling the client to retry
+/// with the same key, which would be refused the same way for ever.
+async fn a_send_whose_job_the_queue_refuses_for_good_is_not_answered_as_worth_a_retry(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let mut refusing = t.app.deps.clone();
+    refusing.queue = Arc::new(Kept::refusing_for_good());
+    let body = json!({
+        "to": "+60123459961",
+        "template": {"name": "order_update", "language": "en_US",
+                     "components": [{"type": "body", "parameters": [{"type": "text", "text": "A-61"}]}]}
+    });
+    let answer = replay(&refusing, &o, &body, "order-a-61").await;
+    assert!(
+        matches!(
+            answer,
+            Err(kirim::service::errors::ServiceError::Internal(_))
+        ),
+        "{:?}",
+        answer.as_ref().err()
+    );
+    assert_eq!(t.credits(&o.key).await, 5, "nothing charged");
+    // Nothing kept under the key either: once the queue takes the job, the same request
+    // is accepted afresh.
+    let Ok(Accepted::New(_)) = replay(&t.app.deps, &o, &body, "order-a-61").await else {
+        panic!("accepted once the queue takes it");
+    };
+    assert_eq!(t.credits(&o.key).await, 4);
+}
+
 /// A queue that keeps every job it is given (and may refuse them): what a test then
 /// delivers to the dispatcher by hand, in the order it chooses.
 #[derive(Default)]
 struct Kept {
     bodies: Mutex<Vec<String>>,
     refuse: bool,
+    /// Refusals are for good (SQS's sender fault: a job larger than the queue takes), not
+    /// a queue down for a moment.
+    for_good: bool,
 }
 
 impl Kept {
@@ -424,6 +461,13 @@ impl Kept {
         Self {
             bodies: Mutex::default(),
             refuse: true,
+            for_good: false,
+        }
+    }
+    fn refusing_for_good() -> Self {
+        Self {
+            for_good: true,
+            ..Self::refusing()
         }
     }
     fn only(&self) -> String {
@@ -436,6 +480,11 @@ impl Kept {
 #[async_trait]
 impl DispatchQueue for Kept {
     async fn send(&self, body: &str) -> Result<(), StoreError> {
+        if self.refuse && self.for_good {
+            return Err(StoreError::Rejected(
+                "Message must be shorter than 262144 bytes".into(),
+            ));
+        }
         if self.refuse {
             return Err(StoreError::Unavailable("the queue is down".into()));
         }
@@ -3422,6 +3471,7 @@ async fn the_retention_run_settles_a_scheduled_message_whose_job_was_lost(b: Bac
 }
 
 on_both_backends!(
+    a_send_whose_job_the_queue_refuses_for_good_is_not_answered_as_worth_a_retry,
     a_replay_queues_nothing_for_a_message_a_busy_number_just_gave_back,
     an_unknown_meta_code_is_retried_as_metas_is_transient_says,
     a_paused_campaigns_message_about_to_expire_is_settled_and_refunded,
