@@ -138,6 +138,12 @@ impl Role {
     }
 
     fn statement(&mut self, st: &Value) {
+        // A NotAction allows everything it does not name: not modelled, so never passed.
+        if st.get("NotAction").is_some() || st.get("Action").is_none() {
+            self.problems
+                .push(format!("a statement needs Action, not NotAction: {st:?}"));
+            return;
+        }
         let actions: Vec<String> = list(st.get("Action"))
             .iter()
             .filter_map(|a| a.as_str().map(str::to_owned))
@@ -253,6 +259,12 @@ fn granted(doc: &Value, function: Function) -> (Grants, Vec<String>) {
     let Some(props) = function_props(doc, function.logical_id()) else {
         return (Grants::new(), vec!["not in the template".into()]);
     };
+    // A function given a role of its own has SAM ignore its Policies: what it may do is
+    // then elsewhere, and this check would read the wrong grants.
+    if props.get("Role").is_some() {
+        role.problems
+            .push("a Role of its own: its grants are not the Policies read here".into());
+    }
     for p in list(props.get("Policies")) {
         role.policy(&p);
     }
@@ -469,6 +481,50 @@ mod tests {
         }
     }
 
+    /// Every KMS action that uses a key's material, or lets its holder give itself a use
+    /// without the key policy changing (a grant).
+    const KEY_USES: &[&str] = &[
+        "kms:Decrypt",
+        "kms:Encrypt",
+        "kms:GenerateDataKey",
+        "kms:GenerateDataKeyWithoutPlaintext",
+        "kms:GenerateDataKeyPair",
+        "kms:GenerateDataKeyPairWithoutPlaintext",
+        "kms:ReEncryptFrom",
+        "kms:ReEncryptTo",
+        "kms:CreateGrant",
+    ];
+
+    /// Whether the policy action `a` (IAM's `*` and `?` wildcards, any case) covers `u`.
+    fn action_covers(a: &str, u: &str) -> bool {
+        fn matches(p: &[u8], s: &[u8]) -> bool {
+            match (p.first(), s.first()) {
+                (None, None) => true,
+                (Some(b'*'), _) => matches(&p[1..], s) || (!s.is_empty() && matches(p, &s[1..])),
+                (Some(b'?'), Some(_)) => matches(&p[1..], &s[1..]),
+                (Some(x), Some(y)) => x == y && matches(&p[1..], &s[1..]),
+                _ => false,
+            }
+        }
+        matches(
+            a.to_ascii_lowercase().as_bytes(),
+            u.to_ascii_lowercase().as_bytes(),
+        )
+    }
+
+    #[test]
+    fn an_action_covers_a_use_by_name_or_wildcard_in_any_case() {
+        assert!(action_covers("kms:Create*", "kms:CreateGrant"));
+        assert!(action_covers("kms:*", "kms:Decrypt"));
+        assert!(action_covers("KMS:decrypt", "kms:Decrypt"));
+        assert!(action_covers("kms:ReEncrypt*", "kms:ReEncryptTo"));
+        assert!(action_covers("kms:ReEncryptFrom", "kms:ReEncryptFrom"));
+        assert!(action_covers("kms:Gen?rateDataKey", "kms:GenerateDataKey"));
+        assert!(!action_covers("kms:CreateAlias", "kms:CreateGrant"));
+        assert!(!action_covers("kms:Describe*", "kms:Decrypt"));
+        assert!(!action_covers("kms:Decrypt", "kms:DecryptAll"));
+    }
+
     #[test]
     fn no_key_policy_lets_anyone_but_the_named_roles_use_a_key() {
         // The account administers the key (and may change its policy, which CloudTrail
@@ -485,22 +541,13 @@ mod tests {
                 if principals(&st).iter().all(|p| roles.contains(p)) {
                     continue;
                 }
+                assert!(
+                    st.get("NotAction").is_none(),
+                    "{key}: a NotAction statement allows uses: {st:?}"
+                );
                 for a in list(st.get("Action")) {
                     let a = a.as_str().unwrap_or_default();
-                    let uses = [
-                        "kms:*",
-                        "kms:Decrypt",
-                        "kms:GenerateDataKey",
-                        "kms:Encrypt",
-                        "kms:ReEncrypt",
-                    ]
-                    .iter()
-                    .any(|u| {
-                        a == *u
-                            || a.strip_suffix('*')
-                                .is_some_and(|prefix| u.starts_with(prefix))
-                            || u.starts_with(a)
-                    });
+                    let uses = KEY_USES.iter().any(|u| action_covers(a, u));
                     assert!(!uses, "{key}: {a} for {:?}", principals(&st));
                 }
             }
@@ -557,5 +604,24 @@ mod tests {
         .expect("yaml");
         let (_, problems) = granted(&doc, Function::Dispatcher);
         assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn a_not_action_statement_or_a_role_of_its_own_is_reported_not_read_as_no_grant() {
+        let doc: Value = serde_yaml::from_str(
+            "Resources:\n  DispatcherFunction:\n    Properties:\n      Policies:\n        - Statement:\n            - Effect: Allow\n              NotAction: iam:*\n              Resource: '*'\n",
+        )
+        .expect("yaml");
+        let (g, problems) = granted(&doc, Function::Dispatcher);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("NotAction"), "{problems:?}");
+        assert!(g.is_empty(), "{g:?}");
+        let doc: Value = serde_yaml::from_str(
+            "Resources:\n  DispatcherFunction:\n    Properties:\n      Role: arn:aws:iam::1:role/admin\n      Policies: []\n",
+        )
+        .expect("yaml");
+        let (_, problems) = granted(&doc, Function::Dispatcher);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("Role"), "{problems:?}");
     }
 }
