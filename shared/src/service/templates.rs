@@ -372,12 +372,39 @@ async fn sync_with(
             // Not listed by Meta when this sync read the list: removed, unless written
             // since this sync began (another sync read a newer list, or a webhook said
             // something), and only as it was read here (a conditional delete).
-            if !seen.contains(&(t.name.clone(), t.language.clone()))
-                && t.updated_at < started
-                && deps
-                    .templates
-                    .delete_template(waba, &t.name, &t.language, Some(t.updated_at))
-                    .await?
+            if seen.contains(&(t.name.clone(), t.language.clone())) || t.updated_at >= started {
+                continue;
+            }
+            // Meta's cursors are positions in its list: a template leaving the list
+            // between two pages moves the next page's first one behind the cursor, unread.
+            // Missing from one pass is not gone: Meta's list by its name says so first
+            // (one request a removal, which is rare); a read that fails removes nothing.
+            match listed_by_name(deps, waba, token, &t.name, &t.language).await {
+                Ok(None) => {}
+                Ok(Some(listed)) => {
+                    tracing::info!(waba_id = waba, template = %t.name, language = %t.language,
+                        "a template the list's pages missed is still listed by its name; kept");
+                    let now = deps.clock.now();
+                    let entry = catalogue_entry(waba, listed, now, catalogue_expiry(deps, now));
+                    if deps
+                        .templates
+                        .put_template_unless_newer(&entry, started)
+                        .await?
+                    {
+                        out.synced += 1;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(waba_id = waba, template = %t.name, error = %meta_failure(&e),
+                        "a template the list did not show could not be looked up by its name; kept");
+                    continue;
+                }
+            }
+            if deps
+                .templates
+                .delete_template(waba, &t.name, &t.language, Some(t.updated_at))
+                .await?
             {
                 out.removed += 1;
             }
@@ -542,6 +569,38 @@ async fn queue_refresh(deps: &Deps, tenant: TenantId, update: &TemplateUpdate) {
     }
 }
 
+/// The template `name` in `language` as Meta's list by its name shows it (Meta's `name`
+/// filter; its pages followed until it is found, at most [`MAX_PAGES`], a cursor never
+/// twice); `None` when the list does not hold it.
+async fn listed_by_name(
+    deps: &Deps,
+    waba: &str,
+    token: &crate::secret::Secret,
+    name: &str,
+    language: &str,
+) -> Result<Option<MetaTemplate>, MetaSendError> {
+    let mut after: Option<String> = None;
+    let mut cursors: HashSet<String> = HashSet::new();
+    for _ in 0..MAX_PAGES {
+        let page = deps
+            .meta
+            .list_templates_named(waba, token, name, after.as_deref())
+            .await?;
+        if let Some(t) = page
+            .templates
+            .into_iter()
+            .find(|t| t.name == name && t.language == language)
+        {
+            return Ok(Some(t));
+        }
+        match page.after {
+            Some(next) if cursors.insert(next.clone()) => after = Some(next),
+            _ => break,
+        }
+    }
+    Ok(None)
+}
+
 /// Reads a template Meta approved back from Meta (`list_templates_named`) for what no
 /// webhook carries: an edit approved again may take another number of body parameters,
 /// and sends checked against the old count would be refused (or Meta would refuse them)
@@ -578,27 +637,10 @@ pub async fn refresh(
         return Ok(None);
     };
     let read_at = deps.clock.now();
-    let mut after: Option<String> = None;
-    let mut cursors: HashSet<String> = HashSet::new();
-    let mut found = None;
-    for _ in 0..MAX_PAGES {
-        let page = match deps
-            .meta
-            .list_templates_named(&job.waba_id, &token, &job.name, after.as_deref())
-            .await
-        {
-            Ok(page) => page,
-            Err(e) => return Ok(Some(e)),
-        };
-        found = page
-            .templates
-            .into_iter()
-            .find(|t| t.name == job.name && t.language == job.language);
-        match page.after {
-            Some(next) if found.is_none() && cursors.insert(next.clone()) => after = Some(next),
-            _ => break,
-        }
-    }
+    let found = match listed_by_name(deps, &job.waba_id, &token, &job.name, &job.language).await {
+        Ok(found) => found,
+        Err(e) => return Ok(Some(e)),
+    };
     let Some(t) = found else {
         tracing::info!(template = %job.name, "a template read again is not in Meta's list yet; the daily sync reads it");
         return Ok(None);

@@ -421,6 +421,106 @@ async fn a_sync_answers_its_counts_and_removes_what_meta_no_longer_lists(b: Back
     );
 }
 
+/// Meta as the sandbox, whose list (in pages of two) shifts between its first and second
+/// page: a template before the cursor left the list, so the one at the page boundary (the
+/// third) is never on a page. Its list by name shows it, unless `names_fail`.
+struct ShiftingList {
+    sandbox: Arc<dyn MetaClient>,
+    names_fail: bool,
+}
+
+#[async_trait]
+impl MetaClient for ShiftingList {
+    async fn send_message(
+        &self,
+        _: &str,
+        _: &Secret,
+        _: &Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        Err(MetaSendError::Timeout)
+    }
+    async fn list_templates(
+        &self,
+        waba: &str,
+        token: &Secret,
+        after: Option<&str>,
+    ) -> Result<MetaTemplatePage, MetaSendError> {
+        let mut all = Vec::new();
+        let mut next = None;
+        loop {
+            let page = self
+                .sandbox
+                .list_templates(waba, token, next.as_deref())
+                .await?;
+            all.extend(page.templates);
+            match page.after {
+                Some(a) => next = Some(a),
+                None => break,
+            }
+        }
+        Ok(match after {
+            None => MetaTemplatePage {
+                templates: all[..2].to_vec(),
+                skipped: 0,
+                after: Some("offset-2".into()),
+            },
+            Some(_) => MetaTemplatePage {
+                templates: all[3..].to_vec(),
+                skipped: 0,
+                after: None,
+            },
+        })
+    }
+    async fn list_templates_named(
+        &self,
+        waba: &str,
+        token: &Secret,
+        name: &str,
+        after: Option<&str>,
+    ) -> Result<MetaTemplatePage, MetaSendError> {
+        if self.names_fail {
+            return Err(MetaSendError::Timeout);
+        }
+        self.sandbox
+            .list_templates_named(waba, token, name, after)
+            .await
+    }
+}
+
+/// Meta's cursors are positions: a template leaving its list between two pages hides the
+/// next page's first one from that pass. A template missing from one pass is removed only
+/// once Meta's list by its name says it is gone too; a lookup that fails removes nothing.
+async fn a_template_a_shifting_list_skipped_is_kept_when_its_name_is_still_listed(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let mut deps = app.app.deps.clone();
+    let tenant = deps
+        .tenants
+        .get_tenant(&kirim::domain::TenantId::parse(&t.tenant_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let before = catalogue_size(&deps).await;
+    assert_eq!(before, 5);
+    for names_fail in [true, false] {
+        deps.meta = Arc::new(ShiftingList {
+            sandbox: app.app.deps.meta.clone(),
+            names_fail,
+        });
+        let synced = templates::sync(&deps, &tenant).await.expect("the sync");
+        assert_eq!(synced.removed, 0, "names_fail: {names_fail}");
+        assert_eq!(catalogue_size(&deps).await, 5, "names_fail: {names_fail}");
+    }
+    // Kept, and written as the name's list shows it.
+    assert_eq!(
+        templates::sync(&deps, &tenant)
+            .await
+            .expect("the sync")
+            .synced,
+        5
+    );
+}
+
 /// Meta, answering the sandbox's first page and then failing.
 struct FailsAfterOnePage;
 
@@ -1341,6 +1441,7 @@ fn rand_digits() -> u32 {
 }
 
 on_both_backends!(
+    a_template_a_shifting_list_skipped_is_kept_when_its_name_is_still_listed,
     onboarding_a_new_waba_and_each_sync_subscribe_the_app_to_the_wabas_webhooks,
     a_template_re_read_is_retried_only_when_meta_may_answer_later,
     an_approval_a_lagging_sync_wrote_over_is_applied_again_by_the_re_read,
