@@ -1454,6 +1454,17 @@ async fn with_messages_kept_seconds_a_message_expires_and_sends_still_go(b: Back
         .await
         .unwrap();
     assert_eq!(gone.status(), 404, "expired");
+    // Removed by the run, not only hidden by reads: neither the message nor its wamid's
+    // index item is left in storage.
+    let msg_sk = format!("MSG#{id}");
+    let wamid_pk = format!("WAMID#{}", m["wamid"].as_str().expect("sent: a wamid"));
+    let left: Vec<String> = all_items(&app, b)
+        .await
+        .into_iter()
+        .filter(|r| r.sk == msg_sk || r.pk == wamid_pk)
+        .map(|r| format!("{} / {}", r.pk, r.sk))
+        .collect();
+    assert!(left.is_empty(), "swept: {left:?}");
     let again = app.send_template(&t.key, "+60123450982").await;
     assert_eq!(again.status(), 202, "the catalogue is still there");
 }
