@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 
-use super::extract::{Path, Query};
+use super::extract::{NoBody, Path, Query};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -231,6 +231,7 @@ pub(super) async fn revoke_key(
     State(s): State<AppState>,
     ctx: TenantCtx,
     Path(id): Path<String>,
+    _: NoBody,
 ) -> Result<axum::response::Response, ApiError> {
     let id = super::minted_path(&id)?;
     apikeys::revoke(&s.deps, ctx.tenant_id(), id).await?;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 
-use super::extract::{Path, Query};
+use super::extract::{NoBody, Path, Query};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -380,15 +380,15 @@ async fn recipients_csv(
         .into_response())
 }
 
-async fn cancel(s: State<AppState>, ctx: TenantCtx, id: Path<String>) -> ApiResult {
+async fn cancel(s: State<AppState>, ctx: TenantCtx, id: Path<String>, _: NoBody) -> ApiResult {
     moved(s, ctx, id, Move::Cancel).await
 }
 
-async fn pause(s: State<AppState>, ctx: TenantCtx, id: Path<String>) -> ApiResult {
+async fn pause(s: State<AppState>, ctx: TenantCtx, id: Path<String>, _: NoBody) -> ApiResult {
     moved(s, ctx, id, Move::Pause).await
 }
 
-async fn resume(s: State<AppState>, ctx: TenantCtx, id: Path<String>) -> ApiResult {
+async fn resume(s: State<AppState>, ctx: TenantCtx, id: Path<String>, _: NoBody) -> ApiResult {
     moved(s, ctx, id, Move::Resume).await
 }
 

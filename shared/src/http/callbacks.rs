@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::access::TenantCtx;
 use super::admin::noted;
-use super::extract::JsonBody;
+use super::extract::{JsonBody, NoBody};
 use super::{ApiResult, AppState};
 use crate::service::callbacks::{self, CallbackUpdate};
 
@@ -45,7 +45,7 @@ async fn put_setting(
     Ok(noted(Json(view).into_response(), None, details))
 }
 
-async fn delete_setting(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
+async fn delete_setting(State(s): State<AppState>, ctx: TenantCtx, _: NoBody) -> ApiResult {
     let off = CallbackUpdate {
         url: None,
         secret: None,

@@ -119,7 +119,21 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>, well_formed: bool
 
 /// One JSON value, and nothing after it but whitespace: `{…}garbage` or `{…}{…}` is
 /// malformed, as `serde_json::from_slice` (which a keyed send's fingerprint reads) has it.
+///
+/// Every body is an object: serde reads a struct from a JSON array too, its elements as the
+/// fields in order, so `["T","1000001",…]` would pass with no field name checked
+/// (`deny_unknown_fields` never sees one). A body whose value is not an object is refused.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        // Malformed or empty: said as serde says it, below.
+        Some(b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')
+            if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() =>
+        {
+            return Err(ApiError::invalid("the body must be a JSON object"));
+        }
+        _ => {}
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
@@ -174,6 +188,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             return Err(ApiError::invalid("a JSON body is required"));
         }
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// The body of a route that takes none: nothing, whitespace or an empty JSON object (`{}`,
+/// which many clients send with every `POST`). Anything else is `400 invalid_request`, as
+/// an unknown field is anywhere (a `{"waba_id": …}` to a sync of every WABA would be
+/// answered for all of them, silently); past [`MAX_BODY`], `413`.
+pub struct NoBody;
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(NoBody);
+        }
+        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes) {
+            Ok(m) if m.is_empty() => Ok(NoBody),
+            _ => Err(ApiError::invalid(
+                "this route takes no body (nothing, or {})",
+            )),
+        }
     }
 }
 

@@ -430,6 +430,7 @@ async fn cancel_message(
     State(s): State<AppState>,
     ctx: TenantCtx,
     Path(id): Path<String>,
+    _: extract::NoBody,
 ) -> ApiResult {
     let id = MessageId::parse(&id).ok_or_else(ApiError::not_found)?;
     let m = send::cancel_scheduled(&s.deps, ctx.tenant_id(), &id).await?;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 
-use super::extract::{Path, Query};
+use super::extract::{NoBody, Path, Query};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
@@ -57,6 +57,7 @@ async fn add(
 async fn remove(
     State(s): State<AppState>,
     Path((id, phone_number_id)): Path<(String, String)>,
+    _: NoBody,
 ) -> ApiResult {
     let id = tenant_path(&id)?;
     let phone_number_id = super::number_path(&phone_number_id)?;
@@ -77,6 +78,7 @@ async fn set_default(
     State(s): State<AppState>,
     ctx: TenantCtx,
     Path(phone_number_id): Path<String>,
+    _: NoBody,
 ) -> ApiResult {
     let phone_number_id = super::number_path(&phone_number_id)?;
     let n = numbers::set_default(&s.deps, &ctx.tenant, phone_number_id).await?;

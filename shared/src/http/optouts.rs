@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use axum::body::Bytes;
 use axum::extract::State;
 
-use super::extract::{Path, Query};
+use super::extract::{NoBody, Path, Query};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -149,6 +149,7 @@ async fn delete_one(
     State(s): State<AppState>,
     ctx: TenantCtx,
     Path(key): Path<String>,
+    _: NoBody,
 ) -> ApiResult {
     let tenant = ctx.tenant_id();
     let key = optouts::parse_existing_key(&key)?;

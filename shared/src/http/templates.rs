@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::extract::State;
 
-use super::extract::Query;
+use super::extract::{NoBody, Query};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -87,7 +87,7 @@ async fn list(
     Ok(Json(json!({"templates": views, "next_cursor": next_cursor})).into_response())
 }
 
-async fn sync(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
+async fn sync(State(s): State<AppState>, ctx: TenantCtx, _: NoBody) -> ApiResult {
     // Every WABA the tenant's numbers sit on.
     let wabas = crate::service::numbers::wabas(&s.deps, &ctx.tenant).await?;
     let synced =

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 
-use super::extract::Path;
+use super::extract::{NoBody, Path};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -55,6 +55,7 @@ async fn delete_user(
     State(s): State<AppState>,
     ctx: TenantCtx,
     Path(id): Path<String>,
+    _: NoBody,
 ) -> ApiResult {
     let id = super::minted_path(&id)?;
     users::delete(&s.deps, ctx.tenant_id(), &ctx.caller, id).await?;
@@ -91,6 +92,7 @@ async fn unlock_user(
     State(s): State<AppState>,
     ctx: TenantCtx,
     Path(id): Path<String>,
+    _: NoBody,
 ) -> ApiResult {
     let user = users::unlock(&s.deps, ctx.tenant_id(), super::minted_path(&id)?).await?;
     let res = Json(user).into_response();
@@ -215,7 +217,7 @@ fn bearer(headers: &HeaderMap) -> &str {
     super::extract::bearer_of(headers).unwrap_or_default()
 }
 
-async fn logout(State(s): State<AppState>, headers: HeaderMap) -> ApiResult {
+async fn logout(State(s): State<AppState>, headers: HeaderMap, _: NoBody) -> ApiResult {
     users::logout(&s.deps, bearer(&headers)).await?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
@@ -231,7 +233,7 @@ async fn change_password(
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
-async fn enroll(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
+async fn enroll(State(s): State<AppState>, ctx: TenantCtx, _: NoBody) -> ApiResult {
     let e = users::enroll(&s.deps, &ctx.caller).await?;
     Ok(Json(json!({
         "secret": e.secret.expose(),

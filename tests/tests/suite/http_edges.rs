@@ -723,7 +723,141 @@ async fn a_meta_webhook_body_up_to_three_mib_is_read_and_a_larger_one_is_refused
     assert_eq!(app.message(&t.key, &id).await["status"], "read");
 }
 
+/// serde reads a struct from a JSON array (its elements as the fields in order), so no
+/// field name would be checked: a body that is not an object is refused, and nothing is
+/// made.
+async fn a_body_that_is_a_json_array_is_refused_not_read_as_the_fields_in_order(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let cases: [(&str, &str, &str, String); 4] = [
+        (
+            "POST",
+            "/v1/platform/tenants",
+            OPERATOR_TOKEN,
+            r#"["T","1000001","100000000000001","EAAG",50]"#.into(),
+        ),
+        ("POST", "/v1/api-keys", &t.key, r#"["k","admin"]"#.into()),
+        (
+            "POST",
+            "/v1/messages",
+            &t.key,
+            r#"["+60123451234",{"name":"order_update","language":"en_US"}]"#.into(),
+        ),
+        ("POST", "/v1/users", &t.key, r#""a string""#.into()),
+    ];
+    for (method, path, token, body) in cases {
+        let res = app
+            .http
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let (status, code, err) = error_of(res).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (400, "invalid_request"),
+            "{path} {body}: {err}"
+        );
+        assert_eq!(err["error"]["message"], "the body must be a JSON object");
+    }
+    assert_eq!(app.credits(&t.key).await, 5, "nothing sent");
+    let keys: Value = app
+        .http
+        .get(app.url("/v1/api-keys"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys["api_keys"].as_array().map(Vec::len), Some(1), "{keys}");
+}
+
+/// A route that takes no body refuses one (a field it would ignore, as a `waba_id` to a
+/// sync of every WABA) with `400`, and one past the limit with `413`, changing nothing; no
+/// body, or `{}`, is what it takes.
+async fn a_route_that_takes_no_body_refuses_one_and_takes_nothing_or_an_empty_object(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let key_of = |v: &Value| v["id"].as_str().unwrap_or_default().to_owned();
+    let made: Value = app
+        .http
+        .post(app.url("/v1/api-keys"))
+        .bearer_auth(&t.key)
+        .json(&json!({"name": "spare", "role": "read_only"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let spare = key_of(&made);
+    let revoke = |body: Option<Vec<u8>>| {
+        let mut req = app
+            .http
+            .delete(app.url(&format!("/v1/api-keys/{spare}")))
+            .bearer_auth(&t.key);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        req.send()
+    };
+    for body in [
+        br#"{"revoke":false}"#.to_vec(),
+        b"[]".to_vec(),
+        b"junk".to_vec(),
+    ] {
+        let (status, code, _) = error_of(revoke(Some(body)).await.unwrap()).await;
+        assert_eq!((status, code.as_str()), (400, "invalid_request"));
+    }
+    let big = vec![b' '; 300 * 1024];
+    assert_eq!(revoke(Some(big)).await.unwrap().status(), 413);
+    let listed: Value = app
+        .http
+        .get(app.url("/v1/api-keys"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        listed["api_keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|k| k["status"] == "active"),
+        "nothing revoked: {listed}"
+    );
+    assert_eq!(revoke(Some(b" {} ".to_vec())).await.unwrap().status(), 204);
+    // A sync asked for one WABA is refused, not answered for all of them.
+    let res = app
+        .http
+        .post(app.url("/v1/templates/sync"))
+        .bearer_auth(&t.key)
+        .json(&json!({"waba_id": "999"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = app
+        .http
+        .post(app.url("/v1/templates/sync"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
 on_both_backends!(
+    a_body_that_is_a_json_array_is_refused_not_read_as_the_fields_in_order,
+    a_route_that_takes_no_body_refuses_one_and_takes_nothing_or_an_empty_object,
     path_ids_of_the_wrong_kind_or_length_answer_404_and_change_nothing,
     during_an_app_secret_rotation_both_the_new_and_the_previous_secret_verify,
     an_onboarding_of_a_taken_number_names_the_tenant_that_has_it,
