@@ -222,15 +222,40 @@ pub async fn create_tenant_as(
     // down or slow does not undo the onboarding, nor hold its answer (the only copy of the
     // admin key) past API Gateway's 30 s: the daily sync, or the tenant's admin with
     // `POST /v1/templates/sync`, reads the rest later.
+    // Beside it, what Meta says of its number (its throughput tier, quality, display), as
+    // an operator's added number is read: one already at a higher tier was paced at the
+    // default until the next daily run. Bounded, its failure only logged.
     let wabas = [tenant.waba_id.clone()];
-    if let Err(e) = super::templates::sync_all_within(
+    let catalogue = super::templates::sync_all_within(
         deps,
         &tenant,
         &wabas,
         super::templates::ONBOARDING_SYNC_TIME,
-    )
-    .await
-    {
+    );
+    let number = async {
+        let until = tokio::time::Instant::now() + super::numbers::NUMBER_READ_TIME;
+        match deps
+            .numbers
+            .get_phone_number(&id, &tenant.phone_number_id)
+            .await
+        {
+            Ok(Some(n)) => {
+                let read = super::numbers::sync_one_from_meta(deps, &tenant, &n, until).await;
+                tracing::debug!(
+                    read = read.read,
+                    updated = read.updated,
+                    failed = read.failed,
+                    "onboarded number read from Meta"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(tenant_id = %id, error = %e, "onboarded number not read from Meta: its item could not be read");
+            }
+        }
+    };
+    let (synced, ()) = tokio::join!(catalogue, number);
+    if let Err(e) = synced {
         tracing::warn!(tenant_id = %id, error = %e, "template catalogue not synced at onboarding");
     }
     Ok((tenant, key))
