@@ -576,6 +576,81 @@ async fn a_number_change_cancelled_by_a_sends_debit_goes_again() {
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
+/// Every write that names the tenant item, as the tenant-open check of a key, a number, a
+/// setting or a user does, meets the sends' debits there: cancelled by one (nothing
+/// written), it goes again instead of answering 503.
+#[tokio::test]
+async fn a_write_checking_the_tenant_cancelled_by_a_sends_debit_goes_again() {
+    use kirim::ports::{
+        ApiKeyStore, PhoneNumberRecord, PhoneNumberStore, StatusCallback, StatusCallbackStore,
+        UserRecord, UserStore,
+    };
+    let t = tenant(0);
+    let number = PhoneNumberRecord {
+        tenant_id: t.id.clone(),
+        phone_number_id: "106540352242922".into(),
+        waba_id: "1000001".into(),
+        display_phone_number: None,
+        quality: kirim::domain::TemplateQuality::Unknown,
+        throughput_per_sec: None,
+        added_at: chrono::Utc::now(),
+        quality_meta_at: None,
+        throughput_meta_at: None,
+    };
+    let callback = StatusCallback {
+        tenant_id: t.id.clone(),
+        url: "https://example.com/status".into(),
+        secret_name: "s".into(),
+        secret_version: None,
+        updated_at: chrono::Utc::now(),
+    };
+    let user = UserRecord {
+        id: kirim::domain::new_id(),
+        tenant_id: t.id.clone(),
+        email: "u@example.com".into(),
+        role: kirim::domain::Role::Operator,
+        password_hash: "$argon2id$not-a-real-hash".into(),
+        totp_secret: None,
+        totp_confirmed: false,
+        last_totp_step: 0,
+        created_at: chrono::Utc::now(),
+        password_version: 0,
+    };
+    let mut not_again = Vec::new();
+    for write in [
+        "put_api_key",
+        "add_phone_number",
+        "put_phone_number_if_absent",
+        "put_status_callback",
+        "set_status_callback_url",
+        "create_user",
+        "set_two_factor_required",
+    ] {
+        let (url, calls) = dynamodb_conflicting_once().await;
+        let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+        let store = store_on(&sdk);
+        let done = match write {
+            "put_api_key" => store.put_api_key(&key_for(&t)).await,
+            "add_phone_number" => store.add_phone_number(&number).await,
+            "put_phone_number_if_absent" => {
+                store.put_phone_number_if_absent(&number).await.map(|_| ())
+            }
+            "put_status_callback" => store.put_status_callback(&callback).await,
+            "set_status_callback_url" => store
+                .set_status_callback_url(&t.id, &callback.url, callback.updated_at)
+                .await
+                .map(|_| ()),
+            "create_user" => store.create_user(&user).await,
+            _ => store.set_two_factor_required(&t.id, true).await,
+        };
+        let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
+        if done.is_err() || calls != 2 {
+            not_again.push(format!("{write}: {done:?} after {calls} calls"));
+        }
+    }
+    assert!(not_again.is_empty(), "{not_again:#?}");
+}
+
 /// A stand-in DynamoDB for one sweep page: its `Scan` finds two expired idempotency
 /// records; of their `DeleteItem`s, the one for `rewritten` is refused on its condition
 /// (the record was used afresh after the scan read it, so its `ttl` moved on), the other

@@ -1080,7 +1080,9 @@ impl ApiKeyStore for DynamoStore {
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         let mut items = vec![self.tenant_open_check(&key.tenant_id)?];
         items.extend(self.api_key_puts(key)?);
-        match self.transact(items).await {
+        // The tenant-open check names the tenant item, which every send's debit holds
+        // in its transaction: a conflict with one wrote nothing, and goes again.
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(()),
             Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
@@ -1183,7 +1185,9 @@ impl ApiKeyStore for DynamoStore {
                 (":ttl", n(ttl)),
             ],
         )?);
-        match self.transact(items).await {
+        // The tenant-open check names the tenant item, which every send's debit holds
+        // in its transaction: a conflict with one wrote nothing, and goes again.
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(()),
             Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(

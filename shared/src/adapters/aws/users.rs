@@ -133,7 +133,9 @@ impl UserStore for DynamoStore {
             self.put(item, Some("attribute_not_exists(pk)"))?,
             self.put(claim, Some("attribute_not_exists(pk)"))?,
         ];
-        match self.transact(items).await {
+        // The tenant-open check names the tenant item, which every send's debit holds
+        // in its transaction: a conflict with one wrote nothing, and goes again.
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(()),
             Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
@@ -647,7 +649,9 @@ impl UserStore for DynamoStore {
         let mut item = keys::two_factor_setting(tenant).attrs();
         item.insert("required".into(), AttributeValue::Bool(required));
         let items = vec![self.tenant_open_check(tenant)?, self.put(item, None)?];
-        match self.transact(items).await {
+        // The tenant-open check names the tenant item, which every send's debit holds
+        // in its transaction: a conflict with one wrote nothing, and goes again.
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(()),
             Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
             Err(e) => Err(e.into_store_error()),

@@ -129,7 +129,9 @@ impl StatusCallbackStore for DynamoStore {
             self.tenant_open_check(&setting.tenant_id)?,
             self.put(item, None)?,
         ];
-        match self.transact(items).await {
+        // The tenant-open check names the tenant item, which every send's debit holds
+        // in its transaction: a conflict with one wrote nothing, and goes again.
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(()),
             Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
             Err(e) => Err(e.into_store_error()),
@@ -171,7 +173,9 @@ impl StatusCallbackStore for DynamoStore {
             self.tenant_open_check(tenant)?,
             TransactWriteItem::builder().update(update).build(),
         ];
-        match self.transact(items).await {
+        // The tenant-open check names the tenant item, which every send's debit holds
+        // in its transaction: a conflict with one wrote nothing, and goes again.
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(true),
             Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
             Err(e) if e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) => Ok(false),

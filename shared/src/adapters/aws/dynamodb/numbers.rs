@@ -99,7 +99,9 @@ impl PhoneNumberStore for DynamoStore {
             self.put(route, Some("attribute_not_exists(pk)"))?,
             self.put(self.number_item(number)?, Some("attribute_not_exists(pk)"))?,
         ];
-        match self.transact(items).await {
+        // The tenant-open check names the tenant item, which every send's debit holds
+        // in its transaction: a conflict with one wrote nothing, and goes again.
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(()),
             Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
@@ -120,7 +122,9 @@ impl PhoneNumberStore for DynamoStore {
             self.tenant_open_check(&number.tenant_id)?,
             self.put(self.number_item(number)?, Some("attribute_not_exists(pk)"))?,
         ];
-        match self.transact(items).await {
+        // The tenant-open check names the tenant item, which every send's debit holds
+        // in its transaction: a conflict with one wrote nothing, and goes again.
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(true),
             Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Ok(false),
