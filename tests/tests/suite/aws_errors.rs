@@ -240,7 +240,18 @@ async fn dynamodb_refusing_first(
     status: axum::http::StatusCode,
     body: &'static str,
 ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    dynamodb_refusing_first_then(operation, status, body, "{}".into()).await
+}
+
+/// [`dynamodb_refusing_first`], answering `then` to every other call.
+async fn dynamodb_refusing_first_then(
+    operation: Option<&'static str>,
+    status: axum::http::StatusCode,
+    body: &'static str,
+    then: String,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    let then: Arc<str> = then.into();
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = calls.clone();
     let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
@@ -255,11 +266,12 @@ async fn dynamodb_refusing_first(
         } else {
             0
         };
+        let then = then.clone();
         async move {
             let (status, body) = if call == 1 {
-                (status, body)
+                (status, body.to_owned())
             } else {
-                (axum::http::StatusCode::OK, "{}")
+                (axum::http::StatusCode::OK, then.to_string())
             };
             (
                 status,
@@ -642,6 +654,75 @@ async fn a_write_checking_the_tenant_cancelled_by_a_sends_debit_goes_again() {
                 .map(|_| ()),
             "create_user" => store.create_user(&user).await,
             _ => store.set_two_factor_required(&t.id, true).await,
+        };
+        let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
+        if done.is_err() || calls != 2 {
+            not_again.push(format!("{write}: {done:?} after {calls} calls"));
+        }
+    }
+    assert!(not_again.is_empty(), "{not_again:#?}");
+}
+
+/// `t` as DynamoDB answers its item (`ReturnValues: ALL_NEW`): strings and numbers, the
+/// rest (none, an empty list) absent.
+fn tenant_attributes(t: &kirim::ports::Tenant) -> String {
+    let serde_json::Value::Object(fields) = serde_json::to_value(t).expect("a tenant as JSON")
+    else {
+        panic!("a tenant is an object");
+    };
+    let item: serde_json::Map<String, serde_json::Value> = fields
+        .into_iter()
+        .filter_map(|(k, v)| match v {
+            serde_json::Value::String(s) => Some((k, serde_json::json!({ "S": s }))),
+            serde_json::Value::Number(n) => Some((k, serde_json::json!({ "N": n.to_string() }))),
+            _ => None,
+        })
+        .collect();
+    serde_json::json!({ "Attributes": item }).to_string()
+}
+
+/// A plain `UpdateItem` on the tenant item that meets a send's debit transaction there is
+/// answered `TransactionConflictException` (nothing written; the SDK does not retry it):
+/// the operator's changes of a tenant (status, Meta's suspension, throughput, limits,
+/// allow-list) go again instead of answering 503.
+#[tokio::test]
+async fn a_tenant_update_cancelled_by_a_sends_debit_goes_again() {
+    use kirim::ports::{TenantStatus, Throughput};
+    let mut t = tenant(0);
+    t.status = TenantStatus::Suspended;
+    let mut not_again = Vec::new();
+    for write in [
+        "set_status",
+        "suspend_if_unchanged",
+        "set_throughput",
+        "set_request_limits",
+        "set_ip_allowlist",
+    ] {
+        let (url, calls) = dynamodb_refusing_first_then(
+            Some("UpdateItem"),
+            axum::http::StatusCode::BAD_REQUEST,
+            r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionConflictException","message":"Transaction is ongoing for the item"}"#,
+            tenant_attributes(&t),
+        )
+        .await;
+        let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+        let store = store_on(&sdk);
+        let now = chrono::Utc::now();
+        let done = match write {
+            "set_status" => store
+                .set_status(&t.id, TenantStatus::Suspended, Some("unpaid"), now)
+                .await
+                .map(|_| ()),
+            "suspend_if_unchanged" => store
+                .suspend_if_unchanged(&t.id, "meta says", now, None)
+                .await
+                .map(|s| assert!(s.is_some(), "suspended")),
+            "set_throughput" => store.set_throughput(&t.id, 80).await.map(|_| ()),
+            "set_request_limits" => store
+                .set_request_limits(&t.id, kirim::domain::RequestLimits::DEFAULT)
+                .await
+                .map(|_| ()),
+            _ => store.set_ip_allowlist(&t.id, &[]).await,
         };
         let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
         if done.is_err() || calls != 2 {

@@ -38,7 +38,7 @@ mod templates;
 mod throttle;
 mod transact;
 
-pub(crate) use transact::CancelReason;
+pub(crate) use transact::{update_retrying_conflicts, CancelReason};
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 
@@ -847,19 +847,20 @@ impl TenantStore for DynamoStore {
 
     async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError> {
         let list = AttributeValue::L(cidrs.iter().map(|c| s(c.clone())).collect());
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(keys::tenant(id).attrs()))
-            .update_expression("SET ip_allowlist = :l")
-            // Closed is final.
-            .condition_expression("attribute_exists(pk) AND #status <> :closed")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
-            .expression_attribute_values(":l", list)
-            .send()
-            .await;
+        // The tenant item: a send's debit in flight on it cancels this, which goes again.
+        let res = update_retrying_conflicts(
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(keys::tenant(id).attrs()))
+                .update_expression("SET ip_allowlist = :l")
+                // Closed is final.
+                .condition_expression("attribute_exists(pk) AND #status <> :closed")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
+                .expression_attribute_values(":l", list),
+        )
+        .await;
         match res {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
@@ -876,20 +877,21 @@ impl TenantStore for DynamoStore {
     ) -> Result<Tenant, StoreError> {
         let value = serde_dynamo::to_attribute_value(limits)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(keys::tenant(id).attrs()))
-            .update_expression("SET request_limits = :l")
-            // Closed is final.
-            .condition_expression("attribute_exists(pk) AND #status <> :closed")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
-            .expression_attribute_values(":l", value)
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
+        // The tenant item: a send's debit in flight on it cancels this, which goes again.
+        let res = update_retrying_conflicts(
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(keys::tenant(id).attrs()))
+                .update_expression("SET request_limits = :l")
+                // Closed is final.
+                .condition_expression("attribute_exists(pk) AND #status <> :closed")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
+                .expression_attribute_values(":l", value)
+                .return_values(ReturnValue::AllNew),
+        )
+        .await;
         match res {
             Ok(out) => from_item(out.attributes.unwrap_or_default()),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
@@ -911,23 +913,27 @@ impl TenantStore for DynamoStore {
         // the account, judged by that time, is not taken for older than a change there was
         // not. Each a conditional write; closed is terminal (closing again changes nothing).
         for _ in 0..3 {
-            let change = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(keys::tenant(id).attrs()))
-                .update_expression("SET #status = :to, status_reason = :r, status_changed_at = :at")
-                .condition_expression(
-                    "attribute_exists(pk) AND #status <> :closed AND #status <> :to",
-                )
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":to", dyn_value(&to)?)
-                .expression_attribute_values(":r", dyn_value(&reason)?)
-                .expression_attribute_values(":at", dyn_value(&at)?)
-                .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
-                .return_values(ReturnValue::AllNew)
-                .send()
-                .await;
+            // Each write on the tenant item goes again when a send's debit in flight on it
+            // cancels it (nothing written).
+            let change = update_retrying_conflicts(
+                self.client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(keys::tenant(id).attrs()))
+                    .update_expression(
+                        "SET #status = :to, status_reason = :r, status_changed_at = :at",
+                    )
+                    .condition_expression(
+                        "attribute_exists(pk) AND #status <> :closed AND #status <> :to",
+                    )
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":to", dyn_value(&to)?)
+                    .expression_attribute_values(":r", dyn_value(&reason)?)
+                    .expression_attribute_values(":at", dyn_value(&at)?)
+                    .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
+                    .return_values(ReturnValue::AllNew),
+            )
+            .await;
             match change {
                 Ok(out) => return from_item(out.attributes.unwrap_or_default()),
                 Err(SdkError::ServiceError(e))
@@ -937,19 +943,19 @@ impl TenantStore for DynamoStore {
             if to == TenantStatus::Closed {
                 break;
             }
-            let same = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(keys::tenant(id).attrs()))
-                .update_expression("SET status_reason = :r")
-                .condition_expression("attribute_exists(pk) AND #status = :to")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":to", dyn_value(&to)?)
-                .expression_attribute_values(":r", dyn_value(&reason)?)
-                .return_values(ReturnValue::AllNew)
-                .send()
-                .await;
+            let same = update_retrying_conflicts(
+                self.client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(keys::tenant(id).attrs()))
+                    .update_expression("SET status_reason = :r")
+                    .condition_expression("attribute_exists(pk) AND #status = :to")
+                    .expression_attribute_names("#status", "status")
+                    .expression_attribute_values(":to", dyn_value(&to)?)
+                    .expression_attribute_values(":r", dyn_value(&reason)?)
+                    .return_values(ReturnValue::AllNew),
+            )
+            .await;
             match same {
                 Ok(out) => return from_item(out.attributes.unwrap_or_default()),
                 // Changed between the two writes (or closed, or gone): once more.
@@ -995,7 +1001,8 @@ impl TenantStore for DynamoStore {
                 )
                 .expression_attribute_values(":null", AttributeValue::S("NULL".into())),
         };
-        match req.send().await {
+        // The tenant item: a send's debit in flight on it cancels this, which goes again.
+        match update_retrying_conflicts(req).await {
             Ok(out) => from_item(out.attributes.unwrap_or_default()).map(Some),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Ok(None)

@@ -594,21 +594,22 @@ impl RetentionStore for DynamoStore {
         {
             counts.items_given_ttl += 1;
         }
-        // Last: the tenant item, which marks the close-out done.
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(keys::tenant(tenant).attrs()))
-            .update_expression("SET #ttl = :ttl, closed_out_at = :at")
-            .condition_expression("#status = :closed AND attribute_not_exists(closed_out_at)")
-            .expression_attribute_names("#ttl", TTL_ATTR)
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":ttl", n(ttls.tenant))
-            .expression_attribute_values(":at", s(now.to_rfc3339()))
-            .expression_attribute_values(":closed", s("closed"))
-            .send()
-            .await;
+        // Last: the tenant item, which marks the close-out done (gone again when a refund's
+        // transaction in flight on it cancels it: nothing written).
+        let res = super::update_retrying_conflicts(
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(keys::tenant(tenant).attrs()))
+                .update_expression("SET #ttl = :ttl, closed_out_at = :at")
+                .condition_expression("#status = :closed AND attribute_not_exists(closed_out_at)")
+                .expression_attribute_names("#ttl", TTL_ATTR)
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":ttl", n(ttls.tenant))
+                .expression_attribute_values(":at", s(now.to_rfc3339()))
+                .expression_attribute_values(":closed", s("closed")),
+        )
+        .await;
         match res {
             Ok(_) => counts.items_given_ttl += 1,
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {}

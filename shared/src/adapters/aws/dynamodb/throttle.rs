@@ -196,20 +196,21 @@ impl Throughput for DynamoStore {
     }
 
     async fn set_throughput(&self, tenant: &TenantId, per_sec: u32) -> Result<Tenant, StoreError> {
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(keys::tenant(tenant).attrs()))
-            .update_expression("SET throughput_per_sec = :v")
-            // Closed is final.
-            .condition_expression("attribute_exists(pk) AND #status <> :closed")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":closed", super::dyn_value(&TenantStatus::Closed)?)
-            .expression_attribute_values(":v", n(i64::from(per_sec)))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await;
+        // The tenant item: a send's debit in flight on it cancels this, which goes again.
+        let res = super::update_retrying_conflicts(
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(keys::tenant(tenant).attrs()))
+                .update_expression("SET throughput_per_sec = :v")
+                // Closed is final.
+                .condition_expression("attribute_exists(pk) AND #status <> :closed")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":closed", super::dyn_value(&TenantStatus::Closed)?)
+                .expression_attribute_values(":v", n(i64::from(per_sec)))
+                .return_values(ReturnValue::AllNew),
+        )
+        .await;
         match res {
             Ok(out) => from_item(out.attributes.unwrap_or_default()),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {

@@ -8,7 +8,11 @@
 
 use std::fmt;
 
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
+use aws_sdk_dynamodb::operation::update_item::{UpdateItemError, UpdateItemOutput};
 use aws_sdk_dynamodb::types::TransactWriteItem;
 
 use super::super::classify;
@@ -123,6 +127,55 @@ impl TransactError {
     }
 }
 
+/// How many more times a write cancelled by a transaction in flight on its item goes again.
+const CONFLICT_RETRIES: u64 = 6;
+
+/// `write`, tried again (up to [`CONFLICT_RETRIES`] more times, 10–70 ms apart plus jitter)
+/// while `conflicted` says a transaction in flight on one of its items (usually a send's
+/// debit of the tenant item) cancelled it. Only a conflict is retried: DynamoDB wrote
+/// nothing then, so the next try is judged afresh and a conditional write's refusal is its
+/// own, not a shadow of an earlier try. Any other answer, a refusal included, is the
+/// caller's.
+pub(crate) async fn retrying_conflicts<T, E, F, Fut>(
+    mut write: F,
+    conflicted: impl Fn(&E) -> bool,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut result = write().await;
+    for attempt in 0..CONFLICT_RETRIES {
+        match &result {
+            Err(e) if conflicted(e) => {
+                let jitter = rand::random::<u64>() % 20;
+                tokio::time::sleep(std::time::Duration::from_millis(
+                    10 * (attempt + 1) + jitter,
+                ))
+                .await;
+                result = write().await;
+            }
+            _ => break,
+        }
+    }
+    result
+}
+
+/// One `UpdateItem`, tried again as [`retrying_conflicts`] says when it answers
+/// `TransactionConflictException` (which the SDK does not retry): for a plain write on the
+/// tenant item, which every send's debit transaction holds for a moment.
+pub(crate) async fn update_retrying_conflicts(
+    req: UpdateItemFluentBuilder,
+) -> Result<UpdateItemOutput, SdkError<UpdateItemError, HttpResponse>> {
+    retrying_conflicts(
+        || req.clone().send(),
+        |e: &SdkError<UpdateItemError, HttpResponse>| {
+            matches!(e, SdkError::ServiceError(se) if se.err().is_transaction_conflict_exception())
+        },
+    )
+    .await
+}
+
 impl DynamoStore {
     /// `transact`, tried again when concurrent transactions on the same item (usually the
     /// tenant's balance) cancelled it with `TransactionConflict`: nothing was written then.
@@ -130,21 +183,11 @@ impl DynamoStore {
         &self,
         items: Vec<TransactWriteItem>,
     ) -> Result<(), TransactError> {
-        let mut result = self.transact(items.clone()).await;
-        for attempt in 0..6u64 {
-            match &result {
-                Err(e) if e.any(CancelReason::TransactionConflict) => {
-                    let jitter = rand::random::<u64>() % 20;
-                    tokio::time::sleep(std::time::Duration::from_millis(
-                        10 * (attempt + 1) + jitter,
-                    ))
-                    .await;
-                    result = self.transact(items.clone()).await;
-                }
-                _ => break,
-            }
-        }
-        result
+        retrying_conflicts(
+            || self.transact(items.clone()),
+            |e: &TransactError| e.any(CancelReason::TransactionConflict),
+        )
+        .await
     }
 
     /// One TransactWriteItems call. A cancellation answers each item's reason, in request
