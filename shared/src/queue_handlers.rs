@@ -167,7 +167,7 @@ async fn handle_record(deps: &Deps, receipt: Option<&str>, body: &str, receives:
 
 /// A storage retry ([`Outcome::Backoff`]: what the dispatcher answers for a dependency that
 /// failed, and for a hop it could not queue, at the dispatch backoff; or
-/// [`dispatch::KEPT_RETRY`], a job back for kept statuses storage refused) of a job received
+/// [`crate::service::deadline::KEPT_RETRY`], a job back for kept statuses storage refused) of a job received
 /// `receives` times, as a `RetryAfter`: from its second receive, no sooner than the backoff doubled per
 /// receive (30 s, 60 s, ... about 2 h 8 min in all before the redrive's 10th receive).
 /// Every retry of one queue message counts toward the redrive, and what brings one back

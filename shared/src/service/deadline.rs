@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{MessageError, MessageStatus};
+use crate::domain::{MessageError, MessageStatus, RetentionClass};
 use crate::metrics;
 use crate::ports::Transition;
 use crate::store_error::StoreError;
 
+use super::errors::ServiceError;
 use super::jobs::{DispatchJob, Outcome, QueueJob, MAX_DELAY};
 use super::Deps;
 
@@ -160,7 +161,8 @@ async fn expire(
 /// A queue message whose message was not claimable when read. Missing: see
 /// [`unrecorded`]; `accepted` (it appeared or came back since): tried again soon; still
 /// `sending` past the deadline it fails; still `sending` within it, it is checked again
-/// later; anything else is a finished message or a duplicate: dropped.
+/// later; anything else is a finished message or a duplicate: dropped, once a sent one's
+/// post-send work is done ([`after_send`]).
 pub async fn redelivered(deps: &Deps, job: &DispatchJob) -> Result<Outcome, StoreError> {
     let found = deps
         .messages
@@ -188,6 +190,12 @@ pub async fn redelivered_as(
         return Ok(Outcome::RetryAfter(Duration::from_millis(500)));
     }
     if m.status != MessageStatus::Sending {
+        // Sent: a job back for the post-send work it could not finish (the wamid's index,
+        // the statuses kept for it) does it here, whichever check before the claim sent
+        // it here (a suspension meanwhile would otherwise drop it, the statuses unapplied).
+        if let Some(again) = after_send(deps, job, &m).await {
+            return Ok(again);
+        }
         tracing::info!("already claimed or finished; dropping duplicate");
         return Ok(Outcome::Done);
     }
@@ -236,9 +244,93 @@ pub async fn redelivered_as(
     Ok(Outcome::Done)
 }
 
+/// How long a message's wamid index lives: as long as its message (a broadcast's message
+/// carries its broadcast's expiry, later than its own creation's).
+pub(super) fn index_expiry(deps: &Deps, record: &crate::domain::MessageRecord) -> Option<i64> {
+    record.expires_at.or_else(|| {
+        deps.settings
+            .retention
+            .expiry(RetentionClass::Messages, record.created_at)
+    })
+}
+
+/// The post-send work of a message past `sending` with its wamid, for a job that found it
+/// so ([`redelivered_as`], where every job ends that finds its message claimed or
+/// finished, whichever check sent it there): back because the statuses kept for the wamid
+/// could not be applied after the send, or because the wamid's index was not written after
+/// it (or a duplicate delivery, which then finds none: one read). Meta answered 200 for
+/// them and sends them no more, so this runs before any check that could drop the job (a
+/// tenant suspended meanwhile, a recipient opted out, a broadcast held). The index is
+/// written again first (the same item, idempotent: one write, on this path only): a job
+/// whose index writes both failed was retried for it, and statuses without our callback
+/// data would never find the message. `Some`: the job comes back for what is still undone.
+pub(super) async fn after_send(
+    deps: &Deps,
+    job: &DispatchJob,
+    m: &crate::domain::MessageRecord,
+) -> Option<Outcome> {
+    let sent = matches!(
+        m.status,
+        MessageStatus::Sent
+            | MessageStatus::Delivered
+            | MessageStatus::Read
+            | MessageStatus::Failed
+    );
+    let wamid = m.wamid.as_deref().filter(|_| sent)?;
+    let expires = index_expiry(deps, m);
+    if let Err(e) = deps
+        .messages
+        .index_wamid(&job.tenant_id, &job.message_id, wamid, expires)
+        .await
+    {
+        if e.is_retryable() {
+            tracing::warn!(error = %e, "wamid index not written again; retrying");
+            return Some(Outcome::Backoff(deps.settings.dispatch_backoff));
+        }
+        tracing::error!(error = %e, "wamid index not written again");
+    }
+    match super::status::apply_kept(deps, wamid).await {
+        Ok(_) => None,
+        Err(e) => kept_again(&e),
+    }
+}
+
+/// When a job comes back for the statuses kept for its wamid that could not be applied
+/// (storage refusing: a storage retry, `queue_handlers::floored`).
+pub const KEPT_RETRY: Duration = Duration::from_secs(5);
+
+/// What a job does when the statuses kept for its wamid could not be applied: back in
+/// [`KEPT_RETRY`] while the failure is one a retry may fix (storage unavailable or
+/// throttled); otherwise (a kept item that cannot be read) done, logged, rather than
+/// cycling toward the dead-letter queue with the message's content.
+pub(super) fn kept_again(e: &ServiceError) -> Option<Outcome> {
+    match e {
+        ServiceError::Unavailable(store) if store.is_retryable() => {
+            tracing::warn!(error = %e, "kept statuses not applied yet; the job comes back for them");
+            Some(Outcome::Backoff(KEPT_RETRY))
+        }
+        _ => {
+            tracing::error!(error = %e, "kept statuses cannot be applied; left to their expiry");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_statuses_bring_their_job_back_only_for_a_failure_a_retry_may_fix() {
+        use crate::store_error::StoreError;
+        let throttled = ServiceError::Unavailable(StoreError::Unavailable("throttled".into()));
+        assert!(matches!(
+            kept_again(&throttled),
+            Some(Outcome::Backoff(d)) if d == KEPT_RETRY
+        ));
+        let unreadable = ServiceError::Internal("a kept item that cannot be read".into());
+        assert!(kept_again(&unreadable).is_none());
+    }
 
     /// The dispatch queue parks a message on its 11th receive (`maxReceiveCount: 10`).
     #[test]

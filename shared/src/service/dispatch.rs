@@ -11,7 +11,7 @@
 use chrono::{DateTime, Utc};
 use tracing::Instrument;
 
-use crate::domain::{MessageError, MessageStatus, RetentionClass};
+use crate::domain::{MessageError, MessageStatus};
 use crate::ports::{
     BroadcastClaim, BroadcastControl, MetaSendError, StatusChange, TenantStatus, Transition,
 };
@@ -365,16 +365,6 @@ fn again_after_release(
     again
 }
 
-/// How long a message's wamid index lives: as long as its message (a broadcast's message
-/// carries its broadcast's expiry, later than its own creation's).
-fn index_expiry(deps: &Deps, record: &crate::domain::MessageRecord) -> Option<i64> {
-    record.expires_at.or_else(|| {
-        deps.settings
-            .retention
-            .expiry(RetentionClass::Messages, record.created_at)
-    })
-}
-
 /// A claim the store refused: this job's own after all when the message is `sending`
 /// under its token (the claim's write landed and its answer was lost, so the store's retry
 /// of it was refused by that very write), else a redelivery ([`deadline::redelivered`]).
@@ -416,67 +406,8 @@ async fn refused_claim(
                 500,
             ))))
         }
-        found => {
-            // Past `sending` with its wamid: a job back because the statuses kept for the
-            // wamid could not be applied after the send, or because the wamid's index was
-            // not written after it (or a duplicate delivery, which then finds none: one
-            // read). The index is written again first (the same item, idempotent: one
-            // write, on this path only): a job whose index writes both failed was retried
-            // for it, and statuses without our callback data would never find the message.
-            if let Some((m, wamid)) = found
-                .as_ref()
-                .filter(|m| {
-                    matches!(
-                        m.status,
-                        MessageStatus::Sent
-                            | MessageStatus::Delivered
-                            | MessageStatus::Read
-                            | MessageStatus::Failed
-                    )
-                })
-                .and_then(|m| Some((m, m.wamid.as_deref()?)))
-            {
-                let expires = index_expiry(deps, m);
-                if let Err(e) = deps
-                    .messages
-                    .index_wamid(&job.tenant_id, &job.message_id, wamid, expires)
-                    .await
-                {
-                    if e.is_retryable() {
-                        tracing::warn!(error = %e, "wamid index not written again; retrying");
-                        return Ok(Err(Outcome::Backoff(deps.settings.dispatch_backoff)));
-                    }
-                    tracing::error!(error = %e, "wamid index not written again");
-                }
-                if let Err(e) = super::status::apply_kept(deps, wamid).await {
-                    if let Some(again) = kept_again(&e) {
-                        return Ok(Err(again));
-                    }
-                }
-            }
-            Ok(Err(super::deadline::redelivered_as(deps, job, found).await?))
-        }
-    }
-}
-
-/// When a job comes back for the statuses kept for its wamid that could not be applied
-/// (storage refusing: a storage retry, `queue_handlers::floored`).
-pub const KEPT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// What a job does when the statuses kept for its wamid could not be applied: back in
-/// [`KEPT_RETRY`] while the failure is one a retry may fix (storage unavailable or
-/// throttled); otherwise (a kept item that cannot be read) done, logged, rather than
-/// cycling toward the dead-letter queue with the message's content.
-fn kept_again(e: &ServiceError) -> Option<Outcome> {
-    match e {
-        ServiceError::Unavailable(store) if store.is_retryable() => {
-            tracing::warn!(error = %e, "kept statuses not applied yet; the job comes back for them");
-            Some(Outcome::Backoff(KEPT_RETRY))
-        }
-        _ => {
-            tracing::error!(error = %e, "kept statuses cannot be applied; left to their expiry");
-            None
-        }
+        // Past `sending`: its post-send work is finished there (`deadline::after_send`).
+        found => Ok(Err(super::deadline::redelivered_as(deps, job, found).await?)),
     }
 }
 
@@ -1086,7 +1017,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         Ok(accepted) => {
             crate::metrics::sent();
             super::quality::count_sent(deps, &job.tenant_id).await;
-            let expires = index_expiry(deps, &record);
+            let expires = super::deadline::index_expiry(deps, &record);
             // The wamid's index and the `sent` move (the wamid on the message rides with
             // it: one write fewer) are written together, one round trip instead of two.
             // Neither needs the other first: a webhook finds the message by the callback
@@ -1177,8 +1108,8 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             if kept {
                 if let Err(e) = super::status::apply_kept(deps, &accepted.wamid).await {
                     // Meta was answered 200 for them and sends them no more: the job comes
-                    // back (its claim refused then, `refused_claim`) and applies them.
-                    if let Some(again) = kept_again(&e) {
+                    // back and applies them (`deadline::after_send`, whatever check it meets first).
+                    if let Some(again) = super::deadline::kept_again(&e) {
                         return Ok(again);
                     }
                 }
@@ -1404,18 +1335,6 @@ fn exhausted_error(class: ErrorClass, error: MessageError) -> MessageError {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn kept_statuses_bring_their_job_back_only_for_a_failure_a_retry_may_fix() {
-        use crate::store_error::StoreError;
-        let throttled = ServiceError::Unavailable(StoreError::Unavailable("throttled".into()));
-        assert!(matches!(
-            super::kept_again(&throttled),
-            Some(Outcome::Backoff(d)) if d == super::KEPT_RETRY
-        ));
-        let unreadable = ServiceError::Internal("a kept item that cannot be read".into());
-        assert!(super::kept_again(&unreadable).is_none());
-    }
-
     use super::*;
     use ErrorClass::*;
 

@@ -450,6 +450,61 @@ async fn kept_statuses_that_cannot_be_applied_after_the_send_bring_the_job_back_
         .is_empty());
 }
 
+/// The job back for kept statuses after Meta accepted meets a tenant suspended meanwhile
+/// (another message's 190): it fails no message then (this one is `sent`), and it still
+/// applies the statuses before it ends; dropped at the tenant's check, they would never
+/// apply (Meta sends them once) and the message would stay `sent` for good.
+async fn kept_statuses_a_job_comes_back_for_apply_though_its_tenant_was_suspended_meanwhile(
+    b: Backend,
+) {
+    let mut cfg = local_config(b).await;
+    cfg.pollers = 0;
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(3).await;
+    let id = app.send_ok(&t.key, "+60123450303").await;
+    let wamid = format!("wamid.early.{}", ulid::Ulid::new());
+    let now = chrono::Utc::now().timestamp();
+    let note = json!({"object":"whatsapp_business_account","entry":[{"id":"1000001","changes":[{"field":"messages","value":{
+    "messaging_product":"whatsapp",
+    "metadata":{"display_phone_number":"60300000000","phone_number_id":t.phone_number_id},
+    "statuses":[{"id":wamid,"status":"delivered","timestamp":(now + 1).to_string(),"recipient_id":"60123450303"}]}}]}]});
+    assert_eq!(app.post_webhook(&note).await.status(), 200);
+    let deps = app.app.deps.clone();
+    let mut flaky = deps.clone();
+    flaky.meta = Arc::new(FixedWamid(wamid.clone()));
+    flaky.pending = Arc::new(FailingOnce {
+        inner: deps.pending.clone(),
+        failures: AtomicUsize::new(1),
+    });
+    let jobs = deps
+        .queue
+        .receive(10, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    let first = dispatch::handle(&flaky, &jobs[0].body).await;
+    assert!(matches!(first, Outcome::Backoff(_)), "{first:?}");
+    assert_eq!(app.message(&t.key, &id).await["status"], "sent");
+    let tenant = kirim::domain::TenantId::from_trusted(t.tenant_id.clone());
+    kirim::service::accounts::set_status(
+        &deps,
+        &tenant,
+        kirim::ports::TenantStatus::Suspended,
+        Some("meta error 190".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(dispatch::handle(&flaky, &jobs[0].body).await, Outcome::Done);
+    let view = app.message(&t.key, &id).await;
+    assert_eq!(view["status"], "delivered", "{view}");
+    assert!(deps
+        .pending
+        .pending_statuses(&wamid)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 async fn the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400(b: Backend) {
     capture_logs();
     // As outside local mode: https and public targets only.
@@ -1029,6 +1084,7 @@ on_both_backends!(
     every_status_change_reaches_the_callback_signed_even_after_the_receiver_was_down,
     a_status_for_a_wamid_not_yet_known_is_kept_and_the_message_still_ends_read,
     kept_statuses_that_cannot_be_applied_after_the_send_bring_the_job_back_for_them,
+    kept_statuses_a_job_comes_back_for_apply_though_its_tenant_was_suspended_meanwhile,
     the_callback_secret_is_write_only_and_bad_urls_are_refused_with_400,
     a_deadline_failure_and_a_cancelled_scheduled_message_reach_the_callback,
     a_callback_the_queue_refused_is_kept_and_queued_by_the_drain_once_the_queue_is_back,

@@ -1322,6 +1322,58 @@ async fn a_wamid_index_that_failed_twice_is_written_by_the_jobs_retry(backend: B
     assert_eq!(t.sandbox_requests_to("60123459913").len(), 1, "sent once");
 }
 
+/// Both index writes beside the `sent` move fail, and the tenant is suspended before the
+/// job comes back: the retry fails nothing (the message is `sent`), and still writes the
+/// index before it ends, as every retry that finds its message sent does, whichever check
+/// it meets first.
+async fn a_wamid_index_the_retry_owes_is_written_though_the_tenant_was_suspended_meanwhile(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459914").await;
+    let flaky = Flaky::over(&t.app.deps);
+    flaky.fail_index.store(2, Ordering::SeqCst);
+    let mut blinking = t.app.deps.clone();
+    blinking.messages = flaky.clone();
+    let first = dispatch::handle(&blinking, &job).await;
+    assert!(matches!(first, Outcome::Backoff(_)), "retried: {first:?}");
+    kirim::service::accounts::set_status(
+        &t.app.deps,
+        &tenant,
+        kirim::ports::TenantStatus::Suspended,
+        Some("meta error 190".into()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(dispatch::handle(&blinking, &job).await, Outcome::Done);
+    let sent = t
+        .app
+        .deps
+        .messages
+        .get_message(&tenant, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    // (The sandbox's own statuses may have moved it on since.)
+    assert!(
+        matches!(
+            sent.status,
+            MessageStatus::Sent | MessageStatus::Delivered | MessageStatus::Read
+        ),
+        "not failed: {:?}",
+        sent.status
+    );
+    let wamid = sent.wamid.expect("the wamid is on the message");
+    assert_eq!(
+        t.app.deps.messages.message_by_wamid(&wamid).await.unwrap(),
+        Some((tenant.clone(), m.id.clone())),
+        "the retry indexed the wamid"
+    );
+    assert_eq!(t.credits(&o.key).await, 4, "charged once, nothing refunded");
+}
+
 /// Meta refused for a moment (131000) and the release of the claim for the retry blinked:
 /// it is tried again at once, or the message would stay `sending` with nothing sent until
 /// its deadline failed it, charged.
@@ -2949,7 +3001,7 @@ async fn a_job_received_again_and_again_is_retried_further_apart_not_parked_in_m
     // A job back for kept statuses storage refused is a storage retry too.
     let kept = kirim::queue_handlers::floored(
         &deps,
-        Outcome::Backoff(kirim::service::dispatch::KEPT_RETRY),
+        Outcome::Backoff(kirim::service::deadline::KEPT_RETRY),
         6,
     );
     assert!(
@@ -2960,7 +3012,7 @@ async fn a_job_received_again_and_again_is_retried_further_apart_not_parked_in_m
     // was taken for a storage retry by its length).
     for own in [
         Duration::from_secs(30),
-        kirim::service::dispatch::KEPT_RETRY,
+        kirim::service::deadline::KEPT_RETRY,
     ] {
         assert_eq!(
             kirim::queue_handlers::floored(&deps, Outcome::RetryAfter(own), 6),
@@ -3494,6 +3546,7 @@ on_both_backends!(
     a_turned_away_message_whose_release_fails_is_given_back_for_a_retry_not_left_sending,
     a_wamid_index_write_that_fails_beside_the_sent_move_is_tried_again_at_once,
     a_wamid_index_that_failed_twice_is_written_by_the_jobs_retry,
+    a_wamid_index_the_retry_owes_is_written_though_the_tenant_was_suspended_meanwhile,
     a_retry_whose_claim_could_not_be_given_back_gives_it_back_itself_and_sends,
     a_retry_with_the_same_key_queues_a_message_whose_job_died_with_its_process,
     replays_past_the_grace_queue_its_job_again_once_not_once_each,
