@@ -68,6 +68,7 @@ pub const HINTS: &[(Code, &str)] = &[
     (Code::Kirim("rate_limiter_unavailable"), "The sending-rate check failed for a moment. Kirim retries automatically; nothing to do."),
     (Code::Kirim("meta_token_replaced"), "Meta refused the account's previous access token, just replaced: the message is being sent again with the new one. Kirim retries automatically; nothing to do."),
     (Code::Kirim("failure_not_recorded"), "Kirim could not record an attempt's outcome for a moment. Kirim retries automatically; nothing to do."),
+    (Code::Kirim("release_not_recorded"), "Meta refused an attempt for a moment, and Kirim could not record that it would try again; it records it with the retry. Kirim retries automatically; nothing to do."),
     (Code::Kirim("sender_removed"), "The phone number the message was to be sent from was removed from the account before it was sent. It was refunded; send it again from another number (GET /v1/phone-numbers)."),
     (Code::Kirim("dispatch_lost"), "The message's dispatch job was lost (parked on the dead-letter queue and gone) before it was sent. It was refunded; send it again, and tell your provider."),
     (Code::Kirim("sender_unreadable"), "The sending phone number could not be read for a moment. Kirim retries automatically; nothing to do."),

@@ -1428,6 +1428,37 @@ mod tests {
         }
     }
 
+    /// A code without its own hint shows the fallback, "The message failed. Send again
+    /// later": read on a message still being retried (or delivered since: later moves keep
+    /// the error), it makes a client send a duplicate.
+    #[test]
+    fn every_code_the_dispatcher_writes_on_a_message_has_its_own_hint() {
+        use crate::domain::{hints::hint, ErrorCode};
+        let fallback = hint(&ErrorCode::from("a code no table has"));
+        for code in [
+            "claim_answer_lost",
+            "rate_limiter_unavailable",
+            "failure_not_recorded",
+            "release_not_recorded",
+            "meta_token_replaced",
+            "meta_token_unreadable",
+            "meta_token_missing",
+            "sender_removed",
+            "tenant_suspended",
+            "tenant_closed",
+            "recipient_opted_out",
+            "meta_unavailable",
+            "meta_unreachable",
+            "cancelled",
+            super::super::errors::META_REFUSED_UNREADABLE,
+            super::super::errors::META_TRANSIENT_ERROR,
+            super::super::deadline::OUTCOME_UNKNOWN,
+            super::super::deadline::DISPATCH_LOST,
+        ] {
+            assert_ne!(hint(&ErrorCode::from(code)), fallback, "{code}");
+        }
+    }
+
     #[test]
     fn unknown_codes_retry_as_meta_says_else_only_on_server_errors_and_rate_limits() {
         // Meta's own word decides for an unknown code, never for a known one.
