@@ -38,6 +38,22 @@ pub enum ErrorClass {
     TenantStop,
 }
 
+/// Graph API rate limits (4 app, 17 user, 32 page, 613 calls per hour; 80007 and 130429
+/// WhatsApp's) and Meta's own transient failures: [`ErrorClass::Transient`].
+pub const TRANSIENT_CODES: &[i64] = &[1, 2, 4, 17, 32, 613, 80007, 130429, 131000, 131016, 131057];
+
+/// Meta's pair rate limit: [`ErrorClass::Delayed`].
+pub const PAIR_RATE_LIMIT: i64 = 131056;
+
+/// The recipient stopped marketing messages: [`ErrorClass::Suppress`].
+pub const MARKETING_STOPPED: i64 = 131050;
+
+/// The request itself is wrong or the recipient cannot receive it: [`ErrorClass::Permanent`].
+pub const PERMANENT_CODES: &[i64] = &[
+    100, 131008, 131009, 131021, 131026, 131047, 131051, 131052, 131053, 132000, 132001, 132005,
+    132007, 132012, 132015, 132016, 133010, 135000,
+];
+
 pub fn classify(code: i64, http_status: u16) -> ErrorClass {
     classify_reported(code, http_status, None)
 }
@@ -49,15 +65,12 @@ pub fn classify(code: i64, http_status: u16) -> ErrorClass {
 pub fn classify_reported(code: i64, http_status: u16, is_transient: Option<bool>) -> ErrorClass {
     use ErrorClass::*;
     match code {
-        // Graph API rate limits (4 app, 17 user, 32 page, 613 calls per hour; 80007 and
-        // 130429 WhatsApp's) and Meta's own transient failures.
-        1 | 2 | 4 | 17 | 32 | 613 | 80007 | 130429 | 131000 | 131016 | 131057 => Transient,
-        131056 => Delayed,
-        131050 => Suppress,
+        c if TRANSIENT_CODES.contains(&c) => Transient,
+        PAIR_RATE_LIMIT => Delayed,
+        MARKETING_STOPPED => Suppress,
         // Token, account restricted or locked, payment problem, quality block.
         c if super::errors::ACCOUNT_STOP_CODES.contains(&c) => TenantStop,
-        100 | 131008 | 131009 | 131021 | 131026 | 131047 | 131051 | 131052 | 131053 | 132000
-        | 132001 | 132005 | 132007 | 132012 | 132015 | 132016 | 133010 | 135000 => Permanent,
+        c if PERMANENT_CODES.contains(&c) => Permanent,
         // Unknown codes: Meta's word, where it gave one (a bounded number of tries
         // either way); else a 5xx or a 429 (a rate limit by its HTTP status) is worth
         // another try and anything else is not, so an unknown rejection can never cause a
@@ -1340,37 +1353,74 @@ mod tests {
 
     #[test]
     fn every_meta_code_in_the_table_has_its_class() {
+        // Meta's error reference, as the table should have it: each row written out here,
+        // so that a row lost from the table fails below.
         let table: &[(i64, ErrorClass)] = &[
             (1, Transient),
             (2, Transient),
             (4, Transient),
+            (17, Transient),
+            (32, Transient),
+            (613, Transient),
             (80007, Transient),
             (130429, Transient),
             (131000, Transient),
             (131016, Transient),
             (131057, Transient),
             (131056, Delayed),
+            (131050, Suppress),
             (100, Permanent),
             (131008, Permanent),
+            (131009, Permanent),
+            (131021, Permanent),
             (131026, Permanent),
             (131047, Permanent),
             (131051, Permanent),
+            (131052, Permanent),
+            (131053, Permanent),
             (132000, Permanent),
             (132001, Permanent),
-            (131050, Suppress),
+            (132005, Permanent),
+            (132007, Permanent),
+            (132012, Permanent),
+            (132015, Permanent),
+            (132016, Permanent),
+            (133010, Permanent),
+            (135000, Permanent),
             (0, TenantStop),
             (102, TenantStop),
             (190, TenantStop),
             (131031, TenantStop),
+            (131042, TenantStop),
             (368, TenantStop),
             (131048, TenantStop),
-            (131042, TenantStop),
-            (17, Transient),
-            (32, Transient),
-            (613, Transient),
         ];
+        // Every code of the table's own lists is written out above with its class.
+        let rows = TRANSIENT_CODES
+            .iter()
+            .chain(PERMANENT_CODES)
+            .chain(super::super::errors::ACCOUNT_STOP_CODES)
+            .chain(&[PAIR_RATE_LIMIT, MARKETING_STOPPED]);
+        for code in rows {
+            assert!(
+                table.iter().any(|(c, _)| c == code),
+                "code {code} of the table is not in this test"
+            );
+        }
+        // Asked where a code the table does not know is Transient (a 5xx Meta says is
+        // transient), and where it is Permanent (a 4xx Meta says is not): only the row
+        // itself gives each class in both.
         for (code, class) in table {
-            assert_eq!(classify(*code, 400), *class, "code {code}");
+            assert_eq!(
+                classify_reported(*code, 500, Some(true)),
+                *class,
+                "code {code} at 500"
+            );
+            assert_eq!(
+                classify_reported(*code, 400, Some(false)),
+                *class,
+                "code {code} at 400"
+            );
         }
     }
 
