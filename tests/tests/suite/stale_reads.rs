@@ -846,7 +846,123 @@ async fn a_token_replaced_while_a_warm_copy_held_the_old_one_is_sent_with_not_su
     assert_eq!(tenant.status, TenantStatus::Suspended);
 }
 
+/// Meta refuses a token a permission (10 "Permission denied", 200-299 "API Permission",
+/// 131005 "Access denied"; HTTP 403): every send with it would be refused alike, so the
+/// tenant is suspended as for an expired token (190), the message failed with Meta's code,
+/// refunded; unless the operator replaced the token meanwhile, as for 190: then it goes
+/// again with the new one.
+async fn a_permission_meta_refuses_the_token_suspends_the_tenant_as_an_expired_token_does(
+    b: Backend,
+) {
+    use kirim::service::dispatch;
+    use kirim::service::jobs::Outcome;
+    let (_, mut deps, clock) = two_processes(b).await;
+    for code in [10, 131005, 200, 299] {
+        let (t, m, job) = text_queued(&mut deps).await;
+        let current = deps
+            .secrets
+            .current(&t.meta_token_secret)
+            .await
+            .unwrap()
+            .unwrap();
+        deps.meta = Arc::new(RefusesPermission {
+            refused: current.expose().to_owned(),
+            code,
+        });
+        clock.advance(chrono::Duration::minutes(6));
+        assert_eq!(dispatch::handle(&deps, &job).await, Outcome::Done, "{code}");
+        let tenant = deps.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+        assert_eq!(tenant.status, TenantStatus::Suspended, "{code}");
+        let failed = deps
+            .messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(failed.status, MessageStatus::Failed, "{code}");
+        assert_eq!(
+            failed.error.map(|e| e.code),
+            Some(kirim::domain::ErrorCode::Meta(code))
+        );
+        let credits = deps.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+        assert_eq!(credits.credits, 2, "{code}: refunded");
+    }
+    // The token replaced (and the old one's permission removed) while a warm copy held it.
+    let (t, m, job) = text_queued(&mut deps).await;
+    let store = deps.secrets.store().clone();
+    deps.secrets = Arc::new(kirim::service::SecretCache::new(
+        store.clone(),
+        std::time::Duration::from_secs(300),
+    ));
+    clock.advance(chrono::Duration::minutes(6));
+    let old = deps
+        .secrets
+        .current(&t.meta_token_secret)
+        .await
+        .unwrap()
+        .expect("the token, now cached");
+    store
+        .put_secret(
+            &t.meta_token_secret,
+            &kirim::secret::Secret::new("EAAG-the-new-token"),
+        )
+        .await
+        .unwrap();
+    deps.meta = Arc::new(RefusesPermission {
+        refused: old.expose().to_owned(),
+        code: 10,
+    });
+    let first = dispatch::handle_in_batch(&deps, &job).await;
+    assert!(matches!(first, Outcome::Again(..)), "{first:?}");
+    let tenant = deps.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(tenant.status, TenantStatus::Active, "not suspended");
+    let held = deps
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.status, MessageStatus::Accepted);
+}
+
+/// Meta refusing one token a permission (HTTP 403, `code`), taking any other.
+struct RefusesPermission {
+    refused: String,
+    code: i64,
+}
+
+#[async_trait]
+impl MetaClient for RefusesPermission {
+    async fn send_message(
+        &self,
+        _: &str,
+        token: &kirim::secret::Secret,
+        _: &serde_json::Value,
+    ) -> Result<MetaAccepted, MetaSendError> {
+        if token.expose() == self.refused {
+            return Err(MetaSendError::Api {
+                http_status: 403,
+                code: self.code,
+                title: "Permission denied".into(),
+                is_transient: None,
+            });
+        }
+        Ok(MetaAccepted {
+            wamid: format!("wamid.{}", ulid::Ulid::new()),
+        })
+    }
+    async fn list_templates(
+        &self,
+        _: &str,
+        _: &kirim::secret::Secret,
+        _: Option<&str>,
+    ) -> Result<kirim::domain::template::MetaTemplatePage, MetaSendError> {
+        Ok(Default::default())
+    }
+}
+
 on_both_backends!(
+    a_permission_meta_refuses_the_token_suspends_the_tenant_as_an_expired_token_does,
     a_token_replaced_while_a_warm_copy_held_the_old_one_is_sent_with_not_suspending,
     only_a_delivered_or_read_status_counts_metas_pricing_on_every_path,
     a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_is_sent,
