@@ -347,7 +347,7 @@ pub(crate) fn minted_path(id: &str) -> Result<&str, ApiError> {
 
 /// A path's phone number id: Meta's numeric id, or no number (`404`).
 pub(crate) fn number_path(id: &str) -> Result<&str, ApiError> {
-    crate::service::accounts::check_numeric_id("phone_number_id", id)
+    crate::service::numbers::check_numeric_id("phone_number_id", id)
         .map(|()| id)
         .map_err(|_| ApiError::not_found())
 }

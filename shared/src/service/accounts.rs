@@ -12,6 +12,7 @@ use crate::secret::{token_hash, Secret};
 
 use super::errors::ServiceError;
 use super::idempotency::Idempotent;
+use super::numbers::{check_display, check_numeric_id};
 use super::Deps;
 
 #[derive(Deserialize)]
@@ -65,31 +66,6 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<(), ServiceError> {
     if v.trim().is_empty() || v.chars().count() > max {
         return Err(ServiceError::InvalidRequest(format!(
             "{field} must be 1 to {max} characters"
-        )));
-    }
-    Ok(())
-}
-
-/// A phone number as Meta shows it (`display_phone_number`): digits, spaces, `+ - ( )`.
-pub(crate) fn check_display(v: &str) -> Result<(), ServiceError> {
-    let ok = !v.is_empty()
-        && v.len() <= 32
-        && v.bytes()
-            .all(|b| b.is_ascii_digit() || b" +-()".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(ServiceError::InvalidRequest(
-            "display_phone_number must be a phone number as Meta shows it (digits, spaces, + - ( ))"
-                .into(),
-        ))
-    }
-}
-
-pub(crate) fn check_numeric_id(field: &str, v: &str) -> Result<(), ServiceError> {
-    if v.is_empty() || v.len() > 32 || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(ServiceError::InvalidRequest(format!(
-            "{field} must be Meta's numeric id"
         )));
     }
     Ok(())

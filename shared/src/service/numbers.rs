@@ -19,7 +19,6 @@ use crate::domain::{TemplateQuality, TenantId};
 use crate::ports::{PhoneNumberRecord, Tenant, TenantStatus};
 use crate::store_error::StoreError;
 
-use super::accounts::check_numeric_id;
 use super::errors::ServiceError;
 use super::Deps;
 
@@ -119,6 +118,31 @@ async fn open_tenant(deps: &Deps, id: &TenantId) -> Result<Tenant, ServiceError>
     Ok(tenant)
 }
 
+/// A phone number as Meta shows it (`display_phone_number`): digits, spaces, `+ - ( )`.
+pub(crate) fn check_display(v: &str) -> Result<(), ServiceError> {
+    let ok = !v.is_empty()
+        && v.len() <= 32
+        && v.bytes()
+            .all(|b| b.is_ascii_digit() || b" +-()".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::InvalidRequest(
+            "display_phone_number must be a phone number as Meta shows it (digits, spaces, + - ( ))"
+                .into(),
+        ))
+    }
+}
+
+pub(crate) fn check_numeric_id(field: &str, v: &str) -> Result<(), ServiceError> {
+    if v.is_empty() || v.len() > 32 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ServiceError::InvalidRequest(format!(
+            "{field} must be Meta's numeric id"
+        )));
+    }
+    Ok(())
+}
+
 /// How long adding a number waits for Meta's description of it.
 pub const NUMBER_READ_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -133,7 +157,7 @@ pub async fn add(
     check_numeric_id("phone_number_id", &req.phone_number_id)?;
     check_numeric_id("waba_id", &req.waba_id)?;
     if let Some(d) = &req.display_phone_number {
-        super::accounts::check_display(d)?;
+        check_display(d)?;
     }
     let tenant = open_tenant(deps, tenant_id).await?;
     let known_wabas = wabas(deps, &tenant).await?;
@@ -321,7 +345,7 @@ pub async fn sender(
     let id = from.unwrap_or(&tenant.phone_number_id);
     // Not Meta's numeric id: no number of anyone's, asked of no store (DynamoDB refuses a
     // key over 1 KB with a 500).
-    let lookup = if super::accounts::check_numeric_id("from", id).is_ok() {
+    let lookup = if check_numeric_id("from", id).is_ok() {
         deps.numbers.get_phone_number(&tenant.id, id).await?
     } else {
         None
@@ -345,8 +369,8 @@ pub async fn sender(
 /// number that has its display costs no write. Best effort (logged): the inbound
 /// message's own work does not wait on it.
 pub async fn learn_display(deps: &Deps, tenant: &TenantId, phone_number_id: &str, display: &str) {
-    if super::accounts::check_display(display).is_err()
-        || super::accounts::check_numeric_id("phone_number_id", phone_number_id).is_err()
+    if check_display(display).is_err()
+        || check_numeric_id("phone_number_id", phone_number_id).is_err()
     {
         return;
     }
