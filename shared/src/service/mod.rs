@@ -345,7 +345,13 @@ impl SecretCache {
     /// ago, or there is no cache to be behind. For a credential a caller presented that
     /// the cached copy refused: it may have been rotated since the copy was read (Meta's
     /// app secret is reset at Meta first, then stored), and a flood of forged ones costs
-    /// the store one read per `every`.
+    /// the store one read per `every` (and one per caller whose read overlaps the first).
+    ///
+    /// A read counts once it answered, not when it began: a caller that came while the
+    /// first read was under way would otherwise be told "read just now" and fall back to
+    /// the cached copy that read is replacing (a dispatcher batch whose ten sends Meta
+    /// refused for a token just replaced: the first read found the new token, the other
+    /// nine the old one, and suspended the tenant). A read that failed does not count.
     pub async fn refresh_current(
         &self,
         name: &str,
@@ -355,15 +361,17 @@ impl SecretCache {
             return Ok(None);
         }
         {
-            let Ok(mut refreshed) = self.refreshed.lock() else {
+            let Ok(refreshed) = self.refreshed.lock() else {
                 return Ok(None);
             };
             if refreshed.get(name).is_some_and(|at| at.elapsed() < every) {
                 return Ok(None);
             }
-            refreshed.insert(name.to_owned(), Instant::now());
         }
         let v = self.store.get_secret(name).await?;
+        if let Ok(mut refreshed) = self.refreshed.lock() {
+            refreshed.insert(name.to_owned(), Instant::now());
+        }
         if let Ok(mut cache) = self.cache.lock() {
             let was = cache[0]
                 .insert(name.to_owned(), (Instant::now(), v.clone(), None))
@@ -503,5 +511,75 @@ impl SecretCache {
                 versions.remove(name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod secret_cache_tests {
+    use super::*;
+    use crate::adapters::memory::MemorySecrets;
+    use async_trait::async_trait;
+    use chrono::{DateTime, Utc};
+
+    /// Memory secrets whose reads of the current version take a moment.
+    struct SlowReads(MemorySecrets);
+
+    #[async_trait]
+    impl SecretStore for SlowReads {
+        async fn put_secret(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
+            self.0.put_secret(name, value).await
+        }
+        async fn get_secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.0.get_secret(name).await
+        }
+        async fn get_previous_secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {
+            self.0.get_previous_secret(name).await
+        }
+        async fn rotated_at(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+            self.0.rotated_at(name).await
+        }
+        async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
+            self.0.delete_secret(name).await
+        }
+        async fn stage_secret(&self, name: &str, value: &Secret) -> Result<String, StoreError> {
+            self.0.stage_secret(name, value).await
+        }
+        async fn promote_secret(&self, name: &str, version: &str) -> Result<(), StoreError> {
+            self.0.promote_secret(name, version).await
+        }
+        async fn get_secret_version(
+            &self,
+            name: &str,
+            version: &str,
+        ) -> Result<Option<Secret>, StoreError> {
+            self.0.get_secret_version(name, version).await
+        }
+    }
+
+    #[tokio::test]
+    async fn callers_whose_fresh_reads_overlap_each_see_the_new_value_not_the_cached_one() {
+        let store = Arc::new(SlowReads(MemorySecrets::default()));
+        store.put_secret("t", &Secret::new("old")).await.unwrap();
+        let cache = SecretCache::new(store.clone(), Duration::from_secs(300));
+        assert_eq!(cache.current("t").await.unwrap().unwrap().expose(), "old");
+        store.put_secret("t", &Secret::new("new")).await.unwrap();
+        let every = Duration::from_secs(10);
+        // Ten callers at once, as a dispatcher batch's ten refused sends: each finds the
+        // new value, by its own read or the one that answered before it asked.
+        let seen = futures::future::join_all((0..10).map(|_| async {
+            let fresh = cache.refresh_current("t", every).await.unwrap();
+            match fresh {
+                Some(v) => v,
+                None => cache.current("t").await.unwrap(),
+            }
+            .map(|s| s.expose().to_owned())
+        }))
+        .await;
+        assert!(seen.iter().all(|v| v.as_deref() == Some("new")), "{seen:?}");
+        // Once one read answered, later callers within `every` are told so and find the
+        // new value in the cache.
+        assert!(cache.refresh_current("t", every).await.unwrap().is_none());
+        assert_eq!(cache.current("t").await.unwrap().unwrap().expose(), "new");
     }
 }
