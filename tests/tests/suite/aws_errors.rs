@@ -233,6 +233,49 @@ async fn serve(app: axum::Router) -> String {
     format!("http://{addr}")
 }
 
+/// A stand-in KMS answering every call `400` with `code`.
+async fn kms_answering(code: &'static str) -> kirim::adapters::aws::KmsDataKeys {
+    let app = axum::Router::new().fallback(move || async move {
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            [("content-type", "application/x-amz-json-1.1")],
+            format!(r#"{{"__type":"{code}","message":"refused"}}"#),
+        )
+    });
+    let url = serve(app).await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    kirim::adapters::aws::KmsDataKeys::new(aws_sdk_kms::Client::new(&sdk), "alias/seed")
+}
+
+/// A key KMS will not use (disabled, pending deletion) is the operator's matter, as at
+/// `GenerateDataKey`: the unwrap fails (a 500), not "the value does not open", which a
+/// login answers as a wrong code and counts against the user's address. A ciphertext KMS
+/// refuses is a value that does not open.
+#[tokio::test]
+async fn a_disabled_seed_key_is_a_misconfiguration_and_a_refused_ciphertext_does_not_open() {
+    use kirim::ports::{DataKeys, KeyContext};
+    let context = KeyContext::totp_seed(&kirim::domain::TenantId::generate(), "u1");
+    for code in [
+        "DisabledException",
+        "KMSInvalidStateException",
+        "InvalidKeyUsageException",
+    ] {
+        let answer = kms_answering(code).await.unwrap(b"wrapped", &context).await;
+        assert!(
+            matches!(answer, Err(StoreError::Misconfigured(_))),
+            "{code}: {answer:?}"
+        );
+    }
+    for code in [
+        "InvalidCiphertextException",
+        "IncorrectKeyException",
+        "AccessDeniedException",
+    ] {
+        let answer = kms_answering(code).await.unwrap(b"wrapped", &context).await;
+        assert!(matches!(answer, Ok(None)), "{code}: {answer:?}");
+    }
+}
+
 /// A stand-in DynamoDB whose first call of `operation` (of any, without one) is answered
 /// `status` with `body`, and every other call `{}`; it counts the calls of `operation`.
 async fn dynamodb_refusing_first(

@@ -16,7 +16,7 @@ use crate::ports::{DataKey, DataKeys, KeyContext, PlainKey};
 use crate::store_error::StoreError;
 
 /// Answers that mean KMS refuses this wrapped key or this key for good (not a failure to
-/// ask): the value does not open.
+/// ask).
 const REFUSALS: &[&str] = &[
     "InvalidCiphertextException",
     "IncorrectKeyException",
@@ -26,6 +26,19 @@ const REFUSALS: &[&str] = &[
     "InvalidKeyUsageException",
     "InvalidGrantTokenException",
     "AccessDeniedException",
+];
+
+/// Of [`REFUSALS`], those that say the key itself cannot be used (disabled, pending
+/// deletion, not for decryption), whatever value is presented: an operator's matter, as
+/// at `GenerateDataKey` (`Misconfigured`, a 500 an alarm sees), not a value that does not
+/// open. A login answered "wrong code" for them counted a failure against every 2FA user's
+/// address while the key was off. The others may be the value's own (tampered, another
+/// user's context, another key's ciphertext: KMS answers `AccessDenied` or `NotFound` for a
+/// ciphertext naming a key it will not use), so the value does not open.
+const KEY_UNUSABLE: &[&str] = &[
+    "DisabledException",
+    "KMSInvalidStateException",
+    "InvalidKeyUsageException",
 ];
 
 pub struct KmsDataKeys {
@@ -108,6 +121,12 @@ impl DataKeys for KmsDataKeys {
             Ok(out) => Ok(out
                 .plaintext()
                 .and_then(|b| PlainKey::from_slice(b.as_ref()))),
+            Err(e) if e.code().is_some_and(|c| KEY_UNUSABLE.contains(&c)) && refused(&e) => {
+                Err(StoreError::Misconfigured(format!(
+                    "kms Decrypt refused: {}",
+                    e.code().unwrap_or("unknown")
+                )))
+            }
             Err(e) if refused(&e) => {
                 tracing::warn!(
                     code = e.code().unwrap_or("unknown"),
