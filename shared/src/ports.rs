@@ -1311,8 +1311,9 @@ pub struct Broadcast {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_by: Option<String>,
     /// Recipients never recorded, refunded when it was closed because its list was gone
-    /// ([`BroadcastStore::close_broadcast_unsent`]): they have no message, and the view
-    /// counts them `cancelled`.
+    /// ([`BroadcastStore::close_broadcast_unsent`]), or all of them when it was cancelled
+    /// before it started ([`BroadcastStore::cancel_scheduled_broadcast`]): they have no
+    /// message, and the view counts them `cancelled`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub refunded_unsent: usize,
 }

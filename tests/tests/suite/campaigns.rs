@@ -151,6 +151,12 @@ async fn cancelling_a_scheduled_broadcast_refunds_it_exactly_and_sends_nothing(b
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["status"], "cancelled", "{view}");
     assert!(view["completed_at"].is_string(), "{view}");
+    // Its counts add up to its total: every recipient refunded unsent, none recorded.
+    assert_eq!(
+        (view["total"].clone(), view["counts"]["cancelled"].clone()),
+        (json!(4), json!(4)),
+        "{view}"
+    );
     assert_eq!(app.credits(&t.key).await, 10, "refunded exactly");
 
     let (status, body) = call(&app, &t.key, Method::POST, &path, None).await;
@@ -168,6 +174,7 @@ async fn cancelling_a_scheduled_broadcast_refunds_it_exactly_and_sends_nothing(b
     let view = broadcast_view(&app, &t.key, &id).await;
     assert_eq!(view["status"], "cancelled", "{view}");
     assert_eq!(view["counts"]["accepted"], 0, "{view}");
+    assert_eq!(view["counts"]["cancelled"], 4, "{view}");
 }
 
 async fn a_scheduled_message_waits_then_is_sent_once(b: Backend) {

@@ -357,7 +357,10 @@ impl BroadcastStore for DynamoStore {
         let u = Update::builder()
             .table_name(&self.table)
             .set_key(Some(keys::broadcast(tenant, id).attrs()))
-            .update_expression("SET #status = :cancelled, ended_at = :at")
+            // Every recipient refunded with no message made: counted `cancelled`.
+            .update_expression(
+                "SET #status = :cancelled, ended_at = :at, refunded_unsent = accepted",
+            )
             .condition_expression(
                 "#status = :scheduled AND (attribute_not_exists(#ttl) OR #ttl > :now)",
             )

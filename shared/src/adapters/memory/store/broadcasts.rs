@@ -279,6 +279,7 @@ impl BroadcastStore for MemoryStore {
         if let Some(b) = s.broadcasts.get_mut(&key) {
             b.status = BroadcastStatus::Cancelled;
             b.ended_at = Some(at);
+            b.refunded_unsent = b.accepted;
         }
         if let Some(t) = s.tenants.get_mut(&refund.tenant_id) {
             t.credits = t.credits.saturating_add(refund.amount);
