@@ -608,6 +608,15 @@ pub async fn view(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Serv
     Ok(view_of(deps, b).await?)
 }
 
+/// Whether the broadcast is now paused or cancelled (read afresh); `false` when the read
+/// fails.
+async fn held_since(deps: &Deps, tenant: &TenantId, id: &str) -> bool {
+    matches!(
+        deps.broadcasts.get_broadcast(tenant, id).await,
+        Ok(Some(b)) if b.control.is_some() || b.status == BroadcastStatus::Cancelled
+    )
+}
+
 /// The view of a broadcast as read: its messages counted by status, and the failed ones
 /// by code with their hints, in one pass over them. The recipients refunded unsent when
 /// its list expired first have no message: they are counted `cancelled` (never sent,
@@ -1342,7 +1351,7 @@ pub async fn fan_out_in_slices(
         return close_cancelled(deps, job, &b, &list, slice).await;
     }
     let start = b.enqueued.min(list.len());
-    let end = (start + slice.max(1)).min(list.len());
+    let mut end = (start + slice.max(1)).min(list.len());
     let now = deps.clock.now();
     // Paced at the number's rate: recipient k of this slice is due at the queue
     // floor(k/pace) seconds after the slice's start, so the dispatchers find about as
@@ -1400,6 +1409,18 @@ pub async fn fan_out_in_slices(
             deps.broadcasts
                 .broadcast_progress(&job.tenant_id, &b.id, done, false)
                 .await?;
+            // Paused or cancelled since this run read it: no more of its recipients are
+            // recorded and queued (they would only wait on the queue, or each be refunded
+            // by its own job); the next job, below, waits out the pause or closes what the
+            // cancel left (`close_cancelled`). A read that fails goes on, as before.
+            if done < end && held_since(deps, &job.tenant_id, &b.id).await {
+                tracing::info!(
+                    enqueued = done,
+                    "broadcast held during its fan-out; the rest waits"
+                );
+                end = done;
+                break;
+            }
         }
     }
     let finished = end == list.len();

@@ -1132,6 +1132,56 @@ async fn csv_requested_before_the_fan_out(
     (deps, tenant, accepted, fan_out, res)
 }
 
+/// A pause that lands while a fan-out run records its slice stops the run at its next
+/// progress write (every 200 recipients): no more of its recipients are recorded and
+/// queued, where the run went on to the end of its slice (up to 2,000 jobs that would each
+/// come back every 30 s while paused).
+#[tokio::test]
+async fn a_pause_during_a_fan_out_run_stops_it_at_its_next_progress_write() {
+    use kirim::service::{broadcasts, send::TemplateIn};
+    let clock = kirim_tests::ManualClock::new();
+    let deps = kirim::wiring::memory_deps(kirim_tests::test_settings(), clock.clone()).unwrap();
+    let (tenant, _key) = promo_tenant(&deps, "133", 500).await;
+    let template: TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
+    let recipients: Vec<String> = (0..450).map(|i| format!("+6012347{i:04}")).collect();
+    let accepted = broadcasts::create(&deps, &tenant.id, template, recipients, None)
+        .await
+        .unwrap();
+    let fan_out = next_fan_out(&deps).await;
+    let mut pausing = deps.clone();
+    pausing.broadcasts = std::sync::Arc::new(LostClaimAnswer {
+        inner: deps.broadcasts.clone(),
+        once: std::sync::atomic::AtomicBool::new(false),
+        pages_read: Default::default(),
+        pages_readable: usize::MAX,
+        lost_moves: false,
+        keys_missed: Default::default(),
+        tallies: Default::default(),
+        pause_on_progress: true,
+    });
+    broadcasts::fan_out_in_slices(&pausing, &fan_out, 1000)
+        .await
+        .unwrap();
+    let b = deps
+        .broadcasts
+        .get_broadcast(&tenant.id, &accepted.id)
+        .await
+        .unwrap()
+        .unwrap();
+    // The first progress write is at the queue batch that passes 200 (batches of at most
+    // ten, within one second of the pace).
+    assert!(
+        (200..210).contains(&b.enqueued),
+        "stopped at the first progress write: {}",
+        b.enqueued
+    );
+    assert_eq!(b.status, kirim::ports::BroadcastStatus::FanningOut);
+    let tally = deps.broadcasts.broadcast_tally(&b).await.unwrap();
+    let recorded: usize = tally.counts.values().sum();
+    assert_eq!(recorded, b.enqueued, "{:?}", tally.counts);
+}
+
 /// A `recipients.csv` whose messages cannot be read is never a `200` that looks complete:
 /// the first page is read before the status (`503`), and a failure after the body began
 /// cuts the transfer off (on Lambda the invocation fails) instead of ending it cleanly.
@@ -1163,6 +1213,7 @@ async fn a_recipients_csv_storage_cannot_read_is_a_503_or_a_cut_off_body_never_a
             lost_moves: false,
             keys_missed: Default::default(),
             tallies: Default::default(),
+            pause_on_progress: false,
         });
         let uri = format!("/v1/broadcasts/{}/recipients.csv", accepted.id);
         let auth = format!("Bearer {}", key.expose());
@@ -2249,6 +2300,7 @@ async fn a_keyed_campaign_retry_racing_its_first_request_answers_it_not_402() {
         lost_moves: false,
         keys_missed: std::sync::atomic::AtomicUsize::new(1),
         tallies: Default::default(),
+        pause_on_progress: false,
     });
     let again = create(racing).await.expect("the first's answer, not 402");
     assert!(again.replayed);
@@ -2272,6 +2324,9 @@ struct LostClaimAnswer {
     keys_missed: std::sync::atomic::AtomicUsize,
     /// Its tallies in flight, and the most seen at once.
     tallies: TalliesAtOnce,
+    /// The broadcast is paused (as an operator's pause landing then) just after each
+    /// progress write of a fan-out that is not its last.
+    pause_on_progress: bool,
 }
 
 /// A store's tallies in flight (each yields before it reads, so the others started with it
@@ -2343,7 +2398,19 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
     ) -> Result<(), kirim::store_error::StoreError> {
         self.inner
             .broadcast_progress(tenant, id, enqueued, done)
-            .await
+            .await?;
+        if self.pause_on_progress && !done {
+            self.inner
+                .set_broadcast_control(
+                    tenant,
+                    id,
+                    &[None],
+                    Some(kirim::ports::BroadcastControl::Paused),
+                    chrono::Utc::now(),
+                )
+                .await?;
+        }
+        Ok(())
     }
     async fn close_broadcast_unsent(
         &self,
@@ -2521,6 +2588,7 @@ async fn a_broadcast_list_tallies_its_campaigns_at_once_and_answers_them_in_orde
         lost_moves: false,
         keys_missed: Default::default(),
         tallies: Default::default(),
+        pause_on_progress: false,
     });
     watched.broadcasts = store.clone();
     let (page, next) = broadcasts::list(&watched, &tenant.id, None, 50, None)
@@ -2568,6 +2636,7 @@ async fn a_broadcast_claim_whose_answer_was_lost_is_given_back_and_claimed_afres
         lost_moves: false,
         keys_missed: Default::default(),
         tallies: Default::default(),
+        pause_on_progress: false,
     });
     let id = kirim::domain::MessageId::from_trusted(jobs[0]["message_id"].as_str().unwrap());
     let message = || async {
@@ -2615,6 +2684,7 @@ async fn a_campaigns_start_or_move_whose_answer_was_lost_goes_on_and_answers_wha
         lost_moves: true,
         keys_missed: Default::default(),
         tallies: Default::default(),
+        pause_on_progress: false,
     });
     let template: kirim::service::send::TemplateIn =
         serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
