@@ -31,6 +31,10 @@ async fn secrets_content_and_full_numbers_never_reach_logs_or_responses(b: Backe
     let key = created["key"].as_str().unwrap().to_owned();
     let to = "+60199990123";
     app.user_wrote(&pnid, to).await;
+    // The user's own words, through Meta's signed inbound webhook: never kept or logged.
+    let inbound = format!("INBOUND-{}", ulid::Ulid::new());
+    app.sandbox_inbound(json!({"phone_number_id": pnid, "from": to, "text": inbound}))
+        .await;
     let res = app
         .http
         .post(app.url("/v1/messages"))
@@ -176,6 +180,7 @@ async fn secrets_content_and_full_numbers_never_reach_logs_or_responses(b: Backe
         &admin,
         &key,
         &marker,
+        &inbound,
         OPERATOR_TOKEN,
         "test-app-secret",
     ] {
