@@ -68,9 +68,8 @@ pub fn classify_reported(code: i64, http_status: u16, is_transient: Option<bool>
         c if TRANSIENT_CODES.contains(&c) => Transient,
         PAIR_RATE_LIMIT => Delayed,
         MARKETING_STOPPED => Suppress,
-        // Token, its permissions, account restricted or locked, payment problem, quality
-        // block.
-        c if super::errors::is_account_stop(c) => TenantStop,
+        // Token, account restricted or locked, payment problem, quality block.
+        c if super::errors::ACCOUNT_STOP_CODES.contains(&c) => TenantStop,
         c if PERMANENT_CODES.contains(&c) => Permanent,
         // Unknown codes: Meta's word, where it gave one (a bounded number of tries
         // either way); else a 5xx or a 429 (a rate limit by its HTTP status) is worth
@@ -296,15 +295,9 @@ async fn unclaim(
     cause.into()
 }
 
-/// Meta refused the access token itself (expired, revoked, malformed: 190, 102, 0) or what
-/// it may do (a permission not granted or removed: 10, 200-299, 131005). Either may be a
-/// token the operator has just replaced with one that works (`token_replaced`).
+/// Meta refused the access token itself (expired, revoked, malformed: 190, 102, 0).
 fn is_token_refusal(error: &MessageError) -> bool {
-    use super::errors::{API_PERMISSION_CODES, PERMISSION_CODES};
-    let crate::domain::ErrorCode::Meta(c) = &error.code else {
-        return false;
-    };
-    matches!(c, 0 | 102 | 190) || PERMISSION_CODES.contains(c) || API_PERMISSION_CODES.contains(c)
+    matches!(error.code, crate::domain::ErrorCode::Meta(0 | 102 | 190))
 }
 
 /// Whether the tenant's token secret holds another token than `used` now, read afresh (at
@@ -1401,17 +1394,12 @@ mod tests {
             (131042, TenantStop),
             (368, TenantStop),
             (131048, TenantStop),
-            (10, TenantStop),
-            (131005, TenantStop),
-            (200, TenantStop),
-            (299, TenantStop),
         ];
         // Every code of the table's own lists is written out above with its class.
         let rows = TRANSIENT_CODES
             .iter()
             .chain(PERMANENT_CODES)
             .chain(super::super::errors::ACCOUNT_STOP_CODES)
-            .chain(super::super::errors::PERMISSION_CODES)
             .chain(&[PAIR_RATE_LIMIT, MARKETING_STOPPED]);
         for code in rows {
             assert!(
@@ -1434,13 +1422,6 @@ mod tests {
                 "code {code} at 400"
             );
         }
-        for code in super::super::errors::API_PERMISSION_CODES {
-            assert_eq!(
-                classify_reported(code, 500, Some(true)),
-                TenantStop,
-                "{code}"
-            );
-        }
     }
 
     #[test]
@@ -1449,7 +1430,7 @@ mod tests {
         for code in [
             1, 2, 4, 17, 32, 613, 80007, 100, 130429, 131000, 131008, 131016, 131026, 131031,
             131042, 131047, 131048, 131050, 131051, 131056, 131057, 132000, 132001, 132015, 133010,
-            190, 368, 10, 131005, 200,
+            190, 368,
         ] {
             let retried = matches!(classify(code, 400), Transient | Delayed);
             assert_eq!(

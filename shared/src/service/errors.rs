@@ -112,44 +112,12 @@ pub const META_TRANSIENT_ERROR: &str = "meta_transient_error";
 /// Meta's codes that say the tenant's account cannot send at all (an invalid token, the
 /// account restricted, locked or unpaid, the number's spam limit): whether Meta answers a
 /// send with one (`dispatch::classify`) or reports it later in a `failed` status
-/// (`status`), the tenant is suspended until the operator resumes it. With them, the
-/// permission codes ([`PERMISSION_CODES`], [`is_account_stop`]).
+/// (`status`), the tenant is suspended until the operator resumes it.
 pub const ACCOUNT_STOP_CODES: &[i64] = &[0, 102, 190, 131031, 131042, 368, 131048];
-
-/// Meta's permission refusals (its error reference, HTTP 403 each: 10 "Permission denied"
-/// and 200-299 "API Permission", "permission is either not granted or has been removed";
-/// 131005 "Access denied"): the token lacks `whatsapp_business_messaging`, or lost access to
-/// the account's number. Every send made with it is refused the same way until the
-/// operator grants the permission or replaces the token, as for an expired one (190): an
-/// account stop, not a refusal of one message.
-pub const PERMISSION_CODES: &[i64] = &[10, 131005];
-
-/// Meta's Graph API permission range (200-299, "API Permission").
-pub const API_PERMISSION_CODES: std::ops::RangeInclusive<i64> = 200..=299;
-
-/// Whether Meta's `code` says the tenant's account cannot send at all
-/// ([`ACCOUNT_STOP_CODES`], [`PERMISSION_CODES`], [`API_PERMISSION_CODES`]).
-pub fn is_account_stop(code: i64) -> bool {
-    ACCOUNT_STOP_CODES.contains(&code)
-        || PERMISSION_CODES.contains(&code)
-        || API_PERMISSION_CODES.contains(&code)
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metas_permission_refusals_stop_the_account_as_an_expired_token_does() {
-        for code in [
-            0, 102, 190, 131031, 131042, 368, 131048, 10, 131005, 200, 250, 299,
-        ] {
-            assert!(is_account_stop(code), "{code}");
-        }
-        for code in [1, 100, 199, 300, 131000, 131026, 131047, 133010] {
-            assert!(!is_account_stop(code), "{code}");
-        }
-    }
 
     #[test]
     fn a_debit_refused_for_a_closed_tenant_answers_as_its_revoked_keys_do() {

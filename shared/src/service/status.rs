@@ -382,14 +382,14 @@ async fn account_error(deps: &Deps, record: &MessageRecord, report: &StatusRepor
     if let Some(e) = report
         .errors
         .iter()
-        .find(|e| super::errors::is_account_stop(e.code))
+        .find(|e| super::errors::ACCOUNT_STOP_CODES.contains(&e.code))
     {
         // Boxed, as the other rare paths here (the size of every status's future).
         Box::pin(account_stopped(deps, record, report, e)).await;
     }
 }
 
-/// A `failed` status carrying an account-level error (`errors::is_account_stop`: Meta
+/// A `failed` status carrying an account-level error (`errors::ACCOUNT_STOP_CODES`: Meta
 /// accepted the send, then reported that the account cannot send): the tenant is suspended,
 /// as when Meta answers a send with it, so its next sends answer `tenant_suspended` instead
 /// of being debited and failing one by one. Not a tenant that is no longer active, nor one
