@@ -351,7 +351,7 @@ impl SecretCache {
     /// first read was under way would otherwise be told "read just now" and fall back to
     /// the cached copy that read is replacing (a dispatcher batch whose ten sends Meta
     /// refused for a token just replaced: the first read found the new token, the other
-    /// nine the old one, and suspended the tenant). A read that failed does not count.
+    /// nine the old one, and suspended the tenant).
     pub async fn refresh_current(
         &self,
         name: &str,
@@ -368,10 +368,22 @@ impl SecretCache {
                 return Ok(None);
             }
         }
-        let v = self.store.get_secret(name).await?;
-        if let Ok(mut refreshed) = self.refreshed.lock() {
-            refreshed.insert(name.to_owned(), Instant::now());
-        }
+        let read = self.store.get_secret(name).await;
+        // Marked once answered (a failed read too: a store in trouble is asked once per
+        // `every`, not once per forged credential), and after the cache holds what it
+        // answered, so a caller told "read just now" finds it there.
+        let mark = || {
+            if let Ok(mut refreshed) = self.refreshed.lock() {
+                refreshed.insert(name.to_owned(), Instant::now());
+            }
+        };
+        let v = match read {
+            Ok(v) => v,
+            Err(e) => {
+                mark();
+                return Err(e);
+            }
+        };
         if let Ok(mut cache) = self.cache.lock() {
             let was = cache[0]
                 .insert(name.to_owned(), (Instant::now(), v.clone(), None))
@@ -388,6 +400,7 @@ impl SecretCache {
                 cache[1].remove(name);
             }
         }
+        mark();
         Ok(Some(v))
     }
 
