@@ -20,6 +20,7 @@ use crate::store_error::StoreError;
 
 use super::errors::ServiceError;
 use super::jobs::{DispatchJob, Outcome, QueueJob, MAX_DELAY};
+use super::ledger::{self, Charge};
 use super::Deps;
 
 pub const OUTCOME_UNKNOWN: &str = "outcome_unknown";
@@ -316,59 +317,6 @@ pub(super) fn kept_again(e: &ServiceError) -> Option<Outcome> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kept_statuses_bring_their_job_back_only_for_a_failure_a_retry_may_fix() {
-        use crate::store_error::StoreError;
-        let throttled = ServiceError::Unavailable(StoreError::Unavailable("throttled".into()));
-        assert!(matches!(
-            kept_again(&throttled),
-            Some(Outcome::Backoff(d)) if d == KEPT_RETRY
-        ));
-        let unreadable = ServiceError::Internal("a kept item that cannot be read".into());
-        assert!(kept_again(&unreadable).is_none());
-    }
-
-    /// The dispatch queue parks a message on its 11th receive (`maxReceiveCount: 10`).
-    #[test]
-    fn a_job_whose_message_was_never_recorded_is_dropped_within_the_queues_receives() {
-        for first_age_ms in [0u64, 1, 30, 499, 500, 900, 5_000, 59_000, 119_999] {
-            let mut age = Duration::from_millis(first_age_ms);
-            let mut receives = 1;
-            while let Some(wait) = unrecorded_wait(age) {
-                age += wait;
-                receives += 1;
-            }
-            assert!(
-                receives <= 10,
-                "first received at {first_age_ms} ms: dropped on receive {receives}"
-            );
-            assert!(age >= UNRECORDED_GRACE);
-        }
-        assert_eq!(unrecorded_wait(UNRECORDED_GRACE), None);
-    }
-
-    /// SQS refuses a visibility beyond 12 hours from the receive: the recheck of a claim
-    /// made a moment ago under a 24 h deadline must ask for less, or it is refused on every
-    /// receive and the job ends on the dead-letter queue, its message `sending` for good.
-    #[test]
-    fn a_recheck_never_asks_sqs_for_the_whole_twelve_hours() {
-        let clock = std::sync::Arc::new(crate::ports::SystemClock);
-        let settings = crate::config::Settings {
-            sending_deadline: Duration::from_secs(24 * 3600),
-            ..Default::default()
-        };
-        let deps = crate::wiring::memory_deps(settings, clock.clone()).expect("deps");
-        let now = crate::ports::Clock::now(clock.as_ref());
-        let wait = recheck_after(&deps, now - chrono::Duration::seconds(10));
-        assert!(wait <= Duration::from_secs(43_200 - 300), "{wait:?}");
-        assert!(wait >= Duration::from_secs(11 * 3600), "{wait:?}");
-    }
-}
-
 /// The code of a message whose dispatch job was lost before it was sent.
 pub const DISPATCH_LOST: &str = "dispatch_lost";
 
@@ -440,7 +388,7 @@ pub async fn settle_lost(
                 code: DISPATCH_LOST.into(),
                 title: "the message's dispatch job was lost before it was sent; refunded".into(),
             };
-            super::dispatch::fail_and_refund(
+            fail_and_refund(
                 deps,
                 tenant,
                 id,
@@ -521,9 +469,112 @@ pub async fn settle_lost(
         tenant_id = %tenant, message_id = %id, to = %record.to.masked(), outcome = ?how,
         "message left unsent by a lost dispatch job; settled"
     );
-    // The refunded one's callback was queued with its write (`dispatch::fail_and_refund`).
+    // The refunded one's callback was queued with its write (`fail_and_refund`).
     if how == Settled::OutcomeUnknown {
         super::callbacks::status_changed(deps, &record).await;
     }
     Ok(Some(how))
+}
+
+/// Fails the message `id`, still `from`, with `error` and refunds its `price` (`reason` on
+/// the ledger) in one conditional write, and queues its status callback; the failed
+/// message, or `None` if it was no longer `from` (nothing written). Only from `from`, free
+/// or not: a check made before the claim must never fail a message another dispatcher has
+/// claimed or Meta has accepted. `broadcast`: the campaign it belongs to (its refund names
+/// it on the ledger).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn fail_and_refund(
+    deps: &Deps,
+    tenant: &crate::domain::TenantId,
+    id: &crate::domain::MessageId,
+    broadcast: Option<&str>,
+    from: MessageStatus,
+    price: i64,
+    error: MessageError,
+    reason: &str,
+) -> Result<Option<Box<crate::domain::MessageRecord>>, StoreError> {
+    let change = crate::ports::StatusChange {
+        error: Some(error),
+        ..Default::default()
+    };
+    let now = deps.clock.now();
+    let refund = ledger::refund_entry(
+        deps,
+        tenant,
+        &Charge::of_message(id, broadcast),
+        price,
+        reason,
+        now,
+    );
+    let moved = match deps
+        .messages
+        .fail_and_refund(tenant, id, from, &change, now, refund.as_ref())
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            super::ledger::written_after_all(deps, tenant, id, MessageStatus::Failed, now, e)
+                .await?
+        }
+    };
+    match moved {
+        Transition::Applied(record) => {
+            super::callbacks::status_changed(deps, &record).await;
+            Ok(Some(record))
+        }
+        Transition::Refused => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_statuses_bring_their_job_back_only_for_a_failure_a_retry_may_fix() {
+        use crate::store_error::StoreError;
+        let throttled = ServiceError::Unavailable(StoreError::Unavailable("throttled".into()));
+        assert!(matches!(
+            kept_again(&throttled),
+            Some(Outcome::Backoff(d)) if d == KEPT_RETRY
+        ));
+        let unreadable = ServiceError::Internal("a kept item that cannot be read".into());
+        assert!(kept_again(&unreadable).is_none());
+    }
+
+    /// The dispatch queue parks a message on its 11th receive (`maxReceiveCount: 10`).
+    #[test]
+    fn a_job_whose_message_was_never_recorded_is_dropped_within_the_queues_receives() {
+        for first_age_ms in [0u64, 1, 30, 499, 500, 900, 5_000, 59_000, 119_999] {
+            let mut age = Duration::from_millis(first_age_ms);
+            let mut receives = 1;
+            while let Some(wait) = unrecorded_wait(age) {
+                age += wait;
+                receives += 1;
+            }
+            assert!(
+                receives <= 10,
+                "first received at {first_age_ms} ms: dropped on receive {receives}"
+            );
+            assert!(age >= UNRECORDED_GRACE);
+        }
+        assert_eq!(unrecorded_wait(UNRECORDED_GRACE), None);
+    }
+
+    /// SQS refuses a visibility beyond 12 hours from the receive: the recheck of a claim
+    /// made a moment ago under a 24 h deadline must ask for less, or it is refused on every
+    /// receive and the job ends on the dead-letter queue, its message `sending` for good.
+    #[test]
+    fn a_recheck_never_asks_sqs_for_the_whole_twelve_hours() {
+        let clock = std::sync::Arc::new(crate::ports::SystemClock);
+        let settings = crate::config::Settings {
+            sending_deadline: Duration::from_secs(24 * 3600),
+            ..Default::default()
+        };
+        let deps = crate::wiring::memory_deps(settings, clock.clone()).expect("deps");
+        let now = crate::ports::Clock::now(clock.as_ref());
+        let wait = recheck_after(&deps, now - chrono::Duration::seconds(10));
+        assert!(wait <= Duration::from_secs(43_200 - 300), "{wait:?}");
+        assert!(wait >= Duration::from_secs(11 * 3600), "{wait:?}");
+    }
 }

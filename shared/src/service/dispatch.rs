@@ -99,7 +99,7 @@ async fn fail(
         crate::domain::ErrorCode::Meta(_) => "message not accepted by meta".to_owned(),
         crate::domain::ErrorCode::Kirim(code) => format!("message not sent: {code}"),
     };
-    let failed = fail_and_refund(
+    let failed = super::deadline::fail_and_refund(
         deps,
         &job.tenant_id,
         &job.message_id,
@@ -111,56 +111,6 @@ async fn fail(
     )
     .await?;
     Ok(failed.is_some())
-}
-
-/// Fails the message `id`, still `from`, with `error` and refunds its `price` (`reason` on
-/// the ledger) in one conditional write, and queues its status callback; the failed
-/// message, or `None` if it was no longer `from` (nothing written). Only from `from`, free
-/// or not: a check made before the claim must never fail a message another dispatcher has
-/// claimed or Meta has accepted. `broadcast`: the campaign it belongs to (its refund names
-/// it on the ledger).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn fail_and_refund(
-    deps: &Deps,
-    tenant: &crate::domain::TenantId,
-    id: &crate::domain::MessageId,
-    broadcast: Option<&str>,
-    from: MessageStatus,
-    price: i64,
-    error: MessageError,
-    reason: &str,
-) -> Result<Option<Box<crate::domain::MessageRecord>>, StoreError> {
-    let change = StatusChange {
-        error: Some(error),
-        ..Default::default()
-    };
-    let now = deps.clock.now();
-    let refund = ledger::refund_entry(
-        deps,
-        tenant,
-        &Charge::of_message(id, broadcast),
-        price,
-        reason,
-        now,
-    );
-    let moved = match deps
-        .messages
-        .fail_and_refund(tenant, id, from, &change, now, refund.as_ref())
-        .await
-    {
-        Ok(t) => t,
-        Err(e) => {
-            super::ledger::written_after_all(deps, tenant, id, MessageStatus::Failed, now, e)
-                .await?
-        }
-    };
-    match moved {
-        Transition::Applied(record) => {
-            super::callbacks::status_changed(deps, &record).await;
-            Ok(Some(record))
-        }
-        Transition::Refused => Ok(None),
-    }
 }
 
 /// Where a message that fails unsent stands.

@@ -4,6 +4,44 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+/// `text` without its `#[cfg(test)] mod … { … }` blocks (braces counted; the code after
+/// such a block is kept: a module's code placed after its tests once hid an import cycle).
+fn without_test_modules(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("#[cfg(test)]") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "#[cfg(test)]".len()..];
+        let trimmed = after.trim_start();
+        let is_mod = trimmed.starts_with("mod ") || trimmed.starts_with("pub mod ");
+        let open = trimmed.find('{');
+        match (is_mod, open) {
+            (true, Some(open)) if !trimmed[..open].contains(';') => {
+                let mut depth = 0usize;
+                let mut end = trimmed.len();
+                for (i, c) in trimmed[open..].char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => {
+                            depth = depth.saturating_sub(1);
+                            if depth == 0 {
+                                end = open + i + 1;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                rest = &trimmed[end..];
+            }
+            // A test-only item that is not a module: kept (it may only add dependencies).
+            _ => rest = after,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Each service module and the service modules it names (`super::x` or
 /// `crate::service::x`, anywhere in the file except its tests).
 pub fn dependencies(dir: &Path) -> std::io::Result<BTreeMap<String, BTreeSet<String>>> {
@@ -21,12 +59,7 @@ pub fn dependencies(dir: &Path) -> std::io::Result<BTreeMap<String, BTreeSet<Str
         }
         let text = std::fs::read_to_string(&path)?;
         // A file's own tests may use anything.
-        let code = text
-            .split("#[cfg(test)]")
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        files.insert(stem.to_owned(), code);
+        files.insert(stem.to_owned(), without_test_modules(&text));
     }
     let names: BTreeSet<String> = files.keys().cloned().collect();
     let mut deps = BTreeMap::new();
@@ -102,6 +135,17 @@ mod tests {
             .iter()
             .map(|(m, ds)| (m.to_string(), ds.iter().map(|d| d.to_string()).collect()))
             .collect()
+    }
+
+    #[test]
+    fn code_after_a_files_test_module_is_still_read_and_the_tests_are_not() {
+        let text = "use super::a;\n#[cfg(test)]\nmod tests {\n    use super::b;\n    fn f() { let _ = format!(\"{}\", 1); }\n}\n\npub fn later() { super::c::run(); }\n";
+        let code = without_test_modules(text);
+        assert!(
+            code.contains("super::a") && code.contains("super::c"),
+            "{code}"
+        );
+        assert!(!code.contains("super::b"), "{code}");
     }
 
     #[test]
