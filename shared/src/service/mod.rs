@@ -464,9 +464,26 @@ impl SecretCache {
             }
         }
         let (v, rotated) = if previous {
-            match self.store.get_previous_secret(name).await? {
-                Some(v) => (Some(v), self.store.rotated_at(name).await?),
-                None => (None, None),
+            // The previous version and the time of the rotation that made it so are two
+            // reads: a rotation landing between them would pair the version before with the
+            // newer time (its grace window opened again for a retired credential). Read the
+            // time on both sides; when they differ, once more, then neither is kept.
+            let mut pair = None;
+            for _ in 0..2 {
+                let before = self.store.rotated_at(name).await?;
+                let Some(v) = self.store.get_previous_secret(name).await? else {
+                    pair = Some((None, None));
+                    break;
+                };
+                let after = self.store.rotated_at(name).await?;
+                if before == after {
+                    pair = Some((Some(v), after));
+                    break;
+                }
+            }
+            match pair {
+                Some(p) => p,
+                None => return Ok((None, None)),
             }
         } else {
             (self.store.get_secret(name).await?, None)
@@ -534,8 +551,15 @@ mod secret_cache_tests {
     use async_trait::async_trait;
     use chrono::{DateTime, Utc};
 
-    /// Memory secrets whose reads of the current version take a moment.
-    struct SlowReads(MemorySecrets);
+    /// Memory secrets whose reads of the current version take a moment, and whose next
+    /// read of the previous version is followed at once by a rotation to `rotate_to`.
+    struct SlowReads(MemorySecrets, std::sync::Mutex<Option<Secret>>);
+
+    impl SlowReads {
+        fn new() -> Self {
+            Self(MemorySecrets::default(), std::sync::Mutex::new(None))
+        }
+    }
 
     #[async_trait]
     impl SecretStore for SlowReads {
@@ -547,7 +571,13 @@ mod secret_cache_tests {
             self.0.get_secret(name).await
         }
         async fn get_previous_secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {
-            self.0.get_previous_secret(name).await
+            let v = self.0.get_previous_secret(name).await;
+            let next = self.1.lock().ok().and_then(|mut r| r.take());
+            if let Some(next) = next {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                self.0.put_secret(name, &next).await?;
+            }
+            v
         }
         async fn rotated_at(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
             self.0.rotated_at(name).await
@@ -572,7 +602,7 @@ mod secret_cache_tests {
 
     #[tokio::test]
     async fn callers_whose_fresh_reads_overlap_each_see_the_new_value_not_the_cached_one() {
-        let store = Arc::new(SlowReads(MemorySecrets::default()));
+        let store = Arc::new(SlowReads::new());
         store.put_secret("t", &Secret::new("old")).await.unwrap();
         let cache = SecretCache::new(store.clone(), Duration::from_secs(300));
         assert_eq!(cache.current("t").await.unwrap().unwrap().expose(), "old");
@@ -594,5 +624,21 @@ mod secret_cache_tests {
         // new value in the cache.
         assert!(cache.refresh_current("t", every).await.unwrap().is_none());
         assert_eq!(cache.current("t").await.unwrap().unwrap().expose(), "new");
+    }
+
+    #[tokio::test]
+    async fn a_rotation_between_the_previous_versions_read_and_its_time_never_pairs_them() {
+        let store = Arc::new(SlowReads::new());
+        store.put_secret("op", &Secret::new("a")).await.unwrap();
+        store.put_secret("op", &Secret::new("b")).await.unwrap();
+        // Rotated to `c` just after the previous version (`a`) is read: `a` must not be
+        // kept with the time `c` was made current (its grace would open again).
+        *store.1.lock().unwrap() = Some(Secret::new("c"));
+        let cache = SecretCache::new(store.clone(), Duration::from_secs(300));
+        let previous = cache
+            .previous_within("op", Duration::from_secs(3600), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(previous.as_ref().map(Secret::expose), Some("b"));
     }
 }
