@@ -345,8 +345,13 @@ async fn moved(deps: &Deps, record: &MessageRecord, report: &StatusReport) {
     super::callbacks::status_changed(deps, record).await;
     account_error(deps, record, report).await;
     let undeliverable = |code: i64| super::quality::UNDELIVERABLE_CODES.contains(&code);
-    if record.status == MessageStatus::Failed && report.errors.iter().any(|e| undeliverable(e.code))
-    {
+    // Counted by the error the message keeps (the report's first), as the take-back below
+    // reads it: a failure counted for a later error of the report was never taken back.
+    let was_undeliverable = record
+        .error
+        .as_ref()
+        .is_some_and(|e| matches!(e.code, crate::domain::ErrorCode::Meta(c) if undeliverable(c)));
+    if record.status == MessageStatus::Failed && was_undeliverable {
         let day = record.updated_at.date_naive();
         super::quality::count_on(deps, &record.tenant_id, day, QualityCounter::Undeliverable).await;
         return;
@@ -358,10 +363,6 @@ async fn moved(deps: &Deps, record: &MessageRecord, report: &StatusReport) {
         .rev()
         .nth(1)
         .filter(|e| e.status == MessageStatus::Failed);
-    let was_undeliverable = record
-        .error
-        .as_ref()
-        .is_some_and(|e| matches!(e.code, crate::domain::ErrorCode::Meta(c) if undeliverable(c)));
     if let (Some(failed), true) = (failed, was_undeliverable) {
         if matches!(
             record.status,

@@ -201,7 +201,7 @@ async fn every_status_change_reaches_the_callback_signed_even_after_the_receiver
 }
 
 /// Meta's client, answering this wamid (so the test knows it before the send).
-struct FixedWamid(String);
+pub(crate) struct FixedWamid(pub(crate) String);
 
 #[async_trait]
 impl MetaClient for FixedWamid {

@@ -148,7 +148,64 @@ async fn a_failure_meta_then_reports_delivered_is_no_longer_counted_undeliverabl
     assert_eq!(q["flagged"], false, "{q}");
 }
 
+/// A failure whose report names an undeliverable code after another is counted by the
+/// error the message keeps (the report's first), which is what a later `delivered` reads to
+/// take the count back: counted by any of its errors, it stayed counted for good.
+async fn an_undeliverable_count_and_its_take_back_read_the_same_error(b: Backend) {
+    let mut cfg = local_config(b).await;
+    cfg.pollers = 0;
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(3).await;
+    let id = app.send_ok(&t.key, "+60123450401").await;
+    let wamid = format!("wamid.q.{}", ulid::Ulid::new());
+    let deps = app.app.deps.clone();
+    let mut with_wamid = deps.clone();
+    with_wamid.meta = std::sync::Arc::new(crate::callbacks::FixedWamid(wamid.clone()));
+    let jobs = deps
+        .queue
+        .receive(10, std::time::Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    kirim::service::dispatch::handle(&with_wamid, &jobs[0].body).await;
+    deps.queue.delete(&jobs[0].receipt).await.unwrap();
+    assert_eq!(app.message(&t.key, &id).await["status"], "sent");
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    let undeliverable = || async {
+        let today = chrono::Utc::now().date_naive();
+        deps.quality
+            .totals(&tenant, today, today)
+            .await
+            .unwrap()
+            .undeliverable
+    };
+    let now = chrono::Utc::now().timestamp();
+    let status = |st: &str, at: i64, errors: Value| {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"display_phone_number": "603", "phone_number_id": t.phone_number_id},
+            "statuses": [{"id": wamid, "status": st, "timestamp": at.to_string(), "recipient_id": "60123450401", "errors": errors}]}}]}]})
+    };
+    let failed = status(
+        "failed",
+        now,
+        json!([{"code": 131000, "title": "Something went wrong"}, {"code": 131026, "title": "Message undeliverable"}]),
+    );
+    assert_eq!(app.post_webhook(&failed).await.status(), 200);
+    let m = app.wait_status(&t.key, &id, "failed").await;
+    assert_eq!(m["error"]["code"], 131000, "{m}");
+    assert_eq!(
+        undeliverable().await,
+        0,
+        "counted by the error kept: 131000"
+    );
+    let delivered = status("delivered", now + 1, json!([]));
+    assert_eq!(app.post_webhook(&delivered).await.status(), 200);
+    app.wait_status(&t.key, &id, "delivered").await;
+    assert_eq!(undeliverable().await, 0, "nothing left behind");
+}
+
 on_both_backends!(
+    an_undeliverable_count_and_its_take_back_read_the_same_error,
     undeliverable_messages_flag_the_tenant_and_pause_its_marketing_only,
     a_failure_meta_then_reports_delivered_is_no_longer_counted_undeliverable,
     recipients_opting_out_raise_the_opt_out_rate,
