@@ -179,6 +179,9 @@ pub struct SandboxNumber {
     pub name_status: String,
     /// Meta's error code every read of the number answers, while set.
     pub error: Option<u32>,
+    /// Meta's error code every send from the number answers, while set (131048: Meta's
+    /// spam rate limit on the number).
+    pub send_error: Option<u32>,
 }
 
 impl SandboxNumber {
@@ -193,6 +196,7 @@ impl SandboxNumber {
             messaging_limit_tier: "TIER_1K".into(),
             name_status: "APPROVED".into(),
             error: None,
+            send_error: None,
         }
     }
 
@@ -866,6 +870,9 @@ struct NumberChangeIn {
     /// Meta's error code for every read of the number; `null` ends it.
     #[serde(default, deserialize_with = "some_or_null")]
     error: Option<Option<u32>>,
+    /// Meta's error code for every send from the number; `null` ends it.
+    #[serde(default, deserialize_with = "some_or_null")]
+    send_error: Option<Option<u32>>,
 }
 
 /// A field given as `null` (`Some(None)`), apart from one not given (`None`).
@@ -894,7 +901,7 @@ async fn put_phone_number(
     let Ok(change) = serde_json::from_slice::<NumberChangeIn>(&body) else {
         return bad(
             "give a JSON object with quality_rating, throughput, messaging_limit_tier, \
-             name_status, verified_name, display_phone_number and/or error"
+             name_status, verified_name, display_phone_number, error and/or send_error"
                 .into(),
         );
     };
@@ -969,6 +976,9 @@ async fn put_phone_number(
         }
         if let Some(e) = change.error {
             n.error = e;
+        }
+        if let Some(e) = change.send_error {
+            n.send_error = e;
         }
         n.clone()
     };
@@ -1402,6 +1412,19 @@ impl Inner {
             );
             return (StatusCode::TOO_MANY_REQUESTS, rate_limit_error(), None);
         }
+        let refused = lock(&self.state)
+            .numbers
+            .get(phone_number_id)
+            .and_then(|n| n.send_error);
+        if let Some(code) = refused {
+            tracing::info!(
+                phone_number_id,
+                code,
+                outcome = "number_refused",
+                "sandbox answered"
+            );
+            return (StatusCode::BAD_REQUEST, number_send_error(code), None);
+        }
         let Some(request) = request else {
             tracing::info!(phone_number_id, outcome = "not_json", "sandbox answered");
             let body = invalid_parameter("The request body is not valid JSON");
@@ -1785,6 +1808,25 @@ fn meta_error(code: u32, message: &str, details: &str) -> Value {
             "fbtrace_id": fbtrace_id(),
         }
     })
+}
+
+/// Meta's answer to a send from a number the sandbox was told to refuse
+/// (`PUT /_sandbox/phone-numbers/{id}` `{"send_error":131048}`).
+fn number_send_error(code: u32) -> Value {
+    match code {
+        131048 => meta_error(
+            131048,
+            "(#131048) Spam rate limit hit",
+            "Message failed to send because there are restrictions on how many messages can be \
+             sent from this phone number. This may be because too many previous messages were \
+             blocked or flagged as spam.",
+        ),
+        c => meta_error(
+            c,
+            &format!("(#{c}) Error"),
+            "the sandbox was told to refuse this number's sends",
+        ),
+    }
 }
 
 fn invalid_parameter(details: &str) -> Value {

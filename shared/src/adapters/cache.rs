@@ -607,4 +607,33 @@ impl<S: PhoneNumberStore + 'static> PhoneNumberStore for ReadCache<S> {
         self.forget_number(tenant, phone_number_id);
         r
     }
+
+    async fn hold_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        hold: &crate::ports::NumberHold,
+        signal_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let r = self
+            .inner
+            .hold_phone_number(tenant, phone_number_id, hold, signal_at)
+            .await;
+        self.forget_number(tenant, phone_number_id);
+        r
+    }
+
+    async fn resume_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<PhoneNumberRecord>, StoreError> {
+        let r = self
+            .inner
+            .resume_phone_number(tenant, phone_number_id, at)
+            .await;
+        self.forget_number(tenant, phone_number_id);
+        r
+    }
 }

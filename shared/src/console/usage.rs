@@ -17,6 +17,7 @@ use chrono::{Duration, NaiveDate, Utc};
 use maud::{html, Markup};
 use serde_json::Value;
 
+use super::api::segment;
 use super::pages::{failed, form_day, problem, query, text, Ctx};
 use super::views::{frame, page, Notice};
 use super::{may, ConsoleState};
@@ -24,9 +25,50 @@ use crate::domain::Role;
 
 pub const USAGE: &str = "/v1/usage";
 pub const PHONE_NUMBERS: &str = "/v1/phone-numbers";
+/// The access table's route an admin resumes a held number by.
+pub const RESUME_NUMBER: &str = "/v1/phone-numbers/{phone_number_id}/resume";
 
 pub(super) fn routes() -> Router<ConsoleState> {
-    Router::new().route("/console/usage", get(usage))
+    Router::new().route("/console/usage", get(usage)).route(
+        "/console/phone-numbers/{id}/resume",
+        axum::routing::post(resume_number),
+    )
+}
+
+/// An admin resumes a number Meta's limit held (`POST /v1/phone-numbers/{id}/resume`),
+/// after a confirmation that says what it means.
+async fn resume_number(
+    State(s): State<ConsoleState>,
+    ctx: Ctx,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let f = match super::pages::form(&s, &ctx, &body).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    if !super::pages::confirmed(&f) {
+        let c = super::pages::Confirm {
+            nav: "/console/",
+            question: format!("Resume sending from {id}?"),
+            means: "Meta limited this number because too many of its messages were blocked or \
+                    reported as spam. Resume it only once its messages' quality has improved: \
+                    sending again too soon can get it limited again, or worse.",
+            button: "Resume the number",
+            back: "/console/".into(),
+        };
+        let action = format!("/console/phone-numbers/{}/resume", segment(&id));
+        return super::pages::confirm_page(&ctx, c, &action, &[]);
+    }
+    let uri = format!("/v1/phone-numbers/{}/resume", segment(&id));
+    let a = s
+        .api
+        .call(&ctx.who, axum::http::Method::POST, &uri, None, None)
+        .await;
+    if a.ok() {
+        return super::pages::redirect("/console/?done=number_resumed");
+    }
+    failed(&a)
 }
 
 /// Whether `role` may read usage (and the API has the route).
@@ -161,18 +203,31 @@ pub(super) async fn phone_numbers(s: &ConsoleState, ctx: &Ctx) -> Markup {
         div.table-wrap {
             table.stack #phone-numbers {
                 caption { "Your sending phone numbers" }
-                thead { tr { th scope="col" { "Number" } th scope="col" { "Phone number id" } th scope="col" { "Default" } th scope="col" { "Quality" } th scope="col" { "Messages a second" } } }
+                thead { tr { th scope="col" { "Number" } th scope="col" { "Phone number id" } th scope="col" { "Default" } th scope="col" { "Quality" } th scope="col" { "Messages a second" } th scope="col" { "Sending" } } }
                 tbody {
                     @for p in &list {
+                        @let id = text(p, "phone_number_id");
                         tr {
                             td data-label="Number" { (p["display_phone_number"].as_str().filter(|d| !d.is_empty()).unwrap_or("—")) }
-                            td data-label="Phone number id" { (text(p, "phone_number_id")) }
+                            td data-label="Phone number id" { (id) }
                             td data-label="Default" { @if p["default"].as_bool() == Some(true) { "default" } @else { "—" } }
                             td data-label="Quality" { (text(p, "quality")) }
                             td data-label="Messages a second" { (p["throughput_per_sec"].as_i64().unwrap_or(0)) }
+                            td data-label="Sending" {
+                                @if p["hold"].is_object() {
+                                    strong.held { "Held" }
+                                    " since " (super::pages::when(&p["hold"]["since"])) " — Meta error " (p["hold"]["code"].as_i64().unwrap_or(0)) ": " (text(&p["hold"], "reason"))
+                                    @if may(ctx.role, "POST", RESUME_NUMBER) {
+                                        form method="post" action=(format!("/console/phone-numbers/{}/resume", segment(id))) {
+                                            (super::views::csrf(&ctx.csrf))
+                                            button type="submit" { "Resume…" }
+                                        }
+                                    }
+                                } @else { "yes" }
+                            }
                         }
                     }
-                    @if list.is_empty() { tr { td colspan="5" { "No phone numbers." } } }
+                    @if list.is_empty() { tr { td colspan="6" { "No phone numbers." } } }
                 }
             }
         }

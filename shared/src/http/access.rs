@@ -99,6 +99,11 @@ pub const ROUTES: &[RouteRule] = &[
         "/v1/phone-numbers/{phone_number_id}/default",
         Tenant(Admin),
     ),
+    rule(
+        "POST",
+        "/v1/phone-numbers/{phone_number_id}/resume",
+        Tenant(Admin),
+    ),
     rule("GET", "/v1/usage", Tenant(ReadOnly)),
     rule("GET", "/v1/opt-outs", Tenant(ReadOnly)),
     rule("GET", "/v1/opt-outs/{key}", Tenant(ReadOnly)),

@@ -136,6 +136,7 @@ impl From<ServiceError> for ApiError {
             UnknownSender(m) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_sender", m)
             }
+            SenderHeld(m) => ApiError::new(StatusCode::FORBIDDEN, "sender_held", m),
             MetaUnavailable(m) => {
                 tracing::warn!(detail = %m, "meta unavailable");
                 ApiError::new(StatusCode::BAD_GATEWAY, "meta_unavailable", m)

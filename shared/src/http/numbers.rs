@@ -33,6 +33,7 @@ pub(super) fn routes() -> Router<AppState> {
             "/v1/phone-numbers/{phone_number_id}/default",
             put(set_default),
         )
+        .route("/v1/phone-numbers/{phone_number_id}/resume", post(resume))
         .route("/v1/usage", get(get_usage))
 }
 
@@ -88,6 +89,18 @@ async fn set_default(
         None,
         json!({"phone_number_id": n.phone_number_id}),
     ))
+}
+
+async fn resume(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(phone_number_id): Path<String>,
+    _: NoBody,
+) -> ApiResult {
+    let phone_number_id = super::number_path(&phone_number_id)?;
+    let (n, resumed) = numbers::resume(&s.deps, &ctx.tenant, phone_number_id).await?;
+    let details = json!({"phone_number_id": n.phone_number_id, "resumed": resumed});
+    Ok(noted(Json(n).into_response(), None, details))
 }
 
 async fn get_usage(

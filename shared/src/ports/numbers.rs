@@ -34,6 +34,27 @@ pub struct PhoneNumberRecord {
     /// update of one never refuses or undoes an older-dated update of the other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throughput_meta_at: Option<i64>,
+    /// Meta limited sending from this number (131048): nothing is sent from it until an
+    /// admin resumes it (`numbers::resume`). The tenant's other numbers go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<NumberHold>,
+    /// When the number was last resumed (epoch milliseconds): Meta's word about a message
+    /// sent before it does not hold the number again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at_ms: Option<i64>,
+}
+
+/// Why, since when and by what a number is held (`PhoneNumberRecord::hold`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NumberHold {
+    /// Meta's error code (131048).
+    pub code: i64,
+    /// Meta's error title (at most 300 characters; never message content).
+    pub reason: String,
+    pub since: DateTime<Utc>,
+    /// The part of Kirim that saw it: `dispatcher` (Meta's answer to a send) or `webhook`
+    /// (a `failed` status).
+    pub by: String,
 }
 
 impl PhoneNumberRecord {
@@ -50,6 +71,8 @@ impl PhoneNumberRecord {
             added_at: tenant.created_at,
             quality_meta_at: None,
             throughput_meta_at: None,
+            hold: None,
+            resumed_at_ms: None,
         }
     }
 }
@@ -123,6 +146,24 @@ pub trait PhoneNumberStore: Send + Sync {
         quality: Option<TemplateQuality>,
         throughput_per_sec: Option<u32>,
         meta_time: Option<i64>,
+    ) -> Result<Option<PhoneNumberRecord>, StoreError>;
+    /// Holds the number, only if its item exists, it is not held already (the first hold
+    /// is kept) and it was not resumed after `signal_at` (Meta's word about a message sent
+    /// before an admin's resume does not undo it). `true` when this call held it.
+    async fn hold_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        hold: &NumberHold,
+        signal_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Lifts the number's hold and records when (`resumed_at_ms`), only if it is held.
+    /// The number after; `None` if it is not held (or not there).
+    async fn resume_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        at: DateTime<Utc>,
     ) -> Result<Option<PhoneNumberRecord>, StoreError>;
 }
 

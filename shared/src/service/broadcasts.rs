@@ -310,7 +310,8 @@ pub async fn create_campaign(
     // The catalogue decides the category and refuses what Meta would refuse, before any
     // opt-out lookup, debit or write.
     // One of the tenant's numbers (else `unknown_sender`); its WABA's catalogue decides.
-    let sender = super::numbers::sending_from(deps, &tenant, campaign.from.as_deref()).await?;
+    // Not a held one either (`sender_held`).
+    let sender = super::numbers::open_sender(deps, &tenant, campaign.from.as_deref()).await?;
     let content = super::templates::resolve(deps, &sender.waba_id, requested).await?;
     let template_ref = content
         .template_ref()

@@ -36,6 +36,8 @@ pub enum ErrorClass {
     Suppress,
     /// The tenant's Meta account cannot send (token, lock, payment): stop the tenant.
     TenantStop,
+    /// Meta limited the sending number (its spam rate limit): hold that number.
+    NumberStop,
 }
 
 /// Graph API rate limits (4 app, 17 user, 32 page, 613 calls per hour; 80007 and 130429
@@ -70,6 +72,7 @@ pub fn classify_reported(code: i64, http_status: u16, is_transient: Option<bool>
         MARKETING_STOPPED => Suppress,
         // Token, account restricted or locked, payment problem, quality block.
         c if super::errors::ACCOUNT_STOP_CODES.contains(&c) => TenantStop,
+        c if super::errors::NUMBER_STOP_CODES.contains(&c) => NumberStop,
         c if PERMANENT_CODES.contains(&c) => Permanent,
         // Unknown codes: Meta's word, where it gave one (a bounded number of tries
         // either way); else a 5xx or a 429 (a rate limit by its HTTP status) is worth
@@ -829,6 +832,16 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         }
         Err(e) => return Err(e.into()),
     };
+    // A number Meta limited since the message was accepted (`numbers::hold_for_meta`):
+    // not sent from it, refunded, before anything is claimed.
+    if from.hold.is_some() {
+        let error = MessageError {
+            code: "sender_held".into(),
+            title: "the phone number it was to be sent from was held (Meta limited it)".into(),
+        };
+        crate::metrics::failed("sender_held");
+        return fail_unsent(deps, job, Unsent::Queued, queued.price, error).await;
+    }
     let now = deps.clock.now();
     // This claim's own token: if its write lands and the answer is lost, the store's retry
     // of it is refused by that very write, and the message is found `sending` under it.
@@ -1177,6 +1190,33 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         .and_then(|d| deps.clock.now().checked_add_signed(d));
                     Ok(super::schedule::wait_again(deps, &QueueJob::Send(again), delay).await?)
                 }
+                ErrorClass::NumberStop => {
+                    // That number only: the tenant's other numbers go on.
+                    super::numbers::hold_for_meta(
+                        deps,
+                        &tenant,
+                        &from.phone_number_id,
+                        (
+                            match error.code {
+                                crate::domain::ErrorCode::Meta(c) => c,
+                                crate::domain::ErrorCode::Kirim(_) => 131048,
+                            },
+                            &error.title,
+                        ),
+                        "dispatcher",
+                        deps.clock.now(),
+                    )
+                    .await;
+                    crate::metrics::failed("number_stop");
+                    fail_unsent(
+                        deps,
+                        job,
+                        Unsent::Claimed(record.updated_at),
+                        record.price,
+                        error,
+                    )
+                    .await
+                }
                 ErrorClass::TenantStop => {
                     if is_token_refusal(&error) {
                         match token_replaced(deps, &tenant.meta_token_secret, &token).await {
@@ -1343,13 +1383,14 @@ mod tests {
             (131031, TenantStop),
             (131042, TenantStop),
             (368, TenantStop),
-            (131048, TenantStop),
+            (131048, NumberStop),
         ];
         // Every code of the table's own lists is written out above with its class.
         let rows = TRANSIENT_CODES
             .iter()
             .chain(PERMANENT_CODES)
             .chain(super::super::errors::ACCOUNT_STOP_CODES)
+            .chain(super::super::errors::NUMBER_STOP_CODES)
             .chain(&[PAIR_RATE_LIMIT, MARKETING_STOPPED]);
         for code in rows {
             assert!(

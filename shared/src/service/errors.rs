@@ -52,6 +52,9 @@ pub enum ServiceError {
     /// `from` names no phone number of the tenant.
     #[error("{0}")]
     UnknownSender(String),
+    /// The sending number is held (Meta limited it: `numbers::hold_for_meta`).
+    #[error("{0}")]
+    SenderHeld(String),
     /// Meta could not be read (a template sync): what was done is said.
     #[error("{0}")]
     MetaUnavailable(String),
@@ -110,10 +113,16 @@ pub const META_REFUSED_UNREADABLE: &str = "meta_refused_unreadable";
 pub const META_TRANSIENT_ERROR: &str = "meta_transient_error";
 
 /// Meta's codes that say the tenant's account cannot send at all (an invalid token, the
-/// account restricted, locked or unpaid, the number's spam limit): whether Meta answers a
-/// send with one (`dispatch::classify`) or reports it later in a `failed` status
-/// (`status`), the tenant is suspended until the operator resumes it.
-pub const ACCOUNT_STOP_CODES: &[i64] = &[0, 102, 190, 131031, 131042, 368, 131048];
+/// account restricted, locked or unpaid): whether Meta answers a send with one
+/// (`dispatch::classify`) or reports it later in a `failed` status (`status`), the tenant
+/// is suspended until the operator resumes it.
+pub const ACCOUNT_STOP_CODES: &[i64] = &[0, 102, 190, 131031, 131042, 368];
+
+/// Meta's codes that say one phone number cannot send for now (its spam rate limit,
+/// 131048: too many of its messages were blocked or reported): answered to a send or
+/// reported in a `failed` status, that number is held (`numbers::hold_for_meta`) until an
+/// admin resumes it; the tenant's other numbers go on.
+pub const NUMBER_STOP_CODES: &[i64] = &[131048];
 
 #[cfg(test)]
 mod tests {

@@ -41,6 +41,34 @@ pub struct NumberView {
     pub default: bool,
     pub quality: &'static str,
     pub throughput_per_sec: u32,
+    /// Why the number is held (Meta limited it), `null` while it sends.
+    pub hold: Option<HoldView>,
+}
+
+/// A held number's hold as `GET /v1/phone-numbers` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HoldView {
+    /// Meta's error code (131048).
+    pub code: i64,
+    /// Meta's words for it.
+    pub reason: String,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
+fn view(deps: &Deps, tenant: &Tenant, n: PhoneNumberRecord) -> NumberView {
+    NumberView {
+        default: n.phone_number_id == tenant.phone_number_id,
+        quality: n.quality.as_str(),
+        throughput_per_sec: tier(deps, tenant, &n),
+        hold: n.hold.map(|h| HoldView {
+            code: h.code,
+            reason: h.reason,
+            since: h.since,
+        }),
+        phone_number_id: n.phone_number_id,
+        waba_id: n.waba_id,
+        display_phone_number: n.display_phone_number,
+    }
 }
 
 /// The number the tenant item names as its default, as a number item would hold it.
@@ -75,15 +103,106 @@ pub async fn list(deps: &Deps, tenant: &Tenant) -> Result<Vec<NumberView>, Servi
     Ok(records(deps, tenant)
         .await?
         .into_iter()
-        .map(|n| NumberView {
-            default: n.phone_number_id == tenant.phone_number_id,
-            quality: n.quality.as_str(),
-            throughput_per_sec: tier(deps, tenant, &n),
-            phone_number_id: n.phone_number_id,
-            waba_id: n.waba_id,
-            display_phone_number: n.display_phone_number,
-        })
+        .map(|n| view(deps, tenant, n))
         .collect())
+}
+
+/// Meta limited sending from the tenant's number `phone_number_id` (its spam rate limit,
+/// `errors::NUMBER_STOP_CODES`), in its answer to a send or in a `failed` status of Meta's
+/// time `signal_at`: the number is held — its sends answer `sender_held`, its queued
+/// messages fail refunded — until an admin resumes it ([`resume`]). The tenant's other
+/// numbers go on (the whole account was suspended before). The first hold is kept; a
+/// number resumed after `signal_at` is left as the admin set it (Meta's word about a
+/// message sent before the resume). `by` names the part that saw it (the audit trail's
+/// system actor). Best effort: a failure is logged (the message fails either way, and the
+/// next such refusal holds it).
+pub async fn hold_for_meta(
+    deps: &Deps,
+    tenant: &Tenant,
+    phone_number_id: &str,
+    (code, title): (i64, &str),
+    by: &str,
+    signal_at: chrono::DateTime<chrono::Utc>,
+) {
+    let hold = crate::ports::NumberHold {
+        code,
+        reason: title.chars().take(300).collect(),
+        since: deps.clock.now(),
+        by: by.to_owned(),
+    };
+    let held = async {
+        // The default number of a tenant from before numbers had items gets its item
+        // first, as any change to its numbers does.
+        if phone_number_id == tenant.phone_number_id {
+            materialise(deps, tenant).await?;
+        }
+        Ok::<_, ServiceError>(
+            deps.numbers
+                .hold_phone_number(&tenant.id, phone_number_id, &hold, signal_at)
+                .await?,
+        )
+    }
+    .await;
+    match held {
+        Ok(true) => {
+            tracing::warn!(tenant_id = %tenant.id, %phone_number_id, code, "phone number held on meta's signal");
+            super::audit::record_or_park(
+                deps,
+                super::audit::Draft {
+                    tenant: Some(tenant.id.clone()),
+                    actor_type: "system",
+                    actor_id: by.into(),
+                    action: "phone_number.hold".into(),
+                    ip: None,
+                    outcome: crate::ports::AuditOutcome::Success,
+                    details: serde_json::json!({
+                        "phone_number_id": phone_number_id,
+                        "code": code,
+                        "reason": hold.reason,
+                    }),
+                },
+            )
+            .await;
+        }
+        Ok(false) => {
+            tracing::info!(tenant_id = %tenant.id, %phone_number_id, "phone number not held: held already, resumed since, or removed");
+        }
+        Err(e) => {
+            tracing::error!(tenant_id = %tenant.id, %phone_number_id, error = %e, "could not hold the phone number");
+        }
+    }
+}
+
+/// `POST /v1/phone-numbers/{phone_number_id}/resume`: lifts the number's hold, so that it
+/// sends again; answers the number. Resuming a number that is not held changes nothing
+/// and answers it as it is (a retried request is safe); another tenant's, `NotFound`.
+pub async fn resume(
+    deps: &Deps,
+    tenant: &Tenant,
+    phone_number_id: &str,
+) -> Result<(NumberView, bool), ServiceError> {
+    if check_numeric_id("phone_number_id", phone_number_id).is_err() {
+        return Err(ServiceError::NotFound);
+    }
+    let now = deps.clock.now();
+    if let Some(n) = deps
+        .numbers
+        .resume_phone_number(&tenant.id, phone_number_id, now)
+        .await?
+    {
+        tracing::info!(tenant_id = %tenant.id, %phone_number_id, "phone number resumed");
+        return Ok((view(deps, tenant, n), true));
+    }
+    let n = match deps
+        .numbers
+        .get_phone_number(&tenant.id, phone_number_id)
+        .await?
+    {
+        Some(n) => n,
+        None if phone_number_id == tenant.phone_number_id => from_tenant(tenant),
+        None => return Err(ServiceError::NotFound),
+    };
+    Ok((view(deps, tenant, n), false))
 }
 
 /// The WABAs of the tenant's numbers, each once (the default's first).
@@ -172,6 +291,8 @@ pub async fn add(
         added_at: deps.clock.now(),
         quality_meta_at: None,
         throughput_meta_at: None,
+        hold: None,
+        resumed_at_ms: None,
     };
     deps.numbers
         .add_phone_number(&record)
@@ -313,7 +434,31 @@ pub struct SendingNumber {
     pub waba_id: String,
 }
 
-/// [`sender`] without a read for the default number (every send without `from`).
+/// The number a new send or broadcast goes from ([`sender`]: `from`, else the default),
+/// refused with `SenderHeld` while Meta's limit holds it. The number's item is read
+/// through the warm read cache (`KIRIM_READ_CACHE_TTL`), so a hold bites within that.
+pub async fn open_sender(
+    deps: &Deps,
+    tenant: &Tenant,
+    from: Option<&str>,
+) -> Result<SendingNumber, ServiceError> {
+    let n = sender(deps, tenant, from).await?;
+    if let Some(h) = &n.hold {
+        return Err(ServiceError::SenderHeld(format!(
+            "phone number {} is held: Meta limited sending from it (error {}) at {}; nothing was sent or debited. Send from another number, or an admin resumes it (POST /v1/phone-numbers/{}/resume) once its quality has recovered",
+            n.phone_number_id,
+            h.code,
+            h.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            n.phone_number_id
+        )));
+    }
+    Ok(SendingNumber {
+        phone_number_id: n.phone_number_id,
+        waba_id: n.waba_id,
+    })
+}
+
+/// [`sender`] without a read for the default number (a replay's catalogue).
 pub async fn sending_from(
     deps: &Deps,
     tenant: &Tenant,

@@ -341,8 +341,9 @@ async fn accept(
     idem: Option<&Idempotent>,
 ) -> Result<Accepted, ServiceError> {
     let tenant_id = &tenant.id;
-    // One of the tenant's numbers (else `unknown_sender`), before anything is written.
-    let sender = super::numbers::sending_from(deps, tenant, from).await?;
+    // One of the tenant's numbers (else `unknown_sender`) and not held (`sender_held`),
+    // before anything is written.
+    let sender = super::numbers::open_sender(deps, tenant, from).await?;
     // The catalogue of the sending number's WABA decides the template's category (price,
     // opt-outs, the marketing pause) and refuses what Meta would refuse: before anything
     // is debited or stored.

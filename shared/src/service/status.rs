@@ -387,7 +387,51 @@ async fn account_error(deps: &Deps, record: &MessageRecord, report: &StatusRepor
     {
         // Boxed, as the other rare paths here (the size of every status's future).
         Box::pin(account_stopped(deps, record, report, e)).await;
+    } else if let Some(e) = report
+        .errors
+        .iter()
+        .find(|e| super::errors::NUMBER_STOP_CODES.contains(&e.code))
+    {
+        Box::pin(number_stopped(deps, record, report, e)).await;
     }
+}
+
+/// A `failed` status carrying a number-level error (`errors::NUMBER_STOP_CODES`: Meta
+/// accepted the send, then reported that its number is limited): the number the message
+/// went from is held, as when Meta answers a send with it (`numbers::hold_for_meta`),
+/// unless an admin resumed it after Meta's time of the status. Best effort, as for an
+/// account-level error.
+async fn number_stopped(
+    deps: &Deps,
+    record: &MessageRecord,
+    report: &StatusReport,
+    error: &crate::domain::meta::MetaError,
+) {
+    let tenant = match deps.tenants.get_tenant(&record.tenant_id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::error!(error = %e, "could not read the tenant to hold its number on meta's status");
+            return;
+        }
+    };
+    if tenant.status == crate::ports::TenantStatus::Closed {
+        return;
+    }
+    let number = record
+        .from
+        .clone()
+        .unwrap_or_else(|| tenant.phone_number_id.clone());
+    let at = report.at(deps.clock.now());
+    super::numbers::hold_for_meta(
+        deps,
+        &tenant,
+        &number,
+        (error.code, &error.title),
+        "webhook",
+        at,
+    )
+    .await;
 }
 
 /// A `failed` status carrying an account-level error (`errors::ACCOUNT_STOP_CODES`: Meta

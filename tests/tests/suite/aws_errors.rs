@@ -623,6 +623,8 @@ async fn a_number_change_cancelled_by_a_sends_debit_goes_again() {
         added_at: chrono::Utc::now(),
         quality_meta_at: None,
         throughput_meta_at: None,
+        hold: None,
+        resumed_at_ms: None,
     };
     store
         .set_default_number(&t, &number)
@@ -651,6 +653,8 @@ async fn a_write_checking_the_tenant_cancelled_by_a_sends_debit_goes_again() {
         added_at: chrono::Utc::now(),
         quality_meta_at: None,
         throughput_meta_at: None,
+        hold: None,
+        resumed_at_ms: None,
     };
     let callback = StatusCallback {
         tenant_id: t.id.clone(),

@@ -335,6 +335,8 @@ fn number_of(t: &Tenant, id: &str, clock: &ManualClock) -> PhoneNumberRecord {
         added_at: clock.now(),
         quality_meta_at: None,
         throughput_meta_at: None,
+        hold: None,
+        resumed_at_ms: None,
     }
 }
 

@@ -1581,6 +1581,66 @@ async fn usage_and_phone_numbers_show_what_the_api_has_and_say_so_when_it_has_no
     }
 }
 
+/// A number Meta's spam limit held is shown held on the dashboard, with Meta's code; an
+/// admin resumes it there (a confirmation first, the CSRF token checked), a read-only user
+/// is offered no button.
+async fn a_held_number_is_shown_and_an_admin_resumes_it_from_the_dashboard(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let pnid = t.phone_number_id.clone();
+    let res = app
+        .http
+        .put(app.url(&format!("/_sandbox/phone-numbers/{pnid}")))
+        .json(&json!({"send_error": 131048}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let id = app.send_ok(&t.key, "+60123454001").await;
+    let view = app.wait_status(&t.key, &id, "failed").await;
+    assert_eq!(view["error"]["code"], 131048, "{view}");
+    let action = format!("/console/phone-numbers/{pnid}/resume");
+
+    let (reader, _) = new_user(&app, &t.key, "read_only").await;
+    let mut web = sign_in(&app, &reader).await;
+    let dash = web.get("/console/").await;
+    assert!(dash.html.contains("Held"), "{}", dash.html);
+    assert!(dash.html.contains("131048"), "{}", dash.html);
+    assert!(
+        !dash.html.contains(&action),
+        "no button for a read-only user"
+    );
+
+    let (admin, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &admin).await;
+    let dash = web.get("/console/").await;
+    assert!(dash.html.contains(&action), "{}", dash.html);
+    let csrf = dash.csrf();
+    assert_eq!(web.post(&action, &[]).await.status, 403, "no CSRF token");
+    let asked = web.post(&action, &[("csrf", &csrf)]).await;
+    assert_eq!(asked.status, 200, "{}", asked.html);
+    assert!(asked.html.contains("Resume sending from"), "{}", asked.html);
+    let (_, numbers) = call(&app, "GET", "/v1/phone-numbers", Some(&t.key), None).await;
+    assert_eq!(
+        numbers["phone_numbers"][0]["hold"]["code"], 131048,
+        "not yet: {numbers}"
+    );
+    let done = web
+        .post(&action, &[("csrf", &csrf), ("confirm", "yes")])
+        .await;
+    assert_eq!(done.status, 303, "{}", done.html);
+    assert_eq!(done.location(), "/console/?done=number_resumed");
+    let (_, numbers) = call(&app, "GET", "/v1/phone-numbers", Some(&t.key), None).await;
+    assert_eq!(
+        numbers["phone_numbers"][0]["hold"],
+        Value::Null,
+        "{numbers}"
+    );
+    let dash = web.get("/console/?done=number_resumed").await;
+    assert!(dash.html.contains("sends again"), "{}", dash.html);
+    assert!(!dash.html.contains(&action), "{}", dash.html);
+}
+
 /// A day past chrono's last date (a signed year of six digits, which chrono's `%Y` reads)
 /// and other days that are not `YYYY-MM-DD` are a 400 with the page, on the messages, audit
 /// and usage pages alike, and the pages still answer afterwards.
@@ -2100,6 +2160,7 @@ on_both_backends!(
     pasted_numbers_may_be_written_as_people_write_them_and_the_invalid_ones_are_named,
     the_two_factor_page_offers_set_up_only_to_a_user_without_it,
     usage_and_phone_numbers_show_what_the_api_has_and_say_so_when_it_has_not,
+    a_held_number_is_shown_and_an_admin_resumes_it_from_the_dashboard,
     a_closed_tenants_user_is_signed_out_not_sent_round_in_circles,
     a_double_submitted_campaign_form_makes_one_campaign_and_one_debit,
     the_pages_say_what_is_so_a_suspension_every_status_and_no_password_to_fill,

@@ -20,6 +20,8 @@ fn number(p: &Ports, t: &TenantId, id: &str, waba: &str) -> PhoneNumberRecord {
         added_at: p.clock.now(),
         quality_meta_at: None,
         throughput_meta_at: None,
+        hold: None,
+        resumed_at_ms: None,
     }
 }
 
@@ -622,7 +624,110 @@ async fn the_status_first_carrying_pricing_moves_prices_and_counts_the_message_i
     assert_eq!(got, vec![(2, 4)], "messages 0 and 1, once each");
 }
 
+/// Meta's spam limit on one number (131048) holds that number: only a number that exists,
+/// the first hold kept, never for Meta's word older than an admin's resume; a resume lifts
+/// only a hold there is, and records when.
+async fn a_number_is_held_once_and_a_resume_after_metas_word_stands(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let id = fresh_id();
+    p.numbers
+        .add_phone_number(&number(&p, &t.id, &id, "2000002"))
+        .await
+        .unwrap();
+    let hold = |reason: &str| NumberHold {
+        code: 131048,
+        reason: reason.into(),
+        since: p.clock.now(),
+        by: "dispatcher".into(),
+    };
+    let now = p.clock.now();
+    // No such number (another tenant's id, or none): nothing held, nothing made.
+    assert!(!p
+        .numbers
+        .hold_phone_number(&t.id, &fresh_id(), &hold("x"), now)
+        .await
+        .unwrap());
+    assert!(p
+        .numbers
+        .hold_phone_number(&t.id, &id, &hold("first"), now)
+        .await
+        .unwrap());
+    assert!(
+        !p.numbers
+            .hold_phone_number(&t.id, &id, &hold("second"), now)
+            .await
+            .unwrap(),
+        "the first hold is kept"
+    );
+    let held = p
+        .numbers
+        .get_phone_number(&t.id, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.hold, Some(hold("first")));
+    // Resumed: the hold is gone, the time kept.
+    let resumed_at = p.clock.now() + Duration::seconds(10);
+    let resumed = p
+        .numbers
+        .resume_phone_number(&t.id, &id, resumed_at)
+        .await
+        .unwrap()
+        .expect("it was held");
+    assert_eq!(resumed.hold, None);
+    assert_eq!(resumed.resumed_at_ms, Some(resumed_at.timestamp_millis()));
+    assert_eq!(
+        p.numbers.get_phone_number(&t.id, &id).await.unwrap(),
+        Some(resumed.clone())
+    );
+    // Not held: a resume changes nothing.
+    assert_eq!(
+        p.numbers
+            .resume_phone_number(&t.id, &id, resumed_at + Duration::seconds(5))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        p.numbers
+            .get_phone_number(&t.id, &id)
+            .await
+            .unwrap()
+            .and_then(|n| n.resumed_at_ms),
+        Some(resumed_at.timestamp_millis())
+    );
+    // Meta's word from before the resume does not hold it again; a later one does.
+    assert!(!p
+        .numbers
+        .hold_phone_number(&t.id, &id, &hold("old"), resumed_at - Duration::seconds(1))
+        .await
+        .unwrap());
+    assert_eq!(
+        p.numbers
+            .get_phone_number(&t.id, &id)
+            .await
+            .unwrap()
+            .and_then(|n| n.hold),
+        None
+    );
+    assert!(p
+        .numbers
+        .hold_phone_number(&t.id, &id, &hold("new"), resumed_at + Duration::seconds(1))
+        .await
+        .unwrap());
+    // The list shows it too.
+    let listed = p.numbers.list_phone_numbers(&t.id).await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .find(|n| n.phone_number_id == id)
+            .and_then(|n| n.hold.clone()),
+        Some(hold("new"))
+    );
+}
+
 contract!(
+    a_number_is_held_once_and_a_resume_after_metas_word_stands,
     an_older_throughput_never_undoes_one_an_older_item_timed_by_its_quality,
     a_number_without_its_route_is_removed_and_another_tenants_route_stays,
     the_status_first_carrying_pricing_moves_prices_and_counts_the_message_in_one_write,

@@ -1203,7 +1203,107 @@ async fn an_onboarded_number_is_read_from_meta_at_once(b: Backend) {
     );
 }
 
+/// Meta limits one number for spam (131048): that number is held — the message failed and
+/// refunded, its next sends refused `sender_held` with nothing debited, the hold shown and
+/// audited — while the tenant stays active and its other number sends. An admin (not a
+/// read-only key) resumes it and it sends again.
+async fn metas_spam_limit_holds_that_number_only_until_an_admin_resumes_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let limited = t.phone_number_id.clone();
+    let other = fresh_number();
+    let (s, body) = add_number(
+        &app,
+        &t.tenant_id,
+        json!({"phone_number_id": other, "waba_id": "1000001"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    meta_says(&app, &limited, json!({"send_error": 131048})).await;
+
+    let (s, body) = send_from(&app, &t.key, "+60123453001", None).await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let view = app.wait_status(&t.key, &id, "failed").await;
+    assert_eq!(view["error"]["code"], 131048, "{view}");
+    assert_eq!(app.credits_settled(&t.key, 10).await, 10, "refunded");
+    let listed = numbers(&app, &t.key).await;
+    let held = number_of(&listed, &limited);
+    assert_eq!(held["hold"]["code"], 131048, "{held}");
+    assert!(held["hold"]["since"].is_string(), "{held}");
+    assert_eq!(number_of(&listed, &other)["hold"], Value::Null);
+    let (_, account) = get(&app, &t.key, "/v1/account").await;
+    assert_eq!(account["status"], "active", "the tenant is not suspended");
+    let (s, audit) = get(&app, &t.key, "/v1/audit?action=phone_number.hold").await;
+    assert_eq!(s, 200, "{audit}");
+    assert_eq!(audit["events"][0]["actor"]["id"], "dispatcher", "{audit}");
+
+    // The held number's sends are refused before anything is debited; the other sends.
+    for from in [None, Some(limited.as_str())] {
+        let (s, body) = send_from(&app, &t.key, "+60123453002", from).await;
+        assert_eq!(
+            (s, &body["error"]["code"]),
+            (403, &json!("sender_held")),
+            "{body}"
+        );
+    }
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        &t.key,
+        "/v1/broadcasts",
+        Some(json!({"template": template_of("utility"), "recipients": ["+60123453003"]})),
+    )
+    .await;
+    assert_eq!(
+        (s, &body["error"]["code"]),
+        (403, &json!("sender_held")),
+        "{body}"
+    );
+    assert_eq!(app.credits(&t.key).await, 10, "nothing debited");
+    let (s, body) = send_from(&app, &t.key, "+60123453004", Some(&other)).await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let view = app.wait_status(&t.key, &id, "read").await;
+    assert_eq!(view["status"], "read", "{view}");
+
+    // Resumed by an admin only; a number not the tenant's is not found.
+    let path = format!("/v1/phone-numbers/{limited}/resume");
+    let reader = key_with_role(&app, &t.key, "read_only").await;
+    let operator = key_with_role(&app, &t.key, "operator").await;
+    for k in [&reader, &operator] {
+        let (s, body) = call(&app, reqwest::Method::POST, k, &path, None).await;
+        assert_eq!(s, 403, "{body}");
+    }
+    let (s, _) = call(
+        &app,
+        reqwest::Method::POST,
+        &t.key,
+        &format!("/v1/phone-numbers/{}/resume", fresh_number()),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    meta_says(&app, &limited, json!({"send_error": null})).await;
+    let (s, body) = call(&app, reqwest::Method::POST, &t.key, &path, None).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        (&body["phone_number_id"], &body["hold"]),
+        (&json!(limited), &Value::Null),
+        "{body}"
+    );
+    // Again: nothing to resume, answered as it is.
+    let (s, body) = call(&app, reqwest::Method::POST, &t.key, &path, None).await;
+    assert_eq!((s, &body["hold"]), (200, &Value::Null), "{body}");
+    let (s, body) = send_from(&app, &t.key, "+60123453005", None).await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let view = app.wait_status(&t.key, &id, "read").await;
+    assert_eq!(view["status"], "read", "{view}");
+}
+
 on_both_backends!(
+    metas_spam_limit_holds_that_number_only_until_an_admin_resumes_it,
     an_onboarded_number_is_read_from_meta_at_once,
     a_number_added_is_read_from_meta_at_once,
     a_session_text_goes_only_from_the_number_the_user_wrote_to,
@@ -1372,6 +1472,23 @@ impl kirim::ports::PhoneNumberStore for NumberReadsFail {
         self.0
             .set_number_quality(t, id, q, throughput, meta_time)
             .await
+    }
+    async fn hold_phone_number(
+        &self,
+        t: &kirim::domain::TenantId,
+        id: &str,
+        hold: &kirim::ports::NumberHold,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        self.0.hold_phone_number(t, id, hold, at).await
+    }
+    async fn resume_phone_number(
+        &self,
+        t: &kirim::domain::TenantId,
+        id: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<kirim::ports::PhoneNumberRecord>, kirim::store_error::StoreError> {
+        self.0.resume_phone_number(t, id, at).await
     }
 }
 

@@ -512,6 +512,115 @@ async fn an_account_error_in_a_failed_status_suspends_the_tenant(b: Backend) {
     }
 }
 
+/// Meta accepted a send, then reports it `failed` with its spam limit on the number
+/// (131048): the number the message went from is held (a default number without an item
+/// gets one), the tenant stays active. A number an admin resumed after Meta's time of that
+/// status stays resumed.
+async fn a_number_limit_in_a_failed_status_holds_that_number_not_the_tenant(b: Backend) {
+    for resumed_after in [false, true] {
+        let (_, deps, clock) = two_processes(b).await;
+        let (t, m, wamid) = claimed_with_wamid(&deps, &clock).await;
+        let sent = StatusChange {
+            wamid: Some(wamid.clone()),
+            ..Default::default()
+        };
+        deps.messages
+            .transition(&t.id, &m.id, MessageStatus::Sent, &sent, clock.now())
+            .await
+            .unwrap();
+        let mut failed = report(&m, &wamid, "failed", false);
+        failed.errors = vec![kirim::domain::meta::MetaError {
+            code: 131048,
+            title: "Spam rate limit hit".into(),
+        }];
+        if resumed_after {
+            kirim::service::numbers::hold_for_meta(
+                &deps,
+                &t,
+                &t.phone_number_id,
+                (131048, "an earlier one"),
+                "dispatcher",
+                clock.now(),
+            )
+            .await;
+            let (_, resumed) = kirim::service::numbers::resume(&deps, &t, &t.phone_number_id)
+                .await
+                .unwrap();
+            assert!(resumed);
+            failed.timestamp = Some(clock.now().timestamp() - 60);
+        }
+        status::apply(&deps, Some(&t.id), &failed).await.unwrap();
+        let stored = deps
+            .messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.status, MessageStatus::Failed);
+        let after = deps.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+        assert_eq!(after.status, TenantStatus::Active, "not the whole tenant");
+        let number = deps
+            .numbers
+            .get_phone_number(&t.id, &t.phone_number_id)
+            .await
+            .unwrap()
+            .expect("the number's item");
+        if resumed_after {
+            assert_eq!(number.hold, None, "the admin's resume stands");
+            continue;
+        }
+        let hold = number.hold.expect("held");
+        assert_eq!((hold.code, hold.by.as_str()), (131048, "webhook"));
+    }
+}
+
+/// A message accepted before its number was held is not sent from it: failed
+/// `sender_held`, refunded, nothing reaching Meta.
+async fn a_queued_message_whose_number_was_held_meanwhile_fails_refunded_unsent(b: Backend) {
+    use kirim::service::dispatch;
+    let (_, mut deps, clock) = two_processes(b).await;
+    let (t, m, job) = text_queued(&mut deps).await;
+    let meta = Arc::new(Accepting::default());
+    deps.meta = meta.clone();
+    let before = deps
+        .tenants
+        .get_tenant(&t.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .credits;
+    kirim::service::numbers::hold_for_meta(
+        &deps,
+        &t,
+        &t.phone_number_id,
+        (131048, "Spam rate limit hit"),
+        "dispatcher",
+        clock.now(),
+    )
+    .await;
+    dispatch::handle(&deps, &job).await;
+    let stored = deps
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, MessageStatus::Failed);
+    assert_eq!(
+        stored.error.map(|e| e.code),
+        Some(kirim::domain::ErrorCode::Kirim("sender_held".into()))
+    );
+    assert_eq!(meta.sent.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let after = deps
+        .tenants
+        .get_tenant(&t.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .credits;
+    assert_eq!(after, before + m.price, "refunded");
+}
+
 /// A tenant (Meta accepting everything, a memory queue) whose user wrote in, and a session
 /// text to them accepted: the tenant, the message and its job as queued.
 async fn text_queued(deps: &mut kirim::service::Deps) -> (Tenant, MessageRecord, String) {
@@ -852,6 +961,8 @@ on_both_backends!(
     a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_is_sent,
     a_lost_claim_answer_whose_read_back_fails_is_still_sent_once,
     an_account_error_in_a_failed_status_suspends_the_tenant,
+    a_number_limit_in_a_failed_status_holds_that_number_not_the_tenant,
+    a_queued_message_whose_number_was_held_meanwhile_fails_refunded_unsent,
     an_overtaken_status_that_is_the_first_to_carry_the_pricing_still_counts_it_once,
     a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_it_once,
     a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sending_deadline,

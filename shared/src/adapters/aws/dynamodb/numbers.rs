@@ -21,7 +21,8 @@ use super::{
 };
 use crate::domain::{MessageStatus, TemplateQuality, TenantId};
 use crate::ports::{
-    PhoneNumberRecord, PhoneNumberStore, PricedMessage, StatusChange, UsageRow, UsageStore,
+    NumberHold, PhoneNumberRecord, PhoneNumberStore, PricedMessage, StatusChange, UsageRow,
+    UsageStore,
 };
 use crate::store_error::StoreError;
 
@@ -329,6 +330,71 @@ impl PhoneNumberStore for DynamoStore {
             written = set.or(written);
         }
         Ok(written)
+    }
+
+    async fn hold_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        hold: &NumberHold,
+        signal_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::phone_number(tenant, phone_number_id).attrs()))
+            .update_expression("SET #hold = :h")
+            // The first hold is kept; an admin's resume after Meta's word stands.
+            .condition_expression(
+                "attribute_exists(pk) AND (attribute_not_exists(#hold) \
+                 OR attribute_type(#hold, :nul)) \
+                 AND (attribute_not_exists(resumed_at_ms) OR resumed_at_ms <= :at)",
+            )
+            .expression_attribute_names("#hold", "hold")
+            .expression_attribute_values(":h", dyn_value(hold)?)
+            .expression_attribute_values(":nul", s("NULL"))
+            .expression_attribute_values(":at", n(signal_at.timestamp_millis()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
+    async fn resume_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<PhoneNumberRecord>, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::phone_number(tenant, phone_number_id).attrs()))
+            .update_expression("REMOVE #hold SET resumed_at_ms = :at")
+            .condition_expression(
+                "attribute_exists(pk) AND attribute_exists(#hold) \
+                 AND NOT attribute_type(#hold, :nul)",
+            )
+            .expression_attribute_names("#hold", "hold")
+            .expression_attribute_values(":nul", s("NULL"))
+            .expression_attribute_values(":at", n(at.timestamp_millis()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Some(from_item(out.attributes.unwrap_or_default())?)),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(None)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
     }
 }
 

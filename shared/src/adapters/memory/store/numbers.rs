@@ -7,8 +7,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::{message_key, MemoryStore, State};
 use crate::domain::{MessageStatus, TemplateQuality, TenantId};
 use crate::ports::{
-    PhoneNumberRecord, PhoneNumberStore, PricedMessage, StatusChange, TenantStatus, UsageRow,
-    UsageStore,
+    NumberHold, PhoneNumberRecord, PhoneNumberStore, PricedMessage, StatusChange, TenantStatus,
+    UsageRow, UsageStore,
 };
 use crate::store_error::StoreError;
 
@@ -193,6 +193,46 @@ impl PhoneNumberStore for MemoryStore {
             }
         }
         Ok(applied.then(|| n.clone()))
+    }
+
+    async fn hold_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        hold: &NumberHold,
+        signal_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut s = self.lock()?;
+        let Some(n) = s.numbers.get_mut(&key(tenant, phone_number_id)) else {
+            return Ok(false);
+        };
+        if n.hold.is_some()
+            || n.resumed_at_ms
+                .is_some_and(|r| r > signal_at.timestamp_millis())
+        {
+            return Ok(false);
+        }
+        n.hold = Some(hold.clone());
+        Ok(true)
+    }
+
+    async fn resume_phone_number(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Option<PhoneNumberRecord>, StoreError> {
+        let mut s = self.lock()?;
+        let Some(n) = s
+            .numbers
+            .get_mut(&key(tenant, phone_number_id))
+            .filter(|n| n.hold.is_some())
+        else {
+            return Ok(None);
+        };
+        n.hold = None;
+        n.resumed_at_ms = Some(at.timestamp_millis());
+        Ok(Some(n.clone()))
     }
 }
 
