@@ -151,6 +151,7 @@ pub fn retryable(code: &ErrorCode) -> bool {
                 | super::errors::META_REFUSED_UNREADABLE
                 | super::deadline::OUTCOME_UNKNOWN
                 | super::deadline::DISPATCH_LOST
+                | "sender_held"
         ),
     }
 }

@@ -70,8 +70,9 @@ pub fn classify_reported(code: i64, http_status: u16, is_transient: Option<bool>
         c if TRANSIENT_CODES.contains(&c) => Transient,
         PAIR_RATE_LIMIT => Delayed,
         MARKETING_STOPPED => Suppress,
-        // Token, account restricted or locked, payment problem, quality block.
+        // Token, account restricted or locked, payment problem.
         c if super::errors::ACCOUNT_STOP_CODES.contains(&c) => TenantStop,
+        // The sending number's spam limit.
         c if super::errors::NUMBER_STOP_CODES.contains(&c) => NumberStop,
         c if PERMANENT_CODES.contains(&c) => Permanent,
         // Unknown codes: Meta's word, where it gave one (a bounded number of tries
@@ -1204,7 +1205,9 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                             &error.title,
                         ),
                         "dispatcher",
-                        deps.clock.now(),
+                        // The claim's time, before the request went: an admin's resume
+                        // after it, while Meta answered, stands.
+                        record.updated_at,
                     )
                     .await;
                     crate::metrics::failed("number_stop");
@@ -1457,6 +1460,8 @@ mod tests {
             ("meta_unavailable", true),
             ("meta_refused_unreadable", true),
             ("outcome_unknown", true),
+            // Never sent, refunded: tried again once its number is resumed.
+            ("sender_held", true),
             ("recipient_opted_out", false),
             ("tenant_suspended", false),
             ("cancelled", false),
@@ -1485,6 +1490,7 @@ mod tests {
             "meta_token_unreadable",
             "meta_token_missing",
             "sender_removed",
+            "sender_held",
             "tenant_suspended",
             "tenant_closed",
             "recipient_opted_out",

@@ -130,6 +130,9 @@ pub async fn hold_for_meta(
         since: deps.clock.now(),
         by: by.to_owned(),
     };
+    if tenant.status == TenantStatus::Closed {
+        return;
+    }
     let held = async {
         // The default number of a tenant from before numbers had items gets its item
         // first, as any change to its numbers does.
@@ -442,7 +445,25 @@ pub async fn open_sender(
     tenant: &Tenant,
     from: Option<&str>,
 ) -> Result<SendingNumber, ServiceError> {
-    let n = sender(deps, tenant, from).await?;
+    let n = match from {
+        Some(id) if id != tenant.phone_number_id => sender(deps, tenant, from).await?,
+        // The default: its item, for its hold. A tenant from before numbers had items
+        // has none; it is written once (best effort), so that later sends find it in the
+        // warm cache rather than read a missing item, twice, every time.
+        _ => match deps
+            .numbers
+            .get_phone_number(&tenant.id, &tenant.phone_number_id)
+            .await?
+        {
+            Some(n) => n,
+            None => {
+                if let Err(e) = materialise(deps, tenant).await {
+                    tracing::warn!(tenant_id = %tenant.id, error = %e, "the default number's item not written");
+                }
+                from_tenant(tenant)
+            }
+        },
+    };
     if let Some(h) = &n.hold {
         return Err(ServiceError::SenderHeld(format!(
             "phone number {} is held: Meta limited sending from it (error {}) at {}; nothing was sent or debited. Send from another number, or an admin resumes it (POST /v1/phone-numbers/{}/resume) once its quality has recovered",

@@ -418,10 +418,15 @@ async fn number_stopped(
     if tenant.status == crate::ports::TenantStatus::Closed {
         return;
     }
-    let number = record
+    // The number the message went from; for a message from before that was kept, the one
+    // Meta's status names (not the default: it may have changed since).
+    let Some(number) = record
         .from
         .clone()
-        .unwrap_or_else(|| tenant.phone_number_id.clone());
+        .or_else(|| report.phone_number_id.clone())
+    else {
+        return;
+    };
     let at = report.at(deps.clock.now());
     super::numbers::hold_for_meta(
         deps,

@@ -629,6 +629,7 @@ async fn the_status_first_carrying_pricing_moves_prices_and_counts_the_message_i
 /// only a hold there is, and records when.
 async fn a_number_is_held_once_and_a_resume_after_metas_word_stands(p: Ports) {
     let t = onboarded(&p, 0).await;
+    let other = onboarded(&p, 0).await;
     let id = fresh_id();
     p.numbers
         .add_phone_number(&number(&p, &t.id, &id, "2000002"))
@@ -641,12 +642,23 @@ async fn a_number_is_held_once_and_a_resume_after_metas_word_stands(p: Ports) {
         by: "dispatcher".into(),
     };
     let now = p.clock.now();
-    // No such number (another tenant's id, or none): nothing held, nothing made.
-    assert!(!p
-        .numbers
-        .hold_phone_number(&t.id, &fresh_id(), &hold("x"), now)
-        .await
-        .unwrap());
+    // No such number of the tenant's (another tenant's, or none): nothing held or made.
+    for pnid in [fresh_id(), other.phone_number_id.clone()] {
+        assert!(!p
+            .numbers
+            .hold_phone_number(&t.id, &pnid, &hold("x"), now)
+            .await
+            .unwrap());
+    }
+    assert_eq!(
+        p.numbers
+            .get_phone_number(&other.id, &other.phone_number_id)
+            .await
+            .unwrap()
+            .and_then(|n| n.hold),
+        None,
+        "another tenant's number is not held"
+    );
     assert!(p
         .numbers
         .hold_phone_number(&t.id, &id, &hold("first"), now)

@@ -1324,6 +1324,87 @@ on_both_backends!(
     a_meta_error_reading_one_number_leaves_its_stored_values_and_the_others_are_read,
 );
 
+/// A tenant from before numbers had items has no item for its default number: its first
+/// send writes it (so the number's hold is read from the warm cache, not looked for in the
+/// table twice on every send), and Meta's spam limit holds it all the same (the item
+/// written with the hold). On DynamoDB, where such tenants are.
+#[tokio::test]
+async fn a_legacy_default_number_gets_its_item_at_its_first_send_and_can_be_held() {
+    let app = spawn_app(Backend::Aws).await;
+    let pnid = fresh_number();
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        OPERATOR_TOKEN,
+        "/v1/platform/tenants",
+        Some(
+            json!({"name": "Kedai Lama", "waba_id": "1000001", "phone_number_id": pnid,
+            "meta_access_token": "EAAG", "credits": 5}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let key = body["admin_api_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let tenant_id = body["tenant"]["id"].as_str().unwrap_or_default().to_owned();
+    let sdk = kirim_tests::moto_sdk().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    let item_key: std::collections::HashMap<_, _> = [
+        ("pk".to_owned(), Av::S(format!("TENANT#{tenant_id}"))),
+        ("sk".to_owned(), Av::S(format!("NUMBER#{pnid}"))),
+    ]
+    .into_iter()
+    .collect();
+    let table = format!("{}-Table", app.stack);
+    let forget = || async {
+        ddb.delete_item()
+            .table_name(&table)
+            .set_key(Some(item_key.clone()))
+            .send()
+            .await
+            .unwrap();
+    };
+    let stored = || async {
+        ddb.get_item()
+            .table_name(&table)
+            .set_key(Some(item_key.clone()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item
+    };
+    forget().await;
+    let (s, body) = send_from(&app, &key, "+60123455001", None).await;
+    assert_eq!(s, 202, "{body}");
+    assert!(stored().await.is_some(), "written at the first send");
+
+    forget().await;
+    let id = kirim::domain::TenantId::parse(&tenant_id).unwrap();
+    let tenant = app.app.deps.tenants.get_tenant(&id).await.unwrap().unwrap();
+    kirim::service::numbers::hold_for_meta(
+        &app.app.deps,
+        &tenant,
+        &pnid,
+        (131048, "Spam rate limit hit"),
+        "webhook",
+        chrono::Utc::now(),
+    )
+    .await;
+    let item = stored().await.expect("written with its hold");
+    assert!(item.contains_key("hold"), "{item:?}");
+    assert_eq!(numbers(&app, &key).await[0]["hold"]["code"], 131048);
+    let (s, body) = send_from(&app, &key, "+60123455002", None).await;
+    assert_eq!(
+        (s, &body["error"]["code"]),
+        (403, &json!("sender_held")),
+        "{body}"
+    );
+}
+
 /// A tenant from before numbers had items has none for its default number: the first
 /// inbound message naming the number's display writes its item, with that display, so
 /// Meta's quality updates (which name a number only by its display) find it. On DynamoDB,

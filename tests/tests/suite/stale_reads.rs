@@ -513,22 +513,48 @@ async fn an_account_error_in_a_failed_status_suspends_the_tenant(b: Backend) {
 }
 
 /// Meta accepted a send, then reports it `failed` with its spam limit on the number
-/// (131048): the number the message went from is held (a default number without an item
-/// gets one), the tenant stays active. A number an admin resumed after Meta's time of that
-/// status stays resumed.
+/// (131048): the number the message went from is held — a second number named by the
+/// message, or, for a message from before senders were kept, the one Meta's status names
+/// (a default number without an item gets one) — never the tenant. A number an admin
+/// resumed after Meta's time of that status stays resumed.
 async fn a_number_limit_in_a_failed_status_holds_that_number_not_the_tenant(b: Backend) {
-    for resumed_after in [false, true] {
+    // (the message names its sender, resumed by an admin after Meta's time)
+    for (named, resumed_after) in [(true, false), (false, false), (false, true)] {
         let (_, deps, clock) = two_processes(b).await;
-        let (t, m, wamid) = claimed_with_wamid(&deps, &clock).await;
+        let t = tenant(10);
+        deps.tenants
+            .create_tenant(&t, &key_for(&t), None)
+            .await
+            .unwrap();
+        let second = format!("{}", 4_000_000 + kirim_tests::rand_u32() % 900_000);
+        deps.numbers
+            .add_phone_number(&PhoneNumberRecord {
+                phone_number_id: second.clone(),
+                ..PhoneNumberRecord::default_of(&t)
+            })
+            .await
+            .unwrap();
+        let (mut m, debit) = message_for(&t.id, clock.now());
+        let sender = if named {
+            m.from = Some(second.clone());
+            second.clone()
+        } else {
+            t.phone_number_id.clone()
+        };
+        deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+        let wamid = format!("wamid.{}", ulid::Ulid::new());
         let sent = StatusChange {
             wamid: Some(wamid.clone()),
             ..Default::default()
         };
-        deps.messages
-            .transition(&t.id, &m.id, MessageStatus::Sent, &sent, clock.now())
-            .await
-            .unwrap();
+        for to in [MessageStatus::Sending, MessageStatus::Sent] {
+            deps.messages
+                .transition(&t.id, &m.id, to, &sent, clock.now())
+                .await
+                .unwrap();
+        }
         let mut failed = report(&m, &wamid, "failed", false);
+        failed.phone_number_id = Some(sender.clone());
         failed.errors = vec![kirim::domain::meta::MetaError {
             code: 131048,
             title: "Spam rate limit hit".into(),
@@ -537,13 +563,13 @@ async fn a_number_limit_in_a_failed_status_holds_that_number_not_the_tenant(b: B
             kirim::service::numbers::hold_for_meta(
                 &deps,
                 &t,
-                &t.phone_number_id,
+                &sender,
                 (131048, "an earlier one"),
                 "dispatcher",
                 clock.now(),
             )
             .await;
-            let (_, resumed) = kirim::service::numbers::resume(&deps, &t, &t.phone_number_id)
+            let (_, resumed) = kirim::service::numbers::resume(&deps, &t, &sender)
                 .await
                 .unwrap();
             assert!(resumed);
@@ -559,18 +585,29 @@ async fn a_number_limit_in_a_failed_status_holds_that_number_not_the_tenant(b: B
         assert_eq!(stored.status, MessageStatus::Failed);
         let after = deps.tenants.get_tenant(&t.id).await.unwrap().unwrap();
         assert_eq!(after.status, TenantStatus::Active, "not the whole tenant");
-        let number = deps
-            .numbers
-            .get_phone_number(&t.id, &t.phone_number_id)
-            .await
-            .unwrap()
-            .expect("the number's item");
+        let hold_of = |pnid: String| {
+            let deps = &deps;
+            let t = &t;
+            async move {
+                deps.numbers
+                    .get_phone_number(&t.id, &pnid)
+                    .await
+                    .unwrap()
+                    .and_then(|n| n.hold)
+            }
+        };
         if resumed_after {
-            assert_eq!(number.hold, None, "the admin's resume stands");
+            assert_eq!(hold_of(sender).await, None, "the admin's resume stands");
             continue;
         }
-        let hold = number.hold.expect("held");
+        let hold = hold_of(sender.clone()).await.expect("held");
         assert_eq!((hold.code, hold.by.as_str()), (131048, "webhook"));
+        let other = if named {
+            t.phone_number_id.clone()
+        } else {
+            second
+        };
+        assert_eq!(hold_of(other).await, None, "only the number it went from");
     }
 }
 
