@@ -544,17 +544,30 @@ pub trait OptOutStore: Send + Sync {
     /// never narrows (a `marketing` opt-out leaves an existing `all` one in place, and
     /// answers that one; an `all` one widens a `marketing` one) and never moves the time
     /// back. A conditional write of what was read (retried when it changed meanwhile).
-    /// An opt-out without a key is refused. One that the key's opting back in overrides
+    /// An opt-out without a key is refused. One that an opting back in overrides
     /// ([`OptedIn::overrides`]: a newer START; of the same second, the later arrival
     /// stands) is not stored (answered as not new); the check travels with the write (on
-    /// DynamoDB, one transaction).
+    /// DynamoDB, one transaction). The opting back in of every key the user is known by
+    /// counts ([`OptOut::opted_in_keys`]): the key it is kept under, the other key it
+    /// records, and `paired`, the key its user is paired with now (the caller's reading),
+    /// a `ConditionCheck` each on DynamoDB. (Checked under its own key only, a STOP
+    /// redelivered after a newer START by the user's other key was stored.)
     ///
     /// Never for a closed tenant (its close-out gives its opt-outs their TTL; one written
     /// after would have none): `Conflict(`[`TENANT_CLOSED`]`)`, nothing written; the
     /// check travels with the write too (a copy is refused the same way: `false`).
     ///
     /// [`OptedIn::overrides`]: crate::domain::OptedIn::overrides
-    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError>;
+    async fn put_opt_out_paired(
+        &self,
+        opt_out: &OptOut,
+        paired: Option<&OptOutKey>,
+    ) -> Result<(OptOut, bool), StoreError>;
+    /// [`put_opt_out_paired`](Self::put_opt_out_paired) with no pairing known beyond the
+    /// keys the opt-out records.
+    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError> {
+        self.put_opt_out_paired(opt_out, None).await
+    }
     /// [`put_opt_out`](Self::put_opt_out) of a copy of the opt-out stored under `of`, kept
     /// under its other key ([`OptOut::copy_key`]: a user id's under the phone it is paired
     /// with, a phone's under the user id Meta named with it), only while that one exists:

@@ -264,6 +264,30 @@ impl OptOut {
         }
     }
 
+    /// The keys whose opting back in holds this opt-out back when it is kept under
+    /// `kept_under`: that key, each key it records (the phone, the user id), and
+    /// `paired`, the key its user is paired with now, if any; each once, in that order. A
+    /// START known by one key only (the other not yet paired with it) is found by the
+    /// other when an older STOP is redelivered after Kirim learnt they go together.
+    pub fn opted_in_keys(
+        &self,
+        kept_under: &OptOutKey,
+        paired: Option<&OptOutKey>,
+    ) -> Vec<OptOutKey> {
+        let mut keys = vec![kept_under.clone()];
+        let recorded = [
+            self.phone.clone().map(OptOutKey::Phone),
+            self.user_id.clone().map(OptOutKey::User),
+            paired.cloned(),
+        ];
+        for k in recorded.into_iter().flatten() {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        keys
+    }
+
     /// Whether a START (or a `resume`) of time `at` may remove this opt-out: it is not
     /// newer than `at`, so a late START cannot undo a newer STOP. One stored without a
     /// time (before every opt-out carried one) may be removed by any.

@@ -255,6 +255,21 @@ pub async fn add(
         },
         _ => None,
     };
+    // The user's other key as paired now, when Meta named one only: a START by it
+    // (remembered under it) holds back an older STOP as one by the named key does. (A
+    // START by the id alone, then the pairing learnt, then an older STOP by the phone
+    // redelivered late: checked under the phone alone, it was stored, and the user's last
+    // word, START, lost.) Only a pairing that holds now: a recycled number's former
+    // owner's START never holds back the new owner's STOP.
+    let paired_now = match (&who.phone, &who.user_id) {
+        (Some(p), None) => {
+            super::contacts::paired_now(deps, tenant, &OptOutKey::Phone(p.clone())).await?
+        }
+        (None, Some(u)) => {
+            super::contacts::paired_now(deps, tenant, &OptOutKey::User(u.clone())).await?
+        }
+        _ => None,
+    };
     let opt_out = OptOut {
         tenant_id: tenant.clone(),
         phone: who.phone,
@@ -272,7 +287,10 @@ pub async fn add(
             "an opt-out needs a phone number or a user id".into(),
         ));
     };
-    let (stored, was_new) = deps.opt_outs.put_opt_out(&opt_out).await?;
+    let (stored, was_new) = deps
+        .opt_outs
+        .put_opt_out_paired(&opt_out, paired_now.as_ref())
+        .await?;
     // Meta named both (a STOP from a phone, with its user id): also kept under the id, so
     // it follows the user to a new phone Meta later pairs the id with (the phone's item
     // alone is found from the id only while the id is paired with this phone). Written

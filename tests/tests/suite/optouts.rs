@@ -1033,12 +1033,13 @@ impl FailingWrites {
 
 #[async_trait::async_trait]
 impl kirim::ports::OptOutStore for FailingWrites {
-    async fn put_opt_out(
+    async fn put_opt_out_paired(
         &self,
         o: &kirim::domain::OptOut,
+        paired: Option<&kirim::domain::OptOutKey>,
     ) -> Result<(kirim::domain::OptOut, bool), kirim::store_error::StoreError> {
         self.check()?;
-        self.inner.put_opt_out(o).await
+        self.inner.put_opt_out_paired(o, paired).await
     }
     async fn put_opt_out_copy(
         &self,

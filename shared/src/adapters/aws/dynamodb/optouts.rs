@@ -7,7 +7,8 @@
 //! kept, TTL `OPTED_IN_RETENTION` (7 days) from the last write. Written before the START's
 //! conditional delete; an opt-out with a time is put in one transaction with a
 //! `ConditionCheck` that no newer opting back in overrides it (of the same second, the
-//! later arrival stands).
+//! later arrival stands), one for each key the user is known by (`OptOut::opted_in_keys`:
+//! the key it is kept under, the other it records, the one it is paired with now).
 
 use crate::adapters::aws::written;
 use std::collections::HashMap;
@@ -27,14 +28,18 @@ use aws_sdk_dynamodb::types::TransactWriteItem;
 
 #[async_trait]
 impl OptOutStore for DynamoStore {
-    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError> {
-        self.put_folded(opt_out, None)
+    async fn put_opt_out_paired(
+        &self,
+        opt_out: &OptOut,
+        paired: Option<&OptOutKey>,
+    ) -> Result<(OptOut, bool), StoreError> {
+        self.put_folded(opt_out, None, paired)
             .await?
             .ok_or_else(|| StoreError::Corrupt("an opt-out put without a source refused".into()))
     }
 
     async fn put_opt_out_copy(&self, copy: &OptOut, of: &OptOutKey) -> Result<bool, StoreError> {
-        Ok(self.put_folded(copy, Some(of)).await?.is_some())
+        Ok(self.put_folded(copy, Some(of), None).await?.is_some())
     }
 
     async fn get_opt_out(
@@ -275,13 +280,14 @@ impl DynamoStore {
         written("dynamodb put", res).map(|_| ())
     }
 
-    /// [`OptOutStore::put_opt_out`], and with `source` only while the opt-out under
-    /// `source` still exists (a `ConditionCheck` in the put's transaction): `None` when it
-    /// is gone, nothing written.
+    /// [`OptOutStore::put_opt_out_paired`], and with `source` only while the opt-out
+    /// under `source` still exists (a `ConditionCheck` in the put's transaction): `None`
+    /// when it is gone, nothing written.
     async fn put_folded(
         &self,
         opt_out: &OptOut,
         source: Option<&OptOutKey>,
+        paired: Option<&OptOutKey>,
     ) -> Result<Option<(OptOut, bool)>, StoreError> {
         let key = match source {
             Some(of) => opt_out.copy_key(of),
@@ -335,19 +341,23 @@ impl DynamoStore {
                     .map_err(|e| StoreError::Corrupt(format!("condition check: {e}")))?;
                 items.push(TransactWriteItem::builder().condition_check(check).build());
             }
-            let opted_in_at = match opt_out.meta_timestamp {
-                Some(ts) => {
+            // No opting back in of any key the user is known by is newer: one check of
+            // each (distinct items: `OPTIN#`, never the `OPTOUT#` items above).
+            let opted_in_from = items.len();
+            if let Some(ts) = opt_out.meta_timestamp {
+                for k in opt_out.opted_in_keys(&key, paired) {
                     let check =
-                        self.not_opted_in_since(&opt_out.tenant_id, &key, opt_out.scope, ts)?;
+                        self.not_opted_in_since(&opt_out.tenant_id, &k, opt_out.scope, ts)?;
                     items.push(TransactWriteItem::builder().condition_check(check).build());
-                    Some(items.len() - 1)
                 }
-                None => None,
-            };
+            }
             let put_at = items.len();
             items.push(TransactWriteItem::builder().put(put).build());
             let refused = |e: &super::transact::TransactError, at: Option<usize>| {
                 at.is_some_and(|i| e.reason(i) == Some(&CancelReason::ConditionalCheckFailed))
+            };
+            let opted_in = |e: &super::transact::TransactError| {
+                (opted_in_from..put_at).any(|i| refused(e, Some(i)))
             };
             match self.transact_retrying_conflicts(items).await {
                 Ok(()) => return Ok(Some((stored, existing.is_none()))),
@@ -361,7 +371,7 @@ impl DynamoStore {
                 // The source is gone: nothing written.
                 Err(e) if refused(&e, source_at) => return Ok(None),
                 // The user opted back in as late or later: not stored.
-                Err(e) if refused(&e, opted_in_at) => {
+                Err(e) if opted_in(&e) => {
                     return Ok(Some((existing.unwrap_or_else(|| opt_out.clone()), false)));
                 }
                 Err(e) if refused(&e, Some(put_at)) => {}

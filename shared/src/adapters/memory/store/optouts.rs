@@ -9,13 +9,17 @@ use crate::store_error::StoreError;
 
 #[async_trait]
 impl OptOutStore for MemoryStore {
-    async fn put_opt_out(&self, opt_out: &OptOut) -> Result<(OptOut, bool), StoreError> {
-        self.put_folded(opt_out, None)?
+    async fn put_opt_out_paired(
+        &self,
+        opt_out: &OptOut,
+        paired: Option<&OptOutKey>,
+    ) -> Result<(OptOut, bool), StoreError> {
+        self.put_folded(opt_out, None, paired)?
             .ok_or_else(|| StoreError::Corrupt("an opt-out put without a source refused".into()))
     }
 
     async fn put_opt_out_copy(&self, copy: &OptOut, of: &OptOutKey) -> Result<bool, StoreError> {
-        Ok(self.put_folded(copy, Some(of))?.is_some())
+        Ok(self.put_folded(copy, Some(of), None)?.is_some())
     }
 
     async fn get_opt_out(
@@ -166,6 +170,7 @@ impl MemoryStore {
         &self,
         opt_out: &OptOut,
         source: Option<&OptOutKey>,
+        paired: Option<&OptOutKey>,
     ) -> Result<Option<(OptOut, bool)>, StoreError> {
         let key = match source {
             Some(of) => opt_out.copy_key(of),
@@ -181,12 +186,16 @@ impl MemoryStore {
                 return Ok(None);
             }
         }
-        let key = (opt_out.tenant_id.clone(), key.to_string());
+        // Held back by the opting back in of any key the user is known by here: the one
+        // it is kept under, the other it records, the one it is paired with (as on
+        // DynamoDB, one check of each).
         let now = self.clock.now().timestamp();
-        let overridden = s
-            .opted_in
-            .get(&key)
-            .is_some_and(|(o, expires)| *expires > now && o.overrides(opt_out));
+        let overridden = opt_out.opted_in_keys(&key, paired).iter().any(|k| {
+            s.opted_in
+                .get(&(opt_out.tenant_id.clone(), k.to_string()))
+                .is_some_and(|(o, expires)| *expires > now && o.overrides(opt_out))
+        });
+        let key = (opt_out.tenant_id.clone(), key.to_string());
         let existing = s.opt_outs.get(&key);
         // As on DynamoDB: what changes nothing answers what is stored, before any check.
         let Some(stored) = OptOut::folded(existing, opt_out) else {
