@@ -99,13 +99,28 @@ pub async fn paired_now(
     let Some((other, mine)) = deps.contacts.pairing(tenant, key).await? else {
         return Ok(None);
     };
-    match deps.contacts.pairing(tenant, &other).await? {
-        Some((back, Some(theirs))) if !same_key(key, &back) && mine.is_none_or(|m| m < theirs) => {
-            deps.contacts.unpair(tenant, key, &other, theirs).await?;
-            tracing::info!(key = %key.masked(), "a stale pairing forgotten");
-            Ok(None)
+    let theirs = deps.contacts.pairing(tenant, &other).await?;
+    if let Some(newer) = stale_since(key, mine, theirs.as_ref()) {
+        deps.contacts.unpair(tenant, key, &other, newer).await?;
+        tracing::info!(key = %key.masked(), "a stale pairing forgotten");
+        return Ok(None);
+    }
+    Ok(Some(other))
+}
+
+/// The write time of the other key's own half (`theirs`) when it makes `key`'s pairing
+/// (its half written at `mine`) stale: it names a third key and was written after it
+/// ([`paired_now`]'s rule). `None`: the pairing holds.
+fn stale_since(
+    key: &OptOutKey,
+    mine: Option<i64>,
+    theirs: Option<&(OptOutKey, Option<i64>)>,
+) -> Option<i64> {
+    match theirs {
+        Some((back, Some(theirs))) if !same_key(key, back) && mine.is_none_or(|m| m < *theirs) => {
+            Some(*theirs)
         }
-        _ => Ok(Some(other)),
+        _ => None,
     }
 }
 
@@ -158,9 +173,10 @@ pub async fn user_wrote(
     Ok(true)
 }
 
-/// `422 outside_customer_service_window` unless `to` (or its paired user id) wrote to the
-/// tenant's number `phone_number_id` less than 24 hours before the text goes out (now, or
-/// its `send_at`). The expiry is checked here too: DynamoDB deletes expired items lazily.
+/// `422 outside_customer_service_window` unless `to` (or the user id it is paired with
+/// now) wrote to the tenant's number `phone_number_id` less than 24 hours before the text
+/// goes out (now, or its `send_at`). The expiry is checked here too: DynamoDB deletes
+/// expired items lazily.
 pub async fn check_window(
     deps: &Deps,
     tenant: &TenantId,
@@ -186,14 +202,24 @@ pub async fn check_window(
                 return Ok(());
             }
         }
-        if let Some(user) = deps.contacts.paired_key(tenant, &phone).await? {
+        // The user id's window counts only while the pairing holds now: a user who moved
+        // to a new phone (their id paired with it since) and writes from it opens no window
+        // for the phone they left, whoever has it now (Meta would answer 131047, and the
+        // text is charged). The id's own half is read only when its window is open, the
+        // one case it decides: one more `GetItem` on those sends alone, none on a text
+        // the phone's own window lets through or one refused anyway. Read-only: a send
+        // forgets no pairing (a START, `resume` or `DELETE` does).
+        if let Some((user, mine)) = deps.contacts.pairing(tenant, &phone).await? {
             if let Some(at) = deps
                 .contacts
                 .last_inbound(tenant, phone_number_id, &user)
                 .await?
             {
                 if open(at) {
-                    return Ok(());
+                    let theirs = deps.contacts.pairing(tenant, &user).await?;
+                    if stale_since(&phone, mine, theirs.as_ref()).is_none() {
+                        return Ok(());
+                    }
                 }
             }
         }

@@ -827,7 +827,61 @@ async fn an_older_stop_by_user_id_redelivered_after_a_newer_start_by_phone_stays
     );
 }
 
+/// A user who moved to a new phone (Meta paired their id with it since) and writes from
+/// it opens the window for that phone only: the phone they left still names their id in
+/// its stale pairing, but a session text to it would reach whoever has it now, who did
+/// not write (Meta's 131047).
+async fn a_user_writing_from_a_new_phone_opens_no_window_for_the_phone_they_left(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let pnid = t.phone_number_id.clone();
+    pair(&app, &pnid, "60123470091", "MY.7000000091").await;
+    // A second later: which half of a pairing is newer is told by its write time.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    app.sandbox_inbound(
+        json!({"phone_number_id": pnid, "from": "60123470092", "user_id": "MY.7000000091", "text": "Hi"}),
+    )
+    .await;
+    let text = |to: &str| json!({"to": to, "text": {"body": "Your parcel is here"}});
+    let (s, body) = call(
+        &app,
+        "POST",
+        "/v1/messages",
+        &t.key,
+        Some(text("+60123470091")),
+    )
+    .await;
+    assert_eq!(
+        (s, body["error"]["code"].as_str()),
+        (422, Some("outside_customer_service_window")),
+        "the phone the user left: {body}"
+    );
+    let (s, body) = call(
+        &app,
+        "POST",
+        "/v1/messages",
+        &t.key,
+        Some(text("+60123470092")),
+    )
+    .await;
+    assert_eq!(s, 202, "the phone the user wrote from: {body}");
+    // A user writing by id alone, paired with the phone as it stands, opens its window.
+    pair(&app, &pnid, "60123470093", "MY.7000000093").await;
+    app.sandbox_inbound(json!({"phone_number_id": pnid, "user_id": "MY.7000000093", "text": "Hi"}))
+        .await;
+    let (s, body) = call(
+        &app,
+        "POST",
+        "/v1/messages",
+        &t.key,
+        Some(text("+60123470093")),
+    )
+    .await;
+    assert_eq!(s, 202, "paired as it stands: {body}");
+}
+
 on_both_backends!(
+    a_user_writing_from_a_new_phone_opens_no_window_for_the_phone_they_left,
     an_older_stop_by_phone_redelivered_after_a_newer_start_by_user_id_stays_undone,
     an_older_stop_by_user_id_redelivered_after_a_newer_start_by_phone_stays_undone,
     a_user_changed_number_notice_opens_no_window_for_the_number_left,
