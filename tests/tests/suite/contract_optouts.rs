@@ -656,6 +656,79 @@ async fn an_opting_back_in_holds_back_an_older_opt_out_put_after_it(p: Stores) {
     );
 }
 
+/// A START is remembered under the key it came by; an opt-out Meta timed before it is
+/// held back whichever of the user's keys the START came by: the key it is kept under, the
+/// other key it records, or the key the caller says it is paired with now. Another user's
+/// START holds nothing back, nor does the START a STOP came after.
+async fn an_opting_back_in_by_the_users_other_key_holds_back_an_older_opt_out(p: Stores) {
+    let t = onboarded(&p, 0).await;
+    let user = key("MY.8000000090");
+    assert!(!p
+        .opt_outs
+        .delete_opt_out_not_newer_than(&t, &user, 200)
+        .await
+        .unwrap());
+    let timed = |to: &str, user_id: Option<&str>, at: i64| OptOut {
+        user_id: user_id.and_then(kirim::domain::UserId::parse),
+        meta_timestamp: Some(at),
+        source: OptOutSource::Keyword,
+        ..opt_out(&p, &t, to, OptOutScope::All)
+    };
+    // Naming both keys: held back by the user id's START, under either key.
+    let both = timed("+60123450901", Some("MY.8000000090"), 100);
+    assert!(!p.opt_outs.put_opt_out(&both).await.unwrap().1);
+    assert_eq!(
+        p.opt_outs
+            .get_opt_out(&t, &key("+60123450901"))
+            .await
+            .unwrap(),
+        None
+    );
+    // Naming the phone only, paired with the user id: held back too.
+    let phone_only = timed("+60123450902", None, 100);
+    assert!(
+        !p.opt_outs
+            .put_opt_out_paired(&phone_only, Some(&user))
+            .await
+            .unwrap()
+            .1
+    );
+    assert_eq!(
+        p.opt_outs
+            .get_opt_out(&t, &key("+60123450902"))
+            .await
+            .unwrap(),
+        None
+    );
+    // Paired with another user, or with none: stored.
+    let other = key("MY.8000000091");
+    assert!(
+        p.opt_outs
+            .put_opt_out_paired(&phone_only, Some(&other))
+            .await
+            .unwrap()
+            .1
+    );
+    assert!(
+        p.opt_outs
+            .put_opt_out(&timed("+60123450903", None, 100))
+            .await
+            .unwrap()
+            .1
+    );
+    // A STOP after the START: stored, whichever key it is paired with.
+    assert!(
+        p.opt_outs
+            .put_opt_out_paired(
+                &timed("+60123450904", Some("MY.8000000090"), 300),
+                Some(&user)
+            )
+            .await
+            .unwrap()
+            .1
+    );
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory_adapters {
@@ -1020,6 +1093,7 @@ async fn numbers_kept_from_before_the_trunk_zero_rule_still_read_back_page_on_an
 }
 
 contract!(
+    an_opting_back_in_by_the_users_other_key_holds_back_an_older_opt_out,
     numbers_kept_from_before_the_trunk_zero_rule_still_read_back_page_on_and_go,
     a_closed_tenant_takes_no_opt_out_nor_a_copy_of_one,
     opt_outs_under_several_keys_are_removed_at_once,
