@@ -1484,7 +1484,9 @@ pub trait BroadcastStore: Send + Sync {
     /// list's backstop passed during a long pause): only if it is `fanning_out` with exactly
     /// `enqueued` recipients queued, atomically marks it `enqueued`, records `unsent` (the
     /// recipients never queued) as its `refunded_unsent` and `at` as its `ended_at`, and
-    /// refunds `refund` (their price: credits and ledger entry). `false`: it was not in
+    /// refunds `refund` (their price: credits and ledger entry). No `refund` (every
+    /// recipient was recorded: nothing to pay back): only marks it `enqueued`, under the
+    /// same condition, so that exactly one caller closes it. `false`: it was not in
     /// that state (another run closed it or got further); nothing written. `NotFound`
     /// (nothing written) when the refund's tenant is gone.
     async fn close_broadcast_unsent(
@@ -1493,7 +1495,7 @@ pub trait BroadcastStore: Send + Sync {
         id: &str,
         enqueued: usize,
         unsent: usize,
-        refund: &LedgerEntry,
+        refund: Option<&LedgerEntry>,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
     /// The recipients `from..to` of a cancelled broadcast, never queued, closed at once

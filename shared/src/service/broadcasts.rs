@@ -1675,10 +1675,14 @@ pub async fn close_unrecorded(deps: &Deps, b: &Broadcast) -> Result<Option<usize
         .saturating_sub(b.enqueued)
         .saturating_sub(recorded);
     if unsent == 0 {
-        deps.broadcasts
-            .broadcast_progress(&b.tenant_id, &b.id, b.enqueued, true)
+        // Closed under the same condition as with a refund: two callers that both read it
+        // fanning out (the retention run and the fan-out job, or two runs) close it once,
+        // and only the one that did answers it closed (the run's `campaigns_closed`).
+        let closed = deps
+            .broadcasts
+            .close_broadcast_unsent(&b.tenant_id, &b.id, b.enqueued, 0, None, deps.clock.now())
             .await?;
-        return Ok(Some(0));
+        return Ok(closed.then_some(0));
     }
     let amount = b.price_each.saturating_mul(unsent as i64);
     let now = deps.clock.now();
@@ -1692,7 +1696,7 @@ pub async fn close_unrecorded(deps: &Deps, b: &Broadcast) -> Result<Option<usize
     );
     if !deps
         .broadcasts
-        .close_broadcast_unsent(&b.tenant_id, &b.id, b.enqueued, unsent, &refund, now)
+        .close_broadcast_unsent(&b.tenant_id, &b.id, b.enqueued, unsent, Some(&refund), now)
         .await?
     {
         return Ok(None);

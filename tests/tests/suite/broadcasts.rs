@@ -2418,7 +2418,7 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
         id: &str,
         enqueued: usize,
         unsent: usize,
-        refund: &kirim::ports::LedgerEntry,
+        refund: Option<&kirim::ports::LedgerEntry>,
         at: chrono::DateTime<chrono::Utc>,
     ) -> Result<bool, kirim::store_error::StoreError> {
         self.inner

@@ -277,7 +277,7 @@ async fn a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once
     };
     assert!(
         !p.broadcasts
-            .close_broadcast_unsent(&t.id, &b.id, 0, 3, &refund(6), p.clock.now())
+            .close_broadcast_unsent(&t.id, &b.id, 0, 3, Some(&refund(6)), p.clock.now())
             .await
             .unwrap(),
         "not from where its fan-out stood"
@@ -285,12 +285,12 @@ async fn a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once
     assert_eq!(credits().await, after_debit);
     assert!(p
         .broadcasts
-        .close_broadcast_unsent(&t.id, &b.id, 1, 2, &refund(4), p.clock.now())
+        .close_broadcast_unsent(&t.id, &b.id, 1, 2, Some(&refund(4)), p.clock.now())
         .await
         .unwrap());
     assert!(
         !p.broadcasts
-            .close_broadcast_unsent(&t.id, &b.id, 1, 2, &refund(4), p.clock.now())
+            .close_broadcast_unsent(&t.id, &b.id, 1, 2, Some(&refund(4)), p.clock.now())
             .await
             .unwrap(),
         "once"
@@ -356,7 +356,7 @@ async fn a_broadcasts_refund_for_a_tenant_that_is_gone_writes_nothing(p: Ports) 
     );
     assert_eq!(
         p.broadcasts
-            .close_broadcast_unsent(&t.id, &fanning.id, 0, 2, &refund, now)
+            .close_broadcast_unsent(&t.id, &fanning.id, 0, 2, Some(&refund), now)
             .await
             .unwrap_err(),
         StoreError::NotFound

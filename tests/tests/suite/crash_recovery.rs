@@ -3178,6 +3178,73 @@ async fn the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinishe
     assert_eq!(credits().await, before + 6, "nothing refunded twice");
 }
 
+/// Two closers of a lost fan-out's campaign that both read it still fanning out (the
+/// retention run and the fan-out job coming back, or two runs) with every recipient
+/// recorded: only the one whose write closed it answers it closed. The other answered
+/// `Some(0)` too (its refused progress write read as done), and the retention report's
+/// `campaigns_closed` counted the campaign twice.
+async fn a_campaign_with_every_recipient_recorded_is_answered_closed_by_one_closer_only(
+    b: Backend,
+) {
+    use kirim::ports::{BroadcastStatus, Clock};
+    let (deps, clock, t) = tenant_on_a_manual_clock(b, 20).await;
+    let now = clock.now();
+    let month = 30 * 24 * 3600;
+    let mut campaign = crate::contract_broadcasts::running_broadcast(&t.id, now);
+    campaign.accepted = 2;
+    campaign.expires_at = Some(now.timestamp() + month);
+    let list: Vec<kirim::domain::PhoneNumber> = (0..2)
+        .map(|i| kirim::domain::PhoneNumber::parse(&format!("+6012349{i:04}")).unwrap())
+        .collect();
+    let (_, mut debit) = crate::contract::message_expiring(&t.id, now, month);
+    debit.message_id = None;
+    debit.amount = -2;
+    deps.broadcasts
+        .create_broadcast(&campaign, &list, &debit)
+        .await
+        .unwrap();
+    // Both recorded past its last progress write, then the job was lost.
+    for i in 0..2 {
+        let (mut m, _) = crate::contract::message_expiring(&t.id, now, month);
+        m.id = kirim::service::broadcasts::message_id(&campaign, i);
+        m.broadcast_id = Some(campaign.id.clone());
+        assert!(deps.broadcasts.insert_broadcast_message(&m).await.unwrap());
+    }
+    // What both closers read before either wrote.
+    let read = deps
+        .broadcasts
+        .get_broadcast(&t.id, &campaign.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let first = kirim::service::broadcasts::close_unrecorded(&deps, &read)
+        .await
+        .unwrap();
+    let second = kirim::service::broadcasts::close_unrecorded(&deps, &read)
+        .await
+        .unwrap();
+    assert_eq!((first, second), (Some(0), None), "closed once");
+    let now_read = deps
+        .broadcasts
+        .get_broadcast(&t.id, &campaign.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now_read.status, BroadcastStatus::Enqueued);
+    assert_eq!(now_read.refunded_unsent, 0);
+    let credits = deps
+        .tenants
+        .get_tenant(&t.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .credits;
+    assert_eq!(
+        credits, 18,
+        "nothing refunded: both recipients were recorded"
+    );
+}
+
 /// A campaign paused before its fan-out, whose recipient list then expired, is closed by
 /// the retention run with every recipient refunded. They never got a message, and the
 /// view showed it `completed` with every count 0 (and its refunded recipients nowhere).
@@ -3533,6 +3600,7 @@ on_both_backends!(
     a_recheck_job_never_claims_or_sends_a_message,
     a_refunded_failure_whose_answer_was_lost_still_has_its_failed_callback,
     the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinished,
+    a_campaign_with_every_recipient_recorded_is_answered_closed_by_one_closer_only,
     the_retention_run_settles_a_scheduled_message_whose_job_was_lost,
     a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accepted_from,
     a_sent_move_whose_answer_was_lost_still_has_its_sent_callback,

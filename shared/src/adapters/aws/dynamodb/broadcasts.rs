@@ -228,32 +228,40 @@ impl BroadcastStore for DynamoStore {
         id: &str,
         enqueued: usize,
         unsent: usize,
-        refund: &LedgerEntry,
+        refund: Option<&LedgerEntry>,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let u = Update::builder()
             .table_name(&self.table)
             .set_key(Some(keys::broadcast(tenant, id).attrs()))
-            .update_expression("SET #status = :done, refunded_unsent = :unsent, ended_at = :at")
             .condition_expression("#status = :fanning AND enqueued = :n")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":done", s(BroadcastStatus::Enqueued.as_str()))
-            .expression_attribute_values(":unsent", n(unsent as i64))
-            .expression_attribute_values(":at", s(rfc3339(at)))
             .expression_attribute_values(":fanning", s(BroadcastStatus::FanningOut.as_str()))
-            .expression_attribute_values(":n", n(enqueued as i64))
-            .build()
-            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
-        let items = vec![
-            TransactWriteItem::builder().update(u).build(),
-            self.credit_update(refund, super::CreditGuard::Refund)?,
-            self.ledger_put(refund)?,
-        ];
+            .expression_attribute_values(":n", n(enqueued as i64));
+        // Nothing refunded: only its status, as a finished fan-out's last progress write.
+        let u = match refund {
+            Some(_) => u
+                .update_expression("SET #status = :done, refunded_unsent = :unsent, ended_at = :at")
+                .expression_attribute_values(":unsent", n(unsent as i64))
+                .expression_attribute_values(":at", s(rfc3339(at))),
+            None => u.update_expression("SET #status = :done"),
+        }
+        .build()
+        .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
+        let mut items = vec![TransactWriteItem::builder().update(u).build()];
+        if let Some(refund) = refund {
+            items.push(self.credit_update(refund, super::CreditGuard::Refund)?);
+            items.push(self.ledger_put(refund)?);
+        }
         match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(true),
             Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => Ok(false),
             // The refund's tenant is gone: nothing written, as for a message's refund.
-            Err(e) if e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) => {
+            Err(e)
+                if refund.is_some()
+                    && e.reason(1) == Some(&CancelReason::ConditionalCheckFailed) =>
+            {
                 Err(StoreError::NotFound)
             }
             Err(e) => Err(e.into_store_error()),

@@ -152,7 +152,7 @@ impl BroadcastStore for MemoryStore {
         id: &str,
         enqueued: usize,
         unsent: usize,
-        refund: &LedgerEntry,
+        refund: Option<&LedgerEntry>,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         // One lock for the status, the balance and the entry, as one transaction.
@@ -165,6 +165,13 @@ impl BroadcastStore for MemoryStore {
         if !open {
             return Ok(false);
         }
+        let Some(refund) = refund else {
+            // Nothing refunded: only its status, as on DynamoDB.
+            if let Some(b) = s.broadcasts.get_mut(&key) {
+                b.status = BroadcastStatus::Enqueued;
+            }
+            return Ok(true);
+        };
         // As DynamoDB's transaction: the refund's tenant gone, nothing is written.
         let t = s
             .tenants
