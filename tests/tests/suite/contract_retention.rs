@@ -359,7 +359,115 @@ async fn a_closed_out_chains_head_follows_its_newest_event_and_a_head_read_befor
     assert_eq!((last.seq, last.ttl), (4, third.expires_at));
 }
 
+/// A closed-out tenant's configuration past the TTL its close-out gave it, and then its
+/// own item, are not read any more, before the sweep deletes them: DynamoDB's reads hide
+/// an item past its TTL. The memory adapter read them until its sweep (a closed tenant's
+/// top-up answered 409 instead of 404 in local mode, its users were found by email).
+async fn a_closed_out_tenants_items_past_their_ttls_are_not_read_before_the_sweep_deletes_them(
+    p: Stores,
+) {
+    use kirim::domain::{OptOut, OptOutKey, OptOutScope, OptOutSource, PhoneNumber, Role};
+    let t = onboarded(&p).await;
+    let now = p.clock.now();
+    let email = format!(
+        "u{}@example.com",
+        ulid::Ulid::new().to_string().to_lowercase()
+    );
+    let user = UserRecord {
+        id: kirim::domain::new_id(),
+        tenant_id: t.id.clone(),
+        email: email.clone(),
+        role: Role::Operator,
+        password_hash: "$argon2id$not-a-real-hash".into(),
+        totp_secret: None,
+        totp_confirmed: false,
+        last_totp_step: 0,
+        created_at: now,
+        password_version: 0,
+    };
+    p.users.create_user(&user).await.unwrap();
+    p.users.set_two_factor_required(&t.id, true).await.unwrap();
+    let phone = PhoneNumber::parse("+60123450777").unwrap();
+    let opt_out = OptOut {
+        tenant_id: t.id.clone(),
+        phone: Some(phone.clone()),
+        user_id: None,
+        scope: OptOutScope::All,
+        source: OptOutSource::Api,
+        created_by: "key_1".into(),
+        created_at: now,
+        meta_timestamp: None,
+    };
+    p.opt_outs.put_opt_out(&opt_out).await.unwrap();
+    let key = OptOutKey::Phone(phone);
+    p.status_callbacks
+        .put_status_callback(&StatusCallback {
+            tenant_id: t.id.clone(),
+            url: "https://hooks.example.com/kirim".into(),
+            secret_name: format!("kirim/tenants/{}/status-callback-secret", t.id),
+            secret_version: None,
+            updated_at: now,
+        })
+        .await
+        .unwrap();
+    p.tenants
+        .set_status(&t.id, TenantStatus::Closed, Some("bye"), now)
+        .await
+        .unwrap();
+    let ttls = CloseOutTtls {
+        tenant: now.timestamp() + 100,
+        config: now.timestamp() + 10,
+        audit_head: now.timestamp() + 10,
+    };
+    p.retention
+        .close_out(&t.id, ttls, now, later())
+        .await
+        .unwrap();
+    let config_read = || async {
+        (
+            p.users.get_user(&t.id, &user.id).await.unwrap().is_some(),
+            p.users.user_by_email(&email).await.unwrap().is_some(),
+            p.users.list_users(&t.id).await.unwrap().len(),
+            p.users.two_factor_required(&t.id).await.unwrap(),
+            p.opt_outs.get_opt_out(&t.id, &key).await.unwrap().is_some(),
+            p.opt_outs
+                .list_opt_outs(&t.id, 10, None)
+                .await
+                .unwrap()
+                .opt_outs
+                .len(),
+            p.status_callbacks
+                .get_status_callback(&t.id)
+                .await
+                .unwrap()
+                .is_some(),
+            p.numbers
+                .get_phone_number(&t.id, &t.phone_number_id)
+                .await
+                .unwrap()
+                .is_some(),
+            p.numbers.list_phone_numbers(&t.id).await.unwrap().len(),
+        )
+    };
+    assert_eq!(
+        config_read().await,
+        (true, true, 1, true, true, 1, true, true, 1),
+        "kept until its TTL"
+    );
+    // Past the configuration's TTL, no sweep run: none of it is read any more.
+    p.clock.advance(Duration::seconds(11));
+    assert_eq!(
+        config_read().await,
+        (false, false, 0, false, false, 0, false, false, 0)
+    );
+    assert!(p.tenants.get_tenant(&t.id).await.unwrap().is_some());
+    // Past the tenant's: the tenant is not found (a top-up answers 404).
+    p.clock.advance(Duration::seconds(90));
+    assert_eq!(p.tenants.get_tenant(&t.id).await.unwrap(), None);
+}
+
 crate::contract::contract!(
+    a_closed_out_tenants_items_past_their_ttls_are_not_read_before_the_sweep_deletes_them,
     a_sweep_removes_only_expired_items_and_counts_them_per_class,
     a_closed_tenant_is_named_until_closed_out_and_closing_out_is_idempotent,
     a_sweep_names_active_and_suspended_tenants_apart_and_neither_as_closed,

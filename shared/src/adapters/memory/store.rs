@@ -422,6 +422,31 @@ impl MemoryStore {
     pub(super) fn live(&self, expires_at: Option<i64>) -> bool {
         expires_at.is_none_or(|t| t > self.clock.now().timestamp())
     }
+
+    /// Whether `tenant`'s configuration (its keys, users, numbers, opt-outs and settings)
+    /// is still there to read: not past the TTL its close-out gave it. The memory
+    /// close-out keeps that TTL by the tenant (`closed_out`), not on each item, and its
+    /// sweep deletes them later; DynamoDB's reads hide an item past its TTL until its
+    /// deletion, and so do these.
+    pub(super) fn config_live(&self, s: &State, tenant: &TenantId) -> bool {
+        s.closed_out
+            .get(tenant)
+            .is_none_or(|(_, ttls)| self.live(Some(ttls.config)))
+    }
+
+    /// [`Self::config_live`] for the tenant's own item (the Billing retention after its
+    /// closing): a closed-out tenant past it is not found.
+    fn tenant_live(&self, s: &State, tenant: &TenantId) -> bool {
+        s.closed_out
+            .get(tenant)
+            .is_none_or(|(_, ttls)| self.live(Some(ttls.tenant)))
+    }
+
+    /// An API key that authenticates or is listed: neither past its own TTL (an ended
+    /// key's) nor its tenant's close-out's.
+    fn key_live(&self, s: &State, k: &ApiKeyRecord) -> bool {
+        self.live(k.ttl()) && self.config_live(s, &k.tenant_id)
+    }
 }
 
 #[async_trait]
@@ -452,7 +477,11 @@ impl TenantStore for MemoryStore {
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
-        Ok(self.lock()?.tenants.get(id).cloned())
+        let s = self.lock()?;
+        Ok(s.tenants
+            .get(id)
+            .filter(|_| self.tenant_live(&s, id))
+            .cloned())
     }
 
     async fn tenant_by_phone_number_id(
@@ -463,11 +492,10 @@ impl TenantStore for MemoryStore {
     }
 
     async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        Ok(self
-            .lock()?
-            .keys
+        let s = self.lock()?;
+        Ok(s.keys
             .get(key_hash)
-            .filter(|k| self.live(k.ttl()))
+            .filter(|k| self.key_live(&s, k))
             .cloned())
     }
 
@@ -476,12 +504,12 @@ impl TenantStore for MemoryStore {
         let mut ids: Vec<TenantId> = s
             .tenants
             .values()
-            .filter(|t| t.waba_id == waba_id)
+            .filter(|t| t.waba_id == waba_id && self.tenant_live(&s, &t.id))
             .map(|t| t.id.clone())
             .chain(
                 s.numbers
                     .values()
-                    .filter(|n| n.waba_id == waba_id)
+                    .filter(|n| n.waba_id == waba_id && self.config_live(&s, &n.tenant_id))
                     .map(|n| n.tenant_id.clone()),
             )
             .collect();
@@ -597,7 +625,7 @@ impl ApiKeyStore for MemoryStore {
         let mut keys: Vec<ApiKeyRecord> = s
             .keys
             .values()
-            .filter(|k| &k.tenant_id == tenant && self.live(k.ttl()))
+            .filter(|k| &k.tenant_id == tenant && self.key_live(&s, k))
             .cloned()
             .collect();
         keys.sort_by(|a, b| a.id.cmp(&b.id));
@@ -609,10 +637,9 @@ impl ApiKeyStore for MemoryStore {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
-        Ok(self
-            .lock()?
-            .key_of_tenant(tenant, id)
-            .filter(|k| self.live(k.ttl()))
+        let s = self.lock()?;
+        Ok(s.key_of_tenant(tenant, id)
+            .filter(|k| self.key_live(&s, k))
             .cloned())
     }
 

@@ -73,19 +73,21 @@ impl UserStore for MemoryStore {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
-        Ok(self
-            .lock()?
-            .users
+        let s = self.lock()?;
+        Ok(s.users
             .users
             .get(&(tenant.clone(), id.to_owned()))
+            .filter(|_| self.config_live(&s, tenant))
             .cloned())
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
         let s = self.lock()?;
+        // The email's claim expires with its user (the close-out's TTL on both).
         Ok(s.users
             .emails
             .get(email)
+            .filter(|(t, _)| self.config_live(&s, t))
             .and_then(|k| s.users.users.get(k))
             .cloned())
     }
@@ -96,7 +98,7 @@ impl UserStore for MemoryStore {
             .users
             .users
             .values()
-            .filter(|u| &u.tenant_id == tenant)
+            .filter(|u| &u.tenant_id == tenant && self.config_live(&s, tenant))
             .cloned()
             .collect();
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
@@ -402,11 +404,11 @@ impl UserStore for MemoryStore {
     }
 
     async fn two_factor_required(&self, tenant: &TenantId) -> Result<bool, StoreError> {
-        Ok(self
-            .lock()?
-            .users
+        let s = self.lock()?;
+        Ok(s.users
             .two_factor_required
             .get(tenant)
+            .filter(|_| self.config_live(&s, tenant))
             .copied()
             .unwrap_or(false))
     }

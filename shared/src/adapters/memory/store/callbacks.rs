@@ -78,7 +78,11 @@ impl StatusCallbackStore for MemoryStore {
         &self,
         tenant: &TenantId,
     ) -> Result<Option<StatusCallback>, StoreError> {
-        Ok(self.lock()?.status_callbacks.get(tenant).cloned())
+        let s = self.lock()?;
+        Ok(s.status_callbacks
+            .get(tenant)
+            .filter(|_| self.config_live(&s, tenant))
+            .cloned())
     }
 
     async fn set_status_callback_url(

@@ -80,10 +80,10 @@ impl PhoneNumberStore for MemoryStore {
         tenant: &TenantId,
         phone_number_id: &str,
     ) -> Result<Option<PhoneNumberRecord>, StoreError> {
-        Ok(self
-            .lock()?
-            .numbers
+        let s = self.lock()?;
+        Ok(s.numbers
             .get(&key(tenant, phone_number_id))
+            .filter(|_| self.config_live(&s, tenant))
             .cloned())
     }
 
@@ -92,6 +92,9 @@ impl PhoneNumberStore for MemoryStore {
         tenant: &TenantId,
     ) -> Result<Vec<PhoneNumberRecord>, StoreError> {
         let s = self.lock()?;
+        if !self.config_live(&s, tenant) {
+            return Ok(Vec::new());
+        }
         Ok(s.numbers
             .range(key(tenant, "")..)
             .take_while(|((t, _), _)| t == tenant)

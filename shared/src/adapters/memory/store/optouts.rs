@@ -28,7 +28,10 @@ impl OptOutStore for MemoryStore {
         key: &OptOutKey,
     ) -> Result<Option<OptOut>, StoreError> {
         let s = self.lock()?;
-        Ok(s.opt_outs.get(&(tenant.clone(), key.to_string())).cloned())
+        Ok(s.opt_outs
+            .get(&(tenant.clone(), key.to_string()))
+            .filter(|_| self.config_live(&s, tenant))
+            .cloned())
     }
 
     async fn delete_opt_out_not_newer_than(
@@ -101,10 +104,11 @@ impl OptOutStore for MemoryStore {
             None => None,
         };
         let s = self.lock()?;
+        let live = self.config_live(&s, tenant);
         let mut matching = s
             .opt_outs
             .iter()
-            .filter(|((t, key), _)| t == tenant && after.as_ref().is_none_or(|a| key > a));
+            .filter(|((t, key), _)| live && t == tenant && after.as_ref().is_none_or(|a| key > a));
         let page: Vec<(&String, &OptOut)> = matching
             .by_ref()
             .take(limit.max(1))
