@@ -347,6 +347,9 @@ pub struct StatusChange {
     pub count_attempt: bool,
     /// Records the claim's token ([`MessageRecord::claim`]; a dispatch claim).
     pub claim: Option<String>,
+    /// Marks the failure counted in the quality `undeliverable` count
+    /// ([`MessageRecord::quality_counted`]; a webhook's `failed` with such a code).
+    pub quality_counted: bool,
 }
 
 impl StatusChange {
@@ -367,6 +370,9 @@ impl StatusChange {
         }
         if self.claim.is_some() {
             m.claim = self.claim.clone();
+        }
+        if self.quality_counted {
+            m.quality_counted = true;
         }
     }
 }

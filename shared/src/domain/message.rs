@@ -196,6 +196,13 @@ pub struct MessageRecord {
     /// Internal; no view shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<String>,
+    /// Its failure is counted in the tenant's quality `undeliverable` count (Meta reported
+    /// it failed with an undeliverable code, `quality::UNDELIVERABLE_CODES`): set by the
+    /// very write that applied that `failed` status, and what a later `delivered` or
+    /// `read` reads to take the count back. A failure never counted (the dispatcher's, or
+    /// one written before the mark) is never taken back. Internal; no view shows it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quality_counted: bool,
 }
 
 /// A send slot reserved for a message ahead of its next claim: the slot's time, and the

@@ -1488,6 +1488,7 @@ fn recipient_message(
         pricing: None,
         carried_slot: None,
         claim: None,
+        quality_counted: false,
     }
 }
 

@@ -194,11 +194,15 @@ async fn apply_to(
         }
         return Ok(Applied::NoChange);
     }
+    // A failure counted as undeliverable is marked so in the write that applies it (no
+    // write of its own): a later `delivered` takes back only a failure marked counted.
+    let quality_counted = error.as_ref().is_some_and(undeliverable);
     let change = StatusChange {
         wamid: Some(report.wamid.to_string()),
         error,
         count_attempt: false,
         claim: None,
+        quality_counted,
     };
     // The first status to carry Meta's pricing moves the message, prices it and counts it
     // in one write. Refused: it was priced or moved meanwhile; then as below.
@@ -303,6 +307,20 @@ async fn after_error(
             super::callbacks::status_changed(deps, &record).await;
             // The account-level error's suspension too (conditional, so never twice).
             account_error(deps, &record, report).await;
+            // A failure this move marked counted is counted: its mark is what a later
+            // `delivered` takes the count back by, so a mark without its count would take
+            // back another message's. (A duplicate delivery of the report that an earlier
+            // one applied, and whose own write then failed every try, counts it twice.)
+            if record.status == MessageStatus::Failed && record.quality_counted {
+                let day = record.updated_at.date_naive();
+                super::quality::count_on(
+                    deps,
+                    &record.tenant_id,
+                    day,
+                    QualityCounter::Undeliverable,
+                )
+                .await;
+            }
             if let Some(p) = pricing.filter(|_| record.pricing.is_none()) {
                 super::usage::record_on(deps, &record, p, at).await?;
             }
@@ -337,21 +355,25 @@ pub(crate) async fn this_move(
     holds.then_some(m)
 }
 
+/// Whether a failure's error is one Meta gives for messages it could not or would not
+/// deliver (`quality::UNDELIVERABLE_CODES`): counted, and marked counted.
+fn undeliverable(e: &MessageError) -> bool {
+    matches!(e.code, crate::domain::ErrorCode::Meta(c) if super::quality::UNDELIVERABLE_CODES.contains(&c))
+}
+
 /// What follows a move: the tenant's status callback, and an undeliverable failure
 /// counted on its status's day (a failure is applied once, being terminal, so it is
-/// counted once), or taken back from that day when Meta then reports the message
-/// delivered or read (a `failed` is left only once, so it is taken back once).
+/// counted once; the write that applied it marked it counted), or taken back from that
+/// day when Meta then reports the message delivered or read (a `failed` is left only
+/// once, so it is taken back once) — only a failure marked counted: one the dispatcher
+/// failed, or written before the mark, was never counted here.
 async fn moved(deps: &Deps, record: &MessageRecord, report: &StatusReport) {
     super::callbacks::status_changed(deps, record).await;
     account_error(deps, record, report).await;
-    let undeliverable = |code: i64| super::quality::UNDELIVERABLE_CODES.contains(&code);
-    // Counted by the error the message keeps (the report's first), as the take-back below
-    // reads it: a failure counted for a later error of the report was never taken back.
-    let was_undeliverable = record
-        .error
-        .as_ref()
-        .is_some_and(|e| matches!(e.code, crate::domain::ErrorCode::Meta(c) if undeliverable(c)));
-    if record.status == MessageStatus::Failed && was_undeliverable {
+    if !record.quality_counted {
+        return;
+    }
+    if record.status == MessageStatus::Failed {
         let day = record.updated_at.date_naive();
         super::quality::count_on(deps, &record.tenant_id, day, QualityCounter::Undeliverable).await;
         return;
@@ -363,7 +385,7 @@ async fn moved(deps: &Deps, record: &MessageRecord, report: &StatusReport) {
         .rev()
         .nth(1)
         .filter(|e| e.status == MessageStatus::Failed);
-    if let (Some(failed), true) = (failed, was_undeliverable) {
+    if let Some(failed) = failed {
         if matches!(
             record.status,
             MessageStatus::Delivered | MessageStatus::Read

@@ -184,6 +184,7 @@ pub(crate) fn message_expiring(
         pricing: None,
         carried_slot: None,
         claim: None,
+        quality_counted: false,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

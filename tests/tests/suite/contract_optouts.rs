@@ -68,6 +68,7 @@ fn message(p: &Stores, t: &TenantId) -> (MessageRecord, LedgerEntry) {
         pricing: None,
         carried_slot: None,
         claim: None,
+        quality_counted: false,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

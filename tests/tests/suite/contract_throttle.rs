@@ -51,6 +51,7 @@ async fn claimed(p: &Stores, t: &TenantId) -> MessageRecord {
         pricing: None,
         carried_slot: None,
         claim: None,
+        quality_counted: false,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

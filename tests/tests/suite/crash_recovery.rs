@@ -1145,6 +1145,7 @@ async fn a_job_that_arrives_before_its_message_waits_for_it_and_one_whose_send_d
         pricing: None,
         carried_slot: None,
         claim: None,
+        quality_counted: false,
     };
     let debit = kirim::service::ledger::debit(
         &t.app.deps,

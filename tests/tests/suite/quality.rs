@@ -204,7 +204,81 @@ async fn an_undeliverable_count_and_its_take_back_read_the_same_error(b: Backend
     assert_eq!(undeliverable().await, 0, "nothing left behind");
 }
 
+/// A failure with an undeliverable code that was never counted (written without the
+/// webhook's count: the dispatcher's, or a move whose answer was lost and whose retry it
+/// refused) is not taken back when Meta then reports the message delivered: the take-back
+/// lowered another message's count instead.
+async fn a_failure_never_counted_is_not_taken_back_from_another_messages_count(b: Backend) {
+    use kirim::domain::{MessageError, MessageId, MessageStatus};
+    let mut cfg = local_config(b).await;
+    cfg.pollers = 0;
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(3).await;
+    let id = app.send_ok(&t.key, "+60123450402").await;
+    let wamid = format!("wamid.q.{}", ulid::Ulid::new());
+    let deps = app.app.deps.clone();
+    let mut with_wamid = deps.clone();
+    with_wamid.meta = std::sync::Arc::new(crate::callbacks::FixedWamid(wamid.clone()));
+    let jobs = deps
+        .queue
+        .receive(10, std::time::Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    kirim::service::dispatch::handle(&with_wamid, &jobs[0].body).await;
+    deps.queue.delete(&jobs[0].receipt).await.unwrap();
+    assert_eq!(app.message(&t.key, &id).await["status"], "sent");
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let undeliverable = || async {
+        deps.quality
+            .totals(&tenant, today, today)
+            .await
+            .unwrap()
+            .undeliverable
+    };
+    // Another message's failure, counted.
+    deps.quality
+        .bump(&tenant, today, QualityCounter::Undeliverable, None)
+        .await
+        .unwrap();
+    // This one failed 131026 by a write no count followed.
+    let uncounted = kirim::ports::StatusChange {
+        error: Some(MessageError {
+            code: 131026i64.into(),
+            title: "Message undeliverable".into(),
+        }),
+        ..Default::default()
+    };
+    let message_id = MessageId::parse(&id).unwrap();
+    let moved = deps
+        .messages
+        .transition(
+            &tenant,
+            &message_id,
+            MessageStatus::Failed,
+            &uncounted,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(moved, kirim::ports::Transition::Applied(_)));
+    assert_eq!(undeliverable().await, 1);
+    let at = chrono::Utc::now().timestamp() + 1;
+    let delivered = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp", "metadata": {"display_phone_number": "603", "phone_number_id": t.phone_number_id},
+        "statuses": [{"id": wamid, "status": "delivered", "timestamp": at.to_string(), "recipient_id": "60123450402"}]}}]}]});
+    assert_eq!(app.post_webhook(&delivered).await.status(), 200);
+    app.wait_status(&t.key, &id, "delivered").await;
+    assert_eq!(
+        undeliverable().await,
+        1,
+        "the other message's failure stays counted"
+    );
+}
+
 on_both_backends!(
+    a_failure_never_counted_is_not_taken_back_from_another_messages_count,
     an_undeliverable_count_and_its_take_back_read_the_same_error,
     undeliverable_messages_flag_the_tenant_and_pause_its_marketing_only,
     a_failure_meta_then_reports_delivered_is_no_longer_counted_undeliverable,

@@ -871,6 +871,53 @@ async fn only_a_delivered_or_read_status_counts_metas_pricing_on_every_path(b: B
     assert_eq!(counted().await, 1);
 }
 
+/// Meta's undeliverable `failed` whose move was written but answered with an error (read
+/// back: this very move) is counted, as its write marked it: a later `delivered` takes the
+/// count back by that mark, and took back another message's count where this one was
+/// never counted.
+async fn an_undeliverable_failure_whose_answer_was_lost_is_counted_as_its_mark_says(b: Backend) {
+    let (_, mut deps, clock) = two_processes(b).await;
+    let (t, m, wamid) = claimed_with_wamid(&deps, &clock).await;
+    let sent = StatusChange {
+        wamid: Some(wamid.clone()),
+        ..Default::default()
+    };
+    deps.messages
+        .transition(&t.id, &m.id, MessageStatus::Sent, &sent, clock.now())
+        .await
+        .unwrap();
+    let store = deps.messages.clone();
+    deps.messages = Arc::new(Behind {
+        inner: store.clone(),
+        snapshot: None,
+        lose_claim_answer: false,
+        failed_reads: Default::default(),
+        claim_refused_by_itself: false,
+        lose_failed_answer: true,
+    });
+    let mut failed = report(&m, &wamid, "failed", false);
+    failed.errors = vec![kirim::domain::meta::MetaError {
+        code: 131026,
+        title: "Message undeliverable".into(),
+    }];
+    let day = failed.at(clock.now()).date_naive();
+    assert_eq!(
+        status::apply(&deps, Some(&t.id), &failed).await.unwrap(),
+        Applied::Yes
+    );
+    let stored = store.get_message(&t.id, &m.id).await.unwrap().unwrap();
+    assert!(stored.quality_counted, "{stored:?}");
+    let undeliverable = || {
+        let (quality, t) = (deps.quality.clone(), t.id.clone());
+        async move { quality.totals(&t, day, day).await.unwrap().undeliverable }
+    };
+    assert_eq!(undeliverable().await, 1, "counted as marked");
+    let mut delivered = report(&m, &wamid, "delivered", false);
+    delivered.timestamp = Some(failed.at(clock.now()).timestamp() + 1);
+    status::apply(&deps, Some(&t.id), &delivered).await.unwrap();
+    assert_eq!(undeliverable().await, 0, "taken back");
+}
+
 /// Meta refusing one token (190, as for a token revoked at Meta) and taking any other.
 struct RefusesToken {
     refused: String,
@@ -993,6 +1040,7 @@ async fn a_token_replaced_while_a_warm_copy_held_the_old_one_is_sent_with_not_su
 }
 
 on_both_backends!(
+    an_undeliverable_failure_whose_answer_was_lost_is_counted_as_its_mark_says,
     a_token_replaced_while_a_warm_copy_held_the_old_one_is_sent_with_not_suspending,
     only_a_delivered_or_read_status_counts_metas_pricing_on_every_path,
     a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_is_sent,

@@ -618,6 +618,10 @@ impl DynamoStore {
             set.push("claim = :claim");
             values.insert(":claim".into(), s(c.clone()));
         }
+        if change.quality_counted {
+            set.push("quality_counted = :qc");
+            values.insert(":qc".into(), AttributeValue::Bool(true));
+        }
         if let Some(e) = &change.error {
             set.push("#error = :e");
             let v = serde_dynamo::to_attribute_value(e)

@@ -1459,6 +1459,7 @@ mod tests {
                 pricing: None,
                 carried_slot: None,
                 claim: None,
+                quality_counted: false,
             };
             (
                 (TenantId::from_trusted(t), MessageId::from_trusted(id)),
