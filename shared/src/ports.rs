@@ -350,6 +350,9 @@ pub struct StatusChange {
     /// Marks the failure counted in the quality `undeliverable` count
     /// ([`MessageRecord::quality_counted`]; a webhook's `failed` with such a code).
     pub quality_counted: bool,
+    /// Marks the message refunded ([`MessageRecord::refunded`]): set by the stores'
+    /// `fail_and_refund` on the write that refunds it, never by a caller.
+    pub refunded: bool,
 }
 
 impl StatusChange {
@@ -373,6 +376,9 @@ impl StatusChange {
         }
         if self.quality_counted {
             m.quality_counted = true;
+        }
+        if self.refunded {
+            m.refunded = true;
         }
     }
 }
@@ -430,7 +436,8 @@ pub trait MessageStore: Send + Sync {
     /// any point keeps credits equal to the ledger. A message fails once, so its refund
     /// happens at most once. `Refused` (nothing written) when the message is gone or not
     /// `from`; `NotFound` (nothing written) when the tenant is gone. Without a `refund` (a
-    /// free message: nothing to give back) the move alone, on the same condition.
+    /// free message: nothing to give back) the move alone, on the same condition. A
+    /// refunded message is marked so ([`MessageRecord::refunded`]) by the same write.
     async fn fail_and_refund(
         &self,
         tenant: &TenantId,

@@ -203,6 +203,11 @@ pub struct MessageRecord {
     /// one written before the mark) is never taken back. Internal; no view shows it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub quality_counted: bool,
+    /// Its price was given back when it failed (`MessageStore::fail_and_refund`, in the
+    /// same write): a message Meta then reports delivered after all is counted in the
+    /// tenant's usage with 0 credits, as the ledger has it. Internal; no view shows it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refunded: bool,
 }
 
 /// A send slot reserved for a message ahead of its next claim: the slot's time, and the

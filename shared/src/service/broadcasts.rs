@@ -1489,6 +1489,7 @@ fn recipient_message(
         carried_slot: None,
         claim: None,
         quality_counted: false,
+        refunded: false,
     }
 }
 

@@ -396,6 +396,7 @@ async fn accept(
         carried_slot: None,
         claim: None,
         quality_counted: false,
+        refunded: false,
     };
     // The job is queued BEFORE the message and its debit are written: a process that dies
     // in between leaves a job without a message, which the dispatcher drops once it is

@@ -203,6 +203,7 @@ async fn apply_to(
         count_attempt: false,
         claim: None,
         quality_counted,
+        refunded: false,
     };
     // The first status to carry Meta's pricing moves the message, prices it and counts it
     // in one write. Refused: it was priced or moved meanwhile; then as below.

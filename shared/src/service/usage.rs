@@ -55,7 +55,9 @@ pub async fn record_on(
 }
 
 /// Meta's `pricing` of message `m` reported at `at` (Meta's time of the status: its UTC
-/// day is the usage row's), with the credits Kirim debited for it.
+/// day is the usage row's), with the credits Kirim debited for it: 0 for a message whose
+/// price was given back (failed and refunded by the dispatcher, then delivered after
+/// all), as the ledger has it.
 pub fn priced<'a>(
     deps: &Deps,
     m: &'a MessageRecord,
@@ -68,7 +70,7 @@ pub fn priced<'a>(
         message: &m.id,
         pricing,
         day,
-        credits: m.price,
+        credits: if m.refunded { 0 } else { m.price },
         expires_at: expiry(deps, day),
     }
 }

@@ -185,6 +185,7 @@ pub(crate) fn message_expiring(
         carried_slot: None,
         claim: None,
         quality_counted: false,
+        refunded: false,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

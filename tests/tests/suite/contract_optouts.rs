@@ -69,6 +69,7 @@ fn message(p: &Stores, t: &TenantId) -> (MessageRecord, LedgerEntry) {
         carried_slot: None,
         claim: None,
         quality_counted: false,
+        refunded: false,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

@@ -52,6 +52,7 @@ async fn claimed(p: &Stores, t: &TenantId) -> MessageRecord {
         carried_slot: None,
         claim: None,
         quality_counted: false,
+        refunded: false,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

@@ -871,6 +871,69 @@ async fn only_a_delivered_or_read_status_counts_metas_pricing_on_every_path(b: B
     assert_eq!(counted().await, 1);
 }
 
+/// A message the dispatcher failed and refunded (its transient errors exhausted) that Meta
+/// then reports delivered after all (found by our id, or by its wamid) is counted in the
+/// usage with 0 credits, as the ledger has it: it was counted at its price, which the
+/// ledger had given back.
+async fn a_refunded_failure_meta_then_delivers_is_counted_in_usage_with_no_credits(b: Backend) {
+    let (_, deps, clock) = two_processes(b).await;
+    for by_id in [true, false] {
+        let (t, m, wamid) = claimed_with_wamid(&deps, &clock).await;
+        assert!(m.price > 0);
+        let refund = kirim::service::ledger::refund_entry(
+            &deps,
+            &t.id,
+            &kirim::service::ledger::Charge::Message(m.id.clone()),
+            m.price,
+            "meta_transient_error",
+            clock.now(),
+        );
+        let change = StatusChange {
+            error: Some(MessageError {
+                code: "meta_transient_error".into(),
+                title: "temporary".into(),
+            }),
+            ..Default::default()
+        };
+        let failed = deps
+            .messages
+            .fail_and_refund(
+                &t.id,
+                &m.id,
+                MessageStatus::Sending,
+                &change,
+                clock.now(),
+                refund.as_ref(),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(failed, Transition::Applied(_)));
+        let mut delivered = report(&m, &wamid, "delivered", true);
+        if !by_id {
+            delivered.callback = None;
+        }
+        assert_eq!(
+            status::apply(&deps, Some(&t.id), &delivered).await.unwrap(),
+            Applied::Yes
+        );
+        let day = clock.now().date_naive();
+        let rows = deps.usage.usage(&t.id, day, day).await.unwrap();
+        let counted: (i64, i64) = rows
+            .iter()
+            .fold((0, 0), |(n, c), u| (n + u.messages, c + u.credits));
+        let ledger: i64 = deps
+            .ledger
+            .entries(&t.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.amount)
+            .sum();
+        assert_eq!(ledger, 0, "debited, then refunded");
+        assert_eq!(counted, (1, 0), "by id: {by_id}; {rows:?}");
+    }
+}
+
 /// Meta's undeliverable `failed` whose move was written but answered with an error (read
 /// back: this very move) is counted, as its write marked it: a later `delivered` takes the
 /// count back by that mark, and took back another message's count where this one was
@@ -1041,6 +1104,7 @@ async fn a_token_replaced_while_a_warm_copy_held_the_old_one_is_sent_with_not_su
 
 on_both_backends!(
     an_undeliverable_failure_whose_answer_was_lost_is_counted_as_its_mark_says,
+    a_refunded_failure_meta_then_delivers_is_counted_in_usage_with_no_credits,
     a_token_replaced_while_a_warm_copy_held_the_old_one_is_sent_with_not_suspending,
     only_a_delivered_or_read_status_counts_metas_pricing_on_every_path,
     a_claim_whose_answer_is_lost_is_found_to_be_this_jobs_and_the_message_is_sent,

@@ -622,6 +622,10 @@ impl DynamoStore {
             set.push("quality_counted = :qc");
             values.insert(":qc".into(), AttributeValue::Bool(true));
         }
+        if change.refunded {
+            set.push("refunded = :refunded");
+            values.insert(":refunded".into(), AttributeValue::Bool(true));
+        }
         if let Some(e) = &change.error {
             set.push("#error = :e");
             let v = serde_dynamo::to_attribute_value(e)
@@ -1468,12 +1472,16 @@ impl MessageStore for DynamoStore {
                 .move_status(tenant, id, MessageStatus::Failed, &[from], change, at)
                 .await;
         };
+        let change = StatusChange {
+            refunded: true,
+            ..change.clone()
+        };
         self.transition_with_refund(
             tenant,
             id,
             MessageStatus::Failed,
             &[from],
-            change,
+            &change,
             at,
             refund,
         )

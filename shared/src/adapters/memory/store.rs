@@ -920,7 +920,11 @@ impl MessageStore for MemoryStore {
             return Ok(Transition::Refused);
         };
         let m = Arc::make_mut(m);
-        apply(m, MessageStatus::Failed, change, at);
+        let change = StatusChange {
+            refunded: refund.is_some(),
+            ..change.clone()
+        };
+        apply(m, MessageStatus::Failed, &change, at);
         Ok(Transition::Applied(Box::new(m.clone())))
     }
 
@@ -1460,6 +1464,7 @@ mod tests {
                 carried_slot: None,
                 claim: None,
                 quality_counted: false,
+                refunded: false,
             };
             (
                 (TenantId::from_trusted(t), MessageId::from_trusted(id)),
