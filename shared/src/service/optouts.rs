@@ -240,21 +240,6 @@ pub async fn add(
     meta_timestamp: Option<i64>,
 ) -> Result<OptOut, ServiceError> {
     let now = deps.clock.now();
-    // A user known only by id whose phone Kirim has paired with it: stored under the id
-    // (it follows the user to a new phone), and a copy under the phone, which blocks sends
-    // to it for good (the pairing expires with the Messages class, and a refused user
-    // writes no more statuses to renew it).
-    let paired_phone = match (&who.phone, &who.user_id) {
-        (None, Some(u)) => match deps
-            .contacts
-            .paired_key(tenant, &OptOutKey::User(u.clone()))
-            .await?
-        {
-            Some(OptOutKey::Phone(p)) => Some(p),
-            _ => None,
-        },
-        _ => None,
-    };
     // The user's other key as paired now, when Meta named one only: a START by it
     // (remembered under it) holds back an older STOP as one by the named key does. (A
     // START by the id alone, then the pairing learnt, then an older STOP by the phone
@@ -268,6 +253,15 @@ pub async fn add(
         (None, Some(u)) => {
             super::contacts::paired_now(deps, tenant, &OptOutKey::User(u.clone())).await?
         }
+        _ => None,
+    };
+    // A user known only by id whose phone Kirim has paired with it (as it holds now: one
+    // read, and never a phone that passed to someone else since): stored under the id (it
+    // follows the user to a new phone), and a copy under the phone, which blocks sends to
+    // it for good (the pairing expires with the Messages class, and a refused user writes
+    // no more statuses to renew it).
+    let paired_phone = match (&who.phone, &paired_now) {
+        (None, Some(OptOutKey::Phone(p))) => Some(p.clone()),
         _ => None,
     };
     let opt_out = OptOut {

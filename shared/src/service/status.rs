@@ -291,8 +291,8 @@ async fn apply_to(
 /// its answer lost. Read back, a message holding this very move has its callback queued and
 /// the webhook is answered 200 (Meta's redelivery would find it moved and queue none), and
 /// the report's `pricing` is counted if the message has none yet (the store's condition
-/// counts it once; a priced move that landed holds it already). Not the quality count: it
-/// may have been made by an earlier delivery of the same report. Else the error.
+/// counts it once; a priced move that landed holds it already), and a failure the move
+/// marked counted is counted (below). Else the error.
 async fn after_error(
     deps: &Deps,
     tenant_id: &TenantId,

@@ -732,6 +732,31 @@ async fn a_start_from_a_phone_the_user_left_lifts_only_that_phones_block(b: Back
     assert_eq!(s, 200, "{o}");
 }
 
+/// A STOP from a user known only by id whose phone has passed to someone else since (Meta
+/// paired that phone with another user id, later): the opt-out is kept under the id, and no
+/// copy of it blocks the phone's new owner.
+async fn a_stop_by_user_id_is_not_copied_onto_a_phone_that_has_passed_to_another_user(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let pnid = t.phone_number_id.clone();
+    pair(&app, &pnid, "60123470091", "MY.7000000091").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    pair(&app, &pnid, "60123470091", "MY.7000000092").await;
+    change(
+        &app,
+        &pnid,
+        "messages",
+        json!({"messages": [stop_from(None, Some("MY.7000000091"), now())]}),
+    )
+    .await;
+    let (s, o) = call(&app, "GET", &opt_out_path("MY.7000000091"), &t.key, None).await;
+    assert_eq!(s, 200, "{o}");
+    let (s, o) = call(&app, "GET", &opt_out_path("+60123470091"), &t.key, None).await;
+    assert_eq!(s, 404, "no copy under the phone: {o}");
+    let (s, body) = send_template(&app, &t.key, "+60123470091").await;
+    assert_eq!(s, 202, "the phone's new owner: {body}");
+}
+
 /// Meta's `user_changed_number` system notice comes `from` the number the user left: it is
 /// no message from the user, so it opens no customer-service window for that number.
 async fn a_user_changed_number_notice_opens_no_window_for_the_number_left(b: Backend) {
@@ -887,6 +912,7 @@ on_both_backends!(
     a_user_changed_number_notice_opens_no_window_for_the_number_left,
     a_stop_naming_phone_and_user_id_follows_the_user_to_a_new_phone,
     a_start_from_a_phone_the_user_left_lifts_only_that_phones_block,
+    a_stop_by_user_id_is_not_copied_onto_a_phone_that_has_passed_to_another_user,
     a_status_of_a_moved_numbers_earlier_message_teaches_its_pairing_to_the_messages_tenant,
     a_stop_from_a_user_known_only_by_id_opts_out_that_id,
     a_user_writing_from_their_whatsapp_id_opens_the_window_for_the_number_as_dialled,
