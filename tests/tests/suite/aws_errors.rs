@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use kirim::adapters::aws::{DynamoStore, SqsQueue};
 use kirim::domain::TenantId;
-use kirim::ports::{DispatchQueue, TenantStore};
+use kirim::ports::{Clock, DispatchQueue, TenantStore};
 use kirim::store_error::StoreError;
 use kirim_tests::{moto_sdk, unique_stack, ManualClock};
 
@@ -589,7 +589,7 @@ async fn dynamodb_conflicting_once() -> (String, Arc<std::sync::atomic::AtomicUs
     dynamodb_refusing_first(
         Some("TransactWriteItems"),
         axum::http::StatusCode::BAD_REQUEST,
-        r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","message":"Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict, None, None]","CancellationReasons":[{"Code":"TransactionConflict","Message":"Transaction is ongoing for the item"},{"Code":"None"},{"Code":"None"}]}"#,
+        CANCELLED_BY_A_CONFLICT,
     )
     .await
 }
@@ -1013,4 +1013,175 @@ async fn a_transaction_the_sdk_retries_carries_the_same_client_request_token() {
         bodies[0]
     );
     assert_eq!(token(&bodies[0]), token(&bodies[1]));
+}
+
+/// What a stand-in in front of moto ([`dynamodb_before_moto`]) does with the first call it
+/// picks.
+#[derive(Clone, Copy)]
+enum FirstPicked {
+    /// Not passed on: answered `400` with this body.
+    Refused(&'static str),
+}
+
+/// The body DynamoDB answers a transaction cancelled for a conflict with another one in
+/// flight on its first item (as a send's debit holds the tenant item).
+const CANCELLED_BY_A_CONFLICT: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionCanceledException","message":"Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict, None, None]","CancellationReasons":[{"Code":"TransactionConflict","Message":"Transaction is ongoing for the item"},{"Code":"None"},{"Code":"None"}]}"#;
+
+/// The body DynamoDB answers a plain write that met a transaction in flight on its item.
+const UPDATE_CONFLICT: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionConflictException","message":"Transaction is ongoing for the item"}"#;
+
+/// A stand-in DynamoDB in front of moto: every call is passed to moto and answered as moto
+/// answers it, except the first that `picks` (its operation, its body) picks, which
+/// `first` decides. It counts the picked calls.
+async fn dynamodb_before_moto(
+    picks: fn(&str, &serde_json::Value) -> bool,
+    first: FirstPicked,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let moto = kirim_tests::moto_endpoint().await;
+    let http = reqwest::Client::new();
+    let picked = Arc::new(AtomicUsize::new(0));
+    let counted = picked.clone();
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let (http, moto, counted) = (http.clone(), moto.clone(), counted.clone());
+            async move {
+                let operation = headers
+                    .get("x-amz-target")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|t| t.rsplit('.').next())
+                    .unwrap_or_default()
+                    .to_owned();
+                let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let fate = picks(&operation, &request)
+                    .then(|| counted.fetch_add(1, Ordering::SeqCst) == 0)
+                    .and_then(|first_one| first_one.then_some(first));
+                let json = |status: u16, body: String| {
+                    (
+                        axum::http::StatusCode::from_u16(status)
+                            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+                        [("content-type", "application/x-amz-json-1.0".to_owned())],
+                        body,
+                    )
+                };
+                if let Some(FirstPicked::Refused(answer)) = fate {
+                    return json(400, answer.to_owned());
+                }
+                let path = uri.path_and_query().map_or("/", |p| p.as_str());
+                let mut forward = http.post(format!("{moto}{path}")).body(body);
+                for (name, value) in &headers {
+                    if name != axum::http::header::HOST
+                        && name != axum::http::header::CONTENT_LENGTH
+                    {
+                        forward = forward.header(name, value);
+                    }
+                }
+                match forward.send().await {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let kind = r
+                            .headers()
+                            .get("content-type")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("application/x-amz-json-1.0")
+                            .to_owned();
+                        let text = r.text().await.unwrap_or_default();
+                        let (s, _, b) = json(status, text);
+                        (s, [("content-type", kind)], b)
+                    }
+                    Err(e) => json(502, format!(r#"{{"message":"moto: {e}"}}"#)),
+                }
+            }
+        },
+    );
+    (serve(app).await, picked)
+}
+
+/// An API key's rotation cancelled by a send's debit on the tenant item (its tenant-open
+/// check names it) wrote nothing, and goes again: the new key works and the old one is
+/// marked replaced.
+#[tokio::test]
+async fn a_key_rotation_cancelled_by_a_sends_debit_goes_again() {
+    use kirim::ports::ApiKeyStore;
+    let (url, picked) = dynamodb_before_moto(
+        |operation, _| operation == "TransactWriteItems",
+        FirstPicked::Refused(CANCELLED_BY_A_CONFLICT),
+    )
+    .await;
+    let (p, _, table) = super::contract::aws_and_table().await;
+    let t = tenant(0);
+    let old = key_for(&t);
+    p.tenants.create_tenant(&t, &old, None).await.unwrap();
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        table,
+        ManualClock::new(),
+    );
+    let new = key_for(&t);
+    let grace_end = chrono::Utc::now() + chrono::Duration::hours(1);
+    store
+        .rotate_api_key(&t.id, &old.id, &new, grace_end)
+        .await
+        .expect("rotated on the second try");
+    assert_eq!(picked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let replaced = p
+        .api_keys
+        .get_api_key(&t.id, &old.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(replaced.replaced_by.as_deref(), Some(new.id.as_str()));
+    assert!(p
+        .tenants
+        .api_key_by_hash(&new.key_hash)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// The close-out's last write, the tenant item's TTL and `closed_out_at`, cancelled by a
+/// refund's transaction in flight on the tenant item, wrote nothing, and goes again: the
+/// tenant is marked closed out.
+#[tokio::test]
+async fn the_close_outs_last_write_cancelled_by_a_transaction_on_the_tenant_goes_again() {
+    use kirim::ports::{CloseOutTtls, RetentionStore, TenantStatus};
+    let (url, picked) = dynamodb_before_moto(
+        |operation, request| {
+            operation == "UpdateItem"
+                && request["UpdateExpression"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("closed_out_at"))
+        },
+        FirstPicked::Refused(UPDATE_CONFLICT),
+    )
+    .await;
+    let (p, _, table) = super::contract::aws_and_table().await;
+    let t = onboarded(&p, 0).await;
+    let now = p.clock.now();
+    p.tenants
+        .set_status(&t.id, TenantStatus::Closed, Some("bye"), now)
+        .await
+        .unwrap();
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        table,
+        ManualClock::new(),
+    );
+    let ttls = CloseOutTtls {
+        tenant: now.timestamp() + 100,
+        config: now.timestamp() + 10,
+        audit_head: now.timestamp() + 10,
+    };
+    let far = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    store
+        .close_out(&t.id, ttls, now, far)
+        .await
+        .expect("closed out on the second try");
+    assert_eq!(picked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(
+        p.retention.closed_out_at(&t.id).await.unwrap().is_some(),
+        "marked closed out"
+    );
 }
