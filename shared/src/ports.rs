@@ -196,7 +196,9 @@ pub trait TenantStore: Send + Sync {
     ) -> Result<Tenant, StoreError>;
     /// Moves the tenant to `to` (with the operator's reason) and answers the new record.
     /// Closed is terminal: any change of a closed tenant is a `Conflict`. `NotFound` if
-    /// no tenant.
+    /// no tenant. A change that landed is answered as applied even when its answer was lost
+    /// and a retry of it was refused (a close then finds the tenant closed): only another
+    /// call's change, at whatever time and with whatever reason, is a `Conflict`.
     async fn set_status(
         &self,
         id: &TenantId,
@@ -207,7 +209,8 @@ pub trait TenantStore: Send + Sync {
     /// Suspends the tenant on Meta's word (with `reason`), atomically, only while it is
     /// `active` and its status last changed at `seen` (`None`: never): what Meta said
     /// about a tenant as it was then, not about one the operator has resumed (or anyone
-    /// suspended) since. `None` if that condition failed (nothing written).
+    /// suspended) since. `None` if that condition failed (nothing written by this call:
+    /// its own suspension, landed on a try whose answer was lost, answers `Some`).
     async fn suspend_if_unchanged(
         &self,
         id: &TenantId,

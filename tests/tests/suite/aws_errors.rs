@@ -1019,6 +1019,10 @@ async fn a_transaction_the_sdk_retries_carries_the_same_client_request_token() {
 /// picks.
 #[derive(Clone, Copy)]
 enum FirstPicked {
+    /// Passed to moto, which applies it; its answer is then lost: the client is answered
+    /// `500` (as a write that landed but whose answer never came back looks to it), so the
+    /// SDK sends it again.
+    Landed,
     /// Not passed on: answered `400` with this body.
     Refused(&'static str),
 }
@@ -1052,7 +1056,8 @@ async fn dynamodb_before_moto(
                     .and_then(|t| t.rsplit('.').next())
                     .unwrap_or_default()
                     .to_owned();
-                let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let request: serde_json::Value =
+                    serde_json::from_slice(&body).unwrap_or_default();
                 let fate = picks(&operation, &request)
                     .then(|| counted.fetch_add(1, Ordering::SeqCst) == 0)
                     .and_then(|first_one| first_one.then_some(first));
@@ -1076,7 +1081,7 @@ async fn dynamodb_before_moto(
                         forward = forward.header(name, value);
                     }
                 }
-                match forward.send().await {
+                let answered = match forward.send().await {
                     Ok(r) => {
                         let status = r.status().as_u16();
                         let kind = r
@@ -1090,11 +1095,109 @@ async fn dynamodb_before_moto(
                         (s, [("content-type", kind)], b)
                     }
                     Err(e) => json(502, format!(r#"{{"message":"moto: {e}"}}"#)),
+                };
+                match fate {
+                    Some(FirstPicked::Landed) => json(
+                        500,
+                        r#"{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"scripted: the answer was lost"}"#.to_owned(),
+                    ),
+                    _ => answered,
                 }
             }
         },
     );
     (serve(app).await, picked)
+}
+
+/// The status write on the tenant item (`set_status`'s change, `suspend_if_unchanged`).
+fn a_status_change(operation: &str, request: &serde_json::Value) -> bool {
+    operation == "UpdateItem"
+        && request["Key"]["sk"]["S"] == "TENANT"
+        && request["UpdateExpression"]
+            .as_str()
+            .is_some_and(|e| e.contains("status_changed_at"))
+}
+
+/// Meta's suspension whose first try landed and whose answer was lost: the SDK's retry is
+/// refused by the very condition the first try met (`status_changed_at` as read). The
+/// tenant is suspended, and it is answered so: the suspension is audited on the tenant's
+/// chain (it used to be answered "not suspended", and `tenant.suspend` was missing).
+/// A later suspension, refused because this one is there, is still not taken for its own.
+#[tokio::test]
+async fn metas_suspension_whose_answer_was_lost_is_answered_and_audited_as_applied() {
+    use kirim::ports::TenantStatus;
+    let (url, picked) = dynamodb_before_moto(a_status_change, FirstPicked::Landed).await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let (p, _, _) = super::contract::aws_on(&sdk).await;
+    let t = onboarded(&p, 0).await;
+    let suspended = kirim::service::accounts::try_suspend_for_meta(
+        &p,
+        &t.id,
+        "meta error 190",
+        "dispatcher",
+        None,
+    )
+    .await
+    .expect("answered");
+    assert_eq!(
+        picked.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the SDK sent the write again"
+    );
+    assert!(suspended, "reported not suspended");
+    let stored = p.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, TenantStatus::Suspended);
+    let q = kirim::ports::AuditQuery {
+        limit: 10,
+        action: Some("tenant.suspend".into()),
+        ..Default::default()
+    };
+    let (events, _) = p.audit.list(t.id.as_str(), &q).await.unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+
+    let later = p.clock.now() + chrono::Duration::seconds(1);
+    assert_eq!(
+        p.tenants
+            .suspend_if_unchanged(&t.id, "meta error 190", later, None)
+            .await
+            .unwrap(),
+        None,
+        "suspended by another call: not this one's"
+    );
+}
+
+/// An operator's close whose first try landed and whose answer was lost: the SDK's retry
+/// is refused (the tenant is closed), and the close is answered as this request's own,
+/// not as a repeat of an earlier one (`tenant.close`, not `tenant.close_repeated`). A
+/// later close is a repeat.
+#[tokio::test]
+async fn a_close_whose_answer_was_lost_is_answered_as_the_closing_not_as_a_repeat() {
+    use kirim::ports::TenantStatus;
+    let (url, picked) = dynamodb_before_moto(a_status_change, FirstPicked::Landed).await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let (p, _, _) = super::contract::aws_on(&sdk).await;
+    let t = onboarded(&p, 0).await;
+    let (closed, already) = kirim::service::accounts::close(&p, &t.id, Some("bye".into()))
+        .await
+        .expect("answered");
+    assert_eq!(
+        picked.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the SDK sent the write again"
+    );
+    assert!(!already, "answered as a repeat of an earlier close");
+    assert_eq!(
+        (
+            closed.status,
+            closed.status_reason.as_deref(),
+            closed.status_changed_at
+        ),
+        (TenantStatus::Closed, Some("bye"), Some(p.clock.now()))
+    );
+    let (_, again) = kirim::service::accounts::close(&p, &t.id, Some("bye".into()))
+        .await
+        .expect("answered");
+    assert!(again, "a later close is a repeat");
 }
 
 /// An API key's rotation cancelled by a send's debit on the tenant item (its tenant-open

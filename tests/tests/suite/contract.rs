@@ -334,6 +334,39 @@ async fn metas_suspension_applies_only_to_an_active_tenant_unchanged_since_it_wa
     );
 }
 
+/// A status write answers as applied only the write it made itself: the same change made
+/// again, even at the same time with the same reason (which a read-back after a refused
+/// condition could not tell from its own lost answer), is a repeat, as the first left it:
+/// Meta's suspension answers "not suspended", a close answers that the tenant is closed.
+async fn a_status_change_made_again_at_the_same_time_with_the_same_reason_is_a_repeat(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let now = p.clock.now();
+    assert!(p
+        .tenants
+        .suspend_if_unchanged(&t.id, "meta error 190", now, None)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        p.tenants
+            .suspend_if_unchanged(&t.id, "meta error 190", now, None)
+            .await
+            .unwrap(),
+        None
+    );
+    p.tenants
+        .set_status(&t.id, TenantStatus::Closed, Some("bye"), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.tenants
+            .set_status(&t.id, TenantStatus::Closed, Some("bye"), now)
+            .await
+            .unwrap_err(),
+        StoreError::Conflict("the tenant is closed".into())
+    );
+}
+
 async fn a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing(p: Ports) {
     let first = onboarded(&p, 0).await;
     let mut second = tenant(5);
@@ -1707,6 +1740,7 @@ contract!(
     a_messages_cursor_goes_on_after_its_message_under_any_filter_and_bounds,
     a_tenant_is_found_by_id_phone_number_and_key_hash,
     metas_suspension_applies_only_to_an_active_tenant_unchanged_since_it_was_read,
+    a_status_change_made_again_at_the_same_time_with_the_same_reason_is_a_repeat,
     a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing,
     a_debit_records_the_message_and_the_ledger_entry_together,
     a_debit_of_a_closed_tenant_is_refused_as_closed_and_writes_nothing,

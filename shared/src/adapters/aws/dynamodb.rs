@@ -43,6 +43,10 @@ pub(crate) use transact::{update_retrying_conflicts, CancelReason};
 pub(super) type Item = HashMap<String, AttributeValue>;
 
 pub const TTL_ATTR: &str = "ttl";
+/// The tenant item's id of the status write that last changed its status (fresh for each
+/// `set_status` or `suspend_if_unchanged` call): how a call whose retry was refused knows
+/// its own first try landed.
+const STATUS_WRITE_ID: &str = "status_write_id";
 pub const GSI1: &str = "gsi1";
 
 /// The statuses a message may fail from with a refund: it has not reached Meta.
@@ -764,6 +768,32 @@ impl DynamoStore {
             Err(e) => e,
         }
     }
+
+    /// The tenant, read (consistently) after a status write was refused on its condition,
+    /// and whether that refused write is the one it holds: the write `write_id` named, to
+    /// the status `to` and at `at`. The SDK sends a write again after a timeout or a 5xx;
+    /// when the first try landed and only its answer was lost, the retry is refused by the
+    /// very condition the first try met (the tenant is closed; its status time is no longer
+    /// the one read), and the call is answered as applied. The id is the call's own, fresh
+    /// each call: another call at the same time with the same reason is not taken for it.
+    async fn after_refused_status_write(
+        &self,
+        id: &TenantId,
+        to: &TenantStatus,
+        at: DateTime<Utc>,
+        write_id: &str,
+    ) -> Result<Option<(Tenant, bool)>, StoreError> {
+        let Some(item) = self.get(keys::tenant(id)).await? else {
+            return Ok(None);
+        };
+        let written = item
+            .get(STATUS_WRITE_ID)
+            .and_then(|v| v.as_s().ok())
+            .is_some_and(|w| w == write_id);
+        let t: Tenant = from_item(item)?;
+        let own = written && &t.status == to && t.status_changed_at == Some(at);
+        Ok(Some((t, own)))
+    }
 }
 
 #[async_trait]
@@ -920,6 +950,8 @@ impl TenantStore for DynamoStore {
         // tenant, a second suspension) changes only the reason, so Meta's late word about
         // the account, judged by that time, is not taken for older than a change there was
         // not. Each a conditional write; closed is terminal (closing again changes nothing).
+        // The change names itself (`status_write_id`), for the read after a refusal.
+        let write_id = crate::domain::new_id();
         for _ in 0..3 {
             // Each write on the tenant item goes again when a send's debit in flight on it
             // cancels it (nothing written).
@@ -929,7 +961,8 @@ impl TenantStore for DynamoStore {
                     .table_name(&self.table)
                     .set_key(Some(keys::tenant(id).attrs()))
                     .update_expression(
-                        "SET #status = :to, status_reason = :r, status_changed_at = :at",
+                        "SET #status = :to, status_reason = :r, status_changed_at = :at, \
+                         status_write_id = :w",
                     )
                     .condition_expression(
                         "attribute_exists(pk) AND #status <> :closed AND #status <> :to",
@@ -938,6 +971,7 @@ impl TenantStore for DynamoStore {
                     .expression_attribute_values(":to", dyn_value(&to)?)
                     .expression_attribute_values(":r", dyn_value(&reason)?)
                     .expression_attribute_values(":at", dyn_value(&at)?)
+                    .expression_attribute_values(":w", s(write_id.clone()))
                     .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
                     .return_values(ReturnValue::AllNew),
             )
@@ -972,8 +1006,17 @@ impl TenantStore for DynamoStore {
                 Err(e) => return Err(classify("dynamodb update", e)),
             }
         }
-        // Which condition failed only shapes the error; nothing was written.
-        Err(self.why_refused(id).await)
+        // Refused: closed (or no such tenant), nothing written by this call — unless it
+        // is this call's own change, landed on a try whose answer was lost (a close: its
+        // retry is refused as closed), answered as applied.
+        match self
+            .after_refused_status_write(id, &to, at, &write_id)
+            .await?
+        {
+            Some((t, true)) => Ok(t),
+            Some(_) => Err(StoreError::Conflict("the tenant is closed".into())),
+            None => Err(StoreError::NotFound),
+        }
     }
 
     async fn suspend_if_unchanged(
@@ -983,16 +1026,22 @@ impl TenantStore for DynamoStore {
         at: DateTime<Utc>,
         seen: Option<DateTime<Utc>>,
     ) -> Result<Option<Tenant>, StoreError> {
+        // Named (`status_write_id`), for the read after a refusal.
+        let write_id = crate::domain::new_id();
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::tenant(id).attrs()))
-            .update_expression("SET #status = :to, status_reason = :r, status_changed_at = :at")
+            .update_expression(
+                "SET #status = :to, status_reason = :r, status_changed_at = :at, \
+                 status_write_id = :w",
+            )
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":to", dyn_value(&TenantStatus::Suspended)?)
             .expression_attribute_values(":r", dyn_value(&Some(reason))?)
             .expression_attribute_values(":at", dyn_value(&at)?)
+            .expression_attribute_values(":w", s(write_id.clone()))
             .expression_attribute_values(":active", dyn_value(&TenantStatus::Active)?)
             .return_values(ReturnValue::AllNew);
         req = match seen {
@@ -1012,8 +1061,14 @@ impl TenantStore for DynamoStore {
         // The tenant item: a send's debit in flight on it cancels this, which goes again.
         match update_retrying_conflicts(req).await {
             Ok(out) => from_item(out.attributes.unwrap_or_default()).map(Some),
+            // Changed since it was read (nothing written), unless the change is this very
+            // write, landed on a try whose answer was lost: the retry is refused by the
+            // status time the first try moved on.
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(None)
+                Ok(self
+                    .after_refused_status_write(id, &TenantStatus::Suspended, at, &write_id)
+                    .await?
+                    .and_then(|(t, own)| own.then_some(t)))
             }
             Err(e) => Err(classify("dynamodb update", e)),
         }

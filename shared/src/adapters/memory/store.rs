@@ -564,6 +564,8 @@ impl TenantStore for MemoryStore {
         at: DateTime<Utc>,
         seen: Option<DateTime<Utc>>,
     ) -> Result<Option<Tenant>, StoreError> {
+        // One step under the lock: no answer is lost here, so a refusal is always of
+        // another call's change (DynamoDB's adapter reads back to answer the same).
         let mut s = self.lock()?;
         let Some(t) = s.tenants.get_mut(id) else {
             return Ok(None);
