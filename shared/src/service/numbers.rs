@@ -108,8 +108,8 @@ pub async fn list(deps: &Deps, tenant: &Tenant) -> Result<Vec<NumberView>, Servi
 }
 
 /// Meta limited sending from the tenant's number `phone_number_id` (its spam rate limit,
-/// `errors::NUMBER_STOP_CODES`), in its answer to a send or in a `failed` status of Meta's
-/// time `signal_at`: the number is held — its sends answer `sender_held`, its queued
+/// `errors::NUMBER_STOP_CODES`), in its answer to a send (`signal_at`: the send's claim, before
+/// the request went) or in a `failed` status (`signal_at`: Meta's time of it): the number is held — its sends answer `sender_held`, its queued
 /// messages fail refunded — until an admin resumes it ([`resume`]). The tenant's other
 /// numbers go on (the whole account was suspended before). The first hold is kept; a
 /// number resumed after `signal_at` is left as the admin set it (Meta's word about a
@@ -137,7 +137,7 @@ pub async fn hold_for_meta(
         // The default number of a tenant from before numbers had items gets its item
         // first, as any change to its numbers does.
         if phone_number_id == tenant.phone_number_id {
-            materialise(deps, tenant).await?;
+            materialise_fresh(deps, &tenant.id, phone_number_id).await?;
         }
         Ok::<_, ServiceError>(
             deps.numbers
@@ -226,6 +226,25 @@ async fn materialise(deps: &Deps, tenant: &Tenant) -> Result<(), ServiceError> {
         .put_phone_number_if_absent(&from_tenant(tenant))
         .await?;
     Ok(())
+}
+
+/// [`materialise`] from a warm copy of the tenant (a send's, the dispatcher's): the tenant
+/// read afresh first, and the item written only while `phone_number_id` is still its
+/// default and it is open. A copy up to 5 s old may name a default the operator removed
+/// since: its item written again would bring the removed number back (listed, accepted as
+/// `from`, sent from instead of failing `sender_removed`).
+async fn materialise_fresh(
+    deps: &Deps,
+    id: &TenantId,
+    phone_number_id: &str,
+) -> Result<(), ServiceError> {
+    let Some(t) = deps.tenants.get_tenant(id).await? else {
+        return Ok(());
+    };
+    if t.phone_number_id != phone_number_id || t.status == TenantStatus::Closed {
+        return Ok(());
+    }
+    materialise(deps, &t).await
 }
 
 async fn open_tenant(deps: &Deps, id: &TenantId) -> Result<Tenant, ServiceError> {
@@ -457,7 +476,7 @@ pub async fn open_sender(
         {
             Some(n) => n,
             None => {
-                if let Err(e) = materialise(deps, tenant).await {
+                if let Err(e) = materialise_fresh(deps, &tenant.id, &tenant.phone_number_id).await {
                     tracing::warn!(tenant_id = %tenant.id, error = %e, "the default number's item not written");
                 }
                 from_tenant(tenant)

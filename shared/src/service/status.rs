@@ -442,14 +442,13 @@ async fn number_stopped(
         return;
     }
     // The number the message went from; for a message from before that was kept, the one
-    // Meta's status names (not the default: it may have changed since).
-    let Some(number) = record
+    // Meta's status names (not the default, which may have changed since).
+    // (A kept status, applied once the wamid is known, names no number: the default then.)
+    let number = record
         .from
         .clone()
         .or_else(|| report.phone_number_id.clone())
-    else {
-        return;
-    };
+        .unwrap_or_else(|| tenant.phone_number_id.clone());
     let at = report.at(deps.clock.now());
     super::numbers::hold_for_meta(
         deps,

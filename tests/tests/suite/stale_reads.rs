@@ -535,12 +535,10 @@ async fn a_number_limit_in_a_failed_status_holds_that_number_not_the_tenant(b: B
             .await
             .unwrap();
         let (mut m, debit) = message_for(&t.id, clock.now());
-        let sender = if named {
+        if named {
             m.from = Some(second.clone());
-            second.clone()
-        } else {
-            t.phone_number_id.clone()
-        };
+        }
+        let sender = second.clone();
         deps.messages.insert_with_debit(&m, &debit).await.unwrap();
         let wamid = format!("wamid.{}", ulid::Ulid::new());
         let sent = StatusChange {
@@ -554,7 +552,13 @@ async fn a_number_limit_in_a_failed_status_holds_that_number_not_the_tenant(b: B
                 .unwrap();
         }
         let mut failed = report(&m, &wamid, "failed", false);
-        failed.phone_number_id = Some(sender.clone());
+        // The message's own sender wins over what the status names; without one, the
+        // status's number (not the default).
+        failed.phone_number_id = Some(if named {
+            t.phone_number_id.clone()
+        } else {
+            second.clone()
+        });
         failed.errors = vec![kirim::domain::meta::MetaError {
             code: 131048,
             title: "Spam rate limit hit".into(),
@@ -602,13 +606,47 @@ async fn a_number_limit_in_a_failed_status_holds_that_number_not_the_tenant(b: B
         }
         let hold = hold_of(sender.clone()).await.expect("held");
         assert_eq!((hold.code, hold.by.as_str()), (131048, "webhook"));
-        let other = if named {
-            t.phone_number_id.clone()
-        } else {
-            second
-        };
-        assert_eq!(hold_of(other).await, None, "only the number it went from");
+        assert_eq!(
+            hold_of(t.phone_number_id.clone()).await,
+            None,
+            "only the number it went from"
+        );
     }
+}
+
+/// A send served from a warm copy of the tenant that still names a default number the
+/// operator has just removed does not write that number's item back (which would list it
+/// again, accept it as `from` and send from it).
+async fn a_send_from_a_stale_copy_never_brings_back_a_removed_default_number(b: Backend) {
+    let (_, deps, _clock) = two_processes(b).await;
+    let t = tenant(10);
+    deps.tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let second = format!("{}", 4_000_000 + kirim_tests::rand_u32() % 900_000);
+    deps.numbers
+        .add_phone_number(&PhoneNumberRecord {
+            phone_number_id: second.clone(),
+            ..PhoneNumberRecord::default_of(&t)
+        })
+        .await
+        .unwrap();
+    let stale = deps.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    kirim::service::numbers::remove(&deps, &t.id, &t.phone_number_id)
+        .await
+        .unwrap();
+    let _ = kirim::service::numbers::open_sender(&deps, &stale, None).await;
+    assert_eq!(
+        deps.numbers
+            .get_phone_number(&t.id, &t.phone_number_id)
+            .await
+            .unwrap(),
+        None,
+        "the removed number stays removed"
+    );
+    let now = deps.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(now.phone_number_id, second, "the default moved on");
 }
 
 /// A message accepted before its number was held is not sent from it: failed
@@ -1112,6 +1150,7 @@ on_both_backends!(
     an_account_error_in_a_failed_status_suspends_the_tenant,
     a_number_limit_in_a_failed_status_holds_that_number_not_the_tenant,
     a_queued_message_whose_number_was_held_meanwhile_fails_refunded_unsent,
+    a_send_from_a_stale_copy_never_brings_back_a_removed_default_number,
     an_overtaken_status_that_is_the_first_to_carry_the_pricing_still_counts_it_once,
     a_status_read_a_moment_behind_still_moves_the_message_once_and_counts_it_once,
     a_redelivered_job_whose_check_fails_leaves_a_claimed_message_to_the_sending_deadline,

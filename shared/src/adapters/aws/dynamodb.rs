@@ -1009,8 +1009,7 @@ impl TenantStore for DynamoStore {
         // Refused: closed (or no such tenant), nothing written by this call — unless it
         // is this call's own change, landed on a try whose answer was lost (a close: its
         // retry is refused as closed), answered as applied.
-        match self
-            .after_refused_status_write(id, &to, at, &write_id)
+        match crate::store_error::undo(|| self.after_refused_status_write(id, &to, at, &write_id))
             .await?
         {
             Some((t, true)) => Ok(t),
@@ -1065,10 +1064,14 @@ impl TenantStore for DynamoStore {
             // write, landed on a try whose answer was lost: the retry is refused by the
             // status time the first try moved on.
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(self
-                    .after_refused_status_write(id, &TenantStatus::Suspended, at, &write_id)
-                    .await?
-                    .and_then(|(t, own)| own.then_some(t)))
+                // Read back as an undo is written (tried again while worth it): a read
+                // failing here would leave a landed suspension unaudited for good (Meta's
+                // redelivery finds it suspended by another write id).
+                let found = crate::store_error::undo(|| {
+                    self.after_refused_status_write(id, &TenantStatus::Suspended, at, &write_id)
+                })
+                .await?;
+                Ok(found.and_then(|(t, own)| own.then_some(t)))
             }
             Err(e) => Err(classify("dynamodb update", e)),
         }
