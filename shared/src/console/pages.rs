@@ -309,7 +309,7 @@ pub(super) fn done(q: &HashMap<String, String>) -> Option<Notice> {
         "opt_out_added" => "The number is opted out.",
         "opt_out_removed" => "The opt-out was removed.",
         "key_revoked" => "The key was revoked; every server refuses it within 5 seconds.",
-        "number_resumed" => "The phone number sends again (every server within 5 seconds).",
+        "number_resumed" => "The phone number sends again (every server within about 6 seconds).",
         "user_added" => "The user was added.",
         "user_removed" => "The user was removed; their sessions have ended.",
         "allowlist" => "The IP allow-list was saved.",

@@ -1166,6 +1166,92 @@ async fn metas_suspension_whose_answer_was_lost_is_answered_and_audited_as_appli
     );
 }
 
+/// The number hold's write, or its resume's (`UpdateItem` on a `NUMBER#` item).
+fn a_number_hold_change(operation: &str, request: &serde_json::Value) -> bool {
+    operation == "UpdateItem"
+        && request["Key"]["sk"]["S"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("NUMBER#"))
+        && request["UpdateExpression"]
+            .as_str()
+            .is_some_and(|e| e.contains("#hold"))
+}
+
+/// A number hold, and then its resume, whose first try landed and whose answer was lost:
+/// the SDK's retry is refused by the very write that landed, and each is answered as
+/// applied (the hold audited by its caller, the resume answered with the number sending),
+/// not as "held already" / "not held".
+#[tokio::test]
+async fn a_number_hold_and_a_resume_whose_answers_were_lost_are_answered_as_applied() {
+    for resume in [false, true] {
+        let picks: fn(&str, &serde_json::Value) -> bool = if resume {
+            |op, req| {
+                a_number_hold_change(op, req)
+                    && req["UpdateExpression"]
+                        .as_str()
+                        .is_some_and(|e| e.starts_with("REMOVE"))
+            }
+        } else {
+            |op, req| {
+                a_number_hold_change(op, req)
+                    && req["UpdateExpression"]
+                        .as_str()
+                        .is_some_and(|e| e.starts_with("SET"))
+            }
+        };
+        let (url, picked) = dynamodb_before_moto(picks, FirstPicked::Landed).await;
+        let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+        let (p, _, _) = super::contract::aws_on(&sdk).await;
+        let t = onboarded(&p, 0).await;
+        let hold = kirim::ports::NumberHold {
+            code: 131048,
+            reason: "Spam rate limit hit".into(),
+            since: p.clock.now(),
+            by: "dispatcher".into(),
+        };
+        let held = p
+            .numbers
+            .hold_phone_number(&t.id, &t.phone_number_id, &hold, p.clock.now())
+            .await
+            .expect("answered");
+        assert!(held, "reported held already");
+        if !resume {
+            assert_eq!(picked.load(std::sync::atomic::Ordering::SeqCst), 2);
+            // Another hold, refused because this one is there, is not taken for its own.
+            let other = kirim::ports::NumberHold {
+                reason: "another".into(),
+                ..hold.clone()
+            };
+            assert!(!p
+                .numbers
+                .hold_phone_number(&t.id, &t.phone_number_id, &other, p.clock.now())
+                .await
+                .unwrap());
+            continue;
+        }
+        let at = p.clock.now() + chrono::Duration::seconds(1);
+        let resumed = p
+            .numbers
+            .resume_phone_number(&t.id, &t.phone_number_id, at)
+            .await
+            .expect("answered");
+        assert_eq!(picked.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let n = resumed.expect("reported not held");
+        assert_eq!(
+            (n.hold, n.resumed_at_ms),
+            (None, Some(at.timestamp_millis()))
+        );
+        // A later resume, of a number no longer held, is not taken for this one.
+        assert_eq!(
+            p.numbers
+                .resume_phone_number(&t.id, &t.phone_number_id, at + chrono::Duration::seconds(1))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+}
+
 /// An operator's close whose first try landed and whose answer was lost: the SDK's retry
 /// is refused (the tenant is closed), and the close is answered as this request's own,
 /// not as a repeat of an earlier one (`tenant.close`, not `tenant.close_repeated`). A

@@ -464,6 +464,27 @@ async fn a_closed_out_tenants_items_past_their_ttls_are_not_read_before_the_swee
     // Past the tenant's: the tenant is not found (a top-up answers 404).
     p.clock.advance(Duration::seconds(90));
     assert_eq!(p.tenants.get_tenant(&t.id).await.unwrap(), None);
+    // Nor by a write to it: not found, as DynamoDB's read-back of a refused write has it.
+    let top = kirim::ports::LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: t.id.clone(),
+        amount: 2,
+        kind: kirim::ports::LedgerKind::TopUp,
+        reference: None,
+        message_id: None,
+        at: p.clock.now(),
+        expires_at: None,
+    };
+    assert!(matches!(
+        p.ledger.top_up(&top).await,
+        Err(kirim::store_error::StoreError::NotFound)
+    ));
+    assert!(matches!(
+        p.tenants
+            .set_status(&t.id, TenantStatus::Suspended, Some("x"), p.clock.now())
+            .await,
+        Err(kirim::store_error::StoreError::NotFound)
+    ));
 }
 
 crate::contract::contract!(

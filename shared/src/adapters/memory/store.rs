@@ -436,6 +436,16 @@ impl MemoryStore {
 
     /// [`Self::config_live`] for the tenant's own item (the Billing retention after its
     /// closing): a closed-out tenant past it is not found.
+    /// `NotFound` for a tenant past its close-out's TTL (DynamoDB's read-back of a refused
+    /// write does not see it: a write to it answers `404`, not "closed").
+    pub(super) fn refuse_if_gone(&self, s: &State, tenant: &TenantId) -> Result<(), StoreError> {
+        if self.tenant_live(s, tenant) {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound)
+        }
+    }
+
     fn tenant_live(&self, s: &State, tenant: &TenantId) -> bool {
         s.closed_out
             .get(tenant)
@@ -520,6 +530,7 @@ impl TenantStore for MemoryStore {
 
     async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError> {
         let mut s = self.lock()?;
+        self.refuse_if_gone(&s, id)?;
         let t = open_tenant(&mut s.tenants, id)?;
         t.ip_allowlist = cidrs.to_vec();
         Ok(())
@@ -531,6 +542,7 @@ impl TenantStore for MemoryStore {
         limits: crate::domain::RequestLimits,
     ) -> Result<Tenant, StoreError> {
         let mut s = self.lock()?;
+        self.refuse_if_gone(&s, id)?;
         let t = open_tenant(&mut s.tenants, id)?;
         t.request_limits = Some(limits);
         Ok(t.clone())
@@ -544,6 +556,7 @@ impl TenantStore for MemoryStore {
         at: DateTime<Utc>,
     ) -> Result<Tenant, StoreError> {
         let mut s = self.lock()?;
+        self.refuse_if_gone(&s, id)?;
         let t = s.tenants.get_mut(id).ok_or(StoreError::NotFound)?;
         if t.status == TenantStatus::Closed {
             return Err(StoreError::Conflict("the tenant is closed".into()));
@@ -707,6 +720,7 @@ impl ApiKeyStore for MemoryStore {
 impl Ledger for MemoryStore {
     async fn top_up(&self, entry: &LedgerEntry) -> Result<i64, StoreError> {
         let mut s = self.lock()?;
+        self.refuse_if_gone(&s, &entry.tenant_id)?;
         let tenant = open_tenant(&mut s.tenants, &entry.tenant_id)?;
         tenant.credits = tenant.credits.saturating_add(entry.amount);
         let balance = tenant.credits;
@@ -727,6 +741,7 @@ impl Ledger for MemoryStore {
                 return Ok(TopUpOnce::Earlier(earlier.clone()));
             }
         }
+        self.refuse_if_gone(&s, &entry.tenant_id)?;
         let tenant = open_tenant(&mut s.tenants, &entry.tenant_id)?;
         tenant.credits = tenant.credits.saturating_add(entry.amount);
         let balance = tenant.credits;

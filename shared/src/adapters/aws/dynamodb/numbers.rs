@@ -13,7 +13,9 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{Delete, ReturnValue, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    Delete, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
 use chrono::{DateTime, NaiveDate, Utc};
 
 use super::{
@@ -28,6 +30,19 @@ use crate::store_error::StoreError;
 
 fn built<T, E: std::fmt::Display>(r: Result<T, E>) -> Result<T, StoreError> {
     r.map_err(|e| StoreError::Corrupt(format!("transaction item: {e}")))
+}
+
+/// The number item a refused conditional update found (`ReturnValuesOnConditionCheckFailure`),
+/// when DynamoDB answered it and it reads as a number.
+fn refused_number(
+    e: &aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+) -> Option<PhoneNumberRecord> {
+    match e {
+        aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c) => {
+            c.item().and_then(|i| from_item(i.clone()).ok())
+        }
+        _ => None,
+    }
 }
 
 impl DynamoStore {
@@ -355,12 +370,16 @@ impl PhoneNumberStore for DynamoStore {
             .expression_attribute_values(":h", dyn_value(hold)?)
             .expression_attribute_values(":nul", s("NULL"))
             .expression_attribute_values(":at", n(signal_at.timestamp_millis()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match res {
             Ok(_) => Ok(true),
+            // Refused: held already (or not there, or resumed since) — unless the hold it
+            // holds is this very one, landed on a try whose answer was lost and refused on
+            // the SDK's retry by itself (its `since` is this call's own time).
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
+                Ok(refused_number(e.err()).is_some_and(|n| n.hold.as_ref() == Some(hold)))
             }
             Err(e) => Err(classify("dynamodb update", e)),
         }
@@ -386,12 +405,16 @@ impl PhoneNumberStore for DynamoStore {
             .expression_attribute_values(":nul", s("NULL"))
             .expression_attribute_values(":at", n(at.timestamp_millis()))
             .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match res {
             Ok(out) => Ok(Some(from_item(out.attributes.unwrap_or_default())?)),
+            // Not held — unless by this very resume, landed on a try whose answer was lost
+            // (the number as it is then is this call's own answer).
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(None)
+                Ok(refused_number(e.err())
+                    .filter(|n| n.hold.is_none() && n.resumed_at_ms == Some(at.timestamp_millis())))
             }
             Err(e) => Err(classify("dynamodb update", e)),
         }

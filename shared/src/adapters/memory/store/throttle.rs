@@ -45,6 +45,7 @@ impl Throughput for MemoryStore {
     async fn set_throughput(&self, tenant: &TenantId, per_sec: u32) -> Result<Tenant, StoreError> {
         let mut s = self.lock()?;
         // Closed is final (as DynamoDB's condition).
+        self.refuse_if_gone(&s, tenant)?;
         let t = super::open_tenant(&mut s.tenants, tenant)?;
         t.throughput_per_sec = Some(per_sec);
         Ok(t.clone())
