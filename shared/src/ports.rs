@@ -613,6 +613,13 @@ pub trait OptOutStore: Send + Sync {
     /// First it records the opting back in at `at` (`OptedIn::all_at`, the newest kept,
     /// for 7 days), which [`put_opt_out`](Self::put_opt_out) refuses an older opt-out
     /// under: an older STOP arriving after it does not opt the user out again.
+    /// When the user last opted back in under `key` (a START, a marketing `resume`), while
+    /// that record lives (`OPTED_IN_RETENTION`); a consistent read.
+    async fn opted_in(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<crate::domain::OptedIn>, StoreError>;
     async fn delete_opt_out_not_newer_than(
         &self,
         tenant: &TenantId,

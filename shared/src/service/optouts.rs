@@ -85,6 +85,9 @@ async fn check_key(
     }
     if let Some(user) = paired? {
         if let Some(o) = blocks(deps, tenant, &user, category, read).await? {
+            if Box::pin(opted_in_since(deps, tenant, phone, &user, &o)).await? {
+                return Ok(());
+            }
             if let OptOutKey::Phone(p) = phone {
                 Box::pin(keep_under_phone(deps, o, p)).await;
             }
@@ -92,6 +95,43 @@ async fn check_key(
         }
     }
     Ok(())
+}
+
+/// Whether the user opted back in by `phone` (a START from it) after the opt-out `o` their
+/// paired key `user` holds: the two were made before Kirim learnt that they are one user, so
+/// the START removed nothing under the phone, and the STOP by the id stayed. The user's
+/// last word stands: the id's opt-out is removed as that START would have removed it
+/// (conditional on its time: a newer STOP is never removed), and the send goes. Read only
+/// on a refusal through the pairing (rare): one consistent read of the phone's `OPTIN#`.
+async fn opted_in_since(
+    deps: &Deps,
+    tenant: &TenantId,
+    phone: &OptOutKey,
+    user: &OptOutKey,
+    o: &OptOut,
+) -> Result<bool, ServiceError> {
+    let Some(since) = deps.opt_outs.opted_in(tenant, phone).await? else {
+        return Ok(false);
+    };
+    if !since.overrides(o) {
+        return Ok(false);
+    }
+    match (since.all_at, o.meta_timestamp) {
+        (Some(at), Some(ts)) if at > ts => {
+            deps.opt_outs
+                .delete_opt_out_not_newer_than(tenant, user, at)
+                .await?;
+        }
+        _ => {
+            if let Some(at) = since.marketing_at {
+                deps.opt_outs
+                    .delete_opt_out_of_scope(tenant, user, OptOutScope::Marketing, at)
+                    .await?;
+            }
+        }
+    }
+    tracing::debug!(tenant_id = %tenant, "a START by the phone, newer than its paired id's opt-out, stands");
+    Ok(true)
 }
 
 /// The opt-out a user id (opted out before Kirim knew its phone) has, copied under the

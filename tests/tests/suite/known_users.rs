@@ -732,6 +732,44 @@ async fn a_start_from_a_phone_the_user_left_lifts_only_that_phones_block(b: Back
     assert_eq!(s, 200, "{o}");
 }
 
+/// A STOP by the user's id alone, then a newer START by their phone alone, both before
+/// Kirim learnt that the two are one user: once the pairing is learnt, the user's last
+/// word, START, stands — sends to the phone go and the id's opt-out is gone. A STOP by the
+/// id newer than the START still refuses.
+async fn a_start_by_phone_newer_than_a_stop_by_id_stands_once_the_pairing_is_learnt(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let pnid = t.phone_number_id.clone();
+    for (phone, user, stop_newer) in [
+        ("60123470101", "MY.7000000101", false),
+        ("60123470102", "MY.7000000102", true),
+    ] {
+        let stop_at = if stop_newer { now() } else { now() - 10 };
+        change(
+            &app,
+            &pnid,
+            "messages",
+            json!({"messages": [stop_from(None, Some(user), stop_at)]}),
+        )
+        .await;
+        let mut start = stop_from(Some(phone), None, now() - 5);
+        start["text"]["body"] = json!("START");
+        change(&app, &pnid, "messages", json!({"messages": [start]})).await;
+        pair(&app, &pnid, phone, user).await;
+        let (s, body) = send_template(&app, &t.key, &format!("+{phone}")).await;
+        let (id_status, _) = call(&app, "GET", &opt_out_path(user), &t.key, None).await;
+        if stop_newer {
+            assert_eq!(
+                (s, body["error"]["code"].as_str(), id_status),
+                (422, Some("recipient_opted_out"), 200),
+                "a STOP newer than the START: {body}"
+            );
+        } else {
+            assert_eq!((s, id_status), (202, 404), "the START stands: {body}");
+        }
+    }
+}
+
 /// A STOP from a user known only by id whose phone has passed to someone else since (Meta
 /// paired that phone with another user id, later): the opt-out is kept under the id, and no
 /// copy of it blocks the phone's new owner.
@@ -913,6 +951,7 @@ on_both_backends!(
     a_stop_naming_phone_and_user_id_follows_the_user_to_a_new_phone,
     a_start_from_a_phone_the_user_left_lifts_only_that_phones_block,
     a_stop_by_user_id_is_not_copied_onto_a_phone_that_has_passed_to_another_user,
+    a_start_by_phone_newer_than_a_stop_by_id_stands_once_the_pairing_is_learnt,
     a_status_of_a_moved_numbers_earlier_message_teaches_its_pairing_to_the_messages_tenant,
     a_stop_from_a_user_known_only_by_id_opts_out_that_id,
     a_user_writing_from_their_whatsapp_id_opens_the_window_for_the_number_as_dialled,

@@ -1033,6 +1033,13 @@ impl FailingWrites {
 
 #[async_trait::async_trait]
 impl kirim::ports::OptOutStore for FailingWrites {
+    async fn opted_in(
+        &self,
+        t: &kirim::domain::TenantId,
+        k: &kirim::domain::OptOutKey,
+    ) -> Result<Option<kirim::domain::OptedIn>, kirim::store_error::StoreError> {
+        self.inner.opted_in(t, k).await
+    }
     async fn put_opt_out_paired(
         &self,
         o: &kirim::domain::OptOut,

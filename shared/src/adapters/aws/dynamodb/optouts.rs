@@ -28,6 +28,25 @@ use aws_sdk_dynamodb::types::TransactWriteItem;
 
 #[async_trait]
 impl OptOutStore for DynamoStore {
+    async fn opted_in(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<crate::domain::OptedIn>, StoreError> {
+        // (Consistent, and past its TTL — deletion lags — as gone.)
+        let Some(item) = self.get(keys::opted_in(tenant, key)).await? else {
+            return Ok(None);
+        };
+        let at = |f: &str| match item.get(f) {
+            Some(aws_sdk_dynamodb::types::AttributeValue::N(v)) => v.parse::<i64>().ok(),
+            _ => None,
+        };
+        Ok(Some(crate::domain::OptedIn {
+            all_at: at("all_at"),
+            marketing_at: at("marketing_at"),
+        }))
+    }
+
     async fn put_opt_out_paired(
         &self,
         opt_out: &OptOut,

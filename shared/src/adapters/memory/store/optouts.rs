@@ -9,6 +9,19 @@ use crate::store_error::StoreError;
 
 #[async_trait]
 impl OptOutStore for MemoryStore {
+    async fn opted_in(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<OptedIn>, StoreError> {
+        let s = self.lock()?;
+        let now = self.clock.now().timestamp();
+        Ok(s.opted_in
+            .get(&(tenant.clone(), key.to_string()))
+            .filter(|(_, expires)| *expires > now)
+            .map(|(o, _)| *o))
+    }
+
     async fn put_opt_out_paired(
         &self,
         opt_out: &OptOut,
