@@ -3,7 +3,7 @@
 
 use chrono::{Duration, Utc};
 use kirim::domain::{
-    MessageId, MessageRecord, MessageStatus, OptOut, OptOutKey, OptOutScope, OptOutSource,
+    MessageId, MessageRecord, MessageStatus, OptOut, OptOutKey, OptOutScope, OptOutSource, OptedIn,
     PhoneNumber, StatusEvent, TenantId,
 };
 use kirim::ports::*;
@@ -1094,7 +1094,46 @@ async fn numbers_kept_from_before_the_trunk_zero_rule_still_read_back_page_on_an
     );
 }
 
+/// When a user last opted back in under a key is read as recorded — the newest START and
+/// marketing `resume`, each its own field, under that key only — and not once the record's
+/// week is over.
+async fn an_opting_back_in_is_read_under_its_own_key_until_its_record_expires(p: Stores) {
+    let t = onboarded(&p, 0).await;
+    let phone = key("+60123450951");
+    assert_eq!(p.opt_outs.opted_in(&t, &phone).await.unwrap(), None);
+    for at in [300, 200] {
+        p.opt_outs
+            .delete_opt_out_not_newer_than(&t, &phone, at)
+            .await
+            .unwrap();
+    }
+    p.opt_outs
+        .delete_opt_out_of_scope(&t, &phone, OptOutScope::Marketing, 250)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.opt_outs.opted_in(&t, &phone).await.unwrap(),
+        Some(OptedIn {
+            all_at: Some(300),
+            marketing_at: Some(250),
+        }),
+        "the newest of each"
+    );
+    assert_eq!(
+        p.opt_outs.opted_in(&t, &key("+60123450952")).await.unwrap(),
+        None,
+        "another key's"
+    );
+    p.clock.advance(Duration::days(8));
+    assert_eq!(
+        p.opt_outs.opted_in(&t, &phone).await.unwrap(),
+        None,
+        "its week is over"
+    );
+}
+
 contract!(
+    an_opting_back_in_is_read_under_its_own_key_until_its_record_expires,
     an_opting_back_in_by_the_users_other_key_holds_back_an_older_opt_out,
     numbers_kept_from_before_the_trunk_zero_rule_still_read_back_page_on_and_go,
     a_closed_tenant_takes_no_opt_out_nor_a_copy_of_one,
