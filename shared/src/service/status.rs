@@ -430,13 +430,8 @@ async fn number_stopped(
     report: &StatusReport,
     error: &crate::domain::meta::MetaError,
 ) {
-    let tenant = match deps.tenants.get_tenant(&record.tenant_id).await {
-        Ok(Some(t)) => t,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::error!(error = %e, "could not read the tenant to hold its number on meta's status");
-            return;
-        }
+    let Some(tenant) = tenant_for_status(deps, &record.tenant_id, "hold its number").await else {
+        return;
     };
     if tenant.status == crate::ports::TenantStatus::Closed {
         return;
@@ -461,6 +456,23 @@ async fn number_stopped(
     .await;
 }
 
+/// The tenant a status's stop (a number's hold, the account's suspension) applies to: `None`
+/// when it is gone, or when it could not be read (logged with `purpose`; best effort, as
+/// both stops are: the next such status tries again).
+async fn tenant_for_status(
+    deps: &Deps,
+    tenant: &TenantId,
+    purpose: &'static str,
+) -> Option<crate::ports::Tenant> {
+    match deps.tenants.get_tenant(tenant).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(error = %e, purpose, "could not read the tenant on meta's status");
+            None
+        }
+    }
+}
+
 /// A `failed` status carrying an account-level error (`errors::ACCOUNT_STOP_CODES`: Meta
 /// accepted the send, then reported that the account cannot send): the tenant is suspended,
 /// as when Meta answers a send with it, so its next sends answer `tenant_suspended` instead
@@ -474,13 +486,9 @@ async fn account_stopped(
     report: &StatusReport,
     error: &crate::domain::meta::MetaError,
 ) {
-    let tenant = match deps.tenants.get_tenant(&record.tenant_id).await {
-        Ok(Some(t)) => t,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::error!(error = %e, "could not read the tenant to suspend it on meta's status");
-            return;
-        }
+    let Some(tenant) = tenant_for_status(deps, &record.tenant_id, "suspend the tenant").await
+    else {
+        return;
     };
     let at = report.at(deps.clock.now());
     let resumed_since = tenant.status_changed_at.is_some_and(|changed| changed > at);
