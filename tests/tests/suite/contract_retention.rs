@@ -410,6 +410,10 @@ async fn a_closed_out_tenants_items_past_their_ttls_are_not_read_before_the_swee
         })
         .await
         .unwrap();
+    let chain = t.id.to_string();
+    let event = super::contract_retention_items::audit_event(&p, &chain, 1, 5);
+    p.audit.append(&AuditLink::new(&event, None)).await.unwrap();
+    let key_id = p.api_keys.list_api_keys(&t.id).await.unwrap()[0].id.clone();
     p.tenants
         .set_status(&t.id, TenantStatus::Closed, Some("bye"), now)
         .await
@@ -454,12 +458,29 @@ async fn a_closed_out_tenants_items_past_their_ttls_are_not_read_before_the_swee
         (true, true, 1, true, true, 1, true, true, 1),
         "kept until its TTL"
     );
+    assert!(p.audit.head(&chain).await.unwrap().is_some());
     // Past the configuration's TTL, no sweep run: none of it is read any more.
     p.clock.advance(Duration::seconds(11));
     assert_eq!(
         config_read().await,
         (false, false, 0, false, false, 0, false, false, 0)
     );
+    // Nor are its keys found to revoke or rotate, nor its chain's head.
+    assert_eq!(
+        p.api_keys
+            .revoke_api_key(&t.id, &key_id, p.clock.now())
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(matches!(
+        p.api_keys
+            .rotate_api_key(&t.id, &key_id, &super::contract::key_for(&t), p.clock.now())
+            .await,
+        Err(kirim::store_error::StoreError::NotFound)
+    ));
+    assert_eq!(p.audit.head(&chain).await.unwrap(), None);
+    assert_eq!(p.audit.tip(&chain).await.unwrap(), (None, false));
     assert!(p.tenants.get_tenant(&t.id).await.unwrap().is_some());
     // Past the tenant's: the tenant is not found (a top-up answers 404).
     p.clock.advance(Duration::seconds(90));

@@ -297,6 +297,21 @@ async fn listing_filters_by_status_and_pages_with_a_cursor(b: Backend) {
         .filter_map(|m| m["id"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(all, vec![third, bad, ok], "newest first, each once");
+    // Another tenant's cursor is refused, not read as a position in this tenant's list.
+    let other = app.onboard(5).await;
+    let res = app
+        .http
+        .get(app.url("/v1/messages"))
+        .query(&[("limit", "2"), ("cursor", cursor.as_str())])
+        .bearer_auth(&other.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_request"
+    );
 }
 
 async fn the_retention_run_answers_a_report_to_the_operator(b: Backend) {

@@ -452,6 +452,16 @@ impl MemoryStore {
             .is_none_or(|(_, ttls)| self.live(Some(ttls.tenant)))
     }
 
+    /// A chain's head as DynamoDB's reads answer it: not past the TTL a close-out gave it
+    /// (the item stays until the sweep deletes it, and a move from "no head" is refused
+    /// meanwhile, as there).
+    fn live_head(&self, s: &State, chain: &str) -> Option<AuditHead> {
+        s.audit
+            .get(chain)
+            .and_then(|(h, _)| h.clone())
+            .filter(|h| self.live(h.ttl))
+    }
+
     /// An API key that authenticates or is listed: neither past its own TTL (an ended
     /// key's) nor its tenant's close-out's.
     fn key_live(&self, s: &State, k: &ApiKeyRecord) -> bool {
@@ -665,9 +675,10 @@ impl ApiKeyStore for MemoryStore {
         at: DateTime<Utc>,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
         let mut s = self.lock()?;
+        // As DynamoDB's read of it: not past its own TTL nor its tenant's close-out's.
         let Some(hash) = s
             .key_of_tenant(tenant, id)
-            .filter(|k| self.live(k.ttl()))
+            .filter(|k| self.key_live(&s, k))
             .map(|k| k.key_hash.clone())
         else {
             return Ok(None);
@@ -690,14 +701,16 @@ impl ApiKeyStore for MemoryStore {
         old_expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut s = self.lock()?;
-        refuse_if_closed(&s, tenant)?;
+        // As on DynamoDB: the key is read first (not found past its own TTL or its
+        // tenant's close-out's), then the write refused for a closed tenant.
         let Some(hash) = s
             .key_of_tenant(tenant, old_id)
-            .filter(|k| self.live(k.ttl()))
+            .filter(|k| self.key_live(&s, k))
             .map(|k| k.key_hash.clone())
         else {
             return Err(StoreError::NotFound);
         };
+        refuse_if_closed(&s, tenant)?;
         if s.keys.contains_key(&new.key_hash) || s.key_of_tenant(tenant, &new.id).is_some() {
             return Err(StoreError::Conflict("api key exists".into()));
         }
@@ -838,7 +851,9 @@ impl MessageStore for MemoryStore {
         q: &MessageQuery,
     ) -> Result<MessagePage, StoreError> {
         let after = match &q.cursor {
-            Some(c) => Some(MessageId::parse(c).ok_or(StoreError::InvalidCursor)?),
+            Some(c) => Some(
+                MessageId::parse(&cursor_position(c, tenant)?).ok_or(StoreError::InvalidCursor)?,
+            ),
             None => None,
         };
         let s = self.lock()?;
@@ -869,7 +884,7 @@ impl MessageStore for MemoryStore {
             .collect();
         let more = matching.next().is_some();
         let next_cursor = if more {
-            messages.last().map(|m| m.id.to_string())
+            messages.last().map(|m| page_cursor(tenant, m.id.as_str()))
         } else {
             None
         };
@@ -1101,6 +1116,28 @@ pub(super) fn debit_tenant(tenant: &mut Tenant, price: i64) -> Result<(), StoreE
     Ok(())
 }
 
+/// A page's cursor as the DynamoDB adapter's are: opaque, URL-safe (a phone's `+` passed
+/// back unencoded in a query string would read as a space) and bound to its tenant: the
+/// tenant and the position after which the next page begins.
+pub(super) fn page_cursor(tenant: &TenantId, after: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{tenant}\n{after}"))
+}
+
+/// The position a [`page_cursor`] names, if it is one of `tenant`'s own (another
+/// tenant's, or a hand-made one, is refused as DynamoDB's adapter refuses it).
+pub(super) fn cursor_position(cursor: &str, tenant: &TenantId) -> Result<String, StoreError> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| StoreError::InvalidCursor)?;
+    let text = String::from_utf8(bytes).map_err(|_| StoreError::InvalidCursor)?;
+    match text.split_once('\n') {
+        Some((t, after)) if t == tenant.as_str() => Ok(after.to_owned()),
+        _ => Err(StoreError::InvalidCursor),
+    }
+}
+
 /// As DynamoDB's `tenant_open_check`: nothing of a closed tenant is written after its
 /// close-out could have given it its TTL (`Conflict(TENANT_CLOSED)`); a tenant with no
 /// record (none in a contract test) does not refuse it.
@@ -1123,12 +1160,13 @@ fn take_mark(s: &mut State, wamid: &str) -> bool {
 #[async_trait]
 impl AuditLog for MemoryStore {
     async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
-        Ok(self.lock()?.audit.get(chain).and_then(|(h, _)| h.clone()))
+        let s = self.lock()?;
+        Ok(self.live_head(&s, chain))
     }
 
     async fn tip(&self, chain: &str) -> Result<(Option<AuditHead>, bool), StoreError> {
         let s = self.lock()?;
-        let head = s.audit.get(chain).and_then(|(h, _)| h.clone());
+        let head = self.live_head(&s, chain);
         let parked = s
             .audit_parked
             .range((chain.to_owned(), String::new())..)

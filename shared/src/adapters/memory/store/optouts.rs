@@ -107,10 +107,10 @@ impl OptOutStore for MemoryStore {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<OptOutPage, StoreError> {
-        // The cursor is the last key (phone or user id) of the previous page.
+        // The cursor names the last key (phone or user id) of the previous page.
         let after = match cursor {
             Some(c) => Some(
-                OptOutKey::parse_stored(c)
+                OptOutKey::parse_stored(&super::cursor_position(c, tenant)?)
                     .ok_or(StoreError::InvalidCursor)?
                     .to_string(),
             ),
@@ -130,7 +130,7 @@ impl OptOutStore for MemoryStore {
         // The cursor is the key the last one is kept under (a copy under a user id may also
         // name a phone: its own `key()` would be the phone's, and the page would repeat).
         let next_cursor = if matching.next().is_some() {
-            page.last().map(|(key, _)| (*key).clone())
+            page.last().map(|(key, _)| super::page_cursor(tenant, key))
         } else {
             None
         };
