@@ -90,7 +90,10 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>, well_formed: bool
         }
         _ => {
             let text = inner.to_string();
-            if text.starts_with("unknown field") || text.starts_with("missing field") {
+            if text.starts_with("unknown field")
+                || text.starts_with("missing field")
+                || text.starts_with("duplicate field")
+            {
                 text.split(" at line")
                     .next()
                     .unwrap_or("invalid field")
@@ -101,7 +104,7 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>, well_formed: bool
                     .map(|exp| {
                         format!(
                             "unknown value, expected {}",
-                            exp.split(" at line").next().unwrap_or("")
+                            exp.split(" at line").next().unwrap_or("").trim_start()
                         )
                     })
                     .unwrap_or_else(|| "unknown value".into())
@@ -271,13 +274,45 @@ pub struct ClientIp(pub Option<std::net::IpAddr>);
 
 #[cfg(test)]
 mod tests {
-    use super::bearer_of;
+    use super::{bearer_of, parse_json};
     use axum::http::{header::AUTHORIZATION, HeaderMap, HeaderValue};
 
     fn with(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
         h
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        to: String,
+        role: Option<crate::domain::Role>,
+    }
+
+    fn refusal(body: &str) -> String {
+        match parse_json::<Body>(body.as_bytes()) {
+            Ok(b) => panic!("{body} was taken: {b:?}"),
+            Err(e) => e.message,
+        }
+    }
+
+    #[test]
+    fn an_unknown_enum_value_names_the_choices_once_spaced() {
+        let said = refusal(r#"{"to":"+60123450701","role":"superuser"}"#);
+        assert!(
+            said.contains("unknown value, expected one of `read_only`"),
+            "{said}"
+        );
+        assert!(said.contains("(at `role`)"), "{said}");
+        assert!(!said.contains("  "), "{said}");
+    }
+
+    #[test]
+    fn a_field_given_twice_is_named() {
+        let said = refusal(r#"{"to":"+60123450701","to":"+60123450702"}"#);
+        assert!(said.contains("duplicate field `to`"), "{said}");
     }
 
     #[test]

@@ -686,7 +686,7 @@ pub async fn list(
 ) -> Result<(Vec<View>, Option<String>), ServiceError> {
     if let Some(c) = cursor {
         if ulid::Ulid::from_string(c).is_err() {
-            return Err(ServiceError::InvalidRequest("cursor is not valid".into()));
+            return Err(ServiceError::InvalidRequest("invalid cursor".into()));
         }
     }
     let (page, next) = deps
