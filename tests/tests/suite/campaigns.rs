@@ -158,6 +158,13 @@ async fn cancelling_a_scheduled_broadcast_refunds_it_exactly_and_sends_nothing(b
         "{view}"
     );
     assert_eq!(app.credits(&t.key).await, 10, "refunded exactly");
+    // Its export lists every recipient, each `cancelled` with no message (API.md: one row
+    // per recipient; it listed none, its list deleted with the cancel).
+    let csv = recipients_csv(&app, &t.key, &id).await;
+    let mut rows: Vec<&str> = csv.lines().skip(1).collect();
+    rows.sort_unstable();
+    let expected: Vec<String> = to.iter().map(|p| format!("{p},cancelled,,,,,,")).collect();
+    assert_eq!(rows, expected, "{csv}");
 
     let (status, body) = call(&app, &t.key, Method::POST, &path, None).await;
     assert_eq!(status, 409, "a second cancel does not apply: {body}");

@@ -349,7 +349,7 @@ async fn a_broadcasts_refund_for_a_tenant_that_is_gone_writes_nothing(p: Ports) 
     refund.tenant_id = kirim::domain::TenantId::generate();
     assert_eq!(
         p.broadcasts
-            .cancel_scheduled_broadcast(&t.id, &scheduled.id, &refund, now)
+            .cancel_scheduled_broadcast(&t.id, &scheduled.id, &refund, now, None)
             .await
             .unwrap_err(),
         StoreError::NotFound
@@ -393,6 +393,104 @@ async fn a_broadcasts_refund_for_a_tenant_that_is_gone_writes_nothing(p: Ports) 
     assert_eq!(
         p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits,
         credits
+    );
+}
+
+/// A broadcast cancelled before it started keeps its recipient list until the time it is
+/// given (the broadcast's own expiry): the record of who it was for, as its messages
+/// would have been, since none was made. A second cancel writes nothing.
+async fn a_scheduled_broadcast_cancelled_keeps_its_recipients_as_long_as_it_is_kept(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    let now = p.clock.now();
+    let phones: Vec<kirim::domain::PhoneNumber> = ["+60123450001", "+60123450002"]
+        .iter()
+        .map(|s| kirim::domain::PhoneNumber::parse(s).unwrap())
+        .collect();
+    let keep = 90 * 86_400;
+    let b = Broadcast {
+        price_each: 2,
+        accepted: 2,
+        status: BroadcastStatus::Scheduled,
+        expires_at: Some(now.timestamp() + keep),
+        send_at: Some(now + Duration::days(1)),
+        started_at: None,
+        ..running_broadcast(&t.id, now)
+    };
+    let (_, mut debit) = message(&p, &t.id, 3600);
+    debit.amount = -4;
+    debit.message_id = None;
+    p.broadcasts
+        .create_broadcast(&b, &phones, &debit)
+        .await
+        .unwrap();
+    let (_, mut refund) = message(&p, &t.id, 3600);
+    refund.kind = LedgerKind::Refund;
+    refund.amount = 4;
+    refund.message_id = None;
+    assert!(p
+        .broadcasts
+        .cancel_scheduled_broadcast(&t.id, &b.id, &refund, now, b.expires_at)
+        .await
+        .unwrap());
+    assert!(!p
+        .broadcasts
+        .cancel_scheduled_broadcast(&t.id, &b.id, &refund, now, b.expires_at)
+        .await
+        .unwrap());
+    let listed = || async {
+        p.broadcasts
+            .broadcast_recipients(&t.id, &b.id)
+            .await
+            .unwrap()
+    };
+    // Past the list's own backstop (a week after its send_at), still there.
+    p.clock.advance(Duration::days(30));
+    assert_eq!(listed().await, Some(phones.clone()));
+    // Past the broadcast's expiry, gone with it.
+    p.clock.advance(Duration::seconds(keep));
+    assert_eq!(listed().await, None);
+
+    // One whose list was swept already (its backstop passed while it waited) is cancelled
+    // and refunded all the same, with no list made.
+    let late = Broadcast {
+        id: kirim::domain::new_id(),
+        expires_at: Some(p.clock.now().timestamp() + keep),
+        send_at: Some(p.clock.now() + Duration::days(1)),
+        ..b.clone()
+    };
+    let (_, mut debit) = message(&p, &t.id, 3600);
+    debit.amount = -4;
+    debit.message_id = None;
+    p.broadcasts
+        .create_broadcast(&late, &phones, &debit)
+        .await
+        .unwrap();
+    p.clock.advance(Duration::days(9));
+    super::contract::sweep(&p).await;
+    assert_eq!(
+        p.broadcasts
+            .broadcast_recipients(&t.id, &late.id)
+            .await
+            .unwrap(),
+        None
+    );
+    let credits = p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits;
+    refund.id = kirim::domain::new_id();
+    assert!(p
+        .broadcasts
+        .cancel_scheduled_broadcast(&t.id, &late.id, &refund, p.clock.now(), late.expires_at)
+        .await
+        .unwrap());
+    assert_eq!(
+        p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits,
+        credits + 4
+    );
+    assert_eq!(
+        p.broadcasts
+            .broadcast_recipients(&t.id, &late.id)
+            .await
+            .unwrap(),
+        None
     );
 }
 
@@ -660,6 +758,7 @@ contract!(
     a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once,
     concurrent_broadcasts_with_one_key_make_one_broadcast_and_one_debit,
     a_broadcasts_refund_for_a_tenant_that_is_gone_writes_nothing,
+    a_scheduled_broadcast_cancelled_keeps_its_recipients_as_long_as_it_is_kept,
 );
 
 /// On DynamoDB the claim and the read of its broadcast's hold are two calls: a claim whose
