@@ -108,6 +108,25 @@ pub async fn paired_now(
     Ok(Some(other))
 }
 
+/// [`paired_now`] of a key in either of its WhatsApp forms: the form as given first, then,
+/// if that has no pairing holding now, its other form (a pairing is learnt in the form
+/// Meta's status or inbound named, `521…`, while a STOP, a 131050 of a message sent to the
+/// dialled number or an operator's `PUT` may name `52…`). A phone with one form reads as
+/// [`paired_now`] does; one with two reads the other form's `PAIR#` half (and its user's)
+/// only when the given form has no pairing.
+pub async fn paired_now_in_either_form(
+    deps: &Deps,
+    tenant: &TenantId,
+    key: &OptOutKey,
+) -> Result<Option<OptOutKey>, ServiceError> {
+    for form in phone_forms(key) {
+        if let Some(other) = paired_now(deps, tenant, &form).await? {
+            return Ok(Some(other));
+        }
+    }
+    Ok(None)
+}
+
 /// The write time of the other key's own half (`theirs`) when it makes `key`'s pairing
 /// (its half written at `mine`) stale: it names a third key and was written after it
 /// ([`paired_now`]'s rule). `None`: the pairing holds.

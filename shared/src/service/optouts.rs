@@ -285,10 +285,13 @@ pub async fn add(
     // START by the id alone, then the pairing learnt, then an older STOP by the phone
     // redelivered late: checked under the phone alone, it was stored, and the user's last
     // word, START, lost.) Only a pairing that holds now: a recycled number's former
-    // owner's START never holds back the new owner's STOP.
+    // owner's START never holds back the new owner's STOP. A phone's pairing in either of
+    // its WhatsApp forms: the pairing was learnt in the form Meta named (`521…`), while a
+    // 131050 of a message sent to the dialled number, or an operator's `PUT`, names `52…`.
     let paired_now = match (&who.phone, &who.user_id) {
         (Some(p), None) => {
-            super::contacts::paired_now(deps, tenant, &OptOutKey::Phone(p.clone())).await?
+            super::contacts::paired_now_in_either_form(deps, tenant, &OptOutKey::Phone(p.clone()))
+                .await?
         }
         (None, Some(u)) => {
             super::contacts::paired_now(deps, tenant, &OptOutKey::User(u.clone())).await?

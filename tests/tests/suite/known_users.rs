@@ -943,7 +943,60 @@ async fn a_user_writing_from_a_new_phone_opens_no_window_for_the_phone_they_left
     assert_eq!(s, 202, "paired as it stands: {body}");
 }
 
+/// The two WhatsApp forms of a Mexican and an Argentine mobile: Meta's `wa_id` (`521…`,
+/// `549…`, the form a status or an inbound names, and so the one a pairing is learnt in)
+/// and the number as dialled (`52…`, `54…`).
+const TWO_FORMS: [(&str, &str); 2] = [
+    ("5215512340111", "525512340111"),
+    ("5491123450112", "541123450112"),
+];
+
+/// A START from the user's id alone, then the pairing learnt in Meta's form of their phone,
+/// then an older STOP naming the phone alone in its other form (a STOP redelivered late, a
+/// 131050 of a message sent to the dialled number): the START, under the id paired with
+/// the phone's other form, holds the late STOP back as it holds back one naming the form
+/// the pairing was learnt in. A STOP newer than the START still takes.
+async fn an_older_stop_by_the_dialled_form_stays_undone_after_a_newer_start_by_the_paired_user_id(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let pnid = t.phone_number_id.clone();
+    for (i, (wa_id, dialled)) in TWO_FORMS.into_iter().enumerate() {
+        let user = format!("MX.70000001{i}1");
+        let mut start = stop_from(None, Some(&user), now() - 5);
+        start["text"]["body"] = json!("START");
+        change(&app, &pnid, "messages", json!({"messages": [start]})).await;
+        pair(&app, &pnid, wa_id, &user).await;
+        let late = stop_from(Some(dialled), None, now() - 10);
+        let summary = change(&app, &pnid, "messages", json!({"messages": [late]})).await;
+        assert_eq!(summary["skipped"], 0, "{summary}");
+        for to in [format!("+{dialled}"), format!("+{wa_id}")] {
+            let (s, body) = send_template(&app, &t.key, &to).await;
+            assert_eq!(s, 202, "{to} after the late STOP: {body}");
+        }
+        let (s, o) = call(
+            &app,
+            "GET",
+            &opt_out_path(&format!("+{dialled}")),
+            &t.key,
+            None,
+        )
+        .await;
+        assert_eq!(s, 404, "{dialled}: {o}");
+        let newer = stop_from(Some(dialled), None, now());
+        change(&app, &pnid, "messages", json!({"messages": [newer]})).await;
+        let (s, body) = send_template(&app, &t.key, &format!("+{wa_id}")).await;
+        assert_eq!(
+            (s, body["error"]["code"].as_str()),
+            (422, Some("recipient_opted_out")),
+            "{wa_id} after a newer STOP: {body}"
+        );
+    }
+}
+
 on_both_backends!(
+    an_older_stop_by_the_dialled_form_stays_undone_after_a_newer_start_by_the_paired_user_id,
     a_user_writing_from_a_new_phone_opens_no_window_for_the_phone_they_left,
     an_older_stop_by_phone_redelivered_after_a_newer_start_by_user_id_stays_undone,
     an_older_stop_by_user_id_redelivered_after_a_newer_start_by_phone_stays_undone,
