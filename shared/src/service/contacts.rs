@@ -57,8 +57,21 @@ fn forms_of(given: &[OptOutKey]) -> Vec<OptOutKey> {
     keys
 }
 
+/// Adds `found` (a key paired with one of the user's) and, for a phone, its other
+/// WhatsApp form, each unless already there: an opt-out or an opting back in kept under
+/// the form Meta or an operator named (`52…`) is the user's as much as one under the form
+/// the pairing was learnt in (`521…`). No read: the form is a rule on the digits.
+fn push_with_forms(keys: &mut Vec<OptOutKey>, found: &OptOutKey) {
+    for k in phone_forms(found) {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+}
+
 /// Every key a user is known by: the given ones, each phone's other WhatsApp form, and
-/// for each of those the paired one Kirim learnt (deduplicated, in that order).
+/// for each of those the paired one Kirim learnt, with a paired phone's other form
+/// (deduplicated, in that order).
 pub async fn keys_of(
     deps: &Deps,
     tenant: &TenantId,
@@ -68,9 +81,7 @@ pub async fn keys_of(
     let own = keys.clone();
     for k in &own {
         if let Some(other) = deps.contacts.paired_key(tenant, k).await? {
-            if !keys.contains(&other) {
-                keys.push(other);
-            }
+            push_with_forms(&mut keys, &other);
         }
     }
     Ok(keys)
@@ -156,9 +167,7 @@ pub async fn keys_paired_now(
     let own = keys.clone();
     for k in &own {
         if let Some(other) = paired_now(deps, tenant, k).await? {
-            if !keys.contains(&other) {
-                keys.push(other);
-            }
+            push_with_forms(&mut keys, &other);
         }
     }
     Ok(keys)

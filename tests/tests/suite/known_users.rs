@@ -995,8 +995,88 @@ async fn an_older_stop_by_the_dialled_form_stays_undone_after_a_newer_start_by_t
     }
 }
 
+/// An opt-out an operator put under the dialled form of a phone (`PUT /v1/opt-outs/+52…`)
+/// whose pairing Kirim learnt in Meta's form (`521…`) is the paired user's: a START from
+/// the user's id alone lifts it, and so does a `resume` of marketing by the id alone lift a
+/// marketing one.
+async fn a_start_or_resume_by_user_id_lifts_an_opt_out_kept_under_the_other_form_of_its_phone(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let pnid = t.phone_number_id.clone();
+    for (i, (wa_id, dialled)) in TWO_FORMS.into_iter().enumerate() {
+        let user = format!("MX.70000002{i}1");
+        let to = format!("+{dialled}");
+        pair(&app, &pnid, wa_id, &user).await;
+        let (s, o) = call(&app, "PUT", &opt_out_path(&to), &t.key, None).await;
+        assert!(s == 200 || s == 201, "{s}: {o}");
+        let (s, _) = send_template(&app, &t.key, &to).await;
+        assert_eq!(s, 422, "{to} opted out");
+        let mut start = stop_from(None, Some(&user), now());
+        start["text"]["body"] = json!("START");
+        let summary = change(&app, &pnid, "messages", json!({"messages": [start]})).await;
+        assert_eq!(summary["applied"], 1, "{summary}");
+        let (s, body) = send_template(&app, &t.key, &to).await;
+        assert_eq!(s, 202, "{to} after the START by id: {body}");
+        // Marketing: a `resume` by the id alone.
+        let body = Some(json!({"scope": "marketing"}));
+        let (s, o) = call(&app, "PUT", &opt_out_path(&to), &t.key, body).await;
+        assert!(s == 200 || s == 201, "{s}: {o}");
+        let marketing = json!({"to": to, "template": kirim_tests::template_of("marketing")});
+        let (s, _) = call(
+            &app,
+            "POST",
+            "/v1/messages",
+            &t.key,
+            Some(marketing.clone()),
+        )
+        .await;
+        assert_eq!(s, 422, "{to} stopped marketing");
+        let summary = change(
+            &app,
+            &pnid,
+            "user_preferences",
+            json!({"user_preferences": [{"user_id": user,
+            "category": "marketing_messages", "value": "resume", "timestamp": now()}]}),
+        )
+        .await;
+        assert_eq!(summary["applied"], 1, "{summary}");
+        let (s, body) = call(&app, "POST", "/v1/messages", &t.key, Some(marketing)).await;
+        assert_eq!(s, 202, "{to} after the resume by id: {body}");
+    }
+}
+
+/// The opt-out routes by user id reach an opt-out kept under either form of the phone the
+/// id is paired with: `GET /v1/opt-outs/{user id}` finds one put under the dialled form
+/// (the pairing was learnt in Meta's), and `DELETE` removes it, so sends to the phone go.
+async fn an_opt_out_under_the_other_form_of_a_paired_phone_is_read_and_removed_by_user_id(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let pnid = t.phone_number_id.clone();
+    for (i, (wa_id, dialled)) in TWO_FORMS.into_iter().enumerate() {
+        let user = format!("MX.70000003{i}1");
+        let to = format!("+{dialled}");
+        pair(&app, &pnid, wa_id, &user).await;
+        let (s, o) = call(&app, "PUT", &opt_out_path(&to), &t.key, None).await;
+        assert!(s == 200 || s == 201, "{s}: {o}");
+        let (s, o) = call(&app, "GET", &opt_out_path(&user), &t.key, None).await;
+        assert_eq!((s, o["key"].as_str()), (200, Some(to.as_str())), "{o}");
+        let (s, o) = call(&app, "DELETE", &opt_out_path(&user), &t.key, None).await;
+        assert_eq!(s, 204, "{o}");
+        let (s, o) = call(&app, "GET", &opt_out_path(&to), &t.key, None).await;
+        assert_eq!(s, 404, "{o}");
+        let (s, body) = send_template(&app, &t.key, &to).await;
+        assert_eq!(s, 202, "{to} after the DELETE by id: {body}");
+    }
+}
+
 on_both_backends!(
     an_older_stop_by_the_dialled_form_stays_undone_after_a_newer_start_by_the_paired_user_id,
+    a_start_or_resume_by_user_id_lifts_an_opt_out_kept_under_the_other_form_of_its_phone,
+    an_opt_out_under_the_other_form_of_a_paired_phone_is_read_and_removed_by_user_id,
     a_user_writing_from_a_new_phone_opens_no_window_for_the_phone_they_left,
     an_older_stop_by_phone_redelivered_after_a_newer_start_by_user_id_stays_undone,
     an_older_stop_by_user_id_redelivered_after_a_newer_start_by_phone_stays_undone,
