@@ -516,6 +516,29 @@ async fn an_opt_out_check_reads_the_phones_opt_out_and_its_pairing_in_one_round_
             "{phase}: the opt-out and the pairing, read together"
         );
     }
+
+    // A mobile WhatsApp knows by two forms (Mexico's `+52…` and `+521…`): the same two reads
+    // for each form, the forms one after the other. Nothing more: an opt-out's write and a
+    // START read the other form's pairing, a send does not.
+    let to = PhoneNumber::parse("+525512340777").unwrap();
+    proxy.set_phase("send");
+    kirim::service::optouts::check(&deps, &tenant, &to, Some(TemplateCategory::Marketing))
+        .await
+        .unwrap();
+    proxy.set_phase("dispatch");
+    kirim::service::optouts::check_queued(&deps, &tenant, &to, Some(TemplateCategory::Marketing))
+        .await
+        .unwrap();
+    proxy.set_phase("after");
+    let tally = proxy.take();
+    for (phase, rcu) in [("send", 4.0), ("dispatch", 2.0)] {
+        let get = tally[phase]["DynamoDB.GetItem"];
+        assert_eq!(
+            (get.calls, get.rcu, get.round_trips),
+            (4, rcu, 2),
+            "{phase}: each form's opt-out and pairing, read together"
+        );
+    }
 }
 
 /// A message's dispatch through the proxy, every call held 100 ms (a margin for a loaded
