@@ -229,6 +229,17 @@ pub trait ApiKeyStore: Send + Sync {
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
     /// Oldest first.
     async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// One page of [`Self::list_api_keys`]: at most `limit` keys, oldest first (key-id
+    /// order, the ids being ULIDs), after `cursor` (a `next_cursor` this adapter handed
+    /// out for the tenant); one read, however many keys the tenant holds.
+    /// `InvalidCursor` for a cursor that is none of this adapter's for the tenant's keys
+    /// (another tenant's never shows that tenant's keys).
+    async fn list_api_keys_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<ApiKeyPage, StoreError>;
     async fn get_api_key(
         &self,
         tenant: &TenantId,
@@ -530,6 +541,26 @@ pub struct OptOutPage {
     /// are no longer paired.
     pub keys: Vec<crate::domain::OptOutKey>,
     pub next_cursor: Option<String>,
+}
+
+/// A page of API keys (oldest first) and the cursor for the next one (`None`: the last).
+#[derive(Clone, Debug, Default)]
+pub struct ApiKeyPage {
+    pub keys: Vec<ApiKeyRecord>,
+    pub next_cursor: Option<String>,
+}
+
+/// The most records a page of a paged list of a tenant's records holds (API keys,
+/// users): one read's worth, whatever a caller asks.
+pub const MAX_PAGE: usize = 100;
+
+/// Whether `id` may be a position in a list of a tenant's records by id (API keys,
+/// users): the ids are ULIDs ([`new_id`](crate::domain::new_id)); a cursor of the memory
+/// adapters is such an id, and the DynamoDB adapter's names one. Anything else is not a
+/// cursor of ours (and a long one would reach DynamoDB as an over-long sort key: a 500,
+/// not a 400).
+pub fn listed_id(id: &str) -> bool {
+    id.len() == 26 && ulid::Ulid::from_string(id).is_ok()
 }
 
 /// The `Conflict` a write refused for its tenant being closed answers (an opt-out put

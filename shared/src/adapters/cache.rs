@@ -318,6 +318,15 @@ impl<S: ApiKeyStore + 'static> ApiKeyStore for ReadCache<S> {
         self.inner.list_api_keys(tenant).await
     }
 
+    async fn list_api_keys_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<crate::ports::ApiKeyPage, StoreError> {
+        self.inner.list_api_keys_page(tenant, limit, cursor).await
+    }
+
     async fn get_api_key(
         &self,
         tenant: &TenantId,

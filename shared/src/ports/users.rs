@@ -185,6 +185,13 @@ pub enum LoginTicket {
     Free,
 }
 
+/// A page of users (oldest first) and the cursor for the next one (`None`: the last).
+#[derive(Clone, Debug, Default)]
+pub struct UserPage {
+    pub users: Vec<UserRecord>,
+    pub next_cursor: Option<String>,
+}
+
 #[async_trait]
 pub trait UserStore: Send + Sync {
     /// Stores the user and its global email claim in one atomic write; `Conflict` if the
@@ -196,6 +203,16 @@ pub trait UserStore: Send + Sync {
     async fn user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
     /// Oldest first.
     async fn list_users(&self, tenant: &TenantId) -> Result<Vec<UserRecord>, StoreError>;
+    /// One page of the tenant's users: at most `limit`, oldest first by id (ULIDs: the
+    /// order they were created in), after `cursor` (a `next_cursor` this adapter handed out
+    /// for the tenant); one read. `InvalidCursor` for a cursor that is none of this
+    /// adapter's for the tenant's users (another tenant's never shows that tenant's users).
+    async fn list_users_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<UserPage, StoreError>;
     /// Deletes the user and its email claim; `false` if the tenant has no such user.
     async fn delete_user(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError>;
     /// Gives the user `role`, atomically, and answers the role it had; `None` if the tenant

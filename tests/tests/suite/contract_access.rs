@@ -719,11 +719,105 @@ async fn a_parked_audit_event_is_kept_in_order_and_linked_in_exactly_once(p: Por
     assert!(!p.audit.tip(&chain).await.unwrap().1);
 }
 
+/// One page at a time (one read each), oldest first: walking the cursors lists each of the
+/// tenant's keys once, in the full list's order, leaves out a key past its 90 days after
+/// it ended, and ends without a cursor; a made-up cursor is refused, and another tenant's
+/// never shows that tenant's keys.
+async fn keys_are_listed_a_page_at_a_time_each_once_and_only_the_tenants_own(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let other = onboarded(&p, 0).await;
+    for _ in 0..4 {
+        p.api_keys.put_api_key(&key_for(&t)).await.unwrap();
+    }
+    let gone = key_for(&t);
+    p.api_keys.put_api_key(&gone).await.unwrap();
+    p.api_keys
+        .revoke_api_key(&t.id, &gone.id, p.clock.now())
+        .await
+        .unwrap()
+        .expect("revoked");
+    p.clock.advance(Duration::days(91));
+    for _ in 0..2 {
+        p.api_keys.put_api_key(&key_for(&other)).await.unwrap();
+    }
+    let all: Vec<String> = p
+        .api_keys
+        .list_api_keys(&t.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(
+        all.len(),
+        5,
+        "the onboarding key and four, not the ended one"
+    );
+    let mut by_id = all.clone();
+    by_id.sort();
+    assert_eq!(all, by_id, "oldest first is key-id order");
+    let (mut walked, mut cursor, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        let page = p
+            .api_keys
+            .list_api_keys_page(&t.id, 2, cursor.as_deref())
+            .await
+            .unwrap();
+        assert!(page.keys.len() <= 2, "{page:?}");
+        assert!(page.keys.iter().all(|k| k.tenant_id == t.id));
+        walked.extend(page.keys.into_iter().map(|k| k.id));
+        pages += 1;
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+        assert!(pages < 10, "the walk ends");
+    }
+    assert_eq!(walked, all);
+    assert_eq!(pages, 3);
+    // A page that holds them all (exactly, or with room) has no next one.
+    for limit in [3, 100] {
+        let whole = p
+            .api_keys
+            .list_api_keys_page(&other.id, limit, None)
+            .await
+            .unwrap();
+        assert_eq!((whole.keys.len(), whole.next_cursor), (3, None));
+    }
+    let long = "A".repeat(2000);
+    for made_up in ["", "nope", "not a cursor", long.as_str()] {
+        assert!(
+            matches!(
+                p.api_keys.list_api_keys_page(&t.id, 2, Some(made_up)).await,
+                Err(StoreError::InvalidCursor)
+            ),
+            "{made_up}"
+        );
+    }
+    let theirs = p
+        .api_keys
+        .list_api_keys_page(&other.id, 1, None)
+        .await
+        .unwrap()
+        .next_cursor
+        .expect("the other tenant has three keys");
+    match p
+        .api_keys
+        .list_api_keys_page(&t.id, 100, Some(&theirs))
+        .await
+    {
+        Err(StoreError::InvalidCursor) => {}
+        Ok(page) => assert!(page.keys.iter().all(|k| k.tenant_id == t.id)),
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
 contract!(
     a_parked_audit_event_is_kept_in_order_and_linked_in_exactly_once,
     an_audit_event_is_written_before_its_head_and_the_head_follows_it_once,
     an_audit_chain_only_grows_from_its_current_head,
     a_key_is_found_by_hash_and_by_id_only_within_its_tenant,
+    keys_are_listed_a_page_at_a_time_each_once_and_only_the_tenants_own,
     a_revoked_key_is_revoked_under_both_lookups_and_never_for_another_tenant,
     concurrent_revokes_of_one_key_keep_the_first_ones_time,
     rotation_stores_the_new_key_and_ends_the_old_one_once,

@@ -708,7 +708,78 @@ async fn a_closed_tenant_takes_no_new_key_user_or_setting(p: Ports) {
     );
 }
 
+/// One page at a time (one read each), oldest first by id: walking the cursors lists each
+/// of the tenant's users once and ends without a cursor; a made-up cursor is refused, and
+/// another tenant's never shows that tenant's users.
+async fn users_are_listed_a_page_at_a_time_each_once_and_only_the_tenants_own(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let other = onboarded(&p, 0).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let u = user(&p, &t, &email());
+        p.users.create_user(&u).await.unwrap();
+        ids.push(u.id);
+    }
+    for _ in 0..3 {
+        p.users
+            .create_user(&user(&p, &other, &email()))
+            .await
+            .unwrap();
+    }
+    ids.sort();
+    let (mut walked, mut cursor, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        let page = p
+            .users
+            .list_users_page(&t.id, 2, cursor.as_deref())
+            .await
+            .unwrap();
+        assert!(page.users.len() <= 2, "{page:?}");
+        assert!(page.users.iter().all(|u| u.tenant_id == t.id));
+        walked.extend(page.users.into_iter().map(|u| u.id));
+        pages += 1;
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+        assert!(pages < 10, "the walk ends");
+    }
+    assert_eq!(walked, ids);
+    assert_eq!(pages, 3);
+    for limit in [3, 100] {
+        let whole = p
+            .users
+            .list_users_page(&other.id, limit, None)
+            .await
+            .unwrap();
+        assert_eq!((whole.users.len(), whole.next_cursor), (3, None));
+    }
+    let long = "A".repeat(2000);
+    for made_up in ["", "nope", "not a cursor", long.as_str()] {
+        assert!(
+            matches!(
+                p.users.list_users_page(&t.id, 2, Some(made_up)).await,
+                Err(StoreError::InvalidCursor)
+            ),
+            "{made_up}"
+        );
+    }
+    let theirs = p
+        .users
+        .list_users_page(&other.id, 1, None)
+        .await
+        .unwrap()
+        .next_cursor
+        .expect("the other tenant has three users");
+    match p.users.list_users_page(&t.id, 100, Some(&theirs)).await {
+        Err(StoreError::InvalidCursor) => {}
+        Ok(page) => assert!(page.users.iter().all(|u| u.tenant_id == t.id)),
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
 contract!(
+    users_are_listed_a_page_at_a_time_each_once_and_only_the_tenants_own,
     a_closed_tenant_takes_no_new_key_user_or_setting,
     a_password_is_replaced_only_over_the_hash_that_was_checked,
     touching_a_session_records_its_last_use,

@@ -17,10 +17,10 @@ use serde::Serialize;
 use super::classify;
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::ports::{
-    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery, Clock,
-    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, ParkedAudit, QualityCounter,
-    QualityCounts, QualityStats, RequestKeyRecord, StatusChange, Tenant, TenantStatus, TenantStore,
-    TopUpOnce, Transition,
+    ApiKeyPage, ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery,
+    Clock, Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, ParkedAudit,
+    QualityCounter, QualityCounts, QualityStats, RequestKeyRecord, StatusChange, Tenant,
+    TenantStatus, TenantStore, TopUpOnce, Transition,
 };
 use crate::store_error::StoreError;
 
@@ -484,6 +484,72 @@ impl DynamoStore {
             }
         }
         Ok(out)
+    }
+
+    /// One page of the tenant's live items whose sort key is `prefix` and an id, in
+    /// sort-key (id) order, after `cursor`, and the cursor of the next page: one consistent
+    /// `Query` of at most `limit + 1` items (one more than asked: a next cursor only when
+    /// there is a next page), `limit` being 1 to [`MAX_PAGE`](crate::ports::MAX_PAGE).
+    /// The cursor (an [`encode_cursor`] of the last item's key) is only a position: the
+    /// start key is rebuilt from the id it names in the tenant's own partition under
+    /// `prefix`, so another list's, another tenant's or a hand-made one is `InvalidCursor`
+    /// and never reaches DynamoDB. An item whose TTL passed but is not yet deleted is left
+    /// out, so a page may be short while a next cursor is set.
+    pub(super) async fn query_tenant_page<T: DeserializeOwned>(
+        &self,
+        tenant: &TenantId,
+        prefix: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<T>, Option<String>), StoreError> {
+        let limit = limit.clamp(1, crate::ports::MAX_PAGE);
+        let pk = keys::tenant_pk(tenant);
+        let start = cursor
+            .map(|c| {
+                let item = decode_cursor(c, tenant)?;
+                cursor_sort_key(&item, tenant, prefix)
+                    .filter(|id| crate::ports::listed_id(id))
+                    .map(|id| -> Item {
+                        HashMap::from([
+                            (keys::PK.to_owned(), s(pk.clone())),
+                            (keys::SK.to_owned(), s(format!("{prefix}{id}"))),
+                        ])
+                    })
+                    .ok_or(StoreError::InvalidCursor)
+            })
+            .transpose()?;
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
+            .expression_attribute_values(":pk", s(pk.clone()))
+            .expression_attribute_values(":p", s(prefix))
+            .set_exclusive_start_key(start)
+            .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb query", e))?;
+        let mut items = out.items.unwrap_or_default();
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().and_then(|last| {
+                let key: Item = HashMap::from([
+                    (keys::PK.to_owned(), AttributeValue::S(pk.clone())),
+                    (keys::SK.to_owned(), last.get(keys::SK)?.clone()),
+                ]);
+                encode_cursor(&key)
+            })
+        } else {
+            None
+        };
+        let page = items
+            .into_iter()
+            .filter(|i| self.live(i))
+            .map(from_item)
+            .collect::<Result<Vec<T>, _>>()?;
+        Ok((page, next_cursor))
     }
 
     async fn balance(&self, tenant: &TenantId) -> Result<i64, StoreError> {
@@ -1168,6 +1234,18 @@ impl ApiKeyStore for DynamoStore {
     async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>, StoreError> {
         self.query_prefix(keys::tenant_pk(tenant), keys::API_KEY_PREFIX)
             .await
+    }
+
+    async fn list_api_keys_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<ApiKeyPage, StoreError> {
+        let (keys, next_cursor) = self
+            .query_tenant_page(tenant, keys::API_KEY_PREFIX, limit, cursor)
+            .await?;
+        Ok(ApiKeyPage { keys, next_cursor })
     }
 
     async fn get_api_key(

@@ -15,7 +15,8 @@ use super::classify;
 use super::dynamodb::{from_item, keys, n, s, to_item, CancelReason, DynamoStore, Item, TTL_ATTR};
 use crate::domain::{Role, TenantId};
 use crate::ports::{
-    LoginCounter, LoginGate, LoginPolicy, LoginTicket, SessionRecord, UserRecord, UserStore,
+    LoginCounter, LoginGate, LoginPolicy, LoginTicket, SessionRecord, UserPage, UserRecord,
+    UserStore,
 };
 use crate::store_error::StoreError;
 
@@ -179,6 +180,18 @@ impl UserStore for DynamoStore {
             .await?;
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
+    }
+
+    async fn list_users_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<UserPage, StoreError> {
+        let (users, next_cursor) = self
+            .query_tenant_page(tenant, keys::USER_PREFIX, limit, cursor)
+            .await?;
+        Ok(UserPage { users, next_cursor })
     }
 
     async fn delete_user(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {

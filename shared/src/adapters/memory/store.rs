@@ -21,10 +21,10 @@ mod templates;
 mod throttle;
 
 use crate::ports::{
-    ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery, Clock,
-    Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, ParkedAudit, QualityCounter,
-    QualityCounts, QualityStats, RequestKeyRecord, StatusChange, Tenant, TenantStatus, TenantStore,
-    TopUpOnce, Transition,
+    ApiKeyPage, ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery,
+    Clock, Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, ParkedAudit,
+    QualityCounter, QualityCounts, QualityStats, RequestKeyRecord, StatusChange, Tenant,
+    TenantStatus, TenantStore, TopUpOnce, Transition,
 };
 
 /// A message's key in [`State::messages`], so that a lookup borrows the tenant and the id
@@ -613,6 +613,29 @@ fn accepted_ms(m: &MessageRecord) -> i64 {
     )
 }
 
+/// The page of `all` (in id order) after the id `cursor`: at most `limit` (1 to
+/// [`MAX_PAGE`](crate::ports::MAX_PAGE)), and the last one's id when more follow.
+pub(crate) fn page_by_id<T>(
+    all: Vec<T>,
+    id: impl Fn(&T) -> &str,
+    limit: usize,
+    cursor: Option<&str>,
+) -> (Vec<T>, Option<String>) {
+    let limit = limit.clamp(1, crate::ports::MAX_PAGE);
+    let mut after: Vec<T> = all
+        .into_iter()
+        .filter(|x| cursor.is_none_or(|c| id(x) > c))
+        .collect();
+    let more = after.len() > limit;
+    after.truncate(limit);
+    let next = if more {
+        after.last().map(|x| id(x).to_owned())
+    } else {
+        None
+    };
+    (after, next)
+}
+
 fn open_tenant<'a>(
     tenants: &'a mut HashMap<TenantId, Tenant>,
     id: &TenantId,
@@ -655,6 +678,21 @@ impl ApiKeyStore for MemoryStore {
             .collect();
         keys.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(keys)
+    }
+
+    async fn list_api_keys_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<ApiKeyPage, StoreError> {
+        // The cursor is the id of the previous page's last key.
+        if cursor.is_some_and(|c| !crate::ports::listed_id(c)) {
+            return Err(StoreError::InvalidCursor);
+        }
+        let (keys, next_cursor) =
+            page_by_id(self.list_api_keys(tenant).await?, |k| &k.id, limit, cursor);
+        Ok(ApiKeyPage { keys, next_cursor })
     }
 
     async fn get_api_key(

@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use super::MemoryStore;
 use crate::domain::{Role, TenantId};
 use crate::ports::{
-    LoginCounter, LoginGate, LoginPolicy, LoginTicket, SessionRecord, UserRecord, UserStore,
+    LoginCounter, LoginGate, LoginPolicy, LoginTicket, SessionRecord, UserPage, UserRecord,
+    UserStore,
 };
 use crate::store_error::StoreError;
 
@@ -103,6 +104,22 @@ impl UserStore for MemoryStore {
             .collect();
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
+    }
+
+    async fn list_users_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<UserPage, StoreError> {
+        // The cursor is the id of the previous page's last user.
+        if cursor.is_some_and(|c| !crate::ports::listed_id(c)) {
+            return Err(StoreError::InvalidCursor);
+        }
+        let mut all = self.list_users(tenant).await?;
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let (users, next_cursor) = super::store::page_by_id(all, |u| &u.id, limit, cursor);
+        Ok(UserPage { users, next_cursor })
     }
 
     async fn delete_user(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
