@@ -166,9 +166,16 @@ pub(super) async fn put_allowlist(
     Ok(noted(res, None, json!({"cidrs": cidrs})))
 }
 
-pub(super) async fn list_keys(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
-    let keys = apikeys::list(&s.deps, ctx.tenant_id()).await?;
-    Ok(Json(json!({"api_keys": keys})).into_response())
+/// `GET /v1/api-keys?limit=&cursor=`: a page of at most `limit` keys (default 100, the
+/// most), oldest first, and `next_cursor` (`null` on the last page).
+pub(super) async fn list_keys(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    super::extract::Query(params): super::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult {
+    let (limit, cursor) = super::page_query(&params, crate::ports::MAX_PAGE)?;
+    let (keys, next_cursor) = apikeys::list(&s.deps, ctx.tenant_id(), limit, cursor).await?;
+    Ok(Json(json!({"api_keys": keys, "next_cursor": next_cursor})).into_response())
 }
 
 fn minted_json(m: &apikeys::Minted) -> serde_json::Value {

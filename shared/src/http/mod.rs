@@ -451,6 +451,33 @@ pub(crate) fn parse_time(name: &str, v: &str) -> Result<chrono::DateTime<chrono:
         .map_err(|_| ApiError::invalid(format!("{name} must be an RFC 3339 time")))
 }
 
+/// The query of a list that takes only `limit` (1 to 100, `default` when absent) and
+/// `cursor` (`GET /v1/api-keys`, `GET /v1/users`), refused as the other lists refuse theirs.
+pub(crate) fn page_query(
+    params: &HashMap<String, String>,
+    default: usize,
+) -> Result<(usize, Option<&str>), ApiError> {
+    let (mut limit, mut cursor) = (default, None);
+    for (k, v) in params {
+        match k.as_str() {
+            "limit" => {
+                limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=100).contains(l))
+                    .ok_or_else(|| ApiError::invalid("limit must be 1 to 100"))?
+            }
+            "cursor" => cursor = Some(v.as_str()),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter `{other}`"
+                )))
+            }
+        }
+    }
+    Ok((limit, cursor))
+}
+
 async fn list_messages(
     State(s): State<AppState>,
     ctx: TenantCtx,

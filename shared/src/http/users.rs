@@ -46,9 +46,16 @@ async fn create_user(
     ))
 }
 
-async fn list_users(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {
-    let list = users::list(&s.deps, ctx.tenant_id()).await?;
-    Ok(Json(json!({"users": list})).into_response())
+/// `GET /v1/users?limit=&cursor=`: a page of at most `limit` users (default 100, the
+/// most), oldest first, and `next_cursor` (`null` on the last page).
+async fn list_users(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    super::extract::Query(params): super::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult {
+    let (limit, cursor) = super::page_query(&params, crate::ports::MAX_PAGE)?;
+    let (list, next_cursor) = users::list(&s.deps, ctx.tenant_id(), limit, cursor).await?;
+    Ok(Json(json!({"users": list, "next_cursor": next_cursor})).into_response())
 }
 
 async fn delete_user(

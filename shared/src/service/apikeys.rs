@@ -175,15 +175,21 @@ pub async fn create_for_operator(
     }
 }
 
-pub async fn list(deps: &Deps, tenant: &TenantId) -> Result<Vec<KeyView>, ServiceError> {
+/// `GET /v1/api-keys`: one page of the tenant's keys, oldest first, and the cursor to go
+/// on from (`None`: the last page). One read, however many keys the tenant has.
+pub async fn list(
+    deps: &Deps,
+    tenant: &TenantId,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<(Vec<KeyView>, Option<String>), ServiceError> {
     let now = deps.clock.now();
-    Ok(deps
+    let page = deps
         .api_keys
-        .list_api_keys(tenant)
-        .await?
-        .iter()
-        .map(|k| KeyView::of(k, now))
-        .collect())
+        .list_api_keys_page(tenant, limit, cursor)
+        .await?;
+    let views = page.keys.iter().map(|k| KeyView::of(k, now)).collect();
+    Ok((views, page.next_cursor))
 }
 
 /// A new key with the old one's name and role; the old one keeps working until the

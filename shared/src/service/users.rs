@@ -297,14 +297,17 @@ pub async fn create(
     Ok(UserView::of(&user))
 }
 
-pub async fn list(deps: &Deps, tenant: &TenantId) -> Result<Vec<UserView>, ServiceError> {
-    Ok(deps
-        .users
-        .list_users(tenant)
-        .await?
-        .iter()
-        .map(UserView::of)
-        .collect())
+/// `GET /v1/users`: one page of the tenant's users, oldest first, and the cursor to go on
+/// from (`None`: the last page). One read, however many users the tenant has.
+pub async fn list(
+    deps: &Deps,
+    tenant: &TenantId,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<(Vec<UserView>, Option<String>), ServiceError> {
+    let page = deps.users.list_users_page(tenant, limit, cursor).await?;
+    let views = page.users.iter().map(UserView::of).collect();
+    Ok((views, page.next_cursor))
 }
 
 /// One user of the tenant, as shown; another tenant's is `NotFound`.

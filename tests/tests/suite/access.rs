@@ -899,7 +899,68 @@ async fn the_operators_admin_key_is_minted_for_a_tenant_at_its_key_cap(b: Backen
     assert_eq!((s, code(&b_)), (400, "invalid_request"), "{b_}");
 }
 
+/// Checks `path`'s paging as every list of the API pages: the default page holds all
+/// `total` records with `next_cursor` `null`; pages of `limit=2` walk them once, in the
+/// same order, each `next_cursor` going on from the last; a bad `limit` or `cursor` (or
+/// another parameter) is `400 invalid_request`.
+pub(crate) async fn assert_pages(app: &TestApp, key: &str, path: &str, field: &str, total: usize) {
+    let ids = |v: &Value| -> Vec<String> {
+        v[field]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|x| x["id"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let (s, all) = call(app, "GET", path, Some(key), None).await;
+    assert_eq!(s, 200, "{all}");
+    assert_eq!(ids(&all).len(), total, "{all}");
+    assert!(all["next_cursor"].is_null(), "{all}");
+    let (mut walked, mut next, mut pages) = (Vec::new(), None::<String>, 0);
+    loop {
+        let uri = match &next {
+            Some(c) => format!("{path}?limit=2&cursor={c}"),
+            None => format!("{path}?limit=2"),
+        };
+        let (s, page) = call(app, "GET", &uri, Some(key), None).await;
+        assert_eq!(s, 200, "{page}");
+        assert!(ids(&page).len() <= 2, "{page}");
+        walked.extend(ids(&page));
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) => next = Some(c.to_owned()),
+            None => break,
+        }
+        assert!(pages <= total, "the walk ends");
+    }
+    assert_eq!(walked, ids(&all));
+    assert_eq!(pages, total.div_ceil(2));
+    for bad in [
+        "limit=0",
+        "limit=101",
+        "limit=two",
+        "cursor=nope",
+        "cursor=",
+        "order=newest",
+    ] {
+        let (s, b) = call(app, "GET", &format!("{path}?{bad}"), Some(key), None).await;
+        assert_eq!((s, code(&b)), (400, "invalid_request"), "{bad}: {b}");
+    }
+}
+
+/// `GET /v1/api-keys` pages as the other lists do (`limit`, `cursor` → `next_cursor`),
+/// its default page holding a normal tenant's every key.
+async fn the_api_keys_list_pages_with_limit_and_cursor_and_refuses_a_bad_one(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(1).await;
+    for role in ["operator", "read_only"] {
+        new_key(&app, &t.key, role).await;
+    }
+    assert_pages(&app, &t.key, "/v1/api-keys", "api_keys", 3).await;
+}
+
 on_both_backends!(
+    the_api_keys_list_pages_with_limit_and_cursor_and_refuses_a_bad_one,
     an_address_flooding_bad_credentials_waits_and_stops_writing_audit_events,
     a_leaked_key_flooding_from_a_refused_address_waits_and_stops_writing_audit_events,
     the_operator_mints_a_key_for_a_tenant_that_revoked_its_last_admin_key,

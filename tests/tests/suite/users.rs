@@ -830,7 +830,19 @@ async fn the_two_hundred_and_first_user_of_a_tenant_is_refused(b: Backend) {
     );
 }
 
+/// `GET /v1/users` pages as the other lists do (`limit`, `cursor` → `next_cursor`), its
+/// default page holding a normal tenant's every user.
+async fn the_users_list_pages_with_limit_and_cursor_and_refuses_a_bad_one(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(1).await;
+    for role in ["admin", "operator", "read_only"] {
+        new_user(&app, &t.key, role).await;
+    }
+    super::access::assert_pages(&app, &t.key, "/v1/users", "users", 3).await;
+}
+
 on_both_backends!(
+    the_users_list_pages_with_limit_and_cursor_and_refuses_a_bad_one,
     the_two_hundred_and_first_user_of_a_tenant_is_refused,
     wrong_codes_at_the_2fa_confirmation_are_limited_as_a_logins_are,
     a_sign_in_racing_a_password_change_with_the_old_password_opens_no_lasting_session,
