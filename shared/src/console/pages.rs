@@ -1589,9 +1589,12 @@ fn shown_once(title: &str, key: &str) -> Markup {
 }
 
 async fn api_keys(State(s): S, ctx: Ctx, q: Q) -> Response {
-    render_keys(&s, &ctx, StatusCode::OK, done(&q.0), None, [""; 3]).await
+    let cursor = q.0.get("cursor").map_or("", String::as_str);
+    render_keys(&s, &ctx, StatusCode::OK, done(&q.0), None, [""; 3], cursor).await
 }
 
+/// The API keys page: the page of keys after `cursor` (`""`: the first), with a link to
+/// the next one when there is one.
 async fn render_keys(
     s: &ConsoleState,
     ctx: &Ctx,
@@ -1599,8 +1602,15 @@ async fn render_keys(
     n: Option<Notice>,
     once: Option<Markup>,
     [typed_name, typed_role, typed_expiry]: [&str; 3],
+    cursor: &str,
 ) -> Response {
-    let a = s.api.get(&ctx.who, "/v1/api-keys").await;
+    let a = s
+        .api
+        .get(
+            &ctx.who,
+            &format!("/v1/api-keys?{}", query(&[("cursor", cursor)])),
+        )
+        .await;
     // A key just made is shown whatever the list's read does: it is shown this once, and
     // an error page in its place would leave a working key nobody has seen.
     let listed = a.ok();
@@ -1655,6 +1665,9 @@ async fn render_keys(
                 }
             }
         }
+        @if let Some(c) = a.body["next_cursor"].as_str() {
+            p { a href=(format!("/console/api-keys?{}", query(&[("cursor", c)]))) { "More keys" } }
+        }
     };
     page(
         status,
@@ -1694,7 +1707,7 @@ async fn create_key(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         Ok(Some(d)) => req["expires_in_days"] = json!(d),
         Ok(None) => {}
         Err(n) => {
-            return render_keys(&s, &ctx, StatusCode::BAD_REQUEST, Some(n), None, typed).await
+            return render_keys(&s, &ctx, StatusCode::BAD_REQUEST, Some(n), None, typed, "").await
         }
     }
     let a = s
@@ -1714,13 +1727,13 @@ async fn create_key(State(s): S, ctx: Ctx, body: Bytes) -> Response {
             ),
             None => format!("Key “{name}” created."),
         }));
-        return render_keys(&s, &ctx, StatusCode::CREATED, n, Some(once), [""; 3]).await;
+        return render_keys(&s, &ctx, StatusCode::CREATED, n, Some(once), [""; 3], "").await;
     }
     if a.status == StatusCode::UNAUTHORIZED {
         return failed(&a);
     }
     let (status, n) = problem(&a);
-    render_keys(&s, &ctx, status, n, None, typed).await
+    render_keys(&s, &ctx, status, n, None, typed, "").await
 }
 
 async fn rotate_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
@@ -1733,7 +1746,16 @@ async fn rotate_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
         Ok(Some(h)) => req["grace_period_hours"] = json!(h),
         Ok(None) => {}
         Err(n) => {
-            return render_keys(&s, &ctx, StatusCode::BAD_REQUEST, Some(n), None, [""; 3]).await
+            return render_keys(
+                &s,
+                &ctx,
+                StatusCode::BAD_REQUEST,
+                Some(n),
+                None,
+                [""; 3],
+                "",
+            )
+            .await
         }
     }
     let uri = format!("/v1/api-keys/{}/rotate", segment(&id));
@@ -1746,7 +1768,7 @@ async fn rotate_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
         let n = Some(Notice::Done(
             "Key rotated; the old key works until its grace period ends.".into(),
         ));
-        return render_keys(&s, &ctx, StatusCode::CREATED, n, Some(once), [""; 3]).await;
+        return render_keys(&s, &ctx, StatusCode::CREATED, n, Some(once), [""; 3], "").await;
     }
     if matches!(a.status, StatusCode::UNAUTHORIZED | StatusCode::NOT_FOUND) {
         return failed(&a);
@@ -1757,7 +1779,7 @@ async fn rotate_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
         // new key was shown to no one. Say what stands, not just "not done".
         n = already_rotated(&s, &ctx, &id).await.or(n);
     }
-    render_keys(&s, &ctx, status, n, None, [""; 3]).await
+    render_keys(&s, &ctx, status, n, None, [""; 3], "").await
 }
 
 /// When another active key named `name` than `id` was created in the last minute, if one
@@ -1827,18 +1849,27 @@ async fn revoke_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
 // ------------------------------------------------------------------ users
 
 async fn users(State(s): S, ctx: Ctx, q: Q) -> Response {
-    render_users(&s, &ctx, StatusCode::OK, done(&q.0), ("", "")).await
+    let cursor = q.0.get("cursor").map_or("", String::as_str);
+    render_users(&s, &ctx, StatusCode::OK, done(&q.0), ("", ""), cursor).await
 }
 
-/// The users page; the add form shows `email` (a refused addition's, as typed).
+/// The users page: the page of users after `cursor` (`""`: the first), with a link to the
+/// next one when there is one; the add form shows `email` (a refused addition's, as typed).
 async fn render_users(
     s: &ConsoleState,
     ctx: &Ctx,
     status: StatusCode,
     n: Option<Notice>,
     (email, role): (&str, &str),
+    cursor: &str,
 ) -> Response {
-    let a = s.api.get(&ctx.who, "/v1/users").await;
+    let a = s
+        .api
+        .get(
+            &ctx.who,
+            &format!("/v1/users?{}", query(&[("cursor", cursor)])),
+        )
+        .await;
     if !a.ok() {
         return failed(&a);
     }
@@ -1900,6 +1931,9 @@ async fn render_users(
                 }
             }
         }
+        @if let Some(c) = a.body["next_cursor"].as_str() {
+            p { a href=(format!("/console/users?{}", query(&[("cursor", c)]))) { "More users" } }
+        }
     };
     page(
         status,
@@ -1930,7 +1964,15 @@ async fn add_user(State(s): S, ctx: Ctx, body: Bytes) -> Response {
     let (status, n) = problem(&a);
     // What was typed and chosen is kept, to be mended (a role left to the first choice
     // would add the user read-only when sent again).
-    render_users(&s, &ctx, status, n, (field(&f, "email"), field(&f, "role"))).await
+    render_users(
+        &s,
+        &ctx,
+        status,
+        n,
+        (field(&f, "email"), field(&f, "role")),
+        "",
+    )
+    .await
 }
 
 async fn unlock_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
@@ -1963,7 +2005,7 @@ async fn change_role(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes)
         return failed(&a);
     }
     let (status, n) = problem(&a);
-    render_users(&s, &ctx, status, n, ("", "")).await
+    render_users(&s, &ctx, status, n, ("", ""), "").await
 }
 
 async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
@@ -1991,7 +2033,7 @@ async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes)
     }
     if a.status == StatusCode::CONFLICT {
         let (status, n) = problem(&a);
-        return render_users(&s, &ctx, status, n, ("", "")).await;
+        return render_users(&s, &ctx, status, n, ("", ""), "").await;
     }
     failed(&a)
 }

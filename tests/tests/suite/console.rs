@@ -1008,7 +1008,79 @@ async fn a_refused_allow_list_or_callback_url_keeps_what_was_typed(b: Backend) {
     );
 }
 
+/// The "More …" link of a console list page, if it has one.
+fn more_link<'p>(p: &'p Page, list: &str) -> Option<&'p str> {
+    let marker = format!(r#"href="/console/{list}?cursor="#);
+    let start = p.html.find(&marker)? + r#"href=""#.len();
+    p.html[start..].split('"').next()
+}
+
+/// The API keys and users pages show a page of 100 (one read of the API's list) and a
+/// "More" link carrying the cursor to the next: a tenant with more than that is never
+/// read whole into one page.
+async fn the_keys_and_users_pages_show_a_page_at_a_time_with_a_link_to_the_next(b: Backend) {
+    use kirim::domain::Role;
+    use kirim::ports::{ApiKeyRecord, UserRecord};
+    let app = spawn_app(b).await;
+    let t = app.onboard(1).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let deps = &app.app.deps;
+    let tenant = kirim::domain::TenantId::from_trusted(t.tenant_id.clone());
+    // Stored directly (100 password hashes would only slow the test): with the onboarding
+    // key and the signed-in admin, 101 of each.
+    let stamp = kirim::domain::new_id().to_lowercase();
+    for n in 0..100 {
+        deps.api_keys
+            .put_api_key(&ApiKeyRecord {
+                id: kirim::domain::new_id(),
+                tenant_id: tenant.clone(),
+                name: format!("key {n}"),
+                role: Role::ReadOnly,
+                key_hash: kirim::secret::token_hash(&kirim::domain::new_id()),
+                created_at: chrono::Utc::now(),
+                expires_at: None,
+                revoked: false,
+                revoked_at: None,
+                replaced_by: None,
+            })
+            .await
+            .unwrap();
+        deps.users
+            .create_user(&UserRecord {
+                id: kirim::domain::new_id(),
+                tenant_id: tenant.clone(),
+                email: format!("u{n}.{stamp}@example.com"),
+                role: Role::ReadOnly,
+                password_hash: "x".into(),
+                totp_secret: None,
+                totp_confirmed: false,
+                last_totp_step: 0,
+                created_at: chrono::Utc::now(),
+                password_version: 0,
+            })
+            .await
+            .unwrap();
+    }
+    let mut web = sign_in(&app, &email).await;
+    for (list, table_row) in [
+        ("api-keys", "data-label=\"Name\""),
+        ("users", "data-label=\"Email\""),
+    ] {
+        let first = web.get(&format!("/console/{list}")).await;
+        assert_eq!(first.status, 200, "{}", first.html);
+        assert_eq!(first.html.matches(table_row).count(), 100, "{list}");
+        let next = more_link(&first, list)
+            .unwrap_or_else(|| panic!("no link to the next page of {list}"))
+            .replace("&amp;", "&");
+        let second = web.get(&next).await;
+        assert_eq!(second.status, 200, "{}", second.html);
+        assert_eq!(second.html.matches(table_row).count(), 1, "{list}");
+        assert!(more_link(&second, list).is_none(), "the last page");
+    }
+}
+
 on_both_backends!(
+    the_keys_and_users_pages_show_a_page_at_a_time_with_a_link_to_the_next,
     a_refused_allow_list_or_callback_url_keeps_what_was_typed,
     a_dashboard_whose_later_page_is_refused_shows_the_counts_so_far,
     a_refused_opt_out_or_user_keeps_its_chosen_scope_and_role,
