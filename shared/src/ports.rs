@@ -555,8 +555,8 @@ pub struct ApiKeyPage {
 pub const MAX_PAGE: usize = 100;
 
 /// Whether `id` may be a position in a list of a tenant's records by id (API keys,
-/// users): the ids are ULIDs ([`new_id`](crate::domain::new_id)); a cursor of the memory
-/// adapters is such an id, and the DynamoDB adapter's names one. Anything else is not a
+/// users): the ids are ULIDs ([`new_id`](crate::domain::new_id)); the cursors of both
+/// adapters name one. Anything else is not a
 /// cursor of ours (and a long one would reach DynamoDB as an over-long sort key: a 500,
 /// not a 400).
 pub fn listed_id(id: &str) -> bool {

@@ -613,27 +613,40 @@ fn accepted_ms(m: &MessageRecord) -> i64 {
     )
 }
 
-/// The page of `all` (in id order) after the id `cursor`: at most `limit` (1 to
-/// [`MAX_PAGE`](crate::ports::MAX_PAGE)), and the last one's id when more follow.
+/// The page of `tenant`'s `all` (in id order) after the id its `cursor` names (a
+/// [`page_cursor`]; another tenant's, or one naming no id of ours, is `InvalidCursor`): at
+/// most `limit` (1 to [`MAX_PAGE`](crate::ports::MAX_PAGE)), and the cursor of the last
+/// one when more follow.
 pub(crate) fn page_by_id<T>(
+    tenant: &TenantId,
     all: Vec<T>,
     id: impl Fn(&T) -> &str,
     limit: usize,
     cursor: Option<&str>,
-) -> (Vec<T>, Option<String>) {
+) -> Result<(Vec<T>, Option<String>), StoreError> {
+    let after_id = match cursor {
+        Some(c) => {
+            let at = cursor_position(c, tenant)?;
+            if !crate::ports::listed_id(&at) {
+                return Err(StoreError::InvalidCursor);
+            }
+            Some(at)
+        }
+        None => None,
+    };
     let limit = limit.clamp(1, crate::ports::MAX_PAGE);
     let mut after: Vec<T> = all
         .into_iter()
-        .filter(|x| cursor.is_none_or(|c| id(x) > c))
+        .filter(|x| after_id.as_deref().is_none_or(|c| id(x) > c))
         .collect();
     let more = after.len() > limit;
     after.truncate(limit);
     let next = if more {
-        after.last().map(|x| id(x).to_owned())
+        after.last().map(|x| page_cursor(tenant, id(x)))
     } else {
         None
     };
-    (after, next)
+    Ok((after, next))
 }
 
 fn open_tenant<'a>(
@@ -686,12 +699,14 @@ impl ApiKeyStore for MemoryStore {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<ApiKeyPage, StoreError> {
-        // The cursor is the id of the previous page's last key.
-        if cursor.is_some_and(|c| !crate::ports::listed_id(c)) {
-            return Err(StoreError::InvalidCursor);
-        }
-        let (keys, next_cursor) =
-            page_by_id(self.list_api_keys(tenant).await?, |k| &k.id, limit, cursor);
+        // The cursor names the id of the previous page's last key.
+        let (keys, next_cursor) = page_by_id(
+            tenant,
+            self.list_api_keys(tenant).await?,
+            |k| &k.id,
+            limit,
+            cursor,
+        )?;
         Ok(ApiKeyPage { keys, next_cursor })
     }
 
