@@ -240,7 +240,11 @@ fn timestamp() -> BoxedStrategy<Option<(Value, Option<i64>)>> {
 /// A phone number as Meta writes it (digits, no `+`), and the E.164 it names, if any.
 fn meta_digits() -> BoxedStrategy<(String, Option<String>)> {
     prop_oneof![
-        re(crate::props::VALID_DIGITS).prop_map(|d| (d.clone(), Some(format!("+{d}")))),
+        re(crate::props::VALID_DIGITS)
+            .prop_filter("a country code in use", |d| {
+                crate::domain::country_code_in_use(d)
+            })
+            .prop_map(|d| (d.clone(), Some(format!("+{d}")))),
         re("[0-9a-z+ -]{0,18}").prop_map(|d| {
             let e164 = PhoneNumber::parse(&format!("+{d}"))
                 .ok()
@@ -901,7 +905,12 @@ fn plain_status() -> BoxedStrategy<Value> {
             re("[0-9]{1,10}").prop_map(Value::String),
             (0i64..2_000_000_000).prop_map(Value::from),
         ]),
-        prop::option::of(re("[1-9][0-9]{7,14}")),
+        // (Meta's numbers: a country code in use.)
+        prop::option::of(
+            re("[1-9][0-9]{7,14}").prop_filter("a country code in use", |d| {
+                crate::domain::country_code_in_use(d)
+            }),
+        ),
         prop::option::of(re("[0-9A-HJKMNP-TV-Z]{26}")),
         prop::option::of((
             prop::sample::select(vec![

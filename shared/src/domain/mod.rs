@@ -31,7 +31,7 @@ pub use optout::{
     keyword, Keyword, OptOut, OptOutKey, OptOutScope, OptOutSource, OptedIn, UserId, BY_META,
     MAX_USER_ID, START_WORDS, STOP_WORDS,
 };
-pub use phone::{mask_phone, wamid_tail, PhoneNumber, PhoneNumberError};
+pub use phone::{country_code_in_use, mask_phone, wamid_tail, PhoneNumber, PhoneNumberError};
 pub(crate) use phone::{stored as stored_phone, stored_opt as stored_phone_opt};
 pub use retention::{
     parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION,

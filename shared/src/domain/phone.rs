@@ -27,7 +27,7 @@ impl PhoneNumber {
         // local `012…` written after the country code, which Meta may take and never
         // deliver (and a `failed` status refunds nothing). Other countries are left alone:
         // some (Italy's landlines, +39 06…) do begin with 0.
-        if digits.starts_with("600") {
+        if digits.starts_with("600") || !country_code_in_use(digits) {
             return Err(PhoneNumberError);
         }
         Self::from_digits_stored(digits)
@@ -112,6 +112,25 @@ impl PhoneNumber {
 /// number would otherwise show every digit). A Malaysian mobile keeps 5 of its digits
 /// hidden, some 100,000 candidates (it kept 3, a thousand, before stop 50: logs and the
 /// audit trail keep it beside the tenant and the time for two years).
+/// Country calling codes no country or service has (ITU-T E.164's spare codes): a number
+/// beginning with one is not E.164 (`+999…`), and sending to it would only fail at Meta.
+/// Country codes are prefix-free, so a spare code is a prefix no assigned number has. Only
+/// codes spare for certain are listed (not `388`, `878`, `979`, `991`; `997` is assigned to
+/// Kazakhstan's move from `+7`): a wrong entry here would refuse a real customer.
+const SPARE_COUNTRY_CODES: &[&str] = &[
+    "210", "214", "215", "217", "219", "259", "28", "292", "293", "294", "295", "296", "384",
+    "422", "424", "425", "426", "427", "428", "429", "671", "684", "693", "694", "695", "696",
+    "697", "698", "699", "801", "802", "803", "804", "805", "806", "807", "809", "83", "851",
+    "854", "857", "858", "859", "871", "872", "873", "874", "875", "876", "877", "879", "884",
+    "885", "887", "889", "89", "969", "978", "990", "999",
+];
+
+/// Whether `digits` (a number without its `+`) begins with a country code in use: not one
+/// of the spare codes.
+pub fn country_code_in_use(digits: &str) -> bool {
+    !SPARE_COUNTRY_CODES.iter().any(|c| digits.starts_with(c))
+}
+
 pub fn mask_phone(raw: &str) -> String {
     let chars: Vec<char> = raw.chars().collect();
     if chars.len() <= 8 {
@@ -250,6 +269,34 @@ mod tests {
     }
 
     #[test]
+    fn a_spare_country_code_is_not_e164_and_its_assigned_neighbours_are() {
+        for spare in [
+            "+999123456789",
+            "+2101234567",
+            "+28012345678",
+            "+42212345678",
+            "+8312345678",
+        ] {
+            assert_eq!(PhoneNumber::parse(spare), Err(PhoneNumberError), "{spare}");
+            assert_eq!(PhoneNumber::from_digits(&spare[1..]), Err(PhoneNumberError));
+        }
+        // Read back from storage as stored: a number accepted before is still read.
+        assert!(PhoneNumber::parse_stored("+999123456789").is_ok());
+        for assigned in [
+            "+997123456789", // Kazakhstan's new code
+            "+998901234567",
+            "+211912345678",
+            "+38344123456",
+            "+88212345678",
+            "+8613812345678",
+            "+60123456789",
+            "+12025550123",
+        ] {
+            assert!(PhoneNumber::parse(assigned).is_ok(), "{assigned}");
+        }
+    }
+
+    #[test]
     fn mexican_argentine_and_brazilian_mobiles_have_their_whatsapp_form_and_back() {
         let alias = |s: &str| {
             PhoneNumber::parse(s)
@@ -302,6 +349,7 @@ mod tests {
         fn every_valid_e164_number_round_trips(cc in 1u8..=9, rest in "[0-9]{7,14}") {
             let s = format!("+{cc}{rest}");
             prop_assume!(!s.starts_with("+600"), "Malaysia's trunk 0");
+            prop_assume!(country_code_in_use(&s[1..]), "a spare country code");
             let p = PhoneNumber::parse(&s).unwrap();
             prop_assert_eq!(p.as_str(), s.as_str());
             prop_assert!(!p.masked().contains(&rest[..rest.len() - 4]) || rest.len() <= 8);
@@ -320,9 +368,12 @@ mod tests {
         }
     }
 
-    /// `+`, a digit 1-9, then 7 to 14 digits; not Malaysia's `+60` with a trunk `0`.
+    /// `+`, a digit 1-9, then 7 to 14 digits; not Malaysia's `+60` with a trunk `0`, nor a
+    /// spare country code.
     fn valid() -> BoxedStrategy<String> {
         crate::props::re(&format!("\\+{}", crate::props::VALID_DIGITS))
+            .prop_filter("a country code in use", |s| country_code_in_use(&s[1..]))
+            .boxed()
     }
 
     /// Near misses of E.164: valid numbers with a character added, removed or changed
@@ -361,6 +412,7 @@ mod tests {
             && (8..=15).contains(&count)
             && digits.chars().next().is_some_and(|c| c != '0')
             && !digits.starts_with("600")
+            && country_code_in_use(digits)
     }
 
     proptest! {

@@ -58,7 +58,7 @@ impl From<ServiceError> for ApiError {
             InvalidPhoneNumber => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_phone_number",
-                "phone numbers must be E.164 with a leading + (e.g. +60123456789)",
+                "phone numbers must be E.164 with a leading + and a country code in use (e.g. +60123456789)",
             ),
             Unauthenticated => ApiError::new(
                 StatusCode::UNAUTHORIZED,

@@ -89,6 +89,12 @@ async fn bad_send_requests_answer_precise_errors_and_change_nothing(b: Backend) 
             400,
             "invalid_phone_number",
         ),
+        // A country code no country has: not E.164 (it was taken and debited).
+        (
+            br#"{"to":"+999123456789","text":{"body":"x"}}"#.to_vec(),
+            400,
+            "invalid_phone_number",
+        ),
         (br#"{"to":"+60123456789"}"#.to_vec(), 400, "invalid_request"),
         (
             br#"{"to":"+60123456789","template":{"name":"x","language":"en","category":"spam"}}"#
