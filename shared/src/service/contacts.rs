@@ -167,7 +167,23 @@ pub async fn keys_paired_now(
     let own = keys.clone();
     for k in &own {
         if let Some(other) = paired_now(deps, tenant, k).await? {
-            push_with_forms(&mut keys, &other);
+            for form in phone_forms(&other) {
+                if keys.contains(&form) {
+                    continue;
+                }
+                // The paired phone's other WhatsApp form is the user's only while nobody
+                // else is paired with it now: a recycled line's other form may be a new
+                // owner's, whose own block a removal for the old owner must not lift. (One
+                // more pairing read, only for a Mexican, Argentine or Brazilian mobile.)
+                if form != other {
+                    if let Some(owner) = paired_now(deps, tenant, &form).await? {
+                        if !own.iter().any(|o| same_key(o, &owner)) {
+                            continue;
+                        }
+                    }
+                }
+                keys.push(form);
+            }
         }
     }
     Ok(keys)

@@ -1073,7 +1073,30 @@ async fn an_opt_out_under_the_other_form_of_a_paired_phone_is_read_and_removed_b
     }
 }
 
+/// A removal for one user reaches the other WhatsApp form of their paired phone only while
+/// nobody else is paired with that form: a line whose other form is a new owner's keeps
+/// the new owner's block when the old owner's id is lifted.
+async fn lifting_a_user_ids_block_leaves_a_new_owners_block_under_the_other_form(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let pnid = t.phone_number_id.clone();
+    let (old_owner, new_owner) = ("MX.700000041", "MX.700000042");
+    pair(&app, &pnid, "5215512340141", old_owner).await;
+    pair(&app, &pnid, "525512340141", new_owner).await;
+    let theirs = "+525512340141";
+    let (s, o) = call(&app, "PUT", &opt_out_path(theirs), &t.key, None).await;
+    assert!(s == 200 || s == 201, "{s}: {o}");
+    // The old owner's id lifted (a DELETE by it; its own phone has nothing to lift).
+    let (s, o) = call(&app, "DELETE", &opt_out_path(old_owner), &t.key, None).await;
+    assert!(s == 204 || s == 404, "{s}: {o}");
+    let (s, o) = call(&app, "GET", &opt_out_path(theirs), &t.key, None).await;
+    assert_eq!(s, 200, "the new owner's block stays: {o}");
+    let (s, _) = send_template(&app, &t.key, theirs).await;
+    assert_eq!(s, 422, "still opted out");
+}
+
 on_both_backends!(
+    lifting_a_user_ids_block_leaves_a_new_owners_block_under_the_other_form,
     an_older_stop_by_the_dialled_form_stays_undone_after_a_newer_start_by_the_paired_user_id,
     a_start_or_resume_by_user_id_lifts_an_opt_out_kept_under_the_other_form_of_its_phone,
     an_opt_out_under_the_other_form_of_a_paired_phone_is_read_and_removed_by_user_id,
