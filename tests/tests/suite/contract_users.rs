@@ -776,6 +776,39 @@ async fn users_are_listed_a_page_at_a_time_each_once_and_only_the_tenants_own(p:
         p.users.list_users_page(&t.id, 100, Some(&theirs)).await,
         Err(StoreError::InvalidCursor)
     ));
+    // So is another list's of the same tenant (its API keys'), both ways.
+    for _ in 0..2 {
+        p.api_keys
+            .put_api_key(&super::contract::key_for(&t))
+            .await
+            .unwrap();
+    }
+    let keys_cursor = p
+        .api_keys
+        .list_api_keys_page(&t.id, 1, None)
+        .await
+        .unwrap()
+        .next_cursor
+        .expect("the tenant has three keys");
+    assert!(matches!(
+        p.users
+            .list_users_page(&t.id, 100, Some(&keys_cursor))
+            .await,
+        Err(StoreError::InvalidCursor)
+    ));
+    let users_cursor = p
+        .users
+        .list_users_page(&t.id, 1, None)
+        .await
+        .unwrap()
+        .next_cursor
+        .expect("the tenant has more than one user");
+    assert!(matches!(
+        p.api_keys
+            .list_api_keys_page(&t.id, 100, Some(&users_cursor))
+            .await,
+        Err(StoreError::InvalidCursor)
+    ));
 }
 
 contract!(

@@ -619,6 +619,7 @@ fn accepted_ms(m: &MessageRecord) -> i64 {
 /// one when more follow.
 pub(crate) fn page_by_id<T>(
     tenant: &TenantId,
+    list: &str,
     all: Vec<T>,
     id: impl Fn(&T) -> &str,
     limit: usize,
@@ -626,7 +627,7 @@ pub(crate) fn page_by_id<T>(
 ) -> Result<(Vec<T>, Option<String>), StoreError> {
     let after_id = match cursor {
         Some(c) => {
-            let at = cursor_position(c, tenant)?;
+            let at = cursor_position(c, tenant, list)?;
             if !crate::ports::listed_id(&at) {
                 return Err(StoreError::InvalidCursor);
             }
@@ -642,7 +643,7 @@ pub(crate) fn page_by_id<T>(
     let more = after.len() > limit;
     after.truncate(limit);
     let next = if more {
-        after.last().map(|x| page_cursor(tenant, id(x)))
+        after.last().map(|x| page_cursor(tenant, list, id(x)))
     } else {
         None
     };
@@ -702,6 +703,7 @@ impl ApiKeyStore for MemoryStore {
         // The cursor names the id of the previous page's last key.
         let (keys, next_cursor) = page_by_id(
             tenant,
+            "APIKEY",
             self.list_api_keys(tenant).await?,
             |k| &k.id,
             limit,
@@ -905,7 +907,8 @@ impl MessageStore for MemoryStore {
     ) -> Result<MessagePage, StoreError> {
         let after = match &q.cursor {
             Some(c) => Some(
-                MessageId::parse(&cursor_position(c, tenant)?).ok_or(StoreError::InvalidCursor)?,
+                MessageId::parse(&cursor_position(c, tenant, "MSG")?)
+                    .ok_or(StoreError::InvalidCursor)?,
             ),
             None => None,
         };
@@ -937,7 +940,9 @@ impl MessageStore for MemoryStore {
             .collect();
         let more = matching.next().is_some();
         let next_cursor = if more {
-            messages.last().map(|m| page_cursor(tenant, m.id.as_str()))
+            messages
+                .last()
+                .map(|m| page_cursor(tenant, "MSG", m.id.as_str()))
         } else {
             None
         };
@@ -1170,23 +1175,32 @@ pub(super) fn debit_tenant(tenant: &mut Tenant, price: i64) -> Result<(), StoreE
 }
 
 /// A page's cursor as the DynamoDB adapter's are: opaque, URL-safe (a phone's `+` passed
-/// back unencoded in a query string would read as a space) and bound to its tenant: the
-/// tenant and the position after which the next page begins.
-pub(super) fn page_cursor(tenant: &TenantId, after: &str) -> String {
+/// back unencoded in a query string would read as a space) and bound to its tenant and its
+/// list (`list`, as the table's sort-key prefix binds DynamoDB's: another list's cursor is
+/// refused there): the tenant, the list and the position after which the next page begins.
+pub(super) fn page_cursor(tenant: &TenantId, list: &str, after: &str) -> String {
     use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{tenant}\n{after}"))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{tenant}\n{list}\n{after}"))
 }
 
-/// The position a [`page_cursor`] names, if it is one of `tenant`'s own (another
-/// tenant's, or a hand-made one, is refused as DynamoDB's adapter refuses it).
-pub(super) fn cursor_position(cursor: &str, tenant: &TenantId) -> Result<String, StoreError> {
+/// The position a [`page_cursor`] names, if it is one of `tenant`'s own, of `list`
+/// (another tenant's or list's, or a malformed one, is refused as DynamoDB's adapter
+/// refuses it).
+pub(super) fn cursor_position(
+    cursor: &str,
+    tenant: &TenantId,
+    list: &str,
+) -> Result<String, StoreError> {
     use base64::Engine as _;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .map_err(|_| StoreError::InvalidCursor)?;
     let text = String::from_utf8(bytes).map_err(|_| StoreError::InvalidCursor)?;
-    match text.split_once('\n') {
-        Some((t, after)) if t == tenant.as_str() => Ok(after.to_owned()),
+    let mut parts = text.splitn(3, '\n');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(t), Some(l), Some(after)) if t == tenant.as_str() && l == list => {
+            Ok(after.to_owned())
+        }
         _ => Err(StoreError::InvalidCursor),
     }
 }

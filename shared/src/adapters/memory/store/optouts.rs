@@ -110,7 +110,7 @@ impl OptOutStore for MemoryStore {
         // The cursor names the last key (phone or user id) of the previous page.
         let after = match cursor {
             Some(c) => Some(
-                OptOutKey::parse_stored(&super::cursor_position(c, tenant)?)
+                OptOutKey::parse_stored(&super::cursor_position(c, tenant, "OPTOUT")?)
                     .ok_or(StoreError::InvalidCursor)?
                     .to_string(),
             ),
@@ -130,7 +130,8 @@ impl OptOutStore for MemoryStore {
         // The cursor is the key the last one is kept under (a copy under a user id may also
         // name a phone: its own `key()` would be the phone's, and the page would repeat).
         let next_cursor = if matching.next().is_some() {
-            page.last().map(|(key, _)| super::page_cursor(tenant, key))
+            page.last()
+                .map(|(key, _)| super::page_cursor(tenant, "OPTOUT", key))
         } else {
             None
         };
