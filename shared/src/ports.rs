@@ -1577,9 +1577,9 @@ pub trait BroadcastStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
     /// Atomically, only if it is still `scheduled`: marks the broadcast `cancelled`,
-    /// refunds `refund` (credits and ledger entry) and keeps its recipient list until
-    /// `list_kept_until` (the broadcast's own expiry, `None`: none), the record of who it
-    /// was for (`recipients.csv` lists them `cancelled`: they have no message).
+    /// refunds `refund` (credits and ledger entry). Its recipient list is left to its
+    /// backstop TTL (`Broadcast::list_expires_at`, a week after its `send_at`): until then
+    /// `recipients.csv` lists each recipient `cancelled` (they have no message).
     /// `false`: it was not scheduled; nothing written. `NotFound` (nothing written) when the
     /// refund's tenant is gone.
     async fn cancel_scheduled_broadcast(
@@ -1588,7 +1588,6 @@ pub trait BroadcastStore: Send + Sync {
         id: &str,
         refund: &LedgerEntry,
         at: DateTime<Utc>,
-        list_kept_until: Option<i64>,
     ) -> Result<bool, StoreError>;
     /// Sets the broadcast's hold to `to`, only if its hold is one of `from` (`None`: no
     /// hold) and it was not cancelled before it started: `false` otherwise.

@@ -1119,7 +1119,7 @@ pub async fn cancel(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Se
         );
         if deps
             .broadcasts
-            .cancel_scheduled_broadcast(tenant, id, &refund, now, b.expires_at)
+            .cancel_scheduled_broadcast(tenant, id, &refund, now)
             .await?
         {
             tracing::info!(broadcast_id = %id, refunded = total, "scheduled broadcast cancelled");

@@ -2455,10 +2455,9 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
         id: &str,
         refund: &kirim::ports::LedgerEntry,
         at: chrono::DateTime<chrono::Utc>,
-        list_kept_until: Option<i64>,
     ) -> Result<bool, kirim::store_error::StoreError> {
         self.inner
-            .cancel_scheduled_broadcast(tenant, id, refund, at, list_kept_until)
+            .cancel_scheduled_broadcast(tenant, id, refund, at)
             .await
     }
     async fn set_broadcast_control(

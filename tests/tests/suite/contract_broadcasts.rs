@@ -349,7 +349,7 @@ async fn a_broadcasts_refund_for_a_tenant_that_is_gone_writes_nothing(p: Ports) 
     refund.tenant_id = kirim::domain::TenantId::generate();
     assert_eq!(
         p.broadcasts
-            .cancel_scheduled_broadcast(&t.id, &scheduled.id, &refund, now, None)
+            .cancel_scheduled_broadcast(&t.id, &scheduled.id, &refund, now)
             .await
             .unwrap_err(),
         StoreError::NotFound
@@ -396,22 +396,21 @@ async fn a_broadcasts_refund_for_a_tenant_that_is_gone_writes_nothing(p: Ports) 
     );
 }
 
-/// A broadcast cancelled before it started keeps its recipient list until the time it is
-/// given (the broadcast's own expiry): the record of who it was for, as its messages
-/// would have been, since none was made. A second cancel writes nothing.
-async fn a_scheduled_broadcast_cancelled_keeps_its_recipients_as_long_as_it_is_kept(p: Ports) {
+/// A broadcast cancelled before it started leaves its recipient list to its backstop (a
+/// week after its `send_at`): until then its export lists each recipient `cancelled` (they
+/// have no message), and then it goes as any list does. A second cancel writes nothing.
+async fn a_scheduled_broadcast_cancelled_keeps_its_recipients_until_its_lists_backstop(p: Ports) {
     let t = onboarded(&p, 100).await;
     let now = p.clock.now();
     let phones: Vec<kirim::domain::PhoneNumber> = ["+60123450001", "+60123450002"]
         .iter()
         .map(|s| kirim::domain::PhoneNumber::parse(s).unwrap())
         .collect();
-    let keep = 90 * 86_400;
     let b = Broadcast {
         price_each: 2,
         accepted: 2,
         status: BroadcastStatus::Scheduled,
-        expires_at: Some(now.timestamp() + keep),
+        expires_at: Some(now.timestamp() + 90 * 86_400),
         send_at: Some(now + Duration::days(1)),
         started_at: None,
         ..running_broadcast(&t.id, now)
@@ -429,12 +428,12 @@ async fn a_scheduled_broadcast_cancelled_keeps_its_recipients_as_long_as_it_is_k
     refund.message_id = None;
     assert!(p
         .broadcasts
-        .cancel_scheduled_broadcast(&t.id, &b.id, &refund, now, b.expires_at)
+        .cancel_scheduled_broadcast(&t.id, &b.id, &refund, now)
         .await
         .unwrap());
     assert!(!p
         .broadcasts
-        .cancel_scheduled_broadcast(&t.id, &b.id, &refund, now, b.expires_at)
+        .cancel_scheduled_broadcast(&t.id, &b.id, &refund, now)
         .await
         .unwrap());
     let listed = || async {
@@ -443,55 +442,13 @@ async fn a_scheduled_broadcast_cancelled_keeps_its_recipients_as_long_as_it_is_k
             .await
             .unwrap()
     };
-    // Past the list's own backstop (a week after its send_at), still there.
-    p.clock.advance(Duration::days(30));
     assert_eq!(listed().await, Some(phones.clone()));
-    // Past the broadcast's expiry, gone with it.
-    p.clock.advance(Duration::seconds(keep));
+    // Until its backstop (its send_at + 7 days), then gone.
+    p.clock
+        .advance(Duration::seconds(b.list_expires_at() - now.timestamp() - 1));
+    assert_eq!(listed().await, Some(phones.clone()));
+    p.clock.advance(Duration::seconds(2));
     assert_eq!(listed().await, None);
-
-    // One whose list was swept already (its backstop passed while it waited) is cancelled
-    // and refunded all the same, with no list made.
-    let late = Broadcast {
-        id: kirim::domain::new_id(),
-        expires_at: Some(p.clock.now().timestamp() + keep),
-        send_at: Some(p.clock.now() + Duration::days(1)),
-        ..b.clone()
-    };
-    let (_, mut debit) = message(&p, &t.id, 3600);
-    debit.amount = -4;
-    debit.message_id = None;
-    p.broadcasts
-        .create_broadcast(&late, &phones, &debit)
-        .await
-        .unwrap();
-    p.clock.advance(Duration::days(9));
-    super::contract::sweep(&p).await;
-    assert_eq!(
-        p.broadcasts
-            .broadcast_recipients(&t.id, &late.id)
-            .await
-            .unwrap(),
-        None
-    );
-    let credits = p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits;
-    refund.id = kirim::domain::new_id();
-    assert!(p
-        .broadcasts
-        .cancel_scheduled_broadcast(&t.id, &late.id, &refund, p.clock.now(), late.expires_at)
-        .await
-        .unwrap());
-    assert_eq!(
-        p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits,
-        credits + 4
-    );
-    assert_eq!(
-        p.broadcasts
-            .broadcast_recipients(&t.id, &late.id)
-            .await
-            .unwrap(),
-        None
-    );
 }
 
 async fn concurrent_broadcasts_with_one_key_make_one_broadcast_and_one_debit(p: Ports) {
@@ -758,7 +715,7 @@ contract!(
     a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once,
     concurrent_broadcasts_with_one_key_make_one_broadcast_and_one_debit,
     a_broadcasts_refund_for_a_tenant_that_is_gone_writes_nothing,
-    a_scheduled_broadcast_cancelled_keeps_its_recipients_as_long_as_it_is_kept,
+    a_scheduled_broadcast_cancelled_keeps_its_recipients_until_its_lists_backstop,
 );
 
 /// On DynamoDB the claim and the read of its broadcast's hold are two calls: a claim whose

@@ -361,7 +361,6 @@ impl BroadcastStore for DynamoStore {
         id: &str,
         refund: &LedgerEntry,
         at: DateTime<Utc>,
-        list_kept_until: Option<i64>,
     ) -> Result<bool, StoreError> {
         let u = Update::builder()
             .table_name(&self.table)
@@ -381,38 +380,14 @@ impl BroadcastStore for DynamoStore {
             .expression_attribute_values(":now", n(self.now_secs()))
             .build()
             .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
-        // The list stays, as long as the broadcast (its recipients' record: they have no
-        // message); only if it is there (an update would make one).
-        let list = Update::builder()
-            .table_name(&self.table)
-            .set_key(Some(keys::broadcast_list(tenant, id).attrs()));
-        let list = match list_kept_until {
-            Some(ttl) => list
-                .update_expression("SET #ttl = :kept")
-                .expression_attribute_values(":kept", n(ttl)),
-            None => list.update_expression("REMOVE #ttl"),
-        };
-        let list = list
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_names("#ttl", TTL_ATTR)
-            .build()
-            .map_err(|e| StoreError::Corrupt(format!("update: {e}")))?;
-        let mut items = vec![
+        // The list is left to its backstop TTL: until then the export lists each recipient
+        // `cancelled` (API.md: one row per recipient; they have no message).
+        let items = vec![
             TransactWriteItem::builder().update(u).build(),
             self.credit_update(refund, super::CreditGuard::Refund)?,
             self.ledger_put(refund)?,
-            TransactWriteItem::builder().update(list).build(),
         ];
-        let mut outcome = self.transact_retrying_conflicts(items.clone()).await;
-        // No list to keep (gone past its backstop): the cancel and its refund alone.
-        if outcome
-            .as_ref()
-            .is_err_and(|e| e.reason(3) == Some(&CancelReason::ConditionalCheckFailed))
-        {
-            items.truncate(3);
-            outcome = self.transact_retrying_conflicts(items).await;
-        }
-        match outcome {
+        match self.transact_retrying_conflicts(items).await {
             Ok(()) => Ok(true),
             Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => Ok(false),
             // The refund's tenant is gone: nothing written, as for a message's refund.

@@ -265,7 +265,6 @@ impl BroadcastStore for MemoryStore {
         id: &str,
         refund: &LedgerEntry,
         at: DateTime<Utc>,
-        list_kept_until: Option<i64>,
     ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
         let key = (tenant.clone(), id.to_owned());
@@ -293,10 +292,7 @@ impl BroadcastStore for MemoryStore {
             t.credits = t.credits.saturating_add(refund.amount);
         }
         s.ledger.push(refund.clone());
-        // As on DynamoDB: the list kept as long as the broadcast (no expiry: kept).
-        if let Some(list) = s.broadcast_lists.get_mut(&key) {
-            list.1 = list_kept_until.unwrap_or(i64::MAX);
-        }
+        // As on DynamoDB: the list is left to its backstop TTL (the export lists it).
         Ok(true)
     }
 
