@@ -98,6 +98,30 @@ impl Api {
         self.call(who, Method::GET, uri, None, None).await
     }
 
+    /// Every record of a paged list (`path` answering `{field: [...], "next_cursor"}`),
+    /// following `next_cursor` for at most `pages` pages: for a page that must find any
+    /// record of the list (a key made a moment ago is on the last page, oldest first), not
+    /// only the first page's. A page that fails ends the walk with what was read.
+    pub async fn get_every(&self, who: &Who, path: &str, field: &str, pages: usize) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..pages {
+            let uri = match &cursor {
+                Some(c) => format!("{path}?cursor={}", segment(c)),
+                None => path.to_owned(),
+            };
+            let mut a = self.get(who, &uri).await;
+            if let Value::Array(items) = a.body[field].take() {
+                all.extend(items);
+            }
+            match a.body["next_cursor"].as_str() {
+                Some(c) if a.status.is_success() => cursor = Some(c.to_owned()),
+                _ => break,
+            }
+        }
+        all
+    }
+
     /// One API request. `uri` is a path (and query) of the API.
     pub async fn call(
         &self,

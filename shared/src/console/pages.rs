@@ -1782,12 +1782,23 @@ async fn rotate_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
     render_keys(&s, &ctx, status, n, None, [""; 3], "").await
 }
 
+/// Pages of a list a page looks a record up in, at most: 1,000 records, far above the
+/// caps (50 live keys, 200 users) with 90 days of ended keys.
+const LOOKUP_PAGES: usize = 10;
+
+/// Every API key of the tenant as the API lists them (all pages): the newest are last.
+async fn every_key(s: &ConsoleState, ctx: &Ctx) -> Vec<Value> {
+    s.api
+        .get_every(&ctx.who, "/v1/api-keys", "api_keys", LOOKUP_PAGES)
+        .await
+}
+
 /// When another active key named `name` than `id` was created in the last minute, if one
 /// was (the list as the API answers it).
 async fn twin_of(s: &ConsoleState, ctx: &Ctx, id: &str, name: &str) -> Option<String> {
-    let a = s.api.get(&ctx.who, "/v1/api-keys").await;
+    let keys = every_key(s, ctx).await;
     let recent = Utc::now() - chrono::Duration::minutes(1);
-    a.body["api_keys"].as_array()?.iter().find_map(|k| {
+    keys.iter().find_map(|k| {
         let created = k["created_at"]
             .as_str()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())?;
@@ -1803,8 +1814,7 @@ async fn twin_of(s: &ConsoleState, ctx: &Ctx, id: &str, name: &str) -> Option<St
 /// when the old key stops working, and which key replaced it (whose secret, if nobody
 /// copied it, is gone: rotate or revoke that one).
 async fn already_rotated(s: &ConsoleState, ctx: &Ctx, id: &str) -> Option<Notice> {
-    let a = s.api.get(&ctx.who, "/v1/api-keys").await;
-    let keys = a.body["api_keys"].as_array()?;
+    let keys = every_key(s, ctx).await;
     let old = keys.iter().find(|k| text(k, "id") == id)?;
     let new_id = old["replaced_by"].as_str()?;
     let new_name = keys
@@ -2043,15 +2053,17 @@ async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes)
 /// The tenant's users (by email) and API keys (by name), by id, for the audit log.
 async fn actor_names(s: &ConsoleState, ctx: &Ctx) -> HashMap<String, String> {
     let mut names = HashMap::new();
-    let users = s.api.get(&ctx.who, "/v1/users").await;
-    for u in users.body["users"].as_array().into_iter().flatten() {
+    let users = s
+        .api
+        .get_every(&ctx.who, "/v1/users", "users", LOOKUP_PAGES)
+        .await;
+    for u in &users {
         names.insert(
             text(u, "id").to_owned(),
             format!("user {}", text(u, "email")),
         );
     }
-    let keys = s.api.get(&ctx.who, "/v1/api-keys").await;
-    for k in keys.body["api_keys"].as_array().into_iter().flatten() {
+    for k in &every_key(s, ctx).await {
         names.insert(
             text(k, "id").to_owned(),
             format!("key “{}”", text(k, "name")),

@@ -1077,6 +1077,19 @@ async fn the_keys_and_users_pages_show_a_page_at_a_time_with_a_link_to_the_next(
         assert_eq!(second.html.matches(table_row).count(), 1, "{list}");
         assert!(more_link(&second, list).is_none(), "the last page");
     }
+    // The audit log names an actor past the first page of users (the newest, last): its
+    // names are looked up in every page, not the first alone.
+    let (newest, _) = new_user(&app, &t.key, "admin").await;
+    let _ = sign_in(&app, &newest).await;
+    let audit = web.get("/console/audit").await;
+    assert_eq!(audit.status, 200, "{}", audit.html);
+    assert!(
+        audit
+            .html
+            .contains(&format!("user {}", newest.to_lowercase())),
+        "{}",
+        audit.html
+    );
 }
 
 on_both_backends!(
