@@ -481,10 +481,17 @@ const INVALID_SHOWN: usize = 20;
 fn invalid_text(invalid: &[&str], count: usize) -> String {
     let named: Vec<&str> = invalid.iter().take(INVALID_SHOWN).copied().collect();
     let count = count.max(named.len());
-    let mut text = format!(
-        "{count} of the entries were not valid E.164 numbers and were not sent: {}",
-        named.join(", ")
-    );
+    let mut text = if count == 1 {
+        format!(
+            "1 of the entries was not a valid E.164 number and was not sent: {}",
+            named.join(", ")
+        )
+    } else {
+        format!(
+            "{count} of the entries were not valid E.164 numbers and were not sent: {}",
+            named.join(", ")
+        )
+    };
     if count > named.len() {
         text.push_str(&format!(" and {} more", count - named.len()));
     }
@@ -954,4 +961,17 @@ async fn export(State(s): S, ctx: Ctx, Path(id): Path<String>) -> Response {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_invalid_entry_is_told_in_the_singular_and_more_in_the_plural() {
+        assert_eq!(
+            super::invalid_text(&["0123"], 1),
+            "1 of the entries was not a valid E.164 number and was not sent: 0123."
+        );
+        assert!(super::invalid_text(&["0123", "x"], 2)
+            .starts_with("2 of the entries were not valid E.164 numbers"));
+    }
 }

@@ -215,6 +215,7 @@ pub(crate) async fn sweep(p: &Ports) -> SweepPage {
         for (k, v) in page.deleted {
             *total.deleted.entry(k).or_default() += v;
         }
+        total.examined += page.examined;
         total.closed_tenants.extend(page.closed_tenants);
         total.active_tenants.extend(page.active_tenants);
         total.suspended_tenants.extend(page.suspended_tenants);

@@ -15,10 +15,12 @@ use crate::ports::{
 use crate::store_error::StoreError;
 
 /// Keeps what `keep` accepts of `$items` (a map or a list) and counts the rest as deleted
-/// items of `$kind`'s class.
+/// items of `$kind`'s class, and every one looked at as examined (DynamoDB's scan reads
+/// each item of the table).
 macro_rules! sweep {
     ($page:expr, $kind:expr, $items:expr, $keep:expr) => {{
         let before = $items.len();
+        $page.examined += before;
         $items.retain($keep);
         $page.count($kind.class(), before - $items.len());
     }};
@@ -60,6 +62,8 @@ impl RetentionStore for MemoryStore {
         sweep!(page, K::AuditParked, s.audit_parked, |_, p| live(
             p.expires_at
         ));
+        // The tenants' own items, and both copies of each key, are read too.
+        page.examined += s.tenants.len() + 2 * s.keys.len();
         // An ended key's two copies, its retention after it ended.
         let before = s.keys.len();
         s.keys.retain(|_, k| live(k.ttl()));
@@ -169,7 +173,6 @@ impl RetentionStore for MemoryStore {
             .map(|t| t.id.clone())
             .collect();
         page.suspended_tenants.sort();
-        page.examined = 1;
         Ok(page)
     }
 
