@@ -2217,7 +2217,15 @@ async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
                             td data-label="IP" { (e["ip"].as_str().unwrap_or("—")) }
                         }
                     }
-                    @if events.is_empty() { tr { td colspan="6" { "No events." } } }
+                    @if events.is_empty() {
+                        tr { td colspan="6" {
+                            @if next.is_some() {
+                                "No matching events among the latest ones; older ones may match (Older events, below)."
+                            } @else {
+                                "No events."
+                            }
+                        } }
+                    }
                 }
             }
         }

@@ -1328,7 +1328,46 @@ async fn an_event_linked_by_a_clock_behind_its_predecessors_never_expires_before
     );
 }
 
+/// A filter that matches one event among many newer ones finds it on the first page: the
+/// DynamoDB adapter read a window of `limit` events a page and answered empty pages (with
+/// a cursor) until the window reached it, and the console said "No events.".
+async fn a_sparse_action_filter_finds_its_event_on_the_first_page(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let res = app
+        .http
+        .post(app.url("/v1/api-keys"))
+        .bearer_auth(&t.key)
+        .json(&json!({"name": "staff", "role": "read_only"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let ro = res.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 40 newer events: refused reads of an admin route, each audited.
+    for _ in 0..40 {
+        let res = app
+            .http
+            .get(app.url("/v1/api-keys"))
+            .bearer_auth(&ro)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403);
+    }
+    let page = get(&app, &t.key, "/v1/audit?action=POST%20/v1/api-keys&limit=5").await;
+    assert_eq!(actions(&page), vec!["POST /v1/api-keys"], "{page}");
+    assert_eq!(page["next_cursor"], Value::Null, "{page}");
+    // Unfiltered pages are full and end without an empty one.
+    let page = get(&app, &t.key, "/v1/audit?limit=5").await;
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(5), "{page}");
+}
+
 on_both_backends!(
+    a_sparse_action_filter_finds_its_event_on_the_first_page,
     a_tenant_meta_suspends_while_it_is_onboarded_has_a_chain_that_verifies,
     an_onboarding_whose_outcome_was_unknown_begins_the_chain_of_the_tenant_it_made,
     a_quiet_chains_head_is_re_signed_within_the_window_and_verifies_after_the_next_rotation,

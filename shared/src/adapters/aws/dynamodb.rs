@@ -1812,6 +1812,11 @@ impl MessageStore for DynamoStore {
     }
 }
 
+/// Queries one page of `GET /v1/audit` reads at most, of 100 events each when filtered:
+/// 1,000 events (about 65 read units), so a sparse filter's page is found in one request
+/// over any recent stretch, and no request costs more than that.
+const AUDIT_LIST_READS: usize = 10;
+
 #[async_trait]
 impl AuditLog for DynamoStore {
     async fn head(&self, chain: &str) -> Result<Option<AuditHead>, StoreError> {
@@ -2055,13 +2060,17 @@ impl AuditLog for DynamoStore {
         q: &AuditQuery,
     ) -> Result<(Vec<AuditEvent>, Option<u64>), StoreError> {
         let (lo, hi) = keys::audit_event_range(None, q.before_seq);
+        let want = q.limit.clamp(1, 100);
+        let filtered = q.since.is_some() || q.until.is_some() || q.action.is_some();
         let mut filters = vec!["(attribute_not_exists(#ttl) OR #ttl > :now)".to_owned()];
+        // DynamoDB's `Limit` counts the items read before the filter: a filtered page reads
+        // 100 at a time, and reads on (below) until it has `want` events.
         let mut req = self
             .client
             .query()
             .table_name(&self.table)
             .scan_index_forward(false)
-            .limit(q.limit.clamp(1, 100) as i32)
+            .limit(if filtered { 100 } else { want } as i32)
             .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
             .expression_attribute_values(":pk", s(keys::audit_pk(chain)))
             .expression_attribute_values(":lo", s(lo))
@@ -2085,20 +2094,38 @@ impl AuditLog for DynamoStore {
                 .expression_attribute_names("#action", "action")
                 .expression_attribute_values(":action", s(a.clone()));
         }
-        let out = req
-            .filter_expression(filters.join(" AND "))
-            .send()
-            .await
-            .map_err(|e| classify("dynamodb query", e))?;
-        let events = out
-            .items()
-            .iter()
-            .cloned()
-            .map(from_item)
-            .collect::<Result<Vec<AuditEvent>, _>>()?;
-        // The cursor is the last key read, even if the filter dropped its event.
-        let next = out
-            .last_evaluated_key()
+        let req = req.filter_expression(filters.join(" AND "));
+        // A sparse filter (one action among thousands) read a window of `limit` events a
+        // page and answered empty pages before the first match: pages of up to
+        // `AUDIT_LIST_READS` queries (1,000 events) are read now, as the memory adapter's
+        // filter reads every event, until `want` events are found.
+        let mut events: Vec<AuditEvent> = Vec::new();
+        let mut start = None;
+        for _ in 0..AUDIT_LIST_READS {
+            let out = req
+                .clone()
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| classify("dynamodb query", e))?;
+            for item in out.items() {
+                events.push(from_item(item.clone())?);
+            }
+            if events.len() > want || (events.len() == want && out.last_evaluated_key().is_some()) {
+                // More may follow the last one answered: it is the cursor.
+                events.truncate(want);
+                let next = events.last().map(|e| e.seq);
+                return Ok((events, next));
+            }
+            match out.last_evaluated_key() {
+                Some(k) => start = Some(k.clone()),
+                None => return Ok((events, None)),
+            }
+        }
+        // The reads' budget spent with fewer than `want`: the cursor is the last key read,
+        // even if the filter dropped its event.
+        let next = start
+            .as_ref()
             .and_then(|k| k.get("sk"))
             .and_then(|v| v.as_s().ok())
             .and_then(|sk| keys::audit_seq_of(sk));
