@@ -731,13 +731,9 @@ async fn results_show_failures_with_hints_the_csv_and_a_retry_of_only_retryable_
     )
     .await;
     assert_eq!(page2["broadcasts"][0]["id"], id.as_str(), "{page2}");
-    // A full page may come with a cursor to an empty last page (DynamoDB's way).
-    if let Some(c) = page2["next_cursor"].as_str() {
-        let path = format!("/v1/broadcasts?limit=1&cursor={c}");
-        let (_, page3) = call(&app, &t.key, Method::GET, &path, None).await;
-        assert_eq!(page3["broadcasts"], json!([]), "{page3}");
-        assert!(page3["next_cursor"].is_null(), "{page3}");
-    }
+    // The last page, full, ends the list on both backends (DynamoDB's answered a cursor
+    // to an empty page after it).
+    assert!(page2["next_cursor"].is_null(), "{page2}");
     let (_, completed) = call(
         &app,
         &t.key,

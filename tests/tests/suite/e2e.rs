@@ -297,6 +297,25 @@ async fn listing_filters_by_status_and_pages_with_a_cursor(b: Backend) {
         .filter_map(|m| m["id"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(all, vec![third, bad, ok], "newest first, each once");
+    // A full last page ends the list on both backends (DynamoDB's answered a cursor to an
+    // empty page after it).
+    assert_eq!(page2["next_cursor"], Value::Null, "{page2}");
+    let whole: Value = app
+        .http
+        .get(app.url("/v1/messages?limit=3"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        whole["messages"].as_array().map(Vec::len),
+        Some(3),
+        "{whole}"
+    );
+    assert_eq!(whole["next_cursor"], Value::Null, "{whole}");
     // Another tenant's cursor is refused, not read as a position in this tenant's list.
     let other = app.onboard(5).await;
     let res = app

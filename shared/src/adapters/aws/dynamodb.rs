@@ -1486,7 +1486,9 @@ impl MessageStore for DynamoStore {
             .query()
             .table_name(&self.table)
             .scan_index_forward(false)
-            .limit(limit as i32)
+            // One past the page: a next page only when there is one (a full last page was
+            // followed by an empty one, where the memory adapter ends).
+            .limit((limit + 1) as i32)
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_values(":now", n(self.now_secs()))
             .expression_attribute_values(":lo", s(lo))

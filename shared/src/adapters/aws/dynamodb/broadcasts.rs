@@ -566,7 +566,9 @@ impl BroadcastStore for DynamoStore {
                 .expression_attribute_values(":pk", s(keys::tenant_pk(tenant)))
                 .expression_attribute_values(":p", s(keys::BROADCAST_PREFIX))
                 .scan_index_forward(false)
-                .limit((limit - out.len()) as i32)
+                // One past the page: a next page only when there is one (a full last page
+                // was followed by an empty one, where the memory adapter ends).
+                .limit((limit + 1 - out.len()) as i32)
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
@@ -577,11 +579,16 @@ impl BroadcastStore for DynamoStore {
                 }
             }
             start = res.last_evaluated_key;
-            if start.is_none() || out.len() >= limit {
+            if start.is_none() || out.len() > limit {
                 break;
             }
         }
-        let next = start.and(out.last().map(|b| b.id.clone()));
+        let next = if out.len() > limit {
+            out.truncate(limit);
+            out.last().map(|b| b.id.clone())
+        } else {
+            None
+        };
         Ok((out, next))
     }
 
