@@ -154,39 +154,79 @@ fn stale_since(
     }
 }
 
-/// [`keys_of`] for a removal (a `DELETE`, a START, a `resume`): only pairings that hold
-/// now ([`paired_now`]), so lifting a recycled phone's block never lifts its former
-/// owner's, who is known under the same user id at another phone since. (A send's check
-/// follows every pairing it finds: the safe side.)
+/// [`keys_of`] for a removal (a `DELETE`, a START, a `resume`) and a look-up by key: only
+/// pairings that hold now ([`paired_now`]), so lifting a recycled phone's block never lifts
+/// its former owner's, who is known under the same user id at another phone since; and a
+/// phone's two WhatsApp forms count as one person's only while they are not paired now with
+/// two different users (a recycled line's other form may be another person's: neither's
+/// removal reaches the other's block). (A send's check follows every pairing it finds:
+/// the safe side.)
 pub async fn keys_paired_now(
     deps: &Deps,
     tenant: &TenantId,
     given: &[OptOutKey],
 ) -> Result<Vec<OptOutKey>, ServiceError> {
-    let mut keys = forms_of(given);
-    let own = keys.clone();
-    for k in &own {
-        if let Some(other) = paired_now(deps, tenant, k).await? {
-            for form in phone_forms(&other) {
-                if keys.contains(&form) {
-                    continue;
+    let mut keys: Vec<OptOutKey> = Vec::new();
+    let push = |keys: &mut Vec<OptOutKey>, k: OptOutKey| {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    };
+    for g in given {
+        match g {
+            OptOutKey::Phone(_) => {
+                let (forms, owner) = one_persons_forms(deps, tenant, g, None).await?;
+                for f in forms {
+                    push(&mut keys, f);
                 }
-                // The paired phone's other WhatsApp form is the user's only while nobody
-                // else is paired with it now: a recycled line's other form may be a new
-                // owner's, whose own block a removal for the old owner must not lift. (One
-                // more pairing read, only for a Mexican, Argentine or Brazilian mobile.)
-                if form != other {
-                    if let Some(owner) = paired_now(deps, tenant, &form).await? {
-                        if !own.iter().any(|o| same_key(o, &owner)) {
-                            continue;
-                        }
+                if let Some(u) = owner {
+                    push(&mut keys, u);
+                }
+            }
+            OptOutKey::User(_) => {
+                push(&mut keys, g.clone());
+                if let Some(phone) = paired_now(deps, tenant, g).await? {
+                    let (forms, _) = one_persons_forms(deps, tenant, &phone, Some(g)).await?;
+                    for f in forms {
+                        push(&mut keys, f);
                     }
                 }
-                keys.push(form);
             }
         }
     }
     Ok(keys)
+}
+
+/// `phone` and, for a Mexican, Argentine or Brazilian mobile, its other WhatsApp form
+/// unless that form is paired now with another user than `phone`'s (or than `user`, when
+/// the phone was reached through that user id); and the user id of either, as paired now.
+/// One more pairing read for such a mobile.
+async fn one_persons_forms(
+    deps: &Deps,
+    tenant: &TenantId,
+    phone: &OptOutKey,
+    user: Option<&OptOutKey>,
+) -> Result<(Vec<OptOutKey>, Option<OptOutKey>), ServiceError> {
+    let owner = match user {
+        Some(u) => Some(u.clone()),
+        None => paired_now(deps, tenant, phone).await?,
+    };
+    let mut forms = vec![phone.clone()];
+    let mut found = if user.is_some() { None } else { owner.clone() };
+    for alt in phone_forms(phone).skip(1) {
+        let alt_owner = paired_now(deps, tenant, &alt).await?;
+        match (&owner, &alt_owner) {
+            // Another person's form of the line: not this one's to lift or read.
+            (Some(a), Some(b)) if !same_key(a, b) => {}
+            _ => {
+                forms.push(alt);
+                if found.is_none() && user.is_none() {
+                    found = alt_owner;
+                }
+            }
+        }
+    }
+    Ok((forms, found))
 }
 
 /// The user (by each key Meta gave) wrote to the tenant's number `phone_number_id` at

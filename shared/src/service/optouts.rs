@@ -382,7 +382,8 @@ pub async fn get(
     tenant: &TenantId,
     key: &OptOutKey,
 ) -> Result<(OptOut, OptOutKey), ServiceError> {
-    for k in super::contacts::keys_of(deps, tenant, std::slice::from_ref(key)).await? {
+    // The keys a removal of `key` would reach (a `DELETE` of what a `GET` found removes it).
+    for k in super::contacts::keys_paired_now(deps, tenant, std::slice::from_ref(key)).await? {
         if let Some(o) = deps.opt_outs.get_opt_out(tenant, &k).await? {
             return Ok((o, k));
         }

@@ -1093,6 +1093,21 @@ async fn lifting_a_user_ids_block_leaves_a_new_owners_block_under_the_other_form
     assert_eq!(s, 200, "the new owner's block stays: {o}");
     let (s, _) = send_template(&app, &t.key, theirs).await;
     assert_eq!(s, 422, "still opted out");
+
+    // The mirror: the old owner's block by id stays when the new owner's phone is lifted
+    // (by a DELETE naming it; a START from it reaches the same keys), and a GET by the old
+    // owner's id does not show the new owner's block (it shows what its DELETE reaches).
+    let (s, o) = call(&app, "DELETE", &opt_out_path(theirs), &t.key, None).await;
+    assert_eq!(s, 204, "{o}");
+    let (s, o) = call(&app, "PUT", &opt_out_path(old_owner), &t.key, None).await;
+    assert!(s == 200 || s == 201, "{s}: {o}");
+    let (s, o) = call(&app, "PUT", &opt_out_path(theirs), &t.key, None).await;
+    assert!(s == 200 || s == 201, "{s}: {o}");
+    let (s, o) = call(&app, "DELETE", &opt_out_path(theirs), &t.key, None).await;
+    assert_eq!(s, 204, "{o}");
+    let (s, o) = call(&app, "GET", &opt_out_path(old_owner), &t.key, None).await;
+    assert_eq!(s, 200, "the old owner's block by id stays: {o}");
+    assert_eq!(o["key"].as_str(), Some(old_owner), "{o}");
 }
 
 on_both_backends!(
