@@ -2220,7 +2220,7 @@ async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
                     @if events.is_empty() {
                         tr { td colspan="6" {
                             @if next.is_some() {
-                                "No matching events among the latest ones; older ones may match (Older events, below)."
+                                "No matching events on this page; older ones may match (Older events, below)."
                             } @else {
                                 "No events."
                             }

@@ -1361,9 +1361,16 @@ async fn a_sparse_action_filter_finds_its_event_on_the_first_page(b: Backend) {
     let page = get(&app, &t.key, "/v1/audit?action=POST%20/v1/api-keys&limit=5").await;
     assert_eq!(actions(&page), vec!["POST /v1/api-keys"], "{page}");
     assert_eq!(page["next_cursor"], Value::Null, "{page}");
-    // Unfiltered pages are full and end without an empty one.
+    // Unfiltered pages are full, and a full last page ends the log (no cursor to an empty
+    // page after it).
     let page = get(&app, &t.key, "/v1/audit?limit=5").await;
     assert_eq!(page["events"].as_array().map(Vec::len), Some(5), "{page}");
+    let all = get(&app, &t.key, "/v1/audit?limit=100").await;
+    let total = all["events"].as_array().map_or(0, Vec::len);
+    assert!((42..100).contains(&total), "{all}");
+    let exact = get(&app, &t.key, &format!("/v1/audit?limit={total}")).await;
+    assert_eq!(exact["events"].as_array().map(Vec::len), Some(total));
+    assert_eq!(exact["next_cursor"], Value::Null, "{exact}");
 }
 
 on_both_backends!(

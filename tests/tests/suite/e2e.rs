@@ -316,6 +316,19 @@ async fn listing_filters_by_status_and_pages_with_a_cursor(b: Backend) {
         "{whole}"
     );
     assert_eq!(whole["next_cursor"], Value::Null, "{whole}");
+    // So does one filtered by a status read by filter (the two `read` among three).
+    let read: Value = app
+        .http
+        .get(app.url("/v1/messages?status=read&limit=2"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["messages"].as_array().map(Vec::len), Some(2), "{read}");
+    assert_eq!(read["next_cursor"], Value::Null, "{read}");
     // Another tenant's cursor is refused, not read as a position in this tenant's list.
     let other = app.onboard(5).await;
     let res = app

@@ -1532,8 +1532,9 @@ impl MessageStore for DynamoStore {
                 .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
                 .expression_attribute_values(":pk", s(keys::tenant_pk(tenant))),
         };
-        // A filtered listing reads on through pages of `limit` messages until it has
-        // `limit` matches, at most `FILTERED_PAGES` pages a request (the cursor goes on).
+        // A filtered listing reads on through pages of `limit` + 1 messages until it has
+        // `limit` matches and knows whether one more follows, at most `FILTERED_PAGES` pages a
+        // request (the cursor goes on).
         let pages = if filtered { FILTERED_PAGES } else { 1 };
         let mut messages = Vec::new();
         let mut next_cursor = None;
@@ -1565,10 +1566,10 @@ impl MessageStore for DynamoStore {
                     next_cursor = Some(last.clone());
                     start = Some(last);
                 }
-                Some(last) => {
-                    next_cursor = Some(last);
-                    break;
-                }
+                // Full, with more to read: read on (within the pages) for one more match,
+                // so that a full last page ends the list; the cursor stays the last one
+                // returned meanwhile.
+                Some(last) => start = Some(last),
                 None => {
                     next_cursor = None;
                     break;
@@ -2072,7 +2073,7 @@ impl AuditLog for DynamoStore {
             .query()
             .table_name(&self.table)
             .scan_index_forward(false)
-            .limit(if filtered { 100 } else { want } as i32)
+            .limit(if filtered { 100 } else { want + 1 } as i32)
             .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
             .expression_attribute_values(":pk", s(keys::audit_pk(chain)))
             .expression_attribute_values(":lo", s(lo))
@@ -2113,8 +2114,8 @@ impl AuditLog for DynamoStore {
             for item in out.items() {
                 events.push(from_item(item.clone())?);
             }
-            if events.len() > want || (events.len() == want && out.last_evaluated_key().is_some()) {
-                // More may follow the last one answered: it is the cursor.
+            if events.len() > want {
+                // One more than the page was found: the page's last is the cursor.
                 events.truncate(want);
                 let next = events.last().map(|e| e.seq);
                 return Ok((events, next));
@@ -2124,13 +2125,18 @@ impl AuditLog for DynamoStore {
                 None => return Ok((events, None)),
             }
         }
-        // The reads' budget spent with fewer than `want`: the cursor is the last key read,
-        // even if the filter dropped its event.
-        let next = start
-            .as_ref()
-            .and_then(|k| k.get("sk"))
-            .and_then(|v| v.as_s().ok())
-            .and_then(|sk| keys::audit_seq_of(sk));
+        // The reads' budget spent: the cursor is the page's last event when it is full (a
+        // full last page then has a cursor to an empty one), else the last key read, even
+        // if the filter dropped its event.
+        let next = if events.len() == want {
+            events.last().map(|e| e.seq)
+        } else {
+            start
+                .as_ref()
+                .and_then(|k| k.get("sk"))
+                .and_then(|v| v.as_s().ok())
+                .and_then(|sk| keys::audit_seq_of(sk))
+        };
         Ok((events, next))
     }
 

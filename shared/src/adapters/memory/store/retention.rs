@@ -90,6 +90,10 @@ impl RetentionStore for MemoryStore {
             K::LoginFailuresOfEmail.class(),
             s.users.remove_expired_login_counters(now),
         );
+        // The opt-outs and numbers are read too (once; the closed-out tenants' pass below
+        // looks at them again, which a scan does not).
+        page.examined += s.opt_outs.len() + s.numbers.len();
+        let examined = page.examined;
         // Closed-out tenants whose items have reached the TTLs the close-out gave them.
         let done: Vec<(TenantId, CloseOutTtls)> = s
             .closed_out
@@ -123,6 +127,7 @@ impl RetentionStore for MemoryStore {
                 page.count(K::Tenant.class(), 1);
             }
         }
+        page.examined = examined;
         let stale = now.saturating_sub(crate::domain::UNSENT_STALE_AFTER.as_secs() as i64);
         page.stale_messages =
             s.messages
