@@ -452,7 +452,8 @@ pub(crate) fn parse_time(name: &str, v: &str) -> Result<chrono::DateTime<chrono:
 }
 
 /// The query of a list that takes only `limit` (1 to 100, `default` when absent) and
-/// `cursor` (`GET /v1/api-keys`, `GET /v1/users`), refused as the other lists refuse theirs.
+/// `cursor` (`GET /v1/api-keys`, `GET /v1/users`, `GET /v1/opt-outs`), refused as the other
+/// lists refuse theirs.
 pub(crate) fn page_query(
     params: &HashMap<String, String>,
     default: usize,

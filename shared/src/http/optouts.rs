@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::access::TenantCtx;
-use super::error::{empty, ApiError};
+use super::error::empty;
 use super::extract::parse_json;
 use super::{ApiResult, AppState};
 use crate::domain::{OptOut, OptOutKey, OptOutScope, OptOutSource};
@@ -86,25 +86,7 @@ async fn list(
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let tenant = ctx.tenant_id();
-    let mut limit = 50;
-    let mut cursor = None;
-    for (k, v) in &params {
-        match k.as_str() {
-            "limit" => {
-                limit = v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|l| (1..=100).contains(l))
-                    .ok_or_else(|| ApiError::invalid("limit must be 1 to 100"))?
-            }
-            "cursor" => cursor = Some(v.as_str()),
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "unknown query parameter `{other}`"
-                )))
-            }
-        }
-    }
+    let (limit, cursor) = super::page_query(&params, 50)?;
     let page = optouts::list(&s.deps, tenant, limit, cursor).await?;
     let items: Vec<OptOutView> = page
         .opt_outs
