@@ -1668,6 +1668,9 @@ async fn render_keys(
         @if let Some(c) = a.body["next_cursor"].as_str() {
             p { a href=(format!("/console/api-keys?{}", query(&[("cursor", c)]))) { "More keys" } }
         }
+        @if !cursor.is_empty() {
+            p { a href="/console/api-keys" { "First page of keys" } }
+        }
     };
     page(
         status,
@@ -1943,6 +1946,9 @@ async fn render_users(
         }
         @if let Some(c) = a.body["next_cursor"].as_str() {
             p { a href=(format!("/console/users?{}", query(&[("cursor", c)]))) { "More users" } }
+        }
+        @if !cursor.is_empty() {
+            p { a href="/console/users" { "First page of users" } }
         }
     };
     page(

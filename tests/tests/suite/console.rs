@@ -1076,6 +1076,10 @@ async fn the_keys_and_users_pages_show_a_page_at_a_time_with_a_link_to_the_next(
         assert_eq!(second.status, 200, "{}", second.html);
         assert_eq!(second.html.matches(table_row).count(), 1, "{list}");
         assert!(more_link(&second, list).is_none(), "the last page");
+        // A later page links back to the first; the first has no such link.
+        let back = format!(r#"href="/console/{list}">First page of"#);
+        assert!(second.html.contains(&back), "{}", second.html);
+        assert!(!first.html.contains(&back), "{list}");
     }
     // The audit log names an actor past the first page of users (the newest, last): its
     // names are looked up in every page, not the first alone.
