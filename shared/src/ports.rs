@@ -229,9 +229,10 @@ pub trait ApiKeyStore: Send + Sync {
     async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
     /// Oldest first.
     async fn list_api_keys(&self, tenant: &TenantId) -> Result<Vec<ApiKeyRecord>, StoreError>;
-    /// One page of [`Self::list_api_keys`]: at most `limit` keys, oldest first (key-id
-    /// order, the ids being ULIDs), after `cursor` (a `next_cursor` this adapter handed
-    /// out for the tenant); one read, however many keys the tenant holds.
+    /// One page of the keys [`Self::list_api_keys`] finds, but newest first (descending
+    /// key-id order, the ids being ULIDs: the keys made last, usually the live ones, before
+    /// the ended ones kept for 90 days), at most `limit`, after `cursor` (a `next_cursor`
+    /// this adapter handed out for the tenant); one read, however many keys it holds.
     /// `InvalidCursor` for a cursor that is none of this adapter's for the tenant's keys
     /// (another tenant's never shows that tenant's keys).
     async fn list_api_keys_page(
@@ -543,11 +544,19 @@ pub struct OptOutPage {
     pub next_cursor: Option<String>,
 }
 
-/// A page of API keys (oldest first) and the cursor for the next one (`None`: the last).
+/// A page of API keys (newest first) and the cursor for the next one (`None`: the last).
 #[derive(Clone, Debug, Default)]
 pub struct ApiKeyPage {
     pub keys: Vec<ApiKeyRecord>,
     pub next_cursor: Option<String>,
+}
+
+/// Which end of a list of a tenant's records by id its first page starts at (the ids
+/// being ULIDs, id order is creation order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    OldestFirst,
+    NewestFirst,
 }
 
 /// The most records a page of a paged list of a tenant's records holds (API keys,

@@ -100,7 +100,7 @@ impl Api {
 
     /// Every record of a paged list (`path` answering `{field: [...], "next_cursor"}`),
     /// following `next_cursor` for at most `pages` pages: for a page that must find any
-    /// record of the list (a key made a moment ago is on the last page, oldest first), not
+    /// record of the list (a user made a moment ago is on the last page, oldest first), not
     /// only the first page's. A page that fails ends the walk with what was read.
     pub async fn get_every(&self, who: &Who, path: &str, field: &str, pages: usize) -> Vec<Value> {
         let mut all = Vec::new();

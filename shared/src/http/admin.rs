@@ -167,7 +167,7 @@ pub(super) async fn put_allowlist(
 }
 
 /// `GET /v1/api-keys?limit=&cursor=`: a page of at most `limit` keys (default 100, the
-/// most), oldest first, and `next_cursor` (`null` on the last page).
+/// most), newest first, and `next_cursor` (`null` on the last page).
 pub(super) async fn list_keys(
     State(s): State<AppState>,
     ctx: TenantCtx,

@@ -175,7 +175,7 @@ pub async fn create_for_operator(
     }
 }
 
-/// `GET /v1/api-keys`: one page of the tenant's keys, oldest first, and the cursor to go
+/// `GET /v1/api-keys`: one page of the tenant's keys, newest first, and the cursor to go
 /// on from (`None`: the last page). One read, however many keys the tenant has.
 pub async fn list(
     deps: &Deps,

@@ -1032,7 +1032,8 @@ async fn the_keys_and_users_pages_show_a_page_at_a_time_with_a_link_to_the_next(
     for n in 0..100 {
         deps.api_keys
             .put_api_key(&ApiKeyRecord {
-                id: kirim::domain::new_id(),
+                // In the order made, to the millisecond's random part.
+                id: kirim::domain::ulid_at(chrono::Utc::now()).to_string(),
                 tenant_id: tenant.clone(),
                 name: format!("key {n}"),
                 role: Role::ReadOnly,
@@ -1080,6 +1081,12 @@ async fn the_keys_and_users_pages_show_a_page_at_a_time_with_a_link_to_the_next(
         let back = format!(r#"href="/console/{list}">First page of"#);
         assert!(second.html.contains(&back), "{}", second.html);
         assert!(!first.html.contains(&back), "{list}");
+        if list == "api-keys" {
+            // Newest first: the key made last is on the first page, the onboarding's
+            // (made first) on the second.
+            assert!(first.html.contains(">key 99<"), "{}", first.html);
+            assert!(!second.html.contains(">key "), "{}", second.html);
+        }
     }
     // The audit log names an actor past the first page of users (the newest, last): its
     // names are looked up in every page, not the first alone.

@@ -487,7 +487,8 @@ impl DynamoStore {
     }
 
     /// One page of the tenant's live items whose sort key is `prefix` and an id, in
-    /// sort-key (id) order, after `cursor`, and the cursor of the next page: one consistent
+    /// sort-key (id) order (`Order::NewestFirst`: descending, the ids being ULIDs), after
+    /// `cursor`, and the cursor of the next page: one consistent
     /// `Query` of at most `limit + 1` items (one more than asked: a next cursor only when
     /// there is a next page), `limit` being 1 to [`MAX_PAGE`](crate::ports::MAX_PAGE).
     /// The cursor (an [`encode_cursor`] of the last item's key) is only a position: the
@@ -499,6 +500,7 @@ impl DynamoStore {
         &self,
         tenant: &TenantId,
         prefix: &str,
+        order: crate::ports::Order,
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<(Vec<T>, Option<String>), StoreError> {
@@ -526,6 +528,7 @@ impl DynamoStore {
             .key_condition_expression("pk = :pk AND begins_with(sk, :p)")
             .expression_attribute_values(":pk", s(pk.clone()))
             .expression_attribute_values(":p", s(prefix))
+            .scan_index_forward(order == crate::ports::Order::OldestFirst)
             .set_exclusive_start_key(start)
             .limit(i32::try_from(limit + 1).unwrap_or(i32::MAX))
             .send()
@@ -1243,7 +1246,13 @@ impl ApiKeyStore for DynamoStore {
         cursor: Option<&str>,
     ) -> Result<ApiKeyPage, StoreError> {
         let (keys, next_cursor) = self
-            .query_tenant_page(tenant, keys::API_KEY_PREFIX, limit, cursor)
+            .query_tenant_page(
+                tenant,
+                keys::API_KEY_PREFIX,
+                crate::ports::Order::NewestFirst,
+                limit,
+                cursor,
+            )
             .await?;
         Ok(ApiKeyPage { keys, next_cursor })
     }

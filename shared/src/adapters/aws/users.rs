@@ -189,7 +189,13 @@ impl UserStore for DynamoStore {
         cursor: Option<&str>,
     ) -> Result<UserPage, StoreError> {
         let (users, next_cursor) = self
-            .query_tenant_page(tenant, keys::USER_PREFIX, limit, cursor)
+            .query_tenant_page(
+                tenant,
+                keys::USER_PREFIX,
+                crate::ports::Order::OldestFirst,
+                limit,
+                cursor,
+            )
             .await?;
         Ok(UserPage { users, next_cursor })
     }

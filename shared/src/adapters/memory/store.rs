@@ -620,8 +620,9 @@ fn accepted_ms(m: &MessageRecord) -> i64 {
 pub(crate) fn page_by_id<T>(
     tenant: &TenantId,
     list: &str,
-    all: Vec<T>,
+    mut all: Vec<T>,
     id: impl Fn(&T) -> &str,
+    order: crate::ports::Order,
     limit: usize,
     cursor: Option<&str>,
 ) -> Result<(Vec<T>, Option<String>), StoreError> {
@@ -636,9 +637,23 @@ pub(crate) fn page_by_id<T>(
         None => None,
     };
     let limit = limit.clamp(1, crate::ports::MAX_PAGE);
+    let newest_first = order == crate::ports::Order::NewestFirst;
+    all.sort_by(|a, b| {
+        let by_id = id(a).cmp(id(b));
+        if newest_first {
+            by_id.reverse()
+        } else {
+            by_id
+        }
+    });
+    // Past the cursor in the page's direction, as DynamoDB's start key is.
     let mut after: Vec<T> = all
         .into_iter()
-        .filter(|x| after_id.as_deref().is_none_or(|c| id(x) > c))
+        .filter(|x| {
+            after_id
+                .as_deref()
+                .is_none_or(|c| if newest_first { id(x) < c } else { id(x) > c })
+        })
         .collect();
     let more = after.len() > limit;
     after.truncate(limit);
@@ -706,6 +721,7 @@ impl ApiKeyStore for MemoryStore {
             "APIKEY",
             self.list_api_keys(tenant).await?,
             |k| &k.id,
+            crate::ports::Order::NewestFirst,
             limit,
             cursor,
         )?;

@@ -115,8 +115,15 @@ impl UserStore for MemoryStore {
         // The cursor names the id of the previous page's last user.
         let mut all = self.list_users(tenant).await?;
         all.sort_by(|a, b| a.id.cmp(&b.id));
-        let (users, next_cursor) =
-            super::store::page_by_id(tenant, "USER", all, |u| &u.id, limit, cursor)?;
+        let (users, next_cursor) = super::store::page_by_id(
+            tenant,
+            "USER",
+            all,
+            |u| &u.id,
+            crate::ports::Order::OldestFirst,
+            limit,
+            cursor,
+        )?;
         Ok(UserPage { users, next_cursor })
     }
 
