@@ -561,6 +561,9 @@ async fn create(State(s): S, ctx: Ctx, req: Request) -> Response {
     let none = HashMap::new();
     let req = match broadcast_request(&f, file.as_deref()) {
         Ok(r) => r,
+        // A role that may not is refused by the API (audited) whatever was typed, not
+        // asked to mend the form.
+        Err(_) if !ctx.may("POST", "/v1/broadcasts") => json!({}),
         Err(why) => {
             let n = Some(Notice::Problem(why));
             return render_campaigns(&s, &ctx, &none, &f, StatusCode::BAD_REQUEST, n).await;
@@ -884,7 +887,8 @@ async fn act(
     if !may(Role::Admin, "POST", &action_route(action)) {
         return not_available();
     }
-    if *action == "cancel" && !confirmed(&f) {
+    // A role that may not is not asked to confirm: the API refuses it below (audited).
+    if *action == "cancel" && !confirmed(&f) && ctx.may("POST", &action_route(action)) {
         let c = Confirm {
             nav: "/console/campaigns",
             question: "Cancel this campaign?".into(),
@@ -911,6 +915,8 @@ async fn act(
         let (to, note) = match *action {
             "retry-failed" => (text(&a.body, "id").to_owned(), "campaign_retried"),
             "pause" => (id, "campaign_paused"),
+            // A campaign paused before its send time waits for it again.
+            "resume" if text(&a.body, "status") == "scheduled" => (id, "campaign_rescheduled"),
             "resume" => (id, "campaign_resumed"),
             _ => (id, "campaign_cancelled"),
         };

@@ -145,8 +145,21 @@ impl FromRequestParts<ConsoleState> for Ctx {
         };
         let path = parts.uri.path();
         if enrollment_only && !path.starts_with("/console/2fa") && path != "/console/logout" {
-            // The tenant requires 2FA: nothing else until it is set up.
-            return Err(redirect("/console/2fa"));
+            // The tenant requires 2FA: nothing else until it is set up. A notice the page
+            // asked for (the requirement just saved by this admin) goes along.
+            let notice = parts
+                .uri
+                .query()
+                .and_then(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "done")
+                        .map(|(_, v)| v.into_owned())
+                })
+                .filter(|d| d.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            return Err(redirect(&match notice {
+                Some(d) => format!("/console/2fa?done={d}"),
+                None => "/console/2fa".to_owned(),
+            }));
         }
         let Some(key) = csrf_key(&s.deps).await else {
             return Err(unavailable());
@@ -337,6 +350,9 @@ pub(super) fn done(q: &HashMap<String, String>) -> Option<Notice> {
             "The campaign is paused: no new message of it is sent until you resume it."
         }
         "campaign_resumed" => "The campaign is sending again.",
+        "campaign_rescheduled" => {
+            "The campaign is scheduled again: it starts at its send time."
+        }
         "campaign_cancelled" => {
             "The campaign was cancelled; its messages not yet sent were refunded."
         }
@@ -752,6 +768,11 @@ async fn render_two_factor(
             p { strong { "It is on for your sign-ins." } " It cannot be replaced from here (so a
                 stolen session cannot replace it); an admin can remove and add you again." }
         } @else {
+            @if ctx.enrollment_only {
+                p #two-factor-required { strong { "Your account requires two-factor authentication
+                    for every console user:" } " set it up here to go on. Until then, every other
+                    page leads back here." }
+            }
             form.stack method="post" action="/console/2fa/enroll" {
                 (csrf(&ctx.csrf))
                 button type="submit" { "Set up two-factor authentication" }
@@ -813,6 +834,14 @@ async fn change_password(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         return failed(&a);
     }
     let (status, n) = problem(&a);
+    // The API names its fields; the form's labels say them in words.
+    let n = n.map(|n| match n {
+        Notice::Problem(m) => Notice::Problem(
+            m.replace("current_password", "the current password")
+                .replace("new_password", "the new password"),
+        ),
+        other => other,
+    });
     render_two_factor(&s, &ctx, status, n).await
 }
 
@@ -1504,13 +1533,16 @@ async fn opt_out_action(s: &ConsoleState, ctx: &Ctx, body: &Bytes, method: Metho
         Err(r) => return r,
     };
     let phone = field(&f, "phone");
-    if phone.is_empty() {
+    // A role that may not is refused by the API (audited), whatever was typed: never
+    // asked to mend the form or to confirm what it may not do.
+    let allowed = ctx.may(method.as_str(), "/v1/opt-outs/{key}");
+    if phone.is_empty() && allowed {
         let n = Some(Notice::Problem("enter a phone number".into()));
         let scope = field(&f, "scope");
         return render_opt_outs(s, ctx, "", StatusCode::BAD_REQUEST, n, ("", scope)).await;
     }
     let removing = method == Method::DELETE;
-    if removing && !confirmed(&f) {
+    if removing && !confirmed(&f) && allowed {
         let c = Confirm {
             nav: "/console/opt-outs",
             question: format!("Remove the opt-out of {phone}?"),
@@ -1521,7 +1553,11 @@ async fn opt_out_action(s: &ConsoleState, ctx: &Ctx, body: &Bytes, method: Metho
         };
         return confirm_page(ctx, c, "/console/opt-outs/remove", &[("phone", phone)]);
     }
-    let uri = format!("/v1/opt-outs/{}", segment(phone));
+    // (A refused role's empty phone still names a route: the API's gate answers first.)
+    let uri = format!(
+        "/v1/opt-outs/{}",
+        segment(if phone.is_empty() { "-" } else { phone })
+    );
     let req = (!removing).then(|| json!({"scope": field(&f, "scope")}));
     let a = s.api.call(&ctx.who, method, &uri, req, None).await;
     match a.status {
@@ -1837,7 +1873,7 @@ async fn revoke_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
         Ok(f) => f,
         Err(r) => return r,
     };
-    if !confirmed(&f) {
+    if !confirmed(&f) && ctx.may("DELETE", "/v1/api-keys/{id}") {
         let name = field(&f, "name");
         let c = Confirm {
             nav: "/console/api-keys",
@@ -2029,7 +2065,7 @@ async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes)
         Ok(f) => f,
         Err(r) => return r,
     };
-    if !confirmed(&f) {
+    if !confirmed(&f) && ctx.may("DELETE", "/v1/users/{id}") {
         let email = field(&f, "email");
         let c = Confirm {
             nav: "/console/users",

@@ -459,6 +459,202 @@ async fn the_two_factor_page_offers_set_up_only_to_a_user_without_it(b: Backend)
     );
 }
 
+/// An admin without 2FA who requires it of everyone lands on the 2FA page, told that the
+/// requirement was saved and why every other page now leads there.
+async fn an_admin_who_requires_2fa_without_it_is_told_why_the_2fa_page_is_all_there_is(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/settings").await.csrf();
+    let saved = web
+        .post(
+            "/console/settings/2fa",
+            &[("csrf", &csrf), ("required", "true")],
+        )
+        .await;
+    assert_eq!(saved.status, 303, "{}", saved.html);
+    let landed = web.get(saved.location()).await;
+    assert_eq!(landed.status, 303, "confined: {}", landed.html);
+    assert_eq!(landed.location(), "/console/2fa?done=two_factor_setting");
+    let page = web.get(landed.location()).await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert!(
+        page.html.contains("The two-factor requirement was saved."),
+        "{}",
+        page.html
+    );
+    assert!(
+        page.html.contains(r#"id="two-factor-required""#),
+        "{}",
+        page.html
+    );
+    assert!(page.html.contains("/console/2fa/enroll"), "{}", page.html);
+    // Any other page leads there, without a notice nobody asked for.
+    let other = web.get("/console/messages").await;
+    assert_eq!(
+        (other.status, other.location()),
+        (303, "/console/2fa"),
+        "{}",
+        other.html
+    );
+}
+
+/// A role that may not act is refused at once (`403`, the API's refusal, audited), whatever
+/// its form held: never shown a confirmation page offering what it may not do, nor asked to
+/// mend a form it may not send.
+async fn a_role_that_may_not_act_is_refused_at_once_not_asked_to_confirm_or_mend(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (read_only, reader_id) = new_user(&app, &t.key, "read_only").await;
+    let (operator, _) = new_user(&app, &t.key, "operator").await;
+    let (s, _) = call(
+        &app,
+        "PUT",
+        "/v1/opt-outs/%2B60123459961",
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert!(s == 200 || s == 201, "{s}");
+    let at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (s, made) = call(
+        &app,
+        "POST",
+        "/v1/broadcasts",
+        Some(&t.key),
+        Some(json!({
+            "template": {"name": "order_update", "language": "en_US", "components": [
+                {"type": "body", "parameters": [{"type": "text", "text": "A-1"}]}]},
+            "recipients": ["+60123450051"],
+            "send_at": at,
+        })),
+    )
+    .await;
+    assert_eq!(s, 202, "{made}");
+    let campaign = made["id"].as_str().unwrap().to_owned();
+    let (_, keys) = call(&app, "GET", "/v1/api-keys", Some(&t.key), None).await;
+    let key_id = keys["api_keys"][0]["id"].as_str().unwrap().to_owned();
+    let revoke = format!("/console/api-keys/{key_id}/revoke");
+    let remove_user = format!("/console/users/{reader_id}/remove");
+    let cancel = format!("/console/campaigns/{campaign}/cancel");
+    for (email, forms) in [
+        (
+            &read_only,
+            vec![
+                (revoke.as_str(), vec![("name", "x")]),
+                (remove_user.as_str(), vec![("email", "x@example.com")]),
+                ("/console/opt-outs/remove", vec![("phone", "+60123459961")]),
+                ("/console/opt-outs/remove", vec![("phone", "")]),
+                ("/console/opt-outs", vec![("phone", "")]),
+                (cancel.as_str(), vec![]),
+                ("/console/campaigns", vec![("template", "bad")]),
+                ("/console/campaigns", vec![("send_at", "garbage")]),
+            ],
+        ),
+        (
+            &operator,
+            vec![
+                (revoke.as_str(), vec![("name", "x")]),
+                (remove_user.as_str(), vec![("email", "x@example.com")]),
+                ("/console/opt-outs/remove", vec![("phone", "+60123459961")]),
+            ],
+        ),
+    ] {
+        let mut web = sign_in(&app, email).await;
+        let csrf = web.get("/console/").await.csrf();
+        for (path, fields) in forms {
+            let mut sent = vec![("csrf", csrf.as_str())];
+            sent.extend(fields.iter().copied());
+            let page = web.post(path, &sent).await;
+            assert_eq!(page.status, 403, "{email} {path} {fields:?}: {}", page.html);
+            assert!(
+                !page.html.contains(r#"name="confirm""#),
+                "{path}: offered to confirm: {}",
+                page.html
+            );
+        }
+    }
+    // Nothing changed.
+    let (s, _) = call(
+        &app,
+        "GET",
+        "/v1/opt-outs/%2B60123459961",
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "the opt-out stays");
+    let (_, keys) = call(&app, "GET", "/v1/api-keys", Some(&t.key), None).await;
+    assert_eq!(keys["api_keys"][0]["status"], "active", "{keys}");
+    let (_, users) = call(&app, "GET", "/v1/users", Some(&t.key), None).await;
+    assert!(
+        users["users"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|u| u["id"] == reader_id.as_str())),
+        "the user stays: {users}"
+    );
+    let (_, view) = call(
+        &app,
+        "GET",
+        &format!("/v1/broadcasts/{campaign}"),
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!(view["status"], "scheduled", "{view}");
+    let (_, list) = call(&app, "GET", "/v1/broadcasts", Some(&t.key), None).await;
+    assert_eq!(
+        list["broadcasts"].as_array().map(Vec::len),
+        Some(1),
+        "{list}"
+    );
+}
+
+/// A scheduled campaign paused and resumed waits for its send time again, and the notice
+/// says so (it said "sending again").
+async fn a_resumed_scheduled_campaign_is_said_to_wait_for_its_send_time(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/campaigns").await.csrf();
+    let at = (chrono::Utc::now() + chrono::Duration::minutes(30))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let made = web
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &csrf),
+                ("template", "order_update:en_US"),
+                ("parameters", "ORDER-12"),
+                ("numbers", "+60123450043"),
+                ("send_at", &at),
+            ],
+        )
+        .await;
+    let id = campaign_of(&made);
+    for action in ["pause", "resume"] {
+        let done = web
+            .post(
+                &format!("/console/campaigns/{id}/{action}"),
+                &[("csrf", &csrf)],
+            )
+            .await;
+        assert_eq!(done.status, 303, "{action}: {}", done.html);
+        if action == "resume" {
+            let page = web.get(done.location()).await;
+            assert!(
+                page.html.contains("The campaign is scheduled again"),
+                "{}",
+                page.html
+            );
+            assert!(!page.html.contains("sending again"), "{}", page.html);
+        }
+    }
+}
+
 /// Where the tenant requires 2FA, a password-only console sign-in is confined to the 2FA
 /// page; when its user turned 2FA on from another session meanwhile, the page says to sign
 /// in again with a code (it cannot set up again), instead of sending them to an admin.
@@ -525,8 +721,14 @@ async fn a_user_changes_their_password_from_the_console_and_signs_in_again_with_
         )
         .await;
     assert_eq!(wrong.status, 400, "{}", wrong.html);
+    // Said in the form's words, not the API's field name.
     assert!(
-        wrong.html.contains("current_password does not match"),
+        wrong.html.contains("the current password does not match"),
+        "{}",
+        wrong.html
+    );
+    assert!(
+        !wrong.html.contains("current_password does"),
         "{}",
         wrong.html
     );
@@ -2159,6 +2361,9 @@ on_both_backends!(
     a_console_admin_cannot_remove_themselves_but_another_admin_can,
     pasted_numbers_may_be_written_as_people_write_them_and_the_invalid_ones_are_named,
     the_two_factor_page_offers_set_up_only_to_a_user_without_it,
+    an_admin_who_requires_2fa_without_it_is_told_why_the_2fa_page_is_all_there_is,
+    a_role_that_may_not_act_is_refused_at_once_not_asked_to_confirm_or_mend,
+    a_resumed_scheduled_campaign_is_said_to_wait_for_its_send_time,
     usage_and_phone_numbers_show_what_the_api_has_and_say_so_when_it_has_not,
     a_held_number_is_shown_and_an_admin_resumes_it_from_the_dashboard,
     a_closed_tenants_user_is_signed_out_not_sent_round_in_circles,
