@@ -122,7 +122,7 @@ pub async fn run(deps: &Deps) -> Result<RetentionReport, ServiceError> {
 pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, ServiceError> {
     let started = Instant::now();
     let now = deps.clock.now();
-    let mut cursor = deps.retention.checkpoint().await?;
+    let cursor = deps.retention.checkpoint().await?;
     let mut suspended: Vec<TenantId> = Vec::new();
     let mut report = RetentionReport {
         ran_at: now,
@@ -152,11 +152,108 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
             audit::DrainReport::default()
         }
     };
+    // A failure part-way (a page not read, a position not saved) fails the run, but what
+    // the pages before it did (items deleted, tenants closed out, messages refunded) is
+    // recorded all the same: the next run resumes after the last saved position and would
+    // never report it.
+    if let Err((e, step)) = sweep(
+        deps,
+        limits,
+        started,
+        now,
+        cursor,
+        &mut report,
+        &mut suspended,
+    )
+    .await
+    {
+        tracing::error!(
+            error = %e,
+            step,
+            pages = report.pages,
+            deleted_expired = report.deleted_expired,
+            closed_out = report.closed_out.len(),
+            "retention run failed part-way; its work so far is recorded"
+        );
+        let mut details = serde_json::to_value(&report).unwrap_or_default();
+        if let Some(d) = details.as_object_mut() {
+            d.insert("error".into(), format!("{step}: {}", plain(&e)).into());
+        }
+        record_run(deps, crate::ports::AuditOutcome::Error, details).await;
+        return Err(e);
+    }
+    // Events a crash left beyond their chains' heads, on the chains of the active and
+    // suspended tenants this run came across (all of them over a pass) and the platform
+    // chain. (A closed tenant's chain is closed with it.)
+    let chains: Vec<TenantId> = report
+        .active_tenants
+        .iter()
+        .chain(&suspended)
+        .cloned()
+        .collect();
+    let audit_heads_repaired = audit::repair_heads(deps, &chains, started + limits.max_time).await;
+    tracing::info!(
+        deleted_expired = report.deleted_expired,
+        deleted = ?report.deleted,
+        closed_out = report.closed_out.len(),
+        ended_keys_given_ttl = report.ended_keys_given_ttl,
+        audit_heads_repaired,
+        audit_parked_linked = report.audit_parked.linked,
+        audit_chains_still_parked = report.audit_parked.still_parked,
+        complete = report.complete,
+        "retention run finished"
+    );
+    // Parked if the platform chain cannot take it now (linked by a later append): the
+    // run's work is done, and failing it here would answer 503 for a finished sweep, skip
+    // the template sync after it and have EventBridge run it all again.
+    record_run(
+        deps,
+        crate::ports::AuditOutcome::Success,
+        serde_json::to_value(&report).unwrap_or_default(),
+    )
+    .await;
+    Ok(report)
+}
+
+/// The run's `retention.run` event on the platform chain, recorded or parked.
+async fn record_run(deps: &Deps, outcome: crate::ports::AuditOutcome, details: serde_json::Value) {
+    audit::record_or_park(
+        deps,
+        Draft {
+            tenant: None,
+            actor_type: "system",
+            actor_id: "retention".into(),
+            action: "retention.run".into(),
+            ip: None,
+            outcome,
+            details,
+        },
+    )
+    .await;
+}
+
+/// What a failed run was doing when it failed (its `retention.run` event's `error`).
+const READ_PAGE: &str = "reading a page of the table";
+const SAVE_POSITION: &str = "saving the sweep's position";
+
+/// The sweep, a page at a time from `cursor`, adding what each page did to `report` as it
+/// goes: on a failure, `report` holds the work of the pages before it (and of the failing
+/// page's own settling and close-outs, done before its position is saved).
+async fn sweep(
+    deps: &Deps,
+    limits: Limits,
+    started: Instant,
+    now: chrono::DateTime<chrono::Utc>,
+    mut cursor: Option<String>,
+    report: &mut RetentionReport,
+    suspended: &mut Vec<TenantId>,
+) -> Result<(), (ServiceError, &'static str)> {
     loop {
         let page = deps
             .retention
             .sweep_page(now, cursor.as_deref(), limits.page_size)
-            .await?;
+            .await
+            .map_err(|e| (e.into(), READ_PAGE))?;
         report.pages += 1;
         report.examined += page.examined;
         for (class, n) in &page.deleted {
@@ -215,13 +312,15 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
             // goes on with it (every step of a close-out is idempotent).
             deps.retention
                 .save_checkpoint(cursor.as_deref(), deps.clock.now())
-                .await?;
+                .await
+                .map_err(|e| (e.into(), SAVE_POSITION))?;
             break;
         }
         cursor = page.next;
         deps.retention
             .save_checkpoint(cursor.as_deref(), deps.clock.now())
-            .await?;
+            .await
+            .map_err(|e| (e.into(), SAVE_POSITION))?;
         if cursor.is_none() {
             report.complete = true;
             break;
@@ -234,44 +333,19 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         }
         tokio::time::sleep(limits.pause).await;
     }
-    // Events a crash left beyond their chains' heads, on the chains of the active and
-    // suspended tenants this run came across (all of them over a pass) and the platform
-    // chain. (A closed tenant's chain is closed with it.)
-    let chains: Vec<TenantId> = report
-        .active_tenants
-        .iter()
-        .chain(&suspended)
-        .cloned()
-        .collect();
-    let audit_heads_repaired = audit::repair_heads(deps, &chains, started + limits.max_time).await;
-    tracing::info!(
-        deleted_expired = report.deleted_expired,
-        deleted = ?report.deleted,
-        closed_out = report.closed_out.len(),
-        ended_keys_given_ttl = report.ended_keys_given_ttl,
-        audit_heads_repaired,
-        audit_parked_linked = report.audit_parked.linked,
-        audit_chains_still_parked = report.audit_parked.still_parked,
-        complete = report.complete,
-        "retention run finished"
-    );
-    // Parked if the platform chain cannot take it now (linked by a later append): the
-    // run's work is done, and failing it here would answer 503 for a finished sweep, skip
-    // the template sync after it and have EventBridge run it all again.
-    audit::record_or_park(
-        deps,
-        Draft {
-            tenant: None,
-            actor_type: "system",
-            actor_id: "retention".into(),
-            action: "retention.run".into(),
-            ip: None,
-            outcome: crate::ports::AuditOutcome::Success,
-            details: serde_json::to_value(&report).unwrap_or_default(),
-        },
-    )
-    .await;
-    Ok(report)
+    Ok(())
+}
+
+/// A failure as the audit records it: its class, no backend's message (which can name a
+/// table, a key or an SDK's internals).
+fn plain(e: &ServiceError) -> &'static str {
+    match e {
+        ServiceError::Unavailable(_) => "the store was unavailable (a later run continues)",
+        ServiceError::Internal(_) => "the store refused the request or held an unreadable item",
+        ServiceError::NotFound => "an item was not found",
+        ServiceError::Conflict(_) => "a conflicting write",
+        _ => "an unexpected error",
+    }
 }
 
 /// Finishes closing one closed tenant; `None` if it is not closed (or not there).

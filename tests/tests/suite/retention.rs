@@ -1469,7 +1469,166 @@ async fn with_messages_kept_seconds_a_message_expires_and_sends_still_go(b: Back
     assert_eq!(again.status(), 202, "the catalogue is still there");
 }
 
+/// Where [`FailingPart`] makes the sweep fail: its second page's read (the first page told
+/// of a next one, whichever the backend), or the saving of its first page's position.
+#[derive(Clone, Copy, PartialEq)]
+enum FailAt {
+    SecondPage,
+    FirstSave,
+}
+
+/// The app's retention store, failing once at `at` with a backend's message naming its
+/// internals (which the run's audit event must not repeat).
+struct FailingPart {
+    inner: std::sync::Arc<dyn kirim::ports::RetentionStore>,
+    at: FailAt,
+    pages: std::sync::atomic::AtomicUsize,
+    saves: std::sync::atomic::AtomicUsize,
+}
+
+const INTERNALS: &str = "dynamodb scan: table kirim-secret-table throttled (aws-sdk)";
+
+#[async_trait::async_trait]
+impl kirim::ports::RetentionStore for FailingPart {
+    async fn sweep_page(
+        &self,
+        now: DateTime<Utc>,
+        start: Option<&str>,
+        page_size: usize,
+    ) -> Result<kirim::ports::SweepPage, kirim::store_error::StoreError> {
+        use std::sync::atomic::Ordering;
+        let n = self.pages.fetch_add(1, Ordering::SeqCst);
+        if n == 1 && self.at == FailAt::SecondPage {
+            return Err(kirim::store_error::StoreError::Unavailable(
+                INTERNALS.into(),
+            ));
+        }
+        let mut page = self.inner.sweep_page(now, start, page_size).await?;
+        if n == 0 && page.next.is_none() {
+            // The memory store reads its whole table as one page: a second one to fail.
+            page.next = Some("-".into());
+        }
+        Ok(page)
+    }
+    async fn checkpoint(&self) -> Result<Option<String>, kirim::store_error::StoreError> {
+        self.inner.checkpoint().await
+    }
+    async fn save_checkpoint(
+        &self,
+        next: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.saves.fetch_add(1, Ordering::SeqCst) == 0 && self.at == FailAt::FirstSave {
+            return Err(kirim::store_error::StoreError::Unavailable(
+                INTERNALS.into(),
+            ));
+        }
+        self.inner.save_checkpoint(next, at).await
+    }
+    async fn close_out(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        ttls: kirim::ports::CloseOutTtls,
+        now: DateTime<Utc>,
+        deadline: std::time::Instant,
+    ) -> Result<kirim::ports::CloseOutCounts, kirim::store_error::StoreError> {
+        self.inner.close_out(tenant, ttls, now, deadline).await
+    }
+    async fn closed_out_at(
+        &self,
+        tenant: &kirim::domain::TenantId,
+    ) -> Result<Option<DateTime<Utc>>, kirim::store_error::StoreError> {
+        self.inner.closed_out_at(tenant).await
+    }
+    async fn stored_items(
+        &self,
+    ) -> Result<Vec<kirim::ports::StoredItem>, kirim::store_error::StoreError> {
+        self.inner.stored_items().await
+    }
+}
+
+/// A run that fails part-way (a page it cannot read, a position it cannot save) fails, and
+/// still records what its pages did before the failure — items deleted, per class — in a
+/// `retention.run` event with outcome `error` and a plain description of the failure: the
+/// next run resumes after the last saved position and would never report that work.
+async fn a_run_that_fails_part_way_still_records_what_its_pages_removed(b: Backend) {
+    for at in [FailAt::SecondPage, FailAt::FirstSave] {
+        let app = spawn_short(b, 1).await;
+        let t = app.onboard(10).await;
+        for i in 0..3 {
+            app.send_ok(&t.key, &format!("+6012345{:04}", 6200 + i))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let mut deps = app.app.deps.clone();
+        deps.retention = std::sync::Arc::new(FailingPart {
+            inner: app.app.deps.retention.clone(),
+            at,
+            pages: Default::default(),
+            saves: Default::default(),
+        });
+        // One page holds the whole (small) table on both backends.
+        let limits = kirim::service::retention::Limits {
+            pause: Duration::from_millis(1),
+            ..Default::default()
+        };
+        let failed = kirim::service::retention::run_with(&deps, limits).await;
+        assert!(
+            matches!(
+                failed,
+                Err(kirim::service::errors::ServiceError::Unavailable(_))
+            ),
+            "{failed:?}"
+        );
+        let q = kirim::ports::AuditQuery {
+            limit: 100,
+            action: Some("retention.run".into()),
+            ..Default::default()
+        };
+        let (events, _) = app
+            .app
+            .deps
+            .audit
+            .list("platform", &q)
+            .await
+            .expect("platform chain");
+        assert_eq!(events.len(), 1, "one retention.run event");
+        let event = &events[0];
+        assert_eq!(event.outcome, kirim::ports::AuditOutcome::Error);
+        let recorded: Value = serde_json::from_str(&event.details).expect("details");
+        assert_eq!(recorded["pages"], 1, "{recorded}");
+        assert_eq!(recorded["complete"], false, "{recorded}");
+        let deleted = recorded["deleted_expired"].as_u64().unwrap_or_default();
+        assert!(
+            deleted >= 3 * 2 + 4,
+            "messages, wamids, debits, top-up removed by the first page: {recorded}"
+        );
+        let per_class: u64 = recorded["deleted"]
+            .as_object()
+            .map(|d| d.values().filter_map(Value::as_u64).sum())
+            .unwrap_or_default();
+        assert_eq!(per_class, deleted, "counted per class: {recorded}");
+        let step = if at == FailAt::SecondPage {
+            "reading a page of the table"
+        } else {
+            "saving the sweep's position"
+        };
+        assert_eq!(
+            recorded["error"],
+            format!("{step}: the store was unavailable (a later run continues)"),
+            "{recorded}"
+        );
+        assert!(
+            !event.details.contains("kirim-secret-table") && !event.details.contains("aws"),
+            "no backend internals: {}",
+            event.details
+        );
+    }
+}
+
 on_both_backends!(
+    a_run_that_fails_part_way_still_records_what_its_pages_removed,
     with_messages_kept_seconds_a_message_expires_and_sends_still_go,
     every_stored_item_carries_the_ttl_of_its_class,
     a_close_out_that_fails_for_one_tenant_leaves_the_others_closed_out_and_the_run_complete,
