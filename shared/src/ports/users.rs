@@ -226,7 +226,9 @@ pub trait UserStore: Send + Sync {
     /// Replaces the user's password hash `old` with `new` and adds one to their
     /// `password_version` (ending every session of theirs), in one conditional write;
     /// `false` if the user is gone or their hash is no longer `old` (changed meanwhile):
-    /// nothing written.
+    /// nothing written. A hash that is `new` already is this change made already (`new` is
+    /// salted, unique to its request: the SDK's retry of a try whose answer was lost):
+    /// `true`, `password_version` moved on once.
     async fn set_password(
         &self,
         tenant: &TenantId,
@@ -283,7 +285,9 @@ pub trait UserStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Confirms the pending secret `secret` with a code of time step `step`: only if that
     /// secret is still the pending one and `step` is later than the last accepted step.
-    /// `false` if those conditions fail (or the user is gone).
+    /// `false` if those conditions fail (or the user is gone). `secret` already confirmed
+    /// at `step` is this confirmation made already (the SDK's retry of a try whose answer
+    /// was lost): `true`, nothing changed.
     async fn confirm_totp(
         &self,
         tenant: &TenantId,

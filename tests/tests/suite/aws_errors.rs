@@ -1374,3 +1374,78 @@ async fn the_close_outs_last_write_cancelled_by_a_transaction_on_the_tenant_goes
         "marked closed out"
     );
 }
+
+/// A write of a user item (`UpdateItem` on a `USER#` item) whose update sets `attribute`.
+fn a_user_update_setting(request: &serde_json::Value, attribute: &str) -> bool {
+    request["Key"]["sk"]["S"]
+        .as_str()
+        .is_some_and(|k| k.starts_with("USER#"))
+        && request["UpdateExpression"]
+            .as_str()
+            .is_some_and(|e| e.contains(attribute))
+}
+
+/// A user's password change whose first try landed and whose answer was lost: the SDK's
+/// retry is refused by the very write that landed (the hash is no longer the old one), and
+/// the change is answered as applied — not as "changed meanwhile" (`409`) with the new
+/// password in effect — with `password_version` moved on once.
+#[tokio::test]
+async fn a_password_change_whose_answer_was_lost_is_answered_as_applied() {
+    let (url, picked) = dynamodb_before_moto(
+        |op, req| op == "UpdateItem" && a_user_update_setting(req, "password_hash"),
+        FirstPicked::Landed,
+    )
+    .await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let (p, _, _) = super::contract::aws_on(&sdk).await;
+    let t = onboarded(&p, 0).await;
+    let u = super::contract_users::user(&p, &t, &super::contract_users::email());
+    p.users.create_user(&u).await.expect("created");
+    let changed = p
+        .users
+        .set_password(&t.id, &u.id, &u.password_hash, "$argon2id$new-salted")
+        .await
+        .expect("answered");
+    assert_eq!(picked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(changed, "reported changed meanwhile");
+    let stored = p.users.get_user(&t.id, &u.id).await.unwrap().unwrap();
+    assert_eq!(stored.password_version, 1);
+    // Another change over the old hash, refused because this one is there, is not taken
+    // for its own.
+    assert!(!p
+        .users
+        .set_password(&t.id, &u.id, &u.password_hash, "$argon2id$another")
+        .await
+        .unwrap());
+}
+
+/// A 2FA confirmation whose first try landed and whose answer was lost: the SDK's retry is
+/// refused by the very write that landed (2FA is on), and it is answered as confirmed — not
+/// as a wrong code (`400`, counted against the user) with 2FA on.
+#[tokio::test]
+async fn a_totp_confirmation_whose_answer_was_lost_is_answered_as_confirmed() {
+    let (url, picked) = dynamodb_before_moto(
+        |op, req| op == "UpdateItem" && a_user_update_setting(req, "totp_confirmed"),
+        FirstPicked::Landed,
+    )
+    .await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let (p, _, _) = super::contract::aws_on(&sdk).await;
+    let t = onboarded(&p, 0).await;
+    let u = super::contract_users::user(&p, &t, &super::contract_users::email());
+    p.users.create_user(&u).await.expect("created");
+    p.users
+        .set_pending_totp(&t.id, &u.id, "SECRETONE")
+        .await
+        .expect("pending");
+    let confirmed = p
+        .users
+        .confirm_totp(&t.id, &u.id, "SECRETONE", 100)
+        .await
+        .expect("answered");
+    assert_eq!(picked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert!(confirmed, "reported a wrong code");
+    let stored = p.users.get_user(&t.id, &u.id).await.unwrap().unwrap();
+    assert!(stored.totp_confirmed);
+    assert_eq!(stored.last_totp_step, 100);
+}

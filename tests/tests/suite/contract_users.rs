@@ -12,7 +12,7 @@ use kirim::store_error::StoreError;
 
 use super::contract::{aws, contract, memory, onboarded, sweep, Ports};
 
-fn user(p: &Ports, t: &Tenant, email: &str) -> UserRecord {
+pub(crate) fn user(p: &Ports, t: &Tenant, email: &str) -> UserRecord {
     UserRecord {
         id: kirim::domain::new_id(),
         tenant_id: t.id.clone(),
@@ -27,7 +27,7 @@ fn user(p: &Ports, t: &Tenant, email: &str) -> UserRecord {
     }
 }
 
-fn email() -> String {
+pub(crate) fn email() -> String {
     format!(
         "u{}@example.com",
         ulid::Ulid::new().to_string().to_lowercase()
@@ -811,7 +811,91 @@ async fn users_are_listed_a_page_at_a_time_each_once_and_only_the_tenants_own(p:
     ));
 }
 
+/// A password change repeated with the same arguments once it landed (what the SDK's retry
+/// of a try whose answer was lost sends): applied, as the first answered, and counted once
+/// (`password_version` moves on once); the new hash is salted, unique to its change, so no
+/// other change is taken for it, and a change over the old hash is still refused.
+async fn a_password_change_repeated_after_it_landed_is_applied_once(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let u = user(&p, &t, &email());
+    p.users.create_user(&u).await.unwrap();
+    for _ in 0..2 {
+        assert!(
+            p.users
+                .set_password(&t.id, &u.id, &u.password_hash, "$argon2id$new-salted")
+                .await
+                .unwrap(),
+            "answered as applied"
+        );
+    }
+    let stored = p.users.get_user(&t.id, &u.id).await.unwrap().unwrap();
+    assert_eq!(stored.password_hash, "$argon2id$new-salted");
+    assert_eq!(stored.password_version, 1, "counted once");
+    assert!(!p
+        .users
+        .set_password(&t.id, &u.id, &u.password_hash, "$argon2id$another")
+        .await
+        .unwrap());
+    assert_eq!(
+        p.users
+            .get_user(&t.id, &u.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        "$argon2id$new-salted"
+    );
+}
+
+/// A 2FA confirmation repeated with the same arguments once it landed (the SDK's retry of a
+/// try whose answer was lost): confirmed, as the first answered, nothing changed; the same
+/// secret at another step is not this confirmation (a code is accepted once).
+async fn a_totp_confirmation_repeated_after_it_landed_is_confirmed(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let u = user(&p, &t, &email());
+    p.users.create_user(&u).await.unwrap();
+    p.users
+        .set_pending_totp(&t.id, &u.id, "SECRETONE")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert!(
+            p.users
+                .confirm_totp(&t.id, &u.id, "SECRETONE", 100)
+                .await
+                .unwrap(),
+            "answered as confirmed"
+        );
+    }
+    let stored = p.users.get_user(&t.id, &u.id).await.unwrap().unwrap();
+    assert!(stored.totp_confirmed);
+    assert_eq!(stored.last_totp_step, 100);
+    for step in [99, 101] {
+        assert!(!p
+            .users
+            .confirm_totp(&t.id, &u.id, "SECRETONE", step)
+            .await
+            .unwrap());
+    }
+    assert!(!p
+        .users
+        .confirm_totp(&t.id, &u.id, "SECRETTWO", 100)
+        .await
+        .unwrap());
+    assert_eq!(
+        p.users
+            .get_user(&t.id, &u.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_totp_step,
+        100
+    );
+}
+
 contract!(
+    a_password_change_repeated_after_it_landed_is_applied_once,
+    a_totp_confirmation_repeated_after_it_landed_is_confirmed,
     users_are_listed_a_page_at_a_time_each_once_and_only_the_tenants_own,
     a_closed_tenant_takes_no_new_key_user_or_setting,
     a_password_is_replaced_only_over_the_hash_that_was_checked,

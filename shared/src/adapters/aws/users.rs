@@ -9,7 +9,10 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{AttributeValue, Delete, ReturnValue, TransactWriteItem};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
 
 use super::classify;
 use super::dynamodb::{from_item, keys, n, s, to_item, CancelReason, DynamoStore, Item, TTL_ATTR};
@@ -34,6 +37,22 @@ fn number_of(item: &Item, name: &str) -> Option<i64> {
     item.get(name)
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
+}
+
+/// The item a refused conditional update found (`ReturnValuesOnConditionCheckFailure`
+/// `ALL_OLD`); `None` when there was none.
+fn refused_item(e: &UpdateItemError) -> Option<&Item> {
+    match e {
+        UpdateItemError::ConditionalCheckFailedException(c) => c.item(),
+        _ => None,
+    }
+}
+
+/// A string attribute of an item.
+fn string_of<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
 }
 
 impl DynamoStore {
@@ -271,12 +290,18 @@ impl UserStore for DynamoStore {
             .expression_attribute_values(":old", s(old))
             .expression_attribute_values(":zero", AttributeValue::N("0".into()))
             .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match res {
             Ok(_) => Ok(true),
+            // Changed meanwhile (or gone) — unless the hash there is this call's `new`
+            // (salted: no other change writes it), landed on a try whose answer was lost
+            // and refused on the SDK's retry by itself: applied, `password_version` moved
+            // on once.
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
+                Ok(refused_item(e.err())
+                    .is_some_and(|item| string_of(item, "password_hash") == Some(new)))
             }
             Err(e) => Err(classify("dynamodb update", e)),
         }
@@ -512,8 +537,12 @@ impl UserStore for DynamoStore {
             tenant,
             id,
             "SET totp_confirmed = :t, last_totp_step = :step",
-            "attribute_exists(pk) AND totp_confirmed = :f AND totp_secret = :s \
-             AND last_totp_step < :step",
+            // Or already this very confirmation (the same secret confirmed at the same
+            // step: a try that landed and whose answer was lost, refused on the SDK's
+            // retry by itself), written again as it is.
+            "attribute_exists(pk) AND totp_secret = :s \
+             AND ((totp_confirmed = :f AND last_totp_step < :step) \
+             OR (totp_confirmed = :t AND last_totp_step = :step))",
             &[
                 (":t", AttributeValue::Bool(true)),
                 (":f", AttributeValue::Bool(false)),

@@ -315,6 +315,11 @@ impl UserStore for MemoryStore {
         let Ok(u) = s.users.user_mut(tenant, id) else {
             return Ok(false);
         };
+        if u.password_hash == new {
+            // This change, made already (as DynamoDB answers the SDK's retry of a try
+            // that landed): applied, `password_version` moved on once.
+            return Ok(true);
+        }
         if u.password_hash != old {
             return Ok(false);
         }
@@ -334,8 +339,15 @@ impl UserStore for MemoryStore {
         let Ok(u) = s.users.user_mut(tenant, id) else {
             return Ok(false);
         };
-        if u.totp_confirmed || u.totp_secret.as_deref() != Some(secret) || u.last_totp_step >= step
-        {
+        if u.totp_secret.as_deref() != Some(secret) {
+            return Ok(false);
+        }
+        if u.totp_confirmed {
+            // This very confirmation, made already (as DynamoDB answers the SDK's retry of
+            // a try that landed): applied.
+            return Ok(u.last_totp_step == step);
+        }
+        if u.last_totp_step >= step {
             return Ok(false);
         }
         u.totp_confirmed = true;
