@@ -216,7 +216,9 @@ pub trait UserStore: Send + Sync {
     /// Deletes the user and its email claim; `false` if the tenant has no such user.
     async fn delete_user(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError>;
     /// Gives the user `role`, atomically, and answers the role it had; `None` if the tenant
-    /// has no such user (nothing written).
+    /// has no such user (nothing written). The role it had is the one this call replaced,
+    /// also when the store's first try landed and its answer was lost (not the role the
+    /// try set); a second call giving the same role answers that role.
     async fn set_user_role(
         &self,
         tenant: &TenantId,

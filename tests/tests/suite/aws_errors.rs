@@ -1449,3 +1449,46 @@ async fn a_totp_confirmation_whose_answer_was_lost_is_answered_as_confirmed() {
     assert!(stored.totp_confirmed);
     assert_eq!(stored.last_totp_step, 100);
 }
+
+/// A role change whose first try landed and whose answer was lost: the SDK's retry finds
+/// the new role there already, and the change still answers the role it replaced (the
+/// audit's `previous_role`), not the role it set; a later change answers the role before
+/// it as usual.
+#[tokio::test]
+async fn a_role_change_whose_answer_was_lost_answers_the_role_it_replaced() {
+    let (url, picked) = dynamodb_before_moto(
+        |op, req| op == "UpdateItem" && a_user_update_setting(req, "#role"),
+        FirstPicked::Landed,
+    )
+    .await;
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(&url)).await;
+    let (p, _, _) = super::contract::aws_on(&sdk).await;
+    let t = onboarded(&p, 0).await;
+    let u = super::contract_users::user(&p, &t, &super::contract_users::email());
+    p.users.create_user(&u).await.expect("created");
+    let previous = p
+        .users
+        .set_user_role(&t.id, &u.id, kirim::domain::Role::Admin)
+        .await
+        .expect("answered");
+    assert_eq!(picked.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(previous, Some(kirim::domain::Role::Operator));
+    assert_eq!(
+        p.users.get_user(&t.id, &u.id).await.unwrap().unwrap().role,
+        kirim::domain::Role::Admin
+    );
+    assert_eq!(
+        p.users
+            .set_user_role(&t.id, &u.id, kirim::domain::Role::ReadOnly)
+            .await
+            .unwrap(),
+        Some(kirim::domain::Role::Admin)
+    );
+    assert_eq!(
+        p.users
+            .set_user_role(&t.id, "ghost", kirim::domain::Role::ReadOnly)
+            .await
+            .unwrap(),
+        None
+    );
+}

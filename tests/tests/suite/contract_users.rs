@@ -101,6 +101,15 @@ async fn a_users_role_changes_in_place_and_answers_the_role_it_had(p: Ports) {
             .unwrap(),
         Some(Role::Admin)
     );
+    // The same role given again by another call: that call replaced this role (a call is
+    // never taken for another's retry).
+    assert_eq!(
+        p.users
+            .set_user_role(&t.id, &u.id, Role::ReadOnly)
+            .await
+            .unwrap(),
+        Some(Role::ReadOnly)
+    );
     // Another tenant's user, or none: nothing written, nothing created.
     assert_eq!(
         p.users

@@ -244,17 +244,27 @@ impl UserStore for DynamoStore {
         id: &str,
         role: Role,
     ) -> Result<Option<Role>, StoreError> {
-        // `role` is one of DynamoDB's reserved words.
+        // `role` is one of DynamoDB's reserved words. The change names itself
+        // (`role_write_id`, fresh for each call) and keeps the role it replaced
+        // (`previous_role`): the SDK's retry of a try that landed and whose answer was lost
+        // is refused by its own write, and answers the role that write replaced, not the
+        // role it set. One write, as before.
+        let write_id = crate::domain::new_id();
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::user(tenant, id).attrs()))
-            .update_expression("SET #role = :role")
-            .condition_expression("attribute_exists(pk)")
+            .update_expression("SET #role = :role, previous_role = #role, role_write_id = :w")
+            .condition_expression(
+                "attribute_exists(pk) AND (attribute_not_exists(role_write_id) \
+                 OR role_write_id <> :w)",
+            )
             .expression_attribute_names("#role", "role")
             .expression_attribute_values(":role", s(role.as_str()))
+            .expression_attribute_values(":w", s(write_id.clone()))
             .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match res {
@@ -262,8 +272,19 @@ impl UserStore for DynamoStore {
                 let old: UserRecord = from_item(out.attributes.unwrap_or_default())?;
                 Ok(Some(old.role))
             }
+            // No such user — or this call's own change, landed on a try whose answer was
+            // lost: the role it replaced.
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(None)
+                let Some(item) = refused_item(e.err()) else {
+                    return Ok(None);
+                };
+                if string_of(item, "role_write_id") != Some(write_id.as_str()) {
+                    return Ok(None);
+                }
+                string_of(item, "previous_role")
+                    .and_then(Role::parse)
+                    .map(Some)
+                    .ok_or_else(|| StoreError::Corrupt("user item: previous_role".into()))
             }
             Err(e) => Err(classify("dynamodb update", e)),
         }
