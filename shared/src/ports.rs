@@ -169,6 +169,21 @@ pub trait TenantStore: Send + Sync {
         key: &ApiKeyRecord,
         initial: Option<&LedgerEntry>,
     ) -> Result<(), StoreError>;
+    /// [`onboard`](Self::onboard) of a number whose route names `closed`, a closed tenant
+    /// (closed out or not: its close-out frees the number only when the retention run
+    /// reaches it). The route is taken over in the same atomic write, only while it still
+    /// names `closed` and `closed`'s item is `closed` (the checks travel with the write,
+    /// never read-then-write). `Conflict` otherwise, nothing written. The closed tenant's
+    /// number item (in its own partition) is left to its close-out, which deletes a route
+    /// only while it names that tenant.
+    async fn onboard_over_closed(
+        &self,
+        tenant: &Tenant,
+        display_phone_number: Option<&str>,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+        closed: &TenantId,
+    ) -> Result<(), StoreError>;
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError>;
     /// The tenant for an access decision (its status, allow-list, limits, WABA, token
     /// name). A warm process may answer it from a cache up to its read-cache TTL old

@@ -159,6 +159,10 @@ impl<S> ReadCache<S> {
             .forget(|_, k| !(k.tenant_id == *tenant && k.id == id));
     }
 
+    fn forget_phone(&self, phone_number_id: &str) {
+        self.phones.forget(|p, _| p != phone_number_id);
+    }
+
     fn forget_number(&self, tenant: &TenantId, id: &str) {
         self.numbers.forget(|(t, n), _| !(t == tenant && n == id));
     }
@@ -206,6 +210,23 @@ impl<S: TenantStore + 'static> TenantStore for ReadCache<S> {
         self.inner
             .onboard(tenant, display_phone_number, key, initial)
             .await
+    }
+
+    async fn onboard_over_closed(
+        &self,
+        tenant: &Tenant,
+        display_phone_number: Option<&str>,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+        closed: &TenantId,
+    ) -> Result<(), StoreError> {
+        let r = self
+            .inner
+            .onboard_over_closed(tenant, display_phone_number, key, initial, closed)
+            .await;
+        // The route moved: this process no longer answers the closed tenant for it.
+        self.forget_phone(&tenant.phone_number_id);
+        r
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
@@ -514,6 +535,21 @@ impl<S: PhoneNumberStore + 'static> PhoneNumberStore for ReadCache<S> {
     async fn add_phone_number(&self, number: &PhoneNumberRecord) -> Result<(), StoreError> {
         let r = self.inner.add_phone_number(number).await;
         self.forget_number(&number.tenant_id, &number.phone_number_id);
+        r
+    }
+
+    async fn add_phone_number_over_closed(
+        &self,
+        number: &PhoneNumberRecord,
+        closed: &TenantId,
+    ) -> Result<(), StoreError> {
+        let r = self
+            .inner
+            .add_phone_number_over_closed(number, closed)
+            .await;
+        self.forget_number(&number.tenant_id, &number.phone_number_id);
+        // The route moved: this process no longer answers the closed tenant for it.
+        self.forget_phone(&number.phone_number_id);
         r
     }
 

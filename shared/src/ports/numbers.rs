@@ -92,6 +92,20 @@ pub trait PhoneNumberStore: Send + Sync {
     ///
     /// [`TENANT_CLOSED`]: crate::ports::TENANT_CLOSED
     async fn add_phone_number(&self, number: &PhoneNumberRecord) -> Result<(), StoreError>;
+    /// [`add_phone_number`](Self::add_phone_number) of a number whose route names `closed`,
+    /// a closed tenant: the route is taken over in the same atomic write, only while it
+    /// still names `closed` and `closed`'s item is `closed` (as
+    /// [`TenantStore::onboard_over_closed`]). `Conflict` otherwise, and
+    /// `Conflict(`[`TENANT_CLOSED`]`)` if the tenant it is added to is closed; nothing is
+    /// written then. A tenant never takes a number over from itself (`Conflict`).
+    ///
+    /// [`TENANT_CLOSED`]: crate::ports::TENANT_CLOSED
+    /// [`TenantStore::onboard_over_closed`]: crate::ports::TenantStore::onboard_over_closed
+    async fn add_phone_number_over_closed(
+        &self,
+        number: &PhoneNumberRecord,
+        closed: &TenantId,
+    ) -> Result<(), StoreError>;
     /// Stores the number item of a number whose route the tenant already holds (the
     /// number it was onboarded with), only if it has none yet; `false` if it had one.
     /// `Conflict(`[`TENANT_CLOSED`]`)` if the tenant is closed (the check travels with the

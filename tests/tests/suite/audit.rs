@@ -1857,6 +1857,18 @@ impl kirim::ports::TenantStore for OnboardingWindow {
         }
         Ok(())
     }
+    async fn onboard_over_closed(
+        &self,
+        tenant: &kirim::ports::Tenant,
+        display: Option<&str>,
+        key: &kirim::ports::ApiKeyRecord,
+        initial: Option<&kirim::ports::LedgerEntry>,
+        closed: &kirim::domain::TenantId,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.inner
+            .onboard_over_closed(tenant, display, key, initial, closed)
+            .await
+    }
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<kirim::ports::Tenant>, StoreError> {
         if take(&self.failing_reads) {
             return Err(StoreError::Unavailable("throttled".into()));

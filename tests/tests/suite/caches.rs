@@ -645,6 +645,71 @@ async fn a_sender_removed_through_the_same_process_is_refused_at_once(b: Backend
     ));
 }
 
+/// A number taken over from a closed tenant through a warm process is routed to its new
+/// owner at once there (the owner it cached is dropped), for the onboarding and the add.
+async fn a_number_taken_over_through_the_same_process_is_routed_to_its_new_owner_at_once(
+    b: Backend,
+) {
+    let (cached, _other, clock) = two_processes(b).await;
+    let a = tenant(0);
+    cached
+        .tenants
+        .create_tenant(&a, &key_for(&a), None)
+        .await
+        .unwrap();
+    let extra = format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000);
+    cached
+        .numbers
+        .add_phone_number(&number_of(&a, &extra, &clock))
+        .await
+        .unwrap();
+    // The warm process has A cached as the owner of both numbers.
+    for pnid in [&a.phone_number_id, &extra] {
+        assert_eq!(
+            cached
+                .tenants
+                .tenant_by_phone_number_id(pnid)
+                .await
+                .unwrap(),
+            Some(a.id.clone())
+        );
+    }
+    cached
+        .tenants
+        .set_status(&a.id, TenantStatus::Closed, None, clock.now())
+        .await
+        .unwrap();
+    let mut b_tenant = tenant(0);
+    b_tenant.phone_number_id = a.phone_number_id.clone();
+    cached
+        .tenants
+        .onboard_over_closed(&b_tenant, None, &key_for(&b_tenant), None, &a.id)
+        .await
+        .unwrap();
+    let c = tenant(0);
+    cached
+        .tenants
+        .create_tenant(&c, &key_for(&c), None)
+        .await
+        .unwrap();
+    cached
+        .numbers
+        .add_phone_number_over_closed(&number_of(&c, &extra, &clock), &a.id)
+        .await
+        .unwrap();
+    for (pnid, owner) in [(&a.phone_number_id, &b_tenant.id), (&extra, &c.id)] {
+        assert_eq!(
+            cached
+                .tenants
+                .tenant_by_phone_number_id(pnid)
+                .await
+                .unwrap(),
+            Some(owner.clone()),
+            "the process that moved it"
+        );
+    }
+}
+
 /// Counts the reads of a chain's head before an append.
 #[derive(Default)]
 struct CountingTips {
@@ -1030,6 +1095,7 @@ async fn a_url_only_callback_put_after_a_delete_elsewhere_needs_a_secret_again(b
 }
 
 on_both_backends!(
+    a_number_taken_over_through_the_same_process_is_routed_to_its_new_owner_at_once,
     a_throughput_tier_set_through_the_same_process_is_read_at_once,
     an_allow_list_replaced_through_another_process_reads_back_at_once,
     a_url_only_callback_put_after_a_delete_elsewhere_needs_a_secret_again,

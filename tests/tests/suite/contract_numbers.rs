@@ -738,7 +738,292 @@ async fn a_number_is_held_once_and_a_resume_after_metas_word_stands(p: Ports) {
     );
 }
 
+async fn close(p: &Ports, t: &TenantId) {
+    p.tenants
+        .set_status(t, TenantStatus::Closed, Some("bye"), p.clock.now())
+        .await
+        .unwrap();
+}
+
+/// A closed tenant's number is another onboarding's at once (its close-out, which frees it,
+/// comes only when the retention run's scan reaches its item): the route is taken over in
+/// the onboarding's one write, only while it still names that tenant and that tenant is
+/// closed; anything else writes nothing.
+async fn a_closed_tenants_number_is_taken_over_by_an_onboarding_only_while_its_route_names_it(
+    p: Ports,
+) {
+    let waba = fresh_id();
+    let mut a = super::contract::tenant(0);
+    a.waba_id = waba.clone();
+    p.tenants
+        .create_tenant(&a, &super::contract::key_for(&a), None)
+        .await
+        .unwrap();
+    let suspended = onboarded(&p, 0).await;
+    p.tenants
+        .set_status(
+            &suspended.id,
+            TenantStatus::Suspended,
+            Some("x"),
+            p.clock.now(),
+        )
+        .await
+        .unwrap();
+    let next = |pnid: &str| {
+        let mut t = super::contract::tenant(5);
+        t.phone_number_id = pnid.to_owned();
+        t.waba_id = waba.clone();
+        t
+    };
+    // Not closed (active, suspended), or not the tenant the route names: refused, nothing
+    // written.
+    let b = next(&a.phone_number_id);
+    let key = super::contract::key_for(&b);
+    for (pnid, over) in [
+        (&a.phone_number_id, &a.id),
+        (&suspended.phone_number_id, &suspended.id),
+    ] {
+        let b = next(pnid);
+        let err = p
+            .tenants
+            .onboard_over_closed(&b, None, &super::contract::key_for(&b), None, over)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        assert_eq!(p.tenants.get_tenant(&b.id).await.unwrap(), None);
+        assert_eq!(
+            p.tenants.tenant_by_phone_number_id(pnid).await.unwrap(),
+            Some(over.clone())
+        );
+    }
+    close(&p, &a.id).await;
+    // Closed, but the write names another tenant as the route's, or claims it free.
+    let err = p
+        .tenants
+        .onboard_over_closed(&b, None, &key, None, &suspended.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let err = p.tenants.onboard(&b, None, &key, None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(p.tenants.get_tenant(&b.id).await.unwrap(), None);
+    assert_eq!(
+        p.tenants.api_key_by_hash(&key.key_hash).await.unwrap(),
+        None
+    );
+    // Over the closed tenant that holds it: taken, with all the onboarding writes.
+    p.tenants
+        .onboard_over_closed(&b, Some("+60 3-1234 5678"), &key, None, &a.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        p.tenants
+            .tenant_by_phone_number_id(&a.phone_number_id)
+            .await
+            .unwrap(),
+        Some(b.id.clone())
+    );
+    assert_eq!(p.tenants.get_tenant(&b.id).await.unwrap(), Some(b.clone()));
+    assert!(p
+        .tenants
+        .api_key_by_hash(&key.key_hash)
+        .await
+        .unwrap()
+        .is_some());
+    let n = p
+        .numbers
+        .get_phone_number(&b.id, &b.phone_number_id)
+        .await
+        .unwrap()
+        .expect("the new owner's number item");
+    assert_eq!(n.display_phone_number.as_deref(), Some("+60 3-1234 5678"));
+    // The closed tenant keeps its own number item (its close-out gives it its TTL); both
+    // are on the WABA's index, which its readers filter by the tenants' status.
+    assert!(p
+        .numbers
+        .get_phone_number(&a.id, &a.phone_number_id)
+        .await
+        .unwrap()
+        .is_some());
+    let mut both = vec![a.id.clone(), b.id.clone()];
+    both.sort();
+    assert_eq!(p.tenants.tenants_by_waba(&waba).await.unwrap(), both);
+    // Taken once: a second onboarding over the closed tenant finds the route moved on.
+    let c = next(&a.phone_number_id);
+    let err = p
+        .tenants
+        .onboard_over_closed(&c, None, &super::contract::key_for(&c), None, &a.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(p.tenants.get_tenant(&c.id).await.unwrap(), None);
+    // A number no tenant holds is not "taken over": the plain onboarding claims it.
+    let free = next(&fresh_id());
+    let err = p
+        .tenants
+        .onboard_over_closed(&free, None, &super::contract::key_for(&free), None, &a.id)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        p.tenants
+            .tenant_by_phone_number_id(&free.phone_number_id)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+/// The same for a number the operator adds: taken from a closed tenant in the add's one
+/// write, only while the route names that closed tenant, and never by a closed tenant.
+async fn a_closed_tenants_number_is_taken_over_by_an_add_only_while_its_route_names_it(p: Ports) {
+    let a = onboarded(&p, 0).await;
+    let b = onboarded(&p, 0).await;
+    let extra = fresh_id();
+    p.numbers
+        .add_phone_number(&number(&p, &a.id, &extra, "2000004"))
+        .await
+        .unwrap();
+    // A is open: refused, nothing written.
+    for pnid in [&a.phone_number_id, &extra] {
+        let err = p
+            .numbers
+            .add_phone_number_over_closed(&number(&p, &b.id, pnid, "2000004"), &a.id)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        assert_eq!(p.numbers.get_phone_number(&b.id, pnid).await.unwrap(), None);
+    }
+    close(&p, &a.id).await;
+    // The plain add is still refused, and so is one naming another tenant as the holder
+    // (an open one, or the tenant itself).
+    assert!(matches!(
+        p.numbers
+            .add_phone_number(&number(&p, &b.id, &extra, "2000004"))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let other = onboarded(&p, 0).await;
+    for over in [&other.id, &b.id] {
+        assert!(matches!(
+            p.numbers
+                .add_phone_number_over_closed(&number(&p, &b.id, &extra, "2000004"), over)
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+    // A closed tenant takes nothing over, not even from another closed tenant.
+    let c = onboarded(&p, 0).await;
+    close(&p, &c.id).await;
+    assert_eq!(
+        p.numbers
+            .add_phone_number_over_closed(&number(&p, &c.id, &extra, "2000004"), &a.id)
+            .await
+            .unwrap_err(),
+        StoreError::Conflict(kirim::ports::TENANT_CLOSED.into())
+    );
+    // Both of A's numbers, its default and another: taken by B.
+    for pnid in [&extra, &a.phone_number_id] {
+        let n = number(&p, &b.id, pnid, "2000004");
+        p.numbers
+            .add_phone_number_over_closed(&n, &a.id)
+            .await
+            .unwrap();
+        assert_eq!(
+            p.tenants.tenant_by_phone_number_id(pnid).await.unwrap(),
+            Some(b.id.clone())
+        );
+        assert_eq!(
+            p.numbers.get_phone_number(&b.id, pnid).await.unwrap(),
+            Some(n)
+        );
+        assert!(p
+            .numbers
+            .get_phone_number(&a.id, pnid)
+            .await
+            .unwrap()
+            .is_some());
+        // Once: the route names B now.
+        let d = onboarded(&p, 0).await;
+        assert!(matches!(
+            p.numbers
+                .add_phone_number_over_closed(&number(&p, &d.id, pnid, "2000004"), &a.id)
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+}
+
+/// The closed tenant's close-out, when the retention run reaches it, deletes a route only
+/// while it names that tenant: the routes taken over from it stay with their new owners.
+async fn a_close_out_leaves_the_routes_taken_over_from_its_tenant(p: Ports) {
+    let a = onboarded(&p, 0).await;
+    let extra = fresh_id();
+    let kept = fresh_id();
+    for pnid in [&extra, &kept] {
+        p.numbers
+            .add_phone_number(&number(&p, &a.id, pnid, "2000005"))
+            .await
+            .unwrap();
+    }
+    close(&p, &a.id).await;
+    let mut b = super::contract::tenant(0);
+    b.phone_number_id = a.phone_number_id.clone();
+    p.tenants
+        .onboard_over_closed(&b, None, &super::contract::key_for(&b), None, &a.id)
+        .await
+        .unwrap();
+    let c = onboarded(&p, 0).await;
+    p.numbers
+        .add_phone_number_over_closed(&number(&p, &c.id, &extra, "2000005"), &a.id)
+        .await
+        .unwrap();
+    let now = p.clock.now();
+    let ttls = CloseOutTtls {
+        tenant: now.timestamp() + 100,
+        config: now.timestamp() + 10,
+        audit_head: now.timestamp() + 10,
+    };
+    let done = p
+        .retention
+        .close_out(
+            &a.id,
+            ttls,
+            now,
+            std::time::Instant::now() + std::time::Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    assert!(!done.phone_route_removed, "the default's route is B's");
+    for (pnid, owner) in [
+        (&a.phone_number_id, Some(b.id.clone())),
+        (&extra, Some(c.id.clone())),
+        (&kept, None),
+    ] {
+        assert_eq!(
+            p.tenants.tenant_by_phone_number_id(pnid).await.unwrap(),
+            owner,
+            "{pnid}"
+        );
+    }
+    assert!(p
+        .numbers
+        .get_phone_number(&b.id, &b.phone_number_id)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(p
+        .numbers
+        .get_phone_number(&c.id, &extra)
+        .await
+        .unwrap()
+        .is_some());
+}
+
 contract!(
+    a_closed_tenants_number_is_taken_over_by_an_onboarding_only_while_its_route_names_it,
+    a_closed_tenants_number_is_taken_over_by_an_add_only_while_its_route_names_it,
+    a_close_out_leaves_the_routes_taken_over_from_its_tenant,
     a_number_is_held_once_and_a_resume_after_metas_word_stands,
     an_older_throughput_never_undoes_one_an_older_item_timed_by_its_quality,
     a_number_without_its_route_is_removed_and_another_tenants_route_stays,

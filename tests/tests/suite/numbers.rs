@@ -1499,6 +1499,13 @@ impl kirim::ports::PhoneNumberStore for NumberReadsFail {
     ) -> Result<(), kirim::store_error::StoreError> {
         self.0.add_phone_number(n).await
     }
+    async fn add_phone_number_over_closed(
+        &self,
+        n: &kirim::ports::PhoneNumberRecord,
+        closed: &kirim::domain::TenantId,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.add_phone_number_over_closed(n, closed).await
+    }
     async fn put_phone_number_if_absent(
         &self,
         n: &kirim::ports::PhoneNumberRecord,

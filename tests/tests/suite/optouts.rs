@@ -1268,6 +1268,18 @@ impl kirim::ports::TenantStore for SeesOpen {
     ) -> Result<(), kirim::store_error::StoreError> {
         self.0.onboard(tenant, display, key, initial).await
     }
+    async fn onboard_over_closed(
+        &self,
+        tenant: &kirim::ports::Tenant,
+        display: Option<&str>,
+        key: &kirim::ports::ApiKeyRecord,
+        initial: Option<&kirim::ports::LedgerEntry>,
+        closed: &kirim::domain::TenantId,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0
+            .onboard_over_closed(tenant, display, key, initial, closed)
+            .await
+    }
     async fn get_tenant(
         &self,
         id: &kirim::domain::TenantId,

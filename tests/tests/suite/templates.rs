@@ -1777,6 +1777,18 @@ impl kirim::ports::TenantStore for AnswerLost {
             "the answer was lost".into(),
         ))
     }
+    async fn onboard_over_closed(
+        &self,
+        tenant: &kirim::ports::Tenant,
+        display: Option<&str>,
+        key: &kirim::ports::ApiKeyRecord,
+        initial: Option<&kirim::ports::LedgerEntry>,
+        closed: &kirim::domain::TenantId,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0
+            .onboard_over_closed(tenant, display, key, initial, closed)
+            .await
+    }
     async fn get_tenant(
         &self,
         id: &kirim::domain::TenantId,

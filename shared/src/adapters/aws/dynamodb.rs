@@ -865,15 +865,24 @@ impl DynamoStore {
     }
 }
 
-#[async_trait]
-impl TenantStore for DynamoStore {
-    async fn onboard(
+impl DynamoStore {
+    /// The onboarding's one transaction: the route claimed free (`over: None`) or taken
+    /// over from a closed tenant that still holds it (see
+    /// [`TenantStore::onboard_over_closed`]).
+    async fn onboard_claiming(
         &self,
         tenant: &Tenant,
         display_phone_number: Option<&str>,
         key: &ApiKeyRecord,
         initial: Option<&LedgerEntry>,
+        over: Option<&TenantId>,
     ) -> Result<(), StoreError> {
+        // Never from itself (one transaction may not name the tenant item twice).
+        if over == Some(&tenant.id) {
+            return Err(StoreError::Conflict(
+                "phone_number_id already belongs to a tenant".into(),
+            ));
+        }
         // No WABA index entry on the tenant item: every debit rewrites the tenant item, and
         // with an entry (the index projects ALL) each rewrite was an index write too. The
         // number's item carries the tenant's entry instead, written once here.
@@ -885,9 +894,12 @@ impl TenantStore for DynamoStore {
         let number = self.number_item(&number)?;
         let mut items = vec![
             self.put(t, Some("attribute_not_exists(pk)"))?,
-            self.put(route, Some("attribute_not_exists(pk)"))?,
+            self.route_put(route, over)?,
             self.put(number, Some("attribute_not_exists(pk)"))?,
         ];
+        if let Some(closed) = over {
+            items.push(self.tenant_closed_check(closed)?);
+        }
         items.extend(self.api_key_puts(key)?);
         if let Some(entry) = initial {
             items.push(self.ledger_put(entry)?);
@@ -899,6 +911,70 @@ impl TenantStore for DynamoStore {
             )),
             Err(e) => Err(e.into_store_error()),
         }
+    }
+
+    /// A number's route put: claimed only if no tenant has it (`over: None`), or taken
+    /// over only while it still names `over`, a closed tenant (with
+    /// [`Self::tenant_closed_check`] of it in the same transaction).
+    pub(super) fn route_put(
+        &self,
+        route: Item,
+        over: Option<&TenantId>,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let Some(closed) = over else {
+            return self.put(route, Some("attribute_not_exists(pk)"));
+        };
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(route))
+            .condition_expression("tenant_id = :old")
+            .expression_attribute_values(":old", s(closed.as_str()))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("put: {e}")))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// A transaction's check that `tenant`'s item exists and is `closed` (closed is
+    /// terminal: what a number's take-over from it rests on).
+    pub(super) fn tenant_closed_check(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<TransactWriteItem, StoreError> {
+        let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::tenant(tenant).attrs()))
+            .condition_expression("#status = :closed")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":closed", s("closed"))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("condition check: {e}")))?;
+        Ok(TransactWriteItem::builder().condition_check(check).build())
+    }
+}
+
+#[async_trait]
+impl TenantStore for DynamoStore {
+    async fn onboard(
+        &self,
+        tenant: &Tenant,
+        display_phone_number: Option<&str>,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+    ) -> Result<(), StoreError> {
+        self.onboard_claiming(tenant, display_phone_number, key, initial, None)
+            .await
+    }
+
+    async fn onboard_over_closed(
+        &self,
+        tenant: &Tenant,
+        display_phone_number: Option<&str>,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+        closed: &TenantId,
+    ) -> Result<(), StoreError> {
+        self.onboard_claiming(tenant, display_phone_number, key, initial, Some(closed))
+            .await
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {

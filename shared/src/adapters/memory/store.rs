@@ -469,17 +469,25 @@ impl MemoryStore {
     }
 }
 
-#[async_trait]
-impl TenantStore for MemoryStore {
-    async fn onboard(
+impl MemoryStore {
+    /// The onboarding, as DynamoDB's one transaction: the route claimed free (`over:
+    /// None`) or taken over from a closed tenant that still holds it.
+    fn onboard_claiming(
         &self,
         tenant: &Tenant,
         display_phone_number: Option<&str>,
         key: &ApiKeyRecord,
         initial: Option<&LedgerEntry>,
+        over: Option<&TenantId>,
     ) -> Result<(), StoreError> {
+        // Never from itself, as on DynamoDB.
+        if over == Some(&tenant.id) {
+            return Err(StoreError::Conflict(
+                "phone_number_id already belongs to a tenant".into(),
+            ));
+        }
         let mut s = self.lock()?;
-        if s.phones.contains_key(&tenant.phone_number_id) {
+        if !route_claimable(&s, &tenant.phone_number_id, over) {
             return Err(StoreError::Conflict(
                 "phone_number_id already belongs to a tenant".into(),
             ));
@@ -494,6 +502,30 @@ impl TenantStore for MemoryStore {
         s.keys.insert(key.key_hash.clone(), key.clone());
         s.ledger.extend(initial.cloned());
         Ok(())
+    }
+}
+
+#[async_trait]
+impl TenantStore for MemoryStore {
+    async fn onboard(
+        &self,
+        tenant: &Tenant,
+        display_phone_number: Option<&str>,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+    ) -> Result<(), StoreError> {
+        self.onboard_claiming(tenant, display_phone_number, key, initial, None)
+    }
+
+    async fn onboard_over_closed(
+        &self,
+        tenant: &Tenant,
+        display_phone_number: Option<&str>,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+        closed: &TenantId,
+    ) -> Result<(), StoreError> {
+        self.onboard_claiming(tenant, display_phone_number, key, initial, Some(closed))
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
@@ -1218,6 +1250,21 @@ pub(super) fn cursor_position(
             Ok(after.to_owned())
         }
         _ => Err(StoreError::InvalidCursor),
+    }
+}
+
+/// Whether `phone_number_id`'s route may be claimed, as DynamoDB's conditions on it: free
+/// (`over: None`), or still naming `over` while that tenant is closed (its take-over).
+pub(super) fn route_claimable(s: &State, phone_number_id: &str, over: Option<&TenantId>) -> bool {
+    match (s.phones.get(phone_number_id), over) {
+        (None, None) => true,
+        (Some(owner), Some(closed)) => {
+            owner == closed
+                && s.tenants
+                    .get(closed)
+                    .is_some_and(|t| t.status == crate::ports::TenantStatus::Closed)
+        }
+        _ => false,
     }
 }
 

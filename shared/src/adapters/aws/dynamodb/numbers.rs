@@ -92,6 +92,44 @@ impl DynamoStore {
         }
     }
 
+    /// Adds the number: its route claimed free (`over: None`) or taken over from a closed
+    /// tenant that still holds it (`PhoneNumberStore::add_phone_number_over_closed`).
+    async fn add_number_claiming(
+        &self,
+        number: &PhoneNumberRecord,
+        over: Option<&TenantId>,
+    ) -> Result<(), StoreError> {
+        // Never from itself (its tenant item cannot be both open and closed, and one
+        // transaction may not name an item twice).
+        if over == Some(&number.tenant_id) {
+            return Err(StoreError::Conflict(
+                "phone_number_id already belongs to a tenant".into(),
+            ));
+        }
+        let mut route: Item = keys::phone_route(&number.phone_number_id).attrs();
+        route.insert("tenant_id".into(), s(number.tenant_id.to_string()));
+        // Never for a closed tenant (the check travels with the write): a route written
+        // after its close-out passed the numbers would hold the number forever.
+        let mut items = vec![
+            self.tenant_open_check(&number.tenant_id)?,
+            self.route_put(route, over)?,
+            self.put(self.number_item(number)?, Some("attribute_not_exists(pk)"))?,
+        ];
+        if let Some(closed) = over {
+            items.push(self.tenant_closed_check(closed)?);
+        }
+        // The tenant-open check names the tenant item, which every send's debit holds
+        // in its transaction: a conflict with one wrote nothing, and goes again.
+        match self.transact_retrying_conflicts(items).await {
+            Ok(()) => Ok(()),
+            Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
+            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
+                "phone_number_id already belongs to a tenant".into(),
+            )),
+            Err(e) => Err(e.into_store_error()),
+        }
+    }
+
     pub(super) fn number_item(&self, number: &PhoneNumberRecord) -> Result<Item, StoreError> {
         to_item(
             number,
@@ -106,25 +144,15 @@ impl DynamoStore {
 #[async_trait]
 impl PhoneNumberStore for DynamoStore {
     async fn add_phone_number(&self, number: &PhoneNumberRecord) -> Result<(), StoreError> {
-        let mut route: Item = keys::phone_route(&number.phone_number_id).attrs();
-        route.insert("tenant_id".into(), s(number.tenant_id.to_string()));
-        // Never for a closed tenant (the check travels with the write): a route written
-        // after its close-out passed the numbers would hold the number forever.
-        let items = vec![
-            self.tenant_open_check(&number.tenant_id)?,
-            self.put(route, Some("attribute_not_exists(pk)"))?,
-            self.put(self.number_item(number)?, Some("attribute_not_exists(pk)"))?,
-        ];
-        // The tenant-open check names the tenant item, which every send's debit holds
-        // in its transaction: a conflict with one wrote nothing, and goes again.
-        match self.transact_retrying_conflicts(items).await {
-            Ok(()) => Ok(()),
-            Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
-            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
-                "phone_number_id already belongs to a tenant".into(),
-            )),
-            Err(e) => Err(e.into_store_error()),
-        }
+        self.add_number_claiming(number, None).await
+    }
+
+    async fn add_phone_number_over_closed(
+        &self,
+        number: &PhoneNumberRecord,
+        closed: &TenantId,
+    ) -> Result<(), StoreError> {
+        self.add_number_claiming(number, Some(closed)).await
     }
 
     async fn put_phone_number_if_absent(

@@ -44,13 +44,25 @@ fn key(t: &TenantId, id: &str) -> (TenantId, String) {
     (t.clone(), id.to_owned())
 }
 
-#[async_trait]
-impl PhoneNumberStore for MemoryStore {
-    async fn add_phone_number(&self, number: &PhoneNumberRecord) -> Result<(), StoreError> {
+impl MemoryStore {
+    /// Adds the number, as DynamoDB's one transaction: its route claimed free (`over:
+    /// None`) or taken over from a closed tenant that still holds it.
+    fn add_number_claiming(
+        &self,
+        number: &PhoneNumberRecord,
+        over: Option<&TenantId>,
+    ) -> Result<(), StoreError> {
+        // Never from itself, as on DynamoDB.
+        if over == Some(&number.tenant_id) {
+            return Err(StoreError::Conflict(
+                "phone_number_id already belongs to a tenant".into(),
+            ));
+        }
         let mut s = self.lock()?;
         super::refuse_if_closed(&s, &number.tenant_id)?;
         let k = key(&number.tenant_id, &number.phone_number_id);
-        if s.phones.contains_key(&number.phone_number_id) || s.numbers.contains_key(&k) {
+        if !super::route_claimable(&s, &number.phone_number_id, over) || s.numbers.contains_key(&k)
+        {
             return Err(StoreError::Conflict(
                 "phone_number_id already belongs to a tenant".into(),
             ));
@@ -59,6 +71,21 @@ impl PhoneNumberStore for MemoryStore {
             .insert(number.phone_number_id.clone(), number.tenant_id.clone());
         s.numbers.insert(k, number.clone());
         Ok(())
+    }
+}
+
+#[async_trait]
+impl PhoneNumberStore for MemoryStore {
+    async fn add_phone_number(&self, number: &PhoneNumberRecord) -> Result<(), StoreError> {
+        self.add_number_claiming(number, None)
+    }
+
+    async fn add_phone_number_over_closed(
+        &self,
+        number: &PhoneNumberRecord,
+        closed: &TenantId,
+    ) -> Result<(), StoreError> {
+        self.add_number_claiming(number, Some(closed))
     }
 
     async fn put_phone_number_if_absent(
