@@ -304,7 +304,7 @@ async fn create_tenant(
     JsonBody(req): JsonBody<accounts::NewTenant>,
 ) -> ApiResult {
     let id = TenantId::generate();
-    let (tenant, key) = match accounts::create_tenant_as(&s.deps, id.clone(), req).await {
+    let made = match accounts::onboard_as(&s.deps, id.clone(), req).await {
         Ok(made) => made,
         Err(e) => {
             let mut res = ApiError::from(e).into_response();
@@ -320,16 +320,18 @@ async fn create_tenant(
             return Ok(res);
         }
     };
+    let (tenant, key) = (&made.tenant, &made.key);
     let body = json!({
-        "tenant": views::TenantView::from(&tenant),
+        "tenant": views::TenantView::from(tenant),
         "admin_api_key": key.expose(),
     });
     let res = (StatusCode::CREATED, Json(body)).into_response();
-    Ok(admin::noted(
-        res,
-        Some(&tenant.id),
-        json!({"tenant_id": tenant.id}),
-    ))
+    let mut details = json!({"tenant_id": tenant.id});
+    // A number taken over from a closed tenant: which one (ids only).
+    if let Some(closed) = &made.taken_from {
+        details["phone_number_taken_from"] = json!(closed);
+    }
+    Ok(admin::noted(res, Some(&tenant.id), details))
 }
 
 pub(crate) fn tenant_path(id: &str) -> Result<TenantId, ApiError> {

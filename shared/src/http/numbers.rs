@@ -43,14 +43,19 @@ async fn add(
     JsonBody(req): JsonBody<NewNumber>,
 ) -> ApiResult {
     let id = tenant_path(&id)?;
-    let n = numbers::add(&s.deps, &id, req).await?;
+    let added = numbers::add_number(&s.deps, &id, req).await?;
+    let n = &added.number;
     let body = json!({
         "tenant_id": id,
         "phone_number_id": n.phone_number_id,
         "waba_id": n.waba_id,
         "display_phone_number": n.display_phone_number,
     });
-    let details = json!({"phone_number_id": n.phone_number_id, "waba_id": n.waba_id});
+    let mut details = json!({"phone_number_id": n.phone_number_id, "waba_id": n.waba_id});
+    // A number taken over from a closed tenant: which one (ids only).
+    if let Some(closed) = &added.taken_from {
+        details["phone_number_taken_from"] = json!(closed);
+    }
     let res = (StatusCode::CREATED, Json(body)).into_response();
     Ok(noted(res, Some(&id), details))
 }

@@ -85,6 +85,28 @@ pub async fn create_tenant_as(
     id: TenantId,
     req: NewTenant,
 ) -> Result<(Tenant, Secret), ServiceError> {
+    let made = onboard_as(deps, id, req).await?;
+    Ok((made.tenant, made.key))
+}
+
+/// A tenant onboarded ([`onboard_as`]).
+pub struct Onboarded {
+    pub tenant: Tenant,
+    /// Its admin API key, shown once.
+    pub key: Secret,
+    /// The closed tenant whose route to the number the onboarding took over, if it did.
+    pub taken_from: Option<TenantId>,
+}
+
+/// [`create_tenant_as`], saying whether the number was taken over from a closed tenant:
+/// a number whose route still names a closed tenant (closed out or not) is the new
+/// tenant's at once, in the onboarding's one write; one of a tenant that is not closed is
+/// a `Conflict` naming it.
+pub async fn onboard_as(
+    deps: &Deps,
+    id: TenantId,
+    req: NewTenant,
+) -> Result<Onboarded, ServiceError> {
     check_text("name", &req.name, 200)?;
     check_numeric_id("waba_id", &req.waba_id)?;
     check_numeric_id("phone_number_id", &req.phone_number_id)?;
@@ -150,16 +172,36 @@ pub async fn create_tenant_as(
     deps.secrets
         .put(&secret_name, &Secret::new(req.meta_access_token))
         .await?;
-    if let Err(e) = deps
+    let display = req.display_phone_number.as_deref();
+    let mut taken_from = None;
+    let mut written = deps
         .tenants
-        .onboard(
-            &tenant,
-            req.display_phone_number.as_deref(),
-            &record,
-            initial.as_ref(),
-        )
-        .await
-    {
+        .onboard(&tenant, display, &record, initial.as_ref())
+        .await;
+    if let Err(crate::store_error::StoreError::Conflict(_)) = &written {
+        // Once, as the route reads now: a closed tenant's number is taken over, in the
+        // same one write with the route's condition changed (nothing else is read or
+        // written on the onboarding's normal path). A read that fails is the write's
+        // error: read back below, it finds nothing landed.
+        written = match super::numbers::after_refused_claim(deps, &tenant.phone_number_id).await {
+            Ok(super::numbers::Reclaim::OverClosed(closed)) => {
+                let w = deps
+                    .tenants
+                    .onboard_over_closed(&tenant, display, &record, initial.as_ref(), &closed)
+                    .await;
+                taken_from = Some(closed);
+                w
+            }
+            Ok(super::numbers::Reclaim::Free) => {
+                deps.tenants
+                    .onboard(&tenant, display, &record, initial.as_ref())
+                    .await
+            }
+            Ok(super::numbers::Reclaim::Held) => written,
+            Err(e) => Err(e),
+        };
+    }
+    if let Err(e) = written {
         // An answer lost after the write landed (the SDK gave up) is read back: the tenant
         // then exists and keeps its token. Otherwise no orphan secret is left behind.
         // Read a moment later: an attempt the SDK gave up on (a timeout) may still be
@@ -193,7 +235,12 @@ pub async fn create_tenant_as(
             }
         }
     }
-    tracing::info!(tenant_id = %id, "tenant onboarded");
+    match &taken_from {
+        Some(closed) => {
+            tracing::info!(tenant_id = %id, previous_tenant_id = %closed, "tenant onboarded with a number taken over from a closed tenant");
+        }
+        None => tracing::info!(tenant_id = %id, "tenant onboarded"),
+    }
     // Its template catalogue, read from Meta now so that it can send at once. Meta being
     // down or slow does not undo the onboarding, nor hold its answer (the only copy of the
     // admin key) past API Gateway's 30 s: the daily sync, or the tenant's admin with
@@ -234,7 +281,11 @@ pub async fn create_tenant_as(
     if let Err(e) = synced {
         tracing::warn!(tenant_id = %id, error = %e, "template catalogue not synced at onboarding");
     }
-    Ok((tenant, key))
+    Ok(Onboarded {
+        tenant,
+        key,
+        taken_from,
+    })
 }
 
 /// The onboarding's `409` for a number another tenant has: naming that tenant (an operator

@@ -287,6 +287,49 @@ pub(crate) fn check_numeric_id(field: &str, v: &str) -> Result<(), ServiceError>
 /// How long adding a number waits for Meta's description of it.
 pub const NUMBER_READ_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// What a claim of a number's route refused as taken (`Conflict`) may do next, as the
+/// route reads now.
+pub(crate) enum Reclaim {
+    /// No tenant holds it now (the holder's close-out freed it since): claimed again, free.
+    Free,
+    /// A closed tenant holds it (closed out or not): taken over from it, in one write
+    /// conditioned on the route still naming it and its item being `closed`.
+    OverClosed(TenantId),
+    /// A tenant that is not closed holds it (or the route names no tenant that exists):
+    /// the `409`.
+    Held,
+}
+
+/// After a claim of `phone_number_id`'s route was refused: who holds it now, and whether
+/// that is a closed tenant (whose number is anyone's to take: its close-out, which frees
+/// it, comes only when the retention run's table scan reaches its item). Two reads, on
+/// the conflict path only; the take-over itself is conditional, so a read a moment stale
+/// costs a refused write, never a number taken from an open tenant.
+pub(crate) async fn after_refused_claim(
+    deps: &Deps,
+    phone_number_id: &str,
+) -> Result<Reclaim, StoreError> {
+    let Some(owner) = deps
+        .tenants
+        .tenant_by_phone_number_id(phone_number_id)
+        .await?
+    else {
+        return Ok(Reclaim::Free);
+    };
+    Ok(match deps.tenants.get_tenant(&owner).await? {
+        Some(t) if t.status == TenantStatus::Closed => Reclaim::OverClosed(owner),
+        _ => Reclaim::Held,
+    })
+}
+
+/// A number added ([`add_number`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Added {
+    pub number: PhoneNumberRecord,
+    /// The closed tenant whose route to the number this add took over, if it did.
+    pub taken_from: Option<TenantId>,
+}
+
 /// The operator adds a number to a tenant. A number already on any tenant: `Conflict`.
 /// A number on a WABA the tenant had no number on has that WABA's catalogue synced (a
 /// failed sync is logged; `POST /v1/templates/sync` tries again).
@@ -295,6 +338,17 @@ pub async fn add(
     tenant_id: &TenantId,
     req: NewNumber,
 ) -> Result<PhoneNumberRecord, ServiceError> {
+    Ok(add_number(deps, tenant_id, req).await?.number)
+}
+
+/// [`add`], saying whether the number was taken over from a closed tenant: a number on
+/// another tenant that is not closed is a `Conflict`; one whose route still names a
+/// closed tenant (closed out or not) is taken from it ([`Reclaim::OverClosed`]).
+pub async fn add_number(
+    deps: &Deps,
+    tenant_id: &TenantId,
+    req: NewNumber,
+) -> Result<Added, ServiceError> {
     check_numeric_id("phone_number_id", &req.phone_number_id)?;
     check_numeric_id("waba_id", &req.waba_id)?;
     if let Some(d) = &req.display_phone_number {
@@ -316,20 +370,47 @@ pub async fn add(
         hold: None,
         resumed_at_ms: None,
     };
-    deps.numbers
-        .add_phone_number(&record)
-        .await
-        .map_err(|e| match e {
-            // Closed since the look above.
-            StoreError::Conflict(m) if m == crate::ports::TENANT_CLOSED => {
-                ServiceError::Conflict("the account is closed".into())
+    let refused = |e: StoreError| match e {
+        // Closed since the look above.
+        StoreError::Conflict(m) if m == crate::ports::TENANT_CLOSED => {
+            ServiceError::Conflict("the account is closed".into())
+        }
+        StoreError::Conflict(_) => {
+            ServiceError::Conflict("this phone_number_id already belongs to a tenant".into())
+        }
+        e => e.into(),
+    };
+    let mut taken_from = None;
+    match deps.numbers.add_phone_number(&record).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict(m)) if m != crate::ports::TENANT_CLOSED => {
+            // Once, as the route reads now: a closed tenant's number is taken over.
+            match after_refused_claim(deps, &record.phone_number_id).await? {
+                Reclaim::OverClosed(closed) => {
+                    deps.numbers
+                        .add_phone_number_over_closed(&record, &closed)
+                        .await
+                        .map_err(refused)?;
+                    taken_from = Some(closed);
+                }
+                Reclaim::Free => deps
+                    .numbers
+                    .add_phone_number(&record)
+                    .await
+                    .map_err(refused)?,
+                Reclaim::Held => return Err(refused(StoreError::Conflict(m))),
             }
-            StoreError::Conflict(_) => {
-                ServiceError::Conflict("this phone_number_id already belongs to a tenant".into())
-            }
-            e => e.into(),
-        })?;
-    tracing::info!(tenant_id = %tenant_id, phone_number_id = %record.phone_number_id, "phone number added");
+        }
+        Err(e) => return Err(refused(e)),
+    }
+    match &taken_from {
+        Some(closed) => {
+            tracing::info!(tenant_id = %tenant_id, phone_number_id = %record.phone_number_id, previous_tenant_id = %closed, "phone number added, taken over from a closed tenant");
+        }
+        None => {
+            tracing::info!(tenant_id = %tenant_id, phone_number_id = %record.phone_number_id, "phone number added");
+        }
+    }
     // What Meta says of the number (its throughput tier, quality, display), read at once:
     // one at a higher tier was paced at the default until the next daily run. Bounded,
     // and its failure only logged (the daily run reads it again).
@@ -368,7 +449,10 @@ pub async fn add(
             Err(e) => tracing::warn!(error = %e, "new WABA's catalogue not synced"),
         }
     }
-    Ok(record)
+    Ok(Added {
+        number: record,
+        taken_from,
+    })
 }
 
 /// The operator removes a number; never the last one (`Conflict`). Removing the default

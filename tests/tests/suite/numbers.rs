@@ -1302,7 +1302,236 @@ async fn metas_spam_limit_holds_that_number_only_until_an_admin_resumes_it(b: Ba
     assert_eq!(view["status"], "read", "{view}");
 }
 
+/// Onboards a tenant with `phone_number_id` on WABA 1000001; answers the status and body.
+async fn onboard_with(app: &TestApp, phone_number_id: &str) -> (u16, Value) {
+    call(
+        app,
+        reqwest::Method::POST,
+        OPERATOR_TOKEN,
+        "/v1/platform/tenants",
+        Some(json!({
+            "name": "Kedai Baharu",
+            "waba_id": "1000001",
+            "phone_number_id": phone_number_id,
+            "meta_access_token": "EAAG-test-meta-token",
+            "credits": 10,
+        })),
+    )
+    .await
+}
+
+/// An inbound STOP from `from` (digits) to the number, as Meta delivers it.
+async fn stop_from(app: &TestApp, phone_number_id: &str, from: &str) -> Value {
+    let note = json!({"object":"whatsapp_business_account","entry":[{"id":"1000001","changes":[{"field":"messages","value":{
+        "messaging_product":"whatsapp",
+        "metadata":{"display_phone_number":"60300000000","phone_number_id":phone_number_id},
+        "contacts":[{"profile":{"name":"Aminah"},"wa_id":from}],
+        "messages":[{"from":from,"id":format!("wamid.in.{}", ulid::Ulid::new()),
+            "timestamp":chrono::Utc::now().timestamp().to_string(),"type":"text","text":{"body":"STOP"}}]}}]}]});
+    let res = app.post_webhook(&note).await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap_or(Value::Null)
+}
+
+/// The operator closes a tenant whose onboarding went wrong and onboards its number again
+/// at once: the number's route names a closed tenant, so it is taken over in the
+/// onboarding's one write (not left until the retention run's scan reaches the closed
+/// tenant). The new tenant sends from it, Meta's webhooks for it reach the new tenant, the
+/// take-over is in its audit trail, and the closed tenant's close-out, when it comes,
+/// leaves the route with the new tenant. A number of an active or a suspended tenant is
+/// still refused.
+async fn a_closed_tenants_number_is_onboarded_again_at_once_and_its_close_out_leaves_it_so(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let a = app.onboard(10).await;
+    let suspended = app.onboard(0).await;
+    let (s, body) = call(
+        &app,
+        reqwest::Method::POST,
+        OPERATOR_TOKEN,
+        &format!("/v1/platform/tenants/{}/suspend", suspended.tenant_id),
+        Some(json!({"reason": "invoice unpaid"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    // An open tenant's number, active or suspended: 409 naming it.
+    for t in [&a, &suspended] {
+        let (s, body) = onboard_with(&app, &t.phone_number_id).await;
+        assert_eq!(s, 409, "{body}");
+        assert_eq!(body["error"]["code"], "conflict");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&t.tenant_id),
+            "{body}"
+        );
+    }
+    let (s, body) = call(
+        &app,
+        reqwest::Method::DELETE,
+        OPERATOR_TOKEN,
+        &format!("/v1/platform/tenants/{}", a.tenant_id),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    // Closed (not closed out): its number is the new tenant's at once.
+    let (s, body) = onboard_with(&app, &a.phone_number_id).await;
+    assert_eq!(s, 201, "{body}");
+    let new_id = body["tenant"]["id"].as_str().unwrap_or_default().to_owned();
+    let key = body["admin_api_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let listed = numbers(&app, &key).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["phone_number_id"], json!(a.phone_number_id));
+    assert_eq!(listed[0]["default"], json!(true));
+    // Sends from it, and its statuses reach the new tenant's message.
+    let sent = app.send_ok(&key, "+60123458001").await;
+    let view = app.wait_status(&key, &sent, "read").await;
+    assert_eq!(view["status"], "read", "{view}");
+    let reached = app.sandbox_requests_to("60123458001");
+    assert_eq!(reached.len(), 1);
+    assert_eq!(reached[0].phone_number_id, a.phone_number_id);
+    // An inbound STOP to the number is the new tenant's opt-out.
+    let summary = stop_from(&app, &a.phone_number_id, "60123458002").await;
+    assert_eq!(summary["summary"]["applied"], 1, "{summary}");
+    let (s, _) = get(&app, &key, "/v1/opt-outs/%2B60123458002").await;
+    assert_eq!(s, 200, "the new tenant's opt-out");
+    // Meta's quality update by the number's id is the new tenant's number's.
+    let note = json!({"object": "whatsapp_business_account", "entry": [{"id": "1000001",
+        "time": chrono::Utc::now().timestamp() + 1,
+        "changes": [{"field": "phone_number_quality_update", "value":
+            {"phone_number_id": a.phone_number_id, "event": "FLAGGED"}}]}]});
+    let res = app.post_webhook(&note).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(numbers(&app, &key).await[0]["quality"], json!("red"));
+    // The take-over is in the new tenant's audit trail, naming the closed tenant (ids only).
+    let (s, audit) = get(&app, &key, "/v1/audit?action=POST%20/v1/platform/tenants").await;
+    assert_eq!(s, 200, "{audit}");
+    assert_eq!(
+        audit["events"][0]["details"]["phone_number_taken_from"],
+        json!(a.tenant_id),
+        "{audit}"
+    );
+    // Taken once: a further onboarding of it names the new owner.
+    let (s, body) = onboard_with(&app, &a.phone_number_id).await;
+    assert_eq!(s, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&new_id),
+        "{body}"
+    );
+
+    // The retention run reaches the closed tenant and closes it out: the route, which
+    // names the new tenant now, stays.
+    let (s, report) = call(
+        &app,
+        reqwest::Method::POST,
+        OPERATOR_TOKEN,
+        "/v1/platform/retention/run",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{report}");
+    let closed_out = report["closed_out"].as_array().cloned().unwrap_or_default();
+    let of_a = closed_out
+        .iter()
+        .find(|c| c["tenant_id"] == json!(a.tenant_id))
+        .unwrap_or_else(|| panic!("A closed out: {report}"));
+    assert_eq!(of_a["phone_route_removed"], json!(false), "{report}");
+    let again = app.send_ok(&key, "+60123458003").await;
+    assert_eq!(
+        app.wait_status(&key, &again, "read").await["status"],
+        "read"
+    );
+    let summary = stop_from(&app, &a.phone_number_id, "60123458004").await;
+    assert_eq!(summary["summary"]["applied"], 1, "{summary}");
+    let (s, _) = get(&app, &key, "/v1/opt-outs/%2B60123458004").await;
+    assert_eq!(s, 200, "still the new tenant's number after the close-out");
+    let (s, body) = onboard_with(&app, &a.phone_number_id).await;
+    assert_eq!(s, 409, "{body}");
+}
+
+/// The operator's number add takes a closed tenant's number the same way (a second number
+/// of the closed tenant's here), audited with the closed tenant's id; an open tenant's
+/// number is still refused.
+async fn a_closed_tenants_number_is_added_to_another_tenant_at_once(b: Backend) {
+    let app = spawn_app(b).await;
+    let a = app.onboard(0).await;
+    let c = app.onboard(10).await;
+    let second = fresh_number();
+    let body = json!({"phone_number_id": second, "waba_id": "1000001"});
+    assert_eq!(add_number(&app, &a.tenant_id, body.clone()).await.0, 201);
+    let (s, res) = add_number(&app, &c.tenant_id, body.clone()).await;
+    assert_eq!(
+        (s, &res["error"]["code"]),
+        (409, &json!("conflict")),
+        "{res}"
+    );
+    let (s, _) = call(
+        &app,
+        reqwest::Method::DELETE,
+        OPERATOR_TOKEN,
+        &format!("/v1/platform/tenants/{}", a.tenant_id),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, res) = add_number(&app, &c.tenant_id, body.clone()).await;
+    assert_eq!(s, 201, "{res}");
+    let (s, res) = send_from(&app, &c.key, "+60123458101", Some(&second)).await;
+    assert_eq!(s, 202, "{res}");
+    let sent = res["id"].as_str().unwrap_or_default();
+    assert_eq!(
+        app.wait_status(&c.key, sent, "read").await["status"],
+        "read"
+    );
+    let reached = app.sandbox_requests_to("60123458101");
+    assert_eq!(reached.len(), 1);
+    assert_eq!(reached[0].phone_number_id, second);
+    let (s, audit) = get(
+        &app,
+        &c.key,
+        "/v1/audit?action=POST%20/v1/platform/tenants/%7Bid%7D/phone-numbers",
+    )
+    .await;
+    assert_eq!(s, 200, "{audit}");
+    let event = &audit["events"][0];
+    assert_eq!(
+        event["details"]["phone_number_id"],
+        json!(second),
+        "{audit}"
+    );
+    assert_eq!(
+        event["details"]["phone_number_taken_from"],
+        json!(a.tenant_id),
+        "{audit}"
+    );
+    // The closed tenant's close-out leaves it with C.
+    let (s, _) = call(
+        &app,
+        reqwest::Method::POST,
+        OPERATOR_TOKEN,
+        "/v1/platform/retention/run",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let summary = stop_from(&app, &second, "60123458102").await;
+    assert_eq!(summary["summary"]["applied"], 1, "{summary}");
+    let (s, _) = get(&app, &c.key, "/v1/opt-outs/%2B60123458102").await;
+    assert_eq!(s, 200);
+}
+
 on_both_backends!(
+    a_closed_tenants_number_is_onboarded_again_at_once_and_its_close_out_leaves_it_so,
+    a_closed_tenants_number_is_added_to_another_tenant_at_once,
     metas_spam_limit_holds_that_number_only_until_an_admin_resumes_it,
     an_onboarded_number_is_read_from_meta_at_once,
     a_number_added_is_read_from_meta_at_once,
