@@ -409,10 +409,20 @@ impl DynamoStore {
         &self,
         tenant: &TenantId,
     ) -> Result<TransactWriteItem, StoreError> {
+        self.tenant_status_check(tenant, "attribute_not_exists(pk) OR #status <> :closed")
+    }
+
+    /// A transaction's `ConditionCheck` of `tenant`'s item, `condition` naming its status
+    /// `#status` and the closed status `:closed`.
+    fn tenant_status_check(
+        &self,
+        tenant: &TenantId,
+        condition: &str,
+    ) -> Result<TransactWriteItem, StoreError> {
         let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
             .table_name(&self.table)
             .set_key(Some(keys::tenant(tenant).attrs()))
-            .condition_expression("attribute_not_exists(pk) OR #status <> :closed")
+            .condition_expression(condition)
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":closed", s("closed"))
             .build()
@@ -940,15 +950,7 @@ impl DynamoStore {
         &self,
         tenant: &TenantId,
     ) -> Result<TransactWriteItem, StoreError> {
-        let check = aws_sdk_dynamodb::types::ConditionCheck::builder()
-            .table_name(&self.table)
-            .set_key(Some(keys::tenant(tenant).attrs()))
-            .condition_expression("#status = :closed")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":closed", s("closed"))
-            .build()
-            .map_err(|e| StoreError::Corrupt(format!("condition check: {e}")))?;
-        Ok(TransactWriteItem::builder().condition_check(check).build())
+        self.tenant_status_check(tenant, "#status = :closed")
     }
 }
 
