@@ -729,6 +729,7 @@ mod tests {
                 status,
                 body: json!({}),
             },
+            token_sha256: None,
         }
     }
 

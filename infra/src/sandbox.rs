@@ -303,6 +303,10 @@ pub struct ReceivedRequest {
     /// The body as JSON; a body that is not JSON is kept as a JSON string of its text.
     pub request: Value,
     pub response: RecordedResponse,
+    /// SHA-256 (hex) of the request's bearer access token, never the token itself: which
+    /// token a send went with (a replaced token's first sends).
+    #[serde(default)]
+    pub token_sha256: Option<String>,
 }
 
 /// The answer the sandbox gave to a [`ReceivedRequest`].
@@ -1379,6 +1383,7 @@ impl Inner {
                 status: status.as_u16(),
                 body: body.clone(),
             },
+            token_sha256: bearer_token(&incoming.headers),
         };
         if self.record(epoch, incoming.seq, recorded) {
             if let Some(plan) = plan {
