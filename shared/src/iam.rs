@@ -165,6 +165,10 @@ const ADMIN_API: &[Grant] = &[
     // replaced by the next PUT; the retention run's close-out removes both).
     on(TenantSecrets, SecretsManagerStore::WRITE),
     on(TenantSecrets, SecretsManagerStore::DELETE),
+    // `PUT /v1/platform/tenants/{id}/meta-token` puts the new token into the tenant's
+    // secret (`WRITE` above); one scheduled for deletion is found (described: never a
+    // value) and restored first.
+    on(MetaTokens, SecretsManagerStore::RESTORE),
     // A new callback secret is staged, then made current once its setting names it
     // (`callbacks::put_setting`): which version is current is described (its id, never
     // a value: no callback secret is read here).

@@ -48,6 +48,23 @@ pub struct Tenant {
     /// four times them); `None`: the platform default (`KIRIM_LIMIT_KEY_*`).
     #[serde(default)]
     pub request_limits: Option<crate::domain::RequestLimits>,
+    /// When the operator last replaced the tenant's Meta access token
+    /// (`PUT /v1/platform/tenants/{id}/meta-token`), after the secret was written: for a
+    /// while after it the dispatcher reads the token afresh, as after a status change.
+    #[serde(default)]
+    pub meta_token_changed_at: Option<DateTime<Utc>>,
+}
+
+impl Tenant {
+    /// The last time anything that decides which Meta token a send uses changed: the
+    /// tenant's status (a token replaced before a resume) or the token itself; its
+    /// creation if neither did. A process whose cached token may be older reads it afresh
+    /// (`SecretCache::current_unless_changed`).
+    pub fn token_changed_at(&self) -> DateTime<Utc> {
+        self.status_changed_at
+            .max(self.meta_token_changed_at)
+            .unwrap_or(self.created_at)
+    }
 }
 
 /// What is stored of an API key: a SHA-256 of the key, never the key.
@@ -208,6 +225,14 @@ pub trait TenantStore: Send + Sync {
         &self,
         id: &TenantId,
         limits: crate::domain::RequestLimits,
+    ) -> Result<Tenant, StoreError>;
+    /// Records that the tenant's Meta token was replaced at `at` (its
+    /// `meta_token_changed_at`), a conditional update of the tenant item, and answers the
+    /// updated tenant. `NotFound` if no tenant; `Conflict` if it is closed.
+    async fn set_meta_token_changed_at(
+        &self,
+        id: &TenantId,
+        at: DateTime<Utc>,
     ) -> Result<Tenant, StoreError>;
     /// Moves the tenant to `to` (with the operator's reason) and answers the new record.
     /// Closed is terminal: any change of a closed tenant is a `Conflict`. `NotFound` if
@@ -961,6 +986,11 @@ pub trait SecretStore: Send + Sync {
     /// the rotation time, from which the previous version's grace window runs.
     async fn rotated_at(&self, name: &str) -> Result<Option<DateTime<Utc>>, StoreError>;
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError>;
+    /// Makes `value` the current version whatever state the secret is in: created if there
+    /// is none, and if it is scheduled for deletion (Secrets Manager's recovery window) its
+    /// deletion cancelled first (`RestoreSecret`), so that it is read again. (A plain
+    /// [`Self::put_secret`] leaves such a secret being deleted, and reading as absent.)
+    async fn replace_secret(&self, name: &str, value: &Secret) -> Result<(), StoreError>;
     /// Stores `value` as a new version that is not yet the current one (Secrets Manager:
     /// staged `AWSPENDING`), or creates the secret with it as its current version if
     /// there is none; answers the new version's id. Nothing that reads the current

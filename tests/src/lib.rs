@@ -584,6 +584,13 @@ impl kirim::ports::SecretStore for ScriptedSecrets {
         self.deletes.refuses(name)?;
         self.inner.delete_secret(name).await
     }
+    async fn replace_secret(
+        &self,
+        name: &str,
+        value: &kirim::secret::Secret,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.inner.replace_secret(name, value).await
+    }
     async fn stage_secret(
         &self,
         name: &str,

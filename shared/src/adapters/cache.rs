@@ -304,6 +304,16 @@ impl<S: TenantStore + 'static> TenantStore for ReadCache<S> {
         r
     }
 
+    async fn set_meta_token_changed_at(
+        &self,
+        id: &TenantId,
+        at: DateTime<Utc>,
+    ) -> Result<Tenant, StoreError> {
+        let r = self.inner.set_meta_token_changed_at(id, at).await;
+        self.forget_tenant(id);
+        r
+    }
+
     async fn set_status(
         &self,
         id: &TenantId,

@@ -64,6 +64,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/v1/platform/tenants/{id}/api-keys", Platform),
     rule("PUT", "/v1/platform/tenants/{id}/throughput", Platform),
     rule("PUT", "/v1/platform/tenants/{id}/limits", Platform),
+    rule("PUT", "/v1/platform/tenants/{id}/meta-token", Platform),
     rule("POST", "/v1/platform/tenants/{id}/phone-numbers", Platform),
     rule(
         "DELETE",

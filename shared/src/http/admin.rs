@@ -132,6 +132,19 @@ pub(super) async fn put_tenant_limits(
     ))
 }
 
+/// `PUT /v1/platform/tenants/{id}/meta-token`: the tenant's Meta access token replaced
+/// (`meta_token::replace`). Answers and audits when, never the token.
+pub(super) async fn put_tenant_meta_token(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<crate::service::meta_token::NewMetaToken>,
+) -> ApiResult {
+    let id = tenant_path(&id)?;
+    let at = crate::service::meta_token::replace(&s.deps, &id, body).await?;
+    let res = Json(json!({"tenant_id": id, "meta_token_updated_at": at})).into_response();
+    Ok(noted(res, Some(&id), json!({"meta_token_updated_at": at})))
+}
+
 pub(super) async fn put_tenant_allowlist(
     State(s): State<AppState>,
     Path(id): Path<String>,

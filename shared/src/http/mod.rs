@@ -264,6 +264,10 @@ fn admin_api_routes() -> Router<AppState> {
             "/v1/platform/tenants/{id}/limits",
             put(admin::put_tenant_limits),
         )
+        .route(
+            "/v1/platform/tenants/{id}/meta-token",
+            put(admin::put_tenant_meta_token),
+        )
         .route("/v1/platform/retention/run", post(run_retention))
         .route("/v1/platform/dead-letters", get(admin::list_dead_letters))
         .route(

@@ -110,16 +110,7 @@ pub async fn onboard_as(
     check_text("name", &req.name, 200)?;
     check_numeric_id("waba_id", &req.waba_id)?;
     check_numeric_id("phone_number_id", &req.phone_number_id)?;
-    check_text("meta_access_token", &req.meta_access_token, 4096)?;
-    // Meta's tokens are letters and digits: one with a space or a line break (a pasted file)
-    // could never be sent in a header. Refused here rather than at every send.
-    if !req.meta_access_token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ServiceError::InvalidRequest(
-            "meta_access_token must be the token as Meta gives it: no spaces, line breaks or \
-             other characters a header cannot carry"
-                .into(),
-        ));
-    }
+    super::meta_token::check_token(&req.meta_access_token)?;
     if let Some(d) = &req.display_phone_number {
         check_display(d)?;
     }
@@ -145,6 +136,7 @@ pub async fn onboard_as(
         status_changed_at: None,
         throughput_per_sec: None,
         request_limits: None,
+        meta_token_changed_at: None,
     };
     let key = Secret::generate("kirim_");
     let record = ApiKeyRecord {

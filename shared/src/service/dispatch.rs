@@ -799,13 +799,14 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
         }
         Err(e) => return Err(e.into()),
     }
-    // Read afresh for a while after the tenant's status changed: a token replaced before
-    // a resume is the one sent with, not a copy cached from before it.
+    // Read afresh for a while after the tenant's status changed, or its token was replaced
+    // (`PUT …/meta-token`): a token replaced before a resume, or replaced at all, is the
+    // one sent with, not a copy cached from before it.
     let Some(token) = deps
         .secrets
         .current_unless_changed(
             &tenant.meta_token_secret,
-            tenant.status_changed_at.unwrap_or(tenant.created_at),
+            tenant.token_changed_at(),
             deps.clock.now(),
         )
         .await?

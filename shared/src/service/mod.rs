@@ -48,6 +48,7 @@ pub mod jobs;
 mod layering;
 pub mod ledger;
 pub mod limits;
+pub mod meta_token;
 pub mod numbers;
 pub mod optouts;
 #[cfg(test)]
@@ -527,6 +528,14 @@ impl SecretCache {
         Ok(())
     }
 
+    /// [`SecretStore::replace_secret`] (restored first if it was being deleted), and this
+    /// process's copies forgotten.
+    pub async fn replace(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
+        let r = self.store.replace_secret(name, value).await;
+        self.forget(name);
+        r
+    }
+
     /// [`SecretStore::promote_secret`], and this process's copies of the current and
     /// previous versions forgotten.
     pub async fn promote(&self, name: &str, version: &str) -> Result<(), StoreError> {
@@ -584,6 +593,9 @@ mod secret_cache_tests {
         }
         async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
             self.0.delete_secret(name).await
+        }
+        async fn replace_secret(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
+            self.0.replace_secret(name, value).await
         }
         async fn stage_secret(&self, name: &str, value: &Secret) -> Result<String, StoreError> {
             self.0.stage_secret(name, value).await

@@ -1193,6 +1193,13 @@ impl kirim::ports::SecretStore for FlakySecrets {
     async fn delete_secret(&self, name: &str) -> Result<(), kirim::store_error::StoreError> {
         self.inner.delete_secret(name).await
     }
+    async fn replace_secret(
+        &self,
+        name: &str,
+        value: &kirim::secret::Secret,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.inner.replace_secret(name, value).await
+    }
     async fn stage_secret(
         &self,
         name: &str,
@@ -1508,6 +1515,13 @@ impl kirim::ports::TenantStore for StatusChangesFail {
         limits: kirim::domain::RequestLimits,
     ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
         self.0.set_request_limits(id, limits).await
+    }
+    async fn set_meta_token_changed_at(
+        &self,
+        id: &kirim::domain::TenantId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
+        self.0.set_meta_token_changed_at(id, at).await
     }
     async fn set_status(
         &self,

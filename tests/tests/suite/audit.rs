@@ -1900,6 +1900,13 @@ impl kirim::ports::TenantStore for OnboardingWindow {
     ) -> Result<kirim::ports::Tenant, StoreError> {
         self.inner.set_request_limits(id, limits).await
     }
+    async fn set_meta_token_changed_at(
+        &self,
+        id: &TenantId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<kirim::ports::Tenant, StoreError> {
+        self.inner.set_meta_token_changed_at(id, at).await
+    }
     async fn set_status(
         &self,
         id: &TenantId,

@@ -1484,6 +1484,13 @@ impl kirim::ports::SecretStore for SecretsDown {
     async fn delete_secret(&self, _: &str) -> Result<(), kirim::store_error::StoreError> {
         Err(kirim::store_error::StoreError::Unavailable("down".into()))
     }
+    async fn replace_secret(
+        &self,
+        _: &str,
+        _: &kirim::secret::Secret,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("down".into()))
+    }
     async fn stage_secret(
         &self,
         _: &str,

@@ -120,6 +120,7 @@ pub(crate) fn tenant(credits: i64) -> Tenant {
         status_changed_at: None,
         throughput_per_sec: None,
         request_limits: None,
+        meta_token_changed_at: None,
     }
 }
 
@@ -1723,6 +1724,117 @@ async fn concurrent_first_writes_of_one_secret_all_succeed(p: Ports) {
     p.secrets.store().delete_secret(&name).await.unwrap();
 }
 
+/// The time of a Meta token's replacement is kept on an open tenant (active or suspended:
+/// a suspended one is fixed so before its resume), and refused for an unknown tenant
+/// (`NotFound`, no phantom tenant) and a closed one (`Conflict`).
+async fn a_meta_token_replacement_is_recorded_on_an_open_tenant_only(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    assert_eq!(
+        p.tenants
+            .get_tenant(&t.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .meta_token_changed_at,
+        None
+    );
+    let at = p.clock.now();
+    let updated = p
+        .tenants
+        .set_meta_token_changed_at(&t.id, at)
+        .await
+        .unwrap();
+    assert_eq!(updated.meta_token_changed_at, Some(at));
+    assert_eq!(
+        updated.credits, t.credits,
+        "the rest of the tenant as it was"
+    );
+    let read = p.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(read.meta_token_changed_at, Some(at));
+    assert_eq!(read.token_changed_at(), at, "later than any status change");
+    p.tenants
+        .set_status(
+            &t.id,
+            TenantStatus::Suspended,
+            Some("meta 190"),
+            p.clock.now(),
+        )
+        .await
+        .unwrap();
+    p.clock.advance(chrono::Duration::seconds(1));
+    let later = p.clock.now();
+    let suspended = p
+        .tenants
+        .set_meta_token_changed_at(&t.id, later)
+        .await
+        .unwrap();
+    assert_eq!(suspended.meta_token_changed_at, Some(later));
+    assert_eq!(suspended.status, TenantStatus::Suspended);
+    assert!(matches!(
+        p.tenants
+            .set_meta_token_changed_at(&TenantId::generate(), later)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    p.tenants
+        .set_status(&t.id, TenantStatus::Closed, None, p.clock.now())
+        .await
+        .unwrap();
+    p.clock.advance(chrono::Duration::seconds(1));
+    assert!(matches!(
+        p.tenants
+            .set_meta_token_changed_at(&t.id, p.clock.now())
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let closed = p.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(closed.meta_token_changed_at, Some(later), "nothing written");
+}
+
+/// A replacement makes its value current whatever the secret's state: absent (created),
+/// live (a new version, the old one previous), or deleted — on Secrets Manager scheduled
+/// for deletion in its recovery window, where a plain put leaves it reading as absent.
+async fn a_replaced_secret_is_current_whether_it_was_absent_live_or_being_deleted(p: Ports) {
+    let store = p.secrets.store();
+    let name = format!("kirim-test/{}/tenants/t/meta-token", ulid::Ulid::new());
+    store
+        .replace_secret(&name, &Secret::new("v1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_secret(&name).await.unwrap(),
+        Some(Secret::new("v1"))
+    );
+    store
+        .replace_secret(&name, &Secret::new("v2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_secret(&name).await.unwrap(),
+        Some(Secret::new("v2"))
+    );
+    assert_eq!(
+        store.get_previous_secret(&name).await.unwrap(),
+        Some(Secret::new("v1"))
+    );
+    store.delete_secret(&name).await.unwrap();
+    assert_eq!(
+        store.get_secret(&name).await.unwrap(),
+        None,
+        "being deleted"
+    );
+    store
+        .replace_secret(&name, &Secret::new("v3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_secret(&name).await.unwrap(),
+        Some(Secret::new("v3")),
+        "restored and replaced"
+    );
+    store.delete_secret(&name).await.unwrap();
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory_adapters {
@@ -1765,4 +1877,6 @@ contract!(
     secrets_keep_the_previous_version_during_rotation,
     concurrent_first_writes_of_one_secret_all_succeed,
     a_staged_secret_version_is_current_only_once_promoted_and_read_by_id_meanwhile,
+    a_meta_token_replacement_is_recorded_on_an_open_tenant_only,
+    a_replaced_secret_is_current_whether_it_was_absent_live_or_being_deleted,
 );

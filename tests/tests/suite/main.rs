@@ -48,6 +48,7 @@ mod http_edges;
 mod idempotency;
 mod known_users;
 mod limits;
+mod meta_token;
 mod numbers;
 mod openapi_agreement;
 mod optouts;

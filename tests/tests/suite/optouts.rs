@@ -1321,6 +1321,13 @@ impl kirim::ports::TenantStore for SeesOpen {
     ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
         self.0.set_request_limits(id, limits).await
     }
+    async fn set_meta_token_changed_at(
+        &self,
+        id: &kirim::domain::TenantId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
+        self.0.set_meta_token_changed_at(id, at).await
+    }
     async fn set_status(
         &self,
         id: &kirim::domain::TenantId,

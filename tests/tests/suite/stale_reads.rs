@@ -1140,7 +1140,64 @@ async fn a_token_replaced_while_a_warm_copy_held_the_old_one_is_sent_with_not_su
     assert_eq!(tenant.status, TenantStatus::Suspended);
 }
 
+/// The operator replaced a tenant's Meta token through its route
+/// (`meta_token::replace`, in another process) while a warm dispatcher held the old copy
+/// (cached up to 5 minutes, the tenant's status unchanged for longer): the replacement's
+/// time on the tenant item has the dispatcher read the token afresh, so its next send goes
+/// with the new token at once — not with the old one, refused by Meta once revoked.
+async fn a_token_the_operator_replaced_is_sent_with_at_once_by_a_warm_dispatcher(b: Backend) {
+    use kirim::service::dispatch;
+    use kirim::service::jobs::Outcome;
+    let (operator, mut deps, clock) = two_processes(b).await;
+    let (t, m, job) = text_queued(&mut deps).await;
+    let store = deps.secrets.store().clone();
+    deps.secrets = Arc::new(kirim::service::SecretCache::new(
+        store,
+        std::time::Duration::from_secs(300),
+    ));
+    // Past the 5 minutes after onboarding in which the dispatcher reads the token afresh.
+    clock.advance(chrono::Duration::minutes(6));
+    let old = deps
+        .secrets
+        .current(&t.meta_token_secret)
+        .await
+        .unwrap()
+        .expect("the token, now cached");
+    let body: kirim::service::meta_token::NewMetaToken =
+        serde_json::from_value(serde_json::json!({"meta_access_token": "EAAG-the-new-token"}))
+            .unwrap();
+    let at = kirim::service::meta_token::replace(&operator, &t.id, body)
+        .await
+        .unwrap();
+    assert_eq!(at, clock.now());
+    // Meta refuses the old token (revoked at once by the operator).
+    let meta = Arc::new(RefusesToken {
+        refused: old.expose().to_owned(),
+        taken: Default::default(),
+    });
+    deps.meta = meta.clone();
+    // (The clock is not moved on: the cache dates its copy by the real time since it was
+    // read, counted back from the test clock's now.)
+    assert_eq!(
+        dispatch::handle_in_batch(&deps, &job).await,
+        Outcome::Done,
+        "sent at the first try"
+    );
+    let sent = deps
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sent.status, MessageStatus::Sent, "{:?}", sent.error);
+    assert_eq!(meta.taken.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let tenant = deps.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(tenant.status, TenantStatus::Active);
+    assert_eq!(tenant.meta_token_changed_at, Some(at));
+}
+
 on_both_backends!(
+    a_token_the_operator_replaced_is_sent_with_at_once_by_a_warm_dispatcher,
     an_undeliverable_failure_whose_answer_was_lost_is_counted_as_its_mark_says,
     a_refunded_failure_meta_then_delivers_is_counted_in_usage_with_no_credits,
     a_token_replaced_while_a_warm_copy_held_the_old_one_is_sent_with_not_suspending,

@@ -124,6 +124,11 @@ impl SecretStore for Granted {
         self.check(name, SecretsManagerStore::DELETE)?;
         self.inner.delete_secret(name).await
     }
+    async fn replace_secret(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
+        self.check(name, SecretsManagerStore::RESTORE)?;
+        self.check(name, SecretsManagerStore::WRITE)?;
+        self.inner.replace_secret(name, value).await
+    }
     async fn stage_secret(&self, name: &str, value: &Secret) -> Result<String, StoreError> {
         self.check(name, SecretsManagerStore::WRITE)?;
         self.inner.stage_secret(name, value).await

@@ -1055,6 +1055,35 @@ impl TenantStore for DynamoStore {
         }
     }
 
+    async fn set_meta_token_changed_at(
+        &self,
+        id: &TenantId,
+        at: DateTime<Utc>,
+    ) -> Result<Tenant, StoreError> {
+        // The tenant item: a send's debit in flight on it cancels this, which goes again.
+        let res = update_retrying_conflicts(
+            self.client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(keys::tenant(id).attrs()))
+                .update_expression("SET meta_token_changed_at = :at")
+                // Closed is final: its token is being deleted by the close-out.
+                .condition_expression("attribute_exists(pk) AND #status <> :closed")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
+                .expression_attribute_values(":at", dyn_value(&at)?)
+                .return_values(ReturnValue::AllNew),
+        )
+        .await;
+        match res {
+            Ok(out) => from_item(out.attributes.unwrap_or_default()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Err(self.why_refused(id).await)
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
     async fn set_request_limits(
         &self,
         id: &TenantId,

@@ -29,6 +29,13 @@ impl SecretsManagerStore {
         "secretsmanager:UpdateSecretVersionStage",
     ];
     pub const DELETE: &'static [&'static str] = &["secretsmanager:DeleteSecret"];
+    /// A replacement ([`SecretStore::replace_secret`]) of a secret that may be scheduled for
+    /// deletion: described (whether it is; never a value), restored if so. The put itself
+    /// is [`Self::WRITE`].
+    pub const RESTORE: &'static [&'static str] = &[
+        "secretsmanager:DescribeSecret",
+        "secretsmanager:RestoreSecret",
+    ];
 
     pub fn new(client: Client) -> Self {
         Self { client }
@@ -130,6 +137,28 @@ impl SecretStore for SecretsManagerStore {
             }
             Err(e) => Err(classify("secretsmanager put", e)),
         }
+    }
+
+    async fn replace_secret(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
+        // Secrets Manager refuses a new version of a secret scheduled for deletion (moto
+        // takes it, and the secret stays deleted): whether it is, is described first.
+        let scheduled = match self.client.describe_secret().secret_id(name).send().await {
+            Ok(out) => out.deleted_date().is_some(),
+            // None yet: the put creates it.
+            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => false,
+            Err(e) => return Err(classify("secretsmanager describe", e)),
+        };
+        if scheduled {
+            match self.client.restore_secret().secret_id(name).send().await {
+                Ok(_) => {
+                    tracing::warn!(secret = %name, "a secret scheduled for deletion was restored to be replaced");
+                }
+                // Deleted for good in between (its window ended): the put creates it anew.
+                Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => {}
+                Err(e) => return Err(classify("secretsmanager restore", e)),
+            }
+        }
+        self.put_secret(name, value).await
     }
 
     async fn get_secret(&self, name: &str) -> Result<Option<Secret>, StoreError> {

@@ -104,6 +104,11 @@ impl SecretStore for MemorySecrets {
         Ok(())
     }
 
+    /// A deletion here is at once (no recovery window): nothing to restore.
+    async fn replace_secret(&self, name: &str, value: &Secret) -> Result<(), StoreError> {
+        self.put_secret(name, value).await
+    }
+
     async fn stage_secret(&self, name: &str, value: &Secret) -> Result<String, StoreError> {
         Ok(self.add(name, value)?.0)
     }

@@ -590,6 +590,18 @@ impl TenantStore for MemoryStore {
         Ok(t.clone())
     }
 
+    async fn set_meta_token_changed_at(
+        &self,
+        id: &TenantId,
+        at: DateTime<Utc>,
+    ) -> Result<Tenant, StoreError> {
+        let mut s = self.lock()?;
+        self.refuse_if_gone(&s, id)?;
+        let t = open_tenant(&mut s.tenants, id)?;
+        t.meta_token_changed_at = Some(at);
+        Ok(t.clone())
+    }
+
     async fn set_status(
         &self,
         id: &TenantId,
