@@ -264,7 +264,8 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
     // Past its last attempt (given up, back for the queue's last receives): parked on the
     // dead-letter queue by the queue's own redrive, without another try.
     if attempt > deps.settings.callback_max_attempts {
-        tracing::warn!(
+        // Said once, at its last attempt (a warning then): not again at each receive.
+        tracing::debug!(
             attempt,
             "status callback given up; left to the dead-letter queue"
         );
@@ -312,11 +313,13 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
         }
         Err(e) => return retry(&e.to_string()),
     };
-    // Open for this receiver (a new URL starts afresh), unless this is the job's last
-    // try: a job is never given up without one.
+    // Open for this receiver (a new URL starts afresh), also at the job's last attempt:
+    // the receiver has just failed three tries in a row, and a last try made anyway held
+    // its batch for the whole timeout once per callback (a dead receiver of a busy tenant
+    // then slowed everyone's callbacks). Such a job is parked untried on the dead-letter
+    // queue (counted given up), for a redrive once the receiver is back.
     let at_receiver = breaker::Receiver::of(&job.tenant_id, &setting.url);
-    let last_try = attempt >= deps.settings.callback_max_attempts;
-    if let Some(left) = breaker::open_for(&at_receiver).filter(|_| !last_try) {
+    if let Some(left) = breaker::open_for(&at_receiver) {
         // The receiver failed its last tries: this one is not made (no connection, no
         // wait), and counts as a failed try, so a receiver that stays down costs the
         // others' callbacks nothing.
@@ -378,7 +381,7 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
 /// A circuit breaker per receiver (tenant and URL), in the warm process: after
 /// [`breaker::TRIPS`] tries in a row that it did not answer with 2xx (a timeout, a
 /// refused connection, a 5xx), its callbacks are not tried for [`breaker::COOL_DOWN`]
-/// (except a job's last try); then tries decide again. A receiver that hangs each try for the whole timeout would
+/// (a job at its last attempt then is parked untried); then tries decide again. A receiver that hangs each try for the whole timeout would
 /// otherwise hold every batch it is in (other tenants' callbacks with it) that long.
 mod breaker {
     use std::collections::HashMap;
@@ -492,7 +495,7 @@ pub async fn handle_batch(deps: &Deps, items: &[(String, u32)]) -> Vec<Outcome> 
                 let outcome = match outcome {
                     // A copy at its last attempt of one that just failed is dropped with
                     // it, untried: the copy tried carries the callback on (it had attempts
-                    // left, its own last try made whatever the breaker says) or was given
+                    // left) or was given
                     // up and parked itself, counted then (so not counted here: the
                     // callback is given up once, or is still alive).
                     Outcome::RetryAfter(_) | Outcome::Poison if attempt >= max_attempts => {
@@ -510,8 +513,9 @@ pub async fn handle_batch(deps: &Deps, items: &[(String, u32)]) -> Vec<Outcome> 
                 continue;
             }
             // Held back behind an earlier one that failed, unless this is its last attempt:
-            // a callback is never given up without a try (receivers keep the highest
-            // `sequence`, so one out of order then is harmless).
+            // a callback is not given up without a try while its receiver may answer
+            // (receivers keep the highest `sequence`, so one out of order then is
+            // harmless); with the receiver's breaker open it is parked untried.
             let outcome = match held {
                 Some(d) if attempt < max_attempts => Outcome::RetryAfter(d),
                 _ => {

@@ -661,8 +661,8 @@ async fn a_deadline_failure_and_a_cancelled_scheduled_message_reach_the_callback
 
 /// A receiver that accepts connections and never answers holds each try for the whole
 /// timeout. After three such tries in a row its tenant's callbacks are not tried for a
-/// while (no connection, no wait), so they stop holding the batches other tenants'
-/// callbacks share with them.
+/// while (no connection, no wait), not even at their last attempt (parked untried), so
+/// they stop holding the batches other tenants' callbacks share with them.
 #[tokio::test]
 async fn a_receiver_that_keeps_hanging_is_not_tried_for_a_while() {
     use kirim::domain::{MessageId, MessageStatus};
@@ -714,6 +714,12 @@ async fn a_receiver_that_keeps_hanging_is_not_tried_for_a_while() {
         3,
         "three hanging tries, then none"
     );
+    // Nor at a job's last attempt: parked untried (a last try made anyway held the batch
+    // for the whole timeout once per callback of a dead receiver).
+    let last = deps.settings.callback_max_attempts;
+    let outcome = callbacks::handle_batch(&deps, &[(job(), last)]).await;
+    assert!(matches!(outcome[..], [Outcome::Poison]), "{outcome:?}");
+    assert_eq!(connections.load(Ordering::SeqCst), 3, "not tried");
 }
 
 /// Callback settings whose ordinary read is a moment behind: a setting just made reads as
