@@ -534,8 +534,9 @@ async fn list_messages(
 
 async fn meta_verify(
     State(s): State<AppState>,
-    // Meta's handshake: anything but its three parameters answers 403 (openapi), so axum's
-    // own reading, not the API's (which refuses a repeated parameter with 400).
+    // Meta's handshake: its three parameters right, or 403 (openapi); other parameters are
+    // ignored, a repeated one reads as its last value (axum's own reading, not the API's,
+    // which refuses a repeated parameter with 400).
     axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
 ) -> ApiResult {
     let ok = webhook::verify_subscription(
@@ -544,8 +545,15 @@ async fn meta_verify(
         params.get("hub.verify_token").map(String::as_str),
     )
     .await?;
-    match (ok, params.get("hub.challenge")) {
+    match (ok, params.get("hub.challenge").filter(|c| !c.is_empty())) {
         (true, Some(challenge)) => Ok(challenge.clone().into_response()),
+        // Said apart: a subscription set up with the right token but a challenge lost on
+        // the way is not a token to look for.
+        (true, None) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "hub.challenge is missing",
+        )),
         _ => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -495,6 +495,32 @@ async fn the_subscription_handshake_echoes_the_challenge_only_for_the_right_toke
         .await
         .unwrap();
     assert_eq!(bad.status(), 403);
+    // The right token without a challenge (or an empty one) is refused, and says which.
+    for tail in ["", "&hub.challenge="] {
+        let res = app
+            .http
+            .get(app.url(&format!(
+                "/webhooks/meta?hub.mode=subscribe&hub.verify_token=test-verify-token{tail}"
+            )))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{tail}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(
+            body["error"]["message"], "hub.challenge is missing",
+            "{tail}: {body}"
+        );
+    }
+    // Other parameters are ignored.
+    let extra = app
+        .http
+        .get(app.url("/webhooks/meta?hub.mode=subscribe&hub.verify_token=test-verify-token&hub.challenge=7&foo=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(extra.status(), 200);
+    assert_eq!(extra.text().await.unwrap(), "7");
 }
 
 async fn every_response_has_a_request_id_and_unknown_routes_answer_the_error_shape(b: Backend) {
