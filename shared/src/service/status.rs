@@ -308,6 +308,7 @@ async fn after_error(
             super::callbacks::status_changed(deps, &record).await;
             // The account-level error's suspension too (conditional, so never twice).
             account_error(deps, &record, report).await;
+            count_if_settled(deps, &record).await;
             // A failure this move marked counted is counted: its mark is what a later
             // `delivered` takes the count back by, so a mark without its count would take
             // back another message's. (A duplicate delivery of the report that an earlier
@@ -356,6 +357,25 @@ pub(crate) async fn this_move(
     holds.then_some(m)
 }
 
+/// A move out of `sending` by Meta's own status (its answer to the send was lost or came
+/// too late: the dispatcher moved nothing) is Meta's acceptance of the message: counted as
+/// sent for the tenant's quality rates (`sent_7d`, the rates' denominator) and the
+/// `MessagesSent` metric, as the dispatcher counts an answer in time. Once: the move out of
+/// `sending` is conditional, and the dispatcher's own `sent` leaves `sent` before any
+/// status's move.
+async fn count_if_settled(deps: &Deps, record: &MessageRecord) {
+    let from_sending = record
+        .events
+        .iter()
+        .rev()
+        .nth(1)
+        .is_some_and(|e| e.status == MessageStatus::Sending);
+    if from_sending && record.status != MessageStatus::Sending {
+        crate::metrics::sent();
+        super::quality::count_sent(deps, &record.tenant_id).await;
+    }
+}
+
 /// Whether a failure's error is one Meta gives for messages it could not or would not
 /// deliver (`quality::UNDELIVERABLE_CODES`): counted, and marked counted.
 fn undeliverable(e: &MessageError) -> bool {
@@ -371,6 +391,7 @@ fn undeliverable(e: &MessageError) -> bool {
 async fn moved(deps: &Deps, record: &MessageRecord, report: &StatusReport) {
     super::callbacks::status_changed(deps, record).await;
     account_error(deps, record, report).await;
+    count_if_settled(deps, record).await;
     if !record.quality_counted {
         return;
     }

@@ -89,6 +89,23 @@ async fn undeliverable_messages_flag_the_tenant_and_pause_its_marketing_only(b: 
     );
 }
 
+/// A message whose send Meta answered too late (the dispatcher's timeout: it stays
+/// `sending`) and that Meta's statuses then settle was accepted by Meta all the same: it
+/// counts in `sent_7d` (the rates' denominator), once, beside one answered in time.
+async fn a_message_meta_accepted_after_the_dispatchers_timeout_counts_as_sent(b: Backend) {
+    let app = quality_app(b).await;
+    let t = app.onboard(10).await;
+    let slow = app.send_ok(&t.key, "+60123450005").await;
+    app.wait_status(&t.key, &slow, "read").await;
+    let quick = app.send_ok(&t.key, "+60123452105").await;
+    app.wait_status(&t.key, &quick, "read").await;
+    let q = quality_once_sent(&app, &t.key, 2).await;
+    assert_eq!(q["sent_7d"], 2, "{q}");
+    // Not counted again by its later statuses (delivered, read) or their redeliveries.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(account(&app, &t.key).await["quality"]["sent_7d"], 2);
+}
+
 async fn recipients_opting_out_raise_the_opt_out_rate(b: Backend) {
     let app = quality_app(b).await;
     let t = app.onboard(10).await;
@@ -283,6 +300,7 @@ on_both_backends!(
     undeliverable_messages_flag_the_tenant_and_pause_its_marketing_only,
     a_failure_meta_then_reports_delivered_is_no_longer_counted_undeliverable,
     recipients_opting_out_raise_the_opt_out_rate,
+    a_message_meta_accepted_after_the_dispatchers_timeout_counts_as_sent,
 );
 
 async fn quality_counters_add_up_concurrently_per_day_and_expire(p: Ports) {
