@@ -1825,7 +1825,7 @@ async fn rotate_key(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) 
 /// caps (50 live keys, 200 users) with 90 days of ended keys.
 const LOOKUP_PAGES: usize = 10;
 
-/// Every API key of the tenant as the API lists them (all pages): the newest are last.
+/// Every API key of the tenant as the API lists them (all pages): the newest first.
 async fn every_key(s: &ConsoleState, ctx: &Ctx) -> Vec<Value> {
     s.api
         .get_every(&ctx.who, "/v1/api-keys", "api_keys", LOOKUP_PAGES)

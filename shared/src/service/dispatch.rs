@@ -993,8 +993,9 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     let log_to = record.to.masked();
     match result {
         Ok(accepted) => {
-            crate::metrics::sent();
-            super::quality::count_sent(deps, &job.tenant_id).await;
+            // Counted as sent (quality's `sent_7d`, `MessagesSent`) by the write that moves
+            // it out of `sending`, below, or by the status that did first
+            // (`status::count_if_settled`): once, whichever wins.
             let expires = super::deadline::index_expiry(deps, &record);
             // The wamid's index and the `sent` move (the wamid on the message rides with
             // it: one write fewer) are written together, one round trip instead of two.
@@ -1025,6 +1026,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             );
             match moved {
                 Ok(Transition::Applied(sent)) => {
+                    count_sent(deps, &job.tenant_id).await;
                     super::callbacks::status_changed(deps, &sent).await
                 }
                 // Something moved it further first (a webhook, the deadline): the wamid
@@ -1042,6 +1044,18 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     {
                         if m.status == MessageStatus::Sent {
                             super::callbacks::status_changed(deps, &m).await;
+                        }
+                        // Counted here only if the move out of `sending` was this one's
+                        // own (its `sent` at this time): a status that won the race
+                        // counted it.
+                        let own = m
+                            .events
+                            .iter()
+                            .rev()
+                            .find(|e| e.status == MessageStatus::Sent)
+                            .is_some_and(|e| e.at == sent_at);
+                        if own {
+                            count_sent(deps, &job.tenant_id).await;
                         }
                     }
                     deps.messages
@@ -1065,6 +1079,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         return Err(e.into());
                     };
                     tracing::warn!(error = %e, "the sent move answered an error but landed");
+                    count_sent(deps, &job.tenant_id).await;
                     super::callbacks::status_changed(deps, &sent).await;
                 }
             }
@@ -1338,6 +1353,12 @@ fn exhausted_error(class: ErrorClass, error: MessageError) -> MessageError {
             .take(crate::adapters::meta_graph::MAX_ERROR_TITLE)
             .collect(),
     }
+}
+
+/// A message Meta accepted and this dispatcher moved out of `sending`: counted as sent.
+async fn count_sent(deps: &Deps, tenant: &crate::domain::TenantId) {
+    crate::metrics::sent();
+    super::quality::count_sent(deps, tenant).await;
 }
 
 #[cfg(test)]

@@ -358,11 +358,13 @@ pub(crate) async fn this_move(
 }
 
 /// A move out of `sending` by Meta's own status (its answer to the send was lost or came
-/// too late: the dispatcher moved nothing) is Meta's acceptance of the message: counted as
-/// sent for the tenant's quality rates (`sent_7d`, the rates' denominator) and the
-/// `MessagesSent` metric, as the dispatcher counts an answer in time. Once: the move out of
-/// `sending` is conditional, and the dispatcher's own `sent` leaves `sent` before any
-/// status's move.
+/// too late, or this status overtook the dispatcher's own move) is Meta's acceptance of the
+/// message: counted as sent for the tenant's quality rates (`sent_7d`, the rates'
+/// denominator) and the `MessagesSent` metric, as the dispatcher counts the move it makes.
+/// Once: only the write that moves the message out of `sending` (a conditional move)
+/// counts it, the dispatcher's or a status's. (A redelivered status whose own write failed
+/// every try, read back as holding this move, may count it twice, as the undeliverable
+/// count.)
 async fn count_if_settled(deps: &Deps, record: &MessageRecord) {
     let from_sending = record
         .events

@@ -542,6 +542,10 @@ struct Flaky {
     /// The next release for a retry lands, and answers an error (then the flag clears):
     /// its retry is refused by it.
     lose_release_answer_once: AtomicBool,
+    /// Before the next move to `sent` (the dispatcher's, with Meta's wamid), Meta's
+    /// `delivered` for the message is applied through these plain ports: Meta's status
+    /// overtaking the dispatcher's own move.
+    status_first: Mutex<Option<(Deps, TenantId)>>,
 }
 
 impl Flaky {
@@ -560,6 +564,7 @@ impl Flaky {
             lose_sent_every_answer_once: AtomicBool::new(false),
             fail_list: AtomicBool::new(false),
             lose_release_answer_once: AtomicBool::new(false),
+            status_first: Mutex::new(None),
         })
     }
 }
@@ -606,6 +611,28 @@ impl MessageStore for Flaky {
             MessageStatus::Sent => Some(&self.lose_sent_answer_once),
             _ => None,
         };
+        let first = (to == MessageStatus::Sent)
+            .then(|| self.status_first.lock().ok().and_then(|mut f| f.take()))
+            .flatten();
+        if let Some((deps, owner)) = first {
+            use kirim::domain::meta::{MetaStatus, StatusReport, Wamid};
+            let report = StatusReport {
+                phone_number_id: None,
+                wamid: Wamid::parse(change.wamid.as_deref().expect("Meta's wamid"))
+                    .expect("a wamid"),
+                status: MetaStatus::Delivered,
+                timestamp: Some(chrono::Utc::now().timestamp()),
+                callback: Some(id.clone()),
+                recipient: None,
+                recipient_user_id: None,
+                errors: Vec::new(),
+                pricing: None,
+            };
+            let applied = kirim::service::status::apply(&deps, Some(&owner), &report)
+                .await
+                .expect("applied");
+            assert_eq!(applied, kirim::service::status::Applied::Yes);
+        }
         if lose.is_some_and(|l| l.swap(false, Ordering::SeqCst)) {
             let landed = self.inner.transition(tenant, id, to, change, at).await?;
             assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
@@ -1526,6 +1553,55 @@ async fn a_sent_move_whose_answer_was_lost_still_has_its_sent_callback(backend: 
         .collect();
     assert!(statuses.iter().any(|s| s == "sent"), "{statuses:?}");
     assert_eq!(t.sandbox_requests_to("60123459942").len(), 1, "sent once");
+    // Counted sent once: by this move, read back as its own.
+    let today = chrono::Utc::now().date_naive();
+    let counts = t
+        .app
+        .deps
+        .quality
+        .totals(&tenant, today - chrono::Duration::days(1), today)
+        .await
+        .unwrap();
+    assert_eq!(counts.sent, 1, "{counts:?}");
+}
+
+/// Meta's status for a message overtakes the dispatcher's own `sent` move (Meta answered,
+/// its webhook came first): the status's move out of `sending` counts the message as sent
+/// for the quality rates, the dispatcher's refused move does not — once, not twice.
+async fn a_status_that_overtakes_the_dispatchers_sent_counts_the_message_sent_once(
+    backend: Backend,
+) {
+    let t = spawn_app(backend).await;
+    // Only this test's status moves the message.
+    t.app
+        .sandbox
+        .set_webhook_url("http://127.0.0.1:9/nowhere".into());
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let (m, job) = accepted_with_job(&t, &tenant, "+60123459944").await;
+    let flaky = Flaky::over(&t.app.deps);
+    *flaky.status_first.lock().unwrap() = Some((t.app.deps.clone(), tenant.clone()));
+    let mut racing = t.app.deps.clone();
+    racing.messages = flaky.clone();
+    assert_eq!(dispatch::handle(&racing, &job).await, Outcome::Done);
+    assert!(
+        flaky.status_first.lock().unwrap().is_none(),
+        "the status came first"
+    );
+    let stored = t.app.deps.messages.get_message(&tenant, &m.id).await;
+    let stored = stored.unwrap().expect("the message");
+    assert_eq!(stored.status, MessageStatus::Delivered);
+    assert!(stored.wamid.is_some(), "the wamid goes on the message");
+    let today = chrono::Utc::now().date_naive();
+    let counts = t
+        .app
+        .deps
+        .quality
+        .totals(&tenant, today - chrono::Duration::days(1), today)
+        .await
+        .unwrap();
+    assert_eq!(counts.sent, 1, "{counts:?}");
+    assert_eq!(t.sandbox_requests_to("60123459944").len(), 1, "sent once");
 }
 
 /// The `sent` move lands and every try of it answers an error (a timeout after its commit):
@@ -1555,6 +1631,16 @@ async fn a_sent_move_that_landed_but_answered_errors_still_has_its_sent_callback
         .collect();
     assert!(statuses.iter().any(|s| s == "sent"), "{statuses:?}");
     assert_eq!(t.sandbox_requests_to("60123459943").len(), 1, "sent once");
+    // Counted sent once: by this move, read back as its own.
+    let today = chrono::Utc::now().date_naive();
+    let counts = t
+        .app
+        .deps
+        .quality
+        .totals(&tenant, today - chrono::Duration::days(1), today)
+        .await
+        .unwrap();
+    assert_eq!(counts.sent, 1, "{counts:?}");
 }
 
 /// A priced status's move (one transaction with its usage) that lands and then answers an
@@ -3607,6 +3693,7 @@ on_both_backends!(
     a_retry_queues_a_lost_job_with_the_catalogue_of_the_number_it_was_accepted_from,
     a_sent_move_whose_answer_was_lost_still_has_its_sent_callback,
     a_sent_move_that_landed_but_answered_errors_still_has_its_sent_callback,
+    a_status_that_overtakes_the_dispatchers_sent_counts_the_message_sent_once,
     a_webhook_move_whose_answer_was_lost_still_has_its_callback_priced_or_not,
     a_message_that_missed_its_carried_slot_carries_the_next_as_a_fresh_queue_message,
     the_retention_run_settles_a_message_its_lost_dispatch_job_left_unsent,
