@@ -412,6 +412,27 @@ impl DynamoStore {
         self.tenant_status_check(tenant, "attribute_not_exists(pk) OR #status <> :closed")
     }
 
+    /// An update of `tenant`'s item (`set`, its `UpdateExpression`) only while it exists and
+    /// is not closed (closed is final); the caller adds its values.
+    pub(super) fn open_tenant_update(
+        &self,
+        tenant: &TenantId,
+        set: &str,
+    ) -> Result<
+        aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+        StoreError,
+    > {
+        Ok(self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::tenant(tenant).attrs()))
+            .update_expression(set)
+            .condition_expression("attribute_exists(pk) AND #status <> :closed")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?))
+    }
+
     /// A transaction's `ConditionCheck` of `tenant`'s item, `condition` naming its status
     /// `#status` and the closed status `:closed`.
     fn tenant_status_check(
@@ -1034,15 +1055,7 @@ impl TenantStore for DynamoStore {
         let list = AttributeValue::L(cidrs.iter().map(|c| s(c.clone())).collect());
         // The tenant item: a send's debit in flight on it cancels this, which goes again.
         let res = update_retrying_conflicts(
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(keys::tenant(id).attrs()))
-                .update_expression("SET ip_allowlist = :l")
-                // Closed is final.
-                .condition_expression("attribute_exists(pk) AND #status <> :closed")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
+            self.open_tenant_update(id, "SET ip_allowlist = :l")?
                 .expression_attribute_values(":l", list),
         )
         .await;
@@ -1061,16 +1074,9 @@ impl TenantStore for DynamoStore {
         at: DateTime<Utc>,
     ) -> Result<Tenant, StoreError> {
         // The tenant item: a send's debit in flight on it cancels this, which goes again.
+        // (Closed is final: its token is being deleted by the close-out.)
         let res = update_retrying_conflicts(
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(keys::tenant(id).attrs()))
-                .update_expression("SET meta_token_changed_at = :at")
-                // Closed is final: its token is being deleted by the close-out.
-                .condition_expression("attribute_exists(pk) AND #status <> :closed")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
+            self.open_tenant_update(id, "SET meta_token_changed_at = :at")?
                 .expression_attribute_values(":at", dyn_value(&at)?)
                 .return_values(ReturnValue::AllNew),
         )
@@ -1093,15 +1099,7 @@ impl TenantStore for DynamoStore {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         // The tenant item: a send's debit in flight on it cancels this, which goes again.
         let res = update_retrying_conflicts(
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(keys::tenant(id).attrs()))
-                .update_expression("SET request_limits = :l")
-                // Closed is final.
-                .condition_expression("attribute_exists(pk) AND #status <> :closed")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":closed", dyn_value(&TenantStatus::Closed)?)
+            self.open_tenant_update(id, "SET request_limits = :l")?
                 .expression_attribute_values(":l", value)
                 .return_values(ReturnValue::AllNew),
         )

@@ -34,8 +34,7 @@ use crate::domain::{
     SEND_SLOT_RETENTION,
 };
 use crate::ports::{
-    micros_to_time, slot_interval_micros, SendingControl, Tenant, TenantStatus, Throughput,
-    Transition,
+    micros_to_time, slot_interval_micros, SendingControl, Tenant, Throughput, Transition,
 };
 use crate::store_error::StoreError;
 
@@ -198,15 +197,7 @@ impl Throughput for DynamoStore {
     async fn set_throughput(&self, tenant: &TenantId, per_sec: u32) -> Result<Tenant, StoreError> {
         // The tenant item: a send's debit in flight on it cancels this, which goes again.
         let res = super::update_retrying_conflicts(
-            self.client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(keys::tenant(tenant).attrs()))
-                .update_expression("SET throughput_per_sec = :v")
-                // Closed is final.
-                .condition_expression("attribute_exists(pk) AND #status <> :closed")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":closed", super::dyn_value(&TenantStatus::Closed)?)
+            self.open_tenant_update(tenant, "SET throughput_per_sec = :v")?
                 .expression_attribute_values(":v", n(i64::from(per_sec)))
                 .return_values(ReturnValue::AllNew),
         )
