@@ -189,7 +189,7 @@ pub async fn onboard_as(
                     .onboard(&tenant, display, &record, initial.as_ref())
                     .await
             }
-            Ok(super::numbers::Reclaim::Held) => written,
+            Ok(super::numbers::Reclaim::Held(_)) => written,
             Err(e) => Err(e),
         };
     }

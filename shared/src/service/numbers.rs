@@ -295,9 +295,9 @@ pub(crate) enum Reclaim {
     /// A closed tenant holds it (closed out or not): taken over from it, in one write
     /// conditioned on the route still naming it and its item being `closed`.
     OverClosed(TenantId),
-    /// A tenant that is not closed holds it (or the route names no tenant that exists):
-    /// the `409`.
-    Held,
+    /// A tenant that is not closed holds it (named; or the route names no tenant that
+    /// exists): the `409`.
+    Held(TenantId),
 }
 
 /// After a claim of `phone_number_id`'s route was refused: who holds it now, and whether
@@ -318,7 +318,7 @@ pub(crate) async fn after_refused_claim(
     };
     Ok(match deps.tenants.get_tenant(&owner).await? {
         Some(t) if t.status == TenantStatus::Closed => Reclaim::OverClosed(owner),
-        _ => Reclaim::Held,
+        _ => Reclaim::Held(owner),
     })
 }
 
@@ -398,7 +398,17 @@ pub async fn add_number(
                     .add_phone_number(&record)
                     .await
                     .map_err(refused)?,
-                Reclaim::Held => return Err(refused(StoreError::Conflict(m))),
+                // Said as onboarding says it (the operator's route): whose it is.
+                Reclaim::Held(owner) if &owner == tenant_id => {
+                    return Err(ServiceError::Conflict(
+                        "this phone_number_id is already one of this tenant's numbers".into(),
+                    ))
+                }
+                Reclaim::Held(owner) => {
+                    return Err(ServiceError::Conflict(format!(
+                        "this phone_number_id already belongs to tenant {owner}"
+                    )))
+                }
             }
         }
         Err(e) => return Err(refused(e)),

@@ -277,17 +277,26 @@ async fn a_number_owned_by_another_tenant_cannot_be_added_and_bad_input_is_refus
     let n = fresh_number();
     let body = json!({"phone_number_id": n, "waba_id": "1000001"});
     assert_eq!(add_number(&app, &a.tenant_id, body.clone()).await.0, 201);
-    for (tenant, body) in [
-        (&c.tenant_id, body.clone()),
-        (&a.tenant_id, body.clone()),
+    // Refused saying whose it is, as onboarding does: another tenant's (named), or one of
+    // this tenant's own.
+    let theirs = format!(
+        "this phone_number_id already belongs to tenant {}",
+        a.tenant_id
+    );
+    let own = "this phone_number_id is already one of this tenant's numbers".to_owned();
+    for (tenant, body, said) in [
+        (&c.tenant_id, body.clone(), &theirs),
+        (&a.tenant_id, body.clone(), &own),
         (
             &c.tenant_id,
             json!({"phone_number_id": a.phone_number_id, "waba_id": "1000001"}),
+            &theirs,
         ),
     ] {
         let (s, res) = add_number(&app, tenant, body).await;
         assert_eq!(s, 409, "{res}");
         assert_eq!(res["error"]["code"], "conflict");
+        assert_eq!(res["error"]["message"], said.as_str(), "{res}");
     }
     assert_eq!(
         numbers(&app, &c.key).await.len(),
