@@ -1026,7 +1026,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
             );
             match moved {
                 Ok(Transition::Applied(sent)) => {
-                    count_sent(deps, &job.tenant_id).await;
+                    super::quality::count_sent(deps, &job.tenant_id).await;
                     super::callbacks::status_changed(deps, &sent).await
                 }
                 // Something moved it further first (a webhook, the deadline): the wamid
@@ -1055,7 +1055,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                             .find(|e| e.status == MessageStatus::Sent)
                             .is_some_and(|e| e.at == sent_at);
                         if own {
-                            count_sent(deps, &job.tenant_id).await;
+                            super::quality::count_sent(deps, &job.tenant_id).await;
                         }
                     }
                     deps.messages
@@ -1079,7 +1079,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                         return Err(e.into());
                     };
                     tracing::warn!(error = %e, "the sent move answered an error but landed");
-                    count_sent(deps, &job.tenant_id).await;
+                    super::quality::count_sent(deps, &job.tenant_id).await;
                     super::callbacks::status_changed(deps, &sent).await;
                 }
             }
@@ -1353,12 +1353,6 @@ fn exhausted_error(class: ErrorClass, error: MessageError) -> MessageError {
             .take(crate::adapters::meta_graph::MAX_ERROR_TITLE)
             .collect(),
     }
-}
-
-/// A message Meta accepted and this dispatcher moved out of `sending`: counted as sent.
-async fn count_sent(deps: &Deps, tenant: &crate::domain::TenantId) {
-    crate::metrics::sent();
-    super::quality::count_sent(deps, tenant).await;
 }
 
 #[cfg(test)]

@@ -126,8 +126,11 @@ pub async fn batched<F: Future>(deps: &Deps, work: F) -> F::Output {
     out
 }
 
-/// Counts one message Meta accepted: in the batch's tally inside [`batched`], else at once.
+/// Counts one message Meta accepted, once, by the write that moved it out of `sending`
+/// (the dispatcher's, or a status's that overtook it): the `MessagesSent` metric, and the
+/// quality `sent` count in the batch's tally inside [`batched`], else at once.
 pub async fn count_sent(deps: &Deps, tenant: &TenantId) {
+    crate::metrics::sent();
     let day = deps.clock.now().date_naive();
     let held = BATCH
         .try_with(|b| match b.lock() {

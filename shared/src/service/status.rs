@@ -373,7 +373,6 @@ async fn count_if_settled(deps: &Deps, record: &MessageRecord) {
         .nth(1)
         .is_some_and(|e| e.status == MessageStatus::Sending);
     if from_sending && record.status != MessageStatus::Sending {
-        crate::metrics::sent();
         super::quality::count_sent(deps, &record.tenant_id).await;
     }
 }

@@ -1554,15 +1554,20 @@ async fn a_sent_move_whose_answer_was_lost_still_has_its_sent_callback(backend: 
     assert!(statuses.iter().any(|s| s == "sent"), "{statuses:?}");
     assert_eq!(t.sandbox_requests_to("60123459942").len(), 1, "sent once");
     // Counted sent once: by this move, read back as its own.
+    assert_eq!(sent_counted(&t, &tenant).await, 1);
+}
+
+/// The tenant's quality `sent` count over today and yesterday (the rates' denominator).
+async fn sent_counted(t: &TestApp, tenant: &TenantId) -> u64 {
     let today = chrono::Utc::now().date_naive();
     let counts = t
         .app
         .deps
         .quality
-        .totals(&tenant, today - chrono::Duration::days(1), today)
+        .totals(tenant, today - chrono::Duration::days(1), today)
         .await
         .unwrap();
-    assert_eq!(counts.sent, 1, "{counts:?}");
+    counts.sent
 }
 
 /// Meta's status for a message overtakes the dispatcher's own `sent` move (Meta answered,
@@ -1592,15 +1597,7 @@ async fn a_status_that_overtakes_the_dispatchers_sent_counts_the_message_sent_on
     let stored = stored.unwrap().expect("the message");
     assert_eq!(stored.status, MessageStatus::Delivered);
     assert!(stored.wamid.is_some(), "the wamid goes on the message");
-    let today = chrono::Utc::now().date_naive();
-    let counts = t
-        .app
-        .deps
-        .quality
-        .totals(&tenant, today - chrono::Duration::days(1), today)
-        .await
-        .unwrap();
-    assert_eq!(counts.sent, 1, "{counts:?}");
+    assert_eq!(sent_counted(&t, &tenant).await, 1);
     assert_eq!(t.sandbox_requests_to("60123459944").len(), 1, "sent once");
 }
 
@@ -1632,15 +1629,7 @@ async fn a_sent_move_that_landed_but_answered_errors_still_has_its_sent_callback
     assert!(statuses.iter().any(|s| s == "sent"), "{statuses:?}");
     assert_eq!(t.sandbox_requests_to("60123459943").len(), 1, "sent once");
     // Counted sent once: by this move, read back as its own.
-    let today = chrono::Utc::now().date_naive();
-    let counts = t
-        .app
-        .deps
-        .quality
-        .totals(&tenant, today - chrono::Duration::days(1), today)
-        .await
-        .unwrap();
-    assert_eq!(counts.sent, 1, "{counts:?}");
+    assert_eq!(sent_counted(&t, &tenant).await, 1);
 }
 
 /// A priced status's move (one transaction with its usage) that lands and then answers an
