@@ -422,6 +422,8 @@ impl StatusChange {
         }
         if self.error.is_some() {
             m.error = self.error.clone();
+        } else if to.clears_error() {
+            m.error = None;
         }
         if self.count_attempt {
             m.attempts += 1;

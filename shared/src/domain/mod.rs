@@ -18,6 +18,7 @@ mod role;
 pub mod signature;
 mod status;
 pub mod template;
+pub mod text;
 
 pub use allowlist::{AllowListError, IpAllowList, MAX_CIDRS};
 pub use idempotency::{IdempotencyKey, IdempotencyKeyError};

@@ -57,6 +57,17 @@ impl MessageStatus {
             .ok_or(StatusError)
     }
 
+    /// Whether a move to `self` (with no error of its own) clears the message's `error`:
+    /// once Meta accepted it (`sent`), a retried try's error no longer describes it, and
+    /// once it is `delivered` or `read`, neither does a `failed` Meta reported before
+    /// delivery proved otherwise (its `events` still show the failure).
+    pub fn clears_error(self) -> bool {
+        matches!(
+            self,
+            MessageStatus::Sent | MessageStatus::Delivered | MessageStatus::Read
+        )
+    }
+
     /// The statuses from which `self` may be entered. Storage adapters turn this
     /// list into a conditional write (`#status IN (...)`), so the rule is enforced
     /// atomically, never by read-then-write.

@@ -344,11 +344,7 @@ pub(super) async fn list_dead_letters(
                     .filter(|l| (1..=deadletters::MAX_LIST).contains(l))
                     .ok_or_else(|| ApiError::invalid("limit must be 1 to 100"))?
             }
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "unknown query parameter `{other}`"
-                )))
-            }
+            other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
     let dead_letters = deadletters::list(&s.deps, queue, limit).await?;

@@ -49,7 +49,7 @@ fn template_from_query(q: &HashMap<String, String>) -> Result<TemplateIn, ApiErr
                 | "send_at"
                 | "from"
         ) {
-            return Err(ApiError::invalid(format!("unknown query parameter `{k}`")));
+            return Err(ApiError::unknown_query_parameter(k));
         }
     }
     let get = |k: &str| {
@@ -191,11 +191,7 @@ async fn list(
                     .ok_or_else(|| ApiError::invalid("limit must be 1 to 100"))?
             }
             "cursor" => cursor = Some(v.clone()),
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "unknown query parameter `{other}`"
-                )))
-            }
+            other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
     let (views, next) = broadcasts::list(

@@ -45,6 +45,13 @@ impl ApiError {
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
+    /// `400` for a query parameter the route does not take, naming it as [`echoed`] does.
+    pub fn unknown_query_parameter(name: &str) -> Self {
+        Self::invalid(format!(
+            "unknown query parameter `{}`",
+            echoed(name, ECHOED_NAME)
+        ))
+    }
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such resource")
     }
@@ -296,6 +303,29 @@ where
     }
 }
 
+/// A client's text as an error message repeats it (an unknown field's or query parameter's
+/// name): at most `max` characters, then `…`, and a control or invisible formatting
+/// character written as its escape (`\u{202e}`), so an answer is bounded whatever was sent
+/// and shows what was sent.
+pub fn echoed(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max * 2));
+    for (i, c) in text.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if crate::domain::text::hidden_or_control(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What [`ApiError::unknown_query_parameter`] repeats of the parameter's name.
+pub const ECHOED_NAME: usize = 64;
+
 /// The response with the request id: in an error's body, as the error's shape asks, and in
 /// the `x-request-id` header.
 fn answered(mut res: Response, header: Result<HeaderValue, String>) -> Response {
@@ -322,9 +352,16 @@ fn answered(mut res: Response, header: Result<HeaderValue, String>) -> Response 
         }
         res = new;
     }
+    let headers = res.headers_mut();
     if let Ok(v) = header {
-        res.headers_mut().insert("x-request-id", v);
+        headers.insert("x-request-id", v);
     }
+    // Every answer is what its `Content-Type` says: a browser never sniffs one into HTML
+    // (the handshake's echoed `text/plain` challenge, an error naming what a client sent).
+    headers.insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     res
 }
 

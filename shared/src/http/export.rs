@@ -285,7 +285,7 @@ async fn export(
             _ => {
                 return super::error::ApiError::invalid(format!(
                     "unknown query parameter `{}`; the export takes only cursor",
-                    k.chars().take(40).collect::<String>()
+                    super::error::echoed(k, super::error::ECHOED_NAME)
                 ))
                 .into_response()
             }

@@ -114,11 +114,22 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>, well_formed: bool
         }
     };
     if path == "." || path.is_empty() {
-        what
+        super::error::echoed(&what, ECHOED_WHAT)
     } else {
-        format!("{what} (at `{path}`)")
+        format!(
+            "{} (at `{}`)",
+            super::error::echoed(&what, ECHOED_WHAT),
+            super::error::echoed(&path, ECHOED_PATH)
+        )
     }
 }
+
+/// At most this many characters of a problem's wording are answered: an unknown field's
+/// name is the client's, and a 180 KB name must not come back twice in a `400`. Long
+/// enough for serde's "expected one of" list of the largest body.
+const ECHOED_WHAT: usize = 600;
+/// At most this many characters of the problem's path.
+const ECHOED_PATH: usize = 120;
 
 /// One JSON value, and nothing after it but whitespace: `{…}garbage` or `{…}{…}` is
 /// malformed, as `serde_json::from_slice` (which a keyed send's fingerprint reads) has it.

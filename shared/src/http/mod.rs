@@ -475,11 +475,7 @@ pub(crate) fn page_query(
                     .ok_or_else(|| ApiError::invalid("limit must be 1 to 100"))?
             }
             "cursor" => cursor = Some(v.as_str()),
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "unknown query parameter `{other}`"
-                )))
-            }
+            other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
     Ok((limit, cursor))
@@ -515,11 +511,7 @@ async fn list_messages(
                     .ok_or_else(|| ApiError::invalid("limit must be 1 to 100"))?
             }
             "cursor" => q.cursor = Some(v.clone()),
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "unknown query parameter `{other}`"
-                )))
-            }
+            other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
     let page = s
@@ -534,11 +526,20 @@ async fn list_messages(
 
 async fn meta_verify(
     State(s): State<AppState>,
+    client: Option<axum::Extension<extract::ClientIp>>,
     // Meta's handshake: its three parameters right, or 403 (openapi); other parameters are
     // ignored, a repeated one reads as its last value (axum's own reading, not the API's,
     // which refuses a repeated parameter with 400).
     axum::extract::Query(params): axum::extract::Query<HashMap<String, String>>,
 ) -> ApiResult {
+    // A wrong verify token counts against its address as a bad signature does, so an
+    // operator's guessable token cannot be guessed at the request rate: past the
+    // allowance the address is answered `429` before the token is compared.
+    let addr = client.and_then(|c| c.0 .0);
+    if let Err(wait) = s.limits.webhook_allowed(addr, s.deps.clock.now()) {
+        crate::metrics::limited("webhook_bad_signatures");
+        return Err(crate::service::errors::ServiceError::from(wait).into());
+    }
     let ok = webhook::verify_subscription(
         &s.deps,
         params.get("hub.mode").map(String::as_str),
@@ -554,11 +555,14 @@ async fn meta_verify(
             "forbidden",
             "hub.challenge is missing",
         )),
-        _ => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "verify token does not match",
-        )),
+        _ => {
+            s.limits.webhook_bad_signature(addr, s.deps.clock.now());
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "verify token does not match",
+            ))
+        }
     }
 }
 

@@ -114,9 +114,7 @@ async fn get_usage(
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult {
     if let Some(other) = params.keys().find(|k| !matches!(k.as_str(), "from" | "to")) {
-        return Err(ApiError::invalid(format!(
-            "unknown query parameter `{other}`"
-        )));
+        return Err(ApiError::unknown_query_parameter(other));
     }
     let (from, to) = usage::range(
         params.get("from").map(String::as_str),

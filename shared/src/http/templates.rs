@@ -76,11 +76,7 @@ async fn list(
                         .ok_or_else(|| ApiError::invalid("invalid cursor"))?,
                 )
             }
-            other => {
-                return Err(ApiError::invalid(format!(
-                    "unknown query parameter `{other}`"
-                )))
-            }
+            other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
     let (views, next_cursor) = templates::list(&s.deps, &waba, &q).await?;

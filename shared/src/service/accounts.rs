@@ -63,9 +63,9 @@ impl From<&Tenant> for TenantView {
 }
 
 fn check_text(field: &str, v: &str, max: usize) -> Result<(), ServiceError> {
-    if v.trim().is_empty() || v.chars().count() > max {
+    if v.trim().is_empty() || v.chars().count() > max || !crate::domain::text::plain_label(v) {
         return Err(ServiceError::InvalidRequest(format!(
-            "{field} must be 1 to {max} characters"
+            "{field} must be 1 to {max} characters, without control or invisible formatting characters"
         )));
     }
     Ok(())

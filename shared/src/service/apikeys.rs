@@ -119,8 +119,10 @@ async fn create_within(
     capped: bool,
 ) -> Result<Minted, ServiceError> {
     let name = req.name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(invalid("name must be 1 to 100 characters"));
+    if name.is_empty() || name.chars().count() > 100 || !crate::domain::text::plain_label(name) {
+        return Err(invalid(
+            "name must be 1 to 100 characters, without control or invisible formatting characters",
+        ));
     }
     let now = deps.clock.now();
     let expires_at = match req.expires_in_days {

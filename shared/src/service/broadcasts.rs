@@ -233,10 +233,18 @@ pub fn recipients_from_csv(body: &[u8]) -> Result<Vec<String>, ServiceError> {
             return Err(too_many());
         }
         let cell = row.get(col).unwrap_or_default();
-        // (The reader trims ASCII spaces of byte records; a text cell, any space.)
-        out.push(String::from_utf8_lossy(cell).trim().to_owned());
+        out.push(written_number(&String::from_utf8_lossy(cell)));
     }
     Ok(out)
+}
+
+/// A number as people write it, with the spaces, dashes, dots and brackets dropped
+/// (`+60 12-345 6789` and `(+60) 12.345.6789` are `+60123456789`), as a CSV cell or a pasted
+/// list gives it; what is still no E.164 number is counted invalid as it is.
+pub fn written_number(cell: &str) -> String {
+    cell.chars()
+        .filter(|c| !c.is_whitespace() && !matches!(c, '-' | '.' | '(' | ')'))
+        .collect()
 }
 
 fn too_many() -> ServiceError {
@@ -293,10 +301,10 @@ pub async fn create_campaign(
     let campaign_retry_of = campaign.retry_of;
     let name = campaign.name.map(|n| n.trim().to_owned());
     if name.as_ref().is_some_and(|n| {
-        n.is_empty() || n.chars().count() > MAX_NAME || n.chars().any(char::is_control)
+        n.is_empty() || n.chars().count() > MAX_NAME || !crate::domain::text::plain_label(n)
     }) {
         return Err(ServiceError::InvalidRequest(format!(
-            "name must be 1 to {MAX_NAME} characters without control characters"
+            "name must be 1 to {MAX_NAME} characters, without control or invisible formatting characters"
         )));
     }
     let send_at = campaign

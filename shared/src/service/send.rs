@@ -173,8 +173,10 @@ fn check_component(i: usize, c: &serde_json::Value) -> Result<(), ServiceError> 
 pub fn parse(req: SendRequest) -> Result<(PhoneNumber, Draft, Option<String>), ServiceError> {
     let to = PhoneNumber::parse(&req.to).map_err(|_| ServiceError::InvalidPhoneNumber)?;
     if let Some(r) = &req.client_reference {
-        if r.chars().count() > 256 {
-            return Err(invalid("client_reference must be at most 256 characters"));
+        if r.chars().count() > 256 || !crate::domain::text::plain_label(r) {
+            return Err(invalid(
+                "client_reference must be at most 256 characters, without control or invisible formatting characters",
+            ));
         }
     }
     let content = match (req.template, req.text) {

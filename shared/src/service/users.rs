@@ -169,7 +169,7 @@ pub fn normalise_email(email: &str) -> Option<String> {
         && !domain.contains('@')
         && !e
             .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == ':');
+            .any(|c| c.is_whitespace() || crate::domain::text::hidden_in_email(c) || c == ':');
     ok.then_some(e)
 }
 

@@ -323,6 +323,30 @@ async fn a_csv_broadcast_sends_a_template_with_parameters_from_the_query(b: Back
     assert_eq!(app.credits(&t.key).await, 3);
 }
 
+/// A CSV upload's numbers may be written as people write them (spaces, dashes, dots,
+/// brackets: a spreadsheet's column as it was typed): they are sent; what is still no
+/// number is counted invalid, and echoed without those characters.
+async fn a_csv_uploads_numbers_may_be_written_as_people_write_them(b: Backend) {
+    let app = app_with(b, 80).await;
+    let t = app.onboard(5).await;
+    app.sandbox_template(
+        "1000001",
+        "pending_notice",
+        "en_US",
+        json!({"status": "approved"}),
+    )
+    .await;
+    let q = "template_name=pending_notice&template_language=en_US&template_category=utility";
+    let csv =
+        "phone,name\n\"+60 12-345 5201\",A\n(+60) 12.345.5202,B\n+60123455203,C\n\"01 23\",D\n";
+    let (s, body) = post_csv(&app, &t.key, q, csv.into()).await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(body["accepted"], 3, "{body}");
+    assert_eq!(body["invalid_count"], 1, "{body}");
+    assert_eq!(body["invalid"], json!(["0123"]), "{body}");
+    assert_eq!(app.credits(&t.key).await, 2);
+}
+
 /// A component nested deeper than a queue job can carry (a CSV upload's query holds it
 /// two levels down, its job four) is refused with the request, nothing paid: accepted, its
 /// fan-out job could never be read (parked, the campaign charged for a week), nor could
@@ -730,6 +754,10 @@ mod memory_backend {
         super::bad_broadcast_uploads_answer_400_and_change_nothing(Memory).await
     }
     #[tokio::test]
+    async fn a_csv_uploads_numbers_may_be_written_as_people_write_them() {
+        super::a_csv_uploads_numbers_may_be_written_as_people_write_them(Memory).await
+    }
+    #[tokio::test]
     async fn a_csv_broadcast_sends_a_template_with_parameters_from_the_query() {
         super::a_csv_broadcast_sends_a_template_with_parameters_from_the_query(Memory).await
     }
@@ -773,6 +801,10 @@ mod aws_backend_on_moto {
     #[tokio::test]
     async fn bad_broadcast_uploads_answer_400_and_change_nothing() {
         super::bad_broadcast_uploads_answer_400_and_change_nothing(Aws).await
+    }
+    #[tokio::test]
+    async fn a_csv_uploads_numbers_may_be_written_as_people_write_them() {
+        super::a_csv_uploads_numbers_may_be_written_as_people_write_them(Aws).await
     }
     #[tokio::test]
     async fn a_csv_broadcast_sends_a_template_with_parameters_from_the_query() {

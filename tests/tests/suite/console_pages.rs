@@ -431,6 +431,62 @@ async fn pasted_numbers_may_be_written_as_people_write_them_and_the_invalid_ones
     assert_eq!(app.credits(&t.key).await, 10 - 4);
 }
 
+/// A CSV file well inside the form's 10,000 rows and 2 MiB whose cells are long (notes
+/// beside the number, numbers written with spaces and dashes) is taken: its numbers as
+/// people write them are numbers, the rest are named and counted, and the request the
+/// console makes of them still fits the API's 256 KiB body (it was refused `413`).
+async fn a_csv_of_long_cells_within_the_forms_limits_makes_its_campaign(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/campaigns").await.csrf();
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("template", "order_update:en_US"),
+        ("parameters", "ORDER-7"),
+        ("numbers", ""),
+    ];
+    let mut csv = String::from("phone,name\n\"+60 12-345 0051\",Aminah\n(+60) 12.345.0052,Bala\n");
+    for i in 0..7_000 {
+        csv.push_str(&format!(
+            "\"+60 12-500 {i:04} (mobile, home, office)\",Someone\n"
+        ));
+    }
+    assert!(csv.len() < kirim::console::campaigns::UPLOAD_LIMIT);
+    let made = web
+        .post_multipart(
+            "/console/campaigns",
+            &fields,
+            &[("file", "list.csv", csv.as_bytes())],
+        )
+        .await;
+    assert_eq!(made.status, 200, "{}", made.html);
+    assert!(
+        made.html
+            .contains("7000 of the entries were not valid E.164 numbers")
+            && made.html.contains("+60125000000mobile,home,office,"),
+        "named whole, as written without its spaces and brackets: {}",
+        made.html
+    );
+    let (_, list) = call(&app, "GET", "/v1/broadcasts", Some(&t.key), None).await;
+    let id = list["broadcasts"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (_, view) = call(
+        &app,
+        "GET",
+        &format!("/v1/broadcasts/{id}"),
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!(view["accepted"], 2, "{view}");
+    assert_eq!(view["invalid_count"], 7_000, "{view}");
+    assert_eq!(app.credits(&t.key).await, 10 - 2);
+}
+
 /// Enrols and confirms 2FA through the API with the session `token`.
 async fn turn_on_2fa(app: &TestApp, token: &str) {
     let (_, e) = call(app, "POST", "/v1/auth/2fa/enroll", Some(token), None).await;
@@ -2367,6 +2423,7 @@ on_both_backends!(
     the_send_form_takes_the_catalogues_category_and_keeps_a_refused_form_as_typed,
     a_console_admin_cannot_remove_themselves_but_another_admin_can,
     pasted_numbers_may_be_written_as_people_write_them_and_the_invalid_ones_are_named,
+    a_csv_of_long_cells_within_the_forms_limits_makes_its_campaign,
     the_two_factor_page_offers_set_up_only_to_a_user_without_it,
     an_admin_who_requires_2fa_without_it_is_told_why_the_2fa_page_is_all_there_is,
     a_role_that_may_not_act_is_refused_at_once_not_asked_to_confirm_or_mend,

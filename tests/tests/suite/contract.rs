@@ -766,10 +766,9 @@ async fn statuses_move_only_forward_and_failed_yields_only_to_delivered_or_read(
     let got = p.messages.get_message(&t.id, &m.id).await.unwrap().unwrap();
     assert_eq!(got.status, MessageStatus::Read);
     assert_eq!(got.wamid.as_deref(), Some("wamid.X"));
-    assert_eq!(
-        got.error.as_ref().map(|e| e.code.clone()),
-        Some(131026.into())
-    );
+    // Read proves delivery: the failure's error no longer describes the message (its
+    // trail still shows the failure).
+    assert_eq!(got.error, None, "{:?}", got.error);
     let trail: Vec<MessageStatus> = got.events.iter().map(|e| e.status).collect();
     assert_eq!(
         trail,
@@ -854,6 +853,26 @@ async fn a_message_released_for_retry_can_be_claimed_again_but_only_from_sending
         panic!("second claim refused")
     };
     assert_eq!(r.attempts, 2);
+    // The retried try's error is the message's until Meta accepts it: then it is gone.
+    assert_eq!(
+        r.error.as_ref().map(|e| e.code.clone()),
+        Some(131000.into())
+    );
+    let sent = StatusChange {
+        wamid: Some("wamid.R".into()),
+        ..Default::default()
+    };
+    let Transition::Applied(r) = p
+        .messages
+        .transition(&t.id, &m.id, MessageStatus::Sent, &sent, now)
+        .await
+        .unwrap()
+    else {
+        panic!("sent refused")
+    };
+    assert_eq!(r.error, None);
+    let got = p.messages.get_message(&t.id, &m.id).await.unwrap().unwrap();
+    assert_eq!(got.error, None);
 }
 
 /// Every message of the tenant in `status`, newest first, a page of `limit` at a time.

@@ -151,6 +151,19 @@ async fn bad_send_requests_answer_precise_errors_and_change_nothing(b: Backend) 
             400,
             "invalid_request",
         ),
+        // A reference a receiver or the console would show otherwise than it is: a control
+        // character, a direction override.
+        (
+            br#"{"to":"+60123456789","text":{"body":"x"},"client_reference":"a\u0000b"}"#.to_vec(),
+            400,
+            "invalid_request",
+        ),
+        (
+            br#"{"to":"+60123456789","text":{"body":"x"},"client_reference":"\u202egnp.exe"}"#
+                .to_vec(),
+            400,
+            "invalid_request",
+        ),
     ];
     for (body, status, code) in cases {
         let res = post_raw(&app, &t.key, body).await;
@@ -520,7 +533,173 @@ async fn the_subscription_handshake_echoes_the_challenge_only_for_the_right_toke
         .await
         .unwrap();
     assert_eq!(extra.status(), 200);
+    // The echoed challenge is never sniffed into a page.
+    assert_eq!(
+        extra
+            .headers()
+            .get("x-content-type-options")
+            .map(|v| v.as_bytes()),
+        Some(&b"nosniff"[..])
+    );
     assert_eq!(extra.text().await.unwrap(), "7");
+}
+
+/// Wrong verify tokens are counted against their address as bad signatures are: past the
+/// allowance (10) the address is answered `429` before any token is compared, so a weak
+/// token an operator chose cannot be guessed at the request rate.
+async fn guessing_the_verify_token_is_slowed_per_address(b: Backend) {
+    let app = spawn_app(b).await;
+    let guess = |token: &str| {
+        app.http
+            .get(app.url(&format!(
+                "/webhooks/meta?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=9"
+            )))
+            .send()
+    };
+    for i in 0..10 {
+        assert_eq!(
+            guess(&format!("guess{i}")).await.unwrap().status(),
+            403,
+            "{i}"
+        );
+    }
+    let refused = guess("guess10").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    // Even the right one, from this address, until it has waited.
+    let right = guess("test-verify-token").await.unwrap();
+    assert_eq!(right.status(), 429);
+}
+
+/// An error that names what the client sent (an unknown field, an unknown query
+/// parameter) repeats a bounded part of it, its invisible characters escaped: a 100 KB
+/// name does not come back twice in the answer.
+async fn an_error_repeats_a_bounded_and_escaped_part_of_an_unknown_name(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let long = format!("x\u{202e}{}", "n".repeat(100_000));
+    let res = post_raw(
+        &app,
+        &t.key,
+        format!(r#"{{"to":"+60123456789","text":{{"body":"x"}},"{long}":1}}"#),
+    )
+    .await;
+    let (s, c, full) = error_of(res).await;
+    assert_eq!((s, c.as_str()), (400, "invalid_request"));
+    let message = full["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("unknown field `x\\u{202e}nnn"),
+        "{message}"
+    );
+    assert!(message.contains('…'), "{message}");
+    assert!(
+        message.chars().count() < 1_000,
+        "{} chars",
+        message.chars().count()
+    );
+    let res = app
+        .http
+        .get(app.url(&format!("/v1/messages?{}=1", "q".repeat(5_000))))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    let (s, _, full) = error_of(res).await;
+    assert_eq!(s, 400);
+    let message = full["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("unknown query parameter `qqq"),
+        "{message}"
+    );
+    assert!(message.chars().count() < 100, "{message}");
+    assert_eq!(app.credits(&t.key).await, 5, "nothing debited");
+}
+
+/// Names and references a person types are shown to others (the console, the audit, a
+/// callback's receiver): a control character or a direction override is refused, with
+/// nothing written; a name in any script, with its joiners, is taken.
+async fn names_with_hidden_or_control_characters_are_refused_and_change_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let post = |path: &'static str, body: Value| {
+        app.http
+            .post(app.url(path))
+            .bearer_auth(&t.key)
+            .json(&body)
+            .send()
+    };
+    for name in [
+        "billing\u{0}",
+        "\u{202e}gnp.exe",
+        "zero\u{200b}width",
+        "a\nb",
+    ] {
+        let (s, c, full) = error_of(
+            post("/v1/api-keys", json!({"name": name, "role": "operator"}))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (s, c.as_str()),
+            (400, "invalid_request"),
+            "{name:?}: {full}"
+        );
+    }
+    let (s, c, _) = error_of(
+        post(
+            "/v1/users",
+            json!({"email": "ad\u{200d}min@example.com", "role": "operator", "password": "a long enough password"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!((s, c.as_str()), (400, "invalid_request"));
+    let keys: Value = app
+        .http
+        .get(app.url("/v1/api-keys"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys["api_keys"].as_array().map(Vec::len), Some(1), "{keys}");
+    let users: Value = app
+        .http
+        .get(app.url("/v1/users"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(users["users"].as_array().map(Vec::len), Some(0), "{users}");
+    // The operator's labels too: a tenant's name, a top-up's reference.
+    let res = app
+        .http
+        .post(app.url("/v1/platform/tenants"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .json(
+            &json!({"name": "Acme\u{2066}", "waba_id": "88001", "phone_number_id": "99001",
+            "meta_access_token": "EAAG-token", "initial_credits": 1}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (s, _, full) = error_of(res).await;
+    assert_eq!(s, 400, "{full}");
+    // A name in another script, with its zero-width non-joiner, is a name.
+    let res = post(
+        "/v1/api-keys",
+        json!({"name": "کلید\u{200c}ها", "role": "operator"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
 }
 
 async fn every_response_has_a_request_id_and_unknown_routes_answer_the_error_shape(b: Backend) {
@@ -902,6 +1081,9 @@ on_both_backends!(
     the_subscription_handshake_echoes_the_challenge_only_for_the_right_token,
     every_response_has_a_request_id_and_unknown_routes_answer_the_error_shape,
     a_meta_webhook_body_up_to_three_mib_is_read_and_a_larger_one_is_refused,
+    guessing_the_verify_token_is_slowed_per_address,
+    an_error_repeats_a_bounded_and_escaped_part_of_an_unknown_name,
+    names_with_hidden_or_control_characters_are_refused_and_change_nothing,
 );
 
 /// Local mode pointed at a real Meta (`KIRIM_META_BASE_URL`) serves none of the sandbox's

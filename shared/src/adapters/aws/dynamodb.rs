@@ -739,6 +739,16 @@ impl DynamoStore {
         }
         let mut expression = format!("SET {}", set.join(", "));
         expression.push_str(remove);
+        // Sent, delivered or read: a retried try's error, or a failure Meta reported before
+        // delivery proved otherwise, no longer describes it (`StatusChange::apply_to`).
+        if change.error.is_none() && to.clears_error() {
+            names.insert("#error".into(), "error".into());
+            expression.push_str(if remove.is_empty() {
+                " REMOVE #error"
+            } else {
+                ", #error"
+            });
+        }
         if change.count_attempt {
             expression.push_str(" ADD attempts :one");
             values.insert(":one".into(), n(1));
