@@ -183,21 +183,100 @@ pub struct LocalApp {
     pub deps: Deps,
     pub sandbox: Sandbox,
     pub secrets: LocalSecrets,
+    /// The schedules (owed callbacks, retention, metrics): stopped by aborting.
     tasks: Vec<JoinHandle<()>>,
+    /// The queue pollers: each ends after the batch it is handling once told to stop.
+    pollers: Vec<JoinHandle<()>>,
+    stop_pollers: tokio::sync::watch::Sender<bool>,
+    /// The HTTP server: stops taking connections, and ends once its requests are answered.
+    server: Option<JoinHandle<()>>,
+    stop_server: tokio::sync::watch::Sender<bool>,
 }
+
+/// How long [`LocalApp::stop`] waits for the pollers' batches, and then for the server's
+/// requests, before it aborts what is left: past the dispatcher's own 60 s bound on a batch
+/// on Lambda is not needed here (a local batch waits on the in-process sandbox).
+pub const STOP_GRACE: Duration = Duration::from_secs(30);
 
 impl LocalApp {
     /// Waits until the server stops (it runs until the process is stopped).
     pub async fn wait(mut self) {
-        if let Some(server) = self.tasks.pop() {
+        if let Some(server) = self.server.take() {
             let _ = server.await;
+        }
+    }
+
+    /// Runs until the server stops, or until the process is asked to stop (Ctrl-C, SIGINT or
+    /// SIGTERM), and then stops as [`Self::stop`] does.
+    pub async fn run_until_stopped(mut self) {
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        tokio::select! {
+            _ = &mut server => {}
+            () = stop_asked() => {
+                println!("kirim-local: stopping (the queues' batches in hand first, then the server's requests)");
+                self.server = Some(server);
+                self.stop(STOP_GRACE).await;
+            }
+        }
+    }
+
+    /// Stops as a deployment would drain: the queue pollers take no new batch and finish the
+    /// one in hand (a message claimed is sent or released, never left `sending` for its
+    /// deadline), then the server takes no new connection and answers the requests it has;
+    /// each waits at most `grace`, then what is left is aborted. What the Meta sandbox still
+    /// owes (its status webhooks, its outbox) lives in this process and is lost with it.
+    pub async fn stop(mut self, grace: Duration) {
+        let _ = self.stop_pollers.send(true);
+        let pollers = futures::future::join_all(std::mem::take(&mut self.pollers));
+        if tokio::time::timeout(grace, pollers).await.is_err() {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "queue pollers still busy at the stop: aborted"
+            );
+        }
+        let _ = self.stop_server.send(true);
+        if let Some(server) = self.server.take() {
+            let abort = server.abort_handle();
+            if tokio::time::timeout(grace, server).await.is_err() {
+                tracing::warn!(
+                    grace_secs = grace.as_secs(),
+                    "requests still open at the stop: aborted"
+                );
+                abort.abort();
+            }
         }
     }
 }
 
+/// Ctrl-C / SIGINT, or SIGTERM (what `kill` and a container's stop send).
+async fn stop_asked() {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// Resolves once `stop` holds `true` (or its sender is gone).
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 impl Drop for LocalApp {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.pollers).chain(&self.server) {
             t.abort();
         }
     }
@@ -515,18 +594,21 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
     let router = kirim::http::app(deps.clone(), sandbox_routes);
 
     let mut tasks = Vec::new();
+    let (stop_pollers, stop_rx) = tokio::sync::watch::channel(false);
+    let mut pollers = Vec::new();
     for _ in 0..cfg.pollers {
         let d = deps.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
+        let stop = stop_rx.clone();
+        pollers.push(tokio::spawn(async move {
+            while !*stop.borrow() {
                 kirim::queue_handlers::poll_once(&d, Duration::from_secs(1)).await;
             }
         }));
     }
     // One poller delivers status callbacks (one at a time per batch keeps them in order).
     let d = deps.clone();
-    tasks.push(tokio::spawn(async move {
-        loop {
+    pollers.push(tokio::spawn(async move {
+        while !*stop_rx.borrow() {
             kirim::queue_handlers::poll_callbacks_once(&d, Duration::from_secs(1)).await;
         }
     }));
@@ -555,17 +637,21 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
     tasks.push(tokio::spawn(kirim::metrics::flush_every(
         kirim::metrics::FLUSH_EVERY,
     )));
-    tasks.push(tokio::spawn(async move {
+    let (stop_server, server_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
         let svc = axum::ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(
             ToCompletion(tower::ServiceExt::<Request>::map_request(
                 router,
                 client_ip_from_peer,
             )),
         );
-        if let Err(e) = axum::serve(listener, svc).await {
+        if let Err(e) = axum::serve(listener, svc)
+            .with_graceful_shutdown(stopped(server_rx))
+            .await
+        {
             tracing::error!(error = %e, "server stopped");
         }
-    }));
+    });
     Ok(LocalApp {
         addr,
         base_url,
@@ -573,6 +659,10 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         sandbox,
         secrets,
         tasks,
+        pollers,
+        stop_pollers,
+        server: Some(server),
+        stop_server,
     })
 }
 

@@ -48,6 +48,7 @@ async fn main() -> std::process::ExitCode {
         };
         println!("  {name}={value}  (generated; set it to keep it stable)");
     }
-    app.wait().await;
+    // Ctrl-C or SIGTERM drains (the batches in hand, then the requests) before it exits.
+    app.run_until_stopped().await;
     std::process::ExitCode::SUCCESS
 }

@@ -3666,7 +3666,54 @@ async fn the_retention_run_settles_a_scheduled_message_whose_job_was_lost(b: Bac
     assert_eq!(credits().await, charged + lost.price);
 }
 
+/// Local mode asked to stop (Ctrl-C or SIGTERM: `LocalApp::stop`) drains as a deployment
+/// would: the poller finishes the batch in hand, so a message claimed when the stop came is
+/// sent, not left `sending` until its deadline (then charged as `outcome_unknown`), and only
+/// then does the server stop taking requests. (Until stop 58 the process ignored the
+/// signals: a Ctrl-C was a kill.)
+async fn a_stopped_local_mode_sends_the_message_it_claimed_and_then_takes_no_request(
+    backend: Backend,
+) {
+    let mut cfg = kirim_tests::local_config(backend).await;
+    // The sandbox's 0005 answers after this, within the Meta timeout: the stop comes while
+    // it is being sent.
+    cfg.sandbox_slow_delay = Duration::from_secs(2);
+    cfg.settings.meta_timeout = Duration::from_secs(10);
+    let t = kirim_tests::spawn_with(cfg).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let id = t.send_ok(&o.key, "+60123450005").await;
+    let id = MessageId::parse(&id).expect("a message id");
+    let deps = t.app.deps.clone();
+    let mut claimed = false;
+    for _ in 0..200 {
+        let m = deps.messages.get_message(&tenant, &id).await.unwrap();
+        if m.is_some_and(|m| m.status == MessageStatus::Sending) {
+            claimed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(claimed, "the dispatcher claimed it");
+    let base = t.app.base_url.clone();
+    let TestApp { app, http, .. } = t;
+    app.stop(Duration::from_secs(30)).await;
+    let m = deps
+        .messages
+        .get_message(&tenant, &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.status, MessageStatus::Sent, "{:?}", m.events);
+    assert!(m.wamid.is_some());
+    assert!(
+        http.get(format!("{base}/health")).send().await.is_err(),
+        "no request is taken after the stop"
+    );
+}
+
 on_both_backends!(
+    a_stopped_local_mode_sends_the_message_it_claimed_and_then_takes_no_request,
     a_send_whose_job_the_queue_refuses_for_good_is_not_answered_as_worth_a_retry,
     a_replay_queues_nothing_for_a_message_a_busy_number_just_gave_back,
     an_unknown_meta_code_is_retried_as_metas_is_transient_says,
