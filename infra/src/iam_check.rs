@@ -81,7 +81,8 @@ fn resource_service(r: Resource) -> &'static str {
         | Resource::TotpKey
         | Resource::MetaTokens
         | Resource::TenantSecrets
-        | Resource::CallbackSecrets => "secretsmanager",
+        | Resource::CallbackSecrets
+        | Resource::AnySecret => "secretsmanager",
         Resource::TotpSeedKey => "kms",
     }
 }
@@ -222,12 +223,13 @@ impl Role {
     }
 
     /// Allows minus denies, `*` spelt out over the stack's resources of the action's
-    /// service (and kept, for everything else).
+    /// service (and kept, for everything else); an action IAM authorises on `*` only
+    /// (`kirim::iam::UNSCOPED`) stays on `*`: it covers no narrower resource.
     fn effective(&self) -> Grants {
         let mut out = Grants::new();
         for (r, a) in &self.allow {
             out.entry(r.clone()).or_default().insert(a.clone());
-            if r == "*" {
+            if r == "*" && !kirim::iam::UNSCOPED.contains(&a.as_str()) {
                 for known in Resource::ALL {
                     if resource_service(known) == service(a) {
                         out.entry(known.in_template().to_owned())

@@ -45,10 +45,17 @@ pub enum Resource {
     TenantSecrets,
     /// Tenants' status-callback secrets only: `${StackName}/tenants/*/status-callback-secret*`.
     CallbackSecrets,
+    /// `*`, for Secrets Manager's actions IAM authorises on no narrower resource
+    /// ([`UNSCOPED`]: `ListSecrets`, which names no secret).
+    AnySecret,
 }
 
+/// Actions IAM authorises on `*` only (they name no resource): granted on
+/// [`Resource::AnySecret`], and a grant of them on `*` covers nothing narrower.
+pub const UNSCOPED: &[&str] = &["secretsmanager:ListSecrets"];
+
 impl Resource {
-    pub const ALL: [Resource; 16] = [
+    pub const ALL: [Resource; 17] = [
         Resource::Table,
         Resource::TableIndexes,
         Resource::DispatchQueue,
@@ -65,6 +72,7 @@ impl Resource {
         Resource::MetaTokens,
         Resource::TenantSecrets,
         Resource::CallbackSecrets,
+        Resource::AnySecret,
     ];
 
     /// How `template.yaml` refers to it: a logical id, or the ARN pattern (`!Sub`) after
@@ -89,6 +97,7 @@ impl Resource {
             Resource::CallbackSecrets => {
                 "secret:${AWS::StackName}/tenants/*/status-callback-secret*"
             }
+            Resource::AnySecret => "*",
         }
     }
 }
@@ -252,6 +261,12 @@ const RETENTION: &[Grant] = &[
     on(AuditKey, SecretsManagerStore::READ),
     // The daily template catalogue sync reads Meta with each tenant's own token.
     on(MetaTokens, SecretsManagerStore::READ),
+    // Meta-token secrets of no tenant (an onboarding that failed or died between its
+    // secret and its tenant) are found by listing the tenants' secrets by name prefix
+    // (`retention::delete_orphan_secrets`; names and dates, never a value), then deleted
+    // (`DELETE` above). ListSecrets names no secret: IAM grants it on `*` only. Here
+    // only: the on-demand run (`POST /v1/platform/retention/run`) does not list.
+    on(AnySecret, SecretsManagerStore::LIST),
     // A message its lost dispatch job left unsent, settled, has its status callback queued.
     on(CallbackQueue, SqsQueue::SEND),
 ];
@@ -349,6 +364,7 @@ mod tests {
             &["secretsmanager:UpdateSecretVersionStage"],
         ),
         ("tag_resource", &["secretsmanager:TagResource"]),
+        ("list_secrets", &["secretsmanager:ListSecrets"]),
         ("generate_data_key", &["kms:GenerateDataKey"]),
         ("decrypt", &["kms:Decrypt"]),
     ];
@@ -432,6 +448,7 @@ mod tests {
                     SecretsManagerStore::WRITE,
                     SecretsManagerStore::DELETE,
                     SecretsManagerStore::PROMOTE,
+                    SecretsManagerStore::LIST,
                 ],
             ),
             (
@@ -467,6 +484,23 @@ mod tests {
                 matches!(f, Function::Retention | Function::AdminApi),
                 "{f:?}"
             );
+        }
+    }
+
+    #[test]
+    fn only_the_retention_function_may_list_secrets_and_only_on_any_secret() {
+        for f in Function::ALL {
+            for (r, actions) in f.needs() {
+                let lists = actions.contains("secretsmanager:ListSecrets");
+                assert_eq!(
+                    lists,
+                    f == Function::Retention && r == Resource::AnySecret,
+                    "{f:?} on {r:?}"
+                );
+                if r == Resource::AnySecret {
+                    assert!(actions.iter().all(|a| UNSCOPED.contains(a)), "{f:?}");
+                }
+            }
         }
     }
 

@@ -977,6 +977,24 @@ pub struct Redriven {
     pub unsent: Vec<String>,
 }
 
+/// One secret as a listing names it: its name and times, never a value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedSecret {
+    pub name: String,
+    /// When the secret was created (Secrets Manager: `CreatedDate`).
+    pub created_at: Option<DateTime<Utc>>,
+    /// When it last changed (a version stored or staged, a label moved: `LastChangedDate`).
+    pub changed_at: Option<DateTime<Utc>>,
+}
+
+/// One page of a [`SecretStore::list_secrets`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SecretPage {
+    pub secrets: Vec<ListedSecret>,
+    /// The token of the next page; `None` at the end.
+    pub next: Option<String>,
+}
+
 #[async_trait]
 pub trait SecretStore: Send + Sync {
     /// Creates the secret, or stores a new current version if it exists.
@@ -1008,6 +1026,16 @@ pub trait SecretStore: Send + Sync {
         name: &str,
         version: &str,
     ) -> Result<Option<Secret>, StoreError>;
+    /// One page of the secrets whose names begin with `prefix`, in no promised order, from
+    /// the start or after `page` (the `next` a previous page answered): names and times,
+    /// never a value. One scheduled for deletion is not listed. A page holds at most
+    /// `limit` (1 to 100), and may hold fewer, even none, with a `next` all the same.
+    async fn list_secrets(
+        &self,
+        prefix: &str,
+        page: Option<&str>,
+        limit: usize,
+    ) -> Result<SecretPage, StoreError>;
 }
 
 pub trait Clock: Send + Sync {

@@ -533,6 +533,8 @@ pub struct ScriptedSecrets {
     pub inner: Arc<dyn kirim::ports::SecretStore>,
     pub reads: Refuse,
     pub deletes: Refuse,
+    /// Listings whose prefix it refuses.
+    pub lists: Refuse,
     /// Reads of current versions (`get_secret`) so far.
     pub read_count: std::sync::atomic::AtomicUsize,
 }
@@ -543,6 +545,7 @@ impl ScriptedSecrets {
             inner,
             reads: Refuse::Nothing,
             deletes: Refuse::Nothing,
+            lists: Refuse::Nothing,
             read_count: Default::default(),
         }
     }
@@ -614,5 +617,14 @@ impl kirim::ports::SecretStore for ScriptedSecrets {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.reads.refuses(name)?;
         self.inner.get_secret_version(name, version).await
+    }
+    async fn list_secrets(
+        &self,
+        prefix: &str,
+        page: Option<&str>,
+        limit: usize,
+    ) -> Result<kirim::ports::SecretPage, kirim::store_error::StoreError> {
+        self.lists.refuses(prefix)?;
+        self.inner.list_secrets(prefix, page, limit).await
     }
 }

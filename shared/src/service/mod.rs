@@ -610,6 +610,14 @@ mod secret_cache_tests {
         ) -> Result<Option<Secret>, StoreError> {
             self.0.get_secret_version(name, version).await
         }
+        async fn list_secrets(
+            &self,
+            prefix: &str,
+            page: Option<&str>,
+            limit: usize,
+        ) -> Result<crate::ports::SecretPage, StoreError> {
+            self.0.list_secrets(prefix, page, limit).await
+        }
     }
 
     #[tokio::test]

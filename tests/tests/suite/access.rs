@@ -1221,6 +1221,14 @@ impl kirim::ports::SecretStore for FlakySecrets {
     ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
         self.inner.get_secret_version(name, version).await
     }
+    async fn list_secrets(
+        &self,
+        prefix: &str,
+        page: Option<&str>,
+        limit: usize,
+    ) -> Result<kirim::ports::SecretPage, kirim::store_error::StoreError> {
+        self.inner.list_secrets(prefix, page, limit).await
+    }
 }
 
 /// An API key's request does not depend on the operator token's secret: with Secrets

@@ -1564,6 +1564,14 @@ impl kirim::ports::SecretStore for SecretsDown {
     ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
         Err(kirim::store_error::StoreError::Unavailable("down".into()))
     }
+    async fn list_secrets(
+        &self,
+        _: &str,
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<kirim::ports::SecretPage, kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable("down".into()))
+    }
 }
 
 /// A sign-out posted without the session cookie (another site's form: the `SameSite=Strict`

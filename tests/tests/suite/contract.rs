@@ -1854,6 +1854,67 @@ async fn a_replaced_secret_is_current_whether_it_was_absent_live_or_being_delete
     store.delete_secret(&name).await.unwrap();
 }
 
+/// The secrets under a name prefix are listed a page at a time, with their creation and
+/// last change times and never a value: every one under the prefix once, none elsewhere (a
+/// sibling prefix, the prefix inside a longer name), none scheduled for deletion.
+async fn secrets_are_listed_by_name_prefix_a_page_at_a_time_with_their_dates(p: Ports) {
+    let root = format!("kirim-test/{}", ulid::Ulid::new());
+    let prefix = format!("{root}/tenants/");
+    let store = p.secrets.store();
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    let mut under: Vec<String> = (0..5).map(|i| format!("{prefix}t{i}/meta-token")).collect();
+    let elsewhere = [
+        format!("{root}/tenantsx/t0/meta-token"),
+        format!("{root}/operator-token"),
+        format!("other/{prefix}t0/meta-token"),
+    ];
+    for name in under.iter().chain(&elsewhere) {
+        store.put_secret(name, &Secret::new("v")).await.unwrap();
+    }
+    let gone = under.remove(4);
+    store.delete_secret(&gone).await.unwrap();
+    let mut listed = Vec::new();
+    let mut page: Option<String> = None;
+    for _ in 0..20 {
+        let got = store
+            .list_secrets(&prefix, page.as_deref(), 2)
+            .await
+            .unwrap();
+        assert!(got.secrets.len() <= 2, "{got:?}");
+        listed.extend(got.secrets);
+        page = got.next;
+        if page.is_none() {
+            break;
+        }
+    }
+    assert_eq!(page, None, "the listing ends");
+    let mut names: Vec<String> = listed.iter().map(|s| s.name.clone()).collect();
+    names.sort();
+    assert_eq!(
+        names, under,
+        "each one under the prefix, once; none deleted"
+    );
+    let after = Utc::now() + chrono::Duration::seconds(5);
+    for s in &listed {
+        let created = s.created_at.expect("a creation time");
+        let changed = s.changed_at.expect("a last change time");
+        assert!(before <= created && created <= after, "{s:?}");
+        assert!(created <= changed && changed <= after, "{s:?}");
+    }
+    for name in under.iter().chain(&elsewhere) {
+        store.delete_secret(name).await.unwrap();
+    }
+    assert_eq!(
+        store
+            .list_secrets(&prefix, None, 100)
+            .await
+            .unwrap()
+            .secrets,
+        vec![],
+        "all deleted"
+    );
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory_adapters {
@@ -1895,6 +1956,7 @@ contract!(
     parked_messages_are_listed_in_place_and_redriven_by_id_or_all_at_once,
     secrets_keep_the_previous_version_during_rotation,
     concurrent_first_writes_of_one_secret_all_succeed,
+    secrets_are_listed_by_name_prefix_a_page_at_a_time_with_their_dates,
     a_staged_secret_version_is_current_only_once_promoted_and_read_by_id_meanwhile,
     a_meta_token_replacement_is_recorded_on_an_open_tenant_only,
     a_replaced_secret_is_current_whether_it_was_absent_live_or_being_deleted,

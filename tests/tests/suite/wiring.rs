@@ -145,6 +145,26 @@ impl SecretStore for Granted {
         self.check(name, SecretsManagerStore::READ)?;
         self.inner.get_secret_version(name, version).await
     }
+    /// ListSecrets names no secret: granted on `*` (`Resource::AnySecret`) or not at all.
+    async fn list_secrets(
+        &self,
+        prefix: &str,
+        page: Option<&str>,
+        limit: usize,
+    ) -> Result<kirim::ports::SecretPage, StoreError> {
+        let granted = self
+            .function
+            .needs()
+            .get(&Resource::AnySecret)
+            .is_some_and(|a| SecretsManagerStore::LIST.iter().all(|x| a.contains(x)));
+        if !granted {
+            return Err(StoreError::Misconfigured(format!(
+                "{} may not list secrets",
+                self.function.name()
+            )));
+        }
+        self.inner.list_secrets(prefix, page, limit).await
+    }
 }
 
 /// A callback receiver on a free loopback port, counting what it accepted.

@@ -4,7 +4,7 @@ use aws_sdk_secretsmanager::Client;
 use chrono::{DateTime, Utc};
 
 use super::classify;
-use crate::ports::SecretStore;
+use crate::ports::{ListedSecret, SecretPage, SecretStore};
 use crate::secret::Secret;
 use crate::store_error::StoreError;
 
@@ -29,6 +29,9 @@ impl SecretsManagerStore {
         "secretsmanager:UpdateSecretVersionStage",
     ];
     pub const DELETE: &'static [&'static str] = &["secretsmanager:DeleteSecret"];
+    /// Secrets listed by name prefix ([`SecretStore::list_secrets`]): names and dates,
+    /// never a value. IAM authorises ListSecrets on `*` only (it names no secret).
+    pub const LIST: &'static [&'static str] = &["secretsmanager:ListSecrets"];
     /// A replacement ([`SecretStore::replace_secret`]) of a secret that may be scheduled for
     /// deletion: described (whether it is; never a value), restored if so. The put itself
     /// is [`Self::WRITE`].
@@ -263,6 +266,49 @@ impl SecretStore for SecretsManagerStore {
         Ok(self.read(name, Pick::Id(version)).await?.map(|(s, _)| s))
     }
 
+    /// `ListSecrets` with its `name` filter (a prefix match), which leaves out secrets
+    /// scheduled for deletion unless asked. What it answers is checked against `prefix`
+    /// again: a name that does not begin with it is never listed.
+    async fn list_secrets(
+        &self,
+        prefix: &str,
+        page: Option<&str>,
+        limit: usize,
+    ) -> Result<SecretPage, StoreError> {
+        use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType};
+        let out = self
+            .client
+            .list_secrets()
+            .filters(
+                Filter::builder()
+                    .key(FilterNameStringType::Name)
+                    .values(prefix)
+                    .build(),
+            )
+            .max_results(i32::try_from(limit.clamp(1, 100)).unwrap_or(100))
+            .set_next_token(page.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| classify("secretsmanager list", e))?;
+        let secrets = out
+            .secret_list()
+            .iter()
+            .filter(|s| s.deleted_date().is_none())
+            .filter_map(|s| {
+                let name = s.name().filter(|n| n.starts_with(prefix))?;
+                Some(ListedSecret {
+                    name: name.to_owned(),
+                    created_at: date(s.created_date()),
+                    changed_at: date(s.last_changed_date()),
+                })
+            })
+            .collect();
+        Ok(SecretPage {
+            secrets,
+            next: out.next_token().map(str::to_owned),
+        })
+    }
+
     async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
         match self
             .client
@@ -288,6 +334,11 @@ impl SecretStore for SecretsManagerStore {
             Err(e) => Err(classify("secretsmanager delete", e)),
         }
     }
+}
+
+/// A date Secrets Manager answered, as chrono's.
+fn date(d: Option<&aws_sdk_secretsmanager::primitives::DateTime>) -> Option<DateTime<Utc>> {
+    d.and_then(|d| DateTime::from_timestamp(d.secs(), d.subsec_nanos()))
 }
 
 /// The version id Secrets Manager answered a write with (always present on success).

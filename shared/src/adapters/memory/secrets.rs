@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::ports::SecretStore;
+use crate::ports::{ListedSecret, SecretPage, SecretStore};
 use crate::secret::Secret;
 use crate::store_error::StoreError;
 
@@ -19,6 +19,10 @@ struct Versions {
     /// When the current version became current.
     current_at: DateTime<Utc>,
     previous: Option<String>,
+    /// When the name was created, and when a version was last added or made current
+    /// (Secrets Manager's `CreatedDate` and `LastChangedDate`).
+    created_at: DateTime<Utc>,
+    changed_at: DateTime<Utc>,
 }
 
 impl Versions {
@@ -30,6 +34,7 @@ impl Versions {
         if self.current != id {
             self.previous = Some(std::mem::replace(&mut self.current, id.to_owned()));
             self.current_at = Utc::now();
+            self.changed_at = self.current_at;
         }
     }
 }
@@ -57,16 +62,20 @@ impl MemorySecrets {
         match map.get_mut(name) {
             Some(versions) => {
                 versions.by_id.insert(id.clone(), value.clone());
+                versions.changed_at = Utc::now();
                 Ok((id, false))
             }
             None => {
+                let now = Utc::now();
                 map.insert(
                     name.to_owned(),
                     Versions {
                         by_id: HashMap::from([(id.clone(), value.clone())]),
                         current: id.clone(),
-                        current_at: Utc::now(),
+                        current_at: now,
                         previous: None,
+                        created_at: now,
+                        changed_at: now,
                     },
                 );
                 Ok((id, true))
@@ -131,5 +140,36 @@ impl SecretStore for MemorySecrets {
     ) -> Result<Option<Secret>, StoreError> {
         let map = self.inner.lock().map_err(poisoned)?;
         Ok(map.get(name).and_then(|v| v.get(version)))
+    }
+
+    /// In name order; the token is the last name of the page (a deletion here is at once:
+    /// nothing is ever scheduled for deletion).
+    async fn list_secrets(
+        &self,
+        prefix: &str,
+        page: Option<&str>,
+        limit: usize,
+    ) -> Result<SecretPage, StoreError> {
+        let map = self.inner.lock().map_err(poisoned)?;
+        let mut names: Vec<&String> = map
+            .keys()
+            .filter(|n| n.starts_with(prefix) && page.is_none_or(|after| n.as_str() > after))
+            .collect();
+        names.sort();
+        let limit = limit.clamp(1, 100);
+        let more = names.len() > limit;
+        names.truncate(limit);
+        let next = more.then(|| names.last().map(|n| (*n).clone())).flatten();
+        let secrets = names
+            .into_iter()
+            .filter_map(|n| {
+                map.get(n).map(|v| ListedSecret {
+                    name: n.clone(),
+                    created_at: Some(v.created_at),
+                    changed_at: Some(v.changed_at),
+                })
+            })
+            .collect();
+        Ok(SecretPage { secrets, next })
     }
 }
