@@ -121,7 +121,7 @@ pub async fn onboard_as(
         )));
     }
     let now = deps.clock.now();
-    let secret_name = format!("{}tenants/{}/meta-token", deps.settings.secret_prefix, id);
+    let secret_name = meta_token_secret_name(&deps.settings.secret_prefix, &id);
     let tenant = Tenant {
         id: id.clone(),
         name: req.name.trim().to_owned(),
@@ -294,6 +294,22 @@ async fn owned_elsewhere(deps: &Deps, phone_number_id: &str) -> ServiceError {
         }
         _ => ServiceError::Conflict("phone_number_id already belongs to a tenant".into()),
     }
+}
+
+/// Where onboarding puts a tenant's Meta access token: `{prefix}tenants/{id}/meta-token`
+/// (`prefix` is `Settings::secret_prefix`, `${StackName}/` on AWS).
+pub fn meta_token_secret_name(prefix: &str, id: &TenantId) -> String {
+    format!("{prefix}tenants/{id}/meta-token")
+}
+
+/// The tenant a [`meta_token_secret_name`] names; `None` for any other name (another
+/// tenant secret, another prefix, an id that is not one).
+pub fn meta_token_secret_tenant(prefix: &str, name: &str) -> Option<TenantId> {
+    let id = name
+        .strip_prefix(prefix)?
+        .strip_prefix("tenants/")?
+        .strip_suffix("/meta-token")?;
+    TenantId::parse(id)
 }
 
 /// How long a failed onboarding waits before reading back whether its write landed.
@@ -538,5 +554,27 @@ pub(crate) async fn tenant_to_dispatch(
     match deps.tenants.tenant_for_access(id).await? {
         Some(t) if t.status == crate::ports::TenantStatus::Active => Ok(Some(t)),
         _ => deps.tenants.get_tenant(id).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_meta_token_secret_names_its_tenant_and_no_other_secret_names_one() {
+        let id = TenantId::generate();
+        let name = meta_token_secret_name("stack/", &id);
+        assert_eq!(meta_token_secret_tenant("stack/", &name), Some(id.clone()));
+        for other in [
+            format!("stack/tenants/{id}/status-callback-secret"),
+            format!("stack/tenants/{id}/meta-token/x"),
+            format!("other/tenants/{id}/meta-token"),
+            format!("stack/stack/tenants/{id}/meta-token"),
+            "stack/tenants/not-an-id/meta-token".to_owned(),
+            "stack/tenants//meta-token".to_owned(),
+        ] {
+            assert_eq!(meta_token_secret_tenant("stack/", &other), None, "{other}");
+        }
     }
 }

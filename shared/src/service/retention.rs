@@ -1,8 +1,9 @@
 //! The scheduled cleanup (docs/data-retention.md): links parked audit events into their
 //! chains (those of chains nobody appends to any more would otherwise wait forever),
-//! removes what is past its TTL and not yet removed by DynamoDB, finishes closing closed
-//! tenants, counts what it removed per retention class, and records its report in the
-//! platform's audit chain.
+//! deletes Meta-token secrets that belong to no tenant (the daily run only), removes what
+//! is past its TTL and not yet removed by DynamoDB, finishes closing closed tenants,
+//! counts what it removed per retention class, and records its report in the platform's
+//! audit chain.
 //!
 //! Resumable: the sweep reads the table a page at a time and saves its position after each
 //! page, so a run cut short (a budget reached, a Lambda timeout) is continued by the next.
@@ -50,6 +51,16 @@ pub struct RetentionReport {
     /// Ended API keys found without a TTL (written before ended keys were given one)
     /// whose two copies this run gave their end + 90 days (`ENDED_KEY_RETENTION`).
     pub ended_keys_given_ttl: usize,
+    /// Meta-token secrets of no tenant, older than [`ORPHAN_SECRET_MIN_AGE`], scheduled
+    /// for deletion by this run ([`delete_orphan_secrets`]).
+    pub orphan_secrets_deleted: usize,
+    /// Such secrets whose tenant could not be read, or which could not be deleted
+    /// (logged; looked at again by the next run).
+    pub orphan_secrets_failed: usize,
+    /// Whether this run listed every tenant's Meta-token secret: false for the on-demand
+    /// run (which does not list), or when the listing failed (logged), ran out of time
+    /// or reached [`MAX_ORPHAN_SECRETS_PER_RUN`].
+    pub orphan_secrets_checked: bool,
     /// Active tenants the sweep came across (the daily template sync's list; not reported).
     #[serde(skip)]
     pub active_tenants: Vec<TenantId>,
@@ -87,6 +98,9 @@ pub struct Limits {
     pub max_pages: usize,
     /// Wall time per run at most (the Lambda's timeout is 900 s).
     pub max_time: Duration,
+    /// Whether the run looks for Meta-token secrets of no tenant
+    /// ([`delete_orphan_secrets`]): the daily run's function alone may list secrets.
+    pub orphan_secrets: bool,
 }
 
 /// Items removed per run at most; the next run continues.
@@ -100,16 +114,20 @@ impl Default for Limits {
             max_deleted: BUDGET,
             max_pages: 2_000,
             max_time: Duration::from_secs(600),
+            orphan_secrets: true,
         }
     }
 }
 
 impl Limits {
     /// For `POST /v1/platform/retention/run`: within API Gateway's 30 s; the checkpoint
-    /// lets the daily run (or the next call) continue.
+    /// lets the daily run (or the next call) continue. Without the look for orphan
+    /// secrets: the admin API's role may not list secrets (`iam.rs`), and the daily run
+    /// does it.
     pub fn interactive() -> Self {
         Self {
             max_time: Duration::from_secs(20),
+            orphan_secrets: false,
             ..Self::default()
         }
     }
@@ -140,6 +158,9 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         audit_parked: audit::DrainReport::default(),
         unsent_settled: UnsentSettled::default(),
         ended_keys_given_ttl: 0,
+        orphan_secrets_deleted: 0,
+        orphan_secrets_failed: 0,
+        orphan_secrets_checked: false,
         active_tenants: Vec::new(),
     };
     // First: cheap (an index of the few chains with parked events), and what a quiet chain
@@ -152,6 +173,16 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
             audit::DrainReport::default()
         }
     };
+    // Then the secrets of no tenant: a few pages of names and a tenant read per secret,
+    // bounded by its own slice of the run's time, so that the sweep (resumable, where this
+    // is not) still has the rest. Its failure is logged and reported, not the run's.
+    if limits.orphan_secrets {
+        let deadline = (started + limits.max_time).min(Instant::now() + ORPHAN_SECRETS_TIME);
+        let found = delete_orphan_secrets(deps, deadline).await;
+        report.orphan_secrets_deleted = found.deleted;
+        report.orphan_secrets_failed = found.failed;
+        report.orphan_secrets_checked = found.checked;
+    }
     // A failure part-way (a page not read, a position not saved) fails the run, but what
     // the pages before it did (items deleted, tenants closed out, messages refunded) is
     // recorded all the same: the next run resumes after the last saved position and would
@@ -197,6 +228,9 @@ pub async fn run_with(deps: &Deps, limits: Limits) -> Result<RetentionReport, Se
         deleted = ?report.deleted,
         closed_out = report.closed_out.len(),
         ended_keys_given_ttl = report.ended_keys_given_ttl,
+        orphan_secrets_deleted = report.orphan_secrets_deleted,
+        orphan_secrets_failed = report.orphan_secrets_failed,
+        orphan_secrets_checked = report.orphan_secrets_checked,
         audit_heads_repaired,
         audit_parked_linked = report.audit_parked.linked,
         audit_chains_still_parked = report.audit_parked.still_parked,
@@ -414,4 +448,129 @@ async fn close_out(
         counts,
         meta_token_secret_deleted: true,
     }))
+}
+
+/// How old a Meta-token secret of no tenant must be before the run deletes it. Onboarding
+/// writes the secret first and the tenant after (`accounts::onboard_as`), so a secret
+/// whose tenant is not there yet may be an onboarding in flight: that one must keep it.
+/// An onboarding lives at most as long as the admin API's invocation (29 s, under API
+/// Gateway's 30 s; its write, its read-back a second later and any SDK retry inside it),
+/// and a tenant id is never used twice (`TenantId::generate` per onboarding), so an hour
+/// is over a hundred times the longest one, and leaves room for any skew between Secrets
+/// Manager's clock (the secret's dates) and the run's. Measured from the later of the
+/// secret's creation and its last change: a value put since then is as young as a new
+/// secret.
+pub const ORPHAN_SECRET_MIN_AGE: Duration = Duration::from_secs(3600);
+
+/// The most of a run's time the look for orphan secrets may take (before the sweep: the
+/// sweep resumes where a run stopped, this starts over each day). A page of 100 names and
+/// a tenant read for each take about a second: some 6,000 tenants fit.
+pub const ORPHAN_SECRETS_TIME: Duration = Duration::from_secs(60);
+
+/// The most orphan secrets one run deletes. An orphan is rare (an onboarding whose write
+/// failed and whose own clean-up failed too, or whose process died in between); many at
+/// once more likely say the run reads the wrong table (every tenant then reads as
+/// missing), and a Meta token deleted under a tenant stops its sends. The rest wait for
+/// the next run, with an error logged.
+pub const MAX_ORPHAN_SECRETS_PER_RUN: usize = 20;
+
+/// Names per page of the listing (Secrets Manager's most).
+const SECRETS_PAGE: usize = 100;
+
+/// What one look for orphan secrets did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OrphanSecrets {
+    pub deleted: usize,
+    pub failed: usize,
+    /// The listing reached its end.
+    pub checked: bool,
+}
+
+/// Lists the tenants' Meta-token secrets (`{prefix}tenants/{id}/meta-token`, by name
+/// prefix: names and dates, never a value) and schedules for deletion each one whose tenant
+/// does not exist (no tenant item, whatever its status: an active, suspended or closed
+/// tenant keeps its secret; closing deletes it in its close-out) and which is older than
+/// [`ORPHAN_SECRET_MIN_AGE`]. The deletion is the close-out's: Secrets Manager's 7-day
+/// recovery window, restorable by hand meanwhile. A secret whose tenant cannot be read is
+/// kept (counted as failed). Never logs a name or a value: the tenant id part only.
+pub async fn delete_orphan_secrets(deps: &Deps, deadline: Instant) -> OrphanSecrets {
+    let mut out = OrphanSecrets::default();
+    let prefix = &deps.settings.secret_prefix;
+    let listed = format!("{prefix}tenants/");
+    let now = deps.clock.now();
+    let min_age = chrono::Duration::from_std(ORPHAN_SECRET_MIN_AGE)
+        .unwrap_or_else(|_| chrono::Duration::hours(1));
+    let store = deps.secrets.store();
+    let mut page: Option<String> = None;
+    loop {
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                deleted = out.deleted,
+                "the look for orphan secrets ran out of time; the next run starts it again"
+            );
+            return out;
+        }
+        let listing = match store
+            .list_secrets(&listed, page.as_deref(), SECRETS_PAGE)
+            .await
+        {
+            Ok(listing) => listing,
+            Err(e) => {
+                tracing::warn!(error = %e, deleted = out.deleted, "the tenants' secrets were not listed; orphan secrets are looked for again by the next run");
+                return out;
+            }
+        };
+        for secret in &listing.secrets {
+            let Some(tenant) = super::accounts::meta_token_secret_tenant(prefix, &secret.name)
+            else {
+                // Another tenant secret (a status callback's), or a name not ours.
+                continue;
+            };
+            // Without a date it cannot be shown old: kept.
+            let Some(changed) = secret.created_at.max(secret.changed_at) else {
+                continue;
+            };
+            if now - changed < min_age {
+                continue;
+            }
+            match deps.tenants.get_tenant(&tenant).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => {
+                    out.failed += 1;
+                    tracing::warn!(tenant_id = %tenant, error = %e, "a Meta-token secret's tenant could not be read; the secret is kept");
+                    continue;
+                }
+            }
+            if out.deleted >= MAX_ORPHAN_SECRETS_PER_RUN {
+                tracing::error!(
+                    tenant_id = %tenant,
+                    deleted = out.deleted,
+                    "more Meta-token secrets of no tenant than one run deletes; the rest wait for the next run (is the run reading the right table?)"
+                );
+                return out;
+            }
+            match store.delete_secret(&secret.name).await {
+                Ok(()) => {
+                    out.deleted += 1;
+                    tracing::warn!(
+                        tenant_id = %tenant,
+                        age_hours = (now - changed).num_hours(),
+                        "a Meta-token secret of no tenant (an onboarding that did not finish) was scheduled for deletion"
+                    );
+                }
+                Err(e) => {
+                    out.failed += 1;
+                    tracing::warn!(tenant_id = %tenant, error = %e, "a Meta-token secret of no tenant was not deleted; the next run tries again");
+                }
+            }
+        }
+        match listing.next {
+            Some(next) => page = Some(next),
+            None => {
+                out.checked = true;
+                return out;
+            }
+        }
+    }
 }

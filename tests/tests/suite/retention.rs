@@ -1627,7 +1627,212 @@ async fn a_run_that_fails_part_way_still_records_what_its_pages_removed(b: Backe
     }
 }
 
+/// Local mode on a manual clock, for the runs that look for orphan secrets by age (the
+/// secrets' dates are the store's, the run's `now` the clock's).
+async fn spawn_on_clock(b: Backend) -> (TestApp, std::sync::Arc<kirim_tests::ManualClock>) {
+    let clock = kirim_tests::ManualClock::new();
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.clock = kirim_infra::local::LocalClock(clock.clone());
+    (kirim_tests::spawn_with(cfg).await, clock)
+}
+
+/// A Meta-token secret as an onboarding that stopped after it (its tenant never written)
+/// leaves it: named for a tenant id nobody has.
+async fn orphan_secret(app: &TestApp) -> String {
+    let deps = &app.app.deps;
+    let name = kirim::service::accounts::meta_token_secret_name(
+        &deps.settings.secret_prefix,
+        &kirim::domain::TenantId::generate(),
+    );
+    deps.secrets
+        .store()
+        .put_secret(&name, &kirim::secret::Secret::new("EAAG-orphaned-token"))
+        .await
+        .expect("put");
+    name
+}
+
+async fn secret_exists(app: &TestApp, name: &str) -> bool {
+    app.app
+        .deps
+        .secrets
+        .store()
+        .get_secret(name)
+        .await
+        .expect("read")
+        .is_some()
+}
+
+fn meta_token_of(app: &TestApp, t: &kirim_tests::Onboarded) -> String {
+    kirim::service::accounts::meta_token_secret_name(
+        &app.app.deps.settings.secret_prefix,
+        &kirim::domain::TenantId::parse(&t.tenant_id).expect("id"),
+    )
+}
+
+/// An onboarding that failed (or died) between its secret and its tenant leaves a Meta
+/// token nobody can see or rotate: the daily run deletes it once it is an hour old (an
+/// onboarding in flight keeps its own), counts it, and never names the token or its
+/// value; the on-demand run does not look (its role may not list secrets).
+async fn the_daily_run_deletes_a_meta_token_secret_of_no_tenant_once_it_is_an_hour_old(b: Backend) {
+    let (app, clock) = spawn_on_clock(b).await;
+    let t = app.onboard(1).await;
+    let orphan = orphan_secret(&app).await;
+    let deps = &app.app.deps;
+    // 59 minutes on (the clock started before the secret was written): still young.
+    clock.advance(chrono::Duration::minutes(59));
+    let young = kirim::service::retention::run(deps).await.expect("run");
+    assert_eq!(young.orphan_secrets_deleted, 0, "{young:?}");
+    assert!(young.orphan_secrets_checked, "{young:?}");
+    assert!(secret_exists(&app, &orphan).await, "a young orphan is kept");
+
+    clock.advance(chrono::Duration::minutes(2));
+    let (st, on_demand) = call(
+        &app,
+        "POST",
+        "/v1/platform/retention/run",
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{on_demand}");
+    assert_eq!(on_demand["orphan_secrets_deleted"], 0, "{on_demand}");
+    assert_eq!(on_demand["orphan_secrets_checked"], false, "{on_demand}");
+    assert!(
+        secret_exists(&app, &orphan).await,
+        "the on-demand run does not look"
+    );
+
+    let old = kirim::service::retention::run(deps).await.expect("run");
+    assert_eq!(old.orphan_secrets_deleted, 1, "{old:?}");
+    assert_eq!(old.orphan_secrets_failed, 0, "{old:?}");
+    assert!(old.orphan_secrets_checked, "{old:?}");
+    assert!(old.complete, "the rest of the run done too: {old:?}");
+    assert!(!secret_exists(&app, &orphan).await, "the orphan is deleted");
+    assert!(
+        secret_exists(&app, &meta_token_of(&app, &t)).await,
+        "the tenant keeps its own"
+    );
+    let logs = captured_logs();
+    assert!(
+        !logs.contains("EAAG-orphaned-token") && !logs.contains(&orphan),
+        "neither the token nor the secret's name is logged"
+    );
+    // The report is the run's audit event's details.
+    let q = kirim::ports::AuditQuery {
+        limit: 100,
+        action: Some("retention.run".into()),
+        ..Default::default()
+    };
+    let (events, _) = deps
+        .audit
+        .list("platform", &q)
+        .await
+        .expect("platform chain");
+    let recorded: Value =
+        serde_json::from_str(&events.first().expect("an event").details).expect("details");
+    assert_eq!(recorded["orphan_secrets_deleted"], 1, "{recorded}");
+    // Once only: it is gone (scheduled for deletion: not listed).
+    let again = kirim::service::retention::run(deps).await.expect("run");
+    assert_eq!(again.orphan_secrets_deleted, 0, "{again:?}");
+}
+
+/// The secret of a tenant is never an orphan, whatever the tenant's status: active,
+/// suspended, or closed and not yet closed out (its close-out deletes it, by its own
+/// rules).
+async fn no_tenants_meta_token_secret_is_taken_for_an_orphan_whatever_its_status(b: Backend) {
+    let (app, clock) = spawn_on_clock(b).await;
+    let active = app.onboard(1).await;
+    let suspended = app.onboard(1).await;
+    let closed = app.onboard(1).await;
+    let (st, body) = call(
+        &app,
+        "POST",
+        &format!("/v1/platform/tenants/{}/suspend", suspended.tenant_id),
+        OPERATOR_TOKEN,
+        Some(json!({"reason": "invoice unpaid"})),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/platform/tenants/{}", closed.tenant_id),
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let orphan = orphan_secret(&app).await;
+    clock.advance(chrono::Duration::hours(3));
+    let found = kirim::service::retention::delete_orphan_secrets(
+        &app.app.deps,
+        std::time::Instant::now() + Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        found,
+        kirim::service::retention::OrphanSecrets {
+            deleted: 1,
+            failed: 0,
+            checked: true
+        }
+    );
+    assert!(!secret_exists(&app, &orphan).await);
+    for t in [&active, &suspended, &closed] {
+        assert!(
+            secret_exists(&app, &meta_token_of(&app, t)).await,
+            "{} keeps its secret",
+            t.tenant_id
+        );
+    }
+}
+
+/// Secrets Manager refusing the listing (throttled, or a role without ListSecrets) fails
+/// only that part: the run still sweeps, closes out closed tenants and reports, and says
+/// the secrets were not checked.
+async fn a_run_whose_secret_listing_fails_still_does_the_rest(b: Backend) {
+    let (app, clock) = spawn_on_clock(b).await;
+    let closed = app.onboard(1).await;
+    let (st, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/platform/tenants/{}", closed.tenant_id),
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let orphan = orphan_secret(&app).await;
+    clock.advance(chrono::Duration::hours(2));
+    let mut deps = app.app.deps.clone();
+    let store = deps.secrets.store().clone();
+    deps.secrets = std::sync::Arc::new(kirim::service::SecretCache::new(
+        std::sync::Arc::new(kirim_tests::ScriptedSecrets {
+            lists: kirim_tests::Refuse::Every,
+            ..kirim_tests::ScriptedSecrets::over(store)
+        }),
+        Duration::ZERO,
+    ));
+    let report = kirim::service::retention::run(&deps)
+        .await
+        .expect("the run");
+    assert!(!report.orphan_secrets_checked, "{report:?}");
+    assert_eq!(report.orphan_secrets_deleted, 0, "{report:?}");
+    assert!(report.complete, "{report:?}");
+    let done: Vec<String> = report
+        .closed_out
+        .iter()
+        .map(|c| c.tenant_id.to_string())
+        .collect();
+    assert_eq!(done, vec![closed.tenant_id.clone()], "{report:?}");
+    assert!(secret_exists(&app, &orphan).await, "left for the next run");
+}
+
 on_both_backends!(
+    the_daily_run_deletes_a_meta_token_secret_of_no_tenant_once_it_is_an_hour_old,
+    no_tenants_meta_token_secret_is_taken_for_an_orphan_whatever_its_status,
+    a_run_whose_secret_listing_fails_still_does_the_rest,
     a_run_that_fails_part_way_still_records_what_its_pages_removed,
     with_messages_kept_seconds_a_message_expires_and_sends_still_go,
     every_stored_item_carries_the_ttl_of_its_class,
