@@ -195,7 +195,9 @@ pub async fn onboard_as(
     }
     if let Err(e) = written {
         // An answer lost after the write landed (the SDK gave up) is read back: the tenant
-        // then exists and keeps its token. Otherwise no orphan secret is left behind.
+        // then exists and keeps its token. Otherwise no orphan secret is left behind (one
+        // left all the same, its deletion failed or this process ended first, is deleted by
+        // the daily retention run an hour on: `retention::delete_orphan_secrets`).
         // Read a moment later: an attempt the SDK gave up on (a timeout) may still be
         // committing, and a token deleted under a tenant that then exists is lost.
         let landed = match &e {
@@ -211,7 +213,7 @@ pub async fn onboard_as(
             }
             Ok(false) => {
                 if let Err(d) = deps.secrets.store().delete_secret(&secret_name).await {
-                    tracing::warn!(tenant_id = %id, error = %d, "onboarding failed; its token's secret was not deleted (an orphan to delete by hand)");
+                    tracing::warn!(tenant_id = %id, error = %d, "onboarding failed; its token's secret was not deleted (the daily retention run deletes it an hour on)");
                 }
                 if matches!(e, crate::store_error::StoreError::Conflict(_)) {
                     return Err(owned_elsewhere(deps, &tenant.phone_number_id).await);
