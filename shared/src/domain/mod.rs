@@ -36,8 +36,9 @@ pub use phone::{country_code_in_use, mask_phone, wamid_tail, PhoneNumber, PhoneN
 pub(crate) use phone::{stored as stored_phone, stored_opt as stored_phone_opt};
 pub use retention::{
     parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION,
-    CUSTOMER_SERVICE_WINDOW, ENDED_KEY_RETENTION, LOGIN_FAILURES_RETENTION, LOST_FANOUT_MARGIN,
-    OPTED_IN_RETENTION, SEND_SLOT_RETENTION, UNSENT_STALE_AFTER,
+    CALLBACK_FAILURE_RETENTION, CUSTOMER_SERVICE_WINDOW, ENDED_KEY_RETENTION,
+    LOGIN_FAILURES_RETENTION, LOST_FANOUT_MARGIN, OPTED_IN_RETENTION, SEND_SLOT_RETENTION,
+    UNSENT_STALE_AFTER,
 };
 pub use role::Role;
 pub use status::{MessageStatus, StatusError};

@@ -35,6 +35,10 @@ pub enum RetentionClass {
     /// When a user last wrote to one of a tenant's numbers: Meta's 24-hour
     /// customer-service window, gone when it closes.
     ServiceWindow,
+    /// A tenant's record of a status callback given up (its message id, status, sequence,
+    /// attempts, the last failure's class and the receiver's host): kept as long as the
+    /// callback itself is on the dead-letter queue (14 days).
+    CallbackFailures,
 }
 
 /// How long an uploaded recipient list may outlive an unfinished fan-out (not configurable).
@@ -64,6 +68,10 @@ pub const LOGIN_FAILURES_RETENTION: Duration = Duration::from_secs(DAY);
 /// Meta's customer-service window: how long after a user last wrote a session message
 /// may be sent to them, and how long that time is kept (not configurable).
 pub const CUSTOMER_SERVICE_WINDOW: Duration = Duration::from_secs(DAY);
+/// How long a tenant's record of a given-up status callback is kept (not configurable):
+/// the StatusCallbackDeadLetterQueue's retention, so the record lasts as long as the
+/// callback it names can still be redriven.
+pub const CALLBACK_FAILURE_RETENTION: Duration = Duration::from_secs(14 * DAY);
 
 #[derive(Clone, Debug)]
 pub struct RetentionConfig {
@@ -107,6 +115,7 @@ impl RetentionConfig {
             RetentionClass::SendSlot => Some(SEND_SLOT_RETENTION),
             RetentionClass::LoginFailures => Some(LOGIN_FAILURES_RETENTION),
             RetentionClass::ServiceWindow => Some(CUSTOMER_SERVICE_WINDOW),
+            RetentionClass::CallbackFailures => Some(CALLBACK_FAILURE_RETENTION),
         }
     }
 
@@ -122,7 +131,7 @@ impl RetentionConfig {
 
 impl RetentionClass {
     /// Every class, in report order.
-    pub const ALL: [RetentionClass; 12] = [
+    pub const ALL: [RetentionClass; 13] = [
         RetentionClass::Messages,
         RetentionClass::Billing,
         RetentionClass::Audit,
@@ -134,6 +143,7 @@ impl RetentionClass {
         RetentionClass::SendSlot,
         RetentionClass::LoginFailures,
         RetentionClass::ServiceWindow,
+        RetentionClass::CallbackFailures,
         RetentionClass::ActiveConfig,
     ];
 
@@ -152,6 +162,7 @@ impl RetentionClass {
             RetentionClass::SendSlot => "send_slot",
             RetentionClass::LoginFailures => "login_failures",
             RetentionClass::ServiceWindow => "service_window",
+            RetentionClass::CallbackFailures => "callback_failures",
         }
     }
 }
@@ -205,6 +216,11 @@ mod tests {
         assert_eq!(
             c.duration(RetentionClass::SendSlot),
             Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            c.duration(RetentionClass::CallbackFailures),
+            Some(Duration::from_secs(14 * DAY)),
+            "as long as the dead-letter queue keeps the callback"
         );
     }
 

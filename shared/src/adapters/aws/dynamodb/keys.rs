@@ -73,6 +73,9 @@ pub const OPT_IN_PREFIX: &str = "OPTIN#";
 pub const USER_PREFIX: &str = "USER#";
 pub const PENDING_PREFIX: &str = "PENDING#";
 pub const OWED_PREFIX: &str = "OWED#";
+/// A tenant's records of its given-up status callbacks, in its partition (by a ULID of
+/// when each was given up: key order is time order).
+pub const CALLBACK_FAILURE_PREFIX: &str = "CBFAIL#";
 pub const ADDR_PREFIX: &str = "ADDR#";
 pub const MESSAGE_PREFIX: &str = "MSG#";
 const IDEM_PREFIX: &str = "IDEM#";
@@ -118,6 +121,9 @@ pub enum ItemKind {
     /// `CALLBACKOWED` / `OWED#{tenant}#{message id}#{sequence}`: a status callback the queue
     /// refused, until queued again.
     OwedCallback,
+    /// `TENANT#{tenant}` / `CBFAIL#{ulid of when it was given up}`: the tenant's record of
+    /// a status callback given up (for `GET /v1/settings/status-callback/failures`).
+    CallbackFailure,
     /// `TENANT#{tenant}` / `OPTOUT#{e164 or user id}`.
     OptOut,
     /// `TENANT#{tenant}` / `OPTIN#{e164 or user id}`: when the user last opted back in
@@ -174,7 +180,7 @@ pub enum ItemKind {
 }
 
 impl ItemKind {
-    pub const ALL: [ItemKind; 32] = [
+    pub const ALL: [ItemKind; 33] = [
         ItemKind::Tenant,
         ItemKind::PhoneRoute,
         ItemKind::ApiKeyByHash,
@@ -184,6 +190,7 @@ impl ItemKind {
         ItemKind::WamidIndex,
         ItemKind::PendingStatus,
         ItemKind::OwedCallback,
+        ItemKind::CallbackFailure,
         ItemKind::OptOut,
         ItemKind::OptedIn,
         ItemKind::Idempotency,
@@ -228,6 +235,8 @@ impl ItemKind {
             // in as long as Meta may deliver an older webhook again.
             PendingStatus | OwedCallback | OptedIn => RetentionClass::PendingStatus,
             Session => RetentionClass::Session,
+            // As long as the callback it names stays on the dead-letter queue.
+            CallbackFailure => RetentionClass::CallbackFailures,
             QualityCounter => RetentionClass::Stats,
             BroadcastList => RetentionClass::BroadcastList,
             SendSlot => RetentionClass::SendSlot,
@@ -263,6 +272,7 @@ impl ItemKind {
                 _ if has(WINDOW_PREFIX) => ServiceWindow,
                 _ if has(NUMBER_PREFIX) => PhoneNumber,
                 _ if has(USAGE_PREFIX) => UsageCounter,
+                _ if has(CALLBACK_FAILURE_PREFIX) => CallbackFailure,
                 _ => return None,
             }
         } else if pk.starts_with(WAMID) {
@@ -617,6 +627,11 @@ pub fn status_callback(t: &TenantId) -> Key {
     Key::new(tenant_pk(t), STATUS_CALLBACK_SK)
 }
 
+/// A tenant's record of a given-up status callback (`id` a ULID of when it was given up).
+pub fn callback_failure(t: &TenantId, id: &str) -> Key {
+    Key::new(tenant_pk(t), format!("{CALLBACK_FAILURE_PREFIX}{id}"))
+}
+
 pub fn two_factor_setting(t: &TenantId) -> Key {
     Key::new(tenant_pk(t), TWO_FACTOR_SK)
 }
@@ -772,6 +787,7 @@ mod tests {
             ItemKind::WamidIndex => wamid_index("wamid.HBgL=="),
             ItemKind::PendingStatus => pending_status("wamid.HBgL==", "delivered", 1_700_000_000),
             ItemKind::OwedCallback => owed_callback(&t, &m, 3),
+            ItemKind::CallbackFailure => callback_failure(&t, "01JABCDEFGHJKMNPQRSTVWXYZ2"),
             ItemKind::OptOut => opt_out(&t, &OptOutKey::parse("+60123456789").unwrap()),
             ItemKind::OptedIn => opted_in(&t, &OptOutKey::parse("+60123456789").unwrap()),
             ItemKind::UserPairing => user_pairing(&t, &OptOutKey::parse("US.1349120865").unwrap()),
@@ -863,6 +879,11 @@ mod tests {
             class("CALLBACKOWED", "OWED#01J#01K#3"),
             Some(C::PendingStatus),
             "an owed callback is kept as long as its queue would have"
+        );
+        assert_eq!(
+            class(t, "CBFAIL#01J"),
+            Some(C::CallbackFailures),
+            "a given-up callback's record is kept as long as the dead-letter queue keeps it"
         );
         assert_eq!(class("SESSION#h", "SESSION"), Some(C::Session));
         assert_eq!(class(t, "QSTAT#2026-01-01"), Some(C::Stats));
