@@ -457,6 +457,25 @@ impl<S: StatusCallbackStore + 'static> StatusCallbackStore for ReadCache<S> {
         self.inner.forget_owed_callback(owed).await
     }
 
+    // Records of callbacks given up are not cached: written once each, read by an admin.
+    async fn put_callback_failure(
+        &self,
+        failure: &crate::ports::CallbackFailure,
+    ) -> Result<(), StoreError> {
+        self.inner.put_callback_failure(failure).await
+    }
+
+    async fn callback_failures_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<crate::ports::CallbackFailurePage, StoreError> {
+        self.inner
+            .callback_failures_page(tenant, limit, cursor)
+            .await
+    }
+
     async fn lease_owed_callback(
         &self,
         owed: &OwedCallback,

@@ -85,8 +85,47 @@ pub struct OwedCallback {
     pub leased_until: Option<i64>,
 }
 
+/// A tenant's record of one status callback given up: every attempt failed
+/// (`KIRIM_CALLBACK_MAX_ATTEMPTS`), or it was parked untried by the receiver's breaker at its
+/// last attempt. Written once per given-up callback, where `CallbacksGivenUp` is counted
+/// (README "Status callbacks"); listed newest first by `GET
+/// /v1/settings/status-callback/failures`. What the callback body already holds, less:
+/// no content, no recipient number, no client reference, no error of Meta's; no secret, no
+/// receiver body, and of the URL only its host (a path or query may carry a token).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CallbackFailure {
+    pub tenant_id: TenantId,
+    /// A ULID of when it was given up: its place in the tenant's list (key order is time
+    /// order) and what a cursor names.
+    pub id: String,
+    pub message_id: MessageId,
+    pub status: crate::domain::MessageStatus,
+    pub sequence: u32,
+    pub given_up_at: DateTime<Utc>,
+    /// Attempts made, the last included (a try the breaker skipped counts as one).
+    pub attempts: u32,
+    /// The last failure as a short class: `http_{status}`, `timeout`, `connect`,
+    /// `unresolvable`, `private_address`, `breaker_open`, `client`, `setting_unreadable`,
+    /// `secret_unreadable`.
+    pub last_error: String,
+    /// The callback URL's host, when the setting was read.
+    pub host: Option<String>,
+    /// Epoch seconds (the `CallbackFailures` retention class: 14 days, the dead-letter
+    /// queue's retention).
+    pub expires_at: Option<i64>,
+}
+
+/// A page of a tenant's given-up callbacks, newest first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CallbackFailurePage {
+    pub failures: Vec<CallbackFailure>,
+    /// `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
 /// Tenants' status-callback settings: active configuration, kept while the tenant exists.
-/// And the callbacks owed to them: kept a week at most.
+/// And the callbacks owed to them: kept a week at most. And their records of callbacks
+/// given up: kept 14 days.
 #[async_trait]
 pub trait StatusCallbackStore: Send + Sync {
     async fn put_status_callback(&self, setting: &StatusCallback) -> Result<(), StoreError>;
@@ -131,4 +170,16 @@ pub trait StatusCallbackStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Forgets one (after it was queued); nothing if it is gone already.
     async fn forget_owed_callback(&self, owed: &OwedCallback) -> Result<(), StoreError>;
+    /// Keeps a tenant's record of a callback given up (an unconditional write: one per
+    /// given-up callback, under its own id).
+    async fn put_callback_failure(&self, failure: &CallbackFailure) -> Result<(), StoreError>;
+    /// A page of `tenant`'s live records, newest first: at most `limit` (1 to
+    /// [`MAX_PAGE`](crate::ports::MAX_PAGE)), after the one `cursor` names (a cursor of
+    /// another tenant's, another list's or a made-up one: `InvalidCursor`).
+    async fn callback_failures_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<CallbackFailurePage, StoreError>;
 }

@@ -785,6 +785,20 @@ impl kirim::ports::StatusCallbackStore for LaggingSettings {
     ) -> Result<bool, kirim::store_error::StoreError> {
         self.0.lease_owed_callback(owed, until).await
     }
+    async fn put_callback_failure(
+        &self,
+        failure: &kirim::ports::CallbackFailure,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.put_callback_failure(failure).await
+    }
+    async fn callback_failures_page(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<kirim::ports::CallbackFailurePage, kirim::store_error::StoreError> {
+        self.0.callback_failures_page(tenant, limit, cursor).await
+    }
 }
 
 /// A tenant of a memory app whose status callbacks go to a receiver answering every
@@ -1590,6 +1604,20 @@ impl kirim::ports::StatusCallbackStore for SettingWritesFail {
         until: i64,
     ) -> Result<bool, kirim::store_error::StoreError> {
         self.0.lease_owed_callback(owed, until).await
+    }
+    async fn put_callback_failure(
+        &self,
+        failure: &kirim::ports::CallbackFailure,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.0.put_callback_failure(failure).await
+    }
+    async fn callback_failures_page(
+        &self,
+        tenant: &kirim::domain::TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<kirim::ports::CallbackFailurePage, kirim::store_error::StoreError> {
+        self.0.callback_failures_page(tenant, limit, cursor).await
     }
 }
 

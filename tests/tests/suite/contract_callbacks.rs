@@ -5,6 +5,7 @@ use chrono::{Duration, Utc};
 use kirim::domain::meta::MetaStatus;
 use kirim::domain::TenantId;
 use kirim::ports::*;
+use kirim::store_error::StoreError;
 
 use super::contract::{aws, memory, message, onboarded, sweep, Ports as Stores};
 
@@ -257,7 +258,6 @@ async fn a_status_callback_url_is_changed_alone_and_only_on_a_setting_that_exist
 /// instance still serves with the tenant cached open writes nothing: a change of the URL
 /// alone is refused like a whole setting's, said so, and the URL stays as it was.
 async fn a_closed_tenants_callback_url_is_not_changed_alone(p: Stores) {
-    use kirim::store_error::StoreError;
     let t = onboarded(&p, 0).await;
     let setting = StatusCallback {
         tenant_id: t.id.clone(),
@@ -393,6 +393,114 @@ async fn a_callback_the_queue_refused_is_kept_once_listed_forgotten_and_expires_
     );
 }
 
+fn given_up(
+    p: &Stores,
+    t: &TenantId,
+    after_secs: i64,
+    status: kirim::domain::MessageStatus,
+    sequence: u32,
+) -> CallbackFailure {
+    let at = p.clock.now() + Duration::seconds(after_secs);
+    CallbackFailure {
+        tenant_id: t.clone(),
+        id: kirim::domain::ulid_at(at).to_string(),
+        message_id: kirim::domain::MessageId::generate(),
+        status,
+        sequence,
+        given_up_at: at,
+        attempts: 3,
+        last_error: "http_500".into(),
+        host: Some("hooks.example.com".into()),
+        expires_at: Some((at + Duration::days(14)).timestamp()),
+    }
+}
+
+/// A tenant's records of its given-up callbacks: kept as given, listed newest first a page
+/// at a time (the cursor its own tenant's only), never another tenant's, and gone after
+/// their 14 days (swept under their own class).
+async fn given_up_callbacks_are_listed_newest_first_per_tenant_a_page_at_a_time_and_expire_in_14_days(
+    p: Stores,
+) {
+    use kirim::domain::MessageStatus::{Delivered, Read, Sent};
+    let a = TenantId::generate();
+    let b = TenantId::generate();
+    let first = given_up(&p, &a, 0, Sent, 1);
+    let second = given_up(&p, &a, 1, Delivered, 3);
+    let third = given_up(&p, &a, 2, Read, 4);
+    let others = given_up(&p, &b, 1, Sent, 1);
+    for f in [&second, &others, &third, &first] {
+        p.status_callbacks.put_callback_failure(f).await.unwrap();
+    }
+    let all = p
+        .status_callbacks
+        .callback_failures_page(&a, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        all.failures,
+        vec![third.clone(), second.clone(), first.clone()],
+        "newest first, as given, this tenant's only"
+    );
+    assert_eq!(all.next_cursor, None);
+    let theirs = p
+        .status_callbacks
+        .callback_failures_page(&b, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(theirs.failures, vec![others.clone()]);
+
+    // A page of one at a time, each cursor going on after the last one shown.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = p
+            .status_callbacks
+            .callback_failures_page(&a, 1, cursor.as_deref())
+            .await
+            .unwrap();
+        assert!(page.failures.len() <= 1);
+        seen.extend(page.failures);
+        match page.next_cursor {
+            Some(c) => {
+                // Another tenant's cursor is refused, not followed into its partition.
+                assert_eq!(
+                    p.status_callbacks
+                        .callback_failures_page(&b, 1, Some(&c))
+                        .await,
+                    Err(StoreError::InvalidCursor)
+                );
+                cursor = Some(c);
+            }
+            None => break,
+        }
+        assert!(seen.len() <= 3, "the pages end");
+    }
+    assert_eq!(seen, vec![third, second, first]);
+    assert_eq!(
+        p.status_callbacks
+            .callback_failures_page(&a, 1, Some("not-a-cursor"))
+            .await,
+        Err(StoreError::InvalidCursor)
+    );
+
+    p.clock.advance(Duration::days(15));
+    assert!(
+        p.status_callbacks
+            .callback_failures_page(&a, 10, None)
+            .await
+            .unwrap()
+            .failures
+            .is_empty(),
+        "expired: no longer listed"
+    );
+    let swept = sweep(&p).await.deleted;
+    assert_eq!(
+        swept.get("callback_failures"),
+        Some(&4),
+        "swept under their own class: {swept:?}"
+    );
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory_adapters {
@@ -412,4 +520,5 @@ contract!(
     a_status_callback_url_is_changed_alone_and_only_on_a_setting_that_exists,
     a_closed_tenants_callback_url_is_not_changed_alone,
     a_callback_the_queue_refused_is_kept_once_listed_forgotten_and_expires_in_a_week,
+    given_up_callbacks_are_listed_newest_first_per_tenant_a_page_at_a_time_and_expire_in_14_days,
 );

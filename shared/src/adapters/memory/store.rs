@@ -367,6 +367,9 @@ pub(super) struct State {
     status_callbacks: HashMap<TenantId, crate::ports::StatusCallback>,
     /// Status callbacks the queue refused, by their table sort key.
     owed_callbacks: BTreeMap<String, crate::ports::OwedCallback>,
+    /// (tenant, id: a ULID of when it was given up) → the tenant's record of a callback
+    /// given up.
+    callback_failures: BTreeMap<(TenantId, String), crate::ports::CallbackFailure>,
     /// Business phone number → the next free send slot (epoch microseconds) and the slot's
     /// expiry (epoch seconds: an idle number's slot expires, as on DynamoDB).
     rate: HashMap<String, (i64, i64)>,

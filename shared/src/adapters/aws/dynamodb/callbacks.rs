@@ -13,6 +13,10 @@
 //!   tenant: written only while the queue refuses), `sk = OWED#{tenant}#{message}#{sequence}`,
 //!   TTL per the `PendingStatus` retention class; read back with a consistent Query by the
 //!   owed-callback drain, deleted once queued.
+//! - A tenant's record of a callback given up: `pk = TENANT#{tenant}`,
+//!   `sk = CBFAIL#{ulid of when it was given up}`, TTL per the `CallbackFailures` class
+//!   (14 days); one unconditional `PutItem` per given-up callback, listed a page at a time
+//!   newest first with the API keys' paged `Query` (no scan).
 //! - A tenant's status-callback setting: `pk = TENANT#{tenant}`, `sk = SETTINGS#STATUS_CALLBACK`,
 //!   no TTL (active configuration). The signing secret is in Secrets Manager, not here.
 //!   Every write of it (the whole setting, or its URL alone) is a transaction led by the
@@ -26,7 +30,8 @@ use aws_sdk_dynamodb::types::{TransactWriteItem, Update};
 use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore, TTL_ATTR};
 use crate::domain::TenantId;
 use crate::ports::{
-    OwedCallback, PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore,
+    CallbackFailure, CallbackFailurePage, OwedCallback, PendingStatus, PendingStatusStore,
+    StatusCallback, StatusCallbackStore,
 };
 use crate::store_error::StoreError;
 
@@ -279,5 +284,39 @@ impl StatusCallbackStore for DynamoStore {
             .await
             .map_err(|e| classify("dynamodb delete", e))?;
         Ok(())
+    }
+
+    async fn put_callback_failure(&self, failure: &CallbackFailure) -> Result<(), StoreError> {
+        let key = keys::callback_failure(&failure.tenant_id, &failure.id);
+        let item = to_item(failure, &key.pairs(), failure.expires_at)?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb put", e))?;
+        Ok(())
+    }
+
+    async fn callback_failures_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<CallbackFailurePage, StoreError> {
+        let (failures, next_cursor) = self
+            .query_tenant_page(
+                tenant,
+                keys::CALLBACK_FAILURE_PREFIX,
+                crate::ports::Order::NewestFirst,
+                limit,
+                cursor,
+            )
+            .await?;
+        Ok(CallbackFailurePage {
+            failures,
+            next_cursor,
+        })
     }
 }

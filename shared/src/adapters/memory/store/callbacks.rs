@@ -8,7 +8,8 @@ use super::MemoryStore;
 use crate::adapters::aws::keys;
 use crate::domain::TenantId;
 use crate::ports::{
-    OwedCallback, PendingStatus, PendingStatusStore, StatusCallback, StatusCallbackStore,
+    CallbackFailure, CallbackFailurePage, OwedCallback, PendingStatus, PendingStatusStore,
+    StatusCallback, StatusCallbackStore,
 };
 use crate::store_error::StoreError;
 
@@ -143,6 +144,47 @@ impl StatusCallbackStore for MemoryStore {
     async fn forget_owed_callback(&self, owed: &OwedCallback) -> Result<(), StoreError> {
         self.lock()?.owed_callbacks.remove(&owed_key(owed));
         Ok(())
+    }
+
+    async fn put_callback_failure(&self, failure: &CallbackFailure) -> Result<(), StoreError> {
+        self.lock()?.callback_failures.insert(
+            (failure.tenant_id.clone(), failure.id.clone()),
+            failure.clone(),
+        );
+        Ok(())
+    }
+
+    async fn callback_failures_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<CallbackFailurePage, StoreError> {
+        let live: Vec<CallbackFailure> = {
+            let s = self.lock()?;
+            s.callback_failures
+                .range((tenant.clone(), String::new())..)
+                .take_while(|((t, _), _)| t == tenant)
+                .map(|(_, f)| f)
+                .filter(|f| self.live(f.expires_at))
+                .cloned()
+                .collect()
+        };
+        // The cursor names the id of the previous page's last record, as DynamoDB's names
+        // its key.
+        let (failures, next_cursor) = super::page_by_id(
+            tenant,
+            "CBFAIL",
+            live,
+            |f| &f.id,
+            crate::ports::Order::NewestFirst,
+            limit,
+            cursor,
+        )?;
+        Ok(CallbackFailurePage {
+            failures,
+            next_cursor,
+        })
     }
 }
 

@@ -49,6 +49,9 @@ impl RetentionStore for MemoryStore {
         sweep!(page, K::OwedCallback, s.owed_callbacks, |_, o| live(
             o.expires_at
         ));
+        sweep!(page, K::CallbackFailure, s.callback_failures, |_, f| live(
+            f.expires_at
+        ));
         // A wamid's mark alone (no index yet) counts as what it stands for: kept statuses.
         sweep!(page, K::PendingStatus, s.wamid_marks, |_, e| live(*e));
         sweep!(page, K::Broadcast, s.broadcasts, |_, b| live(b.expires_at));
@@ -336,6 +339,13 @@ impl RetentionStore for MemoryStore {
                 },
                 o.expires_at,
                 to_value(o).unwrap_or_default(),
+            );
+        }
+        for ((t, id), f) in &s.callback_failures {
+            item(
+                keys::callback_failure(t, id),
+                f.expires_at,
+                to_value(f).unwrap_or_default(),
             );
         }
         for (chain, (head, events)) in &s.audit {
