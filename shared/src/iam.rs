@@ -220,6 +220,9 @@ const DISPATCHER: &[Grant] = &[
 const STATUS_CALLBACK: &[Grant] = &[
     // The tenant's callback setting, by key.
     on(Table, DynamoStore::GET),
+    // The tenant's record of a callback given up (`TENANT#{t}` / `CBFAIL#…`): one
+    // unconditional put, nothing updated or deleted.
+    on(Table, DynamoStore::PUT),
     on(CallbackSecrets, SecretsManagerStore::READ),
     on(CallbackQueue, SqsQueue::BACKOFF),
 ];

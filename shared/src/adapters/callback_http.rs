@@ -136,13 +136,50 @@ pub fn validate_url(raw: &str, allow_private: bool) -> Result<Url, TargetError> 
     }
 }
 
+/// Why an attempt did not deliver, to be tried again later: the log's words, and a short
+/// [`class`](Self::class) (what a tenant's record of a given-up callback keeps). Never the
+/// receiver's body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetryReason {
+    /// The receiver answered this non-2xx status.
+    #[error("receiver answered http {0}")]
+    Status(u16),
+    #[error("receiver did not answer in time")]
+    Timeout,
+    /// No connection (refused, reset, TLS).
+    #[error("could not reach the receiver")]
+    Connect,
+    /// Connected, but the request or its answer failed otherwise.
+    #[error("the request to the receiver failed")]
+    Request,
+    /// The host's name did not resolve (or not in time).
+    #[error("{}", TargetError::Unresolvable)]
+    Unresolvable,
+    #[error("http client: {0}")]
+    Client(String),
+}
+
+impl RetryReason {
+    /// `http_{status}`, `timeout`, `connect`, `request`, `unresolvable` or `client`.
+    pub fn class(&self) -> String {
+        match self {
+            RetryReason::Status(code) => format!("http_{code}"),
+            RetryReason::Timeout => "timeout".into(),
+            RetryReason::Connect => "connect".into(),
+            RetryReason::Request => "request".into(),
+            RetryReason::Unresolvable => "unresolvable".into(),
+            RetryReason::Client(_) => "client".into(),
+        }
+    }
+}
+
 /// The outcome of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     /// The receiver answered 2xx.
     Delivered,
     /// Not delivered this time (non-2xx, timeout, connection): try again later.
-    Retry(String),
+    Retry(RetryReason),
     /// The target may never be called (a non-public address, a bad URL): do not retry.
     Refused(TargetError),
 }
@@ -159,7 +196,7 @@ async fn checked_addresses(url: &Url, allow_private: bool) -> Result<Vec<SocketA
         Some(url::Host::Ipv6(ip)) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
         Some(url::Host::Domain(d)) => match tokio::net::lookup_host((d, port)).await {
             Ok(a) => a.collect(),
-            Err(_) => return Err(Delivery::Retry(TargetError::Unresolvable.to_string())),
+            Err(_) => return Err(Delivery::Retry(RetryReason::Unresolvable)),
         },
         None => return Err(Delivery::Refused(TargetError::Invalid)),
     };
@@ -180,7 +217,7 @@ fn connectable(addrs: Vec<SocketAddr>, allow_private: bool) -> Result<Vec<Socket
         }
     }
     if unique.is_empty() {
-        return Err(Delivery::Retry(TargetError::Unresolvable.to_string()));
+        return Err(Delivery::Retry(RetryReason::Unresolvable));
     }
     Ok(unique)
 }
@@ -203,7 +240,7 @@ pub async fn post(
     let addrs = match tokio::time::timeout(timeout, checked_addresses(&url, allow_private)).await {
         Ok(Ok(a)) => a,
         Ok(Err(d)) => return d,
-        Err(_) => return Delivery::Retry(TargetError::Unresolvable.to_string()),
+        Err(_) => return Delivery::Retry(RetryReason::Unresolvable),
     };
     let timeout = timeout
         .saturating_sub(started.elapsed())
@@ -220,7 +257,7 @@ pub async fn post(
     }
     let client = match builder.build() {
         Ok(c) => c,
-        Err(e) => return Delivery::Retry(format!("http client: {e}")),
+        Err(e) => return Delivery::Retry(RetryReason::Client(e.to_string())),
     };
     let mut req = client
         .post(url)
@@ -231,9 +268,10 @@ pub async fn post(
     }
     match req.body(body).send().await {
         Ok(res) if res.status().is_success() => Delivery::Delivered,
-        Ok(res) => Delivery::Retry(format!("receiver answered http {}", res.status().as_u16())),
-        Err(e) if e.is_timeout() => Delivery::Retry("receiver did not answer in time".into()),
-        Err(_) => Delivery::Retry("could not reach the receiver".into()),
+        Ok(res) => Delivery::Retry(RetryReason::Status(res.status().as_u16())),
+        Err(e) if e.is_timeout() => Delivery::Retry(RetryReason::Timeout),
+        Err(e) if e.is_connect() => Delivery::Retry(RetryReason::Connect),
+        Err(_) => Delivery::Retry(RetryReason::Request),
     }
 }
 
@@ -425,7 +463,7 @@ mod tests {
         );
         assert_eq!(
             connectable(vec![], false),
-            Err(Delivery::Retry(TargetError::Unresolvable.to_string()))
+            Err(Delivery::Retry(RetryReason::Unresolvable))
         );
     }
 }

@@ -23,7 +23,7 @@ use sha2::Sha256;
 
 use crate::adapters::callback_http::{self, Delivery};
 use crate::domain::{MessageRecord, MessageStatus, RetentionClass, TenantId};
-use crate::ports::{OwedCallback, StatusCallback};
+use crate::ports::{CallbackFailure, OwedCallback, StatusCallback};
 use crate::secret::Secret;
 
 use super::errors::ServiceError;
@@ -252,15 +252,83 @@ pub fn timed_signature(secret: &Secret, timestamp: Option<i64>, body: &[u8]) -> 
     ))
 }
 
-/// One delivery attempt (`attempt` counts from 1).
-/// One delivery attempt, in a `job` span carrying the message's ids.
+/// Why an attempt did not deliver, to be retried (or given up at the last attempt): the
+/// log's words, a short class for the tenant's record, and the receiver's host when the
+/// setting was read.
+struct Failed {
+    class: String,
+    why: String,
+    host: Option<String>,
+}
+
+impl Failed {
+    fn new(class: impl Into<String>, why: impl ToString, host: Option<&str>) -> Self {
+        Self {
+            class: class.into(),
+            why: why.to_string(),
+            host: host.map(str::to_owned),
+        }
+    }
+}
+
+/// One delivery attempt (`attempt` counts from 1), in a `job` span carrying the message's
+/// ids: a failure is retried, or at the last attempt given up.
 async fn deliver(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
     use tracing::Instrument;
     let span = tracing::info_span!("job", kind = "status_callback", tenant_id = %job.tenant_id, message_id = %job.message_id);
-    deliver_once(deps, job, attempt).instrument(span).await
+    async {
+        match deliver_once(deps, job, attempt).await {
+            Ok(outcome) => outcome,
+            Err(failed) => retry_or_give_up(deps, job, attempt, failed).await,
+        }
+    }
+    .instrument(span)
+    .await
 }
 
-async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
+/// A failed attempt: retried with backoff, or at the last attempt given up. The one place a
+/// callback is given up (a failed last try, or one the breaker parked untried): counted
+/// (`CallbacksGivenUp`) and recorded for its tenant, once.
+async fn retry_or_give_up(deps: &Deps, job: &CallbackJob, attempt: u32, failed: Failed) -> Outcome {
+    let why = &failed.why;
+    if attempt < deps.settings.callback_max_attempts {
+        tracing::info!(attempt, reason = %why, "status callback will be retried");
+        return Outcome::RetryAfter(backoff(deps.settings.callback_backoff, attempt));
+    }
+    // Not deleted: kept on the dead-letter queue (14 days), listed and redriven with the
+    // operator's dead-letter routes, rather than lost with a log line.
+    tracing::warn!(attempt, reason = %why, "status callback given up; left to the dead-letter queue");
+    crate::metrics::callback_given_up();
+    record_given_up(deps, job, attempt, failed).await;
+    Outcome::Poison
+}
+
+/// The tenant's record of a callback given up (`GET /v1/settings/status-callback/failures`):
+/// one write, kept 14 days (as long as the dead-letter queue keeps the callback). Its
+/// failure is logged and changes nothing else: the callback is parked all the same.
+async fn record_given_up(deps: &Deps, job: &CallbackJob, attempt: u32, failed: Failed) {
+    let now = deps.clock.now();
+    let record = CallbackFailure {
+        tenant_id: job.tenant_id.clone(),
+        id: crate::domain::ulid_at(now).to_string(),
+        message_id: job.message_id.clone(),
+        status: job.status,
+        sequence: job.sequence,
+        given_up_at: now,
+        attempts: attempt,
+        last_error: failed.class,
+        host: failed.host,
+        expires_at: deps
+            .settings
+            .retention
+            .expiry(RetentionClass::CallbackFailures, now),
+    };
+    if let Err(e) = deps.status_callbacks.put_callback_failure(&record).await {
+        tracing::warn!(error = %e, "the tenant's record of a given-up status callback not written");
+    }
+}
+
+async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Result<Outcome, Failed> {
     // Past its last attempt (given up, back for the queue's last receives): parked on the
     // dead-letter queue by the queue's own redrive, without another try.
     if attempt > deps.settings.callback_max_attempts {
@@ -269,20 +337,8 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
             attempt,
             "status callback given up; left to the dead-letter queue"
         );
-        return Outcome::Poison;
+        return Ok(Outcome::Poison);
     }
-    let retry = |why: &str| {
-        if attempt >= deps.settings.callback_max_attempts {
-            // Not deleted: kept on the dead-letter queue (14 days), listed and redriven
-            // with the operator's dead-letter routes, rather than lost with a log line.
-            tracing::warn!(attempt, reason = %why, "status callback given up; left to the dead-letter queue");
-            crate::metrics::callback_given_up();
-            Outcome::Poison
-        } else {
-            tracing::info!(attempt, reason = %why, "status callback will be retried");
-            Outcome::RetryAfter(backoff(deps.settings.callback_backoff, attempt))
-        }
-    };
     let setting = match deps
         .status_callbacks
         .get_status_callback(&job.tenant_id)
@@ -299,19 +355,24 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
             Ok(Some(s)) => s,
             Ok(None) => {
                 tracing::info!("status callbacks turned off meanwhile; not sent");
-                return Outcome::Done;
+                return Ok(Outcome::Done);
             }
-            Err(e) => return retry(&e.to_string()),
+            Err(e) => return Err(Failed::new("setting_unreadable", e, None)),
         },
-        Err(e) => return retry(&e.to_string()),
+        Err(e) => return Err(Failed::new("setting_unreadable", e, None)),
     };
+    // The host alone, for the tenant's record: a path or a query may carry a token.
+    let host = url::Url::parse(&setting.url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned));
+    let host = host.as_deref();
     let secret = match signing_secret(deps, &setting).await {
         Ok(Some(s)) => s,
         Ok(None) => {
             tracing::warn!("status callback secret missing; not sent");
-            return Outcome::Done;
+            return Ok(Outcome::Done);
         }
-        Err(e) => return retry(&e.to_string()),
+        Err(e) => return Err(Failed::new("secret_unreadable", e, host)),
     };
     // Open for this receiver (a new URL starts afresh), also at the job's last attempt:
     // the receiver has just failed three tries in a row, and a last try made anyway held
@@ -323,9 +384,13 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
         // The receiver failed its last tries: this one is not made (no connection, no
         // wait), and counts as a failed try, so a receiver that stays down costs the
         // others' callbacks nothing.
-        return retry(&format!(
-            "receiver failing; not tried for another {}s",
-            left.as_secs().max(1)
+        return Err(Failed::new(
+            "breaker_open",
+            format!(
+                "receiver failing; not tried for another {}s",
+                left.as_secs().max(1)
+            ),
+            host,
         ));
     }
     let body = body_of(job);
@@ -334,7 +399,7 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
         signature(&secret, body.as_bytes()),
         timed_signature(&secret, Some(now), body.as_bytes()),
     ) else {
-        return Outcome::Done;
+        return Ok(Outcome::Done);
     };
     let headers = [
         (SIGNATURE_HEADER, sig),
@@ -357,7 +422,7 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
                 attempt,
                 "status callback delivered"
             );
-            Outcome::Done
+            Ok(Outcome::Done)
         }
         // The host resolves to a non-public address now: DNS answers change (a migration,
         // a split-horizon record, a registrar's parking 127.0.0.1), so it is tried again,
@@ -365,15 +430,15 @@ async fn deliver_once(deps: &Deps, job: &CallbackJob, attempt: u32) -> Outcome {
         // attempt rather than deleted. Not the receiver's failure: no breaker.
         Delivery::Refused(e @ callback_http::TargetError::ResolvesNonPublic) => {
             tracing::warn!(reason = %e, "status callback target refused");
-            retry(&e.to_string())
+            Err(Failed::new("private_address", e, host))
         }
         Delivery::Refused(e) => {
             tracing::warn!(reason = %e, "status callback target refused");
-            Outcome::Done
+            Ok(Outcome::Done)
         }
         Delivery::Retry(why) => {
             breaker::failed(&at_receiver);
-            retry(&why)
+            Err(Failed::new(why.class(), why, host))
         }
     }
 }
@@ -539,6 +604,48 @@ pub async fn handle_batch(deps: &Deps, items: &[(String, u32)]) -> Vec<Outcome> 
         }
     }
     outcomes
+}
+
+/// One callback given up, as `GET /v1/settings/status-callback/failures` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailureView {
+    pub message_id: String,
+    pub status: &'static str,
+    pub sequence: u32,
+    pub given_up_at: chrono::DateTime<chrono::Utc>,
+    pub attempts: u32,
+    pub last_error: String,
+    pub host: Option<String>,
+}
+
+impl From<&CallbackFailure> for FailureView {
+    fn from(f: &CallbackFailure) -> Self {
+        Self {
+            message_id: f.message_id.to_string(),
+            status: f.status.as_str(),
+            sequence: f.sequence,
+            given_up_at: f.given_up_at,
+            attempts: f.attempts,
+            last_error: f.last_error.clone(),
+            host: f.host.clone(),
+        }
+    }
+}
+
+/// A page of the tenant's callbacks given up in the last 14 days, newest first, and the
+/// cursor of the next page (`None` on the last).
+pub async fn failures(
+    deps: &Deps,
+    tenant: &TenantId,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<(Vec<FailureView>, Option<String>), ServiceError> {
+    let page = deps
+        .status_callbacks
+        .callback_failures_page(tenant, limit, cursor)
+        .await?;
+    let views = page.failures.iter().map(FailureView::from).collect();
+    Ok((views, page.next_cursor))
 }
 
 /// What `GET /v1/settings/status-callback` answers: the secret is write-only.

@@ -306,6 +306,9 @@ impl DynamoStore {
     /// TransactWriteItems is authorised per item by PutItem, UpdateItem, DeleteItem and
     /// ConditionCheckItem.
     pub const GET: &'static [&'static str] = &["dynamodb:GetItem"];
+    /// A single unconditional put (the status-callback function's record of a callback it
+    /// gave up).
+    pub const PUT: &'static [&'static str] = &["dynamodb:PutItem"];
     pub const READ: &'static [&'static str] = &["dynamodb:GetItem", "dynamodb:Query"];
     pub const WRITE: &'static [&'static str] = &[
         "dynamodb:PutItem",
