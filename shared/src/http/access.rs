@@ -119,6 +119,11 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET", "/v1/settings/status-callback", Tenant(Admin)),
     rule("PUT", "/v1/settings/status-callback", Tenant(Admin)),
     rule("DELETE", "/v1/settings/status-callback", Tenant(Admin)),
+    rule(
+        "GET",
+        "/v1/settings/status-callback/failures",
+        Tenant(Admin),
+    ),
     rule("GET", "/v1/audit", Tenant(Admin)),
     rule("GET", "/v1/audit/verify", Tenant(Admin)),
     rule("GET", "/v1/users", Tenant(Admin)),

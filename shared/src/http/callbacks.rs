@@ -14,10 +14,25 @@ use super::{ApiResult, AppState};
 use crate::service::callbacks::{self, CallbackUpdate};
 
 pub(super) fn routes() -> Router<AppState> {
-    Router::new().route(
-        "/v1/settings/status-callback",
-        get(get_setting).put(put_setting).delete(delete_setting),
-    )
+    Router::new()
+        .route(
+            "/v1/settings/status-callback",
+            get(get_setting).put(put_setting).delete(delete_setting),
+        )
+        .route("/v1/settings/status-callback/failures", get(list_failures))
+}
+
+/// `GET /v1/settings/status-callback/failures?limit=&cursor=`: the tenant's callbacks given
+/// up in the last 14 days, newest first, a page of at most `limit` (default 100, the most),
+/// and `next_cursor` (`null` on the last page). As `GET /v1/api-keys` pages.
+async fn list_failures(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    super::extract::Query(params): super::extract::Query<std::collections::HashMap<String, String>>,
+) -> ApiResult {
+    let (limit, cursor) = super::page_query(&params, crate::ports::MAX_PAGE)?;
+    let (data, next_cursor) = callbacks::failures(&s.deps, ctx.tenant_id(), limit, cursor).await?;
+    Ok(Json(json!({"data": data, "next_cursor": next_cursor})).into_response())
 }
 
 async fn get_setting(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {

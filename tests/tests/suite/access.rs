@@ -36,7 +36,7 @@ pub(crate) fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
-async fn new_key(app: &TestApp, admin: &str, role: &str) -> (String, String) {
+pub(crate) async fn new_key(app: &TestApp, admin: &str, role: &str) -> (String, String) {
     let (s, b) = call(
         app,
         "POST",

@@ -19,6 +19,7 @@ mod audit;
 mod aws_errors;
 mod broadcasts;
 mod caches;
+mod callback_failures;
 mod callbacks;
 mod campaigns;
 mod console;
