@@ -2284,15 +2284,15 @@ async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
 // ------------------------------------------------------------------ settings
 
 async fn settings(State(s): S, ctx: Ctx, q: Q) -> Response {
-    render_settings(
-        &s,
-        &ctx,
-        StatusCode::OK,
-        done(&q.0),
-        TypedSettings::default(),
-    )
-    .await
+    let typed = TypedSettings {
+        failures_cursor: q.0.get("failures_cursor").map(String::as_str),
+        ..TypedSettings::default()
+    };
+    render_settings(&s, &ctx, StatusCode::OK, done(&q.0), typed).await
 }
+
+/// How many of the callbacks given up the settings page shows at a time.
+const CALLBACK_FAILURES_SHOWN: usize = 20;
 
 /// What a refused settings form had typed, shown again to be mended (not the stored value:
 /// fifteen networks pasted, one malformed, were all lost).
@@ -2300,6 +2300,8 @@ async fn settings(State(s): S, ctx: Ctx, q: Q) -> Response {
 struct TypedSettings<'a> {
     cidrs: Option<&'a str>,
     url: Option<&'a str>,
+    /// The page of callbacks given up to show (its "Older" link's cursor).
+    failures_cursor: Option<&'a str>,
 }
 
 async fn render_settings(
@@ -2321,6 +2323,30 @@ async fn render_settings(
     if !tf.ok() {
         return failed(&tf);
     }
+    // The latest callbacks given up (one page); unreadable, the rest of the page still shows.
+    let limit = CALLBACK_FAILURES_SHOWN.to_string();
+    let gave_up = s
+        .api
+        .get(
+            &ctx.who,
+            &format!(
+                "/v1/settings/status-callback/failures?{}",
+                query(&[
+                    ("limit", &limit),
+                    ("cursor", typed.failures_cursor.unwrap_or(""))
+                ])
+            ),
+        )
+        .await;
+    let failures: Vec<Value> = if gave_up.ok() {
+        gave_up.body["data"].as_array().cloned().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let older = gave_up
+        .ok()
+        .then(|| gave_up.body["next_cursor"].as_str())
+        .flatten();
     let cidrs: Vec<&str> = allow.body["cidrs"]
         .as_array()
         .into_iter()
@@ -2356,6 +2382,39 @@ async fn render_settings(
             @if cb.body["secret_set"].as_bool() == Some(true) { p.hint { "A secret is set." } }
             button type="submit" name="op" value="save" { "Save callback" }
             @if !stored_url.is_empty() { button.danger type="submit" name="op" value="off" { "Turn callbacks off" } }
+        }
+        h3 #callback-failures { "Callbacks given up" }
+        p.hint { "Status callbacks your receiver did not accept in any of their attempts (or that
+            were not tried while it kept failing), kept 14 days, newest first. The platform
+            operator can send them again." }
+        @if !gave_up.ok() {
+            p.hint { "The callbacks given up could not be read just now." }
+        } @else {
+            div.table-wrap {
+                table.stack #callback-failures-list {
+                    caption { "Callbacks given up, newest first" }
+                    thead { tr { th scope="col" { "Given up" } th scope="col" { "Message" } th scope="col" { "Status" } th scope="col" { "Sequence" } th scope="col" { "Attempts" } th scope="col" { "Last error" } th scope="col" { "Host" } } }
+                    tbody {
+                        @for f in &failures {
+                            tr {
+                                td data-label="Given up" { (when(&f["given_up_at"])) }
+                                td data-label="Message" { a href=(format!("/console/messages/{}", text(f, "message_id"))) { (text(f, "message_id")) } }
+                                td data-label="Status" { (text(f, "status")) }
+                                td data-label="Sequence" { (f["sequence"].as_u64().unwrap_or(0)) }
+                                td data-label="Attempts" { (f["attempts"].as_u64().unwrap_or(0)) }
+                                td data-label="Last error" { (text(f, "last_error")) }
+                                td data-label="Host" { (f["host"].as_str().unwrap_or("—")) }
+                            }
+                        }
+                        @if failures.is_empty() {
+                            tr { td colspan="7" { "None in the last 14 days." } }
+                        }
+                    }
+                }
+            }
+            @if let Some(c) = older {
+                p { a href=(format!("/console/settings?{}#callback-failures", query(&[("failures_cursor", c)]))) { "Older callbacks given up" } }
+            }
         }
         h2 { "Two-factor authentication" }
         form.stack method="post" action="/console/settings/2fa" {

@@ -239,9 +239,42 @@ async fn the_failures_list_is_an_admins_and_pages_with_limit_and_cursor(b: Backe
     }
 }
 
+/// The console's settings page shows an admin the latest callbacks given up: the message,
+/// its status, the last error and the host, never the URL's path or query.
+async fn the_console_settings_page_shows_the_callbacks_given_up(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(1).await;
+    receiver_answering(&app, &t, StatusCode::INTERNAL_SERVER_ERROR).await;
+    let (email, _) = super::users::new_user(&app, &t.key, "admin").await;
+    let mut web = super::console::sign_in(&app, &email).await;
+    let page = web.get("/console/settings").await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert!(
+        page.html.contains("None in the last 14 days."),
+        "{}",
+        page.html
+    );
+    let message = give_up_one(&app, &t).await;
+    let page = web.get("/console/settings").await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    let list = page
+        .html
+        .split(r#"id="callback-failures-list""#)
+        .nth(1)
+        .and_then(|rest| rest.split("</table>").next())
+        .unwrap_or_else(|| panic!("no list of callbacks given up: {}", page.html));
+    assert!(list.contains(&message.to_string()), "{list}");
+    assert!(list.contains("http_500"), "{list}");
+    assert!(list.contains("127.0.0.1"), "{list}");
+    assert!(list.contains(r#"data-label="Status">sent<"#), "{list}");
+    assert!(!list.contains("None in the last 14 days."), "{list}");
+    assert!(!list.contains("path-token") && !list.contains("query-token"));
+}
+
 on_both_backends!(
     each_callback_given_up_leaves_one_record_newest_first_with_its_host_only,
     a_callback_delivered_on_a_retry_leaves_no_record,
     a_tenant_never_sees_another_tenants_callbacks_given_up,
     the_failures_list_is_an_admins_and_pages_with_limit_and_cursor,
+    the_console_settings_page_shows_the_callbacks_given_up,
 );
