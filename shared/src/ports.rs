@@ -1325,6 +1325,25 @@ pub trait AuditLog: Send + Sync {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, StoreError>;
+    /// Keeps an audit *intent* (`audit::intent`): what an audited call is about to attempt,
+    /// written before its handler runs, as the parked event it becomes should its process
+    /// die before the call's own event is recorded (an unconditional write, keyed by its
+    /// ULID id alone, so the sweep finds it by time without a scan).
+    async fn put_intent(&self, intent: &ParkedAudit) -> Result<(), StoreError>;
+    /// Removes the intent `id` (its call's event was recorded or parked); gone already is
+    /// no error.
+    async fn delete_intent(&self, id: &str) -> Result<(), StoreError>;
+    /// Live intents made before `before` (their ids' time), oldest first, at most `limit`.
+    async fn stale_intents(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<ParkedAudit>, StoreError>;
+    /// Turns the intent `id` into the parked event `parked` in one atomic write: the intent
+    /// deleted (only while it exists) and `parked` parked (as [`AuditLog::park`]), so an
+    /// intent becomes at most one event however many sweeps race. `Conflict` if the
+    /// intent is gone, and then nothing is written.
+    async fn promote_intent(&self, id: &str, parked: &ParkedAudit) -> Result<(), StoreError>;
     /// Newest first, matching the query; the next cursor if there may be more.
     async fn list(
         &self,

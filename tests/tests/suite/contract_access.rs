@@ -719,6 +719,80 @@ async fn a_parked_audit_event_is_kept_in_order_and_linked_in_exactly_once(p: Por
     assert!(!p.audit.tip(&chain).await.unwrap().1);
 }
 
+/// An audit intent made `ago` before the clock's now, on `chain`.
+fn intent(chain: &str, ago: Duration, p: &Ports) -> ParkedAudit {
+    let at = p.clock.now() - ago;
+    ParkedAudit {
+        id: ulid::Ulid::from_datetime(at.into()).to_string(),
+        at,
+        ..parked(chain, "-", p)
+    }
+}
+
+/// Intents are found by their age (their ULID's time) across all chains, oldest first,
+/// without a scan; removed by id (twice is no error); turned into a parked event in one
+/// write exactly once; and they expire with the audit class.
+async fn audit_intents_are_found_by_age_and_each_becomes_one_parked_event(p: Ports) {
+    let chain = format!("chain-{}", kirim::domain::new_id());
+    let old = intent(&chain, Duration::minutes(5), &p);
+    let older = intent("platform", Duration::minutes(9), &p);
+    let young = intent(&chain, Duration::seconds(30), &p);
+    for i in [&young, &old, &older] {
+        p.audit.put_intent(i).await.unwrap();
+    }
+    let cutoff = p.clock.now() - Duration::minutes(2);
+    assert_eq!(
+        p.audit.stale_intents(cutoff, 10).await.unwrap(),
+        vec![older.clone(), old.clone()],
+        "the stale ones, oldest first, every chain's"
+    );
+    assert_eq!(
+        p.audit.stale_intents(cutoff, 1).await.unwrap(),
+        vec![older.clone()]
+    );
+    let now = p.clock.now() + Duration::seconds(1);
+    assert_eq!(p.audit.stale_intents(now, 10).await.unwrap().len(), 3);
+    // Intents are not parked events: the chain's tip and outbox do not see them.
+    assert_eq!(p.audit.tip(&chain).await.unwrap(), (None, false));
+    p.audit.delete_intent(&young.id).await.unwrap();
+    p.audit.delete_intent(&young.id).await.unwrap();
+    assert_eq!(p.audit.stale_intents(now, 10).await.unwrap().len(), 2);
+    // Promoted: gone from the intents and parked, with its index entry, in one write.
+    let parked = ParkedAudit {
+        details: r#"{"interrupted":true,"status":null}"#.into(),
+        ..old.clone()
+    };
+    p.audit.promote_intent(&old.id, &parked).await.unwrap();
+    assert_eq!(
+        p.audit.stale_intents(now, 10).await.unwrap(),
+        vec![older.clone()]
+    );
+    assert_eq!(
+        p.audit.parked(&chain, 10).await.unwrap(),
+        vec![parked.clone()]
+    );
+    assert!(p
+        .audit
+        .parked_chains(None, 100)
+        .await
+        .unwrap()
+        .contains(&chain));
+    // Again (a second sweep): a conflict that writes nothing.
+    let again = ParkedAudit {
+        id: kirim::domain::new_id(),
+        ..parked.clone()
+    };
+    assert!(matches!(
+        p.audit.promote_intent(&old.id, &again).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(p.audit.parked(&chain, 10).await.unwrap(), vec![parked]);
+    // They expire with the audit class (here an hour after `parked`'s clock).
+    p.clock.advance(Duration::hours(2));
+    let later = p.clock.now();
+    assert!(p.audit.stale_intents(later, 10).await.unwrap().is_empty());
+}
+
 /// One page at a time (one read each), newest first: walking the cursors lists each of the
 /// tenant's keys once, the full list's order reversed, leaves out a key past its 90 days after
 /// it ended, and ends without a cursor; a made-up cursor is refused, and another tenant's
@@ -813,6 +887,7 @@ async fn keys_are_listed_a_page_at_a_time_each_once_and_only_the_tenants_own(p: 
 }
 
 contract!(
+    audit_intents_are_found_by_age_and_each_becomes_one_parked_event,
     a_parked_audit_event_is_kept_in_order_and_linked_in_exactly_once,
     an_audit_event_is_written_before_its_head_and_the_head_follows_it_once,
     an_audit_chain_only_grows_from_its_current_head,

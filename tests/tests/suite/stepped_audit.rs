@@ -46,6 +46,8 @@ pub(crate) trait Steps: Send + Sync + 'static {
     fn on_tip(&self) {}
     /// After the chain's head was read (`head`), before its answer is used.
     async fn after_head_read(&self) {}
+    /// When an audit intent is written (`put_intent`).
+    fn on_intent(&self) {}
 }
 
 /// The real log `inner`, with `steps` run at each step.
@@ -98,6 +100,23 @@ impl<S: Steps> AuditLog for Stepped<S> {
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         self.inner.parked_chains(after, limit).await
+    }
+    async fn put_intent(&self, intent: &ParkedAudit) -> Result<(), StoreError> {
+        self.steps.on_intent();
+        self.inner.put_intent(intent).await
+    }
+    async fn delete_intent(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.delete_intent(id).await
+    }
+    async fn stale_intents(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<ParkedAudit>, StoreError> {
+        self.inner.stale_intents(before, limit).await
+    }
+    async fn promote_intent(&self, id: &str, parked: &ParkedAudit) -> Result<(), StoreError> {
+        self.inner.promote_intent(id, parked).await
     }
     async fn list(
         &self,

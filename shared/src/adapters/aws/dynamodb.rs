@@ -2184,6 +2184,94 @@ impl AuditLog for DynamoStore {
         Ok(out)
     }
 
+    async fn put_intent(&self, intent: &ParkedAudit) -> Result<(), StoreError> {
+        // No index entry: its own key is the sweep's time order (one write unit, not two).
+        let item = to_item(
+            intent,
+            &keys::audit_intent(&intent.id).pairs(),
+            intent.expires_at,
+        )?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("dynamodb put", e))
+    }
+
+    async fn delete_intent(&self, id: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::audit_intent(id).attrs()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("dynamodb delete", e))
+    }
+
+    async fn stale_intents(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<ParkedAudit>, StoreError> {
+        let (lo, hi) = keys::audit_intents_before(before.timestamp_millis().max(0) as u64);
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .expression_attribute_values(":pk", s(keys::audit_intent_pk()))
+            .expression_attribute_values(":lo", s(lo))
+            .expression_attribute_values(":hi", s(hi))
+            .limit(limit.clamp(1, 100) as i32)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| classify("dynamodb query", e))?;
+            if self.live(&item) {
+                out.push(from_item(item)?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn promote_intent(&self, id: &str, parked: &ParkedAudit) -> Result<(), StoreError> {
+        let delete = aws_sdk_dynamodb::types::Delete::builder()
+            .table_name(&self.table)
+            .set_key(Some(keys::audit_intent(id).attrs()))
+            .condition_expression("attribute_exists(pk)")
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("delete: {e}")))?;
+        let item = to_item(
+            parked,
+            &keys::audit_parked(&parked.chain, &parked.id)
+                .with_gsi1(keys::audit_parked_gsi1(&parked.chain, &parked.id)),
+            parked.expires_at,
+        )?;
+        let items = vec![
+            TransactWriteItem::builder().delete(delete).build(),
+            self.put(item, None)?,
+        ];
+        match self.transact(items).await {
+            Ok(()) => Ok(()),
+            Err(e)
+                if e.any(CancelReason::ConditionalCheckFailed)
+                    || e.any(CancelReason::TransactionConflict) =>
+            {
+                Err(StoreError::Conflict("audit intent gone".into()))
+            }
+            Err(e) => Err(e.into_store_error()),
+        }
+    }
+
     async fn list(
         &self,
         chain: &str,

@@ -341,6 +341,8 @@ pub(super) struct State {
     pub(super) audit: HashMap<String, (Option<AuditHead>, BTreeMap<u64, AuditEvent>)>,
     /// (chain, id) → an audit event whose append failed, until linked in.
     pub(super) audit_parked: BTreeMap<(String, String), ParkedAudit>,
+    /// id (a ULID: time order) → an audited call under way, or one whose process died.
+    pub(super) audit_intents: BTreeMap<String, ParkedAudit>,
     quality: BTreeMap<(TenantId, chrono::NaiveDate), (QualityCounts, Option<i64>)>,
     /// (tenant, E.164 or user id) → opt-out, ordered for paging.
     opt_outs: BTreeMap<(TenantId, String), crate::domain::OptOut>,
@@ -1435,6 +1437,45 @@ impl AuditLog for MemoryStore {
             out.push(chain.clone());
         }
         Ok(out)
+    }
+
+    async fn put_intent(&self, intent: &ParkedAudit) -> Result<(), StoreError> {
+        self.lock()?
+            .audit_intents
+            .insert(intent.id.clone(), intent.clone());
+        Ok(())
+    }
+
+    async fn delete_intent(&self, id: &str) -> Result<(), StoreError> {
+        self.lock()?.audit_intents.remove(id);
+        Ok(())
+    }
+
+    async fn stale_intents(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<ParkedAudit>, StoreError> {
+        // As the table's key range: ids before the smallest ULID of `before`'s millisecond.
+        let floor = ulid::Ulid::from_parts(before.timestamp_millis().max(0) as u64, 0).to_string();
+        let s = self.lock()?;
+        Ok(s.audit_intents
+            .range(..floor)
+            .map(|(_, i)| i)
+            .filter(|i| self.live(i.expires_at))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn promote_intent(&self, id: &str, parked: &ParkedAudit) -> Result<(), StoreError> {
+        let mut s = self.lock()?;
+        if s.audit_intents.remove(id).is_none() {
+            return Err(StoreError::Conflict("audit intent gone".into()));
+        }
+        s.audit_parked
+            .insert((parked.chain.clone(), parked.id.clone()), parked.clone());
+        Ok(())
     }
 
     async fn list(

@@ -40,6 +40,8 @@ const LOGINFAIL: &str = "LOGINFAIL#";
 const LOGINADDR: &str = "LOGINADDR#";
 /// The one partition of status callbacks the queue refused (all tenants).
 const CALLBACK_OWED: &str = "CALLBACKOWED";
+/// The one partition of audit intents (all chains): `audit::intent`.
+const AUDIT_INTENT: &str = "AUDITINTENT";
 // gsi1 partition prefixes.
 const WABA: &str = "WABA#";
 /// The sparse index partition of every parked audit event (all chains).
@@ -144,6 +146,9 @@ pub enum ItemKind {
     /// only parked events are in that partition): an event whose append failed, until
     /// linked in.
     AuditParked,
+    /// `AUDITINTENT` / `INTENT#{ulid}`: an audited call under way (written before its
+    /// handler, deleted after its event), or one whose process died: the sweep parks it.
+    AuditIntent,
     /// `TENANT#{tenant}` / `QSTAT#{yyyy-mm-dd}`.
     QualityCounter,
     /// `TENANT#{tenant}` / `BROADCAST#{broadcast id}`.
@@ -197,6 +202,7 @@ impl ItemKind {
         ItemKind::AuditEvent,
         ItemKind::AuditHead,
         ItemKind::AuditParked,
+        ItemKind::AuditIntent,
         ItemKind::QualityCounter,
         ItemKind::Broadcast,
         ItemKind::BroadcastList,
@@ -229,7 +235,7 @@ impl ItemKind {
             Message | WamidIndex | Broadcast | Template | UserPairing => RetentionClass::Messages,
             ServiceWindow => RetentionClass::ServiceWindow,
             Tenant | LedgerEntry | UsageCounter => RetentionClass::Billing,
-            AuditEvent | AuditParked => RetentionClass::Audit,
+            AuditEvent | AuditParked | AuditIntent => RetentionClass::Audit,
             Idempotency => RetentionClass::Idempotency,
             // A callback owed lives as long as the queue would have kept it; an opting back
             // in as long as Meta may deliver an older webhook again.
@@ -302,6 +308,7 @@ impl ItemKind {
                 (_, SESSION_SK) if pk.starts_with(SESSION) => Session,
                 (RETENTION, CHECKPOINT_SK) => RetentionCheckpoint,
                 (CALLBACK_OWED, _) if has(OWED_PREFIX) => OwedCallback,
+                (AUDIT_INTENT, _) if has(INTENT_PREFIX) => AuditIntent,
                 (_, FAIL_SK) if pk.starts_with(LOGINADDR) => LoginFailuresOfAddress,
                 _ if pk.starts_with(LOGINFAIL) && (has(ADDR_PREFIX) || sk == TOTP_FAIL_SK) => {
                     LoginFailuresOfEmail
@@ -678,6 +685,26 @@ pub fn audit_tip_from() -> &'static str {
 }
 
 pub const PARKED_PREFIX: &str = "PARKED#";
+const INTENT_PREFIX: &str = "INTENT#";
+
+/// The partition of every audit intent.
+pub fn audit_intent_pk() -> &'static str {
+    AUDIT_INTENT
+}
+
+/// An audit intent (`id` a ULID: key order is the order they were made in, so the sweep
+/// reads the stale ones as a key range, [`audit_intents_before`]).
+pub fn audit_intent(id: &str) -> Key {
+    Key::new(AUDIT_INTENT, format!("{INTENT_PREFIX}{id}"))
+}
+
+/// The sort-key range of the intents whose ULIDs were made before `before_ms` (epoch ms):
+/// from the prefix to the smallest ULID of that millisecond, exclusive in effect (a ULID of
+/// that very millisecond with all-zero randomness does not occur).
+pub fn audit_intents_before(before_ms: u64) -> (String, String) {
+    let floor = ulid::Ulid::from_parts(before_ms, 0).to_string();
+    (INTENT_PREFIX.to_owned(), format!("{INTENT_PREFIX}{floor}"))
+}
 
 /// A parked audit event's entry in the sparse index of every parked event: written with
 /// the event in its one `PutItem`, gone with it when it is linked in (or expires), so the
@@ -798,6 +825,7 @@ mod tests {
             ItemKind::AuditEvent => audit_event(t.as_str(), 42),
             ItemKind::AuditHead => audit_head("platform"),
             ItemKind::AuditParked => audit_parked("platform", "01JPARKED"),
+            ItemKind::AuditIntent => audit_intent("01JINTENT"),
             ItemKind::QualityCounter => quality_counter(&t, day),
             ItemKind::Broadcast => broadcast(&t, "01JBCAST"),
             ItemKind::BroadcastList => broadcast_list(&t, "01JBCAST"),

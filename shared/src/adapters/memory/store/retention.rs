@@ -65,6 +65,9 @@ impl RetentionStore for MemoryStore {
         sweep!(page, K::AuditParked, s.audit_parked, |_, p| live(
             p.expires_at
         ));
+        sweep!(page, K::AuditIntent, s.audit_intents, |_, i| live(
+            i.expires_at
+        ));
         // The tenants' own items, and both copies of each key, are read too.
         page.examined += s.tenants.len() + 2 * s.keys.len();
         // An ended key's two copies, its retention after it ended.
@@ -363,6 +366,13 @@ impl RetentionStore for MemoryStore {
                     to_value(e).unwrap_or_default(),
                 );
             }
+        }
+        for (id, i) in &s.audit_intents {
+            item(
+                keys::audit_intent(id),
+                i.expires_at,
+                to_value(i).unwrap_or_default(),
+            );
         }
         for ((chain, id), p) in &s.audit_parked {
             item(
