@@ -612,13 +612,14 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
             kirim::queue_handlers::poll_callbacks_once(&d, Duration::from_secs(1)).await;
         }
     }));
-    // Status callbacks the queue refused, queued again (on AWS, a one-minute schedule).
+    // Status callbacks the queue refused, queued again, and the audited calls whose
+    // process died recorded as interrupted (on AWS, a one-minute schedule).
     let d = deps.clone();
     tasks.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(OWED_CALLBACKS_EVERY);
         loop {
             tick.tick().await;
-            kirim::queue_handlers::owed_callbacks(&d).await;
+            kirim::queue_handlers::every_minute(&d).await;
         }
     }));
     let d = deps.clone();

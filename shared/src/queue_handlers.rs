@@ -235,7 +235,7 @@ pub async fn scheduled_retention(deps: &Deps) -> Result<retention::RetentionRepo
     let until = tokio::time::Instant::now() + SCHEDULED_RUN_BUDGET;
     let report = retention::run(deps).await.map_err(|e| e.to_string())?;
     // Also here, should the minute's schedule be missing or failing.
-    owed_callbacks(deps).await;
+    every_minute(deps).await;
     // The daily read of Meta for the active tenants the sweep came across: each one's
     // numbers (quality, throughput, display) and its WABAs' template catalogues (bounded:
     // `numbers::MAX_SCHEDULED_NUMBERS` numbers, `templates::MAX_SCHEDULED` WABAs and the
@@ -295,6 +295,56 @@ pub async fn owed_callbacks(deps: &Deps) -> crate::service::callbacks::Requeued 
             tracing::warn!(error = %e, "owed status callbacks not drained; the next drain goes on");
             Default::default()
         }
+    }
+}
+
+/// The time the one-minute task gives the audit-intent sweep (the owed-callback drain has
+/// its own 50 s): well inside the minute, and the retention function's 900 s timeout.
+const INTENT_SWEEP_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What the one-minute task did.
+#[derive(serde::Serialize, Debug, Clone, Default)]
+pub struct EveryMinute {
+    /// The owed-callback drain ([`owed_callbacks`]).
+    #[serde(flatten)]
+    pub callbacks: crate::service::callbacks::Requeued,
+    /// The sweep of audit intents whose calls died (`audit::sweep_intents`).
+    pub audit_intents: crate::service::audit::IntentSweep,
+}
+
+/// The retention function's one-minute task (`{"task":"owed_callbacks"}`; local mode every
+/// minute; the daily run too): the owed-callback drain, and the sweep that records the
+/// audited calls whose process died before their event was recorded (README "The audit
+/// trail"), here rather than in the daily run so that such a call is in its chain within
+/// about three minutes ([`crate::service::audit::INTENT_STALE_AFTER`] and the next minute),
+/// not up to a day later; one `Query` a minute when there is none. Never fails its
+/// invocation (see [`owed_callbacks`]).
+pub async fn every_minute(deps: &Deps) -> EveryMinute {
+    let callbacks = owed_callbacks(deps).await;
+    let deadline = std::time::Instant::now() + INTENT_SWEEP_BUDGET;
+    let audit_intents = match crate::service::audit::sweep_intents(deps, deadline).await {
+        Ok(done) => {
+            if done.interrupted > 0 || done.more {
+                tracing::info!(
+                    interrupted = done.interrupted,
+                    linked = done.linked,
+                    more = done.more,
+                    "stale audit intents swept"
+                );
+            }
+            done
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "audit intents not swept; the next minute goes on");
+            crate::service::audit::IntentSweep {
+                more: true,
+                ..Default::default()
+            }
+        }
+    };
+    EveryMinute {
+        callbacks,
+        audit_intents,
     }
 }
 

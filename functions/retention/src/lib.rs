@@ -1,5 +1,6 @@
 //! The `retention` Lambda: the daily EventBridge schedule → the retention run; the
-//! one-minute schedule (input `{"task":"owed_callbacks"}`) → the owed-callback drain.
+//! one-minute schedule (input `{"task":"owed_callbacks"}`) → the owed-callback drain and
+//! the sweep of audit intents whose calls died (`queue_handlers::every_minute`).
 //! Business rules live in the `kirim` crate; this file only wires.
 //! `run` is the whole function; `main.rs` and the multi-call `kirim-lambda` binary call it.
 
@@ -15,7 +16,7 @@ pub async fn run() -> Result<(), lambda_runtime::Error> {
             use kirim::queue_handlers::{self as q, ScheduledTask};
             match q::scheduled_task(&event.payload) {
                 ScheduledTask::OwedCallbacks => {
-                    let done = kirim::metrics::flushed(q::owed_callbacks(deps)).await;
+                    let done = kirim::metrics::flushed(q::every_minute(deps)).await;
                     Ok::<_, Error>(serde_json::to_value(done)?)
                 }
                 ScheduledTask::Retention => {

@@ -169,6 +169,26 @@ pub fn rule_for(method: &Method, path: &str) -> Option<&'static RouteRule> {
     ROUTES.iter().find(|r| r.path == path && r.method == method)
 }
 
+/// The mutating routes whose calls get no audit intent ([`audit::intend`]) before their
+/// handler: the send hot path, whose every unit per message counts (issue #13), and whose
+/// accepted send is recorded by the message item itself, written in the send's own
+/// transaction (its event is appended after it). Public routes (the sign-in) get none
+/// either: no credential has been checked when the intent would be written, so a flood of
+/// anonymous requests would be a flood of writes (see [`authorize`]).
+pub const NO_INTENT: &[(&str, &str)] = &[("POST", "/v1/messages")];
+
+/// Whether a mutating call of `rule` writes an audit intent before its handler.
+pub fn intends(rule: &RouteRule) -> bool {
+    !matches!(rule.access, Access::Public | Access::Meta)
+        && !NO_INTENT.contains(&(rule.method, rule.path))
+}
+
+/// The id an onboarding (`POST /v1/platform/tenants`) gives its tenant, chosen by the
+/// middleware before the handler runs, so that the call's audit intent already names the
+/// chain the onboarding will begin (set as a request extension).
+#[derive(Clone, Debug)]
+pub struct NewTenantId(pub TenantId);
+
 /// The authenticated tenant caller of a tenant route, set by [`authorize`].
 #[derive(Clone, Debug)]
 pub struct TenantCtx {
@@ -415,7 +435,44 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             let about = (rule.access == Access::Platform)
                 .then(|| tenant_in_path(rule.path, parts.uri.path()))
                 .flatten();
-            let res = next.run(Request::from_parts(parts, body)).await;
+            // An onboarding's tenant id, chosen here so that its intent names its chain.
+            let onboarding = (rule.method == "POST" && rule.path == audit::ONBOARDING_ROUTE)
+                .then(TenantId::generate);
+            if let Some(id) = &onboarding {
+                parts.extensions.insert(NewTenantId(id.clone()));
+            }
+            // Before a mutating handler runs, what it is about to attempt is written down
+            // (one write): should this process die before the call's event is recorded
+            // (a timeout in a Meta call, an out-of-memory), the retention function's
+            // one-minute sweep records it as interrupted. Not written: the call is not
+            // attempted (`503`, recorded as the `error` it is).
+            let mut intent = None;
+            let res = if mutating && intends(rule) {
+                let (actor_type, actor_id) = actor(caller.as_ref());
+                let draft = audit::Draft {
+                    tenant: tenant.clone().or(about.clone()).or(onboarding),
+                    actor_type,
+                    actor_id,
+                    action: action.clone(),
+                    ip: ip.clone(),
+                    outcome: AuditOutcome::Error,
+                    details: serde_json::Value::Null,
+                };
+                match audit::intend(&state.deps, &draft).await {
+                    Ok(id) => {
+                        intent = Some(id);
+                        next.run(Request::from_parts(parts, body)).await
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, route = %path, "audit intent not written: the call is not attempted");
+                        ApiError::from(e).into_response()
+                    }
+                }
+            } else {
+                next.run(Request::from_parts(parts, body)).await
+            };
+            // Whether the intent must stay for the sweep: the call's event was lost.
+            let mut keep_intent = false;
             // A request its handler refused for its rate (a login from a locked-out
             // address) is not audited, as one refused here: a flood of them, with no
             // credentials needed, must not become a flood of writes to a tenant's chain.
@@ -500,7 +557,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                         }
                     }
                 }
-                audit::record_or_park(
+                keep_intent = !audit::record_or_park(
                     &state.deps,
                     audit::Draft {
                         tenant: named,
@@ -513,6 +570,11 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                     },
                 )
                 .await;
+            }
+            // Recorded or parked (or, a `429` unaudited, nothing to record): the intent
+            // has served. One delete.
+            if let (Some(id), false) = (&intent, keep_intent) {
+                audit::forget_intent(&state.deps, id).await;
             }
             res
         }

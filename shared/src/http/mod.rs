@@ -305,9 +305,11 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn create_tenant(
     State(s): State<AppState>,
+    chosen: Option<axum::Extension<access::NewTenantId>>,
     JsonBody(req): JsonBody<accounts::NewTenant>,
 ) -> ApiResult {
-    let id = TenantId::generate();
+    // The id the access middleware chose (its audit intent names the tenant's chain).
+    let id = chosen.map_or_else(TenantId::generate, |axum::Extension(c)| c.0);
     let made = match accounts::onboard_as(&s.deps, id.clone(), req).await {
         Ok(made) => made,
         Err(e) => {

@@ -952,7 +952,9 @@ pub async fn record(deps: &Deps, draft: Draft) -> Result<AuditEvent, ServiceErro
 /// the chain's outbox and linked in by the chain's next append or the next retention run
 /// ([`drain_all`]), whichever comes first, in order. Only if the
 /// park fails too is the event lost, and that is logged as an error (and alarmed on).
-pub async fn record_or_park(deps: &Deps, draft: Draft) {
+/// Whether the event was recorded or parked (`false`: lost; the call's [`intend`]ed
+/// event, if it has one, is then kept for [`sweep_intents`] to record instead).
+pub async fn record_or_park(deps: &Deps, draft: Draft) -> bool {
     let chain = chain_of(draft.tenant.as_ref());
     let at = deps.clock.now();
     let parked = ParkedAudit {
@@ -969,7 +971,7 @@ pub async fn record_or_park(deps: &Deps, draft: Draft) {
         signature: None,
     };
     let Err(e) = record(deps, draft).await else {
-        return;
+        return true;
     };
     // Signed, so that the drain links in only what a holder of the key parked (unsigned
     // when the key cannot be read now: then it is linked marked so).
@@ -978,15 +980,207 @@ pub async fn record_or_park(deps: &Deps, draft: Draft) {
         parked.signature = keys.first().and_then(|k| parked_signature(k, &parked));
     }
     match deps.audit.park(&parked).await {
-        Ok(()) => tracing::warn!(
-            error = %e, action = %parked.action, parked_id = %parked.id,
-            "audit event parked: its chain's next append or the retention run links it in"
-        ),
-        Err(pe) => tracing::error!(
-            error = %e, park_error = %pe, action = %parked.action,
-            "AUDIT EVENT LOST: neither appended nor parked"
-        ),
+        Ok(()) => {
+            tracing::warn!(
+                error = %e, action = %parked.action, parked_id = %parked.id,
+                "audit event parked: its chain's next append or the retention run links it in"
+            );
+            true
+        }
+        Err(pe) => {
+            tracing::error!(
+                error = %e, park_error = %pe, action = %parked.action,
+                "AUDIT EVENT LOST: neither appended nor parked"
+            );
+            false
+        }
     }
+}
+
+/// How old an audit intent must be before [`sweep_intents`] takes its call for dead. Well
+/// past the longest an audited call can run on AWS (the API functions' 29 s timeout, under
+/// API Gateway's 30 s) and the head-contention retries of its append after it, with room
+/// for one process's clock a little behind another's: a call still running is never taken
+/// for one that died. (In local mode nothing ends a call at 29 s: one that runs longer than
+/// this has an `interrupted` event as well as its own.)
+pub const INTENT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// What an interrupted call's event says in its `details`: it was interrupted, and its
+/// HTTP status is unknown (`null`).
+pub fn interrupted_details() -> serde_json::Value {
+    serde_json::json!({"interrupted": true, "status": null})
+}
+
+/// Writes the *intent* of the audited call `draft` describes (its actor, action, address
+/// and the chain it will most likely go to; its outcome and details are not known yet),
+/// before the call's handler runs: the parked event it becomes, outcome `error` and
+/// [`interrupted_details`], signed with the audit key as parked events are. The call's
+/// own event, once recorded (or parked), removes it ([`forget_intent`]); if its process
+/// dies first, [`sweep_intents`] parks it on its chain. Its id; `Err` if it could not be
+/// written (then the call is not attempted). One write; no read (the audit key comes from
+/// the secret cache the append uses too).
+pub async fn intend(deps: &Deps, draft: &Draft) -> Result<String, ServiceError> {
+    let at = deps.clock.now();
+    let mut intent = ParkedAudit {
+        chain: chain_of(draft.tenant.as_ref()),
+        id: ulid::Ulid::from_datetime(at.into()).to_string(),
+        at,
+        actor_type: draft.actor_type.to_owned(),
+        actor_id: draft.actor_id.clone(),
+        action: draft.action.clone(),
+        ip: draft.ip.clone(),
+        outcome: AuditOutcome::Error,
+        details: interrupted_details().to_string(),
+        // The parked event's own expiry: the intent never outlives what it would become,
+        // and a sweep that keeps failing never keeps it for ever.
+        expires_at: deps.settings.retention.expiry(RetentionClass::Audit, at),
+        signature: None,
+    };
+    // Unsigned when the key cannot be read now (linked then marked `parked_unsigned`).
+    if let Ok(keys) = audit_keys(deps).await {
+        intent.signature = keys.first().and_then(|k| parked_signature(k, &intent));
+    }
+    deps.audit.put_intent(&intent).await?;
+    Ok(intent.id)
+}
+
+/// Removes the intent `id`: its call's event was recorded or parked. A failure is logged
+/// and leaves it for the sweep, which records the call a second time, as interrupted
+/// (over-reported, never lost).
+pub async fn forget_intent(deps: &Deps, id: &str) {
+    if let Err(e) = deps.audit.delete_intent(id).await {
+        tracing::warn!(error = %e, intent_id = %id, "audit intent not removed: the sweep will record its call as interrupted too");
+    }
+}
+
+/// Stale intents read per query.
+const INTENTS_PAGE: usize = 100;
+
+/// What one sweep of stale audit intents did (the one-minute task's report).
+#[derive(Serialize, Debug, Clone, Default, PartialEq)]
+pub struct IntentSweep {
+    /// Intents older than [`INTENT_STALE_AFTER`] parked as `interrupted` events.
+    pub interrupted: usize,
+    /// Parked events this sweep linked into the chains it parked on (its own, and any
+    /// others waiting there); the rest wait for the chain's next append or the daily run.
+    pub linked: usize,
+    /// Whether stale intents may remain (the time ran out, or a store error stopped it).
+    pub more: bool,
+}
+
+/// Whether `action` is one of the operator's routes (`/v1/platform/…`): its event goes on
+/// the tenant it names only if that tenant exists and is not closed out when it is
+/// recorded, as the access middleware decides for the operator's calls.
+fn operators(action: &str) -> bool {
+    action
+        .split_once(' ')
+        .is_some_and(|(_, path)| path.starts_with("/v1/platform/"))
+}
+
+/// The parked event the stale `intent` becomes: on its chain, unless it is an operator's
+/// call about a tenant (or an onboarding) whose tenant does not exist (the call failed
+/// before it made it) or is closed out: then on the platform chain, naming a closed-out
+/// tenant in `details.tenant_id`, as the middleware records the operator's calls. Moved,
+/// it is signed again only if its own signature verified; else it keeps it (an unsigned
+/// intent is linked `parked_unsigned`, a forged one `parked_forged`).
+async fn interrupted(
+    deps: &Deps,
+    intent: &ParkedAudit,
+    keys: &[Secret],
+) -> Result<ParkedAudit, ServiceError> {
+    let mut p = intent.clone();
+    if p.chain == PLATFORM_CHAIN || !operators(&p.action) {
+        return Ok(p);
+    }
+    let tenant = TenantId::parse(&p.chain);
+    let exists = match &tenant {
+        Some(t) => deps.tenants.get_tenant(t).await?.is_some(),
+        None => false,
+    };
+    let closed_out = match (&tenant, exists) {
+        (Some(t), true) => deps.retention.closed_out_at(t).await?.is_some(),
+        _ => false,
+    };
+    if exists && !closed_out {
+        return Ok(p);
+    }
+    if closed_out {
+        let mut details = match serde_json::from_str::<serde_json::Value>(&p.details) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        details.insert("tenant_id".into(), p.chain.clone().into());
+        p.details = serde_json::Value::Object(details).to_string();
+    }
+    p.chain = PLATFORM_CHAIN.to_owned();
+    if matches!(parked_trust(intent, keys), ParkedTrust::Signed) {
+        p.signature = keys.first().and_then(|k| parked_signature(k, &p));
+    }
+    Ok(p)
+}
+
+/// Turns every audit intent older than [`INTENT_STALE_AFTER`] (its call's process died
+/// before the call's event was recorded: a timeout, an out-of-memory, a crash) into a
+/// parked event on its chain, outcome `error`, `"interrupted": true` ([`interrupted`]),
+/// each in one atomic write with the intent's removal ([`AuditLog::promote_intent`]), then
+/// drains the chains it parked on ([`drain`]): the event is in its chain at once, not at
+/// the chain's next append or the daily run. Stops starting new pages at `deadline`, and
+/// at the first store error (the next sweep goes on). The retention function's one-minute
+/// task ([`crate::queue_handlers::every_minute`]), so an interrupted call is in its chain
+/// within about three minutes.
+pub async fn sweep_intents(
+    deps: &Deps,
+    deadline: std::time::Instant,
+) -> Result<IntentSweep, ServiceError> {
+    let keys = audit_keys(deps).await?;
+    let stale = chrono::Duration::from_std(INTENT_STALE_AFTER)
+        .map_err(|e| ServiceError::Internal(format!("intent age: {e}")))?;
+    let mut report = IntentSweep::default();
+    let mut chains = std::collections::BTreeSet::new();
+    let swept = async {
+        loop {
+            let page = deps
+                .audit
+                .stale_intents(deps.clock.now() - stale, INTENTS_PAGE)
+                .await?;
+            for intent in &page {
+                let parked = interrupted(deps, intent, &keys).await?;
+                match deps.audit.promote_intent(&intent.id, &parked).await {
+                    Ok(()) => {
+                        tracing::warn!(chain = %parked.chain, intent_id = %intent.id, action = %parked.action, "audited call interrupted before its event was recorded: parked as interrupted");
+                        report.interrupted += 1;
+                        chains.insert(parked.chain);
+                    }
+                    // Another sweep took it (or its call's event came at last and removed it).
+                    Err(StoreError::Conflict(_)) => {}
+                    Err(e) => return Err(ServiceError::from(e)),
+                }
+            }
+            if page.len() < INTENTS_PAGE {
+                return Ok(false);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(true);
+            }
+        }
+    }
+    .await;
+    report.more = match swept {
+        Ok(more) => more,
+        Err(e) => {
+            tracing::warn!(error = %e, "stale audit intents not all swept: the next sweep goes on");
+            true
+        }
+    };
+    for chain in &chains {
+        match drain_with(deps, chain, &keys).await {
+            Ok(n) => report.linked += n,
+            Err(e) => {
+                tracing::warn!(chain = %chain, error = %e, "interrupted audit events parked, not linked: the chain's next append or the daily run links them");
+            }
+        }
+    }
+    Ok(report)
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -1108,6 +1302,8 @@ const CLOCK_SKEW_SECS: i64 = 300;
 
 /// The action of a tenant's onboarding, its chain's first event.
 pub const ONBOARDING: &str = "POST /v1/platform/tenants";
+/// The onboarding's route (its action's path).
+pub const ONBOARDING_ROUTE: &str = "/v1/platform/tenants";
 
 /// What a tenant's chain may begin with: its onboarding (an onboarding that answered an
 /// error is recorded on the chain of the tenant it may have made if that tenant exists by

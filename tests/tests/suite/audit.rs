@@ -15,7 +15,7 @@ use kirim_tests::{spawn_app, ManualClock, TestApp, OPERATOR_TOKEN};
 use crate::stepped_audit::{draft_on, Stepped, Steps};
 use serde_json::{json, Value};
 
-async fn get(app: &TestApp, key: &str, path: &str) -> Value {
+pub(crate) async fn get(app: &TestApp, key: &str, path: &str) -> Value {
     app.http
         .get(app.url(path))
         .bearer_auth(key)
@@ -27,7 +27,7 @@ async fn get(app: &TestApp, key: &str, path: &str) -> Value {
         .unwrap()
 }
 
-fn actions(page: &Value) -> Vec<String> {
+pub(crate) fn actions(page: &Value) -> Vec<String> {
     page["events"]
         .as_array()
         .unwrap()
@@ -1808,11 +1808,14 @@ async fn deleting_the_oldest_events_wiping_or_rehashing_a_chain_in_dynamodb_fail
 /// The app's tenant store, as an onboarding meets it: its write lands, and then either
 /// Meta suspends the tenant before the onboarding's request ends (an `account_update`
 /// while its templates sync: `suspend_with`), or the write's answer is lost and the
-/// read-back that follows fails too (`lose_answer`: the outcome is unknown).
-struct OnboardingWindow {
+/// read-back that follows fails too (`lose_answer`: the outcome is unknown), or the
+/// onboarding never goes on (`hang`: its process is stuck, as in a Meta call that runs
+/// into the function's timeout, until the test drops it: it died).
+pub(crate) struct OnboardingWindow {
     inner: Arc<dyn kirim::ports::TenantStore>,
     suspend_with: Option<kirim::service::Deps>,
     lose_answer: bool,
+    hang: bool,
     /// Tenant reads still to fail (the read-back after a lost answer).
     failing_reads: AtomicUsize,
 }
@@ -1824,6 +1827,20 @@ impl OnboardingWindow {
             inner: app.app.deps.tenants.clone(),
             suspend_with: suspend.then(|| app.app.deps.clone()),
             lose_answer,
+            hang: false,
+            failing_reads: AtomicUsize::new(0),
+        });
+        deps
+    }
+
+    /// The app's deps, with an onboarding that writes its tenant and then never ends.
+    pub(crate) fn hanging(app: &TestApp) -> kirim::service::Deps {
+        let mut deps = app.app.deps.clone();
+        deps.tenants = Arc::new(OnboardingWindow {
+            inner: app.app.deps.tenants.clone(),
+            suspend_with: None,
+            lose_answer: false,
+            hang: true,
             failing_reads: AtomicUsize::new(0),
         });
         deps
@@ -1854,6 +1871,9 @@ impl kirim::ports::TenantStore for OnboardingWindow {
         if self.lose_answer {
             self.failing_reads.store(1, Ordering::SeqCst);
             return Err(StoreError::Unavailable("the answer was lost".into()));
+        }
+        if self.hang {
+            std::future::pending::<()>().await;
         }
         Ok(())
     }
@@ -1928,7 +1948,7 @@ impl kirim::ports::TenantStore for OnboardingWindow {
 }
 
 /// `POST /v1/platform/tenants` through admin_api's router on `deps`: the status and body.
-async fn onboard_through(deps: &kirim::service::Deps, pnid: &str) -> (u16, Value) {
+pub(crate) async fn onboard_through(deps: &kirim::service::Deps, pnid: &str) -> (u16, Value) {
     use tower::ServiceExt;
     let body = json!({
         "name": "Kedai", "waba_id": "1000001", "phone_number_id": pnid,
@@ -1955,7 +1975,7 @@ async fn onboard_through(deps: &kirim::service::Deps, pnid: &str) -> (u16, Value
     )
 }
 
-fn new_pnid() -> String {
+pub(crate) fn new_pnid() -> String {
     format!("{}", 100_000 + kirim_tests::rand_u32() % 900_000)
 }
 

@@ -16,6 +16,7 @@ macro_rules! on_both_backends {
 
 mod access;
 mod audit;
+mod audit_intents;
 mod aws_errors;
 mod broadcasts;
 mod caches;
