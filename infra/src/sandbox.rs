@@ -7,7 +7,7 @@
 //! |---|---|
 //! | 0001 | accepted, then a `failed` status with error 131026 |
 //! | 0002 | accepted, then `failed` with 131050 |
-//! | 0003 | error 130429 (HTTP 429) twice, then accepted: every message, counted per (phone number id, recipient) |
+//! | 0003 | error 130429 (HTTP 429) twice, then accepted: every message, counted per (phone number id, recipient, the send's `biz_opaque_callback_data`) |
 //! | 0004 | error 131000 (HTTP 500) on every try |
 //! | 0005 | answers after `slow_delay`, then as "other" |
 //! | 0006 | error 190, access token expired (HTTP 401) |
@@ -350,9 +350,11 @@ struct SandboxState {
     epoch: u64,
     /// Sorted by arrival sequence number.
     outbox: VecDeque<(u64, ReceivedRequest)>,
-    /// Attempts so far of the current message per (phone number id, recipient digits),
-    /// for 0003; removed when one is accepted.
-    throttled: HashMap<(String, String), u32>,
+    /// Attempts so far of a message to a 0003 recipient, per (phone number id, recipient
+    /// digits, the send's `biz_opaque_callback_data`: Kirim's message id); removed when one
+    /// is accepted. Keyed by the message too, so one that stopped being tried after a 130429
+    /// (failed while it waited) leaves the next message its own two.
+    throttled: HashMap<(String, String, Option<String>), u32>,
     /// The most recent attempts per phone number id (at most the limit + 1).
     windows: HashMap<String, VecDeque<Instant>>,
     /// WABAs whose catalogue was changed; the others have [`default_catalogue`].
@@ -1476,7 +1478,15 @@ impl Inner {
         };
         let refusal = template_refusal(&catalogue, request);
         let rejection = refusal.or_else(|| match behaviour {
-            Behaviour::ThrottleTwice if self.throttle_again(phone_number_id, &digits) => {
+            Behaviour::ThrottleTwice
+                if self.throttle_again(
+                    phone_number_id,
+                    &digits,
+                    request
+                        .get("biz_opaque_callback_data")
+                        .and_then(Value::as_str),
+                ) =>
+            {
                 Some((StatusCode::TOO_MANY_REQUESTS, rate_limit_error()))
             }
             Behaviour::AlwaysTransientError => Some((
@@ -1623,9 +1633,13 @@ impl Inner {
     /// Counts an attempt to a 0003 recipient; true while it should still be refused. The
     /// attempt let through is accepted (nothing after this refuses a 0003 send), so the
     /// count starts again there: every message gets its two 130429, not only the first.
-    fn throttle_again(&self, phone_number_id: &str, digits: &str) -> bool {
+    fn throttle_again(&self, phone_number_id: &str, digits: &str, message: Option<&str>) -> bool {
         let mut state = lock(&self.state);
-        let key = (phone_number_id.to_string(), digits.to_string());
+        let key = (
+            phone_number_id.to_string(),
+            digits.to_string(),
+            message.map(str::to_owned),
+        );
         let attempts = state.throttled.entry(key.clone()).or_insert(0);
         *attempts = attempts.saturating_add(1);
         if *attempts <= THROTTLED_ATTEMPTS {
@@ -2233,6 +2247,26 @@ mod tests {
             let (status, body) = h.send_to("15550000003").await;
             assert_eq!(status, 200, "message {message}: {body}");
         }
+    }
+
+    /// A message that stopped being tried after one 130429 (its tenant suspended while it
+    /// waited) leaves the next message to the number its own two: counted per message
+    /// (`biz_opaque_callback_data`), not per recipient alone.
+    #[tokio::test]
+    async fn a_0003_message_given_up_after_one_refusal_leaves_the_next_its_own_two() {
+        let h = harness().await;
+        let mut first = template_to("15550000003");
+        first["biz_opaque_callback_data"] = json!("msg-1");
+        let (status, _) = h.send_json(&first).await;
+        assert_eq!(status, 429);
+        let mut next = template_to("15550000003");
+        next["biz_opaque_callback_data"] = json!("msg-2");
+        for _ in 0..2 {
+            let (status, body) = h.send_json(&next).await;
+            assert_eq!(status, 429, "{body}");
+        }
+        let (status, body) = h.send_json(&next).await;
+        assert_eq!(status, 200, "{body}");
     }
 
     #[tokio::test]
