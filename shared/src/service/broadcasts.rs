@@ -212,7 +212,14 @@ pub fn campaign_status(b: &Broadcast, counts: &BTreeMap<String, usize>) -> &'sta
 /// columns may be in any encoding (a spreadsheet's "CSV" is often Windows-1252, a name
 /// like "José" not UTF-8), and a phone cell that is not UTF-8 is no phone number (the
 /// recipient is then counted invalid, as any other).
+///
+/// What is no CSV text is said so, not sent looking for a `phone` column it cannot have
+/// ([`not_csv_text`]): UTF-16 text, a file with NUL bytes (a workbook, an image), and a
+/// header row that is no UTF-8 text.
 pub fn recipients_from_csv(body: &[u8]) -> Result<Vec<String>, ServiceError> {
+    if let Some(why) = not_csv_text(body) {
+        return Err(ServiceError::InvalidRequest(why.into()));
+    }
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
@@ -220,10 +227,19 @@ pub fn recipients_from_csv(body: &[u8]) -> Result<Vec<String>, ServiceError> {
     let headers = reader
         .byte_headers()
         .map_err(|_| ServiceError::InvalidRequest("the CSV has no readable header row".into()))?;
-    let col = headers
+    let Some(col) = headers
         .iter()
         .position(|h| h.eq_ignore_ascii_case(b"phone"))
-        .ok_or_else(|| ServiceError::InvalidRequest("the CSV needs a `phone` column".into()))?;
+    else {
+        // A header row that is no text at all: the file is not what it was taken for.
+        let why = if headers.iter().all(|h| std::str::from_utf8(h).is_ok()) {
+            "the CSV needs a column named phone in its header row"
+        } else {
+            "the file's first line is not UTF-8 text, so it has no phone column: save the file \
+             as CSV UTF-8 (comma-delimited) with a header row naming the phone column"
+        };
+        return Err(ServiceError::InvalidRequest(why.into()));
+    };
     let mut out = Vec::new();
     for (i, row) in reader.byte_records().enumerate() {
         let row = row.map_err(|_| {
@@ -236,6 +252,32 @@ pub fn recipients_from_csv(body: &[u8]) -> Result<Vec<String>, ServiceError> {
         out.push(written_number(&String::from_utf8_lossy(cell)));
     }
     Ok(out)
+}
+
+/// Why an upload is no CSV text, if it is plainly not: UTF-16 text (its byte order mark),
+/// a zip archive (an Excel workbook, `.xlsx`), or NUL bytes (binary content: an image, an
+/// old `.xls`, or UTF-16 without its mark). A CSV's other columns may be in another
+/// 8-bit encoding (Windows-1252): that is not refused here.
+fn not_csv_text(body: &[u8]) -> Option<&'static str> {
+    if body.starts_with(&[0xFF, 0xFE]) || body.starts_with(&[0xFE, 0xFF]) {
+        return Some(
+            "the file is UTF-16 text, not UTF-8: save it as CSV UTF-8 (comma-delimited) \
+             with a phone column",
+        );
+    }
+    if body.starts_with(b"PK\x03\x04") {
+        return Some(
+            "the file is a zip archive, such as an Excel workbook (.xlsx), not CSV text: \
+             save it as CSV UTF-8 (comma-delimited) with a phone column",
+        );
+    }
+    if body.contains(&0) {
+        return Some(
+            "the file is not CSV text (it has binary content, such as a spreadsheet workbook \
+             or an image): save it as CSV UTF-8 (comma-delimited) with a phone column",
+        );
+    }
+    None
 }
 
 /// A number as people write it, with the spaces, dashes, dots and brackets dropped
@@ -1857,6 +1899,48 @@ mod tests {
         assert_eq!(rows, vec!["+60123450001", "+60123450002"]);
         assert!(recipients_from_csv(b"name,number\nA,+60123450001\n").is_err());
         assert!(recipients_from_csv(b"").is_err());
+    }
+
+    #[test]
+    fn a_file_that_is_no_csv_text_is_said_so_not_sent_looking_for_a_phone_column() {
+        let why = |body: &[u8]| match recipients_from_csv(body) {
+            Err(ServiceError::InvalidRequest(m)) => m,
+            other => panic!("refused as invalid_request: {other:?}"),
+        };
+        let png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01";
+        assert!(
+            why(png).starts_with("the file is not CSV text"),
+            "{}",
+            why(png)
+        );
+        let xlsx = b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00[Content_Types].xml";
+        assert!(
+            why(xlsx).contains("Excel workbook (.xlsx)"),
+            "{}",
+            why(xlsx)
+        );
+        let utf16: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(
+                "phone\r\n+60123450001\r\n"
+                    .encode_utf16()
+                    .flat_map(u16::to_le_bytes),
+            )
+            .collect();
+        assert!(why(&utf16).contains("UTF-16"), "{}", why(&utf16));
+        let noise = b"\xc3\x28\xa0\xa1\xe2\x28\xa1\xf0\x28\x8c\xbc\n\xff\xfe\xfd\n";
+        assert!(why(noise).contains("not UTF-8 text"), "{}", why(noise));
+        assert_eq!(
+            why(b"name,number\nA,+60123450001\n"),
+            "the CSV needs a column named phone in its header row"
+        );
+        // A Windows-1252 name beside the phone column is still read (no NUL, a UTF-8 header).
+        assert_eq!(
+            recipients_from_csv(b"phone,name\n+60123450001,Jos\xe9\n")
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -46,6 +46,15 @@ pub struct TemplateRequest {
     pub components: Vec<Value>,
 }
 
+/// "1 body parameter", "2 body parameters": how many a template takes, in words.
+fn body_parameters_text(n: u32) -> String {
+    if n == 1 {
+        "1 body parameter".into()
+    } else {
+        format!("{n} body parameters")
+    }
+}
+
 /// Checks a send's template against the WABA's catalogue and answers its content with
 /// the catalogue's category. Nothing is written.
 pub async fn resolve(
@@ -80,8 +89,8 @@ pub async fn resolve(
     let given = body_parameters_given(&req.components);
     if given != t.body_parameters {
         return Err(ServiceError::TemplateParametersMismatch(format!(
-            "template {id} takes {} body parameters; the request gives {given}",
-            t.body_parameters
+            "template {id} takes {}; the request gives {given}",
+            body_parameters_text(t.body_parameters)
         )));
     }
     Ok(Content::Template {
