@@ -38,7 +38,7 @@ use super::pages::{
 use super::senders::Senders;
 use super::views::{csrf, error_page, frame, page, status_chart, Notice};
 use super::{may, ConsoleState};
-use crate::domain::Role;
+use crate::domain::{ErrorCode, Role};
 use crate::service::errors::ServiceError;
 
 /// Switch on once `POST /v1/broadcasts` takes `"name"` and `"send_at"` (API.md
@@ -88,7 +88,7 @@ pub(super) fn routes() -> Router<ConsoleState> {
             "/console/campaigns",
             get(campaigns)
                 .post(create)
-                .layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+                .layer(DefaultBodyLimit::max(FORM_LIMIT)),
         )
         .route("/console/campaigns/open", get(open))
         .route("/console/campaigns/{id}", get(results))
@@ -166,9 +166,24 @@ async fn render_campaigns(
         let get = |k: &str| q.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
         let (st, cursor) = (get("status"), get("cursor"));
         let qs = query(&[("status", &st), ("limit", "50"), ("cursor", &cursor)]);
-        let a = s.api.get(&ctx.who, &format!("{LIST}?{qs}")).await;
+        let mut a = s.api.get(&ctx.who, &format!("{LIST}?{qs}")).await;
+        // A filter the API refuses (an old bookmark, an edited link: `?status=bogus`): the
+        // list unfiltered, said so, with its filter to choose again — what the person came
+        // for, rather than a page without the list. Its words are the API's.
+        let mut unfiltered = None;
+        if a.status == StatusCode::BAD_REQUEST && !st.is_empty() {
+            unfiltered = Some(campaign_words(&a.message()));
+            a = s.api.get(&ctx.who, &format!("{LIST}?limit=50")).await;
+        }
         match a.status {
-            s if s.is_success() => Some(list_table(&a.body, &st)),
+            s if s.is_success() => Some(html! {
+                @if let Some(why) = &unfiltered {
+                    p.notice.problem #campaign-filter-refused role="alert" {
+                        "Not filtered: " (why) ". All campaigns are shown."
+                    }
+                }
+                (list_table(&a.body, if unfiltered.is_some() { "" } else { &st }))
+            }),
             // Listed in the access table but not served yet: as if not there.
             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => None,
             StatusCode::BAD_REQUEST => {
@@ -301,7 +316,18 @@ fn create_form(
 ) -> Markup {
     let key = form_key(typed);
     let typed = |k: &str| typed.get(k).map(String::as_str).unwrap_or("");
-    let chosen = typed("template");
+    let value_of = |t: &Value| format!("{}:{}", text(t, "name"), text(t, "language"));
+    // A new form offers the first marketing or utility template (what campaigns send), not
+    // the first by name, which may be an authentication one (a login code); a form that
+    // comes back keeps its own.
+    let chosen = match typed("template") {
+        "" => templates
+            .iter()
+            .find(|t| matches!(text(t, "category"), "marketing" | "utility"))
+            .map(value_of)
+            .unwrap_or_default(),
+        kept => kept.to_owned(),
+    };
     html! {
         h2 { "New campaign" }
         @if senders.several() {
@@ -336,7 +362,7 @@ fn create_form(
                     label for="c-template" { "Template (approved ones)" }
                     select #c-template name="template" required {
                         @for t in templates {
-                            @let value = format!("{}:{}", text(t, "name"), text(t, "language"));
+                            @let value = value_of(t);
                             option value=(value) selected[chosen == value] {
                                 @if t["kept"] == true {
                                     (text(t, "name")) " (" (text(t, "language")) ", as chosen: the catalogue could not be read just now)"
@@ -380,25 +406,27 @@ fn create_form(
     }
 }
 
-/// A campaign form's body at most (multipart: the CSV file and the fields). On Lambda a
-/// request is at most 6 MB, and API Gateway sends an upload base64-encoded (4/3 larger).
+/// A campaign form's CSV file at most. On Lambda a request is at most 6 MB, and API
+/// Gateway sends an upload base64-encoded (4/3 larger).
 pub const UPLOAD_LIMIT: usize = 2 * 1024 * 1024;
 
-fn too_large() -> Response {
+/// A campaign form's body at most: the file's limit and room for the other fields. A file
+/// over [`UPLOAD_LIMIT`] within it is read to its end and dropped, so that the fields after
+/// it are kept too; a body over this is cut where it stops, keeping the fields before the
+/// file (a browser sends them first, in the form's order).
+const FORM_LIMIT: usize = 2 * UPLOAD_LIMIT;
+
+/// What a campaign form refused for its file's size says (the form comes back, as typed).
+const TOO_LARGE: &str = "the file is larger than 2 MiB, so nothing was sent. Upload a CSV \
+     with the phone column (other columns are not needed), at most 10,000 rows, and attach it \
+     again: the other fields are kept";
+
+fn form_too_large() -> Response {
     error_page(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "The file is larger than 2 MiB; nothing was sent. Upload a CSV with the phone column \
-         (other columns are not needed), at most 10,000 rows.",
+        "The form is larger than 4 MiB; nothing was sent. Paste fewer numbers, or upload them \
+         as a CSV file (at most 2 MiB).",
     )
-}
-
-/// A multipart read's failure: too large, or unreadable.
-fn upload_error(e: &axum::extract::multipart::MultipartError) -> Response {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        too_large()
-    } else {
-        bad_upload()
-    }
 }
 
 fn bad_upload() -> Response {
@@ -408,9 +436,22 @@ fn bad_upload() -> Response {
     )
 }
 
+/// A campaign form's file.
+enum Upload {
+    None,
+    File(Vec<u8>),
+    /// Over [`UPLOAD_LIMIT`]: not kept.
+    TooLarge,
+}
+
+/// Whether a multipart read stopped at the form's size limit.
+fn over_limit(e: &axum::extract::multipart::MultipartError) -> bool {
+    e.status() == StatusCode::PAYLOAD_TOO_LARGE
+}
+
 /// The form fields of a campaign POST (multipart with an optional `file`, or
-/// urlencoded), and the uploaded file's bytes.
-async fn read_form(s: &ConsoleState, req: Request) -> Result<(Form, Option<Vec<u8>>), Response> {
+/// urlencoded), and the uploaded file.
+async fn read_form(s: &ConsoleState, req: Request) -> Result<(Form, Upload), Response> {
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -420,29 +461,51 @@ async fn read_form(s: &ConsoleState, req: Request) -> Result<(Form, Option<Vec<u
         let Ok(body) = Bytes::from_request(req, s).await else {
             return Err(bad_upload());
         };
-        return Ok((parse_form(&body), None));
+        return Ok((parse_form(&body), Upload::None));
     }
     let Ok(mut mp) = Multipart::from_request(req, s).await else {
         return Err(bad_upload());
     };
     let mut f = Form::new();
-    let mut file = None;
+    let mut file = Upload::None;
     loop {
-        match mp.next_field().await {
-            Ok(Some(part)) => {
-                let name = part.name().unwrap_or("").to_owned();
-                let bytes = match part.bytes().await {
-                    Ok(b) => b,
-                    Err(e) => return Err(upload_error(&e)),
-                };
-                if name == "file" {
-                    file = Some(bytes.to_vec()).filter(|b| !b.is_empty());
-                } else {
-                    f.insert(name, String::from_utf8_lossy(&bytes).into_owned());
-                }
-            }
+        let mut part = match mp.next_field().await {
+            Ok(Some(part)) => part,
             Ok(None) => break,
-            Err(e) => return Err(upload_error(&e)),
+            // The body is over the form's limit past a field's end: a file is the only
+            // part that large (the fields read so far come back).
+            Err(e) if over_limit(&e) => return Ok((f, Upload::TooLarge)),
+            Err(_) => return Err(bad_upload()),
+        };
+        let name = part.name().unwrap_or("").to_owned();
+        // Read a chunk at a time: a file over its limit is read on (to reach the fields
+        // after it) but not kept.
+        let mut bytes = Vec::new();
+        let mut too_large = false;
+        loop {
+            match part.chunk().await {
+                Ok(Some(_)) if too_large => {}
+                Ok(Some(chunk)) if name == "file" && bytes.len() + chunk.len() > UPLOAD_LIMIT => {
+                    too_large = true;
+                    bytes = Vec::new();
+                }
+                Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                Ok(None) => break,
+                // The body is over the form's limit within the file: the fields before it
+                // come back; within another field, the form is refused whole.
+                Err(e) if over_limit(&e) && name == "file" => return Ok((f, Upload::TooLarge)),
+                Err(e) if over_limit(&e) => return Err(form_too_large()),
+                Err(_) => return Err(bad_upload()),
+            }
+        }
+        if name == "file" {
+            file = match (too_large, bytes.is_empty()) {
+                (true, _) => Upload::TooLarge,
+                (false, true) => Upload::None,
+                (false, false) => Upload::File(bytes),
+            };
+        } else {
+            f.insert(name, String::from_utf8_lossy(&bytes).into_owned());
         }
     }
     Ok((f, file))
@@ -522,7 +585,7 @@ fn broadcast_request(f: &Form, file: Option<&[u8]>) -> Result<Requested, String>
         }
         (Some(csv), true) => match crate::service::broadcasts::recipients_from_csv(csv) {
             Ok(r) => r,
-            Err(ServiceError::InvalidRequest(why)) => return Err(why),
+            Err(ServiceError::InvalidRequest(why)) => return Err(campaign_words(&why)),
             Err(_) => return Err("the CSV file could not be read".into()),
         },
         (None, false) => pasted,
@@ -591,6 +654,20 @@ async fn create(State(s): S, ctx: Ctx, req: Request) -> Response {
         Err(r) => return r,
     };
     let none = HashMap::new();
+    let file = match file {
+        Upload::None => None,
+        Upload::File(bytes) => Some(bytes),
+        // Too large: the form comes back as typed (but for its file), as any refusal does.
+        Upload::TooLarge => {
+            if ctx.may("POST", "/v1/broadcasts") {
+                let n = Some(Notice::Problem(TOO_LARGE.into()));
+                let status = StatusCode::PAYLOAD_TOO_LARGE;
+                return render_campaigns(&s, &ctx, &none, &f, status, n).await;
+            }
+            // A role that may not: the API's refusal below, as for any form of it.
+            Some(Vec::new())
+        }
+    };
     let (req, left_out) = match broadcast_request(&f, file.as_deref()) {
         Ok(r) => (r.request, r.invalid),
         // A role that may not is refused by the API (audited) whatever was typed, not
@@ -668,10 +745,56 @@ async fn create(State(s): S, ctx: Ctx, req: Request) -> Response {
             }),
         )
     } else {
-        problem(&a)
+        campaign_problem(&a)
     };
     let typed = form_again(&a, f);
     render_campaigns(&s, &ctx, &none, &typed, status, n).await
+}
+
+/// The API's words as a campaign page says them. The API names its resource and fields
+/// (`broadcast`, `send_at`), right for an API client (who matches on the error's code, never
+/// its message: API.md "Conventions"); the console's person knows a campaign and a form
+/// whose field is "Send at". Only whole words: a route (`/v1/broadcasts`) stays as it is.
+/// Backticks go.
+pub(super) fn campaign_words(api: &str) -> String {
+    let mut out = String::with_capacity(api.len());
+    // Backticks mark code in the API's words; on a page they are only noise.
+    let api = api.replace('`', "");
+    let mut rest = api.as_str();
+    while !rest.is_empty() {
+        let at = rest
+            .find(|c: char| c.is_alphanumeric() || c == '_')
+            .unwrap_or(rest.len());
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let end = rest
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let word = &rest[..end];
+        let after_slash = out.ends_with('/');
+        out.push_str(match word {
+            _ if after_slash => word,
+            "broadcast" => "campaign",
+            "broadcasts" => "campaigns",
+            "Broadcast" => "Campaign",
+            "Broadcasts" => "Campaigns",
+            "send_at" => "the send time",
+            _ => word,
+        });
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// [`problem`] in a campaign page's words ([`campaign_words`]).
+fn campaign_problem(a: &Answer) -> (StatusCode, Option<Notice>) {
+    let (status, n) = problem(a);
+    let n = n.map(|n| match n {
+        Notice::Problem(t) => Notice::Problem(campaign_words(&t)),
+        Notice::Unknown(t) => Notice::Unknown(campaign_words(&t)),
+        other => other,
+    });
+    (status, n)
 }
 
 async fn open(q: Query<HashMap<String, String>>, _ctx: Ctx) -> Response {
@@ -743,6 +866,22 @@ async fn failures(s: &ConsoleState, ctx: &Ctx, id: &str, b: &Value) -> Vec<Value
         .collect()
 }
 
+/// Whether a later try may fix a failure of the page's list (its `code`: Meta's number,
+/// or Kirim's word): the API's own rule for what `retry-failed` retries
+/// (`service::broadcasts::retryable`), so the button is offered only when there is
+/// something to retry.
+fn a_later_try_may_fix(failure: &Value) -> bool {
+    let code = match &failure["code"] {
+        Value::Number(n) => n.as_i64().map(ErrorCode::Meta),
+        Value::String(s) => Some(
+            s.parse::<i64>()
+                .map_or_else(|_| ErrorCode::from(s.as_str()), ErrorCode::Meta),
+        ),
+        _ => None,
+    };
+    code.is_some_and(|c| crate::service::broadcasts::retryable(&c))
+}
+
 async fn render_results(
     s: &ConsoleState,
     ctx: &Ctx,
@@ -781,6 +920,7 @@ async fn render_results(
                     // A campaign is retried once, when it has completed (or was
                     // cancelled): then its retry's page retries the rest.
                     failed_count > 0
+                        && fails.iter().any(a_later_try_may_fix)
                         && b["retried_by"].is_null()
                         && matches!(state, "completed" | "cancelled")
                 } else {
@@ -919,11 +1059,26 @@ async fn act(
     }
     // A role that may not is not asked to confirm: the API refuses it below (audited).
     if *action == "cancel" && !confirmed(&f) && ctx.may("POST", &action_route(action)) {
+        // The campaign is named as it is read by its id (never as a posted field says): one
+        // read of its view, as its results page makes. Not there (another tenant's): 404.
+        let uri = format!("/v1/broadcasts/{}", segment(&id));
+        let a = s.api.get(&ctx.who, &uri).await;
+        if matches!(a.status, StatusCode::NOT_FOUND | StatusCode::UNAUTHORIZED) {
+            return failed(&a);
+        }
+        let name = a.body["name"].as_str().filter(|n| a.ok() && !n.is_empty());
+        let question = match name {
+            Some(n) => format!("Cancel the campaign “{n}”?"),
+            None => format!("Cancel campaign {id}?"),
+        };
+        let means = format!(
+            "Campaign {id}: its recipients not sent yet are not sent, and their credits are \
+             refunded; messages already sent stay sent. A cancelled campaign cannot be resumed."
+        );
         let c = Confirm {
             nav: "/console/campaigns",
-            question: "Cancel this campaign?".into(),
-            means: "Its recipients not sent yet are not sent, and their credits are refunded; \
-                    messages already sent stay sent. A cancelled campaign cannot be resumed.",
+            question,
+            means: &means,
             button: "Cancel the campaign",
             back: format!("/console/campaigns/{}", segment(&id)),
         };
@@ -955,7 +1110,7 @@ async fn act(
     match a.status {
         StatusCode::METHOD_NOT_ALLOWED => not_available(),
         StatusCode::CONFLICT | StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
-            let (status, n) = problem(&a);
+            let (status, n) = campaign_problem(&a);
             render_results(&s, &ctx, &id, status, n).await
         }
         _ => failed(&a),

@@ -353,8 +353,12 @@ pub(super) fn done(q: &HashMap<String, String>) -> Option<Notice> {
         "campaign_rescheduled" => {
             "The campaign is scheduled again: it starts at its send time."
         }
+        // A sending campaign's messages are cancelled and refunded after the answer (a large
+        // one for some seconds): said as what is true when the page is shown.
         "campaign_cancelled" => {
-            "The campaign was cancelled; its messages not yet sent were refunded."
+            "The campaign is cancelled: its messages not yet sent are being cancelled and \
+             refunded (for a large campaign this takes some seconds); the counts below follow \
+             when you reload the page. Messages already sent stay sent."
         }
         "campaign_retried" => {
             "A new campaign retries the failed messages that a later try may fix."

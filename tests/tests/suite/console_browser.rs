@@ -479,7 +479,10 @@ async fn in_a_browser_an_operator_schedules_and_cancels_a_campaign_and_cannot_op
     c.back().await.expect("back to the campaign");
     click_and_wait_for_page(&c, "form[action$='/cancel'] button[type=submit]").await;
     let asked = c.source().await.unwrap_or_default();
-    assert!(asked.contains("Cancel this campaign?"), "{asked}");
+    assert!(
+        asked.contains("Cancel the campaign “Weekend promo”?"),
+        "{asked}"
+    );
     click_and_wait_for_page(&c, "form:has(input[name=confirm]) button.danger").await;
     let status = find(&c, "#campaign-status")
         .await

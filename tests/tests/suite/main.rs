@@ -26,6 +26,7 @@ mod campaigns;
 mod console;
 mod console_browser;
 mod console_pages;
+mod console_run;
 mod contract;
 mod contract_access;
 mod contract_broadcasts;

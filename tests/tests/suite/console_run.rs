@@ -1,0 +1,370 @@
+//! The console's campaign pages as an acceptance run drove them (local mode, both
+//! backends): what a page offers matches what the API would do, its notices say what is
+//! true when it is shown, and refusals say what is wrong in the page's own words.
+
+use kirim::config::Backend;
+use kirim_tests::spawn_app;
+
+use super::access::call;
+use super::console::{sign_in, Page};
+use super::console_pages::{broadcast_when, campaign_of};
+use super::users::new_user;
+
+/// The text of the page's first notice (`<p class="notice ...">`), or "".
+fn notice(p: &Page) -> String {
+    let Some(at) = p.html.find(r#"<p class="notice"#) else {
+        return String::new();
+    };
+    let rest = &p.html[at..];
+    let end = rest.find("</p>").unwrap_or(rest.len());
+    rest[..end].to_owned()
+}
+
+async fn a_campaign_whose_failures_no_later_try_may_fix_offers_no_retry(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/campaigns").await.csrf();
+    // A recipient ending 0007: Meta's 132001 (the template does not exist), which no later
+    // try fixes.
+    let made = web
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &csrf),
+                ("template", "order_update:en_US"),
+                ("parameters", "ORDER-1"),
+                ("numbers", "+60123450007"),
+            ],
+        )
+        .await;
+    let id = campaign_of(&made);
+    let settled = broadcast_when(&app, &t.key, &id, |b| {
+        b["counts"]["failed"] == 1 && b["status"] == "completed"
+    })
+    .await;
+    assert_eq!(settled["status"], "completed", "{settled}");
+    let page = web.get(&format!("/console/campaigns/{id}")).await;
+    assert!(
+        page.html.contains("132001"),
+        "its failure is listed: {}",
+        page.html
+    );
+    assert!(
+        !page.html.contains("Retry failed messages"),
+        "nothing a retry may fix, so no retry offered: {}",
+        page.html
+    );
+    // A form posted all the same (an old page): the API's refusal, in a campaign's words.
+    let refused = web
+        .post(
+            &format!("/console/campaigns/{id}/retry-failed"),
+            &[("csrf", &page.csrf()), ("parameters", "ORDER-1")],
+        )
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.html);
+    let said = notice(&refused);
+    assert!(
+        said.contains("no message of this campaign failed for a reason a later try may fix"),
+        "{said}"
+    );
+    assert!(!said.contains("broadcast"), "{said}");
+}
+
+async fn a_cancel_names_its_campaign_as_read_by_id_and_says_the_refunds_are_under_way(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/campaigns").await.csrf();
+    let at = (chrono::Utc::now() + chrono::Duration::minutes(30))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let made = web
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &csrf),
+                ("name", "Year-end sale"),
+                ("template", "order_update:en_US"),
+                ("parameters", "ORDER-2"),
+                ("numbers", "+60123450051"),
+                ("send_at", &at),
+            ],
+        )
+        .await;
+    let id = campaign_of(&made);
+    // The confirmation names the campaign as its id reads, not as a posted field says.
+    let asked = web
+        .post(
+            &format!("/console/campaigns/{id}/cancel"),
+            &[("csrf", &csrf), ("name", "Something else")],
+        )
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.html);
+    assert!(
+        asked.html.contains("Cancel the campaign “Year-end sale”?"),
+        "{}",
+        asked.html
+    );
+    assert!(asked.html.contains(&id), "its id: {}", asked.html);
+    assert!(!asked.html.contains("Something else"), "{}", asked.html);
+    // Another tenant's campaign: not there, no confirmation to act on.
+    let other = app.onboard(5).await;
+    let (stranger, _) = new_user(&app, &other.key, "operator").await;
+    let mut elsewhere = sign_in(&app, &stranger).await;
+    let their_csrf = elsewhere.get("/console/campaigns").await.csrf();
+    let hidden = elsewhere
+        .post(
+            &format!("/console/campaigns/{id}/cancel"),
+            &[("csrf", &their_csrf)],
+        )
+        .await;
+    assert_eq!(hidden.status, 404, "{}", hidden.html);
+    // Cancelled: the notice says what is true at once (the refunds of a sending campaign
+    // run after the answer), not that they are all done.
+    let cancelled = web
+        .post(
+            &format!("/console/campaigns/{id}/cancel"),
+            &[("csrf", &csrf), ("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(cancelled.status, 303, "{}", cancelled.html);
+    let page = web.get(cancelled.location()).await;
+    let said = notice(&page);
+    assert!(said.contains("being cancelled and refunded"), "{said}");
+    assert!(!said.contains("were refunded"), "{said}");
+}
+
+async fn an_upload_that_is_no_csv_text_is_said_so_and_one_too_large_keeps_the_form(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/campaigns").await.csrf();
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("name", "Spring promo"),
+        ("template", "promo_sale:en_US"),
+        ("parameters", "SPRING-25"),
+        ("numbers", ""),
+    ];
+    let before = app.credits(&t.key).await;
+    let png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01".to_vec();
+    let xlsx = b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00[Content_Types].xml".to_vec();
+    let utf16: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain(
+            "phone\r\n+60123450071\r\n"
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes),
+        )
+        .collect();
+    // Bytes that are no text (no NUL among them, a first line that is no UTF-8).
+    let noise: Vec<u8> = (0..600u32)
+        .map(|i| 0x80 + ((i * 37 + 11) % 0x7f) as u8)
+        .collect();
+    for (file, bytes, says) in [
+        ("photo.csv", png, "the file is not CSV text"),
+        ("list.csv", xlsx, "Excel workbook (.xlsx)"),
+        ("list.csv", utf16, "UTF-16"),
+        ("list.csv", noise, "not UTF-8 text"),
+    ] {
+        let refused = web
+            .post_multipart("/console/campaigns", &fields, &[("file", file, &bytes)])
+            .await;
+        assert_eq!(refused.status, 400, "{}", refused.html);
+        let said = notice(&refused);
+        assert!(said.contains(says), "{says}: {said}");
+        assert!(!said.contains("needs a"), "{says}: {said}");
+    }
+    // A CSV without its column: said without the API's backticks.
+    let no_phone = web
+        .post_multipart(
+            "/console/campaigns",
+            &fields,
+            &[("file", "list.csv", b"name,number\nA,+60123450072\n")],
+        )
+        .await;
+    let said = notice(&no_phone);
+    assert!(
+        said.contains("the CSV needs a column named phone"),
+        "{said}"
+    );
+    assert!(!said.contains('`'), "{said}");
+    // Over 2 MiB: the form comes back with its template, parameters and name, and says so.
+    let mut big = b"phone,notes\n".to_vec();
+    while big.len() <= kirim::console::campaigns::UPLOAD_LIMIT {
+        big.extend_from_slice(b"+60123450073,a long note nobody needs for sending\n");
+    }
+    let large = web
+        .post_multipart("/console/campaigns", &fields, &[("file", "list.csv", &big)])
+        .await;
+    assert_eq!(large.status, 413, "{}", large.html);
+    assert!(
+        notice(&large).contains("larger than 2 MiB"),
+        "{}",
+        large.html
+    );
+    assert!(
+        large.html.contains(r#"id="new-campaign""#),
+        "the form again: {}",
+        large.html
+    );
+    assert!(
+        large
+            .html
+            .contains(r#"<option value="promo_sale:en_US" selected>"#),
+        "{}",
+        large.html
+    );
+    assert!(large.html.contains("SPRING-25"), "{}", large.html);
+    assert!(
+        large.html.contains(r#"value="Spring promo""#),
+        "{}",
+        large.html
+    );
+    assert_eq!(app.credits(&t.key).await, before, "nothing was sent");
+}
+
+async fn the_apis_refusals_read_in_the_campaign_forms_words(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/campaigns").await.csrf();
+    let soon = (chrono::Utc::now() - chrono::Duration::minutes(5))
+        .format("%Y-%m-%dT%H:%M")
+        .to_string();
+    let past = web
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &csrf),
+                ("template", "order_update:en_US"),
+                ("parameters", "ORDER-4"),
+                ("numbers", "+60123450081"),
+                ("send_at", &soon),
+            ],
+        )
+        .await;
+    assert_eq!(past.status, 400, "{}", past.html);
+    let said = notice(&past);
+    assert!(
+        said.contains("the send time must be at least 1 minute in the future"),
+        "{said}"
+    );
+    assert!(!said.contains("send_at"), "{said}");
+    // One parameter is one parameter (the API's own words, fixed at the source).
+    let bare = web
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &csrf),
+                ("template", "order_update:en_US"),
+                ("numbers", "+60123450081"),
+            ],
+        )
+        .await;
+    assert_eq!(bare.status, 422, "{}", bare.html);
+    let said = notice(&bare);
+    assert!(
+        said.contains("takes 1 body parameter; the request gives 0"),
+        "{said}"
+    );
+    let (s, body) = call(
+        &app,
+        "POST",
+        "/v1/broadcasts",
+        Some(&t.key),
+        Some(serde_json::json!({
+            "template": {"name": "order_update", "language": "en_US"},
+            "recipients": ["+60123450082"],
+        })),
+    )
+    .await;
+    assert_eq!(s, 422, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "template order_update/en_US takes 1 body parameter; the request gives 0"
+    );
+}
+
+async fn a_status_filter_the_api_refuses_shows_every_campaign_and_says_so(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "read_only").await;
+    let (operator, _) = new_user(&app, &t.key, "operator").await;
+    let mut op = sign_in(&app, &operator).await;
+    let csrf = op.get("/console/campaigns").await.csrf();
+    let made = op
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &csrf),
+                ("name", "Listed anyway"),
+                ("template", "order_update:en_US"),
+                ("parameters", "ORDER-5"),
+                ("numbers", "+60123450091"),
+            ],
+        )
+        .await;
+    campaign_of(&made);
+    let mut web = sign_in(&app, &email).await;
+    let page = web.get("/console/campaigns?status=bogus").await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert!(
+        page.html.contains(r#"id="campaign-filter-refused""#),
+        "{}",
+        page.html
+    );
+    assert!(
+        notice(&page).contains("All campaigns are shown"),
+        "{}",
+        page.html
+    );
+    assert!(
+        page.html.contains(r#"id="campaigns""#),
+        "the list: {}",
+        page.html
+    );
+    assert!(page.html.contains("Listed anyway"), "{}", page.html);
+    assert!(
+        page.html.contains(r#"id="c-status""#),
+        "its filter: {}",
+        page.html
+    );
+    assert!(
+        page.html
+            .contains(r#"<option value="" selected>Any</option>"#),
+        "{}",
+        page.html
+    );
+}
+
+async fn a_new_campaign_form_offers_a_marketing_or_utility_template_first(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (operator, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &operator).await;
+    let form = web.get("/console/campaigns").await;
+    // login_code (authentication) is first by name; order_update (utility) is chosen.
+    assert!(form.html.contains("login_code:en_US"), "{}", form.html);
+    assert!(
+        form.html
+            .contains(r#"<option value="order_update:en_US" selected>"#),
+        "{}",
+        form.html
+    );
+    assert!(!form.html.contains(r#"value="login_code:en_US" selected"#));
+}
+
+on_both_backends!(
+    a_campaign_whose_failures_no_later_try_may_fix_offers_no_retry,
+    a_cancel_names_its_campaign_as_read_by_id_and_says_the_refunds_are_under_way,
+    an_upload_that_is_no_csv_text_is_said_so_and_one_too_large_keeps_the_form,
+    the_apis_refusals_read_in_the_campaign_forms_words,
+    a_status_filter_the_api_refuses_shows_every_campaign_and_says_so,
+    a_new_campaign_form_offers_a_marketing_or_utility_template_first,
+);
