@@ -74,6 +74,16 @@ pub(super) fn redirect(to: &str) -> Response {
     res
 }
 
+/// Where a request whose session has ended goes: the sign-in page, with a fixed notice
+/// (`?ended=1`, [`ENDED`]) that the session ended and that a form just sent was not done.
+/// Never the form's content, nor a page to return to (no open redirect).
+pub(super) const SIGN_IN_AGAIN: &str = "/console/login?ended=1";
+
+/// What the sign-in page says after [`SIGN_IN_AGAIN`].
+const ENDED: &str = "Your session has ended (after 30 minutes without use, a sign-out, or a \
+     change to your account). If you had just sent a form, it was not done: sign in, then send \
+     it again.";
+
 pub(super) fn unavailable() -> Response {
     error_page(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -125,9 +135,11 @@ impl FromRequestParts<ConsoleState> for Ctx {
         else {
             return Err(redirect("/console/login"));
         };
+        // A session cookie whose session no longer works (idle, signed out elsewhere, its
+        // user removed): said so on the sign-in page, whatever the request was.
         let (caller, email) = match authenticate_console_session(&s.deps, &token).await {
             Ok(c) => c,
-            Err(ServiceError::Unauthenticated) => return Err(redirect("/console/login")),
+            Err(ServiceError::Unauthenticated) => return Err(redirect(SIGN_IN_AGAIN)),
             Err(e) => {
                 tracing::error!(error = %e, "console session check failed");
                 return Err(unavailable());
@@ -141,7 +153,7 @@ impl FromRequestParts<ConsoleState> for Ctx {
             ..
         } = caller
         else {
-            return Err(redirect("/console/login"));
+            return Err(redirect(SIGN_IN_AGAIN));
         };
         let path = parts.uri.path();
         if enrollment_only && !path.starts_with("/console/2fa") && path != "/console/logout" {
@@ -372,7 +384,8 @@ pub(super) fn done(q: &HashMap<String, String>) -> Option<Notice> {
 /// for what is not there (or another tenant's), else an error page.
 pub(super) fn failed(a: &Answer) -> Response {
     match a.status {
-        StatusCode::UNAUTHORIZED => redirect("/console/login"),
+        // The session ended between the page's check and its API request.
+        StatusCode::UNAUTHORIZED => redirect(SIGN_IN_AGAIN),
         StatusCode::NOT_FOUND => error_page(StatusCode::NOT_FOUND, "There is no such item."),
         // Only the role check's refusal is about the role: a suspended tenant, an address
         // or the 2FA requirement say what they are.
@@ -559,9 +572,13 @@ async fn login_page(State(s): S, q: Q, parts: Parts) -> Response {
         return unavailable();
     };
     let nonce = Secret::generate("");
+    let n = match q.0.get("ended").map(String::as_str) {
+        Some("1") => Some(Notice::Alert(ENDED.into())),
+        _ => done(&q.0),
+    };
     let mut res = login_form(
         &csrf_token(&key, "login", nonce.expose()),
-        done(&q.0).as_ref(),
+        n.as_ref(),
         StatusCode::OK,
         "",
     );

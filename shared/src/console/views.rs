@@ -20,6 +20,8 @@ pub enum Notice {
     /// The API answered `5xx`: a write may have landed with its answer lost, so the page
     /// never says "not done".
     Unknown(String),
+    /// Something to heed that is neither (the session ended): said as it is.
+    Alert(String),
 }
 
 /// What the frame needs to know of the signed-in user.
@@ -60,6 +62,7 @@ pub fn notice(n: Option<&Notice>) -> Markup {
             Some(Notice::Done(t)) => p.notice.done role="status" { (t) },
             Some(Notice::Problem(t)) => p.notice.problem role="alert" { "Not done: " (t) },
             Some(Notice::Unknown(t)) => p.notice.problem role="alert" { "Outcome unknown: " (t) },
+            Some(Notice::Alert(t)) => p.notice.problem #notice-alert role="alert" { (t) },
             None => {},
         }
     }

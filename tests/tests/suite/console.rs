@@ -463,7 +463,7 @@ async fn signing_out_of_the_console_ends_the_session(b: Backend) {
     web.cookies.insert("kirim_session".into(), token);
     let back = web.get("/console/").await;
     assert_eq!(back.status, 303);
-    assert_eq!(back.location(), "/console/login");
+    assert_eq!(back.location(), "/console/login?ended=1", "said ended");
 }
 
 pub(crate) fn totp_of(secret: &str) -> TOTP {

@@ -1826,7 +1826,10 @@ async fn a_closed_tenants_user_is_signed_out_not_sent_round_in_circles(b: Backen
     // The session ends with the tenant: the sign-in page shows its form, instead of
     // sending the browser back to pages that refuse it (a redirect loop).
     let page = web.get("/console/").await;
-    assert_eq!((page.status, page.location()), (303, "/console/login"));
+    assert_eq!(
+        (page.status, page.location()),
+        (303, "/console/login?ended=1")
+    );
     assert_eq!(web.get("/console/login").await.status, 200);
     // And the user cannot sign in again: answered as an unknown email is.
     let (st, body) = call(

@@ -3,10 +3,11 @@
 //! true when it is shown, and refusals say what is wrong in the page's own words.
 
 use kirim::config::Backend;
-use kirim_tests::spawn_app;
+use kirim_infra::local::LocalClock;
+use kirim_tests::{local_config, spawn_app, ManualClock};
 
 use super::access::call;
-use super::console::{sign_in, Page};
+use super::console::{sign_in, Browser, Page};
 use super::console_pages::{broadcast_when, campaign_of};
 use super::users::new_user;
 
@@ -135,6 +136,54 @@ async fn a_cancel_names_its_campaign_as_read_by_id_and_says_the_refunds_are_unde
     let said = notice(&page);
     assert!(said.contains("being cancelled and refunded"), "{said}");
     assert!(!said.contains("were refunded"), "{said}");
+}
+
+async fn a_form_sent_after_the_session_ended_is_said_not_done_on_the_sign_in_page(b: Backend) {
+    let clock = ManualClock::new();
+    let mut cfg = local_config(b).await;
+    cfg.clock = LocalClock(clock.clone());
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/campaigns").await.csrf();
+    let before = app.credits(&t.key).await;
+    clock.advance(chrono::Duration::minutes(31));
+    let sent = web
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &csrf),
+                ("template", "order_update:en_US"),
+                ("parameters", "ORDER-3"),
+                ("numbers", "+60123450061"),
+            ],
+        )
+        .await;
+    assert_eq!(sent.status, 303, "{}", sent.html);
+    // A fixed flag: nothing of the form, no page to return to.
+    assert_eq!(sent.location(), "/console/login?ended=1");
+    let login = web.get(sent.location()).await;
+    assert_eq!(login.status, 200, "{}", login.html);
+    let said = notice(&login);
+    assert!(said.contains("Your session has ended"), "{said}");
+    assert!(said.contains("it was not done"), "{said}");
+    assert!(
+        login.html.contains(r#"name="password""#),
+        "the sign-in form"
+    );
+    assert_eq!(app.credits(&t.key).await, before, "nothing was sent");
+    // A browser that was never signed in gets the plain sign-in page.
+    let mut fresh = Browser::new(&app);
+    let plain = fresh.get("/console/campaigns").await;
+    assert_eq!(plain.location(), "/console/login");
+    // Only the flag shows the notice: whatever else is in the query is not echoed.
+    let odd = fresh
+        .get("/console/login?ended=https%3A%2F%2Fevil.example%2F")
+        .await;
+    assert_eq!(odd.status, 200);
+    assert!(notice(&odd).is_empty(), "{}", odd.html);
+    assert!(!odd.html.contains("evil.example"), "{}", odd.html);
 }
 
 async fn an_upload_that_is_no_csv_text_is_said_so_and_one_too_large_keeps_the_form(b: Backend) {
@@ -363,6 +412,7 @@ async fn a_new_campaign_form_offers_a_marketing_or_utility_template_first(b: Bac
 on_both_backends!(
     a_campaign_whose_failures_no_later_try_may_fix_offers_no_retry,
     a_cancel_names_its_campaign_as_read_by_id_and_says_the_refunds_are_under_way,
+    a_form_sent_after_the_session_ended_is_said_not_done_on_the_sign_in_page,
     an_upload_that_is_no_csv_text_is_said_so_and_one_too_large_keeps_the_form,
     the_apis_refusals_read_in_the_campaign_forms_words,
     a_status_filter_the_api_refuses_shows_every_campaign_and_says_so,
