@@ -1529,7 +1529,8 @@ async fn render_opt_outs(
                             }
                         }
                     }
-                    @if list.is_empty() { tr { td colspan="6" { "No opt-outs." } } }
+                    // As many columns as the head has (the action's only for who may remove).
+                    @if list.is_empty() { tr { td colspan=(if can_remove { 6 } else { 5 }) { "No opt-outs." } } }
                 }
             }
         }

@@ -409,6 +409,35 @@ async fn a_new_campaign_form_offers_a_marketing_or_utility_template_first(b: Bac
     assert!(!form.html.contains(r#"value="login_code:en_US" selected"#));
 }
 
+async fn an_empty_opt_out_list_spans_its_columns_and_sign_out_stays_on_one_line(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (operator, _) = new_user(&app, &t.key, "operator").await;
+    let (admin, _) = new_user(&app, &t.key, "admin").await;
+    let mut web = sign_in(&app, &operator).await;
+    // An empty opt-out list spans the columns its table has: 5, or 6 with "Action".
+    let empty = web.get("/console/opt-outs").await;
+    assert!(
+        empty.html.contains(r#"<td colspan="5">No opt-outs."#),
+        "{}",
+        empty.html
+    );
+    let mut boss = sign_in(&app, &admin).await;
+    let empty = boss.get("/console/opt-outs").await;
+    assert!(
+        empty.html.contains(r#"<td colspan="6">No opt-outs."#),
+        "{}",
+        empty.html
+    );
+    // "Sign out" stays on one line at 375 px.
+    let css = web.get("/console/assets/console.css").await;
+    assert!(
+        css.html.contains(".signout button { white-space: nowrap;"),
+        "{}",
+        css.html
+    );
+}
+
 on_both_backends!(
     a_campaign_whose_failures_no_later_try_may_fix_offers_no_retry,
     a_cancel_names_its_campaign_as_read_by_id_and_says_the_refunds_are_under_way,
@@ -417,4 +446,5 @@ on_both_backends!(
     the_apis_refusals_read_in_the_campaign_forms_words,
     a_status_filter_the_api_refuses_shows_every_campaign_and_says_so,
     a_new_campaign_form_offers_a_marketing_or_utility_template_first,
+    an_empty_opt_out_list_spans_its_columns_and_sign_out_stays_on_one_line,
 );
