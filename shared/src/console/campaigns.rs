@@ -156,7 +156,7 @@ async fn render_campaigns(
     q: &HashMap<String, String>,
     typed: &Form,
     status: StatusCode,
-    n: Option<Notice>,
+    mut n: Option<Notice>,
 ) -> Response {
     // A form whose outcome is not known comes back with its key (`form_again`): it is
     // shown whatever the page's other reads do, or a reload would make a new key and a
@@ -170,20 +170,22 @@ async fn render_campaigns(
         // A filter the API refuses (an old bookmark, an edited link: `?status=bogus`): the
         // list unfiltered, said so, with its filter to choose again — what the person came
         // for, rather than a page without the list. Its words are the API's.
+        // Said at the top of the page, where every notice is (above the form: on a phone, a
+        // screen or two before the list).
         let mut unfiltered = None;
         if a.status == StatusCode::BAD_REQUEST && !st.is_empty() {
-            unfiltered = Some(campaign_words(&a.message()));
+            let why = campaign_words(&a.message());
+            n = n.or(Some(Notice::Alert(format!(
+                "Not filtered: {why}. All campaigns are shown."
+            ))));
+            unfiltered = Some(why);
             a = s.api.get(&ctx.who, &format!("{LIST}?limit=50")).await;
         }
         match a.status {
-            s if s.is_success() => Some(html! {
-                @if let Some(why) = &unfiltered {
-                    p.notice.problem #campaign-filter-refused role="alert" {
-                        "Not filtered: " (why) ". All campaigns are shown."
-                    }
-                }
-                (list_table(&a.body, if unfiltered.is_some() { "" } else { &st }))
-            }),
+            s if s.is_success() => Some(list_table(
+                &a.body,
+                if unfiltered.is_some() { "" } else { &st },
+            )),
             // Listed in the access table but not served yet: as if not there.
             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => None,
             StatusCode::BAD_REQUEST => {

@@ -364,12 +364,10 @@ async fn a_status_filter_the_api_refuses_shows_every_campaign_and_says_so(b: Bac
     let page = web.get("/console/campaigns?status=bogus").await;
     assert_eq!(page.status, 200, "{}", page.html);
     assert!(
-        page.html.contains(r#"id="campaign-filter-refused""#),
-        "{}",
-        page.html
-    );
-    assert!(
-        notice(&page).contains("All campaigns are shown"),
+        notice(&page).contains(
+            "Not filtered: status must be scheduled, sending, paused, completed or cancelled. \
+             All campaigns are shown."
+        ),
         "{}",
         page.html
     );
@@ -387,6 +385,17 @@ async fn a_status_filter_the_api_refuses_shows_every_campaign_and_says_so(b: Bac
     assert!(
         page.html
             .contains(r#"<option value="" selected>Any</option>"#),
+        "{}",
+        page.html
+    );
+    // Said at the top, where every notice is: above the form, not below it by the list.
+    let page = op.get("/console/campaigns?status=bogus").await;
+    let (said, form) = (
+        page.html.find("Not filtered:"),
+        page.html.find(r#"id="new-campaign""#),
+    );
+    assert!(
+        matches!((said, form), (Some(s), Some(f)) if s < f),
         "{}",
         page.html
     );
