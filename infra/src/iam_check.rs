@@ -68,7 +68,7 @@ fn service(action: &str) -> &str {
 
 fn resource_service(r: Resource) -> &'static str {
     match r {
-        Resource::Table | Resource::TableIndexes => "dynamodb",
+        Resource::Table | Resource::TableIndexes | Resource::CallbackFailureRecords => "dynamodb",
         Resource::DispatchQueue
         | Resource::DispatchDlq
         | Resource::CallbackQueue
@@ -104,6 +104,23 @@ fn resource_name(v: &Value) -> String {
             }
         }
         other => format!("{other:?}"),
+    }
+}
+
+/// The one pattern of a `{ForAllValues:StringLike: {dynamodb:LeadingKeys: [pattern]}}`
+/// condition, and nothing else in it; `None` for any other condition.
+fn leading_keys(c: &Value) -> Option<String> {
+    let outer = c.as_mapping()?;
+    if outer.len() != 1 {
+        return None;
+    }
+    let inner = outer.get("ForAllValues:StringLike")?.as_mapping()?;
+    if inner.len() != 1 {
+        return None;
+    }
+    match list(inner.get("dynamodb:LeadingKeys")).as_slice() {
+        [Value::String(p)] if !p.is_empty() && p != "*" => Some(p.clone()),
+        _ => None,
     }
 }
 
@@ -150,10 +167,19 @@ impl Role {
             .filter_map(|a| a.as_str().map(str::to_owned))
             .collect();
         let actions: Vec<&str> = actions.iter().map(String::as_str).collect();
-        if st.get("Condition").is_some() {
-            self.problems.push(format!(
-                "a statement with a Condition is not modelled: {st:?}"
-            ));
+        // One condition is modelled: a table's items by the leading part of their partition
+        // key (`ForAllValues:StringLike` on `dynamodb:LeadingKeys`, one pattern), which
+        // names the resource `Table?dynamodb:LeadingKeys={pattern}`. Any other is refused.
+        let mut narrowed = None;
+        if let Some(c) = st.get("Condition") {
+            match leading_keys(c) {
+                Some(pattern) => narrowed = Some(pattern),
+                None => {
+                    self.problems.push(format!(
+                        "a statement with a Condition is not modelled: {st:?}"
+                    ));
+                }
+            }
         }
         let (resources, not) = match (st.get("Resource"), st.get("NotResource")) {
             (Some(r), None) => (list(Some(r)), false),
@@ -164,7 +190,14 @@ impl Role {
                 return;
             }
         };
-        let resources: Vec<String> = resources.iter().map(resource_name).collect();
+        let resources: Vec<String> = resources
+            .iter()
+            .map(resource_name)
+            .map(|r| match &narrowed {
+                Some(p) => format!("{r}?dynamodb:LeadingKeys={p}"),
+                None => r,
+            })
+            .collect();
         match (st.get("Effect").and_then(Value::as_str), not) {
             (Some("Allow"), false) => self.allow(&actions, &resources),
             (Some("Deny"), _) => {

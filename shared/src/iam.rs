@@ -48,6 +48,10 @@ pub enum Resource {
     /// `*`, for Secrets Manager's actions IAM authorises on no narrower resource
     /// ([`UNSCOPED`]: `ListSecrets`, which names no secret).
     AnySecret,
+    /// `Table`, only the items whose partition key begins `CBFAIL#` (a tenant's records of
+    /// given-up status callbacks): a statement on `Table` with the condition
+    /// `ForAllValues:StringLike: {dynamodb:LeadingKeys: [CBFAIL#*]}`.
+    CallbackFailureRecords,
 }
 
 /// Actions IAM authorises on `*` only (they name no resource): granted on
@@ -55,7 +59,7 @@ pub enum Resource {
 pub const UNSCOPED: &[&str] = &["secretsmanager:ListSecrets"];
 
 impl Resource {
-    pub const ALL: [Resource; 17] = [
+    pub const ALL: [Resource; 18] = [
         Resource::Table,
         Resource::TableIndexes,
         Resource::DispatchQueue,
@@ -73,6 +77,7 @@ impl Resource {
         Resource::TenantSecrets,
         Resource::CallbackSecrets,
         Resource::AnySecret,
+        Resource::CallbackFailureRecords,
     ];
 
     /// How `template.yaml` refers to it: a logical id, or the ARN pattern (`!Sub`) after
@@ -98,6 +103,7 @@ impl Resource {
                 "secret:${AWS::StackName}/tenants/*/status-callback-secret*"
             }
             Resource::AnySecret => "*",
+            Resource::CallbackFailureRecords => "Table?dynamodb:LeadingKeys=CBFAIL#*",
         }
     }
 }
@@ -220,9 +226,10 @@ const DISPATCHER: &[Grant] = &[
 const STATUS_CALLBACK: &[Grant] = &[
     // The tenant's callback setting, by key.
     on(Table, DynamoStore::GET),
-    // The tenant's record of a callback given up (`TENANT#{t}` / `CBFAIL#…`): one
-    // unconditional put, nothing updated or deleted.
-    on(Table, DynamoStore::PUT),
+    // The tenant's record of a callback given up (`CBFAIL#{t}` / `CBFAIL#…`): one
+    // unconditional put, nothing updated or deleted, and only in those partitions: the
+    // function that calls tenants' URLs can write no key, tenant or audit item.
+    on(CallbackFailureRecords, DynamoStore::PUT),
     on(CallbackSecrets, SecretsManagerStore::READ),
     on(CallbackQueue, SqsQueue::BACKOFF),
 ];

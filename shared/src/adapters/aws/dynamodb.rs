@@ -256,16 +256,21 @@ fn encode_cursor(key: &Item) -> Option<String> {
 }
 
 fn decode_cursor(cursor: &str, tenant: &TenantId) -> Result<Item, StoreError> {
+    decode_cursor_under(cursor, &keys::tenant_pk(tenant))
+}
+
+/// [`decode_cursor`] of a list kept under a partition of its own (`partition`, one of the
+/// tenant's: its given-up callbacks' `CBFAIL#{t}`).
+fn decode_cursor_under(cursor: &str, partition: &str) -> Result<Item, StoreError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(cursor)
         .map_err(|_| StoreError::InvalidCursor)?;
     let flat: HashMap<String, String> =
         serde_json::from_slice(&bytes).map_err(|_| StoreError::InvalidCursor)?;
     // A cursor may only continue inside the caller's own partition.
-    let prefix = keys::tenant_pk(tenant);
     let ok = flat
         .iter()
-        .all(|(k, v)| !(k == "pk" || k == "gsi1pk") || v.starts_with(&prefix));
+        .all(|(k, v)| !(k == "pk" || k == "gsi1pk") || v.starts_with(partition));
     if !ok || flat.len() > 4 {
         return Err(StoreError::InvalidCursor);
     }
@@ -278,8 +283,13 @@ fn decode_cursor(cursor: &str, tenant: &TenantId) -> Result<Item, StoreError> {
 /// cursor from another filter or a hand-made one is never handed to DynamoDB as it is
 /// (which refuses a start key of another shape or outside the key condition: a 500).
 fn cursor_sort_key<'c>(item: &'c Item, tenant: &TenantId, prefix: &str) -> Option<&'c str> {
+    cursor_sort_key_under(item, &keys::tenant_pk(tenant), prefix)
+}
+
+/// [`cursor_sort_key`] in the partition `partition`.
+fn cursor_sort_key_under<'c>(item: &'c Item, partition: &str, prefix: &str) -> Option<&'c str> {
     let pk = item.get(keys::PK).and_then(|v| v.as_s().ok());
-    if pk.is_some_and(|pk| *pk != keys::tenant_pk(tenant)) {
+    if pk.is_some_and(|pk| pk != partition) {
         return None;
     }
     item.get(keys::SK)
@@ -538,12 +548,25 @@ impl DynamoStore {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<(Vec<T>, Option<String>), StoreError> {
+        self.query_page_under(keys::tenant_pk(tenant), prefix, order, limit, cursor)
+            .await
+    }
+
+    /// [`Self::query_tenant_page`] in the partition `pk` (one of the tenant's own: a
+    /// cursor of another partition is `InvalidCursor`).
+    pub(super) async fn query_page_under<T: DeserializeOwned>(
+        &self,
+        pk: String,
+        prefix: &str,
+        order: crate::ports::Order,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<T>, Option<String>), StoreError> {
         let limit = limit.clamp(1, crate::ports::MAX_PAGE);
-        let pk = keys::tenant_pk(tenant);
         let start = cursor
             .map(|c| {
-                let item = decode_cursor(c, tenant)?;
-                cursor_sort_key(&item, tenant, prefix)
+                let item = decode_cursor_under(c, &pk)?;
+                cursor_sort_key_under(&item, &pk, prefix)
                     .filter(|id| crate::ports::listed_id(id))
                     .map(|id| -> Item {
                         HashMap::from([

@@ -13,7 +13,8 @@
 //!   tenant: written only while the queue refuses), `sk = OWED#{tenant}#{message}#{sequence}`,
 //!   TTL per the `PendingStatus` retention class; read back with a consistent Query by the
 //!   owed-callback drain, deleted once queued.
-//! - A tenant's record of a callback given up: `pk = TENANT#{tenant}`,
+//! - A tenant's record of a callback given up: `pk = CBFAIL#{tenant}` (a partition of its
+//!   own: the status-callback function may write there only, `dynamodb:LeadingKeys`),
 //!   `sk = CBFAIL#{ulid of when it was given up}`, TTL per the `CallbackFailures` class
 //!   (14 days); one unconditional `PutItem` per given-up callback, listed a page at a time
 //!   newest first with the API keys' paged `Query` (no scan).
@@ -306,8 +307,8 @@ impl StatusCallbackStore for DynamoStore {
         cursor: Option<&str>,
     ) -> Result<CallbackFailurePage, StoreError> {
         let (failures, next_cursor) = self
-            .query_tenant_page(
-                tenant,
+            .query_page_under(
+                keys::callback_failures_pk(tenant),
                 keys::CALLBACK_FAILURE_PREFIX,
                 crate::ports::Order::NewestFirst,
                 limit,

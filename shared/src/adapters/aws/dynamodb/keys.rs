@@ -123,8 +123,10 @@ pub enum ItemKind {
     /// `CALLBACKOWED` / `OWED#{tenant}#{message id}#{sequence}`: a status callback the queue
     /// refused, until queued again.
     OwedCallback,
-    /// `TENANT#{tenant}` / `CBFAIL#{ulid of when it was given up}`: the tenant's record of
-    /// a status callback given up (for `GET /v1/settings/status-callback/failures`).
+    /// `CBFAIL#{tenant}` / `CBFAIL#{ulid of when it was given up}`: the tenant's record of
+    /// a status callback given up (for `GET /v1/settings/status-callback/failures`). A
+    /// partition of its own, so that the status-callback function's `PutItem` is granted on
+    /// it alone (`dynamodb:LeadingKeys`), never on the tenant's own partition.
     CallbackFailure,
     /// `TENANT#{tenant}` / `OPTOUT#{e164 or user id}`.
     OptOut,
@@ -278,7 +280,6 @@ impl ItemKind {
                 _ if has(WINDOW_PREFIX) => ServiceWindow,
                 _ if has(NUMBER_PREFIX) => PhoneNumber,
                 _ if has(USAGE_PREFIX) => UsageCounter,
-                _ if has(CALLBACK_FAILURE_PREFIX) => CallbackFailure,
                 _ => return None,
             }
         } else if pk.starts_with(WAMID) {
@@ -309,6 +310,9 @@ impl ItemKind {
                 (RETENTION, CHECKPOINT_SK) => RetentionCheckpoint,
                 (CALLBACK_OWED, _) if has(OWED_PREFIX) => OwedCallback,
                 (AUDIT_INTENT, _) if has(INTENT_PREFIX) => AuditIntent,
+                _ if pk.starts_with(CALLBACK_FAILURE_PREFIX) && has(CALLBACK_FAILURE_PREFIX) => {
+                    CallbackFailure
+                }
                 (_, FAIL_SK) if pk.starts_with(LOGINADDR) => LoginFailuresOfAddress,
                 _ if pk.starts_with(LOGINFAIL) && (has(ADDR_PREFIX) || sk == TOTP_FAIL_SK) => {
                     LoginFailuresOfEmail
@@ -634,9 +638,18 @@ pub fn status_callback(t: &TenantId) -> Key {
     Key::new(tenant_pk(t), STATUS_CALLBACK_SK)
 }
 
+/// The partition of a tenant's records of given-up status callbacks: apart from
+/// `TENANT#{t}`, so that the function that writes them may write nothing else.
+pub fn callback_failures_pk(t: &TenantId) -> String {
+    format!("{CALLBACK_FAILURE_PREFIX}{t}")
+}
+
 /// A tenant's record of a given-up status callback (`id` a ULID of when it was given up).
 pub fn callback_failure(t: &TenantId, id: &str) -> Key {
-    Key::new(tenant_pk(t), format!("{CALLBACK_FAILURE_PREFIX}{id}"))
+    Key::new(
+        callback_failures_pk(t),
+        format!("{CALLBACK_FAILURE_PREFIX}{id}"),
+    )
 }
 
 pub fn two_factor_setting(t: &TenantId) -> Key {
@@ -909,7 +922,7 @@ mod tests {
             "an owed callback is kept as long as its queue would have"
         );
         assert_eq!(
-            class(t, "CBFAIL#01J"),
+            class("CBFAIL#01JABCDEFGHJKMNPQRSTVWXYZ0", "CBFAIL#01J"),
             Some(C::CallbackFailures),
             "a given-up callback's record is kept as long as the dead-letter queue keeps it"
         );
