@@ -229,12 +229,19 @@ impl LocalApp {
     /// owes (its status webhooks, its outbox) lives in this process and is lost with it.
     pub async fn stop(mut self, grace: Duration) {
         let _ = self.stop_pollers.send(true);
-        let pollers = futures::future::join_all(std::mem::take(&mut self.pollers));
-        if tokio::time::timeout(grace, pollers).await.is_err() {
+        let pollers = std::mem::take(&mut self.pollers);
+        let aborts: Vec<_> = pollers.iter().map(JoinHandle::abort_handle).collect();
+        if tokio::time::timeout(grace, futures::future::join_all(pollers))
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 grace_secs = grace.as_secs(),
                 "queue pollers still busy at the stop: aborted"
             );
+            for a in &aborts {
+                a.abort();
+            }
         }
         let _ = self.stop_server.send(true);
         if let Some(server) = self.server.take() {

@@ -103,6 +103,9 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rate-limit windows kept before idle ones are pruned.
 const MAX_TRACKED_PHONE_NUMBERS: usize = 1024;
 const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// How many 0003 messages' counts are kept at most (then they start again).
+const THROTTLED_KEPT: usize = 10_000;
+
 /// How many answers of 130429 each message to a 0003 recipient gets before it is accepted.
 const THROTTLED_ATTEMPTS: u32 = 2;
 /// Templates per page of `GET /{version}/{waba_id}/message_templates` at most.
@@ -1635,6 +1638,10 @@ impl Inner {
     /// count starts again there: every message gets its two 130429, not only the first.
     fn throttle_again(&self, phone_number_id: &str, digits: &str, message: Option<&str>) -> bool {
         let mut state = lock(&self.state);
+        // Bounded: a message given up after one refusal leaves its count behind.
+        if state.throttled.len() >= THROTTLED_KEPT {
+            state.throttled.clear();
+        }
         let key = (
             phone_number_id.to_string(),
             digits.to_string(),

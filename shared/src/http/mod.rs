@@ -558,7 +558,14 @@ async fn meta_verify(
             "hub.challenge is missing",
         )),
         _ => {
-            s.limits.webhook_bad_signature(addr, s.deps.clock.now());
+            // Counted when a token was given and is not the one (a guess); a handshake
+            // missing its token or with another mode is a mistake, not a guess.
+            if params
+                .get("hub.verify_token")
+                .is_some_and(|t| !t.is_empty())
+            {
+                s.limits.webhook_bad_signature(addr, s.deps.clock.now());
+            }
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",

@@ -284,6 +284,26 @@ fn not_csv_text(body: &[u8]) -> Option<&'static str> {
 /// (`+60 12-345 6789` and `(+60) 12.345.6789` are `+60123456789`), as a CSV cell or a pasted
 /// list gives it; what is still no E.164 number is counted invalid as it is.
 pub fn written_number(cell: &str) -> String {
+    // A spreadsheet's number as a decimal (`+60123456789.0`, `6.0123456789E+10`) is no
+    // number written with dots: kept as it is, it is counted invalid, not read as another
+    // (`+601234567890`) that would be sent and charged.
+    let t = cell.trim();
+    if let Some((_, tail)) = t.rsplit_once('.') {
+        if (1..=2).contains(&tail.len()) && tail.bytes().all(|b| b.is_ascii_digit()) {
+            return t.to_owned();
+        }
+    }
+    if let Some((mantissa, exponent)) = t.split_once(['e', 'E']) {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        let mantissa = mantissa.trim_start_matches('+');
+        let exponent = exponent.trim_start_matches(['+', '-']);
+        let whole = mantissa
+            .split_once('.')
+            .map_or(digits(mantissa), |(a, b)| digits(a) && digits(b));
+        if whole && digits(exponent) {
+            return t.to_owned();
+        }
+    }
     cell.chars()
         .filter(|c| !c.is_whitespace() && !matches!(c, '-' | '.' | '(' | ')'))
         .collect()

@@ -337,13 +337,20 @@ async fn a_csv_uploads_numbers_may_be_written_as_people_write_them(b: Backend) {
     )
     .await;
     let q = "template_name=pending_notice&template_language=en_US&template_category=utility";
+    // A spreadsheet's decimal is no number with dots: `+60123455204.0` is not read as
+    // `+601234552040`, another (valid) number that would be sent and charged.
     let csv =
-        "phone,name\n\"+60 12-345 5201\",A\n(+60) 12.345.5202,B\n+60123455203,C\n\"01 23\",D\n";
+        "phone,name\n\"+60 12-345 5201\",A\n(+60) 12.345.5202,B\n+60123455203,C\n\"01 23\",D\n\
+               +60123455204.0,E\n6.0123455205E+10,F\n";
     let (s, body) = post_csv(&app, &t.key, q, csv.into()).await;
     assert_eq!(s, 202, "{body}");
     assert_eq!(body["accepted"], 3, "{body}");
-    assert_eq!(body["invalid_count"], 1, "{body}");
-    assert_eq!(body["invalid"], json!(["0123"]), "{body}");
+    assert_eq!(body["invalid_count"], 3, "{body}");
+    assert_eq!(
+        body["invalid"],
+        json!(["0123", "+60123455204.0", "6.0123455205E+10"]),
+        "{body}"
+    );
     assert_eq!(app.credits(&t.key).await, 2);
 }
 

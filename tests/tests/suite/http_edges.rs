@@ -556,6 +556,16 @@ async fn guessing_the_verify_token_is_slowed_per_address(b: Backend) {
             )))
             .send()
     };
+    // A handshake missing its token is a mistake, not a guess: not counted.
+    for _ in 0..15 {
+        let res = app
+            .http
+            .get(app.url("/webhooks/meta?hub.mode=subscribe&hub.challenge=9"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403);
+    }
     for i in 0..10 {
         assert_eq!(
             guess(&format!("guess{i}")).await.unwrap().status(),
