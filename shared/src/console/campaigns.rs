@@ -1074,8 +1074,9 @@ async fn act(
             None => format!("Cancel campaign {id}?"),
         };
         let means = format!(
-            "Campaign {id}: its recipients not sent yet are not sent, and their credits are \
-             refunded; messages already sent stay sent. A cancelled campaign cannot be resumed."
+            "Campaign {id}: the recipients it has not sent to yet will not be sent to, and \
+             their credits are refunded; messages already sent stay sent. A cancelled campaign \
+             cannot be resumed."
         );
         let c = Confirm {
             nav: "/console/campaigns",
