@@ -304,6 +304,14 @@ pub fn limited(scope: &str) {
     count("RateLimited", ("Scope", scope));
 }
 
+/// An audit intent that did its work not (README "The audit trail", "Interrupted calls"):
+/// `not_written` (its call went ahead without one), `unreadable` (a stale one that is no
+/// intent), `unresolved` (its chain could not be decided: a tenant unreadable) or
+/// `not_promoted` (its write as an interrupted event failed); the sweep goes on past each.
+pub fn audit_intent_problem(problem: &str) {
+    count("AuditIntentProblems", ("Problem", problem));
+}
+
 pub fn sent() {
     count("MessagesSent", ("Outcome", "sent"));
 }

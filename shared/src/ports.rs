@@ -1273,6 +1273,32 @@ pub struct ParkedAudit {
     pub signature: Option<String>,
 }
 
+/// A stale audit intent as the sweep reads it ([`AuditLog::stale_intents`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum StaleIntent {
+    /// An intent.
+    Intent(ParkedAudit),
+    /// An item under an intent's key that is not one (its attributes do not read as an
+    /// intent: no adapter writes such a thing): its id, from its key, and why. The sweep
+    /// logs and counts it, and goes on past it.
+    Unreadable {
+        id: String,
+        /// Its key, as the store names it (`pk / sk` on DynamoDB), for the log.
+        key: String,
+        error: String,
+    },
+}
+
+impl StaleIntent {
+    /// Its id (the order the sweep reads in, and where it goes on after it).
+    pub fn id(&self) -> &str {
+        match self {
+            StaleIntent::Intent(i) => &i.id,
+            StaleIntent::Unreadable { id, .. } => id,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct AuditQuery {
     pub since: Option<DateTime<Utc>>,
@@ -1333,12 +1359,16 @@ pub trait AuditLog: Send + Sync {
     /// Removes the intent `id` (its call's event was recorded or parked); gone already is
     /// no error.
     async fn delete_intent(&self, id: &str) -> Result<(), StoreError>;
-    /// Live intents made before `before` (their ids' time), oldest first, at most `limit`.
+    /// Live intents made before `before` (their ids' time) and after the id `after`
+    /// (exclusive; `None`: from the oldest), oldest first, at most `limit`; one that does
+    /// not read as an intent is in its place as [`StaleIntent::Unreadable`], not an error
+    /// (one bad item must not stop the sweep of every later one).
     async fn stale_intents(
         &self,
         before: DateTime<Utc>,
+        after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<ParkedAudit>, StoreError>;
+    ) -> Result<Vec<StaleIntent>, StoreError>;
     /// Turns the intent `id` into the parked event `parked` in one atomic write: the intent
     /// deleted (only while it exists) and `parked` parked (as [`AuditLog::park`]), so an
     /// intent becomes at most one event however many sweeps race. `Conflict` if the

@@ -317,7 +317,7 @@ pub struct EveryMinute {
 /// audited calls whose process died before their event was recorded (README "The audit
 /// trail"), here rather than in the daily run so that such a call is in its chain within
 /// about three minutes ([`crate::service::audit::INTENT_STALE_AFTER`] and the next minute),
-/// not up to a day later; one `Query` a minute when there is none. Never fails its
+/// not up to a day later; 16 small `Query`s (one a shard) a minute when there is none. Never fails its
 /// invocation (see [`owed_callbacks`]).
 pub async fn every_minute(deps: &Deps) -> EveryMinute {
     let callbacks = owed_callbacks(deps).await;
@@ -327,6 +327,7 @@ pub async fn every_minute(deps: &Deps) -> EveryMinute {
             if done.interrupted > 0 || done.more {
                 tracing::info!(
                     interrupted = done.interrupted,
+                    failed = done.failed,
                     linked = done.linked,
                     more = done.more,
                     "stale audit intents swept"

@@ -11,7 +11,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{new_id, RetentionClass, TenantId};
-use crate::ports::{AuditEvent, AuditHead, AuditLink, AuditOutcome, AuditQuery, ParkedAudit};
+use crate::ports::{
+    AuditEvent, AuditHead, AuditLink, AuditOutcome, AuditQuery, ParkedAudit, StaleIntent,
+};
 use crate::secret::Secret;
 use crate::store_error::StoreError;
 
@@ -1017,8 +1019,9 @@ pub fn interrupted_details() -> serde_json::Value {
 /// [`interrupted_details`], signed with the audit key as parked events are. The call's
 /// own event, once recorded (or parked), removes it ([`forget_intent`]); if its process
 /// dies first, [`sweep_intents`] parks it on its chain. Its id; `Err` if it could not be
-/// written (then the call is not attempted). One write; no read (the audit key comes from
-/// the secret cache the append uses too).
+/// written (then the call goes ahead without one: the safety net failing must not refuse
+/// an opt-out or a cancel). One write; no read (the audit key comes from the secret cache
+/// the append uses too).
 pub async fn intend(deps: &Deps, draft: &Draft) -> Result<String, ServiceError> {
     let at = deps.clock.now();
     let mut intent = ParkedAudit {
@@ -1061,10 +1064,16 @@ const INTENTS_PAGE: usize = 100;
 pub struct IntentSweep {
     /// Intents older than [`INTENT_STALE_AFTER`] parked as `interrupted` events.
     pub interrupted: usize,
+    /// Stale intents it could not record, each logged and counted
+    /// ([`crate::metrics::audit_intent_problem`]) and gone past: an item that is no intent,
+    /// one whose chain could not be decided (its tenant unreadable) or whose write as an
+    /// interrupted event failed. All but the first are tried again by the next sweep.
+    pub failed: usize,
     /// Parked events this sweep linked into the chains it parked on (its own, and any
     /// others waiting there); the rest wait for the chain's next append or the daily run.
     pub linked: usize,
-    /// Whether stale intents may remain (the time ran out, or a store error stopped it).
+    /// Whether stale intents may remain (the time ran out, a store error stopped the
+    /// reading, or some could not be recorded).
     pub more: bool,
 }
 
@@ -1124,9 +1133,12 @@ async fn interrupted(
 /// parked event on its chain, outcome `error`, `"interrupted": true` ([`interrupted`]),
 /// each in one atomic write with the intent's removal ([`AuditLog::promote_intent`]), then
 /// drains the chains it parked on ([`drain`]): the event is in its chain at once, not at
-/// the chain's next append or the daily run. Stops starting new pages at `deadline`, and
-/// at the first store error (the next sweep goes on). The retention function's one-minute
-/// task ([`crate::queue_handlers::every_minute`]), so an interrupted call is in its chain
+/// the chain's next append or the daily run. One intent that cannot be recorded (no
+/// intent at all, its tenant unreadable, its write failed) is logged, counted in
+/// `failed` and gone past: it never holds up the ones behind it, every chain's. Stops
+/// starting new pages at `deadline`, and when the intents cannot be read (the next sweep
+/// goes on). The retention function's one-minute task
+/// ([`crate::queue_handlers::every_minute`]), so an interrupted call is in its chain
 /// within about three minutes.
 pub async fn sweep_intents(
     deps: &Deps,
@@ -1138,26 +1150,38 @@ pub async fn sweep_intents(
     let mut report = IntentSweep::default();
     let mut chains = std::collections::BTreeSet::new();
     let swept = async {
+        // Where the reading goes on: past the intents this sweep took or could not take.
+        let mut after: Option<String> = None;
         loop {
             let page = deps
                 .audit
-                .stale_intents(deps.clock.now() - stale, INTENTS_PAGE)
+                .stale_intents(deps.clock.now() - stale, after.as_deref(), INTENTS_PAGE)
                 .await?;
-            for intent in &page {
-                let parked = interrupted(deps, intent, &keys).await?;
-                match deps.audit.promote_intent(&intent.id, &parked).await {
-                    Ok(()) => {
-                        tracing::warn!(chain = %parked.chain, intent_id = %intent.id, action = %parked.action, "audited call interrupted before its event was recorded: parked as interrupted");
-                        report.interrupted += 1;
-                        chains.insert(parked.chain);
+            for stale in &page {
+                match stale {
+                    StaleIntent::Unreadable { id, key, error } => {
+                        tracing::error!(intent_id = %id, key = %key, error = %error, "AUDIT INTENT UNREADABLE: a stale intent that is no intent, skipped (its call, if any, is not recorded); remove it once looked at");
+                        crate::metrics::audit_intent_problem("unreadable");
+                        report.failed += 1;
                     }
-                    // Another sweep took it (or its call's event came at last and removed it).
-                    Err(StoreError::Conflict(_)) => {}
-                    Err(e) => return Err(ServiceError::from(e)),
+                    StaleIntent::Intent(intent) => {
+                        match promote(deps, intent, &keys).await {
+                            Ok(Some(chain)) => {
+                                report.interrupted += 1;
+                                chains.insert(chain);
+                            }
+                            Ok(None) => {}
+                            Err(problem) => {
+                                crate::metrics::audit_intent_problem(problem);
+                                report.failed += 1;
+                            }
+                        }
+                    }
                 }
             }
+            after = page.last().map(|i| i.id().to_owned()).or(after);
             if page.len() < INTENTS_PAGE {
-                return Ok(false);
+                return Ok::<_, StoreError>(false);
             }
             if std::time::Instant::now() >= deadline {
                 return Ok(true);
@@ -1165,13 +1189,14 @@ pub async fn sweep_intents(
         }
     }
     .await;
-    report.more = match swept {
-        Ok(more) => more,
-        Err(e) => {
-            tracing::warn!(error = %e, "stale audit intents not all swept: the next sweep goes on");
-            true
-        }
-    };
+    report.more = report.failed > 0
+        || match swept {
+            Ok(more) => more,
+            Err(e) => {
+                tracing::warn!(error = %e, "stale audit intents not all swept: the next sweep goes on");
+                true
+            }
+        };
     for chain in &chains {
         match drain_with(deps, chain, &keys).await {
             Ok(n) => report.linked += n,
@@ -1181,6 +1206,35 @@ pub async fn sweep_intents(
         }
     }
     Ok(report)
+}
+
+/// Parks the stale `intent` as its call's interrupted event ([`interrupted`],
+/// [`AuditLog::promote_intent`]): the chain it went on, `None` if another sweep took it
+/// (or its call's event came at last and removed it), or the problem (logged here) that
+/// left it for the next sweep.
+async fn promote(
+    deps: &Deps,
+    intent: &ParkedAudit,
+    keys: &[Secret],
+) -> Result<Option<String>, &'static str> {
+    let parked = match interrupted(deps, intent, keys).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(intent_id = %intent.id, chain = %intent.chain, action = %intent.action, error = %e, "stale audit intent not recorded: its chain could not be decided; the next sweep tries again");
+            return Err("unresolved");
+        }
+    };
+    match deps.audit.promote_intent(&intent.id, &parked).await {
+        Ok(()) => {
+            tracing::warn!(chain = %parked.chain, intent_id = %intent.id, action = %parked.action, "audited call interrupted before its event was recorded: parked as interrupted");
+            Ok(Some(parked.chain))
+        }
+        Err(StoreError::Conflict(_)) => Ok(None),
+        Err(e) => {
+            tracing::warn!(intent_id = %intent.id, chain = %parked.chain, action = %parked.action, error = %e, "stale audit intent not recorded: its write failed; the next sweep tries again");
+            Err("not_promoted")
+        }
+    }
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]

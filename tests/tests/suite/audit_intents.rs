@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use kirim::config::Backend;
 use kirim::domain::TenantId;
-use kirim::ports::{AuditOutcome, ParkedAudit};
+use kirim::ports::{AuditOutcome, ParkedAudit, StaleIntent};
 use kirim::service::audit;
+use kirim::store_error::StoreError;
 use kirim_tests::{ManualClock, TestApp, OPERATOR_TOKEN};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -33,7 +34,16 @@ async fn sweep(deps: &kirim::service::Deps) -> audit::IntentSweep {
 /// Every live intent, however young.
 async fn intents(deps: &kirim::service::Deps) -> Vec<ParkedAudit> {
     let later = deps.clock.now() + chrono::Duration::days(1);
-    deps.audit.stale_intents(later, 100).await.unwrap()
+    deps.audit
+        .stale_intents(later, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| match i {
+            StaleIntent::Intent(i) => i,
+            unreadable => panic!("{unreadable:?}"),
+        })
+        .collect()
 }
 
 /// An admin key for `tenant`, made by the operator (README's recovery of a tenant whose
@@ -203,8 +213,9 @@ struct CountIntents(Arc<AtomicUsize>);
 
 #[async_trait::async_trait]
 impl Steps for CountIntents {
-    fn on_intent(&self) {
+    fn on_intent(&self) -> Result<(), StoreError> {
         self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -388,7 +399,80 @@ async fn an_interrupted_operators_call_about_no_tenant_goes_to_the_platform_chai
     assert!(!e.details.contains("parked_"), "signed again: {e:?}");
 }
 
+/// Refuses the promotion of one intent (a write that fails, not a conflict).
+struct RefusePromotionOf(String);
+
+#[async_trait::async_trait]
+impl Steps for RefusePromotionOf {
+    fn before_promote(&self, id: &str) -> Result<(), StoreError> {
+        if id == self.0 {
+            return Err(StoreError::Unavailable("throttled".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A stale intent whose write as an interrupted event fails is counted `failed` and gone
+/// past: the one behind it (another tenant's) is recorded in the same sweep; the next
+/// sweep records the first.
+async fn a_stale_intent_whose_promotion_fails_does_not_hold_up_the_one_behind_it(b: Backend) {
+    let (app, clock) = app_with_clock(b).await;
+    let first = app.onboard(5).await;
+    let second = app.onboard(5).await;
+    let real = &app.app.deps;
+    let draft = |t: &kirim_tests::Onboarded, action: &str| audit::Draft {
+        tenant: Some(TenantId::parse(&t.tenant_id).unwrap()),
+        actor_type: "api_key",
+        actor_id: "k1".into(),
+        action: action.into(),
+        ip: None,
+        outcome: AuditOutcome::Error,
+        details: Value::Null,
+    };
+    let stuck = audit::intend(real, &draft(&first, "POST /v1/templates/sync"))
+        .await
+        .unwrap();
+    clock.advance(chrono::Duration::seconds(1));
+    audit::intend(real, &draft(&second, "DELETE /v1/opt-outs/{key}"))
+        .await
+        .unwrap();
+    clock.advance(chrono::Duration::minutes(3));
+    let mut deps = real.clone();
+    deps.audit = Arc::new(Stepped {
+        inner: real.audit.clone(),
+        steps: RefusePromotionOf(stuck.clone()),
+    });
+    let swept = sweep(&deps).await;
+    assert_eq!(
+        (swept.interrupted, swept.failed, swept.more),
+        (1, 1, true),
+        "{swept:?}"
+    );
+    let latest = |key: &str| {
+        let key = key.to_owned();
+        let app = &app;
+        async move { get(app, &key, "/v1/audit?limit=1").await["events"][0].clone() }
+    };
+    let e = latest(&second.key).await;
+    assert_eq!(
+        (&e["action"], &e["details"]),
+        (
+            &json!("DELETE /v1/opt-outs/{key}"),
+            &json!({"interrupted": true, "status": null})
+        ),
+        "{e}"
+    );
+    assert_eq!(intents(real).await.len(), 1, "the first is kept");
+    let swept = sweep(real).await;
+    assert_eq!((swept.interrupted, swept.failed), (1, 0), "{swept:?}");
+    assert_eq!(
+        latest(&first.key).await["action"],
+        json!("POST /v1/templates/sync")
+    );
+}
+
 on_both_backends!(
+    a_stale_intent_whose_promotion_fails_does_not_hold_up_the_one_behind_it,
     an_onboarding_whose_process_dies_after_its_write_begins_its_tenants_chain_as_interrupted,
     audited_calls_that_end_leave_no_intent_behind,
     a_young_intent_is_not_swept_and_an_old_one_is,

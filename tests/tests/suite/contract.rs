@@ -57,13 +57,20 @@ fn ports<S: Stores>(
 }
 
 pub(crate) fn memory() -> Ports {
+    memory_and_store().0
+}
+
+/// [`memory`], and its store: for a test that puts in it what no adapter would write.
+pub(crate) fn memory_and_store() -> (Ports, Arc<MemoryStore>) {
     let clock = ManualClock::new();
-    ports(
-        Arc::new(MemoryStore::new(clock.clone())),
+    let store = Arc::new(MemoryStore::new(clock.clone()));
+    let ports = ports(
+        store.clone(),
         Arc::new(MemoryQueue::new(Duration::from_secs(360), 10)),
         Arc::new(MemorySecrets::default()),
         clock,
-    )
+    );
+    (ports, store)
 }
 
 pub(crate) async fn aws() -> Ports {

@@ -3,7 +3,7 @@
 use chrono::Duration;
 use kirim::ports::{
     ApiKeyRecord, AuditEvent, AuditHead, AuditLink, AuditOutcome, AuditQuery, Clock, ParkedAudit,
-    TenantStatus,
+    StaleIntent, TenantStatus,
 };
 use kirim::store_error::StoreError;
 
@@ -729,6 +729,25 @@ fn intent(chain: &str, ago: Duration, p: &Ports) -> ParkedAudit {
     }
 }
 
+/// The stale intents `stale_intents` reads, every one an intent.
+async fn stale(
+    p: &Ports,
+    before: chrono::DateTime<chrono::Utc>,
+    after: Option<&str>,
+    limit: usize,
+) -> Vec<ParkedAudit> {
+    p.audit
+        .stale_intents(before, after, limit)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| match i {
+            StaleIntent::Intent(i) => i,
+            unreadable => panic!("{unreadable:?}"),
+        })
+        .collect()
+}
+
 /// Intents are found by their age (their ULID's time) across all chains, oldest first,
 /// without a scan; removed by id (twice is no error); turned into a parked event in one
 /// write exactly once; and they expire with the audit class.
@@ -742,31 +761,62 @@ async fn audit_intents_are_found_by_age_and_each_becomes_one_parked_event(p: Por
     }
     let cutoff = p.clock.now() - Duration::minutes(2);
     assert_eq!(
-        p.audit.stale_intents(cutoff, 10).await.unwrap(),
+        stale(&p, cutoff, None, 10).await,
         vec![older.clone(), old.clone()],
         "the stale ones, oldest first, every chain's"
     );
+    assert_eq!(stale(&p, cutoff, None, 1).await, vec![older.clone()]);
+    // Going on after one: the rest, whatever their shard.
     assert_eq!(
-        p.audit.stale_intents(cutoff, 1).await.unwrap(),
-        vec![older.clone()]
+        stale(&p, cutoff, Some(&older.id), 10).await,
+        vec![old.clone()]
     );
+    assert!(stale(&p, cutoff, Some(&old.id), 10).await.is_empty());
+    assert!(stale(&p, cutoff, Some(&young.id), 10).await.is_empty());
+    // Many, over every shard: each once, in id order, a page at a time.
+    let many: Vec<ParkedAudit> = (0..40)
+        .map(|n| {
+            intent(
+                &chain,
+                Duration::minutes(20) + Duration::milliseconds(n),
+                &p,
+            )
+        })
+        .collect();
+    for i in &many {
+        p.audit.put_intent(i).await.unwrap();
+    }
+    let mut want: Vec<ParkedAudit> = many.clone();
+    want.extend([older.clone(), old.clone()]);
+    want.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut read = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10 {
+        let page = stale(&p, cutoff, after.as_deref(), 7).await;
+        read.extend(page.iter().cloned());
+        if page.len() < 7 {
+            break;
+        }
+        after = page.last().map(|i| i.id.clone());
+    }
+    assert_eq!(read, want);
+    for i in &many {
+        p.audit.delete_intent(&i.id).await.unwrap();
+    }
     let now = p.clock.now() + Duration::seconds(1);
-    assert_eq!(p.audit.stale_intents(now, 10).await.unwrap().len(), 3);
+    assert_eq!(stale(&p, now, None, 10).await.len(), 3);
     // Intents are not parked events: the chain's tip and outbox do not see them.
     assert_eq!(p.audit.tip(&chain).await.unwrap(), (None, false));
     p.audit.delete_intent(&young.id).await.unwrap();
     p.audit.delete_intent(&young.id).await.unwrap();
-    assert_eq!(p.audit.stale_intents(now, 10).await.unwrap().len(), 2);
+    assert_eq!(stale(&p, now, None, 10).await.len(), 2);
     // Promoted: gone from the intents and parked, with its index entry, in one write.
     let parked = ParkedAudit {
         details: r#"{"interrupted":true,"status":null}"#.into(),
         ..old.clone()
     };
     p.audit.promote_intent(&old.id, &parked).await.unwrap();
-    assert_eq!(
-        p.audit.stale_intents(now, 10).await.unwrap(),
-        vec![older.clone()]
-    );
+    assert_eq!(stale(&p, now, None, 10).await, vec![older.clone()]);
     assert_eq!(
         p.audit.parked(&chain, 10).await.unwrap(),
         vec![parked.clone()]
@@ -790,7 +840,7 @@ async fn audit_intents_are_found_by_age_and_each_becomes_one_parked_event(p: Por
     // They expire with the audit class (here an hour after `parked`'s clock).
     p.clock.advance(Duration::hours(2));
     let later = p.clock.now();
-    assert!(p.audit.stale_intents(later, 10).await.unwrap().is_empty());
+    assert!(stale(&p, later, None, 10).await.is_empty());
 }
 
 /// One page at a time (one read each), newest first: walking the cursors lists each of the
@@ -901,3 +951,83 @@ contract!(
     an_allow_list_is_replaced_whole_and_needs_a_tenant,
     a_tenant_can_be_suspended_and_resumed_but_closing_is_final,
 );
+
+/// An item under an intent's key that does not read as an intent, older than the bound
+/// (one written by no adapter: here with its time as text), is read in its place as
+/// unreadable, not as an error; and the sweep goes past it, counting it `failed`, so the
+/// well-formed stale intent behind it becomes its interrupted event in the same sweep.
+async fn an_unreadable_stale_intent_does_not_stop_the_one_behind_it(p: Ports, bad: String) {
+    let chain = format!("chain-{}", kirim::domain::new_id());
+    let good = intent(&chain, Duration::minutes(5), &p);
+    p.audit.put_intent(&good).await.unwrap();
+    let cutoff = p.clock.now() - Duration::minutes(2);
+    let read = p.audit.stale_intents(cutoff, None, 10).await.unwrap();
+    assert_eq!(read.len(), 2, "{read:?}");
+    assert!(
+        matches!(&read[0], StaleIntent::Unreadable { id, .. } if *id == bad),
+        "{read:?}"
+    );
+    assert_eq!(read[1], StaleIntent::Intent(good.clone()));
+    let ample = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let swept = kirim::service::audit::sweep_intents(&p, ample)
+        .await
+        .unwrap();
+    assert_eq!(
+        (swept.interrupted, swept.failed, swept.linked),
+        (1, 1, 1),
+        "{swept:?}"
+    );
+    let (events, _) = p
+        .audit
+        .list(
+            &chain,
+            &AuditQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        events.iter().map(|e| &e.action).collect::<Vec<_>>(),
+        vec![&good.action],
+        "{events:?}"
+    );
+    // Only the unreadable one is left (and logged each sweep until someone removes it).
+    let left = p.audit.stale_intents(cutoff, None, 10).await.unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].id(), bad);
+}
+
+/// The id of an intent made `ago` before the clock's now.
+fn intent_id(ago: Duration, p: &Ports) -> String {
+    ulid::Ulid::from_datetime((p.clock.now() - ago).into()).to_string()
+}
+
+#[tokio::test]
+async fn on_memory_an_unreadable_stale_intent_does_not_stop_the_one_behind_it() {
+    let (p, store) = super::contract::memory_and_store();
+    let bad = intent_id(Duration::minutes(9), &p);
+    store.plant_unreadable_intent(&bad).unwrap();
+    an_unreadable_stale_intent_does_not_stop_the_one_behind_it(p, bad).await;
+}
+
+#[tokio::test]
+async fn on_dynamodb_an_unreadable_stale_intent_does_not_stop_the_one_behind_it() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let (p, table, name) = super::contract::aws_and_table().await;
+    let bad = intent_id(Duration::minutes(9), &p);
+    let key = kirim::adapters::aws::keys::audit_intent(&bad);
+    table
+        .put_item()
+        .table_name(&name)
+        .item("pk", AttributeValue::S(key.pk))
+        .item("sk", AttributeValue::S(key.sk))
+        .item("chain", AttributeValue::S("platform".into()))
+        .item("id", AttributeValue::S(bad.clone()))
+        .item("at", AttributeValue::S("not a time".into()))
+        .send()
+        .await
+        .unwrap();
+    an_unreadable_stale_intent_does_not_stop_the_one_behind_it(p, bad).await;
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kirim::domain::TenantId;
 use kirim::ports::{
-    AuditEvent, AuditHead, AuditLink, AuditLog, AuditOutcome, AuditQuery, ParkedAudit,
+    AuditEvent, AuditHead, AuditLink, AuditLog, AuditOutcome, AuditQuery, ParkedAudit, StaleIntent,
 };
 use kirim::service::audit;
 use kirim::store_error::StoreError;
@@ -46,8 +46,16 @@ pub(crate) trait Steps: Send + Sync + 'static {
     fn on_tip(&self) {}
     /// After the chain's head was read (`head`), before its answer is used.
     async fn after_head_read(&self) {}
-    /// When an audit intent is written (`put_intent`).
-    fn on_intent(&self) {}
+    /// When an audit intent is written (`put_intent`): an error is the write's answer,
+    /// and nothing is written.
+    fn on_intent(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Before the intent `id` is promoted to a parked event (`promote_intent`): an error is
+    /// the write's answer, and nothing is written.
+    fn before_promote(&self, _id: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The real log `inner`, with `steps` run at each step.
@@ -102,7 +110,7 @@ impl<S: Steps> AuditLog for Stepped<S> {
         self.inner.parked_chains(after, limit).await
     }
     async fn put_intent(&self, intent: &ParkedAudit) -> Result<(), StoreError> {
-        self.steps.on_intent();
+        self.steps.on_intent()?;
         self.inner.put_intent(intent).await
     }
     async fn delete_intent(&self, id: &str) -> Result<(), StoreError> {
@@ -111,11 +119,13 @@ impl<S: Steps> AuditLog for Stepped<S> {
     async fn stale_intents(
         &self,
         before: chrono::DateTime<chrono::Utc>,
+        after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<ParkedAudit>, StoreError> {
-        self.inner.stale_intents(before, limit).await
+    ) -> Result<Vec<StaleIntent>, StoreError> {
+        self.inner.stale_intents(before, after, limit).await
     }
     async fn promote_intent(&self, id: &str, parked: &ParkedAudit) -> Result<(), StoreError> {
+        self.steps.before_promote(id)?;
         self.inner.promote_intent(id, parked).await
     }
     async fn list(

@@ -19,8 +19,8 @@ use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, Statu
 use crate::ports::{
     ApiKeyPage, ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery,
     Clock, Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, ParkedAudit,
-    QualityCounter, QualityCounts, QualityStats, RequestKeyRecord, StatusChange, Tenant,
-    TenantStatus, TenantStore, TopUpOnce, Transition,
+    QualityCounter, QualityCounts, QualityStats, RequestKeyRecord, StaleIntent, StatusChange,
+    Tenant, TenantStatus, TenantStore, TopUpOnce, Transition,
 };
 use crate::store_error::StoreError;
 
@@ -364,6 +364,53 @@ impl DynamoStore {
 
     pub(super) fn now_ms(&self) -> i64 {
         self.clock.now().timestamp_millis()
+    }
+
+    /// One shard's live intents with sort keys from `lo` to `hi`, oldest first, at most
+    /// `limit`: an item that does not read as an intent is in its place, unreadable.
+    async fn stale_intents_of_shard(
+        &self,
+        shard: u8,
+        lo: &str,
+        hi: &str,
+        limit: usize,
+    ) -> Result<Vec<StaleIntent>, StoreError> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
+            .expression_attribute_values(":pk", s(keys::audit_intent_pk(shard)))
+            .expression_attribute_values(":lo", s(lo))
+            .expression_attribute_values(":hi", s(hi))
+            .limit(limit.clamp(1, 100) as i32)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let item = item.map_err(|e| classify("dynamodb query", e))?;
+            if !self.live(&item) {
+                continue;
+            }
+            let sk = item
+                .get(keys::SK)
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default();
+            out.push(match from_item::<ParkedAudit>(item) {
+                Ok(intent) => StaleIntent::Intent(intent),
+                Err(e) => StaleIntent::Unreadable {
+                    id: keys::audit_intent_id_of(&sk).unwrap_or_default().to_owned(),
+                    key: format!("{} / {sk}", keys::audit_intent_pk(shard)),
+                    error: e.to_string(),
+                },
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     pub(super) fn live(&self, item: &Item) -> bool {
@@ -2238,31 +2285,24 @@ impl AuditLog for DynamoStore {
     async fn stale_intents(
         &self,
         before: chrono::DateTime<chrono::Utc>,
+        after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<ParkedAudit>, StoreError> {
-        let (lo, hi) = keys::audit_intents_before(before.timestamp_millis().max(0) as u64);
-        let mut out = Vec::new();
-        let mut pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
-            .expression_attribute_values(":pk", s(keys::audit_intent_pk()))
-            .expression_attribute_values(":lo", s(lo))
-            .expression_attribute_values(":hi", s(hi))
-            .limit(limit.clamp(1, 100) as i32)
-            .into_paginator()
-            .items()
-            .send();
-        while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| classify("dynamodb query", e))?;
-            if self.live(&item) {
-                out.push(from_item(item)?);
-                if out.len() >= limit {
-                    break;
-                }
-            }
-        }
+    ) -> Result<Vec<StaleIntent>, StoreError> {
+        let Some((lo, hi)) =
+            keys::audit_intents_before(before.timestamp_millis().max(0) as u64, after)
+        else {
+            return Ok(Vec::new());
+        };
+        // Each shard's oldest `limit` (its range, one small query when it has none), at
+        // once; merged, the oldest `limit` of them are the oldest `limit` of all.
+        let shards = futures::future::try_join_all(
+            (0..keys::AUDIT_INTENT_SHARDS)
+                .map(|shard| self.stale_intents_of_shard(shard, &lo, &hi, limit)),
+        )
+        .await?;
+        let mut out: Vec<StaleIntent> = shards.into_iter().flatten().collect();
+        out.sort_by(|a, b| a.id().cmp(b.id()));
+        out.truncate(limit);
         Ok(out)
     }
 

@@ -23,8 +23,8 @@ mod throttle;
 use crate::ports::{
     ApiKeyPage, ApiKeyRecord, ApiKeyStore, AuditEvent, AuditHead, AuditLink, AuditLog, AuditQuery,
     Clock, Ledger, LedgerEntry, MessagePage, MessageQuery, MessageStore, ParkedAudit,
-    QualityCounter, QualityCounts, QualityStats, RequestKeyRecord, StatusChange, Tenant,
-    TenantStatus, TenantStore, TopUpOnce, Transition,
+    QualityCounter, QualityCounts, QualityStats, RequestKeyRecord, StaleIntent, StatusChange,
+    Tenant, TenantStatus, TenantStore, TopUpOnce, Transition,
 };
 
 /// A message's key in [`State::messages`], so that a lookup borrows the tenant and the id
@@ -343,6 +343,8 @@ pub(super) struct State {
     pub(super) audit_parked: BTreeMap<(String, String), ParkedAudit>,
     /// id (a ULID: time order) → an audited call under way, or one whose process died.
     pub(super) audit_intents: BTreeMap<String, ParkedAudit>,
+    /// ids of intents that do not read as one ([`MemoryStore::plant_unreadable_intent`]).
+    unreadable_intents: std::collections::BTreeSet<String>,
     quality: BTreeMap<(TenantId, chrono::NaiveDate), (QualityCounts, Option<i64>)>,
     /// (tenant, E.164 or user id) → opt-out, ordered for paging.
     opt_outs: BTreeMap<(TenantId, String), crate::domain::OptOut>,
@@ -412,6 +414,14 @@ impl MemoryStore {
             state: Mutex::new(State::default()),
             clock,
         }
+    }
+
+    /// Puts an item under the intent key `id` that does not read as an intent (on DynamoDB,
+    /// one whose attributes do not deserialise): what no adapter writes, for the tests of
+    /// a sweep that must go on past it. Removed as an intent is.
+    pub fn plant_unreadable_intent(&self, id: &str) -> Result<(), StoreError> {
+        self.lock()?.unreadable_intents.insert(id.to_owned());
+        Ok(())
     }
 
     pub(super) fn now_secs(&self) -> i64 {
@@ -1447,25 +1457,50 @@ impl AuditLog for MemoryStore {
     }
 
     async fn delete_intent(&self, id: &str) -> Result<(), StoreError> {
-        self.lock()?.audit_intents.remove(id);
+        let mut s = self.lock()?;
+        s.audit_intents.remove(id);
+        s.unreadable_intents.remove(id);
         Ok(())
     }
 
     async fn stale_intents(
         &self,
         before: chrono::DateTime<chrono::Utc>,
+        after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<ParkedAudit>, StoreError> {
-        // As the table's key range: ids before the smallest ULID of `before`'s millisecond.
+    ) -> Result<Vec<StaleIntent>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        // As the table's key range: ids after `after`, before the smallest ULID of
+        // `before`'s millisecond.
         let floor = ulid::Ulid::from_parts(before.timestamp_millis().max(0) as u64, 0).to_string();
+        if after.is_some_and(|a| a >= floor.as_str()) {
+            return Ok(Vec::new());
+        }
+        let range = (
+            after.map_or(Unbounded, |a| Excluded(a.to_owned())),
+            Excluded(floor),
+        );
         let s = self.lock()?;
-        Ok(s.audit_intents
-            .range(..floor)
+        let mut out: Vec<StaleIntent> = s
+            .audit_intents
+            .range(range.clone())
             .map(|(_, i)| i)
             .filter(|i| self.live(i.expires_at))
             .take(limit)
             .cloned()
-            .collect())
+            .map(StaleIntent::Intent)
+            .chain(s.unreadable_intents.range(range).take(limit).map(|id| {
+                let key = crate::adapters::aws::keys::audit_intent(id);
+                StaleIntent::Unreadable {
+                    id: id.clone(),
+                    key: format!("{} / {}", key.pk, key.sk),
+                    error: "not an intent".into(),
+                }
+            }))
+            .collect();
+        out.sort_by(|a, b| a.id().cmp(b.id()));
+        out.truncate(limit);
+        Ok(out)
     }
 
     async fn promote_intent(&self, id: &str, parked: &ParkedAudit) -> Result<(), StoreError> {

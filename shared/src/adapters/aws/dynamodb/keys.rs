@@ -40,8 +40,9 @@ const LOGINFAIL: &str = "LOGINFAIL#";
 const LOGINADDR: &str = "LOGINADDR#";
 /// The one partition of status callbacks the queue refused (all tenants).
 const CALLBACK_OWED: &str = "CALLBACKOWED";
-/// The one partition of audit intents (all chains): `audit::intent`.
-const AUDIT_INTENT: &str = "AUDITINTENT";
+/// The partitions of audit intents (all chains, [`AUDIT_INTENT_SHARDS`] of them):
+/// `AUDITINTENT#{n}`, `audit::intend`.
+const AUDIT_INTENT: &str = "AUDITINTENT#";
 // gsi1 partition prefixes.
 const WABA: &str = "WABA#";
 /// The sparse index partition of every parked audit event (all chains).
@@ -148,7 +149,7 @@ pub enum ItemKind {
     /// only parked events are in that partition): an event whose append failed, until
     /// linked in.
     AuditParked,
-    /// `AUDITINTENT` / `INTENT#{ulid}`: an audited call under way (written before its
+    /// `AUDITINTENT#{shard}` / `INTENT#{ulid}`: an audited call under way (written before its
     /// handler, deleted after its event), or one whose process died: the sweep parks it.
     AuditIntent,
     /// `TENANT#{tenant}` / `QSTAT#{yyyy-mm-dd}`.
@@ -309,7 +310,7 @@ impl ItemKind {
                 (_, SESSION_SK) if pk.starts_with(SESSION) => Session,
                 (RETENTION, CHECKPOINT_SK) => RetentionCheckpoint,
                 (CALLBACK_OWED, _) if has(OWED_PREFIX) => OwedCallback,
-                (AUDIT_INTENT, _) if has(INTENT_PREFIX) => AuditIntent,
+                _ if audit_intent_shard_of_pk(pk).is_some() && has(INTENT_PREFIX) => AuditIntent,
                 _ if pk.starts_with(CALLBACK_FAILURE_PREFIX) && has(CALLBACK_FAILURE_PREFIX) => {
                     CallbackFailure
                 }
@@ -700,23 +701,68 @@ pub fn audit_tip_from() -> &'static str {
 pub const PARKED_PREFIX: &str = "PARKED#";
 const INTENT_PREFIX: &str = "INTENT#";
 
-/// The partition of every audit intent.
-pub fn audit_intent_pk() -> &'static str {
-    AUDIT_INTENT
+/// How many partitions the audit intents are spread over: each mutating call (but a send)
+/// puts one and deletes one, so one partition for every tenant's would cap them at 500 a
+/// second platform-wide (its 1,000 W/s); sixteen cap them at 8,000. The sweep reads each.
+pub const AUDIT_INTENT_SHARDS: u8 = 16;
+
+/// The partition of audit intents number `shard` (`0..AUDIT_INTENT_SHARDS`).
+pub fn audit_intent_pk(shard: u8) -> String {
+    format!("{AUDIT_INTENT}{shard}")
+}
+
+/// The shard `pk` is, if it is an audit intents' partition.
+fn audit_intent_shard_of_pk(pk: &str) -> Option<u8> {
+    let rest = pk.strip_prefix(AUDIT_INTENT)?;
+    rest.parse::<u8>()
+        .ok()
+        .filter(|n| *n < AUDIT_INTENT_SHARDS && n.to_string() == rest)
+}
+
+/// The shard of the intent `id`: the low 4 bits of its ULID's random part — uniform over
+/// calls whoever makes them, so one busy tenant's calls spread over every shard too (a
+/// hash of the chain would put them all on one), and known from the id alone, which is
+/// all the delete and the sweep's promotion have. An id that is no ULID (never one the
+/// platform makes) gets a hash of its bytes.
+pub fn audit_intent_shard(id: &str) -> u8 {
+    let bits = match ulid::Ulid::from_string(id) {
+        Ok(u) => u.random() as u64,
+        // FNV-1a.
+        Err(_) => id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        }),
+    };
+    (bits % u64::from(AUDIT_INTENT_SHARDS)) as u8
 }
 
 /// An audit intent (`id` a ULID: key order is the order they were made in, so the sweep
-/// reads the stale ones as a key range, [`audit_intents_before`]).
+/// reads the stale ones as a key range of each shard, [`audit_intents_before`]).
 pub fn audit_intent(id: &str) -> Key {
-    Key::new(AUDIT_INTENT, format!("{INTENT_PREFIX}{id}"))
+    Key::new(
+        audit_intent_pk(audit_intent_shard(id)),
+        format!("{INTENT_PREFIX}{id}"),
+    )
 }
 
-/// The sort-key range of the intents whose ULIDs were made before `before_ms` (epoch ms):
-/// from the prefix to the smallest ULID of that millisecond, exclusive in effect (a ULID of
-/// that very millisecond with all-zero randomness does not occur).
-pub fn audit_intents_before(before_ms: u64) -> (String, String) {
+/// The intent's id in the sort key `sk` (`INTENT#{id}`).
+pub fn audit_intent_id_of(sk: &str) -> Option<&str> {
+    sk.strip_prefix(INTENT_PREFIX)
+}
+
+/// The sort-key range (in every shard) of the intents whose ULIDs were made before
+/// `before_ms` (epoch ms) and come after the id `after` (exclusive; `None`: from the
+/// first): from past `after` (`~` sorts after every Crockford character, and ULIDs are of
+/// one length) to the smallest ULID of that millisecond, exclusive in effect (a ULID of
+/// that very millisecond with all-zero randomness does not occur). `None` when the range
+/// is empty.
+pub fn audit_intents_before(before_ms: u64, after: Option<&str>) -> Option<(String, String)> {
     let floor = ulid::Ulid::from_parts(before_ms, 0).to_string();
-    (INTENT_PREFIX.to_owned(), format!("{INTENT_PREFIX}{floor}"))
+    let lo = match after {
+        Some(a) => format!("{INTENT_PREFIX}{a}~"),
+        None => INTENT_PREFIX.to_owned(),
+    };
+    let hi = format!("{INTENT_PREFIX}{floor}");
+    (lo < hi).then_some((lo, hi))
 }
 
 /// A parked audit event's entry in the sparse index of every parked event: written with
@@ -1043,5 +1089,41 @@ mod tests {
             assert_eq!(gsi.sk, message(&t, &id).sk, "the table's order");
             assert_eq!(message_pairs(&t, st, &id).len(), 4, "{st:?}");
         }
+    }
+
+    #[test]
+    fn audit_intents_are_spread_over_sixteen_partitions_by_their_ulids_random_bits() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2000 {
+            let id = ulid::Ulid::new();
+            let key = audit_intent(&id.to_string());
+            let shard = (id.random() % 16) as u8;
+            assert_eq!(key.pk, format!("AUDITINTENT#{shard}"));
+            assert_eq!(key.kind(), Some(ItemKind::AuditIntent), "{key:?}");
+            assert_eq!(audit_intent_id_of(&key.sk), Some(id.to_string().as_str()));
+            seen.insert(shard);
+        }
+        assert_eq!(
+            seen.len(),
+            usize::from(AUDIT_INTENT_SHARDS),
+            "every shard used"
+        );
+        // No other partition is taken for one: the unsharded form is gone (never deployed).
+        for pk in [
+            "AUDITINTENT",
+            "AUDITINTENT#16",
+            "AUDITINTENT#01",
+            "AUDITINTENT#x",
+        ] {
+            assert_eq!(ItemKind::of_key(pk, "INTENT#01J"), None, "{pk}");
+        }
+        // A later id's range starts past it; an empty range is none.
+        let (lo, hi) = audit_intents_before(2_000_000_000_000, None).unwrap();
+        assert!(lo.as_str() < "INTENT#0" && hi.starts_with("INTENT#"));
+        let a = ulid::Ulid::from_parts(1_000, 7).to_string();
+        let b = ulid::Ulid::from_parts(1_000, 8).to_string();
+        let (lo, _) = audit_intents_before(2_000, Some(&a)).unwrap();
+        assert!(lo > format!("INTENT#{a}") && lo < format!("INTENT#{b}"));
+        assert_eq!(audit_intents_before(1_000, Some(&a)), None);
     }
 }
