@@ -444,8 +444,10 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             // Before a mutating handler runs, what it is about to attempt is written down
             // (one write): should this process die before the call's event is recorded
             // (a timeout in a Meta call, an out-of-memory), the retention function's
-            // one-minute sweep records it as interrupted. Not written: the call is not
-            // attempted (`503`, recorded as the `error` it is).
+            // one-minute sweep records it as interrupted. Not written (its partition
+            // throttled, the store down): the call goes ahead without it, logged and
+            // counted — refusing an opt-out or a cancel because the safety net failed is
+            // the worse outcome; only a death of this very call then goes unrecorded.
             let mut intent = None;
             let res = if mutating && intends(rule) {
                 let (actor_type, actor_id) = actor(caller.as_ref());
@@ -459,15 +461,13 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                     details: serde_json::Value::Null,
                 };
                 match audit::intend(&state.deps, &draft).await {
-                    Ok(id) => {
-                        intent = Some(id);
-                        next.run(Request::from_parts(parts, body)).await
-                    }
+                    Ok(id) => intent = Some(id),
                     Err(e) => {
-                        tracing::warn!(error = %e, route = %path, "audit intent not written: the call is not attempted");
-                        ApiError::from(e).into_response()
+                        tracing::warn!(error = %e, route = %path, method = %parts.method, "audit intent not written: the call goes ahead without one (should its process die, it is not recorded)");
+                        crate::metrics::audit_intent_problem("not_written");
                     }
                 }
+                next.run(Request::from_parts(parts, body)).await
             } else {
                 next.run(Request::from_parts(parts, body)).await
             };

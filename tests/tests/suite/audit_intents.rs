@@ -399,6 +399,45 @@ async fn an_interrupted_operators_call_about_no_tenant_goes_to_the_platform_chai
     assert!(!e.details.contains("parked_"), "signed again: {e:?}");
 }
 
+/// Refuses every intent's write (its partition throttled, the store down).
+struct NoIntents;
+
+#[async_trait::async_trait]
+impl Steps for NoIntents {
+    fn on_intent(&self) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("throttled".into()))
+    }
+}
+
+/// A call whose intent cannot be written goes ahead without one (the safety net failing
+/// must not refuse an opt-out), and is recorded as any call is: its own event, a success.
+async fn a_call_whose_intent_cannot_be_written_goes_ahead_and_is_recorded(b: Backend) {
+    let (app, _clock) = app_with_clock(b).await;
+    let t = app.onboard(5).await;
+    let mut deps = app.app.deps.clone();
+    deps.audit = Arc::new(Stepped {
+        inner: app.app.deps.audit.clone(),
+        steps: NoIntents,
+    });
+    let status = call(
+        &deps,
+        "PUT",
+        "/v1/opt-outs/%2B60123457304",
+        &t.key,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status / 100, 2, "the opt-out is made: {status}");
+    assert!(intents(&app.app.deps).await.is_empty());
+    let page = get(&app, &t.key, "/v1/audit?limit=1").await;
+    let e = &page["events"][0];
+    assert_eq!(
+        (&e["action"], &e["outcome"]),
+        (&json!("PUT /v1/opt-outs/{key}"), &json!("success")),
+        "{page}"
+    );
+}
+
 /// Refuses the promotion of one intent (a write that fails, not a conflict).
 struct RefusePromotionOf(String);
 
@@ -472,6 +511,7 @@ async fn a_stale_intent_whose_promotion_fails_does_not_hold_up_the_one_behind_it
 }
 
 on_both_backends!(
+    a_call_whose_intent_cannot_be_written_goes_ahead_and_is_recorded,
     a_stale_intent_whose_promotion_fails_does_not_hold_up_the_one_behind_it,
     an_onboarding_whose_process_dies_after_its_write_begins_its_tenants_chain_as_interrupted,
     audited_calls_that_end_leave_no_intent_behind,
