@@ -411,6 +411,83 @@ mod tests {
         }
     }
 
+    /// Every way an audit intent fails its work is in one alarm's sum, and nothing else is.
+    #[test]
+    fn every_audit_intent_problem_the_code_counts_is_alarmed() {
+        let doc: Value = serde_yaml::from_str(TEMPLATE).unwrap();
+        let alarm = resources(&doc, "AWS::CloudWatch::Alarm")
+            .into_iter()
+            .find(|(k, _)| k == "AuditIntentProblemsAlarm")
+            .map(|(_, p)| p)
+            .expect("AuditIntentProblemsAlarm");
+        let metrics = alarm.get("Metrics").and_then(Value::as_sequence).unwrap();
+        let mut watched: Vec<String> = Vec::new();
+        let mut ids: Vec<String> = Vec::new();
+        for m in metrics {
+            let Some(stat) = m.get("MetricStat") else {
+                continue;
+            };
+            let metric = stat.get("Metric").unwrap();
+            assert_eq!(
+                metric.get("Namespace").and_then(Value::as_str),
+                Some("Kirim")
+            );
+            assert_eq!(
+                metric.get("MetricName").and_then(Value::as_str),
+                Some("AuditIntentProblems")
+            );
+            assert_eq!(stat.get("Stat").and_then(Value::as_str), Some("Sum"));
+            let dims = metric
+                .get("Dimensions")
+                .and_then(Value::as_sequence)
+                .unwrap();
+            assert_eq!(dims.len(), 1);
+            assert_eq!(dims[0].get("Name").and_then(Value::as_str), Some("Problem"));
+            watched.push(
+                dims[0]
+                    .get("Value")
+                    .and_then(Value::as_str)
+                    .unwrap()
+                    .to_owned(),
+            );
+            ids.push(m.get("Id").and_then(Value::as_str).unwrap().to_owned());
+        }
+        let mut known: Vec<String> = kirim::metrics::AUDIT_INTENT_PROBLEMS
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        known.sort();
+        watched.sort();
+        assert_eq!(watched, known);
+        // The one expression returned sums every metric above.
+        let returned: Vec<&Value> = metrics
+            .iter()
+            .filter(|m| m.get("ReturnData").and_then(Value::as_bool) == Some(true))
+            .collect();
+        assert_eq!(returned.len(), 1);
+        let expression = returned[0]
+            .get("Expression")
+            .and_then(Value::as_str)
+            .unwrap();
+        for id in &ids {
+            assert!(
+                expression.contains(&format!("FILL({id}, 0)")),
+                "{id}: {expression}"
+            );
+        }
+        assert!(alarm.get("AlarmActions").is_some());
+        // And each problem the code counts is one of those (the sweep's own and the
+        // middleware's call sites name them as literals).
+        let sources = [
+            include_str!("../../shared/src/service/audit.rs"),
+            include_str!("../../shared/src/http/access.rs"),
+        ]
+        .concat();
+        for problem in kirim::metrics::AUDIT_INTENT_PROBLEMS {
+            assert!(sources.contains(&format!("\"{problem}\"")), "{problem}");
+        }
+    }
+
     /// Each log line the README tells operators to alarm on is counted from every function's
     /// log group, and alarmed on; so is a lost status callback.
     #[test]

@@ -308,9 +308,15 @@ pub fn limited(scope: &str) {
 /// `not_written` (its call went ahead without one), `unreadable` (a stale one that is no
 /// intent), `unresolved` (its chain could not be decided: a tenant unreadable) or
 /// `not_promoted` (its write as an interrupted event failed); the sweep goes on past each.
-pub fn audit_intent_problem(problem: &str) {
+pub fn audit_intent_problem(problem: &'static str) {
+    debug_assert!(AUDIT_INTENT_PROBLEMS.contains(&problem), "{problem}");
     count("AuditIntentProblems", ("Problem", problem));
 }
+
+/// Every `Problem` of `AuditIntentProblems`: the template's alarm sums exactly these
+/// (CloudWatch alarms on metric math need each dimension value named).
+pub const AUDIT_INTENT_PROBLEMS: [&str; 4] =
+    ["not_written", "unreadable", "unresolved", "not_promoted"];
 
 pub fn sent() {
     count("MessagesSent", ("Outcome", "sent"));
