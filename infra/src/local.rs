@@ -185,18 +185,45 @@ pub struct LocalApp {
     pub secrets: LocalSecrets,
     /// The schedules (owed callbacks, retention, metrics): stopped by aborting.
     tasks: Vec<JoinHandle<()>>,
-    /// The queue pollers: each ends after the batch it is handling once told to stop.
+    /// The queue pollers: each ends after the batch it is handling once told to stop (on
+    /// the memory backend, once the queue has no job ready, or a deadline passed).
     pollers: Vec<JoinHandle<()>>,
-    stop_pollers: tokio::sync::watch::Sender<bool>,
+    stop_pollers: tokio::sync::watch::Sender<PollerStop>,
+    /// Whether the queues live in this process (memory: what is left at exit is lost).
+    queues_in_process: bool,
+    /// Set once the stop begins: every request but the sandbox's is answered `503`.
+    draining: Arc<std::sync::atomic::AtomicBool>,
     /// The HTTP server: stops taking connections, and ends once its requests are answered.
     server: Option<JoinHandle<()>>,
     stop_server: tokio::sync::watch::Sender<bool>,
 }
 
-/// How long [`LocalApp::stop`] waits for the pollers' batches, and then for the server's
-/// requests, before it aborts what is left: past the dispatcher's own 60 s bound on a batch
+/// How long [`LocalApp::stop`] waits for the server's requests, and then for the pollers'
+/// batches, before it aborts what is left: past the dispatcher's own 60 s bound on a batch
 /// on Lambda is not needed here (a local batch waits on the in-process sandbox).
 pub const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// What the queue pollers are told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PollerStop {
+    Run,
+    /// Finish the batch in hand and take no other (the queue keeps the rest: SQS).
+    AfterBatch,
+    /// Take batches until none is ready, but no new one after this instant (the queue is
+    /// in this process: a job left in it is lost at exit).
+    Drain(tokio::time::Instant),
+}
+
+impl PollerStop {
+    /// Whether a poller may take another batch now.
+    fn takes_a_batch(self) -> bool {
+        match self {
+            PollerStop::Run => true,
+            PollerStop::AfterBatch => false,
+            PollerStop::Drain(until) => tokio::time::Instant::now() < until,
+        }
+    }
+}
 
 impl LocalApp {
     /// Waits until the server stops (it runs until the process is stopped).
@@ -215,20 +242,31 @@ impl LocalApp {
         tokio::select! {
             _ = &mut server => {}
             () = stop_asked() => {
-                println!("kirim-local: stopping (the queues' batches in hand first, then the server's requests)");
+                println!("kirim-local: stopping (new requests refused, the queues' batches in hand finished, then the server's requests)");
                 self.server = Some(server);
                 self.stop(STOP_GRACE).await;
             }
         }
     }
 
-    /// Stops as a deployment would drain: the queue pollers take no new batch and finish the
-    /// one in hand (a message claimed is sent or released, never left `sending` for its
-    /// deadline), then the server takes no new connection and answers the requests it has;
-    /// each waits at most `grace`, then what is left is aborted. What the Meta sandbox still
-    /// owes (its status webhooks, its outbox) lives in this process and is lost with it.
+    /// Stops as a deployment would drain: the server answers every new request but the
+    /// sandbox's `503 unavailable` with `Retry-After` (so nothing is accepted that no poller
+    /// will take; the sandbox is served here, and the pollers' Meta calls go through it);
+    /// the queue pollers finish the batch in hand (a message claimed is sent or released,
+    /// never left `sending` for its deadline) and take no other — on the memory backend,
+    /// whose queues die with the process, they go on taking batches until no job is ready,
+    /// for half the grace at most; then the server takes no new connection and answers the
+    /// requests it has. Each waits at most `grace`, then what is left is aborted. What the
+    /// Meta sandbox still owes (its status webhooks, its outbox) lives in this process and is
+    /// lost with it, and so, on memory, are jobs waiting out a retry's delay.
     pub async fn stop(mut self, grace: Duration) {
-        let _ = self.stop_pollers.send(true);
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = self.stop_pollers.send(if self.queues_in_process {
+            PollerStop::Drain(tokio::time::Instant::now() + grace / 2)
+        } else {
+            PollerStop::AfterBatch
+        });
         let pollers = std::mem::take(&mut self.pollers);
         let aborts: Vec<_> = pollers.iter().map(JoinHandle::abort_handle).collect();
         if tokio::time::timeout(grace, futures::future::join_all(pollers))
@@ -275,6 +313,70 @@ async fn stop_asked() {
         () = term => {}
     }
 }
+
+/// Once the stop has begun, every request but the sandbox's (the pollers' Meta calls, and
+/// its inspection) is answered `503 unavailable` with `Retry-After`: a send accepted then
+/// would be queued for pollers that take no more batches. (A service of its own rather than
+/// a middleware: no box per request on the webhook's measured path.)
+#[derive(Clone)]
+struct RefusedWhileDraining<S> {
+    inner: S,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<S> tower::Service<Request> for RefusedWhileDraining<S>
+where
+    S: tower::Service<
+        Request,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+    >,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::Either<
+        std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = Result<axum::response::Response, std::convert::Infallible>,
+                    > + Send,
+            >,
+        >,
+        S::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if self.draining.load(std::sync::atomic::Ordering::Relaxed)
+            && !req.uri().path().starts_with("/_sandbox/")
+        {
+            // Through the request-id layer, as every answer: the contract's error body.
+            let refuse = tower::service_fn(|_req: Request| async {
+                let mut refused = kirim::http::error::ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "local mode is stopping; retry once it runs again",
+                );
+                refused.retry_after = Some(5);
+                Ok::<_, std::convert::Infallible>(axum::response::IntoResponse::into_response(
+                    refused,
+                ))
+            });
+            let mut answered = tower::Layer::layer(&kirim::http::error::RequestIdLayer, refuse);
+            return futures::future::Either::Left(tower::Service::call(&mut answered, req));
+        }
+        futures::future::Either::Right(self.inner.call(req))
+    }
+}
+
+/// How long a poller's receive waits for a job (a stop is seen within it).
+const POLL_WAIT: Duration = Duration::from_secs(1);
 
 /// Resolves once `stop` holds `true` (or its sender is gone).
 async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
@@ -598,25 +700,43 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         console
     };
     // Served as it is: Meta's notifications are answered before any route lookup.
-    let router = kirim::http::app(deps.clone(), sandbox_routes);
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let router = RefusedWhileDraining {
+        inner: kirim::http::app(deps.clone(), sandbox_routes),
+        draining: draining.clone(),
+    };
 
     let mut tasks = Vec::new();
-    let (stop_pollers, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_pollers, stop_rx) = tokio::sync::watch::channel(PollerStop::Run);
     let mut pollers = Vec::new();
     for _ in 0..cfg.pollers {
         let d = deps.clone();
         let stop = stop_rx.clone();
         pollers.push(tokio::spawn(async move {
-            while !*stop.borrow() {
-                kirim::queue_handlers::poll_once(&d, Duration::from_secs(1)).await;
+            loop {
+                let now = *stop.borrow();
+                if !now.takes_a_batch() {
+                    break;
+                }
+                let taken = kirim::queue_handlers::poll_once(&d, POLL_WAIT).await;
+                if taken == 0 && now != PollerStop::Run {
+                    break; // draining, and nothing was ready
+                }
             }
         }));
     }
     // One poller delivers status callbacks (one at a time per batch keeps them in order).
     let d = deps.clone();
     pollers.push(tokio::spawn(async move {
-        while !*stop_rx.borrow() {
-            kirim::queue_handlers::poll_callbacks_once(&d, Duration::from_secs(1)).await;
+        loop {
+            let now = *stop_rx.borrow();
+            if !now.takes_a_batch() {
+                break;
+            }
+            let taken = kirim::queue_handlers::poll_callbacks_once(&d, POLL_WAIT).await;
+            if taken == 0 && now != PollerStop::Run {
+                break;
+            }
         }
     }));
     // Status callbacks the queue refused, queued again, and the audited calls whose
@@ -669,6 +789,8 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         tasks,
         pollers,
         stop_pollers,
+        queues_in_process: matches!(cfg.backend, Backend::Memory),
+        draining,
         server: Some(server),
         stop_server,
     })

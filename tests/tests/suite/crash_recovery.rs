@@ -3712,8 +3712,96 @@ async fn a_stopped_local_mode_sends_the_message_it_claimed_and_then_takes_no_req
     );
 }
 
+/// The stop refuses new requests (`503`) while the pollers drain, so nothing is accepted
+/// that no poller will take; and on the memory backend, whose queue dies with the process, a job accepted before the stop
+/// and still waiting in the queue is sent, not lost (on SQS it stays for the next start).
+async fn a_stopping_local_mode_refuses_sends_while_it_drains_and_loses_no_waiting_job_on_memory(
+    backend: Backend,
+) {
+    let mut cfg = kirim_tests::local_config(backend).await;
+    cfg.sandbox_slow_delay = Duration::from_secs(2);
+    cfg.settings.meta_timeout = Duration::from_secs(10);
+    // One poller: busy with the slow send, it leaves the second job waiting in the queue.
+    cfg.pollers = 1;
+    let t = kirim_tests::spawn_with(cfg).await;
+    let o = t.onboard(5).await;
+    let tenant = TenantId::from_trusted(o.tenant_id.clone());
+    let slow = MessageId::parse(&t.send_ok(&o.key, "+60123450005").await).expect("an id");
+    let deps = t.app.deps.clone();
+    let status = |id: MessageId| {
+        let (deps, tenant) = (deps.clone(), tenant.clone());
+        async move {
+            deps.messages
+                .get_message(&tenant, &id)
+                .await
+                .unwrap()
+                .map(|m| m.status)
+        }
+    };
+    let mut claimed = false;
+    for _ in 0..200 {
+        if status(slow.clone()).await == Some(MessageStatus::Sending) {
+            claimed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(claimed, "the only poller is busy with the slow send");
+    let waiting = MessageId::parse(&t.send_ok(&o.key, "+60123459001").await).expect("an id");
+    assert_eq!(status(waiting.clone()).await, Some(MessageStatus::Accepted));
+    let base = t.app.base_url.clone();
+    let TestApp { app, http, .. } = t;
+    let stopping = tokio::spawn(app.stop(Duration::from_secs(30)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stopping.is_finished(), "the slow send is still in hand");
+    let refused = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth(&o.key)
+        .json(&serde_json::json!({
+            "to": "+60123459002",
+            "template": {
+                "name": "order_update",
+                "language": "en_US",
+                "category": "utility",
+                "components": [{"type": "body", "parameters": [{"type": "text", "text": "ORDER-43"}]}],
+            },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        503,
+        "no send is taken while the pollers drain"
+    );
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        Some("5".to_owned())
+    );
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    stopping.await.unwrap();
+    assert_eq!(status(slow).await, Some(MessageStatus::Sent));
+    let left = status(waiting).await;
+    match backend {
+        Backend::Memory => assert!(
+            matches!(
+                left,
+                Some(MessageStatus::Sent | MessageStatus::Delivered | MessageStatus::Read)
+            ),
+            "drained: {left:?}"
+        ),
+        // SQS keeps the job for the next start.
+        Backend::Aws => assert_eq!(left, Some(MessageStatus::Accepted)),
+    }
+}
+
 on_both_backends!(
     a_stopped_local_mode_sends_the_message_it_claimed_and_then_takes_no_request,
+    a_stopping_local_mode_refuses_sends_while_it_drains_and_loses_no_waiting_job_on_memory,
     a_send_whose_job_the_queue_refuses_for_good_is_not_answered_as_worth_a_retry,
     a_replay_queues_nothing_for_a_message_a_busy_number_just_gave_back,
     an_unknown_meta_code_is_retried_as_metas_is_transient_says,
