@@ -67,6 +67,12 @@ impl Rate {
         }
     }
 
+    /// The furthest ahead of `now` a bucket is ever stored ([`Limiter::charge`]'s bound).
+    fn furthest(self, now: i64) -> i64 {
+        now.saturating_add(self.tolerance)
+            .saturating_add(self.interval)
+    }
+
     /// The bucket's arrival time after one more request, and whether that is allowed.
     fn next(self, tat: Option<i64>, now: i64) -> (i64, Result<(), RetryAfter>) {
         let next = tat.unwrap_or(now).max(now).saturating_add(self.interval);
@@ -132,12 +138,21 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
         map.insert(key.clone(), tat);
     }
 
+    /// `key`'s bucket. One further ahead than any is stored (the clock stepped back since)
+    /// is brought back to the furthest, just spent: it then waits its own rate, not the
+    /// length of the step.
+    fn bucket(map: &mut HashMap<K, i64>, key: &K, rate: Rate, now: i64) -> Option<i64> {
+        let tat = map.get_mut(key)?;
+        *tat = (*tat).min(rate.furthest(now));
+        Some(*tat)
+    }
+
     /// Counts a request against `key`'s bucket if it is allowed; a refused request is
     /// not counted.
     fn admit(&self, key: &K, rate: Rate, now: DateTime<Utc>) -> Result<(), RetryAfter> {
         let now = micros(now);
         self.with(|map| {
-            let (next, verdict) = rate.next(map.get(key).copied(), now);
+            let (next, verdict) = rate.next(Self::bucket(map, key, rate, now), now);
             if verdict.is_ok() {
                 self.store(map, key, next, now);
             }
@@ -148,22 +163,17 @@ impl<K: Eq + Hash + Clone> Limiter<K> {
     /// Whether one more request would be allowed, counting nothing.
     fn peek(&self, key: &K, rate: Rate, now: DateTime<Utc>) -> Result<(), RetryAfter> {
         let now = micros(now);
-        self.with(|map| rate.next(map.get(key).copied(), now).1)
+        self.with(|map| rate.next(Self::bucket(map, key, rate, now), now).1)
     }
 
     /// Counts one against `key` whether or not it fits (a bad signature already sent).
     fn charge(&self, key: &K, rate: Rate, now: DateTime<Utc>) {
         let now = micros(now);
         self.with(|map| {
-            let (next, _) = rate.next(map.get(key).copied(), now);
+            let (next, _) = rate.next(Self::bucket(map, key, rate, now), now);
             // Never more than one tolerance ahead: a long flood does not extend the wait
             // beyond one refill of the whole burst.
-            self.store(
-                map,
-                key,
-                next.min(now + rate.tolerance + rate.interval),
-                now,
-            );
+            self.store(map, key, next.min(rate.furthest(now)), now);
         });
     }
 
@@ -183,6 +193,11 @@ pub enum Principal {
     ApiKey(String),
     User(String),
 }
+
+/// The longest a failed-login counter locks an address (its growth's ceiling and the
+/// hold), in seconds: a lock seen further ahead than this is not kept in the process.
+const LOGIN_LOCK_AT_MOST: i64 = crate::ports::LoginPolicy::ADDRESS.max_delay_secs
+    + crate::ports::LoginPolicy::ADDRESS.hold_secs;
 
 /// The process's limiters: per key or user, per tenant, per webhook source address.
 pub struct Limits {
@@ -217,7 +232,10 @@ impl Limits {
         let now = now.timestamp();
         let map = self.login_locks.lock().ok()?;
         let until = *map.get(&key)?;
-        (until > now).then(|| u64::try_from(until - now).unwrap_or(1).max(1))
+        // A lock further ahead than any the counter gives (the clock stepped back since it
+        // was seen) is not trusted here: the table's counter is asked again.
+        (until > now && until - now <= LOGIN_LOCK_AT_MOST)
+            .then(|| u64::try_from(until - now).unwrap_or(1).max(1))
     }
 
     /// `addr`'s failed-login counter answered locked until `until` (epoch seconds).
@@ -385,6 +403,45 @@ mod tests {
         let later = t0() + Duration::milliseconds(20);
         assert!(limits.admit_request("t1", &key, None, later).is_ok());
         assert!(limits.admit_request("t1", &key, None, later).is_err());
+    }
+
+    #[test]
+    fn a_bucket_spent_before_the_clock_stepped_back_waits_its_own_rate_not_the_step() {
+        let limiter: Limiter<String> = Limiter::default();
+        let key = "k1".to_owned();
+        // 50 a second, a burst of 100: spent, it is full again within about two seconds.
+        let rate = Rate::per_sec(50, 100);
+        let ahead = t0() + Duration::hours(12);
+        while limiter.admit(&key, rate, ahead).is_ok() {}
+        // The clock steps back twelve hours: the bucket counts as just spent, not as twelve
+        // hours ahead.
+        let back = t0();
+        match limiter.admit(&key, rate, back) {
+            Ok(()) => {}
+            Err(RetryAfter(secs)) => assert!(secs <= 3, "waits {secs} s"),
+        }
+        assert!(limiter
+            .admit(&key, rate, back + Duration::seconds(3))
+            .is_ok());
+        // A bad signature's charge is bounded the same way.
+        limiter.charge(&key, rate, ahead);
+        assert!(limiter
+            .peek(&key, rate, back + Duration::seconds(3))
+            .is_err());
+        assert!(limiter
+            .peek(&key, rate, back + Duration::seconds(6))
+            .is_ok());
+    }
+
+    #[test]
+    fn a_login_lock_seen_before_the_clock_stepped_back_is_not_kept_for_the_step() {
+        let limits = Limits::new(LimitSettings::default());
+        let addr: IpAddr = "192.0.2.7".parse().unwrap();
+        let ahead = t0() + Duration::hours(12);
+        limits.login_locked_until(Some(addr), ahead.timestamp() + 60, ahead);
+        assert_eq!(limits.login_locked(Some(addr), ahead), Some(60));
+        // Twelve hours back: the table's counter is asked again.
+        assert_eq!(limits.login_locked(Some(addr), t0()), None);
     }
 
     #[test]
