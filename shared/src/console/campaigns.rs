@@ -1112,6 +1112,12 @@ async fn act(
     }
     match a.status {
         StatusCode::METHOD_NOT_ALLOWED => not_available(),
+        // A role's refusal is its own page; any other 403 (the sender held, the account
+        // suspended, marketing paused) says why on the campaign's page.
+        StatusCode::FORBIDDEN if a.code() != "forbidden" => {
+            let (status, n) = campaign_problem(&a);
+            render_results(&s, &ctx, &id, status, n).await
+        }
         StatusCode::CONFLICT | StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => {
             let (status, n) = campaign_problem(&a);
             render_results(&s, &ctx, &id, status, n).await

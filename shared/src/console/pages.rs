@@ -410,7 +410,26 @@ pub(super) fn problem(a: &Answer) -> (StatusCode, Option<Notice>) {
     if a.status.is_server_error() {
         return (a.status, Some(Notice::Unknown(a.message())));
     }
-    (a.status, Some(Notice::Problem(a.message())))
+    (a.status, Some(Notice::Problem(page_words(a))))
+}
+
+/// The API's refusal in a page's words: backticks, which mark code in the API's words, go
+/// (on a page they are only noise), and where the API names its own route, a held number
+/// is resumed on the dashboard, not with a call an operator cannot make.
+fn page_words(a: &Answer) -> String {
+    let message = a.message().replace('`', "");
+    if a.code() == "sender_held" {
+        if let Some(start) = message.find(" (POST /v1/phone-numbers/") {
+            if let Some(len) = message[start..].find(')') {
+                return format!(
+                    "{} on the dashboard{}",
+                    &message[..start],
+                    &message[start + len + 1..]
+                );
+            }
+        }
+    }
+    message
 }
 
 /// A keyed form the API did not take, as it comes back: with the same idempotency key when
@@ -928,6 +947,11 @@ async fn confirm(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         return failed(&a);
     }
     let (status, n) = problem(&a);
+    // The API names its field; the form's label says "code".
+    let n = n.map(|n| match n {
+        Notice::Problem(m) => Notice::Problem(m.replace("totp_code", "the code")),
+        other => other,
+    });
     let body = html! {
         (confirm_form(&ctx))
         form.stack method="post" action="/console/2fa/enroll" {

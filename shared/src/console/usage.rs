@@ -214,13 +214,18 @@ pub(super) async fn phone_numbers(s: &ConsoleState, ctx: &Ctx) -> Markup {
                             td data-label="Quality" { (text(p, "quality")) }
                             td data-label="Messages a second" { (p["throughput_per_sec"].as_i64().unwrap_or(0)) }
                             td data-label="Sending" {
+                                // One element: a stacked cell (375 px) puts its
+                                // children beside the label, and loose text would
+                                // fall under it.
                                 @if p["hold"].is_object() {
-                                    strong.held { "Held" }
-                                    " since " (super::pages::when(&p["hold"]["since"])) " — Meta error " (p["hold"]["code"].as_i64().unwrap_or(0)) ": " (text(&p["hold"], "reason"))
-                                    @if may(ctx.role, "POST", RESUME_NUMBER) {
-                                        form method="post" action=(format!("/console/phone-numbers/{}/resume", segment(id))) {
-                                            (super::views::csrf(&ctx.csrf))
-                                            button type="submit" { "Resume…" }
+                                    div.hold {
+                                        strong.held { "Held" }
+                                        " since " (super::pages::when(&p["hold"]["since"])) " — Meta error " (p["hold"]["code"].as_i64().unwrap_or(0)) ": " (text(&p["hold"], "reason"))
+                                        @if may(ctx.role, "POST", RESUME_NUMBER) {
+                                            form method="post" action=(format!("/console/phone-numbers/{}/resume", segment(id))) {
+                                                (super::views::csrf(&ctx.csrf))
+                                                button type="submit" { "Resume…" }
+                                            }
                                         }
                                     }
                                 } @else { "yes" }

@@ -81,7 +81,8 @@ impl From<ServiceError> for ApiError {
                 StatusCode::FORBIDDEN,
                 "totp_enrollment_required",
                 "this tenant requires two-factor authentication: enroll with \
-                 POST /v1/auth/2fa/enroll and POST /v1/auth/2fa/confirm first",
+                 POST /v1/auth/2fa/enroll and POST /v1/auth/2fa/confirm first (if you \
+                 have enrolled since this session began, sign in again with a code)",
             ),
             IpNotAllowed => ApiError::new(
                 StatusCode::FORBIDDEN,

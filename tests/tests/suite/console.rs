@@ -502,6 +502,19 @@ async fn a_user_enrols_two_factor_from_a_qr_code_and_then_signs_in_with_a_code(b
         )
         .await;
     assert_eq!(wrong.status, 400);
+    let wrong = web
+        .post(
+            "/console/2fa/confirm",
+            &[("csrf", &csrf), ("totp_code", "000000")],
+        )
+        .await;
+    assert_eq!(wrong.status, 400);
+    // In the page's words, not the API's field name.
+    assert!(
+        wrong.html.contains("Not done: the code does not match"),
+        "{}",
+        wrong.html
+    );
     let ok = web
         .post(
             "/console/2fa/confirm",
@@ -987,6 +1000,12 @@ async fn a_refused_allow_list_or_callback_url_keeps_what_was_typed(b: Backend) {
         .await;
     assert_eq!(refused.status, 400, "{}", refused.html);
     assert!(refused.html.contains(typed), "{}", refused.html);
+    // The API's message without its backticks (code marks, noise on a page).
+    assert!(
+        refused.html.contains("Not done: 010.0.0.1/8 is not"),
+        "{}",
+        refused.html
+    );
     let refused = web
         .post(
             "/console/settings/status-callback",

@@ -322,6 +322,71 @@ async fn a_campaign_s_failures_are_retried_from_its_page_with_the_template_s_par
     assert_eq!(app.credits(&t.key).await, before - 1);
 }
 
+/// A retry refused because its number is held reads on the campaign's page, as the other
+/// refusals do, in the console's words: not a bare "Not allowed" page as for a role's
+/// refusal, and no API route an operator cannot call.
+async fn a_retry_refused_for_a_held_number_says_why_on_the_campaign_s_page(b: Backend) {
+    if !campaigns::action_available(Role::Operator, "retry-failed") {
+        return;
+    }
+    let app = spawn_app(b).await;
+    let t = app.onboard(10).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/campaigns").await.csrf();
+    let made = web
+        .post(
+            "/console/campaigns",
+            &[
+                ("csrf", &csrf),
+                ("template", "order_update:en_US"),
+                ("parameters", "ORDER-8"),
+                ("numbers", "+60123450004"),
+            ],
+        )
+        .await;
+    let id = campaign_of(&made);
+    let settled = broadcast_when(&app, &t.key, &id, |b| b["counts"]["failed"] == 1).await;
+    assert_eq!(settled["counts"]["failed"], 1, "{settled}");
+    // Meta then limits the number for spam: it is held.
+    let pnid = t.phone_number_id.clone();
+    let res = app
+        .http
+        .put(app.url(&format!("/_sandbox/phone-numbers/{pnid}")))
+        .json(&json!({"send_error": 131048}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let held = app.send_ok(&t.key, "+60123454001").await;
+    app.wait_status(&t.key, &held, "failed").await;
+    let page = web.get(&format!("/console/campaigns/{id}")).await;
+    let csrf = page.csrf();
+    let before = app.credits(&t.key).await;
+    let refused = web
+        .post(
+            &format!("/console/campaigns/{id}/retry-failed"),
+            &[("csrf", &csrf), ("parameters", "ORDER-8")],
+        )
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.html);
+    assert!(refused.html.contains("Not done:"), "{}", refused.html);
+    assert!(refused.html.contains("is held"), "{}", refused.html);
+    assert!(
+        refused.html.contains("on the dashboard"),
+        "{}",
+        refused.html
+    );
+    assert!(!refused.html.contains("POST /v1/"), "{}", refused.html);
+    assert!(!refused.html.contains("Not allowed"), "{}", refused.html);
+    assert!(
+        refused.html.contains(&id),
+        "the campaign's own page: {}",
+        refused.html
+    );
+    assert_eq!(app.credits(&t.key).await, before, "nothing paid");
+}
+
 async fn a_campaign_is_created_from_an_uploaded_csv_file(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(10).await;
@@ -1889,6 +1954,14 @@ async fn a_held_number_is_shown_and_an_admin_resumes_it_from_the_dashboard(b: Ba
     let mut web = sign_in(&app, &reader).await;
     let dash = web.get("/console/").await;
     assert!(dash.html.contains("Held"), "{}", dash.html);
+    // The hold's words in one element: at 375 px a stacked cell puts its children beside
+    // its label, and loose text fell under the label.
+    assert!(
+        dash.html
+            .contains(r#"<td data-label="Sending"><div class="hold"><strong class="held">Held</strong> since "#),
+        "{}",
+        dash.html
+    );
     assert!(dash.html.contains("131048"), "{}", dash.html);
     assert!(
         !dash.html.contains(&action),
@@ -2429,6 +2502,7 @@ on_both_backends!(
     with_numbers_on_two_wabas_the_console_chooses_the_sender_and_shows_its_catalogue,
     a_day_the_calendar_cannot_end_is_a_400_on_every_dated_page,
     a_campaign_s_failures_are_retried_from_its_page_with_the_template_s_parameters,
+    a_retry_refused_for_a_held_number_says_why_on_the_campaign_s_page,
     a_scheduled_campaign_is_named_listed_and_cancelled_from_the_console,
     the_templates_page_lists_the_catalogue_and_only_an_admin_may_sync_it,
     an_operator_creates_a_campaign_from_pasted_numbers_and_sees_its_results_and_failures,
