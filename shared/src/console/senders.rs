@@ -81,18 +81,21 @@ impl Senders {
         out
     }
 
-    /// A number as a person reads it: its display number (or id) and "default".
+    /// A number as a person reads it: its display number (or id), "default", and "held"
+    /// when Meta's limit holds it (a send from it is refused until an admin resumes it).
     fn label(n: &Value) -> String {
         let id = text(n, "phone_number_id");
-        let shown = n["display_phone_number"]
+        let mut shown = n["display_phone_number"]
             .as_str()
             .filter(|d| !d.is_empty())
             .map_or_else(|| id.to_owned(), |d| format!("{d} ({id})"));
         if n["default"].as_bool() == Some(true) {
-            format!("{shown}, default")
-        } else {
-            shown
+            shown.push_str(", default");
         }
+        if n["hold"].is_object() {
+            shown.push_str(", held: sends refused until resumed");
+        }
+        shown
     }
 
     /// A `select` of the numbers named `name` (value: the phone number id; the default
@@ -180,6 +183,21 @@ mod tests {
         // Someone else's number (or a typo) is not kept: the default is selected.
         let html = two().select("f", "from", "999").into_string();
         assert!(html.contains(r#"<option value="111" selected>"#), "{html}");
+    }
+
+    #[test]
+    fn a_held_number_is_offered_marked_held() {
+        let mut s = two();
+        s.0[1]["hold"] = json!({"code": 131048, "since": "2026-12-05T22:59:00Z", "reason": "spam"});
+        let html = s.select("f", "from", "").into_string();
+        assert!(
+            html.contains(r#"<option value="222">222, held: sends refused until resumed</option>"#),
+            "{html}"
+        );
+        assert!(
+            html.contains(r#"<option value="333">333</option>"#),
+            "{html}"
+        );
     }
 
     #[test]
