@@ -358,7 +358,7 @@ fn create_form(
                     (Senders::kept("from", from))
                 }
                 @if NAME_AND_SEND_AT {
-                    div { label for="c-name" { "Name (optional)" } input #c-name type="text" name="name" maxlength="200" value=(typed("name")); }
+                    div { label for="c-name" { "Name (optional)" } input #c-name type="text" name="name" maxlength="400" value=(typed("name")); }
                 }
                 div {
                     label for="c-template" { "Template (approved ones)" }

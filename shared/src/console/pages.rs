@@ -828,7 +828,7 @@ async fn render_two_factor(
             }
             div {
                 label for="new_password" { "New password (12 to 128 characters)" }
-                input #new_password type="password" name="new_password" autocomplete="new-password" minlength="12" maxlength="128" required;
+                input #new_password type="password" name="new_password" autocomplete="new-password" minlength="12" maxlength="256" required;
             }
             p.hint { "Changing it signs you out everywhere, this browser too: sign in again with the new one." }
             button type="submit" { "Change password" }
@@ -1708,7 +1708,10 @@ async fn render_keys(
         h2 { "Create a key" }
         form.stack method="post" action="/console/api-keys" {
             (csrf(&ctx.csrf))
-            div { label for="key-name" { "Name" } input #key-name type="text" name="name" maxlength="100" value=(typed_name) required; }
+            // A browser counts `maxlength` in UTF-16 units (an emoji is two), the API in
+            // characters (100): twice its limit lets every name it takes be typed, and it
+            // refuses a longer one in words.
+            div { label for="key-name" { "Name" } input #key-name type="text" name="name" maxlength="200" value=(typed_name) required; }
             div { label for="key-role" { "Role" } (role_choice("key-role", Some(typed_role).filter(|r| !r.is_empty()))) }
             div { label for="key-expiry" { "Expires after (days, optional)" } input #key-expiry type="number" name="expires_in_days" min="1" max="3650" value=(typed_expiry); }
             button type="submit" { "Create key" }
@@ -1985,7 +1988,7 @@ async fn render_users(
             div { label for="user-role" { "Role" } (role_choice("user-role", Some(role).filter(|r| !r.is_empty()))) }
             div {
                 label for="user-password" { "First password (12 to 128 characters)" }
-                input #user-password type="password" name="password" minlength="12" maxlength="128" autocomplete="new-password" required;
+                input #user-password type="password" name="password" minlength="12" maxlength="256" autocomplete="new-password" required;
             }
             button type="submit" { "Add user" }
         }

@@ -341,6 +341,22 @@ async fn a_console_post_without_its_sessions_csrf_token_is_refused_and_changes_n
     assert_eq!(api_keys(&app, &t.key).await, before + 1);
     let again = web.get("/console/api-keys").await;
     assert!(!again.html.contains("kirim_"), "the key is not shown again");
+    // A browser counts `maxlength` in UTF-16 units: a name of 100 emoji, which the API
+    // takes, fits the field, and the form makes it.
+    assert!(
+        again.html.contains(r#"name="name" maxlength="200""#),
+        "{}",
+        again.html
+    );
+    let emoji = "🛒".repeat(100);
+    let made = web
+        .post(
+            "/console/api-keys",
+            &[("csrf", &csrf), ("name", &emoji), ("role", "read_only")],
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.html);
+    assert_eq!(api_keys(&app, &t.key).await, before + 2);
     // Bad input: a clear error, nothing changed.
     let bad = web
         .post(
@@ -350,7 +366,7 @@ async fn a_console_post_without_its_sessions_csrf_token_is_refused_and_changes_n
         .await;
     assert_eq!(bad.status, 400, "{}", bad.html);
     assert!(bad.html.contains("Not done:"));
-    assert_eq!(api_keys(&app, &t.key).await, before + 1);
+    assert_eq!(api_keys(&app, &t.key).await, before + 2);
 }
 
 async fn another_tenants_ids_answer_404_in_the_console(b: Backend) {
