@@ -10,7 +10,7 @@
 //! | `DispatchRetries` | Count | `Reason` (`transient`, `delayed`, `storage`, `throttled`, `ambiguous`, `token_replaced`) |
 //! | `Throttles` | Count | `Source` (`limiter_wait`, `limiter_full`, `meta_130429`) |
 //! | `WebhookLag` | Milliseconds | `Status` (`sent`, `delivered`, `read`, `failed`) |
-//! | `RateLimited` | Count | `Scope` (`request`, `webhook_bad_signatures`, `login`) |
+//! | `RateLimited` | Count | `Scope` (`request`, `heavy`, `webhook_bad_signatures`, `login`) |
 
 //!
 //! Values are gathered in a buffer in the process and reach stdout in one write per

@@ -1837,3 +1837,5 @@ mod templates;
 pub use templates::*;
 mod numbers;
 pub use numbers::*;
+mod leases;
+pub use leases::*;

@@ -37,6 +37,10 @@ pub struct RouteRule {
     pub method: &'static str,
     pub path: &'static str,
     pub access: Access,
+    /// A tenant route whose work grows with the tenant's data rather than with the request
+    /// (up to its 20 s bound): at most one such request of a tenant is in flight at a time,
+    /// across every instance ([`HEAVY_LEASE`]); another meanwhile is `429`.
+    pub heavy: bool,
 }
 
 const fn rule(method: &'static str, path: &'static str, access: Access) -> RouteRule {
@@ -44,7 +48,13 @@ const fn rule(method: &'static str, path: &'static str, access: Access) -> Route
         method,
         path,
         access,
+        heavy: false,
     }
+}
+
+/// `r`, one at a time per tenant ([`RouteRule::heavy`]).
+const fn heavy(r: RouteRule) -> RouteRule {
+    RouteRule { heavy: true, ..r }
 }
 
 use Access::{Meta, Platform, Public, Session, Tenant};
@@ -75,7 +85,8 @@ pub const ROUTES: &[RouteRule] = &[
     rule("GET", "/v1/platform/dead-letters", Platform),
     rule("POST", "/v1/platform/dead-letters/redrive", Platform),
     rule("GET", "/v1/account", Tenant(ReadOnly)),
-    rule("GET", "/v1/account/export", Tenant(Admin)),
+    // Every retained item of the tenant, 3 MiB or 20 s a response.
+    heavy(rule("GET", "/v1/account/export", Tenant(Admin))),
     rule("GET", "/v1/messages", Tenant(ReadOnly)),
     rule("POST", "/v1/messages", Tenant(Operator)),
     rule("GET", "/v1/messages/{id}", Tenant(ReadOnly)),
@@ -86,14 +97,21 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/v1/broadcasts/{id}/pause", Tenant(Operator)),
     rule("POST", "/v1/broadcasts/{id}/resume", Tenant(Operator)),
     rule("POST", "/v1/broadcasts/{id}/cancel", Tenant(Operator)),
-    rule("POST", "/v1/broadcasts/{id}/retry-failed", Tenant(Operator)),
-    rule(
+    // Reads every message of the broadcast (up to 10,000) before it answers.
+    heavy(rule(
+        "POST",
+        "/v1/broadcasts/{id}/retry-failed",
+        Tenant(Operator),
+    )),
+    // Every message of the broadcast (up to 10,000) and its list, in one response.
+    heavy(rule(
         "GET",
         "/v1/broadcasts/{id}/recipients.csv",
         Tenant(ReadOnly),
-    ),
+    )),
     rule("GET", "/v1/templates", Tenant(ReadOnly)),
-    rule("POST", "/v1/templates/sync", Tenant(Admin)),
+    // Every page of the WABAs' catalogues from Meta, and a write per template, up to 20 s.
+    heavy(rule("POST", "/v1/templates/sync", Tenant(Admin))),
     rule("GET", "/v1/phone-numbers", Tenant(ReadOnly)),
     rule(
         "PUT",
@@ -125,7 +143,8 @@ pub const ROUTES: &[RouteRule] = &[
         Tenant(Admin),
     ),
     rule("GET", "/v1/audit", Tenant(Admin)),
-    rule("GET", "/v1/audit/verify", Tenant(Admin)),
+    // Every retained event of the chain, up to 200,000 or 20 s a response.
+    heavy(rule("GET", "/v1/audit/verify", Tenant(Admin))),
     rule("GET", "/v1/users", Tenant(Admin)),
     rule("POST", "/v1/users", Tenant(Admin)),
     rule("DELETE", "/v1/users/{id}", Tenant(Admin)),
@@ -251,6 +270,144 @@ fn admit(state: &AppState, tenant: &TenantRecord, caller: &Caller) -> Result<(),
                 by_address: false,
             }
         })
+}
+
+/// How long a heavy request's lease holds unless given back first: a little longer than
+/// the longest such a request runs (each stops its work at 20 s; a Lambda invocation of
+/// the API functions ends at 29 s). A process that dies holding one holds it no longer.
+pub const HEAVY_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The longest `Retry-After` a heavy request refused for its tenant's lease is told: the
+/// request in flight usually ends well before its lease would lapse, so the wait is the
+/// time to that lapse, at most this.
+pub const HEAVY_RETRY_AFTER_MAX: u64 = 5;
+
+/// A tenant's heavy-request lease, held by this request (its random owner token).
+struct Lease {
+    leases: std::sync::Arc<dyn crate::ports::HeavyRequestLeases>,
+    tenant: TenantId,
+    owner: String,
+}
+
+impl Lease {
+    /// Gives it back (one conditional delete). A failure is harmless: it lapses at its
+    /// expiry. Logged, never the request's answer (that has gone, or is going, out).
+    fn release(self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            if let Err(e) = self
+                .leases
+                .release_heavy_lease(&self.tenant, &self.owner)
+                .await
+            {
+                tracing::warn!(tenant_id = %self.tenant, error = %e, "heavy-request lease not given back: it lapses at its expiry");
+            }
+        })
+    }
+}
+
+/// Takes the tenant's heavy-request lease for this request (one conditional put), or
+/// answers why not: another heavy request of the tenant holds it (`429 rate_limited`
+/// with `Retry-After`, as any limit on use), or the store failed (its error: the request
+/// is not run unlimited).
+async fn take_lease(state: &AppState, tenant: &TenantId) -> Result<Lease, ServiceError> {
+    let deps = &state.deps;
+    let now = deps.clock.now();
+    let until = now
+        + chrono::Duration::from_std(HEAVY_LEASE).unwrap_or_else(|_| chrono::Duration::seconds(30));
+    let owner = ulid::Ulid::new().to_string();
+    match deps
+        .heavy_leases
+        .acquire_heavy_lease(tenant, &owner, now, until)
+        .await?
+    {
+        crate::ports::HeavyLease::Taken => Ok(Lease {
+            leases: deps.heavy_leases.clone(),
+            tenant: tenant.clone(),
+            owner,
+        }),
+        crate::ports::HeavyLease::Held { until } => {
+            crate::metrics::limited("heavy");
+            // Whole seconds to the holder's lapse, rounded up, 1 to the maximum.
+            let wait = until
+                .and_then(|u| u64::try_from((u - now).num_milliseconds()).ok())
+                .map_or(HEAVY_RETRY_AFTER_MAX, |ms| ms.div_ceil(1000));
+            Err(ServiceError::RateLimited {
+                retry_after_secs: wait.clamp(1, HEAVY_RETRY_AFTER_MAX),
+            })
+        }
+    }
+}
+
+/// A heavy route's successful answer, holding its tenant's lease until the body has been
+/// produced (an error answer gives it back before it is returned: no work is left in it):
+/// the export and `recipients.csv` stream theirs page by page after the handler returned,
+/// so the work goes on until the body ends. At its end (or an error that ends it) the lease
+/// is given back before the end is reported: on Lambda, where the answer is read whole
+/// before it is returned, within the invocation. A body dropped before its end (the client
+/// went away, a `HEAD`'s) gives it back from a task of its own; should that not run, the
+/// lease lapses at its expiry.
+struct LeasedBody {
+    inner: axum::body::Body,
+    lease: Option<Lease>,
+    /// The lease's release under way, and what the inner body ended with.
+    releasing: Option<(futures::future::BoxFuture<'static, ()>, Option<Ended>)>,
+}
+
+/// How a body ended: a last error, or nothing (`None` from `poll_frame` is its end).
+type Ended = Result<http_body::Frame<axum::body::Bytes>, axum::Error>;
+
+impl http_body::Body for LeasedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.releasing.is_none() {
+            let ended = match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(end) => end,
+            };
+            match this.lease.take() {
+                Some(lease) => this.releasing = Some((lease.release(), ended)),
+                None => return Poll::Ready(ended),
+            }
+        }
+        let Some((release, _)) = this.releasing.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match release.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(this.releasing.take().and_then(|(_, ended)| ended)),
+        }
+    }
+
+    /// Not ended while the lease is still to be given back: the reader polls once more,
+    /// and the release runs before the end it is answered.
+    fn is_end_stream(&self) -> bool {
+        self.lease.is_none() && self.releasing.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LeasedBody {
+    fn drop(&mut self) {
+        let release = match (self.lease.take(), self.releasing.take()) {
+            (Some(lease), _) => lease.release(),
+            (None, Some((release, _))) => release,
+            (None, None) => return,
+        };
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(release);
+        }
+    }
 }
 
 impl From<ServiceError> for Denial {
@@ -416,6 +573,22 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     let (mut parts, body) = req.into_parts();
     match check(&state, &parts, rule.access).await {
         Ok(ctx) => {
+            // A heavy route: the tenant's one heavy request at a time. Refused before
+            // anything else is written (no audit intent, no event: a `429` is not audited).
+            let lease = match (&ctx, rule.heavy) {
+                (Some(ctx), true) => match take_lease(&state, ctx.tenant_id()).await {
+                    Ok(lease) => Some(lease),
+                    Err(error) => {
+                        let reason = match &error {
+                            ServiceError::RateLimited { .. } => "heavy_request_in_flight",
+                            _ => "lease_unavailable",
+                        };
+                        tracing::info!(route = %path, method = %parts.method, outcome = "denied", reason, "request refused");
+                        return ApiError::from(error).into_response();
+                    }
+                },
+                _ => None,
+            };
             let caller = match &ctx {
                 Some(ctx) => Some(ctx.caller.clone()),
                 None if rule.access == Access::Platform => Some(Caller::Operator),
@@ -576,7 +749,24 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             if let (Some(id), false) = (&intent, keep_intent) {
                 audit::forget_intent(&state.deps, id).await;
             }
-            res
+            match lease {
+                // A refusal or a failure is all there is to it (a short error body, not
+                // the work): the lease goes back now.
+                Some(lease) if !res.status().is_success() => {
+                    lease.release().await;
+                    res
+                }
+                // The work may go on in the body (the export's and `recipients.csv`'s
+                // pages): the lease goes back as it ends.
+                Some(lease) => res.map(|inner| {
+                    axum::body::Body::new(LeasedBody {
+                        inner,
+                        lease: Some(lease),
+                        releasing: None,
+                    })
+                }),
+                None => res,
+            }
         }
         Err(Denial {
             error: error @ ServiceError::RateLimited { .. },
@@ -633,5 +823,41 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             .await;
             res
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The routes held to one at a time per tenant, and why (README "Limits"): each reads
+    /// what grows with the tenant's data, not with its request. The audit search reads at
+    /// most 1,000 events, the lists a page, `GET /v1/usage` at most 366 days: light.
+    #[test]
+    fn the_heavy_routes_are_the_tenant_routes_whose_work_grows_with_the_tenants_data() {
+        let heavy: Vec<(&str, &str)> = ROUTES
+            .iter()
+            .filter(|r| r.heavy)
+            .map(|r| (r.method, r.path))
+            .collect();
+        assert_eq!(
+            heavy,
+            [
+                ("GET", "/v1/account/export"),
+                ("POST", "/v1/broadcasts/{id}/retry-failed"),
+                ("GET", "/v1/broadcasts/{id}/recipients.csv"),
+                ("POST", "/v1/templates/sync"),
+                ("GET", "/v1/audit/verify"),
+            ]
+        );
+        assert!(
+            ROUTES
+                .iter()
+                .filter(|r| r.heavy)
+                .all(|r| matches!(r.access, Access::Tenant(_))),
+            "a lease is a tenant's"
+        );
+        // `HEAD` is `GET`'s, heavy too.
+        assert!(rule_for(&Method::HEAD, "/v1/account/export").is_some_and(|r| r.heavy));
     }
 }

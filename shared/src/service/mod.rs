@@ -100,6 +100,8 @@ pub struct Deps {
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub throughput: Arc<dyn Throughput>,
     pub sending: Arc<dyn SendingControl>,
+    /// Each tenant's lease on its one heavy request at a time (`http::access`, A75).
+    pub heavy_leases: Arc<dyn crate::ports::HeavyRequestLeases>,
     pub queue: Arc<dyn DispatchQueue>,
     /// Statuses kept until their message's wamid is known.
     pub pending: Arc<dyn PendingStatusStore>,
@@ -144,6 +146,7 @@ pub trait Stores:
     + IdempotencyStore
     + Throughput
     + SendingControl
+    + crate::ports::HeavyRequestLeases
     + PendingStatusStore
     + StatusCallbackStore
     + TemplateStore
@@ -169,6 +172,7 @@ impl<T> Stores for T where
         + IdempotencyStore
         + Throughput
         + SendingControl
+        + crate::ports::HeavyRequestLeases
         + PendingStatusStore
         + StatusCallbackStore
         + TemplateStore
@@ -265,6 +269,7 @@ impl Deps {
             idempotency: store.clone(),
             throughput,
             sending: store.clone(),
+            heavy_leases: store.clone(),
             pending: store.clone(),
             status_callbacks,
             templates,

@@ -95,6 +95,7 @@ fn class_of(pk: &str, sk: &str) -> Option<RetentionClass> {
         ("TENANT#", "USAGE#", Some(Billing)),
         ("TENANT#", "NUMBER#", None),
         ("RATE#", "NEXT", Some(SendSlot)),
+        ("LEASE#", "HEAVY", Some(SendSlot)),
         ("WAMID#", "PENDING#", Some(PendingStatus)),
         ("LOGINFAIL#", "ADDR#", Some(LoginFailures)),
         ("LOGINADDR#", "FAIL", Some(LoginFailures)),

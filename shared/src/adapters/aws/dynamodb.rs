@@ -31,6 +31,7 @@ mod contacts;
 mod cursor_props;
 mod idempotency;
 pub mod keys;
+mod leases;
 mod numbers;
 mod optouts;
 mod retention;

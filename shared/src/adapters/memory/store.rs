@@ -14,6 +14,7 @@ mod broadcasts;
 mod callbacks;
 mod contacts;
 mod idempotency;
+mod leases;
 mod numbers;
 mod optouts;
 mod retention;
@@ -377,6 +378,8 @@ pub(super) struct State {
     /// Business phone number → the next free send slot (epoch microseconds) and the slot's
     /// expiry (epoch seconds: an idle number's slot expires, as on DynamoDB).
     rate: HashMap<String, (i64, i64)>,
+    /// tenant → its heavy-request lease (A75), as its `LEASE#{tenant}` / `HEAVY` item.
+    heavy_leases: HashMap<TenantId, leases::HeldLease>,
     /// (WABA, template name, language) → the catalogue's template, ordered for paging.
     templates: BTreeMap<(String, String, String), crate::ports::CatalogueTemplate>,
     /// (WABA, template name, language) → Meta's time of each field's last applied change

@@ -33,6 +33,9 @@ const APIKEY: &str = "APIKEY#";
 const WAMID: &str = "WAMID#";
 const AUDIT: &str = "AUDIT#";
 const RATE: &str = "RATE#";
+/// A tenant's heavy-request lease (A75): a partition of its own per tenant, out of the
+/// tenant's partition (which the close-out walks and the hot paths write).
+const LEASE: &str = "LEASE#";
 const EMAIL: &str = "EMAIL#";
 const SESSION: &str = "SESSION#";
 const RETENTION: &str = "RETENTION";
@@ -58,6 +61,7 @@ const APIKEY_SK: &str = "APIKEY";
 const WAMID_SK: &str = "WAMID";
 const HEAD_SK: &str = "HEAD";
 const NEXT_SK: &str = "NEXT";
+const HEAVY_SK: &str = "HEAVY";
 const EMAIL_SK: &str = "EMAIL";
 const CHECKPOINT_SK: &str = "CHECKPOINT";
 const STATUS_CALLBACK_SK: &str = "SETTINGS#STATUS_CALLBACK";
@@ -160,6 +164,9 @@ pub enum ItemKind {
     BroadcastList,
     /// `RATE#{phone_number_id}` / `NEXT`: a number's next free send slot.
     SendSlot,
+    /// `LEASE#{tenant}` / `HEAVY`: the tenant's one heavy request in flight (its owner
+    /// token and when it lapses).
+    HeavyLease,
     /// `TENANT#{tenant}` / `SETTINGS#STATUS_CALLBACK`.
     StatusCallback,
     /// `TENANT#{tenant}` / `SETTINGS#2FA`.
@@ -188,7 +195,7 @@ pub enum ItemKind {
 }
 
 impl ItemKind {
-    pub const ALL: [ItemKind; 34] = [
+    pub const ALL: [ItemKind; 35] = [
         ItemKind::Tenant,
         ItemKind::PhoneRoute,
         ItemKind::ApiKeyByHash,
@@ -210,6 +217,7 @@ impl ItemKind {
         ItemKind::Broadcast,
         ItemKind::BroadcastList,
         ItemKind::SendSlot,
+        ItemKind::HeavyLease,
         ItemKind::StatusCallback,
         ItemKind::TwoFactorSetting,
         ItemKind::User,
@@ -248,7 +256,8 @@ impl ItemKind {
             CallbackFailure => RetentionClass::CallbackFailures,
             QualityCounter => RetentionClass::Stats,
             BroadcastList => RetentionClass::BroadcastList,
-            SendSlot => RetentionClass::SendSlot,
+            // Throughput state, not a record, as a send slot is.
+            SendSlot | HeavyLease => RetentionClass::SendSlot,
             LoginFailuresOfEmail | LoginFailuresOfAddress => RetentionClass::LoginFailures,
             PhoneRoute | PhoneNumber | ApiKeyByHash | ApiKeyOfTenant | OptOut | AuditHead
             | StatusCallback | TwoFactorSetting | User | EmailClaim | RetentionCheckpoint => {
@@ -306,6 +315,7 @@ impl ItemKind {
                 (_, PHONE_SK) if pk.starts_with(PHONE) => PhoneRoute,
                 (_, APIKEY_SK) if pk.starts_with(APIKEY) => ApiKeyByHash,
                 (_, NEXT_SK) if pk.starts_with(RATE) => SendSlot,
+                (_, HEAVY_SK) if pk.starts_with(LEASE) => HeavyLease,
                 (_, EMAIL_SK) if pk.starts_with(EMAIL) => EmailClaim,
                 (_, SESSION_SK) if pk.starts_with(SESSION) => Session,
                 (RETENTION, CHECKPOINT_SK) => RetentionCheckpoint,
@@ -610,6 +620,11 @@ pub fn send_slot(number: &str) -> Key {
     Key::new(format!("{RATE}{number}"), NEXT_SK)
 }
 
+/// A tenant's heavy-request lease (A75).
+pub fn heavy_lease(t: &TenantId) -> Key {
+    Key::new(format!("{LEASE}{t}"), HEAVY_SK)
+}
+
 // ---- Configuration, users, audit ------------------------------------------------------
 
 /// A phone (`+…`) and a user id (`CC.…`) never read as each other.
@@ -889,6 +904,7 @@ mod tests {
             ItemKind::Broadcast => broadcast(&t, "01JBCAST"),
             ItemKind::BroadcastList => broadcast_list(&t, "01JBCAST"),
             ItemKind::SendSlot => send_slot("1234567890"),
+            ItemKind::HeavyLease => heavy_lease(&t),
             ItemKind::StatusCallback => status_callback(&t),
             ItemKind::TwoFactorSetting => two_factor_setting(&t),
             ItemKind::User => user(&t, "01JUSER"),
@@ -976,6 +992,11 @@ mod tests {
         assert_eq!(class(t, "QSTAT#2026-01-01"), Some(C::Stats));
         assert_eq!(class(t, "BCLIST#01J"), Some(C::BroadcastList));
         assert_eq!(class("RATE#123", "NEXT"), Some(C::SendSlot));
+        assert_eq!(
+            class("LEASE#01JABCDEFGHJKMNPQRSTVWXYZ0", "HEAVY"),
+            Some(C::SendSlot),
+            "a heavy-request lease is throughput state, as a send slot is"
+        );
         assert_eq!(
             class("LOGINFAIL#ab", "ADDR#198.51.100.7"),
             Some(C::LoginFailures)

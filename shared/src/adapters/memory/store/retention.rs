@@ -83,6 +83,7 @@ impl RetentionStore for MemoryStore {
             r.expires_at
         ));
         sweep!(page, K::SendSlot, s.rate, |_, r| r.1 > now);
+        sweep!(page, K::HeavyLease, s.heavy_leases, |_, l| l.ttl > now);
         sweep!(page, K::Template, s.templates, |_, t| live(t.expires_at));
         // Removed templates' tombstones are template items (on DynamoDB, the same key).
         sweep!(page, K::Template, s.template_removed, |_, r| r.1 > now);
@@ -462,6 +463,13 @@ impl RetentionStore for MemoryStore {
         }
         for (number, (tat, expires)) in &s.rate {
             item(keys::send_slot(number), Some(*expires), json!({"tat": tat}));
+        }
+        for (t, l) in &s.heavy_leases {
+            item(
+                keys::heavy_lease(t),
+                Some(l.ttl),
+                json!({"owner": l.owner, "expires_at": l.expires_at_ms}),
+            );
         }
         for t in s.templates.values() {
             item(

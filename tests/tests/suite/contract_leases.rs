@@ -1,0 +1,134 @@
+//! The contract of `HeavyRequestLeases` (A75: a tenant's one heavy request at a time), on
+//! the memory adapter and on DynamoDB (moto): the same assertions for both.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use kirim::domain::TenantId;
+use kirim::ports::*;
+
+use super::contract::{aws, contract, memory, sweep, Ports};
+
+/// A lease asked for at `now`, lapsing 30 s on.
+async fn take(p: &Ports, t: &TenantId, owner: &str, now: DateTime<Utc>) -> HeavyLease {
+    p.heavy_leases
+        .acquire_heavy_lease(t, owner, now, now + Duration::seconds(30))
+        .await
+        .unwrap()
+}
+
+async fn a_tenants_heavy_lease_has_one_owner_until_it_gives_it_back(p: Ports) {
+    let (t, other) = (TenantId::generate(), TenantId::generate());
+    let now = p.clock.now();
+    assert_eq!(take(&p, &t, "first", now).await, HeavyLease::Taken);
+    // Another owner meanwhile is told when the holder's lapses (to the millisecond).
+    let until =
+        DateTime::<Utc>::from_timestamp_millis((now + Duration::seconds(30)).timestamp_millis());
+    assert_eq!(
+        take(&p, &t, "second", now + Duration::seconds(1)).await,
+        HeavyLease::Held { until }
+    );
+    // Another tenant's is its own.
+    assert_eq!(take(&p, &other, "third", now).await, HeavyLease::Taken);
+    // Only its owner gives it back: another's release leaves it held, and is no error.
+    p.heavy_leases
+        .release_heavy_lease(&t, "second")
+        .await
+        .unwrap();
+    assert!(matches!(
+        take(&p, &t, "fourth", now).await,
+        HeavyLease::Held { .. }
+    ));
+    p.heavy_leases
+        .release_heavy_lease(&t, "first")
+        .await
+        .unwrap();
+    assert_eq!(take(&p, &t, "fifth", now).await, HeavyLease::Taken);
+    // Given back twice, or never held: nothing to do, no error.
+    p.heavy_leases
+        .release_heavy_lease(&t, "first")
+        .await
+        .unwrap();
+    p.heavy_leases
+        .release_heavy_lease(&TenantId::generate(), "nobody")
+        .await
+        .unwrap();
+    assert!(matches!(
+        take(&p, &other, "sixth", now).await,
+        HeavyLease::Held { .. }
+    ));
+}
+
+/// A holder whose process died never gives its lease back: it lapses at its expiry (not
+/// a millisecond before), and the one that took it over keeps it when the dead one's late
+/// release comes.
+async fn a_lapsed_heavy_lease_is_taken_over_and_its_old_owner_cannot_give_it_back(p: Ports) {
+    let t = TenantId::generate();
+    let now = p.clock.now();
+    assert_eq!(take(&p, &t, "died", now).await, HeavyLease::Taken);
+    let lapse = now + Duration::seconds(30);
+    assert!(
+        matches!(take(&p, &t, "early", lapse).await, HeavyLease::Held { .. }),
+        "held up to its expiry"
+    );
+    let later = lapse + Duration::milliseconds(1);
+    assert_eq!(take(&p, &t, "next", later).await, HeavyLease::Taken);
+    p.heavy_leases
+        .release_heavy_lease(&t, "died")
+        .await
+        .unwrap();
+    assert!(
+        matches!(take(&p, &t, "after", later).await, HeavyLease::Held { .. }),
+        "the late release of the lapsed owner leaves the new owner's"
+    );
+    p.heavy_leases
+        .release_heavy_lease(&t, "next")
+        .await
+        .unwrap();
+    assert_eq!(take(&p, &t, "again", later).await, HeavyLease::Taken);
+}
+
+async fn of_many_concurrent_takers_of_one_tenants_lease_exactly_one_gets_it(p: Ports) {
+    let t = TenantId::generate();
+    let now = p.clock.now();
+    let p = Arc::new(p);
+    let takers: Vec<_> = (0..16)
+        .map(|i| {
+            let (p, t) = (p.clone(), t.clone());
+            tokio::spawn(async move { take(&p, &t, &format!("owner-{i}"), now).await })
+        })
+        .collect();
+    let mut taken = 0;
+    for taker in takers {
+        if taker.await.unwrap() == HeavyLease::Taken {
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, 1);
+}
+
+/// The lease item carries a TTL (the SendSlot class: an hour after it was taken), so a
+/// tenant's lease its process never gave back does not stay for ever.
+async fn a_heavy_lease_never_given_back_is_swept_as_a_send_slot_an_hour_on(p: Ports) {
+    let t = TenantId::generate();
+    assert_eq!(take(&p, &t, "died", p.clock.now()).await, HeavyLease::Taken);
+    p.clock.advance(Duration::seconds(3599));
+    assert_eq!(sweep(&p).await.deleted.values().sum::<usize>(), 0);
+    p.clock.advance(Duration::seconds(2));
+    let swept = sweep(&p).await.deleted;
+    assert_eq!(swept.get("send_slot").copied(), Some(1), "{swept:?}");
+    assert!(!p
+        .retention
+        .stored_items()
+        .await
+        .unwrap()
+        .iter()
+        .any(|i| i.pk == format!("LEASE#{t}") && i.sk == "HEAVY"));
+}
+
+contract!(
+    a_tenants_heavy_lease_has_one_owner_until_it_gives_it_back,
+    a_lapsed_heavy_lease_is_taken_over_and_its_old_owner_cannot_give_it_back,
+    of_many_concurrent_takers_of_one_tenants_lease_exactly_one_gets_it,
+    a_heavy_lease_never_given_back_is_swept_as_a_send_slot_an_hour_on,
+);

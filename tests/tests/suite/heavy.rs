@@ -1,0 +1,212 @@
+//! Heavy routes (README "Limits"): at most one request of a tenant whose work grows with
+//! its data is in flight at a time, across every instance (a lease in the store, A75);
+//! another meanwhile is `429 rate_limited` with `Retry-After`, another tenant's and light
+//! routes are not held. On both backends.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, Response};
+use kirim::config::Backend;
+use kirim::domain::TenantId;
+use kirim::ports::HeavyLease;
+use kirim::service::Deps;
+use kirim_tests::{spawn_app, ManualClock, TestApp};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tower::ServiceExt;
+
+use crate::stepped_audit::{Stepped, Steps};
+
+/// A request through admin_api's router (it serves the send API's routes too) on `deps`:
+/// its answer, its body not read yet.
+async fn request(deps: &Deps, method: &str, path: &str, key: &str) -> Response<Body> {
+    kirim::http::admin_api_router(deps.clone())
+        .oneshot(
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .header("authorization", format!("Bearer {key}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+}
+
+/// [`request`], read whole: status, headers and body (JSON, or `Null`).
+async fn call(deps: &Deps, method: &str, path: &str, key: &str) -> (u16, HeaderMap, Value) {
+    read(request(deps, method, path, key).await).await
+}
+
+async fn read(res: Response<Body>) -> (u16, HeaderMap, Value) {
+    let (parts, body) = res.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (parts.status.as_u16(), parts.headers, body)
+}
+
+/// A heavy request refused for its tenant's lease: the documented shape of any limit on
+/// use (API.md "Errors"), and a wait of 1 to 5 s.
+fn assert_refused_for_the_lease((status, headers, body): &(u16, HeaderMap, Value)) {
+    assert_eq!(*status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "too many requests; retry after the number of seconds in Retry-After"
+    );
+    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=5).contains(&wait), "{wait}");
+}
+
+/// Holds the first audit head read (a verification's) until let go.
+#[derive(Clone, Default)]
+struct HoldFirstHeadRead {
+    held: Arc<AtomicBool>,
+    entered: Arc<Notify>,
+    go: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl Steps for HoldFirstHeadRead {
+    async fn after_head_read(&self) {
+        if !self.held.swap(true, Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.go.notified().await;
+        }
+    }
+}
+
+async fn two_concurrent_verifies_of_one_tenant_answer_one_200_and_one_429(b: Backend) {
+    let app = spawn_app(b).await;
+    let (t, other) = (app.onboard(5).await, app.onboard(5).await);
+    let hold = HoldFirstHeadRead::default();
+    let mut deps = app.app.deps.clone();
+    deps.audit = Arc::new(Stepped {
+        inner: app.app.deps.audit.clone(),
+        steps: hold.clone(),
+    });
+    let first = {
+        let (deps, key) = (deps.clone(), t.key.clone());
+        tokio::spawn(async move { call(&deps, "GET", "/v1/audit/verify", &key).await })
+    };
+    hold.entered.notified().await;
+    // The first is under way (its chain's head read): a second of the same tenant waits.
+    assert_refused_for_the_lease(&call(&deps, "GET", "/v1/audit/verify", &t.key).await);
+    // Another tenant's heavy request, and the tenant's light ones, are not held.
+    let (status, _, report) = call(&deps, "GET", "/v1/audit/verify", &other.key).await;
+    assert_eq!(
+        (status, &report["valid"]),
+        (200, &Value::Bool(true)),
+        "{report}"
+    );
+    assert_eq!(call(&deps, "GET", "/v1/audit", &t.key).await.0, 200);
+    assert_eq!(call(&deps, "GET", "/v1/account", &t.key).await.0, 200);
+    hold.go.notify_one();
+    let (status, _, report) = first.await.unwrap();
+    assert_eq!(
+        (status, &report["valid"]),
+        (200, &Value::Bool(true)),
+        "{report}"
+    );
+    // Once it has answered, the next goes.
+    assert_eq!(call(&deps, "GET", "/v1/audit/verify", &t.key).await.0, 200);
+}
+
+/// The export streams its pages after its handler returned: its lease is held until its
+/// body has been read to the end, and given back then.
+async fn an_export_holds_its_tenants_lease_until_its_body_has_been_read(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let deps = &app.app.deps;
+    let export = request(deps, "GET", "/v1/account/export", &t.key).await;
+    assert_eq!(export.status(), 200);
+    assert_refused_for_the_lease(&call(deps, "GET", "/v1/audit/verify", &t.key).await);
+    assert_refused_for_the_lease(&call(deps, "GET", "/v1/account/export", &t.key).await);
+    let body = axum::body::to_bytes(export.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let last = String::from_utf8_lossy(&body)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(last, r#"{"type":"end"}"#);
+    assert_eq!(call(deps, "GET", "/v1/audit/verify", &t.key).await.0, 200);
+}
+
+/// A heavy answer whose body is dropped unread (the client went away) gives its lease
+/// back all the same, soon after.
+async fn a_heavy_answer_dropped_unread_gives_its_lease_back(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let deps = &app.app.deps;
+    let export = request(deps, "GET", "/v1/account/export", &t.key).await;
+    assert_eq!(export.status(), 200);
+    drop(export);
+    for _ in 0..100 {
+        if call(deps, "GET", "/v1/audit/verify", &t.key).await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the lease of the dropped answer was never given back");
+}
+
+/// A heavy request its handler refuses (an unknown campaign's `recipients.csv`: `404`) has
+/// no work left in its body: its lease goes back before its answer, whose body is not even
+/// read yet when the next heavy request comes.
+async fn a_heavy_request_its_handler_refuses_gives_its_lease_back_at_once(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let deps = &app.app.deps;
+    let unknown = format!("/v1/broadcasts/{}/recipients.csv", kirim::domain::new_id());
+    let refused = request(deps, "GET", &unknown, &t.key).await;
+    assert_eq!(refused.status(), 404);
+    assert_eq!(call(deps, "GET", "/v1/audit/verify", &t.key).await.0, 200);
+    assert_eq!(read(refused).await.2["error"]["code"], "not_found");
+}
+
+/// A heavy request whose process died never gives its lease back: the tenant's next one
+/// is refused until the lease lapses (30 s on), and then takes it over.
+async fn a_lease_whose_process_died_is_taken_over_once_it_lapses(b: Backend) {
+    let clock = ManualClock::new();
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.clock = kirim_infra::local::LocalClock(clock.clone());
+    let app: TestApp = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(5).await;
+    let deps = &app.app.deps;
+    let tenant = TenantId::parse(&t.tenant_id).unwrap();
+    let now = kirim::ports::Clock::now(&*clock);
+    assert_eq!(
+        deps.heavy_leases
+            .acquire_heavy_lease(&tenant, "died", now, now + chrono::Duration::seconds(30))
+            .await
+            .unwrap(),
+        HeavyLease::Taken
+    );
+    let refused = call(deps, "GET", "/v1/audit/verify", &t.key).await;
+    assert_refused_for_the_lease(&refused);
+    assert_eq!(
+        refused.1["retry-after"], "5",
+        "30 s to its lapse, told at most 5"
+    );
+    clock.advance(chrono::Duration::seconds(29));
+    assert_refused_for_the_lease(&call(deps, "GET", "/v1/audit/verify", &t.key).await);
+    clock.advance(chrono::Duration::seconds(2));
+    let (status, _, report) = call(deps, "GET", "/v1/audit/verify", &t.key).await;
+    assert_eq!(
+        (status, &report["valid"]),
+        (200, &Value::Bool(true)),
+        "{report}"
+    );
+}
+
+on_both_backends!(
+    two_concurrent_verifies_of_one_tenant_answer_one_200_and_one_429,
+    an_export_holds_its_tenants_lease_until_its_body_has_been_read,
+    a_heavy_answer_dropped_unread_gives_its_lease_back,
+    a_heavy_request_its_handler_refuses_gives_its_lease_back_at_once,
+    a_lease_whose_process_died_is_taken_over_once_it_lapses,
+);
