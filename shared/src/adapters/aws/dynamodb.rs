@@ -367,6 +367,19 @@ impl DynamoStore {
         self.clock.now().timestamp_millis()
     }
 
+    /// One `PutItem` of `item` as it is, with no condition (an audit event parked, an
+    /// audit intent: each under a key of its own).
+    async fn put_unconditional(&self, item: Item) -> Result<(), StoreError> {
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify("dynamodb put", e))
+    }
+
     /// One shard's live intents with sort keys from `lo` to `hi`, oldest first, at most
     /// `limit`: an item that does not read as an intent is in its place, unreadable.
     async fn stale_intents_of_shard(
@@ -2180,14 +2193,7 @@ impl AuditLog for DynamoStore {
                 .with_gsi1(keys::audit_parked_gsi1(&event.chain, &event.id)),
             event.expires_at,
         )?;
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| classify("dynamodb put", e))
+        self.put_unconditional(item).await
     }
 
     async fn parked(&self, chain: &str, limit: usize) -> Result<Vec<ParkedAudit>, StoreError> {
@@ -2262,14 +2268,7 @@ impl AuditLog for DynamoStore {
             &keys::audit_intent(&intent.id).pairs(),
             intent.expires_at,
         )?;
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| classify("dynamodb put", e))
+        self.put_unconditional(item).await
     }
 
     async fn delete_intent(&self, id: &str) -> Result<(), StoreError> {
