@@ -1601,17 +1601,30 @@ pub enum BroadcastOnce {
     Earlier(RequestKeyRecord),
 }
 
-/// The most messages [`BroadcastStore::record_cancelled`] writes at once: a DynamoDB
+/// The most messages [`BroadcastStore::record_unqueued`] writes at once: a DynamoDB
 /// transaction's 100 items less the broadcast, the balance and the ledger entry.
 pub const CANCELLED_PER_WRITE: usize = 97;
 
-/// What [`BroadcastStore::record_cancelled`] did.
+/// Why [`BroadcastStore::record_unqueued`] closes a broadcast's unqueued recipients, and
+/// so the hold it must find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnqueuedClose {
+    /// A person cancelled it: only while it is cancelled; the messages are `cancelled`.
+    Cancelled,
+    /// It can no longer be sent as accepted (its template or its number changed at Meta
+    /// or in the account since, or its marketing is paused): only while it runs (no hold:
+    /// a pause waits, a cancel closes them as cancelled); the messages are `failed`.
+    Failed,
+}
+
+/// What [`BroadcastStore::record_unqueued`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CancelledRecipients {
     /// The messages, the refund and the progress were written together.
     Written,
-    /// The broadcast is not fanning out, cancelled, with the progress given (another run
-    /// got further, or closed it): nothing written.
+    /// The broadcast is not fanning out, with the hold the close needs (cancelled, or
+    /// none) and the progress given (another run got further, or closed it, or a person
+    /// paused or cancelled it meanwhile): nothing written.
     Moved,
     /// These messages (their positions in the slice given) exist already (a fan-out that
     /// did not know of the cancel recorded them): nothing written.
@@ -1685,14 +1698,17 @@ pub trait BroadcastStore: Send + Sync {
         refund: Option<&LedgerEntry>,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
-    /// The recipients `from..to` of a cancelled broadcast, never queued, closed at once
-    /// instead of one queue job each: atomically, only if the broadcast is `fanning_out`,
-    /// cancelled, with exactly `from` recipients queued, stores `messages` (those of the
-    /// range, already `cancelled`; each only if it does not exist), refunds `refund` (their
-    /// price: credits and ledger entry) and moves the progress to `to`. Nothing is written
-    /// when it answers `Moved` or `Recorded`; `NotFound` (nothing written) when the refund's
-    /// tenant is gone. At most [`CANCELLED_PER_WRITE`] messages (one DynamoDB transaction).
-    async fn record_cancelled(
+    /// The recipients `from..to` of a broadcast, never queued, closed at once instead of
+    /// one queue job each: atomically, only if the broadcast is `fanning_out` with exactly
+    /// `from` recipients queued and, for `closing` [`UnqueuedClose::Cancelled`], cancelled,
+    /// for [`UnqueuedClose::Failed`], without a hold, stores `messages` (those of the range
+    /// not recorded yet, already `cancelled` or `failed`; each only if it does not exist),
+    /// refunds `refund` (their price: credits and ledger entry), and moves the progress to
+    /// `to`. Nothing is written when it answers `Moved` or `Recorded`; `NotFound` (nothing written) when
+    /// the refund's tenant is gone. At most [`CANCELLED_PER_WRITE`] messages (one DynamoDB
+    /// transaction).
+    #[allow(clippy::too_many_arguments)]
+    async fn record_unqueued(
         &self,
         tenant: &TenantId,
         id: &str,
@@ -1700,6 +1716,7 @@ pub trait BroadcastStore: Send + Sync {
         to: usize,
         messages: &[MessageRecord],
         refund: Option<&LedgerEntry>,
+        closing: UnqueuedClose,
     ) -> Result<CancelledRecipients, StoreError>;
     /// Moves a scheduled broadcast to `fanning_out` (recording `started_at`), only if it
     /// is still `scheduled`: `false` otherwise (cancelled, or a duplicate trigger).

@@ -20,7 +20,7 @@ use crate::domain::{
 };
 use crate::ports::{
     Broadcast, BroadcastControl, BroadcastOnce, BroadcastStatus, CancelledRecipients,
-    RequestKeyRecord, TenantStatus, CANCELLED_PER_WRITE,
+    RequestKeyRecord, TenantStatus, UnqueuedClose, CANCELLED_PER_WRITE,
 };
 use crate::store_error::StoreError;
 
@@ -1272,15 +1272,130 @@ pub const PAUSED_RECHECK: Duration = Duration::from_secs(30);
 /// time to record and queue them (a slice's writes take seconds on DynamoDB).
 pub const FANOUT_LEAD: Duration = Duration::from_secs(30);
 
-/// The messages a second a broadcast's recipients are queued at: the pace the throughput
-/// limiter keeps for its number's tier (`throttle::pace`). `None` when the tenant or the
-/// number cannot be read now.
-async fn sending_pace(deps: &Deps, tenant_id: &TenantId, from: Option<&str>) -> Option<u32> {
-    let tenant = deps.tenants.tenant_for_access(tenant_id).await.ok()??;
-    let number = super::numbers::sender(deps, &tenant, from).await.ok()?;
-    Some(super::throttle::pace(super::numbers::tier(
+/// Whether a broadcast's next slice may go as accepted ([`sendable_now`]).
+enum Sendable {
+    /// It may: with this content (the catalogue's category now), at this pace (the
+    /// messages a second its recipients are queued at: what the throughput limiter keeps
+    /// for its number's tier, `throttle::pace`; `None` when the tenant is gone).
+    Yes {
+        content: crate::domain::Content,
+        pace: Option<u32>,
+    },
+    /// It may not: why each recipient not queued yet fails, and its metric's class.
+    No(Unsendable),
+}
+
+/// Why a broadcast's recipients not queued yet fail without being queued.
+#[derive(Clone, Debug)]
+struct Unsendable {
+    error: crate::domain::MessageError,
+    class: &'static str,
+}
+
+fn unsendable(code: &str, title: &str, class: &'static str) -> Sendable {
+    Sendable::No(Unsendable {
+        error: crate::domain::MessageError {
+            code: code.into(),
+            title: title.into(),
+        },
+        class,
+    })
+}
+
+/// Looks again, before a slice, at what a broadcast accepted days ago may no longer be:
+/// its number (removed from the account: `sender_removed`; held since Meta limited it:
+/// `sender_held`, retryable), its template in the WABA's catalogue (deleted:
+/// `template_not_found`; paused, disabled or rejected: `template_not_approved`; edited to
+/// other parameters: `template_parameters_mismatch`) and the marketing pause
+/// (`marketing_paused`, for the catalogue's category now). Reads go through the warm
+/// caches the send path uses (the tenant, its number, the catalogue template: at most one
+/// read each per slice, none when cached; the quality counters only for a marketing
+/// template under the pause). A read that fails is an error (the job is retried), never a
+/// close.
+async fn sendable_now(deps: &Deps, job: &FanoutJob, b: &Broadcast) -> Result<Sendable, StoreError> {
+    let store = |e: ServiceError| match e {
+        ServiceError::Unavailable(e) => e,
+        other => StoreError::Corrupt(other.to_string()),
+    };
+    let Some(tenant) = deps.tenants.tenant_for_access(&job.tenant_id).await? else {
+        // Gone: its messages fail at the dispatcher, as any queued message's.
+        return Ok(Sendable::Yes {
+            content: job.content.clone(),
+            pace: None,
+        });
+    };
+    let number = match super::numbers::sender(deps, &tenant, b.from.as_deref()).await {
+        Ok(n) => n,
+        // Removed: its messages fail at the dispatcher, as any queued message's.
+        Err(ServiceError::UnknownSender(_)) => {
+            return Ok(Sendable::Yes {
+                content: job.content.clone(),
+                pace: None,
+            })
+        }
+        Err(e) => return Err(store(e)),
+    };
+    let pace = Some(super::throttle::pace(super::numbers::tier(
         deps, &tenant, &number,
-    )))
+    )));
+    let crate::domain::Content::Template {
+        template,
+        components,
+    } = &job.content
+    else {
+        return Ok(Sendable::Yes {
+            content: job.content.clone(),
+            pace,
+        });
+    };
+    let request = super::templates::TemplateRequest {
+        name: template.name.clone(),
+        language: template.language.clone(),
+        // The catalogue's category now, whatever it was when accepted.
+        category: None,
+        components: components.clone(),
+    };
+    let content = match super::templates::resolve(deps, &number.waba_id, request).await {
+        Ok(c) => c,
+        Err(ServiceError::TemplateNotFound(_)) => {
+            return Ok(unsendable(
+                "template_not_found",
+                "the template was removed from the account's catalogue before it was sent",
+                "template",
+            ))
+        }
+        Err(ServiceError::TemplateNotApproved(_)) => {
+            return Ok(unsendable(
+                "template_not_approved",
+                "the template was no longer approved at Meta (paused, disabled or rejected) when it was to be sent",
+                "template",
+            ))
+        }
+        Err(ServiceError::TemplateParametersMismatch(_)) => {
+            return Ok(unsendable(
+                "template_parameters_mismatch",
+                "the template was edited at Meta since it was accepted; its parameters no longer match",
+                "template",
+            ))
+        }
+        Err(e) => return Err(store(e)),
+    };
+    let category = content.template_ref().map(|t| t.category);
+    match super::quality::check_send(deps, &job.tenant_id, category).await {
+        Ok(()) => {}
+        Err(ServiceError::MarketingPaused) => {
+            return Ok(unsendable(
+                "marketing_paused",
+                "marketing templates were paused for the account (its opt-out or undeliverable rate) before it was sent",
+                "marketing_paused",
+            ))
+        }
+        Err(e) => return Err(store(e)),
+    }
+    if category != Some(template.category) {
+        tracing::info!(broadcast_id = %b.id, "broadcast's template recategorised since it was accepted; sent in the catalogue's category");
+    }
+    Ok(Sendable::Yes { content, pace })
 }
 
 /// `n` whole seconds.
@@ -1420,7 +1535,23 @@ pub async fn fan_out_in_slices(
         return Ok(Outcome::Done);
     };
     if b.control == Some(BroadcastControl::Cancelled) {
-        return close_cancelled(deps, job, &b, &list, slice).await;
+        return close_unqueued(deps, job, &b, &list, slice, &Closing::Cancelled).await;
+    }
+    // What Meta or the account changed since it was accepted (its template, the marketing
+    // pause), looked at before each slice (so at its start too): its recipients not queued
+    // yet are closed `failed`, refunded, in batches, rather than each queued, claimed and
+    // sent for Meta to refuse; a recategorised template goes out in the catalogue's category
+    // (its opt-out scope), at the price accepted.
+    let (content, pace) = match sendable_now(deps, job, &b).await? {
+        Sendable::Yes { content, pace } => (content, pace),
+        Sendable::No(why) => {
+            return close_unqueued(deps, job, &b, &list, slice, &Closing::Failed(why)).await
+        }
+    };
+    if let Some(t) = content.template_ref() {
+        // Its messages record the template as they are sent (the broadcast keeps what was
+        // accepted).
+        b.template = t.clone();
     }
     let start = b.enqueued.min(list.len());
     let mut end = (start + slice.max(1)).min(list.len());
@@ -1431,7 +1562,6 @@ pub async fn fan_out_in_slices(
     // the throughput limiter and given back again and again, each time paying its reads,
     // claim and release). Unknown rate (a read failed): queued at once, as the limiter
     // still holds the number to its tier.
-    let pace = sending_pace(deps, &job.tenant_id, b.from.as_deref()).await;
     let paced_from = job.paced_from.filter(|at| *at > now).unwrap_or(now);
     // Each second of the pace gets `pace` recipients, due together at its start; a queue
     // batch (at most SQS's 10) never spans two seconds, so no second is offered more than
@@ -1452,7 +1582,7 @@ pub async fn fan_out_in_slices(
             let body = QueueJob::Send(DispatchJob {
                 tenant_id: job.tenant_id.clone(),
                 message_id: id,
-                content: job.content.clone(),
+                content: content.clone(),
                 request_id: job.request_id.clone(),
                 send_at: None,
                 broadcast_id: Some(b.id.clone()),
@@ -1484,7 +1614,7 @@ pub async fn fan_out_in_slices(
             // Paused or cancelled since this run read it: no more of its recipients are
             // recorded and queued (they would only wait on the queue, or each be refunded
             // by its own job); the next job, below, waits out the pause or closes what the
-            // cancel left (`close_cancelled`). A read that fails goes on, as before.
+            // cancel left (`close_unqueued`). A read that fails goes on, as before.
             if done < end && held_since(deps, &job.tenant_id, &b.id).await {
                 tracing::info!(
                     enqueued = done,
@@ -1563,27 +1693,54 @@ fn recipient_message(
     }
 }
 
-/// A cancelled broadcast's recipients not queued yet, the next `slice` of them: recorded
-/// `cancelled` and refunded, [`CANCELLED_PER_WRITE`] at a time in one conditional write
-/// each (`BroadcastStore::record_cancelled`), instead of one job each on the queue every
-/// tenant's sends share: a cancelled campaign of 10,000 put 10,000 jobs ahead of every
-/// other tenant's messages, and as many refund writes on one balance. Exactly as the
-/// dispatcher would have ended them (status, error, refund, counts, `recipients.csv`),
-/// without a status callback each (none of them was ever queued). A recipient that a
-/// fan-out which did not know of the cancel recorded meanwhile keeps its message: its own
-/// job cancels and refunds it, and it is not in this write's refund. The rest continues in
-/// a fresh queue message, as a fan-out does; one that finds the progress moved (another
-/// run, or this write's own answer lost) looks again in a fresh one.
-async fn close_cancelled(
+/// Why [`close_unqueued`] closes a broadcast's recipients not queued yet.
+enum Closing {
+    /// A person cancelled it: each `cancelled`, refunded.
+    Cancelled,
+    /// It can no longer go as accepted ([`sendable_now`]): each `failed`, refunded.
+    Failed(Unsendable),
+}
+
+/// A cancelled broadcast's recipients not queued yet, or those of one that can no longer
+/// go as accepted ([`Closing`]), the next `slice` of them: recorded `cancelled` (or
+/// `failed` with the reason) and refunded, [`CANCELLED_PER_WRITE`] at a time in one
+/// conditional write each (`BroadcastStore::record_unqueued`), instead of one job each on
+/// the queue every tenant's sends share: a cancelled campaign of 10,000 put 10,000 jobs
+/// ahead of every other tenant's messages, and as many refund writes on one balance.
+/// Exactly as the dispatcher would have ended them (status, error, refund, counts,
+/// `recipients.csv`), without a status callback each (none of them was ever queued). A
+/// recipient that a fan-out which did not know of it recorded meanwhile keeps its message:
+/// it is cancelled (or failed) with its own refund here if still `accepted`, and it is not
+/// in this write's refund. The rest continues in a fresh queue message, as a fan-out does;
+/// one that finds the progress moved (another run, this write's own answer lost, or a
+/// pause or cancel since) looks again in a fresh one.
+async fn close_unqueued(
     deps: &Deps,
     job: &FanoutJob,
     b: &Broadcast,
     list: &[PhoneNumber],
     slice: usize,
+    closing: &Closing,
 ) -> Result<Outcome, StoreError> {
     let start = b.enqueued.min(list.len());
     let end = (start + slice.max(1)).min(list.len());
     let now = deps.clock.now();
+    let (status, error, reason, class, kind) = match closing {
+        Closing::Cancelled => (
+            MessageStatus::Cancelled,
+            super::send::cancelled_error(),
+            "broadcast cancelled before these recipients were queued".to_owned(),
+            "cancelled",
+            UnqueuedClose::Cancelled,
+        ),
+        Closing::Failed(why) => (
+            MessageStatus::Failed,
+            why.error.clone(),
+            format!("broadcast recipients not sent: {}", why.error.code),
+            why.class,
+            UnqueuedClose::Failed,
+        ),
+    };
     let mut closed = 0usize;
     let mut done = start;
     while done < end {
@@ -1591,12 +1748,10 @@ async fn close_cancelled(
         let mut messages: Vec<MessageRecord> = (done..upto)
             .map(|i| {
                 let mut m = recipient_message(b, i, &list[i], now);
-                m.status = MessageStatus::Cancelled;
-                m.error = Some(super::send::cancelled_error());
-                m.events.push(StatusEvent {
-                    status: MessageStatus::Cancelled,
-                    at: now,
-                });
+                m.status = status;
+                m.error = Some(error.clone());
+                m.refunded = status == MessageStatus::Failed;
+                m.events.push(StatusEvent { status, at: now });
                 m
             })
             .collect();
@@ -1608,18 +1763,26 @@ async fn close_cancelled(
                     &b.tenant_id,
                     &Charge::Broadcast(b.id.clone()),
                     amount,
-                    "broadcast cancelled before these recipients were queued",
+                    &reason,
                     now,
                 )
             });
             match deps
                 .broadcasts
-                .record_cancelled(&b.tenant_id, &b.id, done, upto, &messages, refund.as_ref())
+                .record_unqueued(
+                    &b.tenant_id,
+                    &b.id,
+                    done,
+                    upto,
+                    &messages,
+                    refund.as_ref(),
+                    kind,
+                )
                 .await?
             {
                 CancelledRecipients::Written => break,
                 CancelledRecipients::Moved => {
-                    tracing::info!(broadcast_id = %b.id, "cancelled broadcast's progress moved; looking again");
+                    tracing::info!(broadcast_id = %b.id, "broadcast's progress or hold moved while closing its unqueued recipients; looking again");
                     let body = QueueJob::BroadcastFanout(job.clone())
                         .to_body()
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -1627,9 +1790,10 @@ async fn close_cancelled(
                     return Ok(Outcome::Done);
                 }
                 CancelledRecipients::Recorded(positions) => {
-                    // Recorded by another run, out of this write: each cancelled with its own
-                    // refund if still `accepted` (its job may never have been queued: a
-                    // slice recorded, then its queue send failed), as the dispatcher would.
+                    // Recorded by another run, out of this write: each cancelled (or failed)
+                    // with its own refund if still `accepted` (its job may never have been
+                    // queued: a slice recorded, then its queue send failed), as the
+                    // dispatcher would.
                     let before = messages.len();
                     let mut at = 0usize;
                     let mut recorded = Vec::new();
@@ -1643,11 +1807,26 @@ async fn close_cancelled(
                     });
                     if messages.len() == before {
                         return Err(StoreError::Corrupt(
-                            "record_cancelled named no message of its slice".into(),
+                            "record_unqueued named no message of its slice".into(),
                         ));
                     }
                     for id in recorded {
-                        closed += usize::from(cancel_recorded(deps, b, &id).await?);
+                        let ended = match closing {
+                            Closing::Cancelled => cancel_recorded(deps, b, &id).await?,
+                            Closing::Failed(why) => super::deadline::fail_and_refund(
+                                deps,
+                                &b.tenant_id,
+                                &id,
+                                Some(&b.id),
+                                MessageStatus::Accepted,
+                                b.price_each,
+                                why.error.clone(),
+                                &format!("message not sent: {}", why.error.code),
+                            )
+                            .await?
+                            .is_some(),
+                        };
+                        closed += usize::from(ended);
                     }
                 }
             }
@@ -1656,13 +1835,13 @@ async fn close_cancelled(
         done = upto;
     }
     if closed > 0 {
-        crate::metrics::failed_n("cancelled", closed);
+        crate::metrics::failed_n(class, closed);
     }
     let finished = end == list.len();
     deps.broadcasts
         .broadcast_progress(&b.tenant_id, &b.id, end, finished)
         .await?;
-    tracing::info!(broadcast_id = %b.id, closed, enqueued = end, total = list.len(), "cancelled broadcast's unqueued recipients closed, refunded");
+    tracing::info!(broadcast_id = %b.id, closed, code = %error.code, enqueued = end, total = list.len(), "broadcast's unqueued recipients closed, refunded");
     if !finished {
         let mut next = job.clone();
         next.paced_from = None;

@@ -2464,7 +2464,7 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
             .close_broadcast_unsent(tenant, id, enqueued, unsent, refund, at)
             .await
     }
-    async fn record_cancelled(
+    async fn record_unqueued(
         &self,
         tenant: &kirim::domain::TenantId,
         id: &str,
@@ -2472,9 +2472,10 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
         to: usize,
         messages: &[kirim::domain::MessageRecord],
         refund: Option<&kirim::ports::LedgerEntry>,
+        closing: kirim::ports::UnqueuedClose,
     ) -> Result<kirim::ports::CancelledRecipients, kirim::store_error::StoreError> {
         self.inner
-            .record_cancelled(tenant, id, from, to, messages, refund)
+            .record_unqueued(tenant, id, from, to, messages, refund, closing)
             .await
     }
     async fn start_broadcast(

@@ -1134,7 +1134,197 @@ async fn a_completed_campaign_shows_when_its_last_message_was_handed_to_meta(b: 
     assert_eq!(listed[0].completed_at, Some(at(3)), "listed the same");
 }
 
+/// The view once `done(view)` holds (at most 15 s).
+async fn view_once(app: &TestApp, key: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let mut view = Value::Null;
+    for _ in 0..150 {
+        view = broadcast_view(app, key, id).await;
+        if done(&view) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    view
+}
+
+/// A scheduled campaign whose template Meta paused after it was accepted: at `send_at` its
+/// recipients are closed `failed` (`template_not_approved`) and refunded by its fan-out,
+/// none of them queued, claimed or sent for Meta to refuse each (132015).
+async fn a_scheduled_campaign_whose_template_meta_paused_meanwhile_sends_nothing_and_is_refunded(
+    b: Backend,
+) {
+    let (app, clock) = app_with_clock(b).await;
+    let t = app.onboard(10).await;
+    let to = ["+60123459401", "+60123459402", "+60123459403"];
+    let (status, body) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        "/v1/broadcasts",
+        Some(json!({"template": template_of("utility"), "recipients": to,
+                    "send_at": in_minutes(&clock, 2)})),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(app.credits(&t.key).await, 7);
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    app.sandbox_template(
+        "1000001",
+        "order_update",
+        "en_US",
+        json!({"status": "paused"}),
+    )
+    .await;
+    clock.advance(chrono::Duration::minutes(2));
+    let view = view_once(&app, &t.key, &id, |v| v["counts"]["failed"] == 3).await;
+    assert_eq!(view["counts"]["failed"], 3, "{view}");
+    assert_eq!(view["status"], "completed", "{view}");
+    assert_eq!(
+        view["failures"][0]["code"], "template_not_approved",
+        "{view}"
+    );
+    assert_eq!(view["failures"][0]["count"], 3, "{view}");
+    let_hops_pass().await;
+    assert_eq!(
+        sandbox_count(&app, &to),
+        0,
+        "nothing sent for Meta to refuse"
+    );
+    assert_eq!(app.credits(&t.key).await, 10, "refunded whole");
+    // Not a failure a retry may fix (the template is what failed).
+    let (status, _) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        &format!("/v1/broadcasts/{id}/retry-failed"),
+        Some(json!({"components": template_of("utility")["components"]})),
+    )
+    .await;
+    assert_eq!(status, 409);
+}
+
+/// A utility campaign scheduled to someone who opted out of marketing only, whose template
+/// Meta moved to marketing before `send_at`: it goes out as the catalogue has it then, so
+/// the marketing opt-out applies (that recipient fails `recipient_opted_out`, refunded, and
+/// is not sent); the other recipient is sent.
+async fn a_scheduled_utility_campaign_recategorised_as_marketing_skips_marketing_opt_outs(
+    b: Backend,
+) {
+    let (app, clock) = app_with_clock(b).await;
+    let t = app.onboard(10).await;
+    let (opted, other) = ("+60123459501", "+60123459502");
+    let res = app
+        .http
+        .put(app.url(&format!("/v1/opt-outs/{}", opted.replace('+', "%2B"))))
+        .bearer_auth(&t.key)
+        .json(&json!({"scope": "marketing"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (status, body) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        "/v1/broadcasts",
+        Some(
+            json!({"template": template_of("utility"), "recipients": [opted, other],
+                    "send_at": in_minutes(&clock, 2)}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        body["accepted"], 2,
+        "a utility template ignores a marketing opt-out"
+    );
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    app.sandbox_template(
+        "1000001",
+        "order_update",
+        "en_US",
+        json!({"category": "marketing"}),
+    )
+    .await;
+    clock.advance(chrono::Duration::minutes(2));
+    let view = view_once(&app, &t.key, &id, |v| {
+        v["counts"]["failed"] == 1 && v["counts"]["read"] == 1
+    })
+    .await;
+    assert_eq!(
+        (&view["counts"]["failed"], &view["counts"]["read"]),
+        (&json!(1), &json!(1)),
+        "{view}"
+    );
+    assert_eq!(view["failures"][0]["code"], "recipient_opted_out", "{view}");
+    assert_eq!(
+        sandbox_count(&app, &[opted]),
+        0,
+        "not sent to the opted-out"
+    );
+    assert_eq!(sandbox_count(&app, &[other]), 1);
+    assert_eq!(app.credits(&t.key).await, 9, "the opted-out one refunded");
+}
+
+/// A marketing campaign scheduled before the tenant's quality was flagged, with the
+/// marketing pause on: at `send_at` its recipients fail `marketing_paused`, refunded,
+/// none sent (the pause acts before Meta restricts the number).
+async fn a_scheduled_marketing_campaign_of_a_tenant_flagged_meanwhile_fails_marketing_paused(
+    b: Backend,
+) {
+    let clock = ManualClock::new();
+    let mut cfg = local_config(b).await;
+    cfg.clock = LocalClock(clock.clone());
+    cfg.settings.quality.min_volume = 2;
+    cfg.settings.quality.pause_marketing = true;
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(10).await;
+    let to = ["+60123459601", "+60123459602"];
+    let (status, body) = call(
+        &app,
+        &t.key,
+        Method::POST,
+        "/v1/broadcasts",
+        Some(
+            json!({"template": template_of("marketing"), "recipients": to,
+                    "send_at": in_minutes(&clock, 2)}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    // Two undeliverable sends flag it.
+    for to in ["+60123450001", "+60123460001"] {
+        let m = app.send_ok(&t.key, to).await;
+        assert_eq!(
+            app.wait_status(&t.key, &m, "failed").await["error"]["code"],
+            131026
+        );
+    }
+    let mut flagged = false;
+    for _ in 0..150 {
+        let (_, account) = call(&app, &t.key, Method::GET, "/v1/account", None).await;
+        flagged = account["quality"]["flagged"] == true;
+        if flagged {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(flagged, "the tenant is flagged");
+    let before = app.credits(&t.key).await;
+    clock.advance(chrono::Duration::minutes(2));
+    let view = view_once(&app, &t.key, &id, |v| v["counts"]["failed"] == 2).await;
+    assert_eq!(view["counts"]["failed"], 2, "{view}");
+    assert_eq!(view["failures"][0]["code"], "marketing_paused", "{view}");
+    let_hops_pass().await;
+    assert_eq!(sandbox_count(&app, &to), 0, "none sent");
+    assert_eq!(app.credits(&t.key).await, before + 2, "refunded");
+}
+
 on_both_backends!(
+    a_scheduled_campaign_whose_template_meta_paused_meanwhile_sends_nothing_and_is_refunded,
+    a_scheduled_utility_campaign_recategorised_as_marketing_skips_marketing_opt_outs,
+    a_scheduled_marketing_campaign_of_a_tenant_flagged_meanwhile_fails_marketing_paused,
     a_campaigns_messages_are_listed_by_the_campaigns_acceptance_not_their_fan_out,
     a_closed_tenants_scheduled_message_and_campaign_end_refunded_before_their_time,
     a_scheduled_broadcast_starts_after_its_send_at_and_not_before,

@@ -609,7 +609,15 @@ async fn a_cancelled_broadcasts_unqueued_recipients_are_recorded_and_refunded_in
         let (t, b) = (&t, &b);
         async move {
             p.broadcasts
-                .record_cancelled(&t.id, &b.id, from, from + 3, &ms, Some(&r))
+                .record_unqueued(
+                    &t.id,
+                    &b.id,
+                    from,
+                    from + 3,
+                    &ms,
+                    Some(&r),
+                    UnqueuedClose::Cancelled,
+                )
                 .await
         }
     };
@@ -708,8 +716,90 @@ async fn a_cancelled_broadcasts_unqueued_recipients_are_recorded_and_refunded_in
     assert_eq!(credits().await, before + 2);
 }
 
+/// A broadcast's unqueued recipients closed `failed` (it can no longer go as accepted) in
+/// one write: only while it runs (a pause or a cancel refuses it, nothing written), from the
+/// progress given; written, it stores them, refunds them and moves the progress, once.
+async fn a_failed_close_of_unqueued_recipients_is_written_only_while_the_broadcast_runs(p: Ports) {
+    let (t, b, _) = broadcast_with_messages(&p, 0).await;
+    let credits = || async { p.tenants.get_tenant(&t.id).await.unwrap().unwrap().credits };
+    let before = credits().await;
+    let now = p.clock.now();
+    let ms: Vec<_> = (0..3)
+        .map(|i: usize| {
+            let (mut m, _) = message(&p, &t.id, 3600);
+            m.id = MessageId::from_trusted(
+                ulid::Ulid::from_parts(b.created_at.timestamp_millis() as u64, i as u128 + 1)
+                    .to_string(),
+            );
+            m.broadcast_id = Some(b.id.clone());
+            m.status = MessageStatus::Failed;
+            m
+        })
+        .collect();
+    let refund = || {
+        let (_, mut r) = message(&p, &t.id, 3600);
+        r.kind = LedgerKind::Refund;
+        r.amount = 3;
+        r.message_id = None;
+        r
+    };
+    let write = |from: usize| {
+        let (p, t, b, ms, r) = (&p, &t, &b, ms.clone(), refund());
+        async move {
+            p.broadcasts
+                .record_unqueued(
+                    &t.id,
+                    &b.id,
+                    from,
+                    from + 3,
+                    &ms,
+                    Some(&r),
+                    UnqueuedClose::Failed,
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let control = |from: Option<BroadcastControl>, to: Option<BroadcastControl>| {
+        let (p, t, b) = (&p, &t, &b);
+        async move {
+            assert!(p
+                .broadcasts
+                .set_broadcast_control(&t.id, &b.id, &[from], to, now)
+                .await
+                .unwrap());
+        }
+    };
+    control(None, Some(BroadcastControl::Paused)).await;
+    assert_eq!(write(0).await, CancelledRecipients::Moved, "paused");
+    control(Some(BroadcastControl::Paused), None).await;
+    assert_eq!(
+        write(1).await,
+        CancelledRecipients::Moved,
+        "not its progress"
+    );
+    assert_eq!(write(0).await, CancelledRecipients::Written);
+    assert_eq!(credits().await, before + 3);
+    let read = p
+        .broadcasts
+        .get_broadcast(&t.id, &b.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.enqueued, 3);
+    for m in &ms {
+        let got = p.messages.get_message(&t.id, &m.id).await.unwrap().unwrap();
+        assert_eq!(got.status, MessageStatus::Failed);
+    }
+    assert_eq!(write(0).await, CancelledRecipients::Moved, "once");
+    control(None, Some(BroadcastControl::Cancelled)).await;
+    assert_eq!(write(3).await, CancelledRecipients::Moved, "cancelled");
+    assert_eq!(credits().await, before + 3);
+}
+
 contract!(
     a_cancelled_broadcasts_unqueued_recipients_are_recorded_and_refunded_in_one_write_or_not_at_all,
+    a_failed_close_of_unqueued_recipients_is_written_only_while_the_broadcast_runs,
     a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_and_a_held_one_stays_as_it_was,
     concurrent_retries_of_one_broadcast_write_one_and_debit_once,
     a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once,

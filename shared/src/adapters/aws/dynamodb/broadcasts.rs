@@ -15,7 +15,8 @@ use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore,
 use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
     Broadcast, BroadcastClaim, BroadcastControl, BroadcastOnce, BroadcastStatus, BroadcastStore,
-    BroadcastTally, CancelledRecipients, LedgerEntry, RequestKeyRecord, ALREADY_RETRIED,
+    BroadcastTally, CancelledRecipients, LedgerEntry, RequestKeyRecord, UnqueuedClose,
+    ALREADY_RETRIED,
 };
 use crate::store_error::StoreError;
 
@@ -268,7 +269,7 @@ impl BroadcastStore for DynamoStore {
         }
     }
 
-    async fn record_cancelled(
+    async fn record_unqueued(
         &self,
         tenant: &TenantId,
         id: &str,
@@ -276,18 +277,28 @@ impl BroadcastStore for DynamoStore {
         to: usize,
         messages: &[MessageRecord],
         refund: Option<&LedgerEntry>,
+        closing: UnqueuedClose,
     ) -> Result<CancelledRecipients, StoreError> {
         let u = Update::builder()
             .table_name(&self.table)
             .set_key(Some(keys::broadcast(tenant, id).attrs()))
             .update_expression("SET enqueued = :to")
-            .condition_expression(
-                "#status = :fanning AND #control = :cancelled AND enqueued = :from",
-            )
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#control", "control")
-            .expression_attribute_values(":fanning", s(BroadcastStatus::FanningOut.as_str()))
-            .expression_attribute_values(":cancelled", s(BroadcastControl::Cancelled.as_str()))
+            .expression_attribute_values(":fanning", s(BroadcastStatus::FanningOut.as_str()));
+        // Cancelled: only while it is; failed: only while it runs (a pause waits, a cancel
+        // closes them as cancelled instead).
+        let u = match closing {
+            UnqueuedClose::Cancelled => u
+                .condition_expression(
+                    "#status = :fanning AND #control = :cancelled AND enqueued = :from",
+                )
+                .expression_attribute_values(":cancelled", s(BroadcastControl::Cancelled.as_str())),
+            UnqueuedClose::Failed => u.condition_expression(
+                "#status = :fanning AND attribute_not_exists(#control) AND enqueued = :from",
+            ),
+        };
+        let u = u
             .expression_attribute_values(":from", n(from as i64))
             .expression_attribute_values(":to", n(to as i64))
             .build()

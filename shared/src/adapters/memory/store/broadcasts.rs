@@ -8,7 +8,8 @@ use super::{message_key, MemoryStore};
 use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
     Broadcast, BroadcastClaim, BroadcastControl, BroadcastOnce, BroadcastStatus, BroadcastStore,
-    BroadcastTally, CancelledRecipients, LedgerEntry, RequestKeyRecord, ALREADY_RETRIED,
+    BroadcastTally, CancelledRecipients, LedgerEntry, RequestKeyRecord, UnqueuedClose,
+    ALREADY_RETRIED,
 };
 use crate::store_error::StoreError;
 
@@ -187,7 +188,7 @@ impl BroadcastStore for MemoryStore {
         Ok(true)
     }
 
-    async fn record_cancelled(
+    async fn record_unqueued(
         &self,
         tenant: &TenantId,
         id: &str,
@@ -195,6 +196,7 @@ impl BroadcastStore for MemoryStore {
         to: usize,
         messages: &[MessageRecord],
         refund: Option<&LedgerEntry>,
+        closing: UnqueuedClose,
     ) -> Result<CancelledRecipients, StoreError> {
         // One lock for the broadcast, the messages, the balance and the entry, as one
         // transaction.
@@ -202,7 +204,11 @@ impl BroadcastStore for MemoryStore {
         let key = (tenant.clone(), id.to_owned());
         let open = s.broadcasts.get(&key).is_some_and(|b| {
             b.status == BroadcastStatus::FanningOut
-                && b.control == Some(BroadcastControl::Cancelled)
+                && b.control
+                    == match closing {
+                        UnqueuedClose::Cancelled => Some(BroadcastControl::Cancelled),
+                        UnqueuedClose::Failed => None,
+                    }
                 && b.enqueued == from
         });
         if !open {
