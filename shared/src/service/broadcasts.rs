@@ -1326,15 +1326,22 @@ async fn sendable_now(deps: &Deps, job: &FanoutJob, b: &Broadcast) -> Result<Sen
     };
     let number = match super::numbers::sender(deps, &tenant, b.from.as_deref()).await {
         Ok(n) => n,
-        // Removed: its messages fail at the dispatcher, as any queued message's.
         Err(ServiceError::UnknownSender(_)) => {
-            return Ok(Sendable::Yes {
-                content: job.content.clone(),
-                pace: None,
-            })
+            return Ok(unsendable(
+                "sender_removed",
+                "the phone number it was to be sent from was removed from the account",
+                "tenant_config",
+            ))
         }
         Err(e) => return Err(store(e)),
     };
+    if number.hold.is_some() {
+        return Ok(unsendable(
+            "sender_held",
+            "the phone number it was to be sent from was held (Meta limited it)",
+            "sender_held",
+        ));
+    }
     let pace = Some(super::throttle::pace(super::numbers::tier(
         deps, &tenant, &number,
     )));

@@ -605,6 +605,164 @@ async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_jo
     assert_eq!(app.credits(&t.key).await, before + n as i64);
 }
 
+/// The fan-out jobs and the dispatch jobs among what a queue recorded.
+fn recorded_jobs(
+    queue: &Recording,
+) -> (
+    Vec<kirim::service::jobs::FanoutJob>,
+    Vec<kirim::service::jobs::DispatchJob>,
+) {
+    use kirim::service::jobs::QueueJob;
+    let (mut fan_outs, mut sends) = (Vec::new(), Vec::new());
+    for (body, _) in queue.take() {
+        match QueueJob::parse(&body.to_string()) {
+            Some(QueueJob::BroadcastFanout(f)) => fan_outs.push(f),
+            Some(QueueJob::Send(d)) => sends.push(d),
+            other => panic!("{other:?}"),
+        }
+    }
+    (fan_outs, sends)
+}
+
+/// A campaign whose number is removed from the account after its first slice was queued:
+/// the rest are closed `failed` (`sender_removed`) and refunded by its fan-out, a batch to
+/// a write, not queued as one dispatch job each to fail and be refunded one by one; one
+/// whose number Meta held before it started closes all of them `sender_held` (a failure a
+/// retry may fix).
+async fn a_campaign_whose_number_was_removed_mid_fan_out_closes_the_rest_refunded_without_a_job_each(
+    b: Backend,
+) {
+    use kirim::ports::{BroadcastStatus, LedgerKind};
+    use kirim::service::{broadcasts, numbers, send::TemplateIn};
+    let app = kirim_tests::spawn_app(b).await;
+    let mut deps = app.app.deps.clone();
+    let queue = Recording::new(std::sync::Arc::new(
+        kirim::adapters::memory::MemoryQueue::new(Duration::from_secs(360), 10),
+    ));
+    deps.queue = queue.clone();
+    let first = 300_000 + kirim_tests::rand_u32() % 600_000;
+    let (tenant, _) = promo_tenant(&deps, &first.to_string(), 60).await;
+    let second = (first + 1).to_string();
+    numbers::add(
+        &deps,
+        &tenant.id,
+        serde_json::from_value(json!({"phone_number_id": second, "waba_id": "1"})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let template = || -> TemplateIn {
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap()
+    };
+    let recipients: Vec<String> = (0..30).map(|i| format!("+601235{i:04}3")).collect();
+    let accepted = broadcasts::create(
+        &deps,
+        &tenant.id,
+        template(),
+        recipients.clone(),
+        Some(second.clone()),
+    )
+    .await
+    .unwrap();
+    let credits = || async {
+        deps.tenants
+            .get_tenant(&tenant.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .credits
+    };
+    let (mut fan_outs, _) = recorded_jobs(&queue);
+    broadcasts::fan_out_in_slices(&deps, &fan_outs.remove(0), 10)
+        .await
+        .unwrap();
+    let (mut fan_outs, sends) = recorded_jobs(&queue);
+    assert_eq!(sends.len(), 10, "the first slice queued");
+    numbers::remove(&deps, &tenant.id, &second).await.unwrap();
+    let before = credits().await;
+    let refunds_before = deps
+        .ledger
+        .entries(&tenant.id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == LedgerKind::Refund)
+        .count();
+    let mut runs = 0;
+    while let Some(job) = fan_outs.pop() {
+        broadcasts::fan_out_in_slices(&deps, &job, 10)
+            .await
+            .unwrap();
+        let (next, sends) = recorded_jobs(&queue);
+        assert!(sends.is_empty(), "no dispatch job for the rest");
+        fan_outs.extend(next);
+        runs += 1;
+        assert!(runs < 10, "the fan-out ends");
+    }
+    assert_eq!(credits().await, before + 20, "the 20 not queued refunded");
+    let refunds = deps
+        .ledger
+        .entries(&tenant.id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == LedgerKind::Refund)
+        .count()
+        - refunds_before;
+    assert_eq!(
+        refunds, 2,
+        "one refund entry a slice (of 10), not one a recipient"
+    );
+    let b = deps
+        .broadcasts
+        .get_broadcast(&tenant.id, &accepted.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((b.status, b.enqueued), (BroadcastStatus::Enqueued, 30));
+    let view = broadcasts::view(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!(view.counts.get("failed"), Some(&20), "{view:?}");
+    assert_eq!(view.counts.get("accepted"), Some(&10), "{view:?}");
+    assert_eq!(view.failures[0].code.to_string(), "sender_removed");
+
+    // The default number held by Meta before a campaign from it started: every recipient
+    // closed `sender_held`, refunded, retryable.
+    let accepted = broadcasts::create(&deps, &tenant.id, template(), recipients, None)
+        .await
+        .unwrap();
+    let held = deps.tenants.get_tenant(&tenant.id).await.unwrap().unwrap();
+    numbers::hold_for_meta(
+        &deps,
+        &held,
+        &held.phone_number_id,
+        (131048, "Spam rate limit hit"),
+        "dispatcher",
+        chrono::Utc::now(),
+    )
+    .await;
+    let before = credits().await;
+    let (mut fan_outs, _) = recorded_jobs(&queue);
+    let mut runs = 0;
+    while let Some(job) = fan_outs.pop() {
+        broadcasts::fan_out_in_slices(&deps, &job, 10)
+            .await
+            .unwrap();
+        let (next, sends) = recorded_jobs(&queue);
+        assert!(sends.is_empty(), "no dispatch job from a held number");
+        fan_outs.extend(next);
+        runs += 1;
+        assert!(runs < 10, "the fan-out ends");
+    }
+    assert_eq!(credits().await, before + 30);
+    let view = broadcasts::view(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!(view.counts.get("failed"), Some(&30), "{view:?}");
+    assert_eq!(view.failures[0].code.to_string(), "sender_held");
+    assert!(broadcasts::retryable(&view.failures[0].code));
+}
+
 /// A campaign recipient Meta refuses is refunded with a ledger entry naming both its
 /// message and its campaign (`broadcast {id}: …`): the 7-year ledger ties each refund to the
 /// campaign's one debit after the messages and the campaign (2 years) are gone.
@@ -757,6 +915,12 @@ mod memory_backend {
             .await
     }
     #[tokio::test]
+    async fn a_campaign_whose_number_was_removed_mid_fan_out_closes_the_rest_refunded_without_a_job_each(
+    ) {
+        super::a_campaign_whose_number_was_removed_mid_fan_out_closes_the_rest_refunded_without_a_job_each(Memory)
+            .await
+    }
+    #[tokio::test]
     async fn bad_broadcast_uploads_answer_400_and_change_nothing() {
         super::bad_broadcast_uploads_answer_400_and_change_nothing(Memory).await
     }
@@ -803,6 +967,12 @@ mod aws_backend_on_moto {
     #[tokio::test]
     async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_job_each() {
         super::a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_job_each(Aws)
+            .await
+    }
+    #[tokio::test]
+    async fn a_campaign_whose_number_was_removed_mid_fan_out_closes_the_rest_refunded_without_a_job_each(
+    ) {
+        super::a_campaign_whose_number_was_removed_mid_fan_out_closes_the_rest_refunded_without_a_job_each(Aws)
             .await
     }
     #[tokio::test]
