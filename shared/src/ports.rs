@@ -1778,6 +1778,15 @@ pub trait BroadcastStore: Send + Sync {
         limit: usize,
         after: Option<&MessageId>,
     ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError>;
+    /// [`broadcast_messages`](Self::broadcast_messages) read strongly consistent (on
+    /// DynamoDB twice the read units): for a decision that must see every write made
+    /// before it, as `retry-failed`'s "every message is settled".
+    async fn broadcast_messages_consistent(
+        &self,
+        broadcast: &Broadcast,
+        limit: usize,
+        after: Option<&MessageId>,
+    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError>;
     /// Stores a broadcast's message (already paid for); `false` if it exists already
     /// (a resumed fan-out).
     async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError>;

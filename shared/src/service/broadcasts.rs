@@ -831,10 +831,14 @@ pub async fn retry_failed(
     let mut recipients = Vec::new();
     let mut unsettled = 0usize;
     let mut after: Option<MessageId> = None;
+    // Read consistently (twice the read units, once per retry): a message moved just before
+    // (recorded, or given back for another try) that an eventually consistent page missed
+    // would let the retry through, and that message, failing later for a reason a retry
+    // may fix, could then never be retried.
     loop {
         let (page, next) = deps
             .broadcasts
-            .broadcast_messages(&b, PAGE, after.as_ref())
+            .broadcast_messages_consistent(&b, PAGE, after.as_ref())
             .await?;
         unsettled += page
             .iter()

@@ -763,6 +763,84 @@ async fn a_campaign_whose_number_was_removed_mid_fan_out_closes_the_rest_refunde
     assert!(broadcasts::retryable(&view.failures[0].code));
 }
 
+/// `retry-failed` decides "every message is settled" on a consistent walk of the
+/// campaign's messages: a message that an eventually consistent page would miss (recorded,
+/// or given back for another try, a moment before) keeps the campaign "still sending"
+/// (`409`), rather than letting its one retry through without it (that message, failing
+/// later for a reason a retry may fix, could then never be retried).
+async fn a_retry_of_failures_sees_every_unsettled_message_even_when_a_lagging_walk_would_miss_it(
+    b: Backend,
+) {
+    use kirim::service::{broadcasts, errors::ServiceError, send::TemplateIn};
+    let app = kirim_tests::spawn_app(b).await;
+    let mut deps = app.app.deps.clone();
+    deps.queue = std::sync::Arc::new(kirim::adapters::memory::MemoryQueue::new(
+        Duration::from_secs(360),
+        10,
+    ));
+    let number = 300_000 + kirim_tests::rand_u32() % 600_000;
+    let (tenant, _) = promo_tenant(&deps, &number.to_string(), 10).await;
+    let template: TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
+    let accepted = broadcasts::create(
+        &deps,
+        &tenant.id,
+        template,
+        vec!["+60123570013".into(), "+60123570023".into()],
+        None,
+    )
+    .await
+    .unwrap();
+    let fan_out = next_fan_out(&deps).await;
+    broadcasts::fan_out_in_slices(&deps, &fan_out, 10)
+        .await
+        .unwrap();
+    let bc = deps
+        .broadcasts
+        .get_broadcast(&tenant.id, &accepted.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bc.status, kirim::ports::BroadcastStatus::Enqueued);
+    // The first failed for a reason a retry may fix; the second is still `accepted` (its
+    // job not run yet).
+    let failed = deps
+        .messages
+        .fail_and_refund(
+            &tenant.id,
+            &broadcasts::message_id(&bc, 0),
+            kirim::domain::MessageStatus::Accepted,
+            &kirim::ports::StatusChange {
+                error: Some(kirim::domain::MessageError {
+                    code: "meta_unavailable".into(),
+                    title: "Meta did not answer".into(),
+                }),
+                ..Default::default()
+            },
+            chrono::Utc::now(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(failed, kirim::ports::Transition::Applied(_)));
+    deps.broadcasts = std::sync::Arc::new(LostClaimAnswer {
+        inner: deps.broadcasts.clone(),
+        once: std::sync::atomic::AtomicBool::new(false),
+        pages_read: Default::default(),
+        pages_readable: usize::MAX,
+        lost_moves: false,
+        keys_missed: Default::default(),
+        tallies: Default::default(),
+        pause_on_progress: false,
+        lagging_walk: true,
+    });
+    let retried = broadcasts::retry_failed(&deps, &tenant.id, &accepted.id, vec![], None).await;
+    assert!(
+        matches!(&retried, Err(ServiceError::Conflict(m)) if m.contains("still sending")),
+        "{retried:?}"
+    );
+}
+
 /// A campaign recipient Meta refuses is refunded with a ledger entry naming both its
 /// message and its campaign (`broadcast {id}: …`): the 7-year ledger ties each refund to the
 /// campaign's one debit after the messages and the campaign (2 years) are gone.
@@ -921,6 +999,12 @@ mod memory_backend {
             .await
     }
     #[tokio::test]
+    async fn a_retry_of_failures_sees_every_unsettled_message_even_when_a_lagging_walk_would_miss_it(
+    ) {
+        super::a_retry_of_failures_sees_every_unsettled_message_even_when_a_lagging_walk_would_miss_it(Memory)
+            .await
+    }
+    #[tokio::test]
     async fn bad_broadcast_uploads_answer_400_and_change_nothing() {
         super::bad_broadcast_uploads_answer_400_and_change_nothing(Memory).await
     }
@@ -973,6 +1057,12 @@ mod aws_backend_on_moto {
     async fn a_campaign_whose_number_was_removed_mid_fan_out_closes_the_rest_refunded_without_a_job_each(
     ) {
         super::a_campaign_whose_number_was_removed_mid_fan_out_closes_the_rest_refunded_without_a_job_each(Aws)
+            .await
+    }
+    #[tokio::test]
+    async fn a_retry_of_failures_sees_every_unsettled_message_even_when_a_lagging_walk_would_miss_it(
+    ) {
+        super::a_retry_of_failures_sees_every_unsettled_message_even_when_a_lagging_walk_would_miss_it(Aws)
             .await
     }
     #[tokio::test]
@@ -1368,6 +1458,7 @@ async fn a_pause_during_a_fan_out_run_stops_it_at_its_next_progress_write() {
         keys_missed: Default::default(),
         tallies: Default::default(),
         pause_on_progress: true,
+        lagging_walk: false,
     });
     broadcasts::fan_out_in_slices(&pausing, &fan_out, 1000)
         .await
@@ -1423,6 +1514,7 @@ async fn a_recipients_csv_storage_cannot_read_is_a_503_or_a_cut_off_body_never_a
             keys_missed: Default::default(),
             tallies: Default::default(),
             pause_on_progress: false,
+            lagging_walk: false,
         });
         let uri = format!("/v1/broadcasts/{}/recipients.csv", accepted.id);
         let auth = format!("Bearer {}", key.expose());
@@ -2510,6 +2602,7 @@ async fn a_keyed_campaign_retry_racing_its_first_request_answers_it_not_402() {
         keys_missed: std::sync::atomic::AtomicUsize::new(1),
         tallies: Default::default(),
         pause_on_progress: false,
+        lagging_walk: false,
     });
     let again = create(racing).await.expect("the first's answer, not 402");
     assert!(again.replayed);
@@ -2536,6 +2629,10 @@ struct LostClaimAnswer {
     /// The broadcast is paused (as an operator's pause landing then) just after each
     /// progress write of a fan-out that is not its last.
     pause_on_progress: bool,
+    /// Its eventually consistent walk of a broadcast's messages is a moment behind: it
+    /// leaves out every `accepted` one (a write not replicated yet); the consistent walk
+    /// is exact.
+    lagging_walk: bool,
 }
 
 /// A store's tallies in flight (each yields before it reads, so the others started with it
@@ -2738,7 +2835,30 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
                 "throttled".into(),
             ));
         }
-        self.inner.broadcast_messages(broadcast, limit, after).await
+        let (mut page, next) = self
+            .inner
+            .broadcast_messages(broadcast, limit, after)
+            .await?;
+        if self.lagging_walk {
+            page.retain(|m| m.status != kirim::domain::MessageStatus::Accepted);
+        }
+        Ok((page, next))
+    }
+    async fn broadcast_messages_consistent(
+        &self,
+        broadcast: &kirim::ports::Broadcast,
+        limit: usize,
+        after: Option<&kirim::domain::MessageId>,
+    ) -> Result<
+        (
+            Vec<kirim::domain::MessageRecord>,
+            Option<kirim::domain::MessageId>,
+        ),
+        kirim::store_error::StoreError,
+    > {
+        self.inner
+            .broadcast_messages_consistent(broadcast, limit, after)
+            .await
     }
     async fn insert_broadcast_message(
         &self,
@@ -2799,6 +2919,7 @@ async fn a_broadcast_list_tallies_its_campaigns_at_once_and_answers_them_in_orde
         keys_missed: Default::default(),
         tallies: Default::default(),
         pause_on_progress: false,
+        lagging_walk: false,
     });
     watched.broadcasts = store.clone();
     let (page, next) = broadcasts::list(&watched, &tenant.id, None, 50, None)
@@ -2847,6 +2968,7 @@ async fn a_broadcast_claim_whose_answer_was_lost_is_given_back_and_claimed_afres
         keys_missed: Default::default(),
         tallies: Default::default(),
         pause_on_progress: false,
+        lagging_walk: false,
     });
     let id = kirim::domain::MessageId::from_trusted(jobs[0]["message_id"].as_str().unwrap());
     let message = || async {
@@ -2895,6 +3017,7 @@ async fn a_campaigns_start_or_move_whose_answer_was_lost_goes_on_and_answers_wha
         keys_missed: Default::default(),
         tallies: Default::default(),
         pause_on_progress: false,
+        lagging_walk: false,
     });
     let template: kirim::service::send::TemplateIn =
         serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();

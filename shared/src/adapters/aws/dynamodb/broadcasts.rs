@@ -609,6 +609,57 @@ impl BroadcastStore for DynamoStore {
         limit: usize,
         after: Option<&MessageId>,
     ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError> {
+        self.messages_page(broadcast, limit, after, false).await
+    }
+
+    async fn broadcast_messages_consistent(
+        &self,
+        broadcast: &Broadcast,
+        limit: usize,
+        after: Option<&MessageId>,
+    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError> {
+        self.messages_page(broadcast, limit, after, true).await
+    }
+
+    async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {
+        let item = to_item(
+            record,
+            &keys::message_pairs(&record.tenant_id, record.status, &record.id),
+            record.expires_at,
+        )?;
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        written("dynamodb put", res)
+    }
+
+    async fn broadcast_tally(&self, broadcast: &Broadcast) -> Result<BroadcastTally, StoreError> {
+        self.tally(broadcast, false).await
+    }
+
+    async fn broadcast_tally_consistent(
+        &self,
+        broadcast: &Broadcast,
+    ) -> Result<BroadcastTally, StoreError> {
+        self.tally(broadcast, true).await
+    }
+}
+
+impl DynamoStore {
+    /// A page of a broadcast's messages ([`BroadcastStore::broadcast_messages`]), read
+    /// strongly consistent when asked (twice the read units).
+    async fn messages_page(
+        &self,
+        broadcast: &Broadcast,
+        limit: usize,
+        after: Option<&MessageId>,
+        consistent: bool,
+    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError> {
         let limit = limit.clamp(1, 1000);
         let tenant = &broadcast.tenant_id;
         let (lo, hi) =
@@ -620,6 +671,7 @@ impl BroadcastStore for DynamoStore {
                 .client
                 .query()
                 .table_name(&self.table)
+                .consistent_read(consistent)
                 .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
                 .filter_expression("broadcast_id = :b")
                 .expression_attribute_values(":pk", s(keys::tenant_pk(tenant)))
@@ -655,36 +707,6 @@ impl BroadcastStore for DynamoStore {
         Ok((out, next))
     }
 
-    async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {
-        let item = to_item(
-            record,
-            &keys::message_pairs(&record.tenant_id, record.status, &record.id),
-            record.expires_at,
-        )?;
-        let res = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        written("dynamodb put", res)
-    }
-
-    async fn broadcast_tally(&self, broadcast: &Broadcast) -> Result<BroadcastTally, StoreError> {
-        self.tally(broadcast, false).await
-    }
-
-    async fn broadcast_tally_consistent(
-        &self,
-        broadcast: &Broadcast,
-    ) -> Result<BroadcastTally, StoreError> {
-        self.tally(broadcast, true).await
-    }
-}
-
-impl DynamoStore {
     /// One pass over a broadcast's messages ([`BroadcastStore::broadcast_tally`]).
     async fn tally(
         &self,

@@ -400,6 +400,16 @@ impl BroadcastStore for MemoryStore {
         Ok((page, next))
     }
 
+    async fn broadcast_messages_consistent(
+        &self,
+        broadcast: &Broadcast,
+        limit: usize,
+        after: Option<&MessageId>,
+    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError> {
+        // Memory is never behind.
+        self.broadcast_messages(broadcast, limit, after).await
+    }
+
     async fn broadcast_messages(
         &self,
         broadcast: &Broadcast,
