@@ -1516,6 +1516,11 @@ pub struct Broadcast {
     /// message, and the view counts them `cancelled`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub refunded_unsent: usize,
+    /// Recipients closed by [`BroadcastStore::record_unqueued`] (cancelled, or failed)
+    /// without ever being queued: inside `enqueued` (the fan-out's position), but never
+    /// queued, so the view's `enqueued` leaves them out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub closed_unqueued: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -1703,9 +1708,10 @@ pub trait BroadcastStore: Send + Sync {
     /// `from` recipients queued and, for `closing` [`UnqueuedClose::Cancelled`], cancelled,
     /// for [`UnqueuedClose::Failed`], without a hold, stores `messages` (those of the range
     /// not recorded yet, already `cancelled` or `failed`; each only if it does not exist),
-    /// refunds `refund` (their price: credits and ledger entry), and moves the progress to
-    /// `to`. Nothing is written when it answers `Moved` or `Recorded`; `NotFound` (nothing written) when
-    /// the refund's tenant is gone. At most [`CANCELLED_PER_WRITE`] messages (one DynamoDB
+    /// refunds `refund` (their price: credits and ledger entry), moves the progress to `to`
+    /// and adds the messages stored to [`Broadcast::closed_unqueued`]. Nothing is written
+    /// when it answers `Moved` or `Recorded`; `NotFound` (nothing written) when the refund's
+    /// tenant is gone. At most [`CANCELLED_PER_WRITE`] messages (one DynamoDB
     /// transaction).
     #[allow(clippy::too_many_arguments)]
     async fn record_unqueued(

@@ -485,6 +485,7 @@ pub async fn create_campaign(
         retry_of: campaign_retry_of,
         retried_by: None,
         refunded_unsent: 0,
+        closed_unqueued: 0,
         control_at: None,
     };
     // The fan-out job is queued BEFORE the broadcast and its debit are written (as a
@@ -738,7 +739,8 @@ async fn view_of(deps: &Deps, b: Broadcast) -> Result<View, StoreError> {
         skipped_opted_out: b.skipped_opted_out,
         duplicates: b.duplicates,
         invalid_count: b.invalid,
-        enqueued: b.enqueued,
+        // Queued: not those closed without being queued (a cancel's, or a failed close's).
+        enqueued: b.enqueued.saturating_sub(b.closed_unqueued),
         counts,
         retry_of: b.retry_of,
         retried_by: b.retried_by,
@@ -2277,6 +2279,7 @@ mod tests {
             retry_of: None,
             retried_by: None,
             refunded_unsent: 0,
+            closed_unqueued: 0,
             control_at: None,
         }
     }

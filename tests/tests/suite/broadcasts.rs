@@ -573,6 +573,10 @@ async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_jo
     assert_eq!(view["status"], "cancelled", "{view}");
     assert_eq!(view["counts"]["cancelled"], n, "{view}");
     assert_eq!(view["counts"]["accepted"], 0, "{view}");
+    assert_eq!(
+        view["enqueued"], 1,
+        "only the one a fan-out recorded counts as queued, not those closed unqueued: {view}"
+    );
     let csv = client
         .get(app.url(&format!("/v1/broadcasts/{}/recipients.csv", b.id)))
         .bearer_auth(&t.key)
@@ -725,6 +729,11 @@ async fn a_campaign_whose_number_was_removed_mid_fan_out_closes_the_rest_refunde
     assert_eq!(view.counts.get("failed"), Some(&20), "{view:?}");
     assert_eq!(view.counts.get("accepted"), Some(&10), "{view:?}");
     assert_eq!(view.failures[0].code.to_string(), "sender_removed");
+    assert_eq!(
+        (view.total, view.enqueued),
+        (30, 10),
+        "`enqueued` counts the recipients queued, not those closed unqueued"
+    );
 
     // The default number held by Meta before a campaign from it started: every recipient
     // closed `sender_held`, refunded, retryable.
@@ -760,6 +769,7 @@ async fn a_campaign_whose_number_was_removed_mid_fan_out_closes_the_rest_refunde
         .unwrap();
     assert_eq!(view.counts.get("failed"), Some(&30), "{view:?}");
     assert_eq!(view.failures[0].code.to_string(), "sender_held");
+    assert_eq!(view.enqueued, 0, "none queued");
     assert!(broadcasts::retryable(&view.failures[0].code));
 }
 

@@ -1184,6 +1184,7 @@ async fn a_scheduled_campaign_whose_template_meta_paused_meanwhile_sends_nothing
         "{view}"
     );
     assert_eq!(view["failures"][0]["count"], 3, "{view}");
+    assert_eq!(view["enqueued"], 0, "none queued: {view}");
     let_hops_pass().await;
     assert_eq!(
         sandbox_count(&app, &to),

@@ -41,6 +41,7 @@ pub(crate) fn running_broadcast(
         retry_of: None,
         retried_by: None,
         refunded_unsent: 0,
+        closed_unqueued: 0,
         control_at: None,
     }
 }

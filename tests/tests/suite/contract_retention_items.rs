@@ -358,6 +358,7 @@ async fn broadcast(p: &Ports, t: &TenantId, expires_in: i64, created_ago: i64) -
         retry_of: None,
         retried_by: None,
         refunded_unsent: 0,
+        closed_unqueued: 0,
         control_at: None,
     };
     let debit = LedgerEntry {

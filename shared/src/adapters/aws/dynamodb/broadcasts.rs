@@ -282,7 +282,8 @@ impl BroadcastStore for DynamoStore {
         let u = Update::builder()
             .table_name(&self.table)
             .set_key(Some(keys::broadcast(tenant, id).attrs()))
-            .update_expression("SET enqueued = :to")
+            .update_expression("SET enqueued = :to ADD closed_unqueued :closed")
+            .expression_attribute_values(":closed", n(messages.len() as i64))
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#control", "control")
             .expression_attribute_values(":fanning", s(BroadcastStatus::FanningOut.as_str()));

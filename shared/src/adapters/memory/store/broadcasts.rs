@@ -243,6 +243,7 @@ impl BroadcastStore for MemoryStore {
         }
         if let Some(b) = s.broadcasts.get_mut(&key) {
             b.enqueued = to;
+            b.closed_unqueued = b.closed_unqueued.saturating_add(messages.len());
         }
         Ok(CancelledRecipients::Written)
     }
