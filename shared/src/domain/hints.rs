@@ -71,6 +71,10 @@ pub const HINTS: &[(Code, &str)] = &[
     (Code::Kirim("release_not_recorded"), "Meta refused an attempt for a moment, and Kirim could not record that it would try again; it records it with the retry. Kirim retries automatically; nothing to do."),
     (Code::Kirim("sender_held"), "The phone number the message was to be sent from was held before it was sent (Meta limited it: 131048). It was refunded; send from another number, or send again once an admin has resumed it."),
     (Code::Kirim("sender_removed"), "The phone number the message was to be sent from was removed from the account before it was sent. It was refunded; send it again from another number (GET /v1/phone-numbers)."),
+    (Code::Kirim("template_not_found"), "The template was deleted in Meta (or is no longer in the sender's catalogue) after the campaign was accepted, before this message was queued. It was refunded; send again with a template of the catalogue (GET /v1/templates)."),
+    (Code::Kirim("template_not_approved"), "Meta paused, disabled or rejected the template after the campaign was accepted, before this message was queued. It was refunded; send again once the template is approved again, or with another one."),
+    (Code::Kirim("template_parameters_mismatch"), "The template was edited in Meta after the campaign was accepted and now takes other body parameters. It was refunded; send again with the parameters it takes now."),
+    (Code::Kirim("marketing_paused"), "Marketing templates were paused for this account (its opt-out or undeliverable rate above its limit) after the campaign was accepted, before this message was queued. It was refunded; utility and authentication templates still go."),
     (Code::Kirim("dispatch_lost"), "The message's dispatch job was lost (parked on the dead-letter queue and gone) before it was sent. It was refunded; send it again, and tell your provider."),
     (Code::Kirim("sender_unreadable"), "The sending phone number could not be read for a moment. Kirim retries automatically; nothing to do."),
     (Code::Kirim("unknown"), "Meta reported a failure without a reason. Send again later; if it repeats, contact your provider."),
@@ -122,6 +126,11 @@ mod tests {
             "tenant_suspended",
             "cancelled",
             "outcome_unknown",
+            // A campaign's recipients closed before queueing (`broadcasts::sendable_now`).
+            "template_not_found",
+            "template_not_approved",
+            "template_parameters_mismatch",
+            "marketing_paused",
         ] {
             assert!(
                 HINTS.iter().any(|(k, _)| *k == Code::Kirim(c)),
