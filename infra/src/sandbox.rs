@@ -354,9 +354,9 @@ struct SandboxState {
     /// Sorted by arrival sequence number.
     outbox: VecDeque<(u64, ReceivedRequest)>,
     /// Attempts so far of a message to a 0003 recipient, per (phone number id, recipient
-    /// digits, the send's `biz_opaque_callback_data`: Kirim's message id); removed when one
-    /// is accepted. Keyed by the message too, so one that stopped being tried after a 130429
-    /// (failed while it waited) leaves the next message its own two.
+    /// digits, the send's `biz_opaque_callback_data`: Kirim's message and tenant ids);
+    /// removed when one is accepted. Keyed by the message too, so one that stopped being
+    /// tried after a 130429 (failed while it waited) leaves the next message its own two.
     throttled: HashMap<(String, String, Option<String>), u32>,
     /// The most recent attempts per phone number id (at most the limit + 1).
     windows: HashMap<String, VecDeque<Instant>>,

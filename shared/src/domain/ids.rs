@@ -33,12 +33,12 @@ fn following(prev: Option<ulid::Ulid>, fresh: ulid::Ulid) -> ulid::Ulid {
     }
 }
 
-/// `s` in upper case if it is a ULID's text: 26 Crockford base32 characters in any case
-/// (no aliases: `I`, `L`, `O`, `U` are not among them), the first at most `7` (more would
-/// be over 128 bits). What decoding with the ulid crate and encoding again gives when that
-/// text equals `s` up to case, without the round trip through a `u128` and the formatter
-/// (a webhook parses its message id on every status; issue #13).
-fn canonical_ulid(s: &str) -> Option<String> {
+/// Whether `b` is a ULID's text: 26 Crockford base32 characters in any case (no aliases:
+/// `I`, `L`, `O`, `U` are not among them), the first at most `7` (more would be over 128
+/// bits). What decoding with the ulid crate and encoding again gives back up to case,
+/// without the round trip through a `u128` and the formatter (a webhook parses its message
+/// id on every status; issue #13).
+fn is_ulid_text(b: &[u8]) -> bool {
     /// Crockford base32's characters, either case, by byte.
     const CROCKFORD: [bool; 256] = {
         let mut table = [false; 256];
@@ -51,14 +51,53 @@ fn canonical_ulid(s: &str) -> Option<String> {
         }
         table
     };
-    let b = s.as_bytes();
     let ulid = b.len() == 26 && b.first().is_some_and(|c| (b'0'..=b'7').contains(c));
     // Every byte looked up (no early exit: 26 table reads, no branch each).
-    let valid = ulid
-        && b.iter().fold(true, |ok, c| {
-            ok & CROCKFORD.get(usize::from(*c)).copied().unwrap_or(false)
-        });
-    valid.then(|| s.to_ascii_uppercase())
+    ulid && b.iter().fold(true, |ok, c| {
+        ok & CROCKFORD.get(usize::from(*c)).copied().unwrap_or(false)
+    })
+}
+
+/// `s` in upper case if it is a ULID's text ([`is_ulid_text`]).
+fn canonical_ulid(s: &str) -> Option<String> {
+    is_ulid_text(s.as_bytes()).then(|| s.to_ascii_uppercase())
+}
+
+/// A ULID's text in upper case, held in place (no allocation): an id read on a hot path
+/// (the tenant in a status's callback data, `meta::Callback`) and made an owned id only
+/// when it is needed ([`TenantId::from_text`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UlidText([u8; 26]);
+
+impl UlidText {
+    /// As [`TenantId::parse`] reads it: a ULID's text in any case, else `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if !is_ulid_text(b) {
+            return None;
+        }
+        let mut text = [0; 26];
+        text.copy_from_slice(b);
+        text.make_ascii_uppercase();
+        Some(Self(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Crockford base32 only (checked in `parse`): always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for UlidText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for UlidText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 macro_rules! id_type {
@@ -95,6 +134,14 @@ macro_rules! id_type {
             }
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+            /// The id a [`UlidText`] holds (parsed already: the same id `parse` gives).
+            pub fn from_text(text: UlidText) -> Self {
+                Self(text.as_str().to_owned())
+            }
+            /// Whether this is the id `text` holds (no allocation).
+            pub fn is(&self, text: &UlidText) -> bool {
+                self.0 == text.as_str()
             }
         }
 
@@ -221,6 +268,11 @@ mod tests {
             let message = MessageId::parse(&s);
             prop_assert_eq!(tenant.is_some(), is_ulid_text(&s), "{:?}", s);
             prop_assert_eq!(tenant.as_ref().map(TenantId::as_str), message.as_ref().map(MessageId::as_str));
+            // Held in place, it is the same text, and makes the same id.
+            let text = UlidText::parse(&s);
+            prop_assert_eq!(text.as_ref().map(UlidText::as_str), tenant.as_ref().map(TenantId::as_str));
+            prop_assert_eq!(text.map(TenantId::from_text), tenant.clone());
+            prop_assert!(text.as_ref().is_none_or(|t| tenant.as_ref().is_some_and(|id| id.is(t))));
             if let Some(id) = tenant {
                 prop_assert!(id.as_str().eq_ignore_ascii_case(&s), "{} read as {}", s, id);
                 prop_assert!(id.as_str().chars().all(|c| CROCKFORD.contains(c)));

@@ -66,13 +66,20 @@ impl Content {
         }
     }
 
-    /// The body of Meta's `POST /{phone_number_id}/messages`.
-    pub fn to_meta_request(&self, to: &PhoneNumber, callback: &str) -> serde_json::Value {
+    /// The body of Meta's `POST /{phone_number_id}/messages` for `message` of `tenant`,
+    /// whose ids go in `biz_opaque_callback_data` (`meta::Callback`): Meta echoes them on
+    /// the message's statuses, which find it by them.
+    pub fn to_meta_request(
+        &self,
+        to: &PhoneNumber,
+        message: &MessageId,
+        tenant: &TenantId,
+    ) -> serde_json::Value {
         let mut body = serde_json::json!({
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
             "to": to.digits(),
-            "biz_opaque_callback_data": callback,
+            "biz_opaque_callback_data": super::meta::Callback::data(message, tenant),
         });
         match self {
             Content::Template {
@@ -332,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    fn a_template_becomes_metas_template_message_with_our_id_as_callback_data() {
+    fn a_template_becomes_metas_template_message_with_our_ids_as_callback_data() {
         let to = PhoneNumber::parse("+60123456789").unwrap();
         let t = Content::Template {
             template: TemplateRef {
@@ -342,11 +349,22 @@ mod tests {
             },
             components: vec![],
         };
-        let body = t.to_meta_request(&to, "01HXYZ");
+        let (message, tenant) = (MessageId::generate(), TenantId::generate());
+        let body = t.to_meta_request(&to, &message, &tenant);
         assert_eq!(body["type"], "template");
         assert_eq!(body["to"], "60123456789");
         assert_eq!(body["template"]["language"]["code"], "en_US");
-        assert_eq!(body["biz_opaque_callback_data"], "01HXYZ");
+        assert_eq!(
+            body["biz_opaque_callback_data"],
+            format!("{message}.{tenant}")
+        );
+        // What Meta echoes on the message's statuses reads back as both ids.
+        let echoed = body["biz_opaque_callback_data"]
+            .as_str()
+            .unwrap_or_default();
+        let callback = crate::domain::meta::Callback::parse(echoed).unwrap();
+        assert_eq!(callback.message, message);
+        assert_eq!(callback.tenant(), Some(tenant));
         assert!(body["template"].get("components").is_none());
     }
 }

@@ -27,9 +27,10 @@ use super::template::{
 };
 mod scan;
 
+use super::ids::UlidText;
 use super::{
     keyword, Keyword, MessageId, MessageStatus, OptOutSource, PhoneNumber, Pricing,
-    TemplateCategory, UserId,
+    TemplateCategory, TenantId, UserId,
 };
 
 /// Meta's wamids are ~60 characters; anything far longer is not one (and would not fit
@@ -151,8 +152,9 @@ pub struct StatusReport {
     pub status: MetaStatus,
     /// Meta's timestamp (epoch seconds), if it gave a readable one.
     pub timestamp: Option<i64>,
-    /// Our message id, echoed back from `biz_opaque_callback_data` (only if it is one).
-    pub callback: Option<MessageId>,
+    /// Our message id and its tenant's, echoed back from `biz_opaque_callback_data` (only
+    /// if it is in Kirim's form: [`Callback`]).
+    pub callback: Option<Callback>,
     /// The recipient (`recipient_id`), when Meta names it by phone number.
     pub recipient: Option<PhoneNumber>,
     /// The recipient's business-scoped user id (`recipient_user_id`), when Meta gives it.
@@ -160,6 +162,72 @@ pub struct StatusReport {
     pub errors: Vec<MetaError>,
     /// Meta's pricing of the message, when the status carries a readable one.
     pub pricing: Option<Pricing>,
+}
+
+/// What Kirim puts in a send's `biz_opaque_callback_data`, and Meta echoes on each of
+/// the message's statuses: the message's id and its tenant's, `{message_id}.{tenant_id}`.
+/// Both are ULIDs (Crockford base32: no `.` in either), so the first `.` splits them, and
+/// a text with another `.`, or either part not a ULID, is not Kirim's. The tenant lets a
+/// status find its message by id when the number it came for names no tenant or another
+/// one (removed or taken over since the send; `status::resolve`). 53 characters (Meta
+/// allows 512).
+///
+/// A send from before the tenant was added carries the message id alone (in flight at the
+/// deploy, or a status kept then, `PendingStatus`): read still, with no tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Callback {
+    pub message: MessageId,
+    /// Held as text (no allocation per status): made a [`TenantId`] only when it is
+    /// needed ([`Callback::tenant`]).
+    tenant: Option<UlidText>,
+}
+
+impl Callback {
+    /// The callback data of a send of `message` by `tenant`.
+    pub fn data(message: &MessageId, tenant: &TenantId) -> String {
+        format!("{message}.{tenant}")
+    }
+
+    /// A callback naming `message` and, if given, its tenant.
+    pub fn new(message: MessageId, tenant: Option<&TenantId>) -> Self {
+        Self {
+            message,
+            tenant: tenant.and_then(|t| UlidText::parse(t.as_str())),
+        }
+    }
+
+    /// Kirim's callback data in either form, in any case; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (message, tenant) = match s.split_once('.') {
+            Some((message, tenant)) => (message, Some(UlidText::parse(tenant)?)),
+            None => (s, None),
+        };
+        Some(Self {
+            message: MessageId::parse(message)?,
+            tenant,
+        })
+    }
+
+    /// The tenant it names (none in the old form).
+    pub fn tenant(&self) -> Option<TenantId> {
+        self.tenant.map(TenantId::from_text)
+    }
+
+    /// Whether it names a tenant other than `tenant`.
+    pub fn names_other_than(&self, tenant: Option<&TenantId>) -> bool {
+        self.tenant
+            .as_ref()
+            .is_some_and(|own| tenant.is_none_or(|t| !t.is(own)))
+    }
+
+    /// As it was sent (upper case), in its own form: kept with a status (`PendingStatus`)
+    /// and read back by [`Callback::parse`].
+    pub fn text(&self) -> String {
+        match &self.tenant {
+            Some(t) => format!("{}.{t}", self.message),
+            None => self.message.to_string(),
+        }
+    }
 }
 
 /// How old (seconds) a time Meta gives for a status or a user's choice may be and still be
@@ -847,7 +915,7 @@ fn report_of(p: StatusParts<'_>, phone_number_id: &Option<String>) -> Option<Sta
         wamid: Wamid::parse(p.id)?,
         phone_number_id: phone_number_id.clone(),
         timestamp: p.timestamp,
-        callback: p.callback.and_then(MessageId::parse),
+        callback: p.callback.and_then(Callback::parse),
         recipient: meta_phone(p.recipient_id),
         recipient_user_id: p.recipient_user_id.and_then(UserId::parse),
         pricing: p.pricing,
@@ -1308,6 +1376,60 @@ mod tests {
         );
     }
 
+    #[test]
+    fn callback_data_names_the_message_and_its_tenant_and_reads_back_as_both() {
+        let (id, tenant) = (MessageId::generate(), TenantId::generate());
+        let data = Callback::data(&id, &tenant);
+        assert_eq!(data, format!("{id}.{tenant}"));
+        assert!(data.len() <= 512, "Meta's limit");
+        let read = Callback::parse(&data).expect("Kirim's form");
+        assert_eq!(read.message, id);
+        assert_eq!(read.tenant(), Some(tenant.clone()));
+        assert_eq!(read, Callback::new(id.clone(), Some(&tenant)));
+        // Kept with a status and read back, it is the same.
+        assert_eq!(read.text(), data);
+        assert_eq!(Callback::parse(&read.text()), Some(read.clone()));
+        // In any case, as ids are.
+        assert_eq!(Callback::parse(&data.to_lowercase()), Some(read.clone()));
+        // Whether it names another tenant than the number's owner.
+        assert!(!read.names_other_than(Some(&tenant)));
+        assert!(read.names_other_than(Some(&TenantId::generate())));
+        assert!(read.names_other_than(None));
+    }
+
+    #[test]
+    fn callback_data_of_the_message_id_alone_is_read_still_without_a_tenant() {
+        // A send from before the tenant was added to it (in flight at the deploy), or a
+        // status kept then.
+        let id = MessageId::generate();
+        let read = Callback::parse(id.as_str()).expect("the old form");
+        assert_eq!(read.message, id);
+        assert_eq!(read.tenant(), None);
+        assert_eq!(read.text(), id.as_str());
+        assert!(!read.names_other_than(None));
+        assert!(!read.names_other_than(Some(&TenantId::generate())));
+    }
+
+    #[test]
+    fn callback_data_not_in_kirims_form_names_nothing() {
+        let (id, tenant) = (MessageId::generate(), TenantId::generate());
+        for other in [
+            String::new(),
+            ".".into(),
+            format!("{id}."),
+            format!(".{tenant}"),
+            format!("{id}.{tenant}.{tenant}"),
+            format!("{id}..{tenant}"),
+            format!("{id}.order-42"),
+            format!("order-42.{tenant}"),
+            format!("{id} {tenant}"),
+            format!("{id}-{tenant}"),
+            "order-42".into(),
+        ] {
+            assert_eq!(Callback::parse(&other), None, "{other:?}");
+        }
+    }
+
     fn messages_change(value: Value) -> Value {
         json!({"object":"whatsapp_business_account","entry":[{"id":"waba1","changes":[{"field":"messages","value":value}]}]})
     }
@@ -1315,10 +1437,11 @@ mod tests {
     #[test]
     fn a_status_becomes_a_typed_report_with_its_number_time_and_errors() {
         let id = MessageId::generate();
+        let tenant = TenantId::generate();
         let e = events(messages_change(json!({
             "metadata": {"phone_number_id": "pn1"},
             "statuses": [{"id": "wamid.A", "status": "failed", "timestamp": "1700000000",
-                "recipient_id": "60123456789", "biz_opaque_callback_data": id.as_str(),
+                "recipient_id": "60123456789", "biz_opaque_callback_data": Callback::data(&id, &tenant),
                 "errors": [{"code": 131026, "title": "Message undeliverable", "error_data": {}}],
                 "pricing": {"category": "utility"}}]
         })));
@@ -1329,7 +1452,7 @@ mod tests {
         assert_eq!(s.wamid.as_str(), "wamid.A");
         assert_eq!(s.status, MetaStatus::Failed);
         assert_eq!(s.timestamp, Some(1_700_000_000));
-        assert_eq!(s.callback, Some(id));
+        assert_eq!(s.callback, Some(Callback::new(id, Some(&tenant))));
         assert_eq!(
             s.recipient.as_ref().map(|p| p.to_string()),
             Some("+60123456789".into())

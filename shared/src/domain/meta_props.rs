@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use super::meta::{
     parse_notification, parse_tree, statuses_only, MetaEvent, MetaStatus, NotJson, MAX_WAMID,
 };
-use super::{Keyword, MessageId, OptOutSource, PhoneNumber, START_WORDS, STOP_WORDS};
+use super::{Keyword, OptOutSource, PhoneNumber, START_WORDS, STOP_WORDS};
 use crate::props::{self, huge, number, re};
 
 const CASES: u32 = 2_000;
@@ -136,7 +136,7 @@ enum Slot {
         wamid: String,
         status: MetaStatus,
         timestamp: Option<i64>,
-        callback: Option<String>,
+        callback: Option<Named>,
         recipient: Option<String>,
     },
     Inbound {
@@ -255,21 +255,35 @@ fn meta_digits() -> BoxedStrategy<(String, Option<String>)> {
     .boxed()
 }
 
-/// A message id echoed back in `biz_opaque_callback_data`, and the id it names, if any.
-fn callback() -> BoxedStrategy<(String, Option<String>)> {
+/// The message id and the tenant id (if any) a callback data names.
+type Named = (String, Option<String>);
+
+/// Callback data echoed back in `biz_opaque_callback_data`, and the message id and
+/// tenant id it names, if it is Kirim's (`meta::Callback`).
+fn callback() -> BoxedStrategy<(String, Option<Named>)> {
+    let ulid = || any::<u128>().prop_map(|u| ulid::Ulid(u).to_string());
     prop_oneof![
-        any::<u128>().prop_map(|u| {
-            let s = ulid::Ulid(u).to_string();
-            (s.clone(), Some(s))
-        }),
+        // The old form: the message id alone.
+        ulid().prop_map(|s| (s.clone(), Some((s, None)))),
         // Ids are read in any case.
-        any::<u128>().prop_map(|u| {
-            let s = ulid::Ulid(u).to_string();
-            (s.to_lowercase(), Some(s))
+        ulid().prop_map(|s| (s.to_lowercase(), Some((s, None)))),
+        // Kirim's form: `{message_id}.{tenant_id}`, in any case.
+        (ulid(), ulid(), any::<bool>()).prop_map(|(m, t, lower)| {
+            let text = format!("{m}.{t}");
+            let text = if lower { text.to_lowercase() } else { text };
+            (text, Some((m, Some(t))))
         }),
-        // Not ids: `-`, `.`, `/`, `u` are not base32, and 26 characters over 7… overflow.
-        re("[a-z0-9./u-]{0,30}[./u-][a-z0-9./u-]{0,30}").prop_map(|s| (s, None)),
+        // Not Kirim's: `-`, `.`, `/`, `u` are not base32, and 26 characters over 7…
+        // overflow; at most 51 characters, shorter than the two ids and their `.`.
+        re("[a-z0-9./u-]{0,30}[./u-][a-z0-9./u-]{0,20}").prop_map(|s| (s, None)),
         re("[89A-HJKMNP-TV-Z][0-9A-HJKMNP-TV-Z]{25}").prop_map(|s| (s, None)),
+        // Either id not one, or a part too many.
+        (ulid(), re("[89A-HJKMNP-TV-Z][0-9A-HJKMNP-TV-Z]{25}"))
+            .prop_map(|(m, not)| (format!("{m}.{not}"), None)),
+        (ulid(), re("[89A-HJKMNP-TV-Z][0-9A-HJKMNP-TV-Z]{25}"))
+            .prop_map(|(t, not)| (format!("{not}.{t}"), None)),
+        (ulid(), ulid(), re("[./-][0-9A-Z]{0,26}"))
+            .prop_map(|(m, t, more)| (format!("{m}.{t}{more}"), None)),
     ]
     .boxed()
 }
@@ -789,8 +803,13 @@ fn check_slot(event: &MetaEvent, slot: &Slot) -> Result<(), TestCaseError> {
             prop_assert_eq!(s.status, *status);
             prop_assert_eq!(s.timestamp, *timestamp);
             prop_assert_eq!(
-                s.callback.as_ref().map(MessageId::as_str),
-                callback.as_deref()
+                s.callback
+                    .as_ref()
+                    .map(|c| (c.message.as_str(), c.tenant())),
+                callback.as_ref().map(|(m, t)| (
+                    m.as_str(),
+                    t.as_deref().and_then(crate::domain::TenantId::parse)
+                ))
             );
             prop_assert_eq!(
                 s.recipient.as_ref().map(PhoneNumber::as_str),
@@ -911,7 +930,10 @@ fn plain_status() -> BoxedStrategy<Value> {
                 crate::domain::country_code_in_use(d)
             }),
         ),
-        prop::option::of(re("[0-9A-HJKMNP-TV-Z]{26}")),
+        prop::option::of(prop_oneof![
+            re("[0-9A-HJKMNP-TV-Z]{26}"),
+            re("[0-9A-HJKMNP-TV-Z]{26}\\.[0-9A-HJKMNP-TV-Z]{26}"),
+        ]),
         prop::option::of((
             prop::sample::select(vec![
                 "marketing",

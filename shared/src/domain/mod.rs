@@ -22,7 +22,7 @@ pub mod text;
 
 pub use allowlist::{AllowListError, IpAllowList, MAX_CIDRS};
 pub use idempotency::{IdempotencyKey, IdempotencyKeyError};
-pub use ids::{new_id, ulid_at, MessageId, TenantId};
+pub use ids::{new_id, ulid_at, MessageId, TenantId, UlidText};
 pub use limits::{LimitSettings, RequestLimits, MAX_BURST, MAX_REQUESTS_PER_SEC, TENANT_FACTOR};
 pub use message::{
     CarriedSlot, Content, ErrorCode, MessageError, MessageRecord, Pricing, StatusEvent,

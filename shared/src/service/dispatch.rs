@@ -985,7 +985,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     }
     let body = job
         .content
-        .to_meta_request(&record.to, job.message_id.as_str());
+        .to_meta_request(&record.to, &job.message_id, &job.tenant_id);
     let result = deps
         .meta
         .send_message(&from.phone_number_id, &token, &body)

@@ -10,7 +10,7 @@
 //! Depends on `callbacks`, `optouts` and `quality`; the webhook and the dispatcher
 //! depend on it.
 
-use crate::domain::meta::{MetaError, StatusReport, Wamid};
+use crate::domain::meta::{Callback, MetaError, StatusReport, Wamid};
 use crate::domain::{
     MessageError, MessageId, MessageRecord, MessageStatus, RetentionClass, TenantId,
 };
@@ -59,7 +59,7 @@ async fn resolve(
     tenant: Option<&TenantId>,
     report: &StatusReport,
 ) -> Result<Option<Found>, ServiceError> {
-    if let (Some(t), Some(id)) = (tenant, report.callback.as_ref()) {
+    if let (Some(t), Some(id)) = (tenant, report.callback.as_ref().map(|c| &c.message)) {
         // May be a moment behind (half the read units): see `apply_to`.
         if let Some(m) = deps.messages.peek_message(t, id).await? {
             // The callback data must agree with the wamid we recorded, if any.
@@ -545,7 +545,7 @@ async fn keep(
         wamid: report.wamid.to_string(),
         status: report.status,
         timestamp: report.timestamp.unwrap_or_else(|| now.timestamp()),
-        biz_opaque_callback_data: report.callback.as_ref().map(|id| id.to_string()),
+        biz_opaque_callback_data: report.callback.as_ref().map(Callback::text),
         errors: report
             .errors
             .iter()
@@ -580,10 +580,11 @@ fn report_of(p: &PendingStatus) -> Option<StatusReport> {
         wamid: Wamid::parse(&p.wamid)?,
         status: p.status,
         timestamp: Some(p.timestamp),
+        // Either form (kept before the tenant was added to it, or after).
         callback: p
             .biz_opaque_callback_data
             .as_deref()
-            .and_then(MessageId::parse),
+            .and_then(Callback::parse),
         recipient: None,
         recipient_user_id: None,
         errors: p

@@ -622,7 +622,7 @@ impl MessageStore for Flaky {
                     .expect("a wamid"),
                 status: MetaStatus::Delivered,
                 timestamp: Some(chrono::Utc::now().timestamp()),
-                callback: Some(id.clone()),
+                callback: Some(kirim::domain::meta::Callback::new(id.clone(), Some(&owner))),
                 recipient: None,
                 recipient_user_id: None,
                 errors: Vec::new(),
@@ -1687,7 +1687,8 @@ async fn a_webhook_move_whose_answer_was_lost_still_has_its_callback_priced_or_n
         wamid: Wamid::parse(wamid).expect("a wamid"),
         status: MetaStatus::parse(status).expect("a status"),
         timestamp: Some(chrono::Utc::now().timestamp() + 2),
-        callback: Some(id.clone()),
+        // The old form (the message id alone), as a send from before the tenant was added.
+        callback: Some(kirim::domain::meta::Callback::new(id.clone(), None)),
         recipient: None,
         recipient_user_id: None,
         errors: Vec::new(),

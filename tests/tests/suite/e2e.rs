@@ -41,7 +41,11 @@ async fn a_message_goes_accepted_sent_delivered_read_and_costs_one_credit(b: Bac
     MetaSchema::shared()
         .validate_message(req)
         .unwrap_or_else(|e| panic!("request matches Meta's Message schema: {e:?}"));
-    assert_eq!(req["biz_opaque_callback_data"], id.as_str());
+    assert_eq!(
+        req["biz_opaque_callback_data"],
+        format!("{id}.{}", t.tenant_id),
+        "the message's id and its tenant's"
+    );
     assert_eq!(
         req["template"]["components"][0]["parameters"][0]["text"],
         "ORDER-42"

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kirim::config::Backend;
-use kirim::domain::meta::{MetaStatus, StatusReport, Wamid};
+use kirim::domain::meta::{Callback, MetaStatus, StatusReport, Wamid};
 use kirim::domain::{MessageError, MessageId, MessageRecord, MessageStatus, Pricing, TenantId};
 use kirim::ports::*;
 use kirim::service::status::{self, Applied};
@@ -211,7 +211,7 @@ fn report(m: &MessageRecord, wamid: &str, status: &str, pricing: bool) -> Status
         wamid: Wamid::parse(wamid).expect("a wamid"),
         status: MetaStatus::parse(status).expect("a status"),
         timestamp: Some(Utc::now().timestamp()),
-        callback: Some(m.id.clone()),
+        callback: Some(Callback::new(m.id.clone(), Some(&m.tenant_id))),
         recipient: None,
         recipient_user_id: None,
         errors: Vec::new(),
