@@ -52,22 +52,30 @@ impl Found {
     }
 }
 
-/// Finds the message a status is about: by our id echoed in the callback data (when
-/// it agrees with the recorded wamid), else by the wamid index.
+/// Finds the message a status is about: by our ids echoed in the callback data (when they
+/// agree with the recorded wamid), else by the wamid index.
+///
+/// By id under the number's owner first (the usual case: the message's own tenant, no
+/// allocation), then under the tenant the callback data names if that is another: a
+/// number removed or taken over since the send still settles its messages, also one whose
+/// send's answer was lost (no wamid recorded, so none in the index). The webhook is
+/// signed with the app's secret, so the callback data is what Kirim sent.
 async fn resolve(
     deps: &Deps,
     tenant: Option<&TenantId>,
     report: &StatusReport,
 ) -> Result<Option<Found>, ServiceError> {
-    if let (Some(t), Some(id)) = (tenant, report.callback.as_ref().map(|c| &c.message)) {
-        // May be a moment behind (half the read units): see `apply_to`.
-        if let Some(m) = deps.messages.peek_message(t, id).await? {
-            // The callback data must agree with the wamid we recorded, if any.
-            if m.wamid
-                .as_deref()
-                .is_none_or(|w| w == report.wamid.as_str())
-            {
-                return Ok(Some(Found::Read(m)));
+    if let Some(callback) = report.callback.as_ref() {
+        if let Some(t) = tenant {
+            if let Some(found) = by_id(deps, t, &callback.message, report).await? {
+                return Ok(Some(found));
+            }
+        }
+        if callback.names_other_than(tenant) {
+            if let Some(own) = callback.tenant() {
+                if let Some(found) = by_id(deps, &own, &callback.message, report).await? {
+                    return Ok(Some(found));
+                }
             }
         }
     }
@@ -76,6 +84,27 @@ async fn resolve(
         .message_by_wamid(report.wamid.as_str())
         .await?
         .map(|(t, id)| Found::Indexed(t, id)))
+}
+
+/// The message `id` of `tenant`, if it has it and the status's wamid agrees with the one
+/// recorded on it, if any.
+async fn by_id(
+    deps: &Deps,
+    tenant: &TenantId,
+    id: &MessageId,
+    report: &StatusReport,
+) -> Result<Option<Found>, ServiceError> {
+    // May be a moment behind (half the read units): see `apply_to`.
+    Ok(deps
+        .messages
+        .peek_message(tenant, id)
+        .await?
+        .filter(|m| {
+            m.wamid
+                .as_deref()
+                .is_none_or(|w| w == report.wamid.as_str())
+        })
+        .map(Found::Read))
 }
 
 /// Applies one status of a verified webhook (`tenant`: the owner of the number it
@@ -100,9 +129,11 @@ pub async fn apply_owned(
         // A number no tenant has and no message id in Kirim's form echoed (another
         // sender's number on a subscribed WhatsApp Business Account): not kept. A kept
         // status holds the wamid, which encodes the recipient's number, for 7 days.
-        // (Kirim's own messages carry their id: one from a number removed since is still
-        // kept. Only the id's form is checked: there is no tenant to look it up in.) A
-        // status whose metadata names no number is held to the same rule (it was kept).
+        // (Kirim's own messages carry their ids: one from a number removed since is found
+        // by the tenant its callback data names, `resolve`, and kept only if that finds
+        // nothing, as one in the old form without a tenant. Only the form is checked
+        // then.) A status whose metadata names no number is held to the same rule (it was
+        // kept).
         None if tenant.is_none() && report.callback.is_none() => {
             return Ok((Applied::UnknownMessage, None))
         }

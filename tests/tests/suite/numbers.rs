@@ -1538,8 +1538,110 @@ async fn a_closed_tenants_number_is_added_to_another_tenant_at_once(b: Backend) 
     assert_eq!(s, 200);
 }
 
+/// A send from a second number to the sandbox's slow recipient (0005): Kirim's call to
+/// Meta times out before the answer (700 ms, the sandbox answering after 1.5 s), then Meta
+/// accepts the message and its statuses follow. Answers the tenant and the message's id
+/// once it is `sending` (the number was read and the call made), and the number.
+async fn a_slow_send_from_a_second_number(
+    app: &TestApp,
+) -> (kirim_tests::Onboarded, String, String) {
+    let t = app.onboard(10).await;
+    let second = fresh_number();
+    let (s, body) = add_number(
+        app,
+        &t.tenant_id,
+        json!({"phone_number_id": second, "waba_id": "1000001"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let (s, body) = send_from(app, &t.key, "+60123450005", Some(&second)).await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let m = app.wait_status(&t.key, &id, "sending").await;
+    assert_eq!(m["status"], "sending", "{m}");
+    (t, id, second)
+}
+
+/// The operator removes `number` from `tenant`.
+async fn remove_number(app: &TestApp, tenant: &str, number: &str) {
+    let (s, body) = call(
+        app,
+        reqwest::Method::DELETE,
+        OPERATOR_TOKEN,
+        &format!("/v1/platform/tenants/{tenant}/phone-numbers/{number}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204, "{body}");
+}
+
+/// The slow send's message settled by Meta's statuses: read, with Meta's wamid and pricing,
+/// sent once, and counted in the tenant's usage.
+async fn settled_by_metas_statuses(
+    app: &TestApp,
+    t: &kirim_tests::Onboarded,
+    id: &str,
+    from: &str,
+) {
+    let m = app.wait_status(&t.key, id, "read").await;
+    assert_eq!(m["status"], "read", "settled by Meta's statuses: {m}");
+    assert!(
+        m["wamid"].as_str().is_some_and(|w| w.starts_with("wamid.")),
+        "{m}"
+    );
+    assert_eq!(m["pricing"]["category"], "utility", "{m}");
+    let sent = app.sandbox_requests_to("60123450005");
+    assert_eq!(sent.len(), 1, "never sent twice");
+    assert_eq!(sent[0].phone_number_id, from);
+    let today = chrono::Utc::now().date_naive();
+    let (from, to) = (today.pred_opt().unwrap(), today.succ_opt().unwrap());
+    let (s, body) = get(app, &t.key, &format!("/v1/usage?from={from}&to={to}")).await;
+    assert_eq!(s, 200, "{body}");
+    let counted: i64 = body["usage"]
+        .as_array()
+        .map(|rows| rows.iter().filter_map(|r| r["messages"].as_i64()).sum())
+        .unwrap_or_default();
+    assert_eq!(counted, 1, "counted in the tenant's usage: {body}");
+}
+
+async fn a_timed_out_send_from_a_number_removed_since_is_settled_by_metas_statuses(b: Backend) {
+    let app = spawn_app(b).await;
+    let (t, id, second) = a_slow_send_from_a_second_number(&app).await;
+    // Removed while the call to Meta waits: Meta's statuses then come for a number no
+    // tenant has, and no wamid was recorded (the call timed out).
+    remove_number(&app, &t.tenant_id, &second).await;
+    settled_by_metas_statuses(&app, &t, &id, &second).await;
+}
+
+async fn a_timed_out_send_from_a_number_taken_over_since_is_settled_by_metas_statuses(b: Backend) {
+    let app = spawn_app(b).await;
+    let other = app.onboard(0).await;
+    let (t, id, second) = a_slow_send_from_a_second_number(&app).await;
+    // Removed and added to another tenant while the call to Meta waits: Meta's statuses
+    // then come for a number that tenant has, which has no such message.
+    remove_number(&app, &t.tenant_id, &second).await;
+    let (s, body) = add_number(
+        &app,
+        &other.tenant_id,
+        json!({"phone_number_id": second, "waba_id": "1000001"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    settled_by_metas_statuses(&app, &t, &id, &second).await;
+    // The new owner sees neither the message nor its charge.
+    let (s, _) = get(&app, &other.key, &format!("/v1/messages/{id}")).await;
+    assert_eq!(s, 404);
+    let today = chrono::Utc::now().date_naive();
+    let (from, to) = (today.pred_opt().unwrap(), today.succ_opt().unwrap());
+    let (s, body) = get(&app, &other.key, &format!("/v1/usage?from={from}&to={to}")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["usage"], json!([]), "{body}");
+}
+
 on_both_backends!(
     a_closed_tenants_number_is_onboarded_again_at_once_and_its_close_out_leaves_it_so,
+    a_timed_out_send_from_a_number_removed_since_is_settled_by_metas_statuses,
+    a_timed_out_send_from_a_number_taken_over_since_is_settled_by_metas_statuses,
     a_closed_tenants_number_is_added_to_another_tenant_at_once,
     metas_spam_limit_holds_that_number_only_until_an_admin_resumes_it,
     an_onboarded_number_is_read_from_meta_at_once,
