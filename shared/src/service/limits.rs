@@ -194,11 +194,6 @@ pub enum Principal {
     User(String),
 }
 
-/// The longest a failed-login counter locks an address (its growth's ceiling and the
-/// hold), in seconds: a lock seen further ahead than this is not kept in the process.
-const LOGIN_LOCK_AT_MOST: i64 = crate::ports::LoginPolicy::ADDRESS.max_delay_secs
-    + crate::ports::LoginPolicy::ADDRESS.hold_secs;
-
 /// The process's limiters: per key or user, per tenant, per webhook source address.
 pub struct Limits {
     settings: LimitSettings,
@@ -232,10 +227,7 @@ impl Limits {
         let now = now.timestamp();
         let map = self.login_locks.lock().ok()?;
         let until = *map.get(&key)?;
-        // A lock further ahead than any the counter gives (the clock stepped back since it
-        // was seen) is not trusted here: the table's counter is asked again.
-        (until > now && until - now <= LOGIN_LOCK_AT_MOST)
-            .then(|| u64::try_from(until - now).unwrap_or(1).max(1))
+        (until > now).then(|| u64::try_from(until - now).unwrap_or(1).max(1))
     }
 
     /// `addr`'s failed-login counter answered locked until `until` (epoch seconds).
@@ -431,17 +423,6 @@ mod tests {
         assert!(limiter
             .peek(&key, rate, back + Duration::seconds(6))
             .is_ok());
-    }
-
-    #[test]
-    fn a_login_lock_seen_before_the_clock_stepped_back_is_not_kept_for_the_step() {
-        let limits = Limits::new(LimitSettings::default());
-        let addr: IpAddr = "192.0.2.7".parse().unwrap();
-        let ahead = t0() + Duration::hours(12);
-        limits.login_locked_until(Some(addr), ahead.timestamp() + 60, ahead);
-        assert_eq!(limits.login_locked(Some(addr), ahead), Some(60));
-        // Twelve hours back: the table's counter is asked again.
-        assert_eq!(limits.login_locked(Some(addr), t0()), None);
     }
 
     #[test]
