@@ -191,15 +191,18 @@ pub struct LocalApp {
     stop_pollers: tokio::sync::watch::Sender<PollerStop>,
     /// Whether the queues live in this process (memory: what is left at exit is lost).
     queues_in_process: bool,
-    /// Set once the stop begins: every request but the sandbox's is answered `503`.
+    /// Set once the stop begins: every request but the sandbox's and Meta's webhooks is
+    /// answered `503`.
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The requests let through and not yet answered ([`RefusedWhileDraining`]).
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// The HTTP server: stops taking connections, and ends once its requests are answered.
     server: Option<JoinHandle<()>>,
     stop_server: tokio::sync::watch::Sender<bool>,
 }
 
-/// How long [`LocalApp::stop`] waits for the server's requests, and then for the pollers'
-/// batches, before it aborts what is left: past the dispatcher's own 60 s bound on a batch
+/// How long [`LocalApp::stop`] waits for each of its steps (the requests let through, the
+/// pollers' batches, the server's last answers) before it goes on or aborts what is left: past the dispatcher's own 60 s bound on a batch
 /// on Lambda is not needed here (a local batch waits on the in-process sandbox).
 pub const STOP_GRACE: Duration = Duration::from_secs(30);
 
@@ -250,9 +253,10 @@ impl LocalApp {
     }
 
     /// Stops as a deployment would drain: the server answers every new request but the
-    /// sandbox's `503 unavailable` with `Retry-After` (so nothing is accepted that no poller
-    /// will take; the sandbox is served here, and the pollers' Meta calls go through it);
-    /// the queue pollers finish the batch in hand (a message claimed is sent or released,
+    /// sandbox's and Meta's webhooks `503 unavailable` with `Retry-After` (so nothing is
+    /// accepted that no poller will take; the sandbox is served here, and the pollers' Meta
+    /// calls go through it), and the requests already let through are answered first (their
+    /// jobs queued); then the queue pollers finish the batch in hand (a message claimed is sent or released,
     /// never left `sending` for its deadline) and take no other — on the memory backend,
     /// whose queues die with the process, they go on taking batches until no job is ready,
     /// for half the grace at most; then the server takes no new connection and answers the
@@ -262,6 +266,19 @@ impl LocalApp {
     pub async fn stop(mut self, grace: Duration) {
         self.draining
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        // The requests already let through answer first (their jobs queued), within the
+        // grace: then the pollers' last look finds them.
+        let answered = async {
+            while self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(grace, answered).await.is_err() {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "requests still open as the queues drain"
+            );
+        }
         let _ = self.stop_pollers.send(if self.queues_in_process {
             PollerStop::Drain(tokio::time::Instant::now() + grace / 2)
         } else {
@@ -322,6 +339,27 @@ async fn stop_asked() {
 struct RefusedWhileDraining<S> {
     inner: S,
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests let through and not yet answered (not the sandbox's): the stop waits for
+    /// them before it lets the pollers drain, so a send answered `202` just as the stop
+    /// began has its job in the queue before the pollers look for the last time.
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One request of [`RefusedWhileDraining::in_flight`], counted until it is answered (or
+/// dropped).
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn enter(count: &Arc<std::sync::atomic::AtomicUsize>) -> InFlight {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl<S> tower::Service<Request> for RefusedWhileDraining<S>
@@ -331,18 +369,16 @@ where
         Response = axum::response::Response,
         Error = std::convert::Infallible,
     >,
+    S::Future: Send + 'static,
 {
     type Response = axum::response::Response;
     type Error = std::convert::Infallible;
-    type Future = futures::future::Either<
-        std::pin::Pin<
-            Box<
-                dyn std::future::Future<
-                        Output = Result<axum::response::Response, std::convert::Infallible>,
-                    > + Send,
-            >,
+    type Future = std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<axum::response::Response, std::convert::Infallible>,
+                > + Send,
         >,
-        S::Future,
     >;
 
     fn poll_ready(
@@ -353,9 +389,20 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        if self.draining.load(std::sync::atomic::Ordering::Relaxed)
-            && !req.uri().path().starts_with("/_sandbox/")
+        // The sandbox's calls (the pollers' Meta, its inspection) are served to the end and
+        // not waited for: the pollers make them while the stop waits on the pollers.
+        if req.uri().path().starts_with("/_sandbox/") {
+            return Box::pin(self.inner.call(req));
+        }
+        // Counted before the flag is read (both SeqCst): a request the stop's count does
+        // not see reads the flag set, and is refused.
+        let counted = InFlight::enter(&self.in_flight);
+        // Meta's webhooks are still applied (they queue no send; a status the sandbox owes
+        // a message the pollers send while draining lands).
+        if self.draining.load(std::sync::atomic::Ordering::SeqCst)
+            && req.uri().path() != "/webhooks/meta"
         {
+            drop(counted);
             // Through the request-id layer, as every answer: the contract's error body.
             let refuse = tower::service_fn(|_req: Request| async {
                 let mut refused = kirim::http::error::ApiError::new(
@@ -369,9 +416,14 @@ where
                 ))
             });
             let mut answered = tower::Layer::layer(&kirim::http::error::RequestIdLayer, refuse);
-            return futures::future::Either::Left(tower::Service::call(&mut answered, req));
+            return tower::Service::call(&mut answered, req);
         }
-        futures::future::Either::Right(self.inner.call(req))
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let answered = answer.await;
+            drop(counted);
+            answered
+        })
     }
 }
 
@@ -701,9 +753,11 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
     };
     // Served as it is: Meta's notifications are answered before any route lookup.
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let router = RefusedWhileDraining {
         inner: kirim::http::app(deps.clone(), sandbox_routes),
         draining: draining.clone(),
+        in_flight: in_flight.clone(),
     };
 
     let mut tasks = Vec::new();
@@ -791,6 +845,7 @@ pub async fn start(cfg: LocalConfig) -> Result<LocalApp, LocalError> {
         stop_pollers,
         queues_in_process: matches!(cfg.backend, Backend::Memory),
         draining,
+        in_flight,
         server: Some(server),
         stop_server,
     })
