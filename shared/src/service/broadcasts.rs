@@ -1557,9 +1557,15 @@ pub async fn fan_out_in_slices(
     // (its opt-out scope), at the price accepted.
     let (content, pace) = match sendable_now(deps, job, &b).await? {
         Sendable::Yes { content, pace } => (content, pace),
-        Sendable::No(why) => {
-            return close_unqueued(deps, job, &b, &list, slice, &Closing::Failed(why)).await
-        }
+        // Closing them cannot be undone: looked at again in the store itself, not the warm
+        // cache, whose copy may be seconds old (the number resumed, the template approved
+        // again, since). Only on this path: a slice that goes costs no extra read.
+        Sendable::No(_) => match sendable_now(&deps.uncached(), job, &b).await? {
+            Sendable::Yes { content, pace } => (content, pace),
+            Sendable::No(why) => {
+                return close_unqueued(deps, job, &b, &list, slice, &Closing::Failed(why)).await
+            }
+        },
     };
     if let Some(t) = content.template_ref() {
         // Its messages record the template as they are sent (the broadcast keeps what was

@@ -127,6 +127,34 @@ pub struct Deps {
     /// The broadcast holds this process's claims found last (`broadcasts::HoldMemo`; on
     /// with the read cache).
     pub broadcast_holds: Arc<broadcasts::HoldMemo>,
+    /// The cached ports' store itself, for a decision that must not rest on a copy up to
+    /// the read cache's TTL old ([`Deps::uncached`]).
+    pub store_reads: StoreReads,
+}
+
+/// The ports [`Deps`] reads through the warm cache, straight from the store.
+#[derive(Clone)]
+pub struct StoreReads {
+    pub tenants: Arc<dyn TenantStore>,
+    pub templates: Arc<dyn TemplateStore>,
+    pub numbers: Arc<dyn crate::ports::PhoneNumberStore>,
+    pub throughput: Arc<dyn Throughput>,
+}
+
+impl Deps {
+    /// These deps with the tenants, the catalogue, the numbers and their throughput read
+    /// from the store, not the warm cache: for a decision that cannot be undone (a
+    /// campaign's recipients closed failed), which a copy a few seconds old (a number
+    /// resumed, a template approved again since) must not make.
+    pub fn uncached(&self) -> Deps {
+        Deps {
+            tenants: self.store_reads.tenants.clone(),
+            templates: self.store_reads.templates.clone(),
+            numbers: self.store_reads.numbers.clone(),
+            throughput: self.store_reads.throughput.clone(),
+            ..self.clone()
+        }
+    }
 }
 
 /// Every store port at once: what one storage backend implements (DynamoDB's one table,
@@ -254,7 +282,14 @@ impl Deps {
                 ));
                 (c.clone(), c.clone(), c.clone(), c.clone(), c.clone(), c)
             };
+        let store_reads = StoreReads {
+            tenants: store.clone(),
+            templates: store.clone(),
+            numbers: store.clone(),
+            throughput: store.clone(),
+        };
         Deps {
+            store_reads,
             tenants,
             api_keys,
             audit: store.clone(),

@@ -773,6 +773,96 @@ async fn a_campaign_whose_number_was_removed_mid_fan_out_closes_the_rest_refunde
     assert!(broadcasts::retryable(&view.failures[0].code));
 }
 
+/// A slice is closed failed only on what the store says, not on the warm cache's copy: a
+/// number resumed by another process a moment ago, which this one still remembers held,
+/// sends the campaign's rest (closing it cannot be undone).
+async fn a_campaign_is_not_failed_for_a_hold_a_warm_copy_remembers_after_its_number_was_resumed(
+    b: Backend,
+) {
+    use kirim::service::{broadcasts, numbers, send::TemplateIn};
+    // A process with the warm read cache (5 s), and the store itself as another process.
+    let (mut deps, _, _clock) = crate::caches::two_processes(b).await;
+    let queue = Recording::new(std::sync::Arc::new(
+        kirim::adapters::memory::MemoryQueue::new(Duration::from_secs(360), 10),
+    ));
+    deps.queue = queue.clone();
+    let first = 300_000 + kirim_tests::rand_u32() % 600_000;
+    let (tenant, _) = promo_tenant(&deps, &first.to_string(), 60).await;
+    let second = (first + 1).to_string();
+    numbers::add(
+        &deps,
+        &tenant.id,
+        serde_json::from_value(json!({"phone_number_id": second, "waba_id": "1"})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let template: TemplateIn =
+        serde_json::from_value(json!({"name": "promo", "language": "en"})).unwrap();
+    let recipients: Vec<String> = (0..30).map(|i| format!("+601236{i:04}3")).collect();
+    let accepted = broadcasts::create(
+        &deps,
+        &tenant.id,
+        template,
+        recipients,
+        Some(second.clone()),
+    )
+    .await
+    .unwrap();
+    let (mut fan_outs, _) = recorded_jobs(&queue);
+    broadcasts::fan_out_in_slices(&deps, &fan_outs.remove(0), 10)
+        .await
+        .unwrap();
+    let (mut fan_outs, sends) = recorded_jobs(&queue);
+    assert_eq!(sends.len(), 10, "the first slice queued");
+    // Meta holds the number; this process reads it held (and keeps that copy).
+    let t = deps.tenants.get_tenant(&tenant.id).await.unwrap().unwrap();
+    numbers::hold_for_meta(
+        &deps,
+        &t,
+        &second,
+        (131048, "Spam rate limit hit"),
+        "dispatcher",
+        chrono::Utc::now(),
+    )
+    .await;
+    let held = |d: kirim::service::Deps| {
+        let (t, second) = (t.clone(), second.clone());
+        async move {
+            numbers::sender(&d, &t, Some(&second))
+                .await
+                .map(|n| n.hold.is_some())
+        }
+    };
+    assert!(matches!(held(deps.clone()).await, Ok(true)));
+    // Another process (the store itself) resumes it; this one still remembers the hold.
+    numbers::resume(&deps.uncached(), &t, &second)
+        .await
+        .unwrap();
+    assert!(matches!(held(deps.clone()).await, Ok(true)), "a warm copy");
+    assert!(matches!(held(deps.uncached()).await, Ok(false)));
+    let mut sent = 0;
+    let mut runs = 0;
+    while let Some(job) = fan_outs.pop() {
+        broadcasts::fan_out_in_slices(&deps, &job, 10)
+            .await
+            .unwrap();
+        let (next, sends) = recorded_jobs(&queue);
+        sent += sends.len();
+        fan_outs.extend(next);
+        runs += 1;
+        assert!(runs < 10, "the fan-out ends");
+    }
+    assert_eq!(sent, 20, "the rest queued, not closed sender_held");
+    let view = broadcasts::view(&deps, &tenant.id, &accepted.id)
+        .await
+        .unwrap();
+    assert_eq!(
+        view.counts.get("failed").copied().unwrap_or(0),
+        0,
+        "{view:?}"
+    );
+}
+
 /// `retry-failed` decides "every message is settled" on a consistent walk of the
 /// campaign's messages: a message that an eventually consistent page would miss (recorded,
 /// or given back for another try, a moment before) keeps the campaign "still sending"
@@ -1009,6 +1099,12 @@ mod memory_backend {
             .await
     }
     #[tokio::test]
+    async fn a_campaign_is_not_failed_for_a_hold_a_warm_copy_remembers_after_its_number_was_resumed(
+    ) {
+        super::a_campaign_is_not_failed_for_a_hold_a_warm_copy_remembers_after_its_number_was_resumed(Memory)
+            .await
+    }
+    #[tokio::test]
     async fn a_retry_of_failures_sees_every_unsettled_message_even_when_a_lagging_walk_would_miss_it(
     ) {
         super::a_retry_of_failures_sees_every_unsettled_message_even_when_a_lagging_walk_would_miss_it(Memory)
@@ -1067,6 +1163,12 @@ mod aws_backend_on_moto {
     async fn a_campaign_whose_number_was_removed_mid_fan_out_closes_the_rest_refunded_without_a_job_each(
     ) {
         super::a_campaign_whose_number_was_removed_mid_fan_out_closes_the_rest_refunded_without_a_job_each(Aws)
+            .await
+    }
+    #[tokio::test]
+    async fn a_campaign_is_not_failed_for_a_hold_a_warm_copy_remembers_after_its_number_was_resumed(
+    ) {
+        super::a_campaign_is_not_failed_for_a_hold_a_warm_copy_remembers_after_its_number_was_resumed(Aws)
             .await
     }
     #[tokio::test]
