@@ -282,14 +282,27 @@ pub const HEAVY_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 /// time to that lapse, at most this.
 pub const HEAVY_RETRY_AFTER_MAX: u64 = 5;
 
-/// A tenant's heavy-request lease, held by this request (its random owner token).
-struct Lease {
+/// How far apart two instances' clocks (or one clock across a step back) may be for a lease
+/// one wrote to still hold for the other: a lease lapsing later than `now + HEAVY_LEASE +`
+/// this was written by a clock further ahead, and is taken over at once rather than
+/// blocking the tenant's heavy requests for as long as that clock is ahead. (Lambda's
+/// clocks are kept within milliseconds of each other; this leaves room to spare.)
+pub const HEAVY_LEASE_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A tenant's heavy-request lease, held by this request (its random owner token). Given
+/// back by [`Lease::release`]; dropped without it (the handler panicked, or its future was
+/// dropped: the client went away in local mode), it is given back from a task of its own
+/// (should no runtime be there to run it, it lapses at its expiry).
+struct Lease(Option<Held>);
+
+/// What giving a [`Lease`] back needs.
+struct Held {
     leases: std::sync::Arc<dyn crate::ports::HeavyRequestLeases>,
     tenant: TenantId,
     owner: String,
 }
 
-impl Lease {
+impl Held {
     /// Gives it back (one conditional delete). A failure is harmless: it lapses at its
     /// expiry. Logged, never the request's answer (that has gone, or is going, out).
     fn release(self) -> futures::future::BoxFuture<'static, ()> {
@@ -305,6 +318,26 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Gives it back ([`Held::release`]); its drop then has nothing left to do.
+    fn release(mut self) -> futures::future::BoxFuture<'static, ()> {
+        match self.0.take() {
+            Some(held) => held.release(),
+            None => Box::pin(async {}),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(held) = self.0.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(held.release());
+            }
+        }
+    }
+}
+
 /// Takes the tenant's heavy-request lease for this request (one conditional put), or
 /// answers why not: another heavy request of the tenant holds it (`429 rate_limited`
 /// with `Retry-After`, as any limit on use), or the store failed (its error: the request
@@ -314,17 +347,21 @@ async fn take_lease(state: &AppState, tenant: &TenantId) -> Result<Lease, Servic
     let now = deps.clock.now();
     let until = now
         + chrono::Duration::from_std(HEAVY_LEASE).unwrap_or_else(|_| chrono::Duration::seconds(30));
+    // A lease lapsing later than this was not written by a clock in step with this one.
+    let furthest = until
+        + chrono::Duration::from_std(HEAVY_LEASE_CLOCK_SKEW)
+            .unwrap_or_else(|_| chrono::Duration::seconds(5));
     let owner = ulid::Ulid::new().to_string();
     match deps
         .heavy_leases
-        .acquire_heavy_lease(tenant, &owner, now, until)
+        .acquire_heavy_lease(tenant, &owner, now, until, furthest)
         .await?
     {
-        crate::ports::HeavyLease::Taken => Ok(Lease {
+        crate::ports::HeavyLease::Taken => Ok(Lease(Some(Held {
             leases: deps.heavy_leases.clone(),
             tenant: tenant.clone(),
             owner,
-        }),
+        }))),
         crate::ports::HeavyLease::Held { until } => {
             crate::metrics::limited("heavy");
             // Whole seconds to the holder's lapse, rounded up, 1 to the maximum.
@@ -344,8 +381,8 @@ async fn take_lease(state: &AppState, tenant: &TenantId) -> Result<Lease, Servic
 /// so the work goes on until the body ends. At its end (or an error that ends it) the lease
 /// is given back before the end is reported: on Lambda, where the answer is read whole
 /// before it is returned, within the invocation. A body dropped before its end (the client
-/// went away, a `HEAD`'s) gives it back from a task of its own; should that not run, the
-/// lease lapses at its expiry.
+/// went away, a `HEAD`'s) gives it back from a task of its own (the [`Lease`]'s drop, or
+/// the release under way carried on); should that not run, the lease lapses at its expiry.
 struct LeasedBody {
     inner: axum::body::Body,
     lease: Option<Lease>,
@@ -398,14 +435,13 @@ impl http_body::Body for LeasedBody {
 }
 
 impl Drop for LeasedBody {
+    /// A lease not yet being given back goes with its own drop; a release under way is
+    /// carried on.
     fn drop(&mut self) {
-        let release = match (self.lease.take(), self.releasing.take()) {
-            (Some(lease), _) => lease.release(),
-            (None, Some((release, _))) => release,
-            (None, None) => return,
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(release);
+        if let Some((release, _)) = self.releasing.take() {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(release);
+            }
         }
     }
 }

@@ -20,19 +20,24 @@ pub enum HeavyLease {
 }
 
 /// One lease per tenant: taken with a conditional write (none held, or the one held has
-/// lapsed), released only by its owner.
+/// lapsed, or it lapses further ahead than any clock in step could have written), released
+/// only by its owner.
 #[async_trait]
 pub trait HeavyRequestLeases: Send + Sync {
     /// Takes `tenant`'s lease for `owner` (a fresh random token per request) until
-    /// `until`, if no one holds it at `now`: none is stored, or the one stored lapsed at
-    /// or before `now` (its process died, or its release failed). Of any number of
-    /// concurrent callers, at most one is answered [`HeavyLease::Taken`] while it holds.
+    /// `until`, if no one holds it at `now`: none is stored, or the one stored lapsed
+    /// before `now` (its process died, or its release failed), or it lapses after
+    /// `furthest` (written by a clock ahead of this one, or before this one stepped back:
+    /// no holder in step with `now` asks for that long). Of any number of concurrent
+    /// callers whose clocks put no holder's expiry past their `furthest`, at most one is
+    /// answered [`HeavyLease::Taken`] while it holds.
     async fn acquire_heavy_lease(
         &self,
         tenant: &TenantId,
         owner: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
+        furthest: DateTime<Utc>,
     ) -> Result<HeavyLease, StoreError>;
     /// Gives `tenant`'s lease back if `owner` still holds it; a lease another owner took
     /// over (this one lapsed) or none at all is left as it is, and is no error.

@@ -9,10 +9,17 @@ use kirim::ports::*;
 
 use super::contract::{aws, contract, memory, sweep, Ports};
 
-/// A lease asked for at `now`, lapsing 30 s on.
+/// A lease asked for at `now`, lapsing 30 s on; one held lapsing more than 35 s on is
+/// taken over (as `http::access` asks).
 async fn take(p: &Ports, t: &TenantId, owner: &str, now: DateTime<Utc>) -> HeavyLease {
     p.heavy_leases
-        .acquire_heavy_lease(t, owner, now, now + Duration::seconds(30))
+        .acquire_heavy_lease(
+            t,
+            owner,
+            now,
+            now + Duration::seconds(30),
+            now + Duration::seconds(35),
+        )
         .await
         .unwrap()
 }
@@ -88,6 +95,42 @@ async fn a_lapsed_heavy_lease_is_taken_over_and_its_old_owner_cannot_give_it_bac
     assert_eq!(take(&p, &t, "again", later).await, HeavyLease::Taken);
 }
 
+/// A lease written by a clock ahead (another instance's, or this one's before it stepped
+/// back) lapses further ahead than any holder in step could have asked for: it is taken
+/// over at once, not after as long as that clock was ahead. One ahead by less than the
+/// skew allowed still holds.
+async fn a_heavy_lease_lapsing_further_ahead_than_any_clock_in_step_asks_is_taken_over(p: Ports) {
+    let (t, other) = (TenantId::generate(), TenantId::generate());
+    let now = p.clock.now();
+    assert_eq!(
+        take(&p, &t, "ahead", now + Duration::hours(1)).await,
+        HeavyLease::Taken
+    );
+    assert_eq!(take(&p, &t, "in step", now).await, HeavyLease::Taken);
+    assert!(
+        matches!(take(&p, &t, "next", now).await, HeavyLease::Held { .. }),
+        "the one that took it over holds it"
+    );
+    // The ahead one's late release leaves it so.
+    p.heavy_leases
+        .release_heavy_lease(&t, "ahead")
+        .await
+        .unwrap();
+    assert!(matches!(
+        take(&p, &t, "next", now).await,
+        HeavyLease::Held { .. }
+    ));
+    // A clock 5 s ahead is still in step: its lease lapses 35 s on, no further.
+    assert_eq!(
+        take(&p, &other, "a little ahead", now + Duration::seconds(5)).await,
+        HeavyLease::Taken
+    );
+    assert!(matches!(
+        take(&p, &other, "behind", now).await,
+        HeavyLease::Held { .. }
+    ));
+}
+
 async fn of_many_concurrent_takers_of_one_tenants_lease_exactly_one_gets_it(p: Ports) {
     let t = TenantId::generate();
     let now = p.clock.now();
@@ -129,6 +172,7 @@ async fn a_heavy_lease_never_given_back_is_swept_as_a_send_slot_an_hour_on(p: Po
 contract!(
     a_tenants_heavy_lease_has_one_owner_until_it_gives_it_back,
     a_lapsed_heavy_lease_is_taken_over_and_its_old_owner_cannot_give_it_back,
+    a_heavy_lease_lapsing_further_ahead_than_any_clock_in_step_asks_is_taken_over,
     of_many_concurrent_takers_of_one_tenants_lease_exactly_one_gets_it,
     a_heavy_lease_never_given_back_is_swept_as_a_send_slot_an_hour_on,
 );

@@ -154,6 +154,35 @@ async fn a_heavy_answer_dropped_unread_gives_its_lease_back(b: Backend) {
     panic!("the lease of the dropped answer was never given back");
 }
 
+/// A heavy request whose handler's future is dropped mid-way (its client went away: hyper
+/// drops the service future; or it panicked) gives its lease back all the same, soon
+/// after, not at its expiry 30 s on.
+async fn a_verify_whose_client_went_away_mid_way_gives_its_lease_back(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let hold = HoldFirstHeadRead::default();
+    let mut deps = app.app.deps.clone();
+    deps.audit = Arc::new(Stepped {
+        inner: app.app.deps.audit.clone(),
+        steps: hold.clone(),
+    });
+    let gone = {
+        let (deps, key) = (deps.clone(), t.key.clone());
+        tokio::spawn(async move { call(&deps, "GET", "/v1/audit/verify", &key).await })
+    };
+    hold.entered.notified().await;
+    assert_refused_for_the_lease(&call(&deps, "GET", "/v1/audit/verify", &t.key).await);
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    for _ in 0..100 {
+        if call(&deps, "GET", "/v1/audit/verify", &t.key).await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the lease of the dropped verify was never given back");
+}
+
 /// A heavy request its handler refuses (an unknown campaign's `recipients.csv`: `404`) has
 /// no work left in its body: its lease goes back before its answer, whose body is not even
 /// read yet when the next heavy request comes.
@@ -181,7 +210,13 @@ async fn a_lease_whose_process_died_is_taken_over_once_it_lapses(b: Backend) {
     let now = kirim::ports::Clock::now(&*clock);
     assert_eq!(
         deps.heavy_leases
-            .acquire_heavy_lease(&tenant, "died", now, now + chrono::Duration::seconds(30))
+            .acquire_heavy_lease(
+                &tenant,
+                "died",
+                now,
+                now + chrono::Duration::seconds(30),
+                now + chrono::Duration::seconds(35),
+            )
             .await
             .unwrap(),
         HeavyLease::Taken
@@ -207,6 +242,7 @@ on_both_backends!(
     two_concurrent_verifies_of_one_tenant_answer_one_200_and_one_429,
     an_export_holds_its_tenants_lease_until_its_body_has_been_read,
     a_heavy_answer_dropped_unread_gives_its_lease_back,
+    a_verify_whose_client_went_away_mid_way_gives_its_lease_back,
     a_heavy_request_its_handler_refuses_gives_its_lease_back_at_once,
     a_lease_whose_process_died_is_taken_over_once_it_lapses,
 );

@@ -1,7 +1,8 @@
 //! `HeavyRequestLeases` on the one table (A75): `pk = LEASE#{tenant}`, `sk = HEAVY`,
 //! `owner` (the holder's random token), `expires_at` (epoch **milliseconds**: when it
 //! lapses), `ttl` an hour on (the SendSlot class: an idle tenant's item expires). Taken
-//! with one conditional `PutItem` (no item, or one that lapsed), given back with one
+//! with one conditional `PutItem` (no item, one that lapsed, or one that lapses further
+//! ahead than `furthest`: written by a clock ahead), given back with one
 //! `DeleteItem` on the owner's token; never read.
 
 use async_trait::async_trait;
@@ -42,6 +43,7 @@ impl HeavyRequestLeases for DynamoStore {
         owner: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
+        furthest: DateTime<Utc>,
     ) -> Result<HeavyLease, StoreError> {
         let mut item = keys::heavy_lease(tenant).attrs();
         item.insert("owner".into(), s(owner));
@@ -55,8 +57,11 @@ impl HeavyRequestLeases for DynamoStore {
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
-            .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+            .condition_expression(
+                "attribute_not_exists(pk) OR expires_at < :now OR expires_at > :furthest",
+            )
             .expression_attribute_values(":now", n(now.timestamp_millis()))
+            .expression_attribute_values(":furthest", n(furthest.timestamp_millis()))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;

@@ -27,11 +27,14 @@ impl HeavyRequestLeases for MemoryStore {
         owner: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
+        furthest: DateTime<Utc>,
     ) -> Result<HeavyLease, StoreError> {
         let mut s = self.lock()?;
         if let Some(held) = s.heavy_leases.get(tenant) {
-            // `attribute_not_exists(pk) OR expires_at < :now`, as on DynamoDB.
-            if held.expires_at_ms >= now.timestamp_millis() {
+            // `attribute_not_exists(pk) OR expires_at < :now OR expires_at > :furthest`,
+            // as on DynamoDB.
+            let at = held.expires_at_ms;
+            if at >= now.timestamp_millis() && at <= furthest.timestamp_millis() {
                 return Ok(HeavyLease::Held {
                     until: DateTime::<Utc>::from_timestamp_millis(held.expires_at_ms),
                 });
