@@ -38,9 +38,11 @@ pub struct RouteRule {
     pub path: &'static str,
     pub access: Access,
     /// A tenant route whose work grows with the tenant's data rather than with the request
-    /// (up to its 20 s bound): at most one such request of a tenant is in flight at a time,
-    /// across every instance ([`HEAVY_LEASE`]); another meanwhile is `429`.
-    pub heavy: bool,
+    /// (up to its 20 s bound), and its class: at most one such request of a tenant and class
+    /// is in flight at a time, across every instance ([`HEAVY_LEASE`]); another meanwhile
+    /// is `429`. The classes do not hold each other (a campaign's `recipients.csv`, open to
+    /// every role, does not keep the admin's export from its turn).
+    pub heavy: Option<Heavy>,
 }
 
 const fn rule(method: &'static str, path: &'static str, access: Access) -> RouteRule {
@@ -48,15 +50,19 @@ const fn rule(method: &'static str, path: &'static str, access: Access) -> Route
         method,
         path,
         access,
-        heavy: false,
+        heavy: None,
     }
 }
 
-/// `r`, one at a time per tenant ([`RouteRule::heavy`]).
-const fn heavy(r: RouteRule) -> RouteRule {
-    RouteRule { heavy: true, ..r }
+/// `r`, one at a time per tenant with the other routes of `class` ([`RouteRule::heavy`]).
+const fn heavy(class: Heavy, r: RouteRule) -> RouteRule {
+    RouteRule {
+        heavy: Some(class),
+        ..r
+    }
 }
 
+use crate::ports::Heavy;
 use Access::{Meta, Platform, Public, Session, Tenant};
 use Role::{Admin, Operator, ReadOnly};
 
@@ -86,7 +92,10 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/v1/platform/dead-letters/redrive", Platform),
     rule("GET", "/v1/account", Tenant(ReadOnly)),
     // Every retained item of the tenant, 3 MiB or 20 s a response.
-    heavy(rule("GET", "/v1/account/export", Tenant(Admin))),
+    heavy(
+        Heavy::Account,
+        rule("GET", "/v1/account/export", Tenant(Admin)),
+    ),
     rule("GET", "/v1/messages", Tenant(ReadOnly)),
     rule("POST", "/v1/messages", Tenant(Operator)),
     rule("GET", "/v1/messages/{id}", Tenant(ReadOnly)),
@@ -98,20 +107,25 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/v1/broadcasts/{id}/resume", Tenant(Operator)),
     rule("POST", "/v1/broadcasts/{id}/cancel", Tenant(Operator)),
     // Reads every message of the broadcast (up to 10,000) before it answers.
-    heavy(rule(
-        "POST",
-        "/v1/broadcasts/{id}/retry-failed",
-        Tenant(Operator),
-    )),
+    heavy(
+        Heavy::Campaign,
+        rule("POST", "/v1/broadcasts/{id}/retry-failed", Tenant(Operator)),
+    ),
     // Every message of the broadcast (up to 10,000) and its list, in one response.
-    heavy(rule(
-        "GET",
-        "/v1/broadcasts/{id}/recipients.csv",
-        Tenant(ReadOnly),
-    )),
+    heavy(
+        Heavy::Campaign,
+        rule(
+            "GET",
+            "/v1/broadcasts/{id}/recipients.csv",
+            Tenant(ReadOnly),
+        ),
+    ),
     rule("GET", "/v1/templates", Tenant(ReadOnly)),
     // Every page of the WABAs' catalogues from Meta, and a write per template, up to 20 s.
-    heavy(rule("POST", "/v1/templates/sync", Tenant(Admin))),
+    heavy(
+        Heavy::Account,
+        rule("POST", "/v1/templates/sync", Tenant(Admin)),
+    ),
     rule("GET", "/v1/phone-numbers", Tenant(ReadOnly)),
     rule(
         "PUT",
@@ -144,7 +158,10 @@ pub const ROUTES: &[RouteRule] = &[
     ),
     rule("GET", "/v1/audit", Tenant(Admin)),
     // Every retained event of the chain, up to 200,000 or 20 s a response.
-    heavy(rule("GET", "/v1/audit/verify", Tenant(Admin))),
+    heavy(
+        Heavy::Account,
+        rule("GET", "/v1/audit/verify", Tenant(Admin)),
+    ),
     rule("GET", "/v1/users", Tenant(Admin)),
     rule("POST", "/v1/users", Tenant(Admin)),
     rule("DELETE", "/v1/users/{id}", Tenant(Admin)),
@@ -299,6 +316,7 @@ struct Lease(Option<Held>);
 struct Held {
     leases: std::sync::Arc<dyn crate::ports::HeavyRequestLeases>,
     tenant: TenantId,
+    class: Heavy,
     owner: String,
 }
 
@@ -309,7 +327,7 @@ impl Held {
         Box::pin(async move {
             if let Err(e) = self
                 .leases
-                .release_heavy_lease(&self.tenant, &self.owner)
+                .release_heavy_lease(&self.tenant, self.class, &self.owner)
                 .await
             {
                 tracing::warn!(tenant_id = %self.tenant, error = %e, "heavy-request lease not given back: it lapses at its expiry");
@@ -339,10 +357,14 @@ impl Drop for Lease {
 }
 
 /// Takes the tenant's heavy-request lease for this request (one conditional put), or
-/// answers why not: another heavy request of the tenant holds it (`429 rate_limited`
+/// answers why not: another heavy request of the tenant and class holds it (`429 rate_limited`
 /// with `Retry-After`, as any limit on use), or the store failed (its error: the request
 /// is not run unlimited).
-async fn take_lease(state: &AppState, tenant: &TenantId) -> Result<Lease, ServiceError> {
+async fn take_lease(
+    state: &AppState,
+    tenant: &TenantId,
+    class: Heavy,
+) -> Result<Lease, ServiceError> {
     let deps = &state.deps;
     let now = deps.clock.now();
     let until = now
@@ -354,12 +376,13 @@ async fn take_lease(state: &AppState, tenant: &TenantId) -> Result<Lease, Servic
     let owner = ulid::Ulid::new().to_string();
     match deps
         .heavy_leases
-        .acquire_heavy_lease(tenant, &owner, now, until, furthest)
+        .acquire_heavy_lease(tenant, class, &owner, now, until, furthest)
         .await?
     {
         crate::ports::HeavyLease::Taken => Ok(Lease(Some(Held {
             leases: deps.heavy_leases.clone(),
             tenant: tenant.clone(),
+            class,
             owner,
         }))),
         crate::ports::HeavyLease::Held { until } => {
@@ -609,20 +632,22 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     let (mut parts, body) = req.into_parts();
     match check(&state, &parts, rule.access).await {
         Ok(ctx) => {
-            // A heavy route: the tenant's one heavy request at a time. Refused before
+            // A heavy route: the tenant's one heavy request of its class at a time. Refused before
             // anything else is written (no audit intent, no event: a `429` is not audited).
             let lease = match (&ctx, rule.heavy) {
-                (Some(ctx), true) => match take_lease(&state, ctx.tenant_id()).await {
-                    Ok(lease) => Some(lease),
-                    Err(error) => {
-                        let reason = match &error {
-                            ServiceError::RateLimited { .. } => "heavy_request_in_flight",
-                            _ => "lease_unavailable",
-                        };
-                        tracing::info!(route = %path, method = %parts.method, outcome = "denied", reason, "request refused");
-                        return ApiError::from(error).into_response();
+                (Some(ctx), Some(class)) => {
+                    match take_lease(&state, ctx.tenant_id(), class).await {
+                        Ok(lease) => Some(lease),
+                        Err(error) => {
+                            let reason = match &error {
+                                ServiceError::RateLimited { .. } => "heavy_request_in_flight",
+                                _ => "lease_unavailable",
+                            };
+                            tracing::info!(route = %path, method = %parts.method, outcome = "denied", reason, "request refused");
+                            return ApiError::from(error).into_response();
+                        }
                     }
-                },
+                }
                 _ => None,
             };
             let caller = match &ctx {
@@ -866,34 +891,43 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
 mod tests {
     use super::*;
 
-    /// The routes held to one at a time per tenant, and why (README "Limits"): each reads
-    /// what grows with the tenant's data, not with its request. The audit search reads at
-    /// most 1,000 events, the lists a page, `GET /v1/usage` at most 366 days: light.
+    /// The routes held to one at a time per tenant and class, and why (README "Limits"):
+    /// each reads what grows with the tenant's data, not with its request. The audit search
+    /// reads at most 1,000 events, the lists a page, `GET /v1/usage` at most 366 days:
+    /// light. The account-wide ones (admin only) are a class apart from a campaign's (its
+    /// `recipients.csv` is open to every role): neither keeps the other from its turn.
     #[test]
     fn the_heavy_routes_are_the_tenant_routes_whose_work_grows_with_the_tenants_data() {
-        let heavy: Vec<(&str, &str)> = ROUTES
+        let heavy: Vec<(&str, &str, Heavy)> = ROUTES
             .iter()
-            .filter(|r| r.heavy)
-            .map(|r| (r.method, r.path))
+            .filter_map(|r| r.heavy.map(|c| (r.method, r.path, c)))
             .collect();
         assert_eq!(
             heavy,
             [
-                ("GET", "/v1/account/export"),
-                ("POST", "/v1/broadcasts/{id}/retry-failed"),
-                ("GET", "/v1/broadcasts/{id}/recipients.csv"),
-                ("POST", "/v1/templates/sync"),
-                ("GET", "/v1/audit/verify"),
+                ("GET", "/v1/account/export", Heavy::Account),
+                ("POST", "/v1/broadcasts/{id}/retry-failed", Heavy::Campaign),
+                ("GET", "/v1/broadcasts/{id}/recipients.csv", Heavy::Campaign),
+                ("POST", "/v1/templates/sync", Heavy::Account),
+                ("GET", "/v1/audit/verify", Heavy::Account),
             ]
         );
         assert!(
             ROUTES
                 .iter()
-                .filter(|r| r.heavy)
+                .filter(|r| r.heavy.is_some())
                 .all(|r| matches!(r.access, Access::Tenant(_))),
             "a lease is a tenant's"
         );
+        assert!(
+            ROUTES
+                .iter()
+                .filter(|r| r.heavy == Some(Heavy::Account))
+                .all(|r| r.access == Access::Tenant(Admin)),
+            "the account-wide class is the admin's alone"
+        );
         // `HEAD` is `GET`'s, heavy too.
-        assert!(rule_for(&Method::HEAD, "/v1/account/export").is_some_and(|r| r.heavy));
+        assert!(rule_for(&Method::HEAD, "/v1/account/export")
+            .is_some_and(|r| r.heavy == Some(Heavy::Account)));
     }
 }

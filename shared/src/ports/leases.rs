@@ -1,12 +1,34 @@
-//! A tenant's lease on its one heavy request at a time (`http::access`'s `heavy` routes:
-//! work that grows with the tenant's data, up to 20 s of it). Kept in the store, not in a
-//! process, so that it holds across every Lambda instance (A75).
+//! A tenant's leases on its heavy requests, one at a time of each class (`http::access`'s
+//! `heavy` routes: work that grows with the tenant's data, up to 20 s of it). Kept in the
+//! store, not in a process, so that they hold across every Lambda instance (A75).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::TenantId;
 use crate::store_error::StoreError;
+
+/// The class of a heavy route, and of the lease it takes: a tenant has one lease of each,
+/// so that a campaign route (`recipients.csv`, open to the lowest role, called back to
+/// back) cannot keep the admin's account-wide work from ever getting its turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Heavy {
+    /// The account-wide admin routes: the export, the audit verification, the catalogue
+    /// sync.
+    Account,
+    /// A campaign's routes: its `recipients.csv` and its `retry-failed`.
+    Campaign,
+}
+
+impl Heavy {
+    /// Its name in the lease's key (`HEAVY#{name}`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Heavy::Account => "account",
+            Heavy::Campaign => "campaign",
+        }
+    }
+}
 
 /// How an attempt to take a tenant's heavy-request lease went.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,12 +41,13 @@ pub enum HeavyLease {
     Held { until: Option<DateTime<Utc>> },
 }
 
-/// One lease per tenant: taken with a conditional write (none held, or the one held has
+/// One lease per tenant and [`Heavy`] class (each its own: one held leaves the other
+/// free): taken with a conditional write (none held, or the one held has
 /// lapsed, or it lapses further ahead than any clock in step could have written), released
 /// only by its owner.
 #[async_trait]
 pub trait HeavyRequestLeases: Send + Sync {
-    /// Takes `tenant`'s lease for `owner` (a fresh random token per request) until
+    /// Takes `tenant`'s `class` lease for `owner` (a fresh random token per request) until
     /// `until`, if no one holds it at `now`: none is stored, or the one stored lapsed
     /// before `now` (its process died, or its release failed), or it lapses after
     /// `furthest` (written by a clock ahead of this one, or before this one stepped back:
@@ -34,12 +57,18 @@ pub trait HeavyRequestLeases: Send + Sync {
     async fn acquire_heavy_lease(
         &self,
         tenant: &TenantId,
+        class: Heavy,
         owner: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
         furthest: DateTime<Utc>,
     ) -> Result<HeavyLease, StoreError>;
-    /// Gives `tenant`'s lease back if `owner` still holds it; a lease another owner took
+    /// Gives `tenant`'s `class` lease back if `owner` still holds it; a lease another owner took
     /// over (this one lapsed) or none at all is left as it is, and is no error.
-    async fn release_heavy_lease(&self, tenant: &TenantId, owner: &str) -> Result<(), StoreError>;
+    async fn release_heavy_lease(
+        &self,
+        tenant: &TenantId,
+        class: Heavy,
+        owner: &str,
+    ) -> Result<(), StoreError>;
 }

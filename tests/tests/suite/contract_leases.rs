@@ -9,12 +9,24 @@ use kirim::ports::*;
 
 use super::contract::{aws, contract, memory, sweep, Ports};
 
-/// A lease asked for at `now`, lapsing 30 s on; one held lapsing more than 35 s on is
-/// taken over (as `http::access` asks).
+/// An account-class lease asked for at `now` ([`take_of`]).
 async fn take(p: &Ports, t: &TenantId, owner: &str, now: DateTime<Utc>) -> HeavyLease {
+    take_of(p, t, Heavy::Account, owner, now).await
+}
+
+/// A `class` lease asked for at `now`, lapsing 30 s on; one held lapsing more than 35 s on
+/// is taken over (as `http::access` asks).
+async fn take_of(
+    p: &Ports,
+    t: &TenantId,
+    class: Heavy,
+    owner: &str,
+    now: DateTime<Utc>,
+) -> HeavyLease {
     p.heavy_leases
         .acquire_heavy_lease(
             t,
+            class,
             owner,
             now,
             now + Duration::seconds(30),
@@ -39,7 +51,7 @@ async fn a_tenants_heavy_lease_has_one_owner_until_it_gives_it_back(p: Ports) {
     assert_eq!(take(&p, &other, "third", now).await, HeavyLease::Taken);
     // Only its owner gives it back: another's release leaves it held, and is no error.
     p.heavy_leases
-        .release_heavy_lease(&t, "second")
+        .release_heavy_lease(&t, Heavy::Account, "second")
         .await
         .unwrap();
     assert!(matches!(
@@ -47,17 +59,17 @@ async fn a_tenants_heavy_lease_has_one_owner_until_it_gives_it_back(p: Ports) {
         HeavyLease::Held { .. }
     ));
     p.heavy_leases
-        .release_heavy_lease(&t, "first")
+        .release_heavy_lease(&t, Heavy::Account, "first")
         .await
         .unwrap();
     assert_eq!(take(&p, &t, "fifth", now).await, HeavyLease::Taken);
     // Given back twice, or never held: nothing to do, no error.
     p.heavy_leases
-        .release_heavy_lease(&t, "first")
+        .release_heavy_lease(&t, Heavy::Account, "first")
         .await
         .unwrap();
     p.heavy_leases
-        .release_heavy_lease(&TenantId::generate(), "nobody")
+        .release_heavy_lease(&TenantId::generate(), Heavy::Account, "nobody")
         .await
         .unwrap();
     assert!(matches!(
@@ -81,7 +93,7 @@ async fn a_lapsed_heavy_lease_is_taken_over_and_its_old_owner_cannot_give_it_bac
     let later = lapse + Duration::milliseconds(1);
     assert_eq!(take(&p, &t, "next", later).await, HeavyLease::Taken);
     p.heavy_leases
-        .release_heavy_lease(&t, "died")
+        .release_heavy_lease(&t, Heavy::Account, "died")
         .await
         .unwrap();
     assert!(
@@ -89,7 +101,7 @@ async fn a_lapsed_heavy_lease_is_taken_over_and_its_old_owner_cannot_give_it_bac
         "the late release of the lapsed owner leaves the new owner's"
     );
     p.heavy_leases
-        .release_heavy_lease(&t, "next")
+        .release_heavy_lease(&t, Heavy::Account, "next")
         .await
         .unwrap();
     assert_eq!(take(&p, &t, "again", later).await, HeavyLease::Taken);
@@ -113,7 +125,7 @@ async fn a_heavy_lease_lapsing_further_ahead_than_any_clock_in_step_asks_is_take
     );
     // The ahead one's late release leaves it so.
     p.heavy_leases
-        .release_heavy_lease(&t, "ahead")
+        .release_heavy_lease(&t, Heavy::Account, "ahead")
         .await
         .unwrap();
     assert!(matches!(
@@ -129,6 +141,42 @@ async fn a_heavy_lease_lapsing_further_ahead_than_any_clock_in_step_asks_is_take
         take(&p, &other, "behind", now).await,
         HeavyLease::Held { .. }
     ));
+}
+
+/// A tenant's two classes of heavy request are leased apart: a campaign's held leaves the
+/// account-wide one free, and the other way round; two of one class still exclude each
+/// other, and a release gives back its own class only.
+async fn a_tenants_account_and_campaign_heavy_leases_are_held_apart(p: Ports) {
+    let t = TenantId::generate();
+    let now = p.clock.now();
+    let campaign = |owner| take_of(&p, &t, Heavy::Campaign, owner, now);
+    assert_eq!(campaign("csv").await, HeavyLease::Taken);
+    assert!(matches!(campaign("retry").await, HeavyLease::Held { .. }));
+    assert_eq!(take(&p, &t, "verify", now).await, HeavyLease::Taken);
+    assert!(matches!(
+        take(&p, &t, "export", now).await,
+        HeavyLease::Held { .. }
+    ));
+    p.heavy_leases
+        .release_heavy_lease(&t, Heavy::Account, "verify")
+        .await
+        .unwrap();
+    assert!(
+        matches!(campaign("retry").await, HeavyLease::Held { .. }),
+        "the account-wide release leaves the campaign's lease"
+    );
+    assert_eq!(take(&p, &t, "export", now).await, HeavyLease::Taken);
+    // Its owner token on the other class gives nothing back.
+    p.heavy_leases
+        .release_heavy_lease(&t, Heavy::Account, "csv")
+        .await
+        .unwrap();
+    assert!(matches!(campaign("retry").await, HeavyLease::Held { .. }));
+    p.heavy_leases
+        .release_heavy_lease(&t, Heavy::Campaign, "csv")
+        .await
+        .unwrap();
+    assert_eq!(campaign("retry").await, HeavyLease::Taken);
 }
 
 async fn of_many_concurrent_takers_of_one_tenants_lease_exactly_one_gets_it(p: Ports) {
@@ -166,13 +214,14 @@ async fn a_heavy_lease_never_given_back_is_swept_as_a_send_slot_an_hour_on(p: Po
         .await
         .unwrap()
         .iter()
-        .any(|i| i.pk == format!("LEASE#{t}") && i.sk == "HEAVY"));
+        .any(|i| i.pk == format!("LEASE#{t}") && i.sk.starts_with("HEAVY")));
 }
 
 contract!(
     a_tenants_heavy_lease_has_one_owner_until_it_gives_it_back,
     a_lapsed_heavy_lease_is_taken_over_and_its_old_owner_cannot_give_it_back,
     a_heavy_lease_lapsing_further_ahead_than_any_clock_in_step_asks_is_taken_over,
+    a_tenants_account_and_campaign_heavy_leases_are_held_apart,
     of_many_concurrent_takers_of_one_tenants_lease_exactly_one_gets_it,
     a_heavy_lease_never_given_back_is_swept_as_a_send_slot_an_hour_on,
 );

@@ -1,7 +1,8 @@
 //! Heavy routes (README "Limits"): at most one request of a tenant whose work grows with
-//! its data is in flight at a time, across every instance (a lease in the store, A75);
-//! another meanwhile is `429 rate_limited` with `Retry-After`, another tenant's and light
-//! routes are not held. On both backends.
+//! its data is in flight at a time per class (the account-wide admin routes; a campaign's
+//! routes), across every instance (a lease in the store, A75); another of the class
+//! meanwhile is `429 rate_limited` with `Retry-After`, the other class, another tenant's
+//! and light routes are not held. On both backends.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request, Response};
 use kirim::config::Backend;
 use kirim::domain::TenantId;
-use kirim::ports::HeavyLease;
+use kirim::ports::{Heavy, HeavyLease};
 use kirim::service::Deps;
 use kirim_tests::{spawn_app, ManualClock, TestApp};
 use serde_json::Value;
@@ -183,6 +184,54 @@ async fn a_verify_whose_client_went_away_mid_way_gives_its_lease_back(b: Backend
     panic!("the lease of the dropped verify was never given back");
 }
 
+/// A campaign's heavy routes (`recipients.csv` is open to every role) and the admin's
+/// account-wide ones hold separate leases: a campaign route in flight does not refuse the
+/// admin's verify or export, nor the other way round; two campaign routes still exclude
+/// each other.
+async fn a_campaign_route_in_flight_does_not_hold_the_admins_verify_or_export(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let deps = &app.app.deps;
+    let tenant = TenantId::parse(&t.tenant_id).unwrap();
+    let now = kirim::ports::Clock::now(&*deps.clock);
+    assert_eq!(
+        deps.heavy_leases
+            .acquire_heavy_lease(
+                &tenant,
+                Heavy::Campaign,
+                "recipients.csv in flight",
+                now,
+                now + chrono::Duration::seconds(30),
+                now + chrono::Duration::seconds(35),
+            )
+            .await
+            .unwrap(),
+        HeavyLease::Taken
+    );
+    let unknown = kirim::domain::new_id();
+    let csv = format!("/v1/broadcasts/{unknown}/recipients.csv");
+    let retry = format!("/v1/broadcasts/{unknown}/retry-failed");
+    assert_refused_for_the_lease(&call(deps, "GET", &csv, &t.key).await);
+    assert_refused_for_the_lease(&call(deps, "POST", &retry, &t.key).await);
+    let (status, _, report) = call(deps, "GET", "/v1/audit/verify", &t.key).await;
+    assert_eq!(
+        (status, &report["valid"]),
+        (200, &Value::Bool(true)),
+        "{report}"
+    );
+    let export = request(deps, "GET", "/v1/account/export", &t.key).await;
+    assert_eq!(export.status(), 200);
+    // The export holds the account-wide lease while its body is unread: a second is
+    // refused, the campaign's class is still its own holder's.
+    assert_refused_for_the_lease(&call(deps, "GET", "/v1/audit/verify", &t.key).await);
+    deps.heavy_leases
+        .release_heavy_lease(&tenant, Heavy::Campaign, "recipients.csv in flight")
+        .await
+        .unwrap();
+    assert_eq!(call(deps, "GET", &csv, &t.key).await.0, 404);
+    drop(export);
+}
+
 /// A heavy request its handler refuses (an unknown campaign's `recipients.csv`: `404`) has
 /// no work left in its body: its lease goes back before its answer, whose body is not even
 /// read yet when the next heavy request comes.
@@ -212,6 +261,7 @@ async fn a_lease_whose_process_died_is_taken_over_once_it_lapses(b: Backend) {
         deps.heavy_leases
             .acquire_heavy_lease(
                 &tenant,
+                Heavy::Account,
                 "died",
                 now,
                 now + chrono::Duration::seconds(30),
@@ -244,5 +294,6 @@ on_both_backends!(
     a_heavy_answer_dropped_unread_gives_its_lease_back,
     a_verify_whose_client_went_away_mid_way_gives_its_lease_back,
     a_heavy_request_its_handler_refuses_gives_its_lease_back_at_once,
+    a_campaign_route_in_flight_does_not_hold_the_admins_verify_or_export,
     a_lease_whose_process_died_is_taken_over_once_it_lapses,
 );

@@ -378,8 +378,9 @@ pub(super) struct State {
     /// Business phone number → the next free send slot (epoch microseconds) and the slot's
     /// expiry (epoch seconds: an idle number's slot expires, as on DynamoDB).
     rate: HashMap<String, (i64, i64)>,
-    /// tenant → its heavy-request lease (A75), as its `LEASE#{tenant}` / `HEAVY` item.
-    heavy_leases: HashMap<TenantId, leases::HeldLease>,
+    /// (tenant, class) → its heavy-request lease of that class (A75), as its
+    /// `LEASE#{tenant}` / `HEAVY#{class}` item.
+    heavy_leases: HashMap<(TenantId, crate::ports::Heavy), leases::HeldLease>,
     /// (WABA, template name, language) → the catalogue's template, ordered for paging.
     templates: BTreeMap<(String, String, String), crate::ports::CatalogueTemplate>,
     /// (WABA, template name, language) → Meta's time of each field's last applied change

@@ -33,7 +33,7 @@ const APIKEY: &str = "APIKEY#";
 const WAMID: &str = "WAMID#";
 const AUDIT: &str = "AUDIT#";
 const RATE: &str = "RATE#";
-/// A tenant's heavy-request lease (A75): a partition of its own per tenant, out of the
+/// A tenant's heavy-request leases (A75): a partition of its own per tenant, out of the
 /// tenant's partition (which the close-out walks and the hot paths write).
 const LEASE: &str = "LEASE#";
 const EMAIL: &str = "EMAIL#";
@@ -61,7 +61,8 @@ const APIKEY_SK: &str = "APIKEY";
 const WAMID_SK: &str = "WAMID";
 const HEAD_SK: &str = "HEAD";
 const NEXT_SK: &str = "NEXT";
-const HEAVY_SK: &str = "HEAVY";
+/// A heavy-request lease's sort key: `HEAVY#{class}` (`ports::Heavy::as_str`).
+const HEAVY_PREFIX: &str = "HEAVY#";
 const EMAIL_SK: &str = "EMAIL";
 const CHECKPOINT_SK: &str = "CHECKPOINT";
 const STATUS_CALLBACK_SK: &str = "SETTINGS#STATUS_CALLBACK";
@@ -164,8 +165,8 @@ pub enum ItemKind {
     BroadcastList,
     /// `RATE#{phone_number_id}` / `NEXT`: a number's next free send slot.
     SendSlot,
-    /// `LEASE#{tenant}` / `HEAVY`: the tenant's one heavy request in flight (its owner
-    /// token and when it lapses).
+    /// `LEASE#{tenant}` / `HEAVY#{class}`: the tenant's one heavy request of that class in
+    /// flight (its owner token and when it lapses).
     HeavyLease,
     /// `TENANT#{tenant}` / `SETTINGS#STATUS_CALLBACK`.
     StatusCallback,
@@ -315,7 +316,7 @@ impl ItemKind {
                 (_, PHONE_SK) if pk.starts_with(PHONE) => PhoneRoute,
                 (_, APIKEY_SK) if pk.starts_with(APIKEY) => ApiKeyByHash,
                 (_, NEXT_SK) if pk.starts_with(RATE) => SendSlot,
-                (_, HEAVY_SK) if pk.starts_with(LEASE) => HeavyLease,
+                _ if pk.starts_with(LEASE) && has(HEAVY_PREFIX) => HeavyLease,
                 (_, EMAIL_SK) if pk.starts_with(EMAIL) => EmailClaim,
                 (_, SESSION_SK) if pk.starts_with(SESSION) => Session,
                 (RETENTION, CHECKPOINT_SK) => RetentionCheckpoint,
@@ -620,9 +621,12 @@ pub fn send_slot(number: &str) -> Key {
     Key::new(format!("{RATE}{number}"), NEXT_SK)
 }
 
-/// A tenant's heavy-request lease (A75).
-pub fn heavy_lease(t: &TenantId) -> Key {
-    Key::new(format!("{LEASE}{t}"), HEAVY_SK)
+/// A tenant's heavy-request lease of a class (A75).
+pub fn heavy_lease(t: &TenantId, class: crate::ports::Heavy) -> Key {
+    Key::new(
+        format!("{LEASE}{t}"),
+        format!("{HEAVY_PREFIX}{}", class.as_str()),
+    )
 }
 
 // ---- Configuration, users, audit ------------------------------------------------------
@@ -904,7 +908,7 @@ mod tests {
             ItemKind::Broadcast => broadcast(&t, "01JBCAST"),
             ItemKind::BroadcastList => broadcast_list(&t, "01JBCAST"),
             ItemKind::SendSlot => send_slot("1234567890"),
-            ItemKind::HeavyLease => heavy_lease(&t),
+            ItemKind::HeavyLease => heavy_lease(&t, crate::ports::Heavy::Campaign),
             ItemKind::StatusCallback => status_callback(&t),
             ItemKind::TwoFactorSetting => two_factor_setting(&t),
             ItemKind::User => user(&t, "01JUSER"),
@@ -931,6 +935,24 @@ mod tests {
                 Some(kind.class()),
                 "{key:?}"
             );
+        }
+    }
+
+    #[test]
+    fn each_heavy_lease_class_has_a_key_of_its_own_of_the_lease_type() {
+        use crate::ports::Heavy;
+        let t = TenantId::parse("01JABCDEFGHJKMNPQRSTVWXYZ0").unwrap();
+        let (account, campaign) = (
+            heavy_lease(&t, Heavy::Account),
+            heavy_lease(&t, Heavy::Campaign),
+        );
+        assert_eq!(
+            (account.pk.as_str(), account.sk.as_str()),
+            ("LEASE#01JABCDEFGHJKMNPQRSTVWXYZ0", "HEAVY#account")
+        );
+        assert_eq!(campaign.sk, "HEAVY#campaign");
+        for key in [account, campaign] {
+            assert_eq!(key.kind(), Some(ItemKind::HeavyLease), "{key:?}");
         }
     }
 
@@ -992,11 +1014,13 @@ mod tests {
         assert_eq!(class(t, "QSTAT#2026-01-01"), Some(C::Stats));
         assert_eq!(class(t, "BCLIST#01J"), Some(C::BroadcastList));
         assert_eq!(class("RATE#123", "NEXT"), Some(C::SendSlot));
-        assert_eq!(
-            class("LEASE#01JABCDEFGHJKMNPQRSTVWXYZ0", "HEAVY"),
-            Some(C::SendSlot),
-            "a heavy-request lease is throughput state, as a send slot is"
-        );
+        for sk in ["HEAVY#account", "HEAVY#campaign"] {
+            assert_eq!(
+                class("LEASE#01JABCDEFGHJKMNPQRSTVWXYZ0", sk),
+                Some(C::SendSlot),
+                "a heavy-request lease is throughput state, as a send slot is"
+            );
+        }
         assert_eq!(
             class("LOGINFAIL#ab", "ADDR#198.51.100.7"),
             Some(C::LoginFailures)

@@ -1,4 +1,5 @@
-//! `HeavyRequestLeases` on the one table (A75): `pk = LEASE#{tenant}`, `sk = HEAVY`,
+//! `HeavyRequestLeases` on the one table (A75): `pk = LEASE#{tenant}`,
+//! `sk = HEAVY#{class}` (`account`, `campaign`),
 //! `owner` (the holder's random token), `expires_at` (epoch **milliseconds**: when it
 //! lapses), `ttl` an hour on (the SendSlot class: an idle tenant's item expires). Taken
 //! with one conditional `PutItem` (no item, one that lapsed, or one that lapses further
@@ -12,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use super::{classify, keys, n, s, DynamoStore, TTL_ATTR};
 use crate::domain::{TenantId, SEND_SLOT_RETENTION};
-use crate::ports::{micros_to_time, HeavyLease, HeavyRequestLeases};
+use crate::ports::{micros_to_time, Heavy, HeavyLease, HeavyRequestLeases};
 use crate::store_error::StoreError;
 
 /// How long a lease item outlives its taking (the SendSlot class).
@@ -40,12 +41,13 @@ impl HeavyRequestLeases for DynamoStore {
     async fn acquire_heavy_lease(
         &self,
         tenant: &TenantId,
+        class: Heavy,
         owner: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
         furthest: DateTime<Utc>,
     ) -> Result<HeavyLease, StoreError> {
-        let mut item = keys::heavy_lease(tenant).attrs();
+        let mut item = keys::heavy_lease(tenant, class).attrs();
         item.insert("owner".into(), s(owner));
         item.insert("expires_at".into(), n(until.timestamp_millis()));
         item.insert(
@@ -76,12 +78,17 @@ impl HeavyRequestLeases for DynamoStore {
         }
     }
 
-    async fn release_heavy_lease(&self, tenant: &TenantId, owner: &str) -> Result<(), StoreError> {
+    async fn release_heavy_lease(
+        &self,
+        tenant: &TenantId,
+        class: Heavy,
+        owner: &str,
+    ) -> Result<(), StoreError> {
         let res = self
             .client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(keys::heavy_lease(tenant).attrs()))
+            .set_key(Some(keys::heavy_lease(tenant, class).attrs()))
             .condition_expression("#owner = :owner")
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_values(":owner", s(owner))

@@ -6,10 +6,11 @@ use chrono::{DateTime, Utc};
 
 use super::MemoryStore;
 use crate::domain::{TenantId, SEND_SLOT_RETENTION};
-use crate::ports::{HeavyLease, HeavyRequestLeases};
+use crate::ports::{Heavy, HeavyLease, HeavyRequestLeases};
 use crate::store_error::StoreError;
 
-/// A tenant's lease as the table's `LEASE#{tenant}` / `HEAVY` item holds it.
+/// A tenant's lease of a class as the table's `LEASE#{tenant}` / `HEAVY#{class}` item holds
+/// it.
 #[derive(Clone, Debug)]
 pub(in crate::adapters::memory) struct HeldLease {
     pub(in crate::adapters::memory) owner: String,
@@ -24,13 +25,15 @@ impl HeavyRequestLeases for MemoryStore {
     async fn acquire_heavy_lease(
         &self,
         tenant: &TenantId,
+        class: Heavy,
         owner: &str,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
         furthest: DateTime<Utc>,
     ) -> Result<HeavyLease, StoreError> {
         let mut s = self.lock()?;
-        if let Some(held) = s.heavy_leases.get(tenant) {
+        let key = (tenant.clone(), class);
+        if let Some(held) = s.heavy_leases.get(&key) {
             // `attribute_not_exists(pk) OR expires_at < :now OR expires_at > :furthest`,
             // as on DynamoDB.
             let at = held.expires_at_ms;
@@ -41,7 +44,7 @@ impl HeavyRequestLeases for MemoryStore {
             }
         }
         s.heavy_leases.insert(
-            tenant.clone(),
+            key,
             HeldLease {
                 owner: owner.to_owned(),
                 expires_at_ms: until.timestamp_millis(),
@@ -53,10 +56,16 @@ impl HeavyRequestLeases for MemoryStore {
         Ok(HeavyLease::Taken)
     }
 
-    async fn release_heavy_lease(&self, tenant: &TenantId, owner: &str) -> Result<(), StoreError> {
+    async fn release_heavy_lease(
+        &self,
+        tenant: &TenantId,
+        class: Heavy,
+        owner: &str,
+    ) -> Result<(), StoreError> {
         let mut s = self.lock()?;
-        if s.heavy_leases.get(tenant).is_some_and(|h| h.owner == owner) {
-            s.heavy_leases.remove(tenant);
+        let key = (tenant.clone(), class);
+        if s.heavy_leases.get(&key).is_some_and(|h| h.owner == owner) {
+            s.heavy_leases.remove(&key);
         }
         Ok(())
     }

@@ -464,9 +464,9 @@ impl RetentionStore for MemoryStore {
         for (number, (tat, expires)) in &s.rate {
             item(keys::send_slot(number), Some(*expires), json!({"tat": tat}));
         }
-        for (t, l) in &s.heavy_leases {
+        for ((t, class), l) in &s.heavy_leases {
             item(
-                keys::heavy_lease(t),
+                keys::heavy_lease(t, *class),
                 Some(l.ttl),
                 json!({"owner": l.owner, "expires_at": l.expires_at_ms}),
             );
