@@ -421,7 +421,8 @@ impl Reconciliation {
 
 /// Reconciles one tenant: `export` is its `GET /v1/account/export` lines, `credits` its
 /// balance now, `opening` the credits it was onboarded with, `meta` everything the sandbox
-/// received (any tenant's; matched by `biz_opaque_callback_data` = the message id).
+/// received (any tenant's; matched by `biz_opaque_callback_data`, `{message id}.{tenant id}`,
+/// or the message id alone as sends before stop 59 carried it).
 pub fn reconcile(
     opening: i64,
     credits: i64,
@@ -436,7 +437,8 @@ pub fn reconcile(
     };
     let mut requests: HashMap<&str, (usize, usize)> = HashMap::new();
     for q in meta {
-        if let Some(id) = q.request["biz_opaque_callback_data"].as_str() {
+        if let Some(callback) = q.request["biz_opaque_callback_data"].as_str() {
+            let id = callback.split('.').next().unwrap_or(callback);
             let e = requests.entry(id).or_default();
             e.0 += 1;
             if q.response.status == 200 {
@@ -747,7 +749,12 @@ mod tests {
             ledger(-1, Some("c")),
             json!({"type": "end"}),
         ];
-        let meta = vec![meta("a", 200), meta("b", 500), meta("c", 200)];
+        // `c`'s request in the callback form of sends since stop 59 (the tenant after the id).
+        let meta = vec![
+            meta("a", 200),
+            meta("b", 500),
+            meta("c.01M94DBHM40P0CP778A1XHSK2V", 200),
+        ];
         let r = reconcile(10, 8, &export, &meta);
         assert_eq!(r.problems(), Vec::<String>::new());
         assert_eq!(r.accepted_by_meta, 2);
