@@ -99,7 +99,7 @@ pub async fn replace(
                 .delete_secret(&tenant.meta_token_secret)
                 .await
             {
-                tracing::error!(tenant_id = %id, error = %e, "a closed tenant's meta token secret was not deleted again (delete it by hand)");
+                tracing::error!(tenant_id = %id, error = %e, "a closed tenant's meta token secret was not deleted again; its close-out, or the daily run after it, deletes it");
             }
             Err(closed())
         }

@@ -489,7 +489,9 @@ pub struct OrphanSecrets {
 /// Lists the tenants' Meta-token secrets (`{prefix}tenants/{id}/meta-token`, by name
 /// prefix: names and dates, never a value) and schedules for deletion each one whose tenant
 /// does not exist (no tenant item, whatever its status: an active, suspended or closed
-/// tenant keeps its secret; closing deletes it in its close-out) and which is older than
+/// tenant keeps its secret; closing deletes it in its close-out), or was closed out
+/// already (a secret still listed then was brought back since: a replacement of the token
+/// that died between its restore and its delete again), and which is older than
 /// [`ORPHAN_SECRET_MIN_AGE`]. The deletion is the close-out's: Secrets Manager's 7-day
 /// recovery window, restorable by hand meanwhile. A secret whose tenant cannot be read is
 /// kept (counted as failed). Never logs a name or a value: the tenant id part only.
@@ -533,15 +535,28 @@ pub async fn delete_orphan_secrets(deps: &Deps, deadline: Instant) -> OrphanSecr
             if now - changed < min_age {
                 continue;
             }
-            match deps.tenants.get_tenant(&tenant).await {
-                Ok(Some(_)) => continue,
-                Ok(None) => {}
+            let orphan = match deps.tenants.get_tenant(&tenant).await {
+                Ok(Some(t)) if t.status != TenantStatus::Closed => continue,
+                // Closed: its close-out deletes the secret. Once closed out, a secret still
+                // listed was brought back after it (a replacement of the token that read the
+                // tenant before its close and died before it could delete the secret
+                // again): nothing will ever read it, and closed is final.
+                Ok(Some(_)) => match deps.retention.closed_out_at(&tenant).await {
+                    Ok(Some(_)) => "closed out",
+                    Ok(None) => continue,
+                    Err(e) => {
+                        out.failed += 1;
+                        tracing::warn!(tenant_id = %tenant, error = %e, "whether a closed tenant was closed out could not be read; its Meta-token secret is kept");
+                        continue;
+                    }
+                },
+                Ok(None) => "of no tenant",
                 Err(e) => {
                     out.failed += 1;
                     tracing::warn!(tenant_id = %tenant, error = %e, "a Meta-token secret's tenant could not be read; the secret is kept");
                     continue;
                 }
-            }
+            };
             if out.deleted >= MAX_ORPHAN_SECRETS_PER_RUN {
                 tracing::error!(
                     tenant_id = %tenant,
@@ -555,8 +570,9 @@ pub async fn delete_orphan_secrets(deps: &Deps, deadline: Instant) -> OrphanSecr
                     out.deleted += 1;
                     tracing::warn!(
                         tenant_id = %tenant,
+                        tenant = orphan,
                         age_hours = (now - changed).num_hours(),
-                        "a Meta-token secret of no tenant (an onboarding that did not finish) was scheduled for deletion"
+                        "a Meta-token secret of no tenant (an onboarding that did not finish) or of a tenant closed out (a replacement that died) was scheduled for deletion"
                     );
                 }
                 Err(e) => {

@@ -1830,9 +1830,62 @@ async fn a_run_whose_secret_listing_fails_still_does_the_rest(b: Backend) {
     assert!(secret_exists(&app, &orphan).await, "left for the next run");
 }
 
+/// A token replacement that read the tenant before its close and died between restoring
+/// its secret and deleting it again leaves a closed-out tenant's secret live: nothing will
+/// read it again, so the daily run deletes it as an orphan once it is an hour old.
+async fn a_closed_out_tenants_meta_token_secret_brought_back_is_deleted_by_the_daily_run(
+    b: Backend,
+) {
+    let (app, clock) = spawn_on_clock(b).await;
+    let closed = app.onboard(1).await;
+    let (st, body) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/platform/tenants/{}", closed.tenant_id),
+        OPERATOR_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let deps = &app.app.deps;
+    let report = kirim::service::retention::run(deps).await.expect("run");
+    assert_eq!(report.closed_out.len(), 1, "{report:?}");
+    let name = meta_token_of(&app, &closed);
+    assert!(
+        !secret_exists(&app, &name).await,
+        "the close-out deleted it"
+    );
+    // The dead replacement's restore.
+    deps.secrets
+        .replace(&name, &kirim::secret::Secret::new("EAAG-brought-back"))
+        .await
+        .expect("restore");
+    assert!(secret_exists(&app, &name).await);
+    clock.advance(chrono::Duration::hours(2));
+    let found = kirim::service::retention::delete_orphan_secrets(
+        deps,
+        std::time::Instant::now() + Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        found,
+        kirim::service::retention::OrphanSecrets {
+            deleted: 1,
+            failed: 0,
+            checked: true
+        }
+    );
+    assert!(!secret_exists(&app, &name).await, "deleted again");
+    assert!(
+        !captured_logs().contains("EAAG-brought-back"),
+        "the token is never logged"
+    );
+}
+
 on_both_backends!(
     the_daily_run_deletes_a_meta_token_secret_of_no_tenant_once_it_is_an_hour_old,
     no_tenants_meta_token_secret_is_taken_for_an_orphan_whatever_its_status,
+    a_closed_out_tenants_meta_token_secret_brought_back_is_deleted_by_the_daily_run,
     a_run_whose_secret_listing_fails_still_does_the_rest,
     a_run_that_fails_part_way_still_records_what_its_pages_removed,
     with_messages_kept_seconds_a_message_expires_and_sends_still_go,
