@@ -315,7 +315,9 @@ pub trait ApiKeyStore: Send + Sync {
 pub struct RequestKeyRecord {
     pub tenant_id: TenantId,
     pub key_hash: String,
-    /// SHA-256 of the canonical request.
+    /// HMAC-SHA-256 of the canonical request keyed by the `Idempotency-Key`
+    /// (`IdempotencyKey::fingerprint`), not a bare hash: the request may hold short
+    /// template parameters a bare hash would give away to a guess.
     pub fingerprint: String,
     /// What the first request created: a ledger entry's or a broadcast's id.
     pub first_id: String,
