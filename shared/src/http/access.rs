@@ -398,8 +398,9 @@ async fn take_lease(
     }
 }
 
-/// A heavy route's successful answer, holding its tenant's lease until the body has been
-/// produced (an error answer gives it back before it is returned: no work is left in it):
+/// A heavy route's successful answer whose body is still to be produced, holding its
+/// tenant's lease until it has been (an error answer, or one whose body is whole already,
+/// gives it back before it is returned: no work is left in it):
 /// the export and `recipients.csv` stream theirs page by page after the handler returned,
 /// so the work goes on until the body ends. At its end (or an error that ends it) the lease
 /// is given back before the end is reported: on Lambda, where the answer is read whole
@@ -812,8 +813,15 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
             }
             match lease {
                 // A refusal or a failure is all there is to it (a short error body, not
-                // the work): the lease goes back now.
-                Some(lease) if !res.status().is_success() => {
+                // the work), and so is an answer whose body is whole already (its length
+                // known: verify's, sync's, retry-failed's): the lease goes back now, before
+                // the answer leaves. Held in such a body, it would go back only when the
+                // server polled the body past its last byte, after a client that counted
+                // the `Content-Length` had read the answer and sent its next call.
+                Some(lease)
+                    if !res.status().is_success()
+                        || http_body::Body::size_hint(res.body()).exact().is_some() =>
+                {
                     lease.release().await;
                     res
                 }

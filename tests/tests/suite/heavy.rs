@@ -137,6 +137,38 @@ async fn an_export_holds_its_tenants_lease_until_its_body_has_been_read(b: Backe
     assert_eq!(call(deps, "GET", "/v1/audit/verify", &t.key).await.0, 200);
 }
 
+/// An answer whose body is whole when its handler returns (verify's JSON, of a known
+/// length) gives its lease back before it is returned: a client that reads the
+/// `Content-Length`'s bytes and calls again at once is not refused by its own finished
+/// call (on a real server the body is polled past its last byte only after the client
+/// has all of it).
+async fn a_finished_verify_holds_no_lease_once_answered_even_before_its_body_is_read(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let deps = &app.app.deps;
+    let first = request(deps, "GET", "/v1/audit/verify", &t.key).await;
+    assert_eq!(first.status(), 200);
+    assert!(
+        axum::body::HttpBody::size_hint(first.body())
+            .exact()
+            .is_some(),
+        "a whole body, of a known length"
+    );
+    // Its body not read yet: the next call goes.
+    let (status, _, report) = call(deps, "GET", "/v1/audit/verify", &t.key).await;
+    assert_eq!(
+        (status, &report["valid"]),
+        (200, &Value::Bool(true)),
+        "{report}"
+    );
+    let (status, _, report) = read(first).await;
+    assert_eq!(
+        (status, &report["valid"]),
+        (200, &Value::Bool(true)),
+        "{report}"
+    );
+}
+
 /// A heavy answer whose body is dropped unread (the client went away) gives its lease
 /// back all the same, soon after.
 async fn a_heavy_answer_dropped_unread_gives_its_lease_back(b: Backend) {
@@ -292,6 +324,7 @@ on_both_backends!(
     two_concurrent_verifies_of_one_tenant_answer_one_200_and_one_429,
     an_export_holds_its_tenants_lease_until_its_body_has_been_read,
     a_heavy_answer_dropped_unread_gives_its_lease_back,
+    a_finished_verify_holds_no_lease_once_answered_even_before_its_body_is_read,
     a_verify_whose_client_went_away_mid_way_gives_its_lease_back,
     a_heavy_request_its_handler_refuses_gives_its_lease_back_at_once,
     a_campaign_route_in_flight_does_not_hold_the_admins_verify_or_export,
