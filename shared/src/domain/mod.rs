@@ -1,6 +1,7 @@
 //! Parsed domain types: once a value has one of these types it is valid.
 
 mod allowlist;
+pub mod error_text;
 pub mod fields;
 pub mod hints;
 mod idempotency;
