@@ -185,9 +185,6 @@ async fn body_capped(mut res: reqwest::Response, cap: usize) -> Result<Vec<u8>, 
     Ok(body)
 }
 
-/// The most of Meta's error text kept (as of a status webhook's error title).
-pub const MAX_ERROR_TITLE: usize = 200;
-
 /// What a refused access token's error says, in place of Meta's own text: the Graph API
 /// echoes a malformed token in its message ("Malformed access token EAAG…"), and the title
 /// is stored on the message, shown by the API and the export, sent in status callbacks,
@@ -197,8 +194,13 @@ pub const TOKEN_REFUSED_TITLE: &str =
 
 /// Meta's error answer to a request made with `token`, as a send error. Its text is kept
 /// without the token (a refused token's codes get a fixed title; any other that quotes it
-/// has it redacted) and cut to [`MAX_ERROR_TITLE`] characters.
+/// has it redacted) and without any number ([`crate::domain::error_text::scrub`]: the
+/// Graph API echoes request data, the recipient's digits among them), cut to
+/// [`crate::domain::error_text::MAX_META_TEXT`] characters: the dispatcher, which knows the message's
+/// content, takes that out too and cuts it to
+/// [`crate::domain::error_text::MAX_ERROR_TITLE`].
 fn api_error(status: u16, bytes: &[u8], token: &Secret) -> MetaSendError {
+    use crate::domain::error_text;
     match serde_json::from_slice::<ErrorEnvelope>(bytes) {
         Ok(env) => {
             let code = env.error.code;
@@ -206,11 +208,11 @@ fn api_error(status: u16, bytes: &[u8], token: &Secret) -> MetaSendError {
                 TOKEN_REFUSED_TITLE.to_owned()
             } else {
                 let text = env.error.error_user_title.unwrap_or(env.error.message);
-                let text = match token.expose().trim() {
-                    t if t.len() >= 8 => text.replace(t, "<redacted>"),
-                    _ => text,
+                let quoted: &[&str] = match token.expose().trim() {
+                    t if t.len() >= 8 => &[t],
+                    _ => &[],
                 };
-                text.chars().take(MAX_ERROR_TITLE).collect()
+                error_text::scrub(&text, quoted, error_text::MAX_META_TEXT)
             };
             MetaSendError::Api {
                 http_status: status,
@@ -538,8 +540,36 @@ mod tests {
                 };
                 assert_eq!(c, code);
                 assert!(!title.contains("EAAGmalformed"), "{code}: {title}");
-                assert!(title.chars().count() <= MAX_ERROR_TITLE, "{code}");
+                assert!(
+                    title.chars().count() <= crate::domain::error_text::MAX_META_TEXT,
+                    "{code}"
+                );
             }
+        }
+    }
+
+    /// Meta's text quoting a number (the recipient's, as Meta's "Parameter value is not
+    /// valid" does) keeps its words without the number, on any route; its code is kept.
+    #[tokio::test]
+    async fn metas_error_text_never_carries_a_phone_number() {
+        let token = Secret::new("EAAG-token-0123456789");
+        for field in ["message", "error_user_title"] {
+            let body = serde_json::json!({"error": {"code": 131009, "type": "OAuthException",
+                field: "Parameter value is not valid: +60 12-345 0101 (60123450101)"}});
+            let base = answering(400, body.to_string().into_bytes()).await;
+            let meta =
+                MetaGraphClient::new(&base, "v23.0", Duration::from_secs(5)).expect("a client");
+            let got = meta
+                .send_message("123", &token, &serde_json::json!({}))
+                .await;
+            let Err(MetaSendError::Api { title, code, .. }) = got else {
+                panic!("{field}: {got:?}");
+            };
+            assert_eq!(code, 131009);
+            assert_eq!(
+                title, "Parameter value is not valid: <redacted> (<redacted>)",
+                "{field}"
+            );
         }
     }
 

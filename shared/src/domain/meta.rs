@@ -36,8 +36,6 @@ use super::{
 /// Meta's wamids are ~60 characters; anything far longer is not one (and would not fit
 /// in a key).
 pub const MAX_WAMID: usize = 512;
-/// Error titles are kept at most this long.
-const MAX_TITLE: usize = 200;
 /// Errors of one status kept at most.
 const MAX_ERRORS: usize = 5;
 
@@ -930,6 +928,17 @@ fn report_of(p: StatusParts<'_>, phone_number_id: &Option<String>) -> Option<Sta
 }
 
 fn status_of(s: StatusIn, phone_number_id: &Option<String>) -> Option<StatusReport> {
+    // Meta's words, without the status's own recipient (its number in every form, its user
+    // id) or any other number (`error_text::scrub`): the title is stored on the message and
+    // sent in its callbacks.
+    let mut recipient: Vec<String> = s.recipient_user_id.iter().cloned().collect();
+    if let Some(id) = &s.recipient_id {
+        recipient.push(id.clone());
+        if let Some(p) = meta_phone(Some(id)) {
+            recipient.extend(super::error_text::phone_forms(&p));
+        }
+    }
+    let quoted: Vec<&str> = recipient.iter().map(String::as_str).collect();
     let errors = s
         .errors
         .into_iter()
@@ -937,13 +946,7 @@ fn status_of(s: StatusIn, phone_number_id: &Option<String>) -> Option<StatusRepo
         .take(MAX_ERRORS)
         .map(|e| MetaError {
             code: e.code,
-            title: e
-                .title
-                .or(e.message)
-                .unwrap_or_default()
-                .chars()
-                .take(MAX_TITLE)
-                .collect(),
+            title: super::error_text::title(&e.title.or(e.message).unwrap_or_default(), &quoted),
         })
         .collect();
     report_of(

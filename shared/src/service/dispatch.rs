@@ -1129,7 +1129,7 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                     classify_reported(*code, *http_status, *is_transient),
                     MessageError {
                         code: (*code).into(),
-                        title: title.clone(),
+                        title: meta_title(title, &job.content, &record.to),
                     },
                 ),
                 // 503 without Meta's error body: the service did not take the request
@@ -1337,6 +1337,24 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
     }
 }
 
+/// Meta's text about a refused send, as the message's error title: without what the job
+/// sent that Meta may quote back (its parameters' values or its body, and the recipient's
+/// number in every form WhatsApp knows it by) and without any other number, cut to
+/// [`crate::domain::error_text::MAX_ERROR_TITLE`]. It is stored for two years, shown by
+/// the API and the export, sent in status callbacks, and may become a number's hold or the
+/// tenant's suspension reason.
+fn meta_title(
+    text: &str,
+    content: &crate::domain::Content,
+    to: &crate::domain::PhoneNumber,
+) -> String {
+    use crate::domain::error_text;
+    let forms = error_text::phone_forms(to);
+    let mut quoted = error_text::content_values(content);
+    quoted.extend(forms.iter().map(String::as_str));
+    error_text::title(text, &quoted)
+}
+
 /// The error a message fails with once Meta's refusals of class `class` end its tries. A
 /// code retried only for its HTTP status (an unknown one answered 5xx or 429) would read as
 /// a permanent refusal to `retry-failed` (`broadcasts::retryable` sees the code alone): such
@@ -1350,7 +1368,7 @@ fn exhausted_error(class: ErrorClass, error: MessageError) -> MessageError {
         code: super::errors::META_TRANSIENT_ERROR.into(),
         title: format!("meta error {}: {}", error.code, error.title)
             .chars()
-            .take(crate::adapters::meta_graph::MAX_ERROR_TITLE)
+            .take(crate::domain::error_text::MAX_ERROR_TITLE)
             .collect(),
     }
 }
