@@ -201,22 +201,313 @@ async fn secrets_content_and_full_numbers_never_reach_logs_or_responses(b: Backe
     );
 }
 
-mod memory_backend {
-    #[tokio::test]
-    async fn secrets_content_and_full_numbers_never_reach_logs_or_responses() {
-        super::secrets_content_and_full_numbers_never_reach_logs_or_responses(
-            kirim::config::Backend::Memory,
-        )
-        .await
+/// Meta's Graph API as far as sends go, quoting what it was sent as Meta's "Parameter value
+/// is not valid" does: a send to a number ending in 0101 is refused (131009) with the
+/// template's first text parameter and the recipient's number in its words (both
+/// `message` and `error_user_title`); any other is accepted with a wamid. Any other route
+/// answers Meta's error 100 (no template or number reads here). Answers its base URL.
+async fn quoting_meta() -> String {
+    use axum::http::StatusCode;
+    async fn send(axum::Json(body): axum::Json<Value>) -> (StatusCode, axum::Json<Value>) {
+        let to = body["to"].as_str().unwrap_or_default().to_owned();
+        let param = body["template"]["components"][0]["parameters"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if to.ends_with("0101") {
+            let answer = json!({"error": {"code": 131009, "type": "OAuthException",
+                "message": format!("(#131009) Parameter value is not valid: {param} for {to}"),
+                "error_user_title": format!("Parameter value is not valid: {param} for +{to}"),
+                "fbtrace_id": "AQUOTE"}});
+            return (StatusCode::BAD_REQUEST, axum::Json(answer));
+        }
+        let wamid = format!("wamid.QUOTE{}", ulid::Ulid::new());
+        let answer = json!({"messaging_product": "whatsapp",
+            "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": wamid}]});
+        (StatusCode::OK, axum::Json(answer))
     }
+    let app = axum::Router::new()
+        .route("/{version}/{number}/messages", axum::routing::post(send))
+        .fallback(|| async {
+            (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"error": {"code": 100, "message": "Unsupported request"}})),
+            )
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
 }
 
-mod aws_backend_on_moto {
-    #[tokio::test]
-    async fn secrets_content_and_full_numbers_never_reach_logs_or_responses() {
-        super::secrets_content_and_full_numbers_never_reach_logs_or_responses(
-            kirim::config::Backend::Aws,
-        )
+/// Local mode with [`quoting_meta`] as Meta, a tenant whose catalogue has `order_update`
+/// (one body parameter), and a status callback receiver set.
+async fn app_with_quoting_meta(
+    b: Backend,
+) -> (
+    kirim_tests::TestApp,
+    kirim_tests::Onboarded,
+    super::callbacks::Receiver,
+) {
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.meta_base_url = Some(quoting_meta().await);
+    let app = kirim_tests::spawn_with(cfg).await;
+    let t = app.onboard(10).await;
+    let template = kirim::ports::CatalogueTemplate {
+        body_parameters: 1,
+        ..kirim_tests::approved_template("1000001", "order_update", "en_US", chrono::Utc::now())
+    };
+    app.app
+        .deps
+        .templates
+        .put_template(&template)
         .await
-    }
+        .unwrap();
+    let (url, receiver) = super::callbacks::receiver(0).await;
+    let (st, _) = super::callbacks::set_callback(
+        &app,
+        &t.key,
+        json!({"url": url, "secret": super::callbacks::CALLBACK_SECRET}),
+    )
+    .await;
+    assert_eq!(st, 200);
+    (app, t, receiver)
 }
+
+fn template_with(param: &str) -> Value {
+    json!({"name": "order_update", "language": "en_US",
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": param}]}]})
+}
+
+/// Each title in `text` (a stored item as JSON, whatever attribute holds it: a message's
+/// error, a campaign's failure tally) that begins with Meta's `words`: up to its closing
+/// quote.
+fn after_each<'a>(text: &'a str, words: &str) -> Vec<&'a str> {
+    text.match_indices(words)
+        .map(|(i, _)| {
+            let rest = &text[i..];
+            rest.find('"').map_or(rest, |j| &rest[..j])
+        })
+        .collect()
+}
+
+/// Whether `text` holds the number's last seven digits, in any form (spaced, dashed).
+fn holds_a_number(text: &str, digits: &str) -> bool {
+    let squeezed: String = text.chars().filter(|c| c.is_ascii_digit()).collect();
+    squeezed.contains(&digits[digits.len() - 7..])
+}
+
+/// Meta's 400 that quotes the template's parameter and the recipient's number: the
+/// failure's title keeps Meta's words without either, in the table, `GET /v1/messages/{id}`,
+/// the export, a campaign's `recipients.csv` and failure tally, and the status callback.
+async fn metas_refusal_quoting_a_parameter_and_the_number_keeps_neither(b: Backend) {
+    let (app, t, receiver) = app_with_quoting_meta(b).await;
+    let marker = format!("MARK-secret-param-{}", ulid::Ulid::new());
+    let res = app
+        .http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&t.key)
+        .json(&json!({"to": "+60123450101", "template": template_with(&marker)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let view = app.wait_status(&t.key, &id, "failed").await;
+    assert_eq!(view["error"]["code"], 131009, "{view}");
+    let title = view["error"]["title"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(
+        title, "Parameter value is not valid: <redacted> for <redacted>",
+        "Meta's words, without the parameter or the number: {view}"
+    );
+    // A campaign of two such recipients: one failure line (the titles no longer differ per
+    // recipient), and `recipients.csv`'s titles hold neither.
+    let res = app
+        .http
+        .post(app.url("/v1/broadcasts"))
+        .bearer_auth(&t.key)
+        .json(&json!({"template": template_with(&marker),
+            "recipients": ["+60123460101", "+60123470101"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let campaign = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut tally = Value::Null;
+    for _ in 0..300 {
+        tally = app
+            .http
+            .get(app.url(&format!("/v1/broadcasts/{campaign}")))
+            .bearer_auth(&t.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if tally["status"] == "completed" && tally["counts"]["failed"] == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(tally["counts"]["failed"], 2, "{tally}");
+    assert_eq!(
+        tally["failures"],
+        json!([{"code": 131009, "title": title, "hint": tally["failures"][0]["hint"], "count": 2}]),
+        "{tally}"
+    );
+    let csv = app
+        .http
+        .get(app.url(&format!("/v1/broadcasts/{campaign}/recipients.csv")))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let titles: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .filter_map(|r| r.split(',').nth(3))
+        .collect();
+    assert_eq!(titles, [title.as_str(), title.as_str()], "{csv}");
+    assert!(!csv.contains(&marker), "{csv}");
+    // The export's messages.
+    let export = app
+        .http
+        .get(app.url("/v1/account/export"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!export.contains(&marker), "the parameter in the export");
+    let errors: Vec<Value> = export
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["type"] == "message")
+        .map(|l| l["error"].clone())
+        .collect();
+    assert_eq!(errors.len(), 3, "{export}");
+    for e in &errors {
+        assert_eq!(e["title"], title.as_str(), "{export}");
+    }
+    // The table: the parameter nowhere; the titles kept without the numbers.
+    let mut titles_seen = 0;
+    for row in super::retention::all_items(&app, b).await {
+        let text = row.attrs.to_string();
+        assert!(!text.contains(&marker), "{} / {}: {text}", row.pk, row.sk);
+        for kept in after_each(&text, "Parameter value is not valid") {
+            titles_seen += 1;
+            for digits in ["60123450101", "60123460101", "60123470101"] {
+                assert!(
+                    !holds_a_number(kept, digits),
+                    "{} / {}: {kept}",
+                    row.pk,
+                    row.sk
+                );
+            }
+        }
+    }
+    assert!(titles_seen >= 3, "the three messages' titles are stored");
+    // The status callbacks: no number, no parameter, Meta's words.
+    let got = receiver.wait_for(&["failed"]).await;
+    let failed: Vec<&str> = got
+        .iter()
+        .filter(|g| super::callbacks::status_of(g) == "failed")
+        .map(|g| g.body.as_str())
+        .collect();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    for body in failed {
+        assert!(!body.contains(&marker), "{body}");
+        assert!(!body.contains("60123"), "{body}");
+        assert!(body.contains("Parameter value is not valid"), "{body}");
+    }
+    let logs = captured_logs();
+    assert!(!logs.contains(&marker), "the parameter in a log line");
+}
+
+/// A `failed` status whose error quotes the recipient (its number, its user id): the title
+/// stored and sent keeps Meta's words without them.
+async fn a_failed_statuss_title_quoting_the_recipient_is_stored_without_it(b: Backend) {
+    let (app, t, receiver) = app_with_quoting_meta(b).await;
+    let res = app
+        .http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&t.key)
+        .json(&json!({"to": "+60123450202", "template": template_with("P-1")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sent = app.wait_status(&t.key, &id, "sent").await;
+    let wamid = sent["wamid"].as_str().unwrap_or_default().to_owned();
+    assert!(wamid.starts_with("wamid.QUOTE"), "{sent}");
+    let now = chrono::Utc::now().timestamp().to_string();
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "1000001",
+        "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "60300000000", "phone_number_id": t.phone_number_id},
+            "statuses": [{"id": wamid, "status": "failed", "timestamp": now,
+                "recipient_id": "60123450202", "recipient_user_id": "MY.1349120865530274",
+                "errors": [{"code": 131026,
+                    "title": "Message undeliverable to 60123450202 (MY.1349120865530274)",
+                    "message": "Message undeliverable to 60123450202",
+                    "error_data": {"details": "Recipient +60 12-345 0202 is not on WhatsApp"}}]}]}}]}]});
+    let res = app.post_webhook(&body).await;
+    assert_eq!(res.status(), 200);
+    let view = app.wait_status(&t.key, &id, "failed").await;
+    assert_eq!(view["error"]["code"], 131026, "{view}");
+    assert_eq!(
+        view["error"]["title"], "Message undeliverable to <redacted> (<redacted>)",
+        "{view}"
+    );
+    let mut titles_seen = 0;
+    for row in super::retention::all_items(&app, b).await {
+        let text = row.attrs.to_string();
+        for kept in after_each(&text, "Message undeliverable") {
+            titles_seen += 1;
+            assert!(
+                !holds_a_number(kept, "60123450202") && !kept.contains("1349120865530274"),
+                "{} / {}: {kept}",
+                row.pk,
+                row.sk
+            );
+        }
+    }
+    assert!(titles_seen >= 1, "the message's title is stored");
+    let got = receiver.wait_for(&["failed"]).await;
+    let failed = got
+        .iter()
+        .find(|g| super::callbacks::status_of(g) == "failed")
+        .map(|g| g.body.clone())
+        .unwrap_or_default();
+    assert!(failed.contains("Message undeliverable"), "{failed}");
+    assert!(
+        !failed.contains("60123") && !failed.contains("1349120865530274"),
+        "{failed}"
+    );
+}
+
+on_both_backends!(
+    secrets_content_and_full_numbers_never_reach_logs_or_responses,
+    metas_refusal_quoting_a_parameter_and_the_number_keeps_neither,
+    a_failed_statuss_title_quoting_the_recipient_is_stored_without_it,
+);

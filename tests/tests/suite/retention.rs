@@ -11,11 +11,11 @@ use kirim_tests::{captured_logs, moto_sdk, spawn_app, TestApp, OPERATOR_TOKEN};
 use serde_json::{json, Value};
 
 /// One stored item: keys, TTL and attributes.
-struct Row {
-    pk: String,
-    sk: String,
+pub(crate) struct Row {
+    pub(crate) pk: String,
+    pub(crate) sk: String,
     ttl: Option<i64>,
-    attrs: Value,
+    pub(crate) attrs: Value,
 }
 
 fn av_json(v: &aws_sdk_dynamodb::types::AttributeValue) -> Value {
@@ -36,7 +36,7 @@ fn av_json(v: &aws_sdk_dynamodb::types::AttributeValue) -> Value {
 
 /// Every item of the app's storage: on moto a Scan of `{stack}-Table`; in memory the
 /// store's read-only view (the same keys the table would hold).
-async fn all_items(app: &TestApp, b: Backend) -> Vec<Row> {
+pub(crate) async fn all_items(app: &TestApp, b: Backend) -> Vec<Row> {
     match b {
         Backend::Aws => {
             let ddb = aws_sdk_dynamodb::Client::new(&moto_sdk().await);
