@@ -32,8 +32,8 @@ use serde_json::{json, Value};
 
 use super::api::{segment, Answer};
 use super::pages::{
-    checked, confirm_page, confirmed, done, failed, form_again, form_key, parse_form, problem,
-    query, redirect, text, unknown_outcome, when, Confirm, Ctx, Form,
+    checked, confirm_page, confirmed, done, failed, form_again, form_key, page_words, parse_form,
+    problem, query, redirect, text, unknown_outcome, when, Confirm, Ctx, Form,
 };
 use super::senders::Senders;
 use super::views::{csrf, error_page, frame, page, status_chart, Notice};
@@ -174,7 +174,7 @@ async fn render_campaigns(
         // screen or two before the list).
         let mut unfiltered = None;
         if a.status == StatusCode::BAD_REQUEST && !st.is_empty() {
-            let why = campaign_words(&a.message());
+            let why = campaign_words(&page_words(&a));
             n = n.or(Some(Notice::Alert(format!(
                 "Not filtered: {why}. All campaigns are shown."
             ))));
@@ -757,12 +757,10 @@ async fn create(State(s): S, ctx: Ctx, req: Request) -> Response {
 /// (`broadcast`, `send_at`), right for an API client (who matches on the error's code, never
 /// its message: API.md "Conventions"); the console's person knows a campaign and a form
 /// whose field is "Send at". Only whole words: a route (`/v1/broadcasts`) stays as it is.
-/// Backticks go.
+/// An API answer's words come through [`page_words`] first, which takes out its backticks.
 pub(super) fn campaign_words(api: &str) -> String {
     let mut out = String::with_capacity(api.len());
-    // Backticks mark code in the API's words; on a page they are only noise.
-    let api = api.replace('`', "");
-    let mut rest = api.as_str();
+    let mut rest = api;
     while !rest.is_empty() {
         let at = rest
             .find(|c: char| c.is_alphanumeric() || c == '_')

@@ -416,7 +416,7 @@ pub(super) fn problem(a: &Answer) -> (StatusCode, Option<Notice>) {
 /// The API's refusal in a page's words: backticks, which mark code in the API's words, go
 /// (on a page they are only noise), and where the API names its own route, a held number
 /// is resumed on the dashboard, not with a call an operator cannot make.
-fn page_words(a: &Answer) -> String {
+pub(super) fn page_words(a: &Answer) -> String {
     let message = a.message().replace('`', "");
     if a.code() == "sender_held" {
         if let Some(start) = message.find(" (POST /v1/phone-numbers/") {
