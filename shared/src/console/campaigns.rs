@@ -910,6 +910,9 @@ async fn render_results(
         }
     }
     let fails = failures(s, ctx, id, b).await;
+    // The number it goes from, named as the dashboard names numbers: one read of the
+    // account's numbers per page view.
+    let senders = Senders::read(s, ctx).await;
     let state = text(b, "status");
     let failed_count = counts_of["failed"].as_u64().unwrap_or(0);
     let moves: Vec<(&str, &str)> = ACTIONS
@@ -936,6 +939,7 @@ async fn render_results(
             dt { "Id" } dd #campaign-id { (text(b, "id")) }
             @if let Some(nm) = name { dt { "Name" } dd { (nm) } }
             dt { "Status" } dd #campaign-status { (state) }
+            dt { "From" } dd #campaign-from { (senders.sent_from(&b["from"])) }
             @if !b["template"].is_null() {
                 dt { "Template" } dd { (text(&b["template"], "name")) " " (text(&b["template"], "language")) " (" (text(&b["template"], "category")) ")" }
             }

@@ -1179,11 +1179,10 @@ async fn render_messages(
         }
     }
     let can_send = ctx.may("POST", "/v1/messages");
-    let senders = if can_send {
-        super::senders::Senders::read(s, ctx).await
-    } else {
-        super::senders::Senders::empty()
-    };
+    // The account's numbers: the sender of the send form, and the list's "From" column
+    // (with several numbers, or a message from one removed since).
+    let senders = super::senders::Senders::read(s, ctx).await;
+    let from_column = senders.column_for(&list);
     // The sender the form is for: a refused form's, else (with several numbers) the one
     // chosen above the form (`?from=`); none is the default number. With one number (or
     // none read) only a refused form's, kept as it was (`Senders::select`).
@@ -1236,18 +1235,19 @@ async fn render_messages(
         div.table-wrap {
             table.stack #messages {
                 caption { "Messages, newest first" }
-                thead { tr { th scope="col" { "Message" } th scope="col" { "To" } th scope="col" { "Template" } th scope="col" { "Status" } th scope="col" { "Created" } } }
+                thead { tr { th scope="col" { "Message" } @if from_column { th scope="col" { "From" } } th scope="col" { "To" } th scope="col" { "Template" } th scope="col" { "Status" } th scope="col" { "Created" } } }
                 tbody {
                     @for m in &list {
                         tr {
                             td data-label="Message" { a href=(format!("/console/messages/{}", segment(text(m, "id")))) { (text(m, "id")) } }
+                            @if from_column { td data-label="From" { (senders.sent_from(&m["from"])) } }
                             td data-label="To" { (text(m, "to")) }
                             td data-label="Template" { (m["template"]["name"].as_str().unwrap_or("(session text)")) }
                             td.status data-label="Status" { (text(m, "status")) }
                             td data-label="Created" { (when(&m["created_at"])) }
                         }
                     }
-                    @if list.is_empty() && !unlisted { tr { td colspan="5" { "No messages." } } }
+                    @if list.is_empty() && !unlisted { tr { td colspan=(if from_column { "6" } else { "5" }) { "No messages." } } }
                 }
             }
         }
@@ -1450,9 +1450,13 @@ async fn message(State(s): S, ctx: Ctx, Path(id): Path<String>, q: Q) -> Respons
         return failed(&a);
     }
     let m = &a.body;
+    // The number it went from, named as the dashboard names numbers: one read of the
+    // account's numbers per page view.
+    let senders = super::senders::Senders::read(&s, &ctx).await;
     let body = html! {
         dl.facts {
             dt { "Id" } dd { (text(m, "id")) }
+            dt { "From" } dd #message-from { (senders.sent_from(&m["from"])) }
             dt { "To" } dd { (text(m, "to")) }
             dt { "Status" } dd #message-status { (text(m, "status")) }
             dt { "Template" } dd { (m["template"]["name"].as_str().unwrap_or("(session text)")) " " (m["template"]["language"].as_str().unwrap_or("")) }

@@ -136,6 +136,37 @@ impl Senders {
         }
     }
 
+    /// The number a message or campaign went from (its view's `from`), as the dashboard
+    /// names numbers: its display number and its id. One the account no longer has (an
+    /// account always has one: the list is read, so `from` was removed since) is its id
+    /// and "(removed)"; with the numbers unread, its id as it is. A record from before
+    /// messages kept their number has none: it went from the default number of the time,
+    /// which one is not known.
+    pub(super) fn sent_from(&self, from: &Value) -> String {
+        let Some(id) = from.as_str().filter(|f| !f.is_empty()) else {
+            return "The default number (which one was not recorded)".into();
+        };
+        match self.find(id) {
+            Some(n) => n["display_phone_number"]
+                .as_str()
+                .filter(|d| !d.is_empty())
+                .map_or_else(|| id.to_owned(), |d| format!("{d} ({id})")),
+            None if self.0.is_empty() => id.to_owned(),
+            None => format!("{id} (removed)"),
+        }
+    }
+
+    /// Whether a list of messages or campaigns needs its "From" column: the account has
+    /// several numbers, or one of `records` went from a number other than its one.
+    pub(super) fn column_for(&self, records: &[Value]) -> bool {
+        self.several()
+            || records.iter().any(|r| {
+                r["from"]
+                    .as_str()
+                    .is_some_and(|f| !self.0.is_empty() && self.find(f).is_none())
+            })
+    }
+
     /// The label of the number `from` (the default's when none is chosen).
     pub(super) fn describe(&self, from: &str) -> String {
         let n = self
@@ -211,6 +242,30 @@ mod tests {
         assert_eq!(s.known("333"), "333");
         assert_eq!(s.describe(""), "+60 12-345 (111), default");
         assert_eq!(s.describe("333"), "333");
+    }
+
+    #[test]
+    fn the_number_a_record_went_from_is_named_by_its_display_an_unknown_one_as_removed() {
+        let s = two();
+        assert_eq!(s.sent_from(&json!("111")), "+60 12-345 (111)");
+        assert_eq!(s.sent_from(&json!("222")), "222");
+        assert_eq!(s.sent_from(&json!("999")), "999 (removed)");
+        assert_eq!(
+            s.sent_from(&Value::Null),
+            "The default number (which one was not recorded)"
+        );
+        // Not read: nothing is called removed.
+        assert_eq!(Senders(Vec::new(), true).sent_from(&json!("999")), "999");
+        assert_eq!(Senders::empty().sent_from(&json!("999")), "999");
+        // A "From" column: with several numbers, or a record from a removed one.
+        let one = Senders(
+            vec![json!({"phone_number_id": "111", "waba_id": "9", "default": true})],
+            false,
+        );
+        assert!(!one.column_for(&[json!({"from": "111"}), json!({"from": null})]));
+        assert!(one.column_for(&[json!({"from": "999"})]));
+        assert!(s.column_for(&[]));
+        assert!(!Senders::empty().column_for(&[json!({"from": "999"})]));
     }
 
     /// Numbers that could not be read are said so: never shown as an account with one

@@ -2491,6 +2491,128 @@ async fn the_audit_log_names_its_actors_and_shows_each_events_details(b: Backend
     assert!(page.html.contains("status: 201"), "{}", page.html);
 }
 
+/// A message's and a campaign's pages name the number they went from as the dashboard
+/// names numbers (its display number and id), the messages list too once the account has
+/// several; a number removed since is its id and "(removed)".
+async fn the_message_and_campaign_pages_name_the_number_they_went_from_and_a_removed_one_as_removed(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(20).await;
+    let (email, _) = new_user(&app, &t.key, "read_only").await;
+    let waba = format!("{}", 6_000_000 + kirim_tests::rand_u32() % 900_000);
+    let second = format!("{}", 3_000_000 + kirim_tests::rand_u32() % 900_000);
+    let (s, body) = call(
+        &app,
+        "POST",
+        &format!("/v1/platform/tenants/{}/phone-numbers", t.tenant_id),
+        Some(kirim_tests::OPERATOR_TOKEN),
+        Some(json!({"phone_number_id": second, "waba_id": waba, "display_phone_number": "+60 12-345 6789"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let template = json!({"name": "order_update", "language": "en_US",
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "x"}]}]});
+    let (s, sent) = call(
+        &app,
+        "POST",
+        "/v1/messages",
+        Some(&t.key),
+        Some(json!({"to": "+60123450081", "from": second, "template": template})),
+    )
+    .await;
+    assert_eq!(s, 202, "{sent}");
+    let message = sent["id"].as_str().unwrap_or_default().to_owned();
+    let from_default = app.send_ok(&t.key, "+60123450082").await;
+    let (s, made) = call(
+        &app,
+        "POST",
+        "/v1/broadcasts",
+        Some(&t.key),
+        Some(json!({"from": second, "template": template, "recipients": ["+60123450083"]})),
+    )
+    .await;
+    assert_eq!(s, 202, "{made}");
+    let campaign = made["id"].as_str().unwrap_or_default().to_owned();
+
+    let mut web = sign_in(&app, &email).await;
+    let label = format!("+60 12-345 6789 ({second})");
+    let page = web.get(&format!("/console/messages/{message}")).await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert!(
+        page.html
+            .contains(&format!(r#"<dd id="message-from">{label}</dd>"#)),
+        "{}",
+        page.html
+    );
+    // The default number: its display number (the sandbox's, learnt from Meta) and id.
+    let page = web.get(&format!("/console/messages/{from_default}")).await;
+    let default = page
+        .html
+        .split(r#"<dd id="message-from">"#)
+        .nth(1)
+        .and_then(|r| r.split("</dd>").next())
+        .unwrap_or_default();
+    assert!(
+        default.ends_with(&format!("({})", t.phone_number_id)),
+        "{}",
+        page.html
+    );
+    let page = web.get(&format!("/console/campaigns/{campaign}")).await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert!(
+        page.html
+            .contains(&format!(r#"<dd id="campaign-from">{label}</dd>"#)),
+        "{}",
+        page.html
+    );
+    // Two numbers: the list has a "From" column.
+    let list = web.get("/console/messages").await;
+    assert!(
+        list.html
+            .contains(&format!(r#"<td data-label="From">{label}</td>"#)),
+        "{}",
+        list.html
+    );
+
+    // The number removed: its id, said removed.
+    let (s, _) = call(
+        &app,
+        "DELETE",
+        &format!(
+            "/v1/platform/tenants/{}/phone-numbers/{second}",
+            t.tenant_id
+        ),
+        Some(kirim_tests::OPERATOR_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let removed = format!("{second} (removed)");
+    let page = web.get(&format!("/console/messages/{message}")).await;
+    assert!(
+        page.html
+            .contains(&format!(r#"<dd id="message-from">{removed}</dd>"#)),
+        "{}",
+        page.html
+    );
+    let page = web.get(&format!("/console/campaigns/{campaign}")).await;
+    assert!(
+        page.html
+            .contains(&format!(r#"<dd id="campaign-from">{removed}</dd>"#)),
+        "{}",
+        page.html
+    );
+    // One number again, but a message from the removed one: the column stays.
+    let list = web.get("/console/messages").await;
+    assert!(
+        list.html
+            .contains(&format!(r#"<td data-label="From">{removed}</td>"#)),
+        "{}",
+        list.html
+    );
+}
+
 on_both_backends!(
     the_audit_log_names_its_actors_and_shows_each_events_details,
     a_sign_out_the_console_cannot_check_still_forgets_the_session_in_the_browser,
@@ -2527,4 +2649,5 @@ on_both_backends!(
     a_double_submitted_campaign_form_makes_one_campaign_and_one_debit,
     the_pages_say_what_is_so_a_suspension_every_status_and_no_password_to_fill,
     older_messages_keep_the_sender_chosen_above_the_send_form,
+    the_message_and_campaign_pages_name_the_number_they_went_from_and_a_removed_one_as_removed,
 );
