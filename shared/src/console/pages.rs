@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 use super::api::{segment, Answer, Who};
 use super::security::{
-    cookie, csrf_key, csrf_ok, csrf_token, open_pending, seal_pending, set_cookie, LOGIN_COOKIE,
-    PENDING_COOKIE, PENDING_SECS, SESSION_COOKIE,
+    cookie, csrf_key, csrf_ok, csrf_token, open_enrolment, open_pending, seal_enrolment,
+    seal_pending, set_cookie, LOGIN_COOKIE, PENDING_COOKIE, PENDING_SECS, SESSION_COOKIE,
 };
 use super::views::{
     bare, csrf, error_page, frame, page, qr_svg, status_chart, Chrome, ErrorWords, Notice, STATUSES,
@@ -885,15 +885,40 @@ async fn change_password(State(s): S, ctx: Ctx, body: Bytes) -> Response {
     render_two_factor(&s, &ctx, status, n).await
 }
 
-fn confirm_form(ctx: &Ctx) -> Markup {
+/// The confirmation form; `enrolment`, the key this page shows sealed for this session
+/// (`security::seal_enrolment`), goes back with the code, so that a wrong code shows
+/// the same QR code again.
+fn confirm_form(ctx: &Ctx, enrolment: Option<&str>) -> Markup {
     html! {
         form.stack method="post" action="/console/2fa/confirm" {
             (csrf(&ctx.csrf))
+            @if let Some(sealed) = enrolment { input type="hidden" name="enrolment" value=(sealed); }
             div {
                 label for="totp_code" { "Code from the app" }
                 input #totp_code type="text" name="totp_code" inputmode="numeric" pattern="[0-9]{6}" maxlength="6" autocomplete="one-time-code" required;
             }
             button type="submit" { "Turn on two-factor authentication" }
+        }
+    }
+}
+
+/// The QR code and the key of a pending enrolment, and the form that confirms it.
+fn enrolment_shown(ctx: &Ctx, secret: &str, uri: &str, sealed: Option<&str>) -> Markup {
+    html! {
+        p { "Scan this code with your authenticator app, or type the key below into it. It is
+            shown on this page only." }
+        (qr_svg(uri))
+        p { "Key: " span.secret #totp-secret { (secret) } }
+        (confirm_form(ctx, sealed))
+    }
+}
+
+/// "Start again with a new key": a new enrolment, whose key replaces the pending one.
+fn start_again(ctx: &Ctx) -> Markup {
+    html! {
+        form.stack method="post" action="/console/2fa/enroll" {
+            (csrf(&ctx.csrf))
+            button.quiet type="submit" { "Start again with a new key" }
         }
     }
 }
@@ -915,13 +940,13 @@ async fn enroll(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         return page(status, frame("Two-factor", &chrome, n.as_ref(), html! {}));
     }
     let (secret, uri) = (text(&a.body, "secret"), text(&a.body, "otpauth_uri"));
-    let body = html! {
-        p { "Scan this code with your authenticator app, or type the key below into it. It is
-            shown this once." }
-        (qr_svg(uri))
-        p { "Key: " span.secret #totp-secret { (secret) } }
-        (confirm_form(&ctx))
-    };
+    // Sealed for this session's confirmation form; without the key (the secret store
+    // unreadable just now) the form goes without, and a wrong code asks to start again.
+    let now = s.deps.clock.now().timestamp();
+    let sealed = csrf_key(&s.deps)
+        .await
+        .and_then(|key| seal_enrolment(&key, &ctx.token, secret, uri, now));
+    let body = enrolment_shown(&ctx, secret, uri, sealed.as_deref());
     page(StatusCode::OK, frame("Two-factor", &chrome, None, body))
 }
 
@@ -946,18 +971,46 @@ async fn confirm(State(s): S, ctx: Ctx, body: Bytes) -> Response {
     if a.status == StatusCode::UNAUTHORIZED {
         return failed(&a);
     }
+    // The key this form's page showed, to show again: not once the API says there is
+    // nothing to confirm (2FA already on, no enrolment pending: `409`), nor to a form
+    // sealed for another session or too long ago.
+    let shown = if matches!(
+        a.status,
+        StatusCode::CONFLICT | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+    ) {
+        None
+    } else {
+        let now = s.deps.clock.now().timestamp();
+        match (csrf_key(&s.deps).await, f.get("enrolment")) {
+            (Some(key), Some(sealed)) => open_enrolment(&key, &ctx.token, sealed, now)
+                .map(|(secret, uri)| (secret, uri, sealed.clone())),
+            _ => None,
+        }
+    };
     let (status, n) = problem(&a);
-    // The API names its field; the form's label says "code".
+    let wrong = a.status == StatusCode::BAD_REQUEST && a.message().contains("does not match");
     let n = n.map(|n| match n {
+        Notice::Problem(_) if wrong && shown.is_some() => Notice::Problem(
+            "that code didn't match. Try the next one your app shows for this key (the QR \
+             code and key below are the same)."
+                .into(),
+        ),
+        Notice::Problem(_) if wrong => Notice::Problem(
+            "that code didn't match. Try the next one your app shows; if your app has no \
+             entry for this key (it is shown only once), choose “Start again with a new \
+             key” below, scan the new QR code and enter its code."
+                .into(),
+        ),
+        // The API names its field; the form's label says "code".
         Notice::Problem(m) => Notice::Problem(m.replace("totp_code", "the code")),
         other => other,
     });
     let body = html! {
-        (confirm_form(&ctx))
-        form.stack method="post" action="/console/2fa/enroll" {
-            (csrf(&ctx.csrf))
-            button.quiet type="submit" { "Start again with a new key" }
+        @match &shown {
+            Some((secret, uri, sealed)) => (enrolment_shown(&ctx, secret.expose(), uri.expose(), Some(sealed))),
+            None => (confirm_form(&ctx, None)),
         }
+        (start_again(&ctx))
     };
     page(
         status,

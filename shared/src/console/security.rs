@@ -10,6 +10,11 @@
 //! again (its login checks them at once), so the console keeps them in a sealed cookie
 //! ([`PENDING_COOKIE`], ChaCha20-Poly1305 under a key derived from the CSRF key, bound to
 //! the browser's sign-in cookie, valid [`PENDING_SECS`] seconds), never in the page.
+//!
+//! Pending 2FA enrolment: the API shows a new TOTP key once, in its enrolment answer; the
+//! page that shows it carries it back in its confirmation form sealed the same way (another
+//! derived key, bound to the session token, valid [`ENROLMENT_SECS`] seconds), so that a
+//! wrong code shows the same QR code again rather than a page without it.
 
 use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -79,12 +84,64 @@ pub fn csrf_ok(key: &Secret, purpose: &str, value: &str, given: Option<&str>) ->
     mac(key, purpose, value).verify_slice(&bytes).is_ok()
 }
 
-fn pending_key(key: &Secret) -> ring::aead::LessSafeKey {
-    let derived = mac(key, "pending-login-key", "v1").finalize().into_bytes();
+/// The AEAD key of one purpose, derived from the CSRF key: a value sealed for one
+/// purpose never opens as another's.
+fn sealing_key(key: &Secret, purpose: &str) -> ring::aead::LessSafeKey {
+    let derived = mac(key, purpose, "v1").finalize().into_bytes();
     // A 32-byte HMAC output is a valid ChaCha20-Poly1305 key: this cannot fail.
     let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &derived)
         .unwrap_or_else(|_| unreachable!("32-byte key"));
     ring::aead::LessSafeKey::new(unbound)
+}
+
+/// `plain` (a JSON object, given its expiry `x` here) sealed for `purpose`, bound to
+/// `bound_to`: `base64url(nonce || ciphertext)`.
+fn seal(
+    key: &Secret,
+    purpose: &str,
+    bound_to: &str,
+    mut plain: serde_json::Value,
+    expires_at: i64,
+) -> Option<String> {
+    use base64::Engine;
+    plain["x"] = serde_json::json!(expires_at);
+    let mut buf = plain.to_string().into_bytes();
+    let nonce_bytes: [u8; 12] = rand::random();
+    let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes);
+    sealing_key(key, purpose)
+        .seal_in_place_append_tag(nonce, ring::aead::Aad::from(bound_to.as_bytes()), &mut buf)
+        .ok()?;
+    let mut out = nonce_bytes.to_vec();
+    out.extend_from_slice(&buf);
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out))
+}
+
+/// What [`seal`] sealed for `purpose` and `bound_to`, unless it has expired at `now`.
+fn open(
+    key: &Secret,
+    purpose: &str,
+    bound_to: &str,
+    sealed: &str,
+    now: i64,
+) -> Option<serde_json::Value> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sealed)
+        .ok()?;
+    if bytes.len() < 12 {
+        return None;
+    }
+    let (nonce, sealed) = bytes.split_at(12);
+    let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut buf = sealed.to_vec();
+    let plain = sealing_key(key, purpose)
+        .open_in_place(nonce, ring::aead::Aad::from(bound_to.as_bytes()), &mut buf)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(plain).ok()?;
+    if v["x"].as_i64()? < now {
+        return None;
+    }
+    Some(v)
 }
 
 /// Seals an email and password for the TOTP step: `base64url(nonce || ciphertext)`,
@@ -96,21 +153,14 @@ pub fn seal_pending(
     password: &str,
     now: i64,
 ) -> Option<String> {
-    use base64::Engine;
-    let plain = serde_json::json!({"e": email, "p": password, "x": now + PENDING_SECS});
-    let mut buf = plain.to_string().into_bytes();
-    let nonce_bytes: [u8; 12] = rand::random();
-    let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes);
-    pending_key(key)
-        .seal_in_place_append_tag(
-            nonce,
-            ring::aead::Aad::from(login_nonce.as_bytes()),
-            &mut buf,
-        )
-        .ok()?;
-    let mut out = nonce_bytes.to_vec();
-    out.extend_from_slice(&buf);
-    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out))
+    let plain = serde_json::json!({"e": email, "p": password});
+    seal(
+        key,
+        "pending-login-key",
+        login_nonce,
+        plain,
+        now + PENDING_SECS,
+    )
 }
 
 /// Opens a pending sign-in: its email and password, if it was sealed by this key for
@@ -121,28 +171,46 @@ pub fn open_pending(
     sealed: &str,
     now: i64,
 ) -> Option<(String, Secret)> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(sealed)
-        .ok()?;
-    if bytes.len() < 12 {
-        return None;
-    }
-    let (nonce, sealed) = bytes.split_at(12);
-    let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?;
-    let mut buf = sealed.to_vec();
-    let plain = pending_key(key)
-        .open_in_place(
-            nonce,
-            ring::aead::Aad::from(login_nonce.as_bytes()),
-            &mut buf,
-        )
-        .ok()?;
-    let v: serde_json::Value = serde_json::from_slice(plain).ok()?;
-    if v["x"].as_i64()? < now {
-        return None;
-    }
+    let v = open(key, "pending-login-key", login_nonce, sealed, now)?;
     Some((v["e"].as_str()?.to_owned(), Secret::new(v["p"].as_str()?)))
+}
+
+/// How long a 2FA enrolment's QR code can be shown again after a wrong code, in seconds
+/// (as long as a session may start one: `users::ENROLL_SIGNED_IN_WITHIN`).
+pub const ENROLMENT_SECS: i64 = 15 * 60;
+
+/// Seals the key and set-up link of a 2FA enrolment (the API's answer, which it shows once) for
+/// the confirmation form of the page that showed it, bound to `session` (the session
+/// token) and expiring [`ENROLMENT_SECS`] after `now`: a wrong code shows the same QR
+/// code and key again, to the same session only, without asking the API for the secret
+/// again. Only the console's key opens it; it is never in a URL or a log.
+pub fn seal_enrolment(
+    key: &Secret,
+    session: &str,
+    secret: &str,
+    otpauth_uri: &str,
+    now: i64,
+) -> Option<String> {
+    let plain = serde_json::json!({"s": secret, "u": otpauth_uri});
+    seal(
+        key,
+        "pending-enrolment-key",
+        session,
+        plain,
+        now + ENROLMENT_SECS,
+    )
+}
+
+/// The key and set-up link [`seal_enrolment`] sealed for this session, unless it has
+/// expired.
+pub fn open_enrolment(
+    key: &Secret,
+    session: &str,
+    sealed: &str,
+    now: i64,
+) -> Option<(Secret, Secret)> {
+    let v = open(key, "pending-enrolment-key", session, sealed, now)?;
+    Some((Secret::new(v["s"].as_str()?), Secret::new(v["u"].as_str()?)))
 }
 
 /// The value of cookie `name`, if the request has it.
@@ -250,6 +318,27 @@ mod tests {
         let tampered = String::from_utf8(tampered).unwrap_or_default();
         assert!(open_pending(&key, "nonce-a", &tampered, 1_000).is_none());
         assert!(open_pending(&key, "nonce-a", "", 1_000).is_none());
+    }
+
+    #[test]
+    fn an_enrolment_opens_only_for_its_own_session_until_it_expires_and_never_as_a_sign_in() {
+        let key = Secret::new("k".repeat(32));
+        let uri = "otpauth://totp/Kirim:a%40example.com?secret=JBSWY3DPEHPK3PXP&issuer=Kirim";
+        let sealed =
+            seal_enrolment(&key, "kirimsess_a", "JBSWY3DPEHPK3PXP", uri, 1_000).unwrap_or_default();
+        assert!(!sealed.is_empty() && !sealed.contains("JBSWY3DP"));
+        let (secret, link) = open_enrolment(&key, "kirimsess_a", &sealed, 1_000 + ENROLMENT_SECS)
+            .unwrap_or_else(|| panic!("opens"));
+        assert_eq!((secret.expose(), link.expose()), ("JBSWY3DPEHPK3PXP", uri));
+        assert!(open_enrolment(&key, "kirimsess_b", &sealed, 1_000).is_none());
+        assert!(open_enrolment(&key, "kirimsess_a", &sealed, 1_001 + ENROLMENT_SECS).is_none());
+        assert!(open_enrolment(&Secret::new("other"), "kirimsess_a", &sealed, 1_000).is_none());
+        // Another purpose's key: a pending sign-in does not open as an enrolment, nor the
+        // other way round.
+        assert!(open_pending(&key, "kirimsess_a", &sealed, 1_000).is_none());
+        let pending =
+            seal_pending(&key, "kirimsess_a", "a@example.com", "pw", 1_000).unwrap_or_default();
+        assert!(open_enrolment(&key, "kirimsess_a", &pending, 1_000).is_none());
     }
 
     #[test]

@@ -527,7 +527,7 @@ async fn a_user_enrols_two_factor_from_a_qr_code_and_then_signs_in_with_a_code(b
     assert_eq!(wrong.status, 400);
     // In the page's words, not the API's field name.
     assert!(
-        wrong.html.contains("Not done: the code does not match"),
+        wrong.html.contains("Not done: that code didn't match"),
         "{}",
         wrong.html
     );
@@ -1138,6 +1138,118 @@ async fn the_keys_and_users_pages_show_a_page_at_a_time_with_a_link_to_the_next(
     );
 }
 
+/// The sealed enrolment a confirmation form carries back (`security::seal_enrolment`).
+fn enrolment_on(page: &Page) -> String {
+    let marker = r#"name="enrolment" value=""#;
+    let start = page.html.find(marker).expect("the sealed enrolment") + marker.len();
+    page.html[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A wrong confirmation code keeps the QR code and key on the page (as Google's and
+/// GitHub's set-up pages do), so the next code from the app confirms without scanning
+/// again; only for the session that was shown them, and never in a URL or a log.
+async fn a_wrong_confirmation_code_keeps_the_qr_code_and_the_next_right_code_turns_2fa_on(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/2fa").await.csrf();
+    let enrol = web.post("/console/2fa/enroll", &[("csrf", &csrf)]).await;
+    assert_eq!(enrol.status, 200, "{}", enrol.html);
+    let secret = secret_on(&enrol);
+    let sealed = enrolment_on(&enrol);
+    assert!(!sealed.contains(&secret), "sealed, not the key in clear");
+
+    // Another session of the same user cannot have the key shown by this form.
+    let mut other = sign_in(&app, &email).await;
+    let other_csrf = other.get("/console/2fa").await.csrf();
+    let elsewhere = other
+        .post(
+            "/console/2fa/confirm",
+            &[
+                ("csrf", &other_csrf),
+                ("enrolment", &sealed),
+                ("totp_code", "000000"),
+            ],
+        )
+        .await;
+    assert_eq!(elsewhere.status, 400, "{}", elsewhere.html);
+    assert!(!elsewhere.html.contains(&secret), "{}", elsewhere.html);
+    assert!(!elsewhere.html.contains("<svg"), "{}", elsewhere.html);
+    assert!(
+        elsewhere.html.contains("Start again with a new key"),
+        "{}",
+        elsewhere.html
+    );
+
+    let wrong = web
+        .post(
+            "/console/2fa/confirm",
+            &[
+                ("csrf", &csrf),
+                ("enrolment", &sealed),
+                ("totp_code", "000000"),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status, 400, "{}", wrong.html);
+    assert!(
+        wrong.html.contains("Not done: that code didn't match"),
+        "{}",
+        wrong.html
+    );
+    assert_eq!(secret_on(&wrong), secret, "the same key");
+    assert!(wrong.html.contains("<svg"), "the QR code again");
+    assert!(wrong.location().is_empty());
+    // The right code from the app, with the form the wrong code came back with.
+    let totp = totp_of(&secret);
+    let now = chrono::Utc::now().timestamp() as u64;
+    let ok = web
+        .post(
+            "/console/2fa/confirm",
+            &[
+                ("csrf", &csrf),
+                ("enrolment", &enrolment_on(&wrong)),
+                ("totp_code", &totp.generate(now)),
+            ],
+        )
+        .await;
+    assert_eq!(ok.status, 303, "{}", ok.html);
+    assert_eq!(ok.location(), "/console/?done=two_factor_on");
+    let (_, users) = call(&app, "GET", "/v1/users", Some(&t.key), None).await;
+    let me = users["users"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|u| u["email"] == email.to_lowercase().as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(me["two_factor"], "enabled", "{users}");
+    // Once it is on, the form shows the key no more.
+    let after = web
+        .post(
+            "/console/2fa/confirm",
+            &[
+                ("csrf", &csrf),
+                ("enrolment", &sealed),
+                ("totp_code", "000000"),
+            ],
+        )
+        .await;
+    assert_eq!(after.status, 409, "{}", after.html);
+    assert!(!after.html.contains(&secret), "{}", after.html);
+    assert!(
+        !kirim_tests::captured_logs().contains(&secret),
+        "the key in no log"
+    );
+}
+
 on_both_backends!(
     the_keys_and_users_pages_show_a_page_at_a_time_with_a_link_to_the_next,
     a_refused_allow_list_or_callback_url_keeps_what_was_typed,
@@ -1152,6 +1264,7 @@ on_both_backends!(
     a_read_only_user_is_offered_no_changes_and_a_forged_post_is_refused,
     signing_out_of_the_console_ends_the_session,
     a_user_enrols_two_factor_from_a_qr_code_and_then_signs_in_with_a_code,
+    a_wrong_confirmation_code_keeps_the_qr_code_and_the_next_right_code_turns_2fa_on,
     the_header_names_the_signed_in_users_email_and_role,
     a_signed_in_users_error_pages_keep_the_navigation_and_sign_out,
     an_unknown_console_path_answers_the_consoles_404_page_in_local_mode_and_on_lambda_alike,
