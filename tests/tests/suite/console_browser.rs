@@ -161,6 +161,19 @@ async fn in_a_browser_a_user_signs_in_with_totp_sends_a_message_manages_a_key_an
     let secret = find(&c, "#totp-secret").await.text().await.expect("secret");
     find(&c, ".qr svg").await;
     screenshot(&c, "two-factor").await;
+    // A wrong code: the same QR code and key stay on the page, and the next code confirms.
+    fill(&c, "#totp_code", "000000").await;
+    click_and_wait_for_page(&c, "main form button[type=submit]").await;
+    let said = find(&c, ".notice.problem")
+        .await
+        .text()
+        .await
+        .expect("notice");
+    assert!(said.contains("that code didn't match"), "{said}");
+    find(&c, ".qr svg").await;
+    let again = find(&c, "#totp-secret").await.text().await.expect("secret");
+    assert_eq!(again.trim(), secret.trim(), "the same key");
+    screenshot(&c, "two-factor-wrong-code").await;
     let totp = totp_of(secret.trim());
     let now = chrono::Utc::now().timestamp() as u64;
     fill(&c, "#totp_code", &totp.generate(now)).await;
