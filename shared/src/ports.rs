@@ -1523,6 +1523,12 @@ pub struct Broadcast {
     /// queued, so the view's `enqueued` leaves them out.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub closed_unqueued: usize,
+    /// Where its chain of fan-out jobs stands: the token the next fan-out job carries,
+    /// written by each run's last progress write ([`FanoutHop`]), so that of two deliveries
+    /// of one job only one queues the job after it. Absent until the first run ends (and on
+    /// broadcasts whose fan-out ran before tokens). Internal, never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fanout_token: Option<String>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -1608,6 +1614,25 @@ pub enum BroadcastOnce {
     Earlier(RequestKeyRecord),
 }
 
+/// The chain condition of a fan-out's progress write ([`BroadcastStore::broadcast_progress`]).
+/// A broadcast is fanned out by a chain of queue jobs, each queueing the one after it; SQS
+/// may deliver a job twice, and each delivery would queue its own next job: two chains
+/// from then on, every slice recorded and queued twice. Each job carries the token its run
+/// expects on the broadcast ([`Broadcast::fanout_token`]), and the run's last progress
+/// write moves it to a fresh one, which the next job carries: of two deliveries of one job,
+/// one makes that move and queues the next job; the other's write is refused.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FanoutHop<'a> {
+    /// The token the run's job carries: the broadcast's must be it (`None`: it has none,
+    /// the first job of a broadcast, or one queued before tokens).
+    pub expected: Option<&'a str>,
+    /// The run's last write: the fresh token its next job carries, written in place of
+    /// `expected`. A broadcast that carries it already passes the condition too (this very
+    /// write landed, its answer was lost, and the SDK retried it: written again, the same).
+    /// `None`: a write within the run (the token is left as it is).
+    pub next: Option<&'a str>,
+}
+
 /// The most messages [`BroadcastStore::record_unqueued`] writes at once: a DynamoDB
 /// transaction's 100 items less the broadcast, the balance and the ledger entry.
 pub const CANCELLED_PER_WRITE: usize = 97;
@@ -1678,15 +1703,20 @@ pub trait BroadcastStore: Send + Sync {
         tenant: &TenantId,
         id: &str,
     ) -> Result<Option<Vec<crate::domain::PhoneNumber>>, StoreError>;
-    /// Records fan-out progress; `done` also deletes the recipient list. A broadcast that
-    /// is gone (expired under a running fan-out) records nothing, and is not an error.
+    /// Records fan-out progress: `enqueued`, only if the broadcast exists, has not got
+    /// further, and carries `hop.expected` as its fan-out token (or already `hop.next`);
+    /// sets the token to `hop.next` when given. `done` also marks it `enqueued` and deletes
+    /// the recipient list. `false`: refused (gone, expired under a running fan-out; another
+    /// delivery got further; or another run of the chain moved the token on): nothing
+    /// written, the list kept.
     async fn broadcast_progress(
         &self,
         tenant: &TenantId,
         id: &str,
         enqueued: usize,
         done: bool,
-    ) -> Result<(), StoreError>;
+        hop: FanoutHop<'_>,
+    ) -> Result<bool, StoreError>;
     /// Closes a broadcast whose recipient list is gone before its fan-out finished (the
     /// list's backstop passed during a long pause): only if it is `fanning_out` with exactly
     /// `enqueued` recipients queued, atomically marks it `enqueued`, records `unsent` (the

@@ -19,7 +19,7 @@ use crate::domain::{
     TemplateRef, TenantId,
 };
 use crate::ports::{
-    Broadcast, BroadcastControl, BroadcastOnce, BroadcastStatus, CancelledRecipients,
+    Broadcast, BroadcastControl, BroadcastOnce, BroadcastStatus, CancelledRecipients, FanoutHop,
     RequestKeyRecord, TenantStatus, UnqueuedClose, CANCELLED_PER_WRITE,
 };
 use crate::store_error::StoreError;
@@ -455,6 +455,8 @@ pub async fn create_campaign(
     // A ULID of the acceptance time: a fan-out job that finds no broadcast yet knows how
     // long to wait for it (`deadline::unrecorded`).
     let id = crate::domain::ulid_at(now).to_string();
+    // The token its first fan-out job carries (`ports::FanoutHop`).
+    let fanout_token = crate::domain::new_id();
     let broadcast = Broadcast {
         id: id.clone(),
         tenant_id: tenant_id.clone(),
@@ -487,6 +489,7 @@ pub async fn create_campaign(
         refunded_unsent: 0,
         closed_unqueued: 0,
         control_at: None,
+        fanout_token: Some(fanout_token.clone()),
     };
     // The fan-out job is queued BEFORE the broadcast and its debit are written (as a
     // send's job is): a failed enqueue writes nothing, and a process that dies in between
@@ -499,6 +502,7 @@ pub async fn create_campaign(
         request_id: crate::telemetry::request_id(),
         send_at,
         paced_from: None,
+        token: Some(fanout_token),
     });
     let body = job
         .to_body()
@@ -1469,6 +1473,15 @@ pub async fn fan_out_in_slices(
         // Not recorded yet (the job is queued first), or never: wait, then drop it.
         return Ok(super::deadline::unrecorded(deps, &job.broadcast_id));
     };
+    // Another delivery of this job (SQS delivers at least once; a job whose delete was
+    // lost, or retried after its run timed out, comes again) moved the chain on, and the
+    // job it queued carries the fan-out on: this one is a duplicate, dropped before it
+    // records or queues anything (`ports::FanoutHop`). One that started before that move
+    // is stopped by its own progress writes, below.
+    if b.fanout_token != job.token {
+        tracing::info!(broadcast_id = %b.id, "a duplicate fan-out job (its chain moved on); dropped");
+        return Ok(Outcome::Done);
+    }
     // Paused: no more of its recipients are recorded and queued until it is resumed (they
     // would only wait on the queue, each coming back every `PAUSED_RECHECK` to look at the
     // hold); this job asks again as often. A scheduled one paused is not started. A
@@ -1627,9 +1640,24 @@ pub async fn fan_out_in_slices(
         let before = done;
         done = upto;
         if (done - start) / 200 > (before - start) / 200 {
-            deps.broadcasts
-                .broadcast_progress(&job.tenant_id, &b.id, done, false)
-                .await?;
+            let within = FanoutHop {
+                expected: job.token.as_deref(),
+                next: None,
+            };
+            if !deps
+                .broadcasts
+                .broadcast_progress(&job.tenant_id, &b.id, done, false, within)
+                .await?
+            {
+                // Another delivery of this job got further, or the chain moved on (or the
+                // broadcast is gone): that run, or the job it queued, carries the fan-out
+                // on; this one records nothing more and queues no next job.
+                tracing::info!(
+                    enqueued = done,
+                    "another delivery of this fan-out job got further; this one stops"
+                );
+                return Ok(Outcome::Done);
+            }
             // Paused or cancelled since this run read it: no more of its recipients are
             // recorded and queued (they would only wait on the queue, or each be refunded
             // by its own job); the next job, below, waits out the pause or closes what the
@@ -1645,32 +1673,89 @@ pub async fn fan_out_in_slices(
         }
     }
     let finished = end == list.len();
-    deps.broadcasts
-        .broadcast_progress(&job.tenant_id, &b.id, end, finished)
-        .await?;
-    tracing::info!(enqueued = end, total = list.len(), "broadcast fan-out");
-    if !finished {
-        // The rest continues in a fresh queue message, so a long fan-out never uses up
-        // this one's receive count (and never reaches the dead-letter queue that way). Its
-        // recipients are due from where this slice's pace ends; it comes [`FANOUT_LEAD`]
-        // before that to record and queue them.
-        let mut next = job.clone();
-        let mut wait = Duration::ZERO;
-        if let Some(pace) = pace {
-            let next_from = paced_from + seconds((end - start).div_ceil(pace.max(1) as usize));
-            next.paced_from = Some(next_from);
-            wait = (next_from - deps.clock.now())
-                .to_std()
-                .unwrap_or_default()
-                .saturating_sub(FANOUT_LEAD)
-                .min(deps.settings.schedule_hop);
-        }
-        let body = QueueJob::BroadcastFanout(next)
-            .to_body()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        deps.queue.send_delayed(&body, wait).await?;
+    // The rest continues in a fresh queue message, so a long fan-out never uses up this
+    // one's receive count (and never reaches the dead-letter queue that way). Its
+    // recipients are due from where this slice's pace ends; it comes [`FANOUT_LEAD`]
+    // before that to record and queue them.
+    let mut next = job.clone();
+    let mut wait = Duration::ZERO;
+    if let Some(pace) = pace {
+        let next_from = paced_from + seconds((end - start).div_ceil(pace.max(1) as usize));
+        next.paced_from = Some(next_from);
+        wait = (next_from - deps.clock.now())
+            .to_std()
+            .unwrap_or_default()
+            .saturating_sub(FANOUT_LEAD)
+            .min(deps.settings.schedule_hop);
+    }
+    if hop_on(deps, job, &b.id, end, finished, next, wait).await? {
+        tracing::info!(enqueued = end, total = list.len(), "broadcast fan-out");
     }
     Ok(Outcome::Done)
+}
+
+/// A fan-out run's last progress write (`enqueued = end`; `finished`: the broadcast closed,
+/// its list deleted) and, unless finished, the job for the rest (`next`, after `wait`).
+/// The write moves the chain's token on to the one `next` carries, on the condition that
+/// it is still the one this job carries ([`FanoutHop`]): of two deliveries of one job, only
+/// the first to get there queues a next job; the other's write is refused, and it queues
+/// nothing (`false`). A next job that cannot be queued puts the token back (the job
+/// received is retried, and carries the chain on again) before the error is answered.
+async fn hop_on(
+    deps: &Deps,
+    job: &FanoutJob,
+    id: &str,
+    end: usize,
+    finished: bool,
+    mut next: FanoutJob,
+    wait: Duration,
+) -> Result<bool, StoreError> {
+    let token = crate::domain::new_id();
+    let hop = FanoutHop {
+        expected: job.token.as_deref(),
+        next: Some(&token),
+    };
+    if !deps
+        .broadcasts
+        .broadcast_progress(&job.tenant_id, id, end, finished, hop)
+        .await?
+    {
+        tracing::info!(
+            broadcast_id = %id,
+            enqueued = end,
+            "another delivery of this fan-out job moved its chain on; this one queues no next job"
+        );
+        return Ok(false);
+    }
+    if finished {
+        return Ok(true);
+    }
+    next.token = Some(token.clone());
+    let queued = match QueueJob::BroadcastFanout(next).to_body() {
+        Ok(body) => deps.queue.send_delayed(&body, wait).await,
+        Err(e) => Err(StoreError::Corrupt(e.to_string())),
+    };
+    let Err(e) = queued else {
+        return Ok(true);
+    };
+    // Only a job with this run's token could carry the chain on now, and there is none:
+    // the token goes back to the job received (retried on this error). A job without one
+    // (queued before tokens) cannot have it back: its broadcast is left to the retention
+    // run's `settle_lost`, as a lost fan-out job's.
+    let back = FanoutHop {
+        expected: Some(&token),
+        next: job.token.as_deref(),
+    };
+    if back.next.is_none()
+        || !deps
+            .broadcasts
+            .broadcast_progress(&job.tenant_id, id, end, false, back)
+            .await
+            .unwrap_or(false)
+    {
+        tracing::error!(broadcast_id = %id, enqueued = end, error = %e, "a fan-out's next job could not be queued nor its token put back; its campaign waits for the retention run");
+    }
+    Err(e)
 }
 
 /// The message of the broadcast's recipient at `index`, `accepted` when recorded at `now`.
@@ -1857,18 +1942,10 @@ async fn close_unqueued(
         crate::metrics::failed_n(class, closed);
     }
     let finished = end == list.len();
-    deps.broadcasts
-        .broadcast_progress(&b.tenant_id, &b.id, end, finished)
-        .await?;
+    let mut next = job.clone();
+    next.paced_from = None;
+    hop_on(deps, job, &b.id, end, finished, next, Duration::ZERO).await?;
     tracing::info!(broadcast_id = %b.id, closed, code = %error.code, enqueued = end, total = list.len(), "broadcast's unqueued recipients closed, refunded");
-    if !finished {
-        let mut next = job.clone();
-        next.paced_from = None;
-        let body = QueueJob::BroadcastFanout(next)
-            .to_body()
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        deps.queue.send_delayed(&body, Duration::ZERO).await?;
-    }
     Ok(Outcome::Done)
 }
 
@@ -2287,6 +2364,7 @@ mod tests {
             refunded_unsent: 0,
             closed_unqueued: 0,
             control_at: None,
+            fanout_token: None,
         }
     }
 

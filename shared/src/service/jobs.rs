@@ -111,6 +111,12 @@ pub struct FanoutJob {
     /// paced end (`broadcasts::fan_out`). `None`: the first slice, due now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paced_from: Option<DateTime<Utc>>,
+    /// Its place in the broadcast's chain of fan-out jobs: the token the broadcast must
+    /// carry for this job to run (`Broadcast::fanout_token`; `ports::FanoutHop`). `None`:
+    /// the broadcast carries none (a job queued before tokens, or the first run of a
+    /// broadcast accepted before them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// One status change waiting to be POSTed to a tenant's status callback (no content).
@@ -345,6 +351,7 @@ mod tests {
                 request_id: None,
                 send_at: Some(Utc::now()),
                 paced_from: Some(Utc::now()),
+                token: Some(crate::domain::new_id()),
             }),
             QueueJob::StatusCallback(CallbackJob {
                 tenant_id: TenantId::generate(),
@@ -375,6 +382,7 @@ mod tests {
             request_id: None,
             send_at: None,
             paced_from: None,
+            token: None,
         })
         .to_body()
         .unwrap();

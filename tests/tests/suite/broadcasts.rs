@@ -532,6 +532,7 @@ async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_jo
         request_id: None,
         send_at: None,
         paced_from: None,
+        token: b.fanout_token.clone(),
     };
     broadcasts::fan_out_in_slices(&deps, &job, 1000)
         .await
@@ -1247,6 +1248,26 @@ async fn next_fan_out(deps: &kirim::service::Deps) -> kirim::service::jobs::Fano
     }
 }
 
+/// The fan-out job among those on the dispatch queue (the rest, dispatch jobs, dropped):
+/// the job a fan-out queued for the rest of its broadcast.
+async fn queued_fan_out(deps: &kirim::service::Deps) -> kirim::service::jobs::FanoutJob {
+    for _ in 0..20 {
+        for r in deps
+            .queue
+            .receive(10, Duration::from_millis(500))
+            .await
+            .unwrap()
+        {
+            if let Some(kirim::service::jobs::QueueJob::BroadcastFanout(job)) =
+                kirim::service::jobs::QueueJob::parse(&r.body)
+            {
+                return job;
+            }
+        }
+    }
+    panic!("no fan-out job on the queue")
+}
+
 /// A tenant (phone number id `number`, `credits`) with an approved utility template
 /// `promo` in its catalogue, written as a sync would (no Meta here); and its admin key.
 pub(crate) async fn promo_tenant(
@@ -1466,6 +1487,7 @@ async fn an_orphaned_scheduled_job_is_dropped_at_its_first_look_past_the_grace_n
         request_id: None,
         send_at: Some(send_at),
         paced_from: None,
+        token: None,
     });
     for job in [orphan_send, orphan_fan_out] {
         deps.queue.send(&job.to_body().unwrap()).await.unwrap();
@@ -1978,6 +2000,7 @@ async fn a_fan_out_whose_list_is_gone_refunds_the_recipients_never_queued() {
     let job = next_fan_out(&deps).await;
     broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
     // Its next slice comes eight days late.
+    let job = queued_fan_out(&deps).await;
     clock.advance(chrono::Duration::days(8));
     broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
     assert_eq!(balance().await, 4, "the four never queued are refunded");
@@ -2011,6 +2034,7 @@ async fn a_fan_out_finding_its_list_just_expired_waits_out_any_run_still_recordi
     };
     let job = next_fan_out(&deps).await;
     broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
+    let job = queued_fan_out(&deps).await;
     // A minute past the list's seven days.
     clock.advance(chrono::Duration::days(7) + chrono::Duration::minutes(1));
     let outcome = broadcasts::fan_out_in_slices(&deps, &job, 3).await.unwrap();
@@ -2813,9 +2837,11 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
         id: &str,
         enqueued: usize,
         done: bool,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.inner
-            .broadcast_progress(tenant, id, enqueued, done)
+        hop: kirim::ports::FanoutHop<'_>,
+    ) -> Result<bool, kirim::store_error::StoreError> {
+        let written = self
+            .inner
+            .broadcast_progress(tenant, id, enqueued, done, hop)
             .await?;
         if self.pause_on_progress && !done {
             self.inner
@@ -2828,7 +2854,7 @@ impl kirim::ports::BroadcastStore for LostClaimAnswer {
                 )
                 .await?;
         }
-        Ok(())
+        Ok(written)
     }
     async fn close_broadcast_unsent(
         &self,

@@ -1077,7 +1077,13 @@ async fn a_completed_campaign_shows_when_its_last_message_was_handed_to_meta(b: 
         ids.push(m.id);
     }
     deps.broadcasts
-        .broadcast_progress(&t.id, &campaign.id, 2, true)
+        .broadcast_progress(
+            &t.id,
+            &campaign.id,
+            2,
+            true,
+            kirim::ports::FanoutHop::default(),
+        )
         .await
         .unwrap();
     let at = |minutes: i64| now + chrono::Duration::minutes(minutes);

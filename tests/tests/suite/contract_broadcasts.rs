@@ -43,6 +43,7 @@ pub(crate) fn running_broadcast(
         refunded_unsent: 0,
         closed_unqueued: 0,
         control_at: None,
+        fanout_token: None,
     }
 }
 
@@ -257,7 +258,7 @@ async fn a_broadcasts_list_outlives_its_schedule_and_a_lost_one_is_refunded_once
         .await
         .unwrap());
     p.broadcasts
-        .broadcast_progress(&t.id, &b.id, 1, false)
+        .broadcast_progress(&t.id, &b.id, 1, false, FanoutHop::default())
         .await
         .unwrap();
     // Eight days later (a long pause), the list's backstop has passed.

@@ -360,6 +360,7 @@ async fn broadcast(p: &Ports, t: &TenantId, expires_in: i64, created_ago: i64) -
         refunded_unsent: 0,
         closed_unqueued: 0,
         control_at: None,
+        fanout_token: None,
     };
     let debit = LedgerEntry {
         amount: -2,

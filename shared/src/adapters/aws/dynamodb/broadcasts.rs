@@ -15,7 +15,7 @@ use super::{classify, from_item, keys, n, s, to_item, CancelReason, DynamoStore,
 use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
     Broadcast, BroadcastClaim, BroadcastControl, BroadcastOnce, BroadcastStatus, BroadcastStore,
-    BroadcastTally, CancelledRecipients, LedgerEntry, RequestKeyRecord, UnqueuedClose,
+    BroadcastTally, CancelledRecipients, FanoutHop, LedgerEntry, RequestKeyRecord, UnqueuedClose,
     ALREADY_RETRIED,
 };
 use crate::store_error::StoreError;
@@ -187,28 +187,59 @@ impl BroadcastStore for DynamoStore {
         id: &str,
         enqueued: usize,
         done: bool,
-    ) -> Result<(), StoreError> {
+        hop: FanoutHop<'_>,
+    ) -> Result<bool, StoreError> {
+        // The chain: the token the run's job carries (none: the broadcast has none), or
+        // the run's next one already (this write landed, its answer lost, and the SDK's
+        // retry of it must not be refused by it).
+        let expected = match hop.expected {
+            Some(_) => "#token = :expected",
+            None => "attribute_not_exists(#token)",
+        };
+        let chain = match hop.next {
+            Some(_) => format!("({expected} OR #token = :next)"),
+            None => expected.to_owned(),
+        };
+        let mut set = vec!["enqueued = :n"];
+        if done {
+            set.push("#status = :done");
+        }
+        if hop.next.is_some() {
+            set.push("#token = :next");
+        }
         let mut req = self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(keys::broadcast(tenant, id).attrs()))
-            .condition_expression("attribute_exists(pk) AND enqueued <= :n")
+            .update_expression(format!("SET {}", set.join(", ")))
+            .condition_expression(format!(
+                "attribute_exists(pk) AND enqueued <= :n AND {chain}"
+            ))
+            .expression_attribute_names("#token", "fanout_token")
             .expression_attribute_values(":n", n(enqueued as i64));
-        req = if done {
-            req.update_expression("SET enqueued = :n, #status = :done")
+        if let Some(t) = hop.expected {
+            req = req.expression_attribute_values(":expected", s(t.to_owned()));
+        }
+        if let Some(t) = hop.next {
+            req = req.expression_attribute_values(":next", s(t.to_owned()));
+        }
+        if done {
+            req = req
                 .expression_attribute_names("#status", "status")
                 .expression_attribute_values(
                     ":done",
                     s(crate::ports::BroadcastStatus::Enqueued.as_str()),
-                )
-        } else {
-            req.update_expression("SET enqueued = :n")
-        };
+                );
+        }
         match req.send().await {
             Ok(_) => {}
-            // Another run got further already: nothing to record.
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {}
+            // Gone, another delivery got further, or another run of the chain moved its
+            // token on: nothing recorded, and the list is left (that run needs it, or
+            // deleted it).
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                return Ok(false)
+            }
             Err(e) => return Err(classify("dynamodb update", e)),
         }
         if done {
@@ -220,7 +251,7 @@ impl BroadcastStore for DynamoStore {
                 .await
                 .map_err(|e| classify("dynamodb delete", e))?;
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn close_broadcast_unsent(

@@ -8,7 +8,7 @@ use super::{message_key, MemoryStore};
 use crate::domain::{MessageId, MessageRecord, MessageStatus, PhoneNumber, StatusEvent, TenantId};
 use crate::ports::{
     Broadcast, BroadcastClaim, BroadcastControl, BroadcastOnce, BroadcastStatus, BroadcastStore,
-    BroadcastTally, CancelledRecipients, LedgerEntry, RequestKeyRecord, UnqueuedClose,
+    BroadcastTally, CancelledRecipients, FanoutHop, LedgerEntry, RequestKeyRecord, UnqueuedClose,
     ALREADY_RETRIED,
 };
 use crate::store_error::StoreError;
@@ -128,23 +128,30 @@ impl BroadcastStore for MemoryStore {
         id: &str,
         enqueued: usize,
         done: bool,
-    ) -> Result<(), StoreError> {
+        hop: FanoutHop<'_>,
+    ) -> Result<bool, StoreError> {
         let mut s = self.lock()?;
         let key = (tenant.clone(), id.to_owned());
         // Gone (expired under a running fan-out): nothing to record, as on DynamoDB, whose
-        // condition refused then reads as another run having got further.
+        // condition refuses it. Nor when another delivery got further, or another run of
+        // the chain moved its token on (DynamoDB's condition, the same).
         let Some(b) = s.broadcasts.get_mut(&key) else {
-            if done {
-                s.broadcast_lists.remove(&key);
-            }
-            return Ok(());
+            return Ok(false);
         };
-        b.enqueued = b.enqueued.max(enqueued);
+        let token = b.fanout_token.as_deref();
+        let in_chain = token == hop.expected || (hop.next.is_some() && token == hop.next);
+        if b.enqueued > enqueued || !in_chain {
+            return Ok(false);
+        }
+        b.enqueued = enqueued;
+        if let Some(next) = hop.next {
+            b.fanout_token = Some(next.to_owned());
+        }
         if done {
             b.status = crate::ports::BroadcastStatus::Enqueued;
             s.broadcast_lists.remove(&key);
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn close_broadcast_unsent(
