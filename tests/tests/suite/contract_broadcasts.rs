@@ -799,7 +799,128 @@ async fn a_failed_close_of_unqueued_recipients_is_written_only_while_the_broadca
     assert_eq!(credits().await, before + 3);
 }
 
+/// A fan-out's progress write is conditional on the broadcast's fan-out token (`FanoutHop`):
+/// written only while the broadcast carries the token the run's job carries (none: it has
+/// none), never backwards; a run's last write moves the token on, and only once from a
+/// given token (the second delivery of a job is refused, so it queues no second chain),
+/// except for the very same write again (its answer lost, the SDK's retry); `done` deletes
+/// the list only when the write is made.
+async fn a_fan_out_progress_write_moves_its_chain_on_only_from_the_token_its_job_carries(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    let now = p.clock.now();
+    let phones: Vec<kirim::domain::PhoneNumber> = ["+60123450011", "+60123450012", "+60123450013"]
+        .iter()
+        .map(|s| kirim::domain::PhoneNumber::parse(s).unwrap())
+        .collect();
+    let b = running_broadcast(&t.id, now);
+    let (_, mut debit) = message(&p, &t.id, 3600);
+    debit.amount = -3;
+    debit.message_id = None;
+    p.broadcasts
+        .create_broadcast(&b, &phones, &debit)
+        .await
+        .unwrap();
+    let hop =
+        |expected: Option<&'static str>, next: Option<&'static str>| FanoutHop { expected, next };
+    let write = |n: usize, done: bool, h: FanoutHop<'static>| {
+        let (p, t, id) = (&p, &t, b.id.clone());
+        async move {
+            p.broadcasts
+                .broadcast_progress(&t.id, &id, n, done, h)
+                .await
+                .unwrap()
+        }
+    };
+    let stored = || async {
+        let b = p
+            .broadcasts
+            .get_broadcast(&t.id, &b.id)
+            .await
+            .unwrap()
+            .unwrap();
+        (b.enqueued, b.fanout_token, b.status)
+    };
+    let running = BroadcastStatus::FanningOut;
+
+    assert!(
+        !write(1, false, hop(Some("t0"), None)).await,
+        "a token it does not carry"
+    );
+    assert_eq!(stored().await, (0, None, running));
+    assert!(
+        write(1, false, hop(None, None)).await,
+        "none, as its job carries"
+    );
+    assert_eq!(
+        stored().await,
+        (1, None, running),
+        "a write within a run keeps the token"
+    );
+    assert!(
+        write(2, false, hop(None, Some("t1"))).await,
+        "a run's last write"
+    );
+    assert_eq!(stored().await, (2, Some("t1".into()), running));
+    assert!(
+        write(2, false, hop(None, Some("t1"))).await,
+        "the same write again (its answer lost): written, the same"
+    );
+    assert_eq!(stored().await, (2, Some("t1".into()), running));
+    assert!(
+        !write(2, false, hop(None, Some("t1b"))).await,
+        "the other delivery of the same job: refused"
+    );
+    assert!(
+        !write(3, false, hop(None, None)).await,
+        "nor within its run"
+    );
+    assert_eq!(stored().await, (2, Some("t1".into()), running));
+    assert!(
+        !write(1, false, hop(Some("t1"), Some("t2"))).await,
+        "never backwards"
+    );
+    // A token moved on and put back (its next job could not be queued).
+    assert!(write(2, false, hop(Some("t1"), Some("t2"))).await);
+    assert!(write(2, false, hop(Some("t2"), Some("t1"))).await);
+    assert_eq!(stored().await, (2, Some("t1".into()), running));
+    // The end: refused, the list stays (another run of the chain needs it).
+    assert!(!write(3, true, hop(Some("t2"), Some("t3"))).await);
+    assert_eq!(stored().await, (2, Some("t1".into()), running));
+    assert!(p
+        .broadcasts
+        .broadcast_recipients(&t.id, &b.id)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(write(3, true, hop(Some("t1"), Some("t3"))).await);
+    assert_eq!(
+        stored().await,
+        (3, Some("t3".into()), BroadcastStatus::Enqueued)
+    );
+    assert_eq!(
+        p.broadcasts
+            .broadcast_recipients(&t.id, &b.id)
+            .await
+            .unwrap(),
+        None,
+        "deleted with the last write"
+    );
+    // A broadcast that is gone records nothing, and is not an error.
+    assert!(!p
+        .broadcasts
+        .broadcast_progress(
+            &t.id,
+            &kirim::domain::new_id(),
+            1,
+            false,
+            FanoutHop::default()
+        )
+        .await
+        .unwrap());
+}
+
 contract!(
+    a_fan_out_progress_write_moves_its_chain_on_only_from_the_token_its_job_carries,
     a_cancelled_broadcasts_unqueued_recipients_are_recorded_and_refunded_in_one_write_or_not_at_all,
     a_failed_close_of_unqueued_recipients_is_written_only_while_the_broadcast_runs,
     a_broadcasts_message_is_claimed_only_while_its_broadcast_has_no_hold_and_a_held_one_stays_as_it_was,

@@ -47,6 +47,7 @@ mod crash_recovery;
 mod deadletters;
 mod demo_script;
 mod e2e;
+mod fan_out_chain;
 mod gateway_routes;
 mod heavy;
 mod http_edges;
