@@ -503,6 +503,7 @@ pub async fn create_campaign(
         send_at,
         paced_from: None,
         token: Some(fanout_token),
+        resent: false,
     });
     let body = job
         .to_body()
@@ -1479,7 +1480,32 @@ pub async fn fan_out_in_slices(
     // records or queues anything (`ports::FanoutHop`). One that started before that move
     // is stopped by its own progress writes, below.
     if b.fanout_token != job.token {
-        tracing::info!(broadcast_id = %b.id, "a duplicate fan-out job (its chain moved on); dropped");
+        // Unless the chain moved on by this job's own last write (the broadcast's token
+        // begins with the one that write derives from this job's and the `enqueued` it
+        // wrote, and no run went further since), whose next job this delivery cannot know
+        // was queued: its run may have died between the two. Queued again then, once,
+        // late enough (`schedule_hop`) that the first, if it was queued, has moved the
+        // chain on and the copy is dropped; were it lost, the campaign goes on from there.
+        let own_hop = next_token_prefix(job.token.as_deref(), &b.id, b.enqueued);
+        let landed = b.status == BroadcastStatus::FanningOut
+            && b.fanout_token
+                .as_deref()
+                .is_some_and(|t| t.starts_with(&own_hop));
+        if landed && !job.resent {
+            let mut again = job.clone();
+            again.token = b.fanout_token.clone();
+            again.resent = true;
+            again.paced_from = None;
+            let body = QueueJob::BroadcastFanout(again)
+                .to_body()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            deps.queue
+                .send_delayed(&body, deps.settings.schedule_hop)
+                .await?;
+            tracing::info!(broadcast_id = %b.id, "a fan-out job found its own last write landed; its next job queued again in case it was lost");
+        } else {
+            tracing::info!(broadcast_id = %b.id, "a duplicate fan-out job (its chain moved on); dropped");
+        }
         return Ok(Outcome::Done);
     }
     // Paused: no more of its recipients are recorded and queued until it is resumed (they
@@ -1710,7 +1736,14 @@ async fn hop_on(
     mut next: FanoutJob,
     wait: Duration,
 ) -> Result<bool, StoreError> {
-    let token = crate::domain::new_id();
+    // The part a later delivery of this job can derive (it knows its token and reads
+    // `enqueued`), then this run's own (a retry of the write that landed passes on it;
+    // another delivery's write, with its own, is refused).
+    let token = format!(
+        "{}{}",
+        next_token_prefix(job.token.as_deref(), id, end),
+        crate::domain::new_id()
+    );
     let hop = FanoutHop {
         expected: job.token.as_deref(),
         next: Some(&token),
@@ -1756,6 +1789,24 @@ async fn hop_on(
         tracing::error!(broadcast_id = %id, enqueued = end, error = %e, "a fan-out's next job could not be queued nor its token put back; its campaign waits for the retention run");
     }
     Err(e)
+}
+
+/// What the token a fan-out run moves its chain on to begins with: derived from the token
+/// its job carries, the broadcast and the `enqueued` its last write sets (a SHA-256 cut to
+/// 16 hex digits, then `.`), so that another delivery of the same job can tell its chain
+/// was moved on by that job's own write (`fan_out_in_slices`).
+fn next_token_prefix(expected: Option<&str>, broadcast_id: &str, end: usize) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(expected.unwrap_or_default().as_bytes());
+    h.update([0]);
+    h.update(broadcast_id.as_bytes());
+    h.update([0]);
+    h.update(end.to_string().as_bytes());
+    let digest = h.finalize();
+    let mut out = hex::encode(&digest[..8]);
+    out.push('.');
+    out
 }
 
 /// The message of the broadcast's recipient at `index`, `accepted` when recorded at `now`.

@@ -117,6 +117,12 @@ pub struct FanoutJob {
     /// broadcast accepted before them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Queued again by a delivery of the job before it, which found that job's last
+    /// progress write landed but could not know whether its next job was queued (a run
+    /// that died between the two): such a job is not queued again itself
+    /// (`broadcasts::fan_out`), so duplicates never make a chain of their own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resent: bool,
 }
 
 /// One status change waiting to be POSTed to a tenant's status callback (no content).
@@ -352,6 +358,7 @@ mod tests {
                 send_at: Some(Utc::now()),
                 paced_from: Some(Utc::now()),
                 token: Some(crate::domain::new_id()),
+                resent: false,
             }),
             QueueJob::StatusCallback(CallbackJob {
                 tenant_id: TenantId::generate(),
@@ -383,6 +390,7 @@ mod tests {
             send_at: None,
             paced_from: None,
             token: None,
+            resent: false,
         })
         .to_body()
         .unwrap();

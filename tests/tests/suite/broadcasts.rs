@@ -533,6 +533,7 @@ async fn a_cancelled_campaigns_unqueued_recipients_are_closed_without_a_queue_jo
         send_at: None,
         paced_from: None,
         token: b.fanout_token.clone(),
+        resent: false,
     };
     broadcasts::fan_out_in_slices(&deps, &job, 1000)
         .await
@@ -1488,6 +1489,7 @@ async fn an_orphaned_scheduled_job_is_dropped_at_its_first_look_past_the_grace_n
         send_at: Some(send_at),
         paced_from: None,
         token: None,
+        resent: false,
     });
     for job in [orphan_send, orphan_fan_out] {
         deps.queue.send(&job.to_body().unwrap()).await.unwrap();

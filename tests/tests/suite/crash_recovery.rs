@@ -3250,6 +3250,7 @@ async fn the_retention_run_closes_a_campaign_its_lost_fan_out_job_left_unfinishe
         send_at: None,
         paced_from: None,
         token: sending.fanout_token.clone(),
+        resent: false,
     };
     kirim::service::broadcasts::fan_out_in_slices(&deps, &job, 10)
         .await

@@ -410,14 +410,63 @@ async fn a_fan_out_job_delivered_twice_in_turn_queues_one_next_job(b: Backend) {
     let (first_next, first_sends) = c.run(&mid).await;
     let (again_next, again_sends) = c.run(&mid).await;
     assert_eq!(first_next.len(), 1, "the next job");
+    assert_eq!(again_sends.len(), 0, "the second delivery records nothing");
+    // It cannot know whether the first's next job was queued: it queues it again, marked,
+    // late; run after the first moved the chain on, that copy queues nothing.
+    assert_the_copy_of(&again_next, &first_next[0]);
+    let (after_next, after_sends) = c.run(&first_next[0]).await;
+    let (copy_next, copy_sends) = c.run(&again_next[0]).await;
     assert_eq!(
-        (again_next.len(), again_sends.len()),
+        (copy_next.len(), copy_sends.len()),
         (0, 0),
-        "the second delivery queues nothing"
+        "the copy, late, queues nothing"
     );
     let mut all = sends;
     all.extend(first_sends);
-    c.complete(first_next, all).await;
+    all.extend(after_sends);
+    c.complete(after_next, all).await;
+}
+
+/// `copies` is one job: `original` queued again by a duplicate delivery of the job
+/// before it (marked, carrying the same token).
+fn assert_the_copy_of(copies: &[FanoutJob], original: &FanoutJob) {
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(copies[0].resent, "marked as queued again");
+    assert!(!original.resent);
+    assert_eq!(
+        copies[0].token, original.token,
+        "the same place in the chain"
+    );
+}
+
+/// A run that died between its last progress write (which moved the chain on) and the
+/// send of its next job: the redelivery of its job finds the chain moved on by its own
+/// write and queues the next job again, so the campaign goes on (it stalled until its
+/// list's backstop, 7 days, and its unsent recipients were refunded), and the copy queued
+/// again is not queued again by its own duplicates.
+async fn a_fan_out_run_that_died_before_queueing_its_next_job_is_carried_on_by_its_redelivery(
+    b: Backend,
+) {
+    let c = campaign(b, |_| {}).await;
+    let (next, sends) = c.run(&Campaign::job(&c.first)).await;
+    let mid = next[0].clone();
+    let (lost_next, mid_sends) = c.run(&mid).await;
+    assert_eq!(lost_next.len(), 1, "queued, then lost with its process");
+    let (again_next, again_sends) = c.run(&mid).await;
+    assert_eq!(again_sends.len(), 0, "the redelivery records nothing again");
+    assert_the_copy_of(&again_next, &lost_next[0]);
+    // The copy delivered twice: the second finds the chain moved on by the first and,
+    // being a copy, queues nothing.
+    let (copy_next, copy_sends) = c.run(&again_next[0]).await;
+    let (dup_next, dup_sends) = c.run(&again_next[0]).await;
+    assert_eq!(
+        (copy_next.len(), dup_next.len(), dup_sends.len()),
+        (1, 0, 0)
+    );
+    let mut all = sends;
+    all.extend(mid_sends);
+    all.extend(copy_sends);
+    c.complete(copy_next, all).await;
 }
 
 /// The same mid-chain job delivered twice at once: the second delivery runs its slice
@@ -465,12 +514,14 @@ async fn a_fan_out_job_from_before_tokens_completes_its_campaign_once(b: Backend
     let (next, sends) = c.run(&old).await;
     let (again_next, again_sends) = c.run(&old).await;
     assert_eq!(next.len(), 1, "the next job");
-    assert_eq!(
-        (again_next.len(), again_sends.len()),
-        (0, 0),
-        "the second delivery queues nothing"
-    );
-    c.complete(next, sends).await;
+    assert_eq!(again_sends.len(), 0, "the second delivery records nothing");
+    assert_the_copy_of(&again_next, &next[0]);
+    let (after_next, after_sends) = c.run(&next[0]).await;
+    let (copy_next, copy_sends) = c.run(&again_next[0]).await;
+    assert_eq!((copy_next.len(), copy_sends.len()), (0, 0));
+    let mut all = sends;
+    all.extend(after_sends);
+    c.complete(after_next, all).await;
 }
 
 /// A campaign paused mid-chain: its next job waits on the queue, coming back to look at the
@@ -495,13 +546,20 @@ async fn a_campaign_paused_and_resumed_mid_chain_fans_out_in_one_chain(b: Backen
     let (after_back, back_sends) = c.run(&Campaign::job(&back)).await;
     let (after_lost, lost_sends) = c.run(&mid).await;
     assert_eq!(
-        (after_back.len(), after_lost.len(), lost_sends.len()),
-        (1, 0, 0),
-        "one next job, the duplicate queues nothing"
+        (after_back.len(), lost_sends.len()),
+        (1, 0),
+        "one next job, the duplicate records nothing"
     );
+    // The duplicate queues the next job again, marked, in case it was lost; run after the
+    // chain moved on, that copy queues nothing.
+    assert_the_copy_of(&after_lost, &after_back[0]);
+    let (next_after, next_sends) = c.run(&after_back[0]).await;
+    let (copy_next, copy_sends) = c.run(&after_lost[0]).await;
+    assert_eq!((copy_next.len(), copy_sends.len()), (0, 0));
     let mut all = sends;
     all.extend(back_sends);
-    c.complete(after_back, all).await;
+    all.extend(next_sends);
+    c.complete(next_after, all).await;
 }
 
 /// A run's last progress write that landed with its answer lost: the SDK's retry of it
@@ -541,4 +599,5 @@ on_both_backends!(
     a_campaign_paused_and_resumed_mid_chain_fans_out_in_one_chain,
     a_fan_out_whose_last_progress_answer_was_lost_still_queues_its_next_job,
     a_fan_out_whose_next_job_cannot_be_queued_carries_on_when_retried,
+    a_fan_out_run_that_died_before_queueing_its_next_job_is_carried_on_by_its_redelivery,
 );
