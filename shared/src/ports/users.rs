@@ -92,10 +92,18 @@ pub enum LoginCounter {
     Totp(String),
 }
 
+/// How far apart two writers' clocks (or one clock across a step back) may be for a
+/// failed-login counter's `blocked_until` one wrote to still hold for the other (as
+/// `http::access::HEAVY_LEASE_CLOCK_SKEW` for the heavy leases: Lambda's clocks are kept
+/// within milliseconds of each other; this leaves room to spare).
+pub const LOGIN_CLOCK_SKEW_SECS: i64 = 5;
+
 /// Growing delays: the first `free` failures cost nothing; failure `free + k` makes the
 /// next attempt wait `base_delay_secs × 2^k`, at most `max_delay_secs`. Past the free
 /// failures one attempt at a time is in flight (`hold_secs` while it is checked). A
-/// counter ends `window_secs` after its last failure.
+/// counter ends `window_secs` after its last failure. A `blocked_until` later than
+/// [`LoginPolicy::furthest_block`] was written by a clock ahead (or before this one
+/// stepped back): no writer in step puts it there, and the gate takes it as lapsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoginPolicy {
     pub free: i64,
@@ -142,6 +150,27 @@ impl LoginPolicy {
             LoginCounter::Address(_) => Self::ADDRESS,
             LoginCounter::Totp(_) => Self::TOTP,
         }
+    }
+
+    /// The latest `blocked_until` a writer whose clock is in step with `now` can have set:
+    /// the longest delay this policy writes, a hold on top, and [`LOGIN_CLOCK_SKEW_SECS`].
+    /// A counter blocked past it was written by a clock ahead of `now` (another instance's,
+    /// or this one's before it stepped back): the gate takes it as lapsed, so an address or
+    /// a user is never held for the length of a clock's step, and no `Retry-After` answered
+    /// from a counter is longer than `furthest_block(now) - now`.
+    pub fn furthest_block(&self, now: i64) -> i64 {
+        now.saturating_add(self.max_delay_secs.max(0))
+            .saturating_add(self.hold_secs.max(0))
+            .saturating_add(LOGIN_CLOCK_SKEW_SECS)
+    }
+
+    /// The `Retry-After` (seconds, at least 1) of a counter locked until `until` at `now`:
+    /// never longer than the policy's bound ([`Self::furthest_block`]).
+    pub fn retry_after(&self, until: i64, now: i64) -> i64 {
+        until
+            .min(self.furthest_block(now))
+            .saturating_sub(now)
+            .max(1)
     }
 
     /// How long the next attempt waits after `failures` failures.
@@ -245,7 +274,9 @@ pub trait UserStore: Send + Sync {
     /// `policy.count_at_gate` off, taking nothing: `LoginTicket::Free`); past them only when the
     /// last delay has passed and no other attempt holds the counter (this one then holds
     /// it for `policy.hold_secs`, `LoginTicket::Holding`). Otherwise `Locked` with the
-    /// time the next may come.
+    /// time the next may come, never later than `policy.furthest_block(now)`. A delay or a
+    /// hold that ends after `policy.furthest_block(now)` (written by a clock ahead, or
+    /// before this one stepped back) has lapsed.
     async fn begin_login(
         &self,
         counter: &LoginCounter,
@@ -254,7 +285,8 @@ pub trait UserStore: Send + Sync {
     ) -> Result<LoginGate, StoreError>;
     /// The attempt failed: counted (an atomic increment unless the gate counted it
     /// already; a counter past its window, or cleared meanwhile, starts again at one),
-    /// and the next attempt's time set. Answers the failures counted.
+    /// and the next attempt's time set (over one that has lapsed as `begin_login` says,
+    /// too). Answers the failures counted.
     async fn login_failed(
         &self,
         counter: &LoginCounter,
@@ -335,4 +367,30 @@ pub trait UserStore: Send + Sync {
         tenant: &TenantId,
         required: bool,
     ) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_after_is_never_longer_than_the_policys_bound() {
+        let p = LoginPolicy::EMAIL_AT_ADDRESS;
+        let now = 1_800_000_000;
+        assert_eq!(
+            p.furthest_block(now),
+            now + 15 * 60 + 10 + LOGIN_CLOCK_SKEW_SECS
+        );
+        assert_eq!(
+            p.retry_after(now + 900, now),
+            900,
+            "the longest delay in full"
+        );
+        assert_eq!(p.retry_after(now, now), 1, "at least a second");
+        assert_eq!(
+            p.retry_after(now + 6 * 3600, now),
+            p.furthest_block(now) - now,
+            "a time a clock ahead wrote: the bound, not six hours"
+        );
+    }
 }

@@ -221,13 +221,17 @@ impl Limits {
 
     /// How long sign-ins from `addr` are still refused (seconds), if its failed-login
     /// counter was seen locked ([`Self::login_locked_until`]) and that has not passed.
-    /// The table's counter stays the authority; this only skips asking it again.
+    /// The table's counter stays the authority; this only skips asking it again. A lock
+    /// seen further ahead than the address's policy can hold one
+    /// (`LoginPolicy::furthest_block`: this clock stepped back since) has lapsed, as it has
+    /// at the counter: the address is not held here for the length of the step.
     pub fn login_locked(&self, addr: Option<IpAddr>, now: DateTime<Utc>) -> Option<u64> {
         let key = source(addr?);
         let now = now.timestamp();
         let map = self.login_locks.lock().ok()?;
         let until = *map.get(&key)?;
-        (until > now).then(|| u64::try_from(until - now).unwrap_or(1).max(1))
+        let furthest = crate::ports::LoginPolicy::ADDRESS.furthest_block(now);
+        (until > now && until <= furthest).then(|| u64::try_from(until - now).unwrap_or(1).max(1))
     }
 
     /// `addr`'s failed-login counter answered locked until `until` (epoch seconds).
@@ -236,14 +240,16 @@ impl Limits {
         let Ok(mut map) = self.login_locks.lock() else {
             return;
         };
+        let now = now.timestamp();
         if map.len() >= MAX_BUCKETS {
-            let now = now.timestamp();
             map.retain(|_, t| *t > now);
             if map.len() >= MAX_BUCKETS {
                 return;
             }
         }
-        map.insert(source(a), until);
+        // Never kept further ahead than the counter could hold it.
+        let furthest = crate::ports::LoginPolicy::ADDRESS.furthest_block(now);
+        map.insert(source(a), until.min(furthest));
     }
 
     pub fn settings(&self) -> &LimitSettings {
@@ -375,6 +381,37 @@ mod tests {
 
     fn t0() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    #[test]
+    fn an_address_lock_seen_before_the_clock_stepped_back_holds_no_longer_than_its_policy() {
+        let limits = Limits::new(LimitSettings::default());
+        let addr = Some(IpAddr::from([198, 51, 100, 7]));
+        let bound =
+            crate::ports::LoginPolicy::ADDRESS.furthest_block(t0().timestamp()) - t0().timestamp();
+        // A normal lock holds for its time.
+        limits.login_locked_until(addr, t0().timestamp() + 60, t0());
+        assert_eq!(limits.login_locked(addr, t0()), Some(60));
+        assert_eq!(
+            limits.login_locked(addr, t0() + Duration::seconds(59)),
+            Some(1)
+        );
+        assert_eq!(
+            limits.login_locked(addr, t0() + Duration::seconds(60)),
+            None
+        );
+        // Seen locked for the longest delay, then the clock steps back three hours: the
+        // lock lies further ahead than the counter could hold it, and has lapsed.
+        limits.login_locked_until(addr, t0().timestamp() + 900, t0());
+        assert_eq!(limits.login_locked(addr, t0()), Some(900));
+        assert_eq!(limits.login_locked(addr, t0() - Duration::hours(3)), None);
+        // A time answered from a counter a clock ahead wrote is kept no further than the
+        // bound.
+        limits.login_locked_until(addr, t0().timestamp() + 6 * 3600, t0());
+        assert_eq!(
+            limits.login_locked(addr, t0()),
+            Some(u64::try_from(bound).unwrap())
+        );
     }
 
     #[test]

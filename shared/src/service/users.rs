@@ -569,9 +569,12 @@ async fn attempt(
                 give_back(deps, taken, now_secs).await?;
                 crate::metrics::limited("login");
                 tracing::info!(outcome = "denied", reason = "rate_limited", "login refused");
+                // Never longer than the policy's bound (a counter written by a clock ahead).
+                let policy = LoginPolicy::of(c);
                 return Err(LoginError::RateLimited {
-                    retry_after_secs: (until - now_secs).max(1),
-                    address_locked_until: matches!(c, LoginCounter::Address(_)).then_some(until),
+                    retry_after_secs: policy.retry_after(until, now_secs),
+                    address_locked_until: matches!(c, LoginCounter::Address(_))
+                        .then(|| until.min(policy.furthest_block(now_secs))),
                 });
             }
         }
@@ -624,7 +627,7 @@ async fn attempt(
                     "login refused"
                 );
                 return Err(LoginError::TotpLocked {
-                    retry_after_secs: (until - now_secs).max(1),
+                    retry_after_secs: totp_policy.retry_after(until, now_secs),
                 });
             }
         };
@@ -850,7 +853,10 @@ async fn check_current(
                 give_back(deps, taken, now_secs).await.map_err(service)?;
                 crate::metrics::limited("login");
                 return Err(ServiceError::RateLimited {
-                    retry_after_secs: u64::try_from((until - now_secs).max(1)).unwrap_or(1),
+                    retry_after_secs: u64::try_from(
+                        LoginPolicy::of(c).retry_after(until, now_secs),
+                    )
+                    .unwrap_or(1),
                 });
             }
         }
@@ -985,7 +991,7 @@ pub async fn confirm(
             crate::metrics::limited("login");
             tracing::info!(user_id = %id, outcome = "denied", reason = "totp_rate_limited", "2fa confirmation refused");
             return Err(ServiceError::RateLimited {
-                retry_after_secs: u64::try_from((until - now_secs).max(1)).unwrap_or(1),
+                retry_after_secs: u64::try_from(policy.retry_after(until, now_secs)).unwrap_or(1),
             });
         }
     };

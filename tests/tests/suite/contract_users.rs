@@ -479,6 +479,118 @@ async fn a_counted_failure_never_cuts_short_another_attempts_hold(p: Ports) {
     );
 }
 
+/// A counter locked by a writer whose clock was hours ahead (another instance's, or this
+/// one's before it stepped back): its `blocked_until` lies further ahead than any writer in
+/// step could set it, and has lapsed. The next attempt goes through holding the counter,
+/// and from there the holds and delays are the policy's own, the longest one in full.
+async fn a_lock_written_by_a_clock_hours_ahead_holds_no_longer_than_the_policy_allows(p: Ports) {
+    let c = at(&email(), "198.51.100.14");
+    let policy = LoginPolicy::EMAIL_AT_ADDRESS;
+    let now = p.clock.now().timestamp();
+    let ahead = now + 6 * 3600;
+    fail(&p, &c, ahead, policy.free as usize).await;
+    assert_eq!(
+        p.users.begin_login(&c, ahead, &policy).await.unwrap(),
+        LoginGate::Locked { until: ahead + 1 },
+        "locked, as the clock ahead sees it"
+    );
+    // In step (the clock stepped back six hours): lapsed, not six hours to go.
+    assert_eq!(
+        p.users.begin_login(&c, now, &policy).await.unwrap(),
+        LoginGate::Allowed(LoginTicket::Holding)
+    );
+    // That attempt holds the counter for its hold, as any does.
+    assert_eq!(
+        p.users.begin_login(&c, now + 1, &policy).await.unwrap(),
+        LoginGate::Locked {
+            until: now + policy.hold_secs
+        }
+    );
+    // It fails: the sixth failure's delay, two seconds from now.
+    assert_eq!(
+        p.users
+            .login_failed(&c, now, &policy, LoginTicket::Holding)
+            .await
+            .unwrap(),
+        policy.free + 1
+    );
+    assert_eq!(
+        p.users.begin_login(&c, now + 1, &policy).await.unwrap(),
+        LoginGate::Locked { until: now + 2 }
+    );
+    // Failing on until the delay is the longest: that one holds in full.
+    let mut t = now + 2;
+    loop {
+        assert_eq!(
+            p.users.begin_login(&c, t, &policy).await.unwrap(),
+            LoginGate::Allowed(LoginTicket::Holding),
+            "at {}",
+            t - now
+        );
+        let failures = p
+            .users
+            .login_failed(&c, t, &policy, LoginTicket::Holding)
+            .await
+            .unwrap();
+        let delay = policy.delay_after(failures);
+        if delay == policy.max_delay_secs {
+            assert_eq!(
+                p.users
+                    .begin_login(&c, t + delay - 1, &policy)
+                    .await
+                    .unwrap(),
+                LoginGate::Locked { until: t + delay }
+            );
+            break;
+        }
+        t += delay;
+    }
+    // A writer a few seconds ahead (within the skew) is in step: its lock holds.
+    let near = at(&email(), "198.51.100.14");
+    fail(&p, &near, now + 3, policy.free as usize).await;
+    assert_eq!(
+        p.users.begin_login(&near, now, &policy).await.unwrap(),
+        LoginGate::Locked { until: now + 4 }
+    );
+}
+
+/// Two attempts at once, one through an instance whose clock is hours ahead: that one holds
+/// the counter until hours from now (and ends without a word: its process died). The
+/// in-step attempt's failure still sets its delay over that hold (the gate lets attempts
+/// through the lapsed hold, so a delay kept behind it would be lost).
+async fn a_failure_beside_a_hold_from_a_clock_ahead_still_sets_its_delay(p: Ports) {
+    let c = at(&email(), "198.51.100.15");
+    let policy = LoginPolicy::EMAIL_AT_ADDRESS;
+    let now = p.clock.now().timestamp();
+    fail(&p, &c, now, policy.free as usize - 1).await;
+    assert_eq!(
+        p.users.begin_login(&c, now, &policy).await.unwrap(),
+        LoginGate::Allowed(LoginTicket::Counted)
+    );
+    assert_eq!(
+        p.users
+            .begin_login(&c, now + 6 * 3600, &policy)
+            .await
+            .unwrap(),
+        LoginGate::Allowed(LoginTicket::Holding)
+    );
+    assert_eq!(
+        p.users
+            .login_failed(&c, now, &policy, LoginTicket::Counted)
+            .await
+            .unwrap(),
+        policy.free
+    );
+    assert_eq!(
+        p.users.begin_login(&c, now, &policy).await.unwrap(),
+        LoginGate::Locked { until: now + 1 }
+    );
+    assert_eq!(
+        p.users.begin_login(&c, now + 1, &policy).await.unwrap(),
+        LoginGate::Allowed(LoginTicket::Holding)
+    );
+}
+
 async fn clearing_an_emails_counters_clears_every_address_and_nothing_else(p: Ports) {
     let e = email();
     let now = p.clock.now().timestamp();
@@ -919,6 +1031,8 @@ contract!(
     a_counter_that_does_not_count_at_its_gate_lets_a_burst_through_taking_nothing,
     a_counters_window_runs_from_its_last_failure_not_its_last_attempt,
     a_counted_failure_never_cuts_short_another_attempts_hold,
+    a_lock_written_by_a_clock_hours_ahead_holds_no_longer_than_the_policy_allows,
+    a_failure_beside_a_hold_from_a_clock_ahead_still_sets_its_delay,
     clearing_an_emails_counters_clears_every_address_and_nothing_else,
     a_totp_step_is_accepted_once_and_confirmation_needs_the_pending_secret,
     the_two_factor_requirement_is_per_tenant_and_off_by_default,

@@ -5,7 +5,9 @@
 //! The TOTP step is a conditional update. Failed-login counters (`LOGINFAIL#{sha256(email)}`
 //! / `ADDR#{address}` and `LOGINADDR#{address}` / `FAIL`, with `failures`,
 //! `blocked_until` and a `ttl` a day after the last failure) change only by conditional
-//! updates and atomic `ADD`s: never read, then written.
+//! updates and atomic `ADD`s: never read, then written. A `blocked_until` further ahead
+//! than `LoginPolicy::furthest_block` (a clock ahead wrote it) counts as lapsed in those
+//! conditions.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
@@ -339,6 +341,7 @@ impl UserStore for DynamoStore {
             (":now", n(now)),
             (":free", n(policy.free)),
             (":hold", n(now + policy.hold_secs)),
+            (":furthest", n(policy.furthest_block(now))),
             (":ttl", n(now + policy.window_secs)),
         ];
         // Within the free failures (or no counter yet): counted as it begins, so that
@@ -355,11 +358,15 @@ impl UserStore for DynamoStore {
             "attribute_not_exists(failures) OR failures < :free OR #ttl <= :now",
             LoginTicket::Free,
         );
-        // Past them, once the delay has passed: one attempt, holding the counter.
+        // Past them, once the delay has passed: one attempt, holding the counter. A delay
+        // (or hold) ending later than any writer in step with `now` could have set (a
+        // clock ahead wrote it, or this one stepped back since) has lapsed: it would hold
+        // the counter for the length of the step.
         let held = (
             "SET blocked_until = :hold",
             "failures >= :free AND #ttl > :now \
-             AND (attribute_not_exists(blocked_until) OR blocked_until <= :now)",
+             AND (attribute_not_exists(blocked_until) OR blocked_until <= :now \
+                  OR blocked_until > :furthest)",
             LoginTicket::Holding,
         );
         // A counter past its window: this attempt starts it again.
@@ -389,6 +396,7 @@ impl UserStore for DynamoStore {
             .await?
             .and_then(|item| number_of(&item, "blocked_until"))
             .unwrap_or(now)
+            .min(policy.furthest_block(now))
             .max(now + 1);
         Ok(LoginGate::Locked { until })
     }
@@ -434,12 +442,15 @@ impl UserStore for DynamoStore {
         let delay = policy.delay_after(failures);
         if failures > 1 && delay > 0 {
             // Later than what is set, or (a holding attempt) replacing its own hold;
-            // never another attempt's hold.
+            // never another attempt's hold. A time set past what any writer in step could
+            // set has lapsed (the gate lets attempts through it): replaced too, or this
+            // failure's delay would be lost.
             let condition = if ticket == LoginTicket::Holding {
                 "attribute_not_exists(blocked_until) OR blocked_until < :until \
-                 OR blocked_until = :hold"
+                 OR blocked_until = :hold OR blocked_until > :furthest"
             } else {
-                "attribute_not_exists(blocked_until) OR blocked_until < :until"
+                "attribute_not_exists(blocked_until) OR blocked_until < :until \
+                 OR blocked_until > :furthest"
             };
             self.update_counter(
                 counter,
@@ -448,6 +459,7 @@ impl UserStore for DynamoStore {
                 &[
                     (":until", n(now + delay)),
                     (":hold", n(now + policy.hold_secs)),
+                    (":furthest", n(policy.furthest_block(now))),
                 ],
             )
             .await?;

@@ -183,15 +183,17 @@ impl UserStore for MemoryStore {
                 c.failures = Some(f + 1);
                 Ok(LoginGate::Allowed(LoginTicket::Counted))
             }
-            // Past them: one at a time, once the delay has passed.
+            // Past them: one at a time, once the delay has passed; a delay ending later
+            // than any writer in step could set (a clock ahead, or stepped back) has lapsed.
             Some(_) if c.expires > now => {
                 let until = c.blocked_until.unwrap_or(0);
-                if until <= now {
+                let furthest = policy.furthest_block(now);
+                if until <= now || until > furthest {
                     c.blocked_until = Some(now + policy.hold_secs);
                     Ok(LoginGate::Allowed(LoginTicket::Holding))
                 } else {
                     Ok(LoginGate::Locked {
-                        until: until.max(now + 1),
+                        until: until.min(furthest).max(now + 1),
                     })
                 }
             }
@@ -229,10 +231,12 @@ impl UserStore for MemoryStore {
         let delay = policy.delay_after(failures);
         if failures > 1 && delay > 0 {
             let until = now + delay;
-            // Only a holding attempt replaces its own hold; another attempt's stands.
+            // Only a holding attempt replaces its own hold; another attempt's stands. One
+            // past what a writer in step could set has lapsed: replaced.
             let own_hold = (ticket == LoginTicket::Holding).then_some(now + policy.hold_secs);
+            let furthest = policy.furthest_block(now);
             if c.blocked_until
-                .is_none_or(|b| b < until || Some(b) == own_hold)
+                .is_none_or(|b| b < until || Some(b) == own_hold || b > furthest)
             {
                 c.blocked_until = Some(until);
             }
