@@ -578,6 +578,11 @@ pub struct AuditNote {
     /// Who acted, when the handler knows better than the credential (a login).
     pub actor: Option<(&'static str, String)>,
     pub details: serde_json::Value,
+    /// The outcome, when the handler knows better than the status: the password step of
+    /// a 2FA sign-in answers `401 totp_required` (the contract), yet is no refusal but the
+    /// step that asks for the code (`success`, result `totp_challenge`). `None`: by the
+    /// status.
+    pub outcome: Option<AuditOutcome>,
 }
 
 fn actor(caller: Option<&Caller>) -> (&'static str, String) {
@@ -743,7 +748,9 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                     .cloned()
                     .unwrap_or_default();
                 let status = res.status();
-                let outcome = if status.is_success() {
+                let outcome = if let Some(outcome) = note.outcome {
+                    outcome
+                } else if status.is_success() {
                     AuditOutcome::Success
                 } else if status == StatusCode::UNAUTHORIZED
                     || status == StatusCode::FORBIDDEN

@@ -384,6 +384,7 @@ pub(super) fn noted(
         actor: None,
         details,
         maybe_tenant: None,
+        outcome: None,
     });
     res
 }

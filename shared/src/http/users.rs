@@ -111,6 +111,20 @@ async fn unlock_user(
 #[derive(Clone, Copy)]
 struct TotpLockedOut;
 
+/// Marks the password step of a 2FA sign-in (right password, no code yet): answered
+/// `401 totp_required` as a wrong code is, audited as no refusal.
+#[derive(Clone, Copy)]
+struct TotpChallenged;
+
+fn totp_required() -> Response {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "totp_required",
+        "a valid code from your authenticator app is required (totp_code)",
+    )
+    .into_response()
+}
+
 fn address_locked(retry_after_secs: u64) -> Response {
     ApiError::rate_limited(
         "too many failed login attempts from this address; try again after Retry-After seconds",
@@ -127,12 +141,13 @@ fn login_error(e: LoginError) -> Response {
             "email or password is wrong",
         )
         .into_response(),
-        LoginError::TotpRequired => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "totp_required",
-            "a valid code from your authenticator app is required (totp_code)",
-        )
-        .into_response(),
+        LoginError::TotpRequired => totp_required(),
+        // The same answer: the client cannot tell a missing code from a wrong one.
+        LoginError::TotpChallenge => {
+            let mut res = totp_required();
+            res.extensions_mut().insert(TotpChallenged);
+            res
+        }
         LoginError::RateLimited {
             retry_after_secs, ..
         } => address_locked(u64::try_from(retry_after_secs).unwrap_or(1)),
@@ -164,9 +179,14 @@ async fn login(
         return res;
     }
     // Whose login this was (as the attempt found the user: no second read), for the audit
-    // trail (the tenant's chain, both outcomes).
+    // trail (the tenant's chain, both outcomes). The password step of a 2FA sign-in is no
+    // refusal: recorded `success`, result `totp_challenge` (its code step is recorded on its
+    // own: `ok`, or `denied` with `totp_required` for a wrong code), so that every 2FA
+    // sign-in does not begin with a denied login, and a wrong password still stands out.
+    let challenged = res.extensions().get::<TotpChallenged>().is_some();
     let result = match res.status() {
         StatusCode::OK => "ok",
+        _ if challenged => "totp_challenge",
         _ if totp_locked => "totp_rate_limited",
         _ => res
             .extensions()
@@ -179,6 +199,7 @@ async fn login(
         actor: who.map(|(_, id)| ("user", id)),
         details: json!({"result": result}),
         maybe_tenant: None,
+        outcome: challenged.then_some(crate::ports::AuditOutcome::Success),
     });
     res
 }

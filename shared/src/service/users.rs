@@ -125,8 +125,17 @@ pub struct LoggedIn {
 pub enum LoginError {
     #[error("invalid credentials")]
     InvalidCredentials,
+    /// A code was given for a user with 2FA, and it is wrong, used already, or cannot be
+    /// checked (the stored seed does not open): a failure.
     #[error("a valid TOTP code is required")]
     TotpRequired,
+    /// The password was right for a user with 2FA and no code came with it: the usual
+    /// first step of a 2FA sign-in. Answered as [`LoginError::TotpRequired`] is (`401
+    /// totp_required`: the client cannot tell them apart), but no failure: nothing counted,
+    /// and audited as a step that went right (outcome `success`, result `totp_challenge`),
+    /// not as a denied login.
+    #[error("a TOTP code is asked for")]
+    TotpChallenge,
     #[error("too many failed attempts")]
     RateLimited {
         retry_after_secs: i64,
@@ -606,7 +615,8 @@ async fn attempt(
         let Some(code) = req.totp_code.as_deref().map(str::trim) else {
             // The usual first step of a 2FA login: not a failure.
             give_back(deps, taken, now_secs).await?;
-            return Err(LoginError::TotpRequired);
+            tracing::info!(user_id = %id, outcome = "challenge", "login asks for a code");
+            return Err(LoginError::TotpChallenge);
         };
         // The user's own counter of wrong codes, whatever the address: the per-address
         // counters alone let a caller who has the password guess codes from many.

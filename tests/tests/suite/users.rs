@@ -445,6 +445,76 @@ async fn a_locked_second_factor_after_a_right_password_is_audited(b: Backend) {
     assert_eq!(first["actor"]["id"], id.as_str());
 }
 
+/// The tenant's audit events of sign-ins, newest first.
+async fn sign_in_events(app: &TestApp, key: &str) -> Vec<Value> {
+    let (s, page) = call(
+        app,
+        "GET",
+        "/v1/audit?action=POST%20/v1/auth/login",
+        Some(key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{page}");
+    page["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// A 2FA sign-in is a password step answered `401 totp_required`, then the same call with
+/// the code. The password step is audited as what it is, no refusal (`success`, result
+/// `totp_challenge`): a successful 2FA sign-in shows no denied login. A wrong code and a
+/// wrong password still are denied ones.
+async fn a_two_factor_sign_in_shows_no_denied_login_but_a_wrong_code_or_password_does(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (email, id) = new_user(&app, &t.key, "operator").await;
+    let token = login_ok(&app, &email).await;
+    let totp = enable_2fa(&app, &token).await;
+    let before = sign_in_events(&app, &t.key).await.len();
+
+    let (s, body) = login(&app, &email, PASSWORD, None).await;
+    assert_eq!(
+        (s, code(&body)),
+        (401, "totp_required"),
+        "the answer is the contract's"
+    );
+    let (s, body) = login(
+        &app,
+        &email,
+        PASSWORD,
+        Some(&totp.generate(now_secs() + 30)),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let events = sign_in_events(&app, &t.key).await;
+    let sign_in = &events[..events.len() - before];
+    assert_eq!(sign_in.len(), 2, "{events:?}");
+    assert!(
+        sign_in.iter().all(|e| e["outcome"] == "success"),
+        "no denied login in a successful 2FA sign-in: {sign_in:?}"
+    );
+    assert_eq!(sign_in[1]["details"]["result"], "totp_challenge");
+    assert_eq!(sign_in[1]["details"]["status"], 401);
+    assert_eq!(sign_in[1]["actor"], json!({"type": "user", "id": id}));
+    assert_eq!(sign_in[0]["details"]["result"], "ok");
+
+    // A wrong code after the right password, then a wrong password: both denied.
+    let now = now_secs();
+    let valid: Vec<String> = (0..=6).map(|k| totp.generate(now + k * 30 - 90)).collect();
+    let wrong = (0..1_000_000)
+        .map(|n| format!("{n:06}"))
+        .find(|c| !valid.contains(c))
+        .unwrap_or_default();
+    let (s, body) = login(&app, &email, PASSWORD, Some(&wrong)).await;
+    assert_eq!((s, code(&body)), (401, "totp_required"), "{body}");
+    let (s, body) = login(&app, &email, "wrong password!!", None).await;
+    assert_eq!((s, code(&body)), (401, "invalid_credentials"), "{body}");
+    let events = sign_in_events(&app, &t.key).await;
+    assert_eq!(events[1]["outcome"], "denied", "{events:?}");
+    assert_eq!(events[1]["details"]["result"], "totp_required");
+    assert_eq!(events[0]["outcome"], "denied", "{events:?}");
+    assert_eq!(events[0]["details"]["result"], "invalid_credentials");
+}
+
 async fn patch_role(app: &TestApp, token: &str, id: &str, body: Value) -> (u16, Value) {
     call(
         app,
@@ -849,6 +919,7 @@ on_both_backends!(
     a_session_confined_to_setting_up_2fa_cannot_change_the_password,
     a_user_changes_their_password_and_every_session_of_theirs_ends,
     a_locked_second_factor_after_a_right_password_is_audited,
+    a_two_factor_sign_in_shows_no_denied_login_but_a_wrong_code_or_password_does,
     an_admin_changes_a_users_role_and_it_bites_on_their_open_session,
     a_console_user_logs_in_acts_with_its_role_enables_2fa_and_logs_out,
     a_wrong_password_and_an_unknown_email_answer_alike_over_http,
