@@ -360,6 +360,53 @@ mod tests {
         assert!(names.contains(&"st/operator-token".to_owned()));
     }
 
+    /// Each queue and its dead-letter queue are kept as `kirim::domain`'s shapes say, which
+    /// local mode's memory queues follow: the visibility, the receives before the
+    /// dead-letter queue, and both retentions (a job's content lives no longer locally).
+    #[test]
+    fn the_templates_queues_keep_messages_as_the_code_says() {
+        use kirim::domain::{QueueShape, DISPATCH_QUEUE, STATUS_CALLBACK_QUEUE};
+        let doc: Value = serde_yaml::from_str(TEMPLATE).unwrap();
+        let queues = resources(&doc, "AWS::SQS::Queue");
+        let props = |name: &str| {
+            queues
+                .iter()
+                .find(|(l, _)| l == name)
+                .map(|(_, p)| p.clone())
+                .unwrap_or_else(|| panic!("{name} declared"))
+        };
+        let secs = |p: &Value, key: &str| -> u64 {
+            text(p, key)
+                .unwrap_or_else(|_| panic!("{key} declared"))
+                .parse()
+                .unwrap_or_else(|_| panic!("{key} a number"))
+        };
+        let shapes: [(&str, &str, QueueShape); 2] = [
+            ("DispatchQueue", "DispatchDeadLetterQueue", DISPATCH_QUEUE),
+            (
+                "StatusCallbackQueue",
+                "StatusCallbackDeadLetterQueue",
+                STATUS_CALLBACK_QUEUE,
+            ),
+        ];
+        for (name, dlq, shape) in shapes {
+            let q = props(name);
+            let redrive = q.get("RedrivePolicy").expect("a redrive policy");
+            let target = format!("{:?}", redrive.get("deadLetterTargetArn"));
+            assert!(target.contains(&format!("{dlq}.Arn")), "{name}: {target}");
+            let declared = QueueShape {
+                visibility: std::time::Duration::from_secs(secs(&q, "VisibilityTimeout")),
+                max_receives: secs(redrive, "maxReceiveCount") as u32,
+                retention: std::time::Duration::from_secs(secs(&q, "MessageRetentionPeriod")),
+                dead_letter_retention: std::time::Duration::from_secs(secs(
+                    &props(dlq),
+                    "MessageRetentionPeriod",
+                )),
+            };
+            assert_eq!(declared, shape, "{name}");
+        }
+    }
+
     /// A send's job carries its request's content (up to the API's 256 KiB body) and an
     /// envelope: the dispatch queue and its dead-letter queue take SQS's largest message
     /// (a queue made before August 2025 keeps the old 256 KiB until the template says so),

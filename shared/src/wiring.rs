@@ -23,6 +23,7 @@ use crate::adapters::aws::{DynamoStore, KmsDataKeys, SecretsManagerStore, SqsQue
 use crate::adapters::memory::{LocalDataKeys, MemoryQueue, MemorySecrets, MemoryStore};
 use crate::adapters::meta_graph::MetaGraphClient;
 use crate::config::{ConfigError, EnvReader, Settings};
+use crate::domain::{DISPATCH_QUEUE, STATUS_CALLBACK_QUEUE};
 use crate::iam::Resource;
 use crate::ports::{
     Clock, DataKey, DataKeys, DeadLetter, DispatchQueue, KeyContext, MetaAccepted, MetaClient,
@@ -317,12 +318,10 @@ pub fn memory_backends(
 ) -> Result<Backends<MemoryStore>, ConfigError> {
     Ok(Backends {
         store: Arc::new(MemoryStore::new(clock.clone())),
-        queue: Arc::new(MemoryQueue::new(
-            Duration::from_secs(360),
-            settings.dispatch_max_attempts + 2,
-        )),
-        // Like the template's redrive: parked after 10 receives.
-        callback_queue: Arc::new(MemoryQueue::new(Duration::from_secs(360), 10)),
+        // As the template keeps them: visibility, receives before the dead-letter queue,
+        // and retention (counted on the clock).
+        queue: Arc::new(MemoryQueue::shaped(DISPATCH_QUEUE, clock.clone())),
+        callback_queue: Arc::new(MemoryQueue::shaped(STATUS_CALLBACK_QUEUE, clock.clone())),
         secrets: Arc::new(MemorySecrets::default()),
         // A local key generated at start: what it seals lives only as long as the store.
         data_keys: Arc::new(LocalDataKeys::generate()),
@@ -676,5 +675,29 @@ mod tests {
         let err = keys.generate(&context).await.expect_err("not wired");
         assert!(matches!(err, StoreError::Misconfigured(_)), "{err:?}");
         assert!(keys.unwrap(b"x", &context).await.is_err());
+    }
+
+    /// Local mode's queues park a message on its 11th receive, as the template's redrive
+    /// does (`maxReceiveCount` 10), whatever `KIRIM_DISPATCH_MAX_ATTEMPTS` is: the attempts
+    /// are counted in the message record, below that limit.
+    #[tokio::test]
+    async fn local_modes_queues_park_a_message_after_the_templates_receive_count() {
+        let settings = Settings {
+            dispatch_max_attempts: 3,
+            ..Settings::default()
+        };
+        let b = memory_backends(settings, Arc::new(crate::ports::SystemClock)).unwrap();
+        for queue in [&b.queue, &b.callback_queue] {
+            queue.send("poison").await.unwrap();
+            let mut receives = 0;
+            for _ in 0..15 {
+                let got = queue.receive(1, Duration::ZERO).await.unwrap();
+                let Some(m) = got.first() else { break };
+                receives += 1;
+                queue.retry_after(&m.receipt, Duration::ZERO).await.unwrap();
+            }
+            assert_eq!(receives, 10, "received 10 times, then parked");
+            assert_eq!(queue.dead_letters(10).await.unwrap().len(), 1);
+        }
     }
 }

@@ -36,10 +36,10 @@ pub use optout::{
 pub use phone::{country_code_in_use, mask_phone, wamid_tail, PhoneNumber, PhoneNumberError};
 pub(crate) use phone::{stored as stored_phone, stored_opt as stored_phone_opt};
 pub use retention::{
-    parse_duration, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION,
-    CALLBACK_FAILURE_RETENTION, CUSTOMER_SERVICE_WINDOW, ENDED_KEY_RETENTION,
+    parse_duration, QueueShape, RetentionClass, RetentionConfig, BROADCAST_LIST_RETENTION,
+    CALLBACK_FAILURE_RETENTION, CUSTOMER_SERVICE_WINDOW, DISPATCH_QUEUE, ENDED_KEY_RETENTION,
     LOGIN_FAILURES_RETENTION, LOST_FANOUT_MARGIN, OPTED_IN_RETENTION, SEND_SLOT_RETENTION,
-    UNSENT_STALE_AFTER,
+    STATUS_CALLBACK_QUEUE, UNSENT_STALE_AFTER,
 };
 pub use role::Role;
 pub use status::{MessageStatus, StatusError};

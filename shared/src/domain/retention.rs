@@ -73,6 +73,42 @@ pub const CUSTOMER_SERVICE_WINDOW: Duration = Duration::from_secs(DAY);
 /// callback it names can still be redriven.
 pub const CALLBACK_FAILURE_RETENTION: Duration = Duration::from_secs(14 * DAY);
 
+/// How one of the template's SQS queues keeps its messages: what `template.yaml` declares for
+/// it and its dead-letter queue (the kirim-infra test
+/// `the_templates_queues_keep_messages_as_the_code_says` holds the two equal), so that local
+/// mode's memory queues keep them alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueShape {
+    /// `VisibilityTimeout`: how long a received message stays hidden.
+    pub visibility: Duration,
+    /// The `RedrivePolicy`'s `maxReceiveCount`: a message received this many times moves to
+    /// the dead-letter queue at its next receive.
+    pub max_receives: u32,
+    /// `MessageRetentionPeriod`: a message is gone this long after it was sent.
+    pub retention: Duration,
+    /// The dead-letter queue's `MessageRetentionPeriod`, counted (a standard queue's) from
+    /// the message's first enqueue on the source queue, not from its move.
+    pub dead_letter_retention: Duration,
+}
+
+/// `DispatchQueue` and `DispatchDeadLetterQueue`: a job (which holds message content) is
+/// kept 4 days at most, and parked 1 day from its first enqueue.
+pub const DISPATCH_QUEUE: QueueShape = QueueShape {
+    visibility: Duration::from_secs(360),
+    max_receives: 10,
+    retention: Duration::from_secs(4 * DAY),
+    dead_letter_retention: Duration::from_secs(DAY),
+};
+
+/// `StatusCallbackQueue` and `StatusCallbackDeadLetterQueue` (no content): 7 days, and
+/// parked 14 days from the first enqueue.
+pub const STATUS_CALLBACK_QUEUE: QueueShape = QueueShape {
+    visibility: Duration::from_secs(360),
+    max_receives: 10,
+    retention: Duration::from_secs(7 * DAY),
+    dead_letter_retention: CALLBACK_FAILURE_RETENTION,
+};
+
 #[derive(Clone, Debug)]
 pub struct RetentionConfig {
     pub messages: Duration,
