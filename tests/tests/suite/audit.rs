@@ -338,7 +338,7 @@ impl Steps for Failing {
     }
 }
 
-fn failing(app: &TestApp, failures: usize, error: StoreError) -> kirim::service::Deps {
+pub(crate) fn failing(app: &TestApp, failures: usize, error: StoreError) -> kirim::service::Deps {
     let mut deps = app.app.deps.clone();
     deps.audit = Arc::new(Stepped {
         inner: deps.audit.clone(),

@@ -22,7 +22,11 @@ const FAILURES: &str = "/v1/settings/status-callback/failures";
 /// A receiver on a loopback port answering every request `answer`, set as `t`'s callback
 /// under a URL whose path and query carry tokens (which no record may keep); how many
 /// requests it got.
-async fn receiver_answering(app: &TestApp, t: &Onboarded, answer: StatusCode) -> Arc<AtomicUsize> {
+pub(crate) async fn receiver_answering(
+    app: &TestApp,
+    t: &Onboarded,
+    answer: StatusCode,
+) -> Arc<AtomicUsize> {
     let requests = Arc::new(AtomicUsize::new(0));
     let seen = requests.clone();
     let receiver = axum::Router::new().fallback(move || {
@@ -70,7 +74,7 @@ async fn failures(app: &TestApp, key: &str, query: &str) -> (u16, Value) {
 }
 
 /// Gives one callback up at its only attempt (`KIRIM_CALLBACK_MAX_ATTEMPTS` 1).
-async fn give_up_one(app: &TestApp, t: &Onboarded) -> MessageId {
+pub(crate) async fn give_up_one(app: &TestApp, t: &Onboarded) -> MessageId {
     let message = MessageId::generate();
     let outcome = callbacks::handle_batch(
         &with_attempts(app, 1),

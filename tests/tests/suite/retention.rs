@@ -98,6 +98,12 @@ fn class_of(pk: &str, sk: &str) -> Option<RetentionClass> {
         ("LEASE#", "HEAVY", Some(SendSlot)),
         ("WAMID#", "PENDING#", Some(PendingStatus)),
         ("LOGINFAIL#", "ADDR#", Some(LoginFailures)),
+        ("LOGINFAIL#", "TOTP", Some(LoginFailures)),
+        ("TENANT#", "OPTIN#", Some(PendingStatus)),
+        ("CALLBACKOWED", "OWED#", Some(PendingStatus)),
+        ("CBFAIL#", "CBFAIL#", Some(CallbackFailures)),
+        ("AUDITINTENT#", "INTENT#", Some(Audit)),
+        ("AUDIT#", "PARKED#", Some(Audit)),
         ("LOGINADDR#", "FAIL", Some(LoginFailures)),
         ("WABA#", "TEMPLATE#", Some(Messages)),
         ("TENANT#", "PAIR#", Some(Messages)),
@@ -175,11 +181,16 @@ async fn user_session(app: &TestApp, admin: &str) -> String {
 }
 
 async fn inbound_text(app: &TestApp, phone_number_id: &str, from: &str, text: &str) {
+    inbound_text_at(app, phone_number_id, from, text, 1_700_000_000).await
+}
+
+/// An inbound text Meta stamped `at` (epoch seconds).
+async fn inbound_text_at(app: &TestApp, phone_number_id: &str, from: &str, text: &str, at: i64) {
     let body = json!({"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
         "messaging_product":"whatsapp",
         "metadata":{"display_phone_number":"60300000000","phone_number_id":phone_number_id},
         "contacts":[{"profile":{"name":"Aminah"},"wa_id":from}],
-        "messages":[{"from":from,"id":format!("wamid.in.{}", ulid::Ulid::new()),"timestamp":"1700000000",
+        "messages":[{"from":from,"id":format!("wamid.in.{}", ulid::Ulid::new()),"timestamp":at.to_string(),
             "type":"text","text":{"body":text}}]}}]}]});
     assert_eq!(app.post_webhook(&body).await.status(), 200);
 }
@@ -275,7 +286,128 @@ async fn exercise(app: &TestApp, marker: &str) -> (kirim_tests::Onboarded, Vec<S
         "failed"
     );
     ids.push(failing);
+    // The user who sent STOP sends START later (by Meta's time): the opt-out is lifted and
+    // the opt-in mark kept against an older STOP redelivered (`OPTIN#`).
+    inbound_text_at(
+        app,
+        &t.phone_number_id,
+        "60123454444",
+        "START",
+        1_700_000_060,
+    )
+    .await;
+    // A console user with 2FA signs in with a wrong code (`LOGINFAIL#…` / `TOTP`).
+    let (email, _) = crate::users::new_user(app, &t.key, "operator").await;
+    let session = crate::users::login_ok(app, &email).await;
+    let totp = crate::users::enable_2fa(app, &session).await;
+    let right = totp.generate(Utc::now().timestamp() as u64);
+    let wrong = if right == "123456" {
+        "654321"
+    } else {
+        "123456"
+    };
+    let (st, body) = crate::access::call(
+        app,
+        "POST",
+        "/v1/auth/login",
+        None,
+        Some(json!({"email": email, "password": crate::users::PASSWORD, "totp_code": wrong})),
+    )
+    .await;
+    assert_eq!(st, 401, "a wrong code: {body}");
+    quiet_tenants_leftovers(app, &t, &ids[0]).await;
     (t, ids)
+}
+
+/// A status-callback queue that refuses every message (an SQS outage).
+struct RefusingQueue;
+
+#[async_trait::async_trait]
+impl kirim::ports::DispatchQueue for RefusingQueue {
+    async fn send(&self, _body: &str) -> Result<(), kirim::store_error::StoreError> {
+        Err(kirim::store_error::StoreError::Unavailable(
+            "sqs: service unavailable".into(),
+        ))
+    }
+    async fn receive(
+        &self,
+        _max: usize,
+        _wait: Duration,
+    ) -> Result<Vec<kirim::ports::Received>, kirim::store_error::StoreError> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _receipt: &str) -> Result<(), kirim::store_error::StoreError> {
+        Ok(())
+    }
+    async fn retry_after(
+        &self,
+        _receipt: &str,
+        _delay: Duration,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        Ok(())
+    }
+    async fn dead_letters(
+        &self,
+        _max: usize,
+    ) -> Result<Vec<kirim::ports::DeadLetter>, kirim::store_error::StoreError> {
+        Ok(Vec::new())
+    }
+    async fn redrive(
+        &self,
+        _ids: Option<&[String]>,
+        _max: usize,
+    ) -> Result<kirim::ports::Redriven, kirim::store_error::StoreError> {
+        Ok(Default::default())
+    }
+}
+
+/// What only failures leave behind, on a second tenant whose chain nothing appends to
+/// afterwards (an append would link its parked event in), and an onboarding that died: a
+/// status callback given up at its last attempt (`CBFAIL#`), one the callback queue refused
+/// (`CALLBACKOWED` / `OWED#`: kept for the one-minute drain, as `message`'s status change
+/// but on this tenant's callback setting), an audit event the chain could not take
+/// (`PARKED#`), and the audit intent of an onboarding whose process died (`AUDITINTENT#`;
+/// young, so the one-minute sweep leaves it).
+async fn quiet_tenants_leftovers(app: &TestApp, t: &kirim_tests::Onboarded, message: &str) {
+    use kirim::domain::{MessageId, TenantId};
+    let quiet = app.onboard(1).await;
+    crate::callback_failures::receiver_answering(
+        app,
+        &quiet,
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+    )
+    .await;
+    crate::callback_failures::give_up_one(app, &quiet).await;
+    let mut refused = app.app.deps.clone();
+    refused.callback_queue = std::sync::Arc::new(RefusingQueue);
+    let mut record = refused
+        .messages
+        .get_message(
+            &TenantId::from_trusted(t.tenant_id.clone()),
+            &MessageId::from_trusted(message),
+        )
+        .await
+        .expect("read")
+        .expect("the message");
+    record.tenant_id = TenantId::from_trusted(quiet.tenant_id.clone());
+    kirim::service::callbacks::status_changed(&refused, &record).await;
+    let down = crate::audit::failing(
+        app,
+        1,
+        kirim::store_error::StoreError::Unavailable("throttled".into()),
+    );
+    kirim::service::audit::record_or_park(
+        &down,
+        crate::stepped_audit::draft_on(&record.tenant_id, "POST /v1/parked"),
+    )
+    .await;
+    let hanging = crate::audit::OnboardingWindow::hanging(app);
+    let died = tokio::time::timeout(
+        Duration::from_millis(1500),
+        crate::audit::onboard_through(&hanging, &crate::audit::new_pnid()),
+    )
+    .await;
+    assert!(died.is_err(), "the onboarding never answers: {died:?}");
 }
 
 async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
@@ -454,6 +586,12 @@ async fn every_stored_item_carries_the_ttl_of_its_class(b: Backend) {
         "LOGINADDR/FAIL",
         "TENANT/PAIR",
         "TENANT/WINDOW",
+        "TENANT/OPTIN",
+        "LOGINFAIL/TOTP",
+        "CBFAIL/CBFAIL",
+        "CALLBACKOWED/OWED",
+        "AUDIT/PARKED",
+        "AUDITINTENT/INTENT",
     ] {
         assert!(seen.contains(kind), "no {kind} item was written: {seen:?}");
     }

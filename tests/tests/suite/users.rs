@@ -56,7 +56,7 @@ fn now_secs() -> u64 {
 }
 
 /// Enrolls and confirms 2FA for the session's user; answers the TOTP.
-async fn enable_2fa(app: &TestApp, token: &str) -> TOTP {
+pub(crate) async fn enable_2fa(app: &TestApp, token: &str) -> TOTP {
     let (s, e) = call(app, "POST", "/v1/auth/2fa/enroll", Some(token), None).await;
     assert_eq!(s, 200, "{e}");
     let secret = e["secret"].as_str().unwrap();
