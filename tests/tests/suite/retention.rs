@@ -286,12 +286,14 @@ async fn exercise(app: &TestApp, marker: &str) -> (kirim_tests::Onboarded, Vec<S
         "failed"
     );
     ids.push(failing);
-    // The user who sent STOP sends START later (by Meta's time): the opt-out is lifted and
-    // the opt-in mark kept against an older STOP redelivered (`OPTIN#`).
+    // Another user sends STOP, then START (later by Meta's time): that opt-out is lifted
+    // and the opt-in mark kept against an older STOP redelivered (`OPTIN#`). (Not the
+    // first STOP's user: the export counts that opt-out.)
+    inbound_text(app, &t.phone_number_id, "60123456666", "STOP").await;
     inbound_text_at(
         app,
         &t.phone_number_id,
-        "60123454444",
+        "60123456666",
         "START",
         1_700_000_060,
     )
