@@ -1491,6 +1491,19 @@ pub async fn fan_out_in_slices(
             && b.fanout_token
                 .as_deref()
                 .is_some_and(|t| t.starts_with(&own_hop));
+        if !landed && job.token.is_none() && b.fanout_token.is_some() {
+            // A job without a token for a broadcast that has one, and not its own move: queued
+            // by an instance of the code before tokens (a deploy under way, or a rollback),
+            // whose write left the broadcast's token as it was. It takes the broadcast's
+            // token and goes on (dropped, the campaign would wait for its list's backstop);
+            // its moves are conditional as any job's, so one chain goes on from here.
+            let adopted = FanoutJob {
+                token: b.fanout_token.clone(),
+                ..job.clone()
+            };
+            tracing::info!(broadcast_id = %b.id, "a fan-out job from before tokens takes its broadcast's");
+            return Box::pin(fan_out_in_slices(deps, &adopted, slice)).await;
+        }
         if landed && !job.resent {
             let mut again = job.clone();
             again.token = b.fanout_token.clone();
@@ -1764,6 +1777,9 @@ async fn hop_on(
         return Ok(true);
     }
     next.token = Some(token.clone());
+    // A job of the chain's own, whoever queued the run's job: a copy queued again (`resent`)
+    // carries the chain on as any job, and its next job may be queued again as any job's.
+    next.resent = false;
     let queued = match QueueJob::BroadcastFanout(next).to_body() {
         Ok(body) => deps.queue.send_delayed(&body, wait).await,
         Err(e) => Err(StoreError::Corrupt(e.to_string())),
@@ -1773,8 +1789,9 @@ async fn hop_on(
     };
     // Only a job with this run's token could carry the chain on now, and there is none:
     // the token goes back to the job received (retried on this error). A job without one
-    // (queued before tokens) cannot have it back: its broadcast is left to the retention
-    // run's `settle_lost`, as a lost fan-out job's.
+    // (queued before tokens) cannot have it back; its retry finds the chain moved on by its
+    // own write and queues the next job again (`fan_out_in_slices`), as does any job's
+    // whose token could not be put back (unless it is itself a copy queued again).
     let back = FanoutHop {
         expected: Some(&token),
         next: job.token.as_deref(),
@@ -1786,7 +1803,7 @@ async fn hop_on(
             .await
             .unwrap_or(false)
     {
-        tracing::error!(broadcast_id = %id, enqueued = end, error = %e, "a fan-out's next job could not be queued nor its token put back; its campaign waits for the retention run");
+        tracing::warn!(broadcast_id = %id, enqueued = end, error = %e, "a fan-out's next job could not be queued nor its token put back; the job's retry queues it again");
     }
     Err(e)
 }

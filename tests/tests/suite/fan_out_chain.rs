@@ -22,7 +22,7 @@ use serde_json::json;
 
 /// Recipients fanned out per job in these tests: four slices of the campaign's twelve.
 const SLICE: usize = 3;
-const RECIPIENTS: usize = 12;
+const RECIPIENTS: usize = 15;
 
 /// A queue that keeps every job it is given, for the test to deliver by hand; it may refuse
 /// the next fan-out job once (the queue down for a moment).
@@ -463,10 +463,18 @@ async fn a_fan_out_run_that_died_before_queueing_its_next_job_is_carried_on_by_i
         (copy_next.len(), dup_next.len(), dup_sends.len()),
         (1, 0, 0)
     );
+    // The job the copy queued is the chain's own: should its run die the same way, its
+    // redelivery queues its next job again too (the copy's mark is not handed down).
+    assert!(!copy_next[0].resent, "{:?}", copy_next[0]);
+    let (lost_again, later_sends) = c.run(&copy_next[0]).await;
+    assert_eq!(lost_again.len(), 1, "queued, then lost with its process");
+    let (again_later, _) = c.run(&copy_next[0]).await;
+    assert_the_copy_of(&again_later, &lost_again[0]);
     let mut all = sends;
     all.extend(mid_sends);
     all.extend(copy_sends);
-    c.complete(copy_next, all).await;
+    all.extend(later_sends);
+    c.complete(again_later, all).await;
 }
 
 /// The same mid-chain job delivered twice at once: the second delivery runs its slice
@@ -522,6 +530,28 @@ async fn a_fan_out_job_from_before_tokens_completes_its_campaign_once(b: Backend
     let mut all = sends;
     all.extend(after_sends);
     c.complete(after_next, all).await;
+}
+
+/// A deploy under way (or a rollback): an instance of the code before tokens ran a
+/// campaign's slice and queued its next job without a token, the broadcast keeping one.
+/// That job takes the broadcast's token and the campaign goes on (dropped as a duplicate,
+/// it waited for its list's 7-day backstop and its unsent recipients were refunded).
+async fn a_fan_out_job_queued_by_code_before_tokens_for_a_tokened_campaign_carries_it_on(
+    b: Backend,
+) {
+    let c = campaign(b, |_| {}).await;
+    let (next, sends) = c.run(&Campaign::job(&c.first)).await;
+    let mut old = next[0].clone();
+    old.token = None;
+    let (old_next, old_sends) = c.run(&old).await;
+    assert_eq!(
+        (old_next.len(), old_sends.len()),
+        (1, SLICE),
+        "its slice recorded and queued, its next job queued"
+    );
+    let mut all = sends;
+    all.extend(old_sends);
+    c.complete(old_next, all).await;
 }
 
 /// A campaign paused mid-chain: its next job waits on the queue, coming back to look at the
@@ -600,4 +630,5 @@ on_both_backends!(
     a_fan_out_whose_last_progress_answer_was_lost_still_queues_its_next_job,
     a_fan_out_whose_next_job_cannot_be_queued_carries_on_when_retried,
     a_fan_out_run_that_died_before_queueing_its_next_job_is_carried_on_by_its_redelivery,
+    a_fan_out_job_queued_by_code_before_tokens_for_a_tokened_campaign_carries_it_on,
 );
