@@ -47,12 +47,14 @@ pub fn scrub(text: &str, quoted: &[&str], cap: usize) -> String {
     values.dedup();
     // A redaction already there is opaque: a value or a number is never looked for inside
     // or across it (so scrubbing again finds nothing new).
+    // So is Meta's own code as its text writes it (`(#131009)`): a short numeric value
+    // (an amount, a code of the message's) must not cut the code in two.
     let mut segs = Vec::new();
     for (i, part) in text.split(REDACTED).enumerate() {
         if i > 0 {
             segs.push(Seg::Cut);
         }
-        segs.push(Seg::Text(part));
+        with_codes_kept(part, &mut segs);
     }
     for value in values {
         segs = without(segs, value);
@@ -61,10 +63,29 @@ pub fn scrub(text: &str, quoted: &[&str], cap: usize) -> String {
     for s in segs {
         match s {
             Seg::Text(t) => without_numbers(t, &mut out),
-            Seg::Cut => out.push(Seg::Cut),
+            other => out.push(other),
         }
     }
     joined(&out, cap)
+}
+
+/// `t` as segments, each Meta error code as its text writes it (`(#` 1 to 6 digits `)`)
+/// one kept whole (a 7-digit one is taken out as any run of 7 digits: the text never
+/// keeps one).
+fn with_codes_kept<'a>(t: &'a str, out: &mut Vec<Seg<'a>>) {
+    let mut kept = 0;
+    let mut from = 0;
+    while let Some(at) = t[from..].find("(#").map(|i| from + i) {
+        let digits = t[at + 2..].chars().take_while(char::is_ascii_digit).count();
+        let end = at + 2 + digits;
+        if (1..=6).contains(&digits) && t[end..].starts_with(')') {
+            out.push(Seg::Text(&t[kept..at]));
+            out.push(Seg::Keep(&t[at..=end]));
+            kept = end + 1;
+        }
+        from = at + 2;
+    }
+    out.push(Seg::Text(&t[kept..]));
 }
 
 /// [`scrub`] to a failure's title: cut to [`MAX_ERROR_TITLE`].
@@ -117,10 +138,12 @@ pub fn phone_forms(phone: &PhoneNumber) -> Vec<String> {
     forms
 }
 
-/// A piece of the text being scrubbed: text still to be looked at, or a redaction.
+/// A piece of the text being scrubbed: text still to be looked at, text kept as it is (a
+/// Meta error code), or a redaction.
 #[derive(Clone, Copy)]
 enum Seg<'a> {
     Text(&'a str),
+    Keep(&'a str),
     Cut,
 }
 
@@ -196,8 +219,11 @@ fn joined(segs: &[Seg<'_>], cap: usize) -> String {
     let mut after_cut = false;
     for s in segs {
         match *s {
-            Seg::Text("") => {}
-            Seg::Text(t) => {
+            Seg::Text("") | Seg::Keep("") => {}
+            // A code that would not fit whole is left out, as a redaction is: cut, its
+            // digits would be text a value could match on a second scrub.
+            Seg::Keep(t) if t.chars().count() > left => return out,
+            Seg::Text(t) | Seg::Keep(t) => {
                 after_cut = false;
                 let n = t.chars().count();
                 if n > left {
@@ -229,6 +255,24 @@ mod tests {
 
     fn phone(s: &str) -> PhoneNumber {
         PhoneNumber::parse(s).unwrap()
+    }
+
+    #[test]
+    fn metas_code_in_its_text_is_kept_whole_whatever_short_number_the_message_held() {
+        let got = title(
+            "(#131000) Something went wrong: amount 1000 (#132012)",
+            &["1000", "3100", "2012"],
+        );
+        assert_eq!(
+            got,
+            "(#131000) Something went wrong: amount <redacted> (#132012)"
+        );
+        assert_eq!(title(&got, &["1000"]), got, "idempotent");
+        // Not a code: an unclosed one, or one of 8 digits, is looked at as any text.
+        assert_eq!(
+            title("(#1000 and (#1234567)", &["1000"]),
+            "(#<redacted> and (#<redacted>)"
+        );
     }
 
     #[test]
@@ -328,7 +372,7 @@ mod tests {
     /// Text made of the pieces that matter: digits, separators, `+`, letters, the marker's
     /// own characters and whole markers.
     fn texty() -> BoxedStrategy<String> {
-        crate::props::re("(?:[0-9]{1,9}|[ .\\-+]|[a-z<>]{1,4}|<redacted>|é){0,60}")
+        crate::props::re("(?:[0-9]{1,9}|[ .\\-+]|[a-z<>]{1,4}|<redacted>|é|\\(#|\\)){0,60}")
     }
 
     fn values() -> BoxedStrategy<Vec<String>> {
