@@ -971,12 +971,15 @@ async fn confirm(State(s): S, ctx: Ctx, body: Bytes) -> Response {
     if a.status == StatusCode::UNAUTHORIZED {
         return failed(&a);
     }
-    // The key this form's page showed, to show again: not once the API says there is
-    // nothing to confirm (2FA already on, no enrolment pending: `409`), nor to a form
+    // The key this form's page showed, to show again: only when the API said the code was
+    // refused as a code (`400`: wrong or malformed; `429`: too many wrong ones), so the
+    // enrolment is still pending — not once it says there is nothing to confirm (2FA
+    // already on, none pending: `409`), nor on an answer that says nothing of it (a `5xx`:
+    // the key may have become the user's live second factor meanwhile), nor to a form
     // sealed for another session or too long ago.
-    let shown = if matches!(
+    let shown = if !matches!(
         a.status,
-        StatusCode::CONFLICT | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+        StatusCode::BAD_REQUEST | StatusCode::TOO_MANY_REQUESTS
     ) {
         None
     } else {
