@@ -84,11 +84,7 @@ impl Senders {
     /// A number as a person reads it: its display number (or id), "default", and "held"
     /// when Meta's limit holds it (a send from it is refused until an admin resumes it).
     fn label(n: &Value) -> String {
-        let id = text(n, "phone_number_id");
-        let mut shown = n["display_phone_number"]
-            .as_str()
-            .filter(|d| !d.is_empty())
-            .map_or_else(|| id.to_owned(), |d| format!("{d} ({id})"));
+        let mut shown = Self::shown(n);
         if n["default"].as_bool() == Some(true) {
             shown.push_str(", default");
         }
@@ -147,10 +143,7 @@ impl Senders {
             return "The default number (which one was not recorded)".into();
         };
         match self.find(id) {
-            Some(n) => n["display_phone_number"]
-                .as_str()
-                .filter(|d| !d.is_empty())
-                .map_or_else(|| id.to_owned(), |d| format!("{d} ({id})")),
+            Some(n) => Self::shown(n),
             None if self.0.is_empty() => id.to_owned(),
             None => format!("{id} (removed)"),
         }
@@ -165,6 +158,15 @@ impl Senders {
                     .as_str()
                     .is_some_and(|f| !self.0.is_empty() && self.find(f).is_none())
             })
+    }
+
+    /// A number's display number and its id (its id alone without one).
+    fn shown(n: &Value) -> String {
+        let id = text(n, "phone_number_id");
+        n["display_phone_number"]
+            .as_str()
+            .filter(|d| !d.is_empty())
+            .map_or_else(|| id.to_owned(), |d| format!("{d} ({id})"))
     }
 
     /// The label of the number `from` (the default's when none is chosen).
