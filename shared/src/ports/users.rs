@@ -102,7 +102,8 @@ pub const LOGIN_CLOCK_SKEW_SECS: i64 = 5;
 /// next attempt wait `base_delay_secs × 2^k`, at most `max_delay_secs`. Past the free
 /// failures one attempt at a time is in flight (`hold_secs` while it is checked). A
 /// counter ends `window_secs` after its last failure. A `blocked_until` later than
-/// [`LoginPolicy::furthest_block`] was written by a clock ahead (or before this one
+/// [`LoginPolicy::furthest_block`], or a window ending later than
+/// [`LoginPolicy::furthest_window_end`], was written by a clock ahead (or before this one
 /// stepped back): no writer in step puts it there, and the gate takes it as lapsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoginPolicy {
@@ -162,6 +163,23 @@ impl LoginPolicy {
         now.saturating_add(self.max_delay_secs.max(0))
             .saturating_add(self.hold_secs.max(0))
             .saturating_add(LOGIN_CLOCK_SKEW_SECS)
+    }
+
+    /// The latest end of a counter's window (its `ttl`) a writer whose clock is in step with
+    /// `now` can have set: [`Self::window_secs`] after a failure now, and
+    /// [`LOGIN_CLOCK_SKEW_SECS`]. A window ending later was written by a clock ahead (or
+    /// before this one stepped back): the counter has lapsed and the next attempt starts it
+    /// again, as one past its window does. Kept, its failures would stay counted for the
+    /// clock's step and a day, and each single later failure would lock again.
+    pub fn furthest_window_end(&self, now: i64) -> i64 {
+        now.saturating_add(self.window_secs.max(0))
+            .saturating_add(LOGIN_CLOCK_SKEW_SECS)
+    }
+
+    /// Whether a counter whose window ends at `ends` still counts at `now`: not past its
+    /// window, and not one a clock ahead wrote ([`Self::furthest_window_end`]).
+    pub fn window_live(&self, ends: i64, now: i64) -> bool {
+        ends > now && ends <= self.furthest_window_end(now)
     }
 
     /// The `Retry-After` (seconds, at least 1) of a counter locked until `until` at `now`:

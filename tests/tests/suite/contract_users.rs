@@ -479,20 +479,29 @@ async fn a_counted_failure_never_cuts_short_another_attempts_hold(p: Ports) {
     );
 }
 
-/// A counter locked by a writer whose clock was hours ahead (another instance's, or this
-/// one's before it stepped back): its `blocked_until` lies further ahead than any writer in
-/// step could set it, and has lapsed. The next attempt goes through holding the counter,
-/// and from there the holds and delays are the policy's own, the longest one in full.
+/// A counter held by an attempt through a writer whose clock was hours ahead (another
+/// instance's, or this one's before it stepped back), which never ended (its process died):
+/// its `blocked_until` lies further ahead than any writer in step could set it, and has
+/// lapsed. The next attempt goes through holding the counter, and from there the holds and
+/// delays are the policy's own, the longest one in full. (Failures that writer counted
+/// would also have moved the counter's window out of step: lapsed whole, see
+/// `a_counter_whose_window_a_clock_hours_ahead_wrote_starts_again_at_the_next_attempt`.)
 async fn a_lock_written_by_a_clock_hours_ahead_holds_no_longer_than_the_policy_allows(p: Ports) {
     let c = at(&email(), "198.51.100.14");
     let policy = LoginPolicy::EMAIL_AT_ADDRESS;
     let now = p.clock.now().timestamp();
     let ahead = now + 6 * 3600;
-    fail(&p, &c, ahead, policy.free as usize).await;
+    fail(&p, &c, now, policy.free as usize).await;
     assert_eq!(
         p.users.begin_login(&c, ahead, &policy).await.unwrap(),
-        LoginGate::Locked { until: ahead + 1 },
-        "locked, as the clock ahead sees it"
+        LoginGate::Allowed(LoginTicket::Holding)
+    );
+    assert_eq!(
+        p.users.begin_login(&c, ahead + 1, &policy).await.unwrap(),
+        LoginGate::Locked {
+            until: ahead + policy.hold_secs
+        },
+        "held, as the clock ahead sees it"
     );
     // In step (the clock stepped back six hours): lapsed, not six hours to go.
     assert_eq!(
@@ -588,6 +597,82 @@ async fn a_failure_beside_a_hold_from_a_clock_ahead_still_sets_its_delay(p: Port
     assert_eq!(
         p.users.begin_login(&c, now + 1, &policy).await.unwrap(),
         LoginGate::Allowed(LoginTicket::Holding)
+    );
+}
+
+/// Failures counted by a writer whose clock was hours ahead (another instance's, or this
+/// one's before it stepped back) carry a window ending a day after that clock's now: later
+/// than any writer in step could set it. The counter has lapsed: the next attempt starts it
+/// again, rather than each single later failure adding to the old ones for the step and a
+/// day and locking again. A writer a few seconds ahead (within the skew) is in step.
+async fn a_counter_whose_window_a_clock_hours_ahead_wrote_starts_again_at_the_next_attempt(
+    p: Ports,
+) {
+    let policy = LoginPolicy::EMAIL_AT_ADDRESS;
+    let now = p.clock.now().timestamp();
+    let ahead = now + 6 * 3600;
+    // Locked as the clock ahead sees it; in step, its failures have lapsed with it.
+    let locked = at(&email(), "198.51.100.16");
+    fail(&p, &locked, ahead, policy.free as usize).await;
+    assert_eq!(
+        p.users.begin_login(&locked, ahead, &policy).await.unwrap(),
+        LoginGate::Locked { until: ahead + 1 }
+    );
+    assert_eq!(
+        p.users.begin_login(&locked, now, &policy).await.unwrap(),
+        LoginGate::Allowed(LoginTicket::Counted),
+        "started again, not held"
+    );
+    assert_eq!(
+        p.users
+            .login_failed(&locked, now, &policy, LoginTicket::Counted)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        p.users.begin_login(&locked, now, &policy).await.unwrap(),
+        LoginGate::Allowed(LoginTicket::Counted),
+        "one failure locks nothing"
+    );
+    // Within the free failures too: four from the clock ahead, then one in step is the first.
+    let counting = at(&email(), "198.51.100.16");
+    fail(&p, &counting, ahead, policy.free as usize - 1).await;
+    let LoginGate::Allowed(ticket) = p.users.begin_login(&counting, now, &policy).await.unwrap()
+    else {
+        panic!("refused")
+    };
+    assert_eq!(
+        p.users
+            .login_failed(&counting, now, &policy, ticket)
+            .await
+            .unwrap(),
+        1
+    );
+    // A failure held past the free ones from an in-step gate meets a window a clock ahead
+    // wrote meanwhile (a race): it starts the counter again, too.
+    let held = at(&email(), "198.51.100.16");
+    fail(&p, &held, ahead, policy.free as usize).await;
+    assert_eq!(
+        p.users
+            .login_failed(&held, now, &policy, LoginTicket::Holding)
+            .await
+            .unwrap(),
+        1
+    );
+    // A counter a few seconds ahead (within the skew) is in step: its failures count.
+    let near = at(&email(), "198.51.100.16");
+    fail(&p, &near, now + 3, 2).await;
+    fail(&p, &near, now, 1).await;
+    let LoginGate::Allowed(ticket) = p.users.begin_login(&near, now, &policy).await.unwrap() else {
+        panic!("refused")
+    };
+    assert_eq!(
+        p.users
+            .login_failed(&near, now, &policy, ticket)
+            .await
+            .unwrap(),
+        4
     );
 }
 
@@ -1033,6 +1118,7 @@ contract!(
     a_counted_failure_never_cuts_short_another_attempts_hold,
     a_lock_written_by_a_clock_hours_ahead_holds_no_longer_than_the_policy_allows,
     a_failure_beside_a_hold_from_a_clock_ahead_still_sets_its_delay,
+    a_counter_whose_window_a_clock_hours_ahead_wrote_starts_again_at_the_next_attempt,
     clearing_an_emails_counters_clears_every_address_and_nothing_else,
     a_totp_step_is_accepted_once_and_confirmation_needs_the_pending_secret,
     the_two_factor_requirement_is_per_tenant_and_off_by_default,

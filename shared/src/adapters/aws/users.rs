@@ -6,8 +6,9 @@
 //! / `ADDR#{address}` and `LOGINADDR#{address}` / `FAIL`, with `failures`,
 //! `blocked_until` and a `ttl` a day after the last failure) change only by conditional
 //! updates and atomic `ADD`s: never read, then written. A `blocked_until` further ahead
-//! than `LoginPolicy::furthest_block` (a clock ahead wrote it) counts as lapsed in those
-//! conditions.
+//! than `LoginPolicy::furthest_block`, or a `ttl` further ahead than
+//! `LoginPolicy::furthest_window_end` (a clock ahead wrote either), counts as lapsed in
+//! those conditions.
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
@@ -343,19 +344,25 @@ impl UserStore for DynamoStore {
             (":hold", n(now + policy.hold_secs)),
             (":furthest", n(policy.furthest_block(now))),
             (":ttl", n(now + policy.window_secs)),
+            (":window_end", n(policy.furthest_window_end(now))),
         ];
         // Within the free failures (or no counter yet): counted as it begins, so that
         // parallel attempts meet the count at once.
         // (Its window still runs from the last failure: the TTL is set only when new.)
+        // A window ending later than any writer in step with `now` could have set (a clock
+        // ahead wrote it, or this one stepped back since) has lapsed, as one past its end:
+        // its failures would count for the length of the step and a day.
         let count = (
             "ADD failures :one SET #ttl = if_not_exists(#ttl, :ttl)",
-            "attribute_not_exists(failures) OR (failures < :free AND #ttl > :now)",
+            "attribute_not_exists(failures) \
+             OR (failures < :free AND #ttl > :now AND #ttl <= :window_end)",
             LoginTicket::Counted,
         );
         // A counter that does not count at the gate: let it through, taking nothing.
         let free = (
             "SET #ttl = if_not_exists(#ttl, :ttl)",
-            "attribute_not_exists(failures) OR failures < :free OR #ttl <= :now",
+            "attribute_not_exists(failures) OR failures < :free OR #ttl <= :now \
+             OR #ttl > :window_end",
             LoginTicket::Free,
         );
         // Past them, once the delay has passed: one attempt, holding the counter. A delay
@@ -364,15 +371,15 @@ impl UserStore for DynamoStore {
         // the counter for the length of the step.
         let held = (
             "SET blocked_until = :hold",
-            "failures >= :free AND #ttl > :now \
+            "failures >= :free AND #ttl > :now AND #ttl <= :window_end \
              AND (attribute_not_exists(blocked_until) OR blocked_until <= :now \
                   OR blocked_until > :furthest)",
             LoginTicket::Holding,
         );
-        // A counter past its window: this attempt starts it again.
+        // A counter past its window (or lapsed so): this attempt starts it again.
         let restart = (
             "SET failures = :one, #ttl = :ttl REMOVE blocked_until",
-            "#ttl <= :now",
+            "#ttl <= :now OR #ttl > :window_end",
             LoginTicket::Counted,
         );
         // Each refusal can be a race with another attempt that moved the counter on;
@@ -413,20 +420,23 @@ impl UserStore for DynamoStore {
             (":now", n(now)),
             (":first", n(now + policy.delay_after(1))),
             (":ttl", n(now + policy.window_secs)),
+            (":window_end", n(policy.furthest_window_end(now))),
         ];
-        // A new counter (or one past its window, or cleared since the gate) starts at
-        // one; a live one adds one, or keeps the count the gate already made.
+        // A new counter (or one past its window, lapsed as `begin_login` says, or cleared
+        // since the gate) starts at one; a live one adds one, or keeps the count the gate
+        // already made.
         let fresh = (
             "SET failures = :one, blocked_until = :first, #ttl = :ttl",
-            "attribute_not_exists(failures) OR #ttl <= :now",
+            "attribute_not_exists(failures) OR #ttl <= :now OR #ttl > :window_end",
         );
         let more = match ticket {
-            LoginTicket::Holding | LoginTicket::Free => {
-                ("ADD failures :one SET #ttl = :ttl", "#ttl > :now")
-            }
+            LoginTicket::Holding | LoginTicket::Free => (
+                "ADD failures :one SET #ttl = :ttl",
+                "#ttl > :now AND #ttl <= :window_end",
+            ),
             LoginTicket::Counted => (
                 "SET #ttl = :ttl",
-                "attribute_exists(failures) AND #ttl > :now",
+                "attribute_exists(failures) AND #ttl > :now AND #ttl <= :window_end",
             ),
         };
         let mut failures = None;
@@ -480,8 +490,13 @@ impl UserStore for DynamoStore {
         let (expr, cond, values) = match ticket {
             LoginTicket::Counted => (
                 "ADD failures :less",
-                "failures > :zero AND #ttl > :now",
-                vec![(":less", n(-1)), (":zero", n(0)), (":now", n(now))],
+                "failures > :zero AND #ttl > :now AND #ttl <= :window_end",
+                vec![
+                    (":less", n(-1)),
+                    (":zero", n(0)),
+                    (":now", n(now)),
+                    (":window_end", n(policy.furthest_window_end(now))),
+                ],
             ),
             LoginTicket::Holding | LoginTicket::Free => (
                 "SET blocked_until = :now",

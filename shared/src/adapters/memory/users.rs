@@ -162,7 +162,7 @@ impl UserStore for MemoryStore {
             .users
             .login
             .get(counter)
-            .is_some_and(|c| c.failures.is_some() && c.expires > now);
+            .is_some_and(|c| c.failures.is_some() && policy.window_live(c.expires, now));
         if !live && !policy.count_at_gate {
             // Nothing to count against: let through. (DynamoDB's conditional update leaves
             // an item with only its TTL when there was none: so does this.)
@@ -176,7 +176,7 @@ impl UserStore for MemoryStore {
         match c.failures {
             // Within the free failures: counted as it begins, where the counter counts
             // at the gate (its window still runs from its last failure).
-            Some(f) if c.expires > now && f < policy.free => {
+            Some(f) if live && f < policy.free => {
                 if !policy.count_at_gate {
                     return Ok(LoginGate::Allowed(LoginTicket::Free));
                 }
@@ -185,7 +185,7 @@ impl UserStore for MemoryStore {
             }
             // Past them: one at a time, once the delay has passed; a delay ending later
             // than any writer in step could set (a clock ahead, or stepped back) has lapsed.
-            Some(_) if c.expires > now => {
+            Some(_) if live => {
                 let until = c.blocked_until.unwrap_or(0);
                 let furthest = policy.furthest_block(now);
                 if until <= now || until > furthest {
@@ -197,7 +197,8 @@ impl UserStore for MemoryStore {
                     })
                 }
             }
-            // No live counter: this attempt starts one.
+            // No live counter (or one whose window a clock ahead wrote): this attempt
+            // starts one.
             _ => {
                 *c = Counter {
                     failures: Some(1),
@@ -218,9 +219,10 @@ impl UserStore for MemoryStore {
     ) -> Result<i64, StoreError> {
         let mut s = self.lock()?;
         let c = s.users.login.entry(counter.clone()).or_default();
+        let live = policy.window_live(c.expires, now);
         let failures = match (c.failures, ticket) {
-            (Some(f), LoginTicket::Counted) if c.expires > now => f.max(1),
-            (Some(f), LoginTicket::Holding | LoginTicket::Free) if c.expires > now => f + 1,
+            (Some(f), LoginTicket::Counted) if live => f.max(1),
+            (Some(f), LoginTicket::Holding | LoginTicket::Free) if live => f + 1,
             _ => {
                 c.blocked_until = Some(now + policy.delay_after(1));
                 1
@@ -255,7 +257,8 @@ impl UserStore for MemoryStore {
         if let Some(c) = s.users.login.get_mut(counter) {
             match ticket {
                 LoginTicket::Counted => {
-                    if let Some(f) = c.failures.filter(|f| *f > 0 && c.expires > now) {
+                    let live = policy.window_live(c.expires, now);
+                    if let Some(f) = c.failures.filter(|f| *f > 0 && live) {
                         c.failures = Some(f - 1);
                     }
                 }
