@@ -116,6 +116,12 @@ struct TotpLockedOut;
 #[derive(Clone, Copy)]
 struct TotpChallenged;
 
+/// Marks a code refused at a 2FA sign-in's code step (wrong, used already, or not
+/// checkable): answered `401 totp_required` as the challenge is, audited as the refused
+/// code it is (`totp_invalid`).
+#[derive(Clone, Copy)]
+struct TotpRefused;
+
 fn totp_required() -> Response {
     ApiError::new(
         StatusCode::UNAUTHORIZED,
@@ -141,7 +147,11 @@ fn login_error(e: LoginError) -> Response {
             "email or password is wrong",
         )
         .into_response(),
-        LoginError::TotpRequired => totp_required(),
+        LoginError::TotpRequired => {
+            let mut res = totp_required();
+            res.extensions_mut().insert(TotpRefused);
+            res
+        }
         // The same answer: the client cannot tell a missing code from a wrong one.
         LoginError::TotpChallenge => {
             let mut res = totp_required();
@@ -181,12 +191,15 @@ async fn login(
     // Whose login this was (as the attempt found the user: no second read), for the audit
     // trail (the tenant's chain, both outcomes). The password step of a 2FA sign-in is no
     // refusal: recorded `success`, result `totp_challenge` (its code step is recorded on its
-    // own: `ok`, or `denied` with `totp_required` for a wrong code), so that every 2FA
+    // own: `ok`, or `denied` with `totp_invalid` for a wrong or used code: the answer's
+    // `totp_required` is the same for both, the trail tells them apart), so that every 2FA
     // sign-in does not begin with a denied login, and a wrong password still stands out.
     let challenged = res.extensions().get::<TotpChallenged>().is_some();
+    let refused_code = res.extensions().get::<TotpRefused>().is_some();
     let result = match res.status() {
         StatusCode::OK => "ok",
         _ if challenged => "totp_challenge",
+        _ if refused_code => "totp_invalid",
         _ if totp_locked => "totp_rate_limited",
         _ => res
             .extensions()

@@ -477,13 +477,8 @@ async fn a_two_factor_sign_in_shows_no_denied_login_but_a_wrong_code_or_password
         (401, "totp_required"),
         "the answer is the contract's"
     );
-    let (s, body) = login(
-        &app,
-        &email,
-        PASSWORD,
-        Some(&totp.generate(now_secs() + 30)),
-    )
-    .await;
+    let used = totp.generate(now_secs() + 30);
+    let (s, body) = login(&app, &email, PASSWORD, Some(&used)).await;
     assert_eq!(s, 200, "{body}");
     let events = sign_in_events(&app, &t.key).await;
     let sign_in = &events[..events.len() - before];
@@ -506,11 +501,19 @@ async fn a_two_factor_sign_in_shows_no_denied_login_but_a_wrong_code_or_password
         .unwrap_or_default();
     let (s, body) = login(&app, &email, PASSWORD, Some(&wrong)).await;
     assert_eq!((s, code(&body)), (401, "totp_required"), "{body}");
+    // The code that signed in, again: used once already.
+    let (s, body) = login(&app, &email, PASSWORD, Some(&used)).await;
+    assert_eq!((s, code(&body)), (401, "totp_required"), "{body}");
     let (s, body) = login(&app, &email, "wrong password!!", None).await;
     assert_eq!((s, code(&body)), (401, "invalid_credentials"), "{body}");
     let events = sign_in_events(&app, &t.key).await;
-    assert_eq!(events[1]["outcome"], "denied", "{events:?}");
-    assert_eq!(events[1]["details"]["result"], "totp_required");
+    // The answer is `totp_required` for a missing, a wrong and a used code alike; the trail
+    // tells a refused code (`totp_invalid`) from the challenge (`totp_challenge`).
+    for refused in &events[1..3] {
+        assert_eq!(refused["outcome"], "denied", "{events:?}");
+        assert_eq!(refused["details"]["result"], "totp_invalid", "{events:?}");
+        assert_eq!(refused["actor"], json!({"type": "user", "id": id}));
+    }
     assert_eq!(events[0]["outcome"], "denied", "{events:?}");
     assert_eq!(events[0]["details"]["result"], "invalid_credentials");
 }
