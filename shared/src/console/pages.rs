@@ -977,19 +977,35 @@ async fn confirm(State(s): S, ctx: Ctx, body: Bytes) -> Response {
     // already on, none pending: `409`), nor on an answer that says nothing of it (a `5xx`:
     // the key may have become the user's live second factor meanwhile), nor to a form
     // sealed for another session or too long ago.
+    let now = s.deps.clock.now();
     let shown = if !matches!(
         a.status,
         StatusCode::BAD_REQUEST | StatusCode::TOO_MANY_REQUESTS
     ) {
         None
     } else {
-        let now = s.deps.clock.now().timestamp();
         match (csrf_key(&s.deps).await, f.get("enrolment")) {
-            (Some(key), Some(sealed)) => open_enrolment(&key, &ctx.token, sealed, now)
+            (Some(key), Some(sealed)) => open_enrolment(&key, &ctx.token, sealed, now.timestamp())
                 .map(|(secret, uri)| (secret, uri, sealed.clone())),
             _ => None,
         }
     };
+    // A code the API refused as a code (`400`) that is right for the key this page showed:
+    // that key is no longer the pending one — another tab or window started a set-up
+    // since (its key replaced this one), or this one was finished (confirmed, the code
+    // spent). Showing it again would have the user try code after code that can never
+    // confirm it. (The API's `429` checked no code: shown again, as before.)
+    if a.status == StatusCode::BAD_REQUEST {
+        if let Some((secret, _, _)) = &shown {
+            if crate::service::users::code_of_key(secret.expose(), field(&f, "totp_code"), now) {
+                tracing::info!(
+                    user_id = %ctx.user_id,
+                    "console: a 2fa confirmation for a set-up no longer pending"
+                );
+                return set_up_elsewhere(&ctx, a.status);
+            }
+        }
+    }
     let (status, n) = problem(&a);
     let wrong = a.status == StatusCode::BAD_REQUEST && a.message().contains("does not match");
     let n = n.map(|n| match n {
@@ -1013,11 +1029,38 @@ async fn confirm(State(s): S, ctx: Ctx, body: Bytes) -> Response {
             Some((secret, uri, sealed)) => (enrolment_shown(&ctx, secret.expose(), uri.expose(), Some(sealed))),
             None => (confirm_form(&ctx, None)),
         }
+        @if status.is_server_error() {
+            // The code may have turned it on, its answer lost.
+            p { "The code may have turned two-factor authentication on. "
+                a href="/console/2fa" { "See whether it is on" } " before starting again." }
+        }
         (start_again(&ctx))
     };
     page(
         status,
         frame("Two-factor", &ctx.chrome("/console/2fa"), n.as_ref(), body),
+    )
+}
+
+/// A confirmation whose code is right for the key its page showed, refused by the API:
+/// that set-up is no longer the pending one (replaced by one started in another tab or
+/// window, or already finished). Its key is not shown again: no code can confirm it.
+fn set_up_elsewhere(ctx: &Ctx, status: StatusCode) -> Response {
+    let n = Notice::Problem(
+        "this set-up was replaced by one started elsewhere (in another tab or window), or it \
+         is already finished: its key can no longer be confirmed."
+            .into(),
+    );
+    let body = html! {
+        p #set-up-elsewhere { "If you started a new set-up in another tab or window, finish it
+            there, with a code for the key shown there. Otherwise, start again: the new key
+            replaces any set-up not finished." }
+        p { a href="/console/2fa" { "See whether two-factor authentication is on" } }
+        (start_again(ctx))
+    };
+    page(
+        status,
+        frame("Two-factor", &ctx.chrome("/console/2fa"), Some(&n), body),
     )
 }
 

@@ -266,6 +266,17 @@ fn matching_step(totp: &TOTP, code: &str, now: DateTime<Utc>) -> Option<i64> {
     })
 }
 
+/// Whether `code` is a code of the base32 key `secret_b32` at `now`, as a confirmation
+/// or a sign-in would take it (the same step, digits and skew): the console checks a
+/// code the API refused against the key its page showed, to tell a typo from a set-up
+/// that is no longer the pending one. Checks only: no step is spent, nothing counted.
+pub fn code_of_key(secret_b32: &str, code: &str, now: DateTime<Utc>) -> bool {
+    totp_for(secret_b32, "-")
+        .ok()
+        .and_then(|totp| matching_step(&totp, code.trim(), now))
+        .is_some()
+}
+
 pub async fn create(
     deps: &Deps,
     tenant: &TenantId,

@@ -1250,8 +1250,114 @@ async fn a_wrong_confirmation_code_keeps_the_qr_code_and_the_next_right_code_tur
     );
 }
 
+/// Two tabs of one session each start a 2FA set-up: the second's key replaces the first's.
+/// The first tab's code, right for the key it shows, can never confirm it: the page says
+/// the set-up was replaced or finished, shows that key no more and offers to start again
+/// (a typo there is still a typo); the second tab's code turns 2FA on.
+async fn a_right_code_for_a_set_up_replaced_in_another_tab_says_so_and_shows_its_key_no_more(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/2fa").await.csrf();
+    let first = web.post("/console/2fa/enroll", &[("csrf", &csrf)]).await;
+    assert_eq!(first.status, 200, "{}", first.html);
+    let second = web.post("/console/2fa/enroll", &[("csrf", &csrf)]).await;
+    assert_eq!(second.status, 200, "{}", second.html);
+    let (old_key, old_form) = (secret_on(&first), enrolment_on(&first));
+    let (new_key, new_form) = (secret_on(&second), enrolment_on(&second));
+    assert_ne!(old_key, new_key);
+
+    // A typo on the first tab: today's answer, its key shown again.
+    let now = chrono::Utc::now().timestamp() as u64;
+    let valid: Vec<String> = (0..=4)
+        .map(|k| totp_of(&old_key).generate(now + k * 30 - 60))
+        .collect();
+    let typo = (0..1_000_000)
+        .map(|n| format!("{n:06}"))
+        .find(|c| !valid.contains(c))
+        .unwrap_or_default();
+    let wrong = web
+        .post(
+            "/console/2fa/confirm",
+            &[
+                ("csrf", &csrf),
+                ("enrolment", &old_form),
+                ("totp_code", &typo),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status, 400, "{}", wrong.html);
+    assert!(
+        wrong.html.contains("that code didn't match"),
+        "{}",
+        wrong.html
+    );
+    assert_eq!(secret_on(&wrong), old_key);
+
+    // The first key's right code: refused by the API, and the page says why.
+    let replaced = web
+        .post(
+            "/console/2fa/confirm",
+            &[
+                ("csrf", &csrf),
+                ("enrolment", &old_form),
+                ("totp_code", &totp_of(&old_key).generate(now)),
+            ],
+        )
+        .await;
+    assert_eq!(replaced.status, 400, "{}", replaced.html);
+    assert!(
+        replaced
+            .html
+            .contains("this set-up was replaced by one started elsewhere"),
+        "{}",
+        replaced.html
+    );
+    assert!(!replaced.html.contains(&old_key), "{}", replaced.html);
+    assert!(!replaced.html.contains("<svg"), "{}", replaced.html);
+    assert!(
+        !replaced.html.contains(r#"name="enrolment""#),
+        "{}",
+        replaced.html
+    );
+    assert!(!replaced.html.contains("didn't match"), "{}", replaced.html);
+    assert!(
+        replaced.html.contains("Start again with a new key"),
+        "{}",
+        replaced.html
+    );
+    assert!(
+        replaced.html.contains(r#"href="/console/2fa""#),
+        "{}",
+        replaced.html
+    );
+
+    // The second tab's key is the pending one: its code turns 2FA on.
+    let ok = web
+        .post(
+            "/console/2fa/confirm",
+            &[
+                ("csrf", &csrf),
+                ("enrolment", &new_form),
+                ("totp_code", &totp_of(&new_key).generate(now)),
+            ],
+        )
+        .await;
+    assert_eq!(ok.status, 303, "{}", ok.html);
+    assert_eq!(ok.location(), "/console/?done=two_factor_on");
+    let logs = kirim_tests::captured_logs();
+    assert!(
+        !logs.contains(&old_key) && !logs.contains(&new_key),
+        "no key in a log"
+    );
+}
+
 on_both_backends!(
     the_keys_and_users_pages_show_a_page_at_a_time_with_a_link_to_the_next,
+    a_right_code_for_a_set_up_replaced_in_another_tab_says_so_and_shows_its_key_no_more,
     a_refused_allow_list_or_callback_url_keeps_what_was_typed,
     a_dashboard_whose_later_page_is_refused_shows_the_counts_so_far,
     a_refused_opt_out_or_user_keeps_its_chosen_scope_and_role,
