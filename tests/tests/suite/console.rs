@@ -4,6 +4,9 @@
 use std::collections::HashMap;
 
 use kirim::config::Backend;
+use kirim::domain::TenantId;
+use kirim::ports::{LoginCounter, LoginGate, LoginPolicy, LoginTicket};
+use kirim::store_error::StoreError;
 use kirim_tests::{spawn_app, TestApp};
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use serde_json::json;
@@ -1355,9 +1358,230 @@ async fn a_right_code_for_a_set_up_replaced_in_another_tab_says_so_and_shows_its
     );
 }
 
+/// A user store whose TOTP confirmation lands and then answers an error (its answer lost:
+/// a timeout after the write); everything else is the real one's.
+struct ConfirmLandsAnswerLost(std::sync::Arc<dyn kirim::ports::UserStore>);
+
+#[async_trait::async_trait]
+impl kirim::ports::UserStore for ConfirmLandsAnswerLost {
+    async fn create_user(&self, user: &kirim::ports::UserRecord) -> Result<(), StoreError> {
+        self.0.create_user(user).await
+    }
+    async fn get_user(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<kirim::ports::UserRecord>, StoreError> {
+        self.0.get_user(tenant, id).await
+    }
+    async fn user_by_email(
+        &self,
+        email: &str,
+    ) -> Result<Option<kirim::ports::UserRecord>, StoreError> {
+        self.0.user_by_email(email).await
+    }
+    async fn list_users(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<kirim::ports::UserRecord>, StoreError> {
+        self.0.list_users(tenant).await
+    }
+    async fn list_users_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<kirim::ports::UserPage, StoreError> {
+        self.0.list_users_page(tenant, limit, cursor).await
+    }
+    async fn delete_user(&self, tenant: &TenantId, id: &str) -> Result<bool, StoreError> {
+        self.0.delete_user(tenant, id).await
+    }
+    async fn set_user_role(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        role: kirim::domain::Role,
+    ) -> Result<Option<kirim::domain::Role>, StoreError> {
+        self.0.set_user_role(tenant, id, role).await
+    }
+    async fn set_password(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        self.0.set_password(tenant, id, old, new).await
+    }
+    async fn begin_login(
+        &self,
+        counter: &LoginCounter,
+        now: i64,
+        policy: &LoginPolicy,
+    ) -> Result<LoginGate, StoreError> {
+        self.0.begin_login(counter, now, policy).await
+    }
+    async fn login_failed(
+        &self,
+        counter: &LoginCounter,
+        now: i64,
+        policy: &LoginPolicy,
+        ticket: LoginTicket,
+    ) -> Result<i64, StoreError> {
+        self.0.login_failed(counter, now, policy, ticket).await
+    }
+    async fn login_released(
+        &self,
+        counter: &LoginCounter,
+        now: i64,
+        policy: &LoginPolicy,
+        ticket: LoginTicket,
+    ) -> Result<(), StoreError> {
+        self.0.login_released(counter, now, policy, ticket).await
+    }
+    async fn clear_login_counter(&self, counter: &LoginCounter) -> Result<(), StoreError> {
+        self.0.clear_login_counter(counter).await
+    }
+    async fn clear_login_counters_of_email(&self, email_hash: &str) -> Result<usize, StoreError> {
+        self.0.clear_login_counters_of_email(email_hash).await
+    }
+    async fn set_pending_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        secret: &str,
+    ) -> Result<(), StoreError> {
+        self.0.set_pending_totp(tenant, id, secret).await
+    }
+    async fn confirm_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        secret: &str,
+        step: i64,
+    ) -> Result<bool, StoreError> {
+        self.0.confirm_totp(tenant, id, secret, step).await?;
+        Err(StoreError::Unavailable("dynamodb: answer lost".into()))
+    }
+    async fn reseal_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        self.0.reseal_totp(tenant, id, old, new).await
+    }
+    async fn accept_totp_step(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        step: i64,
+    ) -> Result<bool, StoreError> {
+        self.0.accept_totp_step(tenant, id, step).await
+    }
+    async fn put_session(&self, session: &kirim::ports::SessionRecord) -> Result<(), StoreError> {
+        self.0.put_session(session).await
+    }
+    async fn session_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<kirim::ports::SessionRecord>, StoreError> {
+        self.0.session_by_hash(token_hash).await
+    }
+    async fn revoke_session(&self, token_hash: &str) -> Result<(), StoreError> {
+        self.0.revoke_session(token_hash).await
+    }
+    async fn touch_session(
+        &self,
+        token_hash: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        self.0.touch_session(token_hash, at).await
+    }
+    async fn mark_second_factor(&self, token_hash: &str) -> Result<(), StoreError> {
+        self.0.mark_second_factor(token_hash).await
+    }
+    async fn two_factor_required(&self, tenant: &TenantId) -> Result<bool, StoreError> {
+        self.0.two_factor_required(tenant).await
+    }
+    async fn set_two_factor_required(
+        &self,
+        tenant: &TenantId,
+        required: bool,
+    ) -> Result<(), StoreError> {
+        self.0.set_two_factor_required(tenant, required).await
+    }
+}
+
+/// A right confirmation code whose write lands but whose answer is lost (a `5xx`): the key
+/// may be the user's live second factor now (here it is), so the page never shows it
+/// again; it says the outcome is unknown and where to see whether 2FA is on.
+async fn a_confirmation_answered_with_a_server_error_never_shows_its_key_again(b: Backend) {
+    use tower::ServiceExt;
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/2fa").await.csrf();
+    let enrol = web.post("/console/2fa/enroll", &[("csrf", &csrf)]).await;
+    assert_eq!(enrol.status, 200, "{}", enrol.html);
+    let (secret, sealed) = (secret_on(&enrol), enrolment_on(&enrol));
+
+    // The same console over a user store whose confirmation's answer is lost.
+    let mut deps = app.app.deps.clone();
+    deps.users = std::sync::Arc::new(ConfirmLandsAnswerLost(deps.users.clone()));
+    let console = kirim::console::console_router(
+        deps,
+        kirim::console::ConsoleOptions {
+            secure_cookies: false,
+        },
+    );
+    let code = totp_of(&secret).generate(chrono::Utc::now().timestamp() as u64);
+    // Hex, base64url and digits: nothing to escape in a form body.
+    let body = format!("csrf={csrf}&enrolment={sealed}&totp_code={code}");
+    let cookie = web
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let req = axum::http::Request::post("/console/2fa/confirm")
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    let res = console.oneshot(req).await.unwrap();
+    let status = res.status();
+    let html = String::from_utf8_lossy(
+        &axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap_or_default(),
+    )
+    .into_owned();
+    assert!(status.is_server_error(), "{status}: {html}");
+    assert!(!html.contains(&secret), "{html}");
+    assert!(!html.contains("<svg"), "{html}");
+    assert!(!html.contains(r#"name="enrolment""#), "{html}");
+    assert!(html.contains("Outcome unknown"), "{html}");
+    assert!(html.contains(r#"href="/console/2fa""#), "{html}");
+    // Why: the key is the user's live second factor.
+    let (_, users) = call(&app, "GET", "/v1/users", Some(&t.key), None).await;
+    let me = users["users"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|u| u["email"] == email.to_lowercase().as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(me["two_factor"], "enabled", "{users}");
+}
+
 on_both_backends!(
     the_keys_and_users_pages_show_a_page_at_a_time_with_a_link_to_the_next,
     a_right_code_for_a_set_up_replaced_in_another_tab_says_so_and_shows_its_key_no_more,
+    a_confirmation_answered_with_a_server_error_never_shows_its_key_again,
     a_refused_allow_list_or_callback_url_keeps_what_was_typed,
     a_dashboard_whose_later_page_is_refused_shows_the_counts_so_far,
     a_refused_opt_out_or_user_keeps_its_chosen_scope_and_role,
