@@ -969,7 +969,13 @@ async fn a_refused_opt_out_or_user_keeps_its_chosen_scope_and_role(b: Backend) {
 /// refused (here the user's request limit) leaves the counts read so far, said to be
 /// partial, not an error page where sign-in lands.
 async fn a_dashboard_whose_later_page_is_refused_shows_the_counts_so_far(b: Backend) {
-    let app = spawn_app(b).await;
+    // A clock that stands still: the request limit's bucket never refills between the
+    // dashboard's pages, however slowly a loaded machine serves them (on the real clock a
+    // page taking over a second earned the next its token, and nothing was refused).
+    let clock = kirim_tests::ManualClock::new();
+    let mut cfg = kirim_tests::local_config(b).await;
+    cfg.clock = kirim_infra::local::LocalClock(clock.clone());
+    let app = kirim_tests::spawn_with(cfg).await;
     let t = app.onboard(200).await;
     let (email, _) = new_user(&app, &t.key, "admin").await;
     let tenant = kirim::domain::TenantId::from_trusted(t.tenant_id.clone());
