@@ -62,6 +62,7 @@ impl From<ServiceError> for ApiError {
         use ServiceError::*;
         match e {
             InvalidRequest(m) => ApiError::invalid(m),
+            CredentialRefused { message, .. } => ApiError::invalid(message),
             InvalidPhoneNumber => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_phone_number",

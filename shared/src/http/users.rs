@@ -270,8 +270,27 @@ async fn change_password(
     JsonBody(req): JsonBody<PasswordChange>,
 ) -> ApiResult {
     let addr = client.and_then(|c| c.0 .0);
-    users::change_password(&s.deps, &ctx.caller, req, addr).await?;
-    Ok(empty(StatusCode::NO_CONTENT))
+    match users::change_password(&s.deps, &ctx.caller, req, addr).await {
+        Ok(()) => Ok(empty(StatusCode::NO_CONTENT)),
+        Err(e) => refused(e),
+    }
+}
+
+/// A service error as the answer: a credential refused ([`ServiceError::CredentialRefused`])
+/// is answered as any bad request is and audited `denied` with its `result`, as a wrong
+/// password at sign-in is; anything else as it maps.
+fn refused(e: crate::service::errors::ServiceError) -> ApiResult {
+    let crate::service::errors::ServiceError::CredentialRefused { result, .. } = &e else {
+        return Err(e.into());
+    };
+    let result = *result;
+    let mut res = ApiError::from(e).into_response();
+    res.extensions_mut().insert(super::access::AuditNote {
+        details: json!({"result": result}),
+        outcome: Some(crate::ports::AuditOutcome::Denied),
+        ..Default::default()
+    });
+    Ok(res)
 }
 
 async fn enroll(State(s): State<AppState>, ctx: TenantCtx, _: NoBody) -> ApiResult {
@@ -289,8 +308,10 @@ async fn confirm(
     headers: HeaderMap,
     JsonBody(req): JsonBody<ConfirmRequest>,
 ) -> ApiResult {
-    users::confirm(&s.deps, &ctx.caller, bearer(&headers), req).await?;
-    Ok(Json(json!({"totp_enabled": true})).into_response())
+    match users::confirm(&s.deps, &ctx.caller, bearer(&headers), req).await {
+        Ok(()) => Ok(Json(json!({"totp_enabled": true})).into_response()),
+        Err(e) => refused(e),
+    }
 }
 
 async fn get_two_factor(State(s): State<AppState>, ctx: TenantCtx) -> ApiResult {

@@ -7,6 +7,16 @@ use crate::store_error::StoreError;
 pub enum ServiceError {
     #[error("{0}")]
     InvalidRequest(String),
+    /// A credential the caller gave was wrong where a signed-in user proves it again (the
+    /// current password of a password change, a 2FA confirmation code): answered as
+    /// [`Self::InvalidRequest`] (`400 invalid_request`, the contract), audited `denied`
+    /// with `result` (`wrong_current_password`, `totp_invalid`), so that a stolen
+    /// session's guesses show among the denied sign-ins and not among malformed requests.
+    #[error("{message}")]
+    CredentialRefused {
+        message: String,
+        result: &'static str,
+    },
     #[error("phone numbers must be E.164 with a leading +")]
     InvalidPhoneNumber,
     #[error("missing or invalid credentials")]

@@ -898,7 +898,10 @@ async fn check_current(
             LoginError::InvalidCredentials => Ok(()),
             other => Err(service(other)),
         })?;
-        return Err(invalid("current_password does not match"));
+        return Err(ServiceError::CredentialRefused {
+            message: "current_password does not match".into(),
+            result: "wrong_current_password",
+        });
     }
     give_back(deps, taken, now_secs).await.map_err(service)?;
     deps.users.clear_login_counter(&counters[1]).await?;
@@ -1060,11 +1063,15 @@ pub async fn confirm(
         deps.users
             .login_failed(&counter, now_secs, &policy, ticket)
             .await?;
-        return Err(invalid(if step.is_some() {
-            "totp_code does not match (codes are accepted once; wait for the next one)"
-        } else {
-            "totp_code does not match"
-        }));
+        return Err(ServiceError::CredentialRefused {
+            message: if step.is_some() {
+                "totp_code does not match (codes are accepted once; wait for the next one)"
+            } else {
+                "totp_code does not match"
+            }
+            .into(),
+            result: "totp_invalid",
+        });
     }
     // A right code clears the counter, as at login.
     if let Err(e) = deps.users.clear_login_counter(&counter).await {

@@ -518,6 +518,71 @@ async fn a_two_factor_sign_in_shows_no_denied_login_but_a_wrong_code_or_password
     assert_eq!(events[0]["details"]["result"], "invalid_credentials");
 }
 
+/// The tenant's audit events of `action`, newest first.
+async fn events_of(app: &TestApp, key: &str, action: &str) -> Vec<Value> {
+    let path = format!("/v1/audit?action={}", action.replace(' ', "%20"));
+    let (s, page) = call(app, "GET", &path, Some(key), None).await;
+    assert_eq!(s, 200, "{page}");
+    page["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// A signed-in user proving a credential again (the current password of a password
+/// change, a 2FA confirmation code) and getting it wrong is audited as a denied sign-in
+/// is, with its result, so that a stolen session's guesses show among the denied ones; a
+/// new password too short is still an error, not a refusal. The answers stay `400`.
+async fn a_wrong_current_password_or_confirmation_code_is_audited_as_denied(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (email, id) = new_user(&app, &t.key, "operator").await;
+    let token = login_ok(&app, &email).await;
+
+    let (s, body) = change_password(
+        &app,
+        &token,
+        "not the password!",
+        "a brand new passphrase, long enough",
+    )
+    .await;
+    assert_eq!((s, code(&body)), (400, "invalid_request"), "{body}");
+    let (s, body) = change_password(&app, &token, PASSWORD, "short").await;
+    assert_eq!((s, code(&body)), (400, "invalid_request"), "{body}");
+    let events = events_of(&app, &t.key, "POST /v1/auth/password").await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1]["outcome"], "denied", "{events:?}");
+    assert_eq!(events[1]["details"]["result"], "wrong_current_password");
+    assert_eq!(events[1]["details"]["status"], 400);
+    assert_eq!(events[1]["actor"], json!({"type": "user", "id": id}));
+    assert_eq!(
+        events[0]["outcome"], "error",
+        "a short password: {events:?}"
+    );
+    assert!(events[0]["details"].get("result").is_none(), "{events:?}");
+
+    let (s, e) = call(&app, "POST", "/v1/auth/2fa/enroll", Some(&token), None).await;
+    assert_eq!(s, 200, "{e}");
+    let key = totp(e["secret"].as_str().unwrap_or_default());
+    let now = now_secs();
+    let valid: Vec<String> = (0..=6).map(|k| key.generate(now + k * 30 - 90)).collect();
+    let wrong = (0..1_000_000)
+        .map(|n| format!("{n:06}"))
+        .find(|c| !valid.contains(c))
+        .unwrap_or_default();
+    let (s, body) = call(
+        &app,
+        "POST",
+        "/v1/auth/2fa/confirm",
+        Some(&token),
+        Some(json!({"totp_code": wrong})),
+    )
+    .await;
+    assert_eq!((s, code(&body)), (400, "invalid_request"), "{body}");
+    let events = events_of(&app, &t.key, "POST /v1/auth/2fa/confirm").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["outcome"], "denied", "{events:?}");
+    assert_eq!(events[0]["details"]["result"], "totp_invalid");
+    assert_eq!(events[0]["actor"], json!({"type": "user", "id": id}));
+}
+
 async fn patch_role(app: &TestApp, token: &str, id: &str, body: Value) -> (u16, Value) {
     call(
         app,
@@ -923,6 +988,7 @@ on_both_backends!(
     a_user_changes_their_password_and_every_session_of_theirs_ends,
     a_locked_second_factor_after_a_right_password_is_audited,
     a_two_factor_sign_in_shows_no_denied_login_but_a_wrong_code_or_password_does,
+    a_wrong_current_password_or_confirmation_code_is_audited_as_denied,
     an_admin_changes_a_users_role_and_it_bites_on_their_open_session,
     a_console_user_logs_in_acts_with_its_role_enables_2fa_and_logs_out,
     a_wrong_password_and_an_unknown_email_answer_alike_over_http,
