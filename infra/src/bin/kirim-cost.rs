@@ -37,6 +37,10 @@
 //!
 //! `--cancel 1` (with `--broadcast`) cancels the broadcast before its fan-out runs and
 //! counts what closing its recipients costs, per recipient (nothing is sent to Meta).
+//! `--create 1` (with `--broadcast`) counts and times the `POST /v1/broadcasts` alone, with
+//! ten of its N recipients opted out beforehand (spread over the list), and stops there: its
+//! fan-out never runs. What a campaign's creation costs, and how long its answer takes at
+//! the proxy's `--latency`.
 //! `--pause S` (with `--broadcast`) pauses the broadcast once its first recipients are
 //! sent, counts what its waiting recipients cost for S seconds of the pause (per second),
 //! then resumes it and counts the rest as before: what a paused campaign costs by the hour.
@@ -90,13 +94,15 @@ struct Args {
     pause: Option<u64>,
     /// `--cancel 1`: the broadcast cancelled before its fan-out runs.
     cancel: bool,
+    /// `--create 1`: only the broadcast's creation, timed.
+    create: bool,
 }
 
 fn args() -> Result<Args, String> {
     let (mut messages, mut warmup, mut batch, mut latency) = (20, 2, 1, 5);
     let (mut broadcast, mut tier, mut pollers, mut memory) = (None, 1000, 1, false);
     let mut pause = None;
-    let mut cancel = false;
+    let (mut cancel, mut create) = (false, false);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -123,6 +129,7 @@ fn args() -> Result<Args, String> {
             "--pollers" if (1..=50).contains(&n) => pollers = n,
             "--pause" if (1..=3600).contains(&n) => pause = Some(n as u64),
             "--cancel" => cancel = n > 0,
+            "--create" => create = n > 0,
             _ => return Err(format!("unknown argument {flag} {value}")),
         }
     }
@@ -137,6 +144,7 @@ fn args() -> Result<Args, String> {
         memory,
         pause,
         cancel,
+        create,
     })
 }
 
@@ -190,9 +198,10 @@ async fn run() -> Result<(), String> {
         memory,
         pause,
         cancel,
+        create,
     } = args()?;
-    if (pause.is_some() || cancel) && broadcast.is_none() {
-        return Err("--pause and --cancel need --broadcast".into());
+    if (pause.is_some() || cancel || create) && broadcast.is_none() {
+        return Err("--pause, --cancel and --create need --broadcast".into());
     }
     // Whole batches: the messages rounded up to a multiple of the batch.
     let rounds = messages.div_ceil(batch);
@@ -281,6 +290,9 @@ async fn run() -> Result<(), String> {
     proxy.settle(QUIET, Duration::from_secs(60)).await;
     proxy.set_latency(latency);
     let setup = proxy.take();
+    if let (Some(n), true) = (broadcast, create) {
+        return created_run(&proxy, &client, &key, n, latency).await;
+    }
     if let Some(n) = broadcast {
         let shape = BroadcastShape {
             n,
@@ -526,6 +538,76 @@ async fn cancelled_run(
     );
     println!("## Per recipient\n");
     print_table(&tally, n as f64);
+    Ok(())
+}
+
+/// Recipients of a `--create` run opted out before it.
+const OPTED_OUT: usize = 10;
+
+/// `--create 1`: a broadcast of `n` recipients (utility), `OPTED_OUT` of them opted out
+/// beforehand, created with its queue held: the `POST /v1/broadcasts` timed and counted, its
+/// fan-out never run.
+async fn created_run(
+    proxy: &CountingProxy,
+    client: &Client,
+    key: &str,
+    n: usize,
+    latency: Duration,
+) -> Result<(), String> {
+    let recipients: Vec<String> = (0..n).map(|m| format!("+6013{:07}9", m)).collect();
+    let opted: Vec<&String> = recipients
+        .iter()
+        .step_by((n / OPTED_OUT).max(1))
+        .take(OPTED_OUT)
+        .collect();
+    for phone in &opted {
+        let res = client
+            .http
+            .put(format!("{}/v1/opt-outs/{phone}", client.base_url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .map_err(|e| format!("opt-out: {e}"))?;
+        if !res.status().is_success() {
+            return Err(format!("opt-out answered {}", res.status()));
+        }
+    }
+    proxy.settle(QUIET, Duration::from_secs(60)).await;
+    let _ = proxy.take();
+    proxy.gate(false);
+    proxy.set_phase("create");
+    let started = std::time::Instant::now();
+    // The client's own 30 s timeout is API Gateway's; a slower creation is what is measured.
+    let res = client
+        .http
+        .post(format!("{}/v1/broadcasts", client.base_url))
+        .bearer_auth(key)
+        .timeout(Duration::from_secs(900))
+        .json(&serde_json::json!({
+            "recipients": recipients,
+            "template": {"name": "order_update", "language": "en_US", "category": "utility",
+                "components": [{"type": "body", "parameters": [{"type": "text", "text": "ORDER-1"}]}]},
+        }))
+        .send()
+        .await
+        .map_err(|e| format!("broadcast: {e}"))?;
+    let took = started.elapsed();
+    let status = res.status();
+    let body: Value = res.json().await.map_err(|e| format!("broadcast: {e}"))?;
+    if status != 202 || body["skipped_opted_out"].as_u64() != Some(opted.len() as u64) {
+        return Err(format!("broadcast answered {status}: {body}"));
+    }
+    proxy.settle(QUIET, Duration::from_secs(60)).await;
+    let tally = proxy.take();
+    println!(
+        "kirim-cost: POST /v1/broadcasts of {n} recipients ({} opted out) answered 202 in \
+         {:.2} s, each AWS call held {} ms at the proxy\n",
+        opted.len(),
+        took.as_secs_f64(),
+        latency.as_millis()
+    );
+    println!("## The creation, whole\n");
+    print_table(&tally, 1.0);
     Ok(())
 }
 
