@@ -17,7 +17,9 @@
 //!   `ConditionCheck` included;
 //! - a read: 1 RCU per started 4 KB when strongly consistent, 0.5 when eventually
 //!   consistent, ×2 in `TransactGetItems`; a `GetItem` that finds nothing still costs the
-//!   minimum; a `Query` adds up the items it returns and rounds up once;
+//!   minimum, and so does each key a `BatchGetItem` read and found nothing under (its
+//!   unprocessed keys cost nothing); a `Query` adds up the items it returns and rounds up
+//!   once;
 //! - each global secondary index the item is (or was) in costs its own write (a key change
 //!   is a delete plus a put), counted here at ×1 inside a transaction too.
 //!
@@ -487,15 +489,22 @@ fn read_cost(op: &str, req: &Value, res: &Value) -> Units {
                 .map_or(0, |a| a.iter().map(item_size).sum());
             read_units(bytes, consistent)
         }
+        // Each key read as a `GetItem` (the developer guide: a batch's items are processed as
+        // individual `GetItem` requests), so a key that finds nothing costs the minimum too;
+        // keys answered unprocessed were not read.
         "BatchGetItem" => {
             let mut total = 0.0;
-            for (table, items) in res["Responses"].as_object().into_iter().flatten() {
-                let c = req["RequestItems"][table]["ConsistentRead"]
-                    .as_bool()
-                    .unwrap_or(false);
-                for i in items.as_array().into_iter().flatten() {
+            for (table, asked) in req["RequestItems"].as_object().into_iter().flatten() {
+                let c = asked["ConsistentRead"].as_bool().unwrap_or(false);
+                let count = |v: &Value| v.as_array().map_or(0, Vec::len);
+                let items = res["Responses"][table].as_array();
+                for i in items.into_iter().flatten() {
                     total += read_units(item_size(i), c);
                 }
+                let read = count(&asked["Keys"])
+                    .saturating_sub(count(&res["UnprocessedKeys"][table]["Keys"]));
+                let missing = read.saturating_sub(items.map_or(0, Vec::len));
+                total += missing as f64 * read_units(0, c);
             }
             total
         }
@@ -694,6 +703,21 @@ mod tests {
         assert_eq!(read_units(0, true), 1.0);
         assert_eq!(read_units(4097, true), 2.0);
         assert_eq!(read_units(100, false), 0.5);
+    }
+
+    #[test]
+    fn a_batch_get_costs_each_key_it_read_as_a_get_item_found_or_not() {
+        let item = json!({"pk": {"S": "TENANT#t"}, "sk": {"S": "OPTOUT#+60123456789"}});
+        let key = json!({"pk": {"S": "TENANT#t"}, "sk": {"S": "PAIR#+60123456789"}});
+        let req =
+            json!({"RequestItems": {"T": {"Keys": [key, key, key, key], "ConsistentRead": true}}});
+        let res = json!({"Responses": {"T": [item]},
+                         "UnprocessedKeys": {"T": {"Keys": [key]}}});
+        // One found, two found nothing, one not read.
+        assert_eq!(read_cost("BatchGetItem", &req, &res).rcu, 3.0);
+        let mut eventual = req.clone();
+        eventual["RequestItems"]["T"]["ConsistentRead"] = json!(false);
+        assert_eq!(read_cost("BatchGetItem", &eventual, &res).rcu, 1.5);
     }
 
     #[test]
