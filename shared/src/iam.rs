@@ -148,6 +148,8 @@ const SEND_API: &[Grant] = &[
     STATE[0],
     STATE[1],
     STATE[2],
+    // A campaign's recipients' opt-outs and pairings, read in batches at its creation.
+    on(Table, DynamoStore::BATCH_READ),
     // Accepted messages and broadcast fan-outs.
     on(DispatchQueue, SqsQueue::SEND),
     // A scheduled message cancelled (`DELETE /v1/messages/{id}`) queues its `cancelled`
@@ -238,6 +240,9 @@ const CONSOLE: &[Grant] = &[
     STATE[0],
     STATE[1],
     STATE[2],
+    // Its campaign form creates a broadcast through the API in process (`BATCH_READ`, as
+    // the send API's).
+    on(Table, DynamoStore::BATCH_READ),
     // The send form queues the message like `POST /v1/messages`.
     on(DispatchQueue, SqsQueue::SEND),
     // A message or campaign cancelled from its pages queues its `cancelled` status
@@ -435,6 +440,7 @@ mod tests {
                 vec![
                     DynamoStore::GET,
                     DynamoStore::READ,
+                    DynamoStore::BATCH_READ,
                     DynamoStore::WRITE,
                     DynamoStore::INDEX_READ,
                     DynamoStore::SWEEP,

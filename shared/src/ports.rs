@@ -789,6 +789,20 @@ pub trait ContactStore: Send + Sync {
     ) -> Result<Option<OptOutKey>, StoreError> {
         self.paired_key(tenant, key).await
     }
+    /// Of `keys` (any number, duplicates allowed), those under which the tenant has an
+    /// opt-out or a pairing stored ([`OptOutStore::get_opt_out`], [`paired_key`]), read
+    /// consistently as they are, expired items not counted. A key not answered has
+    /// neither: a campaign's recipient none of whose keys is answered needs no further
+    /// look-up at its creation (`service::broadcasts`); one that is answered is checked in
+    /// full. On DynamoDB `BatchGetItem`s of 100 items (both items of 50 keys), a few at
+    /// once, the keys a call leaves unprocessed asked again, then read one by one.
+    ///
+    /// [`paired_key`]: Self::paired_key
+    async fn found_among(
+        &self,
+        tenant: &TenantId,
+        keys: &[OptOutKey],
+    ) -> Result<std::collections::HashSet<OptOutKey>, StoreError>;
     /// Records that the user `key` wrote to the tenant's number `phone_number_id` at
     /// `at` (kept in whole seconds), unless a later time is already recorded (a conditional write: webhooks arrive
     /// in any order). The item expires at `expires_at` (epoch seconds).

@@ -3,8 +3,12 @@
 //! arrive in, expired records never answered; and the 24-hour customer-service window
 //! checked on a send, with a test clock (local mode runs on the system clock).
 
+use std::collections::HashSet;
+
 use chrono::Duration;
-use kirim::domain::{MessageStatus, OptOutKey, PhoneNumber, UserId};
+use kirim::domain::{
+    MessageStatus, OptOut, OptOutKey, OptOutScope, OptOutSource, PhoneNumber, UserId,
+};
 use kirim::ports::Clock;
 use kirim::service::errors::ServiceError;
 use kirim::service::{contacts, send};
@@ -317,7 +321,103 @@ async fn a_phones_pairing_holds_until_its_user_is_paired_with_another_phone_sinc
     );
 }
 
+/// An opt-out under `key` (a phone's or a user id's), recorded as the API records one.
+fn opt_out_of(p: &Ports, t: &kirim::domain::TenantId, key: &OptOutKey) -> OptOut {
+    let (phone, user_id) = match key {
+        OptOutKey::Phone(ph) => (Some(ph.clone()), None),
+        OptOutKey::User(u) => (None, Some(u.clone())),
+    };
+    OptOut {
+        tenant_id: t.clone(),
+        phone,
+        user_id,
+        scope: OptOutScope::Marketing,
+        source: OptOutSource::Api,
+        created_by: "key_1".into(),
+        created_at: p.clock.now(),
+        meta_timestamp: None,
+    }
+}
+
+async fn found_among_answers_the_keys_with_an_opt_out_or_a_pairing_of_its_own_tenant_only(
+    p: Ports,
+) {
+    let t = onboarded(&p, 0).await;
+    let other = onboarded(&p, 0).await;
+    assert!(
+        p.contacts.found_among(&t.id, &[]).await.unwrap().is_empty(),
+        "no keys, none found"
+    );
+    // 130 phones (more than one call's 100 items, more than its 50 keys), each asked
+    // twice, and two user ids.
+    let phones: Vec<OptOutKey> = (0..130).map(|i| key(&format!("+6012346{i:04}"))).collect();
+    let (opted_phone, paired_phone) = (phones[3].clone(), phones[77].clone());
+    let late_phone = phones[129].clone();
+    let (opted_user, paired_user) = (key("MY.5550000601"), key("MY.5550000602"));
+    for k in [&opted_phone, &late_phone, &opted_user] {
+        p.opt_outs
+            .put_opt_out(&opt_out_of(&p, &t.id, k))
+            .await
+            .unwrap();
+    }
+    let (OptOutKey::Phone(ph), OptOutKey::User(u)) = (&paired_phone, &paired_user) else {
+        unreachable!()
+    };
+    let exp = Some(p.clock.now().timestamp() + 100);
+    p.contacts.pair_user(&t.id, ph, u, exp).await.unwrap();
+    // Another tenant's opt-out and pairing under keys asked of this one.
+    p.opt_outs
+        .put_opt_out(&opt_out_of(&p, &other.id, &phones[10]))
+        .await
+        .unwrap();
+    let OptOutKey::Phone(ph11) = &phones[11] else {
+        unreachable!()
+    };
+    let other_user = kirim::domain::UserId::parse("MY.5550000603").unwrap();
+    p.contacts
+        .pair_user(&other.id, ph11, &other_user, exp)
+        .await
+        .unwrap();
+
+    let mut asked: Vec<OptOutKey> = phones.iter().chain(phones.iter()).cloned().collect();
+    asked.push(opted_user.clone());
+    asked.push(key("MY.5550000699"));
+    let found = p.contacts.found_among(&t.id, &asked).await.unwrap();
+    let want: HashSet<OptOutKey> = [
+        opted_phone.clone(),
+        late_phone.clone(),
+        paired_phone.clone(),
+        opted_user.clone(),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(found, want, "opt-outs and pairings under both kinds of key");
+    // The pairing's other half, asked alone, is found too.
+    assert_eq!(
+        p.contacts
+            .found_among(&t.id, std::slice::from_ref(&paired_user))
+            .await
+            .unwrap(),
+        HashSet::from([paired_user.clone()])
+    );
+    // The other tenant sees its own, not this one's.
+    assert_eq!(
+        p.contacts.found_among(&other.id, &asked).await.unwrap(),
+        HashSet::from([phones[10].clone(), phones[11].clone()])
+    );
+    // An expired pairing is not answered (TTL deletion is lazy), as `paired_key` answers
+    // none; opt-outs have no TTL.
+    p.clock.advance(Duration::seconds(101));
+    let found = p.contacts.found_among(&t.id, &asked).await.unwrap();
+    assert_eq!(
+        found,
+        HashSet::from([opted_phone, late_phone, opted_user]),
+        "the expired pairing left out"
+    );
+}
+
 contract!(
+    found_among_answers_the_keys_with_an_opt_out_or_a_pairing_of_its_own_tenant_only,
     a_phones_pairing_holds_until_its_user_is_paired_with_another_phone_since,
     a_pairing_is_forgotten_only_while_it_names_the_key_given_is_the_older_and_only_its_own_half,
     a_pairing_is_found_from_either_key_and_only_in_its_own_tenant,

@@ -24,6 +24,7 @@ use crate::ports::{
 };
 use crate::store_error::StoreError;
 
+mod batch_get;
 mod broadcasts;
 mod callbacks;
 mod contacts;
@@ -327,6 +328,9 @@ impl DynamoStore {
         "dynamodb:DeleteItem",
         "dynamodb:ConditionCheckItem",
     ];
+    /// Which of many items exist, in calls of 100 (`found_among`: a campaign's recipients'
+    /// opt-outs and pairings at its creation).
+    pub const BATCH_READ: &'static [&'static str] = &["dynamodb:BatchGetItem"];
     /// On the table's index (`gsi1`): queries only.
     pub const INDEX_READ: &'static [&'static str] = &["dynamodb:Query"];
     /// The retention sweep (and the stored-item view for checks): the only scans.

@@ -4,6 +4,11 @@
 //! - `sk = WINDOW#{phone_number_id}#{e164 or user id}` → `{"at": epoch seconds}`, the
 //!   newest time the user wrote to that number (a conditional put never moves it back),
 //!   with a TTL 24 hours after it. Reads ignore expired items (moto never deletes them).
+//!
+//! `found_among` asks for a key's `OPTOUT#` and `PAIR#` items together, by `BatchGetItem`
+//! (`batch_get`): which of a campaign's recipients have either.
+
+use std::collections::{HashMap, HashSet};
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -130,6 +135,24 @@ impl ContactStore for DynamoStore {
             .await?
             .and_then(|i| i.get("other").and_then(|v| v.as_s().ok()).cloned())
             .and_then(|o| OptOutKey::parse_stored(&o)))
+    }
+
+    async fn found_among(
+        &self,
+        tenant: &TenantId,
+        keys: &[OptOutKey],
+    ) -> Result<HashSet<OptOutKey>, StoreError> {
+        // Each key's opt-out item and pairing item, by the key they belong to.
+        let mut of: HashMap<(String, String), OptOutKey> = HashMap::with_capacity(2 * keys.len());
+        let mut wanted = Vec::with_capacity(2 * keys.len());
+        for key in keys {
+            for item in [keys::opt_out(tenant, key), keys::user_pairing(tenant, key)] {
+                of.insert((item.pk.clone(), item.sk.clone()), key.clone());
+                wanted.push(item);
+            }
+        }
+        let found = self.existing(&wanted).await?;
+        Ok(found.iter().filter_map(|p| of.get(p).cloned()).collect())
     }
 
     async fn record_inbound(

@@ -1,6 +1,8 @@
 //! `ContactStore` on the memory store: the same rules as DynamoDB (a pairing each way; the
 //! newest inbound time kept; expired items not answered), under the one lock.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -75,6 +77,30 @@ impl ContactStore for MemoryStore {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    async fn found_among(
+        &self,
+        tenant: &TenantId,
+        keys: &[OptOutKey],
+    ) -> Result<HashSet<OptOutKey>, StoreError> {
+        let now = self.now_secs();
+        let s = self.lock()?;
+        // As `get_opt_out` and `paired_key` answer them.
+        let opt_outs_live = self.config_live(&s, tenant);
+        let mut found = HashSet::new();
+        for key in keys {
+            let k = (tenant.clone(), key.to_string());
+            let opted_out = opt_outs_live && s.opt_outs.contains_key(&k);
+            let paired = s
+                .pairings
+                .get(&k)
+                .is_some_and(|(_, exp, _)| exp.is_none_or(|t| t > now));
+            if opted_out || paired {
+                found.insert(key.clone());
+            }
+        }
+        Ok(found)
     }
 
     async fn record_inbound(

@@ -1,0 +1,255 @@
+//! Which of many items of the one table exist, by `BatchGetItem`: 100 keys a call
+//! (DynamoDB's limit), [`IN_FLIGHT`] calls at once, read consistently as [`get`] reads (the
+//! same read units as a `GetItem` each, in one round trip a hundred). The keys a call leaves
+//! unprocessed (throttling, a partial answer) are asked again after each of
+//! [`UNPROCESSED_PAUSES`], then read one by one with [`get`]. An error is [`classify`]'s, as
+//! a single read's. Expired items are not answered, as [`get`] answers none.
+//!
+//! [`get`]: DynamoStore::get
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::KeysAndAttributes;
+use futures::{StreamExt, TryStreamExt};
+
+use super::{classify, keys, DynamoStore, Item, TTL_ATTR};
+use crate::store_error::StoreError;
+
+/// DynamoDB's most keys in one `BatchGetItem`.
+pub(super) const BATCH_GET_KEYS: usize = 100;
+/// `BatchGetItem` calls of one caller in flight at once: 400 items a round trip. (All of a
+/// tenant's items are in one partition, whose throughput DynamoDB caps at 3,000 read units a
+/// second: a larger burst only meets more throttling, answered as unprocessed keys.)
+const IN_FLIGHT: usize = 4;
+/// The pauses before each new ask of a call's unprocessed keys, doubling (1.575 s in all:
+/// room for a throttled partition to serve them); those still unprocessed after the last
+/// are read one by one.
+const UNPROCESSED_PAUSES: [Duration; 6] = [
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+];
+
+/// An item's key as a `BatchGetItem` names it (and answers it, projected).
+type Pair = (String, String);
+
+impl DynamoStore {
+    /// Of `wanted`, the keys (pk, sk) that hold a live item. Duplicates are asked once.
+    pub(super) async fn existing(&self, wanted: &[keys::Key]) -> Result<HashSet<Pair>, StoreError> {
+        let mut unique: Vec<keys::Key> = Vec::with_capacity(wanted.len());
+        let mut seen: HashSet<Pair> = HashSet::with_capacity(wanted.len());
+        for k in wanted {
+            if seen.insert((k.pk.clone(), k.sk.clone())) {
+                unique.push(k.clone());
+            }
+        }
+        let chunks: Vec<Vec<keys::Key>> = unique
+            .chunks(BATCH_GET_KEYS)
+            .map(<[keys::Key]>::to_vec)
+            .collect();
+        let found: Vec<HashSet<Pair>> = futures::stream::iter(chunks)
+            .map(|chunk| self.existing_in(chunk))
+            .buffer_unordered(IN_FLIGHT)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// [`Self::existing`] of at most [`BATCH_GET_KEYS`] keys.
+    async fn existing_in(&self, chunk: Vec<keys::Key>) -> Result<HashSet<Pair>, StoreError> {
+        let (mut found, left) =
+            drain(chunk, &UNPROCESSED_PAUSES, |keys| self.batch_get_once(keys)).await?;
+        if !left.is_empty() {
+            tracing::warn!(
+                keys = left.len(),
+                "BatchGetItem left keys unprocessed after its retries: read one by one"
+            );
+        }
+        for k in left {
+            if self.get(k.clone()).await?.is_some() {
+                found.push((k.pk, k.sk));
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    /// One `BatchGetItem` of `keys` (at most [`BATCH_GET_KEYS`]): the live items it found,
+    /// by key, and the keys it left unprocessed.
+    async fn batch_get_once(
+        &self,
+        keys: Vec<keys::Key>,
+    ) -> Result<(Vec<Pair>, Vec<keys::Key>), StoreError> {
+        let asked = KeysAndAttributes::builder()
+            .set_keys(Some(keys.iter().map(keys::Key::attrs).collect()))
+            .consistent_read(true)
+            // Only what tells a live item: the read units are the whole item's anyway.
+            .projection_expression("#pk, #sk, #ttl")
+            .expression_attribute_names("#pk", keys::PK)
+            .expression_attribute_names("#sk", keys::SK)
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .build()
+            .map_err(|e| StoreError::Rejected(format!("dynamodb batch get: {e}")))?;
+        let out = self
+            .client
+            .batch_get_item()
+            .request_items(&self.table, asked)
+            .send()
+            .await
+            .map_err(|e| classify("dynamodb batch get", e))?;
+        let items = out
+            .responses
+            .and_then(|mut r| r.remove(&self.table))
+            .unwrap_or_default();
+        let found = items
+            .into_iter()
+            .filter(|i| self.live(i))
+            .filter_map(|i| pair_of(&i))
+            .collect();
+        let left = out
+            .unprocessed_keys
+            .and_then(|mut u| u.remove(&self.table))
+            .map(|k| k.keys)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(pair_of)
+            .map(|(pk, sk)| keys::Key { pk, sk })
+            .collect();
+        Ok((found, left))
+    }
+}
+
+fn pair_of(item: &Item) -> Option<Pair> {
+    let text = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+    Some((text(keys::PK)?, text(keys::SK)?))
+}
+
+/// Asks `call` for `pending`, then for what each answer left unprocessed after the next of
+/// `pauses`, until nothing is left or the pauses ran out: answers everything the calls
+/// found and what is still unprocessed. A call's error ends it with that error.
+pub(super) async fn drain<K, T, F, Fut>(
+    mut pending: Vec<K>,
+    pauses: &[Duration],
+    mut call: F,
+) -> Result<(Vec<T>, Vec<K>), StoreError>
+where
+    F: FnMut(Vec<K>) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, Vec<K>), StoreError>>,
+{
+    let mut found = Vec::new();
+    let mut pauses = pauses.iter();
+    loop {
+        let (got, left) = call(pending).await?;
+        found.extend(got);
+        match pauses.next() {
+            Some(pause) if !left.is_empty() => {
+                tokio::time::sleep(*pause).await;
+                pending = left;
+            }
+            _ => return Ok((found, left)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    const NO_WAIT: [Duration; 3] = [Duration::ZERO; 3];
+
+    /// A store that answers the first `answer` keys of each call and leaves the rest
+    /// unprocessed, recording each call's keys.
+    async fn partial(
+        calls: &Mutex<Vec<Vec<u32>>>,
+        keys: Vec<u32>,
+        answer: usize,
+    ) -> Result<(Vec<u32>, Vec<u32>), StoreError> {
+        calls.lock().unwrap().push(keys.clone());
+        let cut = answer.min(keys.len());
+        Ok((keys[..cut].to_vec(), keys[cut..].to_vec()))
+    }
+
+    #[tokio::test]
+    async fn unprocessed_keys_are_asked_again_until_none_is_left() {
+        let calls = Mutex::new(Vec::new());
+        let (found, left) = drain((0..10).collect(), &NO_WAIT, |k| partial(&calls, k, 4))
+            .await
+            .unwrap();
+        assert_eq!(found, (0..10).collect::<Vec<_>>());
+        assert!(left.is_empty());
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![(0..10).collect::<Vec<_>>(), (4..10).collect(), vec![8, 9]],
+            "only the unprocessed keys are asked again"
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_still_unprocessed_when_the_pauses_run_out_are_answered_as_left() {
+        let calls = Mutex::new(Vec::new());
+        let (found, left) = drain((0..10).collect(), &NO_WAIT, |k| partial(&calls, k, 1))
+            .await
+            .unwrap();
+        assert_eq!(found, vec![0, 1, 2, 3], "one call and one after each pause");
+        assert_eq!(left, (4..10).collect::<Vec<_>>());
+        assert_eq!(calls.lock().unwrap().len(), 1 + NO_WAIT.len());
+    }
+
+    #[tokio::test]
+    async fn a_call_that_processes_nothing_is_asked_again_only_as_the_pauses_allow() {
+        let calls = Mutex::new(Vec::new());
+        let (found, left) = drain((0..3).collect(), &NO_WAIT, |k| partial(&calls, k, 0))
+            .await
+            .unwrap();
+        assert!(found.is_empty());
+        assert_eq!(left, vec![0, 1, 2]);
+        assert_eq!(calls.lock().unwrap().len(), 1 + NO_WAIT.len());
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_is_the_answer_whatever_was_found_before() {
+        let mut n = 0;
+        let res: Result<(Vec<u32>, Vec<u32>), _> =
+            drain((0..4).collect(), &NO_WAIT, |k: Vec<u32>| {
+                n += 1;
+                let first = n == 1;
+                async move {
+                    if first {
+                        Ok((k[..1].to_vec(), k[1..].to_vec()))
+                    } else {
+                        Err(StoreError::Unavailable(
+                            "dynamodb batch get: throttled".into(),
+                        ))
+                    }
+                }
+            })
+            .await;
+        assert!(matches!(res, Err(StoreError::Unavailable(_))), "{res:?}");
+    }
+
+    #[tokio::test]
+    async fn the_pauses_are_waited_in_turn_and_none_once_nothing_is_left() {
+        let calls = Mutex::new(Vec::new());
+        let pauses = [
+            Duration::from_millis(20),
+            Duration::from_millis(40),
+            Duration::from_secs(30),
+        ];
+        let start = std::time::Instant::now();
+        let (found, left) = drain((0..3).collect(), &pauses, |k| partial(&calls, k, 1))
+            .await
+            .unwrap();
+        assert_eq!((found.len(), left.len()), (3, 0));
+        let took = start.elapsed();
+        assert!(
+            took >= pauses[0] + pauses[1] && took < pauses[2],
+            "two pauses for the two asks again, none after the last: {took:?}"
+        );
+    }
+}
