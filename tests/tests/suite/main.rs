@@ -18,6 +18,7 @@ mod access;
 mod audit;
 mod audit_intents;
 mod aws_errors;
+mod broadcast_lookups;
 mod broadcasts;
 mod caches;
 mod callback_failures;
