@@ -62,11 +62,14 @@
 //! Meta's 100. Every number starts as [`SandboxNumber::of`] says (green, `STANDARD`, its
 //! display made from its id) until `PUT /_sandbox/phone-numbers/{phone_number_id}`
 //! `{"quality_rating"?,"throughput"?,"messaging_limit_tier"?,"name_status"?,
-//! "verified_name"?,"display_phone_number"?,"error"?}` (Meta's words: `GREEN`, `HIGH`...)
+//! "verified_name"?,"display_phone_number"?,"error"?,"send_error"?,"waba_id"?}` (Meta's words: `GREEN`, `HIGH`...)
 //! changes it. It sends no webhook: what the platform learns of it, it learns by reading
 //! the number (a change whose webhook was lost, or one made before the number was added).
 //! `"error": code` makes every read of the number answer Meta's error with that code
-//! (`null` ends it).
+//! (`null` ends it). `"waba_id"` says which WABA the number belongs to: its webhooks
+//! (inbound messages, statuses) name it as their `entry[].id`, as Meta's name the number's
+//! own WABA. A number not told one takes the WABA whose catalogue the token that last sent
+//! from it listed, else the sandbox's own (`SandboxConfig::waba_id`).
 //!
 //! `POST /{version}/{waba_id}/subscribed_apps` subscribes "the app" to a WABA's webhooks
 //! (`{"success": true}`, as Meta answers) and `GET` on it lists the app once it was; the
@@ -185,6 +188,10 @@ pub struct SandboxNumber {
     /// Meta's error code every send from the number answers, while set (131048: Meta's
     /// spam rate limit on the number).
     pub send_error: Option<u32>,
+    /// The WABA the number belongs to, as the sandbox was told
+    /// (`PUT /_sandbox/phone-numbers/{id}` `{"waba_id"}`): its webhooks' `entry[].id`.
+    /// `None`: the one learned from its sends, else the sandbox's own ([`Sandbox::waba_of`]).
+    pub waba_id: Option<String>,
 }
 
 impl SandboxNumber {
@@ -200,6 +207,7 @@ impl SandboxNumber {
             name_status: "APPROVED".into(),
             error: None,
             send_error: None,
+            waba_id: None,
         }
     }
 
@@ -375,6 +383,9 @@ struct SandboxState {
     /// Numbers changed by `PUT /_sandbox/phone-numbers/{id}`; the others are
     /// [`SandboxNumber::of`].
     numbers: HashMap<String, SandboxNumber>,
+    /// Phone number id → the WABA of the token that last sent from it (`token_wabas`),
+    /// for a number the sandbox was not told the WABA of.
+    number_wabas: HashMap<String, String>,
 }
 
 impl Sandbox {
@@ -447,6 +458,14 @@ impl Sandbox {
             .get(phone_number_id)
             .cloned()
             .unwrap_or_else(|| SandboxNumber::of(phone_number_id))
+    }
+
+    /// The WABA a number's webhooks name (`entry[].id`, as Meta's name the number's own):
+    /// the one `PUT /_sandbox/phone-numbers/{id}` gave it, else the one whose catalogue the
+    /// token that last sent from it listed, else the sandbox's own
+    /// (`SandboxConfig::waba_id`).
+    pub fn waba_of(&self, phone_number_id: &str) -> String {
+        self.inner.waba_of(phone_number_id)
     }
 
     /// Whether the app was subscribed to the WABA's webhooks (since the last reset).
@@ -882,6 +901,9 @@ struct NumberChangeIn {
     /// Meta's error code for every send from the number; `null` ends it.
     #[serde(default, deserialize_with = "some_or_null")]
     send_error: Option<Option<u32>>,
+    /// The WABA the number belongs to (digits): its webhooks' `entry[].id`.
+    #[serde(default)]
+    waba_id: Option<String>,
 }
 
 /// A field given as `null` (`Some(None)`), apart from one not given (`None`).
@@ -910,7 +932,8 @@ async fn put_phone_number(
     let Ok(change) = serde_json::from_slice::<NumberChangeIn>(&body) else {
         return bad(
             "give a JSON object with quality_rating, throughput, messaging_limit_tier, \
-             name_status, verified_name, display_phone_number, error and/or send_error"
+             name_status, verified_name, display_phone_number, error, send_error and/or \
+             waba_id"
                 .into(),
         );
     };
@@ -944,6 +967,11 @@ async fn put_phone_number(
         (Ok(q), Ok(t), Ok(l), Ok(n)) => (q, t, l, n),
         (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return bad(e),
     };
+    if let Some(w) = &change.waba_id {
+        if w.is_empty() || w.len() > 32 || !w.bytes().all(|b| b.is_ascii_digit()) {
+            return bad("waba_id is the WABA's numeric id".into());
+        }
+    }
     if let Some(d) = &change.display_phone_number {
         if d.is_empty()
             || d.len() > 32
@@ -988,6 +1016,9 @@ async fn put_phone_number(
         }
         if let Some(e) = change.send_error {
             n.send_error = e;
+        }
+        if let Some(w) = change.waba_id {
+            n.waba_id = Some(w);
         }
         n.clone()
     };
@@ -1136,7 +1167,7 @@ async fn post_inbound(State(sandbox): State<Sandbox>, body: Bytes) -> Response {
     let payload = json!({
         "object": "whatsapp_business_account",
         "entry": [{
-            "id": sandbox.inner.waba_id,
+            "id": sandbox.waba_of(&m.phone_number_id),
             "changes": [{"field": "messages", "value": {
                 "messaging_product": "whatsapp",
                 "metadata": {
@@ -1360,6 +1391,8 @@ impl StatusEvent {
 /// The statuses still to send for one accepted message.
 struct StatusPlan {
     epoch: u64,
+    /// The WABA of the number sent from, when it was sent: the statuses' `entry[].id`.
+    waba_id: String,
     wamid: String,
     phone_number_id: String,
     recipient_id: String,
@@ -1372,6 +1405,17 @@ struct StatusPlan {
 impl Inner {
     fn webhook_url(&self) -> Option<String> {
         lock(&self.webhook_url).clone()
+    }
+
+    /// [`Sandbox::waba_of`].
+    fn waba_of(&self, phone_number_id: &str) -> String {
+        let state = lock(&self.state);
+        state
+            .numbers
+            .get(phone_number_id)
+            .and_then(|n| n.waba_id.clone())
+            .or_else(|| state.number_wabas.get(phone_number_id).cloned())
+            .unwrap_or_else(|| self.waba_id.clone())
     }
 
     async fn handle(self: Arc<Self>, incoming: Incoming) -> (StatusCode, Value) {
@@ -1469,10 +1513,22 @@ impl Inner {
 
         let behaviour = Behaviour::of(&digits);
         let catalogue = {
-            let state = lock(&self.state);
-            let waba = bearer_token(&incoming.headers)
-                .and_then(|t| state.token_wabas.get(&t).cloned())
-                .unwrap_or_else(|| self.waba_id.clone());
+            let mut state = lock(&self.state);
+            let known =
+                bearer_token(&incoming.headers).and_then(|t| state.token_wabas.get(&t).cloned());
+            // The number sends with a token of that WABA: its webhooks name it, unless
+            // the sandbox was told the number's WABA.
+            if let Some(w) = &known {
+                if state.number_wabas.len() >= MAX_TRACKED_NUMBERS
+                    && !state.number_wabas.contains_key(phone_number_id)
+                {
+                    state.number_wabas.clear();
+                }
+                state
+                    .number_wabas
+                    .insert(phone_number_id.to_owned(), w.clone());
+            }
+            let waba = known.unwrap_or_else(|| self.waba_id.clone());
             state
                 .catalogues
                 .get(&waba)
@@ -1536,6 +1592,7 @@ impl Inner {
         let pricing = self.pricing_of(request, &catalogue, phone_number_id, &digits);
         let plan = StatusPlan {
             epoch,
+            waba_id: self.waba_of(phone_number_id),
             pricing,
             wamid,
             phone_number_id: phone_number_id.to_string(),
@@ -1704,7 +1761,7 @@ impl Inner {
             let payload = json!({
                 "object": "whatsapp_business_account",
                 "entry": [{
-                    "id": self.waba_id,
+                    "id": plan.waba_id,
                     "changes": [{
                         "field": "messages",
                         "value": {

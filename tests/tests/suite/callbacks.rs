@@ -78,6 +78,14 @@ pub(crate) async fn receiver(down_for: usize) -> (String, Receiver) {
 }
 
 impl Receiver {
+    /// The bodies received so far, in order.
+    pub(crate) fn bodies(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .map(|g| g.iter().map(|x| x.body.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Waits until callbacks for all of `statuses` arrived (or a deadline passes).
     pub(crate) async fn wait_for(&self, statuses: &[&str]) -> Vec<Got> {
         for _ in 0..200 {

@@ -59,6 +59,7 @@ mod meta_token;
 mod numbers;
 mod openapi_agreement;
 mod optouts;
+mod platform_audit;
 mod privacy;
 mod quality;
 mod retention;
