@@ -67,6 +67,9 @@ pub struct CloseOutTtls {
 pub struct CloseOutCounts {
     pub keys_revoked: usize,
     pub items_given_ttl: usize,
+    /// The closed tenant's users' email claims deleted: the addresses are free to be
+    /// used again at once (its users' items keep no sign-in material).
+    pub emails_freed: usize,
     pub phone_route_removed: bool,
     /// The close-out reached its deadline before it was done (the tenant is not marked
     /// closed out): the next call goes on.

@@ -19,6 +19,8 @@ pub struct UserRecord {
     /// Lower-cased; unique across all tenants (login has no tenant context).
     pub email: String,
     pub role: Role,
+    /// Empty (absent from the item) once its tenant was closed out: nothing signs in.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub password_hash: String,
     /// The sealed TOTP secret: pending until `totp_confirmed`.
     #[serde(default)]

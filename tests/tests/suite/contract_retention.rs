@@ -458,8 +458,8 @@ async fn a_closed_out_tenants_items_past_their_ttls_are_not_read_before_the_swee
     };
     assert_eq!(
         config_read().await,
-        (true, true, 1, true, true, 1, true, true, 1),
-        "kept until its TTL"
+        (true, false, 1, true, true, 1, true, true, 1),
+        "kept until its TTL (but the email claim, deleted at the close-out)"
     );
     assert!(p.audit.head(&chain).await.unwrap().is_some());
     // Past the configuration's TTL, no sweep run: none of it is read any more.
@@ -511,7 +511,65 @@ async fn a_closed_out_tenants_items_past_their_ttls_are_not_read_before_the_swee
     ));
 }
 
+/// A closed tenant's close-out deletes its users' email claims (the addresses are free) and
+/// removes what signs in from its users' items; again, it changes nothing, and never frees
+/// a claim another tenant made since.
+async fn a_close_out_frees_its_users_emails_and_keeps_no_sign_in_material(p: Stores) {
+    let t = onboarded(&p).await;
+    let other = onboarded(&p).await;
+    let email = format!("admin.{}@example.com", ulid::Ulid::new()).to_lowercase();
+    let user = UserRecord {
+        totp_secret: Some("v2:sealed".into()),
+        totp_confirmed: true,
+        last_totp_step: 7,
+        ..crate::contract_users::user(&p, &t, &email)
+    };
+    p.users.create_user(&user).await.unwrap();
+    let now = p.clock.now();
+    p.tenants
+        .set_status(&t.id, TenantStatus::Closed, Some("bye"), now)
+        .await
+        .unwrap();
+    let ttls = CloseOutTtls {
+        tenant: now.timestamp() + 100,
+        config: now.timestamp() + 10,
+        audit_head: now.timestamp() + 10,
+    };
+    let first = p
+        .retention
+        .close_out(&t.id, ttls, now, later())
+        .await
+        .unwrap();
+    assert_eq!(first.emails_freed, 1, "{first:?}");
+    assert_eq!(p.users.user_by_email(&email).await.unwrap(), None);
+    let kept = p.users.get_user(&t.id, &user.id).await.unwrap();
+    let kept = kept.expect("the user's item stays until its TTL");
+    assert_eq!(
+        (kept.email.as_str(), kept.role),
+        (email.as_str(), user.role)
+    );
+    assert_eq!(kept.password_hash, "", "no password hash");
+    assert_eq!(
+        (kept.totp_secret, kept.totp_confirmed, kept.last_totp_step),
+        (None, false, 0),
+        "no seed"
+    );
+    // The address is claimed again by another tenant's user; the close-out run again
+    // leaves that claim alone.
+    let next = crate::contract_users::user(&p, &other, &email);
+    p.users.create_user(&next).await.unwrap();
+    let again = p
+        .retention
+        .close_out(&t.id, ttls, now, later())
+        .await
+        .unwrap();
+    assert_eq!(again.emails_freed, 0, "{again:?}");
+    let owner = p.users.user_by_email(&email).await.unwrap();
+    assert_eq!(owner.map(|u| u.id), Some(next.id));
+}
+
 crate::contract::contract!(
+    a_close_out_frees_its_users_emails_and_keeps_no_sign_in_material,
     a_closed_out_tenants_items_past_their_ttls_are_not_read_before_the_sweep_deletes_them,
     a_sweep_removes_only_expired_items_and_counts_them_per_class,
     a_closed_tenant_is_named_until_closed_out_and_closing_out_is_idempotent,

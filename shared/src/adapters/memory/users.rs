@@ -468,6 +468,21 @@ impl UserStore for MemoryStore {
 
 /// For the retention close-out and the stored-item view (`store/retention.rs`).
 impl UsersState {
+    /// A closed tenant's close-out, as the table's: its users' email claims deleted (only
+    /// those still naming them) and their sign-in material removed (password hash, TOTP
+    /// seed and its state); answers how many claims went. Again, it changes nothing.
+    pub(crate) fn close_out_tenant(&mut self, tenant: &TenantId) -> usize {
+        let before = self.emails.len();
+        self.emails.retain(|_, (t, _)| t != tenant);
+        for ((_, _), u) in self.users.iter_mut().filter(|((t, _), _)| t == tenant) {
+            u.password_hash.clear();
+            u.totp_secret = None;
+            u.totp_confirmed = false;
+            u.last_totp_step = 0;
+        }
+        before - self.emails.len()
+    }
+
     /// Removes a closed-out tenant's users, their email claims and its settings.
     pub(crate) fn remove_tenant(&mut self, tenant: &TenantId) -> usize {
         let before = self.users.len() + self.emails.len() + self.two_factor_required.len();

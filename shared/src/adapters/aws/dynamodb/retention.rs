@@ -170,7 +170,8 @@ impl DynamoStore {
 
     /// A closed tenant's configuration item `item` (its close-out attributes): what its
     /// kind needs first (a key revoked and its hash copy given the TTL, a user's email claim
-    /// given it, a number's route removed), then the item's own TTL, last. Counts what changed.
+    /// deleted, a number's route removed), then the item's own TTL, last (a user's with its
+    /// sign-in material removed). Counts what changed.
     async fn close_out_item(
         &self,
         tenant: &TenantId,
@@ -206,14 +207,26 @@ impl DynamoStore {
                 return Ok(counts);
             }
             Some(ItemKind::User) => {
+                // Done already: its TTL is its close-out's last write.
+                if ttl_of(&item).is_some() {
+                    return Ok(counts);
+                }
+                // Its email freed for whoever signs up with it next: the claim deleted, only
+                // while it still names this user of this tenant (a pass cut short after it
+                // and run again finds another tenant's claim there, or none).
+                let user_id = sk.strip_prefix(keys::USER_PREFIX).unwrap_or_default();
                 if let Some(email) = str_attr(&item, "email") {
-                    if self
-                        .set_ttl_if_absent(keys::email_claim(email), ttls.config)
-                        .await?
-                    {
-                        counts.items_given_ttl += 1;
+                    if self.free_email_claim(tenant, user_id, email).await? {
+                        counts.emails_freed += 1;
                     }
                 }
+                // What signs in goes (the password's hash, the sealed TOTP seed and its
+                // state), in the write that gives the item its TTL: the id, email, role and
+                // creation time stay, for as long as the audit events naming the user by id.
+                if self.strip_user(&pk, sk, ttls.config).await? {
+                    counts.items_given_ttl += 1;
+                }
+                return Ok(counts);
             }
             Some(ItemKind::PhoneNumber) => {
                 // Its route, only while it still names this tenant; the default number's
@@ -244,6 +257,52 @@ impl DynamoStore {
             counts.items_given_ttl += 1;
         }
         Ok(counts)
+    }
+
+    /// Deletes `email`'s claim if it still names `user_id` of `tenant`; `false` if it is
+    /// gone or names another user (claimed again since an earlier pass freed it).
+    async fn free_email_claim(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        email: &str,
+    ) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::email_claim(email).attrs()))
+            .condition_expression("tenant_id = :t AND user_id = :u")
+            .expression_attribute_values(":t", s(tenant.as_str()))
+            .expression_attribute_values(":u", s(user_id))
+            .send()
+            .await;
+        written("dynamodb delete", res)
+    }
+
+    /// A closed tenant's user's sign-in material removed and its TTL set, in one
+    /// conditional update (the item has no TTL yet); `false` if it has one or is gone.
+    async fn strip_user(&self, pk: &str, sk: &str, ttl: i64) -> Result<bool, StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(
+                Key {
+                    pk: pk.to_owned(),
+                    sk: sk.to_owned(),
+                }
+                .attrs(),
+            ))
+            .update_expression(
+                "REMOVE password_hash, totp_secret, totp_confirmed, last_totp_step SET #ttl = :ttl",
+            )
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(#ttl)")
+            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_values(":ttl", n(ttl))
+            .send()
+            .await;
+        written("dynamodb update", res)
     }
 
     /// `SET ttl` on an existing item that has none; `false` if it has one or is absent.
@@ -581,6 +640,7 @@ impl RetentionStore for DynamoStore {
                     let c = c?;
                     counts.keys_revoked += c.keys_revoked;
                     counts.items_given_ttl += c.items_given_ttl;
+                    counts.emails_freed += c.emails_freed;
                 }
                 start = page.last_evaluated_key.filter(|k| !k.is_empty());
                 if start.is_none() {

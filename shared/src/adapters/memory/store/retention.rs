@@ -230,6 +230,8 @@ impl RetentionStore for MemoryStore {
             counts.cut_short = true;
             return Ok(counts);
         }
+        // Its users' emails freed, their sign-in material removed.
+        counts.emails_freed = s.users.close_out_tenant(tenant);
         if s.phones.get(&t.phone_number_id) == Some(tenant) {
             s.phones.remove(&t.phone_number_id);
             counts.phone_route_removed = true;
