@@ -41,7 +41,8 @@ pub struct RouteRule {
     /// (up to its 20 s bound), and its class: at most one such request of a tenant and class
     /// is in flight at a time, across every instance ([`HEAVY_LEASE`]); another meanwhile
     /// is `429`. The classes do not hold each other (a campaign's `recipients.csv`, open to
-    /// every role, does not keep the admin's export from its turn).
+    /// every role, does not keep the admin's export from its turn). The operator's
+    /// platform-wide one ([`Heavy::Platform`]) holds the platform's lease, one at a time.
     pub heavy: Option<Heavy>,
 }
 
@@ -88,6 +89,13 @@ pub const ROUTES: &[RouteRule] = &[
         Platform,
     ),
     rule("POST", "/v1/platform/retention/run", Platform),
+    rule("GET", "/v1/platform/audit", Platform),
+    // Every retained event of the platform chain, up to 200,000 or 20 s a response: the
+    // platform's own lease (one such verification at a time), not a tenant's.
+    heavy(
+        Heavy::Platform,
+        rule("GET", "/v1/platform/audit/verify", Platform),
+    ),
     rule("GET", "/v1/platform/dead-letters", Platform),
     rule("POST", "/v1/platform/dead-letters/redrive", Platform),
     rule("GET", "/v1/account", Tenant(ReadOnly)),
@@ -638,22 +646,26 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
     let (mut parts, body) = req.into_parts();
     match check(&state, &parts, rule.access).await {
         Ok(ctx) => {
-            // A heavy route: the tenant's one heavy request of its class at a time. Refused before
-            // anything else is written (no audit intent, no event: a `429` is not audited).
-            let lease = match (&ctx, rule.heavy) {
-                (Some(ctx), Some(class)) => {
-                    match take_lease(&state, ctx.tenant_id(), class).await {
-                        Ok(lease) => Some(lease),
-                        Err(error) => {
-                            let reason = match &error {
-                                ServiceError::RateLimited { .. } => "heavy_request_in_flight",
-                                _ => "lease_unavailable",
-                            };
-                            tracing::info!(route = %path, method = %parts.method, outcome = "denied", reason, "request refused");
-                            return ApiError::from(error).into_response();
-                        }
+            // A heavy route: the tenant's one heavy request of its class at a time (the
+            // platform's, for the operator's platform-wide one). Refused before anything
+            // else is written (no audit intent, no event: a `429` is not audited).
+            let holder = match (&ctx, rule.heavy) {
+                (_, Some(Heavy::Platform)) => Some(crate::ports::platform_holder()),
+                (Some(ctx), Some(_)) => Some(ctx.tenant_id().clone()),
+                _ => None,
+            };
+            let lease = match (holder, rule.heavy) {
+                (Some(holder), Some(class)) => match take_lease(&state, &holder, class).await {
+                    Ok(lease) => Some(lease),
+                    Err(error) => {
+                        let reason = match &error {
+                            ServiceError::RateLimited { .. } => "heavy_request_in_flight",
+                            _ => "lease_unavailable",
+                        };
+                        tracing::info!(route = %path, method = %parts.method, outcome = "denied", reason, "request refused");
+                        return ApiError::from(error).into_response();
                     }
-                }
+                },
                 _ => None,
             };
             let caller = match &ctx {
@@ -920,6 +932,7 @@ mod tests {
         assert_eq!(
             heavy,
             [
+                ("GET", "/v1/platform/audit/verify", Heavy::Platform),
                 ("GET", "/v1/account/export", Heavy::Account),
                 ("POST", "/v1/broadcasts/{id}/retry-failed", Heavy::Campaign),
                 ("GET", "/v1/broadcasts/{id}/recipients.csv", Heavy::Campaign),
@@ -930,9 +943,16 @@ mod tests {
         assert!(
             ROUTES
                 .iter()
-                .filter(|r| r.heavy.is_some())
+                .filter(|r| r.heavy.is_some_and(|c| c != Heavy::Platform))
                 .all(|r| matches!(r.access, Access::Tenant(_))),
-            "a lease is a tenant's"
+            "a tenant's class is a tenant's lease"
+        );
+        assert!(
+            ROUTES
+                .iter()
+                .filter(|r| r.heavy == Some(Heavy::Platform))
+                .all(|r| r.access == Access::Platform),
+            "the platform's lease is the operator's alone"
         );
         assert!(
             ROUTES

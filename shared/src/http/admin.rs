@@ -68,8 +68,9 @@ pub(super) async fn close_tenant(
 
 /// An operator's suspend, resume or close: the request's own event, on the tenant's
 /// chain, says only whether a reason was given (the tenant's admins read that chain, and
-/// the operator's reason is not theirs to read: README, openapi), and the reason itself is
-/// audited on the platform chain, naming the tenant.
+/// the operator's reason is not theirs to read: README, openapi), and the platform chain
+/// records the change itself, naming the tenant, with the reason (`null` when none was
+/// given): every suspend, resume and close is there, with or without one.
 async fn with_reason(
     s: &AppState,
     res: axum::response::Response,
@@ -77,21 +78,19 @@ async fn with_reason(
     action: &str,
     reason: Option<String>,
 ) -> axum::response::Response {
-    if let Some(reason) = &reason {
-        crate::service::audit::record_or_park(
-            &s.deps,
-            crate::service::audit::Draft {
-                tenant: None,
-                actor_type: "operator",
-                actor_id: "platform".into(),
-                action: action.into(),
-                ip: None,
-                outcome: crate::ports::AuditOutcome::Success,
-                details: json!({"tenant_id": id.to_string(), "reason": reason}),
-            },
-        )
-        .await;
-    }
+    crate::service::audit::record_or_park(
+        &s.deps,
+        crate::service::audit::Draft {
+            tenant: None,
+            actor_type: "operator",
+            actor_id: "platform".into(),
+            action: action.into(),
+            ip: None,
+            outcome: crate::ports::AuditOutcome::Success,
+            details: json!({"tenant_id": id.to_string(), "reason": reason}),
+        },
+    )
+    .await;
     noted(res, Some(id), json!({"reason_given": reason.is_some()}))
 }
 
@@ -262,16 +261,36 @@ pub(super) async fn revoke_key(
     ))
 }
 
+/// `GET /v1/audit`: the tenant's chain, newest first.
 pub(super) async fn list_audit(
     State(s): State<AppState>,
     ctx: TenantCtx,
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    list_chain(&s, ctx.tenant_id().into(), &params).await
+}
+
+/// `GET /v1/platform/audit`: the platform chain (refused credentials, the operator's
+/// reasons, the retention runs' reports…), as `GET /v1/audit` answers a tenant's.
+pub(super) async fn list_platform_audit(
+    State(s): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    list_chain(&s, audit::Chain::Platform, &params).await
+}
+
+/// A page of `chain`'s events: `since`, `until`, `action`, `limit` (1 to 100, 50) and
+/// `cursor` (the `next_cursor` of the page before).
+async fn list_chain(
+    s: &AppState,
+    chain: audit::Chain<'_>,
+    params: &HashMap<String, String>,
+) -> ApiResult {
     let mut q = AuditQuery {
         limit: 50,
         ..Default::default()
     };
-    for (k, v) in &params {
+    for (k, v) in params {
         match k.as_str() {
             "since" => q.since = Some(parse_time("since", v)?),
             "until" => q.until = Some(parse_time("until", v)?),
@@ -296,7 +315,7 @@ pub(super) async fn list_audit(
             }
         }
     }
-    let (events, next) = audit::list(&s.deps, ctx.tenant_id(), &q).await?;
+    let (events, next) = audit::list(&s.deps, chain, &q).await?;
     let next_cursor = next.map(|n| n.to_string());
     Ok(Json(json!({"events": events, "next_cursor": next_cursor})).into_response())
 }
@@ -308,8 +327,25 @@ pub(super) async fn verify_audit(
     ctx: TenantCtx,
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    verify_chain(&s, ctx.tenant_id().into(), &params).await
+}
+
+/// `GET /v1/platform/audit/verify[?cursor=]`: the platform chain, as `GET /v1/audit/verify`
+/// checks a tenant's.
+pub(super) async fn verify_platform_audit(
+    State(s): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    verify_chain(&s, audit::Chain::Platform, &params).await
+}
+
+async fn verify_chain(
+    s: &AppState,
+    chain: audit::Chain<'_>,
+    params: &HashMap<String, String>,
+) -> ApiResult {
     let mut cursor = None;
-    for (k, v) in &params {
+    for (k, v) in params {
         match k.as_str() {
             "cursor" => cursor = Some(v.as_str()),
             other => {
@@ -319,7 +355,7 @@ pub(super) async fn verify_audit(
             }
         }
     }
-    let report = audit::verify(&s.deps, ctx.tenant_id(), cursor).await?;
+    let report = audit::verify(&s.deps, chain, cursor).await?;
     Ok(Json(report).into_response())
 }
 

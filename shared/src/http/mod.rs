@@ -269,6 +269,11 @@ fn admin_api_routes() -> Router<AppState> {
             put(admin::put_tenant_meta_token),
         )
         .route("/v1/platform/retention/run", post(run_retention))
+        .route("/v1/platform/audit", get(admin::list_platform_audit))
+        .route(
+            "/v1/platform/audit/verify",
+            get(admin::verify_platform_audit),
+        )
         .route("/v1/platform/dead-letters", get(admin::list_dead_letters))
         .route(
             "/v1/platform/dead-letters/redrive",

@@ -18,6 +18,16 @@ pub enum Heavy {
     Account,
     /// A campaign's routes: its `recipients.csv` and its `retry-failed`.
     Campaign,
+    /// The operator's platform-wide route: the platform chain's verification. Its one
+    /// lease is the platform's, held by [`platform_holder`], never a tenant's.
+    Platform,
+}
+
+/// Who holds the [`Heavy::Platform`] lease: the nil ULID, which is no tenant's id (a
+/// tenant's is made from its onboarding's time, never 1970's), so its item
+/// (`LEASE#00000000000000000000000000` / `HEAVY#platform`) is no tenant's either.
+pub fn platform_holder() -> TenantId {
+    TenantId::from_trusted("00000000000000000000000000")
 }
 
 impl Heavy {
@@ -26,6 +36,7 @@ impl Heavy {
         match self {
             Heavy::Account => "account",
             Heavy::Campaign => "campaign",
+            Heavy::Platform => "platform",
         }
     }
 }

@@ -43,6 +43,37 @@ pub fn chain_of(tenant: Option<&TenantId>) -> String {
     tenant.map_or_else(|| PLATFORM_CHAIN.to_owned(), ToString::to_string)
 }
 
+/// The chain a read or a verification is of: a tenant's (`GET /v1/audit…`, its admin), or
+/// the platform's (`GET /v1/platform/audit…`, the operator).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chain<'a> {
+    Tenant(&'a TenantId),
+    Platform,
+}
+
+impl<'a> From<&'a TenantId> for Chain<'a> {
+    fn from(t: &'a TenantId) -> Self {
+        Chain::Tenant(t)
+    }
+}
+
+impl Chain<'_> {
+    /// Its name in the store (`AUDIT#{name}`): the tenant's id, or `platform`.
+    pub fn name(self) -> String {
+        match self {
+            Chain::Tenant(t) => chain_of(Some(t)),
+            Chain::Platform => chain_of(None),
+        }
+    }
+
+    fn tenant(self) -> Option<TenantId> {
+        match self {
+            Chain::Tenant(t) => Some(t.clone()),
+            Chain::Platform => None,
+        }
+    }
+}
+
 /// SHA-256 over the previous hash and every field, as a JSON array (no delimiter
 /// ambiguity). `prev_expires_at` is appended only when present, so events written before
 /// it existed keep their hashes.
@@ -1268,12 +1299,13 @@ impl From<&AuditEvent> for EventView {
     }
 }
 
-pub async fn list(
+/// A page of `chain`'s events, newest first, as `q` filters them.
+pub async fn list<'a>(
     deps: &Deps,
-    tenant: &TenantId,
+    chain: impl Into<Chain<'a>>,
     q: &AuditQuery,
 ) -> Result<(Vec<EventView>, Option<u64>), ServiceError> {
-    let (events, next) = deps.audit.list(&chain_of(Some(tenant)), q).await?;
+    let (events, next) = deps.audit.list(&chain.into().name(), q).await?;
     Ok((events.iter().map(EventView::from).collect(), next))
 }
 
@@ -1666,14 +1698,15 @@ impl VerifyCursor {
     }
 }
 
-/// Verifies a tenant's whole retained chain, a page at a time (memory stays bounded
-/// whatever the chain's length), within one HTTP request's budget ([`verify_within`]).
-pub async fn verify(
+/// Verifies a tenant's (or the platform's) whole retained chain, a page at a time (memory
+/// stays bounded whatever the chain's length), within one HTTP request's budget
+/// ([`verify_within`]).
+pub async fn verify<'a>(
     deps: &Deps,
-    tenant: &TenantId,
+    chain: impl Into<Chain<'a>>,
     cursor: Option<&str>,
 ) -> Result<VerifyReport, ServiceError> {
-    verify_within(deps, tenant, cursor, VerifyBudget::HTTP).await
+    verify_within(deps, chain, cursor, VerifyBudget::HTTP).await
 }
 
 /// [`verify`] within `budget`: a chain longer than it is checked over several requests,
@@ -1682,14 +1715,29 @@ pub async fn verify(
 /// beyond the head that was read are left for the next verification: appended since, or in
 /// flight (written, the head not moved to them yet: [`record`]). A chain with events and no
 /// head is broken (its first event is written with its head, in one transaction).
-pub async fn verify_within(
+///
+/// A tenant's chain must begin with its onboarding ([`BEGINNINGS`]), and an existing
+/// tenant without a chain lost it. The platform chain has neither rule: it begins with
+/// whatever call comes first, and a deployment nothing was refused on yet has none.
+pub async fn verify_within<'a>(
     deps: &Deps,
-    tenant: &TenantId,
+    chain: impl Into<Chain<'a>>,
+    cursor: Option<&str>,
+    budget: VerifyBudget,
+) -> Result<VerifyReport, ServiceError> {
+    verify_chain_within(deps, chain.into(), cursor, budget).await
+}
+
+async fn verify_chain_within(
+    deps: &Deps,
+    of: Chain<'_>,
     cursor: Option<&str>,
     budget: VerifyBudget,
 ) -> Result<VerifyReport, ServiceError> {
     let started = std::time::Instant::now();
-    let chain = chain_of(Some(tenant));
+    let chain = of.name();
+    // The tenant, if it exists: its chain begins with its onboarding, and it has one.
+    let tenant = of.tenant();
     // Heads as any key that signed one; what may be anchored as what may write now.
     let keys = head_keys(deps).await?;
     let writers = &audit_keys(deps).await?;
@@ -1705,7 +1753,7 @@ pub async fn verify_within(
         ),
         // A tenant's chain begins with its onboarding (a chain is begun only for an
         // existing tenant: [`crate::http::access`]).
-        None if deps.tenants.get_tenant(tenant).await?.is_some() => {
+        None if exists(deps, tenant.as_ref()).await? => {
             (ChainCheck::new(now).beginning_with(BEGINNINGS), None)
         }
         None => (ChainCheck::new(now), None),
@@ -1769,7 +1817,7 @@ pub async fn verify_within(
                 seq = now_head.seq,
                 "the chain began while it was verified; again"
             );
-            return Box::pin(verify_within(deps, tenant, None, budget)).await;
+            return Box::pin(verify_chain_within(deps, of, None, budget)).await;
         }
     }
     let parked = deps.audit.parked(&chain, PARKED_COUNTED).await?;
@@ -1820,7 +1868,7 @@ pub async fn verify_within(
         // A tenant's onboarding is audited on its chain, and an open tenant's head has no
         // expiry (only a close-out gives it one, and a closed tenant verifies nothing):
         // an existing tenant without a chain lost it, however old the tenant.
-        if deps.tenants.get_tenant(tenant).await?.is_some() {
+        if exists(deps, tenant.as_ref()).await? {
             let reason = if parked.is_empty() {
                 "the tenant's audit chain is missing"
             } else {
@@ -1830,6 +1878,14 @@ pub async fn verify_within(
         }
     }
     Ok(report)
+}
+
+/// Whether `tenant` is a tenant that exists (`None`, the platform: no).
+async fn exists(deps: &Deps, tenant: Option<&TenantId>) -> Result<bool, ServiceError> {
+    match tenant {
+        Some(t) => Ok(deps.tenants.get_tenant(t).await?.is_some()),
+        None => Ok(false),
+    }
 }
 
 #[cfg(test)]

@@ -320,8 +320,50 @@ async fn a_lease_whose_process_died_is_taken_over_once_it_lapses(b: Backend) {
     );
 }
 
+/// The platform chain's verification holds the platform's own lease: a second meanwhile is
+/// `429`, a tenant's verification is not held by it (nor does it hold it).
+async fn two_concurrent_platform_verifies_answer_one_200_and_one_429_and_hold_no_tenant(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let hold = HoldFirstHeadRead::default();
+    let mut deps = app.app.deps.clone();
+    deps.audit = Arc::new(Stepped {
+        inner: app.app.deps.audit.clone(),
+        steps: hold.clone(),
+    });
+    let op = kirim_tests::OPERATOR_TOKEN;
+    let first = {
+        let deps = deps.clone();
+        tokio::spawn(async move { call(&deps, "GET", "/v1/platform/audit/verify", op).await })
+    };
+    hold.entered.notified().await;
+    assert_refused_for_the_lease(&call(&deps, "GET", "/v1/platform/audit/verify", op).await);
+    // A tenant's heavy routes and the platform chain's list are not held.
+    let (status, _, report) = call(&deps, "GET", "/v1/audit/verify", &t.key).await;
+    assert_eq!(
+        (status, &report["valid"]),
+        (200, &Value::Bool(true)),
+        "{report}"
+    );
+    assert_eq!(call(&deps, "GET", "/v1/platform/audit", op).await.0, 200);
+    hold.go.notify_one();
+    let (status, _, report) = first.await.unwrap();
+    assert_eq!(
+        (status, &report["valid"]),
+        (200, &Value::Bool(true)),
+        "{report}"
+    );
+    assert_eq!(
+        call(&deps, "GET", "/v1/platform/audit/verify", op).await.0,
+        200
+    );
+}
+
 on_both_backends!(
     two_concurrent_verifies_of_one_tenant_answer_one_200_and_one_429,
+    two_concurrent_platform_verifies_answer_one_200_and_one_429_and_hold_no_tenant,
     an_export_holds_its_tenants_lease_until_its_body_has_been_read,
     a_heavy_answer_dropped_unread_gives_its_lease_back,
     a_finished_verify_holds_no_lease_once_answered_even_before_its_body_is_read,

@@ -1,11 +1,227 @@
-//! The sandbox's webhooks name their number's WABA (and, below, the operator's view of the
-//! platform chain). On both backends.
+//! The platform operator's view of the platform chain (`GET /v1/platform/audit`, `…/verify`),
+//! what goes on it (every suspend, resume and close), a closed tenant's users' emails freed at
+//! its close-out, and the sandbox's webhooks naming their number's WABA. On both backends.
 
 use kirim::config::Backend;
 use kirim_tests::{spawn_app, TestApp, OPERATOR_TOKEN};
 use serde_json::{json, Value};
 
-use super::access::call;
+use super::access::{call, code, new_key};
+
+/// The platform chain's events whose action is `action`, newest first (one page).
+async fn platform_events(app: &TestApp, action: &str) -> Vec<Value> {
+    let path = format!("/v1/platform/audit?limit=100&action={action}");
+    let (s, page) = call(app, "GET", &path, Some(OPERATOR_TOKEN), None).await;
+    assert_eq!(s, 200, "{page}");
+    page["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// Who tried a revoked key, read by the operator: the platform chain, paged and filtered as
+/// a tenant's, verified, and closed to every tenant credential.
+async fn the_operator_reads_and_verifies_the_platform_chain_and_sees_who_tried_a_revoked_key(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (key_id, key) = new_key(&app, &t.key, "operator").await;
+    let path = format!("/v1/api-keys/{key_id}");
+    assert_eq!(call(&app, "DELETE", &path, Some(&t.key), None).await.0, 204);
+    for _ in 0..2 {
+        let (s, _) = call(&app, "GET", "/v1/account", Some(&key), None).await;
+        assert_eq!(s, 401);
+    }
+    let tried = platform_events(&app, "GET%20/v1/account").await;
+    assert_eq!(tried.len(), 2, "{tried:?}");
+    for e in &tried {
+        assert_eq!(e["actor"], json!({"type": "anonymous", "id": "-"}), "{e}");
+        assert_eq!(e["outcome"], "denied", "{e}");
+        assert_eq!(e["details"]["status"], 401, "{e}");
+        assert!(e["ip"].is_string(), "the address it came from: {e}");
+    }
+    // Paged as a tenant's: newest first, `next_cursor` to the next page.
+    let (s, first) = call(
+        &app,
+        "GET",
+        "/v1/platform/audit?limit=1&action=GET%20/v1/account",
+        Some(OPERATOR_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(first["events"][0]["seq"], tried[0]["seq"]);
+    let cursor = first["next_cursor"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let next = format!("/v1/platform/audit?limit=1&action=GET%20/v1/account&cursor={cursor}");
+    let (s, second) = call(&app, "GET", &next, Some(OPERATOR_TOKEN), None).await;
+    assert_eq!(s, 200, "{second}");
+    assert_eq!(second["events"][0]["seq"], tried[1]["seq"]);
+    let (s, bad) = call(
+        &app,
+        "GET",
+        "/v1/platform/audit?limit=0",
+        Some(OPERATOR_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&bad)), (400, "invalid_request"), "{bad}");
+    // Verified as a tenant's chain is.
+    let (s, report) = call(
+        &app,
+        "GET",
+        "/v1/platform/audit/verify",
+        Some(OPERATOR_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["valid"], true, "{report}");
+    assert_eq!(report["complete"], true, "{report}");
+    assert!(report["checked"].as_u64().unwrap_or(0) >= 2, "{report}");
+    // Reading it is not audited (as `GET /v1/audit` is not on a tenant's chain).
+    assert!(platform_events(&app, "GET%20/v1/platform/audit")
+        .await
+        .is_empty());
+    // No tenant credential reads it, an admin's neither.
+    for path in ["/v1/platform/audit", "/v1/platform/audit/verify"] {
+        let (s, body) = call(&app, "GET", path, Some(&t.key), None).await;
+        assert_eq!((s, code(&body)), (403, "forbidden"), "{path}: {body}");
+    }
+}
+
+/// A resume and a close without a reason are on the platform chain all the same, naming
+/// the tenant, with a `null` reason.
+async fn a_resume_or_close_without_a_reason_is_on_the_platform_chain(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let base = format!("/v1/platform/tenants/{}", t.tenant_id);
+    let op = Some(OPERATOR_TOKEN);
+    let body = Some(json!({"reason": "unpaid invoice"}));
+    let (s, _) = call(&app, "POST", &format!("{base}/suspend"), op, body).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        call(&app, "POST", &format!("{base}/resume"), op, None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(call(&app, "DELETE", &base, op, None).await.0, 200);
+    for action in ["tenant.suspend", "tenant.resume", "tenant.close"] {
+        let events = platform_events(&app, action).await;
+        let mine: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["details"]["tenant_id"] == t.tenant_id.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "{action}: {events:?}");
+        assert_eq!(
+            mine[0]["actor"],
+            json!({"type": "operator", "id": "platform"})
+        );
+        let want = if action == "tenant.suspend" {
+            json!("unpaid invoice")
+        } else {
+            Value::Null
+        };
+        assert_eq!(mine[0]["details"]["reason"], want, "{action}");
+    }
+}
+
+/// A closed tenant's close-out frees its users' emails (another tenant adds one at once)
+/// and leaves its users' items nothing that signs in; a second run changes nothing more.
+async fn a_closed_out_tenants_user_emails_are_free_and_its_users_keep_no_password_or_seed(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let (closing, next) = (app.onboard(5).await, app.onboard(5).await);
+    let (email, user_id) = super::users::new_user(&app, &closing.key, "admin").await;
+    let session = super::users::login_ok(&app, &email).await;
+    super::users::enable_2fa(&app, &session).await;
+    let add = |key: String| {
+        let app = &app;
+        let email = email.clone();
+        async move {
+            let body = json!({"email": email, "role": "admin", "password": super::users::PASSWORD});
+            call(app, "POST", "/v1/users", Some(&key), Some(body)).await
+        }
+    };
+    let (s, body) = add(next.key.clone()).await;
+    assert_eq!((s, code(&body)), (409, "conflict"), "taken while open");
+    let path = format!("/v1/platform/tenants/{}", closing.tenant_id);
+    assert_eq!(
+        call(&app, "DELETE", &path, Some(OPERATOR_TOKEN), None)
+            .await
+            .0,
+        200
+    );
+    let run = || {
+        call(
+            &app,
+            "POST",
+            "/v1/platform/retention/run",
+            Some(OPERATOR_TOKEN),
+            None,
+        )
+    };
+    let (s, report) = run().await;
+    assert_eq!(s, 200, "{report}");
+    let done = report["closed_out"].as_array().cloned().unwrap_or_default();
+    assert_eq!(done.len(), 1, "{report}");
+    assert_eq!(done[0]["emails_freed"], 1, "{report}");
+    let stored = || async {
+        let key = format!("USER#{user_id}");
+        app.app
+            .deps
+            .retention
+            .stored_items()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.sk == key || i.pk == format!("EMAIL#{}", email.to_lowercase()))
+            .collect::<Vec<_>>()
+    };
+    let items = stored().await;
+    let user = items
+        .iter()
+        .find(|i| i.sk.starts_with("USER#"))
+        .expect("the user's item stays, with its TTL");
+    assert!(user.ttl.is_some(), "{user:?}");
+    for gone in [
+        "password_hash",
+        "totp_secret",
+        "totp_confirmed",
+        "last_totp_step",
+    ] {
+        let v = &user.attributes[gone];
+        assert!(
+            v.is_null() || v == false || v == 0,
+            "{gone} left on a closed-out user: {v}"
+        );
+    }
+    assert_eq!(user.attributes["email"], email.to_lowercase());
+    assert_eq!(user.attributes["id"], user_id.as_str());
+    assert!(
+        !items.iter().any(|i| i.pk.starts_with("EMAIL#")),
+        "the claim is gone: {items:?}"
+    );
+    // A second run finds nothing more to do.
+    let (s, again) = run().await;
+    assert_eq!(s, 200, "{again}");
+    assert!(
+        again["closed_out"].as_array().is_none_or(|a| a.is_empty()),
+        "{again}"
+    );
+    // The address is free: another tenant adds it, and its sign-in is the new user's.
+    let (s, body) = add(next.key.clone()).await;
+    assert_eq!(s, 201, "{body}");
+    let items = stored().await;
+    let claim = items
+        .iter()
+        .find(|i| i.pk.starts_with("EMAIL#"))
+        .expect("claimed again");
+    assert_eq!(claim.attributes["tenant_id"], next.tenant_id.as_str());
+    super::users::login_ok(&app, &email).await;
+}
 
 /// The tenant a number on a second WABA is onboarded for: its id, key and number.
 async fn onboarded_on(app: &TestApp, waba: &str) -> (String, String, String) {
@@ -84,4 +300,9 @@ async fn the_sandboxs_webhooks_for_a_number_on_a_second_waba_name_that_waba(b: B
     }
 }
 
-on_both_backends!(the_sandboxs_webhooks_for_a_number_on_a_second_waba_name_that_waba,);
+on_both_backends!(
+    the_operator_reads_and_verifies_the_platform_chain_and_sees_who_tried_a_revoked_key,
+    a_resume_or_close_without_a_reason_is_on_the_platform_chain,
+    a_closed_out_tenants_user_emails_are_free_and_its_users_keep_no_password_or_seed,
+    the_sandboxs_webhooks_for_a_number_on_a_second_waba_name_that_waba,
+);
