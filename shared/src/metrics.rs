@@ -11,6 +11,7 @@
 //! | `Throttles` | Count | `Source` (`limiter_wait`, `limiter_full`, `meta_130429`) |
 //! | `WebhookLag` | Milliseconds | `Status` (`sent`, `delivered`, `read`, `failed`) |
 //! | `RateLimited` | Count | `Scope` (`request`, `heavy`, `webhook_bad_signatures`, `login`) |
+//! | `TotpSeedsUnopened` | Count | `Where` = `login` |
 
 //!
 //! Values are gathered in a buffer in the process and reach stdout in one write per
@@ -302,6 +303,13 @@ pub fn count(name: &str, dim: (&str, &str)) {
 /// A request refused by a limit on use (API.md "Limits on use").
 pub fn limited(scope: &str) {
     count("RateLimited", ("Scope", scope));
+}
+
+/// A stored TOTP seed that did not open at a sign-in (tampered, another user's, or its data
+/// key refused by KMS: a key policy without the role, a key deleted). Not the caller's
+/// failure and not counted against them; one for an operator to look at.
+pub fn totp_seed_unopened() {
+    count("TotpSeedsUnopened", ("Where", "login"));
 }
 
 /// An audit intent that did its work not (README "The audit trail", "Interrupted calls"):

@@ -655,14 +655,16 @@ async fn attempt(
         taken.push(&totp_counter, totp_ticket);
         let stored = user.totp_secret.as_deref().unwrap_or_default();
         let Some(seed) = seed_cipher::open(deps, tenant, id, stored).await? else {
-            // Tampered, another user's, or its data key refused by KMS: refused like a
-            // wrong code (not counted as the user's guess: no code was checked).
-            tracing::warn!(user_id = %id, "the stored TOTP seed does not open");
-            taken.settle(&totp_counter);
-            deps.users
-                .login_released(&totp_counter, now_secs, &totp_policy, totp_ticket)
-                .await?;
-            return failed("totp", LoginError::TotpRequired).await;
+            // Tampered, another user's, or its data key refused by KMS (a key policy
+            // without this role, a key deleted: every 2FA user at once): answered like a
+            // wrong code, but no failure of the caller's, who gave the right password and
+            // whose code was never checked. Every count taken is given back, as for a stop
+            // part-way: counted, each 2FA user's retries ran into `429` and an office's
+            // address locked after 20 of them.
+            give_back(deps, taken, now_secs).await?;
+            crate::metrics::totp_seed_unopened();
+            tracing::error!(user_id = %id, outcome = "denied", reason = "totp_seed_unopened", "the stored TOTP seed does not open; login refused, nothing counted");
+            return Err(LoginError::TotpRequired);
         };
         let step = matching_step(&totp_for(seed.seed(), &user.email)?, code, now);
         let accepted = match step {

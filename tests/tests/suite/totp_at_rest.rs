@@ -297,6 +297,63 @@ async fn a_login_whose_data_key_kms_refuses_fails_closed_and_changes_nothing(b: 
     assert_eq!(s, 200, "{body}");
 }
 
+/// A seed whose data key KMS refuses (a key policy edited, a key deleted: every 2FA user at
+/// once) is no failure of the caller's, who gave the right password: seven such logins from
+/// one address are each `totp_required`, never rate-limited, leave no failure counted on
+/// the email's, the address's or the user's wrong-code counter, and the right key then
+/// signs in from that address at once.
+async fn logins_whose_seed_kms_refuses_count_no_failure_and_never_lock_the_address(b: Backend) {
+    use kirim::adapters::aws::keys;
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _, seed) = two_factor_user(&app, &t.key).await;
+    // A clock that stands still: a failure counted would lock the sixth attempt.
+    let mut frozen = app.app.deps.clone();
+    frozen.clock = kirim_tests::ManualClock::new();
+    let frozen_at = u64::try_from(frozen.clock.now().timestamp()).unwrap_or_default();
+    let mut refused_key = frozen.clone();
+    refused_key.data_keys = another_key(b).await;
+    let req = |code: String| users::LoginRequest {
+        email: email.clone(),
+        password: PASSWORD.into(),
+        totp_code: Some(code),
+    };
+    let addr = "203.0.113.61";
+    let from = Some(addr.parse::<std::net::IpAddr>().unwrap());
+    for i in 0..7 {
+        let code = totp(&seed).generate(frozen_at + 30);
+        let answer = users::login(&refused_key, req(code), from).await;
+        assert!(
+            matches!(answer, Err(users::LoginError::TotpRequired)),
+            "login {i}: {:?}",
+            answer.err()
+        );
+    }
+    let hash = kirim::secret::token_hash(&email);
+    let counters = [
+        keys::login_failures_of_email(&hash, addr),
+        keys::login_failures_of_address(addr),
+        keys::login_totp_failures(&hash),
+    ];
+    let items = frozen.retention.stored_items().await.unwrap();
+    for key in &counters {
+        let failures = items
+            .iter()
+            .find(|i| i.pk == key.pk && i.sk == key.sk)
+            .and_then(|i| {
+                i.attributes["failures"].as_i64().or_else(|| {
+                    i.attributes["failures"]
+                        .as_str()
+                        .and_then(|f| f.parse().ok())
+                })
+            })
+            .unwrap_or(0);
+        assert_eq!(failures, 0, "{} / {}", key.pk, key.sk);
+    }
+    let signed_in = users::login(&frozen, req(totp(&seed).generate(frozen_at + 30)), from).await;
+    assert!(signed_in.is_ok(), "{:?}", signed_in.err());
+}
+
 /// Wrong codes for one user from many addresses meet one counter (only a caller with the
 /// password reaches the code): five, then even the right code waits, from a fresh address
 /// too; an admin's unlock clears it.
@@ -502,6 +559,7 @@ on_both_backends!(
     a_v1_seed_sealed_with_the_secrets_manager_key_logs_in_and_is_resealed_as_v2,
     a_v2_seed_moved_to_another_users_item_does_not_open_for_them,
     a_login_whose_data_key_kms_refuses_fails_closed_and_changes_nothing,
+    logins_whose_seed_kms_refuses_count_no_failure_and_never_lock_the_address,
     an_enrolment_without_a_usable_key_stores_nothing,
     a_login_while_kms_cannot_be_reached_is_a_retryable_error_not_a_refusal,
     a_confirmation_past_the_wrong_code_limit_is_refused_before_kms_is_asked,
