@@ -79,8 +79,8 @@ pub struct SessionRecord {
 
 /// A counter of failed logins (API.md "Limits on use"): one per (email, source address)
 /// and one per source address, the same for emails no user has (no enumeration). The
-/// email is only ever stored as its SHA-256; the address as the limiter counts it (an
-/// IPv6 address by its /64).
+/// email is only ever stored as its SHA-256; the address as `limits::login_source` counts
+/// it (an IPv6 address by its /56).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum LoginCounter {
     EmailAtAddress {

@@ -226,7 +226,7 @@ impl Limits {
     /// (`LoginPolicy::furthest_block`: this clock stepped back since) has lapsed, as it has
     /// at the counter: the address is not held here for the length of the step.
     pub fn login_locked(&self, addr: Option<IpAddr>, now: DateTime<Utc>) -> Option<u64> {
-        let key = source(addr?);
+        let key = login_source(addr?);
         let now = now.timestamp();
         let map = self.login_locks.lock().ok()?;
         let until = *map.get(&key)?;
@@ -249,7 +249,7 @@ impl Limits {
         }
         // Never kept further ahead than the counter could hold it.
         let furthest = crate::ports::LoginPolicy::ADDRESS.furthest_block(now);
-        map.insert(source(a), until.min(furthest));
+        map.insert(login_source(a), until.min(furthest));
     }
 
     pub fn settings(&self) -> &LimitSettings {
@@ -357,17 +357,32 @@ pub async fn set_tenant_limits(
     Ok(tenant)
 }
 
-/// The unit an address is counted as: itself for IPv4, its /64 for IPv6 (one host
-/// usually holds a whole /64, and could otherwise rotate through it).
+/// The unit an address is counted as by the per-address request limiters: itself for
+/// IPv4, its /64 for IPv6 (one host usually holds a whole /64, and could otherwise rotate
+/// through it).
 pub fn source(addr: IpAddr) -> IpAddr {
+    prefix(addr, 64)
+}
+
+/// The unit the failed-login counters count an address as: itself for IPv4 (an IPv4-mapped
+/// IPv6 address as its IPv4), its /56 for IPv6. A /64 would let one site guess as many
+/// times as it has /64s: a free tunnel's /48 is 65,536 of them, each with its own free
+/// failures against one email; a /56, the usual residential delegation, keeps a household
+/// one unit, as an office behind one IPv4 address is one, and makes a /48 256.
+pub fn login_source(addr: IpAddr) -> IpAddr {
+    prefix(addr, 56)
+}
+
+/// `addr` as its IPv4 (mapped too), or its IPv6 network of `bits` (a multiple of 8).
+fn prefix(addr: IpAddr, bits: usize) -> IpAddr {
     match addr {
         IpAddr::V4(_) => addr,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
             None => {
-                let mut seg = v6.segments();
-                seg[4..].fill(0);
-                IpAddr::V6(seg.into())
+                let mut octets = v6.octets();
+                octets[(bits / 8).min(16)..].fill(0);
+                IpAddr::V6(octets.into())
             }
         },
     }
@@ -551,6 +566,32 @@ mod tests {
         assert_eq!(source(a), source(b));
         let mapped: IpAddr = "::ffff:198.51.100.7".parse().unwrap();
         assert_eq!(source(mapped), "198.51.100.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn two_64s_of_one_56_are_one_login_unit_and_two_56s_are_two() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let (a, b) = (ip("2001:db8:1:2a01::1"), ip("2001:db8:1:2aff:ffff::9"));
+        assert_ne!(source(a), source(b), "two /64s for the request limiters");
+        assert_eq!(login_source(a), login_source(b), "one /56 for the logins");
+        assert_eq!(login_source(a), ip("2001:db8:1:2a00::"));
+        let next = ip("2001:db8:1:2b00::1");
+        assert_ne!(login_source(a), login_source(next), "another /56");
+        assert_eq!(
+            login_source(ip("::ffff:198.51.100.7")),
+            ip("198.51.100.7"),
+            "mapped IPv4 as IPv4"
+        );
+        assert_eq!(login_source(ip("198.51.100.7")), ip("198.51.100.7"));
+    }
+
+    #[test]
+    fn an_address_seen_locked_holds_its_whole_56_here() {
+        let limits = Limits::new(LimitSettings::default());
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        limits.login_locked_until(ip("2001:db8:7:100::1"), t0().timestamp() + 60, t0());
+        assert_eq!(limits.login_locked(ip("2001:db8:7:1ff::2"), t0()), Some(60));
+        assert_eq!(limits.login_locked(ip("2001:db8:7:200::1"), t0()), None);
     }
 
     #[test]

@@ -421,7 +421,7 @@ pub async fn set_role(
 /// wider one). `email` is whatever was typed, normalised when it can be.
 fn counters(email: &str, addr: Option<std::net::IpAddr>) -> [LoginCounter; 2] {
     let addr = addr
-        .map(|a| super::limits::source(a).to_string())
+        .map(|a| super::limits::login_source(a).to_string())
         .unwrap_or_else(|| "unknown".to_owned());
     let email = normalise_email(email).unwrap_or_else(|| {
         email

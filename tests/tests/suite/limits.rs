@@ -444,6 +444,46 @@ async fn failures_from_one_address_never_slow_the_same_email_from_another(p: Por
     assert_eq!(login(&http, &email, PASSWORD, ELSEWHERE).await.status, 200);
 }
 
+/// An IPv6 site's failed logins are counted by its /56, not by each /64 it holds (a tunnel's
+/// /48 is 65,536 /64s): wrong passwords from different /64s of one /56 meet one
+/// (email, address) counter and one address counter; another /56 is another address.
+async fn failures_from_different_64s_of_one_56_accumulate_to_its_lock(p: Ports) {
+    let http = Http::new(p).await;
+    let (_, email, _) = with_user(&http).await;
+    // 2001:db8:56:1a00::/56, one /64 of it for each attempt.
+    let in_56 = |i: u16| format!("2001:db8:56:1a{i:02x}::7");
+    for i in 0..5 {
+        let a = login(&http, &email, "not the password", &in_56(i)).await;
+        assert_eq!((a.status, a.code()), (401, "invalid_credentials"), "{i}");
+    }
+    let a = login(&http, &email, PASSWORD, &in_56(0xff)).await;
+    assert_eq!(
+        (a.status, a.code()),
+        (429, "rate_limited"),
+        "the sixth /64 of the /56 is slowed as the same address"
+    );
+    assert_eq!(
+        login(&http, &email, PASSWORD, "2001:db8:56:1b00::7")
+            .await
+            .status,
+        200,
+        "the next /56 is another address"
+    );
+    // The address's own counter, over many emails, from the /64s of another /56.
+    let sprayer = |i: u16| format!("2001:db8:57:ab{i:02x}:1::9");
+    let mut refused = None;
+    for i in 0..30 {
+        let target = format!("u{i}.{}@kedai.example", ulid::Ulid::new()).to_lowercase();
+        let a = login(&http, &target, "not the password", &sprayer(i)).await;
+        if a.status == 429 {
+            refused = Some(i);
+            break;
+        }
+        assert_eq!(a.status, 401, "{i}");
+    }
+    assert_eq!(refused, Some(20), "twenty free failures per /56");
+}
+
 async fn a_burst_of_parallel_guesses_gets_no_more_checks_than_guesses_one_by_one(p: Ports) {
     let http = Http::new(p).await;
     let (_, email, _) = with_user(&http).await;
@@ -682,6 +722,7 @@ contract!(
     a_bad_signature_flood_from_one_address_gets_429_while_signed_notifications_still_get_200,
     an_unknown_email_answers_exactly_like_a_wrong_password_and_is_slowed_alike,
     failures_from_one_address_never_slow_the_same_email_from_another,
+    failures_from_different_64s_of_one_56_accumulate_to_its_lock,
     a_burst_of_parallel_guesses_gets_no_more_checks_than_guesses_one_by_one,
     an_admin_unlocks_a_user_and_another_tenants_user_is_not_found,
 );
