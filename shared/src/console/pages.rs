@@ -130,7 +130,7 @@ impl FromRequestParts<ConsoleState> for Ctx {
 
     async fn from_request_parts(parts: &mut Parts, s: &ConsoleState) -> Result<Self, Response> {
         // Only console session tokens: anything else in the cookie is not looked up.
-        let Some(token) = cookie(&parts.headers, SESSION_COOKIE)
+        let Some(token) = cookie(&parts.headers, SESSION_COOKIE, s.options.secure_cookies)
             .filter(|t| t.starts_with(crate::service::users::SESSION_PREFIX))
         else {
             return Err(redirect("/console/login"));
@@ -580,7 +580,7 @@ fn totp_form(csrf_value: &str, email: &str, n: Option<&Notice>) -> Response {
 }
 
 async fn login_page(State(s): S, q: Q, parts: Parts) -> Response {
-    if let Some(t) = cookie(&parts.headers, SESSION_COOKIE)
+    if let Some(t) = cookie(&parts.headers, SESSION_COOKIE, s.options.secure_cookies)
         .filter(|t| t.starts_with(crate::service::users::SESSION_PREFIX))
     {
         if authenticate(&s.deps, Some(&t)).await.is_ok() {
@@ -613,7 +613,7 @@ async fn login(State(s): S, parts: Parts, body: Bytes) -> Response {
     let Some(key) = csrf_key(&s.deps).await else {
         return unavailable();
     };
-    let nonce = cookie(&parts.headers, LOGIN_COOKIE).unwrap_or_default();
+    let nonce = cookie(&parts.headers, LOGIN_COOKIE, s.options.secure_cookies).unwrap_or_default();
     if nonce.is_empty() || !csrf_ok(&key, "login", &nonce, f.get("csrf").map(String::as_str)) {
         return refused_csrf();
     }
@@ -623,7 +623,7 @@ async fn login(State(s): S, parts: Parts, body: Bytes) -> Response {
     let code = field(&f, "totp_code");
     // Step two (the code) takes the email and password from the sealed cookie of step one.
     let (email, password) = if f.contains_key("totp_code") {
-        match cookie(&parts.headers, PENDING_COOKIE)
+        match cookie(&parts.headers, PENDING_COOKIE, secure)
             .and_then(|sealed| open_pending(&key, &nonce, &sealed, now))
         {
             Some((e, p)) => (e, p),
@@ -733,8 +733,10 @@ async fn logout(
         Ok(ctx) => ctx,
         // No session cookie came with it: nothing to forget (another site's form posting
         // here, whose request the `SameSite=Strict` cookie does not go with, must not
-        // sign the user out).
-        Err(_) if cookie(&headers, SESSION_COOKIE).is_none() => {
+        // sign the user out). One that came twice (unused) is forgotten below.
+        Err(_)
+            if !super::security::has_cookie(&headers, SESSION_COOKIE, s.options.secure_cookies) =>
+        {
             return redirect("/console/login");
         }
         Err(_) => {

@@ -27,7 +27,9 @@ use crate::config::Settings;
 use crate::secret::Secret;
 use crate::service::Deps;
 
-/// The session cookie: the service's session token itself.
+/// The session cookie: the service's session token itself. Every console cookie's name is
+/// as here in local mode's plain http, and has the `__Host-` prefix when the console is
+/// served with secure cookies ([`cookie_name`]).
 pub const SESSION_COOKIE: &str = "kirim_session";
 /// A random value set by the sign-in page; the sign-in form's CSRF token is bound to it.
 pub const LOGIN_COOKIE: &str = "kirim_login";
@@ -213,23 +215,67 @@ pub fn open_enrolment(
     Some((Secret::new(v["s"].as_str()?), Secret::new(v["u"].as_str()?)))
 }
 
-/// The value of cookie `name`, if the request has it.
-pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+/// The prefix browsers keep for cookies set by this very host, over HTTPS, for `Path=/`,
+/// without a `Domain`: no other host (a sibling subdomain that was taken over) can set or
+/// shadow one, where it could plant `kirim_session=…; Domain=example.com; Path=/console`
+/// that the browser sends first (signing the victim into the attacker's account).
+const HOST_PREFIX: &str = "__Host-";
+
+/// Console cookie `name` as the browser holds it: `__Host-{name}` when the console is
+/// served with secure cookies (HTTPS: `ConsoleOptions::secure_cookies`); as it is over local
+/// mode's plain http, where browsers refuse a `__Host-` cookie (it must be `Secure`).
+pub fn cookie_name(name: &str, secure: bool) -> String {
+    if secure {
+        format!("{HOST_PREFIX}{name}")
+    } else {
+        name.to_owned()
+    }
+}
+
+/// The values the request carries for the cookie named `name` as held ([`cookie_name`]).
+fn cookie_values<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+    secure: bool,
+) -> impl Iterator<Item = &'h str> {
+    let name = cookie_name(name, secure);
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
+        .filter(move |(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
 }
 
-/// A `Set-Cookie` value: `HttpOnly; SameSite=Strict; Path=/console`, `Secure` outside
-/// local mode; `max_age` 0 removes it, `None` makes it last as long as the browser.
+/// The value of console cookie `name` (named as [`cookie_name`] says), if the request has it
+/// exactly once. Twice is nobody's: a cookie of the same name set for a parent domain or
+/// another path (planted) comes with ours, in an order the page cannot trust, so neither
+/// is used (for the session cookie: signed out).
+pub fn cookie(headers: &HeaderMap, name: &str, secure: bool) -> Option<String> {
+    let mut values = cookie_values(headers, name, secure);
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    Some(first.to_owned()).filter(|v| !v.is_empty())
+}
+
+/// Whether the request carries console cookie `name` at all (once, or more).
+pub fn has_cookie(headers: &HeaderMap, name: &str, secure: bool) -> bool {
+    cookie_values(headers, name, secure).next().is_some()
+}
+
+/// A `Set-Cookie` value for console cookie `name` (named as [`cookie_name`] says):
+/// `HttpOnly; SameSite=Strict`, and with secure cookies `Path=/; Secure` (what `__Host-`
+/// requires; the API, served from the same host, never reads a cookie), over local mode's
+/// plain http `Path=/console`; `max_age` 0 removes it, `None` makes it last as long as the
+/// browser.
 pub fn set_cookie(name: &str, value: &str, secure: bool, max_age: Option<i64>) -> HeaderValue {
-    let mut c = format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/console");
+    let name = cookie_name(name, secure);
+    let path = if secure { "/" } else { "/console" };
+    let mut c = format!("{name}={value}; HttpOnly; SameSite=Strict; Path={path}");
     if secure {
         c.push_str("; Secure");
     }
@@ -341,24 +387,63 @@ mod tests {
         assert!(open_enrolment(&key, "kirimsess_a", &pending, 1_000).is_none());
     }
 
-    #[test]
-    fn cookies_are_read_by_exact_name_among_several() {
+    fn cookies(v: &'static str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; kirim_session_x=2; kirim_session=tok"),
-        );
-        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("tok"));
-        assert_eq!(cookie(&h, LOGIN_COOKIE), None);
+        h.insert(header::COOKIE, HeaderValue::from_static(v));
+        h
     }
 
     #[test]
-    fn the_session_cookie_is_http_only_strict_and_secure_outside_local_mode() {
-        let c = set_cookie(SESSION_COOKIE, "t", true, None);
-        let c = c.to_str().unwrap_or_default();
-        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict"));
-        assert!(c.contains("Path=/console") && c.contains("Secure"));
-        let local = set_cookie(SESSION_COOKIE, "t", false, None);
-        assert!(!local.to_str().unwrap_or_default().contains("Secure"));
+    fn cookies_are_read_by_exact_name_among_several() {
+        let h = cookies("a=1; kirim_session_x=2; kirim_session=tok");
+        assert_eq!(cookie(&h, SESSION_COOKIE, false).as_deref(), Some("tok"));
+        assert_eq!(cookie(&h, LOGIN_COOKIE, false), None);
+        let h = cookies("a=1; kirim_session=planted; __Host-kirim_session=tok");
+        assert_eq!(cookie(&h, SESSION_COOKIE, true).as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn over_https_every_console_cookie_is_a_host_cookie_for_the_whole_host() {
+        for name in [SESSION_COOKIE, LOGIN_COOKIE, PENDING_COOKIE] {
+            for age in [None, Some(0), Some(PENDING_SECS)] {
+                let c = set_cookie(name, "t", true, age);
+                let c = c.to_str().unwrap_or_default();
+                assert!(c.starts_with(&format!("__Host-{name}=t; ")), "{c}");
+                let attrs: Vec<&str> = c.split("; ").skip(1).collect();
+                for a in ["HttpOnly", "SameSite=Strict", "Path=/", "Secure"] {
+                    assert!(attrs.contains(&a), "{a} in {c}");
+                }
+                assert!(!c.contains("Domain") && !c.contains("/console"), "{c}");
+            }
+        }
+        assert_eq!(cookie_name(SESSION_COOKIE, true), "__Host-kirim_session");
+    }
+
+    #[test]
+    fn over_local_plain_http_console_cookies_keep_their_names_and_the_console_path() {
+        for name in [SESSION_COOKIE, LOGIN_COOKIE, PENDING_COOKIE] {
+            let c = set_cookie(name, "t", false, None);
+            let c = c.to_str().unwrap_or_default();
+            assert!(c.starts_with(&format!("{name}=t; ")), "{c}");
+            assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict"));
+            assert!(c.contains("Path=/console") && !c.contains("Secure"), "{c}");
+            assert!(!c.contains("__Host-"), "{c}");
+        }
+        assert_eq!(cookie_name(SESSION_COOKIE, false), "kirim_session");
+    }
+
+    #[test]
+    fn a_cookie_that_comes_twice_is_not_read_and_the_other_modes_name_is_not_read() {
+        let twice = cookies("kirim_session=mine; a=1; kirim_session=planted");
+        assert_eq!(cookie(&twice, SESSION_COOKIE, false), None);
+        assert!(has_cookie(&twice, SESSION_COOKIE, false));
+        let twice = cookies("__Host-kirim_session=a; __Host-kirim_session=b");
+        assert_eq!(cookie(&twice, SESSION_COOKIE, true), None);
+        // A secure console reads only the prefixed name; local mode only the plain one.
+        let plain = cookies("kirim_session=tok");
+        assert_eq!(cookie(&plain, SESSION_COOKIE, true), None);
+        assert!(!has_cookie(&plain, SESSION_COOKIE, true));
+        let host = cookies("__Host-kirim_session=tok");
+        assert_eq!(cookie(&host, SESSION_COOKIE, false), None);
     }
 }

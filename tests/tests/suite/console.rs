@@ -219,6 +219,182 @@ async fn the_console_over_https_sends_strict_transport_security_and_local_mode_d
     }
 }
 
+/// One request to a console served as on Lambda (HTTPS: secure cookies): its status, its
+/// `Set-Cookie` values and its body.
+async fn to_secure_console(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    form: Option<&[(&str, &str)]>,
+) -> (u16, Vec<String>, String) {
+    use tower::ServiceExt;
+    let router = kirim::console::console_router(
+        app.app.deps.clone(),
+        kirim::console::ConsoleOptions {
+            secure_cookies: true,
+        },
+    );
+    let enc = |v: &str| {
+        v.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let body = form.map_or_else(String::new, |f| {
+        f.iter()
+            .map(|(k, v)| format!("{k}={}", enc(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    let res = router.oneshot(req).await.unwrap();
+    let status = res.status().as_u16();
+    let set = res
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    (status, set, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value a `Set-Cookie` list sets for `name`, and the whole header.
+fn set_for(set: &[String], name: &str) -> (String, String) {
+    let c = set
+        .iter()
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {set:?}"));
+    let value = c[name.len() + 1..].split(';').next().unwrap_or_default();
+    (value.to_owned(), c.clone())
+}
+
+/// Over HTTPS every console cookie is a `__Host-` cookie for the whole host (`Path=/`,
+/// `Secure`, no `Domain`): a sibling subdomain taken over cannot plant one the browser
+/// sends first. A cookie of the old name is not read, and two session cookies sign nobody
+/// in.
+async fn over_https_the_console_signs_in_with_host_cookies_and_two_session_cookies_sign_nobody_in(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let (status, set, html) = to_secure_console(&app, "GET", "/console/login", "", None).await;
+    assert_eq!(status, 200);
+    let (nonce, login_cookie) = set_for(&set, "__Host-kirim_login");
+    assert!(login_cookie.contains("; Path=/;") && login_cookie.contains("; Secure"));
+    let page = Page {
+        status,
+        headers: HeaderMap::new(),
+        html,
+    };
+    let form = [
+        ("csrf", page.csrf()),
+        ("email", email.clone()),
+        ("password", PASSWORD.to_owned()),
+    ];
+    let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The old name is not the sign-in cookie here: the form's token does not match it.
+    let (status, _, _) = to_secure_console(
+        &app,
+        "POST",
+        "/console/login",
+        &format!("kirim_login={nonce}"),
+        Some(&form),
+    )
+    .await;
+    assert_eq!(status, 403, "kirim_login is not read over HTTPS");
+    let (status, set, body) = to_secure_console(
+        &app,
+        "POST",
+        "/console/login",
+        &format!("__Host-kirim_login={nonce}"),
+        Some(&form),
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let (session, header) = set_for(&set, "__Host-kirim_session");
+    assert!(session.starts_with("kirimsess_"), "{header}");
+    assert_eq!(
+        header,
+        format!("__Host-kirim_session={session}; HttpOnly; SameSite=Strict; Path=/; Secure")
+    );
+    assert!(!set
+        .iter()
+        .any(|c| c.contains("Domain") || c.contains("Path=/console")));
+    let (status, _, _) = to_secure_console(
+        &app,
+        "GET",
+        "/console/",
+        &format!("__Host-kirim_session={session}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "signed in");
+    // Another valid session (the attacker's own) beside it: nobody is signed in.
+    let (other, _) = new_user(&app, &t.key, "admin").await;
+    let planted = super::users::login_ok(&app, &other).await;
+    for cookie in [
+        format!("__Host-kirim_session={planted}; __Host-kirim_session={session}"),
+        format!("__Host-kirim_session={session}; __Host-kirim_session={planted}"),
+    ] {
+        let (status, _, _) = to_secure_console(&app, "GET", "/console/", &cookie, None).await;
+        assert_eq!(status, 303, "not signed in: {cookie}");
+    }
+    let (status, _, _) = to_secure_console(
+        &app,
+        "GET",
+        "/console/",
+        &format!("kirim_session={planted}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 303, "the unprefixed name is nobody's over HTTPS");
+}
+
+/// In local mode's plain http too, a request with the session cookie twice is signed out.
+async fn a_request_with_two_session_cookies_is_not_signed_in_in_local_mode(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let web = sign_in(&app, &email).await;
+    let (other, _) = new_user(&app, &t.key, "admin").await;
+    let planted = super::users::login_ok(&app, &other).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |cookie: String| {
+        let req = http.get(app.url("/console/")).header("cookie", cookie);
+        async move { req.send().await.unwrap() }
+    };
+    let one = get(format!("kirim_session={}", web.session())).await;
+    assert_eq!(one.status(), 200);
+    let two = get(format!(
+        "kirim_session={planted}; kirim_session={}",
+        web.session()
+    ))
+    .await;
+    assert_eq!(two.status(), 303);
+    assert_eq!(
+        two.headers().get(LOCATION).and_then(|v| v.to_str().ok()),
+        Some("/console/login")
+    );
+}
+
 async fn api_keys(app: &TestApp, admin: &str) -> usize {
     let (s, b) = call(app, "GET", "/v1/api-keys", Some(admin), None).await;
     assert_eq!(s, 200);
@@ -1593,6 +1769,8 @@ on_both_backends!(
     a_refused_opt_out_or_user_keeps_its_chosen_scope_and_role,
     the_console_removes_a_copy_kept_under_a_user_id_by_that_id,
     the_console_over_https_sends_strict_transport_security_and_local_mode_does_not,
+    over_https_the_console_signs_in_with_host_cookies_and_two_session_cookies_sign_nobody_in,
+    a_request_with_two_session_cookies_is_not_signed_in_in_local_mode,
     an_opt_out_is_removed_only_on_its_confirmation_and_a_refused_one_keeps_its_number,
     the_console_sets_a_strict_http_only_session_cookie_and_its_security_headers,
     a_console_post_without_its_sessions_csrf_token_is_refused_and_changes_nothing,
