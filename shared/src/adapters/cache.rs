@@ -21,7 +21,8 @@
 //!   or throughput from Meta paces its sends, within that; the send slots themselves are
 //!   their own item, never cached.
 //!
-//! Every write through the same decorator drops what it changes at once (same process);
+//! Every write through the same decorator drops what it changes at once (same process), and
+//! a read that was in flight meanwhile is not kept (see `Ttl`);
 //! a change made by another process (another Lambda, another instance) is seen after the
 //! TTL at most: a revoked key, a suspended tenant, a changed allow-list bite within the
 //! TTL. The invariants that matter for money and sending (credits, the idempotency record,
@@ -61,42 +62,76 @@ use crate::ports::{
 use crate::store_error::StoreError;
 
 /// Entries that expire by the clock.
+///
+/// A fill is a read of the store then a [`Ttl::put`]; a write through the decorator drops
+/// what it changed ([`Ttl::forget`]) after the store has it. A fill whose read began before
+/// that write and whose `put` comes after the forget would put back what the write changed
+/// (a revoked key working on the instance that revoked it for the TTL). So every forget
+/// counts a generation, a fill takes the generation before its read ([`Ttl::began`]), and its
+/// `put` is skipped if a forget came since: the caller still gets what it read, and the next
+/// read goes to the store. Per cache, not per key (a forget names entries by their value, an
+/// API key by its tenant and id under its hash): a fill that meets another key's forget is
+/// just not kept, one read more.
 struct Ttl<K, V> {
     ttl: chrono::Duration,
-    map: Mutex<HashMap<K, (DateTime<Utc>, V)>>,
+    map: Mutex<Entries<K, V>>,
 }
+
+struct Entries<K, V> {
+    map: HashMap<K, (DateTime<Utc>, V)>,
+    /// Forgets so far.
+    generation: u64,
+}
+
+/// When a fill's read began: the [`Ttl`]'s forgets so far.
+#[derive(Clone, Copy)]
+struct Began(u64);
 
 impl<K: Eq + Hash, V: Clone> Ttl<K, V> {
     fn new(ttl: Duration) -> Self {
         Ttl {
             ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::zero()),
-            map: Mutex::new(HashMap::new()),
+            map: Mutex::new(Entries {
+                map: HashMap::new(),
+                generation: 0,
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (DateTime<Utc>, V)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries<K, V>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn get(&self, k: &K, now: DateTime<Utc>) -> Option<V> {
-        let map = self.lock();
-        let (at, v) = map.get(k)?;
+        let entries = self.lock();
+        let (at, v) = entries.map.get(k)?;
         // A clock that went back counts as expired too.
         (*at <= now && now < *at + self.ttl).then(|| v.clone())
     }
 
-    fn put(&self, k: K, v: V, now: DateTime<Utc>) {
-        let mut map = self.lock();
-        // Bounded: a warm process sees few tenants; drop expired entries when it grows.
-        if map.len() >= 10_000 {
-            let ttl = self.ttl;
-            map.retain(|_, (at, _)| now < *at + ttl);
+    /// Taken before a fill's read of the store, for its [`Ttl::put`].
+    fn began(&self) -> Began {
+        Began(self.lock().generation)
+    }
+
+    /// Keeps what a fill read, unless a forget came since its read `began`.
+    fn put(&self, began: Began, k: K, v: V, now: DateTime<Utc>) {
+        let mut entries = self.lock();
+        if entries.generation != began.0 {
+            return;
         }
-        map.insert(k, (now, v));
+        // Bounded: a warm process sees few tenants; drop expired entries when it grows.
+        if entries.map.len() >= 10_000 {
+            let ttl = self.ttl;
+            entries.map.retain(|_, (at, _)| now < *at + ttl);
+        }
+        entries.map.insert(k, (now, v));
     }
 
     fn forget(&self, keep: impl Fn(&K, &V) -> bool) {
-        self.lock().retain(|k, (_, v)| keep(k, v));
+        let mut entries = self.lock();
+        entries.generation = entries.generation.wrapping_add(1);
+        entries.map.retain(|k, (_, v)| keep(k, v));
     }
 }
 
@@ -238,9 +273,10 @@ impl<S: TenantStore + 'static> TenantStore for ReadCache<S> {
         if let Some(t) = self.tenants.get(id, now) {
             return Ok(Some(t));
         }
+        let began = self.tenants.began();
         let t = self.inner.get_tenant(id).await?;
         if let Some(t) = &t {
-            self.tenants.put(id.clone(), t.clone(), now);
+            self.tenants.put(began, id.clone(), t.clone(), now);
         }
         Ok(t)
     }
@@ -254,6 +290,7 @@ impl<S: TenantStore + 'static> TenantStore for ReadCache<S> {
         if let Some(t) = self.phones.get(&k, now) {
             return Ok(Some(t));
         }
+        let began = self.phones.began();
         let mut t = self
             .lagging
             .tenant_by_phone_number_id(phone_number_id)
@@ -266,7 +303,7 @@ impl<S: TenantStore + 'static> TenantStore for ReadCache<S> {
                 .await?;
         }
         if let Some(t) = &t {
-            self.phones.put(k, t.clone(), now);
+            self.phones.put(began, k, t.clone(), now);
         }
         Ok(t)
     }
@@ -277,9 +314,10 @@ impl<S: TenantStore + 'static> TenantStore for ReadCache<S> {
         if let Some(r) = self.keys.get(&k, now) {
             return Ok(Some(r));
         }
+        let began = self.keys.began();
         let r = self.inner.api_key_by_hash(key_hash).await?;
         if let Some(r) = &r {
-            self.keys.put(k, r.clone(), now);
+            self.keys.put(began, k, r.clone(), now);
         }
         Ok(r)
     }
@@ -409,8 +447,9 @@ impl<S: StatusCallbackStore + 'static> StatusCallbackStore for ReadCache<S> {
         if let Some(s) = self.callbacks.get(tenant, now) {
             return Ok(s);
         }
+        let began = self.callbacks.began();
         let s = self.lagging.get_status_callback(tenant).await?;
-        self.callbacks.put(tenant.clone(), s.clone(), now);
+        self.callbacks.put(began, tenant.clone(), s.clone(), now);
         Ok(s)
     }
 
@@ -419,8 +458,9 @@ impl<S: StatusCallbackStore + 'static> StatusCallbackStore for ReadCache<S> {
         tenant: &TenantId,
     ) -> Result<Option<StatusCallback>, StoreError> {
         let now = self.now();
+        let began = self.callbacks.began();
         let s = self.inner.get_status_callback(tenant).await?;
-        self.callbacks.put(tenant.clone(), s.clone(), now);
+        self.callbacks.put(began, tenant.clone(), s.clone(), now);
         Ok(s)
     }
 
@@ -514,8 +554,9 @@ impl<S: TemplateStore + 'static> TemplateStore for ReadCache<S> {
         if let Some(t) = self.templates.get(&k, now) {
             return Ok(t);
         }
+        let began = self.templates.began();
         let t = self.lagging.get_template(waba_id, name, language).await?;
-        self.templates.put(k, t.clone(), now);
+        self.templates.put(began, k, t.clone(), now);
         Ok(t)
     }
 
@@ -601,6 +642,7 @@ impl<S: PhoneNumberStore + 'static> PhoneNumberStore for ReadCache<S> {
         if let Some(n) = self.numbers.get(&k, now) {
             return Ok(Some(n));
         }
+        let began = self.numbers.began();
         let mut n = self
             .lagging
             .get_phone_number(tenant, phone_number_id)
@@ -610,7 +652,7 @@ impl<S: PhoneNumberStore + 'static> PhoneNumberStore for ReadCache<S> {
             n = self.inner.get_phone_number(tenant, phone_number_id).await?;
         }
         if let Some(n) = &n {
-            self.numbers.put(k, n.clone(), now);
+            self.numbers.put(began, k, n.clone(), now);
         }
         Ok(n)
     }

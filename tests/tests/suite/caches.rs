@@ -143,6 +143,269 @@ async fn a_key_revoked_through_the_same_process_is_refused_at_once(b: Backend) {
     assert!(auth::authenticate(&cached, Some(&token)).await.is_err());
 }
 
+/// The store under a cache whose next key read (or tenant read) stops, once it has read,
+/// until the test lets it go: a write through the same cache lands while that read is in
+/// flight.
+struct Paused {
+    tenants: Arc<dyn TenantStore>,
+    keys: Arc<dyn ApiKeyStore>,
+    key_read: std::sync::atomic::AtomicBool,
+    tenant_read: std::sync::atomic::AtomicBool,
+    read: tokio::sync::Notify,
+    go: tokio::sync::Notify,
+}
+
+impl Paused {
+    fn over(d: &Deps) -> Arc<Self> {
+        Arc::new(Paused {
+            tenants: d.tenants.clone(),
+            keys: d.api_keys.clone(),
+            key_read: Default::default(),
+            tenant_read: Default::default(),
+            read: tokio::sync::Notify::new(),
+            go: tokio::sync::Notify::new(),
+        })
+    }
+
+    async fn stop_if(&self, armed: &std::sync::atomic::AtomicBool) {
+        if armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.read.notify_one();
+            self.go.notified().await;
+        }
+    }
+
+    /// Deps whose tenants and keys are read through a cache over this store.
+    fn cached(self: &Arc<Self>, d: &Deps, clock: Arc<ManualClock>) -> Deps {
+        let cache = Arc::new(kirim::adapters::cache::ReadCache::new(
+            self.clone(),
+            READ_CACHE_TTL,
+            clock,
+        ));
+        let mut d = d.clone();
+        d.tenants = cache.clone();
+        d.api_keys = cache;
+        d
+    }
+}
+
+impl kirim::adapters::cache::LaggingView for Paused {
+    fn lagging_view(store: &Arc<Self>) -> Arc<Self> {
+        store.clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl TenantStore for Paused {
+    async fn onboard(
+        &self,
+        tenant: &Tenant,
+        display_phone_number: Option<&str>,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.tenants
+            .onboard(tenant, display_phone_number, key, initial)
+            .await
+    }
+    async fn onboard_over_closed(
+        &self,
+        tenant: &Tenant,
+        display_phone_number: Option<&str>,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+        closed: &TenantId,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.tenants
+            .onboard_over_closed(tenant, display_phone_number, key, initial, closed)
+            .await
+    }
+    async fn get_tenant(
+        &self,
+        id: &TenantId,
+    ) -> Result<Option<Tenant>, kirim::store_error::StoreError> {
+        let t = self.tenants.get_tenant(id).await;
+        self.stop_if(&self.tenant_read).await;
+        t
+    }
+    async fn tenant_by_phone_number_id(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<TenantId>, kirim::store_error::StoreError> {
+        self.tenants
+            .tenant_by_phone_number_id(phone_number_id)
+            .await
+    }
+    async fn api_key_by_hash(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<ApiKeyRecord>, kirim::store_error::StoreError> {
+        let r = self.tenants.api_key_by_hash(key_hash).await;
+        self.stop_if(&self.key_read).await;
+        r
+    }
+    async fn tenants_by_waba(
+        &self,
+        waba_id: &str,
+    ) -> Result<Vec<TenantId>, kirim::store_error::StoreError> {
+        self.tenants.tenants_by_waba(waba_id).await
+    }
+    async fn set_ip_allowlist(
+        &self,
+        id: &TenantId,
+        cidrs: &[String],
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.tenants.set_ip_allowlist(id, cidrs).await
+    }
+    async fn set_request_limits(
+        &self,
+        id: &TenantId,
+        limits: kirim::domain::RequestLimits,
+    ) -> Result<Tenant, kirim::store_error::StoreError> {
+        self.tenants.set_request_limits(id, limits).await
+    }
+    async fn set_meta_token_changed_at(
+        &self,
+        id: &TenantId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Tenant, kirim::store_error::StoreError> {
+        self.tenants.set_meta_token_changed_at(id, at).await
+    }
+    async fn set_status(
+        &self,
+        id: &TenantId,
+        to: TenantStatus,
+        reason: Option<&str>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Tenant, kirim::store_error::StoreError> {
+        self.tenants.set_status(id, to, reason, at).await
+    }
+    async fn suspend_if_unchanged(
+        &self,
+        id: &TenantId,
+        reason: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        seen: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Option<Tenant>, kirim::store_error::StoreError> {
+        self.tenants
+            .suspend_if_unchanged(id, reason, at, seen)
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl ApiKeyStore for Paused {
+    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), kirim::store_error::StoreError> {
+        self.keys.put_api_key(key).await
+    }
+    async fn list_api_keys(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<Vec<ApiKeyRecord>, kirim::store_error::StoreError> {
+        self.keys.list_api_keys(tenant).await
+    }
+    async fn list_api_keys_page(
+        &self,
+        tenant: &TenantId,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<ApiKeyPage, kirim::store_error::StoreError> {
+        self.keys.list_api_keys_page(tenant, limit, cursor).await
+    }
+    async fn get_api_key(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<ApiKeyRecord>, kirim::store_error::StoreError> {
+        self.keys.get_api_key(tenant, id).await
+    }
+    async fn revoke_api_key(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<ApiKeyRecord>, kirim::store_error::StoreError> {
+        self.keys.revoke_api_key(tenant, id, at).await
+    }
+    async fn rotate_api_key(
+        &self,
+        tenant: &TenantId,
+        old_id: &str,
+        new: &ApiKeyRecord,
+        old_expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), kirim::store_error::StoreError> {
+        self.keys
+            .rotate_api_key(tenant, old_id, new, old_expires_at)
+            .await
+    }
+}
+
+/// A request that missed the cache and read the key just before this process revoked it
+/// answers with what it read, but does not put it back in the cache: the next request reads
+/// the store again and is refused (it would have kept working here for up to 5 s).
+async fn a_key_read_in_flight_while_this_process_revokes_it_is_not_cached_back(b: Backend) {
+    let (_, other, clock) = two_processes(b).await;
+    let t = tenant(10);
+    let token = format!("kirim_{}", kirim::domain::new_id());
+    let key = ApiKeyRecord {
+        key_hash: kirim::secret::token_hash(&token),
+        ..key_for(&t)
+    };
+    other.tenants.create_tenant(&t, &key, None).await.unwrap();
+    let store = Paused::over(&other);
+    let cached = store.cached(&other, clock.clone());
+    store
+        .key_read
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (in_flight, ()) = tokio::join!(auth::authenticate(&cached, Some(&token)), async {
+        store.read.notified().await;
+        cached
+            .api_keys
+            .revoke_api_key(&t.id, &key.id, clock.now())
+            .await
+            .unwrap();
+        store.go.notify_one();
+    });
+    assert!(
+        in_flight.is_ok(),
+        "the request in flight read the key before its revocation"
+    );
+    assert!(matches!(
+        auth::authenticate(&cached, Some(&token)).await,
+        Err(ServiceError::Unauthenticated)
+    ));
+}
+
+/// The same for the tenant's access facts: a suspension through this process while a read
+/// of the tenant is in flight is not undone by that read.
+async fn a_tenant_read_in_flight_while_this_process_suspends_it_is_not_cached_back(b: Backend) {
+    let (_, other, clock) = two_processes(b).await;
+    let t = tenant(10);
+    other
+        .tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let store = Paused::over(&other);
+    let cached = store.cached(&other, clock.clone());
+    store
+        .tenant_read
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (in_flight, ()) = tokio::join!(auth::load_tenant(&cached, &t.id), async {
+        store.read.notified().await;
+        cached
+            .tenants
+            .set_status(&t.id, TenantStatus::Suspended, Some("test"), clock.now())
+            .await
+            .unwrap();
+        store.go.notify_one();
+    });
+    assert_eq!(in_flight.unwrap().status, TenantStatus::Active);
+    assert_eq!(
+        auth::load_tenant(&cached, &t.id).await.unwrap().status,
+        TenantStatus::Suspended
+    );
+}
+
 /// A tier the operator sets through a warm process is read back by that process at once
 /// (the numbers list, the dispatcher's pace): its cached tenant is dropped, as every other
 /// tenant write through it drops it.
@@ -1108,6 +1371,8 @@ on_both_backends!(
     the_default_sender_has_its_item_from_onboarding_and_is_read_once_within_five_seconds,
     a_key_revoked_by_another_process_stops_authenticating_within_five_seconds,
     a_key_revoked_through_the_same_process_is_refused_at_once,
+    a_key_read_in_flight_while_this_process_revokes_it_is_not_cached_back,
+    a_tenant_read_in_flight_while_this_process_suspends_it_is_not_cached_back,
     a_suspension_by_another_process_bites_within_five_seconds_and_credits_are_never_cached,
     a_message_accepted_after_a_resume_is_not_failed_for_the_suspension_a_warm_dispatcher_remembers,
 );
