@@ -424,6 +424,8 @@ impl StatusChange {
         }
         if self.error.is_some() {
             m.error = self.error.clone();
+            // As the stores read it back (`MessageRecord::scrub_error`).
+            m.scrub_error();
         } else if to.clears_error() {
             m.error = None;
         }

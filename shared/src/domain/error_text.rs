@@ -93,6 +93,31 @@ pub fn title(text: &str, quoted: &[&str]) -> String {
     scrub(text, quoted, MAX_ERROR_TITLE)
 }
 
+/// A failure's title as read back from where it was kept (a message item, a callback's
+/// queued, owed or dead-lettered body, a kept status), before it leaves the platform:
+/// [`title`] with every form of the message's number when the reader has it (`to`), and
+/// the digit rule always. A title kept from stop 60 on was scrubbed so when written and
+/// comes back as it went in ([`scrub`] is idempotent); one kept before keeps Meta's words as
+/// they came, which may quote the recipient or a parameter. Content is never stored, so a
+/// quoted parameter is taken out only if it is a number (a run of [`MIN_DIGIT_RUN`]
+/// digits); the number goes in every form. No store call: one pass over the title.
+pub fn read_back(text: &str, to: Option<&PhoneNumber>) -> String {
+    let forms = to.map(phone_forms).unwrap_or_default();
+    let quoted: Vec<&str> = forms.iter().map(String::as_str).collect();
+    title(text, &quoted)
+}
+
+/// [`read_back`] as serde reads a stored title (`#[serde(deserialize_with)]`, on
+/// [`MessageError::title`](super::MessageError) and a kept status's): whatever holds a
+/// title, it is never decoded unscrubbed.
+pub fn deserialize_title<'de, D>(d: D) -> Result<String, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    Ok(read_back(&text, None))
+}
+
 /// The values a message's content carries that Meta may quote back: a text's body, and
 /// every string a template parameter holds (its text, a button's payload, a currency's or
 /// date's fallback value, a media link...), but not the words of the parameter's shape
@@ -466,6 +491,21 @@ mod tests {
             for v in q.iter().map(|v| v.trim()).filter(|v| v.chars().count() >= MIN_QUOTED) {
                 prop_assert!(!got.contains(v), "{v:?} in {got:?}");
             }
+        }
+
+        #[test]
+        fn a_title_scrubbed_when_written_reads_back_as_it_went_in_and_any_other_loses_the_number(
+            text in texty(), quoted in values(), digits in crate::props::re("[1-9][0-9]{7,14}"),
+        ) {
+            let to = PhoneNumber::parse_stored(&format!("+{digits}")).unwrap();
+            let q: Vec<&str> = quoted.iter().map(String::as_str).collect();
+            let written = title(&text, &q);
+            prop_assert_eq!(read_back(&written, Some(&to)), written.clone());
+            prop_assert_eq!(read_back(&written, None), written);
+            // One kept before titles were scrubbed: the number in neither form.
+            let old = format!("{text}+{digits} {text}{digits}");
+            let got = read_back(&old, Some(&to)).replace(REDACTED, " ");
+            prop_assert!(!got.contains(&digits), "{got:?}");
         }
 
         #[test]

@@ -153,15 +153,32 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
-/// Meta's (or our own) reason for a failure.
+/// Meta's (or our own) reason for a failure. Its title is scrubbed whenever it is decoded
+/// (`error_text::read_back`): a title kept before stop 60, in a message item or a callback's
+/// body, comes back without a number Meta quoted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MessageError {
     pub code: ErrorCode,
+    #[serde(deserialize_with = "super::error_text::deserialize_title")]
     pub title: String,
 }
 
+impl MessageError {
+    /// Its title as it may leave the platform, for a message to `to`
+    /// (`error_text::read_back`).
+    pub fn scrub_for(&mut self, to: &PhoneNumber) {
+        self.title = super::error_text::read_back(&self.title, Some(to));
+    }
+}
+
 /// Delivery metadata of one message: what the table holds. No content.
+///
+/// Decoded, its error's title is scrubbed with the record's own number
+/// ([`MessageRecord::scrub_error`]): every reader of a stored record (the API, the export,
+/// `recipients.csv`, a campaign's tally, the console, status callbacks) gets it so. Serde's
+/// derive is `remote = "Self"` for that: the impls below call it, then scrub.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct MessageRecord {
     pub id: MessageId,
     pub tenant_id: TenantId,
@@ -217,6 +234,30 @@ pub struct MessageRecord {
     pub refunded: bool,
 }
 
+impl MessageRecord {
+    /// Its error's title without its number (in every form) or any other run of 7 digits
+    /// (`error_text::read_back`): what a title kept before stop 60 may hold. Idempotent.
+    pub fn scrub_error(&mut self) {
+        if let Some(e) = &mut self.error {
+            e.scrub_for(&self.to);
+        }
+    }
+}
+
+impl Serialize for MessageRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        MessageRecord::serialize(self, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut m = MessageRecord::deserialize(d)?;
+        m.scrub_error();
+        Ok(m)
+    }
+}
+
 /// A send slot reserved for a message ahead of its next claim: the slot's time, and the
 /// attempt count of the claim it was reserved in (a later attempt, after a failed send,
 /// does not use it: that slot was spent).
@@ -261,6 +302,42 @@ impl Pricing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed message as a build before stop 60 stored it: Meta's words as they came.
+    fn stored_before_scrubbing(title: &str) -> serde_json::Value {
+        serde_json::json!({
+            "id": "01J0000000000000000000000A", "tenant_id": "01J0000000000000000000000B",
+            "to": "+60123450303", "template": null, "status": "failed",
+            "error": {"code": 131009, "title": title},
+            "events": [], "wamid": null, "attempts": 1, "price": 1,
+            "client_reference": null, "created_at": "2025-01-01T00:00:00Z",
+            "updated_at": "2025-01-01T00:00:00Z", "expires_at": null,
+        })
+    }
+
+    #[test]
+    fn a_record_read_back_has_its_title_scrubbed_of_its_number_and_any_long_number() {
+        let raw =
+            "(#131009) Parameter value is not valid: +60123450303 for 60123450303, order 123456789";
+        let m: MessageRecord = serde_json::from_value(stored_before_scrubbing(raw)).unwrap();
+        let want =
+            "(#131009) Parameter value is not valid: <redacted> for <redacted>, order <redacted>";
+        assert_eq!(m.error.as_ref().map(|e| e.title.as_str()), Some(want));
+        assert_eq!(m.to.as_str(), "+60123450303");
+        // Written again and read back: the same (and the derive's own impls are reached,
+        // not these ones again).
+        let again: MessageRecord =
+            serde_json::from_value(serde_json::to_value(&m).unwrap()).unwrap();
+        assert_eq!(again, m);
+        // A callback's body holds the error alone: the digit rule.
+        let e: MessageError =
+            serde_json::from_value(serde_json::json!({"code": 131009, "title": raw})).unwrap();
+        assert_eq!(e.title, want);
+        // A status kept for a wamid not known yet, before stop 60.
+        let kept: crate::ports::PendingError =
+            serde_json::from_value(serde_json::json!({"code": 131009, "title": raw})).unwrap();
+        assert_eq!(kept.title, want);
+    }
 
     #[test]
     fn meta_pricing_words_are_read_and_anything_else_is_refused() {

@@ -32,6 +32,9 @@ pub struct PendingStatus {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PendingError {
     pub code: i64,
+    /// Scrubbed as it is read back (`error_text::read_back`): one kept before stop 60 holds
+    /// Meta's words as they came.
+    #[serde(deserialize_with = "crate::domain::error_text::deserialize_title")]
     pub title: String,
 }
 

@@ -432,6 +432,94 @@ async fn a_debit_records_the_message_and_the_ledger_entry_together(p: Ports) {
     assert!(kinds.contains(&LedgerKind::TopUp) && kinds.contains(&LedgerKind::Debit));
 }
 
+/// A failure's title kept as a build before stop 60 kept it (Meta's words quoting the
+/// recipient and a long number): whatever reads the message gets it scrubbed with the
+/// message's own number and the digit rule, Meta's code and words kept; a title that was
+/// scrubbed already reads back as it is.
+async fn a_failure_title_kept_unscrubbed_is_read_back_scrubbed_by_every_read(p: Ports) {
+    let t = onboarded(&p, 10).await;
+    let raw =
+        "(#131009) Parameter value is not valid: +60123456789 for 60123456789, order 123456789";
+    let scrubbed =
+        "(#131009) Parameter value is not valid: <redacted> for <redacted>, order <redacted>";
+    let error = |title: &str| MessageError {
+        code: 131009.into(),
+        title: title.into(),
+    };
+    let title_of = |m: &MessageRecord| m.error.as_ref().map(|e| e.title.clone());
+    // Stored failed, whole.
+    let (mut m, d) = message(&p, &t.id, 3600);
+    m.status = MessageStatus::Failed;
+    m.error = Some(error(raw));
+    p.messages.insert_with_debit(&m, &d).await.unwrap();
+    let got = p.messages.get_message(&t.id, &m.id).await.unwrap().unwrap();
+    assert_eq!(title_of(&got).as_deref(), Some(scrubbed));
+    let peeked = p
+        .messages
+        .peek_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(title_of(&peeked).as_deref(), Some(scrubbed));
+    let page = p
+        .messages
+        .list_messages(
+            &t.id,
+            &MessageQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.messages.len(), 1);
+    assert_eq!(title_of(&page.messages[0]).as_deref(), Some(scrubbed));
+    // Moved to failed with the title as Meta's status carried it then.
+    p.clock.advance(chrono::Duration::milliseconds(5));
+    let (other, d) = message(&p, &t.id, 3600);
+    p.messages.insert_with_debit(&other, &d).await.unwrap();
+    let change = StatusChange {
+        error: Some(error(raw)),
+        ..Default::default()
+    };
+    let Transition::Applied(moved) = p
+        .messages
+        .transition(
+            &t.id,
+            &other.id,
+            MessageStatus::Failed,
+            &change,
+            p.clock.now(),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("accepted moves to failed");
+    };
+    assert_eq!(title_of(&moved).as_deref(), Some(scrubbed));
+    let got = p
+        .messages
+        .get_message(&t.id, &other.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(title_of(&got).as_deref(), Some(scrubbed));
+    assert_eq!(
+        got.to, other.to,
+        "the number itself is kept where it belongs"
+    );
+    // Scrubbed when written (from stop 60 on): read back unchanged.
+    p.clock.advance(chrono::Duration::milliseconds(5));
+    let (mut fresh, d) = message(&p, &t.id, 3600);
+    fresh.status = MessageStatus::Failed;
+    fresh.error = Some(error(scrubbed));
+    p.messages.insert_with_debit(&fresh, &d).await.unwrap();
+    assert_eq!(
+        p.messages.get_message(&t.id, &fresh.id).await.unwrap(),
+        Some(fresh)
+    );
+}
+
 /// A warm process's copy of a tenant (5 s) may not know it was closed: the debit itself
 /// refuses a closed tenant, a message's, an idempotent one's and a campaign's, with the
 /// balance untouched, no ledger entry and nothing stored.
@@ -1943,6 +2031,7 @@ contract!(
     a_status_change_made_again_at_the_same_time_with_the_same_reason_is_a_repeat,
     a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing,
     a_debit_records_the_message_and_the_ledger_entry_together,
+    a_failure_title_kept_unscrubbed_is_read_back_scrubbed_by_every_read,
     a_debit_of_a_closed_tenant_is_refused_as_closed_and_writes_nothing,
     a_top_up_for_an_unknown_tenant_is_not_found,
     a_closed_tenant_takes_no_top_up_or_setting_but_its_refunds,

@@ -506,8 +506,242 @@ async fn a_failed_statuss_title_quoting_the_recipient_is_stored_without_it(b: Ba
     );
 }
 
+/// Meta's words as a build before stop 60 kept them for a message to `to`: its number with
+/// and without `+`, a 9-digit run, Meta's code.
+fn unscrubbed_title(to: &str) -> String {
+    format!(
+        "(#131009) Parameter value is not valid: {to} for {}, order 123456789",
+        to.trim_start_matches('+')
+    )
+}
+
+/// What every reader shows of [`unscrubbed_title`]: Meta's words and code, no number.
+const READ_BACK: &str =
+    "(#131009) Parameter value is not valid: <redacted> for <redacted>, order <redacted>";
+
+/// A title that holds none of the number's digits (its last seven, in any form) nor any
+/// run of 7 digits, and Meta's code whole.
+fn read_back_without_numbers(text: &str, digits: &str, what: &str) {
+    assert!(!holds_a_number(text, digits), "{what}: {text}");
+    let longest = text
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert!(longest < 7, "{what}: {text}");
+    assert!(text.contains("(#131009)"), "{what}: {text}");
+}
+
+/// A failure whose title an older build stored unscrubbed (written here through the store
+/// port, past the dispatcher's and the webhook's scrubbing): every reader scrubs it as it
+/// reads it — `GET /v1/messages/{id}` and the list, the export, a campaign's
+/// `recipients.csv` and failure tally, and a status callback owed since then.
+async fn a_title_stored_before_titles_were_scrubbed_is_read_back_without_the_number(b: Backend) {
+    let (app, t, receiver) = app_with_quoting_meta(b).await;
+    let deps = &app.app.deps;
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    // As a build before stop 60 wrote Meta's `failed` status for a sent message.
+    let fail_as_before = |id: String, to: &'static str| {
+        let tenant = tenant.clone();
+        async move {
+            let id = kirim::domain::MessageId::parse(&id).unwrap();
+            let change = kirim::ports::StatusChange {
+                error: Some(kirim::domain::MessageError {
+                    code: 131009.into(),
+                    title: unscrubbed_title(to),
+                }),
+                ..Default::default()
+            };
+            let moved = deps
+                .messages
+                .transition(
+                    &tenant,
+                    &id,
+                    kirim::domain::MessageStatus::Failed,
+                    &change,
+                    chrono::Utc::now(),
+                )
+                .await
+                .unwrap();
+            assert!(
+                matches!(moved, kirim::ports::Transition::Applied(_)),
+                "{moved:?}"
+            );
+        }
+    };
+    let single = "+60123450303";
+    let res = app
+        .http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&t.key)
+        .json(&json!({"to": single, "template": template_with("P-1")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.wait_status(&t.key, &id, "sent").await;
+    fail_as_before(id.clone(), single).await;
+    // A campaign's recipient, failed the same way once its message was sent.
+    let recipient = "+60123450404";
+    let res = app
+        .http
+        .post(app.url("/v1/broadcasts"))
+        .bearer_auth(&t.key)
+        .json(&json!({"template": template_with("P-2"), "recipients": [recipient]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let campaign = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get_campaign = || async {
+        app.http
+            .get(app.url(&format!("/v1/broadcasts/{campaign}")))
+            .bearer_auth(&t.key)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let mut view = Value::Null;
+    for _ in 0..300 {
+        view = get_campaign().await;
+        if view["counts"]["sent"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(view["counts"]["sent"], 1, "{view}");
+    let recipients_csv = || async {
+        app.http
+            .get(app.url(&format!("/v1/broadcasts/{campaign}/recipients.csv")))
+            .bearer_auth(&t.key)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let csv = recipients_csv().await;
+    let row = csv.lines().nth(1).unwrap_or_default().to_owned();
+    let campaign_message = row.split(',').nth(4).unwrap_or_default().to_owned();
+    fail_as_before(campaign_message.clone(), recipient).await;
+
+    // GET /v1/messages/{id}, and the list.
+    let view = app.wait_status(&t.key, &id, "failed").await;
+    assert_eq!(view["error"]["title"], READ_BACK, "{view}");
+    let list: Value = app
+        .http
+        .get(app.url("/v1/messages?status=failed"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let titles: Vec<&Value> = list["messages"]
+        .as_array()
+        .map(|a| a.iter().map(|m| &m["error"]["title"]).collect())
+        .unwrap_or_default();
+    assert_eq!(titles.len(), 2, "{list}");
+    for title in titles {
+        assert_eq!(title, READ_BACK, "{list}");
+    }
+    // The campaign's failure tally and its recipients.csv.
+    let view = get_campaign().await;
+    assert_eq!(view["failures"][0]["title"], READ_BACK, "{view}");
+    let csv = recipients_csv().await;
+    // (Quoted: the title holds a comma.)
+    assert_eq!(
+        csv.lines().nth(1).and_then(|r| r.split('"').nth(1)),
+        Some(READ_BACK),
+        "{csv}"
+    );
+    // The export's messages.
+    let export = app
+        .http
+        .get(app.url("/v1/account/export"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let errors: Vec<Value> = export
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["type"] == "message")
+        .map(|l| l["error"]["title"].clone())
+        .collect();
+    assert_eq!(errors, [READ_BACK, READ_BACK], "{export}");
+    // A callback the queue refused back then, owed since with Meta's words in its body.
+    let job = kirim::service::jobs::CallbackJob {
+        tenant_id: tenant.clone(),
+        message_id: kirim::domain::MessageId::parse(&id).unwrap(),
+        status: kirim::domain::MessageStatus::Failed,
+        at: chrono::Utc::now(),
+        sequence: 2,
+        error: Some(kirim::domain::MessageError {
+            code: 131009.into(),
+            title: unscrubbed_title(single),
+        }),
+        client_reference: None,
+    };
+    let body = kirim::service::jobs::QueueJob::StatusCallback(job)
+        .to_body()
+        .unwrap();
+    assert!(body.contains("60123450303"), "owed as it was: {body}");
+    deps.status_callbacks
+        .owe_callback(&kirim::ports::OwedCallback {
+            tenant_id: tenant.clone(),
+            message_id: kirim::domain::MessageId::parse(&id).unwrap(),
+            sequence: 2,
+            body,
+            owed_at: chrono::Utc::now(),
+            expires_at: None,
+            leased_until: None,
+        })
+        .await
+        .unwrap();
+    kirim::service::callbacks::requeue_owed(deps).await.unwrap();
+    let got = receiver.wait_for(&["failed"]).await;
+    let failed: Vec<&str> = got
+        .iter()
+        .filter(|g| super::callbacks::status_of(g) == "failed")
+        .map(|g| g.body.as_str())
+        .collect();
+    assert_eq!(failed.len(), 1, "{got:?}");
+    let sent: Value = serde_json::from_str(failed[0]).unwrap();
+    assert_eq!(sent["error"]["title"], READ_BACK, "{sent}");
+    let csv_title = csv.lines().nth(1).and_then(|r| r.split('"').nth(1));
+    for (title, what) in [
+        (sent["error"]["title"].as_str(), "callback"),
+        (csv_title, "recipients.csv"),
+        (errors[0].as_str(), "export"),
+        (errors[1].as_str(), "export"),
+    ] {
+        for digits in ["60123450303", "60123450404"] {
+            read_back_without_numbers(title.unwrap_or_default(), digits, what);
+        }
+    }
+    // (The CSV and the export show the recipient in its own column; a callback never.)
+    assert!(!failed[0].contains("60123450"), "{}", failed[0]);
+}
+
 on_both_backends!(
     secrets_content_and_full_numbers_never_reach_logs_or_responses,
     metas_refusal_quoting_a_parameter_and_the_number_keeps_neither,
     a_failed_statuss_title_quoting_the_recipient_is_stored_without_it,
+    a_title_stored_before_titles_were_scrubbed_is_read_back_without_the_number,
 );

@@ -206,6 +206,12 @@ impl ShardKey for (TenantId, String) {
 /// walk, comparing keys whose strings sit on cache lines of their own: 1.4k instructions
 /// and 34 data misses a webhook), in [`Shards`] by the last character of the id, and kept
 /// in the tuple's order by a set of their keys for the lists and sweeps.
+///
+/// A failure's title is scrubbed as it comes in ([`MessageRecord::scrub_error`]: here, and
+/// wherever a write sets a message's error), where DynamoDB's records are scrubbed as they
+/// are decoded: local mode keeps nothing from before titles were scrubbed (its store lives
+/// as long as its process), so every reader gets what a DynamoDB reader gets, and a read
+/// costs nothing more.
 #[derive(Default)]
 pub(super) struct Messages {
     by_key: Shards<(TenantId, MessageId), Arc<MessageRecord>>,
@@ -225,7 +231,10 @@ impl Messages {
         self.by_key.contains_key(key)
     }
 
-    pub(super) fn insert(&mut self, key: (TenantId, MessageId), message: Arc<MessageRecord>) {
+    pub(super) fn insert(&mut self, key: (TenantId, MessageId), mut message: Arc<MessageRecord>) {
+        if message.error.is_some() {
+            Arc::make_mut(&mut message).scrub_error();
+        }
         self.order.insert(key.clone());
         self.by_key.insert(key, message);
     }
@@ -1143,6 +1152,7 @@ impl MessageStore for MemoryStore {
         let m = Arc::make_mut(m);
         m.status = MessageStatus::Accepted;
         m.error = Some(error.clone());
+        m.scrub_error();
         m.updated_at = at;
         Ok(Transition::Applied(Box::new(m.clone())))
     }
@@ -1177,6 +1187,7 @@ impl MessageStore for MemoryStore {
         m.status = MessageStatus::Cancelled;
         m.updated_at = at;
         m.error = Some(error.clone());
+        m.scrub_error();
         m.events.push(StatusEvent {
             status: MessageStatus::Cancelled,
             at,

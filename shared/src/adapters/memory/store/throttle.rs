@@ -107,6 +107,7 @@ impl SendingControl for MemoryStore {
         let m = std::sync::Arc::make_mut(m);
         m.status = MessageStatus::Failed;
         m.error = Some(error.clone());
+        m.scrub_error();
         m.updated_at = at;
         m.events.push(StatusEvent {
             status: MessageStatus::Failed,
