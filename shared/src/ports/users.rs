@@ -95,10 +95,13 @@ pub enum LoginCounter {
 }
 
 /// How far apart two writers' clocks (or one clock across a step back) may be for a
-/// failed-login counter's `blocked_until` one wrote to still hold for the other (as
-/// `http::access::HEAVY_LEASE_CLOCK_SKEW` for the heavy leases: Lambda's clocks are kept
-/// within milliseconds of each other; this leaves room to spare).
-pub const LOGIN_CLOCK_SKEW_SECS: i64 = 5;
+/// failed-login counter's `blocked_until` or window one wrote to still hold for the other.
+/// Lambda's clocks are kept within milliseconds of each other, but a counter taken for
+/// lapsed lets an attacker's guesses through as free ones again, so the margin is wide:
+/// five minutes, against the hours of a clock stepped wrong that the bound is for (a
+/// heavy lease, which only delays a tenant's own call, keeps 5 s:
+/// `http::access::HEAVY_LEASE_CLOCK_SKEW`).
+pub const LOGIN_CLOCK_SKEW_SECS: i64 = 300;
 
 /// Growing delays: the first `free` failures cost nothing; failure `free + k` makes the
 /// next attempt wait `base_delay_secs × 2^k`, at most `max_delay_secs`. Past the free

@@ -660,9 +660,20 @@ async fn a_counter_whose_window_a_clock_hours_ahead_wrote_starts_again_at_the_ne
             .unwrap(),
         1
     );
-    // A counter a few seconds ahead (within the skew) is in step: its failures count.
+    // A counter two minutes ahead (within the skew: an instance seconds or minutes ahead
+    // must never hand its free failures back) is in step: its failures count, and a lock it
+    // wrote holds.
+    let near_lock = at(&email(), "198.51.100.16");
+    fail(&p, &near_lock, now + 120, policy.free as usize).await;
+    assert!(
+        matches!(
+            p.users.begin_login(&near_lock, now, &policy).await.unwrap(),
+            LoginGate::Locked { .. }
+        ),
+        "a lock two minutes ahead holds"
+    );
     let near = at(&email(), "198.51.100.16");
-    fail(&p, &near, now + 3, 2).await;
+    fail(&p, &near, now + 120, 2).await;
     fail(&p, &near, now, 1).await;
     let LoginGate::Allowed(ticket) = p.users.begin_login(&near, now, &policy).await.unwrap() else {
         panic!("refused")
