@@ -511,6 +511,22 @@ pub async fn try_suspend_for_meta(
                 },
             )
             .await;
+            // And on the platform chain, as the operator's own suspensions are: the operator
+            // is the one to resume it, and reads every suspension there
+            // (`GET /v1/platform/audit?action=tenant.suspend`).
+            super::audit::record_or_park(
+                deps,
+                super::audit::Draft {
+                    tenant: None,
+                    actor_type: "system",
+                    actor_id: by.into(),
+                    action: "tenant.suspend".into(),
+                    ip: None,
+                    outcome: crate::ports::AuditOutcome::Success,
+                    details: serde_json::json!({"tenant_id": tenant.to_string(), "reason": reason}),
+                },
+            )
+            .await;
             Ok(true)
         }
         None => {

@@ -127,6 +127,36 @@ async fn a_resume_or_close_without_a_reason_is_on_the_platform_chain(b: Backend)
     }
 }
 
+/// A suspension on Meta's word (the sandbox's 0006 answers 190, token expired) is on the
+/// platform chain too, naming the tenant, beside the tenant's own chain: the operator, who
+/// resumes it, reads every suspension in one place.
+async fn a_suspension_on_metas_word_is_on_the_platform_chain(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let id = app.send_ok(&t.key, "+60123450006").await;
+    app.wait_status(&t.key, &id, "failed").await;
+    let mut mine = Vec::new();
+    for _ in 0..100 {
+        mine = platform_events(&app, "tenant.suspend")
+            .await
+            .into_iter()
+            .filter(|e| e["details"]["tenant_id"] == t.tenant_id.as_str())
+            .collect();
+        if !mine.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["actor"]["type"], "system", "{mine:?}");
+    assert!(
+        mine[0]["details"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("190")),
+        "{mine:?}"
+    );
+}
+
 /// A closed tenant's close-out frees its users' emails (another tenant adds one at once)
 /// and leaves its users' items nothing that signs in; a second run changes nothing more.
 async fn a_closed_out_tenants_user_emails_are_free_and_its_users_keep_no_password_or_seed(
@@ -302,6 +332,7 @@ async fn the_sandboxs_webhooks_for_a_number_on_a_second_waba_name_that_waba(b: B
 
 on_both_backends!(
     the_operator_reads_and_verifies_the_platform_chain_and_sees_who_tried_a_revoked_key,
+    a_suspension_on_metas_word_is_on_the_platform_chain,
     a_resume_or_close_without_a_reason_is_on_the_platform_chain,
     a_closed_out_tenants_user_emails_are_free_and_its_users_keep_no_password_or_seed,
     the_sandboxs_webhooks_for_a_number_on_a_second_waba_name_that_waba,
