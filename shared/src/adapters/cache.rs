@@ -22,7 +22,11 @@
 //!   their own item, never cached.
 //!
 //! Every write through the same decorator drops what it changes at once (same process), and
-//! a read that was in flight meanwhile is not kept (see `Ttl`);
+//! a read that was in flight meanwhile is not kept (see `Ttl`): for the caches that read
+//! consistently (the API key, the tenant for access) that is the whole story; one that reads
+//! a view which may lag (a phone number, a number's settings, the callback setting, the
+//! catalogue) may still fill, after the write, from a replica not yet past it, and keep
+//! that for the TTL (below: the lag is typically under a second);
 //! a change made by another process (another Lambda, another instance) is seen after the
 //! TTL at most: a revoked key, a suspended tenant, a changed allow-list bite within the
 //! TTL. The invariants that matter for money and sending (credits, the idempotency record,

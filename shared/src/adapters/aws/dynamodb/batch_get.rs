@@ -101,6 +101,19 @@ impl DynamoStore {
             .send()
             .await
             .map_err(|e| classify("dynamodb batch get", e))?;
+        // Answers keyed by another name than the table asked (a table named by its ARN
+        // answered by its name, say) would read as "nothing found": every recipient clean,
+        // every opt-out skipped. Refused instead: the look-ups fail closed.
+        let foreign = |names: Option<Vec<&String>>| {
+            names.is_some_and(|n| n.iter().any(|name| **name != self.table))
+        };
+        if foreign(out.responses.as_ref().map(|r| r.keys().collect()))
+            || foreign(out.unprocessed_keys.as_ref().map(|u| u.keys().collect()))
+        {
+            return Err(StoreError::Rejected(
+                "dynamodb batch get: answered for another table than asked".into(),
+            ));
+        }
         let items = out
             .responses
             .and_then(|mut r| r.remove(&self.table))
