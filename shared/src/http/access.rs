@@ -588,8 +588,9 @@ pub struct AuditNote {
     pub details: serde_json::Value,
     /// The outcome, when the handler knows better than the status: the password step of
     /// a 2FA sign-in answers `401 totp_required` (the contract), yet is no refusal but the
-    /// step that asks for the code (`success`, result `totp_challenge`). `None`: by the
-    /// status.
+    /// step that asks for the code (`success`, result `totp_challenge`); a code step whose
+    /// stored seed does not open answers the same `401`, yet is the operator's fault, not a
+    /// refused guess (`error`, result `totp_seed_unopened`). `None`: by the status.
     pub outcome: Option<AuditOutcome>,
 }
 

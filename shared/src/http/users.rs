@@ -116,11 +116,17 @@ struct TotpLockedOut;
 #[derive(Clone, Copy)]
 struct TotpChallenged;
 
-/// Marks a code refused at a 2FA sign-in's code step (wrong, used already, or not
-/// checkable): answered `401 totp_required` as the challenge is, audited as the refused
-/// code it is (`totp_invalid`).
+/// Marks a code refused at a 2FA sign-in's code step (wrong, or used already): answered
+/// `401 totp_required` as the challenge is, audited as the refused code it is
+/// (`totp_invalid`).
 #[derive(Clone, Copy)]
 struct TotpRefused;
+
+/// Marks a 2FA sign-in whose stored seed does not open (KMS refused its data key: an
+/// operator's fault): answered `401 totp_required` as a wrong code is, audited as the
+/// error it is (outcome `error`, result `totp_seed_unopened`), not as a guess.
+#[derive(Clone, Copy)]
+struct TotpSeedUnopened;
 
 fn totp_required() -> Response {
     ApiError::new(
@@ -150,6 +156,12 @@ fn login_error(e: LoginError) -> Response {
         LoginError::TotpRequired => {
             let mut res = totp_required();
             res.extensions_mut().insert(TotpRefused);
+            res
+        }
+        // The same answer (the contract): the fault is the operator's, audited as such.
+        LoginError::TotpUnavailable => {
+            let mut res = totp_required();
+            res.extensions_mut().insert(TotpSeedUnopened);
             res
         }
         // The same answer: the client cannot tell a missing code from a wrong one.
@@ -191,14 +203,19 @@ async fn login(
     // Whose login this was (as the attempt found the user: no second read), for the audit
     // trail (the tenant's chain, both outcomes). The password step of a 2FA sign-in is no
     // refusal: recorded `success`, result `totp_challenge` (its code step is recorded on its
-    // own: `ok`, or `denied` with `totp_invalid` for a wrong or used code: the answer's
-    // `totp_required` is the same for both, the trail tells them apart), so that every 2FA
+    // own: `ok`, or `denied` with `totp_invalid` for a wrong or used code, or `error` with
+    // `totp_seed_unopened` for a seed that does not open: the answer's `totp_required` is the
+    // same for all, the trail tells them apart), so that every 2FA
     // sign-in does not begin with a denied login, and a wrong password still stands out.
     let challenged = res.extensions().get::<TotpChallenged>().is_some();
     let refused_code = res.extensions().get::<TotpRefused>().is_some();
+    // A seed that does not open is no guess: recorded `error`, so that an operator's fault
+    // (a KMS key policy edit) does not look like every 2FA user guessing codes.
+    let seed_unopened = res.extensions().get::<TotpSeedUnopened>().is_some();
     let result = match res.status() {
         StatusCode::OK => "ok",
         _ if challenged => "totp_challenge",
+        _ if seed_unopened => "totp_seed_unopened",
         _ if refused_code => "totp_invalid",
         _ if totp_locked => "totp_rate_limited",
         _ => res
@@ -212,7 +229,13 @@ async fn login(
         actor: who.map(|(_, id)| ("user", id)),
         details: json!({"result": result}),
         maybe_tenant: None,
-        outcome: challenged.then_some(crate::ports::AuditOutcome::Success),
+        outcome: if challenged {
+            Some(crate::ports::AuditOutcome::Success)
+        } else if seed_unopened {
+            Some(crate::ports::AuditOutcome::Error)
+        } else {
+            None
+        },
     });
     res
 }

@@ -125,10 +125,18 @@ pub struct LoggedIn {
 pub enum LoginError {
     #[error("invalid credentials")]
     InvalidCredentials,
-    /// A code was given for a user with 2FA, and it is wrong, used already, or cannot be
-    /// checked (the stored seed does not open): a failure.
+    /// A code was given for a user with 2FA, and it is wrong or used already: a failure.
     #[error("a valid TOTP code is required")]
     TotpRequired,
+    /// A code was given for a user with 2FA, but the stored seed does not open (its data
+    /// key refused by KMS: a key policy edit, a key deleted; or the seed tampered with): an
+    /// operator's fault, not the caller's, whose code was never checked. Answered as
+    /// [`LoginError::TotpRequired`] is (`401 totp_required`, the contract), nothing
+    /// counted, and audited as the error it is (outcome `error`, result
+    /// `totp_seed_unopened`), not as a wrong code (which would fire the code-guessing
+    /// alert for every 2FA user at once).
+    #[error("the stored TOTP seed does not open")]
+    TotpUnavailable,
     /// The password was right for a user with 2FA and no code came with it: the usual
     /// first step of a 2FA sign-in. Answered as [`LoginError::TotpRequired`] is (`401
     /// totp_required`: the client cannot tell them apart), but no failure: nothing counted,
@@ -663,8 +671,8 @@ async fn attempt(
             // address locked after 20 of them.
             give_back(deps, taken, now_secs).await?;
             crate::metrics::totp_seed_unopened();
-            tracing::error!(user_id = %id, outcome = "denied", reason = "totp_seed_unopened", "the stored TOTP seed does not open; login refused, nothing counted");
-            return Err(LoginError::TotpRequired);
+            tracing::error!(user_id = %id, outcome = "error", reason = "totp_seed_unopened", "the stored TOTP seed does not open; login refused, nothing counted");
+            return Err(LoginError::TotpUnavailable);
         };
         let step = matching_step(&totp_for(seed.seed(), &user.email)?, code, now);
         let accepted = match step {

@@ -114,6 +114,33 @@ async fn two_factor_user(app: &TestApp, key: &str) -> (String, String, String) {
     (email, id, seed)
 }
 
+/// `POST path` with a JSON body through the API's router on `deps` (the app's store, its own
+/// keys): the status and body.
+async fn through_api(
+    deps: &kirim::service::Deps,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::post(path).header("content-type", "application/json");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let res = kirim::http::admin_api_router(deps.clone())
+        .oneshot(req.body(axum::body::Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap_or_default();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
 /// Another wrapping key than the app's: a second key in moto's KMS, or another local key.
 async fn another_key(b: Backend) -> Arc<dyn DataKeys> {
     match b {
@@ -286,10 +313,30 @@ async fn a_login_whose_data_key_kms_refuses_fails_closed_and_changes_nothing(b: 
     };
     let refused = users::login(&deps, req(totp(&seed).generate(now_secs() + 30)), None).await;
     assert!(
-        matches!(refused, Err(users::LoginError::TotpRequired)),
+        matches!(refused, Err(users::LoginError::TotpUnavailable)),
         "{:?}",
         refused.err()
     );
+    // Through the API: the contract's `401 totp_required`, audited as the operator's fault it
+    // is (`error`, `totp_seed_unopened`), not as a wrong code (`denied`, `totp_invalid`: an
+    // alert on code guessing would fire for every 2FA user at once).
+    let body = json!({"email": email, "password": PASSWORD,
+        "totp_code": totp(&seed).generate(now_secs() + 30)});
+    let (s, answer) = through_api(&deps, "/v1/auth/login", None, body).await;
+    assert_eq!((s, code(&answer)), (401, "totp_required"), "{answer}");
+    let (_, page) = call(
+        &app,
+        "GET",
+        "/v1/audit?action=POST%20/v1/auth/login",
+        Some(&t.key),
+        None,
+    )
+    .await;
+    let newest = &page["events"][0];
+    assert_eq!(newest["actor"]["id"], id.as_str(), "{page}");
+    assert_eq!(newest["details"]["result"], "totp_seed_unopened", "{page}");
+    assert_eq!(newest["outcome"], "error", "{page}");
+    assert_eq!(newest["details"]["status"], 401, "{page}");
     let (after, _) = stored(&app, b, &t.tenant_id, &id).await;
     assert_eq!(after, before, "nothing rewritten");
     // The app's own key still opens it (the refused code was not spent either).
@@ -324,7 +371,7 @@ async fn logins_whose_seed_kms_refuses_count_no_failure_and_never_lock_the_addre
         let code = totp(&seed).generate(frozen_at + 30);
         let answer = users::login(&refused_key, req(code), from).await;
         assert!(
-            matches!(answer, Err(users::LoginError::TotpRequired)),
+            matches!(answer, Err(users::LoginError::TotpUnavailable)),
             "login {i}: {:?}",
             answer.err()
         );
