@@ -11,7 +11,7 @@
 //! | `Throttles` | Count | `Source` (`limiter_wait`, `limiter_full`, `meta_130429`) |
 //! | `WebhookLag` | Milliseconds | `Status` (`sent`, `delivered`, `read`, `failed`) |
 //! | `RateLimited` | Count | `Scope` (`request`, `heavy`, `webhook_bad_signatures`, `login`) |
-//! | `TotpSeedsUnopened` | Count | `Where` = `login` |
+//! | `TotpSeedsUnopened` | Count | `Where` = `login`, `confirm` |
 
 //!
 //! Values are gathered in a buffer in the process and reach stdout in one write per
@@ -305,11 +305,12 @@ pub fn limited(scope: &str) {
     count("RateLimited", ("Scope", scope));
 }
 
-/// A stored TOTP seed that did not open at a sign-in (tampered, another user's, or its data
-/// key refused by KMS: a key policy without the role, a key deleted). Not the caller's
-/// failure and not counted against them; one for an operator to look at.
-pub fn totp_seed_unopened() {
-    count("TotpSeedsUnopened", ("Where", "login"));
+/// A stored TOTP seed that did not open (tampered, another user's, or its data key refused
+/// by KMS: a key policy without the role, a key deleted), at a sign-in (`login`) or a 2FA
+/// confirmation (`confirm`). Not the caller's failure and not counted against them; one for
+/// an operator to look at.
+pub fn totp_seed_unopened(at: &'static str) {
+    count("TotpSeedsUnopened", ("Where", at));
 }
 
 /// An audit intent that did its work not (README "The audit trail", "Interrupted calls"):

@@ -1024,6 +1024,13 @@ async fn confirm(State(s): S, ctx: Ctx, body: Bytes) -> Response {
         ),
         // The API names its field; the form's label says "code".
         Notice::Problem(m) => Notice::Problem(m.replace("totp_code", "the code")),
+        // A `5xx` (storage or KMS unavailable, the stored key not opening): the API's words
+        // speak of an Idempotency-Key this form has none of.
+        Notice::Unknown(_) => Notice::Unknown(
+            "something went wrong on our side, and we cannot tell whether the code turned \
+             two-factor authentication on."
+                .into(),
+        ),
         other => other,
     });
     let body = html! {

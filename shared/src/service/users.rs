@@ -670,7 +670,7 @@ async fn attempt(
             // part-way: counted, each 2FA user's retries ran into `429` and an office's
             // address locked after 20 of them.
             give_back(deps, taken, now_secs).await?;
-            crate::metrics::totp_seed_unopened();
+            crate::metrics::totp_seed_unopened("login");
             tracing::error!(user_id = %id, outcome = "error", reason = "totp_seed_unopened", "the stored TOTP seed does not open; login refused, nothing counted");
             return Err(LoginError::TotpUnavailable);
         };
@@ -1047,8 +1047,18 @@ pub async fn confirm(
             return match opened {
                 Err(e) => Err(e),
                 _ => {
-                    tracing::warn!(user_id = %id, "the stored TOTP seed does not open");
-                    Err(invalid("totp_code does not match"))
+                    // KMS refused its data key (a key policy edit, a key deleted) or it was
+                    // tampered with: the operator's fault, not a wrong code. `503`, not
+                    // `400 totp_code does not match`: the console found the code right for
+                    // the key it showed and said the set-up was replaced, and its "start
+                    // again" made a new key that failed the same way.
+                    crate::metrics::totp_seed_unopened("login");
+                    tracing::error!(user_id = %id, outcome = "error", reason = "totp_seed_unopened", "the pending TOTP seed does not open; 2fa confirmation refused, nothing counted");
+                    Err(ServiceError::Unavailable(
+                        crate::store_error::StoreError::Unavailable(
+                            "the pending TOTP seed does not open".into(),
+                        ),
+                    ))
                 }
             };
         }

@@ -1760,10 +1760,86 @@ async fn a_confirmation_answered_with_a_server_error_never_shows_its_key_again(b
     assert_eq!(me["two_factor"], "enabled", "{users}");
 }
 
+/// The console's confirmation form, posted by `web`'s session to a console over `deps`:
+/// the status and page.
+async fn confirm_on(
+    deps: kirim::service::Deps,
+    web: &Browser<'_>,
+    csrf: &str,
+    sealed: &str,
+    code: &str,
+) -> (u16, String) {
+    use tower::ServiceExt;
+    let console = kirim::console::console_router(
+        deps,
+        kirim::console::ConsoleOptions {
+            secure_cookies: false,
+        },
+    );
+    // Hex, base64url and digits: nothing to escape in a form body.
+    let body = format!("csrf={csrf}&enrolment={sealed}&totp_code={code}");
+    let cookie = web
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let req = axum::http::Request::post("/console/2fa/confirm")
+        .header("cookie", cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(axum::body::Body::from(body))
+        .unwrap();
+    let res = console.oneshot(req).await.unwrap();
+    let status = res.status().as_u16();
+    let html = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    (status, String::from_utf8_lossy(&html).into_owned())
+}
+
+/// A pending key whose data key KMS refuses (a key policy edited: every set-up at once) is
+/// no set-up replaced elsewhere: the right code for the key the page showed gets a page that
+/// says something went wrong on our side, not "replaced … or already finished" (whose
+/// "start again" made a new key that failed the same way); nothing counted, and once the key
+/// opens again the same code confirms.
+async fn a_confirmation_whose_pending_key_does_not_open_says_something_went_wrong_not_replaced(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "operator").await;
+    let mut web = sign_in(&app, &email).await;
+    let csrf = web.get("/console/2fa").await.csrf();
+    let enrol = web.post("/console/2fa/enroll", &[("csrf", &csrf)]).await;
+    assert_eq!(enrol.status, 200, "{}", enrol.html);
+    let (secret, sealed) = (secret_on(&enrol), enrolment_on(&enrol));
+    let mut refused_key = app.app.deps.clone();
+    refused_key.data_keys = super::totp_at_rest::another_key(b).await;
+    let now = chrono::Utc::now().timestamp() as u64;
+    let code = totp_of(&secret).generate(now);
+    for _ in 0..6 {
+        let (status, html) = confirm_on(refused_key.clone(), &web, &csrf, &sealed, &code).await;
+        assert_eq!(status, 503, "{html}");
+        assert!(!html.contains("set-up-elsewhere"), "{html}");
+        assert!(
+            !html.contains("replaced by one started elsewhere"),
+            "{html}"
+        );
+        assert!(!html.contains("didn't match"), "{html}");
+        assert!(html.contains("something went wrong on our side"), "{html}");
+        assert!(!html.contains("Idempotency-Key"), "{html}");
+        assert!(html.contains(r#"href="/console/2fa""#), "{html}");
+    }
+    // Six wrong codes counted would have locked the confirmation (5 free).
+    let (status, html) = confirm_on(app.app.deps.clone(), &web, &csrf, &sealed, &code).await;
+    assert_eq!(status, 303, "{html}");
+}
+
 on_both_backends!(
     the_keys_and_users_pages_show_a_page_at_a_time_with_a_link_to_the_next,
     a_right_code_for_a_set_up_replaced_in_another_tab_says_so_and_shows_its_key_no_more,
     a_confirmation_answered_with_a_server_error_never_shows_its_key_again,
+    a_confirmation_whose_pending_key_does_not_open_says_something_went_wrong_not_replaced,
     a_refused_allow_list_or_callback_url_keeps_what_was_typed,
     a_dashboard_whose_later_page_is_refused_shows_the_counts_so_far,
     a_refused_opt_out_or_user_keeps_its_chosen_scope_and_role,

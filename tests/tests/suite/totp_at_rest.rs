@@ -142,7 +142,7 @@ async fn through_api(
 }
 
 /// Another wrapping key than the app's: a second key in moto's KMS, or another local key.
-async fn another_key(b: Backend) -> Arc<dyn DataKeys> {
+pub(crate) async fn another_key(b: Backend) -> Arc<dyn DataKeys> {
     match b {
         Backend::Aws => {
             let kms = aws_sdk_kms::Client::new(&kirim_tests::moto_sdk().await);
@@ -401,6 +401,48 @@ async fn logins_whose_seed_kms_refuses_count_no_failure_and_never_lock_the_addre
     assert!(signed_in.is_ok(), "{:?}", signed_in.err());
 }
 
+/// A pending seed whose data key KMS refuses (a key policy edited, a key deleted) is the
+/// operator's fault, not a wrong code: `POST /v1/auth/2fa/confirm` answers `503`, not the
+/// `400 totp_code does not match` that had the console say the set-up was replaced (and its
+/// new set-up fail the same way); no wrong code is counted, the secret stays pending, and
+/// the app's own key then confirms it.
+async fn a_confirmation_whose_pending_seed_kms_refuses_answers_503_and_counts_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, id) = new_user(&app, &t.key, "admin").await;
+    let token = login_ok(&app, &email).await;
+    let seed = enroll(&app, &token).await;
+    let (pending, _) = stored(&app, b, &t.tenant_id, &id).await;
+    let mut refused_key = app.app.deps.clone();
+    refused_key.data_keys = another_key(b).await;
+    for _ in 0..6 {
+        let body = json!({"totp_code": totp(&seed).generate(now_secs())});
+        let (s, answer) =
+            through_api(&refused_key, "/v1/auth/2fa/confirm", Some(&token), body).await;
+        assert_eq!((s, code(&answer)), (503, "unavailable"), "{answer}");
+    }
+    let key = kirim::adapters::aws::keys::login_totp_failures(&kirim::secret::token_hash(
+        &email.to_lowercase(),
+    ));
+    let items = app.app.deps.retention.stored_items().await.unwrap();
+    let failures = items
+        .iter()
+        .find(|i| i.pk == key.pk && i.sk == key.sk)
+        .and_then(|i| {
+            i.attributes["failures"].as_i64().or_else(|| {
+                i.attributes["failures"]
+                    .as_str()
+                    .and_then(|f| f.parse().ok())
+            })
+        })
+        .unwrap_or(0);
+    assert_eq!(failures, 0, "no wrong code counted");
+    let (still, _) = stored(&app, b, &t.tenant_id, &id).await;
+    assert_eq!(still, pending, "nothing rewritten");
+    // Six refusals counted would have locked it (5 free): the right key confirms at once.
+    confirm(&app, &token, &seed).await;
+}
+
 /// Wrong codes for one user from many addresses meet one counter (only a caller with the
 /// password reaches the code): five, then even the right code waits, from a fresh address
 /// too; an admin's unlock clears it.
@@ -607,6 +649,7 @@ on_both_backends!(
     a_v2_seed_moved_to_another_users_item_does_not_open_for_them,
     a_login_whose_data_key_kms_refuses_fails_closed_and_changes_nothing,
     logins_whose_seed_kms_refuses_count_no_failure_and_never_lock_the_address,
+    a_confirmation_whose_pending_seed_kms_refuses_answers_503_and_counts_nothing,
     an_enrolment_without_a_usable_key_stores_nothing,
     a_login_while_kms_cannot_be_reached_is_a_retryable_error_not_a_refusal,
     a_confirmation_past_the_wrong_code_limit_is_refused_before_kms_is_asked,
