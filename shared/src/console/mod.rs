@@ -46,12 +46,13 @@ pub(crate) struct ConsoleState {
 pub fn console_router(deps: Deps, options: ConsoleOptions) -> Router {
     let api = api::Api::new(crate::http::app(deps.clone(), Router::new()).into());
     let secure = options.secure_cookies;
+    let deps = std::sync::Arc::new(deps);
     let router = pages::routes()
         .merge(catalogue::routes())
         .merge(campaigns::routes())
         .merge(usage::routes())
         .with_state(ConsoleState {
-            deps: std::sync::Arc::new(deps),
+            deps: deps.clone(),
             api,
             options,
         })
@@ -60,8 +61,15 @@ pub fn console_router(deps: Deps, options: ConsoleOptions) -> Router {
     // Served over HTTPS only (API Gateway): browsers are told to keep to it, should a
     // custom domain or a proxy in front ever also answer plain HTTP. Not in local mode's
     // plain http, where a browser would then refuse `localhost` without TLS.
+    // Over HTTPS the cookies are `__Host-` ones: a browser's cookies of the old names are
+    // removed (and an old session ended) as they arrive.
     let router = if secure {
-        router.layer(axum::middleware::from_fn(security::strict_transport))
+        router
+            .layer(axum::middleware::from_fn_with_state(
+                deps,
+                security::retire_old_cookies,
+            ))
+            .layer(axum::middleware::from_fn(security::strict_transport))
     } else {
         router
     };

@@ -285,6 +285,61 @@ pub fn set_cookie(name: &str, value: &str, secure: bool, max_age: Option<i64>) -
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("kirim_invalid=1"))
 }
 
+/// The console's cookies as they were named over HTTPS before they became `__Host-` cookies
+/// (set `HttpOnly; SameSite=Strict; Path=/console; Secure`): a browser signed in before the
+/// rename still sends them, and a secure console no longer reads them.
+pub const RETIRED_COOKIES: [&str; 3] = [SESSION_COOKIE, LOGIN_COOKIE, PENDING_COOKIE];
+
+/// A `Set-Cookie` value that removes console cookie `name` as it was set over HTTPS before
+/// the `__Host-` prefix (its path and attributes: a removal must name the same path).
+pub fn retired_cookie_removal(name: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{name}=; Path=/console; Secure; HttpOnly; SameSite=Strict; Max-Age=0"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("kirim_invalid=1"))
+}
+
+/// Over HTTPS, a request that carries a console cookie of the old name ([`RETIRED_COOKIES`])
+/// is answered with a `Set-Cookie` that removes each; an old `kirim_session` that comes once
+/// with a session token also ends that session server-side, as a sign-out does (one
+/// conditional write, only for such a request: after the removal the browser sends it no
+/// more). Without this the old cookie stayed until the browser closed, and its session
+/// valid until it idled out. The old session is ended whatever its state (a failure to
+/// end it is logged, the request goes on): the cookie is no longer read, so nothing signs
+/// in with it here.
+pub async fn retire_old_cookies(
+    axum::extract::State(deps): axum::extract::State<std::sync::Arc<Deps>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let headers = req.headers();
+    let retired: Vec<&str> = RETIRED_COOKIES
+        .into_iter()
+        .filter(|name| has_cookie(headers, name, false))
+        .collect();
+    if retired.is_empty() {
+        return next.run(req).await;
+    }
+    // Once only (a cookie planted for the parent domain, which this host cannot remove,
+    // would otherwise cost a write for every value on every request).
+    let old_session = cookie(headers, SESSION_COOKIE, false)
+        .filter(|t| t.starts_with(crate::service::users::SESSION_PREFIX));
+    if let Some(token) = old_session {
+        match crate::service::users::logout(&deps, &token).await {
+            Ok(()) => tracing::info!("console: a session under the old cookie name ended"),
+            Err(e) => {
+                tracing::warn!(error = %e, "console: a session under the old cookie name could not be ended")
+            }
+        }
+    }
+    let mut res = next.run(req).await;
+    for name in retired {
+        res.headers_mut()
+            .append(header::SET_COOKIE, retired_cookie_removal(name));
+    }
+    res
+}
+
 /// `Strict-Transport-Security` for a year on every answer of a console served over HTTPS
 /// (`ConsoleOptions::secure_cookies`).
 pub async fn strict_transport(req: Request, next: Next) -> Response {
@@ -417,6 +472,21 @@ mod tests {
             }
         }
         assert_eq!(cookie_name(SESSION_COOKIE, true), "__Host-kirim_session");
+    }
+
+    #[test]
+    fn a_cookie_of_the_old_name_is_removed_at_the_path_and_with_the_attributes_it_was_set_with() {
+        for name in RETIRED_COOKIES {
+            let c = retired_cookie_removal(name);
+            assert_eq!(
+                c.to_str().unwrap_or_default(),
+                format!("{name}=; Path=/console; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
+            );
+        }
+        assert_eq!(
+            RETIRED_COOKIES,
+            ["kirim_session", "kirim_login", "kirim_pending"]
+        );
     }
 
     #[test]

@@ -365,6 +365,62 @@ async fn over_https_the_console_signs_in_with_host_cookies_and_two_session_cooki
     assert_eq!(status, 303, "the unprefixed name is nobody's over HTTPS");
 }
 
+/// A browser signed in before the console's cookies became `__Host-` ones still sends
+/// `kirim_session` (`Path=/console`), which a console over HTTPS no longer reads: the answer
+/// removes it, and `kirim_login` and `kirim_pending`, at the path they were set for, and ends
+/// the old session, whose token then no longer works on the API; a request with only the
+/// new cookies is answered with no removal.
+async fn over_https_cookies_of_the_old_names_are_removed_and_the_old_session_ended(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "admin").await;
+    let old = super::users::login_ok(&app, &email).await;
+    let (s, _) = call(&app, "GET", "/v1/users", Some(&old), None).await;
+    assert_eq!(s, 200, "the old session works before");
+    let removal = |name: &str| {
+        format!("{name}=; Path=/console; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
+    };
+    let (status, set, _) = to_secure_console(
+        &app,
+        "GET",
+        "/console/",
+        &format!("kirim_session={old}; kirim_login=n0nce; kirim_pending=sealed"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 303, "not signed in by the old name");
+    for name in ["kirim_session", "kirim_login", "kirim_pending"] {
+        assert!(set.contains(&removal(name)), "{name} removed: {set:?}");
+    }
+    let (s, body) = call(&app, "GET", "/v1/users", Some(&old), None).await;
+    assert_eq!(s, 401, "the old session ended: {body}");
+    // Signed in under the new name, the old one beside it: still signed in, the old one
+    // removed; with the new one alone, nothing removed.
+    let new = super::users::login_ok(&app, &email).await;
+    let (status, set, _) = to_secure_console(
+        &app,
+        "GET",
+        "/console/",
+        &format!("kirim_session={old}; __Host-kirim_session={new}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "signed in by the new name");
+    assert!(set.contains(&removal("kirim_session")), "{set:?}");
+    let (status, set, _) = to_secure_console(
+        &app,
+        "GET",
+        "/console/",
+        &format!("__Host-kirim_session={new}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(!set.iter().any(|c| c.contains("Path=/console")), "{set:?}");
+    let (s, _) = call(&app, "GET", "/v1/users", Some(&new), None).await;
+    assert_eq!(s, 200, "the new session is not ended");
+}
+
 /// In local mode's plain http too, a request with the session cookie twice is signed out.
 async fn a_request_with_two_session_cookies_is_not_signed_in_in_local_mode(b: Backend) {
     let app = spawn_app(b).await;
@@ -1846,6 +1902,7 @@ on_both_backends!(
     the_console_removes_a_copy_kept_under_a_user_id_by_that_id,
     the_console_over_https_sends_strict_transport_security_and_local_mode_does_not,
     over_https_the_console_signs_in_with_host_cookies_and_two_session_cookies_sign_nobody_in,
+    over_https_cookies_of_the_old_names_are_removed_and_the_old_session_ended,
     a_request_with_two_session_cookies_is_not_signed_in_in_local_mode,
     an_opt_out_is_removed_only_on_its_confirmation_and_a_refused_one_keeps_its_number,
     the_console_sets_a_strict_http_only_session_cookie_and_its_security_headers,
