@@ -155,7 +155,7 @@ impl From<ServiceError> for ApiError {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
-                    "temporarily unavailable; retry with the same Idempotency-Key",
+                    "temporarily unavailable; retry (with the same Idempotency-Key, if the request had one)",
                 )
             }
             Internal(detail) => {
