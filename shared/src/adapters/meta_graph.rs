@@ -200,6 +200,13 @@ pub const TOKEN_REFUSED_TITLE: &str =
 /// content, takes that out too and cuts it to
 /// [`crate::domain::error_text::MAX_ERROR_TITLE`].
 fn api_error(status: u16, bytes: &[u8], token: &Secret) -> MetaSendError {
+    api_error_quoting(status, bytes, token, &[])
+}
+
+/// [`api_error`] for a request that carried `sent` (the values of a send's body,
+/// [`crate::domain::error_text::request_values`]): those are taken out of Meta's text
+/// whole, before the 7-digit rule could cut one in two and leave the rest of it.
+fn api_error_quoting(status: u16, bytes: &[u8], token: &Secret, sent: &[&str]) -> MetaSendError {
     use crate::domain::error_text;
     match serde_json::from_slice::<ErrorEnvelope>(bytes) {
         Ok(env) => {
@@ -208,11 +215,12 @@ fn api_error(status: u16, bytes: &[u8], token: &Secret) -> MetaSendError {
                 TOKEN_REFUSED_TITLE.to_owned()
             } else {
                 let text = env.error.error_user_title.unwrap_or(env.error.message);
-                let quoted: &[&str] = match token.expose().trim() {
-                    t if t.len() >= 8 => &[t],
-                    _ => &[],
-                };
-                error_text::scrub(&text, quoted, error_text::MAX_META_TEXT)
+                let mut quoted: Vec<&str> = sent.to_vec();
+                match token.expose().trim() {
+                    t if t.len() >= 8 => quoted.push(t),
+                    _ => {}
+                }
+                error_text::scrub(&text, &quoted, error_text::MAX_META_TEXT)
             };
             MetaSendError::Api {
                 http_status: status,
@@ -249,7 +257,8 @@ impl MetaClient for MetaGraphClient {
                 .ok_or(MetaSendError::Protocol(status))?;
             return Ok(MetaAccepted { wamid });
         }
-        Err(api_error(status, &bytes, token))
+        let sent = crate::domain::error_text::request_values(body);
+        Err(api_error_quoting(status, &bytes, token, &sent))
     }
 
     async fn list_templates(
@@ -406,6 +415,33 @@ mod tests {
             let _ = axum::serve(listener, app).await;
         });
         format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_parameter_meta_quotes_back_is_taken_out_whole_though_it_holds_a_long_number() {
+        let token = Secret::new("EAAG-test-token");
+        let answer = serde_json::json!({"error": {
+            "code": 131008,
+            "message": "Parameter value is not valid: Order 20250101 for Alice Tan (to 60123450101)",
+        }});
+        let base = answering(400, serde_json::to_vec(&answer).expect("json")).await;
+        let meta = MetaGraphClient::new(&base, "v23.0", Duration::from_secs(5)).expect("a client");
+        let body = serde_json::json!({
+            "messaging_product": "whatsapp", "to": "60123450101", "type": "template",
+            "template": {"name": "order_update", "language": {"code": "en_US"},
+                "components": [{"type": "body", "parameters": [
+                    {"type": "text", "text": "Order 20250101 for Alice Tan"}]}]},
+        });
+        let Err(MetaSendError::Api { title, code, .. }) =
+            meta.send_message("123", &token, &body).await
+        else {
+            panic!("a refusal")
+        };
+        assert_eq!(code, 131008);
+        assert_eq!(
+            title, "Parameter value is not valid: <redacted> (to <redacted>)",
+            "the whole value, not its name left beside a redacted number"
+        );
     }
 
     #[tokio::test]

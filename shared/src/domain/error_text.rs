@@ -140,6 +140,33 @@ pub fn content_values(content: &Content) -> Vec<&str> {
     out
 }
 
+/// What a Cloud API send request `body` carries that Meta may quote back in its refusal: a
+/// text's body and every string a template component's parameters hold (as
+/// [`content_values`]); not the recipient, whose number in any form the 7-digit rule takes
+/// whole, its `+` with it. For the Graph client, which scrubs Meta's text with them
+/// before the 7-digit rule can cut a value in two (`Order 20250101 for Alice Tan` would be
+/// left `Order <redacted> for Alice Tan`, which no later look for the whole value finds).
+pub fn request_values(body: &Value) -> Vec<&str> {
+    let mut out = Vec::new();
+    if let Some(v) = body.pointer("/text/body").and_then(Value::as_str) {
+        out.push(v);
+    }
+    if let Some(components) = body
+        .pointer("/template/components")
+        .and_then(Value::as_array)
+    {
+        for params in components
+            .iter()
+            .filter_map(|c| c.get("parameters").and_then(Value::as_array))
+        {
+            for p in params {
+                strings_in(p, &mut out);
+            }
+        }
+    }
+    out
+}
+
 fn strings_in<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
     match v {
         Value::String(s) => out.push(s),
