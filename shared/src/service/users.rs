@@ -670,7 +670,7 @@ async fn attempt(
             // part-way: counted, each 2FA user's retries ran into `429` and an office's
             // address locked after 20 of them.
             give_back(deps, taken, now_secs).await?;
-            crate::metrics::totp_seed_unopened("login");
+            crate::metrics::totp_seed_unopened("confirm");
             tracing::error!(user_id = %id, outcome = "error", reason = "totp_seed_unopened", "the stored TOTP seed does not open; login refused, nothing counted");
             return Err(LoginError::TotpUnavailable);
         };
@@ -1052,7 +1052,7 @@ pub async fn confirm(
                     // `400 totp_code does not match`: the console found the code right for
                     // the key it showed and said the set-up was replaced, and its "start
                     // again" made a new key that failed the same way.
-                    crate::metrics::totp_seed_unopened("login");
+                    crate::metrics::totp_seed_unopened("confirm");
                     tracing::error!(user_id = %id, outcome = "error", reason = "totp_seed_unopened", "the pending TOTP seed does not open; 2fa confirmation refused, nothing counted");
                     Err(ServiceError::Unavailable(
                         crate::store_error::StoreError::Unavailable(
