@@ -299,6 +299,30 @@ pub fn retired_cookie_removal(name: &str) -> HeaderValue {
     .unwrap_or_else(|_| HeaderValue::from_static("kirim_invalid=1"))
 }
 
+/// The old-named session tokens this instance ended already, by digest, the newest
+/// [`RETIRED_HERE_MAX`] of them.
+static RETIRED_HERE: std::sync::Mutex<std::collections::VecDeque<[u8; 32]>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+const RETIRED_HERE_MAX: usize = 1024;
+
+/// Whether `token` is an old-named session token this instance has not ended yet (and,
+/// if so, remembers it as ended).
+fn first_retired_here(token: &str) -> bool {
+    use sha2::Digest;
+    let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+    let Ok(mut seen) = RETIRED_HERE.lock() else {
+        return true;
+    };
+    if seen.contains(&digest) {
+        return false;
+    }
+    if seen.len() >= RETIRED_HERE_MAX {
+        seen.pop_front();
+    }
+    seen.push_back(digest);
+    true
+}
+
 /// Over HTTPS, a request that carries a console cookie of the old name ([`RETIRED_COOKIES`])
 /// is answered with a `Set-Cookie` that removes each; an old `kirim_session` that comes once
 /// with a session token also ends that session server-side, as a sign-out does (one
@@ -322,8 +346,12 @@ pub async fn retire_old_cookies(
     }
     // Once only (a cookie planted for the parent domain, which this host cannot remove,
     // would otherwise cost a write for every value on every request).
+    // And once per instance for a token (the same planted cookie, sent again with every
+    // request because this host's removal cannot reach it, ends nothing more after its
+    // first write: `RETIRED_HERE`).
     let old_session = cookie(headers, SESSION_COOKIE, false)
-        .filter(|t| t.starts_with(crate::service::users::SESSION_PREFIX));
+        .filter(|t| t.starts_with(crate::service::users::SESSION_PREFIX))
+        .filter(|t| first_retired_here(t));
     if let Some(token) = old_session {
         match crate::service::users::logout(&deps, &token).await {
             Ok(()) => tracing::info!("console: a session under the old cookie name ended"),
@@ -377,6 +405,17 @@ pub async fn headers(req: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_old_session_token_is_ended_once_per_instance() {
+        let token = format!("{}retired-once-test", crate::service::users::SESSION_PREFIX);
+        assert!(first_retired_here(&token));
+        assert!(
+            !first_retired_here(&token),
+            "not a second write for the same token"
+        );
+        assert!(first_retired_here(&format!("{token}-other")));
+    }
 
     #[test]
     fn a_csrf_token_is_accepted_for_its_own_session_only() {
