@@ -104,11 +104,10 @@ impl DynamoStore {
         // Answers keyed by another name than the table asked (a table named by its ARN
         // answered by its name, say) would read as "nothing found": every recipient clean,
         // every opt-out skipped. Refused instead: the look-ups fail closed.
-        let foreign = |names: Option<Vec<&String>>| {
-            names.is_some_and(|n| n.iter().any(|name| **name != self.table))
-        };
-        if foreign(out.responses.as_ref().map(|r| r.keys().collect()))
-            || foreign(out.unprocessed_keys.as_ref().map(|u| u.keys().collect()))
+        let answered: Vec<&String> = out.responses.iter().flat_map(|r| r.keys()).collect();
+        let left: Vec<&String> = out.unprocessed_keys.iter().flat_map(|u| u.keys()).collect();
+        if answered_for_another_table(&self.table, answered)
+            || answered_for_another_table(&self.table, left)
         {
             return Err(StoreError::Rejected(
                 "dynamodb batch get: answered for another table than asked".into(),
@@ -134,6 +133,12 @@ impl DynamoStore {
             .collect();
         Ok((found, left))
     }
+}
+
+/// Whether an answer's map, keyed by `names`, names another table than `table` (the one
+/// asked): an omitted map, an empty one and one keyed by `table` are the answers to expect.
+fn answered_for_another_table(table: &str, names: Vec<&String>) -> bool {
+    names.iter().any(|name| name.as_str() != table)
 }
 
 fn pair_of(item: &Item) -> Option<Pair> {
@@ -175,6 +180,16 @@ mod tests {
     use super::*;
 
     const NO_WAIT: [Duration; 3] = [Duration::ZERO; 3];
+
+    #[test]
+    fn an_answer_for_another_table_is_told_from_the_answers_to_expect() {
+        let t = "kirim-Table".to_owned();
+        let other = "arn:aws:dynamodb:us-east-1:123456789012:table/kirim-Table".to_owned();
+        assert!(!answered_for_another_table(&t, vec![]), "omitted or empty");
+        assert!(!answered_for_another_table(&t, vec![&t]));
+        assert!(answered_for_another_table(&t, vec![&other]));
+        assert!(answered_for_another_table(&t, vec![&t, &other]));
+    }
 
     /// A store that answers the first `answer` keys of each call and leaves the rest
     /// unprocessed, recording each call's keys.
