@@ -509,6 +509,12 @@ async fn an_expired_opting_back_in_is_swept_as_a_pending_status_and_a_live_one_s
 }
 
 async fn an_expired_usage_row_is_swept_as_billing_and_a_live_one_stays(p: Ports) {
+    // From a whole second: the rows' expiries are whole seconds of the clock as each is
+    // written, 2 ms apart, so a clock started in a second's last 4 ms put the first row's
+    // expiry a second earlier than `swept_when_due`'s "early" look (which it then swept).
+    let into = p.clock.now().timestamp_subsec_nanos();
+    p.clock
+        .advance(Duration::nanoseconds(1_000_000_000 - i64::from(into)));
     let t = onboarded(&p, 10).await;
     let pricing = kirim::domain::Pricing::parse("PMP", "utility", "regular").unwrap();
     for (day, expires_in) in [("2026-01-01", TTL), ("2026-01-02", LIVE)] {
