@@ -266,10 +266,8 @@ async fn to_secure_console(
         .iter()
         .filter_map(|v| v.to_str().ok().map(str::to_owned))
         .collect();
-    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    (status, set, String::from_utf8_lossy(&body).into_owned())
+    let (_, html) = status_and_text(res).await;
+    (status, set, html)
 }
 
 /// The value a `Set-Cookie` list sets for `name`, and the whole header.
@@ -993,7 +991,11 @@ async fn on_lambda(app: &TestApp, method: &str, path: &str, cookie: &str) -> (u1
     .to_string();
     let req = lambda_http::request::from_str(&event).unwrap();
     let req = req.map(|b| axum::body::Body::from(b.to_vec()));
-    let res = router.oneshot(req).await.unwrap();
+    status_and_text(router.oneshot(req).await.unwrap()).await
+}
+
+/// An answer's status and its body as text (up to 1 MiB).
+async fn status_and_text(res: axum::response::Response) -> (u16, String) {
     let status = res.status().as_u16();
     let body = axum::body::to_bytes(res.into_body(), 1 << 20)
         .await
@@ -1845,12 +1847,7 @@ async fn confirm_on(
         .header("content-type", "application/x-www-form-urlencoded")
         .body(axum::body::Body::from(body))
         .unwrap();
-    let res = console.oneshot(req).await.unwrap();
-    let status = res.status().as_u16();
-    let html = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    (status, String::from_utf8_lossy(&html).into_owned())
+    status_and_text(console.oneshot(req).await.unwrap()).await
 }
 
 /// A pending key whose data key KMS refuses (a key policy edited: every set-up at once) is
