@@ -124,7 +124,10 @@ async fn put_one(
     let (_, by) = ctx.caller.actor();
     let who = optouts::Recipient::of(key.clone());
     let o = optouts::add(&s.deps, tenant, who, scope, OptOutSource::Api, &by, None).await?;
-    Ok(Json(OptOutView::kept_under(&o, &key)).into_response())
+    // The audit trail names whose opt-out it was (masked, as a send's `to`) and its scope.
+    let details = json!({"key": key.masked(), "scope": o.scope});
+    let res = Json(OptOutView::kept_under(&o, &key)).into_response();
+    Ok(super::admin::noted(res, None, details))
 }
 
 async fn delete_one(
@@ -136,5 +139,11 @@ async fn delete_one(
     let tenant = ctx.tenant_id();
     let key = optouts::parse_existing_key(&key)?;
     optouts::remove(&s.deps, tenant, &key).await?;
-    Ok(empty(StatusCode::NO_CONTENT))
+    // The audit trail names whose opt-out was lifted (masked).
+    let details = json!({"key": key.masked()});
+    Ok(super::admin::noted(
+        empty(StatusCode::NO_CONTENT),
+        None,
+        details,
+    ))
 }

@@ -1373,7 +1373,41 @@ async fn a_sparse_action_filter_finds_its_event_on_the_first_page(b: Backend) {
     assert_eq!(exact["next_cursor"], Value::Null, "{exact}");
 }
 
+/// An opt-out added or lifted through the API is audited with whose it was (masked, as a
+/// send's `to`) and, when added, its scope: a tenant can tell from its trail whose opt-out
+/// an operator lifted.
+async fn an_opt_out_added_and_lifted_is_audited_with_its_masked_key_and_scope(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let put = app
+        .http
+        .put(app.url("/v1/opt-outs/%2B60123457777"))
+        .bearer_auth(&t.key)
+        .json(&json!({"scope": "marketing"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let del = app
+        .http
+        .delete(app.url("/v1/opt-outs/%2B60123457777"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 204);
+    let page = get(&app, &t.key, "/v1/audit").await;
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events[0]["action"], "DELETE /v1/opt-outs/{key}", "{page}");
+    assert_eq!(events[0]["details"]["key"], "+60****7777", "{page}");
+    assert_eq!(events[1]["action"], "PUT /v1/opt-outs/{key}", "{page}");
+    assert_eq!(events[1]["details"]["key"], "+60****7777", "{page}");
+    assert_eq!(events[1]["details"]["scope"], "marketing", "{page}");
+    assert!(!page.to_string().contains("60123457777"), "masked: {page}");
+}
+
 on_both_backends!(
+    an_opt_out_added_and_lifted_is_audited_with_its_masked_key_and_scope,
     a_sparse_action_filter_finds_its_event_on_the_first_page,
     a_tenant_meta_suspends_while_it_is_onboarded_has_a_chain_that_verifies,
     an_onboarding_whose_outcome_was_unknown_begins_the_chain_of_the_tenant_it_made,

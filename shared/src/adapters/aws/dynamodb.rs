@@ -1557,7 +1557,7 @@ impl ApiKeyStore for DynamoStore {
             Ok(()) => Ok(()),
             Err(e) if Self::refused_as_closed(&e) => Err(Self::tenant_closed()),
             Err(e) if e.any(CancelReason::ConditionalCheckFailed) => Err(StoreError::Conflict(
-                "the key is revoked or was already rotated".into(),
+                "the key was already rotated (a key is rotated once), or was revoked at that moment".into(),
             )),
             Err(e) => Err(e.into_store_error()),
         }

@@ -862,7 +862,7 @@ impl ApiKeyStore for MemoryStore {
         };
         if old.revoked || old.replaced_by.is_some() {
             return Err(StoreError::Conflict(
-                "the key is revoked or was already rotated".into(),
+                "the key was already rotated (a key is rotated once), or was revoked at that moment".into(),
             ));
         }
         old.replaced_by = Some(new.id.clone());
