@@ -31,10 +31,12 @@ pub struct UserRecord {
     #[serde(default)]
     pub last_totp_step: i64,
     pub created_at: DateTime<Utc>,
-    /// How many times the user changed their password. A session carries the version its
-    /// sign-in checked the password of; one of an older version no longer authenticates
-    /// (a change ends every session, on every device, and a sign-in racing the change
-    /// with the old password opens a session already ended). No clock is compared.
+    /// How many times the user changed their password, or an admin reset their 2FA
+    /// ([`UserStore::reset_totp`]). A session carries the version its sign-in checked the
+    /// password of; one of an older version no longer authenticates (a change ends every
+    /// session, on every device, and a sign-in racing the change with the old password, or
+    /// with a code of the reset enrolment, opens a session already ended). No clock is
+    /// compared.
     #[serde(default)]
     pub password_version: u32,
 }
@@ -361,6 +363,20 @@ pub trait UserStore: Send + Sync {
         old: &str,
         new: &str,
     ) -> Result<bool, StoreError>;
+    /// Turns the user's 2FA off (an admin's reset for a user who lost their authenticator):
+    /// the sealed secret and `totp_confirmed` cleared, pending or confirmed, and one added
+    /// to `password_version` (every session of theirs ends, as at a password change), in
+    /// one conditional write on the user, which must exist (one removed meanwhile is not
+    /// written back). Answers the user as it then is; `None` if the tenant has no such
+    /// user. A user with no enrolment is answered as it is, nothing written: so is the
+    /// SDK's retry of a try that landed and whose answer was lost (`password_version` moved
+    /// on once). `last_totp_step` is kept: no step is accepted twice, whatever is enrolled
+    /// next.
+    async fn reset_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<UserRecord>, StoreError>;
     /// Records `step` as used if it is later than the last accepted step; `false` if not
     /// (a replayed or older code, or the user is gone).
     async fn accept_totp_step(

@@ -1713,6 +1713,13 @@ impl kirim::ports::UserStore for ConfirmLandsAnswerLost {
     ) -> Result<bool, StoreError> {
         self.0.reseal_totp(tenant, id, old, new).await
     }
+    async fn reset_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<kirim::ports::UserRecord>, StoreError> {
+        self.0.reset_totp(tenant, id).await
+    }
     async fn accept_totp_step(
         &self,
         tenant: &TenantId,

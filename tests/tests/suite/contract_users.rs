@@ -1110,7 +1110,102 @@ async fn a_totp_confirmation_repeated_after_it_landed_is_confirmed(p: Ports) {
     );
 }
 
+/// An admin's 2FA reset: the enrolment cleared, pending or confirmed, and the user's
+/// sessions ended (`password_version` moves on), in one write; a user with nothing to clear
+/// (a reset repeated after it landed too) is answered as it is, unchanged; another
+/// tenant's user, no user, or one removed meanwhile is `None` and nothing is written back.
+async fn a_2fa_reset_clears_the_enrolment_once_and_writes_back_no_removed_user(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let other = onboarded(&p, 0).await;
+    let e = email();
+    let u = user(&p, &t, &e);
+    p.users.create_user(&u).await.unwrap();
+    assert_eq!(
+        p.users.reset_totp(&t.id, &u.id).await.unwrap(),
+        Some(u.clone()),
+        "nothing to clear: answered as it is"
+    );
+    assert_eq!(
+        p.users.get_user(&t.id, &u.id).await.unwrap(),
+        Some(u.clone())
+    );
+
+    // A pending enrolment: cleared, and its secret confirms nothing after.
+    p.users
+        .set_pending_totp(&t.id, &u.id, "SECRETONE")
+        .await
+        .unwrap();
+    let once = UserRecord {
+        password_version: 1,
+        ..u.clone()
+    };
+    assert_eq!(
+        p.users.reset_totp(&t.id, &u.id).await.unwrap(),
+        Some(once.clone())
+    );
+    assert!(!p
+        .users
+        .confirm_totp(&t.id, &u.id, "SECRETONE", 100)
+        .await
+        .unwrap());
+
+    // A confirmed one: 2FA off, the last step kept, nothing else changed.
+    p.users
+        .set_pending_totp(&t.id, &u.id, "SECRETTWO")
+        .await
+        .unwrap();
+    assert!(p
+        .users
+        .confirm_totp(&t.id, &u.id, "SECRETTWO", 100)
+        .await
+        .unwrap());
+    let twice = UserRecord {
+        password_version: 2,
+        last_totp_step: 100,
+        ..u.clone()
+    };
+    for _ in 0..2 {
+        assert_eq!(
+            p.users.reset_totp(&t.id, &u.id).await.unwrap(),
+            Some(twice.clone()),
+            "cleared once; again (the SDK's retry of a try that landed): as it is"
+        );
+    }
+    assert_eq!(
+        p.users.get_user(&t.id, &u.id).await.unwrap(),
+        Some(twice.clone())
+    );
+    assert_eq!(p.users.user_by_email(&e).await.unwrap(), Some(twice));
+    assert!(
+        !p.users.accept_totp_step(&t.id, &u.id, 100).await.unwrap(),
+        "no step accepted twice"
+    );
+
+    // Another tenant's user, no user, a user removed: nothing written, nothing created.
+    p.users
+        .set_pending_totp(&t.id, &u.id, "SECRETTHREE")
+        .await
+        .unwrap();
+    assert_eq!(p.users.reset_totp(&other.id, &u.id).await.unwrap(), None);
+    assert_eq!(
+        p.users
+            .get_user(&t.id, &u.id)
+            .await
+            .unwrap()
+            .and_then(|u| u.totp_secret),
+        Some("SECRETTHREE".into())
+    );
+    let nobody = kirim::domain::new_id();
+    assert_eq!(p.users.reset_totp(&t.id, &nobody).await.unwrap(), None);
+    assert_eq!(p.users.get_user(&t.id, &nobody).await.unwrap(), None);
+    assert!(p.users.delete_user(&t.id, &u.id).await.unwrap());
+    assert_eq!(p.users.reset_totp(&t.id, &u.id).await.unwrap(), None);
+    assert_eq!(p.users.get_user(&t.id, &u.id).await.unwrap(), None);
+    assert_eq!(p.users.get_user(&other.id, &u.id).await.unwrap(), None);
+}
+
 contract!(
+    a_2fa_reset_clears_the_enrolment_once_and_writes_back_no_removed_user,
     a_password_change_repeated_after_it_landed_is_applied_once,
     a_totp_confirmation_repeated_after_it_landed_is_confirmed,
     users_are_listed_a_page_at_a_time_each_once_and_only_the_tenants_own,

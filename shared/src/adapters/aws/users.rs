@@ -618,6 +618,44 @@ impl UserStore for DynamoStore {
         .await
     }
 
+    async fn reset_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        // A user with no enrolment holds `totp_secret` as NULL (or not at all): only a
+        // string is a secret. The write answers the item as it leaves it (no second read);
+        // refused, the item as it is: none (no such user), or one with nothing to clear.
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(keys::user(tenant, id).attrs()))
+            .update_expression(
+                "REMOVE totp_secret SET totp_confirmed = :f, \
+                 password_version = if_not_exists(password_version, :zero) + :one",
+            )
+            .condition_expression(
+                "attribute_exists(pk) AND (totp_confirmed = :t OR attribute_type(totp_secret, :str))",
+            )
+            .expression_attribute_values(":f", AttributeValue::Bool(false))
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .expression_attribute_values(":str", s("S"))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Some(from_item(out.attributes.unwrap_or_default())?)),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                refused_item(e.err()).cloned().map(from_item).transpose()
+            }
+            Err(e) => Err(classify("dynamodb update", e)),
+        }
+    }
+
     async fn accept_totp_step(
         &self,
         tenant: &TenantId,

@@ -380,6 +380,23 @@ impl UserStore for MemoryStore {
         Ok(true)
     }
 
+    async fn reset_totp(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let mut s = self.lock()?;
+        let Ok(u) = s.users.user_mut(tenant, id) else {
+            return Ok(None);
+        };
+        if u.totp_secret.is_some() || u.totp_confirmed {
+            u.totp_secret = None;
+            u.totp_confirmed = false;
+            u.password_version = u.password_version.saturating_add(1);
+        }
+        Ok(Some(u.clone()))
+    }
+
     async fn accept_totp_step(
         &self,
         tenant: &TenantId,
