@@ -175,6 +175,7 @@ pub const ROUTES: &[RouteRule] = &[
     rule("DELETE", "/v1/users/{id}", Tenant(Admin)),
     rule("PATCH", "/v1/users/{id}", Tenant(Admin)),
     rule("POST", "/v1/users/{id}/unlock", Tenant(Admin)),
+    rule("DELETE", "/v1/users/{id}/2fa", Tenant(Admin)),
     rule("POST", "/v1/auth/login", Public),
     rule("POST", "/v1/auth/logout", Session),
     rule("POST", "/v1/auth/password", Session),

@@ -23,6 +23,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/users", get(list_users).post(create_user))
         .route("/v1/users/{id}", delete(delete_user).patch(change_role))
         .route("/v1/users/{id}/unlock", post(unlock_user))
+        .route("/v1/users/{id}/2fa", delete(reset_two_factor))
         .route("/v1/auth/login", post(login))
         .route("/v1/auth/logout", post(logout))
         .route("/v1/auth/password", post(change_password))
@@ -102,6 +103,20 @@ async fn unlock_user(
     _: NoBody,
 ) -> ApiResult {
     let user = users::unlock(&s.deps, ctx.tenant_id(), super::minted_path(&id)?).await?;
+    let res = Json(user).into_response();
+    Ok(super::admin::noted(res, None, json!({"user_id": id})))
+}
+
+/// `DELETE /v1/users/{id}/2fa`: turns the user's 2FA off and ends their sessions. The
+/// audit trail names whose (never the seed).
+async fn reset_two_factor(
+    State(s): State<AppState>,
+    ctx: TenantCtx,
+    Path(id): Path<String>,
+    _: NoBody,
+) -> ApiResult {
+    let id = super::minted_path(&id)?;
+    let user = users::reset_two_factor(&s.deps, ctx.tenant_id(), &ctx.caller, id).await?;
     let res = Json(user).into_response();
     Ok(super::admin::noted(res, None, json!({"user_id": id})))
 }

@@ -425,6 +425,33 @@ pub async fn set_role(
     })
 }
 
+/// Turns off the 2FA of a user of the tenant (pending or enabled: a user who lost their
+/// authenticator signs in with their password again) and ends every session of theirs,
+/// in one conditional write (`UserStore::reset_totp`); the password, role and id stay.
+/// Where the tenant requires 2FA their next sign-in is confined to enrolling again. A
+/// console user cannot reset their own (another admin can, and an admin API key can), so
+/// that a stolen session cannot strip its user's second factor. A user with no 2FA is
+/// answered as is, nothing changed. Another tenant's user is `NotFound`.
+pub async fn reset_two_factor(
+    deps: &Deps,
+    tenant: &TenantId,
+    caller: &Caller,
+    id: &str,
+) -> Result<UserView, ServiceError> {
+    refuse_own(
+        caller,
+        id,
+        "you cannot reset your own two-factor authentication; another admin can",
+    )?;
+    let user = deps
+        .users
+        .reset_totp(tenant, id)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    tracing::info!(user_id = %id, "user's 2fa reset; their sessions ended");
+    Ok(UserView::of(&user))
+}
+
 /// The counters a login from `addr` for `email` goes through (address first: it is the
 /// wider one). `email` is whatever was typed, normalised when it can be.
 fn counters(email: &str, addr: Option<std::net::IpAddr>) -> [LoginCounter; 2] {

@@ -979,7 +979,201 @@ async fn the_users_list_pages_with_limit_and_cursor_and_refuses_a_bad_one(b: Bac
     super::access::assert_pages(&app, &t.key, "/v1/users", "users", 3).await;
 }
 
+/// An admin resets the 2FA of a user who lost their authenticator: the user signs in with
+/// the password alone (no code asked), every session of theirs ended; the user's own
+/// admins cannot reset their own, another tenant's, an operator or a read-only key cannot;
+/// done again it changes nothing; each reset is audited naming the user, never the seed.
+async fn an_admin_resets_a_users_lost_2fa_and_every_session_of_theirs_ends(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let other = app.onboard(0).await;
+    let (admin_email, admin_id) = new_user(&app, &t.key, "admin").await;
+    let (email, id) = new_user(&app, &t.key, "operator").await;
+    let session = login_ok(&app, &email).await;
+    let totp = enable_2fa(&app, &session).await;
+    let seed = totp.get_secret_base32();
+    let path = format!("/v1/users/{id}/2fa");
+    let admin = login_ok(&app, &admin_email).await;
+    let (_, operator_key) = super::access::new_key(&app, &t.key, "operator").await;
+    let (_, read_only_key) = super::access::new_key(&app, &t.key, "read_only").await;
+
+    // Refused, nothing changed: another tenant's admin, an operator's or a read-only key,
+    // the operator user themself, an admin resetting their own.
+    let (s, b) = call(&app, "DELETE", &path, Some(&other.key), None).await;
+    assert_eq!((s, code(&b)), (404, "not_found"), "{b}");
+    for key in [&operator_key, &read_only_key, &session] {
+        let (s, b) = call(&app, "DELETE", &path, Some(key), None).await;
+        assert_eq!((s, code(&b)), (403, "forbidden"), "{b}");
+    }
+    let own = format!("/v1/users/{admin_id}/2fa");
+    let (s, b) = call(&app, "DELETE", &own, Some(&admin), None).await;
+    assert_eq!((s, code(&b)), (409, "conflict"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("another admin can")),
+        "{b}"
+    );
+    let (s, b) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/users/{}/2fa", kirim::domain::new_id()),
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!((s, code(&b)), (404, "not_found"), "no such user: {b}");
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&session), None)
+            .await
+            .0,
+        200
+    );
+    let (s, b) = login(&app, &email, PASSWORD, None).await;
+    assert_eq!(
+        (s, code(&b)),
+        (401, "totp_required"),
+        "still asked for a code"
+    );
+
+    // Reset by another admin's session: answered with the user as listed.
+    let (s, view) = call(&app, "DELETE", &path, Some(&admin), None).await;
+    assert_eq!(s, 200, "{view}");
+    let (_, list) = call(&app, "GET", "/v1/users", Some(&t.key), None).await;
+    let listed = list["users"]
+        .as_array()
+        .and_then(|l| l.iter().find(|u| u["id"] == id.as_str()).cloned());
+    assert_eq!(Some(&view), listed.as_ref(), "{list}");
+    assert_eq!(
+        (&view["two_factor"], &view["totp_enabled"], &view["role"]),
+        (&json!("none"), &json!(false), &json!("operator"))
+    );
+    let (s, b) = call(&app, "GET", "/v1/account", Some(&session), None).await;
+    assert_eq!(
+        (s, code(&b)),
+        (401, "unauthenticated"),
+        "their session ended"
+    );
+    let (s, b) = login(&app, &email, PASSWORD, None).await;
+    assert_eq!(s, 200, "the password alone signs in: {b}");
+    assert!(b.get("totp_enrollment_required").is_none(), "{b}");
+    let fresh = b["token"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&fresh), None).await.0,
+        200
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&admin), None).await.0,
+        200,
+        "the admin's session is untouched"
+    );
+
+    // Again, by an admin key: nothing to clear, nothing changes (their new session stays).
+    let (s, again) = call(&app, "DELETE", &path, Some(&t.key), None).await;
+    assert_eq!((s, &again), (200, &view));
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&fresh), None).await.0,
+        200
+    );
+
+    // Both resets audited with the user's id and who did it; never the seed or the email.
+    let (s, page) = call(
+        &app,
+        "GET",
+        "/v1/audit?action=DELETE%20/v1/users/%7Bid%7D/2fa",
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{page}");
+    let done: Vec<_> = page["events"]
+        .as_array()
+        .map(|l| l.iter().filter(|e| e["outcome"] == "success").collect())
+        .unwrap_or_default();
+    assert_eq!(done.len(), 2, "{page}");
+    assert!(
+        done.iter().all(|e| e["details"]["user_id"] == id.as_str()),
+        "{page}"
+    );
+    assert_eq!(
+        done[1]["actor"],
+        json!({"type": "user", "id": admin_id}),
+        "{page}"
+    );
+    assert_eq!(done[0]["actor"]["type"], "api_key", "{page}");
+    let text = page.to_string();
+    assert!(
+        !text.contains(&seed) && !text.contains(&email.to_lowercase()),
+        "{page}"
+    );
+}
+
+/// Where the tenant requires 2FA, a user whose 2FA an admin reset signs in with their
+/// password confined to enrolling again, as a new user is; enrolled, a code is asked again.
+async fn after_a_2fa_reset_a_tenant_requiring_2fa_confines_the_user_to_enrolling_again(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (s, _) = call(
+        &app,
+        "PUT",
+        "/v1/settings/2fa",
+        Some(&t.key),
+        Some(json!({"required": true})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (email, id) = new_user(&app, &t.key, "admin").await;
+    let first = login_ok(&app, &email).await;
+    enable_2fa(&app, &first).await;
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&first), None).await.0,
+        200
+    );
+
+    let (s, b) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/users/{id}/2fa"),
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&first), None).await.0,
+        401
+    );
+    let (s, b) = login(&app, &email, PASSWORD, None).await;
+    assert_eq!(s, 200, "no code asked: {b}");
+    assert_eq!(b["totp_enrollment_required"], true, "{b}");
+    let token = b["token"].as_str().unwrap_or_default().to_owned();
+    let (s, b) = call(&app, "GET", "/v1/account", Some(&token), None).await;
+    assert_eq!((s, code(&b)), (403, "totp_enrollment_required"), "{b}");
+
+    // Enrolled again with a new key: a full session, and a code at the next sign-in.
+    let (s, e) = call(&app, "POST", "/v1/auth/2fa/enroll", Some(&token), None).await;
+    assert_eq!(s, 200, "{e}");
+    let next = totp(e["secret"].as_str().unwrap_or_default()).generate(now_secs() + 30);
+    let (s, b) = call(
+        &app,
+        "POST",
+        "/v1/auth/2fa/confirm",
+        Some(&token),
+        Some(json!({"totp_code": next})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&token), None).await.0,
+        200
+    );
+    let (s, b) = login(&app, &email, PASSWORD, None).await;
+    assert_eq!((s, code(&b)), (401, "totp_required"), "{b}");
+}
+
 on_both_backends!(
+    an_admin_resets_a_users_lost_2fa_and_every_session_of_theirs_ends,
+    after_a_2fa_reset_a_tenant_requiring_2fa_confines_the_user_to_enrolling_again,
     the_users_list_pages_with_limit_and_cursor_and_refuses_a_bad_one,
     the_two_hundred_and_first_user_of_a_tenant_is_refused,
     wrong_codes_at_the_2fa_confirmation_are_limited_as_a_logins_are,
