@@ -53,6 +53,7 @@ pub(super) fn routes() -> Router<ConsoleState> {
         .route("/console/users", get(users).post(add_user))
         .route("/console/users/{id}/remove", post(remove_user))
         .route("/console/users/{id}/unlock", post(unlock_user))
+        .route("/console/users/{id}/reset-2fa", post(reset_two_factor))
         .route("/console/users/{id}/role", post(change_role))
         .route("/console/audit", get(audit))
         .route("/console/settings", get(settings))
@@ -355,6 +356,11 @@ pub(super) fn done(q: &HashMap<String, String>) -> Option<Notice> {
              down, they can sign in again now."
         }
         "role_changed" => "The user's role was changed; it applies from their next click.",
+        "two_factor_reset" => {
+            "The user's two-factor authentication is off and they were signed out everywhere: \
+             they sign in with their password alone (where two-factor is required, they set \
+             it up again first)."
+        }
         "campaign_created" => {
             "The campaign was accepted. Its numbers below fill in as messages are sent."
         }
@@ -808,7 +814,7 @@ async fn render_two_factor(
             }
         } @else if me.totp_enabled {
             p { strong { "It is on for your sign-ins." } " It cannot be replaced from here (so a
-                stolen session cannot replace it); an admin can remove and add you again." }
+                stolen session cannot replace it). If you lose your authenticator, an admin can reset it." }
         } @else {
             @if ctx.enrollment_only {
                 p #two-factor-required { strong { "Your account requires two-factor authentication
@@ -2086,6 +2092,7 @@ async fn render_users(
     let list = a.body["users"].as_array().cloned().unwrap_or_default();
     let can_unlock = ctx.may("POST", "/v1/users/{id}/unlock");
     let can_change_role = ctx.may("PATCH", "/v1/users/{id}");
+    let can_reset_2fa = ctx.may("DELETE", RESET_2FA.api);
     let body = html! {
         h2 { "Add a user" }
         p.hint { @if can_change_role { "A user's new role applies from their next click. You
@@ -2093,7 +2100,9 @@ async fn render_users(
             forgets the wrong passwords counted against a user's email, from every address, and
             their wrong two-factor codes: a user slowed down after them can sign in again at
             once. Whether a user is slowed down just now is not shown here; clearing one who is
-            not changes nothing." } }
+            not changes nothing." } @if can_reset_2fa { " “Reset 2FA” turns off the two-factor
+            authentication of a user who lost their authenticator, and signs them out; not on your
+            own row (another admin can)." } }
         form.stack method="post" action="/console/users" {
             (csrf(&ctx.csrf))
             div { label for="user-email" { "Email" } input #user-email type="email" name="email" value=(email) autocomplete="off" required; }
@@ -2126,6 +2135,13 @@ async fn render_users(
                                     form.inline method="post" action=(format!("/console/users/{}/unlock", segment(text(u, "id")))) {
                                         (csrf(&ctx.csrf))
                                         button type="submit" aria-label=(format!("Clear the failed sign-ins of {}", text(u, "email"))) { "Clear failed sign-ins" }
+                                    }
+                                }
+                                @if can_reset_2fa && text(u, "two_factor") != "none" && text(u, "id") != ctx.user_id {
+                                    form.inline method="post" action=(format!("/console/users/{}/reset-2fa", segment(text(u, "id")))) {
+                                        (csrf(&ctx.csrf))
+                                        input type="hidden" name="email" value=(text(u, "email"));
+                                        button.danger type="submit" aria-label=(format!("Reset the two-factor authentication of {}", text(u, "email"))) { "Reset 2FA" }
                                     }
                                 }
                                 @if text(u, "id") != ctx.user_id {
@@ -2221,34 +2237,84 @@ async fn change_role(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes)
     render_users(&s, &ctx, status, n, ("", ""), "").await
 }
 
+/// A user's removal or 2FA reset, from its button on the users page: the API route (a
+/// `DELETE`), the console's own path after the user's id, what its confirmation page says,
+/// and the notice after it.
+struct UserAction {
+    api: &'static str,
+    console: &'static str,
+    question: &'static str,
+    means: &'static str,
+    button: &'static str,
+    done: &'static str,
+}
+
+const REMOVE: UserAction = UserAction {
+    api: "/v1/users/{id}",
+    console: "remove",
+    question: "Remove the user",
+    means: "They are signed out at once and can no longer sign in; their entries in the audit \
+            log stay. To let them back, add them again.",
+    button: "Remove the user",
+    done: "user_removed",
+};
+
+const RESET_2FA: UserAction = UserAction {
+    api: "/v1/users/{id}/2fa",
+    console: "reset-2fa",
+    question: "Reset the two-factor authentication of",
+    means: "Their authenticator app no longer signs them in, and they are signed out at once \
+            everywhere. They sign in with their password alone; where two-factor authentication \
+            is required, they set it up again first. Their password, role and entries in the \
+            audit log stay. Make sure it is them who asks: anyone who has their password can \
+            then sign in.",
+    button: "Reset two-factor authentication",
+    done: "two_factor_reset",
+};
+
 async fn remove_user(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
-    let f = match form(&s, &ctx, &body).await {
+    user_action(&s, &ctx, &id, &body, &REMOVE).await
+}
+
+async fn reset_two_factor(State(s): S, ctx: Ctx, Path(id): Path<String>, body: Bytes) -> Response {
+    user_action(&s, &ctx, &id, &body, &RESET_2FA).await
+}
+
+/// [`UserAction`] `a` on the user `id`: asked on its confirmation page first (naming the
+/// user), then sent to the API; its refusal for one's own row (`409`) shown on the users page.
+async fn user_action(
+    s: &ConsoleState,
+    ctx: &Ctx,
+    id: &str,
+    body: &Bytes,
+    a: &UserAction,
+) -> Response {
+    let f = match form(s, ctx, body).await {
         Ok(f) => f,
         Err(r) => return r,
     };
-    if !confirmed(&f) && ctx.may("DELETE", "/v1/users/{id}") {
+    if !confirmed(&f) && ctx.may("DELETE", a.api) {
         let email = field(&f, "email");
         let c = Confirm {
             nav: "/console/users",
-            question: format!("Remove the user {email}?"),
-            means: "They are signed out at once and can no longer sign in; their entries in \
-                    the audit log stay. To let them back, add them again.",
-            button: "Remove the user",
+            question: format!("{} {email}?", a.question),
+            means: a.means,
+            button: a.button,
             back: "/console/users".into(),
         };
-        let action = format!("/console/users/{}/remove", segment(&id));
-        return confirm_page(&ctx, c, &action, &[("email", email)]);
+        let action = format!("/console/users/{}/{}", segment(id), a.console);
+        return confirm_page(ctx, c, &action, &[("email", email)]);
     }
-    let uri = format!("/v1/users/{}", segment(&id));
-    let a = s.api.call(&ctx.who, Method::DELETE, &uri, None, None).await;
-    if a.ok() {
-        return redirect("/console/users?done=user_removed");
+    let uri = a.api.replace("{id}", &segment(id));
+    let res = s.api.call(&ctx.who, Method::DELETE, &uri, None, None).await;
+    if res.ok() {
+        return redirect(&format!("/console/users?done={}", a.done));
     }
-    if a.status == StatusCode::CONFLICT {
-        let (status, n) = problem(&a);
-        return render_users(&s, &ctx, status, n, ("", ""), "").await;
+    if res.status == StatusCode::CONFLICT {
+        let (status, n) = problem(&res);
+        return render_users(s, ctx, status, n, ("", ""), "").await;
     }
-    failed(&a)
+    failed(&res)
 }
 
 // ------------------------------------------------------------------ audit

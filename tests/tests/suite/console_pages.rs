@@ -2613,7 +2613,99 @@ async fn the_message_and_campaign_pages_name_the_number_they_went_from_and_a_rem
     );
 }
 
+/// The users page offers an admin "Reset 2FA" on the rows of users with 2FA (pending or
+/// on), never on their own row; it asks first, naming the user, then the user signs in with
+/// their password alone. Operators and read-only users are refused, never asked.
+async fn an_admin_resets_a_users_2fa_from_the_users_page_after_a_confirmation(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (admin, admin_id) = new_user(&app, &t.key, "admin").await;
+    let (lost, id) = new_user(&app, &t.key, "operator").await;
+    let (reader, reader_id) = new_user(&app, &t.key, "read_only").await;
+    turn_on_2fa(&app, &super::users::login_ok(&app, &lost).await).await;
+    // The admin's own enrolment is pending: 2FA, but no code asked at sign-in.
+    let own = super::users::login_ok(&app, &admin).await;
+    let (s, _) = call(&app, "POST", "/v1/auth/2fa/enroll", Some(&own), None).await;
+    assert_eq!(s, 200);
+    let signs_in = |email: String| {
+        let app = &app;
+        async move {
+            let body = json!({"email": email, "password": PASSWORD});
+            call(app, "POST", "/v1/auth/login", None, Some(body))
+                .await
+                .0
+        }
+    };
+    assert_eq!(signs_in(lost.clone()).await, 401, "a code is asked");
+
+    let mut web = sign_in(&app, &admin).await;
+    let users = web.get("/console/users").await;
+    let reset = |id: &str| format!("/console/users/{id}/reset-2fa");
+    assert!(users.html.contains(&reset(&id)), "{}", users.html);
+    assert!(
+        !users.html.contains(&reset(&admin_id)),
+        "not on one's own row"
+    );
+    assert!(!users.html.contains(&reset(&reader_id)), "not without 2FA");
+    let csrf = users.csrf();
+    let no_csrf = web.post(&reset(&id), &[("email", &lost)]).await;
+    assert_eq!(no_csrf.status, 403, "{}", no_csrf.html);
+    let asked = web
+        .post(&reset(&id), &[("csrf", &csrf), ("email", &lost)])
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.html);
+    assert!(asked.html.contains(r#"name="confirm""#), "{}", asked.html);
+    assert!(asked.html.contains(&lost), "names the user: {}", asked.html);
+    assert_eq!(
+        signs_in(lost.clone()).await,
+        401,
+        "nothing done before confirming"
+    );
+    let done = web
+        .post(
+            &reset(&id),
+            &[("csrf", &csrf), ("email", &lost), ("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(done.status, 303, "{}", done.html);
+    assert_eq!(done.location(), "/console/users?done=two_factor_reset");
+    let page = web.get(done.location()).await;
+    assert!(
+        page.html.contains("two-factor authentication is off"),
+        "{}",
+        page.html
+    );
+    assert!(!page.html.contains(&reset(&id)), "{}", page.html);
+    assert_eq!(signs_in(lost.clone()).await, 200, "the password alone");
+    // One's own, sent anyway: refused, said on the users page.
+    let mine = web
+        .post(&reset(&admin_id), &[("csrf", &csrf), ("confirm", "yes")])
+        .await;
+    assert_eq!(mine.status, 409, "{}", mine.html);
+    assert!(mine.html.contains("another admin can"), "{}", mine.html);
+    // An operator and a read-only user: refused at once, not asked to confirm.
+    for email in [&lost, &reader] {
+        let mut other = sign_in(&app, email).await;
+        let csrf = other.get("/console/").await.csrf();
+        let page = other
+            .post(&reset(&admin_id), &[("csrf", &csrf), ("email", &admin)])
+            .await;
+        assert_eq!(page.status, 403, "{email}: {}", page.html);
+        assert!(!page.html.contains(r#"name="confirm""#), "{}", page.html);
+    }
+    let (_, list) = call(&app, "GET", "/v1/users", Some(&t.key), None).await;
+    let of = |id: &str| {
+        list["users"]
+            .as_array()
+            .and_then(|l| l.iter().find(|u| u["id"] == id))
+            .map(|u| u["two_factor"].clone())
+    };
+    assert_eq!(of(&admin_id), Some(json!("pending")), "{list}");
+    assert_eq!(of(&id), Some(json!("none")), "{list}");
+}
+
 on_both_backends!(
+    an_admin_resets_a_users_2fa_from_the_users_page_after_a_confirmation,
     the_audit_log_names_its_actors_and_shows_each_events_details,
     a_sign_out_the_console_cannot_check_still_forgets_the_session_in_the_browser,
     a_sign_out_posted_without_the_session_cookie_clears_no_cookie,
