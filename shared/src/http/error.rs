@@ -258,6 +258,9 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let answer = with_request_id(req, None, |req| async move {
+            if super::extract::declared_over(req.body(), super::extract::MAX_BODY) {
+                return super::extract::too_large().into_response();
+            }
             let mut inner = inner;
             match inner.call(req).await {
                 Ok(res) => res,

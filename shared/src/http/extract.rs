@@ -166,15 +166,30 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request bodies are limited to 256 KiB",
-            )
+            too_large()
         } else {
             ApiError::invalid("could not read the request body")
         }
     })
+}
+
+/// `413 payload_too_large` for the API's routes.
+pub(crate) fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "request bodies are limited to 256 KiB",
+    )
+}
+
+/// Whether `body`'s declared length (hyper's size hint from `Content-Length`) is past
+/// `limit`: such a request is refused before a byte of it is read (`error::RequestIds` for
+/// the API, [`body_at_most`] for Meta's webhook), since a client that declares a gigabyte
+/// and trickles it would hold the request open until the limit's worth had come (local
+/// mode; API Gateway reads bodies whole). A body of unknown length (chunked) declares
+/// nothing and is counted as it comes.
+pub(crate) fn declared_over(body: &axum::body::Body, limit: usize) -> bool {
+    http_body::Body::size_hint(body).lower() > limit as u64
 }
 
 /// A JSON body that may be left out entirely (then `T::default()`); if present it is
@@ -234,10 +249,15 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
 
 /// [`bearer`] from the headers alone (a handler that has them, not the parts).
 /// The scheme is matched without regard to case (RFC 9110 §11.1: `bearer` is `Bearer`).
+/// A request with two `Authorization` headers names no credential (`401`): which one
+/// would count is the host's choice (API Gateway joins them with a comma, which no token
+/// matches; local mode's hyper would give the first).
 pub fn bearer_of(headers: &axum::http::HeaderMap) -> Option<&str> {
-    let v = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())?;
+    let mut all = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let v = all.next().and_then(|v| v.to_str().ok())?;
+    if all.next().is_some() {
+        return None;
+    }
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -260,16 +280,23 @@ impl FromRequestParts<AppState> for Caller {
 /// Reads a body of at most `limit` bytes, as axum's `Bytes` extractor would under a
 /// `DefaultBodyLimit` of `limit`: `413` past it, `400` if it cannot be read.
 pub async fn body_at_most(body: axum::body::Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("this route's bodies are limited to {} KiB", limit / 1024),
+        )
+    };
+    // Refused before a byte is read when its declared length says so.
+    if declared_over(&body, limit) {
+        return Err(too_large());
+    }
     let error = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => return Ok(bytes),
         Err(e) => e.into_inner(),
     };
     if error.is::<http_body_util::LengthLimitError>() {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("this route's bodies are limited to {} KiB", limit / 1024),
-        ));
+        return Err(too_large());
     }
     Err(ApiError::new(
         StatusCode::BAD_REQUEST,
@@ -332,6 +359,16 @@ mod tests {
         assert_eq!(bearer_of(&with("bearer kirim_abc")), Some("kirim_abc"));
         assert_eq!(bearer_of(&with("BEARER  kirim_abc ")), Some("kirim_abc"));
         assert_eq!(bearer_of(&with("Basic a2lyaW0=")), None);
+    }
+
+    #[test]
+    fn two_authorization_headers_name_no_credential() {
+        let mut h = with("Bearer kirim_abc");
+        h.append(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer kirim_other"),
+        );
+        assert_eq!(bearer_of(&h), None);
         assert_eq!(bearer_of(&with("Bearerkirim_abc")), None);
         assert_eq!(bearer_of(&HeaderMap::new()), None);
     }

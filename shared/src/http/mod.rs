@@ -547,6 +547,15 @@ async fn meta_verify(
         crate::metrics::limited("webhook_bad_signatures");
         return Err(crate::service::errors::ServiceError::from(wait).into());
     }
+    // Another mode (Meta's handshake is only ever `subscribe`) is said as such, before
+    // any token is compared: not a guess, and no answer about the token.
+    if params.get("hub.mode").map(String::as_str) != Some("subscribe") {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "hub.mode must be subscribe",
+        ));
+    }
     let ok = webhook::verify_subscription(
         &s.deps,
         params.get("hub.mode").map(String::as_str),

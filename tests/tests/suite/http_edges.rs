@@ -508,6 +508,19 @@ async fn the_subscription_handshake_echoes_the_challenge_only_for_the_right_toke
         .await
         .unwrap();
     assert_eq!(bad.status(), 403);
+    // Another mode with the right token says the mode is wrong, not the token.
+    let res = app
+        .http
+        .get(app.url("/webhooks/meta?hub.mode=unsubscribe&hub.verify_token=test-verify-token&hub.challenge=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"], "hub.mode must be subscribe",
+        "{body}"
+    );
     // The right token without a challenge (or an empty one) is refused, and says which.
     for tail in ["", "&hub.challenge="] {
         let res = app
@@ -1076,7 +1089,94 @@ async fn a_route_that_takes_no_body_refuses_one_and_takes_nothing_or_an_empty_ob
     assert_eq!(res.status(), 200);
 }
 
+/// Sends `head` (a request's head with its blank line) and one byte of body over a raw
+/// connection, then reads what comes back within a minute (a deadline, not a speed
+/// assertion: before the fix nothing came back until the declared body had).
+async fn answer_to_a_declared_body(app: &TestApp, head: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(b"{").await.unwrap();
+    let mut got = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(60), conn.read(&mut got))
+        .await
+        .expect("an answer before the declared body came")
+        .unwrap();
+    String::from_utf8_lossy(&got[..n]).into_owned()
+}
+
+/// A body whose declared `Content-Length` is past the route's limit is refused at once with
+/// `413`, before it is read: a client declaring a gigabyte and trickling it held an
+/// authenticated request open (local mode; API Gateway reads bodies whole). On the API and
+/// on Meta's webhook (3 MiB).
+async fn a_declared_length_past_the_limit_is_refused_before_the_body_comes(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let answer = answer_to_a_declared_body(
+        &app,
+        format!(
+            "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n",
+            t.key
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    let answer = answer_to_a_declared_body(
+        &app,
+        "POST /webhooks/meta HTTP/1.1\r\nHost: x\r\nX-Hub-Signature-256: sha256=00\r\n\
+         Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n"
+            .to_owned(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // Nothing was sent or debited.
+    let account: Value = app
+        .http
+        .get(app.url("/v1/account"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(account["credits"], 5, "{account}");
+}
+
+/// Two `Authorization` headers name no credential: `401`, as API Gateway's comma-joined
+/// value would be, not the first header's key (local mode took it).
+async fn a_request_with_two_authorization_headers_is_refused(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let res = app
+        .http
+        .get(app.url("/v1/account"))
+        .header("authorization", format!("Bearer {}", t.key))
+        .header("authorization", "Bearer kirim_someone_else")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let one = app
+        .http
+        .get(app.url("/v1/account"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(one.status(), 200);
+}
+
 on_both_backends!(
+    a_declared_length_past_the_limit_is_refused_before_the_body_comes,
+    a_request_with_two_authorization_headers_is_refused,
     a_body_that_is_a_json_array_is_refused_not_read_as_the_fields_in_order,
     a_route_that_takes_no_body_refuses_one_and_takes_nothing_or_an_empty_object,
     path_ids_of_the_wrong_kind_or_length_answer_404_and_change_nothing,
