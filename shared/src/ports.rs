@@ -743,6 +743,16 @@ pub trait OptOutStore: Send + Sync {
     ) -> Result<OptOutPage, StoreError>;
 }
 
+/// What [`ContactStore::found_among`] found under a key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    /// An opt-out is stored under it (of any scope).
+    pub opt_out: bool,
+    /// The key it is paired with ([`ContactStore::paired_key`]'s answer): `None` if it has
+    /// no pairing, or one whose other key is unreadable (as `paired_key` answers it).
+    pub paired: Option<OptOutKey>,
+}
+
 /// What Kirim knows of a tenant's WhatsApp users besides opt-outs, learnt from Meta's
 /// webhooks: which phone goes with which business-scoped user id, and when a user last
 /// wrote to each of the tenant's numbers. Never any content.
@@ -792,15 +802,28 @@ pub trait ContactStore: Send + Sync {
         self.paired_key(tenant, key).await
     }
     /// Of `keys` (any number, duplicates allowed), those under which the tenant has an
-    /// opt-out or a pairing stored ([`OptOutStore::get_opt_out`], [`paired_key`]), read
-    /// consistently as they are, expired items not counted. A key not answered has
-    /// neither: a campaign's recipient none of whose keys is answered needs no further
-    /// look-up at its creation (`service::broadcasts`); one that is answered is checked in
-    /// full. On DynamoDB `BatchGetItem`s of 100 items (both items of 50 keys), a few at
-    /// once, the keys a call leaves unprocessed asked again, then read one by one.
+    /// opt-out or a pairing stored ([`OptOutStore::get_opt_out`], [`paired_key`]), each
+    /// with what: whether an opt-out (of any scope), and the key it is paired with, as
+    /// [`paired_key`] answers it. Read consistently as they are, expired items not counted.
+    /// A key not answered has neither. A campaign's recipients are looked up so at its
+    /// creation (`service::broadcasts`), then the keys they are paired with by
+    /// [`opted_out_among`](Self::opted_out_among): one with no opt-out under any of its
+    /// keys or their pairings needs no further look-up; one with any is checked in full. On
+    /// DynamoDB `BatchGetItem`s of 100 items (both items of 50 keys), a few at once, the
+    /// keys a call leaves unprocessed asked again, then read one by one.
     ///
     /// [`paired_key`]: Self::paired_key
     async fn found_among(
+        &self,
+        tenant: &TenantId,
+        keys: &[OptOutKey],
+    ) -> Result<std::collections::HashMap<OptOutKey, Found>, StoreError>;
+    /// Of `keys` (any number, duplicates allowed), those under which the tenant has an
+    /// opt-out stored (of any scope, as [`OptOutStore::get_opt_out`] finds it), read
+    /// consistently: [`found_among`](Self::found_among)'s opt-out items alone, for the keys
+    /// a campaign's recipients are paired with. On DynamoDB `BatchGetItem`s of 100 keys, as
+    /// `found_among`'s.
+    async fn opted_out_among(
         &self,
         tenant: &TenantId,
         keys: &[OptOutKey],

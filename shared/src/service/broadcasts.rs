@@ -6,7 +6,7 @@
 //! `scheduled`: paid for at once, its fan-out job waits on the queue (see `schedule`)
 //! and starts it with a conditional write; cancelled before that, it is refunded whole.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -343,8 +343,8 @@ pub async fn create(
 }
 
 /// Whether anything was found under any WhatsApp form of `phone`.
-fn has_any(found: &HashSet<OptOutKey>, phone: &PhoneNumber) -> bool {
-    super::contacts::phone_forms(&OptOutKey::Phone(phone.clone())).any(|k| found.contains(&k))
+fn has_any(found: &HashMap<OptOutKey, crate::ports::Found>, phone: &PhoneNumber) -> bool {
+    super::contacts::phone_forms(&OptOutKey::Phone(phone.clone())).any(|k| found.contains_key(&k))
 }
 
 /// Creates a broadcast with a name and, given `send_at`, scheduled: debited now, its

@@ -3,13 +3,13 @@
 //! arrive in, expired records never answered; and the 24-hour customer-service window
 //! checked on a send, with a test clock (local mode runs on the system clock).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::Duration;
 use kirim::domain::{
     MessageStatus, OptOut, OptOutKey, OptOutScope, OptOutSource, PhoneNumber, UserId,
 };
-use kirim::ports::Clock;
+use kirim::ports::{Clock, Found};
 use kirim::service::errors::ServiceError;
 use kirim::service::{contacts, send};
 use serde_json::json;
@@ -339,6 +339,15 @@ fn opt_out_of(p: &Ports, t: &kirim::domain::TenantId, key: &OptOutKey) -> OptOut
     }
 }
 
+/// What `found_among` answered: the keys found, each with whether an opt-out and the key
+/// it is paired with.
+fn answered(found: HashMap<OptOutKey, Found>) -> HashMap<OptOutKey, (bool, Option<OptOutKey>)> {
+    found
+        .into_iter()
+        .map(|(k, f)| (k, (f.opt_out, f.paired)))
+        .collect()
+}
+
 async fn found_among_answers_the_keys_with_an_opt_out_or_a_pairing_of_its_own_tenant_only(
     p: Ports,
 ) {
@@ -365,6 +374,16 @@ async fn found_among_answers_the_keys_with_an_opt_out_or_a_pairing_of_its_own_te
     };
     let exp = Some(p.clock.now().timestamp() + 100);
     p.contacts.pair_user(&t.id, ph, u, exp).await.unwrap();
+    // A phone both opted out and paired (past the first call's 50 keys).
+    let (both_phone, both_user) = (phones[120].clone(), key("MY.5550000604"));
+    p.opt_outs
+        .put_opt_out(&opt_out_of(&p, &t.id, &both_phone))
+        .await
+        .unwrap();
+    let (OptOutKey::Phone(ph120), OptOutKey::User(u604)) = (&both_phone, &both_user) else {
+        unreachable!()
+    };
+    p.contacts.pair_user(&t.id, ph120, u604, exp).await.unwrap();
     // Another tenant's opt-out and pairing under keys asked of this one.
     p.opt_outs
         .put_opt_out(&opt_out_of(&p, &other.id, &phones[10]))
@@ -382,42 +401,105 @@ async fn found_among_answers_the_keys_with_an_opt_out_or_a_pairing_of_its_own_te
     let mut asked: Vec<OptOutKey> = phones.iter().chain(phones.iter()).cloned().collect();
     asked.push(opted_user.clone());
     asked.push(key("MY.5550000699"));
-    let found = p.contacts.found_among(&t.id, &asked).await.unwrap();
-    let want: HashSet<OptOutKey> = [
-        opted_phone.clone(),
-        late_phone.clone(),
-        paired_phone.clone(),
-        opted_user.clone(),
-    ]
-    .into_iter()
-    .collect();
-    assert_eq!(found, want, "opt-outs and pairings under both kinds of key");
-    // The pairing's other half, asked alone, is found too.
+    let found = answered(p.contacts.found_among(&t.id, &asked).await.unwrap());
+    let want = HashMap::from([
+        (opted_phone.clone(), (true, None)),
+        (late_phone.clone(), (true, None)),
+        (paired_phone.clone(), (false, Some(paired_user.clone()))),
+        (both_phone.clone(), (true, Some(both_user.clone()))),
+        (opted_user.clone(), (true, None)),
+    ]);
     assert_eq!(
-        p.contacts
-            .found_among(&t.id, std::slice::from_ref(&paired_user))
-            .await
-            .unwrap(),
-        HashSet::from([paired_user.clone()])
+        found, want,
+        "opt-outs and pairings (with the key paired) under both kinds of key"
+    );
+    // The pairing's other half, asked alone, is found too, with its phone.
+    assert_eq!(
+        answered(
+            p.contacts
+                .found_among(&t.id, std::slice::from_ref(&paired_user))
+                .await
+                .unwrap()
+        ),
+        HashMap::from([(paired_user.clone(), (false, Some(paired_phone.clone())))])
     );
     // The other tenant sees its own, not this one's.
     assert_eq!(
-        p.contacts.found_among(&other.id, &asked).await.unwrap(),
-        HashSet::from([phones[10].clone(), phones[11].clone()])
+        answered(p.contacts.found_among(&other.id, &asked).await.unwrap()),
+        HashMap::from([
+            (phones[10].clone(), (true, None)),
+            (phones[11].clone(), (false, Some(key("MY.5550000603")))),
+        ])
     );
     // An expired pairing is not answered (TTL deletion is lazy), as `paired_key` answers
     // none; opt-outs have no TTL.
     p.clock.advance(Duration::seconds(101));
-    let found = p.contacts.found_among(&t.id, &asked).await.unwrap();
+    let found = answered(p.contacts.found_among(&t.id, &asked).await.unwrap());
     assert_eq!(
         found,
-        HashSet::from([opted_phone, late_phone, opted_user]),
-        "the expired pairing left out"
+        HashMap::from([
+            (opted_phone, (true, None)),
+            (late_phone, (true, None)),
+            (both_phone, (true, None)),
+            (opted_user, (true, None)),
+        ]),
+        "the expired pairings left out"
+    );
+}
+
+async fn opted_out_among_answers_the_keys_with_an_opt_out_of_its_own_tenant_only_not_a_pairing(
+    p: Ports,
+) {
+    let t = onboarded(&p, 0).await;
+    let other = onboarded(&p, 0).await;
+    assert!(
+        p.contacts
+            .opted_out_among(&t.id, &[])
+            .await
+            .unwrap()
+            .is_empty(),
+        "no keys, none found"
+    );
+    // 230 user ids (more than two calls' 100 keys), each asked twice, and a phone.
+    let users: Vec<OptOutKey> = (0..230).map(|i| key(&format!("MY.555001{i:04}"))).collect();
+    let (first, late) = (users[0].clone(), users[229].clone());
+    let phone = key("+60123466001");
+    for k in [&first, &late, &phone] {
+        p.opt_outs
+            .put_opt_out(&opt_out_of(&p, &t.id, k))
+            .await
+            .unwrap();
+    }
+    // A pairing alone is not an opt-out.
+    let (OptOutKey::User(u), OptOutKey::Phone(ph)) = (&users[100], key("+60123466002")) else {
+        unreachable!()
+    };
+    p.contacts
+        .pair_user(&t.id, &ph, u, Some(p.clock.now().timestamp() + 100))
+        .await
+        .unwrap();
+    // Another tenant's opt-out under a key asked of this one.
+    p.opt_outs
+        .put_opt_out(&opt_out_of(&p, &other.id, &users[150]))
+        .await
+        .unwrap();
+
+    let mut asked: Vec<OptOutKey> = users.iter().chain(users.iter()).cloned().collect();
+    asked.push(phone.clone());
+    assert_eq!(
+        p.contacts.opted_out_among(&t.id, &asked).await.unwrap(),
+        HashSet::from([first, late, phone]),
+    );
+    assert_eq!(
+        p.contacts.opted_out_among(&other.id, &asked).await.unwrap(),
+        HashSet::from([users[150].clone()]),
+        "the other tenant sees its own"
     );
 }
 
 contract!(
     found_among_answers_the_keys_with_an_opt_out_or_a_pairing_of_its_own_tenant_only,
+    opted_out_among_answers_the_keys_with_an_opt_out_of_its_own_tenant_only_not_a_pairing,
     a_phones_pairing_holds_until_its_user_is_paired_with_another_phone_since,
     a_pairing_is_forgotten_only_while_it_names_the_key_given_is_the_older_and_only_its_own_half,
     a_pairing_is_found_from_either_key_and_only_in_its_own_tenant,

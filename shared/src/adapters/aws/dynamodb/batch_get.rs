@@ -3,11 +3,13 @@
 //! same read units as a `GetItem` each, in one round trip a hundred). The keys a call leaves
 //! unprocessed (throttling, a partial answer) are asked again after each of
 //! [`UNPROCESSED_PAUSES`], then read one by one with [`get`]. An error is [`classify`]'s, as
-//! a single read's. Expired items are not answered, as [`get`] answers none.
+//! a single read's. Expired items are not answered, as [`get`] answers none. Each item found
+//! is answered with its key and the attributes the caller names (projected: the units are
+//! the whole item's anyway).
 //!
 //! [`get`]: DynamoStore::get
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
@@ -39,8 +41,13 @@ const UNPROCESSED_PAUSES: [Duration; 6] = [
 type Pair = (String, String);
 
 impl DynamoStore {
-    /// Of `wanted`, the keys (pk, sk) that hold a live item. Duplicates are asked once.
-    pub(super) async fn existing(&self, wanted: &[keys::Key]) -> Result<HashSet<Pair>, StoreError> {
+    /// Of `wanted`, the keys (pk, sk) that hold a live item, each with the item's key and
+    /// its attributes named in `also` (those it has). Duplicates are asked once.
+    pub(super) async fn existing(
+        &self,
+        wanted: &[keys::Key],
+        also: &[&str],
+    ) -> Result<HashMap<Pair, Item>, StoreError> {
         let mut unique: Vec<keys::Key> = Vec::with_capacity(wanted.len());
         let mut seen: HashSet<Pair> = HashSet::with_capacity(wanted.len());
         for k in wanted {
@@ -52,8 +59,8 @@ impl DynamoStore {
             .chunks(BATCH_GET_KEYS)
             .map(<[keys::Key]>::to_vec)
             .collect();
-        let found: Vec<HashSet<Pair>> = futures::stream::iter(chunks)
-            .map(|chunk| self.existing_in(chunk))
+        let found: Vec<HashMap<Pair, Item>> = futures::stream::iter(chunks)
+            .map(|chunk| self.existing_in(chunk, also))
             .buffer_unordered(IN_FLIGHT)
             .try_collect()
             .await?;
@@ -61,9 +68,15 @@ impl DynamoStore {
     }
 
     /// [`Self::existing`] of at most [`BATCH_GET_KEYS`] keys.
-    async fn existing_in(&self, chunk: Vec<keys::Key>) -> Result<HashSet<Pair>, StoreError> {
-        let (mut found, left) =
-            drain(chunk, &UNPROCESSED_PAUSES, |keys| self.batch_get_once(keys)).await?;
+    async fn existing_in(
+        &self,
+        chunk: Vec<keys::Key>,
+        also: &[&str],
+    ) -> Result<HashMap<Pair, Item>, StoreError> {
+        let (mut found, left) = drain(chunk, &UNPROCESSED_PAUSES, |keys| {
+            self.batch_get_once(keys, also)
+        })
+        .await?;
         if !left.is_empty() {
             tracing::warn!(
                 keys = left.len(),
@@ -71,27 +84,35 @@ impl DynamoStore {
             );
         }
         for k in left {
-            if self.get(k.clone()).await?.is_some() {
-                found.push((k.pk, k.sk));
+            if let Some(item) = self.get(k.clone()).await? {
+                found.push(((k.pk, k.sk), item));
             }
         }
         Ok(found.into_iter().collect())
     }
 
     /// One `BatchGetItem` of `keys` (at most [`BATCH_GET_KEYS`]): the live items it found,
-    /// by key, and the keys it left unprocessed.
+    /// by key (with the attributes named in `also`), and the keys it left unprocessed.
     async fn batch_get_once(
         &self,
         keys: Vec<keys::Key>,
-    ) -> Result<(Vec<Pair>, Vec<keys::Key>), StoreError> {
-        let asked = KeysAndAttributes::builder()
+        also: &[&str],
+    ) -> Result<(Vec<(Pair, Item)>, Vec<keys::Key>), StoreError> {
+        // Only what tells a live item and what the caller reads of it: the read units are
+        // the whole item's anyway.
+        let mut projection = String::from("#pk, #sk, #ttl");
+        let mut asked = KeysAndAttributes::builder()
             .set_keys(Some(keys.iter().map(keys::Key::attrs).collect()))
             .consistent_read(true)
-            // Only what tells a live item: the read units are the whole item's anyway.
-            .projection_expression("#pk, #sk, #ttl")
             .expression_attribute_names("#pk", keys::PK)
             .expression_attribute_names("#sk", keys::SK)
-            .expression_attribute_names("#ttl", TTL_ATTR)
+            .expression_attribute_names("#ttl", TTL_ATTR);
+        for (i, name) in also.iter().enumerate() {
+            projection.push_str(&format!(", #a{i}"));
+            asked = asked.expression_attribute_names(format!("#a{i}"), *name);
+        }
+        let asked = asked
+            .projection_expression(projection)
             .build()
             .map_err(|e| StoreError::Rejected(format!("dynamodb batch get: {e}")))?;
         let out = self
@@ -120,7 +141,7 @@ impl DynamoStore {
         let found = items
             .into_iter()
             .filter(|i| self.live(i))
-            .filter_map(|i| pair_of(&i))
+            .filter_map(|i| Some((pair_of(&i)?, i)))
             .collect();
         let left = out
             .unprocessed_keys

@@ -6,7 +6,8 @@
 //!   with a TTL 24 hours after it. Reads ignore expired items (moto never deletes them).
 //!
 //! `found_among` asks for a key's `OPTOUT#` and `PAIR#` items together, by `BatchGetItem`
-//! (`batch_get`): which of a campaign's recipients have either.
+//! (`batch_get`): which of a campaign's recipients have either, and with whom a pairing
+//! pairs them; `opted_out_among` for the `OPTOUT#` items of the keys they are paired with.
 
 use std::collections::{HashMap, HashSet};
 
@@ -19,11 +20,20 @@ use async_trait::async_trait;
 use super::{classify, keys, n, s, DynamoStore, TTL_ATTR};
 use crate::adapters::aws::written;
 use crate::domain::{OptOutKey, PhoneNumber, TenantId, UserId};
-use crate::ports::ContactStore;
+use crate::ports::{ContactStore, Found};
 use crate::store_error::StoreError;
 
 /// A pairing half's write time (epoch milliseconds).
 const PAIRED_AT: &str = "paired_at";
+/// A pairing half's other key.
+const OTHER: &str = "other";
+
+/// The other key a pairing item names (`None` if it names none readable).
+fn other_of(item: &super::Item) -> Option<OptOutKey> {
+    item.get(OTHER)
+        .and_then(|v| v.as_s().ok())
+        .and_then(|o| OptOutKey::parse_stored(o))
+}
 
 impl DynamoStore {
     async fn put_pairing(
@@ -34,7 +44,7 @@ impl DynamoStore {
         expires_at: Option<i64>,
     ) -> Result<(), StoreError> {
         let mut item = keys::user_pairing(tenant, key).attrs();
-        item.insert("other".into(), s(other.to_string()));
+        item.insert(OTHER.into(), s(other.to_string()));
         // When this half was written: which of two disagreeing halves is the newer.
         item.insert(PAIRED_AT.into(), n(self.now_ms()));
         if let Some(t) = expires_at {
@@ -76,8 +86,7 @@ impl ContactStore for DynamoStore {
         Ok(self
             .get(keys::user_pairing(tenant, key))
             .await?
-            .and_then(|i| i.get("other").and_then(|v| v.as_s().ok()).cloned())
-            .and_then(|o| OptOutKey::parse_stored(&o)))
+            .and_then(|i| other_of(&i)))
     }
 
     async fn pairing(
@@ -88,11 +97,7 @@ impl ContactStore for DynamoStore {
         let Some(item) = self.get(keys::user_pairing(tenant, key)).await? else {
             return Ok(None);
         };
-        let Some(other) = item
-            .get("other")
-            .and_then(|v| v.as_s().ok())
-            .and_then(|o| OptOutKey::parse_stored(o))
-        else {
+        let Some(other) = other_of(&item) else {
             return Ok(None);
         };
         let at = item
@@ -116,7 +121,7 @@ impl ContactStore for DynamoStore {
             .set_key(Some(keys::user_pairing(tenant, key).attrs()))
             // A half from before write times were recorded is the older.
             .condition_expression("#other = :other AND (attribute_not_exists(#at) OR #at < :newer)")
-            .expression_attribute_names("#other", "other")
+            .expression_attribute_names("#other", OTHER)
             .expression_attribute_names("#at", PAIRED_AT)
             .expression_attribute_values(":other", s(other.to_string()))
             .expression_attribute_values(":newer", n(newer))
@@ -133,26 +138,65 @@ impl ContactStore for DynamoStore {
         Ok(self
             .get_eventually(keys::user_pairing(tenant, key))
             .await?
-            .and_then(|i| i.get("other").and_then(|v| v.as_s().ok()).cloned())
-            .and_then(|o| OptOutKey::parse_stored(&o)))
+            .and_then(|i| other_of(&i)))
     }
 
     async fn found_among(
         &self,
         tenant: &TenantId,
         keys: &[OptOutKey],
-    ) -> Result<HashSet<OptOutKey>, StoreError> {
-        // Each key's opt-out item and pairing item, by the key they belong to.
-        let mut of: HashMap<(String, String), OptOutKey> = HashMap::with_capacity(2 * keys.len());
+    ) -> Result<HashMap<OptOutKey, Found>, StoreError> {
+        // Each key's opt-out item and pairing item, by the key they belong to (and which).
+        let mut of: HashMap<(String, String), (OptOutKey, bool)> =
+            HashMap::with_capacity(2 * keys.len());
         let mut wanted = Vec::with_capacity(2 * keys.len());
         for key in keys {
-            for item in [keys::opt_out(tenant, key), keys::user_pairing(tenant, key)] {
-                of.insert((item.pk.clone(), item.sk.clone()), key.clone());
-                wanted.push(item);
+            let (opt_out, pairing) = (keys::opt_out(tenant, key), keys::user_pairing(tenant, key));
+            of.insert(
+                (opt_out.pk.clone(), opt_out.sk.clone()),
+                (key.clone(), true),
+            );
+            of.insert(
+                (pairing.pk.clone(), pairing.sk.clone()),
+                (key.clone(), false),
+            );
+            wanted.extend([opt_out, pairing]);
+        }
+        let items = self.existing(&wanted, &[OTHER]).await?;
+        let mut found: HashMap<OptOutKey, Found> = HashMap::new();
+        for (pair, item) in &items {
+            let Some((key, is_opt_out)) = of.get(pair) else {
+                continue;
+            };
+            let f = found.entry(key.clone()).or_default();
+            if *is_opt_out {
+                f.opt_out = true;
+            } else {
+                // As `paired_key` reads it.
+                f.paired = other_of(item);
             }
         }
-        let found = self.existing(&wanted).await?;
-        Ok(found.iter().filter_map(|p| of.get(p).cloned()).collect())
+        Ok(found)
+    }
+
+    async fn opted_out_among(
+        &self,
+        tenant: &TenantId,
+        keys: &[OptOutKey],
+    ) -> Result<HashSet<OptOutKey>, StoreError> {
+        let of: HashMap<(String, String), &OptOutKey> = keys
+            .iter()
+            .map(|k| {
+                let item = keys::opt_out(tenant, k);
+                ((item.pk, item.sk), k)
+            })
+            .collect();
+        let wanted: Vec<keys::Key> = keys.iter().map(|k| keys::opt_out(tenant, k)).collect();
+        let items = self.existing(&wanted, &[]).await?;
+        Ok(items
+            .keys()
+            .filter_map(|p| of.get(p).map(|k| (*k).clone()))
+            .collect())
     }
 
     async fn record_inbound(

@@ -1,14 +1,14 @@
 //! `ContactStore` on the memory store: the same rules as DynamoDB (a pairing each way; the
 //! newest inbound time kept; expired items not answered), under the one lock.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::MemoryStore;
 use crate::domain::{OptOutKey, PhoneNumber, TenantId, UserId};
-use crate::ports::ContactStore;
+use crate::ports::{ContactStore, Found};
 use crate::store_error::StoreError;
 
 #[async_trait]
@@ -83,24 +83,42 @@ impl ContactStore for MemoryStore {
         &self,
         tenant: &TenantId,
         keys: &[OptOutKey],
-    ) -> Result<HashSet<OptOutKey>, StoreError> {
+    ) -> Result<HashMap<OptOutKey, Found>, StoreError> {
         let now = self.now_secs();
         let s = self.lock()?;
         // As `get_opt_out` and `paired_key` answer them.
         let opt_outs_live = self.config_live(&s, tenant);
-        let mut found = HashSet::new();
+        let mut found = HashMap::new();
         for key in keys {
             let k = (tenant.clone(), key.to_string());
-            let opted_out = opt_outs_live && s.opt_outs.contains_key(&k);
+            let opt_out = opt_outs_live && s.opt_outs.contains_key(&k);
             let paired = s
                 .pairings
                 .get(&k)
-                .is_some_and(|(_, exp, _)| exp.is_none_or(|t| t > now));
-            if opted_out || paired {
-                found.insert(key.clone());
+                .filter(|(_, exp, _)| exp.is_none_or(|t| t > now))
+                .map(|(other, _, _)| other.clone());
+            if opt_out || paired.is_some() {
+                found.insert(key.clone(), Found { opt_out, paired });
             }
         }
         Ok(found)
+    }
+
+    async fn opted_out_among(
+        &self,
+        tenant: &TenantId,
+        keys: &[OptOutKey],
+    ) -> Result<HashSet<OptOutKey>, StoreError> {
+        let s = self.lock()?;
+        // As `get_opt_out` answers them.
+        if !self.config_live(&s, tenant) {
+            return Ok(HashSet::new());
+        }
+        Ok(keys
+            .iter()
+            .filter(|k| s.opt_outs.contains_key(&(tenant.clone(), k.to_string())))
+            .cloned()
+            .collect())
     }
 
     async fn record_inbound(
