@@ -328,8 +328,8 @@ impl DynamoStore {
         "dynamodb:DeleteItem",
         "dynamodb:ConditionCheckItem",
     ];
-    /// Which of many items exist, in calls of 100 (`found_among`: a campaign's recipients'
-    /// opt-outs and pairings at its creation).
+    /// Which of many items exist, in calls of 100 (`found_among`, `opted_out_among`: a
+    /// campaign's recipients' opt-outs and pairings at its creation).
     pub const BATCH_READ: &'static [&'static str] = &["dynamodb:BatchGetItem"];
     /// On the table's index (`gsi1`): queries only.
     pub const INDEX_READ: &'static [&'static str] = &["dynamodb:Query"];
