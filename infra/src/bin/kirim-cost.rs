@@ -40,7 +40,9 @@
 //! `--create 1` (with `--broadcast`) counts and times the `POST /v1/broadcasts` alone, with
 //! ten of its N recipients opted out beforehand (spread over the list), and stops there: its
 //! fan-out never runs. What a campaign's creation costs, and how long its answer takes at
-//! the proxy's `--latency`.
+//! the proxy's `--latency`. `--paired P` pairs the first P recipients with a user id each
+//! beforehand (none opted out by its id), as Meta's webhooks pair them: written straight
+//! into the emulator by the store's own `pair_user`, not through the proxy.
 //! `--pause S` (with `--broadcast`) pauses the broadcast once its first recipients are
 //! sent, counts what its waiting recipients cost for S seconds of the pause (per second),
 //! then resumes it and counts the rest as before: what a paused campaign costs by the hour.
@@ -96,13 +98,15 @@ struct Args {
     cancel: bool,
     /// `--create 1`: only the broadcast's creation, timed.
     create: bool,
+    /// `--paired P` (with `--create`): the first P recipients paired with a user id.
+    paired: usize,
 }
 
 fn args() -> Result<Args, String> {
     let (mut messages, mut warmup, mut batch, mut latency) = (20, 2, 1, 5);
     let (mut broadcast, mut tier, mut pollers, mut memory) = (None, 1000, 1, false);
     let mut pause = None;
-    let (mut cancel, mut create) = (false, false);
+    let (mut cancel, mut create, mut paired) = (false, false, 0);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -130,6 +134,7 @@ fn args() -> Result<Args, String> {
             "--pause" if (1..=3600).contains(&n) => pause = Some(n as u64),
             "--cancel" => cancel = n > 0,
             "--create" => create = n > 0,
+            "--paired" if n <= 10_000 => paired = n,
             _ => return Err(format!("unknown argument {flag} {value}")),
         }
     }
@@ -145,6 +150,7 @@ fn args() -> Result<Args, String> {
         pause,
         cancel,
         create,
+        paired,
     })
 }
 
@@ -199,9 +205,13 @@ async fn run() -> Result<(), String> {
         pause,
         cancel,
         create,
+        paired,
     } = args()?;
     if (pause.is_some() || cancel || create) && broadcast.is_none() {
         return Err("--pause, --cancel and --create need --broadcast".into());
+    }
+    if paired > 0 && (!create || broadcast.is_some_and(|n| paired > n)) {
+        return Err("--paired needs --create, and at most --broadcast recipients".into());
     }
     // Whole batches: the messages rounded up to a multiple of the batch.
     let rounds = messages.div_ceil(batch);
@@ -242,15 +252,13 @@ async fn run() -> Result<(), String> {
         .map_err(|e| format!("a free port: {e}"))?
         .port();
     let listen = format!("127.0.0.1:{port}");
+    let stack = format!("cost{}", ulid::Ulid::new().to_string().to_lowercase());
     let env: Vec<(String, String)> = [
         (
             "KIRIM_BACKEND",
             if memory { "memory" } else { "aws" }.to_owned(),
         ),
-        (
-            "KIRIM_STACK_NAME",
-            format!("cost{}", ulid::Ulid::new().to_string().to_lowercase()),
-        ),
+        ("KIRIM_STACK_NAME", stack.clone()),
         ("AWS_ENDPOINT_URL", proxy.url.clone()),
         ("KIRIM_OPERATOR_TOKEN", OPERATOR_TOKEN.into()),
         ("KIRIM_META_APP_SECRET", APP_SECRET.into()),
@@ -291,7 +299,13 @@ async fn run() -> Result<(), String> {
     proxy.set_latency(latency);
     let setup = proxy.take();
     if let (Some(n), true) = (broadcast, create) {
-        return created_run(&proxy, &client, &key, n, latency).await;
+        let pairing = Pairing {
+            upstream: &upstream,
+            stack: &stack,
+            tenant: &tenant,
+            paired,
+        };
+        return created_run(&proxy, &client, &key, n, latency, pairing).await;
     }
     if let Some(n) = broadcast {
         let shape = BroadcastShape {
@@ -544,15 +558,61 @@ async fn cancelled_run(
 /// Recipients of a `--create` run opted out before it.
 const OPTED_OUT: usize = 10;
 
+/// `--paired`: which recipients of a `--create` run are paired with a user id, and where.
+struct Pairing<'a> {
+    /// The emulator itself (the pairings are not counted).
+    upstream: &'a str,
+    stack: &'a str,
+    tenant: &'a str,
+    /// The first this many recipients.
+    paired: usize,
+}
+
+/// Pairs each of `phones` with a user id of its own, by the store's `pair_user` (both
+/// halves, with the Messages TTL, as a webhook learns them), straight into the emulator.
+async fn pair_recipients(pairing: &Pairing<'_>, phones: &[String]) -> Result<(), String> {
+    use futures::StreamExt;
+    use kirim::adapters::aws::DynamoStore;
+    use kirim::domain::{PhoneNumber, TenantId, UserId};
+    use kirim::ports::ContactStore;
+
+    let sdk = kirim_infra::local::emulator_sdk_config(Some(pairing.upstream)).await;
+    let table = kirim_infra::bootstrap::ensure_stack(&sdk, pairing.stack)
+        .await
+        .map_err(|e| format!("the stack's table: {e}"))?
+        .table;
+    let clock = std::sync::Arc::new(kirim::ports::SystemClock);
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table, clock);
+    let tenant = TenantId::parse(pairing.tenant).ok_or("the tenant's id")?;
+    let expires_at = Some(chrono::Utc::now().timestamp() + 30 * 86_400);
+    let pairs = phones.iter().enumerate().map(|(i, p)| {
+        let (store, tenant) = (&store, &tenant);
+        async move {
+            let phone = PhoneNumber::parse(p).map_err(|e| format!("{p}: {e}"))?;
+            let user = UserId::parse(&format!("MY.77{i:08}")).ok_or("a user id")?;
+            store
+                .pair_user(tenant, &phone, &user, expires_at)
+                .await
+                .map_err(|e| format!("pairing: {e}"))
+        }
+    });
+    let results: Vec<Result<(), String>> = futures::stream::iter(pairs)
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
 /// `--create 1`: a broadcast of `n` recipients (utility), `OPTED_OUT` of them opted out
-/// beforehand, created with its queue held: the `POST /v1/broadcasts` timed and counted, its
-/// fan-out never run.
+/// beforehand (and with `--paired`, its first recipients paired with user ids), created
+/// with its queue held: the `POST /v1/broadcasts` timed and counted, its fan-out never run.
 async fn created_run(
     proxy: &CountingProxy,
     client: &Client,
     key: &str,
     n: usize,
     latency: Duration,
+    pairing: Pairing<'_>,
 ) -> Result<(), String> {
     let recipients: Vec<String> = (0..n).map(|m| format!("+6013{:07}9", m)).collect();
     let opted: Vec<&String> = recipients
@@ -571,6 +631,15 @@ async fn created_run(
         if !res.status().is_success() {
             return Err(format!("opt-out answered {}", res.status()));
         }
+    }
+    if pairing.paired > 0 {
+        let started = std::time::Instant::now();
+        pair_recipients(&pairing, &recipients[..pairing.paired]).await?;
+        eprintln!(
+            "kirim-cost: {} recipients paired in {:.1} s",
+            pairing.paired,
+            started.elapsed().as_secs_f64()
+        );
     }
     proxy.settle(QUIET, Duration::from_secs(60)).await;
     let _ = proxy.take();
@@ -600,9 +669,10 @@ async fn created_run(
     proxy.settle(QUIET, Duration::from_secs(60)).await;
     let tally = proxy.take();
     println!(
-        "kirim-cost: POST /v1/broadcasts of {n} recipients ({} opted out) answered 202 in \
-         {:.2} s, each AWS call held {} ms at the proxy\n",
+        "kirim-cost: POST /v1/broadcasts of {n} recipients ({} opted out, {} paired with a \
+         user id) answered 202 in {:.2} s, each AWS call held {} ms at the proxy\n",
         opted.len(),
+        pairing.paired,
         took.as_secs_f64(),
         latency.as_millis()
     );
