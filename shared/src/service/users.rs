@@ -697,7 +697,7 @@ async fn attempt(
             // part-way: counted, each 2FA user's retries ran into `429` and an office's
             // address locked after 20 of them.
             give_back(deps, taken, now_secs).await?;
-            crate::metrics::totp_seed_unopened("confirm");
+            crate::metrics::totp_seed_unopened("login");
             tracing::error!(user_id = %id, outcome = "error", reason = "totp_seed_unopened", "the stored TOTP seed does not open; login refused, nothing counted");
             return Err(LoginError::TotpUnavailable);
         };
