@@ -458,15 +458,16 @@ mod tests {
         }
     }
 
-    /// Every way an audit intent fails its work is in one alarm's sum, and nothing else is.
-    #[test]
-    fn every_audit_intent_problem_the_code_counts_is_alarmed() {
+    /// The `Where`/`Problem` values one metric-math alarm sums, asserting its shape: every
+    /// metric is `Kirim/{metric}`'s `Sum` under the one dimension `dimension`, and the one
+    /// expression returned sums each as `FILL(id, 0)`; it notifies the alarm topic.
+    fn summed_dimension_values(alarm_name: &str, metric: &str, dimension: &str) -> Vec<String> {
         let doc: Value = serde_yaml::from_str(TEMPLATE).unwrap();
         let alarm = resources(&doc, "AWS::CloudWatch::Alarm")
             .into_iter()
-            .find(|(k, _)| k == "AuditIntentProblemsAlarm")
+            .find(|(k, _)| k == alarm_name)
             .map(|(_, p)| p)
-            .expect("AuditIntentProblemsAlarm");
+            .unwrap_or_else(|| panic!("{alarm_name}"));
         let metrics = alarm.get("Metrics").and_then(Value::as_sequence).unwrap();
         let mut watched: Vec<String> = Vec::new();
         let mut ids: Vec<String> = Vec::new();
@@ -474,22 +475,22 @@ mod tests {
             let Some(stat) = m.get("MetricStat") else {
                 continue;
             };
-            let metric = stat.get("Metric").unwrap();
+            let m_metric = stat.get("Metric").unwrap();
             assert_eq!(
-                metric.get("Namespace").and_then(Value::as_str),
+                m_metric.get("Namespace").and_then(Value::as_str),
                 Some("Kirim")
             );
             assert_eq!(
-                metric.get("MetricName").and_then(Value::as_str),
-                Some("AuditIntentProblems")
+                m_metric.get("MetricName").and_then(Value::as_str),
+                Some(metric)
             );
             assert_eq!(stat.get("Stat").and_then(Value::as_str), Some("Sum"));
-            let dims = metric
+            let dims = m_metric
                 .get("Dimensions")
                 .and_then(Value::as_sequence)
                 .unwrap();
             assert_eq!(dims.len(), 1);
-            assert_eq!(dims[0].get("Name").and_then(Value::as_str), Some("Problem"));
+            assert_eq!(dims[0].get("Name").and_then(Value::as_str), Some(dimension));
             watched.push(
                 dims[0]
                     .get("Value")
@@ -499,13 +500,6 @@ mod tests {
             );
             ids.push(m.get("Id").and_then(Value::as_str).unwrap().to_owned());
         }
-        let mut known: Vec<String> = kirim::metrics::AUDIT_INTENT_PROBLEMS
-            .iter()
-            .map(|p| p.to_string())
-            .collect();
-        known.sort();
-        watched.sort();
-        assert_eq!(watched, known);
         // The one expression returned sums every metric above.
         let returned: Vec<&Value> = metrics
             .iter()
@@ -522,7 +516,23 @@ mod tests {
                 "{id}: {expression}"
             );
         }
-        assert!(alarm.get("AlarmActions").is_some());
+        let actions = format!("{:?}", alarm.get("AlarmActions"));
+        assert!(actions.contains("AlarmTopic"), "{alarm_name}: {actions}");
+        watched.sort();
+        watched
+    }
+
+    /// Every way an audit intent fails its work is in one alarm's sum, and nothing else is.
+    #[test]
+    fn every_audit_intent_problem_the_code_counts_is_alarmed() {
+        let watched =
+            summed_dimension_values("AuditIntentProblemsAlarm", "AuditIntentProblems", "Problem");
+        let mut known: Vec<String> = kirim::metrics::AUDIT_INTENT_PROBLEMS
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        known.sort();
+        assert_eq!(watched, known);
         // And each problem the code counts is one of those (the sweep's own and the
         // middleware's call sites name them as literals).
         let sources = [
@@ -532,6 +542,39 @@ mod tests {
         .concat();
         for problem in kirim::metrics::AUDIT_INTENT_PROBLEMS {
             assert!(sources.contains(&format!("\"{problem}\"")), "{problem}");
+        }
+    }
+
+    /// A TOTP seed that does not open, at a sign-in or a 2FA confirmation, raises one alarm;
+    /// and each place is counted under its own `Where` (a sign-in's once counted as a
+    /// confirmation's).
+    #[test]
+    fn every_place_a_totp_seed_goes_unopened_is_counted_under_its_name_and_alarmed() {
+        let watched =
+            summed_dimension_values("TotpSeedsUnopenedAlarm", "TotpSeedsUnopened", "Where");
+        let mut known: Vec<String> = kirim::metrics::TOTP_SEEDS_UNOPENED_WHERE
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        known.sort();
+        assert_eq!(watched, known);
+        // The service's call sites name them as literals: the sign-in's in `attempt`, the
+        // confirmation's in `confirm`, one each.
+        let users = include_str!("../../shared/src/service/users.rs");
+        let body = |signature: &str| {
+            let start = users
+                .find(signature)
+                .unwrap_or_else(|| panic!("{signature}"));
+            let len = users[start..].find("\n}\n").expect("its end");
+            &users[start..start + len]
+        };
+        for (signature, place) in [
+            ("\nasync fn attempt(", "login"),
+            ("\npub async fn confirm(", "confirm"),
+        ] {
+            let call = format!("metrics::totp_seed_unopened(\"{place}\")");
+            assert_eq!(users.matches(&call).count(), 1, "{call}");
+            assert!(body(signature).contains(&call), "{call} in {signature}");
         }
     }
 

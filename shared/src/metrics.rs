@@ -310,8 +310,12 @@ pub fn limited(scope: &str) {
 /// confirmation (`confirm`). Not the caller's failure and not counted against them; one for
 /// an operator to look at.
 pub fn totp_seed_unopened(at: &'static str) {
+    debug_assert!(TOTP_SEEDS_UNOPENED_WHERE.contains(&at), "{at}");
     count("TotpSeedsUnopened", ("Where", at));
 }
+
+/// Every `Where` of `TotpSeedsUnopened`: the template's alarm sums exactly these.
+pub const TOTP_SEEDS_UNOPENED_WHERE: [&str; 2] = ["login", "confirm"];
 
 /// An audit intent that did its work not (README "The audit trail", "Interrupted calls"):
 /// `not_written` (its call went ahead without one), `unreadable` (a stale one that is no
