@@ -14,7 +14,7 @@ use super::AppState;
 use crate::domain::{IpAllowList, Role, TenantId};
 use crate::ports::{AuditOutcome, Tenant as TenantRecord, TenantStatus};
 use crate::service::audit;
-use crate::service::auth::{authenticate, Caller};
+use crate::service::auth::{authenticate_naming_ended, Caller, EndedKey, Refused};
 use crate::service::errors::ServiceError;
 use crate::service::limits::Principal;
 
@@ -268,6 +268,8 @@ struct Denial {
     /// are, so a flood of them (a leaked key used from elsewhere) is not a flood of audit
     /// writes to the tenant's chain.
     by_address: bool,
+    /// The ended API key presented (revoked or expired), named on the refusal's event.
+    ended: Option<Box<EndedKey>>,
 }
 
 /// Counts the request against its key (or console user) and its tenant, with the
@@ -290,11 +292,7 @@ fn admit(state: &AppState, tenant: &TenantRecord, caller: &Caller) -> Result<(),
         )
         .map_err(|wait| {
             crate::metrics::limited("request");
-            Denial {
-                error: wait.into(),
-                caller: Some(caller.clone()),
-                by_address: false,
-            }
+            deny(wait.into(), caller)
         })
 }
 
@@ -481,10 +479,17 @@ impl Drop for LeasedBody {
 
 impl From<ServiceError> for Denial {
     fn from(error: ServiceError) -> Self {
+        Refused::from(error).into()
+    }
+}
+
+impl From<Refused> for Denial {
+    fn from(Refused { error, ended }: Refused) -> Self {
         Denial {
             error,
             caller: None,
             by_address: false,
+            ended,
         }
     }
 }
@@ -494,6 +499,7 @@ fn deny(error: ServiceError, caller: &Caller) -> Denial {
         error,
         caller: Some(caller.clone()),
         by_address: false,
+        ended: None,
     }
 }
 
@@ -513,14 +519,14 @@ async fn check(
     let deps = &state.deps;
     match access {
         Access::Public | Access::Meta => Ok(None),
-        Access::Platform => match authenticate(deps, bearer(parts)).await? {
+        Access::Platform => match authenticate_naming_ended(deps, bearer(parts)).await? {
             Caller::Operator => Ok(None),
             c @ (Caller::ApiKey { .. } | Caller::Session { .. }) => {
                 Err(deny_unmetered(ServiceError::Forbidden, &c))
             }
         },
         Access::Tenant(required) => {
-            let caller = authenticate(deps, bearer(parts)).await?;
+            let caller = authenticate_naming_ended(deps, bearer(parts)).await?;
             let tenant_id = match &caller {
                 Caller::ApiKey { tenant_id, .. } | Caller::Session { tenant_id, .. } => tenant_id,
                 // The operator token is not a tenant credential.
@@ -555,7 +561,7 @@ async fn check(
             Ok(Some(TenantCtx { tenant, caller }))
         }
         Access::Session => {
-            let caller = authenticate(deps, bearer(parts)).await?;
+            let caller = authenticate_naming_ended(deps, bearer(parts)).await?;
             let Caller::Session { tenant_id, .. } = &caller else {
                 // API keys and the operator token are not console sessions.
                 return Err(deny_unmetered(ServiceError::Forbidden, &caller));
@@ -890,6 +896,15 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 .map_or("denied", |i| i.code);
             tracing::info!(route = %path, method = %parts.method, outcome = "denied", reason = code, "request refused");
             let (actor_type, actor_id) = actor(denial.caller.as_ref());
+            let mut details = serde_json::json!({"reason": code, "status": res.status().as_u16()});
+            // An ended key is still no caller (the event stays anonymous, on the platform
+            // chain), but which key it was, and whose, is named: the operator can tell
+            // which revoked or rotated-out key a client still sends. Ids only.
+            if let (Some(ended), Some(d)) = (denial.ended, details.as_object_mut()) {
+                d.insert("key_id".into(), ended.key_id.into());
+                d.insert("tenant_id".into(), ended.tenant_id.to_string().into());
+                d.insert("key_ended".into(), ended.how.into());
+            }
             audit::record_or_park(
                 &state.deps,
                 audit::Draft {
@@ -907,7 +922,7 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                     } else {
                         AuditOutcome::Error
                     },
-                    details: serde_json::json!({"reason": code, "status": res.status().as_u16()}),
+                    details,
                 },
             )
             .await;

@@ -24,15 +24,58 @@ pub async fn authenticate_console_session(
     super::users::session_and_email(deps, token).await
 }
 
+/// An API key found by its hash that no longer authenticates: revoked, or past the expiry
+/// a rotation (or its creation) gave it. Its refusal's audit event names it by its ids, so
+/// the operator can tell which ended key is still in use; never the key or its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndedKey {
+    pub tenant_id: TenantId,
+    pub key_id: String,
+    /// `revoked`, or `expired` (a rotated-out key's grace over, an expiring key's time up).
+    pub how: &'static str,
+}
+
+/// A refused credential: the error answered, and the ended key it was, when the lookup
+/// found one (an unknown token names nothing).
+#[derive(Debug)]
+pub struct Refused {
+    pub error: ServiceError,
+    /// Boxed: a refusal's rare extra, kept off the size of every `Err` that carries it.
+    pub ended: Option<Box<EndedKey>>,
+}
+
+impl From<ServiceError> for Refused {
+    fn from(error: ServiceError) -> Self {
+        Refused { error, ended: None }
+    }
+}
+
+impl From<crate::store_error::StoreError> for Refused {
+    fn from(e: crate::store_error::StoreError) -> Self {
+        ServiceError::from(e).into()
+    }
+}
+
 /// Resolves a bearer token. Operator tokens are compared in constant time against the
 /// current value (read afresh when the cached copy refuses one) and, for `rotation_grace`
 /// after a rotation, the previous one; API keys are looked up by hash.
 pub async fn authenticate(deps: &Deps, token: Option<&str>) -> Result<Caller, ServiceError> {
+    authenticate_naming_ended(deps, token)
+        .await
+        .map_err(|r| r.error)
+}
+
+/// [`authenticate`], whose refusal of an ended API key names it ([`EndedKey`], from the
+/// item the lookup by hash already read: no read more).
+pub async fn authenticate_naming_ended(
+    deps: &Deps,
+    token: Option<&str>,
+) -> Result<Caller, Refused> {
     let token = token
         .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
         .ok_or(ServiceError::Unauthenticated)?;
     if token.starts_with(super::users::SESSION_PREFIX) {
-        return super::users::authenticate_session(deps, token).await;
+        return Ok(super::users::authenticate_session(deps, token).await?);
     }
     // An API key (every one carries the prefix) is looked up first: its requests do not
     // depend on the operator token's secret being readable (Secrets Manager throttled or
@@ -64,7 +107,7 @@ pub async fn authenticate(deps: &Deps, token: Option<&str>) -> Result<Caller, Se
     }
     // A key-shaped token was looked up above; none is the operator's fresh token either.
     if key_shaped {
-        return Err(ServiceError::Unauthenticated);
+        return Err(ServiceError::Unauthenticated.into());
     }
     // Not an API key: the operator token may have been rotated since this process cached
     // it, so it is read afresh, at most every `SECRET_REFRESH_EVERY` (as the webhook's app
@@ -86,11 +129,25 @@ pub async fn authenticate(deps: &Deps, token: Option<&str>) -> Result<Caller, Se
     api_key_caller(deps, key)
 }
 
-/// The caller a found API key makes: none once it is revoked or expired.
-fn api_key_caller(deps: &Deps, key: crate::ports::ApiKeyRecord) -> Result<Caller, ServiceError> {
+/// The caller a found API key makes: none once it is revoked or expired (refused naming it).
+fn api_key_caller(deps: &Deps, key: crate::ports::ApiKeyRecord) -> Result<Caller, Refused> {
     let now = deps.clock.now();
-    if key.revoked || key.expires_at.is_some_and(|e| e <= now) {
-        return Err(ServiceError::Unauthenticated);
+    let how = if key.revoked {
+        Some("revoked")
+    } else if key.expires_at.is_some_and(|e| e <= now) {
+        Some("expired")
+    } else {
+        None
+    };
+    if let Some(how) = how {
+        return Err(Refused {
+            error: ServiceError::Unauthenticated,
+            ended: Some(Box::new(EndedKey {
+                tenant_id: key.tenant_id,
+                key_id: key.id,
+                how,
+            })),
+        });
     }
     Ok(Caller::ApiKey {
         tenant_id: key.tenant_id,

@@ -90,6 +90,78 @@ async fn the_operator_reads_and_verifies_the_platform_chain_and_sees_who_tried_a
     }
 }
 
+/// A refused key that has ended (revoked, or rotated out with no grace) is still no caller —
+/// actor `anonymous`, on the platform chain — but its event names the key and its tenant by
+/// their ids, and how it ended, never the key or its hash; an unknown key names nothing.
+async fn a_refused_ended_key_names_its_key_and_tenant_and_an_unknown_key_names_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (revoked_id, revoked) = new_key(&app, &t.key, "operator").await;
+    let path = format!("/v1/api-keys/{revoked_id}");
+    assert_eq!(call(&app, "DELETE", &path, Some(&t.key), None).await.0, 204);
+    let (rotated_id, rotated) = new_key(&app, &t.key, "read_only").await;
+    let (s, body) = call(
+        &app,
+        "POST",
+        &format!("/v1/api-keys/{rotated_id}/rotate"),
+        Some(&t.key),
+        Some(json!({"grace_period_hours": 0})),
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let unknown = format!("{}x", &revoked[..revoked.len() - 1]);
+    // Each presented on a route of its own, so that each event is told apart.
+    for (key, route) in [
+        (&revoked, "/v1/account"),
+        (&rotated, "/v1/api-keys"),
+        (&unknown, "/v1/audit"),
+    ] {
+        let (s, body) = call(&app, "GET", route, Some(key), None).await;
+        assert_eq!(
+            (s, code(&body)),
+            (401, "unauthenticated"),
+            "{route}: {body}"
+        );
+    }
+    let one = |events: Vec<Value>| {
+        assert_eq!(events.len(), 1, "{events:?}");
+        events[0].clone()
+    };
+    for (action, key_id, how, key) in [
+        ("GET%20/v1/account", &revoked_id, "revoked", &revoked),
+        ("GET%20/v1/api-keys", &rotated_id, "expired", &rotated),
+    ] {
+        let e = one(platform_events(&app, action).await);
+        assert_eq!(e["actor"], json!({"type": "anonymous", "id": "-"}), "{e}");
+        assert_eq!(e["outcome"], "denied", "{e}");
+        assert_eq!(e["details"]["status"], 401, "{e}");
+        assert_eq!(e["details"]["key_id"], key_id.as_str(), "{e}");
+        assert_eq!(e["details"]["tenant_id"], t.tenant_id.as_str(), "{e}");
+        assert_eq!(e["details"]["key_ended"], how, "{e}");
+        let text = e.to_string();
+        assert!(
+            !text.contains(key.as_str()) && !text.contains(&kirim::secret::token_hash(key)),
+            "neither the key nor its hash: {e}"
+        );
+    }
+    let e = one(platform_events(&app, "GET%20/v1/audit").await);
+    assert_eq!(e["actor"], json!({"type": "anonymous", "id": "-"}), "{e}");
+    assert_eq!(
+        e["details"],
+        json!({"reason": "unauthenticated", "status": 401}),
+        "an unknown key names nothing: {e}"
+    );
+    // Not on the tenant's chain: a client still sending an ended key does not write there.
+    let (s, page) = call(&app, "GET", "/v1/audit?limit=100", Some(&t.key), None).await;
+    assert_eq!(s, 200, "{page}");
+    assert!(
+        page["events"]
+            .as_array()
+            .is_some_and(|events| events.iter().all(|e| e["outcome"] != "denied")),
+        "{page}"
+    );
+}
+
 /// A resume and a close without a reason are on the platform chain all the same, naming
 /// the tenant, with a `null` reason.
 async fn a_resume_or_close_without_a_reason_is_on_the_platform_chain(b: Backend) {
@@ -332,6 +404,7 @@ async fn the_sandboxs_webhooks_for_a_number_on_a_second_waba_name_that_waba(b: B
 
 on_both_backends!(
     the_operator_reads_and_verifies_the_platform_chain_and_sees_who_tried_a_revoked_key,
+    a_refused_ended_key_names_its_key_and_tenant_and_an_unknown_key_names_nothing,
     a_suspension_on_metas_word_is_on_the_platform_chain,
     a_resume_or_close_without_a_reason_is_on_the_platform_chain,
     a_closed_out_tenants_user_emails_are_free_and_its_users_keep_no_password_or_seed,
