@@ -35,8 +35,14 @@ pub struct Tenant {
     /// CIDRs API-key requests must come from (canonical strings; empty = any).
     #[serde(default)]
     pub ip_allowlist: Vec<String>,
-    /// Why the tenant was last suspended, resumed or closed (operator's words).
-    #[serde(default)]
+    /// Why the tenant was last suspended, resumed or closed: the operator's words, or
+    /// Meta's (a suspension on Meta's word). One built from Meta's error is scrubbed as it
+    /// is decoded (`error_text::read_back_status_reason`): one kept before stop 60 holds
+    /// Meta's title as it came.
+    #[serde(
+        default,
+        deserialize_with = "crate::domain::error_text::deserialize_status_reason"
+    )]
     pub status_reason: Option<String>,
     #[serde(default)]
     pub status_changed_at: Option<DateTime<Utc>>,

@@ -118,6 +118,58 @@ where
     Ok(read_back(&text, None))
 }
 
+/// The most characters kept of a stop's reason built from Meta's error: a tenant's
+/// suspension on Meta's word (`meta error {code}: {title}`) and a number's hold (the title).
+pub const MAX_STOP_REASON: usize = 300;
+
+/// How a tenant's suspension reason built from Meta's error begins (the dispatcher's
+/// `meta error {code}: {title}`, the status webhook's `meta error {code} (status webhook):
+/// {title}`). A reason that does not is someone else's words: the operator's (typed at
+/// `POST /v1/platform/tenants/{id}/suspend`, `…/resume`, a close), or an account update's
+/// (`meta account_update: …`, Meta's event and restriction names, which quote no request).
+pub const META_ERROR_REASON: &str = "meta error ";
+
+/// A stop's reason built from Meta's error as read back ([`MAX_STOP_REASON`]): the digit
+/// rule, as [`read_back`] without a number to look for. Kept from stop 60 on, its title was
+/// scrubbed when written and it comes back as it went in; kept before, a long number Meta
+/// quoted (the recipient's, a parameter's) goes.
+pub fn read_back_reason(text: &str) -> String {
+    scrub(text, &[], MAX_STOP_REASON)
+}
+
+/// A tenant's status reason as read back: one built from Meta's error
+/// ([`META_ERROR_REASON`]) by [`read_back_reason`]; any other as it was stored — an
+/// operator's words are theirs (the digit rule would take dates, invoice numbers, amounts
+/// written with spaces out of them), and an account update's quote nothing of a request.
+/// An operator's reason that itself begins `meta error ` gets the digit rule too.
+pub fn read_back_status_reason(text: &str) -> String {
+    if text.starts_with(META_ERROR_REASON) {
+        read_back_reason(text)
+    } else {
+        text.to_owned()
+    }
+}
+
+/// [`read_back_reason`] as serde reads a number hold's stored reason
+/// (`NumberHold::reason`): never decoded unscrubbed.
+pub fn deserialize_reason<'de, D>(d: D) -> Result<String, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    Ok(read_back_reason(&text))
+}
+
+/// [`read_back_status_reason`] as serde reads a tenant's stored `status_reason` (absent or
+/// null: none).
+pub fn deserialize_status_reason<'de, D>(d: D) -> Result<Option<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = <Option<String> as serde::Deserialize>::deserialize(d)?;
+    Ok(text.as_deref().map(read_back_status_reason))
+}
+
 /// The values a message's content carries that Meta may quote back: a text's body, and
 /// every string a template parameter holds (its text, a button's payload, a currency's or
 /// date's fallback value, a media link...), but not the words of the parameter's shape
@@ -307,6 +359,56 @@ mod tests {
 
     fn phone(s: &str) -> PhoneNumber {
         PhoneNumber::parse(s).unwrap()
+    }
+
+    /// A tenant's suspension and a number's hold on Meta's word, as a build before stop 60
+    /// kept them: read back (decoded from the table) without the long numbers, whole to
+    /// their 300 characters; an operator's reason and an account update's as stored.
+    #[test]
+    fn a_stop_reason_from_metas_error_reads_back_scrubbed_and_an_operators_as_typed() {
+        let old =
+            "meta error 131031: (#131031) Business account locked for +60123450303, ref 123456789";
+        let want =
+            "meta error 131031: (#131031) Business account locked for <redacted>, ref <redacted>";
+        assert_eq!(read_back_status_reason(old), want);
+        assert_eq!(read_back_status_reason(want), want);
+        let long = format!("{META_ERROR_REASON}131031: {}", "x".repeat(280));
+        assert_eq!(
+            read_back_status_reason(&long),
+            long,
+            "its 300 characters kept"
+        );
+        for theirs in [
+            "paid 2025-01-15, invoice 20250115 0042, call +60 12-345 0303",
+            "meta account_update: ACCOUNT_RESTRICTION (RESTRICTED_BIZ_INITIATED_MESSAGING until 1767225600)",
+        ] {
+            assert_eq!(read_back_status_reason(theirs), theirs);
+        }
+        // Decoded as the table's items are.
+        let tenant: crate::ports::Tenant = serde_json::from_value(serde_json::json!({
+            "id": "01J0000000000000000000000B", "name": "n", "waba_id": "1",
+            "phone_number_id": "2", "status": "suspended", "credits": 0,
+            "meta_token_secret": "s", "created_at": "2025-01-01T00:00:00Z",
+            "status_reason": old,
+        }))
+        .unwrap();
+        assert_eq!(tenant.status_reason.as_deref(), Some(want));
+        let none: crate::ports::Tenant = serde_json::from_value(serde_json::json!({
+            "id": "01J0000000000000000000000B", "name": "n", "waba_id": "1",
+            "phone_number_id": "2", "status": "active", "credits": 0,
+            "meta_token_secret": "s", "created_at": "2025-01-01T00:00:00Z",
+        }))
+        .unwrap();
+        assert_eq!(none.status_reason, None);
+        let hold: crate::ports::NumberHold = serde_json::from_value(serde_json::json!({
+            "code": 131048, "since": "2025-01-01T00:00:00Z", "by": "webhook",
+            "reason": "(#131048) Spam rate limit hit for +60123450303, order 123456789",
+        }))
+        .unwrap();
+        assert_eq!(
+            hold.reason,
+            "(#131048) Spam rate limit hit for <redacted>, order <redacted>"
+        );
     }
 
     #[test]

@@ -49,7 +49,10 @@ pub struct PhoneNumberRecord {
 pub struct NumberHold {
     /// Meta's error code (131048).
     pub code: i64,
-    /// Meta's error title (at most 300 characters; never message content).
+    /// Meta's error title (at most 300 characters; never message content). Scrubbed as
+    /// it is decoded (`error_text::read_back_reason`): one kept before stop 60 holds Meta's
+    /// words as they came.
+    #[serde(deserialize_with = "crate::domain::error_text::deserialize_reason")]
     pub reason: String,
     pub since: DateTime<Utc>,
     /// The part of Kirim that saw it: `dispatcher` (Meta's answer to a send) or `webhook`

@@ -489,7 +489,10 @@ pub async fn try_suspend_for_meta(
     by: &str,
     seen: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<bool, crate::store_error::StoreError> {
-    let reason: String = reason.chars().take(300).collect();
+    let reason: String = reason
+        .chars()
+        .take(crate::domain::error_text::MAX_STOP_REASON)
+        .collect();
     let now = deps.clock.now();
     match deps
         .tenants

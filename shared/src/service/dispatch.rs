@@ -1280,7 +1280,12 @@ async fn dispatch(deps: &Deps, job: &DispatchJob) -> Result<Outcome, Stopped> {
                             }
                         }
                     }
-                    let reason = format!("meta error {}: {}", error.code, error.title);
+                    let reason = format!(
+                        "{}{}: {}",
+                        crate::domain::error_text::META_ERROR_REASON,
+                        error.code,
+                        error.title
+                    );
                     super::accounts::suspend_for_meta(
                         deps,
                         &job.tenant_id,

@@ -126,7 +126,9 @@ pub async fn hold_for_meta(
 ) {
     let hold = crate::ports::NumberHold {
         code,
-        reason: title.chars().take(300).collect(),
+        // As it reads back (scrubbed since stop 60 already: the same text, cut), so that a
+        // retry refused by its own hold, landed on a try whose answer was lost, knows it.
+        reason: crate::domain::error_text::read_back_reason(title),
         since: deps.clock.now(),
         by: by.to_owned(),
     };

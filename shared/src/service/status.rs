@@ -550,8 +550,10 @@ async fn account_stopped(
     }
     // (The suspension keeps 300 characters of it, as for a send's answer.)
     let reason = format!(
-        "meta error {} (status webhook): {}",
-        error.code, error.title
+        "{}{} (status webhook): {}",
+        crate::domain::error_text::META_ERROR_REASON,
+        error.code,
+        error.title
     );
     super::accounts::suspend_for_meta(
         deps,

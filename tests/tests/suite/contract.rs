@@ -343,6 +343,39 @@ async fn metas_suspension_applies_only_to_an_active_tenant_unchanged_since_it_wa
     );
 }
 
+/// A suspension's reason built from Meta's error, kept as a build before stop 60 kept it
+/// (its title quoting the recipient and a long number): the answer and every read of the
+/// tenant get it scrubbed by the digit rule; an operator's reason reads back as written.
+async fn a_suspension_reason_from_meta_kept_unscrubbed_is_read_back_scrubbed(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let now = p.clock.now();
+    let raw = "meta error 131031: (#131031) Account locked for +60123456789, ref 123456789";
+    let scrubbed = "meta error 131031: (#131031) Account locked for <redacted>, ref <redacted>";
+    let suspended = p
+        .tenants
+        .suspend_if_unchanged(&t.id, raw, now, None)
+        .await
+        .unwrap()
+        .expect("suspended");
+    assert_eq!(suspended.status_reason.as_deref(), Some(scrubbed));
+    let got = p.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(got.status_reason.as_deref(), Some(scrubbed));
+    let operators = "paid 2025-01-15, invoice 20250115 0042";
+    let resumed = p
+        .tenants
+        .set_status(
+            &t.id,
+            TenantStatus::Active,
+            Some(operators),
+            now + chrono::Duration::seconds(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resumed.status_reason.as_deref(), Some(operators));
+    let got = p.tenants.get_tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(got.status_reason.as_deref(), Some(operators));
+}
+
 /// A status write answers as applied only the write it made itself: the same change made
 /// again, even at the same time with the same reason (which a read-back after a refused
 /// condition could not tell from its own lost answer), is a repeat, as the first left it:
@@ -2029,6 +2062,7 @@ contract!(
     a_tenant_is_found_by_id_phone_number_and_key_hash,
     metas_suspension_applies_only_to_an_active_tenant_unchanged_since_it_was_read,
     a_status_change_made_again_at_the_same_time_with_the_same_reason_is_a_repeat,
+    a_suspension_reason_from_meta_kept_unscrubbed_is_read_back_scrubbed,
     a_phone_number_id_onboarded_twice_is_a_conflict_that_writes_nothing,
     a_debit_records_the_message_and_the_ledger_entry_together,
     a_failure_title_kept_unscrubbed_is_read_back_scrubbed_by_every_read,

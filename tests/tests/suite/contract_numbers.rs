@@ -624,6 +624,43 @@ async fn the_status_first_carrying_pricing_moves_prices_and_counts_the_message_i
     assert_eq!(got, vec![(2, 4)], "messages 0 and 1, once each");
 }
 
+/// A hold's reason kept as a build before stop 60 kept it (Meta's title quoting the
+/// recipient and a long number): every read of the number gets it scrubbed by the digit
+/// rule, Meta's code and words kept.
+async fn a_hold_reason_kept_unscrubbed_is_read_back_scrubbed_by_every_read(p: Ports) {
+    let t = onboarded(&p, 0).await;
+    let id = fresh_id();
+    p.numbers
+        .add_phone_number(&number(&p, &t.id, &id, "2000002"))
+        .await
+        .unwrap();
+    let now = p.clock.now();
+    let hold = NumberHold {
+        code: 131048,
+        reason: "(#131048) Spam rate limit hit for +60123456789, order 123456789".into(),
+        since: now,
+        by: "webhook".into(),
+    };
+    assert!(p
+        .numbers
+        .hold_phone_number(&t.id, &id, &hold, now)
+        .await
+        .unwrap());
+    let scrubbed = "(#131048) Spam rate limit hit for <redacted>, order <redacted>";
+    let got = p.numbers.get_phone_number(&t.id, &id).await.unwrap();
+    assert_eq!(
+        got.and_then(|n| n.hold).map(|h| h.reason).as_deref(),
+        Some(scrubbed)
+    );
+    let listed = p.numbers.list_phone_numbers(&t.id).await.unwrap();
+    let reasons: Vec<Option<String>> = listed
+        .into_iter()
+        .filter(|n| n.phone_number_id == id)
+        .map(|n| n.hold.map(|h| h.reason))
+        .collect();
+    assert_eq!(reasons, [Some(scrubbed.to_owned())]);
+}
+
 /// Meta's spam limit on one number (131048) holds that number: only a number that exists,
 /// the first hold kept, never for Meta's word older than an admin's resume; a resume lifts
 /// only a hold there is, and records when.
@@ -1025,6 +1062,7 @@ contract!(
     a_closed_tenants_number_is_taken_over_by_an_add_only_while_its_route_names_it,
     a_close_out_leaves_the_routes_taken_over_from_its_tenant,
     a_number_is_held_once_and_a_resume_after_metas_word_stands,
+    a_hold_reason_kept_unscrubbed_is_read_back_scrubbed_by_every_read,
     an_older_throughput_never_undoes_one_an_older_item_timed_by_its_quality,
     a_number_without_its_route_is_removed_and_another_tenants_route_stays,
     the_status_first_carrying_pricing_moves_prices_and_counts_the_message_in_one_write,

@@ -4,6 +4,8 @@ use kirim::config::Backend;
 use kirim_tests::{captured_logs, spawn_app, OPERATOR_TOKEN};
 use serde_json::{json, Value};
 
+use super::access::call;
+
 async fn secrets_content_and_full_numbers_never_reach_logs_or_responses(b: Backend) {
     let app = spawn_app(b).await;
     let marker = format!("CONTENT-{}", ulid::Ulid::new());
@@ -739,9 +741,91 @@ async fn a_title_stored_before_titles_were_scrubbed_is_read_back_without_the_num
     assert!(!failed[0].contains("60123450"), "{}", failed[0]);
 }
 
+/// A number's hold and a tenant's suspension on Meta's word, as a build before stop 60 kept
+/// them (written here through the store ports, past the scrubbing of Meta's titles): Meta's
+/// words as they came, quoting the number the message went to and a long number. Read
+/// back, the number goes and Meta's words and codes stay: the hold through
+/// `GET /v1/phone-numbers` (which the console's pages show), the suspension's reason as every
+/// reader of the tenant decodes it (no route shows a suspension's reason: the operator's
+/// next suspend, resume or close replaces it, and its answer shows theirs). An operator's
+/// own reason is kept as typed, long numbers and dates included.
+async fn a_hold_or_suspension_reason_kept_before_titles_were_scrubbed_is_read_back_without_the_number(
+    b: Backend,
+) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let deps = &app.app.deps;
+    let tenant_id = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    let tenant = deps.tenants.get_tenant(&tenant_id).await.unwrap().unwrap();
+    // The default number's item, as its first change would write it.
+    deps.numbers
+        .put_phone_number_if_absent(&kirim::ports::PhoneNumberRecord::default_of(&tenant))
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    let held = deps
+        .numbers
+        .hold_phone_number(
+            &tenant_id,
+            &t.phone_number_id,
+            &kirim::ports::NumberHold {
+                code: 131048,
+                reason:
+                    "(#131048) Spam rate limit hit for +60123450303 (60123450303), order 123456789"
+                        .into(),
+                since: now,
+                by: "webhook".into(),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(held);
+    let (s, numbers) = call(&app, "GET", "/v1/phone-numbers", Some(&t.key), None).await;
+    assert_eq!(s, 200, "{numbers}");
+    assert_eq!(
+        numbers["phone_numbers"][0]["hold"]["reason"],
+        "(#131048) Spam rate limit hit for <redacted> (<redacted>), order <redacted>",
+        "{numbers}"
+    );
+    assert!(!numbers.to_string().contains("0123450"), "{numbers}");
+
+    let suspended = deps
+        .tenants
+        .suspend_if_unchanged(
+            &tenant_id,
+            "meta error 131031: (#131031) Business account locked for +60123450303, ref 123456789",
+            now,
+            tenant.status_changed_at,
+        )
+        .await
+        .unwrap()
+        .expect("suspended");
+    let read_back =
+        "meta error 131031: (#131031) Business account locked for <redacted>, ref <redacted>";
+    assert_eq!(suspended.status_reason.as_deref(), Some(read_back));
+    let again = deps.tenants.get_tenant(&tenant_id).await.unwrap().unwrap();
+    assert_eq!(again.status_reason.as_deref(), Some(read_back));
+    // The operator's words are theirs: a date and an invoice number stay.
+    let reason = "paid 2025-01-15, invoice 20250115 0042, call +60 12-345 0303";
+    let (s, resumed) = call(
+        &app,
+        "POST",
+        &format!("/v1/platform/tenants/{}/resume", t.tenant_id),
+        Some(OPERATOR_TOKEN),
+        Some(json!({"reason": reason})),
+    )
+    .await;
+    assert_eq!(s, 200, "{resumed}");
+    assert_eq!(resumed["status_reason"], reason, "{resumed}");
+    let again = deps.tenants.get_tenant(&tenant_id).await.unwrap().unwrap();
+    assert_eq!(again.status_reason.as_deref(), Some(reason));
+}
+
 on_both_backends!(
     secrets_content_and_full_numbers_never_reach_logs_or_responses,
     metas_refusal_quoting_a_parameter_and_the_number_keeps_neither,
     a_failed_statuss_title_quoting_the_recipient_is_stored_without_it,
     a_title_stored_before_titles_were_scrubbed_is_read_back_without_the_number,
+    a_hold_or_suspension_reason_kept_before_titles_were_scrubbed_is_read_back_without_the_number,
 );

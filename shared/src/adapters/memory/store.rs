@@ -648,7 +648,8 @@ impl TenantStore for MemoryStore {
             t.status_changed_at = Some(at);
         }
         t.status = to;
-        t.status_reason = reason.map(str::to_owned);
+        // As DynamoDB's adapter decodes it (`Tenant::status_reason`).
+        t.status_reason = reason.map(crate::domain::error_text::read_back_status_reason);
         Ok(t.clone())
     }
 
@@ -669,7 +670,7 @@ impl TenantStore for MemoryStore {
             return Ok(None);
         }
         t.status = TenantStatus::Suspended;
-        t.status_reason = Some(reason.to_owned());
+        t.status_reason = Some(crate::domain::error_text::read_back_status_reason(reason));
         t.status_changed_at = Some(at);
         Ok(Some(t.clone()))
     }

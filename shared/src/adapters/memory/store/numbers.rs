@@ -242,7 +242,10 @@ impl PhoneNumberStore for MemoryStore {
         {
             return Ok(false);
         }
-        n.hold = Some(hold.clone());
+        // As DynamoDB's adapter decodes it (`NumberHold::reason`).
+        let mut hold = hold.clone();
+        hold.reason = crate::domain::error_text::read_back_reason(&hold.reason);
+        n.hold = Some(hold);
         Ok(true)
     }
 
