@@ -116,9 +116,11 @@ async fn reset_two_factor(
     _: NoBody,
 ) -> ApiResult {
     let id = super::minted_path(&id)?;
-    let user = users::reset_two_factor(&s.deps, ctx.tenant_id(), &ctx.caller, id).await?;
+    let (user, changed) =
+        users::reset_two_factor(&s.deps, ctx.tenant_id(), &ctx.caller, id).await?;
     let res = Json(user).into_response();
-    Ok(super::admin::noted(res, None, json!({"user_id": id})))
+    let details = json!({"user_id": id, "changed": changed});
+    Ok(super::admin::noted(res, None, details))
 }
 
 /// Marks a login refused because the user's second factor is locked (the password was

@@ -430,26 +430,52 @@ pub async fn set_role(
 /// in one conditional write (`UserStore::reset_totp`); the password, role and id stay.
 /// Where the tenant requires 2FA their next sign-in is confined to enrolling again. A
 /// console user cannot reset their own (another admin can, and an admin API key can), so
-/// that a stolen session cannot strip its user's second factor. A user with no 2FA is
-/// answered as is, nothing changed. Another tenant's user is `NotFound`.
+/// that nobody strips their own second factor by a slip (not a boundary against a stolen
+/// admin session, which can mint an admin key or add a user). A user with no 2FA is
+/// answered as is, nothing changed. The wrong codes and failed sign-ins counted against
+/// the user's email are cleared too, as `unlock` clears them: a user who lost their
+/// authenticator has usually tried codes, and the new enrolment's confirmation would meet
+/// them. Another tenant's user is `NotFound`. With the view, whether anything was reset
+/// (for the audit trail: the enrolment there before and the sessions' version moved on).
 pub async fn reset_two_factor(
     deps: &Deps,
     tenant: &TenantId,
     caller: &Caller,
     id: &str,
-) -> Result<UserView, ServiceError> {
+) -> Result<(UserView, bool), ServiceError> {
     refuse_own(
         caller,
         id,
         "you cannot reset your own two-factor authentication; another admin can",
     )?;
+    // Read first for the audit's `changed` only; the reset itself is the conditional write.
+    let before = deps
+        .users
+        .get_user(tenant, id)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
     let user = deps
         .users
         .reset_totp(tenant, id)
         .await?
         .ok_or(ServiceError::NotFound)?;
-    tracing::info!(user_id = %id, "user's 2fa reset; their sessions ended");
-    Ok(UserView::of(&user))
+    let changed = (before.totp_secret.is_some() || before.totp_confirmed)
+        && user.password_version != before.password_version;
+    // The reset stands whatever this does: a failure leaves the counters to their expiry
+    // (or to the admin's unlock), said in the log.
+    match deps
+        .users
+        .clear_login_counters_of_email(&token_hash(&user.email))
+        .await
+    {
+        Ok(cleared) => {
+            tracing::info!(user_id = %id, changed, cleared, "user's 2fa reset; their sessions ended")
+        }
+        Err(e) => {
+            tracing::warn!(user_id = %id, changed, error = %e, "user's 2fa reset; their sessions ended; their failed sign-ins not cleared (unlock clears them)")
+        }
+    }
+    Ok((UserView::of(&user), changed))
 }
 
 /// The counters a login from `addr` for `email` goes through (address first: it is the

@@ -1035,6 +1035,10 @@ async fn an_admin_resets_a_users_lost_2fa_and_every_session_of_theirs_ends(b: Ba
         (401, "totp_required"),
         "still asked for a code"
     );
+    // The user tries codes of their lost authenticator first: wrong codes counted.
+    for _ in 0..6 {
+        login(&app, &email, PASSWORD, Some("000000")).await;
+    }
 
     // Reset by another admin's session: answered with the user as listed.
     let (s, view) = call(&app, "DELETE", &path, Some(&admin), None).await;
@@ -1101,10 +1105,37 @@ async fn an_admin_resets_a_users_lost_2fa_and_every_session_of_theirs_ends(b: Ba
         "{page}"
     );
     assert_eq!(done[0]["actor"]["type"], "api_key", "{page}");
+    assert_eq!(
+        (
+            &done[1]["details"]["changed"],
+            &done[0]["details"]["changed"]
+        ),
+        (&json!(true), &json!(false)),
+        "the second had nothing to reset: {page}"
+    );
     let text = page.to_string();
     assert!(
         !text.contains(&seed) && !text.contains(&email.to_lowercase()),
         "{page}"
+    );
+    // The wrong codes counted before the reset were cleared with it: the new enrolment
+    // confirms at once (it met them: 429 for up to 15 minutes). With the next step's code:
+    // this test's first enrolment took the current step a moment ago, and no step at or
+    // before the last accepted is taken again.
+    let (s, e) = call(&app, "POST", "/v1/auth/2fa/enroll", Some(&fresh), None).await;
+    assert_eq!(s, 200, "{e}");
+    let next = self::totp(e["secret"].as_str().unwrap_or_default()).generate(now_secs() + 30);
+    let (s, b) = call(
+        &app,
+        "POST",
+        "/v1/auth/2fa/confirm",
+        Some(&fresh),
+        Some(json!({"totp_code": next})),
+    )
+    .await;
+    assert_eq!(
+        s, 200,
+        "not held back by the codes counted before the reset: {b}"
     );
 }
 
@@ -1153,7 +1184,7 @@ async fn after_a_2fa_reset_a_tenant_requiring_2fa_confines_the_user_to_enrolling
     // Enrolled again with a new key: a full session, and a code at the next sign-in.
     let (s, e) = call(&app, "POST", "/v1/auth/2fa/enroll", Some(&token), None).await;
     assert_eq!(s, 200, "{e}");
-    let next = totp(e["secret"].as_str().unwrap_or_default()).generate(now_secs() + 30);
+    let next = self::totp(e["secret"].as_str().unwrap_or_default()).generate(now_secs() + 30);
     let (s, b) = call(
         &app,
         "POST",
