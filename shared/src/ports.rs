@@ -624,6 +624,36 @@ pub fn listed_id(id: &str) -> bool {
     id.len() == 26 && ulid::Ulid::from_string(id).is_ok()
 }
 
+/// A page's cursor as the DynamoDB adapter's are: opaque, URL-safe (a phone's `+` passed
+/// back unencoded in a query string would read as a space) and bound to its tenant and its
+/// list (`list`, as the table's sort-key prefix binds DynamoDB's: another list's cursor is
+/// refused there): the tenant, the list and the position after which the next page begins.
+/// The memory adapter's lists' cursors, and on both backends those of a list the service
+/// pages itself over a store's positions (a campaign's messages, `GET
+/// /v1/messages?broadcast_id=`: neither adapter's messages cursor, nor one of theirs).
+pub fn page_cursor(tenant: &TenantId, list: &str, after: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{tenant}\n{list}\n{after}"))
+}
+
+/// The position a [`page_cursor`] names, if it is one of `tenant`'s own, of `list`
+/// (another tenant's or list's, or a malformed one, is refused as DynamoDB's adapter
+/// refuses it).
+pub fn cursor_position(cursor: &str, tenant: &TenantId, list: &str) -> Result<String, StoreError> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| StoreError::InvalidCursor)?;
+    let text = String::from_utf8(bytes).map_err(|_| StoreError::InvalidCursor)?;
+    let mut parts = text.splitn(3, '\n');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(t), Some(l), Some(after)) if t == tenant.as_str() && l == list => {
+            Ok(after.to_owned())
+        }
+        _ => Err(StoreError::InvalidCursor),
+    }
+}
+
 /// The `Conflict` a write refused for its tenant being closed answers (an opt-out put
 /// inside the warm caches' 5 s after the closing).
 pub const TENANT_CLOSED: &str = "the account is closed";

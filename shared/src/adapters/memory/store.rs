@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{MessageError, MessageId, MessageRecord, MessageStatus, StatusEvent, TenantId};
 use crate::store_error::StoreError;
+// The memory adapter's cursors, shared with the service's own lists (ports).
+use crate::ports::{cursor_position, page_cursor};
 mod broadcasts;
 mod callbacks;
 mod contacts;
@@ -1263,37 +1265,6 @@ pub(super) fn debit_tenant(tenant: &mut Tenant, price: i64) -> Result<(), StoreE
     }
     tenant.credits -= price;
     Ok(())
-}
-
-/// A page's cursor as the DynamoDB adapter's are: opaque, URL-safe (a phone's `+` passed
-/// back unencoded in a query string would read as a space) and bound to its tenant and its
-/// list (`list`, as the table's sort-key prefix binds DynamoDB's: another list's cursor is
-/// refused there): the tenant, the list and the position after which the next page begins.
-pub(super) fn page_cursor(tenant: &TenantId, list: &str, after: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{tenant}\n{list}\n{after}"))
-}
-
-/// The position a [`page_cursor`] names, if it is one of `tenant`'s own, of `list`
-/// (another tenant's or list's, or a malformed one, is refused as DynamoDB's adapter
-/// refuses it).
-pub(super) fn cursor_position(
-    cursor: &str,
-    tenant: &TenantId,
-    list: &str,
-) -> Result<String, StoreError> {
-    use base64::Engine as _;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| StoreError::InvalidCursor)?;
-    let text = String::from_utf8(bytes).map_err(|_| StoreError::InvalidCursor)?;
-    let mut parts = text.splitn(3, '\n');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(t), Some(l), Some(after)) if t == tenant.as_str() && l == list => {
-            Ok(after.to_owned())
-        }
-        _ => Err(StoreError::InvalidCursor),
-    }
 }
 
 /// Whether `phone_number_id`'s route may be claimed, as DynamoDB's conditions on it: free
