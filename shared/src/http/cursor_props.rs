@@ -1,5 +1,6 @@
 //! Property tests of pagination cursors as the HTTP API takes them (issue 14), end to
-//! end on the memory backend: `GET /v1/messages`, `/v1/opt-outs` and `/v1/audit` with a
+//! end on the memory backend: `GET /v1/messages` (also one campaign's,
+//! `?broadcast_id=`), `/v1/opt-outs` and `/v1/audit` with a
 //! `cursor` the client made up answer `200` or `400 invalid_request` (never a 5xx, never
 //! a panic; `400` for anything the backend could not have issued) and never show another
 //! tenant's messages, opt-outs or audit events; and the cursors the API hands out walk a
@@ -18,7 +19,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use crate::config::Settings;
-use crate::domain::{MessageId, PhoneNumber};
+use crate::domain::{MessageId, PhoneNumber, TenantId};
 use crate::ports::SystemClock;
 use crate::props::{self, re};
 use crate::service::accounts::{self, NewTenant};
@@ -33,11 +34,15 @@ struct World {
     messages: BTreeSet<String>,
     phones: BTreeSet<String>,
     events: BTreeSet<String>,
+    /// A campaign of the tenant's and its messages (also in `messages`).
+    campaign: String,
+    campaign_messages: BTreeSet<String>,
     /// The other tenant's: ids and numbers that must never show.
     foreign: Vec<String>,
 }
 
 struct Tenant {
+    id: TenantId,
     key: String,
     messages: BTreeSet<String>,
     phones: BTreeSet<String>,
@@ -88,6 +93,7 @@ impl World {
         .unwrap();
         let key = key.expose().to_owned();
         let mut t = Tenant {
+            id: created.id.clone(),
             key,
             messages: BTreeSet::new(),
             phones: BTreeSet::new(),
@@ -142,10 +148,15 @@ fn world() -> World {
         messages: BTreeSet::new(),
         phones: BTreeSet::new(),
         events: BTreeSet::new(),
+        campaign: String::new(),
+        campaign_messages: BTreeSet::new(),
         foreign: Vec::new(),
     };
-    let (a, b) =
+    let (mut a, b) =
         w.rt.block_on(async { (w.tenant(1, 9, 7).await, w.tenant(2, 6, 5).await) });
+    let model = a.messages.iter().next().cloned().unwrap_or_default();
+    (w.campaign, w.campaign_messages) = w.rt.block_on(campaign(&w.deps, &a.id, &model, 7));
+    a.messages.extend(w.campaign_messages.iter().cloned());
     let events = |key: &str| -> BTreeSet<String> {
         let (status, v) = w.get(key, "/v1/audit?limit=100");
         assert_eq!(status, StatusCode::OK, "{v}");
@@ -206,23 +217,106 @@ fn items(v: &Value, list: &str, field: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-const LISTS: [(&str, &str, &str); 3] = [
-    ("/v1/messages", "messages", "id"),
-    ("/v1/opt-outs", "opt_outs", "phone"),
-    ("/v1/audit", "events", "id"),
-];
+/// A campaign of the tenant's with `n` messages (copies of `model`, with the campaign's
+/// ids): its id and its messages' ids.
+async fn campaign(
+    deps: &Deps,
+    tenant: &TenantId,
+    model: &str,
+    n: usize,
+) -> (String, BTreeSet<String>) {
+    use crate::ports::{Broadcast, BroadcastStatus, LedgerEntry, LedgerKind};
+    let model = MessageId::parse(model).unwrap();
+    let model = deps
+        .messages
+        .get_message(tenant, &model)
+        .await
+        .unwrap()
+        .unwrap();
+    let now = chrono::Utc::now();
+    let b = Broadcast {
+        id: crate::domain::new_id(),
+        tenant_id: tenant.clone(),
+        template: crate::domain::TemplateRef {
+            name: "promo".into(),
+            language: "en".into(),
+            category: crate::domain::TemplateCategory::Utility,
+        },
+        accepted: n,
+        skipped_opted_out: 0,
+        invalid: 0,
+        duplicates: 0,
+        price_each: 0,
+        status: BroadcastStatus::FanningOut,
+        enqueued: n,
+        created_at: now,
+        expires_at: None,
+        name: None,
+        from: None,
+        send_at: None,
+        started_at: Some(now),
+        ended_at: None,
+        control: None,
+        retry_of: None,
+        retried_by: None,
+        refunded_unsent: 0,
+        closed_unqueued: 0,
+        control_at: None,
+        fanout_token: None,
+    };
+    let debit = LedgerEntry {
+        id: crate::domain::new_id(),
+        tenant_id: tenant.clone(),
+        amount: 0,
+        kind: LedgerKind::Debit,
+        reference: Some(format!("broadcast {}", b.id)),
+        message_id: None,
+        at: now,
+        expires_at: None,
+    };
+    deps.broadcasts
+        .create_broadcast(&b, &[], &debit)
+        .await
+        .unwrap();
+    let mut ids = BTreeSet::new();
+    for i in 0..n {
+        let mut m = model.clone();
+        m.id = crate::service::broadcasts::message_id(&b, i);
+        m.broadcast_id = Some(b.id.clone());
+        assert!(deps.broadcasts.insert_broadcast_message(&m).await.unwrap());
+        ids.insert(m.id.to_string());
+    }
+    (b.id, ids)
+}
+
+/// The lists: path (and query), the page's list and the field each item is known by.
+fn lists(w: &World) -> [(String, &'static str, &'static str); 4] {
+    [
+        ("/v1/messages?".into(), "messages", "id"),
+        (
+            format!("/v1/messages?broadcast_id={}&", w.campaign),
+            "messages",
+            "id",
+        ),
+        ("/v1/opt-outs?".into(), "opt_outs", "phone"),
+        ("/v1/audit?".into(), "events", "id"),
+    ]
+}
 
 #[test]
 fn a_made_up_cursor_is_answered_200_or_400_and_never_shows_another_tenant_s_items() {
     let w = world();
     let mut runner = TestRunner::new(props::config(600));
     let result = runner.run(&(cursor(&w), 1usize..=100), |(c, limit)| {
-        for (path, list, field) in LISTS {
-            let uri = format!("{path}?limit={limit}&cursor={}", encoded(&c));
+        for (path, list, field) in lists(&w) {
+            let uri = format!("{path}limit={limit}&cursor={}", encoded(&c));
             let (status, v) = w.get(&w.key, &uri);
+            let campaign = path.contains("broadcast_id");
             // What the memory backend hands out: the last message id, phone number or
-            // audit sequence number of a page. Anything else is not a cursor of ours.
+            // audit sequence number of a page. Anything else is not a cursor of ours; nor
+            // is anything here one of the campaign's (its tenant, list and a position).
             let could_be_ours = match list {
+                _ if campaign => false,
                 "messages" => MessageId::parse(&c).is_some(),
                 "opt_outs" => PhoneNumber::parse_stored(&c).is_ok(),
                 _ => c.parse::<u64>().is_ok(),
@@ -233,6 +327,7 @@ fn a_made_up_cursor_is_answered_200_or_400_and_never_shows_another_tenant_s_item
             match status {
                 StatusCode::OK => {
                     let own = match list {
+                        _ if campaign => &w.campaign_messages,
                         "messages" => &w.messages,
                         "opt_outs" => &w.phones,
                         _ => &w.events,
@@ -263,11 +358,11 @@ fn the_cursors_the_api_hands_out_walk_each_list_exactly_once_in_order() {
     let w = world();
     let mut runner = TestRunner::new(props::config(60));
     let result = runner.run(&(1usize..=4), |limit| {
-        for (path, list, field) in LISTS {
+        for (path, list, field) in lists(&w) {
             let mut seen = Vec::new();
             let mut next: Option<String> = None;
             loop {
-                let mut uri = format!("{path}?limit={limit}");
+                let mut uri = format!("{path}limit={limit}");
                 if let Some(c) = &next {
                     uri.push_str(&format!("&cursor={}", encoded(c)));
                 }
@@ -283,6 +378,8 @@ fn the_cursors_the_api_hands_out_walk_each_list_exactly_once_in_order() {
                 prop_assert!(seen.len() <= 100, "{} never ends", path);
             }
             let expected: Vec<String> = match list {
+                // A campaign's: in id order (as its `recipients.csv`).
+                _ if path.contains("broadcast_id") => w.campaign_messages.iter().cloned().collect(),
                 // Newest first.
                 "messages" => w.messages.iter().rev().cloned().collect(),
                 // By number.

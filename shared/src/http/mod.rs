@@ -498,8 +498,10 @@ async fn list_messages(
         limit: 50,
         ..Default::default()
     };
+    let mut broadcast = None;
     for (k, v) in &params {
         match k.as_str() {
+            "broadcast_id" => broadcast = Some(v.as_str()),
             "status" => {
                 q.status = Some(MessageStatus::parse(v).map_err(|_| {
                     ApiError::invalid(
@@ -521,12 +523,20 @@ async fn list_messages(
             other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
-    let page = s
-        .deps
-        .messages
-        .list_messages(tenant_id, &q)
-        .await
-        .map_err(crate::service::errors::ServiceError::from)?;
+    let page = match broadcast {
+        // One campaign's messages, in id order (as `recipients.csv`); not the tenant's
+        // campaign, or no campaign id at all: `404`, as `GET /v1/broadcasts/{id}`.
+        Some(id) => {
+            let id = minted_path(id)?;
+            crate::service::broadcasts::messages_page(&s.deps, tenant_id, id, &q).await?
+        }
+        None => s
+            .deps
+            .messages
+            .list_messages(tenant_id, &q)
+            .await
+            .map_err(crate::service::errors::ServiceError::from)?,
+    };
     let messages: Vec<MessageView> = page.messages.iter().map(MessageView::from).collect();
     Ok(Json(json!({"messages": messages, "next_cursor": page.next_cursor})).into_response())
 }

@@ -742,6 +742,86 @@ pub async fn view(deps: &Deps, tenant: &TenantId, id: &str) -> Result<View, Serv
     Ok(view_of(deps, b).await?)
 }
 
+/// Reads (of `limit` + 1 messages each) a page of a campaign's messages filtered by status
+/// makes at most looking for `limit` matches: the list's own budget (data-model.md A8).
+const FILTERED_READS: usize = 10;
+
+/// A page of the tenant's campaign `id`'s messages, in message-id order (`recipients.csv`'s
+/// order), with the list's `status`, `since`, `until`, `limit` and `cursor` (`GET
+/// /v1/messages?broadcast_id=`); `NotFound` for a campaign that is not the tenant's. Its
+/// cursor is a [`page_cursor`](crate::ports::page_cursor) of the campaign's own list: the
+/// messages list's cursor is `400` here, and this one there. A status filter reads on (up to
+/// [`FILTERED_READS`]) for `limit` matches: a page may be short, or empty, while a cursor
+/// follows. `since`/`until` select by the time in a message's id, as the list does: a
+/// campaign's messages all carry its acceptance's millisecond, so all of them or none.
+pub async fn messages_page(
+    deps: &Deps,
+    tenant: &TenantId,
+    id: &str,
+    q: &crate::ports::MessageQuery,
+) -> Result<crate::ports::MessagePage, ServiceError> {
+    use crate::ports::{cursor_position, page_cursor, MessagePage};
+    let b = deps
+        .broadcasts
+        .get_broadcast(tenant, id)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    let list = format!("BROADCAST#{}", b.id);
+    let ms = b.created_at.timestamp_millis();
+    // A position is one of its messages, minted in its millisecond (a made-up one outside
+    // would reach DynamoDB as a start key outside the query's range: a 500, not a 400).
+    let mut after = match &q.cursor {
+        Some(c) => Some(
+            cursor_position(c, tenant, &list)
+                .ok()
+                .and_then(|p| MessageId::parse(&p))
+                .filter(|m| {
+                    ulid::Ulid::from_string(m.as_str())
+                        .is_ok_and(|u| i64::try_from(u.timestamp_ms()) == Ok(ms))
+                })
+                .ok_or(StoreError::InvalidCursor)?,
+        ),
+        None => None,
+    };
+    if q.since.is_some_and(|t| ms < t.timestamp_millis())
+        || q.until.is_some_and(|t| ms >= t.timestamp_millis())
+    {
+        return Ok(MessagePage::default());
+    }
+    let limit = q.limit.clamp(1, 100);
+    let page = |messages, after: Option<MessageId>| MessagePage {
+        messages,
+        next_cursor: after.map(|a| page_cursor(tenant, &list, a.as_str())),
+    };
+    let mut messages = Vec::new();
+    let reads = if q.status.is_some() {
+        FILTERED_READS
+    } else {
+        1
+    };
+    for _ in 0..reads {
+        // One past the page: a full last page has no cursor to an empty one.
+        let (read, more) = deps
+            .broadcasts
+            .broadcast_messages(&b, limit + 1, after.as_ref())
+            .await?;
+        for m in read {
+            if messages.len() == limit {
+                return Ok(page(messages, after));
+            }
+            after = Some(m.id.clone());
+            if q.status.is_none_or(|st| m.status == st) {
+                messages.push(m);
+            }
+        }
+        match more {
+            Some(next) => after = Some(next),
+            None => return Ok(page(messages, None)),
+        }
+    }
+    Ok(page(messages, after))
+}
+
 /// Whether the broadcast is now paused or cancelled (read afresh); `false` when the read
 /// fails.
 async fn held_since(deps: &Deps, tenant: &TenantId, id: &str) -> bool {

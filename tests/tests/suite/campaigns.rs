@@ -1330,7 +1330,275 @@ async fn a_scheduled_marketing_campaign_of_a_tenant_flagged_meanwhile_fails_mark
     assert_eq!(app.credits(&t.key).await, before + 2, "refunded");
 }
 
+/// Posts a campaign of `to` (utility template) and answers its id.
+async fn campaign_of(app: &TestApp, key: &str, to: &[String]) -> String {
+    let body = json!({"template": template_of("utility"), "recipients": to});
+    let (status, body) = call(app, key, Method::POST, "/v1/broadcasts", Some(body)).await;
+    assert_eq!(status, 202, "{body}");
+    body["id"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Every page of `GET {path}` (with `limit`), following `next_cursor` to the end: the
+/// items of each page.
+async fn pages_of(app: &TestApp, key: &str, path: &str, limit: usize) -> Vec<Vec<Value>> {
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut uri = format!("{path}&limit={limit}");
+        if let Some(c) = &cursor {
+            uri.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = call(app, key, Method::GET, &uri, None).await;
+        assert_eq!(status, 200, "{uri}: {page}");
+        pages.push(page["messages"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return pages,
+        }
+        assert!(pages.len() <= 200, "{path} never ends");
+    }
+}
+
+/// `GET /v1/messages?broadcast_id=` lists one campaign's messages, as the list shows
+/// messages, in message-id order (`recipients.csv`'s): a read-only key walks a campaign of
+/// 120 in pages of 50 to the end, each message once and no other message of the tenant; a
+/// status filter keeps the campaign's messages of that status (pages may be short); `since`
+/// and `until` take all of them or none (they carry the campaign's acceptance time).
+async fn a_campaigns_messages_are_listed_page_by_page_in_id_order_to_a_read_only_key(b: Backend) {
+    let app = kirim_tests::spawn_app(b).await;
+    let t = app.onboard(200).await;
+    let (_, reader) = crate::access::new_key(&app, &t.key, "read_only").await;
+    // 5 undeliverable (ending 0001: `failed`, 131026), the others read.
+    let to: Vec<String> = (0..120)
+        .map(|i| match i % 24 {
+            0 => format!("+6014{:03}0001", i),
+            _ => format!("+6013{i:06}9"),
+        })
+        .collect();
+    let id = campaign_of(&app, &t.key, &to).await;
+    let other = campaign_of(&app, &t.key, &["+60135550009".to_owned()]).await;
+    let single = app.send_ok(&t.key, "+60135550019").await;
+    let mut view = Value::Null;
+    for _ in 0..600 {
+        view = broadcast_view(&app, &t.key, &id).await;
+        if view["counts"]["failed"] == 5 && view["counts"]["read"] == 115 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(view["counts"]["failed"], 5, "{view}");
+    assert_eq!(view["counts"]["read"], 115, "{view}");
+
+    let pages = pages_of(
+        &app,
+        &reader,
+        &format!("/v1/messages?broadcast_id={id}"),
+        50,
+    )
+    .await;
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [50, 50, 20], "pages of 50, and no empty last page");
+    let listed: Vec<Value> = pages.concat();
+    let ids: Vec<String> = listed
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "each once, in message-id order");
+    for m in &listed {
+        assert_eq!(m["broadcast_id"], id.as_str(), "{m}");
+        assert_ne!(m["broadcast_id"], other.as_str(), "{m}");
+    }
+    assert!(!ids.contains(&single));
+    // The same messages in the same order as the campaign's export.
+    let csv = recipients_csv(&app, &t.key, &id).await;
+    let exported: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(4))
+        .collect();
+    assert_eq!(ids, exported, "recipients.csv's order");
+    // Each as the message list (and `GET /v1/messages/{id}`) shows it: the same fields, the
+    // number and all.
+    let last = &ids[119];
+    let (_, plain) = call(&app, &t.key, Method::GET, "/v1/messages?limit=3", None).await;
+    let shown = plain["messages"]
+        .as_array()
+        .and_then(|a| a.iter().find(|m| m["id"] == last.as_str()).cloned())
+        .unwrap_or(Value::Null);
+    assert_eq!(listed[119], shown, "{plain}");
+    assert_eq!(listed[0], app.message(&t.key, &ids[0]).await);
+
+    let failed: Vec<Value> = pages_of(
+        &app,
+        &reader,
+        &format!("/v1/messages?broadcast_id={id}&status=failed"),
+        2,
+    )
+    .await
+    .concat();
+    assert_eq!(failed.len(), 5, "{failed:?}");
+    for m in &failed {
+        assert_eq!(m["status"], "failed", "{m}");
+        assert_eq!(m["broadcast_id"], id.as_str(), "{m}");
+        assert!(
+            m["to"].as_str().is_some_and(|to| to.ends_with("0001")),
+            "{m}"
+        );
+    }
+    let failed_ids: Vec<&str> = failed.iter().filter_map(|m| m["id"].as_str()).collect();
+    let mut in_order = failed_ids.clone();
+    in_order.sort();
+    assert_eq!(failed_ids, in_order);
+
+    let created = chrono::DateTime::parse_from_rfc3339(view["created_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let at = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    let minute = chrono::Duration::minutes(1);
+    for (since, until, want) in [
+        (created - minute, created + minute, 50),
+        (created + minute, created + minute * 2, 0),
+        (created - minute * 2, created - minute, 0),
+    ] {
+        let uri = format!(
+            "/v1/messages?broadcast_id={id}&since={}&until={}",
+            at(since),
+            at(until)
+        );
+        let (status, page) = call(&app, &reader, Method::GET, &uri, None).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(
+            page["messages"].as_array().map(Vec::len),
+            Some(want),
+            "{uri}"
+        );
+        assert_eq!(page["next_cursor"].is_null(), want == 0, "{uri}: {page}");
+    }
+}
+
+/// Another tenant's campaign, an unknown one or no campaign id at all is `404`, as `GET
+/// /v1/broadcasts/{id}` answers, with nothing of the campaign; a cursor of another list
+/// (the messages list's, another campaign's, another tenant's, or one naming a position
+/// outside the campaign) is `400 invalid_request`, never another list's page nor a 5xx.
+async fn a_campaigns_message_list_refuses_other_tenants_campaigns_and_other_lists_cursors(
+    b: Backend,
+) {
+    let app = kirim_tests::spawn_app(b).await;
+    let t = app.onboard(20).await;
+    let other_tenant = app.onboard(20).await;
+    let to: Vec<String> = (0..3).map(|i| format!("+6013{i:06}8")).collect();
+    let id = campaign_of(&app, &t.key, &to).await;
+    let second = campaign_of(&app, &t.key, &to).await;
+    let theirs = campaign_of(&app, &other_tenant.key, &to).await;
+    app.send_ok(&t.key, "+60135550029").await;
+    app.send_ok(&t.key, "+60135550039").await;
+    let get = |key: &str, uri: String| {
+        let (app, key) = (&app, key.to_owned());
+        async move { call(app, &key, Method::GET, &uri, None).await }
+    };
+    let cursor_of = |page: &Value| page["next_cursor"].as_str().unwrap_or_default().to_owned();
+    // The campaign's messages are recorded by its fan-out, a moment after the `202`.
+    let mut campaign_page = Value::Null;
+    for _ in 0..100 {
+        campaign_page = get(&t.key, format!("/v1/messages?broadcast_id={id}&limit=1"))
+            .await
+            .1;
+        if campaign_page["next_cursor"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let campaign_cursor = cursor_of(&campaign_page);
+    assert!(!campaign_cursor.is_empty(), "{campaign_page}");
+
+    for (key, uri) in [
+        (&other_tenant.key, format!("/v1/messages?broadcast_id={id}")),
+        (&t.key, format!("/v1/messages?broadcast_id={theirs}")),
+        (
+            &t.key,
+            format!("/v1/messages?broadcast_id={}", kirim::domain::new_id()),
+        ),
+        (
+            &t.key,
+            "/v1/messages?broadcast_id=not-a-campaign".to_owned(),
+        ),
+        (&t.key, "/v1/messages?broadcast_id=".to_owned()),
+    ] {
+        let (status, body) = get(key, uri.clone()).await;
+        assert_eq!(status, 404, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], "not_found", "{uri}: {body}");
+        assert!(body.get("messages").is_none(), "{uri}: {body}");
+    }
+
+    let (_, plain) = get(&t.key, "/v1/messages?limit=1".to_owned()).await;
+    let plain_cursor = cursor_of(&plain);
+    assert!(!plain_cursor.is_empty(), "{plain}");
+    let (_, theirs_page) = get(
+        &other_tenant.key,
+        format!("/v1/messages?broadcast_id={theirs}&limit=1"),
+    )
+    .await;
+    let their_cursor = cursor_of(&theirs_page);
+    // A position of the tenant's own, on the campaign's own list, outside the campaign's
+    // millisecond (DynamoDB would refuse it as a start key outside the query's range).
+    let tenant = kirim::domain::TenantId::parse(&t.tenant_id).unwrap();
+    let outside = kirim::ports::page_cursor(
+        &tenant,
+        &format!("BROADCAST#{id}"),
+        &ulid::Ulid::from_parts(1, 1).to_string(),
+    );
+    for (key, uri) in [
+        (
+            &t.key,
+            format!("/v1/messages?broadcast_id={id}&cursor={plain_cursor}"),
+        ),
+        (&t.key, format!("/v1/messages?cursor={campaign_cursor}")),
+        (
+            &t.key,
+            format!("/v1/messages?status=accepted&cursor={campaign_cursor}"),
+        ),
+        (
+            &t.key,
+            format!("/v1/messages?broadcast_id={second}&cursor={campaign_cursor}"),
+        ),
+        (
+            &t.key,
+            format!("/v1/messages?broadcast_id={id}&cursor={their_cursor}"),
+        ),
+        (
+            &other_tenant.key,
+            format!("/v1/messages?broadcast_id={theirs}&cursor={campaign_cursor}"),
+        ),
+        (
+            &t.key,
+            format!("/v1/messages?broadcast_id={id}&cursor={outside}"),
+        ),
+        (&t.key, format!("/v1/messages?broadcast_id={id}&cursor=x")),
+    ] {
+        let (status, body) = get(key, uri.clone()).await;
+        assert_eq!(status, 400, "{uri}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_request", "{uri}: {body}");
+    }
+    // Its own cursor goes on.
+    let (status, next) = get(
+        &t.key,
+        format!("/v1/messages?broadcast_id={id}&limit=1&cursor={campaign_cursor}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{next}");
+    assert_ne!(
+        next["messages"][0]["id"],
+        campaign_page["messages"][0]["id"]
+    );
+    assert_eq!(next["messages"][0]["broadcast_id"], id.as_str());
+}
+
 on_both_backends!(
+    a_campaigns_messages_are_listed_page_by_page_in_id_order_to_a_read_only_key,
+    a_campaigns_message_list_refuses_other_tenants_campaigns_and_other_lists_cursors,
     a_scheduled_campaign_whose_template_meta_paused_meanwhile_sends_nothing_and_is_refunded,
     a_scheduled_utility_campaign_recategorised_as_marketing_skips_marketing_opt_outs,
     a_scheduled_marketing_campaign_of_a_tenant_flagged_meanwhile_fails_marketing_paused,
