@@ -6,11 +6,12 @@
 //! last wrote to the number (`contacts`); phone numbers' quality updates go to `numbers`.
 //! Pieces Kirim does not understand are skipped alone and counted.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
+use futures::StreamExt;
 use tracing::Instrument;
 
-use crate::domain::meta::{self, AccountUpdate, MetaEvent};
+use crate::domain::meta::{self, AccountUpdate, MetaEvent, StatusReport};
 use crate::domain::signature::{parse_signature_header, signed_by_secret};
 use crate::domain::{OptOutKey, PhoneNumber, TenantId, UserId};
 
@@ -165,6 +166,16 @@ impl<'e> Owners<'_, 'e> {
         Ok(self.known.get(at).and_then(|(_, t)| t.as_ref()))
     }
 
+    /// The owner of `phone_number_id` as looked up already (`None`: not looked up, or the
+    /// lookup failed), without looking it up: for statuses applied concurrently, which
+    /// share the owners looked up before them.
+    fn looked_up(&self, phone_number_id: &str) -> Option<Option<&TenantId>> {
+        self.known
+            .iter()
+            .find(|(p, _)| *p == phone_number_id)
+            .map(|(_, t)| t.as_ref())
+    }
+
     /// [`Self::of`], unless that tenant is closed: a closed tenant takes no more opt-outs,
     /// pairings or inbound times (its items were given, or are about to be given, their
     /// last TTL by the close-out, and a whole-item write after it would keep one for good).
@@ -219,6 +230,20 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
             }
         }
     }
+    // A body of several events: its statuses next, concurrently (`apply_statuses`), before
+    // the inbound messages and preferences as when they were applied one by one (a pairing
+    // a status teaches is known to a STOP of the same body). Boxed, as the rare paths below:
+    // a body of one status (Meta's usual) never makes it.
+    if !single {
+        Box::pin(apply_statuses(
+            deps,
+            &events,
+            &mut owners,
+            &mut pairs,
+            &mut summary,
+        ))
+        .await;
+    }
     for event in &events {
         match event {
             MetaEvent::AccountUpdate(_) => {}
@@ -249,34 +274,25 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                 crate::metrics::webhook_skipped(u.piece);
                 tracing::debug!(piece = u.piece, field = %u.field, "webhook piece not understood; skipped");
             }
+            // Several: applied above.
+            MetaEvent::Status(_) if !single => {}
             MetaEvent::Status(report) => {
                 // A body of one status (Meta's usual) records its ids on the request's
-                // span; several get a span each. Spans cost (a span was 3% of the
-                // webhook's CPU; BENCHMARKS.md "Webhook side by side").
+                // span (several get a span each, `apply_statuses`). Spans cost (a span was
+                // 3% of the webhook's CPU; BENCHMARKS.md "Webhook side by side").
                 // (The request's span is the current one already: nothing to enter again.)
-                let span = if single {
-                    tracing::Span::none()
-                } else {
-                    tracing::info_span!(
-                        "status",
-                        wamid = %report.wamid.for_logs(),
-                        tenant_id = tracing::field::Empty,
-                        message_id = tracing::field::Empty,
-                    )
-                };
+                let span = tracing::Span::none();
                 let result = async {
                     let tenant = owners.of(report.phone_number_id.as_deref()).await;
                     // The request's span gets the wamid with the tenant, in one record
                     // (lines logged while the owner is looked up carry neither yet).
                     let wamid = report.wamid.for_logs();
-                    match (single, &tenant) {
-                        (true, Ok(Some(t))) => crate::telemetry::record_ids([
+                    match &tenant {
+                        Ok(Some(t)) => crate::telemetry::record_ids([
                             ("wamid", wamid),
                             ("tenant_id", t.as_str()),
                         ]),
-                        (true, _) => crate::telemetry::record_ids([("wamid", wamid)]),
-                        (false, Ok(Some(t))) => crate::telemetry::record_tenant(t.as_str()),
-                        (false, _) => {}
+                        _ => crate::telemetry::record_ids([("wamid", wamid)]),
                     }
                     let tenant = tenant?;
                     let (applied, owner) = super::status::apply_owned(deps, tenant, report).await?;
@@ -366,6 +382,191 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
         }
     }
     Ok(summary)
+}
+
+/// How many of a body's statuses are applied at once (one wamid's at a time each). Each
+/// status is a few DynamoDB calls of 5–10 ms one after another, so applied one by one a body
+/// of a few thousand outlasted the function's 29 s and Meta sent all of it again. All of
+/// a tenant's messages share one partition (`TENANT#{t}`), whose writes DynamoDB takes up
+/// to 1,000 units a second: 16 statuses in flight, each about 40 ms of calls and a unit or
+/// two of writes, stay near half of that (32 would pass it, and the throttled retries lose
+/// the time won), and keep a webhook's connections and memory small.
+pub const STATUSES_IN_FLIGHT: usize = 16;
+
+/// The statuses of a body of several events, concurrently ([`STATUSES_IN_FLIGHT`] at a
+/// time) but one wamid's in the order listed, one after another: the store's conditional
+/// writes keep every invariant between bodies applied at once (monotonic status, pricing
+/// counted once), and the one order they do not decide, a wamid's own statuses, is kept
+/// (its `delivered` then its `read` make one move each). The numbers' owners are looked
+/// up first, once each (a body names one number or a few); the pairings are learnt once
+/// per body, as before.
+async fn apply_statuses<'e>(
+    deps: &Deps,
+    events: &'e [MetaEvent],
+    owners: &mut Owners<'_, 'e>,
+    pairs: &mut Pairs,
+    summary: &mut WebhookSummary,
+) {
+    let mut groups: Vec<Vec<&'e StatusReport>> = Vec::new();
+    let mut group_of: HashMap<&'e str, usize> = HashMap::new();
+    for event in events {
+        if let MetaEvent::Status(report) = event {
+            let at = *group_of.entry(report.wamid.as_str()).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            if let Some(group) = groups.get_mut(at) {
+                group.push(report);
+            }
+        }
+    }
+    if groups.is_empty() {
+        return;
+    }
+    for report in groups.iter().flatten() {
+        // A lookup that fails is left out, and made again by each of its statuses (as when
+        // they were applied one by one), which then count as errors if it fails again.
+        let _ = owners.of(report.phone_number_id.as_deref()).await;
+    }
+    let owners = &*owners;
+    let shared = SharedPairs(std::sync::Mutex::new(std::mem::take(&mut pairs.0)));
+    // (`FuturesUnordered` filled by hand: a stream mapped by a closure over these borrows
+    // is not `Send` to the compiler, rust-lang/rust#102211.)
+    let mut groups = groups.into_iter();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    loop {
+        while in_flight.len() < STATUSES_IN_FLIGHT {
+            let Some(group) = groups.next() else { break };
+            in_flight.push(apply_group(deps, owners, &shared, group));
+        }
+        let Some(counts) = in_flight.next().await else {
+            break;
+        };
+        summary.applied += counts.applied;
+        summary.ignored += counts.ignored;
+        summary.unknown += counts.unknown;
+        summary.errors += counts.errors;
+    }
+    drop(in_flight);
+    pairs.0 = shared.into_inner();
+}
+
+/// One wamid's statuses, one after another in the order listed, counted.
+async fn apply_group(
+    deps: &Deps,
+    owners: &Owners<'_, '_>,
+    pairs: &SharedPairs,
+    group: Vec<&StatusReport>,
+) -> WebhookSummary {
+    let mut counts = WebhookSummary::default();
+    for report in group {
+        tally(&mut counts, one_of_many(deps, owners, pairs, report).await);
+    }
+    counts
+}
+
+/// One status of a body of several, in a span of its own.
+async fn one_of_many(
+    deps: &Deps,
+    owners: &Owners<'_, '_>,
+    pairs: &SharedPairs,
+    report: &StatusReport,
+) -> Result<super::status::Applied, ServiceError> {
+    let span = tracing::info_span!(
+        "status",
+        wamid = %report.wamid.for_logs(),
+        tenant_id = tracing::field::Empty,
+        message_id = tracing::field::Empty,
+    );
+    async {
+        let looked_up;
+        let tenant = match report.phone_number_id.as_deref() {
+            None => None,
+            Some(pnid) => match owners.looked_up(pnid) {
+                Some(t) => t,
+                None => {
+                    looked_up = deps.tenants.tenant_by_phone_number_id(pnid).await?;
+                    looked_up.as_ref()
+                }
+            },
+        };
+        if let Some(t) = tenant {
+            crate::telemetry::record_tenant(t.as_str());
+        }
+        let (applied, owner) = super::status::apply_owned(deps, tenant, report).await?;
+        // The message's tenant's pairing (see the single status's path in `apply`).
+        if let Some(t) = owner.as_ref().or(tenant) {
+            pairs
+                .learn(deps, t, &report.recipient, &report.recipient_user_id)
+                .await?;
+        }
+        Ok(applied)
+    }
+    .instrument(span)
+    .await
+}
+
+/// A status's result counted in `summary`.
+fn tally(summary: &mut WebhookSummary, result: Result<super::status::Applied, ServiceError>) {
+    match result {
+        Ok(super::status::Applied::Yes) => summary.applied += 1,
+        Ok(super::status::Applied::NoChange) => summary.ignored += 1,
+        Ok(super::status::Applied::UnknownMessage) => summary.unknown += 1,
+        Err(e) => {
+            tracing::error!(error = %e, "status not applied");
+            summary.errors += 1;
+        }
+    }
+}
+
+/// [`Pairs`] shared by statuses applied at once. The lock is held only to look and mark,
+/// never across a write: a pairing is marked before it is written, so two statuses of
+/// the same user write it once; one that is not written (a closed tenant, a failure) is
+/// unmarked again, and its failure fails its status (Meta then sends the body again).
+struct SharedPairs(std::sync::Mutex<HashSet<(TenantId, PhoneNumber, UserId)>>);
+
+impl SharedPairs {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<(TenantId, PhoneNumber, UserId)>> {
+        // A panic while it was held left a set of pairings still true.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn into_inner(self) -> HashSet<(TenantId, PhoneNumber, UserId)> {
+        self.0
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn learn(
+        &self,
+        deps: &Deps,
+        tenant: &TenantId,
+        phone: &Option<PhoneNumber>,
+        user_id: &Option<UserId>,
+    ) -> Result<(), ServiceError> {
+        let (Some(p), Some(u)) = (phone, user_id) else {
+            return Ok(());
+        };
+        let pair = (tenant.clone(), p.clone(), u.clone());
+        if !self.set().insert(pair.clone()) {
+            return Ok(());
+        }
+        let written = async {
+            // As `Pairs::learn`: not for a closed tenant.
+            if !deps.tenant_is_open(tenant).await? {
+                return Ok(false);
+            }
+            super::contacts::learn_pairing(deps, tenant, p, u).await?;
+            Ok::<_, ServiceError>(true)
+        }
+        .await;
+        if !matches!(written, Ok(true)) {
+            self.set().remove(&pair);
+        }
+        written.map(|_| ())
+    }
 }
 
 /// Phone ↔ user-id pairings already written for this body (Meta repeats them on every

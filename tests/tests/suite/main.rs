@@ -71,4 +71,5 @@ mod templates;
 mod throughput;
 mod totp_at_rest;
 mod users;
+mod webhook_batches;
 mod wiring;

@@ -1,0 +1,431 @@
+//! A webhook body of many statuses (Meta batches them, up to 3 MB a body): applied
+//! concurrently, a wamid's own statuses in the order listed, its inbound messages and
+//! preferences after them in Meta's time order, and its summary counted exactly.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kirim::config::Backend;
+use kirim::domain::meta::Callback;
+use kirim::domain::{
+    MessageError, MessageId, MessageRecord, MessageStatus, OptOutKey, PhoneNumber, TenantId,
+};
+use kirim::ports::*;
+use kirim::service::webhook::{self, WebhookSummary};
+use kirim::service::Deps;
+use kirim::store_error::StoreError;
+use serde_json::{json, Value};
+
+use crate::caches::two_processes;
+use crate::contract::{key_for, message_for, tenant};
+
+/// A tenant with `n` messages sent (each with its wamid recorded and indexed), as the
+/// dispatcher leaves them before Meta's statuses come: (tenant, [(message, wamid)]).
+pub(crate) async fn sent_messages(
+    deps: &Deps,
+    now: DateTime<Utc>,
+    n: usize,
+) -> (Tenant, Vec<(MessageRecord, String)>) {
+    let t = tenant(10 * n as i64);
+    deps.tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (m, debit) = message_for(&t.id, now);
+        deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+        let wamid = format!("wamid.{}", ulid::Ulid::new());
+        deps.messages
+            .transition(
+                &t.id,
+                &m.id,
+                MessageStatus::Sending,
+                &StatusChange::default(),
+                now,
+            )
+            .await
+            .unwrap();
+        deps.messages
+            .index_wamid(&t.id, &m.id, &wamid, m.expires_at)
+            .await
+            .unwrap();
+        let sent = StatusChange {
+            wamid: Some(wamid.clone()),
+            ..Default::default()
+        };
+        deps.messages
+            .transition(&t.id, &m.id, MessageStatus::Sent, &sent, now)
+            .await
+            .unwrap();
+        out.push((m, wamid));
+    }
+    (t, out)
+}
+
+/// One of Meta's statuses of message `m`, as Kirim's send makes Meta echo its ids.
+pub(crate) fn status_of(
+    m: &MessageRecord,
+    wamid: &str,
+    status: &str,
+    at: i64,
+    priced: bool,
+) -> Value {
+    let mut s = json!({"id": wamid, "status": status, "timestamp": at.to_string(),
+        "recipient_id": "60123456789",
+        "biz_opaque_callback_data": Callback::new(m.id.clone(), Some(&m.tenant_id)).text()});
+    if priced {
+        s["pricing"] = json!({"billable": true, "pricing_model": "PMP", "category": "utility", "type": "regular"});
+    }
+    s
+}
+
+/// A notification of `statuses` and inbound `messages` for `phone_number_id`.
+pub(crate) fn body(phone_number_id: &str, statuses: Vec<Value>, messages: Vec<Value>) -> Vec<u8> {
+    let mut value = json!({"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone_number_id},
+        "statuses": statuses});
+    if !messages.is_empty() {
+        value["contacts"] = json!([{"profile": {"name": "Aminah"}, "wa_id": "60123457201"}]);
+        value["messages"] = json!(messages);
+    }
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "1000001",
+        "changes": [{"field": "messages", "value": value}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// The lists merged in a shuffled order that keeps each list's own order (a small
+/// deterministic generator: the same body on every run).
+fn interleaved(mut lists: Vec<Vec<Value>>) -> Vec<Value> {
+    for l in &mut lists {
+        l.reverse();
+    }
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::new();
+    while lists.iter().any(|l| !l.is_empty()) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let live: Vec<usize> = (0..lists.len()).filter(|i| !lists[*i].is_empty()).collect();
+        let i = live[(seed % live.len() as u64) as usize];
+        if let Some(v) = lists[i].pop() {
+            out.push(v);
+        }
+    }
+    out
+}
+
+async fn a_body_of_300_statuses_ends_each_message_read_counted_once(b: Backend) {
+    let (deps, _, clock) = two_processes(b).await;
+    let now = clock.now();
+    let (t, messages) = sent_messages(&deps, now, 100).await;
+    let at = now.timestamp();
+    // Each message: delivered and read (both priced, as Meta prices them), and the read
+    // again; the messages' statuses shuffled among each other, each message's in order.
+    let per_message: Vec<Vec<Value>> = messages
+        .iter()
+        .map(|(m, w)| {
+            vec![
+                status_of(m, w, "delivered", at, true),
+                status_of(m, w, "read", at + 1, true),
+                status_of(m, w, "read", at + 1, true),
+            ]
+        })
+        .collect();
+    let mut statuses = interleaved(per_message);
+    // And statuses of 5 messages Kirim does not know (kept, in case).
+    for _ in 0..5 {
+        statuses.push(
+            json!({"id": format!("wamid.{}", ulid::Ulid::new()), "status": "delivered",
+            "timestamp": at.to_string(), "recipient_id": "60123456789"}),
+        );
+    }
+    let summary = webhook::apply(&deps, &body(&t.phone_number_id, statuses, vec![]))
+        .await
+        .unwrap();
+    assert_eq!(
+        summary,
+        WebhookSummary {
+            applied: 200,
+            ignored: 100,
+            unknown: 5,
+            skipped: 0,
+            errors: 0
+        }
+    );
+    for (m, _) in &messages {
+        let stored = deps
+            .messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.status, MessageStatus::Read, "{:?}", stored.events);
+        let moves: Vec<MessageStatus> = stored.events.iter().map(|e| e.status).collect();
+        assert_eq!(
+            moves,
+            [
+                MessageStatus::Accepted,
+                MessageStatus::Sending,
+                MessageStatus::Sent,
+                MessageStatus::Delivered,
+                MessageStatus::Read
+            ],
+            "each status once, in order"
+        );
+        assert!(stored.pricing.is_some());
+    }
+    let day = now.date_naive();
+    let usage = deps.usage.usage(&t.id, day, day).await.unwrap();
+    assert_eq!(
+        usage.iter().map(|u| u.messages).sum::<i64>(),
+        100,
+        "each message counted once: {usage:?}"
+    );
+}
+
+fn text_from(from: &str, text: &str, at: i64) -> Value {
+    json!({"from": from, "id": format!("wamid.in.{}", ulid::Ulid::new()), "timestamp": at.to_string(),
+        "type": "text", "text": {"body": text}})
+}
+
+async fn a_body_of_statuses_with_a_stop_then_a_start_listed_first_ends_opted_in(b: Backend) {
+    let (deps, _, clock) = two_processes(b).await;
+    let now = clock.now();
+    let (t, messages) = sent_messages(&deps, now, 20).await;
+    let at = now.timestamp();
+    let statuses = messages
+        .iter()
+        .flat_map(|(m, w)| {
+            [
+                status_of(m, w, "delivered", at - 5, false),
+                status_of(m, w, "read", at - 4, false),
+            ]
+        })
+        .collect();
+    // The START (later) listed before the STOP: applied in Meta's time order, START last.
+    let inbound = vec![
+        text_from("60123457201", "START", at - 1),
+        text_from("60123457201", "STOP", at - 2),
+    ];
+    let summary = webhook::apply(&deps, &body(&t.phone_number_id, statuses, inbound))
+        .await
+        .unwrap();
+    assert_eq!(summary.errors, 0, "{summary:?}");
+    assert_eq!(summary.applied, 40 + 2, "{summary:?}");
+    let key = OptOutKey::Phone(PhoneNumber::parse("+60123457201").unwrap());
+    assert_eq!(
+        deps.opt_outs.get_opt_out(&t.id, &key).await.unwrap(),
+        None,
+        "the START, newer, stands"
+    );
+    for (m, _) in &messages {
+        let stored = deps
+            .messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.status, MessageStatus::Read);
+    }
+}
+
+/// The real message store, counting the moves in flight at once (each yields a few times
+/// first, as a call to DynamoDB would), and the order each message's moves started and
+/// ended in.
+struct InFlight {
+    inner: Arc<dyn MessageStore>,
+    now: AtomicUsize,
+    most: AtomicUsize,
+    /// Per message: ("start"|"end", status) in the order they happened.
+    log: Mutex<HashMap<MessageId, Vec<(&'static str, MessageStatus)>>>,
+}
+
+impl InFlight {
+    fn note(&self, id: &MessageId, what: &'static str, to: MessageStatus) {
+        if let Ok(mut log) = self.log.lock() {
+            log.entry(id.clone()).or_default().push((what, to));
+        }
+    }
+}
+
+#[async_trait]
+impl MessageStore for InFlight {
+    async fn insert_with_debit(
+        &self,
+        record: &MessageRecord,
+        debit: &LedgerEntry,
+    ) -> Result<(), StoreError> {
+        self.inner.insert_with_debit(record, debit).await
+    }
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        self.inner.get_message(tenant, id).await
+    }
+    async fn peek_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<Arc<MessageRecord>>, StoreError> {
+        self.inner.peek_message(tenant, id).await
+    }
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        query: &MessageQuery,
+    ) -> Result<MessagePage, StoreError> {
+        self.inner.list_messages(tenant, query).await
+    }
+    async fn transition(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        to: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        let in_flight = self.now.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(in_flight, SeqCst);
+        self.note(id, "start", to);
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        let moved = self.inner.transition(tenant, id, to, change, at).await;
+        self.note(id, "end", to);
+        self.now.fetch_sub(1, SeqCst);
+        moved
+    }
+    async fn fail_and_refund(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        from: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+        refund: Option<&LedgerEntry>,
+    ) -> Result<Transition, StoreError> {
+        self.inner
+            .fail_and_refund(tenant, id, from, change, at, refund)
+            .await
+    }
+    async fn cancel_with_refund(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        from: &[MessageStatus],
+        error: &MessageError,
+        refund: &LedgerEntry,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        self.inner
+            .cancel_with_refund(tenant, id, from, error, refund, at)
+            .await
+    }
+    async fn touch_unclaimed(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        seen: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.inner.touch_unclaimed(tenant, id, seen, at).await
+    }
+    async fn release_for_retry(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        claimed_at: DateTime<Utc>,
+        error: &MessageError,
+        at: DateTime<Utc>,
+    ) -> Result<Transition, StoreError> {
+        self.inner
+            .release_for_retry(tenant, id, claimed_at, error, at)
+            .await
+    }
+    async fn set_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.inner.set_wamid(tenant, id, wamid, expires_at).await
+    }
+    async fn index_wamid(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        wamid: &str,
+        expires_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        self.inner.index_wamid(tenant, id, wamid, expires_at).await
+    }
+    async fn message_by_wamid(
+        &self,
+        wamid: &str,
+    ) -> Result<Option<(TenantId, MessageId)>, StoreError> {
+        self.inner.message_by_wamid(wamid).await
+    }
+}
+
+async fn a_body_s_statuses_are_applied_several_at_once_each_message_s_in_order(b: Backend) {
+    let (mut deps, _, clock) = two_processes(b).await;
+    let now = clock.now();
+    let (t, messages) = sent_messages(&deps, now, 40).await;
+    let store = Arc::new(InFlight {
+        inner: deps.messages.clone(),
+        now: AtomicUsize::new(0),
+        most: AtomicUsize::new(0),
+        log: Mutex::new(HashMap::new()),
+    });
+    deps.messages = store.clone();
+    let at = now.timestamp();
+    let statuses = interleaved(
+        messages
+            .iter()
+            .map(|(m, w)| {
+                vec![
+                    status_of(m, w, "delivered", at, false),
+                    status_of(m, w, "read", at + 1, false),
+                ]
+            })
+            .collect(),
+    );
+    let summary = webhook::apply(&deps, &body(&t.phone_number_id, statuses, vec![]))
+        .await
+        .unwrap();
+    assert_eq!(summary.applied, 80, "{summary:?}");
+    let most = store.most.load(SeqCst);
+    assert!(most > 1, "moves in flight at once: at most {most}");
+    assert!(
+        most <= webhook::STATUSES_IN_FLIGHT,
+        "at most {} at once: {most}",
+        webhook::STATUSES_IN_FLIGHT
+    );
+    let log = store.log.lock().unwrap();
+    for (m, _) in &messages {
+        assert_eq!(
+            log.get(&m.id).cloned().unwrap_or_default(),
+            [
+                ("start", MessageStatus::Delivered),
+                ("end", MessageStatus::Delivered),
+                ("start", MessageStatus::Read),
+                ("end", MessageStatus::Read)
+            ],
+            "one message's moves one after another, in the order listed"
+        );
+    }
+}
+
+on_both_backends!(
+    a_body_of_300_statuses_ends_each_message_read_counted_once,
+    a_body_of_statuses_with_a_stop_then_a_start_listed_first_ends_opted_in,
+    a_body_s_statuses_are_applied_several_at_once_each_message_s_in_order,
+);
