@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{
     MessageError, MessageId, MessageRecord, MessageStatus, OptOut, OptOutKey, OptOutScope,
-    PhoneNumber, Role, TenantId, UserId,
+    PhoneNumber, Role, StatusEvent, TenantId, UserId,
 };
 use crate::secret::Secret;
 use crate::store_error::StoreError;
@@ -450,6 +450,29 @@ impl StatusChange {
     }
 }
 
+/// `events` with `event` put where it belongs in the message's life: before the first
+/// event of a status that comes after it (a `delivered` before the `read`; a `sent` before
+/// the first `failed`, `delivered` or `read`), else last. Not by time: Meta's times are
+/// whole seconds and Kirim's are not, so a `delivered` Meta timed in the second the message
+/// was accepted would sort before its `accepted`.
+pub fn with_overtaken(events: &[StatusEvent], event: StatusEvent) -> Vec<StatusEvent> {
+    use MessageStatus::{Delivered, Failed, Read, Sent};
+    let after: &[MessageStatus] = match event.status {
+        Sent => &[Failed, Delivered, Read],
+        Delivered => &[Read],
+        _ => &[],
+    };
+    let at = events
+        .iter()
+        .position(|e| after.contains(&e.status))
+        .unwrap_or(events.len());
+    let mut out = Vec::with_capacity(events.len() + 1);
+    out.extend_from_slice(events.get(..at).unwrap_or(events));
+    out.push(event);
+    out.extend_from_slice(events.get(at..).unwrap_or_default());
+    out
+}
+
 #[async_trait]
 pub trait MessageStore: Send + Sync {
     /// Atomically: debits `record.price` from the tenant's credits only if the balance
@@ -495,6 +518,23 @@ pub trait MessageStore: Send + Sync {
         change: &StatusChange,
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError>;
+    /// Records a status Meta reported after the message had moved past it (a `delivered`
+    /// after its `read`, a `sent` after its `delivered` or `read`) when the message has no
+    /// event of that status yet: `event` is put among its events in the order of the
+    /// message's life ([`with_overtaken`]); its status, `updated_at` and index entries are left as they
+    /// are. ONE conditional write on the message being as `seen` was read: the same status
+    /// and as many events (at `delivered` or `read` events are only ever appended, so the
+    /// same count is the same list), and not expired. With `priced` (the status is also the
+    /// first to carry Meta's pricing) the pricing is set and counted in the same write
+    /// (as [`UsageStore::record_pricing`], conditioned on none yet). `false`: nothing
+    /// written (the message changed since `seen`, has such an event, is priced already or
+    /// gone).
+    async fn record_overtaken(
+        &self,
+        seen: &MessageRecord,
+        event: StatusEvent,
+        priced: Option<&PricedMessage<'_>>,
+    ) -> Result<bool, StoreError>;
     /// Fails a message that never reached Meta and gives its credits back, in ONE atomic
     /// write: the message moves to `failed` (with `change`) only if its status is `from`
     /// (`accepted` or `sending`: a caller that has not claimed it must not fail one that

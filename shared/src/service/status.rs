@@ -12,7 +12,7 @@
 
 use crate::domain::meta::{Callback, MetaError, StatusReport, Wamid};
 use crate::domain::{
-    MessageError, MessageId, MessageRecord, MessageStatus, RetentionClass, TenantId,
+    MessageError, MessageId, MessageRecord, MessageStatus, RetentionClass, StatusEvent, TenantId,
 };
 use crate::ports::{PendingError, PendingStatus, QualityCounter, StatusChange, Transition};
 
@@ -217,13 +217,14 @@ async fn apply_to(
         .filter(|_| matches!(to, MessageStatus::Delivered | MessageStatus::Read));
     if let Some(m) = seen.filter(|m| !to.may_still_follow(m.status)) {
         // Overtaken (a `delivered` after the `read`), yet it may be the first status to
-        // carry Meta's pricing: counted once all the same (the store's condition decides).
-        // A message already priced as read is not written again (a refused write costs
-        // a unit too).
-        if let Some(pricing) = pricing.filter(|_| m.pricing.is_none()) {
-            Box::pin(super::usage::record_on(deps, m, pricing, at)).await?;
+        // carry Meta's pricing: counted once all the same (the store's condition decides);
+        // and a `delivered` (or `sent`) the message has no time of yet records its time.
+        // A message already priced as read, and holding that status's time, is not written
+        // again (a refused write costs a unit too): nothing boxed, nothing written.
+        if late_event(m, to, at).is_none() && (pricing.is_none() || m.pricing.is_some()) {
+            return Ok(Applied::NoChange);
         }
-        return Ok(Applied::NoChange);
+        return Box::pin(overtaken(deps, m, to, at, pricing)).await;
     }
     // A failure counted as undeliverable is marked so in the write that applies it (no
     // write of its own): a later `delivered` takes back only a failure marked counted.
@@ -306,16 +307,90 @@ async fn apply_to(
             // delivered again, which is refused as well, it could be only by a token of the
             // write's own. Callbacks stay exactly once in that common case; see README.)
             // A repeated or overtaken status may still be the first to carry the pricing
-            // (the dispatcher itself moves a message to `sent`).
-            if let Some(pricing) = pricing {
-                Box::pin(super::usage::record(
-                    deps, tenant_id, message_id, pricing, at,
-                ))
-                .await?;
+            // (the dispatcher itself moves a message to `sent`), or be a `delivered` (or
+            // `sent`) the message has no time of: read afresh (the read above was a moment
+            // behind, or there was none: found by its wamid), only then.
+            let may_be_late = matches!(to, MessageStatus::Delivered | MessageStatus::Sent)
+                && seen.is_none_or(|m| !m.events.iter().any(|e| e.status == to));
+            if pricing.is_some() || may_be_late {
+                return Box::pin(async {
+                    match deps.messages.get_message(tenant_id, message_id).await? {
+                        Some(m) => overtaken(deps, &m, to, at, pricing).await,
+                        None => Ok(Applied::NoChange),
+                    }
+                })
+                .await;
             }
             Ok(Applied::NoChange)
         }
     }
+}
+
+/// The event a status Meta reported after the message moved past it records: a
+/// `delivered` after `read`, a `sent` after `delivered` or `read`, when the message has no
+/// event of that status (its `delivered_at`, `sent_at` empty). Never a move (the status
+/// stays, forward only), nor for anything else overtaken (a `failed` after `read` changes
+/// nothing, API.md). `sent` is the dispatcher's at Meta's answer, so Meta's own `sent` is
+/// recorded only when that answer was lost (the message settled by Meta's statuses).
+fn late_event(
+    m: &MessageRecord,
+    to: MessageStatus,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Option<StatusEvent> {
+    let past = match to {
+        MessageStatus::Delivered => m.status == MessageStatus::Read,
+        MessageStatus::Sent => matches!(m.status, MessageStatus::Delivered | MessageStatus::Read),
+        _ => false,
+    };
+    (past && !m.events.iter().any(|e| e.status == to)).then_some(StatusEvent { status: to, at })
+}
+
+/// A status `m` (as read) has moved past: its time recorded if it is one the message has no
+/// time of ([`late_event`]; one conditional write on the message as read, folded with the
+/// pricing when this status is the first to carry it), else its pricing alone, if the
+/// first. A write refused because the message changed since the read is tried once more on
+/// the message read afresh. `Yes` when the time was recorded (no status callback: the
+/// status did not change).
+async fn overtaken(
+    deps: &Deps,
+    m: &MessageRecord,
+    to: MessageStatus,
+    at: chrono::DateTime<chrono::Utc>,
+    pricing: Option<&crate::domain::Pricing>,
+) -> Result<Applied, ServiceError> {
+    let mut read = std::borrow::Cow::Borrowed(m);
+    for attempt in 0..2 {
+        let m = &*read;
+        let first_pricing = pricing.filter(|_| m.pricing.is_none());
+        let Some(event) = late_event(m, to, at) else {
+            if let Some(p) = first_pricing {
+                super::usage::record_on(deps, m, p, at).await?;
+            }
+            return Ok(Applied::NoChange);
+        };
+        let priced = first_pricing.map(|p| super::usage::priced(deps, m, p, at));
+        if deps
+            .messages
+            .record_overtaken(m, event, priced.as_ref())
+            .await?
+        {
+            tracing::debug!(status = to.as_str(), "overtaken status's time recorded");
+            return Ok(Applied::Yes);
+        }
+        if attempt == 1 {
+            break;
+        }
+        match deps.messages.get_message(&m.tenant_id, &m.id).await? {
+            Some(fresh) => read = std::borrow::Cow::Owned(fresh),
+            None => return Ok(Applied::NoChange),
+        }
+    }
+    // Refused twice (the message changing meanwhile): its pricing, if the first (the
+    // store's condition decides).
+    if let Some(p) = pricing {
+        super::usage::record_on(deps, &read, p, at).await?;
+    }
+    Ok(Applied::NoChange)
 }
 
 /// A move (priced or not) that answered `e` after every try: the first may have landed,

@@ -661,6 +661,130 @@ async fn a_hold_reason_kept_unscrubbed_is_read_back_scrubbed_by_every_read(p: Po
     assert_eq!(reasons, [Some(scrubbed.to_owned())]);
 }
 
+/// A `delivered` Meta reports after the `read` records its time among the message's
+/// events (status kept), only on the message as it was read and only once; folded with
+/// the pricing when it is the first to carry it.
+async fn an_overtaken_status_records_its_time_once_on_the_message_as_read(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    let day = NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+    let utility = Pricing::parse("PMP", "utility", "regular").unwrap();
+    let expires = Some(p.clock.now().timestamp() + 1000);
+    let t0 = p.clock.now();
+    let read_at = t0 + Duration::seconds(3);
+    let delivered_at = t0 + Duration::seconds(2);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (m, debit) = message(&p, &t.id, 1000);
+        p.messages.insert_with_debit(&m, &debit).await.unwrap();
+        for (to, at) in [
+            (MessageStatus::Sent, t0 + Duration::seconds(1)),
+            (MessageStatus::Read, read_at),
+        ] {
+            let moved = p
+                .messages
+                .transition(&t.id, &m.id, to, &StatusChange::default(), at)
+                .await
+                .unwrap();
+            assert!(matches!(moved, Transition::Applied(_)), "{to:?}");
+        }
+        ids.push(m.id);
+        p.clock.advance(Duration::milliseconds(2));
+    }
+    let get = |id: usize| {
+        let (p, t, ids) = (&p, &t, &ids);
+        async move {
+            p.messages
+                .get_message(&t.id, &ids[id])
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let delivered = kirim::domain::StatusEvent {
+        status: MessageStatus::Delivered,
+        at: delivered_at,
+    };
+    let seen = get(0).await;
+    assert!(p
+        .messages
+        .record_overtaken(&seen, delivered.clone(), None)
+        .await
+        .unwrap());
+    let m = get(0).await;
+    assert_eq!(m.status, MessageStatus::Read, "never moved back");
+    assert_eq!(m.updated_at, seen.updated_at, "not a move");
+    let events: Vec<_> = m.events.iter().map(|e| (e.status, e.at)).collect();
+    assert_eq!(
+        events,
+        [
+            (MessageStatus::Accepted, seen.events[0].at),
+            (MessageStatus::Sent, t0 + Duration::seconds(1)),
+            (MessageStatus::Delivered, delivered_at),
+            (MessageStatus::Read, read_at),
+        ],
+        "in the order of its life"
+    );
+    // Again on the same read (changed since), or on the message as it is now (it has one):
+    // nothing written. A read a moment behind (`sent`, before the `read`): nothing.
+    assert!(!p
+        .messages
+        .record_overtaken(&seen, delivered.clone(), None)
+        .await
+        .unwrap());
+    assert!(!p
+        .messages
+        .record_overtaken(&m, delivered.clone(), None)
+        .await
+        .unwrap());
+    let behind = kirim::domain::MessageRecord {
+        status: MessageStatus::Sent,
+        events: seen.events[..2].to_vec(),
+        ..seen.clone()
+    };
+    assert!(!p
+        .messages
+        .record_overtaken(&behind, delivered.clone(), None)
+        .await
+        .unwrap());
+    assert_eq!(get(0).await.events, m.events);
+    // The first status carrying the pricing: its time, the pricing and the count in one
+    // write; then, priced, nothing more.
+    let seen = get(1).await;
+    let priced = PricedMessage {
+        tenant: &t.id,
+        message: &ids[1],
+        pricing: &utility,
+        day,
+        credits: 1,
+        expires_at: expires,
+    };
+    assert!(p
+        .messages
+        .record_overtaken(&seen, delivered.clone(), Some(&priced))
+        .await
+        .unwrap());
+    let m = get(1).await;
+    assert_eq!(m.pricing.as_ref(), Some(&utility));
+    assert!(m
+        .events
+        .iter()
+        .any(|e| e.status == MessageStatus::Delivered && e.at == delivered_at));
+    let sent = kirim::domain::StatusEvent {
+        status: MessageStatus::Sent,
+        at: t0,
+    };
+    assert!(
+        !p.messages
+            .record_overtaken(&m, sent, Some(&priced))
+            .await
+            .unwrap(),
+        "it has a sent event already"
+    );
+    let rows = p.usage.usage(&t.id, day, day).await.unwrap();
+    let got: Vec<(i64, i64)> = rows.iter().map(|r| (r.messages, r.credits)).collect();
+    assert_eq!(got, vec![(1, 1)], "counted once");
+}
+
 /// Meta's spam limit on one number (131048) holds that number: only a number that exists,
 /// the first hold kept, never for Meta's word older than an admin's resume; a resume lifts
 /// only a hold there is, and records when.
@@ -1066,6 +1190,7 @@ contract!(
     an_older_throughput_never_undoes_one_an_older_item_timed_by_its_quality,
     a_number_without_its_route_is_removed_and_another_tenants_route_stays,
     the_status_first_carrying_pricing_moves_prices_and_counts_the_message_in_one_write,
+    an_overtaken_status_records_its_time_once_on_the_message_as_read,
     a_number_is_one_tenants_at_most_and_its_route_names_that_tenant,
     a_number_is_never_added_to_a_closed_tenant,
     an_onboarded_numbers_display_is_written_in_the_tenants_one_write,

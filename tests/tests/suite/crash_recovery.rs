@@ -649,6 +649,14 @@ impl MessageStore for Flaky {
         }
         self.inner.transition(tenant, id, to, change, at).await
     }
+    async fn record_overtaken(
+        &self,
+        seen: &MessageRecord,
+        event: kirim::domain::StatusEvent,
+        priced: Option<&kirim::ports::PricedMessage<'_>>,
+    ) -> Result<bool, StoreError> {
+        self.inner.record_overtaken(seen, event, priced).await
+    }
     async fn fail_and_refund(
         &self,
         tenant: &TenantId,

@@ -302,6 +302,14 @@ impl MessageStore for InFlight {
         self.now.fetch_sub(1, SeqCst);
         moved
     }
+    async fn record_overtaken(
+        &self,
+        seen: &MessageRecord,
+        event: kirim::domain::StatusEvent,
+        priced: Option<&PricedMessage<'_>>,
+    ) -> Result<bool, StoreError> {
+        self.inner.record_overtaken(seen, event, priced).await
+    }
     async fn fail_and_refund(
         &self,
         tenant: &TenantId,
@@ -424,8 +432,138 @@ async fn a_body_s_statuses_are_applied_several_at_once_each_message_s_in_order(b
     }
 }
 
+/// Meta's statuses out of order (the sandbox's number 0008 sends them so): a `delivered`
+/// after the `read` records its time (the API's `delivered_at`), the status stays `read`; a
+/// second one, and a `failed` after the `read`, change nothing.
+async fn a_delivered_after_read_keeps_its_time_and_the_message_stays_read(b: Backend) {
+    let (deps, _, clock) = two_processes(b).await;
+    let now = clock.now();
+    let (t, messages) = sent_messages(&deps, now, 1).await;
+    let (m, w) = &messages[0];
+    let at = now.timestamp();
+    let one = |status: Value| body(&t.phone_number_id, vec![status], vec![]);
+    let apply = |raw: Vec<u8>| {
+        let deps = deps.clone();
+        async move { webhook::apply(&deps, &raw).await.unwrap() }
+    };
+    let stored = || {
+        let (deps, t, id) = (deps.clone(), t.id.clone(), m.id.clone());
+        async move { deps.messages.get_message(&t, &id).await.unwrap().unwrap() }
+    };
+    assert_eq!(
+        apply(one(status_of(m, w, "read", at - 2, false)))
+            .await
+            .applied,
+        1
+    );
+    let read = stored().await;
+    assert!(read
+        .events
+        .iter()
+        .all(|e| e.status != MessageStatus::Delivered));
+    assert_eq!(
+        apply(one(status_of(m, w, "delivered", at - 3, false)))
+            .await
+            .applied,
+        1,
+        "its time recorded"
+    );
+    let after = stored().await;
+    assert_eq!(after.status, MessageStatus::Read);
+    let delivered: Vec<_> = after
+        .events
+        .iter()
+        .filter(|e| e.status == MessageStatus::Delivered)
+        .map(|e| e.at.timestamp())
+        .collect();
+    assert_eq!(delivered, [at - 3], "delivered_at is the status's own time");
+    // The API's message view shows `events` as stored: in time order.
+    let statuses: Vec<&str> = after.events.iter().map(|e| e.status.as_str()).collect();
+    assert_eq!(
+        statuses,
+        ["accepted", "sending", "sent", "delivered", "read"]
+    );
+    // Again (Meta repeats it), another `delivered`, a `failed`: nothing changes.
+    for status in [
+        status_of(m, w, "delivered", at - 3, false),
+        status_of(m, w, "delivered", at - 1, true),
+        json!({"id": w, "status": "failed", "timestamp": at.to_string(), "recipient_id": "60123456789",
+            "biz_opaque_callback_data": Callback::new(m.id.clone(), Some(&m.tenant_id)).text(),
+            "errors": [{"code": 131026, "title": "Message undeliverable"}]}),
+    ] {
+        let summary = apply(one(status)).await;
+        assert_eq!((summary.applied, summary.errors), (0, 0), "{summary:?}");
+    }
+    let last = stored().await;
+    assert_eq!(last.status, MessageStatus::Read);
+    assert_eq!(last.events, after.events, "unchanged");
+    assert_eq!(last.error, None);
+    assert!(
+        last.pricing.is_some(),
+        "the later delivered's pricing, counted once"
+    );
+}
+
+/// A message whose send's answer was lost (`sending`), settled by Meta's `read` and then
+/// its `sent`: the `sent` records its time (`sent_at`), the status stays `read`.
+async fn a_sent_after_read_of_a_message_without_one_keeps_its_time(b: Backend) {
+    let (deps, _, clock) = two_processes(b).await;
+    let now = clock.now();
+    let t = tenant(10);
+    deps.tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let (m, debit) = message_for(&t.id, now);
+    deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+    deps.messages
+        .transition(
+            &t.id,
+            &m.id,
+            MessageStatus::Sending,
+            &StatusChange::default(),
+            now,
+        )
+        .await
+        .unwrap();
+    let w = format!("wamid.{}", ulid::Ulid::new());
+    let at = now.timestamp();
+    for (status, applied) in [("read", 1), ("sent", 1), ("sent", 0)] {
+        let summary = webhook::apply(
+            &deps,
+            &body(
+                &t.phone_number_id,
+                vec![status_of(&m, &w, status, at - 5, false)],
+                vec![],
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(summary.applied, applied, "{status}: {summary:?}");
+    }
+    let stored = deps
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, MessageStatus::Read);
+    let moves: Vec<_> = stored.events.iter().map(|e| e.status).collect();
+    assert_eq!(
+        moves,
+        [
+            MessageStatus::Accepted,
+            MessageStatus::Sending,
+            MessageStatus::Sent,
+            MessageStatus::Read
+        ]
+    );
+}
+
 on_both_backends!(
     a_body_of_300_statuses_ends_each_message_read_counted_once,
     a_body_of_statuses_with_a_stop_then_a_start_listed_first_ends_opted_in,
     a_body_s_statuses_are_applied_several_at_once_each_message_s_in_order,
+    a_delivered_after_read_keeps_its_time_and_the_message_stays_read,
+    a_sent_after_read_of_a_message_without_one_keeps_its_time,
 );

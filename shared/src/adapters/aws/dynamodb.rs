@@ -1809,6 +1809,15 @@ impl MessageStore for DynamoStore {
             .await
     }
 
+    async fn record_overtaken(
+        &self,
+        seen: &MessageRecord,
+        event: StatusEvent,
+        priced: Option<&crate::ports::PricedMessage<'_>>,
+    ) -> Result<bool, StoreError> {
+        self.overtaken_event(seen, event, priced).await
+    }
+
     async fn fail_and_refund(
         &self,
         tenant: &TenantId,

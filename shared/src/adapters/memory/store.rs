@@ -1068,6 +1068,39 @@ impl MessageStore for MemoryStore {
         Ok(Transition::Applied(Box::new(m.clone())))
     }
 
+    async fn record_overtaken(
+        &self,
+        seen: &MessageRecord,
+        event: StatusEvent,
+        priced: Option<&crate::ports::PricedMessage<'_>>,
+    ) -> Result<bool, StoreError> {
+        if seen.events.iter().any(|e| e.status == event.status) {
+            return Ok(false);
+        }
+        // One lock for the events, the pricing and the row: one write (or transaction) on
+        // DynamoDB, on the same condition.
+        let mut s = self.lock()?;
+        let now = self.clock.now().timestamp();
+        let Some(m) = s
+            .messages
+            .get_mut(message_key(&(&seen.tenant_id, &seen.id)))
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+            .filter(|m| m.status == seen.status && m.events.len() == seen.events.len())
+            .filter(|m| priced.is_none() || m.pricing.is_none())
+        else {
+            return Ok(false);
+        };
+        let m = Arc::make_mut(m);
+        m.events = crate::ports::with_overtaken(&m.events, event);
+        if let Some(priced) = priced {
+            m.pricing = Some(priced.pricing.clone());
+        }
+        if let Some(priced) = priced {
+            numbers::count(&mut s, priced);
+        }
+        Ok(true)
+    }
+
     async fn fail_and_refund(
         &self,
         tenant: &TenantId,

@@ -92,6 +92,61 @@ impl DynamoStore {
         }
     }
 
+    /// `MessageStore::record_overtaken`: `SET events` (the list as read, with `event` in
+    /// its place), conditioned on the status and the count of events as read; with
+    /// `priced`, the pricing too (none yet) and the usage row, in one transaction.
+    pub(super) async fn overtaken_event(
+        &self,
+        seen: &crate::domain::MessageRecord,
+        event: crate::domain::StatusEvent,
+        priced: Option<&PricedMessage<'_>>,
+    ) -> Result<bool, StoreError> {
+        if seen.events.iter().any(|e| e.status == event.status) {
+            return Ok(false);
+        }
+        let events = dyn_value(&crate::ports::with_overtaken(&seen.events, event))?;
+        let key = keys::message(&seen.tenant_id, &seen.id).attrs();
+        let names = std::collections::HashMap::from([
+            ("#status".to_owned(), "status".to_owned()),
+            ("#ttl".to_owned(), TTL_ATTR.to_owned()),
+        ]);
+        let mut values: Item = Item::from([
+            (":ev".to_owned(), events),
+            (":seen".to_owned(), s(seen.status.as_str())),
+            (":n".to_owned(), n(seen.events.len() as i64)),
+            (":now".to_owned(), n(self.now_secs())),
+        ]);
+        let cond = "#status = :seen AND size(events) = :n \
+                    AND (attribute_not_exists(#ttl) OR #ttl > :now)";
+        let Some(priced) = priced else {
+            // Alone, not in a transaction: one write unit, not two.
+            let res = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key))
+                .update_expression("SET events = :ev")
+                .condition_expression(cond)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
+                .send()
+                .await;
+            return super::super::written("dynamodb update", res);
+        };
+        values.insert(":p".to_owned(), dyn_value(priced.pricing)?);
+        let update = built(
+            Update::builder()
+                .table_name(&self.table)
+                .set_key(Some(key))
+                .update_expression("SET events = :ev, pricing = :p")
+                .condition_expression(format!("{cond} AND attribute_not_exists(pricing)"))
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
+                .build(),
+        )?;
+        self.priced_with(update, priced).await
+    }
+
     /// Adds the number: its route claimed free (`over: None`) or taken over from a closed
     /// tenant that still holds it (`PhoneNumberStore::add_phone_number_over_closed`).
     async fn add_number_claiming(

@@ -13,7 +13,7 @@ use crate::ports::{
 use crate::store_error::StoreError;
 
 /// Adds a priced message to its day's usage row.
-fn count(s: &mut State, priced: &PricedMessage<'_>) {
+pub(super) fn count(s: &mut State, priced: &PricedMessage<'_>) {
     let p = priced.pricing;
     let row = s
         .usage
