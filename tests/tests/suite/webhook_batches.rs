@@ -243,6 +243,8 @@ struct InFlight {
     most: AtomicUsize,
     /// Per message: ("start"|"end", status) in the order they happened.
     log: Mutex<HashMap<MessageId, Vec<(&'static str, MessageStatus)>>>,
+    /// Each read and move takes this long (a stand-in for DynamoDB's latency).
+    latency: Option<std::time::Duration>,
 }
 
 impl InFlight {
@@ -274,6 +276,9 @@ impl MessageStore for InFlight {
         tenant: &TenantId,
         id: &MessageId,
     ) -> Result<Option<Arc<MessageRecord>>, StoreError> {
+        if let Some(l) = self.latency {
+            tokio::time::sleep(l).await;
+        }
         self.inner.peek_message(tenant, id).await
     }
     async fn list_messages(
@@ -296,6 +301,9 @@ impl MessageStore for InFlight {
         self.note(id, "start", to);
         for _ in 0..3 {
             tokio::task::yield_now().await;
+        }
+        if let Some(l) = self.latency {
+            tokio::time::sleep(l).await;
         }
         let moved = self.inner.transition(tenant, id, to, change, at).await;
         self.note(id, "end", to);
@@ -392,6 +400,7 @@ async fn a_body_s_statuses_are_applied_several_at_once_each_message_s_in_order(b
         now: AtomicUsize::new(0),
         most: AtomicUsize::new(0),
         log: Mutex::new(HashMap::new()),
+        latency: None,
     });
     deps.messages = store.clone();
     let at = now.timestamp();
@@ -558,6 +567,120 @@ async fn a_sent_after_read_of_a_message_without_one_keeps_its_time(b: Backend) {
             MessageStatus::Read
         ]
     );
+}
+
+/// The time to answer one signed body of 1,000 `delivered` statuses (priced, as Meta
+/// sends them) of known messages, through the HTTP route: not a test (BENCHMARKS.md
+/// "A body of many statuses"). `cargo test -p kirim-tests --test suite --
+/// --ignored --nocapture time_to_answer`.
+async fn time_to_answer_a_body_of_1000_statuses(b: Backend) {
+    let app = kirim_tests::spawn_app(b).await;
+    let t = app.onboard(5000).await;
+    let tenant = TenantId::from_trusted(t.tenant_id.clone());
+    let deps = app.app.deps.clone();
+    let now = deps.clock.now();
+    // Made 16 at a time (not measured).
+    let mut messages = Vec::new();
+    for _ in 0..(1000 / 16 + 1) {
+        let made = futures::future::join_all((0..16).map(|_| {
+            let (deps, tenant) = (deps.clone(), tenant.clone());
+            async move {
+                let (m, debit) = message_for(&tenant, now);
+                deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+                let wamid = format!("wamid.{}", ulid::Ulid::new());
+                for to in [MessageStatus::Sending, MessageStatus::Sent] {
+                    let change = StatusChange {
+                        wamid: (to == MessageStatus::Sent).then(|| wamid.clone()),
+                        ..Default::default()
+                    };
+                    deps.messages
+                        .transition(&tenant, &m.id, to, &change, now)
+                        .await
+                        .unwrap();
+                }
+                deps.messages
+                    .index_wamid(&tenant, &m.id, &wamid, m.expires_at)
+                    .await
+                    .unwrap();
+                (m, wamid)
+            }
+        }))
+        .await;
+        messages.extend(made);
+    }
+    messages.truncate(1000);
+    let at = now.timestamp();
+    let statuses: Vec<Value> = messages
+        .iter()
+        .map(|(m, w)| status_of(m, w, "delivered", at, true))
+        .collect();
+    let raw = String::from_utf8(body(&t.phone_number_id, statuses, vec![])).unwrap();
+    let started = std::time::Instant::now();
+    let res = app
+        .http
+        .post(app.url("/webhooks/meta"))
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature-256",
+            kirim_tests::sign_with(kirim_tests::META_APP_SECRET, raw.as_bytes()),
+        )
+        .body(raw.clone())
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let status = res.status();
+    let answer: Value = res.json().await.unwrap();
+    println!(
+        "{b:?}: a body of 1,000 statuses ({} bytes) answered {status} in {:.2} s, {} in flight: {answer}",
+        raw.len(),
+        took.as_secs_f64(),
+        webhook::STATUSES_IN_FLIGHT
+    );
+    assert_eq!(answer["summary"]["applied"], 1000, "{answer}");
+}
+
+#[tokio::test]
+#[ignore]
+async fn time_to_answer_a_body_of_1000_statuses_on_memory() {
+    time_to_answer_a_body_of_1000_statuses(Backend::Memory).await
+}
+
+#[tokio::test]
+#[ignore]
+async fn time_to_answer_a_body_of_1000_statuses_on_moto() {
+    time_to_answer_a_body_of_1000_statuses(Backend::Aws).await
+}
+
+/// [`time_to_answer_a_body_of_1000_statuses`] on the memory store with 5 ms added to each
+/// read and move of a message (2 of a status's calls): what the statuses in flight save
+/// where a store's latency, not its CPU, is the cost (DynamoDB's; moto's is its CPU).
+#[tokio::test]
+#[ignore]
+async fn time_to_apply_a_body_of_1000_statuses_with_5_ms_a_call() {
+    let (mut deps, _, clock) = two_processes(Backend::Memory).await;
+    let now = clock.now();
+    let (t, messages) = sent_messages(&deps, now, 1000).await;
+    deps.messages = Arc::new(InFlight {
+        inner: deps.messages.clone(),
+        now: AtomicUsize::new(0),
+        most: AtomicUsize::new(0),
+        log: Mutex::new(HashMap::new()),
+        latency: Some(std::time::Duration::from_millis(5)),
+    });
+    let statuses = messages
+        .iter()
+        .map(|(m, w)| status_of(m, w, "delivered", now.timestamp(), false))
+        .collect();
+    let raw = body(&t.phone_number_id, statuses, vec![]);
+    let started = std::time::Instant::now();
+    let summary = webhook::apply(&deps, &raw).await.unwrap();
+    println!(
+        "memory + 5 ms a call: 1,000 statuses applied in {:.2} s, {} in flight: {summary:?}",
+        started.elapsed().as_secs_f64(),
+        webhook::STATUSES_IN_FLIGHT
+    );
+    assert_eq!(summary.applied, 1000);
 }
 
 on_both_backends!(
