@@ -388,10 +388,15 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
 /// status is a few DynamoDB calls of 5–10 ms one after another, so applied one by one a body
 /// of a few thousand outlasted the function's 29 s and Meta sent all of it again. All of
 /// a tenant's messages share one partition (`TENANT#{t}`), whose writes DynamoDB takes up
-/// to 1,000 units a second: 16 statuses in flight, each about 40 ms of calls and a unit or
-/// two of writes, stay near half of that (32 would pass it, and the throttled retries lose
-/// the time won), and keep a webhook's connections and memory small.
-pub const STATUSES_IN_FLIGHT: usize = 16;
+/// to 1,000 units a second, and a day's first priced statuses of one category all write one
+/// usage row (`USAGE#…`) in their transactions, which DynamoDB cancels as conflicts when
+/// they overlap (retried, 7 tries in ~0.3 s): 8 statuses in flight, each about 40 ms of
+/// calls and up to ~6 write units (a priced move's transaction of two items and its index
+/// move), stay within both (16 could reach the partition's limit and queue 16 transactions on
+/// one usage row, past the retries' time: the body answered 500 and sent again), and keep a
+/// webhook's connections and memory small. Not measured against DynamoDB (moto has no
+/// transaction conflicts): 200 statuses a second at 40 ms, a body of 1,000 in ~5 s.
+pub const STATUSES_IN_FLIGHT: usize = 8;
 
 /// The statuses of a body of several events, concurrently ([`STATUSES_IN_FLIGHT`] at a
 /// time) but one wamid's in the order listed, one after another: the store's conditional

@@ -119,18 +119,19 @@ impl DynamoStore {
         let cond = "#status = :seen AND size(events) = :n \
                     AND (attribute_not_exists(#ttl) OR #ttl > :now)";
         let Some(priced) = priced else {
-            // Alone, not in a transaction: one write unit, not two.
-            let res = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(key))
-                .update_expression("SET events = :ev")
-                .condition_expression(cond)
-                .set_expression_attribute_names(Some(names))
-                .set_expression_attribute_values(Some(values))
-                .send()
-                .await;
+            // Alone, not in a transaction: one write unit, not two. A priced move of the
+            // same message in flight (another body's) is a conflict, tried again.
+            let res = super::update_retrying_conflicts(
+                self.client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key))
+                    .update_expression("SET events = :ev")
+                    .condition_expression(cond)
+                    .set_expression_attribute_names(Some(names))
+                    .set_expression_attribute_values(Some(values)),
+            )
+            .await;
             return super::super::written("dynamodb update", res);
         };
         values.insert(":p".to_owned(), dyn_value(priced.pricing)?);
