@@ -315,6 +315,7 @@ async fn list_chain(
             }
         }
     }
+    super::window(q.since, q.until)?;
     let (events, next) = audit::list(&s.deps, chain, &q).await?;
     let next_cursor = next.map(|n| n.to_string());
     Ok(Json(json!({"events": events, "next_cursor": next_cursor})).into_response())

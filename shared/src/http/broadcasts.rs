@@ -100,7 +100,7 @@ async fn create(
     ctx: TenantCtx,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-    body: Bytes,
+    super::extract::RawBody(body): super::extract::RawBody,
 ) -> ApiResult {
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -219,7 +219,7 @@ async fn retry_failed(
     ctx: TenantCtx,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    super::extract::RawBody(body): super::extract::RawBody,
 ) -> ApiResult {
     super::minted_path(&id)?;
     let key = super::idempotency::key_of(&headers)?;

@@ -163,13 +163,40 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+/// A request's body as bytes, refused `415` if compressed ([`encoded`]), `413` past the
+/// route's limit, `400` if it cannot be read: every JSON body of the API is read here.
+pub(crate) async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    if let Some(refused) = encoded(req.headers()) {
+        return Err(refused);
+    }
     Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large()
         } else {
             ApiError::invalid("could not read the request body")
         }
+    })
+}
+
+/// A body sent compressed (`Content-Encoding: gzip`, `br`, ...; anything but `identity`)
+/// is refused `415 invalid_request` before it is read: its bytes are not JSON, and
+/// "malformed JSON at line 1 column 1" would send its sender looking in the wrong place.
+/// Kirim takes bodies uncompressed (at most 256 KiB), as Stripe's and Twilio's APIs do;
+/// the header's value is not echoed.
+fn encoded(headers: &axum::http::HeaderMap) -> Option<ApiError> {
+    let mut all = headers.get_all(axum::http::header::CONTENT_ENCODING).iter();
+    let plain = all.all(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .all(|c| c.trim().is_empty() || c.trim().eq_ignore_ascii_case("identity"))
+        })
+    });
+    (!plain).then(|| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request",
+            "compressed request bodies are not accepted (Content-Encoding): send the JSON uncompressed",
+        )
     })
 }
 
@@ -190,6 +217,19 @@ pub(crate) fn too_large() -> ApiError {
 /// nothing and is counted as it comes.
 pub(crate) fn declared_over(body: &axum::body::Body, limit: usize) -> bool {
     http_body::Body::size_hint(body).lower() > limit as u64
+}
+
+/// A body read whole as bytes, for a route that reads it its own way (a CSV upload, a body
+/// that may be left out): refused as every body is ([`body_bytes`]: compressed `415`,
+/// past the limit `413`).
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        body_bytes(req, state).await.map(RawBody)
+    }
 }
 
 /// A JSON body that may be left out entirely (then `T::default()`); if present it is
@@ -312,7 +352,7 @@ pub struct ClientIp(pub Option<std::net::IpAddr>);
 
 #[cfg(test)]
 mod tests {
-    use super::{bearer_of, parse_json};
+    use super::{bearer_of, encoded, parse_json};
     use axum::http::{header::AUTHORIZATION, HeaderMap, HeaderValue};
 
     fn with(v: &str) -> HeaderMap {
@@ -371,5 +411,24 @@ mod tests {
         assert_eq!(bearer_of(&h), None);
         assert_eq!(bearer_of(&with("Bearerkirim_abc")), None);
         assert_eq!(bearer_of(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_compressed_body_is_refused_and_identity_or_no_encoding_is_read() {
+        use axum::http::header::CONTENT_ENCODING;
+        let enc = |vs: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in vs {
+                h.append(CONTENT_ENCODING, HeaderValue::from_str(v).unwrap());
+            }
+            encoded(&h).map(|e| e.status.as_u16())
+        };
+        assert_eq!(enc(&[]), None);
+        assert_eq!(enc(&["identity"]), None);
+        assert_eq!(enc(&["Identity "]), None);
+        assert_eq!(enc(&["gzip"]), Some(415));
+        assert_eq!(enc(&["identity, gzip"]), Some(415));
+        assert_eq!(enc(&["identity", "br"]), Some(415));
+        assert_eq!(enc(&["deflate"]), Some(415));
     }
 }

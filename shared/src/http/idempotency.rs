@@ -3,7 +3,6 @@
 //! answer (a replay answers the first response again, marked `Idempotent-Replayed: true`
 //! as Stripe does).
 
-use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -33,13 +32,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Keyed<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let key = key_of(req.headers())?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                super::extract::too_large()
-            } else {
-                ApiError::invalid("could not read the request body")
-            }
-        })?;
+        let bytes = super::extract::body_bytes(req, state).await?;
         if bytes.is_empty() {
             return Err(ApiError::invalid("a JSON body is required"));
         }

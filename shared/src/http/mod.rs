@@ -464,6 +464,21 @@ pub(crate) fn parse_time(name: &str, v: &str) -> Result<chrono::DateTime<chrono:
         .map_err(|_| ApiError::invalid(format!("{name} must be an RFC 3339 time")))
 }
 
+/// A list's `since` (inclusive) at or after its `until` (exclusive) selects nothing, on any
+/// page: `400 invalid_request` rather than an empty list, which would read as "none in that
+/// time" when the two were given the wrong way round.
+pub(crate) fn window(
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<(), ApiError> {
+    match (since, until) {
+        (Some(s), Some(u)) if s >= u => Err(ApiError::invalid(
+            "since must be earlier than until (since is inclusive, until exclusive)",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The query of a list that takes only `limit` (1 to 100, `default` when absent) and
 /// `cursor` (`GET /v1/api-keys`, `GET /v1/users`, `GET /v1/opt-outs`), refused as the other
 /// lists refuse theirs.
@@ -523,6 +538,7 @@ async fn list_messages(
             other => return Err(ApiError::unknown_query_parameter(other)),
         }
     }
+    window(q.since, q.until)?;
     let page = match broadcast {
         // One campaign's messages, in id order (as `recipients.csv`); not the tenant's
         // campaign, or no campaign id at all: `404`, as `GET /v1/broadcasts/{id}`.

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
 use axum::extract::State;
 
 use super::extract::{NoBody, Path, Query};
@@ -110,7 +109,7 @@ async fn put_one(
     State(s): State<AppState>,
     ctx: TenantCtx,
     Path(key): Path<String>,
-    body: Bytes,
+    super::extract::RawBody(body): super::extract::RawBody,
 ) -> ApiResult {
     let tenant = ctx.tenant_id();
     let key = optouts::parse_key(&key)?;

@@ -1174,7 +1174,156 @@ async fn a_request_with_two_authorization_headers_is_refused(b: Backend) {
     assert_eq!(one.status(), 200);
 }
 
+/// A compressed body is refused `415` before it is read (its bytes are not JSON), on a
+/// send and on an admin write, and nothing is sent, charged or made; `identity` is read.
+async fn a_compressed_body_is_refused_415_and_changes_nothing(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let send = br#"{"to":"+60123451234","template":{"name":"order_update","language":"en_US","category":"utility","components":[{"type":"body","parameters":[{"type":"text","text":"A-1"}]}]}}"#;
+    let key = br#"{"name":"zipped","role":"operator"}"#;
+    for (path, body, encoding) in [
+        ("/v1/messages", &send[..], "gzip"),
+        ("/v1/messages", &send[..], "identity, br"),
+        ("/v1/api-keys", &key[..], "deflate"),
+    ] {
+        let res = app
+            .http
+            .post(app.url(path))
+            .bearer_auth(&t.key)
+            .header("content-type", "application/json")
+            .header("content-encoding", encoding)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let (status, code, err) = error_of(res).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (415, "invalid_request"),
+            "{path} {encoding}: {err}"
+        );
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("uncompressed"), "{err}");
+    }
+    // A route that reads its body its own way (an opt-out's optional scope, a CSV upload).
+    for (method, path, content_type, body) in [
+        (
+            "PUT",
+            "/v1/opt-outs/%2B60123451234",
+            "application/json",
+            &b"{}"[..],
+        ),
+        (
+            "POST",
+            "/v1/broadcasts?template_name=order_update&template_language=en_US",
+            "text/csv",
+            &b"phone\n+60123451234\n"[..],
+        ),
+    ] {
+        let res = app
+            .http
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(&t.key)
+            .header("content-type", content_type)
+            .header("content-encoding", "gzip")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        let (status, code, err) = error_of(res).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (415, "invalid_request"),
+            "{path}: {err}"
+        );
+    }
+    let optout = app
+        .http
+        .get(app.url("/v1/opt-outs/%2B60123451234"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(optout.status(), 404, "no opt-out made");
+    assert_eq!(app.credits(&t.key).await, 5, "nothing sent");
+    let keys: Value = app
+        .http
+        .get(app.url("/v1/api-keys"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        keys["api_keys"].as_array().map(Vec::len),
+        Some(1),
+        "no key made: {keys}"
+    );
+    // Said as no encoding at all, it is taken.
+    let res = app
+        .http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&t.key)
+        .header("content-type", "application/json")
+        .header("content-encoding", "identity")
+        .body(send.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    assert_eq!(app.credits(&t.key).await, 4);
+}
+
+/// A list's `since` at or after its `until` selects nothing on any page: `400`, not an
+/// empty list that would read as "none then", on the messages and both audit chains.
+async fn a_time_window_given_the_wrong_way_round_is_refused(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (early, late) = ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z");
+    for (path, token) in [
+        ("/v1/messages", t.key.as_str()),
+        ("/v1/audit", t.key.as_str()),
+        ("/v1/platform/audit", OPERATOR_TOKEN),
+    ] {
+        for (since, until) in [(late, early), (early, early)] {
+            let res = app
+                .http
+                .get(app.url(path))
+                .query(&[("since", since), ("until", until)])
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let (status, code, err) = error_of(res).await;
+            assert_eq!(
+                (status, code.as_str()),
+                (400, "invalid_request"),
+                "{path} {since} {until}: {err}"
+            );
+            assert!(
+                err["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("since must be earlier than until")),
+                "{err}"
+            );
+        }
+        let res = app
+            .http
+            .get(app.url(path))
+            .query(&[("since", early), ("until", late)])
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{path}: the right way round is read");
+    }
+}
+
 on_both_backends!(
+    a_compressed_body_is_refused_415_and_changes_nothing,
+    a_time_window_given_the_wrong_way_round_is_refused,
     a_declared_length_past_the_limit_is_refused_before_the_body_comes,
     a_request_with_two_authorization_headers_is_refused,
     a_body_that_is_a_json_array_is_refused_not_read_as_the_fields_in_order,
