@@ -12,6 +12,8 @@ use kirim::ports::Clock;
 use kirim_infra::local::{start, LocalApp, LocalConfig};
 use tokio::sync::OnceCell;
 
+pub mod doubles;
+
 pub const OPERATOR_TOKEN: &str = "op_test_operator_token";
 
 /// A clock tests move by hand.

@@ -569,192 +569,141 @@ impl Flaky {
     }
 }
 
-#[async_trait]
-impl MessageStore for Flaky {
-    async fn insert_with_debit(
-        &self,
-        record: &MessageRecord,
-        debit: &LedgerEntry,
-    ) -> Result<(), StoreError> {
-        if self.die_on_insert.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("the process died here".into()));
+kirim_tests::pass_through! {
+    impl MessageStore for Flaky {
+        async fn insert_with_debit(
+            &self,
+            record: &MessageRecord,
+            debit: &LedgerEntry,
+        ) -> Result<(), StoreError> {
+            if self.die_on_insert.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("the process died here".into()));
+            }
+            self.inner.insert_with_debit(record, debit).await
         }
-        self.inner.insert_with_debit(record, debit).await
-    }
-    async fn get_message(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-    ) -> Result<Option<MessageRecord>, StoreError> {
-        self.inner.get_message(tenant, id).await
-    }
-    async fn list_messages(
-        &self,
-        tenant: &TenantId,
-        query: &MessageQuery,
-    ) -> Result<MessagePage, StoreError> {
-        if self.fail_list.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("dynamodb throttled".into()));
+        async fn list_messages(
+            &self,
+            tenant: &TenantId,
+            query: &MessageQuery,
+        ) -> Result<MessagePage, StoreError> {
+            if self.fail_list.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("dynamodb throttled".into()));
+            }
+            self.inner.list_messages(tenant, query).await
         }
-        self.inner.list_messages(tenant, query).await
-    }
-    async fn transition(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        to: MessageStatus,
-        change: &StatusChange,
-        at: DateTime<Utc>,
-    ) -> Result<Transition, StoreError> {
-        let lose = match to {
-            MessageStatus::Sending => Some(&self.lose_claim_answer_once),
-            MessageStatus::Sent => Some(&self.lose_sent_answer_once),
-            _ => None,
-        };
-        let first = (to == MessageStatus::Sent)
-            .then(|| self.status_first.lock().ok().and_then(|mut f| f.take()))
-            .flatten();
-        if let Some((deps, owner)) = first {
-            use kirim::domain::meta::{MetaStatus, StatusReport, Wamid};
-            let report = StatusReport {
-                phone_number_id: None,
-                wamid: Wamid::parse(change.wamid.as_deref().expect("Meta's wamid"))
-                    .expect("a wamid"),
-                status: MetaStatus::Delivered,
-                timestamp: Some(chrono::Utc::now().timestamp()),
-                callback: Some(kirim::domain::meta::Callback::new(id.clone(), Some(&owner))),
-                recipient: None,
-                recipient_user_id: None,
-                errors: Vec::new(),
-                pricing: None,
+        async fn transition(
+            &self,
+            tenant: &TenantId,
+            id: &MessageId,
+            to: MessageStatus,
+            change: &StatusChange,
+            at: DateTime<Utc>,
+        ) -> Result<Transition, StoreError> {
+            let lose = match to {
+                MessageStatus::Sending => Some(&self.lose_claim_answer_once),
+                MessageStatus::Sent => Some(&self.lose_sent_answer_once),
+                _ => None,
             };
-            let applied = kirim::service::status::apply(&deps, Some(&owner), &report)
-                .await
-                .expect("applied");
-            assert_eq!(applied, kirim::service::status::Applied::Yes);
+            let first = (to == MessageStatus::Sent)
+                .then(|| self.status_first.lock().ok().and_then(|mut f| f.take()))
+                .flatten();
+            if let Some((deps, owner)) = first {
+                use kirim::domain::meta::{MetaStatus, StatusReport, Wamid};
+                let report = StatusReport {
+                    phone_number_id: None,
+                    wamid: Wamid::parse(change.wamid.as_deref().expect("Meta's wamid"))
+                        .expect("a wamid"),
+                    status: MetaStatus::Delivered,
+                    timestamp: Some(chrono::Utc::now().timestamp()),
+                    callback: Some(kirim::domain::meta::Callback::new(id.clone(), Some(&owner))),
+                    recipient: None,
+                    recipient_user_id: None,
+                    errors: Vec::new(),
+                    pricing: None,
+                };
+                let applied = kirim::service::status::apply(&deps, Some(&owner), &report)
+                    .await
+                    .expect("applied");
+                assert_eq!(applied, kirim::service::status::Applied::Yes);
+            }
+            if lose.is_some_and(|l| l.swap(false, Ordering::SeqCst)) {
+                let landed = self.inner.transition(tenant, id, to, change, at).await?;
+                assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
+            }
+            let every = match to {
+                MessageStatus::Read => Some(&self.lose_read_answer_once),
+                MessageStatus::Sent => Some(&self.lose_sent_every_answer_once),
+                _ => None,
+            };
+            if every.is_some_and(|l| l.swap(false, Ordering::SeqCst)) {
+                let landed = self.inner.transition(tenant, id, to, change, at).await?;
+                assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
+                return Err(StoreError::Unavailable("every try timed out".into()));
+            }
+            self.inner.transition(tenant, id, to, change, at).await
         }
-        if lose.is_some_and(|l| l.swap(false, Ordering::SeqCst)) {
-            let landed = self.inner.transition(tenant, id, to, change, at).await?;
-            assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
-        }
-        let every = match to {
-            MessageStatus::Read => Some(&self.lose_read_answer_once),
-            MessageStatus::Sent => Some(&self.lose_sent_every_answer_once),
-            _ => None,
-        };
-        if every.is_some_and(|l| l.swap(false, Ordering::SeqCst)) {
-            let landed = self.inner.transition(tenant, id, to, change, at).await?;
-            assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
-            return Err(StoreError::Unavailable("every try timed out".into()));
-        }
-        self.inner.transition(tenant, id, to, change, at).await
-    }
-    async fn record_overtaken(
-        &self,
-        seen: &MessageRecord,
-        event: kirim::domain::StatusEvent,
-        priced: Option<&kirim::ports::PricedMessage<'_>>,
-    ) -> Result<bool, StoreError> {
-        self.inner.record_overtaken(seen, event, priced).await
-    }
-    async fn fail_and_refund(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        from: MessageStatus,
-        change: &StatusChange,
-        at: DateTime<Utc>,
-        refund: Option<&LedgerEntry>,
-    ) -> Result<Transition, StoreError> {
-        if self.fail_refund.load(Ordering::SeqCst) {
-            return Err(StoreError::Unavailable("storage is down".into()));
-        }
-        let moved = self
-            .inner
-            .fail_and_refund(tenant, id, from, change, at, refund)
-            .await;
-        if self.lose_refund_answer_once.swap(false, Ordering::SeqCst) {
-            assert!(matches!(moved, Ok(Transition::Applied(_))), "{moved:?}");
-            return Err(StoreError::Unavailable("the read after the commit".into()));
-        }
-        moved
-    }
-    async fn cancel_with_refund(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        from: &[MessageStatus],
-        error: &MessageError,
-        refund: &LedgerEntry,
-        at: DateTime<Utc>,
-    ) -> Result<Transition, StoreError> {
-        self.inner
-            .cancel_with_refund(tenant, id, from, error, refund, at)
-            .await
-    }
-    async fn touch_unclaimed(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        seen: DateTime<Utc>,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.inner.touch_unclaimed(tenant, id, seen, at).await
-    }
-    async fn release_for_retry(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        claimed_at: DateTime<Utc>,
-        error: &MessageError,
-        at: DateTime<Utc>,
-    ) -> Result<Transition, StoreError> {
-        if self.fail_release_once.swap(false, Ordering::SeqCst)
-            || self.fail_release.load(Ordering::SeqCst)
-        {
-            return Err(StoreError::Unavailable("storage blinked".into()));
-        }
-        if self.lose_release_answer_once.swap(false, Ordering::SeqCst) {
-            let landed = self
+        async fn fail_and_refund(
+            &self,
+            tenant: &TenantId,
+            id: &MessageId,
+            from: MessageStatus,
+            change: &StatusChange,
+            at: DateTime<Utc>,
+            refund: Option<&LedgerEntry>,
+        ) -> Result<Transition, StoreError> {
+            if self.fail_refund.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("storage is down".into()));
+            }
+            let moved = self
                 .inner
+                .fail_and_refund(tenant, id, from, change, at, refund)
+                .await;
+            if self.lose_refund_answer_once.swap(false, Ordering::SeqCst) {
+                assert!(matches!(moved, Ok(Transition::Applied(_))), "{moved:?}");
+                return Err(StoreError::Unavailable("the read after the commit".into()));
+            }
+            moved
+        }
+        async fn release_for_retry(
+            &self,
+            tenant: &TenantId,
+            id: &MessageId,
+            claimed_at: DateTime<Utc>,
+            error: &MessageError,
+            at: DateTime<Utc>,
+        ) -> Result<Transition, StoreError> {
+            if self.fail_release_once.swap(false, Ordering::SeqCst)
+                || self.fail_release.load(Ordering::SeqCst)
+            {
+                return Err(StoreError::Unavailable("storage blinked".into()));
+            }
+            if self.lose_release_answer_once.swap(false, Ordering::SeqCst) {
+                let landed = self
+                    .inner
+                    .release_for_retry(tenant, id, claimed_at, error, at)
+                    .await?;
+                assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
+                return Err(StoreError::Unavailable("the answer was lost".into()));
+            }
+            self.inner
                 .release_for_retry(tenant, id, claimed_at, error, at)
-                .await?;
-            assert!(matches!(landed, Transition::Applied(_)), "{landed:?}");
-            return Err(StoreError::Unavailable("the answer was lost".into()));
+                .await
         }
-        self.inner
-            .release_for_retry(tenant, id, claimed_at, error, at)
-            .await
-    }
-    async fn set_wamid(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        wamid: &str,
-        expires_at: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.inner.set_wamid(tenant, id, wamid, expires_at).await
-    }
-    async fn index_wamid(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        wamid: &str,
-        expires_at: Option<i64>,
-    ) -> Result<bool, StoreError> {
-        let failing = self
-            .fail_index
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
-        if failing.is_ok() {
-            return Err(StoreError::Unavailable("storage blinked".into()));
+        async fn index_wamid(
+            &self,
+            tenant: &TenantId,
+            id: &MessageId,
+            wamid: &str,
+            expires_at: Option<i64>,
+        ) -> Result<bool, StoreError> {
+            let failing = self
+                .fail_index
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if failing.is_ok() {
+                return Err(StoreError::Unavailable("storage blinked".into()));
+            }
+            self.inner.index_wamid(tenant, id, wamid, expires_at).await
         }
-        self.inner.index_wamid(tenant, id, wamid, expires_at).await
-    }
-    async fn message_by_wamid(
-        &self,
-        wamid: &str,
-    ) -> Result<Option<(TenantId, MessageId)>, StoreError> {
-        self.inner.message_by_wamid(wamid).await
     }
 }
 

@@ -37,148 +37,56 @@ struct Behind {
     lose_failed_answer: bool,
 }
 
-#[async_trait]
-impl MessageStore for Behind {
-    async fn insert_with_debit(
-        &self,
-        record: &MessageRecord,
-        debit: &LedgerEntry,
-    ) -> Result<(), StoreError> {
-        self.inner.insert_with_debit(record, debit).await
-    }
-    async fn get_message(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-    ) -> Result<Option<MessageRecord>, StoreError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self
-            .failed_reads
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(StoreError::Unavailable("throttled".into()));
+kirim_tests::pass_through! {
+    impl MessageStore for Behind {
+        async fn get_message(
+            &self,
+            tenant: &TenantId,
+            id: &MessageId,
+        ) -> Result<Option<MessageRecord>, StoreError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self
+                .failed_reads
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(StoreError::Unavailable("throttled".into()));
+            }
+            self.inner.get_message(tenant, id).await
         }
-        self.inner.get_message(tenant, id).await
-    }
-    async fn peek_message(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-    ) -> Result<Option<std::sync::Arc<MessageRecord>>, StoreError> {
-        match &self.snapshot {
-            Some(m) => Ok(Some(std::sync::Arc::new(m.clone()))),
-            None => self.inner.peek_message(tenant, id).await,
+        async fn peek_message(
+            &self,
+            tenant: &TenantId,
+            id: &MessageId,
+        ) -> Result<Option<std::sync::Arc<MessageRecord>>, StoreError> {
+            match &self.snapshot {
+                Some(m) => Ok(Some(std::sync::Arc::new(m.clone()))),
+                None => self.inner.peek_message(tenant, id).await,
+            }
         }
-    }
-    async fn list_messages(
-        &self,
-        tenant: &TenantId,
-        query: &MessageQuery,
-    ) -> Result<MessagePage, StoreError> {
-        self.inner.list_messages(tenant, query).await
-    }
-    async fn transition(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        to: MessageStatus,
-        change: &StatusChange,
-        at: DateTime<Utc>,
-    ) -> Result<Transition, StoreError> {
-        let moved = self.inner.transition(tenant, id, to, change, at).await;
-        if self.lose_claim_answer && to == MessageStatus::Sending {
-            moved?;
-            return Err(StoreError::Unavailable("the answer was lost".into()));
+        async fn transition(
+            &self,
+            tenant: &TenantId,
+            id: &MessageId,
+            to: MessageStatus,
+            change: &StatusChange,
+            at: DateTime<Utc>,
+        ) -> Result<Transition, StoreError> {
+            let moved = self.inner.transition(tenant, id, to, change, at).await;
+            if self.lose_claim_answer && to == MessageStatus::Sending {
+                moved?;
+                return Err(StoreError::Unavailable("the answer was lost".into()));
+            }
+            if self.claim_refused_by_itself && to == MessageStatus::Sending {
+                moved?;
+                return Ok(Transition::Refused);
+            }
+            if self.lose_failed_answer && to == MessageStatus::Failed {
+                moved?;
+                return Err(StoreError::Unavailable("the answer was lost".into()));
+            }
+            moved
         }
-        if self.claim_refused_by_itself && to == MessageStatus::Sending {
-            moved?;
-            return Ok(Transition::Refused);
-        }
-        if self.lose_failed_answer && to == MessageStatus::Failed {
-            moved?;
-            return Err(StoreError::Unavailable("the answer was lost".into()));
-        }
-        moved
-    }
-    async fn record_overtaken(
-        &self,
-        seen: &MessageRecord,
-        event: kirim::domain::StatusEvent,
-        priced: Option<&PricedMessage<'_>>,
-    ) -> Result<bool, StoreError> {
-        self.inner.record_overtaken(seen, event, priced).await
-    }
-    async fn fail_and_refund(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        from: MessageStatus,
-        change: &StatusChange,
-        at: DateTime<Utc>,
-        refund: Option<&LedgerEntry>,
-    ) -> Result<Transition, StoreError> {
-        self.inner
-            .fail_and_refund(tenant, id, from, change, at, refund)
-            .await
-    }
-    async fn cancel_with_refund(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        from: &[MessageStatus],
-        error: &MessageError,
-        refund: &LedgerEntry,
-        at: DateTime<Utc>,
-    ) -> Result<Transition, StoreError> {
-        self.inner
-            .cancel_with_refund(tenant, id, from, error, refund, at)
-            .await
-    }
-    async fn touch_unclaimed(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        seen: DateTime<Utc>,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.inner.touch_unclaimed(tenant, id, seen, at).await
-    }
-    async fn release_for_retry(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        claimed_at: DateTime<Utc>,
-        error: &MessageError,
-        at: DateTime<Utc>,
-    ) -> Result<Transition, StoreError> {
-        self.inner
-            .release_for_retry(tenant, id, claimed_at, error, at)
-            .await
-    }
-    async fn set_wamid(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        wamid: &str,
-        expires_at: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.inner.set_wamid(tenant, id, wamid, expires_at).await
-    }
-    async fn index_wamid(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        wamid: &str,
-        expires_at: Option<i64>,
-    ) -> Result<bool, StoreError> {
-        self.inner.index_wamid(tenant, id, wamid, expires_at).await
-    }
-    async fn message_by_wamid(
-        &self,
-        wamid: &str,
-    ) -> Result<Option<(TenantId, MessageId)>, StoreError> {
-        self.inner.message_by_wamid(wamid).await
     }
 }
 

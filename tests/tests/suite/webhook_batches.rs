@@ -6,13 +6,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kirim::config::Backend;
 use kirim::domain::meta::Callback;
-use kirim::domain::{
-    MessageError, MessageId, MessageRecord, MessageStatus, OptOutKey, PhoneNumber, TenantId,
-};
+use kirim::domain::{MessageId, MessageRecord, MessageStatus, OptOutKey, PhoneNumber, TenantId};
 use kirim::ports::*;
 use kirim::service::webhook::{self, WebhookSummary};
 use kirim::service::Deps;
@@ -255,139 +252,40 @@ impl InFlight {
     }
 }
 
-#[async_trait]
-impl MessageStore for InFlight {
-    async fn insert_with_debit(
-        &self,
-        record: &MessageRecord,
-        debit: &LedgerEntry,
-    ) -> Result<(), StoreError> {
-        self.inner.insert_with_debit(record, debit).await
-    }
-    async fn get_message(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-    ) -> Result<Option<MessageRecord>, StoreError> {
-        self.inner.get_message(tenant, id).await
-    }
-    async fn peek_message(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-    ) -> Result<Option<Arc<MessageRecord>>, StoreError> {
-        if let Some(l) = self.latency {
-            tokio::time::sleep(l).await;
+kirim_tests::pass_through! {
+    impl MessageStore for InFlight {
+        async fn peek_message(
+            &self,
+            tenant: &TenantId,
+            id: &MessageId,
+        ) -> Result<Option<Arc<MessageRecord>>, StoreError> {
+            if let Some(l) = self.latency {
+                tokio::time::sleep(l).await;
+            }
+            self.inner.peek_message(tenant, id).await
         }
-        self.inner.peek_message(tenant, id).await
-    }
-    async fn list_messages(
-        &self,
-        tenant: &TenantId,
-        query: &MessageQuery,
-    ) -> Result<MessagePage, StoreError> {
-        self.inner.list_messages(tenant, query).await
-    }
-    async fn transition(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        to: MessageStatus,
-        change: &StatusChange,
-        at: DateTime<Utc>,
-    ) -> Result<Transition, StoreError> {
-        let in_flight = self.now.fetch_add(1, SeqCst) + 1;
-        self.most.fetch_max(in_flight, SeqCst);
-        self.note(id, "start", to);
-        for _ in 0..3 {
-            tokio::task::yield_now().await;
+        async fn transition(
+            &self,
+            tenant: &TenantId,
+            id: &MessageId,
+            to: MessageStatus,
+            change: &StatusChange,
+            at: DateTime<Utc>,
+        ) -> Result<Transition, StoreError> {
+            let in_flight = self.now.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(in_flight, SeqCst);
+            self.note(id, "start", to);
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            if let Some(l) = self.latency {
+                tokio::time::sleep(l).await;
+            }
+            let moved = self.inner.transition(tenant, id, to, change, at).await;
+            self.note(id, "end", to);
+            self.now.fetch_sub(1, SeqCst);
+            moved
         }
-        if let Some(l) = self.latency {
-            tokio::time::sleep(l).await;
-        }
-        let moved = self.inner.transition(tenant, id, to, change, at).await;
-        self.note(id, "end", to);
-        self.now.fetch_sub(1, SeqCst);
-        moved
-    }
-    async fn record_overtaken(
-        &self,
-        seen: &MessageRecord,
-        event: kirim::domain::StatusEvent,
-        priced: Option<&PricedMessage<'_>>,
-    ) -> Result<bool, StoreError> {
-        self.inner.record_overtaken(seen, event, priced).await
-    }
-    async fn fail_and_refund(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        from: MessageStatus,
-        change: &StatusChange,
-        at: DateTime<Utc>,
-        refund: Option<&LedgerEntry>,
-    ) -> Result<Transition, StoreError> {
-        self.inner
-            .fail_and_refund(tenant, id, from, change, at, refund)
-            .await
-    }
-    async fn cancel_with_refund(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        from: &[MessageStatus],
-        error: &MessageError,
-        refund: &LedgerEntry,
-        at: DateTime<Utc>,
-    ) -> Result<Transition, StoreError> {
-        self.inner
-            .cancel_with_refund(tenant, id, from, error, refund, at)
-            .await
-    }
-    async fn touch_unclaimed(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        seen: DateTime<Utc>,
-        at: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
-        self.inner.touch_unclaimed(tenant, id, seen, at).await
-    }
-    async fn release_for_retry(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        claimed_at: DateTime<Utc>,
-        error: &MessageError,
-        at: DateTime<Utc>,
-    ) -> Result<Transition, StoreError> {
-        self.inner
-            .release_for_retry(tenant, id, claimed_at, error, at)
-            .await
-    }
-    async fn set_wamid(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        wamid: &str,
-        expires_at: Option<i64>,
-    ) -> Result<(), StoreError> {
-        self.inner.set_wamid(tenant, id, wamid, expires_at).await
-    }
-    async fn index_wamid(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        wamid: &str,
-        expires_at: Option<i64>,
-    ) -> Result<bool, StoreError> {
-        self.inner.index_wamid(tenant, id, wamid, expires_at).await
-    }
-    async fn message_by_wamid(
-        &self,
-        wamid: &str,
-    ) -> Result<Option<(TenantId, MessageId)>, StoreError> {
-        self.inner.message_by_wamid(wamid).await
     }
 }
 
