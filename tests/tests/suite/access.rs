@@ -1154,80 +1154,23 @@ async fn a_message_in_a_long_retry_backoff_fails_refunded_at_its_next_hop_after_
 /// A secret store that can be made to fail, to test what a claim does on failure.
 #[derive(Default)]
 struct FlakySecrets {
-    inner: kirim::adapters::memory::MemorySecrets,
+    inner: std::sync::Arc<kirim::adapters::memory::MemorySecrets>,
     failing: std::sync::atomic::AtomicBool,
 }
 
-#[async_trait::async_trait]
-impl kirim::ports::SecretStore for FlakySecrets {
-    async fn put_secret(
-        &self,
-        name: &str,
-        value: &kirim::secret::Secret,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.inner.put_secret(name, value).await
-    }
-    async fn get_secret(
-        &self,
-        name: &str,
-    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(kirim::store_error::StoreError::Unavailable(
-                "secrets manager throttled".into(),
-            ));
+kirim_tests::pass_through! {
+    impl SecretStore for FlakySecrets {
+        async fn get_secret(
+            &self,
+            name: &str,
+        ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(kirim::store_error::StoreError::Unavailable(
+                    "secrets manager throttled".into(),
+                ));
+            }
+            self.inner.get_secret(name).await
         }
-        self.inner.get_secret(name).await
-    }
-    async fn get_previous_secret(
-        &self,
-        name: &str,
-    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
-        self.inner.get_previous_secret(name).await
-    }
-    async fn rotated_at(
-        &self,
-        name: &str,
-    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, kirim::store_error::StoreError> {
-        self.inner.rotated_at(name).await
-    }
-    async fn delete_secret(&self, name: &str) -> Result<(), kirim::store_error::StoreError> {
-        self.inner.delete_secret(name).await
-    }
-    async fn replace_secret(
-        &self,
-        name: &str,
-        value: &kirim::secret::Secret,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.inner.replace_secret(name, value).await
-    }
-    async fn stage_secret(
-        &self,
-        name: &str,
-        value: &kirim::secret::Secret,
-    ) -> Result<String, kirim::store_error::StoreError> {
-        self.inner.stage_secret(name, value).await
-    }
-    async fn promote_secret(
-        &self,
-        name: &str,
-        version: &str,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.inner.promote_secret(name, version).await
-    }
-    async fn get_secret_version(
-        &self,
-        name: &str,
-        version: &str,
-    ) -> Result<Option<kirim::secret::Secret>, kirim::store_error::StoreError> {
-        self.inner.get_secret_version(name, version).await
-    }
-    async fn list_secrets(
-        &self,
-        prefix: &str,
-        page: Option<&str>,
-        limit: usize,
-    ) -> Result<kirim::ports::SecretPage, kirim::store_error::StoreError> {
-        self.inner.list_secrets(prefix, page, limit).await
     }
 }
 
@@ -1460,94 +1403,35 @@ fn storage_down() -> kirim::store_error::StoreError {
     kirim::store_error::StoreError::Unavailable("storage is down".into())
 }
 
-#[async_trait::async_trait]
-impl kirim::ports::TenantStore for StatusChangesFail {
-    async fn onboard(
-        &self,
-        tenant: &kirim::ports::Tenant,
-        display: Option<&str>,
-        key: &kirim::ports::ApiKeyRecord,
-        initial: Option<&kirim::ports::LedgerEntry>,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.onboard(tenant, display, key, initial).await
-    }
-    async fn onboard_over_closed(
-        &self,
-        tenant: &kirim::ports::Tenant,
-        display: Option<&str>,
-        key: &kirim::ports::ApiKeyRecord,
-        initial: Option<&kirim::ports::LedgerEntry>,
-        closed: &kirim::domain::TenantId,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0
-            .onboard_over_closed(tenant, display, key, initial, closed)
-            .await
-    }
-    async fn get_tenant(
-        &self,
-        id: &kirim::domain::TenantId,
-    ) -> Result<Option<kirim::ports::Tenant>, kirim::store_error::StoreError> {
-        if self.1 {
-            return Err(storage_down());
+kirim_tests::pass_through! {
+    impl TenantStore for StatusChangesFail via 0 {
+        async fn get_tenant(
+            &self,
+            id: &kirim::domain::TenantId,
+        ) -> Result<Option<kirim::ports::Tenant>, kirim::store_error::StoreError> {
+            if self.1 {
+                return Err(storage_down());
+            }
+            self.0.get_tenant(id).await
         }
-        self.0.get_tenant(id).await
-    }
-    async fn tenant_by_phone_number_id(
-        &self,
-        phone_number_id: &str,
-    ) -> Result<Option<kirim::domain::TenantId>, kirim::store_error::StoreError> {
-        self.0.tenant_by_phone_number_id(phone_number_id).await
-    }
-    async fn api_key_by_hash(
-        &self,
-        key_hash: &str,
-    ) -> Result<Option<kirim::ports::ApiKeyRecord>, kirim::store_error::StoreError> {
-        self.0.api_key_by_hash(key_hash).await
-    }
-    async fn tenants_by_waba(
-        &self,
-        waba_id: &str,
-    ) -> Result<Vec<kirim::domain::TenantId>, kirim::store_error::StoreError> {
-        self.0.tenants_by_waba(waba_id).await
-    }
-    async fn set_ip_allowlist(
-        &self,
-        id: &kirim::domain::TenantId,
-        cidrs: &[String],
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.set_ip_allowlist(id, cidrs).await
-    }
-    async fn set_request_limits(
-        &self,
-        id: &kirim::domain::TenantId,
-        limits: kirim::domain::RequestLimits,
-    ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
-        self.0.set_request_limits(id, limits).await
-    }
-    async fn set_meta_token_changed_at(
-        &self,
-        id: &kirim::domain::TenantId,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
-        self.0.set_meta_token_changed_at(id, at).await
-    }
-    async fn set_status(
-        &self,
-        _id: &kirim::domain::TenantId,
-        _to: kirim::ports::TenantStatus,
-        _reason: Option<&str>,
-        _at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
-        Err(storage_down())
-    }
-    async fn suspend_if_unchanged(
-        &self,
-        _id: &kirim::domain::TenantId,
-        _reason: &str,
-        _at: chrono::DateTime<chrono::Utc>,
-        _seen: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Option<kirim::ports::Tenant>, kirim::store_error::StoreError> {
-        Err(storage_down())
+        async fn set_status(
+            &self,
+            _id: &kirim::domain::TenantId,
+            _to: kirim::ports::TenantStatus,
+            _reason: Option<&str>,
+            _at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<kirim::ports::Tenant, kirim::store_error::StoreError> {
+            Err(storage_down())
+        }
+        async fn suspend_if_unchanged(
+            &self,
+            _id: &kirim::domain::TenantId,
+            _reason: &str,
+            _at: chrono::DateTime<chrono::Utc>,
+            _seen: Option<chrono::DateTime<chrono::Utc>>,
+        ) -> Result<Option<kirim::ports::Tenant>, kirim::store_error::StoreError> {
+            Err(storage_down())
+        }
     }
 }
 

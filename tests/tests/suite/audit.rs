@@ -1881,103 +1881,42 @@ impl OnboardingWindow {
     }
 }
 
-#[async_trait]
-impl kirim::ports::TenantStore for OnboardingWindow {
-    async fn onboard(
-        &self,
-        tenant: &kirim::ports::Tenant,
-        display: Option<&str>,
-        key: &kirim::ports::ApiKeyRecord,
-        initial: Option<&kirim::ports::LedgerEntry>,
-    ) -> Result<(), StoreError> {
-        self.inner.onboard(tenant, display, key, initial).await?;
-        if let Some(deps) = &self.suspend_with {
-            let suspended = kirim::service::accounts::try_suspend_for_meta(
-                deps,
-                &tenant.id,
-                "meta account_update: ACCOUNT_RESTRICTION",
-                "webhook",
-                None,
-            )
-            .await?;
-            assert!(suspended);
+kirim_tests::pass_through! {
+    impl TenantStore for OnboardingWindow {
+        async fn onboard(
+            &self,
+            tenant: &kirim::ports::Tenant,
+            display: Option<&str>,
+            key: &kirim::ports::ApiKeyRecord,
+            initial: Option<&kirim::ports::LedgerEntry>,
+        ) -> Result<(), StoreError> {
+            self.inner.onboard(tenant, display, key, initial).await?;
+            if let Some(deps) = &self.suspend_with {
+                let suspended = kirim::service::accounts::try_suspend_for_meta(
+                    deps,
+                    &tenant.id,
+                    "meta account_update: ACCOUNT_RESTRICTION",
+                    "webhook",
+                    None,
+                )
+                .await?;
+                assert!(suspended);
+            }
+            if self.lose_answer {
+                self.failing_reads.store(1, Ordering::SeqCst);
+                return Err(StoreError::Unavailable("the answer was lost".into()));
+            }
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
         }
-        if self.lose_answer {
-            self.failing_reads.store(1, Ordering::SeqCst);
-            return Err(StoreError::Unavailable("the answer was lost".into()));
+        async fn get_tenant(&self, id: &TenantId) -> Result<Option<kirim::ports::Tenant>, StoreError> {
+            if take(&self.failing_reads) {
+                return Err(StoreError::Unavailable("throttled".into()));
+            }
+            self.inner.get_tenant(id).await
         }
-        if self.hang {
-            std::future::pending::<()>().await;
-        }
-        Ok(())
-    }
-    async fn onboard_over_closed(
-        &self,
-        tenant: &kirim::ports::Tenant,
-        display: Option<&str>,
-        key: &kirim::ports::ApiKeyRecord,
-        initial: Option<&kirim::ports::LedgerEntry>,
-        closed: &kirim::domain::TenantId,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.inner
-            .onboard_over_closed(tenant, display, key, initial, closed)
-            .await
-    }
-    async fn get_tenant(&self, id: &TenantId) -> Result<Option<kirim::ports::Tenant>, StoreError> {
-        if take(&self.failing_reads) {
-            return Err(StoreError::Unavailable("throttled".into()));
-        }
-        self.inner.get_tenant(id).await
-    }
-    async fn tenant_by_phone_number_id(
-        &self,
-        phone_number_id: &str,
-    ) -> Result<Option<TenantId>, StoreError> {
-        self.inner.tenant_by_phone_number_id(phone_number_id).await
-    }
-    async fn api_key_by_hash(
-        &self,
-        key_hash: &str,
-    ) -> Result<Option<kirim::ports::ApiKeyRecord>, StoreError> {
-        self.inner.api_key_by_hash(key_hash).await
-    }
-    async fn tenants_by_waba(&self, waba_id: &str) -> Result<Vec<TenantId>, StoreError> {
-        self.inner.tenants_by_waba(waba_id).await
-    }
-    async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError> {
-        self.inner.set_ip_allowlist(id, cidrs).await
-    }
-    async fn set_request_limits(
-        &self,
-        id: &TenantId,
-        limits: kirim::domain::RequestLimits,
-    ) -> Result<kirim::ports::Tenant, StoreError> {
-        self.inner.set_request_limits(id, limits).await
-    }
-    async fn set_meta_token_changed_at(
-        &self,
-        id: &TenantId,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<kirim::ports::Tenant, StoreError> {
-        self.inner.set_meta_token_changed_at(id, at).await
-    }
-    async fn set_status(
-        &self,
-        id: &TenantId,
-        to: kirim::ports::TenantStatus,
-        reason: Option<&str>,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<kirim::ports::Tenant, StoreError> {
-        self.inner.set_status(id, to, reason, at).await
-    }
-    async fn suspend_if_unchanged(
-        &self,
-        id: &TenantId,
-        reason: &str,
-        at: chrono::DateTime<chrono::Utc>,
-        seen: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Option<kirim::ports::Tenant>, StoreError> {
-        self.inner.suspend_if_unchanged(id, reason, at, seen).await
     }
 }
 

@@ -2781,242 +2781,139 @@ struct TalliesAtOnce {
     most: std::sync::atomic::AtomicUsize,
 }
 
-#[async_trait::async_trait]
-impl kirim::ports::BroadcastStore for LostClaimAnswer {
-    async fn create_broadcast(
-        &self,
-        broadcast: &kirim::ports::Broadcast,
-        recipients: &[kirim::domain::PhoneNumber],
-        debit: &kirim::ports::LedgerEntry,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.inner
-            .create_broadcast(broadcast, recipients, debit)
-            .await
-    }
-    async fn create_broadcast_once(
-        &self,
-        broadcast: &kirim::ports::Broadcast,
-        recipients: &[kirim::domain::PhoneNumber],
-        debit: &kirim::ports::LedgerEntry,
-        key: &kirim::ports::RequestKeyRecord,
-    ) -> Result<kirim::ports::BroadcastOnce, kirim::store_error::StoreError> {
-        self.inner
-            .create_broadcast_once(broadcast, recipients, debit, key)
-            .await
-    }
-    async fn broadcast_key(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        key_hash: &str,
-    ) -> Result<Option<kirim::ports::RequestKeyRecord>, kirim::store_error::StoreError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let missed = self
-            .keys_missed
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .is_ok();
-        if missed {
-            return Ok(None);
+kirim_tests::pass_through! {
+    impl BroadcastStore for LostClaimAnswer {
+        async fn broadcast_key(
+            &self,
+            tenant: &kirim::domain::TenantId,
+            key_hash: &str,
+        ) -> Result<Option<kirim::ports::RequestKeyRecord>, kirim::store_error::StoreError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let missed = self
+                .keys_missed
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if missed {
+                return Ok(None);
+            }
+            self.inner.broadcast_key(tenant, key_hash).await
         }
-        self.inner.broadcast_key(tenant, key_hash).await
-    }
-    async fn get_broadcast(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        id: &str,
-    ) -> Result<Option<kirim::ports::Broadcast>, kirim::store_error::StoreError> {
-        self.inner.get_broadcast(tenant, id).await
-    }
-    async fn broadcast_recipients(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        id: &str,
-    ) -> Result<Option<Vec<kirim::domain::PhoneNumber>>, kirim::store_error::StoreError> {
-        self.inner.broadcast_recipients(tenant, id).await
-    }
-    async fn broadcast_progress(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        id: &str,
-        enqueued: usize,
-        done: bool,
-        hop: kirim::ports::FanoutHop<'_>,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        let written = self
-            .inner
-            .broadcast_progress(tenant, id, enqueued, done, hop)
-            .await?;
-        if self.pause_on_progress && !done {
+        async fn broadcast_progress(
+            &self,
+            tenant: &kirim::domain::TenantId,
+            id: &str,
+            enqueued: usize,
+            done: bool,
+            hop: kirim::ports::FanoutHop<'_>,
+        ) -> Result<bool, kirim::store_error::StoreError> {
+            let written = self
+                .inner
+                .broadcast_progress(tenant, id, enqueued, done, hop)
+                .await?;
+            if self.pause_on_progress && !done {
+                self.inner
+                    .set_broadcast_control(
+                        tenant,
+                        id,
+                        &[None],
+                        Some(kirim::ports::BroadcastControl::Paused),
+                        chrono::Utc::now(),
+                    )
+                    .await?;
+            }
+            Ok(written)
+        }
+        async fn start_broadcast(
+            &self,
+            tenant: &kirim::domain::TenantId,
+            id: &str,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<bool, kirim::store_error::StoreError> {
+            if self.lost_moves {
+                assert!(self.inner.start_broadcast(tenant, id, at).await?);
+            }
+            self.inner.start_broadcast(tenant, id, at).await
+        }
+        async fn set_broadcast_control(
+            &self,
+            tenant: &kirim::domain::TenantId,
+            id: &str,
+            from: &[Option<kirim::ports::BroadcastControl>],
+            to: Option<kirim::ports::BroadcastControl>,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<bool, kirim::store_error::StoreError> {
+            if self.lost_moves
+                && !self
+                    .inner
+                    .set_broadcast_control(tenant, id, from, to, at)
+                    .await?
+            {
+                return Ok(false);
+            }
             self.inner
-                .set_broadcast_control(
-                    tenant,
-                    id,
-                    &[None],
-                    Some(kirim::ports::BroadcastControl::Paused),
-                    chrono::Utc::now(),
-                )
-                .await?;
-        }
-        Ok(written)
-    }
-    async fn close_broadcast_unsent(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        id: &str,
-        enqueued: usize,
-        unsent: usize,
-        refund: Option<&kirim::ports::LedgerEntry>,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        self.inner
-            .close_broadcast_unsent(tenant, id, enqueued, unsent, refund, at)
-            .await
-    }
-    async fn record_unqueued(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        id: &str,
-        from: usize,
-        to: usize,
-        messages: &[kirim::domain::MessageRecord],
-        refund: Option<&kirim::ports::LedgerEntry>,
-        closing: kirim::ports::UnqueuedClose,
-    ) -> Result<kirim::ports::CancelledRecipients, kirim::store_error::StoreError> {
-        self.inner
-            .record_unqueued(tenant, id, from, to, messages, refund, closing)
-            .await
-    }
-    async fn start_broadcast(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        id: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        if self.lost_moves {
-            assert!(self.inner.start_broadcast(tenant, id, at).await?);
-        }
-        self.inner.start_broadcast(tenant, id, at).await
-    }
-    async fn cancel_scheduled_broadcast(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        id: &str,
-        refund: &kirim::ports::LedgerEntry,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        self.inner
-            .cancel_scheduled_broadcast(tenant, id, refund, at)
-            .await
-    }
-    async fn set_broadcast_control(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        id: &str,
-        from: &[Option<kirim::ports::BroadcastControl>],
-        to: Option<kirim::ports::BroadcastControl>,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        if self.lost_moves
-            && !self
-                .inner
                 .set_broadcast_control(tenant, id, from, to, at)
-                .await?
-        {
-            return Ok(false);
+                .await
         }
-        self.inner
-            .set_broadcast_control(tenant, id, from, to, at)
-            .await
-    }
-    async fn claim_broadcast_message(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        message: &kirim::domain::MessageId,
-        broadcast: &str,
-        claim: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<kirim::ports::BroadcastClaim, kirim::store_error::StoreError> {
-        if self.once.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            let landed = self
-                .inner
+        async fn claim_broadcast_message(
+            &self,
+            tenant: &kirim::domain::TenantId,
+            message: &kirim::domain::MessageId,
+            broadcast: &str,
+            claim: &str,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<kirim::ports::BroadcastClaim, kirim::store_error::StoreError> {
+            if self.once.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                let landed = self
+                    .inner
+                    .claim_broadcast_message(tenant, message, broadcast, claim, at)
+                    .await?;
+                assert!(matches!(landed, kirim::ports::BroadcastClaim::Claimed(_)));
+            }
+            self.inner
                 .claim_broadcast_message(tenant, message, broadcast, claim, at)
+                .await
+        }
+        async fn broadcast_messages(
+            &self,
+            broadcast: &kirim::ports::Broadcast,
+            limit: usize,
+            after: Option<&kirim::domain::MessageId>,
+        ) -> Result<
+            (
+                Vec<kirim::domain::MessageRecord>,
+                Option<kirim::domain::MessageId>,
+            ),
+            kirim::store_error::StoreError,
+        > {
+            let read = self
+                .pages_read
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if read >= self.pages_readable {
+                return Err(kirim::store_error::StoreError::Unavailable(
+                    "throttled".into(),
+                ));
+            }
+            let (mut page, next) = self
+                .inner
+                .broadcast_messages(broadcast, limit, after)
                 .await?;
-            assert!(matches!(landed, kirim::ports::BroadcastClaim::Claimed(_)));
+            if self.lagging_walk {
+                page.retain(|m| m.status != kirim::domain::MessageStatus::Accepted);
+            }
+            Ok((page, next))
         }
-        self.inner
-            .claim_broadcast_message(tenant, message, broadcast, claim, at)
-            .await
-    }
-    async fn list_broadcasts(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        limit: usize,
-        before: Option<&str>,
-    ) -> Result<(Vec<kirim::ports::Broadcast>, Option<String>), kirim::store_error::StoreError>
-    {
-        self.inner.list_broadcasts(tenant, limit, before).await
-    }
-    async fn broadcast_messages(
-        &self,
-        broadcast: &kirim::ports::Broadcast,
-        limit: usize,
-        after: Option<&kirim::domain::MessageId>,
-    ) -> Result<
-        (
-            Vec<kirim::domain::MessageRecord>,
-            Option<kirim::domain::MessageId>,
-        ),
-        kirim::store_error::StoreError,
-    > {
-        let read = self
-            .pages_read
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if read >= self.pages_readable {
-            return Err(kirim::store_error::StoreError::Unavailable(
-                "throttled".into(),
-            ));
+        async fn broadcast_tally(
+            &self,
+            broadcast: &kirim::ports::Broadcast,
+        ) -> Result<kirim::ports::BroadcastTally, kirim::store_error::StoreError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.tallies.in_flight.fetch_add(1, SeqCst) + 1;
+            self.tallies.most.fetch_max(now, SeqCst);
+            tokio::task::yield_now().await;
+            let tally = self.inner.broadcast_tally(broadcast).await;
+            self.tallies.in_flight.fetch_sub(1, SeqCst);
+            tally
         }
-        let (mut page, next) = self
-            .inner
-            .broadcast_messages(broadcast, limit, after)
-            .await?;
-        if self.lagging_walk {
-            page.retain(|m| m.status != kirim::domain::MessageStatus::Accepted);
-        }
-        Ok((page, next))
-    }
-    async fn broadcast_messages_consistent(
-        &self,
-        broadcast: &kirim::ports::Broadcast,
-        limit: usize,
-        after: Option<&kirim::domain::MessageId>,
-    ) -> Result<
-        (
-            Vec<kirim::domain::MessageRecord>,
-            Option<kirim::domain::MessageId>,
-        ),
-        kirim::store_error::StoreError,
-    > {
-        self.inner
-            .broadcast_messages_consistent(broadcast, limit, after)
-            .await
-    }
-    async fn insert_broadcast_message(
-        &self,
-        record: &kirim::domain::MessageRecord,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        self.inner.insert_broadcast_message(record).await
-    }
-    async fn broadcast_tally(
-        &self,
-        broadcast: &kirim::ports::Broadcast,
-    ) -> Result<kirim::ports::BroadcastTally, kirim::store_error::StoreError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        let now = self.tallies.in_flight.fetch_add(1, SeqCst) + 1;
-        self.tallies.most.fetch_max(now, SeqCst);
-        tokio::task::yield_now().await;
-        let tally = self.inner.broadcast_tally(broadcast).await;
-        self.tallies.in_flight.fetch_sub(1, SeqCst);
-        tally
     }
 }
 

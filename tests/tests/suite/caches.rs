@@ -194,149 +194,29 @@ impl kirim::adapters::cache::LaggingView for Paused {
     }
 }
 
-#[async_trait::async_trait]
-impl TenantStore for Paused {
-    async fn onboard(
-        &self,
-        tenant: &Tenant,
-        display_phone_number: Option<&str>,
-        key: &ApiKeyRecord,
-        initial: Option<&LedgerEntry>,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.tenants
-            .onboard(tenant, display_phone_number, key, initial)
-            .await
-    }
-    async fn onboard_over_closed(
-        &self,
-        tenant: &Tenant,
-        display_phone_number: Option<&str>,
-        key: &ApiKeyRecord,
-        initial: Option<&LedgerEntry>,
-        closed: &TenantId,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.tenants
-            .onboard_over_closed(tenant, display_phone_number, key, initial, closed)
-            .await
-    }
-    async fn get_tenant(
-        &self,
-        id: &TenantId,
-    ) -> Result<Option<Tenant>, kirim::store_error::StoreError> {
-        let t = self.tenants.get_tenant(id).await;
-        self.stop_if(&self.tenant_read).await;
-        t
-    }
-    async fn tenant_by_phone_number_id(
-        &self,
-        phone_number_id: &str,
-    ) -> Result<Option<TenantId>, kirim::store_error::StoreError> {
-        self.tenants
-            .tenant_by_phone_number_id(phone_number_id)
-            .await
-    }
-    async fn api_key_by_hash(
-        &self,
-        key_hash: &str,
-    ) -> Result<Option<ApiKeyRecord>, kirim::store_error::StoreError> {
-        let r = self.tenants.api_key_by_hash(key_hash).await;
-        self.stop_if(&self.key_read).await;
-        r
-    }
-    async fn tenants_by_waba(
-        &self,
-        waba_id: &str,
-    ) -> Result<Vec<TenantId>, kirim::store_error::StoreError> {
-        self.tenants.tenants_by_waba(waba_id).await
-    }
-    async fn set_ip_allowlist(
-        &self,
-        id: &TenantId,
-        cidrs: &[String],
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.tenants.set_ip_allowlist(id, cidrs).await
-    }
-    async fn set_request_limits(
-        &self,
-        id: &TenantId,
-        limits: kirim::domain::RequestLimits,
-    ) -> Result<Tenant, kirim::store_error::StoreError> {
-        self.tenants.set_request_limits(id, limits).await
-    }
-    async fn set_meta_token_changed_at(
-        &self,
-        id: &TenantId,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Tenant, kirim::store_error::StoreError> {
-        self.tenants.set_meta_token_changed_at(id, at).await
-    }
-    async fn set_status(
-        &self,
-        id: &TenantId,
-        to: TenantStatus,
-        reason: Option<&str>,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Tenant, kirim::store_error::StoreError> {
-        self.tenants.set_status(id, to, reason, at).await
-    }
-    async fn suspend_if_unchanged(
-        &self,
-        id: &TenantId,
-        reason: &str,
-        at: chrono::DateTime<chrono::Utc>,
-        seen: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Option<Tenant>, kirim::store_error::StoreError> {
-        self.tenants
-            .suspend_if_unchanged(id, reason, at, seen)
-            .await
+kirim_tests::pass_through! {
+    impl TenantStore for Paused via tenants {
+        async fn get_tenant(
+            &self,
+            id: &TenantId,
+        ) -> Result<Option<Tenant>, kirim::store_error::StoreError> {
+            let t = self.tenants.get_tenant(id).await;
+            self.stop_if(&self.tenant_read).await;
+            t
+        }
+        async fn api_key_by_hash(
+            &self,
+            key_hash: &str,
+        ) -> Result<Option<ApiKeyRecord>, kirim::store_error::StoreError> {
+            let r = self.tenants.api_key_by_hash(key_hash).await;
+            self.stop_if(&self.key_read).await;
+            r
+        }
     }
 }
 
-#[async_trait::async_trait]
-impl ApiKeyStore for Paused {
-    async fn put_api_key(&self, key: &ApiKeyRecord) -> Result<(), kirim::store_error::StoreError> {
-        self.keys.put_api_key(key).await
-    }
-    async fn list_api_keys(
-        &self,
-        tenant: &TenantId,
-    ) -> Result<Vec<ApiKeyRecord>, kirim::store_error::StoreError> {
-        self.keys.list_api_keys(tenant).await
-    }
-    async fn list_api_keys_page(
-        &self,
-        tenant: &TenantId,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<ApiKeyPage, kirim::store_error::StoreError> {
-        self.keys.list_api_keys_page(tenant, limit, cursor).await
-    }
-    async fn get_api_key(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-    ) -> Result<Option<ApiKeyRecord>, kirim::store_error::StoreError> {
-        self.keys.get_api_key(tenant, id).await
-    }
-    async fn revoke_api_key(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Option<ApiKeyRecord>, kirim::store_error::StoreError> {
-        self.keys.revoke_api_key(tenant, id, at).await
-    }
-    async fn rotate_api_key(
-        &self,
-        tenant: &TenantId,
-        old_id: &str,
-        new: &ApiKeyRecord,
-        old_expires_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.keys
-            .rotate_api_key(tenant, old_id, new, old_expires_at)
-            .await
-    }
+kirim_tests::pass_through! {
+    impl ApiKeyStore for Paused via keys {}
 }
 
 /// A request that missed the cache and read the key just before this process revoked it

@@ -734,78 +734,20 @@ async fn a_receiver_that_keeps_hanging_is_not_tried_for_a_while() {
 /// absent (an eventually consistent read, or a cached absence).
 struct LaggingSettings(Arc<dyn kirim::ports::StatusCallbackStore>);
 
-#[async_trait]
-impl kirim::ports::StatusCallbackStore for LaggingSettings {
-    async fn put_status_callback(
-        &self,
-        setting: &kirim::ports::StatusCallback,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.put_status_callback(setting).await
-    }
-    async fn get_status_callback(
-        &self,
-        _: &kirim::domain::TenantId,
-    ) -> Result<Option<kirim::ports::StatusCallback>, kirim::store_error::StoreError> {
-        Ok(None)
-    }
-    async fn get_status_callback_fresh(
-        &self,
-        tenant: &kirim::domain::TenantId,
-    ) -> Result<Option<kirim::ports::StatusCallback>, kirim::store_error::StoreError> {
-        self.0.get_status_callback_fresh(tenant).await
-    }
-    async fn set_status_callback_url(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        url: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        self.0.set_status_callback_url(tenant, url, at).await
-    }
-    async fn delete_status_callback(
-        &self,
-        tenant: &kirim::domain::TenantId,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        self.0.delete_status_callback(tenant).await
-    }
-    async fn owe_callback(
-        &self,
-        owed: &kirim::ports::OwedCallback,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.owe_callback(owed).await
-    }
-    async fn owed_callbacks(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<kirim::ports::OwedCallback>, kirim::store_error::StoreError> {
-        self.0.owed_callbacks(limit).await
-    }
-    async fn forget_owed_callback(
-        &self,
-        owed: &kirim::ports::OwedCallback,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.forget_owed_callback(owed).await
-    }
-    async fn lease_owed_callback(
-        &self,
-        owed: &kirim::ports::OwedCallback,
-        until: i64,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        self.0.lease_owed_callback(owed, until).await
-    }
-    async fn put_callback_failure(
-        &self,
-        failure: &kirim::ports::CallbackFailure,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.put_callback_failure(failure).await
-    }
-    async fn callback_failures_page(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<kirim::ports::CallbackFailurePage, kirim::store_error::StoreError> {
-        self.0.callback_failures_page(tenant, limit, cursor).await
+kirim_tests::pass_through! {
+    impl StatusCallbackStore for LaggingSettings via 0 {
+        async fn get_status_callback(
+            &self,
+            _: &kirim::domain::TenantId,
+        ) -> Result<Option<kirim::ports::StatusCallback>, kirim::store_error::StoreError> {
+            Ok(None)
+        }
+        async fn get_status_callback_fresh(
+            &self,
+            tenant: &kirim::domain::TenantId,
+        ) -> Result<Option<kirim::ports::StatusCallback>, kirim::store_error::StoreError> {
+            self.0.get_status_callback_fresh(tenant).await
+        }
     }
 }
 
@@ -1555,77 +1497,19 @@ struct SettingWritesFail(
     tokio::sync::Mutex<Option<Meanwhile>>,
 );
 
-#[async_trait]
-impl kirim::ports::StatusCallbackStore for SettingWritesFail {
-    async fn put_status_callback(
-        &self,
-        _: &kirim::ports::StatusCallback,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        if let Some(meanwhile) = self.1.lock().await.take() {
-            meanwhile().await;
+kirim_tests::pass_through! {
+    impl StatusCallbackStore for SettingWritesFail via 0 {
+        async fn put_status_callback(
+            &self,
+            _: &kirim::ports::StatusCallback,
+        ) -> Result<(), kirim::store_error::StoreError> {
+            if let Some(meanwhile) = self.1.lock().await.take() {
+                meanwhile().await;
+            }
+            Err(kirim::store_error::StoreError::Unavailable(
+                "storage is down".into(),
+            ))
         }
-        Err(kirim::store_error::StoreError::Unavailable(
-            "storage is down".into(),
-        ))
-    }
-    async fn get_status_callback(
-        &self,
-        tenant: &kirim::domain::TenantId,
-    ) -> Result<Option<kirim::ports::StatusCallback>, kirim::store_error::StoreError> {
-        self.0.get_status_callback(tenant).await
-    }
-    async fn set_status_callback_url(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        url: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        self.0.set_status_callback_url(tenant, url, at).await
-    }
-    async fn delete_status_callback(
-        &self,
-        tenant: &kirim::domain::TenantId,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        self.0.delete_status_callback(tenant).await
-    }
-    async fn owe_callback(
-        &self,
-        owed: &kirim::ports::OwedCallback,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.owe_callback(owed).await
-    }
-    async fn owed_callbacks(
-        &self,
-        limit: usize,
-    ) -> Result<Vec<kirim::ports::OwedCallback>, kirim::store_error::StoreError> {
-        self.0.owed_callbacks(limit).await
-    }
-    async fn forget_owed_callback(
-        &self,
-        owed: &kirim::ports::OwedCallback,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.forget_owed_callback(owed).await
-    }
-    async fn lease_owed_callback(
-        &self,
-        owed: &kirim::ports::OwedCallback,
-        until: i64,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        self.0.lease_owed_callback(owed, until).await
-    }
-    async fn put_callback_failure(
-        &self,
-        failure: &kirim::ports::CallbackFailure,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.put_callback_failure(failure).await
-    }
-    async fn callback_failures_page(
-        &self,
-        tenant: &kirim::domain::TenantId,
-        limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<kirim::ports::CallbackFailurePage, kirim::store_error::StoreError> {
-        self.0.callback_failures_page(tenant, limit, cursor).await
     }
 }
 

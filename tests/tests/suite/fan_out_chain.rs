@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kirim::config::Backend;
-use kirim::domain::{MessageId, MessageRecord, PhoneNumber, TenantId};
+use kirim::domain::{PhoneNumber, TenantId};
 use kirim::ports::*;
 use kirim::service::jobs::{FanoutJob, Outcome, QueueJob};
 use kirim::service::{broadcasts, dispatch, Deps};
@@ -107,181 +107,48 @@ impl Arranged {
     }
 }
 
-#[async_trait]
-impl BroadcastStore for Arranged {
-    async fn create_broadcast(
-        &self,
-        broadcast: &Broadcast,
-        recipients: &[PhoneNumber],
-        debit: &LedgerEntry,
-    ) -> Result<(), StoreError> {
-        let mut b = broadcast.clone();
-        if self.untokened {
-            b.fanout_token = None;
+kirim_tests::pass_through! {
+    impl BroadcastStore for Arranged {
+        async fn create_broadcast(
+            &self,
+            broadcast: &Broadcast,
+            recipients: &[PhoneNumber],
+            debit: &LedgerEntry,
+        ) -> Result<(), StoreError> {
+            let mut b = broadcast.clone();
+            if self.untokened {
+                b.fanout_token = None;
+            }
+            self.inner.create_broadcast(&b, recipients, debit).await
         }
-        self.inner.create_broadcast(&b, recipients, debit).await
-    }
-    async fn create_broadcast_once(
-        &self,
-        broadcast: &Broadcast,
-        recipients: &[PhoneNumber],
-        debit: &LedgerEntry,
-        key: &RequestKeyRecord,
-    ) -> Result<BroadcastOnce, StoreError> {
-        self.inner
-            .create_broadcast_once(broadcast, recipients, debit, key)
-            .await
-    }
-    async fn broadcast_key(
-        &self,
-        tenant: &TenantId,
-        key_hash: &str,
-    ) -> Result<Option<RequestKeyRecord>, StoreError> {
-        self.inner.broadcast_key(tenant, key_hash).await
-    }
-    async fn get_broadcast(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-    ) -> Result<Option<Broadcast>, StoreError> {
-        self.inner.get_broadcast(tenant, id).await
-    }
-    async fn broadcast_recipients(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-    ) -> Result<Option<Vec<PhoneNumber>>, StoreError> {
-        self.inner.broadcast_recipients(tenant, id).await
-    }
-    async fn broadcast_progress(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        enqueued: usize,
-        done: bool,
-        hop: FanoutHop<'_>,
-    ) -> Result<bool, StoreError> {
-        let held = self.hold.lock().unwrap().take();
-        if let Some((arrived, go)) = held {
-            let _ = arrived.send(());
-            let _ = go.await;
-        }
-        if self.lose_last_answers && hop.next.is_some() {
+        async fn broadcast_progress(
+            &self,
+            tenant: &TenantId,
+            id: &str,
+            enqueued: usize,
+            done: bool,
+            hop: FanoutHop<'_>,
+        ) -> Result<bool, StoreError> {
+            let held = self.hold.lock().unwrap().take();
+            if let Some((arrived, go)) = held {
+                let _ = arrived.send(());
+                let _ = go.await;
+            }
+            if self.lose_last_answers && hop.next.is_some() {
+                self.inner
+                    .broadcast_progress(tenant, id, enqueued, done, hop)
+                    .await?;
+            }
             self.inner
                 .broadcast_progress(tenant, id, enqueued, done, hop)
-                .await?;
+                .await
         }
-        self.inner
-            .broadcast_progress(tenant, id, enqueued, done, hop)
-            .await
-    }
-    async fn close_broadcast_unsent(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        enqueued: usize,
-        unsent: usize,
-        refund: Option<&LedgerEntry>,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, StoreError> {
-        self.inner
-            .close_broadcast_unsent(tenant, id, enqueued, unsent, refund, at)
-            .await
-    }
-    async fn record_unqueued(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        from: usize,
-        to: usize,
-        messages: &[MessageRecord],
-        refund: Option<&LedgerEntry>,
-        closing: UnqueuedClose,
-    ) -> Result<CancelledRecipients, StoreError> {
-        self.inner
-            .record_unqueued(tenant, id, from, to, messages, refund, closing)
-            .await
-    }
-    async fn start_broadcast(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, StoreError> {
-        self.inner.start_broadcast(tenant, id, at).await
-    }
-    async fn cancel_scheduled_broadcast(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        refund: &LedgerEntry,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, StoreError> {
-        self.inner
-            .cancel_scheduled_broadcast(tenant, id, refund, at)
-            .await
-    }
-    async fn set_broadcast_control(
-        &self,
-        tenant: &TenantId,
-        id: &str,
-        from: &[Option<BroadcastControl>],
-        to: Option<BroadcastControl>,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, StoreError> {
-        self.inner
-            .set_broadcast_control(tenant, id, from, to, at)
-            .await
-    }
-    async fn claim_broadcast_message(
-        &self,
-        tenant: &TenantId,
-        message: &MessageId,
-        broadcast: &str,
-        claim: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<BroadcastClaim, StoreError> {
-        self.inner
-            .claim_broadcast_message(tenant, message, broadcast, claim, at)
-            .await
-    }
-    async fn list_broadcasts(
-        &self,
-        tenant: &TenantId,
-        limit: usize,
-        before: Option<&str>,
-    ) -> Result<(Vec<Broadcast>, Option<String>), StoreError> {
-        self.inner.list_broadcasts(tenant, limit, before).await
-    }
-    async fn broadcast_messages(
-        &self,
-        broadcast: &Broadcast,
-        limit: usize,
-        after: Option<&MessageId>,
-    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError> {
-        self.inner.broadcast_messages(broadcast, limit, after).await
-    }
-    async fn broadcast_messages_consistent(
-        &self,
-        broadcast: &Broadcast,
-        limit: usize,
-        after: Option<&MessageId>,
-    ) -> Result<(Vec<MessageRecord>, Option<MessageId>), StoreError> {
-        self.inner
-            .broadcast_messages_consistent(broadcast, limit, after)
-            .await
-    }
-    async fn insert_broadcast_message(&self, record: &MessageRecord) -> Result<bool, StoreError> {
-        self.inner.insert_broadcast_message(record).await
-    }
-    async fn broadcast_tally(&self, broadcast: &Broadcast) -> Result<BroadcastTally, StoreError> {
-        self.inner.broadcast_tally(broadcast).await
-    }
-    async fn broadcast_tally_consistent(
-        &self,
-        broadcast: &Broadcast,
-    ) -> Result<BroadcastTally, StoreError> {
-        self.inner.broadcast_tally_consistent(broadcast).await
+        async fn broadcast_tally_consistent(
+            &self,
+            broadcast: &Broadcast,
+        ) -> Result<BroadcastTally, StoreError> {
+            self.inner.broadcast_tally_consistent(broadcast).await
+        }
     }
 }
 

@@ -1831,92 +1831,17 @@ async fn a_legacy_default_number_without_an_item_learns_its_display_from_an_inbo
 /// Phone numbers, except that reading one fails (DynamoDB throttled).
 struct NumberReadsFail(std::sync::Arc<dyn kirim::ports::PhoneNumberStore>);
 
-#[async_trait::async_trait]
-impl kirim::ports::PhoneNumberStore for NumberReadsFail {
-    async fn add_phone_number(
-        &self,
-        n: &kirim::ports::PhoneNumberRecord,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.add_phone_number(n).await
-    }
-    async fn add_phone_number_over_closed(
-        &self,
-        n: &kirim::ports::PhoneNumberRecord,
-        closed: &kirim::domain::TenantId,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.add_phone_number_over_closed(n, closed).await
-    }
-    async fn put_phone_number_if_absent(
-        &self,
-        n: &kirim::ports::PhoneNumberRecord,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        self.0.put_phone_number_if_absent(n).await
-    }
-    async fn get_phone_number(
-        &self,
-        _: &kirim::domain::TenantId,
-        _: &str,
-    ) -> Result<Option<kirim::ports::PhoneNumberRecord>, kirim::store_error::StoreError> {
-        Err(kirim::store_error::StoreError::Unavailable(
-            "dynamodb throttled".into(),
-        ))
-    }
-    async fn list_phone_numbers(
-        &self,
-        t: &kirim::domain::TenantId,
-    ) -> Result<Vec<kirim::ports::PhoneNumberRecord>, kirim::store_error::StoreError> {
-        self.0.list_phone_numbers(t).await
-    }
-    async fn remove_phone_number(
-        &self,
-        t: &kirim::domain::TenantId,
-        id: &str,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.remove_phone_number(t, id).await
-    }
-    async fn set_default_number(
-        &self,
-        t: &kirim::domain::TenantId,
-        n: &kirim::ports::PhoneNumberRecord,
-    ) -> Result<(), kirim::store_error::StoreError> {
-        self.0.set_default_number(t, n).await
-    }
-    async fn learn_display_number(
-        &self,
-        t: &kirim::domain::TenantId,
-        id: &str,
-        display: &str,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        self.0.learn_display_number(t, id, display).await
-    }
-    async fn set_number_quality(
-        &self,
-        t: &kirim::domain::TenantId,
-        id: &str,
-        q: Option<kirim::domain::TemplateQuality>,
-        throughput: Option<u32>,
-        meta_time: Option<i64>,
-    ) -> Result<Option<kirim::ports::PhoneNumberRecord>, kirim::store_error::StoreError> {
-        self.0
-            .set_number_quality(t, id, q, throughput, meta_time)
-            .await
-    }
-    async fn hold_phone_number(
-        &self,
-        t: &kirim::domain::TenantId,
-        id: &str,
-        hold: &kirim::ports::NumberHold,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<bool, kirim::store_error::StoreError> {
-        self.0.hold_phone_number(t, id, hold, at).await
-    }
-    async fn resume_phone_number(
-        &self,
-        t: &kirim::domain::TenantId,
-        id: &str,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Option<kirim::ports::PhoneNumberRecord>, kirim::store_error::StoreError> {
-        self.0.resume_phone_number(t, id, at).await
+kirim_tests::pass_through! {
+    impl PhoneNumberStore for NumberReadsFail via 0 {
+        async fn get_phone_number(
+            &self,
+            _: &kirim::domain::TenantId,
+            _: &str,
+        ) -> Result<Option<kirim::ports::PhoneNumberRecord>, kirim::store_error::StoreError> {
+            Err(kirim::store_error::StoreError::Unavailable(
+                "dynamodb throttled".into(),
+            ))
+        }
     }
 }
 
