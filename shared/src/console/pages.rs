@@ -2382,6 +2382,14 @@ async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
     let mut events = Vec::new();
     let mut next = None;
     match (since, until) {
+        // Days as `YYYY-MM-DDT00:00:00Z` (four-digit years): in order as text. A window that
+        // holds nothing, said in the form's words (the API's `400` names since and until).
+        (Some(since), Some(until)) if !since.is_empty() && !until.is_empty() && since >= until => {
+            status = StatusCode::BAD_REQUEST;
+            n = Some(Notice::Problem(
+                "the From day must not be after the To day".into(),
+            ));
+        }
         (Some(since), Some(until)) => {
             let qs = query(&[
                 ("action", &action),

@@ -2027,6 +2027,20 @@ async fn a_day_the_calendar_cannot_end_is_a_400_on_every_dated_page(b: Backend) 
         200
     );
     assert_eq!(web.get("/console/audit?until=2026-12-02").await.status, 200);
+    // Days the wrong way round: said in the form's words; one day is From and To alike.
+    let p = web
+        .get("/console/audit?since=2026-12-03&until=2026-12-02")
+        .await;
+    assert_eq!(p.status, 400, "{}", p.html);
+    assert!(
+        p.html.contains("the From day must not be after the To day"),
+        "{}",
+        p.html
+    );
+    let p = web
+        .get("/console/audit?since=2026-12-02&until=2026-12-02")
+        .await;
+    assert_eq!(p.status, 200, "{}", p.html);
 }
 
 /// A campaign the API accepted whose page then cannot be read (here the user's request
