@@ -29,7 +29,10 @@
 //! `TenantStore::tenant_for_access`) keeps, where its list says so, the port's default:
 //! through the double's own methods (a double that fails `get_tenant` fails
 //! `tenant_for_access` too), as a hand-written double that leaves it out does. A double
-//! that wants the wrapped store's instead names it, passing it on.
+//! that wants the wrapped store's instead names it, passing it on. One exception:
+//! `MessageStore::index_wamid` goes to the wrapped store's, not the port's default through
+//! `set_wamid` (as the hand-written doubles had it), so a double that overrides `set_wamid`
+//! does not see the calls made through `index_wamid` unless it names that one too.
 //!
 //! Ports covered: `MessageStore`, `TenantStore`, `ApiKeyStore`, `SecretStore`,
 //! `BroadcastStore`, `StatusCallbackStore`, `UserStore`, `PhoneNumberStore`. When one of

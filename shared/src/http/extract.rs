@@ -178,20 +178,36 @@ pub(crate) async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Resul
     })
 }
 
-/// A body sent compressed (`Content-Encoding: gzip`, `br`, ...; anything but `identity`)
-/// is refused `415 invalid_request` before it is read: its bytes are not JSON, and
-/// "malformed JSON at line 1 column 1" would send its sender looking in the wrong place.
-/// Kirim takes bodies uncompressed (at most 256 KiB), as Stripe's and Twilio's APIs do;
-/// the header's value is not echoed.
+/// The content codings that compress (IANA's registry, and the `x-` names clients still
+/// send): a body in one of them is not the JSON it carries.
+const COMPRESSIONS: [&str; 7] = [
+    "gzip",
+    "x-gzip",
+    "deflate",
+    "br",
+    "compress",
+    "x-compress",
+    "zstd",
+];
+
+/// A body sent compressed (`Content-Encoding: gzip`, `br`, `deflate`, `zstd`, ...) is
+/// refused `415 invalid_request` before it is read: its bytes are not JSON, and "malformed
+/// JSON at line 1 column 1" would send its sender looking in the wrong place. Kirim takes
+/// bodies uncompressed (at most 256 KiB), as Stripe's and Twilio's APIs do. Any other
+/// value (`identity`, or a client's `UTF-8` meant as a charset) is read as before, the body
+/// being whatever it is; the header's value is not echoed.
 fn encoded(headers: &axum::http::HeaderMap) -> Option<ApiError> {
-    let mut all = headers.get_all(axum::http::header::CONTENT_ENCODING).iter();
-    let plain = all.all(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .all(|c| c.trim().is_empty() || c.trim().eq_ignore_ascii_case("identity"))
-        })
-    });
-    (!plain).then(|| {
+    let compressed = headers
+        .get_all(axum::http::header::CONTENT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|c| {
+            COMPRESSIONS
+                .iter()
+                .any(|z| c.trim().eq_ignore_ascii_case(z))
+        });
+    compressed.then(|| {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "invalid_request",
@@ -430,5 +446,11 @@ mod tests {
         assert_eq!(enc(&["identity, gzip"]), Some(415));
         assert_eq!(enc(&["identity", "br"]), Some(415));
         assert_eq!(enc(&["deflate"]), Some(415));
+        assert_eq!(enc(&["ZSTD"]), Some(415));
+        assert_eq!(
+            enc(&["UTF-8"]),
+            None,
+            "a charset given as the coding: read as before"
+        );
     }
 }

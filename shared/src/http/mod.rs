@@ -464,17 +464,21 @@ pub(crate) fn parse_time(name: &str, v: &str) -> Result<chrono::DateTime<chrono:
         .map_err(|_| ApiError::invalid(format!("{name} must be an RFC 3339 time")))
 }
 
-/// A list's `since` (inclusive) at or after its `until` (exclusive) selects nothing, on any
-/// page: `400 invalid_request` rather than an empty list, which would read as "none in that
-/// time" when the two were given the wrong way round.
+/// A list's `since` (inclusive) after its `until` (exclusive), to the millisecond as the
+/// stores compare them: `400 invalid_request` rather than an empty list, which would read as
+/// "none in that time" when the two were given the wrong way round. Equal, it is an empty
+/// window, answered an empty page as before (a poller's `since=<last seen>&until=<now>`
+/// may meet it).
 pub(crate) fn window(
     since: Option<chrono::DateTime<chrono::Utc>>,
     until: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<(), ApiError> {
     match (since, until) {
-        (Some(s), Some(u)) if s >= u => Err(ApiError::invalid(
-            "since must be earlier than until (since is inclusive, until exclusive)",
-        )),
+        (Some(s), Some(u)) if s.timestamp_millis() > u.timestamp_millis() => {
+            Err(ApiError::invalid(
+                "since must not be after until (since is inclusive, until exclusive)",
+            ))
+        }
         _ => Ok(()),
     }
 }

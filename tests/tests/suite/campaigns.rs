@@ -1457,8 +1457,8 @@ async fn a_campaigns_messages_are_listed_page_by_page_in_id_order_to_a_read_only
     let mut in_order = failed_ids.clone();
     in_order.sort();
     assert_eq!(failed_ids, in_order);
-    // A rare status a page at a time: each request looks among up to 1,000 messages, not
-    // `limit` + 1 a read, so each of the first five pages holds one (no empty page between).
+    // A rare status a page at a time: each request looks among up to ~900 messages, not
+    // `limit` + 1 a read, so each page holds one (no empty page between).
     let one_by_one = pages_of(
         &app,
         &reader,
@@ -1467,8 +1467,9 @@ async fn a_campaigns_messages_are_listed_page_by_page_in_id_order_to_a_read_only
     )
     .await;
     let sizes: Vec<usize> = one_by_one.iter().map(Vec::len).collect();
+    // (A last page may be empty: the fifth's read may end before the campaign does.)
     assert!(
-        sizes.len() <= 6 && sizes.iter().take(5).all(|n| *n == 1),
+        sizes == [1, 1, 1, 1, 1] || sizes == [1, 1, 1, 1, 1, 0],
         "{sizes:?}"
     );
     assert_eq!(one_by_one.concat(), failed, "the same five, in order");

@@ -1276,18 +1276,20 @@ async fn a_compressed_body_is_refused_415_and_changes_nothing(b: Backend) {
     assert_eq!(app.credits(&t.key).await, 4);
 }
 
-/// A list's `since` at or after its `until` selects nothing on any page: `400`, not an
-/// empty list that would read as "none then", on the messages and both audit chains.
+/// A list's `since` after its `until` (to the millisecond): `400`, not an empty list that
+/// would read as "none then", on the messages and both audit chains; equal, an empty window,
+/// is an empty page.
 async fn a_time_window_given_the_wrong_way_round_is_refused(b: Backend) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
     let (early, late) = ("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z");
+    let (at, a_moment_on) = ("2026-01-01T00:00:00.0004Z", "2026-01-01T00:00:00.0009Z");
     for (path, token) in [
         ("/v1/messages", t.key.as_str()),
         ("/v1/audit", t.key.as_str()),
         ("/v1/platform/audit", OPERATOR_TOKEN),
     ] {
-        for (since, until) in [(late, early), (early, early)] {
+        for (since, until) in [(late, early), ("2026-01-01T00:00:00.001Z", early)] {
             let res = app
                 .http
                 .get(app.url(path))
@@ -1305,7 +1307,7 @@ async fn a_time_window_given_the_wrong_way_round_is_refused(b: Backend) {
             assert!(
                 err["error"]["message"]
                     .as_str()
-                    .is_some_and(|m| m.contains("since must be earlier than until")),
+                    .is_some_and(|m| m.contains("since must not be after until")),
                 "{err}"
             );
         }
@@ -1318,6 +1320,22 @@ async fn a_time_window_given_the_wrong_way_round_is_refused(b: Backend) {
             .await
             .unwrap();
         assert_eq!(res.status(), 200, "{path}: the right way round is read");
+        // Equal, or apart by less than the millisecond the lists compare: a window of
+        // nothing, an empty page.
+        for (since, until) in [(early, early), (a_moment_on, at)] {
+            let res = app
+                .http
+                .get(app.url(path))
+                .query(&[("since", since), ("until", until)])
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "{path} {since} {until}");
+            let page: Value = res.json().await.unwrap_or(Value::Null);
+            let items = page["messages"].as_array().or(page["events"].as_array());
+            assert_eq!(items.map(Vec::len), Some(0), "{path}: {page}");
+        }
     }
 }
 
