@@ -2482,7 +2482,7 @@ async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
                         @let (kind, id) = (text(&e["actor"], "type"), text(&e["actor"], "id"));
                         tr {
                             td data-label="At" { (when(&e["at"])) }
-                            td data-label="Actor" {
+                            td.wrap data-label="Actor" {
                                 @match names.get(id) {
                                     Some(name) => { (name) br; span.hint { (id) } }
                                     None => { (kind) " " (id) }
@@ -2490,7 +2490,7 @@ async fn audit(State(s): S, ctx: Ctx, q: Q) -> Response {
                             }
                             td data-label="Action" { (text(e, "action")) }
                             td data-label="Outcome" { (text(e, "outcome")) }
-                            td data-label="Details" { (details_text(&e["details"])) }
+                            td.wrap data-label="Details" { (details_text(&e["details"])) }
                             td data-label="IP" { (e["ip"].as_str().unwrap_or("—")) }
                         }
                     }

@@ -259,6 +259,17 @@ async fn in_a_browser_a_user_signs_in_with_totp_sends_a_message_manages_a_key_an
         c.goto(&app.url(page)).await.expect("page");
         find(&c, "main h1").await;
         screenshot(&c, name).await;
+        // Every list fits a 1280 px window: its ids and emails wrap rather than push the
+        // last columns (the audit log's IP) past the page's edge.
+        let fits = c
+            .execute(
+                "return [...document.querySelectorAll('.table-wrap')]\
+                 .every(w => w.scrollWidth <= w.clientWidth);",
+                vec![],
+            )
+            .await
+            .expect("measured");
+        assert_eq!(fits, json!(true), "{page}: a list wider than the page");
     }
 
     // Sign out: back at the sign-in page, and the console asks to sign in again.
