@@ -44,7 +44,10 @@ async fn post_csv(app: &TestApp, key: &str, query: &str, csv: String) -> (u16, V
     )
 }
 
-/// Polls the broadcast until `want` messages are `read` (a deadline, not a speed check).
+/// Polls the broadcast until `want` messages are `read` and it is `completed` (a deadline,
+/// not a speed check). Both: its messages are queued, so may be sent and read, before its
+/// fan-out's last write closes it (`status`, `enqueued`), and a view between the two says
+/// `sending`.
 async fn wait_read(app: &TestApp, key: &str, id: &str, want: u64) -> Value {
     let mut last = Value::Null;
     for _ in 0..300 {
@@ -58,7 +61,7 @@ async fn wait_read(app: &TestApp, key: &str, id: &str, want: u64) -> Value {
             .json()
             .await
             .unwrap();
-        if last["counts"]["read"].as_u64() == Some(want) {
+        if last["counts"]["read"].as_u64() == Some(want) && last["status"] == "completed" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
