@@ -114,6 +114,13 @@ pub async fn moto_sdk() -> aws_config::SdkConfig {
     kirim_infra::local::emulator_sdk_config(Some(&ep)).await
 }
 
+/// How long the polling helpers ([`TestApp::wait_status`], [`TestApp::credits_settled`])
+/// wait for what the queue pollers, the sandbox and its webhooks settle: a deadline, not a
+/// speed assertion (each returns as soon as it sees its answer). The official CI runs every
+/// test at once on two cores and one moto, where the 15 s (a refund's 5 s) these once
+/// allowed left little room for a send's tries, backoffs and statuses.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// A unique stack name, so parallel tests never share a table or queue.
 pub fn unique_stack() -> String {
     format!("t{}", ulid::Ulid::new().to_string().to_lowercase())
@@ -285,11 +292,9 @@ impl TestApp {
     /// The balance once it equals `want` (or the last one seen after a deadline): a refund
     /// is written just after its message turns `failed`, so tests wait for it.
     pub async fn credits_settled(&self, key: &str, want: i64) -> i64 {
+        let deadline = std::time::Instant::now() + SETTLE_DEADLINE;
         let mut last = self.credits(key).await;
-        for _ in 0..50 {
-            if last == want {
-                break;
-            }
+        while last != want && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
             last = self.credits(key).await;
         }
@@ -299,15 +304,14 @@ impl TestApp {
     /// Polls until the message's status is `want` (or the deadline passes) and answers
     /// the last view. A deadline, not a speed assertion: the check that follows decides.
     pub async fn wait_status(&self, key: &str, id: &str, want: &str) -> serde_json::Value {
-        let mut last = serde_json::Value::Null;
-        for _ in 0..150 {
-            last = self.message(key, id).await;
-            if last["status"] == want {
+        let deadline = std::time::Instant::now() + SETTLE_DEADLINE;
+        loop {
+            let last = self.message(key, id).await;
+            if last["status"] == want || std::time::Instant::now() >= deadline {
                 return last;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        last
     }
 
     /// Requests the sandbox received for one recipient (digits without `+`).

@@ -963,7 +963,9 @@ async fn a_campaign_recipients_refund_names_its_campaign_on_the_ledger(b: Backen
     let broadcast = body["id"].as_str().unwrap().to_owned();
     let tenant = kirim::domain::TenantId::from_trusted(t.tenant_id.clone());
     let mut refund = None;
-    for _ in 0..100 {
+    // Up to a minute: a deadline, not a speed assertion (through the fan-out, the queue
+    // pollers and the sandbox).
+    for _ in 0..600 {
         let entries = app.app.deps.ledger.entries(&tenant).await.unwrap();
         refund = entries
             .into_iter()

@@ -938,7 +938,9 @@ async fn a_closed_tenants_scheduled_message_and_campaign_end_refunded_before_the
     let deps = &app.app.deps;
     let tenant = TenantId::from_trusted(t.tenant_id.clone());
     let mut ended = (None, None, 0);
-    for _ in 0..150 {
+    // Up to a minute: a deadline, not a speed assertion (each ends at its job's next look,
+    // through the queue pollers).
+    for _ in 0..600 {
         let m = deps
             .messages
             .get_message(&tenant, &id)
@@ -1322,7 +1324,8 @@ async fn a_scheduled_marketing_campaign_of_a_tenant_flagged_meanwhile_fails_mark
         );
     }
     let mut flagged = false;
-    for _ in 0..150 {
+    // Up to a minute: a deadline, not a speed assertion.
+    for _ in 0..600 {
         let (_, account) = call(&app, &t.key, Method::GET, "/v1/account", None).await;
         flagged = account["quality"]["flagged"] == true;
         if flagged {
