@@ -98,6 +98,21 @@ impl Receiver {
         }
         self.got.lock().map(|g| g.clone()).unwrap_or_default()
     }
+
+    /// Waits until `n` callbacks of `status` arrived (or a deadline passes): each message's
+    /// callback is its own job, delivered after its status is written, so seeing one of
+    /// them says nothing of the others.
+    pub(crate) async fn wait_for_count(&self, status: &str, n: usize) -> Vec<Got> {
+        let deadline = std::time::Instant::now() + kirim_tests::SETTLE_DEADLINE;
+        loop {
+            let got = self.got.lock().map(|g| g.clone()).unwrap_or_default();
+            let seen = got.iter().filter(|g| status_of(g) == status).count();
+            if seen >= n || std::time::Instant::now() >= deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 pub(crate) fn status_of(g: &Got) -> String {

@@ -426,8 +426,9 @@ async fn metas_refusal_quoting_a_parameter_and_the_number_keeps_neither(b: Backe
         }
     }
     assert!(titles_seen >= 3, "the three messages' titles are stored");
-    // The status callbacks: no number, no parameter, Meta's words.
-    let got = receiver.wait_for(&["failed"]).await;
+    // The status callbacks: no number, no parameter, Meta's words. Three, each its own
+    // job: the first to arrive says nothing of the other two.
+    let got = receiver.wait_for_count("failed", 3).await;
     let failed: Vec<&str> = got
         .iter()
         .filter(|g| super::callbacks::status_of(g) == "failed")
