@@ -524,21 +524,88 @@ fn tally(summary: &mut WebhookSummary, result: Result<super::status::Applied, Se
     }
 }
 
-/// [`Pairs`] shared by statuses applied at once. The lock is held only to look and mark,
-/// never across a write: a pairing is marked before it is written, so two statuses of
-/// the same user write it once; one that is not written (a closed tenant, a failure) is
-/// unmarked again, and its failure fails its status (Meta then sends the body again).
-struct SharedPairs(std::sync::Mutex<HashSet<(TenantId, PhoneNumber, UserId)>>);
+/// A phone ↔ user-id pairing of one tenant, as a body teaches it.
+type Pair = (TenantId, PhoneNumber, UserId);
+
+/// Where a body marks the pairings it wrote: its own set, for the events applied one at a
+/// time ([`Pairs`]), or one set shared by the statuses in flight ([`SharedPairs`]). Marking
+/// and unmarking never wait: a shared set's lock is held only for the call, never across a
+/// write.
+trait PairMarks {
+    /// Marks `pair` as written; `false` when it was marked already.
+    fn mark(&mut self, pair: Pair) -> bool;
+    /// Takes back a mark whose pairing was not written after all.
+    fn unmark(&mut self, pair: &Pair);
+}
+
+impl PairMarks for HashSet<Pair> {
+    fn mark(&mut self, pair: Pair) -> bool {
+        self.insert(pair)
+    }
+
+    fn unmark(&mut self, pair: &Pair) {
+        self.remove(pair);
+    }
+}
+
+impl PairMarks for &SharedPairs {
+    fn mark(&mut self, pair: Pair) -> bool {
+        self.set().insert(pair)
+    }
+
+    fn unmark(&mut self, pair: &Pair) {
+        self.set().remove(pair);
+    }
+}
+
+/// Writes the pairing of `phone` and `user_id` for `tenant` once per body (Meta repeats it on
+/// every status of a message): marked before it is written, so two statuses in flight of
+/// the same user write it once, and unmarked again when it is not written, so the next event
+/// naming it tries again. A closed tenant learns no more pairings (a status of its messages
+/// may still come until the close-out): a pairing written now would outlive its retention;
+/// its status is read only when a pairing is about to be written (the warm-cached access
+/// read). A failure is the event's, which then counts as an error (Meta sends the body
+/// again).
+async fn learn_pairing_once(
+    marks: &mut impl PairMarks,
+    deps: &Deps,
+    tenant: &TenantId,
+    phone: &Option<PhoneNumber>,
+    user_id: &Option<UserId>,
+) -> Result<(), ServiceError> {
+    let (Some(p), Some(u)) = (phone, user_id) else {
+        return Ok(());
+    };
+    if !marks.mark((tenant.clone(), p.clone(), u.clone())) {
+        return Ok(());
+    }
+    let written = async {
+        if !deps.tenant_is_open(tenant).await? {
+            return Ok(false);
+        }
+        super::contacts::learn_pairing(deps, tenant, p, u).await?;
+        Ok::<_, ServiceError>(true)
+    }
+    .await;
+    if !matches!(written, Ok(true)) {
+        // Rare (a closed tenant, a failure): the pair made again rather than kept.
+        marks.unmark(&(tenant.clone(), p.clone(), u.clone()));
+    }
+    written.map(|_| ())
+}
+
+/// [`Pairs`] shared by statuses applied at once ([`learn_pairing_once`] on one locked set).
+struct SharedPairs(std::sync::Mutex<HashSet<Pair>>);
 
 impl SharedPairs {
-    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<(TenantId, PhoneNumber, UserId)>> {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<Pair>> {
         // A panic while it was held left a set of pairings still true.
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn into_inner(self) -> HashSet<(TenantId, PhoneNumber, UserId)> {
+    fn into_inner(self) -> HashSet<Pair> {
         self.0
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -551,33 +618,13 @@ impl SharedPairs {
         phone: &Option<PhoneNumber>,
         user_id: &Option<UserId>,
     ) -> Result<(), ServiceError> {
-        let (Some(p), Some(u)) = (phone, user_id) else {
-            return Ok(());
-        };
-        let pair = (tenant.clone(), p.clone(), u.clone());
-        if !self.set().insert(pair.clone()) {
-            return Ok(());
-        }
-        let written = async {
-            // As `Pairs::learn`: not for a closed tenant.
-            if !deps.tenant_is_open(tenant).await? {
-                return Ok(false);
-            }
-            super::contacts::learn_pairing(deps, tenant, p, u).await?;
-            Ok::<_, ServiceError>(true)
-        }
-        .await;
-        if !matches!(written, Ok(true)) {
-            self.set().remove(&pair);
-        }
-        written.map(|_| ())
+        learn_pairing_once(&mut { self }, deps, tenant, phone, user_id).await
     }
 }
 
-/// Phone ↔ user-id pairings already written for this body (Meta repeats them on every
-/// status of a message).
+/// Phone ↔ user-id pairings already written for this body ([`learn_pairing_once`]).
 #[derive(Default)]
-struct Pairs(HashSet<(TenantId, PhoneNumber, UserId)>);
+struct Pairs(HashSet<Pair>);
 
 impl Pairs {
     async fn learn(
@@ -587,22 +634,7 @@ impl Pairs {
         phone: &Option<PhoneNumber>,
         user_id: &Option<UserId>,
     ) -> Result<(), ServiceError> {
-        let (Some(p), Some(u)) = (phone, user_id) else {
-            return Ok(());
-        };
-        let pair = (tenant.clone(), p.clone(), u.clone());
-        if self.0.contains(&pair) {
-            return Ok(());
-        }
-        // A closed tenant learns no more pairings (a status of its messages may still come
-        // until the close-out): a pairing written now would outlive its retention. Read
-        // only when a pairing is about to be written (the warm-cached access read).
-        if !deps.tenant_is_open(tenant).await? {
-            return Ok(());
-        }
-        super::contacts::learn_pairing(deps, tenant, p, u).await?;
-        self.0.insert(pair);
-        Ok(())
+        learn_pairing_once(&mut self.0, deps, tenant, phone, user_id).await
     }
 }
 

@@ -587,4 +587,141 @@ on_both_backends!(
     a_body_s_statuses_are_applied_several_at_once_each_message_s_in_order,
     a_delivered_after_read_keeps_its_time_and_the_message_stays_read,
     a_sent_after_read_of_a_message_without_one_keeps_its_time,
+    a_pairing_repeated_through_a_body_is_written_once_and_a_failed_one_again,
 );
+
+/// The real contact store, counting the pairings written and failing the first one.
+struct PairingFailsOnce {
+    inner: Arc<dyn ContactStore>,
+    written: AtomicUsize,
+}
+
+#[async_trait]
+impl ContactStore for PairingFailsOnce {
+    async fn pair_user(
+        &self,
+        tenant: &TenantId,
+        phone: &PhoneNumber,
+        user_id: &kirim::domain::UserId,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        if self.written.fetch_add(1, SeqCst) == 0 {
+            return Err(StoreError::Unavailable("throttled".into()));
+        }
+        self.inner
+            .pair_user(tenant, phone, user_id, expires_at)
+            .await
+    }
+    async fn paired_key(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<OptOutKey>, StoreError> {
+        self.inner.paired_key(tenant, key).await
+    }
+    async fn pairing(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<(OptOutKey, Option<i64>)>, StoreError> {
+        self.inner.pairing(tenant, key).await
+    }
+    async fn unpair(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+        other: &OptOutKey,
+        newer: i64,
+    ) -> Result<bool, StoreError> {
+        self.inner.unpair(tenant, key, other, newer).await
+    }
+    async fn peek_paired_key(
+        &self,
+        tenant: &TenantId,
+        key: &OptOutKey,
+    ) -> Result<Option<OptOutKey>, StoreError> {
+        self.inner.peek_paired_key(tenant, key).await
+    }
+    async fn found_among(
+        &self,
+        tenant: &TenantId,
+        keys: &[OptOutKey],
+    ) -> Result<HashMap<OptOutKey, Found>, StoreError> {
+        self.inner.found_among(tenant, keys).await
+    }
+    async fn opted_out_among(
+        &self,
+        tenant: &TenantId,
+        keys: &[OptOutKey],
+    ) -> Result<std::collections::HashSet<OptOutKey>, StoreError> {
+        self.inner.opted_out_among(tenant, keys).await
+    }
+    async fn record_inbound(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        key: &OptOutKey,
+        at: DateTime<Utc>,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .record_inbound(tenant, phone_number_id, key, at, expires_at)
+            .await
+    }
+    async fn last_inbound(
+        &self,
+        tenant: &TenantId,
+        phone_number_id: &str,
+        key: &OptOutKey,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner.last_inbound(tenant, phone_number_id, key).await
+    }
+}
+
+/// Meta repeats a user's pairing on every status of a message (and on the user's own
+/// messages): a body's statuses in flight and its inbound message write it once, and one
+/// whose write failed (that status an error, so Meta sends the body again) is written by
+/// the next status naming it, not taken as written.
+async fn a_pairing_repeated_through_a_body_is_written_once_and_a_failed_one_again(b: Backend) {
+    let (mut deps, _, clock) = two_processes(b).await;
+    let now = clock.now();
+    let (t, messages) = sent_messages(&deps, now, 6).await;
+    let store = Arc::new(PairingFailsOnce {
+        inner: deps.contacts.clone(),
+        written: AtomicUsize::new(0),
+    });
+    deps.contacts = store.clone();
+    let at = now.timestamp();
+    let statuses = messages
+        .iter()
+        .flat_map(|(m, w)| {
+            ["delivered", "read"].map(|s| {
+                let mut v = status_of(m, w, s, at, false);
+                v["recipient_user_id"] = json!("MY.7000000301");
+                v
+            })
+        })
+        .collect();
+    let mut hello = text_from("60123456789", "hello", at);
+    hello["from_user_id"] = json!("MY.7000000301");
+    let summary = webhook::apply(&deps, &body(&t.phone_number_id, statuses, vec![hello]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.applied, summary.errors),
+        (12 - 1, 1),
+        "the status whose pairing failed is an error: {summary:?}"
+    );
+    assert_eq!(
+        store.written.load(SeqCst),
+        2,
+        "the failed write, then one more, by the next status naming it"
+    );
+    let phone = OptOutKey::Phone(PhoneNumber::parse("+60123456789").unwrap());
+    assert!(deps
+        .contacts
+        .paired_key(&t.id, &phone)
+        .await
+        .unwrap()
+        .is_some());
+}
