@@ -17,6 +17,7 @@ use crate::domain::{OptOutKey, PhoneNumber, TenantId, UserId};
 
 use super::errors::ServiceError;
 use super::Deps;
+use crate::store_error::StoreError;
 
 /// Checks `X-Hub-Signature-256: sha256=<hex>` against the current and the previous app
 /// secret (for `rotation_grace` after a rotation), in constant time.
@@ -139,11 +140,14 @@ impl WebhookSummary {
     }
 }
 
-/// Tenants by the phone number id a change names, looked up once per body. A body names
-/// one number or a few: a list, borrowing the ids from the body's events.
+/// Tenants by the phone number id a change names, looked up once per body whatever the
+/// answer: a lookup that failed is not made again by the body's next events naming the
+/// number, each of which fails with it (an error each, as when each looked it up; the body
+/// is answered 500 and sent again). A body names one number or a few: a list, borrowing
+/// the ids from the body's events.
 struct Owners<'a, 'e> {
     deps: &'a Deps,
-    known: Vec<(&'e str, Option<TenantId>)>,
+    known: Vec<(&'e str, Result<Option<TenantId>, StoreError>)>,
 }
 
 impl<'e> Owners<'_, 'e> {
@@ -158,22 +162,29 @@ impl<'e> Owners<'_, 'e> {
         let at = match self.known.iter().position(|(p, _)| *p == pnid) {
             Some(at) => at,
             None => {
-                let t = self.deps.tenants.tenant_by_phone_number_id(pnid).await?;
+                let t = self.deps.tenants.tenant_by_phone_number_id(pnid).await;
                 self.known.push((pnid, t));
                 self.known.len() - 1
             }
         };
-        Ok(self.known.get(at).and_then(|(_, t)| t.as_ref()))
+        match self.known.get(at) {
+            Some((_, Ok(t))) => Ok(t.as_ref()),
+            Some((_, Err(e))) => Err(e.clone().into()),
+            None => Ok(None),
+        }
     }
 
-    /// The owner of `phone_number_id` as looked up already (`None`: not looked up, or the
-    /// lookup failed), without looking it up: for statuses applied concurrently, which
-    /// share the owners looked up before them.
-    fn looked_up(&self, phone_number_id: &str) -> Option<Option<&TenantId>> {
+    /// The owner of `phone_number_id` as looked up already, or the lookup's failure
+    /// (`None`: not looked up), without looking it up: for statuses applied concurrently,
+    /// which share the owners looked up before them.
+    fn looked_up(&self, phone_number_id: &str) -> Option<Result<Option<&TenantId>, ServiceError>> {
         self.known
             .iter()
             .find(|(p, _)| *p == phone_number_id)
-            .map(|(_, t)| t.as_ref())
+            .map(|(_, t)| match t {
+                Ok(t) => Ok(t.as_ref()),
+                Err(e) => Err(e.clone().into()),
+            })
     }
 
     /// [`Self::of`], unless that tenant is closed: a closed tenant takes no more opt-outs,
@@ -429,8 +440,8 @@ async fn apply_statuses<'e>(
         return;
     }
     for report in groups.iter().flatten() {
-        // A lookup that fails is left out, and made again by each of its statuses (as when
-        // they were applied one by one), which then count as errors if it fails again.
+        // Once per number, whatever the answer: a failed lookup fails each of its statuses
+        // (`one_of_many`), as it did when each looked it up again.
         let _ = owners.of(report.phone_number_id.as_deref()).await;
     }
     let owners = &*owners;
@@ -488,7 +499,8 @@ async fn one_of_many(
         let tenant = match report.phone_number_id.as_deref() {
             None => None,
             Some(pnid) => match owners.looked_up(pnid) {
-                Some(t) => t,
+                Some(t) => t?,
+                // (Every status's number is looked up before: not reached.)
                 None => {
                     looked_up = deps.tenants.tenant_by_phone_number_id(pnid).await?;
                     looked_up.as_ref()

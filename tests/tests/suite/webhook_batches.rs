@@ -588,6 +588,7 @@ on_both_backends!(
     a_delivered_after_read_keeps_its_time_and_the_message_stays_read,
     a_sent_after_read_of_a_message_without_one_keeps_its_time,
     a_pairing_repeated_through_a_body_is_written_once_and_a_failed_one_again,
+    a_failing_owner_lookup_is_made_once_per_body_and_fails_each_of_its_items,
 );
 
 /// The real contact store, counting the pairings written and failing the first one.
@@ -724,4 +725,156 @@ async fn a_pairing_repeated_through_a_body_is_written_once_and_a_failed_one_agai
         .await
         .unwrap()
         .is_some());
+}
+
+/// The real tenant store, counting the lookups of a number's owner and failing those of
+/// `failing`.
+struct OwnerLookupFails {
+    inner: Arc<dyn TenantStore>,
+    failing: String,
+    lookups: AtomicUsize,
+}
+
+#[async_trait]
+impl TenantStore for OwnerLookupFails {
+    async fn create_tenant(
+        &self,
+        tenant: &Tenant,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+    ) -> Result<(), StoreError> {
+        self.inner.create_tenant(tenant, key, initial).await
+    }
+    async fn onboard(
+        &self,
+        tenant: &Tenant,
+        display_phone_number: Option<&str>,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .onboard(tenant, display_phone_number, key, initial)
+            .await
+    }
+    async fn onboard_over_closed(
+        &self,
+        tenant: &Tenant,
+        display_phone_number: Option<&str>,
+        key: &ApiKeyRecord,
+        initial: Option<&LedgerEntry>,
+        closed: &TenantId,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .onboard_over_closed(tenant, display_phone_number, key, initial, closed)
+            .await
+    }
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        self.inner.get_tenant(id).await
+    }
+    async fn tenant_for_access(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        self.inner.tenant_for_access(id).await
+    }
+    async fn tenant_by_phone_number_id(
+        &self,
+        phone_number_id: &str,
+    ) -> Result<Option<TenantId>, StoreError> {
+        self.lookups.fetch_add(1, SeqCst);
+        if phone_number_id == self.failing {
+            return Err(StoreError::Unavailable("throttled".into()));
+        }
+        self.inner.tenant_by_phone_number_id(phone_number_id).await
+    }
+    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.inner.api_key_by_hash(key_hash).await
+    }
+    async fn tenants_by_waba(&self, waba_id: &str) -> Result<Vec<TenantId>, StoreError> {
+        self.inner.tenants_by_waba(waba_id).await
+    }
+    async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError> {
+        self.inner.set_ip_allowlist(id, cidrs).await
+    }
+    async fn set_request_limits(
+        &self,
+        id: &TenantId,
+        limits: kirim::domain::RequestLimits,
+    ) -> Result<Tenant, StoreError> {
+        self.inner.set_request_limits(id, limits).await
+    }
+    async fn set_meta_token_changed_at(
+        &self,
+        id: &TenantId,
+        at: DateTime<Utc>,
+    ) -> Result<Tenant, StoreError> {
+        self.inner.set_meta_token_changed_at(id, at).await
+    }
+    async fn set_status(
+        &self,
+        id: &TenantId,
+        to: TenantStatus,
+        reason: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<Tenant, StoreError> {
+        self.inner.set_status(id, to, reason, at).await
+    }
+    async fn suspend_if_unchanged(
+        &self,
+        id: &TenantId,
+        reason: &str,
+        at: DateTime<Utc>,
+        seen: Option<DateTime<Utc>>,
+    ) -> Result<Option<Tenant>, StoreError> {
+        self.inner.suspend_if_unchanged(id, reason, at, seen).await
+    }
+}
+
+/// A body of many statuses (and an inbound message) on one number whose owner's lookup
+/// fails: looked up once for the whole body, not once per status; each of its items is an
+/// error all the same (the body answered 500, for Meta to send it again), none applied.
+async fn a_failing_owner_lookup_is_made_once_per_body_and_fails_each_of_its_items(b: Backend) {
+    let (mut deps, _, clock) = two_processes(b).await;
+    let now = clock.now();
+    let (t, messages) = sent_messages(&deps, now, 6).await;
+    let store = Arc::new(OwnerLookupFails {
+        inner: deps.tenants.clone(),
+        failing: t.phone_number_id.clone(),
+        lookups: AtomicUsize::new(0),
+    });
+    deps.tenants = store.clone();
+    let at = now.timestamp();
+    let statuses = messages
+        .iter()
+        .flat_map(|(m, w)| {
+            [
+                status_of(m, w, "delivered", at, false),
+                status_of(m, w, "read", at + 1, false),
+            ]
+        })
+        .collect();
+    let summary = webhook::apply(
+        &deps,
+        &body(
+            &t.phone_number_id,
+            statuses,
+            vec![text_from("60123457201", "STOP", at)],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        summary,
+        WebhookSummary {
+            errors: 12 + 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(store.lookups.load(SeqCst), 1, "one lookup for the body");
+    for (m, _) in &messages {
+        let stored = deps
+            .messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.status, MessageStatus::Sent, "not applied");
+    }
 }
