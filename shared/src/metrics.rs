@@ -379,6 +379,12 @@ pub fn webhook_skipped(piece: &str) {
     count("WebhookPieceSkipped", ("Piece", piece));
 }
 
+/// A late `delivered` or `sent` (after the message moved past it) whose time was not
+/// recorded: the message changed before each of its writes (`status::OVERTAKEN_TRIES`).
+pub fn late_status_dropped(status: &str) {
+    count("LateStatusesDropped", ("Status", status));
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{json, Value};

@@ -345,12 +345,22 @@ fn late_event(
     (past && !m.events.iter().any(|e| e.status == to)).then_some(StatusEvent { status: to, at })
 }
 
+/// How often a late status's time is written ([`overtaken`]), the message read afresh
+/// before each write after the first.
+pub const OVERTAKEN_TRIES: usize = 4;
+
 /// A status `m` (as read) has moved past: its time recorded if it is one the message has no
 /// time of ([`late_event`]; one conditional write on the message as read, folded with the
 /// pricing when this status is the first to carry it), else its pricing alone, if the
-/// first. A write refused because the message changed since the read is tried once more on
-/// the message read afresh. `Yes` when the time was recorded (no status callback: the
-/// status did not change).
+/// first. A write refused because the message changed since the read is tried again on the
+/// message read afresh, up to [`OVERTAKEN_TRIES`] writes in all (each refusal is another
+/// write that landed meanwhile, another late status or a pricing: a few at most). Refused
+/// every time, the time is dropped, with a WARN and the `LateStatusesDropped` metric, and
+/// the status answered as changing nothing (the body 200): not 500, which would have Meta
+/// send the whole body again (all its other statuses idempotent, but a body may be a
+/// thousand) for one timestamp the message's own status already goes past. `Yes` when the
+/// time was recorded (no status callback: the status did not change). Each try after the
+/// first is one strong read and one write.
 async fn overtaken(
     deps: &Deps,
     m: &MessageRecord,
@@ -359,7 +369,7 @@ async fn overtaken(
     pricing: Option<&crate::domain::Pricing>,
 ) -> Result<Applied, ServiceError> {
     let mut read = std::borrow::Cow::Borrowed(m);
-    for attempt in 0..2 {
+    for attempt in 1..=OVERTAKEN_TRIES {
         let m = &*read;
         let first_pricing = pricing.filter(|_| m.pricing.is_none());
         let Some(event) = late_event(m, to, at) else {
@@ -377,7 +387,14 @@ async fn overtaken(
             tracing::debug!(status = to.as_str(), "overtaken status's time recorded");
             return Ok(Applied::Yes);
         }
-        if attempt == 1 {
+        if attempt == OVERTAKEN_TRIES {
+            // (The span names the wamid's tail, the tenant and the message; no number.)
+            tracing::warn!(
+                status = to.as_str(),
+                tries = OVERTAKEN_TRIES,
+                "a late status's time not recorded: the message changed before every write"
+            );
+            crate::metrics::late_status_dropped(to.as_str());
             break;
         }
         match deps.messages.get_message(&m.tenant_id, &m.id).await? {
@@ -385,7 +402,7 @@ async fn overtaken(
             None => return Ok(Applied::NoChange),
         }
     }
-    // Refused twice (the message changing meanwhile): its pricing, if the first (the
+    // Refused every time (the message changing meanwhile): its pricing, if the first (the
     // store's condition decides).
     if let Some(p) = pricing {
         super::usage::record_on(deps, &read, p, at).await?;

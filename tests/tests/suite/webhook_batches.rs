@@ -242,6 +242,10 @@ struct InFlight {
     log: Mutex<HashMap<MessageId, Vec<(&'static str, MessageStatus)>>>,
     /// Each read and move takes this long (a stand-in for DynamoDB's latency).
     latency: Option<std::time::Duration>,
+    /// How many more late statuses' writes to refuse (as if the message changed just
+    /// before each), and how many were asked for.
+    refuse_overtaken: AtomicUsize,
+    overtaken_writes: AtomicUsize,
 }
 
 impl InFlight {
@@ -286,6 +290,22 @@ kirim_tests::pass_through! {
             self.now.fetch_sub(1, SeqCst);
             moved
         }
+        async fn record_overtaken(
+            &self,
+            seen: &MessageRecord,
+            event: kirim::domain::StatusEvent,
+            priced: Option<&PricedMessage<'_>>,
+        ) -> Result<bool, StoreError> {
+            self.overtaken_writes.fetch_add(1, SeqCst);
+            let refused = self
+                .refuse_overtaken
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if refused {
+                return Ok(false);
+            }
+            self.inner.record_overtaken(seen, event, priced).await
+        }
     }
 }
 
@@ -299,6 +319,8 @@ async fn a_body_s_statuses_are_applied_several_at_once_each_message_s_in_order(b
         most: AtomicUsize::new(0),
         log: Mutex::new(HashMap::new()),
         latency: None,
+        refuse_overtaken: AtomicUsize::new(0),
+        overtaken_writes: AtomicUsize::new(0),
     });
     deps.messages = store.clone();
     let at = now.timestamp();
@@ -565,6 +587,8 @@ async fn time_to_apply_a_body_of_1000_statuses_with_5_ms_a_call() {
         most: AtomicUsize::new(0),
         log: Mutex::new(HashMap::new()),
         latency: Some(std::time::Duration::from_millis(5)),
+        refuse_overtaken: AtomicUsize::new(0),
+        overtaken_writes: AtomicUsize::new(0),
     });
     let statuses = messages
         .iter()
@@ -589,6 +613,7 @@ on_both_backends!(
     a_sent_after_read_of_a_message_without_one_keeps_its_time,
     a_pairing_repeated_through_a_body_is_written_once_and_a_failed_one_again,
     a_failing_owner_lookup_is_made_once_per_body_and_fails_each_of_its_items,
+    a_late_delivered_refused_three_times_lands_and_one_refused_every_time_is_dropped_with_200,
 );
 
 /// The real contact store, counting the pairings written and failing the first one.
@@ -876,5 +901,72 @@ async fn a_failing_owner_lookup_is_made_once_per_body_and_fails_each_of_its_item
             .unwrap()
             .unwrap();
         assert_eq!(stored.status, MessageStatus::Sent, "not applied");
+    }
+}
+
+/// A late `delivered` (after the `read`) whose write is refused because the message changed
+/// since it was read is written again on the message read afresh: refused 3 times, it lands
+/// on the 4th; refused every time, it is dropped after 4 writes (a WARN, a metric) and the
+/// body answered as applied nothing, not an error (200: not sent again for it).
+async fn a_late_delivered_refused_three_times_lands_and_one_refused_every_time_is_dropped_with_200(
+    b: Backend,
+) {
+    let (mut deps, _, clock) = two_processes(b).await;
+    let now = clock.now();
+    let (t, messages) = sent_messages(&deps, now, 2).await;
+    let store = Arc::new(InFlight {
+        inner: deps.messages.clone(),
+        now: AtomicUsize::new(0),
+        most: AtomicUsize::new(0),
+        log: Mutex::new(HashMap::new()),
+        latency: None,
+        refuse_overtaken: AtomicUsize::new(0),
+        overtaken_writes: AtomicUsize::new(0),
+    });
+    deps.messages = store.clone();
+    let at = now.timestamp();
+    for (refusals, (m, w)) in [(3, &messages[0]), (usize::MAX, &messages[1])] {
+        let one = |status: Value| body(&t.phone_number_id, vec![status], vec![]);
+        let read = webhook::apply(&deps, &one(status_of(m, w, "read", at - 2, false)))
+            .await
+            .unwrap();
+        assert_eq!(read.applied, 1);
+        store.refuse_overtaken.store(refusals, SeqCst);
+        store.overtaken_writes.store(0, SeqCst);
+        let late = webhook::apply(&deps, &one(status_of(m, w, "delivered", at - 3, false)))
+            .await
+            .unwrap();
+        let stored = deps
+            .messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        let delivered: Vec<i64> = stored
+            .events
+            .iter()
+            .filter(|e| e.status == MessageStatus::Delivered)
+            .map(|e| e.at.timestamp())
+            .collect();
+        assert_eq!(stored.status, MessageStatus::Read);
+        assert_eq!(
+            store.overtaken_writes.load(SeqCst),
+            4,
+            "{refusals}: 4 writes"
+        );
+        if refusals == 3 {
+            assert_eq!((late.applied, late.errors), (1, 0), "{late:?}");
+            assert_eq!(delivered, [at - 3], "recorded on the 4th write");
+        } else {
+            assert_eq!(
+                late,
+                WebhookSummary {
+                    ignored: 1,
+                    ..Default::default()
+                },
+                "dropped, not an error"
+            );
+            assert_eq!(delivered, Vec::<i64>::new());
+        }
     }
 }
