@@ -124,6 +124,17 @@ pub async fn apply_owned(
     tenant: Option<&TenantId>,
     report: &StatusReport,
 ) -> Result<(Applied, Option<TenantId>), ServiceError> {
+    apply_owned_in_turn(deps, tenant, report, None).await
+}
+
+/// [`apply_owned`] for one status of a body applied several at once: its pricing writes
+/// take `turns` on their usage rows ([`UsageTurns`](super::usage::UsageTurns)).
+pub(crate) async fn apply_owned_in_turn(
+    deps: &Deps,
+    tenant: Option<&TenantId>,
+    report: &StatusReport,
+    turns: Option<&super::usage::UsageTurns>,
+) -> Result<(Applied, Option<TenantId>), ServiceError> {
     let found = match resolve(deps, tenant, report).await? {
         Some(found) => found,
         // A number no tenant has and no message id in Kirim's form echoed (another
@@ -148,7 +159,7 @@ pub async fn apply_owned(
     if tenant != Some(tenant_id) {
         crate::telemetry::record_tenant(tenant_id.as_str());
     }
-    let applied = apply_to(deps, tenant_id, message_id, report, found.seen()).await?;
+    let applied = apply_to(deps, tenant_id, message_id, report, found.seen(), turns).await?;
     Ok((applied, Some(tenant_id.clone())))
 }
 
@@ -161,7 +172,9 @@ pub async fn apply_owned(
 /// When `seen` has no pricing yet and this status carries it, the move, the pricing and
 /// the usage row are one write ([`UsageStore::transition_priced`]).
 ///
-/// The caller records the tenant on the span.
+/// The caller records the tenant on the span. `turns`: the body's turns on its usage rows,
+/// when its statuses are applied several at once (the pricing writes of a move take them;
+/// a late status's or a failed move's, rare, do not).
 ///
 /// [`UsageStore::transition_priced`]: crate::ports::UsageStore::transition_priced
 async fn apply_to(
@@ -170,6 +183,7 @@ async fn apply_to(
     message_id: &MessageId,
     report: &StatusReport,
     seen: Option<&MessageRecord>,
+    turns: Option<&super::usage::UsageTurns>,
 ) -> Result<Applied, ServiceError> {
     crate::telemetry::record_ids([("message_id", message_id.as_str())]);
     let to = report.status.message_status();
@@ -246,11 +260,14 @@ async fn apply_to(
             // below from that read is then what was moved (a `failed` the read missed
             // refuses it, and the plain move below answers the message as it is).
             let from = std::slice::from_ref(&m.status);
-            let written = match deps
-                .usage
-                .transition_priced(&priced, from, to, &change, at)
-                .await
-            {
+            let write = deps.usage.transition_priced(&priced, from, to, &change, at);
+            // Boxed: only a body of several statuses waits its turn (the single status's
+            // future stays as it was).
+            let written = match turns {
+                None => write.await,
+                Some(turns) => Box::pin(turns.in_turn(tenant_id, pricing, at, write)).await,
+            };
+            let written = match written {
                 Ok(written) => written,
                 Err(e) => {
                     return Box::pin(after_error(
@@ -296,7 +313,11 @@ async fn apply_to(
             // record says whether it was (no extra read). Last, so that a failure here
             // (answered 500: Meta delivers again) never loses the callback above.
             if let Some(pricing) = pricing {
-                super::usage::record_on(deps, &record, pricing, at).await?;
+                let write = super::usage::record_on(deps, &record, pricing, at);
+                match turns {
+                    None => write.await?,
+                    Some(turns) => Box::pin(turns.in_turn(tenant_id, pricing, at, write)).await?,
+                };
             }
             tracing::debug!(status = to.as_str(), "status applied");
             Ok(Applied::Yes)
@@ -738,7 +759,8 @@ pub async fn apply_kept(deps: &Deps, wamid: &str) -> Result<usize, ServiceError>
                 Some(found) => {
                     let (tenant, message) = found.ids();
                     crate::telemetry::record_tenant(tenant.as_str());
-                    if apply_to(deps, tenant, message, &report, found.seen()).await? == Applied::Yes
+                    if apply_to(deps, tenant, message, &report, found.seen(), None).await?
+                        == Applied::Yes
                     {
                         applied += 1;
                     }

@@ -75,6 +75,62 @@ pub fn priced<'a>(
     }
 }
 
+/// Turns on the usage rows a body's statuses price: one pricing write of a row at a time
+/// (`webhook::STATUSES_IN_FLIGHT` statuses of a body are applied at once). Every message's
+/// first priced status of a day and category adds to one usage row in its transaction, and
+/// DynamoDB cancels transactions that overlap on an item (`TransactionConflict`, retried by
+/// the adapter 7 times in ~0.2–0.3 s); a row takes one transaction at a time however many
+/// are sent, so the body's own writes of a row wait their turn here instead of cancelling
+/// each other. A row's writes from other requests can still conflict with them (retried as
+/// before). A body prices a few rows: a list.
+#[derive(Default)]
+pub(crate) struct UsageTurns(
+    std::sync::Mutex<Vec<(UsageRowKey, std::sync::Arc<tokio::sync::Mutex<()>>)>>,
+);
+
+/// A usage row: tenant, UTC day, category and type.
+type UsageRowKey = (TenantId, NaiveDate, String, String);
+
+impl UsageTurns {
+    /// `write`, a pricing write of `pricing` on `tenant`'s row of `at`'s day, once no other
+    /// of this body's writes of that row is in flight. The list's lock is held only to find
+    /// the row's turn, never across a write.
+    pub(crate) async fn in_turn<T>(
+        &self,
+        tenant: &TenantId,
+        pricing: &Pricing,
+        at: DateTime<Utc>,
+        write: impl std::future::Future<Output = T>,
+    ) -> T {
+        let day = at.date_naive();
+        let turn = {
+            let mut rows = self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let found = rows.iter().find(|((t, d, c, ty), _)| {
+                t == tenant && *d == day && *c == pricing.category && *ty == pricing.pricing_type
+            });
+            match found {
+                Some((_, turn)) => turn.clone(),
+                None => {
+                    let turn = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                    let key = (
+                        tenant.clone(),
+                        day,
+                        pricing.category.clone(),
+                        pricing.pricing_type.clone(),
+                    );
+                    rows.push((key, turn.clone()));
+                    turn
+                }
+            }
+        };
+        let _turn = turn.lock().await;
+        write.await
+    }
+}
+
 /// A usage row is kept for the Billing period after its day ends (every message added to
 /// it writes the same expiry).
 pub fn expiry(deps: &Deps, day: NaiveDate) -> Option<i64> {

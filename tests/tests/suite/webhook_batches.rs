@@ -614,6 +614,7 @@ on_both_backends!(
     a_pairing_repeated_through_a_body_is_written_once_and_a_failed_one_again,
     a_failing_owner_lookup_is_made_once_per_body_and_fails_each_of_its_items,
     a_late_delivered_refused_three_times_lands_and_one_refused_every_time_is_dropped_with_200,
+    a_body_s_first_priced_statuses_of_one_category_never_conflict_on_their_usage_row,
 );
 
 /// The real contact store, counting the pairings written and failing the first one.
@@ -969,4 +970,141 @@ async fn a_late_delivered_refused_three_times_lands_and_one_refused_every_time_i
             assert_eq!(delivered, Vec::<i64>::new());
         }
     }
+}
+
+/// The real usage store as DynamoDB treats transactions on one item: a pricing write (each
+/// is a transaction with the day's usage row) that overlaps another on the same row is
+/// cancelled, answered as the DynamoDB adapter answers a `TransactionConflict` once its
+/// tries are spent; each write takes a few milliseconds (a transaction's round trip).
+struct UsageRowConflicts {
+    inner: Arc<dyn UsageStore>,
+    in_flight: Mutex<HashMap<(TenantId, chrono::NaiveDate, String, String), usize>>,
+    writes: AtomicUsize,
+    conflicts: AtomicUsize,
+}
+
+impl UsageRowConflicts {
+    async fn write<F: std::future::Future<Output = Result<bool, StoreError>>>(
+        &self,
+        priced: &PricedMessage<'_>,
+        write: F,
+    ) -> Result<bool, StoreError> {
+        self.writes.fetch_add(1, SeqCst);
+        let row = (
+            priced.tenant.clone(),
+            priced.day,
+            priced.pricing.category.clone(),
+            priced.pricing.pricing_type.clone(),
+        );
+        let overlaps = {
+            let mut rows = self.in_flight.lock().unwrap();
+            let n = rows.entry(row.clone()).or_default();
+            *n += 1;
+            *n > 1
+        };
+        let written = if overlaps {
+            self.conflicts.fetch_add(1, SeqCst);
+            Err(StoreError::Unavailable(
+                "dynamodb transaction cancelled: None,TransactionConflict".into(),
+            ))
+        } else {
+            tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+            write.await
+        };
+        if let Some(n) = self.in_flight.lock().unwrap().get_mut(&row) {
+            *n -= 1;
+        }
+        written
+    }
+}
+
+#[async_trait]
+impl UsageStore for UsageRowConflicts {
+    async fn record_pricing(&self, priced: &PricedMessage<'_>) -> Result<bool, StoreError> {
+        self.write(priced, self.inner.record_pricing(priced)).await
+    }
+    async fn transition_priced(
+        &self,
+        priced: &PricedMessage<'_>,
+        from: &[MessageStatus],
+        to: MessageStatus,
+        change: &StatusChange,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.write(
+            priced,
+            self.inner.transition_priced(priced, from, to, change, at),
+        )
+        .await
+    }
+    async fn usage(
+        &self,
+        tenant: &TenantId,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        self.inner.usage(tenant, from, to).await
+    }
+}
+
+/// A body of 24 `delivered` statuses, each its message's first priced one, all of one
+/// category and day (one usage row), applied 8 at a time: the body's pricing writes of the
+/// row take turns, so none is cancelled by another; each message ends delivered and is
+/// counted once, and the body sent again counts nothing more.
+async fn a_body_s_first_priced_statuses_of_one_category_never_conflict_on_their_usage_row(
+    b: Backend,
+) {
+    let (mut deps, _, clock) = two_processes(b).await;
+    let now = clock.now();
+    let (t, messages) = sent_messages(&deps, now, 24).await;
+    let store = Arc::new(UsageRowConflicts {
+        inner: deps.usage.clone(),
+        in_flight: Mutex::new(HashMap::new()),
+        writes: AtomicUsize::new(0),
+        conflicts: AtomicUsize::new(0),
+    });
+    deps.usage = store.clone();
+    let at = now.timestamp();
+    let statuses: Vec<Value> = messages
+        .iter()
+        .map(|(m, w)| status_of(m, w, "delivered", at, true))
+        .collect();
+    let raw = body(&t.phone_number_id, statuses, vec![]);
+    let summary = webhook::apply(&deps, &raw).await.unwrap();
+    assert_eq!(
+        (
+            summary.applied,
+            summary.errors,
+            store.conflicts.load(SeqCst)
+        ),
+        (24, 0, 0),
+        "{summary:?}"
+    );
+    for (m, _) in &messages {
+        let stored = deps
+            .messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.status, MessageStatus::Delivered);
+        assert!(stored.pricing.is_some());
+    }
+    let day = now.date_naive();
+    let count = |deps: Deps| {
+        let t = t.id.clone();
+        async move {
+            deps.usage
+                .usage(&t, day, day)
+                .await
+                .unwrap()
+                .iter()
+                .map(|u| u.messages)
+                .sum::<i64>()
+        }
+    };
+    assert_eq!(count(deps.clone()).await, 24, "each message counted once");
+    let again = webhook::apply(&deps, &raw).await.unwrap();
+    assert_eq!((again.ignored, again.errors), (24, 0), "{again:?}");
+    assert_eq!(count(deps.clone()).await, 24, "and not again");
 }
