@@ -114,22 +114,14 @@ pub async fn apply(
     tenant: Option<&TenantId>,
     report: &StatusReport,
 ) -> Result<Applied, ServiceError> {
-    Ok(apply_owned(deps, tenant, report).await?.0)
+    Ok(apply_owned(deps, tenant, report, None).await?.0)
 }
 
 /// [`apply`], and the tenant whose message the status was found to be (none: no message
-/// known), which is not the number's owner `tenant` when the number moved since.
-pub async fn apply_owned(
-    deps: &Deps,
-    tenant: Option<&TenantId>,
-    report: &StatusReport,
-) -> Result<(Applied, Option<TenantId>), ServiceError> {
-    apply_owned_in_turn(deps, tenant, report, None).await
-}
-
-/// [`apply_owned`] for one status of a body applied several at once: its pricing writes
-/// take `turns` on their usage rows ([`UsageTurns`](super::usage::UsageTurns)).
-pub(crate) async fn apply_owned_in_turn(
+/// known), which is not the number's owner `tenant` when the number moved since. `turns`:
+/// for one status of a body applied several at once, the body's turns on its usage rows,
+/// which its pricing writes take ([`UsageTurns`](super::usage::UsageTurns)).
+pub(crate) async fn apply_owned(
     deps: &Deps,
     tenant: Option<&TenantId>,
     report: &StatusReport,
@@ -260,12 +252,18 @@ async fn apply_to(
             // below from that read is then what was moved (a `failed` the read missed
             // refuses it, and the plain move below answers the message as it is).
             let from = std::slice::from_ref(&m.status);
-            let write = deps.usage.transition_priced(&priced, from, to, &change, at);
             // Boxed: only a body of several statuses waits its turn (the single status's
             // future stays as it was).
             let written = match turns {
-                None => write.await,
-                Some(turns) => Box::pin(turns.in_turn(tenant_id, pricing, at, write)).await,
+                None => {
+                    deps.usage
+                        .transition_priced(&priced, from, to, &change, at)
+                        .await
+                }
+                Some(turns) => {
+                    let write = deps.usage.transition_priced(&priced, from, to, &change, at);
+                    Box::pin(turns.in_turn(tenant_id, pricing, at, write)).await
+                }
             };
             let written = match written {
                 Ok(written) => written,
@@ -313,10 +311,12 @@ async fn apply_to(
             // record says whether it was (no extra read). Last, so that a failure here
             // (answered 500: Meta delivers again) never loses the callback above.
             if let Some(pricing) = pricing {
-                let write = super::usage::record_on(deps, &record, pricing, at);
                 match turns {
-                    None => write.await?,
-                    Some(turns) => Box::pin(turns.in_turn(tenant_id, pricing, at, write)).await?,
+                    None => super::usage::record_on(deps, &record, pricing, at).await?,
+                    Some(turns) => {
+                        let write = super::usage::record_on(deps, &record, pricing, at);
+                        Box::pin(turns.in_turn(tenant_id, pricing, at, write)).await?
+                    }
                 };
             }
             tracing::debug!(status = to.as_str(), "status applied");

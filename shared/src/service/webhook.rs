@@ -306,7 +306,8 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
                         _ => crate::telemetry::record_ids([("wamid", wamid)]),
                     }
                     let tenant = tenant?;
-                    let (applied, owner) = super::status::apply_owned(deps, tenant, report).await?;
+                    let (applied, owner) =
+                        super::status::apply_owned(deps, tenant, report, None).await?;
                     // The pairing is the message's tenant's: a number moved to another
                     // tenant still brings statuses of its former owner's messages, whose
                     // customers are not the new owner's. A status of no known message
@@ -529,7 +530,7 @@ async fn one_of_many(
             crate::telemetry::record_tenant(t.as_str());
         }
         let (applied, owner) =
-            super::status::apply_owned_in_turn(deps, tenant, report, Some(turns)).await?;
+            super::status::apply_owned(deps, tenant, report, Some(turns)).await?;
         // The message's tenant's pairing (see the single status's path in `apply`).
         if let Some(t) = owner.as_ref().or(tenant) {
             pairs
