@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use kirim::config::Backend;
 use kirim::domain::meta::Callback;
@@ -761,95 +762,18 @@ struct OwnerLookupFails {
     lookups: AtomicUsize,
 }
 
-#[async_trait]
-impl TenantStore for OwnerLookupFails {
-    async fn create_tenant(
-        &self,
-        tenant: &Tenant,
-        key: &ApiKeyRecord,
-        initial: Option<&LedgerEntry>,
-    ) -> Result<(), StoreError> {
-        self.inner.create_tenant(tenant, key, initial).await
-    }
-    async fn onboard(
-        &self,
-        tenant: &Tenant,
-        display_phone_number: Option<&str>,
-        key: &ApiKeyRecord,
-        initial: Option<&LedgerEntry>,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .onboard(tenant, display_phone_number, key, initial)
-            .await
-    }
-    async fn onboard_over_closed(
-        &self,
-        tenant: &Tenant,
-        display_phone_number: Option<&str>,
-        key: &ApiKeyRecord,
-        initial: Option<&LedgerEntry>,
-        closed: &TenantId,
-    ) -> Result<(), StoreError> {
-        self.inner
-            .onboard_over_closed(tenant, display_phone_number, key, initial, closed)
-            .await
-    }
-    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
-        self.inner.get_tenant(id).await
-    }
-    async fn tenant_for_access(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
-        self.inner.tenant_for_access(id).await
-    }
-    async fn tenant_by_phone_number_id(
-        &self,
-        phone_number_id: &str,
-    ) -> Result<Option<TenantId>, StoreError> {
-        self.lookups.fetch_add(1, SeqCst);
-        if phone_number_id == self.failing {
-            return Err(StoreError::Unavailable("throttled".into()));
+kirim_tests::pass_through! {
+    impl TenantStore for OwnerLookupFails {
+        async fn tenant_by_phone_number_id(
+            &self,
+            phone_number_id: &str,
+        ) -> Result<Option<TenantId>, StoreError> {
+            self.lookups.fetch_add(1, SeqCst);
+            if phone_number_id == self.failing {
+                return Err(StoreError::Unavailable("throttled".into()));
+            }
+            self.inner.tenant_by_phone_number_id(phone_number_id).await
         }
-        self.inner.tenant_by_phone_number_id(phone_number_id).await
-    }
-    async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.inner.api_key_by_hash(key_hash).await
-    }
-    async fn tenants_by_waba(&self, waba_id: &str) -> Result<Vec<TenantId>, StoreError> {
-        self.inner.tenants_by_waba(waba_id).await
-    }
-    async fn set_ip_allowlist(&self, id: &TenantId, cidrs: &[String]) -> Result<(), StoreError> {
-        self.inner.set_ip_allowlist(id, cidrs).await
-    }
-    async fn set_request_limits(
-        &self,
-        id: &TenantId,
-        limits: kirim::domain::RequestLimits,
-    ) -> Result<Tenant, StoreError> {
-        self.inner.set_request_limits(id, limits).await
-    }
-    async fn set_meta_token_changed_at(
-        &self,
-        id: &TenantId,
-        at: DateTime<Utc>,
-    ) -> Result<Tenant, StoreError> {
-        self.inner.set_meta_token_changed_at(id, at).await
-    }
-    async fn set_status(
-        &self,
-        id: &TenantId,
-        to: TenantStatus,
-        reason: Option<&str>,
-        at: DateTime<Utc>,
-    ) -> Result<Tenant, StoreError> {
-        self.inner.set_status(id, to, reason, at).await
-    }
-    async fn suspend_if_unchanged(
-        &self,
-        id: &TenantId,
-        reason: &str,
-        at: DateTime<Utc>,
-        seen: Option<DateTime<Utc>>,
-    ) -> Result<Option<Tenant>, StoreError> {
-        self.inner.suspend_if_unchanged(id, reason, at, seen).await
     }
 }
 
