@@ -211,7 +211,7 @@ fn encoded(headers: &axum::http::HeaderMap) -> Option<ApiError> {
         ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "invalid_request",
-            "compressed request bodies are not accepted (Content-Encoding): send the JSON uncompressed",
+            "compressed request bodies are not accepted (Content-Encoding): send the body (JSON, or a campaign's CSV) uncompressed",
         )
     })
 }

@@ -1236,6 +1236,9 @@ async fn a_compressed_body_is_refused_415_and_changes_nothing(b: Backend) {
             (415, "invalid_request"),
             "{path}: {err}"
         );
+        // Said of any body, not only JSON: the CSV upload's is a CSV.
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("send the body"), "{err}");
     }
     let optout = app
         .http
