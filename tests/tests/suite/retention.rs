@@ -1695,7 +1695,17 @@ impl kirim::ports::RetentionStore for FailingPart {
 /// next run resumes after the last saved position and would never report that work.
 async fn a_run_that_fails_part_way_still_records_what_its_pages_removed(b: Backend) {
     for at in [FailAt::SecondPage, FailAt::FirstSave] {
-        let app = spawn_short(b, 1).await;
+        // Every class kept a second but the audit: the run's own `retention.run` event,
+        // read below, must outlive the second (under load it did not, and the event read
+        // after it was found expired).
+        let mut cfg = kirim_tests::local_config(b).await;
+        let second = Duration::from_secs(1);
+        cfg.settings.retention.messages = second;
+        cfg.settings.retention.billing = second;
+        cfg.settings.retention.idempotency = second;
+        cfg.settings.retention.stats = second;
+        cfg.settings.retention.audit = Duration::from_secs(3600);
+        let app = kirim_tests::spawn_with(cfg).await;
         let t = app.onboard(10).await;
         for i in 0..3 {
             app.send_ok(&t.key, &format!("+6012345{:04}", 6200 + i))
