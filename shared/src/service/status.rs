@@ -262,7 +262,7 @@ async fn apply_to(
                 }
                 Some(turns) => {
                     let write = deps.usage.transition_priced(&priced, from, to, &change, at);
-                    Box::pin(turns.in_turn(tenant_id, pricing, at, write)).await
+                    Box::pin(turns.in_turn(tenant_id, message_id, pricing, at, write)).await
                 }
             };
             let written = match written {
@@ -315,7 +315,7 @@ async fn apply_to(
                     None => super::usage::record_on(deps, &record, pricing, at).await?,
                     Some(turns) => {
                         let write = super::usage::record_on(deps, &record, pricing, at);
-                        Box::pin(turns.in_turn(tenant_id, pricing, at, write)).await?
+                        Box::pin(turns.in_turn(tenant_id, message_id, pricing, at, write)).await?
                     }
                 };
             }

@@ -6,7 +6,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::domain::{MessageId, MessageRecord, Pricing, RetentionClass, TenantId};
-use crate::ports::{PricedMessage, UsageRow};
+use crate::ports::{usage_shard, PricedMessage, UsageRow};
 
 use super::errors::ServiceError;
 use super::Deps;
@@ -75,41 +75,48 @@ pub fn priced<'a>(
     }
 }
 
-/// Turns on the usage rows a body's statuses price: one pricing write of a row at a time
-/// (`webhook::STATUSES_IN_FLIGHT` statuses of a body are applied at once). Every message's
-/// first priced status of a day and category adds to one usage row in its transaction, and
-/// DynamoDB cancels transactions that overlap on an item (`TransactionConflict`, retried by
-/// the adapter 7 times in ~0.2–0.3 s); a row takes one transaction at a time however many
-/// are sent, so the body's own writes of a row wait their turn here instead of cancelling
-/// each other. A row's writes from other requests can still conflict with them (retried as
-/// before). A body prices a few rows: a list.
+/// Turns on the usage rows' parts a body's statuses price: one pricing write of a part at
+/// a time (`webhook::STATUSES_IN_FLIGHT` statuses of a body are applied at once). Every
+/// message's first priced status of a day and category adds to its part of one usage row
+/// ([`usage_shard`]) in its transaction, and DynamoDB cancels transactions that overlap on
+/// an item (`TransactionConflict`, retried by the adapter 7 times in ~0.2–0.3 s); an item
+/// takes one transaction at a time however many are sent, so the body's own writes of a
+/// part wait their turn here instead of cancelling each other, and writes of the row's
+/// other parts go at once. A part's writes from other requests can still conflict with
+/// them (retried as before). A body prices a few rows: a list.
 #[derive(Default)]
 pub(crate) struct UsageTurns(
     std::sync::Mutex<Vec<(UsageRowKey, std::sync::Arc<tokio::sync::Mutex<()>>)>>,
 );
 
-/// A usage row: tenant, UTC day, category and type.
-type UsageRowKey = (TenantId, NaiveDate, String, String);
+/// A usage row's part: tenant, UTC day, category, type and shard.
+type UsageRowKey = (TenantId, NaiveDate, String, String, u8);
 
 impl UsageTurns {
-    /// `write`, a pricing write of `pricing` on `tenant`'s row of `at`'s day, once no other
-    /// of this body's writes of that row is in flight. The list's lock is held only to find
-    /// the row's turn, never across a write.
+    /// `write`, a pricing write of `message`'s `pricing` on its part of `tenant`'s row of
+    /// `at`'s day, once no other of this body's writes of that part is in flight. The
+    /// list's lock is held only to find the part's turn, never across a write.
     pub(crate) async fn in_turn<T>(
         &self,
         tenant: &TenantId,
+        message: &MessageId,
         pricing: &Pricing,
         at: DateTime<Utc>,
         write: impl std::future::Future<Output = T>,
     ) -> T {
         let day = at.date_naive();
+        let shard = usage_shard(message);
         let turn = {
             let mut rows = self
                 .0
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let found = rows.iter().find(|((t, d, c, ty), _)| {
-                t == tenant && *d == day && *c == pricing.category && *ty == pricing.pricing_type
+            let found = rows.iter().find(|((t, d, c, ty, sh), _)| {
+                t == tenant
+                    && *d == day
+                    && *c == pricing.category
+                    && *ty == pricing.pricing_type
+                    && *sh == shard
             });
             match found {
                 Some((_, turn)) => turn.clone(),
@@ -120,6 +127,7 @@ impl UsageTurns {
                         day,
                         pricing.category.clone(),
                         pricing.pricing_type.clone(),
+                        shard,
                     );
                     rows.push((key, turn.clone()));
                     turn

@@ -496,6 +496,61 @@ async fn metas_pricing_is_counted_once_per_message_by_day_category_and_type(p: P
     );
 }
 
+/// A day's usage row is spread over `USAGE_SHARDS` parts by message (A79), so that a busy
+/// tenant's concurrent pricing transactions do not all meet on one item; a read answers one
+/// row per day, category and type, the parts summed, and each message adds to the part its
+/// id names, once.
+async fn a_days_usage_row_is_spread_over_parts_by_message_and_read_as_one(p: Ports) {
+    let t = onboarded(&p, 100).await;
+    let day = NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+    let utility = Pricing::parse("PMP", "utility", "regular").unwrap();
+    let expires = Some(p.clock.now().timestamp() + 1000);
+    let mut parts = std::collections::BTreeMap::<u8, i64>::new();
+    for _ in 0..24 {
+        let (mut m, debit) = message(&p, &t.id, 1000);
+        m.price = 2;
+        p.messages.insert_with_debit(&m, &debit).await.unwrap();
+        assert!(priced(&p, &t.id, &m.id, &utility, day, expires)
+            .await
+            .unwrap());
+        assert!(!priced(&p, &t.id, &m.id, &utility, day, expires)
+            .await
+            .unwrap());
+        *parts.entry(usage_shard(&m.id)).or_default() += 1;
+        p.clock.advance(Duration::milliseconds(2));
+    }
+    let rows = p.usage.usage(&t.id, day, day).await.unwrap();
+    assert_eq!(
+        rows,
+        vec![UsageRow {
+            date: day,
+            category: "utility".into(),
+            pricing_type: "regular".into(),
+            messages: 24,
+            credits: 48,
+        }]
+    );
+    // Stored as one item a part, each with its own messages.
+    let pk = format!("TENANT#{}", t.id);
+    let stored: Vec<String> = p
+        .retention
+        .stored_items()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.pk == pk && i.sk.starts_with("USAGE#"))
+        .map(|i| i.sk)
+        .collect();
+    let expected: Vec<String> = parts
+        .keys()
+        .map(|shard| format!("USAGE#2026-11-30#utility#regular#{shard}"))
+        .collect();
+    let mut got = stored.clone();
+    got.sort();
+    assert_eq!(got, expected);
+    assert!(parts.len() >= 3, "24 messages spread: {parts:?}");
+}
+
 async fn the_status_first_carrying_pricing_moves_prices_and_counts_the_message_in_one_write(
     p: Ports,
 ) {
@@ -1199,4 +1254,46 @@ contract!(
     a_numbers_quality_changes_only_on_a_number_that_exists,
     an_older_quality_update_never_undoes_a_newer_one,
     metas_pricing_is_counted_once_per_message_by_day_category_and_type,
+    a_days_usage_row_is_spread_over_parts_by_message_and_read_as_one,
 );
+
+/// A usage row written before rows were spread (A79: `USAGE#{day}#{category}#{type}`, no
+/// part of its own) is read with the parts written since: one row, summed.
+#[tokio::test]
+async fn on_dynamodb_a_usage_row_written_before_the_spread_is_summed_with_its_parts() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let (p, table, name) = super::contract::aws_and_table().await;
+    let t = onboarded(&p, 100).await;
+    let day = NaiveDate::from_ymd_opt(2026, 11, 30).unwrap();
+    let n = |v: i64| AttributeValue::N(v.to_string());
+    table
+        .put_item()
+        .table_name(&name)
+        .item("pk", AttributeValue::S(format!("TENANT#{}", t.id)))
+        .item(
+            "sk",
+            AttributeValue::S("USAGE#2026-11-30#utility#regular".into()),
+        )
+        .item("date", AttributeValue::S("2026-11-30".into()))
+        .item("category", AttributeValue::S("utility".into()))
+        .item("pricing_type", AttributeValue::S("regular".into()))
+        .item("messages", n(5))
+        .item("credits", n(10))
+        .send()
+        .await
+        .unwrap();
+    let utility = Pricing::parse("PMP", "utility", "regular").unwrap();
+    for _ in 0..3 {
+        let (mut m, debit) = message(&p, &t.id, 1000);
+        m.price = 2;
+        p.messages.insert_with_debit(&m, &debit).await.unwrap();
+        assert!(priced(&p, &t.id, &m.id, &utility, day, None).await.unwrap());
+    }
+    let rows = p.usage.usage(&t.id, day, day).await.unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r.category.as_str(), r.messages, r.credits))
+            .collect::<Vec<_>>(),
+        vec![("utility", 8, 16)]
+    );
+}

@@ -517,9 +517,12 @@ async fn an_expired_usage_row_is_swept_as_billing_and_a_live_one_stays(p: Ports)
         .advance(Duration::nanoseconds(1_000_000_000 - i64::from(into)));
     let t = onboarded(&p, 10).await;
     let pricing = kirim::domain::Pricing::parse("PMP", "utility", "regular").unwrap();
+    let mut shards = Vec::new();
     for (day, expires_in) in [("2026-01-01", TTL), ("2026-01-02", LIVE)] {
         let (m, debit) = message(&p, &t.id, LIVE);
         p.messages.insert_with_debit(&m, &debit).await.unwrap();
+        // The row's part the message adds to (A79).
+        shards.push(kirim::ports::usage_shard(&m.id));
         assert!(p
             .usage
             .record_pricing(&PricedMessage {
@@ -536,8 +539,9 @@ async fn an_expired_usage_row_is_swept_as_billing_and_a_live_one_stays(p: Ports)
     }
     swept_when_due(&p, TTL, &[("billing", 1)]).await;
     let pk = tenant_pk(&t.id);
-    assert!(!stored(&p, &pk, "USAGE#2026-01-01#utility#regular").await);
-    assert!(stored(&p, &pk, "USAGE#2026-01-02#utility#regular").await);
+    let [gone, live] = [&shards[0], &shards[1]];
+    assert!(!stored(&p, &pk, &format!("USAGE#2026-01-01#utility#regular#{gone}")).await);
+    assert!(stored(&p, &pk, &format!("USAGE#2026-01-02#utility#regular#{live}")).await);
 }
 
 async fn an_idle_send_slot_is_swept_as_a_send_slot_and_a_used_one_stays(p: Ports) {

@@ -896,15 +896,21 @@ async fn a_late_delivered_refused_three_times_lands_and_one_refused_every_time_i
     }
 }
 
+/// A usage row's part: tenant, day, category, type and shard (A79).
+type UsageRowPart = (TenantId, chrono::NaiveDate, String, String, u8);
+
 /// The real usage store as DynamoDB treats transactions on one item: a pricing write (each
-/// is a transaction with the day's usage row) that overlaps another on the same row is
-/// cancelled, answered as the DynamoDB adapter answers a `TransactionConflict` once its
-/// tries are spent; each write takes a few milliseconds (a transaction's round trip).
+/// is a transaction with its message's part of the day's usage row, A79) that overlaps
+/// another on the same part is cancelled, answered as the DynamoDB adapter answers a
+/// `TransactionConflict` once its tries are spent; each write takes a few milliseconds (a
+/// transaction's round trip). Counts the most writes of one row (all its parts) at once.
 struct UsageRowConflicts {
     inner: Arc<dyn UsageStore>,
-    in_flight: Mutex<HashMap<(TenantId, chrono::NaiveDate, String, String), usize>>,
+    in_flight: Mutex<HashMap<UsageRowPart, usize>>,
     writes: AtomicUsize,
     conflicts: AtomicUsize,
+    of_row_now: AtomicUsize,
+    of_row_at_most: AtomicUsize,
 }
 
 impl UsageRowConflicts {
@@ -914,11 +920,14 @@ impl UsageRowConflicts {
         write: F,
     ) -> Result<bool, StoreError> {
         self.writes.fetch_add(1, SeqCst);
+        let now = self.of_row_now.fetch_add(1, SeqCst) + 1;
+        self.of_row_at_most.fetch_max(now, SeqCst);
         let row = (
             priced.tenant.clone(),
             priced.day,
             priced.pricing.category.clone(),
             priced.pricing.pricing_type.clone(),
+            kirim::ports::usage_shard(priced.message),
         );
         let overlaps = {
             let mut rows = self.in_flight.lock().unwrap();
@@ -938,6 +947,7 @@ impl UsageRowConflicts {
         if let Some(n) = self.in_flight.lock().unwrap().get_mut(&row) {
             *n -= 1;
         }
+        self.of_row_now.fetch_sub(1, SeqCst);
         written
     }
 }
@@ -972,9 +982,10 @@ impl UsageStore for UsageRowConflicts {
 }
 
 /// A body of 24 `delivered` statuses, each its message's first priced one, all of one
-/// category and day (one usage row), applied 8 at a time: the body's pricing writes of the
-/// row take turns, so none is cancelled by another; each message ends delivered and is
-/// counted once, and the body sent again counts nothing more.
+/// category and day (one usage row), applied 8 at a time: the body's pricing writes of each
+/// of the row's parts take turns, so none is cancelled by another, while writes of its
+/// different parts go at once; each message ends delivered and is counted once, and the
+/// body sent again counts nothing more.
 async fn a_body_s_first_priced_statuses_of_one_category_never_conflict_on_their_usage_row(
     b: Backend,
 ) {
@@ -986,6 +997,8 @@ async fn a_body_s_first_priced_statuses_of_one_category_never_conflict_on_their_
         in_flight: Mutex::new(HashMap::new()),
         writes: AtomicUsize::new(0),
         conflicts: AtomicUsize::new(0),
+        of_row_now: AtomicUsize::new(0),
+        of_row_at_most: AtomicUsize::new(0),
     });
     deps.usage = store.clone();
     let at = now.timestamp();
@@ -1003,6 +1016,11 @@ async fn a_body_s_first_priced_statuses_of_one_category_never_conflict_on_their_
         ),
         (24, 0, 0),
         "{summary:?}"
+    );
+    // One row, yet not one write at a time: its parts are written at once.
+    assert!(
+        store.of_row_at_most.load(SeqCst) >= 2,
+        "the row's parts taken one at a time"
     );
     for (m, _) in &messages {
         let stored = deps

@@ -402,12 +402,13 @@ pub(super) struct State {
     pub(super) template_removed: BTreeMap<(String, String, String), (i64, i64)>,
     /// (tenant, phone number id) → one of its phone numbers.
     pub(super) numbers: BTreeMap<(TenantId, String), crate::ports::PhoneNumberRecord>,
-    /// (tenant, day, category, type) → a usage row and its expiry (epoch seconds).
+    /// (tenant, day, category, type, shard) → a part of a usage row and its expiry (epoch
+    /// seconds), spread by message as DynamoDB's items are (A79).
     pub(super) usage: BTreeMap<UsageKey, (crate::ports::UsageRow, Option<i64>)>,
 }
 
-/// A usage row's key: (tenant, day, category, type).
-pub(super) type UsageKey = (TenantId, chrono::NaiveDate, String, String);
+/// A usage row's part's key: (tenant, day, category, type, shard).
+pub(super) type UsageKey = (TenantId, chrono::NaiveDate, String, String, u8);
 
 /// Every store port over one lock: each method is atomic, as the DynamoDB conditional
 /// writes and transactions are.

@@ -190,8 +190,10 @@ pub enum ItemKind {
     /// `TENANT#{tenant}` / `NUMBER#{phone_number_id}`; gsi1 `WABA#{waba}` /
     /// `TENANT#{tenant}`: one of the tenant's phone numbers.
     PhoneNumber,
-    /// `TENANT#{tenant}` / `USAGE#{yyyy-mm-dd}#{category}#{type}`: Meta's pricing of the
-    /// tenant's messages on one UTC day (a billing record).
+    /// `TENANT#{tenant}` / `USAGE#{yyyy-mm-dd}#{category}#{type}#{shard}`: Meta's pricing
+    /// of the tenant's messages on one UTC day (a billing record), one of the row's
+    /// [`USAGE_SHARDS`](crate::ports::USAGE_SHARDS) parts (A79; a row written before had
+    /// no `#{shard}`).
     UsageCounter,
 }
 
@@ -591,11 +593,17 @@ pub fn broadcast_list(t: &TenantId, id: &str) -> Key {
 
 /// Category and type are words of letters, digits and underscores (`domain::Pricing`), so
 /// `#` separates them and key order is (day, category, type) order.
-pub fn usage_counter(t: &TenantId, day: NaiveDate, category: &str, pricing_type: &str) -> Key {
+pub fn usage_counter(
+    t: &TenantId,
+    day: NaiveDate,
+    category: &str,
+    pricing_type: &str,
+    shard: u8,
+) -> Key {
     Key::new(
         tenant_pk(t),
         format!(
-            "{USAGE_PREFIX}{}#{category}#{pricing_type}",
+            "{USAGE_PREFIX}{}#{category}#{pricing_type}#{shard}",
             day.format("%Y-%m-%d")
         ),
     )
@@ -921,7 +929,7 @@ mod tests {
             ItemKind::LoginFailuresOfAddress => login_failures_of_address("198.51.100.7"),
             ItemKind::Template => template("1000001", "order_update", "en_US"),
             ItemKind::PhoneNumber => phone_number(&t, "1234567890"),
-            ItemKind::UsageCounter => usage_counter(&t, day, "marketing", "regular"),
+            ItemKind::UsageCounter => usage_counter(&t, day, "marketing", "regular", 7),
         }
     }
 
@@ -1101,7 +1109,12 @@ mod tests {
             ("2026-01-03", true),
             ("2026-01-04", false),
         ] {
-            let sk = usage_counter(&t, d(day), "authentication", "free_entry_point").sk;
+            for shard in [0, crate::ports::USAGE_SHARDS - 1] {
+                let sk = usage_counter(&t, d(day), "authentication", "free_entry_point", shard).sk;
+                assert_eq!(lo <= sk && sk <= hi, inside, "{day} {shard}");
+            }
+            // A row written before rows were spread (A79) has no shard of its own.
+            let sk = format!("{USAGE_PREFIX}{day}#authentication#free_entry_point");
             assert_eq!(lo <= sk && sk <= hi, inside, "{day}");
         }
         let (lo, hi) = message_range_of_ms(1_700_000_000_000);

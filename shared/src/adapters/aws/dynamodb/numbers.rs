@@ -7,9 +7,12 @@
 //! conditioned on neither existing; removing deletes both in one transaction with a
 //! condition on the tenant item (not its default number).
 //!
-//! A usage row is `USAGE#{day}#{category}#{type}` in the tenant's partition (Billing TTL):
-//! Meta's pricing is counted by one transaction that sets `pricing` on the message only
-//! if it has none and ADDs to the row, so a repeated pricing counts nothing.
+//! A usage row is `USAGE#{day}#{category}#{type}#{shard}` in the tenant's partition
+//! (Billing TTL), spread over [`USAGE_SHARDS`](crate::ports::USAGE_SHARDS) items by
+//! message (A79): Meta's pricing is counted by one transaction that sets `pricing` on the
+//! message only if it has none and ADDs to the message's part of the row, so a repeated
+//! pricing counts nothing; a read sums the parts (and a row written before the spread,
+//! without `#{shard}`).
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
@@ -23,8 +26,8 @@ use super::{
 };
 use crate::domain::{MessageStatus, TemplateQuality, TenantId};
 use crate::ports::{
-    NumberHold, PhoneNumberRecord, PhoneNumberStore, PricedMessage, StatusChange, UsageRow,
-    UsageStore,
+    add_usage_row, usage_shard, NumberHold, PhoneNumberRecord, PhoneNumberStore, PricedMessage,
+    StatusChange, UsageRow, UsageStore,
 };
 use crate::store_error::StoreError;
 
@@ -58,8 +61,14 @@ impl DynamoStore {
         let mut row = Update::builder()
             .table_name(&self.table)
             .set_key(Some(
-                keys::usage_counter(priced.tenant, priced.day, &p.category, &p.pricing_type)
-                    .attrs(),
+                keys::usage_counter(
+                    priced.tenant,
+                    priced.day,
+                    &p.category,
+                    &p.pricing_type,
+                    usage_shard(priced.message),
+                )
+                .attrs(),
             ))
             .expression_attribute_names("#date", "date")
             .expression_attribute_values(":d", s(priced.day.format("%Y-%m-%d").to_string()))
@@ -574,7 +583,7 @@ impl UsageStore for DynamoStore {
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| classify("dynamodb query", e))?;
             if self.live(&item) {
-                out.push(from_item(item)?);
+                add_usage_row(&mut out, from_item(item)?);
             }
         }
         Ok(out)

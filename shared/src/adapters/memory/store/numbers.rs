@@ -7,12 +7,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use super::{message_key, MemoryStore, State};
 use crate::domain::{MessageStatus, TemplateQuality, TenantId};
 use crate::ports::{
-    NumberHold, PhoneNumberRecord, PhoneNumberStore, PricedMessage, StatusChange, TenantStatus,
-    UsageRow, UsageStore,
+    add_usage_row, usage_shard, NumberHold, PhoneNumberRecord, PhoneNumberStore, PricedMessage,
+    StatusChange, TenantStatus, UsageRow, UsageStore,
 };
 use crate::store_error::StoreError;
 
-/// Adds a priced message to its day's usage row.
+/// Adds a priced message to its part of its day's usage row.
 pub(super) fn count(s: &mut State, priced: &PricedMessage<'_>) {
     let p = priced.pricing;
     let row = s
@@ -22,6 +22,7 @@ pub(super) fn count(s: &mut State, priced: &PricedMessage<'_>) {
             priced.day,
             p.category.clone(),
             p.pricing_type.clone(),
+            usage_shard(priced.message),
         ))
         .or_insert_with(|| {
             (
@@ -319,11 +320,15 @@ impl UsageStore for MemoryStore {
         to: NaiveDate,
     ) -> Result<Vec<UsageRow>, StoreError> {
         let s = self.lock()?;
-        Ok(s.usage
-            .range((tenant.clone(), from, String::new(), String::new())..)
-            .take_while(|((t, d, _, _), _)| t == tenant && *d <= to)
+        let mut rows = Vec::new();
+        for (_, (row, _)) in s
+            .usage
+            .range((tenant.clone(), from, String::new(), String::new(), 0)..)
+            .take_while(|((t, d, _, _, _), _)| t == tenant && *d <= to)
             .filter(|(_, (_, exp))| self.live(*exp))
-            .map(|(_, (row, _))| row.clone())
-            .collect())
+        {
+            add_usage_row(&mut rows, row.clone());
+        }
+        Ok(rows)
     }
 }

@@ -456,9 +456,9 @@ impl RetentionStore for MemoryStore {
                 to_value(n).unwrap_or_default(),
             );
         }
-        for ((t, day, category, pricing_type), (row, exp)) in &s.usage {
+        for ((t, day, category, pricing_type, shard), (row, exp)) in &s.usage {
             item(
-                keys::usage_counter(t, *day, category, pricing_type),
+                keys::usage_counter(t, *day, category, pricing_type, *shard),
                 *exp,
                 to_value(row).unwrap_or_default(),
             );
