@@ -541,10 +541,11 @@ async fn a_days_usage_row_is_spread_over_parts_by_message_and_read_as_one(p: Por
         .filter(|i| i.pk == pk && i.sk.starts_with("USAGE#"))
         .map(|i| i.sk)
         .collect();
-    let expected: Vec<String> = parts
+    let mut expected: Vec<String> = parts
         .keys()
         .map(|shard| format!("USAGE#2026-11-30#utility#regular#{shard}"))
         .collect();
+    expected.sort();
     let mut got = stored.clone();
     got.sort();
     assert_eq!(got, expected);
