@@ -114,9 +114,10 @@ pub const ROUTES: &[RouteRule] = &[
     rule("POST", "/v1/broadcasts/{id}/pause", Tenant(Operator)),
     rule("POST", "/v1/broadcasts/{id}/resume", Tenant(Operator)),
     rule("POST", "/v1/broadcasts/{id}/cancel", Tenant(Operator)),
-    // Reads every message of the broadcast (up to 10,000) before it answers.
+    // Reads every message of the broadcast (up to 10,000) before it answers. A class of
+    // its own: a `read_only` key's `recipients.csv` downloads must not hold an operator's.
     heavy(
-        Heavy::Campaign,
+        Heavy::Retry,
         rule("POST", "/v1/broadcasts/{id}/retry-failed", Tenant(Operator)),
     ),
     // Every message of the broadcast (up to 10,000) and its list, in one response.
@@ -938,8 +939,9 @@ mod tests {
     /// The routes held to one at a time per tenant and class, and why (README "Limits"):
     /// each reads what grows with the tenant's data, not with its request. The audit search
     /// reads at most 1,000 events, the lists a page, `GET /v1/usage` at most 366 days:
-    /// light. The account-wide ones (admin only) are a class apart from a campaign's (its
-    /// `recipients.csv` is open to every role): neither keeps the other from its turn.
+    /// light. The account-wide ones (admin only), a campaign's `recipients.csv` (open to
+    /// every role) and its retry (operators) are each a class apart: none keeps another
+    /// from its turn.
     #[test]
     fn the_heavy_routes_are_the_tenant_routes_whose_work_grows_with_the_tenants_data() {
         let heavy: Vec<(&str, &str, Heavy)> = ROUTES
@@ -951,7 +953,7 @@ mod tests {
             [
                 ("GET", "/v1/platform/audit/verify", Heavy::Platform),
                 ("GET", "/v1/account/export", Heavy::Account),
-                ("POST", "/v1/broadcasts/{id}/retry-failed", Heavy::Campaign),
+                ("POST", "/v1/broadcasts/{id}/retry-failed", Heavy::Retry),
                 ("GET", "/v1/broadcasts/{id}/recipients.csv", Heavy::Campaign),
                 ("POST", "/v1/templates/sync", Heavy::Account),
                 ("GET", "/v1/audit/verify", Heavy::Account),

@@ -9,15 +9,19 @@ use crate::domain::TenantId;
 use crate::store_error::StoreError;
 
 /// The class of a heavy route, and of the lease it takes: a tenant has one lease of each,
-/// so that a campaign route (`recipients.csv`, open to the lowest role, called back to
-/// back) cannot keep the admin's account-wide work from ever getting its turn.
+/// so that a campaign's `recipients.csv` (open to the lowest role, called back to back)
+/// cannot keep the admin's account-wide work, nor an operator's retry, from ever getting
+/// its turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Heavy {
     /// The account-wide admin routes: the export, the audit verification, the catalogue
     /// sync.
     Account,
-    /// A campaign's routes: its `recipients.csv` and its `retry-failed`.
+    /// A campaign's `recipients.csv` (every role).
     Campaign,
+    /// A campaign's `retry-failed` (operators and admins): its own class, so that a
+    /// `read_only` key downloading `recipients.csv` back to back does not hold it.
+    Retry,
     /// The operator's platform-wide route: the platform chain's verification. Its one
     /// lease is the platform's, held by [`platform_holder`], never a tenant's.
     Platform,
@@ -36,6 +40,7 @@ impl Heavy {
         match self {
             Heavy::Account => "account",
             Heavy::Campaign => "campaign",
+            Heavy::Retry => "retry",
             Heavy::Platform => "platform",
         }
     }

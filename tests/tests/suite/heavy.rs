@@ -216,11 +216,13 @@ async fn a_verify_whose_client_went_away_mid_way_gives_its_lease_back(b: Backend
     panic!("the lease of the dropped verify was never given back");
 }
 
-/// A campaign's heavy routes (`recipients.csv` is open to every role) and the admin's
-/// account-wide ones hold separate leases: a campaign route in flight does not refuse the
-/// admin's verify or export, nor the other way round; two campaign routes still exclude
-/// each other.
-async fn a_campaign_route_in_flight_does_not_hold_the_admins_verify_or_export(b: Backend) {
+/// A campaign's `recipients.csv` (open to every role), its `retry-failed` (operators) and
+/// the admin's account-wide routes hold separate leases: a download in flight refuses
+/// another download but not an operator's retry, nor the admin's verify or export, and a
+/// retry in flight refuses another retry but not a download.
+async fn a_campaign_download_in_flight_holds_neither_a_retry_nor_the_admins_verify_or_export(
+    b: Backend,
+) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
     let deps = &app.app.deps;
@@ -244,7 +246,11 @@ async fn a_campaign_route_in_flight_does_not_hold_the_admins_verify_or_export(b:
     let csv = format!("/v1/broadcasts/{unknown}/recipients.csv");
     let retry = format!("/v1/broadcasts/{unknown}/retry-failed");
     assert_refused_for_the_lease(&call(deps, "GET", &csv, &t.key).await);
-    assert_refused_for_the_lease(&call(deps, "POST", &retry, &t.key).await);
+    assert_eq!(
+        call(deps, "POST", &retry, &t.key).await.0,
+        404,
+        "a retry is not held by a download"
+    );
     let (status, _, report) = call(deps, "GET", "/v1/audit/verify", &t.key).await;
     assert_eq!(
         (status, &report["valid"]),
@@ -260,6 +266,24 @@ async fn a_campaign_route_in_flight_does_not_hold_the_admins_verify_or_export(b:
         .release_heavy_lease(&tenant, Heavy::Campaign, "recipients.csv in flight")
         .await
         .unwrap();
+    assert_eq!(call(deps, "GET", &csv, &t.key).await.0, 404);
+    // A retry in flight holds the next retry, not a download.
+    let now = kirim::ports::Clock::now(&*deps.clock);
+    assert_eq!(
+        deps.heavy_leases
+            .acquire_heavy_lease(
+                &tenant,
+                Heavy::Retry,
+                "retry-failed in flight",
+                now,
+                now + chrono::Duration::seconds(30),
+                now + chrono::Duration::seconds(35),
+            )
+            .await
+            .unwrap(),
+        HeavyLease::Taken
+    );
+    assert_refused_for_the_lease(&call(deps, "POST", &retry, &t.key).await);
     assert_eq!(call(deps, "GET", &csv, &t.key).await.0, 404);
     drop(export);
 }
@@ -369,6 +393,6 @@ on_both_backends!(
     a_finished_verify_holds_no_lease_once_answered_even_before_its_body_is_read,
     a_verify_whose_client_went_away_mid_way_gives_its_lease_back,
     a_heavy_request_its_handler_refuses_gives_its_lease_back_at_once,
-    a_campaign_route_in_flight_does_not_hold_the_admins_verify_or_export,
+    a_campaign_download_in_flight_holds_neither_a_retry_nor_the_admins_verify_or_export,
     a_lease_whose_process_died_is_taken_over_once_it_lapses,
 );

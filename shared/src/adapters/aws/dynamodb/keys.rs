@@ -950,16 +950,18 @@ mod tests {
     fn each_heavy_lease_class_has_a_key_of_its_own_of_the_lease_type() {
         use crate::ports::Heavy;
         let t = TenantId::parse("01JABCDEFGHJKMNPQRSTVWXYZ0").unwrap();
-        let (account, campaign) = (
+        let (account, campaign, retry) = (
             heavy_lease(&t, Heavy::Account),
             heavy_lease(&t, Heavy::Campaign),
+            heavy_lease(&t, Heavy::Retry),
         );
         assert_eq!(
             (account.pk.as_str(), account.sk.as_str()),
             ("LEASE#01JABCDEFGHJKMNPQRSTVWXYZ0", "HEAVY#account")
         );
         assert_eq!(campaign.sk, "HEAVY#campaign");
-        for key in [account, campaign] {
+        assert_eq!(retry.sk, "HEAVY#retry");
+        for key in [account, campaign, retry] {
             assert_eq!(key.kind(), Some(ItemKind::HeavyLease), "{key:?}");
         }
     }
