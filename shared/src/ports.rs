@@ -89,6 +89,31 @@ pub struct ApiKeyRecord {
     /// The key that replaced this one by rotation (this one works until `expires_at`).
     #[serde(default)]
     pub replaced_by: Option<String>,
+    /// Who made it (`None`: a key made before this was recorded).
+    #[serde(default)]
+    pub created_by: Option<KeyCreator>,
+}
+
+/// Who made an API key (or rotated it into being), as the audit names the caller
+/// (`Caller::actor`): `user` and the console user's id, `api_key` and the key's id, or
+/// `operator` and `platform` (the onboarding's first key, the operator's keys). A key is the
+/// tenant's, not its maker's: removing or demoting the user leaves it working, and this is
+/// how the tenant's admins find the keys a departed user made.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyCreator {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub id: String,
+}
+
+impl KeyCreator {
+    /// The maker of the keys the platform operator makes.
+    pub fn operator() -> Self {
+        Self {
+            kind: "operator".into(),
+            id: "platform".into(),
+        }
+    }
 }
 
 impl ApiKeyRecord {

@@ -469,6 +469,18 @@ pub(super) fn form_key(typed: &Form) -> String {
         .unwrap_or_else(crate::domain::new_id)
 }
 
+/// Who made a key, as the key list says it (`created_by`): "by you", "by user {id}", "by
+/// key {id}" or "by the operator"; `None` for a key made before makers were recorded.
+fn key_maker(by: &Value, ctx: &Ctx) -> Option<String> {
+    let id = by["id"].as_str()?;
+    Some(match by["type"].as_str()? {
+        "user" if ctx.user_id == id => "by you".to_owned(),
+        "user" => format!("by user {id}"),
+        "api_key" => format!("by key {id}"),
+        _ => "by the operator".to_owned(),
+    })
+}
+
 pub(super) fn text<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or("")
 }
@@ -1844,7 +1856,11 @@ async fn render_keys(
                         @let name = text(k, "name");
                         tr {
                             td data-label="Name" { (name) } td data-label="Role" { (role_label(text(k, "role"))) } td.status data-label="Status" { (text(k, "status")) }
-                            td data-label="Created" { (when(&k["created_at"])) } td data-label="Expires" { (when(&k["expires_at"])) }
+                            td.wrap data-label="Created" {
+                                (when(&k["created_at"]))
+                                @if let Some(by) = key_maker(&k["created_by"], ctx) { br; (by) }
+                            }
+                            td data-label="Expires" { (when(&k["expires_at"])) }
                             td data-label="Actions" {
                                 @if text(k, "status") == "active" {
                                     form.inline method="post" action=(format!("/console/api-keys/{id}/rotate")) {
@@ -2254,7 +2270,8 @@ const REMOVE: UserAction = UserAction {
     console: "remove",
     question: "Remove the user",
     means: "They are signed out at once and can no longer sign in; their entries in the audit \
-            log stay. To let them back, add them again.",
+            log stay. To let them back, add them again. API keys they made are the account's and \
+            keep working: the API keys page says who made each key; revoke theirs there.",
     button: "Remove the user",
     done: "user_removed",
 };

@@ -201,12 +201,21 @@ fn minted_json(m: &apikeys::Minted) -> serde_json::Value {
     })
 }
 
+/// The caller making a key, as the audit names it.
+fn key_creator(ctx: &TenantCtx) -> crate::ports::KeyCreator {
+    let (kind, id) = ctx.caller.actor();
+    crate::ports::KeyCreator {
+        kind: kind.into(),
+        id,
+    }
+}
+
 pub(super) async fn create_key(
     State(s): State<AppState>,
     ctx: TenantCtx,
     JsonBody(req): JsonBody<NewKey>,
 ) -> ApiResult {
-    let minted = apikeys::create(&s.deps, ctx.tenant_id(), req).await?;
+    let minted = apikeys::create(&s.deps, ctx.tenant_id(), req, key_creator(&ctx)).await?;
     let res = (StatusCode::CREATED, Json(minted_json(&minted))).into_response();
     let details = json!({"key_id": minted.record.id, "role": minted.record.role});
     Ok(noted(res, None, details))
@@ -235,7 +244,7 @@ pub(super) async fn rotate_key(
 ) -> ApiResult {
     let id = super::minted_path(&id)?;
     let (minted, old): (apikeys::Minted, KeyView) =
-        apikeys::rotate(&s.deps, ctx.tenant_id(), id, req).await?;
+        apikeys::rotate(&s.deps, ctx.tenant_id(), id, req, key_creator(&ctx)).await?;
     let mut body = minted_json(&minted);
     let details = json!({"key_id": id, "new_key_id": minted.record.id});
     body["previous"] = json!(old);

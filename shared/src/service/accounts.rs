@@ -150,6 +150,7 @@ pub async fn onboard_as(
         revoked: false,
         revoked_at: None,
         replaced_by: None,
+        created_by: Some(crate::ports::KeyCreator::operator()),
     };
     let initial = (credits > 0).then(|| LedgerEntry {
         id: new_id(),

@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{new_id, Role, TenantId};
-use crate::ports::ApiKeyRecord;
+use crate::ports::{ApiKeyRecord, KeyCreator};
 use crate::secret::{token_hash, Secret};
 
 use super::errors::ServiceError;
@@ -48,6 +48,8 @@ pub struct KeyView {
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub replaced_by: Option<String>,
+    /// Who made it (`null` for a key made before this was recorded).
+    pub created_by: Option<KeyCreator>,
 }
 
 impl KeyView {
@@ -70,6 +72,7 @@ impl KeyView {
             expires_at: k.expires_at,
             revoked_at: k.revoked_at,
             replaced_by: k.replaced_by.clone(),
+            created_by: k.created_by.clone(),
         }
     }
 }
@@ -86,6 +89,7 @@ fn mint(
     role: Role,
     expires_at: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
+    by: KeyCreator,
 ) -> Minted {
     let key = Secret::generate(KEY_PREFIX);
     let record = ApiKeyRecord {
@@ -99,6 +103,7 @@ fn mint(
         revoked: false,
         revoked_at: None,
         replaced_by: None,
+        created_by: Some(by),
     };
     Minted { record, key }
 }
@@ -107,8 +112,14 @@ fn invalid(msg: impl Into<String>) -> ServiceError {
     ServiceError::InvalidRequest(msg.into())
 }
 
-pub async fn create(deps: &Deps, tenant: &TenantId, req: NewKey) -> Result<Minted, ServiceError> {
-    create_within(deps, tenant, req, true).await
+/// A new key of the tenant's, made by `by` (the caller, as the audit names it).
+pub async fn create(
+    deps: &Deps,
+    tenant: &TenantId,
+    req: NewKey,
+    by: KeyCreator,
+) -> Result<Minted, ServiceError> {
+    create_within(deps, tenant, req, true, by).await
 }
 
 /// [`create`]; `capped`: whether [`MAX_LIVE_KEYS`] applies.
@@ -117,6 +128,7 @@ async fn create_within(
     tenant: &TenantId,
     req: NewKey,
     capped: bool,
+    by: KeyCreator,
 ) -> Result<Minted, ServiceError> {
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 100 || !crate::domain::text::plain_label(name) {
@@ -149,7 +161,7 @@ async fn create_within(
             "a tenant may hold at most {MAX_LIVE_KEYS} live keys; revoke one first"
         )));
     }
-    let minted = mint(tenant, name.to_owned(), req.role, expires_at, now);
+    let minted = mint(tenant, name.to_owned(), req.role, expires_at, now, by);
     deps.api_keys.put_api_key(&minted.record).await?;
     tracing::info!(key_id = %minted.record.id, role = minted.record.role.as_str(), "api key created");
     Ok(minted)
@@ -172,7 +184,7 @@ pub async fn create_for_operator(
         )),
         Some(_) => {
             let capped = req.role != Role::Admin;
-            create_within(deps, tenant, req, capped).await
+            create_within(deps, tenant, req, capped, KeyCreator::operator()).await
         }
     }
 }
@@ -201,6 +213,7 @@ pub async fn rotate(
     tenant: &TenantId,
     id: &str,
     req: Rotate,
+    by: KeyCreator,
 ) -> Result<(Minted, KeyView), ServiceError> {
     let grace = req.grace_period_hours.unwrap_or(DEFAULT_GRACE_HOURS);
     if !(0..=MAX_GRACE_HOURS).contains(&grace) {
@@ -217,7 +230,8 @@ pub async fn rotate(
         .ok_or(ServiceError::NotFound)?;
     let grace_end = now + Duration::hours(grace);
     let old_expires_at = old.expires_at.map_or(grace_end, |e| e.min(grace_end));
-    let minted = mint(tenant, old.name.clone(), old.role, old.expires_at, now);
+    // Made by the rotating caller, who is shown the new secret.
+    let minted = mint(tenant, old.name.clone(), old.role, old.expires_at, now, by);
     deps.api_keys
         .rotate_api_key(tenant, id, &minted.record, old_expires_at)
         .await?;

@@ -983,7 +983,9 @@ async fn a_key_with_an_expiry_stops_authenticating_when_it_passes() {
     let req: apikeys::NewKey =
         serde_json::from_value(json!({"name": "temp", "role": "operator", "expires_in_days": 1}))
             .unwrap();
-    let minted = apikeys::create(&deps, &tenant, req).await.unwrap();
+    let minted = apikeys::create(&deps, &tenant, req, kirim::ports::KeyCreator::operator())
+        .await
+        .unwrap();
     let caller = auth::authenticate(&deps, Some(minted.key.expose()))
         .await
         .unwrap();

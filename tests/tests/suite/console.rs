@@ -573,6 +573,9 @@ async fn a_console_post_without_its_sessions_csrf_token_is_refused_and_changes_n
     assert_eq!(api_keys(&app, &t.key).await, before + 1);
     let again = web.get("/console/api-keys").await;
     assert!(!again.html.contains("kirim_"), "the key is not shown again");
+    // Each key says who made it: this one the signed-in user, the onboarding's the operator.
+    assert!(again.html.contains("by you"), "{}", again.html);
+    assert!(again.html.contains("by the operator"), "{}", again.html);
     // A browser counts `maxlength` in UTF-16 units: a name of 100 emoji, which the API
     // takes, fits the field, and the form makes it.
     assert!(
@@ -1320,6 +1323,7 @@ async fn the_keys_and_users_pages_show_a_page_at_a_time_with_a_link_to_the_next(
                 revoked: false,
                 revoked_at: None,
                 replaced_by: None,
+                created_by: None,
             })
             .await
             .unwrap();

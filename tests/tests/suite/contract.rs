@@ -143,6 +143,11 @@ pub(crate) fn key_for(t: &Tenant) -> ApiKeyRecord {
         revoked: false,
         revoked_at: None,
         replaced_by: None,
+        // Stored and read back with the rest (a map on DynamoDB).
+        created_by: Some(kirim::ports::KeyCreator {
+            kind: "user".into(),
+            id: "01JUSERXXXXXXXXXXXXXXXXXXX".into(),
+        }),
     }
 }
 

@@ -1202,7 +1202,99 @@ async fn after_a_2fa_reset_a_tenant_requiring_2fa_confines_the_user_to_enrolling
     assert_eq!((s, code(&b)), (401, "totp_required"), "{b}");
 }
 
+/// Every key records who made it, as the audit names its caller: the onboarding's key the
+/// operator, a key made with a key that key, a console user's the user, a rotation's the
+/// rotating caller. A removed user's keys keep working (they are the tenant's), and the
+/// list is how the remaining admins find them.
+async fn every_key_shows_who_made_it_and_a_removed_users_keys_are_found_by_it(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(0).await;
+    let (email, user_id) = new_user(&app, &t.key, "admin").await;
+    let token = login_ok(&app, &email).await;
+    let make = |credential: String, name: &'static str| {
+        let app = &app;
+        async move {
+            let (s, b) = call(
+                app,
+                "POST",
+                "/v1/api-keys",
+                Some(&credential),
+                Some(json!({"name": name, "role": "admin"})),
+            )
+            .await;
+            assert_eq!(s, 201, "{b}");
+            (
+                b["id"].as_str().unwrap().to_owned(),
+                b["key"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (by_user, users_key) = make(token.clone(), "made by a user").await;
+    let (by_key, _) = make(t.key.clone(), "made by a key").await;
+    let (s, rotated) = call(
+        &app,
+        "POST",
+        &format!("/v1/api-keys/{by_key}/rotate"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(s, 201, "{rotated}");
+    let (_, list) = call(&app, "GET", "/v1/api-keys", Some(&t.key), None).await;
+    let maker = |id: &str| {
+        list["api_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id)
+            .map(|k| k["created_by"].clone())
+            .unwrap()
+    };
+    let onboarding_key = list["api_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "initial admin key")
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .unwrap();
+    assert_eq!(maker(&by_user), json!({"type": "user", "id": user_id}));
+    assert_eq!(
+        maker(&by_key),
+        json!({"type": "api_key", "id": onboarding_key})
+    );
+    assert_eq!(
+        maker(rotated["id"].as_str().unwrap()),
+        json!({"type": "user", "id": user_id}),
+        "a rotation's key is its rotating caller's"
+    );
+    assert_eq!(
+        maker(&onboarding_key),
+        json!({"type": "operator", "id": "platform"})
+    );
+    // Removed, the user's sessions end; the key it made is the tenant's and works on.
+    let (s, _) = call(
+        &app,
+        "DELETE",
+        &format!("/v1/users/{user_id}"),
+        Some(&t.key),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&token), None).await.0,
+        401
+    );
+    assert_eq!(
+        call(&app, "GET", "/v1/account", Some(&users_key), None)
+            .await
+            .0,
+        200
+    );
+}
+
 on_both_backends!(
+    every_key_shows_who_made_it_and_a_removed_users_keys_are_found_by_it,
     an_admin_resets_a_users_lost_2fa_and_every_session_of_theirs_ends,
     after_a_2fa_reset_a_tenant_requiring_2fa_confines_the_user_to_enrolling_again,
     the_users_list_pages_with_limit_and_cursor_and_refuses_a_bad_one,
