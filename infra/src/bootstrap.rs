@@ -578,6 +578,46 @@ mod tests {
         }
     }
 
+    /// A late `delivered` or `sent` whose time was dropped raises one alarm, past a few an
+    /// hour; each status the code counts (`metrics::LATE_STATUSES_DROPPED`) is in its sum,
+    /// and nothing else is.
+    #[test]
+    fn every_late_status_whose_time_is_dropped_is_alarmed_past_a_few_an_hour() {
+        let watched =
+            summed_dimension_values("LateStatusesDroppedAlarm", "LateStatusesDropped", "Status");
+        let mut known: Vec<String> = kirim::metrics::LATE_STATUSES_DROPPED
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        known.sort();
+        assert_eq!(watched, known);
+        // More than 5 in an hour, each status's sum over that hour: not any (a race of one
+        // message's statuses now and then is no fault).
+        let doc: Value = serde_yaml::from_str(TEMPLATE).unwrap();
+        let (_, alarm) = resources(&doc, "AWS::CloudWatch::Alarm")
+            .into_iter()
+            .find(|(k, _)| k == "LateStatusesDroppedAlarm")
+            .unwrap();
+        assert_eq!(alarm.get("Threshold").and_then(Value::as_f64), Some(5.0));
+        assert_eq!(
+            alarm.get("ComparisonOperator").and_then(Value::as_str),
+            Some("GreaterThanThreshold")
+        );
+        for m in alarm.get("Metrics").and_then(Value::as_sequence).unwrap() {
+            if let Some(stat) = m.get("MetricStat") {
+                assert_eq!(stat.get("Period").and_then(Value::as_u64), Some(3600));
+            }
+        }
+        // The one call site counts the status the late time was for.
+        let status = include_str!("../../shared/src/service/status.rs");
+        assert_eq!(
+            status
+                .matches("metrics::late_status_dropped(to.as_str())")
+                .count(),
+            1
+        );
+    }
+
     /// Each log line the README tells operators to alarm on is counted from every function's
     /// log group, and alarmed on; so is a lost status callback.
     #[test]

@@ -382,8 +382,13 @@ pub fn webhook_skipped(piece: &str) {
 /// A late `delivered` or `sent` (after the message moved past it) whose time was not
 /// recorded: the message changed before each of its writes (`status::OVERTAKEN_TRIES`).
 pub fn late_status_dropped(status: &str) {
+    debug_assert!(LATE_STATUSES_DROPPED.contains(&status), "{status}");
     count("LateStatusesDropped", ("Status", status));
 }
+
+/// Every `Status` of `LateStatusesDropped` (the statuses `status::late_event` records a
+/// time of): the template's alarm sums exactly these.
+pub const LATE_STATUSES_DROPPED: [&str; 2] = ["delivered", "sent"];
 
 #[cfg(test)]
 mod tests {

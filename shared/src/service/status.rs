@@ -774,3 +774,53 @@ pub async fn apply_kept(deps: &Deps, wamid: &str) -> Result<usize, ServiceError>
     }
     Ok(applied)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::PhoneNumber;
+
+    /// Every status a late time is recorded for is one `LateStatusesDropped` counts, so one
+    /// the template's alarm sums (`metrics::LATE_STATUSES_DROPPED`): a status added to
+    /// [`late_event`] without it would be dropped unalarmed.
+    #[test]
+    fn every_status_whose_late_time_can_be_dropped_is_one_the_alarm_sums() {
+        let at = chrono::Utc::now();
+        let mut recorded = Vec::new();
+        for status in MessageStatus::ALL {
+            let m = MessageRecord {
+                id: MessageId::generate(),
+                tenant_id: TenantId::from_trusted("t1"),
+                to: PhoneNumber::parse("+60123456789").expect("a phone"),
+                template: None,
+                status,
+                error: None,
+                events: Vec::new(),
+                wamid: None,
+                attempts: 1,
+                price: 1,
+                client_reference: None,
+                created_at: at,
+                updated_at: at,
+                expires_at: None,
+                broadcast_id: None,
+                send_at: None,
+                from: None,
+                pricing: None,
+                carried_slot: None,
+                claim: None,
+                quality_counted: false,
+                refunded: false,
+            };
+            for to in MessageStatus::ALL {
+                if late_event(&m, to, at).is_some() && !recorded.contains(&to.as_str()) {
+                    recorded.push(to.as_str());
+                }
+            }
+        }
+        recorded.sort_unstable();
+        let mut summed = crate::metrics::LATE_STATUSES_DROPPED.to_vec();
+        summed.sort_unstable();
+        assert_eq!(recorded, summed);
+    }
+}
