@@ -24,6 +24,9 @@ pub struct ApiError {
     pub message: String,
     /// `Retry-After` in whole seconds (a `429`).
     pub retry_after: Option<u64>,
+    /// `Accept-Encoding: identity`: the `415` of a compressed body names the one content
+    /// coding taken (RFC 9110 §15.5.16, §12.5.3).
+    pub accept_identity: bool,
 }
 
 impl ApiError {
@@ -33,6 +36,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            accept_identity: false,
         }
     }
     /// `429 rate_limited` with `Retry-After` (whole seconds, at least one).
@@ -176,6 +180,12 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after {
             res.headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.accept_identity {
+            res.headers_mut().insert(
+                axum::http::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
         }
         res.extensions_mut().insert(ErrorInfo {
             code: self.code,

@@ -195,7 +195,9 @@ const COMPRESSIONS: [&str; 7] = [
 /// JSON at line 1 column 1" would send its sender looking in the wrong place. Kirim takes
 /// bodies uncompressed (at most 256 KiB), as Stripe's and Twilio's APIs do. Any other
 /// value (`identity`, or a client's `UTF-8` meant as a charset) is read as before, the body
-/// being whatever it is; the header's value is not echoed.
+/// being whatever it is; the header's value is not echoed. The refusal carries
+/// `Accept-Encoding: identity`, the codings taken (RFC 9110 §15.5.16: a `415` for a
+/// content coding ought to name them), so a client that adapts knows to send it plain.
 fn encoded(headers: &axum::http::HeaderMap) -> Option<ApiError> {
     let compressed = headers
         .get_all(axum::http::header::CONTENT_ENCODING)
@@ -207,8 +209,9 @@ fn encoded(headers: &axum::http::HeaderMap) -> Option<ApiError> {
                 .iter()
                 .any(|z| c.trim().eq_ignore_ascii_case(z))
         });
-    compressed.then(|| {
-        ApiError::new(
+    compressed.then(|| ApiError {
+        accept_identity: true,
+        ..ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "invalid_request",
             "compressed request bodies are not accepted (Content-Encoding): send the body (JSON, or a campaign's CSV) uncompressed",
@@ -437,7 +440,10 @@ mod tests {
             for v in vs {
                 h.append(CONTENT_ENCODING, HeaderValue::from_str(v).unwrap());
             }
-            encoded(&h).map(|e| e.status.as_u16())
+            encoded(&h).map(|e| {
+                assert!(e.accept_identity, "the 415 names the coding taken");
+                e.status.as_u16()
+            })
         };
         assert_eq!(enc(&[]), None);
         assert_eq!(enc(&["identity"]), None);

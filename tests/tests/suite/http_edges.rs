@@ -1176,7 +1176,11 @@ async fn a_request_with_two_authorization_headers_is_refused(b: Backend) {
 
 /// A compressed body is refused `415` before it is read (its bytes are not JSON), on a
 /// send and on an admin write, and nothing is sent, charged or made; `identity` is read.
-async fn a_compressed_body_is_refused_415_and_changes_nothing(b: Backend) {
+/// The `415` says `Accept-Encoding: identity`, the one coding taken (RFC 9110 §15.5.16),
+/// on a JSON route and on the CSV upload; no other answer carries it.
+async fn a_compressed_body_is_refused_415_naming_identity_as_the_coding_taken_and_changes_nothing(
+    b: Backend,
+) {
     let app = spawn_app(b).await;
     let t = app.onboard(5).await;
     let send = br#"{"to":"+60123451234","template":{"name":"order_update","language":"en_US","category":"utility","components":[{"type":"body","parameters":[{"type":"text","text":"A-1"}]}]}}"#;
@@ -1196,6 +1200,11 @@ async fn a_compressed_body_is_refused_415_and_changes_nothing(b: Backend) {
             .send()
             .await
             .unwrap();
+        assert_eq!(
+            accept_encoding(&res).as_deref(),
+            Some("identity"),
+            "{path} {encoding}"
+        );
         let (status, code, err) = error_of(res).await;
         assert_eq!(
             (status, code.as_str()),
@@ -1230,6 +1239,7 @@ async fn a_compressed_body_is_refused_415_and_changes_nothing(b: Backend) {
             .send()
             .await
             .unwrap();
+        assert_eq!(accept_encoding(&res).as_deref(), Some("identity"), "{path}");
         let (status, code, err) = error_of(res).await;
         assert_eq!(
             (status, code.as_str()),
@@ -1277,6 +1287,26 @@ async fn a_compressed_body_is_refused_415_and_changes_nothing(b: Backend) {
         .unwrap();
     assert_eq!(res.status(), 202);
     assert_eq!(app.credits(&t.key).await, 4);
+    // Another refusal of the body (malformed JSON, uncompressed) does not say it.
+    let res = app
+        .http
+        .post(app.url("/v1/messages"))
+        .bearer_auth(&t.key)
+        .header("content-type", "application/json")
+        .body(&send[1..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(accept_encoding(&res), None);
+}
+
+/// A response's `Accept-Encoding`, if it has one.
+fn accept_encoding(res: &reqwest::Response) -> Option<String> {
+    res.headers()
+        .get("accept-encoding")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 /// A list's `since` after its `until` (to the millisecond): `400`, not an empty list that
@@ -1343,7 +1373,7 @@ async fn a_time_window_given_the_wrong_way_round_is_refused(b: Backend) {
 }
 
 on_both_backends!(
-    a_compressed_body_is_refused_415_and_changes_nothing,
+    a_compressed_body_is_refused_415_naming_identity_as_the_coding_taken_and_changes_nothing,
     a_time_window_given_the_wrong_way_round_is_refused,
     a_declared_length_past_the_limit_is_refused_before_the_body_comes,
     a_request_with_two_authorization_headers_is_refused,
