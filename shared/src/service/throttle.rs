@@ -76,6 +76,13 @@ pub enum Slot {
 /// not yet missed), and waits for it if it starts within `MAX_WAIT`. Inside [`pooled`]
 /// (one dispatcher batch), the batch's messages for one number share their reservations
 /// (see there).
+///
+/// A wait that wakes more than `CARRY_TOLERANCE` past its slot (the process stalled: CPU
+/// starved, the batch's task busy) leaves that slot as a carried slot missed is left, for
+/// a fresh one: sent then, it would go out with the next slots' sends, and a batch's
+/// messages stalled together would crowd one of Meta's seconds past the tier. Once: a
+/// process that stalls again on that wait sends (each fresh slot is a write and a slot of
+/// the number's second given up).
 pub async fn acquire(
     deps: &Deps,
     phone_number_id: &str,
@@ -87,27 +94,38 @@ pub async fn acquire(
             .to_std()
             .is_ok_and(|late| late > CARRY_TOLERANCE)
     };
-    let (at, longest) = match carried.filter(|at| !missed(at)) {
-        Some(at) => (at, CARRIED_WAIT),
-        None => {
-            let Some(at) = take_slot(deps, phone_number_id, pace(tier)).await? else {
+    let mut carried = carried;
+    let mut woke_late = false;
+    loop {
+        let (at, longest) = match carried.filter(|at| !missed(at)) {
+            Some(at) => (at, CARRIED_WAIT),
+            None => {
+                let Some(at) = take_slot(deps, phone_number_id, pace(tier)).await? else {
+                    metrics::throttle("limiter_full");
+                    return Ok(Slot::Full);
+                };
+                (at, MAX_WAIT)
+            }
+        };
+        if let Ok(wait) = (at - deps.clock.now()).to_std() {
+            if wait > longest {
                 metrics::throttle("limiter_full");
-                return Ok(Slot::Full);
-            };
-            (at, MAX_WAIT)
+                return Ok(Slot::Later(at));
+            }
+            if !wait.is_zero() {
+                metrics::throttle("limiter_wait");
+                tokio::time::sleep(wait).await;
+                if !woke_late && missed(&at) {
+                    // Missed as a carried slot is: given up above for a fresh one.
+                    tracing::debug!("a send slot's wait woke past it: a fresh slot");
+                    woke_late = true;
+                    carried = Some(at);
+                    continue;
+                }
+            }
         }
-    };
-    if let Ok(wait) = (at - deps.clock.now()).to_std() {
-        if wait > longest {
-            metrics::throttle("limiter_full");
-            return Ok(Slot::Later(at));
-        }
-        if !wait.is_zero() {
-            metrics::throttle("limiter_wait");
-            tokio::time::sleep(wait).await;
-        }
+        return Ok(Slot::Go);
     }
-    Ok(Slot::Go)
 }
 
 /// How long a message whose slot is at `at` stays away: the whole seconds before it (SQS
@@ -354,7 +372,7 @@ mod tests {
     use std::sync::Arc;
 
     use crate::config::Settings;
-    use crate::ports::{SystemClock, Throughput};
+    use crate::ports::{Clock, Throughput};
 
     /// A number's slots as a store would give them, each reservation held 5 ms as a
     /// write to DynamoDB is (so that the batch's other messages ask meanwhile), and
@@ -419,9 +437,11 @@ mod tests {
         }
     }
 
+    /// On a clock that stands still: a wait that wakes late on a loaded machine is never
+    /// taken for a stall (which gives its slot up for a fresh one, a reservation more).
     fn deps_with(slots: Arc<Recorded>) -> Deps {
         let mut deps =
-            crate::wiring::memory_deps(Settings::default(), Arc::new(SystemClock)).unwrap();
+            crate::wiring::memory_deps(Settings::default(), Arc::new(Frozen(Utc::now()))).unwrap();
         deps.throughput = slots;
         deps
     }
@@ -571,7 +591,8 @@ mod tests {
     async fn a_carried_slot_is_used_without_reserving_again_unless_it_was_missed() {
         let slots = Recorded::new(false, false);
         let deps = deps_with(slots.clone());
-        let soon = Utc::now() + chrono::Duration::milliseconds(50);
+        let now = deps.clock.now();
+        let soon = now + chrono::Duration::milliseconds(50);
         assert_eq!(
             acquire(&deps, "pn1", 80, Some(soon)).await.unwrap(),
             Slot::Go
@@ -579,14 +600,14 @@ mod tests {
         assert!(slots.calls().is_empty(), "its own slot: no reservation");
         // Back early, as `until_slot` brings it: it waits in-process for its own slot,
         // longer than a fresh reservation would.
-        let early = Utc::now() + chrono::Duration::milliseconds(1_500);
+        let early = now + chrono::Duration::milliseconds(1_500);
         assert_eq!(
             acquire(&deps, "pn1", 80, Some(early)).await.unwrap(),
             Slot::Go,
             "a fresh slot this far ahead would be `Later`"
         );
         assert!(slots.calls().is_empty());
-        let far = Utc::now() + chrono::Duration::seconds(3);
+        let far = now + chrono::Duration::seconds(3);
         assert_eq!(
             acquire(&deps, "pn1", 80, Some(far)).await.unwrap(),
             Slot::Later(far),
@@ -595,12 +616,109 @@ mod tests {
         assert!(slots.calls().is_empty());
         // Late by more than the pacing's margin: not used (a send now would crowd a later
         // second), a new slot instead.
-        let missed = Utc::now() - chrono::Duration::milliseconds(100);
+        let missed = now - chrono::Duration::milliseconds(100);
         assert_eq!(
             acquire(&deps, "pn1", 80, Some(missed)).await.unwrap(),
             Slot::Go
         );
         assert_eq!(slots.calls(), vec![(1, true)], "a missed slot: a new one");
+    }
+
+    /// The system's clock, put forward by `stall` while a test's wait sleeps: the process
+    /// as if it had stood still that long (its sleep woke that late).
+    struct Stalling {
+        stall: Mutex<chrono::Duration>,
+    }
+
+    impl Stalling {
+        fn stall(&self, by: chrono::Duration) {
+            if let Ok(mut s) = self.stall.lock() {
+                *s += by;
+            }
+        }
+    }
+
+    impl crate::ports::Clock for Stalling {
+        fn now(&self) -> DateTime<Utc> {
+            Utc::now() + self.stall.lock().map(|s| *s).unwrap_or_default()
+        }
+    }
+
+    /// Polls `acquire` until it sleeps for its slot (`reservations` made by then), and
+    /// puts the clock 300 ms on meanwhile: it wakes 300 ms past the slot.
+    async fn stalled_in_its_wait<F: Future<Output = Result<Slot, StoreError>>>(
+        acquire: &mut std::pin::Pin<&mut F>,
+        slots: &Recorded,
+        clock: &Stalling,
+        reservations: usize,
+    ) {
+        loop {
+            assert!(
+                futures::poll!(acquire.as_mut()).is_pending(),
+                "still waiting"
+            );
+            if slots.calls().len() == reservations {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        clock.stall(chrono::Duration::milliseconds(300));
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_wakes_well_past_its_slot_takes_a_fresh_slot_as_a_missed_carried_one_does()
+    {
+        let slots = Recorded::new(false, false);
+        let clock = Arc::new(Stalling {
+            stall: Mutex::default(),
+        });
+        let mut deps = deps_with(slots.clone());
+        deps.clock = clock.clone();
+        // A carried slot 100 ms on: no reservation, a wait; the process stalls 300 ms in it.
+        let soon = clock.now() + chrono::Duration::milliseconds(100);
+        {
+            let mut waiting = std::pin::pin!(acquire(&deps, "pn1", 80, Some(soon)));
+            stalled_in_its_wait(&mut waiting, &slots, &clock, 0).await;
+            assert_eq!(waiting.await.unwrap(), Slot::Go);
+        }
+        assert_eq!(
+            slots.calls(),
+            vec![(1, true)],
+            "200 ms past its slot on waking: a fresh one, not a send among the next slots'"
+        );
+        // A slot reserved fresh (the number taken 100 ms ahead) whose wait stalls: the same,
+        // a second reservation.
+        let slots = Recorded::new(false, false);
+        *slots.next.lock().unwrap() =
+            (clock.now() + chrono::Duration::milliseconds(100)).timestamp_micros();
+        deps.throughput = slots.clone();
+        let mut waiting = std::pin::pin!(acquire(&deps, "pn1", 80, None));
+        stalled_in_its_wait(&mut waiting, &slots, &clock, 1).await;
+        assert_eq!(waiting.await.unwrap(), Slot::Go);
+        assert_eq!(slots.calls(), vec![(1, true), (1, true)]);
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_wakes_past_its_slot_twice_sends_on_its_second_slot_without_a_third() {
+        let slots = Recorded::new(false, false);
+        let clock = Arc::new(Stalling {
+            stall: Mutex::default(),
+        });
+        let mut deps = deps_with(slots.clone());
+        deps.clock = clock.clone();
+        // Its fresh slot will lie ~100 ms past the stalled clock's now: another wait.
+        *slots.next.lock().unwrap() =
+            (clock.now() + chrono::Duration::milliseconds(500)).timestamp_micros();
+        let soon = clock.now() + chrono::Duration::milliseconds(100);
+        let mut waiting = std::pin::pin!(acquire(&deps, "pn1", 80, Some(soon)));
+        stalled_in_its_wait(&mut waiting, &slots, &clock, 0).await;
+        stalled_in_its_wait(&mut waiting, &slots, &clock, 1).await;
+        assert_eq!(waiting.await.unwrap(), Slot::Go);
+        assert_eq!(
+            slots.calls(),
+            vec![(1, true)],
+            "one fresh slot, not slot after slot"
+        );
     }
 
     #[test]
