@@ -544,12 +544,13 @@ pub trait MessageStore: Send + Sync {
         at: DateTime<Utc>,
     ) -> Result<Transition, StoreError>;
     /// Records a status Meta reported after the message had moved past it (a `delivered`
-    /// after its `read`, a `sent` after its `delivered` or `read`) when the message has no
-    /// event of that status yet: `event` is put among its events in the order of the
-    /// message's life ([`with_overtaken`]); its status, `updated_at` and index entries are left as they
-    /// are. ONE conditional write on the message being as `seen` was read: the same status
-    /// and as many events (at `delivered` or `read` events are only ever appended, so the
-    /// same count is the same list), and not expired. With `priced` (the status is also the
+    /// after its `read`, a `sent` after its `delivered`, `read` or `failed`) when the
+    /// message has no event of that status yet: `event` is put among its events in the
+    /// order of the message's life ([`with_overtaken`]); its status, `updated_at` and index
+    /// entries are left as they are. ONE conditional write on the message being as `seen` was read:
+    /// the same status and as many events (at `failed`, `delivered` or `read` events are
+    /// only ever appended, but for these late ones, so the same count is the same list),
+    /// and not expired. With `priced` (the status is also the
     /// first to carry Meta's pricing) the pricing is set and counted in the same write
     /// (as [`UsageStore::record_pricing`], conditioned on none yet). `false`: nothing
     /// written (the message changed since `seen`, has such an event, is priced already or

@@ -235,6 +235,33 @@ pub struct MessageRecord {
 }
 
 impl MessageRecord {
+    /// Its events as the API shows them (`GET /v1/messages`, the export, `recipients.csv`):
+    /// as stored, except that a `delivered` or `read` message with no `sent` event lists
+    /// one where Meta's `sent` would go (before its first `failed`, `delivered` or `read`),
+    /// at the time of the event it goes before: the message had reached Meta by then. That
+    /// is a message Meta reported delivered without (or before) a `sent` that could be
+    /// recorded: one the dispatcher failed while its send's outcome was in doubt, or whose
+    /// send's answer was lost. Not stored: Meta's own `sent`, should it come, is recorded
+    /// in that place with Meta's time (`status::late_event`) and shown instead.
+    pub fn shown_events(&self) -> std::borrow::Cow<'_, [StatusEvent]> {
+        use MessageStatus::{Delivered, Failed, Read, Sent};
+        let lacks_sent = matches!(self.status, Delivered | Read)
+            && !self.events.iter().any(|e| e.status == Sent);
+        let first = self
+            .events
+            .iter()
+            .position(|e| matches!(e.status, Failed | Delivered | Read))
+            .filter(|_| lacks_sent);
+        let Some((i, at)) = first.and_then(|i| Some((i, self.events.get(i)?.at))) else {
+            return std::borrow::Cow::Borrowed(&self.events);
+        };
+        let mut shown = Vec::with_capacity(self.events.len() + 1);
+        shown.extend_from_slice(self.events.get(..i).unwrap_or_default());
+        shown.push(StatusEvent { status: Sent, at });
+        shown.extend_from_slice(self.events.get(i..).unwrap_or_default());
+        std::borrow::Cow::Owned(shown)
+    }
+
     /// Its error's title without its number (in every form) or any other run of 7 digits
     /// (`error_text::read_back`): what a title kept before stop 60 may hold. Idempotent.
     pub fn scrub_error(&mut self) {
@@ -337,6 +364,51 @@ mod tests {
         let kept: crate::ports::PendingError =
             serde_json::from_value(serde_json::json!({"code": 131009, "title": raw})).unwrap();
         assert_eq!(kept.title, want);
+    }
+
+    #[test]
+    fn a_delivered_or_read_message_without_a_sent_is_shown_with_one_and_only_that() {
+        let at = |s: i64| DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        let mut m: MessageRecord =
+            serde_json::from_value(stored_before_scrubbing("Message undeliverable")).unwrap();
+        let shown = |m: &MessageRecord| -> Vec<(MessageStatus, i64)> {
+            m.shown_events()
+                .iter()
+                .map(|e| (e.status, e.at.timestamp() - 1_700_000_000))
+                .collect()
+        };
+        use MessageStatus::*;
+        let events = |list: &[(MessageStatus, i64)]| -> Vec<StatusEvent> {
+            list.iter()
+                .map(|&(status, s)| StatusEvent { status, at: at(s) })
+                .collect()
+        };
+        // Failed and not delivered: as stored (it may never have reached Meta).
+        m.events = events(&[(Accepted, 0), (Sending, 1), (Failed, 5)]);
+        assert_eq!(shown(&m), [(Accepted, 0), (Sending, 1), (Failed, 5)]);
+        // Then delivered: a `sent` where Meta's would go, at the failure's time.
+        m.status = Delivered;
+        m.events = events(&[(Accepted, 0), (Sending, 1), (Failed, 5), (Delivered, 9)]);
+        assert_eq!(
+            shown(&m),
+            [
+                (Accepted, 0),
+                (Sending, 1),
+                (Sent, 5),
+                (Failed, 5),
+                (Delivered, 9)
+            ]
+        );
+        // Read straight from `sending` (the send's answer lost): at the read's time.
+        m.status = Read;
+        m.events = events(&[(Accepted, 0), (Sending, 1), (Read, 7)]);
+        assert_eq!(
+            shown(&m),
+            [(Accepted, 0), (Sending, 1), (Sent, 7), (Read, 7)]
+        );
+        // With a `sent` of its own: as stored, not copied.
+        m.events = events(&[(Accepted, 0), (Sending, 1), (Sent, 2), (Read, 7)]);
+        assert!(matches!(m.shown_events(), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

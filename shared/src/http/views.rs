@@ -84,7 +84,8 @@ impl From<&MessageRecord> for MessageView {
             template: m.template.clone(),
             status: m.status,
             error: m.error.as_ref().map(ErrorView::from),
-            events: m.events.clone(),
+            // A delivered message Meta's `sent` never reached lists one all the same.
+            events: m.shown_events().into_owned(),
             wamid: m.wamid.clone(),
             created_at: m.created_at,
             updated_at: m.updated_at,

@@ -1101,8 +1101,10 @@ pub const CSV_HEADER: &str =
 
 /// One `recipients.csv` row of a message: metadata only (no content is stored anyway).
 pub fn csv_row(m: &MessageRecord) -> String {
+    // As the API shows them: a delivered message has a `sent_at`.
+    let events = m.shown_events();
     let at = |st: MessageStatus| {
-        m.events
+        events
             .iter()
             .find(|e| e.status == st)
             .map(|e| e.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))

@@ -348,11 +348,14 @@ async fn apply_to(
 }
 
 /// The event a status Meta reported after the message moved past it records: a
-/// `delivered` after `read`, a `sent` after `delivered` or `read`, when the message has no
-/// event of that status (its `delivered_at`, `sent_at` empty). Never a move (the status
-/// stays, forward only), nor for anything else overtaken (a `failed` after `read` changes
-/// nothing, API.md). `sent` is the dispatcher's at Meta's answer, so Meta's own `sent` is
-/// recorded only when that answer was lost (the message settled by Meta's statuses).
+/// `delivered` after `read`, a `sent` after `delivered`, `read` or `failed`, when the
+/// message has no event of that status (its `delivered_at`, `sent_at` empty). Never a move
+/// (the status stays, forward only), nor for anything else overtaken (a `failed` after
+/// `read` changes nothing, API.md). `sent` is the dispatcher's at Meta's answer, so Meta's
+/// own `sent` is recorded only when that answer was lost (the message settled by Meta's
+/// statuses), or when the dispatcher failed the message without one (its send's outcome
+/// in doubt): Meta had it after all, and a `delivered` may follow (`failed → delivered`),
+/// which would otherwise show a delivered message never sent.
 fn late_event(
     m: &MessageRecord,
     to: MessageStatus,
@@ -360,7 +363,10 @@ fn late_event(
 ) -> Option<StatusEvent> {
     let past = match to {
         MessageStatus::Delivered => m.status == MessageStatus::Read,
-        MessageStatus::Sent => matches!(m.status, MessageStatus::Delivered | MessageStatus::Read),
+        MessageStatus::Sent => matches!(
+            m.status,
+            MessageStatus::Delivered | MessageStatus::Read | MessageStatus::Failed
+        ),
         _ => false,
     };
     (past && !m.events.iter().any(|e| e.status == to)).then_some(StatusEvent { status: to, at })

@@ -490,6 +490,198 @@ async fn a_sent_after_read_of_a_message_without_one_keeps_its_time(b: Backend) {
     );
 }
 
+/// A message the dispatcher failed and refunded while its send's outcome was in doubt
+/// (`sending`, no wamid), as `(tenant, message, the wamid Meta gave it)`.
+async fn a_refunded_failure(deps: &Deps, now: DateTime<Utc>) -> (Tenant, MessageRecord, String) {
+    let t = tenant(10);
+    deps.tenants
+        .create_tenant(&t, &key_for(&t), None)
+        .await
+        .unwrap();
+    let (m, debit) = message_for(&t.id, now);
+    deps.messages.insert_with_debit(&m, &debit).await.unwrap();
+    deps.messages
+        .transition(
+            &t.id,
+            &m.id,
+            MessageStatus::Sending,
+            &StatusChange::default(),
+            now,
+        )
+        .await
+        .unwrap();
+    let refund = LedgerEntry {
+        id: kirim::domain::new_id(),
+        tenant_id: t.id.clone(),
+        amount: m.price,
+        kind: LedgerKind::Refund,
+        reference: Some("message not accepted by meta".into()),
+        message_id: Some(m.id.clone()),
+        at: now,
+        expires_at: Some(now.timestamp() + 3600),
+    };
+    let failure = StatusChange {
+        error: Some(kirim::domain::MessageError {
+            code: kirim::domain::ErrorCode::Meta(131000),
+            title: "Something went wrong".into(),
+        }),
+        ..Default::default()
+    };
+    let failed = deps
+        .messages
+        .fail_and_refund(
+            &t.id,
+            &m.id,
+            MessageStatus::Sending,
+            &failure,
+            now,
+            Some(&refund),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(failed, Transition::Applied(_)), "{failed:?}");
+    (t, m, format!("wamid.{}", ulid::Ulid::new()))
+}
+
+/// `(status, at)` of each event, as stored or shown.
+fn times(events: &[kirim::domain::StatusEvent]) -> Vec<(&'static str, i64)> {
+    events
+        .iter()
+        .map(|e| (e.status.as_str(), e.at.timestamp()))
+        .collect()
+}
+
+/// A message the dispatcher failed and refunded while its send's outcome was in doubt, that
+/// Meta then reports `sent` and `delivered` after all: Meta's `sent` (which cannot move a
+/// failed message) records its time, so the delivered message shows when it was sent (its
+/// `events`, `sent_at` in `recipients.csv`), not a delivered message never sent.
+async fn a_refunded_failure_meta_sends_and_delivers_after_all_shows_meta_s_sent_time(b: Backend) {
+    let (deps, _, clock) = two_processes(b).await;
+    let now = clock.now();
+    let (t, m, w) = a_refunded_failure(&deps, now).await;
+    let at = now.timestamp();
+    for (status, when) in [("sent", at - 1), ("delivered", at + 5)] {
+        let summary = webhook::apply(
+            &deps,
+            &body(
+                &t.phone_number_id,
+                vec![status_of(&m, &w, status, when, false)],
+                vec![],
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(summary.applied, 1, "{status}: {summary:?}");
+    }
+    let stored = deps
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, MessageStatus::Delivered);
+    assert!(stored.refunded, "still refunded");
+    let want = [
+        ("accepted", at),
+        ("sending", at),
+        ("sent", at - 1),
+        ("failed", at),
+        ("delivered", at + 5),
+    ];
+    assert_eq!(times(&stored.events), want, "Meta's sent, in its place");
+    let view = kirim::http::MessageView::from(&stored);
+    assert_eq!(times(&view.events), want, "shown as stored");
+    let sent_at = chrono::DateTime::from_timestamp(at - 1, 0)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let row = kirim::service::broadcasts::csv_row(&stored);
+    assert!(row.contains(&format!(",{sent_at},")), "{row}");
+}
+
+/// A refunded failure (as above) that Meta reports `delivered` with no `sent` before it:
+/// shown with a `sent` all the same, where Meta's would go and at its failure's time (it
+/// had reached Meta by then; nothing stored), until Meta's own `sent` comes and takes its
+/// place with Meta's time.
+async fn a_refunded_failure_meta_delivers_without_a_sent_shows_one_until_meta_s_comes(b: Backend) {
+    let (deps, _, clock) = two_processes(b).await;
+    let now = clock.now();
+    let (t, m, w) = a_refunded_failure(&deps, now).await;
+    let at = now.timestamp();
+    let apply = |status: &'static str, when: i64| {
+        let (deps, t, m, w) = (&deps, &t, &m, &w);
+        async move {
+            webhook::apply(
+                deps,
+                &body(
+                    &t.phone_number_id,
+                    vec![status_of(m, w, status, when, false)],
+                    vec![],
+                ),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(apply("delivered", at + 5).await.applied, 1);
+    let stored = || async {
+        deps.messages
+            .get_message(&t.id, &m.id)
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let delivered = stored().await;
+    assert_eq!(delivered.status, MessageStatus::Delivered);
+    assert_eq!(
+        times(&delivered.events),
+        [
+            ("accepted", at),
+            ("sending", at),
+            ("failed", at),
+            ("delivered", at + 5)
+        ],
+        "stored as it happened"
+    );
+    let shown = [
+        ("accepted", at),
+        ("sending", at),
+        ("sent", at),
+        ("failed", at),
+        ("delivered", at + 5),
+    ];
+    let view = kirim::http::MessageView::from(&delivered);
+    assert_eq!(times(&view.events), shown, "a sent, at its failure's time");
+    let failed_at = delivered
+        .events
+        .iter()
+        .find(|e| e.status == MessageStatus::Failed)
+        .map(|e| e.at)
+        .unwrap();
+    assert_eq!(
+        view.events.get(2).map(|e| e.at),
+        Some(failed_at),
+        "its very time"
+    );
+    let row = kirim::service::broadcasts::csv_row(&delivered);
+    let failed_secs = failed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert!(row.contains(&format!(",{failed_secs},")), "{row}");
+    // Meta's own `sent` comes late: recorded, and shown instead.
+    assert_eq!(apply("sent", at - 1).await.applied, 1);
+    let late = stored().await;
+    let with_meta_s = [
+        ("accepted", at),
+        ("sending", at),
+        ("sent", at - 1),
+        ("failed", at),
+        ("delivered", at + 5),
+    ];
+    assert_eq!(times(&late.events), with_meta_s);
+    assert_eq!(
+        times(&kirim::http::MessageView::from(&late).events),
+        with_meta_s
+    );
+}
+
 /// The time to answer one signed body of 1,000 `delivered` statuses (priced, as Meta
 /// sends them) of known messages, through the HTTP route: not a test (BENCHMARKS.md
 /// "A body of many statuses"). `cargo test -p kirim-tests --test suite --
@@ -612,6 +804,8 @@ on_both_backends!(
     a_body_s_statuses_are_applied_several_at_once_each_message_s_in_order,
     a_delivered_after_read_keeps_its_time_and_the_message_stays_read,
     a_sent_after_read_of_a_message_without_one_keeps_its_time,
+    a_refunded_failure_meta_sends_and_delivers_after_all_shows_meta_s_sent_time,
+    a_refunded_failure_meta_delivers_without_a_sent_shows_one_until_meta_s_comes,
     a_pairing_repeated_through_a_body_is_written_once_and_a_failed_one_again,
     a_failing_owner_lookup_is_made_once_per_body_and_fails_each_of_its_items,
     a_late_delivered_refused_three_times_lands_and_one_refused_every_time_is_dropped_with_200,
