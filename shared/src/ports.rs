@@ -547,7 +547,9 @@ pub trait MessageStore: Send + Sync {
     /// after its `read`, a `sent` after its `delivered`, `read` or `failed`) when the
     /// message has no event of that status yet: `event` is put among its events in the
     /// order of the message's life ([`with_overtaken`]); its status, `updated_at` and index
-    /// entries are left as they are. ONE conditional write on the message being as `seen` was read:
+    /// entries are left as they are. Its settled time as `seen`'s events have it
+    /// ([`settled_at`]) is kept in [`MessageRecord::settled_at`] by the same write, unless
+    /// one is kept already. ONE conditional write on the message being as `seen` was read:
     /// the same status and as many events (at `failed`, `delivered` or `read` events are
     /// only ever appended, but for these late ones, so the same count is the same list),
     /// and not expired. With `priced` (the status is also the
@@ -2018,7 +2020,9 @@ impl BroadcastTally {
 }
 /// When a message was handed to Meta or ended, from its status events (`status`, `at`):
 /// its first event past `scheduled`, `accepted` and `sending`, which a later `delivered` or
-/// `read` does not move. `None` while it has none (still open).
+/// `read` does not move. `None` while it has none (still open). A message with a status
+/// Meta reported late among its events (an earlier time, put before the others) has this
+/// kept from before it instead ([`MessageRecord::settled_at`]), which the tally reads.
 pub fn settled_at<'a>(
     events: impl IntoIterator<Item = (&'a str, DateTime<Utc>)>,
 ) -> Option<DateTime<Utc>> {

@@ -232,6 +232,14 @@ pub struct MessageRecord {
     /// tenant's usage with 0 credits, as the ledger has it. Internal; no view shows it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refunded: bool,
+    /// When it was handed to Meta or ended as its events had it (`ports::settled_at`) just
+    /// before the first status Meta reported late was recorded among them
+    /// (`MessageStore::record_overtaken`, the same write): a late `sent` or `delivered`
+    /// carries Meta's earlier time, and would take its campaign's `completed_at` back. The
+    /// campaign's tally reads this instead of the events when it is set, so that time only
+    /// moves forward. Internal; no view shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_at: Option<DateTime<Utc>>,
 }
 
 impl MessageRecord {

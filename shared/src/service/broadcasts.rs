@@ -2023,6 +2023,7 @@ fn recipient_message(
         claim: None,
         quality_counted: false,
         refunded: false,
+        settled_at: None,
     }
 }
 

@@ -399,6 +399,7 @@ async fn accept(
         claim: None,
         quality_counted: false,
         refunded: false,
+        settled_at: None,
     };
     // The job is queued BEFORE the message and its debit are written: a process that dies
     // in between leaves a job without a message, which the dispatcher drops once it is

@@ -1148,6 +1148,179 @@ async fn a_completed_campaign_shows_when_its_last_message_was_handed_to_meta(b: 
     assert_eq!(listed[0].completed_at, Some(at(3)), "listed the same");
 }
 
+/// A running campaign of `n` recipients of tenant `t`, their messages recorded
+/// (`accepted`) and queued: the campaign and its messages.
+async fn a_campaign_with_messages(
+    deps: &kirim::service::Deps,
+    t: &kirim::ports::Tenant,
+    now: chrono::DateTime<chrono::Utc>,
+    n: usize,
+) -> (kirim::ports::Broadcast, Vec<kirim::domain::MessageRecord>) {
+    use kirim::service::broadcasts;
+    let month = 30 * 24 * 3600;
+    let mut campaign = crate::contract_broadcasts::running_broadcast(&t.id, now);
+    campaign.accepted = n;
+    campaign.expires_at = Some(now.timestamp() + month);
+    let list: Vec<kirim::domain::PhoneNumber> = (0..n)
+        .map(|i| kirim::domain::PhoneNumber::parse(&format!("+6012348{i:04}")).unwrap())
+        .collect();
+    let (_, mut debit) = crate::contract::message_expiring(&t.id, now, month);
+    debit.message_id = None;
+    debit.amount = -(n as i64);
+    deps.broadcasts
+        .create_broadcast(&campaign, &list, &debit)
+        .await
+        .unwrap();
+    let mut messages = Vec::new();
+    for i in 0..n {
+        let (mut m, _) = crate::contract::message_expiring(&t.id, now, month);
+        m.id = broadcasts::message_id(&campaign, i);
+        m.broadcast_id = Some(campaign.id.clone());
+        assert!(deps.broadcasts.insert_broadcast_message(&m).await.unwrap());
+        messages.push(m);
+    }
+    deps.broadcasts
+        .broadcast_progress(
+            &t.id,
+            &campaign.id,
+            n,
+            true,
+            kirim::ports::FanoutHop::default(),
+        )
+        .await
+        .unwrap();
+    (campaign, messages)
+}
+
+/// A completed campaign's `completed_at` (when its last message was handed to Meta or
+/// ended) never moves back when Meta reports a message's `sent` late, with a time before
+/// the status that settled it: after its `delivered` (the send's answer lost), or after the
+/// dispatcher failed it while its outcome was in doubt. The late `sent` is recorded in the
+/// message's events; the campaign stays completed when it was.
+async fn a_late_sent_never_takes_a_completed_campaign_s_time_back(b: Backend) {
+    use kirim::domain::MessageStatus;
+    use kirim::ports::{Clock, StatusChange, Transition};
+    use kirim::service::{broadcasts, webhook};
+    let (deps, clock, t) = crate::crash_recovery::tenant_on_a_manual_clock(b, 20).await;
+    let now = clock.now();
+    let secs = |s: i64| now.timestamp() + s;
+    let meta = |m: &kirim::domain::MessageRecord, status: &str, at: i64| {
+        crate::webhook_batches::body(
+            &t.phone_number_id,
+            vec![crate::webhook_batches::status_of(
+                m,
+                &format!("wamid.{}", m.id),
+                status,
+                at,
+                false,
+            )],
+            vec![],
+        )
+    };
+    let completed_at = |id: String| {
+        let deps = deps.clone();
+        let t = t.id.clone();
+        async move {
+            let v = broadcasts::view(&deps, &t, &id).await.unwrap();
+            (v.status, v.completed_at.map(|at| at.timestamp()))
+        }
+    };
+    let sending = |m: &kirim::domain::MessageRecord| {
+        let deps = deps.clone();
+        let (t, id) = (m.tenant_id.clone(), m.id.clone());
+        async move {
+            let moved = deps
+                .messages
+                .transition(
+                    &t,
+                    &id,
+                    MessageStatus::Sending,
+                    &StatusChange::default(),
+                    now,
+                )
+                .await
+                .unwrap();
+            assert!(matches!(moved, Transition::Applied(_)), "{moved:?}");
+        }
+    };
+
+    // Its send's answer lost: Meta's `delivered` settles it, then its `sent` comes.
+    let (campaign, ms) = a_campaign_with_messages(&deps, &t, now, 1).await;
+    let m = &ms[0];
+    sending(m).await;
+    let summary = webhook::apply(&deps, &meta(m, "delivered", secs(40)))
+        .await
+        .unwrap();
+    assert_eq!(summary.applied, 1, "{summary:?}");
+    assert_eq!(
+        completed_at(campaign.id.clone()).await,
+        ("completed", Some(secs(40)))
+    );
+    let summary = webhook::apply(&deps, &meta(m, "sent", secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(summary.applied, 1, "the late sent recorded: {summary:?}");
+    assert_eq!(
+        completed_at(campaign.id.clone()).await,
+        ("completed", Some(secs(40))),
+        "not taken back to the late sent's time"
+    );
+
+    // Failed by the dispatcher, its outcome in doubt; then Meta's `sent` of it.
+    let (campaign, ms) = a_campaign_with_messages(&deps, &t, now, 1).await;
+    let m = &ms[0];
+    sending(m).await;
+    let failure = StatusChange {
+        error: Some(kirim::domain::MessageError {
+            code: kirim::domain::ErrorCode::Meta(131000),
+            title: "Something went wrong".into(),
+        }),
+        ..Default::default()
+    };
+    let failed_at = chrono::DateTime::from_timestamp(secs(60), 0).unwrap();
+    let failed = deps
+        .messages
+        .fail_and_refund(
+            &t.id,
+            &m.id,
+            MessageStatus::Sending,
+            &failure,
+            failed_at,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(failed, Transition::Applied(_)), "{failed:?}");
+    assert_eq!(
+        completed_at(campaign.id.clone()).await,
+        ("completed", Some(secs(60)))
+    );
+    let summary = webhook::apply(&deps, &meta(m, "sent", secs(50)))
+        .await
+        .unwrap();
+    assert_eq!(summary.applied, 1, "the late sent recorded: {summary:?}");
+    let stored = deps
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, MessageStatus::Failed);
+    assert!(
+        stored
+            .events
+            .iter()
+            .any(|e| e.status == MessageStatus::Sent && e.at.timestamp() == secs(50)),
+        "{:?}",
+        stored.events
+    );
+    assert_eq!(
+        completed_at(campaign.id.clone()).await,
+        ("completed", Some(secs(60))),
+        "not taken back to the late sent's time"
+    );
+}
+
 /// The view once `done(view)` holds (at most a minute).
 async fn view_once(app: &TestApp, key: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
     let mut view = Value::Null;
@@ -1644,4 +1817,5 @@ on_both_backends!(
     results_show_failures_with_hints_the_csv_and_a_retry_of_only_retryable_failures,
     a_broadcast_without_a_retryable_failure_has_nothing_to_retry,
     a_completed_campaign_shows_when_its_last_message_was_handed_to_meta,
+    a_late_sent_never_takes_a_completed_campaign_s_time_back,
 );

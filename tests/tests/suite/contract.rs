@@ -199,6 +199,7 @@ pub(crate) fn message_expiring(
         claim: None,
         quality_counted: false,
         refunded: false,
+        settled_at: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

@@ -780,6 +780,11 @@ async fn an_overtaken_status_records_its_time_once_on_the_message_as_read(p: Por
         ],
         "in the order of its life"
     );
+    assert_eq!(
+        m.settled_at,
+        Some(t0 + Duration::seconds(1)),
+        "its settled time as its events had it (the sent's), kept by the same write"
+    );
     // Again on the same read (changed since), or on the message as it is now (it has one):
     // nothing written. A read a moment behind (`sent`, before the `read`): nothing.
     assert!(!p
@@ -821,6 +826,11 @@ async fn an_overtaken_status_records_its_time_once_on_the_message_as_read(p: Por
         .unwrap());
     let m = get(1).await;
     assert_eq!(m.pricing.as_ref(), Some(&utility));
+    assert_eq!(
+        m.settled_at,
+        Some(t0 + Duration::seconds(1)),
+        "kept when priced too"
+    );
     assert!(m
         .events
         .iter()

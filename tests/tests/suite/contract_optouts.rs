@@ -70,6 +70,7 @@ fn message(p: &Stores, t: &TenantId) -> (MessageRecord, LedgerEntry) {
         claim: None,
         quality_counted: false,
         refunded: false,
+        settled_at: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

@@ -53,6 +53,7 @@ async fn claimed(p: &Stores, t: &TenantId) -> MessageRecord {
         claim: None,
         quality_counted: false,
         refunded: false,
+        settled_at: None,
     };
     let debit = LedgerEntry {
         id: kirim::domain::new_id(),

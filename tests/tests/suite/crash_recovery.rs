@@ -1131,6 +1131,7 @@ async fn a_job_that_arrives_before_its_message_waits_for_it_and_one_whose_send_d
         claim: None,
         quality_counted: false,
         refunded: false,
+        settled_at: None,
     };
     let debit = kirim::service::ledger::debit(
         &t.app.deps,

@@ -1092,6 +1092,12 @@ impl MessageStore for MemoryStore {
             return Ok(false);
         };
         let m = Arc::make_mut(m);
+        // Its settled time as the events had it, kept once: the late event's time is
+        // earlier (`MessageRecord::settled_at`).
+        if m.settled_at.is_none() {
+            m.settled_at =
+                crate::ports::settled_at(m.events.iter().map(|e| (e.status.as_str(), e.at)));
+        }
         m.events = crate::ports::with_overtaken(&m.events, event);
         if let Some(priced) = priced {
             m.pricing = Some(priced.pricing.clone());
@@ -1762,6 +1768,7 @@ mod tests {
                 claim: None,
                 quality_counted: false,
                 refunded: false,
+                settled_at: None,
             };
             (
                 (TenantId::from_trusted(t), MessageId::from_trusted(id)),

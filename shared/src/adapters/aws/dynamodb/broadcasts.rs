@@ -754,7 +754,7 @@ impl DynamoStore {
             .consistent_read(consistent)
             .key_condition_expression("pk = :pk AND sk BETWEEN :lo AND :hi")
             .filter_expression("broadcast_id = :b")
-            .projection_expression("#status, #ttl, #error, #events")
+            .projection_expression("#status, #ttl, #error, #events, settled_at")
             .expression_attribute_names("#status", "status")
             .expression_attribute_names("#ttl", TTL_ATTR)
             .expression_attribute_names("#error", "error")
@@ -778,6 +778,12 @@ impl DynamoStore {
             #[serde(default)]
             events: Vec<EventAt>,
         }
+        /// Its settled time as kept before a late status's time was recorded.
+        #[derive(serde::Deserialize)]
+        struct SettledOf {
+            #[serde(default)]
+            settled_at: Option<DateTime<Utc>>,
+        }
         #[derive(serde::Deserialize)]
         struct EventAt {
             status: String,
@@ -796,7 +802,16 @@ impl DynamoStore {
                 Some(e) => from_item::<ErrorOf>(Item::from([("error".to_owned(), e)]))?.error,
                 None => None,
             };
+            // Kept by the write that recorded a late status (`MessageRecord::settled_at`),
+            // else from its events.
+            let kept = match item.remove("settled_at") {
+                Some(v) => {
+                    from_item::<SettledOf>(Item::from([("settled_at".to_owned(), v)]))?.settled_at
+                }
+                None => None,
+            };
             let settled = match item.remove("events") {
+                _ if kept.is_some() => kept,
                 Some(e) => crate::ports::settled_at(
                     from_item::<EventsOf>(Item::from([("events".to_owned(), e)]))?
                         .events

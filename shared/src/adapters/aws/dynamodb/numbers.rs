@@ -102,7 +102,8 @@ impl DynamoStore {
     }
 
     /// `MessageStore::record_overtaken`: `SET events` (the list as read, with `event` in
-    /// its place), conditioned on the status and the count of events as read; with
+    /// its place) and, if not set yet, `settled_at` (from the list as read),
+    /// conditioned on the status and the count of events as read; with
     /// `priced`, the pricing too (none yet) and the usage row, in one transaction.
     pub(super) async fn overtaken_event(
         &self,
@@ -113,6 +114,11 @@ impl DynamoStore {
         if seen.events.iter().any(|e| e.status == event.status) {
             return Ok(false);
         }
+        // The message's settled time as its events have it before this one (the condition
+        // below holds them as read), kept once: the late event's time is earlier
+        // (`MessageRecord::settled_at`).
+        let settled =
+            crate::ports::settled_at(seen.events.iter().map(|e| (e.status.as_str(), e.at)));
         let events = dyn_value(&crate::ports::with_overtaken(&seen.events, event))?;
         let key = keys::message(&seen.tenant_id, &seen.id).attrs();
         let names = std::collections::HashMap::from([
@@ -125,6 +131,13 @@ impl DynamoStore {
             (":n".to_owned(), n(seen.events.len() as i64)),
             (":now".to_owned(), n(self.now_secs())),
         ]);
+        let set = match settled {
+            Some(at) => {
+                values.insert(":settled".to_owned(), dyn_value(&at)?);
+                "SET events = :ev, settled_at = if_not_exists(settled_at, :settled)"
+            }
+            None => "SET events = :ev",
+        };
         let cond = "#status = :seen AND size(events) = :n \
                     AND (attribute_not_exists(#ttl) OR #ttl > :now)";
         let Some(priced) = priced else {
@@ -135,7 +148,7 @@ impl DynamoStore {
                     .update_item()
                     .table_name(&self.table)
                     .set_key(Some(key))
-                    .update_expression("SET events = :ev")
+                    .update_expression(set)
                     .condition_expression(cond)
                     .set_expression_attribute_names(Some(names))
                     .set_expression_attribute_values(Some(values)),
@@ -148,7 +161,7 @@ impl DynamoStore {
             Update::builder()
                 .table_name(&self.table)
                 .set_key(Some(key))
-                .update_expression("SET events = :ev, pricing = :p")
+                .update_expression(format!("{set}, pricing = :p"))
                 .condition_expression(format!("{cond} AND attribute_not_exists(pricing)"))
                 .set_expression_attribute_names(Some(names))
                 .set_expression_attribute_values(Some(values))

@@ -466,8 +466,9 @@ impl BroadcastStore for MemoryStore {
                 && m.broadcast_id.as_deref() == Some(broadcast.id.as_str())
                 && self.live(m.expires_at)
         }) {
-            let settled =
-                crate::ports::settled_at(m.events.iter().map(|e| (e.status.as_str(), e.at)));
+            let settled = m.settled_at.or_else(|| {
+                crate::ports::settled_at(m.events.iter().map(|e| (e.status.as_str(), e.at)))
+            });
             tally.add(m.status.as_str(), m.error.as_ref(), settled);
         }
         Ok(tally)
