@@ -817,6 +817,7 @@ mod tests {
                 claim: None,
                 quality_counted: false,
                 refunded: false,
+                settled_at: None,
             };
             for to in MessageStatus::ALL {
                 if late_event(&m, to, at).is_some() && !recorded.contains(&to.as_str()) {

@@ -347,12 +347,19 @@ async fn a_dispatcher_batch_takes_its_numbers_send_slots_in_fewer_writes_than_me
     assert!(answered.iter().all(|r| r.response.status == 200));
     let runs = recorded.runs.lock().expect("runs").clone();
     let granted: u32 = runs.iter().filter(|r| r.1).map(|r| r.0).sum();
-    assert_eq!(granted, 10, "one slot a message: {runs:?}");
+    // One slot a message, and one more for each wait that woke over `CARRY_TOLERANCE` past
+    // its slot (a stall of the loaded test process: the slot is given up for a fresh one,
+    // `throttle::acquire`), each fresh slot its own reservation.
+    assert!(granted >= 10, "one slot a message: {runs:?}");
+    let fresh = usize::try_from(granted - 10).unwrap_or(usize::MAX);
     eprintln!("{b:?}: {batches} batch(es), reservations {runs:?}");
     match b {
-        Backend::Memory => assert_eq!(runs, vec![(1, true); 10]),
+        Backend::Memory => assert!(
+            runs.len() == 10 + fresh && runs.iter().all(|r| *r == (1, true)),
+            "{runs:?}"
+        ),
         Backend::Aws => assert!(
-            runs.len() < 10 && runs.iter().any(|r| r.0 > 1),
+            runs.len() < 10 + fresh && runs.iter().any(|r| r.0 > 1),
             "ten messages, {} reservation writes: {runs:?}",
             runs.len()
         ),
