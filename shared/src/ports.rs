@@ -2018,11 +2018,13 @@ impl BroadcastTally {
         }
     }
 }
-/// When a message was handed to Meta or ended, from its status events (`status`, `at`):
-/// its first event past `scheduled`, `accepted` and `sending`, which a later `delivered` or
-/// `read` does not move. `None` while it has none (still open). A message with a status
-/// Meta reported late among its events (an earlier time, put before the others) has this
-/// kept from before it instead ([`MessageRecord::settled_at`]), which the tally reads.
+/// When a message was handed to Meta or ended, from its status events (`status`, `at`,
+/// in the order recorded): its first event past `scheduled`, `accepted` and `sending`,
+/// which a later event does not move, whatever its time (Meta's `delivered` of a message
+/// the dispatcher failed may carry an earlier time than the failure). `None` while it has
+/// none (still open). A message with a status Meta reported late put among its events
+/// (before the others) has this kept from before it instead
+/// ([`MessageRecord::settled_at`]), which the tally reads.
 pub fn settled_at<'a>(
     events: impl IntoIterator<Item = (&'a str, DateTime<Utc>)>,
 ) -> Option<DateTime<Utc>> {
@@ -2035,7 +2037,7 @@ pub fn settled_at<'a>(
                 .any(|o| o.as_str() == *st)
         })
         .map(|(_, at)| at)
-        .min()
+        .next()
 }
 
 mod callbacks;

@@ -246,7 +246,8 @@ impl MessageRecord {
     /// Its events as the API shows them (`GET /v1/messages`, the export, `recipients.csv`):
     /// as stored, except that a `delivered` or `read` message with no `sent` event lists
     /// one where Meta's `sent` would go (before its first `failed`, `delivered` or `read`),
-    /// at the time of the event it goes before: the message had reached Meta by then. That
+    /// at the earliest time of the events it goes before: the message had reached Meta by
+    /// then. That
     /// is a message Meta reported delivered without (or before) a `sent` that could be
     /// recorded: one the dispatcher failed while its send's outcome was in doubt, or whose
     /// send's answer was lost. Not stored: Meta's own `sent`, should it come, is recorded
@@ -260,7 +261,12 @@ impl MessageRecord {
             .iter()
             .position(|e| matches!(e.status, Failed | Delivered | Read))
             .filter(|_| lacks_sent);
-        let Some((i, at)) = first.and_then(|i| Some((i, self.events.get(i)?.at))) else {
+        // At the earliest of the events it goes before: never after a delivery Meta timed
+        // before the dispatcher's failure.
+        let Some((i, at)) = first.and_then(|i| {
+            let at = self.events.get(i..)?.iter().map(|e| e.at).min()?;
+            Some((i, at))
+        }) else {
             return std::borrow::Cow::Borrowed(&self.events);
         };
         let mut shown = Vec::with_capacity(self.events.len() + 1);
@@ -405,6 +411,19 @@ mod tests {
                 (Sent, 5),
                 (Failed, 5),
                 (Delivered, 9)
+            ]
+        );
+        // Delivered at a time Meta put before the dispatcher's failure: not after it.
+        m.status = Delivered;
+        m.events = events(&[(Accepted, 0), (Sending, 1), (Failed, 5), (Delivered, 4)]);
+        assert_eq!(
+            shown(&m),
+            [
+                (Accepted, 0),
+                (Sending, 1),
+                (Sent, 4),
+                (Failed, 5),
+                (Delivered, 4)
             ]
         );
         // Read straight from `sending` (the send's answer lost): at the read's time.

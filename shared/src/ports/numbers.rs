@@ -217,9 +217,11 @@ pub fn usage_shard(message: &MessageId) -> u8 {
     (hash % u64::from(USAGE_SHARDS)) as u8
 }
 
-/// Adds `row` into `rows`: one row per day, category and type (a row's parts summed).
+/// Adds `row` into `rows`: one row per day, category and type (a row's parts summed). A
+/// row's parts are read one after another (their keys share the row's prefix), so the last
+/// row is looked at first.
 pub fn add_usage_row(rows: &mut Vec<UsageRow>, row: UsageRow) {
-    match rows.iter_mut().find(|r| {
+    match rows.iter_mut().rev().find(|r| {
         r.date == row.date && r.category == row.category && r.pricing_type == row.pricing_type
     }) {
         Some(r) => {

@@ -156,6 +156,17 @@ pub fn retryable(code: &ErrorCode) -> bool {
     }
 }
 
+/// A message the dispatcher failed on its own side (its outcome in doubt, Meta unreachable)
+/// whose `sent` Meta reported after all (recorded late, `status::late_event`): Meta has it,
+/// and may yet deliver it (`failed → delivered`), so a retry would send it twice. A failure
+/// Meta itself reported after its `sent` (131000, 131056, ...) was not delivered: retried.
+fn reached_meta_after_all(m: &MessageRecord) -> bool {
+    m.error
+        .as_ref()
+        .is_some_and(|e| matches!(e.code, ErrorCode::Kirim(_)))
+        && m.events.iter().any(|e| e.status == MessageStatus::Sent)
+}
+
 /// The statuses a broadcast view always counts.
 pub const COUNTED: [MessageStatus; 7] = [
     MessageStatus::Accepted,
@@ -1019,6 +1030,7 @@ pub async fn retry_failed(
             page.iter()
                 .filter(|m| m.status == MessageStatus::Failed)
                 .filter(|m| m.error.as_ref().is_some_and(|e| retryable(&e.code)))
+                .filter(|m| !reached_meta_after_all(m))
                 .map(|m| m.to.to_string()),
         );
         match next {

@@ -674,8 +674,10 @@ mod tests {
         });
         let mut deps = deps_with(slots.clone());
         deps.clock = clock.clone();
-        // A carried slot 100 ms on: no reservation, a wait; the process stalls 300 ms in it.
-        let soon = clock.now() + chrono::Duration::milliseconds(100);
+        // A carried slot 1 s on (`CARRIED_WAIT` is 2 s): no reservation, a wait; the process
+        // stalls 300 ms in it. Waits of most of a second, so that a loaded machine's own
+        // stalls between the test's polls do not end the wait before the 300 ms are added.
+        let soon = clock.now() + chrono::Duration::milliseconds(1_000);
         {
             let mut waiting = std::pin::pin!(acquire(&deps, "pn1", 80, Some(soon)));
             stalled_in_its_wait(&mut waiting, &slots, &clock, 0).await;
@@ -684,13 +686,13 @@ mod tests {
         assert_eq!(
             slots.calls(),
             vec![(1, true)],
-            "200 ms past its slot on waking: a fresh one, not a send among the next slots'"
+            "300 ms past its slot on waking: a fresh one, not a send among the next slots'"
         );
-        // A slot reserved fresh (the number taken 100 ms ahead) whose wait stalls: the same,
-        // a second reservation.
+        // A slot reserved fresh (the number taken 800 ms ahead, `MAX_WAIT` is 1 s) whose wait
+        // stalls: the same, a second reservation.
         let slots = Recorded::new(false, false);
         *slots.next.lock().unwrap() =
-            (clock.now() + chrono::Duration::milliseconds(100)).timestamp_micros();
+            (clock.now() + chrono::Duration::milliseconds(800)).timestamp_micros();
         deps.throughput = slots.clone();
         let mut waiting = std::pin::pin!(acquire(&deps, "pn1", 80, None));
         stalled_in_its_wait(&mut waiting, &slots, &clock, 1).await;
@@ -706,10 +708,11 @@ mod tests {
         });
         let mut deps = deps_with(slots.clone());
         deps.clock = clock.clone();
-        // Its fresh slot will lie ~100 ms past the stalled clock's now: another wait.
+        // A carried slot 1 s on; its fresh slot, taken on waking 300 ms past it (1.3 s on
+        // the stalled clock), lies 0.7 s further: another wait, which stalls too.
         *slots.next.lock().unwrap() =
-            (clock.now() + chrono::Duration::milliseconds(500)).timestamp_micros();
-        let soon = clock.now() + chrono::Duration::milliseconds(100);
+            (clock.now() + chrono::Duration::milliseconds(2_000)).timestamp_micros();
+        let soon = clock.now() + chrono::Duration::milliseconds(1_000);
         let mut waiting = std::pin::pin!(acquire(&deps, "pn1", 80, Some(soon)));
         stalled_in_its_wait(&mut waiting, &slots, &clock, 0).await;
         stalled_in_its_wait(&mut waiting, &slots, &clock, 1).await;

@@ -404,21 +404,21 @@ pub async fn apply(deps: &Deps, raw: &[u8]) -> Result<WebhookSummary, ServiceErr
 /// write units (a priced move's transaction of two items and its index move), stay within
 /// it (16 could reach it), and keep a webhook's connections and memory small.
 ///
-/// A day's first priced statuses of one category all write one usage row (`USAGE#…`) in
+/// A day's first priced statuses of one category all wrote one usage row (`USAGE#…`) in
 /// their transactions, which DynamoDB cancels as conflicts when they overlap; the adapter
 /// tries each 7 times in ~0.2–0.3 s. That budget does not absorb 8 writers of one row: in a
 /// simulation of 1,000 such statuses (a transaction holding the row 10–25 ms, a cancelled
 /// one answered in 4–8 ms, the adapter's backoff), 16% of them spent every try at 8 in
 /// flight, 3.9% at 4, 0.6% at 2 (each an error, the body answered 500 and sent again). So a
-/// body's pricing writes of one row take turns ([`UsageTurns`](super::usage::UsageTurns)):
-/// none of the body's own overlap, the rest of each status stays 8 at a time, and the row,
-/// which commits one transaction at a time however they come, is no slower (~40–60 priced
-/// statuses a second a row, in that model). Writes of the row from other requests (Meta's
-/// single-status bodies, concurrent) can still conflict with them, retried as before. Not
-/// measured against DynamoDB (moto has no transaction conflicts): 200 unpriced statuses a
-/// second at 40 ms, a body of 1,000 in ~5 s; 1,000 first-priced of one category at the
-/// row's pace, ~18 s in that model (17.5 s taking turns, 18.7 s without, 16% of them
-/// failed), so ~1,600 of them would outlast the 29 s whatever is in flight.
+/// body's pricing writes of one item take turns ([`UsageTurns`](super::usage::UsageTurns)):
+/// none of the body's own overlap, the rest of each status stays 8 at a time. One item
+/// commits one transaction at a time (~40–60 priced statuses a second, in that model), so
+/// since stop 64 a row is 16 items, a message adding to the one its id names (data model
+/// A79): a body's writes of different parts go at once, and the single-status bodies of
+/// other requests meet one part in 16 (`scripts/model-usage-conflicts`: none of 200 a
+/// second ran out of tries). Not measured against DynamoDB (moto has no transaction
+/// conflicts): 200 unpriced statuses a second at 40 ms, a body of 1,000 in ~5 s; before the
+/// parts, 1,000 first-priced of one category took ~18 s in that model, at one item's pace.
 pub const STATUSES_IN_FLIGHT: usize = 8;
 
 /// The statuses of a body of several events, concurrently ([`STATUSES_IN_FLIGHT`] at a

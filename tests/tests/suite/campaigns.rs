@@ -1319,6 +1319,120 @@ async fn a_late_sent_never_takes_a_completed_campaign_s_time_back(b: Backend) {
         ("completed", Some(secs(60))),
         "not taken back to the late sent's time"
     );
+
+    // Failed by the dispatcher at 60; Meta's `delivered` of it, timed 55, is a move
+    // (`failed → delivered`), appended: the campaign's time stays the failure's.
+    let (campaign, ms) = a_campaign_with_messages(&deps, &t, now, 1).await;
+    let m = &ms[0];
+    sending(m).await;
+    let failed = deps
+        .messages
+        .fail_and_refund(
+            &t.id,
+            &m.id,
+            MessageStatus::Sending,
+            &failure,
+            failed_at,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(failed, Transition::Applied(_)), "{failed:?}");
+    let summary = webhook::apply(&deps, &meta(m, "delivered", secs(55)))
+        .await
+        .unwrap();
+    assert_eq!(summary.applied, 1, "{summary:?}");
+    assert_eq!(
+        completed_at(campaign.id.clone()).await,
+        ("completed", Some(secs(60))),
+        "not taken back to the delivery's earlier time"
+    );
+    // Shown with a `sent` (Meta's never came) no later than the delivery.
+    let stored = deps
+        .messages
+        .get_message(&t.id, &m.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let shown = stored.shown_events();
+    let at = |st: MessageStatus| {
+        shown
+            .iter()
+            .find(|e| e.status == st)
+            .map(|e| e.at.timestamp())
+    };
+    assert_eq!(
+        (at(MessageStatus::Sent), at(MessageStatus::Delivered)),
+        (Some(secs(55)), Some(secs(55))),
+        "{shown:?}"
+    );
+}
+
+/// A message the dispatcher failed with its outcome in doubt, whose `sent` Meta then
+/// reported (recorded late: Meta has it and may yet deliver it), is not retried by
+/// `retry-failed`: the recipient would get the template twice. Without Meta's `sent`, the
+/// same failure is retried.
+async fn a_doubtful_failure_meta_reported_sent_after_all_is_not_retried(b: Backend) {
+    use kirim::domain::MessageStatus;
+    use kirim::ports::{Clock, StatusChange, Transition};
+    use kirim::service::{broadcasts, webhook};
+    let (deps, clock, t) = crate::crash_recovery::tenant_on_a_manual_clock(b, 20).await;
+    let now = clock.now();
+    let doubt = StatusChange {
+        error: Some(kirim::domain::MessageError {
+            code: kirim::domain::ErrorCode::from("outcome_unknown"),
+            title: "The send's outcome is unknown".into(),
+        }),
+        ..Default::default()
+    };
+    for meta_sent in [true, false] {
+        let (campaign, ms) = a_campaign_with_messages(&deps, &t, now, 1).await;
+        let m = &ms[0];
+        let moved = deps
+            .messages
+            .transition(
+                &t.id,
+                &m.id,
+                MessageStatus::Sending,
+                &StatusChange::default(),
+                now,
+            )
+            .await
+            .unwrap();
+        assert!(matches!(moved, Transition::Applied(_)), "{moved:?}");
+        let failed = deps
+            .messages
+            .fail_and_refund(&t.id, &m.id, MessageStatus::Sending, &doubt, now, None)
+            .await
+            .unwrap();
+        assert!(matches!(failed, Transition::Applied(_)), "{failed:?}");
+        if meta_sent {
+            let raw = crate::webhook_batches::body(
+                &t.phone_number_id,
+                vec![crate::webhook_batches::status_of(
+                    m,
+                    &format!("wamid.{}", m.id),
+                    "sent",
+                    now.timestamp(),
+                    false,
+                )],
+                vec![],
+            );
+            let summary = webhook::apply(&deps, &raw).await.unwrap();
+            assert_eq!(summary.applied, 1, "the late sent recorded: {summary:?}");
+        }
+        let retried = broadcasts::retry_failed(&deps, &t.id, &campaign.id, vec![], None).await;
+        let nothing = matches!(
+            &retried,
+            Err(kirim::service::errors::ServiceError::Conflict(why)) if why.contains("no message")
+        );
+        assert_eq!(
+            nothing,
+            meta_sent,
+            "Meta's sent {meta_sent}: {:?}",
+            retried.err()
+        );
+    }
 }
 
 /// The view once `done(view)` holds (at most a minute).
@@ -1818,4 +1932,5 @@ on_both_backends!(
     a_broadcast_without_a_retryable_failure_has_nothing_to_retry,
     a_completed_campaign_shows_when_its_last_message_was_handed_to_meta,
     a_late_sent_never_takes_a_completed_campaign_s_time_back,
+    a_doubtful_failure_meta_reported_sent_after_all_is_not_retried,
 );

@@ -352,6 +352,7 @@ async fn a_dispatcher_batch_takes_its_numbers_send_slots_in_fewer_writes_than_me
     // `throttle::acquire`), each fresh slot its own reservation.
     assert!(granted >= 10, "one slot a message: {runs:?}");
     let fresh = usize::try_from(granted - 10).unwrap_or(usize::MAX);
+    assert!(fresh <= 10, "at most one fresh slot a message: {runs:?}");
     eprintln!("{b:?}: {batches} batch(es), reservations {runs:?}");
     match b {
         Backend::Memory => assert!(
