@@ -104,6 +104,11 @@ pub struct KeyCreator {
     #[serde(rename = "type")]
     pub kind: String,
     pub id: String,
+    /// A console user's email as it was when the key was made: the user may be removed
+    /// since (which is when the remaining admins look for their keys), and an id alone
+    /// then names no one they can see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 impl KeyCreator {
@@ -112,6 +117,7 @@ impl KeyCreator {
         Self {
             kind: "operator".into(),
             id: "platform".into(),
+            email: None,
         }
     }
 }

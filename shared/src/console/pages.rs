@@ -469,13 +469,17 @@ pub(super) fn form_key(typed: &Form) -> String {
         .unwrap_or_else(crate::domain::new_id)
 }
 
-/// Who made a key, as the key list says it (`created_by`): "by you", "by user {id}", "by
-/// key {id}" or "by the operator"; `None` for a key made before makers were recorded.
+/// Who made a key, as the key list says it (`created_by`): "by you", "by {email}" (or "by
+/// user {id}" for a key made before emails were kept with it), "by key {id}" or "by the
+/// operator"; `None` for a key made before makers were recorded.
 fn key_maker(by: &Value, ctx: &Ctx) -> Option<String> {
     let id = by["id"].as_str()?;
     Some(match by["type"].as_str()? {
         "user" if ctx.user_id == id => "by you".to_owned(),
-        "user" => format!("by user {id}"),
+        "user" => match by["email"].as_str() {
+            Some(email) => format!("by {email}"),
+            None => format!("by user {id}"),
+        },
         "api_key" => format!("by key {id}"),
         _ => "by the operator".to_owned(),
     })

@@ -147,6 +147,7 @@ pub(crate) fn key_for(t: &Tenant) -> ApiKeyRecord {
         created_by: Some(kirim::ports::KeyCreator {
             kind: "user".into(),
             id: "01JUSERXXXXXXXXXXXXXXXXXXX".into(),
+            email: Some("siti@kedai.example".into()),
         }),
     }
 }

@@ -1257,14 +1257,20 @@ async fn every_key_shows_who_made_it_and_a_removed_users_keys_are_found_by_it(b:
         .find(|k| k["name"] == "initial admin key")
         .map(|k| k["id"].as_str().unwrap().to_owned())
         .unwrap();
-    assert_eq!(maker(&by_user), json!({"type": "user", "id": user_id}));
+    // A user named by its email too, as it was: the id alone names no one once the user
+    // is removed.
+    let email_then = email.to_lowercase();
+    assert_eq!(
+        maker(&by_user),
+        json!({"type": "user", "id": user_id, "email": email_then})
+    );
     assert_eq!(
         maker(&by_key),
         json!({"type": "api_key", "id": onboarding_key})
     );
     assert_eq!(
         maker(rotated["id"].as_str().unwrap()),
-        json!({"type": "user", "id": user_id}),
+        json!({"type": "user", "id": user_id, "email": email_then}),
         "a rotation's key is its rotating caller's"
     );
     assert_eq!(
@@ -1290,6 +1296,16 @@ async fn every_key_shows_who_made_it_and_a_removed_users_keys_are_found_by_it(b:
             .await
             .0,
         200
+    );
+    // And the list still says whose it was.
+    let (_, list) = call(&app, "GET", "/v1/api-keys", Some(&t.key), None).await;
+    assert!(
+        list["api_keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["id"] == by_user.as_str() && k["created_by"]["email"] == email_then.as_str()),
+        "{list}"
     );
 }
 
