@@ -33,6 +33,7 @@ mod contract_access;
 mod contract_broadcasts;
 mod contract_callbacks;
 mod contract_contacts;
+mod contract_credit_lanes;
 mod contract_data_keys;
 mod contract_leases;
 mod contract_numbers;

@@ -32,6 +32,7 @@ mod contacts;
 mod cursor_props;
 mod idempotency;
 pub mod keys;
+mod lanes;
 mod leases;
 mod numbers;
 mod optouts;
@@ -678,12 +679,12 @@ impl DynamoStore {
     }
 
     async fn balance(&self, tenant: &TenantId) -> Result<i64, StoreError> {
-        let t: Tenant = from_item(
-            self.get(keys::tenant(tenant))
-                .await?
-                .ok_or(StoreError::NotFound)?,
-        )?;
-        Ok(t.credits)
+        // The tenant item's credits and its lanes' (A80).
+        let read = self
+            .tenant_and_lanes(tenant)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        Ok(read.reservoir().saturating_add(read.in_lanes()))
     }
 
     pub(super) fn ledger_put(&self, entry: &LedgerEntry) -> Result<TransactWriteItem, StoreError> {
@@ -991,7 +992,7 @@ impl DynamoStore {
             .get(STATUS_WRITE_ID)
             .and_then(|v| v.as_s().ok())
             .is_some_and(|w| w == write_id);
-        let t: Tenant = from_item(item)?;
+        let t = self.tenant_with_lanes(item).await?;
         let own = written && &t.status == to && t.status_changed_at == Some(at);
         Ok(Some((t, own)))
     }
@@ -1102,7 +1103,11 @@ impl TenantStore for DynamoStore {
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
-        self.get(keys::tenant(id)).await?.map(from_item).transpose()
+        // With its lanes (A80): one query, the credits the whole balance.
+        self.tenant_and_lanes(id)
+            .await?
+            .map(lanes::TenantAndLanes::tenant)
+            .transpose()
     }
 
     async fn tenant_by_phone_number_id(
@@ -1183,7 +1188,10 @@ impl TenantStore for DynamoStore {
         )
         .await;
         match res {
-            Ok(out) => from_item(out.attributes.unwrap_or_default()),
+            Ok(out) => {
+                self.tenant_with_lanes(out.attributes.unwrap_or_default())
+                    .await
+            }
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Err(self.why_refused(id).await)
             }
@@ -1206,7 +1214,10 @@ impl TenantStore for DynamoStore {
         )
         .await;
         match res {
-            Ok(out) => from_item(out.attributes.unwrap_or_default()),
+            Ok(out) => {
+                self.tenant_with_lanes(out.attributes.unwrap_or_default())
+                    .await
+            }
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
                 Err(self.why_refused(id).await)
             }
@@ -1252,7 +1263,11 @@ impl TenantStore for DynamoStore {
             )
             .await;
             match change {
-                Ok(out) => return from_item(out.attributes.unwrap_or_default()),
+                Ok(out) => {
+                    return self
+                        .status_written(id, &to, out.attributes.unwrap_or_default())
+                        .await
+                }
                 Err(SdkError::ServiceError(e))
                     if e.err().is_conditional_check_failed_exception() => {}
                 Err(e) => return Err(classify("dynamodb update", e)),
@@ -1274,7 +1289,11 @@ impl TenantStore for DynamoStore {
             )
             .await;
             match same {
-                Ok(out) => return from_item(out.attributes.unwrap_or_default()),
+                Ok(out) => {
+                    return self
+                        .status_written(id, &to, out.attributes.unwrap_or_default())
+                        .await
+                }
                 // Changed between the two writes (or closed, or gone): once more.
                 Err(SdkError::ServiceError(e))
                     if e.err().is_conditional_check_failed_exception() => {}
@@ -1287,7 +1306,15 @@ impl TenantStore for DynamoStore {
         match crate::store_error::undo(|| self.after_refused_status_write(id, &to, at, &write_id))
             .await?
         {
-            Some((t, true)) => Ok(t),
+            Some((t, true)) => {
+                if to == TenantStatus::Closed {
+                    // The closing's own write, its answer lost: its lanes go back as well.
+                    if let Err(e) = self.return_all_lanes(id).await {
+                        tracing::warn!(tenant_id = %id, error = %e, "a closed tenant's credit lanes were not all returned; its close-out returns them");
+                    }
+                }
+                Ok(t)
+            }
             Some(_) => Err(StoreError::Conflict("the tenant is closed".into())),
             None => Err(StoreError::NotFound),
         }
@@ -1334,7 +1361,10 @@ impl TenantStore for DynamoStore {
         };
         // The tenant item: a send's debit in flight on it cancels this, which goes again.
         match update_retrying_conflicts(req).await {
-            Ok(out) => from_item(out.attributes.unwrap_or_default()).map(Some),
+            Ok(out) => self
+                .tenant_with_lanes(out.attributes.unwrap_or_default())
+                .await
+                .map(Some),
             // Changed since it was read (nothing written), unless the change is this very
             // write, landed on a try whose answer was lost: the retry is refused by the
             // status time the first try moved on.
@@ -1634,20 +1664,26 @@ impl MessageStore for DynamoStore {
             &keys::message_pairs(&record.tenant_id, record.status, &record.id),
             record.expires_at,
         )?;
-        let items = vec![
-            self.credit_update(debit, CreditGuard::Debit)?,
-            self.ledger_put(debit)?,
-            self.put(m, Some("attribute_not_exists(pk)"))?,
-        ];
-        match self.transact_retrying_conflicts(items).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
-                Err(self.debit_refused(&record.tenant_id).await)
+        // From the message's credit lane (A80), or where `next_debit` says when it is short.
+        let mut from = lanes::first_debit(debit, &record.id);
+        let mut round = 0;
+        loop {
+            let items = vec![
+                self.debit_item(debit, from)?,
+                self.ledger_put(debit)?,
+                self.put(m.clone(), Some("attribute_not_exists(pk)"))?,
+            ];
+            match self.transact_retrying_conflicts(items).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.reason(0) == Some(&CancelReason::ConditionalCheckFailed) => {
+                    from = self.next_debit(debit, from, round).await?;
+                    round += 1;
+                }
+                Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
+                    return Err(StoreError::Conflict("message exists".into()))
+                }
+                Err(e) => return Err(e.into_store_error()),
             }
-            Err(e) if e.any(CancelReason::ConditionalCheckFailed) => {
-                Err(StoreError::Conflict("message exists".into()))
-            }
-            Err(e) => Err(e.into_store_error()),
         }
     }
 

@@ -27,8 +27,31 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 
 impl DynamoStore {
     /// The broadcast, its list, its debit and (with a key) the key's record: one
-    /// transaction.
+    /// transaction. Its debit is taken from the tenant item; when that is short of it, the
+    /// tenant's credit lanes (A80) are returned to it and the transaction goes once more,
+    /// so a campaign is refused `402` only when the whole balance is short.
     async fn write_broadcast(
+        &self,
+        broadcast: &Broadcast,
+        recipients: &[PhoneNumber],
+        debit: &LedgerEntry,
+        key: Option<&RequestKeyRecord>,
+    ) -> Result<BroadcastOnce, StoreError> {
+        match self
+            .write_broadcast_once(broadcast, recipients, debit, key)
+            .await
+        {
+            Err(StoreError::InsufficientCredits)
+                if self.return_all_lanes(&broadcast.tenant_id).await? > 0 =>
+            {
+                self.write_broadcast_once(broadcast, recipients, debit, key)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    async fn write_broadcast_once(
         &self,
         broadcast: &Broadcast,
         recipients: &[PhoneNumber],

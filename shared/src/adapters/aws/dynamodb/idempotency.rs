@@ -93,9 +93,12 @@ impl IdempotencyStore for DynamoStore {
         )?;
         // Order matters: the reasons of a cancelled transaction come back in this order.
         let mut attempt = 0u64;
+        // From the message's credit lane (A80), or where `next_debit` says when it is short.
+        let mut from = super::lanes::first_debit(debit, &record.id);
+        let mut round = 0;
         loop {
             let items = vec![
-                self.credit_update(debit, super::CreditGuard::Debit)?,
+                self.debit_item(debit, from)?,
                 self.ledger_put(debit)?,
                 self.put(m.clone(), Some("attribute_not_exists(pk)"))?,
                 self.idempotency_put(key)?,
@@ -111,7 +114,9 @@ impl IdempotencyStore for DynamoStore {
                     return Ok(IdempotentInsert::Existing(existing));
                 }
             } else if reason(0) == Some(&CCF) {
-                return Err(self.debit_refused(&record.tenant_id).await);
+                from = self.next_debit(debit, from, round).await?;
+                round += 1;
+                continue;
             } else if reason(2) == Some(&CCF) {
                 return Err(StoreError::Conflict("message exists".into()));
             } else if !failed.any(CancelReason::TransactionConflict) {

@@ -54,6 +54,9 @@ const STATUS_INFIX: &str = "#STATUS#";
 
 /// The sort key of a tenant item (also what the sweep's filter finds closed tenants by).
 pub const TENANT_SK: &str = "TENANT";
+/// A tenant's credit lanes (A80): `TENANT#{tenant}` / `TENANT#LANE#{nn}`, sorted right after
+/// the tenant item, so that one query of `begins_with(sk, "TENANT")` reads it and its lanes.
+pub const CREDIT_LANE_PREFIX: &str = "TENANT#LANE#";
 /// The sort key of a session item (what the close-out's session scan filters on).
 pub const SESSION_SK: &str = "SESSION";
 const PHONE_SK: &str = "PHONE";
@@ -190,6 +193,10 @@ pub enum ItemKind {
     /// `TENANT#{tenant}` / `NUMBER#{phone_number_id}`; gsi1 `WABA#{waba}` /
     /// `TENANT#{tenant}`: one of the tenant's phone numbers.
     PhoneNumber,
+    /// `TENANT#{tenant}` / `TENANT#LANE#{nn}`: one of the tenant's credit lanes (A80), a part
+    /// of its balance that single sends are debited from, so that concurrent sends of one
+    /// tenant do not all meet on the tenant item. Its `credits` count in the balance.
+    CreditLane,
     /// `TENANT#{tenant}` / `USAGE#{yyyy-mm-dd}#{category}#{type}#{shard}`: Meta's pricing
     /// of the tenant's messages on one UTC day (a billing record), one of the row's
     /// [`USAGE_SHARDS`](crate::ports::USAGE_SHARDS) parts (A79; a row written before had
@@ -198,7 +205,7 @@ pub enum ItemKind {
 }
 
 impl ItemKind {
-    pub const ALL: [ItemKind; 35] = [
+    pub const ALL: [ItemKind; 36] = [
         ItemKind::Tenant,
         ItemKind::PhoneRoute,
         ItemKind::ApiKeyByHash,
@@ -234,6 +241,7 @@ impl ItemKind {
         ItemKind::ServiceWindow,
         ItemKind::PhoneNumber,
         ItemKind::UsageCounter,
+        ItemKind::CreditLane,
     ];
 
     /// The retention class whose expiry an item of this type carries when it has one, and
@@ -248,7 +256,7 @@ impl ItemKind {
             // taught it (its TTL is refreshed whenever Meta repeats it).
             Message | WamidIndex | Broadcast | Template | UserPairing => RetentionClass::Messages,
             ServiceWindow => RetentionClass::ServiceWindow,
-            Tenant | LedgerEntry | UsageCounter => RetentionClass::Billing,
+            Tenant | CreditLane | LedgerEntry | UsageCounter => RetentionClass::Billing,
             AuditEvent | AuditParked | AuditIntent => RetentionClass::Audit,
             Idempotency => RetentionClass::Idempotency,
             // A callback owed lives as long as the queue would have kept it; an opting back
@@ -277,6 +285,7 @@ impl ItemKind {
         let kind = if pk.starts_with(TENANT) {
             match sk {
                 TENANT_SK => Tenant,
+                _ if has(CREDIT_LANE_PREFIX) => CreditLane,
                 STATUS_CALLBACK_SK => StatusCallback,
                 TWO_FACTOR_SK => TwoFactorSetting,
                 _ if has(API_KEY_PREFIX) => ApiKeyOfTenant,
@@ -395,6 +404,17 @@ pub fn tenant_pk(t: &TenantId) -> String {
 
 pub fn tenant(t: &TenantId) -> Key {
     Key::new(tenant_pk(t), TENANT_SK)
+}
+
+/// One of a tenant's credit lanes (A80), `lane` below
+/// [`CREDIT_LANES`](super::lanes::CREDIT_LANES).
+pub fn credit_lane(t: &TenantId, lane: u8) -> Key {
+    Key::new(tenant_pk(t), format!("{CREDIT_LANE_PREFIX}{lane:02}"))
+}
+
+/// The lane of a credit lane's sort key.
+pub fn credit_lane_of(sk: &str) -> Option<u8> {
+    sk.strip_prefix(CREDIT_LANE_PREFIX)?.parse().ok()
 }
 
 /// The tenant of a tenant-partition key.
@@ -930,6 +950,7 @@ mod tests {
             ItemKind::Template => template("1000001", "order_update", "en_US"),
             ItemKind::PhoneNumber => phone_number(&t, "1234567890"),
             ItemKind::UsageCounter => usage_counter(&t, day, "marketing", "regular", 7),
+            ItemKind::CreditLane => credit_lane(&t, 9),
         }
     }
 
@@ -973,7 +994,7 @@ mod tests {
             let key = sample(kind);
             let pk = key.pk.split('#').next().unwrap_or_default().to_owned();
             let sk = key.sk.split('#').next().unwrap_or_default().to_owned();
-            let sk = if key.sk.starts_with("SETTINGS#") {
+            let sk = if key.sk.starts_with("SETTINGS#") || key.sk.starts_with(CREDIT_LANE_PREFIX) {
                 key.sk.clone()
             } else {
                 sk

@@ -661,6 +661,9 @@ impl RetentionStore for DynamoStore {
         {
             counts.items_given_ttl += 1;
         }
+        // The credit lanes (A80) back into the tenant item, whose record keeps the balance
+        // (none is left after the closing's own return, unless that failed).
+        self.return_all_lanes(tenant).await?;
         // Last: the tenant item, which marks the close-out done (gone again when a refund's
         // transaction in flight on it cancels it: nothing written).
         let res = super::update_retrying_conflicts(
