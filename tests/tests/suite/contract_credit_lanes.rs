@@ -254,3 +254,126 @@ async fn on_dynamodb_a_closed_tenants_lanes_end_in_its_account_record() {
         .unwrap();
     assert_eq!(stored_credits(&table, &name, &t.id).await, (997, vec![]));
 }
+
+/// Puts lane `lane` of `t` as stored, holding `credits`, sealed or not.
+async fn put_lane(
+    table: &aws_sdk_dynamodb::Client,
+    name: &str,
+    t: &TenantId,
+    lane: u8,
+    credits: i64,
+    sealed: bool,
+) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let mut put = table
+        .put_item()
+        .table_name(name)
+        .item("pk", AttributeValue::S(format!("TENANT#{t}")))
+        .item("sk", AttributeValue::S(format!("TENANT#LANE#{lane:02}")))
+        .item("credits", AttributeValue::N(credits.to_string()));
+    if sealed {
+        put = put.item("sealed", AttributeValue::Bool(true));
+    }
+    put.send().await.unwrap();
+}
+
+/// A closing seals every lane before its status write, and a sealed lane takes no debit:
+/// a closed tenant whose lanes still hold credits (their return failed) refuses every
+/// send `409`, whatever lane its message falls on, as the tenant item's own debit does.
+#[tokio::test]
+async fn on_dynamodb_a_closed_tenants_sealed_lanes_take_no_send() {
+    let (p, table, name) = aws_and_table().await;
+    let t = onboarded(&p, 100).await;
+    p.tenants
+        .set_status(&t.id, TenantStatus::Closed, None, p.clock.now())
+        .await
+        .unwrap();
+    for lane in 0..16 {
+        put_lane(&table, &name, &t.id, lane, 5, true).await;
+    }
+    assert_eq!(credits(&p, &t.id).await, 180);
+    for _ in 0..24 {
+        match send(&p, &t.id, 1).await {
+            Err(StoreError::Conflict(c)) => assert_eq!(c, TENANT_CLOSED),
+            other => panic!("a closed tenant's send: {other:?}"),
+        }
+    }
+    assert_eq!(credits(&p, &t.id).await, 180);
+}
+
+/// A closing that sealed the lanes and then failed leaves an open tenant: its sends still
+/// go through (from the tenant item), each sealed lane a send meets is returned to it, and
+/// not a credit is lost.
+#[tokio::test]
+async fn on_dynamodb_lanes_sealed_by_a_closing_that_failed_are_returned_and_the_tenant_sends() {
+    let (p, table, name) = aws_and_table().await;
+    let t = onboarded(&p, 1000).await;
+    for lane in 0..16 {
+        put_lane(&table, &name, &t.id, lane, 10, true).await;
+    }
+    assert_eq!(credits(&p, &t.id).await, 1160);
+    for _ in 0..40 {
+        send(&p, &t.id, 1).await.unwrap();
+    }
+    assert_eq!(credits(&p, &t.id).await, 1120);
+    let (own, lanes) = stored_credits(&table, &name, &t.id).await;
+    assert_eq!(own + lanes.iter().map(|(_, c)| c).sum::<i64>(), 1120);
+    let sealed = table
+        .query()
+        .table_name(&name)
+        .key_condition_expression("pk = :pk AND begins_with(sk, :l)")
+        .filter_expression("attribute_exists(sealed)")
+        .expression_attribute_values(
+            ":pk",
+            aws_sdk_dynamodb::types::AttributeValue::S(format!("TENANT#{}", t.id)),
+        )
+        .expression_attribute_values(
+            ":l",
+            aws_sdk_dynamodb::types::AttributeValue::S("TENANT#LANE#".into()),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .count;
+    assert!(
+        sealed < 16,
+        "the sealed lanes the sends met were returned (and made anew, open): {sealed} sealed"
+    );
+}
+
+/// A campaign the whole balance cannot pay is refused `402` and leaves the lanes as they
+/// were (they are returned only when they would make up the difference).
+#[tokio::test]
+async fn on_dynamodb_a_campaign_the_balance_cannot_pay_leaves_the_lanes_be() {
+    let (p, table, name) = aws_and_table().await;
+    let t = onboarded(&p, 10_000).await;
+    for _ in 0..48 {
+        send(&p, &t.id, 1).await.unwrap();
+    }
+    let before = stored_credits(&table, &name, &t.id).await;
+    let b = running_broadcast(&t.id, p.clock.now());
+    let (_, mut debit) = message(&p, &t.id, 3600);
+    debit.amount = -20_000;
+    debit.message_id = None;
+    assert!(matches!(
+        p.broadcasts.create_broadcast(&b, &[], &debit).await,
+        Err(StoreError::InsufficientCredits)
+    ));
+    assert_eq!(stored_credits(&table, &name, &t.id).await, before);
+}
+
+/// Closing a tenant that does not exist answers `404` and seals nothing: no lane is made
+/// for it.
+#[tokio::test]
+async fn on_dynamodb_closing_a_tenant_that_does_not_exist_makes_no_lanes() {
+    let (p, table, name) = aws_and_table().await;
+    let id = TenantId::generate();
+    assert!(matches!(
+        p.tenants
+            .set_status(&id, TenantStatus::Closed, None, p.clock.now())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(stored_credits(&table, &name, &id).await, (0, vec![]));
+}

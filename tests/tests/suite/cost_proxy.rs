@@ -347,7 +347,13 @@ async fn the_warm_cache_refreshes_what_may_lag_eventually_consistent_and_keys_an
     let get = |phase: &str| {
         let ops = &tally[phase];
         assert_eq!(ops.len(), 1, "{phase}: only a GetItem: {ops:?}");
-        let get = ops["DynamoDB.GetItem"];
+        // A tenant is read with its credit lanes (A80): one query of the same units.
+        let op = if phase.ends_with("tenant") {
+            "DynamoDB.Query"
+        } else {
+            "DynamoDB.GetItem"
+        };
+        let get = ops[op];
         (get.calls, get.rcu)
     };
     for round in ["cold", "refresh"] {
@@ -665,5 +671,40 @@ async fn a_campaign_the_balance_cannot_pay_is_refused_at_its_first_sendable_reci
             reads < most,
             "{phase}: {reads} reads for a refused campaign"
         );
+    }
+}
+
+/// A single send of a tenant with lanes to spend from is one transaction; a tenant whose
+/// item is too low to refill a lane (under 16 prices: data model A80) costs its first send
+/// a refused lane transaction and a read, and then this process takes its sends straight to
+/// the tenant item for a few seconds: one transaction each, no read.
+#[tokio::test]
+async fn a_low_balance_tenants_sends_go_straight_to_its_item_after_the_first() {
+    use kirim::ports::{MessageStore, TenantStore};
+    let (store, proxy) = store_behind_proxy().await;
+    let t = crate::contract::tenant(10);
+    store
+        .create_tenant(&t, &crate::contract::key_for(&t), None)
+        .await
+        .unwrap();
+    let send = |phase: &'static str| {
+        let (store, proxy, t) = (&store, &proxy, &t);
+        async move {
+            let (m, debit) = crate::contract::message_for(&t.id, chrono::Utc::now());
+            proxy.set_phase(phase);
+            store.insert_with_debit(&m, &debit).await.unwrap();
+            proxy.set_phase("after");
+        }
+    };
+    send("first").await;
+    send("second").await;
+    send("third").await;
+    let tally = proxy.take();
+    assert_eq!(tally["first"]["DynamoDB.TransactWriteItems"].calls, 2);
+    assert!(tally["first"].contains_key("DynamoDB.Query"));
+    for phase in ["second", "third"] {
+        let ops = &tally[phase];
+        assert_eq!(ops.len(), 1, "{phase}: {ops:?}");
+        assert_eq!(ops["DynamoDB.TransactWriteItems"].calls, 1, "{phase}");
     }
 }

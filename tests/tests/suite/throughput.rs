@@ -443,7 +443,11 @@ async fn a_limiter_that_fails_spends_no_attempt_and_leaves_no_trace_in_the_histo
     let outcome = kirim::service::dispatch::handle(&app.app.deps, &job.body).await;
     assert_eq!(outcome, kirim::service::jobs::Outcome::Done);
     let view = app.message(&t.key, &id).await;
-    assert_eq!(view["status"], "sent", "{view}");
+    // Sent, and the sandbox's delivery may already have come back for it.
+    assert!(
+        ["sent", "delivered", "read"].contains(&view["status"].as_str().unwrap_or_default()),
+        "{view}"
+    );
     assert_eq!(answered_for(&app, &t.phone_number_id).len(), 1);
 }
 

@@ -111,6 +111,10 @@ pub struct DynamoStore {
     /// The last send slot this process saw per number (`throttle.rs`): only which
     /// conditional update to try first, never a decision. Shared with the lagging view.
     pub(super) slot_hints: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    /// Tenants whose sends this process takes to the tenant item until then (epoch s),
+    /// their tenant item found too low to refill a credit lane (`lanes.rs`): only where
+    /// to try a debit first, never a decision. Shared with the lagging view.
+    pub(super) debit_hints: Arc<std::sync::Mutex<HashMap<TenantId, i64>>>,
     /// The lagging view ([`DynamoStore::lagging`]): the reads the warm cache refreshes
     /// through it ([`Self::get_may_lag`]) are eventually consistent.
     lagging: bool,
@@ -343,6 +347,7 @@ impl DynamoStore {
             table: table.into(),
             clock,
             slot_hints: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            debit_hints: Arc::new(std::sync::Mutex::new(HashMap::new())),
             lagging: false,
         }
     }
@@ -360,6 +365,7 @@ impl DynamoStore {
             table: self.table.clone(),
             clock: self.clock.clone(),
             slot_hints: self.slot_hints.clone(),
+            debit_hints: self.debit_hints.clone(),
             lagging: true,
         }
     }
@@ -1238,6 +1244,20 @@ impl TenantStore for DynamoStore {
         // not. Each a conditional write; closed is terminal (closing again changes nothing).
         // The change names itself (`status_write_id`), for the read after a refusal.
         let write_id = crate::domain::new_id();
+        if to == TenantStatus::Closed {
+            // No lane takes a debit from here on (A80): a lane's carries no status. Only an
+            // open tenant's (no lane is made for a tenant that does not exist; a closed
+            // one's were sealed by its closing).
+            let open = self.get(keys::tenant(id)).await?.is_some_and(|t| {
+                t.get("status")
+                    .and_then(|v| v.as_s().ok())
+                    .map(String::as_str)
+                    != Some("closed")
+            });
+            if open {
+                self.seal_lanes(id).await?;
+            }
+        }
         for _ in 0..3 {
             // Each write on the tenant item goes again when a send's debit in flight on it
             // cancels it (nothing written).
@@ -1309,9 +1329,8 @@ impl TenantStore for DynamoStore {
             Some((t, true)) => {
                 if to == TenantStatus::Closed {
                     // The closing's own write, its answer lost: its lanes go back as well.
-                    if let Err(e) = self.return_all_lanes(id).await {
-                        tracing::warn!(tenant_id = %id, error = %e, "a closed tenant's credit lanes were not all returned; its close-out returns them");
-                    }
+                    // (The balance read is unchanged by it: credits move between items.)
+                    self.return_closed_lanes(id).await;
                 }
                 Ok(t)
             }
@@ -1665,7 +1684,7 @@ impl MessageStore for DynamoStore {
             record.expires_at,
         )?;
         // From the message's credit lane (A80), or where `next_debit` says when it is short.
-        let mut from = lanes::first_debit(debit, &record.id);
+        let mut from = self.first_debit(debit, &record.id);
         let mut round = 0;
         loop {
             let items = vec![

@@ -41,9 +41,23 @@ impl DynamoStore {
             .write_broadcast_once(broadcast, recipients, debit, key)
             .await
         {
-            Err(StoreError::InsufficientCredits)
-                if self.return_all_lanes(&broadcast.tenant_id).await? > 0 =>
-            {
+            Err(StoreError::InsufficientCredits) => {
+                // Only when the lanes would make up the difference (the whole balance
+                // covers it): a campaign the balance cannot pay leaves them be.
+                let read = self.tenant_and_lanes(&broadcast.tenant_id).await?;
+                let lanes = match read {
+                    Some(r)
+                        if !r.lanes.is_empty()
+                            && r.reservoir().saturating_add(r.in_lanes())
+                                >= debit.amount.saturating_neg() =>
+                    {
+                        r.lanes
+                    }
+                    _ => return Err(StoreError::InsufficientCredits),
+                };
+                if self.return_lanes(&broadcast.tenant_id, &lanes).await? == 0 {
+                    return Err(StoreError::InsufficientCredits);
+                }
                 self.write_broadcast_once(broadcast, recipients, debit, key)
                     .await
             }

@@ -94,7 +94,7 @@ impl IdempotencyStore for DynamoStore {
         // Order matters: the reasons of a cancelled transaction come back in this order.
         let mut attempt = 0u64;
         // From the message's credit lane (A80), or where `next_debit` says when it is short.
-        let mut from = super::lanes::first_debit(debit, &record.id);
+        let mut from = self.first_debit(debit, &record.id);
         let mut round = 0;
         loop {
             let items = vec![

@@ -22,9 +22,14 @@
 //! - **The balance** is the reservoir plus the lanes: the tenant item and its lanes are
 //!   read by one query (`begins_with(sk, "TENANT")`: no other sort key of the partition
 //!   begins so), and every read of a tenant answers the sum.
-//! - **Closed is final**: a lane's debit carries no tenant status, so closing a tenant
-//!   returns its lanes right after the status write (and its close-out returns any left):
-//!   a lane with nothing in it refuses, and the refusal reads the tenant, closed.
+//! - **Closed is final**: a lane's debit carries no tenant status, so a closing first
+//!   *seals* all 16 lanes (`SET sealed`; a lane's debit and refill require it absent),
+//!   then writes the status, then returns them: from the seal on no send is debited from
+//!   a lane, and a send refused there reads the tenant (closed: `409`; a closing that
+//!   failed after sealing: its sealed lane is returned and the send takes the tenant item,
+//!   whose debit refuses a closed tenant). The close-out returns any lane left.
+//! - **Reads are per item**: a query sees each item as committed, not a refill or return
+//!   as a whole, so a send about to be refused `402` reads once more first.
 //!
 //! The memory store has no lanes: one process, one lock, nothing to contend on.
 
@@ -59,15 +64,10 @@ pub(super) fn lane_of(message: &MessageId) -> u8 {
     crate::ports::usage_shard(message) % CREDIT_LANES
 }
 
-/// Where a send's debit is tried first: its lane, unless it costs nothing (a free message
-/// writes the tenant item, whose condition also refuses a closed tenant).
-pub(super) fn first_debit(debit: &LedgerEntry, message: &MessageId) -> DebitFrom {
-    if debit.amount < 0 {
-        DebitFrom::Lane(lane_of(message))
-    } else {
-        DebitFrom::Tenant
-    }
-}
+/// How long a process takes a tenant's sends straight to the tenant item after it found
+/// the tenant item under a price a lane (no lane refilled): a low balance, or a high price,
+/// costs a refused lane transaction and a read per send otherwise.
+const TENANT_ITEM_HINT_SECS: i64 = 5;
 
 fn credits_of(item: &Item) -> i64 {
     item.get("credits")
@@ -76,12 +76,20 @@ fn credits_of(item: &Item) -> i64 {
         .unwrap_or(0)
 }
 
+/// One of a tenant's lanes, as read.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Lane {
+    pub lane: u8,
+    pub credits: i64,
+    /// Sealed by a closing: never debited or refilled again, only returned.
+    pub sealed: bool,
+}
+
 /// A tenant item and its lanes, as read together.
 pub(super) struct TenantAndLanes {
     /// The tenant item, its own `credits` (the reservoir).
     pub item: Item,
-    /// Each lane's number and credits.
-    pub lanes: Vec<(u8, i64)>,
+    pub lanes: Vec<Lane>,
 }
 
 impl TenantAndLanes {
@@ -90,7 +98,15 @@ impl TenantAndLanes {
     }
 
     pub fn in_lanes(&self) -> i64 {
-        self.lanes.iter().map(|(_, c)| c).sum()
+        self.lanes.iter().map(|l| l.credits).sum()
+    }
+
+    fn lane(&self, lane: u8) -> Option<&Lane> {
+        self.lanes.iter().find(|l| l.lane == lane)
+    }
+
+    fn closed(&self) -> bool {
+        str_attr_is(&self.item, "status", "closed")
     }
 
     /// The tenant, its credits the whole balance.
@@ -103,9 +119,9 @@ impl TenantAndLanes {
 }
 
 impl DynamoStore {
-    /// The tenant item and its lanes: one consistent query of the sort keys beginning
-    /// with `TENANT` (the tenant item's and its lanes' only). `None` if there is no live
-    /// tenant item.
+    /// The tenant item and its lanes: one query of the sort keys beginning with `TENANT`
+    /// (the tenant item's and its lanes' only), consistent item by item (not a snapshot of
+    /// a refill or return in flight). `None` if there is no live tenant item.
     pub(super) async fn tenant_and_lanes(
         &self,
         id: &TenantId,
@@ -132,7 +148,11 @@ impl DynamoStore {
                     Some(keys::TENANT_SK) => item = Some(i).filter(|i| self.live(i)),
                     Some(sk) => {
                         if let Some(lane) = keys::credit_lane_of(sk) {
-                            lanes.push((lane, credits_of(&i)));
+                            lanes.push(Lane {
+                                lane,
+                                credits: credits_of(&i),
+                                sealed: i.contains_key("sealed"),
+                            });
                         }
                     }
                     None => {}
@@ -146,14 +166,54 @@ impl DynamoStore {
         Ok(item.map(|item| TenantAndLanes { item, lanes }))
     }
 
-    /// The tenant a write answered (`ALL_NEW` of its item), its lanes' credits added.
+    /// The tenant a write answered (`ALL_NEW` of its item), its credits the balance read
+    /// after it (the tenant item's and its lanes', one read: a refill landing between the
+    /// write and the read is counted once). The write landed whatever this answers: a read
+    /// that still fails after a few tries answers the tenant item's own credits, logged.
     pub(super) async fn tenant_with_lanes(&self, item: Item) -> Result<Tenant, StoreError> {
         let mut t: Tenant = from_item(item)?;
-        let lanes = self.tenant_and_lanes(&t.id).await?;
-        if let Some(read) = lanes {
-            t.credits = t.credits.saturating_add(read.in_lanes());
+        match crate::store_error::undo(|| self.tenant_and_lanes(&t.id)).await {
+            Ok(Some(read)) => t.credits = read.reservoir().saturating_add(read.in_lanes()),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                tenant_id = %t.id,
+                error = %e,
+                "a tenant write landed, but its credit lanes could not be read after: answering the tenant item's own credits"
+            ),
         }
         Ok(t)
+    }
+
+    /// Where a send's debit is tried first: its lane, unless it costs nothing (a free
+    /// message writes the tenant item, whose condition also refuses a closed tenant) or
+    /// this process found the tenant's item too low to refill a lane a moment ago.
+    pub(super) fn first_debit(&self, debit: &LedgerEntry, message: &MessageId) -> DebitFrom {
+        if debit.amount >= 0 {
+            return DebitFrom::Tenant;
+        }
+        let now = self.now_secs();
+        let hints = self.debit_hints.lock().unwrap_or_else(|e| e.into_inner());
+        match hints.get(&debit.tenant_id) {
+            Some(until) if *until > now => DebitFrom::Tenant,
+            _ => DebitFrom::Lane(lane_of(message)),
+        }
+    }
+
+    /// Remembers (or forgets) that `tenant`'s sends go to its tenant item for a while.
+    fn hint_tenant_item(&self, tenant: &TenantId, on: bool) {
+        let mut hints = self.debit_hints.lock().unwrap_or_else(|e| e.into_inner());
+        if on {
+            // Bounded: a process that met very many low tenants starts afresh.
+            if hints.len() >= 10_000 {
+                hints.clear();
+            }
+            hints.insert(
+                tenant.clone(),
+                self.now_secs().saturating_add(TENANT_ITEM_HINT_SECS),
+            );
+        } else {
+            hints.remove(tenant);
+        }
     }
 
     /// A send's debit, as the transaction's item: from a lane (its credits cover the
@@ -171,7 +231,7 @@ impl DynamoStore {
             .table_name(&self.table)
             .set_key(Some(keys::credit_lane(&debit.tenant_id, lane).attrs()))
             .update_expression("ADD credits :amt")
-            .condition_expression("credits >= :need")
+            .condition_expression("credits >= :need AND attribute_not_exists(sealed)")
             .expression_attribute_values(":amt", n(debit.amount))
             .expression_attribute_values(":need", n(debit.amount.saturating_neg()))
             .build()
@@ -191,11 +251,26 @@ impl DynamoStore {
     ) -> Result<DebitFrom, StoreError> {
         let id = &debit.tenant_id;
         let price = debit.amount.saturating_neg();
-        let Some(read) = self.tenant_and_lanes(id).await? else {
-            return Err(StoreError::NotFound);
-        };
-        if str_attr_is(&read.item, "status", "closed") {
+        let mut read = self
+            .tenant_and_lanes(id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        if read.closed() {
             return Err(Self::tenant_closed());
+        }
+        if read.reservoir().saturating_add(read.in_lanes()) < price {
+            // Read once more before a `402`: a return seen half (its lane deleted, the
+            // tenant item not yet added to) would count its credits nowhere.
+            read = self
+                .tenant_and_lanes(id)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            if read.closed() {
+                return Err(Self::tenant_closed());
+            }
+            if read.reservoir().saturating_add(read.in_lanes()) < price {
+                return Err(StoreError::InsufficientCredits);
+            }
         }
         if round >= DEBIT_ROUNDS {
             return Err(StoreError::Unavailable(
@@ -203,19 +278,33 @@ impl DynamoStore {
             ));
         }
         let reservoir = read.reservoir();
-        if reservoir.saturating_add(read.in_lanes()) < price {
-            return Err(StoreError::InsufficientCredits);
-        }
-        match from {
-            DebitFrom::Lane(lane) if reservoir >= price.saturating_mul(CREDIT_LANES.into()) => {
+        let lane = match from {
+            DebitFrom::Lane(lane) => read.lane(lane).copied(),
+            DebitFrom::Tenant => None,
+        };
+        match (from, lane) {
+            // Sealed by a closing that did not happen (the tenant is open): returned, so
+            // that the next refill makes it anew; this send takes the tenant item.
+            (DebitFrom::Lane(_), Some(l)) if l.sealed => {
+                self.return_lanes(id, &[l]).await?;
+                Ok(DebitFrom::Tenant)
+            }
+            (DebitFrom::Lane(lane), _)
+                if reservoir >= price.saturating_mul(CREDIT_LANES.into()) =>
+            {
                 // A sixteenth of the reservoir (at least the price): refills are rare while
                 // the balance is large, and the reservoir is never emptied into one lane.
+                self.hint_tenant_item(id, false);
                 self.refill_lane(id, lane, reservoir / i64::from(CREDIT_LANES), price)
                     .await?;
                 Ok(from)
             }
-            _ if reservoir >= price => Ok(DebitFrom::Tenant),
+            _ if reservoir >= price => {
+                self.hint_tenant_item(id, true);
+                Ok(DebitFrom::Tenant)
+            }
             _ => {
+                self.hint_tenant_item(id, true);
                 self.return_lanes(id, &read.lanes).await?;
                 Ok(DebitFrom::Tenant)
             }
@@ -250,7 +339,9 @@ impl DynamoStore {
             .table_name(&self.table)
             .set_key(Some(keys::credit_lane(id, lane).attrs()))
             .update_expression("ADD credits :amt")
-            .condition_expression("attribute_not_exists(credits) OR credits < :price")
+            .condition_expression(
+                "(attribute_not_exists(credits) OR credits < :price) AND attribute_not_exists(sealed)",
+            )
             .expression_attribute_values(":amt", n(amount))
             .expression_attribute_values(":price", n(price))
             .build()
@@ -273,10 +364,10 @@ impl DynamoStore {
     pub(super) async fn return_lanes(
         &self,
         id: &TenantId,
-        lanes: &[(u8, i64)],
+        lanes: &[Lane],
     ) -> Result<i64, StoreError> {
         let mut returned = 0i64;
-        for &(lane, credits) in lanes {
+        for &Lane { lane, credits, .. } in lanes {
             let gone = Delete::builder()
                 .table_name(&self.table)
                 .set_key(Some(keys::credit_lane(id, lane).attrs()))
@@ -306,30 +397,58 @@ impl DynamoStore {
     }
 
     /// The tenant a status write answered (`ALL_NEW`), its lanes' credits added; a closing
-    /// returns the lanes first, since a lane's debit carries no tenant status (a failure
-    /// there is logged: the closing stands, and the close-out returns them).
+    /// returns its (sealed) lanes first (a failure there is logged: the closing stands, the
+    /// sealed lanes take no debit, and the close-out returns them).
     pub(super) async fn status_written(
         &self,
         id: &TenantId,
         to: &TenantStatus,
         item: Item,
     ) -> Result<Tenant, StoreError> {
-        let mut returned = 0;
         if *to == TenantStatus::Closed {
-            match self.return_all_lanes(id).await {
-                Ok(r) => returned = r,
-                Err(e) => tracing::warn!(
-                    tenant_id = %id,
-                    error = %e,
-                    "a closed tenant's credit lanes were not all returned; its close-out returns them"
-                ),
-            }
+            self.return_closed_lanes(id).await;
         }
-        // The item as written, before the lanes came back to it: the credits returned are
-        // added to it, the lanes left (none, unless a return failed) by the read.
-        let mut t = self.tenant_with_lanes(item).await?;
-        t.credits = t.credits.saturating_add(returned);
-        Ok(t)
+        self.tenant_with_lanes(item).await
+    }
+
+    /// Seals all of a tenant's lanes before its closing's status write: each `SET sealed`,
+    /// `ADD credits 0` (a lane not made yet is made sealed, empty), unconditional, all at
+    /// once. From then on no send is debited from a lane and none is refilled; a send
+    /// refused there reads the tenant and takes the tenant item, whose debit refuses a
+    /// closed tenant.
+    pub(super) async fn seal_lanes(&self, id: &TenantId) -> Result<(), StoreError> {
+        let seals = (0..CREDIT_LANES).map(|lane| {
+            // A send's debit in flight on the lane cancels the seal (nothing written): it
+            // goes again.
+            super::update_retrying_conflicts(
+                self.client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(keys::credit_lane(id, lane).attrs()))
+                    .update_expression("SET sealed = :t ADD credits :zero")
+                    .expression_attribute_values(
+                        ":t",
+                        aws_sdk_dynamodb::types::AttributeValue::Bool(true),
+                    )
+                    .expression_attribute_values(":zero", n(0)),
+            )
+        });
+        for res in futures::future::join_all(seals).await {
+            res.map_err(|e| super::classify("dynamodb update", e))?;
+        }
+        Ok(())
+    }
+
+    /// A closed tenant's lanes, returned (a failure logged: they stay sealed, and the
+    /// close-out returns them).
+    pub(super) async fn return_closed_lanes(&self, id: &TenantId) {
+        if let Err(e) = self.return_all_lanes(id).await {
+            tracing::warn!(
+                tenant_id = %id,
+                error = %e,
+                "a closed tenant's credit lanes were not all returned; its close-out returns them"
+            );
+        }
     }
 
     /// Reads the tenant's lanes and returns them all (a closing, a close-out, a campaign's

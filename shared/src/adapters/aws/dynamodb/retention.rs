@@ -662,8 +662,18 @@ impl RetentionStore for DynamoStore {
             counts.items_given_ttl += 1;
         }
         // The credit lanes (A80) back into the tenant item, whose record keeps the balance
-        // (none is left after the closing's own return, unless that failed).
+        // (none is left after the closing's own return, unless that failed). Sealed, they
+        // change no more; one still there (its return refused) is taken up by the next run
+        // rather than left without a TTL.
         self.return_all_lanes(tenant).await?;
+        if self
+            .tenant_and_lanes(tenant)
+            .await?
+            .is_some_and(|read| !read.lanes.is_empty())
+        {
+            counts.cut_short = true;
+            return Ok(counts);
+        }
         // Last: the tenant item, which marks the close-out done (gone again when a refund's
         // transaction in flight on it cancels it: nothing written).
         let res = super::update_retrying_conflicts(
