@@ -2818,6 +2818,22 @@ mod tests {
         );
     }
 
+    /// A heavy route's refusal keeps its words on what is in flight, and says the wait in
+    /// seconds rather than the header's name.
+    #[test]
+    fn a_heavy_refusal_says_what_is_in_flight_and_the_wait_in_seconds() {
+        let a = Answer {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            body: json!({"error": {"code": "rate_limited",
+                "message": "another download of this account's campaign recipients is in progress; retry after the number of seconds in Retry-After"}}),
+            retry_after: Some(1),
+        };
+        assert_eq!(
+            a.message(),
+            "another download of this account's campaign recipients is in progress; try again in 1 second"
+        );
+    }
+
     #[test]
     fn a_keyed_form_comes_back_with_its_key_only_when_the_outcome_is_not_known() {
         let typed: Form = [

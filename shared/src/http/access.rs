@@ -364,9 +364,34 @@ impl Drop for Lease {
     }
 }
 
+/// The message of a heavy request refused because another of its tenant and class is in
+/// flight: what is running, in the class's words (the code, `rate_limited`, and
+/// `Retry-After` are those of any limit on use; clients go by them).
+const fn in_flight(class: Heavy) -> &'static str {
+    match class {
+        Heavy::Account => {
+            "another account-wide export, audit verification or template sync is in progress; \
+             retry after the number of seconds in Retry-After"
+        }
+        Heavy::Campaign => {
+            "another download of this account's campaign recipients is in progress; \
+             retry after the number of seconds in Retry-After"
+        }
+        Heavy::Retry => {
+            "another retry of failed campaign messages is in progress; \
+             retry after the number of seconds in Retry-After"
+        }
+        Heavy::Platform => {
+            "another platform audit verification is in progress; \
+             retry after the number of seconds in Retry-After"
+        }
+    }
+}
+
 /// Takes the tenant's heavy-request lease for this request (one conditional put), or
-/// answers why not: another heavy request of the tenant and class holds it (`429 rate_limited`
-/// with `Retry-After`, as any limit on use), or the store failed (its error: the request
+/// answers why not: another heavy request of the tenant and class holds it (`RateLimited`:
+/// `429 rate_limited` with `Retry-After`, as any limit on use, the caller's message naming
+/// the class, [`in_flight`]), or the store failed (its error: the request
 /// is not run unlimited).
 async fn take_lease(
     state: &AppState,
@@ -667,12 +692,15 @@ pub async fn authorize(State(state): State<AppState>, req: Request, next: Next) 
                 (Some(holder), Some(class)) => match take_lease(&state, &holder, class).await {
                     Ok(lease) => Some(lease),
                     Err(error) => {
-                        let reason = match &error {
-                            ServiceError::RateLimited { .. } => "heavy_request_in_flight",
-                            _ => "lease_unavailable",
+                        let (reason, refusal) = match error {
+                            ServiceError::RateLimited { retry_after_secs } => (
+                                "heavy_request_in_flight",
+                                ApiError::rate_limited(in_flight(class), retry_after_secs),
+                            ),
+                            error => ("lease_unavailable", ApiError::from(error)),
                         };
                         tracing::info!(route = %path, method = %parts.method, outcome = "denied", reason, "request refused");
-                        return ApiError::from(error).into_response();
+                        return refusal.into_response();
                     }
                 },
                 _ => None,

@@ -1,8 +1,9 @@
 //! Heavy routes (README "Limits"): at most one request of a tenant whose work grows with
 //! its data is in flight at a time per class (the account-wide admin routes; a campaign's
 //! routes), across every instance (a lease in the store, A75); another of the class
-//! meanwhile is `429 rate_limited` with `Retry-After`, the other class, another tenant's
-//! and light routes are not held. On both backends.
+//! meanwhile is `429 rate_limited` with `Retry-After`, its message naming the class in
+//! flight; the other class, another tenant's and light routes are not held. On both
+//! backends.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,15 +49,36 @@ async fn read(res: Response<Body>) -> (u16, HeaderMap, Value) {
     (parts.status.as_u16(), parts.headers, body)
 }
 
-/// A heavy request refused for its tenant's lease: the documented shape of any limit on
-/// use (API.md "Errors"), and a wait of 1 to 5 s.
-fn assert_refused_for_the_lease((status, headers, body): &(u16, HeaderMap, Value)) {
+/// What a refusal for the lease of `class` says is in flight (its code and `Retry-After`
+/// are those of any limit on use).
+fn in_flight(class: Heavy) -> &'static str {
+    match class {
+        Heavy::Account => {
+            "another account-wide export, audit verification or template sync is in progress; \
+             retry after the number of seconds in Retry-After"
+        }
+        Heavy::Campaign => {
+            "another download of this account's campaign recipients is in progress; \
+             retry after the number of seconds in Retry-After"
+        }
+        Heavy::Retry => {
+            "another retry of failed campaign messages is in progress; \
+             retry after the number of seconds in Retry-After"
+        }
+        Heavy::Platform => {
+            "another platform audit verification is in progress; \
+             retry after the number of seconds in Retry-After"
+        }
+    }
+}
+
+/// A heavy request refused for its tenant's lease of `class`: the documented shape of any
+/// limit on use (API.md "Errors"), a wait of 1 to 5 s, and a message naming what is in
+/// flight.
+fn assert_refused_for_the_lease((status, headers, body): &(u16, HeaderMap, Value), class: Heavy) {
     assert_eq!(*status, 429, "{body}");
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
-    assert_eq!(
-        body["error"]["message"],
-        "too many requests; retry after the number of seconds in Retry-After"
-    );
+    assert_eq!(body["error"]["message"], in_flight(class), "{body}");
     let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=5).contains(&wait), "{wait}");
 }
@@ -94,7 +116,10 @@ async fn two_concurrent_verifies_of_one_tenant_answer_one_200_and_one_429(b: Bac
     };
     hold.entered.notified().await;
     // The first is under way (its chain's head read): a second of the same tenant waits.
-    assert_refused_for_the_lease(&call(&deps, "GET", "/v1/audit/verify", &t.key).await);
+    assert_refused_for_the_lease(
+        &call(&deps, "GET", "/v1/audit/verify", &t.key).await,
+        Heavy::Account,
+    );
     // Another tenant's heavy request, and the tenant's light ones, are not held.
     let (status, _, report) = call(&deps, "GET", "/v1/audit/verify", &other.key).await;
     assert_eq!(
@@ -123,8 +148,14 @@ async fn an_export_holds_its_tenants_lease_until_its_body_has_been_read(b: Backe
     let deps = &app.app.deps;
     let export = request(deps, "GET", "/v1/account/export", &t.key).await;
     assert_eq!(export.status(), 200);
-    assert_refused_for_the_lease(&call(deps, "GET", "/v1/audit/verify", &t.key).await);
-    assert_refused_for_the_lease(&call(deps, "GET", "/v1/account/export", &t.key).await);
+    assert_refused_for_the_lease(
+        &call(deps, "GET", "/v1/audit/verify", &t.key).await,
+        Heavy::Account,
+    );
+    assert_refused_for_the_lease(
+        &call(deps, "GET", "/v1/account/export", &t.key).await,
+        Heavy::Account,
+    );
     let body = axum::body::to_bytes(export.into_body(), usize::MAX)
         .await
         .unwrap();
@@ -204,7 +235,10 @@ async fn a_verify_whose_client_went_away_mid_way_gives_its_lease_back(b: Backend
         tokio::spawn(async move { call(&deps, "GET", "/v1/audit/verify", &key).await })
     };
     hold.entered.notified().await;
-    assert_refused_for_the_lease(&call(&deps, "GET", "/v1/audit/verify", &t.key).await);
+    assert_refused_for_the_lease(
+        &call(&deps, "GET", "/v1/audit/verify", &t.key).await,
+        Heavy::Account,
+    );
     gone.abort();
     assert!(gone.await.unwrap_err().is_cancelled());
     for _ in 0..100 {
@@ -245,7 +279,7 @@ async fn a_campaign_download_in_flight_holds_neither_a_retry_nor_the_admins_veri
     let unknown = kirim::domain::new_id();
     let csv = format!("/v1/broadcasts/{unknown}/recipients.csv");
     let retry = format!("/v1/broadcasts/{unknown}/retry-failed");
-    assert_refused_for_the_lease(&call(deps, "GET", &csv, &t.key).await);
+    assert_refused_for_the_lease(&call(deps, "GET", &csv, &t.key).await, Heavy::Campaign);
     assert_eq!(
         call(deps, "POST", &retry, &t.key).await.0,
         404,
@@ -261,7 +295,10 @@ async fn a_campaign_download_in_flight_holds_neither_a_retry_nor_the_admins_veri
     assert_eq!(export.status(), 200);
     // The export holds the account-wide lease while its body is unread: a second is
     // refused, the campaign's class is still its own holder's.
-    assert_refused_for_the_lease(&call(deps, "GET", "/v1/audit/verify", &t.key).await);
+    assert_refused_for_the_lease(
+        &call(deps, "GET", "/v1/audit/verify", &t.key).await,
+        Heavy::Account,
+    );
     deps.heavy_leases
         .release_heavy_lease(&tenant, Heavy::Campaign, "recipients.csv in flight")
         .await
@@ -283,7 +320,7 @@ async fn a_campaign_download_in_flight_holds_neither_a_retry_nor_the_admins_veri
             .unwrap(),
         HeavyLease::Taken
     );
-    assert_refused_for_the_lease(&call(deps, "POST", &retry, &t.key).await);
+    assert_refused_for_the_lease(&call(deps, "POST", &retry, &t.key).await, Heavy::Retry);
     assert_eq!(call(deps, "GET", &csv, &t.key).await.0, 404);
     drop(export);
 }
@@ -328,13 +365,16 @@ async fn a_lease_whose_process_died_is_taken_over_once_it_lapses(b: Backend) {
         HeavyLease::Taken
     );
     let refused = call(deps, "GET", "/v1/audit/verify", &t.key).await;
-    assert_refused_for_the_lease(&refused);
+    assert_refused_for_the_lease(&refused, Heavy::Account);
     assert_eq!(
         refused.1["retry-after"], "5",
         "30 s to its lapse, told at most 5"
     );
     clock.advance(chrono::Duration::seconds(29));
-    assert_refused_for_the_lease(&call(deps, "GET", "/v1/audit/verify", &t.key).await);
+    assert_refused_for_the_lease(
+        &call(deps, "GET", "/v1/audit/verify", &t.key).await,
+        Heavy::Account,
+    );
     clock.advance(chrono::Duration::seconds(2));
     let (status, _, report) = call(deps, "GET", "/v1/audit/verify", &t.key).await;
     assert_eq!(
@@ -363,7 +403,10 @@ async fn two_concurrent_platform_verifies_answer_one_200_and_one_429_and_hold_no
         tokio::spawn(async move { call(&deps, "GET", "/v1/platform/audit/verify", op).await })
     };
     hold.entered.notified().await;
-    assert_refused_for_the_lease(&call(&deps, "GET", "/v1/platform/audit/verify", op).await);
+    assert_refused_for_the_lease(
+        &call(&deps, "GET", "/v1/platform/audit/verify", op).await,
+        Heavy::Platform,
+    );
     // A tenant's heavy routes and the platform chain's list are not held.
     let (status, _, report) = call(&deps, "GET", "/v1/audit/verify", &t.key).await;
     assert_eq!(
@@ -385,7 +428,89 @@ async fn two_concurrent_platform_verifies_answer_one_200_and_one_429_and_hold_no
     );
 }
 
+/// Each class's refusal says what is in flight, in its own words (the account-wide
+/// routes', a campaign download's, a campaign retry's, the platform verification's): a
+/// person told to wait knows what for. Code, status and `Retry-After` stay those of any
+/// limit on use.
+async fn a_heavy_refusal_names_the_class_of_the_request_in_flight(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let deps = &app.app.deps;
+    let tenant = TenantId::parse(&t.tenant_id).unwrap();
+    let now = kirim::ports::Clock::now(&*deps.clock);
+    for (holder, class) in [
+        (&tenant, Heavy::Account),
+        (&tenant, Heavy::Campaign),
+        (&tenant, Heavy::Retry),
+        (&kirim::ports::platform_holder(), Heavy::Platform),
+    ] {
+        assert_eq!(
+            deps.heavy_leases
+                .acquire_heavy_lease(
+                    holder,
+                    class,
+                    "in flight",
+                    now,
+                    now + chrono::Duration::seconds(30),
+                    now + chrono::Duration::seconds(35),
+                )
+                .await
+                .unwrap(),
+            HeavyLease::Taken
+        );
+    }
+    let campaign = kirim::domain::new_id();
+    let op = kirim_tests::OPERATOR_TOKEN;
+    for (method, path, key, class) in [
+        (
+            "GET",
+            "/v1/account/export".to_owned(),
+            &*t.key,
+            Heavy::Account,
+        ),
+        (
+            "GET",
+            "/v1/audit/verify".to_owned(),
+            &*t.key,
+            Heavy::Account,
+        ),
+        (
+            "POST",
+            "/v1/templates/sync".to_owned(),
+            &*t.key,
+            Heavy::Account,
+        ),
+        (
+            "GET",
+            format!("/v1/broadcasts/{campaign}/recipients.csv"),
+            &*t.key,
+            Heavy::Campaign,
+        ),
+        (
+            "POST",
+            format!("/v1/broadcasts/{campaign}/retry-failed"),
+            &*t.key,
+            Heavy::Retry,
+        ),
+        (
+            "GET",
+            "/v1/platform/audit/verify".to_owned(),
+            op,
+            Heavy::Platform,
+        ),
+    ] {
+        let refused = call(deps, method, &path, key).await;
+        assert_eq!(
+            refused.2["error"]["message"],
+            in_flight(class),
+            "{method} {path}"
+        );
+        assert_refused_for_the_lease(&refused, class);
+    }
+}
+
 on_both_backends!(
+    a_heavy_refusal_names_the_class_of_the_request_in_flight,
     two_concurrent_verifies_of_one_tenant_answer_one_200_and_one_429,
     two_concurrent_platform_verifies_answer_one_200_and_one_429_and_hold_no_tenant,
     an_export_holds_its_tenants_lease_until_its_body_has_been_read,

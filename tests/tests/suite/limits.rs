@@ -146,6 +146,11 @@ async fn a_key_over_its_limit_gets_429_with_retry_after_and_another_tenant_is_un
     let over = http.account(&key).await;
     assert_eq!((over.status, over.code()), (429, "rate_limited"));
     assert_eq!(over.retry_after(), Some(1));
+    // The limiter's own words, not a heavy route's (no request of another is in flight).
+    assert_eq!(
+        over.body["error"]["message"],
+        "too many requests; retry after the number of seconds in Retry-After"
+    );
     assert!(over.body["request_id"].is_string());
     assert_eq!(
         http.account(&other).await.status,
