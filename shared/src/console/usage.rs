@@ -22,6 +22,7 @@ use super::pages::{failed, form_day, problem, query, text, Ctx};
 use super::views::{frame, page, Notice};
 use super::{may, ConsoleState};
 use crate::domain::Role;
+use crate::service::usage::MAX_DAYS;
 
 pub const USAGE: &str = "/v1/usage";
 pub const PHONE_NUMBERS: &str = "/v1/phone-numbers";
@@ -98,6 +99,20 @@ async fn usage(
     let mut rows: Vec<Value> = Vec::new();
     let mut available = usage_available(ctx.role);
     match (from, to) {
+        // The API's own rules on a range, said in the form's words (its `400` names its
+        // parameters, from and to, which the form calls otherwise).
+        (Some(f), Some(t)) if available && f > t => {
+            status = StatusCode::BAD_REQUEST;
+            n = Some(Notice::Problem(
+                "the From day must not be after the To day".into(),
+            ));
+        }
+        (Some(f), Some(t)) if available && (t - f).num_days() + 1 > MAX_DAYS => {
+            status = StatusCode::BAD_REQUEST;
+            n = Some(Notice::Problem(format!(
+                "the range from the From day to the To day may cover at most {MAX_DAYS} days"
+            )));
+        }
         (Some(f), Some(t)) if available => {
             let (f, t) = (
                 f.format("%Y-%m-%d").to_string(),
@@ -129,6 +144,8 @@ async fn usage(
         d.map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or(raw)
     };
     let (from_s, to_s) = (show(from, get("from")), show(to, get("to")));
+    // A refused range has no usage to show, not none: only its refusal.
+    let refused = status == StatusCode::BAD_REQUEST;
     let body = html! {
         @if !available {
             p.hint #usage-unavailable { "Usage by day and category is not available yet." }
@@ -140,19 +157,21 @@ async fn usage(
                 div { label for="u-to" { "To (UTC day)" } input #u-to type="date" name="to" value=(to_s); }
                 button type="submit" { "Show" }
             }
-            (totals(&rows))
-            div.table-wrap {
-                table.stack #usage {
-                    caption { "Usage by day" }
-                    thead { tr { th scope="col" { "Day" } th scope="col" { "Category" } th scope="col" { "Pricing type" } th scope="col" { "Messages" } th scope="col" { "Credits" } } }
-                    tbody {
-                        @for r in &rows {
-                            tr {
-                                td data-label="Day" { (text(r, "date")) } td data-label="Category" { (text(r, "category")) } td data-label="Pricing type" { (text(r, "pricing_type")) }
-                                td data-label="Messages" { (r["messages"].as_i64().unwrap_or(0)) } td data-label="Credits" { (r["credits"].as_i64().unwrap_or(0)) }
+            @if !refused {
+                (totals(&rows))
+                div.table-wrap {
+                    table.stack #usage {
+                        caption { "Usage by day" }
+                        thead { tr { th scope="col" { "Day" } th scope="col" { "Category" } th scope="col" { "Pricing type" } th scope="col" { "Messages" } th scope="col" { "Credits" } } }
+                        tbody {
+                            @for r in &rows {
+                                tr {
+                                    td data-label="Day" { (text(r, "date")) } td data-label="Category" { (text(r, "category")) } td data-label="Pricing type" { (text(r, "pricing_type")) }
+                                    td data-label="Messages" { (r["messages"].as_i64().unwrap_or(0)) } td data-label="Credits" { (r["credits"].as_i64().unwrap_or(0)) }
+                                }
                             }
+                            @if rows.is_empty() { tr { td colspan="5" { "No usage in these days." } } }
                         }
-                        @if rows.is_empty() { tr { td colspan="5" { "No usage in these days." } } }
                     }
                 }
             }

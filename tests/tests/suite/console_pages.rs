@@ -1944,6 +1944,60 @@ async fn usage_and_phone_numbers_show_what_the_api_has_and_say_so_when_it_has_no
     }
 }
 
+/// A range `GET /v1/usage` would refuse (From after To, more than 366 days, not days) shows
+/// only its refusal, in the form's words (its From and To, not the API's parameters), with
+/// the form as filled in; no "No usage in these days", which is for a range with none.
+async fn a_refused_usage_range_shows_only_its_refusal_in_the_forms_words(b: Backend) {
+    let app = spawn_app(b).await;
+    let t = app.onboard(5).await;
+    let (email, _) = new_user(&app, &t.key, "read_only").await;
+    let mut web = sign_in(&app, &email).await;
+    if !usage::usage_available(Role::ReadOnly) {
+        return;
+    }
+    for (from, to, said) in [
+        (
+            "2026-03-10",
+            "2026-03-01",
+            "the From day must not be after the To day",
+        ),
+        (
+            "2025-01-01",
+            "2026-01-02",
+            "the range from the From day to the To day may cover at most 366 days",
+        ),
+        ("yesterday", "2026-03-01", "dates must be days (YYYY-MM-DD)"),
+    ] {
+        let p = web
+            .get(&format!("/console/usage?from={from}&to={to}"))
+            .await;
+        assert_eq!(p.status, 400, "{from}..{to}: {}", p.html);
+        assert!(p.html.contains(said), "{from}..{to}: {}", p.html);
+        assert!(
+            !p.html.contains("No usage in these days"),
+            "{from}..{to}: {}",
+            p.html
+        );
+        assert!(
+            !p.html.contains("from must") && !p.html.contains("to must"),
+            "the API's parameter names: {}",
+            p.html
+        );
+        assert!(
+            p.html.contains(&format!(r#"name="from" value="{from}""#))
+                && p.html.contains(&format!(r#"name="to" value="{to}""#)),
+            "the form as filled in: {}",
+            p.html
+        );
+    }
+    // A range with no usage in it says so.
+    let p = web
+        .get("/console/usage?from=2026-03-01&to=2026-03-01")
+        .await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(p.html.contains("No usage in these days"), "{}", p.html);
+}
+
 /// A number Meta's spam limit held is shown held on the dashboard, with Meta's code; an
 /// admin resumes it there (a confirmation first, the CSRF token checked), a read-only user
 /// is offered no button.
@@ -2764,6 +2818,7 @@ on_both_backends!(
     a_role_that_may_not_act_is_refused_at_once_not_asked_to_confirm_or_mend,
     a_resumed_scheduled_campaign_is_said_to_wait_for_its_send_time,
     usage_and_phone_numbers_show_what_the_api_has_and_say_so_when_it_has_not,
+    a_refused_usage_range_shows_only_its_refusal_in_the_forms_words,
     a_held_number_is_shown_and_an_admin_resumes_it_from_the_dashboard,
     a_closed_tenants_user_is_signed_out_not_sent_round_in_circles,
     a_double_submitted_campaign_form_makes_one_campaign_and_one_debit,
