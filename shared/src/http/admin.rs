@@ -201,34 +201,12 @@ fn minted_json(m: &apikeys::Minted) -> serde_json::Value {
     })
 }
 
-/// The caller making a key, as the audit names it.
-/// A console user's email is read to go with its id (one read per key made; not found or
-/// unreadable, the key is made all the same, named by the id).
-async fn key_creator(deps: &crate::service::Deps, ctx: &TenantCtx) -> crate::ports::KeyCreator {
-    let (kind, id) = ctx.caller.actor();
-    let email = match &ctx.caller {
-        crate::service::caller::Caller::Session { user_id, .. } => deps
-            .users
-            .get_user(ctx.tenant_id(), user_id)
-            .await
-            .ok()
-            .flatten()
-            .map(|u| u.email),
-        _ => None,
-    };
-    crate::ports::KeyCreator {
-        kind: kind.into(),
-        id,
-        email,
-    }
-}
-
 pub(super) async fn create_key(
     State(s): State<AppState>,
     ctx: TenantCtx,
     JsonBody(req): JsonBody<NewKey>,
 ) -> ApiResult {
-    let by = key_creator(&s.deps, &ctx).await;
+    let by = apikeys::creator(&s.deps, ctx.tenant_id(), &ctx.caller).await;
     let minted = apikeys::create(&s.deps, ctx.tenant_id(), req, by).await?;
     let res = (StatusCode::CREATED, Json(minted_json(&minted))).into_response();
     let details = json!({"key_id": minted.record.id, "role": minted.record.role});
@@ -257,14 +235,9 @@ pub(super) async fn rotate_key(
     OptionalJsonBody(req): OptionalJsonBody<Rotate>,
 ) -> ApiResult {
     let id = super::minted_path(&id)?;
-    let (minted, old): (apikeys::Minted, KeyView) = apikeys::rotate(
-        &s.deps,
-        ctx.tenant_id(),
-        id,
-        req,
-        key_creator(&s.deps, &ctx).await,
-    )
-    .await?;
+    let by = apikeys::creator(&s.deps, ctx.tenant_id(), &ctx.caller).await;
+    let (minted, old): (apikeys::Minted, KeyView) =
+        apikeys::rotate(&s.deps, ctx.tenant_id(), id, req, by).await?;
     let mut body = minted_json(&minted);
     let details = json!({"key_id": id, "new_key_id": minted.record.id});
     body["previous"] = json!(old);

@@ -8,6 +8,7 @@ use crate::domain::{new_id, Role, TenantId};
 use crate::ports::{ApiKeyRecord, KeyCreator};
 use crate::secret::{token_hash, Secret};
 
+use super::caller::Caller;
 use super::errors::ServiceError;
 use super::Deps;
 
@@ -106,6 +107,29 @@ fn mint(
         created_by: Some(by),
     };
     Minted { record, key }
+}
+
+/// Who `caller` is as the maker of a key it creates or rotates into being: as the audit
+/// names it ([`Caller::actor`]), and a console user with their email as it is now, read
+/// once (not found or unreadable: the key is made all the same, named by the id). The
+/// operator is [`KeyCreator::operator`], as on the keys it makes for a tenant.
+pub async fn creator(deps: &Deps, tenant: &TenantId, caller: &Caller) -> KeyCreator {
+    let (kind, id) = caller.actor();
+    let email = match caller {
+        Caller::Session { user_id, .. } => deps
+            .users
+            .get_user(tenant, user_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|u| u.email),
+        Caller::ApiKey { .. } | Caller::Operator => None,
+    };
+    KeyCreator {
+        kind: kind.into(),
+        id,
+        email,
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> ServiceError {
@@ -250,4 +274,38 @@ pub async fn revoke(deps: &Deps, tenant: &TenantId, id: &str) -> Result<(), Serv
         .ok_or(ServiceError::NotFound)?;
     tracing::info!(key_id = %id, "api key revoked");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Settings;
+    use crate::ports::SystemClock;
+
+    /// A key's maker is its caller as the audit names it; the operator as a caller is the
+    /// same maker as on the keys the operator's route and the onboarding make.
+    #[tokio::test]
+    async fn a_keys_maker_is_its_caller_as_the_audit_names_it() {
+        let deps = crate::wiring::memory_deps(Settings::default(), Arc::new(SystemClock)).unwrap();
+        let tenant = TenantId::from_trusted("t_1");
+        assert_eq!(
+            creator(&deps, &tenant, &Caller::Operator).await,
+            KeyCreator::operator()
+        );
+        let by_key = Caller::ApiKey {
+            tenant_id: tenant.clone(),
+            key_id: "k_1".into(),
+            role: Role::Admin,
+        };
+        assert_eq!(
+            creator(&deps, &tenant, &by_key).await,
+            KeyCreator {
+                kind: "api_key".into(),
+                id: "k_1".into(),
+                email: None,
+            }
+        );
+    }
 }
