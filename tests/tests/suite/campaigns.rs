@@ -1192,6 +1192,56 @@ async fn a_campaign_with_messages(
     (campaign, messages)
 }
 
+/// `m` handed to the dispatcher (`accepted → sending`) at `at`.
+async fn sending(
+    deps: &kirim::service::Deps,
+    m: &kirim::domain::MessageRecord,
+    at: chrono::DateTime<chrono::Utc>,
+) {
+    use kirim::ports::{StatusChange, Transition};
+    let moved = deps
+        .messages
+        .transition(
+            &m.tenant_id,
+            &m.id,
+            kirim::domain::MessageStatus::Sending,
+            &StatusChange::default(),
+            at,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(moved, Transition::Applied(_)), "{moved:?}");
+}
+
+/// `m` handed to the dispatcher at `sending_at`, then failed by it with `failure` at
+/// `failed_at` and its credit refunded, as the dispatcher fails a send whose outcome is in
+/// doubt (Meta may have it all the same).
+async fn failed_in_doubt(
+    deps: &kirim::service::Deps,
+    m: &kirim::domain::MessageRecord,
+    failure: &kirim::ports::StatusChange,
+    sending_at: chrono::DateTime<chrono::Utc>,
+    failed_at: chrono::DateTime<chrono::Utc>,
+) {
+    sending(deps, m, sending_at).await;
+    let failed = deps
+        .messages
+        .fail_and_refund(
+            &m.tenant_id,
+            &m.id,
+            kirim::domain::MessageStatus::Sending,
+            failure,
+            failed_at,
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(failed, kirim::ports::Transition::Applied(_)),
+        "{failed:?}"
+    );
+}
+
 /// A completed campaign's `completed_at` (when its last message was handed to Meta or
 /// ended) never moves back when Meta reports a message's `sent` late, with a time before
 /// the status that settled it: after its `delivered` (the send's answer lost), or after the
@@ -1199,7 +1249,7 @@ async fn a_campaign_with_messages(
 /// message's events; the campaign stays completed when it was.
 async fn a_late_sent_never_takes_a_completed_campaign_s_time_back(b: Backend) {
     use kirim::domain::MessageStatus;
-    use kirim::ports::{Clock, StatusChange, Transition};
+    use kirim::ports::{Clock, StatusChange};
     use kirim::service::{broadcasts, webhook};
     let (deps, clock, t) = crate::crash_recovery::tenant_on_a_manual_clock(b, 20).await;
     let now = clock.now();
@@ -1225,29 +1275,11 @@ async fn a_late_sent_never_takes_a_completed_campaign_s_time_back(b: Backend) {
             (v.status, v.completed_at.map(|at| at.timestamp()))
         }
     };
-    let sending = |m: &kirim::domain::MessageRecord| {
-        let deps = deps.clone();
-        let (t, id) = (m.tenant_id.clone(), m.id.clone());
-        async move {
-            let moved = deps
-                .messages
-                .transition(
-                    &t,
-                    &id,
-                    MessageStatus::Sending,
-                    &StatusChange::default(),
-                    now,
-                )
-                .await
-                .unwrap();
-            assert!(matches!(moved, Transition::Applied(_)), "{moved:?}");
-        }
-    };
 
     // Its send's answer lost: Meta's `delivered` settles it, then its `sent` comes.
     let (campaign, ms) = a_campaign_with_messages(&deps, &t, now, 1).await;
     let m = &ms[0];
-    sending(m).await;
+    sending(&deps, m, now).await;
     let summary = webhook::apply(&deps, &meta(m, "delivered", secs(40)))
         .await
         .unwrap();
@@ -1269,7 +1301,6 @@ async fn a_late_sent_never_takes_a_completed_campaign_s_time_back(b: Backend) {
     // Failed by the dispatcher, its outcome in doubt; then Meta's `sent` of it.
     let (campaign, ms) = a_campaign_with_messages(&deps, &t, now, 1).await;
     let m = &ms[0];
-    sending(m).await;
     let failure = StatusChange {
         error: Some(kirim::domain::MessageError {
             code: kirim::domain::ErrorCode::Meta(131000),
@@ -1278,19 +1309,7 @@ async fn a_late_sent_never_takes_a_completed_campaign_s_time_back(b: Backend) {
         ..Default::default()
     };
     let failed_at = chrono::DateTime::from_timestamp(secs(60), 0).unwrap();
-    let failed = deps
-        .messages
-        .fail_and_refund(
-            &t.id,
-            &m.id,
-            MessageStatus::Sending,
-            &failure,
-            failed_at,
-            None,
-        )
-        .await
-        .unwrap();
-    assert!(matches!(failed, Transition::Applied(_)), "{failed:?}");
+    failed_in_doubt(&deps, m, &failure, now, failed_at).await;
     assert_eq!(
         completed_at(campaign.id.clone()).await,
         ("completed", Some(secs(60)))
@@ -1324,20 +1343,7 @@ async fn a_late_sent_never_takes_a_completed_campaign_s_time_back(b: Backend) {
     // (`failed → delivered`), appended: the campaign's time stays the failure's.
     let (campaign, ms) = a_campaign_with_messages(&deps, &t, now, 1).await;
     let m = &ms[0];
-    sending(m).await;
-    let failed = deps
-        .messages
-        .fail_and_refund(
-            &t.id,
-            &m.id,
-            MessageStatus::Sending,
-            &failure,
-            failed_at,
-            None,
-        )
-        .await
-        .unwrap();
-    assert!(matches!(failed, Transition::Applied(_)), "{failed:?}");
+    failed_in_doubt(&deps, m, &failure, now, failed_at).await;
     let summary = webhook::apply(&deps, &meta(m, "delivered", secs(55)))
         .await
         .unwrap();
@@ -1373,8 +1379,7 @@ async fn a_late_sent_never_takes_a_completed_campaign_s_time_back(b: Backend) {
 /// `retry-failed`: the recipient would get the template twice. Without Meta's `sent`, the
 /// same failure is retried.
 async fn a_doubtful_failure_meta_reported_sent_after_all_is_not_retried(b: Backend) {
-    use kirim::domain::MessageStatus;
-    use kirim::ports::{Clock, StatusChange, Transition};
+    use kirim::ports::{Clock, StatusChange};
     use kirim::service::{broadcasts, webhook};
     let (deps, clock, t) = crate::crash_recovery::tenant_on_a_manual_clock(b, 20).await;
     let now = clock.now();
@@ -1388,24 +1393,7 @@ async fn a_doubtful_failure_meta_reported_sent_after_all_is_not_retried(b: Backe
     for meta_sent in [true, false] {
         let (campaign, ms) = a_campaign_with_messages(&deps, &t, now, 1).await;
         let m = &ms[0];
-        let moved = deps
-            .messages
-            .transition(
-                &t.id,
-                &m.id,
-                MessageStatus::Sending,
-                &StatusChange::default(),
-                now,
-            )
-            .await
-            .unwrap();
-        assert!(matches!(moved, Transition::Applied(_)), "{moved:?}");
-        let failed = deps
-            .messages
-            .fail_and_refund(&t.id, &m.id, MessageStatus::Sending, &doubt, now, None)
-            .await
-            .unwrap();
-        assert!(matches!(failed, Transition::Applied(_)), "{failed:?}");
+        failed_in_doubt(&deps, m, &doubt, now, now).await;
         if meta_sent {
             let raw = crate::webhook_batches::body(
                 &t.phone_number_id,
