@@ -32,7 +32,12 @@
 //! 1000) and P dispatcher batches at once (the template's `MaximumConcurrency` is 5):
 //! what a campaign's recipient costs, the throttled retries included.
 //!
-//! `kirim-cost [--messages N] [--warmup W] [--batch B] [--latency MS]`
+//! `--credits C` onboards the tenant with C credits instead of what the run spends and 10
+//! more: a tenant's single sends are debited from its credit lanes only while its tenant
+//! item holds enough to refill them (data model A80), so a large balance (and a warm-up
+//! long enough for the 16 lanes' first refills) measures a sending tenant's steady state.
+//!
+//! `kirim-cost [--messages N] [--warmup W] [--batch B] [--latency MS] [--credits C]`
 //! `kirim-cost --broadcast N [--tier T] [--pollers P] [--pause S] [--latency MS] [--backend memory]`
 //!
 //! `--cancel 1` (with `--broadcast`) cancels the broadcast before its fan-out runs and
@@ -100,6 +105,9 @@ struct Args {
     create: bool,
     /// `--paired P` (with `--create`): the first P recipients paired with a user id.
     paired: usize,
+    /// `--credits C`: the tenant's opening balance (by default what the run spends and 10
+    /// more: a low balance, whose single sends take the tenant item, data model A80).
+    credits: Option<usize>,
 }
 
 fn args() -> Result<Args, String> {
@@ -107,6 +115,7 @@ fn args() -> Result<Args, String> {
     let (mut broadcast, mut tier, mut pollers, mut memory) = (None, 1000, 1, false);
     let mut pause = None;
     let (mut cancel, mut create, mut paired) = (false, false, 0);
+    let mut credits = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -135,6 +144,7 @@ fn args() -> Result<Args, String> {
             "--cancel" => cancel = n > 0,
             "--create" => create = n > 0,
             "--paired" if n <= 10_000 => paired = n,
+            "--credits" if (1..=1_000_000_000).contains(&n) => credits = Some(n),
             _ => return Err(format!("unknown argument {flag} {value}")),
         }
     }
@@ -151,6 +161,7 @@ fn args() -> Result<Args, String> {
         cancel,
         create,
         paired,
+        credits,
     })
 }
 
@@ -206,6 +217,7 @@ async fn run() -> Result<(), String> {
         cancel,
         create,
         paired,
+        credits,
     } = args()?;
     if (pause.is_some() || cancel || create) && broadcast.is_none() {
         return Err("--pause, --cancel and --create need --broadcast".into());
@@ -291,7 +303,7 @@ async fn run() -> Result<(), String> {
         .onboard(
             "Cost",
             "800000000000001",
-            (broadcast.unwrap_or(messages) + 10) as i64,
+            credits.unwrap_or(broadcast.unwrap_or(messages) + 10) as i64,
         )
         .await?;
     client.set_throughput(&tenant, tier).await?;

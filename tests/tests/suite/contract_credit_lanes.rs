@@ -42,20 +42,24 @@ async fn credits(p: &Ports, t: &TenantId) -> i64 {
     p.tenants.get_tenant(t).await.unwrap().unwrap().credits
 }
 
-/// 45 sends of 3 credits at once against 100: 33 are taken (99 credits), 12 refused
-/// `402`, 1 credit left — through lanes refilled, the tenant item, and lanes returned.
+/// 160 sends of 7 credits against 1,000, 40 at a time: 142 are taken (994 credits), 18
+/// refused `402`, 6 credits left — through lanes refilled while the tenant item holds
+/// enough, then the tenant item, then the lanes returned to it.
 async fn concurrent_sends_spend_the_whole_balance_and_never_more(p: Ports) {
-    let t = onboarded(&p, 100).await;
-    let outcomes = futures::future::join_all((0..45).map(|_| send(&p, &t.id, 3))).await;
+    let t = onboarded(&p, 1000).await;
+    let mut outcomes = Vec::new();
+    for _ in 0..4 {
+        outcomes.extend(futures::future::join_all((0..40).map(|_| send(&p, &t.id, 7))).await);
+    }
     let taken = outcomes.iter().filter(|o| o.is_ok()).count();
     let refused = outcomes
         .iter()
         .filter(|o| matches!(o, Err(StoreError::InsufficientCredits)))
         .count();
-    assert_eq!((taken, refused), (33, 12), "{outcomes:?}");
-    assert_eq!(credits(&p, &t.id).await, 1);
+    assert_eq!((taken, refused), (142, 18), "{outcomes:?}");
+    assert_eq!(credits(&p, &t.id).await, 6);
     let debits = p.ledger.entries(&t.id).await.unwrap();
-    assert_eq!(debits.iter().map(|e| e.amount).sum::<i64>(), -99);
+    assert_eq!(debits.iter().map(|e| e.amount).sum::<i64>(), -994);
 }
 
 /// Credits the single sends left spread over lanes are the campaign's to spend too: a

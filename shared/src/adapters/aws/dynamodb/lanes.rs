@@ -13,9 +13,9 @@
 //!   on the lane, or on the tenant item), never on a read.
 //! - A lane short of the price is **refilled** from the reservoir by one transaction
 //!   (reservoir `-r` on the debit's condition, lane `+r`, `r` a sixteenth of the
-//!   reservoir), and the send goes again. While the reservoir holds less than a price per
+//!   reservoir), and the send goes again. While the reservoir holds less than 8 prices a
 //!   lane, sends whose lane is short are debited from the tenant item itself (as before
-//!   A80); when the reservoir is short of one price, the lanes are **returned** to it first
+//!   A80; and this process sends the tenant's next ones there for 30 s); when the reservoir is short of one price, the lanes are **returned** to it first
 //!   (each lane deleted on the condition that it holds what was read, its credits added to
 //!   the tenant item, one transaction each), so the whole balance is always spendable and
 //!   a `402` means the balance is short.
@@ -65,9 +65,16 @@ pub(super) fn lane_of(message: &MessageId) -> u8 {
 }
 
 /// How long a process takes a tenant's sends straight to the tenant item after it found
-/// the tenant item under a price a lane (no lane refilled): a low balance, or a high price,
-/// costs a refused lane transaction and a read per send otherwise.
-const TENANT_ITEM_HINT_SECS: i64 = 5;
+/// the tenant item too low to refill a lane (no lane refilled): a low balance, or a high
+/// price, costs a refused lane transaction and a read per send otherwise. A top-up in the
+/// meantime is used by lanes from the first look after it.
+const TENANT_ITEM_HINT_SECS: i64 = 30;
+
+/// A refill moves at least this many prices into a lane (a sixteenth of the tenant item):
+/// below `CREDIT_LANES × REFILL_PRICES` prices the tenant item is debited directly, rather
+/// than refilled a price or two at a time (a refill per send or two costs more than the
+/// contention it spares: a tenant that low runs out within a few hundred sends).
+const REFILL_PRICES: i64 = 8;
 
 fn credits_of(item: &Item) -> i64 {
     item.get("credits")
@@ -290,9 +297,12 @@ impl DynamoStore {
                 Ok(DebitFrom::Tenant)
             }
             (DebitFrom::Lane(lane), _)
-                if reservoir >= price.saturating_mul(CREDIT_LANES.into()) =>
+                if reservoir
+                    >= price
+                        .saturating_mul(CREDIT_LANES.into())
+                        .saturating_mul(REFILL_PRICES) =>
             {
-                // A sixteenth of the reservoir (at least the price): refills are rare while
+                // A sixteenth of the reservoir (at least 8 prices): refills are rare while
                 // the balance is large, and the reservoir is never emptied into one lane.
                 self.hint_tenant_item(id, false);
                 self.refill_lane(id, lane, reservoir / i64::from(CREDIT_LANES), price)
