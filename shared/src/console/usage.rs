@@ -91,10 +91,10 @@ async fn usage(
             form_day(&v)
         }
     };
-    let (from, to) = (
-        day(get("from"), today - Duration::days(29)),
-        day(get("to"), today),
-    );
+    // The 30 days up to To (today when not given): a To alone is not checked against a
+    // From the page chose.
+    let to = day(get("to"), today);
+    let from = day(get("from"), to.unwrap_or(today) - Duration::days(29));
     let (mut status, mut n) = (StatusCode::OK, None);
     let mut rows: Vec<Value> = Vec::new();
     let mut available = usage_available(ctx.role);
@@ -135,9 +135,15 @@ async fn usage(
             }
         }
         (Some(_), Some(_)) => {}
-        _ => {
+        (f, t) => {
+            // Which of the form's days is not one.
+            let which = match (f, t) {
+                (None, Some(_)) => "the From day must be a day",
+                (Some(_), None) => "the To day must be a day",
+                _ => "the From and To days must be days",
+            };
             status = StatusCode::BAD_REQUEST;
-            n = Some(Notice::Problem("dates must be days (YYYY-MM-DD)".into()));
+            n = Some(Notice::Problem(format!("{which} (YYYY-MM-DD)")));
         }
     }
     let show = |d: Option<NaiveDate>, raw: String| {

@@ -1966,7 +1966,21 @@ async fn a_refused_usage_range_shows_only_its_refusal_in_the_forms_words(b: Back
             "2026-01-02",
             "the range from the From day to the To day may cover at most 366 days",
         ),
-        ("yesterday", "2026-03-01", "dates must be days (YYYY-MM-DD)"),
+        (
+            "yesterday",
+            "2026-03-01",
+            "the From day must be a day (YYYY-MM-DD)",
+        ),
+        (
+            "2026-03-01",
+            "2026-02-30",
+            "the To day must be a day (YYYY-MM-DD)",
+        ),
+        (
+            "bogus",
+            "bogus",
+            "the From and To days must be days (YYYY-MM-DD)",
+        ),
     ] {
         let p = web
             .get(&format!("/console/usage?from={from}&to={to}"))
@@ -1996,6 +2010,14 @@ async fn a_refused_usage_range_shows_only_its_refusal_in_the_forms_words(b: Back
         .await;
     assert_eq!(p.status, 200, "{}", p.html);
     assert!(p.html.contains("No usage in these days"), "{}", p.html);
+    // A To alone is the 30 days up to it, not a range from a From the page chose.
+    let p = web.get("/console/usage?to=2026-03-01").await;
+    assert_eq!(p.status, 200, "{}", p.html);
+    assert!(
+        p.html.contains(r#"name="from" value="2026-01-31""#),
+        "{}",
+        p.html
+    );
 }
 
 /// A number Meta's spam limit held is shown held on the dashboard, with Meta's code; an
