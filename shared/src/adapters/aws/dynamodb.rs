@@ -114,7 +114,7 @@ pub struct DynamoStore {
     /// Tenants whose sends this process takes to the tenant item until then (epoch s),
     /// their tenant item found too low to refill a credit lane (`lanes.rs`): only where
     /// to try a debit first, never a decision. Shared with the lagging view.
-    pub(super) debit_hints: Arc<std::sync::Mutex<HashMap<TenantId, i64>>>,
+    pub(super) debit_hints: Arc<std::sync::Mutex<HashMap<String, i64>>>,
     /// The lagging view ([`DynamoStore::lagging`]): the reads the warm cache refreshes
     /// through it ([`Self::get_may_lag`]) are eventually consistent.
     lagging: bool,

@@ -179,7 +179,12 @@ impl DynamoStore {
     /// that still fails after a few tries answers the tenant item's own credits, logged.
     pub(super) async fn tenant_with_lanes(&self, item: Item) -> Result<Tenant, StoreError> {
         let mut t: Tenant = from_item(item)?;
-        match crate::store_error::undo(|| self.tenant_and_lanes(&t.id)).await {
+        // Twice at most (a plain loop: no closure to instantiate `undo` with).
+        let mut read = self.tenant_and_lanes(&t.id).await;
+        if read.as_ref().is_err_and(StoreError::is_retryable) {
+            read = self.tenant_and_lanes(&t.id).await;
+        }
+        match read {
             Ok(Some(read)) => t.credits = read.reservoir().saturating_add(read.in_lanes()),
             Ok(None) => {}
             Err(e) => tracing::warn!(
@@ -200,7 +205,7 @@ impl DynamoStore {
         }
         let now = self.now_secs();
         let hints = self.debit_hints.lock().unwrap_or_else(|e| e.into_inner());
-        match hints.get(&debit.tenant_id) {
+        match hints.get(debit.tenant_id.as_str()) {
             Some(until) if *until > now => DebitFrom::Tenant,
             _ => DebitFrom::Lane(lane_of(message)),
         }
@@ -215,11 +220,11 @@ impl DynamoStore {
                 hints.clear();
             }
             hints.insert(
-                tenant.clone(),
+                tenant.to_string(),
                 self.now_secs().saturating_add(TENANT_ITEM_HINT_SECS),
             );
         } else {
-            hints.remove(tenant);
+            hints.remove(tenant.as_str());
         }
     }
 
@@ -422,12 +427,12 @@ impl DynamoStore {
     }
 
     /// Seals all of a tenant's lanes before its closing's status write: each `SET sealed`,
-    /// `ADD credits 0` (a lane not made yet is made sealed, empty), unconditional, all at
-    /// once. From then on no send is debited from a lane and none is refilled; a send
+    /// `ADD credits 0` (a lane not made yet is made sealed, empty), unconditional. From then on no send is debited from a lane and none is refilled; a send
     /// refused there reads the tenant and takes the tenant item, whose debit refuses a
     /// closed tenant.
     pub(super) async fn seal_lanes(&self, id: &TenantId) -> Result<(), StoreError> {
-        let seals = (0..CREDIT_LANES).map(|lane| {
+        // One after another (a closing is rare; one future, not sixteen).
+        for lane in 0..CREDIT_LANES {
             // A send's debit in flight on the lane cancels the seal (nothing written): it
             // goes again.
             super::update_retrying_conflicts(
@@ -442,9 +447,8 @@ impl DynamoStore {
                     )
                     .expression_attribute_values(":zero", n(0)),
             )
-        });
-        for res in futures::future::join_all(seals).await {
-            res.map_err(|e| super::classify("dynamodb update", e))?;
+            .await
+            .map_err(|e| super::classify("dynamodb update", e))?;
         }
         Ok(())
     }
