@@ -25,9 +25,9 @@
 //! - **Closed is final**: a lane's debit carries no tenant status, so a closing first
 //!   *seals* all 16 lanes (`SET sealed`; a lane's debit and refill require it absent),
 //!   then writes the status, then returns them: from the seal on no send is debited from
-//!   a lane, and a send refused there reads the tenant (closed: `409`; a closing that
-//!   failed after sealing: its sealed lane is returned and the send takes the tenant item,
-//!   whose debit refuses a closed tenant). The close-out returns any lane left.
+//!   a lane, and a send refused there reads the tenant (closed: `409`; a closing under
+//!   way, or one that failed after sealing: the send takes the tenant item, whose debit
+//!   refuses a closed tenant). The close-out returns any lane left.
 //! - **Reads are per item**: a query sees each item as committed, not a refill or return
 //!   as a whole, so a send about to be refused `402` reads once more first.
 //!
@@ -295,10 +295,14 @@ impl DynamoStore {
             DebitFrom::Tenant => None,
         };
         match (from, lane) {
-            // Sealed by a closing that did not happen (the tenant is open): returned, so
-            // that the next refill makes it anew; this send takes the tenant item.
+            // Sealed by a closing under way, or one that failed after sealing (the tenant
+            // reads open): this send takes the tenant item, whose debit refuses a closed
+            // tenant. The lane is left sealed (a return here could let a refill make it
+            // anew, open, before the closing's status write); its credits still count,
+            // and come back with the closing's return, or a return when the tenant item
+            // runs short.
             (DebitFrom::Lane(_), Some(l)) if l.sealed => {
-                self.return_lanes(id, &[l]).await?;
+                self.hint_tenant_item(id, true);
                 Ok(DebitFrom::Tenant)
             }
             (DebitFrom::Lane(lane), _)
